@@ -1,0 +1,262 @@
+# shellcheck shell=bash
+# bench/lib.sh — shared helpers for the megaconn benchmark scripts.
+# Source it (`. bench/lib.sh`); it defines functions and a few variables only.
+#
+# What it provides:
+#   bench_install_deps   apt-get install golang-go nginx-light wrk jq procps
+#                        util-linux time curl, only those whose command is missing
+#   bench_build          builds the Go and axum peers and megaconn (cargo build
+#                        --release at the repo root); sets MEGACONN_SERVE_OK,
+#                        MEGACONN_LOAD_OK, MEGACONN_HOLD_OK (1/0)
+#   bench_tune           raises `ulimit -n` to 20000 and sets these sysctls,
+#                        printing each one it changes:
+#                          net.ipv4.ip_local_port_range="1024 65535"
+#                          net.core.somaxconn=65535
+#                          net.ipv4.tcp_max_syn_backlog=65535
+#   server_start NAME PORT [WORKERS]  NAME in: megaconn go nginx axum. Starts the
+#                        server pinned with `taskset -c $SERVER_CPU` (default 1),
+#                        waits (bounded) until GET / answers. Sets SERVER_PID
+#                        (the process started) and SERVER_MEASURE_PIDS (the
+#                        processes whose memory is per-connection: nginx's
+#                        workers, else the server and its children).
+#   server_stop          SIGTERM, bounded wait, then SIGKILL
+#   pid_cpu_secs PID...  utime+stime (seconds) summed over PIDs and their children
+#   server_cpu_secs      pid_cpu_secs over the running server's whole tree
+#   server_rss_bytes     VmRSS summed over SERVER_MEASURE_PIDS
+#   kernel_slab_bytes, kernel_tcp_mem_bytes   from /proc/meminfo, /proc/net/sockstat
+#   established_count PORT   server-side established TCP connections on PORT
+#   bench_cleanup        kills every process the scripts started (used by traps)
+#
+# Environment knobs: SERVER_CPU (1), LOAD_CPU (0), MEGACONN (path of the binary,
+# default target/release/megaconn), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1.
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+OUT_DIR="$BENCH_DIR/out"
+RUN_DIR="$OUT_DIR/run"
+MEGACONN="${MEGACONN:-$REPO_ROOT/target/release/megaconn}"
+GO_HELLO="$BENCH_DIR/peers/go-hello/target/go-hello"
+AXUM_HELLO="$BENCH_DIR/peers/axum-hello/target/release/axum-hello"
+SERVER_CPU="${SERVER_CPU:-1}"
+LOAD_CPU="${LOAD_CPU:-0}"
+CLK_TCK="$(getconf CLK_TCK)"
+PAGE_SIZE="$(getconf PAGESIZE)"
+MEGACONN_SERVE_OK=0
+MEGACONN_LOAD_OK=0
+MEGACONN_HOLD_OK=0
+SERVER_PID=""
+SERVER_NAME=""
+SERVER_MEASURE_PIDS=""
+BENCH_BG_PIDS=()   # background helpers (load/hold) started by the scripts
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+bench_install_deps() {
+  [[ "${BENCH_SKIP_INSTALL:-0}" == 1 ]] && return 0
+  local -A want=([go]=golang-go [nginx]=nginx-light [wrk]=wrk [jq]=jq
+    [ps]=procps [taskset]=util-linux [/usr/bin/time]=time [curl]=curl [ss]=iproute2)
+  local missing=() cmd
+  for cmd in "${!want[@]}"; do
+    if [[ "$cmd" == /* ]]; then [[ -x "$cmd" ]] && continue
+    else command -v "$cmd" >/dev/null 2>&1 && continue; fi
+    missing+=("${want[$cmd]}")
+  done
+  if ((${#missing[@]})); then
+    log "installing: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian's package may start the system nginx; we never use it.
+    if pgrep -x nginx >/dev/null 2>&1 && [[ -f /run/nginx.pid ]]; then
+      nginx -s quit >/dev/null 2>&1 || true
+    fi
+  fi
+}
+
+# Probe a megaconn subcommand: 1 when `megaconn SUB --help` works.
+megaconn_has() { [[ -x "$MEGACONN" ]] && "$MEGACONN" "$1" --help >/dev/null 2>&1; }
+
+bench_build() {
+  if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+    log "building go-hello"
+    (cd "$BENCH_DIR/peers/go-hello" && GOFLAGS=-mod=mod go build -o target/go-hello .) \
+      || die "go build failed"
+    log "building axum-hello"
+    cargo build --release --quiet --manifest-path "$BENCH_DIR/peers/axum-hello/Cargo.toml" \
+      || die "axum-hello build failed"
+    log "building megaconn (cargo build --release)"
+    if ! (cd "$REPO_ROOT" && cargo build --release --quiet); then
+      log "WARNING: megaconn build failed; megaconn runs are skipped"
+    fi
+  fi
+  megaconn_has serve && MEGACONN_SERVE_OK=1
+  megaconn_has load && MEGACONN_LOAD_OK=1
+  megaconn_has hold && MEGACONN_HOLD_OK=1
+  log "megaconn: serve=$MEGACONN_SERVE_OK load=$MEGACONN_LOAD_OK hold=$MEGACONN_HOLD_OK"
+  return 0
+}
+
+set_sysctl() { # name value
+  local name=$1 want=$2 cur
+  cur="$(sysctl -n "$name" 2>/dev/null | tr -s '[:space:]' ' ' | sed 's/ $//')" || cur=""
+  if [[ "$cur" != "$want" ]]; then
+    if sysctl -q -w "$name=$want" >/dev/null 2>&1; then
+      log "sysctl $name: '$cur' -> '$want'"
+    else
+      log "WARNING: could not set sysctl $name=$want (is '$cur')"
+    fi
+  fi
+}
+
+bench_tune() {
+  ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  log "ulimit -n $(ulimit -n)"
+  set_sysctl net.ipv4.ip_local_port_range "1024 65535"
+  set_sysctl net.core.somaxconn 65535
+  set_sysctl net.ipv4.tcp_max_syn_backlog 65535
+}
+
+# Wait (bounded) until http://127.0.0.1:PORT/ answers. $1 port, $2 seconds.
+wait_http() {
+  local port=$1 secs=${2:-15} i
+  for ((i = 0; i < secs * 10; i++)); do
+    curl -fsS -o /dev/null -m 1 "http://127.0.0.1:$port/" 2>/dev/null && return 0
+    if [[ -n "$SERVER_PID" ]] && ! kill -0 "$SERVER_PID" 2>/dev/null; then return 1; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# All descendants of PID (children, grandchildren...), one per line.
+pid_descendants() {
+  local kid
+  for kid in $(pgrep -P "$1" 2>/dev/null); do
+    echo "$kid"
+    pid_descendants "$kid"
+  done
+}
+
+server_start() { # NAME PORT [WORKERS]
+  local name=$1 port=$2 workers=${3:-1} log_file
+  mkdir -p "$RUN_DIR"
+  log_file="$RUN_DIR/$name-$port.log"
+  SERVER_NAME=$name
+  case "$name" in
+    megaconn)
+      [[ "$MEGACONN_SERVE_OK" == 1 ]] || die "megaconn serve is not available"
+      taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$port" \
+        --workers "$workers" >"$log_file" 2>&1 &
+      ;;
+    go)
+      GOMAXPROCS=$workers taskset -c "$SERVER_CPU" "$GO_HELLO" -listen "127.0.0.1:$port" \
+        >"$log_file" 2>&1 &
+      ;;
+    axum)
+      taskset -c "$SERVER_CPU" "$AXUM_HELLO" --listen "127.0.0.1:$port" --threads "$workers" \
+        >"$log_file" 2>&1 &
+      ;;
+    nginx)
+      local dir="$RUN_DIR/nginx-$port"
+      rm -rf "$dir" && mkdir -p "$dir"
+      sed -e "s|@WORKERS@|$workers|g" -e "s|@LISTEN@|127.0.0.1:$port|g" -e "s|@RUNDIR@|$dir|g" \
+        "$BENCH_DIR/peers/nginx.conf.template" >"$dir/nginx.conf"
+      taskset -c "$SERVER_CPU" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+        >"$log_file" 2>&1 &
+      ;;
+    *) die "unknown server $name" ;;
+  esac
+  SERVER_PID=$!
+  if ! wait_http "$port" 20; then
+    log "server $name did not answer on :$port; log follows"
+    cat "$log_file" >&2 || true
+    server_stop
+    return 1
+  fi
+  if [[ "$name" == nginx ]]; then
+    SERVER_MEASURE_PIDS="$(pgrep -P "$SERVER_PID" | tr '\n' ' ')"
+  else
+    SERVER_MEASURE_PIDS="$SERVER_PID $(pid_descendants "$SERVER_PID" | tr '\n' ' ')"
+  fi
+  log "started $name on 127.0.0.1:$port (pid $SERVER_PID, measured: $SERVER_MEASURE_PIDS)"
+}
+
+server_stop() {
+  [[ -n "$SERVER_PID" ]] || return 0
+  local i
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$SERVER_PID" 2>/dev/null; then
+    log "server $SERVER_NAME (pid $SERVER_PID) ignored SIGTERM for 10s; SIGKILL"
+    kill -KILL "$SERVER_PID" $(pid_descendants "$SERVER_PID") 2>/dev/null || true
+  fi
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+  SERVER_MEASURE_PIDS=""
+}
+
+# utime+stime of one PID in seconds (0 if gone). Field 14/15 of /proc/PID/stat,
+# counted after the ")" closing the command name.
+_pid_ticks() {
+  local stat rest
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || { echo 0; return; }
+  rest="${stat##*) }"
+  # rest starts at field 3 (state); utime is field 14 -> index 11, stime 12.
+  read -r -a f <<<"$rest"
+  echo $((f[11] + f[12]))
+}
+
+pid_cpu_secs() { # PID... (children included)
+  local total=0 p
+  for p in "$@" $(for q in "$@"; do pid_descendants "$q"; done); do
+    total=$((total + $(_pid_ticks "$p")))
+  done
+  awk -v t="$total" -v hz="$CLK_TCK" 'BEGIN { printf "%.4f\n", t / hz }'
+}
+
+server_cpu_secs() { pid_cpu_secs "$SERVER_PID"; }
+
+pid_rss_bytes() { # PID... (VmRSS summed, no children)
+  local total=0 p kb
+  for p in "$@"; do
+    kb="$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null)" || kb=0
+    total=$((total + ${kb:-0} * 1024))
+  done
+  echo "$total"
+}
+
+# shellcheck disable=SC2086  # word splitting of the PID list is intended
+server_rss_bytes() { pid_rss_bytes $SERVER_MEASURE_PIDS; }
+
+kernel_slab_bytes() { awk '/^Slab:/ { print $2 * 1024 }' /proc/meminfo; }
+kernel_tcp_mem_bytes() {
+  awk -v ps="$PAGE_SIZE" '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) * ps }' \
+    /proc/net/sockstat
+}
+
+established_count() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; }
+
+# Kill background helpers and the server; safe to call more than once.
+bench_cleanup() {
+  local p
+  for p in "${BENCH_BG_PIDS[@]}"; do
+    kill -TERM "$p" $(pid_descendants "$p") 2>/dev/null || true
+  done
+  for p in "${BENCH_BG_PIDS[@]}"; do
+    wait "$p" 2>/dev/null || true
+  done
+  BENCH_BG_PIDS=()
+  server_stop
+}
+
+# Print a few facts about the machine and the tools (markdown list).
+bench_machine_info() {
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "- nproc: $(nproc); memory: $(free -g | awk '/^Mem:/ { print $2 " GiB total, " $7 " GiB available" }')"
+  echo "- kernel: $(uname -srm)"
+  echo "- CPU: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+  echo "- go: $(go version 2>/dev/null | awk '{ print $3 }'); nginx: $(nginx -v 2>&1 | sed 's|.*nginx/||'); rustc: $(rustc --version 2>/dev/null | awk '{ print $2 }'); wrk: $(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
+  echo "- megaconn: $(cd "$REPO_ROOT" && git rev-parse --short HEAD 2>/dev/null || echo 'no commit') ($MEGACONN)"
+}

@@ -1,0 +1,3 @@
+module megaconn/bench/go-hello
+
+go 1.19
