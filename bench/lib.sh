@@ -54,13 +54,13 @@ die() { log "ERROR: $*"; exit 1; }
 
 bench_install_deps() {
   [[ "${BENCH_SKIP_INSTALL:-0}" == 1 ]] && return 0
-  local -A want=([go]=golang-go [nginx]=nginx-light [wrk]=wrk [jq]=jq
+  local -A pkgs=([go]=golang-go [nginx]=nginx-light [wrk]=wrk [jq]=jq
     [ps]=procps [taskset]=util-linux [/usr/bin/time]=time [curl]=curl [ss]=iproute2)
   local missing=() cmd
-  for cmd in "${!want[@]}"; do
+  for cmd in "${!pkgs[@]}"; do
     if [[ "$cmd" == /* ]]; then [[ -x "$cmd" ]] && continue
     else command -v "$cmd" >/dev/null 2>&1 && continue; fi
-    missing+=("${want[$cmd]}")
+    missing+=("${pkgs[$cmd]}")
   done
   if ((${#missing[@]})); then
     log "installing: ${missing[*]}"
@@ -190,6 +190,7 @@ server_stop() {
   done
   if kill -0 "$SERVER_PID" 2>/dev/null; then
     log "server $SERVER_NAME (pid $SERVER_PID) ignored SIGTERM for 10s; SIGKILL"
+    # shellcheck disable=SC2046  # a list of PIDs
     kill -KILL "$SERVER_PID" $(pid_descendants "$SERVER_PID") 2>/dev/null || true
   fi
   wait "$SERVER_PID" 2>/dev/null || true
@@ -200,7 +201,7 @@ server_stop() {
 # utime+stime of one PID in seconds (0 if gone). Field 14/15 of /proc/PID/stat,
 # counted after the ")" closing the command name.
 _pid_ticks() {
-  local stat rest
+  local stat rest f
   stat="$(cat "/proc/$1/stat" 2>/dev/null)" || { echo 0; return; }
   rest="${stat##*) }"
   # rest starts at field 3 (state); utime is field 14 -> index 11, stime 12.
@@ -242,6 +243,7 @@ established_count() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | 
 bench_cleanup() {
   local p
   for p in "${BENCH_BG_PIDS[@]}"; do
+    # shellcheck disable=SC2046  # a list of PIDs
     kill -TERM "$p" $(pid_descendants "$p") 2>/dev/null || true
   done
   for p in "${BENCH_BG_PIDS[@]}"; do

@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# bench/throughput.sh — requests per core: megaconn vs Go net/http, nginx, axum.
+#
+# What it measures: each server runs alone, pinned to core $SERVER_CPU (1) with
+# one worker/thread (megaconn --workers 1, GOMAXPROCS=1, nginx 1 worker, axum on
+# a current-thread runtime). The load, `megaconn load -t 1`, is pinned to core
+# $LOAD_CPU (0). Scenarios: closed loop with 64 and 512 connections, and an open
+# loop at a fixed rate ($RATE req/s over $RATE_CONNS connections). Servers are
+# interleaved over $ROUNDS rounds (order rotated each round, fresh process per
+# round, 1 s warm-up); the table has medians. Per run: req/s, latency
+# p50/p99/p99.9, and server CPU µs per request = (utime+stime after - before,
+# from /proc/PID/stat, whole process tree) / requests. Then one cross-check
+# round with wrk (`wrk -t1 -c64 -d$WRK_DURATION`) and `megaconn load` with the
+# same settings, each timed with /usr/bin/time, giving requests per client
+# CPU-second for both load generators.
+#
+# Needs: root (apt installs, sysctls), 2+ cores, golang-go nginx-light wrk jq
+# (installed by lib.sh when missing), cargo; builds the peers and megaconn.
+# Sets sysctls: net.ipv4.ip_local_port_range="1024 65535",
+#   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
+#
+# Env: ROUNDS (3), DURATION (5s), RATE (20000), RATE_CONNS (64), PORT (18080),
+#   SERVERS ("megaconn go nginx axum"), WRK_DURATION (5s), WRK=0 to skip wrk.
+# Output: raw JSON in bench/out/throughput-<stamp>/ (runs.jsonl, wrk.jsonl,
+#   summary.json) and the markdown tables on stdout (also table.md there).
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-5s}"
+RATE="${RATE:-20000}"
+RATE_CONNS="${RATE_CONNS:-64}"
+PORT="${PORT:-18080}"
+SERVERS="${SERVERS:-megaconn go nginx axum}"
+WRK_DURATION="${WRK_DURATION:-5s}"
+WRK="${WRK:-1}"
+URL="http://127.0.0.1:$PORT/"
+SCENARIOS=(c64 c512 "rate$RATE")
+
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+bench_install_deps
+bench_build
+bench_tune
+[[ "$MEGACONN_LOAD_OK" == 1 ]] || die "megaconn load is not available ($MEGACONN load --help failed)"
+
+read -r -a servers <<<"$SERVERS"
+if [[ "$MEGACONN_SERVE_OK" != 1 ]]; then
+  log "megaconn serve is not available: measuring the peers only"
+  tmp=()
+  for s in "${servers[@]}"; do [[ "$s" == megaconn ]] || tmp+=("$s"); done
+  servers=("${tmp[@]}")
+fi
+
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+RES_DIR="$OUT_DIR/throughput-$STAMP"
+mkdir -p "$RES_DIR"
+RUNS="$RES_DIR/runs.jsonl"
+WRK_RUNS="$RES_DIR/wrk.jsonl"
+: >"$RUNS"
+: >"$WRK_RUNS"
+log "results in $RES_DIR"
+
+scenario_args() { # scenario -> megaconn load arguments
+  case "$1" in
+    c64) echo "-c 64" ;;
+    c512) echo "-c 512" ;;
+    rate*) echo "-c $RATE_CONNS --rate $RATE" ;;
+  esac
+}
+
+# Run `megaconn load` pinned to the load core under /usr/bin/time and print one
+# JSON record (the load JSON plus our fields). $1 server $2 scenario $3 round
+# $4 duration; the rest are extra load arguments.
+run_load() {
+  local server=$1 scenario=$2 round=$3 dur=$4
+  shift 4
+  local base="$RES_DIR/$server-$scenario-r$round"
+  local cpu0 cpu1 rss time_u time_s
+  cpu0="$(server_cpu_secs)"
+  if ! taskset -c "$LOAD_CPU" /usr/bin/time -f '%U %S' -o "$base.time" \
+    "$MEGACONN" load "$URL" -t 1 -d "$dur" --json "$base.json" "$@" >"$base.log" 2>&1; then
+    log "WARNING: megaconn load failed for $server $scenario round $round (see $base.log)"
+    return 1
+  fi
+  cpu1="$(server_cpu_secs)"
+  rss="$(server_rss_bytes)"
+  read -r time_u time_s <"$base.time"
+  jq -c --arg server "$server" --arg scenario "$scenario" --argjson round "$round" \
+    --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" --argjson rss "$rss" \
+    --argjson tu "$time_u" --argjson ts "$time_s" \
+    '{server: $server, scenario: $scenario, round: $round} + . + {
+       server_cpu_secs: ($cpu1 - $cpu0),
+       server_cpu_us_per_req: (if .requests > 0 then ($cpu1 - $cpu0) * 1e6 / .requests else null end),
+       server_rss_bytes: $rss,
+       client_time_cpu_secs: ($tu + $ts)}' "$base.json"
+}
+
+warmup() { "$MEGACONN" load "$URL" -c 64 -t 1 -d 1s >/dev/null 2>&1 || true; }
+
+# ---- interleaved rounds ------------------------------------------------------
+t_start=$SECONDS
+n=${#servers[@]}
+for ((round = 1; round <= ROUNDS; round++)); do
+  for ((k = 0; k < n; k++)); do
+    server="${servers[$(((k + round - 1) % n))]}"
+    server_start "$server" "$PORT" 1 || die "could not start $server"
+    warmup
+    for scenario in "${SCENARIOS[@]}"; do
+      # shellcheck disable=SC2046  # scenario_args is a word list
+      if rec="$(run_load "$server" "$scenario" "$round" "$DURATION" $(scenario_args "$scenario"))"; then
+        echo "$rec" >>"$RUNS"
+        log "$(jq -r '"round \(.round) \(.server) \(.scenario): \(.rps|floor) req/s p99 \(.latency_us.p99)us server \(.server_cpu_us_per_req*100|round/100) us/req"' <<<"$rec")"
+      fi
+    done
+    server_stop
+  done
+done
+
+# ---- wrk cross-check ---------------------------------------------------------
+if [[ "$WRK" == 1 ]]; then
+  for server in "${servers[@]}"; do
+    server_start "$server" "$PORT" 1 || die "could not start $server"
+    warmup
+    base="$RES_DIR/$server-wrk"
+    cpu0="$(server_cpu_secs)"
+    taskset -c "$LOAD_CPU" /usr/bin/time -f '%U %S' -o "$base.time" \
+      wrk -t1 -c64 -d"$WRK_DURATION" -s "$BENCH_DIR/wrk-json.lua" "$URL" >"$base.log" 2>&1
+    cpu1="$(server_cpu_secs)"
+    read -r tu ts <"$base.time"
+    grep '^WRKJSON ' "$base.log" | sed 's/^WRKJSON //' |
+      jq -c --arg server "$server" --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" \
+        --argjson tu "$tu" --argjson ts "$ts" \
+        '{server: $server, tool: "wrk"} + . + {
+           server_cpu_us_per_req: (($cpu1 - $cpu0) * 1e6 / .requests),
+           client_time_cpu_secs: ($tu + $ts)}' >>"$WRK_RUNS"
+    if rec="$(run_load "$server" c64-xcheck 0 "$WRK_DURATION" -c 64)"; then
+      jq -c '. + {tool: "megaconn-load"}' <<<"$rec" >>"$WRK_RUNS"
+    fi
+    server_stop
+  done
+fi
+elapsed=$((SECONDS - t_start))
+
+# ---- summary -----------------------------------------------------------------
+jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" '
+  def median: sort | if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor]
+    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  group_by([.server, .scenario]) | map({
+    server: .[0].server, scenario: .[0].scenario, runs: length,
+    rps: (map(.rps) | median),
+    p50: (map(.latency_us.p50) | median),
+    p99: (map(.latency_us.p99) | median),
+    p999: (map(.latency_us.p999) | median),
+    cpu_us_per_req: (map(.server_cpu_us_per_req) | median),
+    server_cpu_util: (map(.server_cpu_secs / .duration_secs) | median),
+    client_cpu_util: (map(.client_time_cpu_secs / .duration_secs) | median),
+    errors: (map(.errors | to_entries | map(.value) | add // 0) | add)
+  })' "$RUNS" >"$RES_DIR/summary.json"
+
+{
+  echo "### Throughput (medians of $ROUNDS rounds × $DURATION; server on core $SERVER_CPU, load on core $LOAD_CPU)"
+  echo
+  echo "| server | connections / mode | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | server CPU | client CPU | req/s vs megaconn | CPU/req vs megaconn | errors |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  jq -r --arg rate "$RATE" --arg rconns "$RATE_CONNS" '
+    def f0: if . == null then "—" else (. | round | tostring) end;
+    def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
+    def pct: if . == null then "—" else ((. * 100 | round | tostring) + "%") end;
+    def mode: if . == "c64" then "64 conns, closed loop"
+      elif . == "c512" then "512 conns, closed loop"
+      else "open loop \($rate) req/s, \($rconns) conns" end;
+    . as $all
+    | ["c64", "c512"] + ([.[].scenario] | unique | map(select(startswith("rate")))) | unique
+    | sort_by(if . == "c64" then 0 elif . == "c512" then 1 else 2 end)[] as $sc
+    | ($all | map(select(.scenario == $sc and .server == "megaconn")) | .[0]) as $m
+    | ["megaconn", "go", "nginx", "axum"][] as $srv
+    | $all[] | select(.scenario == $sc and .server == $srv)
+    | "| \(.server) | \(.scenario | mode) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.p999 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | "
+      + (if $m == null then "—" else ((.rps / $m.rps) | f2) + "×" end) + " | "
+      + (if $m == null then "—" else ((.cpu_us_per_req / $m.cpu_us_per_req) | f2) + "×" end)
+      + " | \(.errors) |"' "$RES_DIR/summary.json"
+  echo
+  echo "server CPU / client CPU = CPU seconds used per wall-clock second of the run (100% = one core busy). A server below ~100% while the client is at ~100% means the load generator, not the server, set the req/s; server CPU µs/req is the figure that does not depend on that."
+  if [[ -s "$WRK_RUNS" ]]; then
+    echo
+    echo "### Load-generator cross-check (one run each, 64 connections, $WRK_DURATION, 1 client thread on core $LOAD_CPU)"
+    echo
+    echo "| server | tool | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | client CPU s (/usr/bin/time) | client_cpu_secs field | requests per client CPU-second |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    jq -r '
+      def f0: if . == null then "—" else (. | round | tostring) end;
+      def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
+      "| \(.server) | \(.tool) | \(.rps | f0) | \(.latency_us.p50 | f0) | \(.latency_us.p99 | f0) | \(.latency_us.p999 | f0) | \(.server_cpu_us_per_req | f2) | \(.client_time_cpu_secs | f2) | \(.client_cpu_secs | f2) | \(if .client_time_cpu_secs > 0 then (.requests / .client_time_cpu_secs | f0) else "—" end) |"' "$WRK_RUNS"
+  fi
+  echo
+  echo "_throughput.sh: servers: ${servers[*]}; ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE; run time ${elapsed}s; raw JSON: bench/out/throughput-$STAMP/_"
+} | tee "$RES_DIR/table.md"
