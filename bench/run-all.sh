@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# bench/run-all.sh — runs bench/throughput.sh and bench/idle-memory.sh and
+# writes bench/RESULTS.md (date, machine, tool versions, the exact commands,
+# the tables, each script's run time).
+#
+# Needs: root, 2+ cores, cargo; lib.sh installs golang-go nginx-light wrk jq
+# procps util-linux time curl when missing and builds the peers and megaconn.
+# Sets sysctls (via lib.sh): net.ipv4.ip_local_port_range="1024 65535",
+#   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
+# Takes about 7 minutes with the defaults (plus the first build).
+# Env: everything throughput.sh and idle-memory.sh read (ROUNDS, DURATION, RATE,
+#   N, RAMP, SERVERS...), RESULTS (output file, default bench/RESULTS.md).
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RESULTS="${RESULTS:-$BENCH_DIR/RESULTS.md}"
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+t0=$SECONDS
+bench_install_deps
+bench_build
+build_secs=$((SECONDS - t0))
+mkdir -p "$OUT_DIR"
+
+run_script() { # name -> runs bench/NAME.sh, output in $OUT_DIR/NAME.last.md
+  local name=$1 start=$SECONDS rc=0
+  log "running bench/$name.sh"
+  BENCH_SKIP_INSTALL=1 BENCH_SKIP_BUILD=1 bash "$BENCH_DIR/$name.sh" >"$OUT_DIR/$name.last.md" \
+    2> >(tee "$OUT_DIR/$name.last.log" >&2) || rc=$?
+  printf -v "${name//-/_}_secs" '%s' "$((SECONDS - start))"
+  printf -v "${name//-/_}_rc" '%s' "$rc"
+  ((rc == 0)) || log "WARNING: bench/$name.sh exited with $rc (see bench/out/$name.last.log)"
+}
+
+throughput_secs=0 throughput_rc=0 idle_memory_secs=0 idle_memory_rc=0
+run_script throughput
+run_script idle-memory
+
+status_line() { # rc secs
+  if [[ $1 == 0 ]]; then echo "took $2 s"; else echo "**failed (exit $1)** after $2 s; see bench/out/"; fi
+}
+
+{
+  echo "# megaconn benchmark results"
+  echo
+  echo "Written by \`bench/run-all.sh\`. Do not edit by hand; rerun it."
+  echo
+  echo "## Machine"
+  echo
+  bench_machine_info
+  echo "- sysctls: net.ipv4.ip_local_port_range=\"$(sysctl -n net.ipv4.ip_local_port_range | xargs)\", net.core.somaxconn=$(sysctl -n net.core.somaxconn), net.ipv4.tcp_max_syn_backlog=$(sysctl -n net.ipv4.tcp_max_syn_backlog); ulimit -n $(ulimit -n)"
+  echo
+  if [[ "$MEGACONN_SERVE_OK" != 1 ]]; then
+    echo "> **megaconn is pending**: \`megaconn serve\` was not available in this build, so the tables below have the peers only."
+    echo
+  fi
+  echo "## Run time"
+  echo
+  echo "- build (peers + megaconn): ${build_secs} s"
+  echo "- bench/throughput.sh: $(status_line "$throughput_rc" "$throughput_secs")"
+  echo "- bench/idle-memory.sh: $(status_line "$idle_memory_rc" "$idle_memory_secs")"
+  echo
+  echo "## Commands"
+  echo
+  echo "Servers, each alone, pinned to core $SERVER_CPU with one worker/thread (PORT 18080 for throughput, 18090 for idle memory):"
+  echo
+  echo '```'
+  echo "taskset -c $SERVER_CPU target/release/megaconn serve --listen 127.0.0.1:PORT --workers 1"
+  echo "GOMAXPROCS=1 taskset -c $SERVER_CPU bench/peers/go-hello/target/go-hello -listen 127.0.0.1:PORT"
+  echo "taskset -c $SERVER_CPU nginx -p RUN -c RUN/nginx.conf   # bench/peers/nginx.conf.template, worker_processes 1"
+  echo "taskset -c $SERVER_CPU bench/peers/axum-hello/target/release/axum-hello --listen 127.0.0.1:PORT --threads 1"
+  echo '```'
+  echo
+  echo "Load (throughput.sh), pinned to core $LOAD_CPU, after a 1 s warm-up; ${ROUNDS:-3} interleaved rounds of each:"
+  echo
+  echo '```'
+  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:18080/ -t 1 -d ${DURATION:-5s} -c 64 --json F"
+  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:18080/ -t 1 -d ${DURATION:-5s} -c 512 --json F"
+  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:18080/ -t 1 -d ${DURATION:-5s} -c ${RATE_CONNS:-64} --rate ${RATE:-20000} --json F"
+  echo "taskset -c $LOAD_CPU /usr/bin/time wrk -t1 -c64 -d${WRK_DURATION:-5s} -s bench/wrk-json.lua http://127.0.0.1:18080/   # cross-check"
+  echo '```'
+  echo
+  echo "Idle connections (idle-memory.sh):"
+  echo
+  echo '```'
+  echo "taskset -c $LOAD_CPU megaconn hold http://127.0.0.1:18090/ -c ${N:-15000} --ramp ${RAMP:-5000} --source ${SOURCE:-127.0.0.2-127.0.0.9} --interval 3600s --duration D --json F"
+  echo "taskset -c $LOAD_CPU megaconn hold http://127.0.0.1:18090/echo -c ${N:-15000} --ramp ${RAMP:-5000} --source ${SOURCE:-127.0.0.2-127.0.0.9} --interval 3600s --duration D -m POST --body @4KiB-file --json F"
+  echo '```'
+  echo
+  echo "## Throughput"
+  echo
+  if [[ -s "$OUT_DIR/throughput.last.md" ]]; then cat "$OUT_DIR/throughput.last.md"; else echo "_no results_"; fi
+  echo
+  echo "## Idle-connection memory"
+  echo
+  if [[ -s "$OUT_DIR/idle-memory.last.md" ]]; then cat "$OUT_DIR/idle-memory.last.md"; else echo "_no results_"; fi
+} >"$RESULTS"
+
+log "wrote $RESULTS (total $((SECONDS - t0)) s)"
+cat "$RESULTS"
