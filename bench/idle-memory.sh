@@ -160,6 +160,7 @@ hold_phase() {
 }
 
 t_start=$SECONDS
+bench_wait_quiet "${QUIET_WAIT:-30}"
 for server in "${servers[@]}"; do
   log "== $server"
   server_start "$server" "$PORT" 1 || die "could not start $server"
@@ -188,7 +189,7 @@ elapsed=$((SECONDS - t_start))
     | .[] | "| \(.server) | \(.baseline_rss | mib) | \(.idle.rss_open | mib)\(.idle | open) | \(.idle.rss_per_conn | f0) | \(.idle.kernel_per_conn | f0) | \(.idle.rss_after_close | mib) | \(.post4k.rss_open | mib)\(.post4k | open) | \(.post4k.rss_per_conn | f0) | \(.post4k.rss_after_close | mib) | "
       + (if $m == null or $m == 0 then "—" else ((.idle.rss_per_conn / $m * 100 | round) / 100 | tostring) + "×" end) + " |"' "$RESULTS"
   echo
-  echo "bytes/conn = (RSS with the connections open − RSS just before opening them) / connections open; the 4 KiB row's baseline is the RSS after the first phase's connections closed. Kernel bytes/conn = Δ(Slab + TCP socket-buffer pages) / connections, which counts both the client and the server socket of each loopback connection. nginx: its worker's RSS; nginx's /echo reads and discards the body (nginx-light has no echo module), the others echo it."
+  echo "bytes/conn = (RSS with the connections open − RSS just before opening them) / connections open; the 4 KiB row's baseline is the RSS after the first phase's connections closed. Kernel bytes/conn = Δ(Slab + TCP socket-buffer pages) / connections, which counts both the client and the server socket of each loopback connection. nginx: its worker's RSS; nginx allocates its connection table for all worker_connections (20000) at start, so part of its per-connection cost (a few hundred bytes) is in its baseline, not in the delta; nginx's /echo reads and discards the body (nginx-light has no echo module), the others echo it."
   jq -r -s '.[] |
     def kib: if . == null then "—" else ((. / 1024 | round) | tostring) + " KiB" end;
     def f0: if . == null then "—" else (. | round | tostring) end;

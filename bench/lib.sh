@@ -237,6 +237,34 @@ kernel_tcp_mem_bytes() {
     /proc/net/sockstat
 }
 
+# CPU seconds all cores spent busy since boot (user nice system irq softirq
+# steal from /proc/stat). Busy time minus the server's and the client's is what
+# other processes on the machine took during a run (noise).
+system_busy_secs() {
+  awk -v hz="$CLK_TCK" '$1 == "cpu" { printf "%.4f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat
+}
+
+# Wait (at most $1 s, default 60) until other processes use less than
+# $QUIET_MAX (default 0.15) of a core, sampled over 1 s. Returns 0 either way.
+bench_wait_quiet() {
+  local max_wait=${1:-60} start=$SECONDS b0 b1 busy
+  while :; do
+    b0="$(system_busy_secs)"
+    sleep 1
+    b1="$(system_busy_secs)"
+    busy="$(awk -v a="$b0" -v b="$b1" 'BEGIN { printf "%.2f", b - a }')"
+    if awk -v x="$busy" -v m="${QUIET_MAX:-0.15}" 'BEGIN { exit !(x < m) }'; then
+      return 0
+    fi
+    if ((SECONDS - start >= max_wait)); then
+      log "WARNING: machine still busy (${busy} cores used by others) after ${max_wait}s; going on"
+      return 0
+    fi
+    log "machine busy (${busy} cores used by other processes); waiting"
+    sleep 2
+  done
+}
+
 established_count() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; }
 
 # Kill background helpers and the server; safe to call more than once.

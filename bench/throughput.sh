@@ -79,30 +79,34 @@ run_load() {
   local server=$1 scenario=$2 round=$3 dur=$4
   shift 4
   local base="$RES_DIR/$server-$scenario-r$round"
-  local cpu0 cpu1 rss time_u time_s
+  local cpu0 cpu1 rss time_u time_s sys0 sys1
   cpu0="$(server_cpu_secs)"
+  sys0="$(system_busy_secs)"
   if ! taskset -c "$LOAD_CPU" /usr/bin/time -f '%U %S' -o "$base.time" \
     "$MEGACONN" load "$URL" -t 1 -d "$dur" --json "$base.json" "$@" >"$base.log" 2>&1; then
     log "WARNING: megaconn load failed for $server $scenario round $round (see $base.log)"
     return 1
   fi
+  sys1="$(system_busy_secs)"
   cpu1="$(server_cpu_secs)"
   rss="$(server_rss_bytes)"
   read -r time_u time_s <"$base.time"
   jq -c --arg server "$server" --arg scenario "$scenario" --argjson round "$round" \
     --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" --argjson rss "$rss" \
-    --argjson tu "$time_u" --argjson ts "$time_s" \
+    --argjson tu "$time_u" --argjson ts "$time_s" --argjson sys0 "$sys0" --argjson sys1 "$sys1" \
     '{server: $server, scenario: $scenario, round: $round} + . + {
        server_cpu_secs: ($cpu1 - $cpu0),
        server_cpu_us_per_req: (if .requests > 0 then ($cpu1 - $cpu0) * 1e6 / .requests else null end),
        server_rss_bytes: $rss,
-       client_time_cpu_secs: ($tu + $ts)}' "$base.json"
+       client_time_cpu_secs: ($tu + $ts),
+       other_cpu_secs: (($sys1 - $sys0) - ($cpu1 - $cpu0) - ($tu + $ts))}' "$base.json"
 }
 
 warmup() { "$MEGACONN" load "$URL" -c 64 -t 1 -d 1s >/dev/null 2>&1 || true; }
 
 # ---- interleaved rounds ------------------------------------------------------
 t_start=$SECONDS
+bench_wait_quiet "${QUIET_WAIT:-60}"
 n=${#servers[@]}
 for ((round = 1; round <= ROUNDS; round++)); do
   for ((k = 0; k < n; k++)); do
@@ -159,14 +163,15 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" '
     cpu_us_per_req: (map(.server_cpu_us_per_req) | median),
     server_cpu_util: (map(.server_cpu_secs / .duration_secs) | median),
     client_cpu_util: (map(.client_time_cpu_secs / .duration_secs) | median),
+    other_cpu_util: (map(.other_cpu_secs / .duration_secs) | median),
     errors: (map(.errors | to_entries | map(.value) | add // 0) | add)
   })' "$RUNS" >"$RES_DIR/summary.json"
 
 {
   echo "### Throughput (medians of $ROUNDS rounds × $DURATION; server on core $SERVER_CPU, load on core $LOAD_CPU)"
   echo
-  echo "| server | connections / mode | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | server CPU | client CPU | req/s vs megaconn | CPU/req vs megaconn | errors |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| server | connections / mode | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | server CPU | client CPU | other CPU | req/s vs megaconn | CPU/req vs megaconn | errors |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   jq -r --arg rate "$RATE" --arg rconns "$RATE_CONNS" '
     def f0: if . == null then "—" else (. | round | tostring) end;
     def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
@@ -180,12 +185,12 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" '
     | ($all | map(select(.scenario == $sc and .server == "megaconn")) | .[0]) as $m
     | ["megaconn", "go", "nginx", "axum"][] as $srv
     | $all[] | select(.scenario == $sc and .server == $srv)
-    | "| \(.server) | \(.scenario | mode) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.p999 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | "
+    | "| \(.server) | \(.scenario | mode) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.p999 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | "
       + (if $m == null then "—" else ((.rps / $m.rps) | f2) + "×" end) + " | "
       + (if $m == null then "—" else ((.cpu_us_per_req / $m.cpu_us_per_req) | f2) + "×" end)
       + " | \(.errors) |"' "$RES_DIR/summary.json"
   echo
-  echo "server CPU / client CPU = CPU seconds used per wall-clock second of the run (100% = one core busy). A server below ~100% while the client is at ~100% means the load generator, not the server, set the req/s; server CPU µs/req is the figure that does not depend on that."
+  echo "server CPU / client CPU = CPU seconds used per wall-clock second of the run (100% = one core busy). A server below ~100% while the client is at ~100% means the load generator, not the server, set the req/s; server CPU µs/req is the figure that does not depend on that. other CPU = busy time of the whole machine (/proc/stat) minus server and client: other processes competing for the 2 cores (noise; should be near 0%)."
   if [[ -s "$WRK_RUNS" ]]; then
     echo
     echo "### Load-generator cross-check (one run each, 64 connections, $WRK_DURATION, 1 client thread on core $LOAD_CPU)"
