@@ -1,0 +1,363 @@
+//! One `load` client connection: the request bytes are rendered once (K copies
+//! back to back for `--pipeline K`), responses are parsed by
+//! [`ResponseParser`] out of a buffer reused for the connection's whole life,
+//! and in-flight send times sit in a fixed-capacity ring. The hot path
+//! (send, read, parse, record) allocates nothing.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::histogram::{new_histogram, record_ns};
+use crate::parse::{ResponseParser, Step};
+use crate::report::{ErrorCounts, ErrorKind};
+use crate::schedule::{latency_ns, Schedule};
+use crate::sys;
+
+/// Renders one HTTP/1.1 request. A `Host` header is added unless given, and a
+/// `Content-Length` whenever there is a body.
+pub(crate) fn render_request(method: &str, host: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(128 + body.len());
+    r.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        r.extend_from_slice(format!("Host: {host}\r\n").as_bytes());
+    }
+    for (k, v) in headers {
+        r.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    let has_length = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    if !has_length && (!body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH")) {
+        r.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    r.extend_from_slice(b"\r\n");
+    r.extend_from_slice(body);
+    r
+}
+
+/// What every connection of a thread shares (read-only).
+#[derive(Debug, Clone)]
+pub(crate) struct ConnShared {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// `pipeline` copies of the request, back to back.
+    pub batch: Vec<u8>,
+    /// Length of one request in `batch`.
+    pub request_len: usize,
+    /// Requests in flight per connection.
+    pub pipeline: usize,
+    /// Connect and response timeout.
+    pub timeout: Duration,
+    /// The run ends here (duration mode), or far in the future.
+    pub deadline: Instant,
+    /// The method is HEAD (responses have no body).
+    pub head_request: bool,
+}
+
+/// Counters the progress display reads while the run goes (one writer thread each).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Live {
+    /// Successful responses.
+    pub requests: AtomicU64,
+    /// Errors of any kind.
+    pub errors: AtomicU64,
+    /// Bytes read.
+    pub bytes: AtomicU64,
+    /// Requests sent.
+    pub sent: AtomicU64,
+}
+
+/// What a thread's connections accumulate besides the live counters.
+#[derive(Debug)]
+pub(crate) struct ThreadStats {
+    /// Latencies, ns.
+    pub hist: Histogram<u64>,
+    /// Errors by kind.
+    pub errors: ErrorCounts,
+    /// Open loop: sum of send lags, ns.
+    pub lag_sum_ns: u128,
+    /// Open loop: largest send lag, ns.
+    pub lag_max_ns: u64,
+    /// Open loop: requests due but never sent.
+    pub backlog: u64,
+}
+
+impl ThreadStats {
+    /// Empty stats.
+    pub(crate) fn new() -> Self {
+        ThreadStats { hist: new_histogram(), errors: ErrorCounts::default(), lag_sum_ns: 0, lag_max_ns: 0, backlog: 0 }
+    }
+}
+
+/// Size of a connection's read buffer; it grows (up to [`MAX_BUF`]) only for huge heads.
+const BUF: usize = 16 * 1024;
+const MAX_BUF: usize = 1024 * 1024;
+
+/// Why a connection's inner loop ended.
+enum End {
+    /// Reconnect (error already counted, or the server asked to close).
+    Reconnect,
+    /// The budget is spent or the deadline passed.
+    Finished,
+}
+
+/// Runs one connection until it has completed `budget` requests (each error also
+/// consumes one, so a dead server cannot keep it alive) or the deadline passes.
+/// `schedule` is `Some` in open loop.
+pub(crate) async fn run(
+    shared: Rc<ConnShared>,
+    mut budget: u64,
+    mut schedule: Option<Schedule>,
+    stats: Rc<RefCell<ThreadStats>>,
+    live: Arc<Live>,
+) {
+    let mut buf = vec![0u8; BUF];
+    let mut inflight: VecDeque<Instant> = VecDeque::with_capacity(shared.pipeline);
+    let mut parser = ResponseParser::new(shared.head_request);
+    let mut conn = Conn { shared: &shared, buf: &mut buf, inflight: &mut inflight, parser: &mut parser, stats: &stats, live: &live };
+    while budget > 0 && Instant::now() < shared.deadline {
+        let stream = match sys::connect(shared.addr, None, shared.timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                stats.borrow_mut().errors.add(ErrorKind::of_connect(&e));
+                live.errors.fetch_add(1, Relaxed);
+                budget -= 1;
+                // Do not spin on a dead server: wait a little before retrying.
+                tokio::time::sleep_until(tokio::time::Instant::from_std(
+                    (Instant::now() + Duration::from_millis(10)).min(shared.deadline),
+                ))
+                .await;
+                continue;
+            }
+        };
+        match conn.serve(stream, &mut budget, schedule.as_mut()).await {
+            End::Reconnect => continue,
+            End::Finished => break,
+        }
+    }
+    if let Some(s) = &schedule {
+        let mut st = stats.borrow_mut();
+        st.lag_sum_ns += s.lag_sum_ns();
+        st.lag_max_ns = st.lag_max_ns.max(s.lag_max_ns());
+        if budget > 0 {
+            st.backlog += s.backlog(Instant::now().min(shared.deadline)).min(budget);
+        }
+    }
+}
+
+/// The per-connection state borrowed by the inner loop.
+struct Conn<'a> {
+    shared: &'a ConnShared,
+    buf: &'a mut Vec<u8>,
+    inflight: &'a mut VecDeque<Instant>,
+    parser: &'a mut ResponseParser,
+    stats: &'a RefCell<ThreadStats>,
+    live: &'a Live,
+}
+
+impl Conn<'_> {
+    fn error(&self, kind: ErrorKind) {
+        self.stats.borrow_mut().errors.add(kind);
+        self.live.errors.fetch_add(1, Relaxed);
+    }
+
+    /// Drives one established connection.
+    async fn serve(&mut self, mut stream: tokio::net::TcpStream, budget: &mut u64, mut schedule: Option<&mut Schedule>) -> End {
+        let sh = self.shared;
+        self.inflight.clear();
+        self.parser.reset();
+        let (mut pos, mut filled) = (0usize, 0usize);
+        let mut last_progress = Instant::now();
+        // One timer per connection, re-armed lazily: it wakes for the deadline, a
+        // response timeout, or (open loop) the next intended send.
+        let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::from_std(sh.deadline)));
+        let mut timer_at = sh.deadline;
+        loop {
+            // Send whatever may be sent now.
+            let room = (sh.pipeline - self.inflight.len()) as u64;
+            let room = room.min(budget.saturating_sub(self.inflight.len() as u64));
+            let mut n = 0usize;
+            if room > 0 {
+                let now = Instant::now();
+                match schedule.as_deref_mut() {
+                    Some(s) => {
+                        while (n as u64) < room {
+                            let Some(intended) = s.take(now) else { break };
+                            self.inflight.push_back(intended);
+                            n += 1;
+                        }
+                    }
+                    None => {
+                        for _ in 0..room {
+                            self.inflight.push_back(now);
+                        }
+                        n = room as usize;
+                    }
+                }
+            }
+            if n > 0 {
+                if self.inflight.len() == n {
+                    last_progress = Instant::now();
+                }
+                if let Err(e) = stream.write_all(&sh.batch[..n * sh.request_len]).await {
+                    self.error(ErrorKind::of_io(&e));
+                    *budget -= 1;
+                    return End::Reconnect;
+                }
+                self.live.sent.fetch_add(n as u64, Relaxed);
+            }
+            if *budget == 0 {
+                return End::Finished;
+            }
+
+            // Wake-up time: deadline, response timeout, next intended send.
+            let mut wake = sh.deadline;
+            if !self.inflight.is_empty() {
+                wake = wake.min(last_progress + sh.timeout);
+            }
+            if let Some(s) = schedule.as_deref() {
+                if self.inflight.len() < sh.pipeline {
+                    wake = wake.min(s.next_due());
+                }
+            }
+            if wake < timer_at || timer.is_elapsed() {
+                timer.as_mut().reset(tokio::time::Instant::from_std(wake));
+                timer_at = wake;
+            }
+
+            let read = tokio::select! {
+                biased;
+                r = stream.read(&mut self.buf[filled..]) => Some(r),
+                () = timer.as_mut() => None,
+            };
+            let Some(read) = read else {
+                let now = Instant::now();
+                if now >= sh.deadline {
+                    return End::Finished;
+                }
+                if !self.inflight.is_empty() && now >= last_progress + sh.timeout {
+                    self.error(ErrorKind::ReadTimeout);
+                    *budget -= 1;
+                    return End::Reconnect;
+                }
+                // Open-loop send due, or the timer was early: re-arm.
+                timer_at = now;
+                continue;
+            };
+            let got = match read {
+                Ok(0) => {
+                    if let Some(resp) = self.parser.on_eof() {
+                        let ok = self.complete(resp.status, Instant::now(), budget);
+                        self.live.requests.fetch_add(ok, Relaxed);
+                        return End::Reconnect;
+                    }
+                    if !self.inflight.is_empty() || !self.parser.idle() {
+                        self.error(ErrorKind::Closed);
+                        *budget -= 1;
+                    }
+                    return End::Reconnect;
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    self.error(ErrorKind::of_io(&e));
+                    *budget -= 1;
+                    return End::Reconnect;
+                }
+            };
+            filled += got;
+            self.live.bytes.fetch_add(got as u64, Relaxed);
+            let now = Instant::now();
+            last_progress = now;
+            let mut ok = 0u64;
+            loop {
+                match self.parser.parse(&self.buf[pos..filled]) {
+                    Ok(Step::Partial { consumed }) => {
+                        pos += consumed;
+                        break;
+                    }
+                    Ok(Step::Done { consumed, response }) => {
+                        pos += consumed;
+                        ok += self.complete(response.status, now, budget);
+                        if response.close || *budget == 0 {
+                            self.live.requests.fetch_add(ok, Relaxed);
+                            return if *budget == 0 { End::Finished } else { End::Reconnect };
+                        }
+                    }
+                    Err(_) => {
+                        self.live.requests.fetch_add(ok, Relaxed);
+                        self.error(ErrorKind::BadResponse);
+                        *budget -= 1;
+                        return End::Reconnect;
+                    }
+                }
+            }
+            self.live.requests.fetch_add(ok, Relaxed);
+            // Keep the unparsed tail at the front of the buffer.
+            if pos == filled {
+                pos = 0;
+                filled = 0;
+            } else if filled == self.buf.len() {
+                if pos > 0 {
+                    self.buf.copy_within(pos..filled, 0);
+                    filled -= pos;
+                    pos = 0;
+                } else if self.buf.len() < MAX_BUF {
+                    let len = self.buf.len() * 2;
+                    self.buf.resize(len, 0);
+                } else {
+                    self.error(ErrorKind::BadResponse);
+                    *budget -= 1;
+                    return End::Reconnect;
+                }
+            }
+        }
+    }
+
+    /// Accounts one complete response; returns 1 if it counts as a successful request.
+    #[inline]
+    fn complete(&mut self, status: u16, now: Instant, budget: &mut u64) -> u64 {
+        let Some(start) = self.inflight.pop_front() else {
+            // A response nobody asked for.
+            self.error(ErrorKind::BadResponse);
+            return 0;
+        };
+        *budget -= 1;
+        let mut st = self.stats.borrow_mut();
+        record_ns(&mut st.hist, latency_ns(start, now));
+        match status {
+            400..=499 => {
+                st.errors.add(ErrorKind::Status4xx);
+                self.live.errors.fetch_add(1, Relaxed);
+                0
+            }
+            500..=599 => {
+                st.errors.add(ErrorKind::Status5xx);
+                self.live.errors.fetch_add(1, Relaxed);
+                0
+            }
+            _ => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_requests() {
+        let r = render_request("GET", "127.0.0.1:8080", "/x", &[], b"");
+        assert_eq!(r, b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n");
+        let h = vec![("Host".to_string(), "h".to_string()), ("X-A".to_string(), "1".to_string())];
+        let r = render_request("POST", "ignored", "/", &h, b"abc");
+        assert_eq!(r, b"POST / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nContent-Length: 3\r\n\r\nabc");
+    }
+}

@@ -1,0 +1,49 @@
+//! `megaconn-load`: the load generator behind `megaconn load` and `megaconn hold`.
+//!
+//! * [`run_load`] drives request load: HTTP/1.1 keep-alive connections spread over
+//!   threads (one current-thread tokio runtime each), closed loop or open loop
+//!   (`--rate`, with coordinated-omission correction), optional pipelining, and
+//!   reports latency percentiles, throughput, errors by kind and the client's own
+//!   CPU time.
+//! * [`run_hold`] opens and holds many concurrent connections (up to a million,
+//!   spread over source addresses and child processes), sends periodic heartbeats
+//!   and reports heartbeat latency, drops, resets and reconnects.
+//!
+//! Module map:
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | `args` | parsing of durations, targets, source ranges, headers, bodies |
+//! | `load` | [`LoadArgs`] and the `load` driver (threads, runtimes, aggregation) |
+//! | `conn` | the lean `load` client connection: pre-rendered requests, reused buffers |
+//! | `parse` | incremental HTTP/1.1 response parsing (Content-Length, chunked, EOF) |
+//! | `schedule` | open-loop send schedule and coordinated-omission arithmetic |
+//! | `hold` | [`HoldArgs`] and the `hold` driver (validation, ramp, process split) |
+//! | `hold_conn` | one held connection: open request, heartbeats, drop detection |
+//! | `children` | multi-process `hold`: spawning, child protocol, merging |
+//! | `sys` | OS limits and sockets: RLIMIT_NOFILE, port range, source binding, CPU time |
+//! | `histogram` | HDR histogram helpers: percentiles, (de)serialization, merging |
+//! | `report` | the report types, their JSON form and human printing |
+//! | `progress` | the live progress display (indicatif on a TTY, plain lines otherwise) |
+//! | `plot` | the SVG latency percentile plot |
+
+mod args;
+mod children;
+mod conn;
+mod error;
+mod histogram;
+mod hold;
+mod hold_conn;
+mod load;
+mod parse;
+mod plot;
+mod progress;
+mod report;
+mod schedule;
+mod sys;
+
+pub use error::LoadError;
+pub use histogram::Percentiles;
+pub use hold::{run_hold, HoldArgs};
+pub use load::{run_load, LoadArgs};
+pub use report::{ErrorCounts, HoldReport, LoadReport};

@@ -1,0 +1,279 @@
+//! `megaconn load`: the [`LoadArgs`] and the driver. It validates the arguments,
+//! checks the target answers a connect, renders the request once, starts one
+//! thread per `--threads` (each a current-thread tokio runtime running its share
+//! of the connections as local tasks), shows progress while they run, then merges
+//! their histograms and counters into a [`LoadReport`].
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::args::{parse_body, parse_duration, parse_header, parse_target, Scheme};
+use crate::conn::{self, ConnShared, Live, ThreadStats};
+use crate::error::LoadError;
+use crate::histogram::{merge, new_histogram, Percentiles};
+use crate::progress::{Progress, TICK};
+use crate::report::{write_json, ErrorCounts, LoadReport};
+use crate::schedule::Schedule;
+use crate::{plot, sys};
+
+/// Arguments of `megaconn load URL`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Target URL, e.g. http://127.0.0.1:8080/path
+    pub url: String,
+    /// Keep-alive connections.
+    #[arg(short = 'c', long, default_value_t = 10)]
+    pub connections: usize,
+    /// Threads, each running a single-threaded runtime [default: CPU count, at most -c].
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// How long to run, e.g. 10s, 1m (with -n, whichever ends first).
+    #[arg(short = 'd', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Total number of requests to complete (with -d, whichever ends first).
+    #[arg(short = 'n', long)]
+    pub requests: Option<u64>,
+    /// Open loop: send R requests/s in total and measure latency from each request's
+    /// intended send time (coordinated-omission correction).
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
+    /// Requests in flight per connection (HTTP/1.1 pipelining).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub pipeline: usize,
+    /// Request method.
+    #[arg(short = 'm', long, default_value = "GET")]
+    pub method: String,
+    /// Extra request header "Name: value" (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "K: V")]
+    pub headers: Vec<String>,
+    /// Request body: a string, or @FILE to read it from a file.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// Connect and response timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Write the full report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw the latency percentile curve to FILE.svg.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// No progress output.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// Longest a run without `--duration` may take: a safety bound, far beyond any real
+/// `-n` run (and below tokio's timer horizon).
+const NO_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The validated plan of a run.
+struct Plan {
+    threads: usize,
+    shared: ConnShared,
+}
+
+fn plan(args: &LoadArgs) -> Result<Plan, LoadError> {
+    if args.duration.is_none() && args.requests.is_none() {
+        return Err(LoadError::Unbounded);
+    }
+    if args.connections == 0 {
+        return Err(LoadError::invalid("--connections", "0", "need at least one connection"));
+    }
+    if args.requests == Some(0) {
+        return Err(LoadError::invalid("--requests", "0", "need at least one request"));
+    }
+    if args.pipeline == 0 || args.pipeline > 4096 {
+        return Err(LoadError::invalid("--pipeline", args.pipeline.to_string(), "use 1 to 4096"));
+    }
+    if let Some(r) = args.rate {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(LoadError::invalid("--rate", r.to_string(), "use a positive number of requests/s"));
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.unwrap_or(cores).clamp(1, args.connections);
+    let target = parse_target(&args.url)?;
+    if target.scheme != Scheme::Http {
+        return Err(LoadError::invalid("URL", &args.url, "load speaks HTTP: use http://HOST:PORT/PATH"));
+    }
+    let headers = args.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
+    let body = args.body.as_deref().map(parse_body).transpose()?.unwrap_or_default();
+    let method = args.method.to_ascii_uppercase();
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(LoadError::invalid("--method", &args.method, "use a method name such as GET or POST"));
+    }
+    let request = conn::render_request(&method, &target.host, &target.path, &headers, &body);
+    std::net::TcpStream::connect_timeout(&target.addr, args.timeout)
+        .map_err(|source| LoadError::Unreachable { addr: target.addr, source })?;
+    Ok(Plan {
+        threads,
+        shared: ConnShared {
+            addr: target.addr,
+            batch: request.repeat(args.pipeline),
+            request_len: request.len(),
+            pipeline: args.pipeline,
+            timeout: args.timeout,
+            deadline: Instant::now(), // set at start
+            head_request: method == "HEAD",
+        },
+    })
+}
+
+/// Runs `megaconn load`: generates the load, prints the report to stdout, writes
+/// `--json`/`--plot` files, and returns the report.
+pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
+    let Plan { threads, mut shared } = plan(&args)?;
+    let conns = args.connections;
+    let start = Instant::now();
+    shared.deadline = start + args.duration.unwrap_or(NO_DEADLINE);
+    let shared = Arc::new(shared);
+    let cpu0 = sys::cpu_secs();
+
+    let lives: Vec<Arc<Live>> = (0..threads).map(|_| Arc::new(Live::default())).collect();
+    let mut handles = Vec::with_capacity(threads);
+    for (t, live) in lives.iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        let live = Arc::clone(live);
+        let (requests, rate) = (args.requests, args.rate);
+        let handle = std::thread::Builder::new()
+            .name(format!("load-{t}"))
+            .spawn(move || run_thread(t, threads, conns, requests, rate, start, &shared, live))
+            .map_err(|e| LoadError::io("cannot start a load thread", e))?;
+        handles.push(handle);
+    }
+
+    let (length, unit) = match (args.requests, args.duration) {
+        (Some(n), _) => (n, "requests"),
+        (None, Some(d)) => (d.as_millis() as u64, "ms"),
+        (None, None) => unreachable!("plan() rejects unbounded runs"),
+    };
+    let mut progress = Progress::new(length, unit, args.quiet);
+    let (mut last_at, mut last_requests) = (start, 0u64);
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(TICK);
+        let now = Instant::now();
+        let requests: u64 = lives.iter().map(|l| l.requests.load(Relaxed)).sum();
+        let errors: u64 = lives.iter().map(|l| l.errors.load(Relaxed)).sum();
+        let position = if unit == "requests" { requests } else { now.duration_since(start).as_millis() as u64 };
+        progress.update(position.min(length), || {
+            let rate = (requests - last_requests) as f64 / now.duration_since(last_at).as_secs_f64();
+            last_at = now;
+            last_requests = requests;
+            format!("{requests} ok, {rate:.0} req/s, {errors} errors")
+        });
+    }
+    progress.finish();
+
+    let mut stats = Vec::with_capacity(threads);
+    for h in handles {
+        stats.push(h.join().map_err(|_| LoadError::io("a load thread panicked", std::io::Error::other("panic")))??);
+    }
+    let elapsed = start.elapsed().as_secs_f64().max(1e-9);
+    let cpu = (sys::cpu_secs() - cpu0).max(0.0);
+    let report = build_report(&args, threads, elapsed, cpu, &lives, &stats);
+    let mut hist = new_histogram();
+    for s in &stats {
+        merge(&mut hist, &s.hist);
+    }
+    print!("{}", report.to_text());
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    if let Some(path) = &args.plot {
+        plot::write_svg(path, &format!("latency: {}", args.url), &hist)?;
+    }
+    Ok(report)
+}
+
+/// One load thread: a current-thread runtime running connections `t, t+T, t+2T, …`.
+#[allow(clippy::too_many_arguments)]
+fn run_thread(
+    t: usize,
+    threads: usize,
+    conns: usize,
+    requests: Option<u64>,
+    rate: Option<f64>,
+    start: Instant,
+    shared: &ConnShared,
+    live: Arc<Live>,
+) -> Result<ThreadStats, LoadError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LoadError::io("cannot build a tokio runtime", e))?;
+    let stats = Rc::new(RefCell::new(ThreadStats::new()));
+    let local = tokio::task::LocalSet::new();
+    let shared = Rc::new(shared.clone());
+    let mut tasks = Vec::new();
+    for i in (t..conns).step_by(threads) {
+        // -n is split exactly over connections, so the totals add up.
+        let budget = requests.map_or(u64::MAX, |n| n / conns as u64 + u64::from((i as u64) < n % conns as u64));
+        if budget == 0 {
+            continue;
+        }
+        let schedule = rate.map(|r| Schedule::for_connection(start, r, conns, i));
+        tasks.push(local.spawn_local(conn::run(Rc::clone(&shared), budget, schedule, Rc::clone(&stats), Arc::clone(&live))));
+    }
+    // Connections stop by themselves at the deadline; a write stuck on a server
+    // that stopped reading is cut off a timeout later.
+    let hard_stop = tokio::time::Instant::from_std(shared.deadline + shared.timeout);
+    local.block_on(&rt, async {
+        let all = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        let _ = tokio::time::timeout_at(hard_stop, all).await;
+    });
+    drop(local);
+    drop(shared);
+    Ok(Rc::try_unwrap(stats).map(RefCell::into_inner).unwrap_or_else(|rc| {
+        let s = rc.borrow();
+        ThreadStats { hist: s.hist.clone(), errors: s.errors, lag_sum_ns: s.lag_sum_ns, lag_max_ns: s.lag_max_ns, backlog: s.backlog }
+    }))
+}
+
+fn build_report(args: &LoadArgs, threads: usize, elapsed: f64, cpu: f64, lives: &[Arc<Live>], stats: &[ThreadStats]) -> LoadReport {
+    let requests: u64 = lives.iter().map(|l| l.requests.load(Relaxed)).sum();
+    let bytes: u64 = lives.iter().map(|l| l.bytes.load(Relaxed)).sum();
+    let sent: u64 = lives.iter().map(|l| l.sent.load(Relaxed)).sum();
+    let mut errors = ErrorCounts::default();
+    let mut hist = new_histogram();
+    let (mut lag_sum, mut lag_max, mut backlog) = (0u128, 0u64, 0u64);
+    for s in stats {
+        errors.merge(&s.errors);
+        merge(&mut hist, &s.hist);
+        lag_sum += s.lag_sum_ns;
+        lag_max = lag_max.max(s.lag_max_ns);
+        backlog += s.backlog;
+    }
+    let achieved_rate = sent as f64 / elapsed;
+    let open = args.rate.is_some();
+    LoadReport {
+        url: args.url.clone(),
+        connections: args.connections,
+        threads,
+        pipeline: args.pipeline,
+        requests,
+        errors_total: errors.total(),
+        errors,
+        duration_secs: elapsed,
+        rps: requests as f64 / elapsed,
+        bytes_read: bytes,
+        bytes_per_sec: bytes as f64 / elapsed,
+        client_cpu_secs: cpu,
+        requests_per_client_cpu_sec: if cpu > 0.0 { requests as f64 / cpu } else { 0.0 },
+        latency_us: Percentiles::of(&hist),
+        target_rate: args.rate,
+        achieved_rate,
+        rate_shortfall_pct: args.rate.map(|r| (100.0 * (1.0 - achieved_rate / r)).max(0.0)),
+        behind_requests: open.then_some(backlog),
+        send_lag_mean_us: open.then(|| if sent > 0 { lag_sum as f64 / sent as f64 / 1000.0 } else { 0.0 }),
+        send_lag_max_us: open.then_some(lag_max as f64 / 1000.0),
+    }
+}

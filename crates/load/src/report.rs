@@ -1,0 +1,361 @@
+//! The reports: [`LoadReport`] and [`HoldReport`] (their serde form *is* the
+//! `--json` schema the bench scripts read), the error taxonomy ([`ErrorCounts`]),
+//! human-readable printing, and writing JSON files.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::LoadError;
+use crate::histogram::Percentiles;
+
+/// The kinds of failure a request or connection can meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    /// The server refused the connection.
+    ConnectRefused,
+    /// Connecting took longer than `--timeout`.
+    ConnectTimeout,
+    /// A response (or heartbeat reply) took longer than `--timeout`.
+    ReadTimeout,
+    /// The connection was reset.
+    Reset,
+    /// The response was not valid HTTP (or not the expected line).
+    BadResponse,
+    /// A 4xx status.
+    Status4xx,
+    /// A 5xx status.
+    Status5xx,
+    /// The server closed the connection with requests in flight.
+    Closed,
+    /// Any other I/O error (including failed connects for other reasons).
+    Other,
+}
+
+impl ErrorKind {
+    /// Classifies an I/O error from connecting.
+    pub(crate) fn of_connect(e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => ErrorKind::ConnectRefused,
+            std::io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    /// Classifies an I/O error on an established connection.
+    pub(crate) fn of_io(e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe => ErrorKind::Reset,
+            std::io::ErrorKind::TimedOut => ErrorKind::ReadTimeout,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+/// Error counts by kind (the `errors` object of the JSON reports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCounts {
+    /// Connections refused by the server.
+    pub connect_refused: u64,
+    /// Connects that timed out.
+    pub connect_timeout: u64,
+    /// Responses that did not arrive within the timeout.
+    pub read_timeout: u64,
+    /// Connections reset (ECONNRESET, EPIPE).
+    pub reset: u64,
+    /// Responses that were not valid HTTP/1.1.
+    pub bad_response: u64,
+    /// Responses with a 4xx status.
+    pub status_4xx: u64,
+    /// Responses with a 5xx status.
+    pub status_5xx: u64,
+    /// Connections the server closed while requests were in flight.
+    pub closed: u64,
+    /// Other I/O errors.
+    pub other: u64,
+}
+
+impl ErrorCounts {
+    /// Counts one error of `kind`.
+    pub(crate) fn add(&mut self, kind: ErrorKind) {
+        *self.slot(kind) += 1;
+    }
+
+    fn slot(&mut self, kind: ErrorKind) -> &mut u64 {
+        match kind {
+            ErrorKind::ConnectRefused => &mut self.connect_refused,
+            ErrorKind::ConnectTimeout => &mut self.connect_timeout,
+            ErrorKind::ReadTimeout => &mut self.read_timeout,
+            ErrorKind::Reset => &mut self.reset,
+            ErrorKind::BadResponse => &mut self.bad_response,
+            ErrorKind::Status4xx => &mut self.status_4xx,
+            ErrorKind::Status5xx => &mut self.status_5xx,
+            ErrorKind::Closed => &mut self.closed,
+            ErrorKind::Other => &mut self.other,
+        }
+    }
+
+    /// Adds another set of counts into this one.
+    pub fn merge(&mut self, o: &ErrorCounts) {
+        for (a, b) in self.fields_mut().into_iter().zip(o.fields()) {
+            *a += b;
+        }
+    }
+
+    /// All errors together.
+    pub fn total(&self) -> u64 {
+        self.fields().iter().sum()
+    }
+
+    fn fields(&self) -> [u64; 9] {
+        [
+            self.connect_refused,
+            self.connect_timeout,
+            self.read_timeout,
+            self.reset,
+            self.bad_response,
+            self.status_4xx,
+            self.status_5xx,
+            self.closed,
+            self.other,
+        ]
+    }
+
+    fn fields_mut(&mut self) -> [&mut u64; 9] {
+        [
+            &mut self.connect_refused,
+            &mut self.connect_timeout,
+            &mut self.read_timeout,
+            &mut self.reset,
+            &mut self.bad_response,
+            &mut self.status_4xx,
+            &mut self.status_5xx,
+            &mut self.closed,
+            &mut self.other,
+        ]
+    }
+
+    /// `kind=count` pairs of the non-zero counts, for human output.
+    fn nonzero(&self) -> String {
+        const NAMES: [&str; 9] = [
+            "connect_refused",
+            "connect_timeout",
+            "read_timeout",
+            "reset",
+            "bad_response",
+            "status_4xx",
+            "status_5xx",
+            "closed",
+            "other",
+        ];
+        let parts: Vec<String> = NAMES
+            .iter()
+            .zip(self.fields())
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// The result of a `load` run (the `--json` schema).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// The target URL.
+    pub url: String,
+    /// Connections used.
+    pub connections: usize,
+    /// Threads used.
+    pub threads: usize,
+    /// Requests in flight per connection.
+    pub pipeline: usize,
+    /// Completed responses with a non-error status (1xx-3xx).
+    pub requests: u64,
+    /// Errors by kind (4xx/5xx responses included).
+    pub errors: ErrorCounts,
+    /// Sum of `errors`.
+    pub errors_total: u64,
+    /// Wall-clock length of the run, in seconds.
+    pub duration_secs: f64,
+    /// `requests / duration_secs`.
+    pub rps: f64,
+    /// Response bytes read (heads and bodies).
+    pub bytes_read: u64,
+    /// `bytes_read / duration_secs`.
+    pub bytes_per_sec: f64,
+    /// CPU time (user + system) the load generator itself used, in seconds.
+    pub client_cpu_secs: f64,
+    /// `requests / client_cpu_secs`: the client's efficiency.
+    pub requests_per_client_cpu_sec: f64,
+    /// Latency percentiles in microseconds (from the intended send time in open loop).
+    pub latency_us: Percentiles,
+    /// `--rate`, if the run was open loop.
+    pub target_rate: Option<f64>,
+    /// Requests sent per second (completed or not).
+    pub achieved_rate: f64,
+    /// Open loop: how far the achieved rate fell short of the target, in percent.
+    pub rate_shortfall_pct: Option<f64>,
+    /// Open loop: requests that were due but never sent by the end.
+    pub behind_requests: Option<u64>,
+    /// Open loop: mean lag of actual sends behind their intended times, in microseconds.
+    pub send_lag_mean_us: Option<f64>,
+    /// Open loop: largest send lag, in microseconds.
+    pub send_lag_max_us: Option<f64>,
+}
+
+impl LoadReport {
+    /// The human-readable report.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let l = &self.latency_us;
+        let _ = writeln!(
+            s,
+            "load {}: {} connections on {} threads, pipeline {}, {:.2}s",
+            self.url, self.connections, self.threads, self.pipeline, self.duration_secs
+        );
+        let _ = writeln!(
+            s,
+            "  latency us   p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
+            l.p50, l.p90, l.p99, l.p999, l.p9999, l.max
+        );
+        let _ = writeln!(
+            s,
+            "  requests     {} ok, {:.0} req/s, {} read/s",
+            self.requests,
+            self.rps,
+            human_bytes(self.bytes_per_sec)
+        );
+        let _ = writeln!(s, "  errors       {} ({})", self.errors_total, self.errors.nonzero());
+        let _ = writeln!(
+            s,
+            "  client cpu   {:.3}s, {:.0} requests per client CPU-second",
+            self.client_cpu_secs, self.requests_per_client_cpu_sec
+        );
+        if let Some(target) = self.target_rate {
+            let _ = writeln!(
+                s,
+                "  open loop    target {:.0} req/s, achieved {:.0} req/s ({:.1}% behind), {} requests never sent, send lag mean {:.0}us max {:.0}us",
+                target,
+                self.achieved_rate,
+                self.rate_shortfall_pct.unwrap_or(0.0),
+                self.behind_requests.unwrap_or(0),
+                self.send_lag_mean_us.unwrap_or(0.0),
+                self.send_lag_max_us.unwrap_or(0.0),
+            );
+        }
+        s
+    }
+}
+
+/// The result of a `hold` run (the `--json` schema).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HoldReport {
+    /// The target.
+    pub target: String,
+    /// Connections asked for (`-c`).
+    pub target_connections: u64,
+    /// Most connections open at once (summed over processes at each progress tick,
+    /// or the exact peak with one process).
+    pub connections_peak: u64,
+    /// Connections still open when the hold duration ended.
+    pub connections_open_at_end: u64,
+    /// Time from the first connect until every connection had been attempted, in seconds.
+    pub ramp_secs: f64,
+    /// Time connections were held after the ramp, in seconds.
+    pub hold_secs: f64,
+    /// Connections the server closed.
+    pub drops: u64,
+    /// Connections reset.
+    pub resets: u64,
+    /// Connects that failed.
+    pub failed_connects: u64,
+    /// Reconnects made (`--reconnect`).
+    pub reconnects: u64,
+    /// Heartbeats (and the opening request) answered as expected.
+    pub heartbeats_ok: u64,
+    /// Heartbeats that failed (timeout, bad reply, error status).
+    pub heartbeat_errors: u64,
+    /// Heartbeat latency percentiles in microseconds.
+    pub heartbeat_latency_us: Percentiles,
+    /// Processes used.
+    pub processes: usize,
+    /// Source addresses used (empty: the kernel's choice).
+    pub sources: usize,
+    /// CPU time of the parent process (children excluded), in seconds.
+    pub client_cpu_secs: f64,
+}
+
+impl HoldReport {
+    /// The human-readable report.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let l = &self.heartbeat_latency_us;
+        let _ = writeln!(
+            s,
+            "hold {}: {} connections asked, peak {}, open at end {}, {} process(es)",
+            self.target,
+            self.target_connections,
+            self.connections_peak,
+            self.connections_open_at_end,
+            self.processes
+        );
+        let _ = writeln!(s, "  ramp {:.2}s, held {:.2}s", self.ramp_secs, self.hold_secs);
+        let _ = writeln!(
+            s,
+            "  drops {}  resets {}  failed connects {}  reconnects {}",
+            self.drops, self.resets, self.failed_connects, self.reconnects
+        );
+        let _ = writeln!(s, "  heartbeats   {} ok, {} failed", self.heartbeats_ok, self.heartbeat_errors);
+        let _ = writeln!(
+            s,
+            "  latency us   p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
+            l.p50, l.p90, l.p99, l.p999, l.p9999, l.max
+        );
+        s
+    }
+}
+
+/// Writes `value` as pretty JSON to `path`.
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), LoadError> {
+    let text = serde_json::to_string_pretty(value).expect("reports always serialize");
+    std::fs::write(path, text + "\n").map_err(|source| LoadError::Write { path: path.to_owned(), source })
+}
+
+/// `1.2 MB`-style formatting of a byte rate.
+fn human_bytes(b: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = b;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_counts_merge_and_total() {
+        let mut a = ErrorCounts::default();
+        a.add(ErrorKind::Status5xx);
+        a.add(ErrorKind::Reset);
+        let mut b = ErrorCounts::default();
+        b.add(ErrorKind::Status5xx);
+        a.merge(&b);
+        assert_eq!((a.status_5xx, a.reset, a.total()), (2, 1, 3));
+        assert_eq!(a.nonzero(), "reset=1 status_5xx=2");
+        let json = serde_json::to_value(a).unwrap();
+        assert_eq!(json["status_5xx"], 2);
+        assert_eq!(json["connect_refused"], 0);
+    }
+}

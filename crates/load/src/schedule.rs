@@ -1,0 +1,166 @@
+//! The open-loop send schedule (`load --rate R`) and its coordinated-omission
+//! correction, as in wrk2.
+//!
+//! The total rate is split evenly over connections; connection `k` of `c` sends its
+//! `i`-th request at the *intended* time `start + (k / c + i) · c / R`. A request
+//! that could not be sent on time (the connection was still waiting for earlier
+//! responses) is sent as soon as possible, but its latency is still measured from
+//! its intended time, so a server stall shows up in every request it delayed,
+//! not just the one in flight. The schedule also keeps how far sends lagged
+//! behind their intended times, which the report turns into "fell behind by".
+
+use std::time::{Duration, Instant};
+
+/// One connection's open-loop schedule.
+#[derive(Debug, Clone)]
+pub(crate) struct Schedule {
+    /// Intended send time of request 0.
+    first: Instant,
+    /// Time between intended sends, in nanoseconds.
+    interval_ns: f64,
+    /// Index of the next request to send.
+    next: u64,
+    /// Largest send lag seen (actual send − intended send), in ns.
+    lag_max_ns: u64,
+    /// Sum of all send lags, in ns.
+    lag_sum_ns: u128,
+}
+
+impl Schedule {
+    /// The schedule of connection `index` of `connections` sharing `total_rate` req/s
+    /// starting at `start`. Connections are staggered so sends are evenly spread.
+    pub(crate) fn for_connection(start: Instant, total_rate: f64, connections: usize, index: usize) -> Self {
+        let interval_ns = 1e9 * connections as f64 / total_rate;
+        let offset = interval_ns * index as f64 / connections as f64;
+        Schedule {
+            first: start + Duration::from_nanos(offset as u64),
+            interval_ns,
+            next: 0,
+            lag_max_ns: 0,
+            lag_sum_ns: 0,
+        }
+    }
+
+    /// Intended send time of request `i`.
+    pub(crate) fn intended(&self, i: u64) -> Instant {
+        self.first + Duration::from_nanos((self.interval_ns * i as f64) as u64)
+    }
+
+    /// Intended send time of the next request not yet sent.
+    pub(crate) fn next_due(&self) -> Instant {
+        self.intended(self.next)
+    }
+
+    /// If the next request is due at `now`, takes it: records its send lag and
+    /// returns its intended send time (the start of its corrected latency).
+    #[inline]
+    pub(crate) fn take(&mut self, now: Instant) -> Option<Instant> {
+        let intended = self.next_due();
+        if intended > now {
+            return None;
+        }
+        let lag = now.duration_since(intended).as_nanos() as u64;
+        self.lag_max_ns = self.lag_max_ns.max(lag);
+        self.lag_sum_ns += u128::from(lag);
+        self.next += 1;
+        Some(intended)
+    }
+
+    /// Requests sent so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.next
+    }
+
+    /// Requests that were due by `now` but not sent (how far the run is behind).
+    pub(crate) fn backlog(&self, now: Instant) -> u64 {
+        if now < self.first {
+            return 0;
+        }
+        let due = (now.duration_since(self.first).as_nanos() as f64 / self.interval_ns) as u64 + 1;
+        due.saturating_sub(self.next)
+    }
+
+    /// Largest send lag, in ns.
+    pub(crate) fn lag_max_ns(&self) -> u64 {
+        self.lag_max_ns
+    }
+
+    /// Sum of send lags, in ns.
+    pub(crate) fn lag_sum_ns(&self) -> u128 {
+        self.lag_sum_ns
+    }
+}
+
+/// Corrected latency of a response completed at `done` for a request whose
+/// latency clock started at `start` (the intended send time in open loop, the
+/// actual send time in closed loop), in ns.
+#[inline]
+pub(crate) fn latency_ns(start: Instant, done: Instant) -> u64 {
+    done.saturating_duration_since(start).as_nanos() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// Simulates one connection with one request in flight at 1000 req/s (1 ms apart)
+    /// against a server that answers in 0.1 ms, except request 10 which takes 100 ms.
+    /// Returns (corrected latencies, final schedule, end time).
+    fn simulate(count: u64) -> (Vec<u64>, Schedule, Instant) {
+        let t0 = Instant::now();
+        let at = |ns: u64| t0 + Duration::from_nanos(ns);
+        let mut s = Schedule::for_connection(t0, 1000.0, 1, 0);
+        let mut now = t0;
+        let mut latencies = Vec::new();
+        for i in 0..count {
+            // Idle until the next request is due, then send it.
+            now = now.max(s.next_due());
+            let start = s.take(now).expect("request is due");
+            assert_eq!(start, at(i * MS), "intended time of request {i}");
+            let service = if i == 10 { 100 * MS } else { MS / 10 };
+            now += Duration::from_nanos(service);
+            latencies.push(latency_ns(start, now));
+        }
+        (latencies, s, now)
+    }
+
+    #[test]
+    fn stall_is_charged_to_every_delayed_request() {
+        let (lat, s, end) = simulate(200);
+        // Before the stall: just the service time.
+        assert!(lat[..10].iter().all(|&l| l == MS / 10));
+        // The stalled request itself.
+        assert_eq!(lat[10], 100 * MS);
+        // Request 11 was due at 11 ms but sent at 110 ms, answered at 110.1 ms.
+        assert_eq!(lat[11], 110 * MS + MS / 10 - 11 * MS);
+        // Each following request catches up 0.9 ms (1 ms schedule, 0.1 ms service)...
+        for i in 12..120 {
+            assert_eq!(lat[i - 1] - lat[i], 9 * MS / 10, "request {i}");
+        }
+        // ...until the backlog is gone and latency is the service time again.
+        let caught_up = (11..200).find(|&i| lat[i] == MS / 10).unwrap();
+        assert_eq!(caught_up, 121);
+        assert!(lat[caught_up..].iter().all(|&l| l == MS / 10));
+        // Closed loop would have seen one slow request out of 200; corrected, 111
+        // (requests 10 through 120) are slower than the service time.
+        assert_eq!(lat.iter().filter(|&&l| l > MS / 10).count(), 111);
+        // Send lag: request 11 went out 99 ms late.
+        assert_eq!(s.lag_max_ns(), 99 * MS);
+        assert_eq!(s.sent(), 200);
+        // At the end nothing due is left unsent.
+        assert_eq!(s.backlog(end), 0);
+    }
+
+    #[test]
+    fn backlog_counts_due_but_unsent() {
+        let t0 = Instant::now();
+        let s = Schedule::for_connection(t0, 100.0, 2, 0); // 50 req/s: 20 ms apart
+        assert_eq!(s.backlog(t0), 1);
+        assert_eq!(s.backlog(t0 + Duration::from_millis(99)), 5);
+        let s1 = Schedule::for_connection(t0, 100.0, 2, 1); // staggered by 10 ms
+        assert_eq!(s1.intended(0), t0 + Duration::from_millis(10));
+        assert_eq!(s1.backlog(t0), 0);
+    }
+}

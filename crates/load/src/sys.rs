@@ -1,0 +1,118 @@
+//! Operating-system facts and sockets: the open-file limit (RLIMIT_NOFILE), the
+//! ephemeral port range, binding connections to source addresses
+//! (SO_REUSEADDR + IP_BIND_ADDRESS_NO_PORT), and the process's own CPU time.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit and returns the new soft limit.
+pub(crate) fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: `raised` is a valid rlimit; failure leaves the old limit in place.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Descriptors left free in each process for everything that is not a held connection.
+pub(crate) const FD_HEADROOM: u64 = 512;
+
+/// Connections one process can hold under a descriptor limit of `nofile`.
+pub(crate) fn connections_per_process(nofile: u64) -> u64 {
+    nofile.saturating_sub(FD_HEADROOM).max(16)
+}
+
+/// The number of ephemeral ports per (source, destination) pair, from
+/// /proc/sys/net/ipv4/ip_local_port_range (28232 if unreadable, the Linux default).
+pub(crate) fn local_port_count() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+            let lo = it.next()??;
+            let hi = it.next()??;
+            (hi >= lo).then(|| hi - lo + 1)
+        })
+        .unwrap_or(28_232)
+}
+
+/// Checks that `ip` is an address this machine can bind a socket to.
+pub(crate) fn check_source(ip: IpAddr) -> std::io::Result<()> {
+    std::net::TcpListener::bind(SocketAddr::new(ip, 0)).map(drop)
+}
+
+/// Connects to `dest`, from `source` when given (the port is chosen at connect
+/// time, so many sources can each use the whole port range), within `timeout`.
+pub(crate) async fn connect(dest: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> std::io::Result<TcpStream> {
+    let sock = if dest.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(ip) = source {
+        sock.set_reuseaddr(true)?;
+        set_bind_address_no_port(&sock);
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = tokio::time::timeout(timeout, sock.connect(dest))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Sets IP_BIND_ADDRESS_NO_PORT (Linux ≥ 4.2); ignored where unsupported.
+fn set_bind_address_no_port(sock: &TcpSocket) {
+    const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// User + system CPU time of this process so far, in seconds.
+pub(crate) fn cpu_secs() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_sources() {
+        assert!(raise_nofile() >= 16);
+        assert!(local_port_count() > 0);
+        assert!(check_source("127.0.0.7".parse().unwrap()).is_ok());
+        // TEST-NET-3 is never configured on a test machine.
+        assert!(check_source("203.0.113.9".parse().unwrap()).is_err());
+        let before = cpu_secs();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_secs() >= before);
+    }
+}

@@ -1,0 +1,160 @@
+//! A tiny HTTP/1.1 (and line-protocol) test server for the load generator's tests:
+//! counts requests, connections open and their peak, and can misbehave on purpose.
+#![allow(dead_code, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `200` with a Content-Length body.
+    Fixed,
+    /// `200` with a chunked body.
+    Chunked,
+    /// Every n-th request (server-wide) gets a `500`.
+    Every500(u64),
+    /// Every n-th response on a connection says `Connection: close`, then closes.
+    CloseEvery(u64),
+    /// The first connection accepted is closed right after its first response.
+    DropFirst,
+    /// Line protocol: answers each `PING` line with `PONG`.
+    Lines,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests answered (lines, in `Lines` mode).
+    pub requests: AtomicU64,
+    /// Request body bytes received.
+    pub body_bytes: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Most connections open at once.
+    pub peak: AtomicU64,
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("http://{}/hello", self.addr)
+    }
+    pub fn requests(&self) -> u64 {
+        self.stats.requests.load(SeqCst)
+    }
+}
+
+/// Starts a server on 127.0.0.1 (an ephemeral port) in its own thread.
+pub fn start(mode: Mode) -> Server {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let stats = Arc::new(Stats::default());
+    let s = Arc::clone(&stats);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(std_listener).unwrap();
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { continue };
+                let index = s.accepted.fetch_add(1, SeqCst);
+                let open = s.open.fetch_add(1, SeqCst) + 1;
+                s.peak.fetch_max(open, SeqCst);
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    let _ = serve(sock, mode, index, &s).await;
+                    s.open.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+    });
+    Server { addr, stats }
+}
+
+async fn serve(mut sock: TcpStream, mode: Mode, index: u64, s: &Stats) -> std::io::Result<()> {
+    sock.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(4096);
+    let mut served_here = 0u64;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut close = false;
+        if mode == Mode::Lines {
+            while let Some(eol) = buf.iter().position(|&b| b == b'\n') {
+                buf.drain(..=eol);
+                s.requests.fetch_add(1, SeqCst);
+                out.extend_from_slice(b"PONG\n");
+            }
+        } else {
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                let mut req = httparse::Request::new(&mut headers);
+                let head = match req.parse(&buf) {
+                    Ok(httparse::Status::Complete(h)) => h,
+                    Ok(httparse::Status::Partial) => break,
+                    Err(_) => return Ok(()),
+                };
+                let len: usize = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |h| std::str::from_utf8(h.value).unwrap().trim().parse().unwrap());
+                if buf.len() < head + len {
+                    break;
+                }
+                buf.drain(..head + len);
+                s.body_bytes.fetch_add(len as u64, SeqCst);
+                let nth = s.requests.fetch_add(1, SeqCst) + 1;
+                served_here += 1;
+                match mode {
+                    Mode::Chunked => out.extend_from_slice(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+                    ),
+                    Mode::Every500(k) if nth % k == 0 => {
+                        out.extend_from_slice(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops")
+                    }
+                    Mode::CloseEvery(k) if served_here % k == 0 => {
+                        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok");
+                        close = true;
+                    }
+                    Mode::DropFirst if index == 0 => {
+                        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        close = true;
+                    }
+                    _ => out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world\n"),
+                }
+                if close {
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            sock.write_all(&out).await?;
+            out.clear();
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// A port on 127.0.0.1 with nothing listening.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
