@@ -14,7 +14,7 @@
 #      connection (both ends of each loopback connection: client and server
 #      sockets are in this one kernel);
 #   3. after closing them all: RSS again (does the memory come back?);
-#   4. 4 KiB: the same with `hold -m POST --body @4KiB-file` on /echo, so every
+#   4. 4 KiB: on a fresh server process, the same with `hold -m POST --body @4KiB-file` on /echo, so every
 #      connection has carried a 4 KiB request body -> RSS per connection again
 #      (were the buffers given back once the connection went idle?);
 #   5. after closing those: RSS again.
@@ -161,18 +161,25 @@ hold_phase() {
 
 t_start=$SECONDS
 bench_wait_quiet "${QUIET_WAIT:-30}"
-for server in "${servers[@]}"; do
-  log "== $server"
-  server_start "$server" "$PORT" 1 || die "could not start $server"
+fresh_server() { # start $1 fresh, serve one request, let it settle
+  server_start "$1" "$PORT" 1 || die "could not start $1"
   curl -fsS -o /dev/null "http://127.0.0.1:$PORT/"
   sleep 1
-  baseline="$(server_rss_bytes)"
+}
+
+for server in "${servers[@]}"; do
+  log "== $server"
+  # Each phase on a fresh server process, so the second does not reuse memory
+  # the first one's connections left behind.
+  fresh_server "$server"
   hold_phase "$server" idle "http://127.0.0.1:$PORT/"
+  server_stop
+  fresh_server "$server"
   hold_phase "$server" post4k "http://127.0.0.1:$PORT/echo" -m POST --body "@$BODY_FILE"
   server_stop
-  jq -c -n --arg server "$server" --argjson baseline "$baseline" \
+  jq -c -n --arg server "$server" \
     --slurpfile idle "$RES_DIR/$server-idle.json" --slurpfile post "$RES_DIR/$server-post4k.json" \
-    '{server: $server, baseline_rss: $baseline, idle: $idle[0], post4k: $post[0]}' >>"$RESULTS"
+    '{server: $server, baseline_rss: $idle[0].rss_before, idle: $idle[0], post4k: $post[0]}' >>"$RESULTS"
 done
 elapsed=$((SECONDS - t_start))
 
@@ -189,15 +196,14 @@ elapsed=$((SECONDS - t_start))
     | .[] | "| \(.server) | \(.baseline_rss | mib) | \(.idle.rss_open | mib)\(.idle | open) | \(.idle.rss_per_conn | f0) | \(.idle.kernel_per_conn | f0) | \(.idle.rss_after_close | mib) | \(.post4k.rss_open | mib)\(.post4k | open) | \(.post4k.rss_per_conn | f0) | \(.post4k.rss_after_close | mib) | "
       + (if $m == null or $m == 0 then "—" else ((.idle.rss_per_conn / $m * 100 | round) / 100 | tostring) + "×" end) + " |"' "$RESULTS"
   echo
-  echo "bytes/conn = (RSS with the connections open − RSS just before opening them) / connections open; the 4 KiB row's baseline is the RSS after the first phase's connections closed. Kernel bytes/conn = Δ(Slab + TCP socket-buffer pages) / connections, which counts both the client and the server socket of each loopback connection. nginx: its worker's RSS; nginx allocates its connection table for all worker_connections (20000) at start, so part of its per-connection cost (a few hundred bytes) is in its baseline, not in the delta; nginx's /echo reads and discards the body (nginx-light has no echo module), the others echo it."
+  echo "bytes/conn = (RSS with the connections open − RSS just before opening them) / connections open; each phase runs on a fresh server process (started, served one request, then measured: baseline). Kernel bytes/conn = Δ(Slab + TCP socket-buffer pages) / connections, which counts both the client and the server socket of each loopback connection. nginx: its worker's RSS; nginx allocates its connection table for all worker_connections (20000) at start, so part of its per-connection cost (a few hundred bytes) is in its baseline, not in the delta; nginx's /echo reads and discards the body (nginx-light has no echo module), the others echo it."
   jq -r -s '.[] |
     def kib: if . == null then "—" else ((. / 1024 | round) | tostring) + " KiB" end;
     def f0: if . == null then "—" else (. | round | tostring) end;
     def row($name; $p): "| \($name) | \($p.established) | \($p.open_secs) s | \($p.rss_before | kib) | \($p.rss_open | kib) | \($p.rss_per_conn | f0) | \($p.kernel_per_conn | f0) | \($p.rss_after_close | kib) | \($p.hold.failed_connects // "—") | \($p.hold.drops // "—") / \($p.hold.resets // "—") |";
     "", "#### \(.server)", "",
-    "| phase | connections open | time to open | RSS before | RSS open | bytes/conn | kernel bytes/conn | RSS after close | hold failed connects | hold drops / resets |",
+    "| phase (fresh process each) | connections open | time to open | baseline RSS | RSS open | bytes/conn | kernel bytes/conn | RSS after close | hold failed connects | hold drops / resets |",
     "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    "| baseline (after 1 request) | 0 | — | — | \(.baseline_rss | kib) | — | — | — | — | — |",
     row("idle (1 GET each)"; .idle),
     row("idle after 4 KiB POST /echo"; .post4k)' "$RESULTS"
   echo
