@@ -98,17 +98,21 @@ wait_closed() { # bounded wait until the server has no established connection
   log "WARNING: $(established_count "$PORT") connections still established"
 }
 
-stop_hold() { # pid: SIGTERM to hold and its processes, bounded wait, SIGKILL
+stop_hold() { # pid: SIGTERM to hold (it stops its own processes and writes its
+  # JSON), bounded wait; then SIGTERM/SIGKILL to whatever of it is left.
   local pid=$1 kids i
   kids="$(pid_descendants "$pid" | tr '\n' ' ')"
-  # shellcheck disable=SC2086  # a list of PIDs
-  kill -TERM "$pid" $kids 2>/dev/null || true
+  kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < 60; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.25
   done
+  kids="$kids $(pid_descendants "$pid" | tr '\n' ' ')"
+  # shellcheck disable=SC2086  # a list of PIDs
+  kill_ours TERM hold "$pid" $kids
+  sleep 0.5
   # shellcheck disable=SC2086
-  kill -KILL "$pid" $kids 2>/dev/null || true
+  kill_ours KILL hold "$pid" $kids
   wait "$pid" 2>/dev/null || true
   BENCH_BG_PIDS=()
 }

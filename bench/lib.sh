@@ -267,6 +267,18 @@ bench_wait_quiet() {
 
 established_count() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; }
 
+# kill_ours SIG PATTERN PID...: signal only those PIDs that still exist and
+# whose command line contains PATTERN (guards against reused PIDs).
+kill_ours() {
+  local sig=$1 pat=$2 p
+  shift 2
+  for p in "$@"; do
+    [[ -r "/proc/$p/cmdline" ]] || continue
+    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF -- "$pat" || continue
+    kill "-$sig" "$p" 2>/dev/null || true
+  done
+}
+
 # Kill background helpers and the server; safe to call more than once.
 bench_cleanup() {
   local p
