@@ -10,7 +10,9 @@ use crate::error::LoadError;
 /// Parses `10s`, `1m`, `500ms`, `2h`, `1.5s`, `250us` or a bare number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()
@@ -21,9 +23,13 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         "us" | "µs" => value / 1e6,
         "m" | "min" | "mins" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?}; use us, ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}; use us, ms, s, m or h"
+            ))
+        }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -59,7 +65,9 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, LoadError> {
     } else if let Some(r) = s.strip_prefix("tcp://") {
         (Scheme::Tcp, r)
     } else if s.starts_with("https://") {
-        return Err(bad("TLS is not supported; use http:// against a plain-text listener"));
+        return Err(bad(
+            "TLS is not supported; use http:// against a plain-text listener",
+        ));
     } else if s.contains("://") {
         return Err(bad("use http://HOST:PORT/PATH or tcp://HOST:PORT"));
     } else {
@@ -75,14 +83,18 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, LoadError> {
     if scheme == Scheme::Tcp && path != "/" {
         return Err(bad("a tcp:// target has no path; use tcp://HOST:PORT"));
     }
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !authority.ends_with(']')
     {
         authority.to_string()
     } else if scheme == Scheme::Http {
         format!("{authority}:80")
     } else {
-        return Err(bad("a tcp:// target needs a port, e.g. tcp://127.0.0.1:9000"));
+        return Err(bad(
+            "a tcp:// target needs a port, e.g. tcp://127.0.0.1:9000",
+        ));
     };
     let addrs: Vec<SocketAddr> = with_port
         .to_socket_addrs()
@@ -94,7 +106,12 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, LoadError> {
         .or_else(|| addrs.first())
         .copied()
         .ok_or_else(|| bad("host resolved to no address"))?;
-    Ok(Target { scheme, addr, host: authority.to_string(), path: path.to_string() })
+    Ok(Target {
+        scheme,
+        addr,
+        host: authority.to_string(),
+        path: path.to_string(),
+    })
 }
 
 /// Parses source addresses: `127.0.0.2`, `127.0.0.2-127.0.0.40`, or a comma-separated
@@ -105,8 +122,14 @@ pub(crate) fn parse_sources(s: &str) -> Result<Vec<IpAddr>, LoadError> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Some((a, b)) = part.split_once('-') {
-            let a: Ipv4Addr = a.trim().parse().map_err(|_| bad("range ends must be IPv4 addresses"))?;
-            let b: Ipv4Addr = b.trim().parse().map_err(|_| bad("range ends must be IPv4 addresses"))?;
+            let a: Ipv4Addr = a
+                .trim()
+                .parse()
+                .map_err(|_| bad("range ends must be IPv4 addresses"))?;
+            let b: Ipv4Addr = b
+                .trim()
+                .parse()
+                .map_err(|_| bad("range ends must be IPv4 addresses"))?;
             let (a, b) = (u32::from(a), u32::from(b));
             if b < a {
                 return Err(bad("range end is below its start"));
@@ -116,7 +139,10 @@ pub(crate) fn parse_sources(s: &str) -> Result<Vec<IpAddr>, LoadError> {
             }
             out.extend((a..=b).map(|ip| IpAddr::V4(Ipv4Addr::from(ip))));
         } else {
-            out.push(part.parse().map_err(|_| bad("expected an IP address or A-B range"))?);
+            out.push(
+                part.parse()
+                    .map_err(|_| bad("expected an IP address or A-B range"))?,
+            );
         }
     }
     if out.is_empty() {
@@ -131,12 +157,24 @@ pub(crate) fn parse_header(s: &str) -> Result<(String, String), LoadError> {
         .split_once(':')
         .ok_or_else(|| LoadError::invalid("--header", s, "expected \"Name: value\""))?;
     let k = k.trim();
-    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
-        return Err(LoadError::invalid("--header", s, "the header name must be a non-empty token"));
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(LoadError::invalid(
+            "--header",
+            s,
+            "the header name must be a non-empty token",
+        ));
     }
     let v = v.trim();
     if v.bytes().any(|b| b == b'\r' || b == b'\n') {
-        return Err(LoadError::invalid("--header", s, "the value must not contain line breaks"));
+        return Err(LoadError::invalid(
+            "--header",
+            s,
+            "the value must not contain line breaks",
+        ));
     }
     Ok((k.to_string(), v.to_string()))
 }
@@ -190,7 +228,10 @@ mod tests {
     #[test]
     fn targets() {
         let t = parse_target("http://127.0.0.1:8080/a?b=1").unwrap();
-        assert_eq!((t.scheme, t.addr.port(), t.path.as_str()), (Scheme::Http, 8080, "/a?b=1"));
+        assert_eq!(
+            (t.scheme, t.addr.port(), t.path.as_str()),
+            (Scheme::Http, 8080, "/a?b=1")
+        );
         assert_eq!(t.host, "127.0.0.1:8080");
         let t = parse_target("127.0.0.1:9").unwrap();
         assert_eq!((t.scheme, t.path.as_str()), (Scheme::Http, "/"));
@@ -211,7 +252,10 @@ mod tests {
 
     #[test]
     fn headers_and_escapes() {
-        assert_eq!(parse_header("X-A:  b ").unwrap(), ("X-A".into(), "b".into()));
+        assert_eq!(
+            parse_header("X-A:  b ").unwrap(),
+            ("X-A".into(), "b".into())
+        );
         assert!(parse_header("no colon").is_err());
         assert!(parse_header(": v").is_err());
         assert_eq!(unescape(r"PING\n"), b"PING\n");

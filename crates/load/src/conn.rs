@@ -24,7 +24,13 @@ use crate::sys;
 
 /// Renders one HTTP/1.1 request. A `Host` header is added unless given, and a
 /// `Content-Length` whenever there is a body.
-pub(crate) fn render_request(method: &str, host: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+pub(crate) fn render_request(
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut r = Vec::with_capacity(128 + body.len());
     r.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -33,7 +39,9 @@ pub(crate) fn render_request(method: &str, host: &str, path: &str, headers: &[(S
     for (k, v) in headers {
         r.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
     }
-    let has_length = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    let has_length = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
     if !has_length && (!body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH")) {
         r.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
     }
@@ -93,7 +101,13 @@ pub(crate) struct ThreadStats {
 impl ThreadStats {
     /// Empty stats.
     pub(crate) fn new() -> Self {
-        ThreadStats { hist: new_histogram(), errors: ErrorCounts::default(), lag_sum_ns: 0, lag_max_ns: 0, backlog: 0 }
+        ThreadStats {
+            hist: new_histogram(),
+            errors: ErrorCounts::default(),
+            lag_sum_ns: 0,
+            lag_max_ns: 0,
+            backlog: 0,
+        }
     }
 }
 
@@ -122,7 +136,14 @@ pub(crate) async fn run(
     let mut buf = vec![0u8; BUF];
     let mut inflight: VecDeque<Instant> = VecDeque::with_capacity(shared.pipeline);
     let mut parser = ResponseParser::new(shared.head_request);
-    let mut conn = Conn { shared: &shared, buf: &mut buf, inflight: &mut inflight, parser: &mut parser, stats: &stats, live: &live };
+    let mut conn = Conn {
+        shared: &shared,
+        buf: &mut buf,
+        inflight: &mut inflight,
+        parser: &mut parser,
+        stats: &stats,
+        live: &live,
+    };
     while budget > 0 && Instant::now() < shared.deadline {
         let stream = match sys::connect(shared.addr, None, shared.timeout).await {
             Ok(s) => s,
@@ -170,7 +191,12 @@ impl Conn<'_> {
     }
 
     /// Drives one established connection.
-    async fn serve(&mut self, mut stream: tokio::net::TcpStream, budget: &mut u64, mut schedule: Option<&mut Schedule>) -> End {
+    async fn serve(
+        &mut self,
+        mut stream: tokio::net::TcpStream,
+        budget: &mut u64,
+        mut schedule: Option<&mut Schedule>,
+    ) -> End {
         let sh = self.shared;
         self.inflight.clear();
         self.parser.reset();
@@ -178,7 +204,9 @@ impl Conn<'_> {
         let mut last_progress = Instant::now();
         // One timer per connection, re-armed lazily: it wakes for the deadline, a
         // response timeout, or (open loop) the next intended send.
-        let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::from_std(sh.deadline)));
+        let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::from_std(
+            sh.deadline
+        )));
         let mut timer_at = sh.deadline;
         loop {
             // Send whatever may be sent now.
@@ -288,7 +316,11 @@ impl Conn<'_> {
                         ok += self.complete(response.status, now, budget);
                         if response.close || *budget == 0 {
                             self.live.requests.fetch_add(ok, Relaxed);
-                            return if *budget == 0 { End::Finished } else { End::Reconnect };
+                            return if *budget == 0 {
+                                End::Finished
+                            } else {
+                                End::Reconnect
+                            };
                         }
                     }
                     Err(_) => {
@@ -356,8 +388,14 @@ mod tests {
     fn renders_requests() {
         let r = render_request("GET", "127.0.0.1:8080", "/x", &[], b"");
         assert_eq!(r, b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n");
-        let h = vec![("Host".to_string(), "h".to_string()), ("X-A".to_string(), "1".to_string())];
+        let h = vec![
+            ("Host".to_string(), "h".to_string()),
+            ("X-A".to_string(), "1".to_string()),
+        ];
         let r = render_request("POST", "ignored", "/", &h, b"abc");
-        assert_eq!(r, b"POST / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!(
+            r,
+            b"POST / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nContent-Length: 3\r\n\r\nabc"
+        );
     }
 }

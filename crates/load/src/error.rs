@@ -88,12 +88,23 @@ pub enum LoadError {
 
 impl LoadError {
     /// Shorthand for [`LoadError::InvalidArg`].
-    pub(crate) fn invalid(what: &'static str, value: impl Into<String>, hint: impl Into<String>) -> Self {
-        LoadError::InvalidArg { what, value: value.into(), hint: hint.into() }
+    pub(crate) fn invalid(
+        what: &'static str,
+        value: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        LoadError::InvalidArg {
+            what,
+            value: value.into(),
+            hint: hint.into(),
+        }
     }
 
     /// Shorthand for [`LoadError::Io`].
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        LoadError::Io { what: what.into(), source }
+        LoadError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }

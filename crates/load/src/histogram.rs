@@ -66,7 +66,9 @@ impl Percentiles {
 /// Serializes a histogram as base64 of its HdrHistogram V2 encoding.
 pub(crate) fn encode(h: &Histogram<u64>) -> String {
     let mut bytes = Vec::new();
-    V2Serializer::new().serialize(h, &mut bytes).expect("serializing into a Vec cannot fail");
+    V2Serializer::new()
+        .serialize(h, &mut bytes)
+        .expect("serializing into a Vec cannot fail");
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 

@@ -1,6 +1,407 @@
-//! stub
-/// Hold args.
+//! `megaconn hold`: the [`HoldArgs`], setup validation (target reachable, source
+//! addresses local, port space and descriptor limits sufficient, process count
+//! chosen) done before any load starts, and the per-process worker that ramps
+//! connections up, holds them for `--duration` and stops them all. With more than
+//! one process the work is split over children (see `children`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::args::{parse_duration, parse_sources, parse_target, unescape, Scheme, Target};
+use crate::children;
+use crate::conn::render_request;
+use crate::error::LoadError;
+use crate::histogram::{merge, new_histogram, Percentiles};
+use crate::hold_conn::{self, HoldCounters, HoldShared, Snapshot};
+use crate::progress::{Progress, TICK};
+use crate::report::{write_json, HoldReport};
+use crate::sys::{self, InterruptGuard};
+
+/// Arguments of `megaconn hold URL|tcp://ADDR`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct HoldArgs {}
-/// Run hold.
-pub fn run_hold(_a: HoldArgs) -> Result<crate::HoldReport, crate::LoadError> { todo!() }
+pub struct HoldArgs {
+    /// Target: http://HOST:PORT/PATH (HTTP heartbeats) or tcp://HOST:PORT (line heartbeats).
+    pub target: String,
+    /// Connections to open and hold (up to 1,000,000).
+    #[arg(short = 'c', long, default_value_t = 1000)]
+    pub connections: u64,
+    /// New connections per second (all processes together).
+    #[arg(long, value_name = "R", default_value_t = 5000.0)]
+    pub ramp: f64,
+    /// Source addresses to connect from: an address, a range like
+    /// 127.0.0.2-127.0.0.40, or a comma-separated list of those.
+    #[arg(long, value_name = "ADDRS")]
+    pub source: Option<String>,
+    /// Child processes to spread connections over [default: from RLIMIT_NOFILE].
+    #[arg(long, value_name = "P")]
+    pub processes: Option<usize>,
+    /// Threads per process.
+    #[arg(short = 't', long, default_value_t = 1)]
+    pub threads: usize,
+    /// Time between heartbeats on each connection (jittered).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// tcp:// heartbeat line to send (escapes: \n \r \t \\).
+    #[arg(long, value_name = "LINE", default_value = "PING\\n")]
+    pub send: String,
+    /// tcp:// the reply line must contain this [default: any line].
+    #[arg(long, value_name = "TEXT")]
+    pub expect: Option<String>,
+    /// Reconnect connections that drop or fail to connect.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// How long to hold the connections once the ramp is done.
+    #[arg(short = 'd', long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Connect and heartbeat-reply timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// No progress output.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Internal: this process is child I of a multi-process run.
+    #[arg(long, hide = true, requires = "child_count")]
+    pub child_index: Option<usize>,
+    /// Internal: the number of children in a multi-process run.
+    #[arg(long, hide = true, requires = "child_index")]
+    pub child_count: Option<usize>,
+}
+
+/// Most connections one run may hold.
+const MAX_CONNECTIONS: u64 = 1_000_000;
+
+/// The validated plan shared by parent and children.
+#[derive(Debug, Clone)]
+pub(crate) struct HoldPlan {
+    /// The target.
+    pub target: Target,
+    /// All source addresses (empty: the kernel's choice).
+    pub sources: Vec<IpAddr>,
+    /// Processes to use.
+    pub processes: usize,
+    /// Connections one process can hold.
+    pub per_process_limit: u64,
+    /// The RLIMIT_NOFILE the limit came from.
+    pub nofile: u64,
+}
+
+/// Checks everything that can be checked before load starts (except reachability).
+pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
+    if args.connections == 0 || args.connections > MAX_CONNECTIONS {
+        return Err(LoadError::invalid(
+            "--connections",
+            args.connections.to_string(),
+            "use 1 to 1000000",
+        ));
+    }
+    if !(args.ramp.is_finite() && args.ramp > 0.0) {
+        return Err(LoadError::invalid(
+            "--ramp",
+            args.ramp.to_string(),
+            "use a positive number of connections/s",
+        ));
+    }
+    if args.interval.is_zero() {
+        return Err(LoadError::invalid(
+            "--interval",
+            "0",
+            "use a positive interval such as 30s",
+        ));
+    }
+    if args.threads == 0 || args.threads > 256 {
+        return Err(LoadError::invalid(
+            "--threads",
+            args.threads.to_string(),
+            "use 1 to 256",
+        ));
+    }
+    let target = parse_target(&args.target)?;
+    let sources = match &args.source {
+        Some(s) => parse_sources(s)?,
+        None => Vec::new(),
+    };
+    for &ip in &sources {
+        if ip.is_ipv4() != target.addr.is_ipv4() {
+            return Err(LoadError::invalid(
+                "--source",
+                ip.to_string(),
+                "source and target must be the same IP version",
+            ));
+        }
+        sys::check_source(ip).map_err(|source| LoadError::BadSource { addr: ip, source })?;
+    }
+    let ports = sys::local_port_count();
+    let capacity = ports * sources.len().max(1) as u64;
+    if args.connections > capacity {
+        return Err(LoadError::PortSpace {
+            connections: args.connections,
+            sources: sources.len().max(1),
+            ports_per_source: ports,
+            needed: args.connections.div_ceil(ports),
+        });
+    }
+    let nofile = sys::raise_nofile();
+    let per_process_limit = sys::connections_per_process(nofile);
+    let processes = match (args.child_count, args.processes) {
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) => args.connections.div_ceil(per_process_limit) as usize,
+    };
+    if processes == 0 || processes as u64 > args.connections {
+        return Err(LoadError::invalid(
+            "--processes",
+            processes.to_string(),
+            format!(
+                "use 1 to {} (at least one connection per process)",
+                args.connections
+            ),
+        ));
+    }
+    let per_process = args.connections.div_ceil(processes as u64);
+    if per_process > per_process_limit {
+        return Err(LoadError::TooManyPerProcess {
+            per_process,
+            limit: per_process_limit,
+            suggested: args.connections.div_ceil(per_process_limit),
+        });
+    }
+    Ok(HoldPlan {
+        target,
+        sources,
+        processes,
+        per_process_limit,
+        nofile,
+    })
+}
+
+/// This process's share of the work: connections, ramp rate and sources of
+/// process `index` of `count`.
+pub(crate) fn share(
+    args: &HoldArgs,
+    plan: &HoldPlan,
+    index: usize,
+    count: usize,
+) -> (u64, HoldShared) {
+    let n = args.connections / count as u64
+        + u64::from((index as u64) < args.connections % count as u64);
+    let sources = if plan.sources.len() >= count {
+        plan.sources
+            .iter()
+            .skip(index)
+            .step_by(count)
+            .copied()
+            .collect()
+    } else {
+        plan.sources.clone()
+    };
+    let http = plan.target.scheme == Scheme::Http;
+    let heartbeat = if http {
+        render_request("GET", &plan.target.host, &plan.target.path, &[], b"")
+    } else {
+        unescape(&args.send)
+    };
+    let shared = HoldShared {
+        addr: plan.target.addr,
+        sources,
+        heartbeat,
+        http,
+        expect: args.expect.as_ref().map(|e| unescape(e)),
+        interval: args.interval,
+        timeout: args.timeout,
+        reconnect: args.reconnect,
+        start: Instant::now(),
+        ramp: args.ramp / count as f64,
+    };
+    (n, shared)
+}
+
+/// What one process's worker ends with.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerOutcome {
+    /// Counters at the end.
+    pub counters: Snapshot,
+    /// Connections open when the hold ended.
+    pub open_at_end: u64,
+    /// Ramp time, seconds.
+    pub ramp_secs: f64,
+    /// Hold time after the ramp, seconds.
+    pub hold_secs: f64,
+    /// Heartbeat latencies, ns.
+    pub hist: Histogram<u64>,
+}
+
+/// Runs this process's share: ramps `count` connections up over `threads` threads,
+/// holds them for `duration` after the ramp (or until interrupted), then closes them.
+/// `tick` sees the counters every [`TICK`].
+pub(crate) fn run_worker(
+    mut shared: HoldShared,
+    count: u64,
+    threads: usize,
+    duration: Duration,
+    guard: &InterruptGuard,
+    mut tick: impl FnMut(&Snapshot) -> bool,
+) -> Result<WorkerOutcome, LoadError> {
+    let counters = Arc::new(HoldCounters::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let threads = (threads as u64).clamp(1, count);
+    shared.start = Instant::now();
+    let start = shared.start;
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let (shared, counters, stop) = (shared.clone(), Arc::clone(&counters), stop_rx.clone());
+        let h = std::thread::Builder::new()
+            .name(format!("hold-{t}"))
+            .spawn(move || hold_conn::run_thread(t, threads, count, shared, counters, stop))
+            .map_err(|e| LoadError::io("cannot start a hold thread", e))?;
+        handles.push(h);
+    }
+    // The ramp is over when every connection has been tried once; it cannot take
+    // longer than its schedule plus one connect timeout (plus slack).
+    let ramp_limit = start
+        + Duration::from_secs_f64(count as f64 / shared.ramp)
+        + shared.timeout
+        + Duration::from_secs(5);
+    let mut ramp_end: Option<Instant> = None;
+    loop {
+        let snap = counters.snapshot();
+        let now = Instant::now();
+        if !tick(&snap) || guard.interrupted() {
+            break;
+        }
+        if ramp_end.is_none() && (snap.attempted >= count || now >= ramp_limit) {
+            ramp_end = Some(now);
+        }
+        let wake = match ramp_end {
+            Some(r) if now >= r + duration => break,
+            Some(r) => (r + duration).min(now + TICK),
+            None => now + TICK,
+        };
+        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+    }
+    let end = Instant::now();
+    let open_at_end = counters.snapshot().open;
+    let _ = stop_tx.send(true);
+    let mut hist = new_histogram();
+    for h in handles {
+        let thread_hist = h
+            .join()
+            .map_err(|_| LoadError::io("a hold thread panicked", std::io::Error::other("panic")))?
+            .map_err(|e| LoadError::io("cannot build a tokio runtime", e))?;
+        merge(&mut hist, &thread_hist);
+    }
+    let ramp_end = ramp_end.unwrap_or(end);
+    Ok(WorkerOutcome {
+        counters: counters.snapshot(),
+        open_at_end,
+        ramp_secs: ramp_end.duration_since(start).as_secs_f64(),
+        hold_secs: end.duration_since(ramp_end).as_secs_f64(),
+        hist,
+    })
+}
+
+/// One progress line for `hold`.
+pub(crate) fn progress_message(s: &Snapshot, heartbeats_per_sec: f64) -> String {
+    format!(
+        "open {} (peak {}), {:.0} heartbeats/s, drops {}, resets {}, failed connects {}, heartbeat errors {}",
+        s.open, s.peak, heartbeats_per_sec, s.drops, s.resets, s.failed_connects, s.heartbeat_errors
+    )
+}
+
+/// Tracks the heartbeat rate between progress updates.
+pub(crate) struct RateMeter {
+    at: Instant,
+    count: u64,
+}
+
+impl RateMeter {
+    /// Starts measuring now.
+    pub(crate) fn new() -> Self {
+        RateMeter {
+            at: Instant::now(),
+            count: 0,
+        }
+    }
+
+    /// The rate since the last call, given the current total.
+    pub(crate) fn rate(&mut self, total: u64) -> f64 {
+        let now = Instant::now();
+        let secs = now.duration_since(self.at).as_secs_f64().max(1e-9);
+        let r = total.saturating_sub(self.count) as f64 / secs;
+        (self.at, self.count) = (now, total);
+        r
+    }
+}
+
+/// Runs `megaconn hold`: validates, holds, prints the report to stdout, writes
+/// `--json`, and returns the report. Exits with an error only for setup failures;
+/// drops and failed heartbeats are reported, not errors.
+pub fn run_hold(args: HoldArgs) -> Result<HoldReport, LoadError> {
+    if let (Some(index), Some(count)) = (args.child_index, args.child_count) {
+        return children::run_child(&args, index, count);
+    }
+    let plan = plan(&args)?;
+    std::net::TcpStream::connect_timeout(&plan.target.addr, args.timeout).map_err(|source| {
+        LoadError::Unreachable {
+            addr: plan.target.addr,
+            source,
+        }
+    })?;
+    if !args.quiet {
+        eprintln!(
+            "hold: RLIMIT_NOFILE {} allows {} connections per process; using {} process(es) for {} connections{}",
+            plan.nofile,
+            plan.per_process_limit,
+            plan.processes,
+            args.connections,
+            if args.processes.is_some() { " (as given by --processes)" } else { "" }
+        );
+    }
+    let cpu0 = sys::cpu_secs();
+    let guard = InterruptGuard::install();
+    let (outcome, processes) = if plan.processes == 1 {
+        let (count, shared) = share(&args, &plan, 0, 1);
+        let mut progress = Progress::new(count, "open", args.quiet);
+        let mut meter = RateMeter::new();
+        let outcome = run_worker(shared, count, args.threads, args.duration, &guard, |s| {
+            progress.update(s.open, || progress_message(s, meter.rate(s.heartbeats_ok)));
+            true
+        })?;
+        progress.finish();
+        (outcome, 1)
+    } else {
+        (children::run_parent(&args, &plan, &guard)?, plan.processes)
+    };
+    if guard.interrupted() {
+        eprintln!("hold: interrupted; reporting what was measured");
+    }
+    drop(guard);
+    let report = HoldReport {
+        target: args.target.clone(),
+        target_connections: args.connections,
+        connections_peak: outcome.counters.peak,
+        connections_open_at_end: outcome.open_at_end,
+        ramp_secs: outcome.ramp_secs,
+        hold_secs: outcome.hold_secs,
+        drops: outcome.counters.drops,
+        resets: outcome.counters.resets,
+        failed_connects: outcome.counters.failed_connects,
+        reconnects: outcome.counters.reconnects,
+        heartbeats_ok: outcome.counters.heartbeats_ok,
+        heartbeat_errors: outcome.counters.heartbeat_errors,
+        heartbeat_latency_us: Percentiles::of(&outcome.hist),
+        processes,
+        sources: plan.sources.len(),
+        client_cpu_secs: (sys::cpu_secs() - cpu0).max(0.0),
+    };
+    print!("{}", report.to_text());
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    Ok(report)
+}

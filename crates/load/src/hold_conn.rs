@@ -1,1 +1,444 @@
-//! stub
+//! One `hold` thread and its held connections.
+//!
+//! A thread is a current-thread tokio runtime; a ramp task spawns this thread's
+//! connections at their scheduled start times, each as a small local task that
+//! owns only its socket, one timer and a few counters. Reads go through one
+//! buffer shared by all connections of the thread (`readable()` then
+//! `try_read`, so no task keeps a buffer across an await); a connection only
+//! allocates if a reply arrives split across reads.
+//!
+//! Per connection: connect (from its source address), for HTTP one `GET` at
+//! open, then a heartbeat every `interval` (first one at a random offset in
+//! `[0, interval)`, then ±10% jitter), watching for the server closing the
+//! connection in between.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::histogram::{new_histogram, record_ns};
+use crate::parse::{ResponseParser, Step};
+use crate::sys;
+
+/// What the connections of one process share (read-only).
+#[derive(Debug, Clone)]
+pub(crate) struct HoldShared {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Source addresses (connection `j` uses `sources[j % len]`); empty: kernel's choice.
+    pub sources: Vec<IpAddr>,
+    /// The bytes of one heartbeat (an HTTP request, or the `--send` line).
+    pub heartbeat: Vec<u8>,
+    /// HTTP (replies parsed as responses) or line protocol.
+    pub http: bool,
+    /// Line protocol: the reply line must contain this.
+    pub expect: Option<Vec<u8>>,
+    /// Heartbeat interval.
+    pub interval: Duration,
+    /// Connect and reply timeout.
+    pub timeout: Duration,
+    /// Reconnect after a drop or failed connect.
+    pub reconnect: bool,
+    /// When the ramp starts.
+    pub start: Instant,
+    /// New connections per second (this process).
+    pub ramp: f64,
+}
+
+/// The counters of one process, updated by all its threads, read by progress.
+#[derive(Debug, Default)]
+pub(crate) struct HoldCounters {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Most connections open at once.
+    pub peak: AtomicU64,
+    /// Connections whose first connect attempt has finished (ramp progress).
+    pub attempted: AtomicU64,
+    /// Connections the server closed.
+    pub drops: AtomicU64,
+    /// Connections reset.
+    pub resets: AtomicU64,
+    /// Failed connects.
+    pub failed_connects: AtomicU64,
+    /// Reconnects made.
+    pub reconnects: AtomicU64,
+    /// Heartbeats answered as expected.
+    pub heartbeats_ok: AtomicU64,
+    /// Heartbeats failed.
+    pub heartbeat_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`HoldCounters`] (also the child progress message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Snapshot {
+    /// Connections open now.
+    pub open: u64,
+    /// Most connections open at once.
+    pub peak: u64,
+    /// Connections attempted so far.
+    pub attempted: u64,
+    /// Drops.
+    pub drops: u64,
+    /// Resets.
+    pub resets: u64,
+    /// Failed connects.
+    pub failed_connects: u64,
+    /// Reconnects.
+    pub reconnects: u64,
+    /// Heartbeats ok.
+    pub heartbeats_ok: u64,
+    /// Heartbeats failed.
+    pub heartbeat_errors: u64,
+}
+
+impl HoldCounters {
+    /// Copies the counters.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            open: self.open.load(Relaxed),
+            peak: self.peak.load(Relaxed),
+            attempted: self.attempted.load(Relaxed),
+            drops: self.drops.load(Relaxed),
+            resets: self.resets.load(Relaxed),
+            failed_connects: self.failed_connects.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            heartbeats_ok: self.heartbeats_ok.load(Relaxed),
+            heartbeat_errors: self.heartbeat_errors.load(Relaxed),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Adds another process's snapshot (peaks add: each process's own peak).
+    pub(crate) fn add(&mut self, o: &Snapshot) {
+        self.open += o.open;
+        self.peak += o.peak;
+        self.attempted += o.attempted;
+        self.drops += o.drops;
+        self.resets += o.resets;
+        self.failed_connects += o.failed_connects;
+        self.reconnects += o.reconnects;
+        self.heartbeats_ok += o.heartbeats_ok;
+        self.heartbeat_errors += o.heartbeat_errors;
+    }
+}
+
+/// Per-thread state shared by the thread's connections.
+struct ThreadCtx {
+    shared: HoldShared,
+    counters: Arc<HoldCounters>,
+    hist: RefCell<Histogram<u64>>,
+    buf: RefCell<Vec<u8>>,
+}
+
+/// Runs thread `t` of `threads`: connections `t, t+T, …` below `count`, until
+/// `stop` turns true. Returns the thread's heartbeat-latency histogram.
+pub(crate) fn run_thread(
+    t: u64,
+    threads: u64,
+    count: u64,
+    shared: HoldShared,
+    counters: Arc<HoldCounters>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Histogram<u64>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ctx = Rc::new(ThreadCtx {
+        shared,
+        counters,
+        hist: RefCell::new(new_histogram()),
+        buf: RefCell::new(vec![0u8; 64 * 1024]),
+    });
+    let local = tokio::task::LocalSet::new();
+    let ramp_ctx = Rc::clone(&ctx);
+    local.spawn_local(async move {
+        let ctx = ramp_ctx;
+        for j in (t..count).step_by(threads as usize) {
+            let at = ctx.shared.start + Duration::from_secs_f64(j as f64 / ctx.shared.ramp);
+            tokio::time::sleep_until(at.into()).await;
+            tokio::task::spawn_local(hold_one(Rc::clone(&ctx), j));
+        }
+    });
+    local.block_on(&rt, async {
+        while !*stop.borrow_and_update() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    // Dropping the tasks closes every socket (FIN).
+    drop(local);
+    drop(rt);
+    let hist = ctx.hist.borrow().clone();
+    Ok(hist)
+}
+
+/// How a held connection ended.
+enum Ended {
+    /// The server closed it.
+    Dropped,
+    /// It was reset (or another I/O error hit it).
+    Reset,
+    /// A reply timed out or was wrong; we closed it.
+    Failed,
+}
+
+/// One held connection, reconnecting if asked to.
+async fn hold_one(ctx: Rc<ThreadCtx>, j: u64) {
+    let sh = &ctx.shared;
+    let c = &ctx.counters;
+    let source =
+        (!sh.sources.is_empty()).then(|| sh.sources[(j % sh.sources.len() as u64) as usize]);
+    let mut rng = Rng::new(j);
+    let mut first = true;
+    loop {
+        let connected = sys::connect(sh.addr, source, sh.timeout).await;
+        if first {
+            c.attempted.fetch_add(1, Relaxed);
+            first = false;
+        }
+        let ended = match connected {
+            Ok(stream) => {
+                let open = c.open.fetch_add(1, Relaxed) + 1;
+                c.peak.fetch_max(open, Relaxed);
+                let ended = session(&ctx, stream, &mut rng).await;
+                c.open.fetch_sub(1, Relaxed);
+                match ended {
+                    Ended::Dropped => c.drops.fetch_add(1, Relaxed),
+                    Ended::Reset => c.resets.fetch_add(1, Relaxed),
+                    Ended::Failed => 0,
+                };
+                true
+            }
+            Err(_) => {
+                c.failed_connects.fetch_add(1, Relaxed);
+                false
+            }
+        };
+        if !sh.reconnect {
+            return;
+        }
+        // Back off before reconnecting (longer after a failed connect), with jitter.
+        let base = if ended { 10 } else { 500 };
+        tokio::time::sleep(Duration::from_millis(base + rng.below(base))).await;
+        c.reconnects.fetch_add(1, Relaxed);
+    }
+}
+
+/// Drives an established connection until it ends.
+async fn session(ctx: &ThreadCtx, mut stream: TcpStream, rng: &mut Rng) -> Ended {
+    let sh = &ctx.shared;
+    let mut spill: Vec<u8> = Vec::new();
+    if sh.http {
+        if let Err(e) = exchange(ctx, &mut stream, &mut spill).await {
+            return e;
+        }
+    }
+    let interval_ns = sh.interval.as_nanos() as u64;
+    let mut next = Instant::now() + Duration::from_nanos(rng.below(interval_ns.max(1)));
+    loop {
+        // Idle until the next heartbeat, noticing if the server goes away.
+        loop {
+            tokio::select! {
+                biased;
+                r = stream.readable() => {
+                    if r.is_err() {
+                        return Ended::Reset;
+                    }
+                    let mut buf = ctx.buf.borrow_mut();
+                    match stream.try_read(&mut buf) {
+                        Ok(0) => return Ended::Dropped,
+                        Ok(_) => {} // unsolicited bytes: ignored
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return io_end(&e),
+                    }
+                }
+                () = tokio::time::sleep_until(next.into()) => break,
+            }
+        }
+        if let Err(e) = exchange(ctx, &mut stream, &mut spill).await {
+            return e;
+        }
+        // Next beat: one interval on, ±10% so beats stay spread out.
+        let jitter = interval_ns / 5;
+        next += Duration::from_nanos(interval_ns - jitter / 2 + rng.below(jitter.max(1)));
+        next = next.max(Instant::now());
+    }
+}
+
+fn io_end(e: &std::io::Error) -> Ended {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Ended::Dropped,
+        _ => Ended::Reset,
+    }
+}
+
+/// Sends one heartbeat and waits for its reply; counts and times it.
+async fn exchange(
+    ctx: &ThreadCtx,
+    stream: &mut TcpStream,
+    spill: &mut Vec<u8>,
+) -> Result<(), Ended> {
+    let sh = &ctx.shared;
+    let c = &ctx.counters;
+    let sent = Instant::now();
+    if let Err(e) = stream.write_all(&sh.heartbeat).await {
+        return Err(io_end(&e));
+    }
+    let deadline = sent + sh.timeout;
+    let mut parser = ResponseParser::new(false);
+    spill.clear();
+    loop {
+        match tokio::time::timeout_at(deadline.into(), stream.readable()).await {
+            Err(_) => {
+                c.heartbeat_errors.fetch_add(1, Relaxed);
+                return Err(Ended::Failed);
+            }
+            Ok(Err(e)) => return Err(io_end(&e)),
+            Ok(Ok(())) => {}
+        }
+        let mut buf = ctx.buf.borrow_mut();
+        let n = match stream.try_read(&mut buf) {
+            Ok(0) => return Err(Ended::Dropped),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(io_end(&e)),
+        };
+        let data: &[u8] = if spill.is_empty() {
+            &buf[..n]
+        } else {
+            spill.extend_from_slice(&buf[..n]);
+            spill
+        };
+        let verdict = if sh.http {
+            http_reply(&mut parser, data)
+        } else {
+            line_reply(sh.expect.as_deref(), data)
+        };
+        match verdict {
+            Reply::Incomplete(keep) => {
+                let rest = data[data.len() - keep..].to_vec();
+                *spill = rest;
+            }
+            Reply::Ok { close } => {
+                c.heartbeats_ok.fetch_add(1, Relaxed);
+                record_ns(&mut ctx.hist.borrow_mut(), sent.elapsed().as_nanos() as u64);
+                spill.clear();
+                return if close { Err(Ended::Dropped) } else { Ok(()) };
+            }
+            Reply::Bad => {
+                c.heartbeat_errors.fetch_add(1, Relaxed);
+                return Err(Ended::Failed);
+            }
+        }
+    }
+}
+
+/// The verdict on the bytes received so far.
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    /// Need more; keep the last `usize` bytes.
+    Incomplete(usize),
+    /// An expected reply; `close`: the server will close the connection.
+    Ok {
+        /// The server announced it closes.
+        close: bool,
+    },
+    /// Not the expected reply.
+    Bad,
+}
+
+fn http_reply(parser: &mut ResponseParser, data: &[u8]) -> Reply {
+    match parser.parse(data) {
+        Ok(Step::Partial { consumed }) => Reply::Incomplete(data.len() - consumed),
+        Ok(Step::Done { response, .. }) if response.status < 400 => Reply::Ok {
+            close: response.close,
+        },
+        _ => Reply::Bad,
+    }
+}
+
+fn line_reply(expect: Option<&[u8]>, data: &[u8]) -> Reply {
+    let Some(eol) = data.iter().position(|&b| b == b'\n') else {
+        return if data.len() > 64 * 1024 {
+            Reply::Bad
+        } else {
+            Reply::Incomplete(data.len())
+        };
+    };
+    let line = &data[..eol];
+    match expect {
+        Some(e) if !line.windows(e.len().max(1)).any(|w| w == e) => Reply::Bad,
+        _ => Reply::Ok { close: false },
+    }
+}
+
+/// A tiny splitmix64 generator for jitter (no allocation, no shared state).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(t))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish in `[0, n)`; `n` must be positive.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies() {
+        assert_eq!(
+            line_reply(Some(b"PONG"), b"PONG\n"),
+            Reply::Ok { close: false }
+        );
+        assert_eq!(line_reply(Some(b"PONG"), b"NOPE\n"), Reply::Bad);
+        assert_eq!(line_reply(None, b"PO"), Reply::Incomplete(2));
+        let mut p = ResponseParser::new(false);
+        assert_eq!(
+            http_reply(&mut p, b"HTTP/1.1 200 OK\r\nContent"),
+            Reply::Incomplete(24)
+        );
+        let mut p = ResponseParser::new(false);
+        assert_eq!(
+            http_reply(&mut p, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            Reply::Ok { close: false }
+        );
+        let mut p = ResponseParser::new(false);
+        assert_eq!(
+            http_reply(&mut p, b"HTTP/1.1 503 No\r\nContent-Length: 0\r\n\r\n"),
+            Reply::Bad
+        );
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let mut r = Rng::new(7);
+        assert!((0..1000).all(|_| r.below(10) < 10));
+    }
+}

@@ -82,34 +82,71 @@ fn plan(args: &LoadArgs) -> Result<Plan, LoadError> {
         return Err(LoadError::Unbounded);
     }
     if args.connections == 0 {
-        return Err(LoadError::invalid("--connections", "0", "need at least one connection"));
+        return Err(LoadError::invalid(
+            "--connections",
+            "0",
+            "need at least one connection",
+        ));
     }
     if args.requests == Some(0) {
-        return Err(LoadError::invalid("--requests", "0", "need at least one request"));
+        return Err(LoadError::invalid(
+            "--requests",
+            "0",
+            "need at least one request",
+        ));
     }
     if args.pipeline == 0 || args.pipeline > 4096 {
-        return Err(LoadError::invalid("--pipeline", args.pipeline.to_string(), "use 1 to 4096"));
+        return Err(LoadError::invalid(
+            "--pipeline",
+            args.pipeline.to_string(),
+            "use 1 to 4096",
+        ));
     }
     if let Some(r) = args.rate {
         if !(r.is_finite() && r > 0.0) {
-            return Err(LoadError::invalid("--rate", r.to_string(), "use a positive number of requests/s"));
+            return Err(LoadError::invalid(
+                "--rate",
+                r.to_string(),
+                "use a positive number of requests/s",
+            ));
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores).clamp(1, args.connections);
     let target = parse_target(&args.url)?;
     if target.scheme != Scheme::Http {
-        return Err(LoadError::invalid("URL", &args.url, "load speaks HTTP: use http://HOST:PORT/PATH"));
+        return Err(LoadError::invalid(
+            "URL",
+            &args.url,
+            "load speaks HTTP: use http://HOST:PORT/PATH",
+        ));
     }
-    let headers = args.headers.iter().map(|h| parse_header(h)).collect::<Result<Vec<_>, _>>()?;
-    let body = args.body.as_deref().map(parse_body).transpose()?.unwrap_or_default();
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| parse_header(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let body = args
+        .body
+        .as_deref()
+        .map(parse_body)
+        .transpose()?
+        .unwrap_or_default();
     let method = args.method.to_ascii_uppercase();
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return Err(LoadError::invalid("--method", &args.method, "use a method name such as GET or POST"));
+        return Err(LoadError::invalid(
+            "--method",
+            &args.method,
+            "use a method name such as GET or POST",
+        ));
     }
     let request = conn::render_request(&method, &target.host, &target.path, &headers, &body);
-    std::net::TcpStream::connect_timeout(&target.addr, args.timeout)
-        .map_err(|source| LoadError::Unreachable { addr: target.addr, source })?;
+    std::net::TcpStream::connect_timeout(&target.addr, args.timeout).map_err(|source| {
+        LoadError::Unreachable {
+            addr: target.addr,
+            source,
+        }
+    })?;
     Ok(Plan {
         threads,
         shared: ConnShared {
@@ -127,7 +164,10 @@ fn plan(args: &LoadArgs) -> Result<Plan, LoadError> {
 /// Runs `megaconn load`: generates the load, prints the report to stdout, writes
 /// `--json`/`--plot` files, and returns the report.
 pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
-    let Plan { threads, mut shared } = plan(&args)?;
+    let Plan {
+        threads,
+        mut shared,
+    } = plan(&args)?;
     let conns = args.connections;
     let start = Instant::now();
     shared.deadline = start + args.duration.unwrap_or(NO_DEADLINE);
@@ -159,9 +199,14 @@ pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
         let now = Instant::now();
         let requests: u64 = lives.iter().map(|l| l.requests.load(Relaxed)).sum();
         let errors: u64 = lives.iter().map(|l| l.errors.load(Relaxed)).sum();
-        let position = if unit == "requests" { requests } else { now.duration_since(start).as_millis() as u64 };
+        let position = if unit == "requests" {
+            requests
+        } else {
+            now.duration_since(start).as_millis() as u64
+        };
         progress.update(position.min(length), || {
-            let rate = (requests - last_requests) as f64 / now.duration_since(last_at).as_secs_f64();
+            let rate =
+                (requests - last_requests) as f64 / now.duration_since(last_at).as_secs_f64();
             last_at = now;
             last_requests = requests;
             format!("{requests} ok, {rate:.0} req/s, {errors} errors")
@@ -171,7 +216,9 @@ pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
 
     let mut stats = Vec::with_capacity(threads);
     for h in handles {
-        stats.push(h.join().map_err(|_| LoadError::io("a load thread panicked", std::io::Error::other("panic")))??);
+        stats.push(h.join().map_err(|_| {
+            LoadError::io("a load thread panicked", std::io::Error::other("panic"))
+        })??);
     }
     let elapsed = start.elapsed().as_secs_f64().max(1e-9);
     let cpu = (sys::cpu_secs() - cpu0).max(0.0);
@@ -212,12 +259,20 @@ fn run_thread(
     let mut tasks = Vec::new();
     for i in (t..conns).step_by(threads) {
         // -n is split exactly over connections, so the totals add up.
-        let budget = requests.map_or(u64::MAX, |n| n / conns as u64 + u64::from((i as u64) < n % conns as u64));
+        let budget = requests.map_or(u64::MAX, |n| {
+            n / conns as u64 + u64::from((i as u64) < n % conns as u64)
+        });
         if budget == 0 {
             continue;
         }
         let schedule = rate.map(|r| Schedule::for_connection(start, r, conns, i));
-        tasks.push(local.spawn_local(conn::run(Rc::clone(&shared), budget, schedule, Rc::clone(&stats), Arc::clone(&live))));
+        tasks.push(local.spawn_local(conn::run(
+            Rc::clone(&shared),
+            budget,
+            schedule,
+            Rc::clone(&stats),
+            Arc::clone(&live),
+        )));
     }
     // Connections stop by themselves at the deadline; a write stuck on a server
     // that stopped reading is cut off a timeout later.
@@ -232,13 +287,28 @@ fn run_thread(
     });
     drop(local);
     drop(shared);
-    Ok(Rc::try_unwrap(stats).map(RefCell::into_inner).unwrap_or_else(|rc| {
-        let s = rc.borrow();
-        ThreadStats { hist: s.hist.clone(), errors: s.errors, lag_sum_ns: s.lag_sum_ns, lag_max_ns: s.lag_max_ns, backlog: s.backlog }
-    }))
+    Ok(Rc::try_unwrap(stats)
+        .map(RefCell::into_inner)
+        .unwrap_or_else(|rc| {
+            let s = rc.borrow();
+            ThreadStats {
+                hist: s.hist.clone(),
+                errors: s.errors,
+                lag_sum_ns: s.lag_sum_ns,
+                lag_max_ns: s.lag_max_ns,
+                backlog: s.backlog,
+            }
+        }))
 }
 
-fn build_report(args: &LoadArgs, threads: usize, elapsed: f64, cpu: f64, lives: &[Arc<Live>], stats: &[ThreadStats]) -> LoadReport {
+fn build_report(
+    args: &LoadArgs,
+    threads: usize,
+    elapsed: f64,
+    cpu: f64,
+    lives: &[Arc<Live>],
+    stats: &[ThreadStats],
+) -> LoadReport {
     let requests: u64 = lives.iter().map(|l| l.requests.load(Relaxed)).sum();
     let bytes: u64 = lives.iter().map(|l| l.bytes.load(Relaxed)).sum();
     let sent: u64 = lives.iter().map(|l| l.sent.load(Relaxed)).sum();
@@ -267,13 +337,25 @@ fn build_report(args: &LoadArgs, threads: usize, elapsed: f64, cpu: f64, lives: 
         bytes_read: bytes,
         bytes_per_sec: bytes as f64 / elapsed,
         client_cpu_secs: cpu,
-        requests_per_client_cpu_sec: if cpu > 0.0 { requests as f64 / cpu } else { 0.0 },
+        requests_per_client_cpu_sec: if cpu > 0.0 {
+            requests as f64 / cpu
+        } else {
+            0.0
+        },
         latency_us: Percentiles::of(&hist),
         target_rate: args.rate,
         achieved_rate,
-        rate_shortfall_pct: args.rate.map(|r| (100.0 * (1.0 - achieved_rate / r)).max(0.0)),
+        rate_shortfall_pct: args
+            .rate
+            .map(|r| (100.0 * (1.0 - achieved_rate / r)).max(0.0)),
         behind_requests: open.then_some(backlog),
-        send_lag_mean_us: open.then(|| if sent > 0 { lag_sum as f64 / sent as f64 / 1000.0 } else { 0.0 }),
+        send_lag_mean_us: open.then(|| {
+            if sent > 0 {
+                lag_sum as f64 / sent as f64 / 1000.0
+            } else {
+                0.0
+            }
+        }),
         send_lag_max_us: open.then_some(lag_max as f64 / 1000.0),
     }
 }

@@ -59,7 +59,12 @@ const MAX_HEADERS: usize = 64;
 impl ResponseParser {
     /// A parser for responses to requests with the given method.
     pub(crate) fn new(head_request: bool) -> Self {
-        ResponseParser { state: State::Head, status: 0, close: false, head_request }
+        ResponseParser {
+            state: State::Head,
+            status: 0,
+            close: false,
+            head_request,
+        }
     }
 
     /// Forgets any partial response (after a reconnect).
@@ -83,7 +88,9 @@ impl ResponseParser {
                     let mut resp = httparse::Response::new(&mut headers);
                     let n = match resp.parse(rest) {
                         Ok(httparse::Status::Complete(n)) => n,
-                        Ok(httparse::Status::Partial) => return Ok(Step::Partial { consumed: pos }),
+                        Ok(httparse::Status::Partial) => {
+                            return Ok(Step::Partial { consumed: pos })
+                        }
                         Err(_) => return Err(BadResponse),
                     };
                     pos += n;
@@ -170,7 +177,11 @@ impl ResponseParser {
                         return Ok(self.finish(pos));
                     }
                 }
-                State::UntilEof => return Ok(Step::Partial { consumed: buf.len() }),
+                State::UntilEof => {
+                    return Ok(Step::Partial {
+                        consumed: buf.len(),
+                    })
+                }
             }
         }
     }
@@ -180,7 +191,10 @@ impl ResponseParser {
         match self.state {
             State::UntilEof => {
                 self.state = State::Head;
-                Some(Response { status: self.status, close: true })
+                Some(Response {
+                    status: self.status,
+                    close: true,
+                })
             }
             _ => None,
         }
@@ -188,13 +202,21 @@ impl ResponseParser {
 
     fn finish(&mut self, consumed: usize) -> Step {
         self.state = State::Head;
-        Step::Done { consumed, response: Response { status: self.status, close: self.close } }
+        Step::Done {
+            consumed,
+            response: Response {
+                status: self.status,
+                close: self.close,
+            },
+        }
     }
 }
 
 /// Case-insensitive search for `token` in a comma-separated header value.
 fn contains_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -247,7 +269,13 @@ HTTP/1.1 500 Oops\r\nConnection: close\r\ncontent-length: 0\r\n\r\n";
     #[test]
     fn body_until_eof_and_head_requests() {
         let got = feed(b"HTTP/1.0 200 OK\r\n\r\nstreaming body", 4, false).unwrap();
-        assert_eq!(got, [Response { status: 200, close: true }]);
+        assert_eq!(
+            got,
+            [Response {
+                status: 200,
+                close: true
+            }]
+        );
         let got = feed(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nHTTP/1.1 201 OK\r\nContent-Length: 99\r\n\r\n", 7, true)
             .unwrap();
         assert_eq!(got.len(), 2);
@@ -255,8 +283,21 @@ HTTP/1.1 500 Oops\r\nConnection: close\r\ncontent-length: 0\r\n\r\n";
 
     #[test]
     fn rejects_garbage() {
-        assert_eq!(feed(b"SSH-2.0-OpenSSH\r\n\r\n", 64, false), Err(BadResponse));
-        assert_eq!(feed(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", 64, false), Err(BadResponse));
-        assert_eq!(feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 64, false), Err(BadResponse));
+        assert_eq!(
+            feed(b"SSH-2.0-OpenSSH\r\n\r\n", 64, false),
+            Err(BadResponse)
+        );
+        assert_eq!(
+            feed(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", 64, false),
+            Err(BadResponse)
+        );
+        assert_eq!(
+            feed(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                64,
+                false
+            ),
+            Err(BadResponse)
+        );
     }
 }

@@ -32,7 +32,10 @@ pub(crate) fn write_svg(path: &Path, title: &str, h: &Histogram<u64>) -> Result<
     let pts = curve(h);
     let max_x = pts.last().map_or(1.0, |p| p.0);
     let max_y = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let err = |e: String| LoadError::Write { path: path.to_owned(), source: std::io::Error::other(e) };
+    let err = |e: String| LoadError::Write {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    };
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
@@ -52,7 +55,9 @@ pub(crate) fn write_svg(path: &Path, title: &str, h: &Histogram<u64>) -> Result<
         })
         .draw()
         .map_err(|e| err(e.to_string()))?;
-    chart.draw_series(LineSeries::new(pts, &BLUE)).map_err(|e| err(e.to_string()))?;
+    chart
+        .draw_series(LineSeries::new(pts, &BLUE))
+        .map_err(|e| err(e.to_string()))?;
     root.present().map_err(|e| err(e.to_string()))?;
     Ok(())
 }

@@ -36,11 +36,18 @@ impl Progress {
             return Progress::Off;
         }
         if !std::io::stderr().is_terminal() {
-            return Progress::Plain { start: now, last: now };
+            return Progress::Plain {
+                start: now,
+                last: now,
+            };
         }
-        let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr_with_hz(10));
+        let bar =
+            ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr_with_hz(10));
         let template = format!("{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit}  {{msg}}");
-        bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_style(
+            ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         Progress::Bar(bar)
     }
 
@@ -55,7 +62,11 @@ impl Progress {
                 let now = Instant::now();
                 if now.duration_since(*last) >= PLAIN_EVERY {
                     *last = now;
-                    eprintln!("[{:7.1}s] {}", now.duration_since(*start).as_secs_f64(), message());
+                    eprintln!(
+                        "[{:7.1}s] {}",
+                        now.duration_since(*start).as_secs_f64(),
+                        message()
+                    );
                 }
             }
             Progress::Off => {}

@@ -211,6 +211,11 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// Reads a report written by `load --json`.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
     /// The human-readable report.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
@@ -232,7 +237,12 @@ impl LoadReport {
             self.rps,
             human_bytes(self.bytes_per_sec)
         );
-        let _ = writeln!(s, "  errors       {} ({})", self.errors_total, self.errors.nonzero());
+        let _ = writeln!(
+            s,
+            "  errors       {} ({})",
+            self.errors_total,
+            self.errors.nonzero()
+        );
         let _ = writeln!(
             s,
             "  client cpu   {:.3}s, {:.0} requests per client CPU-second",
@@ -293,6 +303,11 @@ pub struct HoldReport {
 }
 
 impl HoldReport {
+    /// Reads a report written by `hold --json`.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
     /// The human-readable report.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
@@ -306,13 +321,21 @@ impl HoldReport {
             self.connections_open_at_end,
             self.processes
         );
-        let _ = writeln!(s, "  ramp {:.2}s, held {:.2}s", self.ramp_secs, self.hold_secs);
+        let _ = writeln!(
+            s,
+            "  ramp {:.2}s, held {:.2}s",
+            self.ramp_secs, self.hold_secs
+        );
         let _ = writeln!(
             s,
             "  drops {}  resets {}  failed connects {}  reconnects {}",
             self.drops, self.resets, self.failed_connects, self.reconnects
         );
-        let _ = writeln!(s, "  heartbeats   {} ok, {} failed", self.heartbeats_ok, self.heartbeat_errors);
+        let _ = writeln!(
+            s,
+            "  heartbeats   {} ok, {} failed",
+            self.heartbeats_ok, self.heartbeat_errors
+        );
         let _ = writeln!(
             s,
             "  latency us   p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
@@ -325,7 +348,10 @@ impl HoldReport {
 /// Writes `value` as pretty JSON to `path`.
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), LoadError> {
     let text = serde_json::to_string_pretty(value).expect("reports always serialize");
-    std::fs::write(path, text + "\n").map_err(|source| LoadError::Write { path: path.to_owned(), source })
+    std::fs::write(path, text + "\n").map_err(|source| LoadError::Write {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// `1.2 MB`-style formatting of a byte rate.

@@ -29,7 +29,12 @@ pub(crate) struct Schedule {
 impl Schedule {
     /// The schedule of connection `index` of `connections` sharing `total_rate` req/s
     /// starting at `start`. Connections are staggered so sends are evenly spread.
-    pub(crate) fn for_connection(start: Instant, total_rate: f64, connections: usize, index: usize) -> Self {
+    pub(crate) fn for_connection(
+        start: Instant,
+        total_rate: f64,
+        connections: usize,
+        index: usize,
+    ) -> Self {
         let interval_ns = 1e9 * connections as f64 / total_rate;
         let offset = interval_ns * index as f64 / connections as f64;
         Schedule {
@@ -67,6 +72,7 @@ impl Schedule {
     }
 
     /// Requests sent so far.
+    #[cfg(test)]
     pub(crate) fn sent(&self) -> u64 {
         self.next
     }

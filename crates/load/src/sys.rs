@@ -10,13 +10,19 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit and returns the new soft limit.
 pub(crate) fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `lim` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 1024;
     }
     if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
         // SAFETY: `raised` is a valid rlimit; failure leaves the old limit in place.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             lim.rlim_cur = lim.rlim_max;
@@ -54,8 +60,16 @@ pub(crate) fn check_source(ip: IpAddr) -> std::io::Result<()> {
 
 /// Connects to `dest`, from `source` when given (the port is chosen at connect
 /// time, so many sources can each use the whole port range), within `timeout`.
-pub(crate) async fn connect(dest: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> std::io::Result<TcpStream> {
-    let sock = if dest.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+pub(crate) async fn connect(
+    dest: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let sock = if dest.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     if let Some(ip) = source {
         sock.set_reuseaddr(true)?;
         set_bind_address_no_port(&sock);
@@ -94,6 +108,47 @@ pub(crate) fn cpu_secs() -> f64 {
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Set by SIGINT/SIGTERM while an [`InterruptGuard`] is alive.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_sig: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Catches SIGINT and SIGTERM (so a run can stop early and still report) until
+/// dropped, then restores the previous handlers.
+pub(crate) struct InterruptGuard {
+    previous: [(libc::c_int, libc::sighandler_t); 2],
+}
+
+impl InterruptGuard {
+    /// Installs the handlers.
+    pub(crate) fn install() -> Self {
+        INTERRUPTED.store(false, std::sync::atomic::Ordering::SeqCst);
+        let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let previous =
+            [libc::SIGINT, libc::SIGTERM].map(|sig| (sig, unsafe { libc::signal(sig, handler) }));
+        InterruptGuard { previous }
+    }
+
+    /// True once SIGINT or SIGTERM arrived.
+    pub(crate) fn interrupted(&self) -> bool {
+        INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for InterruptGuard {
+    fn drop(&mut self) {
+        for (sig, old) in self.previous {
+            if old != libc::SIG_ERR {
+                // SAFETY: restoring the handler that was installed before.
+                unsafe { libc::signal(sig, old) };
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -37,14 +37,28 @@ fn closed_loop_counts_add_up() {
     assert_eq!(r.bytes_read, 2000 * 51); // 51 bytes per response
     assert!(r.latency_us.p50 > 0.0 && r.latency_us.p50 <= r.latency_us.max);
     assert!(r.client_cpu_secs > 0.0);
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
-    for key in ["requests", "errors", "duration_secs", "rps", "bytes_read", "client_cpu_secs", "latency_us", "target_rate", "achieved_rate"] {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    for key in [
+        "requests",
+        "errors",
+        "duration_secs",
+        "rps",
+        "bytes_read",
+        "client_cpu_secs",
+        "latency_us",
+        "target_rate",
+        "achieved_rate",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     assert_eq!(v["requests"], 2000);
     assert!(v["target_rate"].is_null());
     for p in ["p50", "p90", "p99", "p999", "p9999", "max"] {
-        assert!(v["latency_us"][p].as_f64().is_some(), "missing latency_us.{p}");
+        assert!(
+            v["latency_us"][p].as_f64().is_some(),
+            "missing latency_us.{p}"
+        );
     }
     assert!(std::fs::read_to_string(plot).unwrap().contains("<svg"));
 }
@@ -52,8 +66,15 @@ fn closed_loop_counts_add_up() {
 #[test]
 fn pipelined_chunked_counts_add_up() {
     let server = common::start(Mode::Chunked);
-    let r = run_load(args(&server, &["-n", "3001", "-c", "3", "-t", "1", "--pipeline", "8"])).unwrap();
-    assert_eq!((r.requests, server.requests(), r.errors_total), (3001, 3001, 0));
+    let r = run_load(args(
+        &server,
+        &["-n", "3001", "-c", "3", "-t", "1", "--pipeline", "8"],
+    ))
+    .unwrap();
+    assert_eq!(
+        (r.requests, server.requests(), r.errors_total),
+        (3001, 3001, 0)
+    );
 }
 
 #[test]
@@ -80,8 +101,17 @@ fn status_errors_are_counted_by_kind() {
 fn connection_close_reconnects_without_errors() {
     let server = common::start(Mode::CloseEvery(7));
     let r = run_load(args(&server, &["-n", "500", "-c", "2", "--pipeline", "1"])).unwrap();
-    assert_eq!((r.requests, server.requests(), r.errors_total), (500, 500, 0));
-    assert!(server.stats.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 500 / 7);
+    assert_eq!(
+        (r.requests, server.requests(), r.errors_total),
+        (500, 500, 0)
+    );
+    assert!(
+        server
+            .stats
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 500 / 7
+    );
 }
 
 #[test]
@@ -91,26 +121,58 @@ fn posts_bodies_and_headers() {
     let body = dir.path().join("body");
     std::fs::write(&body, b"0123456789").unwrap();
     let at = format!("@{}", body.display());
-    let r = run_load(args(&server, &["-n", "50", "-c", "1", "-m", "POST", "-H", "X-Test: 1", "--body", &at])).unwrap();
+    let r = run_load(args(
+        &server,
+        &[
+            "-n",
+            "50",
+            "-c",
+            "1",
+            "-m",
+            "POST",
+            "-H",
+            "X-Test: 1",
+            "--body",
+            &at,
+        ],
+    ))
+    .unwrap();
     assert_eq!(r.requests, 50);
-    assert_eq!(server.stats.body_bytes.load(std::sync::atomic::Ordering::SeqCst), 500);
+    assert_eq!(
+        server
+            .stats
+            .body_bytes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        500
+    );
 }
 
 #[test]
 fn duration_mode_stops_and_counts_match_within_in_flight() {
     let server = common::start(Mode::Fixed);
-    let r = run_load(args(&server, &["-d", "300ms", "-c", "4", "--pipeline", "2"])).unwrap();
+    let r = run_load(args(
+        &server,
+        &["-d", "300ms", "-c", "4", "--pipeline", "2"],
+    ))
+    .unwrap();
     let served = server.requests();
     assert!(r.requests > 0);
     // Requests still in flight at the deadline were served but not counted.
-    assert!(served >= r.requests && served <= r.requests + 4 * 2, "{served} vs {}", r.requests);
+    assert!(
+        served >= r.requests && served <= r.requests + 4 * 2,
+        "{served} vs {}",
+        r.requests
+    );
     assert!(r.duration_secs >= 0.3 && r.duration_secs < 10.0);
 }
 
 #[test]
 fn refuses_unbounded_and_unreachable_runs() {
     let server = common::start(Mode::Fixed);
-    assert!(matches!(run_load(args(&server, &[])), Err(LoadError::Unbounded)));
+    assert!(matches!(
+        run_load(args(&server, &[])),
+        Err(LoadError::Unbounded)
+    ));
     let url = format!("http://{}/", common::closed_port());
     let a = Cli::parse_from(["load", url.as_str(), "-n", "10", "-q"]).args;
     let err = run_load(a).unwrap_err();

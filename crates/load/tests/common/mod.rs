@@ -20,7 +20,7 @@ pub enum Mode {
     Every500(u64),
     /// Every n-th response on a connection says `Connection: close`, then closes.
     CloseEvery(u64),
-    /// The first connection accepted is closed right after its first response.
+    /// The first connection to send a request is closed right after its response.
     DropFirst,
     /// Line protocol: answers each `PING` line with `PONG`.
     Lines,
@@ -32,12 +32,14 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Request body bytes received.
     pub body_bytes: AtomicU64,
-    /// Connections accepted.
+    /// Connections accepted (including the clients' reachability probes).
     pub accepted: AtomicU64,
-    /// Connections open now.
+    /// Connections open now that have sent at least one request (or line).
     pub open: AtomicU64,
-    /// Most connections open at once.
+    /// Most such connections open at once.
     pub peak: AtomicU64,
+    /// Connections that sent at least one request (or line).
+    pub active: AtomicU64,
 }
 
 pub struct Server {
@@ -62,18 +64,24 @@ pub fn start(mode: Mode) -> Server {
     let stats = Arc::new(Stats::default());
     let s = Arc::clone(&stats);
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let listener = TcpListener::from_std(std_listener).unwrap();
             loop {
-                let Ok((sock, _)) = listener.accept().await else { continue };
-                let index = s.accepted.fetch_add(1, SeqCst);
-                let open = s.open.fetch_add(1, SeqCst) + 1;
-                s.peak.fetch_max(open, SeqCst);
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                s.accepted.fetch_add(1, SeqCst);
                 let s = Arc::clone(&s);
                 tokio::spawn(async move {
-                    let _ = serve(sock, mode, index, &s).await;
-                    s.open.fetch_sub(1, SeqCst);
+                    let mut active = false;
+                    let _ = serve(sock, mode, &s, &mut active).await;
+                    if active {
+                        s.open.fetch_sub(1, SeqCst);
+                    }
                 });
             }
         });
@@ -81,7 +89,12 @@ pub fn start(mode: Mode) -> Server {
     Server { addr, stats }
 }
 
-async fn serve(mut sock: TcpStream, mode: Mode, index: u64, s: &Stats) -> std::io::Result<()> {
+async fn serve(
+    mut sock: TcpStream,
+    mode: Mode,
+    s: &Stats,
+    active: &mut bool,
+) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
@@ -93,6 +106,12 @@ async fn serve(mut sock: TcpStream, mode: Mode, index: u64, s: &Stats) -> std::i
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
+        if !*active {
+            *active = true;
+            let open = s.open.fetch_add(1, SeqCst) + 1;
+            s.peak.fetch_max(open, SeqCst);
+            s.active.fetch_add(1, SeqCst);
+        }
         let mut close = false;
         if mode == Mode::Lines {
             while let Some(eol) = buf.iter().position(|&b| b == b'\n') {
@@ -113,7 +132,13 @@ async fn serve(mut sock: TcpStream, mode: Mode, index: u64, s: &Stats) -> std::i
                     .headers
                     .iter()
                     .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .map_or(0, |h| std::str::from_utf8(h.value).unwrap().trim().parse().unwrap());
+                    .map_or(0, |h| {
+                        std::str::from_utf8(h.value)
+                            .unwrap()
+                            .trim()
+                            .parse()
+                            .unwrap()
+                    });
                 if buf.len() < head + len {
                     break;
                 }
@@ -132,7 +157,7 @@ async fn serve(mut sock: TcpStream, mode: Mode, index: u64, s: &Stats) -> std::i
                         out.extend_from_slice(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok");
                         close = true;
                     }
-                    Mode::DropFirst if index == 0 => {
+                    Mode::DropFirst if nth == 1 => {
                         out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
                         close = true;
                     }

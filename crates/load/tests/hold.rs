@@ -1,0 +1,216 @@
+//! End-to-end tests of `megaconn hold` (single process, in this test process)
+//! against a test server on 127.0.0.1 that counts connections.
+
+mod common;
+
+use std::sync::atomic::Ordering::SeqCst;
+
+use clap::Parser;
+use common::{Mode, Server};
+use megaconn_load::{run_hold, HoldArgs, LoadError};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: HoldArgs,
+}
+
+fn args(target: &str, extra: &[&str]) -> HoldArgs {
+    let mut v = vec![
+        "hold",
+        target,
+        "-q",
+        "--ramp",
+        "20000",
+        "-d",
+        "300ms",
+        "--timeout",
+        "2s",
+    ];
+    v.extend_from_slice(extra);
+    Cli::parse_from(v).args
+}
+
+fn http(server: &Server) -> String {
+    format!("http://{}/beat", server.addr)
+}
+
+#[test]
+fn holds_exactly_n_connections() {
+    let server = common::start(Mode::Fixed);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("hold.json");
+    let mut a = args(
+        &http(&server),
+        &["-c", "60", "--interval", "100ms", "-t", "2"],
+    );
+    a.json = Some(json.clone());
+    let r = run_hold(a).unwrap();
+    let s = &server.stats;
+    // 60 held connections (plus the reachability probe, which sends nothing).
+    assert_eq!(s.active.load(SeqCst), 60);
+    assert_eq!(s.peak.load(SeqCst), 60);
+    assert_eq!(s.accepted.load(SeqCst), 61);
+    assert_eq!(
+        (
+            r.connections_peak,
+            r.connections_open_at_end,
+            r.target_connections
+        ),
+        (60, 60, 60)
+    );
+    assert_eq!(
+        (
+            r.drops,
+            r.resets,
+            r.failed_connects,
+            r.reconnects,
+            r.heartbeat_errors
+        ),
+        (0, 0, 0, 0, 0)
+    );
+    // Every connection made its opening request; heartbeats in flight at the end
+    // were served but not counted.
+    assert!(r.heartbeats_ok >= 60);
+    let served = server.requests();
+    assert!(
+        served >= r.heartbeats_ok && served <= r.heartbeats_ok + 60,
+        "{served} vs {}",
+        r.heartbeats_ok
+    );
+    assert_eq!(r.heartbeat_latency_us.count, r.heartbeats_ok);
+    assert_eq!(r.processes, 1);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    for key in [
+        "target_connections",
+        "connections_peak",
+        "connections_open_at_end",
+        "ramp_secs",
+        "drops",
+        "resets",
+        "failed_connects",
+        "reconnects",
+        "heartbeats_ok",
+        "heartbeat_errors",
+        "heartbeat_latency_us",
+        "processes",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(v["connections_peak"], 60);
+}
+
+#[test]
+fn reports_a_connection_the_server_drops() {
+    let server = common::start(Mode::DropFirst);
+    let r = run_hold(args(&http(&server), &["-c", "10"])).unwrap();
+    assert_eq!(server.stats.active.load(SeqCst), 10);
+    assert_eq!(r.drops, 1);
+    assert_eq!(r.connections_open_at_end, 9);
+    assert_eq!(r.reconnects, 0);
+}
+
+#[test]
+fn reconnects_a_dropped_connection_when_asked() {
+    let server = common::start(Mode::DropFirst);
+    let r = run_hold(args(&http(&server), &["-c", "10", "--reconnect"])).unwrap();
+    assert_eq!(r.drops, 1);
+    assert_eq!(r.reconnects, 1);
+    assert_eq!(r.connections_open_at_end, 10);
+    assert_eq!(server.stats.active.load(SeqCst), 11);
+}
+
+#[test]
+fn tcp_line_heartbeats() {
+    let server = common::start(Mode::Lines);
+    let target = format!("tcp://{}", server.addr);
+    let r = run_hold(args(
+        &target,
+        &[
+            "-c",
+            "5",
+            "--interval",
+            "20ms",
+            "--send",
+            "PING\\n",
+            "--expect",
+            "PONG",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(r.connections_open_at_end, 5);
+    assert!(r.heartbeats_ok >= 5, "{r:?}");
+    assert_eq!(r.heartbeat_errors, 0);
+    let served = server.requests();
+    assert!(served >= r.heartbeats_ok && served <= r.heartbeats_ok + 5);
+}
+
+#[test]
+fn unexpected_reply_counts_as_heartbeat_error() {
+    let server = common::start(Mode::Lines);
+    let target = format!("tcp://{}", server.addr);
+    let r = run_hold(args(
+        &target,
+        &["-c", "3", "--interval", "20ms", "--expect", "HELLO"],
+    ))
+    .unwrap();
+    assert_eq!(r.heartbeat_errors, 3, "{r:?}");
+    assert_eq!(r.heartbeats_ok, 0);
+}
+
+#[test]
+fn spreads_connections_over_source_addresses() {
+    let server = common::start(Mode::Fixed);
+    let r = run_hold(args(
+        &http(&server),
+        &["-c", "20", "--source", "127.0.0.2-127.0.0.5"],
+    ))
+    .unwrap();
+    assert_eq!((r.connections_open_at_end, r.sources), (20, 4));
+    assert_eq!(server.stats.peak.load(SeqCst), 20);
+}
+
+#[test]
+fn setup_failures_are_refused_before_any_connection() {
+    let server = common::start(Mode::Fixed);
+    let t = http(&server);
+    let bad_source = run_hold(args(&t, &["-c", "5", "--source", "203.0.113.9"])).unwrap_err();
+    assert!(
+        matches!(bad_source, LoadError::BadSource { .. }),
+        "{bad_source}"
+    );
+    let ports = run_hold(args(&t, &["-c", "200000", "--source", "127.0.0.2"])).unwrap_err();
+    assert!(matches!(ports, LoadError::PortSpace { .. }), "{ports}");
+    assert!(ports.to_string().contains("--source"));
+    let per_process = run_hold(args(
+        &t,
+        &[
+            "-c",
+            "900000",
+            "--processes",
+            "1",
+            "--source",
+            "127.0.0.2-127.0.0.99",
+        ],
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(per_process, LoadError::TooManyPerProcess { .. }),
+        "{per_process}"
+    );
+    assert_eq!(
+        server.stats.accepted.load(SeqCst),
+        0,
+        "no connection before validation passed"
+    );
+    let unreachable = run_hold(args(
+        &format!("http://{}/", common::closed_port()),
+        &["-c", "5"],
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(unreachable, LoadError::Unreachable { .. }),
+        "{unreachable}"
+    );
+}
