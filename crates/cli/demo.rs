@@ -1,0 +1,107 @@
+//! The demo app `megaconn serve` runs: a plain `tower::Service` (no router, so
+//! benchmarks of `GET /` measure the engine, not a framework).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | `Hello, World!` (text/plain) |
+//! | `POST /echo` | the request body, streamed back |
+//! | `GET /healthz` | `ok` |
+//! | `GET /readyz` | `ready`, or `503` once shutdown began |
+//! | `GET /sleep?ms=N` | waits N ms (at most 10 s), then answers |
+
+use std::convert::Infallible;
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::Either;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{Either as EitherBody, Full};
+use megaconn::{Body, ServerHandle};
+
+/// Longest `/sleep` allowed.
+const MAX_SLEEP: Duration = Duration::from_secs(10);
+
+/// The demo service.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    handle: ServerHandle,
+}
+
+/// A response body: a fixed text or the streamed request body.
+pub type DemoBody = EitherBody<Full<Bytes>, Body>;
+type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<DemoBody>, Infallible>>>>;
+
+impl Demo {
+    /// A demo app reporting readiness from `handle`.
+    pub fn new(handle: ServerHandle) -> Demo {
+        Demo { handle }
+    }
+}
+
+impl tower::Service<Request<Body>> for Demo {
+    type Response = Response<DemoBody>;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response<DemoBody>, Infallible>>, BoxedFuture>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let now = |r| Either::Left(ready(Ok(r)));
+        match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/") => now(text(StatusCode::OK, "Hello, World!")),
+            (&Method::GET, "/healthz") => now(text(StatusCode::OK, "ok")),
+            (&Method::GET, "/readyz") if self.handle.is_shutting_down() => {
+                now(text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))
+            }
+            (&Method::GET, "/readyz") => now(text(StatusCode::OK, "ready")),
+            (&Method::POST, "/echo") => now(echo(req)),
+            (&Method::GET, "/sleep") => {
+                let ms = query_u64(req.uri().query(), "ms").unwrap_or(0);
+                let wait = Duration::from_millis(ms).min(MAX_SLEEP);
+                Either::Right(Box::pin(async move {
+                    tokio::time::sleep(wait).await;
+                    Ok(text(
+                        StatusCode::OK,
+                        format!("slept {} ms", wait.as_millis()),
+                    ))
+                }))
+            }
+            (_, "/" | "/healthz" | "/readyz" | "/echo" | "/sleep") => {
+                now(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
+            }
+            _ => now(text(StatusCode::NOT_FOUND, "not found")),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<DemoBody> {
+    let mut res = Response::new(EitherBody::Left(Full::new(body.into())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn echo(req: Request<Body>) -> Response<DemoBody> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    let mut res = Response::new(EitherBody::Right(req.into_body()));
+    if let Some(ct) = content_type {
+        res.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    res
+}
+
+fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}

@@ -1,0 +1,71 @@
+//! The `megaconn` command: `serve`, `load`, `hold` and `doctor`.
+//!
+//! `main` stays thin (as in ripgrep): parse, dispatch, map the result to an exit
+//! code. 0 is success, 1 a runtime failure, 2 a usage or configuration error
+//! with a message saying what to fix.
+
+mod demo;
+mod doctor;
+mod duration;
+mod logging;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// megaconn: serve, load-test and hold a million HTTP connections.
+#[derive(Debug, Parser)]
+#[command(name = "megaconn", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a server: the demo app on 127.0.0.1:8080 unless told otherwise.
+    Serve(serve::ServeArgs),
+    /// Check this host's kernel limits for holding very many connections.
+    Doctor,
+}
+
+/// A mistake in the command line or config file (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Doctor => doctor::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed stdout (piped into `head`) is not a failure.
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("megaconn: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

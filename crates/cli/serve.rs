@@ -1,0 +1,330 @@
+//! `megaconn serve`: flags and the TOML config file resolve into one set of
+//! settings (flags win), then the server runs the demo app until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::Deserialize;
+
+use crate::demo::Demo;
+use crate::duration;
+use crate::logging::{self, LogFormat};
+use crate::UsageError;
+
+/// The address `serve` listens on when none is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Flags of `megaconn serve`. Every one can also be set in the config file
+/// (same name, with `_` for `-`); flags override the file.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Address to listen on (repeatable). Default: 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads (one runtime and listener each). Default: number of CPUs.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// TOML config file with any of these settings; unknown keys are errors.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Time to receive a request head, e.g. 10s; `off` disables. Default: 10s.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_optional)]
+    pub read_header_timeout: Option<Option<Duration>>,
+    /// Time to receive a request body after its head. Default: off.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_optional)]
+    pub read_timeout: Option<Option<Duration>>,
+    /// Time to write one response. Default: off.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_optional)]
+    pub write_timeout: Option<Option<Duration>>,
+    /// Keep-alive wait for the next request. Default: 60s.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_optional)]
+    pub idle_timeout: Option<Option<Duration>>,
+    /// Graceful shutdown deadline. Default: 30s.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub shutdown_timeout: Option<Duration>,
+    /// Largest request head in bytes (431 above). Default: 65536.
+    #[arg(long, value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most request headers (431 above). Default: 100.
+    #[arg(long, value_name = "N")]
+    pub max_headers: Option<usize>,
+    /// Largest request body in bytes (413 above). Default: 16777216.
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Most concurrent connections. Default: open-file limit minus 256.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Listen backlog. Default: 4096.
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u32>,
+    /// Disable keep-alive (one request per connection).
+    #[arg(long)]
+    pub no_keep_alive: bool,
+    /// `Server` header value to send. Default: none.
+    #[arg(long, value_name = "VALUE")]
+    pub server_header: Option<String>,
+    /// Log format: human or json. Default: human.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    listen: Option<Vec<SocketAddr>>,
+    workers: Option<usize>,
+    #[serde(default, with = "duration::serde_optional")]
+    read_header_timeout: Option<Option<Duration>>,
+    #[serde(default, with = "duration::serde_optional")]
+    read_timeout: Option<Option<Duration>>,
+    #[serde(default, with = "duration::serde_optional")]
+    write_timeout: Option<Option<Duration>>,
+    #[serde(default, with = "duration::serde_optional")]
+    idle_timeout: Option<Option<Duration>>,
+    #[serde(default, with = "duration::serde_optional")]
+    shutdown_timeout: Option<Option<Duration>>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_body_bytes: Option<u64>,
+    max_connections: Option<usize>,
+    backlog: Option<u32>,
+    keep_alive: Option<bool>,
+    server_header: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+impl ConfigFile {
+    /// Reads and parses a config file; errors name the file and the bad key.
+    pub fn load(path: &std::path::Path) -> Result<ConfigFile, UsageError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| UsageError(format!("invalid config file {}: {e}", path.display())))
+    }
+}
+
+/// Settings resolved from flags over file over defaults.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The builder with every knob applied.
+    pub builder: megaconn::Builder,
+    /// The log format.
+    pub log_format: LogFormat,
+}
+
+/// Merges flags over the config file.
+pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let listen = if !args.listen.is_empty() {
+        args.listen.clone()
+    } else if let Some(listen) = file.listen.clone().filter(|l| !l.is_empty()) {
+        listen
+    } else {
+        vec![DEFAULT_LISTEN.parse().expect("valid default address")]
+    };
+    let mut b = megaconn::Server::builder();
+    for addr in listen {
+        b = b.listen_on(addr);
+    }
+    if let Some(n) = args.workers.or(file.workers) {
+        if n == 0 {
+            return Err(UsageError("workers must be at least 1".into()));
+        }
+        b = b.workers(n);
+    }
+    if let Some(t) = args.read_header_timeout.or(file.read_header_timeout) {
+        b = b.read_header_timeout(t);
+    }
+    if let Some(t) = args.read_timeout.or(file.read_timeout) {
+        b = b.read_timeout(t);
+    }
+    if let Some(t) = args.write_timeout.or(file.write_timeout) {
+        b = b.write_timeout(t);
+    }
+    if let Some(t) = args.idle_timeout.or(file.idle_timeout) {
+        b = b.idle_timeout(t);
+    }
+    match (args.shutdown_timeout, file.shutdown_timeout) {
+        (Some(t), _) | (None, Some(Some(t))) => b = b.shutdown_timeout(t),
+        (None, Some(None)) => b = b.shutdown_timeout(Duration::ZERO),
+        (None, None) => {}
+    }
+    if let Some(n) = args.max_header_bytes.or(file.max_header_bytes) {
+        b = b.max_header_bytes(n);
+    }
+    if let Some(n) = args.max_headers.or(file.max_headers) {
+        b = b.max_headers(n);
+    }
+    if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
+        b = b.max_body_bytes(n);
+    }
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        b = b.max_connections(n);
+    }
+    if let Some(n) = args.backlog.or(file.backlog) {
+        b = b.backlog(n);
+    }
+    if args.no_keep_alive || file.keep_alive == Some(false) {
+        b = b.keep_alive(false);
+    }
+    if let Some(v) = args
+        .server_header
+        .as_deref()
+        .or(file.server_header.as_deref())
+    {
+        b = b.server_header(Some(v));
+    }
+    Ok(Resolved {
+        builder: b,
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Human),
+    })
+}
+
+/// Runs `megaconn serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let resolved = resolve(&args)?;
+    logging::init(resolved.log_format);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(serve(resolved.builder))
+}
+
+async fn serve(builder: megaconn::Builder) -> anyhow::Result<()> {
+    // Signals are registered before anything else, so one that arrives during
+    // start-up is seen (and shuts down cleanly) instead of killing the process.
+    let mut signals = Signals::new().context("cannot install signal handlers")?;
+    let server = builder.listen().map_err(|e| match e {
+        megaconn::Error::Config(msg) => anyhow::Error::new(UsageError(msg)),
+        other => anyhow::Error::new(other),
+    })?;
+    let addrs: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    println!(
+        "megaconn serving on {} ({} workers, max_connections {})",
+        addrs.join(", "),
+        server.workers(),
+        server.max_connections()
+    );
+    let handle = server.handle();
+    let app = Demo::new(handle.clone());
+    let serving = server.serve(app);
+    tokio::pin!(serving);
+    let summary = loop {
+        tokio::select! {
+            result = &mut serving => break result?,
+            name = signals.next() => {
+                if handle.is_shutting_down() {
+                    eprintln!("megaconn: second {name}: exiting now");
+                    std::process::exit(1);
+                }
+                tracing::info!(signal = name, "shutting down gracefully (send it again to exit at once)");
+                handle.shutdown();
+            }
+        }
+    };
+    println!(
+        "megaconn stopped: {} connections accepted, {} requests; at shutdown {} closed cleanly, {} forced",
+        summary.accepted, summary.requests, summary.finished, summary.forced
+    );
+    Ok(())
+}
+
+/// SIGINT and SIGTERM as one stream.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(argv: &[&str]) -> ServeArgs {
+        Wrapper::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn flags_parse() {
+        let a = parse(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--listen",
+            "[::1]:2",
+            "--workers",
+            "3",
+            "--idle-timeout",
+            "off",
+        ]);
+        assert_eq!(a.listen.len(), 2);
+        assert_eq!(a.workers, Some(3));
+        assert_eq!(a.idle_timeout, Some(None));
+    }
+
+    #[test]
+    fn unknown_config_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("megaconn.toml");
+        std::fs::write(&path, "workers = 2\nidle_timeuot = \"5s\"\n").unwrap();
+        let err = ConfigFile::load(&path).unwrap_err();
+        assert!(err.0.contains("idle_timeuot"), "{}", err.0);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("megaconn.toml");
+        std::fs::write(
+            &path,
+            "workers = 2\nlisten = [\"127.0.0.1:9\"]\nidle_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let mut a = parse(&["--workers", "4"]);
+        a.config = Some(path);
+        let r = resolve(&a).unwrap();
+        let dbg = format!("{:?}", r.builder);
+        assert!(dbg.contains("workers: 4"), "{dbg}");
+        assert!(dbg.contains("127.0.0.1:9"), "{dbg}");
+        assert!(dbg.contains("idle_timeout: Some(5s)"), "{dbg}");
+    }
+}

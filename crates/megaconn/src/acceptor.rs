@@ -1,0 +1,140 @@
+//! The accept loop of one worker listener.
+//!
+//! Before each accept it takes a slot from the server-wide connection limit; at
+//! the limit it stops accepting (connections wait in the kernel backlog) until
+//! a connection closes. Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`)
+//! make it back off with a growing, capped delay and log at most once per
+//! interval: never spin, never exit.
+
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body as HttpBody;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+use crate::body::Body;
+use crate::http1;
+use crate::limit::ConnectionLimit;
+use crate::socket::configure_accepted;
+use crate::stats::{gauge, incr};
+use crate::worker::WorkerContext;
+use crate::BoxError;
+
+/// First back-off delay after a resource error.
+const BACKOFF_START: Duration = Duration::from_millis(5);
+/// Longest back-off delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this interval for a repeating accept condition.
+const LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+pub(crate) async fn accept_loop<S, B>(
+    listener: TcpListener,
+    ctx: Rc<WorkerContext>,
+    service: S,
+    limit: ConnectionLimit,
+    tracker: TaskTracker,
+) where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: 'static,
+    B: HttpBody<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut backoff = BACKOFF_START;
+    let mut at_limit_log = RateLimitedLog::default();
+    let mut error_log = RateLimitedLog::default();
+    let mut slot = None;
+    loop {
+        let held = match slot.take() {
+            Some(s) => s,
+            None => match limit.try_acquire() {
+                Some(s) => s,
+                None => {
+                    at_limit_log.log(|suppressed| {
+                        tracing::warn!(
+                            worker = ctx.index,
+                            max_connections = limit.max(),
+                            suppressed,
+                            "at max_connections: not accepting until a connection closes"
+                        )
+                    });
+                    limit.acquire().await
+                }
+            },
+        };
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                backoff = BACKOFF_START;
+                configure_accepted(&stream, &ctx.config);
+                incr(&ctx.stats.accepted);
+                gauge(&ctx.stats.connections_open, 1);
+                let conn = http1::serve_connection(stream, service.clone(), ctx.clone());
+                let ctx = ctx.clone();
+                tokio::task::spawn_local(tracker.track_future(async move {
+                    conn.await;
+                    drop(held);
+                    gauge(&ctx.stats.connections_open, -1);
+                    incr(&ctx.stats.closed);
+                }));
+            }
+            Err(e) => {
+                slot = Some(held);
+                incr(&ctx.stats.accept_errors);
+                if is_transient(&e) {
+                    continue;
+                }
+                error_log.log(|suppressed| {
+                    tracing::error!(
+                        worker = ctx.index,
+                        error = %e,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        suppressed,
+                        "accept failed; backing off (raise the open-file limit or lower max_connections)"
+                    )
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Errors about one half-open connection, not about the listener or the process.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
+}
+
+/// Logs at most once per [`LOG_INTERVAL`], counting what it held back.
+#[derive(Debug, Default)]
+struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn log(&mut self, emit: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        emit(self.suppressed);
+        self.suppressed = 0;
+        self.last = Some(now);
+    }
+}

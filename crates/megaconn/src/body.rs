@@ -1,0 +1,270 @@
+//! The request body handed to the service: an [`http_body::Body`] of [`Bytes`].
+//!
+//! The connection reads the body only as fast as the handler consumes it: a
+//! one-slot channel connects the two. The connection learns that the handler
+//! wants data the first time the body is polled, which is when a pending
+//! `Expect: 100-continue` gets its `100 Continue`.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Frame, SizeHint};
+
+use crate::error::BodyError;
+
+/// A request body. Empty bodies cost nothing; others stream from the connection.
+#[derive(Debug, Default)]
+pub struct Body {
+    kind: Kind,
+}
+
+#[derive(Debug, Default)]
+enum Kind {
+    #[default]
+    Empty,
+    Full(Option<Bytes>),
+    Incoming {
+        shared: Arc<Channel>,
+        /// Bytes still expected when the length is known (Content-Length).
+        remaining: Option<u64>,
+    },
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Body {
+        Body::default()
+    }
+
+    /// A body of one chunk (handy in tests and for building requests by hand).
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Body {
+        Body {
+            kind: Kind::Full(Some(bytes.into())),
+        }
+    }
+
+    /// A streaming body and the sender the connection feeds it with.
+    pub(crate) fn channel(content_length: Option<u64>) -> (BodySender, Body) {
+        let shared = Arc::new(Channel::default());
+        let body = Body {
+            kind: Kind::Incoming {
+                shared: shared.clone(),
+                remaining: content_length,
+            },
+        };
+        (BodySender { shared }, body)
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(chunk) => Poll::Ready(chunk.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Incoming { shared, remaining } => {
+                let mut state = shared.lock();
+                if let Some(item) = state.item.take() {
+                    if let (Ok(frame), Some(left)) = (&item, remaining.as_mut()) {
+                        if let Some(data) = frame.data_ref() {
+                            *left = left.saturating_sub(data.len() as u64);
+                        }
+                    }
+                    wake(&mut state.tx_waker);
+                    return Poll::Ready(Some(item));
+                }
+                if state.finished {
+                    return Poll::Ready(None);
+                }
+                if state.sender_gone {
+                    return Poll::Ready(Some(Err(BodyError::Incomplete)));
+                }
+                state.wanted = true;
+                state.rx_waker = Some(cx.waker().clone());
+                wake(&mut state.tx_waker);
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(chunk) => chunk.is_none(),
+            Kind::Incoming { remaining, .. } => *remaining == Some(0),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(chunk) => SizeHint::with_exact(chunk.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Incoming {
+                remaining: Some(n), ..
+            } => SizeHint::with_exact(*n),
+            Kind::Incoming { .. } => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Kind::Incoming { shared, .. } = &self.kind {
+            let mut state = shared.lock();
+            state.receiver_gone = true;
+            wake(&mut state.tx_waker);
+        }
+    }
+}
+
+/// The shared slot between the connection and the body.
+#[derive(Debug, Default)]
+struct Channel {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    item: Option<Result<Frame<Bytes>, BodyError>>,
+    /// The handler polled the body at least once.
+    wanted: bool,
+    finished: bool,
+    sender_gone: bool,
+    receiver_gone: bool,
+    rx_waker: Option<Waker>,
+    tx_waker: Option<Waker>,
+}
+
+impl Channel {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock can only come from a waker; the state
+        // itself is always consistent, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn wake(waker: &mut Option<Waker>) {
+    if let Some(w) = waker.take() {
+        w.wake();
+    }
+}
+
+/// What the connection learns when it asks whether to read more body.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Demand {
+    /// The handler wants the next frame and the slot is free.
+    Ready,
+    /// The handler dropped the body: whatever is left is to be drained.
+    Gone,
+}
+
+/// The connection's end of a request body.
+#[derive(Debug)]
+pub(crate) struct BodySender {
+    shared: Arc<Channel>,
+}
+
+impl BodySender {
+    /// Ready when the handler has polled the body and the slot is empty.
+    pub(crate) fn poll_demand(&mut self, cx: &mut Context<'_>) -> Poll<Demand> {
+        let mut state = self.shared.lock();
+        if state.receiver_gone {
+            return Poll::Ready(Demand::Gone);
+        }
+        if state.wanted && state.item.is_none() {
+            return Poll::Ready(Demand::Ready);
+        }
+        state.tx_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Hands one data chunk to the handler. Call only after `Demand::Ready`.
+    pub(crate) fn send_data(&mut self, data: Bytes) {
+        self.put(Ok(Frame::data(data)));
+    }
+
+    /// Ends the body, with trailers if there were any.
+    pub(crate) fn finish(self, trailers: Option<HeaderMap>) {
+        let mut state = self.shared.lock();
+        if let Some(t) = trailers {
+            state.item = Some(Ok(Frame::trailers(t)));
+        }
+        state.finished = true;
+        wake(&mut state.rx_waker);
+    }
+
+    /// Ends the body with an error the handler will see.
+    pub(crate) fn fail(self, error: BodyError) {
+        let mut state = self.shared.lock();
+        state.item = Some(Err(error));
+        state.finished = true;
+        wake(&mut state.rx_waker);
+    }
+
+    fn put(&mut self, item: Result<Frame<Bytes>, BodyError>) {
+        let mut state = self.shared.lock();
+        debug_assert!(state.item.is_none());
+        state.item = Some(item);
+        wake(&mut state.rx_waker);
+    }
+}
+
+impl Drop for BodySender {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.sender_gone = true;
+        wake(&mut state.rx_waker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn chunks_arrive_in_order_and_demand_follows_polls() {
+        let (mut tx, mut body) = Body::channel(Some(6));
+        assert_eq!(body.size_hint().exact(), Some(6));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // Nobody polled yet: no demand.
+        assert!(tx.poll_demand(&mut cx).is_pending());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert_eq!(tx.poll_demand(&mut cx), Poll::Ready(Demand::Ready));
+        tx.send_data(Bytes::from_static(b"abc"));
+        assert!(tx.poll_demand(&mut cx).is_pending(), "slot is full");
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "abc");
+        assert_eq!(body.size_hint().exact(), Some(3));
+        tx.send_data(Bytes::from_static(b"def"));
+        tx.finish(None);
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "def");
+    }
+
+    #[tokio::test]
+    async fn dropped_sender_is_an_incomplete_body() {
+        let (tx, body) = Body::channel(None);
+        drop(tx);
+        let err = body.collect().await.unwrap_err();
+        assert!(matches!(err, BodyError::Incomplete));
+    }
+
+    #[test]
+    fn dropped_body_is_gone_demand() {
+        let (mut tx, body) = Body::channel(None);
+        drop(body);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(tx.poll_demand(&mut cx), Poll::Ready(Demand::Gone));
+    }
+}

@@ -1,0 +1,150 @@
+//! Every knob of the server, with its default and the reason for it.
+//!
+//! [`Builder`](crate::Builder) is the public face; this module owns the values. Each
+//! timeout is an `Option<Duration>` where `None` disables it, as in Go's
+//! `http.Server` (where zero disables).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default for how long a client may take to send a complete request head,
+/// counted from accept or from the first byte of the next keep-alive request.
+/// Ten seconds is generous for any real client and short enough to shed slowloris.
+pub const DEFAULT_READ_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for how long a keep-alive connection may wait for its next request.
+/// Sixty seconds outlives the idle pools of common clients and load balancers.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default for how long graceful shutdown waits for in-flight requests.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default cap on the request line plus headers (64 KiB, like Go's 1 MiB but
+/// tighter: no legitimate client sends more, and the read buffer grows to it).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Default cap on the number of request headers.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+
+/// Hard ceiling for `max_headers`: the parser's header array lives on the stack.
+pub const MAX_HEADERS_CEILING: usize = 512;
+
+/// Default cap on a request body (16 MiB). Larger uploads should opt in.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How much of an unread request body the server reads and discards after the
+/// handler answered, to keep the connection usable. Past it the connection closes.
+pub const DEFAULT_MAX_DRAIN_BYTES: u64 = 256 * 1024;
+
+/// Default listen backlog: large, so bursts queue in the kernel rather than fail.
+pub const DEFAULT_BACKLOG: u32 = 4096;
+
+/// File descriptors kept free below the open-file limit when deriving the default
+/// `max_connections`, for log files, DNS, admin connections and the like.
+pub const FD_HEADROOM: usize = 256;
+
+/// TCP keepalive probes, so the kernel notices peers that vanished silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveConfig {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub count: u32,
+}
+
+/// The resolved configuration a server runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub addrs: Vec<SocketAddr>,
+    pub workers: usize,
+    pub read_header_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+    pub write_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub shutdown_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub max_drain_bytes: u64,
+    pub max_connections: Option<usize>,
+    pub keep_alive: bool,
+    pub server_header: Option<http::HeaderValue>,
+    pub backlog: u32,
+    pub nodelay: bool,
+    pub defer_accept: Option<Duration>,
+    pub tcp_keepalive: Option<KeepaliveConfig>,
+    pub recv_buffer_size: Option<usize>,
+    pub send_buffer_size: Option<usize>,
+    /// Share the port with other processes of ours (worker processes): skip the
+    /// "already in use" probe.
+    pub reuse_port_shared: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addrs: Vec::new(),
+            workers: default_workers(),
+            read_header_timeout: Some(DEFAULT_READ_HEADER_TIMEOUT),
+            read_timeout: None,
+            write_timeout: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_drain_bytes: DEFAULT_MAX_DRAIN_BYTES,
+            max_connections: None,
+            keep_alive: true,
+            server_header: None,
+            backlog: DEFAULT_BACKLOG,
+            nodelay: true,
+            defer_accept: None,
+            tcp_keepalive: None,
+            recv_buffer_size: None,
+            send_buffer_size: None,
+            reuse_port_shared: false,
+        }
+    }
+}
+
+/// One worker per core the process may run on.
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The default connection limit: the open-file limit (raised to its hard cap
+/// first) minus [`FD_HEADROOM`], so normal load never meets `EMFILE`.
+pub(crate) fn default_max_connections() -> usize {
+    let limit = raise_nofile_limit();
+    limit.saturating_sub(FD_HEADROOM).max(16)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (as Go's runtime does) and
+/// returns the resulting soft limit.
+pub(crate) fn raise_nofile_limit() -> usize {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    }
+}

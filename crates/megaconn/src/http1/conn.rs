@@ -1,0 +1,487 @@
+//! A connection's life: wait for bytes holding no buffers, read a head, run the
+//! exchange, and again — until a close or an upgrade.
+//!
+//! Timeouts follow Go's `http.Server`: `read_header_timeout` runs from accept (for
+//! the first request) or from the first byte of the next one, `idle_timeout`
+//! bounds the wait between requests. Like Go we wait for the first byte before
+//! starting the header clock, so a keep-alive connection is charged the idle
+//! timeout, not the header timeout, while it is quiet.
+
+use std::future::poll_fn;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::decode::Decoder;
+use super::exchange::{panic_message, read_more, Continue, Exchange, ExchangeSetup};
+use super::head::{self, BodyFraming, Rejection, RequestHead};
+use super::{encode, CloseReason, Outcome};
+use crate::body::Body;
+use crate::stats::{gauge, incr};
+use crate::transport::Transport;
+use crate::upgrade::{self, UpgradeSender, Upgraded};
+use crate::worker::WorkerContext;
+use crate::BoxError;
+
+/// How long closing may take to flush a last response and linger.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How much a lingering close reads and discards before giving up.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Serves HTTP/1.1 on `io` until the connection closes or is upgraded.
+pub(crate) async fn serve_connection<T, S, B>(io: T, service: S, ctx: Rc<WorkerContext>)
+where
+    T: Transport + Send + 'static,
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut conn = ConnIo::new(io, ctx);
+    match run(&mut conn, service).await {
+        Ended::Close(reason) => {
+            tracing::trace!(%reason, "connection closed");
+            conn.close(reason).await;
+        }
+        Ended::Upgrade(tx) => {
+            let read_ahead = conn.buffers.take_read_ahead();
+            let _ = tx.send(Upgraded::new(conn.io, read_ahead));
+        }
+    }
+}
+
+enum Ended {
+    Close(CloseReason),
+    Upgrade(UpgradeSender),
+}
+
+async fn run<T, S, B>(conn: &mut ConnIo<T>, mut service: S) -> Ended
+where
+    T: Transport,
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let header_timeout = conn.ctx.config.read_header_timeout;
+    let idle_timeout = conn.ctx.config.idle_timeout;
+    let mut header_deadline = header_timeout.map(|t| Instant::now() + t);
+    let mut first = true;
+    loop {
+        if conn.buffers.rbuf_len() == 0 {
+            if let Err(e) = conn.flush().await {
+                return Ended::Close(CloseReason::io(&e));
+            }
+            conn.buffers.release();
+            let wait_deadline = if first {
+                header_deadline
+            } else {
+                idle_timeout.map(|t| Instant::now() + t)
+            };
+            match conn.wait_for_bytes(wait_deadline).await {
+                Waited::Readable => {}
+                Waited::TimedOut => {
+                    incr(&conn.ctx.stats.timeouts);
+                    let reason = if first {
+                        CloseReason::HeaderTimeout
+                    } else {
+                        CloseReason::IdleTimeout
+                    };
+                    return Ended::Close(reason);
+                }
+                Waited::Shutdown => return Ended::Close(CloseReason::Shutdown),
+                Waited::Error(e) => return Ended::Close(CloseReason::io(&e)),
+            }
+        }
+        if !first {
+            header_deadline = header_timeout.map(|t| Instant::now() + t);
+        }
+        first = false;
+
+        let head = match conn.read_head(header_deadline).await {
+            HeadRead::Head(head) => head,
+            HeadRead::Closed => return Ended::Close(CloseReason::ClientClosed),
+            HeadRead::Rejected(rejection) => {
+                incr(&conn.ctx.stats.protocol_errors);
+                tracing::debug!(
+                    status = rejection.status.as_u16(),
+                    reason = rejection.reason,
+                    "rejected request"
+                );
+                encode::encode_error(conn.buffers.wbuf(), rejection.status, rejection.reason);
+                return Ended::Close(CloseReason::Protocol(rejection.status));
+            }
+            HeadRead::TimedOut => {
+                incr(&conn.ctx.stats.timeouts);
+                if conn.buffers.rbuf_len() > 0 {
+                    encode::encode_error(
+                        conn.buffers.wbuf(),
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request head was not received within read_header_timeout",
+                    );
+                }
+                return Ended::Close(CloseReason::HeaderTimeout);
+            }
+            HeadRead::Error(e) => return Ended::Close(CloseReason::io(&e)),
+        };
+
+        match exchange(conn, &mut service, head).await {
+            Outcome::KeepAlive => {}
+            Outcome::Close(reason) => return Ended::Close(reason),
+            Outcome::Upgrade(tx) => {
+                if let Err(e) = conn.flush().await {
+                    return Ended::Close(CloseReason::io(&e));
+                }
+                return Ended::Upgrade(tx);
+            }
+        }
+    }
+}
+
+/// Hands the request to the service and drives the exchange to its end.
+async fn exchange<T, S, B>(conn: &mut ConnIo<T>, service: &mut S, head: RequestHead) -> Outcome
+where
+    T: Transport,
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    incr(&conn.ctx.stats.requests);
+    let config = &conn.ctx.config;
+    let (decoder, body_tx, body) = match head.framing {
+        BodyFraming::None => (None, None, Body::empty()),
+        BodyFraming::Length(n) => {
+            let (tx, body) = Body::channel(Some(n));
+            (Some(Decoder::length(n)), Some(tx), body)
+        }
+        BodyFraming::Chunked => {
+            let (tx, body) = Body::channel(None);
+            (
+                Some(Decoder::chunked(config.max_header_bytes)),
+                Some(tx),
+                body,
+            )
+        }
+    };
+    let expect = if head.expect_continue && decoder.is_some() {
+        Continue::Awaiting
+    } else {
+        Continue::NotExpected
+    };
+    let setup_head = (
+        head.version,
+        head.method == Method::HEAD,
+        head.method == Method::CONNECT,
+    );
+    let read_timeout = config.read_timeout;
+
+    let mut request = Request::new(body);
+    *request.method_mut() = head.method;
+    *request.uri_mut() = head.uri;
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers;
+    let upgrade = head.wants_upgrade.then(|| {
+        let (tx, on_upgrade) = upgrade::pending();
+        request.extensions_mut().insert(on_upgrade);
+        tx
+    });
+
+    if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
+        let e: BoxError = e.into();
+        tracing::warn!(error = %e, "service not ready; answering 503");
+        return Exchange::<T, S::Future, B>::failed(
+            conn,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is not available",
+        );
+    }
+    let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request))) {
+        Ok(handler) => handler,
+        Err(panic) => {
+            incr(&conn.ctx.stats.panics);
+            tracing::error!(
+                panic = panic_message(&panic),
+                "handler panicked; answering 500"
+            );
+            return Exchange::<T, S::Future, B>::failed(
+                conn,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the handler panicked",
+            );
+        }
+    };
+    let setup = ExchangeSetup {
+        version: setup_head.0,
+        is_head: setup_head.1,
+        is_connect: setup_head.2,
+        keep_alive: head.keep_alive,
+        decoder,
+        body_tx,
+        expect,
+        upgrade,
+        read_timeout,
+    };
+    Box::pin(Exchange::new(conn, handler, setup)).await
+}
+
+enum Waited {
+    Readable,
+    TimedOut,
+    Shutdown,
+    Error(io::Error),
+}
+
+enum HeadRead {
+    Head(RequestHead),
+    Closed,
+    Rejected(Rejection),
+    TimedOut,
+    Error(io::Error),
+}
+
+/// The socket and its (pooled, often absent) buffers.
+pub(crate) struct ConnIo<T> {
+    pub(crate) io: T,
+    pub(crate) ctx: Rc<WorkerContext>,
+    pub(crate) buffers: Buffers,
+}
+
+impl<T> ConnIo<T> {
+    fn new(io: T, ctx: Rc<WorkerContext>) -> ConnIo<T> {
+        ConnIo {
+            io,
+            buffers: Buffers {
+                rbuf: None,
+                wbuf: None,
+                ctx: ctx.clone(),
+            },
+            ctx,
+        }
+    }
+
+    /// The write buffer, taken from the pool if the connection holds none.
+    pub(crate) fn wbuf(&mut self) -> &mut BytesMut {
+        self.buffers.wbuf()
+    }
+
+    pub(crate) fn wbuf_len(&self) -> usize {
+        self.buffers.wbuf.as_ref().map_or(0, BytesMut::len)
+    }
+
+    pub(crate) fn rbuf_len(&self) -> usize {
+        self.buffers.rbuf_len()
+    }
+
+    /// The read buffer (taken from the pool if needed) and the socket, borrowed
+    /// together.
+    pub(crate) fn rbuf_and_io(&mut self) -> (&mut BytesMut, &mut T) {
+        let rbuf = self
+            .buffers
+            .rbuf
+            .get_or_insert_with(|| self.ctx.pool.take());
+        (rbuf, &mut self.io)
+    }
+}
+
+impl<T: Transport> ConnIo<T> {
+    /// Writes the whole write buffer, then flushes the stream.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(wbuf) = self.buffers.wbuf.as_mut() {
+            while !wbuf.is_empty() {
+                let n = match Pin::new(&mut self.io).poll_write(cx, wbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                };
+                wbuf.advance(n);
+            }
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.wbuf_len() == 0 {
+            return Ok(());
+        }
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Waits until the socket is readable without holding a buffer.
+    async fn wait_for_bytes(&self, deadline: Option<Instant>) -> Waited {
+        let stats = &self.ctx.stats;
+        gauge(&stats.connections_idle, 1);
+        let readable = poll_fn(|cx| self.io.poll_read_ready(cx));
+        let waited = tokio::select! {
+            biased;
+            () = self.ctx.shutdown.wait() => Waited::Shutdown,
+            r = with_deadline(deadline, readable) => match r {
+                None => Waited::TimedOut,
+                Some(Ok(())) => Waited::Readable,
+                Some(Err(e)) => Waited::Error(e),
+            },
+        };
+        gauge(&stats.connections_idle, -1);
+        waited
+    }
+
+    /// Reads until a whole request head is buffered, then parses it.
+    async fn read_head(&mut self, deadline: Option<Instant>) -> HeadRead {
+        let limits = self.ctx.limits;
+        // Parse only once the end of the head may be in the buffer: re-parsing on
+        // every read would let a client that sends one byte at a time make us
+        // scan the head quadratically.
+        let mut searched = 0;
+        let read = poll_fn(|cx| loop {
+            let (rbuf, _) = self.rbuf_and_io();
+            if head_may_be_complete(rbuf, &mut searched) || rbuf.len() >= limits.max_header_bytes {
+                match head::parse(rbuf, &limits) {
+                    Ok(Some((head, len))) => {
+                        rbuf.advance(len);
+                        return Poll::Ready(HeadRead::Head(head));
+                    }
+                    Ok(None) => {}
+                    Err(rejection) => return Poll::Ready(HeadRead::Rejected(rejection)),
+                }
+            }
+            // Responses to earlier pipelined requests go out before we block.
+            if self.wbuf_len() > 0 {
+                if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                    return Poll::Ready(HeadRead::Error(e));
+                }
+            }
+            let (rbuf, io) = self.rbuf_and_io();
+            match read_more(io, rbuf, cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(HeadRead::Closed),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(HeadRead::Error(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        });
+        with_deadline(deadline, read)
+            .await
+            .unwrap_or(HeadRead::TimedOut)
+    }
+
+    /// Flushes the last response and closes; lingers when unread input could
+    /// otherwise turn the close into a reset that destroys the response.
+    async fn close(&mut self, reason: CloseReason) {
+        let linger = reason.needs_linger();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            self.flush().await?;
+            if linger {
+                poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await?;
+                let mut discarded = 0;
+                while discarded < LINGER_BYTES {
+                    let (rbuf, io) = self.rbuf_and_io();
+                    rbuf.clear();
+                    match poll_fn(|cx| read_more(io, rbuf, cx)).await? {
+                        0 => break,
+                        n => discarded += n,
+                    }
+                }
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await;
+    }
+}
+
+/// True when `buf` contains an empty line (the end of a head), searching only
+/// what was not searched before.
+fn head_may_be_complete(buf: &[u8], searched: &mut usize) -> bool {
+    let start = searched.saturating_sub(3);
+    let found = buf[start..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(start + i + 2) == Some(&b'\n')));
+    *searched = buf.len();
+    found
+}
+
+async fn with_deadline<F: std::future::Future>(
+    deadline: Option<Instant>,
+    f: F,
+) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+/// A connection's read and write buffers; whatever it holds goes back to the
+/// worker's pool when dropped, even if the connection future is cancelled.
+pub(crate) struct Buffers {
+    rbuf: Option<BytesMut>,
+    wbuf: Option<BytesMut>,
+    ctx: Rc<WorkerContext>,
+}
+
+impl Buffers {
+    fn wbuf(&mut self) -> &mut BytesMut {
+        self.wbuf.get_or_insert_with(|| self.ctx.pool.take())
+    }
+
+    fn rbuf_len(&self) -> usize {
+        self.rbuf.as_ref().map_or(0, BytesMut::len)
+    }
+
+    /// Gives empty buffers back: the connection is about to go idle.
+    fn release(&mut self) {
+        if self.rbuf_len() == 0 {
+            if let Some(buf) = self.rbuf.take() {
+                self.ctx.pool.give(buf);
+            }
+        }
+        if self.wbuf.as_ref().is_some_and(BytesMut::is_empty) {
+            if let Some(buf) = self.wbuf.take() {
+                self.ctx.pool.give(buf);
+            }
+        }
+    }
+
+    /// The bytes read past the last request, for an upgraded connection.
+    fn take_read_ahead(&mut self) -> Bytes {
+        self.rbuf
+            .as_ref()
+            .map(|b| Bytes::copy_from_slice(b))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        for buf in [self.rbuf.take(), self.wbuf.take()].into_iter().flatten() {
+            self.ctx.pool.give(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_of_head_detection_is_incremental() {
+        let mut searched = 0;
+        let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        assert!(!head_may_be_complete(&buf, &mut searched));
+        buf.extend_from_slice(b"\r");
+        assert!(!head_may_be_complete(&buf, &mut searched));
+        buf.extend_from_slice(b"\n");
+        assert!(head_may_be_complete(&buf, &mut searched));
+        let mut searched = 0;
+        assert!(head_may_be_complete(b"GET / HTTP/1.0\n\n", &mut searched));
+    }
+}

@@ -1,0 +1,309 @@
+//! Request body decoding: `Content-Length` and `chunked` (with trailers).
+//!
+//! The decoder works on the connection's read buffer and yields one event at a
+//! time; data is copied out so the buffer can go back to the pool the moment the
+//! exchange ends (a shared `Bytes` slice would pin the whole buffer).
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+
+/// Longest chunk-size line accepted (size, extensions, CRLF).
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Total chunk-extension bytes accepted over one body: extensions carry nothing
+/// we use, and a flood of them is a known way to burn server CPU.
+const MAX_CHUNK_EXTENSION_BYTES: usize = 16 * 1024;
+
+/// Most trailer fields accepted.
+const MAX_TRAILERS: usize = 32;
+
+/// One decoding step's result.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Decoded {
+    /// Some body bytes.
+    Data(Bytes),
+    /// The body ended, with trailers if the chunked body had any.
+    End(Option<HeaderMap>),
+    /// The buffer holds no complete event; read more.
+    NeedMore,
+}
+
+/// Why a body could not be decoded. The connection closes after it.
+pub(crate) type DecodeError = &'static str;
+
+/// Decodes one request body.
+#[derive(Debug)]
+pub(crate) enum Decoder {
+    /// `remaining` bytes are still to come.
+    Length { remaining: u64 },
+    /// A chunked body in the given state.
+    Chunked {
+        state: ChunkState,
+        extension_bytes: usize,
+        max_trailer_bytes: usize,
+    },
+}
+
+/// Where a chunked decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside chunk data with this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last chunk: trailers, then the final CRLF.
+    Trailers,
+}
+
+impl Decoder {
+    pub(crate) fn length(n: u64) -> Decoder {
+        Decoder::Length { remaining: n }
+    }
+
+    pub(crate) fn chunked(max_trailer_bytes: usize) -> Decoder {
+        Decoder::Chunked {
+            state: ChunkState::Size,
+            extension_bytes: 0,
+            max_trailer_bytes,
+        }
+    }
+
+    /// Takes the next event out of `buf`, copying at most `max_chunk` data bytes.
+    pub(crate) fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        max_chunk: usize,
+    ) -> Result<Decoded, DecodeError> {
+        match self {
+            Decoder::Length { remaining } => {
+                if *remaining == 0 {
+                    return Ok(Decoded::End(None));
+                }
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = (*remaining).min(buf.len() as u64).min(max_chunk as u64) as usize;
+                *remaining -= n as u64;
+                Ok(Decoded::Data(take(buf, n)))
+            }
+            Decoder::Chunked {
+                state,
+                extension_bytes,
+                max_trailer_bytes,
+            } => loop {
+                match *state {
+                    ChunkState::Size => {
+                        let Some(line_len) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+                            return Ok(Decoded::NeedMore);
+                        };
+                        let (size, ext) = parse_size_line(&buf[..line_len])?;
+                        *extension_bytes += ext;
+                        if *extension_bytes > MAX_CHUNK_EXTENSION_BYTES {
+                            return Err("too many chunk extension bytes");
+                        }
+                        buf.advance(line_len + 2);
+                        *state = if size == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(size)
+                        };
+                    }
+                    ChunkState::Data(left) => {
+                        if buf.is_empty() {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        let n = left.min(buf.len() as u64).min(max_chunk as u64) as usize;
+                        *state = if n as u64 == left {
+                            ChunkState::DataEnd
+                        } else {
+                            ChunkState::Data(left - n as u64)
+                        };
+                        return Ok(Decoded::Data(take(buf, n)));
+                    }
+                    ChunkState::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err("chunk data not followed by CRLF");
+                        }
+                        buf.advance(2);
+                        *state = ChunkState::Size;
+                    }
+                    ChunkState::Trailers => {
+                        return decode_trailers(buf, *max_trailer_bytes);
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    let data = Bytes::copy_from_slice(&buf[..n]);
+    buf.advance(n);
+    data
+}
+
+/// The length of the line before the first CRLF, if the buffer has one. A bare
+/// LF is refused: lenient line endings are a smuggling vector.
+fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
+    match buf.iter().take(max).position(|b| *b == b'\n') {
+        Some(0) => Err("bare LF in chunked body"),
+        Some(i) if buf[i - 1] == b'\r' => Ok(Some(i - 1)),
+        Some(_) => Err("bare LF in chunked body"),
+        None if buf.len() >= max => Err("chunk size line too long"),
+        None => Ok(None),
+    }
+}
+
+/// `chunk-size [ chunk-ext ]`: returns the size and how many extension bytes
+/// the line carried.
+fn parse_size_line(line: &[u8]) -> Result<(u64, usize), DecodeError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err("invalid chunk size");
+    }
+    let significant = line[..digits].iter().skip_while(|b| **b == b'0').count();
+    if significant > 16 {
+        return Err("chunk size overflows");
+    }
+    let mut size: u64 = 0;
+    for &b in &line[..digits] {
+        let digit = (b as char).to_digit(16).expect("checked hex digit") as u64;
+        size = (size << 4) | digit;
+    }
+    let rest = &line[digits..];
+    let ext = rest.trim_ascii_start();
+    if !ext.is_empty() {
+        if ext[0] != b';' {
+            return Err("invalid chunk size");
+        }
+        if ext.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+            return Err("control character in chunk extension");
+        }
+    }
+    Ok((size, rest.len()))
+}
+
+fn decode_trailers(buf: &mut BytesMut, max_bytes: usize) -> Result<Decoded, DecodeError> {
+    if buf.len() < 2 {
+        return Ok(Decoded::NeedMore);
+    }
+    if &buf[..2] == b"\r\n" {
+        buf.advance(2);
+        return Ok(Decoded::End(None));
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+    match httparse::parse_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete((len, parsed))) => {
+            if len > max_bytes {
+                return Err("trailers too large");
+            }
+            let mut map = HeaderMap::with_capacity(parsed.len());
+            for h in parsed {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| "invalid trailer name")?;
+                let value =
+                    HeaderValue::from_bytes(h.value).map_err(|_| "invalid trailer value")?;
+                map.append(name, value);
+            }
+            buf.advance(len);
+            Ok(Decoded::End(Some(map)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() > max_bytes => Err("trailers too large"),
+        Ok(httparse::Status::Partial) => Ok(Decoded::NeedMore),
+        Err(httparse::Error::TooManyHeaders) => Err("too many trailers"),
+        Err(_) => Err("malformed trailers"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(
+        decoder: &mut Decoder,
+        input: &[u8],
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), DecodeError> {
+        let mut buf = BytesMut::from(input);
+        let mut body = Vec::new();
+        loop {
+            match decoder.decode(&mut buf, 4)? {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::End(t) => return Ok((body, t)),
+                Decoded::NeedMore => return Err("incomplete"),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_with_extensions_and_trailers() {
+        let mut d = Decoder::chunked(1024);
+        let (body, trailers) = decode_all(
+            &mut d,
+            b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(trailers.unwrap()["x-sum"], "1");
+    }
+
+    #[test]
+    fn chunked_byte_by_byte() {
+        let input = b"3\r\nabc\r\n0\r\n\r\n";
+        let mut d = Decoder::chunked(1024);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut ended = false;
+        for &b in input {
+            buf.extend_from_slice(&[b]);
+            loop {
+                match d.decode(&mut buf, 64).unwrap() {
+                    Decoded::Data(x) => body.extend_from_slice(&x),
+                    Decoded::End(_) => {
+                        ended = true;
+                        break;
+                    }
+                    Decoded::NeedMore => break,
+                }
+            }
+        }
+        assert!(ended);
+        assert_eq!(body, b"abc");
+    }
+
+    #[test]
+    fn chunked_errors() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"5\nhello\r\n0\r\n\r\n",
+            b"3\r\nabcX\r\n",
+            b"11111111111111111\r\n",
+            b"3;\x00\r\nabc\r\n",
+            b"-3\r\nabc\r\n",
+        ] {
+            let mut d = Decoder::chunked(1024);
+            assert!(
+                decode_all(&mut d, bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn length_stops_at_boundary() {
+        let mut d = Decoder::length(3);
+        let mut buf = BytesMut::from(&b"abcGET"[..]);
+        assert_eq!(
+            d.decode(&mut buf, 64).unwrap(),
+            Decoded::Data(Bytes::from_static(b"abc"))
+        );
+        assert_eq!(d.decode(&mut buf, 64).unwrap(), Decoded::End(None));
+        assert_eq!(&buf[..], b"GET");
+    }
+}

@@ -1,0 +1,332 @@
+//! Response framing: the head, the body encoder (`Content-Length`, `chunked`,
+//! close-delimited, or no body at all) and the canned error responses.
+//!
+//! Everything is written into the connection's write buffer; the exchange
+//! decides when the buffer goes to the socket, so a response head and a small
+//! body (and several pipelined responses) leave in one `write`.
+
+use std::fmt::Write as _;
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{StatusCode, Version};
+
+use crate::date;
+
+/// How the response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoder {
+    /// No body may be sent (HEAD, 1xx, 204, 304): body frames are discarded.
+    NoBody,
+    /// Exactly `remaining` more bytes.
+    Length { remaining: u64 },
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// HTTP/1.0 without a known length: the body ends when the connection closes.
+    CloseDelimited,
+}
+
+/// A response body broke its own framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum EncodeError {
+    #[error("response body is longer than its Content-Length")]
+    TooLong,
+    #[error("response body is shorter than its Content-Length")]
+    TooShort,
+}
+
+/// What the exchange knows when it writes a response head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadContext {
+    pub request_method_is_head: bool,
+    pub request_version: Version,
+    pub keep_alive: bool,
+    /// The exact body length, if known (from the handler's header or the body's
+    /// size hint).
+    pub body_length: Option<u64>,
+}
+
+/// Writes the status line and headers; returns the encoder for the body and
+/// whether the connection stays open afterwards.
+pub(crate) fn encode_head(
+    dst: &mut BytesMut,
+    status: StatusCode,
+    headers: &HeaderMap,
+    ctx: HeadContext,
+    server_header: Option<&HeaderValue>,
+) -> (Encoder, bool) {
+    let mut keep_alive = ctx.keep_alive;
+    let code = status.as_u16();
+    let forbids_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let encoder = if forbids_body || ctx.request_method_is_head {
+        Encoder::NoBody
+    } else if let Some(n) = ctx.body_length {
+        Encoder::Length { remaining: n }
+    } else if ctx.request_version == Version::HTTP_11 {
+        Encoder::Chunked
+    } else {
+        keep_alive = false;
+        Encoder::CloseDelimited
+    };
+
+    dst.reserve(128 + headers.len() * 32);
+    dst.put_slice(b"HTTP/1.1 ");
+    put_status(dst, code);
+    dst.put_u8(b' ');
+    dst.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    dst.put_slice(b"\r\n");
+
+    let mut has_date = false;
+    let mut has_server = false;
+    for (name, value) in headers {
+        // Framing and connection management are ours: the handler's values for
+        // these could contradict what we actually send.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        has_server |= name == header::SERVER;
+        put_header(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        put_header(dst, b"connection", b"upgrade");
+    }
+    match encoder {
+        Encoder::Length { remaining } => put_content_length(dst, remaining),
+        Encoder::Chunked => put_header(dst, b"transfer-encoding", b"chunked"),
+        Encoder::NoBody if ctx.request_method_is_head || status == StatusCode::NOT_MODIFIED => {
+            // HEAD and 304 advertise the length the full response would have.
+            if let Some(n) = ctx.body_length {
+                if !forbids_body || status == StatusCode::NOT_MODIFIED {
+                    put_content_length(dst, n);
+                }
+            }
+        }
+        Encoder::NoBody | Encoder::CloseDelimited => {}
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        if !keep_alive {
+            put_header(dst, b"connection", b"close");
+        } else if ctx.request_version == Version::HTTP_10 {
+            put_header(dst, b"connection", b"keep-alive");
+        }
+    }
+    if !has_date {
+        put_header(dst, b"date", date::now().as_bytes());
+    }
+    if let (false, Some(server)) = (has_server, server_header) {
+        put_header(dst, b"server", server.as_bytes());
+    }
+    dst.put_slice(b"\r\n");
+    (encoder, keep_alive)
+}
+
+fn put_status(dst: &mut BytesMut, code: u16) {
+    let mut buf = itoa_buf();
+    dst.put_slice(format_u64(&mut buf, code as u64));
+}
+
+fn put_content_length(dst: &mut BytesMut, n: u64) {
+    let mut buf = itoa_buf();
+    put_header(dst, b"content-length", format_u64(&mut buf, n));
+}
+
+fn itoa_buf() -> [u8; 20] {
+    [0; 20]
+}
+
+/// Formats without allocating (a `String` per response would show in profiles).
+fn format_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+fn put_header(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
+    dst.put_slice(name);
+    dst.put_slice(b": ");
+    dst.put_slice(value);
+    dst.put_slice(b"\r\n");
+}
+
+impl Encoder {
+    /// Frames one chunk of body data into `dst`.
+    pub(crate) fn encode_data(
+        &mut self,
+        data: &[u8],
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        match self {
+            Encoder::NoBody => Ok(()),
+            Encoder::Length { remaining } => {
+                if data.len() as u64 > *remaining {
+                    return Err(EncodeError::TooLong);
+                }
+                *remaining -= data.len() as u64;
+                dst.put_slice(data);
+                Ok(())
+            }
+            Encoder::Chunked => {
+                if !data.is_empty() {
+                    dst.reserve(18 + data.len() + 2);
+                    let _ = write!(Writer(dst), "{:x}\r\n", data.len());
+                    dst.put_slice(data);
+                    dst.put_slice(b"\r\n");
+                }
+                Ok(())
+            }
+            Encoder::CloseDelimited => {
+                dst.put_slice(data);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the body (the last chunk and trailers, for chunked).
+    pub(crate) fn finish(
+        &mut self,
+        trailers: Option<&HeaderMap>,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        match self {
+            Encoder::Length { remaining } if *remaining > 0 => Err(EncodeError::TooShort),
+            Encoder::Chunked => {
+                dst.put_slice(b"0\r\n");
+                for (name, value) in trailers.into_iter().flatten() {
+                    put_header(dst, name.as_str().as_bytes(), value.as_bytes());
+                }
+                dst.put_slice(b"\r\n");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A response the server writes on its own (malformed request, timeout, panic):
+/// a short text body saying why, and `Connection: close`.
+pub(crate) fn encode_error(dst: &mut BytesMut, status: StatusCode, reason: &str) {
+    let body_len = status.canonical_reason().map_or(0, str::len) + 2 + reason.len() + 1;
+    let _ = write!(
+        Writer(dst),
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\ndate: ",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+        body_len
+    );
+    dst.put_slice(date::now().as_bytes());
+    let _ = write!(
+        Writer(dst),
+        "\r\n\r\n{}: {}\n",
+        status.canonical_reason().unwrap_or("Error"),
+        reason
+    );
+}
+
+/// `100 Continue`, sent when the handler first reads a body the client is
+/// holding back.
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+struct Writer<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(
+        status: u16,
+        version: Version,
+        len: Option<u64>,
+        is_head: bool,
+    ) -> (String, Encoder, bool) {
+        let mut dst = BytesMut::new();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.insert("date", HeaderValue::from_static("today"));
+        let (enc, ka) = encode_head(
+            &mut dst,
+            StatusCode::from_u16(status).unwrap(),
+            &headers,
+            HeadContext {
+                request_method_is_head: is_head,
+                request_version: version,
+                keep_alive: true,
+                body_length: len,
+            },
+            None,
+        );
+        (String::from_utf8(dst.to_vec()).unwrap(), enc, ka)
+    }
+
+    #[test]
+    fn known_length_and_chunked() {
+        let (text, enc, ka) = head(200, Version::HTTP_11, Some(5), false);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: today\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert_eq!(enc, Encoder::Length { remaining: 5 });
+        assert!(ka);
+        let (text, enc, _) = head(200, Version::HTTP_11, None, false);
+        assert!(text.contains("transfer-encoding: chunked\r\n"));
+        assert_eq!(enc, Encoder::Chunked);
+    }
+
+    #[test]
+    fn http10_unknown_length_closes() {
+        let (text, enc, ka) = head(200, Version::HTTP_10, None, false);
+        assert_eq!(enc, Encoder::CloseDelimited);
+        assert!(!ka);
+        assert!(text.contains("connection: close\r\n"));
+    }
+
+    #[test]
+    fn bodiless_statuses() {
+        let (text, enc, _) = head(204, Version::HTTP_11, Some(5), false);
+        assert_eq!(enc, Encoder::NoBody);
+        assert!(!text.contains("content-length"));
+        let (text, enc, _) = head(200, Version::HTTP_11, Some(5), true);
+        assert_eq!(enc, Encoder::NoBody);
+        assert!(text.contains("content-length: 5"));
+    }
+
+    #[test]
+    fn chunk_framing() {
+        let mut enc = Encoder::Chunked;
+        let mut dst = BytesMut::new();
+        enc.encode_data(b"hello world, this is seventeen+", &mut dst)
+            .unwrap();
+        enc.finish(None, &mut dst).unwrap();
+        assert_eq!(
+            &dst[..],
+            b"1f\r\nhello world, this is seventeen+\r\n0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn length_mismatch_is_an_error() {
+        let mut enc = Encoder::Length { remaining: 2 };
+        let mut dst = BytesMut::new();
+        assert_eq!(enc.encode_data(b"abc", &mut dst), Err(EncodeError::TooLong));
+        assert_eq!(enc.finish(None, &mut dst), Err(EncodeError::TooShort));
+    }
+}

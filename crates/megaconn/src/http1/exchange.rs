@@ -1,0 +1,634 @@
+//! One request/response exchange, driven as a single future.
+//!
+//! Three things happen at once and none may starve the others:
+//!
+//! ```text
+//!              +-------------------+
+//!   socket --> | request body pump | --(one-slot channel)--> handler's Body
+//!              +-------------------+
+//!              +-------------------+
+//!              |     handler       | --> Response<B>
+//!              +-------------------+
+//!              +-------------------+
+//!   socket <-- |   response writer | <-- B::poll_frame
+//!              +-------------------+
+//! ```
+//!
+//! The pump reads body bytes only when the handler asks for them (that is when
+//! `100 Continue` goes out); the writer frames response bytes into the write
+//! buffer and pushes them while the exchange runs; when the body is done the
+//! pump keeps one eye on the socket so a client that hangs up cancels the
+//! handler. [`Exchange::poll`] runs the three steps in a loop until none makes
+//! progress. The whole exchange (handler future and response body inline) is
+//! boxed by the caller, so an idle connection's future stays small.
+
+use std::future::Future;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::CatchUnwind;
+use http::{Response, StatusCode, Version};
+use http_body::Body as HttpBody;
+use tokio::time::Sleep;
+
+use super::conn::ConnIo;
+use super::decode::{Decoded, Decoder};
+use super::encode::{self, EncodeError, Encoder, HeadContext};
+use super::{CloseReason, Outcome};
+use crate::body::{BodySender, Demand};
+use crate::error::BodyError;
+use crate::stats::incr;
+use crate::transport::Transport;
+use crate::upgrade::UpgradeSender;
+use crate::BoxError;
+
+/// Largest body chunk handed to the handler at once.
+const MAX_BODY_CHUNK: usize = 64 * 1024;
+
+/// The writer stops pulling response frames once this much is buffered.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// Where `Expect: 100-continue` stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Continue {
+    /// The client did not ask.
+    NotExpected,
+    /// The client waits for `100 Continue` before sending the body.
+    Awaiting,
+    /// `100 Continue` was sent.
+    Sent,
+}
+
+/// Which timeout the exchange's deadline stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeadlineKind {
+    Read,
+    Write,
+}
+
+/// The per-request facts the exchange needs from the request head.
+#[derive(Debug)]
+pub(crate) struct ExchangeSetup {
+    pub version: Version,
+    pub is_head: bool,
+    pub is_connect: bool,
+    pub keep_alive: bool,
+    pub decoder: Option<Decoder>,
+    pub body_tx: Option<BodySender>,
+    pub expect: Continue,
+    pub upgrade: Option<UpgradeSender>,
+    pub read_timeout: Option<Duration>,
+}
+
+pin_project_lite::pin_project! {
+    /// One request/response exchange on a connection.
+    #[project = ExchangeProj]
+    pub(crate) struct Exchange<'c, T, F, B> {
+        conn: &'c mut ConnIo<T>,
+        #[pin]
+        handler: Option<CatchUnwind<AssertUnwindSafe<F>>>,
+        #[pin]
+        body: Option<B>,
+        #[pin]
+        deadline: Option<Sleep>,
+        deadline_kind: DeadlineKind,
+        setup: ExchangeSetup,
+        body_bytes: u64,
+        drained: u64,
+        encoder: Option<Encoder>,
+        response_done: bool,
+        upgrading: Option<UpgradeSender>,
+        close_reason: Option<CloseReason>,
+    }
+}
+
+impl<'c, T, F, B, E> Exchange<'c, T, F, B>
+where
+    T: Transport,
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn new(conn: &'c mut ConnIo<T>, handler: F, setup: ExchangeSetup) -> Self {
+        use futures_util::FutureExt;
+        let deadline = match (&setup.decoder, setup.read_timeout) {
+            (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
+            _ => None,
+        };
+        Exchange {
+            conn,
+            handler: Some(AssertUnwindSafe(handler).catch_unwind()),
+            body: None,
+            deadline,
+            deadline_kind: DeadlineKind::Read,
+            setup,
+            body_bytes: 0,
+            drained: 0,
+            encoder: None,
+            response_done: false,
+            upgrading: None,
+            close_reason: None,
+        }
+    }
+
+    /// An exchange whose handler never ran (the service failed before): only the
+    /// error response and the close remain.
+    pub(crate) fn failed(
+        conn: &mut ConnIo<T>,
+        status: StatusCode,
+        reason: &'static str,
+    ) -> Outcome {
+        let wbuf = conn.wbuf();
+        encode::encode_error(wbuf, status, reason);
+        Outcome::Close(CloseReason::ServerError)
+    }
+}
+
+type Step = Result<bool, Outcome>;
+
+impl<T, F, B, E> Future for Exchange<'_, T, F, B>
+where
+    T: Transport,
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut this = self.project();
+        loop {
+            if let Some(deadline) = this.deadline.as_mut().as_pin_mut() {
+                if deadline.poll(cx).is_ready() {
+                    return Poll::Ready(timed_out(&mut this));
+                }
+            }
+            let mut step = || -> Step {
+                let handled = poll_handler(&mut this, cx)?;
+                let read = poll_request_body(&mut this, cx)?;
+                let framed = poll_response_body(&mut this, cx)?;
+                let written = poll_write(&mut this, cx)?;
+                Ok(handled | read | framed | written)
+            };
+            let progress = match step() {
+                Ok(progress) => progress,
+                Err(outcome) => return Poll::Ready(outcome),
+            };
+            if this.handler.is_none() && *this.response_done && this.setup.decoder.is_none() {
+                return Poll::Ready(finished(&mut this));
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+type Proj<'p, 'c, T, F, B> = ExchangeProj<'p, 'c, T, F, B>;
+
+fn finished<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
+    if let Some(tx) = this.upgrading.take() {
+        return Outcome::Upgrade(tx);
+    }
+    if this.setup.keep_alive {
+        Outcome::KeepAlive
+    } else {
+        Outcome::Close(this.close_reason.unwrap_or(CloseReason::ServerClosed))
+    }
+}
+
+fn timed_out<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
+    let stats = &this.conn.ctx.stats;
+    incr(&stats.timeouts);
+    let reason = match this.deadline_kind {
+        DeadlineKind::Read => CloseReason::ReadTimeout,
+        DeadlineKind::Write => CloseReason::WriteTimeout,
+    };
+    if let Some(tx) = this.setup.body_tx.take() {
+        tx.fail(BodyError::TimedOut);
+    }
+    tracing::debug!(%reason, "closing connection");
+    if this.encoder.is_none() {
+        encode::encode_error(
+            this.conn.wbuf(),
+            StatusCode::REQUEST_TIMEOUT,
+            "the request was not received within read_timeout",
+        );
+    }
+    Outcome::Close(reason)
+}
+
+/// Polls the handler; when it answers, writes the response head.
+fn poll_handler<T, F, B, E>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
+where
+    T: Transport,
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let Some(handler) = this.handler.as_mut().as_pin_mut() else {
+        return Ok(false);
+    };
+    let Poll::Ready(result) = handler.poll(cx) else {
+        return Ok(false);
+    };
+    this.handler.set(None);
+    match result {
+        Ok(Ok(response)) => start_response(this, response),
+        Ok(Err(e)) => {
+            let e: BoxError = e.into();
+            tracing::warn!(error = %e, "service returned an error; answering 500");
+            Err(fail_before_response(
+                this,
+                "the service failed",
+                CloseReason::ServerError,
+            ))
+        }
+        Err(panic) => {
+            incr(&this.conn.ctx.stats.panics);
+            tracing::error!(
+                panic = panic_message(&panic),
+                "handler panicked; answering 500"
+            );
+            Err(fail_before_response(
+                this,
+                "the handler panicked",
+                CloseReason::Panic,
+            ))
+        }
+    }
+}
+
+/// The handler failed without a response: answer 500 and close.
+fn fail_before_response<T, F, B>(
+    this: &mut Proj<'_, '_, T, F, B>,
+    reason: &'static str,
+    close: CloseReason,
+) -> Outcome {
+    encode::encode_error(this.conn.wbuf(), StatusCode::INTERNAL_SERVER_ERROR, reason);
+    Outcome::Close(close)
+}
+
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(non-string panic payload)"
+    }
+}
+
+fn start_response<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, response: Response<B>) -> Step
+where
+    T: Transport,
+    B: HttpBody<Data = Bytes>,
+{
+    let (parts, body) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
+        || (this.setup.is_connect && parts.status.is_success());
+    if switching {
+        match this.setup.upgrade.take() {
+            Some(tx) => *this.upgrading = Some(tx),
+            None => {
+                tracing::error!("handler answered 101 to a request that did not ask to upgrade");
+                return Err(fail_before_response(
+                    this,
+                    "the handler switched protocols without an upgrade request",
+                    CloseReason::ServerError,
+                ));
+            }
+        }
+    }
+    let ctx = &this.conn.ctx;
+    let mut keep_alive =
+        this.setup.keep_alive && ctx.config.keep_alive && !ctx.shutdown.is_started();
+    if this.setup.expect == Continue::Awaiting && this.setup.decoder.is_some() {
+        // The client still holds the body back: we will not read it, so the
+        // connection cannot be reused.
+        keep_alive = false;
+        *this.close_reason = Some(CloseReason::UnreadBody);
+    }
+    let body_length = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+        .or_else(|| body.size_hint().exact());
+    let server_header = ctx.config.server_header.clone();
+    let head_ctx = HeadContext {
+        request_method_is_head: this.setup.is_head,
+        request_version: this.setup.version,
+        keep_alive,
+        body_length,
+    };
+    let (encoder, keep_alive) = encode::encode_head(
+        this.conn.wbuf(),
+        parts.status,
+        &parts.headers,
+        head_ctx,
+        server_header.as_ref(),
+    );
+    this.setup.keep_alive = keep_alive && this.upgrading.is_none();
+    *this.encoder = Some(encoder);
+    if encoder == Encoder::NoBody || this.upgrading.is_some() {
+        *this.response_done = true;
+    } else {
+        this.body.set(Some(body));
+    }
+    let write_timeout = this.conn.ctx.config.write_timeout;
+    match write_timeout {
+        Some(t) => {
+            this.deadline.set(Some(tokio::time::sleep(t)));
+            *this.deadline_kind = DeadlineKind::Write;
+        }
+        None if this.setup.decoder.is_none() => this.deadline.set(None),
+        None => {}
+    }
+    Ok(true)
+}
+
+/// Moves request body bytes from the socket to the handler, or drains what the
+/// handler left unread; once the body is done, watches for the client hanging up.
+fn poll_request_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
+where
+    T: Transport,
+{
+    if this.setup.decoder.is_none() {
+        return poll_hang_up(this, cx);
+    }
+    if let Some(tx) = this.setup.body_tx.as_mut() {
+        match tx.poll_demand(cx) {
+            Poll::Pending => return Ok(false),
+            Poll::Ready(Demand::Gone) => {
+                this.setup.body_tx = None;
+                return Ok(true);
+            }
+            Poll::Ready(Demand::Ready) => {}
+        }
+        if this.setup.expect == Continue::Awaiting {
+            this.conn.wbuf().extend_from_slice(encode::CONTINUE);
+            this.setup.expect = Continue::Sent;
+        }
+        return feed_body(this, cx);
+    }
+    if this.setup.expect == Continue::Awaiting {
+        // Nobody will read the body and the client will not send it unasked.
+        this.setup.decoder = None;
+        this.setup.keep_alive = false;
+        *this.close_reason = Some(CloseReason::UnreadBody);
+        return Ok(true);
+    }
+    drain_body(this, cx)
+}
+
+/// Decodes one event for the handler, reading from the socket if needed.
+fn feed_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
+where
+    T: Transport,
+{
+    let max_body = this.conn.ctx.config.max_body_bytes;
+    loop {
+        let (rbuf, io) = this.conn.rbuf_and_io();
+        let decoder = this.setup.decoder.as_mut().expect("checked by caller");
+        let event = decoder.decode(rbuf, MAX_BODY_CHUNK);
+        match event {
+            Ok(Decoded::Data(data)) => {
+                *this.body_bytes += data.len() as u64;
+                let tx = this.setup.body_tx.as_mut().expect("checked by caller");
+                if *this.body_bytes > max_body {
+                    tracing::info!(
+                        limit = max_body,
+                        "request body over max_body_bytes; closing after the response"
+                    );
+                    incr(&this.conn.ctx.stats.protocol_errors);
+                    give_up_body(this, BodyError::TooLarge { limit: max_body });
+                } else {
+                    tx.send_data(data);
+                }
+                return Ok(true);
+            }
+            Ok(Decoded::End(trailers)) => {
+                this.setup.decoder = None;
+                if let Some(tx) = this.setup.body_tx.take() {
+                    tx.finish(trailers);
+                }
+                return Ok(true);
+            }
+            Ok(Decoded::NeedMore) => match ready_or_pending(read_more(io, rbuf, cx))? {
+                None => return Ok(false),
+                Some(0) => {
+                    give_up_body(this, BodyError::Incomplete);
+                    *this.close_reason = Some(CloseReason::ClientClosed);
+                    return Ok(true);
+                }
+                Some(_) => continue,
+            },
+            Err(why) => {
+                tracing::info!(
+                    reason = why,
+                    "malformed request body; closing after the response"
+                );
+                incr(&this.conn.ctx.stats.protocol_errors);
+                give_up_body(this, BodyError::Malformed(why));
+                *this.close_reason = Some(CloseReason::Protocol(StatusCode::BAD_REQUEST));
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// Stops reading the body: the handler sees `error`, the connection closes.
+fn give_up_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, error: BodyError) {
+    this.setup.decoder = None;
+    this.setup.keep_alive = false;
+    if this.close_reason.is_none() {
+        *this.close_reason = Some(CloseReason::UnreadBody);
+    }
+    if let Some(tx) = this.setup.body_tx.take() {
+        tx.fail(error);
+    }
+}
+
+/// Reads and discards a body the handler did not read, up to `max_drain_bytes`,
+/// so the next request on the connection starts in the right place.
+fn drain_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
+where
+    T: Transport,
+{
+    let max_drain = this.conn.ctx.config.max_drain_bytes;
+    let mut progress = false;
+    loop {
+        let (rbuf, io) = this.conn.rbuf_and_io();
+        let decoder = this.setup.decoder.as_mut().expect("checked by caller");
+        match decoder.decode(rbuf, usize::MAX) {
+            Ok(Decoded::Data(data)) => {
+                *this.drained += data.len() as u64;
+                progress = true;
+                if *this.drained > max_drain {
+                    tracing::debug!(
+                        limit = max_drain,
+                        "unread request body too large to drain; closing"
+                    );
+                    give_up_body(this, BodyError::Incomplete);
+                    return Ok(true);
+                }
+            }
+            Ok(Decoded::End(_)) => {
+                this.setup.decoder = None;
+                return Ok(true);
+            }
+            Ok(Decoded::NeedMore) => match ready_or_pending(read_more(io, rbuf, cx))? {
+                None => return Ok(progress),
+                Some(0) => {
+                    give_up_body(this, BodyError::Incomplete);
+                    *this.close_reason = Some(CloseReason::ClientClosed);
+                    return Ok(true);
+                }
+                Some(_) => progress = true,
+            },
+            Err(_) => {
+                give_up_body(this, BodyError::Incomplete);
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// While the handler runs (or the response streams) with the request fully read,
+/// reads ahead: pipelined requests are buffered, and EOF means the client left,
+/// which cancels the handler.
+fn poll_hang_up<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
+where
+    T: Transport,
+{
+    if *this.response_done
+        || this.upgrading.is_some()
+        || this.conn.rbuf_len() >= this.conn.ctx.config.max_header_bytes
+    {
+        return Ok(false);
+    }
+    let (rbuf, io) = this.conn.rbuf_and_io();
+    match ready_or_pending(read_more(io, rbuf, cx))? {
+        None => Ok(false),
+        Some(0) => {
+            if this.handler.is_some() {
+                incr(&this.conn.ctx.stats.cancelled);
+                tracing::debug!(
+                    "client closed the connection while the handler ran; handler cancelled"
+                );
+            }
+            Err(Outcome::Close(CloseReason::ClientClosed))
+        }
+        Some(_) => Ok(true),
+    }
+}
+
+/// Pulls response frames into the write buffer, up to the high-water mark.
+fn poll_response_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
+where
+    T: Transport,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut progress = false;
+    while let Some(body) = this.body.as_mut().as_pin_mut() {
+        if this.conn.wbuf_len() >= WRITE_HIGH_WATER {
+            break;
+        }
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| body.poll_frame(cx)));
+        let frame = match polled {
+            Ok(Poll::Pending) => break,
+            Ok(Poll::Ready(frame)) => frame,
+            Err(panic) => {
+                incr(&this.conn.ctx.stats.panics);
+                tracing::error!(
+                    panic = panic_message(&panic),
+                    "response body panicked; closing"
+                );
+                return Err(Outcome::Close(CloseReason::Panic));
+            }
+        };
+        progress = true;
+        let encoder = this.encoder.as_mut().expect("head written before body");
+        let wbuf = this.conn.wbuf();
+        let result = match frame {
+            None => {
+                this.body.set(None);
+                *this.response_done = true;
+                encoder.finish(None, wbuf)
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    let r = encoder.encode_data(&data, wbuf);
+                    data.advance(data.remaining());
+                    r
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().ok();
+                    this.body.set(None);
+                    *this.response_done = true;
+                    encoder.finish(trailers.as_ref(), wbuf)
+                }
+            },
+            Some(Err(e)) => {
+                let e: BoxError = e.into();
+                tracing::warn!(error = %e, "response body failed mid-stream; closing");
+                return Err(Outcome::Close(CloseReason::ServerError));
+            }
+        };
+        if let Err(e @ (EncodeError::TooLong | EncodeError::TooShort)) = result {
+            tracing::error!(error = %e, "closing");
+            return Err(Outcome::Close(CloseReason::ServerError));
+        }
+    }
+    Ok(progress)
+}
+
+/// Pushes buffered response bytes to the socket while the exchange runs. What is
+/// left when it ends is written by the connection, which can batch it with the
+/// responses to pipelined requests.
+fn poll_write<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
+where
+    T: Transport,
+{
+    let exchange_done =
+        this.handler.is_none() && *this.response_done && this.setup.decoder.is_none();
+    if exchange_done || this.conn.wbuf_len() == 0 {
+        return Ok(false);
+    }
+    match this.conn.poll_flush(cx) {
+        Poll::Ready(Ok(())) => Ok(true),
+        Poll::Ready(Err(e)) => Err(Outcome::Close(CloseReason::io(&e))),
+        Poll::Pending => Ok(false),
+    }
+}
+
+/// Reads more bytes into `buf` (growing it a little if full).
+pub(crate) fn read_more<T: Transport>(
+    io: &mut T,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Turns a poll of an IO result into `Ok(None)` for pending, `Ok(Some(n))`, or
+/// the outcome for an error.
+fn ready_or_pending(p: Poll<io::Result<usize>>) -> Result<Option<usize>, Outcome> {
+    match p {
+        Poll::Pending => Ok(None),
+        Poll::Ready(Ok(n)) => Ok(Some(n)),
+        Poll::Ready(Err(e)) => Err(Outcome::Close(CloseReason::io(&e))),
+    }
+}

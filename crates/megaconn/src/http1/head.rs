@@ -1,0 +1,401 @@
+//! Request head parsing (httparse does the bytes) and the framing rules of
+//! RFC 9112 (ours): which body follows, whether the connection stays open, and
+//! which malformed heads get which status.
+//!
+//! The rules are strict on purpose. Ambiguous framing is how request smuggling
+//! works, so anything two parsers could read differently is rejected and the
+//! connection closed rather than guessed at.
+
+use std::mem::MaybeUninit;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
+
+use crate::config::MAX_HEADERS_CEILING;
+
+/// The limits that apply while parsing a head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+}
+
+/// A parsed request head and what it says about the exchange.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: BodyFraming,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub wants_upgrade: bool,
+}
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    /// No body (no Content-Length, no Transfer-Encoding, or Content-Length: 0).
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A request the server refuses, with the status to answer and a reason for
+/// the log line and the response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub status: StatusCode,
+    pub reason: &'static str,
+}
+
+const fn reject(status: StatusCode, reason: &'static str) -> Rejection {
+    Rejection { status, reason }
+}
+
+const BAD: StatusCode = StatusCode::BAD_REQUEST;
+
+/// Parses a request head from the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed, `Ok(Some((head, len)))` when
+/// the head is complete and took `len` bytes.
+pub(crate) fn parse(
+    buf: &[u8],
+    limits: &HeadLimits,
+) -> Result<Option<(RequestHead, usize)>, Rejection> {
+    let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CEILING] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
+    let headers = &mut storage[..limits.max_headers.min(MAX_HEADERS_CEILING)];
+    let mut req = httparse::Request::new(&mut []);
+    let status = httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, headers)
+        .map_err(parse_error)?;
+    let len = match status {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial if buf.len() >= limits.max_header_bytes => {
+            return Err(reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head exceeds max_header_bytes",
+            ))
+        }
+        httparse::Status::Partial => return Ok(None),
+    };
+    if len > limits.max_header_bytes {
+        return Err(reject(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head exceeds max_header_bytes",
+        ));
+    }
+    let head = build(&req, limits)?;
+    Ok(Some((head, len)))
+}
+
+fn parse_error(e: httparse::Error) -> Rejection {
+    match e {
+        httparse::Error::TooManyHeaders => reject(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many request headers",
+        ),
+        httparse::Error::Version => reject(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "unsupported HTTP version (HTTP/1.0 and HTTP/1.1 are served here)",
+        ),
+        httparse::Error::HeaderName => reject(BAD, "invalid header name"),
+        httparse::Error::HeaderValue => reject(BAD, "invalid header value"),
+        httparse::Error::NewLine => reject(BAD, "invalid line ending"),
+        httparse::Error::Token => reject(BAD, "invalid method or token"),
+        httparse::Error::Status => reject(BAD, "invalid request line"),
+    }
+}
+
+fn build(req: &httparse::Request<'_, '_>, limits: &HeadLimits) -> Result<RequestHead, Rejection> {
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| reject(BAD, "invalid method"))?;
+    let target = req.path.unwrap_or_default();
+    let uri = parse_target(&method, target)?;
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut framing = Framing::default();
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| reject(BAD, "invalid header name"))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| reject(BAD, "invalid header value"))?;
+        framing.observe(&name, h.value)?;
+        headers.append(name, value);
+    }
+    framing.resolve(method, uri, version, headers, limits)
+}
+
+/// Origin-form (`/path?q`), absolute-form (`http://host/path`), authority-form
+/// (only for CONNECT) and asterisk-form (only for OPTIONS).
+fn parse_target(method: &Method, target: &str) -> Result<Uri, Rejection> {
+    if target.is_empty() {
+        return Err(reject(BAD, "empty request target"));
+    }
+    let uri = Uri::try_from(target).map_err(|_| reject(BAD, "invalid request target"))?;
+    let form_ok = if method == Method::CONNECT {
+        uri.authority().is_some() && uri.scheme().is_none()
+    } else if target == "*" {
+        method == Method::OPTIONS
+    } else {
+        target.starts_with('/') || uri.scheme().is_some()
+    };
+    if form_ok {
+        Ok(uri)
+    } else {
+        Err(reject(
+            BAD,
+            "request target form not allowed for this method",
+        ))
+    }
+}
+
+/// What the framing-relevant headers said, collected in one pass.
+#[derive(Debug, Default)]
+struct Framing {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    chunked_last: bool,
+    connection_close: bool,
+    connection_keep_alive: bool,
+    connection_upgrade: bool,
+    hosts: usize,
+    upgrade: bool,
+    expect_continue: bool,
+}
+
+impl Framing {
+    fn observe(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), Rejection> {
+        if name == header::CONTENT_LENGTH {
+            if self.content_length.is_some() {
+                return Err(reject(BAD, "duplicate Content-Length"));
+            }
+            self.content_length = Some(parse_content_length(value)?);
+        } else if name == header::TRANSFER_ENCODING {
+            self.observe_transfer_encoding(value)?;
+        } else if name == header::CONNECTION {
+            for token in tokens(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.connection_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.connection_keep_alive = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    self.connection_upgrade = true;
+                }
+            }
+        } else if name == header::HOST {
+            self.hosts += 1;
+        } else if name == header::UPGRADE {
+            self.upgrade = true;
+        } else if name == header::EXPECT {
+            if value.eq_ignore_ascii_case(b"100-continue") {
+                self.expect_continue = true;
+            } else {
+                return Err(reject(
+                    StatusCode::EXPECTATION_FAILED,
+                    "unsupported Expect (only 100-continue is)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The codings apply in order; chunked must come last and only once. Codings
+    /// other than chunked are not decoded here, so they are refused (501).
+    fn observe_transfer_encoding(&mut self, value: &[u8]) -> Result<(), Rejection> {
+        for token in tokens(value) {
+            if self.chunked_last {
+                return Err(reject(BAD, "Transfer-Encoding has a coding after chunked"));
+            }
+            if token.eq_ignore_ascii_case(b"chunked") {
+                self.chunked_last = true;
+            } else if token.is_empty() {
+                return Err(reject(BAD, "empty transfer coding"));
+            } else {
+                self.transfer_encoding = true;
+                if !token
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+                {
+                    return Err(reject(BAD, "invalid transfer coding"));
+                }
+            }
+        }
+        self.transfer_encoding = true;
+        Ok(())
+    }
+
+    fn resolve(
+        self,
+        method: Method,
+        uri: Uri,
+        version: Version,
+        headers: HeaderMap,
+        limits: &HeadLimits,
+    ) -> Result<RequestHead, Rejection> {
+        if version == Version::HTTP_11 && self.hosts == 0 && uri.authority().is_none() {
+            return Err(reject(BAD, "missing Host header (required in HTTP/1.1)"));
+        }
+        if self.hosts > 1 {
+            return Err(reject(BAD, "duplicate Host header"));
+        }
+        let framing = if self.transfer_encoding {
+            if self.content_length.is_some() {
+                return Err(reject(
+                    BAD,
+                    "both Transfer-Encoding and Content-Length (refused: request smuggling risk)",
+                ));
+            }
+            if version == Version::HTTP_10 {
+                return Err(reject(BAD, "Transfer-Encoding in an HTTP/1.0 request"));
+            }
+            if !self.chunked_last {
+                return Err(reject(BAD, "Transfer-Encoding does not end with chunked"));
+            }
+            if !only_chunked(&headers) {
+                return Err(reject(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "transfer codings other than chunked are not supported",
+                ));
+            }
+            BodyFraming::Chunked
+        } else {
+            match self.content_length {
+                None | Some(0) => BodyFraming::None,
+                Some(n) if n > limits.max_body_bytes => {
+                    return Err(reject(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "Content-Length exceeds max_body_bytes",
+                    ))
+                }
+                Some(n) => BodyFraming::Length(n),
+            }
+        };
+        let keep_alive = match version {
+            Version::HTTP_10 => self.connection_keep_alive && !self.connection_close,
+            _ => !self.connection_close,
+        };
+        let wants_upgrade = method == Method::CONNECT || (self.connection_upgrade && self.upgrade);
+        Ok(RequestHead {
+            expect_continue: self.expect_continue && version == Version::HTTP_11,
+            method,
+            uri,
+            version,
+            headers,
+            framing,
+            keep_alive,
+            wants_upgrade,
+        })
+    }
+}
+
+fn only_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| tokens(v.as_bytes()))
+        .all(|t| t.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Digits only: no sign, no spaces inside, no list (`5, 5`), at most 19 digits
+/// so the value fits a u64.
+fn parse_content_length(value: &[u8]) -> Result<u64, Rejection> {
+    let invalid = reject(BAD, "invalid Content-Length");
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(invalid);
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(invalid)
+}
+
+/// Splits a comma-separated header value into trimmed tokens.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(|t| t.trim_ascii())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_header_bytes: 1024,
+        max_headers: 8,
+        max_body_bytes: 1000,
+    };
+
+    fn parse_ok(raw: &str) -> RequestHead {
+        parse(raw.as_bytes(), &LIMITS).unwrap().unwrap().0
+    }
+
+    fn status(raw: &str) -> StatusCode {
+        parse(raw.as_bytes(), &LIMITS).unwrap_err().status
+    }
+
+    #[test]
+    fn partial_head_needs_more() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n", &LIMITS)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn framing_and_keep_alive() {
+        let h = parse_ok("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(h.framing, BodyFraming::Length(5));
+        assert!(h.keep_alive);
+        let h = parse_ok("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+        assert_eq!(h.framing, BodyFraming::Chunked);
+        assert!(!h.keep_alive);
+        let h = parse_ok("GET / HTTP/1.0\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h = parse_ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            BAD
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            BAD
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            BAD
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            StatusCode::NOT_IMPLEMENTED
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n"),
+            BAD
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n"),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), BAD);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), BAD);
+        let h = parse_ok("GET http://example.com/x HTTP/1.1\r\n\r\n");
+        assert_eq!(h.uri.path(), "/x");
+    }
+}

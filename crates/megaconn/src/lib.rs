@@ -1,0 +1,79 @@
+//! megaconn: a lean HTTP/1.1 server engine for very many concurrent connections.
+//!
+//! megaconn serves any [`tower_service::Service`] that takes an
+//! [`http::Request<megaconn::Body>`](Body) — an axum `Router` plugs in unchanged —
+//! on thread-per-core workers, with the safety knobs of Go's `http.Server`.
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use megaconn::{Body, Server};
+//!
+//! # async fn run() -> Result<(), megaconn::Error> {
+//! let hello = tower::service_fn(|_req: http::Request<Body>| async {
+//!     Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("Hello, World!"))))
+//! });
+//! Server::bind("127.0.0.1:8080".parse().unwrap())
+//!     .workers(2)
+//!     .serve(hello)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! ```text
+//!  server.rs    Builder (the knobs) -> Server (bound sockets) -> serve()
+//!     |             config.rs holds every knob with its default and reason
+//!     v
+//!  worker.rs    one OS thread + current-thread tokio runtime per worker,
+//!     |         drains its connections on shutdown (shutdown.rs)
+//!     v
+//!  acceptor.rs  accepts on the worker's own SO_REUSEPORT listener (socket.rs),
+//!     |         takes a slot from the connection limit (limit.rs), backs off on EMFILE
+//!     v
+//!  http1/       the connection engine (ours), on httparse:
+//!               conn.rs      a connection's life: idle -> head -> exchange -> idle
+//!               head.rs      request head parsing and RFC 9112 framing rules
+//!               decode.rs    request body decoding (Content-Length, chunked)
+//!               exchange.rs  one request/response: handler, body pump, writer
+//!               encode.rs    response head and body framing
+//!  body.rs      the request body handed to the service
+//!  pool.rs      per-worker buffer pool: idle connections hold no buffers
+//!  upgrade.rs   101 Switching Protocols: the handler takes over the socket
+//!  stats.rs     per-worker counters, summed on read
+//! ```
+//!
+//! # Idle connections cost almost nothing
+//!
+//! A keep-alive connection waiting for its next request holds no read or write
+//! buffer: buffers come from a per-worker [pool](ServerStats::buffers_checked_out)
+//! when the socket becomes readable and go back when the exchange is done. The
+//! handler future is boxed so the connection future stays small while idle.
+
+mod acceptor;
+mod body;
+mod config;
+mod date;
+mod error;
+mod http1;
+mod limit;
+mod pool;
+mod server;
+mod shutdown;
+mod socket;
+mod stats;
+mod transport;
+mod upgrade;
+mod worker;
+
+pub use body::Body;
+pub use config::{KeepaliveConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_READ_HEADER_TIMEOUT};
+pub use error::{BodyError, Error};
+pub use server::{Builder, Server, ServerHandle, ShutdownSummary};
+pub use stats::ServerStats;
+pub use transport::Transport;
+pub use upgrade::{OnUpgrade, Upgraded};
+
+/// The error type a service or response body may fail with: anything that can be
+/// boxed. Used in the bounds of [`Server::serve`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,77 @@
+//! The per-worker buffer pool.
+//!
+//! An idle keep-alive connection holds no read or write buffer. When its socket
+//! becomes readable it takes a buffer here; when the exchange is done the buffer
+//! comes back (cleared). Buffers that grew past [`MAX_POOLED_CAPACITY`] are freed
+//! rather than pooled, and the pool keeps at most [`MAX_POOLED`] buffers, so a
+//! burst does not pin memory forever.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::stats::{gauge, WorkerStats};
+
+/// Capacity of a fresh buffer: one read of a typical request head, or one
+/// typical response, fits.
+pub(crate) const BUFFER_CAPACITY: usize = 8 * 1024;
+
+/// Buffers that grew beyond this (a large head, a burst of pipelined responses)
+/// are not kept.
+pub(crate) const MAX_POOLED_CAPACITY: usize = 64 * 1024;
+
+/// How many free buffers a worker keeps.
+pub(crate) const MAX_POOLED: usize = 1024;
+
+/// A worker's pool of byte buffers. Not `Sync`: each worker owns one.
+#[derive(Debug)]
+pub(crate) struct BufferPool {
+    free: RefCell<Vec<BytesMut>>,
+    stats: Arc<WorkerStats>,
+}
+
+impl BufferPool {
+    pub(crate) fn new(stats: Arc<WorkerStats>) -> BufferPool {
+        BufferPool {
+            free: RefCell::new(Vec::new()),
+            stats,
+        }
+    }
+
+    /// Takes a cleared buffer of at least [`BUFFER_CAPACITY`] bytes.
+    pub(crate) fn take(&self) -> BytesMut {
+        gauge(&self.stats.buffers_checked_out, 1);
+        match self.free.borrow_mut().pop() {
+            Some(buf) => {
+                gauge(&self.stats.buffers_pooled, -1);
+                buf
+            }
+            None => BytesMut::with_capacity(BUFFER_CAPACITY),
+        }
+    }
+
+    /// Gives a buffer back. Its contents are discarded.
+    pub(crate) fn give(&self, mut buf: BytesMut) {
+        gauge(&self.stats.buffers_checked_out, -1);
+        let mut free = self.free.borrow_mut();
+        if buf.capacity() > MAX_POOLED_CAPACITY
+            || buf.capacity() < BUFFER_CAPACITY
+            || free.len() >= MAX_POOLED
+        {
+            return;
+        }
+        buf.clear();
+        free.push(buf);
+        gauge(&self.stats.buffers_pooled, 1);
+    }
+}
+
+impl Drop for BufferPool {
+    fn drop(&mut self) {
+        gauge(
+            &self.stats.buffers_pooled,
+            -(self.free.borrow().len() as i64),
+        );
+    }
+}

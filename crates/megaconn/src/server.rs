@@ -1,0 +1,451 @@
+//! The public face: [`Builder`] (every knob) → [`Server`] (sockets bound, addresses
+//! known) → [`Server::serve`] (workers running until shutdown).
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::Body as HttpBody;
+use tokio::sync::watch;
+use tower_service::Service;
+
+use crate::body::Body;
+use crate::config::{self, Config, KeepaliveConfig, MAX_HEADERS_CEILING};
+use crate::error::Error;
+use crate::limit::ConnectionLimit;
+use crate::stats::{ServerStats, WorkerStats};
+use crate::transport::Transport;
+use crate::worker::{self, WorkerContext, WorkerSetup, WorkerSummary};
+use crate::{http1, BoxError};
+
+/// A megaconn server: bound listeners, ready to serve.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), megaconn::Error> {
+/// # let app = axum::Router::new();
+/// let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap()).listen()?;
+/// println!("listening on {}", server.local_addr());
+/// let summary = server.serve(app).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    config: Arc<Config>,
+    listeners: Vec<Vec<TcpListener>>,
+    local_addrs: Vec<SocketAddr>,
+    max_connections: usize,
+    handle: ServerHandle,
+}
+
+/// Configures a [`Server`]. Every setter documents its default and unit; for
+/// timeouts, `None` disables.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    config: Config,
+}
+
+impl Server {
+    /// Starts configuring a server listening on `addr` (add more with
+    /// [`Builder::listen_on`]). Port 0 picks a free port, shared by all workers.
+    pub fn bind(addr: SocketAddr) -> Builder {
+        Builder::default().listen_on(addr)
+    }
+
+    /// Starts configuring a server with no address yet.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The bound addresses, in the order given (with port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The first bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addrs[0]
+    }
+
+    /// How many worker threads will serve.
+    pub fn workers(&self) -> usize {
+        self.config.workers
+    }
+
+    /// The connection limit in force (configured, or derived from the open-file
+    /// limit).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// A handle to read counters and trigger shutdown from elsewhere.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Serves `service` until [`ServerHandle::shutdown`] is called (or this future
+    /// is dropped), then drains gracefully.
+    pub async fn serve<S, B>(self, service: S) -> Result<ShutdownSummary, Error>
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: 'static,
+        B: HttpBody<Data = Bytes> + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.serve_with_shutdown(service, std::future::pending())
+            .await
+    }
+
+    /// Serves `service` until `signal` completes (or [`ServerHandle::shutdown`] is
+    /// called), then shuts down gracefully: stop accepting, close idle
+    /// connections, let in-flight requests finish (their responses carry
+    /// `Connection: close`) for up to `shutdown_timeout`, then close the rest.
+    pub async fn serve_with_shutdown<S, B, F>(
+        self,
+        service: S,
+        signal: F,
+    ) -> Result<ShutdownSummary, Error>
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: 'static,
+        B: HttpBody<Data = Bytes> + 'static,
+        B::Error: Into<BoxError>,
+        F: Future<Output = ()>,
+    {
+        let Server {
+            config,
+            listeners,
+            max_connections,
+            handle,
+            ..
+        } = self;
+        let limit = ConnectionLimit::new(max_connections);
+        // Dropping this future (or returning) stops the workers.
+        let _stop_on_drop = StopOnDrop(handle.clone());
+        let mut threads = Vec::with_capacity(listeners.len());
+        for (index, listeners) in listeners.into_iter().enumerate() {
+            let setup = WorkerSetup {
+                index,
+                listeners,
+                service: service.clone(),
+                config: config.clone(),
+                stats: handle.workers[index].clone(),
+                limit: limit.clone(),
+                shutdown: handle.shutdown_tx.subscribe(),
+            };
+            let thread = worker::spawn(setup).map_err(|source| Error::Worker {
+                worker: index,
+                source,
+            })?;
+            threads.push(thread);
+        }
+
+        let mut stopped = handle.shutdown_tx.subscribe();
+        tokio::select! {
+            () = signal => {}
+            _ = stopped.wait_for(|stop| *stop) => {}
+        }
+        handle.shutdown();
+
+        // Joining is blocking; do it off the async executor.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let summaries: Vec<WorkerSummary> = threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_default())
+                .collect();
+            let _ = tx.send(summaries);
+        });
+        let summaries = rx.await.unwrap_or_default();
+        let stats = handle.stats();
+        Ok(ShutdownSummary {
+            finished: summaries.iter().map(|s| s.finished).sum(),
+            forced: summaries.iter().map(|s| s.forced).sum(),
+            accepted: stats.accepted,
+            requests: stats.requests,
+        })
+    }
+}
+
+struct StopOnDrop(ServerHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+/// Reads a running server's counters and triggers its shutdown. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    workers: Arc<[Arc<WorkerStats>]>,
+    shutdown_tx: Arc<watch::Sender<bool>>,
+}
+
+impl ServerHandle {
+    /// The server's counters, summed over workers.
+    pub fn stats(&self) -> ServerStats {
+        ServerStats::sum(&self.workers)
+    }
+
+    /// Begins graceful shutdown. Idempotent.
+    pub fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown_tx.borrow()
+    }
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownSummary {
+    /// Connections that were open when shutdown began and closed by themselves
+    /// (idle ones closed at once, active ones after their response).
+    pub finished: usize,
+    /// Connections still open at the `shutdown_timeout` deadline, closed by force.
+    pub forced: usize,
+    /// Connections accepted over the server's life.
+    pub accepted: u64,
+    /// Requests served over the server's life.
+    pub requests: u64,
+}
+
+impl Builder {
+    /// Adds a listen address (IPv4 or IPv6). May be called several times.
+    pub fn listen_on(mut self, addr: SocketAddr) -> Builder {
+        self.config.addrs.push(addr);
+        self
+    }
+
+    /// Worker threads, each with its own runtime and `SO_REUSEPORT` listener per
+    /// address. Default: the number of CPUs this process may use.
+    pub fn workers(mut self, n: usize) -> Builder {
+        self.config.workers = n;
+        self
+    }
+
+    /// Time allowed to receive a whole request head, from accept (first request)
+    /// or from the first byte of a later request. Default: 10 s. A head that
+    /// started but did not finish gets `408`. `None` disables.
+    pub fn read_header_timeout(mut self, t: Option<Duration>) -> Builder {
+        self.config.read_header_timeout = t;
+        self
+    }
+
+    /// Time allowed to receive the request body, from when the head arrived.
+    /// Default: none (uploads may be slow; bound them with `max_body_bytes`).
+    /// `None` disables.
+    pub fn read_timeout(mut self, t: Option<Duration>) -> Builder {
+        self.config.read_timeout = t;
+        self
+    }
+
+    /// Time allowed to write one response, from when the handler returned it.
+    /// Default: none, because streaming responses (SSE, long-poll) are normal
+    /// here. `None` disables.
+    pub fn write_timeout(mut self, t: Option<Duration>) -> Builder {
+        self.config.write_timeout = t;
+        self
+    }
+
+    /// How long a keep-alive connection may wait for its next request. Default:
+    /// 60 s. `None` disables (connections stay until the client closes).
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Builder {
+        self.config.idle_timeout = t;
+        self
+    }
+
+    /// How long graceful shutdown waits for in-flight requests before closing
+    /// them by force. Default: 30 s.
+    pub fn shutdown_timeout(mut self, t: Duration) -> Builder {
+        self.config.shutdown_timeout = t;
+        self
+    }
+
+    /// Largest request line plus headers, in bytes; larger gets `431`. Default:
+    /// 64 KiB.
+    pub fn max_header_bytes(mut self, n: usize) -> Builder {
+        self.config.max_header_bytes = n;
+        self
+    }
+
+    /// Most request headers; more gets `431`. Default: 100; at most 512.
+    pub fn max_headers(mut self, n: usize) -> Builder {
+        self.config.max_headers = n;
+        self
+    }
+
+    /// Largest request body, in bytes. A larger `Content-Length` gets `413`
+    /// before the handler runs; a chunked body that grows past it fails the
+    /// handler's body read and closes the connection. Default: 16 MiB.
+    pub fn max_body_bytes(mut self, n: u64) -> Builder {
+        self.config.max_body_bytes = n;
+        self
+    }
+
+    /// How much unread request body the server discards after a response to keep
+    /// the connection usable; past it the connection closes. Default: 256 KiB.
+    pub fn max_drain_bytes(mut self, n: u64) -> Builder {
+        self.config.max_drain_bytes = n;
+        self
+    }
+
+    /// Most concurrent connections over all workers. At the limit the server
+    /// stops accepting (new connections wait in the backlog) until one closes.
+    /// Default: the open-file limit (raised to its hard cap) minus 256.
+    pub fn max_connections(mut self, n: usize) -> Builder {
+        self.config.max_connections = Some(n);
+        self
+    }
+
+    /// Whether connections are kept open between requests. Default: true.
+    pub fn keep_alive(mut self, on: bool) -> Builder {
+        self.config.keep_alive = on;
+        self
+    }
+
+    /// A `Server` header added to responses that have none. Default: none.
+    pub fn server_header(mut self, value: Option<&str>) -> Builder {
+        self.config.server_header = value.and_then(|v| HeaderValue::from_str(v).ok());
+        self
+    }
+
+    /// Listen backlog. Default: 4096 (the kernel caps it at `net.core.somaxconn`).
+    pub fn backlog(mut self, n: u32) -> Builder {
+        self.config.backlog = n;
+        self
+    }
+
+    /// `TCP_NODELAY` on accepted sockets. Default: on (responses leave at once).
+    pub fn nodelay(mut self, on: bool) -> Builder {
+        self.config.nodelay = on;
+        self
+    }
+
+    /// `TCP_DEFER_ACCEPT` (Linux): accept only once the client sent data, waiting
+    /// at most this long. Default: off.
+    pub fn defer_accept(mut self, wait: Option<Duration>) -> Builder {
+        self.config.defer_accept = wait;
+        self
+    }
+
+    /// TCP keepalive probes. Default: off (HTTP idle timeouts cover most cases).
+    pub fn tcp_keepalive(mut self, keepalive: Option<KeepaliveConfig>) -> Builder {
+        self.config.tcp_keepalive = keepalive;
+        self
+    }
+
+    /// `SO_RCVBUF` in bytes. Default: the kernel's (autotuned).
+    pub fn recv_buffer_size(mut self, n: Option<usize>) -> Builder {
+        self.config.recv_buffer_size = n;
+        self
+    }
+
+    /// `SO_SNDBUF` in bytes. Default: the kernel's (autotuned).
+    pub fn send_buffer_size(mut self, n: Option<usize>) -> Builder {
+        self.config.send_buffer_size = n;
+        self
+    }
+
+    /// Allow sharing the port with other processes that also use `SO_REUSEPORT`
+    /// (megaconn's own worker processes). Default: false, so a port already in
+    /// use is an error rather than a silent share.
+    pub fn reuse_port_shared(mut self, on: bool) -> Builder {
+        self.config.reuse_port_shared = on;
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let c = &self.config;
+        if c.workers == 0 {
+            return Err(Error::Config("workers must be at least 1".into()));
+        }
+        if c.max_headers == 0 || c.max_headers > MAX_HEADERS_CEILING {
+            return Err(Error::Config(format!(
+                "max_headers must be between 1 and {MAX_HEADERS_CEILING}"
+            )));
+        }
+        if c.max_header_bytes < 64 {
+            return Err(Error::Config("max_header_bytes must be at least 64".into()));
+        }
+        if c.max_connections == Some(0) {
+            return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Validates the configuration and binds every listener (one per worker per
+    /// address). Errors here, not later: a port in use, a bad address, a bad knob.
+    pub fn listen(self) -> Result<Server, Error> {
+        self.validate()?;
+        let mut config = self.config;
+        let listeners = crate::socket::bind_all(&config)?;
+        let local_addrs = listeners[0]
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Listen {
+                addr: config.addrs[0],
+                source,
+            })?;
+        config.addrs.clone_from(&local_addrs);
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(config::default_max_connections);
+        let workers: Arc<[Arc<WorkerStats>]> = (0..config.workers)
+            .map(|_| Arc::new(WorkerStats::default()))
+            .collect();
+        let (shutdown_tx, _) = watch::channel(false);
+        Ok(Server {
+            config: Arc::new(config),
+            listeners,
+            local_addrs,
+            max_connections,
+            handle: ServerHandle {
+                workers,
+                shutdown_tx: Arc::new(shutdown_tx),
+            },
+        })
+    }
+
+    /// Binds and serves until `handle.shutdown()`; see [`Server::serve`].
+    pub async fn serve<S, B>(self, service: S) -> Result<ShutdownSummary, Error>
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: 'static,
+        B: HttpBody<Data = Bytes> + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.listen()?.serve(service).await
+    }
+
+    /// Serves HTTP/1.1 on one already-connected stream, on the current task, with
+    /// this builder's settings (addresses, workers and limits on connections do
+    /// not apply). For custom transports, and for tests on in-memory streams or
+    /// with paused time.
+    pub async fn serve_connection<T, S, B>(&self, io: T, service: S)
+    where
+        T: Transport + Send + 'static,
+        S: Service<Request<Body>, Response = Response<B>>,
+        S::Error: Into<BoxError>,
+        B: HttpBody<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let ctx = Rc::new(WorkerContext::new(
+            0,
+            Arc::new(self.config.clone()),
+            Arc::new(WorkerStats::default()),
+        ));
+        http1::serve_connection(io, service, ctx).await;
+    }
+}

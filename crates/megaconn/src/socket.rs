@@ -1,0 +1,129 @@
+//! Listening sockets, made with `socket2` so every option is explicit.
+//!
+//! Each worker gets its own `SO_REUSEPORT` listener per address and the kernel
+//! balances new connections across them; no worker steals from another and there
+//! is no shared accept queue lock. Options set on the listener (buffer sizes,
+//! keepalive) are inherited by accepted sockets, so they cost nothing per accept.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// Binds `config.workers` listeners for every address; `result[w]` holds worker
+/// `w`'s listeners, in address order.
+pub(crate) fn bind_all(config: &Config) -> Result<Vec<Vec<TcpListener>>, Error> {
+    if config.addrs.is_empty() {
+        return Err(Error::NoAddress);
+    }
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..config.workers).map(|_| Vec::new()).collect();
+    for &requested in &config.addrs {
+        if !config.reuse_port_shared && requested.port() != 0 {
+            probe_free(requested)?;
+        }
+        // Port 0 resolves on the first bind; the other workers join that port.
+        let mut addr = requested;
+        for listeners in per_worker.iter_mut() {
+            let listener = bind_one(addr, config).map_err(|source| listen_error(addr, source))?;
+            addr = listener
+                .local_addr()
+                .map_err(|source| listen_error(addr, source))?;
+            listeners.push(listener);
+        }
+    }
+    Ok(per_worker)
+}
+
+fn listen_error(addr: SocketAddr, source: io::Error) -> Error {
+    if source.kind() == io::ErrorKind::AddrInUse {
+        Error::AddrInUse { addr }
+    } else {
+        Error::Listen { addr, source }
+    }
+}
+
+/// `SO_REUSEPORT` would let us silently share a port with another program running
+/// as the same user. Binding once without it first turns that into an error.
+fn probe_free(addr: SocketAddr) -> Result<(), Error> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|source| listen_error(addr, source))?;
+    probe
+        .set_reuse_address(true)
+        .map_err(|source| listen_error(addr, source))?;
+    if addr.is_ipv6() {
+        probe
+            .set_only_v6(true)
+            .map_err(|source| listen_error(addr, source))?;
+    }
+    probe
+        .bind(&addr.into())
+        .map_err(|source| listen_error(addr, source))
+}
+
+fn bind_one(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nodelay(config.nodelay)?;
+    if let Some(size) = config.recv_buffer_size {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(size) = config.send_buffer_size {
+        socket.set_send_buffer_size(size)?;
+    }
+    if let Some(ka) = config.tcp_keepalive {
+        let params = TcpKeepalive::new()
+            .with_time(ka.idle)
+            .with_interval(ka.interval)
+            .with_retries(ka.count);
+        socket.set_tcp_keepalive(&params)?;
+    }
+    if let Some(wait) = config.defer_accept {
+        set_defer_accept(&socket, wait)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+/// `TCP_DEFER_ACCEPT`: the kernel wakes us only once the client sent data, so a
+/// silent connection never reaches user space until it speaks.
+#[cfg(target_os = "linux")]
+fn set_defer_accept(socket: &Socket, wait: std::time::Duration) -> io::Result<()> {
+    let secs = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a plain setsockopt with an int option value that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_defer_accept(_socket: &Socket, _wait: std::time::Duration) -> io::Result<()> {
+    Ok(())
+}
+
+/// Per accepted socket: `TCP_NODELAY` (not reliably inherited on every OS).
+pub(crate) fn configure_accepted(stream: &tokio::net::TcpStream, config: &Config) {
+    if config.nodelay {
+        let _ = SockRef::from(stream).set_nodelay(true);
+    }
+}

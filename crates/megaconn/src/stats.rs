@@ -1,0 +1,92 @@
+//! Per-worker counters, summed when read.
+//!
+//! Each worker writes only its own [`WorkerStats`] (relaxed atomics on a cache
+//! line nobody else writes), so counting costs no contention; readers such as
+//! [`ServerHandle::stats`](crate::ServerHandle::stats) add the workers up.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Counters of one worker. Gauges are signed so a transient underflow from
+/// racing readers cannot wrap.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct WorkerStats {
+    pub connections_open: AtomicI64,
+    pub connections_idle: AtomicI64,
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    pub requests: AtomicU64,
+    pub panics: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub buffers_checked_out: AtomicI64,
+    pub buffers_pooled: AtomicI64,
+}
+
+/// Adds one to a counter.
+pub(crate) fn incr(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+/// Moves a gauge by `delta`.
+pub(crate) fn gauge(g: &AtomicI64, delta: i64) {
+    g.fetch_add(delta, Relaxed);
+}
+
+/// A snapshot of the whole server's counters, summed over workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Connections open now.
+    pub connections_open: i64,
+    /// Open connections waiting for their next request (keep-alive idle).
+    pub connections_idle: i64,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections closed since start.
+    pub closed: u64,
+    /// Requests whose head was parsed and handed to the service.
+    pub requests: u64,
+    /// Handlers (or response bodies) that panicked; each got a 500 or a close.
+    pub panics: u64,
+    /// Handlers dropped because the client went away while they ran.
+    pub cancelled: u64,
+    /// Connections closed by a header, idle, read or write timeout.
+    pub timeouts: u64,
+    /// Requests rejected as malformed or over a limit (a 4xx/5xx was sent).
+    pub protocol_errors: u64,
+    /// Failed `accept` calls (EMFILE and friends).
+    pub accept_errors: u64,
+    /// Read/write buffers currently taken from the worker pools.
+    pub buffers_checked_out: i64,
+    /// Buffers resting in the worker pools, ready for reuse.
+    pub buffers_pooled: i64,
+    /// Open connections per worker, to show the kernel's balance.
+    pub connections_per_worker: Vec<i64>,
+}
+
+impl ServerStats {
+    pub(crate) fn sum(workers: &[Arc<WorkerStats>]) -> ServerStats {
+        let mut s = ServerStats::default();
+        for w in workers {
+            let open = w.connections_open.load(Relaxed);
+            s.connections_open += open;
+            s.connections_per_worker.push(open);
+            s.connections_idle += w.connections_idle.load(Relaxed);
+            s.accepted += w.accepted.load(Relaxed);
+            s.closed += w.closed.load(Relaxed);
+            s.requests += w.requests.load(Relaxed);
+            s.panics += w.panics.load(Relaxed);
+            s.cancelled += w.cancelled.load(Relaxed);
+            s.timeouts += w.timeouts.load(Relaxed);
+            s.protocol_errors += w.protocol_errors.load(Relaxed);
+            s.accept_errors += w.accept_errors.load(Relaxed);
+            s.buffers_checked_out += w.buffers_checked_out.load(Relaxed);
+            s.buffers_pooled += w.buffers_pooled.load(Relaxed);
+        }
+        s
+    }
+}

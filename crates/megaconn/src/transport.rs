@@ -1,0 +1,38 @@
+//! What the connection engine needs from a byte stream.
+//!
+//! Any `AsyncRead + AsyncWrite` works; [`Transport::poll_read_ready`] lets an idle
+//! connection wait for bytes *without* holding a read buffer. Streams that cannot
+//! report readiness (in-memory pipes, TLS streams with buffered plaintext) keep
+//! the default, which says "ready" so the engine simply reads.
+
+use std::io;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+
+/// A byte stream the HTTP/1 engine can serve.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Polls until the stream has bytes (or EOF, or an error) to read.
+    ///
+    /// The default is always ready, which is correct but makes an idle connection
+    /// hold a read buffer while it waits.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Transport for UnixStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        UnixStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Transport for tokio::io::DuplexStream {}
