@@ -26,7 +26,7 @@
 #   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
 #
 # Env: N (15000), RAMP (5000 connections/s), SOURCE (127.0.0.2-127.0.0.9),
-#   PORT (18090), SERVERS ("megaconn go nginx axum"), OPEN_TIMEOUT (120 s),
+#   PORT (first free from 38090), SERVERS ("megaconn go nginx axum"), OPEN_TIMEOUT (120 s),
 #   SETTLE (3 s), HOLD_PROCESSES (unset: hold decides).
 # Output: raw JSON in bench/out/idle-memory-<stamp>/ (results.jsonl, hold JSON)
 #   and markdown tables on stdout (also table.md there).
@@ -38,7 +38,7 @@ set -euo pipefail
 N="${N:-15000}"
 RAMP="${RAMP:-5000}"
 SOURCE="${SOURCE:-127.0.0.2-127.0.0.9}"
-PORT="${PORT:-18090}"
+PORT="${PORT:-$(free_port 38090)}"
 SERVERS="${SERVERS:-megaconn go nginx axum}"
 OPEN_TIMEOUT="${OPEN_TIMEOUT:-120}"
 SETTLE="${SETTLE:-3}"

@@ -34,6 +34,7 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 OUT_DIR="$BENCH_DIR/out"
 RUN_DIR="$OUT_DIR/run"
+MEGACONN_USER="${MEGACONN:-}"
 MEGACONN="${MEGACONN:-$REPO_ROOT/target/release/megaconn}"
 GO_HELLO="$BENCH_DIR/peers/go-hello/target/go-hello"
 AXUM_HELLO="$BENCH_DIR/peers/axum-hello/target/release/axum-hello"
@@ -89,6 +90,15 @@ bench_build() {
       log "WARNING: megaconn build failed; megaconn runs are skipped"
     fi
   fi
+  # Run a private copy, so that a rebuild of target/ during the run (other
+  # people build on this machine too) cannot change the binary under test.
+  if [[ -z "$MEGACONN_USER" && -x "$REPO_ROOT/target/release/megaconn" ]]; then
+    mkdir -p "$RUN_DIR"
+    cp -f "$REPO_ROOT/target/release/megaconn" "$RUN_DIR/megaconn"
+    MEGACONN="$RUN_DIR/megaconn"
+    MEGACONN_USER="$MEGACONN"
+    (cd "$REPO_ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) >"$RUN_DIR/megaconn.version"
+  fi
   megaconn_has serve && MEGACONN_SERVE_OK=1
   megaconn_has load && MEGACONN_LOAD_OK=1
   megaconn_has hold && MEGACONN_HOLD_OK=1
@@ -127,6 +137,17 @@ wait_http() {
   return 1
 }
 
+port_listening() { [[ -n "$(ss -Hltn "( sport = :$1 )" 2>/dev/null)" ]]; }
+
+# First port at or above $1 that nothing listens on (checks 200 ports).
+free_port() {
+  local p
+  for ((p = $1; p < $1 + 200; p++)); do
+    port_listening "$p" || { echo "$p"; return 0; }
+  done
+  die "no free port in $1..$(($1 + 199))"
+}
+
 # All descendants of PID (children, grandchildren...), one per line.
 pid_descendants() {
   local kid
@@ -139,6 +160,10 @@ pid_descendants() {
 server_start() { # NAME PORT [WORKERS]
   local name=$1 port=$2 workers=${3:-1} log_file
   mkdir -p "$RUN_DIR"
+  if port_listening "$port"; then
+    log "port $port is already in use by another program: $(ss -Hltnp "( sport = :$port )" | head -1)"
+    return 1
+  fi
   log_file="$RUN_DIR/$name-$port.log"
   SERVER_NAME=$name
   case "$name" in
@@ -166,7 +191,7 @@ server_start() { # NAME PORT [WORKERS]
     *) die "unknown server $name" ;;
   esac
   SERVER_PID=$!
-  if ! wait_http "$port" 20; then
+  if ! wait_http "$port" 20 || ! kill -0 "$SERVER_PID" 2>/dev/null; then
     log "server $name did not answer on :$port; log follows"
     cat "$log_file" >&2 || true
     server_stop
@@ -300,5 +325,5 @@ bench_machine_info() {
   echo "- kernel: $(uname -srm)"
   echo "- CPU: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
   echo "- go: $(go version 2>/dev/null | awk '{ print $3 }'); nginx: $(nginx -v 2>&1 | sed 's|.*nginx/||'); rustc: $(rustc --version 2>/dev/null | awk '{ print $2 }'); wrk: $(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
-  echo "- megaconn: $(cd "$REPO_ROOT" && git rev-parse --short HEAD 2>/dev/null || echo 'no commit') ($MEGACONN)"
+  echo "- megaconn: built from $(cat "$RUN_DIR/megaconn.version" 2>/dev/null || echo '?') (git describe --dirty of the work tree at build time)"
 }

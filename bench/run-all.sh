@@ -23,6 +23,7 @@ t0=$SECONDS
 bench_install_deps
 bench_build
 build_secs=$((SECONDS - t0))
+export MEGACONN  # both scripts use the same snapshot of the binary
 mkdir -p "$OUT_DIR"
 
 run_script() { # name -> runs bench/NAME.sh, output in $OUT_DIR/NAME.last.md
@@ -65,7 +66,7 @@ status_line() { # rc secs
   echo
   echo "## Commands"
   echo
-  echo "Servers, each alone, pinned to core $SERVER_CPU with one worker/thread (PORT 18080 for throughput, 18090 for idle memory):"
+  echo "Servers, each alone, pinned to core $SERVER_CPU with one worker/thread (PORT: the first free port from 38080 for throughput, from 38090 for idle memory):"
   echo
   echo '```'
   echo "taskset -c $SERVER_CPU target/release/megaconn serve --listen 127.0.0.1:PORT --workers 1"
@@ -77,17 +78,17 @@ status_line() { # rc secs
   echo "Load (throughput.sh), pinned to core $LOAD_CPU, after a 1 s warm-up; ${ROUNDS:-3} interleaved rounds of each:"
   echo
   echo '```'
-  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:18080/ -t 1 -d ${DURATION:-5s} -c 64 --json F"
-  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:18080/ -t 1 -d ${DURATION:-5s} -c 512 --json F"
-  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:18080/ -t 1 -d ${DURATION:-5s} -c ${RATE_CONNS:-64} --rate ${RATE:-20000} --json F"
-  echo "taskset -c $LOAD_CPU /usr/bin/time wrk -t1 -c64 -d${WRK_DURATION:-5s} -s bench/wrk-json.lua http://127.0.0.1:18080/   # cross-check"
+  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c 64 --json F"
+  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c 512 --json F"
+  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c ${RATE_CONNS:-64} --rate ${RATE:-20000} --json F"
+  echo "taskset -c $LOAD_CPU /usr/bin/time wrk -t1 -c64 -d${WRK_DURATION:-5s} -s bench/wrk-json.lua http://127.0.0.1:PORT/   # cross-check"
   echo '```'
   echo
   echo "Idle connections (idle-memory.sh):"
   echo
   echo '```'
-  echo "taskset -c $LOAD_CPU megaconn hold http://127.0.0.1:18090/ -c ${N:-15000} --ramp ${RAMP:-5000} --source ${SOURCE:-127.0.0.2-127.0.0.9} --interval 3600s --duration D --json F"
-  echo "taskset -c $LOAD_CPU megaconn hold http://127.0.0.1:18090/echo -c ${N:-15000} --ramp ${RAMP:-5000} --source ${SOURCE:-127.0.0.2-127.0.0.9} --interval 3600s --duration D -m POST --body @4KiB-file --json F"
+  echo "taskset -c $LOAD_CPU megaconn hold http://127.0.0.1:PORT/ -c ${N:-15000} --ramp ${RAMP:-5000} --source ${SOURCE:-127.0.0.2-127.0.0.9} --interval 3600s --duration D --json F"
+  echo "taskset -c $LOAD_CPU megaconn hold http://127.0.0.1:PORT/echo -c ${N:-15000} --ramp ${RAMP:-5000} --source ${SOURCE:-127.0.0.2-127.0.0.9} --interval 3600s --duration D -m POST --body @4KiB-file --json F"
   echo '```'
   echo
   echo "## Throughput"

@@ -19,7 +19,7 @@
 # Sets sysctls: net.ipv4.ip_local_port_range="1024 65535",
 #   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
 #
-# Env: ROUNDS (3), DURATION (5s), RATE (20000), RATE_CONNS (64), PORT (18080),
+# Env: ROUNDS (3), DURATION (5s), RATE (20000), RATE_CONNS (64), PORT (first free from 38080),
 #   SERVERS ("megaconn go nginx axum"), WRK_DURATION (5s), WRK=0 to skip wrk.
 # Output: raw JSON in bench/out/throughput-<stamp>/ (runs.jsonl, wrk.jsonl,
 #   summary.json) and the markdown tables on stdout (also table.md there).
@@ -32,7 +32,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5s}"
 RATE="${RATE:-20000}"
 RATE_CONNS="${RATE_CONNS:-64}"
-PORT="${PORT:-18080}"
+PORT="${PORT:-$(free_port 38080)}"
 SERVERS="${SERVERS:-megaconn go nginx axum}"
 WRK_DURATION="${WRK_DURATION:-5s}"
 WRK="${WRK:-1}"
