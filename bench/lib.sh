@@ -27,7 +27,7 @@
 #   established_count PORT   server-side established TCP connections on PORT
 #   bench_cleanup        kills every process the scripts started (used by traps)
 #
-# Environment knobs: SERVER_CPU (1), LOAD_CPU (0), MEGACONN (path of the binary,
+# Environment knobs: MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments), SERVER_CPU (1), LOAD_CPU (0), MEGACONN (path of the binary,
 # default target/release/megaconn), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1.
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -169,8 +169,9 @@ server_start() { # NAME PORT [WORKERS]
   case "$name" in
     megaconn)
       [[ "$MEGACONN_SERVE_OK" == 1 ]] || die "megaconn serve is not available"
+      # shellcheck disable=SC2086  # MEGACONN_SERVE_ARGS is a word list
       taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$port" \
-        --workers "$workers" >"$log_file" 2>&1 &
+        --workers "$workers" ${MEGACONN_SERVE_ARGS:-} >"$log_file" 2>&1 &
       ;;
     go)
       GOMAXPROCS=$workers taskset -c "$SERVER_CPU" "$GO_HELLO" -listen "127.0.0.1:$port" \
