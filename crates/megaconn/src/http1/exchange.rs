@@ -103,6 +103,7 @@ pin_project_lite::pin_project! {
         response_done: bool,
         upgrading: Option<UpgradeSender>,
         close_reason: Option<CloseReason>,
+        deferred_head: Option<(http::response::Parts, Option<u64>)>,
     }
 }
 
@@ -133,6 +134,7 @@ where
             response_done: false,
             upgrading: None,
             close_reason: None,
+            deferred_head: None,
         }
     }
 
@@ -307,21 +309,59 @@ where
             }
         }
     }
-    let ctx = &this.conn.ctx;
-    let mut keep_alive =
-        this.setup.keep_alive && ctx.config.keep_alive && !ctx.shutdown.is_started();
-    if this.setup.expect == Continue::Awaiting && this.setup.decoder.is_some() {
-        // The client still holds the body back: we will not read it, so the
-        // connection cannot be reused.
-        keep_alive = false;
-        *this.close_reason = Some(CloseReason::UnreadBody);
-    }
     let body_length = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse::<u64>().ok())
         .or_else(|| body.size_hint().exact());
+    let has_body = !(this.setup.is_head
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+        || this.upgrading.is_some());
+    if has_body {
+        this.body.set(Some(body));
+    } else {
+        *this.response_done = true;
+    }
+    // While the client waits for `100 Continue`, the head waits for the body's
+    // first frame: a body that streams the request (an echo) asks for the
+    // request body first, and `100 Continue` must precede the final head.
+    if has_body && this.setup.expect == Continue::Awaiting && this.setup.decoder.is_some() {
+        *this.deferred_head = Some((parts, body_length));
+    } else {
+        write_head(this, parts, body_length);
+    }
+    let write_timeout = this.conn.ctx.config.write_timeout;
+    match write_timeout {
+        Some(t) => {
+            this.deadline.set(Some(tokio::time::sleep(t)));
+            *this.deadline_kind = DeadlineKind::Write;
+        }
+        None if this.setup.decoder.is_none() => this.deadline.set(None),
+        None => {}
+    }
+    Ok(true)
+}
+
+/// Encodes the response head and picks the body encoder.
+fn write_head<T, F, B>(
+    this: &mut Proj<'_, '_, T, F, B>,
+    parts: http::response::Parts,
+    body_length: Option<u64>,
+) where
+    T: Transport,
+{
+    let ctx = &this.conn.ctx;
+    let mut keep_alive =
+        this.setup.keep_alive && ctx.config.keep_alive && !ctx.shutdown.is_started();
+    if this.setup.expect == Continue::Awaiting && this.setup.decoder.is_some() {
+        // The client still holds the body back and nobody asked for it: we will
+        // not read it, so the connection cannot be reused.
+        keep_alive = false;
+        *this.close_reason = Some(CloseReason::UnreadBody);
+    }
     let server_header = ctx.config.server_header.clone();
     let head_ctx = HeadContext {
         request_method_is_head: this.setup.is_head,
@@ -338,21 +378,6 @@ where
     );
     this.setup.keep_alive = keep_alive && this.upgrading.is_none();
     *this.encoder = Some(encoder);
-    if encoder == Encoder::NoBody || this.upgrading.is_some() {
-        *this.response_done = true;
-    } else {
-        this.body.set(Some(body));
-    }
-    let write_timeout = this.conn.ctx.config.write_timeout;
-    match write_timeout {
-        Some(t) => {
-            this.deadline.set(Some(tokio::time::sleep(t)));
-            *this.deadline_kind = DeadlineKind::Write;
-        }
-        None if this.setup.decoder.is_none() => this.deadline.set(None),
-        None => {}
-    }
-    Ok(true)
 }
 
 /// Moves request body bytes from the socket to the handler, or drains what the
@@ -557,6 +582,9 @@ where
             }
         };
         progress = true;
+        if let Some((parts, body_length)) = this.deferred_head.take() {
+            write_head(this, parts, body_length);
+        }
         let encoder = this.encoder.as_mut().expect("head written before body");
         let wbuf = this.conn.wbuf();
         let result = match frame {

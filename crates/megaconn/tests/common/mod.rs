@@ -1,0 +1,425 @@
+//! Shared test fixtures: a test app with routes for every behaviour under test,
+//! a server started on 127.0.0.1:0, and a raw HTTP/1.1 response reader for tests
+//! that speak bytes over a `TcpStream`.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use megaconn::{Body, BoxError, Builder, OnUpgrade, ServerHandle, ShutdownSummary};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+/// Upper bound for any single wait in a test: reached only when a test fails.
+pub const SAFETY: Duration = Duration::from_secs(20);
+
+pub type TestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What the test app reports to the test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started(String),
+    Finished(String),
+    Cancelled(String),
+}
+
+/// The test app. Routes:
+/// `/` hello · `/echo` stream the body back · `/collect` read the whole body
+/// (400 on a body error) · `/ignore-body` answer without reading ·
+/// `/status/N` empty response with status N · `/chunked` body of unknown length ·
+/// `/panic` sync panic · `/panic-async` panic inside the future ·
+/// `/wait` block until `release` is notified · `/forever-body` a body that never
+/// ends · `/upgrade` 101 then echo raw bytes.
+#[derive(Clone)]
+pub struct TestApp {
+    pub events: mpsc::UnboundedSender<Event>,
+    pub release: Arc<Notify>,
+}
+
+pub struct AppProbe {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub release: Arc<Notify>,
+}
+
+impl AppProbe {
+    pub async fn next_event(&mut self) -> Event {
+        tokio::time::timeout(SAFETY, self.events.recv())
+            .await
+            .expect("timed out waiting for an app event")
+            .expect("app gone")
+    }
+}
+
+pub fn test_app() -> (TestApp, AppProbe) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let release = Arc::new(Notify::new());
+    (
+        TestApp {
+            events: tx,
+            release: release.clone(),
+        },
+        AppProbe {
+            events: rx,
+            release,
+        },
+    )
+}
+
+pub fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+/// Sends `Cancelled` unless defused: tells the test the handler was dropped.
+struct CancelGuard {
+    events: mpsc::UnboundedSender<Event>,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.events.send(Event::Cancelled(self.name.clone()));
+        }
+    }
+}
+
+impl tower::Service<Request<Body>> for TestApp {
+    type Response = Response<TestBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<TestBody>, Infallible>>>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        if path == "/panic" {
+            panic!("sync panic in call");
+        }
+        let events = self.events.clone();
+        let release = self.release.clone();
+        Box::pin(async move {
+            let res = match path.as_str() {
+                "/" => full(StatusCode::OK, "Hello, World!"),
+                "/echo" => Response::new(req.into_body().map_err(BoxError::from).boxed_unsync()),
+                "/collect" => match req.into_body().collect().await {
+                    Ok(c) => full(StatusCode::OK, format!("{}", c.to_bytes().len())),
+                    Err(e) => full(StatusCode::BAD_REQUEST, e.to_string()),
+                },
+                "/ignore-body" => full(StatusCode::OK, "ignored"),
+                p if p.starts_with("/status/") => {
+                    let code: u16 = p["/status/".len()..].parse().unwrap();
+                    let mut r = full(StatusCode::from_u16(code).unwrap(), "");
+                    r.headers_mut().insert(
+                        header::CONTENT_LENGTH,
+                        header::HeaderValue::from_static("0"),
+                    );
+                    r
+                }
+                "/chunked" => {
+                    let chunks = ["one,", "two,", "three"]
+                        .into_iter()
+                        .map(|c| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(c))));
+                    Response::new(
+                        StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync(),
+                    )
+                }
+                "/panic-async" => panic!("panic inside the handler future"),
+                "/wait" => {
+                    let mut guard = CancelGuard {
+                        events: events.clone(),
+                        name: path.clone(),
+                        armed: true,
+                    };
+                    let _ = events.send(Event::Started(path.clone()));
+                    release.notified().await;
+                    guard.armed = false;
+                    let _ = events.send(Event::Finished(path.clone()));
+                    full(StatusCode::OK, "released")
+                }
+                "/forever-body" => Response::new(
+                    StreamBody::new(futures_util::stream::pending::<
+                        Result<http_body::Frame<Bytes>, BoxError>,
+                    >())
+                    .boxed_unsync(),
+                ),
+                "/upgrade" => {
+                    let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
+                    match on_upgrade {
+                        Some(on_upgrade) => {
+                            tokio::task::spawn_local(async move {
+                                let mut io = on_upgrade.await.expect("upgraded");
+                                let mut buf = [0u8; 64];
+                                loop {
+                                    let n = io.read(&mut buf).await.unwrap_or(0);
+                                    if n == 0 {
+                                        break;
+                                    }
+                                    io.write_all(&buf[..n]).await.unwrap();
+                                }
+                            });
+                            let mut r = full(StatusCode::SWITCHING_PROTOCOLS, "");
+                            r.headers_mut()
+                                .insert(header::UPGRADE, header::HeaderValue::from_static("echo"));
+                            r
+                        }
+                        None => full(StatusCode::BAD_REQUEST, "not an upgrade request"),
+                    }
+                }
+                _ => full(StatusCode::NOT_FOUND, "not found"),
+            };
+            Ok(res)
+        })
+    }
+}
+
+/// A server running the test app in the background.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    pub probe: AppProbe,
+    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
+}
+
+impl TestServer {
+    /// Starts `builder` (address 127.0.0.1:0 is added) with the test app.
+    pub async fn start(builder: Builder) -> TestServer {
+        let server = builder
+            .listen_on("127.0.0.1:0".parse().unwrap())
+            .listen()
+            .expect("server binds");
+        let addr = server.local_addr();
+        let handle = server.handle();
+        let (app, probe) = test_app();
+        let task = tokio::spawn(server.serve(app));
+        TestServer {
+            addr,
+            handle,
+            probe,
+            task,
+        }
+    }
+
+    /// A default server with one worker and short-but-safe settings.
+    pub async fn default() -> TestServer {
+        TestServer::start(
+            megaconn::Server::builder()
+                .workers(1)
+                .max_body_bytes(1 << 20),
+        )
+        .await
+    }
+
+    pub async fn connect(&self) -> TcpStream {
+        TcpStream::connect(self.addr).await.expect("connect")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Shuts down and returns the summary.
+    pub async fn stop(self) -> ShutdownSummary {
+        self.handle.shutdown();
+        tokio::time::timeout(SAFETY, self.task)
+            .await
+            .expect("server stops")
+            .expect("server task")
+            .expect("serve result")
+    }
+
+    /// Waits (bounded) until the server's counters satisfy `cond`.
+    pub async fn wait_stats(&self, what: &str, cond: impl Fn(&megaconn::ServerStats) -> bool) {
+        let deadline = tokio::time::Instant::now() + SAFETY;
+        loop {
+            let s = self.handle.stats();
+            if cond(&s) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// One plain GET on a fresh connection; asserts 200 Hello.
+    pub async fn assert_healthy(&self) {
+        let mut s = self.connect().await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_response(&mut s).await;
+        assert_eq!(r.status, 200, "server still serves");
+        assert_eq!(r.body, b"Hello, World!");
+    }
+}
+
+/// A response read off the wire.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads bytes until at least `buf` has one complete response; returns it and
+/// leaves any extra bytes in `buf`.
+pub async fn read_response_buffered<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+) -> RawResponse {
+    tokio::time::timeout(SAFETY, async {
+        loop {
+            if let Some((resp, used)) = try_parse_response(buf, head_request) {
+                buf.drain(..used);
+                return resp;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = io.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "connection closed before a full response: {:?}",
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("timed out reading a response")
+}
+
+pub async fn read_response<R: AsyncRead + Unpin>(io: &mut R) -> RawResponse {
+    let mut buf = Vec::new();
+    read_response_buffered(io, &mut buf, false).await
+}
+
+/// Parses a response if `buf` holds a complete one (Content-Length, chunked,
+/// or no body for 1xx/204/304/HEAD).
+pub fn try_parse_response(buf: &[u8], head_request: bool) -> Option<(RawResponse, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf).expect("valid response head") {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return None,
+    };
+    let status = resp.code.unwrap();
+    let headers: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).to_string(),
+            )
+        })
+        .collect();
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    let rest = &buf[head_len..];
+    let no_body = head_request || status < 200 || status == 204 || status == 304;
+    if no_body {
+        return Some((
+            RawResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            },
+            head_len,
+        ));
+    }
+    if let Some(len) = find("content-length") {
+        let len: usize = len.parse().unwrap();
+        if rest.len() < len {
+            return None;
+        }
+        let body = rest[..len].to_vec();
+        return Some((
+            RawResponse {
+                status,
+                headers,
+                body,
+            },
+            head_len + len,
+        ));
+    }
+    if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        let mut body = Vec::new();
+        let mut pos = 0;
+        loop {
+            let line_end = rest[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[pos..line_end]).unwrap(), 16)
+                    .unwrap();
+            pos = line_end + 2;
+            if size == 0 {
+                // Trailers (none expected in these tests) then CRLF.
+                let end = rest[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
+                return Some((
+                    RawResponse {
+                        status,
+                        headers,
+                        body,
+                    },
+                    head_len + end + 2,
+                ));
+            }
+            if rest.len() < pos + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&rest[pos..pos + size]);
+            pos += size + 2;
+        }
+    }
+    None // close-delimited: caller reads to EOF
+}
+
+/// Reads until the server closes the connection (bounded).
+pub async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(SAFETY, async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("server did not close the connection");
+    out
+}

@@ -1,0 +1,212 @@
+//! Table-driven malformed input: each case is sent raw over a real socket, the
+//! exact status (or a close without a response) is asserted, and the server must
+//! still serve a normal request afterwards.
+
+mod common;
+
+use common::{read_to_close, TestServer};
+use tokio::io::AsyncWriteExt;
+
+/// What the server must do with a malformed request.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Answer with this status, then close.
+    Status(u16),
+}
+
+struct Case {
+    name: &'static str,
+    request: Vec<u8>,
+    /// Half-close our side after sending (premature EOF cases).
+    half_close: bool,
+    expect: Expect,
+}
+
+fn case(name: &'static str, request: impl AsRef<[u8]>, expect: Expect) -> Case {
+    Case {
+        name,
+        request: request.as_ref().to_vec(),
+        half_close: false,
+        expect,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    use Expect::Status;
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(70 * 1024));
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..120)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let ext_abuse = format!(
+        "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+        (0..20)
+            .map(|_| format!("1;{}\r\nx\r\n", "e".repeat(1000)))
+            .collect::<String>()
+    );
+    let mut v = vec![
+        // Request line
+        case("garbage request line", "GARBAGE\r\n\r\n", Status(400)),
+        case("method only", "GET\r\n\r\n", Status(400)),
+        case("double space in request line", "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
+        case("trailing junk after version", "GET / HTTP/1.1 extra\r\nHost: a\r\n\r\n", Status(400)),
+        case("HTTP/2.0 version", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", Status(505)),
+        case("HTTP/1.2 version", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", Status(505)),
+        case("not HTTP", "GET / FOO/1.1\r\nHost: a\r\n\r\n", Status(505)),
+        case("NUL in target", "GET /\0x HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
+        case("target without slash", "GET foo HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
+        case("asterisk target on GET", "GET * HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
+        case("CONNECT with a path", "CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
+        case("oversized URI", long_uri, Status(431)),
+        // Header syntax
+        case("space in header name", "GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n", Status(400)),
+        case("space before colon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", Status(400)),
+        case("header without colon", "GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", Status(400)),
+        case("obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX-A: one\r\n two\r\n\r\n", Status(400)),
+        case("NUL in header value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0b\r\n\r\n", Status(400)),
+        case("control char in header name", "GET / HTTP/1.1\r\nHost: a\r\nX\x01A: b\r\n\r\n", Status(400)),
+        case("bare CR in header value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\rb\r\n\r\n", Status(400)),
+        case("oversized header", big_header, Status(431)),
+        case("too many headers", many_headers, Status(431)),
+        // Host
+        case("missing Host on HTTP/1.1", "GET / HTTP/1.1\r\n\r\n", Status(400)),
+        case("duplicate Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Status(400)),
+        // Framing
+        case(
+            "Content-Length with Transfer-Encoding",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "duplicate Content-Length (same value)",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            Status(400),
+        ),
+        case(
+            "duplicate Content-Length (different values)",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            Status(400),
+        ),
+        case("Content-Length list", "POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc", Status(400)),
+        case("non-numeric Content-Length", "POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", Status(400)),
+        case("negative Content-Length", "POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", Status(400)),
+        case("signed Content-Length", "POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc", Status(400)),
+        case(
+            "absurd Content-Length",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "Content-Length over max_body_bytes",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\n",
+            Status(413),
+        ),
+        case(
+            "Transfer-Encoding not ending in chunked",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "unsupported transfer coding",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            Status(501),
+        ),
+        case(
+            "chunked twice",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "Transfer-Encoding in HTTP/1.0",
+            "POST /collect HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case("unsupported Expect", "GET / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n", Status(417)),
+        // Chunked bodies (reported to the handler, which answers 400)
+        case(
+            "bad chunk size",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "chunk size overflow",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\nabc\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "chunk data without CRLF",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "bare LF after chunk size",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case("chunk extension abuse", ext_abuse, Status(400)),
+        case(
+            "control byte in chunk extension",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;a=\x01\r\nabc\r\n0\r\n\r\n",
+            Status(400),
+        ),
+    ];
+    v.push(Case {
+        name: "premature EOF in Content-Length body",
+        request: b"POST /collect HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc".to_vec(),
+        half_close: true,
+        expect: Status(400),
+    });
+    v.push(Case {
+        name: "premature EOF in chunked body",
+        request: b"POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"
+            .to_vec(),
+        half_close: true,
+        expect: Status(400),
+    });
+    v
+}
+
+#[tokio::test]
+async fn malformed_requests_get_the_right_status_and_the_server_lives() {
+    let server = TestServer::default().await;
+    let all = cases();
+    assert!(all.len() >= 30, "the table has {} cases", all.len());
+    let mut failures = Vec::new();
+    for c in &all {
+        let mut s = server.connect().await;
+        s.write_all(&c.request).await.unwrap();
+        if c.half_close {
+            s.shutdown().await.unwrap();
+        }
+        let got = read_to_close(&mut s).await;
+        let text = String::from_utf8_lossy(&got);
+        let Expect::Status(code) = c.expect;
+        let want = format!("HTTP/1.1 {code} ");
+        if !text.starts_with(&want) {
+            failures.push(format!(
+                "{}: want {want:?}, got {:?}",
+                c.name,
+                text.lines().next().unwrap_or("<nothing>")
+            ));
+        } else if !text.to_ascii_lowercase().contains("connection: close") {
+            failures.push(format!(
+                "{}: response does not say connection: close",
+                c.name
+            ));
+        }
+        server.assert_healthy().await;
+    }
+    assert!(
+        failures.is_empty(),
+        "failed cases:\n{}",
+        failures.join("\n")
+    );
+    assert!(server.handle.stats().protocol_errors >= 30);
+    server.stop().await;
+}
