@@ -55,13 +55,16 @@ impl BufferPool {
     pub(crate) fn give(&self, mut buf: BytesMut) {
         gauge(&self.stats.buffers_checked_out, -1);
         let mut free = self.free.borrow_mut();
-        if buf.capacity() > MAX_POOLED_CAPACITY
-            || buf.capacity() < BUFFER_CAPACITY
-            || free.len() >= MAX_POOLED
-        {
+        if free.len() >= MAX_POOLED {
             return;
         }
+        // Reading advances the buffer's start; clearing and reserving moves it
+        // back to the start of its allocation (no copy: it is empty and unique).
         buf.clear();
+        buf.reserve(BUFFER_CAPACITY);
+        if buf.capacity() > MAX_POOLED_CAPACITY {
+            return;
+        }
         free.push(buf);
         gauge(&self.stats.buffers_pooled, 1);
     }

@@ -89,7 +89,8 @@ where
                 idle_timeout.map(|t| Instant::now() + t)
             };
             match conn.wait_for_bytes(wait_deadline).await {
-                Waited::Readable => {}
+                Waited::Bytes => {}
+                Waited::Eof => return Ended::Close(CloseReason::ClientClosed),
                 Waited::TimedOut => {
                     incr(&conn.ctx.stats.timeouts);
                     let reason = if first {
@@ -236,7 +237,8 @@ where
 }
 
 enum Waited {
-    Readable,
+    Bytes,
+    Eof,
     TimedOut,
     Shutdown,
     Error(io::Error),
@@ -318,21 +320,27 @@ impl<T: Transport> ConnIo<T> {
         poll_fn(|cx| self.poll_flush(cx)).await
     }
 
-    /// Waits until the socket is readable without holding a buffer.
-    async fn wait_for_bytes(&self, deadline: Option<Instant>) -> Waited {
-        let stats = &self.ctx.stats;
-        gauge(&stats.connections_idle, 1);
-        let readable = poll_fn(|cx| self.io.poll_read_ready(cx));
+    /// Waits for the first bytes of the next request without holding a buffer
+    /// (on transports that report readiness), then reads them.
+    async fn wait_for_bytes(&mut self, deadline: Option<Instant>) -> Waited {
+        let ctx = self.ctx.clone();
+        gauge(&ctx.stats.connections_idle, 1);
+        let first_bytes = poll_fn(|cx| {
+            std::task::ready!(self.io.poll_read_ready(cx))?;
+            let (rbuf, io) = self.rbuf_and_io();
+            read_more(io, rbuf, cx)
+        });
         let waited = tokio::select! {
             biased;
-            () = self.ctx.shutdown.wait() => Waited::Shutdown,
-            r = with_deadline(deadline, readable) => match r {
+            () = ctx.shutdown.wait() => Waited::Shutdown,
+            r = with_deadline(deadline, first_bytes) => match r {
                 None => Waited::TimedOut,
-                Some(Ok(())) => Waited::Readable,
+                Some(Ok(0)) => Waited::Eof,
+                Some(Ok(_)) => Waited::Bytes,
                 Some(Err(e)) => Waited::Error(e),
             },
         };
-        gauge(&stats.connections_idle, -1);
+        gauge(&ctx.stats.connections_idle, -1);
         waited
     }
 

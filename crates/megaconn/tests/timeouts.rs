@@ -1,0 +1,133 @@
+//! Every timeout, on paused tokio time over in-memory streams: the clock only
+//! moves when everything is idle, so these tests do not depend on machine speed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{read_response, test_app};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::time::Instant;
+
+/// Serves one connection with `builder`'s settings; returns the client end.
+fn serve(builder: megaconn::Builder) -> DuplexStream {
+    let (client, server_end) = tokio::io::duplex(64 * 1024);
+    let (app, _probe) = test_app();
+    tokio::task::spawn_local(async move { builder.serve_connection(server_end, app).await });
+    client
+}
+
+async fn read_all(c: &mut DuplexStream) -> String {
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).await.unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn local() -> tokio::task::LocalSet {
+    tokio::task::LocalSet::new()
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_timeout_answers_408_to_a_partial_head() {
+    local()
+        .run_until(async {
+            let start = Instant::now();
+            let mut c = serve(megaconn::Server::builder());
+            c.write_all(b"GET / HTTP/1.1\r\nHost: slow").await.unwrap();
+            let raw = read_all(&mut c).await;
+            assert!(raw.starts_with("HTTP/1.1 408 "), "{raw}");
+            assert!(start.elapsed() >= megaconn::DEFAULT_READ_HEADER_TIMEOUT);
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_new_connection_is_closed_without_a_response() {
+    local()
+        .run_until(async {
+            let start = Instant::now();
+            let mut c = serve(
+                megaconn::Server::builder().read_header_timeout(Some(Duration::from_secs(3))),
+            );
+            assert_eq!(read_all(&mut c).await, "");
+            assert!(start.elapsed() >= Duration::from_secs(3));
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_closes_a_quiet_keep_alive_connection() {
+    local()
+        .run_until(async {
+            let mut c = serve(megaconn::Server::builder());
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(read_response(&mut c).await.status, 200);
+            let idle_since = Instant::now();
+            assert_eq!(read_all(&mut c).await, "");
+            let waited = idle_since.elapsed();
+            assert!(waited >= megaconn::DEFAULT_IDLE_TIMEOUT, "{waited:?}");
+            // The header timeout (10 s) did not apply to the idle wait.
+            assert!(waited < megaconn::DEFAULT_IDLE_TIMEOUT + Duration::from_secs(1));
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_none_keeps_the_connection() {
+    local()
+        .run_until(async {
+            let mut c = serve(megaconn::Server::builder().idle_timeout(None));
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            read_response(&mut c).await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(read_response(&mut c).await.status, 200);
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_timeout_bounds_a_slow_body() {
+    local()
+        .run_until(async {
+            let start = Instant::now();
+            let mut c =
+                serve(megaconn::Server::builder().read_timeout(Some(Duration::from_secs(5))));
+            c.write_all(
+                b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly some",
+            )
+            .await
+            .unwrap();
+            let raw = read_all(&mut c).await;
+            assert!(raw.starts_with("HTTP/1.1 408 "), "{raw}");
+            assert!(start.elapsed() >= Duration::from_secs(5));
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn write_timeout_bounds_a_response_that_never_ends() {
+    local()
+        .run_until(async {
+            let start = Instant::now();
+            let mut c =
+                serve(megaconn::Server::builder().write_timeout(Some(Duration::from_secs(7))));
+            c.write_all(b"GET /forever-body HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            let raw = read_all(&mut c).await;
+            assert!(raw.starts_with("HTTP/1.1 200 OK"), "{raw}");
+            assert!(
+                !raw.ends_with("0\r\n\r\n"),
+                "the body must not look complete"
+            );
+            assert!(start.elapsed() >= Duration::from_secs(7));
+        })
+        .await;
+}
