@@ -26,6 +26,10 @@ struct Cli {
 enum Command {
     /// Run a server: the demo app on 127.0.0.1:8080 unless told otherwise.
     Serve(serve::ServeArgs),
+    /// Generate HTTP/1.1 request load against a URL and report latency percentiles.
+    Load(megaconn_load::LoadArgs),
+    /// Open and hold many concurrent connections (up to a million), with heartbeats.
+    Hold(megaconn_load::HoldArgs),
     /// Check this host's kernel limits for holding very many connections.
     Doctor,
 }
@@ -49,6 +53,12 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Load(args) => megaconn_load::run_load(args)
+            .map(drop)
+            .map_err(anyhow::Error::new),
+        Command::Hold(args) => megaconn_load::run_hold(args)
+            .map(drop)
+            .map_err(anyhow::Error::new),
         Command::Doctor => doctor::run(),
     };
     match result {
