@@ -61,6 +61,8 @@ pub(crate) struct ConnShared {
     pub request_len: usize,
     /// Requests in flight per connection.
     pub pipeline: usize,
+    /// Refill the pipeline when at most this many requests are in flight.
+    pub refill_at: usize,
     /// Connect and response timeout.
     pub timeout: Duration,
     /// The run ends here (duration mode), or far in the future.
@@ -209,8 +211,14 @@ impl Conn<'_> {
         )));
         let mut timer_at = sh.deadline;
         loop {
-            // Send whatever may be sent now.
-            let room = (sh.pipeline - self.inflight.len()) as u64;
+            // Refill the pipeline once it has drained to the low-water mark, so
+            // requests go out in batches (one write, one segment) rather than
+            // one per response.
+            let room = if self.inflight.len() <= sh.refill_at {
+                (sh.pipeline - self.inflight.len()) as u64
+            } else {
+                0
+            };
             let room = room.min(budget.saturating_sub(self.inflight.len() as u64));
             let mut n = 0usize;
             if room > 0 {

@@ -41,7 +41,9 @@ pub struct LoadArgs {
     /// intended send time (coordinated-omission correction).
     #[arg(long, value_name = "R")]
     pub rate: Option<f64>,
-    /// Requests in flight per connection (HTTP/1.1 pipelining).
+    /// Requests in flight per connection (HTTP/1.1 pipelining). Closed loop sends
+    /// K back to back and the next K once all are answered; open loop sends each
+    /// when due, with at most K in flight.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub pipeline: usize,
     /// Request method.
@@ -154,6 +156,14 @@ fn plan(args: &LoadArgs) -> Result<Plan, LoadError> {
             batch: request.repeat(args.pipeline),
             request_len: request.len(),
             pipeline: args.pipeline,
+            // Closed loop sends the next K requests once the last K are answered
+            // (one write per K, like wrk's pipelining, which costs the least CPU);
+            // open loop sends whenever a request is due and a slot is free.
+            refill_at: if args.rate.is_some() {
+                args.pipeline - 1
+            } else {
+                0
+            },
             timeout: args.timeout,
             deadline: Instant::now(), // set at start
             head_request: method == "HEAD",
