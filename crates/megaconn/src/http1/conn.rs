@@ -244,6 +244,9 @@ enum Waited {
     Error(io::Error),
 }
 
+// Returned once per request and consumed at once; boxing the head would cost an
+// allocation per request to save stack space nobody keeps.
+#[allow(clippy::large_enum_variant)]
 enum HeadRead {
     Head(RequestHead),
     Closed,

@@ -1,0 +1,36 @@
+//! The smallest megaconn server: a `tower::service_fn` answering every request.
+//!
+//! ```text
+//! cargo run --release --example hello
+//! curl http://127.0.0.1:3000/
+//! ```
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use megaconn::{Body, Server};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let hello = tower::service_fn(|req: http::Request<Body>| async move {
+        let text = format!("Hello from megaconn! You asked for {}\n", req.uri().path());
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(text))))
+    });
+    let server = Server::bind("127.0.0.1:3000".parse()?)
+        .workers(2)
+        .idle_timeout(Some(Duration::from_secs(30)))
+        .listen()?;
+    println!(
+        "listening on http://{} (Ctrl-C to stop)",
+        server.local_addr()
+    );
+    let summary = server
+        .serve_with_shutdown(hello, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    println!("served {} requests", summary.requests);
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! `megaconn serve` as a user runs it: the binary starts, prints its address,
+//! answers, drains on SIGTERM and exits 0; bad configuration exits 2 with a
+//! message naming the problem.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+fn megaconn() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_megaconn"))
+}
+
+#[test]
+fn serve_answers_and_exits_cleanly_on_sigterm() {
+    let mut child = megaconn()
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(
+        first.starts_with("megaconn serving on http://127.0.0.1:"),
+        "{first}"
+    );
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"));
+    assert!(response.ends_with("Hello, World!"));
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.contains("megaconn stopped: 1 connections accepted, 1 requests"),
+        "{rest}"
+    );
+}
+
+#[test]
+fn a_typo_in_the_config_file_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("megaconn.toml");
+    std::fs::write(&path, "idle_timout = \"5s\"\n").unwrap();
+    let out = megaconn()
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("idle_timout"), "{err}");
+}
+
+#[test]
+fn a_bad_flag_exits_2() {
+    let out = megaconn()
+        .args(["serve", "--workers", "zero"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = megaconn()
+        .args(["serve", "--idle-timeout", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("10s"));
+}
+
+#[test]
+fn a_port_in_use_exits_1_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = megaconn()
+        .args(["serve", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
+}
