@@ -10,21 +10,14 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body as HttpBody;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
-use tower_service::Service;
 
-use crate::body::Body;
-use crate::http1;
 use crate::limit::ConnectionLimit;
+use crate::park::Respawn;
 use crate::socket::configure_accepted;
 use crate::stats::{gauge, incr};
 use crate::worker::WorkerContext;
-use crate::BoxError;
 
 /// First back-off delay after a resource error.
 const BACKOFF_START: Duration = Duration::from_millis(5);
@@ -33,19 +26,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one log line per this interval for a repeating accept condition.
 const LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-pub(crate) async fn accept_loop<S, B>(
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     ctx: Rc<WorkerContext>,
-    service: S,
+    spawn_connection: Respawn,
     limit: ConnectionLimit,
-    tracker: TaskTracker,
-) where
-    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: 'static,
-    B: HttpBody<Data = Bytes> + 'static,
-    B::Error: Into<BoxError>,
-{
+) {
     let mut backoff = BACKOFF_START;
     let mut at_limit_log = RateLimitedLog::default();
     let mut error_log = RateLimitedLog::default();
@@ -74,14 +60,7 @@ pub(crate) async fn accept_loop<S, B>(
                 configure_accepted(&stream, &ctx.config);
                 incr(&ctx.stats.accepted);
                 gauge(&ctx.stats.connections_open, 1);
-                let conn = http1::serve_connection(stream, service.clone(), ctx.clone());
-                let ctx = ctx.clone();
-                tokio::task::spawn_local(tracker.track_future(async move {
-                    conn.await;
-                    drop(held);
-                    gauge(&ctx.stats.connections_open, -1);
-                    incr(&ctx.stats.closed);
-                }));
+                spawn_connection(stream, held);
             }
             Err(e) => {
                 slot = Some(held);

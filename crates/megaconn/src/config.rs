@@ -36,6 +36,12 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// handler answered, to keep the connection usable. Past it the connection closes.
 pub const DEFAULT_MAX_DRAIN_BYTES: u64 = 256 * 1024;
 
+/// Default for how long a keep-alive connection idles as a task before it is
+/// parked (see `park.rs`). Two seconds: busy connections (a request every few
+/// hundred milliseconds) never pay the park/unpark cost, cold ones stop costing
+/// memory quickly.
+pub const DEFAULT_PARK_IDLE_AFTER: Duration = Duration::from_secs(2);
+
 /// Default listen backlog: large, so bursts queue in the kernel rather than fail.
 pub const DEFAULT_BACKLOG: u32 = 4096;
 
@@ -63,6 +69,7 @@ pub(crate) struct Config {
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    pub park_idle_after: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -91,6 +98,7 @@ impl Default for Config {
             read_timeout: None,
             write_timeout: None,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            park_idle_after: Some(DEFAULT_PARK_IDLE_AFTER),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,

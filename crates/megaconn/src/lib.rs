@@ -39,6 +39,7 @@
 //!               encode.rs    response head and body framing
 //!  body.rs      the request body handed to the service
 //!  pool.rs      per-worker buffer pool: idle connections hold no buffers
+//!  park.rs      the parking lot: cold idle connections leave tokio (one u32 each)
 //!  upgrade.rs   101 Switching Protocols: the handler takes over the socket
 //!  stats.rs     per-worker counters, summed on read
 //! ```
@@ -57,6 +58,7 @@ mod date;
 mod error;
 mod http1;
 mod limit;
+mod park;
 mod pool;
 mod server;
 mod shutdown;
@@ -67,7 +69,9 @@ mod upgrade;
 mod worker;
 
 pub use body::Body;
-pub use config::{KeepaliveConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_READ_HEADER_TIMEOUT};
+pub use config::{
+    KeepaliveConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
+};
 pub use error::{BodyError, Error};
 pub use server::{Builder, Server, ServerHandle, ShutdownSummary};
 pub use stats::ServerStats;

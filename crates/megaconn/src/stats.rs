@@ -24,6 +24,7 @@ pub(crate) struct WorkerStats {
     pub accept_errors: AtomicU64,
     pub buffers_checked_out: AtomicI64,
     pub buffers_pooled: AtomicI64,
+    pub connections_parked: AtomicI64,
 }
 
 /// Adds one to a counter.
@@ -66,6 +67,10 @@ pub struct ServerStats {
     pub buffers_pooled: i64,
     /// Open connections per worker, to show the kernel's balance.
     pub connections_per_worker: Vec<i64>,
+    /// Idle connections parked outside the runtime (a raw socket in the
+    /// worker's private epoll set; no task, no buffers). Included in
+    /// `connections_idle` and `connections_open`.
+    pub connections_parked: i64,
 }
 
 impl ServerStats {
@@ -86,6 +91,7 @@ impl ServerStats {
             s.accept_errors += w.accept_errors.load(Relaxed);
             s.buffers_checked_out += w.buffers_checked_out.load(Relaxed);
             s.buffers_pooled += w.buffers_pooled.load(Relaxed);
+            s.connections_parked += w.connections_parked.load(Relaxed);
         }
         s
     }

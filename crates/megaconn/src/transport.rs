@@ -6,6 +6,7 @@
 //! the default, which says "ready" so the engine simply reads.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,11 +22,34 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
         let _ = cx;
         Poll::Ready(Ok(()))
     }
+
+    /// Whether an idle connection on this stream may be parked: taken out of the
+    /// runtime and kept as a bare socket until bytes arrive. Only plain sockets
+    /// qualify (a TLS stream has session state that lives in user space).
+    const PARKABLE: bool = false;
+
+    /// Gives up the stream as a bare socket for parking. Called only when
+    /// [`PARKABLE`](Transport::PARKABLE) is true.
+    fn into_parked(self) -> io::Result<OwnedFd>
+    where
+        Self: Sized,
+    {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this transport cannot be parked",
+        ))
+    }
 }
 
 impl Transport for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
+    }
+
+    const PARKABLE: bool = true;
+
+    fn into_parked(self) -> io::Result<OwnedFd> {
+        Ok(self.into_std()?.into())
     }
 }
 

@@ -1,11 +1,12 @@
 //! Thread-per-core workers.
 //!
 //! Each worker is one OS thread running a current-thread tokio runtime with a
-//! `LocalSet`, its own `SO_REUSEPORT` listeners, buffer pool and counters. Nothing
-//! on the request path is shared between workers, so nothing is locked or
-//! contended, and connection state can use `Rc`/`Cell` instead of atomics. The
-//! kernel spreads new connections across the workers' listeners. (The same idea
-//! as pingora's `pingora-runtime`, with one runtime per thread instead of a pool.)
+//! `LocalSet`, its own `SO_REUSEPORT` listeners, buffer pool, parking lot and
+//! counters. Nothing on the request path is shared between workers, so nothing
+//! is locked or contended, and connection state can use `Rc`/`Cell` instead of
+//! atomics. The kernel spreads new connections across the workers' listeners.
+//! (The same idea as pingora's `pingora-runtime`, with one runtime per thread
+//! instead of a pool.)
 
 use std::net::TcpListener as StdTcpListener;
 use std::rc::Rc;
@@ -15,6 +16,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
@@ -22,11 +24,12 @@ use tower_service::Service;
 use crate::acceptor::accept_loop;
 use crate::body::Body;
 use crate::config::Config;
-use crate::http1::head::HeadLimits;
-use crate::limit::ConnectionLimit;
+use crate::http1::{self, head::HeadLimits, ConnEnd};
+use crate::limit::{ConnectionLimit, ConnectionSlot};
+use crate::park::{self, ParkingLot, Respawn};
 use crate::pool::BufferPool;
 use crate::shutdown::LocalShutdown;
-use crate::stats::WorkerStats;
+use crate::stats::{gauge, incr, WorkerStats};
 use crate::BoxError;
 
 /// What every connection of one worker shares.
@@ -37,11 +40,17 @@ pub(crate) struct WorkerContext {
     pub stats: Arc<WorkerStats>,
     pub pool: BufferPool,
     pub shutdown: LocalShutdown,
+    pub park: Option<ParkingLot>,
     pub index: usize,
 }
 
 impl WorkerContext {
-    pub(crate) fn new(index: usize, config: Arc<Config>, stats: Arc<WorkerStats>) -> WorkerContext {
+    pub(crate) fn new(
+        index: usize,
+        config: Arc<Config>,
+        stats: Arc<WorkerStats>,
+        park: Option<ParkingLot>,
+    ) -> WorkerContext {
         WorkerContext {
             limits: HeadLimits {
                 max_header_bytes: config.max_header_bytes,
@@ -50,6 +59,7 @@ impl WorkerContext {
             },
             pool: BufferPool::new(stats.clone()),
             shutdown: LocalShutdown::default(),
+            park,
             config,
             stats,
             index,
@@ -60,7 +70,8 @@ impl WorkerContext {
 /// How one worker's drain went.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct WorkerSummary {
-    /// Connections that closed by themselves during the drain.
+    /// Connections that closed by themselves during the drain (idle and parked
+    /// ones included: they close at once).
     pub finished: usize,
     /// Connections still open at the deadline, closed by force.
     pub forced: usize,
@@ -97,6 +108,40 @@ where
         })
 }
 
+/// Spawns the task serving one connection; shared by the acceptor and the
+/// parking lot (a woken parked connection is spawned the same way).
+pub(crate) fn connection_spawner<S, B>(
+    ctx: &Rc<WorkerContext>,
+    service: S,
+    tracker: &TaskTracker,
+) -> Respawn
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: 'static,
+    B: HttpBody<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+{
+    let ctx = Rc::downgrade(ctx);
+    let tracker = tracker.clone();
+    Rc::new(move |stream: TcpStream, slot: ConnectionSlot| {
+        let Some(ctx) = ctx.upgrade() else { return };
+        let conn = http1::serve_connection(stream, service.clone(), ctx.clone());
+        tokio::task::spawn_local(tracker.track_future(async move {
+            match conn.await {
+                ConnEnd::Closed => {
+                    drop(slot);
+                    gauge(&ctx.stats.connections_open, -1);
+                    incr(&ctx.stats.closed);
+                }
+                // Still open, now a bare socket in the parking lot, which
+                // releases the slot when the socket closes.
+                ConnEnd::Parked => slot.detach(),
+            }
+        }));
+    })
+}
+
 async fn run<S, B>(setup: WorkerSetup<S>) -> WorkerSummary
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
@@ -114,17 +159,28 @@ where
         limit,
         mut shutdown,
     } = setup;
-    let ctx = Rc::new(WorkerContext::new(index, config.clone(), stats));
+    let park = if config.park_idle_after.is_some() {
+        ParkingLot::new(limit.clone(), stats.clone())
+            .map_err(|e| tracing::warn!(worker = index, error = %e, "no parking lot; idle connections stay tasks"))
+            .ok()
+    } else {
+        None
+    };
+    let ctx = Rc::new(WorkerContext::new(index, config.clone(), stats, park));
     let tracker = TaskTracker::new();
+    let spawn_connection = connection_spawner(&ctx, service, &tracker);
+    if let Some(lot) = &ctx.park {
+        lot.set_respawn(Some(spawn_connection.clone()));
+    }
+    let parking = tokio::task::spawn_local(park::run(ctx.clone()));
     let mut acceptors = Vec::with_capacity(listeners.len());
     for listener in listeners {
         match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => acceptors.push(tokio::task::spawn_local(accept_loop(
                 listener,
                 ctx.clone(),
-                service.clone(),
+                spawn_connection.clone(),
                 limit.clone(),
-                tracker.clone(),
             ))),
             Err(e) => tracing::error!(worker = index, error = %e, "cannot register listener"),
         }
@@ -141,9 +197,11 @@ where
     for acceptor in acceptors {
         let _ = acceptor.await;
     }
-    ctx.shutdown.start();
-    tracker.close();
+    let parked = ctx.park.as_ref().map_or(0, ParkingLot::len);
     let open = tracker.len();
+    ctx.shutdown.start();
+    let _ = parking.await;
+    tracker.close();
     let _ = tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await;
     let forced = tracker.len();
     if forced > 0 {
@@ -153,8 +211,12 @@ where
             "shutdown deadline reached; closing connections by force"
         );
     }
+    if let Some(lot) = &ctx.park {
+        // Breaks the ctx -> lot -> spawner -> ctx cycle.
+        lot.set_respawn(None);
+    }
     WorkerSummary {
-        finished: open - forced,
+        finished: open - forced + parked,
         forced,
     }
 }

@@ -38,8 +38,18 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How much a lingering close reads and discards before giving up.
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// Serves HTTP/1.1 on `io` until the connection closes or is upgraded.
-pub(crate) async fn serve_connection<T, S, B>(io: T, service: S, ctx: Rc<WorkerContext>)
+/// How a connection's task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnEnd {
+    /// The connection is closed (or was handed over by an upgrade).
+    Closed,
+    /// The connection is open and idle, parked in the worker's parking lot.
+    Parked,
+}
+
+/// Serves HTTP/1.1 on `io` until the connection closes, is upgraded, or goes
+/// cold and is parked.
+pub(crate) async fn serve_connection<T, S, B>(io: T, service: S, ctx: Rc<WorkerContext>) -> ConnEnd
 where
     T: Transport + Send + 'static,
     S: Service<Request<Body>, Response = Response<B>>,
@@ -52,10 +62,29 @@ where
         Ended::Close(reason) => {
             tracing::trace!(%reason, "connection closed");
             conn.close(reason).await;
+            ConnEnd::Closed
         }
         Ended::Upgrade(tx) => {
             let read_ahead = conn.buffers.take_read_ahead();
             let _ = tx.send(Upgraded::new(conn.io, read_ahead));
+            ConnEnd::Closed
+        }
+        Ended::Park(deadline) => {
+            let ConnIo { io, ctx, buffers } = conn;
+            drop(buffers);
+            let Some(lot) = ctx.park.as_ref() else {
+                return ConnEnd::Closed;
+            };
+            match io.into_parked() {
+                Ok(socket) => {
+                    lot.park(socket, deadline);
+                    ConnEnd::Parked
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot park; closing");
+                    ConnEnd::Closed
+                }
+            }
         }
     }
 }
@@ -63,6 +92,8 @@ where
 enum Ended {
     Close(CloseReason),
     Upgrade(UpgradeSender),
+    /// Idle past `park_idle_after`: park until readable or the idle deadline.
+    Park(Option<Instant>),
 }
 
 async fn run<T, S, B>(conn: &mut ConnIo<T>, mut service: S) -> Ended
@@ -83,14 +114,23 @@ where
                 return Ended::Close(CloseReason::io(&e));
             }
             conn.buffers.release();
+            let idle_deadline = idle_timeout.map(|t| Instant::now() + t);
+            // A cold connection is parked rather than kept as a waiting task.
+            let park_deadline = match conn.ctx.config.park_idle_after {
+                Some(after) if T::PARKABLE && !first && conn.ctx.park.is_some() => {
+                    Some(Instant::now() + after).filter(|p| idle_deadline.is_none_or(|i| *p < i))
+                }
+                _ => None,
+            };
             let wait_deadline = if first {
                 header_deadline
             } else {
-                idle_timeout.map(|t| Instant::now() + t)
+                park_deadline.or(idle_deadline)
             };
             match conn.wait_for_bytes(wait_deadline).await {
                 Waited::Bytes => {}
                 Waited::Eof => return Ended::Close(CloseReason::ClientClosed),
+                Waited::TimedOut if park_deadline.is_some() => return Ended::Park(idle_deadline),
                 Waited::TimedOut => {
                     incr(&conn.ctx.stats.timeouts);
                     let reason = if first {

@@ -25,7 +25,7 @@ use http::StatusCode;
 
 use crate::upgrade::UpgradeSender;
 
-pub(crate) use conn::serve_connection;
+pub(crate) use conn::{serve_connection, ConnEnd};
 
 /// How an exchange ended, as far as the connection is concerned.
 #[derive(Debug)]

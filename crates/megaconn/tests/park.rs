@@ -1,0 +1,122 @@
+//! The parking lot: cold idle connections leave the runtime, hold no buffers,
+//! wake up when a request arrives, time out, and close on shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{read_response, read_to_close, TestServer};
+use tokio::io::AsyncWriteExt;
+
+const K: usize = 20;
+
+async fn parking_server(idle_timeout: Option<Duration>) -> TestServer {
+    TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(Some(Duration::from_millis(20)))
+            .idle_timeout(idle_timeout),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn idle_connections_are_parked_without_buffers_and_wake_up() {
+    let server = parking_server(None).await;
+    let mut conns = Vec::new();
+    for _ in 0..K {
+        let mut s = server.connect().await;
+        let mut req = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4096\r\n\r\n".to_vec();
+        req.extend_from_slice(&[b'x'; 4096]);
+        s.write_all(&req).await.unwrap();
+        assert_eq!(read_response(&mut s).await.body.len(), 4096);
+        conns.push(s);
+    }
+    server
+        .wait_stats("all connections parked", |s| {
+            s.connections_parked == K as i64
+        })
+        .await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.buffers_checked_out, 0);
+    assert_eq!(stats.connections_idle, K as i64, "the idle set is K");
+    assert_eq!(stats.connections_open, K as i64);
+
+    // Every parked connection wakes up for its next request.
+    for s in &mut conns {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(s).await.body, b"Hello, World!");
+    }
+    assert_eq!(server.handle.stats().requests, 2 * K as u64);
+    // And parks again; a client hanging up on a parked connection is noticed.
+    server
+        .wait_stats("parked again", |s| s.connections_parked == K as i64)
+        .await;
+    drop(conns);
+    server
+        .wait_stats("all closed", |s| {
+            s.connections_open == 0 && s.connections_parked == 0
+        })
+        .await;
+    assert_eq!(server.handle.stats().closed, K as u64);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn parked_connections_still_time_out() {
+    let server = parking_server(Some(Duration::from_millis(300))).await;
+    let mut s = server.connect().await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut s).await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // The sweep closes it after the idle timeout (to the next second).
+    assert!(read_to_close(&mut s).await.is_empty());
+    server
+        .wait_stats("closed by the sweep", |s| {
+            s.connections_open == 0 && s.timeouts == 1
+        })
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_parked_connections_and_frees_their_slots() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connections(2)
+            .park_idle_after(Some(Duration::from_millis(20))),
+    )
+    .await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    for s in [&mut a, &mut b] {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        read_response(s).await;
+    }
+    server
+        .wait_stats("both parked", |s| s.connections_parked == 2)
+        .await;
+    // Parked connections keep their slots: closing one lets a third in.
+    drop(a);
+    let mut c = server.connect().await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut c).await.status, 200);
+    server
+        .wait_stats("c parked too", |s| s.connections_parked == 2)
+        .await;
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0);
+    assert!(read_to_close(&mut b).await.is_empty());
+    assert!(read_to_close(&mut c).await.is_empty());
+}
