@@ -36,7 +36,7 @@ const NO_DEADLINE: u32 = u32::MAX;
 /// Events taken from the private epoll set per wake-up.
 const MAX_EVENTS: usize = 256;
 
-/// After this many parkings, give freed task memory back to the OS.
+/// After this many parkings or wake-ups, give freed task memory back to the OS.
 const TRIM_EVERY: usize = 1024;
 
 /// Turns a woken socket back into a served connection.
@@ -49,7 +49,7 @@ pub(crate) struct ParkingLot {
     /// (counted from `epoch`), or [`NO_DEADLINE`].
     deadlines: RefCell<Vec<u32>>,
     parked: Cell<usize>,
-    parked_since_trim: Cell<usize>,
+    churn_since_trim: Cell<usize>,
     epoch: Instant,
     limit: ConnectionLimit,
     stats: Arc<WorkerStats>,
@@ -83,7 +83,7 @@ impl ParkingLot {
             epoll,
             deadlines: RefCell::new(Vec::new()),
             parked: Cell::new(0),
-            parked_since_trim: Cell::new(0),
+            churn_since_trim: Cell::new(0),
             epoch: Instant::now(),
             limit,
             stats,
@@ -127,7 +127,7 @@ impl ParkingLot {
         // The lot owns the descriptor from here on.
         let _ = socket.into_raw_fd();
         self.parked.set(self.parked.get() + 1);
-        self.parked_since_trim.set(self.parked_since_trim.get() + 1);
+        self.churn_since_trim.set(self.churn_since_trim.get() + 1);
         gauge(&self.stats.connections_parked, 1);
         gauge(&self.stats.connections_idle, 1);
     }
@@ -194,6 +194,7 @@ impl ParkingLot {
             let Some(socket) = self.unregister(event.u64 as RawFd) else {
                 continue;
             };
+            self.churn_since_trim.set(self.churn_since_trim.get() + 1);
             let stream = TcpStream::from_std(std::net::TcpStream::from(socket));
             match (stream, &respawn) {
                 (Ok(stream), Some(respawn)) => respawn(stream, self.limit.reattach()),
@@ -220,8 +221,8 @@ impl ParkingLot {
                 self.closed();
             }
         }
-        if self.parked_since_trim.get() >= TRIM_EVERY {
-            self.parked_since_trim.set(0);
+        if self.churn_since_trim.get() >= TRIM_EVERY {
+            self.churn_since_trim.set(0);
             trim_heap();
         }
     }
