@@ -1,7 +1,8 @@
 //! Multi-process `hold`: one process may hold only as many sockets as its
 //! RLIMIT_NOFILE allows, so the parent re-executes the current executable with
 //! the same arguments plus hidden `--child-index I --child-count P`; each child
-//! takes its share of connections, ramp rate and source addresses.
+//! takes its share of connections and ramp rate, and uses the source addresses
+//! evenly with the others.
 //!
 //! Children speak JSON lines on stdout (other lines are ignored), each tagged
 //! `"megaconn_child"`: `progress` (counters, twice a second), `final` (counters
@@ -146,17 +147,9 @@ pub(crate) fn run_child(
         heartbeat_errors: outcome.counters.heartbeat_errors,
         heartbeat_latency_us: Percentiles::of(&outcome.hist),
         processes: 1,
-        sources: shared_sources(&plan, index, count),
+        sources: plan.sources.len(),
         client_cpu_secs: crate::sys::cpu_secs(),
     })
-}
-
-fn shared_sources(plan: &HoldPlan, index: usize, count: usize) -> usize {
-    if plan.sources.len() >= count {
-        plan.sources.iter().skip(index).step_by(count).count()
-    } else {
-        plan.sources.len()
-    }
 }
 
 /// What a reader thread tells the parent.

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 /// Why a `load` or `hold` run could not start or could not finish writing its report.
 ///
+/// The underlying I/O error of a variant is part of its message (field `cause`)
+/// rather than a `source()`, so `anyhow`'s `{:#}` does not print it twice.
+///
 /// Failures *during* a run (refused connections, timeouts, bad responses) are not
 /// errors: they are counted in the report.
 #[derive(Debug, thiserror::Error)]
@@ -23,20 +26,20 @@ pub enum LoadError {
     #[error("refusing to run unbounded: give --duration (e.g. -d 10s) and/or --requests (e.g. -n 100000)")]
     Unbounded,
     /// The target did not accept a test connection before the run.
-    #[error("cannot reach {addr}: {source}; is the server running and listening there?")]
+    #[error("cannot reach {addr}: {cause}; is the server running and listening there?")]
     Unreachable {
         /// The target address.
         addr: std::net::SocketAddr,
         /// The connect error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A `--source` address cannot be bound on this machine.
-    #[error("source address {addr} is not usable on this machine ({source}); pick addresses configured on a local interface (any of 127.0.0.0/8 works on loopback)")]
+    #[error("source address {addr} is not usable on this machine ({cause}); pick addresses configured on a local interface (any of 127.0.0.0/8 works on loopback)")]
     BadSource {
         /// The source address.
         addr: std::net::IpAddr,
         /// The bind error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// More connections were asked for than the sources' port space allows.
     #[error("{connections} connections to one destination need at least {needed} source addresses, but only {sources} given ({ports_per_source} local ports each, see /proc/sys/net/ipv4/ip_local_port_range); add addresses with --source 127.0.0.2-127.0.0.N or lower -c")]
@@ -69,20 +72,20 @@ pub enum LoadError {
         message: String,
     },
     /// Writing a report or plot file failed.
-    #[error("cannot write {path}: {source}; check the directory exists and is writable")]
+    #[error("cannot write {path}: {cause}; check the directory exists and is writable")]
     Write {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// An operating-system call needed for setup failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// What was being done.
         what: String,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -101,10 +104,10 @@ impl LoadError {
     }
 
     /// Shorthand for [`LoadError::Io`].
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, cause: std::io::Error) -> Self {
         LoadError::Io {
             what: what.into(),
-            source,
+            cause,
         }
     }
 }

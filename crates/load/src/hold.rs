@@ -135,7 +135,7 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
                 "source and target must be the same IP version",
             ));
         }
-        sys::check_source(ip).map_err(|source| LoadError::BadSource { addr: ip, source })?;
+        sys::check_source(ip).map_err(|cause| LoadError::BadSource { addr: ip, cause })?;
     }
     let ports = sys::local_port_count();
     let capacity = ports * sources.len().max(1) as u64;
@@ -180,8 +180,10 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
     })
 }
 
-/// This process's share of the work: connections, ramp rate and sources of
-/// process `index` of `count`.
+/// This process's share of the work: connections, ramp rate and source use of
+/// process `index` of `count`. Process `i` takes connections `i, i+P, i+2P, …` of
+/// the run, and connection `g` of the run connects from source `g % sources`, so
+/// every source carries the same number of connections however many processes.
 pub(crate) fn share(
     args: &HoldArgs,
     plan: &HoldPlan,
@@ -190,16 +192,6 @@ pub(crate) fn share(
 ) -> (u64, HoldShared) {
     let n = args.connections / count as u64
         + u64::from((index as u64) < args.connections % count as u64);
-    let sources = if plan.sources.len() >= count {
-        plan.sources
-            .iter()
-            .skip(index)
-            .step_by(count)
-            .copied()
-            .collect()
-    } else {
-        plan.sources.clone()
-    };
     let http = plan.target.scheme == Scheme::Http;
     let heartbeat = if http {
         render_request("GET", &plan.target.host, &plan.target.path, &[], b"")
@@ -208,7 +200,9 @@ pub(crate) fn share(
     };
     let shared = HoldShared {
         addr: plan.target.addr,
-        sources,
+        sources: plan.sources.clone(),
+        first: index as u64,
+        stride: count as u64,
         heartbeat,
         http,
         expect: args.expect.as_ref().map(|e| unescape(e)),
@@ -346,10 +340,10 @@ pub fn run_hold(args: HoldArgs) -> Result<HoldReport, LoadError> {
         return children::run_child(&args, index, count);
     }
     let plan = plan(&args)?;
-    std::net::TcpStream::connect_timeout(&plan.target.addr, args.timeout).map_err(|source| {
+    std::net::TcpStream::connect_timeout(&plan.target.addr, args.timeout).map_err(|cause| {
         LoadError::Unreachable {
             addr: plan.target.addr,
-            source,
+            cause,
         }
     })?;
     if !args.quiet {

@@ -33,8 +33,14 @@ use crate::sys;
 pub(crate) struct HoldShared {
     /// Where to connect.
     pub addr: SocketAddr,
-    /// Source addresses (connection `j` uses `sources[j % len]`); empty: kernel's choice.
+    /// Source addresses (connection `j` uses `sources[global(j) % len]`); empty:
+    /// the kernel's choice.
     pub sources: Vec<IpAddr>,
+    /// This process's connection `j` is connection `first + j * stride` of the
+    /// whole run, so sources are used evenly across processes.
+    pub first: u64,
+    /// See `first`: the number of processes.
+    pub stride: u64,
     /// The bytes of one heartbeat (an HTTP request, or the `--send` line).
     pub heartbeat: Vec<u8>,
     /// HTTP (replies parsed as responses) or line protocol.
@@ -196,8 +202,9 @@ enum Ended {
 async fn hold_one(ctx: Rc<ThreadCtx>, j: u64) {
     let sh = &ctx.shared;
     let c = &ctx.counters;
+    let global = sh.first + j * sh.stride;
     let source =
-        (!sh.sources.is_empty()).then(|| sh.sources[(j % sh.sources.len() as u64) as usize]);
+        (!sh.sources.is_empty()).then(|| sh.sources[(global % sh.sources.len() as u64) as usize]);
     let mut rng = Rng::new(j);
     let mut first = true;
     loop {

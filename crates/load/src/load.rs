@@ -143,10 +143,10 @@ fn plan(args: &LoadArgs) -> Result<Plan, LoadError> {
         ));
     }
     let request = conn::render_request(&method, &target.host, &target.path, &headers, &body);
-    std::net::TcpStream::connect_timeout(&target.addr, args.timeout).map_err(|source| {
+    std::net::TcpStream::connect_timeout(&target.addr, args.timeout).map_err(|cause| {
         LoadError::Unreachable {
             addr: target.addr,
-            source,
+            cause,
         }
     })?;
     Ok(Plan {

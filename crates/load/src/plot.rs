@@ -34,7 +34,7 @@ pub(crate) fn write_svg(path: &Path, title: &str, h: &Histogram<u64>) -> Result<
     let max_y = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let err = |e: String| LoadError::Write {
         path: path.to_owned(),
-        source: std::io::Error::other(e),
+        cause: std::io::Error::other(e),
     };
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;

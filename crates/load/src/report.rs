@@ -348,9 +348,9 @@ impl HoldReport {
 /// Writes `value` as pretty JSON to `path`.
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), LoadError> {
     let text = serde_json::to_string_pretty(value).expect("reports always serialize");
-    std::fs::write(path, text + "\n").map_err(|source| LoadError::Write {
+    std::fs::write(path, text + "\n").map_err(|cause| LoadError::Write {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
