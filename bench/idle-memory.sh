@@ -84,7 +84,10 @@ head -c 4096 /dev/zero | tr '\0' 'x' >"$BODY_FILE"
 HOLD_DURATION="$((N / RAMP + OPEN_TIMEOUT + 60))s"
 log "results in $RES_DIR"
 
+# "socket kernel bytes" = socket slab caches + TCP buffer pages;
+# "Slab total" (+ TCP pages) is the coarse figure, noisy on a busy machine.
 kernel_bytes() { echo $(($(kernel_slab_bytes) + $(kernel_tcp_mem_bytes))); }
+sock_kernel_bytes() { echo $(($(kernel_sock_slab_bytes) + $(kernel_tcp_mem_bytes))); }
 
 wait_established() { # target timeout_secs hold_pid -> 0 when reached
   local target=$1 secs=$2 hold_pid=$3 i c=0
@@ -100,6 +103,16 @@ wait_established() { # target timeout_secs hold_pid -> 0 when reached
   done
   log "timeout: $c / $target established after ${secs}s"
   return 1
+}
+
+wait_drained() { # bounded wait until the server read every request and sent every reply
+  local i q=0
+  for ((i = 0; i < 120; i++)); do
+    q="$(server_queued "$PORT")"
+    ((q == 0)) && return 0
+    sleep 0.25
+  done
+  log "WARNING: $q bytes still queued on the server's sockets"
 }
 
 wait_closed() { # bounded wait until the server has no established connection
@@ -138,11 +151,12 @@ hold_phase() {
   local server=$1 phase=$2 url=$3
   shift 3
   local base="$RES_DIR/$server-$phase" hold_pid ok=true
-  local rss0 k0 rss1 k1 est rss2 k2 t0 open_secs
+  local rss0 k0 rss1 k1 est rss2 k2 t0 open_secs s0 s1
   local -a extra=()
   [[ -n "$HOLD_PROCESSES" ]] && extra+=(--processes "$HOLD_PROCESSES")
   rss0="$(server_rss_bytes)"
   k0="$(kernel_bytes)"
+  s0="$(sock_kernel_bytes)"
   t0=$SECONDS
   taskset -c "$LOAD_CPU" "$MEGACONN" hold "$url" -c "$N" --ramp "$RAMP" --source "$SOURCE" \
     --interval 3600s --duration "$HOLD_DURATION" --json "$base.hold.json" "${extra[@]}" "$@" \
@@ -151,10 +165,12 @@ hold_phase() {
   BENCH_BG_PIDS=("$hold_pid")
   wait_established "$N" "$OPEN_TIMEOUT" "$hold_pid" || ok=false
   open_secs=$((SECONDS - t0))
+  wait_drained
   sleep "$SETTLE"
   est="$(established_count "$PORT")"
   rss1="$(server_rss_bytes)"
   k1="$(kernel_bytes)"
+  s1="$(sock_kernel_bytes)"
   log "  $server $phase: $est open, RSS $((rss1 / 1024)) KiB (was $((rss0 / 1024)) KiB)"
   stop_hold "$hold_pid"
   wait_closed
@@ -167,18 +183,22 @@ hold_phase() {
     --argjson est "$est" --argjson open_secs "$open_secs" \
     --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson rss2 "$rss2" \
     --argjson k0 "$k0" --argjson k1 "$k1" --argjson k2 "$k2" --argjson hold "$hold_json" \
+    --argjson s0 "$s0" --argjson s1 "$s1" \
     '{server: $server, phase: $phase, all_open: $ok, target: $n, established: $est,
       open_secs: $open_secs,
       rss_before: $rss0, rss_open: $rss1, rss_after_close: $rss2,
       kernel_before: $k0, kernel_open: $k1, kernel_after_close: $k2,
       rss_per_conn: (if $est > 0 then ($rss1 - $rss0) / $est else null end),
       kernel_per_conn: (if $est > 0 then ($k1 - $k0) / $est else null end),
+      sock_kernel_before: $s0, sock_kernel_open: $s1,
+      sock_kernel_per_conn: (if $est > 0 then ($s1 - $s0) / $est else null end),
       hold: $hold}' >"$base.json"
 }
 
 t_start=$SECONDS
 bench_wait_quiet "${QUIET_WAIT:-30}"
 fresh_server() { # start $1 fresh, serve one request, let it settle
+  bench_wait_quiet "${QUIET_WAIT_EACH:-10}"
   server_start "$1" "$PORT" 1 || die "could not start $1"
   curl -fsS -o /dev/null "http://127.0.0.1:$PORT/"
   sleep 1
@@ -207,26 +227,26 @@ elapsed=$((SECONDS - t_start))
 {
   echo "### Idle connections: memory ($N keep-alive connections, one process, one worker, server on core $SERVER_CPU)"
   echo
-  echo "| server | baseline RSS | RSS with $N idle | **bytes/conn (userspace)** | kernel bytes/conn (both ends) | RSS after close | RSS with $N idle after 4 KiB POST | bytes/conn after 4 KiB | RSS after close | userspace vs megaconn |"
+  echo "| server | baseline RSS | RSS with $N idle | **bytes/conn (userspace)** | kernel socket bytes/conn (both ends) | RSS after close | RSS with $N idle after 4 KiB POST | bytes/conn after 4 KiB | RSS after close | userspace vs megaconn |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   jq -r -s '
     def mib: if . == null then "—" else ((. / 1048576 * 10 | round) / 10 | tostring) + " MiB" end;
     def f0: if . == null then "—" else (. | round | tostring) end;
     def open: if .skipped then "" elif .all_open then "" else " (only \(.established) open)" end;
     (map(select(.server == "megaconn")) | .[0].idle.rss_per_conn) as $m
-    | .[] | "| \(.server) | \(.baseline_rss | mib) | \(.idle.rss_open | mib)\(.idle | open) | \(.idle.rss_per_conn | f0) | \(.idle.kernel_per_conn | f0) | \(.idle.rss_after_close | mib) | \(.post4k.rss_open | mib)\(.post4k | open) | \(.post4k.rss_per_conn | f0) | \(.post4k.rss_after_close | mib) | "
+    | .[] | "| \(.server) | \(.baseline_rss | mib) | \(.idle.rss_open | mib)\(.idle | open) | \(.idle.rss_per_conn | f0) | \(.idle.sock_kernel_per_conn | f0) | \(.idle.rss_after_close | mib) | \(.post4k.rss_open | mib)\(.post4k | open) | \(.post4k.rss_per_conn | f0) | \(.post4k.rss_after_close | mib) | "
       + (if $m == null or $m == 0 then "—" else ((.idle.rss_per_conn / $m * 100 | round) / 100 | tostring) + "×" end) + " |"' "$RESULTS"
   echo
   [[ "$HOLD_BODY_OK" == 1 ]] || echo "The 4 KiB columns are empty: \`megaconn hold\` has no \`-m\`/\`--body\` option yet, so that phase was skipped."
   echo
-  echo "bytes/conn = (RSS with the connections open − RSS just before opening them) / connections open; each phase runs on a fresh server process (started, served one request, then measured: baseline). Kernel bytes/conn = Δ(Slab + TCP socket-buffer pages) / connections, which counts both the client and the server socket of each loopback connection. nginx: its worker's RSS; nginx allocates its connection table for all worker_connections (20000) at start, so part of its per-connection cost (a few hundred bytes) is in its baseline, not in the delta; nginx's /echo reads and discards the body (nginx-light has no echo module), the others echo it."
+  echo "bytes/conn = (RSS with the connections open − RSS just before opening them) / connections open; each phase runs on a fresh server process (started, served one request, then measured: baseline). Kernel socket bytes/conn = Δ(socket slab caches from /proc/slabinfo: $KERNEL_SOCK_CACHES; + TCP buffer pages from /proc/net/sockstat) / connections; it counts both the client and the server socket of each loopback connection, so the server's share is about half. The per-server tables also give Δ(Slab total + TCP pages) / connections, which includes everything else the kernel allocated meanwhile (noisy when other work runs). nginx: its worker's RSS; nginx allocates its connection table for all worker_connections (20000) at start, so part of its per-connection cost (a few hundred bytes) is in its baseline, not in the delta; nginx's /echo reads and discards the body (nginx-light has no echo module), the others echo it."
   jq -r -s '.[] |
     def kib: if . == null then "—" else ((. / 1024 | round) | tostring) + " KiB" end;
     def f0: if . == null then "—" else (. | round | tostring) end;
-    def row($name; $p): if $p.skipped then "| \($name) | skipped: \"megaconn hold\" has no --body option yet | | | | | | | | |" else "| \($name) | \($p.established) | \($p.open_secs) s | \($p.rss_before | kib) | \($p.rss_open | kib) | \($p.rss_per_conn | f0) | \($p.kernel_per_conn | f0) | \($p.rss_after_close | kib) | \($p.hold.failed_connects // "—") | \($p.hold.drops // "—") / \($p.hold.resets // "—") |" end;
+    def row($name; $p): if $p.skipped then "| \($name) | skipped: \"megaconn hold\" has no --body option yet | | | | | | | | | |" else "| \($name) | \($p.established) | \($p.open_secs) s | \($p.rss_before | kib) | \($p.rss_open | kib) | \($p.rss_per_conn | f0) | \($p.sock_kernel_per_conn | f0) | \($p.kernel_per_conn | f0) | \($p.rss_after_close | kib) | \($p.hold.failed_connects // "—") | \($p.hold.drops // "—") / \($p.hold.resets // "—") |" end;
     "", "#### \(.server)", "",
-    "| phase (fresh process each) | connections open | time to open | baseline RSS | RSS open | bytes/conn | kernel bytes/conn | RSS after close | hold failed connects | hold drops / resets |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| phase (fresh process each) | connections open | time to open | baseline RSS | RSS open | bytes/conn | kernel socket bytes/conn | Slab total Δ/conn | RSS after close | hold failed connects | hold drops / resets |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     row("idle (1 GET each)"; .idle),
     row("idle after 4 KiB POST /echo"; .post4k)' "$RESULTS"
   echo

@@ -24,6 +24,7 @@
 #   server_cpu_secs      pid_cpu_secs over the running server's whole tree
 #   server_rss_bytes     VmRSS summed over SERVER_MEASURE_PIDS
 #   kernel_slab_bytes, kernel_tcp_mem_bytes   from /proc/meminfo, /proc/net/sockstat
+#   kernel_sock_slab_bytes  socket-related slab caches from /proc/slabinfo
 #   established_count PORT   server-side established TCP connections on PORT
 #   bench_cleanup        kills every process the scripts started (used by traps)
 #
@@ -258,6 +259,17 @@ pid_rss_bytes() { # PID... (VmRSS summed, no children)
 server_rss_bytes() { pid_rss_bytes $SERVER_MEASURE_PIDS; }
 
 kernel_slab_bytes() { awk '/^Slab:/ { print $2 * 1024 }' /proc/meminfo; }
+# Bytes in the slab caches a TCP socket uses (active objects × object size):
+# the socket (TCP), its inode (sock_inode_cache), file (filp), epoll entries,
+# skb heads, bind buckets, request socks. Much less noisy than the Slab total
+# on a machine where builds churn dentries and page cache.
+KERNEL_SOCK_CACHES="TCP TCPv6 request_sock_TCP sock_inode_cache filp eventpoll_epi eventpoll_pwq skbuff_head_cache skbuff_small_head skbuff_fclone_cache tcp_bind_bucket tcp_bind2_bucket"
+kernel_sock_slab_bytes() {
+  awk -v names="$KERNEL_SOCK_CACHES" '
+    BEGIN { n = split(names, a, " "); for (i = 1; i <= n; i++) want[a[i]] = 1 }
+    want[$1] { total += $2 * $4 }
+    END { printf "%d\n", total }' /proc/slabinfo 2>/dev/null || echo 0
+}
 kernel_tcp_mem_bytes() {
   awk -v ps="$PAGE_SIZE" '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) * ps }' \
     /proc/net/sockstat
@@ -289,6 +301,16 @@ bench_wait_quiet() {
     log "machine busy (${busy} cores used by other processes); waiting"
     sleep 2
   done
+}
+
+# Bytes queued on the server side of PORT: the listener's accept queue plus
+# unread (Recv-Q) and unsent/unacked (Send-Q) bytes of its established sockets.
+# 0 means every request that arrived was read and every reply delivered.
+server_queued() {
+  local lq eq
+  lq="$(ss -Hltn "( sport = :$1 )" 2>/dev/null | awk '{ s += $2 } END { print s + 0 }')"
+  eq="$(ss -Htn state established "( sport = :$1 )" 2>/dev/null | awk '{ s += $1 + $2 } END { print s + 0 }')"
+  echo $((lq + eq))
 }
 
 established_count() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; }

@@ -20,7 +20,9 @@
 #   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
 #
 # Env: ROUNDS (3), DURATION (5s), RATE (20000), RATE_CONNS (64), PORT (first free from 38080),
-#   SERVERS ("megaconn go nginx axum"), WRK_DURATION (5s), WRK=0 to skip wrk.
+#   SERVERS ("megaconn go nginx axum"), WRK_DURATION (5s), WRK=0 to skip wrk,
+#   QUIET_WAIT (60 s at the start) / QUIET_WAIT_EACH (10 s before each server):
+#   longest waits for other processes on the machine to go quiet.
 # Output: raw JSON in bench/out/throughput-<stamp>/ (runs.jsonl, wrk.jsonl,
 #   summary.json) and the markdown tables on stdout (also table.md there).
 set -euo pipefail
@@ -111,6 +113,7 @@ n=${#servers[@]}
 for ((round = 1; round <= ROUNDS; round++)); do
   for ((k = 0; k < n; k++)); do
     server="${servers[$(((k + round - 1) % n))]}"
+    bench_wait_quiet "${QUIET_WAIT_EACH:-10}"
     server_start "$server" "$PORT" 1 || die "could not start $server"
     warmup
     for scenario in "${SCENARIOS[@]}"; do
