@@ -203,7 +203,10 @@ impl Conn<'_> {
         self.inflight.clear();
         self.parser.reset();
         let (mut pos, mut filled) = (0usize, 0usize);
-        let mut last_progress = Instant::now();
+        // The clock is read once per wake-up: after a read (or the timer), parsing
+        // and the next send follow at once, so that reading serves as their time.
+        let mut now = Instant::now();
+        let mut last_progress = now;
         // One timer per connection, re-armed lazily: it wakes for the deadline, a
         // response timeout, or (open loop) the next intended send.
         let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::from_std(
@@ -222,7 +225,6 @@ impl Conn<'_> {
             let room = room.min(budget.saturating_sub(self.inflight.len() as u64));
             let mut n = 0usize;
             if room > 0 {
-                let now = Instant::now();
                 match schedule.as_deref_mut() {
                     Some(s) => {
                         while (n as u64) < room {
@@ -241,7 +243,7 @@ impl Conn<'_> {
             }
             if n > 0 {
                 if self.inflight.len() == n {
-                    last_progress = Instant::now();
+                    last_progress = now;
                 }
                 if let Err(e) = stream.write_all(&sh.batch[..n * sh.request_len]).await {
                     self.error(ErrorKind::of_io(&e));
@@ -274,8 +276,8 @@ impl Conn<'_> {
                 r = stream.read(&mut self.buf[filled..]) => Some(r),
                 () = timer.as_mut() => None,
             };
+            now = Instant::now();
             let Some(read) = read else {
-                let now = Instant::now();
                 if now >= sh.deadline {
                     return End::Finished;
                 }
@@ -291,7 +293,7 @@ impl Conn<'_> {
             let got = match read {
                 Ok(0) => {
                     if let Some(resp) = self.parser.on_eof() {
-                        let ok = self.complete(resp.status, Instant::now(), budget);
+                        let ok = self.complete(resp.status, now, budget);
                         self.live.requests.fetch_add(ok, Relaxed);
                         return End::Reconnect;
                     }
@@ -310,7 +312,6 @@ impl Conn<'_> {
             };
             filled += got;
             self.live.bytes.fetch_add(got as u64, Relaxed);
-            let now = Instant::now();
             last_progress = now;
             let mut ok = 0u64;
             loop {
