@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::histogram::{new_histogram, record_ns};
 use crate::parse::{ResponseParser, Step};
 use crate::report::{ErrorCounts, ErrorKind};
-use crate::schedule::{latency_ns, Schedule};
+use crate::schedule::{latency_ns, latency_start, Schedule};
 use crate::sys;
 
 /// Renders one HTTP/1.1 request. A `Host` header is added unless given, and a
@@ -145,6 +145,7 @@ pub(crate) async fn run(
         parser: &mut parser,
         stats: &stats,
         live: &live,
+        free_since: Instant::now(),
     };
     while budget > 0 && Instant::now() < shared.deadline {
         let stream = match sys::connect(shared.addr, None, shared.timeout).await {
@@ -184,6 +185,8 @@ struct Conn<'a> {
     parser: &'a mut ResponseParser,
     stats: &'a RefCell<ThreadStats>,
     live: &'a Live,
+    /// Open loop: when the pipeline last went from full to having a free slot.
+    free_since: Instant,
 }
 
 impl Conn<'_> {
@@ -207,6 +210,7 @@ impl Conn<'_> {
         // and the next send follow at once, so that reading serves as their time.
         let mut now = Instant::now();
         let mut last_progress = now;
+        self.free_since = now;
         // One timer per connection, re-armed lazily: it wakes for the deadline, a
         // response timeout, or (open loop) the next intended send.
         let mut timer = pin!(tokio::time::sleep_until(tokio::time::Instant::from_std(
@@ -229,7 +233,8 @@ impl Conn<'_> {
                     Some(s) => {
                         while (n as u64) < room {
                             let Some(intended) = s.take(now) else { break };
-                            self.inflight.push_back(intended);
+                            self.inflight
+                                .push_back(latency_start(intended, self.free_since, now));
                             n += 1;
                         }
                     }
@@ -365,6 +370,9 @@ impl Conn<'_> {
     /// Accounts one complete response; returns 1 if it counts as a successful request.
     #[inline]
     fn complete(&mut self, status: u16, now: Instant, budget: &mut u64) -> u64 {
+        if self.inflight.len() == self.shared.pipeline {
+            self.free_since = now; // a slot frees up now
+        }
         let Some(start) = self.inflight.pop_front() else {
             // A response nobody asked for.
             self.error(ErrorKind::BadResponse);

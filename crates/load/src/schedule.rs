@@ -6,7 +6,8 @@
 //! that could not be sent on time (the connection was still waiting for earlier
 //! responses) is sent as soon as possible, but its latency is still measured from
 //! its intended time, so a server stall shows up in every request it delayed,
-//! not just the one in flight. The schedule also keeps how far sends lagged
+//! not just the one in flight. (Only a delay caused by waiting on the server is
+//! charged: see [`latency_start`] for timer slack.) The schedule also keeps how far sends lagged
 //! behind their intended times, which the report turns into "fell behind by".
 
 use std::time::{Duration, Instant};
@@ -97,6 +98,25 @@ impl Schedule {
     }
 }
 
+/// Where the latency clock of an open-loop request starts.
+///
+/// A request that fell behind its intended time because the connection had no
+/// free slot (all `--pipeline` requests were waiting on the server) is charged
+/// from its intended time: that wait is the server's doing, and dropping it is
+/// coordinated omission. A request whose connection had a free slot at its
+/// intended time, and so only went out late because the client's timer woke late
+/// (tokio's timer has millisecond granularity), is charged from its actual send
+/// time: that slack is the client's, not the server's. The slot became free at
+/// `free_since` (the last full-to-free transition).
+#[inline]
+pub(crate) fn latency_start(intended: Instant, free_since: Instant, now: Instant) -> Instant {
+    if intended < free_since {
+        intended
+    } else {
+        now
+    }
+}
+
 /// Corrected latency of a response completed at `done` for a request whose
 /// latency clock started at `start` (the intended send time in open loop, the
 /// actual send time in closed loop), in ns.
@@ -120,13 +140,16 @@ mod tests {
         let mut s = Schedule::for_connection(t0, 1000.0, 1, 0);
         let mut now = t0;
         let mut latencies = Vec::new();
+        let mut free_since = t0;
         for i in 0..count {
             // Idle until the next request is due, then send it.
             now = now.max(s.next_due());
-            let start = s.take(now).expect("request is due");
-            assert_eq!(start, at(i * MS), "intended time of request {i}");
+            let intended = s.take(now).expect("request is due");
+            assert_eq!(intended, at(i * MS), "intended time of request {i}");
+            let start = latency_start(intended, free_since, now);
             let service = if i == 10 { 100 * MS } else { MS / 10 };
             now += Duration::from_nanos(service);
+            free_since = now; // the response frees the only slot
             latencies.push(latency_ns(start, now));
         }
         (latencies, s, now)
@@ -157,6 +180,18 @@ mod tests {
         assert_eq!(s.sent(), 200);
         // At the end nothing due is left unsent.
         assert_eq!(s.backlog(end), 0);
+    }
+
+    #[test]
+    fn timer_slack_is_not_charged_but_server_delay_is() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        // Slot free since 0; request intended at 1000 us, timer woke at 1900 us:
+        // the clock starts at the actual send.
+        assert_eq!(latency_start(at(1000), at(0), at(1900)), at(1900));
+        // The slot only freed at 1500 us (a response arrived): the 500 us before
+        // that were spent waiting on the server, so the clock starts at 1000 us.
+        assert_eq!(latency_start(at(1000), at(1500), at(1500)), at(1000));
     }
 
     #[test]
