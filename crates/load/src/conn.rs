@@ -98,6 +98,8 @@ pub(crate) struct ThreadStats {
     pub lag_max_ns: u64,
     /// Open loop: requests due but never sent.
     pub backlog: u64,
+    /// When the thread's last connection finished.
+    pub finished_at: Instant,
 }
 
 impl ThreadStats {
@@ -109,6 +111,7 @@ impl ThreadStats {
             lag_sum_ns: 0,
             lag_max_ns: 0,
             backlog: 0,
+            finished_at: Instant::now(),
         }
     }
 }

@@ -230,7 +230,13 @@ pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
             LoadError::io("a load thread panicked", std::io::Error::other("panic"))
         })??);
     }
-    let elapsed = start.elapsed().as_secs_f64().max(1e-9);
+    // The run ends when the last thread does (not when this loop noticed).
+    let end = stats
+        .iter()
+        .map(|s| s.finished_at)
+        .max()
+        .unwrap_or_else(Instant::now);
+    let elapsed = end.duration_since(start).as_secs_f64().max(1e-9);
     let cpu = (sys::cpu_secs() - cpu0).max(0.0);
     let report = build_report(&args, threads, elapsed, cpu, &lives, &stats);
     let mut hist = new_histogram();
@@ -295,20 +301,14 @@ fn run_thread(
         };
         let _ = tokio::time::timeout_at(hard_stop, all).await;
     });
-    drop(local);
+    let finished_at = Instant::now();
+    drop(local); // every task is done or abandoned: the Rc below is the last one
     drop(shared);
-    Ok(Rc::try_unwrap(stats)
+    let mut stats = Rc::try_unwrap(stats)
         .map(RefCell::into_inner)
-        .unwrap_or_else(|rc| {
-            let s = rc.borrow();
-            ThreadStats {
-                hist: s.hist.clone(),
-                errors: s.errors,
-                lag_sum_ns: s.lag_sum_ns,
-                lag_max_ns: s.lag_max_ns,
-                backlog: s.backlog,
-            }
-        }))
+        .map_err(|_| LoadError::io("load thread", std::io::Error::other("stats still shared")))?;
+    stats.finished_at = finished_at;
+    Ok(stats)
 }
 
 fn build_report(
