@@ -9,6 +9,8 @@ mod doctor;
 mod duration;
 mod logging;
 mod serve;
+mod shared_stats;
+mod supervisor;
 
 use std::process::ExitCode;
 
@@ -32,6 +34,16 @@ enum Command {
     Hold(megaconn_load::HoldArgs),
     /// Check this host's kernel limits for holding very many connections.
     Doctor,
+}
+
+/// Prints a line to stdout, ignoring a closed stdout (a supervisor or pipe
+/// that went away must not turn into a panic).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
 }
 
 /// A mistake in the command line or config file (exit code 2).

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::demo::Demo;
 use crate::duration;
 use crate::logging::{self, LogFormat};
+use crate::shared_stats::SharedStats;
 use crate::UsageError;
 
 /// The address `serve` listens on when none is given.
@@ -69,6 +70,14 @@ pub struct ServeArgs {
     /// Log format: human or json. Default: human.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Worker processes under a supervisor, for hosts whose per-process
+    /// open-file limit caps connections (each process has its own listeners and
+    /// `--workers` threads). Default: 1 (no supervisor).
+    #[arg(long, value_name = "P")]
+    pub processes: Option<usize>,
+    /// Internal: run as worker process N of a supervisor.
+    #[arg(long, hide = true, value_name = "N")]
+    pub worker_process: Option<usize>,
 }
 
 /// The config file: the same settings as the flags.
@@ -95,6 +104,7 @@ pub struct ConfigFile {
     keep_alive: Option<bool>,
     server_header: Option<String>,
     log_format: Option<LogFormat>,
+    processes: Option<usize>,
 }
 
 impl ConfigFile {
@@ -114,6 +124,8 @@ pub struct Resolved {
     pub builder: megaconn::Builder,
     /// The log format.
     pub log_format: LogFormat,
+    /// Worker processes (1: no supervisor).
+    pub processes: usize,
 }
 
 /// Merges flags over the config file.
@@ -181,40 +193,87 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     {
         b = b.server_header(Some(v));
     }
+    let processes = args.processes.or(file.processes).unwrap_or(1);
+    if processes == 0 {
+        return Err(UsageError("processes must be at least 1".into()));
+    }
+    if args.worker_process.is_some() {
+        // A worker process shares its ports with its siblings on purpose.
+        b = b.reuse_port_shared(true);
+    }
     Ok(Resolved {
         builder: b,
         log_format: args
             .log_format
             .or(file.log_format)
             .unwrap_or(LogFormat::Human),
+        processes,
     })
 }
 
-/// Runs `megaconn serve`.
+/// Runs `megaconn serve`: one server process, or a supervisor of several.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let resolved = resolve(&args)?;
+    if resolved.processes > 1 && args.worker_process.is_none() {
+        return crate::supervisor::run(args, serve_argv(), resolved.processes);
+    }
     logging::init(resolved.log_format);
+    let shared = match args.worker_process {
+        Some(index) => Some((index, worker_process_setup()?)),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(resolved.builder))
+    runtime.block_on(serve(resolved.builder, shared))
 }
 
-async fn serve(builder: megaconn::Builder) -> anyhow::Result<()> {
+/// The arguments after `serve`, to hand to worker processes unchanged.
+fn serve_argv() -> Vec<std::ffi::OsString> {
+    let all: Vec<_> = std::env::args_os().skip(1).collect();
+    let at = all.iter().position(|a| a == "serve").map_or(0, |i| i + 1);
+    all[at..].to_vec()
+}
+
+/// A worker process dies with its supervisor and publishes its counters into
+/// the shared block the supervisor handed down.
+fn worker_process_setup() -> anyhow::Result<SharedStats> {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    let fd: i32 = std::env::var(crate::shared_stats::FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .context("--worker-process is for the supervisor's use (no shared counter block given)")?;
+    let slots: usize = std::env::var(crate::supervisor::SLOTS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .context("no slot count for the shared counter block")?;
+    SharedStats::inherited(fd, slots).context("cannot map the shared counter block")
+}
+
+/// Maps a bind error: configuration mistakes are usage errors (exit 2).
+pub fn listen_error(e: megaconn::Error) -> anyhow::Error {
+    match e {
+        megaconn::Error::Config(msg) => anyhow::Error::new(UsageError(msg)),
+        other => anyhow::Error::new(other),
+    }
+}
+
+async fn serve(
+    builder: megaconn::Builder,
+    shared: Option<(usize, SharedStats)>,
+) -> anyhow::Result<()> {
     // Signals are registered before anything else, so one that arrives during
     // start-up is seen (and shuts down cleanly) instead of killing the process.
     let mut signals = Signals::new().context("cannot install signal handlers")?;
-    let server = builder.listen().map_err(|e| match e {
-        megaconn::Error::Config(msg) => anyhow::Error::new(UsageError(msg)),
-        other => anyhow::Error::new(other),
-    })?;
+    let server = builder.listen().map_err(listen_error)?;
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()
         .map(|a| format!("http://{a}"))
         .collect();
-    println!(
+    crate::say!(
         "megaconn serving on {} ({} workers, max_connections {})",
         addrs.join(", "),
         server.workers(),
@@ -224,10 +283,22 @@ async fn serve(builder: megaconn::Builder) -> anyhow::Result<()> {
     let app = Demo::new(handle.clone());
     let serving = server.serve(app);
     tokio::pin!(serving);
+    let mut publish = tokio::time::interval(PUBLISH_EVERY);
     let summary = loop {
         tokio::select! {
             result = &mut serving => break result?,
+            _ = publish.tick(), if shared.is_some() => {
+                if let Some((slot, block)) = &shared {
+                    block.publish(*slot, &handle.stats());
+                }
+            }
             name = signals.next() => {
+                // A worker process leaves forcing to its supervisor: under
+                // systemd the same SIGTERM reaches it twice (from the unit's
+                // cgroup and forwarded by the supervisor).
+                if handle.is_shutting_down() && shared.is_some() {
+                    continue;
+                }
                 if handle.is_shutting_down() {
                     eprintln!("megaconn: second {name}: exiting now");
                     std::process::exit(1);
@@ -237,21 +308,28 @@ async fn serve(builder: megaconn::Builder) -> anyhow::Result<()> {
             }
         }
     };
-    println!(
+    if let Some((slot, block)) = &shared {
+        block.publish(*slot, &handle.stats());
+    }
+    crate::say!(
         "megaconn stopped: {} connections accepted, {} requests; at shutdown {} closed cleanly, {} forced",
         summary.accepted, summary.requests, summary.finished, summary.forced
     );
     Ok(())
 }
 
+/// How often a worker process copies its counters to the shared block.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
 /// SIGINT and SIGTERM as one stream.
-struct Signals {
+pub struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> std::io::Result<Signals> {
+    /// Registers the handlers.
+    pub fn new() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
@@ -259,7 +337,8 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self) -> &'static str {
+    /// The next signal's name.
+    pub async fn next(&mut self) -> &'static str {
         tokio::select! {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",

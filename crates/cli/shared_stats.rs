@@ -1,0 +1,190 @@
+//! Whole-server counters across worker processes: a shared memory block with
+//! one slot per process.
+//!
+//! The supervisor creates the block (a `memfd`, inherited by its children) and
+//! names its descriptor in `MEGACONN_STATS_FD`; each worker process copies its
+//! own counters into its slot a few times a second. Any reader (the supervisor's
+//! status lines and summary) adds the slots up, so totals are for the whole
+//! server, not for whichever process answered.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+
+use megaconn::ServerStats;
+
+/// Values copied per process: three gauges, then counters (see `publish`).
+const FIELDS: usize = 10;
+/// Index of the first counter (the values before it are gauges).
+const FIRST_COUNTER: usize = 3;
+
+/// Environment variable naming the inherited descriptor in a worker process.
+pub const FD_ENV: &str = "MEGACONN_STATS_FD";
+
+/// A mapped block of `slots` process slots.
+pub struct SharedStats {
+    base: *const AtomicI64,
+    slots: usize,
+    fd: OwnedFd,
+    /// Counters of processes that exited (kept by the supervisor only).
+    retired: [AtomicI64; FIELDS],
+}
+
+// SAFETY: the mapping is only accessed through atomics and lives as long as
+// the struct.
+unsafe impl Send for SharedStats {}
+// SAFETY: as above.
+unsafe impl Sync for SharedStats {}
+
+impl SharedStats {
+    /// Creates a zeroed block for `slots` processes (in the supervisor). The
+    /// descriptor is inherited by children.
+    pub fn create(slots: usize) -> io::Result<SharedStats> {
+        // SAFETY: a C string literal; no CLOEXEC so exec'd children inherit it.
+        let fd = unsafe { libc::memfd_create(c"megaconn-stats".as_ptr(), 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let len = (slots * FIELDS * 8) as libc::off_t;
+        // SAFETY: valid fd, plain length.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        SharedStats::map(fd, slots)
+    }
+
+    /// Maps the block a supervisor passed down (in a worker process).
+    pub fn inherited(fd: RawFd, slots: usize) -> io::Result<SharedStats> {
+        // SAFETY: the supervisor opened this descriptor for us and nothing else
+        // in this process owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        SharedStats::map(fd, slots)
+    }
+
+    fn map(fd: OwnedFd, slots: usize) -> io::Result<SharedStats> {
+        let len = slots * FIELDS * 8;
+        // SAFETY: mapping a file we own, shared, for its whole length.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedStats {
+            base: ptr.cast(),
+            slots,
+            fd,
+            retired: Default::default(),
+        })
+    }
+
+    /// The descriptor children inherit.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn field(&self, slot: usize, field: usize) -> &AtomicI64 {
+        assert!(slot < self.slots && field < FIELDS);
+        // SAFETY: in bounds of the mapping, 8-aligned (mmap is page-aligned).
+        unsafe { &*self.base.add(slot * FIELDS + field) }
+    }
+
+    /// Writes one process's counters into its slot.
+    pub fn publish(&self, slot: usize, s: &ServerStats) {
+        let values = [
+            s.connections_open,
+            s.connections_idle,
+            s.connections_parked,
+            s.accepted as i64,
+            s.closed as i64,
+            s.requests as i64,
+            s.panics as i64,
+            s.timeouts as i64,
+            s.protocol_errors as i64,
+            s.accept_errors as i64,
+        ];
+        for (i, v) in values.into_iter().enumerate() {
+            self.field(slot, i).store(v, Relaxed);
+        }
+    }
+
+    /// Retires a slot whose process exited: its counters move to the retired
+    /// totals (they still count for the whole server), its gauges go to zero
+    /// (its connections closed with it), and the slot is free for a new process.
+    pub fn retire(&self, slot: usize) {
+        for (i, retired) in self.retired.iter().enumerate() {
+            let v = self.field(slot, i).swap(0, Relaxed);
+            if i >= FIRST_COUNTER {
+                retired.fetch_add(v, Relaxed);
+            }
+        }
+    }
+
+    /// The sum over every process, live and retired.
+    pub fn total(&self) -> ServerStats {
+        let mut t = ServerStats::default();
+        let r = |i: usize| self.retired[i].load(Relaxed) as u64;
+        t.accepted = r(3);
+        t.closed = r(4);
+        t.requests = r(5);
+        t.panics = r(6);
+        t.timeouts = r(7);
+        t.protocol_errors = r(8);
+        t.accept_errors = r(9);
+        for slot in 0..self.slots {
+            let f = |i| self.field(slot, i).load(Relaxed);
+            t.connections_open += f(0);
+            t.connections_idle += f(1);
+            t.connections_parked += f(2);
+            t.accepted += f(3) as u64;
+            t.closed += f(4) as u64;
+            t.requests += f(5) as u64;
+            t.panics += f(6) as u64;
+            t.timeouts += f(7) as u64;
+            t.protocol_errors += f(8) as u64;
+            t.accept_errors += f(9) as u64;
+            t.connections_per_worker.push(f(0));
+        }
+        t
+    }
+}
+
+impl Drop for SharedStats {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe {
+            libc::munmap(self.base as *mut libc::c_void, self.slots * FIELDS * 8);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_add_up() {
+        let shared = SharedStats::create(3).unwrap();
+        let mut s = ServerStats::default();
+        s.accepted = 5;
+        s.connections_open = 2;
+        shared.publish(0, &s);
+        shared.publish(2, &s);
+        let t = shared.total();
+        assert_eq!(t.accepted, 10);
+        assert_eq!(t.connections_open, 4);
+        shared.retire(2);
+        let t = shared.total();
+        assert_eq!(t.accepted, 10, "a retired process's counters still count");
+        assert_eq!(t.connections_open, 2, "its connections do not");
+    }
+}

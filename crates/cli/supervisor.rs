@@ -1,0 +1,271 @@
+//! `megaconn serve --processes P`: a supervisor and P worker processes.
+//!
+//! One process can hold only as many sockets as its open-file limit allows
+//! (20,000 on some hosts, however much memory there is). The supervisor starts P
+//! copies of `megaconn serve` as worker processes; each binds its own
+//! `SO_REUSEPORT` listeners, so the kernel spreads connections across all of
+//! them. The supervisor restarts a worker that dies (with a growing back-off,
+//! logged), forwards SIGTERM/SIGINT so every worker drains gracefully, and at the
+//! end prints whole-server totals gathered through [`SharedStats`].
+//!
+//! On a real host, prefer raising `LimitNOFILE=` in the systemd unit (and
+//! `fs.nr_open`) and running one process; `--processes` is for hosts where the
+//! per-process cap cannot be raised.
+
+use std::ffi::OsString;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::serve::{self, ServeArgs, Signals};
+use crate::shared_stats::{SharedStats, FD_ENV};
+use crate::UsageError;
+
+/// Environment variable telling a worker process how many slots the shared
+/// counter block has.
+pub const SLOTS_ENV: &str = "MEGACONN_STATS_SLOTS";
+
+/// First restart delay of a worker that died.
+const RESTART_START: Duration = Duration::from_millis(100);
+/// Longest restart delay.
+const RESTART_MAX: Duration = Duration::from_secs(5);
+/// A worker that ran this long before dying restarts at once again.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// How long a worker process may take to start listening.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum Event {
+    Ready(usize),
+    Exited(usize, Option<i32>),
+}
+
+struct Worker {
+    pid: Option<u32>,
+    started: Instant,
+    restarts: u32,
+    running: bool,
+}
+
+/// Runs the supervisor. `argv` are the arguments after `serve`, passed on to
+/// every worker process unchanged.
+pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Result<()> {
+    let resolved = serve::resolve(&args)?;
+    crate::logging::init(resolved.log_format);
+    if args.listen.iter().any(|a| a.port() == 0) {
+        return Err(UsageError(
+            "--processes needs explicit ports (port 0 would differ per process)".into(),
+        )
+        .into());
+    }
+    // Fail now, in one place, if an address is taken or a knob is wrong.
+    let probe = resolved
+        .builder
+        .clone()
+        .workers(1)
+        .listen()
+        .map_err(serve::listen_error)?;
+    let addrs: Vec<String> = probe
+        .local_addrs()
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    drop(probe);
+    let shared =
+        SharedStats::create(processes).context("cannot create the shared counter block")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(supervise(argv, processes, shared, addrs))
+}
+
+async fn supervise(
+    argv: Vec<OsString>,
+    processes: usize,
+    shared: SharedStats,
+    addrs: Vec<String>,
+) -> anyhow::Result<()> {
+    let mut signals = Signals::new().context("cannot install signal handlers")?;
+    let exe = std::env::current_exe().context("cannot find the megaconn executable")?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut workers: Vec<Worker> = Vec::with_capacity(processes);
+    for i in 0..processes {
+        let pid = start(&exe, &argv, i, processes, &shared, tx.clone())?;
+        workers.push(Worker {
+            pid: Some(pid),
+            started: Instant::now(),
+            restarts: 0,
+            running: true,
+        });
+    }
+
+    // Announce only once every worker listens.
+    let mut ready = 0;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while ready < processes {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(Event::Ready(_)) => ready += 1,
+                Some(Event::Exited(i, code)) => {
+                    stop_all(&workers, libc::SIGKILL);
+                    anyhow::bail!("worker process {i} exited during start-up ({code:?}); see its messages above");
+                }
+                None => anyhow::bail!("lost track of the worker processes"),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                stop_all(&workers, libc::SIGKILL);
+                anyhow::bail!("worker processes did not start listening within {READY_TIMEOUT:?}");
+            }
+            name = signals.next() => {
+                stop_all(&workers, libc::SIGTERM);
+                anyhow::bail!("{name} during start-up");
+            }
+        }
+    }
+    crate::say!(
+        "megaconn serving on {} ({processes} worker processes; supervisor pid {})",
+        addrs.join(", "),
+        std::process::id()
+    );
+    for (i, w) in workers.iter().enumerate() {
+        crate::say!("worker process {i} pid {}", w.pid.unwrap_or(0));
+    }
+
+    let mut stopping = false;
+    let mut failed = false;
+    let mut restart_at: Vec<Option<Instant>> = vec![None; processes];
+    loop {
+        if stopping && workers.iter().all(|w| !w.running) {
+            break;
+        }
+        let next_restart = restart_at.iter().flatten().min().copied();
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(Event::Ready(i)) => {
+                    if workers[i].restarts > 0 {
+                        crate::say!("worker process {i} restarted pid {}", workers[i].pid.unwrap_or(0));
+                    }
+                }
+                Some(Event::Exited(i, code)) => {
+                    let w = &mut workers[i];
+                    w.running = false;
+                    w.pid = None;
+                    shared.retire(i);
+                    if stopping {
+                        failed |= code != Some(0);
+                        continue;
+                    }
+                    if w.started.elapsed() >= STABLE_AFTER {
+                        w.restarts = 0;
+                    }
+                    let delay = RESTART_START
+                        .saturating_mul(1 << w.restarts.min(10))
+                        .min(RESTART_MAX);
+                    tracing::error!(worker = i, exit = ?code, restart_in_ms = delay.as_millis() as u64, "worker process died; restarting");
+                    restart_at[i] = Some(Instant::now() + delay);
+                }
+                None => break,
+            },
+            _ = sleep_until_opt(next_restart) => {
+                let now = Instant::now();
+                for i in 0..processes {
+                    if restart_at[i].is_some_and(|t| t <= now) {
+                        restart_at[i] = None;
+                        match start(&exe, &argv, i, processes, &shared, tx.clone()) {
+                            Ok(pid) => {
+                                let w = &mut workers[i];
+                                w.pid = Some(pid);
+                                w.running = true;
+                                w.started = Instant::now();
+                                w.restarts += 1;
+                            }
+                            Err(e) => {
+                                tracing::error!(worker = i, error = %e, "cannot restart worker process; retrying");
+                                restart_at[i] = Some(now + RESTART_MAX);
+                            }
+                        }
+                    }
+                }
+            }
+            name = signals.next() => {
+                if stopping {
+                    eprintln!("megaconn: second {name}: killing worker processes");
+                    stop_all(&workers, libc::SIGKILL);
+                    std::process::exit(1);
+                }
+                tracing::info!(signal = name, "draining every worker process (send it again to stop at once)");
+                stopping = true;
+                restart_at.iter_mut().for_each(|r| *r = None);
+                stop_all(&workers, libc::SIGTERM);
+            }
+        }
+    }
+    let totals = shared.total();
+    crate::say!(
+        "megaconn stopped: {processes} worker processes, {} connections accepted, {} requests",
+        totals.accepted,
+        totals.requests
+    );
+    if failed {
+        anyhow::bail!("a worker process did not exit cleanly");
+    }
+    Ok(())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn stop_all(workers: &[Worker], signal: libc::c_int) {
+    for pid in workers.iter().filter_map(|w| w.pid) {
+        // SAFETY: kill(2) on a child we started.
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
+    }
+}
+
+/// Starts worker process `index` and a task that reports when it is ready and
+/// when it exits.
+fn start(
+    exe: &std::path::Path,
+    argv: &[OsString],
+    index: usize,
+    processes: usize,
+    shared: &SharedStats,
+    events: mpsc::UnboundedSender<Event>,
+) -> anyhow::Result<u32> {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("serve")
+        .args(argv)
+        .arg("--worker-process")
+        .arg(index.to_string())
+        .env(FD_ENV, shared.raw_fd().to_string())
+        .env(SLOTS_ENV, processes.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start worker process {index}"))?;
+    let pid = child.id().unwrap_or(0);
+    let stdout = child.stdout.take();
+    tokio::spawn(async move {
+        if let Some(stdout) = stdout {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("megaconn serving on") {
+                    let _ = events.send(Event::Ready(index));
+                }
+            }
+        }
+        let code = child.wait().await.ok().and_then(|s| s.code());
+        let _ = events.send(Event::Exited(index, code));
+    });
+    Ok(pid)
+}

@@ -1,0 +1,124 @@
+//! `megaconn serve --processes P`: a supervisor restarts a worker process that
+//! dies, keeps the port answering, drains every worker on SIGTERM and reports
+//! whole-server totals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One request on a fresh connection. Retries a reset: when a worker process
+/// dies, the connections already queued on its `SO_REUSEPORT` listener are
+/// reset by the kernel (new ones go to the live processes).
+fn get(addr: &str, path: &str) -> String {
+    let mut last = None;
+    for _ in 0..5 {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect(addr)?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(out) if !out.is_empty() => return out,
+            Ok(_) => last = Some("empty response".to_string()),
+            Err(e) => last = Some(e.to_string()),
+        }
+    }
+    panic!("no answer from {addr}: {last:?}");
+}
+
+struct Supervisor {
+    child: Child,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+    addr: String,
+    worker_pids: Vec<i32>,
+}
+
+impl Supervisor {
+    fn start(processes: usize) -> Supervisor {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_megaconn"))
+            .args(["serve", "--listen", &addr, "--workers", "1", "--processes"])
+            .arg(processes.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        assert!(first.contains("worker processes"), "{first}");
+        let worker_pids = (0..processes)
+            .map(|i| {
+                let line = lines.next().unwrap().unwrap();
+                assert!(
+                    line.starts_with(&format!("worker process {i} pid ")),
+                    "{line}"
+                );
+                line.rsplit(' ').next().unwrap().parse().unwrap()
+            })
+            .collect();
+        Supervisor {
+            child,
+            lines,
+            addr,
+            worker_pids,
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+#[test]
+fn a_killed_worker_process_is_restarted_and_the_port_keeps_answering() {
+    let mut sup = Supervisor::start(2);
+    assert!(get(&sup.addr, "/").ends_with("Hello, World!"));
+    // SAFETY: kill(2) on a worker process the supervisor started for us.
+    unsafe { libc::kill(sup.worker_pids[0], libc::SIGKILL) };
+    // While it restarts, the other process answers.
+    for _ in 0..5 {
+        assert!(get(&sup.addr, "/healthz").ends_with("ok"));
+    }
+    let line = sup.lines.next().unwrap().unwrap();
+    assert!(
+        line.starts_with("worker process 0 restarted pid "),
+        "{line}"
+    );
+    for _ in 0..5 {
+        assert!(get(&sup.addr, "/").ends_with("Hello, World!"));
+    }
+    sup.signal(libc::SIGTERM);
+    let status = sup.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sigterm_drains_every_worker_process_and_reports_totals() {
+    let mut sup = Supervisor::start(3);
+    for _ in 0..9 {
+        assert!(get(&sup.addr, "/").ends_with("Hello, World!"));
+    }
+    sup.signal(libc::SIGTERM);
+    let status = sup.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "every worker exited 0");
+    let rest: Vec<String> = sup.lines.map(|l| l.unwrap()).collect();
+    let summary = rest.last().expect("a summary line");
+    assert!(
+        summary.contains("3 worker processes, 9 connections accepted, 9 requests"),
+        "{summary}"
+    );
+}
