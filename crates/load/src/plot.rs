@@ -49,9 +49,12 @@ pub(crate) fn write_svg(path: &Path, title: &str, h: &Histogram<u64>) -> Result<
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency (us)")
+        // One label per "nine": 0%, 90%, 99%, 99.9%, ...
+        .x_labels(max_x.floor() as usize + 1)
         .x_label_formatter(&|x| {
             let p = 100.0 * (1.0 - 10f64.powf(-x));
-            format!("{p:.3}%")
+            let decimals = (x.round() as usize).saturating_sub(2);
+            format!("{p:.decimals$}%")
         })
         .draw()
         .map_err(|e| err(e.to_string()))?;
