@@ -1,0 +1,3 @@
+module go-reuseport
+
+go 1.19
