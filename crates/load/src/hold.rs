@@ -356,7 +356,7 @@ pub fn run_hold(args: HoldArgs) -> Result<HoldReport, LoadError> {
             if args.processes.is_some() { " (as given by --processes)" } else { "" }
         );
     }
-    let cpu0 = sys::cpu_secs();
+    let cpu0 = sys::cpu_secs() + sys::children_cpu_secs();
     let guard = InterruptGuard::install();
     let (outcome, processes) = if plan.processes == 1 {
         let (count, shared) = share(&args, &plan, 0, 1);
@@ -391,7 +391,7 @@ pub fn run_hold(args: HoldArgs) -> Result<HoldReport, LoadError> {
         heartbeat_latency_us: Percentiles::of(&outcome.hist),
         processes,
         sources: plan.sources.len(),
-        client_cpu_secs: (sys::cpu_secs() - cpu0).max(0.0),
+        client_cpu_secs: (sys::cpu_secs() + sys::children_cpu_secs() - cpu0).max(0.0),
     };
     print!("{}", report.to_text());
     if let Some(path) = &args.json {

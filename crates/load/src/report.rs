@@ -298,7 +298,7 @@ pub struct HoldReport {
     pub processes: usize,
     /// Source addresses used (empty: the kernel's choice).
     pub sources: usize,
-    /// CPU time of the parent process (children excluded), in seconds.
+    /// CPU time (user + system) of the run: this process and its child processes, in seconds.
     pub client_cpu_secs: f64,
 }
 

@@ -179,3 +179,24 @@ fn refuses_unbounded_and_unreachable_runs() {
     assert!(matches!(err, LoadError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("is the server running"));
 }
+
+#[test]
+fn failures_are_counted_by_kind_and_bounded_by_the_budget() {
+    // Each failure consumes one request of the budget, so these runs end by themselves.
+    let silent = common::start(Mode::Silent);
+    let r = run_load(args(&silent, &["-n", "2", "-c", "1", "--timeout", "200ms"])).unwrap();
+    assert_eq!(
+        (r.requests, r.errors.read_timeout, r.errors_total),
+        (0, 2, 2)
+    );
+
+    let closing = common::start(Mode::CloseWithoutReply);
+    let r = run_load(args(&closing, &["-n", "3", "-c", "1"])).unwrap();
+    assert_eq!(r.requests, 0);
+    assert_eq!(r.errors.closed + r.errors.reset, 3, "{:?}", r.errors);
+
+    let garbage = common::start(Mode::Garbage);
+    let r = run_load(args(&garbage, &["-n", "4", "-c", "2"])).unwrap();
+    assert_eq!((r.requests, r.errors.bad_response), (0, 4));
+    assert_eq!(r.latency_us.count, 0);
+}

@@ -24,6 +24,12 @@ pub enum Mode {
     DropFirst,
     /// Line protocol: answers each `PING` line with `PONG`.
     Lines,
+    /// Reads requests and never answers.
+    Silent,
+    /// Closes the connection on each request without answering.
+    CloseWithoutReply,
+    /// Answers with bytes that are not HTTP.
+    Garbage,
 }
 
 #[derive(Debug, Default)]
@@ -147,6 +153,9 @@ async fn serve(
                 let nth = s.requests.fetch_add(1, SeqCst) + 1;
                 served_here += 1;
                 match mode {
+                    Mode::Silent => continue,
+                    Mode::CloseWithoutReply => return Ok(()),
+                    Mode::Garbage => out.extend_from_slice(b"SSH-2.0-nope\r\n\r\n"),
                     Mode::Chunked => out.extend_from_slice(
                         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
                     ),
