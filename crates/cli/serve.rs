@@ -61,6 +61,17 @@ pub struct ServeArgs {
     /// Listen backlog. Default: 4096.
     #[arg(long, value_name = "N")]
     pub backlog: Option<u32>,
+    /// New connections admitted per second (token bucket); over it they are
+    /// closed at once and counted. Default: unlimited.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub accept_rate: Option<f64>,
+    /// Burst allowed by --accept-rate. Default: one second's worth.
+    #[arg(long, value_name = "N")]
+    pub accept_burst: Option<u32>,
+    /// Most concurrent connections per client IP (IPv6: per /64). Default:
+    /// unlimited.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<u32>,
     /// Disable keep-alive (one request per connection).
     #[arg(long)]
     pub no_keep_alive: bool,
@@ -101,6 +112,9 @@ pub struct ConfigFile {
     max_body_bytes: Option<u64>,
     max_connections: Option<usize>,
     backlog: Option<u32>,
+    accept_rate: Option<f64>,
+    accept_burst: Option<u32>,
+    max_connections_per_ip: Option<u32>,
     keep_alive: Option<bool>,
     server_header: Option<String>,
     log_format: Option<LogFormat>,
@@ -182,6 +196,24 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     }
     if let Some(n) = args.backlog.or(file.backlog) {
         b = b.backlog(n);
+    }
+    if let Some(rate) = args.accept_rate.or(file.accept_rate) {
+        if rate.is_nan() || rate <= 0.0 {
+            return Err(UsageError(
+                "accept_rate must be a positive number of connections per second".into(),
+            ));
+        }
+        let burst = args
+            .accept_burst
+            .or(file.accept_burst)
+            .unwrap_or(rate.ceil() as u32);
+        b = b.accept_rate(Some(megaconn::AcceptRate {
+            per_second: rate,
+            burst,
+        }));
+    }
+    if let Some(n) = args.max_connections_per_ip.or(file.max_connections_per_ip) {
+        b = b.max_connections_per_ip(Some(n));
     }
     if args.no_keep_alive || file.keep_alive == Some(false) {
         b = b.keep_alive(false);

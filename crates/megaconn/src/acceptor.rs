@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use crate::admission::{Refusal, TokenBucket};
 use crate::limit::ConnectionLimit;
 use crate::park::Respawn;
 use crate::socket::configure_accepted;
@@ -35,6 +36,16 @@ pub(crate) async fn accept_loop(
     let mut backoff = BACKOFF_START;
     let mut at_limit_log = RateLimitedLog::default();
     let mut error_log = RateLimitedLog::default();
+    let mut rate_log = RateLimitedLog::default();
+    let mut per_ip_log = RateLimitedLog::default();
+    // Each worker enforces its share of the server's accept rate.
+    let workers = ctx.config.workers.max(1);
+    let mut accept_rate = ctx.config.accept_rate.map(|r| {
+        TokenBucket::new(
+            r.per_second / workers as f64,
+            (r.burst / workers as u32).max(1),
+        )
+    });
     let mut slot = None;
     loop {
         let held = match slot.take() {
@@ -55,16 +66,49 @@ pub(crate) async fn accept_loop(
             },
         };
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 backoff = BACKOFF_START;
-                configure_accepted(&stream, &ctx.config);
                 incr(&ctx.stats.accepted);
+                let mut held = held;
+                let refusal = if !accept_rate
+                    .as_mut()
+                    .is_none_or(|b| b.try_take(Instant::now()))
+                {
+                    Some(Refusal::AcceptRate)
+                } else if !limit.admit_ip(&mut held, peer.ip()) {
+                    Some(Refusal::PerIp)
+                } else {
+                    None
+                };
+                if let Some(refusal) = refusal {
+                    // Closed at once; the slot serves the next accept.
+                    drop(stream);
+                    slot = Some(held);
+                    let (counter, log) = match refusal {
+                        Refusal::AcceptRate => (&ctx.stats.rejected_accept_rate, &mut rate_log),
+                        Refusal::PerIp => (&ctx.stats.rejected_per_ip, &mut per_ip_log),
+                    };
+                    incr(counter);
+                    incr(&ctx.stats.closed);
+                    log.log(|suppressed| {
+                        tracing::warn!(
+                            worker = ctx.index,
+                            limit = refusal.label(),
+                            %peer,
+                            suppressed,
+                            "connection refused by a limit"
+                        )
+                    });
+                    continue;
+                }
+                configure_accepted(&stream, &ctx.config);
                 gauge(&ctx.stats.connections_open, 1);
                 spawn_connection(stream, held);
             }
             Err(e) => {
                 slot = Some(held);
                 incr(&ctx.stats.accept_errors);
+                ctx.stats.accept_failed(&e);
                 if is_transient(&e) {
                     continue;
                 }

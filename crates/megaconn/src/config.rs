@@ -60,6 +60,17 @@ pub struct KeepaliveConfig {
     pub count: u32,
 }
 
+/// An accept-rate limit: a token bucket refilled at `per_second`, holding at
+/// most `burst` tokens. Each worker gets an equal share (the kernel spreads
+/// connections evenly across workers), so no lock is shared.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AcceptRate {
+    /// Sustained new connections per second, for the whole server.
+    pub per_second: f64,
+    /// Connections accepted at once after a quiet period.
+    pub burst: u32,
+}
+
 /// The resolved configuration a server runs with.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -76,6 +87,8 @@ pub(crate) struct Config {
     pub max_body_bytes: u64,
     pub max_drain_bytes: u64,
     pub max_connections: Option<usize>,
+    pub accept_rate: Option<AcceptRate>,
+    pub max_connections_per_ip: Option<u32>,
     pub keep_alive: bool,
     pub server_header: Option<http::HeaderValue>,
     pub backlog: u32,
@@ -105,6 +118,8 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_drain_bytes: DEFAULT_MAX_DRAIN_BYTES,
             max_connections: None,
+            accept_rate: None,
+            max_connections_per_ip: None,
             keep_alive: true,
             server_header: None,
             backlog: DEFAULT_BACKLOG,

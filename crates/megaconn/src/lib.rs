@@ -42,6 +42,7 @@
 //!  park.rs      the parking lot: cold idle connections leave tokio (one u32 each)
 //!  upgrade.rs   101 Switching Protocols: the handler takes over the socket
 //!  stats.rs     per-worker counters, summed on read
+//!  metrics.rs   per-request metrics and their Prometheus exposition
 //! ```
 //!
 //! # Idle connections cost almost nothing
@@ -52,12 +53,14 @@
 //! handler future is boxed so the connection future stays small while idle.
 
 mod acceptor;
+mod admission;
 mod body;
 mod config;
 mod date;
 mod error;
 mod http1;
 mod limit;
+pub mod metrics;
 mod park;
 mod pool;
 mod server;
@@ -70,7 +73,8 @@ mod worker;
 
 pub use body::Body;
 pub use config::{
-    KeepaliveConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
+    AcceptRate, KeepaliveConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_PARK_IDLE_AFTER,
+    DEFAULT_READ_HEADER_TIMEOUT,
 };
 pub use error::{BodyError, Error};
 pub use server::{Builder, Server, ServerHandle, ShutdownSummary};

@@ -1,32 +1,41 @@
-//! The server-wide connection limit. A [`ConnectionSlot`] travels with its
+//! The server-wide connection limits: `max_connections` (a semaphore) and the
+//! optional per-client-IP limit. A [`ConnectionSlot`] travels with its
 //! connection (as axum's `ConnLimiterIo` keeps its permit), so dropping the
-//! connection frees the slot and the limit cannot leak.
+//! connection frees both claims and the limits cannot leak.
 //!
 //! A parked connection (see `park.rs`) has no task to carry a slot, so its slot
 //! is *detached*: still counted as taken, released by the parking lot when the
-//! socket closes, or re-attached when the connection wakes up.
+//! socket closes (the peer address is read back from the socket), or
+//! re-attached when the connection wakes up.
 
+use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
+
+use crate::admission::PerIpLimit;
 
 /// Shared by every worker's acceptor.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionLimit {
     slots: Arc<Semaphore>,
+    per_ip: Option<Arc<PerIpLimit>>,
     max: usize,
 }
 
-/// One connection's claim on the limit; dropping it frees the slot.
+/// One connection's claim on the limits; dropping it frees them.
 #[derive(Debug)]
 pub(crate) struct ConnectionSlot {
     slots: Option<Arc<Semaphore>>,
+    ip: Option<(Arc<PerIpLimit>, IpAddr)>,
 }
 
 impl ConnectionLimit {
-    pub(crate) fn new(max: usize) -> ConnectionLimit {
+    pub(crate) fn new(max: usize, per_ip: Option<u32>) -> ConnectionLimit {
         ConnectionLimit {
             slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            per_ip: per_ip.map(|n| Arc::new(PerIpLimit::new(n))),
             max,
         }
     }
@@ -54,28 +63,58 @@ impl ConnectionLimit {
         self.attached()
     }
 
-    /// The slot of a parked connection coming back to life (it never gave its
-    /// slot up).
-    pub(crate) fn reattach(&self) -> ConnectionSlot {
-        self.attached()
+    /// Claims a place for `ip` in `slot` if the per-IP limit allows; true when
+    /// there is no per-IP limit.
+    pub(crate) fn admit_ip(&self, slot: &mut ConnectionSlot, ip: IpAddr) -> bool {
+        let Some(per_ip) = &self.per_ip else {
+            return true;
+        };
+        if !per_ip.try_acquire(ip) {
+            return false;
+        }
+        slot.ip = Some((per_ip.clone(), ip));
+        true
     }
 
-    /// Frees the detached slot of a parked connection that closed.
-    pub(crate) fn release_detached(&self) {
+    /// The peer IP of a socket, when the per-IP limit needs it.
+    pub(crate) fn peer_ip(&self, socket: &impl AsFd) -> Option<IpAddr> {
+        self.per_ip.as_ref()?;
+        let addr = socket2::SockRef::from(socket).peer_addr().ok()?;
+        addr.as_socket().map(|a| a.ip())
+    }
+
+    /// The slot of a parked connection coming back to life (it never gave its
+    /// places up).
+    pub(crate) fn reattach(&self, ip: Option<IpAddr>) -> ConnectionSlot {
+        let mut slot = self.attached();
+        if let (Some(per_ip), Some(ip)) = (&self.per_ip, ip) {
+            per_ip.reacquire(ip);
+            slot.ip = Some((per_ip.clone(), ip));
+        }
+        slot
+    }
+
+    /// Frees the detached places of a parked connection that closed.
+    pub(crate) fn release_detached(&self, ip: Option<IpAddr>) {
         self.slots.add_permits(1);
+        if let (Some(per_ip), Some(ip)) = (&self.per_ip, ip) {
+            per_ip.release(ip);
+        }
     }
 
     fn attached(&self) -> ConnectionSlot {
         ConnectionSlot {
             slots: Some(self.slots.clone()),
+            ip: None,
         }
     }
 }
 
 impl ConnectionSlot {
-    /// Keeps the slot taken without an owner; the parking lot releases it.
+    /// Keeps the places taken without an owner; the parking lot releases them.
     pub(crate) fn detach(mut self) {
         self.slots = None;
+        self.ip = None;
     }
 }
 
@@ -83,6 +122,9 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         if let Some(slots) = &self.slots {
             slots.add_permits(1);
+            if let Some((per_ip, ip)) = &self.ip {
+                per_ip.release(*ip);
+            }
         }
     }
 }

@@ -114,8 +114,7 @@ impl ParkingLot {
             unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
         if rc != 0 {
             tracing::warn!(error = %io::Error::last_os_error(), "cannot park connection; closing it");
-            drop(socket);
-            self.closed();
+            self.closed(&socket);
             return;
         }
         let idx = fd as usize;
@@ -167,9 +166,13 @@ impl ParkingLot {
         Some(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// A parked connection closed: free its slot, count it.
-    fn closed(&self) {
-        self.limit.release_detached();
+    /// A parked connection is closing: free its places, count it.
+    fn closed(&self, socket: &OwnedFd) {
+        self.count_closed(self.limit.peer_ip(socket));
+    }
+
+    fn count_closed(&self, ip: Option<std::net::IpAddr>) {
+        self.limit.release_detached(ip);
         gauge(&self.stats.connections_open, -1);
         incr(&self.stats.closed);
     }
@@ -195,10 +198,17 @@ impl ParkingLot {
                 continue;
             };
             self.churn_since_trim.set(self.churn_since_trim.get() + 1);
-            let stream = TcpStream::from_std(std::net::TcpStream::from(socket));
-            match (stream, &respawn) {
-                (Ok(stream), Some(respawn)) => respawn(stream, self.limit.reattach()),
-                _ => self.closed(),
+            let Some(respawn) = &respawn else {
+                self.closed(&socket);
+                continue;
+            };
+            let ip = self.limit.peer_ip(&socket);
+            match TcpStream::from_std(std::net::TcpStream::from(socket)) {
+                Ok(stream) => respawn(stream, self.limit.reattach(ip)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot wake a parked connection; closed");
+                    self.count_closed(ip);
+                }
             }
         }
         Ok(n as usize)
@@ -216,9 +226,9 @@ impl ParkingLot {
             .map(|(fd, _)| fd as RawFd)
             .collect();
         for fd in expired {
-            if self.unregister(fd).is_some() {
+            if let Some(socket) = self.unregister(fd) {
                 incr(&self.stats.timeouts);
-                self.closed();
+                self.closed(&socket);
             }
         }
         if self.churn_since_trim.get() >= TRIM_EVERY {
@@ -239,8 +249,8 @@ impl ParkingLot {
             .collect();
         let mut n = 0;
         for fd in parked {
-            if self.unregister(fd).is_some() {
-                self.closed();
+            if let Some(socket) = self.unregister(fd) {
+                self.closed(&socket);
                 n += 1;
             }
         }

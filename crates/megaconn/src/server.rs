@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use crate::body::Body;
-use crate::config::{self, Config, KeepaliveConfig, MAX_HEADERS_CEILING};
+use crate::config::{self, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS_CEILING};
 use crate::error::Error;
 use crate::limit::ConnectionLimit;
 use crate::stats::{ServerStats, WorkerStats};
@@ -124,7 +124,7 @@ impl Server {
             handle,
             ..
         } = self;
-        let limit = ConnectionLimit::new(max_connections);
+        let limit = ConnectionLimit::new(max_connections, config.max_connections_per_ip);
         // Dropping this future (or returning) stops the workers.
         let _stop_on_drop = StopOnDrop(handle.clone());
         let mut threads = Vec::with_capacity(listeners.len());
@@ -191,6 +191,14 @@ impl ServerHandle {
     /// The server's counters, summed over workers.
     pub fn stats(&self) -> ServerStats {
         ServerStats::sum(&self.workers)
+    }
+
+    /// The server's metrics as Prometheus text: a snapshot summed over workers,
+    /// rendered by [`metrics::render`](crate::metrics::render) (names and types
+    /// are listed there). Serve it at `/metrics`; cheap enough to scrape every
+    /// second.
+    pub fn render_metrics(&self) -> String {
+        crate::metrics::render(&self.stats())
     }
 
     /// Begins graceful shutdown. Idempotent.
@@ -313,6 +321,24 @@ impl Builder {
     /// Default: the open-file limit (raised to its hard cap) minus 256.
     pub fn max_connections(mut self, n: usize) -> Builder {
         self.config.max_connections = Some(n);
+        self
+    }
+
+    /// Limits how fast new connections are admitted (a token bucket; see
+    /// [`AcceptRate`]). Over the rate a connection is closed right after accept,
+    /// counted (`ServerStats::rejected_accept_rate`) and logged at most once per
+    /// interval. Default: none.
+    pub fn accept_rate(mut self, rate: Option<AcceptRate>) -> Builder {
+        self.config.accept_rate = rate;
+        self
+    }
+
+    /// Most concurrent connections from one client IP (IPv6: one /64). Over it
+    /// a connection is closed right after accept, counted
+    /// (`ServerStats::rejected_per_ip`) and logged at most once per interval.
+    /// Default: none.
+    pub fn max_connections_per_ip(mut self, n: Option<u32>) -> Builder {
+        self.config.max_connections_per_ip = n;
         self
     }
 

@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::metrics::{RequestCounters, RequestStats};
+
 /// Counters of one worker. Gauges are signed so a transient underflow from
 /// racing readers cannot wrap.
 #[derive(Debug, Default)]
@@ -25,6 +27,10 @@ pub(crate) struct WorkerStats {
     pub buffers_checked_out: AtomicI64,
     pub buffers_pooled: AtomicI64,
     pub connections_parked: AtomicI64,
+    pub rejected_accept_rate: AtomicU64,
+    pub rejected_per_ip: AtomicU64,
+    /// Per-request metrics (method, status, duration, bytes, close reasons).
+    pub request_metrics: RequestCounters,
 }
 
 /// Adds one to a counter.
@@ -71,6 +77,13 @@ pub struct ServerStats {
     /// worker's private epoll set; no task, no buffers). Included in
     /// `connections_idle` and `connections_open`.
     pub connections_parked: i64,
+    /// Connections closed right after accept by the accept-rate limit.
+    pub rejected_accept_rate: u64,
+    /// Connections closed right after accept by the per-IP limit.
+    pub rejected_per_ip: u64,
+    /// Per-request metrics: requests by method and status class, durations,
+    /// body bytes, close reasons, accept errors by errno, per-worker figures.
+    pub request_metrics: RequestStats,
 }
 
 impl ServerStats {
@@ -92,7 +105,10 @@ impl ServerStats {
             s.buffers_checked_out += w.buffers_checked_out.load(Relaxed);
             s.buffers_pooled += w.buffers_pooled.load(Relaxed);
             s.connections_parked += w.connections_parked.load(Relaxed);
+            s.rejected_accept_rate += w.rejected_accept_rate.load(Relaxed);
+            s.rejected_per_ip += w.rejected_per_ip.load(Relaxed);
         }
+        s.request_metrics = RequestStats::sum(workers);
         s
     }
 }

@@ -26,6 +26,7 @@ use super::exchange::{panic_message, read_more, Continue, Exchange, ExchangeSetu
 use super::head::{self, BodyFraming, Rejection, RequestHead};
 use super::{encode, CloseReason, Outcome};
 use crate::body::Body;
+use crate::metrics::MethodLabel;
 use crate::stats::{gauge, incr};
 use crate::transport::Transport;
 use crate::upgrade::{self, UpgradeSender, Upgraded};
@@ -61,10 +62,12 @@ where
     match run(&mut conn, service).await {
         Ended::Close(reason) => {
             tracing::trace!(%reason, "connection closed");
+            conn.ctx.stats.connection_closed(reason);
             Box::pin(conn.close(reason)).await;
             ConnEnd::Closed
         }
         Ended::Upgrade(tx) => {
+            conn.ctx.stats.connection_upgraded();
             let read_ahead = conn.buffers.take_read_ahead();
             let _ = tx.send(Upgraded::new(conn.io, read_ahead));
             ConnEnd::Closed
@@ -222,6 +225,7 @@ where
     } else {
         Continue::NotExpected
     };
+    let method = MethodLabel::of(&head.method);
     let setup_head = (
         head.version,
         head.method == Method::HEAD,
@@ -245,6 +249,7 @@ where
         tracing::warn!(error = %e, "service not ready; answering 503");
         return Exchange::<T, S::Future, B>::failed(
             conn,
+            method,
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is not available",
         );
@@ -259,12 +264,14 @@ where
             );
             return Exchange::<T, S::Future, B>::failed(
                 conn,
+                method,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the handler panicked",
             );
         }
     };
     let setup = ExchangeSetup {
+        method,
         version: setup_head.0,
         is_head: setup_head.1,
         is_connect: setup_head.2,

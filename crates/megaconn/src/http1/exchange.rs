@@ -41,6 +41,7 @@ use super::encode::{self, EncodeError, Encoder, HeadContext};
 use super::{CloseReason, Outcome};
 use crate::body::{BodySender, Demand};
 use crate::error::BodyError;
+use crate::metrics::{MethodLabel, RequestRecord};
 use crate::stats::incr;
 use crate::transport::Transport;
 use crate::upgrade::UpgradeSender;
@@ -73,6 +74,7 @@ enum DeadlineKind {
 /// The per-request facts the exchange needs from the request head.
 #[derive(Debug)]
 pub(crate) struct ExchangeSetup {
+    pub method: MethodLabel,
     pub version: Version,
     pub is_head: bool,
     pub is_connect: bool,
@@ -104,6 +106,7 @@ pin_project_lite::pin_project! {
         upgrading: Option<UpgradeSender>,
         close_reason: Option<CloseReason>,
         deferred_head: Option<(http::response::Parts, Option<u64>)>,
+        record: RequestRecord,
     }
 }
 
@@ -121,6 +124,7 @@ where
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
         };
+        let record = RequestRecord::start(&conn.ctx, setup.method);
         Exchange {
             conn,
             handler: Some(AssertUnwindSafe(handler).catch_unwind()),
@@ -135,6 +139,7 @@ where
             upgrading: None,
             close_reason: None,
             deferred_head: None,
+            record,
         }
     }
 
@@ -142,9 +147,11 @@ where
     /// error response and the close remain.
     pub(crate) fn failed(
         conn: &mut ConnIo<T>,
+        method: MethodLabel,
         status: StatusCode,
         reason: &'static str,
     ) -> Outcome {
+        RequestRecord::untimed(&conn.ctx, method).status(status);
         let wbuf = conn.wbuf();
         encode::encode_error(wbuf, status, reason);
         Outcome::Close(CloseReason::ServerError)
@@ -217,6 +224,7 @@ fn timed_out<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
     }
     tracing::debug!(%reason, "closing connection");
     if this.encoder.is_none() {
+        this.record.status(StatusCode::REQUEST_TIMEOUT);
         encode::encode_error(
             this.conn.wbuf(),
             StatusCode::REQUEST_TIMEOUT,
@@ -274,6 +282,7 @@ fn fail_before_response<T, F, B>(
     reason: &'static str,
     close: CloseReason,
 ) -> Outcome {
+    this.record.status(StatusCode::INTERNAL_SERVER_ERROR);
     encode::encode_error(this.conn.wbuf(), StatusCode::INTERNAL_SERVER_ERROR, reason);
     Outcome::Close(close)
 }
@@ -363,6 +372,7 @@ fn write_head<T, F, B>(
         *this.close_reason = Some(CloseReason::UnreadBody);
     }
     let server_header = ctx.config.server_header.clone();
+    this.record.status(parts.status);
     let head_ctx = HeadContext {
         request_method_is_head: this.setup.is_head,
         request_version: this.setup.version,
@@ -427,6 +437,7 @@ where
         match event {
             Ok(Decoded::Data(data)) => {
                 *this.body_bytes += data.len() as u64;
+                this.record.request_bytes(data.len());
                 let tx = this.setup.body_tx.as_mut().expect("checked by caller");
                 if *this.body_bytes > max_body {
                     tracing::info!(
@@ -496,6 +507,7 @@ where
         match decoder.decode(rbuf, usize::MAX) {
             Ok(Decoded::Data(data)) => {
                 *this.drained += data.len() as u64;
+                this.record.request_bytes(data.len());
                 progress = true;
                 if *this.drained > max_drain {
                     tracing::debug!(
@@ -595,6 +607,7 @@ where
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
+                    this.record.response_bytes(data.remaining());
                     let r = encoder.encode_data(&data, wbuf);
                     data.advance(data.remaining());
                     r

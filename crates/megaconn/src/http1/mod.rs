@@ -72,6 +72,51 @@ impl CloseReason {
         CloseReason::Io(e.kind())
     }
 
+    /// How many metric labels there are (see [`CloseReason::LABELS`]).
+    pub(crate) const COUNT: usize = 12;
+
+    /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
+    /// [`CloseReason::index`].
+    pub(crate) const LABELS: [&'static str; CloseReason::COUNT] = [
+        "client_closed",
+        "server_closed",
+        "shutdown",
+        "idle_timeout",
+        "header_timeout",
+        "read_timeout",
+        "write_timeout",
+        "protocol_error",
+        "unread_body",
+        "server_error",
+        "panic",
+        "io_error",
+    ];
+
+    /// This reason's position in [`CloseReason::LABELS`] and in the worker's
+    /// counter array.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            CloseReason::ClientClosed => 0,
+            CloseReason::ServerClosed => 1,
+            CloseReason::Shutdown => 2,
+            CloseReason::IdleTimeout => 3,
+            CloseReason::HeaderTimeout => 4,
+            CloseReason::ReadTimeout => 5,
+            CloseReason::WriteTimeout => 6,
+            CloseReason::Protocol(_) => 7,
+            CloseReason::UnreadBody => 8,
+            CloseReason::ServerError => 9,
+            CloseReason::Panic => 10,
+            CloseReason::Io(_) => 11,
+        }
+    }
+
+    /// The metric label of this reason.
+    #[allow(dead_code)]
+    pub(crate) fn label(self) -> &'static str {
+        CloseReason::LABELS[self.index()]
+    }
+
     /// Closes that may leave unread bytes in the socket: after our response we
     /// half-close and read until the client closes, or a reset would destroy
     /// the response before the client read it.

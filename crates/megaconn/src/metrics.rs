@@ -1,0 +1,687 @@
+//! Prometheus metrics: per-request recording on the hot path, and exposition.
+//!
+//! # Recording
+//!
+//! Every worker counts into its own `WorkerStats` (see `stats.rs`): fixed
+//! arrays of relaxed atomics indexed by method, status class, close reason,
+//! errno and duration bucket. Nothing is allocated, hashed or formatted per
+//! request, and nothing is shared between workers. A request costs two clock
+//! reads and a handful of uncontended stores; with the `metrics` cargo feature
+//! off (it is on by default) recording compiles to nothing and the per-request
+//! series stay zero.
+//!
+//! # Exposition
+//!
+//! [`render`] (or [`ServerHandle::render_metrics`](crate::ServerHandle::render_metrics))
+//! turns a [`ServerStats`] snapshot, summed over workers at scrape time, into
+//! the Prometheus/OpenMetrics text format with the `prometheus-client` crate:
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `megaconn_connections_open` | gauge | |
+//! | `megaconn_connections_idle` | gauge | |
+//! | `megaconn_connections_parked` | gauge | |
+//! | `megaconn_connections_accepted_total` | counter | |
+//! | `megaconn_connections_closed_total` | counter | `reason` |
+//! | `megaconn_requests_total` | counter | `method`, `status_class` |
+//! | `megaconn_request_duration_seconds` | histogram | |
+//! | `megaconn_request_body_bytes_total` | counter | |
+//! | `megaconn_response_body_bytes_total` | counter | |
+//! | `megaconn_requests_in_flight` | gauge | |
+//! | `megaconn_panics_total` | counter | |
+//! | `megaconn_handler_cancelled_total` | counter | |
+//! | `megaconn_timeouts_total` | counter | |
+//! | `megaconn_protocol_errors_total` | counter | |
+//! | `megaconn_accept_errors_total` | counter | `errno` |
+//! | `megaconn_worker_connections` | gauge | `worker` |
+//! | `megaconn_buffers_checked_out` | gauge | |
+//! | `megaconn_buffers_pooled` | gauge | |
+//!
+//! The body is OpenMetrics text (it ends with `# EOF`), which Prometheus also
+//! reads when served as `text/plain; version=0.0.4`.
+
+use std::fmt;
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::http1::CloseReason;
+use crate::stats::{ServerStats, WorkerStats};
+use crate::worker::WorkerContext;
+
+/// Labels of `method`, in counter order; any other method counts as `other`.
+pub const METHOD_LABELS: [&str; METHODS] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+
+/// Labels of `status_class`, in counter order. `none`: the exchange ended
+/// without a response (the client left, or the connection failed first).
+pub const STATUS_CLASS_LABELS: [&str; STATUS_CLASSES] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// Labels of `errno` on `megaconn_accept_errors_total`, in counter order.
+pub const ACCEPT_ERRNO_LABELS: [&str; ACCEPT_ERRNOS] =
+    ["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other"];
+
+/// Label of `reason` for a connection handed to the handler by an upgrade.
+pub const UPGRADED_LABEL: &str = "upgraded";
+
+/// Upper bounds (seconds) of the request duration histogram's buckets, from
+/// 100 µs to 10 s; a last bucket takes everything slower.
+pub const DURATION_BUCKETS: [f64; DURATION_BOUNDS] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+pub(crate) const METHODS: usize = 8;
+pub(crate) const STATUS_CLASSES: usize = 6;
+pub(crate) const ACCEPT_ERRNOS: usize = 5;
+pub(crate) const DURATION_BOUNDS: usize = 16;
+/// Close reasons: every [`CloseReason`] plus `upgraded`.
+pub(crate) const CLOSE_REASONS: usize = CloseReason::COUNT + 1;
+const STATUS_NONE: u8 = 5;
+
+/// [`DURATION_BUCKETS`] in nanoseconds, for the hot path.
+const DURATION_BUCKET_NANOS: [u64; DURATION_BOUNDS] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// The request counters of one worker, appended to its `WorkerStats`.
+#[derive(Debug, Default)]
+pub(crate) struct RequestCounters {
+    /// Finished requests by method and status class.
+    pub by_class: [[AtomicU64; STATUS_CLASSES]; METHODS],
+    /// Request durations per bucket (not cumulative); the last is `+Inf`.
+    pub duration_buckets: [AtomicU64; DURATION_BOUNDS + 1],
+    /// Sum of request durations, in nanoseconds.
+    pub duration_nanos: AtomicU64,
+    /// Request body bytes received (read by the handler or drained).
+    pub request_body_bytes: AtomicU64,
+    /// Response body bytes the service produced.
+    pub response_body_bytes: AtomicU64,
+    /// Requests started and not yet finished.
+    pub in_flight: AtomicI64,
+    /// Connections ended, by [`CloseReason::index`] (last: upgraded).
+    pub closed_by_reason: [AtomicU64; CLOSE_REASONS],
+    /// Failed accepts, by [`ACCEPT_ERRNO_LABELS`].
+    pub accept_errors_by_errno: [AtomicU64; ACCEPT_ERRNOS],
+}
+
+/// Adds `n` to a counter that only the owning worker thread writes: a plain
+/// load and store, no locked read-modify-write. Readers on other threads see
+/// some recent value, as with any relaxed counter.
+#[cfg(feature = "metrics")]
+#[inline]
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Moves a gauge that only the owning worker thread writes (see [`add`]).
+#[cfg(feature = "metrics")]
+#[inline]
+fn add_signed(gauge: &AtomicI64, n: i64) {
+    gauge.store(gauge.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// A request's method, as an index into [`METHOD_LABELS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MethodLabel(u8);
+
+impl MethodLabel {
+    /// The label of `method`.
+    #[inline]
+    pub(crate) fn of(method: &Method) -> MethodLabel {
+        let i = if *method == Method::GET {
+            0
+        } else if *method == Method::HEAD {
+            1
+        } else if *method == Method::POST {
+            2
+        } else if *method == Method::PUT {
+            3
+        } else if *method == Method::DELETE {
+            4
+        } else if *method == Method::PATCH {
+            5
+        } else if *method == Method::OPTIONS {
+            6
+        } else {
+            7
+        };
+        MethodLabel(i)
+    }
+}
+
+/// Measures a request's duration (nothing, with the `metrics` feature off).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stopwatch {
+    #[cfg(feature = "metrics")]
+    started: std::time::Instant,
+}
+
+impl Stopwatch {
+    #[inline]
+    pub(crate) fn start() -> Stopwatch {
+        Stopwatch {
+            #[cfg(feature = "metrics")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn elapsed(self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// One request's metrics, collected while its exchange runs and counted when
+/// it is dropped (finished, failed or cancelled alike).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) struct RequestRecord {
+    ctx: Rc<WorkerContext>,
+    method: MethodLabel,
+    status: u8,
+    stopwatch: Option<Stopwatch>,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl RequestRecord {
+    /// Starts timing a request; it is in flight until the record drops.
+    #[inline]
+    pub(crate) fn start(ctx: &Rc<WorkerContext>, method: MethodLabel) -> RequestRecord {
+        let mut record = RequestRecord::untimed(ctx, method);
+        record.stopwatch = Some(Stopwatch::start());
+        record
+    }
+
+    /// A request that fails before its exchange starts (observed as taking no
+    /// time).
+    #[inline]
+    pub(crate) fn untimed(ctx: &Rc<WorkerContext>, method: MethodLabel) -> RequestRecord {
+        #[cfg(feature = "metrics")]
+        add_signed(&ctx.stats.request_metrics.in_flight, 1);
+        RequestRecord {
+            ctx: ctx.clone(),
+            method,
+            status: STATUS_NONE,
+            stopwatch: None,
+            request_bytes: 0,
+            response_bytes: 0,
+        }
+    }
+
+    /// Notes the status of the response head that went out.
+    #[inline]
+    pub(crate) fn status(&mut self, status: StatusCode) {
+        self.status = (status.as_u16() / 100).clamp(1, 5) as u8 - 1;
+    }
+
+    /// Counts request body bytes received.
+    #[inline]
+    pub(crate) fn request_bytes(&mut self, n: usize) {
+        self.request_bytes += n as u64;
+    }
+
+    /// Counts response body bytes produced.
+    #[inline]
+    pub(crate) fn response_bytes(&mut self, n: usize) {
+        self.response_bytes += n as u64;
+    }
+}
+
+impl Drop for RequestRecord {
+    #[inline]
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        {
+            let elapsed = self.stopwatch.map_or(Duration::ZERO, Stopwatch::elapsed);
+            let m = &self.ctx.stats.request_metrics;
+            add_signed(&m.in_flight, -1);
+            add(
+                &m.by_class[usize::from(self.method.0)][usize::from(self.status)],
+                1,
+            );
+            let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+            let bucket = DURATION_BUCKET_NANOS
+                .iter()
+                .position(|&bound| nanos <= bound)
+                .unwrap_or(DURATION_BOUNDS);
+            add(&m.duration_buckets[bucket], 1);
+            add(&m.duration_nanos, nanos);
+            if self.request_bytes > 0 {
+                add(&m.request_body_bytes, self.request_bytes);
+            }
+            if self.response_bytes > 0 {
+                add(&m.response_body_bytes, self.response_bytes);
+            }
+        }
+    }
+}
+
+impl WorkerStats {
+    /// Counts a connection that ended with `reason`.
+    #[inline]
+    pub(crate) fn connection_closed(&self, reason: CloseReason) {
+        #[cfg(feature = "metrics")]
+        add(&self.request_metrics.closed_by_reason[reason.index()], 1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = reason;
+    }
+
+    /// Counts a connection handed over by an upgrade.
+    #[inline]
+    pub(crate) fn connection_upgraded(&self) {
+        #[cfg(feature = "metrics")]
+        add(
+            &self.request_metrics.closed_by_reason[CloseReason::COUNT],
+            1,
+        );
+    }
+
+    /// Counts a failed `accept` by its errno.
+    pub(crate) fn accept_failed(&self, e: &io::Error) {
+        let i = match e.raw_os_error() {
+            Some(libc::EMFILE) => 0,
+            Some(libc::ENFILE) => 1,
+            Some(libc::ENOBUFS) => 2,
+            Some(libc::ENOMEM) => 3,
+            _ => 4,
+        };
+        // Not the hot path, and kept even without the `metrics` feature.
+        self.request_metrics.accept_errors_by_errno[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// A snapshot of the request duration histogram, summed over workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DurationHistogram {
+    /// Requests per bucket, not cumulative: `counts[i]` took at most
+    /// [`DURATION_BUCKETS`]`[i]` seconds and more than the bound before; the
+    /// last entry counts requests slower than the largest bound.
+    pub counts: Vec<u64>,
+    /// Total time of all observed requests.
+    pub sum: Duration,
+}
+
+impl Default for DurationHistogram {
+    fn default() -> Self {
+        DurationHistogram {
+            counts: vec![0; DURATION_BOUNDS + 1],
+            sum: Duration::ZERO,
+        }
+    }
+}
+
+impl DurationHistogram {
+    /// Observed requests.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `(upper bound in seconds, count)` per bucket, not cumulative, ending
+    /// with `+Inf` (what `prometheus-client` encodes, adding up itself).
+    fn per_bucket(&self) -> Vec<(f64, u64)> {
+        DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().copied())
+            .collect()
+    }
+
+    /// `(upper bound in seconds, cumulative count)` per bucket, ending with
+    /// `(+Inf, count)`, as Prometheus exposes them.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(&self.counts)
+            .map(|(bound, n)| {
+                total += n;
+                (bound, total)
+            })
+            .collect()
+    }
+}
+
+/// Requests with one method and status class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestCount {
+    /// One of [`METHOD_LABELS`].
+    pub method: &'static str,
+    /// One of [`STATUS_CLASS_LABELS`].
+    pub status_class: &'static str,
+    /// Finished requests.
+    pub count: u64,
+}
+
+/// One worker's share of the server, for `/debug/runtime`-style views.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerSnapshot {
+    /// Connections open on this worker.
+    pub connections_open: i64,
+    /// Of which idle (keep-alive, parked included).
+    pub connections_idle: i64,
+    /// Of which parked outside the runtime.
+    pub connections_parked: i64,
+    /// Buffers taken from this worker's pool.
+    pub buffers_checked_out: i64,
+    /// Buffers resting in this worker's pool.
+    pub buffers_pooled: i64,
+    /// Requests this worker handed to the service.
+    pub requests: u64,
+    /// Requests in flight on this worker.
+    pub requests_in_flight: i64,
+}
+
+/// The request metrics of a [`ServerStats`], summed over workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestStats {
+    /// Finished requests by method and status class (only non-zero entries).
+    pub by_method_status: Vec<RequestCount>,
+    /// Request durations, from the request head to the end of the response.
+    pub duration: DurationHistogram,
+    /// Request body bytes received (read by the handler or discarded).
+    pub request_body_bytes: u64,
+    /// Response body bytes the service produced (framing not included).
+    pub response_body_bytes: u64,
+    /// Requests started and not yet finished.
+    pub in_flight: i64,
+    /// Connections ended, by reason label (every reason, zeros included).
+    pub closed_by_reason: Vec<(&'static str, u64)>,
+    /// Failed accepts by errno label (every label, zeros included).
+    pub accept_errors_by_errno: Vec<(&'static str, u64)>,
+    /// Per-worker figures, in worker order.
+    pub workers: Vec<WorkerSnapshot>,
+}
+
+impl RequestStats {
+    pub(crate) fn sum(workers: &[Arc<WorkerStats>]) -> RequestStats {
+        let mut by_class = [[0u64; STATUS_CLASSES]; METHODS];
+        let mut buckets = [0u64; DURATION_BOUNDS + 1];
+        let mut nanos = 0u64;
+        let mut closed = [0u64; CLOSE_REASONS];
+        let mut accept = [0u64; ACCEPT_ERRNOS];
+        let mut s = RequestStats::default();
+        for w in workers {
+            let m = &w.request_metrics;
+            for (row, counters) in by_class.iter_mut().zip(&m.by_class) {
+                for (sum, c) in row.iter_mut().zip(counters) {
+                    *sum += c.load(Relaxed);
+                }
+            }
+            for (sum, c) in buckets.iter_mut().zip(&m.duration_buckets) {
+                *sum += c.load(Relaxed);
+            }
+            nanos = nanos.wrapping_add(m.duration_nanos.load(Relaxed));
+            for (sum, c) in closed.iter_mut().zip(&m.closed_by_reason) {
+                *sum += c.load(Relaxed);
+            }
+            for (sum, c) in accept.iter_mut().zip(&m.accept_errors_by_errno) {
+                *sum += c.load(Relaxed);
+            }
+            s.request_body_bytes += m.request_body_bytes.load(Relaxed);
+            s.response_body_bytes += m.response_body_bytes.load(Relaxed);
+            let in_flight = m.in_flight.load(Relaxed);
+            s.in_flight += in_flight;
+            s.workers.push(WorkerSnapshot {
+                connections_open: w.connections_open.load(Relaxed),
+                connections_idle: w.connections_idle.load(Relaxed),
+                connections_parked: w.connections_parked.load(Relaxed),
+                buffers_checked_out: w.buffers_checked_out.load(Relaxed),
+                buffers_pooled: w.buffers_pooled.load(Relaxed),
+                requests: w.requests.load(Relaxed),
+                requests_in_flight: in_flight,
+            });
+        }
+        for (method, row) in METHOD_LABELS.iter().zip(by_class) {
+            for (status_class, count) in STATUS_CLASS_LABELS.iter().zip(row) {
+                if count > 0 {
+                    s.by_method_status.push(RequestCount {
+                        method,
+                        status_class,
+                        count,
+                    });
+                }
+            }
+        }
+        s.duration = DurationHistogram {
+            counts: buckets.to_vec(),
+            sum: Duration::from_nanos(nanos),
+        };
+        s.closed_by_reason = CloseReason::LABELS
+            .iter()
+            .chain(std::iter::once(&UPGRADED_LABEL))
+            .copied()
+            .zip(closed)
+            .collect();
+        s.accept_errors_by_errno = ACCEPT_ERRNO_LABELS.iter().copied().zip(accept).collect();
+        s
+    }
+}
+
+/// Renders `stats` as Prometheus text (the OpenMetrics text format, which
+/// Prometheus reads under either content type). See the [module docs](self)
+/// for the metric names.
+///
+/// ```
+/// let text = megaconn::metrics::render(&megaconn::ServerStats::default());
+/// assert!(text.contains("# TYPE megaconn_requests counter"));
+/// assert!(text.ends_with("# EOF\n"));
+/// ```
+pub fn render(stats: &ServerStats) -> String {
+    let mut registry = Registry::with_prefix("megaconn");
+    registry.register_collector(Box::new(Snapshot(stats.clone())));
+    let mut out = String::with_capacity(8 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// The content type for [`render`]'s output when the scraper asked for
+/// OpenMetrics (`Accept: application/openmetrics-text`).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The classic Prometheus text content type, for scrapers that did not ask for
+/// OpenMetrics.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A snapshot registered as a collector, encoded once per scrape.
+#[derive(Debug)]
+struct Snapshot(ServerStats);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let s = &self.0;
+        let r = &s.request_metrics;
+        gauge(
+            &mut e,
+            "connections_open",
+            "Connections open now.",
+            s.connections_open,
+        )?;
+        gauge(
+            &mut e,
+            "connections_idle",
+            "Open connections waiting for their next request (parked included).",
+            s.connections_idle,
+        )?;
+        gauge(
+            &mut e,
+            "connections_parked",
+            "Idle connections parked outside the runtime.",
+            s.connections_parked,
+        )?;
+        counter(
+            &mut e,
+            "connections_accepted",
+            "Connections accepted since start.",
+            s.accepted,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "connections_closed",
+                "Connections ended by the engine, by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for &(reason, n) in &r.closed_by_reason {
+                ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "requests",
+                "Finished requests by method and status class (none: no response was sent).",
+                None,
+                MetricType::Counter,
+            )?;
+            for c in &r.by_method_status {
+                let labels = [("method", c.method), ("status_class", c.status_class)];
+                ConstCounter::new(c.count).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "request_duration",
+                "Time from the request head to the end of the response.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            let h = &r.duration;
+            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                h.sum.as_secs_f64(),
+                h.count(),
+                &h.per_bucket(),
+                None,
+            )?;
+        }
+        {
+            let m = e.encode_descriptor(
+                "request_body",
+                "Request body bytes received (read by the handler or discarded).",
+                Some(&Unit::Bytes),
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(r.request_body_bytes).encode(m)?;
+        }
+        {
+            let m = e.encode_descriptor(
+                "response_body",
+                "Response body bytes the service produced (without framing).",
+                Some(&Unit::Bytes),
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(r.response_body_bytes).encode(m)?;
+        }
+        gauge(
+            &mut e,
+            "requests_in_flight",
+            "Requests started and not yet finished.",
+            r.in_flight,
+        )?;
+        counter(
+            &mut e,
+            "panics",
+            "Handlers or response bodies that panicked.",
+            s.panics,
+        )?;
+        counter(
+            &mut e,
+            "handler_cancelled",
+            "Handlers dropped because the client went away.",
+            s.cancelled,
+        )?;
+        counter(
+            &mut e,
+            "timeouts",
+            "Connections closed by a header, idle, read or write timeout.",
+            s.timeouts,
+        )?;
+        counter(
+            &mut e,
+            "protocol_errors",
+            "Requests rejected as malformed or over a limit.",
+            s.protocol_errors,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "accept_errors",
+                "Failed accept calls, by errno.",
+                None,
+                MetricType::Counter,
+            )?;
+            for &(errno, n) in &r.accept_errors_by_errno {
+                ConstCounter::new(n).encode(m.encode_family(&[("errno", errno)])?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "worker_connections",
+                "Open connections per worker.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (worker, n) in s.connections_per_worker.iter().enumerate() {
+                ConstGauge::new(*n).encode(m.encode_family(&[("worker", worker as u64)])?)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "buffers_checked_out",
+            "Read/write buffers taken from the worker pools.",
+            s.buffers_checked_out,
+        )?;
+        gauge(
+            &mut e,
+            "buffers_pooled",
+            "Buffers resting in the worker pools.",
+            s.buffers_pooled,
+        )?;
+        Ok(())
+    }
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), fmt::Error> {
+    let m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(v).encode(m)
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), fmt::Error> {
+    let m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(v).encode(m)
+}

@@ -1,0 +1,90 @@
+//! Admission limits with real sockets: over the per-IP or accept-rate limit a
+//! connection is closed at once and counted under the limit's name; under them
+//! nothing is refused.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{read_response, read_to_close, TestServer};
+use megaconn::AcceptRate;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+async fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+async fn served(s: &mut TcpStream) -> bool {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(s).await.status == 200
+}
+
+#[tokio::test]
+async fn per_ip_limit_refuses_the_extra_connection_only() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(2)
+            .max_connections_per_ip(Some(2)),
+    )
+    .await;
+    let mut a = connect_from("127.0.0.1", server.addr).await;
+    let mut b = connect_from("127.0.0.1", server.addr).await;
+    assert!(served(&mut a).await && served(&mut b).await);
+    assert_eq!(
+        server.handle.stats().rejected_per_ip,
+        0,
+        "under the limit nothing is refused"
+    );
+
+    let mut c = connect_from("127.0.0.1", server.addr).await;
+    let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(
+        read_to_close(&mut c).await.is_empty(),
+        "refused without a response"
+    );
+    server
+        .wait_stats("one per-IP refusal", |s| s.rejected_per_ip == 1)
+        .await;
+
+    // Another address is counted on its own.
+    let mut d = connect_from("127.0.0.2", server.addr).await;
+    assert!(served(&mut d).await);
+    // A closed connection frees its place.
+    drop(a);
+    server
+        .wait_stats("a closed", |s| s.connections_open == 2)
+        .await;
+    let mut e = connect_from("127.0.0.1", server.addr).await;
+    assert!(served(&mut e).await);
+    assert_eq!(server.handle.stats().rejected_per_ip, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn accept_rate_limit_refuses_past_the_burst() {
+    // A burst of 2 and (practically) no refill: the third connection is over.
+    let server = TestServer::start(megaconn::Server::builder().workers(1).accept_rate(Some(
+        AcceptRate {
+            per_second: 0.001,
+            burst: 2,
+        },
+    )))
+    .await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    assert!(served(&mut a).await && served(&mut b).await);
+    let mut c = server.connect().await;
+    let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(read_to_close(&mut c).await.is_empty());
+    server
+        .wait_stats("one accept-rate refusal", |s| s.rejected_accept_rate == 1)
+        .await;
+    // Accepted connections are unaffected.
+    assert!(served(&mut a).await);
+    server.stop().await;
+}
