@@ -2,7 +2,8 @@
 //! checks the target answers a connect, renders the request once, starts one
 //! thread per `--threads` (each a current-thread tokio runtime running its share
 //! of the connections as local tasks), shows progress while they run, then merges
-//! their histograms and counters into a [`LoadReport`].
+//! their histograms and counters into a [`LoadReport`]. SIGINT/SIGTERM stop the
+//! run early; what was measured is still reported.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use crate::histogram::{merge, new_histogram, Percentiles};
 use crate::progress::{Progress, TICK};
 use crate::report::{write_json, ErrorCounts, LoadReport};
 use crate::schedule::Schedule;
+use crate::sys::InterruptGuard;
 use crate::{plot, sys};
 
 /// Arguments of `megaconn load URL`.
@@ -184,15 +186,25 @@ pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
     let shared = Arc::new(shared);
     let cpu0 = sys::cpu_secs();
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let guard = InterruptGuard::install();
     let lives: Vec<Arc<Live>> = (0..threads).map(|_| Arc::new(Live::default())).collect();
     let mut handles = Vec::with_capacity(threads);
     for (t, live) in lives.iter().enumerate() {
         let shared = Arc::clone(&shared);
         let live = Arc::clone(live);
-        let (requests, rate) = (args.requests, args.rate);
+        let plan = ThreadPlan {
+            index: t,
+            threads,
+            conns,
+            requests: args.requests,
+            rate: args.rate,
+            start,
+            stop: stop_rx.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name(format!("load-{t}"))
-            .spawn(move || run_thread(t, threads, conns, requests, rate, start, &shared, live))
+            .spawn(move || run_thread(plan, &shared, live))
             .map_err(|e| LoadError::io("cannot start a load thread", e))?;
         handles.push(handle);
     }
@@ -206,6 +218,9 @@ pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
     let (mut last_at, mut last_requests) = (start, 0u64);
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(TICK);
+        if guard.interrupted() && !*stop_tx.borrow() {
+            let _ = stop_tx.send(true);
+        }
         let now = Instant::now();
         let requests: u64 = lives.iter().map(|l| l.requests.load(Relaxed)).sum();
         let errors: u64 = lives.iter().map(|l| l.errors.load(Relaxed)).sum();
@@ -223,6 +238,10 @@ pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
         });
     }
     progress.finish();
+    if guard.interrupted() {
+        eprintln!("load: interrupted; reporting what was measured");
+    }
+    drop(guard);
 
     let mut stats = Vec::with_capacity(threads);
     for h in handles {
@@ -253,18 +272,40 @@ pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
     Ok(report)
 }
 
-/// One load thread: a current-thread runtime running connections `t, t+T, t+2T, …`.
-#[allow(clippy::too_many_arguments)]
-fn run_thread(
-    t: usize,
+/// What one load thread is to do.
+struct ThreadPlan {
+    /// This thread's index: it runs connections `index, index + threads, …`.
+    index: usize,
+    /// Number of threads.
     threads: usize,
+    /// Number of connections in the run.
     conns: usize,
+    /// `-n`, split exactly over connections.
     requests: Option<u64>,
+    /// `--rate`, split evenly over connections.
     rate: Option<f64>,
+    /// Start of the run (the open-loop schedules' origin).
     start: Instant,
+    /// Turns true when the run is interrupted.
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// One load thread: a current-thread runtime running its connections as local
+/// tasks until they finish, the deadline passes, or the run is interrupted.
+fn run_thread(
+    plan: ThreadPlan,
     shared: &ConnShared,
     live: Arc<Live>,
 ) -> Result<ThreadStats, LoadError> {
+    let ThreadPlan {
+        index: t,
+        threads,
+        conns,
+        requests,
+        rate,
+        start,
+        mut stop,
+    } = plan;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -299,7 +340,17 @@ fn run_thread(
                 let _ = task.await;
             }
         };
-        let _ = tokio::time::timeout_at(hard_stop, all).await;
+        let interrupted = async {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout_at(hard_stop, all) => {}
+            () = interrupted => {}
+        }
     });
     let finished_at = Instant::now();
     drop(local); // every task is done or abandoned: the Rc below is the last one
