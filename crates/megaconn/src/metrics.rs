@@ -91,6 +91,7 @@ pub(crate) const CLOSE_REASONS: usize = CloseReason::COUNT + 1;
 const STATUS_NONE: u8 = 5;
 
 /// [`DURATION_BUCKETS`] in nanoseconds, for the hot path.
+#[cfg(feature = "metrics")]
 const DURATION_BUCKET_NANOS: [u64; DURATION_BOUNDS] = [
     100_000,
     250_000,
