@@ -99,6 +99,15 @@ pub(crate) fn merge_reports(reports: &[ChildReport]) -> Result<WorkerOutcome, St
     Ok(out)
 }
 
+/// Reads one line of a child's stdout: a protocol message, or `None` for anything
+/// else (a log line, say), which is ignored.
+pub(crate) fn parse_line(line: &str) -> Option<ChildMessage> {
+    if !line.contains("\"megaconn_child\"") {
+        return None;
+    }
+    serde_json::from_str(line).ok()
+}
+
 /// Writes one protocol line; false if the parent is gone.
 fn send(msg: &ChildMessage) -> bool {
     let line = serde_json::to_string(msg).expect("child messages serialize");
@@ -232,10 +241,7 @@ pub(crate) fn run_parent(
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if !line.contains("\"megaconn_child\"") {
-                    continue;
-                }
-                if let Ok(msg) = serde_json::from_str::<ChildMessage>(&line) {
+                if let Some(msg) = parse_line(&line) {
                     if tx.send(Event::Message(i, msg)).is_err() {
                         return;
                     }
@@ -394,5 +400,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(merge_reports(&[]).unwrap().counters == Snapshot::default());
+        assert!(parse_line(&line).is_some());
+        assert!(parse_line("2026-01-01 INFO starting").is_none());
+        assert!(parse_line(r#"{"megaconn_child":"unknown"}"#).is_none());
     }
 }
