@@ -258,7 +258,8 @@ pid_rss_bytes() { # PID... (VmRSS summed, no children)
 # shellcheck disable=SC2086  # word splitting of the PID list is intended
 server_rss_bytes() { pid_rss_bytes $SERVER_MEASURE_PIDS; }
 
-kernel_slab_bytes() { awk '/^Slab:/ { print $2 * 1024 }' /proc/meminfo; }
+# (awk prints with %.0f: mawk's print uses %.6g for numbers past 2^31.)
+kernel_slab_bytes() { awk '/^Slab:/ { printf "%.0f\n", $2 * 1024 }' /proc/meminfo; }
 # Bytes in the slab caches a TCP socket uses (active objects × object size):
 # the socket (TCP), its inode (sock_inode_cache), file (filp), epoll entries,
 # skb heads, bind buckets, request socks. Much less noisy than the Slab total
@@ -268,10 +269,10 @@ kernel_sock_slab_bytes() {
   awk -v names="$KERNEL_SOCK_CACHES" '
     BEGIN { n = split(names, a, " "); for (i = 1; i <= n; i++) want[a[i]] = 1 }
     want[$1] { total += $2 * $4 }
-    END { printf "%d\n", total }' /proc/slabinfo 2>/dev/null || echo 0
+    END { printf "%.0f\n", total }' /proc/slabinfo 2>/dev/null || echo 0
 }
 kernel_tcp_mem_bytes() {
-  awk -v ps="$PAGE_SIZE" '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) * ps }' \
+  awk -v ps="$PAGE_SIZE" '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") printf "%.0f\n", $(i + 1) * ps }' \
     /proc/net/sockstat
 }
 
