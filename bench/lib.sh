@@ -44,6 +44,7 @@ LOAD_CPU="${LOAD_CPU:-0}"
 CLK_TCK="$(getconf CLK_TCK)"
 PAGE_SIZE="$(getconf PAGESIZE)"
 MEGACONN_SERVE_OK=0
+MEGACONN_SNAPSHOT=""  # the private copy this shell made (removed by bench_cleanup)
 MEGACONN_LOAD_OK=0
 MEGACONN_HOLD_OK=0
 SERVER_PID=""
@@ -95,10 +96,12 @@ bench_build() {
   # people build on this machine too) cannot change the binary under test.
   if [[ -z "$MEGACONN_USER" && -x "$REPO_ROOT/target/release/megaconn" ]]; then
     mkdir -p "$RUN_DIR"
-    cp -f "$REPO_ROOT/target/release/megaconn" "$RUN_DIR/megaconn"
-    MEGACONN="$RUN_DIR/megaconn"
+    # One copy per run (PID in the name): other scripts may snapshot too.
+    MEGACONN="$RUN_DIR/megaconn.$$"
+    cp -f "$REPO_ROOT/target/release/megaconn" "$MEGACONN"
     MEGACONN_USER="$MEGACONN"
-    (cd "$REPO_ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) >"$RUN_DIR/megaconn.version"
+    MEGACONN_SNAPSHOT="$MEGACONN"
+    (cd "$REPO_ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) >"$MEGACONN.version"
   fi
   megaconn_has serve && MEGACONN_SERVE_OK=1
   megaconn_has load && MEGACONN_LOAD_OK=1
@@ -340,6 +343,10 @@ bench_cleanup() {
   done
   BENCH_BG_PIDS=()
   server_stop
+  if [[ -n "$MEGACONN_SNAPSHOT" ]]; then
+    rm -f "$MEGACONN_SNAPSHOT" "$MEGACONN_SNAPSHOT.version"
+    MEGACONN_SNAPSHOT=""
+  fi
 }
 
 # Print a few facts about the machine and the tools (markdown list).
@@ -349,5 +356,5 @@ bench_machine_info() {
   echo "- kernel: $(uname -srm)"
   echo "- CPU: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
   echo "- go: $(go version 2>/dev/null | awk '{ print $3 }'); nginx: $(nginx -v 2>&1 | sed 's|.*nginx/||'); rustc: $(rustc --version 2>/dev/null | awk '{ print $2 }'); wrk: $(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
-  echo "- megaconn: built from $(cat "$RUN_DIR/megaconn.version" 2>/dev/null || echo '?') (git describe --dirty of the work tree at build time)"
+  echo "- megaconn: built from $(cat "$MEGACONN.version" 2>/dev/null || echo '?') (git describe --dirty of the work tree at build time)"
 }
