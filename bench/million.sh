@@ -1,0 +1,564 @@
+#!/usr/bin/env bash
+# bench/million.sh — a million concurrent keep-alive connections on one machine:
+# megaconn vs nginx and Go net/http.
+#
+# What it measures, for each server in $SERVERS (pinned to core $SERVER_CPU,
+# spread over P = ceil(connections / $PER_PROC) + 1 worker processes sharing
+# the port with SO_REUSEPORT, because the open-file limit here is 20,000 per
+# process and cannot be raised):
+#   1. baseline, after one request and a few seconds' rest: server RSS (VmRSS
+#      summed over the supervisor/master and every worker process), kernel
+#      memory (Slab from /proc/meminfo + TCP "mem" pages from /proc/net/sockstat
+#      × page size; also the socket slab caches alone, see bench/lib.sh), and
+#      the server's CPU time (utime+stime from /proc/PID/stat);
+#   2. `megaconn hold` (pinned to core $LOAD_CPU, its own child processes for
+#      the same open-file reason) opens the connections from $SOURCE at $RAMP
+#      per second, each sends one GET / at once and then a heartbeat GET / every
+#      $INTERVAL s (jittered), and holds them $HOLD s after the ramp;
+#   3. every $RAMP_SAMPLE s during the ramp and every $SAMPLE s while holding:
+#      connections the server holds (open fds of its processes minus their
+#      baseline: cheap at a million, unlike `ss`, and not disturbed by other
+#      people's benchmarks the way /proc/net/sockstat is), connections hold
+#      reports open, server RSS, kernel memory, server CPU seconds -> a CSV;
+#   4. at the end of the hold (~10 s before hold's duration is up): connections
+#      held, server RSS and (RSS − baseline) / connections, (kernel − baseline)
+#      / connections (counts BOTH ends of each loopback connection: client and
+#      server sockets live in this one kernel), and the server's CPU use while
+#      only heartbeats flow (from $CPU_SETTLE s after the ramp to the end);
+#      hold's report gives ramp time, drops, resets, failed connects and the
+#      heartbeat latency percentiles;
+#   5. after hold exits (closing everything): RSS again, then SIGTERM to the
+#      server and a check that it exits cleanly (status 0, bounded wait).
+# megaconn is asked for $N connections (default 1,000,000); the peers for
+# $N_PEER (default 200,000) to keep the run time sane. A server is stopped
+# early (hold gets SIGTERM and reports what it measured) when its RSS exceeds
+# $RSS_CAP or MemAvailable falls below $MIN_AVAIL.
+#
+# Needs: root, 2+ GiB free per 100k Go connections, golang-go nginx-light jq
+# gnuplot-nox (installed with apt-get when missing), cargo (megaconn is built
+# with `cargo build --release` unless BENCH_SKIP_BUILD=1, then copied privately
+# so concurrent rebuilds cannot change the binary under test).
+#
+# Sets these sysctls (raises only, never lowers; prints every change; NOTHING
+# IS RESTORED afterwards — they stay as set until reboot or until you reset them):
+#   net.ipv4.ip_local_port_range="1024 65535"  64,512 client ports per source
+#       address (39 sources -> 2.5M possible client sockets)
+#   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535  so the
+#       listeners' accept queues absorb the ramp's bursts
+#   fs.file-max >= 2*N + 300,000  each loopback connection is two open files
+#       (client and server socket), system-wide
+#   net.netfilter.nf_conntrack_max >= 2*N + 200,000 (if the sysctl exists)  so
+#       conntrack, if anything enables it, does not drop new connections
+#   net.ipv4.tcp_mem >= "786432 1048576 1572864" (3/4/6 GiB in pages)  so a
+#       burst of queued bytes across 2M sockets does not hit the TCP memory
+#       limit (above "high" the kernel drops; idle sockets need ~0 pages)
+#   net.core.netdev_max_backlog >= 16384  loopback packets go through the
+#       per-CPU backlog queue; 1000 drops SYNs/ACKs during a 20,000/s ramp
+#       (drops show in /proc/net/softnet_stat; the script records them)
+#   and `ulimit -n 20000` (the hard cap here).
+#
+# Env: N (1000000), N_PEER (200000), RAMP (20000 connections/s), RAMP_PEER
+#   ($RAMP), HOLD (300 s after the ramp), HOLD_PEER ($HOLD), INTERVAL (30 s
+#   between heartbeats), SOURCE (127.0.0.2-127.0.0.40), SERVERS ("megaconn
+#   nginx go"), PER_PROC (19000 connections per server process), PORT (first
+#   free from 38300), SAMPLE (10 s), RAMP_SAMPLE (3 s), CPU_SETTLE (15 s),
+#   RSS_CAP (8 GiB, bytes), MIN_AVAIL (2 GiB, bytes), PLOT
+#   (bench/million-rss.svg; "" for none), SERVER_CPU (1), LOAD_CPU (0),
+#   MEGACONN (binary to test), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1.
+# Output: bench/out/million-<stamp>/: <server>.csv (t, phase, server
+#   connections, client open, server RSS, kernel bytes, socket slab bytes, server
+#   CPU s), <server>.json (all figures + hold's report), hold and server logs,
+#   table.md (also on stdout), sysctl.txt; the plot of RSS against connections
+#   goes to $PLOT.
+# Quick sanity run: N=100000 N_PEER=100000 HOLD=30 bash bench/million.sh
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+N="${N:-1000000}"
+N_PEER="${N_PEER:-200000}"
+RAMP="${RAMP:-20000}"
+RAMP_PEER="${RAMP_PEER:-$RAMP}"
+HOLD="${HOLD:-300}"
+HOLD_PEER="${HOLD_PEER:-$HOLD}"
+INTERVAL="${INTERVAL:-30}"
+SOURCE="${SOURCE:-127.0.0.2-127.0.0.40}"
+SERVERS="${SERVERS:-megaconn nginx go}"
+PER_PROC="${PER_PROC:-19000}"
+SAMPLE="${SAMPLE:-10}"
+RAMP_SAMPLE="${RAMP_SAMPLE:-3}"
+CPU_SETTLE="${CPU_SETTLE:-15}"
+RSS_CAP="${RSS_CAP:-$((8 << 30))}"
+MIN_AVAIL="${MIN_AVAIL:-$((2 << 30))}"
+PLOT="${PLOT-$BENCH_DIR/million-rss.svg}"
+GO_REUSEPORT="$BENCH_DIR/peers/go-reuseport/target/go-reuseport"
+
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+RES_DIR="$OUT_DIR/million-$STAMP"
+mkdir -p "$RES_DIR"
+log "results in $RES_DIR"
+
+HOLD_PID=""
+million_cleanup() {
+  if [[ -n "$HOLD_PID" ]]; then
+    # hold's children die with it (PR_SET_PDEATHSIG); TERM them too.
+    # shellcheck disable=SC2046  # a list of PIDs
+    kill_ours TERM hold "$HOLD_PID" $(pgrep -P "$HOLD_PID" 2>/dev/null)
+    sleep 1
+    # shellcheck disable=SC2046
+    kill_ours KILL hold "$HOLD_PID" $(pgrep -P "$HOLD_PID" 2>/dev/null)
+    HOLD_PID=""
+  fi
+  bench_cleanup
+}
+trap million_cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- setup
+bench_install_deps
+command -v gnuplot >/dev/null 2>&1 || [[ -z "$PLOT" || "${BENCH_SKIP_INSTALL:-0}" == 1 ]] \
+  || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null
+
+log "building go-reuseport"
+(cd "$BENCH_DIR/peers/go-reuseport" && go build -o target/go-reuseport .) || die "go build failed"
+if [[ -z "$MEGACONN_USER" ]]; then
+  if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+    log "building megaconn (cargo build --release)"
+    (cd "$REPO_ROOT" && cargo build --release --quiet) || log "WARNING: megaconn build failed; using the existing binary"
+  fi
+  [[ -x "$REPO_ROOT/target/release/megaconn" ]] || die "no target/release/megaconn"
+  # A private copy: others rebuild target/ on this machine during the run.
+  cp -f "$REPO_ROOT/target/release/megaconn" "$RES_DIR/megaconn"
+  MEGACONN="$RES_DIR/megaconn"
+  (cd "$REPO_ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) >"$RES_DIR/megaconn.version"
+fi
+megaconn_has hold || die "megaconn hold is not available ($MEGACONN hold --help failed)"
+megaconn_has serve && MEGACONN_SERVE_OK=1
+
+# raise_sysctl NAME VALUE...: set when any field of the current value is lower.
+raise_sysctl() {
+  local name=$1 cur
+  shift
+  cur="$(sysctl -n "$name" 2>/dev/null)" || { log "sysctl $name: not present here; skipped"; return 0; }
+  if awk -v c="$cur" -v w="$*" 'BEGIN { n = split(c, a, /[ \t]+/); split(w, b, " ");
+         for (i = 1; i <= n; i++) if (a[i] + 0 < b[i] + 0) exit 0; exit 1 }'; then
+    set_sysctl "$name" "$*"
+  fi
+}
+{
+  bench_tune
+  raise_sysctl fs.file-max $((2 * N + 300000))
+  raise_sysctl net.netfilter.nf_conntrack_max $((2 * N + 200000))
+  raise_sysctl net.ipv4.tcp_mem 786432 1048576 1572864
+  raise_sysctl net.core.netdev_max_backlog 16384
+} 2> >(tee -a "$RES_DIR/sysctl.txt" >&2)
+sleep 0.2
+log "sysctls set above are NOT restored at exit"
+for s in net.ipv4.ip_local_port_range net.core.somaxconn net.ipv4.tcp_max_syn_backlog fs.file-max \
+  net.netfilter.nf_conntrack_max net.ipv4.tcp_mem net.core.netdev_max_backlog; do
+  echo "$s = $(sysctl -n "$s" 2>/dev/null | tr -s '[:space:]' ' ')" >>"$RES_DIR/sysctl.txt"
+done
+PORT="${PORT:-$(free_port 38300)}"
+
+# ---------------------------------------------------------------- helpers
+# Byte counts above 2^31: lib.sh's kernel_slab_bytes and kernel_tcp_mem_bytes
+# print mawk's %.6g there (e.g. 2.28655e+10, which bash arithmetic rejects) and
+# its kernel_sock_slab_bytes uses %d, which mawk caps at 2147483647. Here %.0f.
+kernel_slab_bytes_int() { awk '/^Slab:/ { printf "%.0f\n", $2 * 1024 }' /proc/meminfo; }
+kernel_tcp_mem_bytes_int() {
+  awk -v ps="$PAGE_SIZE" '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") printf "%.0f\n", $(i + 1) * ps }' /proc/net/sockstat
+}
+kernel_bytes() { echo $(($(kernel_slab_bytes_int) + $(kernel_tcp_mem_bytes_int))); }
+kernel_sock_slab_bytes_int() { # the socket slab caches of lib.sh's KERNEL_SOCK_CACHES
+  awk -v names="$KERNEL_SOCK_CACHES" '
+    BEGIN { n = split(names, a, " "); for (i = 1; i <= n; i++) want[a[i]] = 1 }
+    want[$1] { total += $2 * $4 }
+    END { printf "%.0f\n", total }' /proc/slabinfo 2>/dev/null || echo 0
+}
+sock_kernel_bytes() { echo $(($(kernel_sock_slab_bytes_int) + $(kernel_tcp_mem_bytes_int))); }
+mem_available() { awk '/^MemAvailable:/ { printf "%.0f\n", $2 * 1024 }' /proc/meminfo; }
+# Packets the kernel dropped because a CPU's backlog queue was full (all CPUs).
+softnet_drops() {
+  local total=0 _a d _r
+  while read -r _a d _r; do total=$((total + 16#$d)); done </proc/net/softnet_stat
+  echo "$total"
+}
+
+# A TcpExt counter from /proc/net/netstat (system-wide), e.g. ListenOverflows.
+tcpext() {
+  awk -v k="$1" '$1 == "TcpExt:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == k) c = i; h = 1 } else print $c + 0 }' /proc/net/netstat
+}
+
+# The server's processes: the process started and its children (megaconn's and
+# go-reuseport's worker processes, nginx's workers).
+server_pids() { echo "$SERVER_PID $(pgrep -P "$SERVER_PID" 2>/dev/null | tr '\n' ' ')"; }
+fd_count() { # PID... -> open fds summed
+  local total=0 p c
+  for p in "$@"; do
+    # shellcheck disable=SC2012  # counting entries; names are numbers
+    c="$(ls -U "/proc/$p/fd" 2>/dev/null | wc -l)" || c=0
+    total=$((total + c))
+  done
+  echo "$total"
+}
+ticks_sum() { # PID... -> utime+stime ticks summed (no children)
+  local total=0 p
+  for p in "$@"; do total=$((total + $(_pid_ticks "$p"))); done
+  echo "$total"
+}
+# Last "open X" of hold's progress output (0 before the first line).
+hold_open() {
+  local o
+  o="$(tail -c 2000 "$1" 2>/dev/null | tr '\r' '\n' | grep -o 'open [0-9]*' | tail -1 | awk '{ print $2 }')" || o=""
+  echo "${o:-0}"
+}
+
+# One sample -> globals S_T S_CONNS S_OPEN S_RSS S_K S_SK S_TICKS, and a CSV row.
+# $1 phase, $2 csv file, $3 hold log, $4 t0, $5 fd baseline.
+sample() {
+  local pids
+  pids="$(server_pids)"
+  # shellcheck disable=SC2086  # a list of PIDs
+  {
+    S_T=$((SECONDS - $4))
+    S_CONNS=$(($(fd_count $pids) - $5))
+    ((S_CONNS < 0)) && S_CONNS=0
+    S_OPEN="$(hold_open "$3")"
+    S_RSS="$(pid_rss_bytes $pids)"
+    S_K="$(kernel_bytes)"
+    S_SK="$(sock_kernel_bytes)"
+    S_TICKS="$(ticks_sum $pids)"
+  }
+  echo "$S_T,$1,$S_CONNS,$S_OPEN,$S_RSS,$S_K,$S_SK,$(awk -v t="$S_TICKS" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')" >>"$2"
+}
+
+# Start NAME on PORT with P processes; sets SERVER_PID, SERVER_NAME.
+start_server() {
+  local name=$1 procs=$2 log_file="$RES_DIR/$1.server.log" i n
+  SERVER_NAME=$name # read by bench/lib.sh (server_stop in the EXIT trap)
+  port_listening "$PORT" && die "port $PORT is already in use: $(ss -Hltnp "( sport = :$PORT )" | head -1)"
+  case "$name" in
+    megaconn)
+      # The idle timeout goes through a config file: in this build
+      # `megaconn serve --idle-timeout 120s` (any DURATION flag) panics in clap
+      # ("Mismatch between definition and access of `idle_timeout`").
+      # 120 s > the 30 s heartbeat interval, so held connections never time out.
+      printf 'idle_timeout = "120s"\nbacklog = 65535\n' >"$RES_DIR/megaconn.toml"
+      taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$PORT" --workers 1 \
+        --processes "$procs" --config "$RES_DIR/megaconn.toml" >"$log_file" 2>&1 &
+      ;;
+    go)
+      GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$GO_REUSEPORT" -listen "127.0.0.1:$PORT" \
+        -procs "$procs" >"$log_file" 2>&1 &
+      ;;
+    nginx)
+      local dir="$RES_DIR/nginx"
+      rm -rf "$dir" && mkdir -p "$dir"
+      cat >"$dir/nginx.conf" <<EOF
+# nginx-light for bench/million.sh: $procs workers, one SO_REUSEPORT listener each.
+daemon off;
+master_process on;
+worker_processes $procs;
+worker_rlimit_nofile 20000;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+user root;
+events {
+    worker_connections $PER_PROC;
+    multi_accept on;
+    accept_mutex off;
+}
+http {
+    access_log off;
+    server_tokens off;
+    default_type text/plain;
+    sendfile off;
+    tcp_nodelay on;
+    keepalive_requests 1000000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen 127.0.0.1:$PORT reuseport backlog=65535;
+        location / { return 200 "Hello, World!"; }
+    }
+}
+EOF
+      taskset -c "$SERVER_CPU" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$log_file" 2>&1 &
+      ;;
+    *) die "unknown server $name" ;;
+  esac
+  SERVER_PID=$!
+  # Ready when every process listens and GET / answers (bounded: 60 s).
+  for ((i = 0; i < 600; i++)); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    n="$(ss -Hltn "( sport = :$PORT )" 2>/dev/null | wc -l)"
+    if ((n >= procs)) && curl -fsS -o /dev/null -m 1 "http://127.0.0.1:$PORT/" 2>/dev/null; then
+      log "started $name on 127.0.0.1:$PORT (pid $SERVER_PID, $n listeners, processes: $(server_pids | wc -w))"
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "server $name did not come up; log follows"
+  cat "$log_file" >&2 || true
+  return 1
+}
+
+# SIGTERM, wait up to 90 s; sets EXIT_STATUS (the exit status, or "killed").
+EXIT_STATUS=""
+stop_server() {
+  local i
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  for ((i = 0; i < 900; i++)); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$SERVER_PID" 2>/dev/null; then
+    # shellcheck disable=SC2046
+    kill -KILL "$SERVER_PID" $(pgrep -P "$SERVER_PID") 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    EXIT_STATUS=killed
+  else
+    EXIT_STATUS=0
+    wait "$SERVER_PID" 2>/dev/null || EXIT_STATUS=$?
+  fi
+  SERVER_PID=""
+}
+
+stop_hold() { # SIGTERM: hold stops its children, which report; bounded wait
+  local i
+  kill -TERM "$HOLD_PID" 2>/dev/null || true
+  for ((i = 0; i < 600; i++)); do
+    kill -0 "$HOLD_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+}
+
+# ---------------------------------------------------------------- one server
+# run_server NAME TARGET RAMP HOLD -> $RES_DIR/NAME.json
+run_server() {
+  local name=$1 target=$2 ramp=$3 hold=$4
+  local procs=$(((target + PER_PROC - 1) / PER_PROC + 1))
+  local csv="$RES_DIR/$name.csv" hlog="$RES_DIR/$name.hold.log" hjson="$RES_DIR/$name.hold.json"
+  local t0 fd0 rss0 k0 sk0 sn0 stopped_early="" ramp_done=0 ramp_done_t=0
+  local cpu_t0=0 cpu_ticks0=0 busy_cpu0=0 last_open=-1 expect_ramp phase
+  local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_K=0 F_SK=0 F_TICKS=0 peak_conns=0 busy1 sn1
+  local all_open_t=null lo0 lo1 sr0 sr1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
+  log "== $name: $target connections at $ramp/s, held ${hold}s, $procs server processes"
+  bench_wait_quiet "${QUIET_WAIT:-20}"
+  if ! start_server "$name" "$procs"; then
+    jq -n --arg server "$name" --argjson target "$target" '{server: $server, target: $target, error: "server did not start"}' >"$RES_DIR/$name.json"
+    SERVER_PID=""
+    return 0
+  fi
+  curl -fsS -o /dev/null "http://127.0.0.1:$PORT/" || true
+  sleep 3
+  local pids
+  pids="$(server_pids)"
+  # shellcheck disable=SC2086
+  { fd0="$(fd_count $pids)"; rss0="$(pid_rss_bytes $pids)"; }
+  k0="$(kernel_bytes)"
+  sk0="$(sock_kernel_bytes)"
+  sn0="$(softnet_drops)"
+  lo0="$(tcpext ListenOverflows)"
+  sr0="$(tcpext TCPSynRetrans)"
+  echo "t_secs,phase,server_connections,client_open,server_rss_bytes,kernel_bytes,sock_kernel_bytes,server_cpu_secs" >"$csv"
+  t0=$SECONDS
+  : >"$hlog"
+  taskset -c "$LOAD_CPU" "$MEGACONN" hold "http://127.0.0.1:$PORT/" -c "$target" --ramp "$ramp" \
+    --source "$SOURCE" --interval "${INTERVAL}s" -d "${hold}s" --json "$hjson" >"$hlog" 2>&1 &
+  HOLD_PID=$!
+  expect_ramp=$((target / ramp))
+  sample base "$csv" "$hlog" "$t0" "$fd0"
+  while kill -0 "$HOLD_PID" 2>/dev/null; do
+    if ((ramp_done)); then
+      # The last sample while connections are surely still open: a few
+      # seconds before hold's own end (its ramp end, which we notice up to
+      # RAMP_SAMPLE + ~2 s late, + hold). Then wait for hold to finish.
+      local left=$((ramp_done_t + hold - RAMP_SAMPLE - 8 - (SECONDS - t0)))
+      if ((left <= SAMPLE)); then
+        ((left > 0)) && sleep "$left"
+        kill -0 "$HOLD_PID" 2>/dev/null || break
+        phase=final
+      else
+        sleep "$SAMPLE"
+        phase=hold
+      fi
+    else
+      sleep "$RAMP_SAMPLE"
+      phase=ramp
+    fi
+    kill -0 "$HOLD_PID" 2>/dev/null || break
+    sample "$phase" "$csv" "$hlog" "$t0" "$fd0"
+    ((S_CONNS > peak_conns)) && peak_conns=$S_CONNS
+    [[ "$all_open_t" == null ]] && ((S_CONNS >= target)) && all_open_t=$S_T
+    if [[ "$phase" != ramp ]]; then
+      F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS
+    fi
+    log "  $name t=${S_T}s $phase: server $S_CONNS conns, hold open $S_OPEN, RSS $((S_RSS >> 20)) MiB, kernel +$(((S_K - k0) >> 20)) MiB, avail $(($(mem_available) >> 20)) MiB"
+    # Ramp over: hold has everything open, or (past the expected ramp time)
+    # its open count stopped growing (connects failing).
+    if ((!ramp_done)) && { ((S_OPEN >= target)) || { ((S_T > expect_ramp + 5)) && ((S_OPEN <= last_open)); }; }; then
+      ramp_done=1
+      ramp_done_t=$S_T
+      log "  ramp over at ${S_T}s ($S_OPEN open); CPU measured from $((S_T + settle))s"
+    fi
+    last_open=$S_OPEN
+    # CPU-while-holding window starts CPU_SETTLE s after the ramp.
+    if ((ramp_done && cpu_t0 == 0 && S_T >= ramp_done_t + settle)); then
+      cpu_t0=$S_T cpu_ticks0=$S_TICKS busy_cpu0="$(system_busy_secs)"
+    fi
+    if ((S_RSS > RSS_CAP)) || (($(mem_available) < MIN_AVAIL)); then
+      stopped_early="RSS $((S_RSS >> 20)) MiB (cap $((RSS_CAP >> 20))) / MemAvailable $(($(mem_available) >> 20)) MiB (floor $((MIN_AVAIL >> 20)))"
+      log "  $name: stopping early: $stopped_early"
+      F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS
+      stop_hold
+      break
+    fi
+    [[ "$phase" == final ]] && break
+  done
+  busy1="$(system_busy_secs)"
+  sn1="$(softnet_drops)"
+  lo1="$(tcpext ListenOverflows)"
+  sr1="$(tcpext TCPSynRetrans)"
+  # Let hold finish (it is at most a few seconds from its end), bounded.
+  local i
+  for ((i = 0; i < 1200; i++)); do
+    kill -0 "$HOLD_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$HOLD_PID" 2>/dev/null && { log "  hold still running; SIGTERM"; stop_hold; }
+  wait "$HOLD_PID" 2>/dev/null || log "  hold exited with an error (see $hlog)"
+  HOLD_PID=""
+  local server_alive=true
+  kill -0 "$SERVER_PID" 2>/dev/null || server_alive=false
+  # Bounded wait until the server has closed (nearly) everything; RSS after.
+  local c=0 t_close=$SECONDS
+  for ((i = 0; i < 120; i++)); do
+    # shellcheck disable=SC2046
+    c=$(($(fd_count $(server_pids)) - fd0))
+    ((c <= 10)) && break
+    sleep 1
+  done
+  local close_secs=$((SECONDS - t_close)) rss_after
+  # shellcheck disable=SC2046  # a list of PIDs
+  rss_after="$(pid_rss_bytes $(server_pids))"
+  local restarts=0
+  [[ "$name" == megaconn ]] && restarts="$(grep -ci 'restart' "$RES_DIR/$name.server.log" || true)"
+  local exit_status
+  stop_server
+  exit_status=$EXIT_STATUS
+  log "  $name: exit status $exit_status; $(tail -1 "$RES_DIR/$name.server.log")"
+  # No hold-phase sample (hold ended early): fall back to the last sample.
+  if ((F_T == 0)); then F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS; fi
+  local cpu_pct=null other_pct=null
+  if ((cpu_t0 > 0 && F_T > cpu_t0)); then
+    cpu_pct="$(awk -v a="$cpu_ticks0" -v b="$F_TICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')"
+    other_pct="$(awk -v a="$busy_cpu0" -v b="$busy1" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.1f", (b - a) / s * 100 }')"
+  fi
+  local hold_json=null
+  [[ -s "$hjson" ]] && hold_json="$(jq -c . "$hjson" 2>/dev/null || echo null)"
+  jq -n --arg server "$name" --argjson target "$target" --argjson procs "$procs" \
+    --argjson ramp "$ramp" --argjson hold_s "$hold" \
+    --argjson conns "$F_CONNS" --argjson open "$F_OPEN" --argjson peak "$peak_conns" --argjson t "$F_T" \
+    --argjson rss0 "$rss0" --argjson rss "$F_RSS" --argjson rss_after "$rss_after" \
+    --argjson k0 "$k0" --argjson k "$F_K" --argjson sk0 "$sk0" --argjson sk "$F_SK" \
+    --argjson cpu_pct "$cpu_pct" --argjson busy_pct "$other_pct" \
+    --argjson cpu_window "$((F_T - cpu_t0))" --argjson softnet_drops "$((sn1 - sn0))" \
+    --argjson listen_overflows "$((lo1 - lo0))" --argjson syn_retrans "$((sr1 - sr0))" \
+    --argjson all_open_t "$all_open_t" --argjson cpu_settle "$settle" \
+    --arg stopped_early "$stopped_early" --argjson server_alive "$server_alive" \
+    --arg exit_status "$exit_status" --argjson close_secs "$close_secs" \
+    --argjson restarts "${restarts:-0}" --argjson hold "$hold_json" \
+    '{server: $server, target: $target, processes: $procs, ramp_rate: $ramp, hold_secs: $hold_s,
+      connections: $conns, client_open: $open, server_peak: $peak, measured_at_secs: $t,
+      rss_baseline: $rss0, rss: $rss, rss_after_close: $rss_after,
+      rss_per_conn: (if $conns > 0 then ($rss - $rss0) / $conns else null end),
+      kernel_per_conn: (if $conns > 0 then ($k - $k0) / $conns else null end),
+      sock_kernel_per_conn: (if $conns > 0 then ($sk - $sk0) / $conns else null end),
+      kernel_baseline: $k0, kernel: $k,
+      cpu_pct_holding: $cpu_pct, cpu_window_secs: $cpu_window, machine_busy_pct: $busy_pct,
+      softnet_drops: $softnet_drops, listen_overflows: $listen_overflows, syn_retransmits: $syn_retrans,
+      all_open_at_secs: $all_open_t, cpu_settle_secs: $cpu_settle,
+      stopped_early: (if $stopped_early == "" then null else $stopped_early end),
+      server_alive_after_hold: $server_alive, exit_status: $exit_status,
+      close_secs: $close_secs, worker_restart_log_lines: $restarts, hold: $hold}' >"$RES_DIR/$name.json"
+  log "  $name: $(jq -c '{connections, rss, rss_per_conn, kernel_per_conn, cpu_pct_holding, exit_status}' "$RES_DIR/$name.json")"
+}
+
+# ---------------------------------------------------------------- run
+t_start=$SECONDS
+read -r -a servers <<<"$SERVERS"
+for server in "${servers[@]}"; do
+  if [[ "$server" == megaconn ]]; then
+    [[ "$MEGACONN_SERVE_OK" == 1 ]] || { log "megaconn serve unavailable; skipped"; continue; }
+    run_server megaconn "$N" "$RAMP" "$HOLD"
+  else
+    run_server "$server" "$N_PEER" "$RAMP_PEER" "$HOLD_PEER"
+  fi
+  sleep 5 # let TIME_WAIT/closing sockets of the last run drain a little
+done
+elapsed=$((SECONDS - t_start))
+
+# ---------------------------------------------------------------- plot
+if [[ -n "$PLOT" ]] && command -v gnuplot >/dev/null 2>&1; then
+  plot_cmd=""
+  for server in "${servers[@]}"; do
+    [[ -s "$RES_DIR/$server.csv" ]] || continue
+    # RSS against server-side connections, ramp and hold samples.
+    awk -F, 'NR > 1 { print $3, $5 / 1048576 }' "$RES_DIR/$server.csv" >"$RES_DIR/$server.plot.dat"
+    plot_cmd+="${plot_cmd:+, }'$RES_DIR/$server.plot.dat' using (\$1/1000):2 with linespoints pt 7 ps 0.4 title '$server'"
+  done
+  if [[ -n "$plot_cmd" ]]; then
+    gnuplot <<EOF || log "WARNING: gnuplot failed"
+set terminal svg size 800,480 dynamic enhanced font 'sans,12' background '#ffffff'
+set output '$PLOT'
+set title 'Server RSS against connections held (megaconn to $N, peers to $N_PEER; $(nproc) cores, loopback)'
+set xlabel 'connections held (thousands)'
+set ylabel 'server RSS, all processes (MiB)'
+set key top left
+set grid
+set yrange [0:*]
+set xrange [0:*]
+plot $plot_cmd
+EOF
+    if [[ -s "$PLOT" ]]; then log "plot: $PLOT"; fi
+  fi
+fi
+
+# ---------------------------------------------------------------- table
+{
+  echo "### A million connections: $N for megaconn, $N_PEER for the peers ($(nproc) cores, server on core $SERVER_CPU, \`megaconn hold\` on core $LOAD_CPU)"
+  echo
+  echo "| server | processes | connections held | ramp (hold) / all open | drops / resets / failed connects | heartbeat p50 / p99 / p99.9 | server RSS total | server bytes/conn | kernel bytes/conn (both ends) | server CPU while holding | clean exit |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  for server in "${servers[@]}"; do
+    [[ -s "$RES_DIR/$server.json" ]] || continue
+    jq -r '
+      def mib: if . == null then "—" else ((. / 1048576 * 10 | round) / 10 | tostring) + " MiB" end;
+      def ms: if . == null then "—" elif . < 1000 then ((. / 10 | round) / 100 | tostring) + " ms" else ((. / 100 | round) / 10 | tostring) + " ms" end;
+      def f0: if . == null then "—" else (. | round | tostring) end;
+      def big: tostring | explode | reverse | [foreach .[] as $c (0; . + 1; if . > 1 and (. - 1) % 3 == 0 then [44, $c] else [$c] end)] | add | reverse | implode;
+      if .error then "| \(.server) | — | \(.error) | | | | | | | | |" else
+      "| \(.server) | \(.processes) | \(.connections | big) of \(.target | big)" + (if .stopped_early then " (stopped: \(.stopped_early))" else "" end)
+      + " | \(.hold.ramp_secs // null | if . == null then "—" else ((. * 10 | round) / 10 | tostring) + " s" end) / \(.all_open_at_secs // null | if . == null then "—" else "\(.) s" end)"
+      + " | \(.hold.drops // "—") / \(.hold.resets // "—") / \(.hold.failed_connects // "—")"
+      + " | \(.hold.heartbeat_latency_us.p50 // null | ms) / \(.hold.heartbeat_latency_us.p99 // null | ms) / \(.hold.heartbeat_latency_us.p999 // null | ms)"
+      + " | \(.rss | mib) | \(.rss_per_conn | f0) | \(.kernel_per_conn | f0)"
+      + " | \(.cpu_pct_holding // null | if . == null then "—" else tostring + " %" end)"
+      + " | \(if .exit_status == "0" then "yes" else "no (" + .exit_status + ")" end) |" end' "$RES_DIR/$server.json"
+  done
+  echo
+  echo "Connections held: the server's open sockets (open fds of all its processes minus their count at rest) at the end of the hold; \`megaconn hold\` reported the same count open (see the JSON). Ramp: hold's ramp time at the asked rate ($RAMP/s megaconn, $RAMP_PEER/s peers) / seconds after hold started until the server held them all (sampled every $RAMP_SAMPLE s, so ±$RAMP_SAMPLE s; connects whose SYN was dropped wait for retransmits). Heartbeats: one GET / per connection every ${INTERVAL} s (jittered), latency measured by hold over the whole run. Server RSS: VmRSS summed over every process of the server (megaconn's and Go's supervisor + workers, nginx master + workers), at the end of the hold. Server bytes/conn = (RSS − RSS at rest after one request) / connections. Kernel bytes/conn = Δ(Slab + TCP buffer pages) / connections — both the client and the server socket of each loopback connection (this one kernel holds both), so a server's own share is about half. Server CPU while holding = its CPU seconds / wall seconds from min(${CPU_SETTLE} s, hold/4) after the ramp to the end, in % of one core (only heartbeats flow then: $((N / INTERVAL)) requests/s at $N connections). Clean exit: status 0 after SIGTERM once hold had closed its connections."
+  echo
+  for server in "${servers[@]}"; do
+    [[ -s "$RES_DIR/$server.json" ]] || continue
+    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold)"' "$RES_DIR/$server.json"
+  done
+  echo
+  echo "_million.sh: N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$RES_DIR/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/_"
+} | tee "$RES_DIR/table.md"
