@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::args::{parse_duration, parse_sources, parse_target, unescape, Scheme, Target};
+use crate::args::{
+    parse_body, parse_duration, parse_header, parse_sources, parse_target, unescape, Scheme, Target,
+};
 use crate::children;
 use crate::conn::render_request;
 use crate::error::LoadError;
@@ -45,6 +47,15 @@ pub struct HoldArgs {
     /// Time between heartbeats on each connection (jittered).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub interval: Duration,
+    /// HTTP method of the opening request and the heartbeats.
+    #[arg(short = 'm', long, default_value = "GET")]
+    pub method: String,
+    /// Extra header "Name: value" on the HTTP requests (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "K: V")]
+    pub headers: Vec<String>,
+    /// HTTP request body: a string, or @FILE to read it from a file.
+    #[arg(long)]
+    pub body: Option<String>,
     /// tcp:// heartbeat line to send (escapes: \n \r \t \\).
     #[arg(long, value_name = "LINE", default_value = "PING\\n")]
     pub send: String,
@@ -90,6 +101,10 @@ pub(crate) struct HoldPlan {
     pub per_process_limit: u64,
     /// The RLIMIT_NOFILE the limit came from.
     pub nofile: u64,
+    /// The bytes of one heartbeat: the rendered HTTP request, or the `--send` line.
+    pub heartbeat: Vec<u8>,
+    /// The HTTP method is HEAD (replies have no body).
+    pub head_request: bool,
 }
 
 /// Checks everything that can be checked before load starts (except reachability).
@@ -123,6 +138,30 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
         ));
     }
     let target = parse_target(&args.target)?;
+    let method = args.method.to_ascii_uppercase();
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(LoadError::invalid(
+            "--method",
+            &args.method,
+            "use a method name such as GET or POST",
+        ));
+    }
+    let heartbeat = if target.scheme == Scheme::Http {
+        let headers = args
+            .headers
+            .iter()
+            .map(|h| parse_header(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let body = args
+            .body
+            .as_deref()
+            .map(parse_body)
+            .transpose()?
+            .unwrap_or_default();
+        render_request(&method, &target.host, &target.path, &headers, &body)
+    } else {
+        unescape(&args.send)
+    };
     let sources = match &args.source {
         Some(s) => parse_sources(s)?,
         None => Vec::new(),
@@ -177,6 +216,8 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
         processes,
         per_process_limit,
         nofile,
+        heartbeat,
+        head_request: method == "HEAD",
     })
 }
 
@@ -193,17 +234,13 @@ pub(crate) fn share(
     let n = args.connections / count as u64
         + u64::from((index as u64) < args.connections % count as u64);
     let http = plan.target.scheme == Scheme::Http;
-    let heartbeat = if http {
-        render_request("GET", &plan.target.host, &plan.target.path, &[], b"")
-    } else {
-        unescape(&args.send)
-    };
     let shared = HoldShared {
         addr: plan.target.addr,
         sources: plan.sources.clone(),
         first: index as u64,
         stride: count as u64,
-        heartbeat,
+        heartbeat: plan.heartbeat.clone(),
+        head_request: plan.head_request,
         http,
         expect: args.expect.as_ref().map(|e| unescape(e)),
         interval: args.interval,

@@ -45,6 +45,8 @@ pub(crate) struct HoldShared {
     pub heartbeat: Vec<u8>,
     /// HTTP (replies parsed as responses) or line protocol.
     pub http: bool,
+    /// HTTP: the method is HEAD, so replies have no body.
+    pub head_request: bool,
     /// Line protocol: the reply line must contain this.
     pub expect: Option<Vec<u8>>,
     /// Heartbeat interval.
@@ -302,7 +304,7 @@ async fn exchange(
         return Err(io_end(&e));
     }
     let deadline = sent + sh.timeout;
-    let mut parser = ResponseParser::new(false);
+    let mut parser = ResponseParser::new(sh.head_request);
     spill.clear();
     loop {
         match tokio::time::timeout_at(deadline.into(), stream.readable()).await {

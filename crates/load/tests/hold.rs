@@ -214,3 +214,29 @@ fn setup_failures_are_refused_before_any_connection() {
         "{unreachable}"
     );
 }
+
+#[test]
+fn http_heartbeats_carry_method_headers_and_body() {
+    let server = common::start(Mode::Fixed);
+    let r = run_hold(args(
+        &http(&server),
+        &[
+            "-c",
+            "5",
+            "-m",
+            "POST",
+            "-H",
+            "X-Beat: 1",
+            "--body",
+            "abc",
+            "--interval",
+            "50ms",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(r.connections_open_at_end, 5);
+    let served = server.requests();
+    assert!(served >= 5);
+    // Every request (opening ones and heartbeats) carried the 3-byte body.
+    assert_eq!(server.stats.body_bytes.load(SeqCst), 3 * served);
+}
