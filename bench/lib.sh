@@ -312,12 +312,15 @@ bench_wait_quiet() {
 # 0 means every request that arrived was read and every reply delivered.
 server_queued() {
   local lq eq
-  lq="$(ss -Hltn "( sport = :$1 )" 2>/dev/null | awk '{ s += $2 } END { print s + 0 }')"
-  eq="$(ss -Htn state established "( sport = :$1 )" 2>/dev/null | awk '{ s += $1 + $2 } END { print s + 0 }')"
+  lq="$(ss -Hltn "( src 127.0.0.1:$1 )" 2>/dev/null | awk '{ s += $2 } END { print s + 0 }')"
+  eq="$(ss -Htn state established "( src 127.0.0.1:$1 )" 2>/dev/null | awk '{ s += $1 + $2 } END { print s + 0 }')"
   echo $((lq + eq))
 }
 
-established_count() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; }
+# Servers listen on 127.0.0.1; matching the address too keeps out client
+# sockets of other programs that happen to use the same port number as their
+# local port on another 127.x source address.
+established_count() { ss -Htn state established "( src 127.0.0.1:$1 )" 2>/dev/null | wc -l; }
 
 # kill_ours SIG PATTERN PID...: signal only those PIDs that still exist and
 # whose command line contains PATTERN (guards against reused PIDs).

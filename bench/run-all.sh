@@ -27,16 +27,19 @@ export MEGACONN  # both scripts use the same snapshot of the binary
 mkdir -p "$OUT_DIR"
 
 run_script() { # name -> runs bench/NAME.sh, output in $OUT_DIR/NAME.last.md
-  local name=$1 start=$SECONDS rc=0
+  local name=$1 start=$SECONDS rc=0 load0
+  load0="$(cut -d' ' -f1-3 /proc/loadavg)"
   log "running bench/$name.sh"
   BENCH_SKIP_INSTALL=1 BENCH_SKIP_BUILD=1 bash "$BENCH_DIR/$name.sh" >"$OUT_DIR/$name.last.md" \
     2> >(tee "$OUT_DIR/$name.last.log" >&2) || rc=$?
   printf -v "${name//-/_}_secs" '%s' "$((SECONDS - start))"
   printf -v "${name//-/_}_rc" '%s' "$rc"
+  printf -v "${name//-/_}_load" '%s' "load average $load0 at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
   ((rc == 0)) || log "WARNING: bench/$name.sh exited with $rc (see bench/out/$name.last.log)"
 }
 
 throughput_secs=0 throughput_rc=0 idle_memory_secs=0 idle_memory_rc=0
+throughput_load="" idle_memory_load=""
 run_script throughput
 run_script idle-memory
 
@@ -61,8 +64,10 @@ status_line() { # rc secs
   echo "## Run time"
   echo
   echo "- build (peers + megaconn): ${build_secs} s"
-  echo "- bench/throughput.sh: $(status_line "$throughput_rc" "$throughput_secs")"
-  echo "- bench/idle-memory.sh: $(status_line "$idle_memory_rc" "$idle_memory_secs")"
+  echo "- bench/throughput.sh: $(status_line "$throughput_rc" "$throughput_secs"); $throughput_load"
+  echo "- bench/idle-memory.sh: $(status_line "$idle_memory_rc" "$idle_memory_secs"); $idle_memory_load"
+  echo
+  echo "This machine has 2 cores and is shared with other work (builds, other benchmarks). When the load average is well above 2, or the throughput table's \"other CPU\" column is far from 0%, req/s and latency are those of a contended machine; server CPU µs/request and userspace bytes/connection (per-process figures) hold up best. The kernel socket bytes/connection figure counts every TCP socket on the machine, so other programs opening or closing connections during the run distort it."
   echo
   echo "## Commands"
   echo
