@@ -57,13 +57,18 @@
 #       (drops show in /proc/net/softnet_stat; the script records them)
 #   and `ulimit -n 20000` (the hard cap here).
 #
-# Env: N (1000000), N_PEER (200000), RAMP (20000 connections/s), RAMP_PEER
-#   ($RAMP), HOLD (300 s after the ramp), HOLD_PEER ($HOLD), INTERVAL (30 s
-#   between heartbeats), SOURCE (127.0.0.2-127.0.0.40), SERVERS ("megaconn
-#   nginx go"), PER_PROC (19000 connections per server process), PORT (first
+# Env: N (1000000), N_PEER (200000), RAMP (4000 connections/s: what this
+#   2-core machine sustained while also serving the heartbeats; at 10,000/s the
+#   server fell behind accepting, queued connections missed hold's 5 s timeout
+#   and were closed), RAMP_PEER ($RAMP), HOLD (300 s after the ramp), HOLD_PEER
+#   ($HOLD), INTERVAL (30 s between heartbeats; see the note below), IDLE_TIMEOUT
+#   (every server's keep-alive timeout in s: max(300, 2 × INTERVAL + 60)),
+#   TIMEOUT (hold's --timeout; its default 5 s when empty), SOURCE
+#   (127.0.0.2-127.0.0.40), SERVERS ("megaconn nginx go"), PER_PROC (19000 connections per server process), PORT (first
 #   free from 38300), SAMPLE (10 s), RAMP_SAMPLE (3 s), CPU_SETTLE (15 s),
 #   RSS_CAP (8 GiB, bytes), MIN_AVAIL (2 GiB, bytes), PLOT
-#   (bench/million-rss.svg; "" for none), SERVER_CPU (1), LOAD_CPU (0),
+#   (bench/million-rss.svg; "" for none), SERVER_CPU and LOAD_CPU (taskset
+#   CPU lists; default all CPUs, i.e. unpinned),
 #   MEGACONN (binary to test), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1.
 # Output: bench/out/million-<stamp>/: <server>.csv (t, phase, server
 #   connections, client open, server RSS, kernel bytes, socket slab bytes, server
@@ -95,6 +100,9 @@ RAMP="${RAMP:-4000}"
 RAMP_PEER="${RAMP_PEER:-$RAMP}"
 HOLD="${HOLD:-300}"
 HOLD_PEER="${HOLD_PEER:-$HOLD}"
+# Server keep-alive idle timeout: well above the heartbeat interval (jittered),
+# else the servers close held connections between heartbeats.
+IDLE_TIMEOUT="${IDLE_TIMEOUT:-$((2 * INTERVAL + 60 > 300 ? 2 * INTERVAL + 60 : 300))}"
 TIMEOUT="${TIMEOUT:-}" # hold's --timeout (connect and heartbeat reply); hold's default (5 s) when empty
 INTERVAL="${INTERVAL:-30}"
 SOURCE="${SOURCE:-127.0.0.2-127.0.0.40}"
@@ -249,16 +257,15 @@ start_server() {
   case "$name" in
     megaconn)
       # The idle timeout goes through a config file: in this build
-      # `megaconn serve --idle-timeout 120s` (any DURATION flag) panics in clap
+      # `megaconn serve --idle-timeout 300s` (any DURATION flag) panics in clap
       # ("Mismatch between definition and access of `idle_timeout`").
-      # 120 s > the 30 s heartbeat interval, so held connections never time out.
-      printf 'idle_timeout = "120s"\nbacklog = 65535\n' >"$RES_DIR/megaconn.toml"
+      printf 'idle_timeout = "%ss"\nbacklog = 65535\n' "$IDLE_TIMEOUT" >"$RES_DIR/megaconn.toml"
       nice -n "$NICE_BACK" taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$PORT" --workers 1 \
         --processes "$procs" --config "$RES_DIR/megaconn.toml" >"$log_file" 2>&1 &
       ;;
     go)
       GOMAXPROCS=1 nice -n "$NICE_BACK" taskset -c "$SERVER_CPU" "$GO_REUSEPORT" -listen "127.0.0.1:$PORT" \
-        -procs "$procs" >"$log_file" 2>&1 &
+        -procs "$procs" -idle "${IDLE_TIMEOUT}s" >"$log_file" 2>&1 &
       ;;
     nginx)
       local dir="$RES_DIR/nginx"
@@ -284,7 +291,7 @@ http {
     sendfile off;
     tcp_nodelay on;
     keepalive_requests 1000000000;
-    keepalive_timeout 300s;
+    keepalive_timeout ${IDLE_TIMEOUT}s;
     client_body_temp_path $dir/client_body;
     proxy_temp_path $dir/proxy;
     fastcgi_temp_path $dir/fastcgi;

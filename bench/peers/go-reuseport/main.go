@@ -3,13 +3,13 @@
 // limit here is 20,000 per process, so one process cannot hold a million
 // connections). Standard library only.
 //
-// Usage: go-reuseport [-listen ADDR] [-procs P]
+// Usage: go-reuseport [-listen ADDR] [-procs P] [-idle DURATION]
 //
 // The process started is a supervisor: it starts P copies of itself (worker
 // processes, GOMAXPROCS=1 each unless GOMAXPROCS is set), each binding its own
 // SO_REUSEPORT listener on ADDR, forwards SIGTERM/SIGINT to them, and exits
 // when they all have. Workers die with the supervisor (PR_SET_PDEATHSIG).
-// GET / (any path) -> "Hello, World!" (text/plain). IdleTimeout is 300 s.
+// GET / (any path) -> "Hello, World!" (text/plain). IdleTimeout: -idle (300s).
 package main
 
 import (
@@ -55,7 +55,7 @@ func reuseport(network, address string, c syscall.RawConn) error {
 	return serr
 }
 
-func worker(listen string) {
+func worker(listen string, idle time.Duration) {
 	lc := net.ListenConfig{Control: reuseport}
 	ln, err := lc.Listen(context.Background(), "tcp", listen)
 	if err != nil {
@@ -63,7 +63,7 @@ func worker(listen string) {
 	}
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(hello),
-		IdleTimeout:       300 * time.Second,
+		IdleTimeout:       idle,
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	done := make(chan struct{})
@@ -85,9 +85,10 @@ func worker(listen string) {
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8082", "listen address")
 	procs := flag.Int("procs", 1, "worker processes sharing the port (SO_REUSEPORT)")
+	idle := flag.Duration("idle", 300*time.Second, "keep-alive idle timeout (http.Server.IdleTimeout)")
 	flag.Parse()
 	if os.Getenv(childEnv) != "" {
-		worker(*listen)
+		worker(*listen, *idle)
 		return
 	}
 	self, err := os.Executable()
@@ -104,7 +105,7 @@ func main() {
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	cmds := make([]*exec.Cmd, 0, *procs)
 	for i := 0; i < *procs; i++ {
-		cmd := exec.Command(self, "-listen", *listen)
+		cmd := exec.Command(self, "-listen", *listen, "-idle", idle.String())
 		cmd.Env = append(env, "GO_REUSEPORT_INDEX="+strconv.Itoa(i))
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
