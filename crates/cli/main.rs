@@ -11,6 +11,7 @@ mod logging;
 mod serve;
 mod shared_stats;
 mod supervisor;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -78,6 +78,17 @@ pub struct ServeArgs {
     /// `Server` header value to send. Default: none.
     #[arg(long, value_name = "VALUE")]
     pub server_header: Option<String>,
+    /// TLS certificate chain (PEM) for every listener; needs --tls-key.
+    /// HTTP/2 is negotiated by ALPN. Default: cleartext.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) matching --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a throwaway self-signed certificate for localhost and
+    /// 127.0.0.1 (for trying HTTPS and HTTP/2; clients must skip verification).
+    #[arg(long)]
+    pub self_signed: bool,
     /// Log format: human or json. Default: human.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -117,6 +128,9 @@ pub struct ConfigFile {
     max_connections_per_ip: Option<u32>,
     keep_alive: Option<bool>,
     server_header: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    self_signed: Option<bool>,
     log_format: Option<LogFormat>,
     processes: Option<usize>,
 }
@@ -225,6 +239,12 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     {
         b = b.server_header(Some(v));
     }
+    b = crate::tls::apply(
+        b,
+        args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
+        args.tls_key.as_ref().or(file.tls_key.as_ref()),
+        args.self_signed || file.self_signed == Some(true),
+    )?;
     let processes = args.processes.or(file.processes).unwrap_or(1);
     if processes == 0 {
         return Err(UsageError("processes must be at least 1".into()));

@@ -31,6 +31,8 @@ enum Kind {
         /// Bytes still expected when the length is known (Content-Length).
         remaining: Option<u64>,
     },
+    /// An HTTP/2 stream's DATA frames (and trailers).
+    H2(crate::h2::RecvBody),
 }
 
 impl Body {
@@ -57,6 +59,13 @@ impl Body {
         };
         (BodySender { shared }, body)
     }
+
+    /// A body read from an HTTP/2 stream.
+    pub(crate) fn h2(recv: crate::h2::RecvBody) -> Body {
+        Body {
+            kind: Kind::H2(recv),
+        }
+    }
 }
 
 impl http_body::Body for Body {
@@ -70,6 +79,7 @@ impl http_body::Body for Body {
         match &mut self.get_mut().kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(chunk) => Poll::Ready(chunk.take().map(|b| Ok(Frame::data(b)))),
+            Kind::H2(recv) => recv.poll_frame(cx),
             Kind::Incoming { shared, remaining } => {
                 let mut state = shared.lock();
                 if let Some(item) = state.item.take() {
@@ -99,6 +109,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(chunk) => chunk.is_none(),
+            Kind::H2(recv) => recv.is_end_stream(),
             Kind::Incoming { remaining, .. } => *remaining == Some(0),
         }
     }
@@ -107,6 +118,7 @@ impl http_body::Body for Body {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(chunk) => SizeHint::with_exact(chunk.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::H2(recv) => recv.size_hint(),
             Kind::Incoming {
                 remaining: Some(n), ..
             } => SizeHint::with_exact(*n),

@@ -100,6 +100,10 @@ pub(crate) struct Config {
     /// Share the port with other processes of ours (worker processes): skip the
     /// "already in use" probe.
     pub reuse_port_shared: bool,
+    /// HTTP/2 settings (h2.rs).
+    pub http2: crate::h2::Http2Config,
+    /// TLS for every listener (tls.rs); `None` is cleartext.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for Config {
@@ -129,6 +133,8 @@ impl Default for Config {
             recv_buffer_size: None,
             send_buffer_size: None,
             reuse_port_shared: false,
+            http2: crate::h2::Http2Config::default(),
+            tls: None,
         }
     }
 }

@@ -41,6 +41,8 @@
 //!  pool.rs      per-worker buffer pool: idle connections hold no buffers
 //!  park.rs      the parking lot: cold idle connections leave tokio (one u32 each)
 //!  upgrade.rs   101 Switching Protocols: the handler takes over the socket
+//!  tls.rs       TLS (rustls): handshake, ALPN dispatch, SNI, certificate reload
+//!  h2.rs        HTTP/2 (h2 crate): TLS with ALPN h2, or h2c prior knowledge
 //!  stats.rs     per-worker counters, summed on read
 //!  metrics.rs   per-request metrics and their Prometheus exposition
 //! ```
@@ -58,6 +60,7 @@ mod body;
 mod config;
 mod date;
 mod error;
+mod h2;
 mod http1;
 mod limit;
 pub mod metrics;
@@ -67,6 +70,7 @@ mod server;
 mod shutdown;
 mod socket;
 mod stats;
+mod tls;
 mod transport;
 mod upgrade;
 mod worker;
@@ -77,8 +81,14 @@ pub use config::{
     DEFAULT_READ_HEADER_TIMEOUT,
 };
 pub use error::{BodyError, Error};
+pub use h2::{
+    DEFAULT_HTTP2_CONNECTION_WINDOW, DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_HTTP2_MAX_FRAME_SIZE,
+    DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE, DEFAULT_HTTP2_STREAM_WINDOW, RAPID_RESET_LIMIT,
+};
 pub use server::{Builder, Server, ServerHandle, ShutdownSummary};
 pub use stats::ServerStats;
+pub use tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESSION_CACHE_SIZE};
 pub use transport::Transport;
 pub use upgrade::{OnUpgrade, Upgraded};
 

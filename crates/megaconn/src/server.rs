@@ -45,7 +45,7 @@ pub struct Server {
 /// timeouts, `None` disables.
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
-    config: Config,
+    pub(crate) config: Config,
 }
 
 impl Server {

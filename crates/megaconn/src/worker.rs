@@ -24,7 +24,7 @@ use tower_service::Service;
 use crate::acceptor::accept_loop;
 use crate::body::Body;
 use crate::config::Config;
-use crate::http1::{self, head::HeadLimits, ConnEnd};
+use crate::http1::{head::HeadLimits, ConnEnd};
 use crate::limit::{ConnectionLimit, ConnectionSlot};
 use crate::park::{self, ParkingLot, Respawn};
 use crate::pool::BufferPool;
@@ -126,7 +126,7 @@ where
     let tracker = tracker.clone();
     Rc::new(move |stream: TcpStream, slot: ConnectionSlot| {
         let Some(ctx) = ctx.upgrade() else { return };
-        let conn = http1::serve_connection(stream, service.clone(), ctx.clone());
+        let conn = crate::tls::serve_accepted(stream, service.clone(), ctx.clone());
         tokio::task::spawn_local(tracker.track_future(async move {
             match conn.await {
                 ConnEnd::Closed => {

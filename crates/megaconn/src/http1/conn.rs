@@ -50,7 +50,11 @@ pub(crate) enum ConnEnd {
 
 /// Serves HTTP/1.1 on `io` until the connection closes, is upgraded, or goes
 /// cold and is parked.
-pub(crate) async fn serve_connection<T, S, B>(io: T, service: S, ctx: Rc<WorkerContext>) -> ConnEnd
+pub(crate) async fn serve_connection<T, S, B>(
+    io: T,
+    mut service: S,
+    ctx: Rc<WorkerContext>,
+) -> ConnEnd
 where
     T: Transport + Send + 'static,
     S: Service<Request<Body>, Response = Response<B>>,
@@ -59,7 +63,12 @@ where
     B::Error: Into<BoxError>,
 {
     let mut conn = ConnIo::new(io, ctx);
-    match run(&mut conn, service).await {
+    let mut ended = run(&mut conn, &mut service).await;
+    if let Ended::H2c = ended {
+        let h2 = Box::pin(crate::h2::serve_prior_knowledge(&mut conn, &mut service));
+        ended = Ended::Close(h2.await);
+    }
+    match ended {
         Ended::Close(reason) => {
             tracing::trace!(%reason, "connection closed");
             conn.ctx.stats.connection_closed(reason);
@@ -72,6 +81,8 @@ where
             let _ = tx.send(Upgraded::new(conn.io, read_ahead));
             ConnEnd::Closed
         }
+        // Replaced by the HTTP/2 connection's close above.
+        Ended::H2c => ConnEnd::Closed,
         Ended::Park(deadline) => {
             let ConnIo { io, ctx, buffers } = conn;
             drop(buffers);
@@ -97,9 +108,11 @@ enum Ended {
     Upgrade(UpgradeSender),
     /// Idle past `park_idle_after`: park until readable or the idle deadline.
     Park(Option<Instant>),
+    /// The client spoke HTTP/2 with prior knowledge: hand over to h2.rs.
+    H2c,
 }
 
-async fn run<T, S, B>(conn: &mut ConnIo<T>, mut service: S) -> Ended
+async fn run<T, S, B>(conn: &mut ConnIo<T>, service: &mut S) -> Ended
 where
     T: Transport,
     S: Service<Request<Body>, Response = Response<B>>,
@@ -150,11 +163,16 @@ where
         if !first {
             header_deadline = header_timeout.map(|t| Instant::now() + t);
         }
-        first = false;
+        let first_request = std::mem::replace(&mut first, false);
 
         let head = match conn.read_head(header_deadline).await {
             HeadRead::Head(head) => head,
             HeadRead::Closed => return Ended::Close(CloseReason::ClientClosed),
+            // HTTP/2 with prior knowledge (h2c): its preface reads as a request
+            // line of version 2.0. h2.rs takes the connection over.
+            HeadRead::Rejected(_) if first_request && crate::h2::is_preface(conn) => {
+                return Ended::H2c;
+            }
             HeadRead::Rejected(rejection) => {
                 incr(&conn.ctx.stats.protocol_errors);
                 tracing::debug!(
@@ -181,7 +199,7 @@ where
 
         // Boxed: the request and the whole exchange live here only while it runs,
         // so an idle connection's future does not carry their size.
-        match Box::pin(exchange(conn, &mut service, head)).await {
+        match Box::pin(exchange(conn, service, head)).await {
             Outcome::KeepAlive => {}
             Outcome::Close(reason) => return Ended::Close(reason),
             Outcome::Upgrade(tx) => {
@@ -498,7 +516,7 @@ impl Buffers {
     }
 
     /// Gives empty buffers back: the connection is about to go idle.
-    fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         if self.rbuf_len() == 0 {
             if let Some(buf) = self.rbuf.take() {
                 self.ctx.pool.give(buf);

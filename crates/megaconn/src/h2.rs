@@ -1,0 +1,855 @@
+//! HTTP/2 (RFC 9113) on the `h2` crate: framing, HPACK and flow control are
+//! h2's; the connection loop, the per-stream exchange and the limits are ours.
+//!
+//! A connection arrives here two ways: TLS with ALPN `h2` (`tls.rs`), or
+//! cleartext with prior knowledge (h2c), when the first bytes of a connection
+//! are the HTTP/2 preface (`http1/conn.rs` hands it over with the bytes it
+//! had already read).
+//!
+//! ```text
+//!  serve():  one task per connection, a select loop over
+//!            accept()        -> new stream: build Request<Body>, call the service
+//!            streams         -> FuturesUnordered of per-stream exchanges
+//!                               (handler, then response head, body, trailers)
+//!            shutdown        -> GOAWAY, let open streams finish
+//!            idle timer      -> no open stream for idle_timeout: GOAWAY, close
+//!            keep-alive PING -> no PONG within the timeout: close
+//! ```
+//!
+//! Streams run inside the connection's task rather than as spawned tasks: the
+//! worker is single-threaded either way, no `'static` bounds are needed, and a
+//! closed connection cancels its handlers, as on HTTP/1.1.
+//!
+//! Abuse limits: h2's own rapid-reset (CVE-2023-44487) and "MadeYouReset"
+//! (CVE-2025-8671) counters are set explicitly, and on top of them a connection
+//! whose client cancels more than [`RAPID_RESET_LIMIT`] streams, and more than
+//! it lets finish, is closed with `GOAWAY(ENHANCE_YOUR_CALM)`.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use h2::server::SendResponse;
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use crate::body::Body;
+use crate::error::BodyError;
+use crate::http1::conn::ConnIo;
+use crate::http1::exchange::panic_message;
+use crate::http1::CloseReason;
+use crate::metrics::{MethodLabel, RequestRecord};
+use crate::server::Builder;
+use crate::stats::incr;
+use crate::transport::Transport;
+use crate::worker::WorkerContext;
+use crate::BoxError;
+
+/// Default for how many streams a client may have open at once on one
+/// connection (`SETTINGS_MAX_CONCURRENT_STREAMS`). 250, as in Go's server:
+/// enough for any browser or gRPC client, and it bounds the handlers one
+/// connection can run.
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 250;
+
+/// Default per-stream receive window: how much request body a client may send
+/// ahead of the handler reading it (256 KiB).
+pub const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
+
+/// Default connection receive window: how much request body, over all streams,
+/// may wait unread (1 MiB). This bounds what one connection can make us buffer.
+pub const DEFAULT_HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// Default largest frame payload we accept (the protocol's minimum, 16 KiB).
+pub const DEFAULT_HTTP2_MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// Default largest decoded request header list (64 KiB, as HTTP/1.1's
+/// `max_header_bytes`).
+pub const DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
+/// Default wait for the answer to a keep-alive PING before the connection is
+/// closed.
+pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Streams reset by the client before we accepted them that a connection may
+/// hold; past it h2 sends `GOAWAY(ENHANCE_YOUR_CALM)` (rapid reset).
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// Streams we had to reset because of the client's protocol errors before the
+/// connection is closed with `ENHANCE_YOUR_CALM` ("MadeYouReset").
+const MAX_LOCAL_ERROR_RESETS: usize = 200;
+
+/// Streams the client may cancel while their handler runs (and more than it
+/// lets finish) before the connection is closed with `ENHANCE_YOUR_CALM`.
+pub const RAPID_RESET_LIMIT: u64 = 100;
+
+/// Response bytes buffered per stream before the body is polled again.
+const MAX_SEND_BUFFER: usize = 256 * 1024;
+
+/// How long a connection told to go away (idle timeout) may take to finish.
+const GOAWAY_GRACE: Duration = Duration::from_secs(5);
+
+/// The client's first line when it speaks HTTP/2 from the start (h2c prior
+/// knowledge). The whole preface is this plus `SM\r\n\r\n`; h2 checks that.
+const PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
+
+/// HTTP/2 settings, set through the `Builder::http2_*` methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Http2Config {
+    pub prior_knowledge: bool,
+    pub max_concurrent_streams: u32,
+    pub stream_window: u32,
+    pub connection_window: u32,
+    pub max_frame_size: u32,
+    pub max_header_list_size: u32,
+    pub keep_alive_interval: Option<Duration>,
+    pub keep_alive_timeout: Duration,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            prior_knowledge: true,
+            max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+            stream_window: DEFAULT_HTTP2_STREAM_WINDOW,
+            connection_window: DEFAULT_HTTP2_CONNECTION_WINDOW,
+            max_frame_size: DEFAULT_HTTP2_MAX_FRAME_SIZE,
+            max_header_list_size: DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE,
+            keep_alive_interval: None,
+            keep_alive_timeout: DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+        }
+    }
+}
+
+/// Largest value a window may have (2^31 - 1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+/// HTTP/2 knobs. A connection speaks HTTP/2 when TLS negotiates `h2` (see
+/// [`TlsConfig`](crate::TlsConfig)) or, in cleartext, when the client starts
+/// with the HTTP/2 preface (prior knowledge). `idle_timeout` applies to HTTP/2
+/// too: a connection with no open stream for that long gets `GOAWAY` and is
+/// closed; `read_header_timeout` bounds the HTTP/2 handshake.
+impl Builder {
+    /// Whether cleartext connections that start with the HTTP/2 preface are
+    /// served as HTTP/2 (h2c with prior knowledge, as `curl
+    /// --http2-prior-knowledge` and gRPC clients do). Default: true. Off, they
+    /// get `505` like any other unsupported version.
+    pub fn http2_prior_knowledge(mut self, on: bool) -> Builder {
+        self.config.http2.prior_knowledge = on;
+        self
+    }
+
+    /// Most streams a client may have open at once on one connection.
+    /// Default: 250 ([`DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`]).
+    pub fn http2_max_concurrent_streams(mut self, n: u32) -> Builder {
+        self.config.http2.max_concurrent_streams = n;
+        self
+    }
+
+    /// Per-stream receive window in bytes: request body a client may send
+    /// before the handler reads it. Default: 256 KiB. At most 2^31 - 1.
+    pub fn http2_initial_stream_window_size(mut self, n: u32) -> Builder {
+        self.config.http2.stream_window = n.min(MAX_WINDOW);
+        self
+    }
+
+    /// Connection receive window in bytes: unread request body over all of a
+    /// connection's streams. Default: 1 MiB. At most 2^31 - 1.
+    pub fn http2_initial_connection_window_size(mut self, n: u32) -> Builder {
+        self.config.http2.connection_window = n.min(MAX_WINDOW);
+        self
+    }
+
+    /// Largest frame payload accepted, in bytes; clamped to the protocol's
+    /// range 16 KiB ..= 16 MiB - 1. Default: 16 KiB.
+    pub fn http2_max_frame_size(mut self, n: u32) -> Builder {
+        self.config.http2.max_frame_size = n.clamp(16_384, 16_777_215);
+        self
+    }
+
+    /// Largest decoded request header list, in bytes (RFC 9113's accounting:
+    /// names, values and 32 bytes per field). Default: 64 KiB.
+    pub fn http2_max_header_list_size(mut self, n: u32) -> Builder {
+        self.config.http2.max_header_list_size = n;
+        self
+    }
+
+    /// Sends a PING this often and closes the connection when the answer does
+    /// not come within [`http2_keep_alive_timeout`](Builder::http2_keep_alive_timeout).
+    /// Finds dead peers behind NATs and load balancers. Default: off.
+    pub fn http2_keep_alive_interval(mut self, every: Option<Duration>) -> Builder {
+        self.config.http2.keep_alive_interval = every;
+        self
+    }
+
+    /// How long to wait for the answer to a keep-alive PING. Default: 20 s.
+    pub fn http2_keep_alive_timeout(mut self, t: Duration) -> Builder {
+        self.config.http2.keep_alive_timeout = t;
+        self
+    }
+}
+
+fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.max_concurrent_streams(cfg.max_concurrent_streams)
+        .initial_window_size(cfg.stream_window)
+        .initial_connection_window_size(cfg.connection_window)
+        .max_frame_size(cfg.max_frame_size.clamp(16_384, 16_777_215))
+        .max_header_list_size(cfg.max_header_list_size)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_send_buffer_size(MAX_SEND_BUFFER);
+    b
+}
+
+/// True when an HTTP/1 connection's first bytes are the HTTP/2 preface and
+/// prior knowledge is on.
+pub(crate) fn is_preface<T>(conn: &mut ConnIo<T>) -> bool {
+    conn.ctx.config.http2.prior_knowledge && conn.rbuf_and_io().0.starts_with(PREFACE_HEAD)
+}
+
+/// Serves an HTTP/1 connection whose first bytes were the HTTP/2 preface as
+/// HTTP/2, replaying the bytes already read.
+pub(crate) async fn serve_prior_knowledge<T, S, B>(
+    conn: &mut ConnIo<T>,
+    service: &mut S,
+) -> CloseReason
+where
+    T: Transport,
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let ctx = conn.ctx.clone();
+    let (rbuf, _) = conn.rbuf_and_io();
+    let read_ahead = Bytes::copy_from_slice(rbuf);
+    rbuf.clear();
+    // h2 has buffers of its own; the pooled ones go back.
+    conn.buffers.release();
+    let io = Rewind {
+        io: &mut conn.io,
+        read_ahead,
+    };
+    serve(io, service, ctx).await
+}
+
+/// Serves HTTP/2 on `io` until the connection closes; returns why it closed.
+pub(crate) async fn serve<I, S, B>(io: I, service: &mut S, ctx: Rc<WorkerContext>) -> CloseReason
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let cfg = ctx.config.http2;
+    let handshake = h2_builder(&cfg).handshake::<_, Bytes>(io);
+    let handshake_deadline = ctx.config.read_header_timeout.map(|t| Instant::now() + t);
+    let mut conn = tokio::select! {
+        biased;
+        () = ctx.shutdown.wait() => return CloseReason::Shutdown,
+        r = with_deadline(handshake_deadline, handshake) => match r {
+            None => {
+                incr(&ctx.stats.timeouts);
+                return CloseReason::HeaderTimeout;
+            }
+            Some(Err(e)) => return close_reason(&e),
+            Some(Ok(conn)) => conn,
+        },
+    };
+    let mut keep_alive = KeepAlive::new(conn.ping_pong(), &cfg);
+    let mut streams = FuturesUnordered::new();
+    let idle_timeout = ctx.config.idle_timeout;
+    // One timer: the idle deadline while no stream is open, then the grace
+    // period after an idle GOAWAY.
+    let mut timer = pin!(tokio::time::sleep(
+        idle_timeout.unwrap_or(Duration::MAX / 4)
+    ));
+    let mut timer_armed = idle_timeout.is_some();
+    let mut going_away = false;
+    let mut resets = ResetGuard::default();
+    let mut reason = CloseReason::ClientClosed;
+    loop {
+        tokio::select! {
+            biased;
+            () = ctx.shutdown.wait(), if !going_away => {
+                conn.graceful_shutdown();
+                going_away = true;
+                reason = CloseReason::Shutdown;
+            }
+            accepted = conn.accept() => match accepted {
+                None => break,
+                Some(Err(e)) => {
+                    if reason == CloseReason::ClientClosed {
+                        reason = close_reason(&e);
+                    }
+                    break;
+                }
+                Some(Ok((request, respond))) => {
+                    let start = start_stream(service, request, &ctx).await;
+                    streams.push(run_stream(start, respond, ctx.clone()));
+                    if !going_away {
+                        timer_armed = false;
+                    }
+                }
+            },
+            Some(end) = streams.next(), if !streams.is_empty() => {
+                if resets.record(end) {
+                    tracing::debug!("client cancels streams faster than it completes them; GOAWAY");
+                    incr(&ctx.stats.protocol_errors);
+                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                    going_away = true;
+                    reason = CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS);
+                }
+                if streams.is_empty() && !going_away {
+                    if let Some(t) = idle_timeout {
+                        timer.as_mut().reset(Instant::now() + t);
+                        timer_armed = true;
+                    }
+                }
+            }
+            () = &mut timer, if timer_armed => {
+                if going_away {
+                    // The client did not finish after GOAWAY: close anyway.
+                    break;
+                }
+                incr(&ctx.stats.timeouts);
+                conn.graceful_shutdown();
+                going_away = true;
+                reason = CloseReason::IdleTimeout;
+                timer.as_mut().reset(Instant::now() + GOAWAY_GRACE);
+            }
+            () = keep_alive.expired() => {
+                tracing::debug!("no answer to keep-alive PING; closing");
+                incr(&ctx.stats.timeouts);
+                reason = CloseReason::Io(io::ErrorKind::TimedOut);
+                break;
+            }
+        }
+    }
+    reason
+}
+
+fn close_reason(e: &h2::Error) -> CloseReason {
+    if let Some(io) = e.get_io() {
+        return CloseReason::io(io);
+    }
+    if e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR) {
+        return CloseReason::ClientClosed;
+    }
+    tracing::debug!(error = %e, "HTTP/2 connection error");
+    CloseReason::Protocol(StatusCode::BAD_REQUEST)
+}
+
+async fn with_deadline<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+/// What happened to the handler call of a new stream.
+enum Start<F> {
+    Called(F, RequestRecord, bool),
+    Failed(StatusCode, RequestRecord),
+}
+
+/// Builds the request and calls the service (the call itself runs here, in
+/// the connection loop; the future it returns runs in the stream's exchange).
+async fn start_stream<S, B>(
+    service: &mut S,
+    request: Request<RecvStream>,
+    ctx: &Rc<WorkerContext>,
+) -> Start<S::Future>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    incr(&ctx.stats.requests);
+    let (parts, recv) = request.into_parts();
+    let method = MethodLabel::of(&parts.method);
+    let is_head = parts.method == Method::HEAD;
+    let limit = ctx.config.max_body_bytes;
+    let content_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if content_length.is_some_and(|n| n > limit) {
+        incr(&ctx.stats.protocol_errors);
+        return Start::Failed(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            RequestRecord::untimed(ctx, method),
+        );
+    }
+    let body = if recv.is_end_stream() {
+        Body::empty()
+    } else {
+        Body::h2(RecvBody {
+            stream: recv,
+            data_done: false,
+            remaining: content_length,
+            received: 0,
+            limit,
+        })
+    };
+    let request = Request::from_parts(parts, body);
+    if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
+        let e: BoxError = e.into();
+        tracing::warn!(error = %e, "service not ready; answering 503");
+        return Start::Failed(
+            StatusCode::SERVICE_UNAVAILABLE,
+            RequestRecord::untimed(ctx, method),
+        );
+    }
+    match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request))) {
+        Ok(handler) => Start::Called(handler, RequestRecord::start(ctx, method), is_head),
+        Err(panic) => {
+            incr(&ctx.stats.panics);
+            tracing::error!(
+                panic = panic_message(&panic),
+                "handler panicked; answering 500"
+            );
+            Start::Failed(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                RequestRecord::untimed(ctx, method),
+            )
+        }
+    }
+}
+
+/// How a stream's exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    /// The response went out (or the stream failed on our side).
+    Done,
+    /// The client reset the stream before its response was complete.
+    ClientReset,
+}
+
+/// One stream: run the handler (cancelled if the client resets the stream),
+/// send the response head, then its body and trailers under flow control.
+async fn run_stream<F, E, B>(
+    start: Start<F>,
+    mut respond: SendResponse<Bytes>,
+    ctx: Rc<WorkerContext>,
+) -> StreamEnd
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (handler, mut record, is_head) = match start {
+        Start::Called(handler, record, is_head) => (handler, record, is_head),
+        Start::Failed(status, mut record) => {
+            record.status(status);
+            send_error(&mut respond, status);
+            return StreamEnd::Done;
+        }
+    };
+    let outcome = {
+        let mut handler = pin!(AssertUnwindSafe(handler).catch_unwind());
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = handler.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            match respond.poll_reset(cx) {
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
+    let response = match outcome {
+        None => {
+            incr(&ctx.stats.cancelled);
+            return StreamEnd::ClientReset;
+        }
+        Some(Err(panic)) => {
+            incr(&ctx.stats.panics);
+            tracing::error!(
+                panic = panic_message(&panic),
+                "handler panicked; answering 500"
+            );
+            record.status(StatusCode::INTERNAL_SERVER_ERROR);
+            send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR);
+            return StreamEnd::Done;
+        }
+        Some(Ok(Err(e))) => {
+            let e: BoxError = e.into();
+            tracing::error!(error = %e, "service failed; answering 500");
+            record.status(StatusCode::INTERNAL_SERVER_ERROR);
+            send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR);
+            return StreamEnd::Done;
+        }
+        Some(Ok(Ok(response))) => response,
+    };
+    let (mut parts, body) = response.into_parts();
+    prepare_headers(&mut parts.headers, &body, is_head, &ctx);
+    record.status(parts.status);
+    let end = is_head || body.is_end_stream();
+    let send = match respond.send_response(Response::from_parts(parts, ()), end) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send the response head");
+            return StreamEnd::ClientReset;
+        }
+    };
+    if end {
+        return StreamEnd::Done;
+    }
+    send_body(send, body, &mut record).await
+}
+
+/// Drops what HTTP/2 forbids (connection-specific fields) and adds `date`,
+/// `server` and, when the body's length is known, `content-length`.
+fn prepare_headers<B: HttpBody>(
+    headers: &mut HeaderMap,
+    body: &B,
+    is_head: bool,
+    ctx: &WorkerContext,
+) {
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, crate::date::now());
+    }
+    if let Some(server) = &ctx.config.server_header {
+        if !headers.contains_key(header::SERVER) {
+            headers.insert(header::SERVER, server.clone());
+        }
+    }
+    if !is_head && !headers.contains_key(header::CONTENT_LENGTH) {
+        if let Some(n) = body.size_hint().exact() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+}
+
+fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    let _ = respond.send_response(response, true);
+}
+
+/// Streams the response body: pulls a frame only when the stream has send
+/// capacity (the client's window and our send buffer), stops when the client
+/// resets the stream.
+async fn send_body<B>(mut send: SendStream<Bytes>, body: B, record: &mut RequestRecord) -> StreamEnd
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = pin!(body);
+    loop {
+        // Wait for room before pulling more of the body.
+        send.reserve_capacity(1);
+        if send.capacity() == 0 {
+            loop {
+                match poll_fn(|cx| send.poll_capacity(cx)).await {
+                    Some(Ok(0)) => {}
+                    Some(Ok(_)) => break,
+                    Some(Err(_)) | None => return StreamEnd::ClientReset,
+                }
+            }
+        }
+        let frame = poll_fn(|cx| {
+            if send.poll_reset(cx).is_ready() {
+                return Poll::Ready(Err(()));
+            }
+            match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll_frame(cx))) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(frame)) => Poll::Ready(Ok(Ok(frame))),
+                Err(panic) => Poll::Ready(Ok(Err(panic))),
+            }
+        })
+        .await;
+        let frame = match frame {
+            Err(()) => return StreamEnd::ClientReset,
+            Ok(Err(panic)) => {
+                tracing::error!(
+                    panic = panic_message(&panic),
+                    "response body panicked; resetting the stream"
+                );
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return StreamEnd::Done;
+            }
+            Ok(Ok(frame)) => frame,
+        };
+        match frame {
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return StreamEnd::Done;
+            }
+            Some(Err(e)) => {
+                let e: BoxError = e.into();
+                tracing::debug!(error = %e, "response body failed; resetting the stream");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return StreamEnd::Done;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let end = body.is_end_stream();
+                    if data.is_empty() && !end {
+                        continue;
+                    }
+                    record.response_bytes(data.len());
+                    if send.send_data(data, end).is_err() {
+                        return StreamEnd::ClientReset;
+                    }
+                    if end {
+                        return StreamEnd::Done;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = send.send_trailers(trailers);
+                    } else {
+                        let _ = send.send_data(Bytes::new(), true);
+                    }
+                    return StreamEnd::Done;
+                }
+            },
+        }
+    }
+}
+
+/// Counts streams the client cancelled while they ran, against those that
+/// completed: a client that mostly cancels is attacking (rapid reset), not
+/// browsing.
+#[derive(Debug, Default)]
+struct ResetGuard {
+    cancelled: u64,
+    completed: u64,
+}
+
+impl ResetGuard {
+    /// Records a finished stream; true when the connection should be closed.
+    fn record(&mut self, end: StreamEnd) -> bool {
+        match end {
+            StreamEnd::Done => self.completed += 1,
+            StreamEnd::ClientReset => self.cancelled += 1,
+        }
+        self.cancelled > RAPID_RESET_LIMIT && self.cancelled > self.completed
+    }
+}
+
+/// Keep-alive PINGs: one outstanding at a time.
+struct KeepAlive {
+    ping: Option<PingPong>,
+    interval: Option<Duration>,
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    awaiting_pong: bool,
+}
+
+impl KeepAlive {
+    fn new(ping: Option<PingPong>, cfg: &Http2Config) -> KeepAlive {
+        let first = cfg.keep_alive_interval.unwrap_or(Duration::from_secs(3600));
+        KeepAlive {
+            ping: cfg.keep_alive_interval.and(ping),
+            interval: cfg.keep_alive_interval,
+            timeout: cfg.keep_alive_timeout,
+            timer: Box::pin(tokio::time::sleep(first)),
+            awaiting_pong: false,
+        }
+    }
+
+    /// Resolves when a PING went unanswered for the timeout; pending forever
+    /// when keep-alive is off.
+    async fn expired(&mut self) {
+        poll_fn(|cx| self.poll_expired(cx)).await
+    }
+
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let (Some(ping), Some(interval)) = (self.ping.as_mut(), self.interval) else {
+            return Poll::Pending;
+        };
+        loop {
+            if self.awaiting_pong {
+                match ping.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        self.awaiting_pong = false;
+                        self.timer.as_mut().reset(Instant::now() + interval);
+                        continue;
+                    }
+                    // The connection failed; the accept loop will see it.
+                    Poll::Ready(Err(_)) => {
+                        self.ping = None;
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => {}
+                }
+                std::task::ready!(self.timer.as_mut().poll(cx));
+                return Poll::Ready(());
+            }
+            std::task::ready!(self.timer.as_mut().poll(cx));
+            if ping.send_ping(Ping::opaque()).is_err() {
+                self.ping = None;
+                return Poll::Pending;
+            }
+            self.awaiting_pong = true;
+            self.timer.as_mut().reset(Instant::now() + self.timeout);
+        }
+    }
+}
+
+/// A request body arriving in HTTP/2 DATA frames. Each frame's bytes are given
+/// back to the flow-control window as the handler takes them, so a handler that
+/// does not read stops the client (after one window) instead of making us buffer.
+#[derive(Debug)]
+pub(crate) struct RecvBody {
+    stream: RecvStream,
+    data_done: bool,
+    /// Bytes still expected when the client sent `content-length`.
+    remaining: Option<u64>,
+    received: u64,
+    limit: u64,
+}
+
+impl RecvBody {
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if !self.data_done {
+            match std::task::ready!(self.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    self.received += data.len() as u64;
+                    if self.received > self.limit {
+                        self.data_done = true;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
+                    }
+                    if let Some(left) = self.remaining.as_mut() {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "HTTP/2 request body failed");
+                    self.data_done = true;
+                    return Poll::Ready(Some(Err(BodyError::Incomplete)));
+                }
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.stream.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 request trailers failed");
+                Poll::Ready(Some(Err(BodyError::Incomplete)))
+            }
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// A stream that returns `read_ahead` before reading from `io`.
+struct Rewind<I> {
+    io: I,
+    read_ahead: Bytes,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read_ahead.is_empty() {
+            let n = self.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&self.read_ahead[..n]);
+            self.read_ahead.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_guard_trips_only_when_cancels_dominate() {
+        let mut g = ResetGuard::default();
+        for _ in 0..RAPID_RESET_LIMIT {
+            assert!(!g.record(StreamEnd::ClientReset));
+        }
+        assert!(g.record(StreamEnd::ClientReset), "one past the limit");
+        let mut busy = ResetGuard::default();
+        for _ in 0..1000 {
+            busy.record(StreamEnd::Done);
+        }
+        for _ in 0..500 {
+            assert!(
+                !busy.record(StreamEnd::ClientReset),
+                "a busy client may cancel some"
+            );
+        }
+    }
+}

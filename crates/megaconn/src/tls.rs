@@ -1,0 +1,519 @@
+//! TLS on rustls (the `ring` provider): certificates from PEM, SNI, ALPN
+//! (`h2`, `http/1.1`), session resumption, a handshake timeout, and certificate
+//! reload without a restart.
+//!
+//! ```text
+//!  accept -> connection_spawner (worker.rs) -> serve_accepted()
+//!              no TLS:  http1::serve_connection(TcpStream)
+//!              TLS:     handshake (bounded by handshake_timeout)
+//!                         ALPN h2  -> h2::serve(TlsStream)
+//!                         else     -> http1::serve_connection(TlsStream)
+//! ```
+//!
+//! [`TlsConfig`] is a handle: clones share one live rustls `ServerConfig`,
+//! which [`TlsConfig::reload`] replaces. Each handshake takes the config live
+//! when it starts, so a reload affects new connections only; open ones keep
+//! the certificate they negotiated.
+//!
+//! A TLS connection is never parked (its session state lives in user space),
+//! so an idle TLS connection costs rustls' buffers on top of the task.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::Either;
+use http::{Request, Response};
+use http_body::Body as HttpBody;
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tower_service::Service;
+
+use crate::body::Body;
+use crate::http1::{self, CloseReason, ConnEnd};
+use crate::server::Builder;
+use crate::stats::incr;
+use crate::transport::Transport;
+use crate::worker::WorkerContext;
+use crate::BoxError;
+
+/// Default time a client has to complete the TLS handshake after connecting.
+/// Ten seconds, like `read_header_timeout`: a real client needs milliseconds.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sessions kept for stateful resumption (TLS 1.2 session IDs; TLS 1.3 when
+/// tickets are off). About 200 bytes each.
+pub const TLS_SESSION_CACHE_SIZE: usize = 4096;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
+/// Where a certificate and its key come from.
+#[derive(Clone)]
+enum Source {
+    Files { cert: PathBuf, key: PathBuf },
+    Pem { cert: Vec<u8>, key: Vec<u8> },
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Files { cert, key } => write!(f, "{} + {}", cert.display(), key.display()),
+            Source::Pem { .. } => f.write_str("PEM in memory"),
+        }
+    }
+}
+
+/// One certificate: for SNI `name`, or the default (`None`).
+#[derive(Clone, Debug)]
+struct Entry {
+    name: Option<String>,
+    source: Source,
+    key: Arc<CertifiedKey>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    entries: Vec<Entry>,
+    alpn: Vec<Vec<u8>>,
+    handshake_timeout: Option<Duration>,
+    tickets: bool,
+}
+
+/// What a handshake needs, swapped whole on reload.
+pub(crate) struct Live {
+    pub acceptor: TlsAcceptor,
+    pub handshake_timeout: Option<Duration>,
+}
+
+struct Shared {
+    settings: Mutex<Settings>,
+    live: RwLock<Arc<Live>>,
+    session_cache: Arc<dyn StoresServerSessions>,
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+/// TLS settings for a server: certificates (a default one plus any number
+/// chosen by SNI), ALPN protocols, handshake timeout, session resumption.
+/// TLS 1.2 and 1.3 only, on rustls with the `ring` provider.
+///
+/// ```no_run
+/// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let tls = megaconn::TlsConfig::from_pem_files("cert.pem", "key.pem")?
+///     .with_sni_pem_files("api.example.com", "api-cert.pem", "api-key.pem")?;
+/// let server = megaconn::Server::bind("0.0.0.0:443".parse()?)
+///     .tls(tls.clone())
+///     .listen()?;
+/// // Later, after the files were renewed: new handshakes use the new ones.
+/// tls.reload()?;
+/// # Ok(()) }
+/// ```
+///
+/// Clones share the live configuration: [`reload`](TlsConfig::reload) on any
+/// clone affects the server. Resumption: a stateful session cache of
+/// [`TLS_SESSION_CACHE_SIZE`] entries and stateless tickets whose key rotates
+/// every 6 hours (rustls' `Ticketer`); both survive a reload.
+#[derive(Clone)]
+pub struct TlsConfig {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.settings();
+        f.debug_struct("TlsConfig")
+            .field(
+                "certificates",
+                &s.entries
+                    .iter()
+                    .map(|e| (e.name.as_deref().unwrap_or("*"), &e.source))
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "alpn",
+                &s.alpn
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .field("handshake_timeout", &s.handshake_timeout)
+            .field("tickets", &s.tickets)
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    /// A configuration whose default certificate chain and private key are
+    /// read from PEM files (the chain leaf first; the key PKCS#8, PKCS#1 or
+    /// SEC1). The files are read again by [`reload`](TlsConfig::reload).
+    pub fn from_pem_files(
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<TlsConfig, TlsError> {
+        TlsConfig::new(Source::Files {
+            cert: cert.as_ref().to_path_buf(),
+            key: key.as_ref().to_path_buf(),
+        })
+    }
+
+    /// A configuration whose default certificate chain and key are PEM text.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsConfig, TlsError> {
+        TlsConfig::new(Source::Pem {
+            cert: cert_pem.to_vec(),
+            key: key_pem.to_vec(),
+        })
+    }
+
+    fn new(source: Source) -> Result<TlsConfig, TlsError> {
+        let key = load(&source)?;
+        let ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| TlsError(format!("cannot create the session ticketer: {e}")))?;
+        let settings = Settings {
+            entries: vec![Entry {
+                name: None,
+                source,
+                key,
+            }],
+            alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            handshake_timeout: Some(DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+            tickets: true,
+        };
+        let session_cache: Arc<dyn StoresServerSessions> =
+            rustls::server::ServerSessionMemoryCache::new(TLS_SESSION_CACHE_SIZE);
+        let live = build(&settings, &session_cache, &ticketer)?;
+        Ok(TlsConfig {
+            shared: Arc::new(Shared {
+                settings: Mutex::new(settings),
+                live: RwLock::new(Arc::new(live)),
+                session_cache,
+                ticketer,
+            }),
+        })
+    }
+
+    /// Adds a certificate served to clients that ask for `server_name` (SNI),
+    /// from PEM files. `*.example.com` matches one label. Clients asking for
+    /// another name, or none (connecting by IP), get the default certificate.
+    pub fn with_sni_pem_files(
+        self,
+        server_name: &str,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<TlsConfig, TlsError> {
+        self.add_sni(
+            server_name,
+            Source::Files {
+                cert: cert.as_ref().to_path_buf(),
+                key: key.as_ref().to_path_buf(),
+            },
+        )
+    }
+
+    /// Adds a certificate for `server_name` (SNI), from PEM text.
+    pub fn with_sni_pem(
+        self,
+        server_name: &str,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<TlsConfig, TlsError> {
+        self.add_sni(
+            server_name,
+            Source::Pem {
+                cert: cert_pem.to_vec(),
+                key: key_pem.to_vec(),
+            },
+        )
+    }
+
+    fn add_sni(self, server_name: &str, source: Source) -> Result<TlsConfig, TlsError> {
+        let key = load(&source)?;
+        let name = server_name.trim_end_matches('.').to_ascii_lowercase();
+        self.update(|s| {
+            s.entries.retain(|e| e.name.as_deref() != Some(&name));
+            s.entries.push(Entry {
+                name: Some(name),
+                source,
+                key,
+            });
+        })?;
+        Ok(self)
+    }
+
+    /// ALPN protocols offered, in order of preference. Default: `h2`,
+    /// `http/1.1`. Without `h2` every TLS connection speaks HTTP/1.1.
+    pub fn alpn_protocols(self, protocols: Vec<Vec<u8>>) -> TlsConfig {
+        self.update(|s| s.alpn = protocols)
+            .expect("certificates were already valid");
+        self
+    }
+
+    /// Time a client has to complete the handshake; past it the connection is
+    /// closed. Default: 10 s ([`DEFAULT_TLS_HANDSHAKE_TIMEOUT`]). `None`
+    /// disables.
+    pub fn handshake_timeout(self, t: Option<Duration>) -> TlsConfig {
+        self.update(|s| s.handshake_timeout = t)
+            .expect("certificates were already valid");
+        self
+    }
+
+    /// Whether stateless session tickets are issued. Default: on. Off,
+    /// resumption uses the server-side session cache only.
+    pub fn session_tickets(self, on: bool) -> TlsConfig {
+        self.update(|s| s.tickets = on)
+            .expect("certificates were already valid");
+        self
+    }
+
+    /// Reads every certificate and key given as files again and makes them
+    /// live for new handshakes; connections already open keep theirs. On any
+    /// error nothing changes (the old certificates stay live).
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let mut settings = self.settings();
+        let mut entries = settings.entries.clone();
+        for entry in &mut entries {
+            if let Source::Files { .. } = entry.source {
+                entry.key = load(&entry.source)?;
+            }
+        }
+        let old = std::mem::replace(&mut settings.entries, entries);
+        match build(&settings, &self.shared.session_cache, &self.shared.ticketer) {
+            Ok(live) => {
+                *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+                tracing::info!("TLS certificates reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                settings.entries = old;
+                Err(e)
+            }
+        }
+    }
+
+    /// The rustls configuration new handshakes use now.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.live().acceptor.config().clone()
+    }
+
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.shared
+            .live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn settings(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.shared
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Settings)) -> Result<(), TlsError> {
+        let mut settings = self.settings();
+        change(&mut settings);
+        let live = build(&settings, &self.shared.session_cache, &self.shared.ticketer)?;
+        *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        Ok(())
+    }
+}
+
+fn load(source: &Source) -> Result<Arc<CertifiedKey>, TlsError> {
+    let (certs, key, what) = match source {
+        Source::Files { cert, key } => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    TlsError(format!(
+                        "cannot read certificates from {}: {e}",
+                        cert.display()
+                    ))
+                })?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                TlsError(format!(
+                    "cannot read a private key from {}: {e}",
+                    key.display()
+                ))
+            })?;
+            (certs, key, cert.display().to_string())
+        }
+        Source::Pem { cert, key } => {
+            let certs = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsError(format!("cannot parse the certificate PEM: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(key)
+                .map_err(|e| TlsError(format!("cannot parse the private key PEM: {e}")))?;
+            (certs, key, "the certificate PEM".to_string())
+        }
+    };
+    if certs.is_empty() {
+        return Err(TlsError(format!("no certificate found in {what}")));
+    }
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| TlsError(format!("unsupported private key for {what}: {e}")))?;
+    let certified = CertifiedKey::new(certs, signer);
+    certified.keys_match().map_err(|e| {
+        TlsError(format!(
+            "the private key does not match the certificate in {what}: {e}"
+        ))
+    })?;
+    Ok(Arc::new(certified))
+}
+
+fn build(
+    settings: &Settings,
+    session_cache: &Arc<dyn StoresServerSessions>,
+    ticketer: &Arc<dyn ProducesTickets>,
+) -> Result<Live, TlsError> {
+    let mut resolver = SniResolver::default();
+    for entry in &settings.entries {
+        match &entry.name {
+            None => resolver.default = Some(entry.key.clone()),
+            Some(name) => {
+                resolver.by_name.insert(name.clone(), entry.key.clone());
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError(format!("TLS setup failed: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = settings.alpn.clone();
+    config.session_storage = session_cache.clone();
+    if settings.tickets {
+        config.ticketer = ticketer.clone();
+    }
+    Ok(Live {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        handshake_timeout: settings.handshake_timeout,
+    })
+}
+
+/// Picks the certificate by SNI (exact name, then `*.` + parent), else the
+/// default.
+#[derive(Debug, Default)]
+struct SniResolver {
+    default: Option<Arc<CertifiedKey>>,
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            let name = name.to_ascii_lowercase();
+            if let Some(key) = self.by_name.get(&name) {
+                return Some(key.clone());
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(key) = self.by_name.get(&format!("*.{parent}")) {
+                    return Some(key.clone());
+                }
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl Builder {
+    /// Serves every listener over TLS with `tls` (HTTP/2 when the client
+    /// negotiates `h2` by ALPN, HTTP/1.1 otherwise). Keep a clone of `tls` to
+    /// [`reload`](TlsConfig::reload) certificates while the server runs.
+    /// Default: none (cleartext; HTTP/2 only with prior knowledge).
+    pub fn tls(mut self, tls: TlsConfig) -> Builder {
+        self.config.tls = Some(tls);
+        self
+    }
+}
+
+/// A TLS stream is served with the default (always ready) readiness and is
+/// never parked.
+impl Transport for TlsStream<TcpStream> {}
+
+/// Serves an accepted connection: cleartext HTTP/1.1 (and h2c) directly, or a
+/// TLS handshake first and then HTTP/2 or HTTP/1.1 as ALPN says.
+pub(crate) fn serve_accepted<S, B>(
+    stream: TcpStream,
+    service: S,
+    ctx: Rc<WorkerContext>,
+) -> impl std::future::Future<Output = ConnEnd>
+where
+    S: Service<Request<Body>, Response = Response<B>> + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: 'static,
+    B: HttpBody<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+{
+    match ctx.config.tls.as_ref().map(TlsConfig::live) {
+        None => Either::Left(http1::serve_connection(stream, service, ctx)),
+        // Boxed: the handshake and the TLS stream are large, and cleartext
+        // connections should not carry their size.
+        Some(live) => Either::Right(Box::pin(serve_tls(stream, service, ctx, live))),
+    }
+}
+
+async fn serve_tls<S, B>(
+    stream: TcpStream,
+    mut service: S,
+    ctx: Rc<WorkerContext>,
+    live: Arc<Live>,
+) -> ConnEnd
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let accept = live.acceptor.accept(stream);
+    let deadline = live.handshake_timeout;
+    drop(live);
+    let handshake = async {
+        match deadline {
+            Some(t) => tokio::time::timeout(t, accept).await.ok(),
+            None => Some(accept.await),
+        }
+    };
+    let stream = tokio::select! {
+        biased;
+        () = ctx.shutdown.wait() => {
+            ctx.stats.connection_closed(CloseReason::Shutdown);
+            return ConnEnd::Closed;
+        }
+        r = handshake => match r {
+            None => {
+                tracing::debug!("TLS handshake timed out");
+                incr(&ctx.stats.timeouts);
+                ctx.stats.connection_closed(CloseReason::HeaderTimeout);
+                return ConnEnd::Closed;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                incr(&ctx.stats.protocol_errors);
+                ctx.stats.connection_closed(CloseReason::Protocol(http::StatusCode::BAD_REQUEST));
+                return ConnEnd::Closed;
+            }
+            Some(Ok(stream)) => stream,
+        },
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let reason = crate::h2::serve(stream, &mut service, ctx.clone()).await;
+        tracing::trace!(%reason, "HTTP/2 connection closed");
+        ctx.stats.connection_closed(reason);
+        ConnEnd::Closed
+    } else {
+        http1::serve_connection(stream, service, ctx).await
+    }
+}
