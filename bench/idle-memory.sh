@@ -151,12 +151,13 @@ hold_phase() {
   local server=$1 phase=$2 url=$3
   shift 3
   local base="$RES_DIR/$server-$phase" hold_pid ok=true
-  local rss0 k0 rss1 k1 est rss2 k2 t0 open_secs s0 s1
+  local rss0 k0 rss1 k1 est rss2 k2 t0 open_secs s0 s1 i0 i1
   local -a extra=()
   [[ -n "$HOLD_PROCESSES" ]] && extra+=(--processes "$HOLD_PROCESSES")
   rss0="$(server_rss_bytes)"
   k0="$(kernel_bytes)"
   s0="$(sock_kernel_bytes)"
+  i0="$(tcp_inuse)"
   t0=$SECONDS
   taskset -c "$LOAD_CPU" "$MEGACONN" hold "$url" -c "$N" --ramp "$RAMP" --source "$SOURCE" \
     --interval 3600s --duration "$HOLD_DURATION" --json "$base.hold.json" "${extra[@]}" "$@" \
@@ -171,6 +172,7 @@ hold_phase() {
   rss1="$(server_rss_bytes)"
   k1="$(kernel_bytes)"
   s1="$(sock_kernel_bytes)"
+  i1="$(tcp_inuse)"
   log "  $server $phase: $est open, RSS $((rss1 / 1024)) KiB (was $((rss0 / 1024)) KiB)"
   stop_hold "$hold_pid"
   wait_closed
@@ -183,7 +185,7 @@ hold_phase() {
     --argjson est "$est" --argjson open_secs "$open_secs" \
     --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson rss2 "$rss2" \
     --argjson k0 "$k0" --argjson k1 "$k1" --argjson k2 "$k2" --argjson hold "$hold_json" \
-    --argjson s0 "$s0" --argjson s1 "$s1" \
+    --argjson s0 "$s0" --argjson s1 "$s1" --argjson i0 "$i0" --argjson i1 "$i1" \
     '{server: $server, phase: $phase, all_open: $ok, target: $n, established: $est,
       open_secs: $open_secs,
       rss_before: $rss0, rss_open: $rss1, rss_after_close: $rss2,
@@ -192,6 +194,8 @@ hold_phase() {
       kernel_per_conn: (if $est > 0 then ($k1 - $k0) / $est else null end),
       sock_kernel_before: $s0, sock_kernel_open: $s1,
       sock_kernel_per_conn: (if $est > 0 then ($s1 - $s0) / $est else null end),
+      tcp_inuse_before: $i0, tcp_inuse_open: $i1,
+      kernel_disturbed: ($est > 0 and ((($i1 - $i0) - 2 * $est) | fabs) > 0.05 * 2 * $est),
       hold: $hold}' >"$base.json"
 }
 
@@ -233,13 +237,16 @@ elapsed=$((SECONDS - t_start))
     def mib: if . == null then "—" else ((. / 1048576 * 10 | round) / 10 | tostring) + " MiB" end;
     def f0: if . == null then "—" else (. | round | tostring) end;
     def open: if .skipped then "" elif .all_open then "" else " (only \(.established) open)" end;
+    def kern: if .sock_kernel_per_conn == null then "—"
+      else (.sock_kernel_per_conn | round | tostring)
+        + (if .kernel_disturbed then " (disturbed: other programs changed the TCP socket count by \((.tcp_inuse_open - .tcp_inuse_before) - 2 * .established))" else "" end) end;
     (map(select(.server == "megaconn")) | .[0].idle.rss_per_conn) as $m
-    | .[] | "| \(.server) | \(.baseline_rss | mib) | \(.idle.rss_open | mib)\(.idle | open) | \(.idle.rss_per_conn | f0) | \(.idle.sock_kernel_per_conn | f0) | \(.idle.rss_after_close | mib) | \(.post4k.rss_open | mib)\(.post4k | open) | \(.post4k.rss_per_conn | f0) | \(.post4k.rss_after_close | mib) | "
+    | .[] | "| \(.server) | \(.baseline_rss | mib) | \(.idle.rss_open | mib)\(.idle | open) | \(.idle.rss_per_conn | f0) | \(.idle | kern) | \(.idle.rss_after_close | mib) | \(.post4k.rss_open | mib)\(.post4k | open) | \(.post4k.rss_per_conn | f0) | \(.post4k.rss_after_close | mib) | "
       + (if $m == null or $m == 0 then "—" else ((.idle.rss_per_conn / $m * 100 | round) / 100 | tostring) + "×" end) + " |"' "$RESULTS"
   echo
   [[ "$HOLD_BODY_OK" == 1 ]] || echo "The 4 KiB columns are empty: \`megaconn hold\` has no \`-m\`/\`--body\` option yet, so that phase was skipped."
   echo
-  echo "bytes/conn = (RSS with the connections open − RSS just before opening them) / connections open; each phase runs on a fresh server process (started, served one request, then measured: baseline). Kernel socket bytes/conn = Δ(socket slab caches from /proc/slabinfo: $KERNEL_SOCK_CACHES; + TCP buffer pages from /proc/net/sockstat) / connections; it counts both the client and the server socket of each loopback connection, so the server's share is about half. The per-server tables also give Δ(Slab total + TCP pages) / connections, which includes everything else the kernel allocated meanwhile (noisy when other work runs). nginx: its worker's RSS; nginx allocates its connection table for all worker_connections (20000) at start, so part of its per-connection cost (a few hundred bytes) is in its baseline, not in the delta; nginx's /echo reads and discards the body (nginx-light has no echo module), the others echo it."
+  echo "bytes/conn = (RSS with the connections open − RSS just before opening them) / connections open; each phase runs on a fresh server process (started, served one request, then measured: baseline). Kernel socket bytes/conn = Δ(socket slab caches from /proc/slabinfo: $KERNEL_SOCK_CACHES; + TCP buffer pages from /proc/net/sockstat) / connections; it counts both the client and the server socket of each loopback connection, so the server's share is about half. It is marked disturbed when the machine's TCP socket count (/proc/net/sockstat inuse) changed by more than 5% beyond the 2 × N sockets this run opened, i.e. other programs' sockets are mixed into it. The per-server tables also give Δ(Slab total + TCP pages) / connections, which includes everything else the kernel allocated meanwhile (noisy when other work runs). nginx: its worker's RSS; nginx allocates its connection table for all worker_connections (20000) at start, so part of its per-connection cost (a few hundred bytes) is in its baseline, not in the delta; nginx's /echo reads and discards the body (nginx-light has no echo module), the others echo it."
   jq -r -s '.[] |
     def kib: if . == null then "—" else ((. / 1024 | round) | tostring) + " KiB" end;
     def f0: if . == null then "—" else (. | round | tostring) end;

@@ -274,6 +274,8 @@ kernel_sock_slab_bytes() {
     want[$1] { total += $2 * $4 }
     END { printf "%.0f\n", total }' /proc/slabinfo 2>/dev/null || echo 0
 }
+# TCP sockets in use in this network namespace (all programs), /proc/net/sockstat.
+tcp_inuse() { awk '$1 == "TCP:" { print $3 }' /proc/net/sockstat; }
 kernel_tcp_mem_bytes() {
   awk -v ps="$PAGE_SIZE" '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") printf "%.0f\n", $(i + 1) * ps }' \
     /proc/net/sockstat
