@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::admin::AdminAddr;
 use crate::demo::Demo;
 use crate::duration;
 use crate::logging::{self, LogFormat};
@@ -92,6 +93,10 @@ pub struct ServeArgs {
     /// Log format: human or json. Default: human.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Admin listener (/metrics, /debug/runtime, /debug/pprof) address, or
+    /// `off`. Default: 127.0.0.1:9090, skipped with a warning if taken.
+    #[arg(long, value_name = "ADDR", value_parser = crate::admin::parse_admin)]
+    pub admin: Option<AdminAddr>,
     /// Worker processes under a supervisor, for hosts whose per-process
     /// open-file limit caps connections (each process has its own listeners and
     /// `--workers` threads). Default: 1 (no supervisor).
@@ -133,6 +138,7 @@ pub struct ConfigFile {
     self_signed: Option<bool>,
     log_format: Option<LogFormat>,
     processes: Option<usize>,
+    admin: Option<String>,
 }
 
 impl ConfigFile {
@@ -154,6 +160,8 @@ pub struct Resolved {
     pub log_format: LogFormat,
     /// Worker processes (1: no supervisor).
     pub processes: usize,
+    /// The admin listener; `None`: the default address.
+    pub admin: Option<AdminAddr>,
 }
 
 /// Merges flags over the config file.
@@ -253,7 +261,13 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
         // A worker process shares its ports with its siblings on purpose.
         b = b.reuse_port_shared(true);
     }
+    let admin = match (args.admin, file.admin.as_deref()) {
+        (Some(a), _) => Some(a),
+        (None, Some(a)) => Some(crate::admin::parse_admin(a).map_err(UsageError)?),
+        (None, None) => None,
+    };
     Ok(Resolved {
+        admin,
         builder: b,
         log_format: args
             .log_format
@@ -278,7 +292,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(resolved.builder, shared))
+    runtime.block_on(serve(resolved.builder, resolved.admin, shared))
 }
 
 /// The arguments after `serve`, to hand to worker processes unchanged.
@@ -314,6 +328,7 @@ pub fn listen_error(e: megaconn::Error) -> anyhow::Error {
 
 async fn serve(
     builder: megaconn::Builder,
+    admin: Option<AdminAddr>,
     shared: Option<(usize, SharedStats)>,
 ) -> anyhow::Result<()> {
     // Signals are registered before anything else, so one that arrives during
@@ -332,6 +347,12 @@ async fn serve(
         server.max_connections()
     );
     let handle = server.handle();
+    // Stops when dropped, after the main server. Worker processes of a
+    // supervisor have none (they would contend for one port).
+    let _admin = match shared {
+        None => crate::admin::start(admin, handle.clone())?,
+        Some(_) => None,
+    };
     let app = Demo::new(handle.clone());
     let serving = server.serve(app);
     tokio::pin!(serving);

@@ -1,0 +1,408 @@
+//! The admin listener of `megaconn serve`: a second, small megaconn server (one
+//! worker) beside the main one, for operators and scrapers.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text of the main server ([`megaconn::metrics`]) |
+//! | `GET /debug/runtime` | JSON: per-worker connections, idle, buffers, requests |
+//! | `GET /debug/pprof/profile?seconds=N` | CPU profile of the whole process for N s (1..=60, default 30), gzipped pprof protobuf; `&format=svg` for a flame graph; one at a time (409 while one runs) |
+//! | `GET /debug/pprof/heap` | 501: heap profiling needs a jemalloc build with profiling on |
+//!
+//! It listens on 127.0.0.1:9090 unless told otherwise (`--admin ADDR`,
+//! `admin = "ADDR"`, `off` disables) and stops with the main server. Keep it
+//! on a loopback or otherwise private address: it has no authentication.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use megaconn::{Body, ServerHandle};
+
+/// The admin address when none is configured.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+
+/// Longest CPU profile allowed, in seconds.
+const MAX_PROFILE_SECONDS: u64 = 60;
+
+/// CPU profile length when `seconds` is not given (as Go's `net/http/pprof`).
+const DEFAULT_PROFILE_SECONDS: u64 = 30;
+
+/// Sampling frequency of CPU profiles, in Hz (99, not 100, to avoid lockstep
+/// with periodic work).
+const PROFILE_HZ: i32 = 99;
+
+/// Where the admin listener goes: an address, or nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAddr {
+    /// No admin listener.
+    Off,
+    /// Listen here.
+    At(SocketAddr),
+}
+
+/// Parses `--admin`: an address, or `off`.
+pub fn parse_admin(s: &str) -> Result<AdminAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(AdminAddr::Off);
+    }
+    s.parse()
+        .map(AdminAddr::At)
+        .map_err(|_| format!("invalid admin address {s:?} (want IP:PORT or off)"))
+}
+
+/// A running admin server; dropping it shuts the admin server down.
+#[derive(Debug)]
+pub struct Admin {
+    handle: ServerHandle,
+    /// The bound address.
+    pub addr: SocketAddr,
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+/// Starts the admin server for `main` on the current runtime and prints its
+/// address (`megaconn admin on http://ADDR`). `None` means the default
+/// address: if that is taken, serving goes on without the admin listener (a
+/// warning says so); an address asked for that cannot be bound is an error.
+pub fn start(setting: Option<AdminAddr>, main: ServerHandle) -> anyhow::Result<Option<Admin>> {
+    let explicit = setting.is_some();
+    let addr = match setting {
+        Some(AdminAddr::Off) => return Ok(None),
+        Some(AdminAddr::At(addr)) => addr,
+        None => DEFAULT_ADMIN.parse().expect("valid default address"),
+    };
+    let bound = megaconn::Server::bind(addr)
+        .workers(1)
+        .max_connections(64)
+        .idle_timeout(Some(Duration::from_secs(30)))
+        .shutdown_timeout(Duration::from_secs(1))
+        // Profiles take up to a minute to answer; their clients wait.
+        .write_timeout(Some(Duration::from_secs(10)))
+        .listen();
+    let server = match bound {
+        Ok(server) => server,
+        Err(e) if !explicit => {
+            tracing::warn!(%addr, error = %e, "admin listener not started (set --admin ADDR or --admin off)");
+            return Ok(None);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot start the admin listener")),
+    };
+    let admin = Admin {
+        handle: server.handle(),
+        addr: server.local_addr(),
+    };
+    let service = AdminService {
+        main,
+        started: Instant::now(),
+    };
+    crate::say!("megaconn admin on http://{}", admin.addr);
+    tokio::spawn(async move {
+        if let Err(e) = server.serve(service).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    Ok(Some(admin))
+}
+
+/// The admin routes.
+#[derive(Debug, Clone)]
+struct AdminService {
+    main: ServerHandle,
+    started: Instant,
+}
+
+type AdminBody = Full<Bytes>;
+type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<AdminBody>, Infallible>>>>;
+
+impl tower::Service<Request<Body>> for AdminService {
+    type Response = Response<AdminBody>;
+    type Error = Infallible;
+    type Future = AdminFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> AdminFuture {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.route(req).await) })
+    }
+}
+
+impl AdminService {
+    async fn route(&self, req: Request<Body>) -> Response<AdminBody> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        let query = req.uri().query().unwrap_or("");
+        match req.uri().path() {
+            "/" => text(
+                StatusCode::OK,
+                "megaconn admin\n\n/metrics\n/debug/runtime\n/debug/pprof/profile?seconds=30[&format=svg]\n/debug/pprof/heap\n",
+            ),
+            "/metrics" => self.metrics(&req),
+            "/debug/runtime" => self.runtime(),
+            "/debug/pprof/profile" => profile(query).await,
+            "/debug/pprof/heap" => text(
+                StatusCode::NOT_IMPLEMENTED,
+                "heap profiling needs jemalloc profiling: build megaconn with a jemalloc \
+                 allocator that has profiling enabled and run it with \
+                 _RJEM_MALLOC_CONF=prof:true (this build does not support it)\n",
+            ),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    fn metrics(&self, req: &Request<Body>) -> Response<AdminBody> {
+        let openmetrics = req.headers().get_all(header::ACCEPT).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.contains("application/openmetrics-text"))
+        });
+        let content_type = if openmetrics {
+            megaconn::metrics::OPENMETRICS_CONTENT_TYPE
+        } else {
+            megaconn::metrics::TEXT_CONTENT_TYPE
+        };
+        respond(StatusCode::OK, content_type, self.main.render_metrics())
+    }
+
+    fn runtime(&self) -> Response<AdminBody> {
+        let s = self.main.stats();
+        let workers: Vec<serde_json::Value> = s
+            .request_metrics
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                serde_json::json!({
+                    "worker": i,
+                    "connections_open": w.connections_open,
+                    "connections_idle": w.connections_idle,
+                    "connections_parked": w.connections_parked,
+                    "buffers_checked_out": w.buffers_checked_out,
+                    "buffers_pooled": w.buffers_pooled,
+                    "requests": w.requests,
+                    "requests_in_flight": w.requests_in_flight,
+                })
+            })
+            .collect();
+        let body = serde_json::json!({
+            "pid": std::process::id(),
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "shutting_down": self.main.is_shutting_down(),
+            "profiling": PROFILING.load(Ordering::Relaxed),
+            "connections_open": s.connections_open,
+            "connections_idle": s.connections_idle,
+            "connections_parked": s.connections_parked,
+            "accepted": s.accepted,
+            "requests": s.requests,
+            "requests_in_flight": s.request_metrics.in_flight,
+            "buffers_checked_out": s.buffers_checked_out,
+            "buffers_pooled": s.buffers_pooled,
+            "workers": workers,
+        });
+        let mut text = serde_json::to_string_pretty(&body).expect("JSON of plain values");
+        text.push('\n');
+        respond(StatusCode::OK, "application/json", text)
+    }
+}
+
+/// True while a CPU profile runs (the profiler is process-wide: one at a time).
+static PROFILING: AtomicBool = AtomicBool::new(false);
+
+/// Holds [`PROFILING`] and releases it when dropped, even if the request is
+/// cancelled.
+struct ProfilingSlot;
+
+impl ProfilingSlot {
+    fn take() -> Option<ProfilingSlot> {
+        PROFILING
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| ProfilingSlot)
+    }
+}
+
+impl Drop for ProfilingSlot {
+    fn drop(&mut self) {
+        PROFILING.store(false, Ordering::Release);
+    }
+}
+
+/// The output of a CPU profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProfileFormat {
+    Pprof,
+    Svg,
+}
+
+/// `GET /debug/pprof/profile?seconds=N[&format=svg]`.
+async fn profile(query: &str) -> Response<AdminBody> {
+    let (seconds, format) = match profile_params(query) {
+        Ok(p) => p,
+        Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
+    };
+    let Some(_slot) = ProfilingSlot::take() else {
+        return text(
+            StatusCode::CONFLICT,
+            "a CPU profile is already running; try again when it is done\n",
+        );
+    };
+    let guard = match pprof::ProfilerGuardBuilder::default()
+        .frequency(PROFILE_HZ)
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()
+    {
+        Ok(g) => g,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot start the CPU profiler: {e}\n"),
+            )
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let report = match guard.report().build() {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot build the profile: {e}\n"),
+            )
+        }
+    };
+    drop(guard);
+    match format {
+        ProfileFormat::Svg => {
+            let mut svg = Vec::new();
+            match report.flamegraph(&mut svg) {
+                // No samples: the process was idle (inferno draws nothing).
+                Ok(()) if svg.is_empty() => respond(
+                    StatusCode::OK,
+                    "image/svg+xml",
+                    format!(
+                        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"40\">\
+                         <text x=\"10\" y=\"25\">no CPU samples in {seconds} s: the process was idle</text></svg>\n"
+                    ),
+                ),
+                Ok(()) => respond(StatusCode::OK, "image/svg+xml", svg),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot draw the flame graph: {e}\n"),
+                ),
+            }
+        }
+        ProfileFormat::Pprof => match encode_pprof(&report) {
+            Ok(bytes) => {
+                let mut r = respond(StatusCode::OK, "application/octet-stream", bytes);
+                r.headers_mut().insert(
+                    header::CONTENT_DISPOSITION,
+                    HeaderValue::from_static("attachment; filename=\"profile.pb.gz\""),
+                );
+                r
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot encode the profile: {e}\n"),
+            ),
+        },
+    }
+}
+
+/// The profile as `go tool pprof` reads it: gzip-compressed protobuf.
+fn encode_pprof(report: &pprof::Report) -> anyhow::Result<Vec<u8>> {
+    use pprof::protos::Message as _;
+    let profile = report.pprof()?;
+    let raw = profile.write_to_bytes()?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&raw)?;
+    Ok(gz.finish()?)
+}
+
+/// Reads `seconds` (1..=60, default 30) and `format` (`pprof` or `svg`).
+fn profile_params(query: &str) -> Result<(u64, ProfileFormat), String> {
+    let mut seconds = DEFAULT_PROFILE_SECONDS;
+    let mut format = ProfileFormat::Pprof;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "seconds" => {
+                seconds = value
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=MAX_PROFILE_SECONDS).contains(s))
+                    .ok_or_else(|| {
+                        format!("seconds must be a whole number from 1 to {MAX_PROFILE_SECONDS}\n")
+                    })?;
+            }
+            "format" => {
+                format = match value {
+                    "pprof" | "proto" => ProfileFormat::Pprof,
+                    "svg" | "flamegraph" => ProfileFormat::Svg,
+                    _ => return Err("format must be pprof or svg\n".into()),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((seconds, format))
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<AdminBody> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_flag_parses() {
+        assert_eq!(parse_admin("off"), Ok(AdminAddr::Off));
+        assert_eq!(
+            parse_admin("127.0.0.1:9"),
+            Ok(AdminAddr::At("127.0.0.1:9".parse().unwrap()))
+        );
+        assert!(parse_admin("nine").is_err());
+    }
+
+    #[test]
+    fn profile_seconds_are_bounded() {
+        assert_eq!(
+            profile_params(""),
+            Ok((DEFAULT_PROFILE_SECONDS, ProfileFormat::Pprof))
+        );
+        assert_eq!(
+            profile_params("seconds=5&format=svg"),
+            Ok((5, ProfileFormat::Svg))
+        );
+        assert!(profile_params("seconds=0").is_err());
+        assert!(profile_params("seconds=61").is_err());
+        assert!(profile_params("seconds=x").is_err());
+        assert!(profile_params("format=png").is_err());
+    }
+}

@@ -1,0 +1,302 @@
+//! The admin listener of `megaconn serve`, as an operator uses it: the binary
+//! prints both addresses, `/metrics` parses and counts the requests made,
+//! `/debug/runtime` is JSON, a CPU profile is a gzipped pprof protobuf with
+//! samples, a second concurrent profile gets 409, and the heap endpoint says
+//! why it is not there.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pprof::protos::Message as _;
+
+/// Upper bound for any wait: reached only when the test fails.
+const SAFETY: Duration = Duration::from_secs(30);
+
+struct Served {
+    child: Child,
+    main: String,
+    admin: String,
+}
+
+impl Served {
+    fn start(extra: &[&str]) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_megaconn"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let addr_of = |line: &str, prefix: &str| {
+            assert!(line.starts_with(prefix), "{line:?}");
+            line.split("http://")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let main = addr_of(&line, "megaconn serving on http://127.0.0.1:");
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        let admin = addr_of(&line, "megaconn admin on http://127.0.0.1:");
+        // Keep reading stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        Served { child, main, admin }
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0));
+    }
+}
+
+/// A response: status, headers (lower-case names) and body.
+struct Fetched {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Fetched {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
+
+/// One `GET` on a fresh connection (`Connection: close`), read to the end.
+fn get(addr: &str, target: &str) -> Fetched {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(SAFETY)).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = std::str::from_utf8(&raw[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = raw[split + 4..].to_vec();
+    let f = Fetched {
+        status,
+        headers,
+        body,
+    };
+    if let Some(len) = f.header("content-length") {
+        assert_eq!(f.body.len(), len.parse::<usize>().unwrap(), "whole body");
+    }
+    f
+}
+
+/// `megaconn_requests_total{method, status_class}` parsed from `/metrics`.
+fn requests_total(admin: &str, method: &str, class: &str) -> f64 {
+    let m = get(admin, "/metrics");
+    assert_eq!(m.status, 200);
+    assert_eq!(
+        m.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let scrape =
+        prometheus_parse::Scrape::parse(m.text().lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "megaconn_connections_accepted_total"),
+        "{}",
+        m.text()
+    );
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "megaconn_requests_total"
+                && s.labels.get("method") == Some(method)
+                && s.labels.get("status_class") == Some(class)
+        })
+        .map_or(0.0, |s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("unexpected value {other:?}"),
+        })
+}
+
+/// Runs `f` while another thread sends requests to `main` (bounded in time
+/// and count), so a CPU profile taken meanwhile has samples.
+fn with_load<T>(main: &str, f: impl FnOnce() -> T) -> T {
+    let done = Arc::new(AtomicBool::new(false));
+    let load = {
+        let done = done.clone();
+        let main = main.to_string();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) && started.elapsed() < SAFETY && n < 200_000 {
+                assert_eq!(get(&main, "/").status, 200);
+                n += 1;
+            }
+        })
+    };
+    let out = f();
+    done.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    out
+}
+
+#[test]
+fn metrics_and_runtime_count_the_requests_made() {
+    let served = Served::start(&["--admin", "127.0.0.1:0"]);
+    for _ in 0..5 {
+        assert_eq!(get(&served.main, "/").status, 200);
+    }
+    assert_eq!(get(&served.main, "/missing").status, 404);
+
+    assert_eq!(requests_total(&served.admin, "GET", "2xx"), 5.0);
+    assert_eq!(requests_total(&served.admin, "GET", "4xx"), 1.0);
+
+    let runtime = get(&served.admin, "/debug/runtime");
+    assert_eq!(runtime.status, 200);
+    assert_eq!(runtime.header("content-type"), Some("application/json"));
+    let json: serde_json::Value = serde_json::from_slice(&runtime.body).unwrap();
+    assert_eq!(json["requests"], 6);
+    assert_eq!(json["workers"].as_array().unwrap().len(), 1);
+    assert_eq!(json["workers"][0]["requests"], 6);
+    assert_eq!(json["profiling"], false);
+
+    let heap = get(&served.admin, "/debug/pprof/heap");
+    assert_eq!(heap.status, 501);
+    assert!(
+        heap.text().contains("_RJEM_MALLOC_CONF=prof:true"),
+        "{}",
+        heap.text()
+    );
+
+    assert_eq!(
+        get(&served.admin, "/debug/pprof/profile?seconds=0").status,
+        400
+    );
+    assert_eq!(
+        get(&served.admin, "/debug/pprof/profile?seconds=61").status,
+        400
+    );
+    served.stop();
+}
+
+#[test]
+fn cpu_profile_is_pprof_and_one_at_a_time() {
+    let served = Served::start(&["--admin", "127.0.0.1:0"]);
+    let admin = served.admin.clone();
+    let profile = std::thread::spawn(move || get(&admin, "/debug/pprof/profile?seconds=2"));
+
+    // Wait (bounded) until the profiler runs, as the admin server reports it.
+    let deadline = Instant::now() + SAFETY;
+    loop {
+        let runtime = get(&served.admin, "/debug/runtime");
+        let json: serde_json::Value = serde_json::from_slice(&runtime.body).unwrap();
+        if json["profiling"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the profile never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = get(&served.admin, "/debug/pprof/profile?seconds=1");
+    assert_eq!(second.status, 409, "{}", second.text());
+
+    // Give the profiler something to see until the profile is done.
+    let profile = with_load(&served.main, || profile.join().unwrap());
+
+    assert_eq!(profile.status, 200);
+    assert_eq!(
+        profile.header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert_eq!(&profile.body[..2], &[0x1f, 0x8b], "gzip magic");
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&profile.body[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let decoded = pprof::protos::Profile::parse_from_bytes(&raw).expect("a pprof protobuf");
+    assert!(!decoded.sample_type.is_empty());
+    assert!(
+        decoded.string_table.iter().any(|s| s == "cpu"),
+        "{:?}",
+        decoded.string_table
+    );
+    assert!(!decoded.sample.is_empty(), "the profile has samples");
+    assert!(!decoded.function.is_empty(), "the profile has symbols");
+
+    // The slot is free again, and a flame graph is an SVG.
+    let svg = with_load(&served.main, || {
+        get(&served.admin, "/debug/pprof/profile?seconds=1&format=svg")
+    });
+    assert_eq!(svg.status, 200);
+    assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+    assert!(svg.text().contains("<svg"));
+    served.stop();
+}
+
+#[test]
+fn admin_off_prints_no_admin_line() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_megaconn"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--admin", "off"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("megaconn serving on"), "{first}");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(!rest.contains("admin on"), "{rest}");
+    assert!(rest.contains("megaconn stopped"), "{rest}");
+}
+
+#[test]
+fn a_bad_admin_address_exits_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_megaconn"))
+        .args(["serve", "--admin", "localhost"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin"), "{err}");
+}
