@@ -12,6 +12,16 @@ pub fn parse_optional(text: &str) -> Result<Option<Duration>, String> {
     parse(t).map(Some)
 }
 
+/// A timeout flag's value: a duration, or `None` for `off`. (A newtype, because
+/// clap reads `Option<Option<T>>` as "a flag whose value may be missing".)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout(pub Option<Duration>);
+
+/// Parses a timeout flag: `10s`, `500ms`, or `off`.
+pub fn parse_timeout(text: &str) -> Result<Timeout, String> {
+    parse_optional(text).map(Timeout)
+}
+
 /// Parses a duration that must be set.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();

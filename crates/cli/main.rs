@@ -18,6 +18,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: jemalloc::Jemalloc = jemalloc::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// megaconn: serve, load-test and hold a million HTTP connections.
 #[derive(Debug, Parser)]
 #[command(name = "megaconn", version, about, long_about = None)]

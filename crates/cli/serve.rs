@@ -33,17 +33,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Time to receive a request head, e.g. 10s; `off` disables. Default: 10s.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse_optional)]
-    pub read_header_timeout: Option<Option<Duration>>,
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_timeout)]
+    pub read_header_timeout: Option<duration::Timeout>,
     /// Time to receive a request body after its head. Default: off.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse_optional)]
-    pub read_timeout: Option<Option<Duration>>,
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_timeout)]
+    pub read_timeout: Option<duration::Timeout>,
     /// Time to write one response. Default: off.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse_optional)]
-    pub write_timeout: Option<Option<Duration>>,
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_timeout)]
+    pub write_timeout: Option<duration::Timeout>,
     /// Keep-alive wait for the next request. Default: 60s.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse_optional)]
-    pub idle_timeout: Option<Option<Duration>>,
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_timeout)]
+    pub idle_timeout: Option<duration::Timeout>,
     /// Graceful shutdown deadline. Default: 30s.
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub shutdown_timeout: Option<Duration>,
@@ -187,16 +187,20 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
         }
         b = b.workers(n);
     }
-    if let Some(t) = args.read_header_timeout.or(file.read_header_timeout) {
+    if let Some(t) = args
+        .read_header_timeout
+        .map(|t| t.0)
+        .or(file.read_header_timeout)
+    {
         b = b.read_header_timeout(t);
     }
-    if let Some(t) = args.read_timeout.or(file.read_timeout) {
+    if let Some(t) = args.read_timeout.map(|t| t.0).or(file.read_timeout) {
         b = b.read_timeout(t);
     }
-    if let Some(t) = args.write_timeout.or(file.write_timeout) {
+    if let Some(t) = args.write_timeout.map(|t| t.0).or(file.write_timeout) {
         b = b.write_timeout(t);
     }
-    if let Some(t) = args.idle_timeout.or(file.idle_timeout) {
+    if let Some(t) = args.idle_timeout.map(|t| t.0).or(file.idle_timeout) {
         b = b.idle_timeout(t);
     }
     match (args.shutdown_timeout, file.shutdown_timeout) {
@@ -450,7 +454,7 @@ mod tests {
         ]);
         assert_eq!(a.listen.len(), 2);
         assert_eq!(a.workers, Some(3));
-        assert_eq!(a.idle_timeout, Some(None));
+        assert_eq!(a.idle_timeout.map(|t| t.0), Some(None));
     }
 
     #[test]
