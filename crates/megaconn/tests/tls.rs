@@ -1,0 +1,380 @@
+//! TLS against a real server on 127.0.0.1 with a rustls client trusting a test
+//! CA made by rcgen: ALPN picks HTTP/1.1 or HTTP/2, sessions resume, SNI picks
+//! certificates, a reload swaps the certificate for new connections only, and
+//! a silent client is cut at the handshake timeout.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use megaconn::{Body, BoxError, ServerHandle, ShutdownSummary, TlsConfig};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind, RootCertStore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+const SAFETY: Duration = Duration::from_secs(20);
+
+type TestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A test CA and the certificates it signs.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A leaf certificate: PEM chain and key, and the DER the client will see.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = CertificateParams::new(names).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+        self.client_versions(alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    fn client_versions(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
+}
+
+impl Running {
+    async fn stop(self) -> ShutdownSummary {
+        self.handle.shutdown();
+        tokio::time::timeout(SAFETY, self.task)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+async fn start(tls: TlsConfig) -> Running {
+    let server = megaconn::Server::builder()
+        .workers(1)
+        .tls(tls)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("binds");
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let service = tower::service_fn(|req: Request<Body>| async move {
+        let body = match req.uri().path() {
+            "/echo" => req.into_body().map_err(BoxError::from).boxed_unsync(),
+            _ => Full::new(Bytes::from(format!("Hello over {:?}", req.version())))
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        };
+        Ok::<Response<TestBody>, Infallible>(Response::new(body))
+    });
+    let task = tokio::spawn(server.serve(service));
+    Running { addr, handle, task }
+}
+
+async fn connect(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    tokio::time::timeout(SAFETY, TlsConnector::from(config).connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake succeeds")
+}
+
+/// One HTTP/1.1 GET on a kept-alive stream; returns status line and body.
+async fn http1_get<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) -> (String, String) {
+    io.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(SAFETY, async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = io.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let len: usize = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("content-length");
+                if buf.len() >= head_end + 4 + len {
+                    let status = text.lines().next().unwrap().to_string();
+                    return (status, text[head_end + 4..head_end + 4 + len].to_string());
+                }
+            }
+        }
+    })
+    .await
+    .expect("response in time")
+}
+
+async fn h2_get<S>(io: S, path: &str, body: Option<&'static [u8]>) -> (StatusCode, Bytes)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::time::timeout(SAFETY, async {
+        let (client, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let req = Request::builder()
+            .method(if body.is_some() { "POST" } else { "GET" })
+            .uri(format!("https://localhost{path}"))
+            .body(())
+            .unwrap();
+        let (resp, mut send) = client.send_request(req, body.is_none()).unwrap();
+        if let Some(b) = body {
+            send.send_data(Bytes::from_static(b), true).unwrap();
+        }
+        let resp = resp.await.unwrap();
+        let status = resp.status();
+        let mut recv = resp.into_body();
+        let mut out = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.unwrap();
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            out.extend_from_slice(&chunk);
+        }
+        (status, Bytes::from(out))
+    })
+    .await
+    .expect("HTTP/2 response in time")
+}
+
+#[tokio::test]
+async fn alpn_selects_http1_or_http2() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let server =
+        start(TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap())
+            .await;
+
+    // http/1.1 by ALPN, two requests on one connection.
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    for _ in 0..2 {
+        let (status, body) = http1_get(&mut tls).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, "Hello over HTTP/1.1");
+    }
+
+    // No ALPN at all: HTTP/1.1.
+    let mut tls = connect(server.addr, ca.client(&[]), "localhost").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    assert_eq!(http1_get(&mut tls).await.1, "Hello over HTTP/1.1");
+
+    // h2 by ALPN (a client offering both gets h2, the server's preference).
+    let tls = connect(server.addr, ca.client(&[b"h2", b"http/1.1"]), "localhost").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, body) = h2_get(tls, "/", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "Hello over HTTP/2.0");
+    let tls = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
+    let (status, body) = h2_get(tls, "/echo", Some(b"echo me over h2 and tls")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "echo me over h2 and tls");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_resume_with_tls13_tickets_and_tls12() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let server =
+        start(TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap())
+            .await;
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let client = ca.client_versions(&[b"http/1.1"], versions);
+        let mut first = connect(server.addr, client.clone(), "localhost").await;
+        assert_eq!(
+            first.get_ref().1.handshake_kind(),
+            Some(HandshakeKind::Full)
+        );
+        // A full exchange, so TLS 1.3 tickets (sent after the handshake) are read.
+        http1_get(&mut first).await;
+        let mut second = connect(server.addr, client.clone(), "localhost").await;
+        assert_eq!(
+            second.get_ref().1.handshake_kind(),
+            Some(HandshakeKind::Resumed),
+            "{:?} resumes",
+            second.get_ref().1.protocol_version()
+        );
+        assert_eq!(http1_get(&mut second).await.0, "HTTP/1.1 200 OK");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate() {
+    let ca = Ca::new();
+    let default = ca.leaf(&["localhost"]);
+    let api = ca.leaf(&["api.test"]);
+    let wild = ca.leaf(&["*.apps.test"]);
+    let tls = TlsConfig::from_pem(default.cert_pem.as_bytes(), default.key_pem.as_bytes())
+        .unwrap()
+        .with_sni_pem("api.test", api.cert_pem.as_bytes(), api.key_pem.as_bytes())
+        .unwrap()
+        .with_sni_pem(
+            "*.apps.test",
+            wild.cert_pem.as_bytes(),
+            wild.key_pem.as_bytes(),
+        )
+        .unwrap();
+    let server = start(tls).await;
+    let client = ca.client(&[b"http/1.1"]);
+    for (name, expected) in [
+        ("localhost", &default),
+        ("api.test", &api),
+        ("one.apps.test", &wild),
+    ] {
+        let tls = connect(server.addr, client.clone(), name).await;
+        let seen = &tls.get_ref().1.peer_certificates().unwrap()[0];
+        assert_eq!(seen, &expected.der, "certificate for {name}");
+    }
+    server.stop().await;
+}
+
+fn write_pair(dir: &Path, leaf: &Leaf) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    (cert, key)
+}
+
+#[tokio::test]
+async fn reload_serves_the_new_certificate_to_new_connections_only() {
+    let ca = Ca::new();
+    let old = ca.leaf(&["localhost"]);
+    let new = ca.leaf(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_pair(dir.path(), &old);
+    let tls = TlsConfig::from_pem_files(&cert, &key).unwrap();
+    let server = start(tls.clone()).await;
+    // Fresh client configs: no resumption, so each handshake shows its certificate.
+    let mut before = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(before.get_ref().1.peer_certificates().unwrap()[0], old.der);
+    http1_get(&mut before).await;
+
+    // A bad file is refused and changes nothing.
+    std::fs::write(&key, "not a key").unwrap();
+    assert!(tls.reload().is_err());
+    let check = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(check.get_ref().1.peer_certificates().unwrap()[0], old.der);
+
+    write_pair(dir.path(), &new);
+    tls.reload().expect("reload");
+    // The open connection keeps working.
+    assert_eq!(http1_get(&mut before).await.0, "HTTP/1.1 200 OK");
+    // A new one sees the new certificate.
+    let mut after = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(after.get_ref().1.peer_certificates().unwrap()[0], new.der);
+    assert_eq!(http1_get(&mut after).await.0, "HTTP/1.1 200 OK");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_cut_at_the_handshake_timeout() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .unwrap()
+        .handshake_timeout(Some(Duration::from_millis(300)));
+    let server = start(tls).await;
+    let started = tokio::time::Instant::now();
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    // Say nothing; the server closes at the timeout.
+    let n = tokio::time::timeout(SAFETY, tcp.read(&mut buf))
+        .await
+        .expect("the server closes a silent client")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The socket closes as the handshake is dropped, just before the count.
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    while server.handle.stats().timeouts != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            server.handle.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // And a real client is still served.
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    server.stop().await;
+}
+
+#[test]
+fn bad_pem_is_refused_with_a_message() {
+    let err = TlsConfig::from_pem(b"nothing here", b"nor here").unwrap_err();
+    assert!(!err.to_string().is_empty());
+    let ca = Ca::new();
+    let a = ca.leaf(&["localhost"]);
+    let b = ca.leaf(&["localhost"]);
+    let err = TlsConfig::from_pem(a.cert_pem.as_bytes(), b.key_pem.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    let err =
+        TlsConfig::from_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem").unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+}
