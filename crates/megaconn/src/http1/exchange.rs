@@ -185,12 +185,20 @@ where
                 let written = poll_write(&mut this, cx)?;
                 Ok(handled | read | framed | written)
             };
-            let progress = match step() {
+            let mut progress = match step() {
                 Ok(progress) => progress,
                 Err(outcome) => return Poll::Ready(outcome),
             };
             if this.handler.is_none() && *this.response_done && this.setup.decoder.is_none() {
                 return Poll::Ready(finished(&mut this));
+            }
+            // Only when everything else waits do we read ahead for a hang-up: a
+            // response that completes at once then costs no extra `read`.
+            if !progress && this.setup.decoder.is_none() {
+                progress = match poll_hang_up(&mut this, cx) {
+                    Ok(progress) => progress,
+                    Err(outcome) => return Poll::Ready(outcome),
+                };
             }
             if !progress {
                 return Poll::Pending;
@@ -397,7 +405,7 @@ where
     T: Transport,
 {
     if this.setup.decoder.is_none() {
-        return poll_hang_up(this, cx);
+        return Ok(false);
     }
     if let Some(tx) = this.setup.body_tx.as_mut() {
         match tx.poll_demand(cx) {
