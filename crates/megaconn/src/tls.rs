@@ -439,9 +439,21 @@ impl Builder {
     }
 }
 
-/// A TLS stream is served with the default (always ready) readiness and is
-/// never parked.
-impl Transport for TlsStream<TcpStream> {}
+/// A TLS stream is never parked. It is ready to read when rustls holds
+/// plaintext (or a close) already, else when the socket is: so an idle
+/// HTTP/1.1-over-TLS connection waits without holding a pooled read buffer.
+impl Transport for TlsStream<TcpStream> {
+    fn poll_read_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let (tcp, session) = self.get_ref();
+        if !session.wants_read() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        tcp.poll_read_ready(cx)
+    }
+}
 
 /// Serves an accepted connection: cleartext HTTP/1.1 (and h2c) directly, or a
 /// TLS handshake first and then HTTP/2 or HTTP/1.1 as ALPN says.
