@@ -69,7 +69,10 @@
 #   RSS_CAP (8 GiB, bytes), MIN_AVAIL (2 GiB, bytes), PLOT
 #   (bench/million-rss.svg; "" for none), SERVER_CPU and LOAD_CPU (taskset
 #   CPU lists; default all CPUs, i.e. unpinned),
-#   MEGACONN (binary to test), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1.
+#   MEGACONN (binary to test), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
+#   FROM_DIRS ("bench/out/million-A bench/out/million-B": run nothing, write
+#   the table and the plot from earlier runs' results; the last dir holding a
+#   server's results wins).
 # Output: bench/out/million-<stamp>/: <server>.csv (t, phase, server
 #   connections, client open, server RSS, kernel bytes, socket slab bytes, server
 #   CPU s), <server>.json (all figures + hold's report), hold and server logs,
@@ -100,11 +103,14 @@ RAMP="${RAMP:-4000}"
 RAMP_PEER="${RAMP_PEER:-$RAMP}"
 HOLD="${HOLD:-300}"
 HOLD_PEER="${HOLD_PEER:-$HOLD}"
+INTERVAL="${INTERVAL:-30}"
 # Server keep-alive idle timeout: well above the heartbeat interval (jittered),
 # else the servers close held connections between heartbeats.
 IDLE_TIMEOUT="${IDLE_TIMEOUT:-$((2 * INTERVAL + 60 > 300 ? 2 * INTERVAL + 60 : 300))}"
 TIMEOUT="${TIMEOUT:-}" # hold's --timeout (connect and heartbeat reply); hold's default (5 s) when empty
-INTERVAL="${INTERVAL:-30}"
+# FROM_DIRS="dir..." (bench/out/million-*): run nothing; write the table and
+# the plot from those runs' results (the last dir holding a server wins).
+FROM_DIRS="${FROM_DIRS:-}"
 SOURCE="${SOURCE:-127.0.0.2-127.0.0.40}"
 SERVERS="${SERVERS:-megaconn nginx go}"
 PER_PROC="${PER_PROC:-19000}"
@@ -138,6 +144,7 @@ trap million_cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- setup
+if [[ -z "$FROM_DIRS" ]]; then
 bench_install_deps
 command -v gnuplot >/dev/null 2>&1 || [[ -z "$PLOT" || "${BENCH_SKIP_INSTALL:-0}" == 1 ]] \
   || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null
@@ -182,6 +189,7 @@ for s in net.ipv4.ip_local_port_range net.core.somaxconn net.ipv4.tcp_max_syn_ba
   echo "$s = $(sysctl -n "$s" 2>/dev/null | tr -s '[:space:]' ' ')" >>"$RES_DIR/sysctl.txt"
 done
 PORT="${PORT:-$(free_port 38300)}"
+fi # FROM_DIRS
 
 # ---------------------------------------------------------------- helpers
 # Byte counts above 2^31: lib.sh's kernel_slab_bytes and kernel_tcp_mem_bytes
@@ -489,7 +497,7 @@ run_server() {
   local hold_json=null
   [[ -s "$hjson" ]] && hold_json="$(jq -c . "$hjson" 2>/dev/null || echo null)"
   jq -n --arg server "$name" --argjson target "$target" --argjson procs "$procs" \
-    --argjson ramp "$ramp" --argjson hold_s "$hold" \
+    --argjson ramp "$ramp" --argjson hold_s "$hold" --argjson interval "$INTERVAL" \
     --argjson conns "$F_CONNS" --argjson open "$F_OPEN" --argjson peak "$peak_conns" --argjson t "$F_T" \
     --argjson rss0 "$rss0" --argjson rss "$F_RSS" --argjson rss_after "$rss_after" \
     --argjson k0 "$k0" --argjson k "$F_K" --argjson sk0 "$sk0" --argjson sk "$F_SK" \
@@ -500,7 +508,7 @@ run_server() {
     --arg stopped_early "$stopped_early" --argjson server_alive "$server_alive" \
     --arg exit_status "$exit_status" --argjson close_secs "$close_secs" \
     --argjson restarts "${restarts:-0}" --argjson hold "$hold_json" \
-    '{server: $server, target: $target, processes: $procs, ramp_rate: $ramp, hold_secs: $hold_s,
+    '{server: $server, target: $target, processes: $procs, ramp_rate: $ramp, hold_secs: $hold_s, interval_secs: $interval,
       connections: $conns, client_open: $open, server_peak: $peak, measured_at_secs: $t,
       rss_baseline: $rss0, rss: $rss, rss_after_close: $rss_after,
       rss_per_conn: (if $conns > 0 then ($rss - $rss0) / $conns else null end),
@@ -519,24 +527,33 @@ run_server() {
 # ---------------------------------------------------------------- run
 t_start=$SECONDS
 read -r -a servers <<<"$SERVERS"
-for server in "${servers[@]}"; do
-  if [[ "$server" == megaconn ]]; then
-    [[ "$MEGACONN_SERVE_OK" == 1 ]] || { log "megaconn serve unavailable; skipped"; continue; }
-    run_server megaconn "$N" "$RAMP" "$HOLD"
-  else
-    run_server "$server" "$N_PEER" "$RAMP_PEER" "$HOLD_PEER"
-  fi
-  sleep 5 # let TIME_WAIT/closing sockets of the last run drain a little
-done
+if [[ -z "$FROM_DIRS" ]]; then
+  for server in "${servers[@]}"; do
+    if [[ "$server" == megaconn ]]; then
+      [[ "$MEGACONN_SERVE_OK" == 1 ]] || { log "megaconn serve unavailable; skipped"; continue; }
+      run_server megaconn "$N" "$RAMP" "$HOLD"
+    else
+      run_server "$server" "$N_PEER" "$RAMP_PEER" "$HOLD_PEER"
+    fi
+    sleep 5 # let TIME_WAIT/closing sockets of the last run drain a little
+  done
+fi
 elapsed=$((SECONDS - t_start))
 
 # ---------------------------------------------------------------- plot
+# Where SERVER's results are: the last of FROM_DIRS holding SERVER.json, else
+# this run's directory.
+src_dir() {
+  local d found="$RES_DIR"
+  for d in $FROM_DIRS; do [[ -s "$d/$1.json" ]] && found="$d"; done
+  echo "$found"
+}
 if [[ -n "$PLOT" ]] && command -v gnuplot >/dev/null 2>&1; then
   plot_cmd=""
   for server in "${servers[@]}"; do
-    [[ -s "$RES_DIR/$server.csv" ]] || continue
+    [[ -s "$(src_dir "$server")/$server.csv" ]] || continue
     # RSS against server-side connections, ramp and hold samples.
-    awk -F, 'NR > 1 { print $3, $5 / 1048576 }' "$RES_DIR/$server.csv" >"$RES_DIR/$server.plot.dat"
+    awk -F, 'NR > 1 { print $3, $5 / 1048576 }' "$(src_dir "$server")/$server.csv" >"$RES_DIR/$server.plot.dat"
     plot_cmd+="${plot_cmd:+, }'$RES_DIR/$server.plot.dat' using (\$1/1000):2 with linespoints pt 7 ps 0.4 title '$server'"
   done
   if [[ -n "$plot_cmd" ]]; then
@@ -563,7 +580,7 @@ fi
   echo "| server | processes | connections held | ramp (hold) / all open | drops / resets / failed connects | heartbeat p50 / p99 / p99.9 | server RSS total | server bytes/conn | kernel bytes/conn (both ends) | server CPU while holding | clean exit |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   for server in "${servers[@]}"; do
-    [[ -s "$RES_DIR/$server.json" ]] || continue
+    [[ -s "$(src_dir "$server")/$server.json" ]] || continue
     jq -r '
       def mib: if . == null then "—" else ((. / 1048576 * 10 | round) / 10 | tostring) + " MiB" end;
       def ms: if . == null then "—" elif . < 1000 then ((. / 10 | round) / 100 | tostring) + " ms" else ((. / 100 | round) / 10 | tostring) + " ms" end;
@@ -576,15 +593,15 @@ fi
       + " | \(.hold.heartbeat_latency_us.p50 // null | ms) / \(.hold.heartbeat_latency_us.p99 // null | ms) / \(.hold.heartbeat_latency_us.p999 // null | ms)"
       + " | \(.rss | mib) | \(.rss_per_conn | f0) | \(.kernel_per_conn | f0)"
       + " | \(.cpu_pct_holding // null | if . == null then "—" else tostring + " %" end)"
-      + " | \(if .exit_status == "0" then "yes" else "no (" + .exit_status + ")" end) |" end' "$RES_DIR/$server.json"
+      + " | \(if .exit_status == "0" then "yes" else "no (" + .exit_status + ")" end) |" end' "$(src_dir "$server")/$server.json"
   done
   echo
   echo "Connections held: the server's open sockets (open fds of all its processes minus their count at rest) at the end of the hold; \`megaconn hold\` reported the same count open (see the JSON). Ramp: hold's ramp time at the asked rate ($RAMP/s megaconn, $RAMP_PEER/s peers) / seconds after hold started until the server held them all (sampled every $RAMP_SAMPLE s, so ±$RAMP_SAMPLE s; connects whose SYN was dropped wait for retransmits). Heartbeats: one GET / per connection every ${INTERVAL} s (jittered), latency measured by hold over the whole run. Server RSS: VmRSS summed over every process of the server (megaconn's and Go's supervisor + workers, nginx master + workers), at the end of the hold. Server bytes/conn = (RSS − RSS at rest after one request) / connections. Kernel bytes/conn = Δ(Slab + TCP buffer pages) / connections — both the client and the server socket of each loopback connection (this one kernel holds both), so a server's own share is about half. Server CPU while holding = its CPU seconds / wall seconds from min(${CPU_SETTLE} s, hold/4) after the ramp to the end, in % of one core (only heartbeats flow then: $((N / INTERVAL)) requests/s at $N connections). Clean exit: status 0 after SIGTERM once hold had closed its connections."
   echo
   for server in "${servers[@]}"; do
-    [[ -s "$RES_DIR/$server.json" ]] || continue
-    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold)"' "$RES_DIR/$server.json"
+    [[ -s "$(src_dir "$server")/$server.json" ]] || continue
+    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
   done
   echo
-  echo "_million.sh: N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$RES_DIR/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/_"
+  echo "_million.sh: N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$RES_DIR/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
 } | tee "$RES_DIR/table.md"
