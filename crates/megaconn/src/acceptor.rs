@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::admission::{Refusal, TokenBucket};
+use crate::http1::CloseReason;
+use crate::lifecycle::ConnTrack;
 use crate::limit::ConnectionLimit;
 use crate::park::Respawn;
 use crate::socket::configure_accepted;
@@ -47,6 +49,9 @@ pub(crate) async fn accept_loop(
         )
     });
     let mut slot = None;
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
         let held = match slot.take() {
             Some(s) => s,
@@ -69,6 +74,11 @@ pub(crate) async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = BACKOFF_START;
                 incr(&ctx.stats.accepted);
+                let track = ctx
+                    .config
+                    .on_connection
+                    .as_ref()
+                    .map(|hook| ConnTrack::open(hook, peer, local, ctx.index));
                 let mut held = held;
                 let refusal = if !accept_rate
                     .as_mut()
@@ -90,6 +100,10 @@ pub(crate) async fn accept_loop(
                     };
                     incr(counter);
                     incr(&ctx.stats.closed);
+                    ctx.stats.connection_closed(CloseReason::Limit);
+                    if let Some(track) = track {
+                        track.close(CloseReason::Limit);
+                    }
                     log.log(|suppressed| {
                         tracing::warn!(
                             worker = ctx.index,
@@ -103,7 +117,7 @@ pub(crate) async fn accept_loop(
                 }
                 configure_accepted(&stream, &ctx.config);
                 gauge(&ctx.stats.connections_open, 1);
-                spawn_connection(stream, held);
+                spawn_connection(stream, held, track);
             }
             Err(e) => {
                 slot = Some(held);

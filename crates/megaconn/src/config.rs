@@ -104,6 +104,8 @@ pub(crate) struct Config {
     pub http2: crate::h2::Http2Config,
     /// TLS for every listener (tls.rs); `None` is cleartext.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Called on every connection open and close (lifecycle.rs).
+    pub on_connection: Option<crate::lifecycle::ConnectionHook>,
 }
 
 impl Default for Config {
@@ -135,6 +137,7 @@ impl Default for Config {
             reuse_port_shared: false,
             http2: crate::h2::Http2Config::default(),
             tls: None,
+            on_connection: None,
         }
     }
 }

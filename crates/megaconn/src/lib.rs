@@ -62,6 +62,7 @@ mod date;
 mod error;
 mod h2;
 mod http1;
+mod lifecycle;
 mod limit;
 pub mod metrics;
 mod park;
@@ -86,6 +87,8 @@ pub use h2::{
     DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_HTTP2_MAX_FRAME_SIZE,
     DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE, DEFAULT_HTTP2_STREAM_WINDOW, RAPID_RESET_LIMIT,
 };
+pub use http1::CloseReason;
+pub use lifecycle::ConnectionEvent;
 pub use server::{Builder, Server, ServerHandle, ShutdownSummary};
 pub use stats::ServerStats;
 pub use tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESSION_CACHE_SIZE};

@@ -26,6 +26,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::http1::CloseReason;
+use crate::lifecycle::{self, ConnTrack};
 use crate::limit::{ConnectionLimit, ConnectionSlot};
 use crate::stats::{gauge, incr, WorkerStats};
 use crate::worker::WorkerContext;
@@ -40,7 +42,7 @@ const MAX_EVENTS: usize = 256;
 const TRIM_EVERY: usize = 1024;
 
 /// Turns a woken socket back into a served connection.
-pub(crate) type Respawn = Rc<dyn Fn(TcpStream, ConnectionSlot)>;
+pub(crate) type Respawn = Rc<dyn Fn(TcpStream, ConnectionSlot, Option<Rc<ConnTrack>>)>;
 
 /// One worker's parking lot.
 pub(crate) struct ParkingLot {
@@ -54,6 +56,8 @@ pub(crate) struct ParkingLot {
     limit: ConnectionLimit,
     stats: Arc<WorkerStats>,
     respawn: RefCell<Option<Respawn>>,
+    /// Lifecycle tracks of parked connections (only with an `on_connection` hook).
+    tracks: RefCell<std::collections::HashMap<RawFd, Rc<ConnTrack>>>,
 }
 
 impl std::fmt::Debug for ParkingLot {
@@ -88,6 +92,7 @@ impl ParkingLot {
             limit,
             stats,
             respawn: RefCell::new(None),
+            tracks: RefCell::new(std::collections::HashMap::new()),
         })
     }
 
@@ -113,8 +118,12 @@ impl ParkingLot {
         let rc =
             unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
         if rc != 0 {
-            tracing::warn!(error = %io::Error::last_os_error(), "cannot park connection; closing it");
-            self.closed(&socket);
+            let error = io::Error::last_os_error();
+            tracing::warn!(%error, "cannot park connection; closing it");
+            self.closed(&socket, CloseReason::io(&error));
+            if let Some(track) = lifecycle::current() {
+                track.close(CloseReason::io(&error));
+            }
             return;
         }
         let idx = fd as usize;
@@ -123,6 +132,10 @@ impl ParkingLot {
             deadlines.resize((idx + 1).next_power_of_two(), 0);
         }
         deadlines[idx] = deadline.map_or(NO_DEADLINE, |d| self.tick_of(d));
+        // The connection's task is running us: keep its lifecycle track.
+        if let Some(track) = lifecycle::current() {
+            self.tracks.borrow_mut().insert(fd, track);
+        }
         // The lot owns the descriptor from here on.
         let _ = socket.into_raw_fd();
         self.parked.set(self.parked.get() + 1);
@@ -166,15 +179,19 @@ impl ParkingLot {
         Some(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// A parked connection is closing: free its places, count it.
-    fn closed(&self, socket: &OwnedFd) {
-        self.count_closed(self.limit.peer_ip(socket));
+    /// A parked connection is closing: free its places, count it, report it.
+    fn closed(&self, socket: &OwnedFd, reason: CloseReason) {
+        self.count_closed(self.limit.peer_ip(socket), socket.as_raw_fd(), reason);
     }
 
-    fn count_closed(&self, ip: Option<std::net::IpAddr>) {
+    fn count_closed(&self, ip: Option<std::net::IpAddr>, fd: RawFd, reason: CloseReason) {
         self.limit.release_detached(ip);
         gauge(&self.stats.connections_open, -1);
         incr(&self.stats.closed);
+        self.stats.connection_closed(reason);
+        if let Some(track) = self.tracks.borrow_mut().remove(&fd) {
+            track.close(reason);
+        }
     }
 
     /// Serves every socket that woke up.
@@ -199,15 +216,19 @@ impl ParkingLot {
             };
             self.churn_since_trim.set(self.churn_since_trim.get() + 1);
             let Some(respawn) = &respawn else {
-                self.closed(&socket);
+                self.closed(&socket, CloseReason::Shutdown);
                 continue;
             };
             let ip = self.limit.peer_ip(&socket);
+            let fd = socket.as_raw_fd();
             match TcpStream::from_std(std::net::TcpStream::from(socket)) {
-                Ok(stream) => respawn(stream, self.limit.reattach(ip)),
+                Ok(stream) => {
+                    let track = self.tracks.borrow_mut().remove(&fd);
+                    respawn(stream, self.limit.reattach(ip), track);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot wake a parked connection; closed");
-                    self.count_closed(ip);
+                    self.count_closed(ip, fd, CloseReason::io(&e));
                 }
             }
         }
@@ -228,7 +249,7 @@ impl ParkingLot {
         for fd in expired {
             if let Some(socket) = self.unregister(fd) {
                 incr(&self.stats.timeouts);
-                self.closed(&socket);
+                self.closed(&socket, CloseReason::IdleTimeout);
             }
         }
         if self.churn_since_trim.get() >= TRIM_EVERY {
@@ -250,7 +271,7 @@ impl ParkingLot {
         let mut n = 0;
         for fd in parked {
             if let Some(socket) = self.unregister(fd) {
-                self.closed(&socket);
+                self.closed(&socket, CloseReason::Shutdown);
                 n += 1;
             }
         }

@@ -342,6 +342,18 @@ impl Builder {
         self
     }
 
+    /// Calls `hook` on every connection open and close ([`ConnectionEvent`]),
+    /// with the close reason, duration, requests and bytes. It runs on the
+    /// worker thread: keep it quick (count, log, or send to a channel). Tracking
+    /// costs nothing while no hook is installed.
+    pub fn on_connection(
+        mut self,
+        hook: impl Fn(&crate::ConnectionEvent) + Send + Sync + 'static,
+    ) -> Builder {
+        self.config.on_connection = Some(crate::lifecycle::ConnectionHook(Arc::new(hook)));
+        self
+    }
+
     /// Whether connections are kept open between requests. Default: true.
     pub fn keep_alive(mut self, on: bool) -> Builder {
         self.config.keep_alive = on;

@@ -502,20 +502,21 @@ where
         biased;
         () = ctx.shutdown.wait() => {
             ctx.stats.connection_closed(CloseReason::Shutdown);
-            return ConnEnd::Closed;
+            return ConnEnd::Closed(CloseReason::Shutdown);
         }
         r = handshake => match r {
             None => {
                 tracing::debug!("TLS handshake timed out");
                 incr(&ctx.stats.timeouts);
                 ctx.stats.connection_closed(CloseReason::HeaderTimeout);
-                return ConnEnd::Closed;
+                return ConnEnd::Closed(CloseReason::HeaderTimeout);
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
                 incr(&ctx.stats.protocol_errors);
-                ctx.stats.connection_closed(CloseReason::Protocol(http::StatusCode::BAD_REQUEST));
-                return ConnEnd::Closed;
+                let reason = CloseReason::Protocol(http::StatusCode::BAD_REQUEST);
+                ctx.stats.connection_closed(reason);
+                return ConnEnd::Closed(reason);
             }
             Some(Ok(stream)) => stream,
         },
@@ -524,7 +525,7 @@ where
         let reason = crate::h2::serve(stream, &mut service, ctx.clone()).await;
         tracing::trace!(%reason, "HTTP/2 connection closed");
         ctx.stats.connection_closed(reason);
-        ConnEnd::Closed
+        ConnEnd::Closed(reason)
     } else {
         http1::serve_connection(stream, service, ctx).await
     }

@@ -25,6 +25,7 @@ use crate::acceptor::accept_loop;
 use crate::body::Body;
 use crate::config::Config;
 use crate::http1::{head::HeadLimits, ConnEnd};
+use crate::lifecycle::{ConnTrack, Tracked};
 use crate::limit::{ConnectionLimit, ConnectionSlot};
 use crate::park::{self, ParkingLot, Respawn};
 use crate::pool::BufferPool;
@@ -124,22 +125,28 @@ where
 {
     let ctx = Rc::downgrade(ctx);
     let tracker = tracker.clone();
-    Rc::new(move |stream: TcpStream, slot: ConnectionSlot| {
-        let Some(ctx) = ctx.upgrade() else { return };
-        let conn = crate::tls::serve_accepted(stream, service.clone(), ctx.clone());
-        tokio::task::spawn_local(tracker.track_future(async move {
-            match conn.await {
-                ConnEnd::Closed => {
-                    drop(slot);
-                    gauge(&ctx.stats.connections_open, -1);
-                    incr(&ctx.stats.closed);
+    Rc::new(
+        move |stream: TcpStream, slot: ConnectionSlot, track: Option<Rc<ConnTrack>>| {
+            let Some(ctx) = ctx.upgrade() else { return };
+            let conn = crate::tls::serve_accepted(stream, service.clone(), ctx.clone());
+            let conn = Tracked::new(conn, track.clone());
+            tokio::task::spawn_local(tracker.track_future(async move {
+                match conn.await {
+                    ConnEnd::Closed(reason) => {
+                        drop(slot);
+                        gauge(&ctx.stats.connections_open, -1);
+                        incr(&ctx.stats.closed);
+                        if let Some(track) = track {
+                            track.close(reason);
+                        }
+                    }
+                    // Still open, now a bare socket in the parking lot, which
+                    // releases the slot (and reports the close) when it closes.
+                    ConnEnd::Parked => slot.detach(),
                 }
-                // Still open, now a bare socket in the parking lot, which
-                // releases the slot when the socket closes.
-                ConnEnd::Parked => slot.detach(),
-            }
-        }));
-    })
+            }));
+        },
+    )
 }
 
 async fn run<S, B>(setup: WorkerSetup<S>) -> WorkerSummary

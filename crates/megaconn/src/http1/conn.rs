@@ -42,8 +42,8 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// How a connection's task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnEnd {
-    /// The connection is closed (or was handed over by an upgrade).
-    Closed,
+    /// The connection is closed (or was handed over by an upgrade), and why.
+    Closed(CloseReason),
     /// The connection is open and idle, parked in the worker's parking lot.
     Parked,
 }
@@ -73,21 +73,21 @@ where
             tracing::trace!(%reason, "connection closed");
             conn.ctx.stats.connection_closed(reason);
             Box::pin(conn.close(reason)).await;
-            ConnEnd::Closed
+            ConnEnd::Closed(reason)
         }
         Ended::Upgrade(tx) => {
             conn.ctx.stats.connection_upgraded();
             let read_ahead = conn.buffers.take_read_ahead();
             let _ = tx.send(Upgraded::new(conn.io, read_ahead));
-            ConnEnd::Closed
+            ConnEnd::Closed(CloseReason::Upgraded)
         }
         // Replaced by the HTTP/2 connection's close above.
-        Ended::H2c => ConnEnd::Closed,
+        Ended::H2c => ConnEnd::Closed(CloseReason::ServerClosed),
         Ended::Park(deadline) => {
             let ConnIo { io, ctx, buffers } = conn;
             drop(buffers);
             let Some(lot) = ctx.park.as_ref() else {
-                return ConnEnd::Closed;
+                return ConnEnd::Closed(CloseReason::ServerClosed);
             };
             match io.into_parked() {
                 Ok(socket) => {
@@ -96,7 +96,7 @@ where
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot park; closing");
-                    ConnEnd::Closed
+                    ConnEnd::Closed(CloseReason::io(&e))
                 }
             }
         }
@@ -222,6 +222,7 @@ where
     B::Error: Into<BoxError>,
 {
     incr(&conn.ctx.stats.requests);
+    crate::lifecycle::count_request();
     let config = &conn.ctx.config;
     let (decoder, body_tx, body) = match head.framing {
         BodyFraming::None => (None, None, Body::empty()),
@@ -270,6 +271,7 @@ where
             method,
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is not available",
+            CloseReason::ServerError,
         );
     }
     let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request))) {
@@ -285,6 +287,7 @@ where
                 method,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the handler panicked",
+                CloseReason::Panic,
             );
         }
     };
@@ -373,7 +376,10 @@ impl<T: Transport> ConnIo<T> {
             while !wbuf.is_empty() {
                 let n = match Pin::new(&mut self.io).poll_write(cx, wbuf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => n,
+                    Poll::Ready(Ok(n)) => {
+                        crate::lifecycle::count_out(n);
+                        n
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 };

@@ -150,11 +150,12 @@ where
         method: MethodLabel,
         status: StatusCode,
         reason: &'static str,
+        close: CloseReason,
     ) -> Outcome {
         RequestRecord::untimed(&conn.ctx, method).status(status);
         let wbuf = conn.wbuf();
         encode::encode_error(wbuf, status, reason);
-        Outcome::Close(CloseReason::ServerError)
+        Outcome::Close(close)
     }
 }
 
@@ -669,7 +670,11 @@ pub(crate) fn read_more<T: Transport>(
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(4096);
     }
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+    let read = tokio_util::io::poll_read_buf(Pin::new(io), cx, buf);
+    if let Poll::Ready(Ok(n)) = read {
+        crate::lifecycle::count_in(n);
+    }
+    read
 }
 
 /// Turns a poll of an IO result into `Ok(None)` for pending, `Ok(Some(n))`, or

@@ -38,9 +38,11 @@ pub(crate) enum Outcome {
     Upgrade(UpgradeSender),
 }
 
-/// Why a connection closed. One enum for logs and (later) metric labels.
+/// Why a connection closed: one enum for log lines, the `reason` label of
+/// `megaconn_connections_closed_total` and [`ConnectionEvent::Closed`](crate::ConnectionEvent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
+#[non_exhaustive]
+pub enum CloseReason {
     /// The client closed its side.
     ClientClosed,
     /// The server chose to close (keep-alive off, `Connection: close`, HTTP/1.0).
@@ -65,6 +67,10 @@ pub(crate) enum CloseReason {
     Panic,
     /// Reset, broken pipe or another socket error.
     Io(io::ErrorKind),
+    /// Refused right after accept by an admission limit (accept rate, per IP).
+    Limit,
+    /// Handed to the handler after `101 Switching Protocols`.
+    Upgraded,
 }
 
 impl CloseReason {
@@ -73,7 +79,7 @@ impl CloseReason {
     }
 
     /// How many metric labels there are (see [`CloseReason::LABELS`]).
-    pub(crate) const COUNT: usize = 12;
+    pub(crate) const COUNT: usize = 13;
 
     /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
     /// [`CloseReason::index`].
@@ -90,6 +96,7 @@ impl CloseReason {
         "server_error",
         "panic",
         "io_error",
+        "limit",
     ];
 
     /// This reason's position in [`CloseReason::LABELS`] and in the worker's
@@ -108,13 +115,18 @@ impl CloseReason {
             CloseReason::ServerError => 9,
             CloseReason::Panic => 10,
             CloseReason::Io(_) => 11,
+            CloseReason::Limit => 12,
+            // The metrics keep upgrades in the slot after the labelled reasons.
+            CloseReason::Upgraded => CloseReason::COUNT,
         }
     }
 
-    /// The metric label of this reason.
-    #[allow(dead_code)]
-    pub(crate) fn label(self) -> &'static str {
-        CloseReason::LABELS[self.index()]
+    /// The metric label of this reason (`client_closed`, `idle_timeout`, …).
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Upgraded => "upgraded",
+            other => CloseReason::LABELS[other.index()],
+        }
     }
 
     /// Closes that may leave unread bytes in the socket: after our response we
@@ -148,6 +160,8 @@ impl fmt::Display for CloseReason {
             CloseReason::ServerError => f.write_str("server error"),
             CloseReason::Panic => f.write_str("panic"),
             CloseReason::Io(kind) => write!(f, "i/o error ({kind})"),
+            CloseReason::Limit => f.write_str("refused by a limit"),
+            CloseReason::Upgraded => f.write_str("upgraded"),
         }
     }
 }

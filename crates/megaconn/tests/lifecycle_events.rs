@@ -1,0 +1,183 @@
+//! Connection lifecycle events: every close reason comes from a real scenario,
+//! each connection is reported opened once and closed exactly once, with its
+//! request and byte counts.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{read_response, read_to_close, TestServer, SAFETY};
+use megaconn::{CloseReason, ConnectionEvent};
+use tokio::io::AsyncWriteExt;
+
+struct Events {
+    rx: mpsc::Receiver<ConnectionEvent>,
+    open: HashMap<u64, bool>,
+}
+
+impl Events {
+    /// Waits for the next close and checks it pairs with an open.
+    async fn next_close(&mut self) -> (CloseReason, u64, u64, u64) {
+        loop {
+            let rx = &self.rx;
+            let event = tokio::task::block_in_place(|| rx.recv_timeout(SAFETY)).expect("an event");
+            match event {
+                ConnectionEvent::Opened { id, .. } => {
+                    assert!(self.open.insert(id, true).is_none(), "opened twice");
+                }
+                ConnectionEvent::Closed {
+                    id,
+                    reason,
+                    requests,
+                    bytes_in,
+                    bytes_out,
+                    ..
+                } => {
+                    assert_eq!(
+                        self.open.remove(&id),
+                        Some(true),
+                        "closed without open, or twice"
+                    );
+                    return (reason, requests, bytes_in, bytes_out);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn hooked(builder: megaconn::Builder) -> (megaconn::Builder, Events) {
+    let (tx, rx) = mpsc::channel();
+    let builder = builder.on_connection(move |e| {
+        let _ = tx.send(e.clone());
+    });
+    (
+        builder,
+        Events {
+            rx,
+            open: HashMap::new(),
+        },
+    )
+}
+
+async fn get(s: &mut tokio::net::TcpStream, extra: &str) {
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_close_reason_is_reported_once() {
+    let (builder, mut events) = hooked(
+        megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(None)
+            .idle_timeout(Some(Duration::from_millis(300)))
+            .read_header_timeout(Some(Duration::from_millis(300))),
+    );
+    let server = TestServer::start(builder).await;
+
+    // Client closed, after two requests.
+    let mut s = server.connect().await;
+    for _ in 0..2 {
+        get(&mut s, "").await;
+        read_response(&mut s).await;
+    }
+    drop(s);
+    let (reason, requests, bytes_in, bytes_out) = events.next_close().await;
+    assert_eq!(reason, CloseReason::ClientClosed);
+    assert_eq!(requests, 2);
+    assert_eq!(
+        bytes_in,
+        2 * "GET / HTTP/1.1\r\nHost: t\r\n\r\n".len() as u64
+    );
+    assert!(bytes_out > 2 * 13);
+
+    // Server closed (Connection: close).
+    let mut s = server.connect().await;
+    get(&mut s, "Connection: close\r\n").await;
+    read_to_close(&mut s).await;
+    assert_eq!(events.next_close().await.0, CloseReason::ServerClosed);
+
+    // Idle timeout.
+    let mut s = server.connect().await;
+    get(&mut s, "").await;
+    read_response(&mut s).await;
+    assert_eq!(events.next_close().await.0, CloseReason::IdleTimeout);
+
+    // Header timeout.
+    let mut s = server.connect().await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+    assert_eq!(events.next_close().await.0, CloseReason::HeaderTimeout);
+    drop(s);
+
+    // Protocol error.
+    let mut s = server.connect().await;
+    s.write_all(b"GARBAGE\r\n\r\n").await.unwrap();
+    read_to_close(&mut s).await;
+    assert_eq!(
+        events.next_close().await.0,
+        CloseReason::Protocol(http::StatusCode::BAD_REQUEST)
+    );
+
+    // Panic.
+    let mut s = server.connect().await;
+    s.write_all(b"GET /panic HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    read_to_close(&mut s).await;
+    assert_eq!(events.next_close().await.0, CloseReason::Panic);
+
+    // Upgrade.
+    let mut s = server.connect().await;
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s).await.status, 101);
+    assert_eq!(events.next_close().await.0, CloseReason::Upgraded);
+    drop(s);
+
+    server.stop().await;
+    assert!(events.open.is_empty(), "every open connection was closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_parking_and_shutdown_are_reported() {
+    let (builder, mut events) = hooked(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connections_per_ip(Some(1))
+            .park_idle_after(Some(Duration::from_millis(20)))
+            .idle_timeout(Some(Duration::from_millis(300))),
+    );
+    let server = TestServer::start(builder).await;
+
+    // A parked connection holds the IP's only place: a second is refused.
+    let mut first = server.connect().await;
+    get(&mut first, "").await;
+    read_response(&mut first).await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    let mut second = server.connect().await;
+    assert!(read_to_close(&mut second).await.is_empty());
+    assert_eq!(events.next_close().await.0, CloseReason::Limit);
+
+    // The parked connection times out in the sweep, its count intact.
+    let (reason, requests, ..) = events.next_close().await;
+    assert_eq!(reason, CloseReason::IdleTimeout);
+    assert_eq!(requests, 1);
+    drop(first);
+
+    // An idle connection at shutdown.
+    let mut third = server.connect().await;
+    get(&mut third, "").await;
+    read_response(&mut third).await;
+    server.stop().await;
+    assert_eq!(events.next_close().await.0, CloseReason::Shutdown);
+    assert!(events.open.is_empty());
+}
