@@ -33,6 +33,7 @@
 //! | `megaconn_timeouts_total` | counter | |
 //! | `megaconn_protocol_errors_total` | counter | |
 //! | `megaconn_accept_errors_total` | counter | `errno` |
+//! | `megaconn_connections_rejected_total` | counter | `limit` (`accept_rate`, `per_ip`) |
 //! | `megaconn_worker_connections` | gauge | `worker` |
 //! | `megaconn_buffers_checked_out` | gauge | |
 //! | `megaconn_buffers_pooled` | gauge | |
@@ -562,6 +563,20 @@ impl Collector for Snapshot {
             )?;
             for &(reason, n) in &r.closed_by_reason {
                 ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "connections_rejected",
+                "Connections refused right after accept, by the admission limit that refused them.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (limit, n) in [
+                ("accept_rate", s.rejected_accept_rate),
+                ("per_ip", s.rejected_per_ip),
+            ] {
+                ConstCounter::new(n).encode(m.encode_family(&[("limit", limit)])?)?;
             }
         }
         {

@@ -62,6 +62,11 @@ async fn per_ip_limit_refuses_the_extra_connection_only() {
     let mut e = connect_from("127.0.0.1", server.addr).await;
     assert!(served(&mut e).await);
     assert_eq!(server.handle.stats().rejected_per_ip, 1);
+    let metrics = server.handle.render_metrics();
+    assert!(
+        metrics.contains("megaconn_connections_rejected_total{limit=\"per_ip\"} 1"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
