@@ -242,7 +242,7 @@ elapsed=$((SECONDS - t_start))
         + (if .kernel_disturbed then " (disturbed: other programs changed the TCP socket count by \((.tcp_inuse_open - .tcp_inuse_before) - 2 * .established))" else "" end) end;
     (map(select(.server == "megaconn")) | .[0].idle.rss_per_conn) as $m
     | .[] | "| \(.server) | \(.baseline_rss | mib) | \(.idle.rss_open | mib)\(.idle | open) | \(.idle.rss_per_conn | f0) | \(.idle | kern) | \(.idle.rss_after_close | mib) | \(.post4k.rss_open | mib)\(.post4k | open) | \(.post4k.rss_per_conn | f0) | \(.post4k.rss_after_close | mib) | "
-      + (if $m == null or $m == 0 then "—" else ((.idle.rss_per_conn / $m * 100 | round) / 100 | tostring) + "×" end) + " |"' "$RESULTS"
+      + (if $m == null or $m == 0 or .idle.rss_per_conn == null then "—" else ((.idle.rss_per_conn / $m * 100 | round) / 100 | tostring) + "×" end) + " |"' "$RESULTS"
   echo
   [[ "$HOLD_BODY_OK" == 1 ]] || echo "The 4 KiB columns are empty: \`megaconn hold\` has no \`-m\`/\`--body\` option yet, so that phase was skipped."
   echo
