@@ -30,6 +30,10 @@ use crate::progress::{Progress, TICK};
 use crate::report::HoldReport;
 use crate::sys::InterruptGuard;
 
+/// How long stopped children get to send their final report before they are
+/// killed (a child holding 20,000 connections needs a moment to close them).
+const REPORT_GRACE: Duration = Duration::from_secs(15);
+
 /// A child's final report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ChildReport {
@@ -253,10 +257,13 @@ pub(crate) fn run_parent(
     }
     drop(tx);
 
-    let ramp_bound = Duration::from_secs_f64(args.connections as f64 / args.ramp)
+    // A safety net, not a schedule: on a loaded machine the ramp runs late, so
+    // the bound is generous, and reaching it first asks the children to stop
+    // and report (SIGTERM) before anything is killed.
+    let ramp_bound = Duration::from_secs_f64(2.0 * args.connections as f64 / args.ramp)
         + args.timeout
-        + Duration::from_secs(5);
-    let hard_deadline = Instant::now() + ramp_bound + args.duration + Duration::from_secs(15);
+        + Duration::from_secs(30);
+    let hard_deadline = Instant::now() + ramp_bound + args.duration + Duration::from_secs(60);
     let mut latest = vec![Snapshot::default(); p];
     let mut finals: Vec<Option<ChildReport>> = vec![None; p];
     let mut ended = vec![false; p];
@@ -295,13 +302,15 @@ pub(crate) fn run_parent(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         let now = Instant::now();
-        if guard.interrupted() && terminated_at.is_none() {
+        if (guard.interrupted() || now >= hard_deadline) && terminated_at.is_none() {
+            if now >= hard_deadline {
+                eprintln!("hold: children are late; asking them to stop and report");
+            }
             terminate_all(&children);
             terminated_at = Some(now);
         }
-        if terminated_at.is_some_and(|t| now >= t + Duration::from_secs(5)) || now >= hard_deadline
-        {
-            eprintln!("hold: children did not finish in time; killing them");
+        if terminated_at.is_some_and(|t| now >= t + REPORT_GRACE) {
+            eprintln!("hold: children did not report in time; killing them");
             break;
         }
         if now.duration_since(last_tick) >= TICK {
