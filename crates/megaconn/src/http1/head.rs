@@ -8,6 +8,7 @@
 
 use std::mem::MaybeUninit;
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
@@ -90,8 +91,36 @@ pub(crate) fn parse(
             "request head exceeds max_header_bytes",
         ));
     }
-    let head = build(&req, limits)?;
+    // One copy of the head; the target and every header value are slices of it
+    // (one allocation per request instead of one per header).
+    let shared = Bytes::copy_from_slice(&buf[..len]);
+    let head = build(
+        &req,
+        &Slicer {
+            shared: &shared,
+            base: buf.as_ptr(),
+        },
+        limits,
+    )?;
     Ok(Some((head, len)))
+}
+
+/// Maps slices of the parse buffer onto the shared copy of the head.
+struct Slicer<'a> {
+    shared: &'a Bytes,
+    base: *const u8,
+}
+
+impl Slicer<'_> {
+    fn of(&self, part: &[u8]) -> Bytes {
+        let offset = (part.as_ptr() as usize).wrapping_sub(self.base as usize);
+        match offset.checked_add(part.len()) {
+            Some(end) if !part.is_empty() && end <= self.shared.len() => {
+                self.shared.slice(offset..end)
+            }
+            _ => Bytes::copy_from_slice(part),
+        }
+    }
 }
 
 fn parse_error(e: httparse::Error) -> Rejection {
@@ -112,11 +141,15 @@ fn parse_error(e: httparse::Error) -> Rejection {
     }
 }
 
-fn build(req: &httparse::Request<'_, '_>, limits: &HeadLimits) -> Result<RequestHead, Rejection> {
+fn build(
+    req: &httparse::Request<'_, '_>,
+    slicer: &Slicer<'_>,
+    limits: &HeadLimits,
+) -> Result<RequestHead, Rejection> {
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| reject(BAD, "invalid method"))?;
     let target = req.path.unwrap_or_default();
-    let uri = parse_target(&method, target)?;
+    let uri = parse_target(&method, target, slicer.of(target.as_bytes()))?;
     let version = match req.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -127,8 +160,8 @@ fn build(req: &httparse::Request<'_, '_>, limits: &HeadLimits) -> Result<Request
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| reject(BAD, "invalid header name"))?;
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| reject(BAD, "invalid header value"))?;
+        let value = HeaderValue::from_maybe_shared(slicer.of(h.value))
+            .map_err(|_| reject(BAD, "invalid header value"))?;
         framing.observe(&name, h.value)?;
         headers.append(name, value);
     }
@@ -137,11 +170,11 @@ fn build(req: &httparse::Request<'_, '_>, limits: &HeadLimits) -> Result<Request
 
 /// Origin-form (`/path?q`), absolute-form (`http://host/path`), authority-form
 /// (only for CONNECT) and asterisk-form (only for OPTIONS).
-fn parse_target(method: &Method, target: &str) -> Result<Uri, Rejection> {
+fn parse_target(method: &Method, target: &str, shared: Bytes) -> Result<Uri, Rejection> {
     if target.is_empty() {
         return Err(reject(BAD, "empty request target"));
     }
-    let uri = Uri::try_from(target).map_err(|_| reject(BAD, "invalid request target"))?;
+    let uri = Uri::from_maybe_shared(shared).map_err(|_| reject(BAD, "invalid request target"))?;
     let form_ok = if method == Method::CONNECT {
         uri.authority().is_some() && uri.scheme().is_none()
     } else if target == "*" {
