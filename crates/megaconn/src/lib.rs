@@ -67,6 +67,7 @@ mod limit;
 pub mod metrics;
 mod park;
 mod pool;
+mod rewind;
 mod server;
 mod shutdown;
 mod socket;

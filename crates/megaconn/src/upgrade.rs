@@ -30,9 +30,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
+
+use crate::rewind::Rewind;
 
 /// Object-safe stream type behind [`Upgraded`].
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -41,14 +43,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The raw connection after a protocol switch. Bytes the server had already read
 /// past the request are returned first by reads.
 pub struct Upgraded {
-    io: Box<dyn Io>,
-    read_ahead: Bytes,
+    inner: Rewind<Box<dyn Io>>,
 }
 
 impl std::fmt::Debug for Upgraded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upgraded")
-            .field("read_ahead", &self.read_ahead.len())
+            .field("read_ahead", &self.inner.read_ahead.len())
             .finish_non_exhaustive()
     }
 }
@@ -59,8 +60,10 @@ impl Upgraded {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         Upgraded {
-            io: Box::new(io),
-            read_ahead,
+            inner: Rewind {
+                io: Box::new(io),
+                read_ahead,
+            },
         }
     }
 }
@@ -71,13 +74,7 @@ impl AsyncRead for Upgraded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.read_ahead.is_empty() {
-            let n = self.read_ahead.len().min(buf.remaining());
-            buf.put_slice(&self.read_ahead[..n]);
-            self.read_ahead.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -87,15 +84,15 @@ impl AsyncWrite for Upgraded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
