@@ -29,7 +29,8 @@
 //!     |         drains its connections on shutdown (shutdown.rs)
 //!     v
 //!  acceptor.rs  accepts on the worker's own SO_REUSEPORT listener (socket.rs),
-//!     |         takes a slot from the connection limit (limit.rs), backs off on EMFILE
+//!     |         takes a slot from the connection limit (limit.rs), applies the
+//!     |         accept-rate and per-IP limits (admission.rs), backs off on EMFILE
 //!     v
 //!  http1/       the connection engine (ours), on httparse:
 //!               conn.rs      a connection's life: idle -> head -> exchange -> idle
@@ -41,10 +42,12 @@
 //!  pool.rs      per-worker buffer pool: idle connections hold no buffers
 //!  park.rs      the parking lot: cold idle connections leave tokio (one u32 each)
 //!  upgrade.rs   101 Switching Protocols: the handler takes over the socket
+//!  rewind.rs    a stream with already-read bytes put back (upgrade, h2c)
 //!  tls.rs       TLS (rustls): handshake, ALPN dispatch, SNI, certificate reload
 //!  h2.rs        HTTP/2 (h2 crate): TLS with ALPN h2, or h2c prior knowledge
 //!  stats.rs     per-worker counters, summed on read
 //!  metrics.rs   per-request metrics and their Prometheus exposition
+//!  lifecycle.rs on_connection events (opened / closed with reason, counts)
 //! ```
 //!
 //! # Idle connections cost almost nothing
