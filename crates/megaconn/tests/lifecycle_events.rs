@@ -74,8 +74,9 @@ async fn each_close_reason_is_reported_once() {
         megaconn::Server::builder()
             .workers(1)
             .park_idle_after(None)
-            .idle_timeout(Some(Duration::from_millis(300)))
-            .read_header_timeout(Some(Duration::from_millis(300))),
+            // Long enough that a slow machine never trips them mid-scenario.
+            .idle_timeout(Some(Duration::from_secs(1)))
+            .read_header_timeout(Some(Duration::from_secs(1))),
     );
     let server = TestServer::start(builder).await;
 
@@ -152,7 +153,8 @@ async fn limits_parking_and_shutdown_are_reported() {
             .workers(1)
             .max_connections_per_ip(Some(1))
             .park_idle_after(Some(Duration::from_millis(20)))
-            .idle_timeout(Some(Duration::from_millis(300))),
+            // The refusal below must happen while the first connection is parked.
+            .idle_timeout(Some(Duration::from_secs(2))),
     );
     let server = TestServer::start(builder).await;
 
