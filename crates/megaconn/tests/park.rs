@@ -66,7 +66,7 @@ async fn idle_connections_are_parked_without_buffers_and_wake_up() {
 
 #[tokio::test]
 async fn parked_connections_still_time_out() {
-    let server = parking_server(Some(Duration::from_millis(300))).await;
+    let server = parking_server(Some(Duration::from_secs(1))).await;
     let mut s = server.connect().await;
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
