@@ -300,3 +300,40 @@ fn a_bad_admin_address_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("admin"), "{err}");
 }
+
+#[test]
+fn debug_connections_lists_live_connections() {
+    let served = Served::start(&["--admin", "127.0.0.1:0", "--debug-connections"]);
+    // A keep-alive connection that served one request and now waits.
+    let mut held = TcpStream::connect(&served.main).unwrap();
+    held.set_read_timeout(Some(SAFETY)).unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("Hello, World!") {
+        let n = std::io::Read::read(&mut held, &mut chunk).unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let list = get(&served.admin, "/debug/connections");
+    assert_eq!(list.status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
+    let conns = json["connections"].as_array().unwrap();
+    // Our held connection (the admin request itself is on the admin listener).
+    let ours: Vec<_> = conns.iter().filter(|c| c["requests"] == 1).collect();
+    assert_eq!(ours.len(), 1, "{json}");
+    assert_eq!(ours[0]["worker"], 0);
+    let page = get(&served.admin, "/debug/connections?format=text&limit=5");
+    let text = page.text();
+    assert!(text.contains("\t0\t"), "{text}");
+    drop(held);
+}
+
+#[test]
+fn debug_connections_needs_the_flag() {
+    let served = Served::start(&["--admin", "127.0.0.1:0"]);
+    let r = get(&served.admin, "/debug/connections");
+    assert_eq!(r.status, 501);
+    assert!(r.text().contains("--debug-connections"));
+}

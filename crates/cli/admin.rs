@@ -150,10 +150,11 @@ impl AdminService {
         match req.uri().path() {
             "/" => text(
                 StatusCode::OK,
-                "megaconn admin\n\n/metrics\n/debug/runtime\n/debug/pprof/profile?seconds=30[&format=svg]\n/debug/pprof/heap\n",
+                "megaconn admin\n\n/metrics\n/debug/runtime\n/debug/connections?offset=0&limit=100[&format=text]\n/debug/pprof/profile?seconds=30[&format=svg]\n/debug/pprof/heap\n",
             ),
             "/metrics" => self.metrics(&req),
             "/debug/runtime" => self.runtime(),
+            "/debug/connections" => self.connections(query),
             "/debug/pprof/profile" => profile(query).await,
             "/debug/pprof/heap" => text(
                 StatusCode::NOT_IMPLEMENTED,
@@ -176,6 +177,66 @@ impl AdminService {
             megaconn::metrics::TEXT_CONTENT_TYPE
         };
         respond(StatusCode::OK, content_type, self.main.render_metrics())
+    }
+
+    /// Live connections, paginated (at most [`MAX_CONNECTIONS_PAGE`] a page),
+    /// as JSON or (`format=text`) one line each.
+    fn connections(&self, query: &str) -> Response<AdminBody> {
+        if !self.main.tracks_connections() {
+            return text(
+                StatusCode::NOT_IMPLEMENTED,
+                "connection tracking is off: start megaconn serve with --debug-connections\n",
+            );
+        }
+        let mut offset = 0;
+        let mut limit = DEFAULT_CONNECTIONS_PAGE;
+        let mut as_text = false;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "offset" => offset = value.parse().unwrap_or(0),
+                "limit" => limit = value.parse().unwrap_or(DEFAULT_CONNECTIONS_PAGE),
+                "format" => as_text = value == "text",
+                _ => {}
+            }
+        }
+        let (total, page) = self
+            .main
+            .connections(offset, limit.min(MAX_CONNECTIONS_PAGE));
+        if as_text {
+            let mut out = format!(
+                "{total} connections; showing {} from {offset}\n",
+                page.len()
+            );
+            out.push_str("id\tpeer\tworker\tstate\tage_s\trequests\n");
+            for c in &page {
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{:.1}\t{}\n",
+                    c.id,
+                    c.peer,
+                    c.worker,
+                    c.state.label(),
+                    c.age.as_secs_f64(),
+                    c.requests
+                ));
+            }
+            return text(StatusCode::OK, out);
+        }
+        let list: Vec<serde_json::Value> = page
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id,
+                    "peer": c.peer.to_string(),
+                    "worker": c.worker,
+                    "state": c.state.label(),
+                    "age_seconds": c.age.as_secs_f64(),
+                    "requests": c.requests,
+                })
+            })
+            .collect();
+        let body = serde_json::json!({ "total": total, "offset": offset, "connections": list });
+        respond(StatusCode::OK, "application/json", body.to_string())
     }
 
     fn runtime(&self) -> Response<AdminBody> {
@@ -330,6 +391,11 @@ fn encode_pprof(report: &pprof::Report) -> anyhow::Result<Vec<u8>> {
     gz.write_all(&raw)?;
     Ok(gz.finish()?)
 }
+
+/// Connections listed per `/debug/connections` page by default.
+const DEFAULT_CONNECTIONS_PAGE: usize = 100;
+/// Most connections listed per page (the list is copied while locked).
+const MAX_CONNECTIONS_PAGE: usize = 1000;
 
 /// Reads `seconds` (1..=60, default 30) and `format` (`pprof` or `svg`).
 fn profile_params(query: &str) -> Result<(u64, ProfileFormat), String> {

@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// `off`. Default: 127.0.0.1:9090, skipped with a warning if taken.
     #[arg(long, value_name = "ADDR", value_parser = crate::admin::parse_admin)]
     pub admin: Option<AdminAddr>,
+    /// Keep a live list of connections (peer, worker, state, age, requests) for
+    /// the admin listener's /debug/connections. Costs a few uncontended locks
+    /// per request. Default: off.
+    #[arg(long)]
+    pub debug_connections: bool,
     /// Worker processes under a supervisor, for hosts whose per-process
     /// open-file limit caps connections (each process has its own listeners and
     /// `--workers` threads). Default: 1 (no supervisor).
@@ -139,6 +144,7 @@ pub struct ConfigFile {
     log_format: Option<LogFormat>,
     processes: Option<usize>,
     admin: Option<String>,
+    debug_connections: Option<bool>,
 }
 
 impl ConfigFile {
@@ -240,6 +246,9 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     }
     if let Some(n) = args.max_connections_per_ip.or(file.max_connections_per_ip) {
         b = b.max_connections_per_ip(Some(n));
+    }
+    if args.debug_connections || file.debug_connections == Some(true) {
+        b = b.track_connections(true);
     }
     if args.no_keep_alive || file.keep_alive == Some(false) {
         b = b.keep_alive(false);

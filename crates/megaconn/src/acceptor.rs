@@ -74,11 +74,9 @@ pub(crate) async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = BACKOFF_START;
                 incr(&ctx.stats.accepted);
-                let track = ctx
-                    .config
-                    .on_connection
-                    .as_ref()
-                    .map(|hook| ConnTrack::open(hook, peer, local, ctx.index));
+                let hook = ctx.config.on_connection.as_ref();
+                let track = (hook.is_some() || ctx.registry.is_some())
+                    .then(|| ConnTrack::open(hook, ctx.registry.as_ref(), peer, local, ctx.index));
                 let mut held = held;
                 let refusal = if !accept_rate
                     .as_mut()

@@ -106,6 +106,8 @@ pub(crate) struct Config {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Called on every connection open and close (lifecycle.rs).
     pub on_connection: Option<crate::lifecycle::ConnectionHook>,
+    /// Keep a live list of connections and their states (lifecycle.rs).
+    pub track_connections: bool,
 }
 
 impl Default for Config {
@@ -138,6 +140,7 @@ impl Default for Config {
             http2: crate::h2::Http2Config::default(),
             tls: None,
             on_connection: None,
+            track_connections: false,
         }
     }
 }

@@ -92,7 +92,7 @@ pub use h2::{
     DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE, DEFAULT_HTTP2_STREAM_WINDOW, RAPID_RESET_LIMIT,
 };
 pub use http1::CloseReason;
-pub use lifecycle::ConnectionEvent;
+pub use lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use server::{Builder, Server, ServerHandle, ShutdownSummary};
 pub use stats::ServerStats;
 pub use tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESSION_CACHE_SIZE};

@@ -55,6 +55,92 @@ pub enum ConnectionEvent {
     },
 }
 
+/// What a live connection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Waiting for its next request (a task).
+    Idle,
+    /// Idle and parked outside the runtime (a bare socket).
+    Parked,
+    /// Receiving a request head.
+    ReadingHead,
+    /// Receiving a request body.
+    ReadingBody,
+    /// The handler is running.
+    Handling,
+    /// Sending a response.
+    Writing,
+}
+
+impl ConnectionState {
+    /// A short lowercase name (`idle`, `parked`, `reading_head`, …).
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectionState::Idle => "idle",
+            ConnectionState::Parked => "parked",
+            ConnectionState::ReadingHead => "reading_head",
+            ConnectionState::ReadingBody => "reading_body",
+            ConnectionState::Handling => "handling",
+            ConnectionState::Writing => "writing",
+        }
+    }
+}
+
+/// One live connection, as [`ServerHandle::connections`](crate::ServerHandle::connections)
+/// lists it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The connection's id (as in [`ConnectionEvent`]).
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The worker serving it.
+    pub worker: usize,
+    /// How long it has been open.
+    pub age: Duration,
+    /// What it is doing.
+    pub state: ConnectionState,
+    /// Requests served on it so far.
+    pub requests: u64,
+}
+
+/// One worker's live connections (only with connection tracking on). Written
+/// by its worker, read by `ServerHandle::connections`.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    entries: std::sync::Mutex<std::collections::HashMap<u64, Entry>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    peer: SocketAddr,
+    worker: usize,
+    opened: Instant,
+    state: ConnectionState,
+    requests: u64,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies out the live connections.
+    pub(crate) fn snapshot(&self, out: &mut Vec<ConnectionInfo>) {
+        let now = Instant::now();
+        out.extend(self.lock().iter().map(|(&id, e)| ConnectionInfo {
+            id,
+            peer: e.peer,
+            worker: e.worker,
+            age: now.saturating_duration_since(e.opened),
+            state: e.state,
+            requests: e.requests,
+        }));
+    }
+}
+
 /// The installed hook.
 #[derive(Clone)]
 pub(crate) struct ConnectionHook(pub(crate) Arc<dyn Fn(&ConnectionEvent) + Send + Sync>);
@@ -75,7 +161,8 @@ pub(crate) struct ConnTrack {
     bytes_in: Cell<u64>,
     bytes_out: Cell<u64>,
     closed: Cell<bool>,
-    hook: ConnectionHook,
+    hook: Option<ConnectionHook>,
+    registry: Option<Arc<Registry>>,
 }
 
 thread_local! {
@@ -84,9 +171,11 @@ thread_local! {
 }
 
 impl ConnTrack {
-    /// Starts tracking a connection and reports `Opened`.
+    /// Starts tracking a connection: reports `Opened` to the hook and lists the
+    /// connection in the registry, whichever are enabled.
     pub(crate) fn open(
-        hook: &ConnectionHook,
+        hook: Option<&ConnectionHook>,
+        registry: Option<&Arc<Registry>>,
         peer: SocketAddr,
         local: SocketAddr,
         worker: usize,
@@ -97,12 +186,26 @@ impl ConnTrack {
             v
         });
         let id = ((worker as u64) << 48) | (seq & ((1 << 48) - 1));
-        (hook.0)(&ConnectionEvent::Opened {
-            id,
-            peer,
-            local,
-            worker,
-        });
+        if let Some(hook) = hook {
+            (hook.0)(&ConnectionEvent::Opened {
+                id,
+                peer,
+                local,
+                worker,
+            });
+        }
+        if let Some(registry) = registry {
+            registry.lock().insert(
+                id,
+                Entry {
+                    peer,
+                    worker,
+                    opened: Instant::now(),
+                    state: ConnectionState::ReadingHead,
+                    requests: 0,
+                },
+            );
+        }
         Rc::new(ConnTrack {
             id,
             peer,
@@ -111,7 +214,8 @@ impl ConnTrack {
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
             closed: Cell::new(false),
-            hook: hook.clone(),
+            hook: hook.cloned(),
+            registry: registry.cloned(),
         })
     }
 
@@ -120,7 +224,13 @@ impl ConnTrack {
         if self.closed.replace(true) {
             return;
         }
-        (self.hook.0)(&ConnectionEvent::Closed {
+        if let Some(registry) = &self.registry {
+            registry.lock().remove(&self.id);
+        }
+        let Some(hook) = &self.hook else {
+            return;
+        };
+        (hook.0)(&ConnectionEvent::Closed {
             id: self.id,
             peer: self.peer,
             duration: self.opened.elapsed(),
@@ -140,7 +250,26 @@ pub(crate) fn current() -> Option<Rc<ConnTrack>> {
 /// Counts a request on the current connection.
 #[inline]
 pub(crate) fn count_request() {
-    with_current(|t| t.requests.set(t.requests.get() + 1));
+    with_current(|t| {
+        t.requests.set(t.requests.get() + 1);
+        if let Some(registry) = &t.registry {
+            if let Some(e) = registry.lock().get_mut(&t.id) {
+                e.requests += 1;
+            }
+        }
+    });
+}
+
+/// Records what the current connection is doing (for `/debug/connections`).
+#[inline]
+pub(crate) fn set_state(state: ConnectionState) {
+    with_current(|t| {
+        if let Some(registry) = &t.registry {
+            if let Some(e) = registry.lock().get_mut(&t.id) {
+                e.state = state;
+            }
+        }
+    });
 }
 
 /// Counts bytes read from the current connection.

@@ -133,6 +133,7 @@ impl ParkingLot {
         }
         deadlines[idx] = deadline.map_or(NO_DEADLINE, |d| self.tick_of(d));
         // The connection's task is running us: keep its lifecycle track.
+        lifecycle::set_state(crate::ConnectionState::Parked);
         if let Some(track) = lifecycle::current() {
             self.tracks.borrow_mut().insert(fd, track);
         }

@@ -137,6 +137,7 @@ impl Server {
                 stats: handle.workers[index].clone(),
                 limit: limit.clone(),
                 shutdown: handle.shutdown_tx.subscribe(),
+                registry: handle.registries.get(index).cloned(),
             };
             let thread = worker::spawn(setup).map_err(|source| Error::Worker {
                 worker: index,
@@ -184,6 +185,8 @@ impl Drop for StopOnDrop {
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
     workers: Arc<[Arc<WorkerStats>]>,
+    /// Per-worker live-connection lists (empty unless tracking is on).
+    registries: Arc<[Arc<crate::lifecycle::Registry>]>,
     shutdown_tx: Arc<watch::Sender<bool>>,
 }
 
@@ -199,6 +202,25 @@ impl ServerHandle {
     /// second.
     pub fn render_metrics(&self) -> String {
         crate::metrics::render(&self.stats())
+    }
+
+    /// The live connections, sorted by id, from `offset`, at most `limit` of
+    /// them, and how many there are in all. Empty unless the server was built
+    /// with [`Builder::track_connections`].
+    pub fn connections(&self, offset: usize, limit: usize) -> (usize, Vec<crate::ConnectionInfo>) {
+        let mut all = Vec::new();
+        for registry in self.registries.iter() {
+            registry.snapshot(&mut all);
+        }
+        all.sort_unstable_by_key(|c| c.id);
+        let total = all.len();
+        let page = all.into_iter().skip(offset).take(limit).collect();
+        (total, page)
+    }
+
+    /// True when the server keeps a live list of connections.
+    pub fn tracks_connections(&self) -> bool {
+        !self.registries.is_empty()
     }
 
     /// Begins graceful shutdown. Idempotent.
@@ -354,6 +376,15 @@ impl Builder {
         self
     }
 
+    /// Keeps a live list of connections with their peer, worker, state, age and
+    /// requests served, for [`ServerHandle::connections`] (the admin listener's
+    /// `/debug/connections`). Costs a few uncontended lock operations per
+    /// request, so it is off by default.
+    pub fn track_connections(mut self, on: bool) -> Builder {
+        self.config.track_connections = on;
+        self
+    }
+
     /// Whether connections are kept open between requests. Default: true.
     pub fn keep_alive(mut self, on: bool) -> Builder {
         self.config.keep_alive = on;
@@ -448,6 +479,11 @@ impl Builder {
         let max_connections = config
             .max_connections
             .unwrap_or_else(config::default_max_connections);
+        let registries: Arc<[Arc<crate::lifecycle::Registry>]> = if config.track_connections {
+            (0..config.workers).map(|_| Arc::default()).collect()
+        } else {
+            Arc::new([])
+        };
         let workers: Arc<[Arc<WorkerStats>]> = (0..config.workers)
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
@@ -458,6 +494,7 @@ impl Builder {
             local_addrs,
             max_connections,
             handle: ServerHandle {
+                registries,
                 workers,
                 shutdown_tx: Arc::new(shutdown_tx),
             },

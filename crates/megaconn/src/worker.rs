@@ -25,7 +25,7 @@ use crate::acceptor::accept_loop;
 use crate::body::Body;
 use crate::config::Config;
 use crate::http1::{head::HeadLimits, ConnEnd};
-use crate::lifecycle::{ConnTrack, Tracked};
+use crate::lifecycle::{ConnTrack, Registry, Tracked};
 use crate::limit::{ConnectionLimit, ConnectionSlot};
 use crate::park::{self, ParkingLot, Respawn};
 use crate::pool::BufferPool;
@@ -42,6 +42,8 @@ pub(crate) struct WorkerContext {
     pub pool: BufferPool,
     pub shutdown: LocalShutdown,
     pub park: Option<ParkingLot>,
+    /// This worker's live-connection list, when tracking is on.
+    pub registry: Option<Arc<Registry>>,
     pub index: usize,
 }
 
@@ -61,6 +63,7 @@ impl WorkerContext {
             pool: BufferPool::new(stats.clone()),
             shutdown: LocalShutdown::default(),
             park,
+            registry: None,
             config,
             stats,
             index,
@@ -87,6 +90,7 @@ pub(crate) struct WorkerSetup<S> {
     pub stats: Arc<WorkerStats>,
     pub limit: ConnectionLimit,
     pub shutdown: watch::Receiver<bool>,
+    pub registry: Option<Arc<Registry>>,
 }
 
 /// Starts a worker thread; it runs until the shutdown signal and its drain end.
@@ -165,6 +169,7 @@ where
         stats,
         limit,
         mut shutdown,
+        registry,
     } = setup;
     let park = if config.park_idle_after.is_some() {
         ParkingLot::new(limit.clone(), stats.clone())
@@ -173,7 +178,9 @@ where
     } else {
         None
     };
-    let ctx = Rc::new(WorkerContext::new(index, config.clone(), stats, park));
+    let mut ctx = WorkerContext::new(index, config.clone(), stats, park);
+    ctx.registry = registry;
+    let ctx = Rc::new(ctx);
     let tracker = TaskTracker::new();
     let spawn_connection = connection_spawner(&ctx, service, &tracker);
     if let Some(lot) = &ctx.park {

@@ -183,3 +183,56 @@ async fn limits_parking_and_shutdown_are_reported() {
     assert_eq!(events.next_close().await.0, CloseReason::Shutdown);
     assert!(events.open.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_connections_are_listed_with_their_state() {
+    let mut server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(2)
+            .track_connections(true)
+            .park_idle_after(None),
+    )
+    .await;
+    assert!(server.handle.tracks_connections());
+    // One idle after two requests, one inside a handler.
+    let mut idle = server.connect().await;
+    for _ in 0..2 {
+        get(&mut idle, "").await;
+        read_response(&mut idle).await;
+    }
+    let mut busy = server.connect().await;
+    busy.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        server.probe.next_event().await,
+        common::Event::Started("/wait".into())
+    );
+    server
+        .wait_stats("one idle", |s| s.connections_idle == 1)
+        .await;
+
+    let (total, list) = server.handle.connections(0, 10);
+    assert_eq!(total, 2);
+    let mut states: Vec<_> = list.iter().map(|c| (c.state, c.requests)).collect();
+    states.sort_by_key(|(s, _)| s.label());
+    assert_eq!(
+        states,
+        vec![
+            (megaconn::ConnectionState::Handling, 1),
+            (megaconn::ConnectionState::Idle, 2)
+        ]
+    );
+    // Pages are bounded.
+    let (total, page) = server.handle.connections(1, 10);
+    assert_eq!((total, page.len()), (2, 1));
+
+    server.probe.release.notify_one();
+    read_response(&mut busy).await;
+    drop((idle, busy));
+    server
+        .wait_stats("closed", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(server.handle.connections(0, 10).0, 0);
+    server.stop().await;
+}

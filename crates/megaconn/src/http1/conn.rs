@@ -26,6 +26,7 @@ use super::exchange::{panic_message, read_more, Continue, Exchange, ExchangeSetu
 use super::head::{self, BodyFraming, Rejection, RequestHead};
 use super::{encode, CloseReason, Outcome};
 use crate::body::Body;
+use crate::lifecycle::{self, ConnectionState};
 use crate::metrics::MethodLabel;
 use crate::stats::{gauge, incr};
 use crate::transport::Transport;
@@ -222,7 +223,12 @@ where
     B::Error: Into<BoxError>,
 {
     incr(&conn.ctx.stats.requests);
-    crate::lifecycle::count_request();
+    lifecycle::count_request();
+    lifecycle::set_state(if head.framing == BodyFraming::None {
+        ConnectionState::Handling
+    } else {
+        ConnectionState::ReadingBody
+    });
     let config = &conn.ctx.config;
     let (decoder, body_tx, body) = match head.framing {
         BodyFraming::None => (None, None, Body::empty()),
@@ -377,7 +383,7 @@ impl<T: Transport> ConnIo<T> {
                 let n = match Pin::new(&mut self.io).poll_write(cx, wbuf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
-                        crate::lifecycle::count_out(n);
+                        lifecycle::count_out(n);
                         n
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -401,6 +407,7 @@ impl<T: Transport> ConnIo<T> {
     async fn wait_for_bytes(&mut self, deadline: Option<Instant>) -> Waited {
         let ctx = self.ctx.clone();
         gauge(&ctx.stats.connections_idle, 1);
+        lifecycle::set_state(ConnectionState::Idle);
         let first_bytes = poll_fn(|cx| {
             std::task::ready!(self.io.poll_read_ready(cx))?;
             let (rbuf, io) = self.rbuf_and_io();
@@ -417,6 +424,7 @@ impl<T: Transport> ConnIo<T> {
             },
         };
         gauge(&ctx.stats.connections_idle, -1);
+        lifecycle::set_state(ConnectionState::ReadingHead);
         waited
     }
 

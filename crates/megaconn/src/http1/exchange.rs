@@ -388,6 +388,7 @@ fn write_head<T, F, B>(
         keep_alive,
         body_length,
     };
+    crate::lifecycle::set_state(crate::ConnectionState::Writing);
     let (encoder, keep_alive) = encode::encode_head(
         this.conn.wbuf(),
         parts.status,
@@ -462,6 +463,9 @@ where
             }
             Ok(Decoded::End(trailers)) => {
                 this.setup.decoder = None;
+                if this.encoder.is_none() {
+                    crate::lifecycle::set_state(crate::ConnectionState::Handling);
+                }
                 if let Some(tx) = this.setup.body_tx.take() {
                     tx.finish(trailers);
                 }
