@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// per request. Default: off.
     #[arg(long)]
     pub debug_connections: bool,
+    /// Log one line per request (target megaconn::access: peer, method, path,
+    /// status, duration, bytes). Default: off.
+    #[arg(long)]
+    pub access_log: bool,
     /// Worker processes under a supervisor, for hosts whose per-process
     /// open-file limit caps connections (each process has its own listeners and
     /// `--workers` threads). Default: 1 (no supervisor).
@@ -145,6 +149,7 @@ pub struct ConfigFile {
     processes: Option<usize>,
     admin: Option<String>,
     debug_connections: Option<bool>,
+    access_log: Option<bool>,
 }
 
 impl ConfigFile {
@@ -249,6 +254,9 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     }
     if args.debug_connections || file.debug_connections == Some(true) {
         b = b.track_connections(true);
+    }
+    if args.access_log || file.access_log == Some(true) {
+        b = b.access_log(true);
     }
     if args.no_keep_alive || file.keep_alive == Some(false) {
         b = b.keep_alive(false);

@@ -75,7 +75,9 @@ pub(crate) async fn accept_loop(
                 backoff = BACKOFF_START;
                 incr(&ctx.stats.accepted);
                 let hook = ctx.config.on_connection.as_ref();
-                let track = (hook.is_some() || ctx.registry.is_some())
+                // The access log reads the peer from the connection's track.
+                let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
+                let track = tracked
                     .then(|| ConnTrack::open(hook, ctx.registry.as_ref(), peer, local, ctx.index));
                 let mut held = held;
                 let refusal = if !accept_rate

@@ -108,6 +108,8 @@ pub(crate) struct Config {
     pub on_connection: Option<crate::lifecycle::ConnectionHook>,
     /// Keep a live list of connections and their states (lifecycle.rs).
     pub track_connections: bool,
+    /// Log one line per request (target `megaconn::access`).
+    pub access_log: bool,
 }
 
 impl Default for Config {
@@ -141,6 +143,7 @@ impl Default for Config {
             tls: None,
             on_connection: None,
             track_connections: false,
+            access_log: false,
         }
     }
 }

@@ -247,6 +247,14 @@ pub(crate) fn current() -> Option<Rc<ConnTrack>> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
+/// The current connection's id and peer (for the access log).
+pub(crate) fn current_id_and_peer() -> (u64, Option<SocketAddr>) {
+    CURRENT.with(|c| match &*c.borrow() {
+        Some(t) => (t.id, Some(t.peer)),
+        None => (0, None),
+    })
+}
+
 /// Counts a request on the current connection.
 #[inline]
 pub(crate) fn count_request() {

@@ -194,10 +194,13 @@ impl Stopwatch {
         }
     }
 
-    #[cfg(feature = "metrics")]
+    /// Time since `start` (zero with the `metrics` feature off).
     #[inline]
     fn elapsed(self) -> Duration {
-        self.started.elapsed()
+        #[cfg(feature = "metrics")]
+        return self.started.elapsed();
+        #[cfg(not(feature = "metrics"))]
+        Duration::ZERO
     }
 }
 
@@ -212,9 +215,18 @@ pub(crate) struct RequestRecord {
     stopwatch: Option<Stopwatch>,
     request_bytes: u64,
     response_bytes: u64,
+    /// The exact status sent (0: none), for the access log.
+    code: u16,
+    /// Method and path, only when the access log is on.
+    access: Option<Box<(http::Method, String)>>,
 }
 
 impl RequestRecord {
+    /// Turns on the access-log line for this request.
+    pub(crate) fn log_access(&mut self, method: http::Method, path: String) {
+        self.access = Some(Box::new((method, path)));
+    }
+
     /// Starts timing a request; it is in flight until the record drops.
     #[inline]
     pub(crate) fn start(ctx: &Rc<WorkerContext>, method: MethodLabel) -> RequestRecord {
@@ -236,12 +248,15 @@ impl RequestRecord {
             stopwatch: None,
             request_bytes: 0,
             response_bytes: 0,
+            code: 0,
+            access: None,
         }
     }
 
     /// Notes the status of the response head that went out.
     #[inline]
     pub(crate) fn status(&mut self, status: StatusCode) {
+        self.code = status.as_u16();
         self.status = (status.as_u16() / 100).clamp(1, 5) as u8 - 1;
     }
 
@@ -261,6 +276,22 @@ impl RequestRecord {
 impl Drop for RequestRecord {
     #[inline]
     fn drop(&mut self) {
+        if let Some(access) = self.access.take() {
+            let elapsed = self.stopwatch.map_or(Duration::ZERO, Stopwatch::elapsed);
+            let (conn, peer) = crate::lifecycle::current_id_and_peer();
+            tracing::info!(
+                target: "megaconn::access",
+                conn,
+                peer = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                method = %access.0,
+                path = %access.1,
+                status = self.code,
+                duration_us = elapsed.as_micros() as u64,
+                bytes_in = self.request_bytes,
+                bytes_out = self.response_bytes,
+                "request"
+            );
+        }
         #[cfg(feature = "metrics")]
         {
             let elapsed = self.stopwatch.map_or(Duration::ZERO, Stopwatch::elapsed);

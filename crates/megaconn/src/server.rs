@@ -385,6 +385,14 @@ impl Builder {
         self
     }
 
+    /// Logs one line per request at info level, target `megaconn::access`:
+    /// connection id, peer, method, path, status, duration, body bytes. Off by
+    /// default (it formats a line per request).
+    pub fn access_log(mut self, on: bool) -> Builder {
+        self.config.access_log = on;
+        self
+    }
+
     /// Whether connections are kept open between requests. Default: true.
     pub fn keep_alive(mut self, on: bool) -> Builder {
         self.config.keep_alive = on;

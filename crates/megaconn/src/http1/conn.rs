@@ -258,6 +258,11 @@ where
     );
     let read_timeout = config.read_timeout;
 
+    let access = conn
+        .ctx
+        .config
+        .access_log
+        .then(|| (head.method.clone(), head.uri.path().to_owned()));
     let mut request = Request::new(body);
     *request.method_mut() = head.method;
     *request.uri_mut() = head.uri;
@@ -308,6 +313,7 @@ where
         expect,
         upgrade,
         read_timeout,
+        access,
     };
     Exchange::new(conn, handler, setup).await
 }

@@ -84,6 +84,8 @@ pub(crate) struct ExchangeSetup {
     pub expect: Continue,
     pub upgrade: Option<UpgradeSender>,
     pub read_timeout: Option<Duration>,
+    /// Method and path for the access log, when it is on.
+    pub access: Option<(http::Method, String)>,
 }
 
 pin_project_lite::pin_project! {
@@ -118,13 +120,16 @@ where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    pub(crate) fn new(conn: &'c mut ConnIo<T>, handler: F, setup: ExchangeSetup) -> Self {
+    pub(crate) fn new(conn: &'c mut ConnIo<T>, handler: F, mut setup: ExchangeSetup) -> Self {
         use futures_util::FutureExt;
         let deadline = match (&setup.decoder, setup.read_timeout) {
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
         };
-        let record = RequestRecord::start(&conn.ctx, setup.method);
+        let mut record = RequestRecord::start(&conn.ctx, setup.method);
+        if let Some((method, path)) = setup.access.take() {
+            record.log_access(method, path);
+        }
         Exchange {
             conn,
             handler: Some(AssertUnwindSafe(handler).catch_unwind()),
