@@ -103,10 +103,12 @@ status_line() { # rc secs
   echo "## Idle-connection memory"
   echo
   if [[ -s "$OUT_DIR/idle-memory.last.md" ]]; then cat "$OUT_DIR/idle-memory.last.md"; else echo "_no results_"; fi
-  if [[ -s "$BENCH_DIR/MILLION.md" ]]; then
-    echo
-    cat "$BENCH_DIR/MILLION.md"
-  fi
+  for section in MILLION.md METRICS.md; do
+    if [[ -s "$BENCH_DIR/$section" ]]; then
+      echo
+      cat "$BENCH_DIR/$section"
+    fi
+  done
 } >"$RESULTS"
 
 log "wrote $RESULTS (total $((SECONDS - t0)) s)"
