@@ -76,7 +76,9 @@ async fn each_close_reason_is_reported_once() {
             .park_idle_after(None)
             // Long enough that a slow machine never trips them mid-scenario.
             .idle_timeout(Some(Duration::from_secs(1)))
-            .read_header_timeout(Some(Duration::from_secs(1))),
+            .read_header_timeout(Some(Duration::from_secs(1)))
+            .read_timeout(Some(Duration::from_secs(1)))
+            .write_timeout(Some(Duration::from_secs(1))),
     );
     let server = TestServer::start(builder).await;
 
@@ -118,6 +120,7 @@ async fn each_close_reason_is_reported_once() {
     let mut s = server.connect().await;
     s.write_all(b"GARBAGE\r\n\r\n").await.unwrap();
     read_to_close(&mut s).await;
+    drop(s);
     assert_eq!(
         events.next_close().await.0,
         CloseReason::Protocol(http::StatusCode::BAD_REQUEST)
@@ -130,6 +133,31 @@ async fn each_close_reason_is_reported_once() {
         .unwrap();
     read_to_close(&mut s).await;
     assert_eq!(events.next_close().await.0, CloseReason::Panic);
+
+    // Read timeout: a body that stops arriving.
+    let mut s = server.connect().await;
+    s.write_all(b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    assert_eq!(events.next_close().await.0, CloseReason::ReadTimeout);
+    drop(s);
+
+    // Write timeout: a response body that never ends.
+    let mut s = server.connect().await;
+    s.write_all(b"GET /forever-body HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    assert_eq!(events.next_close().await.0, CloseReason::WriteTimeout);
+    drop(s);
+
+    // Unread body: the client waits for 100-continue that never comes.
+    let mut s = server.connect().await;
+    s.write_all(
+        b"POST /ignore-body HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    read_to_close(&mut s).await;
+    drop(s);
+    assert_eq!(events.next_close().await.0, CloseReason::UnreadBody);
 
     // Upgrade.
     let mut s = server.connect().await;
