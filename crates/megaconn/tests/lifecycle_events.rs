@@ -144,7 +144,9 @@ async fn each_close_reason_is_reported_once() {
 
     // Write timeout: a response body that never ends.
     let mut s = server.connect().await;
-    s.write_all(b"GET /forever-body HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /forever-body HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(events.next_close().await.0, CloseReason::WriteTimeout);
     drop(s);
 
