@@ -161,6 +161,26 @@ async fn each_close_reason_is_reported_once() {
     drop(s);
     assert_eq!(events.next_close().await.0, CloseReason::UnreadBody);
 
+    // Server error: the response body fails mid-stream.
+    let mut s = server.connect().await;
+    s.write_all(b"GET /failing-body HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    read_to_close(&mut s).await;
+    drop(s);
+    assert_eq!(events.next_close().await.0, CloseReason::ServerError);
+
+    // I/O error: the client resets an idle connection.
+    let mut s = server.connect().await;
+    get(&mut s, "").await;
+    read_response(&mut s).await;
+    s.set_zero_linger().unwrap();
+    drop(s);
+    assert_eq!(
+        events.next_close().await.0,
+        CloseReason::Io(std::io::ErrorKind::ConnectionReset)
+    );
+
     // Upgrade.
     let mut s = server.connect().await;
     s.write_all(

@@ -39,7 +39,7 @@ pub enum Event {
 /// `/status/N` empty response with status N · `/chunked` body of unknown length ·
 /// `/panic` sync panic · `/panic-async` panic inside the future ·
 /// `/wait` block until `release` is notified · `/forever-body` a body that never
-/// ends · `/upgrade` 101 then echo raw bytes.
+/// ends · `/failing-body` a body that fails after one chunk · `/upgrade` 101 then echo raw bytes.
 #[derive(Clone)]
 pub struct TestApp {
     pub events: mpsc::UnboundedSender<Event>,
@@ -154,6 +154,15 @@ impl tower::Service<Request<Body>> for TestApp {
                     guard.armed = false;
                     let _ = events.send(Event::Finished(path.clone()));
                     full(StatusCode::OK, "released")
+                }
+                "/failing-body" => {
+                    let chunks: Vec<Result<http_body::Frame<Bytes>, BoxError>> = vec![
+                        Ok(http_body::Frame::data(Bytes::from_static(b"partial"))),
+                        Err("the body source failed".into()),
+                    ];
+                    Response::new(
+                        StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync(),
+                    )
                 }
                 "/forever-body" => Response::new(
                     StreamBody::new(futures_util::stream::pending::<
