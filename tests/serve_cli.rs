@@ -10,10 +10,18 @@ fn megaconn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_megaconn"))
 }
 
-#[test]
-fn serve_answers_and_exits_cleanly_on_sigterm() {
+/// Starts `megaconn serve --listen 127.0.0.1:0 --workers 1 EXTRA…`; returns the
+/// child, its stdout after the first line, and the address that line printed.
+fn start_serve(
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
     let mut child = megaconn()
         .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -33,17 +41,35 @@ fn serve_answers_and_exits_cleanly_on_sigterm() {
         .next()
         .unwrap()
         .to_string();
+    (child, stdout, addr)
+}
 
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
+/// One request with `Connection: close`; the whole response.
+fn get_once(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+#[test]
+fn serve_answers_and_exits_cleanly_on_sigterm() {
+    let (mut child, mut stdout, addr) = start_serve(&[]);
+    let response = get_once(&addr, "/");
     assert!(response.starts_with("HTTP/1.1 200 OK"));
     assert!(response.ends_with("Hello, World!"));
 
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    sigterm(&child);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     let mut rest = String::new();
@@ -97,42 +123,10 @@ fn a_port_in_use_exits_1_with_a_clear_message() {
 
 #[test]
 fn access_log_writes_one_json_line_per_request() {
-    let mut child = megaconn()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--admin",
-            "off",
-            "--access-log",
-            "--log-format",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let addr = first
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    assert!(response.ends_with("ok"));
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (mut child, _stdout, addr) =
+        start_serve(&["--admin", "off", "--access-log", "--log-format", "json"]);
+    assert!(get_once(&addr, "/healthz").ends_with("ok"));
+    sigterm(&child);
     let mut stderr = String::new();
     child
         .stderr
