@@ -20,7 +20,7 @@ use crate::limit::ConnectionLimit;
 use crate::park::Respawn;
 use crate::socket::configure_accepted;
 use crate::stats::{gauge, incr};
-use crate::worker::WorkerContext;
+use crate::worker::{Incoming, WorkerContext};
 
 /// First back-off delay after a resource error.
 const BACKOFF_START: Duration = Duration::from_millis(5);
@@ -117,7 +117,7 @@ pub(crate) async fn accept_loop(
                 }
                 configure_accepted(&stream, &ctx.config);
                 gauge(&ctx.stats.connections_open, 1);
-                spawn_connection(stream, held, track);
+                spawn_connection(Incoming::Accepted(stream), held, track);
             }
             Err(e) => {
                 slot = Some(held);

@@ -78,6 +78,7 @@ mod stats;
 mod tls;
 mod transport;
 mod upgrade;
+mod woken;
 mod worker;
 
 pub use body::Body;

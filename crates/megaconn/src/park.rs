@@ -11,9 +11,13 @@
 //!
 //! Idle timeouts of parked sockets are not timers: once a second a sweep walks
 //! the deadline array (a few hundred microseconds per million entries) and
-//! closes the expired ones. The price of parking is CPU per idle→active cycle
-//! (`epoll_ctl` twice, a task spawn), so only cold connections are parked and
-//! busy keep-alive connections stay tasks.
+//! closes the expired ones. The price of parking is CPU per idle→active cycle,
+//! so only cold connections are parked and busy keep-alive connections stay
+//! tasks; and the cycle is kept cheap for the common cold case, a heartbeat: a
+//! socket stays in the private set while it is awake (registered with
+//! `EPOLLONESHOT`, so one wake-up disarms it), is served without registering
+//! with tokio unless it has to wait (`woken.rs`), and re-parking it is a
+//! single `EPOLL_CTL_MOD`.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -23,17 +27,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::http1::CloseReason;
 use crate::lifecycle::{self, ConnTrack};
 use crate::limit::{ConnectionLimit, ConnectionSlot};
 use crate::stats::{gauge, incr, WorkerStats};
-use crate::worker::WorkerContext;
+use crate::worker::{Incoming, WorkerContext};
 
-/// Deadline value of a parked socket with no idle timeout.
+/// Per-fd state: not in the private epoll set.
+const ABSENT: u32 = 0;
+
+/// Per-fd state: parked with no idle timeout.
 const NO_DEADLINE: u32 = u32::MAX;
+
+/// Per-fd state: woken and served by a task, still in the epoll set (disarmed).
+/// The state goes stale when the task closes the socket (closing takes it out
+/// of the set), which `park` notices and repairs.
+const AWAKE: u32 = u32::MAX - 1;
+
+/// The largest deadline tick, below the special states.
+const MAX_TICK: u32 = u32::MAX - 2;
+
+/// What a parked socket waits for. `EPOLLONESHOT`: the first event disarms it,
+/// so a woken socket can stay in the set without firing again.
+const PARKED_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
 
 /// Events taken from the private epoll set per wake-up.
 const MAX_EVENTS: usize = 256;
@@ -42,14 +60,21 @@ const MAX_EVENTS: usize = 256;
 const TRIM_EVERY: usize = 1024;
 
 /// Turns a woken socket back into a served connection.
-pub(crate) type Respawn = Rc<dyn Fn(TcpStream, ConnectionSlot, Option<Rc<ConnTrack>>)>;
+pub(crate) type Respawn = Rc<dyn Fn(Incoming, ConnectionSlot, Option<Rc<ConnTrack>>)>;
 
 /// One worker's parking lot.
 pub(crate) struct ParkingLot {
     epoll: AsyncFd<OwnedFd>,
-    /// Per file descriptor: 0 when not parked, else the deadline second + 1
-    /// (counted from `epoch`), or [`NO_DEADLINE`].
+    /// Per file descriptor: [`ABSENT`], [`AWAKE`], [`NO_DEADLINE`], or the
+    /// idle deadline's second + 1 (counted from `epoch`).
     deadlines: RefCell<Vec<u32>>,
+    /// Per file descriptor: when it was parked straight after serving a
+    /// wake-up, in milliseconds since `epoch` (wrapping, low bit set); 0 when it
+    /// was parked after idling as a task for `park_idle_after`. To tell, on
+    /// wake-up, a connection that turned busy from a cold one.
+    parked_at: RefCell<Vec<u32>>,
+    /// Re-parked at once and woken again within this: the connection is hot.
+    hot_within: Duration,
     parked: Cell<usize>,
     churn_since_trim: Cell<usize>,
     epoch: Instant,
@@ -70,7 +95,11 @@ impl std::fmt::Debug for ParkingLot {
 
 impl ParkingLot {
     /// Creates the private epoll set. Must run inside the worker's runtime.
-    pub(crate) fn new(limit: ConnectionLimit, stats: Arc<WorkerStats>) -> io::Result<ParkingLot> {
+    pub(crate) fn new(
+        limit: ConnectionLimit,
+        stats: Arc<WorkerStats>,
+        hot_within: Duration,
+    ) -> io::Result<ParkingLot> {
         // SAFETY: epoll_create1 has no memory arguments; we own the returned fd.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -86,6 +115,8 @@ impl ParkingLot {
         Ok(ParkingLot {
             epoll,
             deadlines: RefCell::new(Vec::new()),
+            parked_at: RefCell::new(Vec::new()),
+            hot_within,
             parked: Cell::new(0),
             churn_since_trim: Cell::new(0),
             epoch: Instant::now(),
@@ -108,30 +139,42 @@ impl ParkingLot {
 
     /// Parks an idle connection's socket until it is readable or `deadline`
     /// passes. Its connection slot stays taken (detached) until it closes.
-    pub(crate) fn park(&self, socket: OwnedFd, deadline: Option<Instant>) {
+    /// `at_once`: parked straight after serving a wake-up, not after idling.
+    pub(crate) fn park(&self, socket: OwnedFd, deadline: Option<Instant>, at_once: bool) {
         let fd = socket.as_raw_fd();
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-            u64: fd as u64,
+        let idx = fd as usize;
+        let was_awake = self.deadlines.borrow().get(idx) == Some(&AWAKE);
+        // A socket woken from the lot is still in the set: re-arm it. If it was
+        // closed since (and this descriptor number is a new connection), the
+        // kernel took it out and MOD says so; then add it.
+        let mut rc = if was_awake {
+            self.ctl(libc::EPOLL_CTL_MOD, fd)
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ENOENT))
         };
-        // SAFETY: valid epoll fd, valid socket fd, event outlives the call.
-        let rc =
-            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
-        if rc != 0 {
-            let error = io::Error::last_os_error();
+        if matches!(&rc, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
+            rc = self.ctl(libc::EPOLL_CTL_ADD, fd);
+        }
+        if let Err(error) = rc {
             tracing::warn!(%error, "cannot park connection; closing it");
+            if was_awake {
+                self.deadlines.borrow_mut()[idx] = ABSENT;
+            }
             self.closed(&socket, CloseReason::io(&error));
             if let Some(track) = lifecycle::current() {
                 track.close(CloseReason::io(&error));
             }
             return;
         }
-        let idx = fd as usize;
         let mut deadlines = self.deadlines.borrow_mut();
+        let mut parked_at = self.parked_at.borrow_mut();
         if deadlines.len() <= idx {
-            deadlines.resize((idx + 1).next_power_of_two(), 0);
+            let len = (idx + 1).next_power_of_two();
+            deadlines.resize(len, ABSENT);
+            parked_at.resize(len, 0);
         }
         deadlines[idx] = deadline.map_or(NO_DEADLINE, |d| self.tick_of(d));
+        parked_at[idx] = if at_once { self.millis_now() | 1 } else { 0 };
         // The connection's task is running us: keep its lifecycle track.
         lifecycle::set_state(crate::ConnectionState::Parked);
         if let Some(track) = lifecycle::current() {
@@ -151,28 +194,41 @@ impl ParkingLot {
             .saturating_duration_since(self.epoch)
             .as_secs_f64()
             .ceil() as u64;
-        u32::try_from(secs + 1)
-            .unwrap_or(NO_DEADLINE - 1)
-            .min(NO_DEADLINE - 1)
+        u32::try_from(secs + 1).unwrap_or(MAX_TICK).min(MAX_TICK)
     }
 
-    /// Takes a socket out of the set; the caller owns the returned fd.
-    fn unregister(&self, fd: RawFd) -> Option<OwnedFd> {
+    /// Milliseconds since `epoch`, wrapping (only differences are used).
+    fn millis_now(&self) -> u32 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u32
+    }
+
+    /// Adds a socket to the private set or re-arms it there.
+    fn ctl(&self, op: libc::c_int, fd: RawFd) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: PARKED_EVENTS,
+            u64: fd as u64,
+        };
+        // SAFETY: valid epoll fd, valid socket fd, event outlives the call.
+        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Takes a parked socket out of the lot's care, leaving its slot in `to`
+    /// ([`ABSENT`] for a socket about to be closed, which also takes it out of
+    /// the epoll set; [`AWAKE`] for one being woken). The caller owns the fd.
+    fn unpark(&self, fd: RawFd, to: u32) -> Option<OwnedFd> {
         let mut deadlines = self.deadlines.borrow_mut();
         let slot = deadlines.get_mut(fd as usize)?;
-        if *slot == 0 {
+        if *slot == ABSENT || *slot == AWAKE {
             return None;
         }
-        *slot = 0;
-        // SAFETY: valid fds; a null event is allowed for EPOLL_CTL_DEL.
-        unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            );
-        }
+        *slot = to;
         self.parked.set(self.parked.get() - 1);
         gauge(&self.stats.connections_parked, -1);
         gauge(&self.stats.connections_idle, -1);
@@ -211,27 +267,28 @@ impl ParkingLot {
             return Err(io::Error::last_os_error());
         }
         let respawn = self.respawn.borrow().clone();
+        let now = self.millis_now();
+        let hot_within = self.hot_within.as_millis() as u32;
         for event in &events[..n as usize] {
-            let Some(socket) = self.unregister(event.u64 as RawFd) else {
+            let fd = event.u64 as RawFd;
+            let Some(socket) = self.unpark(fd, AWAKE) else {
                 continue;
             };
             self.churn_since_trim.set(self.churn_since_trim.get() + 1);
             let Some(respawn) = &respawn else {
+                self.deadlines.borrow_mut()[fd as usize] = ABSENT;
                 self.closed(&socket, CloseReason::Shutdown);
                 continue;
             };
             let ip = self.limit.peer_ip(&socket);
-            let fd = socket.as_raw_fd();
-            match TcpStream::from_std(std::net::TcpStream::from(socket)) {
-                Ok(stream) => {
-                    let track = self.tracks.borrow_mut().remove(&fd);
-                    respawn(stream, self.limit.reattach(ip), track);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot wake a parked connection; closed");
-                    self.count_closed(ip, fd, CloseReason::io(&e));
-                }
-            }
+            let parked_at = self.parked_at.borrow()[fd as usize];
+            let hot = parked_at != 0 && now.wrapping_sub(parked_at) < hot_within;
+            let track = self.tracks.borrow_mut().remove(&fd);
+            respawn(
+                Incoming::Woken { socket, hot },
+                self.limit.reattach(ip),
+                track,
+            );
         }
         Ok(n as usize)
     }
@@ -244,11 +301,11 @@ impl ParkingLot {
             .borrow()
             .iter()
             .enumerate()
-            .filter(|(_, d)| **d != 0 && **d != NO_DEADLINE && **d <= now)
+            .filter(|(_, d)| **d != ABSENT && **d <= now)
             .map(|(fd, _)| fd as RawFd)
             .collect();
         for fd in expired {
-            if let Some(socket) = self.unregister(fd) {
+            if let Some(socket) = self.unpark(fd, ABSENT) {
                 incr(&self.stats.timeouts);
                 self.closed(&socket, CloseReason::IdleTimeout);
             }
@@ -266,12 +323,12 @@ impl ParkingLot {
             .borrow()
             .iter()
             .enumerate()
-            .filter(|(_, d)| **d != 0)
+            .filter(|(_, d)| **d != ABSENT && **d != AWAKE)
             .map(|(fd, _)| fd as RawFd)
             .collect();
         let mut n = 0;
         for fd in parked {
-            if let Some(socket) = self.unregister(fd) {
+            if let Some(socket) = self.unpark(fd, ABSENT) {
                 self.closed(&socket, CloseReason::Shutdown);
                 n += 1;
             }

@@ -28,6 +28,14 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     /// qualify (a TLS stream has session state that lives in user space).
     const PARKABLE: bool = false;
 
+    /// Whether an idle connection on this stream should be parked at once
+    /// instead of after `park_idle_after`: true for a socket woken from the
+    /// parking lot that served its requests without ever having to wait, which
+    /// is what a heartbeat on a cold connection looks like (see `woken.rs`).
+    fn repark_when_idle(&self) -> bool {
+        false
+    }
+
     /// Gives up the stream as a bare socket for parking. Called only when
     /// [`PARKABLE`](Transport::PARKABLE) is true.
     fn into_parked(self) -> io::Result<OwnedFd>

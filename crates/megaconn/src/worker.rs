@@ -9,11 +9,13 @@
 //! instead of a pool.)
 
 use std::net::TcpListener as StdTcpListener;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
 use tokio::net::TcpStream;
@@ -24,13 +26,14 @@ use tower_service::Service;
 use crate::acceptor::accept_loop;
 use crate::body::Body;
 use crate::config::Config;
-use crate::http1::{head::HeadLimits, ConnEnd};
+use crate::http1::{self, head::HeadLimits, ConnEnd};
 use crate::lifecycle::{ConnTrack, Registry, Tracked};
 use crate::limit::{ConnectionLimit, ConnectionSlot};
 use crate::park::{self, ParkingLot, Respawn};
 use crate::pool::BufferPool;
 use crate::shutdown::LocalShutdown;
 use crate::stats::{gauge, incr, WorkerStats};
+use crate::woken::WokenSocket;
 use crate::BoxError;
 
 /// What every connection of one worker shares.
@@ -113,8 +116,19 @@ where
         })
 }
 
+/// A connection to serve: freshly accepted, or woken from the parking lot.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// Accepted by a listener (TLS, if configured, starts here).
+    Accepted(TcpStream),
+    /// A parked socket that turned readable; `hot` when it had been re-parked
+    /// straight after its last request and woke again within
+    /// `park_idle_after` (see `woken.rs`).
+    Woken { socket: OwnedFd, hot: bool },
+}
+
 /// Spawns the task serving one connection; shared by the acceptor and the
-/// parking lot (a woken parked connection is spawned the same way).
+/// parking lot.
 pub(crate) fn connection_spawner<S, B>(
     ctx: &Rc<WorkerContext>,
     service: S,
@@ -130,27 +144,52 @@ where
     let ctx = Rc::downgrade(ctx);
     let tracker = tracker.clone();
     Rc::new(
-        move |stream: TcpStream, slot: ConnectionSlot, track: Option<Rc<ConnTrack>>| {
+        move |incoming: Incoming, slot: ConnectionSlot, track: Option<Rc<ConnTrack>>| {
             let Some(ctx) = ctx.upgrade() else { return };
-            let conn = crate::tls::serve_accepted(stream, service.clone(), ctx.clone());
-            let conn = Tracked::new(conn, track.clone());
-            tokio::task::spawn_local(tracker.track_future(async move {
-                match conn.await {
-                    ConnEnd::Closed(reason) => {
-                        drop(slot);
-                        gauge(&ctx.stats.connections_open, -1);
-                        incr(&ctx.stats.closed);
-                        if let Some(track) = track {
-                            track.close(reason);
-                        }
-                    }
-                    // Still open, now a bare socket in the parking lot, which
-                    // releases the slot (and reports the close) when it closes.
-                    ConnEnd::Parked => slot.detach(),
-                }
-            }));
+            let service = service.clone();
+            let spawn = |conn| spawn_tracked(&tracker, ctx.clone(), conn, slot, track);
+            match incoming {
+                Incoming::Accepted(stream) => spawn(Either::Left(crate::tls::serve_accepted(
+                    stream,
+                    service,
+                    ctx.clone(),
+                ))),
+                // Only cleartext HTTP/1 connections are ever parked.
+                Incoming::Woken { socket, hot } => spawn(Either::Right(http1::serve_connection(
+                    WokenSocket::new(socket, hot),
+                    service,
+                    ctx.clone(),
+                ))),
+            }
         },
     )
+}
+
+/// Runs one connection's future as a task and settles its accounts when it
+/// closes (or hands the connection to the parking lot).
+fn spawn_tracked(
+    tracker: &TaskTracker,
+    ctx: Rc<WorkerContext>,
+    conn: impl std::future::Future<Output = ConnEnd> + 'static,
+    slot: ConnectionSlot,
+    track: Option<Rc<ConnTrack>>,
+) {
+    let conn = Tracked::new(conn, track.clone());
+    tokio::task::spawn_local(tracker.track_future(async move {
+        match conn.await {
+            ConnEnd::Closed(reason) => {
+                drop(slot);
+                gauge(&ctx.stats.connections_open, -1);
+                incr(&ctx.stats.closed);
+                if let Some(track) = track {
+                    track.close(reason);
+                }
+            }
+            // Still open, now a bare socket in the parking lot, which
+            // releases the slot (and reports the close) when it closes.
+            ConnEnd::Parked => slot.detach(),
+        }
+    }));
 }
 
 async fn run<S, B>(setup: WorkerSetup<S>) -> WorkerSummary
@@ -171,13 +210,13 @@ where
         mut shutdown,
         registry,
     } = setup;
-    let park = if config.park_idle_after.is_some() {
-        ParkingLot::new(limit.clone(), stats.clone())
+    // A connection woken less than `park_idle_after` after it was parked is
+    // busy again: it waits as a task before it is parked once more.
+    let park = config.park_idle_after.and_then(|hot_within| {
+        ParkingLot::new(limit.clone(), stats.clone(), hot_within)
             .map_err(|e| tracing::warn!(worker = index, error = %e, "no parking lot; idle connections stay tasks"))
             .ok()
-    } else {
-        None
-    };
+    });
     let mut ctx = WorkerContext::new(index, config.clone(), stats, park);
     ctx.registry = registry;
     let ctx = Rc::new(ctx);

@@ -90,9 +90,10 @@ where
             let Some(lot) = ctx.park.as_ref() else {
                 return ConnEnd::Closed(CloseReason::ServerClosed);
             };
+            let at_once = io.repark_when_idle();
             match io.into_parked() {
                 Ok(socket) => {
-                    lot.park(socket, deadline);
+                    lot.park(socket, deadline, at_once);
                     ConnEnd::Parked
                 }
                 Err(e) => {
@@ -132,6 +133,12 @@ where
             }
             conn.buffers.release();
             let idle_deadline = idle_timeout.map(|t| Instant::now() + t);
+            // A woken cold connection that served its request without waiting
+            // goes straight back to the lot: waiting as a task first would cost
+            // a registration and a timer for what is, most likely, a heartbeat.
+            if !first && conn.io.repark_when_idle() && conn.ctx.park.is_some() {
+                return Ended::Park(idle_deadline);
+            }
             // A cold connection is parked rather than kept as a waiting task.
             let park_deadline = match conn.ctx.config.park_idle_after {
                 Some(after) if T::PARKABLE && !first && conn.ctx.park.is_some() => {

@@ -1,0 +1,205 @@
+//! A socket woken from the parking lot, served without tokio until it must wait.
+//!
+//! A parked connection that turns readable usually carries one short request (a
+//! heartbeat, a poll) and then goes quiet again for a long time. Turning it back
+//! into a registered `TcpStream` for that costs two `epoll_ctl` calls on the way
+//! in and two on the way out (out of the lot's set into tokio's, and back), a
+//! `ScheduledIo` allocation and a timer: measured here, `epoll_ctl` alone was a
+//! third of the server's CPU per heartbeat. So a woken socket starts as a bare
+//! descriptor: reads and writes are plain non-blocking syscalls, and only when
+//! one of them would block does the socket register with tokio and wait there
+//! like any other stream. A woken connection that never had to wait goes back
+//! into the lot as soon as its exchange is done (see [`Transport::repark_when_idle`]),
+//! where re-arming it is a single `EPOLL_CTL_MOD`, because the lot keeps the
+//! socket in its epoll set (disarmed by `EPOLLONESHOT`) while it is awake.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::transport::Transport;
+
+/// A woken parked socket: a bare descriptor until an operation would block,
+/// then a registered [`TcpStream`].
+#[derive(Debug)]
+pub(crate) struct WokenSocket {
+    state: State,
+    /// Re-parked straight after its last request and woken again soon: the
+    /// connection is busy again, so it waits as a task for `park_idle_after`
+    /// like a fresh one instead of going back to the lot after each request.
+    hot: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Not registered with tokio: every operation is a direct syscall.
+    Bare(OwnedFd),
+    /// Registered after an operation would have blocked.
+    Registered(TcpStream),
+    /// Only while switching from `Bare` to `Registered` (or after that failed).
+    Gone,
+}
+
+impl WokenSocket {
+    /// Wraps a socket the parking lot just woke (it is non-blocking already).
+    pub(crate) fn new(socket: OwnedFd, hot: bool) -> WokenSocket {
+        WokenSocket {
+            state: State::Bare(socket),
+            hot,
+        }
+    }
+
+    /// Registers the socket with tokio (once), so the caller can wait on it.
+    fn registered(&mut self) -> io::Result<&mut TcpStream> {
+        if let State::Bare(_) = self.state {
+            let State::Bare(fd) = std::mem::replace(&mut self.state, State::Gone) else {
+                unreachable!("checked just above")
+            };
+            self.state = State::Registered(TcpStream::from_std(std::net::TcpStream::from(fd))?);
+        }
+        match &mut self.state {
+            State::Registered(stream) => Ok(stream),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the woken socket could not be registered with the runtime",
+            )),
+        }
+    }
+
+    fn bare(&self) -> Option<BorrowedFd<'_>> {
+        match &self.state {
+            State::Bare(fd) => Some(fd.as_fd()),
+            _ => None,
+        }
+    }
+}
+
+/// The result of a non-blocking syscall returning a byte count, with "would
+/// block" as `None`.
+fn syscall_result(n: isize) -> io::Result<Option<usize>> {
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let error = io::Error::last_os_error();
+    match error.kind() {
+        io::ErrorKind::WouldBlock => Ok(None),
+        _ => Err(error),
+    }
+}
+
+impl AsyncRead for WokenSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(fd) = self.bare() {
+            let unfilled = buf.initialize_unfilled();
+            loop {
+                // SAFETY: `unfilled` is valid writable memory of the given length.
+                let n = unsafe {
+                    libc::recv(
+                        fd.as_raw_fd(),
+                        unfilled.as_mut_ptr().cast(),
+                        unfilled.len(),
+                        0,
+                    )
+                };
+                match syscall_result(n) {
+                    Ok(Some(n)) => {
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                    // Nothing to read: from here on, wait like any stream.
+                    Ok(None) => break,
+                }
+            }
+        }
+        let stream = self.registered()?;
+        Pin::new(stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WokenSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(fd) = self.bare() {
+            loop {
+                // SAFETY: `data` is valid readable memory of the given length.
+                // MSG_NOSIGNAL: a peer that went away is an error, not SIGPIPE.
+                let n = unsafe {
+                    libc::send(
+                        fd.as_raw_fd(),
+                        data.as_ptr().cast(),
+                        data.len(),
+                        libc::MSG_NOSIGNAL,
+                    )
+                };
+                match syscall_result(n) {
+                    Ok(Some(n)) => return Poll::Ready(Ok(n)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                    // The send buffer is full: wait for room like any stream.
+                    Ok(None) => break,
+                }
+            }
+        }
+        let stream = self.registered()?;
+        Pin::new(stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.state {
+            State::Registered(stream) => Pin::new(stream).poll_flush(cx),
+            // A socket has nothing of ours to flush.
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(fd) = self.bare() {
+            // SAFETY: shutdown takes no memory arguments.
+            let rc = unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
+            return Poll::Ready(syscall_result(rc as isize).map(|_| ()));
+        }
+        let stream = self.registered()?;
+        Pin::new(stream).poll_shutdown(cx)
+    }
+}
+
+impl Transport for WokenSocket {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.state {
+            State::Registered(stream) => stream.poll_read_ready(cx),
+            // The lot woke us because the socket is readable, and a read that
+            // would block registers it (see `poll_read`).
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    const PARKABLE: bool = true;
+
+    fn repark_when_idle(&self) -> bool {
+        !self.hot && matches!(self.state, State::Bare(_))
+    }
+
+    fn into_parked(self) -> io::Result<OwnedFd> {
+        match self.state {
+            State::Bare(fd) => Ok(fd),
+            State::Registered(stream) => Ok(stream.into_std()?.into()),
+            State::Gone => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the woken socket was lost while registering",
+            )),
+        }
+    }
+}
