@@ -342,6 +342,14 @@ async fn exchange(
                 c.heartbeats_ok.fetch_add(1, Relaxed);
                 record_ns(&mut ctx.hist.borrow_mut(), sent.elapsed().as_nanos() as u64);
                 spill.clear();
+                // The reply was all the server had to say: forget the socket's
+                // readiness instead of finding out with a read that would
+                // block — one syscall less per heartbeat, which at a million
+                // connections is a good part of the client's CPU. (A hang-up
+                // that raced the reply is then seen at the next heartbeat.)
+                let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
                 return if close { Err(Ended::Dropped) } else { Ok(()) };
             }
             Reply::Bad => {
