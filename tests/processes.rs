@@ -1,6 +1,6 @@
 //! `megaconn serve --processes P`: a supervisor restarts a worker process that
 //! dies, keeps the port answering, drains every worker on SIGTERM and reports
-//! whole-server totals.
+//! whole-server totals, live on its admin `/metrics` and in its summary.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -43,6 +43,7 @@ struct Supervisor {
     child: Child,
     lines: std::io::Lines<BufReader<ChildStdout>>,
     addr: String,
+    admin: String,
     worker_pids: Vec<i32>,
 }
 
@@ -50,13 +51,19 @@ impl Supervisor {
     fn start(processes: usize) -> Supervisor {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_megaconn"))
-            .args(["serve", "--listen", &addr, "--workers", "1", "--processes"])
+            .args(["serve", "--listen", &addr, "--workers", "1", "--admin"])
+            .args(["127.0.0.1:0", "--processes"])
             .arg(processes.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let admin_line = lines.next().unwrap().unwrap();
+        let admin = admin_line
+            .strip_prefix("megaconn admin on http://")
+            .unwrap_or_else(|| panic!("no admin address: {admin_line}"))
+            .to_string();
         let first = lines.next().unwrap().unwrap();
         assert!(first.contains("worker processes"), "{first}");
         let worker_pids = (0..processes)
@@ -73,6 +80,7 @@ impl Supervisor {
             child,
             lines,
             addr,
+            admin,
             worker_pids,
         }
     }
@@ -121,4 +129,53 @@ fn sigterm_drains_every_worker_process_and_reports_totals() {
         summary.contains("3 worker processes, 9 connections accepted, 9 requests"),
         "{summary}"
     );
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn the_supervisor_admin_serves_whole_server_totals() {
+    let mut sup = Supervisor::start(3);
+    // Keep-alive connections stay open, so they show as a gauge too.
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(&sup.addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].ends_with(b"Hello, World!"));
+        held.push(s);
+    }
+    // Worker processes publish their counters a few times a second: poll the
+    // totals (bounded) until all six requests show.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = get(&sup.admin, "/metrics");
+        if metric(&text, "megaconn_requests_total") == Some(6.0)
+            && metric(&text, "megaconn_connections_open") == Some(6.0)
+        {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "totals never reached 6: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        metric(&text, "megaconn_connections_accepted_total"),
+        Some(6.0)
+    );
+    let per_process = text
+        .lines()
+        .filter(|l| l.starts_with("megaconn_process_connections{"))
+        .count();
+    assert_eq!(per_process, 3, "{text}");
+    drop(held);
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.child.wait().unwrap().code(), Some(0));
 }

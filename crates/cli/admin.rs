@@ -8,6 +8,11 @@
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of the whole process for N s (1..=60, default 30), gzipped pprof protobuf; `&format=svg` for a flame graph; one at a time (409 while one runs) |
 //! | `GET /debug/pprof/heap` | 501: heap profiling needs a jemalloc build with profiling on |
 //!
+//! Under `--processes` the supervisor runs the admin listener (worker processes
+//! have none): `/metrics` there gives whole-server totals added up from every
+//! worker process (see `shared_stats.rs`), `/debug/runtime` one line per worker
+//! process; connection lists and profiles are per process and not served.
+//!
 //! It listens on 127.0.0.1:9090 unless told otherwise (`--admin ADDR`,
 //! `admin = "ADDR"`, `off` disables) and stops with the main server. Keep it
 //! on a loopback or otherwise private address: it has no authentication.
@@ -18,6 +23,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use megaconn::{Body, ServerHandle};
+
+use crate::shared_stats::SharedStats;
 
 /// The admin address when none is configured.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
@@ -72,11 +80,20 @@ impl Drop for Admin {
     }
 }
 
-/// Starts the admin server for `main` on the current runtime and prints its
+/// Whose figures the admin listener serves.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The server of this process.
+    Server(ServerHandle),
+    /// A supervisor's worker processes, through the shared counter block.
+    Processes(Arc<SharedStats>),
+}
+
+/// Starts the admin server for `source` on the current runtime and prints its
 /// address (`megaconn admin on http://ADDR`). `None` means the default
 /// address: if that is taken, serving goes on without the admin listener (a
 /// warning says so); an address asked for that cannot be bound is an error.
-pub fn start(setting: Option<AdminAddr>, main: ServerHandle) -> anyhow::Result<Option<Admin>> {
+pub fn start(setting: Option<AdminAddr>, source: Source) -> anyhow::Result<Option<Admin>> {
     let explicit = setting.is_some();
     let addr = match setting {
         Some(AdminAddr::Off) => return Ok(None),
@@ -103,17 +120,76 @@ pub fn start(setting: Option<AdminAddr>, main: ServerHandle) -> anyhow::Result<O
         handle: server.handle(),
         addr: server.local_addr(),
     };
-    let service = AdminService {
-        main,
-        started: Instant::now(),
-    };
     crate::say!("megaconn admin on http://{}", admin.addr);
+    let started = Instant::now();
     tokio::spawn(async move {
-        if let Err(e) = server.serve(service).await {
+        let served = match source {
+            Source::Server(main) => server.serve(AdminService { main, started }).await,
+            Source::Processes(shared) => server.serve(ProcessesAdmin { shared }).await,
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "admin server failed");
         }
     });
     Ok(Some(admin))
+}
+
+/// The supervisor's admin routes: whole-server totals.
+#[derive(Debug, Clone)]
+struct ProcessesAdmin {
+    shared: Arc<SharedStats>,
+}
+
+impl tower::Service<Request<Body>> for ProcessesAdmin {
+    type Response = Response<AdminBody>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<AdminBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        std::future::ready(Ok(self.route(&req)))
+    }
+}
+
+impl ProcessesAdmin {
+    fn route(&self, req: &Request<Body>) -> Response<AdminBody> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        match req.uri().path() {
+            "/" => text(
+                StatusCode::OK,
+                "megaconn admin (supervisor: totals of every worker process)\n\n/metrics\n/debug/runtime\n",
+            ),
+            "/metrics" => respond(
+                StatusCode::OK,
+                megaconn::metrics::TEXT_CONTENT_TYPE,
+                self.shared.render_prometheus(),
+            ),
+            "/debug/runtime" => {
+                let t = self.shared.total();
+                let body = serde_json::json!({
+                    "connections_open": t.connections_open,
+                    "connections_idle": t.connections_idle,
+                    "connections_parked": t.connections_parked,
+                    "accepted": t.accepted,
+                    "requests": t.requests,
+                    "process_connections": t.connections_per_worker,
+                });
+                respond(StatusCode::OK, "application/json", body.to_string())
+            }
+            "/debug/connections" | "/debug/pprof/profile" | "/debug/pprof/heap" => text(
+                StatusCode::NOT_IMPLEMENTED,
+                "connection lists and profiles are per process, and worker processes of \
+                 --processes have no admin listener: run one process (raise the open-file \
+                 limit instead) to use them\n",
+            ),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
 }
 
 /// The admin routes.

@@ -371,7 +371,7 @@ async fn serve(
     // Stops when dropped, after the main server. Worker processes of a
     // supervisor have none (they would contend for one port).
     let _admin = match shared {
-        None => crate::admin::start(admin, handle.clone())?,
+        None => crate::admin::start(admin, crate::admin::Source::Server(handle.clone()))?,
         Some(_) => None,
     };
     let app = Demo::new(handle.clone());

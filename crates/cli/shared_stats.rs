@@ -4,14 +4,20 @@
 //! The supervisor creates the block (a `memfd`, inherited by its children) and
 //! names its descriptor in `MEGACONN_STATS_FD`; each worker process copies its
 //! own counters into its slot a few times a second. Any reader (the supervisor's
-//! status lines and summary) adds the slots up, so totals are for the whole
-//! server, not for whichever process answered.
+//! admin `/metrics` and its summary) adds the slots up, so totals are for the
+//! whole server, not for whichever process answered.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use megaconn::ServerStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 /// Values copied per process: three gauges, then counters (see `publish`).
 const FIELDS: usize = 10;
@@ -28,6 +34,14 @@ pub struct SharedStats {
     fd: OwnedFd,
     /// Counters of processes that exited (kept by the supervisor only).
     retired: [AtomicI64; FIELDS],
+}
+
+impl std::fmt::Debug for SharedStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStats")
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
 }
 
 // SAFETY: the mapping is only accessed through atomics and lives as long as
@@ -158,6 +172,103 @@ impl SharedStats {
     }
 }
 
+impl SharedStats {
+    /// The whole server's totals as Prometheus text, for the supervisor's admin
+    /// `/metrics`. Same metric names as a single process's `/metrics` for what
+    /// the shared block carries (`megaconn_requests` without its method and
+    /// status labels), plus `megaconn_process_connections` per worker process.
+    pub fn render_prometheus(&self) -> String {
+        let mut registry = Registry::with_prefix("megaconn");
+        registry.register_collector(Box::new(Totals(self.total())));
+        let mut out = String::with_capacity(2048);
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// A snapshot of the totals, encoded once per scrape.
+#[derive(Debug)]
+struct Totals(ServerStats);
+
+impl Collector for Totals {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = &self.0;
+        let gauges = [
+            (
+                "connections_open",
+                "Connections open now, all worker processes.",
+                t.connections_open,
+            ),
+            (
+                "connections_idle",
+                "Open connections waiting for their next request (parked included).",
+                t.connections_idle,
+            ),
+            (
+                "connections_parked",
+                "Idle connections parked outside the runtime.",
+                t.connections_parked,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            ConstGauge::new(v).encode(e.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        let counters = [
+            (
+                "connections_accepted",
+                "Connections accepted since start (exited worker processes included).",
+                t.accepted,
+            ),
+            (
+                "connections_closed",
+                "Connections closed since start.",
+                t.closed,
+            ),
+            ("requests", "Requests handed to the service.", t.requests),
+            (
+                "panics",
+                "Handlers or response bodies that panicked.",
+                t.panics,
+            ),
+            (
+                "timeouts",
+                "Connections closed by a header, idle, read or write timeout.",
+                t.timeouts,
+            ),
+            (
+                "protocol_errors",
+                "Requests rejected as malformed or over a limit.",
+                t.protocol_errors,
+            ),
+            ("accept_errors", "Failed accept calls.", t.accept_errors),
+        ];
+        for (name, help, v) in counters {
+            ConstCounter::new(v).encode(e.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        let mut m = e.encode_descriptor(
+            "process_connections",
+            "Open connections per worker process (by supervisor slot).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (process, n) in t.connections_per_worker.iter().enumerate() {
+            ConstGauge::new(*n).encode(m.encode_family(&[("process", process as u64)])?)?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for SharedStats {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `map` mapped.
@@ -186,5 +297,15 @@ mod tests {
         let t = shared.total();
         assert_eq!(t.accepted, 10, "a retired process's counters still count");
         assert_eq!(t.connections_open, 2, "its connections do not");
+        let text = shared.render_prometheus();
+        assert!(
+            text.contains("megaconn_connections_accepted_total 10\n"),
+            "{text}"
+        );
+        assert!(text.contains("megaconn_connections_open 2\n"), "{text}");
+        assert!(
+            text.contains("megaconn_process_connections{process=\"0\"} 2\n"),
+            "{text}"
+        );
     }
 }

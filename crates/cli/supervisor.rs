@@ -5,8 +5,9 @@
 //! copies of `megaconn serve` as worker processes; each binds its own
 //! `SO_REUSEPORT` listeners, so the kernel spreads connections across all of
 //! them. The supervisor restarts a worker that dies (with a growing back-off,
-//! logged), forwards SIGTERM/SIGINT so every worker drains gracefully, and at the
-//! end prints whole-server totals gathered through [`SharedStats`].
+//! logged), forwards SIGTERM/SIGINT so every worker drains gracefully, serves
+//! the admin listener with whole-server totals gathered through [`SharedStats`]
+//! (`/metrics`), and prints them at the end.
 //!
 //! On a real host, prefer raising `LimitNOFILE=` in the systemd unit (and
 //! `fs.nr_open`) and running one process; `--processes` is for hosts where the
@@ -14,6 +15,7 @@
 
 use std::ffi::OsString;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,6 +23,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::admin;
 use crate::serve::{self, ServeArgs, Signals};
 use crate::shared_stats::{SharedStats, FD_ENV};
 use crate::UsageError;
@@ -75,18 +78,22 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
         .collect();
     drop(probe);
     let shared =
-        SharedStats::create(processes).context("cannot create the shared counter block")?;
+        Arc::new(SharedStats::create(processes).context("cannot create the shared counter block")?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(supervise(argv, processes, shared, addrs))
+    runtime.block_on(async {
+        // Stops when dropped, after the worker processes.
+        let _admin = admin::start(resolved.admin, admin::Source::Processes(shared.clone()))?;
+        supervise(argv, processes, &shared, addrs).await
+    })
 }
 
 async fn supervise(
     argv: Vec<OsString>,
     processes: usize,
-    shared: SharedStats,
+    shared: &SharedStats,
     addrs: Vec<String>,
 ) -> anyhow::Result<()> {
     let mut signals = Signals::new().context("cannot install signal handlers")?;
@@ -94,7 +101,7 @@ async fn supervise(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut workers: Vec<Worker> = Vec::with_capacity(processes);
     for i in 0..processes {
-        let pid = start(&exe, &argv, i, processes, &shared, tx.clone())?;
+        let pid = start(&exe, &argv, i, processes, shared, tx.clone())?;
         workers.push(Worker {
             pid: Some(pid),
             started: Instant::now(),
@@ -175,7 +182,7 @@ async fn supervise(
                 for i in 0..processes {
                     if restart_at[i].is_some_and(|t| t <= now) {
                         restart_at[i] = None;
-                        match start(&exe, &argv, i, processes, &shared, tx.clone()) {
+                        match start(&exe, &argv, i, processes, shared, tx.clone()) {
                             Ok(pid) => {
                                 let w = &mut workers[i];
                                 w.pid = Some(pid);
