@@ -504,9 +504,9 @@ async fn close_reason(
 ) -> megaconn::CloseReason {
     tokio::time::timeout(SAFETY, async {
         loop {
-            match events.recv().await.expect("server gone") {
-                megaconn::ConnectionEvent::Closed { reason, .. } => return reason,
-                _ => {}
+            let event = events.recv().await.expect("server gone");
+            if let megaconn::ConnectionEvent::Closed { reason, .. } = event {
+                return reason;
             }
         }
     })
