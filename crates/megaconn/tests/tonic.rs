@@ -6,9 +6,10 @@
 //! server side uses tonic's generic `tonic::server::Grpc` with
 //! `tonic_prost::ProstCodec`, and a small `tower::Service` routes by path, as
 //! generated code would. The calls cover a unary call, a server-streaming call,
-//! and errors whose `grpc-status` travels in the response head (trailers-only)
-//! and in trailers after streamed messages: a gRPC status in trailers is what
-//! HTTP/1.1-minded servers most often lose.
+//! a client-streaming call, a message larger than the HTTP/2 flow-control
+//! windows both ways, and errors whose `grpc-status` travels in the response
+//! head (trailers-only) and in trailers after streamed messages: a gRPC status
+//! in trailers is what HTTP/1.1-minded servers most often lose.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +30,7 @@ const SAFETY: Duration = Duration::from_secs(20);
 
 const SAY_HELLO: &str = "/test.Greeter/SayHello";
 const COUNT: &str = "/test.Greeter/Count";
+const SUM: &str = "/test.Greeter/Sum";
 
 /// `SayHello`'s request.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -62,6 +64,10 @@ struct Number {
 /// Largest `up_to` that `Count` completes.
 const COUNT_MAX: u32 = 100;
 
+/// A name longer than megaconn's per-stream (256 KiB) and connection (1 MiB)
+/// receive windows, and than the client's default windows for the reply.
+const BIG_NAME: usize = 1536 * 1024;
+
 type NumberStream = Pin<Box<dyn futures_util::Stream<Item = Result<Number, Status>> + Send>>;
 
 /// The gRPC service megaconn serves: routes by path to tonic's generic
@@ -89,6 +95,10 @@ impl tower::Service<http::Request<Body>> for Greeter {
                     let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
                     grpc.server_streaming(tower::service_fn(count), req).await
                 }
+                SUM => {
+                    let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
+                    grpc.client_streaming(tower::service_fn(sum), req).await
+                }
                 _ => Status::unimplemented("no such method").into_http(),
             };
             Ok(response)
@@ -115,6 +125,18 @@ async fn count(req: tonic::Request<CountRequest>) -> Result<tonic::Response<Numb
         .then(|| Err(Status::out_of_range(format!("counts only to {COUNT_MAX}"))));
     let stream = futures_util::stream::iter(numbers.chain(tail));
     Ok(tonic::Response::new(Box::pin(stream) as NumberStream))
+}
+
+/// `Sum`: adds up a stream of numbers.
+async fn sum(
+    req: tonic::Request<tonic::Streaming<Number>>,
+) -> Result<tonic::Response<Number>, Status> {
+    let mut numbers = req.into_inner();
+    let mut total = 0u32;
+    while let Some(number) = numbers.message().await? {
+        total += number.n;
+    }
+    Ok(tonic::Response::new(Number { n: total }))
 }
 
 struct Running {
@@ -171,6 +193,17 @@ impl Client {
         Ok(reply.into_inner())
     }
 
+    async fn sum(&mut self, numbers: Vec<u32>) -> Result<u32, Status> {
+        self.0.ready().await.expect("channel ready");
+        let stream = futures_util::stream::iter(numbers.into_iter().map(|n| Number { n }));
+        let path = PathAndQuery::from_static(SUM);
+        let reply: tonic::Response<Number> = self
+            .0
+            .client_streaming(tonic::Request::new(stream), path, ProstCodec::default())
+            .await?;
+        Ok(reply.into_inner().n)
+    }
+
     async fn unknown_method(&mut self) -> Status {
         self.0.ready().await.expect("channel ready");
         let request = tonic::Request::new(HelloRequest::default());
@@ -221,6 +254,20 @@ async fn exercise(client: &mut Client) {
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert_eq!(status.message(), format!("counts only to {COUNT_MAX}"));
 
+    // Client streaming: the request body arrives as a stream of messages.
+    let total = client
+        .sum((1..=1000).collect())
+        .await
+        .expect("client streaming");
+    assert_eq!(total, 500_500);
+
+    // A message larger than the flow-control windows, both ways: the handler
+    // reading the request gives the window back, and the reply waits for the
+    // client's window updates.
+    let name = "x".repeat(BIG_NAME);
+    let reply = client.say_hello(&name).await.expect("a large unary call");
+    assert_eq!(reply.message.len(), BIG_NAME + "Hello, !".len());
+
     // An unknown method.
     let status = client.unknown_method().await;
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
@@ -248,7 +295,7 @@ async fn tonic_round_trip_over_h2c() {
         .expect("calls finish in time");
     let stats = server.handle.stats();
     assert_eq!(stats.accepted, 1, "every call on one HTTP/2 connection");
-    assert_eq!(stats.requests, 6);
+    assert_eq!(stats.requests, 8);
     drop(client);
     let summary = server.stop().await;
     assert_eq!(summary.forced, 0);
