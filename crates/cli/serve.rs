@@ -290,7 +290,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     {
         b = b.server_header(Some(v));
     }
-    let (b, tls) = crate::tls::apply(
+    let (mut b, tls) = crate::tls::apply(
         b,
         crate::tls::TlsArgs {
             cert: args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
@@ -299,7 +299,6 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
             listen: &tls_listen,
         },
     )?;
-    let mut b = b;
     let processes = args.processes.or(file.processes).unwrap_or(1);
     if processes == 0 {
         return Err(UsageError("processes must be at least 1".into()));

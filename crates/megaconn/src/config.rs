@@ -102,7 +102,8 @@ pub(crate) struct Config {
     pub reuse_port_shared: bool,
     /// HTTP/2 settings (h2.rs).
     pub http2: crate::h2::Http2Config,
-    /// TLS for every listener (tls.rs); `None` is cleartext.
+    /// TLS for every listener, or for those in `tls_listeners` (tls.rs);
+    /// `None` is cleartext.
     pub tls: Option<crate::tls::TlsConfig>,
     /// Positions in `addrs` of the listeners served over TLS; empty: all of
     /// them when `tls` is set (tls.rs).

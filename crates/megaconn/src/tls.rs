@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  accept -> connection_spawner (worker.rs) -> serve_accepted()
-//!              no TLS:  http1::serve_connection(TcpStream)
+//!              no TLS (or not a `listen_tls_on` listener):
+//!                       http1::serve_connection(TcpStream)
 //!              TLS:     handshake (bounded by handshake_timeout)
 //!                         ALPN h2  -> h2::serve(TlsStream)
 //!                         else     -> http1::serve_connection(TlsStream)
