@@ -438,3 +438,52 @@ fn a_config_file_mixes_tls_and_cleartext_listeners() {
     drop(s);
     serving.stop();
 }
+
+#[test]
+fn sighup_to_the_supervisor_reloads_every_worker_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = Ca::new();
+    let (a_pem, a_key, _) = ca.leaf();
+    let (b_pem, b_key, b_der) = ca.leaf();
+    replace_file(&cert, &a_pem);
+    replace_file(&key, &a_key);
+    // --processes needs an explicit port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let serving = Serving::start(&[
+        "serve",
+        "--listen",
+        &addr,
+        "--workers",
+        "1",
+        "--processes",
+        "2",
+        "--admin",
+        "off",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(serving.addr("https"), addr);
+
+    replace_file(&cert, &b_pem);
+    replace_file(&key, &b_key);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(serving.child.id() as i32, libc::SIGHUP) };
+    // One line from each worker process.
+    serving.wait_for_log("TLS certificate and key reloaded");
+    serving.wait_for_log("TLS certificate and key reloaded");
+    // The kernel spreads connections over both processes: all see B.
+    let client = ca.client();
+    for _ in 0..8 {
+        let tls = tls_connect(&addr, &client).unwrap();
+        assert_eq!(served_cert(&tls), b_der);
+    }
+    serving.stop();
+}
