@@ -567,7 +567,31 @@ async fn an_idle_connection_gets_goaway_and_is_closed() {
         megaconn::CloseReason::IdleTimeout
     );
     assert_eq!(closed_total(&server.handle, "idle_timeout"), 1);
-    assert!(server.handle.stats().timeouts >= 1);
+
+    // A connection that never opens a stream is idle from its handshake on.
+    let mut silent = RawH2::connect(server.addr, &[]).await;
+    let mut goaways = Vec::new();
+    while let Some(f) = silent.next_frame().await {
+        if silent.ack_settings(&f).await {
+            continue;
+        }
+        match f.kind {
+            PING if f.flags & ACK == 0 => silent.send(&frame(PING, ACK, 0, &f.payload)).await,
+            GOAWAY => goaways.push(f.payload[..8].to_vec()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        goaways.last().map(Vec::as_slice),
+        Some(&[0u8; 8][..]),
+        "the final GOAWAY: no stream served, NO_ERROR"
+    );
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::IdleTimeout
+    );
+    assert_eq!(closed_total(&server.handle, "idle_timeout"), 2);
+    assert!(server.handle.stats().timeouts >= 2);
     server.stop().await;
 }
 
