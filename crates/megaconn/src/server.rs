@@ -370,7 +370,7 @@ impl Builder {
         self
     }
 
-    /// Calls `hook` on every connection open and close ([`ConnectionEvent`]),
+    /// Calls `hook` on every connection open and close ([`ConnectionEvent`](crate::ConnectionEvent)),
     /// with the close reason, duration, requests and bytes. It runs on the
     /// worker thread: keep it quick (count, log, or send to a channel). Tracking
     /// costs nothing while no hook is installed.
