@@ -1,10 +1,22 @@
 //! `megaconn serve` as a user runs it: the binary starts, prints its address,
 //! answers, drains on SIGTERM and exits 0; bad configuration exits 2 with a
-//! message naming the problem.
+//! message naming the problem. Over TLS: the banner says `https://`, SIGHUP
+//! reloads the certificate files without dropping open connections, and a
+//! config file can mix TLS and cleartext listeners.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+/// Upper bound for any single wait: reached only when a test fails.
+const SAFETY: Duration = Duration::from_secs(30);
 
 fn megaconn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_megaconn"))
@@ -143,4 +155,335 @@ fn access_log_writes_one_json_line_per_request() {
     assert!(line.contains("\"status\":200"), "{line}");
     assert!(line.contains("\"method\":\"GET\""), "{line}");
     assert!(line.contains("\"peer\":\"127.0.0.1:"), "{line}");
+}
+
+/// A running `megaconn serve` whose stderr is read line by line.
+struct Serving {
+    child: std::process::Child,
+    /// The URLs of the start-up banner.
+    urls: Vec<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Serving {
+    /// Starts `megaconn ARGS…` and waits for its banner.
+    fn start(args: &[&str]) -> Serving {
+        let mut child = megaconn()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, stderr) = mpsc::channel();
+        let err = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        let urls = first
+            .strip_prefix("megaconn serving on ")
+            .unwrap_or_else(|| panic!("no banner: {first:?}"))
+            .split(" (")
+            .next()
+            .unwrap()
+            .split(", ")
+            .map(str::to_string)
+            .collect();
+        Serving {
+            child,
+            urls,
+            stderr,
+        }
+    }
+
+    /// The address of the banner URL with `scheme`.
+    fn addr(&self, scheme: &str) -> String {
+        let prefix = format!("{scheme}://");
+        self.urls
+            .iter()
+            .find_map(|u| u.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} listener in {:?}", self.urls))
+            .to_string()
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + SAFETY;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    fn stop(mut self) {
+        sigterm(&self.child);
+        assert_eq!(self.child.wait().unwrap().code(), Some(0));
+    }
+}
+
+/// A test CA and the leaf certificates it signs.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A certificate for localhost: (chain PEM, key PEM, DER a client sees).
+    fn leaf(&self) -> (String, String, CertificateDer<'static>) {
+        let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().clone())
+    }
+
+    fn client(&self) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // A resumed session reports the certificate of the session it resumes,
+        // not the one the server holds now: every connection does a full
+        // handshake so the tests see which certificate is live.
+        config.resumption = rustls::client::Resumption::disabled();
+        Arc::new(config)
+    }
+}
+
+/// Writes `pem` to `path` in one step (a rename), as a certificate renewal
+/// tool does, so a reload never reads half a file.
+fn replace_file(path: &Path, pem: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, pem).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A TLS connection to `addr` for `localhost`, handshake done.
+fn tls_connect(addr: &str, config: &Arc<ClientConfig>) -> std::io::Result<Tls> {
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(SAFETY))?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut conn = ClientConnection::new(config.clone(), name).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok(StreamOwned::new(conn, tcp))
+}
+
+/// The certificate the server presented on `tls`.
+fn served_cert(tls: &Tls) -> CertificateDer<'static> {
+    tls.conn.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+/// One keep-alive `GET path` on `io`; the response (head and body).
+fn get_keep_alive(io: &mut impl ReadWrite, path: &str) -> String {
+    write!(io, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    io.flush().unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(head_end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= head_end + 4 + len {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+        }
+        let n = io.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+#[test]
+fn tls_banner_says_https_and_sighup_reloads_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = Ca::new();
+    let (a_pem, a_key, a_der) = ca.leaf();
+    let (b_pem, b_key, b_der) = ca.leaf();
+    replace_file(&cert, &a_pem);
+    replace_file(&key, &a_key);
+    let serving = Serving::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--admin",
+        "off",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(serving.urls.len(), 1);
+    let addr = serving.addr("https");
+    let client = ca.client();
+
+    // A connection opened before the reload, kept open across it.
+    let mut old = tls_connect(&addr, &client).unwrap();
+    assert_eq!(served_cert(&old), a_der, "certificate A at first");
+    assert!(get_keep_alive(&mut old, "/").ends_with("Hello, World!"));
+
+    replace_file(&cert, &b_pem);
+    replace_file(&key, &b_key);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(serving.child.id() as i32, libc::SIGHUP) };
+    serving.wait_for_log("TLS certificate and key reloaded");
+
+    let mut new = tls_connect(&addr, &client).unwrap();
+    assert_eq!(
+        served_cert(&new),
+        b_der,
+        "a new connection gets certificate B"
+    );
+    assert!(get_keep_alive(&mut new, "/").ends_with("Hello, World!"));
+    let response = get_keep_alive(&mut old, "/");
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.ends_with("Hello, World!"),
+        "the connection opened before the reload still works: {response}"
+    );
+
+    // A broken key: the reload fails, says why, and certificate B stays.
+    replace_file(&key, "not a key\n");
+    // SAFETY: as above.
+    unsafe { libc::kill(serving.child.id() as i32, libc::SIGHUP) };
+    let line = serving.wait_for_log("TLS reload failed");
+    assert!(
+        line.contains("key.pem"),
+        "the log names the bad file: {line}"
+    );
+    let still = tls_connect(&addr, &client).unwrap();
+    assert_eq!(
+        served_cert(&still),
+        b_der,
+        "a failed reload keeps the old certificate"
+    );
+    drop((old, new, still));
+    serving.stop();
+}
+
+#[test]
+fn a_config_file_mixes_tls_and_cleartext_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = Ca::new();
+    let (pem, key_pem, der) = ca.leaf();
+    replace_file(&cert, &pem);
+    replace_file(&key, &key_pem);
+    let config = dir.path().join("megaconn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers = 1\nadmin = \"off\"\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let serving = Serving::start(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(serving.urls.len(), 2, "{:?}", serving.urls);
+    let plain = serving.addr("http");
+    let tls = serving.addr("https");
+
+    assert!(get_once(&plain, "/").ends_with("Hello, World!"));
+    let mut s = tls_connect(&tls, &ca.client()).unwrap();
+    assert_eq!(served_cert(&s), der);
+    assert!(get_keep_alive(&mut s, "/").ends_with("Hello, World!"));
+    // And the TLS listener does not speak cleartext: a plain request gets a
+    // TLS alert or nothing, never an HTTP response.
+    let mut raw = TcpStream::connect(&tls).unwrap();
+    raw.set_read_timeout(Some(SAFETY)).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    drop(s);
+    serving.stop();
+}
+
+#[test]
+fn sighup_to_the_supervisor_reloads_every_worker_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = Ca::new();
+    let (a_pem, a_key, _) = ca.leaf();
+    let (b_pem, b_key, b_der) = ca.leaf();
+    replace_file(&cert, &a_pem);
+    replace_file(&key, &a_key);
+    // --processes needs an explicit port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let serving = Serving::start(&[
+        "serve",
+        "--listen",
+        &addr,
+        "--workers",
+        "1",
+        "--processes",
+        "2",
+        "--admin",
+        "off",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(serving.addr("https"), addr);
+
+    replace_file(&cert, &b_pem);
+    replace_file(&key, &b_key);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(serving.child.id() as i32, libc::SIGHUP) };
+    // One line from each worker process.
+    serving.wait_for_log("TLS certificate and key reloaded");
+    serving.wait_for_log("TLS certificate and key reloaded");
+    // The kernel spreads connections over both processes: all see B.
+    let client = ca.client();
+    for _ in 0..8 {
+        let tls = tls_connect(&addr, &client).unwrap();
+        assert_eq!(served_cert(&tls), b_der);
+    }
+    serving.stop();
 }

@@ -1,5 +1,6 @@
 //! `megaconn serve`: flags and the TOML config file resolve into one set of
 //! settings (flags win), then the server runs the demo app until SIGINT/SIGTERM.
+//! SIGHUP reloads the TLS certificate and key files (tls.rs).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,13 +24,22 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// (same name, with `_` for `-`); flags override the file.
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
-    /// Address to listen on (repeatable). Default: 127.0.0.1:8080.
+    /// Address to listen on (repeatable). Default: 127.0.0.1:8080, unless
+    /// --tls-listen is given. TLS with --tls-cert/--self-signed, unless
+    /// --tls-listen says which addresses are TLS.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
+    /// Address to listen on with TLS, next to the cleartext --listen ones
+    /// (repeatable); needs --tls-cert/--tls-key or --self-signed. Config file:
+    /// `listen = ["0.0.0.0:80"]` and `tls_listen = ["0.0.0.0:443"]` mix the two.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Vec<SocketAddr>,
     /// Worker threads (one runtime and listener each). Default: number of CPUs.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// TOML config file with any of these settings; unknown keys are errors.
+    /// TOML config file with any of these settings (same names with `_`, e.g.
+    /// `listen = ["0.0.0.0:80"]`, `tls_listen = ["0.0.0.0:443"]`, `tls_cert =
+    /// "cert.pem"`, `idle_timeout = "30s"`); flags win; unknown keys are errors.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Time to receive a request head, e.g. 10s; `off` disables. Default: 10s.
@@ -79,8 +89,9 @@ pub struct ServeArgs {
     /// `Server` header value to send. Default: none.
     #[arg(long, value_name = "VALUE")]
     pub server_header: Option<String>,
-    /// TLS certificate chain (PEM) for every listener; needs --tls-key.
-    /// HTTP/2 is negotiated by ALPN. Default: cleartext.
+    /// TLS certificate chain (PEM) for every --listen address (or for the
+    /// --tls-listen ones); needs --tls-key. HTTP/2 is negotiated by ALPN.
+    /// SIGHUP reloads the certificate and key files. Default: cleartext.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM) matching --tls-cert.
@@ -121,6 +132,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     listen: Option<Vec<SocketAddr>>,
+    tls_listen: Option<Vec<SocketAddr>>,
     workers: Option<usize>,
     #[serde(default, with = "duration::serde_optional")]
     read_header_timeout: Option<Option<Duration>>,
@@ -173,6 +185,8 @@ pub struct Resolved {
     pub processes: usize,
     /// The admin listener; `None`: the default address.
     pub admin: Option<AdminAddr>,
+    /// The TLS certificate's source, for SIGHUP; `None`: cleartext only.
+    pub tls: Option<crate::tls::ServeTls>,
 }
 
 /// Merges flags over the config file.
@@ -181,10 +195,18 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
+    let tls_listen = if !args.tls_listen.is_empty() {
+        args.tls_listen.clone()
+    } else {
+        file.tls_listen.clone().unwrap_or_default()
+    };
     let listen = if !args.listen.is_empty() {
         args.listen.clone()
     } else if let Some(listen) = file.listen.clone().filter(|l| !l.is_empty()) {
         listen
+    } else if !tls_listen.is_empty() {
+        // Only TLS listeners were asked for.
+        Vec::new()
     } else {
         vec![DEFAULT_LISTEN.parse().expect("valid default address")]
     };
@@ -268,11 +290,14 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     {
         b = b.server_header(Some(v));
     }
-    b = crate::tls::apply(
+    let (mut b, tls) = crate::tls::apply(
         b,
-        args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
-        args.tls_key.as_ref().or(file.tls_key.as_ref()),
-        args.self_signed || file.self_signed == Some(true),
+        crate::tls::TlsArgs {
+            cert: args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
+            key: args.tls_key.as_ref().or(file.tls_key.as_ref()),
+            self_signed: args.self_signed || file.self_signed == Some(true),
+            listen: &tls_listen,
+        },
     )?;
     let processes = args.processes.or(file.processes).unwrap_or(1);
     if processes == 0 {
@@ -289,6 +314,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     };
     Ok(Resolved {
         admin,
+        tls,
         builder: b,
         log_format: args
             .log_format
@@ -313,7 +339,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(resolved.builder, resolved.admin, shared))
+    runtime.block_on(serve(resolved, shared))
 }
 
 /// The arguments after `serve`, to hand to worker processes unchanged.
@@ -347,23 +373,33 @@ pub fn listen_error(e: megaconn::Error) -> anyhow::Error {
     }
 }
 
-async fn serve(
-    builder: megaconn::Builder,
-    admin: Option<AdminAddr>,
-    shared: Option<(usize, SharedStats)>,
-) -> anyhow::Result<()> {
+/// The server's listen addresses as URLs: `https://` for TLS listeners.
+pub fn listen_urls(server: &megaconn::Server) -> Vec<String> {
+    server
+        .local_addrs()
+        .iter()
+        .map(|&a| {
+            let scheme = if server.is_tls(a) { "https" } else { "http" };
+            format!("{scheme}://{a}")
+        })
+        .collect()
+}
+
+async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyhow::Result<()> {
     // Signals are registered before anything else, so one that arrives during
     // start-up is seen (and shuts down cleanly) instead of killing the process.
     let mut signals = Signals::new().context("cannot install signal handlers")?;
+    let mut hangups = hangups().context("cannot install the SIGHUP handler")?;
+    let Resolved {
+        builder,
+        admin,
+        tls,
+        ..
+    } = resolved;
     let server = builder.listen().map_err(listen_error)?;
-    let addrs: Vec<String> = server
-        .local_addrs()
-        .iter()
-        .map(|a| format!("http://{a}"))
-        .collect();
     crate::say!(
         "megaconn serving on {} ({} workers, max_connections {})",
-        addrs.join(", "),
+        listen_urls(&server).join(", "),
         server.workers(),
         server.max_connections()
     );
@@ -381,6 +417,7 @@ async fn serve(
     let summary = loop {
         tokio::select! {
             result = &mut serving => break result?,
+            _ = hangups.recv() => crate::tls::reload_on_sighup(tls.as_ref()),
             _ = publish.tick(), if shared.is_some() => {
                 if let Some((slot, block)) = &shared {
                     block.publish(*slot, &handle.stats());
@@ -414,6 +451,11 @@ async fn serve(
 
 /// How often a worker process copies its counters to the shared block.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// SIGHUP, which reloads the TLS certificate (and no longer ends the process).
+pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
 
 /// SIGINT and SIGTERM as one stream.
 pub struct Signals {
@@ -481,6 +523,41 @@ mod tests {
         std::fs::write(&path, "workers = 2\nidle_timeuot = \"5s\"\n").unwrap();
         let err = ConfigFile::load(&path).unwrap_err();
         assert!(err.0.contains("idle_timeuot"), "{}", err.0);
+    }
+
+    #[test]
+    fn the_readme_config_example_parses() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### Configuration file")
+            .nth(1)
+            .expect("README has a configuration file section");
+        let example = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("the section has a TOML example");
+        let file: ConfigFile = toml::from_str(example).unwrap();
+        assert_eq!(file.tls_listen.map(|l| l.len()), Some(1));
+    }
+
+    #[test]
+    fn tls_listen_adds_tls_listeners_next_to_cleartext_ones() {
+        let mut a = parse(&["--listen", "127.0.0.1:1", "--tls-listen", "127.0.0.1:2"]);
+        a.self_signed = true;
+        let r = resolve(&a).unwrap();
+        let dbg = format!("{:?}", r.builder);
+        assert!(dbg.contains("127.0.0.1:1"), "{dbg}");
+        assert!(dbg.contains("tls_listeners: [1]"), "{dbg}");
+        // Only TLS listeners asked for: no default cleartext one.
+        let mut a = parse(&["--tls-listen", "127.0.0.1:2"]);
+        a.self_signed = true;
+        let dbg = format!("{:?}", resolve(&a).unwrap().builder);
+        assert!(!dbg.contains(DEFAULT_LISTEN), "{dbg}");
+        assert!(dbg.contains("tls_listeners: [0]"), "{dbg}");
+        // And a certificate is required.
+        let a = parse(&["--tls-listen", "127.0.0.1:2"]);
+        assert!(resolve(&a).unwrap_err().0.contains("--tls-cert"));
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! copies of `megaconn serve` as worker processes; each binds its own
 //! `SO_REUSEPORT` listeners, so the kernel spreads connections across all of
 //! them. The supervisor restarts a worker that dies (with a growing back-off,
-//! logged), forwards SIGTERM/SIGINT so every worker drains gracefully, serves
-//! the admin listener with whole-server totals gathered through [`SharedStats`]
-//! (`/metrics`), and prints them at the end.
+//! logged), forwards SIGTERM/SIGINT so every worker drains gracefully (and
+//! SIGHUP, so each reloads its TLS certificate), serves the admin listener with
+//! whole-server totals gathered through [`SharedStats`] (`/metrics`), and
+//! prints them at the end.
 //!
 //! On a real host, prefer raising `LimitNOFILE=` in the systemd unit (and
 //! `fs.nr_open`) and running one process; `--processes` is for hosts where the
@@ -58,7 +59,12 @@ struct Worker {
 pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Result<()> {
     let resolved = serve::resolve(&args)?;
     crate::logging::init(resolved.log_format);
-    if args.listen.iter().any(|a| a.port() == 0) {
+    if args
+        .listen
+        .iter()
+        .chain(&args.tls_listen)
+        .any(|a| a.port() == 0)
+    {
         return Err(UsageError(
             "--processes needs explicit ports (port 0 would differ per process)".into(),
         )
@@ -71,11 +77,7 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
         .workers(1)
         .listen()
         .map_err(serve::listen_error)?;
-    let addrs: Vec<String> = probe
-        .local_addrs()
-        .iter()
-        .map(|a| format!("http://{a}"))
-        .collect();
+    let addrs = serve::listen_urls(&probe);
     drop(probe);
     let shared =
         Arc::new(SharedStats::create(processes).context("cannot create the shared counter block")?);
@@ -97,6 +99,7 @@ async fn supervise(
     addrs: Vec<String>,
 ) -> anyhow::Result<()> {
     let mut signals = Signals::new().context("cannot install signal handlers")?;
+    let mut hangups = serve::hangups().context("cannot install the SIGHUP handler")?;
     let exe = std::env::current_exe().context("cannot find the megaconn executable")?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut workers: Vec<Worker> = Vec::with_capacity(processes);
@@ -197,6 +200,11 @@ async fn supervise(
                         }
                     }
                 }
+            }
+            _ = hangups.recv() => {
+                // Each worker process reloads its own certificate.
+                tracing::info!("SIGHUP: passing it to every worker process");
+                stop_all(&workers, libc::SIGHUP);
             }
             name = signals.next() => {
                 if stopping {

@@ -102,8 +102,12 @@ pub(crate) struct Config {
     pub reuse_port_shared: bool,
     /// HTTP/2 settings (h2.rs).
     pub http2: crate::h2::Http2Config,
-    /// TLS for every listener (tls.rs); `None` is cleartext.
+    /// TLS for every listener, or for those in `tls_listeners` (tls.rs);
+    /// `None` is cleartext.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Positions in `addrs` of the listeners served over TLS; empty: all of
+    /// them when `tls` is set (tls.rs).
+    pub tls_listeners: Vec<usize>,
     /// Called on every connection open and close (lifecycle.rs).
     pub on_connection: Option<crate::lifecycle::ConnectionHook>,
     /// Keep a live list of connections and their states (lifecycle.rs).
@@ -141,6 +145,7 @@ impl Default for Config {
             reuse_port_shared: false,
             http2: crate::h2::Http2Config::default(),
             tls: None,
+            tls_listeners: Vec::new(),
             on_connection: None,
             track_connections: false,
             access_log: false,

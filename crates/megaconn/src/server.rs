@@ -70,6 +70,12 @@ impl Server {
         self.local_addrs[0]
     }
 
+    /// Whether connections to `addr`, one of [`local_addrs`](Server::local_addrs),
+    /// are served over TLS (for printing `https://` or `http://`).
+    pub fn is_tls(&self, addr: SocketAddr) -> bool {
+        crate::tls::tls_for_local(&self.config, addr).is_some()
+    }
+
     /// How many worker threads will serve.
     pub fn workers(&self) -> usize {
         self.config.workers
@@ -364,7 +370,7 @@ impl Builder {
         self
     }
 
-    /// Calls `hook` on every connection open and close ([`ConnectionEvent`]),
+    /// Calls `hook` on every connection open and close ([`ConnectionEvent`](crate::ConnectionEvent)),
     /// with the close reason, duration, requests and bytes. It runs on the
     /// worker thread: keep it quick (count, log, or send to a channel). Tracking
     /// costs nothing while no hook is installed.
@@ -462,6 +468,11 @@ impl Builder {
         }
         if c.max_header_bytes < 64 {
             return Err(Error::Config("max_header_bytes must be at least 64".into()));
+        }
+        if !c.tls_listeners.is_empty() && c.tls.is_none() {
+            return Err(Error::Config(
+                "a TLS listen address needs a certificate: call Builder::tls".into(),
+            ));
         }
         if c.max_connections == Some(0) {
             return Err(Error::Config("max_connections must be at least 1".into()));

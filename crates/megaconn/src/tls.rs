@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  accept -> connection_spawner (worker.rs) -> serve_accepted()
-//!              no TLS:  http1::serve_connection(TcpStream)
+//!              no TLS (or not a `listen_tls_on` listener):
+//!                       http1::serve_connection(TcpStream)
 //!              TLS:     handshake (bounded by handshake_timeout)
 //!                         ALPN h2  -> h2::serve(TlsStream)
 //!                         else     -> http1::serve_connection(TlsStream)
@@ -20,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,6 +42,7 @@ use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
 use crate::body::Body;
+use crate::config::Config;
 use crate::http1::{self, CloseReason, ConnEnd};
 use crate::server::Builder;
 use crate::stats::incr;
@@ -430,13 +433,53 @@ impl ResolvesServerCert for SniResolver {
 
 impl Builder {
     /// Serves every listener over TLS with `tls` (HTTP/2 when the client
-    /// negotiates `h2` by ALPN, HTTP/1.1 otherwise). Keep a clone of `tls` to
-    /// [`reload`](TlsConfig::reload) certificates while the server runs.
-    /// Default: none (cleartext; HTTP/2 only with prior knowledge).
+    /// negotiates `h2` by ALPN, HTTP/1.1 otherwise) — or, when any address was
+    /// added with [`listen_tls_on`](Builder::listen_tls_on), only those. Keep a
+    /// clone of `tls` to [`reload`](TlsConfig::reload) certificates while the
+    /// server runs. Default: none (cleartext; HTTP/2 only with prior knowledge).
     pub fn tls(mut self, tls: TlsConfig) -> Builder {
         self.config.tls = Some(tls);
         self
     }
+
+    /// Adds a listen address served over TLS, with the configuration given to
+    /// [`tls`](Builder::tls), next to cleartext ones: once any address is
+    /// added this way, the addresses from [`listen_on`](Builder::listen_on)
+    /// stay cleartext. Repeatable. Without `tls`, [`listen`](Builder::listen)
+    /// fails.
+    pub fn listen_tls_on(mut self, addr: SocketAddr) -> Builder {
+        self.config.tls_listeners.push(self.config.addrs.len());
+        self.config.addrs.push(addr);
+        self
+    }
+}
+
+/// The TLS configuration for connections arriving on the local address
+/// `local`, if they are TLS: every listener's when no address was added with
+/// `listen_tls_on`, else only those listeners'. `config.addrs` holds the bound
+/// addresses; a listener on `0.0.0.0` or `[::]` matches by port.
+pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsConfig> {
+    let tls = config.tls.as_ref()?;
+    if config.tls_listeners.is_empty() {
+        return Some(tls);
+    }
+    let listener = config.addrs.iter().position(|&a| a == local).or_else(|| {
+        config
+            .addrs
+            .iter()
+            .position(|a| a.port() == local.port() && a.ip().is_unspecified())
+    })?;
+    config.tls_listeners.contains(&listener).then_some(tls)
+}
+
+/// The TLS configuration for an accepted connection, if it is TLS. Asks the
+/// socket for its local address only when TLS and cleartext listeners mix.
+fn tls_for_stream<'c>(config: &'c Config, stream: &TcpStream) -> Option<&'c TlsConfig> {
+    let tls = config.tls.as_ref()?;
+    if config.tls_listeners.is_empty() {
+        return Some(tls);
+    }
+    tls_for_local(config, stream.local_addr().ok()?)
 }
 
 /// A TLS stream is never parked. It is ready to read when rustls holds
@@ -469,7 +512,7 @@ where
     B: HttpBody<Data = Bytes> + 'static,
     B::Error: Into<BoxError>,
 {
-    match ctx.config.tls.as_ref().map(TlsConfig::live) {
+    match tls_for_stream(&ctx.config, &stream).map(TlsConfig::live) {
         None => Either::Left(http1::serve_connection(stream, service, ctx)),
         // Boxed: the handshake and the TLS stream are large, and cleartext
         // connections should not carry their size.

@@ -1,6 +1,8 @@
 //! HTTP/2 over cleartext with prior knowledge (h2c), against a real server on
 //! 127.0.0.1 with the `h2` crate's client: streams, bodies, trailers, and a
-//! rapid-reset attacker speaking raw frames.
+//! rapid-reset attacker speaking raw frames. The idle timeout and the
+//! keep-alive PING timeout are tested with a scripted raw client ([`RawH2`]),
+//! which can refuse to answer PINGs as a dead peer would.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -392,5 +394,256 @@ async fn rapid_reset_gets_goaway_and_the_server_stays_healthy() {
         .unwrap()
         .unwrap();
     assert!(out.starts_with(b"HTTP/1.1 200"));
+    server.stop().await;
+}
+
+/// A frame read off the wire by [`RawH2`].
+#[derive(Debug)]
+struct RawFrame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
+
+/// A scripted HTTP/2 client on a real socket: it writes frames by hand and
+/// reads the server's, so a test decides what it answers (or refuses to).
+struct RawH2 {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawH2 {
+    /// Connects and sends the preface and an empty SETTINGS frame, plus
+    /// `then` in the same write.
+    async fn connect(addr: SocketAddr, then: &[u8]) -> RawH2 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        hello.extend_from_slice(then);
+        tcp.write_all(&hello).await.unwrap();
+        RawH2 {
+            tcp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next frame, or `None` once the server closed the connection.
+    async fn next_frame(&mut self) -> Option<RawFrame> {
+        tokio::time::timeout(SAFETY, async {
+            loop {
+                if self.buf.len() >= 9 {
+                    let len = (usize::from(self.buf[0]) << 16)
+                        | (usize::from(self.buf[1]) << 8)
+                        | usize::from(self.buf[2]);
+                    if self.buf.len() >= 9 + len {
+                        let f: Vec<u8> = self.buf.drain(..9 + len).collect();
+                        return Some(RawFrame {
+                            kind: f[3],
+                            flags: f[4],
+                            stream: u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff,
+                            payload: f[9..].to_vec(),
+                        });
+                    }
+                }
+                let mut chunk = [0u8; 16 * 1024];
+                match self.tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for a frame or the close")
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        // The server may already have closed; the reads tell.
+        let _ = self.tcp.write_all(bytes).await;
+    }
+
+    /// Acknowledges the server's SETTINGS; true if `f` was one.
+    async fn ack_settings(&mut self, f: &RawFrame) -> bool {
+        if f.kind == SETTINGS && f.flags & ACK == 0 {
+            self.send(&frame(SETTINGS, ACK, 0, &[])).await;
+            return true;
+        }
+        false
+    }
+}
+
+/// A HEADERS block for `GET /` (HPACK: :method GET, :scheme http, :path /,
+/// then :authority "a" as a literal with an indexed name).
+const GET_ROOT: [u8; 6] = [0x82, 0x86, 0x84, 0x01, 1, b'a'];
+
+/// Collects the server's connection events, to read close reasons.
+fn event_log(
+    builder: Builder,
+) -> (
+    Builder,
+    tokio::sync::mpsc::UnboundedReceiver<megaconn::ConnectionEvent>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let builder = builder.on_connection(move |e| {
+        let _ = tx.send(e.clone());
+    });
+    (builder, rx)
+}
+
+/// Waits for the next connection's `Closed` event; returns its reason.
+async fn close_reason(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<megaconn::ConnectionEvent>,
+) -> megaconn::CloseReason {
+    tokio::time::timeout(SAFETY, async {
+        loop {
+            let event = events.recv().await.expect("server gone");
+            if let megaconn::ConnectionEvent::Closed { reason, .. } = event {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for the close event")
+}
+
+/// The value of `megaconn_connections_closed_total{reason}` in the exposition.
+fn closed_total(handle: &ServerHandle, reason: &str) -> u64 {
+    let text = handle.render_metrics();
+    let prefix = format!("megaconn_connections_closed_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix} in the metrics:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_connection_gets_goaway_and_is_closed() {
+    let (builder, mut events) =
+        event_log(megaconn::Server::builder().idle_timeout(Some(Duration::from_millis(100))));
+    let server = start(builder).await;
+    // One request first: the idle timer counts from the last open stream.
+    let mut client =
+        RawH2::connect(server.addr, &frame(HEADERS, END_STREAM | 0x4, 1, &GET_ROOT)).await;
+    let mut status_200 = false;
+    let mut response_done = false;
+    let mut goaways = Vec::new();
+    while let Some(f) = client.next_frame().await {
+        if client.ack_settings(&f).await {
+            continue;
+        }
+        match f.kind {
+            // Answered, so that only the idle timeout can close it.
+            PING if f.flags & ACK == 0 => client.send(&frame(PING, ACK, 0, &f.payload)).await,
+            HEADERS if f.stream == 1 => status_200 = f.payload.first() == Some(&0x88),
+            DATA if f.stream == 1 => response_done |= f.flags & END_STREAM != 0,
+            GOAWAY => {
+                let p = &f.payload;
+                let last = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff;
+                let code = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+                goaways.push((last, code));
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        status_200 && response_done,
+        "the request was answered first"
+    );
+    let &(last, code) = goaways.last().expect("a GOAWAY before the close");
+    assert_eq!(code, 0, "GOAWAY(NO_ERROR): {goaways:?}");
+    assert_eq!(last, 1, "the final GOAWAY names the last stream served");
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::IdleTimeout
+    );
+    assert_eq!(closed_total(&server.handle, "idle_timeout"), 1);
+
+    // A connection that never opens a stream is idle from its handshake on.
+    let mut silent = RawH2::connect(server.addr, &[]).await;
+    let mut goaways = Vec::new();
+    while let Some(f) = silent.next_frame().await {
+        if silent.ack_settings(&f).await {
+            continue;
+        }
+        match f.kind {
+            PING if f.flags & ACK == 0 => silent.send(&frame(PING, ACK, 0, &f.payload)).await,
+            GOAWAY => goaways.push(f.payload[..8].to_vec()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        goaways.last().map(Vec::as_slice),
+        Some(&[0u8; 8][..]),
+        "the final GOAWAY: no stream served, NO_ERROR"
+    );
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::IdleTimeout
+    );
+    assert_eq!(closed_total(&server.handle, "idle_timeout"), 2);
+    assert!(server.handle.stats().timeouts >= 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_closed() {
+    let (builder, mut events) = event_log(
+        megaconn::Server::builder()
+            .idle_timeout(None)
+            .http2_keep_alive_interval(Some(Duration::from_millis(20)))
+            .http2_keep_alive_timeout(Duration::from_millis(100)),
+    );
+    let server = start(builder).await;
+
+    // A live peer answers: the server keeps pinging, one PING after another
+    // answered one, and the connection stays open.
+    let mut live = RawH2::connect(server.addr, &[]).await;
+    let mut pings = 0;
+    while pings < 3 {
+        let f = live.next_frame().await.expect("a live peer is not closed");
+        if live.ack_settings(&f).await {
+            continue;
+        }
+        assert_ne!(f.kind, GOAWAY, "a live peer gets no GOAWAY: {f:?}");
+        if f.kind == PING && f.flags & ACK == 0 {
+            pings += 1;
+            live.send(&frame(PING, ACK, 0, &f.payload)).await;
+        }
+    }
+    drop(live);
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::ClientClosed
+    );
+
+    // A dead peer never answers: after the first PING's timeout the server
+    // closes the connection.
+    let mut dead = RawH2::connect(server.addr, &[]).await;
+    let mut pings = 0;
+    while let Some(f) = dead.next_frame().await {
+        if dead.ack_settings(&f).await {
+            continue;
+        }
+        if f.kind == PING && f.flags & ACK == 0 {
+            pings += 1;
+        }
+    }
+    assert_eq!(pings, 1, "one PING, unanswered, then the close");
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::Io(std::io::ErrorKind::TimedOut)
+    );
+    assert_eq!(closed_total(&server.handle, "io_error"), 1);
+    assert!(server.handle.stats().timeouts >= 1);
     server.stop().await;
 }
