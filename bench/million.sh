@@ -479,6 +479,9 @@ run_server() {
     sleep 1
   done
   local close_secs=$((SECONDS - t_close)) rss_after
+  # The same few seconds' rest as the baseline had (megaconn's parking lot
+  # gives freed heap back once a second).
+  sleep 3
   # shellcheck disable=SC2046  # a list of PIDs
   read -r rss_after _t < <(proc_stats $(server_pids))
   local restarts=0
