@@ -228,13 +228,17 @@ fd_count() { # PID... -> open fds summed
 }
 FD_STAT_OK=0
 (($(stat -c %s /proc/self/fd 2>/dev/null || echo 0) > 0)) && FD_STAT_OK=1
-proc_stats() { # PID... -> "RSS_BYTES CPU_TICKS" (VmRSS, utime+stime) summed, one awk
+# PSS (proportional set size) splits shared pages (the binary's code, shared
+# libraries) between the processes mapping them; RSS counts them in every one
+# of P worker processes.
+proc_stats() { # PID... -> "RSS_BYTES CPU_TICKS PSS_BYTES" (VmRSS, utime+stime, Pss) summed, one awk
   local files=() p
-  for p in "$@"; do [[ -r "/proc/$p/stat" ]] && files+=("/proc/$p/status" "/proc/$p/stat"); done
-  ((${#files[@]})) || { echo "0 0"; return 0; }
+  for p in "$@"; do [[ -r "/proc/$p/stat" ]] && files+=("/proc/$p/status" "/proc/$p/stat" "/proc/$p/smaps_rollup"); done
+  ((${#files[@]})) || { echo "0 0 0"; return 0; }
   awk 'FILENAME ~ /status$/ { if ($1 == "VmRSS:") rss += $2 * 1024; next }
+       FILENAME ~ /smaps_rollup$/ { if ($1 == "Pss:") pss += $2 * 1024; next }
        { line = $0; sub(/^.*\) /, "", line); split(line, f, " "); ticks += f[12] + f[13] }
-       END { printf "%.0f %.0f\n", rss, ticks }' "${files[@]}" 2>/dev/null || echo "0 0"
+       END { printf "%.0f %.0f %.0f\n", rss, ticks, pss }' "${files[@]}" 2>/dev/null || echo "0 0 0"
 }
 kernel_stats() { # -> "KERNEL_BYTES SOCK_KERNEL_BYTES MEM_AVAILABLE", one awk
   awk -v ps="$PAGE_SIZE" -v names="$KERNEL_SOCK_CACHES" '
@@ -260,7 +264,7 @@ sample() {
   ((S_CONNS >= 0)) || S_CONNS=0
   S_OPEN="$(hold_open "$3")"
   # shellcheck disable=SC2086
-  read -r S_RSS S_TICKS < <(proc_stats $pids)
+  read -r S_RSS S_TICKS S_PSS < <(proc_stats $pids)
   read -r S_K S_SK S_AVAIL < <(kernel_stats)
   echo "$S_T,$1,$S_CONNS,$S_OPEN,$S_RSS,$S_K,$S_SK,$((S_TICKS / CLK_TCK)).$(printf '%02d' $((S_TICKS % CLK_TCK * 100 / CLK_TCK)))" >>"$2"
 }
@@ -377,7 +381,7 @@ run_server() {
   local csv="$RES_DIR/$name.csv" hlog="$RES_DIR/$name.hold.log" hjson="$RES_DIR/$name.hold.json"
   local t0 fd0 rss0 k0 sk0 sn0 stopped_early="" ramp_done=0 ramp_done_t=0
   local cpu_t0=0 cpu_ticks0=0 busy_cpu0=0 last_open=-1 expect_ramp phase
-  local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_K=0 F_SK=0 F_TICKS=0 peak_conns=0 busy1 sn1
+  local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 peak_conns=0 busy1 sn1 pss0
   local all_open_t=null lo0 lo1 sr0 sr1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
   log "== $name: $target connections at $ramp/s, held ${hold}s, $procs server processes"
   bench_wait_quiet "${QUIET_WAIT:-20}"
@@ -394,7 +398,7 @@ run_server() {
   # shellcheck disable=SC2086
   fd0="$(fd_count $pids)"
   # shellcheck disable=SC2086
-  read -r rss0 _t < <(proc_stats $pids)
+  read -r rss0 _t pss0 < <(proc_stats $pids)
   read -r k0 sk0 _a < <(kernel_stats)
   sn0="$(softnet_drops)"
   lo0="$(tcpext ListenOverflows)"
@@ -431,7 +435,7 @@ run_server() {
     ((S_CONNS > peak_conns)) && peak_conns=$S_CONNS
     [[ "$all_open_t" == null ]] && ((S_CONNS >= target)) && all_open_t=$S_T
     if [[ "$phase" != ramp ]]; then
-      F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS
+      F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_PSS=$S_PSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS
     fi
     log "  $name t=${S_T}s $phase: server $S_CONNS conns, hold open $S_OPEN, RSS $((S_RSS >> 20)) MiB, kernel +$(((S_K - k0) >> 20)) MiB, avail $((S_AVAIL >> 20)) MiB"
     # Ramp over: hold has everything open, or (past the expected ramp time)
@@ -449,7 +453,7 @@ run_server() {
     if ((S_RSS > RSS_CAP)) || ((S_AVAIL < MIN_AVAIL)); then
       stopped_early="RSS $((S_RSS >> 20)) MiB (cap $((RSS_CAP >> 20))) / MemAvailable $((S_AVAIL >> 20)) MiB (floor $((MIN_AVAIL >> 20)))"
       log "  $name: stopping early: $stopped_early"
-      F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS
+      F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_PSS=$S_PSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS
       stop_hold
       break
     fi
@@ -478,12 +482,12 @@ run_server() {
     ((c <= 10)) && break
     sleep 1
   done
-  local close_secs=$((SECONDS - t_close)) rss_after
+  local close_secs=$((SECONDS - t_close)) rss_after pss_after
   # The same few seconds' rest as the baseline had (megaconn's parking lot
   # gives freed heap back once a second).
   sleep 3
   # shellcheck disable=SC2046  # a list of PIDs
-  read -r rss_after _t < <(proc_stats $(server_pids))
+  read -r rss_after _t pss_after < <(proc_stats $(server_pids))
   local restarts=0
   [[ "$name" == megaconn ]] && restarts="$(grep -ci 'restart' "$RES_DIR/$name.server.log" || true)"
   local exit_status
@@ -491,7 +495,7 @@ run_server() {
   exit_status=$EXIT_STATUS
   log "  $name: exit status $exit_status; $(tail -1 "$RES_DIR/$name.server.log")"
   # No hold-phase sample (hold ended early): fall back to the last sample.
-  if ((F_T == 0)); then F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS; fi
+  if ((F_T == 0)); then F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_PSS=$S_PSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS; fi
   local cpu_pct=null other_pct=null
   if ((cpu_t0 > 0 && F_T > cpu_t0)); then
     cpu_pct="$(awk -v a="$cpu_ticks0" -v b="$F_TICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')"
@@ -503,6 +507,7 @@ run_server() {
     --argjson ramp "$ramp" --argjson hold_s "$hold" --argjson interval "$INTERVAL" \
     --argjson conns "$F_CONNS" --argjson open "$F_OPEN" --argjson peak "$peak_conns" --argjson t "$F_T" \
     --argjson rss0 "$rss0" --argjson rss "$F_RSS" --argjson rss_after "$rss_after" \
+    --argjson pss0 "${pss0:-0}" --argjson pss "${F_PSS:-0}" --argjson pss_after "${pss_after:-0}" \
     --argjson k0 "$k0" --argjson k "$F_K" --argjson sk0 "$sk0" --argjson sk "$F_SK" \
     --argjson cpu_pct "$cpu_pct" --argjson busy_pct "$other_pct" \
     --argjson cpu_window "$((F_T - cpu_t0))" --argjson softnet_drops "$((sn1 - sn0))" \
@@ -514,6 +519,8 @@ run_server() {
     '{server: $server, target: $target, processes: $procs, ramp_rate: $ramp, hold_secs: $hold_s, interval_secs: $interval,
       connections: $conns, client_open: $open, server_peak: $peak, measured_at_secs: $t,
       rss_baseline: $rss0, rss: $rss, rss_after_close: $rss_after,
+      pss_baseline: $pss0, pss: $pss, pss_after_close: $pss_after,
+      pss_per_conn: (if $conns > 0 then ($pss - $pss0) / $conns else null end),
       rss_per_conn: (if $conns > 0 then ($rss - $rss0) / $conns else null end),
       kernel_per_conn: (if $conns > 0 then ($k - $k0) / $conns else null end),
       sock_kernel_per_conn: (if $conns > 0 then ($sk - $sk0) / $conns else null end),
@@ -603,7 +610,7 @@ fi
   echo
   for server in "${servers[@]}"; do
     [[ -s "$(src_dir "$server")/$server.json" ]] || continue
-    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
+    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
   done
   echo
   echo "_million.sh: N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
