@@ -204,6 +204,9 @@ async fn open(args: &Args, connector: &TlsConnector) -> Result<Held, OpenError> 
         .into_bytes();
         request.extend_from_slice(&body);
         tls.write_all(&request).await?;
+        // write_all may leave the record in rustls' buffer when the socket
+        // would block; only flush guarantees it was sent.
+        tls.flush().await?;
         read_http1_response(&mut tls).await?;
         Ok(Held::Http1(Box::new(tls)))
     }
