@@ -18,8 +18,8 @@
 //! A TLS connection is never parked (its session state lives in user space).
 //! What an idle HTTPS/1.1 connection holds (heap bytes, measured with
 //! `examples/tls_idle_heap.rs`; `bench/IDLE-TLS.md`): the boxed rustls session
-//! (1.2 KB), rustls' 4 KiB record buffer, its key state (two AES-GCM keys and
-//! the TLS 1.3 key schedule, ~3.2 KB), the small connection future and the
+//! (1.2 KB), rustls' 4 KiB record buffer, its key and traffic state (~3.2 KB,
+//! two AES-GCM keys of it), the small connection future and the
 //! socket registration; no pooled buffer ([`Transport::poll_read_ready`]
 //! below), no handshake state (boxed and freed once done), no HTTP/2 state
 //! (boxed, h2 connections only).
@@ -506,8 +506,8 @@ where
         }
     };
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        // Boxed: an HTTP/2 connection's state is ~10 KiB, which HTTP/1.1
-        // connections should not carry.
+        // Boxed: HTTP/2 state (2 KB of ours, h2's own buffers on top) is
+        // for HTTP/2 connections only; HTTP/1.1 ones should not carry its size.
         let reason = Box::pin(crate::h2::serve(stream, &mut service, ctx.clone())).await;
         tracing::trace!(%reason, "HTTP/2 connection closed");
         ctx.stats.connection_closed(reason);
