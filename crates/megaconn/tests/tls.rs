@@ -378,3 +378,137 @@ fn bad_pem_is_refused_with_a_message() {
         TlsConfig::from_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem").unwrap_err();
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
 }
+
+/// Polls the server's counters until `ready` holds (bounded by `SAFETY`).
+async fn wait_stats(
+    server: &Running,
+    what: &str,
+    ready: impl Fn(&megaconn::ServerStats) -> bool,
+) -> megaconn::ServerStats {
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        let stats = server.handle.stats();
+        if ready(&stats) {
+            return stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// One HTTP/1.1 POST /echo of `body`; returns the echoed body (sent with a
+/// `content-length`, as the request had one).
+async fn http1_echo<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    io.write_all(&request).await.unwrap();
+    io.flush().await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(SAFETY, async {
+        loop {
+            let mut chunk = [0u8; 8192];
+            let n = io.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early");
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("content-length")
+                .trim()
+                .parse()
+                .unwrap();
+            if buf.len() >= end + 4 + len {
+                return buf[end + 4..end + 4 + len].to_vec();
+            }
+        }
+    })
+    .await
+    .expect("echo in time")
+}
+
+#[tokio::test]
+async fn idle_tls_connections_hold_no_pooled_buffers() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let server =
+        start(TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap())
+            .await;
+    // HTTPS/1.1, one after a 4 KiB body each way: the buffers went back.
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+        assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+        assert_eq!(http1_echo(&mut tls, &[b'x'; 4096]).await.len(), 4096);
+        conns.push(tls);
+    }
+    let stats = wait_stats(&server, "three idle connections", |s| {
+        s.connections_idle == 3
+    })
+    .await;
+    assert_eq!(stats.buffers_checked_out, 0, "{stats:?}");
+    // HTTP/2 over TLS takes no pooled buffer either (h2 has its own).
+    let h2 = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
+    let (client, conn) = h2::client::handshake(h2).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get("https://localhost/").body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    let stats = wait_stats(&server, "four open", |s| s.connections_open == 4).await;
+    assert_eq!(stats.buffers_checked_out, 0, "{stats:?}");
+    drop(client);
+    drop(conns);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_update_from_an_idle_client_is_not_mistaken_for_eof() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let server =
+        start(TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap())
+            .await;
+    let client = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
+    let mut tls = connect(server.addr, client, "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    wait_stats(&server, "idle", |s| s.connections_idle == 1).await;
+    // A KeyUpdate (update requested) while the server waits: a readable
+    // socket that carries no application data. Sent twice, so that the
+    // server reads at least one of them on its own.
+    for _ in 0..2 {
+        tls.get_mut().1.refresh_traffic_keys().unwrap();
+        tls.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    // The connection still serves, under the new keys both ways.
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    assert_eq!(
+        http1_echo(&mut tls, b"after the key update").await,
+        b"after the key update"
+    );
+    let stats = wait_stats(&server, "idle again", |s| s.connections_idle == 1).await;
+    assert_eq!(stats.closed, 0, "{stats:?}");
+    assert_eq!(stats.buffers_checked_out, 0, "{stats:?}");
+    // A close_notify is an end, though: the server closes too.
+    tls.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(SAFETY, tls.read_to_end(&mut rest))
+        .await
+        .expect("the server closes after close_notify");
+    wait_stats(&server, "closed", |s| s.connections_open == 0).await;
+    server.stop().await;
+}
