@@ -74,35 +74,9 @@ scenario_args() { # scenario -> megaconn load arguments
   esac
 }
 
-# Run `megaconn load` pinned to the load core under /usr/bin/time and print one
-# JSON record (the load JSON plus our fields). $1 server $2 scenario $3 round
-# $4 duration; the rest are extra load arguments.
-run_load() {
-  local server=$1 scenario=$2 round=$3 dur=$4
-  shift 4
-  local base="$RES_DIR/$server-$scenario-r$round"
-  local cpu0 cpu1 rss time_u time_s sys0 sys1
-  cpu0="$(server_cpu_secs)"
-  sys0="$(system_busy_secs)"
-  if ! taskset -c "$LOAD_CPU" /usr/bin/time -f '%U %S' -o "$base.time" \
-    "$MEGACONN" load "$URL" -t 1 -d "$dur" --json "$base.json" "$@" >"$base.log" 2>&1; then
-    log "WARNING: megaconn load failed for $server $scenario round $round (see $base.log)"
-    return 1
-  fi
-  sys1="$(system_busy_secs)"
-  cpu1="$(server_cpu_secs)"
-  rss="$(server_rss_bytes)"
-  read -r time_u time_s <"$base.time"
-  jq -c --arg server "$server" --arg scenario "$scenario" --argjson round "$round" \
-    --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" --argjson rss "$rss" \
-    --argjson tu "$time_u" --argjson ts "$time_s" --argjson sys0 "$sys0" --argjson sys1 "$sys1" \
-    '{server: $server, scenario: $scenario, round: $round} + . + {
-       server_cpu_secs: ($cpu1 - $cpu0),
-       server_cpu_us_per_req: (if .requests > 0 then ($cpu1 - $cpu0) * 1e6 / .requests else null end),
-       server_rss_bytes: $rss,
-       client_time_cpu_secs: ($tu + $ts),
-       other_cpu_secs: (($sys1 - $sys0) - ($cpu1 - $cpu0) - ($tu + $ts))}' "$base.json"
-}
+# One measured `megaconn load` run against $URL (bench/lib.sh load_record).
+# $1 server $2 scenario $3 round $4 duration; the rest are extra load arguments.
+run_load() { load_record "$1" "$2" "$3" "$4" "$URL" "${@:5}"; }
 
 warmup() { "$MEGACONN" load "$URL" -c 64 -t 1 -d 1s >/dev/null 2>&1 || true; }
 
