@@ -139,13 +139,29 @@ JQ_DEFS='
   def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
   def pct: if . == null then "—" else ((. * 100 | round | tostring) + "%") end;
   def ratio($m; f): if $m == null or (($m | f) // 0) == 0 or f == null then "—"
-    else ((f / ($m | f)) | f2) + "×" end;'
+    else ((f / ($m | f)) | f2) + "×" end;
+  def label: {"h2-tls": "h2 over TLS", "h2c": "h2c (cleartext)",
+    "hs-full": "full (`--no-tls-resume`)", "hs-resumed": "resumed (session cache)"}[.];'
+
+# Prints the table rows of the scenarios in $1 (a JSON array), servers in a
+# fixed order, each row formatted by the jq string $2 over a summary entry
+# ($m: megaconn's entry of the same scenario, for ratios).
+# shellcheck disable=SC2016
+rows() {
+  jq -r --argjson scs "$1" "$JQ_DEFS"'
+    . as $all
+    | $scs[] as $sc
+    | ($all | map(select(.scenario == $sc and .server == "megaconn")) | .[0]) as $m
+    | ["megaconn", "nginx", "axum"][] as $srv
+    | $all[] | select(.scenario == $sc and .server == $srv)
+    | '"$2" "$RES_DIR/summary.json"
+}
 
 {
   echo "## HTTP/2 and TLS"
   echo
   echo "\`bench/h2-tls.sh\`, $(date -u '+%Y-%m-%d %H:%M UTC'): medians of $ROUNDS interleaved rounds × $DURATION per scenario; each server alone on core $SERVER_CPU with one worker/thread, \`megaconn load -t 1\` on core $LOAD_CPU; run time ${elapsed} s."
-  echo "**Shared machine**: $(nproc) cores, other engineers were compiling during the run (load average $load0 at the start, $load1 at the end; \"other CPU\" below is what other processes took): absolute figures are noisy, compare the ratios, which come from the same run."
+  echo "**Shared machine**: $(nproc) cores shared with other engineers' builds and tests (load average $load0 at the start, $load1 at the end; \"other CPU\" below is what other processes took): absolute figures are noisy, compare the ratios, which come from the same run."
   echo
   bench_machine_info
   echo "- TLS: one throwaway ECDSA P-256 certificate (openssl $(openssl version | awk '{ print $2 }')) for all servers; megaconn and axum on rustls (ring), nginx on OpenSSL; all offer TLS 1.2 and 1.3, and the client (rustls) prefers TLS 1.3 with X25519"
@@ -154,27 +170,15 @@ JQ_DEFS='
   echo
   echo "| server | protocol | req/s | p50 µs | p99 µs | server CPU µs/req | server CPU | client CPU | other CPU | req/s vs megaconn | CPU/req vs megaconn | errors |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  jq -r "$JQ_DEFS"'
-    . as $all
-    | ["h2-tls", "h2c"][] as $sc
-    | ($all | map(select(.scenario == $sc and .server == "megaconn")) | .[0]) as $m
-    | ["megaconn", "nginx", "axum"][] as $srv
-    | $all[] | select(.scenario == $sc and .server == $srv)
-    | "| \(.server) | \(if $sc == "h2-tls" then "h2 over TLS" else "h2c (cleartext)" end) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | \(ratio($m; .rps)) | \(ratio($m; .cpu_us_per_req)) | \(.errors) |"' \
-    "$RES_DIR/summary.json"
+  # shellcheck disable=SC2016
+  rows '["h2-tls", "h2c"]' '"| \(.server) | \(.scenario | label) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | \(ratio($m; .rps)) | \(ratio($m; .cpu_us_per_req)) | \(.errors) |"'
   echo
   echo "### (b) TLS handshakes (a new connection per request, $HS_CONNS concurrent, HTTP/1.1 with \`Connection: close\`)"
   echo
   echo "| server | handshakes | handshakes/s | full / resumed (all rounds) | p50 µs | p99 µs | server CPU µs/handshake | server CPU | client CPU | other CPU | handshakes/s vs megaconn | CPU/handshake vs megaconn | errors |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  jq -r "$JQ_DEFS"'
-    . as $all
-    | ["hs-full", "hs-resumed"][] as $sc
-    | ($all | map(select(.scenario == $sc and .server == "megaconn")) | .[0]) as $m
-    | ["megaconn", "nginx", "axum"][] as $srv
-    | $all[] | select(.scenario == $sc and .server == $srv)
-    | "| \(.server) | \(if $sc == "hs-full" then "full (`--no-tls-resume`)" else "resumed (session cache)" end) | \(.cps | f0) | \(.full) / \(.resumed) | \(.p50 | f0) | \(.p99 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | \(ratio($m; .cps)) | \(ratio($m; .cpu_us_per_req)) | \(.errors) |"' \
-    "$RES_DIR/summary.json"
+  # shellcheck disable=SC2016
+  rows '["hs-full", "hs-resumed"]' '"| \(.server) | \(.scenario | label) | \(.cps | f0) | \(.full) / \(.resumed) | \(.p50 | f0) | \(.p99 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | \(ratio($m; .cps)) | \(ratio($m; .cpu_us_per_req)) | \(.errors) |"'
   echo
   echo "Server CPU per handshake includes the connection's accept, its one request and the close. Latency in (b) runs from the start of the connect to the response. server/client/other CPU = CPU seconds per wall-clock second (100% = one core): a server below 100% while the client is near 100% means the load generator set the rate, and CPU µs per request/handshake is the figure to compare."
   echo

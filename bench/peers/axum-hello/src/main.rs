@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use axum::{http::header, response::IntoResponse, routing::{get, post}, serve::{Listener, ListenerExt}, Router};
+use axum::{http::header, response::IntoResponse, routing::{get, post}, serve::ListenerExt, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
