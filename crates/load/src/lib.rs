@@ -20,6 +20,7 @@
 //! | `h2conn` | the HTTP/2 exchange (`--http2`): concurrent streams on one connection |
 //! | `transport` | a connection's byte stream (TCP or TLS), connect + handshake, handshake kind |
 //! | `tls` | rustls client config (`--cacert`, `--insecure`, ALPN, session cache), probe handshake |
+//! | `sessions` | the TLS session store: a TLS 1.3 ticket per concurrent connection |
 //! | `parse` | incremental HTTP/1.1 response parsing (Content-Length, chunked, EOF) |
 //! | `schedule` | open-loop send schedule and coordinated-omission arithmetic |
 //! | `hold` | [`HoldArgs`] and the `hold` driver (validation, ramp, process split) |
@@ -45,6 +46,7 @@ mod plot;
 mod progress;
 mod report;
 mod schedule;
+mod sessions;
 mod sys;
 mod tls;
 mod transport;

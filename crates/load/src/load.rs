@@ -280,7 +280,7 @@ fn endpoint(args: &LoadArgs, target: &Target) -> Result<Endpoint, LoadError> {
         }
     };
     let alpn = if args.http2 { ALPN_H2 } else { ALPN_HTTP1 };
-    let config = tls::client_config(trust, alpn, !args.no_tls_resume)?;
+    let config = tls::client_config(trust, alpn, !args.no_tls_resume, args.connections)?;
     let name = tls::server_name(&target.host)?;
     let selected = tls::probe(addr, &name, &config, args.timeout)?;
     if args.http2 && selected.as_deref() != Some(ALPN_H2) {

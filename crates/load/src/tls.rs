@@ -20,6 +20,7 @@ use rustls::{
 };
 
 use crate::error::LoadError;
+use crate::sessions::SessionStore;
 
 /// ALPN protocol id of HTTP/2.
 pub(crate) const ALPN_H2: &[u8] = b"h2";
@@ -35,17 +36,14 @@ pub(crate) enum Trust<'a> {
     Anything,
 }
 
-/// Sessions kept for resumption: one target, so a small cache suffices; rustls
-/// keeps several TLS 1.3 tickets per server name within it.
-const SESSION_CACHE: usize = 256;
-
 /// Builds the client configuration: TLS 1.2 and 1.3 on ring (as the server
-/// library), ALPN `alpn`, and a session cache when `resume` (else every
-/// handshake is a full one).
+/// library), ALPN `alpn`, and when `resume` a session cache with room for
+/// `connections` concurrent resumptions (else every handshake is a full one).
 pub(crate) fn client_config(
     trust: Trust<'_>,
     alpn: &[u8],
     resume: bool,
+    connections: usize,
 ) -> Result<Arc<ClientConfig>, LoadError> {
     let provider = Arc::new(crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
@@ -62,7 +60,7 @@ pub(crate) fn client_config(
     };
     config.alpn_protocols = vec![alpn.to_vec()];
     config.resumption = if resume {
-        Resumption::in_memory_sessions(SESSION_CACHE)
+        Resumption::store(Arc::new(SessionStore::for_connections(connections)))
     } else {
         Resumption::disabled()
     };
@@ -248,12 +246,13 @@ mod tests {
 
     #[test]
     fn configs_carry_alpn_and_resumption_choice() {
-        let c = client_config(Trust::Anything, ALPN_H2, true).unwrap();
+        let c = client_config(Trust::Anything, ALPN_H2, true, 4).unwrap();
         assert_eq!(c.alpn_protocols, vec![b"h2".to_vec()]);
         let missing = client_config(
             Trust::CaFile(Path::new("/nonexistent.pem")),
             ALPN_HTTP1,
             false,
+            4,
         );
         let err = missing.unwrap_err().to_string();
         assert!(err.contains("--cacert"), "{err}");

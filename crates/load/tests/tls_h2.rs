@@ -200,15 +200,25 @@ fn new_connection_per_request_resumes_tls_sessions() {
     let server = start(Some(self_signed()));
     let r = run_load(args(
         &server.url(),
-        &["-k", "--new-connection-per-request", "-n", "40", "-c", "1"],
+        &[
+            "-k",
+            "--new-connection-per-request",
+            "-n",
+            "160",
+            "-c",
+            "16",
+        ],
     ))
     .unwrap();
-    assert_eq!((r.requests, r.errors_total), (40, 0), "{:?}", r.errors);
-    assert_eq!((r.connections_opened, server.http1()), (40, 40));
+    assert_eq!((r.requests, r.errors_total), (160, 0), "{:?}", r.errors);
+    assert_eq!((r.connections_opened, server.http1()), (160, 160));
     let tls = r.tls.unwrap();
-    assert_eq!(tls.handshakes_full + tls.handshakes_resumed, 40);
-    assert!(tls.handshakes_full >= 1);
-    assert!(tls.handshakes_resumed > 0, "{tls:?}");
+    // At most each connection's first handshake is full (fewer when an early
+    // connection's tickets arrive before a later one starts): every reconnect
+    // finds a ticket its previous connection received. (rustls' default cache
+    // of 8 tickets per server ran dry here: ~60 of 160 were full.)
+    assert_eq!(tls.handshakes_full + tls.handshakes_resumed, 160);
+    assert!((1..=16).contains(&tls.handshakes_full), "{tls:?}");
     assert!(r.new_connection_per_request);
 
     let r = run_load(args(
