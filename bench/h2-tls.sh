@@ -140,7 +140,7 @@ JQ_DEFS='
   def pct: if . == null then "—" else ((. * 100 | round | tostring) + "%") end;
   def ratio($m; f): if $m == null or (($m | f) // 0) == 0 or f == null then "—"
     else ((f / ($m | f)) | f2) + "×" end;
-  def label: {"h2-tls": "h2 over TLS", "h2c": "h2c (cleartext)",
+  def scenario_name: {"h2-tls": "h2 over TLS", "h2c": "h2c (cleartext)",
     "hs-full": "full (`--no-tls-resume`)", "hs-resumed": "resumed (session cache)"}[.];'
 
 # Prints the table rows of the scenarios in $1 (a JSON array), servers in a
@@ -171,14 +171,14 @@ rows() {
   echo "| server | protocol | req/s | p50 µs | p99 µs | server CPU µs/req | server CPU | client CPU | other CPU | req/s vs megaconn | CPU/req vs megaconn | errors |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   # shellcheck disable=SC2016
-  rows '["h2-tls", "h2c"]' '"| \(.server) | \(.scenario | label) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | \(ratio($m; .rps)) | \(ratio($m; .cpu_us_per_req)) | \(.errors) |"'
+  rows '["h2-tls", "h2c"]' '"| \(.server) | \(.scenario | scenario_name) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | \(ratio($m; .rps)) | \(ratio($m; .cpu_us_per_req)) | \(.errors) |"'
   echo
   echo "### (b) TLS handshakes (a new connection per request, $HS_CONNS concurrent, HTTP/1.1 with \`Connection: close\`)"
   echo
   echo "| server | handshakes | handshakes/s | full / resumed (all rounds) | p50 µs | p99 µs | server CPU µs/handshake | server CPU | client CPU | other CPU | handshakes/s vs megaconn | CPU/handshake vs megaconn | errors |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   # shellcheck disable=SC2016
-  rows '["hs-full", "hs-resumed"]' '"| \(.server) | \(.scenario | label) | \(.cps | f0) | \(.full) / \(.resumed) | \(.p50 | f0) | \(.p99 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | \(ratio($m; .cps)) | \(ratio($m; .cpu_us_per_req)) | \(.errors) |"'
+  rows '["hs-full", "hs-resumed"]' '"| \(.server) | \(.scenario | scenario_name) | \(.cps | f0) | \(.full) / \(.resumed) | \(.p50 | f0) | \(.p99 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | \(ratio($m; .cps)) | \(ratio($m; .cpu_us_per_req)) | \(.errors) |"'
   echo
   echo "Server CPU per handshake includes the connection's accept, its one request and the close. Latency in (b) runs from the start of the connect to the response. server/client/other CPU = CPU seconds per wall-clock second (100% = one core): a server below 100% while the client is near 100% means the load generator set the rate, and CPU µs per request/handshake is the figure to compare."
   echo
