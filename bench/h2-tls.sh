@@ -61,19 +61,25 @@ RUNS="$RES_DIR/runs.jsonl"
 : >"$RUNS"
 log "results in $RES_DIR"
 
-HTTPS_URL="https://127.0.0.1:$PORT/"
-HTTP_URL="http://127.0.0.1:$PORT/"
 H2_ARGS=(--http2 -c "$H2_CONNS" --streams "$H2_STREAMS")
 HS_ARGS=(--new-connection-per-request -c "$HS_CONNS")
 
-# Starts $1 with TLS (SERVER_TLS_* set) or cleartext ($2 = tls | plain).
+# Starts $1 with TLS (SERVER_TLS_* set) or cleartext ($2 = tls | plain). On
+# this shared machine another program's client socket can hold $PORT for a
+# moment (ip_local_port_range starts at 1024): then move to the next free port.
 start() {
-  if [[ $2 == tls ]]; then
-    SERVER_TLS_CERT="$CERT_DIR/cert.pem" SERVER_TLS_KEY="$CERT_DIR/key.pem" server_start "$1" "$PORT" 1
-  else
-    SERVER_TLS_CERT="" SERVER_TLS_KEY="" server_start "$1" "$PORT" 1
-  fi
+  local attempt cert="" key=""
+  [[ $2 == tls ]] && cert="$CERT_DIR/cert.pem" key="$CERT_DIR/key.pem"
+  for attempt in 1 2 3; do
+    SERVER_TLS_CERT="$cert" SERVER_TLS_KEY="$key" server_start "$1" "$PORT" 1 && return 0
+    PORT="$(free_port $((PORT + 1)))"
+    log "retrying $1 on port $PORT (attempt $((attempt + 1)))"
+  done
+  return 1
 }
+
+# The target URL for the running server: $1 = https | http.
+url() { echo "$1://127.0.0.1:$PORT/"; }
 
 # Runs one scenario and appends its record. $1 server $2 scenario $3 round $4 URL, rest: args.
 measure() {
@@ -96,16 +102,16 @@ for ((round = 1; round <= ROUNDS; round++)); do
     server="${servers[$(((k + round - 1) % n))]}"
     bench_wait_quiet "${QUIET_WAIT_EACH:-5}"
     start "$server" tls || die "could not start $server with TLS"
-    warmup "$HTTPS_URL"
-    measure "$server" h2-tls "$round" "$HTTPS_URL" -k "${H2_ARGS[@]}"
-    measure "$server" hs-full "$round" "$HTTPS_URL" -k "${HS_ARGS[@]}" --no-tls-resume
-    measure "$server" hs-resumed "$round" "$HTTPS_URL" -k "${HS_ARGS[@]}"
+    warmup "$(url https)"
+    measure "$server" h2-tls "$round" "$(url https)" -k "${H2_ARGS[@]}"
+    measure "$server" hs-full "$round" "$(url https)" -k "${HS_ARGS[@]}" --no-tls-resume
+    measure "$server" hs-resumed "$round" "$(url https)" -k "${HS_ARGS[@]}"
     server_stop
     # nginx serves HTTP/1.1 on its cleartext listener (h2c would need one of its own).
     if [[ $server != nginx ]]; then
       start "$server" plain || die "could not start $server"
-      warmup "$HTTP_URL"
-      measure "$server" h2c "$round" "$HTTP_URL" "${H2_ARGS[@]}"
+      warmup "$(url http)"
+      measure "$server" h2c "$round" "$(url http)" "${H2_ARGS[@]}"
       server_stop
     fi
   done
