@@ -120,10 +120,7 @@ elapsed=$((SECONDS - t_start))
 load1="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---- summary -----------------------------------------------------------------
-jq -s '
-  def median: sort | if length == 0 then null
-    elif length % 2 == 1 then .[length / 2 | floor]
-    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+jq -s "$BENCH_JQ_DEFS"'
   group_by([.server, .scenario]) | map({
     server: .[0].server, scenario: .[0].scenario, runs: length,
     rps: (map(.rps) | median),
@@ -140,10 +137,7 @@ jq -s '
   })' "$RUNS" >"$RES_DIR/summary.json"
 
 # shellcheck disable=SC2016  # jq code, not shell expansions
-JQ_DEFS='
-  def f0: if . == null then "—" else (. | round | tostring) end;
-  def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
-  def pct: if . == null then "—" else ((. * 100 | round | tostring) + "%") end;
+JQ_DEFS="$BENCH_JQ_DEFS"'
   def ratio($m; f): if $m == null or (($m | f) // 0) == 0 or f == null then "—"
     else ((f / ($m | f)) | f2) + "×" end;
   def scenario_name: {"h2-tls": "h2 over TLS", "h2c": "h2c (cleartext)",

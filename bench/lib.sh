@@ -59,6 +59,18 @@ SERVER_NAME=""
 SERVER_MEASURE_PIDS=""
 BENCH_BG_PIDS=()   # background helpers (load/hold) started by the scripts
 
+# jq helpers for the scripts' summaries: median of an array, and cell
+# formatting (f0 integer, f2 two decimals, pct a fraction as percent; "—" for null).
+# shellcheck disable=SC2016,SC2034  # jq code, used by the scripts that source this
+BENCH_JQ_DEFS='
+  def median: sort | if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor]
+    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def f0: if . == null then "—" else (. | round | tostring) end;
+  def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
+  def pct: if . == null then "—" else ((. * 100 | round | tostring) + "%") end;
+'
+
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 

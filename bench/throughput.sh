@@ -127,10 +127,7 @@ fi
 elapsed=$((SECONDS - t_start))
 
 # ---- summary -----------------------------------------------------------------
-jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" '
-  def median: sort | if length == 0 then null
-    elif length % 2 == 1 then .[length / 2 | floor]
-    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" "$BENCH_JQ_DEFS"'
   group_by([.server, .scenario]) | map({
     server: .[0].server, scenario: .[0].scenario, runs: length,
     rps: (map(.rps) | median),
@@ -149,10 +146,7 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" '
   echo
   echo "| server | connections / mode | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | server CPU | client CPU | other CPU | req/s vs megaconn | CPU/req vs megaconn | errors |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  jq -r --arg rate "$RATE" --arg rconns "$RATE_CONNS" '
-    def f0: if . == null then "—" else (. | round | tostring) end;
-    def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
-    def pct: if . == null then "—" else ((. * 100 | round | tostring) + "%") end;
+  jq -r --arg rate "$RATE" --arg rconns "$RATE_CONNS" "$BENCH_JQ_DEFS"'
     def mode: if . == "c64" then "64 conns, closed loop"
       elif . == "c512" then "512 conns, closed loop"
       else "open loop \($rate) req/s, \($rconns) conns" end;
@@ -174,9 +168,7 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" '
     echo
     echo "| server | tool | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | client CPU s (/usr/bin/time) | client_cpu_secs field | requests per client CPU-second |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    jq -r '
-      def f0: if . == null then "—" else (. | round | tostring) end;
-      def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
+    jq -r "$BENCH_JQ_DEFS"'
       "| \(.server) | \(.tool) | \(.rps | f0) | \(.latency_us.p50 | f0) | \(.latency_us.p99 | f0) | \(.latency_us.p999 | f0) | \(.server_cpu_us_per_req | f2) | \(.client_time_cpu_secs | f2) | \(.client_cpu_secs | f2) | \(if .client_time_cpu_secs > 0 then (.requests / .client_time_cpu_secs | f0) else "—" end) |"' "$WRK_RUNS"
   fi
   echo
