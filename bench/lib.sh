@@ -3,7 +3,7 @@
 # Source it (`. bench/lib.sh`); it defines functions and a few variables only.
 #
 # What it provides:
-#   bench_install_deps   apt-get install golang-go nginx-light wrk jq procps
+#   bench_install_deps   apt-get install golang-go nginx-light wrk jq procps openssl
 #                        util-linux time curl, only those whose command is missing
 #   bench_build          builds the Go and axum peers and megaconn (cargo build
 #                        --release at the repo root); sets MEGACONN_SERVE_OK,
@@ -15,20 +15,27 @@
 #                          net.ipv4.tcp_max_syn_backlog=65535
 #   server_start NAME PORT [WORKERS]  NAME in: megaconn go nginx axum. Starts the
 #                        server pinned with `taskset -c $SERVER_CPU` (default 1),
-#                        waits (bounded) until GET / answers. Sets SERVER_PID
+#                        waits (bounded) until GET / answers. With
+#                        SERVER_TLS_CERT and SERVER_TLS_KEY set (PEM files) it
+#                        serves HTTPS with ALPN h2 + http/1.1 instead (megaconn,
+#                        nginx, axum; not go). Sets SERVER_PID
 #                        (the process started) and SERVER_MEASURE_PIDS (the
 #                        processes whose memory is per-connection: nginx's
 #                        workers, else the server and its children).
 #   server_stop          SIGTERM, bounded wait, then SIGKILL
 #   pid_cpu_secs PID...  utime+stime (seconds) summed over PIDs and their children
 #   server_cpu_secs      pid_cpu_secs over the running server's whole tree
+#   load_record SERVER SCENARIO ROUND DURATION URL [ARGS]  one measured
+#                        `megaconn load` run on $LOAD_CPU: prints a JSON record
+#                        (load report + server CPU per request, client and other CPU)
 #   server_rss_bytes     VmRSS summed over SERVER_MEASURE_PIDS
 #   kernel_slab_bytes, kernel_tcp_mem_bytes   from /proc/meminfo, /proc/net/sockstat
 #   kernel_sock_slab_bytes  socket-related slab caches from /proc/slabinfo
 #   established_count PORT   server-side established TCP connections on PORT
 #   bench_cleanup        kills every process the scripts started (used by traps)
 #
-# Environment knobs: MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments), SERVER_CPU (1), LOAD_CPU (0), MEGACONN (path of the binary,
+# Environment knobs: MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments), SERVER_CPU (1), LOAD_CPU (0),
+# SERVER_TLS_CERT/SERVER_TLS_KEY (serve TLS), MEGACONN (path of the binary,
 # default target/release/megaconn), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1.
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,13 +59,26 @@ SERVER_NAME=""
 SERVER_MEASURE_PIDS=""
 BENCH_BG_PIDS=()   # background helpers (load/hold) started by the scripts
 
+# jq helpers for the scripts' summaries: median of an array, and cell
+# formatting (f0 integer, f2 two decimals, pct a fraction as percent; "—" for null).
+# shellcheck disable=SC2016,SC2034  # jq code, used by the scripts that source this
+BENCH_JQ_DEFS='
+  def median: sort | if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor]
+    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def f0: if . == null then "—" else (. | round | tostring) end;
+  def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
+  def pct: if . == null then "—" else ((. * 100 | round | tostring) + "%") end;
+'
+
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 bench_install_deps() {
   [[ "${BENCH_SKIP_INSTALL:-0}" == 1 ]] && return 0
   local -A pkgs=([go]=golang-go [nginx]=nginx-light [wrk]=wrk [jq]=jq
-    [ps]=procps [taskset]=util-linux [/usr/bin/time]=time [curl]=curl [ss]=iproute2)
+    [ps]=procps [taskset]=util-linux [/usr/bin/time]=time [curl]=curl [ss]=iproute2
+    [openssl]=openssl)
   local missing=() cmd
   for cmd in "${!pkgs[@]}"; do
     if [[ "$cmd" == /* ]]; then [[ -x "$cmd" ]] && continue
@@ -130,11 +150,16 @@ bench_tune() {
   set_sysctl net.ipv4.tcp_max_syn_backlog 65535
 }
 
-# Wait (bounded) until http://127.0.0.1:PORT/ answers. $1 port, $2 seconds.
+# True when servers are to be started with TLS (SERVER_TLS_CERT and _KEY set).
+server_tls() { [[ -n "${SERVER_TLS_CERT:-}" && -n "${SERVER_TLS_KEY:-}" ]]; }
+
+# Wait (bounded) until http://127.0.0.1:PORT/ (https:// with TLS, any
+# certificate) answers. $1 port, $2 seconds.
 wait_http() {
-  local port=$1 secs=${2:-15} i
+  local port=$1 secs=${2:-15} i scheme=http
+  server_tls && scheme=https
   for ((i = 0; i < secs * 10; i++)); do
-    curl -fsS -o /dev/null -m 1 "http://127.0.0.1:$port/" 2>/dev/null && return 0
+    curl -kfsS -o /dev/null -m 1 "$scheme://127.0.0.1:$port/" 2>/dev/null && return 0
     if [[ -n "$SERVER_PID" ]] && ! kill -0 "$SERVER_PID" 2>/dev/null; then return 1; fi
     sleep 0.1
   done
@@ -170,25 +195,38 @@ server_start() { # NAME PORT [WORKERS]
   fi
   log_file="$RUN_DIR/$name-$port.log"
   SERVER_NAME=$name
+  local tls_args=()
+  if server_tls; then
+    tls_args=(--tls-cert "$SERVER_TLS_CERT" --tls-key "$SERVER_TLS_KEY")
+  fi
   case "$name" in
     megaconn)
       [[ "$MEGACONN_SERVE_OK" == 1 ]] || die "megaconn serve is not available"
       # shellcheck disable=SC2086  # MEGACONN_SERVE_ARGS is a word list
       taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$port" \
-        --workers "$workers" ${MEGACONN_SERVE_ARGS:-} >"$log_file" 2>&1 &
+        --workers "$workers" "${tls_args[@]}" ${MEGACONN_SERVE_ARGS:-} >"$log_file" 2>&1 &
       ;;
     go)
+      server_tls && die "the go peer has no TLS mode"
       GOMAXPROCS=$workers taskset -c "$SERVER_CPU" "$GO_HELLO" -listen "127.0.0.1:$port" \
         >"$log_file" 2>&1 &
       ;;
     axum)
       taskset -c "$SERVER_CPU" "$AXUM_HELLO" --listen "127.0.0.1:$port" --threads "$workers" \
-        >"$log_file" 2>&1 &
+        "${tls_args[@]}" >"$log_file" 2>&1 &
       ;;
     nginx)
       local dir="$RUN_DIR/nginx-$port"
+      local listen_opts=""
       rm -rf "$dir" && mkdir -p "$dir"
+      : >"$dir/tls.conf"
+      if server_tls; then
+        listen_opts=" ssl http2"
+        sed -e "s|@CERT@|$SERVER_TLS_CERT|g" -e "s|@KEY@|$SERVER_TLS_KEY|g" \
+          "$BENCH_DIR/peers/nginx-tls.conf.template" >"$dir/tls.conf"
+      fi
       sed -e "s|@WORKERS@|$workers|g" -e "s|@LISTEN@|127.0.0.1:$port|g" -e "s|@RUNDIR@|$dir|g" \
+        -e "s|@LISTEN_OPTS@|$listen_opts|g" \
         "$BENCH_DIR/peers/nginx.conf.template" >"$dir/nginx.conf"
       taskset -c "$SERVER_CPU" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
         >"$log_file" 2>&1 &
@@ -334,6 +372,39 @@ kill_ours() {
     tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF -- "$pat" || continue
     kill "-$sig" "$p" 2>/dev/null || true
   done
+}
+
+# Run `megaconn load` pinned to the load core under /usr/bin/time and print one
+# JSON record: the load JSON plus server, scenario, round, the server's CPU
+# seconds during the run (and per request), its RSS, the client's CPU from
+# /usr/bin/time, and the CPU other processes took meanwhile. Files go to
+# $RES_DIR. $1 server $2 scenario $3 round $4 duration $5 URL; the rest are
+# extra load arguments.
+load_record() {
+  local server=$1 scenario=$2 round=$3 dur=$4 url=$5
+  shift 5
+  local base="$RES_DIR/$server-$scenario-r$round"
+  local cpu0 cpu1 rss time_u time_s sys0 sys1
+  cpu0="$(server_cpu_secs)"
+  sys0="$(system_busy_secs)"
+  if ! taskset -c "$LOAD_CPU" /usr/bin/time -f '%U %S' -o "$base.time" \
+    "$MEGACONN" load "$url" -t 1 -d "$dur" --json "$base.json" "$@" >"$base.log" 2>&1; then
+    log "WARNING: megaconn load failed for $server $scenario round $round (see $base.log)"
+    return 1
+  fi
+  sys1="$(system_busy_secs)"
+  cpu1="$(server_cpu_secs)"
+  rss="$(server_rss_bytes)"
+  read -r time_u time_s <"$base.time"
+  jq -c --arg server "$server" --arg scenario "$scenario" --argjson round "$round" \
+    --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" --argjson rss "$rss" \
+    --argjson tu "$time_u" --argjson ts "$time_s" --argjson sys0 "$sys0" --argjson sys1 "$sys1" \
+    '{server: $server, scenario: $scenario, round: $round} + . + {
+       server_cpu_secs: ($cpu1 - $cpu0),
+       server_cpu_us_per_req: (if .requests > 0 then ($cpu1 - $cpu0) * 1e6 / .requests else null end),
+       server_rss_bytes: $rss,
+       client_time_cpu_secs: ($tu + $ts),
+       other_cpu_secs: (($sys1 - $sys0) - ($cpu1 - $cpu0) - ($tu + $ts))}' "$base.json"
 }
 
 # Kill background helpers and the server; safe to call more than once.

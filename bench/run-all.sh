@@ -8,6 +8,8 @@
 # Sets sysctls (via lib.sh): net.ipv4.ip_local_port_range="1024 65535",
 #   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
 # Takes about 7 minutes with the defaults (plus the first build).
+# Includes the committed MILLION.md, METRICS.md and H2TLS.md (bench/million.sh,
+# bench/metrics-overhead.sh, bench/h2-tls.sh write them; run those on their own).
 # Env: everything throughput.sh and idle-memory.sh read (ROUNDS, DURATION, RATE,
 #   N, RAMP, SERVERS...), RESULTS (output file, default bench/RESULTS.md).
 set -euo pipefail
@@ -103,7 +105,9 @@ status_line() { # rc secs
   echo "## Idle-connection memory"
   echo
   if [[ -s "$OUT_DIR/idle-memory.last.md" ]]; then cat "$OUT_DIR/idle-memory.last.md"; else echo "_no results_"; fi
-  for section in MILLION.md METRICS.md; do
+  # Sections written by the longer or special-purpose scripts, each run on its
+  # own: bench/million.sh, bench/metrics-overhead.sh, bench/h2-tls.sh.
+  for section in MILLION.md METRICS.md H2TLS.md; do
     if [[ -s "$BENCH_DIR/$section" ]]; then
       echo
       cat "$BENCH_DIR/$section"

@@ -74,35 +74,9 @@ scenario_args() { # scenario -> megaconn load arguments
   esac
 }
 
-# Run `megaconn load` pinned to the load core under /usr/bin/time and print one
-# JSON record (the load JSON plus our fields). $1 server $2 scenario $3 round
-# $4 duration; the rest are extra load arguments.
-run_load() {
-  local server=$1 scenario=$2 round=$3 dur=$4
-  shift 4
-  local base="$RES_DIR/$server-$scenario-r$round"
-  local cpu0 cpu1 rss time_u time_s sys0 sys1
-  cpu0="$(server_cpu_secs)"
-  sys0="$(system_busy_secs)"
-  if ! taskset -c "$LOAD_CPU" /usr/bin/time -f '%U %S' -o "$base.time" \
-    "$MEGACONN" load "$URL" -t 1 -d "$dur" --json "$base.json" "$@" >"$base.log" 2>&1; then
-    log "WARNING: megaconn load failed for $server $scenario round $round (see $base.log)"
-    return 1
-  fi
-  sys1="$(system_busy_secs)"
-  cpu1="$(server_cpu_secs)"
-  rss="$(server_rss_bytes)"
-  read -r time_u time_s <"$base.time"
-  jq -c --arg server "$server" --arg scenario "$scenario" --argjson round "$round" \
-    --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" --argjson rss "$rss" \
-    --argjson tu "$time_u" --argjson ts "$time_s" --argjson sys0 "$sys0" --argjson sys1 "$sys1" \
-    '{server: $server, scenario: $scenario, round: $round} + . + {
-       server_cpu_secs: ($cpu1 - $cpu0),
-       server_cpu_us_per_req: (if .requests > 0 then ($cpu1 - $cpu0) * 1e6 / .requests else null end),
-       server_rss_bytes: $rss,
-       client_time_cpu_secs: ($tu + $ts),
-       other_cpu_secs: (($sys1 - $sys0) - ($cpu1 - $cpu0) - ($tu + $ts))}' "$base.json"
-}
+# One measured `megaconn load` run against $URL (bench/lib.sh load_record).
+# $1 server $2 scenario $3 round $4 duration; the rest are extra load arguments.
+run_load() { load_record "$1" "$2" "$3" "$4" "$URL" "${@:5}"; }
 
 warmup() { "$MEGACONN" load "$URL" -c 64 -t 1 -d 1s >/dev/null 2>&1 || true; }
 
@@ -153,10 +127,7 @@ fi
 elapsed=$((SECONDS - t_start))
 
 # ---- summary -----------------------------------------------------------------
-jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" '
-  def median: sort | if length == 0 then null
-    elif length % 2 == 1 then .[length / 2 | floor]
-    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" "$BENCH_JQ_DEFS"'
   group_by([.server, .scenario]) | map({
     server: .[0].server, scenario: .[0].scenario, runs: length,
     rps: (map(.rps) | median),
@@ -175,10 +146,7 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" '
   echo
   echo "| server | connections / mode | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | server CPU | client CPU | other CPU | req/s vs megaconn | CPU/req vs megaconn | errors |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  jq -r --arg rate "$RATE" --arg rconns "$RATE_CONNS" '
-    def f0: if . == null then "—" else (. | round | tostring) end;
-    def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
-    def pct: if . == null then "—" else ((. * 100 | round | tostring) + "%") end;
+  jq -r --arg rate "$RATE" --arg rconns "$RATE_CONNS" "$BENCH_JQ_DEFS"'
     def mode: if . == "c64" then "64 conns, closed loop"
       elif . == "c512" then "512 conns, closed loop"
       else "open loop \($rate) req/s, \($rconns) conns" end;
@@ -200,9 +168,7 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" '
     echo
     echo "| server | tool | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | client CPU s (/usr/bin/time) | client_cpu_secs field | requests per client CPU-second |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    jq -r '
-      def f0: if . == null then "—" else (. | round | tostring) end;
-      def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
+    jq -r "$BENCH_JQ_DEFS"'
       "| \(.server) | \(.tool) | \(.rps | f0) | \(.latency_us.p50 | f0) | \(.latency_us.p99 | f0) | \(.latency_us.p999 | f0) | \(.server_cpu_us_per_req | f2) | \(.client_time_cpu_secs | f2) | \(.client_cpu_secs | f2) | \(if .client_time_cpu_secs > 0 then (.requests / .client_time_cpu_secs | f0) else "—" end) |"' "$WRK_RUNS"
   fi
   echo

@@ -38,7 +38,7 @@ struct Cli {
 enum Command {
     /// Run a server: the demo app on 127.0.0.1:8080 unless told otherwise.
     Serve(serve::ServeArgs),
-    /// Generate HTTP/1.1 request load against a URL and report latency percentiles.
+    /// Generate HTTP/1.1 or HTTP/2 request load (cleartext or TLS) against a URL and report latency percentiles.
     Load(megaconn_load::LoadArgs),
     /// Open and hold many concurrent connections (up to a million), with heartbeats.
     Hold(megaconn_load::HoldArgs),

@@ -1,5 +1,5 @@
 //! Parsing of command-line values shared by `load` and `hold`: durations, targets
-//! (`http://…` URLs and `tcp://ADDR`), source-address ranges, headers, bodies and
+//! (`http://…` and `https://…` URLs and `tcp://ADDR`), source-address ranges, headers, bodies and
 //! escaped heartbeat lines.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -38,8 +38,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 /// What kind of target a run talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scheme {
-    /// HTTP/1.1 requests.
+    /// HTTP requests in cleartext.
     Http,
+    /// HTTP requests over TLS (`load` only).
+    Https,
     /// Raw TCP lines (`hold` only).
     Tcp,
 }
@@ -57,19 +59,20 @@ pub(crate) struct Target {
     pub path: String,
 }
 
-/// Parses `http://host:port/path`, `host:port/path` (HTTP assumed) or `tcp://host:port`.
+/// Parses `http://host:port/path`, `https://host:port/path`, `host:port/path`
+/// (HTTP assumed) or `tcp://host:port`.
 pub(crate) fn parse_target(s: &str) -> Result<Target, LoadError> {
     let bad = |hint: &str| LoadError::invalid("target", s, hint);
     let (scheme, rest) = if let Some(r) = s.strip_prefix("http://") {
         (Scheme::Http, r)
     } else if let Some(r) = s.strip_prefix("tcp://") {
         (Scheme::Tcp, r)
-    } else if s.starts_with("https://") {
-        return Err(bad(
-            "TLS is not supported; use http:// against a plain-text listener",
-        ));
+    } else if let Some(r) = s.strip_prefix("https://") {
+        (Scheme::Https, r)
     } else if s.contains("://") {
-        return Err(bad("use http://HOST:PORT/PATH or tcp://HOST:PORT"));
+        return Err(bad(
+            "use http://HOST:PORT/PATH, https://HOST:PORT/PATH or tcp://HOST:PORT",
+        ));
     } else {
         (Scheme::Http, s)
     };
@@ -91,6 +94,8 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, LoadError> {
         authority.to_string()
     } else if scheme == Scheme::Http {
         format!("{authority}:80")
+    } else if scheme == Scheme::Https {
+        format!("{authority}:443")
     } else {
         return Err(bad(
             "a tcp:// target needs a port, e.g. tcp://127.0.0.1:9000",
@@ -238,7 +243,12 @@ mod tests {
         let t = parse_target("tcp://127.0.0.1:7000").unwrap();
         assert_eq!(t.scheme, Scheme::Tcp);
         assert!(parse_target("tcp://127.0.0.1").is_err());
-        assert!(parse_target("https://127.0.0.1:1/").is_err());
+        let t = parse_target("https://localhost/x").unwrap();
+        assert_eq!(
+            (t.scheme, t.addr.port(), t.path.as_str()),
+            (Scheme::Https, 443, "/x")
+        );
+        assert!(parse_target("ftp://127.0.0.1:1/").is_err());
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! One `load` client connection: the request bytes are rendered once (K copies
-//! back to back for `--pipeline K`), responses are parsed by
-//! [`ResponseParser`] out of a buffer reused for the connection's whole life,
-//! and in-flight send times sit in a fixed-capacity ring. The hot path
-//! (send, read, parse, record) allocates nothing.
+//! One `load` client connection: the reconnect loop shared by both protocols
+//! ([`run`]: open the transport, count the handshake, hand the stream to the
+//! HTTP/1.1 or HTTP/2 ([`crate::h2conn`]) exchange loop) and the HTTP/1.1 loop
+//! itself. For HTTP/1.1 the request bytes are rendered once (K copies back to
+//! back for `--pipeline K`), responses are parsed by [`ResponseParser`] out of
+//! a buffer reused for the connection's whole life, and in-flight send times
+//! sit in a fixed-capacity ring. The hot path (send, read, parse, record)
+//! allocates nothing.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -16,11 +18,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::h2conn::{self, H2Request};
 use crate::histogram::{new_histogram, record_ns};
 use crate::parse::{ResponseParser, Step};
 use crate::report::{ErrorCounts, ErrorKind};
 use crate::schedule::{latency_ns, latency_start, Schedule};
-use crate::sys;
+use crate::transport::{self, Endpoint, Handshake, Stream};
 
 /// Renders one HTTP/1.1 request. A `Host` header is added unless given, and a
 /// `Content-Length` whenever there is a body.
@@ -50,11 +53,31 @@ pub(crate) fn render_request(
     r
 }
 
+/// The protocol a run speaks on its connections.
+#[derive(Debug, Clone)]
+pub(crate) enum Protocol {
+    /// HTTP/1.1 with the pre-rendered request in [`ConnShared::batch`].
+    Http1,
+    /// HTTP/2 (`--http2`): up to `streams` concurrent streams per connection.
+    Http2 {
+        /// Concurrent streams per connection.
+        streams: usize,
+        /// The request every stream sends (boxed: one per run, and the
+        /// HTTP/1.1 variant should not carry its size).
+        request: Box<H2Request>,
+    },
+}
+
 /// What every connection of a thread shares (read-only).
 #[derive(Debug, Clone)]
 pub(crate) struct ConnShared {
-    /// Where to connect.
-    pub addr: SocketAddr,
+    /// Where to connect, and TLS settings for `https://`.
+    pub endpoint: Endpoint,
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: Protocol,
+    /// `--new-connection-per-request`: one request per connection, latency
+    /// measured from the start of the connect.
+    pub one_per_connection: bool,
     /// `pipeline` copies of the request, back to back.
     pub batch: Vec<u8>,
     /// Length of one request in `batch`.
@@ -98,6 +121,12 @@ pub(crate) struct ThreadStats {
     pub lag_max_ns: u64,
     /// Open loop: requests due but never sent.
     pub backlog: u64,
+    /// Connections opened (TLS handshake included).
+    pub connects: u64,
+    /// Full TLS handshakes.
+    pub handshakes_full: u64,
+    /// Resumed TLS handshakes.
+    pub handshakes_resumed: u64,
     /// When the thread's last connection finished.
     pub finished_at: Instant,
 }
@@ -111,6 +140,9 @@ impl ThreadStats {
             lag_sum_ns: 0,
             lag_max_ns: 0,
             backlog: 0,
+            connects: 0,
+            handshakes_full: 0,
+            handshakes_resumed: 0,
             finished_at: Instant::now(),
         }
     }
@@ -121,16 +153,76 @@ const BUF: usize = 16 * 1024;
 const MAX_BUF: usize = 1024 * 1024;
 
 /// Why a connection's inner loop ended.
-enum End {
+pub(crate) enum End {
     /// Reconnect (error already counted, or the server asked to close).
     Reconnect,
     /// The budget is spent or the deadline passed.
     Finished,
 }
 
+/// Counts what happens on a thread's connections: errors, responses
+/// (latency and status class) and opened connections with their handshakes.
+#[derive(Clone, Copy)]
+pub(crate) struct Recorder<'a> {
+    stats: &'a RefCell<ThreadStats>,
+    live: &'a Live,
+}
+
+impl Recorder<'_> {
+    /// Counts one error of `kind`.
+    pub(crate) fn error(&self, kind: ErrorKind) {
+        self.stats.borrow_mut().errors.add(kind);
+        self.live.errors.fetch_add(1, Relaxed);
+    }
+
+    /// Counts `n` sent requests.
+    pub(crate) fn sent(&self, n: u64) {
+        self.live.sent.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` bytes read.
+    pub(crate) fn read(&self, n: u64) {
+        self.live.bytes.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` successful responses for the progress display (the
+    /// histogram already has them: see [`Recorder::response`]).
+    pub(crate) fn succeeded(&self, n: u64) {
+        self.live.requests.fetch_add(n, Relaxed);
+    }
+
+    /// Records a complete response started at `start`: its latency, and its
+    /// status as an error for 4xx/5xx. Returns 1 if it counts as successful.
+    #[inline]
+    pub(crate) fn response(&self, status: u16, start: Instant, now: Instant) -> u64 {
+        let mut st = self.stats.borrow_mut();
+        record_ns(&mut st.hist, latency_ns(start, now));
+        let kind = match status {
+            400..=499 => ErrorKind::Status4xx,
+            500..=599 => ErrorKind::Status5xx,
+            _ => return 1,
+        };
+        st.errors.add(kind);
+        self.live.errors.fetch_add(1, Relaxed);
+        0
+    }
+
+    /// Counts an opened connection and its handshake.
+    fn opened(&self, handshake: Handshake) {
+        let mut st = self.stats.borrow_mut();
+        st.connects += 1;
+        match handshake {
+            Handshake::None => {}
+            Handshake::Full => st.handshakes_full += 1,
+            Handshake::Resumed => st.handshakes_resumed += 1,
+        }
+    }
+}
+
 /// Runs one connection until it has completed `budget` requests (each error also
-/// consumes one, so a dead server cannot keep it alive) or the deadline passes.
-/// `schedule` is `Some` in open loop.
+/// consumes one, so a dead server cannot keep it alive) or the deadline passes,
+/// reconnecting whenever the connection ends early (or after each request with
+/// `--new-connection-per-request`). `schedule` is `Some` in open loop.
 pub(crate) async fn run(
     shared: Rc<ConnShared>,
     mut budget: u64,
@@ -138,7 +230,12 @@ pub(crate) async fn run(
     stats: Rc<RefCell<ThreadStats>>,
     live: Arc<Live>,
 ) {
-    let mut buf = vec![0u8; BUF];
+    let rec = Recorder {
+        stats: &stats,
+        live: &live,
+    };
+    // HTTP/1.1 state; the buffer is allocated on the first HTTP/1.1 connection.
+    let mut buf = Vec::new();
     let mut inflight: VecDeque<Instant> = VecDeque::with_capacity(shared.pipeline);
     let mut parser = ResponseParser::new(shared.head_request);
     let mut conn = Conn {
@@ -146,16 +243,18 @@ pub(crate) async fn run(
         buf: &mut buf,
         inflight: &mut inflight,
         parser: &mut parser,
-        stats: &stats,
-        live: &live,
+        rec,
         free_since: Instant::now(),
     };
     while budget > 0 && Instant::now() < shared.deadline {
-        let stream = match sys::connect(shared.addr, None, shared.timeout).await {
-            Ok(s) => s,
-            Err(e) => {
-                stats.borrow_mut().errors.add(ErrorKind::of_connect(&e));
-                live.errors.fetch_add(1, Relaxed);
+        let opened = Instant::now();
+        let stream = match transport::open(&shared.endpoint, shared.timeout).await {
+            Ok((stream, handshake)) => {
+                rec.opened(handshake);
+                stream
+            }
+            Err(kind) => {
+                rec.error(kind);
                 budget -= 1;
                 // Do not spin on a dead server: wait a little before retrying.
                 tokio::time::sleep_until(tokio::time::Instant::from_std(
@@ -165,7 +264,24 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        match conn.serve(stream, &mut budget, schedule.as_mut()).await {
+        let end = match &shared.protocol {
+            Protocol::Http1 => {
+                conn.serve(stream, opened, &mut budget, schedule.as_mut())
+                    .await
+            }
+            Protocol::Http2 { streams, request } => {
+                let exchange = h2conn::Exchange {
+                    shared: &shared,
+                    request,
+                    streams: *streams,
+                    rec,
+                };
+                exchange
+                    .serve(stream, opened, &mut budget, schedule.as_mut())
+                    .await
+            }
+        };
+        match end {
             End::Reconnect => continue,
             End::Finished => break,
         }
@@ -186,26 +302,28 @@ struct Conn<'a> {
     buf: &'a mut Vec<u8>,
     inflight: &'a mut VecDeque<Instant>,
     parser: &'a mut ResponseParser,
-    stats: &'a RefCell<ThreadStats>,
-    live: &'a Live,
+    rec: Recorder<'a>,
     /// Open loop: when the pipeline last went from full to having a free slot.
     free_since: Instant,
 }
 
 impl Conn<'_> {
     fn error(&self, kind: ErrorKind) {
-        self.stats.borrow_mut().errors.add(kind);
-        self.live.errors.fetch_add(1, Relaxed);
+        self.rec.error(kind);
     }
 
-    /// Drives one established connection.
+    /// Drives one established connection, opened at `opened`.
     async fn serve(
         &mut self,
-        mut stream: tokio::net::TcpStream,
+        mut stream: Stream,
+        opened: Instant,
         budget: &mut u64,
         mut schedule: Option<&mut Schedule>,
     ) -> End {
         let sh = self.shared;
+        if self.buf.is_empty() {
+            self.buf.resize(BUF, 0);
+        }
         self.inflight.clear();
         self.parser.reset();
         let (mut pos, mut filled) = (0usize, 0usize);
@@ -242,8 +360,11 @@ impl Conn<'_> {
                         }
                     }
                     None => {
+                        // A connection of its own: the request's latency
+                        // includes the connect and the TLS handshake.
+                        let start = if sh.one_per_connection { opened } else { now };
                         for _ in 0..room {
-                            self.inflight.push_back(now);
+                            self.inflight.push_back(start);
                         }
                         n = room as usize;
                     }
@@ -258,7 +379,7 @@ impl Conn<'_> {
                     *budget -= 1;
                     return End::Reconnect;
                 }
-                self.live.sent.fetch_add(n as u64, Relaxed);
+                self.rec.sent(n as u64);
             }
             if *budget == 0 {
                 return End::Finished;
@@ -302,7 +423,7 @@ impl Conn<'_> {
                 Ok(0) => {
                     if let Some(resp) = self.parser.on_eof() {
                         let ok = self.complete(resp.status, now, budget);
-                        self.live.requests.fetch_add(ok, Relaxed);
+                        self.rec.succeeded(ok);
                         return End::Reconnect;
                     }
                     if !self.inflight.is_empty() || !self.parser.idle() {
@@ -319,7 +440,7 @@ impl Conn<'_> {
                 }
             };
             filled += got;
-            self.live.bytes.fetch_add(got as u64, Relaxed);
+            self.rec.read(got as u64);
             last_progress = now;
             let mut ok = 0u64;
             loop {
@@ -331,8 +452,8 @@ impl Conn<'_> {
                     Ok(Step::Done { consumed, response }) => {
                         pos += consumed;
                         ok += self.complete(response.status, now, budget);
-                        if response.close || *budget == 0 {
-                            self.live.requests.fetch_add(ok, Relaxed);
+                        if response.close || *budget == 0 || sh.one_per_connection {
+                            self.rec.succeeded(ok);
                             return if *budget == 0 {
                                 End::Finished
                             } else {
@@ -341,14 +462,14 @@ impl Conn<'_> {
                         }
                     }
                     Err(_) => {
-                        self.live.requests.fetch_add(ok, Relaxed);
+                        self.rec.succeeded(ok);
                         self.error(ErrorKind::BadResponse);
                         *budget -= 1;
                         return End::Reconnect;
                     }
                 }
             }
-            self.live.requests.fetch_add(ok, Relaxed);
+            self.rec.succeeded(ok);
             // Keep the unparsed tail at the front of the buffer.
             if pos == filled {
                 pos = 0;
@@ -382,21 +503,7 @@ impl Conn<'_> {
             return 0;
         };
         *budget -= 1;
-        let mut st = self.stats.borrow_mut();
-        record_ns(&mut st.hist, latency_ns(start, now));
-        match status {
-            400..=499 => {
-                st.errors.add(ErrorKind::Status4xx);
-                self.live.errors.fetch_add(1, Relaxed);
-                0
-            }
-            500..=599 => {
-                st.errors.add(ErrorKind::Status5xx);
-                self.live.errors.fetch_add(1, Relaxed);
-                0
-            }
-            _ => 1,
-        }
+        self.rec.response(status, start, now)
     }
 }
 

@@ -33,6 +33,16 @@ pub enum LoadError {
         /// The connect error.
         cause: std::io::Error,
     },
+    /// The probe TLS handshake before the run failed.
+    #[error("TLS handshake with {addr} failed: {cause}; {hint}")]
+    Tls {
+        /// The target address.
+        addr: std::net::SocketAddr,
+        /// What rustls or the socket reported.
+        cause: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
     /// A `--source` address cannot be bound on this machine.
     #[error("source address {addr} is not usable on this machine ({cause}); pick addresses configured on a local interface (any of 127.0.0.0/8 works on loopback)")]
     BadSource {

@@ -138,6 +138,13 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
         ));
     }
     let target = parse_target(&args.target)?;
+    if target.scheme == Scheme::Https {
+        return Err(LoadError::invalid(
+            "target",
+            &args.target,
+            "hold speaks cleartext only: use http:// or tcp:// (https:// works with load)",
+        ));
+    }
     let method = args.method.to_ascii_uppercase();
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(LoadError::invalid(

@@ -1,6 +1,7 @@
 //! `megaconn-load`: the load generator behind `megaconn load` and `megaconn hold`.
 //!
-//! * [`run_load`] drives request load: HTTP/1.1 keep-alive connections spread over
+//! * [`run_load`] drives request load: HTTP/1.1 or HTTP/2 (`--http2`), cleartext
+//!   or TLS (`https://`), keep-alive connections (or one per request) spread over
 //!   threads (one current-thread tokio runtime each), closed loop or open loop
 //!   (`--rate`, with coordinated-omission correction), optional pipelining, and
 //!   reports latency percentiles, throughput, errors by kind and the client's own
@@ -15,7 +16,11 @@
 //! | --- | --- |
 //! | `args` | parsing of durations, targets, source ranges, headers, bodies |
 //! | `load` | [`LoadArgs`] and the `load` driver (threads, runtimes, aggregation) |
-//! | `conn` | the lean `load` client connection: pre-rendered requests, reused buffers |
+//! | `conn` | a `load` connection's reconnect loop; the lean HTTP/1.1 exchange: pre-rendered requests, reused buffers |
+//! | `h2conn` | the HTTP/2 exchange (`--http2`): concurrent streams on one connection |
+//! | `transport` | a connection's byte stream (TCP or TLS), connect + handshake, handshake kind |
+//! | `tls` | rustls client config (`--cacert`, `--insecure`, ALPN, session cache), probe handshake |
+//! | `sessions` | the TLS session store: a TLS 1.3 ticket per concurrent connection |
 //! | `parse` | incremental HTTP/1.1 response parsing (Content-Length, chunked, EOF) |
 //! | `schedule` | open-loop send schedule and coordinated-omission arithmetic |
 //! | `hold` | [`HoldArgs`] and the `hold` driver (validation, ramp, process split) |
@@ -25,12 +30,13 @@
 //! | `histogram` | HDR histogram helpers: percentiles, (de)serialization, merging |
 //! | `report` | the report types, their JSON form and human printing |
 //! | `progress` | the live progress display (indicatif on a TTY, plain lines otherwise) |
-//! | `plot` | the SVG latency percentile plot |
+//! | `plot` | the latency percentile plot, SVG or PNG |
 
 mod args;
 mod children;
 mod conn;
 mod error;
+mod h2conn;
 mod histogram;
 mod hold;
 mod hold_conn;
@@ -40,10 +46,13 @@ mod plot;
 mod progress;
 mod report;
 mod schedule;
+mod sessions;
 mod sys;
+mod tls;
+mod transport;
 
 pub use error::LoadError;
 pub use histogram::Percentiles;
 pub use hold::{run_hold, HoldArgs};
 pub use load::{run_load, LoadArgs};
-pub use report::{ErrorCounts, HoldReport, LoadReport};
+pub use report::{ErrorCounts, HoldReport, LoadReport, TlsStats};

@@ -1,5 +1,6 @@
 //! `megaconn load`: the [`LoadArgs`] and the driver. It validates the arguments,
-//! checks the target answers a connect, renders the request once, starts one
+//! checks the target answers a connect (for `https://` a whole TLS handshake,
+//! with the ALPN `--http2` needs), renders the request once, starts one
 //! thread per `--threads` (each a current-thread tokio runtime running its share
 //! of the connections as local tasks), shows progress while they run, then merges
 //! their histograms and counters into a [`LoadReport`]. SIGINT/SIGTERM stop the
@@ -12,20 +13,23 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::args::{parse_body, parse_duration, parse_header, parse_target, Scheme};
-use crate::conn::{self, ConnShared, Live, ThreadStats};
+use crate::args::{parse_body, parse_duration, parse_header, parse_target, Scheme, Target};
+use crate::conn::{self, ConnShared, Live, Protocol, ThreadStats};
 use crate::error::LoadError;
+use crate::h2conn::H2Request;
 use crate::histogram::{merge, new_histogram, Percentiles};
 use crate::progress::{Progress, TICK};
-use crate::report::{write_json, ErrorCounts, LoadReport};
+use crate::report::{write_json, ErrorCounts, LoadReport, TlsStats};
 use crate::schedule::Schedule;
 use crate::sys::InterruptGuard;
+use crate::tls::{self, Trust, ALPN_H2, ALPN_HTTP1};
+use crate::transport::{Endpoint, TlsEndpoint};
 use crate::{plot, sys};
 
 /// Arguments of `megaconn load URL`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
-    /// Target URL, e.g. http://127.0.0.1:8080/path
+    /// Target URL, e.g. http://127.0.0.1:8080/path or https://localhost:8443/
     pub url: String,
     /// Keep-alive connections.
     #[arg(short = 'c', long, default_value_t = 10)]
@@ -48,6 +52,29 @@ pub struct LoadArgs {
     /// when due, with at most K in flight.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub pipeline: usize,
+    /// Speak HTTP/2: over TLS (ALPN h2) for https://, cleartext h2c with prior
+    /// knowledge for http://.
+    #[arg(long)]
+    pub http2: bool,
+    /// With --http2: concurrent streams per connection (requests in flight =
+    /// -c × K, as with --pipeline).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub streams: usize,
+    /// Open a new connection (and TLS handshake) for every request, to measure
+    /// connection setup and TLS handshakes/s; latency then includes them.
+    #[arg(long)]
+    pub new_connection_per_request: bool,
+    /// https://: accept any server certificate (e.g. `serve --self-signed`).
+    /// For testing your own servers only: nothing proves who answers.
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+    /// https://: trust the CA certificate(s) in this PEM file.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
+    /// https://: keep no TLS session cache, so every handshake is a full one
+    /// (by default sessions are resumed, as browsers do).
+    #[arg(long)]
+    pub no_tls_resume: bool,
     /// Request method.
     #[arg(short = 'm', long, default_value = "GET")]
     pub method: String,
@@ -63,8 +90,8 @@ pub struct LoadArgs {
     /// Write the full report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Draw the latency percentile curve to FILE.svg.
-    #[arg(long, value_name = "FILE.svg")]
+    /// Draw the latency percentile curve to FILE.svg or FILE.png.
+    #[arg(long, value_name = "FILE.svg|png")]
     pub plot: Option<PathBuf>,
     /// No progress output.
     #[arg(short = 'q', long)]
@@ -115,17 +142,21 @@ fn plan(args: &LoadArgs) -> Result<Plan, LoadError> {
             ));
         }
     }
+    check_protocol_flags(args)?;
+    if let Some(plot) = &args.plot {
+        plot::Format::of(plot)?;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores).clamp(1, args.connections);
     let target = parse_target(&args.url)?;
-    if target.scheme != Scheme::Http {
+    if target.scheme == Scheme::Tcp {
         return Err(LoadError::invalid(
             "URL",
             &args.url,
-            "load speaks HTTP: use http://HOST:PORT/PATH",
+            "load speaks HTTP: use http://HOST:PORT/PATH or https://HOST:PORT/PATH",
         ));
     }
-    let headers = args
+    let mut headers = args
         .headers
         .iter()
         .map(|h| parse_header(h))
@@ -144,17 +175,38 @@ fn plan(args: &LoadArgs) -> Result<Plan, LoadError> {
             "use a method name such as GET or POST",
         ));
     }
-    let request = conn::render_request(&method, &target.host, &target.path, &headers, &body);
-    std::net::TcpStream::connect_timeout(&target.addr, args.timeout).map_err(|cause| {
-        LoadError::Unreachable {
-            addr: target.addr,
-            cause,
+    let endpoint = endpoint(args, &target)?;
+    let protocol = if args.http2 {
+        Protocol::Http2 {
+            streams: args.streams,
+            request: Box::new(H2Request::new(
+                &method,
+                endpoint.tls.is_some(),
+                &target.host,
+                &target.path,
+                &headers,
+                body.clone(),
+            )?),
         }
-    })?;
+    } else {
+        Protocol::Http1
+    };
+    if args.new_connection_per_request
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
+        // The server closes, so its side keeps the TIME_WAIT sockets and the
+        // client's port range lasts through a long handshake run.
+        headers.push(("Connection".into(), "close".into()));
+    }
+    let request = conn::render_request(&method, &target.host, &target.path, &headers, &body);
     Ok(Plan {
         threads,
         shared: ConnShared {
-            addr: target.addr,
+            endpoint,
+            protocol,
+            one_per_connection: args.new_connection_per_request,
             batch: request.repeat(args.pipeline),
             request_len: request.len(),
             pipeline: args.pipeline,
@@ -170,6 +222,77 @@ fn plan(args: &LoadArgs) -> Result<Plan, LoadError> {
             deadline: Instant::now(), // set at start
             head_request: method == "HEAD",
         },
+    })
+}
+
+/// Checks the flags that choose protocol and concurrency fit together.
+fn check_protocol_flags(args: &LoadArgs) -> Result<(), LoadError> {
+    if args.streams == 0 || args.streams > 4096 {
+        return Err(LoadError::invalid(
+            "--streams",
+            args.streams.to_string(),
+            "use 1 to 4096",
+        ));
+    }
+    if args.http2 && args.pipeline > 1 {
+        return Err(LoadError::invalid(
+            "--pipeline",
+            args.pipeline.to_string(),
+            "pipelining is HTTP/1.1; with --http2 use --streams K",
+        ));
+    }
+    if !args.http2 && args.streams > 1 {
+        return Err(LoadError::invalid(
+            "--streams",
+            args.streams.to_string(),
+            "streams need --http2; for HTTP/1.1 use --pipeline K",
+        ));
+    }
+    if args.new_connection_per_request && (args.pipeline > 1 || args.streams > 1) {
+        return Err(LoadError::invalid(
+            "--new-connection-per-request",
+            "",
+            "one request per connection leaves nothing to pipeline: drop --pipeline/--streams",
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves where and how to connect, and checks the target answers: a TCP
+/// connect, or for `https://` a whole TLS handshake (certificate, and ALPN
+/// `h2` with `--http2`).
+fn endpoint(args: &LoadArgs, target: &Target) -> Result<Endpoint, LoadError> {
+    let addr = target.addr;
+    if target.scheme != Scheme::Https {
+        std::net::TcpStream::connect_timeout(&addr, args.timeout)
+            .map_err(|cause| LoadError::Unreachable { addr, cause })?;
+        return Ok(Endpoint { addr, tls: None });
+    }
+    let trust = match (&args.cacert, args.insecure) {
+        (_, true) => Trust::Anything,
+        (Some(path), false) => Trust::CaFile(path),
+        (None, false) => {
+            return Err(LoadError::invalid(
+                "URL",
+                &args.url,
+                "https:// needs --cacert FILE (the CA that signed the server's certificate) or --insecure (any certificate, e.g. `serve --self-signed`)",
+            ))
+        }
+    };
+    let alpn = if args.http2 { ALPN_H2 } else { ALPN_HTTP1 };
+    let config = tls::client_config(trust, alpn, !args.no_tls_resume, args.connections)?;
+    let name = tls::server_name(&target.host)?;
+    let selected = tls::probe(addr, &name, &config, args.timeout)?;
+    if args.http2 && selected.as_deref() != Some(ALPN_H2) {
+        return Err(LoadError::Tls {
+            addr,
+            cause: "the server did not select HTTP/2 (ALPN h2)".into(),
+            hint: "it serves HTTP/1.1 only over TLS; drop --http2",
+        });
+    }
+    Ok(Endpoint {
+        addr,
+        tls: Some(TlsEndpoint { config, name }),
     })
 }
 
@@ -267,7 +390,7 @@ pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
         write_json(path, &report)?;
     }
     if let Some(path) = &args.plot {
-        plot::write_svg(path, &format!("latency: {}", args.url), &hist)?;
+        plot::write(path, &format!("latency: {}", args.url), &hist)?;
     }
     Ok(report)
 }
@@ -376,13 +499,18 @@ fn build_report(
     let mut errors = ErrorCounts::default();
     let mut hist = new_histogram();
     let (mut lag_sum, mut lag_max, mut backlog) = (0u128, 0u64, 0u64);
+    let (mut connects, mut full, mut resumed) = (0u64, 0u64, 0u64);
     for s in stats {
         errors.merge(&s.errors);
         merge(&mut hist, &s.hist);
         lag_sum += s.lag_sum_ns;
         lag_max = lag_max.max(s.lag_max_ns);
         backlog += s.backlog;
+        connects += s.connects;
+        full += s.handshakes_full;
+        resumed += s.handshakes_resumed;
     }
+    let https = args.url.starts_with("https://");
     let achieved_rate = sent as f64 / elapsed;
     let open = args.rate.is_some();
     LoadReport {
@@ -390,6 +518,18 @@ fn build_report(
         connections: args.connections,
         threads,
         pipeline: args.pipeline,
+        protocol: if args.http2 { "h2" } else { "http/1.1" }.into(),
+        streams: args.http2.then_some(args.streams),
+        new_connection_per_request: args.new_connection_per_request,
+        connections_opened: connects,
+        connections_per_sec: connects as f64 / elapsed,
+        tls: https.then(|| TlsStats {
+            resumption: !args.no_tls_resume,
+            handshakes_full: full,
+            handshakes_resumed: resumed,
+            full_per_sec: full as f64 / elapsed,
+            resumed_per_sec: resumed as f64 / elapsed,
+        }),
         requests,
         errors_total: errors.total(),
         errors,

@@ -29,6 +29,8 @@ pub(crate) enum ErrorKind {
     Status5xx,
     /// The server closed the connection with requests in flight.
     Closed,
+    /// A TLS handshake failed (alert, certificate rejected, not TLS).
+    Tls,
     /// Any other I/O error (including failed connects for other reasons).
     Other,
 }
@@ -74,6 +76,9 @@ pub struct ErrorCounts {
     pub status_5xx: u64,
     /// Connections the server closed while requests were in flight.
     pub closed: u64,
+    /// TLS handshakes that failed (`https://` only).
+    #[serde(default)]
+    pub tls: u64,
     /// Other I/O errors.
     pub other: u64,
 }
@@ -94,6 +99,7 @@ impl ErrorCounts {
             ErrorKind::Status4xx => &mut self.status_4xx,
             ErrorKind::Status5xx => &mut self.status_5xx,
             ErrorKind::Closed => &mut self.closed,
+            ErrorKind::Tls => &mut self.tls,
             ErrorKind::Other => &mut self.other,
         }
     }
@@ -110,7 +116,7 @@ impl ErrorCounts {
         self.fields().iter().sum()
     }
 
-    fn fields(&self) -> [u64; 9] {
+    fn fields(&self) -> [u64; 10] {
         [
             self.connect_refused,
             self.connect_timeout,
@@ -120,11 +126,12 @@ impl ErrorCounts {
             self.status_4xx,
             self.status_5xx,
             self.closed,
+            self.tls,
             self.other,
         ]
     }
 
-    fn fields_mut(&mut self) -> [&mut u64; 9] {
+    fn fields_mut(&mut self) -> [&mut u64; 10] {
         [
             &mut self.connect_refused,
             &mut self.connect_timeout,
@@ -134,13 +141,14 @@ impl ErrorCounts {
             &mut self.status_4xx,
             &mut self.status_5xx,
             &mut self.closed,
+            &mut self.tls,
             &mut self.other,
         ]
     }
 
     /// `kind=count` pairs of the non-zero counts, for human output.
     fn nonzero(&self) -> String {
-        const NAMES: [&str; 9] = [
+        const NAMES: [&str; 10] = [
             "connect_refused",
             "connect_timeout",
             "read_timeout",
@@ -149,6 +157,7 @@ impl ErrorCounts {
             "status_4xx",
             "status_5xx",
             "closed",
+            "tls",
             "other",
         ];
         let parts: Vec<String> = NAMES
@@ -174,8 +183,27 @@ pub struct LoadReport {
     pub connections: usize,
     /// Threads used.
     pub threads: usize,
-    /// Requests in flight per connection.
+    /// Requests in flight per connection (HTTP/1.1 pipelining; 1 with `--http2`).
     pub pipeline: usize,
+    /// `"http/1.1"` or `"h2"`.
+    #[serde(default = "http1_name")]
+    pub protocol: String,
+    /// `--http2`: concurrent streams per connection; `null` for HTTP/1.1.
+    #[serde(default)]
+    pub streams: Option<usize>,
+    /// `--new-connection-per-request`: each request had a connection (and TLS
+    /// handshake) of its own.
+    #[serde(default)]
+    pub new_connection_per_request: bool,
+    /// Connections opened successfully during the run (TLS handshake included).
+    #[serde(default)]
+    pub connections_opened: u64,
+    /// `connections_opened / duration_secs`.
+    #[serde(default)]
+    pub connections_per_sec: f64,
+    /// TLS handshakes (`https://` only, else `null`).
+    #[serde(default)]
+    pub tls: Option<TlsStats>,
     /// Completed responses with a non-error status (1xx-3xx).
     pub requests: u64,
     /// Errors by kind (4xx/5xx responses included).
@@ -220,10 +248,23 @@ impl LoadReport {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let l = &self.latency_us;
+        let concurrency = match self.streams {
+            Some(k) => format!("{k} streams each"),
+            None => format!("pipeline {}", self.pipeline),
+        };
         let _ = writeln!(
             s,
-            "load {}: {} connections on {} threads, pipeline {}, {:.2}s",
-            self.url, self.connections, self.threads, self.pipeline, self.duration_secs
+            "load {} ({}{}): {} connections on {} threads, {concurrency}, {:.2}s",
+            self.url,
+            self.protocol,
+            if self.new_connection_per_request {
+                ", a new connection per request"
+            } else {
+                ""
+            },
+            self.connections,
+            self.threads,
+            self.duration_secs
         );
         let _ = writeln!(
             s,
@@ -248,6 +289,22 @@ impl LoadReport {
             "  client cpu   {:.3}s, {:.0} requests per client CPU-second",
             self.client_cpu_secs, self.requests_per_client_cpu_sec
         );
+        let _ = writeln!(
+            s,
+            "  connections  {} opened, {:.0}/s",
+            self.connections_opened, self.connections_per_sec
+        );
+        if let Some(t) = &self.tls {
+            let _ = writeln!(
+                s,
+                "  tls          {} full handshakes ({:.0}/s), {} resumed ({:.0}/s), resumption {}",
+                t.handshakes_full,
+                t.full_per_sec,
+                t.handshakes_resumed,
+                t.resumed_per_sec,
+                if t.resumption { "on" } else { "off" }
+            );
+        }
         if let Some(target) = self.target_rate {
             let _ = writeln!(
                 s,
@@ -262,6 +319,25 @@ impl LoadReport {
         }
         s
     }
+}
+
+/// TLS handshake counts of a `load` run over `https://`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TlsStats {
+    /// Whether the client kept a session cache (off with `--no-tls-resume`).
+    pub resumption: bool,
+    /// Full handshakes completed.
+    pub handshakes_full: u64,
+    /// Resumed (abbreviated) handshakes completed.
+    pub handshakes_resumed: u64,
+    /// `handshakes_full / duration_secs`.
+    pub full_per_sec: f64,
+    /// `handshakes_resumed / duration_secs`.
+    pub resumed_per_sec: f64,
+}
+
+fn http1_name() -> String {
+    "http/1.1".into()
 }
 
 /// The result of a `hold` run (the `--json` schema).
