@@ -301,12 +301,24 @@ where
                 }
             },
             Some(end) = streams.next(), if !streams.is_empty() => {
-                if resets.record(end) {
-                    tracing::debug!("client cancels streams faster than it completes them; GOAWAY");
-                    incr(&ctx.stats.protocol_errors);
-                    conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
-                    going_away = true;
-                    reason = CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS);
+                // Take every other stream that is done too before going round
+                // the loop: polling `accept` flushes the connection, and once
+                // per finished stream would mean a write per response instead
+                // of one for all the responses ready together.
+                let mut ended = Some(end);
+                while let Some(end) = ended {
+                    if resets.record(end) {
+                        tracing::debug!("client cancels streams faster than it completes them; GOAWAY");
+                        incr(&ctx.stats.protocol_errors);
+                        conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                        going_away = true;
+                        reason = CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS);
+                    }
+                    ended = poll_fn(|cx| match streams.poll_next_unpin(cx) {
+                        Poll::Ready(end) => Poll::Ready(end),
+                        Poll::Pending => Poll::Ready(None),
+                    })
+                    .await;
                 }
                 if streams.is_empty() && !going_away {
                     if let Some(t) = idle_timeout {
