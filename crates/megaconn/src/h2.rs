@@ -24,17 +24,40 @@
 //! (CVE-2025-8671) counters are set explicitly, and on top of them a connection
 //! whose client cancels more than [`RAPID_RESET_LIMIT`] streams, and more than
 //! it lets finish, is closed with `GOAWAY(ENHANCE_YOUR_CALM)`.
+//!
+//! CONTINUATION floods (CVE-2024-27316 class) are h2's to stop, in its frame
+//! decoder (`codec/framed_read.rs` in h2 0.4): a header block may have at
+//! most `max_header_list_size / max_frame_size` CONTINUATION frames plus a
+//! quarter, and at least 5 (5 with our defaults); a block that decodes past
+//! four times `max_header_list_size` (an HPACK bomb) is refused as it
+//! decodes; either ends the connection with `GOAWAY(ENHANCE_YOUR_CALM)`.
+//! [`close_reason`] counts such closes in `protocol_errors`.
+//!
+//! Small-DATA floods (CVE-2019-9518 class) are shared. h2 bounds memory: a
+//! connection may send 100 empty DATA frames, and DATA frames under 256 bytes
+//! that wait unread draw on a budget of half the connection window (about
+//! 2,000 such frames with our 1 MiB); past either it sends
+//! `GOAWAY(ENHANCE_YOUR_CALM)` (`proto/streams/counts.rs`, `record_data_frame`).
+//! A frame the handler reads gives its share back, so a client that sends
+//! tiny frames no faster than they are read is never stopped by h2, and each
+//! frame costs a wake-up and a poll of the handler whatever its size.
+//! [`DataFloodGuard`] bounds that CPU: it counts the connection's tiny frames
+//! as request bodies read them and closes the connection with
+//! `GOAWAY(ENHANCE_YOUR_CALM)` past an allowance.
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
 use futures_util::FutureExt;
 use h2::server::SendResponse;
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
@@ -92,6 +115,28 @@ const MAX_LOCAL_ERROR_RESETS: usize = 200;
 /// Streams the client may cancel while their handler runs (and more than it
 /// lets finish) before the connection is closed with `ENHANCE_YOUR_CALM`.
 pub const RAPID_RESET_LIMIT: u64 = 100;
+
+/// DATA frames with fewer payload bytes than this are "tiny": they count
+/// against [`SMALL_DATA_FRAME_ALLOWANCE`]. Real uploads come in frames of
+/// KiBs (curl, browsers and h2 fill up to the 16 KiB frame size), and gRPC
+/// frames each message with a 5-byte prefix, so only empty or near-empty
+/// messages fall under 16 bytes; a 20-byte message is never counted.
+const TINY_DATA_FRAME: usize = 16;
+
+/// Tiny DATA frames one connection may send before it is closed with
+/// `GOAWAY(ENHANCE_YOUR_CALM)`, plus one more per [`BYTES_PER_TINY_FRAME`] of
+/// body data it sent. Generous, because we cannot tell a gRPC stream of empty
+/// keep-alive messages from an attacker except by count (no clocks: a rate
+/// would make the guard depend on scheduling). It bounds the handler polls
+/// one connection can buy with 10-byte frames; then the attacker must open
+/// a new connection, which the accept-rate and per-IP limits govern. The
+/// price: a connection carrying more than 10,000 sub-16-byte messages and
+/// little else is closed, and its client reconnects.
+const SMALL_DATA_FRAME_ALLOWANCE: u64 = 10_000;
+
+/// Body bytes that earn a connection one more tiny DATA frame, so that tiny
+/// frames among real data (the last bytes of messages) are never a problem.
+const BYTES_PER_TINY_FRAME: u64 = 1024;
 
 /// Response bytes buffered per stream before the body is polled again.
 const MAX_SEND_BUFFER: usize = 256 * 1024;
@@ -272,6 +317,7 @@ where
     let mut timer_armed = idle_timeout.is_some();
     let mut going_away = false;
     let mut resets = ResetGuard::default();
+    let flood = Arc::new(DataFloodGuard::default());
     let mut reason = CloseReason::ClientClosed;
     loop {
         tokio::select! {
@@ -285,7 +331,7 @@ where
                 None => break,
                 Some(Err(e)) => {
                     if reason == CloseReason::ClientClosed {
-                        reason = close_reason(&e);
+                        reason = close_reason(&e, &ctx);
                     }
                     break;
                 }
@@ -293,7 +339,7 @@ where
                     // Boxed: the request and the service's readiness live
                     // here only while a stream starts, not in every idle
                     // connection's future.
-                    let start = Box::pin(start_stream(service, request, &ctx)).await;
+                    let start = Box::pin(start_stream(service, request, &ctx, &flood)).await;
                     streams.push(run_stream(start, respond, ctx.clone()));
                     if !going_away {
                         timer_armed = false;
@@ -326,6 +372,16 @@ where
                         timer_armed = true;
                     }
                 }
+            }
+            () = flood.tripped(), if !going_away => {
+                tracing::debug!(
+                    allowance = SMALL_DATA_FRAME_ALLOWANCE,
+                    "client slices request bodies into tiny DATA frames (small-DATA flood); GOAWAY"
+                );
+                incr(&ctx.stats.protocol_errors);
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                going_away = true;
+                reason = CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS);
             }
             () = &mut timer, if timer_armed => {
                 if going_away {
@@ -368,13 +424,18 @@ where
                 incr(&ctx.stats.timeouts);
                 Err(CloseReason::HeaderTimeout)
             }
-            Some(Err(e)) => Err(close_reason(&e)),
+            Some(Err(e)) => Err(close_reason(&e, ctx)),
             Some(Ok(conn)) => Ok(conn),
         },
     }
 }
 
-fn close_reason(e: &h2::Error) -> CloseReason {
+/// Why a connection that h2 ended with `e` closed. A `GOAWAY` that h2 sent
+/// itself is the client's protocol error or abuse (a CONTINUATION flood, a
+/// header list far over the limit, rapid reset past h2's own counter): it is
+/// counted in `protocol_errors`, as our own guards' closes are, and abuse
+/// (`ENHANCE_YOUR_CALM`) is labelled 429 like theirs.
+fn close_reason(e: &h2::Error, ctx: &WorkerContext) -> CloseReason {
     if let Some(io) = e.get_io() {
         return CloseReason::io(io);
     }
@@ -382,6 +443,12 @@ fn close_reason(e: &h2::Error) -> CloseReason {
         return CloseReason::ClientClosed;
     }
     tracing::debug!(error = %e, "HTTP/2 connection error");
+    if e.is_go_away() && e.is_library() {
+        incr(&ctx.stats.protocol_errors);
+        if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
+            return CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS);
+        }
+    }
     CloseReason::Protocol(StatusCode::BAD_REQUEST)
 }
 
@@ -404,6 +471,7 @@ async fn start_stream<S, B>(
     service: &mut S,
     request: Request<RecvStream>,
     ctx: &Rc<WorkerContext>,
+    flood: &Arc<DataFloodGuard>,
 ) -> Start<S::Future>
 where
     S: Service<Request<Body>, Response = Response<B>>,
@@ -435,6 +503,7 @@ where
             remaining: content_length,
             received: 0,
             limit,
+            flood: flood.clone(),
         })
     };
     let request = Request::from_parts(parts, body);
@@ -689,6 +758,56 @@ impl ResetGuard {
     }
 }
 
+/// Counts a connection's tiny DATA frames (small-DATA flood, CVE-2019-9518
+/// class), shared by its request bodies. It sees the frames that handlers
+/// read; frames left unread are h2's to bound (its small-frame budget).
+///
+/// Atomics, not `Cell`s, only because [`Body`] is `Send` (frameworks such as
+/// axum require it); one worker thread touches a connection's guard.
+#[derive(Debug, Default)]
+pub(crate) struct DataFloodGuard {
+    tiny_frames: AtomicU64,
+    bytes: AtomicU64,
+    tripped: AtomicBool,
+    /// The connection loop, to wake when the guard trips.
+    waker: AtomicWaker,
+}
+
+impl DataFloodGuard {
+    /// Records a DATA frame of `len` payload bytes; true once the connection
+    /// has sent more tiny frames than it is allowed.
+    fn record(&self, len: usize) -> bool {
+        let bytes = self.bytes.fetch_add(len as u64, Relaxed) + len as u64;
+        let mut tiny = self.tiny_frames.load(Relaxed);
+        if len < TINY_DATA_FRAME {
+            tiny += 1;
+            self.tiny_frames.store(tiny, Relaxed);
+        }
+        if tiny > SMALL_DATA_FRAME_ALLOWANCE + bytes / BYTES_PER_TINY_FRAME
+            && !self.tripped.swap(true, Relaxed)
+        {
+            self.waker.wake();
+        }
+        self.tripped.load(Relaxed)
+    }
+
+    /// Resolves once the guard tripped.
+    async fn tripped(&self) {
+        poll_fn(|cx| {
+            if self.tripped.load(Relaxed) {
+                return Poll::Ready(());
+            }
+            // Keeps the waker it has when it is this task's (no clone).
+            self.waker.register(cx.waker());
+            if self.tripped.load(Relaxed) {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 /// Keep-alive PINGs: one outstanding at a time.
 struct KeepAlive {
     ping: Option<PingPong>,
@@ -765,6 +884,8 @@ pub(crate) struct RecvBody {
     remaining: Option<u64>,
     received: u64,
     limit: u64,
+    /// The connection's small-DATA flood counter.
+    flood: Arc<DataFloodGuard>,
 }
 
 impl RecvBody {
@@ -776,6 +897,14 @@ impl RecvBody {
             match std::task::ready!(self.stream.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = self.stream.flow_control().release_capacity(data.len());
+                    if self.flood.record(data.len()) {
+                        // The connection loop sends GOAWAY; the handler
+                        // learns the body is not coming.
+                        self.data_done = true;
+                        return Poll::Ready(Some(Err(BodyError::Malformed(
+                            "too many tiny DATA frames (small-DATA flood)",
+                        ))));
+                    }
                     self.received += data.len() as u64;
                     if self.received > self.limit {
                         self.data_done = true;
@@ -837,6 +966,33 @@ mod tests {
                 "a busy client may cancel some"
             );
         }
+    }
+
+    #[test]
+    fn data_flood_guard_counts_only_tiny_frames_beyond_what_real_data_earns() {
+        // Empty frames (should h2 ever pass them on) earn nothing.
+        let g = DataFloodGuard::default();
+        for _ in 0..SMALL_DATA_FRAME_ALLOWANCE {
+            assert!(!g.record(0));
+        }
+        assert!(g.record(0), "one past the allowance");
+        assert!(g.record(16 * 1024), "it stays tripped");
+
+        let grpc = DataFloodGuard::default();
+        for _ in 0..10 * SMALL_DATA_FRAME_ALLOWANCE {
+            assert!(!grpc.record(TINY_DATA_FRAME), "16-byte frames are not tiny");
+        }
+
+        // Each KiB of body earns one tiny frame more.
+        let mixed = DataFloodGuard::default();
+        for _ in 0..SMALL_DATA_FRAME_ALLOWANCE {
+            assert!(!mixed.record(0));
+        }
+        assert!(!mixed.record(BYTES_PER_TINY_FRAME as usize * 100));
+        for _ in 0..100 {
+            assert!(!mixed.record(0));
+        }
+        assert!(mixed.record(0));
     }
 }
 

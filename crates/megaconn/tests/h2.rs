@@ -2,7 +2,9 @@
 //! 127.0.0.1 with the `h2` crate's client: streams, bodies, trailers, and a
 //! rapid-reset attacker speaking raw frames. The idle timeout and the
 //! keep-alive PING timeout are tested with a scripted raw client ([`RawH2`]),
-//! which can refuse to answer PINGs as a dead peer would.
+//! which can refuse to answer PINGs as a dead peer would; so are the
+//! CONTINUATION and small-DATA flood attackers. Attackers run bounded loops:
+//! a test fails on a limit of bytes or frames, never on elapsed time.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,7 +36,9 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
 /// Routes: `/` hello · `/echo` streams the body back · `/trailers` a body and
 /// gRPC-style trailers · `/together` waits until 8 of its requests run at once ·
 /// `/gated` waits for a permit of the test's gate · `/hang` never answers ·
-/// `/panic` panics in the handler.
+/// `/panic` panics in the handler · `/frames` reads the body and answers how
+/// many data frames and bytes it saw and their [`fnv1a`] hash (`frames=N
+/// bytes=M hash=H`), or 400 with the body's error.
 async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
     match req.uri().path() {
         "/" => full(StatusCode::OK, "Hello, World!"),
@@ -60,8 +64,39 @@ async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
         }
         "/hang" => std::future::pending().await,
         "/panic" => panic!("handler panic on HTTP/2"),
+        "/frames" => {
+            let mut body = req.into_body();
+            let (mut frames, mut bytes, mut hash) = (0u64, 0usize, FNV_OFFSET);
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => {
+                        if let Ok(data) = frame.into_data() {
+                            frames += 1;
+                            bytes += data.len();
+                            hash = fnv1a(hash, &data);
+                        }
+                    }
+                    Err(e) => return full(StatusCode::BAD_REQUEST, format!("body error: {e}")),
+                }
+            }
+            full(
+                StatusCode::OK,
+                format!("frames={frames} bytes={bytes} hash={hash:x}"),
+            )
+        }
         _ => full(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `data`, continuing from `hash`: checks a body's bytes and
+/// their order without echoing it (an echo of many tiny frames would flood
+/// the test's own client).
+fn fnv1a(hash: u64, data: &[u8]) -> u64 {
+    data.iter().fold(hash, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 struct Shared {
@@ -380,6 +415,9 @@ async fn rapid_reset_gets_goaway_and_the_server_stays_healthy() {
         goaway_codes.contains(&0xb),
         "GOAWAY(ENHANCE_YOUR_CALM) expected, got GOAWAY codes {goaway_codes:?}"
     );
+    // Counted once, whichever limit tripped first: h2's own count of streams
+    // reset before they were accepted, or ours of handlers cancelled.
+    assert_eq!(server.handle.stats().protocol_errors, 1);
 
     // The server still serves, over HTTP/2 and HTTP/1.1.
     let mut client = h2c(server.addr).await;
@@ -645,5 +683,308 @@ async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_closed() {
     );
     assert_eq!(closed_total(&server.handle, "io_error"), 1);
     assert!(server.handle.stats().timeouts >= 1);
+    server.stop().await;
+}
+
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+/// GOAWAY and RST_STREAM code for "you are abusing the protocol".
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Tiny (under 16-byte) DATA frames a connection may send before the server
+/// closes it: `SMALL_DATA_FRAME_ALLOWANCE` in megaconn's `h2.rs`.
+const SMALL_DATA_FRAME_ALLOWANCE: usize = 10_000;
+
+/// A HEADERS block for `POST /frames` (HPACK: :method POST, :scheme http,
+/// :path "/frames" as a literal with an indexed name, :authority "a").
+const POST_FRAMES: [u8; 14] = [
+    0x83, 0x86, 0x04, 7, b'/', b'f', b'r', b'a', b'm', b'e', b's', 0x01, 1, b'a',
+];
+
+/// The GOAWAY error codes among `frames`.
+fn goaway_codes(frames: &[RawFrame]) -> Vec<u32> {
+    frames
+        .iter()
+        .filter(|f| f.kind == GOAWAY && f.payload.len() >= 8)
+        .map(|f| u32::from_be_bytes([f.payload[4], f.payload[5], f.payload[6], f.payload[7]]))
+        .collect()
+}
+
+impl RawH2 {
+    /// Every frame until the server closes the connection.
+    async fn frames_until_close(&mut self) -> Vec<RawFrame> {
+        let mut frames = Vec::new();
+        while let Some(f) = self.next_frame().await {
+            frames.push(f);
+        }
+        frames
+    }
+
+    /// Writes `batch` again and again, up to `cap` bytes in all, until a
+    /// write fails because the server closed the connection. Returns the
+    /// bytes written before that, or `None` if all `cap` went through.
+    async fn flood(&mut self, batch: &[u8], cap: usize) -> Option<usize> {
+        let mut sent = 0;
+        while sent < cap {
+            if self.tcp.write_all(batch).await.is_err() {
+                return Some(sent);
+            }
+            sent += batch.len();
+        }
+        None
+    }
+}
+
+/// Most bytes a flooding client may get through before the server closes
+/// its connection: what h2 lets a header block carry (a few frames) plus
+/// what the two kernels' socket buffers hold on loopback.
+const FLOOD_BYTES_BOUND: usize = 8 << 20;
+
+/// A header field `x: <value>` as an HPACK literal without indexing, with a
+/// value of `len` bytes (`len` < 2^21).
+fn literal_field(len: usize) -> Vec<u8> {
+    let mut f = vec![0x00, 1, b'x'];
+    // The value length: a 7-bit prefix integer (RFC 7541, 5.1).
+    if len < 127 {
+        f.push(len as u8);
+    } else {
+        f.push(0x7f);
+        let mut rest = len - 127;
+        while rest >= 128 {
+            f.push((rest % 128) as u8 | 0x80);
+            rest /= 128;
+        }
+        f.push(rest as u8);
+    }
+    f.extend(std::iter::repeat_n(b'v', len));
+    f
+}
+
+/// Opens stream 1 with a HEADERS frame without END_HEADERS (`first` as its
+/// block), then sends CONTINUATION frames carrying `each`, none with
+/// END_HEADERS, until the server closes the connection. Checks that it
+/// closed within [`FLOOD_BYTES_BOUND`] with `GOAWAY(ENHANCE_YOUR_CALM)` and
+/// h2's `debug` data naming the limit, that it counted a protocol error, and
+/// that it still serves.
+async fn continuation_flood(first: &[u8], each: &[u8], debug: &str) {
+    let (builder, mut events) = event_log(megaconn::Server::builder());
+    let server = start(builder).await;
+    let mut attacker = RawH2::connect(server.addr, &frame(HEADERS, END_STREAM, 1, first)).await;
+    // A few frames per write, so that the close is seen soon after it came.
+    let batch: Vec<u8> = (0..8)
+        .flat_map(|_| frame(CONTINUATION, 0, 1, each))
+        .collect();
+    let sent = attacker.flood(&batch, 16 * FLOOD_BYTES_BOUND).await;
+    let sent = sent.expect("the server never closed the connection");
+    assert!(
+        sent <= FLOOD_BYTES_BOUND,
+        "{sent} bytes of CONTINUATION went through before the close"
+    );
+    let frames = attacker.frames_until_close().await;
+    assert_eq!(
+        goaway_codes(&frames),
+        [ENHANCE_YOUR_CALM],
+        "GOAWAY(ENHANCE_YOUR_CALM) before the close"
+    );
+    let (_, data) = goaway(&frames).unwrap();
+    assert_eq!(String::from_utf8_lossy(&data), debug, "h2's limit");
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS)
+    );
+    assert_eq!(closed_total(&server.handle, "protocol_error"), 1);
+    assert_eq!(server.handle.stats().protocol_errors, 1);
+    assert_eq!(server.handle.stats().requests, 0, "no request started");
+
+    let mut client = h2c(server.addr).await;
+    assert_eq!(request(&mut client, "GET", "/", None).await.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_continuation_flood_of_small_frames_gets_goaway_and_the_server_stays_healthy() {
+    // `x: y` per frame: the header list stays tiny, the frames never end.
+    continuation_flood(&GET_ROOT, &literal_field(1), "too_many_continuations").await;
+}
+
+#[tokio::test]
+async fn a_continuation_flood_past_the_header_list_limit_gets_goaway() {
+    // Full frames (16,000-byte values): the block passes the 64 KiB header
+    // list limit on the fifth, which h2 takes (a 431 would follow the block);
+    // the sixth is one CONTINUATION too many for a block of that limit.
+    continuation_flood(&GET_ROOT, &literal_field(16_000), "too_many_continuations").await;
+}
+
+#[tokio::test]
+async fn an_hpack_bomb_in_continuations_gets_goaway() {
+    // A 4,000-byte value in the dynamic table, then frames of one-byte
+    // references to it: 64 bytes on the wire decode to 250 KiB of headers.
+    let mut first = GET_ROOT.to_vec();
+    // `x: <4000 bytes>`, literal with incremental indexing (new name).
+    let mut insert = literal_field(4000);
+    insert[0] = 0x40;
+    first.extend(insert);
+    // Index 62: the newest dynamic table entry.
+    continuation_flood(&first, &[0x80 | 62; 64], "header_list_way_too_large").await;
+}
+
+/// The GOAWAY among `frames`: its error code and debug data.
+fn goaway(frames: &[RawFrame]) -> Option<(u32, Vec<u8>)> {
+    frames.iter().find(|f| f.kind == GOAWAY).map(|f| {
+        let p = &f.payload;
+        (
+            u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+            p[8..].to_vec(),
+        )
+    })
+}
+
+/// Checks the end of a DATA flood: a `GOAWAY(ENHANCE_YOUR_CALM)` carrying
+/// `debug` (h2 names its own limits there; ours sends none), the close
+/// counted as a protocol error, and the server still serving.
+async fn after_data_flood(
+    server: Running,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<megaconn::ConnectionEvent>,
+    frames: &[RawFrame],
+    debug: &str,
+) {
+    let (code, data) = goaway(frames).expect("a GOAWAY before the close");
+    assert_eq!(code, ENHANCE_YOUR_CALM);
+    assert_eq!(String::from_utf8_lossy(&data), debug, "whose limit tripped");
+    assert_eq!(
+        close_reason(events).await,
+        megaconn::CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS)
+    );
+    assert_eq!(closed_total(&server.handle, "protocol_error"), 1);
+    assert_eq!(server.handle.stats().protocol_errors, 1);
+    let mut client = h2c(server.addr).await;
+    assert_eq!(request(&mut client, "GET", "/", None).await.status, 200);
+    server.stop().await;
+}
+
+/// The attack h2 does not stop by itself: 1-byte DATA frames sent no faster
+/// than the handler reads them, so that h2's budget for buffered small
+/// frames is always given back. In lockstep: a batch of frames and a PING,
+/// then wait for the PING's answer. Our guard closes the connection once
+/// the handler has read the allowance, and not before.
+#[tokio::test]
+async fn a_paced_small_data_flood_is_cut_by_our_guard() {
+    let (builder, mut events) = event_log(megaconn::Server::builder());
+    let server = start(builder).await;
+    let mut attacker =
+        RawH2::connect(server.addr, &frame(HEADERS, END_HEADERS, 1, &POST_FRAMES)).await;
+    const BATCH: usize = 100;
+    let mut batch: Vec<u8> = (0..BATCH).flat_map(|_| frame(DATA, 0, 1, b"x")).collect();
+    batch.extend(frame(PING, 0, 0, b"lockstep"));
+    let mut sent = 0;
+    let mut seen = Vec::new();
+    // Twice the allowance at most; 20,000 bytes stay within the windows.
+    'flood: while sent < 2 * SMALL_DATA_FRAME_ALLOWANCE {
+        attacker.send(&batch).await;
+        sent += BATCH;
+        loop {
+            let Some(f) = attacker.next_frame().await else {
+                break 'flood;
+            };
+            if attacker.ack_settings(&f).await {
+                continue;
+            }
+            let answered = f.kind == PING && f.flags & ACK != 0;
+            let gone = f.kind == GOAWAY;
+            seen.push(f);
+            if gone {
+                break 'flood;
+            }
+            if answered {
+                break;
+            }
+        }
+    }
+    seen.extend(attacker.frames_until_close().await);
+    assert!(
+        sent > SMALL_DATA_FRAME_ALLOWANCE,
+        "closed after only {sent} tiny frames"
+    );
+    assert!(
+        sent < 2 * SMALL_DATA_FRAME_ALLOWANCE,
+        "still open after {sent} tiny frames"
+    );
+    after_data_flood(server, &mut events, &seen, "").await;
+}
+
+/// A burst of 1-byte DATA frames to a handler that does not read them: h2
+/// stops it (its budget for buffered small frames, half the connection
+/// window, is ~2,000 such frames with our 1 MiB window).
+#[tokio::test]
+async fn a_burst_of_unread_small_data_frames_is_cut_by_h2() {
+    let (builder, mut events) = event_log(megaconn::Server::builder());
+    let server = start(builder).await;
+    // :path "/hang": a handler that never reads its body.
+    let block = [
+        0x83, 0x86, 0x04, 5, b'/', b'h', b'a', b'n', b'g', 0x01, 1, b'a',
+    ];
+    let mut attacker = RawH2::connect(server.addr, &frame(HEADERS, END_HEADERS, 1, &block)).await;
+    let batch: Vec<u8> = (0..1000).flat_map(|_| frame(DATA, 0, 1, b"x")).collect();
+    // 10,000 bytes of body at most: within the windows.
+    let _ = attacker.flood(&batch, 10 * batch.len()).await;
+    let frames = attacker.frames_until_close().await;
+    after_data_flood(server, &mut events, &frames, "too_many_data_frames").await;
+}
+
+/// Empty DATA frames never reach a handler (h2 drops them before queueing),
+/// so our guard cannot see them; h2 allows a connection 100 of them.
+#[tokio::test]
+async fn an_empty_data_flood_is_cut_by_h2() {
+    let (builder, mut events) = event_log(megaconn::Server::builder());
+    let server = start(builder).await;
+    let mut attacker =
+        RawH2::connect(server.addr, &frame(HEADERS, END_HEADERS, 1, &POST_FRAMES)).await;
+    let batch: Vec<u8> = (0..100).flat_map(|_| frame(DATA, 0, 1, b"")).collect();
+    let _ = attacker.flood(&batch, 100 * batch.len()).await;
+    let frames = attacker.frames_until_close().await;
+    after_data_flood(server, &mut events, &frames, "too_many_data_frames").await;
+}
+
+#[tokio::test]
+async fn bodies_in_many_frames_arrive_intact() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+
+    // 100 KiB in 1 KiB frames.
+    let chunks: Vec<Bytes> = (0..100u8).map(|i| Bytes::from(vec![i; 1024])).collect();
+    let expected: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+    let a = request(&mut client, "POST", "/echo", Some(chunks)).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.body, expected,
+        "100 KiB in 1 KiB frames comes back intact"
+    );
+
+    // A gRPC-like stream: 2,000 messages of 20 bytes, one frame each.
+    let chunks: Vec<Bytes> = (0..2000u32)
+        .map(|i| Bytes::from(format!("message {i:>12}")))
+        .collect();
+    assert!(chunks.iter().all(|c| c.len() == 20));
+    let hash = chunks.iter().fold(FNV_OFFSET, |h, c| fnv1a(h, c));
+    let a = request(&mut client, "POST", "/frames", Some(chunks)).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.body,
+        format!("frames=2000 bytes=40000 hash={hash:x}"),
+        "2,000 frames of 20 bytes arrive intact, one by one"
+    );
+
+    // Tiny frames (an empty gRPC message is 5 bytes) pass too. Sent in one
+    // burst, they are within h2's budget for small frames waiting to be
+    // read (~2,000 of 5 bytes).
+    let chunks: Vec<Bytes> = (0..1000u32)
+        .map(|i| Bytes::from(format!("{i:>5}")))
+        .collect();
+    let hash = chunks.iter().fold(FNV_OFFSET, |h, c| fnv1a(h, c));
+    let a = request(&mut client, "POST", "/frames", Some(chunks)).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, format!("frames=1000 bytes=5000 hash={hash:x}"));
+
+    assert_eq!(server.handle.stats().protocol_errors, 0);
     server.stop().await;
 }
