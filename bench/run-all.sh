@@ -107,8 +107,8 @@ status_line() { # rc secs
   if [[ -s "$OUT_DIR/idle-memory.last.md" ]]; then cat "$OUT_DIR/idle-memory.last.md"; else echo "_no results_"; fi
   # Sections written by the longer or special-purpose scripts, each run on its
   # own: bench/million.sh, bench/metrics-overhead.sh, bench/h2-tls.sh,
-  # bench/idle-memory-tls.sh.
-  for section in MILLION.md METRICS.md H2TLS.md IDLE-TLS.md; do
+  # bench/idle-memory-tls.sh, and the allocator comparison (ALLOCATORS.md).
+  for section in MILLION.md ALLOCATORS.md METRICS.md H2TLS.md IDLE-TLS.md; do
     if [[ -s "$BENCH_DIR/$section" ]]; then
       echo
       cat "$BENCH_DIR/$section"
