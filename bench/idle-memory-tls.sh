@@ -165,11 +165,7 @@ tls_server_start() { # name port
     server_stop
     return 1
   fi
-  if [[ "$name" == nginx ]]; then
-    SERVER_MEASURE_PIDS="$(pgrep -P "$SERVER_PID" | tr '\n' ' ')"
-  else
-    SERVER_MEASURE_PIDS="$SERVER_PID $(pid_descendants "$SERVER_PID" | tr '\n' ' ')"
-  fi
+  set_measure_pids "$name"
   log "started $name with TLS on 127.0.0.1:$port (pid $SERVER_PID, measured: $SERVER_MEASURE_PIDS)"
 }
 

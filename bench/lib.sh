@@ -186,6 +186,16 @@ pid_descendants() {
   done
 }
 
+# SERVER_MEASURE_PIDS for the server just started as SERVER_PID: nginx's workers
+# (its master does no serving), else the process and its descendants.
+set_measure_pids() { # name
+  if [[ "$1" == nginx ]]; then
+    SERVER_MEASURE_PIDS="$(pgrep -P "$SERVER_PID" | tr '\n' ' ')"
+  else
+    SERVER_MEASURE_PIDS="$SERVER_PID $(pid_descendants "$SERVER_PID" | tr '\n' ' ')"
+  fi
+}
+
 server_start() { # NAME PORT [WORKERS]
   local name=$1 port=$2 workers=${3:-1} log_file
   mkdir -p "$RUN_DIR"
@@ -240,11 +250,7 @@ server_start() { # NAME PORT [WORKERS]
     server_stop
     return 1
   fi
-  if [[ "$name" == nginx ]]; then
-    SERVER_MEASURE_PIDS="$(pgrep -P "$SERVER_PID" | tr '\n' ' ')"
-  else
-    SERVER_MEASURE_PIDS="$SERVER_PID $(pid_descendants "$SERVER_PID" | tr '\n' ' ')"
-  fi
+  set_measure_pids "$name"
   log "started $name on 127.0.0.1:$port (pid $SERVER_PID, measured: $SERVER_MEASURE_PIDS)"
 }
 
