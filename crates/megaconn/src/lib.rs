@@ -57,48 +57,30 @@
 //! when the socket becomes readable and go back when the exchange is done. The
 //! handler future is boxed so the connection future stays small while idle.
 
-mod acceptor;
-mod admission;
-mod body;
-mod config;
-mod date;
+mod conn;
 mod error;
-mod h2;
-mod http1;
-mod lifecycle;
-mod limit;
-pub mod metrics;
-mod park;
-mod pool;
-mod rewind;
+mod observe;
+mod proto;
 mod server;
-mod shutdown;
-mod socket;
-mod stats;
-mod tls;
-mod transport;
-mod upgrade;
-mod woken;
-mod worker;
+mod service;
 
-pub use body::Body;
-pub use config::{
-    AcceptRate, KeepaliveConfig, DEFAULT_IDLE_TIMEOUT, DEFAULT_PARK_IDLE_AFTER,
-    DEFAULT_READ_HEADER_TIMEOUT,
-};
-pub use error::{BodyError, Error};
-pub use h2::{
-    DEFAULT_HTTP2_CONNECTION_WINDOW, DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+pub use conn::config::{
+    AcceptRate, KeepaliveConfig, DEFAULT_HTTP2_CONNECTION_WINDOW, DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
     DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_HTTP2_MAX_FRAME_SIZE,
-    DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE, DEFAULT_HTTP2_STREAM_WINDOW, RAPID_RESET_LIMIT,
+    DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE, DEFAULT_HTTP2_STREAM_WINDOW, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
 };
-pub use http1::CloseReason;
-pub use lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
-pub use server::{Builder, Server, ServerHandle, ShutdownSummary};
-pub use stats::ServerStats;
-pub use tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESSION_CACHE_SIZE};
-pub use transport::Transport;
-pub use upgrade::{OnUpgrade, Upgraded};
+pub use conn::tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESSION_CACHE_SIZE};
+pub use conn::transport::Transport;
+pub use error::{BodyError, Error};
+pub use observe::close::{CloseReason, ProtocolDetail};
+pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
+pub use observe::metrics;
+pub use observe::stats::ServerStats;
+pub use proto::http2::RAPID_RESET_LIMIT;
+pub use server::builder::{Builder, Server, ServerHandle, ShutdownSummary};
+pub use service::body::Body;
+pub use service::upgrade::{OnUpgrade, Upgraded};
 
 /// The error type a service or response body may fail with: anything that can be
 /// boxed. Used in the bounds of [`Server::serve`].

@@ -790,7 +790,7 @@ async fn continuation_flood(first: &[u8], each: &[u8], debug: &str) {
     assert_eq!(String::from_utf8_lossy(&data), debug, "h2's limit");
     assert_eq!(
         close_reason(&mut events).await,
-        megaconn::CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS)
+        megaconn::CloseReason::Protocol(megaconn::ProtocolDetail::Http2(0xb))
     );
     assert_eq!(closed_total(&server.handle, "protocol_error"), 1);
     assert_eq!(server.handle.stats().protocol_errors, 1);
@@ -853,7 +853,7 @@ async fn after_data_flood(
     assert_eq!(String::from_utf8_lossy(&data), debug, "whose limit tripped");
     assert_eq!(
         close_reason(events).await,
-        megaconn::CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS)
+        megaconn::CloseReason::Protocol(megaconn::ProtocolDetail::Http2(0xb))
     );
     assert_eq!(closed_total(&server.handle, "protocol_error"), 1);
     assert_eq!(server.handle.stats().protocol_errors, 1);

@@ -13,14 +13,16 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::admission::{Refusal, TokenBucket};
-use crate::http1::CloseReason;
-use crate::lifecycle::ConnTrack;
-use crate::limit::ConnectionLimit;
-use crate::park::Respawn;
-use crate::socket::configure_accepted;
-use crate::stats::{gauge, incr};
-use crate::worker::{Incoming, WorkerContext};
+use crate::conn::admission::{Refusal, TokenBucket};
+use crate::conn::connection::Connection;
+use crate::conn::context::WorkerContext;
+use crate::conn::limit::ConnectionLimit;
+use crate::conn::park::Respawn;
+use crate::conn::socket::configure_accepted;
+use crate::conn::Incoming;
+use crate::observe::close::CloseReason;
+use crate::observe::lifecycle::ConnTrack;
+use crate::observe::stats::incr;
 
 /// First back-off delay after a resource error.
 const BACKOFF_START: Duration = Duration::from_millis(5);
@@ -90,20 +92,16 @@ pub(crate) async fn accept_loop(
                 } else {
                     None
                 };
+                let conn = Connection::open(held, ctx.stats.clone(), track);
                 if let Some(refusal) = refusal {
-                    // Closed at once; the slot serves the next accept.
+                    // Closed at once, counted like any close.
                     drop(stream);
-                    slot = Some(held);
                     let (counter, log) = match refusal {
                         Refusal::AcceptRate => (&ctx.stats.rejected_accept_rate, &mut rate_log),
                         Refusal::PerIp => (&ctx.stats.rejected_per_ip, &mut per_ip_log),
                     };
                     incr(counter);
-                    incr(&ctx.stats.closed);
-                    ctx.stats.connection_closed(CloseReason::Limit);
-                    if let Some(track) = track {
-                        track.close(CloseReason::Limit);
-                    }
+                    conn.close(CloseReason::Limit);
                     log.log(|suppressed| {
                         tracing::warn!(
                             worker = ctx.index,
@@ -116,8 +114,7 @@ pub(crate) async fn accept_loop(
                     continue;
                 }
                 configure_accepted(&stream, &ctx.config);
-                gauge(&ctx.stats.connections_open, 1);
-                spawn_connection(Incoming::Accepted(stream), held, track);
+                spawn_connection(Incoming::Accepted(stream), conn);
             }
             Err(e) => {
                 slot = Some(held);

@@ -102,13 +102,6 @@ impl PerIpLimit {
         true
     }
 
-    /// Counts a connection from `ip` without checking (a parked connection
-    /// waking up still holds its place).
-    pub(crate) fn reacquire(&self, ip: IpAddr) {
-        let key = Self::key(ip);
-        *self.shard(key).entry(key).or_insert(0) += 1;
-    }
-
     /// A connection from `ip` closed.
     pub(crate) fn release(&self, ip: IpAddr) {
         let key = Self::key(ip);

@@ -49,6 +49,31 @@ pub const DEFAULT_BACKLOG: u32 = 4096;
 /// `max_connections`, for log files, DNS, admin connections and the like.
 pub const FD_HEADROOM: usize = 256;
 
+/// Default for how many streams a client may have open at once on one
+/// connection (`SETTINGS_MAX_CONCURRENT_STREAMS`). 250, as in Go's server:
+/// enough for any browser or gRPC client, and it bounds the handlers one
+/// connection can run.
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 250;
+
+/// Default per-stream receive window: how much request body a client may send
+/// ahead of the handler reading it (256 KiB).
+pub const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
+
+/// Default connection receive window: how much request body, over all streams,
+/// may wait unread (1 MiB). This bounds what one connection can make us buffer.
+pub const DEFAULT_HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// Default largest frame payload we accept (the protocol's minimum, 16 KiB).
+pub const DEFAULT_HTTP2_MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// Default largest decoded request header list (64 KiB, as HTTP/1.1's
+/// `max_header_bytes`).
+pub const DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
+/// Default wait for the answer to a keep-alive PING before the connection is
+/// closed.
+pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// TCP keepalive probes, so the kernel notices peers that vanished silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeepaliveConfig {
@@ -101,15 +126,15 @@ pub(crate) struct Config {
     /// "already in use" probe.
     pub reuse_port_shared: bool,
     /// HTTP/2 settings (h2.rs).
-    pub http2: crate::h2::Http2Config,
+    pub http2: Http2Config,
     /// TLS for every listener, or for those in `tls_listeners` (tls.rs);
     /// `None` is cleartext.
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<crate::conn::tls::TlsConfig>,
     /// Positions in `addrs` of the listeners served over TLS; empty: all of
     /// them when `tls` is set (tls.rs).
     pub tls_listeners: Vec<usize>,
     /// Called on every connection open and close (lifecycle.rs).
-    pub on_connection: Option<crate::lifecycle::ConnectionHook>,
+    pub on_connection: Option<crate::observe::lifecycle::ConnectionHook>,
     /// Keep a live list of connections and their states (lifecycle.rs).
     pub track_connections: bool,
     /// Log one line per request (target `megaconn::access`).
@@ -143,7 +168,7 @@ impl Default for Config {
             recv_buffer_size: None,
             send_buffer_size: None,
             reuse_port_shared: false,
-            http2: crate::h2::Http2Config::default(),
+            http2: Http2Config::default(),
             tls: None,
             tls_listeners: Vec::new(),
             on_connection: None,
@@ -191,3 +216,42 @@ pub(crate) fn raise_nofile_limit() -> usize {
         usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
     }
 }
+
+/// The limits that apply while parsing a head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+}
+
+/// HTTP/2 settings, set through the `Builder::http2_*` methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Http2Config {
+    pub prior_knowledge: bool,
+    pub max_concurrent_streams: u32,
+    pub stream_window: u32,
+    pub connection_window: u32,
+    pub max_frame_size: u32,
+    pub max_header_list_size: u32,
+    pub keep_alive_interval: Option<Duration>,
+    pub keep_alive_timeout: Duration,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            prior_knowledge: true,
+            max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+            stream_window: DEFAULT_HTTP2_STREAM_WINDOW,
+            connection_window: DEFAULT_HTTP2_CONNECTION_WINDOW,
+            max_frame_size: DEFAULT_HTTP2_MAX_FRAME_SIZE,
+            max_header_list_size: DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE,
+            keep_alive_interval: None,
+            keep_alive_timeout: DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+        }
+    }
+}
+
+/// Largest value a window may have (2^31 - 1).
+pub(crate) const MAX_WINDOW: u32 = (1 << 31) - 1;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::admission::PerIpLimit;
+use crate::conn::admission::PerIpLimit;
 
 /// Shared by every worker's acceptor.
 #[derive(Debug, Clone)]
@@ -83,23 +83,15 @@ impl ConnectionLimit {
         addr.as_socket().map(|a| a.ip())
     }
 
-    /// The slot of a parked connection coming back to life (it never gave its
-    /// places up).
+    /// The slot of a parked connection leaving the lot (woken, or closed
+    /// while parked). It never gave its places up, so nothing is taken again:
+    /// the slot only owns them once more, and dropping it frees them.
     pub(crate) fn reattach(&self, ip: Option<IpAddr>) -> ConnectionSlot {
         let mut slot = self.attached();
         if let (Some(per_ip), Some(ip)) = (&self.per_ip, ip) {
-            per_ip.reacquire(ip);
             slot.ip = Some((per_ip.clone(), ip));
         }
         slot
-    }
-
-    /// Frees the detached places of a parked connection that closed.
-    pub(crate) fn release_detached(&self, ip: Option<IpAddr>) {
-        self.slots.add_permits(1);
-        if let (Some(per_ip), Some(ip)) = (&self.per_ip, ip) {
-            per_ip.release(ip);
-        }
     }
 
     fn attached(&self) -> ConnectionSlot {

@@ -29,11 +29,13 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::http1::CloseReason;
-use crate::lifecycle::{self, ConnTrack};
-use crate::limit::{ConnectionLimit, ConnectionSlot};
-use crate::stats::{gauge, incr, WorkerStats};
-use crate::worker::{Incoming, WorkerContext};
+use crate::conn::connection::Connection;
+use crate::conn::context::WorkerContext;
+use crate::conn::limit::ConnectionLimit;
+use crate::conn::{Incoming, ProtoTag, Wake};
+use crate::observe::close::CloseReason;
+use crate::observe::lifecycle::{self, ConnTrack};
+use crate::observe::stats::{gauge, incr, WorkerStats};
 
 /// Per-fd state: not in the private epoll set.
 const ABSENT: u32 = 0;
@@ -59,8 +61,22 @@ const MAX_EVENTS: usize = 256;
 /// After this many parkings or wake-ups, give freed task memory back to the OS.
 const TRIM_EVERY: usize = 1024;
 
+/// Per-fd flag (in `protos`): at the deadline, wake the connection instead
+/// of closing it as idle.
+const WAKE_AT_DEADLINE: u8 = 0x80;
+
 /// Turns a woken socket back into a served connection.
-pub(crate) type Respawn = Rc<dyn Fn(Incoming, ConnectionSlot, Option<Rc<ConnTrack>>)>;
+pub(crate) type Respawn = Rc<dyn Fn(Incoming, Connection)>;
+
+/// What a parked connection's deadline does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AtDeadline {
+    /// Close it as idle (`idle_timeout`).
+    Close,
+    /// Wake it (a protocol's timer: a server-sent heartbeat or ping).
+    #[allow(dead_code)] // the framed and WebSocket protocols will ask for it
+    Wake,
+}
 
 /// One worker's parking lot.
 pub(crate) struct ParkingLot {
@@ -73,6 +89,9 @@ pub(crate) struct ParkingLot {
     /// was parked after idling as a task for `park_idle_after`. To tell, on
     /// wake-up, a connection that turned busy from a cold one.
     parked_at: RefCell<Vec<u32>>,
+    /// Per file descriptor: the protocol it resumes in (`ProtoTag`, low 7
+    /// bits) and [`WAKE_AT_DEADLINE`].
+    protos: RefCell<Vec<u8>>,
     /// Re-parked at once and woken again within this: the connection is hot.
     hot_within: Duration,
     parked: Cell<usize>,
@@ -116,6 +135,7 @@ impl ParkingLot {
             epoll,
             deadlines: RefCell::new(Vec::new()),
             parked_at: RefCell::new(Vec::new()),
+            protos: RefCell::new(Vec::new()),
             hot_within,
             parked: Cell::new(0),
             churn_since_trim: Cell::new(0),
@@ -138,9 +158,17 @@ impl ParkingLot {
     }
 
     /// Parks an idle connection's socket until it is readable or `deadline`
-    /// passes. Its connection slot stays taken (detached) until it closes.
-    /// `at_once`: parked straight after serving a wake-up, not after idling.
-    pub(crate) fn park(&self, socket: OwnedFd, deadline: Option<Instant>, at_once: bool) {
+    /// passes (then closed as idle, or woken, as `at_deadline` says); it
+    /// resumes in protocol `proto`. Its slot stays taken (detached) until it
+    /// closes. `at_once`: parked straight after serving a wake-up, not after
+    /// idling.
+    pub(crate) fn park(&self, socket: OwnedFd, parking: Parking, conn: Connection) {
+        let Parking {
+            deadline,
+            at_once,
+            proto,
+            at_deadline,
+        } = parking;
         let fd = socket.as_raw_fd();
         let idx = fd as usize;
         let was_awake = self.deadlines.borrow().get(idx) == Some(&AWAKE);
@@ -160,24 +188,28 @@ impl ParkingLot {
             if was_awake {
                 self.deadlines.borrow_mut()[idx] = ABSENT;
             }
-            self.closed(&socket, CloseReason::io(&error));
-            if let Some(track) = lifecycle::current() {
-                track.close(CloseReason::io(&error));
-            }
+            conn.close(CloseReason::io(&error));
             return;
         }
         let mut deadlines = self.deadlines.borrow_mut();
         let mut parked_at = self.parked_at.borrow_mut();
+        let mut protos = self.protos.borrow_mut();
         if deadlines.len() <= idx {
             let len = (idx + 1).next_power_of_two();
             deadlines.resize(len, ABSENT);
             parked_at.resize(len, 0);
+            protos.resize(len, 0);
         }
         deadlines[idx] = deadline.map_or(NO_DEADLINE, |d| self.tick_of(d));
         parked_at[idx] = if at_once { self.millis_now() | 1 } else { 0 };
-        // The connection's task is running us: keep its lifecycle track.
+        protos[idx] = (proto.0 & !WAKE_AT_DEADLINE)
+            | if at_deadline == AtDeadline::Wake {
+                WAKE_AT_DEADLINE
+            } else {
+                0
+            };
         lifecycle::set_state(crate::ConnectionState::Parked);
-        if let Some(track) = lifecycle::current() {
+        if let Some(track) = conn.park() {
             self.tracks.borrow_mut().insert(fd, track);
         }
         // The lot owns the descriptor from here on.
@@ -236,19 +268,35 @@ impl ParkingLot {
         Some(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    /// A parked connection is closing: free its places, count it, report it.
-    fn closed(&self, socket: &OwnedFd, reason: CloseReason) {
-        self.count_closed(self.limit.peer_ip(socket), socket.as_raw_fd(), reason);
+    /// The accounts of a parked connection leaving the lot: its slot
+    /// re-attached, its track taken back.
+    fn connection(&self, socket: &OwnedFd) -> Connection {
+        let ip = self.limit.peer_ip(socket);
+        let track = self.tracks.borrow_mut().remove(&socket.as_raw_fd());
+        Connection::resume(self.limit.reattach(ip), self.stats.clone(), track)
     }
 
-    fn count_closed(&self, ip: Option<std::net::IpAddr>, fd: RawFd, reason: CloseReason) {
-        self.limit.release_detached(ip);
-        gauge(&self.stats.connections_open, -1);
-        incr(&self.stats.closed);
-        self.stats.connection_closed(reason);
-        if let Some(track) = self.tracks.borrow_mut().remove(&fd) {
-            track.close(reason);
-        }
+    /// A parked connection is closing: count it and report it.
+    fn closed(&self, socket: &OwnedFd, reason: CloseReason) {
+        self.connection(socket).close(reason);
+    }
+
+    /// Hands a parked socket that woke up back to its protocol.
+    fn wake(&self, fd: RawFd, socket: OwnedFd, wake: Wake, respawn: &Respawn) {
+        let hot_within = self.hot_within.as_millis() as u32;
+        let parked_at = self.parked_at.borrow()[fd as usize];
+        let hot = parked_at != 0 && self.millis_now().wrapping_sub(parked_at) < hot_within;
+        let proto = ProtoTag(self.protos.borrow()[fd as usize] & !WAKE_AT_DEADLINE);
+        let conn = self.connection(&socket);
+        respawn(
+            Incoming::Woken {
+                socket,
+                hot,
+                proto,
+                wake,
+            },
+            conn,
+        );
     }
 
     /// Serves every socket that woke up.
@@ -267,28 +315,19 @@ impl ParkingLot {
             return Err(io::Error::last_os_error());
         }
         let respawn = self.respawn.borrow().clone();
-        let now = self.millis_now();
-        let hot_within = self.hot_within.as_millis() as u32;
         for event in &events[..n as usize] {
             let fd = event.u64 as RawFd;
             let Some(socket) = self.unpark(fd, AWAKE) else {
                 continue;
             };
             self.churn_since_trim.set(self.churn_since_trim.get() + 1);
-            let Some(respawn) = &respawn else {
-                self.deadlines.borrow_mut()[fd as usize] = ABSENT;
-                self.closed(&socket, CloseReason::Shutdown);
-                continue;
-            };
-            let ip = self.limit.peer_ip(&socket);
-            let parked_at = self.parked_at.borrow()[fd as usize];
-            let hot = parked_at != 0 && now.wrapping_sub(parked_at) < hot_within;
-            let track = self.tracks.borrow_mut().remove(&fd);
-            respawn(
-                Incoming::Woken { socket, hot },
-                self.limit.reattach(ip),
-                track,
-            );
+            match &respawn {
+                Some(respawn) => self.wake(fd, socket, Wake::Readable, respawn),
+                None => {
+                    self.deadlines.borrow_mut()[fd as usize] = ABSENT;
+                    self.closed(&socket, CloseReason::Shutdown);
+                }
+            }
         }
         Ok(n as usize)
     }
@@ -304,10 +343,21 @@ impl ParkingLot {
             .filter(|(_, d)| **d != ABSENT && **d <= now)
             .map(|(fd, _)| fd as RawFd)
             .collect();
+        let respawn = self.respawn.borrow().clone();
         for fd in expired {
-            if let Some(socket) = self.unpark(fd, ABSENT) {
-                incr(&self.stats.timeouts);
-                self.closed(&socket, CloseReason::IdleTimeout);
+            let wakes = self.protos.borrow()[fd as usize] & WAKE_AT_DEADLINE != 0;
+            match (wakes, &respawn) {
+                (true, Some(respawn)) => {
+                    if let Some(socket) = self.unpark(fd, AWAKE) {
+                        self.wake(fd, socket, Wake::Timer, respawn);
+                    }
+                }
+                _ => {
+                    if let Some(socket) = self.unpark(fd, ABSENT) {
+                        incr(&self.stats.timeouts);
+                        self.closed(&socket, CloseReason::IdleTimeout);
+                    }
+                }
             }
         }
         if self.churn_since_trim.get() >= TRIM_EVERY {
@@ -335,6 +385,20 @@ impl ParkingLot {
         }
         n
     }
+}
+
+/// How a connection parks: what the protocol says when it hands an idle
+/// connection to the dispatcher.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parking {
+    /// The idle deadline (or the timer, with [`AtDeadline::Wake`]).
+    pub deadline: Option<Instant>,
+    /// Parked straight after serving a wake-up (hot/cold detection).
+    pub at_once: bool,
+    /// The protocol it resumes in.
+    pub proto: ProtoTag,
+    /// What the deadline does.
+    pub at_deadline: AtDeadline,
 }
 
 impl Drop for ParkingLot {

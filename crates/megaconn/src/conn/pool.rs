@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::stats::{gauge, WorkerStats};
+use crate::observe::stats::{gauge, WorkerStats};
 
 /// Capacity of a fresh buffer: one read of a typical request head, or one
 /// typical response, fits.

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
-use crate::config::Config;
+use crate::conn::config::Config;
 use crate::error::Error;
 
 /// Binds `config.workers` listeners for every address; `result[w]` holds worker

@@ -2,14 +2,8 @@
 //! (`h2`, `http/1.1`), session resumption, a handshake timeout, and certificate
 //! reload without a restart.
 //!
-//! ```text
-//!  accept -> connection_spawner (worker.rs) -> serve_accepted()
-//!              no TLS (or not a `listen_tls_on` listener):
-//!                       http1::serve_connection(TcpStream)
-//!              TLS:     handshake (bounded by handshake_timeout)
-//!                         ALPN h2  -> h2::serve(TlsStream)
-//!                         else     -> http1::serve_connection(TlsStream)
-//! ```
+//! The dispatcher (`server/dispatch.rs`) runs [`handshake`] on connections
+//! of TLS listeners and picks the protocol by ALPN.
 //!
 //! [`TlsConfig`] is a handle: clones share one live rustls `ServerConfig`,
 //! which [`TlsConfig::reload`] replaces. Each handshake takes the config live
@@ -29,14 +23,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::future::Either;
-use http::{Request, Response};
-use http_body::Body as HttpBody;
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -45,16 +34,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tower_service::Service;
 
-use crate::body::Body;
-use crate::config::Config;
-use crate::http1::{self, CloseReason, ConnEnd};
-use crate::server::Builder;
-use crate::stats::incr;
-use crate::transport::Transport;
-use crate::worker::WorkerContext;
-use crate::BoxError;
+use crate::conn::config::Config;
+use crate::conn::context::WorkerContext;
+use crate::conn::transport::{Parkable, Transport};
+use crate::observe::close::CloseReason;
+use crate::observe::stats::incr;
 
 /// Default time a client has to complete the TLS handshake after connecting.
 /// Ten seconds, like `read_header_timeout`: a real client needs milliseconds.
@@ -437,29 +422,6 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-impl Builder {
-    /// Serves every listener over TLS with `tls` (HTTP/2 when the client
-    /// negotiates `h2` by ALPN, HTTP/1.1 otherwise) — or, when any address was
-    /// added with [`listen_tls_on`](Builder::listen_tls_on), only those. Keep a
-    /// clone of `tls` to [`reload`](TlsConfig::reload) certificates while the
-    /// server runs. Default: none (cleartext; HTTP/2 only with prior knowledge).
-    pub fn tls(mut self, tls: TlsConfig) -> Builder {
-        self.config.tls = Some(tls);
-        self
-    }
-
-    /// Adds a listen address served over TLS, with the configuration given to
-    /// [`tls`](Builder::tls), next to cleartext ones: once any address is
-    /// added this way, the addresses from [`listen_on`](Builder::listen_on)
-    /// stay cleartext. Repeatable. Without `tls`, [`listen`](Builder::listen)
-    /// fails.
-    pub fn listen_tls_on(mut self, addr: SocketAddr) -> Builder {
-        self.config.tls_listeners.push(self.config.addrs.len());
-        self.config.addrs.push(addr);
-        self
-    }
-}
-
 /// The TLS configuration for connections arriving on the local address
 /// `local`, if they are TLS: every listener's when no address was added with
 /// `listen_tls_on`, else only those listeners'. `config.addrs` holds the bound
@@ -480,7 +442,7 @@ pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsCo
 
 /// The TLS configuration for an accepted connection, if it is TLS. Asks the
 /// socket for its local address only when TLS and cleartext listeners mix.
-fn tls_for_stream<'c>(config: &'c Config, stream: &TcpStream) -> Option<&'c TlsConfig> {
+pub(crate) fn tls_for_stream<'c>(config: &'c Config, stream: &TcpStream) -> Option<&'c TlsConfig> {
     let tls = config.tls.as_ref()?;
     if config.tls_listeners.is_empty() {
         return Some(tls);
@@ -491,6 +453,10 @@ fn tls_for_stream<'c>(config: &'c Config, stream: &TcpStream) -> Option<&'c TlsC
 /// A TLS stream is never parked. It is ready to read when rustls holds
 /// plaintext (or a close) already, else when the socket is: so an idle
 /// HTTP/1.1-over-TLS connection waits without holding a pooled read buffer.
+impl Parkable for BoxedTls {
+    const PARKABLE: bool = false;
+}
+
 impl Transport for BoxedTls {
     fn poll_read_ready(
         &self,
@@ -504,70 +470,14 @@ impl Transport for BoxedTls {
     }
 }
 
-/// Serves an accepted connection: cleartext HTTP/1.1 (and h2c) directly, or a
-/// TLS handshake first and then HTTP/2 or HTTP/1.1 as ALPN says.
-pub(crate) fn serve_accepted<S, B>(
-    stream: TcpStream,
-    service: S,
-    ctx: Rc<WorkerContext>,
-) -> impl std::future::Future<Output = ConnEnd>
-where
-    S: Service<Request<Body>, Response = Response<B>> + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: 'static,
-    B: HttpBody<Data = Bytes> + 'static,
-    B::Error: Into<BoxError>,
-{
-    match tls_for_stream(&ctx.config, &stream).map(TlsConfig::live) {
-        None => Either::Left(http1::serve_connection(stream, service, ctx)),
-        // Boxed: the handshake and the TLS stream are large, and cleartext
-        // connections should not carry their size.
-        Some(live) => Either::Right(Box::pin(serve_tls(stream, service, ctx, live))),
-    }
-}
-
-async fn serve_tls<S, B>(
-    stream: TcpStream,
-    mut service: S,
-    ctx: Rc<WorkerContext>,
-    live: Arc<Live>,
-) -> ConnEnd
-where
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    // The handshake runs in its own box, freed when it ends: its state (a
-    // whole rustls connection mid-handshake, the timer) would otherwise stay
-    // in every connection's future for as long as it is open.
-    let stream = match Box::pin(handshake(stream, &ctx, live)).await {
-        Ok(stream) => stream,
-        Err(reason) => {
-            ctx.stats.connection_closed(reason);
-            return ConnEnd::Closed(reason);
-        }
-    };
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        // Boxed: HTTP/2 state (2 KB of ours, h2's own buffers on top) is
-        // for HTTP/2 connections only; HTTP/1.1 ones should not carry its size.
-        let reason = Box::pin(crate::h2::serve(stream, &mut service, ctx.clone())).await;
-        tracing::trace!(%reason, "HTTP/2 connection closed");
-        ctx.stats.connection_closed(reason);
-        ConnEnd::Closed(reason)
-    } else {
-        http1::serve_connection(stream, service, ctx).await
-    }
-}
-
 /// The TLS session, boxed: it is 1.2 KB, and an `async fn` that takes it by
 /// value keeps it in its state twice (the argument and the moved-to local),
 /// so the stream goes by pointer.
-type BoxedTls = Box<TlsStream<TcpStream>>;
+pub(crate) type BoxedTls = Box<TlsStream<TcpStream>>;
 
 /// Runs the TLS handshake, bounded by the handshake timeout and cut short by
 /// shutdown; on failure, says why the connection closes.
-async fn handshake(
+pub(crate) async fn handshake(
     stream: TcpStream,
     ctx: &WorkerContext,
     live: Arc<Live>,
@@ -588,51 +498,14 @@ async fn handshake(
             None => {
                 tracing::debug!("TLS handshake timed out");
                 incr(&ctx.stats.timeouts);
-                Err(CloseReason::HeaderTimeout)
+                Err(CloseReason::TlsHandshakeTimeout)
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
                 incr(&ctx.stats.protocol_errors);
-                Err(CloseReason::Protocol(http::StatusCode::BAD_REQUEST))
+                Err(CloseReason::TlsHandshakeFailed)
             }
             Some(Ok(stream)) => Ok(Box::new(stream)),
         },
-    }
-}
-
-#[cfg(test)]
-mod size_guard {
-    use super::*;
-
-    type Svc = tower::util::ServiceFn<
-        fn(Request<Body>) -> std::future::Ready<Result<Response<Body>, std::convert::Infallible>>,
-    >;
-
-    fn size_of_future<F, A, B, C, D, Fut>(_: F) -> usize
-    where
-        F: Fn(A, B, C, D) -> Fut,
-    {
-        std::mem::size_of::<Fut>()
-    }
-
-    /// A regression guard for what every open TLS connection carries in its
-    /// future. Measured when written: 656 bytes for the whole TLS connection
-    /// future (it was 10,624 before the handshake, the HTTP/2 state and the
-    /// rustls session were boxed: h2's state is for h2 connections only, and
-    /// the session was held twice). The bound adds ~20%. If it fails,
-    /// something large went inline: box it.
-    #[test]
-    fn the_tls_connection_future_stays_small() {
-        fn tls_future(
-            io: TcpStream,
-            svc: Svc,
-            ctx: Rc<WorkerContext>,
-            live: Arc<Live>,
-        ) -> impl std::future::Future<Output = ConnEnd> {
-            serve_tls(io, svc, ctx, live)
-        }
-        let size = size_of_future(tls_future);
-        eprintln!("TLS connection future: {size} bytes");
-        assert!(size <= 800, "the TLS connection future is {size} bytes");
     }
 }

@@ -22,22 +22,26 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
         let _ = cx;
         Poll::Ready(Ok(()))
     }
+}
 
-    /// Whether an idle connection on this stream may be parked: taken out of the
-    /// runtime and kept as a bare socket until bytes arrive. Only plain sockets
-    /// qualify (a TLS stream has session state that lives in user space).
-    const PARKABLE: bool = false;
+/// How an idle connection on a stream may leave the runtime: the core's
+/// hot/cold policy, kept off the public [`Transport`] so that a custom
+/// transport given to [`Builder::serve_connection`](crate::Builder::serve_connection)
+/// never parks (it is wrapped in [`Foreign`]).
+pub(crate) trait Parkable: Transport {
+    /// Whether an idle connection on this stream may be parked at all: only
+    /// plain sockets qualify.
+    const PARKABLE: bool;
 
-    /// Whether an idle connection on this stream should be parked at once
-    /// instead of after `park_idle_after`: true for a socket woken from the
-    /// parking lot that served its requests without ever having to wait, which
-    /// is what a heartbeat on a cold connection looks like (see `woken.rs`).
+    /// Whether an idle connection should be parked at once instead of after
+    /// `park_idle_after`: true for a socket woken from the parking lot that
+    /// served its message without ever having to wait, which is what a
+    /// heartbeat on a cold connection looks like (see `woken.rs`).
     fn repark_when_idle(&self) -> bool {
         false
     }
 
-    /// Gives up the stream as a bare socket for parking. Called only when
-    /// [`PARKABLE`](Transport::PARKABLE) is true.
+    /// Gives up the stream as a bare socket for parking.
     fn into_parked(self) -> io::Result<OwnedFd>
     where
         Self: Sized,
@@ -53,7 +57,9 @@ impl Transport for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
     }
+}
 
+impl Parkable for TcpStream {
     const PARKABLE: bool = true;
 
     fn into_parked(self) -> io::Result<OwnedFd> {
@@ -68,3 +74,50 @@ impl Transport for UnixStream {
 }
 
 impl Transport for tokio::io::DuplexStream {}
+
+pin_project_lite::pin_project! {
+    /// A caller's own transport: served like any other, never parked.
+    #[derive(Debug)]
+    pub(crate) struct Foreign<T> {
+        #[pin]
+        pub(crate) io: T,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Foreign<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().io.poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Foreign<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, data)
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+impl<T: Transport> Transport for Foreign<T> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_read_ready(cx)
+    }
+}
+
+impl<T: Transport> Parkable for Foreign<T> {
+    const PARKABLE: bool = false;
+}

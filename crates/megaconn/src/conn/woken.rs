@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::transport::Transport;
+use crate::conn::transport::{Parkable, Transport};
 
 /// A woken parked socket: a bare descriptor until an operation would block,
 /// then a registered [`TcpStream`].
@@ -185,7 +185,9 @@ impl Transport for WokenSocket {
             _ => Poll::Ready(Ok(())),
         }
     }
+}
 
+impl Parkable for WokenSocket {
     const PARKABLE: bool = true;
 
     fn repark_when_idle(&self) -> bool {

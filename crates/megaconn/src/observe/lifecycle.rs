@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::http1::CloseReason;
+use crate::observe::close::CloseReason;
 
 /// What the `on_connection` hook receives.
 #[derive(Debug, Clone)]
@@ -55,15 +55,36 @@ pub enum ConnectionEvent {
     },
 }
 
-/// What a live connection is doing.
+/// What a live connection is doing, for every protocol (Go's `ConnState`,
+/// with parking added).
+///
+/// ```text
+///                 accept
+///                   |
+///                   v
+///   +--------> ReadingHead --> ReadingBody --> Handling --> Writing --+
+///   |               ^   (active: a message is in flight)             |
+///   |               |                                                |
+///   |             Idle <---------------------------------------------+
+///   |          (a task, no buffers)                                  |
+///   |               |  idle for park_idle_after                      +--> Upgraded
+///   |               v                                                     (a handler
+///   +--------- Parked  (a bare socket in the lot; bytes, a hang-up        owns the socket)
+///      woken       or a timer wake it; it resumes in its protocol)
+///
+///   any state --> closed (reported once, with a CloseReason)
+/// ```
+///
+/// HTTP/2 connections are `ReadingHead` until their handshake is done, then
+/// `Handling` while streams are open and `Idle` between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectionState {
-    /// Waiting for its next request (a task).
+    /// Waiting for its next message (a task).
     Idle,
     /// Idle and parked outside the runtime (a bare socket).
     Parked,
-    /// Receiving a request head.
+    /// Receiving a request head (or a protocol handshake).
     ReadingHead,
     /// Receiving a request body.
     ReadingBody,
@@ -71,6 +92,8 @@ pub enum ConnectionState {
     Handling,
     /// Sending a response.
     Writing,
+    /// Handed to a handler after an upgrade (`101`); still counted open.
+    Upgraded,
 }
 
 impl ConnectionState {
@@ -83,6 +106,7 @@ impl ConnectionState {
             ConnectionState::ReadingBody => "reading_body",
             ConnectionState::Handling => "handling",
             ConnectionState::Writing => "writing",
+            ConnectionState::Upgraded => "upgraded",
         }
     }
 }
@@ -242,9 +266,72 @@ impl ConnTrack {
     }
 }
 
-/// The track of the connection whose task is running on this thread, if any.
-pub(crate) fn current() -> Option<Rc<ConnTrack>> {
-    CURRENT.with(|c| c.borrow().clone())
+impl ConnTrack {
+    /// Hands the track over with an upgraded connection, which may leave this
+    /// thread: the returned copy reports the close (and counts the bytes
+    /// that cross the upgraded socket); this one reports nothing more.
+    pub(crate) fn detach(&self) -> DetachedTrack {
+        self.closed.set(true);
+        if let Some(registry) = &self.registry {
+            if let Some(e) = registry.lock().get_mut(&self.id) {
+                e.state = ConnectionState::Upgraded;
+            }
+        }
+        DetachedTrack {
+            id: self.id,
+            peer: self.peer,
+            opened: self.opened,
+            requests: self.requests.get(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            hook: self.hook.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+/// A connection's track after an upgrade handed it to a handler: `Send`,
+/// owned by the upgraded socket, reporting `Closed` when it closes.
+#[derive(Debug)]
+pub(crate) struct DetachedTrack {
+    id: u64,
+    peer: SocketAddr,
+    opened: Instant,
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    hook: Option<ConnectionHook>,
+    registry: Option<Arc<Registry>>,
+}
+
+impl DetachedTrack {
+    /// Counts bytes read from the upgraded socket.
+    pub(crate) fn count_in(&mut self, n: usize) {
+        self.bytes_in += n as u64;
+    }
+
+    /// Counts bytes written to the upgraded socket.
+    pub(crate) fn count_out(&mut self, n: usize) {
+        self.bytes_out += n as u64;
+    }
+
+    /// Reports `Closed` and leaves the live-connection list.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        if let Some(registry) = &self.registry {
+            registry.lock().remove(&self.id);
+        }
+        if let Some(hook) = &self.hook {
+            (hook.0)(&ConnectionEvent::Closed {
+                id: self.id,
+                peer: self.peer,
+                duration: self.opened.elapsed(),
+                requests: self.requests,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                reason,
+            });
+        }
+    }
 }
 
 /// The current connection's id and peer (for the access log).

@@ -23,6 +23,7 @@
 //! | `megaconn_connections_parked` | gauge | |
 //! | `megaconn_connections_accepted_total` | counter | |
 //! | `megaconn_connections_closed_total` | counter | `reason` |
+//! | `megaconn_connections_upgraded_total` | counter | |
 //! | `megaconn_requests_total` | counter | `method`, `status_class` |
 //! | `megaconn_request_duration_seconds` | histogram | |
 //! | `megaconn_request_body_bytes_total` | counter | |
@@ -56,9 +57,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::http1::CloseReason;
-use crate::stats::{ServerStats, WorkerStats};
-use crate::worker::WorkerContext;
+use crate::observe::close::CloseReason;
+use crate::observe::stats::{ServerStats, StatsSource, WorkerStats};
 
 /// Labels of `method`, in counter order; any other method counts as `other`.
 pub const METHOD_LABELS: [&str; METHODS] = [
@@ -73,9 +73,6 @@ pub const STATUS_CLASS_LABELS: [&str; STATUS_CLASSES] = ["1xx", "2xx", "3xx", "4
 pub const ACCEPT_ERRNO_LABELS: [&str; ACCEPT_ERRNOS] =
     ["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other"];
 
-/// Label of `reason` for a connection handed to the handler by an upgrade.
-pub const UPGRADED_LABEL: &str = "upgraded";
-
 /// Upper bounds (seconds) of the request duration histogram's buckets, from
 /// 100 µs to 10 s; a last bucket takes everything slower.
 pub const DURATION_BUCKETS: [f64; DURATION_BOUNDS] = [
@@ -87,7 +84,8 @@ pub(crate) const METHODS: usize = 8;
 pub(crate) const STATUS_CLASSES: usize = 6;
 pub(crate) const ACCEPT_ERRNOS: usize = 5;
 pub(crate) const DURATION_BOUNDS: usize = 16;
-/// Close reasons: every [`CloseReason`] plus `upgraded`.
+/// Close reasons: every [`CloseReason`], then the upgrade count (an upgrade
+/// is a hand-over, not a close: the connection's close comes later).
 pub(crate) const CLOSE_REASONS: usize = CloseReason::COUNT + 1;
 const STATUS_NONE: u8 = 5;
 
@@ -206,10 +204,9 @@ impl Stopwatch {
 
 /// One request's metrics, collected while its exchange runs and counted when
 /// it is dropped (finished, failed or cancelled alike).
-#[derive(Debug)]
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) struct RequestRecord {
-    ctx: Rc<WorkerContext>,
+    ctx: Rc<dyn StatsSource>,
     method: MethodLabel,
     status: u8,
     stopwatch: Option<Stopwatch>,
@@ -221,6 +218,15 @@ pub(crate) struct RequestRecord {
     access: Option<Box<(http::Method, String)>>,
 }
 
+impl fmt::Debug for RequestRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestRecord")
+            .field("method", &self.method)
+            .field("code", &self.code)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RequestRecord {
     /// Turns on the access-log line for this request.
     pub(crate) fn log_access(&mut self, method: http::Method, path: String) {
@@ -229,7 +235,7 @@ impl RequestRecord {
 
     /// Starts timing a request; it is in flight until the record drops.
     #[inline]
-    pub(crate) fn start(ctx: &Rc<WorkerContext>, method: MethodLabel) -> RequestRecord {
+    pub(crate) fn start(ctx: Rc<dyn StatsSource>, method: MethodLabel) -> RequestRecord {
         let mut record = RequestRecord::untimed(ctx, method);
         record.stopwatch = Some(Stopwatch::start());
         record
@@ -238,11 +244,11 @@ impl RequestRecord {
     /// A request that fails before its exchange starts (observed as taking no
     /// time).
     #[inline]
-    pub(crate) fn untimed(ctx: &Rc<WorkerContext>, method: MethodLabel) -> RequestRecord {
+    pub(crate) fn untimed(ctx: Rc<dyn StatsSource>, method: MethodLabel) -> RequestRecord {
         #[cfg(feature = "metrics")]
-        add_signed(&ctx.stats.request_metrics.in_flight, 1);
+        add_signed(&ctx.worker_stats().request_metrics.in_flight, 1);
         RequestRecord {
-            ctx: ctx.clone(),
+            ctx,
             method,
             status: STATUS_NONE,
             stopwatch: None,
@@ -278,7 +284,7 @@ impl Drop for RequestRecord {
     fn drop(&mut self) {
         if let Some(access) = self.access.take() {
             let elapsed = self.stopwatch.map_or(Duration::ZERO, Stopwatch::elapsed);
-            let (conn, peer) = crate::lifecycle::current_id_and_peer();
+            let (conn, peer) = crate::observe::lifecycle::current_id_and_peer();
             tracing::info!(
                 target: "megaconn::access",
                 conn,
@@ -295,7 +301,7 @@ impl Drop for RequestRecord {
         #[cfg(feature = "metrics")]
         {
             let elapsed = self.stopwatch.map_or(Duration::ZERO, Stopwatch::elapsed);
-            let m = &self.ctx.stats.request_metrics;
+            let m = &self.ctx.worker_stats().request_metrics;
             add_signed(&m.in_flight, -1);
             add(
                 &m.by_class[usize::from(self.method.0)][usize::from(self.status)],
@@ -455,6 +461,9 @@ pub struct RequestStats {
     pub in_flight: i64,
     /// Connections ended, by reason label (every reason, zeros included).
     pub closed_by_reason: Vec<(&'static str, u64)>,
+    /// Connections handed to a handler by an upgrade (`101`); each also
+    /// counts in `closed_by_reason` when it really closes.
+    pub upgraded: u64,
     /// Failed accepts by errno label (every label, zeros included).
     pub accept_errors_by_errno: Vec<(&'static str, u64)>,
     /// Per-worker figures, in worker order.
@@ -515,12 +524,8 @@ impl RequestStats {
             counts: buckets.to_vec(),
             sum: Duration::from_nanos(nanos),
         };
-        s.closed_by_reason = CloseReason::LABELS
-            .iter()
-            .chain(std::iter::once(&UPGRADED_LABEL))
-            .copied()
-            .zip(closed)
-            .collect();
+        s.closed_by_reason = CloseReason::LABELS.iter().copied().zip(closed).collect();
+        s.upgraded = closed[CloseReason::COUNT];
         s.accept_errors_by_errno = ACCEPT_ERRNO_LABELS.iter().copied().zip(accept).collect();
         s
     }
@@ -596,6 +601,12 @@ impl Collector for Snapshot {
                 ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
             }
         }
+        counter(
+            &mut e,
+            "connections_upgraded",
+            "Connections handed to a handler by an upgrade (101); they stay open and count in connections_closed when they close.",
+            r.upgraded,
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "connections_rejected",

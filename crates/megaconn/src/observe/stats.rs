@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::metrics::{RequestCounters, RequestStats};
+use crate::observe::metrics::{RequestCounters, RequestStats};
 
 /// Counters of one worker. Gauges are signed so a transient underflow from
 /// racing readers cannot wrap.
@@ -31,6 +31,14 @@ pub(crate) struct WorkerStats {
     pub rejected_per_ip: AtomicU64,
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
+}
+
+/// Where per-request records find their worker's counters. The worker
+/// context implements it; the records hold it type-erased so that observation
+/// does not import the core it observes.
+pub(crate) trait StatsSource {
+    /// The worker's counters.
+    fn worker_stats(&self) -> &WorkerStats;
 }
 
 /// Adds one to a counter.

@@ -50,59 +50,30 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::task::AtomicWaker;
 use futures_util::FutureExt;
 use h2::server::SendResponse;
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use crate::body::Body;
-use crate::error::BodyError;
-use crate::http1::conn::ConnIo;
-use crate::http1::exchange::panic_message;
-use crate::http1::CloseReason;
-use crate::metrics::{MethodLabel, RequestRecord};
-use crate::server::Builder;
-use crate::stats::incr;
-use crate::transport::Transport;
-use crate::worker::WorkerContext;
+use crate::conn::config::Http2Config;
+use crate::conn::context::WorkerContext;
+use crate::observe::close::{CloseReason, ProtocolDetail};
+use crate::observe::metrics::{MethodLabel, RequestRecord};
+use crate::observe::stats::incr;
+use crate::service::body::Body;
+use crate::service::h2_body::{DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
+use crate::service::panic_message;
 use crate::BoxError;
-
-/// Default for how many streams a client may have open at once on one
-/// connection (`SETTINGS_MAX_CONCURRENT_STREAMS`). 250, as in Go's server:
-/// enough for any browser or gRPC client, and it bounds the handlers one
-/// connection can run.
-pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 250;
-
-/// Default per-stream receive window: how much request body a client may send
-/// ahead of the handler reading it (256 KiB).
-pub const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
-
-/// Default connection receive window: how much request body, over all streams,
-/// may wait unread (1 MiB). This bounds what one connection can make us buffer.
-pub const DEFAULT_HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
-
-/// Default largest frame payload we accept (the protocol's minimum, 16 KiB).
-pub const DEFAULT_HTTP2_MAX_FRAME_SIZE: u32 = 16 * 1024;
-
-/// Default largest decoded request header list (64 KiB, as HTTP/1.1's
-/// `max_header_bytes`).
-pub const DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
-
-/// Default wait for the answer to a keep-alive PING before the connection is
-/// closed.
-pub const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Streams reset by the client before we accepted them that a connection may
 /// hold; past it h2 sends `GOAWAY(ENHANCE_YOUR_CALM)` (rapid reset).
@@ -115,134 +86,11 @@ const MAX_LOCAL_ERROR_RESETS: usize = 200;
 /// Streams the client may cancel while their handler runs (and more than it
 /// lets finish) before the connection is closed with `ENHANCE_YOUR_CALM`.
 pub const RAPID_RESET_LIMIT: u64 = 100;
-
-/// DATA frames with fewer payload bytes than this are "tiny": they count
-/// against [`SMALL_DATA_FRAME_ALLOWANCE`]. Real uploads come in frames of
-/// KiBs (curl, browsers and h2 fill up to the 16 KiB frame size), and gRPC
-/// frames each message with a 5-byte prefix, so only empty or near-empty
-/// messages fall under 16 bytes; a 20-byte message is never counted.
-const TINY_DATA_FRAME: usize = 16;
-
-/// Tiny DATA frames one connection may send before it is closed with
-/// `GOAWAY(ENHANCE_YOUR_CALM)`, plus one more per [`BYTES_PER_TINY_FRAME`] of
-/// body data it sent. Generous, because we cannot tell a gRPC stream of empty
-/// keep-alive messages from an attacker except by count (no clocks: a rate
-/// would make the guard depend on scheduling). It bounds the handler polls
-/// one connection can buy with 10-byte frames; then the attacker must open
-/// a new connection, which the accept-rate and per-IP limits govern. The
-/// price: a connection carrying more than 10,000 sub-16-byte messages and
-/// little else is closed, and its client reconnects.
-const SMALL_DATA_FRAME_ALLOWANCE: u64 = 10_000;
-
-/// Body bytes that earn a connection one more tiny DATA frame, so that tiny
-/// frames among real data (the last bytes of messages) are never a problem.
-const BYTES_PER_TINY_FRAME: u64 = 1024;
-
 /// Response bytes buffered per stream before the body is polled again.
 const MAX_SEND_BUFFER: usize = 256 * 1024;
 
 /// How long a connection told to go away (idle timeout) may take to finish.
 const GOAWAY_GRACE: Duration = Duration::from_secs(5);
-
-/// The client's first line when it speaks HTTP/2 from the start (h2c prior
-/// knowledge). The whole preface is this plus `SM\r\n\r\n`; h2 checks that.
-const PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
-
-/// HTTP/2 settings, set through the `Builder::http2_*` methods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Http2Config {
-    pub prior_knowledge: bool,
-    pub max_concurrent_streams: u32,
-    pub stream_window: u32,
-    pub connection_window: u32,
-    pub max_frame_size: u32,
-    pub max_header_list_size: u32,
-    pub keep_alive_interval: Option<Duration>,
-    pub keep_alive_timeout: Duration,
-}
-
-impl Default for Http2Config {
-    fn default() -> Self {
-        Http2Config {
-            prior_knowledge: true,
-            max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
-            stream_window: DEFAULT_HTTP2_STREAM_WINDOW,
-            connection_window: DEFAULT_HTTP2_CONNECTION_WINDOW,
-            max_frame_size: DEFAULT_HTTP2_MAX_FRAME_SIZE,
-            max_header_list_size: DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE,
-            keep_alive_interval: None,
-            keep_alive_timeout: DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
-        }
-    }
-}
-
-/// Largest value a window may have (2^31 - 1).
-const MAX_WINDOW: u32 = (1 << 31) - 1;
-
-/// HTTP/2 knobs. A connection speaks HTTP/2 when TLS negotiates `h2` (see
-/// [`TlsConfig`](crate::TlsConfig)) or, in cleartext, when the client starts
-/// with the HTTP/2 preface (prior knowledge). `idle_timeout` applies to HTTP/2
-/// too: a connection with no open stream for that long gets `GOAWAY` and is
-/// closed; `read_header_timeout` bounds the HTTP/2 handshake.
-impl Builder {
-    /// Whether cleartext connections that start with the HTTP/2 preface are
-    /// served as HTTP/2 (h2c with prior knowledge, as `curl
-    /// --http2-prior-knowledge` and gRPC clients do). Default: true. Off, they
-    /// get `505` like any other unsupported version.
-    pub fn http2_prior_knowledge(mut self, on: bool) -> Builder {
-        self.config.http2.prior_knowledge = on;
-        self
-    }
-
-    /// Most streams a client may have open at once on one connection.
-    /// Default: 250 ([`DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`]).
-    pub fn http2_max_concurrent_streams(mut self, n: u32) -> Builder {
-        self.config.http2.max_concurrent_streams = n;
-        self
-    }
-
-    /// Per-stream receive window in bytes: request body a client may send
-    /// before the handler reads it. Default: 256 KiB. At most 2^31 - 1.
-    pub fn http2_initial_stream_window_size(mut self, n: u32) -> Builder {
-        self.config.http2.stream_window = n.min(MAX_WINDOW);
-        self
-    }
-
-    /// Connection receive window in bytes: unread request body over all of a
-    /// connection's streams. Default: 1 MiB. At most 2^31 - 1.
-    pub fn http2_initial_connection_window_size(mut self, n: u32) -> Builder {
-        self.config.http2.connection_window = n.min(MAX_WINDOW);
-        self
-    }
-
-    /// Largest frame payload accepted, in bytes; clamped to the protocol's
-    /// range 16 KiB ..= 16 MiB - 1. Default: 16 KiB.
-    pub fn http2_max_frame_size(mut self, n: u32) -> Builder {
-        self.config.http2.max_frame_size = n.clamp(16_384, 16_777_215);
-        self
-    }
-
-    /// Largest decoded request header list, in bytes (RFC 9113's accounting:
-    /// names, values and 32 bytes per field). Default: 64 KiB.
-    pub fn http2_max_header_list_size(mut self, n: u32) -> Builder {
-        self.config.http2.max_header_list_size = n;
-        self
-    }
-
-    /// Sends a PING this often and closes the connection when the answer does
-    /// not come within [`http2_keep_alive_timeout`](Builder::http2_keep_alive_timeout).
-    /// Finds dead peers behind NATs and load balancers. Default: off.
-    pub fn http2_keep_alive_interval(mut self, every: Option<Duration>) -> Builder {
-        self.config.http2.keep_alive_interval = every;
-        self
-    }
-
-    /// How long to wait for the answer to a keep-alive PING. Default: 20 s.
-    pub fn http2_keep_alive_timeout(mut self, t: Duration) -> Builder {
-        self.config.http2.keep_alive_timeout = t;
-        self
-    }
-}
 
 fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
     let mut b = h2::server::Builder::new();
@@ -255,38 +103,6 @@ fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .max_send_buffer_size(MAX_SEND_BUFFER);
     b
-}
-
-/// True when an HTTP/1 connection's first bytes are the HTTP/2 preface and
-/// prior knowledge is on.
-pub(crate) fn is_preface<T>(conn: &mut ConnIo<T>) -> bool {
-    conn.ctx.config.http2.prior_knowledge && conn.rbuf_and_io().0.starts_with(PREFACE_HEAD)
-}
-
-/// Serves an HTTP/1 connection whose first bytes were the HTTP/2 preface as
-/// HTTP/2, replaying the bytes already read.
-pub(crate) async fn serve_prior_knowledge<T, S, B>(
-    conn: &mut ConnIo<T>,
-    service: &mut S,
-) -> CloseReason
-where
-    T: Transport,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let ctx = conn.ctx.clone();
-    let (rbuf, _) = conn.rbuf_and_io();
-    let read_ahead = Bytes::copy_from_slice(rbuf);
-    rbuf.clear();
-    // h2 has buffers of its own; the pooled ones go back.
-    conn.buffers.release();
-    let io = crate::rewind::Rewind {
-        io: &mut conn.io,
-        read_ahead,
-    };
-    serve(io, service, ctx).await
 }
 
 /// Serves HTTP/2 on `io` until the connection closes; returns why it closed.
@@ -358,7 +174,7 @@ where
                         incr(&ctx.stats.protocol_errors);
                         conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                         going_away = true;
-                        reason = CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS);
+                        reason = CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
                     }
                     ended = poll_fn(|cx| match streams.poll_next_unpin(cx) {
                         Poll::Ready(end) => Poll::Ready(end),
@@ -381,7 +197,7 @@ where
                 incr(&ctx.stats.protocol_errors);
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 going_away = true;
-                reason = CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS);
+                reason = CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
             }
             () = &mut timer, if timer_armed => {
                 if going_away {
@@ -433,8 +249,8 @@ where
 /// Why a connection that h2 ended with `e` closed. A `GOAWAY` that h2 sent
 /// itself is the client's protocol error or abuse (a CONTINUATION flood, a
 /// header list far over the limit, rapid reset past h2's own counter): it is
-/// counted in `protocol_errors`, as our own guards' closes are, and abuse
-/// (`ENHANCE_YOUR_CALM`) is labelled 429 like theirs.
+/// counted in `protocol_errors`, as our own guards' closes are, with the
+/// `GOAWAY` code as the close reason's detail.
 fn close_reason(e: &h2::Error, ctx: &WorkerContext) -> CloseReason {
     if let Some(io) = e.get_io() {
         return CloseReason::io(io);
@@ -446,10 +262,12 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext) -> CloseReason {
     if e.is_go_away() && e.is_library() {
         incr(&ctx.stats.protocol_errors);
         if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
-            return CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS);
+            return CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
         }
     }
-    CloseReason::Protocol(StatusCode::BAD_REQUEST)
+    CloseReason::Protocol(ProtocolDetail::Http2(
+        e.reason().unwrap_or(Reason::PROTOCOL_ERROR).into(),
+    ))
 }
 
 async fn with_deadline<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
@@ -491,7 +309,7 @@ where
         incr(&ctx.stats.protocol_errors);
         return Start::Failed(
             StatusCode::PAYLOAD_TOO_LARGE,
-            RequestRecord::untimed(ctx, method),
+            RequestRecord::untimed(ctx.stats_source(), method),
         );
     }
     let body = if recv.is_end_stream() {
@@ -512,11 +330,15 @@ where
         tracing::warn!(error = %e, "service not ready; answering 503");
         return Start::Failed(
             StatusCode::SERVICE_UNAVAILABLE,
-            RequestRecord::untimed(ctx, method),
+            RequestRecord::untimed(ctx.stats_source(), method),
         );
     }
     match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request))) {
-        Ok(handler) => Start::Called(handler, RequestRecord::start(ctx, method), is_head),
+        Ok(handler) => Start::Called(
+            handler,
+            RequestRecord::start(ctx.stats_source(), method),
+            is_head,
+        ),
         Err(panic) => {
             incr(&ctx.stats.panics);
             tracing::error!(
@@ -525,7 +347,7 @@ where
             );
             Start::Failed(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                RequestRecord::untimed(ctx, method),
+                RequestRecord::untimed(ctx.stats_source(), method),
             )
         }
     }
@@ -633,7 +455,7 @@ fn prepare_headers<B: HttpBody>(
         headers.remove(name);
     }
     if !headers.contains_key(header::DATE) {
-        headers.insert(header::DATE, crate::date::now());
+        headers.insert(header::DATE, crate::proto::date::now());
     }
     if let Some(server) = &ctx.config.server_header {
         if !headers.contains_key(header::SERVER) {
@@ -758,56 +580,6 @@ impl ResetGuard {
     }
 }
 
-/// Counts a connection's tiny DATA frames (small-DATA flood, CVE-2019-9518
-/// class), shared by its request bodies. It sees the frames that handlers
-/// read; frames left unread are h2's to bound (its small-frame budget).
-///
-/// Atomics, not `Cell`s, only because [`Body`] is `Send` (frameworks such as
-/// axum require it); one worker thread touches a connection's guard.
-#[derive(Debug, Default)]
-pub(crate) struct DataFloodGuard {
-    tiny_frames: AtomicU64,
-    bytes: AtomicU64,
-    tripped: AtomicBool,
-    /// The connection loop, to wake when the guard trips.
-    waker: AtomicWaker,
-}
-
-impl DataFloodGuard {
-    /// Records a DATA frame of `len` payload bytes; true once the connection
-    /// has sent more tiny frames than it is allowed.
-    fn record(&self, len: usize) -> bool {
-        let bytes = self.bytes.fetch_add(len as u64, Relaxed) + len as u64;
-        let mut tiny = self.tiny_frames.load(Relaxed);
-        if len < TINY_DATA_FRAME {
-            tiny += 1;
-            self.tiny_frames.store(tiny, Relaxed);
-        }
-        if tiny > SMALL_DATA_FRAME_ALLOWANCE + bytes / BYTES_PER_TINY_FRAME
-            && !self.tripped.swap(true, Relaxed)
-        {
-            self.waker.wake();
-        }
-        self.tripped.load(Relaxed)
-    }
-
-    /// Resolves once the guard tripped.
-    async fn tripped(&self) {
-        poll_fn(|cx| {
-            if self.tripped.load(Relaxed) {
-                return Poll::Ready(());
-            }
-            // Keeps the waker it has when it is this task's (no clone).
-            self.waker.register(cx.waker());
-            if self.tripped.load(Relaxed) {
-                return Poll::Ready(());
-            }
-            Poll::Pending
-        })
-        .await
-    }
-}
-
 /// Keep-alive PINGs: one outstanding at a time.
 struct KeepAlive {
     ping: Option<PingPong>,
@@ -873,78 +645,6 @@ impl KeepAlive {
     }
 }
 
-/// A request body arriving in HTTP/2 DATA frames. Each frame's bytes are given
-/// back to the flow-control window as the handler takes them, so a handler that
-/// does not read stops the client (after one window) instead of making us buffer.
-#[derive(Debug)]
-pub(crate) struct RecvBody {
-    stream: RecvStream,
-    data_done: bool,
-    /// Bytes still expected when the client sent `content-length`.
-    remaining: Option<u64>,
-    received: u64,
-    limit: u64,
-    /// The connection's small-DATA flood counter.
-    flood: Arc<DataFloodGuard>,
-}
-
-impl RecvBody {
-    pub(crate) fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if !self.data_done {
-            match std::task::ready!(self.stream.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.stream.flow_control().release_capacity(data.len());
-                    if self.flood.record(data.len()) {
-                        // The connection loop sends GOAWAY; the handler
-                        // learns the body is not coming.
-                        self.data_done = true;
-                        return Poll::Ready(Some(Err(BodyError::Malformed(
-                            "too many tiny DATA frames (small-DATA flood)",
-                        ))));
-                    }
-                    self.received += data.len() as u64;
-                    if self.received > self.limit {
-                        self.data_done = true;
-                        return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
-                    }
-                    if let Some(left) = self.remaining.as_mut() {
-                        *left = left.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "HTTP/2 request body failed");
-                    self.data_done = true;
-                    return Poll::Ready(Some(Err(BodyError::Incomplete)));
-                }
-                None => self.data_done = true,
-            }
-        }
-        match std::task::ready!(self.stream.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => {
-                tracing::debug!(error = %e, "HTTP/2 request trailers failed");
-                Poll::Ready(Some(Err(BodyError::Incomplete)))
-            }
-        }
-    }
-
-    pub(crate) fn is_end_stream(&self) -> bool {
-        self.stream.is_end_stream()
-    }
-
-    pub(crate) fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -966,33 +666,6 @@ mod tests {
                 "a busy client may cancel some"
             );
         }
-    }
-
-    #[test]
-    fn data_flood_guard_counts_only_tiny_frames_beyond_what_real_data_earns() {
-        // Empty frames (should h2 ever pass them on) earn nothing.
-        let g = DataFloodGuard::default();
-        for _ in 0..SMALL_DATA_FRAME_ALLOWANCE {
-            assert!(!g.record(0));
-        }
-        assert!(g.record(0), "one past the allowance");
-        assert!(g.record(16 * 1024), "it stays tripped");
-
-        let grpc = DataFloodGuard::default();
-        for _ in 0..10 * SMALL_DATA_FRAME_ALLOWANCE {
-            assert!(!grpc.record(TINY_DATA_FRAME), "16-byte frames are not tiny");
-        }
-
-        // Each KiB of body earns one tiny frame more.
-        let mixed = DataFloodGuard::default();
-        for _ in 0..SMALL_DATA_FRAME_ALLOWANCE {
-            assert!(!mixed.record(0));
-        }
-        assert!(!mixed.record(BYTES_PER_TINY_FRAME as usize * 100));
-        for _ in 0..100 {
-            assert!(!mixed.record(0));
-        }
-        assert!(mixed.record(0));
     }
 }
 

@@ -13,14 +13,17 @@ use http_body::Body as HttpBody;
 use tokio::sync::watch;
 use tower_service::Service;
 
-use crate::body::Body;
-use crate::config::{self, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS_CEILING};
+use crate::conn::config::{self, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS_CEILING};
+use crate::conn::context::WorkerContext;
+use crate::conn::limit::ConnectionLimit;
+use crate::conn::tls::TlsConfig;
+use crate::conn::transport::{Foreign, Transport};
 use crate::error::Error;
-use crate::limit::ConnectionLimit;
-use crate::stats::{ServerStats, WorkerStats};
-use crate::transport::Transport;
-use crate::worker::{self, WorkerContext, WorkerSetup, WorkerSummary};
-use crate::{http1, BoxError};
+use crate::observe::stats::{ServerStats, WorkerStats};
+use crate::proto::http1;
+use crate::server::worker::{self, WorkerSetup, WorkerSummary};
+use crate::service::body::Body;
+use crate::BoxError;
 
 /// A megaconn server: bound listeners, ready to serve.
 ///
@@ -73,7 +76,7 @@ impl Server {
     /// Whether connections to `addr`, one of [`local_addrs`](Server::local_addrs),
     /// are served over TLS (for printing `https://` or `http://`).
     pub fn is_tls(&self, addr: SocketAddr) -> bool {
-        crate::tls::tls_for_local(&self.config, addr).is_some()
+        crate::conn::tls::tls_for_local(&self.config, addr).is_some()
     }
 
     /// How many worker threads will serve.
@@ -192,7 +195,7 @@ impl Drop for StopOnDrop {
 pub struct ServerHandle {
     workers: Arc<[Arc<WorkerStats>]>,
     /// Per-worker live-connection lists (empty unless tracking is on).
-    registries: Arc<[Arc<crate::lifecycle::Registry>]>,
+    registries: Arc<[Arc<crate::observe::lifecycle::Registry>]>,
     shutdown_tx: Arc<watch::Sender<bool>>,
 }
 
@@ -203,11 +206,11 @@ impl ServerHandle {
     }
 
     /// The server's metrics as Prometheus text: a snapshot summed over workers,
-    /// rendered by [`metrics::render`](crate::metrics::render) (names and types
+    /// rendered by [`metrics::render`](crate::observe::metrics::render) (names and types
     /// are listed there). Serve it at `/metrics`; cheap enough to scrape every
     /// second.
     pub fn render_metrics(&self) -> String {
-        crate::metrics::render(&self.stats())
+        crate::observe::metrics::render(&self.stats())
     }
 
     /// The live connections, sorted by id, from `offset`, at most `limit` of
@@ -378,7 +381,7 @@ impl Builder {
         mut self,
         hook: impl Fn(&crate::ConnectionEvent) + Send + Sync + 'static,
     ) -> Builder {
-        self.config.on_connection = Some(crate::lifecycle::ConnectionHook(Arc::new(hook)));
+        self.config.on_connection = Some(crate::observe::lifecycle::ConnectionHook(Arc::new(hook)));
         self
     }
 
@@ -485,7 +488,7 @@ impl Builder {
     pub fn listen(self) -> Result<Server, Error> {
         self.validate()?;
         let mut config = self.config;
-        let listeners = crate::socket::bind_all(&config)?;
+        let listeners = crate::conn::socket::bind_all(&config)?;
         let local_addrs = listeners[0]
             .iter()
             .map(|l| l.local_addr())
@@ -498,11 +501,12 @@ impl Builder {
         let max_connections = config
             .max_connections
             .unwrap_or_else(config::default_max_connections);
-        let registries: Arc<[Arc<crate::lifecycle::Registry>]> = if config.track_connections {
-            (0..config.workers).map(|_| Arc::default()).collect()
-        } else {
-            Arc::new([])
-        };
+        let registries: Arc<[Arc<crate::observe::lifecycle::Registry>]> =
+            if config.track_connections {
+                (0..config.workers).map(|_| Arc::default()).collect()
+            } else {
+                Arc::new([])
+            };
         let workers: Arc<[Arc<WorkerStats>]> = (0..config.workers)
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
@@ -550,6 +554,96 @@ impl Builder {
             Arc::new(WorkerStats::default()),
             None,
         ));
-        http1::serve_connection(io, service, ctx).await;
+        // A caller's transport never parks and has no one to hand over to:
+        // whatever HTTP/1.1 ends with, the connection ends here.
+        let _ = http1::serve_connection(Foreign { io }, service, ctx).await;
+    }
+}
+
+/// HTTP/2 knobs. A connection speaks HTTP/2 when TLS negotiates `h2` (see
+/// [`TlsConfig`](crate::TlsConfig)) or, in cleartext, when the client starts
+/// with the HTTP/2 preface (prior knowledge). `idle_timeout` applies to HTTP/2
+/// too: a connection with no open stream for that long gets `GOAWAY` and is
+/// closed; `read_header_timeout` bounds the HTTP/2 handshake.
+impl Builder {
+    /// Whether cleartext connections that start with the HTTP/2 preface are
+    /// served as HTTP/2 (h2c with prior knowledge, as `curl
+    /// --http2-prior-knowledge` and gRPC clients do). Default: true. Off, they
+    /// get `505` like any other unsupported version.
+    pub fn http2_prior_knowledge(mut self, on: bool) -> Builder {
+        self.config.http2.prior_knowledge = on;
+        self
+    }
+
+    /// Most streams a client may have open at once on one connection.
+    /// Default: 250 ([`DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`]).
+    pub fn http2_max_concurrent_streams(mut self, n: u32) -> Builder {
+        self.config.http2.max_concurrent_streams = n;
+        self
+    }
+
+    /// Per-stream receive window in bytes: request body a client may send
+    /// before the handler reads it. Default: 256 KiB. At most 2^31 - 1.
+    pub fn http2_initial_stream_window_size(mut self, n: u32) -> Builder {
+        self.config.http2.stream_window = n.min(config::MAX_WINDOW);
+        self
+    }
+
+    /// Connection receive window in bytes: unread request body over all of a
+    /// connection's streams. Default: 1 MiB. At most 2^31 - 1.
+    pub fn http2_initial_connection_window_size(mut self, n: u32) -> Builder {
+        self.config.http2.connection_window = n.min(config::MAX_WINDOW);
+        self
+    }
+
+    /// Largest frame payload accepted, in bytes; clamped to the protocol's
+    /// range 16 KiB ..= 16 MiB - 1. Default: 16 KiB.
+    pub fn http2_max_frame_size(mut self, n: u32) -> Builder {
+        self.config.http2.max_frame_size = n.clamp(16_384, 16_777_215);
+        self
+    }
+
+    /// Largest decoded request header list, in bytes (RFC 9113's accounting:
+    /// names, values and 32 bytes per field). Default: 64 KiB.
+    pub fn http2_max_header_list_size(mut self, n: u32) -> Builder {
+        self.config.http2.max_header_list_size = n;
+        self
+    }
+
+    /// Sends a PING this often and closes the connection when the answer does
+    /// not come within [`http2_keep_alive_timeout`](Builder::http2_keep_alive_timeout).
+    /// Finds dead peers behind NATs and load balancers. Default: off.
+    pub fn http2_keep_alive_interval(mut self, every: Option<Duration>) -> Builder {
+        self.config.http2.keep_alive_interval = every;
+        self
+    }
+
+    /// How long to wait for the answer to a keep-alive PING. Default: 20 s.
+    pub fn http2_keep_alive_timeout(mut self, t: Duration) -> Builder {
+        self.config.http2.keep_alive_timeout = t;
+        self
+    }
+}
+
+impl Builder {
+    /// Serves every listener over TLS with `tls` (HTTP/2 when the client
+    /// negotiates `h2` by ALPN, HTTP/1.1 otherwise) — or, when any address was
+    /// added with [`listen_tls_on`](Builder::listen_tls_on), only those. Keep a
+    /// clone of `tls` to [`reload`](TlsConfig::reload) certificates while the
+    /// server runs. Default: none (cleartext; HTTP/2 only with prior knowledge).
+    pub fn tls(mut self, tls: TlsConfig) -> Builder {
+        self.config.tls = Some(tls);
+        self
+    }
+
+    /// Adds a listen address served over TLS, with the configuration given to
+    /// [`tls`](Builder::tls), next to cleartext ones: once any address is
+    /// added this way, the addresses from [`listen_on`](Builder::listen_on)
+    /// stay cleartext. Repeatable. Without `tls`, [`listen`](Builder::listen)
+    /// fails.
+    pub fn listen_tls_on(mut self, addr: SocketAddr) -> Builder {
+        self.config.tls_listeners.push(self.config.addrs.len());
+        self.config.addrs.push(addr);
+        self
     }
 }

@@ -9,70 +9,30 @@
 //! instead of a pool.)
 
 use std::net::TcpListener as StdTcpListener;
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::acceptor::accept_loop;
-use crate::body::Body;
-use crate::config::Config;
-use crate::http1::{self, head::HeadLimits, ConnEnd};
-use crate::lifecycle::{ConnTrack, Registry, Tracked};
-use crate::limit::{ConnectionLimit, ConnectionSlot};
-use crate::park::{self, ParkingLot, Respawn};
-use crate::pool::BufferPool;
-use crate::shutdown::LocalShutdown;
-use crate::stats::{gauge, incr, WorkerStats};
-use crate::woken::WokenSocket;
+use crate::conn::accept::accept_loop;
+use crate::conn::config::Config;
+use crate::conn::connection::Connection;
+use crate::conn::context::WorkerContext;
+use crate::conn::limit::ConnectionLimit;
+use crate::conn::park::{self, ParkingLot, Respawn};
+use crate::conn::Incoming;
+use crate::observe::close::CloseReason;
+use crate::observe::lifecycle::{Registry, Tracked};
+use crate::observe::stats::WorkerStats;
+use crate::server::dispatch;
+use crate::service::body::Body;
 use crate::BoxError;
-
-/// What every connection of one worker shares.
-#[derive(Debug)]
-pub(crate) struct WorkerContext {
-    pub config: Arc<Config>,
-    pub limits: HeadLimits,
-    pub stats: Arc<WorkerStats>,
-    pub pool: BufferPool,
-    pub shutdown: LocalShutdown,
-    pub park: Option<ParkingLot>,
-    /// This worker's live-connection list, when tracking is on.
-    pub registry: Option<Arc<Registry>>,
-    pub index: usize,
-}
-
-impl WorkerContext {
-    pub(crate) fn new(
-        index: usize,
-        config: Arc<Config>,
-        stats: Arc<WorkerStats>,
-        park: Option<ParkingLot>,
-    ) -> WorkerContext {
-        WorkerContext {
-            limits: HeadLimits {
-                max_header_bytes: config.max_header_bytes,
-                max_headers: config.max_headers,
-                max_body_bytes: config.max_body_bytes,
-            },
-            pool: BufferPool::new(stats.clone()),
-            shutdown: LocalShutdown::default(),
-            park,
-            registry: None,
-            config,
-            stats,
-            index,
-        }
-    }
-}
 
 /// How one worker's drain went.
 #[derive(Debug, Default, Clone, Copy)]
@@ -116,17 +76,6 @@ where
         })
 }
 
-/// A connection to serve: freshly accepted, or woken from the parking lot.
-#[derive(Debug)]
-pub(crate) enum Incoming {
-    /// Accepted by a listener (TLS, if configured, starts here).
-    Accepted(TcpStream),
-    /// A parked socket that turned readable; `hot` when it had been re-parked
-    /// straight after its last request and woke again within
-    /// `park_idle_after` (see `woken.rs`).
-    Woken { socket: OwnedFd, hot: bool },
-}
-
 /// Spawns the task serving one connection; shared by the acceptor and the
 /// parking lot.
 pub(crate) fn connection_spawner<S, B>(
@@ -143,53 +92,15 @@ where
 {
     let ctx = Rc::downgrade(ctx);
     let tracker = tracker.clone();
-    Rc::new(
-        move |incoming: Incoming, slot: ConnectionSlot, track: Option<Rc<ConnTrack>>| {
-            let Some(ctx) = ctx.upgrade() else { return };
-            let service = service.clone();
-            let spawn = |conn| spawn_tracked(&tracker, ctx.clone(), conn, slot, track);
-            match incoming {
-                Incoming::Accepted(stream) => spawn(Either::Left(crate::tls::serve_accepted(
-                    stream,
-                    service,
-                    ctx.clone(),
-                ))),
-                // Only cleartext HTTP/1 connections are ever parked.
-                Incoming::Woken { socket, hot } => spawn(Either::Right(http1::serve_connection(
-                    WokenSocket::new(socket, hot),
-                    service,
-                    ctx.clone(),
-                ))),
-            }
-        },
-    )
-}
-
-/// Runs one connection's future as a task and settles its accounts when it
-/// closes (or hands the connection to the parking lot).
-fn spawn_tracked(
-    tracker: &TaskTracker,
-    ctx: Rc<WorkerContext>,
-    conn: impl std::future::Future<Output = ConnEnd> + 'static,
-    slot: ConnectionSlot,
-    track: Option<Rc<ConnTrack>>,
-) {
-    let conn = Tracked::new(conn, track.clone());
-    tokio::task::spawn_local(tracker.track_future(async move {
-        match conn.await {
-            ConnEnd::Closed(reason) => {
-                drop(slot);
-                gauge(&ctx.stats.connections_open, -1);
-                incr(&ctx.stats.closed);
-                if let Some(track) = track {
-                    track.close(reason);
-                }
-            }
-            // Still open, now a bare socket in the parking lot, which
-            // releases the slot (and reports the close) when it closes.
-            ConnEnd::Parked => slot.detach(),
-        }
-    }));
+    Rc::new(move |incoming: Incoming, conn: Connection| {
+        let Some(ctx) = ctx.upgrade() else {
+            conn.close(CloseReason::Shutdown);
+            return;
+        };
+        let track = conn.track().cloned();
+        let serve = dispatch::serve(incoming, service.clone(), ctx, conn);
+        tokio::task::spawn_local(tracker.track_future(Tracked::new(serve, track)));
+    })
 }
 
 async fn run<S, B>(setup: WorkerSetup<S>) -> WorkerSummary

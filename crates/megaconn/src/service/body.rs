@@ -32,7 +32,7 @@ enum Kind {
         remaining: Option<u64>,
     },
     /// An HTTP/2 stream's DATA frames (and trailers).
-    H2(crate::h2::RecvBody),
+    H2(crate::service::h2_body::RecvBody),
 }
 
 impl Body {
@@ -61,7 +61,7 @@ impl Body {
     }
 
     /// A body read from an HTTP/2 stream.
-    pub(crate) fn h2(recv: crate::h2::RecvBody) -> Body {
+    pub(crate) fn h2(recv: crate::service::h2_body::RecvBody) -> Body {
         Body {
             kind: Kind::H2(recv),
         }

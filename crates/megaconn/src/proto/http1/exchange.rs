@@ -39,12 +39,13 @@ use super::conn::ConnIo;
 use super::decode::{Decoded, Decoder};
 use super::encode::{self, EncodeError, Encoder, HeadContext};
 use super::{CloseReason, Outcome};
-use crate::body::{BodySender, Demand};
+use crate::conn::transport::Transport;
 use crate::error::BodyError;
-use crate::metrics::{MethodLabel, RequestRecord};
-use crate::stats::incr;
-use crate::transport::Transport;
-use crate::upgrade::UpgradeSender;
+use crate::observe::metrics::{MethodLabel, RequestRecord};
+use crate::observe::stats::incr;
+use crate::service::body::{BodySender, Demand};
+use crate::service::panic_message;
+use crate::service::upgrade::UpgradeSender;
 use crate::BoxError;
 
 /// Largest body chunk handed to the handler at once.
@@ -126,7 +127,7 @@ where
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
         };
-        let mut record = RequestRecord::start(&conn.ctx, setup.method);
+        let mut record = RequestRecord::start(conn.ctx.stats_source(), setup.method);
         if let Some((method, path)) = setup.access.take() {
             record.log_access(method, path);
         }
@@ -157,7 +158,7 @@ where
         reason: &'static str,
         close: CloseReason,
     ) -> Outcome {
-        RequestRecord::untimed(&conn.ctx, method).status(status);
+        RequestRecord::untimed(conn.ctx.stats_source(), method).status(status);
         let wbuf = conn.wbuf();
         encode::encode_error(wbuf, status, reason);
         Outcome::Close(close)
@@ -301,16 +302,6 @@ fn fail_before_response<T, F, B>(
     Outcome::Close(close)
 }
 
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
-    if let Some(s) = panic.downcast_ref::<&'static str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "(non-string panic payload)"
-    }
-}
-
 fn start_response<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, response: Response<B>) -> Step
 where
     T: Transport,
@@ -393,7 +384,7 @@ fn write_head<T, F, B>(
         keep_alive,
         body_length,
     };
-    crate::lifecycle::set_state(crate::ConnectionState::Writing);
+    crate::observe::lifecycle::set_state(crate::ConnectionState::Writing);
     let (encoder, keep_alive) = encode::encode_head(
         this.conn.wbuf(),
         parts.status,
@@ -469,7 +460,7 @@ where
             Ok(Decoded::End(trailers)) => {
                 this.setup.decoder = None;
                 if this.encoder.is_none() {
-                    crate::lifecycle::set_state(crate::ConnectionState::Handling);
+                    crate::observe::lifecycle::set_state(crate::ConnectionState::Handling);
                 }
                 if let Some(tx) = this.setup.body_tx.take() {
                     tx.finish(trailers);
@@ -492,7 +483,7 @@ where
                 );
                 incr(&this.conn.ctx.stats.protocol_errors);
                 give_up_body(this, BodyError::Malformed(why));
-                *this.close_reason = Some(CloseReason::Protocol(StatusCode::BAD_REQUEST));
+                *this.close_reason = Some(CloseReason::status(StatusCode::BAD_REQUEST));
                 return Ok(true);
             }
         }
@@ -681,7 +672,7 @@ pub(crate) fn read_more<T: Transport>(
     }
     let read = tokio_util::io::poll_read_buf(Pin::new(io), cx, buf);
     if let Poll::Ready(Ok(n)) = read {
-        crate::lifecycle::count_in(n);
+        crate::observe::lifecycle::count_in(n);
     }
     read
 }

@@ -12,15 +12,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
-use crate::config::MAX_HEADERS_CEILING;
-
-/// The limits that apply while parsing a head.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct HeadLimits {
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_body_bytes: u64,
-}
+use crate::conn::config::{HeadLimits, MAX_HEADERS_CEILING};
 
 /// A parsed request head and what it says about the exchange.
 #[derive(Debug)]

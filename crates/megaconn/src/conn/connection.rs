@@ -1,0 +1,154 @@
+//! One connection's life in the core: its slot under the limits, its place in
+//! the counters and its lifecycle track, from accept to the one close.
+//!
+//! ```text
+//!            accept ──> Connection::open ──> protocol ──┬──> close(reason)   counted here, once
+//!                                               ^       ├──> park()          slot detached, track
+//!   parking lot: Connection::resume (woken) ────┘       │                    kept by the lot
+//!                                                       └──> into_send()     handed over (upgrade):
+//!                                                                            the Upgraded carries it
+//! ```
+//!
+//! Whatever path a connection takes — refused by a limit, closed by its
+//! protocol, timed out while parked, handed to a WebSocket handler after
+//! `101` — its close is counted by [`Connection::close`] (or by dropping the
+//! connection, which closes it as [`CloseReason::Shutdown`]: a task dropped
+//! by a forced shutdown still reports). The slot travels with the connection,
+//! as axum's `ConnLimiterIo` keeps its permit.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::conn::limit::ConnectionSlot;
+use crate::observe::close::CloseReason;
+use crate::observe::lifecycle::{ConnTrack, DetachedTrack};
+use crate::observe::stats::{gauge, incr, WorkerStats};
+
+/// A lifecycle track that a close reports to.
+pub(crate) trait CloseTrack {
+    /// Reports the close (once).
+    fn close(&self, reason: CloseReason);
+}
+
+impl CloseTrack for Rc<ConnTrack> {
+    fn close(&self, reason: CloseReason) {
+        ConnTrack::close(self, reason);
+    }
+}
+
+impl CloseTrack for DetachedTrack {
+    fn close(&self, reason: CloseReason) {
+        DetachedTrack::close(self, reason);
+    }
+}
+
+/// One open connection's accounts. `K` is its lifecycle track: the worker's
+/// `Rc` one while a worker task serves it, a `Send` copy once handed over.
+#[derive(Debug)]
+pub(crate) struct Connection<K: CloseTrack = Rc<ConnTrack>> {
+    /// `None` once closed, parked or handed over.
+    open: Option<Open<K>>,
+}
+
+/// The parts of a [`SendConnection`]: what crosses threads with an upgraded
+/// socket.
+pub(crate) type SendConnection = Connection<DetachedTrack>;
+
+#[derive(Debug)]
+struct Open<K> {
+    slot: ConnectionSlot,
+    stats: Arc<WorkerStats>,
+    track: Option<K>,
+}
+
+impl Connection {
+    /// A connection just accepted: counted open.
+    pub(crate) fn open(
+        slot: ConnectionSlot,
+        stats: Arc<WorkerStats>,
+        track: Option<Rc<ConnTrack>>,
+    ) -> Connection {
+        gauge(&stats.connections_open, 1);
+        Connection::resume(slot, stats, track)
+    }
+
+    /// A parked connection coming back (it never stopped counting as open).
+    pub(crate) fn resume(
+        slot: ConnectionSlot,
+        stats: Arc<WorkerStats>,
+        track: Option<Rc<ConnTrack>>,
+    ) -> Connection {
+        Connection {
+            open: Some(Open { slot, stats, track }),
+        }
+    }
+
+    /// The lifecycle track, if connections are tracked.
+    pub(crate) fn track(&self) -> Option<&Rc<ConnTrack>> {
+        self.open.as_ref().and_then(|o| o.track.as_ref())
+    }
+
+    /// The connection goes to the parking lot: still open, its slot detached
+    /// (the lot releases it when the socket closes); returns the track for
+    /// the lot to keep.
+    pub(crate) fn park(mut self) -> Option<Rc<ConnTrack>> {
+        let open = self.open.take()?;
+        open.slot.detach();
+        open.track
+    }
+
+    /// The connection leaves the worker's task with an upgraded socket: the
+    /// returned accounts are `Send` and close the connection when they drop.
+    pub(crate) fn into_send(mut self) -> SendConnection {
+        let open = self.open.take().expect("a connection is handed over once");
+        Connection {
+            open: Some(Open {
+                slot: open.slot,
+                stats: open.stats,
+                track: open.track.map(|t| t.detach()),
+            }),
+        }
+    }
+}
+
+impl SendConnection {
+    /// Accounts already closed: what is left behind after `close` took them.
+    pub(crate) fn closed() -> SendConnection {
+        Connection { open: None }
+    }
+}
+
+impl<K: CloseTrack> Connection<K> {
+    /// Closes the connection's accounts: frees its slot, counts the close by
+    /// reason and reports it. The one place a close is counted.
+    pub(crate) fn close(mut self, reason: CloseReason) {
+        self.close_once(reason);
+    }
+
+    /// Counts bytes that crossed a handed-over connection (its track's, when
+    /// tracked).
+    pub(crate) fn track_mut(&mut self) -> Option<&mut K> {
+        self.open.as_mut().and_then(|o| o.track.as_mut())
+    }
+
+    fn close_once(&mut self, reason: CloseReason) {
+        let Some(Open { slot, stats, track }) = self.open.take() else {
+            return;
+        };
+        drop(slot);
+        gauge(&stats.connections_open, -1);
+        incr(&stats.closed);
+        stats.connection_closed(reason);
+        if let Some(track) = track {
+            track.close(reason);
+        }
+    }
+}
+
+impl<K: CloseTrack> Drop for Connection<K> {
+    /// A connection dropped without a close was cut off by the server: its
+    /// task was dropped at a forced shutdown, or its handler dropped it.
+    fn drop(&mut self) {
+        self.close_once(CloseReason::Shutdown);
+    }
+}

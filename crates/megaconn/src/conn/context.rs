@@ -1,0 +1,66 @@
+//! What every connection of one worker shares: its settings, counters,
+//! buffer pool, shutdown signal, parking lot and live-connection list.
+//!
+//! A worker is one thread, so this is shared by `Rc`; it sits in the core
+//! because everything from the accept loop to the protocols reads it.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::conn::config::{Config, HeadLimits};
+use crate::conn::park::ParkingLot;
+use crate::conn::pool::BufferPool;
+use crate::conn::shutdown::LocalShutdown;
+use crate::observe::lifecycle::Registry;
+use crate::observe::stats::{StatsSource, WorkerStats};
+
+/// What every connection of one worker shares.
+#[derive(Debug)]
+pub(crate) struct WorkerContext {
+    pub config: Arc<Config>,
+    pub limits: HeadLimits,
+    pub stats: Arc<WorkerStats>,
+    pub pool: BufferPool,
+    pub shutdown: LocalShutdown,
+    pub park: Option<ParkingLot>,
+    /// This worker's live-connection list, when tracking is on.
+    pub registry: Option<Arc<Registry>>,
+    pub index: usize,
+}
+
+impl WorkerContext {
+    pub(crate) fn new(
+        index: usize,
+        config: Arc<Config>,
+        stats: Arc<WorkerStats>,
+        park: Option<ParkingLot>,
+    ) -> WorkerContext {
+        WorkerContext {
+            limits: HeadLimits {
+                max_header_bytes: config.max_header_bytes,
+                max_headers: config.max_headers,
+                max_body_bytes: config.max_body_bytes,
+            },
+            pool: BufferPool::new(stats.clone()),
+            shutdown: LocalShutdown::default(),
+            park,
+            registry: None,
+            config,
+            stats,
+            index,
+        }
+    }
+}
+
+impl StatsSource for WorkerContext {
+    fn worker_stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+}
+
+impl WorkerContext {
+    /// This worker's counters, as the per-request metrics hold them.
+    pub(crate) fn stats_source(self: &Rc<Self>) -> Rc<dyn StatsSource> {
+        self.clone()
+    }
+}

@@ -1,0 +1,55 @@
+//! The connection core: what every protocol stands on.
+//!
+//! Accepting under the limits, the socket options, one connection's buffers and
+//! deadlines, TLS, and the parking lot where idle connections of any protocol
+//! wait outside the runtime. Nothing here knows HTTP: the protocols (`proto/`)
+//! sit above it and the server (`server/`) above them.
+
+pub(crate) mod accept;
+pub(crate) mod admission;
+pub(crate) mod config;
+pub(crate) mod connection;
+pub(crate) mod context;
+pub(crate) mod limit;
+pub(crate) mod park;
+pub(crate) mod pool;
+pub(crate) mod rewind;
+pub(crate) mod shutdown;
+pub(crate) mod socket;
+pub(crate) mod tls;
+pub(crate) mod transport;
+pub(crate) mod woken;
+
+use std::os::fd::OwnedFd;
+
+use tokio::net::TcpStream;
+
+/// Which protocol a parked connection resumes in: an opaque tag the parking
+/// lot keeps per socket (the protocols define their tags in `proto/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProtoTag(pub u8);
+
+/// Why a parked connection woke up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Bytes (or a hang-up) arrived.
+    Readable,
+    /// The timer it asked for when it parked fired (server-sent heartbeats).
+    Timer,
+}
+
+/// A connection to serve: freshly accepted, or woken from the parking lot.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// Accepted by a listener (TLS, if configured, starts here).
+    Accepted(TcpStream),
+    /// A parked socket that woke up, to resume in protocol `proto`; `hot`
+    /// when it had been re-parked straight after its last message and woke
+    /// again within `park_idle_after` (see `woken.rs`).
+    Woken {
+        socket: OwnedFd,
+        hot: bool,
+        proto: ProtoTag,
+        wake: Wake,
+    },
+}

@@ -1,0 +1,209 @@
+//! Why a connection closed, for every protocol: one enum for log lines, the
+//! `reason` label of `megaconn_connections_closed_total` and
+//! [`ConnectionEvent::Closed`](crate::ConnectionEvent).
+//!
+//! The kinds are protocol-neutral (a timeout names its phase, not its
+//! protocol); what a protocol adds (the HTTP status it answered, the HTTP/2
+//! error code it sent) rides along as [`ProtocolDetail`] data and never
+//! changes the metric label, so dashboards stay stable as protocols are added.
+
+use std::fmt;
+use std::io;
+
+use http::StatusCode;
+
+/// Why a connection closed. Reported exactly once per connection, by the one
+/// place that counts closes (the connection core's `Connection::close`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client closed its side.
+    ClientClosed,
+    /// The server chose to close (keep-alive off, `Connection: close`,
+    /// HTTP/1.0, or an upgraded connection its handler dropped).
+    ServerClosed,
+    /// Graceful shutdown closed an idle connection.
+    Shutdown,
+    /// Nothing arrived within `idle_timeout`.
+    IdleTimeout,
+    /// The request head did not complete within `read_header_timeout` (or
+    /// the HTTP/2 handshake within it).
+    HeaderTimeout,
+    /// The request did not complete within `read_timeout`.
+    ReadTimeout,
+    /// The response did not complete within `write_timeout`.
+    WriteTimeout,
+    /// The TLS handshake did not complete within its timeout.
+    TlsHandshakeTimeout,
+    /// The TLS handshake failed (bad client hello, no shared cipher, plain
+    /// HTTP sent to a TLS port, ...).
+    TlsHandshakeFailed,
+    /// A malformed, abusive or over-limit message; what the protocol answered.
+    Protocol(ProtocolDetail),
+    /// A request body was left unread (too large to drain, or never sent).
+    UnreadBody,
+    /// The service failed or broke its response framing.
+    ServerError,
+    /// The handler or its response body panicked.
+    Panic,
+    /// Reset, broken pipe or another socket error.
+    Io(io::ErrorKind),
+    /// Refused right after accept by an admission limit (accept rate, per IP).
+    Limit,
+}
+
+/// What a protocol said when it closed a connection for a protocol error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolDetail {
+    /// HTTP/1.1: the error status that was sent before closing.
+    Status(StatusCode),
+    /// HTTP/2: the error code of the `GOAWAY` that was sent
+    /// (`0xb` is `ENHANCE_YOUR_CALM`: abuse, such as rapid reset or a flood).
+    Http2(u32),
+}
+
+impl From<StatusCode> for ProtocolDetail {
+    fn from(status: StatusCode) -> ProtocolDetail {
+        ProtocolDetail::Status(status)
+    }
+}
+
+impl CloseReason {
+    /// A close for a socket error.
+    pub(crate) fn io(e: &io::Error) -> CloseReason {
+        CloseReason::Io(e.kind())
+    }
+
+    /// A protocol-error close that answered `status` (HTTP/1.1).
+    pub(crate) fn status(status: StatusCode) -> CloseReason {
+        CloseReason::Protocol(ProtocolDetail::Status(status))
+    }
+
+    /// How many metric labels there are (see [`CloseReason::LABELS`]).
+    pub(crate) const COUNT: usize = 15;
+
+    /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
+    /// [`CloseReason::index`].
+    pub(crate) const LABELS: [&'static str; CloseReason::COUNT] = [
+        "client_closed",
+        "server_closed",
+        "shutdown",
+        "idle_timeout",
+        "header_timeout",
+        "read_timeout",
+        "write_timeout",
+        "protocol_error",
+        "unread_body",
+        "server_error",
+        "panic",
+        "io_error",
+        "limit",
+        "tls_handshake_timeout",
+        "tls_handshake_failed",
+    ];
+
+    /// This reason's position in [`CloseReason::LABELS`] and in the worker's
+    /// counter array.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            CloseReason::ClientClosed => 0,
+            CloseReason::ServerClosed => 1,
+            CloseReason::Shutdown => 2,
+            CloseReason::IdleTimeout => 3,
+            CloseReason::HeaderTimeout => 4,
+            CloseReason::ReadTimeout => 5,
+            CloseReason::WriteTimeout => 6,
+            CloseReason::Protocol(_) => 7,
+            CloseReason::UnreadBody => 8,
+            CloseReason::ServerError => 9,
+            CloseReason::Panic => 10,
+            CloseReason::Io(_) => 11,
+            CloseReason::Limit => 12,
+            CloseReason::TlsHandshakeTimeout => 13,
+            CloseReason::TlsHandshakeFailed => 14,
+        }
+    }
+
+    /// The metric label of this reason (`client_closed`, `idle_timeout`, …).
+    pub fn label(self) -> &'static str {
+        CloseReason::LABELS[self.index()]
+    }
+
+    /// Closes that may leave unread bytes in the socket: after our last
+    /// answer we half-close and read until the client closes, or a reset
+    /// would destroy the answer before the client read it.
+    pub(crate) fn needs_linger(self) -> bool {
+        matches!(
+            self,
+            CloseReason::Protocol(_)
+                | CloseReason::UnreadBody
+                | CloseReason::HeaderTimeout
+                | CloseReason::ReadTimeout
+                | CloseReason::ServerError
+                | CloseReason::Panic
+        )
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::ClientClosed => f.write_str("client closed"),
+            CloseReason::ServerClosed => f.write_str("server closed"),
+            CloseReason::Shutdown => f.write_str("shutdown"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::HeaderTimeout => f.write_str("header timeout"),
+            CloseReason::ReadTimeout => f.write_str("read timeout"),
+            CloseReason::WriteTimeout => f.write_str("write timeout"),
+            CloseReason::TlsHandshakeTimeout => f.write_str("TLS handshake timeout"),
+            CloseReason::TlsHandshakeFailed => f.write_str("TLS handshake failed"),
+            CloseReason::Protocol(ProtocolDetail::Status(status)) => {
+                write!(f, "protocol error ({})", status.as_u16())
+            }
+            CloseReason::Protocol(ProtocolDetail::Http2(code)) => {
+                write!(f, "protocol error (HTTP/2 GOAWAY {code:#x})")
+            }
+            CloseReason::UnreadBody => f.write_str("unread request body"),
+            CloseReason::ServerError => f.write_str("server error"),
+            CloseReason::Panic => f.write_str("panic"),
+            CloseReason::Io(kind) => write!(f, "i/o error ({kind})"),
+            CloseReason::Limit => f.write_str("refused by a limit"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reason has its own label, and labels are unique: a reason added
+    /// without a label (or with a copied one) fails here.
+    #[test]
+    fn labels_are_one_per_reason() {
+        let all = [
+            CloseReason::ClientClosed,
+            CloseReason::ServerClosed,
+            CloseReason::Shutdown,
+            CloseReason::IdleTimeout,
+            CloseReason::HeaderTimeout,
+            CloseReason::ReadTimeout,
+            CloseReason::WriteTimeout,
+            CloseReason::status(StatusCode::BAD_REQUEST),
+            CloseReason::UnreadBody,
+            CloseReason::ServerError,
+            CloseReason::Panic,
+            CloseReason::Io(io::ErrorKind::ConnectionReset),
+            CloseReason::Limit,
+            CloseReason::TlsHandshakeTimeout,
+            CloseReason::TlsHandshakeFailed,
+        ];
+        let mut seen: Vec<usize> = all.iter().map(|r| r.index()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..CloseReason::COUNT).collect::<Vec<_>>());
+        assert_eq!(
+            CloseReason::Protocol(ProtocolDetail::Http2(0xb)).label(),
+            "protocol_error"
+        );
+    }
+}

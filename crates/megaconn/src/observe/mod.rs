@@ -1,0 +1,8 @@
+//! Observation beside the core: close reasons, per-worker counters, Prometheus
+//! metrics and lifecycle events. Everything below counts into these; they
+//! import nothing from the layers above.
+
+pub(crate) mod close;
+pub(crate) mod lifecycle;
+pub mod metrics;
+pub(crate) mod stats;

@@ -1,0 +1,60 @@
+//! The protocols, each on the connection core: HTTP/1.1 and HTTP/2.
+//!
+//! A protocol serves a connection until it ends and says how: closed (with a
+//! reason), parked (idle at a message boundary, nothing buffered) or handed
+//! over to another protocol. It never calls the parking lot or another
+//! protocol; the dispatcher (`server/dispatch.rs`) does.
+
+pub(crate) mod date;
+pub(crate) mod http1;
+pub(crate) mod http2;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::conn::ProtoTag;
+use crate::observe::close::CloseReason;
+use crate::service::upgrade::UpgradeSender;
+
+/// The parking lot's tag for a connection that resumes as HTTP/1.1.
+pub(crate) const HTTP1: ProtoTag = ProtoTag(1);
+
+/// How a protocol finished with a connection, for the dispatcher to act on.
+#[derive(Debug)]
+pub(crate) enum Ended<T> {
+    /// Closed (the protocol flushed its last words and lingered if it had to).
+    Close(CloseReason),
+    /// Idle at a message boundary with nothing buffered: park `io` until it
+    /// is readable or the idle `deadline` passes. `at_once`: parked straight
+    /// after serving a wake-up (see `conn/woken.rs`), not after idling.
+    Park {
+        io: T,
+        deadline: Option<Instant>,
+        at_once: bool,
+    },
+    /// Another protocol takes the connection over.
+    HandOver(HandOver<T>),
+}
+
+/// Where a connection goes when its protocol changes.
+#[derive(Debug)]
+pub(crate) enum HandOver<T> {
+    /// HTTP/2 with prior knowledge: the client's first bytes were the
+    /// preface, which `read_ahead` holds for HTTP/2 to read again.
+    H2c { io: T, read_ahead: Bytes },
+    /// `101 Switching Protocols`: the handler gets the socket.
+    Upgrade {
+        io: T,
+        read_ahead: Bytes,
+        tx: UpgradeSender,
+    },
+}
+
+/// The client's first line when it speaks HTTP/2 from the start (h2c prior
+/// knowledge). The whole preface is this plus `SM\r\n\r\n`; h2 checks that.
+const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
+
+/// True when a connection's first bytes are the HTTP/2 preface.
+pub(crate) fn is_h2_preface(first_bytes: &[u8]) -> bool {
+    first_bytes.starts_with(H2_PREFACE_HEAD)
+}

@@ -1,0 +1,6 @@
+//! The server: the public builder, the per-worker threads and the dispatcher
+//! that decides each connection's protocol.
+
+pub(crate) mod builder;
+pub(crate) mod dispatch;
+pub(crate) mod worker;

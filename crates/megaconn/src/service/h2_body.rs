@@ -1,0 +1,192 @@
+//! The request body of an HTTP/2 stream, and the connection's small-DATA
+//! flood guard its frames count against. It lives with the service glue (not
+//! in `proto/http2.rs`) because [`Body`](crate::Body) wraps it: the body a
+//! service sees must not depend on a protocol module.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use h2::RecvStream;
+use http_body::{Frame, SizeHint};
+
+use crate::error::BodyError;
+
+/// DATA frames with fewer payload bytes than this are "tiny": they count
+/// against [`SMALL_DATA_FRAME_ALLOWANCE`]. Real uploads come in frames of
+/// KiBs (curl, browsers and h2 fill up to the 16 KiB frame size), and gRPC
+/// frames each message with a 5-byte prefix, so only empty or near-empty
+/// messages fall under 16 bytes; a 20-byte message is never counted.
+pub(crate) const TINY_DATA_FRAME: usize = 16;
+
+/// Tiny DATA frames one connection may send before it is closed with
+/// `GOAWAY(ENHANCE_YOUR_CALM)`, plus one more per [`BYTES_PER_TINY_FRAME`] of
+/// body data it sent. Generous, because we cannot tell a gRPC stream of empty
+/// keep-alive messages from an attacker except by count (no clocks: a rate
+/// would make the guard depend on scheduling). It bounds the handler polls
+/// one connection can buy with 10-byte frames; then the attacker must open
+/// a new connection, which the accept-rate and per-IP limits govern. The
+/// price: a connection carrying more than 10,000 sub-16-byte messages and
+/// little else is closed, and its client reconnects.
+pub(crate) const SMALL_DATA_FRAME_ALLOWANCE: u64 = 10_000;
+
+/// Body bytes that earn a connection one more tiny DATA frame, so that tiny
+/// frames among real data (the last bytes of messages) are never a problem.
+pub(crate) const BYTES_PER_TINY_FRAME: u64 = 1024;
+
+/// Counts a connection's tiny DATA frames (small-DATA flood, CVE-2019-9518
+/// class), shared by its request bodies. It sees the frames that handlers
+/// read; frames left unread are h2's to bound (its small-frame budget).
+///
+/// Atomics, not `Cell`s, only because [`Body`](crate::Body) is `Send` (frameworks such as
+/// axum require it); one worker thread touches a connection's guard.
+#[derive(Debug, Default)]
+pub(crate) struct DataFloodGuard {
+    tiny_frames: AtomicU64,
+    bytes: AtomicU64,
+    tripped: AtomicBool,
+    /// The connection loop, to wake when the guard trips.
+    waker: AtomicWaker,
+}
+
+impl DataFloodGuard {
+    /// Records a DATA frame of `len` payload bytes; true once the connection
+    /// has sent more tiny frames than it is allowed.
+    pub(crate) fn record(&self, len: usize) -> bool {
+        let bytes = self.bytes.fetch_add(len as u64, Relaxed) + len as u64;
+        let mut tiny = self.tiny_frames.load(Relaxed);
+        if len < TINY_DATA_FRAME {
+            tiny += 1;
+            self.tiny_frames.store(tiny, Relaxed);
+        }
+        if tiny > SMALL_DATA_FRAME_ALLOWANCE + bytes / BYTES_PER_TINY_FRAME
+            && !self.tripped.swap(true, Relaxed)
+        {
+            self.waker.wake();
+        }
+        self.tripped.load(Relaxed)
+    }
+
+    /// Resolves once the guard tripped.
+    pub(crate) async fn tripped(&self) {
+        poll_fn(|cx| {
+            if self.tripped.load(Relaxed) {
+                return Poll::Ready(());
+            }
+            // Keeps the waker it has when it is this task's (no clone).
+            self.waker.register(cx.waker());
+            if self.tripped.load(Relaxed) {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// A request body arriving in HTTP/2 DATA frames. Each frame's bytes are given
+/// back to the flow-control window as the handler takes them, so a handler that
+/// does not read stops the client (after one window) instead of making us buffer.
+#[derive(Debug)]
+pub(crate) struct RecvBody {
+    pub(crate) stream: RecvStream,
+    pub(crate) data_done: bool,
+    /// Bytes still expected when the client sent `content-length`.
+    pub(crate) remaining: Option<u64>,
+    pub(crate) received: u64,
+    pub(crate) limit: u64,
+    /// The connection's small-DATA flood counter.
+    pub(crate) flood: Arc<DataFloodGuard>,
+}
+
+impl RecvBody {
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if !self.data_done {
+            match std::task::ready!(self.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    if self.flood.record(data.len()) {
+                        // The connection loop sends GOAWAY; the handler
+                        // learns the body is not coming.
+                        self.data_done = true;
+                        return Poll::Ready(Some(Err(BodyError::Malformed(
+                            "too many tiny DATA frames (small-DATA flood)",
+                        ))));
+                    }
+                    self.received += data.len() as u64;
+                    if self.received > self.limit {
+                        self.data_done = true;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
+                    }
+                    if let Some(left) = self.remaining.as_mut() {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "HTTP/2 request body failed");
+                    self.data_done = true;
+                    return Poll::Ready(Some(Err(BodyError::Incomplete)));
+                }
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.stream.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 request trailers failed");
+                Poll::Ready(Some(Err(BodyError::Incomplete)))
+            }
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_flood_guard_counts_only_tiny_frames_beyond_what_real_data_earns() {
+        // Empty frames (should h2 ever pass them on) earn nothing.
+        let g = DataFloodGuard::default();
+        for _ in 0..SMALL_DATA_FRAME_ALLOWANCE {
+            assert!(!g.record(0));
+        }
+        assert!(g.record(0), "one past the allowance");
+        assert!(g.record(16 * 1024), "it stays tripped");
+
+        let grpc = DataFloodGuard::default();
+        for _ in 0..10 * SMALL_DATA_FRAME_ALLOWANCE {
+            assert!(!grpc.record(TINY_DATA_FRAME), "16-byte frames are not tiny");
+        }
+
+        // Each KiB of body earns one tiny frame more.
+        let mixed = DataFloodGuard::default();
+        for _ in 0..SMALL_DATA_FRAME_ALLOWANCE {
+            assert!(!mixed.record(0));
+        }
+        assert!(!mixed.record(BYTES_PER_TINY_FRAME as usize * 100));
+        for _ in 0..100 {
+            assert!(!mixed.record(0));
+        }
+        assert!(mixed.record(0));
+    }
+}
