@@ -21,33 +21,40 @@
 //!
 //! # Layout
 //!
+//! Layers, each importing only those below it (checked by `tests/layers.rs`):
+//!
 //! ```text
-//!  server.rs    Builder (the knobs) -> Server (bound sockets) -> serve()
-//!     |             config.rs holds every knob with its default and reason
-//!     v
-//!  worker.rs    one OS thread + current-thread tokio runtime per worker,
-//!     |         drains its connections on shutdown (shutdown.rs)
-//!     v
-//!  acceptor.rs  accepts on the worker's own SO_REUSEPORT listener (socket.rs),
-//!     |         takes a slot from the connection limit (limit.rs), applies the
-//!     |         accept-rate and per-IP limits (admission.rs), backs off on EMFILE
-//!     v
-//!  http1/       the connection engine (ours), on httparse:
-//!               conn.rs      a connection's life: idle -> head -> exchange -> idle
-//!               head.rs      request head parsing and RFC 9112 framing rules
-//!               decode.rs    request body decoding (Content-Length, chunked)
-//!               exchange.rs  one request/response: handler, body pump, writer
-//!               encode.rs    response head and body framing
-//!  body.rs      the request body handed to the service
-//!  pool.rs      per-worker buffer pool: idle connections hold no buffers
-//!  park.rs      the parking lot: cold idle connections leave tokio (one u32 each)
-//!  upgrade.rs   101 Switching Protocols: the handler takes over the socket
-//!  rewind.rs    a stream with already-read bytes put back (upgrade, h2c)
-//!  tls.rs       TLS (rustls): handshake, ALPN dispatch, SNI, certificate reload
-//!  h2.rs        HTTP/2 (h2 crate): TLS with ALPN h2, or h2c prior knowledge
-//!  stats.rs     per-worker counters, summed on read
-//!  metrics.rs   per-request metrics and their Prometheus exposition
-//!  lifecycle.rs on_connection events (opened / closed with reason, counts)
+//!  server/    builder.rs   Builder (the knobs) -> Server (bound sockets) -> serve()
+//!             worker.rs    one OS thread + current-thread runtime per worker;
+//!                          drains its connections on shutdown
+//!             dispatch.rs  the one place a connection's protocol is decided:
+//!                          listener kind -> TLS + ALPN -> h2c preface -> protocol,
+//!                          and what a protocol's Close / Park / HandOver means
+//!     |
+//!  proto/     http1/       HTTP/1.1 (ours, on httparse): conn (a connection's
+//!                          life), head (RFC 9112 framing), decode, exchange, encode
+//!             http2.rs     HTTP/2 (h2 crate): streams, limits, flood guards
+//!             mod.rs       Ended / HandOver: how a protocol finishes; tags
+//!                          (the two protocols never import each other)
+//!     |
+//!  service/   body.rs, h2_body.rs  the request body handed to services
+//!             upgrade.rs   101 Switching Protocols: the handler takes the socket
+//!                          (and the connection's accounts with it)
+//!     |
+//!  conn/      connection.rs  one connection's accounts: slot, counters, track;
+//!                            close() is the one place a close is counted
+//!             accept.rs    the accept loop under the limits (limit.rs,
+//!                          admission.rs), socket options (socket.rs)
+//!             park.rs      the parking lot: idle connections of any protocol
+//!                          leave tokio (a deadline word + a protocol tag per fd)
+//!             woken.rs     a woken socket served without tokio until it waits
+//!             context.rs   what one worker's connections share; config.rs the
+//!                          settings; tls.rs the handshake; pool.rs buffers;
+//!                          transport.rs, rewind.rs, shutdown.rs
+//!     |                                  observe/  close.rs   CloseReason
+//!  error.rs                                        stats.rs   per-worker counters
+//!                                                  metrics.rs Prometheus
+//!                                                  lifecycle.rs events, states
 //! ```
 //!
 //! # Idle connections cost almost nothing
