@@ -576,7 +576,7 @@ impl Builder {
     }
 
     /// Most streams a client may have open at once on one connection.
-    /// Default: 250 ([`DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`]).
+    /// Default: 250 ([`DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`](crate::DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS)).
     pub fn http2_max_concurrent_streams(mut self, n: u32) -> Builder {
         self.config.http2.max_concurrent_streams = n;
         self
