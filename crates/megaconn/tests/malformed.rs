@@ -56,9 +56,18 @@ fn cases() -> Vec<Case> {
         case("method only", "GET\r\n\r\n", Status(400)),
         case("double space in request line", "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
         case("trailing junk after version", "GET / HTTP/1.1 extra\r\nHost: a\r\n\r\n", Status(400)),
+        // 505 only for a well-formed HTTP-version with another major number;
+        // a malformed request line is a 400 (RFC 9112 §2.3, §3).
         case("HTTP/2.0 version", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", Status(505)),
-        case("HTTP/1.2 version", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", Status(505)),
-        case("not HTTP", "GET / FOO/1.1\r\nHost: a\r\n\r\n", Status(505)),
+        case("HTTP/0.9 version", "GET / HTTP/0.9\r\nHost: a\r\n\r\n", Status(505)),
+        case("HTTP/3.0 version", "GET / HTTP/3.0\r\nHost: a\r\n\r\n", Status(505)),
+        case("not HTTP", "GET / FOO/1.1\r\nHost: a\r\n\r\n", Status(400)),
+        case("non-digit minor version", "GET / HTTP/1.x\r\nHost: a\r\n\r\n", Status(400)),
+        case("lowercase HTTP-name", "GET / http/1.1\r\nHost: a\r\n\r\n", Status(400)),
+        case("space in target", "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
+        case("two-digit minor version", "GET / HTTP/1.10\r\nHost: a\r\n\r\n", Status(400)),
+        case("version without dot", "GET / HTTP/11\r\nHost: a\r\n\r\n", Status(400)),
+        case("space after HTTP/1.2", "GET / HTTP/1.2 \r\nHost: a\r\n\r\n", Status(400)),
         case("NUL in target", "GET /\0x HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
         case("target without slash", "GET foo HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
         case("asterisk target on GET", "GET * HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
@@ -77,6 +86,21 @@ fn cases() -> Vec<Case> {
         // Host
         case("missing Host on HTTP/1.1", "GET / HTTP/1.1\r\n\r\n", Status(400)),
         case("duplicate Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Status(400)),
+        // An invalid Host value (RFC 9112 §3.2: MUST 400). Host = uri-host [":" port].
+        case("space in Host", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Status(400)),
+        case("slash in Host", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", Status(400)),
+        case("userinfo in Host", "GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", Status(400)),
+        case("non-digit port in Host", "GET / HTTP/1.1\r\nHost: a:xyz\r\n\r\n", Status(400)),
+        case("two ports in Host", "GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n", Status(400)),
+        case("unclosed IP literal in Host", "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", Status(400)),
+        case("bad IPv6 literal in Host", "GET / HTTP/1.1\r\nHost: [::g]:80\r\n\r\n", Status(400)),
+        case("bad percent-encoding in Host", "GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n", Status(400)),
+        case(
+            "invalid Host with absolute-form target",
+            "GET http://a/ HTTP/1.1\r\nHost: a b\r\n\r\n",
+            Status(400),
+        ),
+        case("invalid Host in HTTP/1.0", "GET / HTTP/1.0\r\nHost: a@b\r\n\r\n", Status(400)),
         // Framing
         case(
             "Content-Length with Transfer-Encoding",
@@ -150,6 +174,33 @@ fn cases() -> Vec<Case> {
             Status(400),
         ),
         case("chunk extension abuse", ext_abuse, Status(400)),
+        // Chunk extensions follow RFC 9112 §7.1.1:
+        // *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] ).
+        case(
+            "unclosed quote in chunk extension",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\"x\r\nhello\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "stray word in chunk extension",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b c@d\r\nhello\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "chunk extension without a name",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;=x\r\nhello\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "junk after chunk size",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 x\r\nhello\r\n0\r\n\r\n",
+            Status(400),
+        ),
+        case(
+            "form feed after chunk size",
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\x0c\r\nhello\r\n0\r\n\r\n",
+            Status(400),
+        ),
         case(
             "control byte in chunk extension",
             "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;a=\x01\r\nabc\r\n0\r\n\r\n",
@@ -208,5 +259,74 @@ async fn malformed_requests_get_the_right_status_and_the_server_lives() {
         failures.join("\n")
     );
     assert!(server.handle.stats().protocol_errors >= 30);
+    server.stop().await;
+}
+
+/// What the strict rules must still let through: a later HTTP/1 minor version
+/// (served as HTTP/1.1, RFC 9110 §2.5), Host values the grammar allows, and
+/// chunk extensions in every form of RFC 9112 §7.1.1. Each on one connection,
+/// followed by a second request to show the framing held.
+#[tokio::test]
+async fn strict_but_not_too_strict() {
+    let server = TestServer::default().await;
+    let chunked = |line: &str| {
+        format!(
+            "POST /collect HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{line}\r\nhello\r\n0\r\n\r\n"
+        )
+    };
+    let accepted: Vec<(&str, String, &[u8])> = vec![
+        (
+            "HTTP/1.2",
+            "GET / HTTP/1.2\r\nHost: a\r\n\r\n".into(),
+            b"Hello, World!",
+        ),
+        (
+            "HTTP/1.9",
+            "GET / HTTP/1.9\r\nHost: a\r\n\r\n".into(),
+            b"Hello, World!",
+        ),
+        (
+            "empty port",
+            "GET / HTTP/1.1\r\nHost: a:\r\n\r\n".into(),
+            b"Hello, World!",
+        ),
+        (
+            "IPv6 host",
+            "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n".into(),
+            b"Hello, World!",
+        ),
+        (
+            "sub-delims host",
+            "GET / HTTP/1.1\r\nHost: a-b.c_d~e!$&'()*+,;=%41\r\n\r\n".into(),
+            b"Hello, World!",
+        ),
+        (
+            "empty Host",
+            "GET / HTTP/1.1\r\nHost:\r\n\r\n".into(),
+            b"Hello, World!",
+        ),
+        ("bare extension", chunked("5;a"), b"5"),
+        ("token extension with BWS", chunked("5 ; a = b ;c"), b"5"),
+        ("quoted extension", chunked("5;a=\"x \\\" ;y\""), b"5"),
+    ];
+    for (name, request, body) in accepted {
+        let mut s = server.connect().await;
+        s.write_all(request.as_bytes()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let r = common::read_response_buffered(&mut s, &mut buf, false).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{name}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.body, body, "{name}");
+        assert!(r.header("connection").is_none(), "{name}: kept alive");
+        let r = common::read_response_buffered(&mut s, &mut buf, false).await;
+        assert_eq!(r.body, b"Hello, World!", "{name}: the next request");
+    }
     server.stop().await;
 }

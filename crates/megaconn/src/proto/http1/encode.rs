@@ -100,8 +100,25 @@ pub(crate) fn encode_head(
         Encoder::Length { remaining } => put_content_length(dst, remaining),
         Encoder::Chunked => put_header(dst, b"transfer-encoding", b"chunked"),
         Encoder::NoBody if ctx.request_method_is_head || status == StatusCode::NOT_MODIFIED => {
-            // HEAD and 304 advertise the length the full response would have.
-            if let Some(n) = ctx.body_length {
+            // HEAD and 304 may advertise the length the full response would
+            // have, and nothing else (RFC 9110 §8.6). An empty body is what
+            // HEAD handlers (axum strips the body) and 304s (tower-http's
+            // ServeDir) send whatever the full length is, so its 0 says
+            // nothing. HEAD: the handler's header (axum sets it from the GET
+            // body before stripping it), else an exact non-zero size hint.
+            // 304: the same but never 0, which for a 304 is only ever the
+            // empty body's length (axum adds that header too); hyper drops it
+            // as well.
+            let user_set = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let advertised = if status == StatusCode::NOT_MODIFIED {
+                user_set.or(ctx.body_length).filter(|n| *n > 0)
+            } else {
+                user_set.or(ctx.body_length.filter(|n| *n > 0))
+            };
+            if let Some(n) = advertised {
                 if !forbids_body || status == StatusCode::NOT_MODIFIED {
                     put_content_length(dst, n);
                 }
@@ -307,6 +324,54 @@ mod tests {
         let (text, enc, _) = head(200, Version::HTTP_11, Some(5), true);
         assert_eq!(enc, Encoder::NoBody);
         assert!(text.contains("content-length: 5"));
+    }
+
+    /// HEAD and 304 never advertise the 0 of an empty body (RFC 9110 §8.6):
+    /// only the handler's own Content-Length or an exact non-zero length.
+    #[test]
+    fn head_and_304_lengths() {
+        let encode = |status: u16, is_head: bool, len: Option<u64>, user: Option<&'static str>| {
+            let mut dst = BytesMut::new();
+            let mut headers = HeaderMap::new();
+            if let Some(v) = user {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            let (enc, _) = encode_head(
+                &mut dst,
+                StatusCode::from_u16(status).unwrap(),
+                &headers,
+                HeadContext {
+                    request_method_is_head: is_head,
+                    request_version: Version::HTTP_11,
+                    keep_alive: true,
+                    body_length: len,
+                },
+                None,
+            );
+            assert_eq!(enc, Encoder::NoBody);
+            let text = String::from_utf8(dst.to_vec()).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(str::to_owned)
+        };
+        // HEAD: an empty (stripped) body says nothing; a known length does.
+        assert_eq!(encode(200, true, Some(0), None), None);
+        assert_eq!(encode(200, true, None, None), None);
+        assert_eq!(encode(200, true, Some(12), None).as_deref(), Some("12"));
+        assert_eq!(encode(200, true, Some(0), Some("0")).as_deref(), Some("0"));
+        assert_eq!(encode(200, true, Some(7), Some("7")).as_deref(), Some("7"));
+        // 304: the same, but a 0 is never the full length.
+        assert_eq!(encode(304, false, Some(0), None), None);
+        assert_eq!(encode(304, false, None, None), None);
+        assert_eq!(
+            encode(304, false, Some(0), Some("1234")).as_deref(),
+            Some("1234")
+        );
+        assert_eq!(encode(304, false, Some(0), Some("0")), None);
+        assert_eq!(encode(304, false, Some(9), None).as_deref(), Some("9"));
+        assert_eq!(encode(304, true, Some(0), None), None);
+        // 204 never.
+        assert_eq!(encode(204, true, Some(5), Some("5")), None);
     }
 
     #[test]

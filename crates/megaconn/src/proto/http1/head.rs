@@ -64,9 +64,25 @@ pub(crate) fn parse(
         [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
     let headers = &mut storage[..limits.max_headers.min(MAX_HEADERS_CEILING)];
     let mut req = httparse::Request::new(&mut []);
-    let status = httparse::ParserConfig::default()
+    let status = match httparse::ParserConfig::default()
         .parse_request_with_uninit_headers(&mut req, buf, headers)
-        .map_err(parse_error)?;
+    {
+        Ok(status) => status,
+        // httparse knows HTTP/1.0 and HTTP/1.1 only; what else it stopped at is
+        // either a malformed request line (400), another major version (505) or
+        // a later HTTP/1 minor version, served as HTTP/1.1 (RFC 9110 §2.5).
+        Err(httparse::Error::Version) => {
+            return match other_version(buf, limits)? {
+                None => Ok(None),
+                Some(minor_at) => {
+                    let mut rewritten = buf[..buf.len().min(limits.max_header_bytes)].to_vec();
+                    rewritten[minor_at] = b'1';
+                    parse(&rewritten, limits)
+                }
+            };
+        }
+        Err(e) => return Err(parse_error(e)),
+    };
     let len = match status {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial if buf.len() >= limits.max_header_bytes => {
@@ -115,16 +131,65 @@ impl Slicer<'_> {
     }
 }
 
+/// Reads the request line httparse refused at the version:
+/// `method SP request-target SP HTTP-version`, with `HTTP-version =
+/// "HTTP/" DIGIT "." DIGIT` (RFC 9112 §2.3, §3). Returns where the minor digit
+/// of an `HTTP/1.x` version is, `None` while the line is incomplete; anything
+/// else is malformed (400), and a well-formed version with another major number
+/// is not supported (505).
+///
+/// The h2c prior-knowledge preface (`PRI * HTTP/2.0`) ends up as the 505
+/// rejection, which the connection checks for the preface before answering.
+fn other_version(buf: &[u8], limits: &HeadLimits) -> Result<Option<usize>, Rejection> {
+    // httparse skips empty lines before the request line; so do we.
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let window = &buf[start..buf.len().min(limits.max_header_bytes)];
+    let Some(lf) = window.iter().position(|b| *b == b'\n') else {
+        if buf.len() >= limits.max_header_bytes {
+            return Err(reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head exceeds max_header_bytes",
+            ));
+        }
+        return Ok(None);
+    };
+    let line = window[..lf].strip_suffix(b"\r").unwrap_or(&window[..lf]);
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(reject(BAD, "malformed request line"));
+    };
+    if method.is_empty() || target.is_empty() {
+        return Err(reject(BAD, "malformed request line"));
+    }
+    match *version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            if major == b'1' {
+                Ok(Some(start + line.len() - 1))
+            } else {
+                Err(reject(
+                    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                    "unsupported HTTP version (HTTP/1.x is served here)",
+                ))
+            }
+        }
+        _ => Err(reject(BAD, "malformed HTTP version")),
+    }
+}
+
 fn parse_error(e: httparse::Error) -> Rejection {
     match e {
         httparse::Error::TooManyHeaders => reject(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too many request headers",
         ),
-        httparse::Error::Version => reject(
-            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-            "unsupported HTTP version (HTTP/1.0 and HTTP/1.1 are served here)",
-        ),
+        httparse::Error::Version => reject(BAD, "malformed HTTP version"),
         httparse::Error::HeaderName => reject(BAD, "invalid header name"),
         httparse::Error::HeaderValue => reject(BAD, "invalid header value"),
         httparse::Error::NewLine => reject(BAD, "invalid line ending"),
@@ -219,6 +284,9 @@ impl Framing {
             }
         } else if name == header::HOST {
             self.hosts += 1;
+            if !valid_host(value) {
+                return Err(reject(BAD, "invalid Host header"));
+            }
         } else if name == header::UPGRADE {
             self.upgrade = true;
         } else if name == header::EXPECT {
@@ -344,6 +412,83 @@ fn parse_content_length(value: &[u8]) -> Result<u64, Rejection> {
         .ok_or(invalid)
 }
 
+/// `Host = uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2-3):
+/// `uri-host = IP-literal / IPv4address / reg-name` (an IPv4 address is a
+/// reg-name by its characters), `port = *DIGIT` (so an empty port is allowed,
+/// and so is an empty host: the field is empty when the target has no
+/// authority). No userinfo, no path, no spaces.
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = if let Some(literal) = value.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        if !valid_ip_literal(&literal[..end]) {
+            return false;
+        }
+        (&[][..], &literal[end + 1..])
+    } else {
+        let end = value.iter().position(|b| *b == b':').unwrap_or(value.len());
+        (&value[..end], &value[end..])
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok && valid_reg_name(host)
+}
+
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )`.
+fn valid_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        let b = name[i];
+        if b == b'%' {
+            if !(name.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && name.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
+                return false;
+            }
+            i += 3;
+        } else if is_unreserved(b) || is_sub_delim(b) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// `IP-literal = "[" ( IPv6address / IPvFuture ) "]"`, brackets removed;
+/// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`.
+fn valid_ip_literal(inner: &[u8]) -> bool {
+    if let Some(future) = inner.strip_prefix(b"v").or(inner.strip_prefix(b"V")) {
+        let hex = future.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        let rest = &future[hex..];
+        return hex > 0
+            && rest.len() > 1
+            && rest[0] == b'.'
+            && rest[1..]
+                .iter()
+                .all(|b| is_unreserved(*b) || is_sub_delim(*b) || *b == b':');
+    }
+    std::str::from_utf8(inner)
+        .ok()
+        .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
+        .is_some()
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
+}
+
 /// Splits a comma-separated header value into trimmed tokens.
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|b| *b == b',').map(|t| t.trim_ascii())
@@ -414,6 +559,78 @@ mod tests {
             status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n"),
             StatusCode::PAYLOAD_TOO_LARGE
         );
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "a",
+            "example.com:8080",
+            "a:",
+            "",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:80",
+            "[v1.x:y]",
+            "xn--bcher-kva.example",
+            "a%20b",
+            "a!$&'()*+,;=b",
+        ] {
+            let h = parse(
+                format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n").as_bytes(),
+                &LIMITS,
+            );
+            assert!(matches!(h, Ok(Some(_))), "{ok:?}: {h:?}");
+        }
+        for bad in [
+            "a b", "a/b", "a@b", "a:xyz", "a:1:2", "[::1", "[::1]x", "[zz]", "[v.x]", "[v1.]",
+            "a%2", "a%zz", "a\\b", "a?b", "a#b", "u@a:80", "a\"b",
+        ] {
+            assert_eq!(
+                status(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")),
+                BAD,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_line_versions() {
+        for bad in [
+            "GET / HTTP/1.x\r\nHost: a\r\n\r\n",
+            "GET / http/1.1\r\nHost: a\r\n\r\n",
+            "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.10\r\nHost: a\r\n\r\n",
+            "GET / HTTP/11\r\nHost: a\r\n\r\n",
+            "GET / FOO/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.2 \r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(status(bad), BAD, "{bad:?}");
+        }
+        assert_eq!(
+            status("GET / HTTP/2.0\r\nHost: a\r\n\r\n"),
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED
+        );
+        assert_eq!(
+            status("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED
+        );
+        assert_eq!(
+            status("GET / HTTP/0.9\r\n\r\n"),
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED
+        );
+        // A later HTTP/1 minor version is served as HTTP/1.1, keeping the head
+        // length and the target.
+        let raw = b"\r\nPOST /p?q HTTP/1.2\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
+        let (h, len) = parse(raw, &LIMITS).unwrap().unwrap();
+        assert_eq!(h.version, Version::HTTP_11);
+        assert_eq!(h.method, Method::POST);
+        assert_eq!(h.uri, "/p?q");
+        assert_eq!(h.framing, BodyFraming::Length(2));
+        assert_eq!(len, raw.len() - 2);
+        // Still incomplete: wait for the rest of the line.
+        assert!(parse(b"GET / HTTP/1.2", &LIMITS).unwrap().is_none());
+        assert!(parse(b"GET / HTTP/2.0\r\n", &LIMITS).is_err());
     }
 
     #[test]
