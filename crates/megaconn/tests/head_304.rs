@@ -41,10 +41,7 @@ fn app() -> Router {
             "/not-modified",
             get(|| async { (StatusCode::NOT_MODIFIED, [(header::ETAG, "\"abc\"")]) }),
         )
-        .route_service(
-            "/static/file.txt",
-            get_service(not_modified_service.clone()),
-        )
+        .route_service("/static/file.txt", get_service(not_modified_service))
         .nest_service("/served", not_modified_service)
 }
 

@@ -44,11 +44,13 @@ pub enum ConnectionEvent {
         peer: SocketAddr,
         /// How long it was open.
         duration: Duration,
-        /// Requests served on it (HTTP/1.1).
+        /// Requests served on it (HTTP/1.1 requests, HTTP/2 streams).
         requests: u64,
-        /// Bytes read from it (HTTP/1.1; after TLS decryption).
+        /// Bytes read from it (after TLS decryption; an upgraded socket's
+        /// included).
         bytes_in: u64,
-        /// Bytes written to it (HTTP/1.1; before TLS encryption).
+        /// Bytes written to it (before TLS encryption; an upgraded socket's
+        /// included).
         bytes_out: u64,
         /// Why it closed.
         reason: CloseReason,
@@ -415,5 +417,73 @@ impl<F: Future> Future for Tracked<F> {
         let out = this.inner.poll(cx);
         CURRENT.with(|c| *c.borrow_mut() = previous);
         out
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Counts the bytes crossing a stream into the current connection's
+    /// track (for protocols whose reads and writes happen inside a library,
+    /// as HTTP/2's do inside h2).
+    #[derive(Debug)]
+    pub(crate) struct CountedIo<I> {
+        #[pin]
+        io: I,
+    }
+}
+
+impl<I> CountedIo<I> {
+    pub(crate) fn new(io: I) -> CountedIo<I> {
+        CountedIo { io }
+    }
+}
+
+impl<I: tokio::io::AsyncRead> tokio::io::AsyncRead for CountedIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = std::task::ready!(self.project().io.poll_read(cx, buf));
+        count_in(buf.filled().len() - before);
+        Poll::Ready(result)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for CountedIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = std::task::ready!(self.project().io.poll_write(cx, data));
+        if let Ok(n) = &result {
+            count_out(*n);
+        }
+        Poll::Ready(result)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = std::task::ready!(self.project().io.poll_write_vectored(cx, bufs));
+        if let Ok(n) = &result {
+            count_out(*n);
+        }
+        Poll::Ready(result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }

@@ -51,6 +51,43 @@ pub(crate) fn gauge(g: &AtomicI64, delta: i64) {
     g.fetch_add(delta, Relaxed);
 }
 
+/// Keeps a connection's place in the `connections_idle` gauge and its
+/// lifecycle state in step while it moves between idle and busy (HTTP/2:
+/// idle while no stream is open); leaves the gauge when dropped.
+#[derive(Debug)]
+pub(crate) struct IdleMark<'a> {
+    stats: &'a WorkerStats,
+    idle: bool,
+}
+
+impl<'a> IdleMark<'a> {
+    /// Starts busy.
+    pub(crate) fn new(stats: &'a WorkerStats) -> IdleMark<'a> {
+        IdleMark { stats, idle: false }
+    }
+
+    /// Marks the connection idle (`true`) or busy.
+    pub(crate) fn set(&mut self, idle: bool) {
+        if idle != self.idle {
+            self.idle = idle;
+            gauge(&self.stats.connections_idle, if idle { 1 } else { -1 });
+            crate::observe::lifecycle::set_state(if idle {
+                crate::ConnectionState::Idle
+            } else {
+                crate::ConnectionState::Handling
+            });
+        }
+    }
+}
+
+impl Drop for IdleMark<'_> {
+    fn drop(&mut self) {
+        if self.idle {
+            gauge(&self.stats.connections_idle, -1);
+        }
+    }
+}
+
 /// A snapshot of the whole server's counters, summed over workers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

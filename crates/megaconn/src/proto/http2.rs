@@ -68,8 +68,9 @@ use tower_service::Service;
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
 use crate::observe::close::{CloseReason, ProtocolDetail};
+use crate::observe::lifecycle::{self, CountedIo};
 use crate::observe::metrics::{MethodLabel, RequestRecord};
-use crate::observe::stats::incr;
+use crate::observe::stats::{incr, IdleMark};
 use crate::service::body::Body;
 use crate::service::h2_body::{DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
 use crate::service::panic_message;
@@ -115,6 +116,9 @@ where
     B::Error: Into<BoxError>,
 {
     let cfg = ctx.config.http2;
+    // Bytes in and out count into the connection's lifecycle event, as on
+    // HTTP/1.1 (plaintext, after TLS).
+    let io = CountedIo::new(io);
     // The handshake runs in its own box, freed when it ends, so that its
     // state (h2's whole codec, a timer) is not kept in the connection's
     // future for the connection's life next to the connection itself.
@@ -122,6 +126,8 @@ where
         Ok(conn) => conn,
         Err(reason) => return reason,
     };
+    let mut idle = IdleMark::new(&ctx.stats);
+    idle.set(true);
     let mut keep_alive = KeepAlive::new(conn.ping_pong(), &cfg);
     let mut streams = FuturesUnordered::new();
     let idle_timeout = ctx.config.idle_timeout;
@@ -157,6 +163,7 @@ where
                     // connection's future.
                     let start = Box::pin(start_stream(service, request, &ctx, &flood)).await;
                     streams.push(run_stream(start, respond, ctx.clone()));
+                    idle.set(false);
                     if !going_away {
                         timer_armed = false;
                     }
@@ -181,6 +188,9 @@ where
                         Poll::Pending => Poll::Ready(None),
                     })
                     .await;
+                }
+                if streams.is_empty() {
+                    idle.set(true);
                 }
                 if streams.is_empty() && !going_away {
                     if let Some(t) = idle_timeout {
@@ -296,6 +306,7 @@ where
     S::Error: Into<BoxError>,
 {
     incr(&ctx.stats.requests);
+    lifecycle::count_request();
     let (parts, recv) = request.into_parts();
     let method = MethodLabel::of(&parts.method);
     let is_head = parts.method == Method::HEAD;

@@ -1,0 +1,185 @@
+//! Lifecycle, limits, shutdown and parking in every mode of the matrix
+//! (HTTP/1.1, HTTP/1.1 + TLS, h2c, HTTP/2 + TLS): what the connection core
+//! promises holds whatever protocol a connection speaks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::modes::{hooked, Mode, ALL};
+use common::{read_response, read_to_close};
+use megaconn::CloseReason;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_reports_its_requests_bytes_and_close() {
+    for mode in ALL {
+        let (builder, mut events) = hooked(megaconn::Server::builder().workers(1));
+        let s = mode.server(builder).await;
+        let mut client = s.client().await;
+        for _ in 0..2 {
+            assert_eq!(
+                client.get("/").await,
+                (200, b"Hello, World!".to_vec()),
+                "{mode:?}"
+            );
+        }
+        client.close().await;
+        let closed = events.next_close().await;
+        assert_eq!(closed.reason, CloseReason::ClientClosed, "{mode:?}");
+        assert_eq!(closed.requests, 2, "{mode:?}");
+        assert!(
+            closed.bytes_in > 0 && closed.bytes_out > 0,
+            "{mode:?}: {closed:?}"
+        );
+        s.server
+            .wait_stats("closed", |st| st.connections_open == 0)
+            .await;
+        let st = s.server.handle.stats();
+        assert_eq!((st.accepted, st.closed), (1, 1), "{mode:?}");
+        s.server.stop().await;
+        assert!(events.all_closed(), "{mode:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_ip_limit_refuses_in_every_mode() {
+    for mode in ALL {
+        let (builder, mut events) = hooked(
+            megaconn::Server::builder()
+                .workers(1)
+                .max_connections_per_ip(Some(1)),
+        );
+        let s = mode.server(builder).await;
+        let mut first = s.client().await;
+        assert_eq!(first.get("/").await.0, 200, "{mode:?}");
+        // The refusal comes before any TLS or protocol bytes.
+        let mut second = s.server.connect().await;
+        assert!(read_to_close(&mut second).await.is_empty(), "{mode:?}");
+        assert_eq!(
+            events.next_close().await.reason,
+            CloseReason::Limit,
+            "{mode:?}"
+        );
+        assert_eq!(s.server.handle.stats().rejected_per_ip, 1, "{mode:?}");
+        // The first still serves, and its place frees when it closes.
+        assert_eq!(first.get("/").await.0, 200, "{mode:?}");
+        first.close().await;
+        assert_eq!(
+            events.next_close().await.reason,
+            CloseReason::ClientClosed,
+            "{mode:?}"
+        );
+        let mut third = s.client().await;
+        assert_eq!(third.get("/").await.0, 200, "{mode:?}");
+        third.close().await;
+        s.server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_in_every_mode() {
+    for mode in ALL {
+        let (builder, mut events) = hooked(megaconn::Server::builder().workers(1));
+        let s = mode.server(builder).await;
+        let mut client = s.client().await;
+        assert_eq!(client.get("/").await.0, 200, "{mode:?}");
+        s.server
+            .wait_stats("idle", |st| st.connections_idle == 1)
+            .await;
+        let summary = s.server.stop().await;
+        assert_eq!(summary.forced, 0, "{mode:?}");
+        assert_eq!(
+            events.next_close().await.reason,
+            CloseReason::Shutdown,
+            "{mode:?}"
+        );
+        assert!(events.all_closed(), "{mode:?}");
+        drop(client);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_park_where_they_can_and_resume_in_their_protocol() {
+    for mode in ALL {
+        let (builder, mut events) = hooked(
+            megaconn::Server::builder()
+                .workers(1)
+                .park_idle_after(Some(Duration::from_millis(20))),
+        );
+        let s = mode.server(builder).await;
+        let mut client = s.client().await;
+        assert_eq!(client.get("/").await.0, 200, "{mode:?}");
+        if mode.parks() {
+            s.server
+                .wait_stats("parked", |st| st.connections_parked == 1)
+                .await;
+        } else {
+            s.server
+                .wait_stats("idle", |st| st.connections_idle == 1)
+                .await;
+        }
+        // Woken (or still a task), the connection answers in its protocol.
+        assert_eq!(
+            client.get("/").await,
+            (200, b"Hello, World!".to_vec()),
+            "{mode:?}"
+        );
+        if !mode.parks() {
+            assert_eq!(s.server.handle.stats().connections_parked, 0, "{mode:?}");
+        }
+        client.close().await;
+        let closed = events.next_close().await;
+        assert_eq!(closed.reason, CloseReason::ClientClosed, "{mode:?}");
+        assert_eq!(closed.requests, 2, "{mode:?}: the count survives parking");
+        s.server.stop().await;
+    }
+}
+
+/// An upgraded connection keeps its slot: it stays in `connections_open` and
+/// under `max_connections` until its socket really closes, and then reports
+/// the close once. (Upgrades are HTTP/1.1's; the cleartext and TLS modes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_counts_until_it_closes() {
+    for mode in [Mode::H1, Mode::H1Tls] {
+        let (builder, mut events) =
+            hooked(megaconn::Server::builder().workers(1).max_connections(1));
+        let s = mode.server(builder).await;
+        let common::modes::Client::H1 { mut io, .. } = s.client().await else {
+            unreachable!("HTTP/1.1 modes")
+        };
+        io.write_all(
+            b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(read_response(&mut io).await.status, 101, "{mode:?}");
+        // The hand-over is counted just after the 101 went out.
+        s.server
+            .wait_stats("upgraded", |st| st.request_metrics.upgraded == 1)
+            .await;
+        assert_eq!(
+            s.server.handle.stats().connections_open,
+            1,
+            "{mode:?}: upgraded, still open"
+        );
+        // The slot is held: a second connection waits in the backlog, not
+        // accepted while the upgraded one lives.
+        let mut waiting = s.server.connect().await;
+        waiting
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(s.server.handle.stats().accepted, 1, "{mode:?}");
+        // The client hangs up; the echo handler sees EOF and drops the socket.
+        io.shutdown().await.unwrap();
+        let closed = events.next_close().await;
+        assert_eq!(closed.reason, CloseReason::ClientClosed, "{mode:?}");
+        if mode == Mode::H1 {
+            // Now the waiting connection is accepted and served.
+            assert_eq!(read_response(&mut waiting).await.status, 200);
+        }
+        drop((io, waiting));
+        s.server.stop().await;
+    }
+}
