@@ -7,7 +7,7 @@
 mod admin;
 mod demo;
 mod doctor;
-mod duration;
+mod knobs;
 mod logging;
 mod serve;
 mod shared_stats;
