@@ -27,7 +27,7 @@ Checks (each reads a kernel limit and compares it with what N connections need):
   open_files   RLIMIT_NOFILE of this process (soft/hard). Every connection is a
                file descriptor; megaconn raises the soft limit to the hard one,
                so the hard limit must be at least N + 256. Fix: LimitNOFILE= in
-               the systemd unit (deploy/megaconn.service), `ulimit -n` in a
+               the unit (deploy/systemd/megaconn.service), `ulimit -n` in a
                shell, or `megaconn serve --processes P` to split N over P
                processes.
   nr_open      fs.nr_open: the ceiling for any process's RLIMIT_NOFILE; raise it
@@ -284,10 +284,16 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
                     Status::Warn,
                     format!("{lo}-{hi} ({ports} ports)"),
                     need,
-                    Some(format!(
-                        "a load generator on this host needs {sources} source addresses (hold --source 127.0.0.2-127.0.0.{}); widening the range (sysctl net.ipv4.ip_local_port_range=\"1024 65535\") cuts that to {fewer}",
-                        (sources + 1).min(254)
-                    )),
+                    Some({
+                        let mut fix = format!(
+                            "a load generator on this host needs {sources} source addresses (hold --source 127.0.0.2-127.0.0.{})",
+                            (sources + 1).min(254)
+                        );
+                        if ports < wide {
+                            fix.push_str(&format!("; widening the range (sysctl net.ipv4.ip_local_port_range=\"1024 65535\") cuts that to {fewer}"));
+                        }
+                        fix
+                    }),
                     (ports < wide).then(|| ("net.ipv4.ip_local_port_range", "1024 65535".into())),
                 )
             }
@@ -535,7 +541,7 @@ pub fn render(
     if let Some(l) = limit_line {
         let _ = writeln!(
             out,
-            "\nIn the systemd unit's [Service] section (deploy/megaconn.service has it):\n\n    {l}"
+            "\nIn the systemd unit's [Service] section (deploy/systemd/megaconn.service has it):\n\n    {l}"
         );
     }
     let verdict = if ready {
