@@ -67,7 +67,10 @@ fn a_small_number_of_connections_passes() {
     let out = doctor(&["--connections", "100"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("This host can hold 100 connections."), "{stdout}");
+    assert!(
+        stdout.contains("This host can hold 100 connections."),
+        "{stdout}"
+    );
     assert!(!stdout.contains("FAIL"), "{stdout}");
     let (out, report) = json(&["--json", "-n", "100"]);
     assert!(out.status.success());
@@ -135,7 +138,13 @@ fn help_explains_every_check() {
     for id in CHECKS {
         assert!(help.contains(id), "--help does not explain {id}");
     }
-    for words in ["--connections", "--json", "LimitNOFILE", "MemAvailable", "Exit status"] {
+    for words in [
+        "--connections",
+        "--json",
+        "LimitNOFILE",
+        "MemAvailable",
+        "Exit status",
+    ] {
         assert!(help.contains(words), "--help lacks {words}");
     }
 }

@@ -22,7 +22,15 @@ impl Serving {
     /// reads the address from its first line.
     fn start(args: &[&str]) -> Serving {
         let mut child = megaconn()
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1", "--admin", "off"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--admin",
+                "off",
+            ])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -112,7 +120,10 @@ fn config_keys_are_the_flag_names_with_underscores() {
         b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
     );
     assert_eq!(response.matches("HTTP/1.1 200").count(), 1, "{response}");
-    assert!(response.to_ascii_lowercase().contains("connection: close"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
     assert!(response.contains("flags-test"), "{response}");
     assert!(post(&server.addr, 1025).starts_with("HTTP/1.1 413"));
 }
@@ -141,7 +152,10 @@ fn a_bad_size_or_duration_exits_2_saying_how_to_write_it() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_body_bytes") && err.contains("MiB"), "{err}");
+    assert!(
+        err.contains("max_body_bytes") && err.contains("MiB"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -165,7 +179,18 @@ fn serve_help_gives_each_flag_its_config_key_and_default() {
 fn load_reads_durations_like_serve() {
     let server = Serving::start(&[]);
     let out = megaconn()
-        .args(["load", "-c", "1", "-t", "1", "-q", "--duration", "1sec", "--timeout", "5sec"])
+        .args([
+            "load",
+            "-c",
+            "1",
+            "-t",
+            "1",
+            "-q",
+            "--duration",
+            "1sec",
+            "--timeout",
+            "5sec",
+        ])
         .arg(format!("http://{}/", server.addr))
         .output()
         .unwrap();

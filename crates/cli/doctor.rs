@@ -160,10 +160,12 @@ impl Host {
             nr_open: one("/proc/sys/fs/nr_open"),
             file_max: one("/proc/sys/fs/file-max"),
             somaxconn: one("/proc/sys/net/core/somaxconn"),
-            port_range: numbers("/proc/sys/net/ipv4/ip_local_port_range").and_then(|v| match v[..] {
-                [lo, hi] => Some((lo, hi)),
-                _ => None,
-            }),
+            port_range: numbers("/proc/sys/net/ipv4/ip_local_port_range").and_then(
+                |v| match v[..] {
+                    [lo, hi] => Some((lo, hi)),
+                    _ => None,
+                },
+            ),
             tcp_mem: numbers("/proc/sys/net/ipv4/tcp_mem").and_then(|v| v.try_into().ok()),
             conntrack_max: one("/proc/sys/net/netfilter/nf_conntrack_max"),
             mem_available: mem("MemAvailable:"),
@@ -216,7 +218,9 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
         Some(v) if v >= need_fds => (Status::Ok, None, None),
         Some(_) => (
             Status::Fail,
-            Some(format!("sysctl fs.nr_open={limit} (before raising LimitNOFILE past it)")),
+            Some(format!(
+                "sysctl fs.nr_open={limit} (before raising LimitNOFILE past it)"
+            )),
             Some(("fs.nr_open", limit.to_string())),
         ),
     };
@@ -236,7 +240,9 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
         Some(v) if v >= need_fds => (Status::Ok, None, None),
         Some(_) => (
             Status::Fail,
-            Some(format!("sysctl fs.file-max={want} (room for clients on this host too)")),
+            Some(format!(
+                "sysctl fs.file-max={want} (room for clients on this host too)"
+            )),
             Some(("fs.file-max", want.to_string())),
         ),
     };
@@ -255,7 +261,9 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
         Some(v) if v >= 4096 => (Status::Ok, None, None),
         Some(_) => (
             Status::Warn,
-            Some("sysctl net.core.somaxconn=65535 (connect bursts queue instead of retrying)".into()),
+            Some(
+                "sysctl net.core.somaxconn=65535 (connect bursts queue instead of retrying)".into(),
+            ),
             Some(("net.core.somaxconn", "65535".into())),
         ),
     };
@@ -276,7 +284,13 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
             let sources = n.div_ceil(ports.max(1));
             let need = format!("{sources} client address(es) for N");
             if n <= ports {
-                (Status::Ok, format!("{lo}-{hi} ({ports} ports)"), need, None, None)
+                (
+                    Status::Ok,
+                    format!("{lo}-{hi} ({ports} ports)"),
+                    need,
+                    None,
+                    None,
+                )
             } else {
                 let wide = 65535 - 1024 + 1;
                 let fewer = n.div_ceil(wide);
@@ -474,7 +488,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let checks = checks(&host, n);
     let ready = checks.iter().all(|c| c.status != Status::Fail);
     let dropin = sysctl_dropin(&checks, n);
-    let nofile_fails = checks.iter().any(|c| c.id == "open_files" && c.status == Status::Fail);
+    let nofile_fails = checks
+        .iter()
+        .any(|c| c.id == "open_files" && c.status == Status::Fail);
     let limit_line = nofile_fails.then(|| format!("LimitNOFILE={}", nofile_for(n)));
     let text = if args.json {
         let report = Report {
@@ -511,10 +527,18 @@ pub fn render(
     limit_line: Option<&str>,
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "megaconn doctor: can this host hold {} connections?\n", grouped(n));
+    let _ = writeln!(
+        out,
+        "megaconn doctor: can this host hold {} connections?\n",
+        grouped(n)
+    );
     let w_name = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
     let w_value = checks.iter().map(|c| c.value.len()).max().unwrap_or(0);
-    let _ = writeln!(out, "{:<4}  {:<w_name$}  {:<w_value$}  need", "", "check", "value");
+    let _ = writeln!(
+        out,
+        "{:<4}  {:<w_name$}  {:<w_value$}  need",
+        "", "check", "value"
+    );
     for c in checks {
         let _ = writeln!(
             out,
@@ -529,7 +553,12 @@ pub fn render(
     if !fixes.is_empty() {
         let _ = writeln!(out, "\nFixes:");
         for c in &fixes {
-            let _ = writeln!(out, "  {:<10}  {}", c.id, c.fix.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "  {:<10}  {}",
+                c.id,
+                c.fix.as_deref().unwrap_or_default()
+            );
         }
     }
     if let Some(d) = dropin {

@@ -170,7 +170,7 @@ impl Knob {
     }
 
     /// The value given on the command line, if any.
-    fn from_matches(&self, m: &ArgMatches) -> Option<Value> {
+    fn given_in(&self, m: &ArgMatches) -> Option<Value> {
         match self.shape {
             Shape::Switch => m.get_flag(self.name).then_some(Value::Switch(true)),
             Shape::One => m.get_one::<Value>(self.name).cloned(),
@@ -189,7 +189,7 @@ impl Knob {
     }
 
     /// The value of this knob's key in a config file.
-    pub fn from_toml(&self, v: &toml::Value) -> Result<Value, String> {
+    pub fn value_of_toml(&self, v: &toml::Value) -> Result<Value, String> {
         use toml::Value as T;
         let what = match self.shape {
             Shape::Switch => "true or false",
@@ -220,7 +220,9 @@ impl Knob {
 
 /// The knob a config key names.
 pub fn by_key(key: &str) -> Option<&'static Knob> {
-    KNOBS.iter().find(|k| k.name.len() == key.len() && k.key() == key)
+    KNOBS
+        .iter()
+        .find(|k| k.name.len() == key.len() && k.key() == key)
 }
 
 // Parsers: one per kind of value, shared by flags and the file.
@@ -741,7 +743,9 @@ pub fn parse_file(text: &str) -> Result<Values, String> {
                 let knob = by_key(key).ok_or_else(|| {
                     format!("unknown key `{key}` (keys are the serve flags' names with `_` for `-`, see `megaconn serve --help`)")
                 })?;
-                let value = knob.from_toml(v).map_err(|e| format!("key `{key}`: {e}"))?;
+                let value = knob
+                    .value_of_toml(v)
+                    .map_err(|e| format!("key `{key}`: {e}"))?;
                 (knob, value)
             }
         };
@@ -754,7 +758,7 @@ pub fn parse_file(text: &str) -> Result<Values, String> {
 pub fn from_matches(m: &ArgMatches) -> Values {
     KNOBS
         .iter()
-        .filter_map(|k| Some((k.name, k.from_matches(m)?)))
+        .filter_map(|k| Some((k.name, k.given_in(m)?)))
         .collect()
 }
 
@@ -819,9 +823,16 @@ mod tests {
             let by_flag = format!("{:?}", apply(&from_flag, &Values::new()).unwrap());
             let by_file = format!("{:?}", apply(&Values::new(), &from_file).unwrap());
             assert_eq!(by_flag, by_file, "--{name}");
-            assert_ne!(by_flag, default, "--{name} {} changes nothing", knob.example);
+            assert_ne!(
+                by_flag, default,
+                "--{name} {} changes nothing",
+                knob.example
+            );
             assert!(help.contains(&format!("--{name}")), "--help lacks --{name}");
-            assert!(help.contains(&squash(knob.help)), "--help lacks {name}'s help");
+            assert!(
+                help.contains(&squash(knob.help)),
+                "--help lacks {name}'s help"
+            );
             assert!(
                 help.contains(&squash(&format!("Default: {}.", knob.default))),
                 "--help lacks {name}'s default"
@@ -830,7 +841,10 @@ mod tests {
                 help.contains(&squash(&knob.example_line())),
                 "--help lacks {name}'s config key"
             );
-            assert!(short_help.contains(&format!("--{name}")), "-h lacks --{name}");
+            assert!(
+                short_help.contains(&format!("--{name}")),
+                "-h lacks --{name}"
+            );
         }
     }
 
@@ -843,8 +857,17 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file_and_lists_replace() {
-        let file = parse_file("workers = 2\nlisten = [\"127.0.0.1:9\"]\nidle_timeout = \"5s\"").unwrap();
-        let flags = flags(&["--workers", "4", "--listen", "127.0.0.1:1", "--listen", "127.0.0.1:2"]).unwrap();
+        let file =
+            parse_file("workers = 2\nlisten = [\"127.0.0.1:9\"]\nidle_timeout = \"5s\"").unwrap();
+        let flags = flags(&[
+            "--workers",
+            "4",
+            "--listen",
+            "127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:2",
+        ])
+        .unwrap();
         let s = apply(&flags, &file).unwrap();
         let dbg = format!("{:?}", s.builder);
         assert!(dbg.contains("workers: 4"), "{dbg}");
@@ -854,8 +877,21 @@ mod tests {
 
     #[test]
     fn durations_and_sizes_use_the_shared_grammar() {
-        let v = flags(&["--idle-timeout", "30sec", "--max-body-bytes", "16MiB", "--max-header-bytes", "65536", "--read-timeout", "off"]).unwrap();
-        assert_eq!(v["idle-timeout"], Value::Duration(Some(Duration::from_secs(30))));
+        let v = flags(&[
+            "--idle-timeout",
+            "30sec",
+            "--max-body-bytes",
+            "16MiB",
+            "--max-header-bytes",
+            "65536",
+            "--read-timeout",
+            "off",
+        ])
+        .unwrap();
+        assert_eq!(
+            v["idle-timeout"],
+            Value::Duration(Some(Duration::from_secs(30)))
+        );
         assert_eq!(v["max-body-bytes"], Value::Size(16 << 20));
         assert_eq!(v["max-header-bytes"], Value::Size(65536));
         assert_eq!(v["read-timeout"], Value::Duration(None));
@@ -865,18 +901,27 @@ mod tests {
         assert_eq!(f["max-body-bytes"], v["max-body-bytes"]);
         assert_eq!(f["max-header-bytes"], v["max-header-bytes"]);
         assert_eq!(f["read-timeout"], v["read-timeout"]);
-        assert_eq!(f["shutdown-timeout"], Value::Duration(Some(Duration::from_secs(5))));
+        assert_eq!(
+            f["shutdown-timeout"],
+            Value::Duration(Some(Duration::from_secs(5)))
+        );
         let err = flags(&["--idle-timeout", "soon"]).unwrap_err().to_string();
         assert!(err.contains("10s"), "{err}");
         let err = parse_file("max_body_bytes = \"16 parsecs\"").unwrap_err();
-        assert!(err.contains("max_body_bytes") && err.contains("parsecs"), "{err}");
+        assert!(
+            err.contains("max_body_bytes") && err.contains("parsecs"),
+            "{err}"
+        );
     }
 
     #[test]
     fn no_keep_alive_is_a_config_key_and_keep_alive_still_works() {
         for text in ["no_keep_alive = true", "keep_alive = false"] {
             let s = apply(&Values::new(), &parse_file(text).unwrap()).unwrap();
-            assert!(format!("{:?}", s.builder).contains("keep_alive: false"), "{text}");
+            assert!(
+                format!("{:?}", s.builder).contains("keep_alive: false"),
+                "{text}"
+            );
         }
         let s = apply(&Values::new(), &parse_file("keep_alive = true").unwrap()).unwrap();
         assert!(format!("{:?}", s.builder).contains("keep_alive: true"));

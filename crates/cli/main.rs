@@ -4,6 +4,7 @@
 //! code. 0 is success, 1 a runtime failure, 2 a usage or configuration error
 //! with a message saying what to fix.
 
+mod activation;
 mod admin;
 mod demo;
 mod doctor;

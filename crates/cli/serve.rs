@@ -157,6 +157,10 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
 
 /// Runs `megaconn serve`: one server process, or a supervisor of several.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let inherited = crate::activation::take_from_env().map_err(UsageError)?;
+    if !inherited.is_empty() {
+        return Err(UsageError(crate::activation::unsupported(&inherited)).into());
+    }
     let resolved = resolve(&args)?;
     if resolved.processes > 1 && args.worker_process.is_none() {
         return crate::supervisor::run(args, serve_argv(), resolved.processes);
@@ -346,7 +350,10 @@ mod tests {
         ]);
         assert_eq!(
             a.flags["listen"],
-            knobs::Value::Addrs(vec!["127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()])
+            knobs::Value::Addrs(vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "[::1]:2".parse().unwrap()
+            ])
         );
         assert_eq!(a.flags["workers"], knobs::Value::Count(3));
         assert_eq!(a.flags["idle-timeout"], knobs::Value::Duration(None));
@@ -438,9 +445,18 @@ mod tests {
         for knob in knobs::KNOBS {
             let mut argv = vec![format!("--{}", knob.name)];
             match knob.name {
-                "tls-cert" | "tls-key" => argv = vec!["--tls-cert".into(), cert.into(), "--tls-key".into(), key.into()],
+                "tls-cert" | "tls-key" => {
+                    argv = vec![
+                        "--tls-cert".into(),
+                        cert.into(),
+                        "--tls-key".into(),
+                        key.into(),
+                    ]
+                }
                 "tls-listen" => argv.extend([knob.example.into(), "--self-signed".into()]),
-                "accept-burst" => argv.extend([knob.example.into(), "--accept-rate".into(), "10".into()]),
+                "accept-burst" => {
+                    argv.extend([knob.example.into(), "--accept-rate".into(), "10".into()])
+                }
                 _ if knob.shape != knobs::Shape::Switch => argv.push(knob.example.into()),
                 _ => {}
             }

@@ -58,7 +58,10 @@ fn parse_number(n: &str) -> Option<f64> {
     if n.is_empty() {
         return None;
     }
-    n.replace('_', "").parse::<f64>().ok().filter(|v| v.is_finite())
+    n.replace('_', "")
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
 }
 
 /// Parses a duration that must be set: `500ms`, `30s`, `1m`, `2h`, `30` (seconds).
@@ -142,7 +145,12 @@ pub fn format_duration(d: Duration) -> String {
 
 /// Writes a size back in the grammar (`64KiB`, `16MiB`, `1000`).
 pub fn format_size(n: u64) -> String {
-    for (unit, scale) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+    for (unit, scale) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
         if n >= scale && n % scale == 0 {
             return format!("{}{unit}", n / scale);
         }
