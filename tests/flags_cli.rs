@@ -166,10 +166,10 @@ fn serve_help_gives_each_flag_its_config_key_and_default() {
     let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
     for needle in [
         "--idle-timeout <DURATION>",
-        "Default: 60s. Config file: idle_timeout = \"5m\"",
+        "Default: 60s. Config file key: idle_timeout, e.g. idle_timeout = \"5m\"",
         "--max-body-bytes <SIZE>",
-        "Config file: no_keep_alive = true",
-        "Config file: listen = [\"127.0.0.1:18080\"]",
+        "Config file key: no_keep_alive, e.g. no_keep_alive = true",
+        "Config file key: listen, e.g. listen = [\"0.0.0.0:80\"]",
     ] {
         assert!(help.contains(needle), "serve --help lacks {needle:?}");
     }

@@ -143,8 +143,9 @@ impl Knob {
             text.push_str(self.details);
         }
         text.push_str(&format!(
-            "\n\nDefault: {}. Config file: {}",
+            "\n\nDefault: {}. Config file key: {}, e.g. {}",
             self.default,
+            self.key(),
             self.example_line()
         ));
         text
@@ -348,7 +349,7 @@ pub static KNOBS: &[Knob] = &[
         help: "Address to listen on (repeatable).",
         details: "TLS with --tls-cert/--self-signed, unless --tls-listen says which addresses are TLS.",
         default: "127.0.0.1:8080, unless --tls-listen is given",
-        example: "127.0.0.1:18080",
+        example: "0.0.0.0:80",
         parse: addr,
         apply: |v, s| {
             s.listen.extend(v.addrs());
@@ -362,7 +363,7 @@ pub static KNOBS: &[Knob] = &[
         help: "Address to listen on with TLS, next to the cleartext --listen ones (repeatable).",
         details: "Needs --tls-cert/--tls-key or --self-signed.",
         default: "none",
-        example: "127.0.0.1:18443",
+        example: "0.0.0.0:443",
         parse: addr,
         apply: |v, s| {
             s.tls_listen.extend(v.addrs());
@@ -663,7 +664,7 @@ pub static KNOBS: &[Knob] = &[
         help: "Admin listener (/metrics, /debug/runtime, /debug/pprof) address, or off.",
         details: "If the default address is taken, the admin listener is skipped with a warning.",
         default: "127.0.0.1:9090",
-        example: "127.0.0.1:19090",
+        example: "0.0.0.0:9090",
         parse: admin_addr,
         apply: |v, s| {
             let Value::Admin(a) = v else {
