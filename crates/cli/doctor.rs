@@ -53,6 +53,10 @@ Checks (each reads a kernel limit and compares it with what N connections need):
                memory per socket + 100 B of megaconn per idle connection).
                Loopback tests hold both ends on one host: twice the kernel part.
 
+open_files is read from doctor's own process: run doctor the way megaconn runs
+(e.g. `systemd-run --pty -p LimitNOFILE=1048576 megaconn doctor`, or inside the
+container) to see the limit the server will get.
+
 Exit status: 0 when every check passes (warnings allowed), 1 when one fails.";
 
 /// How a check came out.

@@ -1,6 +1,7 @@
-//! `megaconn serve`: flags and the TOML config file, both defined by the knob
-//! table in knobs.rs, resolve into one set of settings (flags win), then the server runs the demo app until SIGINT/SIGTERM.
-//! SIGHUP reloads the TLS certificate and key files (tls.rs).
+//! `megaconn serve`: flags and the TOML config file, both made from the knob
+//! table in knobs.rs, resolve into one set of settings (flags win), then the
+//! server runs the demo app until SIGINT/SIGTERM. SIGHUP reloads the TLS
+//! certificate and key files (tls.rs).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
