@@ -849,6 +849,35 @@ mod tests {
         }
     }
 
+    /// The defaults `--help` states are the library's, where it exports them.
+    #[test]
+    fn help_defaults_are_the_library_defaults() {
+        let default = |name: &str| KNOBS.iter().find(|k| k.name == name).unwrap().default;
+        for (name, value) in [
+            ("idle-timeout", megaconn::DEFAULT_IDLE_TIMEOUT),
+            ("park-after", megaconn::DEFAULT_PARK_IDLE_AFTER),
+            ("read-header-timeout", megaconn::DEFAULT_READ_HEADER_TIMEOUT),
+        ] {
+            assert_eq!(units::parse_duration(default(name)), Ok(value), "--{name}");
+        }
+        let dbg = format!("{:?}", Builder::default());
+        for (name, field) in [
+            ("max-header-bytes", "max_header_bytes"),
+            ("max-body-bytes", "max_body_bytes"),
+            ("max-headers", "max_headers"),
+            ("backlog", "backlog"),
+        ] {
+            let text = default(name);
+            let n = units::parse_size(text).unwrap();
+            assert!(
+                dbg.contains(&format!("{field}: {n},")),
+                "--{name} {text}: {dbg}"
+            );
+        }
+        assert!(dbg.contains("shutdown_timeout: 30s,"), "{dbg}");
+        assert_eq!(default("shutdown-timeout"), "30s");
+    }
+
     #[test]
     fn a_file_with_every_key_parses() {
         let text: String = KNOBS.iter().map(|k| k.example_line() + "\n").collect();
