@@ -4,10 +4,11 @@
 //! code. 0 is success, 1 a runtime failure, 2 a usage or configuration error
 //! with a message saying what to fix.
 
+mod activation;
 mod admin;
 mod demo;
 mod doctor;
-mod duration;
+mod knobs;
 mod logging;
 mod serve;
 mod shared_stats;
@@ -42,8 +43,9 @@ enum Command {
     Load(megaconn_load::LoadArgs),
     /// Open and hold many concurrent connections (up to a million), with heartbeats.
     Hold(megaconn_load::HoldArgs),
-    /// Check this host's kernel limits for holding very many connections.
-    Doctor,
+    /// Check whether this host can hold N connections (open files, ports, tcp_mem, conntrack, memory) and print the fixes.
+    #[command(after_long_help = doctor::CHECKS_HELP)]
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Prints a line to stdout, ignoring a closed stdout (a supervisor or pipe
@@ -81,7 +83,7 @@ fn main() -> ExitCode {
         Command::Hold(args) => megaconn_load::run_hold(args)
             .map(drop)
             .map_err(anyhow::Error::new),
-        Command::Doctor => doctor::run(),
+        Command::Doctor(args) => doctor::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

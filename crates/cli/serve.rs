@@ -1,18 +1,17 @@
-//! `megaconn serve`: flags and the TOML config file resolve into one set of
-//! settings (flags win), then the server runs the demo app until SIGINT/SIGTERM.
-//! SIGHUP reloads the TLS certificate and key files (tls.rs).
+//! `megaconn serve`: flags and the TOML config file, both made from the knob
+//! table in knobs.rs, resolve into one set of settings (flags win), then the
+//! server runs the demo app until SIGINT/SIGTERM. SIGHUP reloads the TLS
+//! certificate and key files (tls.rs).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
-use serde::Deserialize;
 
 use crate::admin::AdminAddr;
 use crate::demo::Demo;
-use crate::duration;
+use crate::knobs;
 use crate::logging::{self, LogFormat};
 use crate::shared_stats::SharedStats;
 use crate::UsageError;
@@ -20,165 +19,69 @@ use crate::UsageError;
 /// The address `serve` listens on when none is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-/// Flags of `megaconn serve`. Every one can also be set in the config file
-/// (same name, with `_` for `-`); flags override the file.
-#[derive(Debug, Args, Default)]
+/// Flags of `megaconn serve`: every knob of [`knobs::KNOBS`], plus `--config`.
+/// Every knob can also be set in the config file (same name, with `_` for
+/// `-`); flags override the file.
+#[derive(Debug, Default, Clone)]
 pub struct ServeArgs {
-    /// Address to listen on (repeatable). Default: 127.0.0.1:8080, unless
-    /// --tls-listen is given. TLS with --tls-cert/--self-signed, unless
-    /// --tls-listen says which addresses are TLS.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Vec<SocketAddr>,
-    /// Address to listen on with TLS, next to the cleartext --listen ones
-    /// (repeatable); needs --tls-cert/--tls-key or --self-signed. Config file:
-    /// `listen = ["0.0.0.0:80"]` and `tls_listen = ["0.0.0.0:443"]` mix the two.
-    #[arg(long, value_name = "ADDR")]
-    pub tls_listen: Vec<SocketAddr>,
-    /// Worker threads (one runtime and listener each). Default: number of CPUs.
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// TOML config file with any of these settings (same names with `_`, e.g.
-    /// `listen = ["0.0.0.0:80"]`, `tls_listen = ["0.0.0.0:443"]`, `tls_cert =
-    /// "cert.pem"`, `idle_timeout = "30s"`); flags win; unknown keys are errors.
-    #[arg(long, value_name = "FILE")]
+    /// The knobs given as flags, by flag name.
+    pub flags: knobs::Values,
+    /// The config file.
     pub config: Option<PathBuf>,
-    /// Time to receive a request head, e.g. 10s; `off` disables. Default: 10s.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse_timeout)]
-    pub read_header_timeout: Option<duration::Timeout>,
-    /// Time to receive a request body after its head. Default: off.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse_timeout)]
-    pub read_timeout: Option<duration::Timeout>,
-    /// Time to write one response. Default: off.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse_timeout)]
-    pub write_timeout: Option<duration::Timeout>,
-    /// Keep-alive wait for the next request. Default: 60s.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse_timeout)]
-    pub idle_timeout: Option<duration::Timeout>,
-    /// How long a keep-alive connection idles as a task before it is parked
-    /// (leaves the runtime, ~70 bytes while idle); `off` keeps every idle
-    /// connection a task (~1 KB each). Default: 2s.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse_timeout)]
-    pub park_after: Option<duration::Timeout>,
-    /// Graceful shutdown deadline. Default: 30s.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
-    pub shutdown_timeout: Option<Duration>,
-    /// Largest request head in bytes (431 above). Default: 65536.
-    #[arg(long, value_name = "BYTES")]
-    pub max_header_bytes: Option<usize>,
-    /// Most request headers (431 above). Default: 100.
-    #[arg(long, value_name = "N")]
-    pub max_headers: Option<usize>,
-    /// Largest request body in bytes (413 above). Default: 16777216.
-    #[arg(long, value_name = "BYTES")]
-    pub max_body_bytes: Option<u64>,
-    /// Most concurrent connections. Default: open-file limit minus 256.
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Listen backlog. Default: 4096.
-    #[arg(long, value_name = "N")]
-    pub backlog: Option<u32>,
-    /// New connections admitted per second (token bucket); over it they are
-    /// closed at once and counted. Default: unlimited.
-    #[arg(long, value_name = "PER_SECOND")]
-    pub accept_rate: Option<f64>,
-    /// Burst allowed by --accept-rate. Default: one second's worth.
-    #[arg(long, value_name = "N")]
-    pub accept_burst: Option<u32>,
-    /// Most concurrent connections per client IP (IPv6: per /64). Default:
-    /// unlimited.
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_ip: Option<u32>,
-    /// Disable keep-alive (one request per connection).
-    #[arg(long)]
-    pub no_keep_alive: bool,
-    /// `Server` header value to send. Default: none.
-    #[arg(long, value_name = "VALUE")]
-    pub server_header: Option<String>,
-    /// TLS certificate chain (PEM) for every --listen address (or for the
-    /// --tls-listen ones); needs --tls-key. HTTP/2 is negotiated by ALPN.
-    /// SIGHUP reloads the certificate and key files. Default: cleartext.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM) matching --tls-cert.
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-    /// Serve TLS with a throwaway self-signed certificate for localhost and
-    /// 127.0.0.1 (for trying HTTPS and HTTP/2; clients must skip verification).
-    #[arg(long)]
-    pub self_signed: bool,
-    /// Log format: human or json. Default: human.
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Admin listener (/metrics, /debug/runtime, /debug/pprof) address, or
-    /// `off`. Default: 127.0.0.1:9090, skipped with a warning if taken.
-    #[arg(long, value_name = "ADDR", value_parser = crate::admin::parse_admin)]
-    pub admin: Option<AdminAddr>,
-    /// Keep a live list of connections (peer, worker, state, age, requests) for
-    /// the admin listener's /debug/connections. Costs a few uncontended locks
-    /// per request. Default: off.
-    #[arg(long)]
-    pub debug_connections: bool,
-    /// Log one line per request (target megaconn::access: peer, method, path,
-    /// status, duration, bytes). Default: off.
-    #[arg(long)]
-    pub access_log: bool,
-    /// Worker processes under a supervisor, for hosts whose per-process
-    /// open-file limit caps connections (each process has its own listeners and
-    /// `--workers` threads). Default: 1 (no supervisor).
-    #[arg(long, value_name = "P")]
-    pub processes: Option<usize>,
     /// Internal: run as worker process N of a supervisor.
-    #[arg(long, hide = true, value_name = "N")]
     pub worker_process: Option<usize>,
 }
 
-/// The config file: the same settings as the flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    listen: Option<Vec<SocketAddr>>,
-    tls_listen: Option<Vec<SocketAddr>>,
-    workers: Option<usize>,
-    #[serde(default, with = "duration::serde_optional")]
-    read_header_timeout: Option<Option<Duration>>,
-    #[serde(default, with = "duration::serde_optional")]
-    read_timeout: Option<Option<Duration>>,
-    #[serde(default, with = "duration::serde_optional")]
-    write_timeout: Option<Option<Duration>>,
-    #[serde(default, with = "duration::serde_optional")]
-    idle_timeout: Option<Option<Duration>>,
-    #[serde(default, with = "duration::serde_optional")]
-    park_after: Option<Option<Duration>>,
-    #[serde(default, with = "duration::serde_optional")]
-    shutdown_timeout: Option<Option<Duration>>,
-    max_header_bytes: Option<usize>,
-    max_headers: Option<usize>,
-    max_body_bytes: Option<u64>,
-    max_connections: Option<usize>,
-    backlog: Option<u32>,
-    accept_rate: Option<f64>,
-    accept_burst: Option<u32>,
-    max_connections_per_ip: Option<u32>,
-    keep_alive: Option<bool>,
-    server_header: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    self_signed: Option<bool>,
-    log_format: Option<LogFormat>,
-    processes: Option<usize>,
-    admin: Option<String>,
-    debug_connections: Option<bool>,
-    access_log: Option<bool>,
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(ServeArgs {
+            flags: knobs::from_matches(m),
+            config: m.get_one::<PathBuf>("config").cloned(),
+            worker_process: m.get_one::<usize>("worker-process").copied(),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
 }
 
-impl ConfigFile {
-    /// Reads and parses a config file; errors name the file and the bad key.
-    pub fn load(path: &std::path::Path) -> Result<ConfigFile, UsageError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| UsageError(format!("cannot read config file {}: {e}", path.display())))?;
-        toml::from_str(&text)
-            .map_err(|e| UsageError(format!("invalid config file {}: {e}", path.display())))
+impl clap::Args for ServeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.arg(
+            clap::Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("TOML config file with any of these settings (the flag's name with `_` for `-`); flags win; unknown keys are errors.")
+                .long_help(format!(
+                    "TOML config file with any of these settings: the key is the flag's name with `_` for `-`, e.g.\n\n  listen = [\"0.0.0.0:80\"]\n  idle_timeout = \"30s\"\n  max_body_bytes = \"16MiB\"\n  no_keep_alive = true\n\nFlags win over the file; an unknown key is an error that names it. Durations are written {}, sizes {}.",
+                    megaconn_load::units::DURATION_HELP,
+                    megaconn_load::units::SIZE_HELP,
+                )),
+        )
+        .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
+        .arg(
+            clap::Arg::new("worker-process")
+                .long("worker-process")
+                .value_name("N")
+                .hide(true)
+                .value_parser(clap::value_parser!(usize)),
+        )
     }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// Reads a config file; errors name the file and the bad key.
+pub fn load_config(path: &std::path::Path) -> Result<knobs::Values, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read config file {}: {e}", path.display())))?;
+    knobs::parse_file(&text)
+        .map_err(|e| UsageError(format!("invalid config file {}: {e}", path.display())))
 }
 
 /// Settings resolved from flags over file over defaults.
@@ -194,148 +97,71 @@ pub struct Resolved {
     pub admin: Option<AdminAddr>,
     /// The TLS certificate's source, for SIGHUP; `None`: cleartext only.
     pub tls: Option<crate::tls::ServeTls>,
+    /// Every listen address, cleartext and TLS.
+    pub addrs: Vec<SocketAddr>,
 }
 
-/// Merges flags over the config file.
+/// Merges flags over the config file over the defaults.
 pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     let file = match &args.config {
-        Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::default(),
+        Some(path) => load_config(path)?,
+        None => knobs::Values::new(),
     };
-    let tls_listen = if !args.tls_listen.is_empty() {
-        args.tls_listen.clone()
-    } else {
-        file.tls_listen.clone().unwrap_or_default()
-    };
-    let listen = if !args.listen.is_empty() {
-        args.listen.clone()
-    } else if let Some(listen) = file.listen.clone().filter(|l| !l.is_empty()) {
-        listen
-    } else if !tls_listen.is_empty() {
-        // Only TLS listeners were asked for.
-        Vec::new()
-    } else {
-        vec![DEFAULT_LISTEN.parse().expect("valid default address")]
-    };
-    let mut b = megaconn::Server::builder();
-    for addr in listen {
+    let settings = knobs::apply(&args.flags, &file).map_err(UsageError)?;
+    let knobs::Settings {
+        builder: mut b,
+        mut listen,
+        tls_listen,
+        tls_cert,
+        tls_key,
+        self_signed,
+        accept_rate,
+        accept_burst,
+        log_format,
+        processes,
+        admin,
+    } = settings;
+    if listen.is_empty() && tls_listen.is_empty() {
+        listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
+    }
+    for &addr in &listen {
         b = b.listen_on(addr);
     }
-    if let Some(n) = args.workers.or(file.workers) {
-        if n == 0 {
-            return Err(UsageError("workers must be at least 1".into()));
-        }
-        b = b.workers(n);
-    }
-    if let Some(t) = args
-        .read_header_timeout
-        .map(|t| t.0)
-        .or(file.read_header_timeout)
-    {
-        b = b.read_header_timeout(t);
-    }
-    if let Some(t) = args.read_timeout.map(|t| t.0).or(file.read_timeout) {
-        b = b.read_timeout(t);
-    }
-    if let Some(t) = args.write_timeout.map(|t| t.0).or(file.write_timeout) {
-        b = b.write_timeout(t);
-    }
-    if let Some(t) = args.idle_timeout.map(|t| t.0).or(file.idle_timeout) {
-        b = b.idle_timeout(t);
-    }
-    if let Some(t) = args.park_after.map(|t| t.0).or(file.park_after) {
-        b = b.park_idle_after(t);
-    }
-    match (args.shutdown_timeout, file.shutdown_timeout) {
-        (Some(t), _) | (None, Some(Some(t))) => b = b.shutdown_timeout(t),
-        (None, Some(None)) => b = b.shutdown_timeout(Duration::ZERO),
-        (None, None) => {}
-    }
-    if let Some(n) = args.max_header_bytes.or(file.max_header_bytes) {
-        b = b.max_header_bytes(n);
-    }
-    if let Some(n) = args.max_headers.or(file.max_headers) {
-        b = b.max_headers(n);
-    }
-    if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
-        b = b.max_body_bytes(n);
-    }
-    if let Some(n) = args.max_connections.or(file.max_connections) {
-        b = b.max_connections(n);
-    }
-    if let Some(n) = args.backlog.or(file.backlog) {
-        b = b.backlog(n);
-    }
-    if let Some(rate) = args.accept_rate.or(file.accept_rate) {
-        if rate.is_nan() || rate <= 0.0 {
-            return Err(UsageError(
-                "accept_rate must be a positive number of connections per second".into(),
-            ));
-        }
-        let burst = args
-            .accept_burst
-            .or(file.accept_burst)
-            .unwrap_or(rate.ceil() as u32);
+    if let Some(rate) = accept_rate {
         b = b.accept_rate(Some(megaconn::AcceptRate {
             per_second: rate,
-            burst,
+            burst: accept_burst.unwrap_or(rate.ceil() as u32),
         }));
-    }
-    if let Some(n) = args.max_connections_per_ip.or(file.max_connections_per_ip) {
-        b = b.max_connections_per_ip(Some(n));
-    }
-    if args.debug_connections || file.debug_connections == Some(true) {
-        b = b.track_connections(true);
-    }
-    if args.access_log || file.access_log == Some(true) {
-        b = b.access_log(true);
-    }
-    if args.no_keep_alive || file.keep_alive == Some(false) {
-        b = b.keep_alive(false);
-    }
-    if let Some(v) = args
-        .server_header
-        .as_deref()
-        .or(file.server_header.as_deref())
-    {
-        b = b.server_header(Some(v));
     }
     let (mut b, tls) = crate::tls::apply(
         b,
         crate::tls::TlsArgs {
-            cert: args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
-            key: args.tls_key.as_ref().or(file.tls_key.as_ref()),
-            self_signed: args.self_signed || file.self_signed == Some(true),
+            cert: tls_cert.as_ref(),
+            key: tls_key.as_ref(),
+            self_signed,
             listen: &tls_listen,
         },
     )?;
-    let processes = args.processes.or(file.processes).unwrap_or(1);
-    if processes == 0 {
-        return Err(UsageError("processes must be at least 1".into()));
-    }
     if args.worker_process.is_some() {
         // A worker process shares its ports with its siblings on purpose.
         b = b.reuse_port_shared(true);
     }
-    let admin = match (args.admin, file.admin.as_deref()) {
-        (Some(a), _) => Some(a),
-        (None, Some(a)) => Some(crate::admin::parse_admin(a).map_err(UsageError)?),
-        (None, None) => None,
-    };
     Ok(Resolved {
         admin,
         tls,
         builder: b,
-        log_format: args
-            .log_format
-            .or(file.log_format)
-            .unwrap_or(LogFormat::Human),
-        processes,
+        log_format: log_format.unwrap_or(LogFormat::Human),
+        processes: processes.unwrap_or(1),
+        addrs: listen.into_iter().chain(tls_listen).collect(),
     })
 }
 
 /// Runs `megaconn serve`: one server process, or a supervisor of several.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let inherited = crate::activation::take_from_env().map_err(UsageError)?;
+    if !inherited.is_empty() {
+        return Err(UsageError(crate::activation::unsupported(&inherited)).into());
+    }
     let resolved = resolve(&args)?;
     if resolved.processes > 1 && args.worker_process.is_none() {
         return crate::supervisor::run(args, serve_argv(), resolved.processes);
@@ -523,12 +349,18 @@ mod tests {
             "--park-after",
             "500ms",
         ]);
-        assert_eq!(a.listen.len(), 2);
-        assert_eq!(a.workers, Some(3));
-        assert_eq!(a.idle_timeout.map(|t| t.0), Some(None));
         assert_eq!(
-            a.park_after.map(|t| t.0),
-            Some(Some(Duration::from_millis(500)))
+            a.flags["listen"],
+            knobs::Value::Addrs(vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "[::1]:2".parse().unwrap()
+            ])
+        );
+        assert_eq!(a.flags["workers"], knobs::Value::Count(3));
+        assert_eq!(a.flags["idle-timeout"], knobs::Value::Duration(None));
+        assert_eq!(
+            a.flags["park-after"],
+            knobs::Value::Duration(Some(Duration::from_millis(500)))
         );
     }
 
@@ -537,7 +369,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("megaconn.toml");
         std::fs::write(&path, "workers = 2\nidle_timeuot = \"5s\"\n").unwrap();
-        let err = ConfigFile::load(&path).unwrap_err();
+        let err = load_config(&path).unwrap_err();
         assert!(err.0.contains("idle_timeuot"), "{}", err.0);
     }
 
@@ -553,21 +385,25 @@ mod tests {
             .nth(1)
             .and_then(|s| s.split("```").next())
             .expect("the section has a TOML example");
-        let file: ConfigFile = toml::from_str(example).unwrap();
-        assert_eq!(file.tls_listen.map(|l| l.len()), Some(1));
+        let file = knobs::parse_file(example).unwrap();
+        assert!(matches!(&file["tls-listen"], knobs::Value::Addrs(a) if a.len() == 1));
     }
 
     #[test]
     fn tls_listen_adds_tls_listeners_next_to_cleartext_ones() {
-        let mut a = parse(&["--listen", "127.0.0.1:1", "--tls-listen", "127.0.0.1:2"]);
-        a.self_signed = true;
+        let a = parse(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--tls-listen",
+            "127.0.0.1:2",
+            "--self-signed",
+        ]);
         let r = resolve(&a).unwrap();
         let dbg = format!("{:?}", r.builder);
         assert!(dbg.contains("127.0.0.1:1"), "{dbg}");
         assert!(dbg.contains("tls_listeners: [1]"), "{dbg}");
         // Only TLS listeners asked for: no default cleartext one.
-        let mut a = parse(&["--tls-listen", "127.0.0.1:2"]);
-        a.self_signed = true;
+        let a = parse(&["--tls-listen", "127.0.0.1:2", "--self-signed"]);
         let dbg = format!("{:?}", resolve(&a).unwrap().builder);
         assert!(!dbg.contains(DEFAULT_LISTEN), "{dbg}");
         assert!(dbg.contains("tls_listeners: [0]"), "{dbg}");
@@ -592,5 +428,42 @@ mod tests {
         assert!(dbg.contains("workers: 4"), "{dbg}");
         assert!(dbg.contains("127.0.0.1:9"), "{dbg}");
         assert!(dbg.contains("idle_timeout: Some(5s)"), "{dbg}");
+        assert_eq!(r.addrs, ["127.0.0.1:9".parse().unwrap()]);
+    }
+
+    /// Every knob's example resolves into a server configuration (with the
+    /// other knobs it needs), TLS files included.
+    #[test]
+    fn every_knob_example_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string()];
+        let generated = rcgen::generate_simple_self_signed(names).unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        for knob in knobs::KNOBS {
+            let mut argv = vec![format!("--{}", knob.name)];
+            match knob.name {
+                "tls-cert" | "tls-key" => {
+                    argv = vec![
+                        "--tls-cert".into(),
+                        cert.into(),
+                        "--tls-key".into(),
+                        key.into(),
+                    ]
+                }
+                "tls-listen" => argv.extend([knob.example.into(), "--self-signed".into()]),
+                "accept-burst" => {
+                    argv.extend([knob.example.into(), "--accept-rate".into(), "10".into()])
+                }
+                _ if knob.shape != knobs::Shape::Switch => argv.push(knob.example.into()),
+                _ => {}
+            }
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let r = resolve(&parse(&argv)).unwrap_or_else(|e| panic!("--{}: {e}", knob.name));
+            assert!(!r.addrs.is_empty());
+        }
     }
 }

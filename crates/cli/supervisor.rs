@@ -59,12 +59,7 @@ struct Worker {
 pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Result<()> {
     let resolved = serve::resolve(&args)?;
     crate::logging::init(resolved.log_format);
-    if args
-        .listen
-        .iter()
-        .chain(&args.tls_listen)
-        .any(|a| a.port() == 0)
-    {
+    if resolved.addrs.iter().any(|a| a.port() == 0) {
         return Err(UsageError(
             "--processes needs explicit ports (port 0 would differ per process)".into(),
         )

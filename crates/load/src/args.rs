@@ -1,4 +1,5 @@
-//! Parsing of command-line values shared by `load` and `hold`: durations, targets
+//! Parsing of command-line values shared by `load` and `hold`: durations (the
+//! grammar itself is in [`crate::units`], shared with `serve`), targets
 //! (`http://…` and `https://…` URLs and `tcp://ADDR`), source-address ranges, headers, bodies and
 //! escaped heartbeat lines.
 
@@ -7,32 +8,10 @@ use std::time::Duration;
 
 use crate::error::LoadError;
 
-/// Parses `10s`, `1m`, `500ms`, `2h`, `1.5s`, `250us` or a bare number of seconds.
+/// Parses a duration in the shared grammar ([`crate::units`]): `10s`, `30sec`,
+/// `1m`, `500ms`, `2h`, `1.5s`, `250us` or a bare number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; use e.g. 10s, 1m, 500ms"))?;
-    let secs = match unit.trim() {
-        "" | "s" | "sec" | "secs" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "m" | "min" | "mins" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?}; use us, ms, s, m or h"
-            ))
-        }
-    };
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    crate::units::parse_duration(s)
 }
 
 /// What kind of target a run talks to.
@@ -226,6 +205,7 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("30sec").unwrap(), Duration::from_secs(30));
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("s").is_err());
     }

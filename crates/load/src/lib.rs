@@ -14,7 +14,8 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | `args` | parsing of durations, targets, source ranges, headers, bodies |
+//! | `args` | parsing of targets, source ranges, headers, bodies (durations via `units`) |
+//! | [`units`] | the duration and size grammar shared with `megaconn serve` |
 //! | `load` | [`LoadArgs`] and the `load` driver (threads, runtimes, aggregation) |
 //! | `conn` | a `load` connection's reconnect loop; the lean HTTP/1.1 exchange: pre-rendered requests, reused buffers |
 //! | `h2conn` | the HTTP/2 exchange (`--http2`): concurrent streams on one connection |
@@ -50,6 +51,7 @@ mod sessions;
 mod sys;
 mod tls;
 mod transport;
+pub mod units;
 
 pub use error::LoadError;
 pub use histogram::Percentiles;

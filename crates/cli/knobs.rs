@@ -1,0 +1,978 @@
+//! Every `megaconn serve` knob, defined once.
+//!
+//! A [`Knob`] is one row of [`KNOBS`]: its flag name, help, default, an example
+//! value, how its value is parsed and what it does to the [`Settings`]. From that
+//! one row come the `--flag` (clap), the config-file key (the flag's name with
+//! `_` for `-`) and the `--help` text, so a new knob is one new row and cannot be
+//! forgotten in one of them. (ripgrep's `crates/core/flags/defs.rs` is the model.)
+//!
+//! Values use the grammar shared with `load` and `hold`
+//! ([`megaconn_load::units`]): durations like `500ms`, `30s`, `1m`, `2h` (`off`
+//! where a knob can be disabled), sizes like `64KiB`, `16MiB` or plain bytes. A
+//! config-file value is parsed by the very same function as the flag's value:
+//! strings and numbers are read as if typed after the flag.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Arg, ArgAction, ArgMatches};
+use megaconn::Builder;
+use megaconn_load::units;
+
+use crate::admin::{self, AdminAddr};
+use crate::logging::LogFormat;
+
+/// A knob's parsed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A duration; `None` is `off`.
+    Duration(Option<Duration>),
+    /// A size in bytes.
+    Size(u64),
+    /// A count.
+    Count(u64),
+    /// A positive rate.
+    Rate(f64),
+    /// A switch.
+    Switch(bool),
+    /// Socket addresses (a repeatable flag, a list in the file).
+    Addrs(Vec<SocketAddr>),
+    /// A file.
+    Path(PathBuf),
+    /// Free text.
+    Text(String),
+    /// The admin listener.
+    Admin(AdminAddr),
+    /// The log format.
+    LogFormat(LogFormat),
+}
+
+/// How a knob is written on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `--name VALUE`; `name = VALUE` in the file.
+    One,
+    /// `--name VALUE`, repeatable; `name = [VALUE, …]` in the file.
+    Repeated,
+    /// `--name` alone; `name = true` in the file.
+    Switch,
+}
+
+/// One `serve` knob: its flag, config key and help all come from here.
+pub struct Knob {
+    /// The long flag's name (`idle-timeout`); the config key is this with `_`.
+    pub name: &'static str,
+    /// The placeholder in help (`DURATION`); unused for switches.
+    pub value_name: &'static str,
+    /// How it is written.
+    pub shape: Shape,
+    /// One sentence of help.
+    pub help: &'static str,
+    /// More help for `--help` (may be empty).
+    pub details: &'static str,
+    /// The default, as help shows it.
+    pub default: &'static str,
+    /// A valid value that differs from the default (tests, help's config line).
+    pub example: &'static str,
+    /// Parses one value, from the flag or from the file.
+    pub parse: fn(&str) -> Result<Value, String>,
+    /// Applies the value.
+    pub apply: fn(Value, &mut Settings) -> Result<(), String>,
+}
+
+/// What the knobs set: the builder, plus the settings that are resolved
+/// together afterwards (listeners and TLS, the accept rate and its burst) or
+/// belong to the CLI rather than the library.
+#[derive(Debug, Default)]
+pub struct Settings {
+    /// The library's knobs.
+    pub builder: Builder,
+    /// `--listen` addresses.
+    pub listen: Vec<SocketAddr>,
+    /// `--tls-listen` addresses.
+    pub tls_listen: Vec<SocketAddr>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--self-signed`.
+    pub self_signed: bool,
+    /// `--accept-rate`.
+    pub accept_rate: Option<f64>,
+    /// `--accept-burst`.
+    pub accept_burst: Option<u32>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// `--processes`.
+    pub processes: Option<usize>,
+    /// `--admin`.
+    pub admin: Option<AdminAddr>,
+}
+
+impl Settings {
+    fn builder(&mut self, f: impl FnOnce(Builder) -> Builder) -> Result<(), String> {
+        self.builder = f(std::mem::take(&mut self.builder));
+        Ok(())
+    }
+}
+
+impl Knob {
+    /// The config-file key: the flag's name with `_` for `-`.
+    pub fn key(&self) -> String {
+        self.name.replace('-', "_")
+    }
+
+    /// The example as a config-file line.
+    pub fn example_line(&self) -> String {
+        let value = match self.shape {
+            Shape::Switch => "true".to_string(),
+            Shape::Repeated => format!("[{:?}]", self.example),
+            Shape::One if self.example.parse::<f64>().is_ok() => self.example.to_string(),
+            Shape::One => format!("{:?}", self.example),
+        };
+        format!("{} = {value}", self.key())
+    }
+
+    /// The text of `--help` for this knob.
+    pub fn long_help(&self) -> String {
+        let mut text = self.help.to_string();
+        if !self.details.is_empty() {
+            text.push(' ');
+            text.push_str(self.details);
+        }
+        text.push_str(&format!(
+            "\n\nDefault: {}. Config file key: {}, e.g. {}",
+            self.default,
+            self.key(),
+            self.example_line()
+        ));
+        text
+    }
+
+    /// The clap argument.
+    pub fn arg(&'static self) -> Arg {
+        let arg = Arg::new(self.name)
+            .long(self.name)
+            .help(format!("{} Default: {}.", self.help, self.default))
+            .long_help(self.long_help());
+        match self.shape {
+            Shape::Switch => arg.action(ArgAction::SetTrue),
+            Shape::One | Shape::Repeated => arg
+                .value_name(self.value_name)
+                .action(if self.shape == Shape::One {
+                    ArgAction::Set
+                } else {
+                    ArgAction::Append
+                })
+                .value_parser(move |s: &str| (self.parse)(s)),
+        }
+    }
+
+    /// The value given on the command line, if any.
+    fn given_in(&self, m: &ArgMatches) -> Option<Value> {
+        match self.shape {
+            Shape::Switch => m.get_flag(self.name).then_some(Value::Switch(true)),
+            Shape::One => m.get_one::<Value>(self.name).cloned(),
+            Shape::Repeated => {
+                let values = m.get_many::<Value>(self.name)?;
+                Some(Value::Addrs(
+                    values
+                        .flat_map(|v| match v {
+                            Value::Addrs(a) => a.clone(),
+                            _ => Vec::new(),
+                        })
+                        .collect(),
+                ))
+            }
+        }
+    }
+
+    /// The value of this knob's key in a config file.
+    pub fn value_of_toml(&self, v: &toml::Value) -> Result<Value, String> {
+        use toml::Value as T;
+        let what = match self.shape {
+            Shape::Switch => "true or false",
+            Shape::Repeated => "a list of strings",
+            Shape::One => "a string or a number",
+        };
+        match (self.shape, v) {
+            (Shape::Switch, T::Boolean(b)) => Ok(Value::Switch(*b)),
+            (Shape::Repeated, T::Array(items)) => {
+                let mut all = Vec::new();
+                for item in items {
+                    let T::String(s) = item else {
+                        return Err(format!("expected {what}"));
+                    };
+                    if let Value::Addrs(a) = (self.parse)(s)? {
+                        all.extend(a);
+                    }
+                }
+                Ok(Value::Addrs(all))
+            }
+            (Shape::Repeated | Shape::One, T::String(s)) => (self.parse)(s),
+            (Shape::One, T::Integer(i)) => (self.parse)(&i.to_string()),
+            (Shape::One, T::Float(f)) => (self.parse)(&f.to_string()),
+            _ => Err(format!("expected {what}")),
+        }
+    }
+}
+
+/// The knob a config key names.
+pub fn by_key(key: &str) -> Option<&'static Knob> {
+    KNOBS
+        .iter()
+        .find(|k| k.name.len() == key.len() && k.key() == key)
+}
+
+// Parsers: one per kind of value, shared by flags and the file.
+
+fn duration_or_off(s: &str) -> Result<Value, String> {
+    units::parse_duration_or_off(s).map(Value::Duration)
+}
+
+fn size(s: &str) -> Result<Value, String> {
+    units::parse_size(s).map(Value::Size)
+}
+
+fn count(s: &str) -> Result<Value, String> {
+    s.trim()
+        .replace('_', "")
+        .parse::<u64>()
+        .map(Value::Count)
+        .map_err(|_| format!("invalid number {s:?}: a whole number like 4 or 100000"))
+}
+
+fn rate(s: &str) -> Result<Value, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(Value::Rate(r)),
+        _ => Err(format!(
+            "invalid rate {s:?}: a positive number of connections per second"
+        )),
+    }
+}
+
+fn addr(s: &str) -> Result<Value, String> {
+    s.trim()
+        .parse::<SocketAddr>()
+        .map(|a| Value::Addrs(vec![a]))
+        .map_err(|_| format!("invalid address {s:?}: write IP:PORT, e.g. 0.0.0.0:80 or [::]:80"))
+}
+
+fn path(s: &str) -> Result<Value, String> {
+    Ok(Value::Path(PathBuf::from(s)))
+}
+
+fn text(s: &str) -> Result<Value, String> {
+    Ok(Value::Text(s.to_string()))
+}
+
+fn switch(s: &str) -> Result<Value, String> {
+    s.parse::<bool>()
+        .map(Value::Switch)
+        .map_err(|_| format!("expected true or false, not {s:?}"))
+}
+
+fn admin_addr(s: &str) -> Result<Value, String> {
+    admin::parse_admin(s).map(Value::Admin)
+}
+
+fn log_format(s: &str) -> Result<Value, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "human" => Ok(Value::LogFormat(LogFormat::Human)),
+        "json" => Ok(Value::LogFormat(LogFormat::Json)),
+        _ => Err(format!("invalid log format {s:?}: human or json")),
+    }
+}
+
+// Accessors for `apply`: each knob's parser decides the variant, and the
+// per-knob test runs every `apply`, so a mismatch cannot ship.
+
+impl Value {
+    fn duration(self) -> Option<Duration> {
+        match self {
+            Value::Duration(d) => d,
+            other => unreachable!("not a duration: {other:?}"),
+        }
+    }
+
+    fn bytes(self) -> u64 {
+        match self {
+            Value::Size(n) => n,
+            other => unreachable!("not a size: {other:?}"),
+        }
+    }
+
+    fn count<T: TryFrom<u64>>(self) -> Result<T, String> {
+        match self {
+            Value::Count(n) => T::try_from(n).map_err(|_| format!("{n} is too large")),
+            other => unreachable!("not a count: {other:?}"),
+        }
+    }
+
+    fn on(self) -> bool {
+        match self {
+            Value::Switch(b) => b,
+            other => unreachable!("not a switch: {other:?}"),
+        }
+    }
+
+    fn addrs(self) -> Vec<SocketAddr> {
+        match self {
+            Value::Addrs(a) => a,
+            other => unreachable!("not addresses: {other:?}"),
+        }
+    }
+
+    fn path(self) -> PathBuf {
+        match self {
+            Value::Path(p) => p,
+            other => unreachable!("not a path: {other:?}"),
+        }
+    }
+}
+
+fn at_least_one(n: usize, what: &str) -> Result<usize, String> {
+    if n == 0 {
+        return Err(format!("{what} must be at least 1"));
+    }
+    Ok(n)
+}
+
+/// Every `serve` knob, in `--help` order.
+pub static KNOBS: &[Knob] = &[
+    Knob {
+        name: "listen",
+        value_name: "ADDR",
+        shape: Shape::Repeated,
+        help: "Address to listen on (repeatable).",
+        details: "TLS with --tls-cert/--self-signed, unless --tls-listen says which addresses are TLS.",
+        default: "127.0.0.1:8080, unless --tls-listen is given",
+        example: "0.0.0.0:80",
+        parse: addr,
+        apply: |v, s| {
+            s.listen.extend(v.addrs());
+            Ok(())
+        },
+    },
+    Knob {
+        name: "tls-listen",
+        value_name: "ADDR",
+        shape: Shape::Repeated,
+        help: "Address to listen on with TLS, next to the cleartext --listen ones (repeatable).",
+        details: "Needs --tls-cert/--tls-key or --self-signed.",
+        default: "none",
+        example: "0.0.0.0:443",
+        parse: addr,
+        apply: |v, s| {
+            s.tls_listen.extend(v.addrs());
+            Ok(())
+        },
+    },
+    Knob {
+        name: "workers",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Worker threads (one runtime and listener each).",
+        details: "",
+        default: "the number of CPUs",
+        example: "7",
+        parse: count,
+        apply: |v, s| {
+            let n = at_least_one(v.count()?, "workers")?;
+            s.builder(|b| b.workers(n))
+        },
+    },
+    Knob {
+        name: "read-header-timeout",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Time to receive a request head; off disables.",
+        details: "Counted from accept, or from the first byte of the next keep-alive request.",
+        default: "10s",
+        example: "3s",
+        parse: duration_or_off,
+        apply: |v, s| s.builder(|b| b.read_header_timeout(v.duration())),
+    },
+    Knob {
+        name: "read-timeout",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Time to receive a request body after its head; off disables.",
+        details: "",
+        default: "off",
+        example: "30s",
+        parse: duration_or_off,
+        apply: |v, s| s.builder(|b| b.read_timeout(v.duration())),
+    },
+    Knob {
+        name: "write-timeout",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Time to write one response; off disables.",
+        details: "",
+        default: "off",
+        example: "30s",
+        parse: duration_or_off,
+        apply: |v, s| s.builder(|b| b.write_timeout(v.duration())),
+    },
+    Knob {
+        name: "idle-timeout",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Keep-alive wait for the next request; off disables.",
+        details: "",
+        default: "60s",
+        example: "5m",
+        parse: duration_or_off,
+        apply: |v, s| s.builder(|b| b.idle_timeout(v.duration())),
+    },
+    Knob {
+        name: "park-after",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "How long a keep-alive connection idles as a task before it is parked.",
+        details: "A parked connection leaves the runtime and costs ~70 bytes while idle; off keeps every idle connection a task (~1 KB each).",
+        default: "2s",
+        example: "500ms",
+        parse: duration_or_off,
+        apply: |v, s| s.builder(|b| b.park_idle_after(v.duration())),
+    },
+    Knob {
+        name: "shutdown-timeout",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Graceful shutdown deadline; off (or 0) force-closes at once.",
+        details: "",
+        default: "30s",
+        example: "1m",
+        parse: duration_or_off,
+        apply: |v, s| {
+            let t = v.duration().unwrap_or(Duration::ZERO);
+            s.builder(|b| b.shutdown_timeout(t))
+        },
+    },
+    Knob {
+        name: "max-header-bytes",
+        value_name: "SIZE",
+        shape: Shape::One,
+        help: "Largest request head (431 above), e.g. 64KiB.",
+        details: "",
+        default: "64KiB",
+        example: "16KiB",
+        parse: size,
+        apply: |v, s| {
+            let n = usize::try_from(v.bytes()).map_err(|_| "too large".to_string())?;
+            s.builder(|b| b.max_header_bytes(n))
+        },
+    },
+    Knob {
+        name: "max-headers",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Most request headers (431 above).",
+        details: "",
+        default: "100",
+        example: "50",
+        parse: count,
+        apply: |v, s| {
+            let n = v.count()?;
+            s.builder(|b| b.max_headers(n))
+        },
+    },
+    Knob {
+        name: "max-body-bytes",
+        value_name: "SIZE",
+        shape: Shape::One,
+        help: "Largest request body (413 above), e.g. 16MiB.",
+        details: "",
+        default: "16MiB",
+        example: "1GiB",
+        parse: size,
+        apply: |v, s| {
+            let n = v.bytes();
+            s.builder(|b| b.max_body_bytes(n))
+        },
+    },
+    Knob {
+        name: "max-connections",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Most concurrent connections.",
+        details: "At the limit the server stops accepting until one closes.",
+        default: "the open-file limit minus 256",
+        example: "1000000",
+        parse: count,
+        apply: |v, s| {
+            let n = at_least_one(v.count()?, "max_connections")?;
+            s.builder(|b| b.max_connections(n))
+        },
+    },
+    Knob {
+        name: "backlog",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Listen backlog (capped by net.core.somaxconn).",
+        details: "",
+        default: "4096",
+        example: "65535",
+        parse: count,
+        apply: |v, s| {
+            let n = v.count()?;
+            s.builder(|b| b.backlog(n))
+        },
+    },
+    Knob {
+        name: "accept-rate",
+        value_name: "PER_SECOND",
+        shape: Shape::One,
+        help: "New connections admitted per second (token bucket).",
+        details: "Over it they are closed at once and counted.",
+        default: "unlimited",
+        example: "5000",
+        parse: rate,
+        apply: |v, s| {
+            let Value::Rate(r) = v else {
+                unreachable!("not a rate: {v:?}")
+            };
+            s.accept_rate = Some(r);
+            Ok(())
+        },
+    },
+    Knob {
+        name: "accept-burst",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Burst allowed by --accept-rate.",
+        details: "",
+        default: "one second's worth",
+        example: "100",
+        parse: count,
+        apply: |v, s| {
+            s.accept_burst = Some(v.count()?);
+            Ok(())
+        },
+    },
+    Knob {
+        name: "max-connections-per-ip",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Most concurrent connections per client IP (IPv6: per /64).",
+        details: "",
+        default: "unlimited",
+        example: "1000",
+        parse: count,
+        apply: |v, s| {
+            let n = v.count()?;
+            s.builder(|b| b.max_connections_per_ip(Some(n)))
+        },
+    },
+    Knob {
+        name: "no-keep-alive",
+        value_name: "",
+        shape: Shape::Switch,
+        help: "Disable keep-alive (one request per connection).",
+        details: "",
+        default: "keep-alive on",
+        example: "",
+        parse: switch,
+        apply: |v, s| {
+            let off = v.on();
+            s.builder(|b| b.keep_alive(!off))
+        },
+    },
+    Knob {
+        name: "server-header",
+        value_name: "VALUE",
+        shape: Shape::One,
+        help: "`Server` header value to send.",
+        details: "",
+        default: "none",
+        example: "megaconn",
+        parse: text,
+        apply: |v, s| {
+            let Value::Text(t) = v else {
+                unreachable!("not text: {v:?}")
+            };
+            s.builder(|b| b.server_header(Some(&t)))
+        },
+    },
+    Knob {
+        name: "tls-cert",
+        value_name: "FILE",
+        shape: Shape::One,
+        help: "TLS certificate chain (PEM) for every --listen address (or for the --tls-listen ones); needs --tls-key.",
+        details: "HTTP/2 is negotiated by ALPN. SIGHUP reloads the certificate and key files.",
+        default: "cleartext",
+        example: "/etc/megaconn/fullchain.pem",
+        parse: path,
+        apply: |v, s| {
+            s.tls_cert = Some(v.path());
+            Ok(())
+        },
+    },
+    Knob {
+        name: "tls-key",
+        value_name: "FILE",
+        shape: Shape::One,
+        help: "TLS private key (PEM) matching --tls-cert.",
+        details: "",
+        default: "none",
+        example: "/etc/megaconn/key.pem",
+        parse: path,
+        apply: |v, s| {
+            s.tls_key = Some(v.path());
+            Ok(())
+        },
+    },
+    Knob {
+        name: "self-signed",
+        value_name: "",
+        shape: Shape::Switch,
+        help: "Serve TLS with a throwaway self-signed certificate for localhost and 127.0.0.1.",
+        details: "For trying HTTPS and HTTP/2; clients must skip verification.",
+        default: "off",
+        example: "",
+        parse: switch,
+        apply: |v, s| {
+            s.self_signed = v.on();
+            Ok(())
+        },
+    },
+    Knob {
+        name: "log-format",
+        value_name: "FORMAT",
+        shape: Shape::One,
+        help: "Log format: human or json.",
+        details: "",
+        default: "human",
+        example: "json",
+        parse: log_format,
+        apply: |v, s| {
+            let Value::LogFormat(f) = v else {
+                unreachable!("not a log format: {v:?}")
+            };
+            s.log_format = Some(f);
+            Ok(())
+        },
+    },
+    Knob {
+        name: "admin",
+        value_name: "ADDR",
+        shape: Shape::One,
+        help: "Admin listener (/metrics, /debug/runtime, /debug/pprof) address, or off.",
+        details: "If the default address is taken, the admin listener is skipped with a warning.",
+        default: "127.0.0.1:9090",
+        example: "0.0.0.0:9090",
+        parse: admin_addr,
+        apply: |v, s| {
+            let Value::Admin(a) = v else {
+                unreachable!("not an admin address: {v:?}")
+            };
+            s.admin = Some(a);
+            Ok(())
+        },
+    },
+    Knob {
+        name: "debug-connections",
+        value_name: "",
+        shape: Shape::Switch,
+        help: "Keep a live list of connections (peer, worker, state, age, requests) for the admin listener's /debug/connections.",
+        details: "Costs a few uncontended locks per request.",
+        default: "off",
+        example: "",
+        parse: switch,
+        apply: |v, s| {
+            let on = v.on();
+            s.builder(|b| b.track_connections(on))
+        },
+    },
+    Knob {
+        name: "access-log",
+        value_name: "",
+        shape: Shape::Switch,
+        help: "Log one line per request (target megaconn::access: peer, method, path, status, duration, bytes).",
+        details: "",
+        default: "off",
+        example: "",
+        parse: switch,
+        apply: |v, s| {
+            let on = v.on();
+            s.builder(|b| b.access_log(on))
+        },
+    },
+    Knob {
+        name: "processes",
+        value_name: "P",
+        shape: Shape::One,
+        help: "Worker processes under a supervisor, for hosts whose per-process open-file limit caps connections.",
+        details: "Each process has its own listeners and --workers threads.",
+        default: "1 (no supervisor)",
+        example: "4",
+        parse: count,
+        apply: |v, s| {
+            s.processes = Some(at_least_one(v.count()?, "processes")?);
+            Ok(())
+        },
+    },
+];
+
+/// Config keys kept from earlier releases: `keep_alive = false` is
+/// `no_keep_alive = true`.
+fn legacy_key(key: &str, v: &toml::Value) -> Option<Result<(&'static Knob, Value), String>> {
+    (key == "keep_alive").then(|| {
+        let knob = by_key("no_keep_alive").expect("no-keep-alive is a knob");
+        match v {
+            toml::Value::Boolean(b) => Ok((knob, Value::Switch(!b))),
+            _ => Err("expected true or false".to_string()),
+        }
+    })
+}
+
+/// Knob values by flag name.
+pub type Values = BTreeMap<&'static str, Value>;
+
+/// Parses a config file's text: every key must be a knob's.
+pub fn parse_file(text: &str) -> Result<Values, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let mut values = Values::new();
+    for (key, v) in &table {
+        let (knob, value) = match legacy_key(key, v) {
+            Some(r) => r.map_err(|e| format!("key `{key}`: {e}"))?,
+            None => {
+                let knob = by_key(key).ok_or_else(|| {
+                    format!("unknown key `{key}` (keys are the serve flags' names with `_` for `-`, see `megaconn serve --help`)")
+                })?;
+                let value = knob
+                    .value_of_toml(v)
+                    .map_err(|e| format!("key `{key}`: {e}"))?;
+                (knob, value)
+            }
+        };
+        values.insert(knob.name, value);
+    }
+    Ok(values)
+}
+
+/// The knob values given as flags.
+pub fn from_matches(m: &ArgMatches) -> Values {
+    KNOBS
+        .iter()
+        .filter_map(|k| Some((k.name, k.given_in(m)?)))
+        .collect()
+}
+
+/// Applies flag values over file values over defaults.
+pub fn apply(flags: &Values, file: &Values) -> Result<Settings, String> {
+    let mut settings = Settings::default();
+    for knob in KNOBS {
+        if let Some(v) = flags.get(knob.name).or_else(|| file.get(knob.name)) {
+            (knob.apply)(v.clone(), &mut settings)?;
+        }
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: crate::serve::ServeArgs,
+    }
+
+    fn flags(argv: &[&str]) -> Result<Values, clap::Error> {
+        Wrapper::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
+            .map(|w| w.args.flags)
+    }
+
+    fn argv(knob: &Knob) -> Vec<String> {
+        let mut argv = vec![format!("--{}", knob.name)];
+        if knob.shape != Shape::Switch {
+            argv.push(knob.example.to_string());
+        }
+        argv
+    }
+
+    fn squash(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// The test each knob gets: its flag parses, its config key is the flag's
+    /// name with `_` and gives the same value and the same settings, the value
+    /// changes something, and `--help` shows it.
+    #[test]
+    fn every_knob_has_a_flag_a_config_key_and_help() {
+        let help = squash(&Wrapper::command().render_long_help().to_string());
+        let short_help = squash(&Wrapper::command().render_help().to_string());
+        let default = format!("{:?}", apply(&Values::new(), &Values::new()).unwrap());
+        for knob in KNOBS {
+            let name = knob.name;
+            assert_eq!(knob.key(), name.replace('-', "_"));
+            assert!(by_key(&knob.key()).is_some_and(|k| k.name == name));
+            let argv = argv(knob);
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let from_flag = flags(&argv).unwrap_or_else(|e| panic!("--{name}: {e}"));
+            let from_file = parse_file(&knob.example_line())
+                .unwrap_or_else(|e| panic!("{}: {e}", knob.example_line()));
+            assert_eq!(from_flag.len(), 1, "--{name}");
+            assert_eq!(from_flag, from_file, "--{name} and its config key differ");
+            let by_flag = format!("{:?}", apply(&from_flag, &Values::new()).unwrap());
+            let by_file = format!("{:?}", apply(&Values::new(), &from_file).unwrap());
+            assert_eq!(by_flag, by_file, "--{name}");
+            assert_ne!(
+                by_flag, default,
+                "--{name} {} changes nothing",
+                knob.example
+            );
+            assert!(help.contains(&format!("--{name}")), "--help lacks --{name}");
+            assert!(
+                help.contains(&squash(knob.help)),
+                "--help lacks {name}'s help"
+            );
+            assert!(
+                help.contains(&squash(&format!("Default: {}.", knob.default))),
+                "--help lacks {name}'s default"
+            );
+            assert!(
+                help.contains(&squash(&knob.example_line())),
+                "--help lacks {name}'s config key"
+            );
+            assert!(
+                short_help.contains(&format!("--{name}")),
+                "-h lacks --{name}"
+            );
+        }
+    }
+
+    /// The defaults `--help` states are the library's, where it exports them.
+    #[test]
+    fn help_defaults_are_the_library_defaults() {
+        let default = |name: &str| KNOBS.iter().find(|k| k.name == name).unwrap().default;
+        for (name, value) in [
+            ("idle-timeout", megaconn::DEFAULT_IDLE_TIMEOUT),
+            ("park-after", megaconn::DEFAULT_PARK_IDLE_AFTER),
+            ("read-header-timeout", megaconn::DEFAULT_READ_HEADER_TIMEOUT),
+        ] {
+            assert_eq!(units::parse_duration(default(name)), Ok(value), "--{name}");
+        }
+        let dbg = format!("{:?}", Builder::default());
+        for (name, field) in [
+            ("max-header-bytes", "max_header_bytes"),
+            ("max-body-bytes", "max_body_bytes"),
+            ("max-headers", "max_headers"),
+            ("backlog", "backlog"),
+        ] {
+            let text = default(name);
+            let n = units::parse_size(text).unwrap();
+            assert!(
+                dbg.contains(&format!("{field}: {n},")),
+                "--{name} {text}: {dbg}"
+            );
+        }
+        assert!(dbg.contains("shutdown_timeout: 30s,"), "{dbg}");
+        assert_eq!(default("shutdown-timeout"), "30s");
+    }
+
+    #[test]
+    fn a_file_with_every_key_parses() {
+        let text: String = KNOBS.iter().map(|k| k.example_line() + "\n").collect();
+        let values = parse_file(&text).unwrap();
+        assert_eq!(values.len(), KNOBS.len());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_lists_replace() {
+        let file =
+            parse_file("workers = 2\nlisten = [\"127.0.0.1:9\"]\nidle_timeout = \"5s\"").unwrap();
+        let flags = flags(&[
+            "--workers",
+            "4",
+            "--listen",
+            "127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:2",
+        ])
+        .unwrap();
+        let s = apply(&flags, &file).unwrap();
+        let dbg = format!("{:?}", s.builder);
+        assert!(dbg.contains("workers: 4"), "{dbg}");
+        assert!(dbg.contains("idle_timeout: Some(5s)"), "{dbg}");
+        assert_eq!(s.listen.len(), 2);
+    }
+
+    #[test]
+    fn durations_and_sizes_use_the_shared_grammar() {
+        let v = flags(&[
+            "--idle-timeout",
+            "30sec",
+            "--max-body-bytes",
+            "16MiB",
+            "--max-header-bytes",
+            "65536",
+            "--read-timeout",
+            "off",
+        ])
+        .unwrap();
+        assert_eq!(
+            v["idle-timeout"],
+            Value::Duration(Some(Duration::from_secs(30)))
+        );
+        assert_eq!(v["max-body-bytes"], Value::Size(16 << 20));
+        assert_eq!(v["max-header-bytes"], Value::Size(65536));
+        assert_eq!(v["read-timeout"], Value::Duration(None));
+        // The file takes the same words, and numbers as numbers.
+        let f = parse_file("idle_timeout = \"30sec\"\nmax_body_bytes = \"16MiB\"\nmax_header_bytes = 65536\nread_timeout = \"off\"\nshutdown_timeout = 5").unwrap();
+        assert_eq!(f["idle-timeout"], v["idle-timeout"]);
+        assert_eq!(f["max-body-bytes"], v["max-body-bytes"]);
+        assert_eq!(f["max-header-bytes"], v["max-header-bytes"]);
+        assert_eq!(f["read-timeout"], v["read-timeout"]);
+        assert_eq!(
+            f["shutdown-timeout"],
+            Value::Duration(Some(Duration::from_secs(5)))
+        );
+        let err = flags(&["--idle-timeout", "soon"]).unwrap_err().to_string();
+        assert!(err.contains("10s"), "{err}");
+        let err = parse_file("max_body_bytes = \"16 parsecs\"").unwrap_err();
+        assert!(
+            err.contains("max_body_bytes") && err.contains("parsecs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_keep_alive_is_a_config_key_and_keep_alive_still_works() {
+        for text in ["no_keep_alive = true", "keep_alive = false"] {
+            let s = apply(&Values::new(), &parse_file(text).unwrap()).unwrap();
+            assert!(
+                format!("{:?}", s.builder).contains("keep_alive: false"),
+                "{text}"
+            );
+        }
+        let s = apply(&Values::new(), &parse_file("keep_alive = true").unwrap()).unwrap();
+        assert!(format!("{:?}", s.builder).contains("keep_alive: true"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, needle) in [
+            ("idle_timeuot = \"5s\"", "idle_timeuot"),
+            ("workers = \"many\"", "workers"),
+            ("listen = \"127.0.0.1:1\"", "127.0.0.1:1"),
+            ("access_log = \"yes\"", "access_log"),
+            ("config = \"x.toml\"", "config"),
+        ] {
+            match parse_file(text) {
+                Err(e) => assert!(e.contains(needle), "{text}: {e}"),
+                // A single address where a list is expected is accepted.
+                Ok(v) => assert_eq!(text, "listen = \"127.0.0.1:1\"", "{v:?}"),
+            }
+        }
+        let e = apply(&parse_file("workers = 0").unwrap(), &Values::new()).unwrap_err();
+        assert!(e.contains("workers must be at least 1"), "{e}");
+    }
+}
