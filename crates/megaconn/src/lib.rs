@@ -79,6 +79,7 @@ pub use conn::config::{
 };
 pub use conn::tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESSION_CACHE_SIZE};
 pub use conn::transport::Transport;
+pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
 pub use observe::close::{CloseReason, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};

@@ -17,13 +17,14 @@ async fn every_connection_reports_its_requests_bytes_and_close() {
         let (builder, mut events) = hooked(megaconn::Server::builder().workers(1));
         let s = mode.server(builder).await;
         let mut client = s.client().await;
-        for _ in 0..2 {
-            assert_eq!(
-                client.get("/").await,
-                (200, b"Hello, World!".to_vec()),
-                "{mode:?}"
-            );
-        }
+        assert_eq!(
+            client.get("/").await,
+            (200, b"Hello, World!".to_vec()),
+            "{mode:?}"
+        );
+        // axum's ConnectInfo<SocketAddr> and megaconn's ConnInfo, both.
+        let peer = client.local_addr().to_string().into_bytes();
+        assert_eq!(client.get("/peer").await, (200, peer), "{mode:?}");
         client.close().await;
         let closed = events.next_close().await;
         assert_eq!(closed.reason, CloseReason::ClientClosed, "{mode:?}");
@@ -119,12 +120,10 @@ async fn idle_connections_park_where_they_can_and_resume_in_their_protocol() {
                 .wait_stats("idle", |st| st.connections_idle == 1)
                 .await;
         }
-        // Woken (or still a task), the connection answers in its protocol.
-        assert_eq!(
-            client.get("/").await,
-            (200, b"Hello, World!".to_vec()),
-            "{mode:?}"
-        );
+        // Woken (or still a task), the connection answers in its protocol,
+        // and still knows its client's address (read back from the socket).
+        let peer = client.local_addr().to_string().into_bytes();
+        assert_eq!(client.get("/peer").await, (200, peer), "{mode:?}");
         if !mode.parks() {
             assert_eq!(s.server.handle.stats().connections_parked, 0, "{mode:?}");
         }

@@ -19,7 +19,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::Respawn;
 use crate::conn::socket::configure_accepted;
-use crate::conn::Incoming;
+use crate::conn::{ConnInfo, Incoming};
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::ConnTrack;
 use crate::observe::stats::incr;
@@ -114,7 +114,7 @@ pub(crate) async fn accept_loop(
                     continue;
                 }
                 configure_accepted(&stream, &ctx.config);
-                spawn_connection(Incoming::Accepted(stream), conn);
+                spawn_connection(Incoming::Accepted(stream, ConnInfo { peer, local }), conn);
             }
             Err(e) => {
                 slot = Some(held);

@@ -139,6 +139,9 @@ pub(crate) struct Config {
     pub track_connections: bool,
     /// Log one line per request (target `megaconn::access`).
     pub access_log: bool,
+    /// Hand each request its connection's addresses ([`ConnInfo`](crate::ConnInfo),
+    /// and axum's `ConnectInfo<SocketAddr>`).
+    pub connect_info: bool,
 }
 
 impl Default for Config {
@@ -174,6 +177,7 @@ impl Default for Config {
             on_connection: None,
             track_connections: false,
             access_log: false,
+            connect_info: true,
         }
     }
 }

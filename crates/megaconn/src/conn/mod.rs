@@ -20,7 +20,8 @@ pub(crate) mod tls;
 pub(crate) mod transport;
 pub(crate) mod woken;
 
-use std::os::fd::OwnedFd;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::net::TcpStream;
 
@@ -38,11 +39,33 @@ pub(crate) enum Wake {
     Timer,
 }
 
+/// The addresses of a connection, handed to services as a request extension
+/// (and as axum's `ConnectInfo<SocketAddr>` with the `axum` feature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The local address the connection arrived on.
+    pub local: SocketAddr,
+}
+
+impl ConnInfo {
+    /// Reads both addresses off a socket (two syscalls: for sockets woken
+    /// from the parking lot, which keeps no addresses).
+    pub(crate) fn of(socket: &impl AsFd) -> Option<ConnInfo> {
+        let sock = socket2::SockRef::from(socket);
+        Some(ConnInfo {
+            peer: sock.peer_addr().ok()?.as_socket()?,
+            local: sock.local_addr().ok()?.as_socket()?,
+        })
+    }
+}
+
 /// A connection to serve: freshly accepted, or woken from the parking lot.
 #[derive(Debug)]
 pub(crate) enum Incoming {
     /// Accepted by a listener (TLS, if configured, starts here).
-    Accepted(TcpStream),
+    Accepted(TcpStream, ConnInfo),
     /// A parked socket that woke up, to resume in protocol `proto`; `hot`
     /// when it had been re-parked straight after its last message and woke
     /// again within `park_idle_after` (see `woken.rs`).

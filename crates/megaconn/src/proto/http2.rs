@@ -67,6 +67,7 @@ use tower_service::Service;
 
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
+use crate::conn::ConnInfo;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, CountedIo};
 use crate::observe::metrics::{MethodLabel, RequestRecord};
@@ -107,7 +108,12 @@ fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
 }
 
 /// Serves HTTP/2 on `io` until the connection closes; returns why it closed.
-pub(crate) async fn serve<I, S, B>(io: I, service: &mut S, ctx: Rc<WorkerContext>) -> CloseReason
+pub(crate) async fn serve<I, S, B>(
+    io: I,
+    service: &mut S,
+    ctx: Rc<WorkerContext>,
+    info: Option<ConnInfo>,
+) -> CloseReason
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: Service<Request<Body>, Response = Response<B>>,
@@ -116,6 +122,7 @@ where
     B::Error: Into<BoxError>,
 {
     let cfg = ctx.config.http2;
+    let info = info.filter(|_| ctx.config.connect_info);
     // Bytes in and out count into the connection's lifecycle event, as on
     // HTTP/1.1 (plaintext, after TLS).
     let io = CountedIo::new(io);
@@ -161,7 +168,7 @@ where
                     // Boxed: the request and the service's readiness live
                     // here only while a stream starts, not in every idle
                     // connection's future.
-                    let start = Box::pin(start_stream(service, request, &ctx, &flood)).await;
+                    let start = Box::pin(start_stream(service, request, &ctx, &flood, info)).await;
                     streams.push(run_stream(start, respond, ctx.clone()));
                     idle.set(false);
                     if !going_away {
@@ -300,6 +307,7 @@ async fn start_stream<S, B>(
     request: Request<RecvStream>,
     ctx: &Rc<WorkerContext>,
     flood: &Arc<DataFloodGuard>,
+    info: Option<ConnInfo>,
 ) -> Start<S::Future>
 where
     S: Service<Request<Body>, Response = Response<B>>,
@@ -335,7 +343,10 @@ where
             flood: flood.clone(),
         })
     };
-    let request = Request::from_parts(parts, body);
+    let mut request = Request::from_parts(parts, body);
+    if let Some(info) = info {
+        crate::service::insert_conn_info(request.extensions_mut(), info);
+    }
     if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
         let e: BoxError = e.into();
         tracing::warn!(error = %e, "service not ready; answering 503");
@@ -707,7 +718,7 @@ mod size_guard {
             service: &'static mut Svc,
             ctx: Rc<WorkerContext>,
         ) -> impl Future<Output = CloseReason> {
-            serve(io, service, ctx)
+            serve(io, service, ctx, None)
         }
         let size = size_of_future(h2_future);
         eprintln!("HTTP/2 connection future: {size} bytes");

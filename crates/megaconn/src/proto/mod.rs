@@ -12,7 +12,7 @@ pub(crate) mod http2;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::conn::ProtoTag;
+use crate::conn::{ConnInfo, ProtoTag};
 use crate::observe::close::CloseReason;
 use crate::service::upgrade::UpgradeSender;
 
@@ -41,7 +41,12 @@ pub(crate) enum Ended<T> {
 pub(crate) enum HandOver<T> {
     /// HTTP/2 with prior knowledge: the client's first bytes were the
     /// preface, which `read_ahead` holds for HTTP/2 to read again.
-    H2c { io: T, read_ahead: Bytes },
+    /// `info`: the connection's addresses, for HTTP/2's requests.
+    H2c {
+        io: T,
+        read_ahead: Bytes,
+        info: Option<Box<ConnInfo>>,
+    },
     /// `101 Switching Protocols`: the handler gets the socket.
     Upgrade {
         io: T,

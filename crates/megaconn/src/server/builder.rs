@@ -402,6 +402,19 @@ impl Builder {
         self
     }
 
+    /// Whether each request carries its connection's addresses as a
+    /// [`ConnInfo`](crate::ConnInfo) extension, and (with the `axum` cargo
+    /// feature, on by default) as axum's `ConnectInfo<SocketAddr>`, which
+    /// `axum::serve` gives only with `into_make_service_with_connect_info`.
+    /// Default: on. It costs the request's extension map (one small
+    /// allocation per request) and, for a connection woken from the parking
+    /// lot, two syscalls to read the addresses back; turn it off if no
+    /// handler reads them.
+    pub fn connect_info(mut self, on: bool) -> Builder {
+        self.config.connect_info = on;
+        self
+    }
+
     /// Whether connections are kept open between requests. Default: true.
     pub fn keep_alive(mut self, on: bool) -> Builder {
         self.config.keep_alive = on;
@@ -556,7 +569,7 @@ impl Builder {
         ));
         // A caller's transport never parks and has no one to hand over to:
         // whatever HTTP/1.1 ends with, the connection ends here.
-        let _ = http1::serve_connection(Foreign { io }, service, ctx).await;
+        let _ = http1::serve_connection(Foreign { io }, service, ctx, None).await;
     }
 }
 

@@ -35,7 +35,7 @@ use crate::conn::rewind::Rewind;
 use crate::conn::tls::{self, Live};
 use crate::conn::transport::Parkable;
 use crate::conn::woken::WokenSocket;
-use crate::conn::{Incoming, ProtoTag, Wake};
+use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
 use crate::proto::{self, http1, http2, Ended, HandOver};
 use crate::service::body::Body;
@@ -60,13 +60,19 @@ where
     B::Error: Into<BoxError>,
 {
     match incoming {
-        Incoming::Accepted(stream) => {
+        Incoming::Accepted(stream, info) => {
             match tls::tls_for_stream(&ctx.config, &stream).map(tls::TlsConfig::live) {
-                None => Either::Left(Either::Left(serve_http1(stream, service, ctx, conn))),
+                None => Either::Left(Either::Left(serve_http1(
+                    stream,
+                    service,
+                    ctx,
+                    conn,
+                    Some(Box::new(info)),
+                ))),
                 // Boxed: the handshake and the TLS stream are large, and
                 // cleartext connections should not carry their size.
                 Some(live) => Either::Left(Either::Right(Box::pin(serve_tls(
-                    stream, service, ctx, conn, live,
+                    stream, service, ctx, conn, live, info,
                 )))),
             }
         }
@@ -79,11 +85,20 @@ where
             // HTTP/1.1 parks with no timer: only bytes or a hang-up wake it.
             proto::HTTP1 => {
                 debug_assert_eq!(wake, Wake::Readable);
+                // The lot keeps no addresses (they would double a parked
+                // connection's cost): read them back only if requests
+                // carry them.
+                let info = if ctx.config.connect_info {
+                    ConnInfo::of(&socket).map(Box::new)
+                } else {
+                    None
+                };
                 Either::Right(Either::Left(serve_http1(
                     WokenSocket::new(socket, hot),
                     service,
                     ctx,
                     conn,
+                    info,
                 )))
             }
             ProtoTag(unknown) => {
@@ -101,6 +116,7 @@ async fn serve_tls<S, B>(
     ctx: Rc<WorkerContext>,
     conn: Connection,
     live: Arc<Live>,
+    info: ConnInfo,
 ) where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
@@ -117,10 +133,10 @@ async fn serve_tls<S, B>(
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         // Boxed: HTTP/2 state (2 KB of ours, h2's own buffers on top) is
         // for HTTP/2 connections only; HTTP/1.1 ones should not carry its size.
-        let reason = Box::pin(http2::serve(stream, &mut service, ctx.clone())).await;
+        let reason = Box::pin(http2::serve(stream, &mut service, ctx.clone(), Some(info))).await;
         conn.close(reason);
     } else {
-        serve_http1(stream, service, ctx, conn).await;
+        serve_http1(stream, service, ctx, conn, Some(Box::new(info))).await;
     }
 }
 
@@ -130,6 +146,7 @@ fn serve_http1<T, S, B>(
     service: S,
     ctx: Rc<WorkerContext>,
     conn: Connection,
+    info: Option<Box<ConnInfo>>,
 ) -> impl Future<Output = ()>
 where
     T: Parkable + Send + 'static,
@@ -140,7 +157,7 @@ where
 {
     // `then`, not an async block: awaiting a future moved into a block would
     // store it twice.
-    http1::serve_connection(io, service, ctx.clone())
+    http1::serve_connection(io, service, ctx.clone(), info)
         .then(move |(ended, service)| finish_http1(ended, service, ctx, conn))
 }
 
@@ -174,9 +191,14 @@ async fn finish_http1<T, S, B>(
             &ctx,
             conn,
         ),
-        Ended::HandOver(HandOver::H2c { io, read_ahead }) => {
+        Ended::HandOver(HandOver::H2c {
+            io,
+            read_ahead,
+            info,
+        }) => {
             let io = Rewind { io, read_ahead };
-            let reason = Box::pin(http2::serve(io, &mut service, ctx.clone())).await;
+            let info = info.map(|i| *i);
+            let reason = Box::pin(http2::serve(io, &mut service, ctx.clone(), info)).await;
             conn.close(reason);
         }
         Ended::HandOver(HandOver::Upgrade { io, read_ahead, tx }) => {

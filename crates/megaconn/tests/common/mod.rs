@@ -172,6 +172,18 @@ impl tower::Service<Request<Body>> for TestApp {
                     >())
                     .boxed_unsync(),
                 ),
+                "/peer" => {
+                    // Both ways a handler can learn its client's address.
+                    let ours = req.extensions().get::<megaconn::ConnInfo>().map(|i| i.peer);
+                    let axum = req
+                        .extensions()
+                        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                        .map(|c| c.0);
+                    match (ours, axum) {
+                        (Some(a), Some(b)) if a == b => full(StatusCode::OK, a.to_string()),
+                        other => full(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")),
+                    }
+                }
                 "/upgrade" => {
                     let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
                     match on_upgrade {

@@ -118,16 +118,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// One client connection in some mode.
 pub enum Client {
     /// HTTP/1.1 (over TLS or not), kept alive.
-    H1 { io: Box<dyn Io>, buf: Vec<u8> },
+    H1 {
+        io: Box<dyn Io>,
+        buf: Vec<u8>,
+        local: SocketAddr,
+    },
     /// HTTP/2: the request handle and the connection's task.
     H2 {
         send: h2::client::SendRequest<Bytes>,
         conn: tokio::task::JoinHandle<()>,
+        local: SocketAddr,
     },
 }
 
 async fn client(mode: Mode, addr: SocketAddr, tls: Option<Arc<ClientConfig>>) -> Client {
     let tcp = TcpStream::connect(addr).await.expect("connect");
+    let local = tcp.local_addr().unwrap();
     let io: Box<dyn Io> = match tls {
         Some(config) => {
             let name = ServerName::try_from("localhost").unwrap();
@@ -144,6 +150,7 @@ async fn client(mode: Mode, addr: SocketAddr, tls: Option<Arc<ClientConfig>>) ->
         return Client::H1 {
             io,
             buf: Vec::new(),
+            local,
         };
     }
     let (send, conn) = tokio::time::timeout(SAFETY, h2::client::handshake(io))
@@ -153,14 +160,21 @@ async fn client(mode: Mode, addr: SocketAddr, tls: Option<Arc<ClientConfig>>) ->
     let conn = tokio::spawn(async move {
         let _ = conn.await;
     });
-    Client::H2 { send, conn }
+    Client::H2 { send, conn, local }
 }
 
 impl Client {
+    /// The client's side of the connection: the peer the server sees.
+    pub fn local_addr(&self) -> SocketAddr {
+        match self {
+            Client::H1 { local, .. } | Client::H2 { local, .. } => *local,
+        }
+    }
+
     /// One GET; returns the status and the body.
     pub async fn get(&mut self, path: &str) -> (u16, Vec<u8>) {
         match self {
-            Client::H1 { io, buf } => {
+            Client::H1 { io, buf, .. } => {
                 let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
                 io.write_all(req.as_bytes()).await.expect("write");
                 let r = read_response_buffered(io, buf, false).await;
@@ -195,7 +209,7 @@ impl Client {
             Client::H1 { mut io, .. } => {
                 let _ = io.shutdown().await;
             }
-            Client::H2 { send, conn } => {
+            Client::H2 { send, conn, .. } => {
                 drop(send);
                 let _ = tokio::time::timeout(SAFETY, conn).await;
             }

@@ -27,6 +27,7 @@ use super::head::{self, BodyFraming, Rejection, RequestHead};
 use super::{encode, CloseReason, Outcome};
 use crate::conn::context::WorkerContext;
 use crate::conn::transport::{Parkable, Transport};
+use crate::conn::ConnInfo;
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::metrics::MethodLabel;
 use crate::observe::stats::{gauge, incr};
@@ -51,6 +52,7 @@ pub(crate) async fn serve_connection<T, S, B>(
     io: T,
     mut service: S,
     ctx: Rc<WorkerContext>,
+    info: Option<Box<ConnInfo>>,
 ) -> (proto::Ended<T>, S)
 where
     T: Parkable,
@@ -60,6 +62,7 @@ where
     B::Error: Into<BoxError>,
 {
     let mut conn = ConnIo::new(io, ctx);
+    conn.info = info.filter(|_| conn.ctx.config.connect_info);
     let ended = match run(&mut conn, &mut service).await {
         Ended::Close(reason) => {
             tracing::trace!(%reason, "connection closed");
@@ -79,6 +82,7 @@ where
             proto::Ended::HandOver(HandOver::H2c {
                 io: conn.io,
                 read_ahead,
+                info: conn.info,
             })
         }
         Ended::Park(deadline) => {
@@ -267,6 +271,9 @@ where
     *request.uri_mut() = head.uri;
     *request.version_mut() = head.version;
     *request.headers_mut() = head.headers;
+    if let Some(info) = conn.info.as_deref() {
+        crate::service::insert_conn_info(request.extensions_mut(), *info);
+    }
     let upgrade = head.wants_upgrade.then(|| {
         let (tx, on_upgrade) = upgrade::pending();
         request.extensions_mut().insert(on_upgrade);
@@ -341,6 +348,9 @@ pub(crate) struct ConnIo<T> {
     pub(crate) io: T,
     pub(crate) ctx: Rc<WorkerContext>,
     pub(crate) buffers: Buffers,
+    /// The connection's addresses, when requests carry them (boxed: every
+    /// connection's task would otherwise carry 64 bytes more).
+    pub(crate) info: Option<Box<ConnInfo>>,
 }
 
 impl<T> ConnIo<T> {
@@ -353,6 +363,7 @@ impl<T> ConnIo<T> {
                 ctx: ctx.clone(),
             },
             ctx,
+            info: None,
         }
     }
 
