@@ -4,34 +4,41 @@
 //! samples, a second concurrent profile gets 409, and the heap endpoint says
 //! why it is not there.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{ChildGuard, Lines};
 use pprof::protos::Message as _;
 
 /// Upper bound for any wait: reached only when the test fails.
 const SAFETY: Duration = Duration::from_secs(30);
 
+/// A running `megaconn serve`, killed and reaped when dropped (a test that
+/// fails still stops its server).
 struct Served {
-    child: Child,
+    child: ChildGuard,
+    /// Keeps reading stdout, so the server never blocks on a full pipe.
+    _stdout: Lines,
     main: String,
     admin: String,
 }
 
 impl Served {
     fn start(extra: &[&str]) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_megaconn"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut child = ChildGuard::spawn(
+            Command::new(env!("CARGO_BIN_EXE_megaconn"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        let stdout = Lines::new(child.child().stdout.take().unwrap());
         let addr_of = |line: &str, prefix: &str| {
             assert!(line.starts_with(prefix), "{line:?}");
             line.split("http://")
@@ -42,22 +49,23 @@ impl Served {
                 .unwrap()
                 .to_string()
         };
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let main = addr_of(&line, "megaconn serving on http://127.0.0.1:");
-        line.clear();
-        stdout.read_line(&mut line).unwrap();
-        let admin = addr_of(&line, "megaconn admin on http://127.0.0.1:");
-        // Keep reading stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Served { child, main, admin }
+        let main = addr_of(
+            &stdout.expect_line(),
+            "megaconn serving on http://127.0.0.1:",
+        );
+        let admin = addr_of(&stdout.expect_line(), "megaconn admin on http://127.0.0.1:");
+        Served {
+            child,
+            _stdout: stdout,
+            main,
+            admin,
+        }
     }
 
+    /// Stops the server as an operator does (SIGTERM) and checks it exits 0.
     fn stop(mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert_eq!(status.code(), Some(0));
+        self.child.signal(libc::SIGTERM);
+        assert_eq!(self.child.wait().code(), Some(0));
     }
 }
 
@@ -270,34 +278,34 @@ fn cpu_profile_is_pprof_and_one_at_a_time() {
 
 #[test]
 fn admin_off_prints_no_admin_line() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_megaconn"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
-        .args(["--admin", "off"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
+    let mut child = ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_megaconn"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(["--admin", "off"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let stdout = Lines::new(child.child().stdout.take().unwrap());
+    let first = stdout.expect_line();
     assert!(first.starts_with("megaconn serving on"), "{first}");
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
+    child.signal(libc::SIGTERM);
+    assert_eq!(child.wait().code(), Some(0));
+    let rest = stdout.rest().join("\n");
     assert!(!rest.contains("admin on"), "{rest}");
     assert!(rest.contains("megaconn stopped"), "{rest}");
 }
 
 #[test]
 fn a_bad_admin_address_exits_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_megaconn"))
-        .args(["serve", "--admin", "localhost"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Bounded: a server that started instead of failing is killed.
+    let mut child = ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_megaconn"))
+            .args(["serve", "--admin", "localhost"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let (status, _, err) = child.wait_with_output();
+    assert_eq!(status.code(), Some(2));
     assert!(err.contains("admin"), "{err}");
 }
 
@@ -328,6 +336,7 @@ fn debug_connections_lists_live_connections() {
     let text = page.text();
     assert!(text.contains("\t0\t"), "{text}");
     drop(held);
+    served.stop();
 }
 
 #[test]
@@ -336,4 +345,5 @@ fn debug_connections_needs_the_flag() {
     let r = get(&served.admin, "/debug/connections");
     assert_eq!(r.status, 501);
     assert!(r.text().contains("--debug-connections"));
+    served.stop();
 }

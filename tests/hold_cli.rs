@@ -7,12 +7,15 @@
 //! requests and connections (those that sent at least one request, so the
 //! client's reachability probe is not counted as held).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::ChildGuard;
 use megaconn_load::HoldReport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -82,13 +85,23 @@ fn server() -> (SocketAddr, Arc<Stats>) {
     (addr, stats)
 }
 
+/// Runs `megaconn hold ARGS…` to its end, at most [`common::CHILD_SAFETY`]
+/// (then it is killed, and its children die with it).
 fn hold(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("hold")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run megaconn hold")
+    let mut child = ChildGuard::spawn(
+        Command::new(BIN)
+            .arg("hold")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let (status, stdout, stderr) = child.wait_with_output();
+    Output {
+        status,
+        stdout: stdout.into_bytes(),
+        stderr: stderr.into_bytes(),
+    }
 }
 
 /// Runs a 40-connection hold over `processes` processes; returns the report and server stats.
@@ -215,38 +228,32 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 #[test]
 fn sigint_stops_parent_and_children() {
     let (addr, stats) = server();
-    let mut child = Command::new(BIN)
-        .args([
-            "hold",
-            &format!("http://{addr}/"),
-            "-c",
-            "20",
-            "--processes",
-            "2",
-            "-d",
-            "60s",
-            "-q",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed (with its children, which die with their parent) if the test
+    // fails before it exits.
+    let mut child = ChildGuard::spawn(
+        Command::new(BIN)
+            .args([
+                "hold",
+                &format!("http://{addr}/"),
+                "-c",
+                "20",
+                "--processes",
+                "2",
+                "-d",
+                "60s",
+                "-q",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     wait_for("20 held connections", Duration::from_secs(10), || {
         stats.open.load(SeqCst) == 20
     });
-    // SAFETY: signalling the child we spawned and have not reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    wait_for("hold to exit", Duration::from_secs(10), || {
-        child.try_wait().unwrap().is_some()
-    });
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("peak 20"));
+    child.signal(libc::SIGINT);
+    let (status, stdout, stderr) = child.wait_with_output();
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("peak 20"), "{stdout}");
     // The children closed their connections: the server sees none left.
     wait_for("connections to close", Duration::from_secs(10), || {
         stats.open.load(SeqCst) == 0

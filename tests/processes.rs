@@ -2,9 +2,13 @@
 //! dies, keeps the port answering, drains every worker on SIGTERM and reports
 //! whole-server totals, live on its admin `/metrics` and in its summary.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use common::{ChildGuard, Lines};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -22,6 +26,7 @@ fn get(addr: &str, path: &str) -> String {
     for _ in 0..5 {
         let attempt = (|| -> std::io::Result<String> {
             let mut s = TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(common::CHILD_SAFETY))?;
             write!(
                 s,
                 "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
@@ -39,9 +44,13 @@ fn get(addr: &str, path: &str) -> String {
     panic!("no answer from {addr}: {last:?}");
 }
 
+/// A running supervisor (`serve --processes`). Dropped, it is killed and
+/// reaped; its worker processes get SIGTERM when it dies (they ask the kernel
+/// for that), so a failed test leaves nothing running.
 struct Supervisor {
-    child: Child,
-    lines: std::io::Lines<BufReader<ChildStdout>>,
+    child: ChildGuard,
+    /// Its stdout, each line waited for with a bound.
+    lines: Lines,
     addr: String,
     admin: String,
     worker_pids: Vec<i32>,
@@ -50,25 +59,25 @@ struct Supervisor {
 impl Supervisor {
     fn start(processes: usize) -> Supervisor {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_megaconn"))
-            .args(["serve", "--listen", &addr, "--workers", "1", "--admin"])
-            .args(["127.0.0.1:0", "--processes"])
-            .arg(processes.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let admin_line = lines.next().unwrap().unwrap();
+        let mut child = ChildGuard::spawn(
+            Command::new(env!("CARGO_BIN_EXE_megaconn"))
+                .args(["serve", "--listen", &addr, "--workers", "1", "--admin"])
+                .args(["127.0.0.1:0", "--processes"])
+                .arg(processes.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        );
+        let lines = Lines::new(child.child().stdout.take().unwrap());
+        let admin_line = lines.expect_line();
         let admin = admin_line
             .strip_prefix("megaconn admin on http://")
             .unwrap_or_else(|| panic!("no admin address: {admin_line}"))
             .to_string();
-        let first = lines.next().unwrap().unwrap();
+        let first = lines.expect_line();
         assert!(first.contains("worker processes"), "{first}");
         let worker_pids = (0..processes)
             .map(|i| {
-                let line = lines.next().unwrap().unwrap();
+                let line = lines.expect_line();
                 assert!(
                     line.starts_with(&format!("worker process {i} pid ")),
                     "{line}"
@@ -86,8 +95,7 @@ impl Supervisor {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.child.signal(sig);
     }
 }
 
@@ -101,7 +109,7 @@ fn a_killed_worker_process_is_restarted_and_the_port_keeps_answering() {
     for _ in 0..5 {
         assert!(get(&sup.addr, "/healthz").ends_with("ok"));
     }
-    let line = sup.lines.next().unwrap().unwrap();
+    let line = sup.lines.expect_line();
     assert!(
         line.starts_with("worker process 0 restarted pid "),
         "{line}"
@@ -110,7 +118,7 @@ fn a_killed_worker_process_is_restarted_and_the_port_keeps_answering() {
         assert!(get(&sup.addr, "/").ends_with("Hello, World!"));
     }
     sup.signal(libc::SIGTERM);
-    let status = sup.child.wait().unwrap();
+    let status = sup.child.wait();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -121,9 +129,9 @@ fn sigterm_drains_every_worker_process_and_reports_totals() {
         assert!(get(&sup.addr, "/").ends_with("Hello, World!"));
     }
     sup.signal(libc::SIGTERM);
-    let status = sup.child.wait().unwrap();
+    let status = sup.child.wait();
     assert_eq!(status.code(), Some(0), "every worker exited 0");
-    let rest: Vec<String> = sup.lines.map(|l| l.unwrap()).collect();
+    let rest = sup.lines.rest();
     let summary = rest.last().expect("a summary line");
     assert!(
         summary.contains("3 worker processes, 9 connections accepted, 9 requests"),
@@ -144,6 +152,7 @@ fn the_supervisor_admin_serves_whole_server_totals() {
     let mut held: Vec<TcpStream> = Vec::new();
     for _ in 0..6 {
         let mut s = TcpStream::connect(&sup.addr).unwrap();
+        s.set_read_timeout(Some(common::CHILD_SAFETY)).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         let mut buf = [0u8; 512];
         let n = s.read(&mut buf).unwrap();
@@ -177,5 +186,5 @@ fn the_supervisor_admin_serves_whole_server_totals() {
     assert_eq!(per_process, 3, "{text}");
     drop(held);
     sup.signal(libc::SIGTERM);
-    assert_eq!(sup.child.wait().unwrap().code(), Some(0));
+    assert_eq!(sup.child.wait().code(), Some(0));
 }

@@ -4,16 +4,20 @@
 //! reloads the certificate files without dropping open connections, and a
 //! config file can mix TLS and cleartext listeners.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use common::{ChildGuard, Lines};
 
 /// Upper bound for any single wait: reached only when a test fails.
 const SAFETY: Duration = Duration::from_secs(30);
@@ -22,25 +26,28 @@ fn megaconn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_megaconn"))
 }
 
+/// Runs `cmd` to its end (at most [`common::CHILD_SAFETY`]: a command that
+/// should fail at once but serves instead is killed, not left running);
+/// returns its exit status and stderr.
+fn run_to_exit(cmd: &mut Command) -> (ExitStatus, String) {
+    let mut child = ChildGuard::spawn(cmd.stdout(Stdio::null()).stderr(Stdio::piped()));
+    let (status, _, stderr) = child.wait_with_output();
+    (status, stderr)
+}
+
 /// Starts `megaconn serve --listen 127.0.0.1:0 --workers 1 EXTRA…`; returns the
-/// child, its stdout after the first line, and the address that line printed.
-fn start_serve(
-    extra: &[&str],
-) -> (
-    std::process::Child,
-    BufReader<std::process::ChildStdout>,
-    String,
-) {
-    let mut child = megaconn()
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
+/// child (killed and reaped when dropped), its stdout after the first line,
+/// and the address that line printed.
+fn start_serve(extra: &[&str]) -> (ChildGuard, Lines, String) {
+    let mut child = ChildGuard::spawn(
+        megaconn()
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let stdout = Lines::new(child.child().stdout.take().unwrap());
+    let first = stdout.expect_line();
     assert!(
         first.starts_with("megaconn serving on http://127.0.0.1:"),
         "{first}"
@@ -59,6 +66,7 @@ fn start_serve(
 /// One request with `Connection: close`; the whole response.
 fn get_once(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(SAFETY)).unwrap();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
@@ -69,23 +77,17 @@ fn get_once(addr: &str, path: &str) -> String {
     response
 }
 
-fn sigterm(child: &std::process::Child) {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-}
-
 #[test]
 fn serve_answers_and_exits_cleanly_on_sigterm() {
-    let (mut child, mut stdout, addr) = start_serve(&[]);
+    let (mut child, stdout, addr) = start_serve(&[]);
     let response = get_once(&addr, "/");
     assert!(response.starts_with("HTTP/1.1 200 OK"));
     assert!(response.ends_with("Hello, World!"));
 
-    sigterm(&child);
-    let status = child.wait().unwrap();
+    child.signal(libc::SIGTERM);
+    let (status, _, _) = child.wait_with_output();
     assert_eq!(status.code(), Some(0));
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
+    let rest = stdout.rest().join("\n");
     assert!(
         rest.contains("megaconn stopped: 1 connections accepted, 1 requests"),
         "{rest}"
@@ -97,40 +99,27 @@ fn a_typo_in_the_config_file_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("megaconn.toml");
     std::fs::write(&path, "idle_timout = \"5s\"\n").unwrap();
-    let out = megaconn()
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (status, err) = run_to_exit(megaconn().args(["serve", "--config", path.to_str().unwrap()]));
+    assert_eq!(status.code(), Some(2));
     assert!(err.contains("idle_timout"), "{err}");
 }
 
 #[test]
 fn a_bad_flag_exits_2() {
-    let out = megaconn()
-        .args(["serve", "--workers", "zero"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let out = megaconn()
-        .args(["serve", "--idle-timeout", "soon"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("10s"));
+    let (status, _) = run_to_exit(megaconn().args(["serve", "--workers", "zero"]));
+    assert_eq!(status.code(), Some(2));
+    let (status, err) = run_to_exit(megaconn().args(["serve", "--idle-timeout", "soon"]));
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("10s"), "{err}");
 }
 
 #[test]
 fn a_port_in_use_exits_1_with_a_clear_message() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = megaconn()
-        .args(["serve", "--listen", &addr])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
+    let (status, err) = run_to_exit(megaconn().args(["serve", "--listen", &addr]));
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("already in use"), "{err}");
 }
 
 #[test]
@@ -138,15 +127,9 @@ fn access_log_writes_one_json_line_per_request() {
     let (mut child, _stdout, addr) =
         start_serve(&["--admin", "off", "--access-log", "--log-format", "json"]);
     assert!(get_once(&addr, "/healthz").ends_with("ok"));
-    sigterm(&child);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    child.signal(libc::SIGTERM);
+    let (status, _, stderr) = child.wait_with_output();
+    assert_eq!(status.code(), Some(0));
     let line = stderr
         .lines()
         .find(|l| l.contains("megaconn::access"))
@@ -157,9 +140,12 @@ fn access_log_writes_one_json_line_per_request() {
     assert!(line.contains("\"peer\":\"127.0.0.1:"), "{line}");
 }
 
-/// A running `megaconn serve` whose stderr is read line by line.
+/// A running `megaconn serve` whose stderr is read line by line; killed and
+/// reaped when dropped.
 struct Serving {
-    child: std::process::Child,
+    child: ChildGuard,
+    /// Keeps reading stdout, so the server never blocks on a full pipe.
+    _stdout: Lines,
     /// The URLs of the start-up banner.
     urls: Vec<String>,
     stderr: mpsc::Receiver<String>,
@@ -168,14 +154,14 @@ struct Serving {
 impl Serving {
     /// Starts `megaconn ARGS…` and waits for its banner.
     fn start(args: &[&str]) -> Serving {
-        let mut child = megaconn()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = ChildGuard::spawn(
+            megaconn()
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
         let (tx, stderr) = mpsc::channel();
-        let err = BufReader::new(child.stderr.take().unwrap());
+        let err = BufReader::new(child.child().stderr.take().unwrap());
         std::thread::spawn(move || {
             for line in err.lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
@@ -183,9 +169,8 @@ impl Serving {
                 }
             }
         });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        stdout.read_line(&mut first).unwrap();
+        let stdout = Lines::new(child.child().stdout.take().unwrap());
+        let first = stdout.expect_line();
         let urls = first
             .strip_prefix("megaconn serving on ")
             .unwrap_or_else(|| panic!("no banner: {first:?}"))
@@ -197,6 +182,7 @@ impl Serving {
             .collect();
         Serving {
             child,
+            _stdout: stdout,
             urls,
             stderr,
         }
@@ -226,8 +212,8 @@ impl Serving {
     }
 
     fn stop(mut self) {
-        sigterm(&self.child);
-        assert_eq!(self.child.wait().unwrap().code(), Some(0));
+        self.child.signal(libc::SIGTERM);
+        assert_eq!(self.child.wait().code(), Some(0));
     }
 }
 
@@ -364,8 +350,7 @@ fn tls_banner_says_https_and_sighup_reloads_the_certificate() {
 
     replace_file(&cert, &b_pem);
     replace_file(&key, &b_key);
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(serving.child.id() as i32, libc::SIGHUP) };
+    serving.child.signal(libc::SIGHUP);
     serving.wait_for_log("TLS certificate and key reloaded");
 
     let mut new = tls_connect(&addr, &client).unwrap();
@@ -384,7 +369,7 @@ fn tls_banner_says_https_and_sighup_reloads_the_certificate() {
     // A broken key: the reload fails, says why, and certificate B stays.
     replace_file(&key, "not a key\n");
     // SAFETY: as above.
-    unsafe { libc::kill(serving.child.id() as i32, libc::SIGHUP) };
+    serving.child.signal(libc::SIGHUP);
     let line = serving.wait_for_log("TLS reload failed");
     assert!(
         line.contains("key.pem"),
@@ -474,8 +459,7 @@ fn sighup_to_the_supervisor_reloads_every_worker_process() {
 
     replace_file(&cert, &b_pem);
     replace_file(&key, &b_key);
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(serving.child.id() as i32, libc::SIGHUP) };
+    serving.child.signal(libc::SIGHUP);
     // One line from each worker process.
     serving.wait_for_log("TLS certificate and key reloaded");
     serving.wait_for_log("TLS certificate and key reloaded");

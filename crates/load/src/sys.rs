@@ -171,12 +171,43 @@ mod tests {
         assert!(check_source("127.0.0.7".parse().unwrap()).is_ok());
         // TEST-NET-3 is never configured on a test machine.
         assert!(check_source("203.0.113.9".parse().unwrap()).is_err());
+    }
+
+    /// CPU time of the calling thread, from the kernel's per-thread clock:
+    /// an independent measure to check [`cpu_secs`] against.
+    fn thread_cpu_secs() -> f64 {
+        // SAFETY: an all-zero timespec is valid for clock_gettime to overwrite.
+        let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: `t` is a valid, writable timespec.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) },
+            0
+        );
+        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    }
+
+    /// Burning 0.2 s of CPU on this thread (as the kernel's thread clock
+    /// counts it) must add at least that much to the process's CPU time.
+    /// Other tests' threads only add to it, so there is no upper bound.
+    #[test]
+    fn cpu_secs_counts_cpu_burnt() {
+        const BURN: f64 = 0.2;
         let before = cpu_secs();
+        let start = thread_cpu_secs();
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+        while thread_cpu_secs() - start < BURN {
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            assert!(std::time::Instant::now() < give_up, "no CPU time in 60 s");
         }
-        std::hint::black_box(x);
-        assert!(cpu_secs() >= before);
+        let grew = cpu_secs() - before;
+        // getrusage rounds to microseconds (older kernels to a 10 ms tick).
+        assert!(
+            grew >= BURN - 0.011,
+            "cpu_secs grew by {grew} s after {BURN} s of CPU"
+        );
     }
 }

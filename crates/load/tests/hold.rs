@@ -169,6 +169,13 @@ fn spreads_connections_over_source_addresses() {
     .unwrap();
     assert_eq!((r.connections_open_at_end, r.sources), (20, 4));
     assert_eq!(server.stats.peak.load(SeqCst), 20);
+    // The addresses the server saw: connection g comes from source g % 4,
+    // so each of the four carries five.
+    let seen = server.stats.peers.lock().unwrap().clone();
+    let expected: std::collections::BTreeMap<std::net::IpAddr, u64> = (2..=5)
+        .map(|i| (std::net::IpAddr::from([127, 0, 0, i]), 5))
+        .collect();
+    assert_eq!(seen, expected);
 }
 
 #[test]
@@ -235,8 +242,21 @@ fn http_heartbeats_carry_method_headers_and_body() {
     ))
     .unwrap();
     assert_eq!(r.connections_open_at_end, 5);
+    // Once hold's connections are closed on the server too, every request
+    // sent was counted: the figures below are final.
+    common::wait_until("the server saw every connection close", || {
+        server.stats.open.load(SeqCst) == 0
+    });
     let served = server.requests();
     assert!(served >= 5);
-    // Every request (opening ones and heartbeats) carried the 3-byte body.
-    assert_eq!(server.stats.body_bytes.load(SeqCst), 3 * served);
+    // Every request (opening ones and heartbeats) was a POST carrying the
+    // header and the 3-byte body, as the server parsed them.
+    let stats = &server.stats;
+    assert_eq!(stats.body_bytes.load(SeqCst), 3 * served);
+    assert_eq!(
+        *stats.methods.lock().unwrap(),
+        [("POST".to_string(), served)].into()
+    );
+    assert_eq!(stats.header("x-beat", "1"), served);
+    assert_eq!(stats.header("content-length", "3"), served);
 }

@@ -59,8 +59,11 @@ fn self_signed() -> TlsConfig {
     .unwrap()
 }
 
+/// How long the server takes to answer `/slow`.
+const SLOW: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Starts a one-worker megaconn on 127.0.0.1:0 (TLS when `tls` is given) that
-/// answers `Hello` and counts requests by version. It lives until the test
+/// answers `Hello` (`/slow`: after [`SLOW`]) and counts requests by version. It lives until the test
 /// process ends.
 fn start(tls: Option<TlsConfig>) -> Server {
     let mut builder = megaconn::Server::builder()
@@ -81,6 +84,10 @@ fn start(tls: Option<TlsConfig>) -> Server {
                 Version::HTTP_2 => seen.http2.fetch_add(1, SeqCst),
                 _ => seen.http1.fetch_add(1, SeqCst),
             };
+            if req.uri().path() == "/slow" {
+                // A server that cannot keep up: see `h2_open_loop_falls_behind_a_slow_server`.
+                tokio::time::sleep(SLOW).await;
+            }
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"Hello"))))
         }
     });
@@ -192,7 +199,64 @@ fn h2_open_loop_counts_add_up() {
     ))
     .unwrap();
     assert_eq!((r.requests, server.http2()), (200, 200));
+    // A completed `-n` run left nothing behind (true by construction: the
+    // run below is the one that can fall behind). It sent all 200, never
+    // faster than the schedule: each connection's 100th request is due 99
+    // intervals of 0.5 ms after its first.
     assert_eq!(r.behind_requests, Some(0));
+    assert!((r.achieved_rate * r.duration_secs - 200.0).abs() < 0.5);
+    assert!(r.duration_secs >= 0.0495, "{}", r.duration_secs);
+    assert!(r.achieved_rate <= 4000.0 * 1.01, "{}", r.achieved_rate);
+}
+
+/// Open loop over h2 against a server that takes [`SLOW`] per answer: 2
+/// connections of 4 streams serve at most 8 requests per 20 ms (400 req/s),
+/// and 4000 req/s are asked for 500 ms. The report says the run fell
+/// behind, and sent + behind add up to the schedule (`rate × duration`, +1
+/// per connection for request 0 at the start).
+#[test]
+fn h2_open_loop_falls_behind_a_slow_server() {
+    let server = start(None);
+    let url = format!("{}slow", server.url());
+    let r = run_load(args(
+        &url,
+        &[
+            "--http2",
+            "-d",
+            "500ms",
+            "-c",
+            "2",
+            "--streams",
+            "4",
+            "--rate",
+            "4000",
+            "--timeout",
+            "5s",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(r.errors_total, 0, "{:?}", r.errors);
+    let sent = (r.achieved_rate * r.duration_secs).round() as u64;
+    let most_served = 8 * (500 / SLOW.as_millis() as u64 + 1);
+    assert!(
+        sent <= most_served + 8,
+        "sent {sent}, the server allows {most_served}"
+    );
+    let behind = r.behind_requests.expect("an open-loop run reports it");
+    assert!(
+        behind > 0,
+        "a run at 10x the server's pace fell behind by nothing"
+    );
+    let due = 4000 * 500 / 1000 + 2;
+    assert!(
+        sent + behind <= due && sent + behind + 2 >= due,
+        "sent {sent} + behind {behind} != due {due}"
+    );
+    assert!(
+        r.rate_shortfall_pct.unwrap() > 80.0,
+        "{:?}",
+        r.rate_shortfall_pct
+    );
 }
 
 #[test]

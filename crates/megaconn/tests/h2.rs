@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use megaconn::{Body, BoxError, Builder, ServerHandle, ShutdownSummary};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Upper bound for any single wait: reached only when a test fails.
@@ -362,7 +362,8 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn rapid_reset_gets_goaway_and_the_server_stays_healthy() {
-    let server = start(megaconn::Server::builder()).await;
+    let (builder, mut events) = event_log(megaconn::Server::builder());
+    let server = start(builder).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     burst.extend(frame(0x4, 0, 0, &[])); // SETTINGS
@@ -416,8 +417,17 @@ async fn rapid_reset_gets_goaway_and_the_server_stays_healthy() {
         "GOAWAY(ENHANCE_YOUR_CALM) expected, got GOAWAY codes {goaway_codes:?}"
     );
     // Counted once, whichever limit tripped first: h2's own count of streams
-    // reset before they were accepted, or ours of handlers cancelled.
+    // reset before they were accepted, or ours of handlers cancelled. The
+    // client can see the GOAWAY and the close before the server has counted
+    // it (h2 flushes and shuts the socket before its accept returns the
+    // error), so wait for the connection's close event, reported after the
+    // count, and read the counter then.
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS)
+    );
     assert_eq!(server.handle.stats().protocol_errors, 1);
+    assert_eq!(closed_total(&server.handle, "protocol_error"), 1);
 
     // The server still serves, over HTTP/2 and HTTP/1.1.
     let mut client = h2c(server.addr).await;
@@ -454,8 +464,9 @@ const END_STREAM: u8 = 0x1;
 
 /// A scripted HTTP/2 client on a real socket: it writes frames by hand and
 /// reads the server's, so a test decides what it answers (or refuses to).
-struct RawH2 {
-    tcp: TcpStream,
+/// Over TCP by default; over an in-memory stream for the paused-time tests.
+struct RawH2<T = TcpStream> {
+    tcp: T,
     buf: Vec<u8>,
 }
 
@@ -463,13 +474,20 @@ impl RawH2 {
     /// Connects and sends the preface and an empty SETTINGS frame, plus
     /// `then` in the same write.
     async fn connect(addr: SocketAddr, then: &[u8]) -> RawH2 {
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        RawH2::over(TcpStream::connect(addr).await.unwrap(), then).await
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
+    /// Sends the preface and an empty SETTINGS frame, plus `then` in the
+    /// same write, on `io`.
+    async fn over(mut io: T, then: &[u8]) -> RawH2<T> {
         let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         hello.extend(frame(SETTINGS, 0, 0, &[]));
         hello.extend_from_slice(then);
-        tcp.write_all(&hello).await.unwrap();
+        io.write_all(&hello).await.unwrap();
         RawH2 {
-            tcp,
+            tcp: io,
             buf: Vec::new(),
         }
     }
@@ -633,18 +651,22 @@ async fn an_idle_connection_gets_goaway_and_is_closed() {
     server.stop().await;
 }
 
+/// Keep-alive PINGs on a real server. The timeouts are such that no stall
+/// of this test can fail it: the live peer has a keep-alive timeout far
+/// longer than any stall (whether an answering peer outlives a short timeout
+/// is checked on paused time below), and the dead peer never answers, so a
+/// stall only delays its close.
 #[tokio::test]
 async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_closed() {
+    // A live peer answers: the server keeps pinging, one PING after another
+    // answered one, and the connection stays open.
     let (builder, mut events) = event_log(
         megaconn::Server::builder()
             .idle_timeout(None)
             .http2_keep_alive_interval(Some(Duration::from_millis(20)))
-            .http2_keep_alive_timeout(Duration::from_millis(100)),
+            .http2_keep_alive_timeout(SAFETY),
     );
     let server = start(builder).await;
-
-    // A live peer answers: the server keeps pinging, one PING after another
-    // answered one, and the connection stays open.
     let mut live = RawH2::connect(server.addr, &[]).await;
     let mut pings = 0;
     while pings < 3 {
@@ -663,9 +685,18 @@ async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_closed() {
         close_reason(&mut events).await,
         megaconn::CloseReason::ClientClosed
     );
+    assert_eq!(server.handle.stats().timeouts, 0);
+    server.stop().await;
 
     // A dead peer never answers: after the first PING's timeout the server
     // closes the connection.
+    let (builder, mut events) = event_log(
+        megaconn::Server::builder()
+            .idle_timeout(None)
+            .http2_keep_alive_interval(Some(Duration::from_millis(20)))
+            .http2_keep_alive_timeout(Duration::from_millis(100)),
+    );
+    let server = start(builder).await;
     let mut dead = RawH2::connect(server.addr, &[]).await;
     let mut pings = 0;
     while let Some(f) = dead.next_frame().await {
@@ -682,8 +713,70 @@ async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_closed() {
         megaconn::CloseReason::Io(std::io::ErrorKind::TimedOut)
     );
     assert_eq!(closed_total(&server.handle, "io_error"), 1);
-    assert!(server.handle.stats().timeouts >= 1);
+    assert_eq!(server.handle.stats().timeouts, 1);
     server.stop().await;
+}
+
+/// The keep-alive timing on paused tokio time, over an in-memory stream
+/// (the clock moves only when both ends wait, so machine speed does not
+/// matter): a peer that answers every PING stays open for many times the
+/// timeout; one that does not is closed one interval plus one timeout after
+/// the handshake, after exactly one PING.
+#[tokio::test(start_paused = true)]
+async fn keep_alive_on_paused_time_spares_a_live_peer_and_closes_a_dead_one() {
+    const EVERY: Duration = Duration::from_millis(20);
+    const TIMEOUT: Duration = Duration::from_millis(100);
+    let serve = || {
+        let (client, server_end) = tokio::io::duplex(64 * 1024);
+        let builder = megaconn::Server::builder()
+            .idle_timeout(None)
+            .http2_keep_alive_interval(Some(EVERY))
+            .http2_keep_alive_timeout(TIMEOUT);
+        let service = tower::service_fn(|_req: Request<Body>| async {
+            Ok::<_, Infallible>(full(StatusCode::OK, "hi"))
+        });
+        tokio::task::spawn_local(
+            async move { builder.serve_connection(server_end, service).await },
+        );
+        client
+    };
+    tokio::task::LocalSet::new()
+        .run_until(async {
+            let mut live = RawH2::over(serve(), &[]).await;
+            let since = tokio::time::Instant::now();
+            let mut pings = 0;
+            while pings < 50 {
+                let f = live.next_frame().await.expect("a live peer is not closed");
+                if live.ack_settings(&f).await {
+                    continue;
+                }
+                assert_ne!(f.kind, GOAWAY, "a live peer gets no GOAWAY: {f:?}");
+                if f.kind == PING && f.flags & ACK == 0 {
+                    pings += 1;
+                    live.send(&frame(PING, ACK, 0, &f.payload)).await;
+                }
+            }
+            // 50 PINGs, one per interval: the connection lived 10 timeouts.
+            assert!(since.elapsed() >= 50 * EVERY, "{:?}", since.elapsed());
+
+            let mut dead = RawH2::over(serve(), &[]).await;
+            let since = tokio::time::Instant::now();
+            let mut pings = 0;
+            while let Some(f) = dead.next_frame().await {
+                if dead.ack_settings(&f).await {
+                    continue;
+                }
+                if f.kind == PING && f.flags & ACK == 0 {
+                    pings += 1;
+                }
+            }
+            let lived = since.elapsed();
+            assert_eq!(pings, 1, "one PING, unanswered, then the close");
+            assert!(lived >= EVERY + TIMEOUT, "closed after {lived:?}");
+            assert!(lived < EVERY + 2 * TIMEOUT, "closed after {lived:?}");
+            drop(live);
+        })
+        .await;
 }
 
 const CONTINUATION: u8 = 0x9;
@@ -710,7 +803,7 @@ fn goaway_codes(frames: &[RawFrame]) -> Vec<u32> {
         .collect()
 }
 
-impl RawH2 {
+impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
     /// Every frame until the server closes the connection.
     async fn frames_until_close(&mut self) -> Vec<RawFrame> {
         let mut frames = Vec::new();

@@ -68,18 +68,24 @@ async fn get(s: &mut tokio::net::TcpStream, extra: &str) {
         .unwrap();
 }
 
+/// One worker, no parking and no timeouts at all: on such a server no
+/// connection can close on a timer, however slow the machine.
+fn no_timeouts() -> megaconn::Builder {
+    megaconn::Server::builder()
+        .workers(1)
+        .park_idle_after(None)
+        .idle_timeout(None)
+        .read_header_timeout(None)
+        .read_timeout(None)
+        .write_timeout(None)
+}
+
+/// Each close reason that is not a timeout, on a server without timeouts:
+/// the scenarios wait on close events, never on time, so a stall anywhere
+/// cannot change which reason is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_close_reason_is_reported_once() {
-    let (builder, mut events) = hooked(
-        megaconn::Server::builder()
-            .workers(1)
-            .park_idle_after(None)
-            // Long enough that a slow machine never trips them mid-scenario.
-            .idle_timeout(Some(Duration::from_secs(1)))
-            .read_header_timeout(Some(Duration::from_secs(1)))
-            .read_timeout(Some(Duration::from_secs(1)))
-            .write_timeout(Some(Duration::from_secs(1))),
-    );
+    let (builder, mut events) = hooked(no_timeouts());
     let server = TestServer::start(builder).await;
 
     // Client closed, after two requests.
@@ -104,18 +110,6 @@ async fn each_close_reason_is_reported_once() {
     read_to_close(&mut s).await;
     assert_eq!(events.next_close().await.0, CloseReason::ServerClosed);
 
-    // Idle timeout.
-    let mut s = server.connect().await;
-    get(&mut s, "").await;
-    read_response(&mut s).await;
-    assert_eq!(events.next_close().await.0, CloseReason::IdleTimeout);
-
-    // Header timeout.
-    let mut s = server.connect().await;
-    s.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
-    assert_eq!(events.next_close().await.0, CloseReason::HeaderTimeout);
-    drop(s);
-
     // Protocol error.
     let mut s = server.connect().await;
     s.write_all(b"GARBAGE\r\n\r\n").await.unwrap();
@@ -135,22 +129,6 @@ async fn each_close_reason_is_reported_once() {
         .unwrap();
     read_to_close(&mut s).await;
     assert_eq!(events.next_close().await.0, CloseReason::Panic);
-
-    // Read timeout: a body that stops arriving.
-    let mut s = server.connect().await;
-    s.write_all(b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
-        .await
-        .unwrap();
-    assert_eq!(events.next_close().await.0, CloseReason::ReadTimeout);
-    drop(s);
-
-    // Write timeout: a response body that never ends.
-    let mut s = server.connect().await;
-    s.write_all(b"GET /forever-body HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(events.next_close().await.0, CloseReason::WriteTimeout);
-    drop(s);
 
     // Unread body: the client waits for 100-continue that never comes.
     let mut s = server.connect().await;
@@ -200,15 +178,71 @@ async fn each_close_reason_is_reported_once() {
     assert!(events.open.is_empty(), "every open connection was closed");
 }
 
+/// Each timeout's close reason, each on a server where it is the only timer:
+/// whenever it fires, no other timeout can have closed the connection first.
+/// (The short timeouts only make the test quick; the order of events does
+/// not depend on them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_timeout_is_reported_as_its_own_reason() {
+    const SHORT: Option<Duration> = Some(Duration::from_millis(100));
+    let cases: [(megaconn::Builder, &[u8], bool, CloseReason); 4] = [
+        // Idle: a served keep-alive connection that sends nothing more.
+        (
+            no_timeouts().idle_timeout(SHORT),
+            b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+            true,
+            CloseReason::IdleTimeout,
+        ),
+        // Header: a head that never ends.
+        (
+            no_timeouts().read_header_timeout(SHORT),
+            b"GET / HTTP/1.1\r\nHost",
+            false,
+            CloseReason::HeaderTimeout,
+        ),
+        // Read: a body that stops arriving.
+        (
+            no_timeouts().read_timeout(SHORT),
+            b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc",
+            false,
+            CloseReason::ReadTimeout,
+        ),
+        // Write: a response body that never ends.
+        (
+            no_timeouts().write_timeout(SHORT),
+            b"GET /forever-body HTTP/1.1\r\nHost: t\r\n\r\n",
+            false,
+            CloseReason::WriteTimeout,
+        ),
+    ];
+    for (builder, request, answered, reason) in cases {
+        let (builder, mut events) = hooked(builder);
+        let server = TestServer::start(builder).await;
+        let mut s = server.connect().await;
+        s.write_all(request).await.unwrap();
+        if answered {
+            assert_eq!(read_response(&mut s).await.status, 200);
+        }
+        assert_eq!(events.next_close().await.0, reason);
+        drop(s);
+        assert_eq!(server.handle.stats().timeouts, 1, "{reason:?}");
+        server.stop().await;
+        assert!(
+            events.open.is_empty(),
+            "{reason:?}: every open connection was closed"
+        );
+    }
+}
+
+/// The per-IP refusal while the IP's only place is held by a parked
+/// connection, the parked connection's own close, and shutdown. No idle
+/// timeout: the parked connection stays parked as long as the test needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_parking_and_shutdown_are_reported() {
     let (builder, mut events) = hooked(
-        megaconn::Server::builder()
-            .workers(1)
+        no_timeouts()
             .max_connections_per_ip(Some(1))
-            .park_idle_after(Some(Duration::from_millis(20)))
-            // The refusal below must happen while the first connection is parked.
-            .idle_timeout(Some(Duration::from_secs(2))),
+            .park_idle_after(Some(Duration::from_millis(20))),
     );
     let server = TestServer::start(builder).await;
 
@@ -223,18 +257,47 @@ async fn limits_parking_and_shutdown_are_reported() {
     assert!(read_to_close(&mut second).await.is_empty());
     assert_eq!(events.next_close().await.0, CloseReason::Limit);
 
-    // The parked connection times out in the sweep, its count intact.
-    let (reason, requests, ..) = events.next_close().await;
-    assert_eq!(reason, CloseReason::IdleTimeout);
-    assert_eq!(requests, 1);
+    // The client hangs up on the parked connection: noticed, count intact.
     drop(first);
+    let (reason, requests, ..) = events.next_close().await;
+    assert_eq!(reason, CloseReason::ClientClosed);
+    assert_eq!(requests, 1);
 
-    // An idle connection at shutdown.
-    let mut third = server.connect().await;
+    // An idle connection at shutdown. From another loopback address: the
+    // first one's place may be given back a moment after its close event.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut third = socket.connect(server.addr).await.unwrap();
     get(&mut third, "").await;
     read_response(&mut third).await;
     server.stop().await;
     assert_eq!(events.next_close().await.0, CloseReason::Shutdown);
+    assert!(events.open.is_empty());
+}
+
+/// A parked connection timed out by the lot's sweep is reported as an idle
+/// timeout with its request count. It parks 20 ms after its response and
+/// times out after 3 s (rounded up to the sweep's next second): the test
+/// only has to see it parked within those 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_timed_out_by_the_sweep_is_reported() {
+    let (builder, mut events) = hooked(
+        no_timeouts()
+            .park_idle_after(Some(Duration::from_millis(20)))
+            .idle_timeout(Some(Duration::from_secs(3))),
+    );
+    let server = TestServer::start(builder).await;
+    let mut s = server.connect().await;
+    get(&mut s, "").await;
+    read_response(&mut s).await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    let (reason, requests, ..) = events.next_close().await;
+    assert_eq!(reason, CloseReason::IdleTimeout);
+    assert_eq!(requests, 1);
+    assert!(read_to_close(&mut s).await.is_empty());
+    server.stop().await;
     assert!(events.open.is_empty());
 }
 

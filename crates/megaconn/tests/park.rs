@@ -10,11 +10,14 @@ use tokio::io::AsyncWriteExt;
 
 const K: usize = 20;
 
+/// The parking servers' `park_idle_after`.
+const PARK_IDLE_AFTER: Duration = Duration::from_millis(20);
+
 async fn parking_server(idle_timeout: Option<Duration>) -> TestServer {
     TestServer::start(
         megaconn::Server::builder()
             .workers(1)
-            .park_idle_after(Some(Duration::from_millis(20)))
+            .park_idle_after(Some(PARK_IDLE_AFTER))
             .idle_timeout(idle_timeout),
     )
     .await
@@ -127,12 +130,25 @@ async fn get_then_park(server: &TestServer, s: &mut tokio::net::TcpStream, parke
         .await;
 }
 
-/// Lets a connection that was re-parked straight after a wake-up age past
-/// `park_idle_after`, so that its next wake-up is a cold one, served as a bare
-/// socket (see `woken.rs`), not a hot one. Not a synchronisation: the tests
-/// below pass either way, this only picks the path they cover.
-async fn let_it_go_cold() {
-    tokio::time::sleep(Duration::from_millis(60)).await;
+/// Makes the next wake-up of the server's one connection a cold one, served
+/// as a bare socket (see `woken.rs`), not a hot one (woken within
+/// `park_idle_after` of being parked, which waits as a task). Waits until the
+/// connection is parked, then for `park_idle_after` twice over from there:
+/// it was parked before the test saw it, so by then it has been parked
+/// longer than that, and a stall only makes it colder. Not a
+/// synchronisation: the tests below pass either way, this only picks the
+/// path they cover. (The server counts neither path, so no test can assert
+/// which one a wake-up took: that needs a counter in the library.)
+async fn let_it_go_cold(server: &TestServer) {
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    tokio::time::sleep(2 * PARK_IDLE_AFTER).await;
+    assert_eq!(
+        server.handle.stats().connections_parked,
+        1,
+        "nothing woke it meanwhile"
+    );
 }
 
 /// A woken connection whose request and response do not fit in one read and
@@ -144,7 +160,7 @@ async fn woken_connections_can_wait_and_their_descriptors_can_be_reused() {
     let server = parking_server(None).await;
     let mut a = server.connect().await;
     get_then_park(&server, &mut a, 1).await;
-    let_it_go_cold().await;
+    let_it_go_cold(&server).await;
 
     // 1 MiB up and echoed back: far more than a socket buffer each way.
     let body = vec![b'x'; 1 << 20];
@@ -160,9 +176,9 @@ async fn woken_connections_can_wait_and_their_descriptors_can_be_reused() {
     server
         .wait_stats("a parked again", |s| s.connections_parked == 1)
         .await;
-    let_it_go_cold().await;
+    let_it_go_cold(&server).await;
     get_then_park(&server, &mut a, 1).await;
-    let_it_go_cold().await;
+    let_it_go_cold(&server).await;
 
     // Woken by the hang-up, closed by its task: its descriptor number is free
     // for the next connection, which must park and wake normally.
@@ -200,7 +216,7 @@ async fn woken_connections_serve_pipelined_requests() {
     server
         .wait_stats("parked", |s| s.connections_parked == 1)
         .await;
-    let_it_go_cold().await;
+    let_it_go_cold(&server).await;
     s.write_all(
         b"GET /status/201 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/202 HTTP/1.1\r\nHost: t\r\n\r\n",
     )

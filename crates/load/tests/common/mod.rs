@@ -1,10 +1,13 @@
 //! A tiny HTTP/1.1 (and line-protocol) test server for the load generator's tests:
-//! counts requests, connections open and their peak, and can misbehave on purpose.
+//! counts requests, connections open and their peak, records what the clients
+//! sent (methods, headers, source addresses), and can misbehave on purpose.
 #![allow(dead_code, missing_docs)]
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +33,11 @@ pub enum Mode {
     CloseWithoutReply,
     /// Answers with bytes that are not HTTP.
     Garbage,
+    /// `200` like `Fixed`, each answer written only after this delay (one
+    /// request at a time per connection): a connection can never be served
+    /// faster than one request per delay, so an open-loop client asking for
+    /// more must fall behind.
+    Delay(Duration),
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +54,31 @@ pub struct Stats {
     pub peak: AtomicU64,
     /// Connections that sent at least one request (or line).
     pub active: AtomicU64,
+    /// HTTP requests by method, as the server parsed them.
+    pub methods: Mutex<BTreeMap<String, u64>>,
+    /// HTTP requests by header, as `(lower-case name, value)`.
+    pub headers: Mutex<BTreeMap<(String, String), u64>>,
+    /// Connections that sent at least one request (or line), by the client's
+    /// source IP address the server saw.
+    pub peers: Mutex<BTreeMap<IpAddr, u64>>,
+}
+
+impl Stats {
+    /// The requests seen with `method`.
+    pub fn method(&self, method: &str) -> u64 {
+        self.methods
+            .lock()
+            .unwrap()
+            .get(method)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The requests seen carrying the header `name: value` (`name` lower case).
+    pub fn header(&self, name: &str, value: &str) -> u64 {
+        let key = (name.to_string(), value.to_string());
+        self.headers.lock().unwrap().get(&key).copied().unwrap_or(0)
+    }
 }
 
 pub struct Server {
@@ -77,14 +110,14 @@ pub fn start(mode: Mode) -> Server {
         rt.block_on(async move {
             let listener = TcpListener::from_std(std_listener).unwrap();
             loop {
-                let Ok((sock, _)) = listener.accept().await else {
+                let Ok((sock, peer)) = listener.accept().await else {
                     continue;
                 };
                 s.accepted.fetch_add(1, SeqCst);
                 let s = Arc::clone(&s);
                 tokio::spawn(async move {
                     let mut active = false;
-                    let _ = serve(sock, mode, &s, &mut active).await;
+                    let _ = serve(sock, peer.ip(), mode, &s, &mut active).await;
                     if active {
                         s.open.fetch_sub(1, SeqCst);
                     }
@@ -97,6 +130,7 @@ pub fn start(mode: Mode) -> Server {
 
 async fn serve(
     mut sock: TcpStream,
+    peer: IpAddr,
     mode: Mode,
     s: &Stats,
     active: &mut bool,
@@ -117,6 +151,7 @@ async fn serve(
             let open = s.open.fetch_add(1, SeqCst) + 1;
             s.peak.fetch_max(open, SeqCst);
             s.active.fetch_add(1, SeqCst);
+            *s.peers.lock().unwrap().entry(peer).or_default() += 1;
         }
         let mut close = false;
         if mode == Mode::Lines {
@@ -148,6 +183,20 @@ async fn serve(
                 if buf.len() < head + len {
                     break;
                 }
+                *s.methods
+                    .lock()
+                    .unwrap()
+                    .entry(req.method.unwrap_or("").to_string())
+                    .or_default() += 1;
+                {
+                    let mut seen = s.headers.lock().unwrap();
+                    for h in req.headers.iter() {
+                        let value = String::from_utf8_lossy(h.value).into_owned();
+                        *seen
+                            .entry((h.name.to_ascii_lowercase(), value))
+                            .or_default() += 1;
+                    }
+                }
                 buf.drain(..head + len);
                 s.body_bytes.fetch_add(len as u64, SeqCst);
                 let nth = s.requests.fetch_add(1, SeqCst) + 1;
@@ -165,6 +214,15 @@ async fn serve(
                     Mode::CloseEvery(k) if served_here % k == 0 => {
                         out.extend_from_slice(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok");
                         close = true;
+                    }
+                    Mode::Delay(d) => {
+                        // Answers are written in order, each after its delay.
+                        if !out.is_empty() {
+                            sock.write_all(&out).await?;
+                            out.clear();
+                        }
+                        tokio::time::sleep(d).await;
+                        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world\n");
                     }
                     Mode::DropFirst if nth == 1 => {
                         out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
@@ -191,4 +249,16 @@ async fn serve(
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// Waits (polling, at most 20 s: reached only when a test fails) until `cond`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }

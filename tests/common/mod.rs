@@ -1,0 +1,146 @@
+//! What the command-line tests share: a child process that cannot outlive its
+//! test, and reading its output with a bound.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdout, Command, ExitStatus};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Upper bound for any single wait on a child: reached only when a test fails.
+pub const CHILD_SAFETY: Duration = Duration::from_secs(30);
+
+/// A child process owned by a test. Dropping it (at the end of the test, or
+/// while a failed assertion unwinds) kills the child and reaps it, so no
+/// test leaves a server running, whether it passes or not.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Child,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd`; panics if it cannot start.
+    pub fn spawn(cmd: &mut Command) -> ChildGuard {
+        ChildGuard {
+            child: cmd.spawn().expect("the child starts"),
+        }
+    }
+
+    /// The child's process id.
+    pub fn id(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The child, to take its pipes.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Sends `sig` to the child (which has not been reaped: the guard only
+    /// reaps in [`wait`](ChildGuard::wait) and on drop).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child, which is not reaped yet, so its
+        // pid cannot have been reused.
+        unsafe { libc::kill(self.id(), sig) };
+    }
+
+    /// Waits for the child to exit, at most [`CHILD_SAFETY`]; panics (and
+    /// the drop kills it) if it does not.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + CHILD_SAFETY;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child did not exit within {CHILD_SAFETY:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the child to exit (bounded, as [`wait`](ChildGuard::wait))
+    /// and reads the rest of its stdout and stderr, if they were piped and
+    /// not taken.
+    pub fn wait_with_output(&mut self) -> (ExitStatus, String, String) {
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut out = String::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_string(&mut out);
+                }
+                out
+            })
+        };
+        let out = drain(
+            self.child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            self.child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let status = self.wait();
+        (status, out.join().unwrap(), err.join().unwrap())
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Already reaped: nothing to do (kill would fail harmlessly, as std
+        // refuses to signal a reaped child).
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines of a child's stdout, read on a thread so that each can be
+/// waited for with a bound.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    /// Starts reading `stdout` line by line.
+    pub fn new(stdout: ChildStdout) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx }
+    }
+
+    /// The next line, waiting at most [`CHILD_SAFETY`]; `None` at the end of
+    /// the output. Panics if no line comes in time.
+    pub fn next_line(&self) -> Option<String> {
+        match self.rx.recv_timeout(CHILD_SAFETY) {
+            Ok(line) => Some(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no output from the child within {CHILD_SAFETY:?}")
+            }
+        }
+    }
+
+    /// The next line; panics at the end of the output or after [`CHILD_SAFETY`].
+    pub fn expect_line(&self) -> String {
+        self.next_line().expect("the child closed its output")
+    }
+
+    /// Every line until the end of the output (each waited for with the bound).
+    pub fn rest(&self) -> Vec<String> {
+        std::iter::from_fn(|| self.next_line()).collect()
+    }
+}
