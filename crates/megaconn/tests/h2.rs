@@ -424,7 +424,7 @@ async fn rapid_reset_gets_goaway_and_the_server_stays_healthy() {
     // count, and read the counter then.
     assert_eq!(
         close_reason(&mut events).await,
-        megaconn::CloseReason::Protocol(StatusCode::TOO_MANY_REQUESTS)
+        megaconn::CloseReason::Protocol(megaconn::ProtocolDetail::Http2(0xb))
     );
     assert_eq!(server.handle.stats().protocol_errors, 1);
     assert_eq!(closed_total(&server.handle, "protocol_error"), 1);
