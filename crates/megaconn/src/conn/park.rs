@@ -218,6 +218,7 @@ impl ParkingLot {
         self.churn_since_trim.set(self.churn_since_trim.get() + 1);
         gauge(&self.stats.connections_parked, 1);
         gauge(&self.stats.connections_idle, 1);
+        incr(&self.stats.parks);
     }
 
     /// Seconds since `epoch`, rounded up, plus one (0 means "not parked").
@@ -287,6 +288,11 @@ impl ParkingLot {
         let parked_at = self.parked_at.borrow()[fd as usize];
         let hot = parked_at != 0 && self.millis_now().wrapping_sub(parked_at) < hot_within;
         let proto = ProtoTag(self.protos.borrow()[fd as usize] & !WAKE_AT_DEADLINE);
+        incr(if hot {
+            &self.stats.wakes_hot
+        } else {
+            &self.stats.wakes_cold
+        });
         let conn = self.connection(&socket);
         respawn(
             Incoming::Woken {
