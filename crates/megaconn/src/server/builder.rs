@@ -649,6 +649,36 @@ impl Builder {
         self
     }
 
+    /// Serves an already-bound, listening socket — one handed over by systemd
+    /// socket activation (`LISTEN_FDS`), say — next to any bound addresses.
+    /// Every worker accepts from this one socket (the kernel balances only
+    /// the `SO_REUSEPORT` listeners megaconn binds itself). Repeatable.
+    pub fn listener(self, listener: std::net::TcpListener) -> Result<Builder, Error> {
+        self.inherit(listener, false)
+    }
+
+    /// Like [`listener`](Builder::listener), served over TLS with the
+    /// configuration given to [`tls`](Builder::tls).
+    pub fn tls_listener(self, listener: std::net::TcpListener) -> Result<Builder, Error> {
+        self.inherit(listener, true)
+    }
+
+    fn inherit(mut self, listener: std::net::TcpListener, tls: bool) -> Result<Builder, Error> {
+        let addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        let position = self.config.addrs.len();
+        if tls {
+            self.config.tls_listeners.push(position);
+        }
+        self.config.addrs.push(addr);
+        self.config
+            .inherited
+            .push((position, std::sync::Arc::new(listener)));
+        Ok(self)
+    }
+
     /// Adds a listen address served over TLS, with the configuration given to
     /// [`tls`](Builder::tls), next to cleartext ones: once any address is
     /// added this way, the addresses from [`listen_on`](Builder::listen_on)
