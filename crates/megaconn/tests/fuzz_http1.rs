@@ -14,7 +14,8 @@
 //!    method, target and body. (One deliberate exception: a later HTTP/1 minor
 //!    version, `HTTP/1.2`, is served as HTTP/1.1 per RFC 9110 §2.5; hyper
 //!    refuses it.)
-//! 2. The same bytes written in random pieces give megaconn's exact answers.
+//! 2. The same bytes written in random pieces (or one byte per write) give
+//!    megaconn's exact answers.
 //!
 //! The corpus in `tests/corpus/http1/` is always replayed under both
 //! properties, and each corpus input is also split at every byte boundary.
@@ -650,12 +651,20 @@ fn input() -> impl Strategy<Value = (Vec<u8>, Vec<usize>)> {
         2 => Just(&b""[..]),
         1 => Just(&b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"[..]),
     ];
-    let cuts = proptest::collection::vec(any::<u16>(), 1..6);
+    // Random cut points, or (one case in eight) one byte per write.
+    let cuts = prop_oneof![
+        7 => proptest::collection::vec(any::<u16>(), 1..8).prop_map(Some),
+        1 => Just(None),
+    ];
     (base, mutations, follower, cuts).prop_map(|(mut bytes, mutations, follower, cuts)| {
         for m in &mutations {
             apply(&mut bytes, m);
         }
         bytes.extend_from_slice(follower);
+        let Some(cuts) = cuts else {
+            let every = (1..bytes.len()).collect();
+            return (bytes, every);
+        };
         let mut splits: Vec<usize> = cuts
             .iter()
             .map(|f| (*f as usize * bytes.len()) >> 16)
