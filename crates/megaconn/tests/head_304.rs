@@ -130,7 +130,6 @@ async fn head_and_304_frame_like_axum_serve() {
 /// (pass the status; for 304 drop a `0` and skip size-hint lengths of 0 for
 /// HEAD and 304, as hyper's h2 server does for an empty body).
 #[tokio::test]
-#[ignore = "needs the h2.rs prepare_headers change"]
 async fn head_and_304_frame_the_same_over_h2() {
     let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
         .workers(1)

@@ -17,10 +17,9 @@ use crate::conn::config::{self, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS
 use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::tls::TlsConfig;
-use crate::conn::transport::{Foreign, Transport};
+use crate::conn::transport::Transport;
 use crate::error::Error;
 use crate::observe::stats::{ServerStats, WorkerStats};
-use crate::proto::http1;
 use crate::server::worker::{self, WorkerSetup, WorkerSummary};
 use crate::service::body::Body;
 use crate::BoxError;
@@ -567,9 +566,7 @@ impl Builder {
             Arc::new(WorkerStats::default()),
             None,
         ));
-        // A caller's transport never parks and has no one to hand over to:
-        // whatever HTTP/1.1 ends with, the connection ends here.
-        let _ = http1::serve_connection(Foreign { io }, service, ctx, None).await;
+        crate::server::dispatch::serve_foreign(io, service, ctx).await;
     }
 }
 
