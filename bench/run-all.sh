@@ -11,7 +11,9 @@
 # Includes the committed MILLION.md, METRICS.md and H2TLS.md (bench/million.sh,
 # bench/metrics-overhead.sh, bench/h2-tls.sh write them; run those on their own).
 # Env: everything throughput.sh and idle-memory.sh read (ROUNDS, DURATION, RATE,
-#   N, RAMP, SERVERS...), RESULTS (output file, default bench/RESULTS.md).
+#   N, RAMP, SERVERS...), RESULTS (output file, default bench/RESULTS.md),
+#   REASSEMBLE=1 (measure nothing: keep RESULTS.md's measured part and copy the
+#   section files in again).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -20,6 +22,50 @@ set -euo pipefail
 RESULTS="${RESULTS:-$BENCH_DIR/RESULTS.md}"
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
+
+# Sections written by the longer or special-purpose scripts, each run on its
+# own, copied verbatim after a marker line; each says where it comes from
+# (the script and run that wrote it, or "hand-written" and from which runs).
+# REASSEMBLE=1: run nothing; keep RESULTS.md's measured part (everything above
+# the marker) and copy the sections in again.
+SECTIONS="FLOOR.md HEARTBEAT.md MILLION.md ALLOCATORS.md METRICS.md H2TLS.md IDLE-TLS.md"
+SECTION_MARKER="<!-- Sections below are copied by bench/run-all.sh from bench/*.md files written by other scripts (or by hand where a section says so); edit those files, not this one. -->"
+section_origin() { # file -> one line saying how it was written
+  case "$1" in
+    FLOOR.md) echo "bench/throughput.sh with SECTION_OUT (generated)" ;;
+    HEARTBEAT.md) echo "bench/heartbeat-cpu.sh with SECTION_OUT (generated)" ;;
+    MILLION.md) echo "hand-written from bench/million.sh runs named in it (its tables are million.sh output)" ;;
+    ALLOCATORS.md) echo "hand-written from bench/idle-memory.sh runs (megaconn only, three allocator builds), 2026-11-24 08:37 UTC" ;;
+    METRICS.md) echo "bench/metrics-overhead.sh output with a hand-written header" ;;
+    H2TLS.md) echo "bench/h2-tls.sh output with a hand-written header" ;;
+    IDLE-TLS.md) echo "hand-written from bench/idle-memory-tls.sh runs named in it" ;;
+    *) echo "see the section" ;;
+  esac
+}
+include_sections() {
+  local section
+  echo
+  echo "$SECTION_MARKER"
+  for section in $SECTIONS; do
+    if [[ -s "$BENCH_DIR/$section" ]]; then
+      echo
+      echo "_Next section copied from \`bench/$section\`: $(section_origin "$section")._"
+      cat "$BENCH_DIR/$section"
+    fi
+  done
+}
+if [[ "${REASSEMBLE:-0}" == 1 ]]; then
+  grep -qF -- "$SECTION_MARKER" "$RESULTS" || die "$RESULTS has no section marker; run run-all.sh in full"
+  tmp="$(mktemp)"
+  {
+    # The measured part: every line above the marker, trailing blank lines dropped.
+    awk -v m="$SECTION_MARKER" '$0 == m { exit } { print }' "$RESULTS" | sed -e :a -e '/^\n*$/{$d;N;ba' -e '}'
+    include_sections
+  } >"$tmp"
+  mv "$tmp" "$RESULTS"
+  log "reassembled $RESULTS (measured part kept, sections copied again)"
+  exit 0
+fi
 
 t0=$SECONDS
 bench_install_deps
@@ -52,7 +98,7 @@ status_line() { # rc secs
 {
   echo "# megaconn benchmark results"
   echo
-  echo "Written by \`bench/run-all.sh\`. Do not edit by hand; rerun it."
+  echo "Written by \`bench/run-all.sh\`. Do not edit by hand; rerun it. Its sections after the marker near the end are copied from bench/*.md files (each says whether a script or a person wrote it, and from which run); \`REASSEMBLE=1 bash bench/run-all.sh\` copies them in again without measuring."
   echo
   echo "## Machine"
   echo
@@ -105,15 +151,7 @@ status_line() { # rc secs
   echo "## Idle-connection memory"
   echo
   if [[ -s "$OUT_DIR/idle-memory.last.md" ]]; then cat "$OUT_DIR/idle-memory.last.md"; else echo "_no results_"; fi
-  # Sections written by the longer or special-purpose scripts, each run on its
-  # own: bench/million.sh, bench/metrics-overhead.sh, bench/h2-tls.sh,
-  # bench/idle-memory-tls.sh, and the allocator comparison (ALLOCATORS.md).
-  for section in MILLION.md ALLOCATORS.md METRICS.md H2TLS.md IDLE-TLS.md; do
-    if [[ -s "$BENCH_DIR/$section" ]]; then
-      echo
-      cat "$BENCH_DIR/$section"
-    fi
-  done
+  include_sections
 } >"$RESULTS"
 
 log "wrote $RESULTS (total $((SECONDS - t0)) s)"

@@ -35,6 +35,9 @@
 #   longest waits for other processes on the machine to go quiet.
 # Output: raw JSON in bench/out/throughput-<stamp>/ (runs.jsonl, wrk.jsonl,
 #   summary.json) and the markdown tables on stdout (also table.md there).
+#   SECTION_OUT=bench/FLOOR.md also writes them as a section that run-all.sh
+#   copies into RESULTS.md (titled $SECTION_TITLE, with the date, machine,
+#   load average, the exact command and a note that the machine was shared).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -196,3 +199,18 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" "$BENCH_JQ_DEFS"'
   echo
   echo "_throughput.sh: servers: ${servers[*]}; ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE; run time ${elapsed}s; raw JSON: bench/out/throughput-$STAMP/_"
 } | tee "$RES_DIR/table.md"
+
+if [[ -n "${SECTION_OUT:-}" ]]; then
+  {
+    echo "## ${SECTION_TITLE:-HTTP/1.1 throughput against the floor}"
+    echo
+    echo "Written by \`bench/throughput.sh\` (SECTION_OUT=$SECTION_OUT) on $(date -u '+%Y-%m-%d %H:%M UTC'), megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores. **The machine was shared with other people's builds during this run**: absolute req/s, latency and µs are noise-laden; the ratios measured side by side in this one run (× floor, vs megaconn) are the figures to read."
+    echo
+    echo '```'
+    echo "SECTION_OUT=$SECTION_OUT SERVERS=\"${servers[*]}\" ROUNDS=$ROUNDS DURATION=$DURATION PIPELINE=$PIPELINE RATE=$RATE WRK=$WRK bash bench/throughput.sh"
+    echo '```'
+    echo
+    sed 's/^### /#### /' "$RES_DIR/table.md"
+  } >"$SECTION_OUT"
+  log "wrote $SECTION_OUT"
+fi
