@@ -29,7 +29,8 @@
 #   (3), RAMP (5000/s), SETTLE (10 s after the ramp), WINDOW (30 s), ROUNDS (3),
 #   SERVERS ("megaconn nginx"; also go), SOURCE (127.0.0.2-127.0.0.9), PORT.
 # Output: bench/out/heartbeat-<stamp>/ (runs.jsonl, hold logs and JSON,
-#   table.md) and the markdown table on stdout.
+#   table.md) and the markdown table on stdout; SECTION_OUT=bench/HEARTBEAT.md
+#   also writes it as a section that run-all.sh copies into RESULTS.md.
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -183,3 +184,14 @@ elapsed=$((SECONDS - t_start))
   echo
   echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS SERVERS=\"$SERVERS\" bash bench/heartbeat-cpu.sh\`"
 } | tee "$RES_DIR/table.md"
+
+if [[ -n "${SECTION_OUT:-}" ]]; then
+  {
+    echo "## CPU per heartbeat on parked connections"
+    echo
+    echo "Written by \`bench/heartbeat-cpu.sh\` (SECTION_OUT=$SECTION_OUT) on $(date -u '+%Y-%m-%d %H:%M UTC'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores. **The machine was shared with other people's builds during this run**: read the ratios measured side by side, not the absolute µs."
+    echo
+    sed 's/^### /#### /' "$RES_DIR/table.md"
+  } >"$SECTION_OUT"
+  log "wrote $SECTION_OUT"
+fi
