@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# bench/profile.sh — where megaconn's CPU per request goes (issue 15): the raw
+# material of bench/PROFILE.md. HTTP/1.1 keep-alive, GET /, 64 connections,
+# `megaconn serve --workers 1 --admin off` on core $SERVER_CPU (1), `megaconn
+# load -t 1` on core $LOAD_CPU (0). Four measurements, each bounded:
+#   1. perf: `perf record -e cpu-clock -F $PERF_FREQ --call-graph dwarf` of the
+#      server for $PERF_SECS s under `load -c 64`; reports self time by
+#      kernel/user, by DSO and by symbol, and the user-space time by symbol.
+#      (No hardware counters in this VM: cpu-clock sampling. Samples land only
+#      while the server runs, so the shares hold on a busy machine.)
+#   2. strace -c -f: syscalls per request of megaconn and of the floor
+#      (bench/peers/floor.c) under `load -c 64 -n $STRACE_REQS`.
+#   3. valgrind --tool=dhat: heap blocks and bytes per request = (run with
+#      $VG_N2 requests − run with $VG_N1) / ($VG_N2 − $VG_N1): startup and
+#      connection setup cancel out.
+#   4. valgrind --tool=callgrind: user-space instructions per request, same
+#      differencing, inclusive and self by function (callgrind_annotate).
+# Needs: root, linux-perf, strace, valgrind (apt-get install when missing), gcc,
+# jq, a built megaconn (target/release, debug=1 line tables). Sets no sysctls
+# (ulimit -n 20000 via bench_tune, which also raises ip_local_port_range,
+# somaxconn and tcp_max_syn_backlog as lib.sh says).
+# Env: PERF_SECS (10), PERF_FREQ (2999), STRACE_REQS (200000), VG_N1 (2000),
+#   VG_N2 (22000), PORT, STEPS ("perf strace dhat callgrind").
+# Output: bench/out/profile-<stamp>/ (perf.data, reports, strace and valgrind
+# outputs, summary.md); summary.md on stdout.
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PERF_SECS="${PERF_SECS:-10}"
+PERF_FREQ="${PERF_FREQ:-2999}"
+STRACE_REQS="${STRACE_REQS:-200000}"
+VG_N1="${VG_N1:-2000}"
+VG_N2="${VG_N2:-22000}"
+STEPS="${STEPS:-perf strace dhat callgrind}"
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+for c in perf strace valgrind; do
+  command -v "$c" >/dev/null 2>&1 || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "$([[ $c == perf ]] && echo linux-perf || echo "$c")" >/dev/null
+  }
+done
+bench_install_deps
+bench_build
+bench_tune
+PORT="${PORT:-$(free_port 38800)}"
+URL="http://127.0.0.1:$PORT/"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+RES_DIR="$OUT_DIR/profile-$STAMP"
+mkdir -p "$RES_DIR"
+log "results in $RES_DIR"
+MEGACONN_SERVE_ARGS="--admin off"
+SUM="$RES_DIR/summary.md"
+: >"$SUM"
+
+load() { taskset -c "$LOAD_CPU" "$MEGACONN" load "$URL" -t 1 -q "$@"; }
+
+# ---- 1. perf -------------------------------------------------------------------
+if [[ " $STEPS " == *" perf "* ]]; then
+  server_start megaconn "$PORT" 1
+  load -c 64 -d 1s >/dev/null 2>&1 || true
+  load -c 64 -d "$((PERF_SECS + 2))s" --json "$RES_DIR/perf-load.json" >/dev/null 2>&1 &
+  lp=$!
+  sleep 1
+  perf record -e cpu-clock -F "$PERF_FREQ" --call-graph dwarf,16384 -p "$SERVER_PID" \
+    -o "$RES_DIR/perf.data" -- sleep "$PERF_SECS" 2>"$RES_DIR/perf-record.log" || true
+  wait "$lp" || true
+  server_stop
+  perf report -i "$RES_DIR/perf.data" --no-children --sort dso --stdio 2>/dev/null \
+    | grep -v '^$' >"$RES_DIR/perf-dso.txt" || true
+  perf report -i "$RES_DIR/perf.data" --no-children --sort sym --stdio -g none --percent-limit 0.3 2>/dev/null \
+    | grep -v '^$' >"$RES_DIR/perf-sym.txt" || true
+  perf report -i "$RES_DIR/perf.data" --no-children --sort sym --stdio -g none --percent-limit 0.2 \
+    --dsos "$(basename "$MEGACONN")" 2>/dev/null | grep -v '^$' >"$RES_DIR/perf-user-sym.txt" || true
+  perf report -i "$RES_DIR/perf.data" --children --sort sym --stdio -g none --percent-limit 1 \
+    --dsos "$(basename "$MEGACONN")" 2>/dev/null | grep -v '^$' >"$RES_DIR/perf-user-children.txt" || true
+  {
+    echo "### perf: server self time by DSO ($PERF_SECS s, cpu-clock at $PERF_FREQ Hz, load -c 64)"
+    echo; echo '```'; grep -v '^#' "$RES_DIR/perf-dso.txt" | head -12; echo '```'; echo
+    echo "### perf: top symbols, self time (all DSOs)"
+    echo; echo '```'; grep -v '^#' "$RES_DIR/perf-sym.txt" | head -40; echo '```'; echo
+  } >>"$SUM"
+fi
+
+# ---- 2. strace -c -f -----------------------------------------------------------
+strace_one() { # server
+  server_start "$1" "$PORT" 1
+  load -c 64 -d 1s >/dev/null 2>&1 || true
+  # -f: every thread; -c: counts only. Attach to the running server.
+  strace -c -f -p "$SERVER_PID" -o "$RES_DIR/strace-$1.txt" &
+  local sp=$!
+  sleep 1
+  load -c 64 -n "$STRACE_REQS" --json "$RES_DIR/strace-$1-load.json" >/dev/null 2>&1 || true
+  sleep 0.5
+  kill -INT "$sp" 2>/dev/null || true
+  wait "$sp" 2>/dev/null || true
+  server_stop
+  {
+    echo "#### $1: syscalls per request (strace -c -f, $STRACE_REQS requests at -c 64; a few hundred calls of connection setup and teardown included)"
+    echo
+    echo "| syscall | calls | per request | errors |"
+    echo "|---|---:|---:|---:|"
+    awk -v n="$STRACE_REQS" '$1 ~ /^[0-9.]+$/ && NF >= 5 {
+        name = $NF; calls = $4; err = (NF == 6) ? $5 : 0
+        printf "| %s | %d | %.4f | %d |\n", name, calls, calls / n, err }' "$RES_DIR/strace-$1.txt" | sort -t'|' -k3 -nr | head -12
+    echo
+  } >>"$SUM"
+}
+if [[ " $STEPS " == *" strace "* ]]; then
+  echo "### strace -c -f: syscalls per request" >>"$SUM"; echo >>"$SUM"
+  strace_one megaconn
+  strace_one floor
+fi
+
+# ---- 3./4. valgrind ------------------------------------------------------------
+# vg_run TOOL N: the server under valgrind, one warm-up request, N requests
+# at -c 64 (bounded: valgrind is ~50× slower), then SIGTERM (clean exit writes
+# the tool's output).
+vg_run() {
+  local tool=$1 n=$2 out="$RES_DIR/$1-$2" i
+  local extra=()
+  [[ "$tool" == dhat ]] && extra=(--dhat-out-file="$out.dhat.json")
+  [[ "$tool" == callgrind ]] && extra=(--callgrind-out-file="$out.callgrind" --dump-instr=no)
+  taskset -c "$SERVER_CPU" valgrind --tool="$tool" "${extra[@]}" "$MEGACONN" serve \
+    --listen "127.0.0.1:$PORT" --workers 1 --admin off >"$out.log" 2>&1 &
+  SERVER_PID=$! SERVER_NAME="valgrind-$tool"
+  for ((i = 0; i < 600; i++)); do curl -fsS -o /dev/null -m 1 "$URL" 2>/dev/null && break; sleep 0.2; done
+  timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "$URL" -t 1 -q -c 64 -n "$n" --json "$out.load.json" >/dev/null 2>&1 || true
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  for ((i = 0; i < 600; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+if [[ " $STEPS " == *" dhat "* ]]; then
+  vg_run dhat "$VG_N1"
+  vg_run dhat "$VG_N2"
+  # dhat's log: "Total:     1,234 bytes in 56 blocks"
+  tot() { awk '/Total:/ { gsub(",", ""); for (i = 1; i < NF; i++) { if ($(i+1) == "bytes") b = $i; if ($(i+1) == "blocks") k = $i } } END { print b + 0, k + 0 }' "$1"; }
+  read -r b1 k1 < <(tot "$RES_DIR/dhat-$VG_N1.log")
+  read -r b2 k2 < <(tot "$RES_DIR/dhat-$VG_N2.log")
+  {
+    echo "### valgrind --tool=dhat: heap allocations per request"
+    echo
+    echo "$VG_N1 requests: $k1 blocks, $b1 bytes; $VG_N2 requests: $k2 blocks, $b2 bytes (whole run, startup included)."
+    awk -v b1="$b1" -v b2="$b2" -v k1="$k1" -v k2="$k2" -v n1="$VG_N1" -v n2="$VG_N2" \
+      'BEGIN { printf "Per request: **%.2f allocations, %.0f bytes** ((run 2 − run 1) / %d requests).\n", (k2 - k1) / (n2 - n1), (b2 - b1) / (n2 - n1), n2 - n1 }'
+    echo
+  } >>"$SUM"
+fi
+if [[ " $STEPS " == *" callgrind "* ]]; then
+  vg_run callgrind "$VG_N1"
+  vg_run callgrind "$VG_N2"
+  for n in "$VG_N1" "$VG_N2"; do
+    callgrind_annotate --inclusive=yes --threshold=100 "$RES_DIR/callgrind-$n.callgrind" >"$RES_DIR/callgrind-$n-incl.txt" 2>/dev/null || true
+    callgrind_annotate --inclusive=no --threshold=100 "$RES_DIR/callgrind-$n.callgrind" >"$RES_DIR/callgrind-$n-self.txt" 2>/dev/null || true
+  done
+  # Per-function difference between the two runs / extra requests.
+  for kind in self incl; do
+    awk -v n="$((VG_N2 - VG_N1))" '
+      function num(s) { gsub(",", "", s); return s + 0 }
+      FNR == 1 { f++ }
+      /^ *[0-9,]+ / && $0 !~ /PROGRAM TOTALS/ {
+        v = num($1); line = $0; sub(/^ *[0-9,]+ +(\([^)]*\) +)?/, "", line)
+        sub(/ \[[^]]*\]$/, "", line)
+        if (f == 1) a[line] = v; else b[line] = v
+      }
+      /PROGRAM TOTALS/ { t[f] = num($1) }
+      END {
+        printf "TOTAL %.0f\n", (t[2] - t[1]) / n
+        for (k in b) { d = (b[k] - a[k]) / n; if (d >= 5) printf "%.1f\t%s\n", d, k }
+      }' "$RES_DIR/callgrind-$VG_N1-$kind.txt" "$RES_DIR/callgrind-$VG_N2-$kind.txt" \
+      | sort -t$'\t' -k1 -nr >"$RES_DIR/callgrind-per-req-$kind.txt"
+  done
+  {
+    echo "### valgrind --tool=callgrind: user-space instructions per request"
+    echo
+    echo "Total: $(awk '/^TOTAL/ { print $2 }' "$RES_DIR/callgrind-per-req-self.txt") instructions per request ((run with $VG_N2 − run with $VG_N1) / $((VG_N2 - VG_N1)))."
+    echo
+    echo "Self, top 40 (instructions per request, function):"
+    echo; echo '```'; grep -v '^TOTAL' "$RES_DIR/callgrind-per-req-self.txt" | head -40 | cut -c1-200; echo '```'; echo
+    echo "Inclusive, top 60:"
+    echo; echo '```'; grep -v '^TOTAL' "$RES_DIR/callgrind-per-req-incl.txt" | head -60 | cut -c1-200; echo '```'
+  } >>"$SUM"
+fi
+cat "$SUM"
