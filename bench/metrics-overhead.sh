@@ -28,16 +28,18 @@ cargo build --release --quiet --bin megaconn
 cp target/release/megaconn "$work/on"
 echo "building without metrics ..." >&2
 # The root package enables megaconn's default features; the "off" variant is
-# built from a copy of the manifest with them disabled (restored right after).
-sed 's|^megaconn = { path = "crates/megaconn" }|megaconn = { path = "crates/megaconn", default-features = false }|' Cargo.toml >"$work/Cargo.toml.off"
-cp Cargo.toml "$work/Cargo.toml.orig"
-cp Cargo.lock "$work/Cargo.lock.orig"
-cp "$work/Cargo.toml.off" Cargo.toml
-trap 'cp "$work/Cargo.toml.orig" Cargo.toml; cp "$work/Cargo.lock.orig" Cargo.lock; kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
-CARGO_TARGET_DIR="$PWD/target/metrics-off" cargo build --release --quiet --bin megaconn
+# built from a copy of the sources (target/metrics-off/src: Cargo.toml with
+# them disabled, Cargo.lock, crates/) so the work tree is never modified, into
+# target/metrics-off (kept between runs, so a rerun builds incrementally).
+off_src="$PWD/target/metrics-off/src"
+mkdir -p "$off_src"
+rm -rf "$off_src/crates"
+cp -a Cargo.lock crates "$off_src/"
+sed 's|^megaconn = { path = "crates/megaconn" }|megaconn = { path = "crates/megaconn", default-features = false }|' Cargo.toml >"$off_src/Cargo.toml"
+grep -q 'default-features = false' "$off_src/Cargo.toml" || { echo "could not disable megaconn's default features in Cargo.toml" >&2; exit 1; }
+sed -i 's|^exclude = \["bench/peers"\]|exclude = []|' "$off_src/Cargo.toml"
+(cd "$off_src" && CARGO_TARGET_DIR="$OLDPWD/target/metrics-off" cargo build --release --quiet --bin megaconn)
 cp "target/metrics-off/release/megaconn" "$work/off"
-cp "$work/Cargo.toml.orig" Cargo.toml
-cp "$work/Cargo.lock.orig" Cargo.lock
 
 # Nanoseconds on the CPU, all threads of PID (/proc/PID/task/*/schedstat).
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
