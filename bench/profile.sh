@@ -68,7 +68,7 @@ if [[ " $STEPS " == *" perf "* ]]; then
     -o "$RES_DIR/perf.data" -- sleep "$PERF_SECS" 2>"$RES_DIR/perf-record.log" || true
   wait "$lp" || true
   server_stop
-  perf report -i "$RES_DIR/perf.data" --no-children --sort dso --stdio 2>/dev/null \
+  perf report -i "$RES_DIR/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null \
     | grep -v '^$' >"$RES_DIR/perf-dso.txt" || true
   perf report -i "$RES_DIR/perf.data" --no-children --sort sym --stdio -g none --percent-limit 0.3 2>/dev/null \
     | grep -v '^$' >"$RES_DIR/perf-sym.txt" || true
@@ -78,9 +78,9 @@ if [[ " $STEPS " == *" perf "* ]]; then
     --dsos "$(basename "$MEGACONN")" 2>/dev/null | grep -v '^$' >"$RES_DIR/perf-user-children.txt" || true
   {
     echo "### perf: server self time by DSO ($PERF_SECS s, cpu-clock at $PERF_FREQ Hz, load -c 64)"
-    echo; echo '```'; grep -v '^#' "$RES_DIR/perf-dso.txt" | head -12; echo '```'; echo
+    echo; echo '```'; grep -v '^#' "$RES_DIR/perf-dso.txt" | sed -n 1,12p; echo '```'; echo
     echo "### perf: top symbols, self time (all DSOs)"
-    echo; echo '```'; grep -v '^#' "$RES_DIR/perf-sym.txt" | head -40; echo '```'; echo
+    echo; echo '```'; grep -v '^#' "$RES_DIR/perf-sym.txt" | sed -n 1,40p; echo '```'; echo
   } >>"$SUM"
 fi
 
@@ -104,7 +104,7 @@ strace_one() { # server
     echo "|---|---:|---:|---:|"
     awk -v n="$STRACE_REQS" '$1 ~ /^[0-9.]+$/ && NF >= 5 {
         name = $NF; calls = $4; err = (NF == 6) ? $5 : 0
-        printf "| %s | %d | %.4f | %d |\n", name, calls, calls / n, err }' "$RES_DIR/strace-$1.txt" | sort -t'|' -k3 -nr | head -12
+        printf "| %s | %d | %.4f | %d |\n", name, calls, calls / n, err }' "$RES_DIR/strace-$1.txt" | sort -t'|' -k3 -nr | sed -n 1,12p
     echo
   } >>"$SUM"
 }
@@ -148,14 +148,42 @@ if [[ " $STEPS " == *" dhat "* ]]; then
     awk -v b1="$b1" -v b2="$b2" -v k1="$k1" -v k2="$k2" -v n1="$VG_N1" -v n2="$VG_N2" \
       'BEGIN { printf "Per request: **%.2f allocations, %.0f bytes** ((run 2 − run 1) / %d requests).\n", (k2 - k1) / (n2 - n1), (b2 - b1) / (n2 - n1), n2 - n1 }'
     echo
+    echo "Allocation sites per request (stack: first frames outside liballoc; run 2 − run 1):"
+    echo
+    echo '```'
+    python3 - "$RES_DIR/dhat-$VG_N1.dhat.json" "$RES_DIR/dhat-$VG_N2.dhat.json" "$((VG_N2 - VG_N1))" <<'PY'
+import json, re, sys
+def agg(fn):
+    dd = json.load(open(fn)); m = {}
+    for pp in dd["pps"]:
+        sig = []
+        for i in pp["fs"]:
+            f = dd["ftbl"][i]
+            if re.search(r"library/alloc/|vgpreload|malloc|raw_vec|/alloc\.rs", f):
+                continue
+            f = re.sub(r"/root/.cargo/registry/src/[^/]+/|/work/[^/]+/", "", f.split(": ", 1)[-1])
+            sig.append(f[:120])
+            if len(sig) >= 6:
+                break
+        k = "\n      <- ".join(sig)
+        b, n = m.get(k, (0, 0)); m[k] = (b + pp["tb"], n + pp["tbk"])
+    return m
+m1, m2, n = agg(sys.argv[1]), agg(sys.argv[2]), int(sys.argv[3])
+rows = sorted((((v[1] - m1.get(k, (0, 0))[1]) / n, (v[0] - m1.get(k, (0, 0))[0]) / n, k) for k, v in m2.items()), reverse=True)
+for blocks, size, k in rows:
+    if blocks >= 0.05:
+        print("%.2f allocations/request, %.0f B/request:\n      %s" % (blocks, size, k))
+PY
+    echo '```'
+    echo
   } >>"$SUM"
 fi
 if [[ " $STEPS " == *" callgrind "* ]]; then
   vg_run callgrind "$VG_N1"
   vg_run callgrind "$VG_N2"
   for n in "$VG_N1" "$VG_N2"; do
-    callgrind_annotate --inclusive=yes --threshold=100 "$RES_DIR/callgrind-$n.callgrind" >"$RES_DIR/callgrind-$n-incl.txt" 2>/dev/null || true
-    callgrind_annotate --inclusive=no --threshold=100 "$RES_DIR/callgrind-$n.callgrind" >"$RES_DIR/callgrind-$n-self.txt" 2>/dev/null || true
+    callgrind_annotate --auto=no --show-percs=no --inclusive=yes --threshold=100 "$RES_DIR/callgrind-$n.callgrind" >"$RES_DIR/callgrind-$n-incl.txt" 2>/dev/null || true
+    callgrind_annotate --auto=no --show-percs=no --inclusive=no --threshold=100 "$RES_DIR/callgrind-$n.callgrind" >"$RES_DIR/callgrind-$n-self.txt" 2>/dev/null || true
   done
   # Per-function difference between the two runs / extra requests.
   for kind in self incl; do
@@ -180,9 +208,54 @@ if [[ " $STEPS " == *" callgrind "* ]]; then
     echo "Total: $(awk '/^TOTAL/ { print $2 }' "$RES_DIR/callgrind-per-req-self.txt") instructions per request ((run with $VG_N2 − run with $VG_N1) / $((VG_N2 - VG_N1)))."
     echo
     echo "Self, top 40 (instructions per request, function):"
-    echo; echo '```'; grep -v '^TOTAL' "$RES_DIR/callgrind-per-req-self.txt" | head -40 | cut -c1-200; echo '```'; echo
+    echo; echo '```'; grep -v '^TOTAL' "$RES_DIR/callgrind-per-req-self.txt" | sed -n 1,40p | cut -c1-200; echo '```'; echo
+    echo "By category (self instructions per request of each file:function, sorted into categories by bench/profile.sh's rules; rows under 5 instructions per request are left out):"
+    echo
+    echo '```'
+    python3 - "$RES_DIR/callgrind-per-req-self.txt" <<'PY'
+import re, sys
+rows = []
+total = None
+for line in open(sys.argv[1]):
+    if line.startswith("TOTAL"):
+        total = float(line.split()[1]); continue
+    v, k = line.rstrip("\n").split("\t", 1); rows.append((float(v), k))
+def split(k):
+    m = re.match(r"(.*?\.(?:rs|c|S|h)|\?\?\?):(.*)", k)
+    return (m.group(1), m.group(2)) if m else ("", k)
+cats = [
+    ("memcpy (moves of futures, heads and requests; byte copies)", lambda f, fn: "memmove" in f or "memcpy" in fn),
+    ("malloc/free", lambda f, fn: "malloc" in f or "arena.c" in f or re.search(r"__rust_(de)?alloc|__rdl_|cfree|_int_(free|malloc)|unlink_chunk", fn)),
+    ("clock reads (Instant::now)", lambda f, fn: re.search(r"Timespec|Instant>::now|Instant::now|clock_gettime|elapsed|vdso", fn + f)),
+    ("timers (tokio timeout/sleep registration, Timer drop)", lambda f, fn: re.search(r"tokio[^/]*/src/(time|runtime/time)/", f) or re.search(r"Timer|TimerEntry|Sleep|timeout::", fn)),
+    ("parsing (head::parse, httparse, end-of-head scan)", lambda f, fn: "httparse" in f + fn or "head_may_be_complete" in fn or f.endswith("http1/head.rs")),
+    ("http types: Request/HeaderMap/Uri build and drop (request and response)", lambda f, fn: re.search(r"/http-1\.", f) or re.search(r"^http::|drop_in_place<http::", fn)),
+    ("response encoding + Date", lambda f, fn: re.search(r"encode|date\.rs|write_head|format_u64|put_header", f + fn)),
+    ("service (demo app)", lambda f, fn: "demo.rs" in f or ("demo::" in fn and "Service" in fn)),
+    ("metrics + lifecycle + stats", lambda f, fn: re.search(r"metrics|lifecycle|stats\.rs|RequestRecord|LocalKey", f + fn)),
+    ("shutdown watch (select! on LocalShutdown / Notify per wait)", lambda f, fn: re.search(r"shutdown|notify", f + fn)),
+    ("buffers (pool, BytesMut, Bytes)", lambda f, fn: re.search(r"pool\.rs|Buffers|bytes-1\.|bytes::", f + fn)),
+    ("I/O readiness + syscall wrappers (tokio io, send/recv)", lambda f, fn: re.search(r"runtime/io|net/tcp|poll_evented|registration|scheduled_io|socket|send|recv|cancel|transport", f + fn)),
+    ("task polling, wakers, scheduler (tokio task/scheduler, futures combinators)", lambda f, fn: re.search(r"tokio|futures|task|waker|poll_fn|future\.rs|select", f + fn)),
+    ("connection/exchange state machine (http1/conn.rs, exchange.rs)", lambda f, fn: re.search(r"http1/(conn|exchange)\.rs|megaconn::http1", f + fn)),
+]
+acc = {c: 0.0 for c, _ in cats}; acc["other"] = 0.0
+for v, k in rows:
+    f, fn = split(k)
+    for c, t in cats:
+        if t(f, fn):
+            acc[c] += v; break
+    else:
+        acc["other"] += v
+print("%6s  %6s  %s" % ("instr", "share", "category"))
+for c, v in sorted(acc.items(), key=lambda x: -x[1]):
+    print("%6.0f  %5.1f%%  %s" % (v, 100 * v / total, c))
+print("%6.0f  %5.1f%%  %s" % (total - sum(acc.values()), 100 * (total - sum(acc.values())) / total, "rows under 5 instr/request"))
+PY
+    echo '```'
+    echo
     echo "Inclusive, top 60:"
-    echo; echo '```'; grep -v '^TOTAL' "$RES_DIR/callgrind-per-req-incl.txt" | head -60 | cut -c1-200; echo '```'
+    echo; echo '```'; grep -v '^TOTAL' "$RES_DIR/callgrind-per-req-incl.txt" | sed -n 1,60p | cut -c1-200; echo '```'
   } >>"$SUM"
 fi
 cat "$SUM"
