@@ -727,7 +727,7 @@ fi
       + " | \(.hold.drops // "—") / \(.hold.resets // "—") / \(.hold.failed_connects // "—")"
       + " | \(.hold.heartbeat_latency_us.p50 // null | ms) / \(.hold.heartbeat_latency_us.p99 // null | ms) / \(.hold.heartbeat_latency_us.p999 // null | ms)"
       + " | \(.rss | mib) | \(.rss_per_conn | f0) | \(.pss_per_conn | f0) | \(.kernel_per_conn | f0)"
-      + " | \(.cpu_pct_holding // null | if . == null then "—" else tostring + " % (\(.heartbeats_per_sec_holding // null | f0) heartbeats/s)" end)"
+      + " | \((.heartbeats_per_sec_holding // null) as $hb | .cpu_pct_holding // null | if . == null then "—" else tostring + " % (\($hb | f0) heartbeats/s)" end)"
       + " | \(.server_us_per_heartbeat // null | us) | \(.hold_us_per_heartbeat // null | us)"
       + " | \(if .exit_status == "0" then "yes" else "no (" + .exit_status + ")" end) |" end' "$(src_dir "$server")/$server.json"
   done
