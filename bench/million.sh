@@ -539,7 +539,7 @@ run_server() {
     last_open=$S_OPEN
     # CPU-while-holding window starts CPU_SETTLE s after the ramp.
     if ((ramp_done && cpu_t0 == 0 && S_T >= ramp_done_t + settle)); then
-      cpu_t0=$S_T cpu_ticks0=$S_TICKS cpu_hticks0=$S_HTICKS busy_cpu0="$(system_busy_secs)"
+      cpu_t0=$S_T cpu_ticks0=$S_TICKS cpu_hticks0=$S_HTICKS busy_cpu0="$(machine_idle_snapshot)"
     fi
     if ((S_RSS > RSS_CAP)) || ((S_AVAIL < MIN_AVAIL)); then
       stopped_early="RSS $((S_RSS >> 20)) MiB (cap $((RSS_CAP >> 20))) / MemAvailable $((S_AVAIL >> 20)) MiB (floor $((MIN_AVAIL >> 20)))"
@@ -550,7 +550,7 @@ run_server() {
     fi
     [[ "$phase" == final ]] && break
   done
-  busy1="$(system_busy_secs)"
+  busy1="$(machine_idle_snapshot)"
   sn1="$(softnet_drops)"
   lo1="$(tcpext ListenOverflows)"
   sr1="$(tcpext TCPSynRetrans)"
@@ -616,7 +616,9 @@ run_server() {
   local cpu_pct=null other_pct=null
   if ((cpu_t0 > 0 && F_T > cpu_t0)); then
     cpu_pct="$(awk -v a="$cpu_ticks0" -v b="$F_TICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')"
-    other_pct="$(awk -v a="$busy_cpu0" -v b="$busy1" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.1f", (b - a) / s * 100 }')"
+    # Busy CPU of the whole machine (ncpu × wall − idle, lib.sh) from the CPU
+    # window's start until hold's end was awaited: % of one core.
+    other_pct="$(awk -v b="$(machine_busy_between "$busy_cpu0" "$busy1")" -v a="$busy_cpu0" -v c="$busy1" 'BEGIN { split(a, x, " "); split(c, y, " "); printf "%.1f", b / (y[1] - x[1]) * 100 }')"
   fi
   local hold_json=null
   [[ -s "$hjson" ]] && hold_json="$(jq -c . "$hjson" 2>/dev/null || echo null)"

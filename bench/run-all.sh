@@ -7,7 +7,8 @@
 # procps util-linux time curl when missing and builds the peers and megaconn.
 # Sets sysctls (via lib.sh): net.ipv4.ip_local_port_range="1024 65535",
 #   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
-# Takes about 7 minutes with the defaults (plus the first build).
+# Takes about 9 minutes with the defaults (plus the first build): five servers
+# (megaconn, Go, nginx, axum and the floor) × four scenarios × 3 rounds.
 # Includes the committed MILLION.md, METRICS.md and H2TLS.md (bench/million.sh,
 # bench/metrics-overhead.sh, bench/h2-tls.sh write them; run those on their own).
 # Env: everything throughput.sh and idle-memory.sh read (ROUNDS, DURATION, RATE,
@@ -126,6 +127,7 @@ status_line() { # rc secs
   echo "GOMAXPROCS=1 taskset -c $SERVER_CPU bench/peers/go-hello/target/go-hello -listen 127.0.0.1:PORT"
   echo "taskset -c $SERVER_CPU nginx -p RUN -c RUN/nginx.conf   # bench/peers/nginx.conf.template, worker_processes 1"
   echo "taskset -c $SERVER_CPU bench/peers/axum-hello/target/release/axum-hello --listen 127.0.0.1:PORT --threads 1"
+  echo "taskset -c $SERVER_CPU bench/out/floor 127.0.0.1 PORT   # the floor: gcc -O2 bench/peers/floor.c"
   echo '```'
   echo
   echo "Load (throughput.sh), pinned to core $LOAD_CPU, after a 1 s warm-up; ${ROUNDS:-3} interleaved rounds of each:"
@@ -133,6 +135,7 @@ status_line() { # rc secs
   echo '```'
   echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c 64 --json F"
   echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c 512 --json F"
+  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c 64 --pipeline ${PIPELINE:-16} --json F"
   echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c ${RATE_CONNS:-64} --rate ${RATE:-20000} --json F"
   echo "taskset -c $LOAD_CPU /usr/bin/time wrk -t1 -c64 -d${WRK_DURATION:-5s} -s bench/wrk-json.lua http://127.0.0.1:PORT/   # cross-check"
   echo '```'
