@@ -352,7 +352,8 @@ sample() {
 # Start NAME on PORT with P processes; sets SERVER_PID, SERVER_NAME.
 start_server() {
   local name=$1 procs=$2 log_file="$RES_DIR/$1.server.log" i n
-  SERVER_NAME=$name # read by bench/lib.sh (server_stop in the EXIT trap)
+  # shellcheck disable=SC2034  # read by bench/lib.sh (server_stop in the EXIT trap)
+  SERVER_NAME=$name
   port_listening "$PORT" && die "port $PORT is already in use: $(ss -Hltnp "( sport = :$PORT )" | head -1)"
   case "$name" in
     megaconn)
@@ -460,7 +461,7 @@ run_server() {
   local procs=$(((target + PER_PROC - 1) / PER_PROC + 1))
   local csv="$RES_DIR/$name.csv" hlog="$RES_DIR/$name.hold.log" hjson="$RES_DIR/$name.hold.json"
   local t0 fd0 rss0 k0 sk0 sn0 stopped_early="" ramp_done=0 ramp_done_t=0
-  local cpu_t0=0 cpu_ticks0=0 cpu_hticks0=0 busy_cpu0=0 last_open=-1 expect_ramp phase
+  local cpu_t0=0 cpu_ticks0=0 cpu_hticks0=0 busy_cpu0=0 expect_ramp phase
   local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 F_HTICKS=0 F_END=0 peak_conns=0 busy1 sn1 pss0
   local all_open_t=null lo0 lo1 sr0 sr1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
   log "== $name: $target connections at $ramp/s, held ${hold}s, $procs server processes"
@@ -542,7 +543,6 @@ run_server() {
         log "  ramp over at ${S_T}s ($S_OPEN open; hold settled at ${full_t:-?}s of its clock; asked ${expect_ramp}s); hold closes at ${close_lo}s at the earliest; CPU measured from $((S_T + settle))s"
       fi
     fi
-    last_open=$S_OPEN
     # CPU-while-holding window starts CPU_SETTLE s after the ramp.
     if ((ramp_done && cpu_t0 == 0 && S_T >= ramp_done_t + settle)); then
       cpu_t0=$S_T cpu_ticks0=$S_TICKS cpu_hticks0=$S_HTICKS busy_cpu0="$(machine_idle_snapshot)"

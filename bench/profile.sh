@@ -51,6 +51,7 @@ STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RES_DIR="$OUT_DIR/profile-$STAMP"
 mkdir -p "$RES_DIR"
 log "results in $RES_DIR"
+# shellcheck disable=SC2034  # read by lib.sh's server_start
 MEGACONN_SERVE_ARGS="--admin off"
 SUM="$RES_DIR/summary.md"
 : >"$SUM"
@@ -125,6 +126,7 @@ vg_run() {
   [[ "$tool" == callgrind ]] && extra=(--callgrind-out-file="$out.callgrind" --dump-instr=no)
   taskset -c "$SERVER_CPU" valgrind --tool="$tool" "${extra[@]}" "$MEGACONN" serve \
     --listen "127.0.0.1:$PORT" --workers 1 --admin off >"$out.log" 2>&1 &
+  # shellcheck disable=SC2034  # SERVER_NAME: read by lib.sh's server_stop
   SERVER_PID=$! SERVER_NAME="valgrind-$tool"
   for ((i = 0; i < 600; i++)); do curl -fsS -o /dev/null -m 1 "$URL" 2>/dev/null && break; sleep 0.2; done
   timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "$URL" -t 1 -q -c 64 -n "$n" --json "$out.load.json" >/dev/null 2>&1 || true
