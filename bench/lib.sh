@@ -369,12 +369,14 @@ system_busy_secs() {
 # throughput records use for "other CPU": /proc/stat's user/system fields are
 # tick samples (a tick landing while a CPU is busy), while a process's
 # utime+stime in /proc/PID/stat is its exact run time (sum_exec_runtime) cut
-# into 10 ms ticks; on a loopback benchmark, where the CPUs flip between busy
-# and idle tens of thousands of times a second, the tick samples undercount
-# busy time against the exact per-process figures, which made "other CPU"
-# negative (down to −13%). With NOHZ the idle fields are exact (measured from
-# idle entry/exit), so busy derived from them is on the same footing as the
-# per-process figures.
+# into 10 ms ticks. On a loopback benchmark, where the CPUs flip between busy
+# and idle tens of thousands of times a second, tick samples can undercount
+# busy time against the exact per-process figures: the likely cause of the
+# negative "other CPU" (down to −13%, worst in the open-loop rows, where the
+# CPUs idle most). With NOHZ the idle fields are exact (measured from idle
+# entry/exit), so busy time derived from them is on the same footing as the
+# per-process figures. (Not verified on a quiet machine: on the busy machine of
+# 2026-11-30 both measures agreed within 1%, the CPUs never being idle.)
 machine_idle_snapshot() {
   local now=$EPOCHREALTIME
   awk -v hz="$CLK_TCK" -v now="$now" '$1 == "cpu" { printf "%s %.4f\n", now, ($5 + $6) / hz; exit }' /proc/stat
