@@ -9,7 +9,9 @@
 #      (No hardware counters in this VM: cpu-clock sampling. Samples land only
 #      while the server runs, so the shares hold on a busy machine.)
 #   2. strace -c -f: syscalls per request of megaconn and of the floor
-#      (bench/peers/floor.c) under `load -c 64 -n $STRACE_REQS`.
+#      (bench/peers/floor.c) under `load -c 64 -n $STRACE_REQS`; and (step
+#      hbstrace) syscalls per heartbeat of megaconn and nginx with $HB_N
+#      parked connections, a heartbeat each every $HB_INTERVAL s.
 #   3. valgrind --tool=dhat: heap blocks and bytes per request = (run with
 #      $VG_N2 requests − run with $VG_N1) / ($VG_N2 − $VG_N1): startup and
 #      connection setup cancel out.
@@ -20,7 +22,8 @@
 # (ulimit -n 20000 via bench_tune, which also raises ip_local_port_range,
 # somaxconn and tcp_max_syn_backlog as lib.sh says).
 # Env: PERF_SECS (10), PERF_FREQ (2999), STRACE_REQS (200000), VG_N1 (2000),
-#   VG_N2 (22000), PORT, STEPS ("perf strace dhat callgrind").
+#   VG_N2 (22000), HB_N (15000), HB_INTERVAL (3), HB_SETTLE (8), HB_SECS (10),
+#   PORT, STEPS ("perf strace hbstrace dhat callgrind").
 # Output: bench/out/profile-<stamp>/ (perf.data, reports, strace and valgrind
 # outputs, summary.md); summary.md on stdout.
 set -euo pipefail
@@ -32,7 +35,7 @@ PERF_FREQ="${PERF_FREQ:-2999}"
 STRACE_REQS="${STRACE_REQS:-200000}"
 VG_N1="${VG_N1:-2000}"
 VG_N2="${VG_N2:-22000}"
-STEPS="${STEPS:-perf strace dhat callgrind}"
+STEPS="${STEPS:-perf strace hbstrace dhat callgrind}"
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -113,6 +116,46 @@ if [[ " $STEPS " == *" strace "* ]]; then
   echo "### strace -c -f: syscalls per request" >>"$SUM"; echo >>"$SUM"
   strace_one megaconn
   strace_one floor
+fi
+
+# ---- 2b. strace -c -f per heartbeat on parked connections ---------------------
+# HB_N connections (megaconn hold, 127.0.0.2-9), a heartbeat each every
+# HB_INTERVAL s; after HB_SETTLE s, strace -c -f on the server for HB_SECS s;
+# heartbeats counted from hold's own heartbeats/s lines over that window.
+hb_strace_one() { # server
+  local hb_log="$RES_DIR/hb-$1.hold.log" t0 t1 rate
+  server_start "$1" "$PORT" 1
+  taskset -c "$LOAD_CPU" "$MEGACONN" hold "$URL" -c "$HB_N" --ramp 5000 --source 127.0.0.2-127.0.0.9 \
+    --interval "${HB_INTERVAL}s" -d "$((HB_SETTLE + HB_SECS + 5))s" >"$hb_log" 2>&1 &
+  local hp=$!
+  sleep "$((HB_N / 5000 + 2 + HB_SETTLE))"
+  t0="$(tail -c 2000 "$hb_log" | awk 'match($0, /^\[ *[0-9.]+s\]/) { t = substr($0, 2, RLENGTH - 3) + 0 } END { print t + 0 }')"
+  local p pargs=()
+  for p in $SERVER_MEASURE_PIDS; do pargs+=(-p "$p"); done # nginx: its workers
+  timeout -s INT "$HB_SECS" strace -c -f "${pargs[@]}" -o "$RES_DIR/strace-hb-$1.txt" || true
+  t1="$(tail -c 2000 "$hb_log" | awk 'match($0, /^\[ *[0-9.]+s\]/) { t = substr($0, 2, RLENGTH - 3) + 0 } END { print t + 0 }')"
+  rate="$(awk -v a="$t0" -v b="$t1" 'match($0, /^\[ *[0-9.]+s\]/) { t = substr($0, 2, RLENGTH - 3) + 0; if (t < a || t > b) next
+      for (i = 2; i <= NF; i++) if ($i == "heartbeats/s,") { s += $(i - 1); k++ } } END { printf "%.0f", k ? s / k : 0 }' "$hb_log")"
+  kill_ours TERM hold "$hp"; wait "$hp" 2>/dev/null || true
+  server_stop
+  {
+    echo "#### $1: syscalls per heartbeat ($HB_N connections, one heartbeat each every $HB_INTERVAL s; strace -c -f for $HB_SECS s; hold saw $rate heartbeats/s meanwhile, slowed by strace)"
+    echo
+    echo "Per heartbeat = calls / the most-called of sendto, writev, sendmsg, write (one response written per heartbeat: megaconn uses sendto, nginx writev)."
+    echo
+    echo "| syscall | calls | per heartbeat | errors |"
+    echo "|---|---:|---:|---:|"
+    awk -v n="$(awk '$NF ~ /^(sendto|writev|sendmsg|write)$/ && $4 > m { m = $4 } END { print m + 0 }' "$RES_DIR/strace-hb-$1.txt")" '$1 ~ /^[0-9.]+$/ && NF >= 5 && n > 0 {
+        name = $NF; calls = $4; err = (NF == 6) ? $5 : 0
+        printf "| %s | %d | %.3f | %d |\n", name, calls, calls / n, err }' "$RES_DIR/strace-hb-$1.txt" | sort -t'|' -k3 -nr | sed -n 1,12p
+    echo
+  } >>"$SUM"
+}
+HB_N="${HB_N:-15000}"; HB_INTERVAL="${HB_INTERVAL:-3}"; HB_SETTLE="${HB_SETTLE:-8}"; HB_SECS="${HB_SECS:-10}"
+if [[ " $STEPS " == *" hbstrace "* ]]; then
+  echo "### strace -c -f: syscalls per heartbeat on parked connections" >>"$SUM"; echo >>"$SUM"
+  hb_strace_one megaconn
+  hb_strace_one nginx
 fi
 
 # ---- 3./4. valgrind ------------------------------------------------------------
