@@ -154,6 +154,18 @@ impl Server {
             threads.push(thread);
         }
 
+        // Dropped when serving ends, which stops the watchdog thread.
+        let _stall_watch = match config.stall_threshold {
+            Some(threshold) => Some(
+                crate::server::stall::watch(
+                    handle.workers.clone(),
+                    handle.registries.clone(),
+                    threshold,
+                )
+                .map_err(|source| Error::Worker { worker: 0, source })?,
+            ),
+            None => None,
+        };
         let mut stopped = handle.shutdown_tx.subscribe();
         tokio::select! {
             () = signal => {}
@@ -390,6 +402,19 @@ impl Builder {
     /// request, so it is off by default.
     pub fn track_connections(mut self, on: bool) -> Builder {
         self.config.track_connections = on;
+        self
+    }
+
+    /// How long a worker's event loop may stay away before it is reported
+    /// as stalled: a handler blocking its thread (`std::thread::sleep`,
+    /// synchronous I/O, a long computation) delays every connection on that
+    /// worker, since workers are one thread each. A stall is logged once
+    /// (with the connections it was handling when
+    /// [`track_connections`](Builder::track_connections) is on) and counted
+    /// in `megaconn_worker_stalls_total`. Default: 1 s; `None` turns the
+    /// detector off.
+    pub fn stall_threshold(mut self, t: Option<Duration>) -> Builder {
+        self.config.stall_threshold = t;
         self
     }
 

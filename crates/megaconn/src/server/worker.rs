@@ -137,6 +137,9 @@ where
         lot.set_respawn(Some(spawn_connection.clone()));
     }
     let parking = tokio::task::spawn_local(park::run(ctx.clone()));
+    let ticking = config
+        .stall_threshold
+        .map(|t| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone(), t)));
     let mut acceptors = Vec::with_capacity(listeners.len());
     for listener in listeners {
         match tokio::net::TcpListener::from_std(listener) {
@@ -174,6 +177,9 @@ where
             forced,
             "shutdown deadline reached; closing connections by force"
         );
+    }
+    if let Some(ticking) = ticking {
+        ticking.abort();
     }
     if let Some(lot) = &ctx.park {
         // Breaks the ctx -> lot -> spawner -> ctx cycle.

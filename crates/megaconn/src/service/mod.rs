@@ -7,15 +7,27 @@ pub(crate) mod body;
 pub(crate) mod h2_body;
 pub(crate) mod upgrade;
 
-/// The message a caught panic carries, for the log line.
+/// What tokio's panic says when a handler calls `block_in_place` on a
+/// current-thread runtime, which every megaconn worker is.
+const BLOCK_IN_PLACE_PANIC: &str =
+    "can call blocking only when running on the multi-threaded runtime";
+
+/// The message a caught panic carries, for the log line; for the panic of
+/// `tokio::task::block_in_place`, what to use instead.
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
-    if let Some(s) = panic.downcast_ref::<&'static str>() {
+    let message = if let Some(s) = panic.downcast_ref::<&'static str>() {
         s
     } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
+        s.as_str()
     } else {
         "(non-string panic payload)"
+    };
+    if message.contains(BLOCK_IN_PLACE_PANIC) {
+        return "tokio::task::block_in_place is not available on megaconn's workers \
+                (one current-thread runtime per core): run blocking work with \
+                tokio::task::spawn_blocking and await its handle";
     }
+    message
 }
 
 /// Gives a request its connection's addresses: megaconn's [`ConnInfo`] and,
