@@ -39,7 +39,8 @@ impl BufferPool {
         }
     }
 
-    /// Takes a cleared buffer of at least [`BUFFER_CAPACITY`] bytes.
+    /// Takes a cleared buffer of at least three quarters of
+    /// [`BUFFER_CAPACITY`] bytes (a fresh one has all of it).
     pub(crate) fn take(&self) -> BytesMut {
         gauge(&self.stats.buffers_checked_out, 1);
         match self.free.borrow_mut().pop() {
@@ -60,8 +61,13 @@ impl BufferPool {
         }
         // Reading advances the buffer's start; clearing and reserving moves it
         // back to the start of its allocation (no copy: it is empty and unique).
+        // Only once the buffer has lost a quarter of its room: a buffer that
+        // served one small request keeps its offset (reserving costs ~60
+        // instructions per buffer per request; this, once in a few hundred).
         buf.clear();
-        buf.reserve(BUFFER_CAPACITY);
+        if buf.capacity() < BUFFER_CAPACITY - BUFFER_CAPACITY / 4 {
+            buf.reserve(BUFFER_CAPACITY);
+        }
         if buf.capacity() > MAX_POOLED_CAPACITY {
             return;
         }
