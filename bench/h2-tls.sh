@@ -132,7 +132,7 @@ jq -s "$BENCH_JQ_DEFS"'
     cpu_us_per_req: (map(.server_cpu_us_per_req) | median),
     server_cpu_util: (map(.server_cpu_secs / .duration_secs) | median),
     client_cpu_util: (map(.client_time_cpu_secs / .duration_secs) | median),
-    other_cpu_util: (map(.other_cpu_secs / .duration_secs) | median),
+    other_cpu_util: (map(.other_cpu_secs / (.machine_window_secs // .duration_secs)) | median),
     errors: (map(.errors_total) | add)
   })' "$RUNS" >"$RES_DIR/summary.json"
 

@@ -13,7 +13,9 @@
 #                          net.ipv4.ip_local_port_range="1024 65535"
 #                          net.core.somaxconn=65535
 #                          net.ipv4.tcp_max_syn_backlog=65535
-#   server_start NAME PORT [WORKERS]  NAME in: megaconn go nginx axum. Starts the
+#   bench_build_floor    gcc -O2 bench/peers/floor.c -> bench/out/floor (the floor:
+#                        a minimal epoll responder, the ruler for "× floor")
+#   server_start NAME PORT [WORKERS]  NAME in: megaconn go nginx axum floor. Starts the
 #                        server pinned with `taskset -c $SERVER_CPU` (default 1),
 #                        waits (bounded) until GET / answers. With
 #                        SERVER_TLS_CERT and SERVER_TLS_KEY set (PEM files) it
@@ -46,6 +48,7 @@ MEGACONN_USER="${MEGACONN:-}"
 MEGACONN="${MEGACONN:-$REPO_ROOT/target/release/megaconn}"
 GO_HELLO="$BENCH_DIR/peers/go-hello/target/go-hello"
 AXUM_HELLO="$BENCH_DIR/peers/axum-hello/target/release/axum-hello"
+FLOOR="$OUT_DIR/floor"  # bench/peers/floor.c, built by bench_build_floor
 SERVER_CPU="${SERVER_CPU:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
 CLK_TCK="$(getconf CLK_TCK)"
@@ -99,7 +102,18 @@ bench_install_deps() {
 # Probe a megaconn subcommand: 1 when `megaconn SUB --help` works.
 megaconn_has() { [[ -x "$MEGACONN" ]] && "$MEGACONN" "$1" --help >/dev/null 2>&1; }
 
+# The floor (bench/peers/floor.c): built with gcc whenever the source is newer
+# than the binary (even with BENCH_SKIP_BUILD=1: it takes a fraction of a second).
+bench_build_floor() {
+  command -v gcc >/dev/null 2>&1 || { log "WARNING: no gcc; the floor is skipped"; return 1; }
+  mkdir -p "$OUT_DIR"
+  if [[ ! -x "$FLOOR" || "$BENCH_DIR/peers/floor.c" -nt "$FLOOR" ]]; then
+    gcc -O2 -o "$FLOOR" "$BENCH_DIR/peers/floor.c" || { log "WARNING: floor build failed"; return 1; }
+  fi
+}
+
 bench_build() {
+  bench_build_floor || true
   if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
     log "building go-hello"
     (cd "$BENCH_DIR/peers/go-hello" && GOFLAGS=-mod=mod go build -o target/go-hello .) \
@@ -241,6 +255,11 @@ server_start() { # NAME PORT [WORKERS]
       taskset -c "$SERVER_CPU" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
         >"$log_file" 2>&1 &
       ;;
+    floor)
+      server_tls && die "the floor has no TLS mode"
+      [[ -x "$FLOOR" ]] || bench_build_floor || die "no floor binary"
+      taskset -c "$SERVER_CPU" "$FLOOR" 127.0.0.1 "$port" >"$log_file" 2>&1 &
+      ;;
     *) die "unknown server $name" ;;
   esac
   SERVER_PID=$!
@@ -293,6 +312,18 @@ pid_cpu_secs() { # PID... (children included)
 
 server_cpu_secs() { pid_cpu_secs "$SERVER_PID"; }
 
+# "USER TOTAL" CPU seconds (utime, utime+stime) over the running server's tree.
+server_cpu_split() {
+  local u=0 t=0 p stat rest f
+  for p in $SERVER_PID $(pid_descendants "$SERVER_PID"); do
+    stat="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+    rest="${stat##*) }"
+    read -r -a f <<<"$rest"
+    u=$((u + f[11])) t=$((t + f[11] + f[12]))
+  done
+  awk -v u="$u" -v t="$t" -v hz="$CLK_TCK" 'BEGIN { printf "%.4f %.4f\n", u / hz, t / hz }'
+}
+
 pid_rss_bytes() { # PID... (VmRSS summed, no children)
   local total=0 p kb
   for p in "$@"; do
@@ -330,6 +361,31 @@ kernel_tcp_mem_bytes() {
 # other processes on the machine took during a run (noise).
 system_busy_secs() {
   awk -v hz="$CLK_TCK" '$1 == "cpu" { printf "%.4f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat
+}
+
+# "WALL IDLE": wall-clock seconds ($EPOCHREALTIME, µs) and the seconds all cores
+# spent idle (idle + iowait from /proc/stat), read back to back. Busy CPU
+# seconds between two snapshots = ncpu × Δwall − Δidle. This is what the
+# throughput records use for "other CPU": /proc/stat's user/system fields are
+# tick samples (a tick landing while a CPU is busy), while a process's
+# utime+stime in /proc/PID/stat is its exact run time (sum_exec_runtime) cut
+# into 10 ms ticks. On a loopback benchmark, where the CPUs flip between busy
+# and idle tens of thousands of times a second, tick samples can undercount
+# busy time against the exact per-process figures: the likely cause of the
+# negative "other CPU" (down to −13%, worst in the open-loop rows, where the
+# CPUs idle most). With NOHZ the idle fields are exact (measured from idle
+# entry/exit), so busy time derived from them is on the same footing as the
+# per-process figures. (Not verified on a quiet machine: on the busy machine of
+# 2026-11-30 both measures agreed within 1%, the CPUs never being idle.)
+machine_idle_snapshot() {
+  local now=$EPOCHREALTIME
+  awk -v hz="$CLK_TCK" -v now="$now" '$1 == "cpu" { printf "%s %.4f\n", now, ($5 + $6) / hz; exit }' /proc/stat
+}
+NCPU="$(nproc)"
+# Busy CPU seconds of the whole machine between snapshots "W0 I0" and "W1 I1".
+machine_busy_between() { # "W0 I0" "W1 I1"
+  awk -v a="$1" -v b="$2" -v n="$NCPU" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    printf "%.4f\n", n * (y[1] - x[1]) - (y[2] - x[2]) }'
 }
 
 # Wait (at most $1 s, default 60) until other processes use less than
@@ -390,27 +446,38 @@ load_record() {
   local server=$1 scenario=$2 round=$3 dur=$4 url=$5
   shift 5
   local base="$RES_DIR/$server-$scenario-r$round"
-  local cpu0 cpu1 rss time_u time_s sys0 sys1
-  cpu0="$(server_cpu_secs)"
-  sys0="$(system_busy_secs)"
+  local cpu0 cpu1 rss time_u time_s m0 m1 busy us0 us1
+  # Accounting windows, nested so that nothing the server or the client does
+  # falls outside the machine's window: machine snapshot, server snapshot, the
+  # load run (the client's CPU is its whole life, /usr/bin/time), server
+  # snapshot, machine snapshot. The server is idle between its snapshot and the
+  # load's start/end, so its window is the load's; the machine window is a few
+  # ms longer (pgrep/cat forks), which can only raise "other CPU" slightly.
+  m0="$(machine_idle_snapshot)"
+  read -r us0 cpu0 < <(server_cpu_split)
   if ! taskset -c "$LOAD_CPU" /usr/bin/time -f '%U %S' -o "$base.time" \
     "$MEGACONN" load "$url" -t 1 -d "$dur" --json "$base.json" "$@" >"$base.log" 2>&1; then
     log "WARNING: megaconn load failed for $server $scenario round $round (see $base.log)"
     return 1
   fi
-  sys1="$(system_busy_secs)"
-  cpu1="$(server_cpu_secs)"
+  read -r us1 cpu1 < <(server_cpu_split)
+  m1="$(machine_idle_snapshot)"
+  busy="$(machine_busy_between "$m0" "$m1")"
   rss="$(server_rss_bytes)"
   read -r time_u time_s <"$base.time"
   jq -c --arg server "$server" --arg scenario "$scenario" --argjson round "$round" \
-    --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" --argjson rss "$rss" \
-    --argjson tu "$time_u" --argjson ts "$time_s" --argjson sys0 "$sys0" --argjson sys1 "$sys1" \
+    --argjson cpu0 "$cpu0" --argjson cpu1 "$cpu1" --argjson us0 "$us0" --argjson us1 "$us1" --argjson rss "$rss" \
+    --argjson tu "$time_u" --argjson ts "$time_s" --argjson busy "$busy" \
+    --argjson window "$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.4f", y[1] - x[1] }')" \
     '{server: $server, scenario: $scenario, round: $round} + . + {
        server_cpu_secs: ($cpu1 - $cpu0),
+       server_user_secs: ($us1 - $us0),
        server_cpu_us_per_req: (if .requests > 0 then ($cpu1 - $cpu0) * 1e6 / .requests else null end),
+       server_user_us_per_req: (if .requests > 0 then ($us1 - $us0) * 1e6 / .requests else null end),
        server_rss_bytes: $rss,
        client_time_cpu_secs: ($tu + $ts),
-       other_cpu_secs: (($sys1 - $sys0) - ($cpu1 - $cpu0) - ($tu + $ts))}' "$base.json"
+       machine_busy_secs: $busy, machine_window_secs: $window,
+       other_cpu_secs: ($busy - ($cpu1 - $cpu0) - ($tu + $ts))}' "$base.json"
 }
 
 # Kill background helpers and the server; safe to call more than once.

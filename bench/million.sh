@@ -20,11 +20,21 @@
 #      baseline: cheap at a million, unlike `ss`, and not disturbed by other
 #      people's benchmarks the way /proc/net/sockstat is), connections hold
 #      reports open, server RSS, kernel memory, server CPU seconds -> a CSV;
-#   4. at the end of the hold (~10 s before hold's duration is up): connections
+#   4. at the end of the hold, timed from hold's REAL ramp end (read from
+#      hold's own progress lines: the first line where open + drops + resets +
+#      failed connects reaches the target, less its connect timeout, and never
+#      before the asked ramp), a few seconds before hold starts closing; checked
+#      afterwards against hold's report (ramp_secs + hold_secs): a sample that
+#      ended after hold began closing is discarded for the last one before:
+#      connections
 #      held, server RSS and (RSS − baseline) / connections, (kernel − baseline)
 #      / connections (counts BOTH ends of each loopback connection: client and
-#      server sockets live in this one kernel), and the server's CPU use while
-#      only heartbeats flow (from $CPU_SETTLE s after the ramp to the end);
+#      server sockets live in this one kernel), PSS (Pss from smaps_rollup,
+#      summed: shared code counted once) and (PSS − baseline) / connections,
+#      and the server's and hold's CPU while only heartbeats flow (from
+#      $CPU_SETTLE s after the ramp to the end-of-hold sample), in % of a core
+#      and in µs per heartbeat (heartbeats/s: the mean of hold's own progress
+#      lines over that window);
 #      hold's report gives ramp time, drops, resets, failed connects and the
 #      heartbeat latency percentiles;
 #   5. after hold exits (closing everything): RSS again, then SIGTERM to the
@@ -39,6 +49,11 @@
 # with `cargo build --release` unless BENCH_SKIP_BUILD=1, then copied privately
 # so concurrent rebuilds cannot change the binary under test).
 #
+# Sets kernel.sched_autogroup_enabled=0 for the run and RESTORES the previous
+#   value at exit (with autogroup on, each session gets its own scheduling
+#   group, so `nice` does not hold between the script's sampler, the server and
+#   hold; with the default 1 a million-connection ramp stalled at 981,461 in
+#   issue 15). AUTOGROUP=keep leaves the setting alone.
 # Sets these sysctls (raises only, never lowers; prints every change; NOTHING
 # IS RESTORED afterwards — they stay as set until reboot or until you reset them):
 #   net.ipv4.ip_local_port_range="1024 65535"  64,512 client ports per source
@@ -68,14 +83,15 @@
 #   free from 38300), SAMPLE (10 s), RAMP_SAMPLE (3 s), CPU_SETTLE (15 s),
 #   RSS_CAP (8 GiB, bytes), MIN_AVAIL (2 GiB, bytes), PLOT
 #   (bench/million-rss.svg; "" for none), SERVER_CPU and LOAD_CPU (taskset
-#   CPU lists; default all CPUs, i.e. unpinned),
+#   CPU lists; default all CPUs, i.e. unpinned), AUTOGROUP (0; "keep": leave
+#   kernel.sched_autogroup_enabled as it is),
 #   MEGACONN (binary to test), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
 #   FROM_DIRS ("bench/out/million-A bench/out/million-B": run nothing, write
 #   the table and the plot from earlier runs' results; the last dir holding a
 #   server's results wins).
 # Output: bench/out/million-<stamp>/: <server>.csv (t, phase, server
 #   connections, client open, server RSS, kernel bytes, socket slab bytes, server
-#   CPU s), <server>.json (all figures + hold's report), hold and server logs,
+#   CPU s, server PSS, hold CPU s, sample duration s), <server>.json (all figures + hold's report), hold and server logs,
 #   table.md (also on stdout), sysctl.txt; the plot of RSS against connections
 #   goes to $PLOT.
 # Quick sanity run: N=100000 N_PEER=100000 HOLD=30 bash bench/million.sh
@@ -128,7 +144,13 @@ mkdir -p "$RES_DIR"
 log "results in $RES_DIR"
 
 HOLD_PID=""
+AUTOGROUP_WAS=""
 million_cleanup() {
+  if [[ -n "$AUTOGROUP_WAS" ]]; then
+    sysctl -q -w kernel.sched_autogroup_enabled="$AUTOGROUP_WAS" >/dev/null 2>&1 \
+      && log "sysctl kernel.sched_autogroup_enabled restored to $AUTOGROUP_WAS"
+    AUTOGROUP_WAS=""
+  fi
   if [[ -n "$HOLD_PID" ]]; then
     # hold's children die with it (PR_SET_PDEATHSIG); TERM them too.
     # shellcheck disable=SC2046  # a list of PIDs
@@ -163,6 +185,12 @@ if [[ -z "$MEGACONN_USER" ]]; then
   (cd "$REPO_ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) >"$RES_DIR/megaconn.version"
 fi
 megaconn_has hold || die "megaconn hold is not available ($MEGACONN hold --help failed)"
+# hold runs from its own copy of the binary: run from the same file as the
+# server, its code pages would be shared with the server's processes, and the
+# server's PSS would fall when hold starts (its share of those pages shrinks),
+# biasing Δ PSS per connection negative (by ~70 B/conn at 20,000 connections).
+HOLD_BIN="$RES_DIR/megaconn-hold"
+cp -f "$MEGACONN" "$HOLD_BIN"
 megaconn_has serve && MEGACONN_SERVE_OK=1
 
 # raise_sysctl NAME VALUE...: set when any field of the current value is lower.
@@ -182,9 +210,20 @@ raise_sysctl() {
   raise_sysctl net.ipv4.tcp_mem 786432 1048576 1572864
   raise_sysctl net.core.netdev_max_backlog 16384
 } 2> >(tee -a "$RES_DIR/sysctl.txt" >&2)
+if [[ "${AUTOGROUP:-0}" != keep ]]; then
+  if cur="$(sysctl -n kernel.sched_autogroup_enabled 2>/dev/null)"; then
+    if [[ "$cur" != "${AUTOGROUP:-0}" ]]; then
+      AUTOGROUP_WAS=$cur
+      set_sysctl kernel.sched_autogroup_enabled "${AUTOGROUP:-0}" 2> >(tee -a "$RES_DIR/sysctl.txt" >&2)
+      log "kernel.sched_autogroup_enabled is restored to $cur at exit"
+    fi
+  else
+    log "kernel.sched_autogroup_enabled: not present here"
+  fi
+fi
 sleep 0.2
-log "sysctls set above are NOT restored at exit"
-for s in net.ipv4.ip_local_port_range net.core.somaxconn net.ipv4.tcp_max_syn_backlog fs.file-max \
+log "sysctls set above (except sched_autogroup_enabled) are NOT restored at exit"
+for s in kernel.sched_autogroup_enabled net.ipv4.ip_local_port_range net.core.somaxconn net.ipv4.tcp_max_syn_backlog fs.file-max \
   net.netfilter.nf_conntrack_max net.ipv4.tcp_mem net.core.netdev_max_backlog; do
   echo "$s = $(sysctl -n "$s" 2>/dev/null | tr -s '[:space:]' ' ')" >>"$RES_DIR/sysctl.txt"
 done
@@ -249,11 +288,50 @@ kernel_stats() { # -> "KERNEL_BYTES SOCK_KERNEL_BYTES MEM_AVAILABLE", one awk
     END { printf "%.0f %.0f %.0f\n", slab + tcp, sock + tcp, avail }' /proc/meminfo /proc/net/sockstat /proc/slabinfo
 }
 # Last "open X" of hold's progress output (0 before the first line).
+ticks_secs() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }'; }
 hold_open() {
   tail -c 2000 "$1" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "open") o = $(i + 1) } END { print o + 0 }'
 }
 
-# One sample -> globals S_T S_CONNS S_OPEN S_RSS S_K S_SK S_TICKS S_AVAIL, and a CSV row.
+# hold's progress lines: "[  12.3s] open N (peak P), H heartbeats/s, drops D,
+# resets R, failed connects F, heartbeat errors E" (about once a second).
+# hold_full_t LOG TARGET: hold's own time (s) of the first line where every
+# connection has been tried and settled (open + drops + resets + failed
+# connects >= TARGET), empty before that. hold's ramp ends when every
+# connection has been *tried*, at most one connect timeout before that line.
+hold_full_t() {
+  awk -v n="$2" '
+    match($0, /^\[ *[0-9.]+s\]/) {
+      t = substr($0, 2, RLENGTH - 3) + 0; o = d = r = f = 0
+      for (i = 2; i < NF; i++) {
+        if ($i == "open") o = $(i + 1) + 0
+        else if ($i == "drops") d = $(i + 1) + 0
+        else if ($i == "resets") r = $(i + 1) + 0
+        else if ($i == "connects") f = $(i + 1) + 0
+      }
+      if (o + d + r + f >= n) { print t; exit }
+    }' "$1" 2>/dev/null
+}
+# hold_hb_rate LOG FROM TO: mean heartbeats/s over hold's progress lines with
+# FROM <= t <= TO (hold's own clock, which starts within ~1 s of the script's t0).
+hold_hb_rate() {
+  awk -v a="$2" -v b="$3" '
+    match($0, /^\[ *[0-9.]+s\]/) {
+      t = substr($0, 2, RLENGTH - 3) + 0
+      if (t < a || t > b) next
+      for (i = 2; i <= NF; i++) if ($i == "heartbeats/s,") { s += $(i - 1); k++ }
+    }
+    END { if (k) printf "%.1f\n", s / k; else print "null" }' "$1" 2>/dev/null || echo null
+}
+# hold's CPU ticks (utime+stime), the hold process and its children.
+hold_ticks() {
+  [[ -n "$HOLD_PID" ]] || { echo 0; return; }
+  # shellcheck disable=SC2046
+  proc_stats "$HOLD_PID" $(pgrep -P "$HOLD_PID" 2>/dev/null) | awk '{ print $2 }'
+}
+
+# One sample -> globals S_T S_CONNS S_OPEN S_RSS S_K S_SK S_TICKS S_AVAIL
+# S_PSS S_HTICKS S_END (script time when the sample was done), and a CSV row.
 # $1 phase, $2 csv file, $3 hold log, $4 t0, $5 fd baseline.
 sample() {
   local pids
@@ -266,13 +344,16 @@ sample() {
   # shellcheck disable=SC2086
   read -r S_RSS S_TICKS S_PSS < <(proc_stats $pids)
   read -r S_K S_SK S_AVAIL < <(kernel_stats)
-  echo "$S_T,$1,$S_CONNS,$S_OPEN,$S_RSS,$S_K,$S_SK,$((S_TICKS / CLK_TCK)).$(printf '%02d' $((S_TICKS % CLK_TCK * 100 / CLK_TCK)))" >>"$2"
+  S_HTICKS="$(hold_ticks)"
+  S_END=$((SECONDS - $4))
+  echo "$S_T,$1,$S_CONNS,$S_OPEN,$S_RSS,$S_K,$S_SK,$(ticks_secs "$S_TICKS"),$S_PSS,$(ticks_secs "$S_HTICKS"),$((S_END - S_T))" >>"$2"
 }
 
 # Start NAME on PORT with P processes; sets SERVER_PID, SERVER_NAME.
 start_server() {
   local name=$1 procs=$2 log_file="$RES_DIR/$1.server.log" i n
-  SERVER_NAME=$name # read by bench/lib.sh (server_stop in the EXIT trap)
+  # shellcheck disable=SC2034  # read by bench/lib.sh (server_stop in the EXIT trap)
+  SERVER_NAME=$name
   port_listening "$PORT" && die "port $PORT is already in use: $(ss -Hltnp "( sport = :$PORT )" | head -1)"
   case "$name" in
     megaconn)
@@ -380,8 +461,8 @@ run_server() {
   local procs=$(((target + PER_PROC - 1) / PER_PROC + 1))
   local csv="$RES_DIR/$name.csv" hlog="$RES_DIR/$name.hold.log" hjson="$RES_DIR/$name.hold.json"
   local t0 fd0 rss0 k0 sk0 sn0 stopped_early="" ramp_done=0 ramp_done_t=0
-  local cpu_t0=0 cpu_ticks0=0 busy_cpu0=0 last_open=-1 expect_ramp phase
-  local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 peak_conns=0 busy1 sn1 pss0
+  local cpu_t0=0 cpu_ticks0=0 cpu_hticks0=0 busy_cpu0=0 expect_ramp phase
+  local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 F_HTICKS=0 F_END=0 peak_conns=0 busy1 sn1 pss0
   local all_open_t=null lo0 lo1 sr0 sr1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
   log "== $name: $target connections at $ramp/s, held ${hold}s, $procs server processes"
   bench_wait_quiet "${QUIET_WAIT:-20}"
@@ -403,21 +484,26 @@ run_server() {
   sn0="$(softnet_drops)"
   lo0="$(tcpext ListenOverflows)"
   sr0="$(tcpext TCPSynRetrans)"
-  echo "t_secs,phase,server_connections,client_open,server_rss_bytes,kernel_bytes,sock_kernel_bytes,server_cpu_secs" >"$csv"
+  echo "t_secs,phase,server_connections,client_open,server_rss_bytes,kernel_bytes,sock_kernel_bytes,server_cpu_secs,server_pss_bytes,hold_cpu_secs,sample_secs" >"$csv"
   t0=$SECONDS
   : >"$hlog"
-  nice -n "$NICE_BACK" taskset -c "$LOAD_CPU" "$MEGACONN" hold "http://127.0.0.1:$PORT/" -c "$target" --ramp "$ramp" \
+  nice -n "$NICE_BACK" taskset -c "$LOAD_CPU" "$HOLD_BIN" hold "http://127.0.0.1:$PORT/" -c "$target" --ramp "$ramp" \
     --source "$SOURCE" --interval "${INTERVAL}s" -d "${hold}s" ${TIMEOUT:+--timeout "$TIMEOUT"} \
     --json "$hjson" >"$hlog" 2>&1 &
   HOLD_PID=$!
   expect_ramp=$((target / ramp))
+  # hold's connect timeout in whole seconds (its default 5 s when TIMEOUT is empty).
+  local tmo=5
+  [[ -n "$TIMEOUT" ]] && tmo="$(awk -v t="$TIMEOUT" 'BEGIN { v = t + 0; if (t ~ /ms$/) v /= 1000; else if (t ~ /m$/) v *= 60; printf "%d", v + 0.999 }')"
+  local close_lo=0 full_t="" last_cost=0 lo
+  local -a HS=() # hold-phase samples: "T CONNS OPEN RSS PSS K SK TICKS HTICKS END"
   sample base "$csv" "$hlog" "$t0" "$fd0"
   while kill -0 "$HOLD_PID" 2>/dev/null; do
     if ((ramp_done)); then
-      # The last sample while connections are surely still open: a few
-      # seconds before hold's own end (its ramp end, which we notice up to
-      # RAMP_SAMPLE + ~2 s late, + hold). Then wait for hold to finish.
-      local left=$((ramp_done_t + hold - RAMP_SAMPLE - 8 - (SECONDS - t0)))
+      # The end-of-hold sample: a few seconds (plus what the last sample took)
+      # before the earliest moment hold can start closing, close_lo, computed
+      # from hold's real ramp end when the ramp was seen to be over.
+      local left=$((close_lo - 5 - last_cost - (SECONDS - t0)))
       if ((left <= SAMPLE)); then
         ((left > 0)) && sleep "$left"
         kill -0 "$HOLD_PID" 2>/dev/null || break
@@ -432,34 +518,45 @@ run_server() {
     fi
     kill -0 "$HOLD_PID" 2>/dev/null || break
     sample "$phase" "$csv" "$hlog" "$t0" "$fd0"
+    last_cost=$((S_END - S_T))
     ((S_CONNS > peak_conns)) && peak_conns=$S_CONNS
     [[ "$all_open_t" == null ]] && ((S_CONNS >= target)) && all_open_t=$S_T
     if [[ "$phase" != ramp ]]; then
-      F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_PSS=$S_PSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS
+      HS+=("$S_T $S_CONNS $S_OPEN $S_RSS $S_PSS $S_K $S_SK $S_TICKS $S_HTICKS $S_END")
     fi
-    log "  $name t=${S_T}s $phase: server $S_CONNS conns, hold open $S_OPEN, RSS $((S_RSS >> 20)) MiB, kernel +$(((S_K - k0) >> 20)) MiB, avail $((S_AVAIL >> 20)) MiB"
-    # Ramp over: hold has everything open, or (past the expected ramp time)
-    # its open count stopped growing (connects failing).
-    if ((!ramp_done)) && { ((S_OPEN >= target)) || { ((S_T > expect_ramp + 5)) && ((S_OPEN <= last_open)); }; }; then
-      ramp_done=1
-      ramp_done_t=$S_T
-      log "  ramp over at ${S_T}s ($S_OPEN open); CPU measured from $((S_T + settle))s"
+    log "  $name t=${S_T}s $phase: server $S_CONNS conns, hold open $S_OPEN, RSS $((S_RSS >> 20)) MiB, kernel +$(((S_K - k0) >> 20)) MiB, avail $((S_AVAIL >> 20)) MiB (sample took ${last_cost}s)"
+    # Ramp over: hold's progress shows every connection tried and settled
+    # (open + drops + resets + failed connects >= target), or hold's own ramp
+    # limit (asked ramp + connect timeout + 5 s) has passed. hold's real ramp
+    # end (when every connection had been tried) lies between
+    # max(asked ramp, that line - connect timeout) and that line.
+    if ((!ramp_done)); then
+      full_t="$(hold_full_t "$hlog" "$target")"
+      if [[ -n "$full_t" ]] || ((S_T >= expect_ramp + tmo + 6)); then
+        ramp_done=1
+        ramp_done_t=$S_T
+        lo=$expect_ramp
+        if [[ -n "$full_t" ]]; then
+          lo="$(awk -v f="$full_t" -v t="$tmo" -v e="$expect_ramp" 'BEGIN { x = int(f) - t; print (x > e ? x : e) }')"
+        fi
+        close_lo=$((lo + hold))
+        log "  ramp over at ${S_T}s ($S_OPEN open; hold settled at ${full_t:-?}s of its clock; asked ${expect_ramp}s); hold closes at ${close_lo}s at the earliest; CPU measured from $((S_T + settle))s"
+      fi
     fi
-    last_open=$S_OPEN
     # CPU-while-holding window starts CPU_SETTLE s after the ramp.
     if ((ramp_done && cpu_t0 == 0 && S_T >= ramp_done_t + settle)); then
-      cpu_t0=$S_T cpu_ticks0=$S_TICKS busy_cpu0="$(system_busy_secs)"
+      cpu_t0=$S_T cpu_ticks0=$S_TICKS cpu_hticks0=$S_HTICKS busy_cpu0="$(machine_idle_snapshot)"
     fi
     if ((S_RSS > RSS_CAP)) || ((S_AVAIL < MIN_AVAIL)); then
       stopped_early="RSS $((S_RSS >> 20)) MiB (cap $((RSS_CAP >> 20))) / MemAvailable $((S_AVAIL >> 20)) MiB (floor $((MIN_AVAIL >> 20)))"
       log "  $name: stopping early: $stopped_early"
-      F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_PSS=$S_PSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS
+      HS+=("$S_T $S_CONNS $S_OPEN $S_RSS $S_PSS $S_K $S_SK $S_TICKS $S_HTICKS $S_END")
       stop_hold
       break
     fi
     [[ "$phase" == final ]] && break
   done
-  busy1="$(system_busy_secs)"
+  busy1="$(machine_idle_snapshot)"
   sn1="$(softnet_drops)"
   lo1="$(tcpext ListenOverflows)"
   sr1="$(tcpext TCPSynRetrans)"
@@ -472,6 +569,22 @@ run_server() {
   kill -0 "$HOLD_PID" 2>/dev/null && { log "  hold still running; SIGTERM"; stop_hold; }
   wait "$HOLD_PID" 2>/dev/null || log "  hold exited with an error (see $hlog)"
   HOLD_PID=""
+  # The end-of-hold sample: the last hold-phase sample that was DONE before hold
+  # began closing, by hold's own report (ramp_secs + hold_secs on its clock,
+  # which started after the script's t0, so this is conservative).
+  local hold_close=null final_note="no hold-phase sample"
+  [[ -s "$hjson" ]] && hold_close="$(jq -r 'if .ramp_secs != null and .hold_secs != null then (.ramp_secs + .hold_secs | floor) else null end' "$hjson" 2>/dev/null || echo null)"
+  local k rec
+  for ((k = ${#HS[@]} - 1; k >= 0; k--)); do
+    read -r -a rec <<<"${HS[$k]}"
+    if [[ "$hold_close" == null || -n "$stopped_early" ]] || ((rec[9] <= hold_close)); then
+      F_T=${rec[0]} F_CONNS=${rec[1]} F_OPEN=${rec[2]} F_RSS=${rec[3]} F_PSS=${rec[4]} F_K=${rec[5]} F_SK=${rec[6]} F_TICKS=${rec[7]} F_HTICKS=${rec[8]} F_END=${rec[9]}
+      final_note="sample at ${F_T}-${F_END}s; hold began closing at ${hold_close}s"
+      ((k < ${#HS[@]} - 1)) && final_note+=" (the $((${#HS[@]} - 1 - k)) later sample(s) ended after that and were discarded)"
+      break
+    fi
+  done
+  log "  $name end-of-hold $final_note"
   local server_alive=true
   kill -0 "$SERVER_PID" 2>/dev/null || server_alive=false
   # Bounded wait until the server has closed (nearly) everything; RSS after.
@@ -495,11 +608,23 @@ run_server() {
   exit_status=$EXIT_STATUS
   log "  $name: exit status $exit_status; $(tail -1 "$RES_DIR/$name.server.log")"
   # No hold-phase sample (hold ended early): fall back to the last sample.
-  if ((F_T == 0)); then F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_PSS=$S_PSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS; fi
+  if ((F_T == 0)); then F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_PSS=$S_PSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS F_HTICKS=$S_HTICKS F_END=$S_END; fi
+  # Heartbeats/s over the CPU window (hold's progress lines), and CPU per heartbeat.
+  local hb_rate=null srv_us_hb=null cli_us_hb=null hold_cpu_pct=null
+  if ((cpu_t0 > 0 && F_T > cpu_t0)); then
+    hb_rate="$(hold_hb_rate "$hlog" "$cpu_t0" "$F_T")"
+    hold_cpu_pct="$(awk -v a="$cpu_hticks0" -v b="$F_HTICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')"
+    if [[ "$hb_rate" != null ]]; then
+      srv_us_hb="$(awk -v a="$cpu_ticks0" -v b="$F_TICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" -v r="$hb_rate" 'BEGIN { if (r > 0) printf "%.2f", (b - a) / hz / (r * s) * 1e6; else print "null" }')"
+      cli_us_hb="$(awk -v a="$cpu_hticks0" -v b="$F_HTICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" -v r="$hb_rate" 'BEGIN { if (r > 0) printf "%.2f", (b - a) / hz / (r * s) * 1e6; else print "null" }')"
+    fi
+  fi
   local cpu_pct=null other_pct=null
   if ((cpu_t0 > 0 && F_T > cpu_t0)); then
     cpu_pct="$(awk -v a="$cpu_ticks0" -v b="$F_TICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')"
-    other_pct="$(awk -v a="$busy_cpu0" -v b="$busy1" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.1f", (b - a) / s * 100 }')"
+    # Busy CPU of the whole machine (ncpu × wall − idle, lib.sh) from the CPU
+    # window's start until hold's end was awaited: % of one core.
+    other_pct="$(awk -v b="$(machine_busy_between "$busy_cpu0" "$busy1")" -v a="$busy_cpu0" -v c="$busy1" 'BEGIN { split(a, x, " "); split(c, y, " "); printf "%.1f", b / (y[1] - x[1]) * 100 }')"
   fi
   local hold_json=null
   [[ -s "$hjson" ]] && hold_json="$(jq -c . "$hjson" 2>/dev/null || echo null)"
@@ -516,6 +641,9 @@ run_server() {
     --arg stopped_early "$stopped_early" --argjson server_alive "$server_alive" \
     --arg exit_status "$exit_status" --argjson close_secs "$close_secs" \
     --argjson restarts "${restarts:-0}" --argjson hold "$hold_json" \
+    --argjson hb_rate "$hb_rate" --argjson srv_us_hb "$srv_us_hb" --argjson cli_us_hb "$cli_us_hb" \
+    --argjson hold_cpu_pct "$hold_cpu_pct" --argjson final_end "$F_END" --argjson hold_close "$hold_close" \
+    --arg final_note "$final_note" \
     '{server: $server, target: $target, processes: $procs, ramp_rate: $ramp, hold_secs: $hold_s, interval_secs: $interval,
       connections: $conns, client_open: $open, server_peak: $peak, measured_at_secs: $t,
       rss_baseline: $rss0, rss: $rss, rss_after_close: $rss_after,
@@ -530,7 +658,11 @@ run_server() {
       all_open_at_secs: $all_open_t, cpu_settle_secs: $cpu_settle,
       stopped_early: (if $stopped_early == "" then null else $stopped_early end),
       server_alive_after_hold: $server_alive, exit_status: $exit_status,
-      close_secs: $close_secs, worker_restart_log_lines: $restarts, hold: $hold}' >"$RES_DIR/$name.json"
+      close_secs: $close_secs, worker_restart_log_lines: $restarts,
+      heartbeats_per_sec_holding: $hb_rate, server_us_per_heartbeat: $srv_us_hb,
+      hold_cpu_pct_holding: $hold_cpu_pct, hold_us_per_heartbeat: $cli_us_hb,
+      final_sample_done_at_secs: $final_end, hold_began_closing_at_secs: $hold_close, final_sample_note: $final_note,
+      hold: $hold}' >"$RES_DIR/$name.json"
   log "  $name: $(jq -c '{connections, rss, rss_per_conn, kernel_per_conn, cpu_pct_holding, exit_status}' "$RES_DIR/$name.json")"
 }
 
@@ -587,8 +719,8 @@ fi
 {
   echo "### A million connections: $N for megaconn, $N_PEER for the peers ($(nproc) cores; server on CPUs $SERVER_CPU, \`megaconn hold\` on CPUs $LOAD_CPU)"
   echo
-  echo "| server | processes | connections held | ramp (hold) / all open | drops / resets / failed connects | heartbeat p50 / p99 / p99.9 | server RSS total | server bytes/conn | kernel bytes/conn (both ends) | server CPU while holding | clean exit |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  echo "| server | processes | connections held | ramp (hold) / all open | drops / resets / failed connects | heartbeat p50 / p99 / p99.9 | server RSS total | server bytes/conn (Δ RSS) | server bytes/conn (Δ PSS) | kernel bytes/conn (both ends) | server CPU while holding | server CPU per heartbeat | hold CPU per heartbeat | clean exit |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   for server in "${servers[@]}"; do
     [[ -s "$(src_dir "$server")/$server.json" ]] || continue
     jq -r '
@@ -596,21 +728,23 @@ fi
       def ms: if . == null then "—" elif . < 1000 then ((. / 10 | round) / 100 | tostring) + " ms" else ((. / 100 | round) / 10 | tostring) + " ms" end;
       def f0: if . == null then "—" else (. | round | tostring) end;
       def big: tostring | explode | reverse | [foreach .[] as $c (0; . + 1; if . > 1 and (. - 1) % 3 == 0 then [44, $c] else [$c] end)] | add | reverse | implode;
-      if .error then "| \(.server) | — | \(.error) | | | | | | | | |" else
+      def us: if . == null then "—" else ((. * 10 | round) / 10 | tostring) + " µs" end;
+      if .error then "| \(.server) | — | \(.error) | | | | | | | | | | | |" else
       "| \(.server) | \(.processes) | \(.connections | big) of \(.target | big)" + (if .stopped_early then " (stopped: \(.stopped_early))" else "" end)
       + " | \(.hold.ramp_secs // null | if . == null then "—" else ((. * 10 | round) / 10 | tostring) + " s" end) / \(.all_open_at_secs // null | if . == null then "—" else "\(.) s" end)"
       + " | \(.hold.drops // "—") / \(.hold.resets // "—") / \(.hold.failed_connects // "—")"
       + " | \(.hold.heartbeat_latency_us.p50 // null | ms) / \(.hold.heartbeat_latency_us.p99 // null | ms) / \(.hold.heartbeat_latency_us.p999 // null | ms)"
-      + " | \(.rss | mib) | \(.rss_per_conn | f0) | \(.kernel_per_conn | f0)"
-      + " | \(.cpu_pct_holding // null | if . == null then "—" else tostring + " %" end)"
+      + " | \(.rss | mib) | \(.rss_per_conn | f0) | \(.pss_per_conn | f0) | \(.kernel_per_conn | f0)"
+      + " | \((.heartbeats_per_sec_holding // null) as $hb | .cpu_pct_holding // null | if . == null then "—" else tostring + " % (\($hb | f0) heartbeats/s)" end)"
+      + " | \(.server_us_per_heartbeat // null | us) | \(.hold_us_per_heartbeat // null | us)"
       + " | \(if .exit_status == "0" then "yes" else "no (" + .exit_status + ")" end) |" end' "$(src_dir "$server")/$server.json"
   done
   echo
-  echo "Connections held: the server's open sockets (open fds of all its processes minus their count at rest) at the end of the hold; \`megaconn hold\` reported the same count open (see the JSON). Ramp: hold's ramp time at the asked rate ($RAMP/s megaconn, $RAMP_PEER/s peers) / seconds after hold started until the server held them all (sampled every $RAMP_SAMPLE s, so ±$RAMP_SAMPLE s; connects whose SYN was dropped wait for retransmits). Heartbeats: one GET / per connection every ${INTERVAL} s (jittered), latency measured by hold over the whole run. Server RSS: VmRSS summed over every process of the server (megaconn's and Go's supervisor + workers, nginx master + workers), at the end of the hold. Server bytes/conn = (RSS − RSS at rest after one request) / connections. Kernel bytes/conn = Δ(Slab + TCP buffer pages) / connections — both the client and the server socket of each loopback connection (this one kernel holds both), so a server's own share is about half. Server CPU while holding = its CPU seconds / wall seconds from min(${CPU_SETTLE} s, hold/4) after the ramp to the end, in % of one core (only heartbeats flow then: $((N / INTERVAL)) requests/s at $N connections). Clean exit: status 0 after SIGTERM once hold had closed its connections."
+  echo "Connections held: the server's open sockets (open fds of all its processes minus their count at rest) at the end of the hold; \`megaconn hold\` reported the same count open (see the JSON). Ramp: hold's ramp time at the asked rate ($RAMP/s megaconn, $RAMP_PEER/s peers) / seconds after hold started until the server held them all (sampled every $RAMP_SAMPLE s, so ±$RAMP_SAMPLE s; connects whose SYN was dropped wait for retransmits). Heartbeats: one GET / per connection every ${INTERVAL} s (jittered), latency measured by hold over the whole run. Server RSS: VmRSS summed over every process of the server (megaconn's and Go's supervisor + workers, nginx master + workers), at the end of the hold. Server bytes/conn = (RSS − RSS at rest after one request) / connections. Kernel bytes/conn = Δ(Slab + TCP buffer pages) / connections — both the client and the server socket of each loopback connection (this one kernel holds both), so a server's own share is about half. Server bytes/conn (Δ PSS): the same with PSS (Pss from /proc/PID/smaps_rollup, summed: pages shared between the processes, such as the binary's code, split between them instead of counted in each). Server CPU while holding = its CPU seconds / wall seconds from min(${CPU_SETTLE} s, hold/4) after the ramp to the end-of-hold sample, in % of one core (only heartbeats flow then: about connections / ${INTERVAL} s; heartbeats/s is the mean of hold's progress lines over that window). CPU per heartbeat = CPU seconds over that window / heartbeats in it (server: utime+stime of all its processes; hold: of hold and its children). The end-of-hold sample is timed from hold's real ramp end and checked against hold's report, so it is taken before hold starts closing (see final_sample_note in the JSON). The script sets kernel.sched_autogroup_enabled=0 for the run and restores it after. Clean exit: status 0 after SIGTERM once hold had closed its connections."
   echo
   for server in "${servers[@]}"; do
     [[ -s "$(src_dir "$server")/$server.json" ]] || continue
-    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
+    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
   done
   echo
   echo "_million.sh: N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"

@@ -7,11 +7,14 @@
 # procps util-linux time curl when missing and builds the peers and megaconn.
 # Sets sysctls (via lib.sh): net.ipv4.ip_local_port_range="1024 65535",
 #   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
-# Takes about 7 minutes with the defaults (plus the first build).
+# Takes about 9 minutes with the defaults (plus the first build): five servers
+# (megaconn, Go, nginx, axum and the floor) × four scenarios × 3 rounds.
 # Includes the committed MILLION.md, METRICS.md and H2TLS.md (bench/million.sh,
 # bench/metrics-overhead.sh, bench/h2-tls.sh write them; run those on their own).
 # Env: everything throughput.sh and idle-memory.sh read (ROUNDS, DURATION, RATE,
-#   N, RAMP, SERVERS...), RESULTS (output file, default bench/RESULTS.md).
+#   N, RAMP, SERVERS...), RESULTS (output file, default bench/RESULTS.md),
+#   REASSEMBLE=1 (measure nothing: keep RESULTS.md's measured part and copy the
+#   section files in again).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -20,6 +23,50 @@ set -euo pipefail
 RESULTS="${RESULTS:-$BENCH_DIR/RESULTS.md}"
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
+
+# Sections written by the longer or special-purpose scripts, each run on its
+# own, copied verbatim after a marker line; each says where it comes from
+# (the script and run that wrote it, or "hand-written" and from which runs).
+# REASSEMBLE=1: run nothing; keep RESULTS.md's measured part (everything above
+# the marker) and copy the sections in again.
+SECTIONS="FLOOR.md HEARTBEAT.md MILLION.md ALLOCATORS.md METRICS.md H2TLS.md IDLE-TLS.md"
+SECTION_MARKER="<!-- Sections below are copied by bench/run-all.sh from bench/*.md files written by other scripts (or by hand where a section says so); edit those files, not this one. -->"
+section_origin() { # file -> one line saying how it was written
+  case "$1" in
+    FLOOR.md) echo "bench/throughput.sh with SECTION_OUT (generated)" ;;
+    HEARTBEAT.md) echo "bench/heartbeat-cpu.sh with SECTION_OUT (generated)" ;;
+    MILLION.md) echo "hand-written from bench/million.sh runs named in it (its tables are million.sh output)" ;;
+    ALLOCATORS.md) echo "hand-written from bench/idle-memory.sh runs (megaconn only, three allocator builds), 2026-11-24 08:37 UTC" ;;
+    METRICS.md) echo "bench/metrics-overhead.sh output with a hand-written header" ;;
+    H2TLS.md) echo "bench/h2-tls.sh output with a hand-written header" ;;
+    IDLE-TLS.md) echo "hand-written from bench/idle-memory-tls.sh runs named in it" ;;
+    *) echo "see the section" ;;
+  esac
+}
+include_sections() {
+  local section
+  echo
+  echo "$SECTION_MARKER"
+  for section in $SECTIONS; do
+    if [[ -s "$BENCH_DIR/$section" ]]; then
+      echo
+      echo "_Next section copied from \`bench/$section\`: $(section_origin "$section")._"
+      cat "$BENCH_DIR/$section"
+    fi
+  done
+}
+if [[ "${REASSEMBLE:-0}" == 1 ]]; then
+  grep -qF -- "$SECTION_MARKER" "$RESULTS" || die "$RESULTS has no section marker; run run-all.sh in full"
+  tmp="$(mktemp)"
+  {
+    # The measured part: every line above the marker, trailing blank lines dropped.
+    awk -v m="$SECTION_MARKER" '$0 == m { exit } { print }' "$RESULTS" | sed -e :a -e '/^\n*$/{$d;N;ba' -e '}'
+    include_sections
+  } >"$tmp"
+  mv "$tmp" "$RESULTS"
+  log "reassembled $RESULTS (measured part kept, sections copied again)"
+  exit 0
+fi
 
 t0=$SECONDS
 bench_install_deps
@@ -52,7 +99,7 @@ status_line() { # rc secs
 {
   echo "# megaconn benchmark results"
   echo
-  echo "Written by \`bench/run-all.sh\`. Do not edit by hand; rerun it."
+  echo "Written by \`bench/run-all.sh\`. Do not edit by hand; rerun it. Its sections after the marker near the end are copied from bench/*.md files (each says whether a script or a person wrote it, and from which run); \`REASSEMBLE=1 bash bench/run-all.sh\` copies them in again without measuring."
   echo
   echo "## Machine"
   echo
@@ -80,6 +127,7 @@ status_line() { # rc secs
   echo "GOMAXPROCS=1 taskset -c $SERVER_CPU bench/peers/go-hello/target/go-hello -listen 127.0.0.1:PORT"
   echo "taskset -c $SERVER_CPU nginx -p RUN -c RUN/nginx.conf   # bench/peers/nginx.conf.template, worker_processes 1"
   echo "taskset -c $SERVER_CPU bench/peers/axum-hello/target/release/axum-hello --listen 127.0.0.1:PORT --threads 1"
+  echo "taskset -c $SERVER_CPU bench/out/floor 127.0.0.1 PORT   # the floor: gcc -O2 bench/peers/floor.c"
   echo '```'
   echo
   echo "Load (throughput.sh), pinned to core $LOAD_CPU, after a 1 s warm-up; ${ROUNDS:-3} interleaved rounds of each:"
@@ -87,6 +135,7 @@ status_line() { # rc secs
   echo '```'
   echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c 64 --json F"
   echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c 512 --json F"
+  echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c 64 --pipeline ${PIPELINE:-16} --json F"
   echo "taskset -c $LOAD_CPU megaconn load http://127.0.0.1:PORT/ -t 1 -d ${DURATION:-5s} -c ${RATE_CONNS:-64} --rate ${RATE:-20000} --json F"
   echo "taskset -c $LOAD_CPU /usr/bin/time wrk -t1 -c64 -d${WRK_DURATION:-5s} -s bench/wrk-json.lua http://127.0.0.1:PORT/   # cross-check"
   echo '```'
@@ -105,15 +154,7 @@ status_line() { # rc secs
   echo "## Idle-connection memory"
   echo
   if [[ -s "$OUT_DIR/idle-memory.last.md" ]]; then cat "$OUT_DIR/idle-memory.last.md"; else echo "_no results_"; fi
-  # Sections written by the longer or special-purpose scripts, each run on its
-  # own: bench/million.sh, bench/metrics-overhead.sh, bench/h2-tls.sh,
-  # bench/idle-memory-tls.sh, and the allocator comparison (ALLOCATORS.md).
-  for section in MILLION.md ALLOCATORS.md METRICS.md H2TLS.md IDLE-TLS.md; do
-    if [[ -s "$BENCH_DIR/$section" ]]; then
-      echo
-      cat "$BENCH_DIR/$section"
-    fi
-  done
+  include_sections
 } >"$RESULTS"
 
 log "wrote $RESULTS (total $((SECONDS - t0)) s)"

@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# bench/throughput.sh — requests per core: megaconn vs Go net/http, nginx, axum.
+# bench/throughput.sh — requests per core: megaconn vs Go net/http, nginx, axum,
+# each against the floor.
 #
 # What it measures: each server runs alone, pinned to core $SERVER_CPU (1) with
 # one worker/thread (megaconn --workers 1, GOMAXPROCS=1, nginx 1 worker, axum on
-# a current-thread runtime). The load, `megaconn load -t 1`, is pinned to core
-# $LOAD_CPU (0). Scenarios: closed loop with 64 and 512 connections, and an open
-# loop at a fixed rate ($RATE req/s over $RATE_CONNS connections). Servers are
+# a current-thread runtime; the floor, bench/peers/floor.c, is single-threaded).
+# The floor is a ruler, not a server: one epoll_wait per batch, one recv and one
+# send per read, no parsing, a fixed keep-alive response (a pipelined batch is
+# answered with one send); "× floor" = a server's CPU µs/request over the
+# floor's in the same scenario of the same run. The load, `megaconn load -t 1`, is pinned to core
+# $LOAD_CPU (0). Scenarios: closed loop with 64 and 512 connections, 64
+# connections each with $PIPELINE requests pipelined (`--pipeline $PIPELINE`;
+# PIPELINE=0 drops the row), and an open loop at a fixed rate ($RATE req/s
+# over $RATE_CONNS connections). Servers are
 # interleaved over $ROUNDS rounds (order rotated each round, fresh process per
 # round, 1 s warm-up); the table has medians. Per run: req/s, latency
-# p50/p99/p99.9, and server CPU µs per request = (utime+stime after - before,
-# from /proc/PID/stat, whole process tree) / requests. Then one cross-check
+# p50/p99/p99.9, server CPU µs per request = (utime+stime after - before,
+# from /proc/PID/stat, whole process tree) / requests, its user-space part
+# (utime alone), and "other CPU": the whole machine's busy time (ncpu × wall −
+# idle from /proc/stat, in a window enclosing the server's and the client's)
+# minus server and client. Then one cross-check
 # round with wrk (`wrk -t1 -c64 -d$WRK_DURATION`) and `megaconn load` with the
 # same settings, each timed with /usr/bin/time, giving requests per client
 # CPU-second for both load generators.
@@ -19,12 +29,15 @@
 # Sets sysctls: net.ipv4.ip_local_port_range="1024 65535",
 #   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
 #
-# Env: ROUNDS (3), DURATION (5s), RATE (20000), RATE_CONNS (64), PORT (first free from 38080),
-#   SERVERS ("megaconn go nginx axum"), WRK_DURATION (5s), WRK=0 to skip wrk,
+# Env: ROUNDS (3), DURATION (5s), PIPELINE (16), RATE (20000), RATE_CONNS (64), PORT (first free from 38080),
+#   SERVERS ("megaconn go nginx axum floor"; the floor is always added), WRK_DURATION (5s), WRK=0 to skip wrk,
 #   QUIET_WAIT (60 s at the start) / QUIET_WAIT_EACH (10 s before each server):
 #   longest waits for other processes on the machine to go quiet.
 # Output: raw JSON in bench/out/throughput-<stamp>/ (runs.jsonl, wrk.jsonl,
 #   summary.json) and the markdown tables on stdout (also table.md there).
+#   SECTION_OUT=bench/FLOOR.md also writes them as a section that run-all.sh
+#   copies into RESULTS.md (titled $SECTION_TITLE, with the date, machine,
+#   load average, the exact command and a note that the machine was shared).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -35,11 +48,15 @@ DURATION="${DURATION:-5s}"
 RATE="${RATE:-20000}"
 RATE_CONNS="${RATE_CONNS:-64}"
 PORT="${PORT:-$(free_port 38080)}"
-SERVERS="${SERVERS:-megaconn go nginx axum}"
+SERVERS="${SERVERS:-megaconn go nginx axum floor}"
+[[ " $SERVERS " == *" floor "* ]] || SERVERS="$SERVERS floor"
+PIPELINE="${PIPELINE:-16}"
 WRK_DURATION="${WRK_DURATION:-5s}"
 WRK="${WRK:-1}"
 URL="http://127.0.0.1:$PORT/"
-SCENARIOS=(c64 c512 "rate$RATE")
+SCENARIOS=(c64 c512)
+((PIPELINE > 1)) && SCENARIOS+=("p$PIPELINE")
+SCENARIOS+=("rate$RATE")
 
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -70,6 +87,7 @@ scenario_args() { # scenario -> megaconn load arguments
   case "$1" in
     c64) echo "-c 64" ;;
     c512) echo "-c 512" ;;
+    p*) echo "-c 64 --pipeline ${1#p}" ;;
     rate*) echo "-c $RATE_CONNS --rate $RATE" ;;
   esac
 }
@@ -135,33 +153,40 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" "$BENCH_JQ_DEFS"'
     p99: (map(.latency_us.p99) | median),
     p999: (map(.latency_us.p999) | median),
     cpu_us_per_req: (map(.server_cpu_us_per_req) | median),
+    cpu_us_per_req_min: (map(.server_cpu_us_per_req) | min),
+    cpu_us_per_req_max: (map(.server_cpu_us_per_req) | max),
+    user_us_per_req: (map(.server_user_us_per_req) | median),
     server_cpu_util: (map(.server_cpu_secs / .duration_secs) | median),
     client_cpu_util: (map(.client_time_cpu_secs / .duration_secs) | median),
-    other_cpu_util: (map(.other_cpu_secs / .duration_secs) | median),
+    other_cpu_util: (map(.other_cpu_secs / (.machine_window_secs // .duration_secs)) | median),
     errors: (map(.errors | to_entries | map(.value) | add // 0) | add)
   })' "$RUNS" >"$RES_DIR/summary.json"
 
 {
   echo "### Throughput (medians of $ROUNDS rounds × $DURATION; server on core $SERVER_CPU, load on core $LOAD_CPU)"
   echo
-  echo "| server | connections / mode | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | server CPU | client CPU | other CPU | req/s vs megaconn | CPU/req vs megaconn | errors |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| server | connections / mode | req/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req (min–max) | of which user | × floor | server CPU | client CPU | other CPU | req/s vs megaconn | CPU/req vs megaconn | errors |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   jq -r --arg rate "$RATE" --arg rconns "$RATE_CONNS" "$BENCH_JQ_DEFS"'
     def mode: if . == "c64" then "64 conns, closed loop"
       elif . == "c512" then "512 conns, closed loop"
+      elif startswith("p") then "64 conns × \(.[1:]) pipelined"
       else "open loop \($rate) req/s, \($rconns) conns" end;
+    def order: if . == "c64" then 0 elif . == "c512" then 1 elif startswith("p") then 2 else 3 end;
     . as $all
-    | ["c64", "c512"] + ([.[].scenario] | unique | map(select(startswith("rate")))) | unique
-    | sort_by(if . == "c64" then 0 elif . == "c512" then 1 else 2 end)[] as $sc
+    | [.[].scenario] | unique | sort_by(order)[] as $sc
     | ($all | map(select(.scenario == $sc and .server == "megaconn")) | .[0]) as $m
-    | ["megaconn", "go", "nginx", "axum"][] as $srv
+    | ($all | map(select(.scenario == $sc and .server == "floor")) | .[0]) as $fl
+    | ["megaconn", "go", "nginx", "axum", "floor"][] as $srv
     | $all[] | select(.scenario == $sc and .server == $srv)
-    | "| \(.server) | \(.scenario | mode) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.p999 | f0) | \(.cpu_us_per_req | f2) | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | "
+    | "| \(.server) | \($sc | mode) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.p999 | f0) | \(.cpu_us_per_req | f2) (\(.cpu_us_per_req_min | f2)–\(.cpu_us_per_req_max | f2)) | \(.user_us_per_req | f2) | "
+      + (if $fl == null or $fl.cpu_us_per_req == null or .cpu_us_per_req == null then "—" else "**" + ((.cpu_us_per_req / $fl.cpu_us_per_req) | f2) + "×**" end)
+      + " | \(.server_cpu_util | pct) | \(.client_cpu_util | pct) | \(.other_cpu_util | pct) | "
       + (if $m == null then "—" else ((.rps / $m.rps) | f2) + "×" end) + " | "
       + (if $m == null then "—" else ((.cpu_us_per_req / $m.cpu_us_per_req) | f2) + "×" end)
       + " | \(.errors) |"' "$RES_DIR/summary.json"
   echo
-  echo "server CPU / client CPU = CPU seconds used per wall-clock second of the run (100% = one core busy). A server below ~100% while the client is at ~100% means the load generator, not the server, set the req/s; server CPU µs/req is the figure that does not depend on that. other CPU = busy time of the whole machine (/proc/stat) minus server and client: other processes competing for the 2 cores (noise; should be near 0%)."
+  echo "server CPU / client CPU = CPU seconds used per wall-clock second of the run (100% = one core busy). A server below ~100% while the client is at ~100% means the load generator, not the server, set the req/s; server CPU µs/req is the figure that does not depend on that (median of the rounds, min–max across them; \"of which user\": utime alone, the server's own user-space work). × floor = server CPU µs/req ÷ the floor's in the same scenario and run (bench/peers/floor.c: one epoll_wait per batch, one recv and one send per read, no parsing; most of its cost is the kernel's loopback TCP path, which every server pays). other CPU = busy time of the whole machine (2 × wall − idle, /proc/stat) minus server and client, over a window enclosing both: other processes competing for the 2 cores (noise; near 0% on a quiet machine). Timings are CPU-seconds per request, so they hold up better than req/s on a busy machine, but only ratios measured side by side in one run mean much."
   if [[ -s "$WRK_RUNS" ]]; then
     echo
     echo "### Load-generator cross-check (one run each, 64 connections, $WRK_DURATION, 1 client thread on core $LOAD_CPU)"
@@ -174,3 +199,18 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" "$BENCH_JQ_DEFS"'
   echo
   echo "_throughput.sh: servers: ${servers[*]}; ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE; run time ${elapsed}s; raw JSON: bench/out/throughput-$STAMP/_"
 } | tee "$RES_DIR/table.md"
+
+if [[ -n "${SECTION_OUT:-}" ]]; then
+  {
+    echo "## ${SECTION_TITLE:-HTTP/1.1 throughput against the floor}"
+    echo
+    echo "Written by \`bench/throughput.sh\` (SECTION_OUT=$SECTION_OUT) on $(date -u '+%Y-%m-%d %H:%M UTC'), megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores. **The machine was shared with other people's builds during this run**: absolute req/s, latency and µs are noise-laden; the ratios measured side by side in this one run (× floor, vs megaconn) are the figures to read."
+    echo
+    echo '```'
+    echo "SECTION_OUT=$SECTION_OUT SERVERS=\"${servers[*]}\" ROUNDS=$ROUNDS DURATION=$DURATION PIPELINE=$PIPELINE RATE=$RATE WRK=$WRK bash bench/throughput.sh"
+    echo '```'
+    echo
+    sed 's/^### /#### /' "$RES_DIR/table.md"
+  } >"$SECTION_OUT"
+  log "wrote $SECTION_OUT"
+fi

@@ -21,8 +21,7 @@ pub struct Inherited {
     pub name: String,
     /// The address it listens on.
     pub addr: SocketAddr,
-    /// The socket (kept open; served once the library can take a listener).
-    #[allow(dead_code)]
+    /// The socket, served by `Builder::listener` (or `tls_listener`).
     pub listener: TcpListener,
 }
 
@@ -124,17 +123,4 @@ fn set_cloexec(fd: RawFd) {
             libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
         }
     }
-}
-
-/// Why `serve` cannot use the sockets (yet).
-pub fn unsupported(sockets: &[Inherited]) -> String {
-    let list: Vec<String> = sockets
-        .iter()
-        .map(|s| format!("{} on {}", s.name, s.addr))
-        .collect();
-    format!(
-        "systemd passed {} listening socket(s) ({}) through LISTEN_FDS, but socket activation is not supported yet: the megaconn library cannot serve an inherited listener. Start megaconn.service without megaconn.socket (megaconn binds --listen itself)",
-        sockets.len(),
-        list.join(", ")
-    )
 }

@@ -103,6 +103,16 @@ pub struct Resolved {
 
 /// Merges flags over the config file over the defaults.
 pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
+    resolve_with(args, Vec::new())
+}
+
+/// [`resolve`], serving the listening sockets systemd passed too: those
+/// named `tls` or `https…` (`FileDescriptorName=`) over TLS, the others in
+/// cleartext. With sockets passed, no default address is bound.
+fn resolve_with(
+    args: &ServeArgs,
+    inherited: Vec<crate::activation::Inherited>,
+) -> Result<Resolved, UsageError> {
     let file = match &args.config {
         Some(path) => load_config(path)?,
         None => knobs::Values::new(),
@@ -121,11 +131,22 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
         processes,
         admin,
     } = settings;
-    if listen.is_empty() && tls_listen.is_empty() {
+    if listen.is_empty() && tls_listen.is_empty() && inherited.is_empty() {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
     }
     for &addr in &listen {
         b = b.listen_on(addr);
+    }
+    let mut inherited_addrs = Vec::new();
+    for socket in inherited {
+        let tls = socket.name == "tls" || socket.name.starts_with("https");
+        inherited_addrs.push(socket.addr);
+        b = if tls {
+            b.tls_listener(socket.listener)
+        } else {
+            b.listener(socket.listener)
+        }
+        .map_err(|e| UsageError(format!("socket {} from systemd: {e}", socket.name)))?;
     }
     if let Some(rate) = accept_rate {
         b = b.accept_rate(Some(megaconn::AcceptRate {
@@ -152,17 +173,25 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
         builder: b,
         log_format: log_format.unwrap_or(LogFormat::Human),
         processes: processes.unwrap_or(1),
-        addrs: listen.into_iter().chain(tls_listen).collect(),
+        addrs: listen
+            .into_iter()
+            .chain(tls_listen)
+            .chain(inherited_addrs)
+            .collect(),
     })
 }
 
 /// Runs `megaconn serve`: one server process, or a supervisor of several.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let inherited = crate::activation::take_from_env().map_err(UsageError)?;
-    if !inherited.is_empty() {
-        return Err(UsageError(crate::activation::unsupported(&inherited)).into());
+    let activated = !inherited.is_empty();
+    let resolved = resolve_with(&args, inherited)?;
+    if activated && resolved.processes > 1 {
+        return Err(UsageError(
+            "sockets passed by systemd are served by one process: drop --processes (each worker thread accepts from them)".into(),
+        )
+        .into());
     }
-    let resolved = resolve(&args)?;
     if resolved.processes > 1 && args.worker_process.is_none() {
         return crate::supervisor::run(args, serve_argv(), resolved.processes);
     }

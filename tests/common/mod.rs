@@ -26,6 +26,11 @@ impl ChildGuard {
         }
     }
 
+    /// Takes charge of a child spawned elsewhere.
+    pub fn adopt(child: Child) -> ChildGuard {
+        ChildGuard { child }
+    }
+
     /// The child's process id.
     pub fn id(&self) -> i32 {
         self.child.id() as i32

@@ -14,12 +14,33 @@
 //!    method, target and body. (One deliberate exception: a later HTTP/1 minor
 //!    version, `HTTP/1.2`, is served as HTTP/1.1 per RFC 9110 §2.5; hyper
 //!    refuses it.)
-//! 2. The same bytes written in random pieces give megaconn's exact answers.
+//! 2. The same bytes written in random pieces (or one byte per write) give
+//!    megaconn's exact answers.
 //!
 //! The corpus in `tests/corpus/http1/` is always replayed under both
 //! properties, and each corpus input is also split at every byte boundary.
 //! `PROPTEST_CASES` sets the number of generated cases (default 200, about
-//! 10 s in a debug build), `PROPTEST_RNG_SEED` fixes the seed.
+//! 10 s in a debug build), `PROPTEST_RNG_SEED` fixes the seed. Coverage-guided
+//! fuzzing (cargo-fuzz) needs a nightly toolchain; these are property tests on
+//! stable, which CI runs with the rest of `cargo test`.
+//!
+//! What ran and what it found (debug build, 2 busy cores):
+//! - 20,000 cases (seed 14) and 10,000 cases (seed 1414, with one-byte-per-write
+//!   cases): about a quarter accepted by both servers with the same method,
+//!   target and body, 60 % rejected by both, 14 % rejected by megaconn only
+//!   (Content-Length with Transfer-Encoding, duplicate or invalid Host, `*` or
+//!   a non-slash target outside OPTIONS, codings other than chunked, strict
+//!   chunk extensions, duplicate equal Content-Lengths, Transfer-Encoding in
+//!   HTTP/1.0, 32+ trailers). megaconn was never looser than hyper, apart from
+//!   `HTTP/1.2` served as 1.1 on purpose.
+//! - One split dependence, in the connection rather than the parser: empty
+//!   lines before a request line, then an invalid line cut by a read, closed
+//!   without the 400 (corpus: `leading-empty-lines-then-garbage`). Fixed in
+//!   `http1/conn.rs` (`read_head` drops leading empty lines); no tolerance left.
+//! - Seeded bugs are caught: accepting `Content-Length: 3, 3` (shrunk to
+//!   `Content-Length: 0, 0`, and by the corpus), and a chunked decoder that
+//!   skipped the CR after chunk data when it arrived alone (by the one-byte
+//!   cases and the corpus's every-boundary splits).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -292,7 +313,7 @@ impl Tally {
         eprintln!(
             "fuzz_http1 {what}: {} inputs, {} accepted by both (same method, target, body), \
              {} rejected by both, {} rejected by megaconn only (stricter), \
-             {} HTTP/1.x minor served as 1.1, {} split replays",
+             {} HTTP/1.x minor served as 1.1, {} split replays, all identical",
             self.cases.load(Ordering::Relaxed),
             self.both_accepted.load(Ordering::Relaxed),
             self.both_rejected.load(Ordering::Relaxed),
@@ -650,12 +671,20 @@ fn input() -> impl Strategy<Value = (Vec<u8>, Vec<usize>)> {
         2 => Just(&b""[..]),
         1 => Just(&b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"[..]),
     ];
-    let cuts = proptest::collection::vec(any::<u16>(), 1..6);
+    // Random cut points, or (one case in eight) one byte per write.
+    let cuts = prop_oneof![
+        7 => proptest::collection::vec(any::<u16>(), 1..8).prop_map(Some),
+        1 => Just(None),
+    ];
     (base, mutations, follower, cuts).prop_map(|(mut bytes, mutations, follower, cuts)| {
         for m in &mutations {
             apply(&mut bytes, m);
         }
         bytes.extend_from_slice(follower);
+        let Some(cuts) = cuts else {
+            let every = (1..bytes.len()).collect();
+            return (bytes, every);
+        };
         let mut splits: Vec<usize> = cuts
             .iter()
             .map(|f| (*f as usize * bytes.len()) >> 16)

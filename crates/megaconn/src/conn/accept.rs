@@ -60,6 +60,7 @@ pub(crate) async fn accept_loop(
             None => match limit.try_acquire() {
                 Some(s) => s,
                 None => {
+                    incr(&ctx.stats.accept_waits_at_limit);
                     at_limit_log.log(|suppressed| {
                         tracing::warn!(
                             worker = ctx.index,

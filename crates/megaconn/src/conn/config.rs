@@ -133,6 +133,9 @@ pub(crate) struct Config {
     /// Positions in `addrs` of the listeners served over TLS; empty: all of
     /// them when `tls` is set (tls.rs).
     pub tls_listeners: Vec<usize>,
+    /// Listening sockets handed to the server (socket activation), by their
+    /// position in `addrs`; shared by every worker.
+    pub inherited: Vec<(usize, std::sync::Arc<std::net::TcpListener>)>,
     /// Called on every connection open and close (lifecycle.rs).
     pub on_connection: Option<crate::observe::lifecycle::ConnectionHook>,
     /// Keep a live list of connections and their states (lifecycle.rs).
@@ -174,6 +177,7 @@ impl Default for Config {
             http2: Http2Config::default(),
             tls: None,
             tls_listeners: Vec::new(),
+            inherited: Vec::new(),
             on_connection: None,
             track_connections: false,
             access_log: false,

@@ -218,6 +218,7 @@ impl ParkingLot {
         self.churn_since_trim.set(self.churn_since_trim.get() + 1);
         gauge(&self.stats.connections_parked, 1);
         gauge(&self.stats.connections_idle, 1);
+        incr(&self.stats.parks);
     }
 
     /// Seconds since `epoch`, rounded up, plus one (0 means "not parked").
@@ -287,6 +288,11 @@ impl ParkingLot {
         let parked_at = self.parked_at.borrow()[fd as usize];
         let hot = parked_at != 0 && self.millis_now().wrapping_sub(parked_at) < hot_within;
         let proto = ProtoTag(self.protos.borrow()[fd as usize] & !WAKE_AT_DEADLINE);
+        incr(if hot {
+            &self.stats.wakes_hot
+        } else {
+            &self.stats.wakes_cold
+        });
         let conn = self.connection(&socket);
         respawn(
             Incoming::Woken {
@@ -449,5 +455,120 @@ fn trim_heap() {
     // SAFETY: malloc_trim only touches the allocator's own state.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The lot on its own: a real socket pair, a recording respawn, paused
+    //! time for the deadlines (the sweep is called directly).
+
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+
+    type Woken = Rc<RefCell<Vec<(ProtoTag, Wake)>>>;
+
+    struct Fixture {
+        lot: ParkingLot,
+        limit: ConnectionLimit,
+        stats: Arc<WorkerStats>,
+        woken: Woken,
+    }
+
+    fn fixture() -> Fixture {
+        let limit = ConnectionLimit::new(2, None);
+        let stats = Arc::new(WorkerStats::default());
+        let lot = ParkingLot::new(limit.clone(), stats.clone(), Duration::from_secs(2)).unwrap();
+        let woken: Woken = Rc::default();
+        let record = woken.clone();
+        lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
+            if let Incoming::Woken { proto, wake, .. } = incoming {
+                record.borrow_mut().push((proto, wake));
+            }
+            conn.close(CloseReason::ServerClosed);
+        })));
+        Fixture {
+            lot,
+            limit,
+            stats,
+            woken,
+        }
+    }
+
+    /// A connected pair: the server's end (to park) and the client's.
+    fn pair() -> (OwnedFd, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (server.into(), client)
+    }
+
+    fn park(f: &Fixture, socket: OwnedFd, proto: u8, at_deadline: AtDeadline) {
+        let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+        f.lot.park(
+            socket,
+            Parking {
+                deadline: Some(Instant::now() + Duration::from_secs(1)),
+                at_once: false,
+                proto: ProtoTag(proto),
+                at_deadline,
+            },
+            conn,
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_wakes_a_parked_connection_in_its_protocol() {
+        let f = fixture();
+        let (socket, _client) = pair();
+        park(&f, socket, 7, AtDeadline::Wake);
+        assert_eq!(f.lot.len(), 1);
+        f.lot.sweep();
+        assert!(f.woken.borrow().is_empty(), "not before its deadline");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        f.lot.sweep();
+        assert_eq!(*f.woken.borrow(), [(ProtoTag(7), Wake::Timer)]);
+        assert_eq!(f.lot.len(), 0);
+        assert_eq!(f.stats.timeouts.load(Relaxed), 0, "a wake, not a timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_deadline_closes_and_frees_the_slot() {
+        let f = fixture();
+        let (a, _ca) = pair();
+        let (b, _cb) = pair();
+        park(&f, a, 1, AtDeadline::Close);
+        park(&f, b, 1, AtDeadline::Close);
+        assert!(
+            f.limit.try_acquire().is_none(),
+            "both slots held while parked"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        f.lot.sweep();
+        assert!(f.woken.borrow().is_empty());
+        assert_eq!(f.stats.timeouts.load(Relaxed), 2);
+        assert_eq!(f.stats.connections_open.load(Relaxed), 0);
+        assert_eq!(f.stats.closed.load(Relaxed), 2);
+        assert!(f.limit.try_acquire().is_some(), "slots freed");
+    }
+
+    #[tokio::test]
+    async fn bytes_wake_a_parked_connection_in_its_protocol() {
+        use std::io::Write;
+        let f = fixture();
+        let (socket, mut client) = pair();
+        park(&f, socket, 3, AtDeadline::Close);
+        client.write_all(b"ping").unwrap();
+        let guard = tokio::time::timeout(Duration::from_secs(20), f.lot.epoll.readable())
+            .await
+            .expect("the lot's epoll turns readable")
+            .unwrap();
+        drop(guard);
+        assert_eq!(f.lot.wake_ready().unwrap(), 1);
+        assert_eq!(*f.woken.borrow(), [(ProtoTag(3), Wake::Readable)]);
+        assert_eq!(f.stats.wakes_cold.load(Relaxed), 1);
     }
 }

@@ -21,7 +21,20 @@ pub(crate) fn bind_all(config: &Config) -> Result<Vec<Vec<TcpListener>>, Error> 
         return Err(Error::NoAddress);
     }
     let mut per_worker: Vec<Vec<TcpListener>> = (0..config.workers).map(|_| Vec::new()).collect();
-    for &requested in &config.addrs {
+    for (position, &requested) in config.addrs.iter().enumerate() {
+        // A listener handed to us (systemd socket activation, an upgrade):
+        // every worker accepts from the one socket; the kernel cannot spread
+        // connections over SO_REUSEPORT queues it did not create.
+        if let Some((_, inherited)) = config.inherited.iter().find(|(p, _)| *p == position) {
+            for listeners in per_worker.iter_mut() {
+                let listener = inherited
+                    .try_clone()
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| listen_error(requested, source))?;
+                listeners.push(listener);
+            }
+            continue;
+        }
         if !config.reuse_port_shared && requested.port() != 0 {
             probe_free(requested)?;
         }

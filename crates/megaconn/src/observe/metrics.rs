@@ -24,6 +24,9 @@
 //! | `megaconn_connections_accepted_total` | counter | |
 //! | `megaconn_connections_closed_total` | counter | `reason` |
 //! | `megaconn_connections_upgraded_total` | counter | |
+//! | `megaconn_connections_parks_total` | counter | |
+//! | `megaconn_connections_wakes_total` | counter | `kind` (`cold`, `hot`) |
+//! | `megaconn_accept_waits_at_limit_total` | counter | |
 //! | `megaconn_requests_total` | counter | `method`, `status_class` |
 //! | `megaconn_request_duration_seconds` | histogram | |
 //! | `megaconn_request_body_bytes_total` | counter | |
@@ -601,6 +604,29 @@ impl Collector for Snapshot {
                 ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
             }
         }
+        counter(
+            &mut e,
+            "connections_parks",
+            "Times an idle connection went into the parking lot.",
+            s.parks,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "connections_wakes",
+                "Parked connections woken, by kind: cold (served as a bare socket, re-parked at once) or hot (busy again, waits as a task).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, n) in [("cold", s.wakes_cold), ("hot", s.wakes_hot)] {
+                ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
+            }
+        }
+        counter(
+            &mut e,
+            "accept_waits_at_limit",
+            "Times an acceptor stopped at max_connections until a connection closed.",
+            s.accept_waits_at_limit,
+        )?;
         counter(
             &mut e,
             "connections_upgraded",

@@ -29,6 +29,10 @@ pub(crate) struct WorkerStats {
     pub connections_parked: AtomicI64,
     pub rejected_accept_rate: AtomicU64,
     pub rejected_per_ip: AtomicU64,
+    pub parks: AtomicU64,
+    pub wakes_cold: AtomicU64,
+    pub wakes_hot: AtomicU64,
+    pub accept_waits_at_limit: AtomicU64,
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
 }
@@ -126,6 +130,17 @@ pub struct ServerStats {
     pub rejected_accept_rate: u64,
     /// Connections closed right after accept by the per-IP limit.
     pub rejected_per_ip: u64,
+    /// Times an idle connection went into the parking lot.
+    pub parks: u64,
+    /// Parked connections woken by bytes (or a hang-up) after idling: served
+    /// as bare sockets and re-parked at once when they did not have to wait.
+    pub wakes_cold: u64,
+    /// Parked connections woken again soon after a re-park: busy again, they
+    /// wait as tasks for `park_idle_after` before parking.
+    pub wakes_hot: u64,
+    /// Times an acceptor found no free slot under `max_connections` and
+    /// stopped accepting until a connection closed.
+    pub accept_waits_at_limit: u64,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
@@ -152,6 +167,10 @@ impl ServerStats {
             s.connections_parked += w.connections_parked.load(Relaxed);
             s.rejected_accept_rate += w.rejected_accept_rate.load(Relaxed);
             s.rejected_per_ip += w.rejected_per_ip.load(Relaxed);
+            s.parks += w.parks.load(Relaxed);
+            s.wakes_cold += w.wakes_cold.load(Relaxed);
+            s.wakes_hot += w.wakes_hot.load(Relaxed);
+            s.accept_waits_at_limit += w.accept_waits_at_limit.load(Relaxed);
         }
         s.request_metrics = RequestStats::sum(workers);
         s

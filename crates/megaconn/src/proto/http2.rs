@@ -443,7 +443,7 @@ where
         Some(Ok(Ok(response))) => response,
     };
     let (mut parts, body) = response.into_parts();
-    prepare_headers(&mut parts.headers, &body, is_head, &ctx);
+    prepare_headers(&mut parts.headers, parts.status, &body, is_head, &ctx);
     record.status(parts.status);
     let end = is_head || body.is_end_stream();
     let send = match respond.send_response(Response::from_parts(parts, ()), end) {
@@ -463,6 +463,7 @@ where
 /// `server` and, when the body's length is known, `content-length`.
 fn prepare_headers<B: HttpBody>(
     headers: &mut HeaderMap,
+    status: StatusCode,
     body: &B,
     is_head: bool,
     ctx: &WorkerContext,
@@ -484,9 +485,21 @@ fn prepare_headers<B: HttpBody>(
             headers.insert(header::SERVER, server.clone());
         }
     }
-    if !is_head && !headers.contains_key(header::CONTENT_LENGTH) {
+    // HEAD and 304 advertise only the full response's length (RFC 9110
+    // §8.6): never a 0 that merely says this response has no body.
+    let bodiless = is_head || status == StatusCode::NOT_MODIFIED;
+    if status == StatusCode::NOT_MODIFIED
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
+    {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    if !headers.contains_key(header::CONTENT_LENGTH) {
         if let Some(n) = body.size_hint().exact() {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            if !(bodiless && n == 0) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
         }
     }
 }

@@ -17,10 +17,9 @@ use crate::conn::config::{self, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS
 use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::tls::TlsConfig;
-use crate::conn::transport::{Foreign, Transport};
+use crate::conn::transport::Transport;
 use crate::error::Error;
 use crate::observe::stats::{ServerStats, WorkerStats};
-use crate::proto::http1;
 use crate::server::worker::{self, WorkerSetup, WorkerSummary};
 use crate::service::body::Body;
 use crate::BoxError;
@@ -567,9 +566,7 @@ impl Builder {
             Arc::new(WorkerStats::default()),
             None,
         ));
-        // A caller's transport never parks and has no one to hand over to:
-        // whatever HTTP/1.1 ends with, the connection ends here.
-        let _ = http1::serve_connection(Foreign { io }, service, ctx, None).await;
+        crate::server::dispatch::serve_foreign(io, service, ctx).await;
     }
 }
 
@@ -647,6 +644,36 @@ impl Builder {
     pub fn tls(mut self, tls: TlsConfig) -> Builder {
         self.config.tls = Some(tls);
         self
+    }
+
+    /// Serves an already-bound, listening socket — one handed over by systemd
+    /// socket activation (`LISTEN_FDS`), say — next to any bound addresses.
+    /// Every worker accepts from this one socket (the kernel balances only
+    /// the `SO_REUSEPORT` listeners megaconn binds itself). Repeatable.
+    pub fn listener(self, listener: std::net::TcpListener) -> Result<Builder, Error> {
+        self.inherit(listener, false)
+    }
+
+    /// Like [`listener`](Builder::listener), served over TLS with the
+    /// configuration given to [`tls`](Builder::tls).
+    pub fn tls_listener(self, listener: std::net::TcpListener) -> Result<Builder, Error> {
+        self.inherit(listener, true)
+    }
+
+    fn inherit(mut self, listener: std::net::TcpListener, tls: bool) -> Result<Builder, Error> {
+        let addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        let position = self.config.addrs.len();
+        if tls {
+            self.config.tls_listeners.push(position);
+        }
+        self.config.addrs.push(addr);
+        self.config
+            .inherited
+            .push((position, std::sync::Arc::new(listener)));
+        Ok(self)
     }
 
     /// Adds a listen address served over TLS, with the configuration given to

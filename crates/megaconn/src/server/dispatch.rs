@@ -28,12 +28,12 @@ use http_body::Body as HttpBody;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::conn::connection::Connection;
+use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;
 use crate::conn::park::{AtDeadline, Parking};
 use crate::conn::rewind::Rewind;
 use crate::conn::tls::{self, Live};
-use crate::conn::transport::Parkable;
+use crate::conn::transport::{Foreign, Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
@@ -207,6 +207,31 @@ async fn finish_http1<T, S, B>(
             // which closes the connection's accounts.
             let _ = tx.send(Upgraded::new(io, read_ahead, conn.into_send()));
         }
+    }
+}
+
+/// Serves a caller's own transport (`Builder::serve_connection`): HTTP/1.1,
+/// h2c and upgrades as on an accepted socket, but it never parks and has no
+/// slot or counters of a server's to keep.
+pub(crate) async fn serve_foreign<T, S, B>(io: T, service: S, ctx: Rc<WorkerContext>)
+where
+    T: Transport + Send + 'static,
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (ended, mut service) =
+        http1::serve_connection(Foreign { io }, service, ctx.clone(), None).await;
+    match ended {
+        Ended::HandOver(HandOver::H2c { io, read_ahead, .. }) => {
+            let io = Rewind { io, read_ahead };
+            Box::pin(http2::serve(io, &mut service, ctx, None)).await;
+        }
+        Ended::HandOver(HandOver::Upgrade { io, read_ahead, tx }) => {
+            let _ = tx.send(Upgraded::new(io, read_ahead, SendConnection::closed()));
+        }
+        Ended::Close(_) | Ended::Park { .. } => {}
     }
 }
 

@@ -495,9 +495,17 @@ impl<T: Transport> ConnIo<T> {
         // Parse only once the end of the head may be in the buffer: re-parsing on
         // every read would let a client that sends one byte at a time make us
         // scan the head quadratically.
-        let mut searched = 0;
+        let mut searched: usize = 0;
         poll_fn(|cx| loop {
             let (rbuf, _) = self.rbuf_and_io();
+            // Empty lines before a request line are ignored (RFC 9112 §2.2);
+            // dropped here, they cannot pass for the blank line that ends a
+            // head when a read happens to end just after them.
+            while rbuf.starts_with(b"\r\n") || rbuf.starts_with(b"\n") {
+                let n = if rbuf[0] == b'\r' { 2 } else { 1 };
+                rbuf.advance(n);
+                searched = searched.saturating_sub(n);
+            }
             if head_may_be_complete(rbuf, &mut searched) || rbuf.len() >= limits.max_header_bytes {
                 match head::parse(rbuf, &limits) {
                     Ok(Some((head, len))) => {

@@ -501,6 +501,110 @@ mod tests {
         }
     }
 
+    /// Near-valid chunked bodies: chunks with sizes in a few spellings,
+    /// extensions (valid and not), line endings (CRLF, bare LF, bare CR),
+    /// trailers, and sometimes a random byte overwritten.
+    fn chunked_input() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let chunk = (
+            proptest::collection::vec(any::<u8>(), 1..8),
+            prop_oneof![4 => Just(0u8), 1 => Just(1), 1 => Just(2), 1 => Just(3)],
+            prop_oneof![
+                4 => Just(""),
+                1 => Just(";a"),
+                1 => Just(" ; a = \"q\\\"\" "),
+                1 => Just(";a=\"x"),
+                1 => Just(";a=b c"),
+                1 => Just("\t"),
+            ],
+            prop_oneof![6 => Just("\r\n"), 1 => Just("\n"), 1 => Just("\r")],
+        )
+            .prop_map(|(data, form, ext, eol)| {
+                let n = data.len();
+                let size = match form {
+                    1 => format!("{n:X}"),
+                    2 => format!("00{n:x}"),
+                    3 => format!("{:x}", n + 1),
+                    _ => format!("{n:x}"),
+                };
+                let mut out = format!("{size}{ext}{eol}").into_bytes();
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+                out
+            });
+        (
+            proptest::collection::vec(chunk, 0..4),
+            prop_oneof![3 => Just(""), 1 => Just("X-T: 1\r\n"), 1 => Just("bad\r\n")],
+            proptest::option::of((any::<u16>(), any::<u8>())),
+        )
+            .prop_map(|(chunks, trailer, flip)| {
+                let mut out = chunks.concat();
+                out.extend_from_slice(format!("0\r\n{trailer}\r\n").as_bytes());
+                if let Some((at, b)) = flip {
+                    let i = at as usize % out.len();
+                    out[i] = b;
+                }
+                out
+            })
+    }
+
+    /// Decodes `input` fed in pieces cut at `cuts`.
+    fn decode_in_pieces(
+        input: &[u8],
+        cuts: &[usize],
+        max_chunk: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), DecodeError> {
+        let mut d = Decoder::chunked(64);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut pieces = cuts
+            .iter()
+            .copied()
+            .chain([input.len()])
+            .scan(0, |last, at| {
+                let piece = &input[*last..at.max(*last)];
+                *last = at.max(*last);
+                Some(piece)
+            });
+        loop {
+            match d.decode(&mut buf, max_chunk)? {
+                Decoded::Data(x) => body.extend_from_slice(&x),
+                Decoded::End(t) => return Ok((body, t)),
+                Decoded::NeedMore => match pieces.next() {
+                    Some(piece) => buf.extend_from_slice(piece),
+                    None => return Err("incomplete"),
+                },
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// The same bytes give the same body, trailers or error wherever they
+        /// are cut (every single cut, and one byte at a time).
+        #[test]
+        fn chunked_decoding_ignores_read_boundaries(
+            input in chunked_input(),
+            max_chunk in 1usize..16,
+        ) {
+            let whole = decode_in_pieces(&input, &[], max_chunk);
+            for at in 0..=input.len() {
+                proptest::prop_assert_eq!(
+                    &decode_in_pieces(&input, &[at], max_chunk),
+                    &whole,
+                    "cut at {}",
+                    at
+                );
+            }
+            let every: Vec<usize> = (0..=input.len()).collect();
+            proptest::prop_assert_eq!(&decode_in_pieces(&input, &every, max_chunk), &whole);
+        }
+    }
+
     #[test]
     fn length_stops_at_boundary() {
         let mut d = Decoder::length(3);

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# bench/heartbeat-cpu.sh — CPU per heartbeat on parked keep-alive connections:
+# megaconn beside nginx (and the Go peer if asked) in one run.
+#
+# What it measures: N keep-alive connections, each sending one GET / and then
+# a heartbeat GET / every INTERVAL s (jittered by hold), held by `megaconn
+# hold` (pinned to core $LOAD_CPU, default 0) against each server in turn (one
+# worker/process, pinned to core $SERVER_CPU, default 1; megaconn with its
+# default --park-after 2s, so with INTERVAL > 2 s every heartbeat wakes a
+# parked connection). After the ramp and SETTLE s more, a window of WINDOW s:
+#   server CPU per heartbeat = Δ(utime+stime of the server's processes, from
+#     /proc/PID/stat) / heartbeats in the window,
+#   hold's CPU per heartbeat  = the same for hold (and its children),
+#   heartbeats in the window  = mean of hold's own "heartbeats/s" progress lines
+#     over the window × the window (hold prints them about once a second),
+#   machine other CPU = 2 × wall − idle (/proc/stat) − server − hold.
+# Servers are interleaved over ROUNDS rounds (order rotated, fresh processes);
+# the table has the median and the min–max of the rounds.
+#
+# With MEGACONN_B=/path/to/older/megaconn a row "megaconn-b" measures that
+# binary too (its serve AND its hold), for before/after figures.
+#
+# Needs: root, 2 cores, nginx-light jq curl (lib.sh installs them), a built
+# megaconn (cargo build --release; BENCH_SKIP_BUILD=1 to use target/ as is).
+# Sets (via lib.sh bench_tune, printed when changed, not restored):
+#   net.ipv4.ip_local_port_range="1024 65535", net.core.somaxconn=65535,
+#   net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
+# Env: N (15000, max ~19,000: one server process, 20,000 open files), INTERVAL
+#   (3), RAMP (5000/s), SETTLE (10 s after the ramp), WINDOW (30 s), ROUNDS (3),
+#   SERVERS ("megaconn nginx"; also go), SOURCE (127.0.0.2-127.0.0.9), PORT.
+# Output: bench/out/heartbeat-<stamp>/ (runs.jsonl, hold logs and JSON,
+#   table.md) and the markdown table on stdout; SECTION_OUT=bench/HEARTBEAT.md
+#   also writes it as a section that run-all.sh copies into RESULTS.md.
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+N="${N:-15000}"
+INTERVAL="${INTERVAL:-3}"
+RAMP="${RAMP:-5000}"
+SETTLE="${SETTLE:-10}"
+WINDOW="${WINDOW:-30}"
+ROUNDS="${ROUNDS:-3}"
+SERVERS="${SERVERS:-megaconn nginx}"
+SOURCE="${SOURCE:-127.0.0.2-127.0.0.9}"
+MEGACONN_B="${MEGACONN_B:-}"
+[[ -n "$MEGACONN_B" && " $SERVERS " != *" megaconn-b "* ]] && SERVERS="$SERVERS megaconn-b"
+
+HOLD_PID=""
+hb_cleanup() {
+  if [[ -n "$HOLD_PID" ]]; then
+    # shellcheck disable=SC2046
+    kill_ours TERM hold "$HOLD_PID" $(pgrep -P "$HOLD_PID" 2>/dev/null)
+    HOLD_PID=""
+  fi
+  bench_cleanup
+}
+trap hb_cleanup EXIT
+trap 'exit 130' INT TERM
+
+bench_install_deps
+bench_build
+bench_tune
+[[ "$MEGACONN_HOLD_OK" == 1 ]] || die "megaconn hold is not available"
+PORT="${PORT:-$(free_port 38700)}"
+URL="http://127.0.0.1:$PORT/"
+MEGACONN_A="$MEGACONN"
+
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+RES_DIR="$OUT_DIR/heartbeat-$STAMP"
+mkdir -p "$RES_DIR"
+RUNS="$RES_DIR/runs.jsonl"
+: >"$RUNS"
+log "results in $RES_DIR"
+
+# Mean of hold's "H heartbeats/s," over progress lines with FROM <= t <= TO.
+hb_rate() { # LOG FROM TO
+  awk -v a="$2" -v b="$3" '
+    match($0, /^\[ *[0-9.]+s\]/) {
+      t = substr($0, 2, RLENGTH - 3) + 0
+      if (t < a || t > b) next
+      for (i = 2; i <= NF; i++) if ($i == "heartbeats/s,") { s += $(i - 1); k++ }
+    }
+    END { if (k) printf "%.1f\n", s / k; else print "null" }' "$1"
+}
+# hold's own clock (s) of its last progress line.
+hold_clock() { tail -c 2000 "$1" 2>/dev/null | awk 'match($0, /^\[ *[0-9.]+s\]/) { t = substr($0, 2, RLENGTH - 3) + 0 } END { print t + 0 }'; }
+hold_open() { tail -c 2000 "$1" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "open") o = $(i + 1) } END { print o + 0 }'; }
+
+run_one() { # server round
+  local server=$1 round=$2 kind=$1 bin="$MEGACONN_A"
+  local base="$RES_DIR/$server-r$round"
+  if [[ "$server" == megaconn-b ]]; then kind=megaconn bin="$MEGACONN_B"; fi
+  MEGACONN="$bin"
+  bench_wait_quiet "${QUIET_WAIT_EACH:-10}"
+  server_start "$kind" "$PORT" 1 || { MEGACONN="$MEGACONN_A"; return 1; }
+  local ramp_s=$(((N + RAMP - 1) / RAMP))
+  local dur=$((SETTLE + WINDOW + 10))
+  taskset -c "$LOAD_CPU" "$bin" hold "$URL" -c "$N" --ramp "$RAMP" --source "$SOURCE" \
+    --interval "${INTERVAL}s" -d "${dur}s" --json "$base.hold.json" >"$base.hold.log" 2>&1 &
+  HOLD_PID=$!
+  # Wait (bounded) until hold has every connection open, then SETTLE s.
+  local i t_open=""
+  for ((i = 0; i < (ramp_s + 30) * 5; i++)); do
+    kill -0 "$HOLD_PID" 2>/dev/null || break
+    if (($(hold_open "$base.hold.log") >= N)); then t_open="$(hold_clock "$base.hold.log")"; break; fi
+    sleep 0.2
+  done
+  if [[ -z "$t_open" ]]; then
+    log "WARNING: $server round $round: hold did not open $N connections (see $base.hold.log)"
+    kill_ours TERM hold "$HOLD_PID"; wait "$HOLD_PID" 2>/dev/null || true; HOLD_PID=""
+    server_stop; MEGACONN="$MEGACONN_A"
+    return 1
+  fi
+  sleep "$SETTLE"
+  local s0 s1 h0 h1 m0 m1 c0 c1 hc0 hc1 busy est
+  m0="$(machine_idle_snapshot)"
+  read -r _ s0 < <(server_cpu_split)
+  h0="$(pid_cpu_secs "$HOLD_PID")"
+  hc0="$(hold_clock "$base.hold.log")"
+  c0="$(established_count "$PORT")"
+  sleep "$WINDOW"
+  read -r _ s1 < <(server_cpu_split)
+  h1="$(pid_cpu_secs "$HOLD_PID")"
+  m1="$(machine_idle_snapshot)"
+  hc1="$(hold_clock "$base.hold.log")"
+  c1="$(established_count "$PORT")"
+  busy="$(machine_busy_between "$m0" "$m1")"
+  # Let hold finish on its own (bounded), then stop the server.
+  for ((i = 0; i < 300; i++)); do kill -0 "$HOLD_PID" 2>/dev/null || break; sleep 0.1; done
+  kill_ours TERM hold "$HOLD_PID"
+  wait "$HOLD_PID" 2>/dev/null || true
+  HOLD_PID=""
+  server_stop
+  MEGACONN="$MEGACONN_A"
+  est="$(hb_rate "$base.hold.log" "$hc0" "$hc1")"
+  jq -cn --arg server "$server" --argjson round "$round" --argjson n "$N" --argjson interval "$INTERVAL" \
+    --argjson s "$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.4f", b - a }')" \
+    --argjson h "$(awk -v a="$h0" -v b="$h1" 'BEGIN { printf "%.4f", b - a }')" \
+    --argjson wall "$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.3f", y[1] - x[1] }')" \
+    --argjson busy "$busy" --argjson rate "$est" --argjson c0 "$c0" --argjson c1 "$c1" \
+    --slurpfile hold <(jq -c . "$base.hold.json" 2>/dev/null || echo null) \
+    '{server: $server, round: $round, connections: $n, interval_secs: $interval,
+      established_start: $c0, established_end: $c1, window_secs: $wall,
+      heartbeats_per_sec: $rate, heartbeats: (if $rate == null then null else $rate * $wall end),
+      server_cpu_secs: $s, hold_cpu_secs: $h,
+      server_us_per_hb: (if $rate == null or $rate == 0 then null else $s * 1e6 / ($rate * $wall) end),
+      hold_us_per_hb: (if $rate == null or $rate == 0 then null else $h * 1e6 / ($rate * $wall) end),
+      other_cpu_secs: ($busy - $s - $h),
+      hold_report: {heartbeats_ok: $hold[0].heartbeats_ok, heartbeat_errors: $hold[0].heartbeat_errors,
+        drops: $hold[0].drops, p50_us: $hold[0].heartbeat_latency_us.p50, p99_us: $hold[0].heartbeat_latency_us.p99}}' >>"$RUNS"
+  log "$(tail -1 "$RUNS" | jq -r '"round \(.round) \(.server): \(.heartbeats_per_sec) hb/s, server \(.server_us_per_hb*100|round/100) us/hb, hold \(.hold_us_per_hb*100|round/100) us/hb, established \(.established_start)->\(.established_end)"')"
+}
+
+t_start=$SECONDS
+read -r -a servers <<<"$SERVERS"
+n=${#servers[@]}
+bench_wait_quiet "${QUIET_WAIT:-30}"
+for ((round = 1; round <= ROUNDS; round++)); do
+  for ((k = 0; k < n; k++)); do
+    run_one "${servers[$(((k + round - 1) % n))]}" "$round" || true
+  done
+done
+elapsed=$((SECONDS - t_start))
+
+{
+  echo "### CPU per heartbeat on parked connections ($N connections, a heartbeat GET / on each every ${INTERVAL} s; medians of $ROUNDS rounds, min–max in brackets)"
+  echo
+  echo "| server | heartbeats/s | server CPU | server µs/heartbeat | hold µs/heartbeat | server µs/hb vs nginx | other CPU | failed heartbeats / drops |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  jq -rs "$BENCH_JQ_DEFS"'
+    def mm(f): (map(f) | median | f2) + " (" + (map(f) | min | f2) + "–" + (map(f) | max | f2) + ")";
+    map(select(.server_us_per_hb != null)) | group_by(.server) | (map(select(.[0].server == "nginx")) | .[0] // null) as $ng
+    | ($ng | if . == null then null else map(.server_us_per_hb) | median end) as $ngm
+    | .[]
+    | "| \(.[0].server) | \(map(.heartbeats_per_sec) | median | f0) | \(map(.server_cpu_secs / .window_secs) | median | pct) | \(mm(.server_us_per_hb)) | \(mm(.hold_us_per_hb)) | "
+      + (if $ngm == null then "—" else ((map(.server_us_per_hb) | median) / $ngm | f2) + "×" end)
+      + " | \(map(.other_cpu_secs / .window_secs) | median | pct) | \(map(.hold_report.heartbeat_errors // 0) | add) / \(map(.hold_report.drops // 0) | add) |"' "$RUNS"
+  echo
+  echo "Server pinned to core $SERVER_CPU (one worker; megaconn parks idle connections after 2 s, so every heartbeat wakes a parked one), \`megaconn hold\` to core $LOAD_CPU. Window: $WINDOW s starting $SETTLE s after all $N were open. µs/heartbeat = CPU seconds (utime+stime, /proc/PID/stat) in the window / heartbeats in it (hold's own heartbeats/s lines averaged over the window × its length). other CPU = the machine's busy time (2 × wall − idle) minus server and hold, in % of one core: other people's work on this shared machine; ratios measured side by side in one run are the figures to trust, absolute µs move with it."
+  echo
+  echo "_heartbeat-cpu.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN_A.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/heartbeat-$STAMP/_"
+  echo
+  echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS SERVERS=\"$SERVERS\" bash bench/heartbeat-cpu.sh\`"
+} | tee "$RES_DIR/table.md"
+
+if [[ -n "${SECTION_OUT:-}" ]]; then
+  {
+    echo "## CPU per heartbeat on parked connections"
+    echo
+    echo "Written by \`bench/heartbeat-cpu.sh\` (SECTION_OUT=$SECTION_OUT) on $(date -u '+%Y-%m-%d %H:%M UTC'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores. **The machine was shared with other people's builds during this run**: read the ratios measured side by side, not the absolute µs."
+    echo
+    sed 's/^### /#### /' "$RES_DIR/table.md"
+  } >"$SECTION_OUT"
+  log "wrote $SECTION_OUT"
+fi
