@@ -67,13 +67,15 @@ impl LocalShutdown {
     /// the caller's slot; cheap when the slot already holds the same waker.
     /// Check [`is_started`](Self::is_started) before: a watch set after the
     /// start is never woken.
-    pub(crate) fn watch(&self, slot: &mut Option<u32>, waker: &Waker) {
+    ///
+    /// Returns true when the slot already held this waker.
+    pub(crate) fn watch(&self, slot: &mut Option<u32>, waker: &Waker) -> bool {
         let mut watchers = self.watchers.borrow_mut();
         match *slot {
             Some(i) => {
                 let entry = &mut watchers.wakers[i as usize];
                 match entry {
-                    Some(w) if w.will_wake(waker) => {}
+                    Some(w) if w.will_wake(waker) => return true,
                     _ => *entry = Some(waker.clone()),
                 }
             }
@@ -91,6 +93,7 @@ impl LocalShutdown {
                 *slot = Some(i);
             }
         }
+        false
     }
 
     /// Gives the caller's slot back.
@@ -124,12 +127,12 @@ mod tests {
         let b = Arc::new(Count(AtomicUsize::new(0)));
         let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
         let (mut sa, mut sb) = (None, None);
-        s.watch(&mut sa, &wa);
-        s.watch(&mut sa, &wa);
-        s.watch(&mut sb, &wb);
+        assert!(!s.watch(&mut sa, &wa));
+        assert!(s.watch(&mut sa, &wa), "the same waker is kept");
+        assert!(!s.watch(&mut sb, &wb));
         s.unwatch(&mut sb);
         assert_eq!(sb, None);
-        s.watch(&mut sb, &wb);
+        assert!(!s.watch(&mut sb, &wb));
         assert_eq!(sb, Some(1), "the freed slot is reused");
         s.start();
         assert_eq!(a.0.load(Ordering::SeqCst), 1);

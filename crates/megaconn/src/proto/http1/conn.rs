@@ -121,6 +121,9 @@ where
     // deadline (moving it later is an atomic store, not a new registration),
     // and polled only when the connection would otherwise block.
     let mut timer = std::pin::pin!(None::<Sleep>);
+    // True while the timer holds the waker the shutdown slot holds: a wait
+    // then reads its state instead of polling it (see `poll_timer`).
+    let mut timer_waker = false;
     let ctx = conn.ctx.clone();
     let mut header_deadline = header_timeout.map(|t| Instant::now() + t);
     let mut first = true;
@@ -151,7 +154,10 @@ where
             } else {
                 park_deadline.or(idle_deadline)
             };
-            match conn.wait_for_bytes(wait_deadline, timer.as_mut()).await {
+            match conn
+                .wait_for_bytes(wait_deadline, timer.as_mut(), &mut timer_waker)
+                .await
+            {
                 Waited::Bytes => {}
                 Waited::Eof => return Ended::Close(CloseReason::ClientClosed),
                 Waited::TimedOut if park_deadline.is_some() => return Ended::Park(idle_deadline),
@@ -180,7 +186,10 @@ where
             (None, Some(after)) => HeaderClock::After(after),
             (None, None) => HeaderClock::Off,
         };
-        let head = match conn.read_head(clock, timer.as_mut()).await {
+        let head = match conn
+            .read_head(clock, timer.as_mut(), &mut timer_waker)
+            .await
+        {
             HeadRead::Head(head) => head,
             HeadRead::Closed => return Ended::Close(CloseReason::ClientClosed),
             // HTTP/2 with prior knowledge (h2c): its preface reads as a request
@@ -446,6 +455,7 @@ impl<T: Transport> ConnIo<T> {
         &mut self,
         deadline: Option<Instant>,
         mut timer: Pin<&mut Option<Sleep>>,
+        timer_waker: &mut bool,
     ) -> Waited {
         let ctx = self.ctx.clone();
         gauge(&ctx.stats.connections_idle, 1);
@@ -468,10 +478,16 @@ impl<T: Transport> ConnIo<T> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Waited::Error(e)),
                 Poll::Pending => {}
             }
-            ctx.shutdown
-                .watch(&mut self.buffers.shutdown_slot, cx.waker());
+            if !ctx
+                .shutdown
+                .watch(&mut self.buffers.shutdown_slot, cx.waker())
+            {
+                *timer_waker = false;
+            }
             match deadline {
-                Some(d) if poll_timer(&mut timer, d, cx) => Poll::Ready(Waited::TimedOut),
+                Some(d) if poll_timer(&mut timer, d, cx, timer_waker) => {
+                    Poll::Ready(Waited::TimedOut)
+                }
                 _ => Poll::Pending,
             }
         })
@@ -486,6 +502,7 @@ impl<T: Transport> ConnIo<T> {
         &mut self,
         clock: HeaderClock,
         mut timer: Pin<&mut Option<Sleep>>,
+        timer_waker: &mut bool,
     ) -> HeadRead {
         let limits = self.ctx.limits;
         let mut deadline = match clock {
@@ -531,8 +548,12 @@ impl<T: Transport> ConnIo<T> {
                     if let HeaderClock::After(after) = clock {
                         deadline.get_or_insert_with(|| Instant::now() + after);
                     }
+                    // Not known to be the waker the shutdown slot holds.
+                    *timer_waker = false;
                     return match deadline {
-                        Some(d) if poll_timer(&mut timer, d, cx) => Poll::Ready(HeadRead::TimedOut),
+                        Some(d) if poll_timer(&mut timer, d, cx, &mut false) => {
+                            Poll::Ready(HeadRead::TimedOut)
+                        }
                         _ => Poll::Pending,
                     };
                 }
@@ -598,21 +619,40 @@ enum HeaderClock {
 /// earlier deadline (the last wait's) fires early at worst, and is then moved
 /// to the real one: a connection that waits once per request moves its timer
 /// once per deadline that passes, not once per request.
+///
+/// `registered`: the timer already holds the current waker (the caller knows:
+/// it is the one the shutdown slot holds). Its state is then read, not polled
+/// (a poll re-registers the waker and spends task budget); set here after a
+/// poll that registered it.
 fn poll_timer(
     timer: &mut Pin<&mut Option<Sleep>>,
     deadline: Instant,
     cx: &mut Context<'_>,
+    registered: &mut bool,
 ) -> bool {
     match timer.as_mut().as_pin_mut() {
-        Some(sleep) if sleep.deadline() > deadline => sleep.reset(deadline),
+        Some(sleep) if sleep.deadline() > deadline => {
+            sleep.reset(deadline);
+            *registered = false;
+        }
         Some(_) => {}
-        None => timer.set(Some(tokio::time::sleep_until(deadline))),
+        None => {
+            timer.set(Some(tokio::time::sleep_until(deadline)));
+            *registered = false;
+        }
     }
     let Some(mut sleep) = timer.as_mut().as_pin_mut() else {
         return false;
     };
     loop {
-        if sleep.as_mut().poll(cx).is_pending() {
+        let fired = if *registered {
+            sleep.is_elapsed()
+        } else {
+            // Out of budget, the poll returns early without registering.
+            *registered = tokio::task::coop::has_budget_remaining();
+            sleep.as_mut().poll(cx).is_ready()
+        };
+        if !fired {
             return false;
         }
         if sleep.deadline() >= deadline {
@@ -620,6 +660,7 @@ fn poll_timer(
         }
         // An earlier deadline passed: wait on for this one.
         sleep.as_mut().reset(deadline);
+        *registered = false;
     }
 }
 
