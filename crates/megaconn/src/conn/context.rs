@@ -7,6 +7,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::conn::blocks::BlockCache;
 use crate::conn::config::{Config, HeadLimits};
 use crate::conn::park::ParkingLot;
 use crate::conn::pool::BufferPool;
@@ -21,6 +22,8 @@ pub(crate) struct WorkerContext {
     pub limits: HeadLimits,
     pub stats: Arc<WorkerStats>,
     pub pool: BufferPool,
+    /// Heap blocks for per-request futures (HTTP/1.1's exchange).
+    pub blocks: BlockCache,
     pub shutdown: LocalShutdown,
     pub park: Option<ParkingLot>,
     /// This worker's live-connection list, when tracking is on.
@@ -42,6 +45,7 @@ impl WorkerContext {
                 max_body_bytes: config.max_body_bytes,
             },
             pool: BufferPool::new(stats.clone()),
+            blocks: BlockCache::default(),
             shutdown: LocalShutdown::default(),
             park,
             registry: None,

@@ -7,6 +7,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod admission;
+pub(crate) mod blocks;
 pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod context;

@@ -5,8 +5,14 @@
 //! Across threads the signal is a `watch` channel owned by the server; inside a
 //! worker it is a [`LocalShutdown`] flag plus a `Notify`, so a connection waiting
 //! idle pays no atomic operation or channel slot for it.
+//!
+//! HTTP/1.1 connections wait idle once per request, so they do not register
+//! with the `Notify` each time (a lock, a list insert and a removal per wait):
+//! each keeps one slot in the worker's waker list for its whole life
+//! ([`LocalShutdown::watch`]), refreshed only when its waker changes.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::task::Waker;
 
 use tokio::sync::Notify;
 
@@ -15,6 +21,14 @@ use tokio::sync::Notify;
 pub(crate) struct LocalShutdown {
     started: Cell<bool>,
     notify: Notify,
+    /// Wakers of watching connections, by slot; `free` lists the vacant slots.
+    watchers: RefCell<Watchers>,
+}
+
+#[derive(Debug, Default)]
+struct Watchers {
+    wakers: Vec<Option<Waker>>,
+    free: Vec<u32>,
 }
 
 impl LocalShutdown {
@@ -27,6 +41,17 @@ impl LocalShutdown {
     pub(crate) fn start(&self) {
         self.started.set(true);
         self.notify.notify_waiters();
+        // Taken out first: a woken task may run (and unwatch) at once.
+        let wakers: Vec<Waker> = self
+            .watchers
+            .borrow_mut()
+            .wakers
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for waker in wakers {
+            waker.wake();
+        }
     }
 
     /// Resolves once shutdown has begun (at once if it already has).
@@ -36,5 +61,85 @@ impl LocalShutdown {
             return;
         }
         notified.await;
+    }
+
+    /// Makes sure `waker` is woken when shutdown begins, using (and keeping)
+    /// the caller's slot; cheap when the slot already holds the same waker.
+    /// Check [`is_started`](Self::is_started) before: a watch set after the
+    /// start is never woken.
+    ///
+    /// Returns true when the slot already held this waker.
+    pub(crate) fn watch(&self, slot: &mut Option<u32>, waker: &Waker) -> bool {
+        let mut watchers = self.watchers.borrow_mut();
+        match *slot {
+            Some(i) => {
+                let entry = &mut watchers.wakers[i as usize];
+                match entry {
+                    Some(w) if w.will_wake(waker) => return true,
+                    _ => *entry = Some(waker.clone()),
+                }
+            }
+            None => {
+                let i = match watchers.free.pop() {
+                    Some(i) => {
+                        watchers.wakers[i as usize] = Some(waker.clone());
+                        i
+                    }
+                    None => {
+                        watchers.wakers.push(Some(waker.clone()));
+                        (watchers.wakers.len() - 1) as u32
+                    }
+                };
+                *slot = Some(i);
+            }
+        }
+        false
+    }
+
+    /// Gives the caller's slot back.
+    pub(crate) fn unwatch(&self, slot: &mut Option<u32>) {
+        if let Some(i) = slot.take() {
+            let mut watchers = self.watchers.borrow_mut();
+            watchers.wakers[i as usize] = None;
+            watchers.free.push(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn watchers_are_woken_once_and_slots_reused() {
+        let s = LocalShutdown::default();
+        let a = Arc::new(Count(AtomicUsize::new(0)));
+        let b = Arc::new(Count(AtomicUsize::new(0)));
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let (mut sa, mut sb) = (None, None);
+        assert!(!s.watch(&mut sa, &wa));
+        assert!(s.watch(&mut sa, &wa), "the same waker is kept");
+        assert!(!s.watch(&mut sb, &wb));
+        s.unwatch(&mut sb);
+        assert_eq!(sb, None);
+        assert!(!s.watch(&mut sb, &wb));
+        assert_eq!(sb, Some(1), "the freed slot is reused");
+        s.start();
+        assert_eq!(a.0.load(Ordering::SeqCst), 1);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1);
+        s.unwatch(&mut sa);
+        s.unwatch(&mut sb);
+        s.start();
+        assert_eq!(a.0.load(Ordering::SeqCst), 1);
     }
 }

@@ -7,7 +7,7 @@
 //! starting the header clock, so a keep-alive connection is charged the idle
 //! timeout, not the header timeout, while it is quiet.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::decode::Decoder;
@@ -116,6 +116,15 @@ where
 {
     let header_timeout = conn.ctx.config.read_header_timeout;
     let idle_timeout = conn.ctx.config.idle_timeout;
+    let park_idle_after = conn.ctx.config.park_idle_after;
+    // One timer for the connection's life, moved in place from deadline to
+    // deadline (moving it later is an atomic store, not a new registration),
+    // and polled only when the connection would otherwise block.
+    let mut timer = std::pin::pin!(None::<Sleep>);
+    // True while the timer holds the waker the shutdown slot holds: a wait
+    // then reads its state instead of polling it (see `poll_timer`).
+    let mut timer_waker = false;
+    let ctx = conn.ctx.clone();
     let mut header_deadline = header_timeout.map(|t| Instant::now() + t);
     let mut first = true;
     loop {
@@ -124,7 +133,9 @@ where
                 return Ended::Close(CloseReason::io(&e));
             }
             conn.buffers.release();
-            let idle_deadline = idle_timeout.map(|t| Instant::now() + t);
+            // One clock read for both deadlines.
+            let now = (idle_timeout.is_some() || park_idle_after.is_some()).then(Instant::now);
+            let idle_deadline = idle_timeout.zip(now).map(|(t, now)| now + t);
             // A woken cold connection that served its request without waiting
             // goes straight back to the lot: waiting as a task first would cost
             // a registration and a timer for what is, most likely, a heartbeat.
@@ -132,9 +143,9 @@ where
                 return Ended::Park(idle_deadline);
             }
             // A cold connection is parked rather than kept as a waiting task.
-            let park_deadline = match conn.ctx.config.park_idle_after {
-                Some(after) if T::PARKABLE && !first && conn.ctx.park.is_some() => {
-                    Some(Instant::now() + after).filter(|p| idle_deadline.is_none_or(|i| *p < i))
+            let park_deadline = match (park_idle_after, now) {
+                (Some(after), Some(now)) if T::PARKABLE && !first && conn.ctx.park.is_some() => {
+                    Some(now + after).filter(|p| idle_deadline.is_none_or(|i| *p < i))
                 }
                 _ => None,
             };
@@ -143,7 +154,10 @@ where
             } else {
                 park_deadline.or(idle_deadline)
             };
-            match conn.wait_for_bytes(wait_deadline).await {
+            match conn
+                .wait_for_bytes(wait_deadline, timer.as_mut(), &mut timer_waker)
+                .await
+            {
                 Waited::Bytes => {}
                 Waited::Eof => return Ended::Close(CloseReason::ClientClosed),
                 Waited::TimedOut if park_deadline.is_some() => return Ended::Park(idle_deadline),
@@ -160,12 +174,22 @@ where
                 Waited::Error(e) => return Ended::Close(CloseReason::io(&e)),
             }
         }
+        // The header clock of a later request starts with its first bytes; it
+        // is read only if the head does not arrive whole (`read_head`).
         if !first {
-            header_deadline = header_timeout.map(|t| Instant::now() + t);
+            header_deadline = None;
         }
         let first_request = std::mem::replace(&mut first, false);
 
-        let head = match conn.read_head(header_deadline).await {
+        let clock = match (header_deadline, header_timeout) {
+            (Some(at), _) => HeaderClock::At(at),
+            (None, Some(after)) => HeaderClock::After(after),
+            (None, None) => HeaderClock::Off,
+        };
+        let head = match conn
+            .read_head(clock, timer.as_mut(), &mut timer_waker)
+            .await
+        {
             HeadRead::Head(head) => head,
             HeadRead::Closed => return Ended::Close(CloseReason::ClientClosed),
             // HTTP/2 with prior knowledge (h2c): its preface reads as a request
@@ -202,8 +226,9 @@ where
         };
 
         // Boxed: the request and the whole exchange live here only while it runs,
-        // so an idle connection's future does not carry their size.
-        match Box::pin(exchange(conn, service, head)).await {
+        // so an idle connection's future does not carry their size. The box is
+        // one of the worker's cached blocks: no malloc and free per request.
+        match ctx.blocks.pin(exchange(conn, service, head)).await {
             Outcome::KeepAlive => {}
             Outcome::Close(reason) => return Ended::Close(reason),
             Outcome::Upgrade(tx) => {
@@ -232,6 +257,20 @@ where
     } else {
         ConnectionState::ReadingBody
     });
+    let method = MethodLabel::of(&head.method);
+    // Waited for before the request is built, so that only the head is kept
+    // across this await (the exchange's box is sized by what is kept).
+    if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
+        let e: BoxError = e.into();
+        tracing::warn!(error = %e, "service not ready; answering 503");
+        return Exchange::<T, S::Future, B>::failed(
+            conn,
+            method,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is not available",
+            CloseReason::ServerError,
+        );
+    }
     let config = &conn.ctx.config;
     let (decoder, body_tx, body) = match head.framing {
         BodyFraming::None => (None, None, Body::empty()),
@@ -253,7 +292,6 @@ where
     } else {
         Continue::NotExpected
     };
-    let method = MethodLabel::of(&head.method);
     let setup_head = (
         head.version,
         head.method == Method::HEAD,
@@ -280,17 +318,6 @@ where
         tx
     });
 
-    if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
-        let e: BoxError = e.into();
-        tracing::warn!(error = %e, "service not ready; answering 503");
-        return Exchange::<T, S::Future, B>::failed(
-            conn,
-            method,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the service is not available",
-            CloseReason::ServerError,
-        );
-    }
     let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request))) {
         Ok(handler) => handler,
         Err(panic) => {
@@ -360,6 +387,7 @@ impl<T> ConnIo<T> {
             buffers: Buffers {
                 rbuf: None,
                 wbuf: None,
+                shutdown_slot: None,
                 ctx: ctx.clone(),
             },
             ctx,
@@ -420,38 +448,72 @@ impl<T: Transport> ConnIo<T> {
 
     /// Waits for the first bytes of the next request without holding a buffer
     /// (on transports that report readiness), then reads them.
-    async fn wait_for_bytes(&mut self, deadline: Option<Instant>) -> Waited {
+    ///
+    /// Shutdown is a flag checked on every poll; the connection's waker is
+    /// registered for it (and the timer armed) only when it would block.
+    async fn wait_for_bytes(
+        &mut self,
+        deadline: Option<Instant>,
+        mut timer: Pin<&mut Option<Sleep>>,
+        timer_waker: &mut bool,
+    ) -> Waited {
         let ctx = self.ctx.clone();
         gauge(&ctx.stats.connections_idle, 1);
         lifecycle::set_state(ConnectionState::Idle);
-        let first_bytes = poll_fn(|cx| {
-            std::task::ready!(self.io.poll_read_ready(cx))?;
-            let (rbuf, io) = self.rbuf_and_io();
-            read_more(io, rbuf, cx)
-        });
-        let waited = tokio::select! {
-            biased;
-            () = ctx.shutdown.wait() => Waited::Shutdown,
-            r = with_deadline(deadline, first_bytes) => match r {
-                None => Waited::TimedOut,
-                Some(Ok(0)) => Waited::Eof,
-                Some(Ok(_)) => Waited::Bytes,
-                Some(Err(e)) => Waited::Error(e),
-            },
-        };
+        let waited = poll_fn(|cx| {
+            if ctx.shutdown.is_started() {
+                return Poll::Ready(Waited::Shutdown);
+            }
+            let read = match self.io.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let (rbuf, io) = self.rbuf_and_io();
+                    read_more(io, rbuf, cx)
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+            match read {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Waited::Eof),
+                Poll::Ready(Ok(_)) => return Poll::Ready(Waited::Bytes),
+                Poll::Ready(Err(e)) => return Poll::Ready(Waited::Error(e)),
+                Poll::Pending => {}
+            }
+            if !ctx
+                .shutdown
+                .watch(&mut self.buffers.shutdown_slot, cx.waker())
+            {
+                *timer_waker = false;
+            }
+            match deadline {
+                Some(d) if poll_timer(&mut timer, d, cx, timer_waker) => {
+                    Poll::Ready(Waited::TimedOut)
+                }
+                _ => Poll::Pending,
+            }
+        })
+        .await;
         gauge(&ctx.stats.connections_idle, -1);
         lifecycle::set_state(ConnectionState::ReadingHead);
         waited
     }
 
     /// Reads until a whole request head is buffered, then parses it.
-    async fn read_head(&mut self, deadline: Option<Instant>) -> HeadRead {
+    async fn read_head(
+        &mut self,
+        clock: HeaderClock,
+        mut timer: Pin<&mut Option<Sleep>>,
+        timer_waker: &mut bool,
+    ) -> HeadRead {
         let limits = self.ctx.limits;
+        let mut deadline = match clock {
+            HeaderClock::At(at) => Some(at),
+            HeaderClock::After(_) | HeaderClock::Off => None,
+        };
         // Parse only once the end of the head may be in the buffer: re-parsing on
         // every read would let a client that sends one byte at a time make us
         // scan the head quadratically.
         let mut searched: usize = 0;
-        let read = poll_fn(|cx| loop {
+        poll_fn(|cx| loop {
             let (rbuf, _) = self.rbuf_and_io();
             // Empty lines before a request line are ignored (RFC 9112 §2.2);
             // dropped here, they cannot pass for the blank line that ends a
@@ -482,12 +544,22 @@ impl<T: Transport> ConnIo<T> {
                 Poll::Ready(Ok(0)) => return Poll::Ready(HeadRead::Closed),
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Ready(Err(e)) => return Poll::Ready(HeadRead::Error(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if let HeaderClock::After(after) = clock {
+                        deadline.get_or_insert_with(|| Instant::now() + after);
+                    }
+                    // Not known to be the waker the shutdown slot holds.
+                    *timer_waker = false;
+                    return match deadline {
+                        Some(d) if poll_timer(&mut timer, d, cx, &mut false) => {
+                            Poll::Ready(HeadRead::TimedOut)
+                        }
+                        _ => Poll::Pending,
+                    };
+                }
             }
-        });
-        with_deadline(deadline, read)
-            .await
-            .unwrap_or(HeadRead::TimedOut)
+        })
+        .await
     }
 
     /// Flushes the last response and closes; lingers when unread input could
@@ -517,6 +589,11 @@ impl<T: Transport> ConnIo<T> {
 /// True when `buf` contains an empty line (the end of a head), searching only
 /// what was not searched before.
 fn head_may_be_complete(buf: &[u8], searched: &mut usize) -> bool {
+    // The common case first: the read ended with the head.
+    if buf.ends_with(b"\n\r\n") || buf.ends_with(b"\n\n") {
+        *searched = buf.len();
+        return true;
+    }
     let start = searched.saturating_sub(3);
     let found = buf[start..]
         .windows(2)
@@ -526,13 +603,64 @@ fn head_may_be_complete(buf: &[u8], searched: &mut usize) -> bool {
     found
 }
 
-async fn with_deadline<F: std::future::Future>(
-    deadline: Option<Instant>,
-    f: F,
-) -> Option<F::Output> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
-        None => Some(f.await),
+/// When a request head times out.
+#[derive(Clone, Copy)]
+enum HeaderClock {
+    /// At this instant (the first request: the clock runs from accept).
+    At(Instant),
+    /// This long after the head is first found incomplete.
+    After(Duration),
+    Off,
+}
+
+/// Polls the connection's timer for `deadline`: true once it has passed.
+///
+/// The timer is moved only when it must fire earlier. A timer left at an
+/// earlier deadline (the last wait's) fires early at worst, and is then moved
+/// to the real one: a connection that waits once per request moves its timer
+/// once per deadline that passes, not once per request.
+///
+/// `registered`: the timer already holds the current waker (the caller knows:
+/// it is the one the shutdown slot holds). Its state is then read, not polled
+/// (a poll re-registers the waker and spends task budget); set here after a
+/// poll that registered it.
+fn poll_timer(
+    timer: &mut Pin<&mut Option<Sleep>>,
+    deadline: Instant,
+    cx: &mut Context<'_>,
+    registered: &mut bool,
+) -> bool {
+    match timer.as_mut().as_pin_mut() {
+        Some(sleep) if sleep.deadline() > deadline => {
+            sleep.reset(deadline);
+            *registered = false;
+        }
+        Some(_) => {}
+        None => {
+            timer.set(Some(tokio::time::sleep_until(deadline)));
+            *registered = false;
+        }
+    }
+    let Some(mut sleep) = timer.as_mut().as_pin_mut() else {
+        return false;
+    };
+    loop {
+        let fired = if *registered {
+            sleep.is_elapsed()
+        } else {
+            // Out of budget, the poll returns early without registering.
+            *registered = tokio::task::coop::has_budget_remaining();
+            sleep.as_mut().poll(cx).is_ready()
+        };
+        if !fired {
+            return false;
+        }
+        if sleep.deadline() >= deadline {
+            return true;
+        }
+        // An earlier deadline passed: wait on for this one.
+        sleep.as_mut().reset(deadline);
+        *registered = false;
     }
 }
 
@@ -541,6 +669,9 @@ async fn with_deadline<F: std::future::Future>(
 pub(crate) struct Buffers {
     rbuf: Option<BytesMut>,
     wbuf: Option<BytesMut>,
+    /// The connection's slot in the worker's shutdown watch list, once it
+    /// has waited idle (given back on drop, like the buffers).
+    shutdown_slot: Option<u32>,
     ctx: Rc<WorkerContext>,
 }
 
@@ -581,6 +712,7 @@ impl Drop for Buffers {
         for buf in [self.rbuf.take(), self.wbuf.take()].into_iter().flatten() {
             self.ctx.pool.give(buf);
         }
+        self.ctx.shutdown.unwatch(&mut self.shutdown_slot);
     }
 }
 

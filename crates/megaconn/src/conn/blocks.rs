@@ -1,0 +1,136 @@
+//! A worker's cache of heap blocks for the per-request futures that are boxed
+//! so idle connections stay small (HTTP/1.1's exchange).
+//!
+//! An exchange future is ~1.5 KB: too large for the allocator's per-thread
+//! cache, so a fresh box per request costs a full malloc and free. The worker
+//! keeps a few freed blocks instead and hands them out again to futures of the
+//! same layout. A connection holds a block only while its exchange runs; at
+//! most [`MAX_CACHED`] free blocks stay with the worker.
+
+use std::alloc::{self, Layout};
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::task::{Context, Poll};
+
+/// How many free blocks a worker keeps.
+pub(crate) const MAX_CACHED: usize = 16;
+
+/// A worker's free blocks, with their layouts. Not `Sync`: each worker owns one.
+#[derive(Debug, Default)]
+pub(crate) struct BlockCache {
+    free: RefCell<Vec<(NonNull<u8>, Layout)>>,
+}
+
+impl BlockCache {
+    /// Moves `future` into a block (a cached one of its layout if any) and
+    /// returns it pinned there; the block comes back here when it is dropped.
+    pub(crate) fn pin<F: Future>(&self, future: F) -> CachedBox<'_, F> {
+        let layout = Layout::new::<F>();
+        let block = if layout.size() == 0 {
+            NonNull::<F>::dangling().cast()
+        } else {
+            self.take(layout)
+        };
+        let ptr = block.cast::<F>();
+        // SAFETY: `block` is valid for writes of `layout` (fresh or cached with
+        // that exact layout) and aligned for `F`.
+        unsafe { ptr.as_ptr().write(future) };
+        CachedBox { ptr, cache: self }
+    }
+
+    fn take(&self, layout: Layout) -> NonNull<u8> {
+        let mut free = self.free.borrow_mut();
+        if let Some(i) = free.iter().rposition(|(_, l)| *l == layout) {
+            return free.swap_remove(i).0;
+        }
+        drop(free);
+        // SAFETY: `layout` has a non-zero size (checked by the caller).
+        let p = unsafe { alloc::alloc(layout) };
+        NonNull::new(p).unwrap_or_else(|| alloc::handle_alloc_error(layout))
+    }
+
+    fn give(&self, block: NonNull<u8>, layout: Layout) {
+        if layout.size() == 0 {
+            return;
+        }
+        let mut free = self.free.borrow_mut();
+        if free.len() < MAX_CACHED {
+            free.push((block, layout));
+        } else {
+            drop(free);
+            // SAFETY: allocated by `take` with this layout.
+            unsafe { alloc::dealloc(block.as_ptr(), layout) };
+        }
+    }
+}
+
+impl Drop for BlockCache {
+    fn drop(&mut self) {
+        for (block, layout) in self.free.get_mut().drain(..) {
+            // SAFETY: allocated by `take` with this layout, owned by the cache.
+            unsafe { alloc::dealloc(block.as_ptr(), layout) };
+        }
+    }
+}
+
+/// A future pinned in a block of a [`BlockCache`]; dropping it drops the future
+/// in place and gives the block back.
+pub(crate) struct CachedBox<'a, F> {
+    ptr: NonNull<F>,
+    cache: &'a BlockCache,
+}
+
+impl<F: Future> Future for CachedBox<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: the future lives in the block, which never moves and is
+        // freed only after the future is dropped in place (`Drop`).
+        unsafe { Pin::new_unchecked(&mut *self.ptr.as_ptr()) }.poll(cx)
+    }
+}
+
+impl<F> Drop for CachedBox<'_, F> {
+    fn drop(&mut self) {
+        // SAFETY: the block holds a live `F`, dropped once, here.
+        unsafe { std::ptr::drop_in_place(self.ptr.as_ptr()) };
+        self.cache.give(self.ptr.cast(), Layout::new::<F>());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    fn make(keep: Option<Rc<()>>, v: u8) -> impl Future<Output = u8> {
+        async move {
+            let _keep = keep;
+            let big = [v; 1500];
+            std::future::ready(()).await;
+            big[1499]
+        }
+    }
+
+    #[test]
+    fn blocks_are_reused_and_futures_dropped_in_place() {
+        let cache = BlockCache::default();
+        let dropped = Rc::new(());
+        let boxed = cache.pin(make(Some(dropped.clone()), 7));
+        let first = boxed.ptr.cast::<u8>();
+        drop(boxed);
+        assert_eq!(Rc::strong_count(&dropped), 1, "the future was dropped");
+        assert_eq!(cache.free.borrow().len(), 1);
+        let boxed = cache.pin(make(None, 8));
+        assert_eq!(boxed.ptr.cast::<u8>(), first, "the same block came back");
+        assert_eq!(futures_util::FutureExt::now_or_never(boxed), Some(8));
+        assert_eq!(cache.free.borrow().len(), 1);
+        // Another layout gets its own block.
+        let other = cache.pin(async { 1u64 });
+        assert_eq!(cache.free.borrow().len(), 1);
+        drop(other);
+        assert_eq!(cache.free.borrow().len(), 2);
+    }
+}
