@@ -91,6 +91,7 @@ pub use proto::http2::RAPID_RESET_LIMIT;
 pub use server::builder::{Builder, Server, ServerHandle, ShutdownSummary};
 pub use service::body::Body;
 pub use service::upgrade::{OnUpgrade, Upgraded};
+pub use service::HttpService;
 
 /// The error type a service or response body may fail with: anything that can be
 /// boxed. Used in the bounds of [`Server::serve`].

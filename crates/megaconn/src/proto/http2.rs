@@ -63,7 +63,6 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
-use tower_service::Service;
 
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
@@ -75,6 +74,7 @@ use crate::observe::stats::{incr, IdleMark};
 use crate::service::body::Body;
 use crate::service::h2_body::{DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
 use crate::service::panic_message;
+use crate::service::HttpService;
 use crate::BoxError;
 
 /// Streams reset by the client before we accepted them that a connection may
@@ -108,7 +108,7 @@ fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
 }
 
 /// Serves HTTP/2 on `io` until the connection closes; returns why it closed.
-pub(crate) async fn serve<I, S, B>(
+pub(crate) async fn serve<I, S>(
     io: I,
     service: &mut S,
     ctx: Rc<WorkerContext>,
@@ -116,10 +116,7 @@ pub(crate) async fn serve<I, S, B>(
 ) -> CloseReason
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     let cfg = ctx.config.http2;
     let info = info.filter(|_| ctx.config.connect_info);
@@ -302,7 +299,7 @@ enum Start<F> {
 
 /// Builds the request and calls the service (the call itself runs here, in
 /// the connection loop; the future it returns runs in the stream's exchange).
-async fn start_stream<S, B>(
+async fn start_stream<S>(
     service: &mut S,
     request: Request<RecvStream>,
     ctx: &Rc<WorkerContext>,
@@ -310,8 +307,7 @@ async fn start_stream<S, B>(
     info: Option<ConnInfo>,
 ) -> Start<S::Future>
 where
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
+    S: HttpService,
 {
     incr(&ctx.stats.requests);
     lifecycle::count_request();

@@ -1,7 +1,17 @@
 //! The HTTP service glue: the request body handed to services, upgrades, and
 //! the one bound every protocol serves.
 
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body as HttpBody;
+use tower_service::Service;
+
 use crate::conn::ConnInfo;
+use crate::service::body::Body;
+use crate::BoxError;
 
 pub(crate) mod body;
 pub(crate) mod h2_body;
@@ -37,4 +47,60 @@ pub(crate) fn insert_conn_info(extensions: &mut http::Extensions, info: ConnInfo
     #[cfg(feature = "axum")]
     extensions.insert(axum::extract::ConnectInfo(info.peer));
     extensions.insert(info);
+}
+
+/// What megaconn serves: a [`tower_service::Service`] that takes an
+/// `http::Request<`[`Body`]`>` and answers an `http::Response` whose body
+/// streams [`Bytes`], with errors that box. An axum `Router`, a
+/// `tower::service_fn` or a tonic server all are. One bound, written once
+/// (hyper's `service/http.rs` is the model); sealed: implemented for every
+/// such service and nothing else, so the bound can grow without breaking
+/// anyone.
+pub trait HttpService: sealed::Sealed {
+    /// The response body.
+    type ResBody: HttpBody<Data = Bytes, Error = Self::BodyError>;
+    /// The response body's error.
+    type BodyError: Into<BoxError>;
+    /// The service's error (answered with 503 from `poll_ready`; a call
+    /// that fails is a 500).
+    type Error: Into<BoxError>;
+    /// The future of one call.
+    type Future: Future<Output = Result<Response<Self::ResBody>, Self::Error>>;
+
+    /// `Service::poll_ready`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+
+    /// `Service::call`.
+    fn call(&mut self, request: Request<Body>) -> Self::Future;
+}
+
+impl<S, B> HttpService for S
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type ResBody = B;
+    type BodyError = B::Error;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        Service::call(self, request)
+    }
+}
+
+mod sealed {
+    /// Only the blanket implementation above implements [`HttpService`](super::HttpService).
+    pub trait Sealed {}
+
+    impl<S, B> Sealed for S where
+        S: tower_service::Service<http::Request<crate::Body>, Response = http::Response<B>>
+    {
+    }
 }

@@ -16,10 +16,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode};
-use http_body::Body as HttpBody;
+use http::{Method, Request, StatusCode};
 use tokio::time::{Instant, Sleep};
-use tower_service::Service;
 
 use super::decode::Decoder;
 use super::exchange::{read_more, Continue, Exchange, ExchangeSetup};
@@ -35,6 +33,7 @@ use crate::proto::{self, HandOver};
 use crate::service::body::Body;
 use crate::service::panic_message;
 use crate::service::upgrade::{self, UpgradeSender};
+use crate::service::HttpService;
 use crate::BoxError;
 
 /// How long closing may take to flush a last response and linger.
@@ -48,7 +47,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 ///
 /// Takes the service by value and gives it back, so the caller need not
 /// keep it (and its own copy of the arguments) across the whole connection.
-pub(crate) async fn serve_connection<T, S, B>(
+pub(crate) async fn serve_connection<T, S>(
     io: T,
     mut service: S,
     ctx: Rc<WorkerContext>,
@@ -56,10 +55,7 @@ pub(crate) async fn serve_connection<T, S, B>(
 ) -> (proto::Ended<T>, S)
 where
     T: Parkable,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     let mut conn = ConnIo::new(io, ctx);
     conn.info = info.filter(|_| conn.ctx.config.connect_info);
@@ -106,13 +102,10 @@ enum Ended {
     H2c,
 }
 
-async fn run<T, S, B>(conn: &mut ConnIo<T>, service: &mut S) -> Ended
+async fn run<T, S>(conn: &mut ConnIo<T>, service: &mut S) -> Ended
 where
     T: Parkable,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     let header_timeout = conn.ctx.config.read_header_timeout;
     let idle_timeout = conn.ctx.config.idle_timeout;
@@ -242,13 +235,10 @@ where
 }
 
 /// Hands the request to the service and drives the exchange to its end.
-async fn exchange<T, S, B>(conn: &mut ConnIo<T>, service: &mut S, head: RequestHead) -> Outcome
+async fn exchange<T, S>(conn: &mut ConnIo<T>, service: &mut S, head: RequestHead) -> Outcome
 where
     T: Transport,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     incr(&conn.ctx.stats.requests);
     lifecycle::count_request();
@@ -263,7 +253,7 @@ where
     if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
         let e: BoxError = e.into();
         tracing::warn!(error = %e, "service not ready; answering 503");
-        return Exchange::<T, S::Future, B>::failed(
+        return Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
             method,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -326,7 +316,7 @@ where
                 panic = panic_message(&panic),
                 "handler panicked; answering 500"
             );
-            return Exchange::<T, S::Future, B>::failed(
+            return Exchange::<T, S::Future, S::ResBody>::failed(
                 conn,
                 method,
                 StatusCode::INTERNAL_SERVER_ERROR,
