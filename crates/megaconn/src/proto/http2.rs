@@ -343,31 +343,22 @@ where
     if let Some(info) = info {
         crate::service::insert_conn_info(request.extensions_mut(), info);
     }
-    if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
-        let e: BoxError = e.into();
-        tracing::warn!(error = %e, "service not ready; answering 503");
+    if !crate::service::ready(service).await {
         return Start::Failed(
             StatusCode::SERVICE_UNAVAILABLE,
             RequestRecord::untimed(ctx.stats_source(), method),
         );
     }
-    match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request))) {
-        Ok(handler) => Start::Called(
+    match crate::service::call(service, request, &ctx.stats) {
+        Some(handler) => Start::Called(
             handler,
             RequestRecord::start(ctx.stats_source(), method),
             is_head,
         ),
-        Err(panic) => {
-            incr(&ctx.stats.panics);
-            tracing::error!(
-                panic = panic_message(&panic),
-                "handler panicked; answering 500"
-            );
-            Start::Failed(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                RequestRecord::untimed(ctx.stats_source(), method),
-            )
-        }
+        None => Start::Failed(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            RequestRecord::untimed(ctx.stats_source(), method),
+        ),
     }
 }
 

@@ -104,3 +104,38 @@ mod sealed {
     {
     }
 }
+
+/// Waits until `service` is ready to take a request. On its error, logs it
+/// and returns `false`: the protocol answers `503` (h1 and h2 alike).
+pub(crate) async fn ready<S: HttpService>(service: &mut S) -> bool {
+    match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+        Ok(()) => true,
+        Err(e) => {
+            let e: BoxError = e.into();
+            tracing::warn!(error = %e, "service not ready; answering 503");
+            false
+        }
+    }
+}
+
+/// Calls `service` with `request`, catching a panic in `call` itself (a
+/// panic in the future it returns is the protocol's to catch as it polls).
+/// On a panic, counts and logs it and returns `None`: the protocol answers
+/// `500` (h1 and h2 alike).
+pub(crate) fn call<S: HttpService>(
+    service: &mut S,
+    request: Request<Body>,
+    stats: &crate::observe::stats::WorkerStats,
+) -> Option<S::Future> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.call(request))) {
+        Ok(future) => Some(future),
+        Err(panic) => {
+            crate::observe::stats::incr(&stats.panics);
+            tracing::error!(
+                panic = panic_message(&panic),
+                "handler panicked; answering 500"
+            );
+            None
+        }
+    }
+}

@@ -9,7 +9,6 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -31,10 +30,8 @@ use crate::observe::metrics::MethodLabel;
 use crate::observe::stats::{gauge, incr};
 use crate::proto::{self, HandOver};
 use crate::service::body::Body;
-use crate::service::panic_message;
 use crate::service::upgrade::{self, UpgradeSender};
 use crate::service::HttpService;
-use crate::BoxError;
 
 /// How long closing may take to flush a last response and linger.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -250,9 +247,7 @@ where
     let method = MethodLabel::of(&head.method);
     // Waited for before the request is built, so that only the head is kept
     // across this await (the exchange's box is sized by what is kept).
-    if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
-        let e: BoxError = e.into();
-        tracing::warn!(error = %e, "service not ready; answering 503");
+    if !crate::service::ready(service).await {
         return Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
             method,
@@ -308,22 +303,14 @@ where
         tx
     });
 
-    let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request))) {
-        Ok(handler) => handler,
-        Err(panic) => {
-            incr(&conn.ctx.stats.panics);
-            tracing::error!(
-                panic = panic_message(&panic),
-                "handler panicked; answering 500"
-            );
-            return Exchange::<T, S::Future, S::ResBody>::failed(
-                conn,
-                method,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the handler panicked",
-                CloseReason::Panic,
-            );
-        }
+    let Some(handler) = crate::service::call(service, request, &conn.ctx.stats) else {
+        return Exchange::<T, S::Future, S::ResBody>::failed(
+            conn,
+            method,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the handler panicked",
+            CloseReason::Panic,
+        );
     };
     let setup = ExchangeSetup {
         method,
