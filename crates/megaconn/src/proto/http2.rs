@@ -245,19 +245,13 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = h2_builder(&ctx.config.http2).handshake::<_, Bytes>(io);
-    let deadline = ctx.config.read_header_timeout.map(|t| Instant::now() + t);
-    tokio::select! {
-        biased;
-        () = ctx.shutdown.wait() => Err(CloseReason::Shutdown),
-        r = with_deadline(deadline, handshake) => match r {
-            None => {
-                incr(&ctx.stats.timeouts);
-                Err(CloseReason::HeaderTimeout)
-            }
-            Some(Err(e)) => Err(close_reason(&e, ctx)),
-            Some(Ok(conn)) => Ok(conn),
-        },
-    }
+    ctx.handshake(
+        ctx.config.read_header_timeout,
+        handshake,
+        CloseReason::HeaderTimeout,
+        |e| close_reason(&e, ctx),
+    )
+    .await
 }
 
 /// Why a connection that h2 ended with `e` closed. A `GOAWAY` that h2 sent
@@ -282,13 +276,6 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext) -> CloseReason {
     CloseReason::Protocol(ProtocolDetail::Http2(
         e.reason().unwrap_or(Reason::PROTOCOL_ERROR).into(),
     ))
-}
-
-async fn with_deadline<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
-        None => Some(f.await),
-    }
 }
 
 /// What happened to the handler call of a new stream.
