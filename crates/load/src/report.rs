@@ -289,10 +289,13 @@ impl LoadReport {
             "  client cpu   {:.3}s, {:.0} requests per client CPU-second",
             self.client_cpu_secs, self.requests_per_client_cpu_sec
         );
+        // New connections opened over the run (the -c connections, plus any
+        // reopened after the server closed one, or one per request with
+        // --new-connection-per-request), and how many per second that was.
         let _ = writeln!(
             s,
-            "  connections  {} opened, {:.0}/s",
-            self.connections_opened, self.connections_per_sec
+            "  connections  {} opened during the run, {:.0} new connections/s (-c {})",
+            self.connections_opened, self.connections_per_sec, self.connections
         );
         if let Some(t) = &self.tls {
             let _ = writeln!(
