@@ -299,8 +299,11 @@ pub(crate) fn run_worker(
             .map_err(|e| LoadError::io("cannot start a hold thread", e))?;
         handles.push(h);
     }
-    // The ramp is over when every connection has been tried once; it cannot take
-    // longer than its schedule plus one connect timeout (plus slack).
+    // The ramp is over when every connection has been tried once (connected
+    // and, over HTTP, its opening request answered): the hold that follows
+    // starts from established connections, however slow the machine. It
+    // cannot take longer than its schedule plus one connect timeout (plus
+    // slack).
     let ramp_limit = start
         + Duration::from_secs_f64(count as f64 / shared.ramp)
         + shared.timeout

@@ -68,7 +68,9 @@ pub(crate) struct HoldCounters {
     pub open: AtomicU64,
     /// Most connections open at once.
     pub peak: AtomicU64,
-    /// Connections whose first connect attempt has finished (ramp progress).
+    /// Connections whose first attempt has finished: connect failed, or
+    /// connected and (over HTTP) its opening request answered or failed
+    /// (ramp progress: the ramp ends when every connection is this far).
     pub attempted: AtomicU64,
     /// Connections the server closed.
     pub drops: AtomicU64,
@@ -211,15 +213,15 @@ async fn hold_one(ctx: Rc<ThreadCtx>, j: u64) {
     let mut first = true;
     loop {
         let connected = sys::connect(sh.addr, source, sh.timeout).await;
-        if first {
+        let first_attempt = std::mem::replace(&mut first, false);
+        if first_attempt && connected.is_err() {
             c.attempted.fetch_add(1, Relaxed);
-            first = false;
         }
         let ended = match connected {
             Ok(stream) => {
                 let open = c.open.fetch_add(1, Relaxed) + 1;
                 c.peak.fetch_max(open, Relaxed);
-                let ended = session(&ctx, stream, &mut rng).await;
+                let ended = session(&ctx, stream, &mut rng, first_attempt).await;
                 c.open.fetch_sub(1, Relaxed);
                 match ended {
                     Ended::Dropped => c.drops.fetch_add(1, Relaxed),
@@ -244,13 +246,27 @@ async fn hold_one(ctx: Rc<ThreadCtx>, j: u64) {
 }
 
 /// Drives an established connection until it ends.
-async fn session(ctx: &ThreadCtx, mut stream: TcpStream, rng: &mut Rng) -> Ended {
+///
+/// `first_attempt`: this is the connection's first, which counts as attempted
+/// once its opening request is answered (or fails).
+async fn session(
+    ctx: &ThreadCtx,
+    mut stream: TcpStream,
+    rng: &mut Rng,
+    first_attempt: bool,
+) -> Ended {
     let sh = &ctx.shared;
     let mut spill: Vec<u8> = Vec::new();
     if sh.http {
-        if let Err(e) = exchange(ctx, &mut stream, &mut spill).await {
+        let opened = exchange(ctx, &mut stream, &mut spill).await;
+        if first_attempt {
+            ctx.counters.attempted.fetch_add(1, Relaxed);
+        }
+        if let Err(e) = opened {
             return e;
         }
+    } else if first_attempt {
+        ctx.counters.attempted.fetch_add(1, Relaxed);
     }
     let interval_ns = sh.interval.as_nanos() as u64;
     let mut next = Instant::now() + Duration::from_nanos(rng.below(interval_ns.max(1)));
