@@ -4,63 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{read_response, read_to_close, TestServer, SAFETY};
-use megaconn::{CloseReason, ConnectionEvent};
+use common::modes::hooked;
+use common::{read_response, read_to_close, TestServer};
+use megaconn::CloseReason;
 use tokio::io::AsyncWriteExt;
-
-struct Events {
-    rx: mpsc::Receiver<ConnectionEvent>,
-    open: HashMap<u64, bool>,
-}
-
-impl Events {
-    /// Waits for the next close and checks it pairs with an open.
-    async fn next_close(&mut self) -> (CloseReason, u64, u64, u64) {
-        loop {
-            let rx = &self.rx;
-            let event = tokio::task::block_in_place(|| rx.recv_timeout(SAFETY)).expect("an event");
-            match event {
-                ConnectionEvent::Opened { id, .. } => {
-                    assert!(self.open.insert(id, true).is_none(), "opened twice");
-                }
-                ConnectionEvent::Closed {
-                    id,
-                    reason,
-                    requests,
-                    bytes_in,
-                    bytes_out,
-                    ..
-                } => {
-                    assert_eq!(
-                        self.open.remove(&id),
-                        Some(true),
-                        "closed without open, or twice"
-                    );
-                    return (reason, requests, bytes_in, bytes_out);
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-fn hooked(builder: megaconn::Builder) -> (megaconn::Builder, Events) {
-    let (tx, rx) = mpsc::channel();
-    let builder = builder.on_connection(move |e| {
-        let _ = tx.send(e.clone());
-    });
-    (
-        builder,
-        Events {
-            rx,
-            open: HashMap::new(),
-        },
-    )
-}
 
 async fn get(s: &mut tokio::net::TcpStream, extra: &str) {
     s.write_all(format!("GET / HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes())
@@ -95,7 +44,12 @@ async fn each_close_reason_is_reported_once() {
         read_response(&mut s).await;
     }
     drop(s);
-    let (reason, requests, bytes_in, bytes_out) = events.next_close().await;
+    let common::modes::Closed {
+        reason,
+        requests,
+        bytes_in,
+        bytes_out,
+    } = events.next_close().await;
     assert_eq!(reason, CloseReason::ClientClosed);
     assert_eq!(requests, 2);
     assert_eq!(
@@ -108,7 +62,7 @@ async fn each_close_reason_is_reported_once() {
     let mut s = server.connect().await;
     get(&mut s, "Connection: close\r\n").await;
     read_to_close(&mut s).await;
-    assert_eq!(events.next_close().await.0, CloseReason::ServerClosed);
+    assert_eq!(events.next_close().await.reason, CloseReason::ServerClosed);
 
     // Protocol error.
     let mut s = server.connect().await;
@@ -116,7 +70,7 @@ async fn each_close_reason_is_reported_once() {
     read_to_close(&mut s).await;
     drop(s);
     assert_eq!(
-        events.next_close().await.0,
+        events.next_close().await.reason,
         CloseReason::Protocol(megaconn::ProtocolDetail::Status(
             http::StatusCode::BAD_REQUEST
         ))
@@ -128,7 +82,7 @@ async fn each_close_reason_is_reported_once() {
         .await
         .unwrap();
     read_to_close(&mut s).await;
-    assert_eq!(events.next_close().await.0, CloseReason::Panic);
+    assert_eq!(events.next_close().await.reason, CloseReason::Panic);
 
     // Unread body: the client waits for 100-continue that never comes.
     let mut s = server.connect().await;
@@ -139,7 +93,7 @@ async fn each_close_reason_is_reported_once() {
     .unwrap();
     read_to_close(&mut s).await;
     drop(s);
-    assert_eq!(events.next_close().await.0, CloseReason::UnreadBody);
+    assert_eq!(events.next_close().await.reason, CloseReason::UnreadBody);
 
     // Server error: the response body fails mid-stream.
     let mut s = server.connect().await;
@@ -148,7 +102,7 @@ async fn each_close_reason_is_reported_once() {
         .unwrap();
     read_to_close(&mut s).await;
     drop(s);
-    assert_eq!(events.next_close().await.0, CloseReason::ServerError);
+    assert_eq!(events.next_close().await.reason, CloseReason::ServerError);
 
     // I/O error: the client resets an idle connection.
     let mut s = server.connect().await;
@@ -157,7 +111,7 @@ async fn each_close_reason_is_reported_once() {
     s.set_zero_linger().unwrap();
     drop(s);
     assert_eq!(
-        events.next_close().await.0,
+        events.next_close().await.reason,
         CloseReason::Io(std::io::ErrorKind::ConnectionReset)
     );
 
@@ -172,10 +126,10 @@ async fn each_close_reason_is_reported_once() {
     // An upgraded connection stays open (and counted) until it really
     // closes: here the client hangs up and the echo handler sees EOF.
     drop(s);
-    assert_eq!(events.next_close().await.0, CloseReason::ClientClosed);
+    assert_eq!(events.next_close().await.reason, CloseReason::ClientClosed);
 
     server.stop().await;
-    assert!(events.open.is_empty(), "every open connection was closed");
+    assert!(events.all_closed(), "every open connection was closed");
 }
 
 /// Each timeout's close reason, each on a server where it is the only timer:
@@ -223,12 +177,12 @@ async fn each_timeout_is_reported_as_its_own_reason() {
         if answered {
             assert_eq!(read_response(&mut s).await.status, 200);
         }
-        assert_eq!(events.next_close().await.0, reason);
+        assert_eq!(events.next_close().await.reason, reason);
         drop(s);
         assert_eq!(server.handle.stats().timeouts, 1, "{reason:?}");
         server.stop().await;
         assert!(
-            events.open.is_empty(),
+            events.all_closed(),
             "{reason:?}: every open connection was closed"
         );
     }
@@ -255,11 +209,13 @@ async fn limits_parking_and_shutdown_are_reported() {
         .await;
     let mut second = server.connect().await;
     assert!(read_to_close(&mut second).await.is_empty());
-    assert_eq!(events.next_close().await.0, CloseReason::Limit);
+    assert_eq!(events.next_close().await.reason, CloseReason::Limit);
 
     // The client hangs up on the parked connection: noticed, count intact.
     drop(first);
-    let (reason, requests, ..) = events.next_close().await;
+    let common::modes::Closed {
+        reason, requests, ..
+    } = events.next_close().await;
     assert_eq!(reason, CloseReason::ClientClosed);
     assert_eq!(requests, 1);
 
@@ -271,8 +227,8 @@ async fn limits_parking_and_shutdown_are_reported() {
     get(&mut third, "").await;
     read_response(&mut third).await;
     server.stop().await;
-    assert_eq!(events.next_close().await.0, CloseReason::Shutdown);
-    assert!(events.open.is_empty());
+    assert_eq!(events.next_close().await.reason, CloseReason::Shutdown);
+    assert!(events.all_closed());
 }
 
 /// A parked connection timed out by the lot's sweep is reported as an idle
@@ -293,12 +249,14 @@ async fn a_parked_connection_timed_out_by_the_sweep_is_reported() {
     server
         .wait_stats("parked", |s| s.connections_parked == 1)
         .await;
-    let (reason, requests, ..) = events.next_close().await;
+    let common::modes::Closed {
+        reason, requests, ..
+    } = events.next_close().await;
     assert_eq!(reason, CloseReason::IdleTimeout);
     assert_eq!(requests, 1);
     assert!(read_to_close(&mut s).await.is_empty());
     server.stop().await;
-    assert!(events.open.is_empty());
+    assert!(events.all_closed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
