@@ -1081,3 +1081,47 @@ async fn bodies_in_many_frames_arrive_intact() {
     assert_eq!(server.handle.stats().protocol_errors, 0);
     server.stop().await;
 }
+
+/// A body declared over `max_body_bytes` gets 413 at once, and a client still
+/// uploading can finish: the rest of the body is read and discarded (up to
+/// `max_drain_bytes`, as on HTTP/1.1), so the stream ends cleanly and the
+/// client reads the 413 as a response (curl reports a transfer failure on an
+/// early reset, even `NO_ERROR`).
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_and_the_upload_may_finish() {
+    let server = start(megaconn::Server::builder().max_body_bytes(1024)).await;
+    let mut client = h2c(server.addr).await.ready().await.unwrap();
+    let req = Request::post("http://t/echo")
+        .header("content-length", "65536")
+        .body(())
+        .unwrap();
+    let (resp, mut send) = client.send_request(req, false).unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The upload goes on to its end; the server's window lets it through.
+    let mut left = 65536usize;
+    while left > 0 {
+        send.reserve_capacity(left);
+        let room = tokio::time::timeout(SAFETY, std::future::poll_fn(|cx| send.poll_capacity(cx)))
+            .await
+            .expect("the server keeps the window open")
+            .expect("stream open")
+            .expect("capacity");
+        let n = room.min(left);
+        left -= n;
+        send.send_data(Bytes::from(vec![0u8; n]), left == 0)
+            .unwrap();
+    }
+    // No reset: the stream ends cleanly.
+    let reset = tokio::time::timeout(
+        Duration::from_millis(0),
+        std::future::poll_fn(|cx| send.poll_reset(cx)),
+    )
+    .await;
+    assert!(
+        !matches!(reset, Ok(Ok(r)) if r != h2::Reason::NO_ERROR),
+        "{reset:?}"
+    );
+    assert_eq!(server.handle.stats().protocol_errors, 1);
+    server.stop().await;
+}

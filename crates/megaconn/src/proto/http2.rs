@@ -281,7 +281,13 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext) -> CloseReason {
 /// What happened to the handler call of a new stream.
 enum Start<F> {
     Called(F, RequestRecord, bool),
-    Failed(StatusCode, RequestRecord),
+    /// Answered with the status at once. The request's stream, if its body
+    /// is still coming, is dropped only after the answer is queued: h2 then
+    /// ends it with `RST_STREAM(NO_ERROR)` after the response (RFC 9113
+    /// §8.1: the client stops sending and keeps the response), where
+    /// dropping it first would reset it with `CANCEL` and the client would
+    /// never see the status.
+    Failed(StatusCode, RequestRecord, Option<RecvStream>),
 }
 
 /// Builds the request and calls the service (the call itself runs here, in
@@ -312,6 +318,7 @@ where
         return Start::Failed(
             StatusCode::PAYLOAD_TOO_LARGE,
             RequestRecord::untimed(ctx.stats_source(), method),
+            Some(recv),
         );
     }
     let body = if recv.is_end_stream() {
@@ -334,6 +341,7 @@ where
         return Start::Failed(
             StatusCode::SERVICE_UNAVAILABLE,
             RequestRecord::untimed(ctx.stats_source(), method),
+            None,
         );
     }
     match crate::service::call(service, request, &ctx.stats) {
@@ -345,9 +353,35 @@ where
         None => Start::Failed(
             StatusCode::INTERNAL_SERVER_ERROR,
             RequestRecord::untimed(ctx.stats_source(), method),
+            None,
         ),
     }
 }
+
+/// Reads and discards what is left of a request body answered early (with
+/// 413, say), up to `max` bytes and [`DRAIN_TIMEOUT`], as HTTP/1.1's drain
+/// does: a client still uploading (curl, for one) then finishes its request
+/// and reads the answer as a response, where an early `RST_STREAM`, even
+/// `NO_ERROR`, makes it report a transfer failure. Past either bound the
+/// stream is dropped, and h2 ends it with `RST_STREAM(NO_ERROR)` after the
+/// response (RFC 9113 §8.1).
+async fn drain(body: &mut RecvStream, max: u64) {
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let mut seen = 0u64;
+        while let Some(Ok(data)) = body.data().await {
+            let _ = body.flow_control().release_capacity(data.len());
+            seen += data.len() as u64;
+            if seen > max {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// How long a request body answered early may take to arrive and be
+/// discarded.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a stream's exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,9 +407,12 @@ where
 {
     let (handler, mut record, is_head) = match start {
         Start::Called(handler, record, is_head) => (handler, record, is_head),
-        Start::Failed(status, mut record) => {
+        Start::Failed(status, mut record, request_stream) => {
             record.status(status);
             send_error(&mut respond, status);
+            if let Some(mut body) = request_stream {
+                drain(&mut body, ctx.config.max_drain_bytes).await;
+            }
             return StreamEnd::Done;
         }
     };
