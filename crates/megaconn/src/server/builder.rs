@@ -37,7 +37,7 @@ use crate::BoxError;
 /// ```
 #[derive(Debug)]
 pub struct Server {
-    config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     listeners: Vec<Vec<TcpListener>>,
     local_addrs: Vec<SocketAddr>,
     max_connections: usize,

@@ -3,4 +3,5 @@
 
 pub(crate) mod builder;
 pub(crate) mod dispatch;
+pub(crate) mod framed;
 pub(crate) mod worker;

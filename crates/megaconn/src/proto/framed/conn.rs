@@ -1,0 +1,368 @@
+//! One framed connection's life while it is awake: read into a pooled
+//! buffer, decode whole frames, call the handler for each, write its
+//! replies, and, between frames, wait for more or park.
+//!
+//! ```text
+//!   accepted (on_open) / woken (state out of the side table)
+//!        |
+//!        v
+//!   +-> read (pooled buffer) -> decode frames -> on_message -> write replies
+//!   |                                   |
+//!   |              between frames, buffer given back to the pool
+//!   |                                   v
+//!   +--- bytes arrive <---- wait, bounded by park_idle_after and the heartbeat
+//!                             |  park_idle_after: state into the side table, Park
+//!                             |  heartbeat due:   Close(HeartbeatTimeout)
+//!                             |  shutdown:        Close(Shutdown)
+//! ```
+//!
+//! A connection in the middle of a frame never parks: it stays a task until
+//! the frame completes, the heartbeat timeout passes, or the peer goes away.
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::conn::context::WorkerContext;
+use crate::conn::transport::{Parkable, Transport};
+use crate::conn::woken::WokenSocket;
+use crate::conn::Wake;
+use crate::observe::close::{CloseReason, ProtocolDetail};
+use crate::observe::lifecycle::{self, ConnectionState};
+use crate::proto::framed::codec::{FrameCodec, Framing};
+use crate::proto::framed::handler::{Erased, FramedHandler, Session};
+use crate::proto::framed::{settings, side_table, Parked};
+use crate::proto::Ended;
+
+/// How a framed connection comes to be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Just accepted: a fresh state, `on_open`.
+    Accepted,
+    /// Woken from the parking lot: its state is in the side table.
+    Woken(Wake),
+}
+
+/// The socket of a framed connection: accepted (a tokio stream) or woken
+/// from the parking lot (a bare socket until it must wait).
+#[derive(Debug)]
+pub(crate) enum FramedIo {
+    /// Accepted by a framed listener.
+    Tcp(TcpStream),
+    /// Woken from the parking lot.
+    Woken(WokenSocket),
+}
+
+impl FramedIo {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            FramedIo::Tcp(s) => s.as_raw_fd(),
+            FramedIo::Woken(s) => s.raw_fd(),
+        }
+    }
+}
+
+impl AsyncRead for FramedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            FramedIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            FramedIo::Woken(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for FramedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            FramedIo::Tcp(s) => Pin::new(s).poll_write(cx, data),
+            FramedIo::Woken(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            FramedIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            FramedIo::Woken(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            FramedIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            FramedIo::Woken(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Transport for FramedIo {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            FramedIo::Tcp(s) => Transport::poll_read_ready(s, cx),
+            FramedIo::Woken(s) => s.poll_read_ready(cx),
+        }
+    }
+}
+
+impl Parkable for FramedIo {
+    const PARKABLE: bool = true;
+
+    fn repark_when_idle(&self) -> bool {
+        match self {
+            FramedIo::Tcp(s) => s.repark_when_idle(),
+            FramedIo::Woken(s) => s.repark_when_idle(),
+        }
+    }
+
+    fn into_parked(self) -> io::Result<OwnedFd> {
+        match self {
+            FramedIo::Tcp(s) => s.into_parked(),
+            FramedIo::Woken(s) => s.into_parked(),
+        }
+    }
+}
+
+/// What ended an idle wait.
+enum Idle {
+    Readable(io::Result<()>),
+    Park,
+    HeartbeatDue,
+    Shutdown,
+}
+
+/// Serves a framed connection until it closes (`on_close` has run) or
+/// parks (its state is in the side table, keyed by the returned socket).
+pub(crate) async fn serve<H: FramedHandler>(
+    handler: Arc<Erased<H>>,
+    mut io: FramedIo,
+    ctx: Rc<WorkerContext>,
+    framing: Framing,
+    listener: usize,
+    start: Start,
+) -> Ended<OwnedFd> {
+    let handler = &handler.0;
+    let table = side_table::<H::State>(&ctx);
+    let heartbeat = settings(&ctx.config).and_then(|s| s.heartbeat_timeout);
+    let session = Session::default();
+    let mut state = match start {
+        Start::Accepted => {
+            let mut state = H::State::default();
+            handler.on_open(&mut state, &session);
+            state
+        }
+        Start::Woken(wake) => {
+            let Some(parked) = table.take(io.raw_fd()) else {
+                tracing::error!("a woken framed connection had no state; closing it");
+                return Ended::Close(CloseReason::ServerError);
+            };
+            // The only timer a framed connection parks with is its
+            // heartbeat deadline: the peer stayed silent past it.
+            if wake == Wake::Timer {
+                return close(handler, parked.state, CloseReason::HeartbeatTimeout);
+            }
+            parked.state
+        }
+    };
+    let mut codec = framing.codec();
+    if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
+        return close(handler, state, reason);
+    }
+    if session.is_closing() {
+        return close(handler, state, CloseReason::ServerClosed);
+    }
+    // Bytes are there (accepted: maybe; woken as readable: yes), so the peer
+    // counts as heard from now.
+    let mut due = heartbeat.map(|t| Instant::now() + t);
+    let mut buf: Option<BytesMut> = None;
+    loop {
+        // Every whole frame read so far, in order.
+        if let Some(b) = buf.as_mut() {
+            loop {
+                let frame = match codec.decode(b) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(error) => {
+                        give_back(&ctx, &mut buf);
+                        tracing::debug!(%error, "framing error; closing");
+                        let reason = CloseReason::Protocol(ProtocolDetail::Framing(error));
+                        return close(handler, state, reason);
+                    }
+                };
+                lifecycle::count_request();
+                lifecycle::set_state(ConnectionState::Handling);
+                if let Some(reply) = handler.on_message(&mut state, frame, &session).await {
+                    session.send(reply);
+                }
+                let flushed = flush(&mut io, &mut codec, &session, &ctx).await;
+                if let Err(reason) = flushed {
+                    give_back(&ctx, &mut buf);
+                    return close(handler, state, reason);
+                }
+                if session.is_closing() {
+                    give_back(&ctx, &mut buf);
+                    return close(handler, state, CloseReason::ServerClosed);
+                }
+            }
+            if b.is_empty() {
+                // Nothing left to decode: the buffer goes back, so a
+                // connection holds none between reads.
+                give_back(&ctx, &mut buf);
+            }
+        }
+
+        let between_frames = codec.between_frames(buf.as_deref().unwrap_or_default());
+        if between_frames {
+            if ctx.shutdown.is_started() {
+                return close(handler, state, CloseReason::Shutdown);
+            }
+            lifecycle::set_state(ConnectionState::Idle);
+            let can_park = ctx.park.is_some();
+            // A woken socket that served its frames without ever waiting
+            // (a heartbeat on a cold connection) goes straight back.
+            if can_park && io.repark_when_idle() {
+                return park(handler, io, state, listener, due, true, &ctx);
+            }
+            let park_at = ctx
+                .config
+                .park_idle_after
+                .filter(|_| can_park)
+                .map(|t| Instant::now() + t);
+            let idle = tokio::select! {
+                biased;
+                ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
+                () = ctx.shutdown.wait() => Idle::Shutdown,
+                () = until(due) => Idle::HeartbeatDue,
+                () = until(park_at) => Idle::Park,
+            };
+            match idle {
+                Idle::Readable(Ok(())) => {}
+                Idle::Readable(Err(e)) => return close(handler, state, CloseReason::io(&e)),
+                Idle::Shutdown => return close(handler, state, CloseReason::Shutdown),
+                Idle::HeartbeatDue => return close(handler, state, CloseReason::HeartbeatTimeout),
+                Idle::Park => return park(handler, io, state, listener, due, false, &ctx),
+            }
+        }
+
+        // Read, into a pooled buffer. Mid-frame, the heartbeat bounds the
+        // wait: a peer that stops halfway is as silent as one that stops.
+        lifecycle::set_state(ConnectionState::ReadingBody);
+        let b = buf.get_or_insert_with(|| ctx.pool.take());
+        let read = match due {
+            Some(due) => tokio::time::timeout_at(due, io.read_buf(b)).await,
+            None => Ok(io.read_buf(b).await),
+        };
+        let reason = match read {
+            Ok(Ok(0)) => CloseReason::ClientClosed,
+            Ok(Ok(n)) => {
+                lifecycle::count_in(n);
+                due = heartbeat.map(|t| Instant::now() + t);
+                continue;
+            }
+            Ok(Err(e)) => CloseReason::io(&e),
+            Err(_elapsed) => CloseReason::HeartbeatTimeout,
+        };
+        give_back(&ctx, &mut buf);
+        return close(handler, state, reason);
+    }
+}
+
+/// Returns the read buffer, if any, to the pool.
+fn give_back(ctx: &WorkerContext, buf: &mut Option<BytesMut>) {
+    if let Some(b) = buf.take() {
+        ctx.pool.give(b);
+    }
+}
+
+/// Ends a connection: the handler hears why, then the dispatcher counts it.
+fn close<H: FramedHandler>(handler: &H, state: H::State, reason: CloseReason) -> Ended<OwnedFd> {
+    handler.on_close(state, reason);
+    Ended::Close(reason)
+}
+
+/// Gives the socket up for parking, its state kept in the side table until
+/// it wakes (or the lot closes it, which tells the handler).
+fn park<H: FramedHandler>(
+    handler: &H,
+    io: FramedIo,
+    state: H::State,
+    listener: usize,
+    due: Option<Instant>,
+    at_once: bool,
+    ctx: &WorkerContext,
+) -> Ended<OwnedFd> {
+    match io.into_parked() {
+        Ok(socket) => {
+            side_table::<H::State>(ctx).put(socket.as_raw_fd(), Parked { state, listener });
+            Ended::Park {
+                io: socket,
+                deadline: due,
+                at_once,
+            }
+        }
+        Err(e) => close(handler, state, CloseReason::io(&e)),
+    }
+}
+
+/// Writes the frames the handler sent, framed, from a pooled buffer.
+async fn flush(
+    io: &mut FramedIo,
+    codec: &mut FrameCodec,
+    session: &Session,
+    ctx: &WorkerContext,
+) -> Result<(), CloseReason> {
+    let frames = session.take_out();
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let mut out = ctx.pool.take();
+    for frame in frames {
+        if let Err(error) = codec.encode(frame, &mut out) {
+            // The handler's bug, not the peer's: the frame cannot be sent
+            // as this listener frames.
+            tracing::warn!(%error, "a framed reply cannot be framed; closing the connection");
+            ctx.pool.give(out);
+            return Err(CloseReason::ServerError);
+        }
+    }
+    lifecycle::set_state(ConnectionState::Writing);
+    let written = match ctx.config.write_timeout {
+        Some(t) => tokio::time::timeout(t, io.write_all(&out))
+            .await
+            .unwrap_or(Err(io::ErrorKind::TimedOut.into())),
+        None => io.write_all(&out).await,
+    };
+    let n = out.len();
+    ctx.pool.give(out);
+    match written {
+        Ok(()) => {
+            lifecycle::count_out(n);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(CloseReason::WriteTimeout),
+        Err(e) => Err(CloseReason::io(&e)),
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

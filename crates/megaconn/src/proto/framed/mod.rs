@@ -1,0 +1,201 @@
+//! Framed TCP protocols (issue 11): length-prefixed or line-delimited
+//! messages over plain TCP, served per message by a user's
+//! [`FramedHandler`], on the same connection core as HTTP.
+//!
+//! This module owns what the framed protocol keeps beyond one connection:
+//! its settings ([`FramedSettings`], stored opaquely in the server's
+//! configuration), and, per worker, the side table of parked connections'
+//! states, keyed by socket. The parking lot keeps only the protocol tag
+//! ([`FRAMED`](crate::proto::FRAMED)) and the heartbeat deadline; it tells the
+//! dispatcher when it closes a parked socket itself, which lands in
+//! [`parked_closed`].
+//!
+//! - `codec.rs`   [`Framing`]: the wire format, tokio-util's codecs
+//! - `handler.rs` [`FramedHandler`], [`Session`]: the public message API
+//! - `conn.rs`    one awake connection's loop
+
+pub(crate) mod codec;
+pub(crate) mod conn;
+pub(crate) mod handler;
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::conn::config::Config;
+use crate::conn::context::WorkerContext;
+use crate::conn::woken::WokenSocket;
+use crate::conn::Wake;
+use crate::observe::close::CloseReason;
+use crate::proto::Ended;
+
+pub use codec::{Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
+pub use handler::{FramedHandler, Session};
+
+use conn::{FramedIo, Start};
+use handler::{ErasedHandler, LocalFuture};
+
+/// The framed protocol's settings, kept in the server's configuration as an
+/// opaque value (the core does not know protocols).
+#[derive(Clone, Default)]
+pub(crate) struct FramedSettings {
+    /// Framed listeners: position in the configuration's addresses, and
+    /// their framing.
+    pub listeners: Vec<(usize, Framing)>,
+    /// The peer must send something this often (`None`: never required).
+    pub heartbeat_timeout: Option<Duration>,
+    /// The handler; set when the server starts serving.
+    pub handler: Option<Arc<dyn ErasedHandler>>,
+}
+
+impl std::fmt::Debug for FramedSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedSettings")
+            .field("listeners", &self.listeners)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("handler", &self.handler.is_some())
+            .finish()
+    }
+}
+
+impl FramedSettings {
+    /// The framed settings in `config`, if any.
+    pub(crate) fn of(config: &Config) -> Option<&FramedSettings> {
+        config.framed.as_deref()?.downcast_ref()
+    }
+
+    /// Changes the framed settings in `config` (creating them).
+    pub(crate) fn update(config: &mut Config, change: impl FnOnce(&mut FramedSettings)) {
+        let mut settings = FramedSettings::of(config).cloned().unwrap_or_default();
+        change(&mut settings);
+        config.framed = Some(Arc::new(settings));
+    }
+
+    /// Which of the framed listeners a connection to `local` arrived on.
+    fn listener_for(&self, config: &Config, local: SocketAddr) -> Option<usize> {
+        // As TLS listeners are found: by address, or by port on a wildcard.
+        let addr = config.addrs.iter().position(|&a| a == local).or_else(|| {
+            config
+                .addrs
+                .iter()
+                .position(|a| a.port() == local.port() && a.ip().is_unspecified())
+        })?;
+        self.listeners.iter().position(|(i, _)| *i == addr)
+    }
+}
+
+/// The framed settings of `config` (for the connection loop).
+pub(crate) fn settings(config: &Config) -> Option<&FramedSettings> {
+    FramedSettings::of(config)
+}
+
+/// A parked connection's state, and the listener it came from (for its
+/// framing when it wakes).
+pub(crate) struct Parked<S> {
+    pub state: S,
+    pub listener: usize,
+}
+
+/// One worker's states of parked framed connections, by socket.
+pub(crate) struct SideTable<S> {
+    parked: RefCell<HashMap<RawFd, Parked<S>>>,
+}
+
+impl<S> SideTable<S> {
+    pub(crate) fn put(&self, fd: RawFd, parked: Parked<S>) {
+        let stale = self.parked.borrow_mut().insert(fd, parked);
+        debug_assert!(stale.is_none(), "a socket parked twice");
+    }
+
+    pub(crate) fn take(&self, fd: RawFd) -> Option<Parked<S>> {
+        self.parked.borrow_mut().remove(&fd)
+    }
+
+    pub(crate) fn listener(&self, fd: RawFd) -> Option<usize> {
+        self.parked.borrow().get(&fd).map(|p| p.listener)
+    }
+}
+
+/// This worker's side table for states of type `S`.
+pub(crate) fn side_table<S: 'static>(ctx: &WorkerContext) -> Rc<SideTable<S>> {
+    let table: Rc<dyn Any> = ctx
+        .protocol_local
+        .get_or_init(|| {
+            Rc::new(SideTable::<S> {
+                parked: RefCell::new(HashMap::new()),
+            })
+        })
+        .clone();
+    // One handler, so one state type, per server.
+    table
+        .downcast()
+        .unwrap_or_else(|_| unreachable!("one framed state type per worker"))
+}
+
+/// Which framed listener an accepted connection came in on, if any: then it
+/// is served by [`serve_accepted`]. Free for servers with no framed listener.
+pub(crate) fn accepted_on(config: &Config, local: SocketAddr) -> Option<usize> {
+    FramedSettings::of(config)?.listener_for(config, local)
+}
+
+/// Serves a connection accepted on framed listener `listener`.
+pub(crate) fn serve_accepted(
+    stream: TcpStream,
+    ctx: Rc<WorkerContext>,
+    listener: usize,
+) -> LocalFuture<Ended<OwnedFd>> {
+    let Some(settings) = FramedSettings::of(&ctx.config) else {
+        return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
+    };
+    let (Some(handler), Some(&(_, framing))) =
+        (settings.handler.clone(), settings.listeners.get(listener))
+    else {
+        tracing::error!("a framed listener without a handler; closing the connection");
+        return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
+    };
+    handler.serve(
+        FramedIo::Tcp(stream),
+        ctx,
+        framing,
+        listener,
+        Start::Accepted,
+    )
+}
+
+/// Serves a framed connection woken from the parking lot.
+pub(crate) fn serve_woken(
+    socket: OwnedFd,
+    hot: bool,
+    wake: Wake,
+    ctx: Rc<WorkerContext>,
+) -> LocalFuture<Ended<OwnedFd>> {
+    let fd = socket.as_raw_fd();
+    let found = FramedSettings::of(&ctx.config).and_then(|settings| {
+        let handler = settings.handler.clone()?;
+        let listener = handler.parked_listener(&ctx, fd)?;
+        let &(_, framing) = settings.listeners.get(listener)?;
+        Some((handler, listener, framing))
+    });
+    let Some((handler, listener, framing)) = found else {
+        tracing::error!("a woken framed connection is unknown; closing it");
+        return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
+    };
+    let io = FramedIo::Woken(WokenSocket::new(socket, hot));
+    handler.serve(io, ctx, framing, listener, Start::Woken(wake))
+}
+
+/// The parking lot closed parked framed connection `fd` itself (its
+/// deadline passed without a wake-up, or shutdown): its state goes, and
+/// the handler hears why.
+pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
+    if let Some(handler) = FramedSettings::of(&ctx.config).and_then(|s| s.handler.as_ref()) {
+        handler.parked_closed(ctx, fd, reason);
+    }
+}
