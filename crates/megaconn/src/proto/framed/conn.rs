@@ -227,6 +227,8 @@ pub(crate) async fn serve<H: FramedHandler>(
         }
 
         let between_frames = codec.between_frames(buf.as_deref().unwrap_or_default());
+        // When to park if nothing comes (between frames only).
+        let mut park_at = None;
         if between_frames {
             if ctx.shutdown.is_started() {
                 return close(handler, state, CloseReason::Shutdown);
@@ -238,7 +240,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             if can_park && io.repark_when_idle() {
                 return park(handler, io, state, listener, due, true, &ctx);
             }
-            let park_at = ctx
+            park_at = ctx
                 .config
                 .park_idle_after
                 .filter(|_| can_park)
@@ -261,10 +263,13 @@ pub(crate) async fn serve<H: FramedHandler>(
 
         // Read, into a pooled buffer. Mid-frame, the heartbeat bounds the
         // wait: a peer that stops halfway is as silent as one that stops.
+        // Between frames the park time does too: a socket woken from the lot
+        // reports itself readable without asking the kernel (`woken.rs`), so
+        // a hot one may find nothing here and wait in this read.
         lifecycle::set_state(ConnectionState::ReadingBody);
         let b = buf.get_or_insert_with(|| ctx.pool.take());
-        let read = match due {
-            Some(due) => tokio::time::timeout_at(due, io.read_buf(b)).await,
+        let read = match earliest(due, park_at) {
+            Some(at) => tokio::time::timeout_at(at, io.read_buf(b)).await,
             None => Ok(io.read_buf(b).await),
         };
         let reason = match read {
@@ -275,7 +280,13 @@ pub(crate) async fn serve<H: FramedHandler>(
                 continue;
             }
             Ok(Err(e)) => CloseReason::io(&e),
-            Err(_elapsed) => CloseReason::HeartbeatTimeout,
+            Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
+                CloseReason::HeartbeatTimeout
+            }
+            Err(_elapsed) => {
+                give_back(&ctx, &mut buf);
+                return park(handler, io, state, listener, due, false, &ctx);
+            }
         };
         give_back(&ctx, &mut buf);
         return close(handler, state, reason);
@@ -356,6 +367,14 @@ async fn flush(
         }
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(CloseReason::WriteTimeout),
         Err(e) => Err(CloseReason::io(&e)),
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
