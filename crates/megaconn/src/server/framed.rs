@@ -82,6 +82,13 @@ impl Builder {
 }
 
 impl Server {
+    /// Whether connections to `addr`, one of
+    /// [`local_addrs`](Server::local_addrs), speak a framed protocol (for
+    /// printing `tcp://` beside `http://`).
+    pub fn is_framed(&self, addr: SocketAddr) -> bool {
+        crate::proto::framed::accepted_on(&self.config, addr).is_some()
+    }
+
     /// Sets the handler of the framed listeners, for a server that also
     /// serves HTTP on its other listeners: `server.framed(handler).serve(app)`.
     pub fn framed<H: FramedHandler>(mut self, handler: H) -> Server {
