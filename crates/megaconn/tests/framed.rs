@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 /// The test handler. Per connection it counts messages (its state). A frame
 /// `count` is answered with the count so far, `bye` with `bye` and a close;
-/// anything else is echoed. Closes are reported with the final count.
+/// `panic` panics; anything else is echoed. Closes are reported with the final count.
 struct Probe {
     closes: mpsc::UnboundedSender<(u64, CloseReason)>,
 }
@@ -33,6 +33,7 @@ impl FramedHandler for Probe {
         *seen += 1;
         match &frame[..] {
             b"count" => Some(Bytes::from(seen.to_string())),
+            b"panic" => panic!("the test handler panics on request"),
             b"bye" => {
                 session.send("bye");
                 session.close();
@@ -443,4 +444,38 @@ async fn the_per_ip_limit_applies_to_framed_listeners() {
     drop(first);
     assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_closes_only_its_connection() {
+    let mut server = Framed::start(Server::builder(), Framing::lines()).await;
+    let mut s = server.connect().await;
+    s.write_all(b"a\npanic\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"a\n");
+    assert_eq!(server.next_close().await, (2, CloseReason::Panic));
+    assert_eq!(read_to_close(&mut s).await, b"");
+    let mut other = server.connect().await;
+    other.write_all(b"still here\n").await.unwrap();
+    assert_eq!(read_exact(&mut other, 11).await, b"still here\n");
+    assert_eq!(server.handle.stats().panics, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_frame_in_progress_then_forces_it() {
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .shutdown_timeout(Duration::from_millis(100)),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    s.write_all(b"a\nhalf a li").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"a\n");
+    server.handle.shutdown();
+    // Dropped at the deadline: the handler still hears of it, once.
+    assert_eq!(server.next_close().await, (1, CloseReason::Shutdown));
+    assert_eq!(server.stop().await.forced, 1);
+    read_to_close(&mut s).await;
 }

@@ -22,12 +22,14 @@
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -38,6 +40,7 @@ use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
+use crate::observe::stats::incr;
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler, Session};
 use crate::proto::framed::{settings, side_table, Parked};
@@ -160,31 +163,32 @@ pub(crate) async fn serve<H: FramedHandler>(
     let table = side_table::<H::State>(&ctx);
     let heartbeat = settings(&ctx.config).and_then(|s| s.heartbeat_timeout);
     let session = Session::default();
-    let mut state = match start {
+    let mut live = match start {
         Start::Accepted => {
-            let mut state = H::State::default();
-            handler.on_open(&mut state, &session);
-            state
+            let mut live = Live::new(handler, H::State::default());
+            handler.on_open(live.state(), &session);
+            live
         }
         Start::Woken(wake) => {
             let Some(parked) = table.take(io.raw_fd()) else {
                 tracing::error!("a woken framed connection had no state; closing it");
                 return Ended::Close(CloseReason::ServerError);
             };
+            let live = Live::new(handler, parked.state);
             // The only timer a framed connection parks with is its
             // heartbeat deadline: the peer stayed silent past it.
             if wake == Wake::Timer {
-                return close(handler, parked.state, CloseReason::HeartbeatTimeout);
+                return live.close(CloseReason::HeartbeatTimeout);
             }
-            parked.state
+            live
         }
     };
     let mut codec = framing.codec();
     if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
-        return close(handler, state, reason);
+        return live.close(reason);
     }
     if session.is_closing() {
-        return close(handler, state, CloseReason::ServerClosed);
+        return live.close(CloseReason::ServerClosed);
     }
     // Bytes are there (accepted: maybe; woken as readable: yes), so the peer
     // counts as heard from now.
@@ -201,22 +205,33 @@ pub(crate) async fn serve<H: FramedHandler>(
                         give_back(&ctx, &mut buf);
                         tracing::debug!(%error, "framing error; closing");
                         let reason = CloseReason::Protocol(ProtocolDetail::Framing(error));
-                        return close(handler, state, reason);
+                        return live.close(reason);
                     }
                 };
                 lifecycle::count_request();
                 lifecycle::set_state(ConnectionState::Handling);
-                if let Some(reply) = handler.on_message(&mut state, frame, &session).await {
-                    session.send(reply);
+                // A panicking handler closes its connection, not the worker.
+                let handled = AssertUnwindSafe(handler.on_message(live.state(), frame, &session))
+                    .catch_unwind()
+                    .await;
+                match handled {
+                    Ok(Some(reply)) => session.send(reply),
+                    Ok(None) => {}
+                    Err(_panic) => {
+                        give_back(&ctx, &mut buf);
+                        incr(&ctx.stats.panics);
+                        tracing::error!("a framed handler panicked; closing its connection");
+                        return live.close(CloseReason::Panic);
+                    }
                 }
                 let flushed = flush(&mut io, &mut codec, &session, &ctx).await;
                 if let Err(reason) = flushed {
                     give_back(&ctx, &mut buf);
-                    return close(handler, state, reason);
+                    return live.close(reason);
                 }
                 if session.is_closing() {
                     give_back(&ctx, &mut buf);
-                    return close(handler, state, CloseReason::ServerClosed);
+                    return live.close(CloseReason::ServerClosed);
                 }
             }
             if b.is_empty() {
@@ -231,14 +246,14 @@ pub(crate) async fn serve<H: FramedHandler>(
         let mut park_at = None;
         if between_frames {
             if ctx.shutdown.is_started() {
-                return close(handler, state, CloseReason::Shutdown);
+                return live.close(CloseReason::Shutdown);
             }
             lifecycle::set_state(ConnectionState::Idle);
             let can_park = ctx.park.is_some();
             // A woken socket that served its frames without ever waiting
             // (a heartbeat on a cold connection) goes straight back.
             if can_park && io.repark_when_idle() {
-                return park(handler, io, state, listener, due, true, &ctx);
+                return park(live, io, listener, due, true, &ctx);
             }
             park_at = ctx
                 .config
@@ -254,10 +269,10 @@ pub(crate) async fn serve<H: FramedHandler>(
             };
             match idle {
                 Idle::Readable(Ok(())) => {}
-                Idle::Readable(Err(e)) => return close(handler, state, CloseReason::io(&e)),
-                Idle::Shutdown => return close(handler, state, CloseReason::Shutdown),
-                Idle::HeartbeatDue => return close(handler, state, CloseReason::HeartbeatTimeout),
-                Idle::Park => return park(handler, io, state, listener, due, false, &ctx),
+                Idle::Readable(Err(e)) => return live.close(CloseReason::io(&e)),
+                Idle::Shutdown => return live.close(CloseReason::Shutdown),
+                Idle::HeartbeatDue => return live.close(CloseReason::HeartbeatTimeout),
+                Idle::Park => return park(live, io, listener, due, false, &ctx),
             }
         }
 
@@ -285,11 +300,11 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
             Err(_elapsed) => {
                 give_back(&ctx, &mut buf);
-                return park(handler, io, state, listener, due, false, &ctx);
+                return park(live, io, listener, due, false, &ctx);
             }
         };
         give_back(&ctx, &mut buf);
-        return close(handler, state, reason);
+        return live.close(reason);
     }
 }
 
@@ -300,18 +315,53 @@ fn give_back(ctx: &WorkerContext, buf: &mut Option<BytesMut>) {
     }
 }
 
-/// Ends a connection: the handler hears why, then the dispatcher counts it.
-fn close<H: FramedHandler>(handler: &H, state: H::State, reason: CloseReason) -> Ended<OwnedFd> {
-    handler.on_close(state, reason);
-    Ended::Close(reason)
+/// A live connection's state, owned so that the handler hears of the close
+/// exactly once, however the connection ends: closed here, parked (the
+/// state moves to the side table), or dropped (a forced shutdown drops the
+/// task: `on_close` then says [`CloseReason::Shutdown`]).
+struct Live<'h, H: FramedHandler> {
+    handler: &'h H,
+    state: Option<H::State>,
+}
+
+impl<'h, H: FramedHandler> Live<'h, H> {
+    fn new(handler: &'h H, state: H::State) -> Self {
+        Live {
+            handler,
+            state: Some(state),
+        }
+    }
+
+    fn state(&mut self) -> &mut H::State {
+        self.state.as_mut().expect("the state stays until the end")
+    }
+
+    fn take(mut self) -> H::State {
+        self.state.take().expect("the state stays until the end")
+    }
+
+    /// Ends the connection: the handler hears why, then the dispatcher counts it.
+    fn close(mut self, reason: CloseReason) -> Ended<OwnedFd> {
+        if let Some(state) = self.state.take() {
+            self.handler.on_close(state, reason);
+        }
+        Ended::Close(reason)
+    }
+}
+
+impl<H: FramedHandler> Drop for Live<'_, H> {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            self.handler.on_close(state, CloseReason::Shutdown);
+        }
+    }
 }
 
 /// Gives the socket up for parking, its state kept in the side table until
 /// it wakes (or the lot closes it, which tells the handler).
 fn park<H: FramedHandler>(
-    handler: &H,
+    live: Live<'_, H>,
     io: FramedIo,
-    state: H::State,
     listener: usize,
     due: Option<Instant>,
     at_once: bool,
@@ -319,6 +369,7 @@ fn park<H: FramedHandler>(
 ) -> Ended<OwnedFd> {
     match io.into_parked() {
         Ok(socket) => {
+            let state = live.take();
             side_table::<H::State>(ctx).put(socket.as_raw_fd(), Parked { state, listener });
             Ended::Park {
                 io: socket,
@@ -326,7 +377,7 @@ fn park<H: FramedHandler>(
                 at_once,
             }
         }
-        Err(e) => close(handler, state, CloseReason::io(&e)),
+        Err(e) => live.close(CloseReason::io(&e)),
     }
 }
 
