@@ -479,3 +479,46 @@ async fn shutdown_waits_for_a_frame_in_progress_then_forces_it() {
     assert_eq!(server.stop().await.forced, 1);
     read_to_close(&mut s).await;
 }
+
+#[tokio::test]
+async fn server_heartbeats_reach_awake_and_parked_connections() {
+    // Awake: the task's own timer.
+    let server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .send_heartbeat(Some(Duration::from_millis(30)), "HB"),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    assert_eq!(read_exact(&mut s, 6).await, b"HB\nHB\n");
+    server.stop().await;
+
+    // Parked: the lot wakes it on its timer; it writes and parks again,
+    // keeping its state, and the peer's own heartbeat deadline still holds.
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(Some(PARK_IDLE_AFTER))
+            .send_heartbeat(Some(Duration::from_millis(500)), "HB"),
+        Framing::length_prefixed(2),
+    )
+    .await;
+    let mut s = server.connect().await;
+    s.write_all(b"\x00\x01a").await.unwrap();
+    assert_eq!(read_exact(&mut s, 3).await, b"\x00\x01a");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    for _ in 0..2 {
+        assert_eq!(read_exact(&mut s, 4).await, b"\x00\x02HB");
+        server
+            .wait_stats("parked again", |s| s.connections_parked == 1)
+            .await;
+    }
+    assert_eq!(server.handle.stats().buffers_checked_out, 0);
+    s.write_all(b"\x00\x05count").await.unwrap();
+    assert_eq!(read_exact(&mut s, 3).await, b"\x00\x012");
+    drop(s);
+    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
+    server.stop().await;
+}

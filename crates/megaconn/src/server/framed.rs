@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
@@ -77,6 +78,21 @@ impl Builder {
     /// closes it).
     pub fn heartbeat_timeout(mut self, t: Option<Duration>) -> Builder {
         FramedSettings::update(&mut self.config, |s| s.heartbeat_timeout = t);
+        self
+    }
+}
+
+impl Builder {
+    /// Framed connections: send `frame` (framed as the listener frames)
+    /// every `every`, between the peer's frames, so the peer can tell the
+    /// server is alive. A parked connection is woken by the parking lot's
+    /// timer for it: one write, no task kept (the lot's timers have a
+    /// one-second granularity). Default: none.
+    pub fn send_heartbeat(mut self, every: Option<Duration>, frame: impl Into<Bytes>) -> Builder {
+        let frame = frame.into();
+        FramedSettings::update(&mut self.config, |s| {
+            s.send_heartbeat = every.map(|every| (every, frame));
+        });
         self
     }
 }

@@ -146,6 +146,7 @@ enum Idle {
     Readable(io::Result<()>),
     Park,
     HeartbeatDue,
+    SendHeartbeat,
     Shutdown,
 }
 
@@ -162,7 +163,13 @@ pub(crate) async fn serve<H: FramedHandler>(
     let handler = &handler.0;
     let table = side_table::<H::State>(&ctx);
     let heartbeat = settings(&ctx.config).and_then(|s| s.heartbeat_timeout);
+    let send_heartbeats = settings(&ctx.config).and_then(|s| s.send_heartbeat.clone());
     let session = Session::default();
+    let now = Instant::now();
+    // When the peer must have sent something by (the heartbeat timeout), and
+    // when the server sends its next heartbeat frame.
+    let mut due = heartbeat.map(|t| now + t);
+    let mut send_at = send_heartbeats.as_ref().map(|(every, _)| now + *every);
     let mut live = match start {
         Start::Accepted => {
             let mut live = Live::new(handler, H::State::default());
@@ -175,10 +182,20 @@ pub(crate) async fn serve<H: FramedHandler>(
                 return Ended::Close(CloseReason::ServerError);
             };
             let live = Live::new(handler, parked.state);
-            // The only timer a framed connection parks with is its
-            // heartbeat deadline: the peer stayed silent past it.
+            send_at = parked.send_at;
+            // A timer: the peer's heartbeat deadline passed, or it is time
+            // to send ours (then the peer's deadline stays where it was).
             if wake == Wake::Timer {
-                return live.close(CloseReason::HeartbeatTimeout);
+                if parked.due.is_some_and(|due| now >= due) {
+                    return live.close(CloseReason::HeartbeatTimeout);
+                }
+                due = parked.due;
+            }
+            if let (Some((every, frame)), Some(at)) = (&send_heartbeats, send_at) {
+                if now >= at {
+                    session.send(frame.clone());
+                    send_at = Some(now + *every);
+                }
             }
             live
         }
@@ -190,9 +207,6 @@ pub(crate) async fn serve<H: FramedHandler>(
     if session.is_closing() {
         return live.close(CloseReason::ServerClosed);
     }
-    // Bytes are there (accepted: maybe; woken as readable: yes), so the peer
-    // counts as heard from now.
-    let mut due = heartbeat.map(|t| Instant::now() + t);
     let mut buf: Option<BytesMut> = None;
     loop {
         // Every whole frame read so far, in order.
@@ -253,7 +267,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             // A woken socket that served its frames without ever waiting
             // (a heartbeat on a cold connection) goes straight back.
             if can_park && io.repark_when_idle() {
-                return park(live, io, listener, due, true, &ctx);
+                return park(live, io, listener, (due, send_at), true, &ctx);
             }
             park_at = ctx
                 .config
@@ -265,6 +279,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
                 () = ctx.shutdown.wait() => Idle::Shutdown,
                 () = until(due) => Idle::HeartbeatDue,
+                () = until(send_at) => Idle::SendHeartbeat,
                 () = until(park_at) => Idle::Park,
             };
             match idle {
@@ -272,7 +287,17 @@ pub(crate) async fn serve<H: FramedHandler>(
                 Idle::Readable(Err(e)) => return live.close(CloseReason::io(&e)),
                 Idle::Shutdown => return live.close(CloseReason::Shutdown),
                 Idle::HeartbeatDue => return live.close(CloseReason::HeartbeatTimeout),
-                Idle::Park => return park(live, io, listener, due, false, &ctx),
+                Idle::Park => return park(live, io, listener, (due, send_at), false, &ctx),
+                Idle::SendHeartbeat => {
+                    if let Some((every, frame)) = &send_heartbeats {
+                        session.send(frame.clone());
+                        send_at = Some(Instant::now() + *every);
+                    }
+                    if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
+                        return live.close(reason);
+                    }
+                    continue;
+                }
             }
         }
 
@@ -283,7 +308,12 @@ pub(crate) async fn serve<H: FramedHandler>(
         // a hot one may find nothing here and wait in this read.
         lifecycle::set_state(ConnectionState::ReadingBody);
         let b = buf.get_or_insert_with(|| ctx.pool.take());
-        let read = match earliest(due, park_at) {
+        let wake_at = if between_frames {
+            earliest(due, earliest(park_at, send_at))
+        } else {
+            due
+        };
+        let read = match wake_at {
             Some(at) => tokio::time::timeout_at(at, io.read_buf(b)).await,
             None => Ok(io.read_buf(b).await),
         };
@@ -298,9 +328,15 @@ pub(crate) async fn serve<H: FramedHandler>(
             Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
                 CloseReason::HeartbeatTimeout
             }
+            Err(_elapsed) if between_frames && send_at.is_some_and(|at| Instant::now() >= at) => {
+                // Nothing was read, so the buffer is empty; the idle wait
+                // sends the heartbeat at once.
+                give_back(&ctx, &mut buf);
+                continue;
+            }
             Err(_elapsed) => {
                 give_back(&ctx, &mut buf);
-                return park(live, io, listener, due, false, &ctx);
+                return park(live, io, listener, (due, send_at), false, &ctx);
             }
         };
         give_back(&ctx, &mut buf);
@@ -363,17 +399,24 @@ fn park<H: FramedHandler>(
     live: Live<'_, H>,
     io: FramedIo,
     listener: usize,
-    due: Option<Instant>,
+    (due, send_at): (Option<Instant>, Option<Instant>),
     at_once: bool,
     ctx: &WorkerContext,
 ) -> Ended<OwnedFd> {
     match io.into_parked() {
         Ok(socket) => {
             let state = live.take();
-            side_table::<H::State>(ctx).put(socket.as_raw_fd(), Parked { state, listener });
+            let parked = Parked {
+                state,
+                listener,
+                due,
+                send_at,
+            };
+            side_table::<H::State>(ctx).put(socket.as_raw_fd(), parked);
+            // The lot wakes it at the earlier timer (`Wake::Timer`).
             Ended::Park {
                 io: socket,
-                deadline: due,
+                deadline: earliest(due, send_at),
                 at_once,
             }
         }

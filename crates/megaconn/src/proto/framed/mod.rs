@@ -51,6 +51,8 @@ pub(crate) struct FramedSettings {
     pub listeners: Vec<(usize, Framing)>,
     /// The peer must send something this often (`None`: never required).
     pub heartbeat_timeout: Option<Duration>,
+    /// Send this frame every so often (a server heartbeat), between frames.
+    pub send_heartbeat: Option<(Duration, bytes::Bytes)>,
     /// The handler; set when the server starts serving.
     pub handler: Option<Arc<dyn ErasedHandler>>,
 }
@@ -60,6 +62,7 @@ impl std::fmt::Debug for FramedSettings {
         f.debug_struct("FramedSettings")
             .field("listeners", &self.listeners)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("send_heartbeat", &self.send_heartbeat)
             .field("handler", &self.handler.is_some())
             .finish()
     }
@@ -96,11 +99,15 @@ pub(crate) fn settings(config: &Config) -> Option<&FramedSettings> {
     FramedSettings::of(config)
 }
 
-/// A parked connection's state, and the listener it came from (for its
-/// framing when it wakes).
+/// A parked connection's state, the listener it came from (for its framing
+/// when it wakes), and its timers (the lot keeps only the earlier one).
 pub(crate) struct Parked<S> {
     pub state: S,
     pub listener: usize,
+    /// The peer's heartbeat deadline.
+    pub due: Option<tokio::time::Instant>,
+    /// When the server sends its next heartbeat.
+    pub send_at: Option<tokio::time::Instant>,
 }
 
 /// One worker's states of parked framed connections, by socket.
