@@ -55,7 +55,10 @@ impl Builder {
     /// split into messages by `framing`, and are served by the handler given
     /// to [`Server::serve_framed`] (or [`Server::framed`]). Repeatable, with
     /// a framing each. Framed listeners are never TLS, whatever
-    /// [`tls`](Builder::tls) says.
+    /// [`tls`](Builder::tls) says. A server with framed listeners must be
+    /// given a handler (else their connections are closed at once, as
+    /// [`CloseReason::ServerError`](crate::CloseReason::ServerError), and an
+    /// error is logged).
     ///
     /// What applies to them: `max_connections`, `max_connections_per_ip`,
     /// `accept_rate`, `park_idle_after`, `write_timeout`, `shutdown_timeout`,
