@@ -522,3 +522,43 @@ async fn server_heartbeats_reach_awake_and_parked_connections() {
     assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn http_and_framed_listeners_side_by_side() {
+    let server = Server::builder()
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+        .listen()
+        .expect("server binds");
+    let (http, framed) = (server.local_addrs()[0], server.local_addrs()[1]);
+    assert!(!server.is_framed(http));
+    assert!(server.is_framed(framed));
+    let handle = server.handle();
+    let (tx, _closes) = mpsc::unbounded_channel();
+    let app = tower::service_fn(|_req: http::Request<megaconn::Body>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::from("Hello, World!")))
+    });
+    let task = tokio::spawn(server.framed(Probe { closes: tx }).serve(app));
+
+    let mut s = TcpStream::connect(framed).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert_eq!(
+        read_exact(&mut s, 15).await,
+        b"GET / HTTP/1.1\n",
+        "framed: a line"
+    );
+    let mut h = TcpStream::connect(http).await.unwrap();
+    h.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_to_close(&mut h).await;
+    assert!(response.starts_with(b"HTTP/1.1 200"), "HTTP still HTTP");
+    assert!(response.ends_with(b"Hello, World!"));
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
