@@ -110,23 +110,87 @@ pub(crate) struct Parked<S> {
     pub send_at: Option<tokio::time::Instant>,
 }
 
+/// What the side table stores per parked connection: [`Parked`], packed.
+/// At a million parked connections every byte here is a megabyte, so the
+/// timers are milliseconds since the table's epoch in a wrapping `u32` (0:
+/// none), read back relative to now, and the listener is a `u16`: 12 bytes
+/// plus the user's state, against 48 for the plain form.
+struct Stored<S> {
+    state: S,
+    due: u32,
+    send_at: u32,
+    listener: u16,
+}
+
+/// Timers further ahead than this are stored as this (a wrapping `u32` of
+/// milliseconds reads back unambiguously within about 24.8 days of now).
+const MAX_TIMER_AHEAD: Duration = Duration::from_secs(24 * 24 * 3600);
+
 /// One worker's states of parked framed connections, by socket.
 pub(crate) struct SideTable<S> {
-    parked: RefCell<HashMap<RawFd, Parked<S>>>,
+    parked: RefCell<HashMap<RawFd, Stored<S>>>,
+    epoch: tokio::time::Instant,
 }
 
 impl<S> SideTable<S> {
+    fn new() -> SideTable<S> {
+        SideTable {
+            parked: RefCell::new(HashMap::new()),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
     pub(crate) fn put(&self, fd: RawFd, parked: Parked<S>) {
-        let stale = self.parked.borrow_mut().insert(fd, parked);
+        let stored = Stored {
+            state: parked.state,
+            due: self.pack(parked.due),
+            send_at: self.pack(parked.send_at),
+            listener: u16::try_from(parked.listener).expect("fewer than 65,536 framed listeners"),
+        };
+        let stale = self.parked.borrow_mut().insert(fd, stored);
         debug_assert!(stale.is_none(), "a socket parked twice");
     }
 
     pub(crate) fn take(&self, fd: RawFd) -> Option<Parked<S>> {
-        self.parked.borrow_mut().remove(&fd)
+        let stored = self.parked.borrow_mut().remove(&fd)?;
+        Some(Parked {
+            state: stored.state,
+            listener: usize::from(stored.listener),
+            due: self.unpack(stored.due),
+            send_at: self.unpack(stored.send_at),
+        })
     }
 
     pub(crate) fn listener(&self, fd: RawFd) -> Option<usize> {
-        self.parked.borrow().get(&fd).map(|p| p.listener)
+        self.parked
+            .borrow()
+            .get(&fd)
+            .map(|p| usize::from(p.listener))
+    }
+
+    fn millis_now(&self) -> u64 {
+        tokio::time::Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64
+    }
+
+    fn pack(&self, at: Option<tokio::time::Instant>) -> u32 {
+        let Some(at) = at else { return 0 };
+        let at = at.min(tokio::time::Instant::now() + MAX_TIMER_AHEAD);
+        // Wrapping on purpose; 0 means "none", so a timer that lands on it
+        // moves a millisecond.
+        (at.saturating_duration_since(self.epoch).as_millis() as u32).max(1)
+    }
+
+    fn unpack(&self, packed: u32) -> Option<tokio::time::Instant> {
+        if packed == 0 {
+            return None;
+        }
+        let now = self.millis_now();
+        // The stored instant is the one within ±24.8 days of now.
+        let ahead = i64::from(packed.wrapping_sub(now as u32) as i32);
+        let millis = (now as i64 + ahead).max(0) as u64;
+        Some(self.epoch + Duration::from_millis(millis))
     }
 }
 
@@ -134,11 +198,7 @@ impl<S> SideTable<S> {
 pub(crate) fn side_table<S: 'static>(ctx: &WorkerContext) -> Rc<SideTable<S>> {
     let table: Rc<dyn Any> = ctx
         .protocol_local
-        .get_or_init(|| {
-            Rc::new(SideTable::<S> {
-                parked: RefCell::new(HashMap::new()),
-            })
-        })
+        .get_or_init(|| Rc::new(SideTable::<S>::new()))
         .clone();
     // One handler, so one state type, per server.
     table
@@ -204,5 +264,57 @@ pub(crate) fn serve_woken(
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
     if let Some(handler) = FramedSettings::of(&ctx.config).and_then(|s| s.handler.as_ref()) {
         handler.parked_closed(ctx, fd, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A regression guard for what a parked framed connection costs beyond
+    /// the lot's few bytes: its side-table entry (fd and packed form), the
+    /// user's state on top. Measured when written: 16 bytes with `()`.
+    #[test]
+    fn a_parked_entry_stays_small() {
+        let size = std::mem::size_of::<(RawFd, Stored<()>)>();
+        assert!(size <= 16, "a side-table entry is {size} bytes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timers_survive_packing() {
+        let table = SideTable::<u8>::new();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let now = tokio::time::Instant::now();
+        for at in [
+            None,
+            Some(now),
+            Some(now + Duration::from_millis(1234)),
+            Some(now - Duration::from_millis(500)),
+            Some(now + Duration::from_secs(20 * 24 * 3600)),
+        ] {
+            table.put(
+                7,
+                Parked {
+                    state: 1,
+                    listener: 3,
+                    due: at,
+                    send_at: None,
+                },
+            );
+            let back = table.take(7).unwrap();
+            assert_eq!((back.state, back.listener, back.send_at), (1, 3, None));
+            assert_eq!(back.due, at, "{at:?}");
+        }
+        // Far ahead is clamped, not wrapped into the past.
+        table.put(
+            7,
+            Parked {
+                state: 0,
+                listener: 0,
+                due: Some(now + Duration::from_secs(400 * 24 * 3600)),
+                send_at: None,
+            },
+        );
+        assert_eq!(table.take(7).unwrap().due, Some(now + MAX_TIMER_AHEAD));
     }
 }
