@@ -91,7 +91,8 @@ pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use observe::metrics;
 pub use observe::stats::ServerStats;
 pub use proto::framed::{
-    FramedHandler, Framing, Session, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES,
+    ConnectionId, FramedHandler, Framing, Hub, Session, DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
 };
 pub use proto::http2::RAPID_RESET_LIMIT;
 pub use server::builder::{Builder, Server, ServerHandle, ShutdownSummary};

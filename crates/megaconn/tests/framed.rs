@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::SAFETY;
 use megaconn::{
-    Builder, CloseReason, ConnectionEvent, FramedHandler, Framing, FramingError, ProtocolDetail,
-    Server, ServerHandle, ServerStats, Session, ShutdownSummary,
+    Builder, CloseReason, ConnectionEvent, ConnectionId, FramedHandler, Framing, FramingError, Hub,
+    ProtocolDetail, Server, ServerHandle, ServerStats, Session, ShutdownSummary,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,10 +24,17 @@ use tokio::sync::mpsc;
 /// `panic` panics; anything else is echoed. Closes are reported with the final count.
 struct Probe {
     closes: mpsc::UnboundedSender<(u64, CloseReason)>,
+    opens: Option<mpsc::UnboundedSender<ConnectionId>>,
 }
 
 impl FramedHandler for Probe {
     type State = u64;
+
+    fn on_open(&self, _: &mut u64, session: &Session) {
+        if let Some(opens) = &self.opens {
+            let _ = opens.send(session.id());
+        }
+    }
 
     async fn on_message(&self, seen: &mut u64, frame: Bytes, session: &Session) -> Option<Bytes> {
         *seen += 1;
@@ -53,24 +60,34 @@ struct Framed {
     addr: std::net::SocketAddr,
     handle: ServerHandle,
     closes: mpsc::UnboundedReceiver<(u64, CloseReason)>,
+    opens: mpsc::UnboundedReceiver<ConnectionId>,
+    hub: Hub,
     task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
 }
 
 impl Framed {
     async fn start(builder: Builder, framing: Framing) -> Framed {
-        let server = builder
+        let mut server = builder
             .workers(1)
             .listen_framed_on("127.0.0.1:0".parse().unwrap(), framing)
             .listen()
             .expect("server binds");
         let addr = server.local_addr();
         let handle = server.handle();
+        let hub = server.hub();
         let (tx, closes) = mpsc::unbounded_channel();
-        let task = tokio::spawn(server.serve_framed(Probe { closes: tx }));
+        let (opened, opens) = mpsc::unbounded_channel();
+        let probe = Probe {
+            closes: tx,
+            opens: Some(opened),
+        };
+        let task = tokio::spawn(server.serve_framed(probe));
         Framed {
             addr,
             handle,
             closes,
+            opens,
+            hub,
             task,
         }
     }
@@ -79,6 +96,14 @@ impl Framed {
         let s = TcpStream::connect(self.addr).await.expect("connect");
         s.set_nodelay(true).unwrap();
         s
+    }
+
+    /// The id of the next connection the handler saw open.
+    async fn next_open(&mut self) -> ConnectionId {
+        tokio::time::timeout(SAFETY, self.opens.recv())
+            .await
+            .expect("timed out waiting for on_open")
+            .expect("handler gone")
     }
 
     /// The next close the handler heard of: (messages seen, reason).
@@ -417,9 +442,20 @@ async fn shutdown_closes_idle_framed_tasks() {
     let mut idle = server.connect().await;
     idle.write_all(b"a\n").await.unwrap();
     assert_eq!(read_exact(&mut idle, 2).await, b"a\n");
+    // And one that never said anything (a fresh socket may report itself
+    // readable before any byte came: the server waits in a read then).
+    let mut silent = server.connect().await;
+    server.next_open().await;
+    server.next_open().await;
     server.handle.shutdown();
-    assert_eq!(server.next_close().await, (1, CloseReason::Shutdown));
+    let mut closes = vec![server.next_close().await, server.next_close().await];
+    closes.sort_by_key(|(seen, _)| *seen);
+    assert_eq!(
+        closes,
+        [(0, CloseReason::Shutdown), (1, CloseReason::Shutdown)]
+    );
     assert_eq!(read_to_close(&mut idle).await, b"");
+    assert_eq!(read_to_close(&mut silent).await, b"");
     assert_eq!(server.stop().await.forced, 0);
 }
 
@@ -539,7 +575,11 @@ async fn http_and_framed_listeners_side_by_side() {
     let app = tower::service_fn(|_req: http::Request<megaconn::Body>| async {
         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("Hello, World!")))
     });
-    let task = tokio::spawn(server.framed(Probe { closes: tx }).serve(app));
+    let probe = Probe {
+        closes: tx,
+        opens: None,
+    };
+    let task = tokio::spawn(server.framed(probe).serve(app));
 
     let mut s = TcpStream::connect(framed).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
@@ -561,4 +601,83 @@ async fn http_and_framed_listeners_side_by_side() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn pushes_reach_awake_and_parked_connections_by_id() {
+    // Awake: the frame joins the connection's inbox.
+    let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    assert!(server.hub.send(id, "pushed"));
+    assert_eq!(read_exact(&mut s, 7).await, b"pushed\n");
+    // In order with replies, from another thread.
+    let hub = server.hub.clone();
+    std::thread::spawn(move || {
+        hub.send(id, "one");
+        hub.send(id, "two");
+    })
+    .join()
+    .unwrap();
+    assert_eq!(read_exact(&mut s, 8).await, b"one\ntwo\n");
+    server.stop().await;
+
+    // Parked: one write, and the connection stays parked.
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    s.write_all(b"a\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"a\n");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    for _ in 0..3 {
+        server.hub.send(id, "to a parked one");
+        assert_eq!(read_exact(&mut s, 16).await, b"to a parked one\n");
+    }
+    let stats = server.handle.stats();
+    assert_eq!(stats.connections_parked, 1, "still parked");
+    assert_eq!(stats.buffers_checked_out, 0);
+    // Its state is intact.
+    s.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"2\n");
+
+    // A closed connection's id names nobody, even on a reused descriptor.
+    drop(s);
+    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
+    let mut fresh = server.connect().await;
+    let fresh_id = server.next_open().await;
+    assert_ne!(fresh_id, id);
+    server.hub.send(id, "stale");
+    server.hub.send(fresh_id, "fresh");
+    assert_eq!(read_exact(&mut fresh, 6).await, b"fresh\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_peer_that_does_not_read_pushes_is_closed_as_a_slow_consumer() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::length_prefixed(4).max_frame_bytes(64 << 20),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    s.write_all(&frame(b"hi")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, b"hi");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // More than any socket buffer takes at once, and the peer reads nothing.
+    server.hub.send(id, vec![7u8; 48 << 20]);
+    assert_eq!(server.next_close().await, (1, CloseReason::SlowConsumer));
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(server.closed_with("slow_consumer"), 1);
+    server.stop().await;
 }

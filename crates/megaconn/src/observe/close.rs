@@ -52,6 +52,9 @@ pub enum CloseReason {
     Limit,
     /// A framed connection's peer sent nothing within `heartbeat_timeout`.
     HeartbeatTimeout,
+    /// A framed connection's peer did not read what was pushed to it (its
+    /// socket could not take a pushed frame).
+    SlowConsumer,
 }
 
 /// What a protocol said when it closed a connection for a protocol error.
@@ -112,7 +115,7 @@ impl CloseReason {
     }
 
     /// How many metric labels there are (see [`CloseReason::LABELS`]).
-    pub(crate) const COUNT: usize = 16;
+    pub(crate) const COUNT: usize = 17;
 
     /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
     /// [`CloseReason::index`].
@@ -133,6 +136,7 @@ impl CloseReason {
         "tls_handshake_timeout",
         "tls_handshake_failed",
         "heartbeat_timeout",
+        "slow_consumer",
     ];
 
     /// This reason's position in [`CloseReason::LABELS`] and in the worker's
@@ -155,6 +159,7 @@ impl CloseReason {
             CloseReason::TlsHandshakeTimeout => 13,
             CloseReason::TlsHandshakeFailed => 14,
             CloseReason::HeartbeatTimeout => 15,
+            CloseReason::SlowConsumer => 16,
         }
     }
 
@@ -203,6 +208,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Io(kind) => write!(f, "i/o error ({kind})"),
             CloseReason::Limit => f.write_str("refused by a limit"),
             CloseReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
+            CloseReason::SlowConsumer => f.write_str("slow consumer"),
             CloseReason::Protocol(ProtocolDetail::Framing(error)) => {
                 write!(f, "protocol error ({error})")
             }
@@ -235,6 +241,7 @@ mod tests {
             CloseReason::TlsHandshakeTimeout,
             CloseReason::TlsHandshakeFailed,
             CloseReason::HeartbeatTimeout,
+            CloseReason::SlowConsumer,
         ];
         let mut seen: Vec<usize> = all.iter().map(|r| r.index()).collect();
         seen.sort_unstable();

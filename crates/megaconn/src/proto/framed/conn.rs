@@ -43,7 +43,8 @@ use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::stats::incr;
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler, Session};
-use crate::proto::framed::{settings, side_table, Parked};
+use crate::proto::framed::hub::{pump, ConnectionId, Inbox};
+use crate::proto::framed::{settings, side_table, Parked, SideTable};
 use crate::proto::Ended;
 
 /// How a framed connection comes to be served.
@@ -141,12 +142,20 @@ impl Parkable for FramedIo {
     }
 }
 
+/// What ended a read between frames.
+enum Read {
+    Done(Result<io::Result<usize>, tokio::time::error::Elapsed>),
+    Shutdown,
+    Pushed,
+}
+
 /// What ended an idle wait.
 enum Idle {
     Readable(io::Result<()>),
     Park,
     HeartbeatDue,
     SendHeartbeat,
+    Pushed,
     Shutdown,
 }
 
@@ -164,24 +173,30 @@ pub(crate) async fn serve<H: FramedHandler>(
     let table = side_table::<H::State>(&ctx);
     let heartbeat = settings(&ctx.config).and_then(|s| s.heartbeat_timeout);
     let send_heartbeats = settings(&ctx.config).and_then(|s| s.send_heartbeat.clone());
-    let session = Session::default();
+    let hub = settings(&ctx.config).and_then(|s| s.hub.clone());
+    let fd = io.raw_fd();
     let now = Instant::now();
     // When the peer must have sent something by (the heartbeat timeout), and
     // when the server sends its next heartbeat frame.
     let mut due = heartbeat.map(|t| now + t);
     let mut send_at = send_heartbeats.as_ref().map(|(every, _)| now + *every);
-    let mut live = match start {
+    let (mut live, session) = match start {
         Start::Accepted => {
+            let session = Session::new(table.hub.new_id(ctx.index, fd));
             let mut live = Live::new(handler, H::State::default());
             handler.on_open(live.state(), &session);
-            live
+            (live, session)
         }
         Start::Woken(wake) => {
-            let Some(parked) = table.take(io.raw_fd()) else {
+            let Some(parked) = table.take(fd) else {
                 tracing::error!("a woken framed connection had no state; closing it");
                 return Ended::Close(CloseReason::ServerError);
             };
+            let session = Session::new(ConnectionId::new(ctx.index, fd, parked.generation));
             let live = Live::new(handler, parked.state);
+            if parked.behind {
+                return live.close(CloseReason::SlowConsumer);
+            }
             send_at = parked.send_at;
             // A timer: the peer's heartbeat deadline passed, or it is time
             // to send ours (then the peer's deadline stays where it was).
@@ -197,9 +212,22 @@ pub(crate) async fn serve<H: FramedHandler>(
                     send_at = Some(now + *every);
                 }
             }
-            live
+            (live, session)
         }
     };
+    // Pushes: this worker's pump starts with its first framed connection,
+    // and an awake connection gets an inbox (gone when it parks or closes).
+    let inbox = hub.map(|hub| {
+        if table.hub.start_pump() {
+            if let Some(rx) = hub.take_receiver(ctx.index) {
+                let framings = settings(&ctx.config)
+                    .map(|s| s.listeners.iter().map(|(_, f)| *f).collect())
+                    .unwrap_or_default();
+                tokio::task::spawn_local(pump(Rc::downgrade(&table), framings, rx));
+            }
+        }
+        Awake::register(&table, fd, session.id().generation())
+    });
     let mut codec = framing.codec();
     if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
         return live.close(reason);
@@ -262,12 +290,30 @@ pub(crate) async fn serve<H: FramedHandler>(
             if ctx.shutdown.is_started() {
                 return live.close(CloseReason::Shutdown);
             }
+            // Frames pushed meanwhile go out between the peer's frames.
+            if let Some(inbox) = &inbox {
+                let pushed: Vec<_> = inbox.inbox.queue.borrow_mut().drain(..).collect();
+                if !pushed.is_empty() {
+                    pushed.into_iter().for_each(|frame| session.send(frame));
+                    if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
+                        return live.close(reason);
+                    }
+                }
+            }
             lifecycle::set_state(ConnectionState::Idle);
             let can_park = ctx.park.is_some();
             // A woken socket that served its frames without ever waiting
             // (a heartbeat on a cold connection) goes straight back.
             if can_park && io.repark_when_idle() {
-                return park(live, io, listener, (due, send_at), true, &ctx);
+                return park(
+                    live,
+                    io,
+                    listener,
+                    (due, send_at),
+                    session.id().generation(),
+                    true,
+                    &ctx,
+                );
             }
             park_at = ctx
                 .config
@@ -280,6 +326,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 () = ctx.shutdown.wait() => Idle::Shutdown,
                 () = until(due) => Idle::HeartbeatDue,
                 () = until(send_at) => Idle::SendHeartbeat,
+                () = pushed(inbox.as_ref()) => Idle::Pushed,
                 () = until(park_at) => Idle::Park,
             };
             match idle {
@@ -287,7 +334,19 @@ pub(crate) async fn serve<H: FramedHandler>(
                 Idle::Readable(Err(e)) => return live.close(CloseReason::io(&e)),
                 Idle::Shutdown => return live.close(CloseReason::Shutdown),
                 Idle::HeartbeatDue => return live.close(CloseReason::HeartbeatTimeout),
-                Idle::Park => return park(live, io, listener, (due, send_at), false, &ctx),
+                Idle::Park => {
+                    return park(
+                        live,
+                        io,
+                        listener,
+                        (due, send_at),
+                        session.id().generation(),
+                        false,
+                        &ctx,
+                    )
+                }
+                // The top of the loop writes them.
+                Idle::Pushed => continue,
                 Idle::SendHeartbeat => {
                     if let Some((every, frame)) = &send_heartbeats {
                         session.send(frame.clone());
@@ -313,9 +372,35 @@ pub(crate) async fn serve<H: FramedHandler>(
         } else {
             due
         };
-        let read = match wake_at {
-            Some(at) => tokio::time::timeout_at(at, io.read_buf(b)).await,
-            None => Ok(io.read_buf(b).await),
+        let reading = async {
+            match wake_at {
+                Some(at) => tokio::time::timeout_at(at, io.read_buf(b)).await,
+                None => Ok(io.read_buf(b).await),
+            }
+        };
+        // Readiness can be spurious (a freshly accepted socket, a woken one):
+        // between frames, an empty read still hears shutdown and pushes.
+        let read = if between_frames {
+            tokio::select! {
+                biased;
+                read = reading => Read::Done(read),
+                () = ctx.shutdown.wait() => Read::Shutdown,
+                () = pushed(inbox.as_ref()) => Read::Pushed,
+            }
+        } else {
+            Read::Done(reading.await)
+        };
+        let read = match read {
+            Read::Done(read) => read,
+            Read::Shutdown => {
+                give_back(&ctx, &mut buf);
+                return live.close(CloseReason::Shutdown);
+            }
+            // Nothing was read: the buffer goes back, the pushes go out.
+            Read::Pushed => {
+                give_back(&ctx, &mut buf);
+                continue;
+            }
         };
         let reason = match read {
             Ok(Ok(0)) => CloseReason::ClientClosed,
@@ -336,7 +421,22 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
             Err(_elapsed) => {
                 give_back(&ctx, &mut buf);
-                return park(live, io, listener, (due, send_at), false, &ctx);
+                // A push that came during the read goes out first.
+                if inbox
+                    .as_ref()
+                    .is_some_and(|i| !i.inbox.queue.borrow().is_empty())
+                {
+                    continue;
+                }
+                return park(
+                    live,
+                    io,
+                    listener,
+                    (due, send_at),
+                    session.id().generation(),
+                    false,
+                    &ctx,
+                );
             }
         };
         give_back(&ctx, &mut buf);
@@ -400,6 +500,7 @@ fn park<H: FramedHandler>(
     io: FramedIo,
     listener: usize,
     (due, send_at): (Option<Instant>, Option<Instant>),
+    generation: u32,
     at_once: bool,
     ctx: &WorkerContext,
 ) -> Ended<OwnedFd> {
@@ -411,6 +512,8 @@ fn park<H: FramedHandler>(
                 listener,
                 due,
                 send_at,
+                generation,
+                behind: false,
             };
             side_table::<H::State>(ctx).put(socket.as_raw_fd(), parked);
             // The lot wakes it at the earlier timer (`Wake::Timer`).
@@ -461,6 +564,43 @@ async fn flush(
         }
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(CloseReason::WriteTimeout),
         Err(e) => Err(CloseReason::io(&e)),
+    }
+}
+
+/// An awake connection's inbox, registered for pushes while it lives.
+struct Awake<S: 'static> {
+    table: Rc<SideTable<S>>,
+    fd: RawFd,
+    inbox: Rc<Inbox>,
+}
+
+impl<S: 'static> Awake<S> {
+    fn register(table: &Rc<SideTable<S>>, fd: RawFd, generation: u32) -> Awake<S> {
+        let inbox = Rc::new(Inbox::default());
+        table
+            .hub
+            .awake
+            .borrow_mut()
+            .insert(fd, (generation, inbox.clone()));
+        Awake {
+            table: table.clone(),
+            fd,
+            inbox,
+        }
+    }
+}
+
+impl<S: 'static> Drop for Awake<S> {
+    fn drop(&mut self) {
+        self.table.hub.awake.borrow_mut().remove(&self.fd);
+    }
+}
+
+/// Resolves when a frame was pushed to this connection (never without a hub).
+async fn pushed<S: 'static>(awake: Option<&Awake<S>>) {
+    match awake {
+        Some(awake) => awake.inbox.notify.notified().await,
+        None => std::future::pending().await,
     }
 }
 

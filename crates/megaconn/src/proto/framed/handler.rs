@@ -20,6 +20,7 @@ use crate::conn::context::WorkerContext;
 use crate::observe::close::CloseReason;
 use crate::proto::framed::codec::Framing;
 use crate::proto::framed::conn::{self, FramedIo, Start};
+use crate::proto::framed::hub::ConnectionId;
 use crate::proto::framed::side_table;
 use crate::proto::Ended;
 
@@ -84,13 +85,28 @@ pub trait FramedHandler: Send + Sync + 'static {
 
 /// A connection as its handler sees it while handling one message: where
 /// replies go. Frames sent are written, in order, when the handler returns.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Session {
+    id: ConnectionId,
     out: RefCell<Vec<Bytes>>,
     closing: Cell<bool>,
 }
 
 impl Session {
+    pub(crate) fn new(id: ConnectionId) -> Session {
+        Session {
+            id,
+            out: RefCell::default(),
+            closing: Cell::default(),
+        }
+    }
+
+    /// This connection's id, for pushing to it later with a [`Hub`](crate::Hub)
+    /// (from any task or thread).
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
     /// Queues a frame to the peer (framed as the listener frames: a length
     /// header or a line ending is added).
     pub fn send(&self, frame: impl Into<Bytes>) {
