@@ -37,8 +37,8 @@
 //!             http2.rs     HTTP/2 (h2 crate): streams, limits, flood guards
 //!             framed/      framed TCP (issue 11): codec (length-prefixed, lines;
 //!                          tokio-util), handler (FramedHandler, Session), conn
-//!                          (a connection's loop); parked states in a per-worker
-//!                          side table keyed by fd
+//!                          (a connection's loop), hub (push by id); parked
+//!                          states in a per-worker side table keyed by fd
 //!             mod.rs       Ended / HandOver: how a protocol finishes; tags
 //!                          (the protocols never import each other)
 //!     |

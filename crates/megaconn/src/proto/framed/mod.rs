@@ -13,6 +13,7 @@
 //! - `codec.rs`   [`Framing`]: the wire format, tokio-util's codecs
 //! - `handler.rs` [`FramedHandler`], [`Session`]: the public message API
 //! - `conn.rs`    one awake connection's loop
+//! - `hub.rs`     [`Hub`]: pushing frames to connections by [`ConnectionId`]
 
 pub(crate) mod codec;
 pub(crate) mod conn;
