@@ -302,6 +302,14 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
             lifecycle::set_state(ConnectionState::Idle);
             let can_park = ctx.park.is_some();
+            // A push that came while the last ones were written goes first
+            // (parking now would drop it with the inbox).
+            let inbox_empty = inbox
+                .as_ref()
+                .is_none_or(|i| i.inbox.queue.borrow().is_empty());
+            if !inbox_empty {
+                continue;
+            }
             // A woken socket that served its frames without ever waiting
             // (a heartbeat on a cold connection) goes straight back.
             if can_park && io.repark_when_idle() {
