@@ -471,3 +471,38 @@ fn sighup_to_the_supervisor_reloads_every_worker_process() {
     }
     serving.stop();
 }
+
+/// `serve --tcp-listen`: the framed line demo answers as `nc` would see it
+/// (`PING` -> `PONG`, anything else echoed), beside HTTP, and drains on SIGTERM.
+#[test]
+fn tcp_listen_serves_the_framed_line_demo() {
+    let mut child = ChildGuard::spawn(
+        megaconn()
+            .args(["serve", "--workers", "1", "--admin", "off"])
+            .args(["--listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let stdout = Lines::new(child.child().stdout.take().unwrap());
+    let first = stdout.expect_line();
+    let tcp = first
+        .split("tcp://")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no tcp:// address in {first:?}"))
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(first.contains("http://127.0.0.1:"), "{first}");
+
+    let mut s = TcpStream::connect(&tcp).unwrap();
+    s.set_read_timeout(Some(SAFETY)).unwrap();
+    s.write_all(b"PING\nhello there\r\n").unwrap();
+    let want = b"PONG\necho: hello there\n";
+    let mut got = vec![0; want.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, want);
+
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}

@@ -8,6 +8,9 @@
 //! | `GET /healthz` | `ok` |
 //! | `GET /readyz` | `ready`, or `503` once shutdown began |
 //! | `GET /sleep?ms=N` | waits N ms (at most 10 s), then answers |
+//!
+//! And on `--tcp-listen` addresses, [`FramedDemo`]: `PING` is answered `PONG`,
+//! any other message `echo: <message>`.
 
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
@@ -104,4 +107,23 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == key)
         .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The framed TCP demo on `--tcp-listen`: `PING` -> `PONG`, any other
+/// message -> `echo: <message>`, in the listener's framing (lines, for `nc`).
+#[derive(Debug, Clone, Copy)]
+pub struct FramedDemo;
+
+impl megaconn::FramedHandler for FramedDemo {
+    type State = ();
+
+    async fn on_message(&self, _: &mut (), frame: Bytes, _: &megaconn::Session) -> Option<Bytes> {
+        if frame == "PING" {
+            return Some(Bytes::from_static(b"PONG"));
+        }
+        let mut reply = Vec::with_capacity(6 + frame.len());
+        reply.extend_from_slice(b"echo: ");
+        reply.extend_from_slice(&frame);
+        Some(reply.into())
+    }
 }

@@ -93,6 +93,10 @@ pub struct Settings {
     pub listen: Vec<SocketAddr>,
     /// `--tls-listen` addresses.
     pub tls_listen: Vec<SocketAddr>,
+    /// `--tcp-listen` addresses (the framed TCP demo).
+    pub tcp_listen: Vec<SocketAddr>,
+    /// `--tcp-framing`.
+    pub tcp_framing: Option<megaconn::Framing>,
     /// `--tls-cert`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
@@ -369,6 +373,57 @@ pub static KNOBS: &[Knob] = &[
             s.tls_listen.extend(v.addrs());
             Ok(())
         },
+    },
+    Knob {
+        name: "tcp-listen",
+        value_name: "ADDR",
+        shape: Shape::Repeated,
+        help: "Address to serve the framed TCP demo on (repeatable): PING -> PONG, any other message -> echo: <message>.",
+        details: "Framing by --tcp-framing (lines by default; try it with nc). Without --listen or --tls-listen, no HTTP listener is opened.",
+        default: "none",
+        example: "0.0.0.0:7000",
+        parse: addr,
+        apply: |v, s| {
+            s.tcp_listen.extend(v.addrs());
+            Ok(())
+        },
+    },
+    Knob {
+        name: "tcp-framing",
+        value_name: "FRAMING",
+        shape: Shape::One,
+        help: "How --tcp-listen splits messages: lines (\\n or \\r\\n), or a big-endian length header of u8, u16, u32 or u64.",
+        details: "",
+        default: "lines",
+        example: "u32",
+        parse: |text| match text {
+            "lines" | "u8" | "u16" | "u32" | "u64" => Ok(Value::Text(text.into())),
+            _ => Err(format!("{text:?}: expected lines, u8, u16, u32 or u64")),
+        },
+        apply: |v, s| {
+            let Value::Text(text) = v else {
+                return Err("tcp-framing: expected text".into());
+            };
+            s.tcp_framing = Some(match text.as_str() {
+                "u8" => megaconn::Framing::length_prefixed(1),
+                "u16" => megaconn::Framing::length_prefixed(2),
+                "u32" => megaconn::Framing::length_prefixed(4),
+                "u64" => megaconn::Framing::length_prefixed(8),
+                _ => megaconn::Framing::lines(),
+            });
+            Ok(())
+        },
+    },
+    Knob {
+        name: "heartbeat-timeout",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Framed TCP: close a connection whose peer sent nothing for this long; off disables.",
+        details: "",
+        default: "off",
+        example: "60s",
+        parse: duration_or_off,
+        apply: |v, s| s.builder(|b| b.heartbeat_timeout(v.duration())),
     },
     Knob {
         name: "workers",

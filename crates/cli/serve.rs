@@ -122,6 +122,8 @@ fn resolve_with(
         builder: mut b,
         mut listen,
         tls_listen,
+        tcp_listen,
+        tcp_framing,
         tls_cert,
         tls_key,
         self_signed,
@@ -131,7 +133,7 @@ fn resolve_with(
         processes,
         admin,
     } = settings;
-    if listen.is_empty() && tls_listen.is_empty() && inherited.is_empty() {
+    if listen.is_empty() && tls_listen.is_empty() && tcp_listen.is_empty() && inherited.is_empty() {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
     }
     for &addr in &listen {
@@ -147,6 +149,10 @@ fn resolve_with(
             b.listener(socket.listener)
         }
         .map_err(|e| UsageError(format!("socket {} from systemd: {e}", socket.name)))?;
+    }
+    let framing = tcp_framing.unwrap_or_else(megaconn::Framing::lines);
+    for &addr in &tcp_listen {
+        b = b.listen_framed_on(addr, framing);
     }
     if let Some(rate) = accept_rate {
         b = b.accept_rate(Some(megaconn::AcceptRate {
@@ -175,6 +181,7 @@ fn resolve_with(
         processes: processes.unwrap_or(1),
         addrs: listen
             .into_iter()
+            .chain(tcp_listen)
             .chain(tls_listen)
             .chain(inherited_addrs)
             .collect(),
@@ -244,7 +251,13 @@ pub fn listen_urls(server: &megaconn::Server) -> Vec<String> {
         .local_addrs()
         .iter()
         .map(|&a| {
-            let scheme = if server.is_tls(a) { "https" } else { "http" };
+            let scheme = if server.is_framed(a) {
+                "tcp"
+            } else if server.is_tls(a) {
+                "https"
+            } else {
+                "http"
+            };
             format!("{scheme}://{a}")
         })
         .collect()
@@ -276,7 +289,7 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         Some(_) => None,
     };
     let app = Demo::new(handle.clone());
-    let serving = server.serve(app);
+    let serving = server.framed(crate::demo::FramedDemo).serve(app);
     tokio::pin!(serving);
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     let summary = loop {

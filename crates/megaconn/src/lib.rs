@@ -30,12 +30,17 @@
 //!             dispatch.rs  the one place a connection's protocol is decided:
 //!                          listener kind -> TLS + ALPN -> h2c preface -> protocol,
 //!                          and what a protocol's Close / Park / HandOver means
+//!             framed.rs    the framed protocol's knobs on Builder / Server
 //!     |
 //!  proto/     http1/       HTTP/1.1 (ours, on httparse): conn (a connection's
 //!                          life), head (RFC 9112 framing), decode, exchange, encode
 //!             http2.rs     HTTP/2 (h2 crate): streams, limits, flood guards
+//!             framed/      framed TCP (issue 11): codec (length-prefixed, lines;
+//!                          tokio-util), handler (FramedHandler, Session), conn
+//!                          (a connection's loop), hub (push by id); parked
+//!                          states in a per-worker side table keyed by fd
 //!             mod.rs       Ended / HandOver: how a protocol finishes; tags
-//!                          (the two protocols never import each other)
+//!                          (the protocols never import each other)
 //!     |
 //!  service/   body.rs, h2_body.rs  the request body handed to services
 //!             upgrade.rs   101 Switching Protocols: the handler takes the socket
@@ -83,10 +88,14 @@ pub use conn::tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESS
 pub use conn::transport::Transport;
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
-pub use observe::close::{CloseReason, ProtocolDetail};
+pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use observe::metrics;
 pub use observe::stats::ServerStats;
+pub use proto::framed::{
+    ConnectionId, FramedHandler, Framing, Hub, Session, DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+};
 pub use proto::http2::RAPID_RESET_LIMIT;
 pub use server::builder::{Builder, Server, ServerHandle, ShutdownSummary};
 pub use service::body::Body;

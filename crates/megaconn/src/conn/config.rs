@@ -147,6 +147,9 @@ pub(crate) struct Config {
     pub track_connections: bool,
     /// Log one line per request (target `megaconn::access`).
     pub access_log: bool,
+    /// The framed protocol's listeners, handler and heartbeat (`proto/framed`),
+    /// opaque here: the core does not know protocols.
+    pub framed: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
     /// Hand each request its connection's addresses ([`ConnInfo`](crate::ConnInfo),
     /// and axum's `ConnectInfo<SocketAddr>`).
     pub connect_info: bool,
@@ -191,6 +194,7 @@ impl Default for Config {
             access_log: false,
             connect_info: true,
             stall_threshold: Some(DEFAULT_STALL_THRESHOLD),
+            framed: None,
         }
     }
 }

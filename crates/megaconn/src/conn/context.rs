@@ -30,6 +30,10 @@ pub(crate) struct WorkerContext {
     /// This worker's live-connection list, when tracking is on.
     pub registry: Option<Arc<Registry>>,
     pub index: usize,
+    /// A protocol's per-worker table, opaque to the core: the framed
+    /// protocol keeps its parked connections' states here (the lot keeps
+    /// only their tag).
+    pub protocol_local: std::cell::OnceCell<Rc<dyn std::any::Any>>,
 }
 
 impl WorkerContext {
@@ -53,6 +57,7 @@ impl WorkerContext {
             config,
             stats,
             index,
+            protocol_local: std::cell::OnceCell::new(),
         }
     }
 }

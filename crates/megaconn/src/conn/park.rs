@@ -68,13 +68,19 @@ const WAKE_AT_DEADLINE: u8 = 0x80;
 /// Turns a woken socket back into a served connection.
 pub(crate) type Respawn = Rc<dyn Fn(Incoming, Connection)>;
 
+/// Told when the lot closes a parked socket itself (its deadline, shutdown,
+/// a failed re-arm), with the socket's protocol tag, while the descriptor is
+/// still open: a protocol that keeps state for its parked connections
+/// (framed) drops it here.
+pub(crate) type OnParkedClose = Rc<dyn Fn(RawFd, ProtoTag, CloseReason)>;
+
 /// What a parked connection's deadline does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AtDeadline {
     /// Close it as idle (`idle_timeout`).
     Close,
-    /// Wake it (a protocol's timer: a server-sent heartbeat or ping).
-    #[allow(dead_code)] // the framed and WebSocket protocols will ask for it
+    /// Wake it (a protocol's timer: the framed protocol's heartbeat
+    /// deadline, a server-sent heartbeat or ping).
     Wake,
 }
 
@@ -100,6 +106,7 @@ pub(crate) struct ParkingLot {
     limit: ConnectionLimit,
     stats: Arc<WorkerStats>,
     respawn: RefCell<Option<Respawn>>,
+    on_close: RefCell<Option<OnParkedClose>>,
     /// Lifecycle tracks of parked connections (only with an `on_connection` hook).
     tracks: RefCell<std::collections::HashMap<RawFd, Rc<ConnTrack>>>,
 }
@@ -143,6 +150,7 @@ impl ParkingLot {
             limit,
             stats,
             respawn: RefCell::new(None),
+            on_close: RefCell::new(None),
             tracks: RefCell::new(std::collections::HashMap::new()),
         })
     }
@@ -150,6 +158,19 @@ impl ParkingLot {
     /// Sets (or, with `None`, clears) how woken sockets are served again.
     pub(crate) fn set_respawn(&self, respawn: Option<Respawn>) {
         *self.respawn.borrow_mut() = respawn;
+    }
+
+    /// Sets (or, with `None`, clears) who hears of the lot's own closes.
+    pub(crate) fn set_on_close(&self, hook: Option<OnParkedClose>) {
+        *self.on_close.borrow_mut() = hook;
+    }
+
+    /// Tells the protocol that the lot closed its parked socket `fd`.
+    fn tell_closed(&self, fd: RawFd, proto: ProtoTag, reason: CloseReason) {
+        let hook = self.on_close.borrow().clone();
+        if let Some(hook) = hook {
+            hook(fd, proto, reason);
+        }
     }
 
     /// How many connections are parked now.
@@ -188,7 +209,9 @@ impl ParkingLot {
             if was_awake {
                 self.deadlines.borrow_mut()[idx] = ABSENT;
             }
-            conn.close(CloseReason::io(&error));
+            let reason = CloseReason::io(&error);
+            conn.close(reason);
+            self.tell_closed(fd, proto, reason);
             return;
         }
         let mut deadlines = self.deadlines.borrow_mut();
@@ -279,7 +302,10 @@ impl ParkingLot {
 
     /// A parked connection is closing: count it and report it.
     fn closed(&self, socket: &OwnedFd, reason: CloseReason) {
+        let fd = socket.as_raw_fd();
         self.connection(socket).close(reason);
+        let tag = self.protos.borrow().get(fd as usize).copied().unwrap_or(0);
+        self.tell_closed(fd, ProtoTag(tag & !WAKE_AT_DEADLINE), reason);
     }
 
     /// Hands a parked socket that woke up back to its protocol.

@@ -53,6 +53,15 @@ impl WokenSocket {
         }
     }
 
+    /// The socket's descriptor (-1 only after a failed registration).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        match &self.state {
+            State::Bare(fd) => fd.as_raw_fd(),
+            State::Registered(stream) => stream.as_raw_fd(),
+            State::Gone => -1,
+        }
+    }
+
     /// Registers the socket with tokio (once), so the caller can wait on it.
     fn registered(&mut self) -> io::Result<&mut TcpStream> {
         if let State::Bare(_) = self.state {

@@ -50,6 +50,11 @@ pub enum CloseReason {
     Io(io::ErrorKind),
     /// Refused right after accept by an admission limit (accept rate, per IP).
     Limit,
+    /// A framed connection's peer sent nothing within `heartbeat_timeout`.
+    HeartbeatTimeout,
+    /// A framed connection's peer did not read what was pushed to it (its
+    /// socket could not take a pushed frame).
+    SlowConsumer,
 }
 
 /// What a protocol said when it closed a connection for a protocol error.
@@ -61,6 +66,35 @@ pub enum ProtocolDetail {
     /// HTTP/2: the error code of the `GOAWAY` that was sent
     /// (`0xb` is `ENHANCE_YOUR_CALM`: abuse, such as rapid reset or a flood).
     Http2(u32),
+    /// A framed protocol: the frame or line that broke the framing.
+    Framing(FramingError),
+}
+
+/// How a framed connection broke its framing (see
+/// [`Builder::listen_framed_on`](crate::Builder::listen_framed_on)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FramingError {
+    /// A length header announced a frame over `max_frame_bytes`.
+    FrameTooLarge,
+    /// A line grew past `max_line_bytes` without its newline.
+    LineTooLong,
+    /// A length header that makes no sense (negative or overflowing after
+    /// the length adjustment).
+    BadHeader,
+    /// A line that is not UTF-8 (line framing carries text).
+    NotUtf8,
+}
+
+impl fmt::Display for FramingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FramingError::FrameTooLarge => "frame too large",
+            FramingError::LineTooLong => "line too long",
+            FramingError::BadHeader => "bad length header",
+            FramingError::NotUtf8 => "line not UTF-8",
+        })
+    }
 }
 
 impl From<StatusCode> for ProtocolDetail {
@@ -81,7 +115,7 @@ impl CloseReason {
     }
 
     /// How many metric labels there are (see [`CloseReason::LABELS`]).
-    pub(crate) const COUNT: usize = 15;
+    pub(crate) const COUNT: usize = 17;
 
     /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
     /// [`CloseReason::index`].
@@ -101,6 +135,8 @@ impl CloseReason {
         "limit",
         "tls_handshake_timeout",
         "tls_handshake_failed",
+        "heartbeat_timeout",
+        "slow_consumer",
     ];
 
     /// This reason's position in [`CloseReason::LABELS`] and in the worker's
@@ -122,6 +158,8 @@ impl CloseReason {
             CloseReason::Limit => 12,
             CloseReason::TlsHandshakeTimeout => 13,
             CloseReason::TlsHandshakeFailed => 14,
+            CloseReason::HeartbeatTimeout => 15,
+            CloseReason::SlowConsumer => 16,
         }
     }
 
@@ -169,6 +207,11 @@ impl fmt::Display for CloseReason {
             CloseReason::Panic => f.write_str("panic"),
             CloseReason::Io(kind) => write!(f, "i/o error ({kind})"),
             CloseReason::Limit => f.write_str("refused by a limit"),
+            CloseReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
+            CloseReason::SlowConsumer => f.write_str("slow consumer"),
+            CloseReason::Protocol(ProtocolDetail::Framing(error)) => {
+                write!(f, "protocol error ({error})")
+            }
         }
     }
 }
@@ -197,6 +240,8 @@ mod tests {
             CloseReason::Limit,
             CloseReason::TlsHandshakeTimeout,
             CloseReason::TlsHandshakeFailed,
+            CloseReason::HeartbeatTimeout,
+            CloseReason::SlowConsumer,
         ];
         let mut seen: Vec<usize> = all.iter().map(|r| r.index()).collect();
         seen.sort_unstable();

@@ -1,4 +1,5 @@
-//! The protocols, each on the connection core: HTTP/1.1 and HTTP/2.
+//! The protocols, each on the connection core: HTTP/1.1, HTTP/2 and framed
+//! TCP (length-prefixed or line messages, `framed/`).
 //!
 //! A protocol serves a connection until it ends and says how: closed (with a
 //! reason), parked (idle at a message boundary, nothing buffered) or handed
@@ -6,6 +7,7 @@
 //! protocol; the dispatcher (`server/dispatch.rs`) does.
 
 pub(crate) mod date;
+pub(crate) mod framed;
 pub(crate) mod http1;
 pub(crate) mod http2;
 
@@ -18,6 +20,10 @@ use crate::service::upgrade::UpgradeSender;
 
 /// The parking lot's tag for a connection that resumes as HTTP/1.1.
 pub(crate) const HTTP1: ProtoTag = ProtoTag(1);
+
+/// The parking lot's tag for a framed connection (its state waits in the
+/// framed protocol's side table).
+pub(crate) const FRAMED: ProtoTag = ProtoTag(2);
 
 /// How a protocol finished with a connection, for the dispatcher to act on.
 #[derive(Debug)]

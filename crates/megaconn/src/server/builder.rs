@@ -32,7 +32,7 @@ use crate::service::HttpService;
 /// ```
 #[derive(Debug)]
 pub struct Server {
-    config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     listeners: Vec<Vec<TcpListener>>,
     local_addrs: Vec<SocketAddr>,
     max_connections: usize,

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  Incoming::Accepted(TcpStream)
+//!     listener is framed? -- yes ----------------------------------------------> framed
 //!     listener is TLS?  -- yes --> TLS handshake (timeout) --> ALPN h2 ----------> HTTP/2
 //!           | no                                            \-> else -----------> HTTP/1.1
 //!           +-----------------------------------------------------------------> HTTP/1.1
@@ -11,6 +12,7 @@
 //!  a protocol ends with:
 //!     Close(reason)        -> Connection::close(reason)       (counted once, here)
 //!     Park { io, .. }      -> the parking lot, with the protocol's tag
+//!                             (framed: the lot tells it of its own closes)
 //!     HandOver(H2c)        -> HTTP/2 on the same socket, the preface replayed
 //!     HandOver(Upgrade)    -> the handler's `Upgraded`, which carries the Connection
 //! ```
@@ -26,7 +28,7 @@ use tokio::net::TcpStream;
 
 use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;
-use crate::conn::park::{AtDeadline, Parking};
+use crate::conn::park::{AtDeadline, OnParkedClose, Parking};
 use crate::conn::rewind::Rewind;
 use crate::conn::tls::{self, Live};
 use crate::conn::transport::{Foreign, Parkable, Transport};
@@ -53,6 +55,13 @@ where
 {
     match incoming {
         Incoming::Accepted(stream, info) => {
+            // Framed listeners are fixed at bind time (and never TLS).
+            if let Some(listener) = proto::framed::accepted_on(&ctx.config, info.local) {
+                let framed = proto::framed::serve_accepted(stream, ctx.clone(), listener);
+                return Either::Right(Either::Right(
+                    finish_framed(framed, ctx, conn).boxed_local(),
+                ));
+            }
             match tls::tls_for_stream(&ctx.config, &stream).map(tls::TlsConfig::live) {
                 None => Either::Left(Either::Left(serve_http1(
                     stream,
@@ -93,10 +102,16 @@ where
                     info,
                 )))
             }
+            proto::FRAMED => {
+                let framed = proto::framed::serve_woken(socket, hot, wake, ctx.clone());
+                Either::Right(Either::Right(
+                    finish_framed(framed, ctx, conn).boxed_local(),
+                ))
+            }
             ProtoTag(unknown) => {
                 tracing::error!(tag = unknown, "woken connection of an unknown protocol");
                 conn.close(CloseReason::ServerError);
-                Either::Right(Either::Right(std::future::ready(())))
+                Either::Right(Either::Right(std::future::ready(()).boxed_local()))
             }
         },
     }
@@ -213,6 +228,53 @@ where
         }
         Ended::Close(_) | Ended::Park { .. } => {}
     }
+}
+
+/// Acts on how a framed connection ended (its handler has heard already).
+async fn finish_framed(
+    framed: impl Future<Output = Ended<std::os::fd::OwnedFd>>,
+    ctx: Rc<WorkerContext>,
+    conn: Connection,
+) {
+    match framed.await {
+        Ended::Close(reason) => conn.close(reason),
+        // The deadline is the heartbeat's: it wakes the connection, whose
+        // protocol closes it with its own reason.
+        Ended::Park {
+            io,
+            deadline,
+            at_once,
+        } => match ctx.park.as_ref() {
+            Some(lot) => lot.park(
+                io,
+                Parking {
+                    deadline,
+                    at_once,
+                    proto: proto::FRAMED,
+                    at_deadline: AtDeadline::Wake,
+                },
+                conn,
+            ),
+            // Framed parks only when there is a lot; if not, close cleanly.
+            None => {
+                use std::os::fd::AsRawFd;
+                proto::framed::parked_closed(&ctx, io.as_raw_fd(), CloseReason::ServerClosed);
+                conn.close(CloseReason::ServerClosed);
+            }
+        },
+        Ended::HandOver(_) => conn.close(CloseReason::ServerError),
+    }
+}
+
+/// What the parking lot calls when it closes a parked connection itself, so
+/// the protocol that kept state for it (framed) can let it go.
+pub(crate) fn on_parked_close(ctx: &Rc<WorkerContext>) -> OnParkedClose {
+    let ctx = Rc::downgrade(ctx);
+    Rc::new(move |fd, tag, reason| {
+        if let (proto::FRAMED, Some(ctx)) = (tag, ctx.upgrade()) {
+            proto::framed::parked_closed(&ctx, fd, reason);
+        }
+    })
 }
 
 /// Hands an idle connection to the worker's parking lot.

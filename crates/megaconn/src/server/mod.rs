@@ -3,5 +3,6 @@
 
 pub(crate) mod builder;
 pub(crate) mod dispatch;
+pub(crate) mod framed;
 pub(crate) mod stall;
 pub(crate) mod worker;

@@ -124,6 +124,7 @@ where
     let spawn_connection = connection_spawner(&ctx, service, &tracker);
     if let Some(lot) = &ctx.park {
         lot.set_respawn(Some(spawn_connection.clone()));
+        lot.set_on_close(Some(dispatch::on_parked_close(&ctx)));
     }
     let parking = tokio::task::spawn_local(park::run(ctx.clone()));
     let ticking = config
@@ -173,6 +174,7 @@ where
     if let Some(lot) = &ctx.park {
         // Breaks the ctx -> lot -> spawner -> ctx cycle.
         lot.set_respawn(None);
+        lot.set_on_close(None);
     }
     WorkerSummary {
         finished: open - forced + parked,

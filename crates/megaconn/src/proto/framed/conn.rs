@@ -1,0 +1,629 @@
+//! One framed connection's life while it is awake: read into a pooled
+//! buffer, decode whole frames, call the handler for each, write its
+//! replies, and, between frames, wait for more or park.
+//!
+//! ```text
+//!   accepted (on_open) / woken (state out of the side table)
+//!        |
+//!        v
+//!   +-> read (pooled buffer) -> decode frames -> on_message -> write replies
+//!   |                                   |
+//!   |              between frames, buffer given back to the pool
+//!   |                                   v
+//!   +--- bytes arrive <---- wait, bounded by park_idle_after and the heartbeat
+//!                             |  park_idle_after: state into the side table, Park
+//!                             |  heartbeat due:   Close(HeartbeatTimeout)
+//!                             |  shutdown:        Close(Shutdown)
+//! ```
+//!
+//! A connection in the middle of a frame never parks: it stays a task until
+//! the frame completes, the heartbeat timeout passes, or the peer goes away.
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::conn::context::WorkerContext;
+use crate::conn::transport::{Parkable, Transport};
+use crate::conn::woken::WokenSocket;
+use crate::conn::Wake;
+use crate::observe::close::{CloseReason, ProtocolDetail};
+use crate::observe::lifecycle::{self, ConnectionState};
+use crate::observe::stats::incr;
+use crate::proto::framed::codec::{FrameCodec, Framing};
+use crate::proto::framed::handler::{Erased, FramedHandler, Session};
+use crate::proto::framed::hub::{pump, ConnectionId, Inbox};
+use crate::proto::framed::{settings, side_table, Parked, SideTable};
+use crate::proto::Ended;
+
+/// How a framed connection comes to be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Just accepted: a fresh state, `on_open`.
+    Accepted,
+    /// Woken from the parking lot: its state is in the side table.
+    Woken(Wake),
+}
+
+/// The socket of a framed connection: accepted (a tokio stream) or woken
+/// from the parking lot (a bare socket until it must wait).
+#[derive(Debug)]
+pub(crate) enum FramedIo {
+    /// Accepted by a framed listener.
+    Tcp(TcpStream),
+    /// Woken from the parking lot.
+    Woken(WokenSocket),
+}
+
+impl FramedIo {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            FramedIo::Tcp(s) => s.as_raw_fd(),
+            FramedIo::Woken(s) => s.raw_fd(),
+        }
+    }
+}
+
+impl AsyncRead for FramedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            FramedIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            FramedIo::Woken(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for FramedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            FramedIo::Tcp(s) => Pin::new(s).poll_write(cx, data),
+            FramedIo::Woken(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            FramedIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            FramedIo::Woken(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            FramedIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            FramedIo::Woken(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Transport for FramedIo {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            FramedIo::Tcp(s) => Transport::poll_read_ready(s, cx),
+            FramedIo::Woken(s) => s.poll_read_ready(cx),
+        }
+    }
+}
+
+impl Parkable for FramedIo {
+    const PARKABLE: bool = true;
+
+    fn repark_when_idle(&self) -> bool {
+        match self {
+            FramedIo::Tcp(s) => s.repark_when_idle(),
+            FramedIo::Woken(s) => s.repark_when_idle(),
+        }
+    }
+
+    fn into_parked(self) -> io::Result<OwnedFd> {
+        match self {
+            FramedIo::Tcp(s) => s.into_parked(),
+            FramedIo::Woken(s) => s.into_parked(),
+        }
+    }
+}
+
+/// What ended a read between frames.
+enum Read {
+    Done(Result<io::Result<usize>, tokio::time::error::Elapsed>),
+    Shutdown,
+    Pushed,
+}
+
+/// What ended an idle wait.
+enum Idle {
+    Readable(io::Result<()>),
+    Park,
+    HeartbeatDue,
+    SendHeartbeat,
+    Pushed,
+    Shutdown,
+}
+
+/// Serves a framed connection until it closes (`on_close` has run) or
+/// parks (its state is in the side table, keyed by the returned socket).
+pub(crate) async fn serve<H: FramedHandler>(
+    handler: Arc<Erased<H>>,
+    mut io: FramedIo,
+    ctx: Rc<WorkerContext>,
+    framing: Framing,
+    listener: usize,
+    start: Start,
+) -> Ended<OwnedFd> {
+    let handler = &handler.0;
+    let table = side_table::<H::State>(&ctx);
+    let heartbeat = settings(&ctx.config).and_then(|s| s.heartbeat_timeout);
+    let send_heartbeats = settings(&ctx.config).and_then(|s| s.send_heartbeat.clone());
+    let hub = settings(&ctx.config).and_then(|s| s.hub.clone());
+    let fd = io.raw_fd();
+    let now = Instant::now();
+    // When the peer must have sent something by (the heartbeat timeout), and
+    // when the server sends its next heartbeat frame.
+    let mut due = heartbeat.map(|t| now + t);
+    let mut send_at = send_heartbeats.as_ref().map(|(every, _)| now + *every);
+    let (mut live, session) = match start {
+        Start::Accepted => {
+            let session = Session::new(table.hub.new_id(ctx.index, fd));
+            let mut live = Live::new(handler, H::State::default());
+            handler.on_open(live.state(), &session);
+            (live, session)
+        }
+        Start::Woken(wake) => {
+            let Some(parked) = table.take(fd) else {
+                tracing::error!("a woken framed connection had no state; closing it");
+                return Ended::Close(CloseReason::ServerError);
+            };
+            let session = Session::new(ConnectionId::new(ctx.index, fd, parked.generation));
+            let live = Live::new(handler, parked.state);
+            if parked.behind {
+                return live.close(CloseReason::SlowConsumer);
+            }
+            send_at = parked.send_at;
+            // A timer: the peer's heartbeat deadline passed, or it is time
+            // to send ours (then the peer's deadline stays where it was).
+            if wake == Wake::Timer {
+                if parked.due.is_some_and(|due| now >= due) {
+                    return live.close(CloseReason::HeartbeatTimeout);
+                }
+                due = parked.due;
+            }
+            if let (Some((every, frame)), Some(at)) = (&send_heartbeats, send_at) {
+                if now >= at {
+                    session.send(frame.clone());
+                    send_at = Some(now + *every);
+                }
+            }
+            (live, session)
+        }
+    };
+    // Pushes: this worker's pump starts with its first framed connection,
+    // and an awake connection gets an inbox (gone when it parks or closes).
+    let inbox = hub.map(|hub| {
+        if table.hub.start_pump() {
+            if let Some(rx) = hub.take_receiver(ctx.index) {
+                let framings = settings(&ctx.config)
+                    .map(|s| s.listeners.iter().map(|(_, f)| *f).collect())
+                    .unwrap_or_default();
+                tokio::task::spawn_local(pump(Rc::downgrade(&table), framings, rx));
+            }
+        }
+        Awake::register(&table, fd, session.id().generation())
+    });
+    let mut codec = framing.codec();
+    if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
+        return live.close(reason);
+    }
+    if session.is_closing() {
+        return live.close(CloseReason::ServerClosed);
+    }
+    let mut buf: Option<BytesMut> = None;
+    loop {
+        // Every whole frame read so far, in order.
+        if let Some(b) = buf.as_mut() {
+            loop {
+                let frame = match codec.decode(b) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(error) => {
+                        give_back(&ctx, &mut buf);
+                        tracing::debug!(%error, "framing error; closing");
+                        let reason = CloseReason::Protocol(ProtocolDetail::Framing(error));
+                        return live.close(reason);
+                    }
+                };
+                lifecycle::count_request();
+                lifecycle::set_state(ConnectionState::Handling);
+                // A panicking handler closes its connection, not the worker.
+                let handled = AssertUnwindSafe(handler.on_message(live.state(), frame, &session))
+                    .catch_unwind()
+                    .await;
+                match handled {
+                    Ok(Some(reply)) => session.send(reply),
+                    Ok(None) => {}
+                    Err(_panic) => {
+                        give_back(&ctx, &mut buf);
+                        incr(&ctx.stats.panics);
+                        tracing::error!("a framed handler panicked; closing its connection");
+                        return live.close(CloseReason::Panic);
+                    }
+                }
+                let flushed = flush(&mut io, &mut codec, &session, &ctx).await;
+                if let Err(reason) = flushed {
+                    give_back(&ctx, &mut buf);
+                    return live.close(reason);
+                }
+                if session.is_closing() {
+                    give_back(&ctx, &mut buf);
+                    return live.close(CloseReason::ServerClosed);
+                }
+            }
+            if b.is_empty() {
+                // Nothing left to decode: the buffer goes back, so a
+                // connection holds none between reads.
+                give_back(&ctx, &mut buf);
+            }
+        }
+
+        let between_frames = codec.between_frames(buf.as_deref().unwrap_or_default());
+        // When to park if nothing comes (between frames only).
+        let mut park_at = None;
+        if between_frames {
+            if ctx.shutdown.is_started() {
+                return live.close(CloseReason::Shutdown);
+            }
+            // Frames pushed meanwhile go out between the peer's frames.
+            if let Some(inbox) = &inbox {
+                let pushed: Vec<_> = inbox.inbox.queue.borrow_mut().drain(..).collect();
+                if !pushed.is_empty() {
+                    pushed.into_iter().for_each(|frame| session.send(frame));
+                    if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
+                        return live.close(reason);
+                    }
+                }
+            }
+            lifecycle::set_state(ConnectionState::Idle);
+            let can_park = ctx.park.is_some();
+            // A push that came while the last ones were written goes first
+            // (parking now would drop it with the inbox).
+            let inbox_empty = inbox
+                .as_ref()
+                .is_none_or(|i| i.inbox.queue.borrow().is_empty());
+            if !inbox_empty {
+                continue;
+            }
+            // A woken socket that served its frames without ever waiting
+            // (a heartbeat on a cold connection) goes straight back.
+            if can_park && io.repark_when_idle() {
+                return park(
+                    live,
+                    io,
+                    listener,
+                    (due, send_at),
+                    session.id().generation(),
+                    true,
+                    &ctx,
+                );
+            }
+            park_at = ctx
+                .config
+                .park_idle_after
+                .filter(|_| can_park)
+                .map(|t| Instant::now() + t);
+            let idle = tokio::select! {
+                biased;
+                ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
+                () = ctx.shutdown.wait() => Idle::Shutdown,
+                () = until(due) => Idle::HeartbeatDue,
+                () = until(send_at) => Idle::SendHeartbeat,
+                () = pushed(inbox.as_ref()) => Idle::Pushed,
+                () = until(park_at) => Idle::Park,
+            };
+            match idle {
+                Idle::Readable(Ok(())) => {}
+                Idle::Readable(Err(e)) => return live.close(CloseReason::io(&e)),
+                Idle::Shutdown => return live.close(CloseReason::Shutdown),
+                Idle::HeartbeatDue => return live.close(CloseReason::HeartbeatTimeout),
+                Idle::Park => {
+                    return park(
+                        live,
+                        io,
+                        listener,
+                        (due, send_at),
+                        session.id().generation(),
+                        false,
+                        &ctx,
+                    )
+                }
+                // The top of the loop writes them.
+                Idle::Pushed => continue,
+                Idle::SendHeartbeat => {
+                    if let Some((every, frame)) = &send_heartbeats {
+                        session.send(frame.clone());
+                        send_at = Some(Instant::now() + *every);
+                    }
+                    if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
+                        return live.close(reason);
+                    }
+                    continue;
+                }
+            }
+        }
+
+        // Read, into a pooled buffer. Mid-frame, the heartbeat bounds the
+        // wait: a peer that stops halfway is as silent as one that stops.
+        // Between frames the park time does too: a socket woken from the lot
+        // reports itself readable without asking the kernel (`woken.rs`), so
+        // a hot one may find nothing here and wait in this read.
+        lifecycle::set_state(ConnectionState::ReadingBody);
+        let b = buf.get_or_insert_with(|| ctx.pool.take());
+        let wake_at = if between_frames {
+            earliest(due, earliest(park_at, send_at))
+        } else {
+            due
+        };
+        let reading = async {
+            match wake_at {
+                Some(at) => tokio::time::timeout_at(at, io.read_buf(b)).await,
+                None => Ok(io.read_buf(b).await),
+            }
+        };
+        // Readiness can be spurious (a freshly accepted socket, a woken one):
+        // between frames, an empty read still hears shutdown and pushes.
+        let read = if between_frames {
+            tokio::select! {
+                biased;
+                read = reading => Read::Done(read),
+                () = ctx.shutdown.wait() => Read::Shutdown,
+                () = pushed(inbox.as_ref()) => Read::Pushed,
+            }
+        } else {
+            Read::Done(reading.await)
+        };
+        let read = match read {
+            Read::Done(read) => read,
+            Read::Shutdown => {
+                give_back(&ctx, &mut buf);
+                return live.close(CloseReason::Shutdown);
+            }
+            // Nothing was read: the buffer goes back, the pushes go out.
+            Read::Pushed => {
+                give_back(&ctx, &mut buf);
+                continue;
+            }
+        };
+        let reason = match read {
+            Ok(Ok(0)) => CloseReason::ClientClosed,
+            Ok(Ok(n)) => {
+                lifecycle::count_in(n);
+                due = heartbeat.map(|t| Instant::now() + t);
+                continue;
+            }
+            Ok(Err(e)) => CloseReason::io(&e),
+            Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
+                CloseReason::HeartbeatTimeout
+            }
+            Err(_elapsed) if between_frames && send_at.is_some_and(|at| Instant::now() >= at) => {
+                // Nothing was read, so the buffer is empty; the idle wait
+                // sends the heartbeat at once.
+                give_back(&ctx, &mut buf);
+                continue;
+            }
+            Err(_elapsed) => {
+                give_back(&ctx, &mut buf);
+                // A push that came during the read goes out first.
+                if inbox
+                    .as_ref()
+                    .is_some_and(|i| !i.inbox.queue.borrow().is_empty())
+                {
+                    continue;
+                }
+                return park(
+                    live,
+                    io,
+                    listener,
+                    (due, send_at),
+                    session.id().generation(),
+                    false,
+                    &ctx,
+                );
+            }
+        };
+        give_back(&ctx, &mut buf);
+        return live.close(reason);
+    }
+}
+
+/// Returns the read buffer, if any, to the pool.
+fn give_back(ctx: &WorkerContext, buf: &mut Option<BytesMut>) {
+    if let Some(b) = buf.take() {
+        ctx.pool.give(b);
+    }
+}
+
+/// A live connection's state, owned so that the handler hears of the close
+/// exactly once, however the connection ends: closed here, parked (the
+/// state moves to the side table), or dropped (a forced shutdown drops the
+/// task: `on_close` then says [`CloseReason::Shutdown`]).
+struct Live<'h, H: FramedHandler> {
+    handler: &'h H,
+    state: Option<H::State>,
+}
+
+impl<'h, H: FramedHandler> Live<'h, H> {
+    fn new(handler: &'h H, state: H::State) -> Self {
+        Live {
+            handler,
+            state: Some(state),
+        }
+    }
+
+    fn state(&mut self) -> &mut H::State {
+        self.state.as_mut().expect("the state stays until the end")
+    }
+
+    fn take(mut self) -> H::State {
+        self.state.take().expect("the state stays until the end")
+    }
+
+    /// Ends the connection: the handler hears why, then the dispatcher counts it.
+    fn close(mut self, reason: CloseReason) -> Ended<OwnedFd> {
+        if let Some(state) = self.state.take() {
+            self.handler.on_close(state, reason);
+        }
+        Ended::Close(reason)
+    }
+}
+
+impl<H: FramedHandler> Drop for Live<'_, H> {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            self.handler.on_close(state, CloseReason::Shutdown);
+        }
+    }
+}
+
+/// Gives the socket up for parking, its state kept in the side table until
+/// it wakes (or the lot closes it, which tells the handler).
+fn park<H: FramedHandler>(
+    live: Live<'_, H>,
+    io: FramedIo,
+    listener: usize,
+    (due, send_at): (Option<Instant>, Option<Instant>),
+    generation: u32,
+    at_once: bool,
+    ctx: &WorkerContext,
+) -> Ended<OwnedFd> {
+    match io.into_parked() {
+        Ok(socket) => {
+            let state = live.take();
+            let parked = Parked {
+                state,
+                listener,
+                due,
+                send_at,
+                generation,
+                behind: false,
+            };
+            side_table::<H::State>(ctx).put(socket.as_raw_fd(), parked);
+            // The lot wakes it at the earlier timer (`Wake::Timer`).
+            Ended::Park {
+                io: socket,
+                deadline: earliest(due, send_at),
+                at_once,
+            }
+        }
+        Err(e) => live.close(CloseReason::io(&e)),
+    }
+}
+
+/// Writes the frames the handler sent, framed, from a pooled buffer.
+async fn flush(
+    io: &mut FramedIo,
+    codec: &mut FrameCodec,
+    session: &Session,
+    ctx: &WorkerContext,
+) -> Result<(), CloseReason> {
+    let frames = session.take_out();
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let mut out = ctx.pool.take();
+    for frame in frames {
+        if let Err(error) = codec.encode(frame, &mut out) {
+            // The handler's bug, not the peer's: the frame cannot be sent
+            // as this listener frames.
+            tracing::warn!(%error, "a framed reply cannot be framed; closing the connection");
+            ctx.pool.give(out);
+            return Err(CloseReason::ServerError);
+        }
+    }
+    lifecycle::set_state(ConnectionState::Writing);
+    let written = match ctx.config.write_timeout {
+        Some(t) => tokio::time::timeout(t, io.write_all(&out))
+            .await
+            .unwrap_or(Err(io::ErrorKind::TimedOut.into())),
+        None => io.write_all(&out).await,
+    };
+    let n = out.len();
+    ctx.pool.give(out);
+    match written {
+        Ok(()) => {
+            lifecycle::count_out(n);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(CloseReason::WriteTimeout),
+        Err(e) => Err(CloseReason::io(&e)),
+    }
+}
+
+/// An awake connection's inbox, registered for pushes while it lives.
+struct Awake<S: 'static> {
+    table: Rc<SideTable<S>>,
+    fd: RawFd,
+    inbox: Rc<Inbox>,
+}
+
+impl<S: 'static> Awake<S> {
+    fn register(table: &Rc<SideTable<S>>, fd: RawFd, generation: u32) -> Awake<S> {
+        let inbox = Rc::new(Inbox::default());
+        table
+            .hub
+            .awake
+            .borrow_mut()
+            .insert(fd, (generation, inbox.clone()));
+        Awake {
+            table: table.clone(),
+            fd,
+            inbox,
+        }
+    }
+}
+
+impl<S: 'static> Drop for Awake<S> {
+    fn drop(&mut self) {
+        self.table.hub.awake.borrow_mut().remove(&self.fd);
+    }
+}
+
+/// Resolves when a frame was pushed to this connection (never without a hub).
+async fn pushed<S: 'static>(awake: Option<&Awake<S>>) {
+    match awake {
+        Some(awake) => awake.inbox.notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

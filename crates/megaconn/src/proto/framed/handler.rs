@@ -1,0 +1,183 @@
+//! The framed protocol's public message API: [`FramedHandler`] (what a user
+//! writes) and [`Session`] (what a handler uses to answer), plus the erased
+//! form the server stores ([`ErasedHandler`]), so that neither the worker nor
+//! the dispatcher is generic over the user's handler type.
+//!
+//! The API is per message, not per connection, on purpose: a task per
+//! connection cannot leave the runtime, a handler called per message can. Between
+//! messages a connection is a bare socket in the parking lot plus its
+//! [`State`](FramedHandler::State) in this worker's side table (`mod.rs`).
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::conn::context::WorkerContext;
+use crate::observe::close::CloseReason;
+use crate::proto::framed::codec::Framing;
+use crate::proto::framed::conn::{self, FramedIo, Start};
+use crate::proto::framed::hub::ConnectionId;
+use crate::proto::framed::side_table;
+use crate::proto::Ended;
+
+/// A framed protocol's behaviour, called once per message. Serve it with
+/// [`Server::serve_framed`](crate::Server::serve_framed) on listeners added
+/// with [`Builder::listen_framed_on`](crate::Builder::listen_framed_on).
+///
+/// One handler serves every connection of the server (it is shared across
+/// workers, hence `Send + Sync`); what is per connection goes in
+/// [`State`](FramedHandler::State), which the server keeps for the connection
+/// while it is idle, even while it is parked outside the runtime. Keep it
+/// small: at a million connections, each byte of it is a megabyte.
+///
+/// ```
+/// use bytes::Bytes;
+/// use megaconn::{CloseReason, FramedHandler, Session};
+///
+/// /// Echoes every frame and counts them per connection.
+/// struct Echo;
+///
+/// impl FramedHandler for Echo {
+///     type State = u64;
+///
+///     async fn on_message(&self, seen: &mut u64, frame: Bytes, _: &Session) -> Option<Bytes> {
+///         *seen += 1;
+///         Some(frame)
+///     }
+///
+///     fn on_close(&self, seen: u64, reason: CloseReason) {
+///         println!("closed after {seen} frames: {reason}");
+///     }
+/// }
+/// ```
+pub trait FramedHandler: Send + Sync + 'static {
+    /// What the server keeps per connection between messages.
+    type State: Default + 'static;
+
+    /// A connection opened (after accept, before its first frame), with a
+    /// default state. May greet the peer through `session`.
+    fn on_open(&self, state: &mut Self::State, session: &Session) {
+        let _ = (state, session);
+    }
+
+    /// One frame arrived (without its header or line ending). The returned
+    /// frame, if any, is written after the ones sent with
+    /// [`Session::send`]. While this runs the connection reads nothing more:
+    /// frames are handled one at a time, in order.
+    fn on_message(
+        &self,
+        state: &mut Self::State,
+        frame: Bytes,
+        session: &Session,
+    ) -> impl Future<Output = Option<Bytes>>;
+
+    /// The connection closed, for `reason` (the peer hung up, a framing
+    /// error, the heartbeat timeout, shutdown, ...). Called exactly once per
+    /// connection whose `on_open` ran, parked or not.
+    fn on_close(&self, state: Self::State, reason: CloseReason) {
+        let _ = (state, reason);
+    }
+}
+
+/// A connection as its handler sees it while handling one message: where
+/// replies go. Frames sent are written, in order, when the handler returns.
+#[derive(Debug)]
+pub struct Session {
+    id: ConnectionId,
+    out: RefCell<Vec<Bytes>>,
+    closing: Cell<bool>,
+}
+
+impl Session {
+    pub(crate) fn new(id: ConnectionId) -> Session {
+        Session {
+            id,
+            out: RefCell::default(),
+            closing: Cell::default(),
+        }
+    }
+
+    /// This connection's id, for pushing to it later with a [`Hub`](crate::Hub)
+    /// (from any task or thread).
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Queues a frame to the peer (framed as the listener frames: a length
+    /// header or a line ending is added).
+    pub fn send(&self, frame: impl Into<Bytes>) {
+        self.out.borrow_mut().push(frame.into());
+    }
+
+    /// Closes the connection once the queued frames are written (reported as
+    /// [`CloseReason::ServerClosed`]).
+    pub fn close(&self) {
+        self.closing.set(true);
+    }
+
+    /// The frames queued so far, taken.
+    pub(crate) fn take_out(&self) -> Vec<Bytes> {
+        std::mem::take(&mut *self.out.borrow_mut())
+    }
+
+    /// True when the handler asked to close.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+}
+
+/// A boxed connection future: framed connections are boxed so the
+/// dispatcher's future does not grow by a handler's future size.
+pub(crate) type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// A [`FramedHandler`] with its types erased, as the server's configuration
+/// stores it.
+pub(crate) trait ErasedHandler: Send + Sync {
+    /// Serves one framed connection until it closes or parks.
+    fn serve(
+        self: std::sync::Arc<Self>,
+        io: FramedIo,
+        ctx: Rc<WorkerContext>,
+        framing: Framing,
+        listener: usize,
+        start: Start,
+    ) -> LocalFuture<Ended<std::os::fd::OwnedFd>>;
+
+    /// The parking lot closed a parked connection itself (its deadline, or
+    /// shutdown): drop its state, telling the handler.
+    fn parked_closed(&self, ctx: &WorkerContext, fd: RawFd, reason: CloseReason);
+
+    /// Where a woken connection's state is: its listener's position, if the
+    /// connection is known.
+    fn parked_listener(&self, ctx: &WorkerContext, fd: RawFd) -> Option<usize>;
+}
+
+/// Erases a handler's types.
+pub(crate) struct Erased<H>(pub H);
+
+impl<H: FramedHandler> ErasedHandler for Erased<H> {
+    fn serve(
+        self: std::sync::Arc<Self>,
+        io: FramedIo,
+        ctx: Rc<WorkerContext>,
+        framing: Framing,
+        listener: usize,
+        start: Start,
+    ) -> LocalFuture<Ended<std::os::fd::OwnedFd>> {
+        Box::pin(conn::serve(self, io, ctx, framing, listener, start))
+    }
+
+    fn parked_closed(&self, ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
+        if let Some(parked) = side_table::<H::State>(ctx).take(fd) {
+            self.0.on_close(parked.state, reason);
+        }
+    }
+
+    fn parked_listener(&self, ctx: &WorkerContext, fd: RawFd) -> Option<usize> {
+        side_table::<H::State>(ctx).listener(fd)
+    }
+}

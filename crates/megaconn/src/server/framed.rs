@@ -1,0 +1,188 @@
+//! The framed protocol's public knobs on [`Builder`] and [`Server`]: framed
+//! listeners (their framing fixed at bind time, as TLS listeners are), the
+//! heartbeat timeout, and serving a [`FramedHandler`], alone or beside an
+//! HTTP service.
+//!
+//! Kept apart from `builder.rs` so the HTTP server's face stays as it was;
+//! the settings themselves live in `proto/framed` (opaque to the core).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tower_service::Service;
+
+use crate::error::Error;
+use crate::proto::framed::handler::Erased;
+use crate::proto::framed::hub::HubInner;
+use crate::proto::framed::Hub;
+use crate::proto::framed::{FramedHandler, FramedSettings, Framing};
+use crate::server::builder::{Builder, Server, ShutdownSummary};
+use crate::service::body::Body;
+
+/// Framed TCP listeners: message protocols (a length header or a line per
+/// message) served per message by a [`FramedHandler`], with the same
+/// limits, events, close reasons and shutdown as HTTP, and idle connections
+/// parked at a few bytes each (plus the handler's state).
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use megaconn::{FramedHandler, Framing, Server, Session};
+///
+/// struct Echo;
+///
+/// impl FramedHandler for Echo {
+///     type State = ();
+///     async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
+///         Some(frame)
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), megaconn::Error> {
+/// Server::builder()
+///     .listen_framed_on("127.0.0.1:7000".parse().unwrap(), Framing::lines())
+///     .heartbeat_timeout(Some(std::time::Duration::from_secs(60)))
+///     .listen()?
+///     .serve_framed(Echo)
+///     .await?;
+/// # Ok(()) }
+/// ```
+impl Builder {
+    /// Adds a listen address whose connections speak a framed protocol,
+    /// split into messages by `framing`, and are served by the handler given
+    /// to [`Server::serve_framed`] (or [`Server::framed`]). Repeatable, with
+    /// a framing each. Framed listeners are never TLS, whatever
+    /// [`tls`](Builder::tls) says. A server with framed listeners must be
+    /// given a handler (else their connections are closed at once, as
+    /// [`CloseReason::ServerError`](crate::CloseReason::ServerError), and an
+    /// error is logged).
+    ///
+    /// What applies to them: `max_connections`, `max_connections_per_ip`,
+    /// `accept_rate`, `park_idle_after`, `write_timeout`, `shutdown_timeout`,
+    /// `on_connection` (one "request" per message), and
+    /// [`heartbeat_timeout`](Builder::heartbeat_timeout) instead of
+    /// `idle_timeout`.
+    pub fn listen_framed_on(mut self, addr: SocketAddr, framing: Framing) -> Builder {
+        let position = self.config.addrs.len();
+        self.config.addrs.push(addr);
+        FramedSettings::update(&mut self.config, |s| s.listeners.push((position, framing)));
+        self
+    }
+
+    /// Framed connections: the peer must send something (a frame or part of
+    /// one) within this time, else the connection closes with
+    /// [`CloseReason::HeartbeatTimeout`](crate::CloseReason::HeartbeatTimeout).
+    /// Parked connections keep it too (as a deadline in the parking lot, checked
+    /// once a second, so a parked connection may close up to a second late).
+    /// Default: none (a framed connection may stay silent until the peer
+    /// closes it).
+    pub fn heartbeat_timeout(mut self, t: Option<Duration>) -> Builder {
+        FramedSettings::update(&mut self.config, |s| s.heartbeat_timeout = t);
+        self
+    }
+}
+
+impl Builder {
+    /// Framed connections: send `frame` (framed as the listener frames)
+    /// every `every`, between the peer's frames, so the peer can tell the
+    /// server is alive. A parked connection is woken by the parking lot's
+    /// timer for it: one write, no task kept (the lot's timers have a
+    /// one-second granularity). Default: none.
+    pub fn send_heartbeat(mut self, every: Option<Duration>, frame: impl Into<Bytes>) -> Builder {
+        let frame = frame.into();
+        FramedSettings::update(&mut self.config, |s| {
+            s.send_heartbeat = every.map(|every| (every, frame));
+        });
+        self
+    }
+}
+
+impl Server {
+    /// Whether connections to `addr`, one of
+    /// [`local_addrs`](Server::local_addrs), speak a framed protocol (for
+    /// printing `tcp://` beside `http://`).
+    pub fn is_framed(&self, addr: SocketAddr) -> bool {
+        crate::proto::framed::accepted_on(&self.config, addr).is_some()
+    }
+
+    /// The server's [`Hub`]: pushes frames to framed connections by
+    /// [`ConnectionId`](crate::ConnectionId) from any task or thread. Ask
+    /// before serving (a handler that pushes is usually given a clone); every
+    /// call returns the same hub.
+    pub fn hub(&mut self) -> Hub {
+        let workers = self.config.workers;
+        let config = Arc::make_mut(&mut self.config);
+        FramedSettings::update(config, |s| {
+            s.hub
+                .get_or_insert_with(|| Arc::new(HubInner::new(workers)));
+        });
+        let inner = FramedSettings::of(&self.config)
+            .and_then(|s| s.hub.clone())
+            .expect("just set");
+        Hub::new(inner)
+    }
+
+    /// Sets the handler of the framed listeners, for a server that also
+    /// serves HTTP on its other listeners: `server.framed(handler).serve(app)`.
+    pub fn framed<H: FramedHandler>(mut self, handler: H) -> Server {
+        let config = Arc::make_mut(&mut self.config);
+        FramedSettings::update(config, |s| s.handler = Some(Arc::new(Erased(handler))));
+        self
+    }
+
+    /// Serves `handler` on the framed listeners until
+    /// [`ServerHandle::shutdown`](crate::ServerHandle::shutdown) (or this
+    /// future is dropped), then shuts down gracefully: stop accepting, close
+    /// connections between frames (parked ones at once), let those mid-frame
+    /// or in their handler finish for up to `shutdown_timeout`. Any HTTP
+    /// listeners answer `404`.
+    pub async fn serve_framed<H: FramedHandler>(
+        self,
+        handler: H,
+    ) -> Result<ShutdownSummary, Error> {
+        self.serve_framed_with_shutdown(handler, std::future::pending())
+            .await
+    }
+
+    /// [`serve_framed`](Server::serve_framed) until `signal` completes.
+    pub async fn serve_framed_with_shutdown<H: FramedHandler>(
+        self,
+        handler: H,
+        signal: impl Future<Output = ()>,
+    ) -> Result<ShutdownSummary, Error> {
+        if FramedSettings::of(&self.config).is_none_or(|s| s.listeners.is_empty()) {
+            return Err(Error::Config(
+                "serve_framed needs a framed listener: call Builder::listen_framed_on".into(),
+            ));
+        }
+        self.framed(handler)
+            .serve_with_shutdown(NotFound, signal)
+            .await
+    }
+}
+
+/// The HTTP service of a framed-only server: its HTTP listeners, if any,
+/// answer `404`.
+#[derive(Debug, Clone, Copy)]
+struct NotFound;
+
+impl Service<Request<Body>> for NotFound {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Body>) -> Self::Future {
+        let mut response = Response::new(String::new());
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        std::future::ready(Ok(response))
+    }
+}

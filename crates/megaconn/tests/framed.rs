@@ -1,0 +1,683 @@
+//! Framed TCP listeners over real sockets: line and length-prefixed echo,
+//! frames split anywhere or stuck together, framing errors with their close
+//! reason and metric, a connection's state kept across park and wake, the
+//! heartbeat timeout (awake and parked), graceful shutdown of parked framed
+//! connections, and the per-IP limit. Every wait is bounded and waits on a
+//! condition (an event, a counter, a byte), never on time alone.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use common::SAFETY;
+use megaconn::{
+    Builder, CloseReason, ConnectionEvent, ConnectionId, FramedHandler, Framing, FramingError, Hub,
+    ProtocolDetail, Server, ServerHandle, ServerStats, Session, ShutdownSummary,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// The test handler. Per connection it counts messages (its state). A frame
+/// `count` is answered with the count so far, `bye` with `bye` and a close;
+/// `panic` panics; anything else is echoed. Closes are reported with the final count.
+struct Probe {
+    closes: mpsc::UnboundedSender<(u64, CloseReason)>,
+    opens: Option<mpsc::UnboundedSender<ConnectionId>>,
+}
+
+impl FramedHandler for Probe {
+    type State = u64;
+
+    fn on_open(&self, _: &mut u64, session: &Session) {
+        if let Some(opens) = &self.opens {
+            let _ = opens.send(session.id());
+        }
+    }
+
+    async fn on_message(&self, seen: &mut u64, frame: Bytes, session: &Session) -> Option<Bytes> {
+        *seen += 1;
+        match &frame[..] {
+            b"count" => Some(Bytes::from(seen.to_string())),
+            b"panic" => panic!("the test handler panics on request"),
+            b"bye" => {
+                session.send("bye");
+                session.close();
+                None
+            }
+            _ => Some(frame),
+        }
+    }
+
+    fn on_close(&self, seen: u64, reason: CloseReason) {
+        let _ = self.closes.send((seen, reason));
+    }
+}
+
+/// A framed server on 127.0.0.1:0, one worker, running the [`Probe`].
+struct Framed {
+    addr: std::net::SocketAddr,
+    handle: ServerHandle,
+    closes: mpsc::UnboundedReceiver<(u64, CloseReason)>,
+    opens: mpsc::UnboundedReceiver<ConnectionId>,
+    hub: Hub,
+    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
+}
+
+impl Framed {
+    async fn start(builder: Builder, framing: Framing) -> Framed {
+        let mut server = builder
+            .workers(1)
+            .listen_framed_on("127.0.0.1:0".parse().unwrap(), framing)
+            .listen()
+            .expect("server binds");
+        let addr = server.local_addr();
+        let handle = server.handle();
+        let hub = server.hub();
+        let (tx, closes) = mpsc::unbounded_channel();
+        let (opened, opens) = mpsc::unbounded_channel();
+        let probe = Probe {
+            closes: tx,
+            opens: Some(opened),
+        };
+        let task = tokio::spawn(server.serve_framed(probe));
+        Framed {
+            addr,
+            handle,
+            closes,
+            opens,
+            hub,
+            task,
+        }
+    }
+
+    async fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).await.expect("connect");
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    /// The id of the next connection the handler saw open.
+    async fn next_open(&mut self) -> ConnectionId {
+        tokio::time::timeout(SAFETY, self.opens.recv())
+            .await
+            .expect("timed out waiting for on_open")
+            .expect("handler gone")
+    }
+
+    /// The next close the handler heard of: (messages seen, reason).
+    async fn next_close(&mut self) -> (u64, CloseReason) {
+        tokio::time::timeout(SAFETY, self.closes.recv())
+            .await
+            .expect("timed out waiting for on_close")
+            .expect("handler gone")
+    }
+
+    async fn wait_stats(&self, what: &str, cond: impl Fn(&ServerStats) -> bool) {
+        let deadline = tokio::time::Instant::now() + SAFETY;
+        loop {
+            let s = self.handle.stats();
+            if cond(&s) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn closed_with(&self, label: &str) -> u64 {
+        let stats = self.handle.stats();
+        stats
+            .request_metrics
+            .closed_by_reason
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    async fn stop(self) -> ShutdownSummary {
+        self.handle.shutdown();
+        tokio::time::timeout(SAFETY, self.task)
+            .await
+            .expect("server stops")
+            .expect("server task")
+            .expect("serve result")
+    }
+}
+
+/// Reads until `want` bytes arrived (bounded).
+async fn read_exact(s: &mut TcpStream, want: usize) -> Vec<u8> {
+    let mut buf = vec![0; want];
+    tokio::time::timeout(SAFETY, s.read_exact(&mut buf))
+        .await
+        .expect("timed out reading")
+        .expect("read");
+    buf
+}
+
+/// Reads until the server closes (bounded); a reset counts as closed.
+async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(SAFETY, s.read_to_end(&mut out))
+        .await
+        .expect("timed out waiting for the server to close");
+    out
+}
+
+/// A 4-byte big-endian length-prefixed frame.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_u32(body.len() as u32);
+    out.put_slice(body);
+    out.to_vec()
+}
+
+/// Reads one 4-byte big-endian length-prefixed frame.
+async fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = &read_exact(s, 4).await[..];
+    let n = head.get_u32() as usize;
+    read_exact(s, n).await
+}
+
+#[tokio::test]
+async fn lines_echo_split_anywhere_or_stuck_together() {
+    let (events, mut seen) = mpsc::unbounded_channel();
+    let mut server = Framed::start(
+        Server::builder().on_connection(move |e| {
+            let _ = events.send(e.clone());
+        }),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    // Three lines in one write (sticky packets), mixed line endings.
+    s.write_all(b"hello\r\nworld\n\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 13).await, b"hello\nworld\n\n");
+    // One line byte by byte.
+    for b in b"split\n" {
+        s.write_all(&[*b]).await.unwrap();
+    }
+    assert_eq!(read_exact(&mut s, 6).await, b"split\n");
+    s.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"5\n");
+    drop(s);
+    assert_eq!(server.next_close().await, (5, CloseReason::ClientClosed));
+    // The lifecycle events count one request per message.
+    let closed = loop {
+        let event = tokio::time::timeout(SAFETY, seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let ConnectionEvent::Closed {
+            requests, reason, ..
+        } = event
+        {
+            break (requests, reason);
+        }
+    };
+    assert_eq!(closed, (5, CloseReason::ClientClosed));
+    assert_eq!(server.closed_with("client_closed"), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn length_prefixed_echo_split_anywhere_or_stuck_together() {
+    let mut server = Framed::start(Server::builder(), Framing::length_prefixed(4)).await;
+    let mut s = server.connect().await;
+    // Many frames in one write, a zero-length one among them.
+    let mut wire = Vec::new();
+    for body in [&b"one"[..], b"", b"three", &[0u8, 255, 10, 13][..]] {
+        wire.extend_from_slice(&frame(body));
+    }
+    s.write_all(&wire).await.unwrap();
+    assert_eq!(read_exact(&mut s, wire.len()).await, wire);
+    // A frame byte by byte, header included.
+    let big: Vec<u8> = (0..=255u8).collect();
+    for b in frame(&big) {
+        s.write_all(&[b]).await.unwrap();
+    }
+    assert_eq!(read_frame(&mut s).await, big);
+    s.write_all(&frame(b"bye")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, b"bye");
+    assert_eq!(read_to_close(&mut s).await, b"");
+    assert_eq!(server.next_close().await, (6, CloseReason::ServerClosed));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_with_its_reason_and_a_metric() {
+    let mut server = Framed::start(
+        Server::builder(),
+        Framing::length_prefixed(4).max_frame_bytes(16),
+    )
+    .await;
+    let mut s = server.connect().await;
+    s.write_all(&frame(b"fits")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, b"fits");
+    // The header alone is enough to refuse it: the body is never read.
+    s.write_all(&17u32.to_be_bytes()).await.unwrap();
+    let too_large = CloseReason::Protocol(ProtocolDetail::Framing(FramingError::FrameTooLarge));
+    assert_eq!(server.next_close().await, (1, too_large));
+    read_to_close(&mut s).await;
+    server
+        .wait_stats("the close counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(server.closed_with("protocol_error"), 1);
+    assert!(server
+        .handle
+        .render_metrics()
+        .contains(r#"megaconn_connections_closed_total{reason="protocol_error"} 1"#));
+
+    // An overlong line, likewise.
+    let mut lines = Framed::start(Server::builder(), Framing::lines().max_line_bytes(8)).await;
+    let mut s = lines.connect().await;
+    s.write_all(b"0123456789").await.unwrap();
+    let too_long = CloseReason::Protocol(ProtocolDetail::Framing(FramingError::LineTooLong));
+    assert_eq!(lines.next_close().await, (0, too_long));
+    read_to_close(&mut s).await;
+    server.stop().await;
+    lines.stop().await;
+}
+
+/// The parking servers' `park_idle_after`.
+const PARK_IDLE_AFTER: Duration = Duration::from_millis(20);
+
+#[tokio::test]
+async fn a_parked_connection_keeps_its_state_across_park_and_wake() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::lines(),
+    )
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut s = server.connect().await;
+        s.write_all(b"a\nb\n").await.unwrap();
+        assert_eq!(read_exact(&mut s, 4).await, b"a\nb\n");
+        conns.push(s);
+    }
+    server
+        .wait_stats("all parked", |s| s.connections_parked == 3)
+        .await;
+    let stats = server.handle.stats();
+    assert_eq!(
+        stats.buffers_checked_out, 0,
+        "parked connections hold no buffer"
+    );
+    assert_eq!(stats.connections_open, 3);
+    // Each wakes with its own count, and parks again.
+    for (i, s) in conns.iter_mut().enumerate() {
+        for _ in 0..=i {
+            s.write_all(b"x\n").await.unwrap();
+            assert_eq!(read_exact(s, 2).await, b"x\n");
+        }
+        s.write_all(b"count\n").await.unwrap();
+        let want = format!("{}\n", 2 + i + 2);
+        assert_eq!(read_exact(s, want.len()).await, want.as_bytes());
+    }
+    server
+        .wait_stats("parked again", |s| s.connections_parked == 3)
+        .await;
+    let mut s = conns.remove(0);
+    s.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"5\n");
+    // A peer hanging up on a parked connection: its state goes, once.
+    server
+        .wait_stats("parked again", |s| s.connections_parked == 3)
+        .await;
+    drop(s);
+    assert_eq!(server.next_close().await, (5, CloseReason::ClientClosed));
+    server
+        .wait_stats("closed", |s| s.connections_open == 2)
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_mid_frame_does_not_park() {
+    let server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::length_prefixed(4),
+    )
+    .await;
+    let mut s = server.connect().await;
+    s.write_all(&frame(b"whole")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, b"whole");
+    server
+        .wait_stats("parked between frames", |s| s.connections_parked == 1)
+        .await;
+    // Half a frame: the connection wakes and stays a task until the rest.
+    let half = frame(b"halves");
+    s.write_all(&half[..6]).await.unwrap();
+    server
+        .wait_stats("woken", |s| s.connections_parked == 0)
+        .await;
+    // An observation window of many park_idle_after, not a synchronisation:
+    // nothing may park the connection in it.
+    tokio::time::sleep(PARK_IDLE_AFTER * 10).await;
+    assert_eq!(server.handle.stats().connections_parked, 0);
+    s.write_all(&half[6..]).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, b"halves");
+    server
+        .wait_stats("parked again", |s| s.connections_parked == 1)
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_by_the_heartbeat_timeout() {
+    // Awake: the task's own timer.
+    let mut awake = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .heartbeat_timeout(Some(Duration::from_millis(100))),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = awake.connect().await;
+    s.write_all(b"hi\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 3).await, b"hi\n");
+    assert_eq!(awake.next_close().await, (1, CloseReason::HeartbeatTimeout));
+    assert_eq!(read_to_close(&mut s).await, b"");
+    // Mid-frame counts as silent too.
+    let mut s = awake.connect().await;
+    s.write_all(b"no newline").await.unwrap();
+    assert_eq!(awake.next_close().await, (0, CloseReason::HeartbeatTimeout));
+    read_to_close(&mut s).await;
+    awake
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(awake.closed_with("heartbeat_timeout"), 2);
+    awake.stop().await;
+
+    // Parked: the lot's deadline wakes it, and the protocol closes it.
+    let mut parked = Framed::start(
+        Server::builder()
+            .park_idle_after(Some(PARK_IDLE_AFTER))
+            .heartbeat_timeout(Some(Duration::from_millis(300))),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = parked.connect().await;
+    s.write_all(b"hi\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 3).await, b"hi\n");
+    parked
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    assert_eq!(
+        parked.next_close().await,
+        (1, CloseReason::HeartbeatTimeout)
+    );
+    assert_eq!(read_to_close(&mut s).await, b"");
+    parked.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_parked_framed_connections() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::lines(),
+    )
+    .await;
+    let mut parked = server.connect().await;
+    parked.write_all(b"a\n").await.unwrap();
+    assert_eq!(read_exact(&mut parked, 2).await, b"a\n");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    server.handle.shutdown();
+    assert_eq!(server.next_close().await, (1, CloseReason::Shutdown));
+    assert_eq!(read_to_close(&mut parked).await, b"");
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_framed_tasks() {
+    let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    let mut idle = server.connect().await;
+    idle.write_all(b"a\n").await.unwrap();
+    assert_eq!(read_exact(&mut idle, 2).await, b"a\n");
+    // And one that never said anything (a fresh socket may report itself
+    // readable before any byte came: the server waits in a read then).
+    let mut silent = server.connect().await;
+    server.next_open().await;
+    server.next_open().await;
+    server.handle.shutdown();
+    let mut closes = vec![server.next_close().await, server.next_close().await];
+    closes.sort_by_key(|(seen, _)| *seen);
+    assert_eq!(
+        closes,
+        [(0, CloseReason::Shutdown), (1, CloseReason::Shutdown)]
+    );
+    assert_eq!(read_to_close(&mut idle).await, b"");
+    assert_eq!(read_to_close(&mut silent).await, b"");
+    assert_eq!(server.stop().await.forced, 0);
+}
+
+#[tokio::test]
+async fn the_per_ip_limit_applies_to_framed_listeners() {
+    let mut server = Framed::start(
+        Server::builder().max_connections_per_ip(Some(1)),
+        Framing::lines(),
+    )
+    .await;
+    let mut first = server.connect().await;
+    first.write_all(b"a\n").await.unwrap();
+    assert_eq!(read_exact(&mut first, 2).await, b"a\n");
+    let mut second = server.connect().await;
+    assert_eq!(read_to_close(&mut second).await, b"");
+    server
+        .wait_stats("refused", |s| s.rejected_per_ip == 1)
+        .await;
+    // The refused connection never reached the handler; the first still works.
+    first.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_exact(&mut first, 2).await, b"2\n");
+    drop(first);
+    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_closes_only_its_connection() {
+    let mut server = Framed::start(Server::builder(), Framing::lines()).await;
+    let mut s = server.connect().await;
+    s.write_all(b"a\npanic\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"a\n");
+    assert_eq!(server.next_close().await, (2, CloseReason::Panic));
+    assert_eq!(read_to_close(&mut s).await, b"");
+    let mut other = server.connect().await;
+    other.write_all(b"still here\n").await.unwrap();
+    assert_eq!(read_exact(&mut other, 11).await, b"still here\n");
+    assert_eq!(server.handle.stats().panics, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_frame_in_progress_then_forces_it() {
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .shutdown_timeout(Duration::from_millis(100)),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    s.write_all(b"a\nhalf a li").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"a\n");
+    server.handle.shutdown();
+    // Dropped at the deadline: the handler still hears of it, once.
+    assert_eq!(server.next_close().await, (1, CloseReason::Shutdown));
+    assert_eq!(server.stop().await.forced, 1);
+    read_to_close(&mut s).await;
+}
+
+#[tokio::test]
+async fn server_heartbeats_reach_awake_and_parked_connections() {
+    // Awake: the task's own timer.
+    let server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .send_heartbeat(Some(Duration::from_millis(30)), "HB"),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    assert_eq!(read_exact(&mut s, 6).await, b"HB\nHB\n");
+    server.stop().await;
+
+    // Parked: the lot wakes it on its timer; it writes and parks again,
+    // keeping its state, and the peer's own heartbeat deadline still holds.
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(Some(PARK_IDLE_AFTER))
+            .send_heartbeat(Some(Duration::from_millis(500)), "HB"),
+        Framing::length_prefixed(2),
+    )
+    .await;
+    let mut s = server.connect().await;
+    s.write_all(b"\x00\x01a").await.unwrap();
+    assert_eq!(read_exact(&mut s, 3).await, b"\x00\x01a");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    for _ in 0..2 {
+        assert_eq!(read_exact(&mut s, 4).await, b"\x00\x02HB");
+        server
+            .wait_stats("parked again", |s| s.connections_parked == 1)
+            .await;
+    }
+    assert_eq!(server.handle.stats().buffers_checked_out, 0);
+    s.write_all(b"\x00\x05count").await.unwrap();
+    assert_eq!(read_exact(&mut s, 3).await, b"\x00\x012");
+    drop(s);
+    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http_and_framed_listeners_side_by_side() {
+    let server = Server::builder()
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+        .listen()
+        .expect("server binds");
+    let (http, framed) = (server.local_addrs()[0], server.local_addrs()[1]);
+    assert!(!server.is_framed(http));
+    assert!(server.is_framed(framed));
+    let handle = server.handle();
+    let (tx, _closes) = mpsc::unbounded_channel();
+    let app = tower::service_fn(|_req: http::Request<megaconn::Body>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::from("Hello, World!")))
+    });
+    let probe = Probe {
+        closes: tx,
+        opens: None,
+    };
+    let task = tokio::spawn(server.framed(probe).serve(app));
+
+    let mut s = TcpStream::connect(framed).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert_eq!(
+        read_exact(&mut s, 15).await,
+        b"GET / HTTP/1.1\n",
+        "framed: a line"
+    );
+    let mut h = TcpStream::connect(http).await.unwrap();
+    h.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_to_close(&mut h).await;
+    assert!(response.starts_with(b"HTTP/1.1 200"), "HTTP still HTTP");
+    assert!(response.ends_with(b"Hello, World!"));
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn pushes_reach_awake_and_parked_connections_by_id() {
+    // Awake: the frame joins the connection's inbox.
+    let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    assert!(server.hub.send(id, "pushed"));
+    assert_eq!(read_exact(&mut s, 7).await, b"pushed\n");
+    // In order with replies, from another thread.
+    let hub = server.hub.clone();
+    std::thread::spawn(move || {
+        hub.send(id, "one");
+        hub.send(id, "two");
+    })
+    .join()
+    .unwrap();
+    assert_eq!(read_exact(&mut s, 8).await, b"one\ntwo\n");
+    server.stop().await;
+
+    // Parked: one write, and the connection stays parked.
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    s.write_all(b"a\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"a\n");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    for _ in 0..3 {
+        server.hub.send(id, "to a parked one");
+        assert_eq!(read_exact(&mut s, 16).await, b"to a parked one\n");
+    }
+    let stats = server.handle.stats();
+    assert_eq!(stats.connections_parked, 1, "still parked");
+    assert_eq!(stats.buffers_checked_out, 0);
+    // Its state is intact.
+    s.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"2\n");
+
+    // A closed connection's id names nobody, even on a reused descriptor.
+    drop(s);
+    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
+    let mut fresh = server.connect().await;
+    let fresh_id = server.next_open().await;
+    assert_ne!(fresh_id, id);
+    server.hub.send(id, "stale");
+    server.hub.send(fresh_id, "fresh");
+    assert_eq!(read_exact(&mut fresh, 6).await, b"fresh\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_peer_that_does_not_read_pushes_is_closed_as_a_slow_consumer() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::length_prefixed(4).max_frame_bytes(64 << 20),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    s.write_all(&frame(b"hi")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, b"hi");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // More than any socket buffer takes at once, and the peer reads nothing.
+    server.hub.send(id, vec![7u8; 48 << 20]);
+    assert_eq!(server.next_close().await, (1, CloseReason::SlowConsumer));
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(server.closed_with("slow_consumer"), 1);
+    server.stop().await;
+}
