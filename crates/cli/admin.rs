@@ -6,7 +6,6 @@
 //! | `GET /metrics` | Prometheus text of the main server ([`megaconn::metrics`]) |
 //! | `GET /debug/runtime` | JSON: per-worker connections, idle, buffers, requests |
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of the whole process for N s (1..=60, default 30), gzipped pprof protobuf; `&format=svg` for a flame graph; one at a time (409 while one runs) |
-//! | `GET /debug/pprof/heap` | 501: heap profiling needs a jemalloc build with profiling on |
 //!
 //! Under `--processes` the supervisor runs the admin listener (worker processes
 //! have none): `/metrics` there gives whole-server totals added up from every
@@ -181,7 +180,7 @@ impl ProcessesAdmin {
                 });
                 respond(StatusCode::OK, "application/json", body.to_string())
             }
-            "/debug/connections" | "/debug/pprof/profile" | "/debug/pprof/heap" => text(
+            "/debug/connections" | "/debug/pprof/profile" => text(
                 StatusCode::NOT_IMPLEMENTED,
                 "connection lists and profiles are per process, and worker processes of \
                  --processes have no admin listener: run one process (raise the open-file \
@@ -226,18 +225,12 @@ impl AdminService {
         match req.uri().path() {
             "/" => text(
                 StatusCode::OK,
-                "megaconn admin\n\n/metrics\n/debug/runtime\n/debug/connections?offset=0&limit=100[&format=text]\n/debug/pprof/profile?seconds=30[&format=svg]\n/debug/pprof/heap\n",
+                "megaconn admin\n\n/metrics\n/debug/runtime\n/debug/connections?offset=0&limit=100[&format=text]\n/debug/pprof/profile?seconds=30[&format=svg]\n",
             ),
             "/metrics" => self.metrics(&req),
             "/debug/runtime" => self.runtime(),
             "/debug/connections" => self.connections(query),
             "/debug/pprof/profile" => profile(query).await,
-            "/debug/pprof/heap" => text(
-                StatusCode::NOT_IMPLEMENTED,
-                "heap profiling needs jemalloc profiling: build megaconn with a jemalloc \
-                 allocator that has profiling enabled and run it with \
-                 _RJEM_MALLOC_CONF=prof:true (this build does not support it)\n",
-            ),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

@@ -72,10 +72,12 @@ mod server;
 mod service;
 
 pub use conn::config::{
-    AcceptRate, KeepaliveConfig, DEFAULT_HTTP2_CONNECTION_WINDOW, DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
-    DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_HTTP2_MAX_FRAME_SIZE,
-    DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE, DEFAULT_HTTP2_STREAM_WINDOW, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
+    AcceptRate, KeepaliveConfig, DEFAULT_BACKLOG, DEFAULT_HTTP2_CONNECTION_WINDOW,
+    DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+    DEFAULT_HTTP2_MAX_FRAME_SIZE, DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE, DEFAULT_HTTP2_STREAM_WINDOW,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DRAIN_BYTES, DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALL_THRESHOLD, FD_HEADROOM,
 };
 pub use conn::tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESSION_CACHE_SIZE};
 pub use conn::transport::Transport;
@@ -89,6 +91,7 @@ pub use proto::http2::RAPID_RESET_LIMIT;
 pub use server::builder::{Builder, Server, ServerHandle, ShutdownSummary};
 pub use service::body::Body;
 pub use service::upgrade::{OnUpgrade, Upgraded};
+pub use service::HttpService;
 
 /// The error type a service or response body may fail with: anything that can be
 /// boxed. Used in the bounds of [`Server::serve`].

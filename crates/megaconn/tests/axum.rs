@@ -82,3 +82,54 @@ async fn an_axum_router_plugs_in_unchanged() {
     let summary = task.await.unwrap().unwrap();
     assert_eq!(summary.requests, 4);
 }
+
+/// megaconn's `max_body_bytes` composes with the app's own limits: a chunked
+/// upload that passes it mid-stream reaches axum's extractor as the error
+/// axum answers with 413 (http-body-util's `LengthLimitError`), not a 500,
+/// exactly as `DefaultBodyLimit` or tower-http's `RequestBodyLimitLayer`
+/// would. (With a Content-Length over the limit megaconn answers 413 itself,
+/// before the handler runs.)
+#[tokio::test]
+async fn a_body_past_max_body_bytes_is_a_413_from_axum_extractors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Router::new()
+        .route(
+            "/upload",
+            post(|body: axum::body::Bytes| async move { format!("{} bytes", body.len()) }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(250 * 1024 * 1024));
+    let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
+        .workers(1)
+        .max_body_bytes(1024)
+        .listen()
+        .unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    tokio::spawn(server.serve(app));
+
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let chunk = "x".repeat(600);
+    let req = format!(
+        "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+         258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    // Under the limit, the same route serves.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    assert!(String::from_utf8_lossy(&out).ends_with("5 bytes"));
+    handle.shutdown();
+}

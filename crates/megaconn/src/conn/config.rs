@@ -42,6 +42,11 @@ pub const DEFAULT_MAX_DRAIN_BYTES: u64 = 256 * 1024;
 /// memory quickly.
 pub const DEFAULT_PARK_IDLE_AFTER: Duration = Duration::from_secs(2);
 
+/// Default for how long a worker's event loop may be away (a handler
+/// blocking its thread) before it is reported as stalled. A second is far
+/// past any healthy poll and short enough to point at the culprit.
+pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(1);
+
 /// Default listen backlog: large, so bursts queue in the kernel rather than fail.
 pub const DEFAULT_BACKLOG: u32 = 4096;
 
@@ -145,6 +150,9 @@ pub(crate) struct Config {
     /// Hand each request its connection's addresses ([`ConnInfo`](crate::ConnInfo),
     /// and axum's `ConnectInfo<SocketAddr>`).
     pub connect_info: bool,
+    /// How long a worker's event loop may stay away before the stall
+    /// detector reports it (server/stall.rs); `None` turns it off.
+    pub stall_threshold: Option<Duration>,
 }
 
 impl Default for Config {
@@ -182,6 +190,7 @@ impl Default for Config {
             track_connections: false,
             access_log: false,
             connect_info: true,
+            stall_threshold: Some(DEFAULT_STALL_THRESHOLD),
         }
     }
 }

@@ -12,8 +12,9 @@ use crate::conn::config::{Config, HeadLimits};
 use crate::conn::park::ParkingLot;
 use crate::conn::pool::BufferPool;
 use crate::conn::shutdown::LocalShutdown;
+use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::Registry;
-use crate::observe::stats::{StatsSource, WorkerStats};
+use crate::observe::stats::{incr, StatsSource, WorkerStats};
 
 /// What every connection of one worker shares.
 #[derive(Debug)]
@@ -66,5 +67,38 @@ impl WorkerContext {
     /// This worker's counters, as the per-request metrics hold them.
     pub(crate) fn stats_source(self: &Rc<Self>) -> Rc<dyn StatsSource> {
         self.clone()
+    }
+}
+
+impl WorkerContext {
+    /// Runs a protocol's opening handshake (TLS, HTTP/2) bounded by
+    /// `timeout` and cut short by shutdown, the one shape every handshake
+    /// takes: on time-out it counts in `timeouts` and closes as `timed_out`;
+    /// on failure it closes as `failed` says.
+    pub(crate) async fn handshake<T, E>(
+        &self,
+        timeout: Option<std::time::Duration>,
+        handshake: impl std::future::Future<Output = Result<T, E>>,
+        timed_out: CloseReason,
+        failed: impl FnOnce(E) -> CloseReason,
+    ) -> Result<T, CloseReason> {
+        let bounded = async {
+            match timeout {
+                Some(t) => tokio::time::timeout(t, handshake).await.ok(),
+                None => Some(handshake.await),
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.shutdown.wait() => Err(CloseReason::Shutdown),
+            r = bounded => match r {
+                None => {
+                    incr(&self.stats.timeouts);
+                    Err(timed_out)
+                }
+                Some(Err(e)) => Err(failed(e)),
+                Some(Ok(done)) => Ok(done),
+            },
+        }
     }
 }

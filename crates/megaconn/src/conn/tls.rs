@@ -483,29 +483,14 @@ pub(crate) async fn handshake(
     live: Arc<Live>,
 ) -> Result<BoxedTls, CloseReason> {
     let accept = live.acceptor.accept(stream);
-    let deadline = live.handshake_timeout;
+    let timeout = live.handshake_timeout;
     drop(live);
-    let handshake = async {
-        match deadline {
-            Some(t) => tokio::time::timeout(t, accept).await.ok(),
-            None => Some(accept.await),
-        }
+    let failed = |e: std::io::Error| {
+        tracing::debug!(error = %e, "TLS handshake failed");
+        incr(&ctx.stats.protocol_errors);
+        CloseReason::TlsHandshakeFailed
     };
-    tokio::select! {
-        biased;
-        () = ctx.shutdown.wait() => Err(CloseReason::Shutdown),
-        r = handshake => match r {
-            None => {
-                tracing::debug!("TLS handshake timed out");
-                incr(&ctx.stats.timeouts);
-                Err(CloseReason::TlsHandshakeTimeout)
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "TLS handshake failed");
-                incr(&ctx.stats.protocol_errors);
-                Err(CloseReason::TlsHandshakeFailed)
-            }
-            Some(Ok(stream)) => Ok(Box::new(stream)),
-        },
-    }
+    ctx.handshake(timeout, accept, CloseReason::TlsHandshakeTimeout, failed)
+        .await
+        .map(Box::new)
 }

@@ -27,6 +27,7 @@
 //! | `megaconn_connections_parks_total` | counter | |
 //! | `megaconn_connections_wakes_total` | counter | `kind` (`cold`, `hot`) |
 //! | `megaconn_accept_waits_at_limit_total` | counter | |
+//! | `megaconn_worker_stalls_total` | counter | |
 //! | `megaconn_requests_total` | counter | `method`, `status_class` |
 //! | `megaconn_request_duration_seconds` | histogram | |
 //! | `megaconn_request_body_bytes_total` | counter | |
@@ -621,6 +622,12 @@ impl Collector for Snapshot {
                 ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
             }
         }
+        counter(
+            &mut e,
+            "worker_stalls",
+            "Times a worker's event loop stayed away past stall_threshold: a handler blocked its thread.",
+            s.worker_stalls,
+        )?;
         counter(
             &mut e,
             "accept_waits_at_limit",

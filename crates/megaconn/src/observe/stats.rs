@@ -33,6 +33,9 @@ pub(crate) struct WorkerStats {
     pub wakes_cold: AtomicU64,
     pub wakes_hot: AtomicU64,
     pub accept_waits_at_limit: AtomicU64,
+    /// Bumped by the worker's event loop, read by the stall detector.
+    pub loop_ticks: AtomicU64,
+    pub stalls: AtomicU64,
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
 }
@@ -141,6 +144,9 @@ pub struct ServerStats {
     /// Times an acceptor found no free slot under `max_connections` and
     /// stopped accepting until a connection closed.
     pub accept_waits_at_limit: u64,
+    /// Times a worker's event loop stayed away past `stall_threshold` (a
+    /// handler blocking the worker's thread).
+    pub worker_stalls: u64,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
@@ -171,6 +177,7 @@ impl ServerStats {
             s.wakes_cold += w.wakes_cold.load(Relaxed);
             s.wakes_hot += w.wakes_hot.load(Relaxed);
             s.accept_waits_at_limit += w.accept_waits_at_limit.load(Relaxed);
+            s.worker_stalls += w.stalls.load(Relaxed);
         }
         s.request_metrics = RequestStats::sum(workers);
         s

@@ -63,7 +63,6 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
-use tower_service::Service;
 
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
@@ -75,6 +74,7 @@ use crate::observe::stats::{incr, IdleMark};
 use crate::service::body::Body;
 use crate::service::h2_body::{DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
 use crate::service::panic_message;
+use crate::service::HttpService;
 use crate::BoxError;
 
 /// Streams reset by the client before we accepted them that a connection may
@@ -108,7 +108,7 @@ fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
 }
 
 /// Serves HTTP/2 on `io` until the connection closes; returns why it closed.
-pub(crate) async fn serve<I, S, B>(
+pub(crate) async fn serve<I, S>(
     io: I,
     service: &mut S,
     ctx: Rc<WorkerContext>,
@@ -116,10 +116,7 @@ pub(crate) async fn serve<I, S, B>(
 ) -> CloseReason
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     let cfg = ctx.config.http2;
     let info = info.filter(|_| ctx.config.connect_info);
@@ -248,19 +245,13 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = h2_builder(&ctx.config.http2).handshake::<_, Bytes>(io);
-    let deadline = ctx.config.read_header_timeout.map(|t| Instant::now() + t);
-    tokio::select! {
-        biased;
-        () = ctx.shutdown.wait() => Err(CloseReason::Shutdown),
-        r = with_deadline(deadline, handshake) => match r {
-            None => {
-                incr(&ctx.stats.timeouts);
-                Err(CloseReason::HeaderTimeout)
-            }
-            Some(Err(e)) => Err(close_reason(&e, ctx)),
-            Some(Ok(conn)) => Ok(conn),
-        },
-    }
+    ctx.handshake(
+        ctx.config.read_header_timeout,
+        handshake,
+        CloseReason::HeaderTimeout,
+        |e| close_reason(&e, ctx),
+    )
+    .await
 }
 
 /// Why a connection that h2 ended with `e` closed. A `GOAWAY` that h2 sent
@@ -287,13 +278,6 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext) -> CloseReason {
     ))
 }
 
-async fn with_deadline<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
-        None => Some(f.await),
-    }
-}
-
 /// What happened to the handler call of a new stream.
 enum Start<F> {
     Called(F, RequestRecord, bool),
@@ -302,7 +286,7 @@ enum Start<F> {
 
 /// Builds the request and calls the service (the call itself runs here, in
 /// the connection loop; the future it returns runs in the stream's exchange).
-async fn start_stream<S, B>(
+async fn start_stream<S>(
     service: &mut S,
     request: Request<RecvStream>,
     ctx: &Rc<WorkerContext>,
@@ -310,8 +294,7 @@ async fn start_stream<S, B>(
     info: Option<ConnInfo>,
 ) -> Start<S::Future>
 where
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
+    S: HttpService,
 {
     incr(&ctx.stats.requests);
     lifecycle::count_request();
@@ -347,31 +330,22 @@ where
     if let Some(info) = info {
         crate::service::insert_conn_info(request.extensions_mut(), info);
     }
-    if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
-        let e: BoxError = e.into();
-        tracing::warn!(error = %e, "service not ready; answering 503");
+    if !crate::service::ready(service).await {
         return Start::Failed(
             StatusCode::SERVICE_UNAVAILABLE,
             RequestRecord::untimed(ctx.stats_source(), method),
         );
     }
-    match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request))) {
-        Ok(handler) => Start::Called(
+    match crate::service::call(service, request, &ctx.stats) {
+        Some(handler) => Start::Called(
             handler,
             RequestRecord::start(ctx.stats_source(), method),
             is_head,
         ),
-        Err(panic) => {
-            incr(&ctx.stats.panics);
-            tracing::error!(
-                panic = panic_message(&panic),
-                "handler panicked; answering 500"
-            );
-            Start::Failed(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                RequestRecord::untimed(ctx.stats_source(), method),
-            )
-        }
+        None => Start::Failed(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            RequestRecord::untimed(ctx.stats_source(), method),
+        ),
     }
 }
 

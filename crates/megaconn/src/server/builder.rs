@@ -7,11 +7,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
-use http_body::Body as HttpBody;
+use http::HeaderValue;
 use tokio::sync::watch;
-use tower_service::Service;
 
 use crate::conn::config::{self, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS_CEILING};
 use crate::conn::context::WorkerContext;
@@ -21,8 +18,7 @@ use crate::conn::transport::Transport;
 use crate::error::Error;
 use crate::observe::stats::{ServerStats, WorkerStats};
 use crate::server::worker::{self, WorkerSetup, WorkerSummary};
-use crate::service::body::Body;
-use crate::BoxError;
+use crate::service::HttpService;
 
 /// A megaconn server: bound listeners, ready to serve.
 ///
@@ -96,13 +92,11 @@ impl Server {
 
     /// Serves `service` until [`ServerHandle::shutdown`] is called (or this future
     /// is dropped), then drains gracefully.
-    pub async fn serve<S, B>(self, service: S) -> Result<ShutdownSummary, Error>
+    pub async fn serve<S>(self, service: S) -> Result<ShutdownSummary, Error>
     where
-        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-        S::Error: Into<BoxError>,
+        S: HttpService + Clone + Send + 'static,
         S::Future: 'static,
-        B: HttpBody<Data = Bytes> + 'static,
-        B::Error: Into<BoxError>,
+        S::ResBody: 'static,
     {
         self.serve_with_shutdown(service, std::future::pending())
             .await
@@ -112,17 +106,15 @@ impl Server {
     /// called), then shuts down gracefully: stop accepting, close idle
     /// connections, let in-flight requests finish (their responses carry
     /// `Connection: close`) for up to `shutdown_timeout`, then close the rest.
-    pub async fn serve_with_shutdown<S, B, F>(
+    pub async fn serve_with_shutdown<S, F>(
         self,
         service: S,
         signal: F,
     ) -> Result<ShutdownSummary, Error>
     where
-        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-        S::Error: Into<BoxError>,
+        S: HttpService + Clone + Send + 'static,
         S::Future: 'static,
-        B: HttpBody<Data = Bytes> + 'static,
-        B::Error: Into<BoxError>,
+        S::ResBody: 'static,
         F: Future<Output = ()>,
     {
         let Server {
@@ -154,6 +146,18 @@ impl Server {
             threads.push(thread);
         }
 
+        // Dropped when serving ends, which stops the watchdog thread.
+        let _stall_watch = match config.stall_threshold {
+            Some(threshold) => Some(
+                crate::server::stall::watch(
+                    handle.workers.clone(),
+                    handle.registries.clone(),
+                    threshold,
+                )
+                .map_err(|source| Error::Worker { worker: 0, source })?,
+            ),
+            None => None,
+        };
         let mut stopped = handle.shutdown_tx.subscribe();
         tokio::select! {
             () = signal => {}
@@ -393,6 +397,19 @@ impl Builder {
         self
     }
 
+    /// How long a worker's event loop may stay away before it is reported
+    /// as stalled: a handler blocking its thread (`std::thread::sleep`,
+    /// synchronous I/O, a long computation) delays every connection on that
+    /// worker, since workers are one thread each. A stall is logged once
+    /// (with the connections it was handling when
+    /// [`track_connections`](Builder::track_connections) is on) and counted
+    /// in `megaconn_worker_stalls_total`. Default: 1 s; `None` turns the
+    /// detector off.
+    pub fn stall_threshold(mut self, t: Option<Duration>) -> Builder {
+        self.config.stall_threshold = t;
+        self
+    }
+
     /// Logs one line per request at info level, target `megaconn::access`:
     /// connection id, peer, method, path, status, duration, body bytes. Off by
     /// default (it formats a line per request).
@@ -537,13 +554,11 @@ impl Builder {
     }
 
     /// Binds and serves until `handle.shutdown()`; see [`Server::serve`].
-    pub async fn serve<S, B>(self, service: S) -> Result<ShutdownSummary, Error>
+    pub async fn serve<S>(self, service: S) -> Result<ShutdownSummary, Error>
     where
-        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-        S::Error: Into<BoxError>,
+        S: HttpService + Clone + Send + 'static,
         S::Future: 'static,
-        B: HttpBody<Data = Bytes> + 'static,
-        B::Error: Into<BoxError>,
+        S::ResBody: 'static,
     {
         self.listen()?.serve(service).await
     }
@@ -552,13 +567,10 @@ impl Builder {
     /// this builder's settings (addresses, workers and limits on connections do
     /// not apply). For custom transports, and for tests on in-memory streams or
     /// with paused time.
-    pub async fn serve_connection<T, S, B>(&self, io: T, service: S)
+    pub async fn serve_connection<T, S>(&self, io: T, service: S)
     where
         T: Transport + Send + 'static,
-        S: Service<Request<Body>, Response = Response<B>>,
-        S::Error: Into<BoxError>,
-        B: HttpBody<Data = Bytes>,
-        B::Error: Into<BoxError>,
+        S: HttpService,
     {
         let ctx = Rc::new(WorkerContext::new(
             0,

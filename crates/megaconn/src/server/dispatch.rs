@@ -21,12 +21,8 @@ use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::future::{Either, FutureExt};
-use http::{Request, Response};
-use http_body::Body as HttpBody;
 use tokio::net::TcpStream;
-use tower_service::Service;
 
 use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;
@@ -38,26 +34,22 @@ use crate::conn::woken::WokenSocket;
 use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
 use crate::proto::{self, http1, http2, Ended, HandOver};
-use crate::service::body::Body;
 use crate::service::upgrade::Upgraded;
-use crate::BoxError;
+use crate::service::HttpService;
 
 /// Serves one connection from accept (or wake-up) to its end.
 ///
 /// A plain function choosing among futures, not an `async fn`: an async
 /// function would keep its arguments beside the future it moves them into,
 /// and every connection's task would carry both.
-pub(crate) fn serve<S, B>(
+pub(crate) fn serve<S>(
     incoming: Incoming,
     service: S,
     ctx: Rc<WorkerContext>,
     conn: Connection,
 ) -> impl Future<Output = ()>
 where
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     match incoming {
         Incoming::Accepted(stream, info) => {
@@ -110,7 +102,7 @@ where
     }
 }
 
-async fn serve_tls<S, B>(
+async fn serve_tls<S>(
     stream: TcpStream,
     mut service: S,
     ctx: Rc<WorkerContext>,
@@ -118,10 +110,7 @@ async fn serve_tls<S, B>(
     live: Arc<Live>,
     info: ConnInfo,
 ) where
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     // The handshake runs in its own box, freed when it ends: its state (a
     // whole rustls connection mid-handshake, the timer) would otherwise stay
@@ -141,7 +130,7 @@ async fn serve_tls<S, B>(
 }
 
 /// HTTP/1.1 on `io`, then whatever it ends with.
-fn serve_http1<T, S, B>(
+fn serve_http1<T, S>(
     io: T,
     service: S,
     ctx: Rc<WorkerContext>,
@@ -150,10 +139,7 @@ fn serve_http1<T, S, B>(
 ) -> impl Future<Output = ()>
 where
     T: Parkable + Send + 'static,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     // `then`, not an async block: awaiting a future moved into a block would
     // store it twice.
@@ -162,17 +148,14 @@ where
 }
 
 /// Acts on how HTTP/1.1 ended.
-async fn finish_http1<T, S, B>(
+async fn finish_http1<T, S>(
     ended: Ended<T>,
     mut service: S,
     ctx: Rc<WorkerContext>,
     conn: Connection,
 ) where
     T: Parkable + Send + 'static,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     match ended {
         Ended::Close(reason) => conn.close(reason),
@@ -213,13 +196,10 @@ async fn finish_http1<T, S, B>(
 /// Serves a caller's own transport (`Builder::serve_connection`): HTTP/1.1,
 /// h2c and upgrades as on an accepted socket, but it never parks and has no
 /// slot or counters of a server's to keep.
-pub(crate) async fn serve_foreign<T, S, B>(io: T, service: S, ctx: Rc<WorkerContext>)
+pub(crate) async fn serve_foreign<T, S>(io: T, service: S, ctx: Rc<WorkerContext>)
 where
     T: Transport + Send + 'static,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     let (ended, mut service) =
         http1::serve_connection(Foreign { io }, service, ctx.clone(), None).await;
@@ -252,6 +232,8 @@ fn park<T: Parkable>(io: T, parking: Parking, ctx: &WorkerContext, conn: Connect
 #[cfg(test)]
 mod size_guard {
     use super::*;
+    use crate::Body;
+    use http::{Request, Response};
 
     type Svc = tower::util::ServiceFn<
         fn(Request<Body>) -> std::future::Ready<Result<Response<Body>, std::convert::Infallible>>,

@@ -3,4 +3,5 @@
 
 pub(crate) mod builder;
 pub(crate) mod dispatch;
+pub(crate) mod stall;
 pub(crate) mod worker;

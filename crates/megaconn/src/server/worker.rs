@@ -13,12 +13,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Body as HttpBody;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
-use tower_service::Service;
 
 use crate::conn::accept::accept_loop;
 use crate::conn::config::Config;
@@ -31,8 +27,7 @@ use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::{Registry, Tracked};
 use crate::observe::stats::WorkerStats;
 use crate::server::dispatch;
-use crate::service::body::Body;
-use crate::BoxError;
+use crate::service::HttpService;
 
 /// How one worker's drain went.
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,13 +52,11 @@ pub(crate) struct WorkerSetup<S> {
 }
 
 /// Starts a worker thread; it runs until the shutdown signal and its drain end.
-pub(crate) fn spawn<S, B>(setup: WorkerSetup<S>) -> std::io::Result<JoinHandle<WorkerSummary>>
+pub(crate) fn spawn<S>(setup: WorkerSetup<S>) -> std::io::Result<JoinHandle<WorkerSummary>>
 where
-    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
+    S: HttpService + Clone + Send + 'static,
     S::Future: 'static,
-    B: HttpBody<Data = Bytes> + 'static,
-    B::Error: Into<BoxError>,
+    S::ResBody: 'static,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -78,17 +71,15 @@ where
 
 /// Spawns the task serving one connection; shared by the acceptor and the
 /// parking lot.
-pub(crate) fn connection_spawner<S, B>(
+pub(crate) fn connection_spawner<S>(
     ctx: &Rc<WorkerContext>,
     service: S,
     tracker: &TaskTracker,
 ) -> Respawn
 where
-    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
-    S::Error: Into<BoxError>,
+    S: HttpService + Clone + 'static,
     S::Future: 'static,
-    B: HttpBody<Data = Bytes> + 'static,
-    B::Error: Into<BoxError>,
+    S::ResBody: 'static,
 {
     let ctx = Rc::downgrade(ctx);
     let tracker = tracker.clone();
@@ -103,13 +94,11 @@ where
     })
 }
 
-async fn run<S, B>(setup: WorkerSetup<S>) -> WorkerSummary
+async fn run<S>(setup: WorkerSetup<S>) -> WorkerSummary
 where
-    S: Service<Request<Body>, Response = Response<B>> + Clone + 'static,
-    S::Error: Into<BoxError>,
+    S: HttpService + Clone + 'static,
     S::Future: 'static,
-    B: HttpBody<Data = Bytes> + 'static,
-    B::Error: Into<BoxError>,
+    S::ResBody: 'static,
 {
     let WorkerSetup {
         index,
@@ -137,6 +126,9 @@ where
         lot.set_respawn(Some(spawn_connection.clone()));
     }
     let parking = tokio::task::spawn_local(park::run(ctx.clone()));
+    let ticking = config
+        .stall_threshold
+        .map(|t| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone(), t)));
     let mut acceptors = Vec::with_capacity(listeners.len());
     for listener in listeners {
         match tokio::net::TcpListener::from_std(listener) {
@@ -174,6 +166,9 @@ where
             forced,
             "shutdown deadline reached; closing connections by force"
         );
+    }
+    if let Some(ticking) = ticking {
+        ticking.abort();
     }
     if let Some(lot) = &ctx.park {
         // Breaks the ctx -> lot -> spawner -> ctx cycle.

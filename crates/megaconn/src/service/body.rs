@@ -14,6 +14,7 @@ use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 
 use crate::error::BodyError;
+use crate::BoxError;
 
 /// A request body. Empty bodies cost nothing; others stream from the connection.
 #[derive(Debug, Default)]
@@ -68,11 +69,55 @@ impl Body {
     }
 }
 
+/// The error of `http_body_util::Limited`, which axum's extractors and
+/// tower-http map to `413 Payload Too Large`: what a service sees when the
+/// body passes `max_body_bytes`, so megaconn's limit composes with the app's
+/// own (`RequestBodyLimitLayer`, `DefaultBodyLimit`) as if it were one of
+/// them. The type is `#[non_exhaustive]` and cannot be built outside its
+/// crate, so this takes the one `Limited` returns for a body one byte over
+/// a limit of zero.
+fn length_limit_error() -> BoxError {
+    let mut over =
+        http_body_util::Limited::new(http_body_util::Full::new(Bytes::from_static(b"x")), 0);
+    let mut cx = Context::from_waker(Waker::noop());
+    match http_body::Body::poll_frame(Pin::new(&mut over), &mut cx) {
+        Poll::Ready(Some(Err(e))) => e,
+        _ => Box::new(BodyError::TooLarge { limit: 0 }),
+    }
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = BodyError;
+    /// A [`BodyError`] (downcast the box to read it), except past
+    /// `max_body_bytes`: then `http_body_util::LengthLimitError`, which axum
+    /// and tower-http answer with 413.
+    type Error = BoxError;
 
     fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.poll_inner(cx).map(|item| {
+            item.map(|r| {
+                r.map_err(|e| match e {
+                    BodyError::TooLarge { .. } => length_limit_error(),
+                    other => Box::new(other) as BoxError,
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.is_end()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint()
+    }
+}
+
+impl Body {
+    fn poll_inner(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -105,7 +150,7 @@ impl http_body::Body for Body {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    fn is_end(&self) -> bool {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(chunk) => chunk.is_none(),
@@ -114,7 +159,7 @@ impl http_body::Body for Body {
         }
     }
 
-    fn size_hint(&self) -> SizeHint {
+    fn hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(chunk) => SizeHint::with_exact(chunk.as_ref().map_or(0, |b| b.len() as u64)),
@@ -269,7 +314,18 @@ mod tests {
         let (tx, body) = Body::channel(None);
         drop(tx);
         let err = body.collect().await.unwrap_err();
-        assert!(matches!(err, BodyError::Incomplete));
+        assert!(matches!(
+            err.downcast_ref::<BodyError>(),
+            Some(BodyError::Incomplete)
+        ));
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_the_error_is_the_one_axum_answers_413() {
+        let (tx, body) = Body::channel(None);
+        tx.fail(BodyError::TooLarge { limit: 3 });
+        let err = body.collect().await.unwrap_err();
+        assert!(err.is::<http_body_util::LengthLimitError>(), "{err:?}");
     }
 
     #[test]

@@ -1,21 +1,43 @@
 //! The HTTP service glue: the request body handed to services, upgrades, and
 //! the one bound every protocol serves.
 
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body as HttpBody;
+use tower_service::Service;
+
 use crate::conn::ConnInfo;
+use crate::service::body::Body;
+use crate::BoxError;
 
 pub(crate) mod body;
 pub(crate) mod h2_body;
 pub(crate) mod upgrade;
 
-/// The message a caught panic carries, for the log line.
+/// What tokio's panic says when a handler calls `block_in_place` on a
+/// current-thread runtime, which every megaconn worker is.
+const BLOCK_IN_PLACE_PANIC: &str =
+    "can call blocking only when running on the multi-threaded runtime";
+
+/// The message a caught panic carries, for the log line; for the panic of
+/// `tokio::task::block_in_place`, what to use instead.
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
-    if let Some(s) = panic.downcast_ref::<&'static str>() {
+    let message = if let Some(s) = panic.downcast_ref::<&'static str>() {
         s
     } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
+        s.as_str()
     } else {
         "(non-string panic payload)"
+    };
+    if message.contains(BLOCK_IN_PLACE_PANIC) {
+        return "tokio::task::block_in_place is not available on megaconn's workers \
+                (one current-thread runtime per core): run blocking work with \
+                tokio::task::spawn_blocking and await its handle";
     }
+    message
 }
 
 /// Gives a request its connection's addresses: megaconn's [`ConnInfo`] and,
@@ -25,4 +47,95 @@ pub(crate) fn insert_conn_info(extensions: &mut http::Extensions, info: ConnInfo
     #[cfg(feature = "axum")]
     extensions.insert(axum::extract::ConnectInfo(info.peer));
     extensions.insert(info);
+}
+
+/// What megaconn serves: a [`tower_service::Service`] that takes an
+/// `http::Request<`[`Body`]`>` and answers an `http::Response` whose body
+/// streams [`Bytes`], with errors that box. An axum `Router`, a
+/// `tower::service_fn` or a tonic server all are. One bound, written once
+/// (hyper's `service/http.rs` is the model); sealed: implemented for every
+/// such service and nothing else, so the bound can grow without breaking
+/// anyone.
+pub trait HttpService: sealed::Sealed {
+    /// The response body.
+    type ResBody: HttpBody<Data = Bytes, Error = Self::BodyError>;
+    /// The response body's error.
+    type BodyError: Into<BoxError>;
+    /// The service's error (answered with 503 from `poll_ready`; a call
+    /// that fails is a 500).
+    type Error: Into<BoxError>;
+    /// The future of one call.
+    type Future: Future<Output = Result<Response<Self::ResBody>, Self::Error>>;
+
+    /// `Service::poll_ready`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+
+    /// `Service::call`.
+    fn call(&mut self, request: Request<Body>) -> Self::Future;
+}
+
+impl<S, B> HttpService for S
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type ResBody = B;
+    type BodyError = B::Error;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        Service::call(self, request)
+    }
+}
+
+mod sealed {
+    /// Only the blanket implementation above implements [`HttpService`](super::HttpService).
+    pub trait Sealed {}
+
+    impl<S, B> Sealed for S where
+        S: tower_service::Service<http::Request<crate::Body>, Response = http::Response<B>>
+    {
+    }
+}
+
+/// Waits until `service` is ready to take a request. On its error, logs it
+/// and returns `false`: the protocol answers `503` (h1 and h2 alike).
+pub(crate) async fn ready<S: HttpService>(service: &mut S) -> bool {
+    match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+        Ok(()) => true,
+        Err(e) => {
+            let e: BoxError = e.into();
+            tracing::warn!(error = %e, "service not ready; answering 503");
+            false
+        }
+    }
+}
+
+/// Calls `service` with `request`, catching a panic in `call` itself (a
+/// panic in the future it returns is the protocol's to catch as it polls).
+/// On a panic, counts and logs it and returns `None`: the protocol answers
+/// `500` (h1 and h2 alike).
+pub(crate) fn call<S: HttpService>(
+    service: &mut S,
+    request: Request<Body>,
+    stats: &crate::observe::stats::WorkerStats,
+) -> Option<S::Future> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.call(request))) {
+        Ok(future) => Some(future),
+        Err(panic) => {
+            crate::observe::stats::incr(&stats.panics);
+            tracing::error!(
+                panic = panic_message(&panic),
+                "handler panicked; answering 500"
+            );
+            None
+        }
+    }
 }

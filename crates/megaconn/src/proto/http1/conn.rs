@@ -9,17 +9,14 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode};
-use http_body::Body as HttpBody;
+use http::{Method, Request, StatusCode};
 use tokio::time::{Instant, Sleep};
-use tower_service::Service;
 
 use super::decode::Decoder;
 use super::exchange::{read_more, Continue, Exchange, ExchangeSetup};
@@ -33,9 +30,8 @@ use crate::observe::metrics::MethodLabel;
 use crate::observe::stats::{gauge, incr};
 use crate::proto::{self, HandOver};
 use crate::service::body::Body;
-use crate::service::panic_message;
 use crate::service::upgrade::{self, UpgradeSender};
-use crate::BoxError;
+use crate::service::HttpService;
 
 /// How long closing may take to flush a last response and linger.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,7 +44,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 ///
 /// Takes the service by value and gives it back, so the caller need not
 /// keep it (and its own copy of the arguments) across the whole connection.
-pub(crate) async fn serve_connection<T, S, B>(
+pub(crate) async fn serve_connection<T, S>(
     io: T,
     mut service: S,
     ctx: Rc<WorkerContext>,
@@ -56,10 +52,7 @@ pub(crate) async fn serve_connection<T, S, B>(
 ) -> (proto::Ended<T>, S)
 where
     T: Parkable,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     let mut conn = ConnIo::new(io, ctx);
     conn.info = info.filter(|_| conn.ctx.config.connect_info);
@@ -106,13 +99,10 @@ enum Ended {
     H2c,
 }
 
-async fn run<T, S, B>(conn: &mut ConnIo<T>, service: &mut S) -> Ended
+async fn run<T, S>(conn: &mut ConnIo<T>, service: &mut S) -> Ended
 where
     T: Parkable,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     // The settings are read where used, not kept: every local that lives
     // across the loop's waits is carried by every idle connection.
@@ -251,13 +241,10 @@ where
 }
 
 /// Hands the request to the service and drives the exchange to its end.
-async fn exchange<T, S, B>(conn: &mut ConnIo<T>, service: &mut S, head: RequestHead) -> Outcome
+async fn exchange<T, S>(conn: &mut ConnIo<T>, service: &mut S, head: RequestHead) -> Outcome
 where
     T: Transport,
-    S: Service<Request<Body>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    S: HttpService,
 {
     incr(&conn.ctx.stats.requests);
     lifecycle::count_request();
@@ -269,10 +256,8 @@ where
     let method = MethodLabel::of(&head.method);
     // Waited for before the request is built, so that only the head is kept
     // across this await (the exchange's box is sized by what is kept).
-    if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
-        let e: BoxError = e.into();
-        tracing::warn!(error = %e, "service not ready; answering 503");
-        return Exchange::<T, S::Future, B>::failed(
+    if !crate::service::ready(service).await {
+        return Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
             method,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -327,22 +312,14 @@ where
         tx
     });
 
-    let handler = match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request))) {
-        Ok(handler) => handler,
-        Err(panic) => {
-            incr(&conn.ctx.stats.panics);
-            tracing::error!(
-                panic = panic_message(&panic),
-                "handler panicked; answering 500"
-            );
-            return Exchange::<T, S::Future, B>::failed(
-                conn,
-                method,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the handler panicked",
-                CloseReason::Panic,
-            );
-        }
+    let Some(handler) = crate::service::call(service, request, &conn.ctx.stats) else {
+        return Exchange::<T, S::Future, S::ResBody>::failed(
+            conn,
+            method,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the handler panicked",
+            CloseReason::Panic,
+        );
     };
     let setup = ExchangeSetup {
         method,

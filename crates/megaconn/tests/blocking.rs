@@ -1,0 +1,119 @@
+//! Blocking in handlers on thread-per-core workers: `spawn_blocking` works,
+//! `block_in_place` (which needs tokio's multi-threaded runtime) fails with a
+//! 500 and a log line saying what to use, and a handler that blocks its
+//! worker's thread is reported by the stall detector.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use megaconn::Body;
+use tokio::io::AsyncWriteExt;
+
+use common::{read_response, SAFETY};
+
+/// Releases the handler that blocks its thread.
+type Gate = Arc<Mutex<Option<mpsc::Receiver<()>>>>;
+
+fn app(
+    gate: Gate,
+) -> impl tower::Service<
+    Request<Body>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
+       + Send {
+    tower::service_fn(move |req: Request<Body>| {
+        let gate = gate.clone();
+        async move {
+            let text = match req.uri().path() {
+                "/spawn-blocking" => tokio::task::spawn_blocking(|| "computed off the worker")
+                    .await
+                    .unwrap()
+                    .to_string(),
+                "/block-in-place" => tokio::task::block_in_place(|| "unreachable").to_string(),
+                "/block-thread" => {
+                    // Blocks the worker's thread until the test, having seen
+                    // the stall reported, lets it go: no timing involved.
+                    let rx = gate.lock().unwrap().take().expect("one blocking request");
+                    rx.recv_timeout(SAFETY)
+                        .expect("the test releases the handler");
+                    "released".to_string()
+                }
+                _ => "hello".to_string(),
+            };
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+        }
+    })
+}
+
+async fn start(
+    builder: megaconn::Builder,
+    gate: Gate,
+) -> (std::net::SocketAddr, megaconn::ServerHandle) {
+    let server = builder
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    tokio::spawn(server.serve(app(gate)));
+    (addr, handle)
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> common::RawResponse {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_response(&mut s).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_blocking_works_and_block_in_place_is_a_500() {
+    let (addr, handle) = start(megaconn::Server::builder(), Gate::default()).await;
+    let r = get(addr, "/spawn-blocking").await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, b"computed off the worker".as_slice())
+    );
+    let r = get(addr, "/block-in-place").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR.as_u16());
+    assert_eq!(handle.stats().panics, 1);
+    assert_eq!(get(addr, "/").await.status, 200, "the server lives on");
+    handle.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_blocking_its_worker_is_reported_as_a_stall() {
+    let (release, rx) = mpsc::channel();
+    let gate: Gate = Arc::new(Mutex::new(Some(rx)));
+    let (addr, handle) = start(
+        megaconn::Server::builder().stall_threshold(Some(Duration::from_millis(100))),
+        gate,
+    )
+    .await;
+    let blocked = tokio::spawn(get(addr, "/block-thread"));
+    // The worker cannot come back to its loop until released: wait for the
+    // watchdog to say so.
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    while handle.stats().worker_stalls == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no stall reported");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(handle.stats().worker_stalls, 1, "one stall, reported once");
+    assert!(handle
+        .render_metrics()
+        .contains("megaconn_worker_stalls_total 1"));
+    release.send(()).unwrap();
+    let r = blocked.await.unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, b"released".as_slice()));
+    handle.shutdown();
+}
