@@ -105,13 +105,11 @@ mod tests {
     use super::*;
     use std::rc::Rc;
 
-    fn make(keep: Option<Rc<()>>, v: u8) -> impl Future<Output = u8> {
-        async move {
-            let _keep = keep;
-            let big = [v; 1500];
-            std::future::ready(()).await;
-            big[1499]
-        }
+    async fn make(keep: Option<Rc<()>>, v: u8) -> u8 {
+        let _keep = keep;
+        let big = [v; 1500];
+        std::future::ready(()).await;
+        big[1499]
     }
 
     #[test]

@@ -104,9 +104,8 @@ where
     T: Parkable,
     S: HttpService,
 {
-    let header_timeout = conn.ctx.config.read_header_timeout;
-    let idle_timeout = conn.ctx.config.idle_timeout;
-    let park_idle_after = conn.ctx.config.park_idle_after;
+    // The settings are read where used, not kept: every local that lives
+    // across the loop's waits is carried by every idle connection.
     // One timer for the connection's life, moved in place from deadline to
     // deadline (moving it later is an atomic store, not a new registration),
     // and polled only when the connection would otherwise block.
@@ -114,8 +113,11 @@ where
     // True while the timer holds the waker the shutdown slot holds: a wait
     // then reads its state instead of polling it (see `poll_timer`).
     let mut timer_waker = false;
-    let ctx = conn.ctx.clone();
-    let mut header_deadline = header_timeout.map(|t| Instant::now() + t);
+    let mut header_deadline = conn
+        .ctx
+        .config
+        .read_header_timeout
+        .map(|t| Instant::now() + t);
     let mut first = true;
     loop {
         if conn.buffers.rbuf_len() == 0 {
@@ -124,6 +126,10 @@ where
             }
             conn.buffers.release();
             // One clock read for both deadlines.
+            let (idle_timeout, park_idle_after) = (
+                conn.ctx.config.idle_timeout,
+                conn.ctx.config.park_idle_after,
+            );
             let now = (idle_timeout.is_some() || park_idle_after.is_some()).then(Instant::now);
             let idle_deadline = idle_timeout.zip(now).map(|(t, now)| now + t);
             // A woken cold connection that served its request without waiting
@@ -171,7 +177,7 @@ where
         }
         let first_request = std::mem::replace(&mut first, false);
 
-        let clock = match (header_deadline, header_timeout) {
+        let clock = match (header_deadline, conn.ctx.config.read_header_timeout) {
             (Some(at), _) => HeaderClock::At(at),
             (None, Some(after)) => HeaderClock::After(after),
             (None, None) => HeaderClock::Off,
@@ -218,6 +224,9 @@ where
         // Boxed: the request and the whole exchange live here only while it runs,
         // so an idle connection's future does not carry their size. The box is
         // one of the worker's cached blocks: no malloc and free per request.
+        // (The context is cloned for the exchange only: kept across the
+        // loop, it would grow every idle connection.)
+        let ctx = conn.ctx.clone();
         match ctx.blocks.pin(exchange(conn, service, head)).await {
             Outcome::KeepAlive => {}
             Outcome::Close(reason) => return Ended::Close(reason),

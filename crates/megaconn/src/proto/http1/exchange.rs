@@ -121,6 +121,9 @@ where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    // Inlined so that the exchange is built where it is awaited, not built
+    // and then moved there (~800 bytes per request).
+    #[inline(always)]
     pub(crate) fn new(conn: &'c mut ConnIo<T>, handler: F, mut setup: ExchangeSetup) -> Self {
         use futures_util::FutureExt;
         let deadline = match (&setup.decoder, setup.read_timeout) {
