@@ -27,7 +27,8 @@ fn client_left(mode: Mode, reason: CloseReason) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_reports_its_requests_bytes_and_close() {
     for mode in ALL {
-        let (builder, mut events) = hooked(megaconn::Server::builder().workers(1));
+        let (builder, mut events) =
+            hooked(megaconn::Server::builder().workers(1).connect_info(true));
         let s = mode.server(builder).await;
         let mut client = s.client().await;
         assert_eq!(
@@ -95,6 +96,9 @@ async fn shutdown_closes_idle_connections_in_every_mode() {
         let s = mode.server(builder).await;
         let mut client = s.client().await;
         assert_eq!(client.get("/").await.0, 200, "{mode:?}");
+        // Without Builder::connect_info(true), no addresses (as under
+        // axum::serve without into_make_service_with_connect_info).
+        assert_eq!(client.get("/peer").await, (500, b"(None, None)".to_vec()));
         s.server
             .wait_stats("idle", |st| st.connections_idle == 1)
             .await;
@@ -116,6 +120,7 @@ async fn idle_connections_park_where_they_can_and_resume_in_their_protocol() {
         let (builder, mut events) = hooked(
             megaconn::Server::builder()
                 .workers(1)
+                .connect_info(true)
                 .park_idle_after(Some(Duration::from_millis(20))),
         );
         let s = mode.server(builder).await;

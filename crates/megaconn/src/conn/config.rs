@@ -192,7 +192,7 @@ impl Default for Config {
             on_connection: None,
             track_connections: false,
             access_log: false,
-            connect_info: true,
+            connect_info: false,
             stall_threshold: Some(DEFAULT_STALL_THRESHOLD),
             framed: None,
         }

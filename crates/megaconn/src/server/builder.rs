@@ -421,11 +421,12 @@ impl Builder {
     /// Whether each request carries its connection's addresses as a
     /// [`ConnInfo`](crate::ConnInfo) extension, and (with the `axum` cargo
     /// feature, on by default) as axum's `ConnectInfo<SocketAddr>`, which
-    /// `axum::serve` gives only with `into_make_service_with_connect_info`.
-    /// Default: on. It costs the request's extension map (one small
-    /// allocation per request) and, for a connection woken from the parking
-    /// lot, two syscalls to read the addresses back; turn it off if no
-    /// handler reads them.
+    /// `axum::serve` gives only with `into_make_service_with_connect_info`:
+    /// this is megaconn's way to ask for it. Default: off, as under
+    /// `axum::serve`, because it costs every request its extension map (4
+    /// small allocations, ~1,000 instructions, ~10% of megaconn's user-space
+    /// work per request: `bench/CPU-PER-REQUEST.md`) and a connection woken
+    /// from the parking lot two syscalls to read its addresses back.
     pub fn connect_info(mut self, on: bool) -> Builder {
         self.config.connect_info = on;
         self
