@@ -31,6 +31,8 @@
 //!                          listener kind -> TLS + ALPN -> h2c preface -> protocol,
 //!                          and what a protocol's Close / Park / HandOver means
 //!             framed.rs    the framed protocol's knobs on Builder / Server
+//!             stall.rs     the stall detector: a watchdog thread that sees a
+//!                          worker's event loop stay away (a blocking handler)
 //!     |
 //!  proto/     http1/       HTTP/1.1 (ours, on httparse): conn (a connection's
 //!                          life), head (RFC 9112 framing), decode, exchange, encode
@@ -53,6 +55,7 @@
 //!             park.rs      the parking lot: idle connections of any protocol
 //!                          leave tokio (a deadline word + a protocol tag per fd)
 //!             woken.rs     a woken socket served without tokio until it waits
+//!             blocks.rs    per-worker cache of the exchange's heap blocks
 //!             context.rs   what one worker's connections share; config.rs the
 //!                          settings; tls.rs the handshake; pool.rs buffers;
 //!                          transport.rs, rewind.rs, shutdown.rs
