@@ -56,6 +56,8 @@
 //!                          leave tokio (a deadline word + a protocol tag per fd)
 //!             woken.rs     a woken socket served without tokio until it waits
 //!             blocks.rs    per-worker cache of the exchange's heap blocks
+//!             io.rs        ConnIo: the socket, its pooled buffers (none while
+//!                          idle), flush, lingering close
 //!             context.rs   what one worker's connections share; config.rs the
 //!                          settings; tls.rs the handshake; pool.rs buffers;
 //!                          transport.rs, rewind.rs, shutdown.rs

@@ -14,15 +14,16 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Buf;
 use http::{Method, Request, StatusCode};
 use tokio::time::{Instant, Sleep};
 
 use super::decode::Decoder;
-use super::exchange::{read_more, Continue, Exchange, ExchangeSetup};
+use super::exchange::{Continue, Exchange, ExchangeSetup};
 use super::head::{self, BodyFraming, Rejection, RequestHead};
 use super::{encode, CloseReason, Outcome};
 use crate::conn::context::WorkerContext;
+use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::ConnInfo;
 use crate::observe::lifecycle::{self, ConnectionState};
@@ -32,12 +33,6 @@ use crate::proto::{self, HandOver};
 use crate::service::body::Body;
 use crate::service::upgrade::{self, UpgradeSender};
 use crate::service::HttpService;
-
-/// How long closing may take to flush a last response and linger.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How much a lingering close reads and discards before giving up.
-const LINGER_BYTES: usize = 256 * 1024;
 
 /// Serves HTTP/1.1 on `io` until the connection closes, goes cold (park it),
 /// or changes protocol (h2c, upgrade); the dispatcher acts on which.
@@ -356,82 +351,7 @@ enum HeadRead {
     Error(io::Error),
 }
 
-/// The socket and its (pooled, often absent) buffers.
-pub(crate) struct ConnIo<T> {
-    pub(crate) io: T,
-    pub(crate) ctx: Rc<WorkerContext>,
-    pub(crate) buffers: Buffers,
-    /// The connection's addresses, when requests carry them (boxed: every
-    /// connection's task would otherwise carry 64 bytes more).
-    pub(crate) info: Option<Box<ConnInfo>>,
-}
-
-impl<T> ConnIo<T> {
-    fn new(io: T, ctx: Rc<WorkerContext>) -> ConnIo<T> {
-        ConnIo {
-            io,
-            buffers: Buffers {
-                rbuf: None,
-                wbuf: None,
-                shutdown_slot: None,
-                ctx: ctx.clone(),
-            },
-            ctx,
-            info: None,
-        }
-    }
-
-    /// The write buffer, taken from the pool if the connection holds none.
-    pub(crate) fn wbuf(&mut self) -> &mut BytesMut {
-        self.buffers.wbuf()
-    }
-
-    pub(crate) fn wbuf_len(&self) -> usize {
-        self.buffers.wbuf.as_ref().map_or(0, BytesMut::len)
-    }
-
-    pub(crate) fn rbuf_len(&self) -> usize {
-        self.buffers.rbuf_len()
-    }
-
-    /// The read buffer (taken from the pool if needed) and the socket, borrowed
-    /// together.
-    pub(crate) fn rbuf_and_io(&mut self) -> (&mut BytesMut, &mut T) {
-        let rbuf = self
-            .buffers
-            .rbuf
-            .get_or_insert_with(|| self.ctx.pool.take());
-        (rbuf, &mut self.io)
-    }
-}
-
 impl<T: Transport> ConnIo<T> {
-    /// Writes the whole write buffer, then flushes the stream.
-    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(wbuf) = self.buffers.wbuf.as_mut() {
-            while !wbuf.is_empty() {
-                let n = match Pin::new(&mut self.io).poll_write(cx, wbuf) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => {
-                        lifecycle::count_out(n);
-                        n
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                };
-                wbuf.advance(n);
-            }
-        }
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        if self.wbuf_len() == 0 {
-            return Ok(());
-        }
-        poll_fn(|cx| self.poll_flush(cx)).await
-    }
-
     /// Waits for the first bytes of the next request without holding a buffer
     /// (on transports that report readiness), then reads them.
     ///
@@ -547,29 +467,6 @@ impl<T: Transport> ConnIo<T> {
         })
         .await
     }
-
-    /// Flushes the last response and closes; lingers when unread input could
-    /// otherwise turn the close into a reset that destroys the response.
-    async fn close(&mut self, reason: CloseReason) {
-        let linger = reason.needs_linger();
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            self.flush().await?;
-            if linger {
-                poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await?;
-                let mut discarded = 0;
-                while discarded < LINGER_BYTES {
-                    let (rbuf, io) = self.rbuf_and_io();
-                    rbuf.clear();
-                    match poll_fn(|cx| read_more(io, rbuf, cx)).await? {
-                        0 => break,
-                        n => discarded += n,
-                    }
-                }
-            }
-            Ok::<_, io::Error>(())
-        })
-        .await;
-    }
 }
 
 /// True when `buf` contains an empty line (the end of a head), searching only
@@ -647,58 +544,6 @@ fn poll_timer(
         // An earlier deadline passed: wait on for this one.
         sleep.as_mut().reset(deadline);
         *registered = false;
-    }
-}
-
-/// A connection's read and write buffers; whatever it holds goes back to the
-/// worker's pool when dropped, even if the connection future is cancelled.
-pub(crate) struct Buffers {
-    rbuf: Option<BytesMut>,
-    wbuf: Option<BytesMut>,
-    /// The connection's slot in the worker's shutdown watch list, once it
-    /// has waited idle (given back on drop, like the buffers).
-    shutdown_slot: Option<u32>,
-    ctx: Rc<WorkerContext>,
-}
-
-impl Buffers {
-    fn wbuf(&mut self) -> &mut BytesMut {
-        self.wbuf.get_or_insert_with(|| self.ctx.pool.take())
-    }
-
-    fn rbuf_len(&self) -> usize {
-        self.rbuf.as_ref().map_or(0, BytesMut::len)
-    }
-
-    /// Gives empty buffers back: the connection is about to go idle.
-    pub(crate) fn release(&mut self) {
-        if self.rbuf_len() == 0 {
-            if let Some(buf) = self.rbuf.take() {
-                self.ctx.pool.give(buf);
-            }
-        }
-        if self.wbuf.as_ref().is_some_and(BytesMut::is_empty) {
-            if let Some(buf) = self.wbuf.take() {
-                self.ctx.pool.give(buf);
-            }
-        }
-    }
-
-    /// The bytes read past the last request, for an upgraded connection.
-    fn take_read_ahead(&mut self) -> Bytes {
-        self.rbuf
-            .as_ref()
-            .map(|b| Bytes::copy_from_slice(b))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Buffers {
-    fn drop(&mut self) {
-        for buf in [self.rbuf.take(), self.wbuf.take()].into_iter().flatten() {
-            self.ctx.pool.give(buf);
-        }
-        self.ctx.shutdown.unwatch(&mut self.shutdown_slot);
     }
 }
 

@@ -29,16 +29,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures_util::future::CatchUnwind;
 use http::{Response, StatusCode, Version};
 use http_body::Body as HttpBody;
 use tokio::time::Sleep;
 
-use super::conn::ConnIo;
 use super::decode::{Decoded, Decoder};
 use super::encode::{self, EncodeError, Encoder, HeadContext};
 use super::{CloseReason, Outcome};
+use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::Transport;
 use crate::error::BodyError;
 use crate::observe::metrics::{MethodLabel, RequestRecord};
@@ -662,22 +662,6 @@ where
         Poll::Ready(Err(e)) => Err(Outcome::Close(CloseReason::io(&e))),
         Poll::Pending => Ok(false),
     }
-}
-
-/// Reads more bytes into `buf` (growing it a little if full).
-pub(crate) fn read_more<T: Transport>(
-    io: &mut T,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(4096);
-    }
-    let read = tokio_util::io::poll_read_buf(Pin::new(io), cx, buf);
-    if let Poll::Ready(Ok(n)) = read {
-        crate::observe::lifecycle::count_in(n);
-    }
-    read
 }
 
 /// Turns a poll of an IO result into `Ok(None)` for pending, `Ok(Some(n))`, or
