@@ -44,7 +44,10 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BodyError {
-    /// The body is larger than the server's `max_body_bytes`.
+    /// The body is larger than the server's `max_body_bytes`. A service
+    /// reading the body sees it as http-body-util's `LengthLimitError`
+    /// instead (what axum and tower-http answer with 413); the other kinds
+    /// arrive boxed as themselves.
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge {
         /// The configured limit in bytes.

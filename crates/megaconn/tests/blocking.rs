@@ -103,11 +103,7 @@ async fn a_handler_blocking_its_worker_is_reported_as_a_stall() {
     let blocked = tokio::spawn(get(addr, "/block-thread"));
     // The worker cannot come back to its loop until released: wait for the
     // watchdog to say so.
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    while handle.stats().worker_stalls == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no stall reported");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_stats(&handle, "a stall reported", |s| s.worker_stalls > 0).await;
     assert_eq!(handle.stats().worker_stalls, 1, "one stall, reported once");
     assert!(handle
         .render_metrics()

@@ -115,18 +115,7 @@ impl Framed {
     }
 
     async fn wait_stats(&self, what: &str, cond: impl Fn(&ServerStats) -> bool) {
-        let deadline = tokio::time::Instant::now() + SAFETY;
-        loop {
-            let s = self.handle.stats();
-            if cond(&s) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        common::wait_stats(&self.handle, what, cond).await;
     }
 
     fn closed_with(&self, label: &str) -> u64 {

@@ -50,8 +50,8 @@ pub(crate) struct Connection<K: CloseTrack = Rc<ConnTrack>> {
     open: Option<Open<K>>,
 }
 
-/// The parts of a [`SendConnection`]: what crosses threads with an upgraded
-/// socket.
+/// A connection's accounts once handed over with an upgraded socket: `Send`,
+/// so they cross threads with it.
 pub(crate) type SendConnection = Connection<DetachedTrack>;
 
 #[derive(Debug)]
@@ -125,8 +125,8 @@ impl<K: CloseTrack> Connection<K> {
         self.close_once(reason);
     }
 
-    /// Counts bytes that crossed a handed-over connection (its track's, when
-    /// tracked).
+    /// The lifecycle track, to count into (a handed-over connection counts
+    /// the bytes crossing its socket).
     pub(crate) fn track_mut(&mut self) -> Option<&mut K> {
         self.open.as_mut().and_then(|o| o.track.as_mut())
     }

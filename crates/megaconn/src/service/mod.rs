@@ -107,6 +107,7 @@ mod sealed {
 
 /// Waits until `service` is ready to take a request. On its error, logs it
 /// and returns `false`: the protocol answers `503` (h1 and h2 alike).
+#[inline]
 pub(crate) async fn ready<S: HttpService>(service: &mut S) -> bool {
     match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
         Ok(()) => true,
@@ -122,6 +123,7 @@ pub(crate) async fn ready<S: HttpService>(service: &mut S) -> bool {
 /// panic in the future it returns is the protocol's to catch as it polls).
 /// On a panic, counts and logs it and returns `None`: the protocol answers
 /// `500` (h1 and h2 alike).
+#[inline]
 pub(crate) fn call<S: HttpService>(
     service: &mut S,
     request: Request<Body>,

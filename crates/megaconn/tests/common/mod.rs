@@ -214,6 +214,27 @@ impl tower::Service<Request<Body>> for TestApp {
     }
 }
 
+/// Waits (bounded by [`SAFETY`]) until `handle`'s counters satisfy `cond`:
+/// a poll of a condition, never a fixed sleep standing in for one.
+pub async fn wait_stats(
+    handle: &ServerHandle,
+    what: &str,
+    cond: impl Fn(&megaconn::ServerStats) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        let s = handle.stats();
+        if cond(&s) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// A server running the test app in the background.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -271,18 +292,7 @@ impl TestServer {
 
     /// Waits (bounded) until the server's counters satisfy `cond`.
     pub async fn wait_stats(&self, what: &str, cond: impl Fn(&megaconn::ServerStats) -> bool) {
-        let deadline = tokio::time::Instant::now() + SAFETY;
-        loop {
-            let s = self.handle.stats();
-            if cond(&s) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        wait_stats(&self.handle, what, cond).await;
     }
 
     /// One plain GET on a fresh connection; asserts 200 Hello.
