@@ -38,11 +38,14 @@
 //!                          life), head (RFC 9112 framing), decode, exchange, encode
 //!             http2.rs     HTTP/2 (h2 crate): streams, limits, flood guards
 //!             framed/      framed TCP (issue 11): codec (length-prefixed, lines;
-//!                          tokio-util), handler (FramedHandler, Session), conn
-//!                          (a connection's loop), hub (push by id); parked
-//!                          states in a per-worker side table keyed by fd
+//!                          tokio-util), handler (FramedHandler), conn (a
+//!                          connection's loop)
 //!             mod.rs       Ended / HandOver: how a protocol finishes; tags
 //!                          (the protocols never import each other)
+//!     |
+//!  message/   hub.rs       Hub: push to a connection by ConnectionId
+//!             session.rs   Session: a connection as its handler sees it
+//!             table.rs     per-worker side table of parked connections' states
 //!     |
 //!  service/   body.rs, h2_body.rs  the request body handed to services
 //!             upgrade.rs   101 Switching Protocols: the handler takes the socket
@@ -76,6 +79,7 @@
 
 mod conn;
 mod error;
+mod message;
 mod observe;
 mod proto;
 mod server;
@@ -93,14 +97,12 @@ pub use conn::tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESS
 pub use conn::transport::Transport;
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
+pub use message::{ConnectionId, Hub, Session};
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use observe::metrics;
 pub use observe::stats::ServerStats;
-pub use proto::framed::{
-    ConnectionId, FramedHandler, Framing, Hub, Session, DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_MAX_LINE_BYTES,
-};
+pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use proto::http2::RAPID_RESET_LIMIT;
 pub use server::builder::{Builder, Server, ServerHandle, ShutdownSummary};
 pub use service::body::Body;

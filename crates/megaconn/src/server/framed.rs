@@ -18,9 +18,9 @@ use http::{Request, Response, StatusCode};
 use tower_service::Service;
 
 use crate::error::Error;
+use crate::message::hub::HubInner;
+use crate::message::Hub;
 use crate::proto::framed::handler::Erased;
-use crate::proto::framed::hub::HubInner;
-use crate::proto::framed::Hub;
 use crate::proto::framed::{FramedHandler, FramedSettings, Framing};
 use crate::server::builder::{Builder, Server, ShutdownSummary};
 use crate::service::body::Body;

@@ -24,7 +24,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -32,19 +32,22 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
+use crate::message::hub::{ConnectionId, Inbox, Push};
+use crate::message::session::Session;
+use crate::message::table::{side_table, Parked, SideTable};
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::stats::incr;
 use crate::proto::framed::codec::{FrameCodec, Framing};
-use crate::proto::framed::handler::{Erased, FramedHandler, Session};
-use crate::proto::framed::hub::{pump, ConnectionId, Inbox};
-use crate::proto::framed::{settings, side_table, Parked, SideTable};
+use crate::proto::framed::handler::{Erased, FramedHandler};
+use crate::proto::framed::settings;
 use crate::proto::Ended;
 
 /// How a framed connection comes to be served.
@@ -625,5 +628,34 @@ async fn until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Delivers one worker's pushes until the hub is gone or the worker stops.
+pub(crate) async fn pump<S: 'static>(
+    table: Weak<SideTable<S>>,
+    framings: Vec<Framing>,
+    mut rx: mpsc::UnboundedReceiver<Push>,
+) {
+    while let Some(Push { to, frame }) = rx.recv().await {
+        let Some(table) = table.upgrade() else { return };
+        let inbox = table
+            .hub
+            .awake
+            .borrow()
+            .get(&to.fd())
+            .filter(|(generation, _)| *generation == to.generation())
+            .map(|(_, inbox)| inbox.clone());
+        if let Some(inbox) = inbox {
+            inbox.queue.borrow_mut().push_back(frame);
+            inbox.notify.notify_one();
+            continue;
+        }
+        let _ = table.push_parked(to, |listener| {
+            let mut out = BytesMut::new();
+            let framing = framings.get(listener)?;
+            framing.codec().encode(frame.clone(), &mut out).ok()?;
+            Some(out)
+        });
     }
 }

@@ -8,7 +8,6 @@
 //! messages a connection is a bare socket in the parking lot plus its
 //! [`State`](FramedHandler::State) in this worker's side table (`mod.rs`).
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::Pin;
@@ -17,11 +16,11 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::conn::context::WorkerContext;
+use crate::message::session::Session;
+use crate::message::table::side_table;
 use crate::observe::close::CloseReason;
 use crate::proto::framed::codec::Framing;
 use crate::proto::framed::conn::{self, FramedIo, Start};
-use crate::proto::framed::hub::ConnectionId;
-use crate::proto::framed::side_table;
 use crate::proto::Ended;
 
 /// A framed protocol's behaviour, called once per message. Serve it with
@@ -80,53 +79,6 @@ pub trait FramedHandler: Send + Sync + 'static {
     /// connection whose `on_open` ran, parked or not.
     fn on_close(&self, state: Self::State, reason: CloseReason) {
         let _ = (state, reason);
-    }
-}
-
-/// A connection as its handler sees it while handling one message: where
-/// replies go. Frames sent are written, in order, when the handler returns.
-#[derive(Debug)]
-pub struct Session {
-    id: ConnectionId,
-    out: RefCell<Vec<Bytes>>,
-    closing: Cell<bool>,
-}
-
-impl Session {
-    pub(crate) fn new(id: ConnectionId) -> Session {
-        Session {
-            id,
-            out: RefCell::default(),
-            closing: Cell::default(),
-        }
-    }
-
-    /// This connection's id, for pushing to it later with a [`Hub`](crate::Hub)
-    /// (from any task or thread).
-    pub fn id(&self) -> ConnectionId {
-        self.id
-    }
-
-    /// Queues a frame to the peer (framed as the listener frames: a length
-    /// header or a line ending is added).
-    pub fn send(&self, frame: impl Into<Bytes>) {
-        self.out.borrow_mut().push(frame.into());
-    }
-
-    /// Closes the connection once the queued frames are written (reported as
-    /// [`CloseReason::ServerClosed`]).
-    pub fn close(&self) {
-        self.closing.set(true);
-    }
-
-    /// The frames queued so far, taken.
-    pub(crate) fn take_out(&self) -> Vec<Bytes> {
-        std::mem::take(&mut *self.out.borrow_mut())
-    }
-
-    /// True when the handler asked to close.
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.get()
     }
 }
 

@@ -17,14 +17,11 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
-
-use crate::proto::framed::codec::Framing;
-use crate::proto::framed::SideTable;
 
 /// Identifies one framed connection for [`Hub::send`], from
 /// [`Session::id`](crate::Session::id). Unique for the server's life: a
@@ -46,8 +43,8 @@ pub struct Hub {
 /// One frame on its way to a connection.
 #[derive(Debug)]
 pub(crate) struct Push {
-    to: ConnectionId,
-    frame: Bytes,
+    pub to: ConnectionId,
+    pub frame: Bytes,
 }
 
 /// The hub's channels, one per worker; each worker takes its receiver when
@@ -158,35 +155,6 @@ pub(crate) enum Delivered {
     Behind,
     /// Not a parked connection of that generation.
     NotParked,
-}
-
-/// Delivers one worker's pushes until the hub is gone or the worker stops.
-pub(crate) async fn pump<S: 'static>(
-    table: Weak<SideTable<S>>,
-    framings: Vec<Framing>,
-    mut rx: mpsc::UnboundedReceiver<Push>,
-) {
-    while let Some(Push { to, frame }) = rx.recv().await {
-        let Some(table) = table.upgrade() else { return };
-        let inbox = table
-            .hub
-            .awake
-            .borrow()
-            .get(&to.fd)
-            .filter(|(generation, _)| *generation == to.generation)
-            .map(|(_, inbox)| inbox.clone());
-        if let Some(inbox) = inbox {
-            inbox.queue.borrow_mut().push_back(frame);
-            inbox.notify.notify_one();
-            continue;
-        }
-        let _ = table.push_parked(to, |listener| {
-            let mut out = BytesMut::new();
-            let framing = framings.get(listener)?;
-            framing.codec().encode(frame.clone(), &mut out).ok()?;
-            Some(out)
-        });
-    }
 }
 
 /// Writes `bytes` to a parked socket without blocking: true when all went.
