@@ -31,6 +31,7 @@
 //!                          listener kind -> TLS + ALPN -> h2c preface -> protocol,
 //!                          and what a protocol's Close / Park / HandOver means
 //!             framed.rs    the framed protocol's knobs on Builder / Server
+//!             message.rs   the message layer's: Server::hub, outbound_queue
 //!             stall.rs     the stall detector: a watchdog thread that sees a
 //!                          worker's event loop stay away (a blocking handler)
 //!     |
@@ -43,9 +44,13 @@
 //!             mod.rs       Ended / HandOver: how a protocol finishes; tags
 //!                          (the protocols never import each other)
 //!     |
-//!  message/   hub.rs       Hub: push to a connection by ConnectionId
+//!  message/   hub.rs       Hub: push by ConnectionId, publish to a topic,
+//!                          broadcast; bounded outbound queues (Inbox)
 //!             session.rs   Session: a connection as its handler sees it
 //!             table.rs     per-worker side table of parked connections' states
+//!             wire.rs      how a protocol frames a message; framed once per wire
+//!             worker.rs    one worker's ids, queues, topics, tables, the pump
+//!                          (a protocol plugs in as message/mod.rs says)
 //!     |
 //!  service/   body.rs, h2_body.rs  the request body handed to services
 //!             upgrade.rs   101 Switching Protocols: the handler takes the socket
@@ -97,11 +102,11 @@ pub use conn::tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESS
 pub use conn::transport::Transport;
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
-pub use message::{ConnectionId, Hub, Session};
+pub use message::{ConnectionId, Hub, Session, DEFAULT_OUTBOUND_QUEUE};
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use observe::metrics;
-pub use observe::stats::ServerStats;
+pub use observe::stats::{MessageStats, ServerStats};
 pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use proto::http2::RAPID_RESET_LIMIT;
 pub use server::builder::{Builder, Server, ServerHandle, ShutdownSummary};

@@ -30,9 +30,9 @@ pub(crate) struct WorkerContext {
     /// This worker's live-connection list, when tracking is on.
     pub registry: Option<Arc<Registry>>,
     pub index: usize,
-    /// A protocol's per-worker table, opaque to the core: the framed
-    /// protocol keeps its parked connections' states here (the lot keeps
-    /// only their tag).
+    /// The message layer's per-worker state, opaque to the core: message
+    /// protocols (framed) keep their parked connections' states, ids and
+    /// topics there (the lot keeps only their tag).
     pub protocol_local: std::cell::OnceCell<Rc<dyn std::any::Any>>,
 }
 

@@ -4,21 +4,22 @@
 //! deadline; the protocol's state waits here until the socket wakes (or the
 //! lot closes it).
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::conn::context::WorkerContext;
-use crate::message::hub::{self, ConnectionId};
+use crate::message::hub::{self, Delivered};
+use crate::message::wire::{Encoded, Wire, WireId};
+use crate::observe::stats::{add, incr, MessageCounters};
 
-/// A parked connection's state, the listener it came from (for its framing
-/// when it wakes), and its timers (the lot keeps only the earlier one).
+/// A parked connection's state, its variant (the protocol's own small tag:
+/// framed TCP's listener, for its framing when it wakes), and its timers
+/// (the lot keeps only the earlier one).
 pub(crate) struct Parked<S> {
     pub state: S,
-    pub listener: usize,
+    pub variant: usize,
     /// The peer's heartbeat deadline.
     pub due: Option<tokio::time::Instant>,
     /// When the server sends its next heartbeat.
@@ -32,14 +33,16 @@ pub(crate) struct Parked<S> {
 /// What the side table stores per parked connection: [`Parked`], packed.
 /// At a million parked connections every byte here is a megabyte, so the
 /// timers are milliseconds since the table's epoch in a wrapping `u32` (0:
-/// none), read back relative to now, and the listener is a `u16`: 16 bytes
-/// plus the user's state, against 56 for the plain form.
+/// none), read back relative to now, and the variant is a `u16`: 16 bytes
+/// plus the user's state, against 56 for the plain form. Topic
+/// subscriptions are not here: only connections that subscribe pay for them
+/// (`worker.rs`).
 struct Stored<S> {
     state: S,
     due: u32,
     send_at: u32,
     generation: u32,
-    listener: u16,
+    variant: u16,
     behind: bool,
 }
 
@@ -47,21 +50,26 @@ struct Stored<S> {
 /// milliseconds reads back unambiguously within about 24.8 days of now).
 const MAX_TIMER_AHEAD: Duration = Duration::from_secs(24 * 24 * 3600);
 
-/// One worker's states of parked framed connections, by socket.
+/// One worker's states of one protocol's parked connections, by socket.
 pub(crate) struct SideTable<S> {
     parked: RefCell<HashMap<RawFd, Stored<S>>>,
     epoch: tokio::time::Instant,
-    /// Ids, awake connections' inboxes, the push pump.
-    pub hub: hub::Registry,
+    /// The worker's wire of each variant (framed: of each listener).
+    wires: Vec<WireId>,
 }
 
 impl<S> SideTable<S> {
-    fn new() -> SideTable<S> {
+    pub(crate) fn new(wires: Vec<WireId>) -> SideTable<S> {
         SideTable {
             parked: RefCell::new(HashMap::new()),
             epoch: tokio::time::Instant::now(),
-            hub: hub::Registry::default(),
+            wires,
         }
+    }
+
+    /// The worker's wire for connections of `variant`.
+    pub(crate) fn wire(&self, variant: usize) -> WireId {
+        self.wires.get(variant).copied().unwrap_or(WireId::MAX)
     }
 
     pub(crate) fn put(&self, fd: RawFd, parked: Parked<S>) {
@@ -69,7 +77,7 @@ impl<S> SideTable<S> {
             state: parked.state,
             due: self.pack(parked.due),
             send_at: self.pack(parked.send_at),
-            listener: u16::try_from(parked.listener).expect("fewer than 65,536 framed listeners"),
+            variant: u16::try_from(parked.variant).expect("fewer than 65,536 variants"),
             generation: parked.generation,
             behind: parked.behind,
         };
@@ -81,7 +89,7 @@ impl<S> SideTable<S> {
         let stored = self.parked.borrow_mut().remove(&fd)?;
         Some(Parked {
             state: stored.state,
-            listener: usize::from(stored.listener),
+            variant: usize::from(stored.variant),
             due: self.unpack(stored.due),
             send_at: self.unpack(stored.send_at),
             generation: stored.generation,
@@ -89,40 +97,12 @@ impl<S> SideTable<S> {
         })
     }
 
-    /// Writes a pushed frame straight to parked connection `to` (`encode`
-    /// frames it for the connection's listener). A socket that cannot take
-    /// it whole is hung up, to be closed as a slow consumer when it wakes.
-    pub(crate) fn push_parked(
-        &self,
-        to: ConnectionId,
-        encode: impl FnOnce(usize) -> Option<bytes::BytesMut>,
-    ) -> hub::Delivered {
-        let mut parked = self.parked.borrow_mut();
-        let fd = to.fd();
-        let Some(stored) = parked.get_mut(&fd) else {
-            return hub::Delivered::NotParked;
-        };
-        if stored.generation != to.generation() || stored.behind {
-            return hub::Delivered::NotParked;
-        }
-        let Some(bytes) = encode(usize::from(stored.listener)) else {
-            return hub::Delivered::NotParked;
-        };
-        // (Bytes pushed to a parked connection are not in its lifecycle
-        // counts: it has no current track while parked.)
-        if hub::send_all_now(fd, &bytes) {
-            return hub::Delivered::Sent;
-        }
-        stored.behind = true;
-        hub::hang_up(fd);
-        hub::Delivered::Behind
-    }
-
-    pub(crate) fn listener(&self, fd: RawFd) -> Option<usize> {
+    /// A parked connection's variant, if `fd` is parked here.
+    pub(crate) fn variant(&self, fd: RawFd) -> Option<usize> {
         self.parked
             .borrow()
             .get(&fd)
-            .map(|p| usize::from(p.listener))
+            .map(|p| usize::from(p.variant))
     }
 
     fn millis_now(&self) -> u64 {
@@ -151,16 +131,83 @@ impl<S> SideTable<S> {
     }
 }
 
-/// This worker's side table for states of type `S`.
-pub(crate) fn side_table<S: 'static>(ctx: &WorkerContext) -> Rc<SideTable<S>> {
-    let table: Rc<dyn Any> = ctx
-        .protocol_local
-        .get_or_init(|| Rc::new(SideTable::<S>::new()))
-        .clone();
-    // One handler, so one state type, per server.
-    table
-        .downcast()
-        .unwrap_or_else(|_| unreachable!("one framed state type per worker"))
+/// Delivery to parked connections, whatever their state type: what the
+/// worker's pump sees of each protocol's side table.
+pub(crate) trait ParkedSet {
+    /// Writes `msg` to parked connection `fd` of `generation`.
+    fn deliver(
+        &self,
+        fd: RawFd,
+        generation: u32,
+        msg: &mut Encoded,
+        wires: &[Rc<dyn Wire>],
+        counters: &MessageCounters,
+    ) -> Delivered;
+
+    /// Writes `msg` to every parked connection.
+    fn deliver_all(&self, msg: &mut Encoded, wires: &[Rc<dyn Wire>], counters: &MessageCounters);
+}
+
+impl<S> ParkedSet for SideTable<S> {
+    fn deliver(
+        &self,
+        fd: RawFd,
+        generation: u32,
+        msg: &mut Encoded,
+        wires: &[Rc<dyn Wire>],
+        counters: &MessageCounters,
+    ) -> Delivered {
+        let mut parked = self.parked.borrow_mut();
+        match parked.get_mut(&fd) {
+            Some(stored) if stored.generation == generation => send_parked(
+                fd,
+                stored,
+                self.wire(usize::from(stored.variant)),
+                msg,
+                wires,
+                counters,
+            ),
+            _ => Delivered::NotParked,
+        }
+    }
+
+    fn deliver_all(&self, msg: &mut Encoded, wires: &[Rc<dyn Wire>], counters: &MessageCounters) {
+        for (&fd, stored) in self.parked.borrow_mut().iter_mut() {
+            let wire = self.wire(usize::from(stored.variant));
+            send_parked(fd, stored, wire, msg, wires, counters);
+        }
+    }
+}
+
+/// Writes a message straight to one parked socket, framed for its wire. A
+/// socket that cannot take it whole is hung up, to be closed as a slow
+/// consumer when it wakes. (Bytes pushed to a parked connection are not in
+/// its lifecycle counts: it has no current track while parked.)
+fn send_parked<S>(
+    fd: RawFd,
+    stored: &mut Stored<S>,
+    wire: WireId,
+    msg: &mut Encoded,
+    wires: &[Rc<dyn Wire>],
+    counters: &MessageCounters,
+) -> Delivered {
+    if stored.behind {
+        return Delivered::Behind;
+    }
+    let Some(bytes) = msg.on(wires, wire) else {
+        return Delivered::NotParked;
+    };
+    if hub::send_all_now(fd, &bytes) {
+        incr(&counters.pushes);
+        incr(&counters.frames_out);
+        add(&counters.bytes_out, bytes.len() as u64);
+        return Delivered::Sent;
+    }
+    incr(&counters.queue_drops);
+    tracing::info!("a parked connection's socket buffer is full; closing it as a slow consumer");
+    stored.behind = true;
+    hub::hang_up(fd);
+    Delivered::Behind
 }
 
 #[cfg(test)]
@@ -178,7 +225,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn timers_survive_packing() {
-        let table = SideTable::<u8>::new();
+        let table = SideTable::<u8>::new(vec![0]);
         tokio::time::advance(Duration::from_secs(3)).await;
         let now = tokio::time::Instant::now();
         for at in [
@@ -192,7 +239,7 @@ mod tests {
                 7,
                 Parked {
                     state: 1,
-                    listener: 3,
+                    variant: 3,
                     due: at,
                     send_at: None,
                     generation: 9,
@@ -200,7 +247,7 @@ mod tests {
                 },
             );
             let back = table.take(7).unwrap();
-            assert_eq!((back.state, back.listener, back.send_at), (1, 3, None));
+            assert_eq!((back.state, back.variant, back.send_at), (1, 3, None));
             assert_eq!(back.due, at, "{at:?}");
         }
         // Far ahead is clamped, not wrapped into the past.
@@ -208,7 +255,7 @@ mod tests {
             7,
             Parked {
                 state: 0,
-                listener: 0,
+                variant: 0,
                 due: Some(now + Duration::from_secs(400 * 24 * 3600)),
                 send_at: None,
                 generation: 9,

@@ -17,10 +17,10 @@ use bytes::Bytes;
 
 use crate::conn::context::WorkerContext;
 use crate::message::session::Session;
-use crate::message::table::side_table;
 use crate::observe::close::CloseReason;
 use crate::proto::framed::codec::Framing;
 use crate::proto::framed::conn::{self, FramedIo, Start};
+use crate::proto::framed::side_table;
 use crate::proto::Ended;
 
 /// A framed protocol's behaviour, called once per message. Serve it with
@@ -124,12 +124,14 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
     }
 
     fn parked_closed(&self, ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
-        if let Some(parked) = side_table::<H::State>(ctx).take(fd) {
+        let (local, table) = side_table::<H::State>(ctx);
+        if let Some(parked) = table.take(fd) {
+            local.closed(local.id(fd, parked.generation));
             self.0.on_close(parked.state, reason);
         }
     }
 
     fn parked_listener(&self, ctx: &WorkerContext, fd: RawFd) -> Option<usize> {
-        side_table::<H::State>(ctx).listener(fd)
+        side_table::<H::State>(ctx).1.variant(fd)
     }
 }

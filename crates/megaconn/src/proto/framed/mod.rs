@@ -24,13 +24,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
-use crate::observe::close::CloseReason;
+use crate::message;
+use crate::message::table::SideTable;
+use crate::message::wire::Wire;
+use crate::message::worker::Local;
+use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::Ended;
 
 pub use codec::{Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
@@ -50,8 +55,6 @@ pub(crate) struct FramedSettings {
     pub heartbeat_timeout: Option<Duration>,
     /// Send this frame every so often (a server heartbeat), between frames.
     pub send_heartbeat: Option<(Duration, bytes::Bytes)>,
-    /// The push channels, once [`Server::hub`](crate::Server::hub) was asked for.
-    pub hub: Option<Arc<crate::message::hub::HubInner>>,
     /// The handler; set when the server starts serving.
     pub handler: Option<Arc<dyn ErasedHandler>>,
 }
@@ -96,6 +99,27 @@ impl FramedSettings {
 /// The framed settings of `config` (for the connection loop).
 pub(crate) fn settings(config: &Config) -> Option<&FramedSettings> {
     FramedSettings::of(config)
+}
+
+/// This worker's message state and the framed side table for states of
+/// type `S`, whose variants are the framed listeners (one wire each).
+pub(crate) fn side_table<S: 'static>(ctx: &WorkerContext) -> (Rc<Local>, Rc<SideTable<S>>) {
+    let local = message::worker::local(ctx);
+    let table = local.table::<S>(crate::proto::FRAMED, || {
+        let listeners = settings(&ctx.config).map_or(&[][..], |s| &s.listeners[..]);
+        listeners
+            .iter()
+            .map(|&(_, framing)| Rc::new(framing) as Rc<dyn Wire>)
+            .collect()
+    });
+    (local, table)
+}
+
+/// Framed connections frame pushed messages as their listener frames.
+impl Wire for Framing {
+    fn encode(&self, payload: &Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
+        self.codec().encode(payload.clone(), out)
+    }
 }
 
 /// Which framed listener an accepted connection came in on, if any: then it
