@@ -460,8 +460,8 @@ pub(crate) async fn handshake(
         incr(&ctx.stats.protocol_errors);
         CloseReason::TlsHandshakeFailed
     };
-    let mut tls = TlsIo::new(stream, live.config.clone())
-        .map_err(|e| failed(std::io::Error::other(e)))?;
+    let mut tls =
+        TlsIo::new(stream, live.config.clone()).map_err(|e| failed(std::io::Error::other(e)))?;
     drop(live);
     let done = std::future::poll_fn(|cx| tls.poll_handshake(cx));
     ctx.handshake(timeout, done, CloseReason::TlsHandshakeTimeout, failed)

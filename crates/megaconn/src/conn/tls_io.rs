@@ -24,7 +24,7 @@ use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use rustls::server::UnbufferedServerConnection;
@@ -84,9 +84,13 @@ struct Records {
 
 impl Drop for Records {
     fn drop(&mut self) {
-        for buf in [self.incoming.take(), self.outgoing.take(), self.plain.take()]
-            .into_iter()
-            .flatten()
+        for buf in [
+            self.incoming.take(),
+            self.outgoing.take(),
+            self.plain.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             give_local(buf);
         }
@@ -355,7 +359,8 @@ impl<S> TlsIo<S> {
         let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
         if let Ok(ConnectionState::WriteTraffic(mut w)) = state {
             let n = w.queue_close_notify(&mut out).map_err(tls_error)?;
-            self.bufs.outgoing
+            self.bufs
+                .outgoing
                 .get_or_insert_with(take_local)
                 .extend_from_slice(&out[..n]);
         }
@@ -418,15 +423,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
 
     /// Reads and decrypts until there are decrypted bytes for the reader
     /// (into `sink` first), or the stream ended.
-    fn poll_fill(&mut self, cx: &mut Context<'_>, mut sink: Option<&mut ReadBuf<'_>>) -> Poll<io::Result<()>> {
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut sink: Option<&mut ReadBuf<'_>>,
+    ) -> Poll<io::Result<()>> {
         loop {
             let start = sink.as_ref().map_or(0, |s| s.filled().len());
             let step = self.process(sink.as_deref_mut(), None)?;
             // What the session wrote (a KeyUpdate's answer) goes out now if
             // it can; if not, before the next thing written.
             let _ = self.poll_send(cx)?;
-            let got = sink.as_ref().map_or(0, |s| s.filled().len()) > start
-                || self.bufs.plain.is_some();
+            let got =
+                sink.as_ref().map_or(0, |s| s.filled().len()) > start || self.bufs.plain.is_some();
             if got || self.peer_closed || self.eof || step == Step::Closed {
                 return Poll::Ready(Ok(()));
             }
@@ -475,7 +484,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        this.poll_fill(cx, Some(buf))
+        let start = buf.filled().len();
+        ready!(this.poll_fill(cx, Some(buf)))?;
+        if buf.filled().len() == start && this.bufs.plain.is_none() && this.peer_closed {
+            // The reader sees the end the peer announced: answer with our
+            // own close_notify (RFC 8446 §6.1), sent now if it can be.
+            this.queue_close_notify()?;
+            let _ = this.poll_send(cx)?;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -490,7 +507,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<S> {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         // Bounded: what was encrypted before goes out first.
-        if this.bufs.outgoing.as_ref().is_some_and(|o| o.len() >= MAX_WRITE) {
+        if this
+            .bufs
+            .outgoing
+            .as_ref()
+            .is_some_and(|o| o.len() >= MAX_WRITE)
+        {
             if this.poll_send(cx)?.is_pending() {
                 return Poll::Pending;
             }
@@ -553,15 +575,11 @@ impl<S: Parkable> Parkable for TlsIo<S> {
                 ));
             }
         }
-        let tail = self
-            .bufs
-            .incoming
-            .take()
-            .map(|b| {
-                let tail = Box::<[u8]>::from(&b[..]);
-                give_local(b);
-                tail
-            });
+        let tail = self.bufs.incoming.take().map(|b| {
+            let tail = Box::<[u8]>::from(&b[..]);
+            give_local(b);
+            tail
+        });
         let TlsIo { sock, session, .. } = self;
         Ok((sock.into_parked()?, Some(ParkedTls { session, tail })))
     }
