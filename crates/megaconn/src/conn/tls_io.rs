@@ -507,15 +507,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<S> {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         // Bounded: what was encrypted before goes out first.
-        if this
-            .bufs
-            .outgoing
-            .as_ref()
-            .is_some_and(|o| o.len() >= MAX_WRITE)
-        {
-            if this.poll_send(cx)?.is_pending() {
-                return Poll::Pending;
-            }
+        let backlog = this.bufs.outgoing.as_ref().map_or(0, BytesMut::len);
+        if backlog >= MAX_WRITE && this.poll_send(cx)?.is_pending() {
+            return Poll::Pending;
         }
         let data = &data[..data.len().min(MAX_WRITE)];
         this.process(None, Some(data))?;
