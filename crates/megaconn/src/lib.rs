@@ -65,6 +65,12 @@
 //!  error.rs                                        stats.rs   per-worker counters
 //!                                                  metrics.rs Prometheus
 //!                                                  lifecycle.rs events, states
+//!                                                  trace.rs   the request path's
+//!                                                     tracing hook (one branch)
+//!                                                  otel/      OpenTelemetry (the
+//!                                                     `otel` feature): span.rs a
+//!                                                     request's span, export.rs
+//!                                                     the bounded OTLP queue
 //! ```
 //!
 //! # Idle connections cost almost nothing
@@ -96,7 +102,9 @@ pub use error::{BodyError, Error};
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use observe::metrics;
-pub use observe::stats::ServerStats;
+#[cfg(feature = "otel")]
+pub use observe::otel;
+pub use observe::stats::{OtelStats, ServerStats};
 pub use proto::framed::{
     ConnectionId, FramedHandler, Framing, Hub, Session, DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_LINE_BYTES,

@@ -458,6 +458,8 @@ impl Parkable for BoxedTls {
 }
 
 impl Transport for BoxedTls {
+    const SECURE: bool = true;
+
     fn poll_read_ready(
         &self,
         cx: &mut std::task::Context<'_>,
