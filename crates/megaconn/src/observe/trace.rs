@@ -45,7 +45,7 @@ pub(crate) type Hook = Option<crate::observe::otel::Tracing>;
 
 /// What a worker knows about tracing: nothing (the `otel` feature is off).
 #[cfg(not(feature = "otel"))]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Hook;
 
 /// The export counters for [`ServerStats`](crate::ServerStats): `None`
