@@ -45,8 +45,8 @@ VG_N2="${VG_N2:-22000}"
 work="$(mktemp -d)"
 server="" sink=""
 cleanup() {
-  [[ -n "$server" ]] && kill "$server" 2>/dev/null
-  [[ -n "$sink" ]] && kill "$sink" 2>/dev/null
+  if [[ -n "$server" ]]; then kill "$server" 2>/dev/null || true; fi
+  if [[ -n "$sink" ]]; then kill "$sink" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -67,9 +67,10 @@ declare -A ARGS=(
 )
 VARIANTS=(off unsampled sampled)
 
-wait_up() { # port
-  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done
-  echo "nothing answers on port $1" >&2
+wait_up() { # port [log]
+  for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done
+  echo "nothing answers on port $1 after 30 s${2:+; its log:}" >&2
+  [[ -n "${2:-}" ]] && cat "$2" >&2
   return 1
 }
 # Nanoseconds on the CPU, all threads of PID (/proc/PID/task/*/schedstat).
@@ -90,7 +91,7 @@ start_server() { # variant
   taskset -c 1 "$MEGACONN" serve --listen "127.0.0.1:$PORT" --workers 1 \
     --admin "127.0.0.1:$ADMIN_PORT" ${ARGS[$1]} >"$work/server.log" 2>&1 &
   server=$!
-  wait_up "$PORT"
+  wait_up "$PORT" "$work/server.log"
 }
 stop_server() {
   kill "$server"; wait "$server" 2>/dev/null || true; server=""
