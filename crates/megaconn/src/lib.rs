@@ -73,6 +73,12 @@
 //!  error.rs                                        stats.rs   per-worker counters
 //!                                                  metrics.rs Prometheus
 //!                                                  lifecycle.rs events, states
+//!                                                  trace.rs   the request path's
+//!                                                     tracing hook (one branch)
+//!                                                  otel/      OpenTelemetry (the
+//!                                                     `otel` feature): span.rs a
+//!                                                     request's span, export.rs
+//!                                                     the bounded OTLP queue
 //! ```
 //!
 //! # Idle connections cost almost nothing
@@ -106,7 +112,9 @@ pub use message::{ConnectionId, Hub, Session, DEFAULT_OUTBOUND_QUEUE};
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use observe::metrics;
-pub use observe::stats::{MessageStats, ServerStats};
+#[cfg(feature = "otel")]
+pub use observe::otel;
+pub use observe::stats::{MessageStats, OtelStats, ServerStats};
 pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use proto::http2::RAPID_RESET_LIMIT;
 pub use server::builder::{Builder, Server, ServerHandle, ShutdownSummary};

@@ -536,6 +536,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<S> {
 }
 
 impl<S: Transport> Transport for TlsIo<S> {
+    const SECURE: bool = true;
+
     /// Ready when decrypted bytes (or the end) wait already, else when the
     /// socket is: an idle connection waits holding no buffer.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -16,6 +16,10 @@ use crate::conn::tls_io::ParkedTls;
 
 /// A byte stream the HTTP/1 engine can serve.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Whether the stream is encrypted (TLS): traced requests on it say
+    /// `url.scheme = https`. Default: `false`.
+    const SECURE: bool = false;
+
     /// Polls until the stream has bytes (or EOF, or an error) to read.
     ///
     /// The default is always ready, which is correct but makes an idle connection
@@ -124,6 +128,8 @@ impl<T: AsyncWrite> AsyncWrite for Foreign<T> {
 }
 
 impl<T: Transport> Transport for Foreign<T> {
+    const SECURE: bool = T::SECURE;
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.io.poll_read_ready(cx)
     }
