@@ -17,7 +17,7 @@
 //! or a shutdown never waits behind a full queue: the answer is waited for
 //! with a bound.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -70,6 +70,8 @@ pub(crate) struct QueueProcessor {
     control: mpsc::UnboundedSender<Control>,
     stats: Arc<ExportStats>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set by the first shutdown.
+    shut: AtomicBool,
     /// How long `force_flush` waits for the thread.
     wait: Duration,
 }
@@ -147,6 +149,7 @@ impl QueueProcessor {
             control,
             stats,
             thread: Mutex::new(Some(thread)),
+            shut: AtomicBool::new(false),
             wait: config.export_timeout + config.export_timeout,
         })
     }
@@ -178,7 +181,11 @@ impl SpanProcessor for QueueProcessor {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Relaxed);
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {
+            Err(TrySendError::Closed(_)) => {
+                // After shutdown: nothing exports any more.
+                self.stats.dropped.fetch_add(1, Relaxed);
+            }
+            Err(TrySendError::Full(_)) => {
                 let dropped = self.stats.dropped.fetch_add(1, Relaxed) + 1;
                 // A log line at the 1st, 2nd, 4th, 8th, ... drop: the metric
                 // counts each one, the log shows that it happens.
@@ -199,8 +206,12 @@ impl SpanProcessor for QueueProcessor {
     }
 
     /// Flushes and stops the thread, waiting up to `timeout` (the SDK's
-    /// default is 5 s; a dead collector then costs that once).
+    /// default is 5 s; a dead collector then costs that once). Both of a
+    /// `Tracing`'s providers call it: the second call returns at once.
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if self.shut.swap(true, Relaxed) {
+            return Ok(());
+        }
         let result = self.ask(Control::Shutdown, timeout);
         if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             if result.is_ok() {

@@ -451,8 +451,8 @@ impl Tracing {
         self.inner.stats.snapshot()
     }
 
-    /// Exports what is queued, waiting up to the export timeout; for a test
-    /// or before a planned stop.
+    /// Exports what is queued, waiting up to twice the export timeout; for a
+    /// test or before a planned stop. Blocks: not for a worker.
     pub fn flush(&self) {
         // One queue: flushing through either provider flushes both.
         if let Err(e) = self.inner.requests.force_flush() {
@@ -460,8 +460,10 @@ impl Tracing {
         }
     }
 
-    /// Exports what is queued and stops the export thread. Call it once the
-    /// server has stopped; spans ended afterwards are dropped.
+    /// Exports what is queued and stops the export thread, waiting up to 5 s
+    /// (the SDK's shutdown timeout). Call it once the server has stopped;
+    /// spans ended afterwards are dropped. Dropping the last clone of a
+    /// `Tracing` does the same.
     pub fn shutdown(&self) {
         // The queue stops with the first; the second has nothing left to do.
         if let Err(e) = self.inner.requests.shutdown() {
