@@ -120,24 +120,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         LIVE_BLOCKS.load(Relaxed),
         snapshot(),
     );
-    let mut last = (0, 0);
-    let mut reported = -1;
+    let mut last = (0, 0, 0);
+    let mut reported = None;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let stats = handle.stats();
         let open = stats.connections_open;
-        let now = (open, stats.accepted);
-        if now != last || open == 0 || open == reported {
+        let now = (open, stats.accepted, stats.connections_parked);
+        if now != last || open == 0 || reported == Some(now) {
             last = now;
             continue;
         }
-        reported = open;
+        reported = Some(now);
         let bytes = LIVE_BYTES.load(Relaxed) - base_bytes;
         let blocks = LIVE_BLOCKS.load(Relaxed) - base_blocks;
         println!(
-            "{open} open ({} idle, {} pool buffers out): heap +{bytes} B in +{blocks} blocks \
+            "{open} open ({} idle, {} parked, {} pool buffers out): heap +{bytes} B in +{blocks} blocks \
              = {} B in {:.2} blocks per connection",
             stats.connections_idle,
+            stats.connections_parked,
             stats.buffers_checked_out,
             bytes / open,
             blocks as f64 / open as f64
