@@ -106,11 +106,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             b"Hello, World!",
         ))))
     });
-    let server = Server::bind(listen.parse()?)
+    // HTTP/2 knobs, to see what each changes in an idle h2 connection's
+    // heap: H2_STREAM_WINDOW, H2_CONNECTION_WINDOW, H2_MAX_FRAME,
+    // H2_MAX_HEADER_LIST (bytes; unset: megaconn's defaults).
+    let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    let mut builder = Server::bind(listen.parse()?)
         .workers(1)
         .tls(tls)
-        .idle_timeout(Some(Duration::from_secs(600)))
-        .listen()?;
+        .idle_timeout(Some(Duration::from_secs(600)));
+    if let Some(n) = knob("H2_STREAM_WINDOW") {
+        builder = builder.http2_initial_stream_window_size(n);
+    }
+    if let Some(n) = knob("H2_CONNECTION_WINDOW") {
+        builder = builder.http2_initial_connection_window_size(n);
+    }
+    if let Some(n) = knob("H2_MAX_FRAME") {
+        builder = builder.http2_max_frame_size(n);
+    }
+    if let Some(n) = knob("H2_MAX_HEADER_LIST") {
+        builder = builder.http2_max_header_list_size(n);
+    }
+    let server = builder.listen()?;
     let handle = server.handle();
     println!("listening on https://{}", server.local_addr());
     tokio::spawn(server.serve(hello));

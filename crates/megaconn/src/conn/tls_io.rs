@@ -262,7 +262,6 @@ impl<S> TlsIo<S> {
                     plain,
                 },
             peer_closed,
-            closing,
             ..
         } = self;
         loop {
@@ -321,12 +320,7 @@ impl<S> TlsIo<S> {
                     None
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
-                    let data = if *closing && outgoing.is_none() {
-                        None
-                    } else {
-                        encrypt.take()
-                    };
-                    match data {
+                    match encrypt.take() {
                         Some(data) => {
                             let out = outgoing.get_or_insert_with(take_local);
                             // Records add 22 bytes each (TLS 1.3, AES-GCM).
@@ -383,6 +377,8 @@ impl<S> TlsIo<S> {
             return Ok(());
         }
         self.closing = true;
+        // Whatever the session has queued goes first.
+        self.process(None, None)?;
         let mut out = [0u8; 64];
         let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
         if let Ok(ConnectionState::WriteTraffic(mut w)) = state {
