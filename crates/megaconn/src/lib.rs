@@ -66,8 +66,12 @@
 //!             blocks.rs    per-worker cache of the exchange's heap blocks
 //!             io.rs        ConnIo: the socket, its pooled buffers (none while
 //!                          idle), flush, lingering close
+//!             tls_io.rs    TLS on rustls' unbuffered API: record buffers from
+//!                          the pool (none while idle); a parked connection's
+//!                          session waits in the worker's table
 //!             context.rs   what one worker's connections share; config.rs the
-//!                          settings; tls.rs the handshake; pool.rs buffers;
+//!                          settings; tls.rs certificates and the handshake;
+//!                          pool.rs buffers;
 //!                          transport.rs, rewind.rs, shutdown.rs
 //!     |                                  observe/  close.rs   CloseReason
 //!  error.rs                                        stats.rs   per-worker counters

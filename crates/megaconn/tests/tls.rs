@@ -351,7 +351,9 @@ async fn idle_tls_connections_hold_no_pooled_buffers() {
         s.connections_idle == 3 && s.buffers_checked_out == 0
     })
     .await;
-    // HTTP/2 over TLS takes no pooled buffer either (h2 has its own).
+    // HTTP/2 over TLS gives its record buffers back too once it is idle
+    // (h2 has buffers of its own). Waited for: the worker may be reading
+    // the client's last frames when the response arrives.
     let h2 = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
     let (client, conn) = h2::client::handshake(h2).await.unwrap();
     tokio::spawn(async move {

@@ -35,8 +35,8 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
 /// transport given to [`Builder::serve_connection`](crate::Builder::serve_connection)
 /// never parks (it is wrapped in [`Foreign`]).
 pub(crate) trait Parkable: Transport {
-    /// Whether an idle connection on this stream may be parked at all: only
-    /// plain sockets qualify.
+    /// Whether an idle connection on this stream may be parked at all: plain
+    /// sockets and TLS streams over them qualify.
     const PARKABLE: bool;
 
     /// Whether an idle connection should be parked at once instead of after
