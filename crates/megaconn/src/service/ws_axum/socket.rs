@@ -1,0 +1,312 @@
+//! [`WebSocket`]: an upgraded connection as a `Stream` and `Sink` of axum's
+//! [`Message`]s, on tungstenite's protocol state machine.
+//!
+//! tungstenite's [`WebSocketContext`] checks frames, reassembles fragments,
+//! validates UTF-8, answers pings and runs the close handshake; this type
+//! feeds it through [`Bridge`] so no buffer outlives a message. Text and
+//! binary messages are framed here rather than by the context, whose write
+//! buffer keeps the capacity of the largest frame it ever sent; only the
+//! small control frames (ping, pong, close) go through it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use bytes::{BufMut, Bytes};
+use futures_util::stream::FusedStream;
+use futures_util::{Sink, Stream};
+use http::HeaderValue;
+use tungstenite::error::{CapacityError, ProtocolError};
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::Error as WsError;
+
+use super::io::{Bridge, Buffers};
+use crate::service::upgrade::Upgraded;
+
+/// A WebSocket connection after the upgrade: receive with [`recv`](Self::recv)
+/// or as a [`Stream`], send with [`send`](Self::send) or as a [`Sink`] (split
+/// it with `StreamExt::split` to do both from two tasks), as axum's
+/// `WebSocket`.
+///
+/// While idle it holds no read or write buffer: see the module docs of
+/// [`megaconn::axum_ws`](crate::axum_ws) for what it does hold.
+pub struct WebSocket {
+    io: Upgraded,
+    ctx: WebSocketContext,
+    bufs: Buffers,
+    protocol: Option<HeaderValue>,
+    /// Sink: queued bytes past which `poll_ready` flushes first.
+    write_buffer_size: usize,
+    /// Sink: queued bytes past which a send fails.
+    max_write_buffer_size: usize,
+    /// The stream has ended (closed, or failed for good).
+    ended: bool,
+}
+
+impl std::fmt::Debug for WebSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("protocol", &self.protocol)
+            .field("queued", &self.bufs.queued())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The socket's limits, from [`WebSocketUpgrade`](super::WebSocketUpgrade).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) write_buffer_size: usize,
+    pub(super) max_write_buffer_size: usize,
+    pub(super) max_message_size: Option<usize>,
+    pub(super) max_frame_size: Option<usize>,
+    pub(super) accept_unmasked_frames: bool,
+}
+
+impl WebSocket {
+    pub(super) fn new(io: Upgraded, limits: Limits, protocol: Option<HeaderValue>) -> WebSocket {
+        // A zero read buffer: tungstenite allocates no read buffer up front
+        // and reads header-sized pieces, which `Bridge` serves from memory.
+        // A zero write buffer: every frame goes to the bridge at once.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(0)
+            .write_buffer_size(0)
+            .max_write_buffer_size(usize::MAX)
+            .max_message_size(limits.max_message_size)
+            .max_frame_size(limits.max_frame_size)
+            .accept_unmasked_frames(limits.accept_unmasked_frames);
+        WebSocket {
+            io,
+            ctx: WebSocketContext::new(Role::Server, Some(config)),
+            bufs: Buffers::default(),
+            protocol,
+            write_buffer_size: limits.write_buffer_size,
+            max_write_buffer_size: limits.max_write_buffer_size,
+            ended: false,
+        }
+    }
+
+    /// Receives the next message; `None` once the connection has closed.
+    pub async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
+        futures_util::StreamExt::next(self).await
+    }
+
+    /// Sends a message and flushes it to the socket.
+    pub async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
+        futures_util::SinkExt::send(self, msg).await
+    }
+
+    /// The subprotocol the upgrade selected, if any.
+    pub fn protocol(&self) -> Option<&HeaderValue> {
+        self.protocol.as_ref()
+    }
+
+    /// Splits the borrows: the socket, the buffers, and the context.
+    fn bridge<'a, 'b>(
+        &'a mut self,
+        cx: Option<&'a mut Context<'b>>,
+    ) -> (&'a mut WebSocketContext, Bridge<'a, 'b>) {
+        let bridge = Bridge {
+            io: &mut self.io,
+            bufs: &mut self.bufs,
+            cx,
+        };
+        (&mut self.ctx, bridge)
+    }
+
+    fn poll_flush_queue(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        self.bufs
+            .poll_flush(&mut self.io, cx)
+            .map_err(axum::Error::new)
+    }
+
+    /// After a protocol error: closes with the matching code (1002, 1007,
+    /// 1009) so the client learns why, best effort.
+    fn close_for(&mut self, error: &WsError, cx: &mut Context<'_>) {
+        let code = match error {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => CloseCode::Size,
+            WsError::Utf8(_) => CloseCode::Invalid,
+            WsError::Protocol(_) => CloseCode::Protocol,
+            _ => return,
+        };
+        tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame");
+        let frame = tungstenite::protocol::CloseFrame {
+            code,
+            reason: tungstenite::Utf8Bytes::from_static(""),
+        };
+        let (ctx, mut bridge) = self.bridge(Some(cx));
+        let _ = ctx.close(&mut bridge, Some(frame));
+        let _ = self.poll_flush_queue(cx);
+    }
+}
+
+/// tungstenite's message as axum's. `None` for a raw frame, which reading
+/// never yields.
+fn from_tungstenite(message: tungstenite::Message) -> Option<Message> {
+    Some(match message {
+        tungstenite::Message::Text(text) => Message::Text(utf8(text.into())),
+        tungstenite::Message::Binary(data) => Message::Binary(data),
+        tungstenite::Message::Ping(data) => Message::Ping(data),
+        tungstenite::Message::Pong(data) => Message::Pong(data),
+        tungstenite::Message::Close(frame) => Message::Close(frame.map(|f| CloseFrame {
+            code: f.code.into(),
+            reason: utf8(f.reason.into()),
+        })),
+        tungstenite::Message::Frame(_) => return None,
+    })
+}
+
+/// Bytes tungstenite has already validated as UTF-8, as axum's `Utf8Bytes`
+/// (whose only public constructor from `Bytes` checks again).
+fn utf8(bytes: Bytes) -> Utf8Bytes {
+    Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("\u{fffd}"))
+}
+
+/// axum's close frame as tungstenite's.
+fn close_to_tungstenite(frame: CloseFrame) -> Result<tungstenite::protocol::CloseFrame, WsError> {
+    let reason = tungstenite::Utf8Bytes::try_from(Bytes::from(frame.reason))
+        .map_err(|e| WsError::Utf8(e.to_string()))?;
+    Ok(tungstenite::protocol::CloseFrame {
+        code: CloseCode::from(frame.code),
+        reason,
+    })
+}
+
+impl Stream for WebSocket {
+    type Item = Result<Message, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            let (ctx, mut bridge) = this.bridge(Some(cx));
+            let result = ctx.read(&mut bridge);
+            // A pong or a close reply the read queued goes out now; a
+            // failure shows on the next read.
+            if let Ok(tungstenite::Message::Close(_)) = &result {
+                let (ctx, mut bridge) = this.bridge(Some(cx));
+                let _ = ctx.flush(&mut bridge);
+            }
+            let _ = this.poll_flush_queue(cx);
+            match result {
+                Ok(message) => {
+                    if let Some(message) = from_tungstenite(message) {
+                        return Poll::Ready(Some(Ok(message)));
+                    }
+                }
+                Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Poll::Pending;
+                }
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                Err(e) => {
+                    this.close_for(&e, cx);
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(axum::Error::new(e))));
+                }
+            }
+        }
+    }
+}
+
+impl FusedStream for WebSocket {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
+
+impl Sink<Message> for WebSocket {
+    type Error = axum::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.bufs.queued() > self.write_buffer_size {
+            return self.poll_flush_queue(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        let this = &mut *self;
+        let (payload, opcode) = match item {
+            Message::Text(text) => (Bytes::from(text), Data::Text),
+            Message::Binary(data) => (data, Data::Binary),
+            control => {
+                let message = match control {
+                    Message::Ping(data) => tungstenite::Message::Ping(data),
+                    Message::Pong(data) => tungstenite::Message::Pong(data),
+                    Message::Close(frame) => tungstenite::Message::Close(
+                        frame
+                            .map(close_to_tungstenite)
+                            .transpose()
+                            .map_err(axum::Error::new)?,
+                    ),
+                    Message::Text(_) | Message::Binary(_) => unreachable!("matched above"),
+                };
+                let (ctx, mut bridge) = this.bridge(None);
+                return match ctx.write(&mut bridge, message) {
+                    // The close is queued; the server-side context calls the
+                    // connection finished once it has nothing left to send.
+                    Ok(()) | Err(WsError::ConnectionClosed) => Ok(()),
+                    Err(e) => Err(axum::Error::new(e)),
+                };
+            }
+        };
+        if !this.ctx.can_write() {
+            return Err(axum::Error::new(WsError::Protocol(
+                ProtocolError::SendAfterClosing,
+            )));
+        }
+        let frame = Frame::message(payload, OpCode::Data(opcode), true);
+        if this.bufs.queued() + frame.len() > this.max_write_buffer_size {
+            return Err(axum::Error::new(WsError::WriteBufferFull(Box::new(
+                tungstenite::Message::Frame(frame),
+            ))));
+        }
+        frame
+            .format(&mut (&mut this.bufs.out).writer())
+            .map_err(axum::Error::new)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = &mut *self;
+        // A pong tungstenite still holds (it answers pings on the next read
+        // or flush) goes out with the rest.
+        let (ctx, mut bridge) = this.bridge(Some(cx));
+        match ctx.flush(&mut bridge) {
+            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
+            Err(e) => return Poll::Ready(Err(axum::Error::new(e))),
+        }
+        this.poll_flush_queue(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = &mut *self;
+        if this.ctx.can_write() {
+            let (ctx, mut bridge) = this.bridge(Some(cx));
+            match ctx.close(&mut bridge, None) {
+                Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
+                Err(e) => return Poll::Ready(Err(axum::Error::new(e))),
+            }
+        }
+        this.poll_flush_queue(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The socket sits in every idle connection's task: keep it small (the
+    /// figure behind the module docs' "about 400 bytes").
+    #[test]
+    fn an_idle_socket_stays_small() {
+        let size = std::mem::size_of::<WebSocket>();
+        assert!(size <= 640, "WebSocket grew to {size} bytes");
+    }
+}
