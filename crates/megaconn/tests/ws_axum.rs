@@ -302,3 +302,27 @@ async fn axums_own_extractor_gets_426_and_a_hint() {
         "no hint among {warnings:?}"
     );
 }
+
+#[tokio::test]
+async fn fragments_with_a_ping_between_reassemble() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = serve(testing::app());
+    let mut client = connect(server.addr, "/integration-testable").await;
+    let first = Frame::message(&b"hel"[..], OpCode::Data(Data::Text), false);
+    let last = Frame::message(&b"lo"[..], OpCode::Data(Data::Continue), true);
+    client.send(WsMessage::Frame(first)).await.unwrap();
+    client.send(WsMessage::Ping(vec![7].into())).await.unwrap();
+    client.send(WsMessage::Frame(last)).await.unwrap();
+    // The pong for the ping comes back first, then the echo.
+    let pong = tokio::time::timeout(SAFETY, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, WsMessage::Pong(vec![7].into()));
+    assert_eq!(next_text(&mut client).await, "You said: hello");
+    // Twice, so the second runs on the context swapped in after the first.
+    client.send(WsMessage::text("again")).await.unwrap();
+    assert_eq!(next_text(&mut client).await, "You said: again");
+}

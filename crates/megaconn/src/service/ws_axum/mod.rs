@@ -37,9 +37,9 @@
 //! the limits). No read or write buffer: tungstenite is given a zero-sized
 //! read buffer and a zero write threshold, and the bytes in flight between it
 //! and the socket live in a stack chunk or in exact-size copies freed once
-//! consumed (see `io.rs`). What tungstenite itself keeps is the capacity of
-//! the last frame header it grew its read buffer for (~14 bytes, a 32-byte
-//! malloc chunk) and of the largest control frame it wrote (≤ 131 bytes);
+//! consumed (see `io.rs`), and after each message tungstenite's context is
+//! swapped for a fresh one, so the capacity its own buffers grew to for the
+//! largest frame goes too.
 //! `bench/WS.md` has the measured bytes per idle socket.
 //!
 //! # Differences from axum

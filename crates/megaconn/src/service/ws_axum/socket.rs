@@ -122,6 +122,24 @@ impl WebSocket {
             .map_err(axum::Error::new)
     }
 
+    /// Between messages, swaps tungstenite's context for a fresh one: its
+    /// read buffer keeps the capacity of the largest frame it reassembled,
+    /// and its write buffer that of the largest control frame it sent. Safe
+    /// only when it holds nothing still needed: open both ways, no
+    /// fragmented message, no unread bytes (the bridge never hands it part
+    /// of the next frame), and its pending pong written out first.
+    fn fresh_context_between_messages(&mut self, cx: &mut Context<'_>) {
+        if !self.ctx.can_write() || !self.bufs.between_messages() {
+            return;
+        }
+        let (ctx, mut bridge) = self.bridge(Some(cx));
+        if ctx.flush(&mut bridge).is_err() {
+            return;
+        }
+        let config = *self.ctx.get_config();
+        self.ctx = WebSocketContext::new(Role::Server, Some(config));
+    }
+
     /// After a protocol error: closes with the matching code (1002, 1007,
     /// 1009) so the client learns why, best effort.
     fn close_for(&mut self, error: &WsError, cx: &mut Context<'_>) {
@@ -190,6 +208,9 @@ impl Stream for WebSocket {
             if let Ok(tungstenite::Message::Close(_)) = &result {
                 let (ctx, mut bridge) = this.bridge(Some(cx));
                 let _ = ctx.flush(&mut bridge);
+            }
+            if matches!(&result, Ok(m) if !m.is_close()) {
+                this.fresh_context_between_messages(cx);
             }
             let _ = this.poll_flush_queue(cx);
             match result {
