@@ -47,6 +47,8 @@ pub(crate) struct HoldShared {
     pub http: bool,
     /// HTTP: the method is HEAD, so replies have no body.
     pub head_request: bool,
+    /// ws://: the upgrade and what answers a heartbeat (`http` is false).
+    pub ws: Option<crate::ws::WsHold>,
     /// Line protocol: the reply line must contain this.
     pub expect: Option<Vec<u8>>,
     /// Heartbeat interval.
@@ -257,8 +259,8 @@ async fn session(
 ) -> Ended {
     let sh = &ctx.shared;
     let mut spill: Vec<u8> = Vec::new();
-    if sh.http {
-        let opened = exchange(ctx, &mut stream, &mut spill).await;
+    if sh.http || sh.ws.is_some() {
+        let opened = exchange(ctx, &mut stream, &mut spill, true).await;
         if first_attempt {
             ctx.counters.attempted.fetch_add(1, Relaxed);
         }
@@ -282,7 +284,12 @@ async fn session(
                     let mut buf = ctx.buf.borrow_mut();
                     match stream.try_read(&mut buf) {
                         Ok(0) => return Ended::Dropped,
-                        Ok(_) => {} // unsolicited bytes: ignored
+                        // Unsolicited bytes: ignored, but a WebSocket
+                        // server's ping gets its pong.
+                        Ok(n) if sh.ws.is_some() => {
+                            let _ = stream.try_write(&crate::ws::pongs_for(&buf[..n]));
+                        }
+                        Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => return io_end(&e),
                     }
@@ -290,7 +297,7 @@ async fn session(
                 () = tokio::time::sleep_until(on_tick(next, sh.start).into()) => break,
             }
         }
-        if let Err(e) = exchange(ctx, &mut stream, &mut spill).await {
+        if let Err(e) = exchange(ctx, &mut stream, &mut spill, false).await {
             return e;
         }
         // Next beat: one interval on, ±10% so beats stay spread out.
@@ -321,16 +328,22 @@ fn io_end(e: &std::io::Error) -> Ended {
     }
 }
 
-/// Sends one heartbeat and waits for its reply; counts and times it.
+/// Sends one heartbeat (or with `opening`, the opening request) and waits
+/// for its reply; counts and times it.
 async fn exchange(
     ctx: &ThreadCtx,
     stream: &mut TcpStream,
     spill: &mut Vec<u8>,
+    opening: bool,
 ) -> Result<(), Ended> {
     let sh = &ctx.shared;
     let c = &ctx.counters;
     let sent = Instant::now();
-    if let Err(e) = stream.write_all(&sh.heartbeat).await {
+    let request = match &sh.ws {
+        Some(ws) if opening => &ws.upgrade,
+        _ => &sh.heartbeat,
+    };
+    if let Err(e) = stream.write_all(request).await {
         return Err(io_end(&e));
     }
     let deadline = sent + sh.timeout;
@@ -358,7 +371,13 @@ async fn exchange(
             spill.extend_from_slice(&buf[..n]);
             spill
         };
-        let verdict = if sh.http {
+        let verdict = if let Some(ws) = &sh.ws {
+            if opening {
+                crate::ws::upgrade_reply(data)
+            } else {
+                crate::ws::beat_reply(ws.beat, sh.expect.as_deref(), data)
+            }
+        } else if sh.http {
             http_reply(&mut parser, data)
         } else {
             line_reply(sh.expect.as_deref(), data)
@@ -392,7 +411,7 @@ async fn exchange(
 
 /// The verdict on the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
-enum Reply {
+pub(crate) enum Reply {
     /// Need more; keep the last `usize` bytes.
     Incomplete(usize),
     /// An expected reply; `close`: the server will close the connection.
