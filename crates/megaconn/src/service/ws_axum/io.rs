@@ -57,6 +57,25 @@ impl Buffers {
         self.frames.head_len == 0 && self.frames.payload_left == 0 && !self.frames.fragmented
     }
 
+    /// Waits until the socket has bytes (or its end) for the codec, reading
+    /// them into `read_ahead`: an idle socket's wake-up checks readiness
+    /// before any codec state is built. `Ready(0)` is the end of the stream
+    /// (which the codec then reads too).
+    pub(super) fn poll_fill(
+        &mut self,
+        io: &mut Upgraded,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if !self.read_ahead.is_empty() {
+            return Poll::Ready(Ok(self.read_ahead.len()));
+        }
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        std::task::ready!(Pin::new(io).poll_read(cx, &mut buf))?;
+        self.read_ahead = BytesMut::from(buf.filled());
+        Poll::Ready(Ok(self.read_ahead.len()))
+    }
+
     /// Writes the queue to the socket; frees it once empty.
     pub(super) fn poll_flush(
         &mut self,

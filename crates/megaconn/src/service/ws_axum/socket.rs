@@ -221,6 +221,13 @@ impl Stream for WebSocket {
             if this.ended {
                 return Poll::Ready(None);
             }
+            if this.ctx.is_none() {
+                // Idle: wait for bytes before building the codec's state.
+                if let Err(e) = std::task::ready!(this.bufs.poll_fill(&mut this.io, cx)) {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(axum::Error::new(e))));
+                }
+            }
             let (ctx, mut bridge) = this.bridge(Some(cx));
             let result = ctx.read(&mut bridge);
             // A pong or a close reply the read queued goes out now; a
