@@ -150,12 +150,18 @@ pub(crate) struct Config {
     /// The framed protocol's listeners, handler and heartbeat (`proto/framed`),
     /// opaque here: the core does not know protocols.
     pub framed: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+    /// The message layer's settings (`message/`: the hub, the outbound
+    /// queue bound), opaque here for the same reason.
+    pub message: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
     /// Hand each request its connection's addresses ([`ConnInfo`](crate::ConnInfo),
     /// and axum's `ConnectInfo<SocketAddr>`).
     pub connect_info: bool,
     /// How long a worker's event loop may stay away before the stall
     /// detector reports it (server/stall.rs); `None` turns it off.
     pub stall_threshold: Option<Duration>,
+    /// OpenTelemetry: a span per request (observe/trace.rs); zero-sized
+    /// without the `otel` feature.
+    pub tracing: crate::observe::trace::Hook,
 }
 
 impl Default for Config {
@@ -195,6 +201,8 @@ impl Default for Config {
             connect_info: false,
             stall_threshold: Some(DEFAULT_STALL_THRESHOLD),
             framed: None,
+            message: None,
+            tracing: Default::default(),
         }
     }
 }

@@ -12,8 +12,14 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::conn::tls_io::ParkedTls;
+
 /// A byte stream the HTTP/1 engine can serve.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Whether the stream is encrypted (TLS): traced requests on it say
+    /// `url.scheme = https`. Default: `false`.
+    const SECURE: bool = false;
+
     /// Polls until the stream has bytes (or EOF, or an error) to read.
     ///
     /// The default is always ready, which is correct but makes an idle connection
@@ -50,6 +56,15 @@ pub(crate) trait Parkable: Transport {
             io::ErrorKind::Unsupported,
             "this transport cannot be parked",
         ))
+    }
+
+    /// Gives up the stream for parking: the bare socket and, for a TLS
+    /// stream, the session that waits beside it in the worker's table.
+    fn into_parked_parts(self) -> io::Result<(OwnedFd, Option<ParkedTls>)>
+    where
+        Self: Sized,
+    {
+        self.into_parked().map(|socket| (socket, None))
     }
 }
 
@@ -113,6 +128,8 @@ impl<T: AsyncWrite> AsyncWrite for Foreign<T> {
 }
 
 impl<T: Transport> Transport for Foreign<T> {
+    const SECURE: bool = T::SECURE;
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.io.poll_read_ready(cx)
     }

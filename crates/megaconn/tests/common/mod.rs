@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod modes;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -455,4 +456,14 @@ pub async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     .await
     .expect("server did not close the connection");
     out
+}
+
+/// An h2c client (prior knowledge) on a fresh connection.
+pub async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
 }
