@@ -74,20 +74,6 @@ RUNS="$RES_DIR/runs.jsonl"
 : >"$RUNS"
 log "results in $RES_DIR"
 
-# Mean of hold's "H heartbeats/s," over progress lines with FROM <= t <= TO.
-hb_rate() { # LOG FROM TO
-  awk -v a="$2" -v b="$3" '
-    match($0, /^\[ *[0-9.]+s\]/) {
-      t = substr($0, 2, RLENGTH - 3) + 0
-      if (t < a || t > b) next
-      for (i = 2; i <= NF; i++) if ($i == "heartbeats/s,") { s += $(i - 1); k++ }
-    }
-    END { if (k) printf "%.1f\n", s / k; else print "null" }' "$1"
-}
-# hold's own clock (s) of its last progress line.
-hold_clock() { tail -c 2000 "$1" 2>/dev/null | awk 'match($0, /^\[ *[0-9.]+s\]/) { t = substr($0, 2, RLENGTH - 3) + 0 } END { print t + 0 }'; }
-hold_open() { tail -c 2000 "$1" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "open") o = $(i + 1) } END { print o + 0 }'; }
-
 run_one() { # server round
   local server=$1 round=$2 kind=$1 bin="$MEGACONN_A"
   local base="$RES_DIR/$server-r$round"

@@ -34,6 +34,9 @@
 #   kernel_slab_bytes, kernel_tcp_mem_bytes   from /proc/meminfo, /proc/net/sockstat
 #   kernel_sock_slab_bytes  socket-related slab caches from /proc/slabinfo
 #   established_count PORT   server-side established TCP connections on PORT
+#   hb_rate LOG FROM TO, hold_clock LOG, hold_open LOG   read `megaconn hold`'s
+#                        progress lines: mean heartbeats/s over a span of its
+#                        clock, its clock now, connections open now
 #   bench_cleanup        kills every process the scripts started (used by traps)
 #
 # Environment knobs: MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments), SERVER_CPU (1), LOAD_CPU (0),
@@ -426,6 +429,20 @@ server_queued() {
 # sockets of other programs that happen to use the same port number as their
 # local port on another 127.x source address.
 established_count() { ss -Htn state established "( src 127.0.0.1:$1 )" 2>/dev/null | wc -l; }
+
+# Mean of hold's "H heartbeats/s," over progress lines with FROM <= t <= TO.
+hb_rate() { # LOG FROM TO
+  awk -v a="$2" -v b="$3" '
+    match($0, /^\[ *[0-9.]+s\]/) {
+      t = substr($0, 2, RLENGTH - 3) + 0
+      if (t < a || t > b) next
+      for (i = 2; i <= NF; i++) if ($i == "heartbeats/s,") { s += $(i - 1); k++ }
+    }
+    END { if (k) printf "%.1f\n", s / k; else print "null" }' "$1"
+}
+# hold's own clock (s) of its last progress line.
+hold_clock() { tail -c 2000 "$1" 2>/dev/null | awk 'match($0, /^\[ *[0-9.]+s\]/) { t = substr($0, 2, RLENGTH - 3) + 0 } END { print t + 0 }'; }
+hold_open() { tail -c 2000 "$1" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "open") o = $(i + 1) } END { print o + 0 }'; }
 
 # kill_ours SIG PATTERN PID...: signal only those PIDs that still exist and
 # whose command line contains PATTERN (guards against reused PIDs).

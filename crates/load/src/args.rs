@@ -23,6 +23,8 @@ pub(crate) enum Scheme {
     Https,
     /// Raw TCP lines (`hold` only).
     Tcp,
+    /// WebSocket in cleartext (see `ws`).
+    Ws,
 }
 
 /// A parsed and resolved target.
@@ -48,9 +50,11 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, LoadError> {
         (Scheme::Tcp, r)
     } else if let Some(r) = s.strip_prefix("https://") {
         (Scheme::Https, r)
+    } else if let Some(r) = s.strip_prefix("ws://") {
+        (Scheme::Ws, r)
     } else if s.contains("://") {
         return Err(bad(
-            "use http://HOST:PORT/PATH, https://HOST:PORT/PATH or tcp://HOST:PORT",
+            "use http://HOST:PORT/PATH, https://HOST:PORT/PATH, ws://HOST:PORT/PATH or tcp://HOST:PORT",
         ));
     } else {
         (Scheme::Http, s)
@@ -71,7 +75,7 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, LoadError> {
         && !authority.ends_with(']')
     {
         authority.to_string()
-    } else if scheme == Scheme::Http {
+    } else if scheme == Scheme::Http || scheme == Scheme::Ws {
         format!("{authority}:80")
     } else if scheme == Scheme::Https {
         format!("{authority}:443")

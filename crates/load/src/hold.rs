@@ -23,12 +23,14 @@ use crate::progress::{Progress, TICK};
 use crate::report::{write_json, HoldReport};
 use crate::sys::{self, InterruptGuard};
 use crate::tls::{self, Trust, ALPN_HTTP1};
+use crate::ws::{WsHeartbeat, WsHold};
 
 /// Arguments of `megaconn hold URL|tcp://ADDR`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HoldArgs {
     /// Target: http://HOST:PORT/PATH or https://HOST:PORT/PATH (HTTP
-    /// heartbeats), or tcp://HOST:PORT (line heartbeats).
+    /// heartbeats), tcp://HOST:PORT (line heartbeats) or ws://HOST:PORT/PATH
+    /// (WebSocket pings or texts).
     pub target: String,
     /// Connections to open and hold (up to 1,000,000).
     #[arg(short = 'c', long, default_value_t = 1000)]
@@ -86,6 +88,10 @@ pub struct HoldArgs {
     /// No progress output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// ws:// heartbeat: a ping (answered by a pong) or a text frame of the
+    /// --send text (answered by any message, containing --expect if given).
+    #[arg(long, value_enum, default_value_t = WsHeartbeat::Ping)]
+    pub ws_heartbeat: WsHeartbeat,
     /// Internal: this process is child I of a multi-process run.
     #[arg(long, hide = true, requires = "child_count")]
     pub child_index: Option<usize>,
@@ -120,6 +126,8 @@ pub(crate) struct HoldPlan {
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
+    /// ws://: the upgrade and what answers a heartbeat.
+    pub ws: Option<WsHold>,
 }
 
 /// Checks everything that can be checked before load starts (except reachability).
@@ -179,7 +187,12 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
             "use a method name such as GET or POST",
         ));
     }
-    let heartbeat = if target.scheme != Scheme::Tcp {
+    let mut ws = None;
+    let heartbeat = if target.scheme == Scheme::Ws {
+        let (hold, frame) = WsHold::new(&target, args.ws_heartbeat, &unescape(&args.send));
+        ws = Some(hold);
+        frame
+    } else if target.scheme != Scheme::Tcp {
         let headers = args
             .headers
             .iter()
@@ -252,6 +265,7 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
         heartbeat,
         head_request: method == "HEAD",
         tls,
+        ws,
     })
 }
 
@@ -276,6 +290,7 @@ pub(crate) fn share(
         heartbeat: plan.heartbeat.clone(),
         head_request: plan.head_request,
         http,
+        ws: plan.ws.clone(),
         expect: args.expect.as_ref().map(|e| unescape(e)),
         interval: args.interval,
         timeout: args.timeout,

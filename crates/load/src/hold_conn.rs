@@ -48,6 +48,8 @@ pub(crate) struct HoldShared {
     pub http: bool,
     /// HTTP: the method is HEAD, so replies have no body.
     pub head_request: bool,
+    /// ws://: the upgrade and what answers a heartbeat (`http` is false).
+    pub ws: Option<crate::ws::WsHold>,
     /// Line protocol: the reply line must contain this.
     pub expect: Option<Vec<u8>>,
     /// Heartbeat interval.
@@ -334,8 +336,8 @@ async fn session(
 ) -> Ended {
     let sh = &ctx.shared;
     let mut spill: Vec<u8> = Vec::new();
-    if sh.http {
-        let opened = exchange(ctx, &mut stream, &mut spill).await;
+    if sh.http || sh.ws.is_some() {
+        let opened = exchange(ctx, &mut stream, &mut spill, true).await;
         if first_attempt {
             ctx.counters.attempted.fetch_add(1, Relaxed);
         }
@@ -357,16 +359,25 @@ async fn session(
                         return Ended::Reset;
                     }
                     let mut buf = ctx.buf.borrow_mut();
-                    match stream.try_read_app(&mut buf) {
+                    let pongs = match stream.try_read_app(&mut buf) {
                         Ok(Read::Eof) => return Ended::Dropped,
-                        Ok(_) => {} // unsolicited bytes: ignored
+                        // Unsolicited bytes: ignored, but a WebSocket
+                        // server's ping gets its pong.
+                        Ok(Read::Data(d)) if sh.ws.is_some() => crate::ws::pongs_for(d),
+                        Ok(_) => Vec::new(),
                         Err(e) => return io_end(&e),
+                    };
+                    drop(buf);
+                    if !pongs.is_empty() {
+                        if let Err(e) = stream.write_app(&pongs).await {
+                            return io_end(&e);
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(on_tick(next, sh.start).into()) => break,
             }
         }
-        if let Err(e) = exchange(ctx, &mut stream, &mut spill).await {
+        if let Err(e) = exchange(ctx, &mut stream, &mut spill, false).await {
             return e;
         }
         // Next beat: one interval on, ±10% so beats stay spread out.
@@ -397,16 +408,22 @@ fn io_end(e: &std::io::Error) -> Ended {
     }
 }
 
-/// Sends one heartbeat and waits for its reply; counts and times it.
+/// Sends one heartbeat (or with `opening`, the opening request) and waits
+/// for its reply; counts and times it.
 async fn exchange(
     ctx: &ThreadCtx,
     stream: &mut impl Held,
     spill: &mut Vec<u8>,
+    opening: bool,
 ) -> Result<(), Ended> {
     let sh = &ctx.shared;
     let c = &ctx.counters;
     let sent = Instant::now();
-    if let Err(e) = stream.write_app(&sh.heartbeat).await {
+    let request = match &sh.ws {
+        Some(ws) if opening => &ws.upgrade,
+        _ => &sh.heartbeat,
+    };
+    if let Err(e) = stream.write_app(request).await {
         return Err(io_end(&e));
     }
     let deadline = sent + sh.timeout;
@@ -434,7 +451,13 @@ async fn exchange(
             spill.extend_from_slice(read);
             spill
         };
-        let verdict = if sh.http {
+        let verdict = if let Some(ws) = &sh.ws {
+            if opening {
+                crate::ws::upgrade_reply(data)
+            } else {
+                crate::ws::beat_reply(ws.beat, sh.expect.as_deref(), data)
+            }
+        } else if sh.http {
             http_reply(&mut parser, data)
         } else {
             line_reply(sh.expect.as_deref(), data)
@@ -461,7 +484,7 @@ async fn exchange(
 
 /// The verdict on the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
-enum Reply {
+pub(crate) enum Reply {
     /// Need more; keep the last `usize` bytes.
     Incomplete(usize),
     /// An expected reply; `close`: the server will close the connection.

@@ -32,6 +32,7 @@
 //! | `report` | the report types, their JSON form and human printing |
 //! | `progress` | the live progress display (indicatif on a TTY, plain lines otherwise) |
 //! | `plot` | the latency percentile plot, SVG or PNG |
+//! | `ws` | `ws://`: the held WebSocket's upgrade and frames, and `load ws://` (round trips, `--receive`) |
 
 mod args;
 mod children;
@@ -53,9 +54,11 @@ mod sys;
 mod tls;
 mod transport;
 pub mod units;
+mod ws;
 
 pub use error::LoadError;
 pub use histogram::Percentiles;
 pub use hold::{run_hold, HoldArgs};
 pub use load::{run_load, LoadArgs};
 pub use report::{ErrorCounts, HoldReport, LoadReport, TlsStats};
+pub use ws::WsHeartbeat;

@@ -96,6 +96,11 @@ pub struct LoadArgs {
     /// No progress output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// ws:// only: send nothing; count the messages the server pushes and,
+    /// for those whose text starts with their send time (Unix µs), the
+    /// delivery latency.
+    #[arg(long)]
+    pub receive: bool,
 }
 
 /// Longest a run without `--duration` may take: a safety bound, far beyond any real
@@ -299,6 +304,16 @@ fn endpoint(args: &LoadArgs, target: &Target) -> Result<Endpoint, LoadError> {
 /// Runs `megaconn load`: generates the load, prints the report to stdout, writes
 /// `--json`/`--plot` files, and returns the report.
 pub fn run_load(args: LoadArgs) -> Result<LoadReport, LoadError> {
+    if args.url.starts_with("ws://") {
+        return crate::ws::run_load(&args);
+    }
+    if args.receive {
+        return Err(LoadError::invalid(
+            "--receive",
+            "",
+            "--receive is for ws:// targets",
+        ));
+    }
     let Plan {
         threads,
         mut shared,

@@ -126,6 +126,18 @@ pub use service::body::Body;
 pub use service::upgrade::{OnUpgrade, Upgraded};
 pub use service::HttpService;
 
+/// axum's `axum::extract::ws` API (`WebSocketUpgrade`, `WebSocket`,
+/// `Message`) on megaconn's upgrade: an axum WebSocket app runs under
+/// megaconn by changing its `use axum::extract::ws::…` line to this module.
+#[cfg(feature = "axum")]
+pub mod axum_ws {
+    pub use crate::service::ws_axum::{
+        close_code, CloseFrame, DefaultOnFailedUpgrade, Message, OnFailedUpgrade, Utf8Bytes,
+        WebSocket, WebSocketUpgrade, WebSocketUpgradeRejection, DEFAULT_MAX_FRAME_SIZE,
+        DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_WRITE_BUFFER_SIZE,
+    };
+}
+
 /// The error type a service or response body may fail with: anything that can be
 /// boxed. Used in the bounds of [`Server::serve`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

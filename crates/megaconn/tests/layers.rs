@@ -5,7 +5,7 @@
 //! ```text
 //!  server/   builder, dispatcher, workers          (decides the protocol)
 //!  proto/    http1/, http2                         (never import each other)
-//!  service/  body, upgrade, the service glue
+//!  service/  body, upgrade, ws_axum (axum's WebSocket API), the service glue
 //!  conn/     the connection core                   observe/  close reasons, stats,
 //!  error.rs                                                  metrics, lifecycle
 //! ```

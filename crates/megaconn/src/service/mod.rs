@@ -18,6 +18,8 @@ use crate::BoxError;
 pub(crate) mod body;
 pub(crate) mod h2_body;
 pub(crate) mod upgrade;
+#[cfg(feature = "axum")]
+pub(crate) mod ws_axum;
 
 /// What tokio's panic says when a handler calls `block_in_place` on a
 /// current-thread runtime, which every megaconn worker is.

@@ -328,6 +328,10 @@ where
     let (parts, body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
         || (this.setup.is_connect && parts.status.is_success());
+    #[cfg(feature = "axum")]
+    if parts.status == StatusCode::UPGRADE_REQUIRED && this.setup.upgrade.is_some() {
+        tracing::warn!("{}", crate::service::ws_axum::WRONG_EXTRACTOR_HINT);
+    }
     if switching {
         match this.setup.upgrade.take() {
             Some(tx) => *this.upgrading = Some(tx),

@@ -1,0 +1,374 @@
+//! axum-compatible WebSocket: `megaconn::axum_ws`, axum 0.8's
+//! `axum::extract::ws` API on megaconn's own upgrade.
+//!
+//! axum's `WebSocketUpgrade` takes hyper's upgrade handle from the request;
+//! megaconn is not hyper, so under megaconn that extractor answers `426`.
+//! This one takes megaconn's [`OnUpgrade`] instead, so an axum WebSocket
+//! app runs under megaconn by changing one `use` line:
+//!
+//! ```no_run
+//! // use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+//! use megaconn::axum_ws::{Message, WebSocket, WebSocketUpgrade};
+//! use axum::{response::Response, routing::get, Router};
+//!
+//! async fn echo(ws: WebSocketUpgrade) -> Response {
+//!     ws.on_upgrade(|mut socket: WebSocket| async move {
+//!         while let Some(Ok(msg)) = socket.recv().await {
+//!             if let Message::Text(_) | Message::Binary(_) = msg {
+//!                 if socket.send(msg).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         }
+//!     })
+//! }
+//! let app: Router = Router::new().route("/ws", get(echo));
+//! ```
+//!
+//! [`Message`], [`CloseFrame`], [`Utf8Bytes`] and [`close_code`] are axum's
+//! own types, re-exported: code that names them through `axum::extract::ws`
+//! keeps working beside this module, and the stream's error is `axum::Error`
+//! as in axum.
+//!
+//! # What an idle socket holds
+//!
+//! The task `on_upgrade` spawns, with the handler's future in it, which holds
+//! the [`WebSocket`] (440 bytes: the upgraded connection and its accounts,
+//! the limits, two empty buffer handles). No read or write buffer, and not
+//! even tungstenite's state machine: it gets a zero-sized read buffer and a
+//! zero write threshold, the bytes in flight between it and the socket live
+//! in a stack chunk or in exact-size copies freed once consumed (see
+//! `io.rs`), and between messages its context is dropped (boxed again when
+//! the next frame arrives), so the capacity its own buffers grew to goes
+//! too. Measured with `examples/ws_idle_heap.rs` (release build, 10,000
+//! sockets, each after a text message both ways): 1,563 heap bytes per idle
+//! socket (the task with the handler's future, 1,152; the connection's
+//! boxed socket and accounts), against 132,521 for axum's own socket, whose
+//! tungstenite keeps its 128 KiB read buffer (zero-filled on every read, so
+//! resident). `bench/WS.md` has RSS beside the peers.
+//!
+//! # Differences from axum
+//!
+//! `read_buffer_size` is accepted and ignored (reads take at most 8 KiB on
+//! the stack and keep nothing); HTTP/2 extended CONNECT (RFC 8441) is not
+//! served, only the HTTP/1.1 upgrade; rejections are this module's
+//! [`WebSocketUpgradeRejection`] with the same statuses as axum's.
+
+use std::future::Future;
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, StatusCode, Version};
+
+use crate::service::upgrade::OnUpgrade;
+
+mod io;
+mod socket;
+
+pub use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
+pub use socket::WebSocket;
+
+/// What megaconn logs when a handler answers `426` to an upgrade request:
+/// under megaconn that is almost always axum's own WebSocket extractor,
+/// which needs hyper's upgrade handle.
+pub(crate) const WRONG_EXTRACTOR_HINT: &str = "a handler answered 426 Upgrade Required to an \
+     upgrade request: if it uses axum::extract::ws::WebSocketUpgrade, that extractor cannot \
+     upgrade under megaconn (it looks for hyper's upgrade handle); import \
+     megaconn::axum_ws::{Message, WebSocket, WebSocketUpgrade} instead (same API)";
+
+/// Default [`WebSocketUpgrade::write_buffer_size`]: 128 KiB, as axum.
+pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 128 * 1024;
+/// Default [`WebSocketUpgrade::max_message_size`]: 64 MiB, as axum.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+/// Default [`WebSocketUpgrade::max_frame_size`]: 16 MiB, as axum.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
+
+/// Extractor that upgrades an HTTP/1.1 request to a WebSocket: axum's
+/// `WebSocketUpgrade` for megaconn. Answer with [`on_upgrade`](Self::on_upgrade).
+pub struct WebSocketUpgrade<F = DefaultOnFailedUpgrade> {
+    limits: socket::Limits,
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+    requested: Vec<HeaderValue>,
+    protocol: Option<HeaderValue>,
+    on_failed_upgrade: F,
+}
+
+impl<F> std::fmt::Debug for WebSocketUpgrade<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketUpgrade")
+            .field("limits", &self.limits)
+            .field("requested", &self.requested)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> WebSocketUpgrade<F> {
+    /// Accepted for axum compatibility and ignored: megaconn's socket keeps
+    /// no read buffer (a read takes at most 8 KiB on the stack).
+    pub fn read_buffer_size(self, _size: usize) -> Self {
+        self
+    }
+
+    /// Bytes a `Sink` may queue before `poll_ready` flushes them. Default
+    /// [`DEFAULT_WRITE_BUFFER_SIZE`]; `0` flushes before every message.
+    /// `send` and `flush` always write everything, after which the queue's
+    /// memory is freed.
+    pub fn write_buffer_size(mut self, size: usize) -> Self {
+        self.limits.write_buffer_size = size;
+        self
+    }
+
+    /// Bytes that may be queued at most; a send past it fails. Default
+    /// unlimited (the queue only grows while the client reads slower than
+    /// the handler feeds without flushing).
+    pub fn max_write_buffer_size(mut self, max: usize) -> Self {
+        self.limits.max_write_buffer_size = max;
+        self
+    }
+
+    /// Largest message accepted, in bytes; past it the socket closes with
+    /// 1009. Default [`DEFAULT_MAX_MESSAGE_SIZE`].
+    pub fn max_message_size(mut self, max: usize) -> Self {
+        self.limits.max_message_size = Some(max);
+        self
+    }
+
+    /// Largest frame payload accepted, in bytes; past it the socket closes
+    /// with 1009. Default [`DEFAULT_MAX_FRAME_SIZE`].
+    pub fn max_frame_size(mut self, max: usize) -> Self {
+        self.limits.max_frame_size = Some(max);
+        self
+    }
+
+    /// Accepts unmasked client frames, against RFC 6455. Default `false`.
+    pub fn accept_unmasked_frames(mut self, accept: bool) -> Self {
+        self.limits.accept_unmasked_frames = accept;
+        self
+    }
+
+    /// The subprotocols the server speaks, most preferred first: the first
+    /// of them the client asked for (`Sec-WebSocket-Protocol`) is selected
+    /// and echoed in the response. None in common: none selected.
+    pub fn protocols<I>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<std::borrow::Cow<'static, str>>,
+    {
+        self.protocol = protocols.into_iter().find_map(|p| {
+            let p = p.into();
+            self.requested
+                .iter()
+                .find(|r| r.as_bytes().eq_ignore_ascii_case(p.as_bytes()))
+                .cloned()
+        });
+        self
+    }
+
+    /// The subprotocols the client asked for, in its order.
+    pub fn requested_protocols(&self) -> impl Iterator<Item = &HeaderValue> {
+        self.requested.iter()
+    }
+
+    /// Selects a subprotocol by hand (the last of this and
+    /// [`protocols`](Self::protocols) wins).
+    pub fn set_selected_protocol(&mut self, protocol: HeaderValue) {
+        self.protocol = Some(protocol);
+    }
+
+    /// The selected subprotocol, if any.
+    pub fn selected_protocol(&self) -> Option<&HeaderValue> {
+        self.protocol.as_ref()
+    }
+
+    /// What to do if the connection fails to switch after the `101` (the
+    /// client went away first). Default: a debug log line.
+    pub fn on_failed_upgrade<C: OnFailedUpgrade>(self, callback: C) -> WebSocketUpgrade<C> {
+        WebSocketUpgrade {
+            limits: self.limits,
+            key: self.key,
+            on_upgrade: self.on_upgrade,
+            requested: self.requested,
+            protocol: self.protocol,
+            on_failed_upgrade: callback,
+        }
+    }
+
+    /// Answers `101 Switching Protocols` and, once megaconn has written it,
+    /// runs `callback` with the socket on a new task.
+    pub fn on_upgrade<C, Fut>(self, callback: C) -> Response
+    where
+        C: FnOnce(WebSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+        F: OnFailedUpgrade,
+    {
+        let WebSocketUpgrade {
+            limits,
+            key,
+            on_upgrade,
+            protocol,
+            on_failed_upgrade,
+            ..
+        } = self;
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let mut response = Response::new(axum::body::Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::try_from(accept).expect("base64 is a valid header value"),
+        );
+        if let Some(protocol) = &protocol {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+        }
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(io) => callback(WebSocket::new(io, limits, protocol)).await,
+                Err(e) => on_failed_upgrade.call(axum::Error::new(e)),
+            }
+        });
+        response
+    }
+}
+
+/// What to do when the connection fails to switch after the `101`.
+pub trait OnFailedUpgrade: Send + 'static {
+    /// Called with why.
+    fn call(self, error: axum::Error);
+}
+
+impl<F: FnOnce(axum::Error) + Send + 'static> OnFailedUpgrade for F {
+    fn call(self, error: axum::Error) {
+        self(error)
+    }
+}
+
+/// The default [`OnFailedUpgrade`]: a debug log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultOnFailedUpgrade;
+
+impl OnFailedUpgrade for DefaultOnFailedUpgrade {
+    fn call(self, error: axum::Error) {
+        tracing::debug!(%error, "WebSocket upgrade failed after the 101");
+    }
+}
+
+/// Why a request could not be upgraded; answered with the status axum's
+/// extractor uses and a body that says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebSocketUpgradeRejection {
+    /// Not a `GET` (HTTP/1.1 upgrades must be): 405.
+    #[error("a WebSocket upgrade must be a GET request")]
+    MethodNotGet,
+    /// Not HTTP/1.1 (HTTP/2 extended CONNECT is not served): 400.
+    #[error("WebSocket upgrades are served over HTTP/1.1 only")]
+    NotHttp11,
+    /// `Connection` lacks the `upgrade` token: 400.
+    #[error("the Connection header must contain the token 'upgrade'")]
+    InvalidConnectionHeader,
+    /// `Upgrade` is not `websocket`: 400.
+    #[error("the Upgrade header must be 'websocket'")]
+    InvalidUpgradeHeader,
+    /// `Sec-WebSocket-Version` is not 13: 400.
+    #[error("the Sec-WebSocket-Version header must be 13")]
+    InvalidWebSocketVersionHeader,
+    /// No `Sec-WebSocket-Key`: 400.
+    #[error("the Sec-WebSocket-Key header is missing")]
+    WebSocketKeyHeaderMissing,
+    /// The request carries no megaconn upgrade handle (not served by
+    /// megaconn, or the handle was taken already): 426.
+    #[error("WebSocket request couldn't be upgraded: no megaconn upgrade handle on the request (is it served by megaconn?)")]
+    ConnectionNotUpgradable,
+}
+
+impl WebSocketUpgradeRejection {
+    /// The HTTP status this rejection answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MethodNotGet => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ConnectionNotUpgradable => StatusCode::UPGRADE_REQUIRED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl IntoResponse for WebSocketUpgradeRejection {
+    fn into_response(self) -> Response {
+        (self.status(), self.to_string()).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade<DefaultOnFailedUpgrade> {
+    type Rejection = WebSocketUpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        use WebSocketUpgradeRejection as R;
+        if parts.version != Version::HTTP_11 {
+            return Err(R::NotHttp11);
+        }
+        if parts.method != Method::GET {
+            return Err(R::MethodNotGet);
+        }
+        if !has_token(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(R::InvalidConnectionHeader);
+        }
+        if !has_token(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(R::InvalidUpgradeHeader);
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+        {
+            return Err(R::InvalidWebSocketVersionHeader);
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .ok_or(R::WebSocketKeyHeaderMissing)?
+            .clone();
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(R::ConnectionNotUpgradable)?;
+        let requested = tokens(&parts.headers, header::SEC_WEBSOCKET_PROTOCOL)
+            .filter_map(|t| HeaderValue::from_bytes(t).ok())
+            .collect();
+        Ok(WebSocketUpgrade {
+            limits: socket::Limits {
+                write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+                max_write_buffer_size: usize::MAX,
+                max_message_size: Some(DEFAULT_MAX_MESSAGE_SIZE),
+                max_frame_size: Some(DEFAULT_MAX_FRAME_SIZE),
+                accept_unmasked_frames: false,
+            },
+            key,
+            on_upgrade,
+            requested,
+            protocol: None,
+            on_failed_upgrade: DefaultOnFailedUpgrade,
+        })
+    }
+}
+
+/// The comma-separated tokens of every `name` header, trimmed.
+fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether a `name` header lists `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}

@@ -1,0 +1,365 @@
+//! [`WebSocket`]: an upgraded connection as a `Stream` and `Sink` of axum's
+//! [`Message`]s, on tungstenite's protocol state machine.
+//!
+//! tungstenite's [`WebSocketContext`] checks frames, reassembles fragments,
+//! validates UTF-8, answers pings and runs the close handshake; this type
+//! feeds it through [`Bridge`] so no buffer outlives a message. Text and
+//! binary messages are framed here rather than by the context, whose write
+//! buffer keeps the capacity of the largest frame it ever sent; only the
+//! small control frames (ping, pong, close) go through it.
+//!
+//! Between messages the context holds nothing that a fresh one would not
+//! (the socket is open both ways, no fragment is pending, the bridge has
+//! handed it no byte of the next frame), so an idle socket drops it: the
+//! ~450 bytes of state leave the task and the capacity its buffers grew to
+//! is freed. The next readiness boxes a fresh one (one allocation).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use bytes::{BufMut, Bytes};
+use futures_util::stream::FusedStream;
+use futures_util::{Sink, Stream};
+use http::HeaderValue;
+use tungstenite::error::{CapacityError, ProtocolError};
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::Error as WsError;
+
+use super::io::{Bridge, Buffers};
+use crate::service::upgrade::Upgraded;
+
+/// A WebSocket connection after the upgrade: receive with [`recv`](Self::recv)
+/// or as a [`Stream`], send with [`send`](Self::send) or as a [`Sink`] (split
+/// it with `StreamExt::split` to do both from two tasks), as axum's
+/// `WebSocket`.
+///
+/// While idle it holds no read or write buffer: see the module docs of
+/// [`megaconn::axum_ws`](crate::axum_ws) for what it does hold.
+pub struct WebSocket {
+    io: Upgraded,
+    /// tungstenite's state machine while a message is under way; `None`
+    /// between messages (see the module docs).
+    ctx: Option<Box<WebSocketContext>>,
+    /// What a fresh context is made with.
+    config: WebSocketConfig,
+    bufs: Buffers,
+    protocol: Option<HeaderValue>,
+    /// Sink: queued bytes past which `poll_ready` flushes first.
+    write_buffer_size: usize,
+    /// Sink: queued bytes past which a send fails.
+    max_write_buffer_size: usize,
+    /// The stream has ended (closed, or failed for good).
+    ended: bool,
+}
+
+impl std::fmt::Debug for WebSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocket")
+            .field("protocol", &self.protocol)
+            .field("queued", &self.bufs.queued())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The socket's limits, from [`WebSocketUpgrade`](super::WebSocketUpgrade).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) write_buffer_size: usize,
+    pub(super) max_write_buffer_size: usize,
+    pub(super) max_message_size: Option<usize>,
+    pub(super) max_frame_size: Option<usize>,
+    pub(super) accept_unmasked_frames: bool,
+}
+
+impl WebSocket {
+    pub(super) fn new(io: Upgraded, limits: Limits, protocol: Option<HeaderValue>) -> WebSocket {
+        // A zero read buffer: tungstenite allocates no read buffer up front
+        // and reads header-sized pieces, which `Bridge` serves from memory.
+        // A zero write buffer: every frame goes to the bridge at once.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(0)
+            .write_buffer_size(0)
+            .max_write_buffer_size(usize::MAX)
+            .max_message_size(limits.max_message_size)
+            .max_frame_size(limits.max_frame_size)
+            .accept_unmasked_frames(limits.accept_unmasked_frames);
+        WebSocket {
+            io,
+            ctx: None,
+            config,
+            bufs: Buffers::default(),
+            protocol,
+            write_buffer_size: limits.write_buffer_size,
+            max_write_buffer_size: limits.max_write_buffer_size,
+            ended: false,
+        }
+    }
+
+    /// Receives the next message; `None` once the connection has closed.
+    pub async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
+        futures_util::StreamExt::next(self).await
+    }
+
+    /// Sends a message and flushes it to the socket.
+    pub async fn send(&mut self, msg: Message) -> Result<(), axum::Error> {
+        futures_util::SinkExt::send(self, msg).await
+    }
+
+    /// The subprotocol the upgrade selected, if any.
+    pub fn protocol(&self) -> Option<&HeaderValue> {
+        self.protocol.as_ref()
+    }
+
+    /// Splits the borrows: the context (a fresh one if none is held), the
+    /// socket and the buffers.
+    fn bridge<'a, 'b>(
+        &'a mut self,
+        cx: Option<&'a mut Context<'b>>,
+    ) -> (&'a mut WebSocketContext, Bridge<'a, 'b>) {
+        let config = self.config;
+        let ctx = self
+            .ctx
+            .get_or_insert_with(|| Box::new(WebSocketContext::new(Role::Server, Some(config))));
+        let bridge = Bridge {
+            io: &mut self.io,
+            bufs: &mut self.bufs,
+            cx,
+        };
+        (ctx, bridge)
+    }
+
+    /// Whether messages may still be sent (no close sent or received).
+    fn can_write(&self) -> bool {
+        self.ctx.as_ref().is_none_or(|ctx| ctx.can_write())
+    }
+
+    fn poll_flush_queue(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+        self.bufs
+            .poll_flush(&mut self.io, cx)
+            .map_err(axum::Error::new)
+    }
+
+    /// Between messages, drops tungstenite's context (its read buffer keeps
+    /// the capacity of the largest frame it reassembled, its write buffer
+    /// that of the largest control frame it sent). Only when it holds
+    /// nothing a fresh one would not: open both ways, no fragmented message,
+    /// no unread bytes (the bridge never hands it part of the next frame),
+    /// and its pending pong written out first.
+    fn drop_context_between_messages(&mut self, cx: &mut Context<'_>) {
+        if self.ctx.is_none() || !self.can_write() || !self.bufs.between_messages() {
+            return;
+        }
+        let (ctx, mut bridge) = self.bridge(Some(cx));
+        if ctx.flush(&mut bridge).is_err() {
+            return;
+        }
+        self.ctx = None;
+    }
+
+    /// After a protocol error: closes with the matching code (1002, 1007,
+    /// 1009) so the client learns why, best effort.
+    fn close_for(&mut self, error: &WsError, cx: &mut Context<'_>) {
+        let code = match error {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => CloseCode::Size,
+            WsError::Utf8(_) => CloseCode::Invalid,
+            WsError::Protocol(_) => CloseCode::Protocol,
+            _ => return,
+        };
+        tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame");
+        let frame = tungstenite::protocol::CloseFrame {
+            code,
+            reason: tungstenite::Utf8Bytes::from_static(""),
+        };
+        let (ctx, mut bridge) = self.bridge(Some(cx));
+        let _ = ctx.close(&mut bridge, Some(frame));
+        let _ = self.poll_flush_queue(cx);
+    }
+}
+
+/// tungstenite's message as axum's. `None` for a raw frame, which reading
+/// never yields.
+fn from_tungstenite(message: tungstenite::Message) -> Option<Message> {
+    Some(match message {
+        tungstenite::Message::Text(text) => Message::Text(utf8(text.into())),
+        tungstenite::Message::Binary(data) => Message::Binary(data),
+        tungstenite::Message::Ping(data) => Message::Ping(data),
+        tungstenite::Message::Pong(data) => Message::Pong(data),
+        tungstenite::Message::Close(frame) => Message::Close(frame.map(|f| CloseFrame {
+            code: f.code.into(),
+            reason: utf8(f.reason.into()),
+        })),
+        tungstenite::Message::Frame(_) => return None,
+    })
+}
+
+/// Bytes tungstenite has already validated as UTF-8, as axum's `Utf8Bytes`
+/// (whose only public constructor from `Bytes` checks again).
+fn utf8(bytes: Bytes) -> Utf8Bytes {
+    Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("\u{fffd}"))
+}
+
+/// axum's close frame as tungstenite's.
+fn close_to_tungstenite(frame: CloseFrame) -> Result<tungstenite::protocol::CloseFrame, WsError> {
+    let reason = tungstenite::Utf8Bytes::try_from(Bytes::from(frame.reason))
+        .map_err(|e| WsError::Utf8(e.to_string()))?;
+    Ok(tungstenite::protocol::CloseFrame {
+        code: CloseCode::from(frame.code),
+        reason,
+    })
+}
+
+impl Stream for WebSocket {
+    type Item = Result<Message, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            if this.ctx.is_none() {
+                // Idle: wait for bytes before building the codec's state.
+                if let Err(e) = std::task::ready!(this.bufs.poll_fill(&mut this.io, cx)) {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(axum::Error::new(e))));
+                }
+            }
+            let (ctx, mut bridge) = this.bridge(Some(cx));
+            let result = ctx.read(&mut bridge);
+            // A pong or a close reply the read queued goes out now; a
+            // failure shows on the next read.
+            if let Ok(tungstenite::Message::Close(_)) = &result {
+                let (ctx, mut bridge) = this.bridge(Some(cx));
+                let _ = ctx.flush(&mut bridge);
+            }
+            let waiting = matches!(&result, Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if waiting || matches!(&result, Ok(m) if !m.is_close()) {
+                this.drop_context_between_messages(cx);
+            }
+            let _ = this.poll_flush_queue(cx);
+            match result {
+                Ok(message) => {
+                    if let Some(message) = from_tungstenite(message) {
+                        return Poll::Ready(Some(Ok(message)));
+                    }
+                }
+                Err(WsError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Poll::Pending;
+                }
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                Err(e) => {
+                    this.close_for(&e, cx);
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(axum::Error::new(e))));
+                }
+            }
+        }
+    }
+}
+
+impl FusedStream for WebSocket {
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
+
+impl Sink<Message> for WebSocket {
+    type Error = axum::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.bufs.queued() > self.write_buffer_size {
+            return self.poll_flush_queue(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        let this = &mut *self;
+        let (payload, opcode) = match item {
+            Message::Text(text) => (Bytes::from(text), Data::Text),
+            Message::Binary(data) => (data, Data::Binary),
+            control => {
+                let message = match control {
+                    Message::Ping(data) => tungstenite::Message::Ping(data),
+                    Message::Pong(data) => tungstenite::Message::Pong(data),
+                    Message::Close(frame) => tungstenite::Message::Close(
+                        frame
+                            .map(close_to_tungstenite)
+                            .transpose()
+                            .map_err(axum::Error::new)?,
+                    ),
+                    Message::Text(_) | Message::Binary(_) => unreachable!("matched above"),
+                };
+                let (ctx, mut bridge) = this.bridge(None);
+                return match ctx.write(&mut bridge, message) {
+                    // The close is queued; the server-side context calls the
+                    // connection finished once it has nothing left to send.
+                    Ok(()) | Err(WsError::ConnectionClosed) => Ok(()),
+                    Err(e) => Err(axum::Error::new(e)),
+                };
+            }
+        };
+        if !this.can_write() {
+            return Err(axum::Error::new(WsError::Protocol(
+                ProtocolError::SendAfterClosing,
+            )));
+        }
+        let frame = Frame::message(payload, OpCode::Data(opcode), true);
+        if this.bufs.queued() + frame.len() > this.max_write_buffer_size {
+            return Err(axum::Error::new(WsError::WriteBufferFull(Box::new(
+                tungstenite::Message::Frame(frame),
+            ))));
+        }
+        frame
+            .format(&mut (&mut this.bufs.out).writer())
+            .map_err(axum::Error::new)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = &mut *self;
+        // A pong tungstenite still holds (it answers pings on the next read
+        // or flush) goes out with the rest.
+        if this.ctx.is_some() {
+            let (ctx, mut bridge) = this.bridge(Some(cx));
+            match ctx.flush(&mut bridge) {
+                Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
+                Err(e) => return Poll::Ready(Err(axum::Error::new(e))),
+            }
+        }
+        this.poll_flush_queue(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = &mut *self;
+        if this.can_write() {
+            let (ctx, mut bridge) = this.bridge(Some(cx));
+            match ctx.close(&mut bridge, None) {
+                Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {}
+                Err(e) => return Poll::Ready(Err(axum::Error::new(e))),
+            }
+        }
+        this.poll_flush_queue(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The socket sits in every idle connection's task: keep it small (the
+    /// figure behind the `axum_ws` docs): 440 bytes, of which 208 are the
+    /// upgraded connection and its accounts; tungstenite's context (~450
+    /// more) is boxed and held only while a message is under way.
+    #[test]
+    fn an_idle_socket_stays_small() {
+        let size = std::mem::size_of::<WebSocket>();
+        assert!(size <= 448, "WebSocket grew to {size} bytes");
+    }
+}

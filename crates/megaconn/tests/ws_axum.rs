@@ -1,0 +1,328 @@
+//! axum's WebSocket examples under megaconn (`megaconn::axum_ws`, examples
+//! `ws_axum_*`), driven by a real client (tokio-tungstenite): echo both
+//! ways, the ping / greetings / pushes / close of `websockets` with the
+//! address `ConnectInfo` saw, a chat broadcast between two clients, the
+//! size limit's close code, and the hint logged when axum's own extractor
+//! answers 426.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use megaconn::{Server, ServerHandle};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+#[path = "../examples/ws_axum_chat.rs"]
+#[allow(dead_code)]
+mod chat;
+#[path = "../examples/ws_axum_testing.rs"]
+#[allow(dead_code)]
+mod testing;
+#[path = "../examples/ws_axum_websockets.rs"]
+#[allow(dead_code)]
+mod websockets;
+
+/// Every wait in these tests is bounded by this, so a hang fails instead.
+const SAFETY: Duration = Duration::from_secs(20);
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Serves `app` (with `ConnectInfo`, which the websockets example asks for) on 127.0.0.1:0; the handle stops it.
+struct Running {
+    addr: SocketAddr,
+    handle: ServerHandle,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+fn serve(app: axum::Router) -> Running {
+    let server = Server::bind("127.0.0.1:0".parse().unwrap())
+        .workers(1)
+        .connect_info(true)
+        .listen()
+        .expect("server binds");
+    let addr = server.local_addr();
+    let handle = server.handle();
+    tokio::spawn(server.serve(app));
+    Running { addr, handle }
+}
+
+async fn connect(addr: SocketAddr, path: &str) -> Client {
+    let (client, response) = tokio::time::timeout(
+        SAFETY,
+        tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    assert_eq!(response.status(), 101);
+    client
+}
+
+/// The next message that is not a ping or pong, bounded by [`SAFETY`].
+async fn next(client: &mut Client) -> WsMessage {
+    loop {
+        let msg = tokio::time::timeout(SAFETY, client.next())
+            .await
+            .expect("message in time")
+            .expect("stream open")
+            .expect("message");
+        if !matches!(msg, WsMessage::Ping(_) | WsMessage::Pong(_)) {
+            return msg;
+        }
+    }
+}
+
+async fn next_text(client: &mut Client) -> String {
+    match next(client).await {
+        WsMessage::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn testing_example_echoes_both_ways() {
+    let server = serve(testing::app());
+    for path in ["/integration-testable", "/unit-testable"] {
+        let mut client = connect(server.addr, path).await;
+        client.send(WsMessage::text("foo")).await.unwrap();
+        assert_eq!(next_text(&mut client).await, "You said: foo");
+        // A large message crosses many reads of the bridge.
+        let big = "x".repeat(300_000);
+        client.send(WsMessage::text(big.clone())).await.unwrap();
+        assert_eq!(next_text(&mut client).await, format!("You said: {big}"));
+        client.close(None).await.unwrap();
+    }
+}
+
+/// The example's own unit test: the handler over channels, no socket.
+#[tokio::test]
+async fn testing_example_unit_tests_over_channels() {
+    use megaconn::axum_ws::Message;
+    let (socket_write, mut test_rx) = futures_channel::mpsc::channel(16);
+    let (mut test_tx, socket_read) = futures_channel::mpsc::channel(16);
+    tokio::spawn(testing::unit_testable_handle_socket(
+        socket_write,
+        socket_read,
+    ));
+    test_tx.send(Ok(Message::Text("foo".into()))).await.unwrap();
+    match test_rx.next().await.unwrap() {
+        Message::Text(msg) => assert_eq!(msg.as_str(), "You said: foo"),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn websockets_example_pings_greets_pushes_and_closes() {
+    let server = serve(websockets::app());
+    let mut client = connect(server.addr, "/ws").await;
+    let me = match client.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap(),
+        _ => unreachable!("plain ws://"),
+    };
+    // The server's ping comes first; reading answers it with a pong, which
+    // is the one message the server waits for before greeting.
+    let first = tokio::time::timeout(SAFETY, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, WsMessage::Ping(vec![1, 2, 3].into()));
+    for i in 1..=websockets::GREETINGS {
+        // ConnectInfo saw this client's own address.
+        assert_eq!(next_text(&mut client).await, format!("Hi {me}, {i} times!"));
+    }
+    for i in 0..websockets::PUSHES {
+        assert_eq!(
+            next_text(&mut client).await,
+            format!("Server message {i} ...")
+        );
+    }
+    match next(&mut client).await {
+        WsMessage::Close(Some(frame)) => {
+            assert_eq!(frame.code, CloseCode::Normal);
+            assert_eq!(frame.reason.as_str(), "Goodbye");
+        }
+        other => panic!("expected the close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn chat_example_broadcasts_between_two_clients() {
+    let server = serve(chat::app());
+    let mut alice = connect(server.addr, "/websocket").await;
+    alice.send(WsMessage::text("alice")).await.unwrap();
+    assert_eq!(next_text(&mut alice).await, "alice joined.");
+
+    let mut bob = connect(server.addr, "/websocket").await;
+    bob.send(WsMessage::text("bob")).await.unwrap();
+    assert_eq!(next_text(&mut bob).await, "bob joined.");
+    assert_eq!(next_text(&mut alice).await, "bob joined.");
+
+    alice.send(WsMessage::text("hi bob")).await.unwrap();
+    assert_eq!(next_text(&mut alice).await, "alice: hi bob");
+    assert_eq!(next_text(&mut bob).await, "alice: hi bob");
+    bob.send(WsMessage::text("hi alice")).await.unwrap();
+    assert_eq!(next_text(&mut alice).await, "bob: hi alice");
+    assert_eq!(next_text(&mut bob).await, "bob: hi alice");
+
+    // A taken name is refused.
+    let mut impostor = connect(server.addr, "/websocket").await;
+    impostor.send(WsMessage::text("alice")).await.unwrap();
+    assert_eq!(next_text(&mut impostor).await, "Username already taken.");
+
+    bob.close(None).await.unwrap();
+    assert_eq!(next_text(&mut alice).await, "bob left.");
+}
+
+#[tokio::test]
+async fn a_message_past_the_limit_closes_with_1009() {
+    use megaconn::axum_ws::WebSocketUpgrade;
+    let app = axum::Router::new().route(
+        "/small",
+        axum::routing::get(|ws: WebSocketUpgrade| async move {
+            ws.max_message_size(1024)
+                .on_upgrade(|mut socket| async move {
+                    while let Some(Ok(msg)) = socket.recv().await {
+                        if socket.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+        }),
+    );
+    let server = serve(app);
+    let mut client = connect(server.addr, "/small").await;
+    client
+        .send(WsMessage::text("a".repeat(1024)))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut client).await.len(), 1024);
+    client
+        .send(WsMessage::text("a".repeat(1025)))
+        .await
+        .unwrap();
+    match next(&mut client).await {
+        WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
+        other => panic!("expected close 1009, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn subprotocol_is_selected_from_the_servers_list() {
+    use megaconn::axum_ws::WebSocketUpgrade;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = axum::Router::new().route(
+        "/proto",
+        axum::routing::get(|ws: WebSocketUpgrade| async move {
+            ws.protocols(["graphql-ws", "wamp"])
+                .on_upgrade(|mut socket| async move {
+                    let chosen = socket.protocol().map(|p| p.to_str().unwrap().to_owned());
+                    let _ = socket.send(chosen.unwrap_or_default().into()).await;
+                })
+        }),
+    );
+    let server = serve(app);
+    let mut request = format!("ws://{}/proto", server.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "soap, wamp".parse().unwrap());
+    let (mut client, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "wamp");
+    assert_eq!(next_text(&mut client).await, "wamp");
+}
+
+/// Warnings megaconn logged, captured by [`Capture`] (set once per binary).
+static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A minimal tracing subscriber that keeps the message of each warning.
+struct Capture;
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        *meta.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        WARNINGS.lock().unwrap().push(message.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn axums_own_extractor_gets_426_and_a_hint() {
+    let _ = tracing::subscriber::set_global_default(Capture);
+    let app = axum::Router::new().route(
+        "/ws",
+        axum::routing::get(|ws: axum::extract::ws::WebSocketUpgrade| async move {
+            ws.on_upgrade(|_socket| async {})
+        }),
+    );
+    let server = serve(app);
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .expect_err("axum's extractor cannot upgrade under megaconn");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 426)
+        }
+        other => panic!("expected a 426 answer, got {other:?}"),
+    }
+    // The log line is written before the response, so it is there now.
+    let warnings = WARNINGS.lock().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("import megaconn::axum_ws::")),
+        "no hint among {warnings:?}"
+    );
+}
+
+#[tokio::test]
+async fn fragments_with_a_ping_between_reassemble() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = serve(testing::app());
+    let mut client = connect(server.addr, "/integration-testable").await;
+    let first = Frame::message(&b"hel"[..], OpCode::Data(Data::Text), false);
+    let last = Frame::message(&b"lo"[..], OpCode::Data(Data::Continue), true);
+    client.send(WsMessage::Frame(first)).await.unwrap();
+    client.send(WsMessage::Ping(vec![7].into())).await.unwrap();
+    client.send(WsMessage::Frame(last)).await.unwrap();
+    // The pong for the ping comes back first, then the echo.
+    let pong = tokio::time::timeout(SAFETY, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, WsMessage::Pong(vec![7].into()));
+    assert_eq!(next_text(&mut client).await, "You said: hello");
+    // Twice, so the second runs on the context swapped in after the first.
+    client.send(WsMessage::text("again")).await.unwrap();
+    assert_eq!(next_text(&mut client).await, "You said: again");
+}
