@@ -358,16 +358,17 @@ async fn session(
                     if r.is_err() {
                         return Ended::Reset;
                     }
-                    let mut buf = ctx.buf.borrow_mut();
-                    let pongs = match stream.try_read_app(&mut buf) {
-                        Ok(Read::Eof) => return Ended::Dropped,
-                        // Unsolicited bytes: ignored, but a WebSocket
-                        // server's ping gets its pong.
-                        Ok(Read::Data(d)) if sh.ws.is_some() => crate::ws::pongs_for(d),
-                        Ok(_) => Vec::new(),
-                        Err(e) => return io_end(&e),
+                    let pongs = {
+                        let mut buf = ctx.buf.borrow_mut();
+                        match stream.try_read_app(&mut buf) {
+                            Ok(Read::Eof) => return Ended::Dropped,
+                            // Unsolicited bytes: ignored, but a WebSocket
+                            // server's ping gets its pong.
+                            Ok(Read::Data(d)) if sh.ws.is_some() => crate::ws::pongs_for(d),
+                            Ok(_) => Vec::new(),
+                            Err(e) => return io_end(&e),
+                        }
                     };
-                    drop(buf);
                     if !pongs.is_empty() {
                         if let Err(e) = stream.write_app(&pongs).await {
                             return io_end(&e);
