@@ -113,6 +113,19 @@ pub struct Settings {
     pub processes: Option<usize>,
     /// `--admin`.
     pub admin: Option<AdminAddr>,
+    /// `--upgrade-socket`; `None`: [`default_upgrade_socket`].
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+/// Where a server listens for `serve --upgrade` when `--upgrade-socket` is
+/// not given: one name per port, so that two servers on one host do not
+/// meet, in the user's runtime directory (`$XDG_RUNTIME_DIR`, private to the
+/// user under systemd) or else `/tmp`.
+pub fn default_upgrade_socket(first_addr: Option<SocketAddr>) -> PathBuf {
+    let dir =
+        std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let port = first_addr.map_or(0, |a| a.port());
+    dir.join(format!("megaconn-{port}.upgrade.sock"))
 }
 
 impl Settings {
@@ -755,6 +768,20 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| {
             let on = v.on();
             s.builder(|b| b.access_log(on))
+        },
+    },
+    Knob {
+        name: "upgrade-socket",
+        value_name: "PATH",
+        shape: Shape::One,
+        help: "Unix socket where this server hands its listening sockets and parked connections to a newer process started with `serve --upgrade` (same flag).",
+        details: "The newer process serves before this one stops accepting, so no connection is refused, and its idle HTTP/1.1 connections move without a reconnect. Only the same user (or root) may take over. With --processes P, worker process k uses PATH.k.",
+        default: "$XDG_RUNTIME_DIR (or /tmp)/megaconn-PORT.upgrade.sock, PORT the first listen address's",
+        example: "/run/megaconn/upgrade.sock",
+        parse: path,
+        apply: |v, s| {
+            s.upgrade_socket = Some(v.path());
+            Ok(())
         },
     },
     Knob {

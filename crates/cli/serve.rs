@@ -30,6 +30,8 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     /// Internal: run as worker process N of a supervisor.
     pub worker_process: Option<usize>,
+    /// `--upgrade`: take over from the server on the upgrade socket.
+    pub upgrade: bool,
 }
 
 impl clap::FromArgMatches for ServeArgs {
@@ -38,6 +40,7 @@ impl clap::FromArgMatches for ServeArgs {
             flags: knobs::from_matches(m),
             config: m.get_one::<PathBuf>("config").cloned(),
             worker_process: m.get_one::<usize>("worker-process").copied(),
+            upgrade: m.get_flag("upgrade"),
         })
     }
 
@@ -60,6 +63,13 @@ impl clap::Args for ServeArgs {
                     megaconn_load::units::DURATION_HELP,
                     megaconn_load::units::SIZE_HELP,
                 )),
+        )
+        .arg(
+            clap::Arg::new("upgrade")
+                .long("upgrade")
+                .action(clap::ArgAction::SetTrue)
+                .help("Take over from the server running on --upgrade-socket: its listening sockets and parked connections; it then drains and exits.")
+                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one starts serving them, then the old one stops accepting, hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused and idle clients do not reconnect. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade. With --processes, each worker process takes over from the old one of the same index."),
         )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
@@ -99,6 +109,28 @@ pub struct Resolved {
     pub tls: Option<crate::tls::ServeTls>,
     /// Every listen address, cleartext and TLS.
     pub addrs: Vec<SocketAddr>,
+    /// `--upgrade-socket`, if given.
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+/// The upgrade control socket: `--upgrade-socket` or the default for the
+/// server's first address; worker process `k` of a supervisor adds `.k`.
+pub fn upgrade_socket(
+    explicit: Option<&PathBuf>,
+    first: Option<SocketAddr>,
+    worker_process: Option<usize>,
+) -> PathBuf {
+    let path = explicit
+        .cloned()
+        .unwrap_or_else(|| knobs::default_upgrade_socket(first));
+    match worker_process {
+        Some(k) => {
+            let mut name = path.into_os_string();
+            name.push(format!(".{k}"));
+            name.into()
+        }
+        None => path,
+    }
 }
 
 /// Merges flags over the config file over the defaults.
@@ -132,6 +164,7 @@ fn resolve_with(
         log_format,
         processes,
         admin,
+        upgrade_socket,
     } = settings;
     if listen.is_empty() && tls_listen.is_empty() && tcp_listen.is_empty() && inherited.is_empty() {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
@@ -174,6 +207,7 @@ fn resolve_with(
         b = b.reuse_port_shared(true);
     }
     Ok(Resolved {
+        upgrade_socket,
         admin,
         tls,
         builder: b,
@@ -192,7 +226,7 @@ fn resolve_with(
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let inherited = crate::activation::take_from_env().map_err(UsageError)?;
     let activated = !inherited.is_empty();
-    let resolved = resolve_with(&args, inherited)?;
+    let mut resolved = resolve_with(&args, inherited)?;
     if activated && resolved.processes > 1 {
         return Err(UsageError(
             "sockets passed by systemd are served by one process: drop --processes (each worker thread accepts from them)".into(),
@@ -207,11 +241,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(index) => Some((index, worker_process_setup()?)),
         None => None,
     };
+    let take_over = if args.upgrade {
+        let path = upgrade_socket(
+            resolved.upgrade_socket.as_ref(),
+            resolved.addrs.first().copied(),
+            args.worker_process,
+        );
+        let (take_over, listeners) = crate::upgrade::take_over(&path)?;
+        resolved.builder = resolved.builder.adopt_listeners(listeners);
+        Some(take_over)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(resolved, shared))
+    runtime.block_on(serve(resolved, shared, take_over, args.worker_process))
 }
 
 /// The arguments after `serve`, to hand to worker processes unchanged.
@@ -263,7 +309,12 @@ pub fn listen_urls(server: &megaconn::Server) -> Vec<String> {
         .collect()
 }
 
-async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyhow::Result<()> {
+async fn serve(
+    resolved: Resolved,
+    shared: Option<(usize, SharedStats)>,
+    take_over: Option<crate::upgrade::TakeOver>,
+    worker_process: Option<usize>,
+) -> anyhow::Result<()> {
     // Signals are registered before anything else, so one that arrives during
     // start-up is seen (and shuts down cleanly) instead of killing the process.
     let mut signals = Signals::new().context("cannot install signal handlers")?;
@@ -272,22 +323,43 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         builder,
         admin,
         tls,
+        upgrade_socket: explicit_socket,
         ..
     } = resolved;
     let server = builder.listen().map_err(listen_error)?;
+    let handle = server.handle();
+    let control_path = upgrade_socket(
+        explicit_socket.as_ref(),
+        Some(server.local_addr()),
+        worker_process,
+    );
+    // The control socket for the next upgrade: before the serving line, or
+    // (taking over) once the old process has handed its parked connections
+    // over, announced by `megaconn upgrade done`.
+    let mut control = None;
+    let mut control_ready = None;
+    if take_over.is_none() {
+        control = crate::upgrade::listen_for_upgrades(&control_path, &handle);
+    }
     crate::say!(
         "megaconn serving on {} ({} workers, max_connections {})",
         listen_urls(&server).join(", "),
         server.workers(),
         server.max_connections()
     );
-    let handle = server.handle();
     // Stops when dropped, after the main server. Worker processes of a
     // supervisor have none (they would contend for one port).
     let _admin = match shared {
         None => crate::admin::start(admin, crate::admin::Source::Server(handle.clone()))?,
         Some(_) => None,
     };
+    // The old process stops accepting once told: this one is up, its
+    // admin listener too.
+    if let Some(take_over) = take_over {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        take_over.finish(handle.clone(), control_path, tx)?;
+        control_ready = Some(rx);
+    }
     let app = Demo::new(handle.clone());
     let serving = server.framed(crate::demo::FramedDemo).serve(app);
     tokio::pin!(serving);
@@ -296,6 +368,19 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         tokio::select! {
             result = &mut serving => break result?,
             _ = hangups.recv() => crate::tls::reload_on_sighup(tls.as_ref()),
+            ready = async { control_ready.as_mut().expect("guarded").await }, if control_ready.is_some() => {
+                control_ready = None;
+                match ready {
+                    Ok(Ok(socket)) => {
+                        if let Err(e) = socket.serve(handle.clone()) {
+                            tracing::warn!(error = %e, "cannot serve the upgrade control socket");
+                        }
+                        control = Some(socket);
+                    }
+                    Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them"),
+                    Err(_) => {}
+                }
+            }
             _ = publish.tick(), if shared.is_some() => {
                 if let Some((slot, block)) = &shared {
                     block.publish(*slot, &handle.stats());
@@ -320,6 +405,8 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
     if let Some((slot, block)) = &shared {
         block.publish(*slot, &handle.stats());
     }
+    // Removes the control socket's name, if it is still ours.
+    drop(control);
     crate::say!(
         "megaconn stopped: {} connections accepted, {} requests; at shutdown {} closed cleanly, {} forced",
         summary.accepted, summary.requests, summary.finished, summary.forced

@@ -398,6 +398,58 @@ impl ParkingLot {
         }
     }
 
+    /// Takes every parked connection whose protocol `portable` accepts out
+    /// of the lot, for another process (an upgrade, `handover.rs`): each
+    /// leaves the private epoll set (the socket outlives this process's
+    /// descriptor there) and counts as closed here, `handed_over`.
+    pub(crate) fn take_portable(
+        &self,
+        portable: fn(ProtoTag) -> bool,
+    ) -> Vec<crate::conn::handover::ParkedConnection> {
+        let now = self.tick_of(Instant::now());
+        let chosen: Vec<(RawFd, u32, u8)> = {
+            let deadlines = self.deadlines.borrow();
+            let protos = self.protos.borrow();
+            deadlines
+                .iter()
+                .zip(protos.iter())
+                .enumerate()
+                .filter(|(_, (d, p))| {
+                    **d != ABSENT
+                        && **d != AWAKE
+                        && **p & WAKE_AT_DEADLINE == 0
+                        && portable(ProtoTag(**p))
+                })
+                .map(|(fd, (d, p))| (fd as RawFd, *d, *p))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(chosen.len());
+        for (fd, deadline, tag) in chosen {
+            // SAFETY: valid epoll and socket descriptors; DEL ignores the event.
+            unsafe {
+                libc::epoll_ctl(
+                    self.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                )
+            };
+            let Some(socket) = self.unpark(fd, ABSENT) else {
+                continue;
+            };
+            // Deadlines are whole ticks (seconds): the next process gets the
+            // time left to this one's tick, never more.
+            let left = (deadline != NO_DEADLINE)
+                .then(|| Duration::from_secs(u64::from(deadline.saturating_sub(now))));
+            crate::conn::handover::handed_over(self.connection(&socket));
+            out.push(crate::conn::handover::ParkedConnection {
+                socket,
+                state: crate::conn::handover::ParkedState::new(ProtoTag(tag), left),
+            });
+        }
+        out
+    }
+
     /// Closes every parked socket (shutdown: they are idle). Returns how many.
     pub(crate) fn close_all(&self) -> usize {
         let parked: Vec<RawFd> = self

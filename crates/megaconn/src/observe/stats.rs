@@ -33,6 +33,11 @@ pub(crate) struct WorkerStats {
     pub wakes_cold: AtomicU64,
     pub wakes_hot: AtomicU64,
     pub accept_waits_at_limit: AtomicU64,
+    /// Parked connections taken over from the process this one replaced.
+    pub adopted: AtomicU64,
+    /// Connections closed at an idle point for being older than
+    /// `max_connection_age`.
+    pub aged_out: AtomicU64,
     /// Bumped by the worker's event loop, read by the stall detector.
     pub loop_ticks: AtomicU64,
     pub stalls: AtomicU64,
@@ -147,6 +152,13 @@ pub struct ServerStats {
     /// Times a worker's event loop stayed away past `stall_threshold` (a
     /// handler blocking the worker's thread).
     pub worker_stalls: u64,
+    /// Parked connections taken over from the process this one replaced (a
+    /// zero-downtime upgrade); the old process counts them closed as
+    /// `handed_over`.
+    pub adopted: u64,
+    /// Connections closed at an idle point for being older than
+    /// `max_connection_age` (`Connection: close`, `GOAWAY`).
+    pub aged_out: u64,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
@@ -178,6 +190,8 @@ impl ServerStats {
             s.wakes_hot += w.wakes_hot.load(Relaxed);
             s.accept_waits_at_limit += w.accept_waits_at_limit.load(Relaxed);
             s.worker_stalls += w.stalls.load(Relaxed);
+            s.adopted += w.adopted.load(Relaxed);
+            s.aged_out += w.aged_out.load(Relaxed);
         }
         s.request_metrics = RequestStats::sum(workers);
         s

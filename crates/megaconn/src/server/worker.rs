@@ -20,12 +20,14 @@ use crate::conn::accept::accept_loop;
 use crate::conn::config::Config;
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
+use crate::conn::handover::{self, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::{self, ParkingLot, Respawn};
 use crate::conn::Incoming;
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::{Registry, Tracked};
 use crate::observe::stats::WorkerStats;
+use crate::server::builder::HandOverSlot;
 use crate::server::dispatch;
 use crate::service::HttpService;
 
@@ -49,6 +51,10 @@ pub(crate) struct WorkerSetup<S> {
     pub limit: ConnectionLimit,
     pub shutdown: watch::Receiver<bool>,
     pub registry: Option<Arc<Registry>>,
+    /// Parked connections taken over from another process, to park here.
+    pub adopt: tokio::sync::mpsc::UnboundedReceiver<Vec<ParkedConnection>>,
+    /// Where to hand this worker's parked connections at shutdown, if asked.
+    pub hand_over: HandOverSlot,
 }
 
 /// Starts a worker thread; it runs until the shutdown signal and its drain end.
@@ -109,6 +115,8 @@ where
         limit,
         mut shutdown,
         registry,
+        mut adopt,
+        hand_over,
     } = setup;
     // A connection woken less than `park_idle_after` after it was parked is
     // busy again: it waits as a task before it is parked once more.
@@ -130,6 +138,25 @@ where
     let ticking = config
         .stall_threshold
         .map(|t| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone(), t)));
+    let adopting = {
+        let (ctx, limit) = (ctx.clone(), limit.clone());
+        tokio::task::spawn_local(async move {
+            while let Some(batch) = adopt.recv().await {
+                let (n, mut closed) = (batch.len(), 0);
+                for parked in batch {
+                    if !handover::adopt(&ctx, &limit, parked, dispatch::portable) {
+                        closed += 1;
+                    }
+                }
+                tracing::debug!(
+                    worker = ctx.index,
+                    adopted = n - closed,
+                    closed,
+                    "parked connections taken over from the previous process"
+                );
+            }
+        })
+    };
     let mut acceptors = Vec::with_capacity(listeners.len());
     for listener in listeners {
         match tokio::net::TcpListener::from_std(listener) {
@@ -153,6 +180,25 @@ where
     }
     for acceptor in acceptors {
         let _ = acceptor.await;
+    }
+    adopting.abort();
+    // An upgrade: the parked connections that can move go to the next
+    // process before the rest are closed.
+    let sender = hand_over
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(tx) = sender {
+        let batch = ctx
+            .park
+            .as_ref()
+            .map_or_else(Vec::new, |lot| lot.take_portable(dispatch::portable));
+        tracing::info!(
+            worker = index,
+            connections = batch.len(),
+            "handing parked connections over"
+        );
+        let _ = tx.send(batch);
     }
     let parked = ctx.park.as_ref().map_or(0, ParkingLot::len);
     let open = tracker.len();

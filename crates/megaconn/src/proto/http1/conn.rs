@@ -146,7 +146,7 @@ where
                 park_deadline.or(idle_deadline)
             };
             match conn
-                .wait_for_bytes(wait_deadline, timer.as_mut(), &mut timer_waker)
+                .wait_for_bytes(wait_deadline, !first, timer.as_mut(), &mut timer_waker)
                 .await
             {
                 Waited::Bytes => {}
@@ -357,9 +357,16 @@ impl<T: Transport> ConnIo<T> {
     ///
     /// Shutdown is a flag checked on every poll; the connection's waker is
     /// registered for it (and the timer armed) only when it would block.
+    /// `idle`: between requests, so shutdown closes it. A fresh connection
+    /// (`false`) still gets its first request served, with `Connection:
+    /// close`, within `read_header_timeout` (and `shutdown_timeout`), as Go
+    /// spares new connections: its client connected just before the
+    /// listener stopped (an upgrade hands the listener on at that moment)
+    /// and its request is on the way.
     async fn wait_for_bytes(
         &mut self,
         deadline: Option<Instant>,
+        idle: bool,
         mut timer: Pin<&mut Option<Sleep>>,
         timer_waker: &mut bool,
     ) -> Waited {
@@ -367,7 +374,7 @@ impl<T: Transport> ConnIo<T> {
         gauge(&ctx.stats.connections_idle, 1);
         lifecycle::set_state(ConnectionState::Idle);
         let waited = poll_fn(|cx| {
-            if ctx.shutdown.is_started() {
+            if idle && ctx.shutdown.is_started() {
                 return Poll::Ready(Waited::Shutdown);
             }
             let read = match self.io.poll_read_ready(cx) {
