@@ -522,6 +522,32 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "shutdown-drain-rate",
+        value_name: "PER_SECOND",
+        shape: Shape::One,
+        help: "Idle connections closed per second at shutdown and at an upgrade's drain (all at once when unset).",
+        details: "So that a million clients are not told to reconnect in the same second. Requests arriving meanwhile are served with `Connection: close`. Keep --shutdown-timeout above connections / rate: the rest closes at the deadline. Progress: megaconn_shutdown_drain_pending.",
+        default: "unlimited",
+        example: "10000",
+        parse: count,
+        apply: |v, s| {
+            let n = at_least_one(v.count()?, "shutdown_drain_rate")?;
+            let n = u32::try_from(n).map_err(|_| "too large".to_string())?;
+            s.builder(|b| b.shutdown_drain_rate(Some(n)))
+        },
+    },
+    Knob {
+        name: "max-connection-age",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Close a connection older than this at its next idle point (`Connection: close` on HTTP/1.1, GOAWAY on HTTP/2), to rebalance after a scale-out.",
+        details: "Each connection's limit is drawn between 90% and 100% of it (jitter). Counted in megaconn_connections_aged_out_total; deploy/README.md, scaling past one machine.",
+        default: "off",
+        example: "30m",
+        parse: duration_or_off,
+        apply: |v, s| s.builder(|b| b.max_connection_age(v.duration())),
+    },
+    Knob {
         name: "max-header-bytes",
         value_name: "SIZE",
         shape: Shape::One,

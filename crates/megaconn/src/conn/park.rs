@@ -452,22 +452,34 @@ impl ParkingLot {
 
     /// Closes every parked socket (shutdown: they are idle). Returns how many.
     pub(crate) fn close_all(&self) -> usize {
-        let parked: Vec<RawFd> = self
-            .deadlines
+        self.parked_fds()
+            .into_iter()
+            .filter(|&fd| self.close_parked(fd))
+            .count()
+    }
+
+    /// The descriptors parked now (a paced shutdown drain closes them a few
+    /// at a time: one that woke or closed since is skipped by
+    /// [`close_parked`](ParkingLot::close_parked)).
+    pub(crate) fn parked_fds(&self) -> Vec<RawFd> {
+        self.deadlines
             .borrow()
             .iter()
             .enumerate()
             .filter(|(_, d)| **d != ABSENT && **d != AWAKE)
             .map(|(fd, _)| fd as RawFd)
-            .collect();
-        let mut n = 0;
-        for fd in parked {
-            if let Some(socket) = self.unpark(fd, ABSENT) {
+            .collect()
+    }
+
+    /// Closes `fd` for shutdown if it is still parked; true if it was.
+    pub(crate) fn close_parked(&self, fd: RawFd) -> bool {
+        match self.unpark(fd, ABSENT) {
+            Some(socket) => {
                 self.closed(&socket, CloseReason::Shutdown);
-                n += 1;
+                true
             }
+            None => false,
         }
-        n
     }
 }
 
@@ -499,12 +511,22 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     sweep.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // With a shutdown drain rate the worker closes parked connections a few
+    // at a time; the lot keeps serving the ones that wake meanwhile (their
+    // answer says `Connection: close`) until it is empty.
+    let mut draining = false;
     loop {
+        if draining && lot.len() == 0 {
+            return;
+        }
         tokio::select! {
             biased;
-            () = ctx.shutdown.wait() => {
-                lot.close_all();
-                return;
+            () = ctx.shutdown.wait(), if !draining => {
+                if ctx.config.shutdown_drain_rate.is_none() {
+                    lot.close_all();
+                    return;
+                }
+                draining = true;
             }
             ready = lot.epoll.readable() => {
                 let Ok(mut guard) = ready else { return };

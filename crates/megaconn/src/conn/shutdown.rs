@@ -39,19 +39,43 @@ impl LocalShutdown {
 
     /// Marks shutdown as begun and wakes every waiter.
     pub(crate) fn start(&self) {
+        self.begin();
+        self.wake_watchers(usize::MAX);
+    }
+
+    /// Marks shutdown as begun and wakes the `wait`ers, but not the
+    /// watching (idle HTTP/1.1) connections: a paced drain wakes those a few
+    /// at a time with [`wake_watchers`](LocalShutdown::wake_watchers).
+    pub(crate) fn begin(&self) {
         self.started.set(true);
         self.notify.notify_waiters();
+    }
+
+    /// Wakes at most `n` watching connections, the latest slots first, as
+    /// the parking lot's drain (each then closes if it is still idle);
+    /// returns how many.
+    pub(crate) fn wake_watchers(&self, n: usize) -> usize {
         // Taken out first: a woken task may run (and unwatch) at once.
         let wakers: Vec<Waker> = self
             .watchers
             .borrow_mut()
             .wakers
             .iter_mut()
+            .rev()
             .filter_map(Option::take)
+            .take(n)
             .collect();
+        let woken = wakers.len();
         for waker in wakers {
             waker.wake();
         }
+        woken
+    }
+
+    /// Watching connections not woken yet.
+    pub(crate) fn watching(&self) -> usize {
+        let w = self.watchers.borrow();
+        w.wakers.iter().filter(|w| w.is_some()).count()
     }
 
     /// Resolves once shutdown has begun (at once if it already has).

@@ -30,6 +30,7 @@
 //! | `megaconn_worker_stalls_total` | counter | |
 //! | `megaconn_connections_adopted_total` | counter | |
 //! | `megaconn_connections_aged_out_total` | counter | |
+//! | `megaconn_shutdown_drain_pending` | gauge | |
 //! | `megaconn_requests_total` | counter | `method`, `status_class` |
 //! | `megaconn_request_duration_seconds` | histogram | |
 //! | `megaconn_request_body_bytes_total` | counter | |
@@ -624,6 +625,12 @@ impl Collector for Snapshot {
                 ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
             }
         }
+        gauge(
+            &mut e,
+            "shutdown_drain_pending",
+            "Idle connections a paced shutdown (shutdown_drain_rate) has still to close.",
+            s.shutdown_drain_pending,
+        )?;
         counter(
             &mut e,
             "connections_adopted",

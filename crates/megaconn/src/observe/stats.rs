@@ -38,6 +38,8 @@ pub(crate) struct WorkerStats {
     /// Connections closed at an idle point for being older than
     /// `max_connection_age`.
     pub aged_out: AtomicU64,
+    /// Idle connections a paced shutdown drain has still to close.
+    pub drain_pending: AtomicI64,
     /// Bumped by the worker's event loop, read by the stall detector.
     pub loop_ticks: AtomicU64,
     pub stalls: AtomicU64,
@@ -159,6 +161,9 @@ pub struct ServerStats {
     /// Connections closed at an idle point for being older than
     /// `max_connection_age` (`Connection: close`, `GOAWAY`).
     pub aged_out: u64,
+    /// Idle connections a paced shutdown (`shutdown_drain_rate`) has still
+    /// to close.
+    pub shutdown_drain_pending: i64,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
@@ -192,6 +197,7 @@ impl ServerStats {
             s.worker_stalls += w.stalls.load(Relaxed);
             s.adopted += w.adopted.load(Relaxed);
             s.aged_out += w.aged_out.load(Relaxed);
+            s.shutdown_drain_pending += w.drain_pending.load(Relaxed);
         }
         s.request_metrics = RequestStats::sum(workers);
         s

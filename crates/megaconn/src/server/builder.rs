@@ -412,6 +412,34 @@ impl Builder {
         self
     }
 
+    /// Connections older than this are closed at their next idle point, so
+    /// that long-lived connections spread over new instances after a
+    /// scale-out (behind an L4 load balancer, a client only moves when it
+    /// reconnects): HTTP/1.1 answers its next request with `Connection:
+    /// close`; HTTP/2 gets a `GOAWAY` (open streams finish). Each connection
+    /// draws its limit between 90% and 100% of `age`, so those opened together
+    /// do not leave together. The age counts from accept, or from when a
+    /// parked connection woke (the parking lot keeps no age). Counted in
+    /// `megaconn_connections_aged_out_total`. Default: `None`.
+    pub fn max_connection_age(mut self, age: Option<Duration>) -> Builder {
+        self.config.max_connection_age = age;
+        self
+    }
+
+    /// Idle connections closed per second (over all workers) at shutdown
+    /// and at an upgrade's drain, so that a million clients are not all told
+    /// to reconnect in the same second. Idle HTTP/1.1 connections and parked
+    /// ones of any protocol are closed a few every 10 ms; one that sends a
+    /// request meanwhile is served (`Connection: close`); HTTP/2 connections
+    /// get their `GOAWAY` at once. Keep `shutdown_timeout` above connections
+    /// / rate: what is left at the deadline closes at once (logged at the
+    /// start). Progress: `megaconn_shutdown_drain_pending`. Default: `None`,
+    /// all at once.
+    pub fn shutdown_drain_rate(mut self, per_second: Option<u32>) -> Builder {
+        self.config.shutdown_drain_rate = per_second.filter(|&r| r > 0);
+        self
+    }
+
     /// How long graceful shutdown waits for in-flight requests before closing
     /// them by force. Default: 30 s.
     pub fn shutdown_timeout(mut self, t: Duration) -> Builder {

@@ -202,10 +202,26 @@ where
     }
     let parked = ctx.park.as_ref().map_or(0, ParkingLot::len);
     let open = tracker.len();
-    ctx.shutdown.start();
-    let _ = parking.await;
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    match config.shutdown_drain_rate {
+        None => ctx.shutdown.start(),
+        Some(rate) => {
+            ctx.shutdown.begin();
+            tokio::task::spawn_local(drain_paced(ctx.clone(), rate));
+        }
+    }
+    if tokio::time::timeout_at(deadline, parking).await.is_err() {
+        // The paced drain did not finish in time: the rest close at once.
+        if let Some(lot) = &ctx.park {
+            lot.close_all();
+        }
+        ctx.shutdown.start();
+    }
     tracker.close();
-    let _ = tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
+    ctx.stats
+        .drain_pending
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     let forced = tracker.len();
     if forced > 0 {
         tracing::warn!(
@@ -225,5 +241,66 @@ where
     WorkerSummary {
         finished: open - forced + parked,
         forced,
+    }
+}
+
+/// Closes this worker's idle connections at its share of
+/// `shutdown_drain_rate` (a million clients told to reconnect in the same
+/// second would all come back in that second): idle HTTP/1.1 tasks first
+/// (woken, each closes if still idle), then parked sockets, a few every
+/// tick, until none is left. Connections that wake meanwhile are served,
+/// their answer saying `Connection: close`.
+async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let share = (f64::from(per_second) / ctx.config.workers.max(1) as f64).max(1.0);
+    // Ticks of 10 ms at most, one connection per tick at least.
+    let (tick, per_tick) = if share >= 100.0 {
+        (
+            std::time::Duration::from_millis(10),
+            (share / 100.0).ceil() as usize,
+        )
+    } else {
+        (std::time::Duration::from_secs_f64(1.0 / share), 1)
+    };
+    let mut parked = ctx
+        .park
+        .as_ref()
+        .map_or_else(Vec::new, ParkingLot::parked_fds);
+    let pending = ctx.shutdown.watching() + parked.len();
+    ctx.stats.drain_pending.store(pending as i64, Relaxed);
+    let seconds = pending as f64 / share;
+    tracing::info!(
+        worker = ctx.index,
+        idle = pending,
+        per_second = share,
+        seconds,
+        "shutdown: closing idle connections at a bounded rate (shutdown_drain_rate)"
+    );
+    if seconds > ctx.config.shutdown_timeout.as_secs_f64() {
+        tracing::warn!(
+            worker = ctx.index,
+            seconds,
+            shutdown_timeout_s = ctx.config.shutdown_timeout.as_secs_f64(),
+            "the paced drain outlasts shutdown_timeout: what is left then closes at once (raise shutdown_timeout or shutdown_drain_rate)"
+        );
+    }
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let mut closed = ctx.shutdown.wake_watchers(per_tick);
+        if let Some(lot) = &ctx.park {
+            while closed < per_tick {
+                let Some(fd) = parked.pop() else { break };
+                if lot.close_parked(fd) {
+                    closed += 1;
+                }
+            }
+        }
+        ctx.stats.drain_pending.fetch_sub(closed as i64, Relaxed);
+        if closed == 0 {
+            ctx.stats.drain_pending.store(0, Relaxed);
+            return;
+        }
     }
 }

@@ -374,9 +374,9 @@ impl<T: Transport> ConnIo<T> {
         gauge(&ctx.stats.connections_idle, 1);
         lifecycle::set_state(ConnectionState::Idle);
         let waited = poll_fn(|cx| {
-            if idle && ctx.shutdown.is_started() {
-                return Poll::Ready(Waited::Shutdown);
-            }
+            // Shutdown is checked after the read: a request that arrived as
+            // shutdown began (or during a paced drain) is served, with
+            // `Connection: close`, rather than cut off.
             let read = match self.io.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     let (rbuf, io) = self.rbuf_and_io();
@@ -390,6 +390,9 @@ impl<T: Transport> ConnIo<T> {
                 Poll::Ready(Ok(_)) => return Poll::Ready(Waited::Bytes),
                 Poll::Ready(Err(e)) => return Poll::Ready(Waited::Error(e)),
                 Poll::Pending => {}
+            }
+            if idle && ctx.shutdown.is_started() {
+                return Poll::Ready(Waited::Shutdown);
             }
             if !ctx
                 .shutdown
