@@ -322,3 +322,77 @@ fn parked_connections_move_to_the_new_process() {
     );
     drop(new);
 }
+
+/// One request on a fresh connection; the answer's `server` header.
+fn served_by(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    out.lines()
+        .find_map(|l| l.strip_prefix("server: "))
+        .unwrap_or_else(|| panic!("no server header: {out}"))
+        .to_string()
+}
+
+/// With `--processes`, worker process k of the new supervisor takes over from
+/// worker process k of the old one; the old supervisor exits once all have
+/// handed over, without restarting them.
+#[test]
+fn a_supervisor_upgrades_worker_process_by_worker_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let supervisor = |n: usize| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
+        cmd.args([
+            "serve",
+            "--listen",
+            &addr,
+            "--workers",
+            "1",
+            "--processes",
+            "2",
+        ])
+        .args(["--admin", "off", "--server-header", &format!("gen{n}")])
+        .arg("--upgrade-socket")
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if n > 0 {
+            cmd.arg("--upgrade");
+        }
+        let mut child = ChildGuard::spawn(&mut cmd);
+        let lines = Lines::new(child.child().stdout.take().unwrap());
+        let first = lines.expect_line();
+        assert!(first.contains("2 worker processes"), "{first}");
+        for _ in 0..2 {
+            let line = lines.expect_line();
+            assert!(line.starts_with("worker process"), "{line}");
+        }
+        (child, lines)
+    };
+    let (mut old, old_lines) = supervisor(0);
+    assert_eq!(served_by(&addr), "gen0");
+    let (mut new, _new_lines) = supervisor(1);
+    // The old supervisor stops once both its workers handed over and drained.
+    let rest = old_lines.rest();
+    assert!(old.wait().success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("megaconn stopped")),
+        "{rest:?}"
+    );
+    for _ in 0..10 {
+        assert_eq!(served_by(&addr), "gen1");
+    }
+    new.signal(libc::SIGTERM);
+    new.wait();
+}

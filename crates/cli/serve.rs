@@ -248,8 +248,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.worker_process,
         );
         let (take_over, listeners) = crate::upgrade::take_over(&path)?;
-        resolved.builder = resolved.builder.adopt_listeners(listeners);
-        Some(take_over)
+        // The admin listener's socket to the admin listener, the others to
+        // the server; one bound to an address neither has is closed.
+        let admin_addr = match resolved.admin {
+            Some(crate::admin::AdminAddr::At(a)) => Some(a),
+            Some(crate::admin::AdminAddr::Off) => None,
+            None => crate::admin::DEFAULT_ADMIN.parse().ok(),
+        };
+        let (admin, main): (Vec<_>, Vec<_>) = listeners
+            .into_iter()
+            .filter(|l| {
+                l.local_addr()
+                    .is_ok_and(|a| resolved.addrs.contains(&a) || Some(a) == admin_addr)
+            })
+            .partition(|l| l.local_addr().ok() == admin_addr);
+        resolved.builder = resolved.builder.adopt_listeners(main);
+        Some((take_over, admin))
     } else {
         None
     };
@@ -312,7 +326,7 @@ pub fn listen_urls(server: &megaconn::Server) -> Vec<String> {
 async fn serve(
     resolved: Resolved,
     shared: Option<(usize, SharedStats)>,
-    take_over: Option<crate::upgrade::TakeOver>,
+    take_over: Option<(crate::upgrade::TakeOver, Vec<std::net::TcpListener>)>,
     worker_process: Option<usize>,
 ) -> anyhow::Result<()> {
     // Signals are registered before anything else, so one that arrives during
@@ -349,10 +363,21 @@ async fn serve(
     );
     // Stops when dropped, after the main server. Worker processes of a
     // supervisor have none (they would contend for one port).
+    let (take_over, admin_sockets) = match take_over {
+        Some((t, sockets)) => (Some(t), sockets),
+        None => (None, Vec::new()),
+    };
     let _admin = match shared {
-        None => crate::admin::start(admin, crate::admin::Source::Server(handle.clone()))?,
+        None => crate::admin::start_with(
+            admin,
+            crate::admin::Source::Server(handle.clone()),
+            admin_sockets,
+        )?,
         Some(_) => None,
     };
+    if let (Some(control), Some(admin)) = (&control, &_admin) {
+        control.also(admin.handle.clone());
+    }
     // The old process stops accepting once told: this one is up, its
     // admin listener too.
     if let Some(take_over) = take_over {
@@ -372,6 +397,9 @@ async fn serve(
                 control_ready = None;
                 match ready {
                     Ok(Ok(socket)) => {
+                        if let Some(admin) = &_admin {
+                            socket.also(admin.handle.clone());
+                        }
                         if let Err(e) = socket.serve(handle.clone()) {
                             tracing::warn!(error = %e, "cannot serve the upgrade control socket");
                         }

@@ -136,6 +136,9 @@ pub struct ControlSocket {
     /// Held by a hand-over in progress: the process must not exit (its
     /// drain may end first) before the last parked connection is sent.
     busy: std::sync::Arc<std::sync::Mutex<()>>,
+    /// More servers whose listening sockets go with the main one's (the
+    /// admin listener), added once they run.
+    more: std::sync::Arc<std::sync::Mutex<Vec<ServerHandle>>>,
     path: PathBuf,
     /// The socket file's inode, to remove it at exit only if it is still ours.
     ino: u64,
@@ -165,6 +168,7 @@ impl ControlSocket {
         Ok(ControlSocket {
             listener,
             busy: Default::default(),
+            more: Default::default(),
             path: path.to_path_buf(),
             ino,
         })
@@ -177,6 +181,7 @@ impl ControlSocket {
     pub fn serve(&self, handle: ServerHandle) -> std::io::Result<()> {
         let listener = self.listener.try_clone()?;
         let busy = self.busy.clone();
+        let more = self.more.clone();
         std::thread::Builder::new()
             .name("megaconn-upgrade".into())
             .spawn(move || loop {
@@ -189,7 +194,11 @@ impl ControlSocket {
                 };
                 // SAFETY: accept returned a fresh descriptor we own.
                 let peer = Peer(unsafe { OwnedFd::from_raw_fd(fd) });
-                match hand_over(&peer, &handle, &busy) {
+                let more = more
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                match hand_over(&peer, &handle, &more, &busy) {
                     Ok(true) => return,
                     Ok(false) => {}
                     Err(e) => {
@@ -198,6 +207,16 @@ impl ControlSocket {
                 }
             })
             .map(drop)
+    }
+}
+
+impl ControlSocket {
+    /// Hands `other`'s listening sockets over too (the admin listener).
+    pub fn also(&self, other: ServerHandle) {
+        self.more
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(other);
     }
 }
 
@@ -218,6 +237,7 @@ impl Drop for ControlSocket {
 fn hand_over(
     peer: &Peer,
     handle: &ServerHandle,
+    more: &[ServerHandle],
     busy: &std::sync::Mutex<()>,
 ) -> anyhow::Result<bool> {
     peer.set_timeout()?;
@@ -233,7 +253,10 @@ fn hand_over(
     }
     let (hello, _) = peer.expect(HELLO)?;
     let new_pid = u32::from_be_bytes(hello.get(..4).context("short hello")?.try_into()?);
-    let sockets = handle.listening_sockets()?;
+    let mut sockets = handle.listening_sockets()?;
+    for other in more {
+        sockets.extend(other.listening_sockets()?);
+    }
     let raw: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
     let chunks: Vec<&[RawFd]> = raw.chunks(MAX_FDS).collect();
     for (i, chunk) in chunks.iter().enumerate() {
