@@ -263,12 +263,14 @@ fn metric(admin: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
-#[test]
-fn parked_connections_move_to_the_new_process() {
+/// Holds N idle keep-alive connections (waiting until `idle_metric` counts
+/// them all), upgrades, then makes a request on every one: each is answered
+/// by the new process, none was closed.
+fn idle_connections_move(park_after: &str, idle_metric: &str) {
     const N: usize = 200;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
-    let extra = ["--admin", "127.0.0.1:0", "--park-after", "50ms"];
+    let extra = ["--admin", "127.0.0.1:0", "--park-after", park_after];
     let (old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
     let mut conns: Vec<BufReader<TcpStream>> = (0..N)
         .map(|_| {
@@ -284,25 +286,17 @@ fn parked_connections_move_to_the_new_process() {
         let head = read_response(c).unwrap();
         assert!(head.contains("server: gen0"), "{head}");
     }
-    // Wait until every connection is parked: only parked ones move.
-    let old_admin = old.admin.clone();
     let deadline = Instant::now() + CHILD_SAFETY;
-    while metric(&old_admin, "megaconn_connections_parked") < N as f64 {
-        assert!(Instant::now() < deadline, "connections did not park");
+    while metric(&old.admin, idle_metric) < N as f64 {
+        assert!(Instant::now() < deadline, "connections did not go idle");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (new, _) = start(
-        1,
-        &addr,
-        &socket,
-        &["--admin", "127.0.0.1:0", "--park-after", "50ms"],
-    );
+    let (new, _) = start(1, &addr, &socket, &extra);
     let handed = finish(old);
     assert!(
         handed.contains(&format!("{N} parked connections")),
         "{handed}"
     );
-    // Every idle connection still works, served by the new process.
     for c in &mut conns {
         c.get_mut()
             .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -311,16 +305,26 @@ fn parked_connections_move_to_the_new_process() {
         assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
         assert!(head.contains("server: gen1"), "{head}");
     }
-    let new_admin = new.admin.clone();
     assert_eq!(
-        metric(&new_admin, "megaconn_connections_adopted_total"),
+        metric(&new.admin, "megaconn_connections_adopted_total"),
         N as f64
     );
     assert_eq!(
-        metric(&new_admin, "megaconn_connections_accepted_total"),
+        metric(&new.admin, "megaconn_connections_accepted_total"),
         0.0
     );
-    drop(new);
+}
+
+#[test]
+fn parked_connections_move_to_the_new_process() {
+    idle_connections_move("50ms", "megaconn_connections_parked");
+}
+
+/// Idle connections not parked yet (waiting as tasks) park at the upgrade
+/// and move as well.
+#[test]
+fn idle_connections_not_yet_parked_move_too() {
+    idle_connections_move("10m", "megaconn_connections_idle");
 }
 
 /// One request on a fresh connection; the answer's `server` header.

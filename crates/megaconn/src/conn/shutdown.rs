@@ -20,6 +20,9 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub(crate) struct LocalShutdown {
     started: Cell<bool>,
+    /// Every idle connection that can park should (an upgrade hands the
+    /// parking lot to the next process).
+    park_all: Cell<bool>,
     notify: Notify,
     /// Wakers of watching connections, by slot; `free` lists the vacant slots.
     watchers: RefCell<Watchers>,
@@ -41,6 +44,17 @@ impl LocalShutdown {
     pub(crate) fn start(&self) {
         self.begin();
         self.wake_watchers(usize::MAX);
+    }
+
+    /// Asks every idle (watching) connection to park now, if it can.
+    pub(crate) fn park_all_idle(&self) {
+        self.park_all.set(true);
+        self.wake_watchers(usize::MAX);
+    }
+
+    /// True once [`park_all_idle`](LocalShutdown::park_all_idle) was asked.
+    pub(crate) fn parking_all(&self) -> bool {
+        self.park_all.get()
     }
 
     /// Marks shutdown as begun and wakes the `wait`ers, but not the

@@ -189,6 +189,23 @@ where
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     if let Some(tx) = sender {
+        // Idle connections still waiting as tasks park first, so that they
+        // move too: woken, each parks on its next poll; a few turns of the
+        // loop let them all run (connections that cannot park, TLS or
+        // HTTP/2, stay idle tasks and close below).
+        ctx.shutdown.park_all_idle();
+        for _ in 0..64 {
+            let s = &ctx.stats;
+            let idle_tasks = s
+                .connections_idle
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - s.connections_parked
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            if idle_tasks <= 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         let batch = ctx
             .park
             .as_ref()

@@ -146,7 +146,13 @@ where
                 park_deadline.or(idle_deadline)
             };
             match conn
-                .wait_for_bytes(wait_deadline, !first, timer.as_mut(), &mut timer_waker)
+                .wait_for_bytes(
+                    wait_deadline,
+                    !first,
+                    T::PARKABLE && conn.ctx.park.is_some(),
+                    timer.as_mut(),
+                    &mut timer_waker,
+                )
                 .await
             {
                 Waited::Bytes => {}
@@ -162,6 +168,7 @@ where
                     return Ended::Close(reason);
                 }
                 Waited::Shutdown => return Ended::Close(CloseReason::Shutdown),
+                Waited::ParkNow => return Ended::Park(idle_deadline),
                 Waited::Error(e) => return Ended::Close(CloseReason::io(&e)),
             }
         }
@@ -337,6 +344,8 @@ enum Waited {
     Eof,
     TimedOut,
     Shutdown,
+    /// The worker parks every idle connection (an upgrade).
+    ParkNow,
     Error(io::Error),
 }
 
@@ -362,11 +371,13 @@ impl<T: Transport> ConnIo<T> {
     /// close`, within `read_header_timeout` (and `shutdown_timeout`), as Go
     /// spares new connections: its client connected just before the
     /// listener stopped (an upgrade hands the listener on at that moment)
-    /// and its request is on the way.
+    /// and its request is on the way. `parkable`: an idle connection parks
+    /// when the worker asks every idle one to (an upgrade hands the lot over).
     async fn wait_for_bytes(
         &mut self,
         deadline: Option<Instant>,
         idle: bool,
+        parkable: bool,
         mut timer: Pin<&mut Option<Sleep>>,
         timer_waker: &mut bool,
     ) -> Waited {
@@ -390,6 +401,9 @@ impl<T: Transport> ConnIo<T> {
                 Poll::Ready(Ok(_)) => return Poll::Ready(Waited::Bytes),
                 Poll::Ready(Err(e)) => return Poll::Ready(Waited::Error(e)),
                 Poll::Pending => {}
+            }
+            if idle && parkable && ctx.shutdown.parking_all() {
+                return Poll::Ready(Waited::ParkNow);
             }
             if idle && ctx.shutdown.is_started() {
                 return Poll::Ready(Waited::Shutdown);
