@@ -38,29 +38,37 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
+SERVED=""  # the pid serve() started
 serve() { # GEN [--upgrade]
   local gen=$1; shift
+  # A supervisor's admin listener is not handed over: each generation has
+  # its own port (ADMIN + generation).
   local admin=(--admin "127.0.0.1:$ADMIN")
-  # A supervisor's admin listener is not handed over: later ones go without.
-  if [ "$PROCESSES" -gt 1 ] && [ "$gen" -gt 0 ]; then admin=(--admin off); fi
+  if [ "$PROCESSES" -gt 1 ]; then admin=(--admin "127.0.0.1:$((ADMIN + gen))"); fi
   "$MEGACONN" serve --listen "127.0.0.1:$PORT" --workers "$WORKERS" --processes "$PROCESSES" \
     "${admin[@]}" --upgrade-socket "$SOCK" --park-after 1s --idle-timeout 10m \
     --shutdown-timeout 60s "$@" >"$OUT/gen$gen.log" 2>&1 &
-  PIDS+=($!)
-  echo $!
+  SERVED=$!
+  PIDS+=("$SERVED")
 }
 
-metric() { curl -s "127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1==m {print $2}'; }
+GEN=0
+metric() {
+  local port=$ADMIN
+  if [ "$PROCESSES" -gt 1 ]; then port=$((ADMIN + GEN)); fi
+  curl -s "127.0.0.1:$port/metrics" | awk -v m="$1" '$1==m {print $2}'
+}
 
 wait_for() { # WHAT CMD... : polls CMD (bounded, 300 s)
   local what=$1; shift
-  for _ in $(seq 3000); do "$@" && return 0; sleep 0.1; done
+  for _ in $(seq 3000); do "$@" 2>/dev/null && return 0; sleep 0.1; done
   echo "timed out waiting for $what" >&2; exit 1
 }
 
 parked_all() { local p; p=$(metric megaconn_connections_parked); [ "${p:-0}" -ge $((N * 99 / 100)) ]; }
 
-old=$(serve 0)
+serve 0
+old=$SERVED
 wait_for "the server" grep -q "serving on" "$OUT/gen0.log"
 ramp=$(( N / 10 < 1000 ? 1000 : N / 10 ))
 # Enough time for the ramp, the upgrades and their drains.
@@ -74,7 +82,8 @@ wait_for "$N parked connections" parked_all
 echo "held: $(metric megaconn_connections_open) open, $(metric megaconn_connections_parked) parked (gen 0, pid $old)"
 
 for gen in $(seq 1 "$UPGRADES"); do
-  new=$(serve "$gen" --upgrade)
+  serve "$gen" --upgrade
+  new=$SERVED
   if [ "$PROCESSES" -eq 1 ]; then
     wait_for "gen $gen" grep -q "upgrade done" "$OUT/gen$gen.log"
     grep "upgrade done" "$OUT/gen$gen.log"
@@ -87,7 +96,10 @@ for gen in $(seq 1 "$UPGRADES"); do
   old=$new
   # Wait until the connections are parked in the new generation again (a
   # heartbeat wakes each one in turn).
-  if [ "$PROCESSES" -eq 1 ]; then wait_for "parked in gen $gen" parked_all; fi
+  GEN=$gen
+  wait_for "parked in gen $gen" parked_all
+  echo "  gen $gen: $(metric megaconn_connections_open) open, $(metric megaconn_connections_parked) parked"
+
 done
 
 wait "$hold" || true

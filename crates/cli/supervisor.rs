@@ -114,7 +114,7 @@ async fn supervise(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut workers: Vec<Worker> = Vec::with_capacity(processes);
     for i in 0..processes {
-        let pid = start(&exe, &argv, i, processes, shared, tx.clone())?;
+        let pid = start(&exe, &argv, i, processes, shared, tx.clone(), true)?;
         workers.push(Worker {
             pid: Some(pid),
             started: Instant::now(),
@@ -208,7 +208,9 @@ async fn supervise(
                 for i in 0..processes {
                     if restart_at[i].is_some_and(|t| t <= now) {
                         restart_at[i] = None;
-                        match start(&exe, &argv, i, processes, shared, tx.clone()) {
+                        // A restarted worker binds afresh: the process it
+                        // took over from is gone.
+                        match start(&exe, &argv, i, processes, shared, tx.clone(), false) {
                             Ok(pid) => {
                                 let w = &mut workers[i];
                                 w.pid = Some(pid);
@@ -269,7 +271,10 @@ fn stop_all(workers: &[Worker], signal: libc::c_int) {
 }
 
 /// Starts worker process `index` and a task that reports when it is ready and
-/// when it exits.
+/// when it exits. `first`: its first start, which takes over from the old
+/// worker process of the same index when the supervisor was started with
+/// `--upgrade` (then it is ready once it has the parked connections and its
+/// own control socket, so a next upgrade cannot come too early).
 fn start(
     exe: &std::path::Path,
     argv: &[OsString],
@@ -277,10 +282,17 @@ fn start(
     processes: usize,
     shared: &SharedStats,
     events: mpsc::UnboundedSender<Event>,
+    first: bool,
 ) -> anyhow::Result<u32> {
+    let upgrade = first && argv.iter().any(|a| a == "--upgrade");
+    let ready_line = if upgrade {
+        "megaconn upgrade done"
+    } else {
+        "megaconn serving on"
+    };
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("serve")
-        .args(argv)
+        .args(argv.iter().filter(|a| upgrade || *a != "--upgrade"))
         .arg("--worker-process")
         .arg(index.to_string())
         .env(FD_ENV, shared.raw_fd().to_string())
@@ -297,7 +309,7 @@ fn start(
         if let Some(stdout) = stdout {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("megaconn serving on") {
+                if line.starts_with(ready_line) {
                     let _ = events.send(Event::Ready(index));
                 }
                 if line.starts_with("megaconn handed over") {
