@@ -290,21 +290,33 @@ fn hand_over(
     // connections over; the rest drain as in a graceful shutdown.
     let batches = handle.hand_over_parked();
     handle.shutdown();
+    // From here this process is leaving whatever happens: an error only
+    // loses the parked connections not sent yet (they close here).
     let mut sent = 0usize;
-    for batch in batches {
-        for chunk in batch.chunks(MAX_FDS) {
-            let mut payload = Vec::with_capacity(chunk.len() * ParkedState::WIRE_BYTES);
-            for c in chunk {
-                payload.extend_from_slice(&c.state.to_bytes());
+    let sending = (|| -> anyhow::Result<()> {
+        for batch in batches {
+            for chunk in batch.chunks(MAX_FDS) {
+                let mut payload = Vec::with_capacity(chunk.len() * ParkedState::WIRE_BYTES);
+                for c in chunk {
+                    payload.extend_from_slice(&c.state.to_bytes());
+                }
+                let fds: Vec<RawFd> = chunk.iter().map(|c| c.socket.as_raw_fd()).collect();
+                peer.send(PARKED, &payload, &fds)?;
+                sent += chunk.len();
             }
-            let fds: Vec<RawFd> = chunk.iter().map(|c| c.socket.as_raw_fd()).collect();
-            peer.send(PARKED, &payload, &fds)?;
-            sent += chunk.len();
+            // Dropping the batch closes this process's descriptors; the
+            // sockets live on in the new process.
         }
-        // Dropping the batch closes this process's descriptors; the sockets
-        // live on in the new process.
+        peer.send(END, &(sent as u64).to_be_bytes(), &[])
+    })();
+    if let Err(e) = sending {
+        tracing::error!(
+            new_pid,
+            sent,
+            error = format!("{e:#}"),
+            "upgrade: the new process went away during the hand-over; the parked connections not sent were closed"
+        );
     }
-    peer.send(END, &(sent as u64).to_be_bytes(), &[])?;
     tracing::info!(
         new_pid,
         parked = sent,
