@@ -134,8 +134,9 @@ fn seqpacket() -> anyhow::Result<OwnedFd> {
 pub struct ControlSocket {
     listener: OwnedFd,
     /// Held by a hand-over in progress: the process must not exit (its
-    /// drain may end first) before the last parked connection is sent.
-    busy: std::sync::Arc<std::sync::Mutex<()>>,
+    /// drain may end first) before the last parked connection is sent. True
+    /// once a newer process took over (and the socket's name with it).
+    busy: std::sync::Arc<std::sync::Mutex<bool>>,
     /// More servers whose listening sockets go with the main one's (the
     /// admin listener), added once they run.
     more: std::sync::Arc<std::sync::Mutex<Vec<ServerHandle>>>,
@@ -158,13 +159,13 @@ impl ControlSocket {
             .with_context(|| format!("cannot bind the upgrade control socket {}", tmp.display()))?;
         std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         sock::listen(listener.as_raw_fd(), 4)?;
+        let ino = std::fs::metadata(&tmp)?.ino();
         std::fs::rename(&tmp, path).with_context(|| {
             format!(
                 "cannot put the upgrade control socket at {} (choose another with --upgrade-socket)",
                 path.display()
             )
         })?;
-        let ino = std::fs::metadata(path)?.ino();
         Ok(ControlSocket {
             listener,
             busy: Default::default(),
@@ -223,10 +224,14 @@ impl ControlSocket {
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         use std::os::unix::fs::MetadataExt as _;
-        // Waits for a hand-over in progress to send its last message.
-        drop(self.busy.lock());
-        // Only if the name is still ours (not a newer process's socket).
-        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+        // Waits for a hand-over in progress to send its last message. After
+        // one, the name belongs to the newer process (which may be renaming
+        // its socket onto it right now): leave it.
+        let handed = *self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !handed && std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -238,7 +243,7 @@ fn hand_over(
     peer: &Peer,
     handle: &ServerHandle,
     more: &[ServerHandle],
-    busy: &std::sync::Mutex<()>,
+    busy: &std::sync::Mutex<bool>,
 ) -> anyhow::Result<bool> {
     peer.set_timeout()?;
     let cred = sock::getsockopt(peer.0.as_raw_fd(), sock::sockopt::PeerCredentials)?;
@@ -283,9 +288,10 @@ fn hand_over(
     }
     let started = Instant::now();
     // Taken before shutdown begins, so the process waits for it at exit.
-    let _busy = busy
+    let mut busy = busy
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *busy = true;
     // The new process accepts now: stop accepting and hand the parked
     // connections over; the rest drain as in a graceful shutdown.
     let batches = handle.hand_over_parked();

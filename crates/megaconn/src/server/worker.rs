@@ -194,7 +194,8 @@ where
         // loop let them all run (connections that cannot park, TLS or
         // HTTP/2, stay idle tasks and close below).
         ctx.shutdown.park_all_idle();
-        for _ in 0..64 {
+        // Bounded (~200 ms): idle connections that cannot park never leave.
+        for turn in 0..200 {
             let s = &ctx.stats;
             let idle_tasks = s
                 .connections_idle
@@ -204,7 +205,11 @@ where
             if idle_tasks <= 0 {
                 break;
             }
-            tokio::task::yield_now().await;
+            if turn < 16 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
         }
         let batch = ctx
             .park
