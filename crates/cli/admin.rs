@@ -68,7 +68,8 @@ pub fn parse_admin(s: &str) -> Result<AdminAddr, String> {
 /// A running admin server; dropping it shuts the admin server down.
 #[derive(Debug)]
 pub struct Admin {
-    handle: ServerHandle,
+    /// The admin server's handle (an upgrade hands its socket over too).
+    pub handle: ServerHandle,
     /// The bound address.
     pub addr: SocketAddr,
 }
@@ -93,6 +94,17 @@ pub enum Source {
 /// address: if that is taken, serving goes on without the admin listener (a
 /// warning says so); an address asked for that cannot be bound is an error.
 pub fn start(setting: Option<AdminAddr>, source: Source) -> anyhow::Result<Option<Admin>> {
+    start_with(setting, source, Vec::new())
+}
+
+/// [`start`], serving `adopt` (the admin listening socket of the process
+/// this one takes over from, `serve --upgrade`) when it is bound to the
+/// admin address.
+pub fn start_with(
+    setting: Option<AdminAddr>,
+    source: Source,
+    adopt: Vec<std::net::TcpListener>,
+) -> anyhow::Result<Option<Admin>> {
     let explicit = setting.is_some();
     let addr = match setting {
         Some(AdminAddr::Off) => return Ok(None),
@@ -100,6 +112,7 @@ pub fn start(setting: Option<AdminAddr>, source: Source) -> anyhow::Result<Optio
         None => DEFAULT_ADMIN.parse().expect("valid default address"),
     };
     let bound = megaconn::Server::bind(addr)
+        .adopt_listeners(adopt)
         .workers(1)
         .max_connections(64)
         .idle_timeout(Some(Duration::from_secs(30)))

@@ -115,6 +115,19 @@ pub struct Settings {
     pub admin: Option<AdminAddr>,
     /// The `--otel-*` knobs.
     pub otel: OtelKnobs,
+    /// `--upgrade-socket`; `None`: [`default_upgrade_socket`].
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+/// Where a server listens for `serve --upgrade` when `--upgrade-socket` is
+/// not given: one name per port, so that two servers on one host do not
+/// meet, in the user's runtime directory (`$XDG_RUNTIME_DIR`, private to the
+/// user under systemd) or else `/tmp`.
+pub fn default_upgrade_socket(first_addr: Option<SocketAddr>) -> PathBuf {
+    let dir =
+        std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let port = first_addr.map_or(0, |a| a.port());
+    dir.join(format!("megaconn-{port}.upgrade.sock"))
 }
 
 /// The `--otel-*` knobs, resolved with the `OTEL_*` variables in
@@ -567,6 +580,32 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "shutdown-drain-rate",
+        value_name: "PER_SECOND",
+        shape: Shape::One,
+        help: "Idle connections closed per second at shutdown and at an upgrade's drain (all at once when unset).",
+        details: "So that a million clients are not told to reconnect in the same second. Requests arriving meanwhile are served with `Connection: close`. Keep --shutdown-timeout above connections / rate: the rest closes at the deadline. Progress: megaconn_shutdown_drain_pending.",
+        default: "unlimited",
+        example: "10000",
+        parse: count,
+        apply: |v, s| {
+            let n = at_least_one(v.count()?, "shutdown_drain_rate")?;
+            let n = u32::try_from(n).map_err(|_| "too large".to_string())?;
+            s.builder(|b| b.shutdown_drain_rate(Some(n)))
+        },
+    },
+    Knob {
+        name: "max-connection-age",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Close a connection older than this at its next idle point (`Connection: close` on HTTP/1.1, GOAWAY on HTTP/2), to rebalance after a scale-out.",
+        details: "Each connection's limit is drawn between 90% and 100% of it (jitter). Counted in megaconn_connections_aged_out_total; deploy/README.md, scaling past one machine.",
+        default: "off",
+        example: "30m",
+        parse: duration_or_off,
+        apply: |v, s| s.builder(|b| b.max_connection_age(v.duration())),
+    },
+    Knob {
         name: "max-header-bytes",
         value_name: "SIZE",
         shape: Shape::One,
@@ -813,6 +852,20 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| {
             let on = v.on();
             s.builder(|b| b.access_log(on))
+        },
+    },
+    Knob {
+        name: "upgrade-socket",
+        value_name: "PATH",
+        shape: Shape::One,
+        help: "Unix socket where this server hands its listening sockets and parked connections to a newer process started with `serve --upgrade` (same flag).",
+        details: "The newer process serves before this one stops accepting, so no connection is refused, and its idle HTTP/1.1 connections move without a reconnect. Only the same user (or root) may take over. With --processes P, worker process k uses PATH.k.",
+        default: "$XDG_RUNTIME_DIR (or /tmp)/megaconn-PORT.upgrade.sock, PORT the first listen address's",
+        example: "/run/megaconn/upgrade.sock",
+        parse: path,
+        apply: |v, s| {
+            s.upgrade_socket = Some(v.path());
+            Ok(())
         },
     },
     Knob {

@@ -14,6 +14,7 @@ mod serve;
 mod shared_stats;
 mod supervisor;
 mod tls;
+mod upgrade;
 
 use std::process::ExitCode;
 

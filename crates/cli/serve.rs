@@ -30,6 +30,8 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     /// Internal: run as worker process N of a supervisor.
     pub worker_process: Option<usize>,
+    /// `--upgrade`: take over from the server on the upgrade socket.
+    pub upgrade: bool,
 }
 
 impl clap::FromArgMatches for ServeArgs {
@@ -38,6 +40,7 @@ impl clap::FromArgMatches for ServeArgs {
             flags: knobs::from_matches(m),
             config: m.get_one::<PathBuf>("config").cloned(),
             worker_process: m.get_one::<usize>("worker-process").copied(),
+            upgrade: m.get_flag("upgrade"),
         })
     }
 
@@ -60,6 +63,13 @@ impl clap::Args for ServeArgs {
                     megaconn_load::units::DURATION_HELP,
                     megaconn_load::units::SIZE_HELP,
                 )),
+        )
+        .arg(
+            clap::Arg::new("upgrade")
+                .long("upgrade")
+                .action(clap::ArgAction::SetTrue)
+                .help("Take over from the server running on --upgrade-socket: its listening sockets and parked connections; it then drains and exits.")
+                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one starts serving them, then the old one stops accepting, hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused and idle clients do not reconnect. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade. With --processes, each worker process takes over from the old one of the same index."),
         )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
@@ -101,6 +111,28 @@ pub struct Resolved {
     pub addrs: Vec<SocketAddr>,
     /// OpenTelemetry export, when tracing is on.
     pub otel: Option<megaconn::otel::OtlpConfig>,
+    /// `--upgrade-socket`, if given.
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+/// The upgrade control socket: `--upgrade-socket` or the default for the
+/// server's first address; worker process `k` of a supervisor adds `.k`.
+pub fn upgrade_socket(
+    explicit: Option<&PathBuf>,
+    first: Option<SocketAddr>,
+    worker_process: Option<usize>,
+) -> PathBuf {
+    let path = explicit
+        .cloned()
+        .unwrap_or_else(|| knobs::default_upgrade_socket(first));
+    match worker_process {
+        Some(k) => {
+            let mut name = path.into_os_string();
+            name.push(format!(".{k}"));
+            name.into()
+        }
+        None => path,
+    }
 }
 
 /// Whether tracing is on, and how: the `--otel-*` knobs over the standard
@@ -175,6 +207,7 @@ fn resolve_with(
         processes,
         admin,
         otel,
+        upgrade_socket,
     } = settings;
     let otel = otel_config(otel, |name| std::env::var(name).ok())?;
     if listen.is_empty() && tls_listen.is_empty() && tcp_listen.is_empty() && inherited.is_empty() {
@@ -219,6 +252,7 @@ fn resolve_with(
     }
     Ok(Resolved {
         otel,
+        upgrade_socket,
         admin,
         tls,
         builder: b,
@@ -237,7 +271,7 @@ fn resolve_with(
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let inherited = crate::activation::take_from_env().map_err(UsageError)?;
     let activated = !inherited.is_empty();
-    let resolved = resolve_with(&args, inherited)?;
+    let mut resolved = resolve_with(&args, inherited)?;
     if activated && resolved.processes > 1 {
         return Err(UsageError(
             "sockets passed by systemd are served by one process: drop --processes (each worker thread accepts from them)".into(),
@@ -252,11 +286,37 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(index) => Some((index, worker_process_setup()?)),
         None => None,
     };
+    let take_over = if args.upgrade {
+        let path = upgrade_socket(
+            resolved.upgrade_socket.as_ref(),
+            resolved.addrs.first().copied(),
+            args.worker_process,
+        );
+        let (take_over, listeners) = crate::upgrade::take_over(&path)?;
+        // The admin listener's socket to the admin listener, the others to
+        // the server; one bound to an address neither has is closed.
+        let admin_addr = match resolved.admin {
+            Some(crate::admin::AdminAddr::At(a)) => Some(a),
+            Some(crate::admin::AdminAddr::Off) => None,
+            None => crate::admin::DEFAULT_ADMIN.parse().ok(),
+        };
+        let (admin, main): (Vec<_>, Vec<_>) = listeners
+            .into_iter()
+            .filter(|l| {
+                l.local_addr()
+                    .is_ok_and(|a| resolved.addrs.contains(&a) || Some(a) == admin_addr)
+            })
+            .partition(|l| l.local_addr().ok() == admin_addr);
+        resolved.builder = resolved.builder.adopt_listeners(main);
+        Some((take_over, admin))
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(resolved, shared))
+    runtime.block_on(serve(resolved, shared, take_over, args.worker_process))
 }
 
 /// The arguments after `serve`, to hand to worker processes unchanged.
@@ -308,7 +368,12 @@ pub fn listen_urls(server: &megaconn::Server) -> Vec<String> {
         .collect()
 }
 
-async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyhow::Result<()> {
+async fn serve(
+    resolved: Resolved,
+    shared: Option<(usize, SharedStats)>,
+    take_over: Option<(crate::upgrade::TakeOver, Vec<std::net::TcpListener>)>,
+    worker_process: Option<usize>,
+) -> anyhow::Result<()> {
     // Signals are registered before anything else, so one that arrives during
     // start-up is seen (and shuts down cleanly) instead of killing the process.
     let mut signals = Signals::new().context("cannot install signal handlers")?;
@@ -318,6 +383,7 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         admin,
         tls,
         otel,
+        upgrade_socket: explicit_socket,
         ..
     } = resolved;
     let tracing = match otel {
@@ -331,19 +397,50 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         None => builder,
     };
     let server = builder.listen().map_err(listen_error)?;
+    let handle = server.handle();
+    let control_path = upgrade_socket(
+        explicit_socket.as_ref(),
+        Some(server.local_addr()),
+        worker_process,
+    );
+    // The control socket for the next upgrade: before the serving line, or
+    // (taking over) once the old process has handed its parked connections
+    // over, announced by `megaconn upgrade done`.
+    let mut control = None;
+    let mut control_ready = None;
+    if take_over.is_none() {
+        control = crate::upgrade::listen_for_upgrades(&control_path, &handle);
+    }
     crate::say!(
         "megaconn serving on {} ({} workers, max_connections {})",
         listen_urls(&server).join(", "),
         server.workers(),
         server.max_connections()
     );
-    let handle = server.handle();
     // Stops when dropped, after the main server. Worker processes of a
     // supervisor have none (they would contend for one port).
+    let (take_over, admin_sockets) = match take_over {
+        Some((t, sockets)) => (Some(t), sockets),
+        None => (None, Vec::new()),
+    };
     let _admin = match shared {
-        None => crate::admin::start(admin, crate::admin::Source::Server(handle.clone()))?,
+        None => crate::admin::start_with(
+            admin,
+            crate::admin::Source::Server(handle.clone()),
+            admin_sockets,
+        )?,
         Some(_) => None,
     };
+    if let (Some(control), Some(admin)) = (&control, &_admin) {
+        control.also(admin.handle.clone());
+    }
+    // The old process stops accepting once told: this one is up, its
+    // admin listener too.
+    if let Some(take_over) = take_over {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        take_over.finish(handle.clone(), control_path, tx)?;
+        control_ready = Some(rx);
+    }
     let app = Demo::new(handle.clone());
     let serving = server.framed(crate::demo::FramedDemo).serve(app);
     tokio::pin!(serving);
@@ -352,6 +449,22 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         tokio::select! {
             result = &mut serving => break result?,
             _ = hangups.recv() => crate::tls::reload_on_sighup(tls.as_ref()),
+            ready = async { control_ready.as_mut().expect("guarded").await }, if control_ready.is_some() => {
+                control_ready = None;
+                match ready {
+                    Ok(Ok(socket)) => {
+                        if let Some(admin) = &_admin {
+                            socket.also(admin.handle.clone());
+                        }
+                        if let Err(e) = socket.serve(handle.clone()) {
+                            tracing::warn!(error = %e, "cannot serve the upgrade control socket");
+                        }
+                        control = Some(socket);
+                    }
+                    Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them"),
+                    Err(_) => {}
+                }
+            }
             _ = publish.tick(), if shared.is_some() => {
                 if let Some((slot, block)) = &shared {
                     block.publish(*slot, &handle.stats());
@@ -380,6 +493,8 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         // Sends the last spans (waits up to the export timeout).
         tracing.shutdown();
     }
+    // Removes the control socket's name, if it is still ours.
+    drop(control);
     crate::say!(
         "megaconn stopped: {} connections accepted, {} requests; at shutdown {} closed cleanly, {} forced",
         summary.accepted, summary.requests, summary.finished, summary.forced

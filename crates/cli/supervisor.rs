@@ -10,6 +10,14 @@
 //! whole-server totals gathered through [`SharedStats`] (`/metrics`), and
 //! prints them at the end.
 //!
+//! Upgrades (`serve --upgrade --processes P`, the same P): each new worker
+//! process k takes over from the old worker process k over its own control
+//! socket (`--upgrade-socket` plus `.k`), listening sockets and parked
+//! connections included; an old worker that handed over exits after its
+//! drain and is not restarted, and the old supervisor exits once all have.
+//! The supervisor's admin listener is not handed over: give the new one
+//! another `--admin` address (or `off`) while the old one drains.
+//!
 //! On a real host, prefer raising `LimitNOFILE=` in the systemd unit (and
 //! `fs.nr_open`) and running one process; `--processes` is for hosts where the
 //! per-process cap cannot be raised.
@@ -44,6 +52,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Event {
     Ready(usize),
+    /// The worker process handed its sockets to a newer one (an upgrade).
+    HandedOver(usize),
     Exited(usize, Option<i32>),
 }
 
@@ -52,6 +62,7 @@ struct Worker {
     started: Instant,
     restarts: u32,
     running: bool,
+    handed_over: bool,
 }
 
 /// Runs the supervisor. `argv` are the arguments after `serve`, passed on to
@@ -65,15 +76,19 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
         )
         .into());
     }
-    // Fail now, in one place, if an address is taken or a knob is wrong.
-    let probe = resolved
-        .builder
-        .clone()
-        .workers(1)
-        .listen()
-        .map_err(serve::listen_error)?;
-    let addrs = serve::listen_urls(&probe);
-    drop(probe);
+    // Fail now, in one place, if an address is taken or a knob is wrong
+    // (taking over, the old worker processes hold the addresses).
+    let addrs = if args.upgrade {
+        resolved.addrs.iter().map(|a| a.to_string()).collect()
+    } else {
+        let probe = resolved
+            .builder
+            .clone()
+            .workers(1)
+            .listen()
+            .map_err(serve::listen_error)?;
+        serve::listen_urls(&probe)
+    };
     let shared =
         Arc::new(SharedStats::create(processes).context("cannot create the shared counter block")?);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -99,12 +114,13 @@ async fn supervise(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut workers: Vec<Worker> = Vec::with_capacity(processes);
     for i in 0..processes {
-        let pid = start(&exe, &argv, i, processes, shared, tx.clone())?;
+        let pid = start(&exe, &argv, i, processes, shared, tx.clone(), true)?;
         workers.push(Worker {
             pid: Some(pid),
             started: Instant::now(),
             restarts: 0,
             running: true,
+            handed_over: false,
         });
     }
 
@@ -115,6 +131,7 @@ async fn supervise(
         tokio::select! {
             event = rx.recv() => match event {
                 Some(Event::Ready(_)) => ready += 1,
+                Some(Event::HandedOver(_)) => {}
                 Some(Event::Exited(i, code)) => {
                     stop_all(&workers, libc::SIGKILL);
                     anyhow::bail!("worker process {i} exited during start-up ({code:?}); see its messages above");
@@ -155,11 +172,22 @@ async fn supervise(
                         crate::say!("worker process {i} restarted pid {}", workers[i].pid.unwrap_or(0));
                     }
                 }
+                Some(Event::HandedOver(i)) => {
+                    workers[i].handed_over = true;
+                    tracing::info!(worker = i, "worker process handed over to a newer one; it drains and is not restarted");
+                }
                 Some(Event::Exited(i, code)) => {
                     let w = &mut workers[i];
                     w.running = false;
                     w.pid = None;
                     shared.retire(i);
+                    if w.handed_over {
+                        failed |= code != Some(0);
+                        if workers.iter().all(|w| w.handed_over && !w.running) {
+                            break;
+                        }
+                        continue;
+                    }
                     if stopping {
                         failed |= code != Some(0);
                         continue;
@@ -180,7 +208,9 @@ async fn supervise(
                 for i in 0..processes {
                     if restart_at[i].is_some_and(|t| t <= now) {
                         restart_at[i] = None;
-                        match start(&exe, &argv, i, processes, shared, tx.clone()) {
+                        // A restarted worker binds afresh: the process it
+                        // took over from is gone.
+                        match start(&exe, &argv, i, processes, shared, tx.clone(), false) {
                             Ok(pid) => {
                                 let w = &mut workers[i];
                                 w.pid = Some(pid);
@@ -241,7 +271,10 @@ fn stop_all(workers: &[Worker], signal: libc::c_int) {
 }
 
 /// Starts worker process `index` and a task that reports when it is ready and
-/// when it exits.
+/// when it exits. `first`: its first start, which takes over from the old
+/// worker process of the same index when the supervisor was started with
+/// `--upgrade` (then it is ready once it has the parked connections and its
+/// own control socket, so a next upgrade cannot come too early).
 fn start(
     exe: &std::path::Path,
     argv: &[OsString],
@@ -249,10 +282,17 @@ fn start(
     processes: usize,
     shared: &SharedStats,
     events: mpsc::UnboundedSender<Event>,
+    first: bool,
 ) -> anyhow::Result<u32> {
+    let upgrade = first && argv.iter().any(|a| a == "--upgrade");
+    let ready_line = if upgrade {
+        "megaconn upgrade done"
+    } else {
+        "megaconn serving on"
+    };
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("serve")
-        .args(argv)
+        .args(argv.iter().filter(|a| upgrade || *a != "--upgrade"))
         .arg("--worker-process")
         .arg(index.to_string())
         .env(FD_ENV, shared.raw_fd().to_string())
@@ -269,8 +309,11 @@ fn start(
         if let Some(stdout) = stdout {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("megaconn serving on") {
+                if line.starts_with(ready_line) {
                     let _ = events.send(Event::Ready(index));
+                }
+                if line.starts_with("megaconn handed over") {
+                    let _ = events.send(Event::HandedOver(index));
                 }
             }
         }

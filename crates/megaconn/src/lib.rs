@@ -62,6 +62,8 @@
 //!                          admission.rs), socket options (socket.rs)
 //!             park.rs      the parking lot: idle connections of any protocol
 //!                          leave tokio (a deadline word + a protocol tag per fd)
+//!             handover.rs  parked connections moving to the next process
+//!                          (an upgrade): their wire state, adopting them
 //!             woken.rs     a woken socket served without tokio until it waits
 //!             blocks.rs    per-worker cache of the exchange's heap blocks
 //!             io.rs        ConnIo: the socket, its pooled buffers (none while
@@ -108,6 +110,7 @@ pub use conn::config::{
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALL_THRESHOLD, FD_HEADROOM,
 };
+pub use conn::handover::{ParkedConnection, ParkedState};
 pub use conn::tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESSION_CACHE_SIZE};
 pub use conn::transport::Transport;
 pub use conn::ConnInfo;
@@ -121,7 +124,7 @@ pub use observe::otel;
 pub use observe::stats::{MessageStats, OtelStats, ServerStats};
 pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use proto::http2::RAPID_RESET_LIMIT;
-pub use server::builder::{Builder, Server, ServerHandle, ShutdownSummary};
+pub use server::builder::{Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary};
 pub use service::body::Body;
 pub use service::upgrade::{OnUpgrade, Upgraded};
 pub use service::HttpService;

@@ -1118,3 +1118,38 @@ async fn a_body_over_the_limit_gets_413_and_the_upload_may_finish() {
     assert_eq!(server.handle.stats().protocol_errors, 1);
     server.stop().await;
 }
+
+/// `max_connection_age` on paused time: an HTTP/2 connection gets its
+/// GOAWAY once it is older than its limit (drawn between 90% and 100% of
+/// the age), not before.
+#[tokio::test(start_paused = true)]
+async fn max_connection_age_sends_goaway() {
+    const AGE: Duration = Duration::from_secs(2);
+    let (client, server_end) = tokio::io::duplex(64 * 1024);
+    let builder = megaconn::Server::builder()
+        .idle_timeout(None)
+        .max_connection_age(Some(AGE));
+    let service = tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(full(StatusCode::OK, "hi"))
+    });
+    tokio::task::LocalSet::new()
+        .run_until(async {
+            tokio::task::spawn_local(
+                async move { builder.serve_connection(server_end, service).await },
+            );
+            let since = tokio::time::Instant::now();
+            let mut h2 = RawH2::over(client, &[]).await;
+            loop {
+                let f = h2.next_frame().await.expect("a GOAWAY before the close");
+                if h2.ack_settings(&f).await {
+                    continue;
+                }
+                if f.kind == GOAWAY {
+                    break;
+                }
+            }
+            let age = since.elapsed();
+            assert!(age >= AGE.mul_f64(0.9) && age <= AGE, "{age:?}");
+        })
+        .await;
+}

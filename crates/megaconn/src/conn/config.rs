@@ -141,6 +141,14 @@ pub(crate) struct Config {
     /// Listening sockets handed to the server (socket activation), by their
     /// position in `addrs`; shared by every worker.
     pub inherited: Vec<(usize, std::sync::Arc<std::net::TcpListener>)>,
+    /// Listening sockets taken over from a running server (an upgrade): an
+    /// address whose sockets are here is served by them instead of new ones.
+    pub adopted: Vec<std::sync::Arc<std::net::TcpListener>>,
+    /// Idle connections closed per second (whole server) at shutdown;
+    /// `None`: all at once.
+    pub shutdown_drain_rate: Option<u32>,
+    /// A connection older than this is closed at its next idle point.
+    pub max_connection_age: Option<Duration>,
     /// Called on every connection open and close (lifecycle.rs).
     pub on_connection: Option<crate::observe::lifecycle::ConnectionHook>,
     /// Keep a live list of connections and their states (lifecycle.rs).
@@ -195,6 +203,9 @@ impl Default for Config {
             tls: None,
             tls_listeners: Vec::new(),
             inherited: Vec::new(),
+            adopted: Vec::new(),
+            shutdown_drain_rate: None,
+            max_connection_age: None,
             on_connection: None,
             track_connections: false,
             access_log: false,

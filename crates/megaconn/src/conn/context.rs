@@ -67,6 +67,32 @@ impl WorkerContext {
     }
 }
 
+impl WorkerContext {
+    /// When a connection starting now is to be retired (`max_connection_age`):
+    /// the age less up to 10% jitter, so connections opened together (after a
+    /// scale-out, a restart) do not all leave together.
+    pub(crate) fn retire_at(&self) -> Option<tokio::time::Instant> {
+        let age = self.config.max_connection_age?;
+        // A cheap spread from the accept counter (Fibonacci hashing).
+        let n = self
+            .stats
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let jitter = (n >> 54) as f64 / 1024.0 * 0.1;
+        Some(tokio::time::Instant::now() + age.mul_f64(1.0 - jitter))
+    }
+
+    /// Counts and logs a connection retired for its age.
+    pub(crate) fn aged_out(&self) {
+        incr(&self.stats.aged_out);
+        tracing::debug!(
+            worker = self.index,
+            "connection older than max_connection_age: closing it at this idle point"
+        );
+    }
+}
+
 impl StatsSource for WorkerContext {
     fn worker_stats(&self) -> &WorkerStats {
         &self.stats

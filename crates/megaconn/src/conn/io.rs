@@ -33,6 +33,10 @@ pub(crate) struct ConnIo<T> {
     /// The connection's addresses, when requests carry them (boxed: every
     /// connection's task would otherwise carry 64 bytes more).
     pub(crate) info: Option<Box<ConnInfo>>,
+    /// When this connection is to close at its next idle point
+    /// (`max_connection_age`), counted from when it was accepted or woken
+    /// from the parking lot (which keeps no age).
+    pub(crate) retire_at: Option<tokio::time::Instant>,
 }
 
 impl<T> ConnIo<T> {
@@ -46,6 +50,7 @@ impl<T> ConnIo<T> {
                 shutdown_slot: None,
                 ctx: ctx.clone(),
             },
+            retire_at: ctx.retire_at(),
             ctx,
             info: None,
         }

@@ -398,24 +398,88 @@ impl ParkingLot {
         }
     }
 
+    /// Takes every parked connection whose protocol `portable` accepts out
+    /// of the lot, for another process (an upgrade, `handover.rs`): each
+    /// leaves the private epoll set (the socket outlives this process's
+    /// descriptor there) and counts as closed here, `handed_over`.
+    pub(crate) fn take_portable(
+        &self,
+        portable: fn(ProtoTag) -> bool,
+    ) -> Vec<crate::conn::handover::ParkedConnection> {
+        let now = self.tick_of(Instant::now());
+        let chosen: Vec<(RawFd, u32, u8)> = {
+            let deadlines = self.deadlines.borrow();
+            let protos = self.protos.borrow();
+            deadlines
+                .iter()
+                .zip(protos.iter())
+                .enumerate()
+                .filter(|(_, (d, p))| {
+                    **d != ABSENT
+                        && **d != AWAKE
+                        && **p & WAKE_AT_DEADLINE == 0
+                        && portable(ProtoTag(**p))
+                })
+                .map(|(fd, (d, p))| (fd as RawFd, *d, *p))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(chosen.len());
+        for (fd, deadline, tag) in chosen {
+            // SAFETY: valid epoll and socket descriptors; DEL ignores the event.
+            unsafe {
+                libc::epoll_ctl(
+                    self.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                )
+            };
+            let Some(socket) = self.unpark(fd, ABSENT) else {
+                continue;
+            };
+            // Deadlines are whole ticks (seconds): the next process gets the
+            // time left to this one's tick, never more.
+            let left = (deadline != NO_DEADLINE)
+                .then(|| Duration::from_secs(u64::from(deadline.saturating_sub(now))));
+            crate::conn::handover::handed_over(self.connection(&socket));
+            out.push(crate::conn::handover::ParkedConnection {
+                socket,
+                state: crate::conn::handover::ParkedState::new(ProtoTag(tag), left),
+            });
+        }
+        out
+    }
+
     /// Closes every parked socket (shutdown: they are idle). Returns how many.
     pub(crate) fn close_all(&self) -> usize {
-        let parked: Vec<RawFd> = self
-            .deadlines
+        self.parked_fds()
+            .into_iter()
+            .filter(|&fd| self.close_parked(fd))
+            .count()
+    }
+
+    /// The descriptors parked now (a paced shutdown drain closes them a few
+    /// at a time: one that woke or closed since is skipped by
+    /// [`close_parked`](ParkingLot::close_parked)).
+    pub(crate) fn parked_fds(&self) -> Vec<RawFd> {
+        self.deadlines
             .borrow()
             .iter()
             .enumerate()
             .filter(|(_, d)| **d != ABSENT && **d != AWAKE)
             .map(|(fd, _)| fd as RawFd)
-            .collect();
-        let mut n = 0;
-        for fd in parked {
-            if let Some(socket) = self.unpark(fd, ABSENT) {
+            .collect()
+    }
+
+    /// Closes `fd` for shutdown if it is still parked; true if it was.
+    pub(crate) fn close_parked(&self, fd: RawFd) -> bool {
+        match self.unpark(fd, ABSENT) {
+            Some(socket) => {
                 self.closed(&socket, CloseReason::Shutdown);
-                n += 1;
+                true
             }
+            None => false,
         }
-        n
     }
 }
 
@@ -447,12 +511,22 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     };
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     sweep.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // With a shutdown drain rate the worker closes parked connections a few
+    // at a time; the lot keeps serving the ones that wake meanwhile (their
+    // answer says `Connection: close`) until it is empty.
+    let mut draining = false;
     loop {
+        if draining && lot.len() == 0 {
+            return;
+        }
         tokio::select! {
             biased;
-            () = ctx.shutdown.wait() => {
-                lot.close_all();
-                return;
+            () = ctx.shutdown.wait(), if !draining => {
+                if ctx.config.shutdown_drain_rate.is_none() {
+                    lot.close_all();
+                    return;
+                }
+                draining = true;
             }
             ready = lot.epoll.readable() => {
                 let Ok(mut guard) = ready else { return };

@@ -20,6 +20,9 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub(crate) struct LocalShutdown {
     started: Cell<bool>,
+    /// Every idle connection that can park should (an upgrade hands the
+    /// parking lot to the next process).
+    park_all: Cell<bool>,
     notify: Notify,
     /// Wakers of watching connections, by slot; `free` lists the vacant slots.
     watchers: RefCell<Watchers>,
@@ -39,19 +42,54 @@ impl LocalShutdown {
 
     /// Marks shutdown as begun and wakes every waiter.
     pub(crate) fn start(&self) {
+        self.begin();
+        self.wake_watchers(usize::MAX);
+    }
+
+    /// Asks every idle (watching) connection to park now, if it can.
+    pub(crate) fn park_all_idle(&self) {
+        self.park_all.set(true);
+        self.wake_watchers(usize::MAX);
+    }
+
+    /// True once [`park_all_idle`](LocalShutdown::park_all_idle) was asked.
+    pub(crate) fn parking_all(&self) -> bool {
+        self.park_all.get()
+    }
+
+    /// Marks shutdown as begun and wakes the `wait`ers, but not the
+    /// watching (idle HTTP/1.1) connections: a paced drain wakes those a few
+    /// at a time with [`wake_watchers`](LocalShutdown::wake_watchers).
+    pub(crate) fn begin(&self) {
         self.started.set(true);
         self.notify.notify_waiters();
+    }
+
+    /// Wakes at most `n` watching connections, the latest slots first, as
+    /// the parking lot's drain (each then closes if it is still idle);
+    /// returns how many.
+    pub(crate) fn wake_watchers(&self, n: usize) -> usize {
         // Taken out first: a woken task may run (and unwatch) at once.
         let wakers: Vec<Waker> = self
             .watchers
             .borrow_mut()
             .wakers
             .iter_mut()
+            .rev()
             .filter_map(Option::take)
+            .take(n)
             .collect();
+        let woken = wakers.len();
         for waker in wakers {
             waker.wake();
         }
+        woken
+    }
+
+    /// Watching connections not woken yet.
+    pub(crate) fn watching(&self) -> usize {
+        let w = self.watchers.borrow();
+        w.wakers.iter().filter(|w| w.is_some()).count()
     }
 
     /// Resolves once shutdown has begun (at once if it already has).

@@ -14,25 +14,52 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use crate::conn::config::Config;
 use crate::error::Error;
 
-/// Binds `config.workers` listeners for every address; `result[w]` holds worker
-/// `w`'s listeners, in address order.
-pub(crate) fn bind_all(config: &Config) -> Result<Vec<Vec<TcpListener>>, Error> {
+/// What [`bind_all`] made.
+pub(crate) struct Bound {
+    /// `per_worker[w]` holds worker `w`'s listeners, in address order (an
+    /// address served by a taken-over group may give a worker several).
+    pub per_worker: Vec<Vec<TcpListener>>,
+    /// The bound address of each configured address, port 0 resolved.
+    pub local_addrs: Vec<SocketAddr>,
+    /// One duplicate of every distinct listening socket, for handing them
+    /// to a newer process (an upgrade).
+    pub sockets: Vec<TcpListener>,
+}
+
+/// Binds `config.workers` listeners for every address, or takes the sockets
+/// handed over for it (socket activation, an upgrade).
+pub(crate) fn bind_all(config: &Config) -> Result<Bound, Error> {
     if config.addrs.is_empty() {
         return Err(Error::NoAddress);
     }
     let mut per_worker: Vec<Vec<TcpListener>> = (0..config.workers).map(|_| Vec::new()).collect();
+    let mut local_addrs = Vec::with_capacity(config.addrs.len());
+    let mut sockets = Vec::new();
     for (position, &requested) in config.addrs.iter().enumerate() {
-        // A listener handed to us (systemd socket activation, an upgrade):
-        // every worker accepts from the one socket; the kernel cannot spread
-        // connections over SO_REUSEPORT queues it did not create.
-        if let Some((_, inherited)) = config.inherited.iter().find(|(p, _)| *p == position) {
-            for listeners in per_worker.iter_mut() {
-                let listener = inherited
-                    .try_clone()
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .map_err(|source| listen_error(requested, source))?;
-                listeners.push(listener);
+        // A listener handed to us (systemd socket activation): every worker
+        // accepts from the one socket; the kernel cannot spread connections
+        // over SO_REUSEPORT queues it did not create.
+        let group: Vec<&TcpListener> = match config.inherited.iter().find(|(p, _)| *p == position) {
+            Some((_, inherited)) => vec![&**inherited],
+            // Sockets taken over from the process this one replaces: the
+            // same SO_REUSEPORT group, with its queued connections.
+            None => config
+                .adopted
+                .iter()
+                .filter(|l| l.local_addr().ok() == Some(requested))
+                .map(|l| &**l)
+                .collect(),
+        };
+        if !group.is_empty() {
+            share(&group, &mut per_worker).map_err(|source| listen_error(requested, source))?;
+            for socket in group {
+                sockets.push(
+                    socket
+                        .try_clone()
+                        .map_err(|source| listen_error(requested, source))?,
+                );
             }
+            local_addrs.push(requested);
             continue;
         }
         if !config.reuse_port_shared && requested.port() != 0 {
@@ -45,10 +72,33 @@ pub(crate) fn bind_all(config: &Config) -> Result<Vec<Vec<TcpListener>>, Error> 
             addr = listener
                 .local_addr()
                 .map_err(|source| listen_error(addr, source))?;
+            sockets.push(
+                listener
+                    .try_clone()
+                    .map_err(|source| listen_error(addr, source))?,
+            );
             listeners.push(listener);
         }
+        local_addrs.push(addr);
     }
-    Ok(per_worker)
+    Ok(Bound {
+        per_worker,
+        local_addrs,
+        sockets,
+    })
+}
+
+/// Spreads a group of sockets of one address over the workers so that every
+/// socket has a worker accepting from it and every worker at least one
+/// socket: `max(sockets, workers)` pairs, round robin on both sides.
+fn share(group: &[&TcpListener], per_worker: &mut [Vec<TcpListener>]) -> io::Result<()> {
+    let (n, w) = (group.len(), per_worker.len());
+    for j in 0..n.max(w) {
+        let listener = group[j % n].try_clone()?;
+        listener.set_nonblocking(true)?;
+        per_worker[j % w].push(listener);
+    }
+    Ok(())
 }
 
 fn listen_error(addr: SocketAddr, source: io::Error) -> Error {

@@ -55,6 +55,9 @@ pub enum CloseReason {
     /// A framed connection's peer did not read what was pushed to it (its
     /// socket could not take a pushed frame).
     SlowConsumer,
+    /// Parked and idle, handed to the process that replaced this one (a
+    /// zero-downtime upgrade): the connection stays open over there.
+    HandedOver,
 }
 
 /// What a protocol said when it closed a connection for a protocol error.
@@ -115,7 +118,7 @@ impl CloseReason {
     }
 
     /// How many metric labels there are (see [`CloseReason::LABELS`]).
-    pub(crate) const COUNT: usize = 17;
+    pub(crate) const COUNT: usize = 18;
 
     /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
     /// [`CloseReason::index`].
@@ -137,6 +140,7 @@ impl CloseReason {
         "tls_handshake_failed",
         "heartbeat_timeout",
         "slow_consumer",
+        "handed_over",
     ];
 
     /// This reason's position in [`CloseReason::LABELS`] and in the worker's
@@ -160,6 +164,7 @@ impl CloseReason {
             CloseReason::TlsHandshakeFailed => 14,
             CloseReason::HeartbeatTimeout => 15,
             CloseReason::SlowConsumer => 16,
+            CloseReason::HandedOver => 17,
         }
     }
 
@@ -209,6 +214,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Limit => f.write_str("refused by a limit"),
             CloseReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
             CloseReason::SlowConsumer => f.write_str("slow consumer"),
+            CloseReason::HandedOver => f.write_str("handed over to the next process"),
             CloseReason::Protocol(ProtocolDetail::Framing(error)) => {
                 write!(f, "protocol error ({error})")
             }
@@ -242,6 +248,7 @@ mod tests {
             CloseReason::TlsHandshakeFailed,
             CloseReason::HeartbeatTimeout,
             CloseReason::SlowConsumer,
+            CloseReason::HandedOver,
         ];
         let mut seen: Vec<usize> = all.iter().map(|r| r.index()).collect();
         seen.sort_unstable();

@@ -28,6 +28,9 @@
 //! | `megaconn_connections_wakes_total` | counter | `kind` (`cold`, `hot`) |
 //! | `megaconn_accept_waits_at_limit_total` | counter | |
 //! | `megaconn_worker_stalls_total` | counter | |
+//! | `megaconn_connections_adopted_total` | counter | |
+//! | `megaconn_connections_aged_out_total` | counter | |
+//! | `megaconn_shutdown_drain_pending` | gauge | |
 //! | `megaconn_requests_total` | counter | `method`, `status_class` |
 //! | `megaconn_request_duration_seconds` | histogram | |
 //! | `megaconn_request_body_bytes_total` | counter | |
@@ -660,6 +663,24 @@ impl Collector for Snapshot {
                 ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
             }
         }
+        gauge(
+            &mut e,
+            "shutdown_drain_pending",
+            "Idle connections a paced shutdown (shutdown_drain_rate) has still to close.",
+            s.shutdown_drain_pending,
+        )?;
+        counter(
+            &mut e,
+            "connections_adopted",
+            "Parked connections taken over from the process this one replaced (zero-downtime upgrade).",
+            s.adopted,
+        )?;
+        counter(
+            &mut e,
+            "connections_aged_out",
+            "Connections closed at an idle point for being older than max_connection_age.",
+            s.aged_out,
+        )?;
         counter(
             &mut e,
             "worker_stalls",

@@ -33,6 +33,13 @@ pub(crate) struct WorkerStats {
     pub wakes_cold: AtomicU64,
     pub wakes_hot: AtomicU64,
     pub accept_waits_at_limit: AtomicU64,
+    /// Parked connections taken over from the process this one replaced.
+    pub adopted: AtomicU64,
+    /// Connections closed at an idle point for being older than
+    /// `max_connection_age`.
+    pub aged_out: AtomicU64,
+    /// Idle connections a paced shutdown drain has still to close.
+    pub drain_pending: AtomicI64,
     /// Bumped by the worker's event loop, read by the stall detector.
     pub loop_ticks: AtomicU64,
     pub stalls: AtomicU64,
@@ -206,6 +213,16 @@ pub struct ServerStats {
     /// Times a worker's event loop stayed away past `stall_threshold` (a
     /// handler blocking the worker's thread).
     pub worker_stalls: u64,
+    /// Parked connections taken over from the process this one replaced (a
+    /// zero-downtime upgrade); the old process counts them closed as
+    /// `handed_over`.
+    pub adopted: u64,
+    /// Connections closed at an idle point for being older than
+    /// `max_connection_age` (`Connection: close`, `GOAWAY`).
+    pub aged_out: u64,
+    /// Idle connections a paced shutdown (`shutdown_drain_rate`) has still
+    /// to close.
+    pub shutdown_drain_pending: i64,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
@@ -261,6 +278,9 @@ impl ServerStats {
             s.accept_waits_at_limit += w.accept_waits_at_limit.load(Relaxed);
             s.worker_stalls += w.stalls.load(Relaxed);
             s.messages.add(&w.messages);
+            s.adopted += w.adopted.load(Relaxed);
+            s.aged_out += w.aged_out.load(Relaxed);
+            s.shutdown_drain_pending += w.drain_pending.load(Relaxed);
         }
         s.request_metrics = RequestStats::sum(workers);
         s

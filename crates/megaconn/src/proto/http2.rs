@@ -143,6 +143,11 @@ where
     ));
     let mut timer_armed = idle_timeout.is_some();
     let mut going_away = false;
+    // max_connection_age: a GOAWAY then, open streams finishing first.
+    let retire_at = ctx.retire_at();
+    let mut retire = pin!(tokio::time::sleep_until(
+        retire_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1 << 30))
+    ));
     let mut resets = ResetGuard::default();
     let flood = Arc::new(DataFloodGuard::default());
     let mut reason = CloseReason::ClientClosed;
@@ -153,6 +158,12 @@ where
                 conn.graceful_shutdown();
                 going_away = true;
                 reason = CloseReason::Shutdown;
+            }
+            () = &mut retire, if retire_at.is_some() && !going_away => {
+                conn.graceful_shutdown();
+                going_away = true;
+                reason = CloseReason::ServerClosed;
+                ctx.aged_out();
             }
             accepted = conn.accept() => match accepted {
                 None => break,

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::conn::config::{self, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS_CEILING};
 use crate::conn::context::WorkerContext;
+use crate::conn::handover::ParkedConnection;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::tls::TlsConfig;
 use crate::conn::transport::Transport;
@@ -37,6 +38,8 @@ pub struct Server {
     local_addrs: Vec<SocketAddr>,
     max_connections: usize,
     handle: ServerHandle,
+    /// Per worker: parked connections taken over from another process.
+    adopt: Vec<mpsc::UnboundedReceiver<Vec<ParkedConnection>>>,
 }
 
 /// Configures a [`Server`]. Every setter documents its default and unit; for
@@ -122,14 +125,17 @@ impl Server {
             listeners,
             max_connections,
             handle,
+            adopt,
             ..
         } = self;
         let limit = ConnectionLimit::new(max_connections, config.max_connections_per_ip);
         // Dropping this future (or returning) stops the workers.
         let _stop_on_drop = StopOnDrop(handle.clone());
         let mut threads = Vec::with_capacity(listeners.len());
-        for (index, listeners) in listeners.into_iter().enumerate() {
+        for ((index, listeners), adopt) in listeners.into_iter().enumerate().zip(adopt) {
             let setup = WorkerSetup {
+                adopt,
+                hand_over: handle.hand_over.clone(),
                 index,
                 listeners,
                 service: service.clone(),
@@ -164,6 +170,9 @@ impl Server {
             _ = stopped.wait_for(|stop| *stop) => {}
         }
         handle.shutdown();
+        // From here nobody takes the listening sockets over: closing them
+        // with the workers' copies refuses new connections again.
+        lock(&handle.sockets).clear();
 
         // Joining is blocking; do it off the async executor.
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -175,6 +184,8 @@ impl Server {
             let _ = tx.send(summaries);
         });
         let summaries = rx.await.unwrap_or_default();
+        // Whoever waits for a hand-over sees it end, even if a worker died.
+        lock(&handle.hand_over).take();
         let stats = handle.stats();
         Ok(ShutdownSummary {
             finished: summaries.iter().map(|s| s.finished).sum(),
@@ -202,9 +213,95 @@ pub struct ServerHandle {
     shutdown_tx: Arc<watch::Sender<bool>>,
     /// The span export's counters come from here.
     tracing: crate::observe::trace::Hook,
+    /// One duplicate of each listening socket, until shutdown begins.
+    sockets: Arc<std::sync::Mutex<Vec<TcpListener>>>,
+    /// Where workers send their parked connections at shutdown, when an
+    /// upgrade asked for them.
+    pub(crate) hand_over: HandOverSlot,
+    /// Per worker: where parked connections from another process go.
+    adopt: Arc<[mpsc::UnboundedSender<Vec<ParkedConnection>>]>,
+}
+
+/// Where workers hand their parked connections at shutdown; `None`: they
+/// close them.
+pub(crate) type HandOverSlot =
+    Arc<std::sync::Mutex<Option<std::sync::mpsc::Sender<Vec<ParkedConnection>>>>>;
+
+/// Locks a mutex nobody panics under (a poisoned one is still consistent).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The parked connections a server hands over at shutdown, as its workers
+/// give them up: one batch per worker (see
+/// [`ServerHandle::hand_over_parked`]). Iterating blocks until the next
+/// batch; it ends after the last worker's.
+#[derive(Debug)]
+pub struct ParkedHandOver {
+    rx: std::sync::mpsc::Receiver<Vec<ParkedConnection>>,
+    left: usize,
+}
+
+impl Iterator for ParkedHandOver {
+    type Item = Vec<ParkedConnection>;
+
+    fn next(&mut self) -> Option<Vec<ParkedConnection>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        self.rx.recv().ok()
+    }
 }
 
 impl ServerHandle {
+    /// Duplicates of every listening socket, for a process taking this
+    /// server's place (a zero-downtime upgrade: it passes them to
+    /// [`Builder::adopt_listeners`]). While both hold them, connections
+    /// queue in the kernel and whichever process accepts serves them, so
+    /// none is refused. Empty once shutdown has begun.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<TcpListener>> {
+        lock(&self.sockets)
+            .iter()
+            .map(TcpListener::try_clone)
+            .collect()
+    }
+
+    /// Makes the shutdown that follows hand this server's parked (idle)
+    /// connections over instead of closing them: each worker, once it has
+    /// stopped accepting, takes the connections of protocols that keep no
+    /// other state (cleartext HTTP/1.1) out of its parking lot and sends
+    /// them here, one batch per worker; they count as closed here
+    /// (`handed_over`). The others close as in any graceful shutdown. Pass
+    /// them to the next process's [`adopt_parked`](ServerHandle::adopt_parked).
+    pub fn hand_over_parked(&self) -> ParkedHandOver {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *lock(&self.hand_over) = Some(tx);
+        ParkedHandOver {
+            rx,
+            left: self.workers.len(),
+        }
+    }
+
+    /// Parks connections handed over by the server this one replaces
+    /// ([`hand_over_parked`](ServerHandle::hand_over_parked)), spread over the
+    /// workers, under this server's connection limits: one that does not fit,
+    /// or of a protocol this server cannot resume, is closed. Counted in
+    /// [`ServerStats::adopted`].
+    pub fn adopt_parked(&self, connections: Vec<ParkedConnection>) {
+        let n = self.adopt.len();
+        let mut shares: Vec<Vec<ParkedConnection>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, c) in connections.into_iter().enumerate() {
+            shares[i % n].push(c);
+        }
+        for (tx, share) in self.adopt.iter().zip(shares) {
+            if !share.is_empty() {
+                // A worker that is gone drops them, which closes them.
+                let _ = tx.send(share);
+            }
+        }
+    }
+
     /// The server's counters, summed over workers.
     pub fn stats(&self) -> ServerStats {
         let mut stats = ServerStats::sum(&self.workers);
@@ -316,6 +413,34 @@ impl Builder {
     /// Default: 2 s. `None` never parks (every idle connection stays a task).
     pub fn park_idle_after(mut self, t: Option<Duration>) -> Builder {
         self.config.park_idle_after = t;
+        self
+    }
+
+    /// Connections older than this are closed at their next idle point, so
+    /// that long-lived connections spread over new instances after a
+    /// scale-out (behind an L4 load balancer, a client only moves when it
+    /// reconnects): HTTP/1.1 answers its next request with `Connection:
+    /// close`; HTTP/2 gets a `GOAWAY` (open streams finish). Each connection
+    /// draws its limit between 90% and 100% of `age`, so those opened together
+    /// do not leave together. The age counts from accept, or from when a
+    /// parked connection woke (the parking lot keeps no age). Counted in
+    /// `megaconn_connections_aged_out_total`. Default: `None`.
+    pub fn max_connection_age(mut self, age: Option<Duration>) -> Builder {
+        self.config.max_connection_age = age;
+        self
+    }
+
+    /// Idle connections closed per second (over all workers) at shutdown
+    /// and at an upgrade's drain, so that a million clients are not all told
+    /// to reconnect in the same second. Idle HTTP/1.1 connections and parked
+    /// ones of any protocol are closed a few every 10 ms; one that sends a
+    /// request meanwhile is served (`Connection: close`); HTTP/2 connections
+    /// get their `GOAWAY` at once. Keep `shutdown_timeout` above connections
+    /// / rate: what is left at the deadline closes at once (logged at the
+    /// start). Progress: `megaconn_shutdown_drain_pending`. Default: `None`,
+    /// all at once.
+    pub fn shutdown_drain_rate(mut self, per_second: Option<u32>) -> Builder {
+        self.config.shutdown_drain_rate = per_second.filter(|&r| r > 0);
         self
     }
 
@@ -533,15 +658,24 @@ impl Builder {
     pub fn listen(self) -> Result<Server, Error> {
         self.validate()?;
         let mut config = self.config;
-        let listeners = crate::conn::socket::bind_all(&config)?;
-        let local_addrs = listeners[0]
+        let crate::conn::socket::Bound {
+            per_worker: listeners,
+            local_addrs,
+            sockets,
+        } = crate::conn::socket::bind_all(&config)?;
+        for unused in config
+            .adopted
             .iter()
-            .map(|l| l.local_addr())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| Error::Listen {
-                addr: config.addrs[0],
-                source,
-            })?;
+            .filter_map(|l| l.local_addr().ok())
+            .filter(|a| !local_addrs.contains(a))
+        {
+            tracing::warn!(
+                addr = %unused,
+                "a listening socket taken over is not among this server's addresses; closing it (connections queued on it are reset): listen on the same addresses as the server you replace"
+            );
+        }
+        // The server's own duplicates only: the builder keeps no socket open.
+        config.adopted.clear();
         config.addrs.clone_from(&local_addrs);
         let max_connections = config
             .max_connections
@@ -557,16 +691,23 @@ impl Builder {
             .collect();
         let (shutdown_tx, _) = watch::channel(false);
         let tracing = config.tracing.clone();
+        let (adopt_tx, adopt): (Vec<_>, Vec<_>) = (0..config.workers)
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
         Ok(Server {
             config: Arc::new(config),
             listeners,
             local_addrs,
             max_connections,
+            adopt,
             handle: ServerHandle {
                 tracing,
                 registries,
                 workers,
                 shutdown_tx: Arc::new(shutdown_tx),
+                sockets: Arc::new(std::sync::Mutex::new(sockets)),
+                hand_over: HandOverSlot::default(),
+                adopt: adopt_tx.into(),
             },
         })
     }
@@ -704,6 +845,20 @@ impl Builder {
             .inherited
             .push((position, std::sync::Arc::new(listener)));
         Ok(self)
+    }
+
+    /// Listening sockets taken over from the running server this one
+    /// replaces (a zero-downtime upgrade; see
+    /// [`ServerHandle::listening_sockets`]): at [`listen`](Builder::listen),
+    /// an address given to this builder that one or more of them are bound
+    /// to is served by them (the old server's `SO_REUSEPORT` group, spread
+    /// over this server's workers) instead of new sockets. Sockets bound to
+    /// no address of this builder are closed with a warning.
+    pub fn adopt_listeners(mut self, listeners: Vec<TcpListener>) -> Builder {
+        self.config
+            .adopted
+            .extend(listeners.into_iter().map(Arc::new));
+        self
     }
 
     /// Adds a listen address served over TLS, with the configuration given to

@@ -127,6 +127,14 @@ where
     }
 }
 
+/// Whether a parked connection of protocol `tag` can move to another
+/// process (an upgrade) with nothing but its socket and its lot entry:
+/// cleartext HTTP/1.1 keeps no other state while parked. Framed keeps its
+/// handler's session in a side table and stays (closed as at shutdown).
+pub(crate) fn portable(tag: ProtoTag) -> bool {
+    tag == proto::HTTP1
+}
+
 async fn serve_tls<S>(
     stream: TcpStream,
     mut service: S,

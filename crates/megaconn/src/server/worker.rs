@@ -20,12 +20,14 @@ use crate::conn::accept::accept_loop;
 use crate::conn::config::Config;
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
+use crate::conn::handover::{self, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::{self, ParkingLot, Respawn};
 use crate::conn::Incoming;
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::{Registry, Tracked};
 use crate::observe::stats::WorkerStats;
+use crate::server::builder::HandOverSlot;
 use crate::server::dispatch;
 use crate::service::HttpService;
 
@@ -49,6 +51,10 @@ pub(crate) struct WorkerSetup<S> {
     pub limit: ConnectionLimit,
     pub shutdown: watch::Receiver<bool>,
     pub registry: Option<Arc<Registry>>,
+    /// Parked connections taken over from another process, to park here.
+    pub adopt: tokio::sync::mpsc::UnboundedReceiver<Vec<ParkedConnection>>,
+    /// Where to hand this worker's parked connections at shutdown, if asked.
+    pub hand_over: HandOverSlot,
 }
 
 /// Starts a worker thread; it runs until the shutdown signal and its drain end.
@@ -109,6 +115,8 @@ where
         limit,
         mut shutdown,
         registry,
+        mut adopt,
+        hand_over,
     } = setup;
     // A connection woken less than `park_idle_after` after it was parked is
     // busy again: it waits as a task before it is parked once more.
@@ -132,6 +140,25 @@ where
     let ticking = config
         .stall_threshold
         .map(|t| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone(), t)));
+    let adopting = {
+        let (ctx, limit) = (ctx.clone(), limit.clone());
+        tokio::task::spawn_local(async move {
+            while let Some(batch) = adopt.recv().await {
+                let (n, mut closed) = (batch.len(), 0);
+                for parked in batch {
+                    if !handover::adopt(&ctx, &limit, parked, dispatch::portable) {
+                        closed += 1;
+                    }
+                }
+                tracing::debug!(
+                    worker = ctx.index,
+                    adopted = n - closed,
+                    closed,
+                    "parked connections taken over from the previous process"
+                );
+            }
+        })
+    };
     let mut acceptors = Vec::with_capacity(listeners.len());
     for listener in listeners {
         match tokio::net::TcpListener::from_std(listener) {
@@ -156,12 +183,69 @@ where
     for acceptor in acceptors {
         let _ = acceptor.await;
     }
+    adopting.abort();
+    // An upgrade: the parked connections that can move go to the next
+    // process before the rest are closed.
+    let sender = hand_over
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(tx) = sender {
+        // Idle connections still waiting as tasks park first, so that they
+        // move too: woken, each parks on its next poll; a few turns of the
+        // loop let them all run (connections that cannot park, TLS or
+        // HTTP/2, stay idle tasks and close below).
+        ctx.shutdown.park_all_idle();
+        // Bounded (~200 ms): idle connections that cannot park never leave.
+        for turn in 0..200 {
+            let s = &ctx.stats;
+            let idle_tasks = s
+                .connections_idle
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - s.connections_parked
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            if idle_tasks <= 0 {
+                break;
+            }
+            if turn < 16 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        let batch = ctx
+            .park
+            .as_ref()
+            .map_or_else(Vec::new, |lot| lot.take_portable(dispatch::portable));
+        tracing::info!(
+            worker = index,
+            connections = batch.len(),
+            "handing parked connections over"
+        );
+        let _ = tx.send(batch);
+    }
     let parked = ctx.park.as_ref().map_or(0, ParkingLot::len);
     let open = tracker.len();
-    ctx.shutdown.start();
-    let _ = parking.await;
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    match config.shutdown_drain_rate {
+        None => ctx.shutdown.start(),
+        Some(rate) => {
+            ctx.shutdown.begin();
+            tokio::task::spawn_local(drain_paced(ctx.clone(), rate));
+        }
+    }
+    if tokio::time::timeout_at(deadline, parking).await.is_err() {
+        // The paced drain did not finish in time: the rest close at once.
+        if let Some(lot) = &ctx.park {
+            lot.close_all();
+        }
+        ctx.shutdown.start();
+    }
     tracker.close();
-    let _ = tokio::time::timeout(config.shutdown_timeout, tracker.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
+    ctx.stats
+        .drain_pending
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     let forced = tracker.len();
     if forced > 0 {
         tracing::warn!(
@@ -181,5 +265,66 @@ where
     WorkerSummary {
         finished: open - forced + parked,
         forced,
+    }
+}
+
+/// Closes this worker's idle connections at its share of
+/// `shutdown_drain_rate` (a million clients told to reconnect in the same
+/// second would all come back in that second): idle HTTP/1.1 tasks first
+/// (woken, each closes if still idle), then parked sockets, a few every
+/// tick, until none is left. Connections that wake meanwhile are served,
+/// their answer saying `Connection: close`.
+async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let share = (f64::from(per_second) / ctx.config.workers.max(1) as f64).max(1.0);
+    // Ticks of 10 ms at most, one connection per tick at least.
+    let (tick, per_tick) = if share >= 100.0 {
+        (
+            std::time::Duration::from_millis(10),
+            (share / 100.0).ceil() as usize,
+        )
+    } else {
+        (std::time::Duration::from_secs_f64(1.0 / share), 1)
+    };
+    let mut parked = ctx
+        .park
+        .as_ref()
+        .map_or_else(Vec::new, ParkingLot::parked_fds);
+    let pending = ctx.shutdown.watching() + parked.len();
+    ctx.stats.drain_pending.store(pending as i64, Relaxed);
+    let seconds = pending as f64 / share;
+    tracing::info!(
+        worker = ctx.index,
+        idle = pending,
+        per_second = share,
+        seconds,
+        "shutdown: closing idle connections at a bounded rate (shutdown_drain_rate)"
+    );
+    if seconds > ctx.config.shutdown_timeout.as_secs_f64() {
+        tracing::warn!(
+            worker = ctx.index,
+            seconds,
+            shutdown_timeout_s = ctx.config.shutdown_timeout.as_secs_f64(),
+            "the paced drain outlasts shutdown_timeout: what is left then closes at once (raise shutdown_timeout or shutdown_drain_rate)"
+        );
+    }
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let mut closed = ctx.shutdown.wake_watchers(per_tick);
+        if let Some(lot) = &ctx.park {
+            while closed < per_tick {
+                let Some(fd) = parked.pop() else { break };
+                if lot.close_parked(fd) {
+                    closed += 1;
+                }
+            }
+        }
+        ctx.stats.drain_pending.fetch_sub(closed as i64, Relaxed);
+        if closed == 0 {
+            ctx.stats.drain_pending.store(0, Relaxed);
+            return;
+        }
     }
 }

@@ -146,7 +146,13 @@ where
                 park_deadline.or(idle_deadline)
             };
             match conn
-                .wait_for_bytes(wait_deadline, timer.as_mut(), &mut timer_waker)
+                .wait_for_bytes(
+                    wait_deadline,
+                    !first,
+                    T::PARKABLE && conn.ctx.park.is_some(),
+                    timer.as_mut(),
+                    &mut timer_waker,
+                )
                 .await
             {
                 Waited::Bytes => {}
@@ -162,6 +168,7 @@ where
                     return Ended::Close(reason);
                 }
                 Waited::Shutdown => return Ended::Close(CloseReason::Shutdown),
+                Waited::ParkNow => return Ended::Park(idle_deadline),
                 Waited::Error(e) => return Ended::Close(CloseReason::io(&e)),
             }
         }
@@ -339,6 +346,8 @@ enum Waited {
     Eof,
     TimedOut,
     Shutdown,
+    /// The worker parks every idle connection (an upgrade).
+    ParkNow,
     Error(io::Error),
 }
 
@@ -359,9 +368,18 @@ impl<T: Transport> ConnIo<T> {
     ///
     /// Shutdown is a flag checked on every poll; the connection's waker is
     /// registered for it (and the timer armed) only when it would block.
+    /// `idle`: between requests, so shutdown closes it. A fresh connection
+    /// (`false`) still gets its first request served, with `Connection:
+    /// close`, within `read_header_timeout` (and `shutdown_timeout`), as Go
+    /// spares new connections: its client connected just before the
+    /// listener stopped (an upgrade hands the listener on at that moment)
+    /// and its request is on the way. `parkable`: an idle connection parks
+    /// when the worker asks every idle one to (an upgrade hands the lot over).
     async fn wait_for_bytes(
         &mut self,
         deadline: Option<Instant>,
+        idle: bool,
+        parkable: bool,
         mut timer: Pin<&mut Option<Sleep>>,
         timer_waker: &mut bool,
     ) -> Waited {
@@ -369,9 +387,9 @@ impl<T: Transport> ConnIo<T> {
         gauge(&ctx.stats.connections_idle, 1);
         lifecycle::set_state(ConnectionState::Idle);
         let waited = poll_fn(|cx| {
-            if ctx.shutdown.is_started() {
-                return Poll::Ready(Waited::Shutdown);
-            }
+            // Shutdown is checked after the read: a request that arrived as
+            // shutdown began (or during a paced drain) is served, with
+            // `Connection: close`, rather than cut off.
             let read = match self.io.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     let (rbuf, io) = self.rbuf_and_io();
@@ -385,6 +403,12 @@ impl<T: Transport> ConnIo<T> {
                 Poll::Ready(Ok(_)) => return Poll::Ready(Waited::Bytes),
                 Poll::Ready(Err(e)) => return Poll::Ready(Waited::Error(e)),
                 Poll::Pending => {}
+            }
+            if idle && parkable && ctx.shutdown.parking_all() {
+                return Poll::Ready(Waited::ParkNow);
+            }
+            if idle && ctx.shutdown.is_started() {
+                return Poll::Ready(Waited::Shutdown);
             }
             if !ctx
                 .shutdown

@@ -392,6 +392,16 @@ fn write_head<T, F, B>(
     let ctx = &this.conn.ctx;
     let mut keep_alive =
         this.setup.keep_alive && ctx.config.keep_alive && !ctx.shutdown.is_started();
+    if keep_alive
+        && this
+            .conn
+            .retire_at
+            .is_some_and(|t| tokio::time::Instant::now() >= t)
+    {
+        // max_connection_age: this answer says `Connection: close`.
+        keep_alive = false;
+        ctx.aged_out();
+    }
     if this.setup.expect == Continue::Awaiting && this.setup.decoder.is_some() {
         // The client still holds the body back and nobody asked for it: we will
         // not read it, so the connection cannot be reused.

@@ -1,0 +1,465 @@
+//! Zero-downtime binary upgrade: `megaconn serve --upgrade` takes over from
+//! the server running now, over its control socket (`--upgrade-socket`).
+//!
+//! ```text
+//!  new process                                old process (serving)
+//!   connect(control socket)  ----------------> accept; same user? (SO_PEERCRED)
+//!   'H' hello + pid          ---------------->
+//!                            <---------------- 'L' listening sockets (SCM_RIGHTS,
+//!                                              ≤ 253 a message; the last flagged)
+//!   bind nothing: serve those sockets
+//!   (both processes accept now; queued
+//!   connections wait in the kernel)
+//!   'R' ready                ---------------->  stop accepting, take parked
+//!                                               HTTP/1.1 connections out of
+//!                            <---------------- 'P' parked sockets, ≤ 253 a message,
+//!                                              with 5 bytes of state each
+//!   park them in its own lots                   (tag, idle time left)
+//!                            <---------------- 'E' end: counts
+//!   bind the control socket for                 drain the rest as in graceful
+//!   the next upgrade; print                     shutdown, exit
+//!   "megaconn upgrade done"
+//! ```
+//!
+//! The listening sockets never close, so no connection is refused: the
+//! kernel queues connections on them while either process accepts. The
+//! messages are `SOCK_SEQPACKET`, so each arrives whole with its descriptors.
+//! std has no stable API for ancillary data (`SocketAncillary` is unstable),
+//! so `nix` does `sendmsg`/`recvmsg`.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use megaconn::{ParkedConnection, ParkedState, ServerHandle};
+use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+
+/// Most descriptors one `SCM_RIGHTS` message may carry (Linux's `SCM_MAX_FD`).
+const MAX_FDS: usize = 253;
+
+/// How long either side waits for the other's next message.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Message kinds (the first byte).
+const HELLO: u8 = b'H';
+const LISTENERS: u8 = b'L';
+const READY: u8 = b'R';
+const PARKED: u8 = b'P';
+const END: u8 = b'E';
+
+/// One end of a control connection.
+struct Peer(OwnedFd);
+
+impl Peer {
+    fn send(&self, kind: u8, payload: &[u8], fds: &[RawFd]) -> anyhow::Result<()> {
+        let head = [kind];
+        let iov = [IoSlice::new(&head), IoSlice::new(payload)];
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+        sock::sendmsg::<()>(self.0.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)
+            .context("cannot write to the upgrade control socket")?;
+        Ok(())
+    }
+
+    /// The next message: its kind, payload and descriptors.
+    fn recv(&self) -> anyhow::Result<(u8, Vec<u8>, Vec<OwnedFd>)> {
+        let mut buf = vec![0u8; 8192];
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = sock::recvmsg::<()>(
+            self.0.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .context("cannot read from the upgrade control socket")?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs() {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors in this
+                // process for us; nothing else owns them.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let n = msg.bytes;
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            bail!("upgrade control message lost descriptors (MSG_CTRUNC)");
+        }
+        if n == 0 {
+            bail!("the other process closed the upgrade control socket");
+        }
+        Ok((buf[0], buf[1..n].to_vec(), fds))
+    }
+
+    fn expect(&self, kind: u8) -> anyhow::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        let (k, payload, fds) = self.recv()?;
+        if k != kind {
+            bail!(
+                "unexpected upgrade message {:?} (expected {:?})",
+                k as char,
+                kind as char
+            );
+        }
+        Ok((payload, fds))
+    }
+
+    fn set_timeout(&self) -> anyhow::Result<()> {
+        let t = nix::sys::time::TimeVal::new(STEP_TIMEOUT.as_secs() as _, 0);
+        sock::setsockopt(self.0.as_raw_fd(), sock::sockopt::ReceiveTimeout, &t)?;
+        sock::setsockopt(self.0.as_raw_fd(), sock::sockopt::SendTimeout, &t)?;
+        Ok(())
+    }
+}
+
+fn seqpacket() -> anyhow::Result<OwnedFd> {
+    let fd = sock::socket(
+        sock::AddressFamily::Unix,
+        sock::SockType::SeqPacket,
+        sock::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("cannot create a unix socket")?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A running server's control socket, where the next process asks to take
+/// over.
+pub struct ControlSocket {
+    listener: OwnedFd,
+    /// Held by a hand-over in progress: the process must not exit (its
+    /// drain may end first) before the last parked connection is sent. True
+    /// once a newer process took over (and the socket's name with it).
+    busy: std::sync::Arc<std::sync::Mutex<bool>>,
+    /// More servers whose listening sockets go with the main one's (the
+    /// admin listener), added once they run.
+    more: std::sync::Arc<std::sync::Mutex<Vec<ServerHandle>>>,
+    path: PathBuf,
+    /// The socket file's inode, to remove it at exit only if it is still ours.
+    ino: u64,
+}
+
+impl ControlSocket {
+    /// Binds `path` (replacing whatever is there, atomically: a newer
+    /// process's socket takes the name only once it can answer). The file is
+    /// the user's alone; a peer of another user is refused too.
+    pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
+        use std::os::unix::fs::MetadataExt as _;
+        let listener = seqpacket()?;
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let addr = UnixAddr::new(&tmp)?;
+        sock::bind(listener.as_raw_fd(), &addr)
+            .with_context(|| format!("cannot bind the upgrade control socket {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        sock::listen(listener.as_raw_fd(), 4)?;
+        let ino = std::fs::metadata(&tmp)?.ino();
+        std::fs::rename(&tmp, path).with_context(|| {
+            format!(
+                "cannot put the upgrade control socket at {} (choose another with --upgrade-socket)",
+                path.display()
+            )
+        })?;
+        Ok(ControlSocket {
+            listener,
+            busy: Default::default(),
+            more: Default::default(),
+            path: path.to_path_buf(),
+            ino,
+        })
+    }
+
+    /// Serves upgrade requests on a thread of its own: the first complete
+    /// hand-over shuts `handle` down (its parked connections go to the new
+    /// process) and ends the thread. A failed attempt (the new process died,
+    /// another user) is logged and the server keeps serving.
+    pub fn serve(&self, handle: ServerHandle) -> std::io::Result<()> {
+        let listener = self.listener.try_clone()?;
+        let busy = self.busy.clone();
+        let more = self.more.clone();
+        std::thread::Builder::new()
+            .name("megaconn-upgrade".into())
+            .spawn(move || loop {
+                let fd = match sock::accept(listener.as_raw_fd()) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        tracing::error!(error = %e, "upgrade control socket: accept failed");
+                        return;
+                    }
+                };
+                // SAFETY: accept returned a fresh descriptor we own.
+                let peer = Peer(unsafe { OwnedFd::from_raw_fd(fd) });
+                let more = more
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                match hand_over(&peer, &handle, &more, &busy) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "upgrade failed; still serving")
+                    }
+                }
+            })
+            .map(drop)
+    }
+}
+
+impl ControlSocket {
+    /// Hands `other`'s listening sockets over too (the admin listener).
+    pub fn also(&self, other: ServerHandle) {
+        self.more
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(other);
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt as _;
+        // Waits for a hand-over in progress to send its last message. After
+        // one, the name belongs to the newer process (which may be renaming
+        // its socket onto it right now): leave it.
+        let handed = *self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !handed && std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The old process's side of one upgrade. `Ok(false)`: the new process went
+/// away before it was ready; this one keeps serving.
+fn hand_over(
+    peer: &Peer,
+    handle: &ServerHandle,
+    more: &[ServerHandle],
+    busy: &std::sync::Mutex<bool>,
+) -> anyhow::Result<bool> {
+    peer.set_timeout()?;
+    let cred = sock::getsockopt(peer.0.as_raw_fd(), sock::sockopt::PeerCredentials)?;
+    // SAFETY: getuid has no arguments and cannot fail.
+    let me = unsafe { libc::getuid() };
+    if cred.uid() != me && cred.uid() != 0 {
+        bail!(
+            "process {} of user {} asked to take over; only user {me} may",
+            cred.pid(),
+            cred.uid()
+        );
+    }
+    let (hello, _) = peer.expect(HELLO)?;
+    let new_pid = u32::from_be_bytes(hello.get(..4).context("short hello")?.try_into()?);
+    let mut sockets = handle.listening_sockets()?;
+    for other in more {
+        sockets.extend(other.listening_sockets()?);
+    }
+    let raw: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
+    let chunks: Vec<&[RawFd]> = raw.chunks(MAX_FDS).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = u8::from(i + 1 == chunks.len());
+        peer.send(LISTENERS, &[last], chunk)?;
+    }
+    drop(sockets);
+    tracing::info!(
+        new_pid,
+        listeners = raw.len(),
+        "upgrade: listening sockets sent; waiting for the new process to serve"
+    );
+    match peer.recv() {
+        Ok((READY, _, _)) => {}
+        Ok((k, _, _)) => bail!("unexpected upgrade message {:?}", k as char),
+        Err(e) => {
+            tracing::warn!(
+                new_pid,
+                error = format!("{e:#}"),
+                "upgrade abandoned by the new process; still serving"
+            );
+            return Ok(false);
+        }
+    }
+    let started = Instant::now();
+    // Taken before shutdown begins, so the process waits for it at exit.
+    let mut busy = busy
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *busy = true;
+    // The new process accepts now: stop accepting and hand the parked
+    // connections over; the rest drain as in a graceful shutdown.
+    let batches = handle.hand_over_parked();
+    handle.shutdown();
+    // From here this process is leaving whatever happens: an error only
+    // loses the parked connections not sent yet (they close here).
+    let mut sent = 0usize;
+    let sending = (|| -> anyhow::Result<()> {
+        for batch in batches {
+            for chunk in batch.chunks(MAX_FDS) {
+                let mut payload = Vec::with_capacity(chunk.len() * ParkedState::WIRE_BYTES);
+                for c in chunk {
+                    payload.extend_from_slice(&c.state.to_bytes());
+                }
+                let fds: Vec<RawFd> = chunk.iter().map(|c| c.socket.as_raw_fd()).collect();
+                peer.send(PARKED, &payload, &fds)?;
+                sent += chunk.len();
+            }
+            // Dropping the batch closes this process's descriptors; the
+            // sockets live on in the new process.
+        }
+        peer.send(END, &(sent as u64).to_be_bytes(), &[])
+    })();
+    if let Err(e) = sending {
+        tracing::error!(
+            new_pid,
+            sent,
+            error = format!("{e:#}"),
+            "upgrade: the new process went away during the hand-over; the parked connections not sent were closed"
+        );
+    }
+    tracing::info!(
+        new_pid,
+        parked = sent,
+        ms = started.elapsed().as_millis() as u64,
+        "upgrade: handed over; draining the remaining connections"
+    );
+    crate::say!(
+        "megaconn handed over to pid {new_pid}: {} listening sockets, {sent} parked connections; draining",
+        raw.len()
+    );
+    Ok(true)
+}
+
+/// Binds the control socket at `path` and serves upgrade requests for
+/// `handle`; `None` (with a warning) when it cannot be bound: the server
+/// runs, but nothing can take over from it.
+pub fn listen_for_upgrades(path: &Path, handle: &ServerHandle) -> Option<ControlSocket> {
+    let bound = ControlSocket::bind(path).and_then(|socket| {
+        socket.serve(handle.clone())?;
+        Ok(socket)
+    });
+    match bound {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "no upgrade control socket: `serve --upgrade` cannot take over from this server (set --upgrade-socket to a writable path)"
+            );
+            None
+        }
+    }
+}
+
+/// The new process's side, first half (see [`take_over`]). Finish with
+/// [`TakeOver::finish`] once serving.
+pub struct TakeOver {
+    peer: Peer,
+    started: Instant,
+    taken: usize,
+}
+
+/// Connects to the running server's control socket at `path` and takes its
+/// listening sockets (for `Builder::adopt_listeners`).
+pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
+    let started = Instant::now();
+    let fd = seqpacket()?;
+    let addr = UnixAddr::new(path)?;
+    sock::connect(fd.as_raw_fd(), &addr).with_context(|| {
+        format!(
+            "--upgrade: no server answers on {} (is one running, with the same --upgrade-socket?)",
+            path.display()
+        )
+    })?;
+    let peer = Peer(fd);
+    peer.set_timeout()?;
+    peer.send(HELLO, &std::process::id().to_be_bytes(), &[])?;
+    let mut listeners = Vec::new();
+    loop {
+        let (payload, fds) = peer.expect(LISTENERS)?;
+        listeners.extend(fds.into_iter().map(TcpListener::from));
+        if payload.first() == Some(&1) {
+            break;
+        }
+    }
+    let taken = listeners.len();
+    Ok((
+        TakeOver {
+            peer,
+            started,
+            taken,
+        },
+        listeners,
+    ))
+}
+
+impl TakeOver {
+    /// Tells the old process this one serves, then takes its parked
+    /// connections into `handle` and binds the control socket at `path` for
+    /// the next upgrade, on a thread of its own (the caller keeps serving).
+    /// `ready` hears the control socket, or the error.
+    pub fn finish(
+        self,
+        handle: ServerHandle,
+        path: PathBuf,
+        ready: tokio::sync::oneshot::Sender<anyhow::Result<ControlSocket>>,
+    ) -> anyhow::Result<()> {
+        let TakeOver {
+            peer,
+            started,
+            taken,
+        } = self;
+        peer.send(READY, &[], &[])?;
+        std::thread::Builder::new()
+            .name("megaconn-upgrade".into())
+            .spawn(move || {
+                let result = receive_parked(&peer, &handle).and_then(|parked| {
+                    let control = ControlSocket::bind(&path)?;
+                    crate::say!(
+                        "megaconn upgrade done: took over {taken} listening sockets and {parked} parked connections in {} ms; next upgrade on {}",
+                        started.elapsed().as_millis(),
+                        path.display()
+                    );
+                    Ok(control)
+                });
+                let _ = ready.send(result);
+            })?;
+        Ok(())
+    }
+}
+
+fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {
+    let mut received = 0usize;
+    loop {
+        let (kind, payload, fds) = peer.recv()?;
+        match kind {
+            PARKED => {
+                let states = payload.chunks_exact(ParkedState::WIRE_BYTES);
+                if states.len() != fds.len() {
+                    bail!(
+                        "upgrade: {} parked states for {} sockets",
+                        states.len(),
+                        fds.len()
+                    );
+                }
+                let batch: Vec<ParkedConnection> = fds
+                    .into_iter()
+                    .zip(states)
+                    .map(|(socket, s)| ParkedConnection {
+                        socket,
+                        state: ParkedState::from_bytes(s.try_into().expect("chunk of WIRE_BYTES")),
+                    })
+                    .collect();
+                received += batch.len();
+                handle.adopt_parked(batch);
+            }
+            END => return Ok(received),
+            k => bail!("unexpected upgrade message {:?}", k as char),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Leaving gracefully at scale: `shutdown_drain_rate` spreads the closing of
+//! idle connections over time (a request arriving meanwhile is still
+//! served), and `max_connection_age` retires old connections at their next
+//! answer.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{read_response, read_to_close, TestServer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const N: usize = 30;
+/// Connections closed per second: N take 1.5 s.
+const RATE: u32 = 20;
+
+async fn idle_connections(server: &TestServer) -> Vec<TcpStream> {
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        let mut s = server.connect().await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut s).await.status, 200);
+        conns.push(s);
+    }
+    conns
+}
+
+/// Shuts down and checks that the closes were spread: the last came at least
+/// most of N / RATE after the start (a lower bound, which a slow machine
+/// only makes larger), while a request sent at the start was served.
+async fn drain_and_check(server: TestServer, mut conns: Vec<TcpStream>) {
+    let started = Instant::now();
+    server.handle.shutdown();
+    server
+        .wait_stats("the drain began", |s| s.shutdown_drain_pending > 0)
+        .await;
+    // One connection speaks during the drain (the first accepted: the drain
+    // closes the latest first): it is answered, told to close.
+    let mut speaker = conns.remove(0);
+    speaker
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut speaker).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("connection"), Some("close"));
+    for mut c in conns {
+        assert!(read_to_close(&mut c).await.is_empty());
+    }
+    let took = started.elapsed();
+    let least = Duration::from_secs_f64((N - 2) as f64 / f64::from(RATE)) * 8 / 10;
+    assert!(
+        took >= least,
+        "all closed in {took:?}, expected at least {least:?}"
+    );
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0);
+}
+
+#[tokio::test]
+async fn a_drain_rate_spreads_the_closing_of_parked_connections() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(Some(Duration::from_millis(20)))
+            .shutdown_drain_rate(Some(RATE)),
+    )
+    .await;
+    let conns = idle_connections(&server).await;
+    server
+        .wait_stats("all parked", |s| s.connections_parked == N as i64)
+        .await;
+    drain_and_check(server, conns).await;
+}
+
+#[tokio::test]
+async fn a_drain_rate_spreads_the_closing_of_idle_tasks() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(None)
+            .shutdown_drain_rate(Some(RATE)),
+    )
+    .await;
+    let conns = idle_connections(&server).await;
+    server
+        .wait_stats("all idle", |s| s.connections_idle == N as i64)
+        .await;
+    drain_and_check(server, conns).await;
+}
+
+#[tokio::test]
+async fn an_old_connection_is_told_to_close_at_its_next_answer() {
+    // Any age has passed by the time the first answer is written.
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connection_age(Some(Duration::from_nanos(1))),
+    )
+    .await;
+    let mut s = server.connect().await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut s).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(read_to_close(&mut s).await.is_empty());
+    server.wait_stats("aged out", |s| s.aged_out == 1).await;
+    assert!(server
+        .handle
+        .render_metrics()
+        .contains("megaconn_connections_aged_out_total 1"));
+    server.stop().await;
+}

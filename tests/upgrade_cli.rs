@@ -1,0 +1,402 @@
+//! `megaconn serve --upgrade`: a new process takes the running one's
+//! listening sockets and parked connections over its control socket; clients
+//! see no refused connection, no failed request, and idle keep-alive
+//! connections keep working, now served by the new process.
+//!
+//! Each generation of the server sends its own `Server` header, so a response
+//! says which process served it. Every wait is on something the processes
+//! say (a line of output, a metric), bounded by `common::CHILD_SAFETY`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{ChildGuard, Lines, CHILD_SAFETY};
+
+/// One generation of the server.
+struct Generation {
+    child: ChildGuard,
+    lines: Lines,
+    /// Its admin listener, when started with one.
+    admin: String,
+}
+
+/// Starts generation `n` on `listen` (port 0 for the first), taking over
+/// from the previous one when `n > 0`; returns once it serves and (when
+/// taking over) has received the parked connections and listens for the
+/// next upgrade.
+fn start(n: usize, listen: &str, socket: &Path, extra: &[&str]) -> (Generation, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
+    cmd.args(["serve", "--listen", listen, "--workers", "2"])
+        .args(["--server-header", &format!("gen{n}")])
+        .arg("--upgrade-socket")
+        .arg(socket)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if n > 0 {
+        cmd.arg("--upgrade");
+    }
+    let mut child = ChildGuard::spawn(&mut cmd);
+    let lines = Lines::new(child.child().stdout.take().unwrap());
+    let serving = lines.expect_line();
+    let addr = serving
+        .strip_prefix("megaconn serving on http://")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not a serving line: {serving}"))
+        .to_string();
+    let mut admin = String::new();
+    if n > 0 {
+        loop {
+            let line = lines.expect_line();
+            if let Some(a) = line.strip_prefix("megaconn admin on http://") {
+                admin = a.to_string();
+            }
+            if line.starts_with("megaconn upgrade done") {
+                break;
+            }
+        }
+    } else if extra.contains(&"127.0.0.1:0") {
+        let line = lines.expect_line();
+        admin = line
+            .strip_prefix("megaconn admin on http://")
+            .unwrap_or_else(|| panic!("no admin line: {line}"))
+            .to_string();
+    }
+    (
+        Generation {
+            child,
+            lines,
+            admin,
+        },
+        addr,
+    )
+}
+
+/// Waits for the old generation to drain and exit; returns its hand-over line.
+fn finish(mut old: Generation) -> String {
+    let rest = old.lines.rest();
+    let status = old.child.wait();
+    assert!(
+        status.success(),
+        "the old process failed: {status:?} {rest:?}"
+    );
+    rest.into_iter()
+        .find(|l| l.starts_with("megaconn handed over"))
+        .unwrap_or_else(|| panic!("the old process did not hand over"))
+}
+
+/// Reads one response on a keep-alive connection: status line, headers,
+/// `Content-Length` body. Returns the head.
+fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let end = line == "\r\n";
+        head.push_str(&line);
+        if end {
+            break;
+        }
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    Ok(head)
+}
+
+/// Clients that keep opening connections and making requests until told
+/// to stop, counting what fails.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(addr: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (addr, stop, ok, failed, refused) = (
+                    addr.to_string(),
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    refused.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut errors = Vec::new();
+                    while !stop.load(SeqCst) {
+                        let mut s = match TcpStream::connect(&addr) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                refused.fetch_add(1, SeqCst);
+                                errors.push(format!("connect: {e}"));
+                                continue;
+                            }
+                        };
+                        let _ = s.set_read_timeout(Some(CHILD_SAFETY));
+                        let answer = s
+                            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                            .and_then(|()| {
+                                let mut out = String::new();
+                                s.read_to_string(&mut out).map(|_| out)
+                            });
+                        match answer {
+                            Ok(out) if out.starts_with("HTTP/1.1 200 ") => {
+                                ok.fetch_add(1, SeqCst);
+                            }
+                            Ok(out) => {
+                                failed.fetch_add(1, SeqCst);
+                                errors.push(format!("answer: {out:?}"));
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, SeqCst);
+                                errors.push(format!("request: {e}"));
+                            }
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            refused,
+            threads,
+        }
+    }
+
+    /// Waits until `more` requests have succeeded since now.
+    fn progress(&self, more: u64) {
+        let target = self.ok.load(SeqCst) + more;
+        let deadline = Instant::now() + CHILD_SAFETY;
+        while self.ok.load(SeqCst) < target {
+            assert!(
+                Instant::now() < deadline,
+                "requests stopped succeeding ({} ok, {} failed, {} refused)",
+                self.ok.load(SeqCst),
+                self.failed.load(SeqCst),
+                self.refused.load(SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn stop(self) -> (u64, u64, u64, Vec<String>) {
+        self.stop.store(true, SeqCst);
+        let errors = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        (
+            self.ok.load(SeqCst),
+            self.failed.load(SeqCst),
+            self.refused.load(SeqCst),
+            errors,
+        )
+    }
+}
+
+#[test]
+fn twenty_upgrades_refuse_no_connection_and_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "off", "--shutdown-timeout", "20s"];
+    let (mut current, addr) = start(0, "127.0.0.1:0", &socket, &extra);
+    let load = Load::start(&addr, 4);
+    load.progress(50);
+    for n in 1..=20 {
+        let (next, _) = start(n, &addr, &socket, &extra);
+        let handed = finish(std::mem::replace(&mut current, next));
+        assert!(handed.contains("listening sockets"), "{handed}");
+        // The new generation serves on its own now.
+        load.progress(50);
+    }
+    let (ok, failed, refused, errors) = load.stop();
+    assert_eq!(
+        (failed, refused),
+        (0, 0),
+        "{ok} requests served; errors: {errors:?}"
+    );
+    current.child.signal(libc::SIGTERM);
+    current.child.wait();
+}
+
+/// The value of an unlabelled metric on the admin listener.
+fn metric(admin: &str, name: &str) -> f64 {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Holds N idle keep-alive connections (waiting until `idle_metric` counts
+/// them all), upgrades, then makes a request on every one: each is answered
+/// by the new process, none was closed.
+fn idle_connections_move(park_after: &str, idle_metric: &str) {
+    const N: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "127.0.0.1:0", "--park-after", park_after];
+    let (old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
+    let mut conns: Vec<BufReader<TcpStream>> = (0..N)
+        .map(|_| {
+            let s = TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+            BufReader::new(s)
+        })
+        .collect();
+    for c in &mut conns {
+        c.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let head = read_response(c).unwrap();
+        assert!(head.contains("server: gen0"), "{head}");
+    }
+    let deadline = Instant::now() + CHILD_SAFETY;
+    while metric(&old.admin, idle_metric) < N as f64 {
+        assert!(Instant::now() < deadline, "connections did not go idle");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (new, _) = start(1, &addr, &socket, &extra);
+    let handed = finish(old);
+    assert!(
+        handed.contains(&format!("{N} parked connections")),
+        "{handed}"
+    );
+    for c in &mut conns {
+        c.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let head = read_response(c).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(head.contains("server: gen1"), "{head}");
+    }
+    assert_eq!(
+        metric(&new.admin, "megaconn_connections_adopted_total"),
+        N as f64
+    );
+    assert_eq!(
+        metric(&new.admin, "megaconn_connections_accepted_total"),
+        0.0
+    );
+}
+
+#[test]
+fn parked_connections_move_to_the_new_process() {
+    idle_connections_move("50ms", "megaconn_connections_parked");
+}
+
+/// Idle connections not parked yet (waiting as tasks) park at the upgrade
+/// and move as well.
+#[test]
+fn idle_connections_not_yet_parked_move_too() {
+    idle_connections_move("10m", "megaconn_connections_idle");
+}
+
+/// One request on a fresh connection; the answer's `server` header.
+fn served_by(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    out.lines()
+        .find_map(|l| l.strip_prefix("server: "))
+        .unwrap_or_else(|| panic!("no server header: {out}"))
+        .to_string()
+}
+
+/// With `--processes`, worker process k of the new supervisor takes over from
+/// worker process k of the old one; the old supervisor exits once all have
+/// handed over, without restarting them.
+#[test]
+fn a_supervisor_upgrades_worker_process_by_worker_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let supervisor = |n: usize| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
+        cmd.args([
+            "serve",
+            "--listen",
+            &addr,
+            "--workers",
+            "1",
+            "--processes",
+            "2",
+        ])
+        .args(["--admin", "off", "--server-header", &format!("gen{n}")])
+        .arg("--upgrade-socket")
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if n > 0 {
+            cmd.arg("--upgrade");
+        }
+        let mut child = ChildGuard::spawn(&mut cmd);
+        let lines = Lines::new(child.child().stdout.take().unwrap());
+        let first = lines.expect_line();
+        assert!(first.contains("2 worker processes"), "{first}");
+        for _ in 0..2 {
+            let line = lines.expect_line();
+            assert!(line.starts_with("worker process"), "{line}");
+        }
+        (child, lines)
+    };
+    let (mut old, old_lines) = supervisor(0);
+    assert_eq!(served_by(&addr), "gen0");
+    let (mut new, _new_lines) = supervisor(1);
+    // The old supervisor stops once both its workers handed over and drained.
+    let rest = old_lines.rest();
+    assert!(old.wait().success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("megaconn stopped")),
+        "{rest:?}"
+    );
+    for _ in 0..10 {
+        assert_eq!(served_by(&addr), "gen1");
+    }
+    new.signal(libc::SIGTERM);
+    new.wait();
+}
