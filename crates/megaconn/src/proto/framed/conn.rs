@@ -45,7 +45,7 @@ use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler, Session};
 use crate::proto::framed::hub::{pump, ConnectionId, Inbox};
 use crate::proto::framed::{settings, side_table, Parked, SideTable};
-use crate::proto::Ended;
+use crate::proto::{earliest, until, Ended};
 
 /// How a framed connection comes to be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -608,22 +608,6 @@ impl<S: 'static> Drop for Awake<S> {
 async fn pushed<S: 'static>(awake: Option<&Awake<S>>) {
     match awake {
         Some(awake) => awake.inbox.notify.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The earlier of two optional instants.
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Sleeps until `at`, or forever.
-async fn until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -1,0 +1,396 @@
+//! One WebSocket's life while it is awake: read into a pooled buffer,
+//! decode frames, answer pings, call the handler per message, write its
+//! replies; between messages wait for more, ping, or park; and the close
+//! handshake at the end.
+//!
+//! ```text
+//!   upgraded (on_open) / woken (state out of the side table; a timer
+//!   wake sends the ping that was due, or closes a silent peer)
+//!        |
+//!        v
+//!   +-> read (pooled buffer) -> decode -> ping: pong | message: on_message
+//!   |                                  | close: echo it, close
+//!   |                                  | violation: close 1002/1007/1009
+//!   |               between messages, buffers given back to the pool
+//!   |                                  v
+//!   +--- bytes arrive <---- wait: park_idle_after -> park (state to the side table)
+//!                                 ping due        -> ping
+//!                                 heartbeat due   -> close (HeartbeatTimeout)
+//!                                 shutdown        -> close 1001
+//! ```
+//!
+//! The server's close: a close frame, then the peer's close frame awaited
+//! for `close_timeout` (what else it sends meanwhile is dropped), then the
+//! TCP close (the server closes first, RFC 6455 §7.1.1).
+
+use std::future::poll_fn;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio::time::Instant;
+use tokio_util::either::Either;
+
+use crate::conn::context::WorkerContext;
+use crate::conn::io::{read_more, ConnIo};
+use crate::conn::transport::{Parkable, Transport};
+use crate::conn::Wake;
+use crate::observe::close::{CloseReason, ProtocolDetail};
+use crate::observe::lifecycle::{self, ConnectionState};
+use crate::observe::stats::incr;
+use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
+use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
+use crate::proto::ws::route::Route;
+use crate::proto::ws::{Parked, Start, WsIo, WsLocal};
+use crate::proto::{earliest, until, Ended};
+
+/// What ended an idle wait.
+enum Idle {
+    Readable(std::io::Result<()>),
+    Park,
+    HeartbeatDue,
+    SendPing,
+    Shutdown,
+}
+
+/// What the connection does after an event.
+enum Next {
+    Go,
+    /// Close: the peer's close was echoed (`None`), or send ours.
+    Close(CloseReason, Option<(u16, String)>),
+}
+
+/// Serves a WebSocket until it closes (`on_close` has run) or parks (its
+/// state is in the side table, keyed by the returned socket).
+pub(crate) async fn serve<H: WebSocketHandler>(
+    route: Arc<Route<H>>,
+    io: WsIo,
+    ctx: Rc<WorkerContext>,
+    start: Start,
+) -> Ended<OwnedFd> {
+    let settings = &route.settings;
+    let now = Instant::now();
+    // When the peer must have sent something by, and when our next ping goes.
+    let mut due = settings.heartbeat_timeout.map(|t| now + t);
+    let mut send_at = settings.ping_interval.map(|t| now + t);
+    let mut conn = ConnIo::new(io, ctx.clone());
+    let session = WsSession::default();
+    let mut live = Live {
+        handler: &route.handler,
+        state: None,
+    };
+    match start {
+        Start::Upgraded(read_ahead) => {
+            if !read_ahead.is_empty() {
+                conn.rbuf_and_io().0.extend_from_slice(&read_ahead);
+            }
+            live.state = Some(H::State::default());
+            route.handler.on_open(live.state(), &session);
+        }
+        Start::Woken(wake, parked) => {
+            let Ok(state) = parked.state.downcast::<H::State>() else {
+                tracing::error!("a woken WebSocket's state is of another route; closing it");
+                return Ended::Close(CloseReason::ServerError);
+            };
+            live.state = Some(*state);
+            send_at = parked.send_at;
+            if wake == Wake::Timer {
+                // The peer's deadline passed, or it is time for our ping
+                // (then the peer's deadline stays where it was).
+                if parked.due.is_some_and(|due| now >= due) {
+                    return live.close(CloseReason::HeartbeatTimeout);
+                }
+                due = parked.due;
+                if let (Some(every), Some(at)) = (settings.ping_interval, send_at) {
+                    if now >= at {
+                        frame::encode(conn.wbuf(), Out::Ping, b"");
+                        send_at = Some(now + every);
+                    }
+                }
+            }
+        }
+    }
+    let mut decoder = Decoder::default();
+    let next = 'serve: loop {
+        // Every frame whole in the buffer, in order.
+        while conn.rbuf_len() > 0 {
+            let decoded = decoder.decode(conn.rbuf_and_io().0, settings.limits);
+            let event = match decoded {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(violation) => break 'serve violated(&ctx, violation),
+            };
+            match on_event(&mut conn, &mut live, &session, event).await {
+                Next::Go => {}
+                close => break 'serve close,
+            }
+        }
+        if let Some(close) = queued(&mut conn, &session) {
+            break 'serve close;
+        }
+        if let Err(e) = conn.flush().await {
+            break 'serve Next::Close(CloseReason::io(&e), None);
+        }
+        let between = decoder.between_messages() && conn.rbuf_len() == 0;
+        let mut park_at = None;
+        if between {
+            conn.buffers.release();
+            if ctx.shutdown.is_started() {
+                break 'serve Next::Close(CloseReason::Shutdown, Some((1001, String::new())));
+            }
+            lifecycle::set_state(ConnectionState::Idle);
+            let can_park = ctx.park.is_some() && matches!(conn.io, Either::Left(_));
+            // A woken socket that served its frames (or sent its ping)
+            // without waiting goes straight back.
+            if can_park && conn.io.repark_when_idle() {
+                return park(&route, conn, live, (due, send_at), true);
+            }
+            park_at = ctx
+                .config
+                .park_idle_after
+                .filter(|_| can_park)
+                .map(|t| Instant::now() + t);
+            let idle = tokio::select! {
+                biased;
+                ready = poll_fn(|cx| conn.io.poll_read_ready(cx)) => Idle::Readable(ready),
+                () = ctx.shutdown.wait() => Idle::Shutdown,
+                () = until(due) => Idle::HeartbeatDue,
+                () = until(send_at) => Idle::SendPing,
+                () = until(park_at) => Idle::Park,
+            };
+            match idle {
+                Idle::Readable(Ok(())) => {}
+                Idle::Readable(Err(e)) => break 'serve Next::Close(CloseReason::io(&e), None),
+                Idle::Shutdown => {
+                    break 'serve Next::Close(CloseReason::Shutdown, Some((1001, String::new())))
+                }
+                Idle::HeartbeatDue => {
+                    break 'serve Next::Close(CloseReason::HeartbeatTimeout, None)
+                }
+                Idle::Park => return park(&route, conn, live, (due, send_at), false),
+                Idle::SendPing => {
+                    frame::encode(conn.wbuf(), Out::Ping, b"");
+                    send_at = settings.ping_interval.map(|t| Instant::now() + t);
+                    continue;
+                }
+            }
+        }
+        // Read. Mid-message the heartbeat bounds the wait; between messages
+        // the park time and the ping too (a woken socket reports itself
+        // readable without asking the kernel, so a hot one may wait here).
+        lifecycle::set_state(ConnectionState::ReadingBody);
+        let wake_at = if between {
+            earliest(due, earliest(park_at, send_at))
+        } else {
+            due
+        };
+        let read = {
+            let (rbuf, io) = conn.rbuf_and_io();
+            let reading = poll_fn(|cx| read_more(io, rbuf, cx));
+            match wake_at {
+                Some(at) => tokio::time::timeout_at(at, reading).await,
+                None => Ok(reading.await),
+            }
+        };
+        match read {
+            Ok(Ok(0)) => break 'serve Next::Close(CloseReason::ClientClosed, None),
+            Ok(Ok(_)) => due = settings.heartbeat_timeout.map(|t| Instant::now() + t),
+            Ok(Err(e)) => break 'serve Next::Close(CloseReason::io(&e), None),
+            Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
+                break 'serve Next::Close(CloseReason::HeartbeatTimeout, None)
+            }
+            // Nothing came: the idle wait pings or parks.
+            Err(_elapsed) => conn.buffers.release(),
+        }
+    };
+    let Next::Close(reason, ours) = next else {
+        unreachable!("the loop ends with a close")
+    };
+    if let Some((code, why)) = ours {
+        close_handshake(
+            &mut conn,
+            code,
+            &why,
+            settings.close_timeout,
+            settings.limits,
+        )
+        .await;
+    }
+    // Flushes what is left, and lingers after a protocol error.
+    Box::pin(conn.close(reason)).await;
+    live.close(reason)
+}
+
+/// Acts on one decoded event.
+async fn on_event<H: WebSocketHandler>(
+    conn: &mut ConnIo<WsIo>,
+    live: &mut Live<'_, H>,
+    session: &WsSession,
+    event: Event,
+) -> Next {
+    match event {
+        Event::Ping(payload) => frame::encode(conn.wbuf(), Out::Pong, &payload),
+        Event::Pong => {}
+        Event::Close(code) => {
+            // Echo the peer's code (§5.5.1); the TCP close follows.
+            match code {
+                Some((code, _)) => frame::encode_close(conn.wbuf(), code, ""),
+                None => frame::encode(conn.wbuf(), Out::Close, b""),
+            }
+            return Next::Close(CloseReason::ClientClosed, None);
+        }
+        Event::Message(message) => {
+            lifecycle::count_request();
+            lifecycle::set_state(ConnectionState::Handling);
+            // A panicking handler closes its connection, not the worker.
+            let handled = AssertUnwindSafe(live.handler.on_message(live.state(), message, session))
+                .catch_unwind()
+                .await;
+            match handled {
+                Ok(Some(reply)) => session.send(reply),
+                Ok(None) => {}
+                Err(_panic) => {
+                    incr(&conn.ctx.stats.panics);
+                    tracing::error!("a WebSocket handler panicked; closing its connection");
+                    return Next::Close(CloseReason::Panic, Some((1011, String::new())));
+                }
+            }
+            if let Some(close) = queued(conn, session) {
+                return close;
+            }
+        }
+    }
+    Next::Go
+}
+
+/// Encodes what the handler queued; its close, if it asked for one.
+fn queued(conn: &mut ConnIo<WsIo>, session: &WsSession) -> Option<Next> {
+    for message in session.take_out() {
+        frame::encode_message(conn.wbuf(), &message);
+    }
+    session
+        .take_closing()
+        .map(|close| Next::Close(CloseReason::ServerClosed, Some(close)))
+}
+
+/// A frame broke the protocol: counted, logged, closed with its code.
+fn violated(ctx: &WorkerContext, violation: Violation) -> Next {
+    let code = violation.code();
+    incr(&ctx.stats.protocol_errors);
+    tracing::debug!(
+        code,
+        reason = violation.reason(),
+        "WebSocket protocol error; closing"
+    );
+    Next::Close(
+        CloseReason::Protocol(ProtocolDetail::WebSocket(code)),
+        Some((code, violation.reason().to_owned())),
+    )
+}
+
+/// Sends our close frame and waits up to `timeout` for the peer's (other
+/// frames are dropped, a broken one ends the wait).
+async fn close_handshake(
+    conn: &mut ConnIo<WsIo>,
+    code: u16,
+    reason: &str,
+    timeout: std::time::Duration,
+    limits: frame::Limits,
+) {
+    frame::encode_close(conn.wbuf(), code, reason);
+    let _ = tokio::time::timeout(timeout, async {
+        conn.flush().await?;
+        // What was read past the violation is not trusted: start afresh.
+        if let Some(rbuf) = conn.buffers.rbuf.as_mut() {
+            rbuf.clear();
+        }
+        let mut decoder = Decoder::default();
+        loop {
+            let (rbuf, io) = conn.rbuf_and_io();
+            loop {
+                match decoder.decode(rbuf, limits) {
+                    Ok(Some(Event::Close(_))) | Err(_) => return Ok::<(), std::io::Error>(()),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                }
+            }
+            if poll_fn(|cx| read_more(io, rbuf, cx)).await? == 0 {
+                return Ok(());
+            }
+        }
+    })
+    .await;
+}
+
+/// Gives the socket up for parking, its state kept in the side table.
+fn park<H: WebSocketHandler>(
+    route: &Arc<Route<H>>,
+    conn: ConnIo<WsIo>,
+    live: Live<'_, H>,
+    (due, send_at): (Option<tokio::time::Instant>, Option<tokio::time::Instant>),
+    at_once: bool,
+) -> Ended<OwnedFd> {
+    let ctx = conn.ctx.clone();
+    // No buffer is kept: `release` gave back the empty ones, and a
+    // connection parks only between messages with nothing buffered.
+    let ConnIo { io, buffers, .. } = conn;
+    drop(buffers);
+    match io.into_parked() {
+        Ok(socket) => {
+            let state: Box<dyn std::any::Any> = Box::new(live.take());
+            let route: Arc<dyn ErasedRoute> = route.clone();
+            WsLocal::of(&ctx).put(
+                socket.as_raw_fd(),
+                &route,
+                Parked {
+                    state,
+                    due,
+                    send_at,
+                },
+            );
+            // The lot wakes it at the earlier timer (`Wake::Timer`).
+            Ended::Park {
+                io: socket,
+                deadline: earliest(due, send_at),
+                at_once,
+            }
+        }
+        Err(e) => live.close(CloseReason::io(&e)),
+    }
+}
+
+/// A live connection's state, owned so that the handler hears of the close
+/// exactly once, however the connection ends: closed, parked (the state
+/// moves to the side table) or dropped (a forced shutdown drops the task:
+/// `on_close` then says [`CloseReason::Shutdown`]).
+struct Live<'h, H: WebSocketHandler> {
+    handler: &'h H,
+    state: Option<H::State>,
+}
+
+impl<H: WebSocketHandler> Live<'_, H> {
+    fn state(&mut self) -> &mut H::State {
+        self.state.as_mut().expect("the state stays until the end")
+    }
+
+    fn take(mut self) -> H::State {
+        self.state.take().expect("the state stays until the end")
+    }
+
+    fn close(mut self, reason: CloseReason) -> Ended<OwnedFd> {
+        if let Some(state) = self.state.take() {
+            self.handler.on_close(state, reason);
+        }
+        Ended::Close(reason)
+    }
+}
+
+impl<H: WebSocketHandler> Drop for Live<'_, H> {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            self.handler.on_close(state, CloseReason::Shutdown);
+        }
+    }
+}
