@@ -506,3 +506,35 @@ fn tcp_listen_serves_the_framed_line_demo() {
     child.signal(libc::SIGTERM);
     assert!(child.wait().success());
 }
+
+#[test]
+fn the_ws_route_echoes_a_websocket_message() {
+    let (mut child, _stdout, addr) = start_serve(&["--admin", "off"]);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(SAFETY)).unwrap();
+    // The handshake and a masked text frame "hi" (mask 1 2 3 4) in one write.
+    let mut bytes = b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    bytes.extend_from_slice(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+    s.write_all(&bytes).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    let mut frame = [0; 4];
+    s.read_exact(&mut frame).unwrap();
+    assert_eq!(frame, [0x81, 2, b'h', b'i']);
+    // A plain GET is told what the route wants.
+    assert!(get_once(&addr, "/ws").starts_with("HTTP/1.1 426 "));
+    // (Left open, the WebSocket would be sent a 1001 close on SIGTERM and
+    // given close_timeout to answer it.)
+    drop(s);
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}

@@ -8,6 +8,7 @@
 //! | `GET /healthz` | `ok` |
 //! | `GET /readyz` | `ready`, or `503` once shutdown began |
 //! | `GET /sleep?ms=N` | waits N ms (at most 10 s), then answers |
+//! | `GET /ws` | WebSocket echo on the native engine ([`WsEcho`]; idle ones park) |
 //!
 //! And on `--tcp-listen` addresses, [`FramedDemo`]: `PING` is answered `PONG`,
 //! any other message `echo: <message>`.
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either as EitherBody, Full};
-use megaconn::{Body, ServerHandle};
+use megaconn::{Body, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
 
 /// Longest `/sleep` allowed.
 const MAX_SLEEP: Duration = Duration::from_secs(10);
@@ -31,6 +32,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Demo {
     handle: ServerHandle,
+    ws: WebSocketRoute<WsEcho>,
 }
 
 /// A response body: a fixed text or the streamed request body.
@@ -40,7 +42,10 @@ type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<DemoBody>, Infall
 impl Demo {
     /// A demo app reporting readiness from `handle`.
     pub fn new(handle: ServerHandle) -> Demo {
-        Demo { handle }
+        Demo {
+            handle,
+            ws: WebSocketRoute::new(WsEcho),
+        }
     }
 }
 
@@ -63,6 +68,11 @@ impl tower::Service<Request<Body>> for Demo {
             }
             (&Method::GET, "/readyz") => now(text(StatusCode::OK, "ready")),
             (&Method::POST, "/echo") => now(echo(req)),
+            // The route answers a non-handshake itself (426/400, with why).
+            (_, "/ws") => {
+                let Ok(response) = tower::Service::call(&mut self.ws, req).into_inner();
+                now(response.map(|body| EitherBody::Left(Full::new(Bytes::from(body)))))
+            }
             (&Method::GET, "/sleep") => {
                 let ms = query_u64(req.uri().query(), "ms").unwrap_or(0);
                 let wait = Duration::from_millis(ms).min(MAX_SLEEP);
@@ -125,5 +135,17 @@ impl megaconn::FramedHandler for FramedDemo {
         reply.extend_from_slice(b"echo: ");
         reply.extend_from_slice(&frame);
         Some(reply.into())
+    }
+}
+
+/// The WebSocket demo at `/ws`: every message is sent back as it came.
+#[derive(Debug, Clone, Copy)]
+pub struct WsEcho;
+
+impl WebSocketHandler for WsEcho {
+    type State = ();
+
+    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        Some(message)
     }
 }
