@@ -1,7 +1,8 @@
 //! Native WebSockets over real sockets, with tungstenite's client (and raw
 //! bytes where a client would refuse to misbehave): echo, fragments with a
 //! ping between them, ping/pong, both close handshakes, the size limit
-//! (1009), bad UTF-8 (1007), an unmasked client frame (1002), the state
+//! (1009), bad UTF-8 (1007), an unmasked client frame (1002), the close
+//! timeout, the state
 //! kept across park and wake, the server's ping sent to a parked
 //! connection, and malformed handshakes answered with their reason. Every
 //! wait is bounded and waits on a condition, never on time alone.
@@ -193,11 +194,13 @@ async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     .expect("a frame in time")
 }
 
-/// Reads frames until the close frame; returns its code.
+/// Reads frames until the close frame; answers it as a client does (a
+/// masked close frame echoing the code); returns its code.
 async fn read_close_code(s: &mut TcpStream) -> u16 {
     loop {
         let (first, payload) = read_frame(s).await;
         if first & 0x0f == 0x8 {
+            let _ = s.write_all(&client_frame(0x88, &payload[..2], true)).await;
             return u16::from_be_bytes([payload[0], payload[1]]);
         }
     }
@@ -301,6 +304,30 @@ async fn the_server_closes_with_the_handlers_code_and_waits_for_the_echo() {
 }
 
 #[tokio::test]
+async fn a_peer_that_never_answers_our_close_is_hung_up_after_close_timeout() {
+    let mut server = Ws::start(Server::builder(), |r| {
+        r.close_timeout(Duration::from_millis(100))
+    })
+    .await;
+    let mut s = server.raw().await;
+    s.write_all(&client_frame(0x81, b"bye", true))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s).await, (0x81, b"bye".to_vec()));
+    let (first, payload) = read_frame(&mut s).await;
+    assert_eq!((first, &payload[..2]), (0x88, &4000u16.to_be_bytes()[..]));
+    // No answer: the server closes the TCP connection by itself.
+    let mut rest = Vec::new();
+    tokio::time::timeout(SAFETY, s.read_to_end(&mut rest))
+        .await
+        .expect("hung up in time")
+        .expect("a clean close");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(server.next_close().await, (1, CloseReason::ServerClosed));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_message_over_the_limit_closes_with_1009_and_counts() {
     let mut server = Ws::start(Server::builder(), |r| r.max_message_bytes(1000)).await;
     let mut client = server.client().await;
@@ -309,6 +336,11 @@ async fn a_message_over_the_limit_closes_with_1009_and_counts() {
         Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
         other => panic!("expected a close frame, got {other:?}"),
     }
+    // Reading on lets tungstenite answer the close; then the server hangs up.
+    assert!(tokio::time::timeout(SAFETY, client.next())
+        .await
+        .unwrap()
+        .is_none());
     let (_, reason) = server.next_close().await;
     assert_eq!(
         reason,
@@ -527,5 +559,10 @@ async fn malformed_handshakes_get_their_status_and_reason() {
         .await
         .unwrap();
     assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
+    // Its close frame, answered, ends it before the server stops.
+    s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1000);
     server.stop().await;
 }

@@ -208,18 +208,18 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let Next::Close(reason, ours) = next else {
         unreachable!("the loop ends with a close")
     };
-    if let Some((code, why)) = ours {
-        close_handshake(
-            &mut conn,
-            code,
-            &why,
-            settings.close_timeout,
-            settings.limits,
-        )
-        .await;
-    }
-    // Flushes what is left, and lingers after a protocol error.
-    Box::pin(conn.close(reason)).await;
+    // Flushes what is left. After our close frame the close handshake has
+    // read the peer's input up to its close frame (or close_timeout), which
+    // is what a lingering close would do: it is not done twice.
+    let io_reason = match ours {
+        Some((code, why)) => {
+            let timeout = settings.close_timeout;
+            close_handshake(&mut conn, code, &why, timeout, settings.limits).await;
+            CloseReason::ServerClosed
+        }
+        None => reason,
+    };
+    Box::pin(conn.close(io_reason)).await;
     live.close(reason)
 }
 
