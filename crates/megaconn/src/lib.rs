@@ -31,6 +31,7 @@
 //!                          listener kind -> TLS + ALPN -> h2c preface -> protocol,
 //!                          and what a protocol's Close / Park / HandOver means
 //!             framed.rs    the framed protocol's knobs on Builder / Server
+//!             message.rs   the message layer's: Server::hub, outbound_queue
 //!             stall.rs     the stall detector: a watchdog thread that sees a
 //!                          worker's event loop stay away (a blocking handler)
 //!     |
@@ -38,16 +39,23 @@
 //!                          life), head (RFC 9112 framing), decode, exchange, encode
 //!             http2.rs     HTTP/2 (h2 crate): streams, limits, flood guards
 //!             framed/      framed TCP (issue 11): codec (length-prefixed, lines;
-//!                          tokio-util), handler (FramedHandler, Session), conn
-//!                          (a connection's loop), hub (push by id); parked
-//!                          states in a per-worker side table keyed by fd
+//!                          tokio-util), handler (FramedHandler), conn (a
+//!                          connection's loop)
 //!             ws/          WebSocket (issue 12): frame (decoder, encoder;
 //!                          tungstenite's header), handshake, route (the
 //!                          tower service users mount), handler
 //!                          (WebSocketHandler, WsSession), conn (a
-//!                          connection's loop); parked states in a side table
+//!                          connection's loop)
 //!             mod.rs       Ended / HandOver: how a protocol finishes; tags
 //!                          (the protocols never import each other)
+//!     |
+//!  message/   hub.rs       Hub: push by ConnectionId, publish to a topic,
+//!                          broadcast; bounded outbound queues (Inbox)
+//!             session.rs   Session: a connection as its handler sees it
+//!             table.rs     per-worker side table of parked connections' states
+//!             wire.rs      how a protocol frames a message; framed once per wire
+//!             worker.rs    one worker's ids, queues, topics, tables, the pump
+//!                          (a protocol plugs in as message/mod.rs says)
 //!     |
 //!  service/   body.rs, h2_body.rs  the request body handed to services
 //!             upgrade.rs   101 Switching Protocols: the handler takes the socket
@@ -82,6 +90,7 @@
 
 mod conn;
 mod error;
+mod message;
 mod observe;
 mod proto;
 mod server;
@@ -99,14 +108,12 @@ pub use conn::tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESS
 pub use conn::transport::Transport;
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
+pub use message::{ConnectionId, Hub, Session, DEFAULT_OUTBOUND_QUEUE};
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use observe::metrics;
-pub use observe::stats::ServerStats;
-pub use proto::framed::{
-    ConnectionId, FramedHandler, Framing, Hub, Session, DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_MAX_LINE_BYTES,
-};
+pub use observe::stats::{MessageStats, ServerStats};
+pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use proto::http2::RAPID_RESET_LIMIT;
 pub use proto::ws::{
     WebSocketHandler, WebSocketRoute, WsMessage, WsSession, DEFAULT_WS_CLOSE_TIMEOUT,

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -17,14 +18,19 @@ use megaconn::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 /// The test handler. Per connection it counts messages (its state). A frame
 /// `count` is answered with the count so far, `bye` with `bye` and a close;
-/// `panic` panics; anything else is echoed. Closes are reported with the final count.
+/// `panic` panics; `sub T` / `unsub T` subscribe to topic `T` (answered
+/// `ok`); `wait` reports it is busy and waits for a permit of the gate
+/// (answered `waited`); anything else is echoed. Closes are reported with
+/// the final count.
 struct Probe {
     closes: mpsc::UnboundedSender<(u64, CloseReason)>,
     opens: Option<mpsc::UnboundedSender<ConnectionId>>,
+    busy: mpsc::UnboundedSender<()>,
+    gate: Arc<Semaphore>,
 }
 
 impl FramedHandler for Probe {
@@ -46,6 +52,19 @@ impl FramedHandler for Probe {
                 session.close();
                 None
             }
+            b"wait" => {
+                let _ = self.busy.send(());
+                self.gate.acquire().await.expect("gate open").forget();
+                Some(Bytes::from("waited"))
+            }
+            f if f.starts_with(b"sub ") => {
+                session.subscribe(std::str::from_utf8(&f[4..]).unwrap());
+                Some(Bytes::from("ok"))
+            }
+            f if f.starts_with(b"unsub ") => {
+                session.unsubscribe(std::str::from_utf8(&f[6..]).unwrap());
+                Some(Bytes::from("ok"))
+            }
             _ => Some(frame),
         }
     }
@@ -61,6 +80,8 @@ struct Framed {
     handle: ServerHandle,
     closes: mpsc::UnboundedReceiver<(u64, CloseReason)>,
     opens: mpsc::UnboundedReceiver<ConnectionId>,
+    busy: mpsc::UnboundedReceiver<()>,
+    gate: Arc<Semaphore>,
     hub: Hub,
     task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
 }
@@ -77,9 +98,13 @@ impl Framed {
         let hub = server.hub();
         let (tx, closes) = mpsc::unbounded_channel();
         let (opened, opens) = mpsc::unbounded_channel();
+        let (busied, busy) = mpsc::unbounded_channel();
+        let gate = Arc::new(Semaphore::new(0));
         let probe = Probe {
             closes: tx,
             opens: Some(opened),
+            busy: busied,
+            gate: gate.clone(),
         };
         let task = tokio::spawn(server.serve_framed(probe));
         Framed {
@@ -87,6 +112,8 @@ impl Framed {
             handle,
             closes,
             opens,
+            busy,
+            gate,
             hub,
             task,
         }
@@ -112,6 +139,14 @@ impl Framed {
             .await
             .expect("timed out waiting for on_close")
             .expect("handler gone")
+    }
+
+    /// Waits until a handler is in `wait`.
+    async fn next_busy(&mut self) {
+        tokio::time::timeout(SAFETY, self.busy.recv())
+            .await
+            .expect("timed out waiting for a busy handler")
+            .expect("handler gone");
     }
 
     async fn wait_stats(&self, what: &str, cond: impl Fn(&ServerStats) -> bool) {
@@ -567,6 +602,8 @@ async fn http_and_framed_listeners_side_by_side() {
     let probe = Probe {
         closes: tx,
         opens: None,
+        busy: mpsc::unbounded_channel().0,
+        gate: Arc::new(Semaphore::new(0)),
     };
     let task = tokio::spawn(server.framed(probe).serve(app));
 
@@ -663,6 +700,109 @@ async fn a_parked_peer_that_does_not_read_pushes_is_closed_as_a_slow_consumer() 
         .await;
     // More than any socket buffer takes at once, and the peer reads nothing.
     server.hub.send(id, vec![7u8; 48 << 20]);
+    assert_eq!(server.next_close().await, (1, CloseReason::SlowConsumer));
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(server.closed_with("slow_consumer"), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn publish_and_broadcast_reach_parked_and_busy_connections() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::lines(),
+    )
+    .await;
+    // Parked: subscribed, then idle until it parks.
+    let mut parked = server.connect().await;
+    parked.write_all(b"sub news\n").await.unwrap();
+    assert_eq!(read_exact(&mut parked, 3).await, b"ok\n");
+    // Not subscribed, parked too.
+    let mut other = server.connect().await;
+    other.write_all(b"hello\n").await.unwrap();
+    assert_eq!(read_exact(&mut other, 6).await, b"hello\n");
+    server
+        .wait_stats("two parked", |s| s.connections_parked == 2)
+        .await;
+    // Busy: subscribed, then in its handler.
+    let mut busy = server.connect().await;
+    busy.write_all(b"sub news\nwait\n").await.unwrap();
+    assert_eq!(read_exact(&mut busy, 3).await, b"ok\n");
+    server.next_busy().await;
+
+    assert!(server.hub.publish("news", "headline"));
+    // The parked one has it at once, still parked.
+    assert_eq!(read_exact(&mut parked, 9).await, b"headline\n");
+    assert_eq!(server.handle.stats().connections_parked, 2);
+    // The busy one after its handler's reply, in order.
+    server
+        .wait_stats("queued for the busy one", |s| s.messages.pushes == 2)
+        .await;
+    server.gate.add_permits(1);
+    assert_eq!(read_exact(&mut busy, 16).await, b"waited\nheadline\n");
+
+    // Everyone hears a broadcast; the unsubscribed one heard nothing before.
+    assert!(server.hub.broadcast("all"));
+    for s in [&mut parked, &mut other, &mut busy] {
+        assert_eq!(read_exact(s, 4).await, b"all\n");
+    }
+
+    // Subscriptions hold across park and wake: once all three are parked
+    // (the busy one subscribed while awake), both subscribers hear a publish.
+    server
+        .wait_stats("three parked", |s| s.connections_parked == 3)
+        .await;
+    server.hub.publish("news", "again");
+    assert_eq!(read_exact(&mut parked, 6).await, b"again\n");
+    assert_eq!(read_exact(&mut busy, 6).await, b"again\n");
+
+    // Unsubscribed: the next publish passes it by (the broadcast after it
+    // is the first thing it reads).
+    parked.write_all(b"unsub news\n").await.unwrap();
+    assert_eq!(read_exact(&mut parked, 3).await, b"ok\n");
+    server.hub.publish("news", "late");
+    server.hub.broadcast("end");
+    assert_eq!(read_exact(&mut parked, 4).await, b"end\n");
+    assert_eq!(read_exact(&mut other, 4).await, b"end\n");
+    assert_eq!(read_exact(&mut busy, 9).await, b"late\nend\n");
+
+    // A closed subscriber leaves its topics; a publish finds one left.
+    drop(busy);
+    server.next_close().await;
+    let before = server.handle.stats().messages.pushes;
+    server.hub.publish("news", "x");
+    server.hub.broadcast("y");
+    assert_eq!(read_exact(&mut parked, 2).await, b"y\n");
+    assert_eq!(read_exact(&mut other, 2).await, b"y\n");
+    assert_eq!(server.handle.stats().messages.pushes, before + 2);
+    assert_eq!(server.handle.stats().messages.queue_drops, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_busy_connection_whose_outbound_queue_overflows_is_closed_as_a_slow_consumer() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(None).outbound_queue(3),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    s.write_all(b"wait\n").await.unwrap();
+    server.next_busy().await;
+    // Three fit in the queue, the fourth does not.
+    for i in 0..4 {
+        server.hub.send(id, format!("push {i}"));
+    }
+    server
+        .wait_stats("a queue drop", |s| s.messages.queue_drops == 1)
+        .await;
+    assert_eq!(server.handle.stats().messages.pushes, 3);
+    server.gate.add_permits(1);
+    // The handler's reply goes out; the queue behind it does not.
+    assert_eq!(read_to_close(&mut s).await, b"waited\n");
     assert_eq!(server.next_close().await, (1, CloseReason::SlowConsumer));
     server
         .wait_stats("counted", |s| s.connections_open == 0)

@@ -16,14 +16,29 @@
 use std::path::{Path, PathBuf};
 
 /// Rank of each top-level module: a module may import its own rank or lower.
-const LAYERS: [(&str, u8); 6] = [
+const LAYERS: [(&str, u8); 7] = [
     ("error", 0),
     ("observe", 1),
     ("conn", 2),
     ("service", 3),
-    ("proto", 4),
-    ("server", 5),
+    ("message", 4),
+    ("proto", 5),
+    ("server", 6),
 ];
+
+/// The protocols under `proto/`: none names another.
+const PROTOCOLS: [&str; 4] = ["http1", "http2", "framed", "ws"];
+
+/// The protocol a source file under `proto/` belongs to, if any.
+fn protocol_of(rel: &Path) -> Option<&'static str> {
+    let mut parts = rel.components().map(|c| c.as_os_str().to_string_lossy());
+    if parts.next()? != "proto" {
+        return None;
+    }
+    let name = parts.next()?;
+    let name = name.trim_end_matches(".rs");
+    PROTOCOLS.iter().copied().find(|p| *p == name)
+}
 
 fn rank(module: &str) -> Option<u8> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
@@ -87,12 +102,9 @@ fn lower_layers_never_import_upper_ones() {
                 }
             }
             // The protocols stand side by side: neither names the other.
-            let in_proto = |p: &str| rel.starts_with(Path::new("proto").join(p));
-            if target == "proto" {
+            if let (Some(own), "proto") = (protocol_of(rel), target.as_str()) {
                 let other = path.get(1).map(String::as_str);
-                if (in_proto("http1") && other == Some("http2"))
-                    || (in_proto("http2.rs") && other == Some("http1"))
-                {
+                if other.is_some_and(|other| PROTOCOLS.contains(&other) && other != own) {
                     violations.push(format!("{}: crate::{}", rel.display(), path.join("::")));
                 }
             }
@@ -112,4 +124,11 @@ fn the_scan_sees_a_violation() {
     assert_eq!(paths[0], ["server", "builder", "Builder"]);
     assert_eq!(paths[1], ["proto", "http2"]);
     assert!(rank("server") > rank("conn"));
+    assert!(rank("proto") > rank("message"));
+    assert_eq!(
+        protocol_of(Path::new("proto/framed/conn.rs")),
+        Some("framed")
+    );
+    assert_eq!(protocol_of(Path::new("proto/http2.rs")), Some("http2"));
+    assert_eq!(protocol_of(Path::new("proto/mod.rs")), None);
 }

@@ -5,81 +5,22 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use megaconn::{Body, BoxError, ServerHandle, ShutdownSummary, TlsConfig};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, HandshakeKind, RootCertStore};
+use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
-const SAFETY: Duration = Duration::from_secs(20);
+mod common;
+
+use common::tls::{connect, http1_get, write_pair, Ca};
+use common::SAFETY;
 
 type TestBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A test CA and the certificates it signs.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-/// A leaf certificate: PEM chain and key, and the DER the client will see.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = CertificateParams::new(names).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-        self.client_versions(alpn, rustls::DEFAULT_VERSIONS)
-    }
-
-    fn client_versions(
-        &self,
-        alpn: &[&[u8]],
-        versions: &[&'static rustls::SupportedProtocolVersion],
-    ) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(config)
-    }
-}
 
 struct Running {
     addr: SocketAddr,
@@ -118,48 +59,6 @@ async fn start(tls: TlsConfig) -> Running {
     });
     let task = tokio::spawn(server.serve(service));
     Running { addr, handle, task }
-}
-
-async fn connect(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from(name.to_string()).unwrap();
-    tokio::time::timeout(SAFETY, TlsConnector::from(config).connect(name, tcp))
-        .await
-        .expect("handshake in time")
-        .expect("handshake succeeds")
-}
-
-/// One HTTP/1.1 GET on a kept-alive stream; returns status line and body.
-async fn http1_get<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) -> (String, String) {
-    io.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(SAFETY, async {
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = io.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed early");
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).to_string();
-            if let Some(head_end) = text.find("\r\n\r\n") {
-                let len: usize = text[..head_end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .expect("content-length");
-                if buf.len() >= head_end + 4 + len {
-                    let status = text.lines().next().unwrap().to_string();
-                    return (status, text[head_end + 4..head_end + 4 + len].to_string());
-                }
-            }
-        }
-    })
-    .await
-    .expect("response in time")
 }
 
 async fn h2_get<S>(io: S, path: &str, body: Option<&'static [u8]>) -> (StatusCode, Bytes)
@@ -290,14 +189,6 @@ async fn sni_picks_the_certificate() {
         assert_eq!(seen, &expected.der, "certificate for {name}");
     }
     server.stop().await;
-}
-
-fn write_pair(dir: &Path, leaf: &Leaf) -> (std::path::PathBuf, std::path::PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    std::fs::write(&cert, &leaf.cert_pem).unwrap();
-    std::fs::write(&key, &leaf.key_pem).unwrap();
-    (cert, key)
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! (1009), bad UTF-8 (1007), an unmasked client frame (1002), the close
 //! timeout, the state
 //! kept across park and wake, the server's ping sent to a parked
-//! connection, and malformed handshakes answered with their reason. Every
+//! connection, pushes by id, topic and broadcast to parked and awake
+//! WebSockets, and malformed handshakes answered with their reason. Every
 //! wait is bounded and waits on a condition, never on time alone.
 
 mod common;
@@ -15,8 +16,8 @@ use bytes::Bytes;
 use common::SAFETY;
 use futures_util::{SinkExt, StreamExt};
 use megaconn::{
-    Builder, CloseReason, ProtocolDetail, Server, ServerHandle, ServerStats, ShutdownSummary,
-    WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Builder, CloseReason, ConnectionId, Hub, ProtocolDetail, Server, ServerHandle, ServerStats,
+    ShutdownSummary, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,13 +29,19 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The test handler. Per connection it counts messages (its state). `count`
 /// is answered with the count so far, `bye` with `bye` and a close 4000;
-/// anything else is echoed. Closes are reported with the final count.
+/// `join` subscribes to topic `room`; anything else is echoed. Opens report
+/// the connection's id, closes the final count.
 struct Probe {
     closes: mpsc::UnboundedSender<(u64, CloseReason)>,
+    opens: mpsc::UnboundedSender<ConnectionId>,
 }
 
 impl WebSocketHandler for Probe {
     type State = u64;
+
+    fn on_open(&self, _: &mut u64, session: &WsSession) {
+        let _ = self.opens.send(session.id());
+    }
 
     async fn on_message(
         &self,
@@ -45,6 +52,10 @@ impl WebSocketHandler for Probe {
         *seen += 1;
         match message.as_bytes() {
             b"count" => Some(seen.to_string().into()),
+            b"join" => {
+                session.subscribe("room");
+                Some("joined".into())
+            }
             b"bye" => {
                 session.send("bye");
                 session.close_with(4000, "asked to");
@@ -64,6 +75,8 @@ struct Ws {
     addr: std::net::SocketAddr,
     handle: ServerHandle,
     closes: mpsc::UnboundedReceiver<(u64, CloseReason)>,
+    opens: mpsc::UnboundedReceiver<ConnectionId>,
+    hub: Hub,
     task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
 }
 
@@ -74,15 +87,20 @@ impl Ws {
         builder: Builder,
         route: impl FnOnce(WebSocketRoute<Probe>) -> WebSocketRoute<Probe>,
     ) -> Ws {
-        let server = builder
+        let mut server = builder
             .workers(1)
             .listen_on("127.0.0.1:0".parse().unwrap())
             .listen()
             .expect("server binds");
         let addr = server.local_addr();
         let handle = server.handle();
+        let hub = server.hub();
         let (tx, closes) = mpsc::unbounded_channel();
-        let ws = route(WebSocketRoute::new(Probe { closes: tx }));
+        let (opened, opens) = mpsc::unbounded_channel();
+        let ws = route(WebSocketRoute::new(Probe {
+            closes: tx,
+            opens: opened,
+        }));
         let app = axum::Router::new()
             .route_service("/ws", ws)
             .route("/", axum::routing::get(|| async { "Hello" }));
@@ -91,6 +109,8 @@ impl Ws {
             addr,
             handle,
             closes,
+            opens,
+            hub,
             task,
         }
     }
@@ -116,6 +136,14 @@ impl Ws {
         s.write_all(&handshake("")).await.unwrap();
         assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
         s
+    }
+
+    /// The id of the next WebSocket the handler saw open.
+    async fn next_open(&mut self) -> ConnectionId {
+        tokio::time::timeout(SAFETY, self.opens.recv())
+            .await
+            .expect("timed out waiting for on_open")
+            .expect("handler gone")
     }
 
     async fn next_close(&mut self) -> (u64, CloseReason) {
@@ -564,5 +592,53 @@ async fn malformed_handshakes_get_their_status_and_reason() {
         .await
         .unwrap();
     assert_eq!(read_close_code(&mut s).await, 1000);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
+    let mut server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r,
+    )
+    .await;
+    let mut a = server.client().await;
+    let a_id = server.next_open().await;
+    let mut b = server.client().await;
+    let _b_id = server.next_open().await;
+    for client in [&mut a, &mut b] {
+        client.send(Message::text("join")).await.unwrap();
+        assert_eq!(next_data(client).await, Message::text("joined"));
+    }
+    server
+        .wait_stats("both parked", |s| s.connections_parked == 2)
+        .await;
+    // To one parked WebSocket by id: one send from the pump, it stays parked.
+    assert!(server.hub.send(a_id, "to a"));
+    assert_eq!(next_data(&mut a).await, Message::text("to a"));
+    // Bytes that are not UTF-8 arrive as a binary message.
+    assert!(server.hub.send(a_id, Bytes::from_static(&[0xff, 0])));
+    assert_eq!(next_data(&mut a).await, Message::binary(vec![0xff, 0]));
+    // To the topic, and to all.
+    assert!(server.hub.publish("room", "to the room"));
+    assert!(server.hub.broadcast("to all"));
+    for client in [&mut a, &mut b] {
+        assert_eq!(next_data(client).await, Message::text("to the room"));
+        assert_eq!(next_data(client).await, Message::text("to all"));
+    }
+    assert_eq!(server.handle.stats().connections_parked, 2);
+    // The state survived: each connection has seen its one "join".
+    a.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut a).await, Message::text("2"));
+    // An awake connection (it just answered) gets pushes through its queue.
+    assert!(server.hub.send(a_id, "awake"));
+    assert_eq!(next_data(&mut a).await, Message::text("awake"));
+    // A closed connection leaves its topic: a publish reaches only b.
+    a.close(None).await.unwrap();
+    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
+    assert!(server.hub.publish("room", "after a left"));
+    assert_eq!(next_data(&mut b).await, Message::text("after a left"));
+    drop(b);
+    server.next_close().await;
     server.stop().await;
 }

@@ -150,6 +150,9 @@ pub(crate) struct Config {
     /// The framed protocol's listeners, handler and heartbeat (`proto/framed`),
     /// opaque here: the core does not know protocols.
     pub framed: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+    /// The message layer's settings (`message/`: the hub, the outbound
+    /// queue bound), opaque here for the same reason.
+    pub message: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
     /// Hand each request its connection's addresses ([`ConnInfo`](crate::ConnInfo),
     /// and axum's `ConnectInfo<SocketAddr>`).
     pub connect_info: bool,
@@ -195,6 +198,7 @@ impl Default for Config {
             connect_info: false,
             stall_threshold: Some(DEFAULT_STALL_THRESHOLD),
             framed: None,
+            message: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::conn::config::{Config, HeadLimits};
 use crate::conn::park::ParkingLot;
 use crate::conn::pool::BufferPool;
 use crate::conn::shutdown::LocalShutdown;
+use crate::conn::tls_io::ParkedSessions;
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::Registry;
 use crate::observe::stats::{incr, StatsSource, WorkerStats};
@@ -27,12 +28,15 @@ pub(crate) struct WorkerContext {
     pub blocks: BlockCache,
     pub shutdown: LocalShutdown,
     pub park: Option<ParkingLot>,
+    /// Sessions of parked TLS connections, by socket (the lot keeps the
+    /// sockets).
+    pub tls_parked: ParkedSessions,
     /// This worker's live-connection list, when tracking is on.
     pub registry: Option<Arc<Registry>>,
     pub index: usize,
-    /// A protocol's per-worker table, opaque to the core: the framed
-    /// protocol keeps its parked connections' states here (the lot keeps
-    /// only their tag).
+    /// The message layer's per-worker state, opaque to the core: message
+    /// protocols (framed) keep their parked connections' states, ids and
+    /// topics there (the lot keeps only their tag).
     pub protocol_local: std::cell::OnceCell<Rc<dyn std::any::Any>>,
     /// More protocols' per-worker tables, one per type (see [`WorkerContext::local`]).
     locals: std::cell::RefCell<Vec<Rc<dyn std::any::Any>>>,
@@ -55,6 +59,7 @@ impl WorkerContext {
             blocks: BlockCache::default(),
             shutdown: LocalShutdown::default(),
             park,
+            tls_parked: ParkedSessions::default(),
             registry: None,
             config,
             stats,

@@ -7,11 +7,13 @@
 //! burst does not pin memory forever.
 
 use std::cell::RefCell;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::conn::context::WorkerContext;
 use crate::observe::stats::WorkerStats;
 
 /// Capacity of a fresh buffer: one read of a typical request head, or one
@@ -92,4 +94,32 @@ impl Drop for BufferPool {
 /// instruction, four of them per request.
 fn bump(g: &AtomicI64, delta: i64) {
     g.store(g.load(Relaxed) + delta, Relaxed);
+}
+
+thread_local! {
+    /// The worker running on this thread, for buffers taken by code that
+    /// cannot hold its context: a TLS stream must be `Send` (an upgraded
+    /// connection may leave the worker), and the context is an `Rc`.
+    static WORKER: RefCell<Weak<WorkerContext>> = const { RefCell::new(Weak::new()) };
+}
+
+/// Makes `ctx`'s pool the one [`take_local`] and [`give_local`] use on this
+/// thread (a worker's thread runs only that worker).
+pub(crate) fn install(ctx: &Rc<WorkerContext>) {
+    WORKER.with(|w| *w.borrow_mut() = Rc::downgrade(ctx));
+}
+
+/// A buffer from this thread's worker's pool; off a worker thread, a fresh one.
+pub(crate) fn take_local() -> BytesMut {
+    match WORKER.with(|w| w.borrow().upgrade()) {
+        Some(ctx) => ctx.pool.take(),
+        None => BytesMut::with_capacity(BUFFER_CAPACITY),
+    }
+}
+
+/// Gives a buffer from [`take_local`] back; off a worker thread it is freed.
+pub(crate) fn give_local(buf: BytesMut) {
+    if let Some(ctx) = WORKER.with(|w| w.borrow().upgrade()) {
+        ctx.pool.give(buf);
+    }
 }

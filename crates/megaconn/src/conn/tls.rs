@@ -10,14 +10,10 @@
 //! when it starts, so a reload affects new connections only; open ones keep
 //! the certificate they negotiated.
 //!
-//! A TLS connection is never parked (its session state lives in user space).
-//! What an idle HTTPS/1.1 connection holds (heap bytes, measured with
-//! `examples/tls_idle_heap.rs`; `bench/IDLE-TLS.md`): the boxed rustls session
-//! (1.2 KB), rustls' 4 KiB record buffer, its key and traffic state (~3.2 KB,
-//! two AES-GCM keys of it), the small connection future and the
-//! socket registration; no pooled buffer ([`Transport::poll_read_ready`]
-//! below), no handshake state (boxed and freed once done), no HTTP/2 state
-//! (boxed, h2 connections only).
+//! The stream itself is `tls_io.rs`: rustls' unbuffered API, with record
+//! buffers from the worker's pool, so an idle HTTPS/1.1 connection parks like
+//! a cleartext one and keeps only its session (keys and traffic state) in
+//! the worker's table of parked sessions (`bench/IDLE-TLS.md`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -32,12 +28,10 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
-use crate::conn::transport::{Parkable, Transport};
+use crate::conn::tls_io::TlsIo;
 use crate::observe::close::CloseReason;
 use crate::observe::stats::incr;
 
@@ -88,7 +82,7 @@ struct Settings {
 
 /// What a handshake needs, swapped whole on reload.
 pub(crate) struct Live {
-    pub acceptor: TlsAcceptor,
+    pub config: Arc<ServerConfig>,
     pub handshake_timeout: Option<Duration>,
 }
 
@@ -297,7 +291,7 @@ impl TlsConfig {
 
     /// The rustls configuration new handshakes use now.
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.live().acceptor.config().clone()
+        self.live().config.clone()
     }
 
     pub(crate) fn live(&self) -> Arc<Live> {
@@ -392,7 +386,7 @@ fn build(
         config.ticketer = ticketer.clone();
     }
     Ok(Live {
-        acceptor: TlsAcceptor::from(Arc::new(config)),
+        config: Arc::new(config),
         handshake_timeout: settings.handshake_timeout,
     })
 }
@@ -450,30 +444,8 @@ pub(crate) fn tls_for_stream<'c>(config: &'c Config, stream: &TcpStream) -> Opti
     tls_for_local(config, stream.local_addr().ok()?)
 }
 
-/// A TLS stream is never parked. It is ready to read when rustls holds
-/// plaintext (or a close) already, else when the socket is: so an idle
-/// HTTP/1.1-over-TLS connection waits without holding a pooled read buffer.
-impl Parkable for BoxedTls {
-    const PARKABLE: bool = false;
-}
-
-impl Transport for BoxedTls {
-    fn poll_read_ready(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let (tcp, session) = self.get_ref();
-        if !session.wants_read() {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        tcp.poll_read_ready(cx)
-    }
-}
-
-/// The TLS session, boxed: it is 1.2 KB, and an `async fn` that takes it by
-/// value keeps it in its state twice (the argument and the moved-to local),
-/// so the stream goes by pointer.
-pub(crate) type BoxedTls = Box<TlsStream<TcpStream>>;
+/// A TLS connection's stream (its session boxed inside).
+pub(crate) type ServerTls = TlsIo<TcpStream>;
 
 /// Runs the TLS handshake, bounded by the handshake timeout and cut short by
 /// shutdown; on failure, says why the connection closes.
@@ -481,16 +453,18 @@ pub(crate) async fn handshake(
     stream: TcpStream,
     ctx: &WorkerContext,
     live: Arc<Live>,
-) -> Result<BoxedTls, CloseReason> {
-    let accept = live.acceptor.accept(stream);
+) -> Result<ServerTls, CloseReason> {
     let timeout = live.handshake_timeout;
-    drop(live);
     let failed = |e: std::io::Error| {
         tracing::debug!(error = %e, "TLS handshake failed");
         incr(&ctx.stats.protocol_errors);
         CloseReason::TlsHandshakeFailed
     };
-    ctx.handshake(timeout, accept, CloseReason::TlsHandshakeTimeout, failed)
-        .await
-        .map(Box::new)
+    let mut tls =
+        TlsIo::new(stream, live.config.clone()).map_err(|e| failed(std::io::Error::other(e)))?;
+    drop(live);
+    let done = std::future::poll_fn(|cx| tls.poll_handshake(cx));
+    ctx.handshake(timeout, done, CloseReason::TlsHandshakeTimeout, failed)
+        .await?;
+    Ok(tls)
 }

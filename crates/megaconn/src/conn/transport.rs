@@ -12,6 +12,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::conn::tls_io::ParkedTls;
+
 /// A byte stream the HTTP/1 engine can serve.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     /// Polls until the stream has bytes (or EOF, or an error) to read.
@@ -50,6 +52,15 @@ pub(crate) trait Parkable: Transport {
             io::ErrorKind::Unsupported,
             "this transport cannot be parked",
         ))
+    }
+
+    /// Gives up the stream for parking: the bare socket and, for a TLS
+    /// stream, the session that waits beside it in the worker's table.
+    fn into_parked_parts(self) -> io::Result<(OwnedFd, Option<ParkedTls>)>
+    where
+        Self: Sized,
+    {
+        self.into_parked().map(|socket| (socket, None))
     }
 }
 

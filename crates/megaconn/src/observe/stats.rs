@@ -38,6 +38,65 @@ pub(crate) struct WorkerStats {
     pub stalls: AtomicU64,
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
+    /// Message protocols' counters (framed TCP, WebSocket).
+    pub messages: MessageCounters,
+}
+
+/// One worker's counters of message protocols (the message layer and the
+/// protocols on it count here; `MessageStats` is their sum).
+#[derive(Debug, Default)]
+pub(crate) struct MessageCounters {
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub pushes: AtomicU64,
+    pub queue_drops: AtomicU64,
+    pub heartbeats_sent: AtomicU64,
+    pub heartbeat_timeouts: AtomicU64,
+}
+
+/// Message protocols' counters (framed TCP; WebSocket), summed over workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageStats {
+    /// Whole frames (messages) read from peers.
+    pub frames_in: u64,
+    /// Frames written to peers: replies, pushes and heartbeats.
+    pub frames_out: u64,
+    /// Bytes read from message connections, headers included.
+    pub bytes_in: u64,
+    /// Bytes written to message connections, headers included.
+    pub bytes_out: u64,
+    /// Frames delivered by the hub (one per connection reached by a push,
+    /// publish or broadcast).
+    pub pushes: u64,
+    /// Pushes dropped because a connection's outbound queue was full (the
+    /// connection is closed as a slow consumer).
+    pub queue_drops: u64,
+    /// Server heartbeat frames sent.
+    pub heartbeats_sent: u64,
+    /// Connections closed because the peer sent nothing within the
+    /// heartbeat timeout.
+    pub heartbeat_timeouts: u64,
+}
+
+impl MessageStats {
+    fn add(&mut self, c: &MessageCounters) {
+        self.frames_in += c.frames_in.load(Relaxed);
+        self.frames_out += c.frames_out.load(Relaxed);
+        self.bytes_in += c.bytes_in.load(Relaxed);
+        self.bytes_out += c.bytes_out.load(Relaxed);
+        self.pushes += c.pushes.load(Relaxed);
+        self.queue_drops += c.queue_drops.load(Relaxed);
+        self.heartbeats_sent += c.heartbeats_sent.load(Relaxed);
+        self.heartbeat_timeouts += c.heartbeat_timeouts.load(Relaxed);
+    }
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Relaxed);
 }
 
 /// Where per-request records find their worker's counters. The worker
@@ -150,6 +209,9 @@ pub struct ServerStats {
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
+    /// Message protocols (framed TCP): frames, bytes, pushes, queue drops,
+    /// heartbeats.
+    pub messages: MessageStats,
 }
 
 impl ServerStats {
@@ -178,6 +240,7 @@ impl ServerStats {
             s.wakes_hot += w.wakes_hot.load(Relaxed);
             s.accept_waits_at_limit += w.accept_waits_at_limit.load(Relaxed);
             s.worker_stalls += w.stalls.load(Relaxed);
+            s.messages.add(&w.messages);
         }
         s.request_metrics = RequestStats::sum(workers);
         s

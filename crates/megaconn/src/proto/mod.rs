@@ -26,9 +26,13 @@ pub(crate) const HTTP1: ProtoTag = ProtoTag(1);
 /// framed protocol's side table).
 pub(crate) const FRAMED: ProtoTag = ProtoTag(2);
 
+/// The parking lot's tag for a connection that resumes as HTTP/1.1 over TLS
+/// (its session waits in the worker's table of parked TLS sessions).
+pub(crate) const HTTP1_TLS: ProtoTag = ProtoTag(3);
+
 /// The parking lot's tag for a native WebSocket (its state waits in the
 /// WebSocket side table).
-pub(crate) const WEBSOCKET: ProtoTag = ProtoTag(3);
+pub(crate) const WEBSOCKET: ProtoTag = ProtoTag(4);
 
 /// How a protocol finished with a connection, for the dispatcher to act on.
 #[derive(Debug)]

@@ -8,11 +8,14 @@
 //!           | no                                            \-> else -----------> HTTP/1.1
 //!           +-----------------------------------------------------------------> HTTP/1.1
 //!  Incoming::Woken { proto }  -- the tag the lot kept ---------------------------> that protocol
+//!     (HTTP/1.1 over TLS: its session from the worker's table; only TLS
+//!      housekeeping arrived -> parked again at once)
 //!
 //!  a protocol ends with:
 //!     Close(reason)        -> Connection::close(reason)       (counted once, here)
 //!     Park { io, .. }      -> the parking lot, with the protocol's tag
-//!                             (framed: the lot tells it of its own closes)
+//!                             (TLS: the session to the worker's table;
+//!                              framed and TLS: the lot tells of its own closes)
 //!     HandOver(H2c)        -> HTTP/2 on the same socket, the preface replayed
 //!     HandOver(Upgrade)    -> the handler's `Upgraded`, which carries the Connection
 //!     HandOver(Native)     -> WebSocket on the same socket (its route's 101 said so)
@@ -32,10 +35,12 @@ use crate::conn::context::WorkerContext;
 use crate::conn::park::{AtDeadline, OnParkedClose, Parking};
 use crate::conn::rewind::Rewind;
 use crate::conn::tls::{self, Live};
+use crate::conn::tls_io::TlsIo;
 use crate::conn::transport::{Foreign, Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
+use crate::observe::stats::incr;
 use crate::proto::{self, http1, http2, Ended, HandOver};
 use crate::service::upgrade::Upgraded;
 use crate::service::HttpService;
@@ -52,7 +57,7 @@ pub(crate) fn serve<S>(
     conn: Connection,
 ) -> impl Future<Output = ()>
 where
-    S: HttpService,
+    S: HttpService + 'static,
 {
     match incoming {
         Incoming::Accepted(stream, info) => {
@@ -70,6 +75,7 @@ where
                     ctx,
                     conn,
                     Some(Box::new(info)),
+                    proto::HTTP1,
                 ))),
                 // Boxed: the handshake and the TLS stream are large, and
                 // cleartext connections should not carry their size.
@@ -101,8 +107,12 @@ where
                     ctx,
                     conn,
                     info,
+                    proto::HTTP1,
                 )))
             }
+            proto::HTTP1_TLS => Either::Right(Either::Right(
+                serve_tls_woken(socket, hot, service, ctx, conn).boxed_local(),
+            )),
             proto::FRAMED => {
                 let framed = proto::framed::serve_woken(socket, hot, wake, ctx.clone());
                 Either::Right(Either::Right(
@@ -141,23 +151,79 @@ async fn serve_tls<S>(
         Ok(stream) => stream,
         Err(reason) => return conn.close(reason),
     };
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+    if stream.alpn_protocol() == Some(b"h2") {
         // Boxed: HTTP/2 state (2 KB of ours, h2's own buffers on top) is
         // for HTTP/2 connections only; HTTP/1.1 ones should not carry its size.
         let reason = Box::pin(http2::serve(stream, &mut service, ctx.clone(), Some(info))).await;
         conn.close(reason);
     } else {
-        serve_http1(stream, service, ctx, conn, Some(Box::new(info))).await;
+        serve_http1(
+            stream,
+            service,
+            ctx,
+            conn,
+            Some(Box::new(info)),
+            proto::HTTP1_TLS,
+        )
+        .await;
     }
 }
 
-/// HTTP/1.1 on `io`, then whatever it ends with.
+/// A parked HTTPS/1.1 connection woke up: its session comes back from the
+/// worker's table and decrypts what arrived, without a wait. Requests are
+/// served; TLS housekeeping alone (a KeyUpdate, part of a record) parks it
+/// again at once, with a fresh idle deadline.
+async fn serve_tls_woken<S>(
+    socket: std::os::fd::OwnedFd,
+    hot: bool,
+    service: S,
+    ctx: Rc<WorkerContext>,
+    conn: Connection,
+) where
+    S: HttpService,
+{
+    use std::os::fd::AsRawFd;
+    let Some(parked) = ctx.tls_parked.take(socket.as_raw_fd()) else {
+        tracing::error!("a woken TLS connection has no parked session");
+        return conn.close(CloseReason::ServerError);
+    };
+    let info = if ctx.config.connect_info {
+        ConnInfo::of(&socket).map(Box::new)
+    } else {
+        None
+    };
+    let mut io = TlsIo::resume(WokenSocket::new(socket, hot), parked);
+    match io.poll_prefetch() {
+        Ok(true) => serve_http1(io, service, ctx, conn, info, proto::HTTP1_TLS).await,
+        Ok(false) => {
+            let deadline = ctx
+                .config
+                .idle_timeout
+                .map(|t| tokio::time::Instant::now() + t);
+            let parking = Parking {
+                deadline,
+                at_once: false,
+                proto: proto::HTTP1_TLS,
+                at_deadline: AtDeadline::Close,
+            };
+            park(io, parking, &ctx, conn);
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS error on a woken connection");
+            incr(&ctx.stats.protocol_errors);
+            conn.close(CloseReason::io(&e));
+        }
+    }
+}
+
+/// HTTP/1.1 on `io`, then whatever it ends with; parked, it resumes as `tag`.
 fn serve_http1<T, S>(
     io: T,
     service: S,
     ctx: Rc<WorkerContext>,
     conn: Connection,
     info: Option<Box<ConnInfo>>,
+    tag: ProtoTag,
 ) -> impl Future<Output = ()>
 where
     T: Parkable + Send + 'static,
@@ -166,7 +232,7 @@ where
     // `then`, not an async block: awaiting a future moved into a block would
     // store it twice.
     http1::serve_connection(io, service, ctx.clone(), info)
-        .then(move |(ended, service)| finish_http1(ended, service, ctx, conn))
+        .then(move |(ended, service)| finish_http1(ended, service, ctx, conn, tag))
 }
 
 /// Acts on how HTTP/1.1 ended.
@@ -175,6 +241,7 @@ async fn finish_http1<T, S>(
     mut service: S,
     ctx: Rc<WorkerContext>,
     conn: Connection,
+    tag: ProtoTag,
 ) where
     T: Parkable + Send + 'static,
     S: HttpService,
@@ -190,7 +257,7 @@ async fn finish_http1<T, S>(
             Parking {
                 deadline,
                 at_once,
-                proto: proto::HTTP1,
+                proto: tag,
                 at_deadline: AtDeadline::Close,
             },
             &ctx,
@@ -301,6 +368,14 @@ fn parked_closed(ctx: &WorkerContext, fd: std::os::fd::RawFd, tag: ProtoTag, rea
     match tag {
         proto::FRAMED => proto::framed::parked_closed(ctx, fd, reason),
         proto::WEBSOCKET => proto::ws::parked_closed(ctx, fd, reason),
+        proto::HTTP1_TLS => {
+            if let Some(parked) = ctx.tls_parked.take(fd) {
+                // Our own close of an idle connection: say so in TLS.
+                if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
+                    parked.close_notify(fd);
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -310,8 +385,14 @@ fn park<T: Parkable>(io: T, parking: Parking, ctx: &WorkerContext, conn: Connect
     let Some(lot) = ctx.park.as_ref() else {
         return conn.close(CloseReason::ServerClosed);
     };
-    match io.into_parked() {
-        Ok(socket) => lot.park(socket, parking, conn),
+    match io.into_parked_parts() {
+        Ok((socket, tls)) => {
+            if let Some(tls) = tls {
+                use std::os::fd::AsRawFd;
+                ctx.tls_parked.put(socket.as_raw_fd(), tls);
+            }
+            lot.park(socket, parking, conn)
+        }
         Err(e) => {
             tracing::debug!(error = %e, "cannot park; closing");
             conn.close(CloseReason::io(&e));

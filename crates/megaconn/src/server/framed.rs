@@ -19,8 +19,6 @@ use tower_service::Service;
 
 use crate::error::Error;
 use crate::proto::framed::handler::Erased;
-use crate::proto::framed::hub::HubInner;
-use crate::proto::framed::Hub;
 use crate::proto::framed::{FramedHandler, FramedSettings, Framing};
 use crate::server::builder::{Builder, Server, ShutdownSummary};
 use crate::service::body::Body;
@@ -108,23 +106,6 @@ impl Server {
     /// printing `tcp://` beside `http://`).
     pub fn is_framed(&self, addr: SocketAddr) -> bool {
         crate::proto::framed::accepted_on(&self.config, addr).is_some()
-    }
-
-    /// The server's [`Hub`]: pushes frames to framed connections by
-    /// [`ConnectionId`](crate::ConnectionId) from any task or thread. Ask
-    /// before serving (a handler that pushes is usually given a clone); every
-    /// call returns the same hub.
-    pub fn hub(&mut self) -> Hub {
-        let workers = self.config.workers;
-        let config = Arc::make_mut(&mut self.config);
-        FramedSettings::update(config, |s| {
-            s.hub
-                .get_or_insert_with(|| Arc::new(HubInner::new(workers)));
-        });
-        let inner = FramedSettings::of(&self.config)
-            .and_then(|s| s.hub.clone())
-            .expect("just set");
-        Hub::new(inner)
     }
 
     /// Sets the handler of the framed listeners, for a server that also

@@ -120,6 +120,8 @@ where
     let mut ctx = WorkerContext::new(index, config.clone(), stats, park);
     ctx.registry = registry;
     let ctx = Rc::new(ctx);
+    // TLS streams take their record buffers from this worker's pool.
+    crate::conn::pool::install(&ctx);
     let tracker = TaskTracker::new();
     let spawn_connection = connection_spawner(&ctx, service, &tracker);
     if let Some(lot) = &ctx.park {

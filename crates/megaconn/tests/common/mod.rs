@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod modes;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -47,10 +47,10 @@ impl Mode {
         matches!(self, Mode::H2c | Mode::H2Tls)
     }
 
-    /// Whether idle connections of this mode park today (cleartext HTTP/1.1
-    /// only; TLS and HTTP/2 keep a task while idle).
+    /// Whether idle connections of this mode park today (HTTP/1.1, over TLS
+    /// or not; HTTP/2 keeps a task while idle).
     pub fn parks(self) -> bool {
-        self == Mode::H1
+        matches!(self, Mode::H1 | Mode::H1Tls)
     }
 
     /// Starts the test app on `builder` in this mode.

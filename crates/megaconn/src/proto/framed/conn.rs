@@ -28,7 +28,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -38,13 +38,16 @@ use crate::conn::context::WorkerContext;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
+use crate::message::hub::{ConnectionId, Overflowed};
+use crate::message::session::Session;
+use crate::message::table::Parked;
+use crate::message::worker::{Awake, Local};
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
-use crate::observe::stats::incr;
+use crate::observe::stats::{add, incr};
 use crate::proto::framed::codec::{FrameCodec, Framing};
-use crate::proto::framed::handler::{Erased, FramedHandler, Session};
-use crate::proto::framed::hub::{pump, ConnectionId, Inbox};
-use crate::proto::framed::{settings, side_table, Parked, SideTable};
+use crate::proto::framed::handler::{Erased, FramedHandler};
+use crate::proto::framed::{settings, side_table};
 use crate::proto::{earliest, until, Ended};
 
 /// How a framed connection comes to be served.
@@ -170,10 +173,10 @@ pub(crate) async fn serve<H: FramedHandler>(
     start: Start,
 ) -> Ended<OwnedFd> {
     let handler = &handler.0;
-    let table = side_table::<H::State>(&ctx);
+    let (local, table) = side_table::<H::State>(&ctx);
+    let counters = &ctx.stats.messages;
     let heartbeat = settings(&ctx.config).and_then(|s| s.heartbeat_timeout);
     let send_heartbeats = settings(&ctx.config).and_then(|s| s.send_heartbeat.clone());
-    let hub = settings(&ctx.config).and_then(|s| s.hub.clone());
     let fd = io.raw_fd();
     let now = Instant::now();
     // When the peer must have sent something by (the heartbeat timeout), and
@@ -182,8 +185,9 @@ pub(crate) async fn serve<H: FramedHandler>(
     let mut send_at = send_heartbeats.as_ref().map(|(every, _)| now + *every);
     let (mut live, session) = match start {
         Start::Accepted => {
-            let session = Session::new(table.hub.new_id(ctx.index, fd));
-            let mut live = Live::new(handler, H::State::default());
+            let id = local.new_id(fd);
+            let session = Session::new(id, local.clone());
+            let mut live = Live::new(handler, H::State::default(), id, &local);
             handler.on_open(live.state(), &session);
             (live, session)
         }
@@ -192,8 +196,9 @@ pub(crate) async fn serve<H: FramedHandler>(
                 tracing::error!("a woken framed connection had no state; closing it");
                 return Ended::Close(CloseReason::ServerError);
             };
-            let session = Session::new(ConnectionId::new(ctx.index, fd, parked.generation));
-            let live = Live::new(handler, parked.state);
+            let id = local.id(fd, parked.generation);
+            let session = Session::new(id, local.clone());
+            let live = Live::new(handler, parked.state, id, &local);
             if parked.behind {
                 return live.close(CloseReason::SlowConsumer);
             }
@@ -202,12 +207,14 @@ pub(crate) async fn serve<H: FramedHandler>(
             // to send ours (then the peer's deadline stays where it was).
             if wake == Wake::Timer {
                 if parked.due.is_some_and(|due| now >= due) {
+                    incr(&counters.heartbeat_timeouts);
                     return live.close(CloseReason::HeartbeatTimeout);
                 }
                 due = parked.due;
             }
             if let (Some((every, frame)), Some(at)) = (&send_heartbeats, send_at) {
                 if now >= at {
+                    incr(&counters.heartbeats_sent);
                     session.send(frame.clone());
                     send_at = Some(now + *every);
                 }
@@ -215,21 +222,11 @@ pub(crate) async fn serve<H: FramedHandler>(
             (live, session)
         }
     };
-    // Pushes: this worker's pump starts with its first framed connection,
-    // and an awake connection gets an inbox (gone when it parks or closes).
-    let inbox = hub.map(|hub| {
-        if table.hub.start_pump() {
-            if let Some(rx) = hub.take_receiver(ctx.index) {
-                let framings = settings(&ctx.config)
-                    .map(|s| s.listeners.iter().map(|(_, f)| *f).collect())
-                    .unwrap_or_default();
-                tokio::task::spawn_local(pump(Rc::downgrade(&table), framings, rx));
-            }
-        }
-        Awake::register(&table, fd, session.id().generation())
-    });
+    // Pushes reach an awake connection through its outbound queue (gone
+    // when it parks or closes).
+    let inbox = local.awake(session.id(), table.wire(listener));
     let mut codec = framing.codec();
-    if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
+    if let Err(reason) = flush(&mut io, &mut codec, &session, Vec::new(), &ctx).await {
         return live.close(reason);
     }
     if session.is_closing() {
@@ -251,6 +248,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     }
                 };
                 lifecycle::count_request();
+                incr(&counters.frames_in);
                 lifecycle::set_state(ConnectionState::Handling);
                 // A panicking handler closes its connection, not the worker.
                 let handled = AssertUnwindSafe(handler.on_message(live.state(), frame, &session))
@@ -266,7 +264,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                         return live.close(CloseReason::Panic);
                     }
                 }
-                let flushed = flush(&mut io, &mut codec, &session, &ctx).await;
+                let flushed = flush(&mut io, &mut codec, &session, Vec::new(), &ctx).await;
                 if let Err(reason) = flushed {
                     give_back(&ctx, &mut buf);
                     return live.close(reason);
@@ -290,23 +288,24 @@ pub(crate) async fn serve<H: FramedHandler>(
             if ctx.shutdown.is_started() {
                 return live.close(CloseReason::Shutdown);
             }
-            // Frames pushed meanwhile go out between the peer's frames.
+            // Messages pushed meanwhile go out between the peer's frames.
             if let Some(inbox) = &inbox {
-                let pushed: Vec<_> = inbox.inbox.queue.borrow_mut().drain(..).collect();
-                if !pushed.is_empty() {
-                    pushed.into_iter().for_each(|frame| session.send(frame));
-                    if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
-                        return live.close(reason);
+                match inbox.inbox.take() {
+                    Ok(pushed) if pushed.is_empty() => {}
+                    Ok(pushed) => {
+                        let flushed = flush(&mut io, &mut codec, &session, pushed, &ctx).await;
+                        if let Err(reason) = flushed {
+                            return live.close(reason);
+                        }
                     }
+                    Err(Overflowed) => return live.close(CloseReason::SlowConsumer),
                 }
             }
             lifecycle::set_state(ConnectionState::Idle);
             let can_park = ctx.park.is_some();
             // A push that came while the last ones were written goes first
             // (parking now would drop it with the inbox).
-            let inbox_empty = inbox
-                .as_ref()
-                .is_none_or(|i| i.inbox.queue.borrow().is_empty());
+            let inbox_empty = inbox.as_ref().is_none_or(|i| i.inbox.is_empty());
             if !inbox_empty {
                 continue;
             }
@@ -341,7 +340,10 @@ pub(crate) async fn serve<H: FramedHandler>(
                 Idle::Readable(Ok(())) => {}
                 Idle::Readable(Err(e)) => return live.close(CloseReason::io(&e)),
                 Idle::Shutdown => return live.close(CloseReason::Shutdown),
-                Idle::HeartbeatDue => return live.close(CloseReason::HeartbeatTimeout),
+                Idle::HeartbeatDue => {
+                    incr(&counters.heartbeat_timeouts);
+                    return live.close(CloseReason::HeartbeatTimeout);
+                }
                 Idle::Park => {
                     return park(
                         live,
@@ -357,10 +359,13 @@ pub(crate) async fn serve<H: FramedHandler>(
                 Idle::Pushed => continue,
                 Idle::SendHeartbeat => {
                     if let Some((every, frame)) = &send_heartbeats {
+                        incr(&counters.heartbeats_sent);
                         session.send(frame.clone());
                         send_at = Some(Instant::now() + *every);
                     }
-                    if let Err(reason) = flush(&mut io, &mut codec, &session, &ctx).await {
+                    if let Err(reason) =
+                        flush(&mut io, &mut codec, &session, Vec::new(), &ctx).await
+                    {
                         return live.close(reason);
                     }
                     continue;
@@ -414,11 +419,13 @@ pub(crate) async fn serve<H: FramedHandler>(
             Ok(Ok(0)) => CloseReason::ClientClosed,
             Ok(Ok(n)) => {
                 lifecycle::count_in(n);
+                add(&counters.bytes_in, n as u64);
                 due = heartbeat.map(|t| Instant::now() + t);
                 continue;
             }
             Ok(Err(e)) => CloseReason::io(&e),
             Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
+                incr(&counters.heartbeat_timeouts);
                 CloseReason::HeartbeatTimeout
             }
             Err(_elapsed) if between_frames && send_at.is_some_and(|at| Instant::now() >= at) => {
@@ -430,10 +437,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             Err(_elapsed) => {
                 give_back(&ctx, &mut buf);
                 // A push that came during the read goes out first.
-                if inbox
-                    .as_ref()
-                    .is_some_and(|i| !i.inbox.queue.borrow().is_empty())
-                {
+                if inbox.as_ref().is_some_and(|i| !i.inbox.is_empty()) {
                     continue;
                 }
                 return park(
@@ -466,13 +470,17 @@ fn give_back(ctx: &WorkerContext, buf: &mut Option<BytesMut>) {
 struct Live<'h, H: FramedHandler> {
     handler: &'h H,
     state: Option<H::State>,
+    id: ConnectionId,
+    local: Rc<Local>,
 }
 
 impl<'h, H: FramedHandler> Live<'h, H> {
-    fn new(handler: &'h H, state: H::State) -> Self {
+    fn new(handler: &'h H, state: H::State, id: ConnectionId, local: &Rc<Local>) -> Self {
         Live {
             handler,
             state: Some(state),
+            id,
+            local: local.clone(),
         }
     }
 
@@ -487,6 +495,7 @@ impl<'h, H: FramedHandler> Live<'h, H> {
     /// Ends the connection: the handler hears why, then the dispatcher counts it.
     fn close(mut self, reason: CloseReason) -> Ended<OwnedFd> {
         if let Some(state) = self.state.take() {
+            self.local.closed(self.id);
             self.handler.on_close(state, reason);
         }
         Ended::Close(reason)
@@ -496,6 +505,7 @@ impl<'h, H: FramedHandler> Live<'h, H> {
 impl<H: FramedHandler> Drop for Live<'_, H> {
     fn drop(&mut self) {
         if let Some(state) = self.state.take() {
+            self.local.closed(self.id);
             self.handler.on_close(state, CloseReason::Shutdown);
         }
     }
@@ -517,13 +527,15 @@ fn park<H: FramedHandler>(
             let state = live.take();
             let parked = Parked {
                 state,
-                listener,
+                variant: listener,
                 due,
                 send_at,
                 generation,
                 behind: false,
             };
-            side_table::<H::State>(ctx).put(socket.as_raw_fd(), parked);
+            side_table::<H::State>(ctx)
+                .1
+                .put(socket.as_raw_fd(), parked);
             // The lot wakes it at the earlier timer (`Wake::Timer`).
             Ended::Park {
                 io: socket,
@@ -535,17 +547,20 @@ fn park<H: FramedHandler>(
     }
 }
 
-/// Writes the frames the handler sent, framed, from a pooled buffer.
+/// Writes the frames the handler sent, framed, then `pushed` (already
+/// framed by the hub), from a pooled buffer.
 async fn flush(
     io: &mut FramedIo,
     codec: &mut FrameCodec,
     session: &Session,
+    pushed: Vec<Bytes>,
     ctx: &WorkerContext,
 ) -> Result<(), CloseReason> {
     let frames = session.take_out();
-    if frames.is_empty() {
+    if frames.is_empty() && pushed.is_empty() {
         return Ok(());
     }
+    let count = (frames.len() + pushed.len()) as u64;
     let mut out = ctx.pool.take();
     for frame in frames {
         if let Err(error) = codec.encode(frame, &mut out) {
@@ -556,6 +571,7 @@ async fn flush(
             return Err(CloseReason::ServerError);
         }
     }
+    pushed.iter().for_each(|bytes| out.extend_from_slice(bytes));
     lifecycle::set_state(ConnectionState::Writing);
     let written = match ctx.config.write_timeout {
         Some(t) => tokio::time::timeout(t, io.write_all(&out))
@@ -568,6 +584,8 @@ async fn flush(
     match written {
         Ok(()) => {
             lifecycle::count_out(n);
+            add(&ctx.stats.messages.frames_out, count);
+            add(&ctx.stats.messages.bytes_out, n as u64);
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(CloseReason::WriteTimeout),
@@ -575,39 +593,10 @@ async fn flush(
     }
 }
 
-/// An awake connection's inbox, registered for pushes while it lives.
-struct Awake<S: 'static> {
-    table: Rc<SideTable<S>>,
-    fd: RawFd,
-    inbox: Rc<Inbox>,
-}
-
-impl<S: 'static> Awake<S> {
-    fn register(table: &Rc<SideTable<S>>, fd: RawFd, generation: u32) -> Awake<S> {
-        let inbox = Rc::new(Inbox::default());
-        table
-            .hub
-            .awake
-            .borrow_mut()
-            .insert(fd, (generation, inbox.clone()));
-        Awake {
-            table: table.clone(),
-            fd,
-            inbox,
-        }
-    }
-}
-
-impl<S: 'static> Drop for Awake<S> {
-    fn drop(&mut self) {
-        self.table.hub.awake.borrow_mut().remove(&self.fd);
-    }
-}
-
-/// Resolves when a frame was pushed to this connection (never without a hub).
-async fn pushed<S: 'static>(awake: Option<&Awake<S>>) {
+/// Resolves when a message was pushed to this connection (never without a hub).
+async fn pushed(awake: Option<&Awake>) {
     match awake {
-        Some(awake) => awake.inbox.notify.notified().await,
+        Some(awake) => awake.inbox.pushed().await,
         None => std::future::pending().await,
     }
 }

@@ -8,7 +8,6 @@
 //! messages a connection is a bare socket in the parking lot plus its
 //! [`State`](FramedHandler::State) in this worker's side table (`mod.rs`).
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::Pin;
@@ -17,10 +16,10 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::conn::context::WorkerContext;
+use crate::message::session::Session;
 use crate::observe::close::CloseReason;
 use crate::proto::framed::codec::Framing;
 use crate::proto::framed::conn::{self, FramedIo, Start};
-use crate::proto::framed::hub::ConnectionId;
 use crate::proto::framed::side_table;
 use crate::proto::Ended;
 
@@ -83,53 +82,6 @@ pub trait FramedHandler: Send + Sync + 'static {
     }
 }
 
-/// A connection as its handler sees it while handling one message: where
-/// replies go. Frames sent are written, in order, when the handler returns.
-#[derive(Debug)]
-pub struct Session {
-    id: ConnectionId,
-    out: RefCell<Vec<Bytes>>,
-    closing: Cell<bool>,
-}
-
-impl Session {
-    pub(crate) fn new(id: ConnectionId) -> Session {
-        Session {
-            id,
-            out: RefCell::default(),
-            closing: Cell::default(),
-        }
-    }
-
-    /// This connection's id, for pushing to it later with a [`Hub`](crate::Hub)
-    /// (from any task or thread).
-    pub fn id(&self) -> ConnectionId {
-        self.id
-    }
-
-    /// Queues a frame to the peer (framed as the listener frames: a length
-    /// header or a line ending is added).
-    pub fn send(&self, frame: impl Into<Bytes>) {
-        self.out.borrow_mut().push(frame.into());
-    }
-
-    /// Closes the connection once the queued frames are written (reported as
-    /// [`CloseReason::ServerClosed`]).
-    pub fn close(&self) {
-        self.closing.set(true);
-    }
-
-    /// The frames queued so far, taken.
-    pub(crate) fn take_out(&self) -> Vec<Bytes> {
-        std::mem::take(&mut *self.out.borrow_mut())
-    }
-
-    /// True when the handler asked to close.
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.get()
-    }
-}
-
 /// A boxed connection future: framed connections are boxed so the
 /// dispatcher's future does not grow by a handler's future size.
 pub(crate) type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -172,12 +124,14 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
     }
 
     fn parked_closed(&self, ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
-        if let Some(parked) = side_table::<H::State>(ctx).take(fd) {
+        let (local, table) = side_table::<H::State>(ctx);
+        if let Some(parked) = table.take(fd) {
+            local.closed(local.id(fd, parked.generation));
             self.0.on_close(parked.state, reason);
         }
     }
 
     fn parked_listener(&self, ctx: &WorkerContext, fd: RawFd) -> Option<usize> {
-        side_table::<H::State>(ctx).listener(fd)
+        side_table::<H::State>(ctx).1.variant(fd)
     }
 }

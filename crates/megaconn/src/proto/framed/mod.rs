@@ -2,45 +2,44 @@
 //! messages over plain TCP, served per message by a user's
 //! [`FramedHandler`], on the same connection core as HTTP.
 //!
-//! This module owns what the framed protocol keeps beyond one connection:
-//! its settings ([`FramedSettings`], stored opaquely in the server's
-//! configuration), and, per worker, the side table of parked connections'
-//! states, keyed by socket. The parking lot keeps only the protocol tag
+//! This module owns the framed protocol's settings ([`FramedSettings`],
+//! stored opaquely in the server's configuration). What is not about framing
+//! (the hub, sessions, the side table of parked states) is the message
+//! layer's (`crate::message`). The parking lot keeps only the protocol tag
 //! ([`FRAMED`](crate::proto::FRAMED)) and the heartbeat deadline; it tells the
 //! dispatcher when it closes a parked socket itself, which lands in
 //! [`parked_closed`].
 //!
 //! - `codec.rs`   [`Framing`]: the wire format, tokio-util's codecs
-//! - `handler.rs` [`FramedHandler`], [`Session`]: the public message API
+//! - `handler.rs` [`FramedHandler`]: the public message API
 //! - `conn.rs`    one awake connection's loop
-//! - `hub.rs`     [`Hub`]: pushing frames to connections by [`ConnectionId`]
 
 pub(crate) mod codec;
 pub(crate) mod conn;
 pub(crate) mod handler;
-pub(crate) mod hub;
 
-use std::any::Any;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
-use crate::observe::close::CloseReason;
+use crate::message;
+use crate::message::table::SideTable;
+use crate::message::wire::Wire;
+use crate::message::worker::Local;
+use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::Ended;
 
 pub use codec::{Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
-pub use handler::{FramedHandler, Session};
-pub use hub::{ConnectionId, Hub};
+pub use handler::FramedHandler;
 
 use conn::{FramedIo, Start};
 use handler::{ErasedHandler, LocalFuture};
@@ -56,8 +55,6 @@ pub(crate) struct FramedSettings {
     pub heartbeat_timeout: Option<Duration>,
     /// Send this frame every so often (a server heartbeat), between frames.
     pub send_heartbeat: Option<(Duration, bytes::Bytes)>,
-    /// The push channels, once [`Server::hub`](crate::Server::hub) was asked for.
-    pub hub: Option<Arc<hub::HubInner>>,
     /// The handler; set when the server starts serving.
     pub handler: Option<Arc<dyn ErasedHandler>>,
 }
@@ -104,153 +101,25 @@ pub(crate) fn settings(config: &Config) -> Option<&FramedSettings> {
     FramedSettings::of(config)
 }
 
-/// A parked connection's state, the listener it came from (for its framing
-/// when it wakes), and its timers (the lot keeps only the earlier one).
-pub(crate) struct Parked<S> {
-    pub state: S,
-    pub listener: usize,
-    /// The peer's heartbeat deadline.
-    pub due: Option<tokio::time::Instant>,
-    /// When the server sends its next heartbeat.
-    pub send_at: Option<tokio::time::Instant>,
-    /// Its [`ConnectionId`]'s generation.
-    pub generation: u32,
-    /// A push could not be written whole: close it as a slow consumer.
-    pub behind: bool,
+/// This worker's message state and the framed side table for states of
+/// type `S`, whose variants are the framed listeners (one wire each).
+pub(crate) fn side_table<S: 'static>(ctx: &WorkerContext) -> (Rc<Local>, Rc<SideTable<S>>) {
+    let local = message::worker::local(ctx);
+    let table = local.table::<S>(crate::proto::FRAMED, || {
+        let listeners = settings(&ctx.config).map_or(&[][..], |s| &s.listeners[..]);
+        listeners
+            .iter()
+            .map(|&(_, framing)| Rc::new(framing) as Rc<dyn Wire>)
+            .collect()
+    });
+    (local, table)
 }
 
-/// What the side table stores per parked connection: [`Parked`], packed.
-/// At a million parked connections every byte here is a megabyte, so the
-/// timers are milliseconds since the table's epoch in a wrapping `u32` (0:
-/// none), read back relative to now, and the listener is a `u16`: 16 bytes
-/// plus the user's state, against 56 for the plain form.
-struct Stored<S> {
-    state: S,
-    due: u32,
-    send_at: u32,
-    generation: u32,
-    listener: u16,
-    behind: bool,
-}
-
-/// Timers further ahead than this are stored as this (a wrapping `u32` of
-/// milliseconds reads back unambiguously within about 24.8 days of now).
-const MAX_TIMER_AHEAD: Duration = Duration::from_secs(24 * 24 * 3600);
-
-/// One worker's states of parked framed connections, by socket.
-pub(crate) struct SideTable<S> {
-    parked: RefCell<HashMap<RawFd, Stored<S>>>,
-    epoch: tokio::time::Instant,
-    /// Ids, awake connections' inboxes, the push pump.
-    pub hub: hub::Registry,
-}
-
-impl<S> SideTable<S> {
-    fn new() -> SideTable<S> {
-        SideTable {
-            parked: RefCell::new(HashMap::new()),
-            epoch: tokio::time::Instant::now(),
-            hub: hub::Registry::default(),
-        }
+/// Framed connections frame pushed messages as their listener frames.
+impl Wire for Framing {
+    fn encode(&self, payload: &Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
+        self.codec().encode(payload.clone(), out)
     }
-
-    pub(crate) fn put(&self, fd: RawFd, parked: Parked<S>) {
-        let stored = Stored {
-            state: parked.state,
-            due: self.pack(parked.due),
-            send_at: self.pack(parked.send_at),
-            listener: u16::try_from(parked.listener).expect("fewer than 65,536 framed listeners"),
-            generation: parked.generation,
-            behind: parked.behind,
-        };
-        let stale = self.parked.borrow_mut().insert(fd, stored);
-        debug_assert!(stale.is_none(), "a socket parked twice");
-    }
-
-    pub(crate) fn take(&self, fd: RawFd) -> Option<Parked<S>> {
-        let stored = self.parked.borrow_mut().remove(&fd)?;
-        Some(Parked {
-            state: stored.state,
-            listener: usize::from(stored.listener),
-            due: self.unpack(stored.due),
-            send_at: self.unpack(stored.send_at),
-            generation: stored.generation,
-            behind: stored.behind,
-        })
-    }
-
-    /// Writes a pushed frame straight to parked connection `to` (`encode`
-    /// frames it for the connection's listener). A socket that cannot take
-    /// it whole is hung up, to be closed as a slow consumer when it wakes.
-    pub(crate) fn push_parked(
-        &self,
-        to: ConnectionId,
-        encode: impl FnOnce(usize) -> Option<bytes::BytesMut>,
-    ) -> hub::Delivered {
-        let mut parked = self.parked.borrow_mut();
-        let fd = to.fd();
-        let Some(stored) = parked.get_mut(&fd) else {
-            return hub::Delivered::NotParked;
-        };
-        if stored.generation != to.generation() || stored.behind {
-            return hub::Delivered::NotParked;
-        }
-        let Some(bytes) = encode(usize::from(stored.listener)) else {
-            return hub::Delivered::NotParked;
-        };
-        // (Bytes pushed to a parked connection are not in its lifecycle
-        // counts: it has no current track while parked.)
-        if hub::send_all_now(fd, &bytes) {
-            return hub::Delivered::Sent;
-        }
-        stored.behind = true;
-        hub::hang_up(fd);
-        hub::Delivered::Behind
-    }
-
-    pub(crate) fn listener(&self, fd: RawFd) -> Option<usize> {
-        self.parked
-            .borrow()
-            .get(&fd)
-            .map(|p| usize::from(p.listener))
-    }
-
-    fn millis_now(&self) -> u64 {
-        tokio::time::Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_millis() as u64
-    }
-
-    fn pack(&self, at: Option<tokio::time::Instant>) -> u32 {
-        let Some(at) = at else { return 0 };
-        let at = at.min(tokio::time::Instant::now() + MAX_TIMER_AHEAD);
-        // Wrapping on purpose; 0 means "none", so a timer that lands on it
-        // moves a millisecond.
-        (at.saturating_duration_since(self.epoch).as_millis() as u32).max(1)
-    }
-
-    fn unpack(&self, packed: u32) -> Option<tokio::time::Instant> {
-        if packed == 0 {
-            return None;
-        }
-        let now = self.millis_now();
-        // The stored instant is the one within ±24.8 days of now.
-        let ahead = i64::from(packed.wrapping_sub(now as u32) as i32);
-        let millis = (now as i64 + ahead).max(0) as u64;
-        Some(self.epoch + Duration::from_millis(millis))
-    }
-}
-
-/// This worker's side table for states of type `S`.
-pub(crate) fn side_table<S: 'static>(ctx: &WorkerContext) -> Rc<SideTable<S>> {
-    let table: Rc<dyn Any> = ctx
-        .protocol_local
-        .get_or_init(|| Rc::new(SideTable::<S>::new()))
-        .clone();
-    // One handler, so one state type, per server.
-    table
-        .downcast()
-        .unwrap_or_else(|_| unreachable!("one framed state type per worker"))
 }
 
 /// Which framed listener an accepted connection came in on, if any: then it
@@ -311,61 +180,5 @@ pub(crate) fn serve_woken(
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
     if let Some(handler) = FramedSettings::of(&ctx.config).and_then(|s| s.handler.as_ref()) {
         handler.parked_closed(ctx, fd, reason);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A regression guard for what a parked framed connection costs beyond
-    /// the lot's few bytes: its side-table entry (fd and packed form), the
-    /// user's state on top. Measured when written: 20 bytes with `()`.
-    #[test]
-    fn a_parked_entry_stays_small() {
-        let size = std::mem::size_of::<(RawFd, Stored<()>)>();
-        assert!(size <= 20, "a side-table entry is {size} bytes");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn timers_survive_packing() {
-        let table = SideTable::<u8>::new();
-        tokio::time::advance(Duration::from_secs(3)).await;
-        let now = tokio::time::Instant::now();
-        for at in [
-            None,
-            Some(now),
-            Some(now + Duration::from_millis(1234)),
-            Some(now - Duration::from_millis(500)),
-            Some(now + Duration::from_secs(20 * 24 * 3600)),
-        ] {
-            table.put(
-                7,
-                Parked {
-                    state: 1,
-                    listener: 3,
-                    due: at,
-                    send_at: None,
-                    generation: 9,
-                    behind: false,
-                },
-            );
-            let back = table.take(7).unwrap();
-            assert_eq!((back.state, back.listener, back.send_at), (1, 3, None));
-            assert_eq!(back.due, at, "{at:?}");
-        }
-        // Far ahead is clamped, not wrapped into the past.
-        table.put(
-            7,
-            Parked {
-                state: 0,
-                listener: 0,
-                due: Some(now + Duration::from_secs(400 * 24 * 3600)),
-                send_at: None,
-                generation: 9,
-                behind: false,
-            },
-        );
-        assert_eq!(table.take(7).unwrap().due, Some(now + MAX_TIMER_AHEAD));
     }
 }

@@ -16,6 +16,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::conn::context::WorkerContext;
+use crate::message::hub::ConnectionId;
+use crate::message::session::Session;
 use crate::observe::close::CloseReason;
 use crate::proto::ws::frame::WsMessage;
 use crate::proto::ws::{conn, Start, WsIo};
@@ -78,18 +80,47 @@ pub trait WebSocketHandler: Send + Sync + 'static {
     }
 }
 
-/// A connection as its handler sees it while handling one message: where
+/// A WebSocket as its handler sees it while handling one message: its id
+/// (to push to it later with the [`Hub`](crate::Hub)), its topics, where
 /// replies go. Messages sent are written, in order, when the handler returns.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WsSession {
+    inner: Session,
     out: RefCell<Vec<WsMessage>>,
     closing: RefCell<Option<(u16, String)>>,
 }
 
 impl WsSession {
+    pub(crate) fn new(inner: Session) -> WsSession {
+        WsSession {
+            inner,
+            out: RefCell::default(),
+            closing: RefCell::default(),
+        }
+    }
+
+    /// This connection's id, for [`Hub::send`](crate::Hub::send) from any
+    /// task or thread (a pushed payload arrives as a text message when it
+    /// is UTF-8, else as a binary one).
+    pub fn id(&self) -> ConnectionId {
+        self.inner.id()
+    }
+
     /// Queues a message to the peer.
     pub fn send(&self, message: impl Into<WsMessage>) {
         self.out.borrow_mut().push(message.into());
+    }
+
+    /// Subscribes this connection to `topic`: what
+    /// [`Hub::publish`](crate::Hub::publish) sends to it reaches this
+    /// connection, parked or awake, until it unsubscribes or closes.
+    pub fn subscribe(&self, topic: &str) {
+        self.inner.subscribe(topic);
+    }
+
+    /// Unsubscribes this connection from `topic`.
+    pub fn unsubscribe(&self, topic: &str) {
+        self.inner.unsubscribe(topic);
     }
 
     /// Starts the closing handshake once the queued messages are written:

@@ -19,12 +19,20 @@
 //!
 //! Between messages, with nothing gathered, a connection idle for
 //! `park_idle_after` parks with tag [`WEBSOCKET`](crate::proto::WEBSOCKET):
-//! its handler's state, its route and its timers go to this worker's side
-//! table ([`WsLocal`], keyed by socket), the lot keeps the socket and the
-//! earlier timer (`AtDeadline::Wake`). The timer wakes it to send a ping
-//! (one write on the bare socket, then straight back to the lot) or to close
-//! it when the peer was silent past the heartbeat timeout; a message or a
-//! pong wakes it through readiness.
+//! its handler's state, its route and its timers go to the message layer's
+//! side table for WebSockets ([`Tables`], keyed by socket), the lot keeps
+//! the socket and the earlier timer (`AtDeadline::Wake`). The timer wakes
+//! it to send a ping (one write on the bare socket, then straight back to
+//! the lot) or to close it when the peer was silent past the heartbeat
+//! timeout; a message or a pong wakes it through readiness.
+//!
+//! # Messages from elsewhere
+//!
+//! WebSockets are message connections of the message layer (`message/`):
+//! each has a [`ConnectionId`](crate::ConnectionId), may subscribe to
+//! topics, and the [`Hub`](crate::Hub) reaches it by id, topic or broadcast
+//! (awake: through its bounded outbound queue; parked: one `send` of a frame
+//! encoded once for all WebSockets, see [`PushWire`]).
 //!
 //! - `frame.rs`     frames: decoder (rules, limits, UTF-8), encoder
 //! - `handshake.rs` the opening handshake's checks and answers
@@ -40,22 +48,24 @@ pub(crate) mod route;
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use tokio::time::Instant;
+use bytes::{Bytes, BytesMut};
 use tokio_util::either::Either;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
-use crate::observe::close::CloseReason;
+use crate::message;
+use crate::message::table::{Parked, SideTable};
+use crate::message::wire::Wire;
+use crate::message::worker::Local;
+use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::Ended;
 use crate::service::upgrade::NativeUpgrade;
 
@@ -109,37 +119,26 @@ pub(crate) enum Start {
     /// state, `on_open`.
     Upgraded(Bytes),
     /// Woken from the parking lot, with what the side table kept for it.
-    Woken(Wake, Parked),
+    Woken(Wake, Parked<WsState>),
 }
 
-/// A parked WebSocket's state and timers.
-pub(crate) struct Parked {
-    /// The handler's state (its type is the route's to know).
-    pub state: Box<dyn Any>,
-    /// The peer's heartbeat deadline.
-    pub due: Option<Instant>,
-    /// When the server sends its next ping.
-    pub send_at: Option<Instant>,
+/// What the message layer's side table keeps for a parked WebSocket: its
+/// route (by position in this worker's [`Routes`]) and its handler's state,
+/// boxed because routes' handlers have state types of their own (a state
+/// of size 0, as an echo's, is not allocated).
+pub(crate) struct WsState {
+    route: u16,
+    state: Box<dyn Any>,
 }
 
-/// One worker's parked WebSockets, by socket, and the routes they belong to.
+/// The routes whose WebSockets this worker has parked, by position (routes
+/// are few: a scan finds one).
 #[derive(Default)]
-pub(crate) struct WsLocal {
-    parked: RefCell<HashMap<RawFd, (u16, Parked)>>,
-    /// Routes seen on this worker; a parked entry names one by position
-    /// (routes are few: a scan finds one).
-    routes: RefCell<Vec<Arc<dyn ErasedRoute>>>,
-}
+pub(crate) struct Routes(RefCell<Vec<Arc<dyn ErasedRoute>>>);
 
-impl WsLocal {
-    /// This worker's table.
-    pub(crate) fn of(ctx: &WorkerContext) -> Rc<WsLocal> {
-        ctx.local(WsLocal::default)
-    }
-
-    /// Keeps `parked` for socket `fd` of `route` until it wakes.
-    pub(crate) fn put(&self, fd: RawFd, route: &Arc<dyn ErasedRoute>, parked: Parked) {
-        let mut routes = self.routes.borrow_mut();
+impl Routes {
+    fn index(&self, route: &Arc<dyn ErasedRoute>) -> u16 {
+        let mut routes = self.0.borrow_mut();
         let index = match routes.iter().position(|r| Arc::ptr_eq(r, route)) {
             Some(i) => i,
             None => {
@@ -147,16 +146,58 @@ impl WsLocal {
                 routes.len() - 1
             }
         };
-        let index = u16::try_from(index).expect("fewer than 65,536 WebSocket routes");
-        let stale = self.parked.borrow_mut().insert(fd, (index, parked));
-        debug_assert!(stale.is_none(), "a socket parked twice");
+        u16::try_from(index).expect("fewer than 65,536 WebSocket routes")
     }
 
-    /// Takes back what socket `fd` left when it parked.
-    pub(crate) fn take(&self, fd: RawFd) -> Option<(Arc<dyn ErasedRoute>, Parked)> {
-        let (index, parked) = self.parked.borrow_mut().remove(&fd)?;
-        let route = self.routes.borrow().get(usize::from(index))?.clone();
-        Some((route, parked))
+    fn get(&self, index: u16) -> Option<Arc<dyn ErasedRoute>> {
+        self.0.borrow().get(usize::from(index)).cloned()
+    }
+}
+
+/// How WebSockets frame a message pushed by the [`Hub`](crate::Hub): one
+/// final frame, text when the payload is UTF-8, else binary (the hub
+/// carries bytes; this way a chat's strings arrive as text).
+struct PushWire;
+
+impl Wire for PushWire {
+    fn encode(&self, payload: &Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
+        let opcode = if std::str::from_utf8(payload).is_ok() {
+            frame::Out::Text
+        } else {
+            frame::Out::Binary
+        };
+        frame::encode(out, opcode, payload);
+        Ok(())
+    }
+}
+
+/// This worker's message state, WebSocket side table and routes.
+pub(crate) struct Tables {
+    pub local: Rc<Local>,
+    pub parked: Rc<SideTable<WsState>>,
+    routes: Rc<Routes>,
+}
+
+impl Tables {
+    pub(crate) fn of(ctx: &WorkerContext) -> Tables {
+        let local = message::worker::local(ctx);
+        let parked = local.table::<WsState>(crate::proto::WEBSOCKET, || {
+            vec![Rc::new(PushWire) as Rc<dyn Wire>]
+        });
+        Tables {
+            local,
+            parked,
+            routes: ctx.local(Routes::default),
+        }
+    }
+
+    /// Keeps a WebSocket of `route` that parks: its state (boxed) goes in
+    /// the side table's entry.
+    pub(crate) fn state(&self, route: &Arc<dyn ErasedRoute>, state: Box<dyn Any>) -> WsState {
+        WsState {
+            route: self.routes.index(route),
+            state,
+        }
     }
 }
 
@@ -174,17 +215,38 @@ where
         tracing::error!("a native upgrade of an unknown protocol; closing the connection");
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
-    let io: WsIo = if T::PARKABLE && ctx.park.is_some() {
-        // A plain socket: served bare (registered with tokio again only
-        // when it must wait), so that it can park.
-        match io.into_parked() {
-            Ok(socket) => Either::Left(WokenSocket::new(socket, true)),
+    // A plain socket is served bare (registered with tokio again only
+    // when it must wait), so that it can park; any other transport (TLS, a
+    // caller's own) is served as it is and never parks.
+    let io: WsIo = match plain_socket(io) {
+        Ok(Ok(socket)) if ctx.park.is_some() => Either::Left(WokenSocket::new(socket, true)),
+        Ok(Ok(socket)) => match tokio::net::TcpStream::from_std(socket.into()) {
+            Ok(stream) => Either::Right(Box::new(stream)),
             Err(e) => return Box::pin(std::future::ready(Ended::Close(CloseReason::io(&e)))),
-        }
-    } else {
-        Either::Right(Box::new(io) as Box<dyn Transport + Send>)
+        },
+        Ok(Err(e)) => return Box::pin(std::future::ready(Ended::Close(CloseReason::io(&e)))),
+        Err(io) => Either::Right(io),
     };
     route.0.clone().serve(io, ctx, Start::Upgraded(read_ahead))
+}
+
+/// The bare socket of a plain TCP transport (accepted, or woken from the
+/// lot); any other transport boxed as it is.
+fn plain_socket<T: Transport + Send + 'static>(
+    io: T,
+) -> Result<io::Result<OwnedFd>, Box<dyn Transport + Send>> {
+    let any: Box<dyn Any> = Box::new(io);
+    let any = match any.downcast::<tokio::net::TcpStream>() {
+        Ok(stream) => return Ok(stream.into_parked()),
+        Err(any) => any,
+    };
+    match any.downcast::<WokenSocket>() {
+        Ok(socket) => Ok(socket.into_parked()),
+        Err(any) => Err(any
+            .downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("it is a T"))
+            as Box<dyn Transport + Send>),
+    }
 }
 
 /// Serves a WebSocket woken from the parking lot.
@@ -194,7 +256,12 @@ pub(crate) fn serve_woken(
     wake: Wake,
     ctx: Rc<WorkerContext>,
 ) -> LocalFuture<Ended<OwnedFd>> {
-    let Some((route, parked)) = WsLocal::of(&ctx).take(socket.as_raw_fd()) else {
+    let tables = Tables::of(&ctx);
+    let found = tables.parked.take(socket.as_raw_fd()).and_then(|parked| {
+        let route = tables.routes.get(parked.state.route)?;
+        Some((route, parked))
+    });
+    let Some((route, parked)) = found else {
         tracing::error!("a woken WebSocket had no state; closing it");
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
@@ -203,9 +270,13 @@ pub(crate) fn serve_woken(
 }
 
 /// The parking lot closed parked WebSocket `fd` itself (shutdown): its
-/// state goes, and its handler hears why.
+/// state goes, it leaves its topics, and its handler hears why.
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
-    if let Some((route, parked)) = WsLocal::of(ctx).take(fd) {
-        route.parked_closed(parked.state, reason);
+    let tables = Tables::of(ctx);
+    if let Some(parked) = tables.parked.take(fd) {
+        tables.local.closed(tables.local.id(fd, parked.generation));
+        if let Some(route) = tables.routes.get(parked.state.route) {
+            route.parked_closed(parked.state.state, reason);
+        }
     }
 }

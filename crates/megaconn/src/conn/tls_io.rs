@@ -1,0 +1,580 @@
+//! A TLS stream on rustls' unbuffered API: megaconn owns the record buffers,
+//! so an idle TLS connection holds none and can park like a cleartext one.
+//!
+//! rustls' buffered `ServerConnection` keeps a 4 KiB record buffer (and
+//! more) for the connection's life. Here rustls only keeps the session
+//! (keys, sequence numbers, the handshake's results); the ciphertext read
+//! from the socket, the ciphertext waiting to be sent and decrypted bytes
+//! the reader has not taken yet sit in buffers from the worker's pool
+//! (`pool::take_local`) that go back as soon as they are empty. An idle
+//! connection is its socket and the boxed session.
+//!
+//! Parking ([`TlsIo::into_parked_tls`]) splits a stream into the bare socket,
+//! which the parking lot keeps, and a [`ParkedTls`] (the session, and the
+//! head of a record whose rest has not arrived, if any), which waits in the
+//! worker's [`ParkedSessions`] table under the socket's descriptor. A wake-up
+//! ([`TlsIo::resume`], [`TlsIo::poll_prefetch`]) reads and decrypts what
+//! arrived without registering the socket with tokio: application data is
+//! served, a KeyUpdate or a ticket request is answered and the connection
+//! goes straight back, a `close_notify` closes it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::conn::pool::{give_local, take_local};
+use crate::conn::transport::{Parkable, Transport};
+
+/// Plaintext taken per `poll_write`: four full records. Bounds the
+/// ciphertext a write buffers before it is sent.
+const MAX_WRITE: usize = 4 * 16 * 1024;
+
+/// Free room kept in the incoming buffer for one socket read.
+const READ_ROOM: usize = 4 * 1024;
+
+/// A TLS connection's session, boxed (it is about 1 KB, and moves between
+/// the stream, the parked table and the handshake).
+pub(crate) type Session = Box<UnbufferedServerConnection>;
+
+/// A server-side TLS stream over socket `S` (a registered `TcpStream`, or a
+/// socket woken from the parking lot).
+pub(crate) struct TlsIo<S> {
+    sock: S,
+    session: Session,
+    bufs: Records,
+    /// The peer sent `close_notify`: reads return end of stream.
+    peer_closed: bool,
+    /// The socket reached end of stream (without `close_notify`).
+    eof: bool,
+    /// Our `close_notify` is queued.
+    closing: bool,
+}
+
+impl<S> std::fmt::Debug for TlsIo<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIo")
+            .field("alpn", &self.session.alpn_protocol())
+            .field("peer_closed", &self.peer_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stream's record buffers, each from the worker's pool and absent when
+/// empty; given back when dropped.
+#[derive(Default)]
+struct Records {
+    /// Ciphertext read and not processed yet: between calls, at most the
+    /// head of a record whose rest has not arrived.
+    incoming: Option<BytesMut>,
+    /// Ciphertext to send (records, alerts, handshake messages).
+    outgoing: Option<BytesMut>,
+    /// Decrypted bytes the reader has not taken yet.
+    plain: Option<BytesMut>,
+}
+
+impl Drop for Records {
+    fn drop(&mut self) {
+        for buf in [
+            self.incoming.take(),
+            self.outgoing.take(),
+            self.plain.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            give_local(buf);
+        }
+    }
+}
+
+/// What a parked TLS connection keeps in user space besides its socket.
+pub(crate) struct ParkedTls {
+    session: Session,
+    /// The head of a record whose rest had not arrived (rare).
+    tail: Option<Box<[u8]>>,
+}
+
+/// One worker's sessions of parked TLS connections, by socket descriptor.
+#[derive(Default)]
+pub(crate) struct ParkedSessions {
+    parked: RefCell<HashMap<RawFd, ParkedTls>>,
+}
+
+impl std::fmt::Debug for ParkedSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkedSessions")
+            .field("parked", &self.parked.borrow().len())
+            .finish()
+    }
+}
+
+impl ParkedSessions {
+    /// Keeps a parked connection's session while the lot keeps its socket `fd`.
+    pub(crate) fn put(&self, fd: RawFd, parked: ParkedTls) {
+        let stale = self.parked.borrow_mut().insert(fd, parked);
+        debug_assert!(stale.is_none(), "a TLS socket parked twice");
+    }
+
+    /// Takes the session of socket `fd` back (it woke up, or is closing).
+    pub(crate) fn take(&self, fd: RawFd) -> Option<ParkedTls> {
+        self.parked.borrow_mut().remove(&fd)
+    }
+}
+
+impl ParkedTls {
+    /// The lot is closing this parked connection (idle timeout, shutdown):
+    /// say `close_notify` on the way out, best effort (a full socket buffer
+    /// or an error just skips it; the close follows either way).
+    pub(crate) fn close_notify(mut self, socket: RawFd) {
+        let mut out = [0u8; 64];
+        let n = {
+            let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    w.queue_close_notify(&mut out).unwrap_or(0)
+                }
+                _ => 0,
+            }
+        };
+        if n > 0 {
+            // SAFETY: `out[..n]` is valid readable memory; the caller keeps
+            // `socket` open for the call.
+            unsafe {
+                libc::send(
+                    socket,
+                    out.as_ptr().cast(),
+                    n,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+        }
+    }
+}
+
+/// What the session said when it ran out of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Application data may flow (or the handshake is past the point of
+    /// sending it): more input is welcome.
+    Ready,
+    /// The handshake needs more input.
+    Blocked,
+    /// Both sides sent `close_notify`.
+    Closed,
+}
+
+fn tls_error(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Appends `n` zeroed bytes to `buf` and returns them, for rustls to write
+/// into (it takes an initialised slice).
+fn room(buf: &mut BytesMut, n: usize) -> &mut [u8] {
+    let len = buf.len();
+    buf.resize(len + n, 0);
+    &mut buf[len..]
+}
+
+impl<S> TlsIo<S> {
+    /// A stream whose handshake is about to start on `sock`.
+    pub(crate) fn new(sock: S, config: Arc<ServerConfig>) -> Result<TlsIo<S>, rustls::Error> {
+        Ok(TlsIo::with_session(
+            sock,
+            Box::new(UnbufferedServerConnection::new(config)?),
+        ))
+    }
+
+    fn with_session(sock: S, session: Session) -> TlsIo<S> {
+        TlsIo {
+            sock,
+            session,
+            bufs: Records::default(),
+            peer_closed: false,
+            eof: false,
+            closing: false,
+        }
+    }
+
+    /// A parked connection's stream again, on its woken socket.
+    pub(crate) fn resume(sock: S, parked: ParkedTls) -> TlsIo<S> {
+        let mut io = TlsIo::with_session(sock, parked.session);
+        if let Some(tail) = parked.tail {
+            let mut incoming = take_local();
+            incoming.extend_from_slice(&tail);
+            io.bufs.incoming = Some(incoming);
+        }
+        io
+    }
+
+    /// The protocol the client and server agreed on by ALPN.
+    pub(crate) fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.session.alpn_protocol()
+    }
+
+    /// Runs the session over the buffered ciphertext until it needs more
+    /// input: handshake messages and alerts go to `outgoing`, decrypted
+    /// bytes to `sink` while it has room and then to `plain`, and `encrypt`
+    /// (if any) is encrypted into `outgoing` once the session allows.
+    fn process(
+        &mut self,
+        mut sink: Option<&mut ReadBuf<'_>>,
+        mut encrypt: Option<&[u8]>,
+    ) -> io::Result<Step> {
+        let TlsIo {
+            session,
+            bufs:
+                Records {
+                    incoming,
+                    outgoing,
+                    plain,
+                },
+            peer_closed,
+            closing,
+            ..
+        } = self;
+        loop {
+            let mut empty = [0u8; 0];
+            let buf: &mut [u8] = match incoming.as_mut() {
+                Some(b) => &mut b[..],
+                None => &mut empty,
+            };
+            let UnbufferedStatus { mut discard, state } = session.process_tls_records(buf);
+            let done = match state.map_err(tls_error)? {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.map_err(tls_error)?;
+                        discard += record.discard;
+                        let mut payload = record.payload;
+                        if let Some(sink) = sink.as_deref_mut() {
+                            let n = payload.len().min(sink.remaining());
+                            sink.put_slice(&payload[..n]);
+                            payload = &payload[n..];
+                        }
+                        if !payload.is_empty() {
+                            plain
+                                .get_or_insert_with(take_local)
+                                .extend_from_slice(payload);
+                        }
+                    }
+                    None
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    let out = outgoing.get_or_insert_with(take_local);
+                    let mut need = 1024;
+                    loop {
+                        match encode.encode(room(out, need)) {
+                            Ok(n) => {
+                                out.truncate(out.len() - need + n);
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(e)) => {
+                                out.truncate(out.len() - need);
+                                need = e.required_size;
+                            }
+                            Err(e) => return Err(tls_error(e)),
+                        }
+                    }
+                    None
+                }
+                // The records are in `outgoing`; they go out at the next
+                // send, in order, before anything written later.
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    None
+                }
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    let data = if *closing && outgoing.is_none() {
+                        None
+                    } else {
+                        encrypt.take()
+                    };
+                    match data {
+                        Some(data) => {
+                            let out = outgoing.get_or_insert_with(take_local);
+                            // Records add 22 bytes each (TLS 1.3, AES-GCM).
+                            let mut need = data.len() + 64 + data.len() / 512;
+                            loop {
+                                match traffic.encrypt(data, room(out, need)) {
+                                    Ok(n) => {
+                                        out.truncate(out.len() - need + n);
+                                        break;
+                                    }
+                                    Err(EncryptError::InsufficientSize(e)) => {
+                                        out.truncate(out.len() - need);
+                                        need = e.required_size;
+                                    }
+                                    Err(e) => return Err(tls_error(e)),
+                                }
+                            }
+                            None
+                        }
+                        None => Some(Step::Ready),
+                    }
+                }
+                ConnectionState::PeerClosed => {
+                    *peer_closed = true;
+                    None
+                }
+                ConnectionState::Closed => Some(Step::Closed),
+                ConnectionState::BlockedHandshake => Some(Step::Blocked),
+                // Early data is never enabled (`max_early_data_size` is 0).
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unexpected TLS state {other:?}"),
+                    ))
+                }
+            };
+            if discard > 0 {
+                if let Some(b) = incoming.as_mut() {
+                    b.advance(discard);
+                }
+            }
+            if let Some(step) = done {
+                if incoming.as_ref().is_some_and(BytesMut::is_empty) {
+                    give_local(incoming.take().expect("checked"));
+                }
+                return Ok(step);
+            }
+        }
+    }
+
+    /// Queues `close_notify` (once).
+    fn queue_close_notify(&mut self) -> io::Result<()> {
+        if self.closing {
+            return Ok(());
+        }
+        self.closing = true;
+        let mut out = [0u8; 64];
+        let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
+        if let Ok(ConnectionState::WriteTraffic(mut w)) = state {
+            let n = w.queue_close_notify(&mut out).map_err(tls_error)?;
+            self.bufs
+                .outgoing
+                .get_or_insert_with(take_local)
+                .extend_from_slice(&out[..n]);
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
+    /// Sends buffered ciphertext; ready when all of it went out.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(out) = self.bufs.outgoing.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while !out.is_empty() {
+            match Pin::new(&mut self.sock).poll_write(cx, out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => out.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        give_local(self.bufs.outgoing.take().expect("checked"));
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads more ciphertext from the socket; `Ok(0)` at end of stream.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let incoming = self.bufs.incoming.get_or_insert_with(take_local);
+        if incoming.capacity() - incoming.len() < READ_ROOM {
+            incoming.reserve(READ_ROOM);
+        }
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.sock), cx, incoming);
+        if incoming.is_empty() && !matches!(read, Poll::Ready(Ok(n)) if n > 0) {
+            give_local(self.bufs.incoming.take().expect("just taken"));
+        }
+        read
+    }
+
+    /// Drives the handshake until it is complete (the client's Finished
+    /// read, our last flight sent).
+    pub(crate) fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let step = self.process(None, None)?;
+            if self.poll_send(cx)?.is_pending() {
+                return Poll::Pending;
+            }
+            if !self.session.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            if step == Step::Closed || self.peer_closed {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            match self.poll_recv(cx)? {
+                Poll::Ready(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                Poll::Ready(_) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Reads and decrypts until there are decrypted bytes for the reader
+    /// (into `sink` first), or the stream ended.
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut sink: Option<&mut ReadBuf<'_>>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let start = sink.as_ref().map_or(0, |s| s.filled().len());
+            let step = self.process(sink.as_deref_mut(), None)?;
+            // What the session wrote (a KeyUpdate's answer) goes out now if
+            // it can; if not, before the next thing written.
+            let _ = self.poll_send(cx)?;
+            let got =
+                sink.as_ref().map_or(0, |s| s.filled().len()) > start || self.bufs.plain.is_some();
+            if got || self.peer_closed || self.eof || step == Step::Closed {
+                return Poll::Ready(Ok(()));
+            }
+            match self.poll_recv(cx)? {
+                Poll::Ready(0) => {
+                    self.eof = true;
+                    if self.bufs.incoming.is_some() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the peer closed in the middle of a TLS record",
+                        )));
+                    }
+                }
+                Poll::Ready(_) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// A woken parked connection: reads and decrypts what arrived, without
+    /// waiting. Ready(true): there is something for the protocol (bytes,
+    /// or the end); Ready(false): nothing but TLS housekeeping (a KeyUpdate,
+    /// part of a record), so it may park again at once.
+    pub(crate) fn poll_prefetch(&mut self) -> io::Result<bool> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_fill(&mut cx, None)? {
+            Poll::Ready(()) => Ok(true),
+            Poll::Pending => Ok(false),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(plain) = this.bufs.plain.as_mut() {
+            let n = plain.len().min(buf.remaining());
+            buf.put_slice(&plain[..n]);
+            plain.advance(n);
+            if plain.is_empty() {
+                give_local(this.bufs.plain.take().expect("checked"));
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let start = buf.filled().len();
+        ready!(this.poll_fill(cx, Some(buf)))?;
+        if buf.filled().len() == start && this.bufs.plain.is_none() && this.peer_closed {
+            // The reader sees the end the peer announced: answer with our
+            // own close_notify (RFC 8446 §6.1), sent now if it can be.
+            this.queue_close_notify()?;
+            let _ = this.poll_send(cx)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.closing {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        // Bounded: what was encrypted before goes out first.
+        let backlog = this.bufs.outgoing.as_ref().map_or(0, BytesMut::len);
+        if backlog >= MAX_WRITE && this.poll_send(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        let data = &data[..data.len().min(MAX_WRITE)];
+        this.process(None, Some(data))?;
+        let _ = this.poll_send(cx)?;
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.poll_send(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.sock).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.queue_close_notify()?;
+        if this.poll_send(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.sock).poll_shutdown(cx)
+    }
+}
+
+impl<S: Transport> Transport for TlsIo<S> {
+    /// Ready when decrypted bytes (or the end) wait already, else when the
+    /// socket is: an idle connection waits holding no buffer.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.bufs.plain.is_some() || self.peer_closed || self.eof {
+            return Poll::Ready(Ok(()));
+        }
+        self.sock.poll_read_ready(cx)
+    }
+}
+
+impl<S: Parkable> Parkable for TlsIo<S> {
+    const PARKABLE: bool = S::PARKABLE;
+
+    fn repark_when_idle(&self) -> bool {
+        self.bufs.plain.is_none() && self.bufs.outgoing.is_none() && self.sock.repark_when_idle()
+    }
+
+    /// Splits an idle stream for parking: the socket for the lot, the
+    /// session for the worker's table. Fails (and the connection closes) if
+    /// decrypted bytes wait, or ciphertext cannot be sent without waiting.
+    fn into_parked_parts(mut self) -> io::Result<(OwnedFd, Option<ParkedTls>)> {
+        if self.bufs.plain.is_some() {
+            return Err(io::Error::other("decrypted bytes wait unread"));
+        }
+        if self.bufs.outgoing.is_some() {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if !matches!(self.poll_send(&mut cx), Poll::Ready(Ok(()))) {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "TLS records could not be sent before parking",
+                ));
+            }
+        }
+        let tail = self.bufs.incoming.take().map(|b| {
+            let tail = Box::<[u8]>::from(&b[..]);
+            give_local(b);
+            tail
+        });
+        let TlsIo { sock, session, .. } = self;
+        Ok((sock.into_parked()?, Some(ParkedTls { session, tail })))
+    }
+}

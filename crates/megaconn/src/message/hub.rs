@@ -1,0 +1,246 @@
+//! Pushing messages to connections from anywhere: [`Hub`] (cheap to clone,
+//! `Send`) sends a message to one connection by its [`ConnectionId`],
+//! publishes it to a topic's subscribers, or broadcasts it to every
+//! connection, from any task or thread. Each worker drains its own channel
+//! in one task and delivers on its own thread (`worker.rs`), so no lock is
+//! taken on a connection's path.
+//!
+//! Delivery depends on where the connection is:
+//! - awake (a task): the framed message joins its outbound queue and is
+//!   written between the peer's frames, in order with the handler's replies;
+//!   a queue at its bound closes the connection as
+//!   [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer);
+//! - parked: the message is written straight to the socket, one `send`, and
+//!   the connection stays parked (no task, no buffer kept). If the socket
+//!   cannot take the whole message at once the peer is not reading: the
+//!   connection is closed as a slow consumer.
+//!
+//! A message to a connection that has closed (its id is stale, even if its
+//! descriptor was reused) is dropped.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+
+use crate::message::wire::WireId;
+
+/// Identifies one message connection for [`Hub::send`], from
+/// [`Session::id`](crate::Session::id). Unique for the server's life: a
+/// closed connection's id never names another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionId {
+    worker: u32,
+    fd: RawFd,
+    generation: u32,
+}
+
+/// Sends messages to connections by id, topic or to all, from any task or
+/// thread. Get it from [`Server::hub`](crate::Server::hub); clones share it.
+///
+/// Each message is framed as the connection's protocol and listener frame it
+/// (a length header, a line ending), once per worker and wire format, and the
+/// same bytes go to every connection: a broadcast to a million connections
+/// frames once and makes a million `send` calls, no copies.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+/// One message on its way to a worker's connections.
+#[derive(Debug)]
+pub(crate) enum Push {
+    /// To one connection.
+    To(ConnectionId, Bytes),
+    /// To the subscribers of a topic.
+    Topic(Arc<str>, Bytes),
+    /// To every message connection.
+    All(Bytes),
+}
+
+/// The hub's channels, one per worker; each worker takes its receiver when
+/// it serves its first message connection.
+#[derive(Debug)]
+pub(crate) struct HubInner {
+    senders: Vec<mpsc::UnboundedSender<Push>>,
+    receivers: Vec<Mutex<Option<mpsc::UnboundedReceiver<Push>>>>,
+}
+
+impl HubInner {
+    pub(crate) fn new(workers: usize) -> HubInner {
+        let (senders, receivers) = (0..workers)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (tx, Mutex::new(Some(rx)))
+            })
+            .unzip();
+        HubInner { senders, receivers }
+    }
+
+    /// Worker `index`'s receiver, once.
+    pub(crate) fn take_receiver(&self, index: usize) -> Option<mpsc::UnboundedReceiver<Push>> {
+        self.receivers.get(index)?.lock().ok()?.take()
+    }
+}
+
+impl Hub {
+    pub(crate) fn new(inner: Arc<HubInner>) -> Hub {
+        Hub { inner }
+    }
+
+    /// Sends `message` to connection `to`. Returns at once; false only when
+    /// the server is gone. Delivery is best-effort: a connection that closed
+    /// meanwhile drops it.
+    pub fn send(&self, to: ConnectionId, message: impl Into<Bytes>) -> bool {
+        let Some(sender) = self.inner.senders.get(to.worker as usize) else {
+            return false;
+        };
+        sender.send(Push::To(to, message.into())).is_ok()
+    }
+
+    /// Sends `message` to every connection subscribed to `topic` (with
+    /// [`Session::subscribe`](crate::Session::subscribe)), on every worker.
+    /// Returns at once; false only when the server is gone.
+    pub fn publish(&self, topic: &str, message: impl Into<Bytes>) -> bool {
+        let (topic, message): (Arc<str>, Bytes) = (topic.into(), message.into());
+        self.to_every_worker(|| Push::Topic(topic.clone(), message.clone()))
+    }
+
+    /// Sends `message` to every message connection of the server, parked or
+    /// awake. Returns at once; false only when the server is gone.
+    pub fn broadcast(&self, message: impl Into<Bytes>) -> bool {
+        let message: Bytes = message.into();
+        self.to_every_worker(|| Push::All(message.clone()))
+    }
+
+    fn to_every_worker(&self, push: impl Fn() -> Push) -> bool {
+        let mut any = false;
+        for sender in &self.inner.senders {
+            any |= sender.send(push()).is_ok();
+        }
+        any
+    }
+}
+
+/// An awake connection's outbound queue: messages pushed to it, framed for
+/// its wire, waiting to be written between the peer's frames. Bounded by
+/// the server's `outbound_queue`.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    /// How this connection frames messages.
+    pub wire: WireId,
+    queue: RefCell<VecDeque<Bytes>>,
+    notify: Notify,
+    /// A push found the queue full: the connection is closed as a slow
+    /// consumer at its next look.
+    overflowed: Cell<bool>,
+}
+
+/// The outbound queue overflowed: close the connection as a slow consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Overflowed;
+
+impl Inbox {
+    pub(crate) fn new(wire: WireId) -> Inbox {
+        Inbox {
+            wire,
+            queue: RefCell::default(),
+            notify: Notify::new(),
+            overflowed: Cell::new(false),
+        }
+    }
+
+    /// Queues framed bytes unless the queue holds `limit` already; false
+    /// (and the connection marked behind) when it is full.
+    pub(crate) fn offer(&self, framed: Bytes, limit: usize) -> bool {
+        let mut queue = self.queue.borrow_mut();
+        let accepted = !self.overflowed.get() && queue.len() < limit;
+        if accepted {
+            queue.push_back(framed);
+        } else if !self.overflowed.replace(true) {
+            tracing::info!(
+                limit,
+                "a connection's outbound queue is full; closing it as a slow consumer (raise Builder::outbound_queue if its peer is only bursty)"
+            );
+        }
+        // Wake the connection either way: to write, or to close.
+        self.notify.notify_one();
+        accepted
+    }
+
+    /// Everything queued, taken; or the overflow, which closes the connection.
+    pub(crate) fn take(&self) -> Result<Vec<Bytes>, Overflowed> {
+        if self.overflowed.get() {
+            return Err(Overflowed);
+        }
+        Ok(self.queue.borrow_mut().drain(..).collect())
+    }
+
+    /// True when nothing waits (and there is no overflow to act on).
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.overflowed.get() && self.queue.borrow().is_empty()
+    }
+
+    /// Resolves when something was pushed (or the queue overflowed).
+    pub(crate) async fn pushed(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl ConnectionId {
+    /// The id of worker `worker`'s connection `fd` with `generation`.
+    pub(crate) fn new(worker: usize, fd: RawFd, generation: u32) -> ConnectionId {
+        ConnectionId {
+            worker: worker as u32,
+            fd,
+            generation,
+        }
+    }
+
+    pub(crate) fn generation(self) -> u32 {
+        self.generation
+    }
+
+    pub(crate) fn fd(self) -> RawFd {
+        self.fd
+    }
+}
+
+/// What a push to a parked connection did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// Written whole.
+    Sent,
+    /// The socket took less than the message: the peer is behind.
+    Behind,
+    /// Not a parked connection of that generation (or not framable for it).
+    NotParked,
+}
+
+/// Writes `bytes` to a parked socket without blocking: true when all went.
+pub(crate) fn send_all_now(fd: RawFd, bytes: &[u8]) -> bool {
+    // SAFETY: `fd` is a parked socket, open for as long as the lot keeps it
+    // (the caller checked it is parked, on the lot's own thread); `bytes` is
+    // valid readable memory of the given length.
+    let n = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    n >= 0 && n as usize == bytes.len()
+}
+
+/// Makes a parked socket wake its connection at once (readable: hung up),
+/// so the protocol closes it through the usual path.
+pub(crate) fn hang_up(fd: RawFd) {
+    // SAFETY: as in `send_all_now`; shutdown takes no memory arguments.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}

@@ -1,0 +1,91 @@
+//! The message layer: what a per-message protocol keeps beyond one
+//! connection, whatever its wire format. It sits between `service/` and
+//! `proto/`: protocols (framed TCP; WebSocket next) import it, it imports
+//! no protocol.
+//!
+//! - `hub.rs`     [`Hub`]: push by [`ConnectionId`], publish to a topic,
+//!   broadcast; [`Inbox`](hub::Inbox), an awake connection's bounded
+//!   outbound queue
+//! - `session.rs` [`Session`]: a connection as its handler sees it (replies,
+//!   topics, close)
+//! - `table.rs`   the side table of parked connections' states, per worker
+//!   and protocol, with delivery straight to parked sockets
+//! - `wire.rs`    [`Wire`](wire::Wire): how a protocol frames a message;
+//!   [`Encoded`](wire::Encoded): framed once per wire for any number of
+//!   connections
+//! - `worker.rs`  one worker's ids, queues, topics, tables and the hub's pump
+//!
+//! # How a protocol plugs in
+//!
+//! A protocol that serves connections per message (framed TCP does; a
+//! WebSocket one would the same way):
+//!
+//! 1. implements [`Wire`](wire::Wire) for each wire format it speaks (framed:
+//!    its `Framing`; WebSocket: a frame header before the payload);
+//! 2. gets its worker's state with [`worker::local`] and its side table with
+//!    `Local::table::<S>(its ProtoTag, || its wires)` (`S`: the user's
+//!    per-connection state type; the table's *variant* is the protocol's own
+//!    index into its wires, e.g. the listener);
+//! 3. per connection: on accept `Local::new_id(fd)`, a [`Session`] for the
+//!    handler, and while awake `Local::awake(id, wire)`, whose inbox it
+//!    drains between messages (`Inbox::take`: the framed bytes to write, or
+//!    `Overflowed`, which it closes as `CloseReason::SlowConsumer`) and
+//!    whose `pushed()` it awaits beside the socket;
+//! 4. parks with `SideTable::put(fd, Parked { .. })`, wakes with `take(fd)`;
+//!    when the parking lot closes a parked socket itself it `take`s the
+//!    state too;
+//! 5. on every close calls `Local::closed(id)` (the connection leaves its
+//!    topics).
+//!
+//! The hub then reaches its connections with no protocol code: awake ones
+//! through their inbox, parked ones with one `send` of bytes framed once.
+
+pub(crate) mod hub;
+pub(crate) mod session;
+pub(crate) mod table;
+pub(crate) mod wire;
+pub(crate) mod worker;
+
+use std::sync::Arc;
+
+use crate::conn::config::Config;
+
+pub use hub::{ConnectionId, Hub};
+pub use session::Session;
+
+/// Default bound of an awake connection's outbound queue: 256 messages.
+/// A push that finds it full closes the connection as a slow consumer.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
+
+/// The message layer's settings, kept in the server's configuration as an
+/// opaque value (the core does not know this layer).
+#[derive(Debug, Clone)]
+pub(crate) struct MessageSettings {
+    /// The push channels, once [`Server::hub`](crate::Server::hub) was asked for.
+    pub hub: Option<Arc<hub::HubInner>>,
+    /// The bound of each awake connection's outbound queue, in messages.
+    pub outbound_queue: usize,
+}
+
+impl Default for MessageSettings {
+    fn default() -> Self {
+        MessageSettings {
+            hub: None,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+        }
+    }
+}
+
+impl MessageSettings {
+    /// The message settings in `config`, if any were set.
+    pub(crate) fn of(config: &Config) -> Option<&MessageSettings> {
+        config.message.as_deref()?.downcast_ref()
+    }
+
+    /// Changes the message settings in `config` (creating them).
+    pub(crate) fn update(config: &mut Config, change: impl FnOnce(&mut MessageSettings)) {
+        let mut settings = MessageSettings::of(config).cloned().unwrap_or_default();
+        change(&mut settings);
+        config.message = Some(Arc::new(settings));
+    }
+}

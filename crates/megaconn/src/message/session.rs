@@ -1,0 +1,83 @@
+//! [`Session`]: a message connection as its handler sees it while handling
+//! one message: its id, the frames it sends, its topics, a close.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::message::hub::ConnectionId;
+use crate::message::worker::Local;
+
+/// A connection as its handler sees it while handling one message: where
+/// replies go, and which topics it hears. Frames sent are written, in
+/// order, when the handler returns.
+pub struct Session {
+    id: ConnectionId,
+    local: Rc<Local>,
+    out: RefCell<Vec<Bytes>>,
+    closing: Cell<bool>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("queued", &self.out.borrow().len())
+            .field("closing", &self.closing.get())
+            .finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(id: ConnectionId, local: Rc<Local>) -> Session {
+        Session {
+            id,
+            local,
+            out: RefCell::default(),
+            closing: Cell::default(),
+        }
+    }
+
+    /// This connection's id, for pushing to it later with a [`Hub`](crate::Hub)
+    /// (from any task or thread).
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Queues a frame to the peer (framed as the listener frames: a length
+    /// header or a line ending is added).
+    pub fn send(&self, frame: impl Into<Bytes>) {
+        self.out.borrow_mut().push(frame.into());
+    }
+
+    /// Subscribes this connection to `topic`: messages published to it with
+    /// [`Hub::publish`](crate::Hub::publish) reach it from now on, parked
+    /// or awake, until it unsubscribes or closes. Subscribing twice is
+    /// subscribing once.
+    pub fn subscribe(&self, topic: &str) {
+        self.local.subscribe(self.id, topic);
+    }
+
+    /// Unsubscribes this connection from `topic` (no effect if it was not
+    /// subscribed).
+    pub fn unsubscribe(&self, topic: &str) {
+        self.local.unsubscribe(self.id, topic);
+    }
+
+    /// Closes the connection once the queued frames are written (reported as
+    /// [`CloseReason::ServerClosed`](crate::CloseReason::ServerClosed)).
+    pub fn close(&self) {
+        self.closing.set(true);
+    }
+
+    /// The frames queued so far, taken.
+    pub(crate) fn take_out(&self) -> Vec<Bytes> {
+        std::mem::take(&mut *self.out.borrow_mut())
+    }
+
+    /// True when the handler asked to close.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+}
