@@ -274,7 +274,7 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         tls,
         ..
     } = resolved;
-    let server = builder.listen().map_err(listen_error)?;
+    let mut server = builder.listen().map_err(listen_error)?;
     crate::say!(
         "megaconn serving on {} ({} workers, max_connections {})",
         listen_urls(&server).join(", "),
@@ -288,7 +288,7 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         None => crate::admin::start(admin, crate::admin::Source::Server(handle.clone()))?,
         Some(_) => None,
     };
-    let app = Demo::new(handle.clone());
+    let app = Demo::new(handle.clone(), server.hub());
     let serving = server.framed(crate::demo::FramedDemo).serve(app);
     tokio::pin!(serving);
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
