@@ -235,7 +235,10 @@ async fn read_close_code(s: &mut TcpStream) -> u16 {
 }
 
 /// The next message the client reads that is not a ping or pong.
-async fn next_data(client: &mut Client) -> Message {
+async fn next_data<S>(client: &mut WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let message = tokio::time::timeout(SAFETY, client.next())
             .await
@@ -640,5 +643,35 @@ async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
     assert_eq!(next_data(&mut b).await, Message::text("after a left"));
     drop(b);
     server.next_close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_over_tls_is_served_and_never_parked() {
+    let ca = common::tls::Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let tls =
+        megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let mut server = Ws::start(
+        Server::builder()
+            .tls(tls)
+            .park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r,
+    )
+    .await;
+    let stream = common::tls::connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    let (mut client, response) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
+        .await
+        .expect("handshake over TLS");
+    assert_eq!(response.status(), 101);
+    for round in 1..=2u64 {
+        client.send(Message::text("count")).await.unwrap();
+        assert_eq!(
+            next_data(&mut client).await,
+            Message::text(round.to_string())
+        );
+    }
+    client.close(None).await.unwrap();
+    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
     server.stop().await;
 }
