@@ -215,37 +215,31 @@ where
         tracing::error!("a native upgrade of an unknown protocol; closing the connection");
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
-    // A plain socket is served bare (registered with tokio again only
-    // when it must wait), so that it can park; any other transport (TLS, a
-    // caller's own) is served as it is and never parks.
+    // A plain socket can park; any other transport (TLS, a caller's own)
+    // is served as it is and never parks.
     let io: WsIo = match plain_socket(io) {
-        Ok(Ok(socket)) if ctx.park.is_some() => Either::Left(WokenSocket::new(socket, true)),
-        Ok(Ok(socket)) => match tokio::net::TcpStream::from_std(socket.into()) {
-            Ok(stream) => Either::Right(Box::new(stream)),
-            Err(e) => return Box::pin(std::future::ready(Ended::Close(CloseReason::io(&e)))),
-        },
-        Ok(Err(e)) => return Box::pin(std::future::ready(Ended::Close(CloseReason::io(&e)))),
+        Ok(socket) => Either::Left(socket),
         Err(io) => Either::Right(io),
     };
     route.0.clone().serve(io, ctx, Start::Upgraded(read_ahead))
 }
 
-/// The bare socket of a plain TCP transport (accepted, or woken from the
-/// lot); any other transport boxed as it is.
+/// A plain TCP transport as a [`WokenSocket`] (an accepted stream stays
+/// registered with tokio, so it waits for real readiness, holding no
+/// buffer); any other transport boxed as it is.
 fn plain_socket<T: Transport + Send + 'static>(
     io: T,
-) -> Result<io::Result<OwnedFd>, Box<dyn Transport + Send>> {
+) -> Result<WokenSocket, Box<dyn Transport + Send>> {
     let any: Box<dyn Any> = Box::new(io);
     let any = match any.downcast::<tokio::net::TcpStream>() {
-        Ok(stream) => return Ok(stream.into_parked()),
+        Ok(stream) => return Ok(WokenSocket::registered_stream(*stream)),
         Err(any) => any,
     };
     match any.downcast::<WokenSocket>() {
-        Ok(socket) => Ok(socket.into_parked()),
+        Ok(socket) => Ok(*socket),
         Err(any) => Err(any
             .downcast::<T>()
-            .unwrap_or_else(|_| unreachable!("it is a T"))
-            as Box<dyn Transport + Send>),
+            .unwrap_or_else(|_| unreachable!("it is a T")) as Box<dyn Transport + Send>),
     }
 }
 
