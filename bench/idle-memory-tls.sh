@@ -20,7 +20,8 @@
 # first three when missing), cargo. Sets the sysctls of lib.sh's bench_tune and
 # ulimit -n 20000 (so N <= ~19,000; one tls_hold process holds them all).
 #
-# Env: N (15000), SERVERS ("megaconn nginx axum"), PROTOCOLS ("https1 h2"),
+# Env: N (15000), SERVERS ("megaconn nginx axum"; megaconn-b: the build at
+#   $MEGACONN_B beside this one), PROTOCOLS ("https1 h2"),
 #   PORT (first free from 38443), OPEN_TIMEOUT (300 s), SETTLE (3 s),
 #   CONCURRENCY (64 handshakes in flight), MEGACONN_SERVE_ARGS (extra
 #   `megaconn serve` arguments), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1.
@@ -134,9 +135,11 @@ tls_server_start() { # name port
   fi
   SERVER_NAME=$name
   case "$name" in
-    megaconn)
+    megaconn | megaconn-b)
+      local bin="$MEGACONN"
+      [[ $name == megaconn-b ]] && bin="${MEGACONN_B:?set MEGACONN_B to run megaconn-b}"
       # shellcheck disable=SC2086  # MEGACONN_SERVE_ARGS is a word list
-      taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$port" --workers 1 \
+      taskset -c "$SERVER_CPU" "$bin" serve --listen "127.0.0.1:$port" --workers 1 \
         --tls-cert "$CERT" --tls-key "$KEY" --admin off --idle-timeout 300s \
         ${MEGACONN_SERVE_ARGS:-} >"$log_file" 2>&1 &
       ;;

@@ -224,10 +224,13 @@ server_start() { # NAME PORT [WORKERS]
     tls_args=(--tls-cert "$SERVER_TLS_CERT" --tls-key "$SERVER_TLS_KEY")
   fi
   case "$name" in
-    megaconn)
+    megaconn | megaconn-b)
       [[ "$MEGACONN_SERVE_OK" == 1 ]] || die "megaconn serve is not available"
+      # megaconn-b: another build ($MEGACONN_B, e.g. main's) beside this one.
+      local bin="$MEGACONN"
+      [[ $name == megaconn-b ]] && bin="${MEGACONN_B:?set MEGACONN_B to run megaconn-b}"
       # shellcheck disable=SC2086  # MEGACONN_SERVE_ARGS is a word list
-      taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$port" \
+      taskset -c "$SERVER_CPU" "$bin" serve --listen "127.0.0.1:$port" \
         --workers "$workers" "${tls_args[@]}" ${MEGACONN_SERVE_ARGS:-} >"$log_file" 2>&1 &
       ;;
     go)

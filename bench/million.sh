@@ -85,7 +85,9 @@
 #   (bench/million-rss.svg; "" for none), SERVER_CPU and LOAD_CPU (taskset
 #   CPU lists; default all CPUs, i.e. unpinned), AUTOGROUP (0; "keep": leave
 #   kernel.sched_autogroup_enabled as it is),
-#   MEGACONN (binary to test), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
+#   MEGACONN (binary to test), TLS (1: megaconn only, over TLS: `serve
+#   --self-signed`, `hold https:// -k`; each connection a full handshake or a
+#   resumed one, then its heartbeats over TLS), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
 #   FROM_DIRS ("bench/out/million-A bench/out/million-B": run nothing, write
 #   the table and the plot from earlier runs' results; the last dir holding a
 #   server's results wins).
@@ -96,6 +98,19 @@
 #   goes to $PLOT.
 # Quick sanity run: N=100000 N_PEER=100000 HOLD=30 bash bench/million.sh
 set -euo pipefail
+
+# TLS=1: the same run over TLS (megaconn only).
+TLS="${TLS:-0}"
+SCHEME=http
+SERVE_TLS=()
+HOLD_TLS=()
+CURL_TLS=()
+if [[ "$TLS" == 1 ]]; then
+  SCHEME=https
+  SERVE_TLS=(--self-signed)
+  HOLD_TLS=(-k)
+  CURL_TLS=(-k)
+fi
 
 # Unpinned by default (lib.sh pins the server to core 1 and the load to core 0):
 # at a million connections the server's accepts and heartbeats alone need more
@@ -129,6 +144,7 @@ TIMEOUT="${TIMEOUT:-}" # hold's --timeout (connect and heartbeat reply); hold's 
 FROM_DIRS="${FROM_DIRS:-}"
 SOURCE="${SOURCE:-127.0.0.2-127.0.0.40}"
 SERVERS="${SERVERS:-megaconn nginx go}"
+[[ "$TLS" != 1 || "$SERVERS" == megaconn ]] || die "TLS=1 runs megaconn only: set SERVERS=megaconn"
 PER_PROC="${PER_PROC:-19000}"
 SAMPLE="${SAMPLE:-10}"
 RAMP_SAMPLE="${RAMP_SAMPLE:-3}"
@@ -362,7 +378,7 @@ start_server() {
       # ("Mismatch between definition and access of `idle_timeout`").
       printf 'idle_timeout = "%ss"\nbacklog = 65535\n' "$IDLE_TIMEOUT" >"$RES_DIR/megaconn.toml"
       nice -n "$NICE_BACK" taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$PORT" --workers 1 \
-        --processes "$procs" --config "$RES_DIR/megaconn.toml" >"$log_file" 2>&1 &
+        --processes "$procs" --config "$RES_DIR/megaconn.toml" "${SERVE_TLS[@]}" >"$log_file" 2>&1 &
       ;;
     go)
       GOMAXPROCS=1 nice -n "$NICE_BACK" taskset -c "$SERVER_CPU" "$GO_REUSEPORT" -listen "127.0.0.1:$PORT" \
@@ -413,7 +429,7 @@ EOF
   for ((i = 0; i < 600; i++)); do
     kill -0 "$SERVER_PID" 2>/dev/null || break
     n="$(ss -Hltn "( sport = :$PORT )" 2>/dev/null | wc -l)"
-    if ((n >= procs)) && curl -fsS -o /dev/null -m 1 "http://127.0.0.1:$PORT/" 2>/dev/null; then
+    if ((n >= procs)) && curl -fsS "${CURL_TLS[@]}" -o /dev/null -m 1 "$SCHEME://127.0.0.1:$PORT/" 2>/dev/null; then
       log "started $name on 127.0.0.1:$PORT (pid $SERVER_PID, $n listeners, processes: $(server_pids | wc -w))"
       return 0
     fi
@@ -471,7 +487,7 @@ run_server() {
     SERVER_PID=""
     return 0
   fi
-  curl -fsS -o /dev/null "http://127.0.0.1:$PORT/" || true
+  curl -fsS "${CURL_TLS[@]}" -o /dev/null "$SCHEME://127.0.0.1:$PORT/" || true
   sleep 3
   local pids
   pids="$(server_pids)"
@@ -487,7 +503,7 @@ run_server() {
   echo "t_secs,phase,server_connections,client_open,server_rss_bytes,kernel_bytes,sock_kernel_bytes,server_cpu_secs,server_pss_bytes,hold_cpu_secs,sample_secs" >"$csv"
   t0=$SECONDS
   : >"$hlog"
-  nice -n "$NICE_BACK" taskset -c "$LOAD_CPU" "$HOLD_BIN" hold "http://127.0.0.1:$PORT/" -c "$target" --ramp "$ramp" \
+  nice -n "$NICE_BACK" taskset -c "$LOAD_CPU" "$HOLD_BIN" hold "$SCHEME://127.0.0.1:$PORT/" "${HOLD_TLS[@]}" -c "$target" --ramp "$ramp" \
     --source "$SOURCE" --interval "${INTERVAL}s" -d "${hold}s" ${TIMEOUT:+--timeout "$TIMEOUT"} \
     --json "$hjson" >"$hlog" 2>&1 &
   HOLD_PID=$!

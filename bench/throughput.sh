@@ -12,7 +12,10 @@
 # $LOAD_CPU (0). Scenarios: closed loop with 64 and 512 connections, 64
 # connections each with $PIPELINE requests pipelined (`--pipeline $PIPELINE`;
 # PIPELINE=0 drops the row), and an open loop at a fixed rate ($RATE req/s
-# over $RATE_CONNS connections). Servers are
+# over $RATE_CONNS connections; RATE=half-nginx sets it to half of nginx's
+# closed-loop maximum at 64 connections, measured in this run before the
+# rounds: the median of $CALIBRATE_RUNS runs, so that every server is asked
+# for the same rate and the p99/p99.9 compare). Servers are
 # interleaved over $ROUNDS rounds (order rotated each round, fresh process per
 # round, 1 s warm-up); the table has medians. Per run: req/s, latency
 # p50/p99/p99.9, server CPU µs per request = (utime+stime after - before,
@@ -29,7 +32,8 @@
 # Sets sysctls: net.ipv4.ip_local_port_range="1024 65535",
 #   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
 #
-# Env: ROUNDS (3), DURATION (5s), PIPELINE (16), RATE (20000), RATE_CONNS (64), PORT (first free from 38080),
+# Env: ROUNDS (3), DURATION (5s), PIPELINE (16), RATE (20000, or half-nginx), CALIBRATE_RUNS (3),
+#   RATE_CONNS (64), PORT (first free from 38080),
 #   SERVERS ("megaconn go nginx axum floor"; the floor is always added), WRK_DURATION (5s), WRK=0 to skip wrk,
 #   QUIET_WAIT (60 s at the start) / QUIET_WAIT_EACH (10 s before each server):
 #   longest waits for other processes on the machine to go quiet.
@@ -54,9 +58,9 @@ PIPELINE="${PIPELINE:-16}"
 WRK_DURATION="${WRK_DURATION:-5s}"
 WRK="${WRK:-1}"
 URL="http://127.0.0.1:$PORT/"
-SCENARIOS=(c64 c512)
-((PIPELINE > 1)) && SCENARIOS+=("p$PIPELINE")
-SCENARIOS+=("rate$RATE")
+CALIBRATE_RUNS="${CALIBRATE_RUNS:-3}"
+RATE_ASKED="$RATE"
+[[ "$RATE" == half-nginx || "$RATE" =~ ^[0-9]+$ ]] || die "RATE is a number of req/s or half-nginx, not '$RATE'"
 
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -97,6 +101,26 @@ scenario_args() { # scenario -> megaconn load arguments
 run_load() { load_record "$1" "$2" "$3" "$4" "$URL" "${@:5}"; }
 
 warmup() { "$MEGACONN" load "$URL" -c 64 -t 1 -d 1s >/dev/null 2>&1 || true; }
+
+# ---- RATE=half-nginx: the open-loop rate from nginx's maximum -----------------
+RATE_NOTE=""
+if [[ "$RATE" == half-nginx ]]; then
+  bench_wait_quiet "${QUIET_WAIT:-60}"
+  server_start nginx "$PORT" 1 || die "could not start nginx to measure its maximum"
+  warmup
+  for ((i = 1; i <= CALIBRATE_RUNS; i++)); do
+    run_load nginx calibrate "$i" "$DURATION" -c 64 >>"$RES_DIR/calibration.jsonl" ||
+      die "the calibration run against nginx failed"
+  done
+  server_stop
+  nginx_max="$(jq -s "$BENCH_JQ_DEFS"'map(.rps) | median | floor' "$RES_DIR/calibration.jsonl")"
+  RATE=$((nginx_max / 2))
+  RATE_NOTE="RATE=half-nginx: nginx's closed-loop maximum at 64 connections in this run was $nginx_max req/s (median of $CALIBRATE_RUNS runs × $DURATION, $(jq -s -r 'map(.rps | floor | tostring) | join(", ")' "$RES_DIR/calibration.jsonl") req/s, before the rounds), so the open loop asks every server for $RATE req/s."
+  log "$RATE_NOTE"
+fi
+SCENARIOS=(c64 c512)
+((PIPELINE > 1)) && SCENARIOS+=("p$PIPELINE")
+SCENARIOS+=("rate$RATE")
 
 # ---- interleaved rounds ------------------------------------------------------
 t_start=$SECONDS
@@ -197,6 +221,7 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" "$BENCH_JQ_DEFS"'
       "| \(.server) | \(.tool) | \(.rps | f0) | \(.latency_us.p50 | f0) | \(.latency_us.p99 | f0) | \(.latency_us.p999 | f0) | \(.server_cpu_us_per_req | f2) | \(.client_time_cpu_secs | f2) | \(.client_cpu_secs | f2) | \(if .client_time_cpu_secs > 0 then (.requests / .client_time_cpu_secs | f0) else "—" end) |"' "$WRK_RUNS"
   fi
   echo
+  [[ -n "$RATE_NOTE" ]] && { echo "$RATE_NOTE"; echo; }
   echo "_throughput.sh: servers: ${servers[*]}; ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE; run time ${elapsed}s; raw JSON: bench/out/throughput-$STAMP/_"
 } | tee "$RES_DIR/table.md"
 
@@ -207,7 +232,7 @@ if [[ -n "${SECTION_OUT:-}" ]]; then
     echo "Written by \`bench/throughput.sh\` (SECTION_OUT=$SECTION_OUT) on $(date -u '+%Y-%m-%d %H:%M UTC'), megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores. **The machine was shared with other people's builds during this run**: absolute req/s, latency and µs are noise-laden; the ratios measured side by side in this one run (× floor, vs megaconn) are the figures to read."
     echo
     echo '```'
-    echo "SECTION_OUT=$SECTION_OUT SERVERS=\"${servers[*]}\" ROUNDS=$ROUNDS DURATION=$DURATION PIPELINE=$PIPELINE RATE=$RATE WRK=$WRK bash bench/throughput.sh"
+    echo "SECTION_OUT=$SECTION_OUT SERVERS=\"${servers[*]}\" ROUNDS=$ROUNDS DURATION=$DURATION PIPELINE=$PIPELINE RATE=${RATE_ASKED} WRK=$WRK bash bench/throughput.sh"
     echo '```'
     echo
     sed 's/^### /#### /' "$RES_DIR/table.md"

@@ -113,6 +113,24 @@ pub struct Settings {
     pub processes: Option<usize>,
     /// `--admin`.
     pub admin: Option<AdminAddr>,
+    /// The `--otel-*` knobs.
+    pub otel: OtelKnobs,
+}
+
+/// The `--otel-*` knobs, resolved with the `OTEL_*` variables in
+/// `serve.rs` (the flags win).
+#[derive(Debug, Default, Clone)]
+pub struct OtelKnobs {
+    /// `--otel-endpoint`: tracing is on.
+    pub endpoint: Option<String>,
+    /// `--otel-protocol`.
+    pub protocol: Option<megaconn::otel::Protocol>,
+    /// `--otel-sample-ratio`.
+    pub sample_ratio: Option<f64>,
+    /// `--otel-service-name`.
+    pub service_name: Option<String>,
+    /// `--otel-max-queue-spans`.
+    pub max_queue_spans: Option<usize>,
 }
 
 impl Settings {
@@ -272,6 +290,32 @@ fn text(s: &str) -> Result<Value, String> {
     Ok(Value::Text(s.to_string()))
 }
 
+fn ratio(s: &str) -> Result<Value, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(Value::Rate(r)),
+        _ => Err(format!(
+            "invalid ratio {s:?}: a number from 0 (trace nothing) to 1 (trace every request)"
+        )),
+    }
+}
+
+fn otel_protocol(s: &str) -> Result<Value, String> {
+    s.parse::<megaconn::otel::Protocol>()
+        .map(|_| Value::Text(s.trim().to_string()))
+        .map_err(|e| e.to_string())
+}
+
+fn url(s: &str) -> Result<Value, String> {
+    let s = s.trim();
+    if s.starts_with("http://") || s.starts_with("https://") {
+        Ok(Value::Text(s.to_string()))
+    } else {
+        Err(format!(
+            "invalid collector URL {s:?}: write http://HOST:PORT, e.g. http://127.0.0.1:4317"
+        ))
+    }
+}
+
 fn switch(s: &str) -> Result<Value, String> {
     s.parse::<bool>()
         .map(Value::Switch)
@@ -333,6 +377,20 @@ impl Value {
         match self {
             Value::Path(p) => p,
             other => unreachable!("not a path: {other:?}"),
+        }
+    }
+
+    fn text(self) -> String {
+        match self {
+            Value::Text(t) => t,
+            other => unreachable!("not text: {other:?}"),
+        }
+    }
+
+    fn ratio(self) -> f64 {
+        match self {
+            Value::Rate(r) => r,
+            other => unreachable!("not a ratio: {other:?}"),
         }
     }
 }
@@ -768,6 +826,83 @@ pub static KNOBS: &[Knob] = &[
         parse: count,
         apply: |v, s| {
             s.processes = Some(at_least_one(v.count()?, "processes")?);
+            Ok(())
+        },
+    },
+    Knob {
+        name: "otel-endpoint",
+        value_name: "URL",
+        shape: Shape::One,
+        help: "Trace requests with OpenTelemetry: a span per request, sent to this OTLP collector.",
+        details: "gRPC: http://HOST:4317; HTTP/protobuf (with --otel-protocol http/protobuf): \
+                  http://HOST:4318/v1/traces. Tracing is also on when OTEL_EXPORTER_OTLP_ENDPOINT \
+                  or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (OTEL_SDK_DISABLED=true or \
+                  OTEL_TRACES_EXPORTER=none turn it off); the other standard variables \
+                  (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER and _ARG, OTEL_BSP_*, \
+                  OTEL_EXPORTER_OTLP_HEADERS, ...) are read, and the otel-* knobs win over them. \
+                  Spans leave from a bounded queue on a thread of their own: a slow or dead \
+                  collector costs spans (megaconn_otel_spans_dropped_total), never requests.",
+        default: "off",
+        example: "http://127.0.0.1:4317",
+        parse: url,
+        apply: |v, s| {
+            s.otel.endpoint = Some(v.text());
+            Ok(())
+        },
+    },
+    Knob {
+        name: "otel-protocol",
+        value_name: "PROTOCOL",
+        shape: Shape::One,
+        help: "The OTLP transport: grpc or http/protobuf.",
+        details: "",
+        default: "grpc (or OTEL_EXPORTER_OTLP_PROTOCOL)",
+        example: "http/protobuf",
+        parse: otel_protocol,
+        apply: |v, s| {
+            s.otel.protocol = Some(v.text().parse().map_err(|e| format!("{e}"))?);
+            Ok(())
+        },
+    },
+    Knob {
+        name: "otel-sample-ratio",
+        value_name: "RATIO",
+        shape: Shape::One,
+        help: "The share of requests traced, from 0 to 1, when the request has no traceparent (one with a traceparent follows its sampled flag).",
+        details: "An unsampled request costs one header lookup and one random number.",
+        default: "1 (or OTEL_TRACES_SAMPLER_ARG)",
+        example: "0.01",
+        parse: ratio,
+        apply: |v, s| {
+            s.otel.sample_ratio = Some(v.ratio());
+            Ok(())
+        },
+    },
+    Knob {
+        name: "otel-service-name",
+        value_name: "NAME",
+        shape: Shape::One,
+        help: "The service.name of the spans.",
+        details: "",
+        default: "megaconn (or OTEL_SERVICE_NAME)",
+        example: "edge",
+        parse: text,
+        apply: |v, s| {
+            s.otel.service_name = Some(v.text());
+            Ok(())
+        },
+    },
+    Knob {
+        name: "otel-max-queue-spans",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Finished spans that may wait for export; past this they are dropped and counted.",
+        details: "",
+        default: "2048 (or OTEL_BSP_MAX_QUEUE_SIZE)",
+        example: "8192",
+        parse: count,
+        apply: |v, s| {
+            s.otel.max_queue_spans = Some(at_least_one(v.count()?, "otel-max-queue-spans")?);
             Ok(())
         },
     },

@@ -99,6 +99,48 @@ pub struct Resolved {
     pub tls: Option<crate::tls::ServeTls>,
     /// Every listen address, cleartext and TLS.
     pub addrs: Vec<SocketAddr>,
+    /// OpenTelemetry export, when tracing is on.
+    pub otel: Option<megaconn::otel::OtlpConfig>,
+}
+
+/// Whether tracing is on, and how: the `--otel-*` knobs over the standard
+/// `OTEL_*` variables. On when `--otel-endpoint` is given, or an OTLP
+/// endpoint variable is set or `OTEL_TRACES_EXPORTER=otlp`, unless
+/// `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` (which a flag
+/// overrides).
+fn otel_config(
+    knobs: knobs::OtelKnobs,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<megaconn::otel::OtlpConfig>, UsageError> {
+    let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let exporter = var("OTEL_TRACES_EXPORTER").map(|v| v.trim().to_ascii_lowercase());
+    let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        || exporter.as_deref() == Some("none");
+    let by_env = var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+        || exporter.as_deref() == Some("otlp");
+    if knobs.endpoint.is_none() && (disabled || !by_env) {
+        return Ok(None);
+    }
+    let mut c = megaconn::otel::OtlpConfig::from_env().map_err(|e| UsageError(e.to_string()))?;
+    if let Some(url) = knobs.endpoint {
+        c = c.endpoint(url);
+    }
+    if let Some(p) = knobs.protocol {
+        c = c.protocol(p);
+    }
+    if let Some(r) = knobs.sample_ratio {
+        c = c.sample_ratio(r);
+    }
+    if let Some(n) = knobs.max_queue_spans {
+        c = c.max_queue_spans(n);
+    }
+    match knobs.service_name {
+        Some(name) => c = c.service_name(name),
+        None if var("OTEL_SERVICE_NAME").is_none() => c = c.service_name("megaconn"),
+        None => {}
+    }
+    Ok(Some(c))
 }
 
 /// Merges flags over the config file over the defaults.
@@ -132,7 +174,9 @@ fn resolve_with(
         log_format,
         processes,
         admin,
+        otel,
     } = settings;
+    let otel = otel_config(otel, |name| std::env::var(name).ok())?;
     if listen.is_empty() && tls_listen.is_empty() && tcp_listen.is_empty() && inherited.is_empty() {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
     }
@@ -174,6 +218,7 @@ fn resolve_with(
         b = b.reuse_port_shared(true);
     }
     Ok(Resolved {
+        otel,
         admin,
         tls,
         builder: b,
@@ -272,8 +317,19 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         builder,
         admin,
         tls,
+        otel,
         ..
     } = resolved;
+    let tracing = match otel {
+        Some(config) => Some(
+            megaconn::otel::Tracing::otlp(config).context("cannot set up OpenTelemetry tracing")?,
+        ),
+        None => None,
+    };
+    let builder = match &tracing {
+        Some(t) => builder.tracing(t.clone()),
+        None => builder,
+    };
     let mut server = builder.listen().map_err(listen_error)?;
     crate::say!(
         "megaconn serving on {} ({} workers, max_connections {})",
@@ -319,6 +375,10 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
     };
     if let Some((slot, block)) = &shared {
         block.publish(*slot, &handle.stats());
+    }
+    if let Some(tracing) = tracing {
+        // Sends the last spans (waits up to the export timeout).
+        tracing.shutdown();
     }
     crate::say!(
         "megaconn stopped: {} connections accepted, {} requests; at shutdown {} closed cleanly, {} forced",
@@ -471,6 +531,38 @@ mod tests {
         assert!(dbg.contains("127.0.0.1:9"), "{dbg}");
         assert!(dbg.contains("idle_timeout: Some(5s)"), "{dbg}");
         assert_eq!(r.addrs, ["127.0.0.1:9".parse().unwrap()]);
+    }
+
+    #[test]
+    fn otel_is_on_by_flag_or_endpoint_variable_and_flags_win() {
+        use knobs::OtelKnobs;
+        let none = |_: &str| None;
+        assert!(otel_config(OtelKnobs::default(), none).unwrap().is_none());
+        let flag = OtelKnobs {
+            endpoint: Some("http://127.0.0.1:4317".into()),
+            sample_ratio: Some(0.5),
+            ..OtelKnobs::default()
+        };
+        let c = otel_config(flag.clone(), none)
+            .unwrap()
+            .expect("on by the flag");
+        assert_eq!(c.ratio(), 0.5);
+        let env = |name: &str| {
+            (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://collector:4317".to_string())
+        };
+        assert!(otel_config(OtelKnobs::default(), env).unwrap().is_some());
+        let disabled = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4317".to_string()),
+            "OTEL_SDK_DISABLED" => Some("true".to_string()),
+            _ => None,
+        };
+        assert!(otel_config(OtelKnobs::default(), disabled)
+            .unwrap()
+            .is_none());
+        assert!(
+            otel_config(flag, disabled).unwrap().is_some(),
+            "the flag wins"
+        );
     }
 
     /// Every knob's example resolves into a server configuration (with the

@@ -22,11 +22,13 @@ use crate::hold_conn::{self, HoldCounters, HoldShared, Snapshot};
 use crate::progress::{Progress, TICK};
 use crate::report::{write_json, HoldReport};
 use crate::sys::{self, InterruptGuard};
+use crate::tls::{self, Trust, ALPN_HTTP1};
 
 /// Arguments of `megaconn hold URL|tcp://ADDR`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HoldArgs {
-    /// Target: http://HOST:PORT/PATH (HTTP heartbeats) or tcp://HOST:PORT (line heartbeats).
+    /// Target: http://HOST:PORT/PATH or https://HOST:PORT/PATH (HTTP
+    /// heartbeats), or tcp://HOST:PORT (line heartbeats).
     pub target: String,
     /// Connections to open and hold (up to 1,000,000).
     #[arg(short = 'c', long, default_value_t = 1000)]
@@ -65,6 +67,13 @@ pub struct HoldArgs {
     /// Reconnect connections that drop or fail to connect.
     #[arg(long)]
     pub reconnect: bool,
+    /// https://: accept any server certificate (e.g. `serve --self-signed`).
+    /// For testing your own servers only: nothing proves who answers.
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+    /// https://: trust the CA certificate(s) in this PEM file.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
     /// How long to hold the connections once the ramp is done.
     #[arg(short = 'd', long, default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -105,6 +114,12 @@ pub(crate) struct HoldPlan {
     pub heartbeat: Vec<u8>,
     /// The HTTP method is HEAD (replies have no body).
     pub head_request: bool,
+    /// https://: the client configuration (sessions resume, as browsers do)
+    /// and the server's name.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 /// Checks everything that can be checked before load starts (except reachability).
@@ -138,13 +153,24 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
         ));
     }
     let target = parse_target(&args.target)?;
-    if target.scheme == Scheme::Https {
-        return Err(LoadError::invalid(
-            "target",
-            &args.target,
-            "hold speaks cleartext only: use http:// or tcp:// (https:// works with load)",
-        ));
-    }
+    let tls = match (target.scheme, &args.cacert, args.insecure) {
+        (Scheme::Https, cacert, insecure) => {
+            let trust = match (cacert, insecure) {
+                (_, true) => Trust::Anything,
+                (Some(path), false) => Trust::CaFile(path),
+                (None, false) => {
+                    return Err(LoadError::invalid(
+                        "target",
+                        &args.target,
+                        "https:// needs --cacert FILE (the CA that signed the server's certificate) or --insecure (any certificate, e.g. `serve --self-signed`)",
+                    ))
+                }
+            };
+            let config = tls::client_config(trust, ALPN_HTTP1, true, args.connections as usize)?;
+            Some((config, tls::server_name(&target.host)?))
+        }
+        _ => None,
+    };
     let method = args.method.to_ascii_uppercase();
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(LoadError::invalid(
@@ -153,7 +179,7 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
             "use a method name such as GET or POST",
         ));
     }
-    let heartbeat = if target.scheme == Scheme::Http {
+    let heartbeat = if target.scheme != Scheme::Tcp {
         let headers = args
             .headers
             .iter()
@@ -225,6 +251,7 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
         nofile,
         heartbeat,
         head_request: method == "HEAD",
+        tls,
     })
 }
 
@@ -240,7 +267,7 @@ pub(crate) fn share(
 ) -> (u64, HoldShared) {
     let n = args.connections / count as u64
         + u64::from((index as u64) < args.connections % count as u64);
-    let http = plan.target.scheme == Scheme::Http;
+    let http = plan.target.scheme != Scheme::Tcp;
     let shared = HoldShared {
         addr: plan.target.addr,
         sources: plan.sources.clone(),
@@ -255,6 +282,7 @@ pub(crate) fn share(
         reconnect: args.reconnect,
         start: Instant::now(),
         ramp: args.ramp / count as f64,
+        tls: plan.tls.clone(),
     };
     (n, shared)
 }

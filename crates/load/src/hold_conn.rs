@@ -7,7 +7,8 @@
 //! `try_read`, so no task keeps a buffer across an await); a connection only
 //! allocates if a reply arrives split across reads.
 //!
-//! Per connection: connect (from its source address), for HTTP one `GET` at
+//! Per connection: connect (from its source address), for https:// a TLS
+//! handshake (`hold_tls.rs`: the session is all it keeps), for HTTP one `GET` at
 //! open, then a heartbeat every `interval` (first one at a random offset in
 //! `[0, interval)`, then ±10% jitter), watching for the server closing the
 //! connection in between.
@@ -59,6 +60,63 @@ pub(crate) struct HoldShared {
     pub start: Instant,
     /// New connections per second (this process).
     pub ramp: f64,
+    /// https://: the client configuration and the server's name.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+/// What a read of a held connection gave.
+pub(crate) enum Read<'b> {
+    /// Application bytes.
+    Data(&'b [u8]),
+    /// Nothing for the application (would block, or TLS housekeeping).
+    Nothing,
+    /// The server closed.
+    Eof,
+}
+
+/// A held connection's byte stream: cleartext, or TLS (`hold_tls.rs`).
+pub(crate) trait Held {
+    /// Waits until the socket is readable.
+    async fn readable(&self) -> std::io::Result<()>;
+    /// Reads what arrived without waiting; application bytes land in `buf`.
+    fn try_read_app<'b>(&mut self, buf: &'b mut [u8]) -> std::io::Result<Read<'b>>;
+    /// Sends application bytes.
+    async fn write_app(&mut self, data: &[u8]) -> std::io::Result<()>;
+    /// Forgets the socket's readiness (everything that arrived was read).
+    fn forget_readiness(&self);
+}
+
+impl Held for TcpStream {
+    async fn readable(&self) -> std::io::Result<()> {
+        TcpStream::readable(self).await
+    }
+
+    fn try_read_app<'b>(&mut self, buf: &'b mut [u8]) -> std::io::Result<Read<'b>> {
+        match self.try_read(buf) {
+            Ok(0) => Ok(Read::Eof),
+            Ok(n) => Ok(Read::Data(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Read::Nothing),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write_app(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.write_all(data).await
+    }
+
+    fn forget_readiness(&self) {
+        // The reply was all the server had to say: forget the socket's
+        // readiness instead of finding out with a read that would block —
+        // one syscall less per heartbeat, which at a million connections is
+        // a good part of the client's CPU. (A hang-up that raced the reply
+        // is then seen at the next heartbeat.)
+        let _ = self.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
+    }
 }
 
 /// The counters of one process, updated by all its threads, read by progress.
@@ -221,7 +279,26 @@ async fn hold_one(ctx: Rc<ThreadCtx>, j: u64) {
             Ok(stream) => {
                 let open = c.open.fetch_add(1, Relaxed) + 1;
                 c.peak.fetch_max(open, Relaxed);
-                let ended = session(&ctx, stream, &mut rng, first_attempt).await;
+                let ended = match &sh.tls {
+                    None => session(&ctx, stream, &mut rng, first_attempt).await,
+                    Some((config, name)) => {
+                        match crate::hold_tls::HoldTls::connect(
+                            stream,
+                            config.clone(),
+                            name.clone(),
+                        )
+                        .await
+                        {
+                            Ok(tls) => session(&ctx, tls, &mut rng, first_attempt).await,
+                            Err(e) => {
+                                if first_attempt {
+                                    c.attempted.fetch_add(1, Relaxed);
+                                }
+                                io_end(&e)
+                            }
+                        }
+                    }
+                };
                 c.open.fetch_sub(1, Relaxed);
                 match ended {
                     Ended::Dropped => c.drops.fetch_add(1, Relaxed),
@@ -251,7 +328,7 @@ async fn hold_one(ctx: Rc<ThreadCtx>, j: u64) {
 /// once its opening request is answered (or fails).
 async fn session(
     ctx: &ThreadCtx,
-    mut stream: TcpStream,
+    mut stream: impl Held,
     rng: &mut Rng,
     first_attempt: bool,
 ) -> Ended {
@@ -280,10 +357,9 @@ async fn session(
                         return Ended::Reset;
                     }
                     let mut buf = ctx.buf.borrow_mut();
-                    match stream.try_read(&mut buf) {
-                        Ok(0) => return Ended::Dropped,
+                    match stream.try_read_app(&mut buf) {
+                        Ok(Read::Eof) => return Ended::Dropped,
                         Ok(_) => {} // unsolicited bytes: ignored
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => return io_end(&e),
                     }
                 }
@@ -324,13 +400,13 @@ fn io_end(e: &std::io::Error) -> Ended {
 /// Sends one heartbeat and waits for its reply; counts and times it.
 async fn exchange(
     ctx: &ThreadCtx,
-    stream: &mut TcpStream,
+    stream: &mut impl Held,
     spill: &mut Vec<u8>,
 ) -> Result<(), Ended> {
     let sh = &ctx.shared;
     let c = &ctx.counters;
     let sent = Instant::now();
-    if let Err(e) = stream.write_all(&sh.heartbeat).await {
+    if let Err(e) = stream.write_app(&sh.heartbeat).await {
         return Err(io_end(&e));
     }
     let deadline = sent + sh.timeout;
@@ -346,16 +422,16 @@ async fn exchange(
             Ok(Ok(())) => {}
         }
         let mut buf = ctx.buf.borrow_mut();
-        let n = match stream.try_read(&mut buf) {
-            Ok(0) => return Err(Ended::Dropped),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+        let read = match stream.try_read_app(&mut buf) {
+            Ok(Read::Eof) => return Err(Ended::Dropped),
+            Ok(Read::Data(read)) => read,
+            Ok(Read::Nothing) => continue,
             Err(e) => return Err(io_end(&e)),
         };
         let data: &[u8] = if spill.is_empty() {
-            &buf[..n]
+            read
         } else {
-            spill.extend_from_slice(&buf[..n]);
+            spill.extend_from_slice(read);
             spill
         };
         let verdict = if sh.http {
@@ -372,14 +448,7 @@ async fn exchange(
                 c.heartbeats_ok.fetch_add(1, Relaxed);
                 record_ns(&mut ctx.hist.borrow_mut(), sent.elapsed().as_nanos() as u64);
                 spill.clear();
-                // The reply was all the server had to say: forget the socket's
-                // readiness instead of finding out with a read that would
-                // block — one syscall less per heartbeat, which at a million
-                // connections is a good part of the client's CPU. (A hang-up
-                // that raced the reply is then seen at the next heartbeat.)
-                let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                });
+                stream.forget_readiness();
                 return if close { Err(Ended::Dropped) } else { Ok(()) };
             }
             Reply::Bad => {

@@ -41,6 +41,7 @@ mod h2conn;
 mod histogram;
 mod hold;
 mod hold_conn;
+mod hold_tls;
 mod load;
 mod parse;
 mod plot;

@@ -106,11 +106,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             b"Hello, World!",
         ))))
     });
-    let server = Server::bind(listen.parse()?)
+    // HTTP/2 knobs, to see what each changes in an idle h2 connection's
+    // heap: H2_STREAM_WINDOW, H2_CONNECTION_WINDOW, H2_MAX_FRAME,
+    // H2_MAX_HEADER_LIST (bytes; unset: megaconn's defaults).
+    let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    let mut builder = Server::bind(listen.parse()?)
         .workers(1)
         .tls(tls)
-        .idle_timeout(Some(Duration::from_secs(600)))
-        .listen()?;
+        .idle_timeout(Some(Duration::from_secs(600)));
+    if let Some(n) = knob("H2_STREAM_WINDOW") {
+        builder = builder.http2_initial_stream_window_size(n);
+    }
+    if let Some(n) = knob("H2_CONNECTION_WINDOW") {
+        builder = builder.http2_initial_connection_window_size(n);
+    }
+    if let Some(n) = knob("H2_MAX_FRAME") {
+        builder = builder.http2_max_frame_size(n);
+    }
+    if let Some(n) = knob("H2_MAX_HEADER_LIST") {
+        builder = builder.http2_max_header_list_size(n);
+    }
+    let server = builder.listen()?;
     let handle = server.handle();
     println!("listening on https://{}", server.local_addr());
     tokio::spawn(server.serve(hello));
@@ -120,24 +136,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         LIVE_BLOCKS.load(Relaxed),
         snapshot(),
     );
-    let mut last = (0, 0);
-    let mut reported = -1;
+    let mut last = (0, 0, 0);
+    let mut reported = None;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let stats = handle.stats();
         let open = stats.connections_open;
-        let now = (open, stats.accepted);
-        if now != last || open == 0 || open == reported {
+        let now = (open, stats.accepted, stats.connections_parked);
+        if now != last || open == 0 || reported == Some(now) {
             last = now;
             continue;
         }
-        reported = open;
+        reported = Some(now);
         let bytes = LIVE_BYTES.load(Relaxed) - base_bytes;
         let blocks = LIVE_BLOCKS.load(Relaxed) - base_blocks;
         println!(
-            "{open} open ({} idle, {} pool buffers out): heap +{bytes} B in +{blocks} blocks \
+            "{open} open ({} idle, {} parked, {} pool buffers out): heap +{bytes} B in +{blocks} blocks \
              = {} B in {:.2} blocks per connection",
             stats.connections_idle,
+            stats.connections_parked,
             stats.buffers_checked_out,
             bytes / open,
             blocks as f64 / open as f64

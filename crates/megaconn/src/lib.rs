@@ -72,13 +72,23 @@
 //!             blocks.rs    per-worker cache of the exchange's heap blocks
 //!             io.rs        ConnIo: the socket, its pooled buffers (none while
 //!                          idle), flush, lingering close
+//!             tls_io.rs    TLS on rustls' unbuffered API: record buffers from
+//!                          the pool (none while idle); a parked connection's
+//!                          session waits in the worker's table
 //!             context.rs   what one worker's connections share; config.rs the
-//!                          settings; tls.rs the handshake; pool.rs buffers;
+//!                          settings; tls.rs certificates and the handshake;
+//!                          pool.rs buffers;
 //!                          transport.rs, rewind.rs, shutdown.rs
 //!     |                                  observe/  close.rs   CloseReason
 //!  error.rs                                        stats.rs   per-worker counters
 //!                                                  metrics.rs Prometheus
 //!                                                  lifecycle.rs events, states
+//!                                                  trace.rs   the request path's
+//!                                                     tracing hook (one branch)
+//!                                                  otel/      OpenTelemetry (the
+//!                                                     `otel` feature): span.rs a
+//!                                                     request's span, export.rs
+//!                                                     the bounded OTLP queue
 //! ```
 //!
 //! # Idle connections cost almost nothing
@@ -112,7 +122,9 @@ pub use message::{ConnectionId, Hub, Session, DEFAULT_OUTBOUND_QUEUE};
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use observe::metrics;
-pub use observe::stats::{MessageStats, ServerStats};
+#[cfg(feature = "otel")]
+pub use observe::otel;
+pub use observe::stats::{MessageStats, OtelStats, ServerStats};
 pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use proto::http2::RAPID_RESET_LIMIT;
 pub use proto::ws::{

@@ -6,12 +6,15 @@
 //! CONTINUATION and small-DATA flood attackers. Attackers run bounded loops:
 //! a test fails on a limit of bytes or frames, never on elapsed time.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::h2c;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use megaconn::{Body, BoxError, Builder, ServerHandle, ShutdownSummary};
@@ -146,16 +149,6 @@ impl Running {
             .unwrap()
             .unwrap()
     }
-}
-
-/// An h2c client (prior knowledge) on a fresh connection.
-async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 struct Answer {

@@ -159,6 +159,9 @@ pub(crate) struct Config {
     /// How long a worker's event loop may stay away before the stall
     /// detector reports it (server/stall.rs); `None` turns it off.
     pub stall_threshold: Option<Duration>,
+    /// OpenTelemetry: a span per request (observe/trace.rs); zero-sized
+    /// without the `otel` feature.
+    pub tracing: crate::observe::trace::Hook,
 }
 
 impl Default for Config {
@@ -199,6 +202,7 @@ impl Default for Config {
             stall_threshold: Some(DEFAULT_STALL_THRESHOLD),
             framed: None,
             message: None,
+            tracing: Default::default(),
         }
     }
 }

@@ -27,8 +27,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
+};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -185,6 +187,27 @@ fn room(buf: &mut BytesMut, n: usize) -> &mut [u8] {
     &mut buf[len..]
 }
 
+/// Encodes a handshake record (or alert) onto `out`.
+fn encode_onto(
+    encode: &mut EncodeTlsData<'_, ServerConnectionData>,
+    out: &mut BytesMut,
+) -> io::Result<()> {
+    let mut need = 1024;
+    loop {
+        match encode.encode(room(out, need)) {
+            Ok(n) => {
+                out.truncate(out.len() - need + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(e)) => {
+                out.truncate(out.len() - need);
+                need = e.required_size;
+            }
+            Err(e) => return Err(tls_error(e)),
+        }
+    }
+}
+
 impl<S> TlsIo<S> {
     /// A stream whose handshake is about to start on `sock`.
     pub(crate) fn new(sock: S, config: Arc<ServerConfig>) -> Result<TlsIo<S>, rustls::Error> {
@@ -239,7 +262,6 @@ impl<S> TlsIo<S> {
                     plain,
                 },
             peer_closed,
-            closing,
             ..
         } = self;
         loop {
@@ -249,7 +271,26 @@ impl<S> TlsIo<S> {
                 None => &mut empty,
             };
             let UnbufferedStatus { mut discard, state } = session.process_tls_records(buf);
-            let done = match state.map_err(tls_error)? {
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    // rustls queued an alert saying why (a handshake
+                    // failure, a bad record): the next calls hand it out.
+                    let out = outgoing.get_or_insert_with(take_local);
+                    for _ in 0..16 {
+                        let UnbufferedStatus { state, .. } = session.process_tls_records(&mut []);
+                        match state {
+                            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                                encode_onto(&mut encode, out)?;
+                            }
+                            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                            _ => break,
+                        }
+                    }
+                    return Err(tls_error(e));
+                }
+            };
+            let done = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {
                         let record = record.map_err(tls_error)?;
@@ -269,21 +310,7 @@ impl<S> TlsIo<S> {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    let out = outgoing.get_or_insert_with(take_local);
-                    let mut need = 1024;
-                    loop {
-                        match encode.encode(room(out, need)) {
-                            Ok(n) => {
-                                out.truncate(out.len() - need + n);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(e)) => {
-                                out.truncate(out.len() - need);
-                                need = e.required_size;
-                            }
-                            Err(e) => return Err(tls_error(e)),
-                        }
-                    }
+                    encode_onto(&mut encode, outgoing.get_or_insert_with(take_local))?;
                     None
                 }
                 // The records are in `outgoing`; they go out at the next
@@ -293,12 +320,7 @@ impl<S> TlsIo<S> {
                     None
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
-                    let data = if *closing && outgoing.is_none() {
-                        None
-                    } else {
-                        encrypt.take()
-                    };
-                    match data {
+                    match encrypt.take() {
                         Some(data) => {
                             let out = outgoing.get_or_insert_with(take_local);
                             // Records add 22 bytes each (TLS 1.3, AES-GCM).
@@ -355,6 +377,8 @@ impl<S> TlsIo<S> {
             return Ok(());
         }
         self.closing = true;
+        // Whatever the session has queued goes first.
+        self.process(None, None)?;
         let mut out = [0u8; 64];
         let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
         if let Ok(ConnectionState::WriteTraffic(mut w)) = state {
@@ -369,6 +393,18 @@ impl<S> TlsIo<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
+    /// [`TlsIo::process`]; on an error, the alert rustls queued goes out
+    /// (best effort) before the error is returned.
+    fn process_or_alert(
+        &mut self,
+        cx: &mut Context<'_>,
+        sink: Option<&mut ReadBuf<'_>>,
+    ) -> io::Result<Step> {
+        self.process(sink, None).inspect_err(|_| {
+            let _ = self.poll_send(cx);
+        })
+    }
+
     /// Sends buffered ciphertext; ready when all of it went out.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(out) = self.bufs.outgoing.as_mut() else {
@@ -403,7 +439,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
     /// read, our last flight sent).
     pub(crate) fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let step = self.process(None, None)?;
+            let step = self.process_or_alert(cx, None)?;
             if self.poll_send(cx)?.is_pending() {
                 return Poll::Pending;
             }
@@ -430,7 +466,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
     ) -> Poll<io::Result<()>> {
         loop {
             let start = sink.as_ref().map_or(0, |s| s.filled().len());
-            let step = self.process(sink.as_deref_mut(), None)?;
+            let step = self.process_or_alert(cx, sink.as_deref_mut())?;
             // What the session wrote (a KeyUpdate's answer) goes out now if
             // it can; if not, before the next thing written.
             let _ = self.poll_send(cx)?;
@@ -536,6 +572,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<S> {
 }
 
 impl<S: Transport> Transport for TlsIo<S> {
+    const SECURE: bool = true;
+
     /// Ready when decrypted bytes (or the end) wait already, else when the
     /// socket is: an idle connection waits holding no buffer.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

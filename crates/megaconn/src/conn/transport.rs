@@ -16,6 +16,10 @@ use crate::conn::tls_io::ParkedTls;
 
 /// A byte stream the HTTP/1 engine can serve.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Whether the stream is encrypted (TLS): traced requests on it say
+    /// `url.scheme = https`. Default: `false`.
+    const SECURE: bool = false;
+
     /// Polls until the stream has bytes (or EOF, or an error) to read.
     ///
     /// The default is always ready, which is correct but makes an idle connection
@@ -31,8 +35,8 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
 /// transport given to [`Builder::serve_connection`](crate::Builder::serve_connection)
 /// never parks (it is wrapped in [`Foreign`]).
 pub(crate) trait Parkable: Transport {
-    /// Whether an idle connection on this stream may be parked at all: only
-    /// plain sockets qualify.
+    /// Whether an idle connection on this stream may be parked at all: plain
+    /// sockets and TLS streams over them qualify.
     const PARKABLE: bool;
 
     /// Whether an idle connection should be parked at once instead of after
@@ -124,6 +128,8 @@ impl<T: AsyncWrite> AsyncWrite for Foreign<T> {
 }
 
 impl<T: Transport> Transport for Foreign<T> {
+    const SECURE: bool = T::SECURE;
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.io.poll_read_ready(cx)
     }

@@ -42,6 +42,10 @@
 //! | `megaconn_worker_connections` | gauge | `worker` |
 //! | `megaconn_buffers_checked_out` | gauge | |
 //! | `megaconn_buffers_pooled` | gauge | |
+//! | `megaconn_otel_spans_exported_total` | counter | (only when tracing) |
+//! | `megaconn_otel_spans_dropped_total` | counter | (only when tracing) |
+//! | `megaconn_otel_spans_failed_total` | counter | (only when tracing) |
+//! | `megaconn_otel_spans_queued` | gauge | (only when tracing) |
 //!
 //! The body is OpenMetrics text (it ends with `# EOF`), which Prometheus also
 //! reads when served as `text/plain; version=0.0.4`.
@@ -63,6 +67,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::observe::close::CloseReason;
 use crate::observe::stats::{ServerStats, StatsSource, WorkerStats};
+use crate::observe::trace::{ErrorClass, SpanSlot};
 
 /// Labels of `method`, in counter order; any other method counts as `other`.
 pub const METHOD_LABELS: [&str; METHODS] = [
@@ -220,6 +225,8 @@ pub(crate) struct RequestRecord {
     code: u16,
     /// Method and path, only when the access log is on.
     access: Option<Box<(http::Method, String)>>,
+    /// The request's span, when it is traced (ends when the record drops).
+    span: SpanSlot,
 }
 
 impl fmt::Debug for RequestRecord {
@@ -260,7 +267,37 @@ impl RequestRecord {
             response_bytes: 0,
             code: 0,
             access: None,
+            span: SpanSlot::default(),
         }
+    }
+
+    /// Gives the record the request's span, to end when the request ends.
+    #[inline]
+    pub(crate) fn traced(mut self, span: SpanSlot) -> RequestRecord {
+        self.span = span;
+        self
+    }
+
+    /// Notes why the request ended badly (timeout, panic, client gone).
+    #[inline]
+    pub(crate) fn error(&mut self, class: ErrorClass) {
+        self.span.error(class);
+    }
+
+    /// Notes the class of a close that ended the exchange early.
+    #[inline]
+    pub(crate) fn closed(&mut self, reason: &CloseReason) {
+        if let Some(class) = ErrorClass::of_close(reason) {
+            self.span.error(class);
+        }
+    }
+
+    /// Notes the response's head: its status, and the route the service
+    /// matched (for the span).
+    #[inline]
+    pub(crate) fn response(&mut self, parts: &http::response::Parts) {
+        self.status(parts.status);
+        self.span.route(&parts.extensions);
     }
 
     /// Notes the status of the response head that went out.
@@ -286,6 +323,7 @@ impl RequestRecord {
 impl Drop for RequestRecord {
     #[inline]
     fn drop(&mut self) {
+        self.span.end(self.code);
         if let Some(access) = self.access.take() {
             let elapsed = self.stopwatch.map_or(Duration::ZERO, Stopwatch::elapsed);
             let (conn, peer) = crate::observe::lifecycle::current_id_and_peer();
@@ -763,6 +801,32 @@ impl Collector for Snapshot {
             "Buffers resting in the worker pools.",
             s.buffers_pooled,
         )?;
+        if let Some(o) = &s.otel {
+            counter(
+                &mut e,
+                "otel_spans_exported",
+                "Request spans the OTLP collector accepted.",
+                o.spans_exported,
+            )?;
+            counter(
+                &mut e,
+                "otel_spans_dropped",
+                "Request spans dropped because the export queue was full (collector slow or down).",
+                o.spans_dropped,
+            )?;
+            counter(
+                &mut e,
+                "otel_spans_failed",
+                "Request spans in exports that failed or timed out.",
+                o.spans_failed,
+            )?;
+            gauge(
+                &mut e,
+                "otel_spans_queued",
+                "Request spans waiting in the export queue.",
+                i64::try_from(o.spans_queued).unwrap_or(i64::MAX),
+            )?;
+        }
         Ok(())
     }
 }

@@ -5,4 +5,7 @@
 pub(crate) mod close;
 pub(crate) mod lifecycle;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub(crate) mod stats;
+pub(crate) mod trace;

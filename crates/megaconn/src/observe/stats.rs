@@ -212,6 +212,26 @@ pub struct ServerStats {
     /// Message protocols (framed TCP): frames, bytes, pushes, queue drops,
     /// heartbeats.
     pub messages: MessageStats,
+    /// The span export's counters, when the server traces requests (the
+    /// `otel` cargo feature and `Builder::tracing`); `None` otherwise.
+    pub otel: Option<OtelStats>,
+}
+
+/// What became of the spans a tracing server produced (see
+/// `megaconn::otel`): each sampled request's span is exported, dropped at the
+/// full queue, or lost in a failed export.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OtelStats {
+    /// Spans the collector accepted.
+    pub spans_exported: u64,
+    /// Spans dropped because the export queue was full (a slow or dead
+    /// collector): the request went on, its span was not kept.
+    pub spans_dropped: u64,
+    /// Spans in batches whose export failed or timed out.
+    pub spans_failed: u64,
+    /// Spans waiting in the export queue now.
+    pub spans_queued: u64,
 }
 
 impl ServerStats {

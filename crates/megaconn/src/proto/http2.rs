@@ -71,6 +71,7 @@ use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, CountedIo};
 use crate::observe::metrics::{MethodLabel, RequestRecord};
 use crate::observe::stats::{incr, IdleMark};
+use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
 use crate::service::h2_body::{DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
 use crate::service::panic_message;
@@ -344,15 +345,17 @@ where
             None,
         );
     }
-    match crate::service::call(service, request, &ctx.stats) {
-        Some(handler) => Start::Called(
+    // The request carries its scheme (`:scheme`), so `secure` is only a
+    // fallback.
+    match crate::service::call(service, request, ctx, false) {
+        (Some(handler), span) => Start::Called(
             handler,
-            RequestRecord::start(ctx.stats_source(), method),
+            RequestRecord::start(ctx.stats_source(), method).traced(span),
             is_head,
         ),
-        None => Start::Failed(
+        (None, span) => Start::Failed(
             StatusCode::INTERNAL_SERVER_ERROR,
-            RequestRecord::untimed(ctx.stats_source(), method),
+            RequestRecord::untimed(ctx.stats_source(), method).traced(span),
             None,
         ),
     }
@@ -432,6 +435,7 @@ where
     let response = match outcome {
         None => {
             incr(&ctx.stats.cancelled);
+            record.error(ErrorClass::ClientGone);
             return StreamEnd::ClientReset;
         }
         Some(Err(panic)) => {
@@ -440,6 +444,7 @@ where
                 panic = panic_message(&panic),
                 "handler panicked; answering 500"
             );
+            record.error(ErrorClass::Panic);
             record.status(StatusCode::INTERNAL_SERVER_ERROR);
             send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR);
             return StreamEnd::Done;
@@ -455,19 +460,24 @@ where
     };
     let (mut parts, body) = response.into_parts();
     prepare_headers(&mut parts.headers, parts.status, &body, is_head, &ctx);
-    record.status(parts.status);
+    record.response(&parts);
     let end = is_head || body.is_end_stream();
     let send = match respond.send_response(Response::from_parts(parts, ()), end) {
         Ok(send) => send,
         Err(e) => {
             tracing::debug!(error = %e, "cannot send the response head");
+            record.error(ErrorClass::ClientGone);
             return StreamEnd::ClientReset;
         }
     };
     if end {
         return StreamEnd::Done;
     }
-    send_body(send, body, &mut record).await
+    let ended = send_body(send, body, &mut record).await;
+    if ended == StreamEnd::ClientReset {
+        record.error(ErrorClass::ClientGone);
+    }
+    ended
 }
 
 /// Drops what HTTP/2 forbids (connection-specific fields) and adds `date`,
@@ -563,6 +573,7 @@ where
                     panic = panic_message(&panic),
                     "response body panicked; resetting the stream"
                 );
+                record.error(ErrorClass::Panic);
                 send.send_reset(Reason::INTERNAL_ERROR);
                 return StreamEnd::Done;
             }

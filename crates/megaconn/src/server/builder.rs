@@ -200,12 +200,16 @@ pub struct ServerHandle {
     /// Per-worker live-connection lists (empty unless tracking is on).
     registries: Arc<[Arc<crate::observe::lifecycle::Registry>]>,
     shutdown_tx: Arc<watch::Sender<bool>>,
+    /// The span export's counters come from here.
+    tracing: crate::observe::trace::Hook,
 }
 
 impl ServerHandle {
     /// The server's counters, summed over workers.
     pub fn stats(&self) -> ServerStats {
-        ServerStats::sum(&self.workers)
+        let mut stats = ServerStats::sum(&self.workers);
+        stats.otel = crate::observe::trace::export_stats(&self.tracing);
+        stats
     }
 
     /// The server's metrics as Prometheus text: a snapshot summed over workers,
@@ -418,6 +422,17 @@ impl Builder {
         self
     }
 
+    /// Traces requests with OpenTelemetry (the `otel` cargo feature): a
+    /// span per request, sampled and exported as `tracing` says (see
+    /// [`otel`](crate::otel)). Default: off; off, a request pays one branch.
+    /// Call [`Tracing::shutdown`](crate::otel::Tracing::shutdown) after
+    /// `serve` returns to send the last spans.
+    #[cfg(feature = "otel")]
+    pub fn tracing(mut self, tracing: crate::otel::Tracing) -> Builder {
+        self.config.tracing = Some(tracing);
+        self
+    }
+
     /// Whether each request carries its connection's addresses as a
     /// [`ConnInfo`](crate::ConnInfo) extension, and (with the `axum` cargo
     /// feature, on by default) as axum's `ConnectInfo<SocketAddr>`, which
@@ -541,12 +556,14 @@ impl Builder {
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
         let (shutdown_tx, _) = watch::channel(false);
+        let tracing = config.tracing.clone();
         Ok(Server {
             config: Arc::new(config),
             listeners,
             local_addrs,
             max_connections,
             handle: ServerHandle {
+                tracing,
                 registries,
                 workers,
                 shutdown_tx: Arc::new(shutdown_tx),

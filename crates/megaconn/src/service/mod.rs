@@ -9,7 +9,9 @@ use http::{Request, Response};
 use http_body::Body as HttpBody;
 use tower_service::Service;
 
+use crate::conn::context::WorkerContext;
 use crate::conn::ConnInfo;
+use crate::observe::trace::{ErrorClass, SpanSlot};
 use crate::service::body::Body;
 use crate::BoxError;
 
@@ -123,21 +125,29 @@ pub(crate) async fn ready<S: HttpService>(service: &mut S) -> bool {
 /// panic in the future it returns is the protocol's to catch as it polls).
 /// On a panic, counts and logs it and returns `None`: the protocol answers
 /// `500` (h1 and h2 alike).
+///
+/// First the request's span starts, if the server traces (`secure`: the
+/// connection is TLS, for `url.scheme`): its context goes into the request's
+/// extensions for the handler, and the span comes back for the protocol to
+/// put in the request's `RequestRecord`. Without tracing this is one branch.
 #[inline]
 pub(crate) fn call<S: HttpService>(
     service: &mut S,
-    request: Request<Body>,
-    stats: &crate::observe::stats::WorkerStats,
-) -> Option<S::Future> {
+    mut request: Request<Body>,
+    ctx: &WorkerContext,
+    secure: bool,
+) -> (Option<S::Future>, SpanSlot) {
+    let mut span = SpanSlot::start(&ctx.config.tracing, &mut request, secure);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.call(request))) {
-        Ok(future) => Some(future),
+        Ok(future) => (Some(future), span),
         Err(panic) => {
-            crate::observe::stats::incr(&stats.panics);
+            crate::observe::stats::incr(&ctx.stats.panics);
             tracing::error!(
                 panic = panic_message(&panic),
                 "handler panicked; answering 500"
             );
-            None
+            span.error(ErrorClass::Panic);
+            (None, span)
         }
     }
 }

@@ -457,3 +457,13 @@ pub async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     .expect("server did not close the connection");
     out
 }
+
+/// An h2c client (prior knowledge) on a fresh connection.
+pub async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}

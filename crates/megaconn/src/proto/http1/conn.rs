@@ -27,7 +27,7 @@ use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::ConnInfo;
 use crate::observe::lifecycle::{self, ConnectionState};
-use crate::observe::metrics::MethodLabel;
+use crate::observe::metrics::{MethodLabel, RequestRecord};
 use crate::observe::stats::{gauge, incr};
 use crate::proto::{self, HandOver};
 use crate::service::body::Body;
@@ -262,7 +262,7 @@ where
     if !crate::service::ready(service).await {
         return Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
-            method,
+            RequestRecord::untimed(conn.ctx.stats_source(), method),
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is not available",
             CloseReason::ServerError,
@@ -315,10 +315,11 @@ where
         tx
     });
 
-    let Some(handler) = crate::service::call(service, request, &conn.ctx.stats) else {
+    let (handler, span) = crate::service::call(service, request, &conn.ctx, T::SECURE);
+    let Some(handler) = handler else {
         return Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
-            method,
+            RequestRecord::untimed(conn.ctx.stats_source(), method).traced(span),
             StatusCode::INTERNAL_SERVER_ERROR,
             "the handler panicked",
             CloseReason::Panic,
@@ -336,6 +337,7 @@ where
         upgrade,
         read_timeout,
         access,
+        span,
     };
     Exchange::new(conn, handler, setup).await
 }

@@ -43,6 +43,7 @@ use crate::conn::transport::Transport;
 use crate::error::BodyError;
 use crate::observe::metrics::{MethodLabel, RequestRecord};
 use crate::observe::stats::incr;
+use crate::observe::trace::{ErrorClass, SpanSlot};
 use crate::service::body::{BodySender, Demand};
 use crate::service::panic_message;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
@@ -87,6 +88,8 @@ pub(crate) struct ExchangeSetup {
     pub read_timeout: Option<Duration>,
     /// Method and path for the access log, when it is on.
     pub access: Option<(http::Method, String)>,
+    /// The request's span, if it is traced.
+    pub span: SpanSlot,
 }
 
 pin_project_lite::pin_project! {
@@ -131,7 +134,8 @@ where
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
         };
-        let mut record = RequestRecord::start(conn.ctx.stats_source(), setup.method);
+        let mut record = RequestRecord::start(conn.ctx.stats_source(), setup.method)
+            .traced(std::mem::take(&mut setup.span));
         if let Some((method, path)) = setup.access.take() {
             record.log_access(method, path);
         }
@@ -158,12 +162,13 @@ where
     /// error response and the close remain.
     pub(crate) fn failed(
         conn: &mut ConnIo<T>,
-        method: MethodLabel,
+        mut record: RequestRecord,
         status: StatusCode,
         reason: &'static str,
         close: CloseReason,
     ) -> Outcome {
-        RequestRecord::untimed(conn.ctx.stats_source(), method).status(status);
+        record.status(status);
+        drop(record);
         let wbuf = conn.wbuf();
         encode::encode_error(wbuf, status, reason);
         Outcome::Close(close)
@@ -187,6 +192,7 @@ where
         loop {
             if let Some(deadline) = this.deadline.as_mut().as_pin_mut() {
                 if deadline.poll(cx).is_ready() {
+                    this.record.error(ErrorClass::Timeout);
                     return Poll::Ready(timed_out(&mut this));
                 }
             }
@@ -199,7 +205,7 @@ where
             };
             let mut progress = match step() {
                 Ok(progress) => progress,
-                Err(outcome) => return Poll::Ready(outcome),
+                Err(outcome) => return Poll::Ready(ended_early(&mut this, outcome)),
             };
             if this.handler.is_none() && *this.response_done && this.setup.decoder.is_none() {
                 return Poll::Ready(finished(&mut this));
@@ -209,7 +215,7 @@ where
             if !progress && this.setup.decoder.is_none() {
                 progress = match poll_hang_up(&mut this, cx) {
                     Ok(progress) => progress,
-                    Err(outcome) => return Poll::Ready(outcome),
+                    Err(outcome) => return Poll::Ready(ended_early(&mut this, outcome)),
                 };
             }
             if !progress {
@@ -230,6 +236,15 @@ fn finished<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
     } else {
         Outcome::Close(this.close_reason.unwrap_or(CloseReason::ServerClosed))
     }
+}
+
+/// An exchange cut short: its close reason is the request's error class
+/// (panic, timeout, client gone), for its span.
+fn ended_early<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, outcome: Outcome) -> Outcome {
+    if let Outcome::Close(reason) = &outcome {
+        this.record.closed(reason);
+    }
+    outcome
 }
 
 fn timed_out<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
@@ -385,7 +400,7 @@ fn write_head<T, F, B>(
         *this.close_reason = Some(CloseReason::UnreadBody);
     }
     let server_header = ctx.config.server_header.clone();
-    this.record.status(parts.status);
+    this.record.response(&parts);
     let head_ctx = HeadContext {
         request_method_is_head: this.setup.is_head,
         request_version: this.setup.version,

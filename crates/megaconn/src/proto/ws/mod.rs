@@ -55,6 +55,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::either::Either;
 
 use crate::conn::context::WorkerContext;
@@ -84,13 +85,26 @@ pub(crate) struct RouteRef(pub Arc<dyn ErasedRoute>);
 /// A WebSocket's socket: a plain one (parkable: bare until it must wait,
 /// see `conn/woken.rs`), or any other transport (TLS, a caller's own),
 /// which never parks. (tokio-util's `Either` reads and writes either.)
-pub(crate) type WsIo = Either<WokenSocket, Box<dyn Transport + Send>>;
+pub(crate) type WsIo = Either<WokenSocket, Box<dyn AnyTransport>>;
+
+/// A [`Transport`] behind a pointer (`Transport` has an associated const,
+/// so it cannot be a trait object itself).
+pub(crate) trait AnyTransport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// [`Transport::poll_read_ready`].
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl<T: Transport + Send> AnyTransport for T {
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
 
 impl Transport for WsIo {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Either::Left(s) => s.poll_read_ready(cx),
-            Either::Right(s) => s.poll_read_ready(cx),
+            Either::Right(s) => s.poll_ready(cx),
         }
     }
 }
@@ -229,7 +243,7 @@ where
 /// buffer); any other transport boxed as it is.
 fn plain_socket<T: Transport + Send + 'static>(
     io: T,
-) -> Result<WokenSocket, Box<dyn Transport + Send>> {
+) -> Result<WokenSocket, Box<dyn AnyTransport>> {
     let any: Box<dyn Any> = Box::new(io);
     let any = match any.downcast::<tokio::net::TcpStream>() {
         Ok(stream) => return Ok(WokenSocket::registered_stream(*stream)),
@@ -239,7 +253,8 @@ fn plain_socket<T: Transport + Send + 'static>(
         Ok(socket) => Ok(*socket),
         Err(any) => Err(any
             .downcast::<T>()
-            .unwrap_or_else(|_| unreachable!("it is a T")) as Box<dyn Transport + Send>),
+            .unwrap_or_else(|_| unreachable!("it is a T"))
+            as Box<dyn AnyTransport>),
     }
 }
 

@@ -1,0 +1,394 @@
+//! axum's compression and graceful-shutdown examples, and the corner cases
+//! of issue 14: `ConnectInfo`, HEAD of a stream, blocking, 100-continue,
+//! TimeoutLayer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
+
+use crate::common::{self, read_response_buffered, SAFETY};
+use crate::harness::{ask, client, raw, Answer, Pair};
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn compression_both_ways() {
+    use tower_http::compression::CompressionLayer;
+    use tower_http::decompression::RequestDecompressionLayer;
+    let big = "megaconn serves axum apps unchanged. ".repeat(300);
+    let app = Router::new()
+        .route(
+            "/",
+            post(|Json(v): Json<serde_json::Value>| async move { Json(v) }),
+        )
+        .route("/big", get(move || async move { big }))
+        .layer(RequestDecompressionLayer::new())
+        .layer(CompressionLayer::new());
+    let pair = Pair::start(app, megaconn::Server::builder()).await;
+    let c = client();
+    // Keys in order: serde_json's `Value` writes them sorted.
+    let json = br#"{"again":"world, world, world","hello":"world","n":[1,2,3]}"#;
+    let zipped = pair
+        .same(&c, &ask("GET", "/big").header("accept-encoding", "gzip"))
+        .await;
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        gunzip(&zipped.body),
+        "megaconn serves axum apps unchanged. "
+            .repeat(300)
+            .as_bytes()
+    );
+    let plain = pair.same(&c, &ask("GET", "/big")).await;
+    assert_eq!(plain.header("content-encoding"), None);
+    let echoed = pair
+        .same(
+            &c,
+            &ask("POST", "/")
+                .header("content-encoding", "gzip")
+                .header("accept-encoding", "gzip")
+                .json("")
+                .body(gzip(json)),
+        )
+        .await;
+    assert_eq!(echoed.status, 200);
+    assert_eq!(echoed.header("content-encoding"), Some("gzip"));
+    assert_eq!(gunzip(&echoed.body), json);
+    pair.same(
+        &c,
+        &ask("POST", "/")
+            .header("content-encoding", "gzip")
+            .json("")
+            .body(b"not gzip".to_vec()),
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// graceful-shutdown: idle connections closed, the in-flight request finished
+// with `connection: close`, then the listener gone.
+// ---------------------------------------------------------------------------
+
+/// One server's view of a graceful shutdown, as the client sees it.
+#[derive(Debug, PartialEq)]
+struct ShutdownSeen {
+    idle_closed: bool,
+    in_flight: Answer,
+    refused_after: bool,
+}
+
+/// Drives one graceful shutdown. `start` serves the app (whose `/slow`
+/// handler reports `entered` and waits for `release`) until its signal
+/// fires, and returns the address and the serve task.
+async fn graceful<F, T>(start: F) -> ShutdownSeen
+where
+    F: FnOnce(Router, oneshot::Receiver<()>) -> (SocketAddr, tokio::task::JoinHandle<T>),
+{
+    let (entered_tx, entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release = Arc::new(Notify::new());
+    let app = {
+        let release = release.clone();
+        Router::new().route("/", get(|| async { "hello" })).route(
+            "/slow",
+            get(move || async move {
+                entered_tx.send(()).unwrap();
+                release.notified().await;
+                "finished"
+            }),
+        )
+    };
+    let mut entered = entered;
+    let (signal_tx, signal) = oneshot::channel();
+    let (addr, task) = start(app, signal);
+
+    // An idle keep-alive connection, having served one request.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut idle_buf = Vec::new();
+    assert_eq!(
+        read_response_buffered(&mut idle, &mut idle_buf, false)
+            .await
+            .status,
+        200
+    );
+    // A request in flight.
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(SAFETY, entered.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    signal_tx.send(()).unwrap();
+    // The idle connection is closed: the server has begun its shutdown.
+    let rest = common::read_to_close(&mut idle).await;
+    let idle_closed = rest.is_empty();
+    release.notify_one();
+    let mut buf = Vec::new();
+    let in_flight = Answer::from_raw(read_response_buffered(&mut busy, &mut buf, false).await);
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("serve returns")
+        .unwrap();
+    let refused_after = TcpStream::connect(addr).await.is_err();
+    ShutdownSeen {
+        idle_closed,
+        in_flight,
+        refused_after,
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown() {
+    let theirs = graceful(|app, signal| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async { signal.await.unwrap() })
+                .await
+                .unwrap()
+        });
+        (addr, task)
+    })
+    .await;
+    let ours = graceful(|app, signal| {
+        let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
+            .workers(1)
+            .listen()
+            .unwrap();
+        let addr = server.local_addr();
+        let task = tokio::spawn(async move {
+            server
+                .serve_with_shutdown(app, async { signal.await.unwrap() })
+                .await
+                .unwrap()
+        });
+        (addr, task)
+    })
+    .await;
+    assert_eq!(ours, theirs);
+    assert!(ours.idle_closed && ours.refused_after, "{ours:?}");
+    assert_eq!(ours.in_flight.status, 200);
+    assert_eq!(ours.in_flight.header("connection"), Some("close"));
+    assert_eq!(ours.in_flight.body, b"finished");
+}
+
+// ---------------------------------------------------------------------------
+// The corner cases of issue 14: ConnectInfo, HEAD of a stream, blocking,
+// 100-continue, TimeoutLayer.
+// ---------------------------------------------------------------------------
+
+fn peer_app() -> Router {
+    Router::new().route(
+        "/peer",
+        get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+    )
+}
+
+/// GETs `/peer` and returns the answer with the client's own address in the
+/// body replaced by `<peer>`, so that both servers' answers compare.
+async fn ask_peer(addr: SocketAddr) -> Answer {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let me = s.local_addr().unwrap().to_string();
+    s.write_all(b"GET /peer HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut a = Answer::from_raw(read_response_buffered(&mut s, &mut buf, false).await);
+    if a.body == me.as_bytes() {
+        a.body = b"<peer>".to_vec();
+        a.headers.retain(|(n, _)| n != "content-length");
+    }
+    a
+}
+
+#[tokio::test]
+async fn connect_info_gives_the_peer_address() {
+    let pair = Pair::start_with(peer_app(), peer_app(), megaconn::Server::builder(), true).await;
+    let ours = ask_peer(pair.ours).await;
+    assert_eq!(ours, ask_peer(pair.theirs).await);
+    assert_eq!(
+        (ours.status, ours.body.as_slice()),
+        (200, b"<peer>".as_slice())
+    );
+    // Not asked for, it is missing on both (axum's 500 "Missing request
+    // extension"): megaconn asks with `connect_info(true)` where axum::serve
+    // asks with `into_make_service_with_connect_info`.
+    let pair = Pair::start(peer_app(), megaconn::Server::builder()).await;
+    let ours = ask_peer(pair.ours).await;
+    assert_eq!(ours, ask_peer(pair.theirs).await);
+    assert_eq!(ours.status, 500);
+}
+
+/// Routes for the remaining cases.
+fn corner_app() -> Router {
+    use tower_http::timeout::TimeoutLayer;
+    let stream = || async {
+        let chunks = (0..3).map(|i| Ok::<_, Infallible>(format!("chunk{i};")));
+        Body::from_stream(futures_util::stream::iter(chunks))
+    };
+    Router::new()
+        .route("/stream", get(stream))
+        .route(
+            "/spawn-blocking",
+            get(|| async {
+                tokio::task::spawn_blocking(|| "computed off the runtime")
+                    .await
+                    .unwrap()
+            }),
+        )
+        .route(
+            "/block-in-place",
+            get(|| async { tokio::task::block_in_place(|| "computed in place") }),
+        )
+        .route(
+            "/len",
+            post(|body: Bytes| async move { format!("{} bytes", body.len()) }),
+        )
+        .route("/ignore", post(|| async { "body not read" }))
+        .route("/never", get(futures_util::future::pending::<&'static str>))
+        .route("/quick", get(|| async { "in time" }))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(200),
+        ))
+}
+
+#[tokio::test]
+async fn head_of_a_streaming_response() {
+    let pair = Pair::start(corner_app(), megaconn::Server::builder()).await;
+    let head = b"HEAD /stream HTTP/1.1\r\nHost: t\r\n\r\n";
+    let ours = raw(pair.ours, head, true).await;
+    assert_eq!(ours, raw(pair.theirs, head, true).await);
+    assert_eq!(ours.header("content-length"), None);
+    let get = b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n";
+    let ours = raw(pair.ours, get, false).await;
+    assert_eq!(ours, raw(pair.theirs, get, false).await);
+    assert_eq!(ours.body, b"chunk0;chunk1;chunk2;");
+}
+
+/// `spawn_blocking` works on megaconn's workers as under `axum::serve`;
+/// `block_in_place` needs tokio's multi-threaded runtime, which megaconn's
+/// thread-per-core workers are not: the documented difference is a 500 (and
+/// a log line saying to use `spawn_blocking`) where axum::serve answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_blocking_works_and_block_in_place_is_the_documented_500() {
+    let pair = Pair::start(corner_app(), megaconn::Server::builder()).await;
+    let c = client();
+    let ok = pair.same(&c, &ask("GET", "/spawn-blocking")).await;
+    assert_eq!(
+        (ok.status, ok.body.as_slice()),
+        (200, b"computed off the runtime".as_slice())
+    );
+
+    let theirs = ask("GET", "/block-in-place").send(&c, pair.theirs).await;
+    assert_eq!(
+        (theirs.status, theirs.body.as_slice()),
+        (200, b"computed in place".as_slice())
+    );
+    let ours = ask("GET", "/block-in-place").send(&c, pair.ours).await;
+    assert_eq!(ours.status, 500, "{ours:?}");
+    assert_eq!(pair.handle.stats().panics, 1);
+    pair.same(&c, &ask("GET", "/spawn-blocking")).await;
+}
+
+#[tokio::test]
+async fn expect_100_continue() {
+    let pair = Pair::start(corner_app(), megaconn::Server::builder()).await;
+    // The handler reads the body: `100 Continue` first, then the answer.
+    let mut seen = Vec::new();
+    for addr in [pair.theirs, pair.ours] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"POST /len HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let interim = Answer::from_raw(read_response_buffered(&mut s, &mut buf, false).await);
+        s.write_all(b"hello").await.unwrap();
+        let last = Answer::from_raw(read_response_buffered(&mut s, &mut buf, false).await);
+        seen.push((interim, last));
+    }
+    assert_eq!(seen[1], seen[0]);
+    assert_eq!(seen[1].0.status, 100);
+    assert_eq!(
+        (seen[1].1.status, seen[1].1.body.as_slice()),
+        (200, b"5 bytes".as_slice())
+    );
+
+    // The handler answers without reading: no `100 Continue`, the answer
+    // straight away (the client never sends the body).
+    let req =
+        b"POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+    let mut seen = Vec::new();
+    for addr in [pair.theirs, pair.ours] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let mut buf = Vec::new();
+        let answer = Answer::from_raw(read_response_buffered(&mut s, &mut buf, false).await);
+        // Whatever the client sends next, neither reads on: the body it was
+        // never asked for and a request behind it are not answered.
+        let _ = s
+            .write_all(b"helloGET /quick HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await;
+        let after = common::read_to_close(&mut s).await;
+        seen.push((answer, after));
+    }
+    let (mut theirs, ours) = (seen.remove(0), seen.remove(0));
+    assert_eq!(
+        (ours.0.status, ours.0.body.as_slice()),
+        (200, b"body not read".as_slice())
+    );
+    assert!(ours.1.is_empty() && theirs.1.is_empty(), "both close");
+    // The documented difference: megaconn says it will close (RFC 9110
+    // §10.1.1, RFC 9112 §9.6), hyper closes without saying so.
+    assert_eq!(ours.0.header("connection"), Some("close"));
+    assert_eq!(theirs.0.header("connection"), None);
+    theirs.0.headers.push(("connection".into(), "close".into()));
+    theirs.0.headers.sort();
+    assert_eq!(ours.0, theirs.0);
+}
+
+#[tokio::test]
+async fn timeout_layer() {
+    let pair = Pair::start(corner_app(), megaconn::Server::builder()).await;
+    let c = client();
+    let late = pair.same(&c, &ask("GET", "/never")).await;
+    assert_eq!(late.status, 408);
+    let quick = pair.same(&c, &ask("GET", "/quick")).await;
+    assert_eq!(
+        (quick.status, quick.body.as_slice()),
+        (200, b"in time".as_slice())
+    );
+}
