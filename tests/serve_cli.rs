@@ -506,3 +506,65 @@ fn tcp_listen_serves_the_framed_line_demo() {
     child.signal(libc::SIGTERM);
     assert!(child.wait().success());
 }
+
+/// Opens a WebSocket to `path` with a raw handshake (and `first`, frames
+/// sent with it); returns the socket after the `101` head.
+fn ws_open(addr: &str, path: &str, first: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(SAFETY)).unwrap();
+    let mut bytes = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    bytes.extend_from_slice(first);
+    s.write_all(&bytes).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s
+}
+
+/// A masked text frame "hi" (mask 1 2 3 4).
+const HI: [u8; 8] = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+
+#[test]
+fn the_ws_route_echoes_a_websocket_message() {
+    let (mut child, _stdout, addr) = start_serve(&["--admin", "off"]);
+    // The handshake and a frame in one write.
+    let mut s = ws_open(&addr, "/ws", &HI);
+    let mut frame = [0; 4];
+    s.read_exact(&mut frame).unwrap();
+    assert_eq!(frame, [0x81, 2, b'h', b'i']);
+    // A plain GET is told what the route wants.
+    assert!(get_once(&addr, "/ws").starts_with("HTTP/1.1 426 "));
+    // (Left open, the WebSocket would be sent a 1001 close on SIGTERM and
+    // given close_timeout to answer it.)
+    drop(s);
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}
+
+#[test]
+fn the_ws_chat_route_sends_a_message_to_every_client() {
+    let (mut child, _stdout, addr) = start_serve(&["--admin", "off"]);
+    let mut listener = ws_open(&addr, "/ws/chat", &[]);
+    let mut speaker = ws_open(&addr, "/ws/chat", &[]);
+    // Both have joined once their handshakes are answered (on_open runs
+    // before anything is read).
+    speaker.write_all(&HI).unwrap();
+    for s in [&mut listener, &mut speaker] {
+        let mut frame = [0; 4];
+        s.read_exact(&mut frame).unwrap();
+        assert_eq!(frame, [0x81, 2, b'h', b'i']);
+    }
+    drop((listener, speaker));
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}

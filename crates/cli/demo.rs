@@ -8,6 +8,8 @@
 //! | `GET /healthz` | `ok` |
 //! | `GET /readyz` | `ready`, or `503` once shutdown began |
 //! | `GET /sleep?ms=N` | waits N ms (at most 10 s), then answers |
+//! | `GET /ws` | WebSocket echo on the native engine ([`WsEcho`]; idle ones park) |
+//! | `GET /ws/chat` | WebSocket chat ([`WsChat`]): a message from one goes to every client |
 //!
 //! And on `--tcp-listen` addresses, [`FramedDemo`]: `PING` is answered `PONG`,
 //! any other message `echo: <message>`.
@@ -22,7 +24,7 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either as EitherBody, Full};
-use megaconn::{Body, ServerHandle};
+use megaconn::{Body, Hub, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
 
 /// Longest `/sleep` allowed.
 const MAX_SLEEP: Duration = Duration::from_secs(10);
@@ -31,6 +33,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Demo {
     handle: ServerHandle,
+    ws: WebSocketRoute<WsEcho>,
+    chat: WebSocketRoute<WsChat>,
 }
 
 /// A response body: a fixed text or the streamed request body.
@@ -38,9 +42,14 @@ pub type DemoBody = EitherBody<Full<Bytes>, Body>;
 type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<DemoBody>, Infallible>>>>;
 
 impl Demo {
-    /// A demo app reporting readiness from `handle`.
-    pub fn new(handle: ServerHandle) -> Demo {
-        Demo { handle }
+    /// A demo app reporting readiness from `handle`; its chat publishes
+    /// through `hub`.
+    pub fn new(handle: ServerHandle, hub: Hub) -> Demo {
+        Demo {
+            handle,
+            ws: WebSocketRoute::new(WsEcho),
+            chat: WebSocketRoute::new(WsChat { hub }),
+        }
     }
 }
 
@@ -63,6 +72,9 @@ impl tower::Service<Request<Body>> for Demo {
             }
             (&Method::GET, "/readyz") => now(text(StatusCode::OK, "ready")),
             (&Method::POST, "/echo") => now(echo(req)),
+            // The route answers a non-handshake itself (426/400, with why).
+            (_, "/ws") => now(route(&mut self.ws, req)),
+            (_, "/ws/chat") => now(route(&mut self.chat, req)),
             (&Method::GET, "/sleep") => {
                 let ms = query_u64(req.uri().query(), "ms").unwrap_or(0);
                 let wait = Duration::from_millis(ms).min(MAX_SLEEP);
@@ -80,6 +92,15 @@ impl tower::Service<Request<Body>> for Demo {
             _ => now(text(StatusCode::NOT_FOUND, "not found")),
         }
     }
+}
+
+/// A WebSocket route's answer to a request, as a demo response.
+fn route<H: WebSocketHandler>(
+    ws: &mut WebSocketRoute<H>,
+    req: Request<Body>,
+) -> Response<DemoBody> {
+    let Ok(response) = tower::Service::call(ws, req).into_inner();
+    response.map(|body| EitherBody::Left(Full::new(Bytes::from(body))))
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<DemoBody> {
@@ -125,5 +146,41 @@ impl megaconn::FramedHandler for FramedDemo {
         reply.extend_from_slice(b"echo: ");
         reply.extend_from_slice(&frame);
         Some(reply.into())
+    }
+}
+
+/// The WebSocket demo at `/ws`: every message is sent back as it came.
+#[derive(Debug, Clone, Copy)]
+pub struct WsEcho;
+
+impl WebSocketHandler for WsEcho {
+    type State = ();
+
+    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        Some(message)
+    }
+}
+
+/// The WebSocket chat at `/ws/chat`: every client joins topic `chat`, and a
+/// text message from one is published to all of them (the sender too),
+/// parked or awake.
+#[derive(Debug, Clone)]
+pub struct WsChat {
+    hub: Hub,
+}
+
+impl WebSocketHandler for WsChat {
+    type State = ();
+
+    fn on_open(&self, _: &mut (), session: &WsSession) {
+        session.subscribe("chat");
+    }
+
+    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        if let WsMessage::Text(text) = message {
+            self.hub
+                .publish("chat", Bytes::copy_from_slice(text.as_bytes()));
+        }
+        None
     }
 }

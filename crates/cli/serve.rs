@@ -396,7 +396,7 @@ async fn serve(
         Some(t) => builder.tracing(t.clone()),
         None => builder,
     };
-    let server = builder.listen().map_err(listen_error)?;
+    let mut server = builder.listen().map_err(listen_error)?;
     let handle = server.handle();
     let control_path = upgrade_socket(
         explicit_socket.as_ref(),
@@ -441,7 +441,7 @@ async fn serve(
         take_over.finish(handle.clone(), control_path, tx)?;
         control_ready = Some(rx);
     }
-    let app = Demo::new(handle.clone());
+    let app = Demo::new(handle.clone(), server.hub());
     let serving = server.framed(crate::demo::FramedDemo).serve(app);
     tokio::pin!(serving);
     let mut publish = tokio::time::interval(PUBLISH_EVERY);

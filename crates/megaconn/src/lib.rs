@@ -41,6 +41,11 @@
 //!             framed/      framed TCP (issue 11): codec (length-prefixed, lines;
 //!                          tokio-util), handler (FramedHandler), conn (a
 //!                          connection's loop)
+//!             ws/          WebSocket (issue 12): frame (decoder, encoder;
+//!                          tungstenite's header), handshake, route (the
+//!                          tower service users mount), handler
+//!                          (WebSocketHandler, WsSession), conn (a
+//!                          connection's loop)
 //!             mod.rs       Ended / HandOver: how a protocol finishes; tags
 //!                          (the protocols never import each other)
 //!     |
@@ -54,7 +59,8 @@
 //!     |
 //!  service/   body.rs, h2_body.rs  the request body handed to services
 //!             upgrade.rs   101 Switching Protocols: the handler takes the socket
-//!                          (and the connection's accounts with it)
+//!                          (and the connection's accounts with it), or a
+//!                          protocol of ours the 101 names (NativeUpgrade)
 //!     |
 //!  conn/      connection.rs  one connection's accounts: slot, counters, track;
 //!                            close() is the one place a close is counted
@@ -124,10 +130,18 @@ pub use observe::otel;
 pub use observe::stats::{MessageStats, OtelStats, ServerStats};
 pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use proto::http2::RAPID_RESET_LIMIT;
+pub use proto::ws::{
+    WebSocketHandler, WebSocketRoute, WsMessage, WsSession, DEFAULT_WS_CLOSE_TIMEOUT,
+    DEFAULT_WS_HEARTBEAT_TIMEOUT, DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES,
+    DEFAULT_WS_PING_INTERVAL,
+};
 pub use server::builder::{Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary};
 pub use service::body::Body;
 pub use service::upgrade::{OnUpgrade, Upgraded};
 pub use service::HttpService;
+/// The UTF-8 text of a [`WsMessage::Text`] (tungstenite's: cheap to clone,
+/// backed by [`bytes::Bytes`]).
+pub use tungstenite::Utf8Bytes;
 
 /// axum's `axum::extract::ws` API (`WebSocketUpgrade`, `WebSocket`,
 /// `Message`) on megaconn's upgrade: an axum WebSocket app runs under

@@ -27,7 +27,7 @@ const LAYERS: [(&str, u8); 7] = [
 ];
 
 /// The protocols under `proto/`: none names another.
-const PROTOCOLS: [&str; 3] = ["http1", "http2", "framed"];
+const PROTOCOLS: [&str; 4] = ["http1", "http2", "framed", "ws"];
 
 /// The protocol a source file under `proto/` belongs to, if any.
 fn protocol_of(rel: &Path) -> Option<&'static str> {

@@ -38,6 +38,8 @@ pub(crate) struct WorkerContext {
     /// protocols (framed) keep their parked connections' states, ids and
     /// topics there (the lot keeps only their tag).
     pub protocol_local: std::cell::OnceCell<Rc<dyn std::any::Any>>,
+    /// More protocols' per-worker tables, one per type (see [`WorkerContext::local`]).
+    locals: std::cell::RefCell<Vec<Rc<dyn std::any::Any>>>,
 }
 
 impl WorkerContext {
@@ -63,7 +65,24 @@ impl WorkerContext {
             stats,
             index,
             protocol_local: std::cell::OnceCell::new(),
+            locals: std::cell::RefCell::default(),
         }
+    }
+
+    /// This worker's table of type `T` (made by `init` the first time): a
+    /// protocol keeps its parked connections' states there, opaque to the
+    /// core. A few types at most, so a scan beats a map.
+    pub(crate) fn local<T: 'static>(&self, init: impl FnOnce() -> T) -> Rc<T> {
+        let found = self
+            .locals
+            .borrow()
+            .iter()
+            .find_map(|l| l.clone().downcast::<T>().ok());
+        found.unwrap_or_else(|| {
+            let table = Rc::new(init());
+            self.locals.borrow_mut().push(table.clone());
+            table
+        })
     }
 }
 

@@ -53,6 +53,16 @@ impl WokenSocket {
         }
     }
 
+    /// A socket registered with tokio already (a connection that changed
+    /// protocol without parking): it waits for real readiness, and can
+    /// park later like a woken one.
+    pub(crate) fn registered_stream(stream: TcpStream) -> WokenSocket {
+        WokenSocket {
+            state: State::Registered(stream),
+            hot: true,
+        }
+    }
+
     /// The socket's descriptor (-1 only after a failed registration).
     pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
         match &self.state {

@@ -71,6 +71,9 @@ pub enum ProtocolDetail {
     Http2(u32),
     /// A framed protocol: the frame or line that broke the framing.
     Framing(FramingError),
+    /// WebSocket: the close code sent (1002 protocol error, 1007 bad UTF-8,
+    /// 1009 too large).
+    WebSocket(u16),
 }
 
 /// How a framed connection broke its framing (see
@@ -217,6 +220,9 @@ impl fmt::Display for CloseReason {
             CloseReason::HandedOver => f.write_str("handed over to the next process"),
             CloseReason::Protocol(ProtocolDetail::Framing(error)) => {
                 write!(f, "protocol error ({error})")
+            }
+            CloseReason::Protocol(ProtocolDetail::WebSocket(code)) => {
+                write!(f, "protocol error (WebSocket close {code})")
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The protocols, each on the connection core: HTTP/1.1, HTTP/2 and framed
-//! TCP (length-prefixed or line messages, `framed/`).
+//! TCP (length-prefixed or line messages, `framed/`) and WebSocket (`ws/`).
 //!
 //! A protocol serves a connection until it ends and says how: closed (with a
 //! reason), parked (idle at a message boundary, nothing buffered) or handed
@@ -10,13 +10,14 @@ pub(crate) mod date;
 pub(crate) mod framed;
 pub(crate) mod http1;
 pub(crate) mod http2;
+pub(crate) mod ws;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::conn::{ConnInfo, ProtoTag};
 use crate::observe::close::CloseReason;
-use crate::service::upgrade::UpgradeSender;
+use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
 
 /// The parking lot's tag for a connection that resumes as HTTP/1.1.
 pub(crate) const HTTP1: ProtoTag = ProtoTag(1);
@@ -28,6 +29,10 @@ pub(crate) const FRAMED: ProtoTag = ProtoTag(2);
 /// The parking lot's tag for a connection that resumes as HTTP/1.1 over TLS
 /// (its session waits in the worker's table of parked TLS sessions).
 pub(crate) const HTTP1_TLS: ProtoTag = ProtoTag(3);
+
+/// The parking lot's tag for a native WebSocket (its state waits in the
+/// WebSocket side table).
+pub(crate) const WEBSOCKET: ProtoTag = ProtoTag(4);
 
 /// How a protocol finished with a connection, for the dispatcher to act on.
 #[derive(Debug)]
@@ -63,6 +68,13 @@ pub(crate) enum HandOver<T> {
         read_ahead: Bytes,
         tx: UpgradeSender,
     },
+    /// `101 Switching Protocols` to a protocol of the server's own (the
+    /// response carried `to`): the dispatcher serves it, no handler task.
+    Native {
+        io: T,
+        read_ahead: Bytes,
+        to: NativeUpgrade,
+    },
 }
 
 /// The client's first line when it speaks HTTP/2 from the start (h2c prior
@@ -72,4 +84,20 @@ const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 /// True when a connection's first bytes are the HTTP/2 preface.
 pub(crate) fn is_h2_preface(first_bytes: &[u8]) -> bool {
     first_bytes.starts_with(H2_PREFACE_HEAD)
+}
+
+/// The earlier of two optional instants (a protocol's timers).
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleeps until `at`, or forever.
+pub(crate) async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

@@ -18,6 +18,7 @@
 //!                              framed and TLS: the lot tells of its own closes)
 //!     HandOver(H2c)        -> HTTP/2 on the same socket, the preface replayed
 //!     HandOver(Upgrade)    -> the handler's `Upgraded`, which carries the Connection
+//!     HandOver(Native)     -> WebSocket on the same socket (its route's 101 said so)
 //! ```
 //!
 //! Protocols never call the lot or each other; only this module does.
@@ -64,7 +65,7 @@ where
             if let Some(listener) = proto::framed::accepted_on(&ctx.config, info.local) {
                 let framed = proto::framed::serve_accepted(stream, ctx.clone(), listener);
                 return Either::Right(Either::Right(
-                    finish_framed(framed, ctx, conn).boxed_local(),
+                    finish_messages(framed, proto::FRAMED, ctx, conn).boxed_local(),
                 ));
             }
             match tls::tls_for_stream(&ctx.config, &stream).map(tls::TlsConfig::live) {
@@ -115,7 +116,13 @@ where
             proto::FRAMED => {
                 let framed = proto::framed::serve_woken(socket, hot, wake, ctx.clone());
                 Either::Right(Either::Right(
-                    finish_framed(framed, ctx, conn).boxed_local(),
+                    finish_messages(framed, proto::FRAMED, ctx, conn).boxed_local(),
+                ))
+            }
+            proto::WEBSOCKET => {
+                let ws = proto::ws::serve_woken(socket, hot, wake, ctx.clone());
+                Either::Right(Either::Right(
+                    finish_messages(ws, proto::WEBSOCKET, ctx, conn).boxed_local(),
                 ))
             }
             ProtoTag(unknown) => {
@@ -280,6 +287,11 @@ async fn finish_http1<T, S>(
             // which closes the connection's accounts.
             let _ = tx.send(Upgraded::new(io, read_ahead, conn.into_send()));
         }
+        Ended::HandOver(HandOver::Native { io, read_ahead, to }) => {
+            ctx.stats.connection_upgraded();
+            let ws = proto::ws::serve_upgraded(io, read_ahead, to, ctx.clone());
+            finish_messages(ws, proto::WEBSOCKET, ctx, conn).await;
+        }
     }
 }
 
@@ -301,17 +313,23 @@ where
         Ended::HandOver(HandOver::Upgrade { io, read_ahead, tx }) => {
             let _ = tx.send(Upgraded::new(io, read_ahead, SendConnection::closed()));
         }
+        Ended::HandOver(HandOver::Native { io, read_ahead, to }) => {
+            // A caller's transport never parks (it is not a plain socket).
+            let _ = proto::ws::serve_upgraded(Foreign { io }, read_ahead, to, ctx).await;
+        }
         Ended::Close(_) | Ended::Park { .. } => {}
     }
 }
 
-/// Acts on how a framed connection ended (its handler has heard already).
-async fn finish_framed(
-    framed: impl Future<Output = Ended<std::os::fd::OwnedFd>>,
+/// Acts on how a message protocol's connection ended (framed, WebSocket:
+/// its handler has heard already). `tag`: the protocol, for the lot.
+async fn finish_messages(
+    served: impl Future<Output = Ended<std::os::fd::OwnedFd>>,
+    tag: ProtoTag,
     ctx: Rc<WorkerContext>,
     conn: Connection,
 ) {
-    match framed.await {
+    match served.await {
         Ended::Close(reason) => conn.close(reason),
         // The deadline is the heartbeat's: it wakes the connection, whose
         // protocol closes it with its own reason.
@@ -325,15 +343,15 @@ async fn finish_framed(
                 Parking {
                     deadline,
                     at_once,
-                    proto: proto::FRAMED,
+                    proto: tag,
                     at_deadline: AtDeadline::Wake,
                 },
                 conn,
             ),
-            // Framed parks only when there is a lot; if not, close cleanly.
+            // They park only when there is a lot; if not, close cleanly.
             None => {
                 use std::os::fd::AsRawFd;
-                proto::framed::parked_closed(&ctx, io.as_raw_fd(), CloseReason::ServerClosed);
+                parked_closed(&ctx, io.as_raw_fd(), tag, CloseReason::ServerClosed);
                 conn.close(CloseReason::ServerClosed);
             }
         },
@@ -346,20 +364,28 @@ async fn finish_framed(
 pub(crate) fn on_parked_close(ctx: &Rc<WorkerContext>) -> OnParkedClose {
     let ctx = Rc::downgrade(ctx);
     Rc::new(move |fd, tag, reason| {
-        let Some(ctx) = ctx.upgrade() else { return };
-        match tag {
-            proto::FRAMED => proto::framed::parked_closed(&ctx, fd, reason),
-            proto::HTTP1_TLS => {
-                if let Some(parked) = ctx.tls_parked.take(fd) {
-                    // Our own close of an idle connection: say so in TLS.
-                    if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
-                        parked.close_notify(fd);
-                    }
-                }
-            }
-            _ => {}
+        if let Some(ctx) = ctx.upgrade() {
+            parked_closed(&ctx, fd, tag, reason);
         }
     })
+}
+
+/// A parked connection of protocol `tag` closed without waking: the
+/// protocol that kept its state lets it go.
+fn parked_closed(ctx: &WorkerContext, fd: std::os::fd::RawFd, tag: ProtoTag, reason: CloseReason) {
+    match tag {
+        proto::FRAMED => proto::framed::parked_closed(ctx, fd, reason),
+        proto::WEBSOCKET => proto::ws::parked_closed(ctx, fd, reason),
+        proto::HTTP1_TLS => {
+            if let Some(parked) = ctx.tls_parked.take(fd) {
+                // Our own close of an idle connection: say so in TLS.
+                if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
+                    parked.close_notify(fd);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Hands an idle connection to the worker's parking lot.

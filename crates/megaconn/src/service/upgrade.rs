@@ -169,6 +169,20 @@ fn not_upgraded() -> io::Error {
     )
 }
 
+/// A response extension a protocol of the server's own puts on its `101`
+/// (WebSocket's native route): the HTTP/1.1 engine then hands the socket to
+/// that protocol through the dispatcher instead of to the request's
+/// [`OnUpgrade`], so no task is kept for it. Opaque here (the protocols never
+/// import each other); the protocol that made it reads it back.
+#[derive(Clone)]
+pub(crate) struct NativeUpgrade(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for NativeUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NativeUpgrade")
+    }
+}
+
 /// The connection's end: hands the IO over.
 pub(crate) type UpgradeSender = oneshot::Sender<Upgraded>;
 

@@ -48,7 +48,7 @@ use crate::observe::stats::{add, incr};
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
 use crate::proto::framed::{settings, side_table};
-use crate::proto::Ended;
+use crate::proto::{earliest, until, Ended};
 
 /// How a framed connection comes to be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -597,22 +597,6 @@ async fn flush(
 async fn pushed(awake: Option<&Awake>) {
     match awake {
         Some(awake) => awake.inbox.pushed().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The earlier of two optional instants.
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Sleeps until `at`, or forever.
-async fn until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

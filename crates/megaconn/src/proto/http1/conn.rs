@@ -31,7 +31,7 @@ use crate::observe::metrics::{MethodLabel, RequestRecord};
 use crate::observe::stats::{gauge, incr};
 use crate::proto::{self, HandOver};
 use crate::service::body::Body;
-use crate::service::upgrade::{self, UpgradeSender};
+use crate::service::upgrade::{self, NativeUpgrade, UpgradeSender};
 use crate::service::HttpService;
 
 /// Serves HTTP/1.1 on `io` until the connection closes, goes cold (park it),
@@ -57,12 +57,20 @@ where
             Box::pin(conn.close(reason)).await;
             proto::Ended::Close(reason)
         }
-        Ended::Upgrade(tx) => {
+        Ended::Upgrade(tx, native) => {
             let read_ahead = conn.buffers.take_read_ahead();
-            proto::Ended::HandOver(HandOver::Upgrade {
-                io: conn.io,
-                read_ahead,
-                tx,
+            proto::Ended::HandOver(match native {
+                // The request's `OnUpgrade` (tx dropped) resolves to an error.
+                Some(to) => HandOver::Native {
+                    io: conn.io,
+                    read_ahead,
+                    to,
+                },
+                None => HandOver::Upgrade {
+                    io: conn.io,
+                    read_ahead,
+                    tx,
+                },
             })
         }
         Ended::H2c => {
@@ -87,7 +95,7 @@ where
 
 enum Ended {
     Close(CloseReason),
-    Upgrade(UpgradeSender),
+    Upgrade(UpgradeSender, Option<NativeUpgrade>),
     /// Idle past `park_idle_after`: park until readable or the idle deadline.
     Park(Option<Instant>),
     /// The client spoke HTTP/2 with prior knowledge: hand over to HTTP/2.
@@ -232,11 +240,11 @@ where
         match ctx.blocks.pin(exchange(conn, service, head)).await {
             Outcome::KeepAlive => {}
             Outcome::Close(reason) => return Ended::Close(reason),
-            Outcome::Upgrade(tx) => {
+            Outcome::Upgrade(tx, native) => {
                 if let Err(e) = conn.flush().await {
                     return Ended::Close(CloseReason::io(&e));
                 }
-                return Ended::Upgrade(tx);
+                return Ended::Upgrade(tx, native);
             }
         }
     }

@@ -46,7 +46,7 @@ use crate::observe::stats::incr;
 use crate::observe::trace::{ErrorClass, SpanSlot};
 use crate::service::body::{BodySender, Demand};
 use crate::service::panic_message;
-use crate::service::upgrade::UpgradeSender;
+use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
 use crate::BoxError;
 
 /// Largest body chunk handed to the handler at once.
@@ -110,6 +110,7 @@ pin_project_lite::pin_project! {
         encoder: Option<Encoder>,
         response_done: bool,
         upgrading: Option<UpgradeSender>,
+        native: Option<NativeUpgrade>,
         close_reason: Option<CloseReason>,
         deferred_head: Option<(http::response::Parts, Option<u64>)>,
         record: RequestRecord,
@@ -150,6 +151,7 @@ where
             encoder: None,
             response_done: false,
             upgrading: None,
+            native: None,
             close_reason: None,
             deferred_head: None,
             record,
@@ -227,7 +229,7 @@ type Proj<'p, 'c, T, F, B> = ExchangeProj<'p, 'c, T, F, B>;
 
 fn finished<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
     if let Some(tx) = this.upgrading.take() {
-        return Outcome::Upgrade(tx);
+        return Outcome::Upgrade(tx, this.native.take());
     }
     if this.setup.keep_alive {
         Outcome::KeepAlive
@@ -325,7 +327,7 @@ where
     T: Transport,
     B: HttpBody<Data = Bytes>,
 {
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
         || (this.setup.is_connect && parts.status.is_success());
     #[cfg(feature = "axum")]
@@ -334,7 +336,10 @@ where
     }
     if switching {
         match this.setup.upgrade.take() {
-            Some(tx) => *this.upgrading = Some(tx),
+            Some(tx) => {
+                *this.upgrading = Some(tx);
+                *this.native = parts.extensions.remove::<NativeUpgrade>();
+            }
             None => {
                 tracing::error!("handler answered 101 to a request that did not ask to upgrade");
                 return Err(fail_before_response(

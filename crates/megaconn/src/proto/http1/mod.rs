@@ -19,7 +19,7 @@ pub(crate) mod exchange;
 pub(crate) mod head;
 
 pub(crate) use crate::observe::close::CloseReason;
-use crate::service::upgrade::UpgradeSender;
+use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
 
 pub(crate) use conn::serve_connection;
 
@@ -30,6 +30,7 @@ pub(crate) enum Outcome {
     KeepAlive,
     /// Close the connection (after flushing what is buffered).
     Close(CloseReason),
-    /// Hand the socket to the handler.
-    Upgrade(UpgradeSender),
+    /// Hand the socket to the handler, or (`Some`) to a protocol of the
+    /// server's own that the `101` named.
+    Upgrade(UpgradeSender, Option<NativeUpgrade>),
 }

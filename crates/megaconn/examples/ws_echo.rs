@@ -1,0 +1,43 @@
+//! A native WebSocket echo server in a page: a [`WebSocketHandler`] mounted
+//! with [`WebSocketRoute`] on every path of an axum router, idle connections
+//! parked outside the runtime between messages. It is also the server the
+//! Autobahn conformance cases run against (`.ci/autobahn.sh`).
+//!
+//! ```text
+//! cargo run -p megaconn --example ws_echo [-- ADDR]
+//! websocat ws://127.0.0.1:9001/
+//! ```
+//!
+//! Every message is sent back as it came (text as text, binary as binary).
+//! Ctrl-C shuts down gracefully (open WebSockets get a 1001 close).
+
+use megaconn::{Server, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
+
+/// Echoes every message.
+struct Echo;
+
+impl WebSocketHandler for Echo {
+    type State = ();
+
+    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        Some(message)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), megaconn::Error> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9001".into());
+    let app = axum::Router::new().fallback_service(WebSocketRoute::new(Echo));
+    let server = Server::builder()
+        .listen_on(addr.parse().expect("ADDR is host:port"))
+        .listen()?;
+    println!("WebSocket echo on ws://{}/", server.local_addr());
+    server
+        .serve_with_shutdown(app, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! One WebSocket's life while it is awake: read into a pooled buffer,
+//! decode frames, answer pings, call the handler per message, write its
+//! replies; between messages wait for more, ping, or park; and the close
+//! handshake at the end.
+//!
+//! ```text
+//!   upgraded (on_open) / woken (state out of the side table; a timer
+//!   wake sends the ping that was due, or closes a silent peer)
+//!        |
+//!        v
+//!   +-> read (pooled buffer) -> decode -> ping: pong | message: on_message
+//!   |                                  | close: echo it, close
+//!   |                                  | violation: close 1002/1007/1009
+//!   |               between messages, buffers given back to the pool
+//!   |                                  v
+//!   +--- bytes arrive <---- wait: park_idle_after -> park (state to the side table)
+//!                                 ping due        -> ping
+//!                                 heartbeat due   -> close (HeartbeatTimeout)
+//!                                 shutdown        -> close 1001
+//! ```
+//!
+//! The server's close: a close frame, then the peer's close frame awaited
+//! for `close_timeout` (what else it sends meanwhile is dropped), then the
+//! TCP close (the server closes first, RFC 6455 §7.1.1).
+
+use std::future::poll_fn;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio::time::Instant;
+use tokio_util::either::Either;
+
+use crate::conn::context::WorkerContext;
+use crate::conn::io::{read_more, ConnIo};
+use crate::conn::transport::{Parkable, Transport};
+use crate::conn::Wake;
+use crate::message::hub::{ConnectionId, Overflowed};
+use crate::message::session::Session;
+use crate::message::table::Parked;
+use crate::message::worker::{Awake, Local};
+use crate::observe::close::{CloseReason, ProtocolDetail};
+use crate::observe::lifecycle::{self, ConnectionState};
+use crate::observe::stats::{add, incr};
+use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
+use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
+use crate::proto::ws::route::Route;
+use crate::proto::ws::{Start, Tables, WsIo};
+use crate::proto::{earliest, until, Ended};
+
+/// What ended an idle wait.
+enum Idle {
+    Readable(std::io::Result<()>),
+    Park,
+    HeartbeatDue,
+    SendPing,
+    Pushed,
+    Shutdown,
+}
+
+/// What ended a read between messages.
+enum Read {
+    Done(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
+    Pushed,
+    Shutdown,
+}
+
+/// What the connection does after an event.
+enum Next {
+    Go,
+    /// Close: the peer's close was echoed (`None`), or send ours.
+    Close(CloseReason, Option<(u16, String)>),
+}
+
+/// The close sent on shutdown: 1001, going away.
+fn going_away() -> Next {
+    Next::Close(CloseReason::Shutdown, Some((1001, String::new())))
+}
+
+/// Serves a WebSocket until it closes (`on_close` has run) or parks (its
+/// state is in the side table, keyed by the returned socket).
+pub(crate) async fn serve<H: WebSocketHandler>(
+    route: Arc<Route<H>>,
+    io: WsIo,
+    ctx: Rc<WorkerContext>,
+    start: Start,
+) -> Ended<OwnedFd> {
+    let settings = &route.settings;
+    let tables = Tables::of(&ctx);
+    let counters = &ctx.stats.messages;
+    let fd = match &io {
+        Either::Left(socket) => socket.raw_fd(),
+        // Never parked: its id only has to be unique while it lives.
+        Either::Right(_) => -1,
+    };
+    let now = Instant::now();
+    // When the peer must have sent something by, and when our next ping goes.
+    let mut due = settings.heartbeat_timeout.map(|t| now + t);
+    let mut send_at = settings.ping_interval.map(|t| now + t);
+    let mut conn = ConnIo::new(io, ctx.clone());
+    let (mut live, session) = match start {
+        Start::Upgraded(read_ahead) => {
+            if !read_ahead.is_empty() {
+                conn.rbuf_and_io().0.extend_from_slice(&read_ahead);
+            }
+            let id = tables.local.new_id(fd);
+            let session = WsSession::new(Session::new(id, tables.local.clone()));
+            let mut live = Live::new(&route.handler, H::State::default(), id, &tables);
+            route.handler.on_open(live.state(), &session);
+            (live, session)
+        }
+        Start::Woken(wake, parked) => {
+            let id = tables.local.id(fd, parked.generation);
+            let Ok(state) = parked.state.state.downcast::<H::State>() else {
+                tracing::error!("a woken WebSocket's state is of another route; closing it");
+                tables.local.closed(id);
+                return Ended::Close(CloseReason::ServerError);
+            };
+            let session = WsSession::new(Session::new(id, tables.local.clone()));
+            let live = Live::new(&route.handler, *state, id, &tables);
+            if parked.behind {
+                return live.close(CloseReason::SlowConsumer);
+            }
+            send_at = parked.send_at;
+            if wake == Wake::Timer {
+                // The peer's deadline passed, or it is time for our ping
+                // (then the peer's deadline stays where it was).
+                if parked.due.is_some_and(|due| now >= due) {
+                    incr(&counters.heartbeat_timeouts);
+                    return live.close(CloseReason::HeartbeatTimeout);
+                }
+                due = parked.due;
+            }
+            if let (Some(every), Some(at)) = (settings.ping_interval, send_at) {
+                if now >= at {
+                    incr(&counters.heartbeats_sent);
+                    frame::encode(conn.wbuf(), Out::Ping, b"");
+                    send_at = Some(now + every);
+                }
+            }
+            (live, session)
+        }
+    };
+    // Pushes reach an awake connection through its outbound queue (gone
+    // when it parks or closes).
+    let awake = tables.local.awake(session.id(), tables.parked.wire(0));
+    let mut decoder = Decoder::default();
+    let next = 'serve: loop {
+        // Every frame whole in the buffer, in order.
+        while conn.rbuf_len() > 0 {
+            let decoded = decoder.decode(conn.rbuf_and_io().0, settings.limits);
+            let event = match decoded {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(violation) => break 'serve violated(&ctx, violation),
+            };
+            match on_event(&mut conn, &mut live, &session, event).await {
+                Next::Go => {}
+                close => break 'serve close,
+            }
+        }
+        if let Some(close) = queued(&mut conn, &session) {
+            break 'serve close;
+        }
+        let between = decoder.between_messages() && conn.rbuf_len() == 0;
+        // Messages pushed meanwhile go out between the peer's messages.
+        if let Some(awake) = awake.as_ref().filter(|_| between) {
+            match awake.inbox.take() {
+                Ok(pushed) => {
+                    add(&counters.frames_out, pushed.len() as u64);
+                    for framed in pushed {
+                        conn.wbuf().extend_from_slice(&framed);
+                    }
+                }
+                Err(Overflowed) => break 'serve Next::Close(CloseReason::SlowConsumer, None),
+            }
+        }
+        add(&counters.bytes_out, conn.wbuf_len() as u64);
+        if let Err(e) = conn.flush().await {
+            break 'serve Next::Close(CloseReason::io(&e), None);
+        }
+        let mut park_at = None;
+        if between {
+            conn.buffers.release();
+            if ctx.shutdown.is_started() {
+                break 'serve going_away();
+            }
+            // A push that came while the last ones were written goes first
+            // (parking now would drop it with the queue).
+            if awake.as_ref().is_some_and(|a| !a.inbox.is_empty()) {
+                continue;
+            }
+            lifecycle::set_state(ConnectionState::Idle);
+            let can_park = ctx.park.is_some() && matches!(conn.io, Either::Left(_));
+            // A woken socket that served its frames (or sent its ping)
+            // without waiting goes straight back.
+            if can_park && conn.io.repark_when_idle() {
+                return park(&route, conn, live, &tables, (due, send_at), true);
+            }
+            park_at = ctx
+                .config
+                .park_idle_after
+                .filter(|_| can_park)
+                .map(|t| Instant::now() + t);
+            let idle = tokio::select! {
+                biased;
+                ready = poll_fn(|cx| conn.io.poll_read_ready(cx)) => Idle::Readable(ready),
+                () = ctx.shutdown.wait() => Idle::Shutdown,
+                () = until(due) => Idle::HeartbeatDue,
+                () = until(send_at) => Idle::SendPing,
+                () = pushed(awake.as_ref()) => Idle::Pushed,
+                () = until(park_at) => Idle::Park,
+            };
+            match idle {
+                Idle::Readable(Ok(())) => {}
+                Idle::Readable(Err(e)) => break 'serve Next::Close(CloseReason::io(&e), None),
+                Idle::Shutdown => break 'serve going_away(),
+                Idle::HeartbeatDue => {
+                    incr(&counters.heartbeat_timeouts);
+                    break 'serve Next::Close(CloseReason::HeartbeatTimeout, None);
+                }
+                Idle::Park => return park(&route, conn, live, &tables, (due, send_at), false),
+                // The top of the loop writes them.
+                Idle::Pushed => continue,
+                Idle::SendPing => {
+                    incr(&counters.heartbeats_sent);
+                    frame::encode(conn.wbuf(), Out::Ping, b"");
+                    send_at = settings.ping_interval.map(|t| Instant::now() + t);
+                    continue;
+                }
+            }
+        }
+        // Read. Mid-message the heartbeat bounds the wait; between messages
+        // the park time and the ping too (a woken socket reports itself
+        // readable without asking the kernel, so a hot one may wait here,
+        // and still hears shutdown and pushes).
+        lifecycle::set_state(ConnectionState::ReadingBody);
+        let wake_at = if between {
+            earliest(due, earliest(park_at, send_at))
+        } else {
+            due
+        };
+        let read = {
+            let (rbuf, io) = conn.rbuf_and_io();
+            let reading = async {
+                let reading = poll_fn(|cx| read_more(io, rbuf, cx));
+                match wake_at {
+                    Some(at) => tokio::time::timeout_at(at, reading).await,
+                    None => Ok(reading.await),
+                }
+            };
+            if between {
+                tokio::select! {
+                    biased;
+                    read = reading => Read::Done(read),
+                    () = ctx.shutdown.wait() => Read::Shutdown,
+                    () = pushed(awake.as_ref()) => Read::Pushed,
+                }
+            } else {
+                Read::Done(reading.await)
+            }
+        };
+        let read = match read {
+            Read::Done(read) => read,
+            Read::Shutdown => break 'serve going_away(),
+            Read::Pushed => continue,
+        };
+        match read {
+            Ok(Ok(0)) => break 'serve Next::Close(CloseReason::ClientClosed, None),
+            Ok(Ok(n)) => {
+                add(&counters.bytes_in, n as u64);
+                due = settings.heartbeat_timeout.map(|t| Instant::now() + t);
+            }
+            Ok(Err(e)) => break 'serve Next::Close(CloseReason::io(&e), None),
+            Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
+                incr(&counters.heartbeat_timeouts);
+                break 'serve Next::Close(CloseReason::HeartbeatTimeout, None);
+            }
+            // Nothing came: the idle wait pings or parks.
+            Err(_elapsed) => conn.buffers.release(),
+        }
+    };
+    drop(awake);
+    let Next::Close(reason, ours) = next else {
+        unreachable!("the loop ends with a close")
+    };
+    // Flushes what is left. After our close frame the close handshake has
+    // read the peer's input up to its close frame (or close_timeout), which
+    // is what a lingering close would do: it is not done twice.
+    let io_reason = match ours {
+        Some((code, why)) => {
+            let timeout = settings.close_timeout;
+            close_handshake(&mut conn, code, &why, timeout, settings.limits).await;
+            CloseReason::ServerClosed
+        }
+        None => reason,
+    };
+    Box::pin(conn.close(io_reason)).await;
+    live.close(reason)
+}
+
+/// Acts on one decoded event.
+async fn on_event<H: WebSocketHandler>(
+    conn: &mut ConnIo<WsIo>,
+    live: &mut Live<'_, H>,
+    session: &WsSession,
+    event: Event,
+) -> Next {
+    match event {
+        Event::Ping(payload) => frame::encode(conn.wbuf(), Out::Pong, &payload),
+        Event::Pong => {}
+        Event::Close(code) => {
+            // Echo the peer's code (§5.5.1); the TCP close follows.
+            match code {
+                Some((code, _)) => frame::encode_close(conn.wbuf(), code, ""),
+                None => frame::encode(conn.wbuf(), Out::Close, b""),
+            }
+            return Next::Close(CloseReason::ClientClosed, None);
+        }
+        Event::Message(message) => {
+            lifecycle::count_request();
+            incr(&conn.ctx.stats.messages.frames_in);
+            lifecycle::set_state(ConnectionState::Handling);
+            // A panicking handler closes its connection, not the worker.
+            let handled = AssertUnwindSafe(live.handler.on_message(live.state(), message, session))
+                .catch_unwind()
+                .await;
+            match handled {
+                Ok(Some(reply)) => session.send(reply),
+                Ok(None) => {}
+                Err(_panic) => {
+                    incr(&conn.ctx.stats.panics);
+                    tracing::error!("a WebSocket handler panicked; closing its connection");
+                    return Next::Close(CloseReason::Panic, Some((1011, String::new())));
+                }
+            }
+            if let Some(close) = queued(conn, session) {
+                return close;
+            }
+        }
+    }
+    Next::Go
+}
+
+/// Encodes what the handler queued; its close, if it asked for one.
+fn queued(conn: &mut ConnIo<WsIo>, session: &WsSession) -> Option<Next> {
+    let out = session.take_out();
+    add(&conn.ctx.stats.messages.frames_out, out.len() as u64);
+    for message in out {
+        frame::encode_message(conn.wbuf(), &message);
+    }
+    session
+        .take_closing()
+        .map(|close| Next::Close(CloseReason::ServerClosed, Some(close)))
+}
+
+/// A frame broke the protocol: counted, logged, closed with its code.
+fn violated(ctx: &WorkerContext, violation: Violation) -> Next {
+    let code = violation.code();
+    incr(&ctx.stats.protocol_errors);
+    tracing::debug!(
+        code,
+        reason = violation.reason(),
+        "WebSocket protocol error; closing"
+    );
+    Next::Close(
+        CloseReason::Protocol(ProtocolDetail::WebSocket(code)),
+        Some((code, violation.reason().to_owned())),
+    )
+}
+
+/// Sends our close frame and waits up to `timeout` for the peer's (other
+/// frames are dropped, a broken one ends the wait).
+async fn close_handshake(
+    conn: &mut ConnIo<WsIo>,
+    code: u16,
+    reason: &str,
+    timeout: std::time::Duration,
+    limits: frame::Limits,
+) {
+    frame::encode_close(conn.wbuf(), code, reason);
+    let _ = tokio::time::timeout(timeout, async {
+        conn.flush().await?;
+        // What was read past the violation is not trusted: start afresh.
+        if let Some(rbuf) = conn.buffers.rbuf.as_mut() {
+            rbuf.clear();
+        }
+        let mut decoder = Decoder::default();
+        loop {
+            let (rbuf, io) = conn.rbuf_and_io();
+            loop {
+                match decoder.decode(rbuf, limits) {
+                    Ok(Some(Event::Close(_))) | Err(_) => return Ok::<(), std::io::Error>(()),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                }
+            }
+            if poll_fn(|cx| read_more(io, rbuf, cx)).await? == 0 {
+                return Ok(());
+            }
+        }
+    })
+    .await;
+}
+
+/// Gives the socket up for parking, its state kept in the side table.
+fn park<H: WebSocketHandler>(
+    route: &Arc<Route<H>>,
+    conn: ConnIo<WsIo>,
+    live: Live<'_, H>,
+    tables: &Tables,
+    (due, send_at): (Option<Instant>, Option<Instant>),
+    at_once: bool,
+) -> Ended<OwnedFd> {
+    // No buffer is kept: `release` gave back the empty ones, and a
+    // connection parks only between messages with nothing buffered.
+    let ConnIo { io, buffers, .. } = conn;
+    drop(buffers);
+    match io.into_parked() {
+        Ok(socket) => {
+            let generation = live.id.generation();
+            let route: Arc<dyn ErasedRoute> = route.clone();
+            let state = tables.state(&route, Box::new(live.take()));
+            tables.parked.put(
+                socket.as_raw_fd(),
+                Parked {
+                    state,
+                    variant: 0,
+                    due,
+                    send_at,
+                    generation,
+                    behind: false,
+                },
+            );
+            // The lot wakes it at the earlier timer (`Wake::Timer`).
+            Ended::Park {
+                io: socket,
+                deadline: earliest(due, send_at),
+                at_once,
+            }
+        }
+        Err(e) => live.close(CloseReason::io(&e)),
+    }
+}
+
+/// Resolves when a message was pushed to this connection (never without a hub).
+async fn pushed(awake: Option<&Awake>) {
+    match awake {
+        Some(awake) => awake.inbox.pushed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A live connection's state, owned so that the handler hears of the close
+/// exactly once, however the connection ends: closed, parked (the state
+/// moves to the side table) or dropped (a forced shutdown drops the task:
+/// `on_close` then says [`CloseReason::Shutdown`]).
+struct Live<'h, H: WebSocketHandler> {
+    handler: &'h H,
+    state: Option<H::State>,
+    id: ConnectionId,
+    local: Rc<Local>,
+}
+
+impl<'h, H: WebSocketHandler> Live<'h, H> {
+    fn new(handler: &'h H, state: H::State, id: ConnectionId, tables: &Tables) -> Self {
+        Live {
+            handler,
+            state: Some(state),
+            id,
+            local: tables.local.clone(),
+        }
+    }
+
+    fn state(&mut self) -> &mut H::State {
+        self.state.as_mut().expect("the state stays until the end")
+    }
+
+    fn take(mut self) -> H::State {
+        self.state.take().expect("the state stays until the end")
+    }
+
+    /// Ends the connection: it leaves its topics, the handler hears why,
+    /// then the dispatcher counts it.
+    fn close(mut self, reason: CloseReason) -> Ended<OwnedFd> {
+        if let Some(state) = self.state.take() {
+            self.local.closed(self.id);
+            self.handler.on_close(state, reason);
+        }
+        Ended::Close(reason)
+    }
+}
+
+impl<H: WebSocketHandler> Drop for Live<'_, H> {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            self.local.closed(self.id);
+            self.handler.on_close(state, CloseReason::Shutdown);
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! RFC 6455 frames, server side: the decoder that turns bytes read into a
+//! pooled buffer into messages and control frames, and the encoder of the
+//! server's frames.
+//!
+//! The frame header is tungstenite's ([`FrameHeader::parse`] reads it from
+//! any byte slice, so from our pooled buffer as it is, and
+//! [`FrameHeader::format`] writes ours); the rules above the header are
+//! here, because tungstenite applies them inside its own socket type, which
+//! owns a 128 KiB read buffer per connection:
+//!
+//! - every client frame is masked (§5.1), no reserved bit is set (no
+//!   extension is negotiated), no reserved opcode (tungstenite rejects those);
+//! - control frames are final and at most 125 bytes (§5.5), and may come
+//!   between the fragments of a message (§5.4);
+//! - a continuation frame continues a message, a new message does not start
+//!   inside another (§5.4);
+//! - text is UTF-8, checked fragment by fragment as it arrives (§8.1), so a
+//!   bad byte fails the connection at once, not at the end of the message;
+//! - a close frame carries nothing, or a valid code and a UTF-8 reason (§5.5.1,
+//!   §7.4);
+//! - `max_frame_bytes` is checked from the header, before the payload is
+//!   read; `max_message_bytes` on the running total of a fragmented message.
+//!
+//! A whole unfragmented message is split off the read buffer without a copy;
+//! fragments are gathered in a buffer of the message's own, which lives only
+//! until the message ends.
+
+use std::io::Cursor;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::Utf8Bytes;
+
+/// A message as the server's handler sees it, and sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsMessage {
+    /// A text message (valid UTF-8).
+    Text(Utf8Bytes),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl WsMessage {
+    /// The message's bytes (text as UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            WsMessage::Text(text) => text.as_bytes(),
+            WsMessage::Binary(bytes) => bytes,
+        }
+    }
+}
+
+impl From<&'static str> for WsMessage {
+    fn from(text: &'static str) -> WsMessage {
+        WsMessage::Text(Utf8Bytes::from_static(text))
+    }
+}
+
+impl From<String> for WsMessage {
+    fn from(text: String) -> WsMessage {
+        WsMessage::Text(text.into())
+    }
+}
+
+impl From<Bytes> for WsMessage {
+    fn from(bytes: Bytes) -> WsMessage {
+        WsMessage::Binary(bytes)
+    }
+}
+
+/// What one decoded frame (or the last fragment of a message) gives.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// A whole data message.
+    Message(WsMessage),
+    /// A ping, with its payload (answered with a pong carrying it).
+    Ping(Bytes),
+    /// A pong (the answer to our ping, or unsolicited: both only prove life).
+    Pong,
+    /// The peer's close frame: its code and reason, if it sent one.
+    Close(Option<(u16, Utf8Bytes)>),
+}
+
+/// A frame that breaks the protocol: the connection fails with this close
+/// code (§7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// 1002: a broken rule of the framing.
+    Protocol(&'static str),
+    /// 1007: text (or a close reason) that is not UTF-8.
+    BadUtf8,
+    /// 1009: a frame over `max_frame_bytes` or a message over
+    /// `max_message_bytes`.
+    TooBig(&'static str),
+}
+
+impl Violation {
+    /// The close code sent for it.
+    pub(crate) fn code(self) -> u16 {
+        match self {
+            Violation::Protocol(_) => 1002,
+            Violation::BadUtf8 => 1007,
+            Violation::TooBig(_) => 1009,
+        }
+    }
+
+    /// What went wrong, for the close frame's reason and the log line.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Violation::Protocol(why) => why,
+            Violation::BadUtf8 => "text is not valid UTF-8",
+            Violation::TooBig(which) => which,
+        }
+    }
+}
+
+/// The size limits the decoder enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_message_bytes: usize,
+}
+
+/// A fragmented message being gathered.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    data: BytesMut,
+    /// How much of `data` is known to be valid UTF-8 (text only); the rest
+    /// is at most an incomplete character awaiting the next fragment.
+    valid: usize,
+}
+
+/// The decoder: stateless between messages (a fragmented message in
+/// progress is the only state, and it is never parked).
+#[derive(Debug, Default)]
+pub(crate) struct Decoder {
+    partial: Option<Partial>,
+}
+
+impl Decoder {
+    /// True between messages (nothing gathered): the connection may park.
+    pub(crate) fn between_messages(&self) -> bool {
+        self.partial.is_none()
+    }
+
+    /// Decodes the next frame from `buf`, consuming it. `Ok(None)`: more
+    /// bytes are needed (a fragment that is not the last one is consumed
+    /// and gives nothing either; the caller loops until `Ok(None)` with
+    /// nothing consumed, see [`Decoder::decode_all`]).
+    fn decode_one(&mut self, buf: &mut BytesMut, limits: Limits) -> Result<Step, Violation> {
+        let mut cursor = Cursor::new(&buf[..]);
+        let (header, length) = match FrameHeader::parse(&mut cursor) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Ok(Step::NeedMore),
+            Err(_) => return Err(Violation::Protocol("reserved opcode")),
+        };
+        let header_len = cursor.position() as usize;
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(Violation::Protocol("reserved bit set without an extension"));
+        }
+        let Some(mask) = header.mask else {
+            return Err(Violation::Protocol("client frames must be masked"));
+        };
+        if let OpCode::Control(_) = header.opcode {
+            if !header.is_final {
+                return Err(Violation::Protocol("fragmented control frame"));
+            }
+            if length > 125 {
+                return Err(Violation::Protocol("control frame over 125 bytes"));
+            }
+        }
+        if length > limits.max_frame_bytes as u64 {
+            return Err(Violation::TooBig("frame over max_frame_bytes"));
+        }
+        let length = length as usize;
+        if let OpCode::Data(data) = header.opcode {
+            let gathered = match (&self.partial, data) {
+                (None, Data::Continue) => {
+                    return Err(Violation::Protocol("continuation without a message"))
+                }
+                (Some(_), Data::Text | Data::Binary) => {
+                    return Err(Violation::Protocol("new message inside a fragmented one"))
+                }
+                (Some(partial), _) => partial.data.len(),
+                (None, _) => 0,
+            };
+            if gathered + length > limits.max_message_bytes {
+                return Err(Violation::TooBig("message over max_message_bytes"));
+            }
+        }
+        if buf.len() < header_len + length {
+            // The payload is not all here: make room for it once.
+            buf.reserve(header_len + length - buf.len());
+            return Ok(Step::NeedMore);
+        }
+        buf.advance(header_len);
+        let mut payload = buf.split_to(length);
+        unmask(&mut payload, mask);
+        match header.opcode {
+            OpCode::Control(Control::Ping) => Ok(Step::Event(Event::Ping(payload.freeze()))),
+            OpCode::Control(Control::Pong) => Ok(Step::Event(Event::Pong)),
+            OpCode::Control(Control::Close) => close_payload(payload.freeze()).map(Step::Event),
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                Err(Violation::Protocol("reserved opcode"))
+            }
+            OpCode::Data(data) => self.data(data, header.is_final, payload),
+        }
+    }
+
+    /// A data frame: a whole message, or a fragment of one.
+    fn data(&mut self, data: Data, is_final: bool, payload: BytesMut) -> Result<Step, Violation> {
+        let text = match data {
+            Data::Text => true,
+            Data::Binary => false,
+            _ => {
+                let partial = self.partial.as_mut().expect("checked by the caller");
+                partial.data.extend_from_slice(&payload);
+                if partial.text {
+                    partial.valid = check_utf8(&partial.data, partial.valid, is_final)?;
+                }
+                if !is_final {
+                    return Ok(Step::Consumed);
+                }
+                let partial = self.partial.take().expect("just used");
+                return Ok(Step::Event(Event::Message(message(
+                    partial.text,
+                    partial.data.freeze(),
+                ))));
+            }
+        };
+        if is_final {
+            if text {
+                check_utf8(&payload, 0, true)?;
+            }
+            return Ok(Step::Event(Event::Message(message(text, payload.freeze()))));
+        }
+        // The first fragment: gathered apart from the read buffer, which goes
+        // back to the pool between reads.
+        let valid = if text {
+            check_utf8(&payload, 0, false)?
+        } else {
+            0
+        };
+        self.partial = Some(Partial {
+            text,
+            data: BytesMut::from(&payload[..]),
+            valid,
+        });
+        Ok(Step::Consumed)
+    }
+
+    /// Decodes every frame that is whole in `buf`, up to the first event.
+    pub(crate) fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: Limits,
+    ) -> Result<Option<Event>, Violation> {
+        loop {
+            match self.decode_one(buf, limits)? {
+                Step::Event(event) => return Ok(Some(event)),
+                Step::Consumed => continue,
+                Step::NeedMore => return Ok(None),
+            }
+        }
+    }
+}
+
+/// One step of decoding.
+enum Step {
+    Event(Event),
+    /// A fragment was gathered; decode on.
+    Consumed,
+    NeedMore,
+}
+
+/// A whole message's payload, already checked.
+fn message(text: bool, payload: Bytes) -> WsMessage {
+    if text {
+        // SAFETY: the caller checked the payload is UTF-8 (`check_utf8`
+        // with `is_final`), so the second check `TryFrom` would make is
+        // skipped.
+        WsMessage::Text(unsafe { Utf8Bytes::from_bytes_unchecked(payload) })
+    } else {
+        WsMessage::Binary(payload)
+    }
+}
+
+/// Checks `data[from..]` is UTF-8, allowing an incomplete last character
+/// unless the message is final. Returns how far it is valid.
+fn check_utf8(data: &[u8], from: usize, is_final: bool) -> Result<usize, Violation> {
+    match std::str::from_utf8(&data[from..]) {
+        Ok(_) => Ok(data.len()),
+        // Cut in the middle of a character: the rest comes with the next
+        // fragment.
+        Err(e) if e.error_len().is_none() && !is_final => Ok(from + e.valid_up_to()),
+        Err(_) => Err(Violation::BadUtf8),
+    }
+}
+
+/// Reads a close frame's payload (§5.5.1): empty, or a code a peer may send
+/// (§7.4) and a UTF-8 reason.
+fn close_payload(payload: Bytes) -> Result<Event, Violation> {
+    match payload.len() {
+        0 => Ok(Event::Close(None)),
+        1 => Err(Violation::Protocol("close frame with a one-byte payload")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !peer_may_send(code) {
+                return Err(Violation::Protocol("invalid close code"));
+            }
+            let reason = Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| Violation::BadUtf8)?;
+            Ok(Event::Close(Some((code, reason))))
+        }
+    }
+}
+
+/// Whether a close code may appear in a close frame (§7.4.1, §7.4.2): the
+/// registered ones except 1004-1006 and 1015 (never sent), and 3000-4999.
+fn peer_may_send(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Undoes the client's mask (§5.3), in place.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    // (tungstenite's word-at-a-time version is private to it.) A word at a
+    // time, then the tail: the compiler vectorises the first loop.
+    let word = u32::from_ne_bytes(mask);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let value = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ word;
+        chunk.copy_from_slice(&value.to_ne_bytes());
+    }
+    for (byte, m) in chunks.into_remainder().iter_mut().zip(mask) {
+        *byte ^= m;
+    }
+}
+
+/// The opcodes the server sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Out {
+    Text,
+    Binary,
+    Ping,
+    Pong,
+    Close,
+}
+
+/// Appends one unmasked, final frame to `out`.
+pub(crate) fn encode(out: &mut BytesMut, opcode: Out, payload: &[u8]) {
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: false,
+        rsv2: false,
+        rsv3: false,
+        opcode: match opcode {
+            Out::Text => OpCode::Data(Data::Text),
+            Out::Binary => OpCode::Data(Data::Binary),
+            Out::Ping => OpCode::Control(Control::Ping),
+            Out::Pong => OpCode::Control(Control::Pong),
+            Out::Close => OpCode::Control(Control::Close),
+        },
+        mask: None,
+    };
+    out.reserve(header.len(payload.len() as u64) + payload.len());
+    let mut writer = out.writer();
+    header
+        .format(payload.len() as u64, &mut writer)
+        .expect("writing to memory cannot fail");
+    writer.into_inner().put_slice(payload);
+}
+
+/// Appends a message frame.
+pub(crate) fn encode_message(out: &mut BytesMut, message: &WsMessage) {
+    match message {
+        WsMessage::Text(text) => encode(out, Out::Text, text.as_bytes()),
+        WsMessage::Binary(bytes) => encode(out, Out::Binary, bytes),
+    }
+}
+
+/// Appends a close frame with `code` and `reason` (cut to fit 125 bytes
+/// at a character boundary).
+pub(crate) fn encode_close(out: &mut BytesMut, code: u16, reason: &str) {
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + cut);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..cut]);
+    encode(out, Out::Close, &payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_frame_bytes: 1 << 20,
+        max_message_bytes: 1 << 20,
+    };
+
+    /// A client frame: masked with a fixed key.
+    fn client(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    fn decode_all(bytes: &[u8]) -> Result<Vec<Event>, Violation> {
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::from(bytes);
+        let mut events = Vec::new();
+        while let Some(event) = decoder.decode(&mut buf, LIMITS)? {
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    #[test]
+    fn fragments_with_a_ping_between_them() {
+        let mut bytes = client(0x01, "héll".as_bytes()[..2].as_ref());
+        bytes.extend(client(0x89, b"p"));
+        bytes.extend(client(0x00, &"héll".as_bytes()[2..]));
+        bytes.extend(client(0x80, b"o"));
+        let events = decode_all(&bytes).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                Event::Ping(Bytes::from_static(b"p")),
+                Event::Message(WsMessage::from("héllo")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_character_split_across_fragments_is_fine_and_a_bad_byte_fails_at_once() {
+        let euro = "€".as_bytes();
+        let mut bytes = client(0x01, &euro[..1]);
+        bytes.extend(client(0x80, &euro[1..]));
+        assert_eq!(
+            decode_all(&bytes).unwrap(),
+            vec![Event::Message(WsMessage::from("€"))]
+        );
+        // 0xff is never UTF-8: fails on the first fragment.
+        assert_eq!(
+            decode_all(&client(0x01, &[b'a', 0xff])),
+            Err(Violation::BadUtf8)
+        );
+        // An incomplete character at the end of the message fails.
+        assert_eq!(
+            decode_all(&client(0x81, &euro[..2])),
+            Err(Violation::BadUtf8)
+        );
+    }
+
+    #[test]
+    fn rule_breakers_get_their_codes() {
+        let unmasked = [0x81, 0x01, b'a'];
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (unmasked.to_vec(), 1002),
+            (client(0xC1, b"a"), 1002),       // RSV1
+            (client(0x83, b"a"), 1002),       // reserved opcode
+            (client(0x80, b"a"), 1002),       // continuation first
+            (client(0x09, b"a"), 1002),       // fragmented ping
+            (client(0x89, &[0; 126]), 1002),  // long ping
+            (client(0x88, &[3]), 1002),       // one-byte close
+            (client(0x88, &[3, 0xED]), 1002), // close code 1005
+            (client(0x88, &[0x03, 0xE8, 0xff]), 1007),
+            ([client(0x01, b"a"), client(0x01, b"b")].concat(), 1002),
+        ];
+        for (bytes, code) in cases {
+            let got = decode_all(&bytes).unwrap_err();
+            assert_eq!(got.code(), code, "{bytes:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn limits_are_checked_before_the_payload_arrives() {
+        let limits = Limits {
+            max_frame_bytes: 100,
+            max_message_bytes: 150,
+        };
+        let mut decoder = Decoder::default();
+        // Only the header of a 1000-byte frame.
+        let mut buf = BytesMut::from(&client(0x82, &[0; 1000])[..8]);
+        assert_eq!(
+            decoder.decode(&mut buf, limits),
+            Err(Violation::TooBig("frame over max_frame_bytes"))
+        );
+        let mut decoder = Decoder::default();
+        let mut bytes = client(0x02, &[0; 100]);
+        bytes.extend(client(0x80, &[0; 60]));
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(
+            decoder.decode(&mut buf, limits),
+            Err(Violation::TooBig("message over max_message_bytes"))
+        );
+    }
+
+    #[test]
+    fn a_frame_in_pieces_waits_for_the_rest() {
+        let bytes = client(0x82, &[7; 300]);
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::new();
+        for (i, piece) in bytes.chunks(50).enumerate() {
+            buf.extend_from_slice(piece);
+            let got = decoder.decode(&mut buf, LIMITS).unwrap();
+            if i + 1 < bytes.len().div_ceil(50) {
+                assert_eq!(got, None);
+            } else {
+                assert_eq!(
+                    got,
+                    Some(Event::Message(WsMessage::Binary(vec![7; 300].into())))
+                );
+            }
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn server_frames_round_trip_through_the_header_parser() {
+        let mut out = BytesMut::new();
+        encode(&mut out, Out::Text, &[b'x'; 70_000]);
+        let (header, length) = FrameHeader::parse(&mut Cursor::new(&out[..]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(length, 70_000);
+        assert!(header.mask.is_none() && header.is_final);
+        let mut out = BytesMut::new();
+        encode_close(&mut out, 1001, &"é".repeat(100));
+        assert_eq!(out.len(), 2 + 125 - 1, "cut at a character boundary");
+    }
+}

@@ -1,0 +1,185 @@
+//! The native WebSocket message API: [`WebSocketHandler`] (what a user
+//! writes, called once per message) and [`WsSession`] (where its replies
+//! go), plus the erased route the dispatcher serves ([`ErasedRoute`]).
+//!
+//! Per message, not per connection, for the same reason as the framed
+//! protocol's API: between messages a connection is a bare socket in the
+//! parking lot and its [`State`](WebSocketHandler::State) in this worker's
+//! side table, with no task, future or buffer kept for it.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::conn::context::WorkerContext;
+use crate::message::hub::ConnectionId;
+use crate::message::session::Session;
+use crate::observe::close::CloseReason;
+use crate::proto::ws::frame::WsMessage;
+use crate::proto::ws::{conn, Start, WsIo};
+use crate::proto::Ended;
+
+/// A WebSocket endpoint's behaviour, called once per message. Mount it on a
+/// route with [`WebSocketRoute`](crate::WebSocketRoute).
+///
+/// One handler serves every connection of its route (shared across
+/// workers, hence `Send + Sync`); what is per connection goes in
+/// [`State`](WebSocketHandler::State), which the server keeps while the
+/// connection is idle, even parked outside the runtime. Keep it small: at
+/// a million connections, each byte of it is a megabyte.
+///
+/// ```
+/// use megaconn::{CloseReason, WebSocketHandler, WsMessage, WsSession};
+///
+/// /// Echoes every message and counts them per connection.
+/// struct Echo;
+///
+/// impl WebSocketHandler for Echo {
+///     type State = u64;
+///
+///     async fn on_message(&self, seen: &mut u64, message: WsMessage, _: &WsSession) -> Option<WsMessage> {
+///         *seen += 1;
+///         Some(message)
+///     }
+///
+///     fn on_close(&self, seen: u64, reason: CloseReason) {
+///         println!("closed after {seen} messages: {reason}");
+///     }
+/// }
+/// ```
+pub trait WebSocketHandler: Send + Sync + 'static {
+    /// What the server keeps per connection between messages.
+    type State: Default + 'static;
+
+    /// The handshake was accepted and the `101` written, with a default
+    /// state. May greet the peer through `session`.
+    fn on_open(&self, state: &mut Self::State, session: &WsSession) {
+        let _ = (state, session);
+    }
+
+    /// A whole message arrived (fragments gathered, text checked to be
+    /// UTF-8). The returned message, if any, is sent after those sent with
+    /// [`WsSession::send`]. Messages are handled one at a time, in order.
+    fn on_message(
+        &self,
+        state: &mut Self::State,
+        message: WsMessage,
+        session: &WsSession,
+    ) -> impl Future<Output = Option<WsMessage>>;
+
+    /// The connection closed, for `reason`: the peer's close frame or
+    /// hang-up ([`CloseReason::ClientClosed`]), a protocol error, the
+    /// heartbeat timeout, shutdown, ... Called exactly once per connection
+    /// whose `on_open` ran, parked or not.
+    fn on_close(&self, state: Self::State, reason: CloseReason) {
+        let _ = (state, reason);
+    }
+}
+
+/// A WebSocket as its handler sees it while handling one message: its id
+/// (to push to it later with the [`Hub`](crate::Hub)), its topics, where
+/// replies go. Messages sent are written, in order, when the handler returns.
+#[derive(Debug)]
+pub struct WsSession {
+    inner: Session,
+    out: RefCell<Vec<WsMessage>>,
+    closing: RefCell<Option<(u16, String)>>,
+}
+
+impl WsSession {
+    pub(crate) fn new(inner: Session) -> WsSession {
+        WsSession {
+            inner,
+            out: RefCell::default(),
+            closing: RefCell::default(),
+        }
+    }
+
+    /// This connection's id, for [`Hub::send`](crate::Hub::send) from any
+    /// task or thread (a pushed payload arrives as a text message when it
+    /// is UTF-8, else as a binary one).
+    pub fn id(&self) -> ConnectionId {
+        self.inner.id()
+    }
+
+    /// Queues a message to the peer.
+    pub fn send(&self, message: impl Into<WsMessage>) {
+        self.out.borrow_mut().push(message.into());
+    }
+
+    /// Subscribes this connection to `topic`: what
+    /// [`Hub::publish`](crate::Hub::publish) sends to it reaches this
+    /// connection, parked or awake, until it unsubscribes or closes.
+    pub fn subscribe(&self, topic: &str) {
+        self.inner.subscribe(topic);
+    }
+
+    /// Unsubscribes this connection from `topic`.
+    pub fn unsubscribe(&self, topic: &str) {
+        self.inner.unsubscribe(topic);
+    }
+
+    /// Starts the closing handshake once the queued messages are written:
+    /// a close frame with 1000 (normal closure). Reported as
+    /// [`CloseReason::ServerClosed`].
+    pub fn close(&self) {
+        self.close_with(1000, "");
+    }
+
+    /// [`close`](WsSession::close) with a code of the application's
+    /// (3000-4999, or a registered one) and a reason (cut to 123 bytes).
+    pub fn close_with(&self, code: u16, reason: &str) {
+        *self.closing.borrow_mut() = Some((code, reason.to_owned()));
+    }
+
+    /// The messages queued so far, taken.
+    pub(crate) fn take_out(&self) -> Vec<WsMessage> {
+        std::mem::take(&mut *self.out.borrow_mut())
+    }
+
+    /// The close the handler asked for, taken.
+    pub(crate) fn take_closing(&self) -> Option<(u16, String)> {
+        self.closing.borrow_mut().take()
+    }
+}
+
+/// A boxed connection future: the dispatcher's future does not grow by a
+/// handler's future size.
+pub(crate) type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// A route with its handler's types erased, as the 101 carries it to the
+/// dispatcher and the side table keeps it for parked connections.
+pub(crate) trait ErasedRoute: Send + Sync {
+    /// Serves one WebSocket until it closes or parks.
+    fn serve(
+        self: Arc<Self>,
+        io: WsIo,
+        ctx: Rc<WorkerContext>,
+        start: Start,
+    ) -> LocalFuture<Ended<OwnedFd>>;
+
+    /// The parking lot closed a parked connection itself (shutdown): its
+    /// handler hears why.
+    fn parked_closed(&self, state: Box<dyn Any>, reason: CloseReason);
+}
+
+impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
+    fn serve(
+        self: Arc<Self>,
+        io: WsIo,
+        ctx: Rc<WorkerContext>,
+        start: Start,
+    ) -> LocalFuture<Ended<OwnedFd>> {
+        Box::pin(conn::serve(self, io, ctx, start))
+    }
+
+    fn parked_closed(&self, state: Box<dyn Any>, reason: CloseReason) {
+        if let Ok(state) = state.downcast::<H::State>() {
+            self.handler.on_close(*state, reason);
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! WebSocket (RFC 6455), server side, native and parkable: upgraded from
+//! HTTP/1.1, served per message by a user's [`WebSocketHandler`] on the
+//! connection core, idle connections parked like HTTP ones.
+//!
+//! # How a connection gets here
+//!
+//! The user mounts a [`WebSocketRoute`] (a tower service) on a route of their
+//! app, so WebSocket composes with routing and middleware. On a valid
+//! handshake it answers `101` and marks the response with a
+//! [`NativeUpgrade`](crate::service::upgrade::NativeUpgrade) naming the route;
+//! the HTTP/1.1 engine writes the `101` and ends with
+//! `Ended::HandOver(HandOver::Native)`, and the dispatcher calls
+//! [`serve_upgraded`]. No task is spawned and no future is kept for the
+//! connection beyond this protocol's own. (The alternative, a handler task
+//! on `OnUpgrade` as axum's extractor does, keeps a task per connection,
+//! which cannot leave the runtime to park.)
+//!
+//! # Parking
+//!
+//! Between messages, with nothing gathered, a connection idle for
+//! `park_idle_after` parks with tag [`WEBSOCKET`](crate::proto::WEBSOCKET):
+//! its handler's state, its route and its timers go to the message layer's
+//! side table for WebSockets ([`Tables`], keyed by socket), the lot keeps
+//! the socket and the earlier timer (`AtDeadline::Wake`). The timer wakes
+//! it to send a ping (one write on the bare socket, then straight back to
+//! the lot) or to close it when the peer was silent past the heartbeat
+//! timeout; a message or a pong wakes it through readiness.
+//!
+//! # Messages from elsewhere
+//!
+//! WebSockets are message connections of the message layer (`message/`):
+//! each has a [`ConnectionId`](crate::ConnectionId), may subscribe to
+//! topics, and the [`Hub`](crate::Hub) reaches it by id, topic or broadcast
+//! (awake: through its bounded outbound queue; parked: one `send` of a frame
+//! encoded once for all WebSockets, see [`PushWire`]).
+//!
+//! - `frame.rs`     frames: decoder (rules, limits, UTF-8), encoder
+//! - `handshake.rs` the opening handshake's checks and answers
+//! - `route.rs`     [`WebSocketRoute`]: the tower service users mount
+//! - `handler.rs`   [`WebSocketHandler`], [`WsSession`]: the message API
+//! - `conn.rs`      one awake connection's loop, the close handshake
+
+pub(crate) mod conn;
+pub(crate) mod frame;
+pub(crate) mod handler;
+pub(crate) mod handshake;
+pub(crate) mod route;
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::either::Either;
+
+use crate::conn::context::WorkerContext;
+use crate::conn::transport::{Parkable, Transport};
+use crate::conn::woken::WokenSocket;
+use crate::conn::Wake;
+use crate::message;
+use crate::message::table::{Parked, SideTable};
+use crate::message::wire::Wire;
+use crate::message::worker::Local;
+use crate::observe::close::{CloseReason, FramingError};
+use crate::proto::Ended;
+use crate::service::upgrade::NativeUpgrade;
+
+pub use frame::WsMessage;
+pub use handler::{WebSocketHandler, WsSession};
+pub use route::{
+    WebSocketRoute, DEFAULT_WS_CLOSE_TIMEOUT, DEFAULT_WS_HEARTBEAT_TIMEOUT,
+    DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES, DEFAULT_WS_PING_INTERVAL,
+};
+
+use handler::{ErasedRoute, LocalFuture};
+
+/// What a [`NativeUpgrade`] carries for this protocol: the route.
+pub(crate) struct RouteRef(pub Arc<dyn ErasedRoute>);
+
+/// A WebSocket's socket: a plain one (parkable: bare until it must wait,
+/// see `conn/woken.rs`), or any other transport (TLS, a caller's own),
+/// which never parks. (tokio-util's `Either` reads and writes either.)
+pub(crate) type WsIo = Either<WokenSocket, Box<dyn AnyTransport>>;
+
+/// A [`Transport`] behind a pointer (`Transport` has an associated const,
+/// so it cannot be a trait object itself).
+pub(crate) trait AnyTransport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// [`Transport::poll_read_ready`].
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl<T: Transport + Send> AnyTransport for T {
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl Transport for WsIo {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Either::Left(s) => s.poll_read_ready(cx),
+            Either::Right(s) => s.poll_ready(cx),
+        }
+    }
+}
+
+impl Parkable for WsIo {
+    const PARKABLE: bool = true;
+
+    fn repark_when_idle(&self) -> bool {
+        matches!(self, Either::Left(s) if s.repark_when_idle())
+    }
+
+    fn into_parked(self) -> io::Result<OwnedFd> {
+        match self {
+            Either::Left(s) => s.into_parked(),
+            Either::Right(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this transport cannot be parked",
+            )),
+        }
+    }
+}
+
+/// How a WebSocket comes to be served.
+pub(crate) enum Start {
+    /// Just upgraded: bytes the client sent after its handshake, a fresh
+    /// state, `on_open`.
+    Upgraded(Bytes),
+    /// Woken from the parking lot, with what the side table kept for it.
+    Woken(Wake, Parked<WsState>),
+}
+
+/// What the message layer's side table keeps for a parked WebSocket: its
+/// route (by position in this worker's [`Routes`]) and its handler's state,
+/// boxed because routes' handlers have state types of their own (a state
+/// of size 0, as an echo's, is not allocated).
+pub(crate) struct WsState {
+    route: u16,
+    state: Box<dyn Any>,
+}
+
+/// The routes whose WebSockets this worker has parked, by position (routes
+/// are few: a scan finds one).
+#[derive(Default)]
+pub(crate) struct Routes(RefCell<Vec<Arc<dyn ErasedRoute>>>);
+
+impl Routes {
+    fn index(&self, route: &Arc<dyn ErasedRoute>) -> u16 {
+        let mut routes = self.0.borrow_mut();
+        let index = match routes.iter().position(|r| Arc::ptr_eq(r, route)) {
+            Some(i) => i,
+            None => {
+                routes.push(route.clone());
+                routes.len() - 1
+            }
+        };
+        u16::try_from(index).expect("fewer than 65,536 WebSocket routes")
+    }
+
+    fn get(&self, index: u16) -> Option<Arc<dyn ErasedRoute>> {
+        self.0.borrow().get(usize::from(index)).cloned()
+    }
+}
+
+/// How WebSockets frame a message pushed by the [`Hub`](crate::Hub): one
+/// final frame, text when the payload is UTF-8, else binary (the hub
+/// carries bytes; this way a chat's strings arrive as text).
+struct PushWire;
+
+impl Wire for PushWire {
+    fn encode(&self, payload: &Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
+        let opcode = if std::str::from_utf8(payload).is_ok() {
+            frame::Out::Text
+        } else {
+            frame::Out::Binary
+        };
+        frame::encode(out, opcode, payload);
+        Ok(())
+    }
+}
+
+/// This worker's message state, WebSocket side table and routes.
+pub(crate) struct Tables {
+    pub local: Rc<Local>,
+    pub parked: Rc<SideTable<WsState>>,
+    routes: Rc<Routes>,
+}
+
+impl Tables {
+    pub(crate) fn of(ctx: &WorkerContext) -> Tables {
+        let local = message::worker::local(ctx);
+        let parked = local.table::<WsState>(crate::proto::WEBSOCKET, || {
+            vec![Rc::new(PushWire) as Rc<dyn Wire>]
+        });
+        Tables {
+            local,
+            parked,
+            routes: ctx.local(Routes::default),
+        }
+    }
+
+    /// Keeps a WebSocket of `route` that parks: its state (boxed) goes in
+    /// the side table's entry.
+    pub(crate) fn state(&self, route: &Arc<dyn ErasedRoute>, state: Box<dyn Any>) -> WsState {
+        WsState {
+            route: self.routes.index(route),
+            state,
+        }
+    }
+}
+
+/// Serves a connection the HTTP/1.1 engine handed over after a native `101`.
+pub(crate) fn serve_upgraded<T>(
+    io: T,
+    read_ahead: Bytes,
+    to: NativeUpgrade,
+    ctx: Rc<WorkerContext>,
+) -> LocalFuture<Ended<OwnedFd>>
+where
+    T: Parkable + Send + 'static,
+{
+    let Ok(route) = to.0.downcast::<RouteRef>() else {
+        tracing::error!("a native upgrade of an unknown protocol; closing the connection");
+        return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
+    };
+    // A plain socket can park; any other transport (TLS, a caller's own)
+    // is served as it is and never parks.
+    let io: WsIo = match plain_socket(io) {
+        Ok(socket) => Either::Left(socket),
+        Err(io) => Either::Right(io),
+    };
+    route.0.clone().serve(io, ctx, Start::Upgraded(read_ahead))
+}
+
+/// A plain TCP transport as a [`WokenSocket`] (an accepted stream stays
+/// registered with tokio, so it waits for real readiness, holding no
+/// buffer); any other transport boxed as it is.
+fn plain_socket<T: Transport + Send + 'static>(
+    io: T,
+) -> Result<WokenSocket, Box<dyn AnyTransport>> {
+    let any: Box<dyn Any> = Box::new(io);
+    let any = match any.downcast::<tokio::net::TcpStream>() {
+        Ok(stream) => return Ok(WokenSocket::registered_stream(*stream)),
+        Err(any) => any,
+    };
+    match any.downcast::<WokenSocket>() {
+        Ok(socket) => Ok(*socket),
+        Err(any) => Err(any
+            .downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("it is a T"))
+            as Box<dyn AnyTransport>),
+    }
+}
+
+/// Serves a WebSocket woken from the parking lot.
+pub(crate) fn serve_woken(
+    socket: OwnedFd,
+    hot: bool,
+    wake: Wake,
+    ctx: Rc<WorkerContext>,
+) -> LocalFuture<Ended<OwnedFd>> {
+    let tables = Tables::of(&ctx);
+    let found = tables.parked.take(socket.as_raw_fd()).and_then(|parked| {
+        let route = tables.routes.get(parked.state.route)?;
+        Some((route, parked))
+    });
+    let Some((route, parked)) = found else {
+        tracing::error!("a woken WebSocket had no state; closing it");
+        return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
+    };
+    let io = Either::Left(WokenSocket::new(socket, hot));
+    route.serve(io, ctx, Start::Woken(wake, parked))
+}
+
+/// The parking lot closed parked WebSocket `fd` itself (shutdown): its
+/// state goes, it leaves its topics, and its handler hears why.
+pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
+    let tables = Tables::of(ctx);
+    if let Some(parked) = tables.parked.take(fd) {
+        tables.local.closed(tables.local.id(fd, parked.generation));
+        if let Some(route) = tables.routes.get(parked.state.route) {
+            route.parked_closed(parked.state.state, reason);
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! [`WebSocketRoute`]: how a user mounts a native WebSocket endpoint — a
+//! tower service put on a route (`Router::route_service("/ws", ...)` in
+//! axum), so WebSocket composes with routing, middleware and the rest of
+//! the app like any other handler.
+//!
+//! It checks the handshake and answers: `101` with a [`NativeUpgrade`]
+//! marking the response, which makes the HTTP/1.1 engine hand the socket
+//! to the dispatcher and this protocol, not to a task; or `400`/`403`/`426`
+//! with the reason.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use tower_service::Service;
+
+use crate::proto::ws::frame::Limits;
+use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler};
+use crate::proto::ws::{handshake, RouteRef};
+use crate::service::upgrade::NativeUpgrade;
+
+/// Default [`WebSocketRoute::max_message_bytes`]: 16 MiB (tungstenite's
+/// frame default; large enough for the Autobahn cases' 16 MiB messages).
+pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Default [`WebSocketRoute::max_frame_bytes`]: 16 MiB.
+pub const DEFAULT_WS_MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// Default [`WebSocketRoute::ping_interval`]: 30 s, the interval the idle
+/// benchmarks quote (and below common proxies' 60 s idle cut-off).
+pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Default [`WebSocketRoute::heartbeat_timeout`]: 75 s, two pings and a margin.
+pub const DEFAULT_WS_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Default [`WebSocketRoute::close_timeout`]: how long the server waits for
+/// the peer's close frame after sending its own.
+pub const DEFAULT_WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A native WebSocket endpoint: a tower service that accepts handshakes for
+/// a [`WebSocketHandler`] and serves the connections on megaconn's own
+/// engine, one handler call per message, idle connections parked.
+///
+/// ```no_run
+/// use megaconn::{WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
+///
+/// struct Echo;
+/// impl WebSocketHandler for Echo {
+///     type State = ();
+///     async fn on_message(&self, _: &mut (), m: WsMessage, _: &WsSession) -> Option<WsMessage> {
+///         Some(m)
+///     }
+/// }
+///
+/// let app = axum::Router::new().route_service("/ws", WebSocketRoute::new(Echo));
+/// ```
+///
+/// Only megaconn serves the upgraded connection: under another server the
+/// `101` is written and nothing takes the socket.
+pub struct WebSocketRoute<H> {
+    route: Arc<Route<H>>,
+}
+
+impl<H> Clone for WebSocketRoute<H> {
+    fn clone(&self) -> Self {
+        WebSocketRoute {
+            route: self.route.clone(),
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for WebSocketRoute<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketRoute")
+            .field("settings", &self.route.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A route's handler and settings, shared by its connections.
+pub(crate) struct Route<H> {
+    pub handler: H,
+    pub settings: Settings,
+}
+
+/// What a route's connections follow.
+pub(crate) struct Settings {
+    pub limits: Limits,
+    pub protocols: Vec<HeaderValue>,
+    pub origin: Option<OriginCheck>,
+    pub ping_interval: Option<Duration>,
+    pub heartbeat_timeout: Option<Duration>,
+    pub close_timeout: Duration,
+}
+
+/// The origin hook.
+pub(crate) type OriginCheck = Box<handshake::OriginFn>;
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("limits", &self.limits)
+            .field("protocols", &self.protocols)
+            .field("origin", &self.origin.is_some())
+            .field("ping_interval", &self.ping_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .finish()
+    }
+}
+
+impl<H: WebSocketHandler> WebSocketRoute<H> {
+    /// A route serving `handler`, with the defaults (`DEFAULT_WS_*`).
+    pub fn new(handler: H) -> WebSocketRoute<H> {
+        WebSocketRoute {
+            route: Arc::new(Route {
+                handler,
+                settings: Settings {
+                    limits: Limits {
+                        max_frame_bytes: DEFAULT_WS_MAX_FRAME_BYTES,
+                        max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
+                    },
+                    protocols: Vec::new(),
+                    origin: None,
+                    ping_interval: Some(DEFAULT_WS_PING_INTERVAL),
+                    heartbeat_timeout: Some(DEFAULT_WS_HEARTBEAT_TIMEOUT),
+                    close_timeout: DEFAULT_WS_CLOSE_TIMEOUT,
+                },
+            }),
+        }
+    }
+
+    fn settings(&mut self) -> &mut Settings {
+        &mut Arc::get_mut(&mut self.route)
+            .expect("configure a WebSocketRoute before cloning it")
+            .settings
+    }
+
+    /// The largest message (all its fragments together) a client may send;
+    /// a larger one closes the connection with 1009. Default 16 MiB.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.settings().limits.max_message_bytes = bytes;
+        self
+    }
+
+    /// The largest frame a client may send (checked from its header, before
+    /// the payload is read); a larger one closes with 1009. Default 16 MiB.
+    pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
+        self.settings().limits.max_frame_bytes = bytes;
+        self
+    }
+
+    /// The subprotocols this endpoint speaks, preferred first: the first
+    /// one the client offers is chosen (`Sec-WebSocket-Protocol`); if the
+    /// client offers none of them the connection opens without one.
+    pub fn protocols<I, P>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<String>,
+    {
+        self.settings().protocols = protocols
+            .into_iter()
+            .filter_map(|p| HeaderValue::try_from(p.into()).ok())
+            .collect();
+        self
+    }
+
+    /// Judges the `Origin` header (`None`: not sent, as by non-browser
+    /// clients); `false` answers `403`. Default: every origin is accepted.
+    pub fn check_origin(
+        mut self,
+        check: impl Fn(Option<&HeaderValue>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.settings().origin = Some(Box::new(check));
+        self
+    }
+
+    /// Sends a ping this often while the connection is idle (from the
+    /// parking lot's timer for parked connections: one `send`, no task).
+    /// `None`: never. Default 30 s.
+    pub fn ping_interval(mut self, every: Option<Duration>) -> Self {
+        self.settings().ping_interval = every;
+        self
+    }
+
+    /// The peer must send something (a pong, a message) within this time,
+    /// else the connection closes as
+    /// [`CloseReason::HeartbeatTimeout`](crate::CloseReason::HeartbeatTimeout).
+    /// `None`: never. Default 75 s.
+    pub fn heartbeat_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings().heartbeat_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the peer's close frame after the server sent
+    /// its own (then the connection closes anyway). Default 5 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.settings().close_timeout = timeout;
+        self
+    }
+}
+
+impl<H: WebSocketHandler, B> Service<Request<B>> for WebSocketRoute<H> {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let settings = &self.route.settings;
+        let response =
+            match handshake::check(&request, &settings.protocols, settings.origin.as_deref()) {
+                Ok(accepted) => {
+                    let mut response = accepted.response();
+                    let route: Arc<dyn ErasedRoute> = self.route.clone();
+                    response
+                        .extensions_mut()
+                        .insert(NativeUpgrade(Arc::new(RouteRef(route))));
+                    response
+                }
+                Err(rejection) => {
+                    tracing::debug!(
+                        status = rejection.status.as_u16(),
+                        reason = rejection.reason,
+                        "WebSocket handshake refused"
+                    );
+                    rejection.response()
+                }
+            };
+        std::future::ready(Ok(response))
+    }
+}

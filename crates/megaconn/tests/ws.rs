@@ -1,0 +1,677 @@
+//! Native WebSockets over real sockets, with tungstenite's client (and raw
+//! bytes where a client would refuse to misbehave): echo, fragments with a
+//! ping between them, ping/pong, both close handshakes, the size limit
+//! (1009), bad UTF-8 (1007), an unmasked client frame (1002), the close
+//! timeout, the state
+//! kept across park and wake, the server's ping sent to a parked
+//! connection, pushes by id, topic and broadcast to parked and awake
+//! WebSockets, and malformed handshakes answered with their reason. Every
+//! wait is bounded and waits on a condition, never on time alone.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::SAFETY;
+use futures_util::{SinkExt, StreamExt};
+use megaconn::{
+    Builder, CloseReason, ConnectionId, Hub, ProtocolDetail, Server, ServerHandle, ServerStats,
+    ShutdownSummary, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The test handler. Per connection it counts messages (its state). `count`
+/// is answered with the count so far, `bye` with `bye` and a close 4000;
+/// `join` subscribes to topic `room`; anything else is echoed. Opens report
+/// the connection's id, closes the final count.
+struct Probe {
+    closes: mpsc::UnboundedSender<(u64, CloseReason)>,
+    opens: mpsc::UnboundedSender<ConnectionId>,
+}
+
+impl WebSocketHandler for Probe {
+    type State = u64;
+
+    fn on_open(&self, _: &mut u64, session: &WsSession) {
+        let _ = self.opens.send(session.id());
+    }
+
+    async fn on_message(
+        &self,
+        seen: &mut u64,
+        message: WsMessage,
+        session: &WsSession,
+    ) -> Option<WsMessage> {
+        *seen += 1;
+        match message.as_bytes() {
+            b"count" => Some(seen.to_string().into()),
+            b"join" => {
+                session.subscribe("room");
+                Some("joined".into())
+            }
+            b"bye" => {
+                session.send("bye");
+                session.close_with(4000, "asked to");
+                None
+            }
+            _ => Some(message),
+        }
+    }
+
+    fn on_close(&self, seen: u64, reason: CloseReason) {
+        let _ = self.closes.send((seen, reason));
+    }
+}
+
+/// A server on 127.0.0.1:0, one worker, serving the [`Probe`] at `/ws`.
+struct Ws {
+    addr: std::net::SocketAddr,
+    handle: ServerHandle,
+    closes: mpsc::UnboundedReceiver<(u64, CloseReason)>,
+    opens: mpsc::UnboundedReceiver<ConnectionId>,
+    hub: Hub,
+    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
+}
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+impl Ws {
+    async fn start(
+        builder: Builder,
+        route: impl FnOnce(WebSocketRoute<Probe>) -> WebSocketRoute<Probe>,
+    ) -> Ws {
+        let mut server = builder
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap())
+            .listen()
+            .expect("server binds");
+        let addr = server.local_addr();
+        let handle = server.handle();
+        let hub = server.hub();
+        let (tx, closes) = mpsc::unbounded_channel();
+        let (opened, opens) = mpsc::unbounded_channel();
+        let ws = route(WebSocketRoute::new(Probe {
+            closes: tx,
+            opens: opened,
+        }));
+        let app = axum::Router::new()
+            .route_service("/ws", ws)
+            .route("/", axum::routing::get(|| async { "Hello" }));
+        let task = tokio::spawn(server.serve(app));
+        Ws {
+            addr,
+            handle,
+            closes,
+            opens,
+            hub,
+            task,
+        }
+    }
+
+    async fn default() -> Ws {
+        Ws::start(Server::builder(), |r| r).await
+    }
+
+    async fn client(&self) -> Client {
+        let url = format!("ws://{}/ws", self.addr);
+        let (client, response) =
+            tokio::time::timeout(SAFETY, tokio_tungstenite::connect_async(url))
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
+        assert_eq!(response.status(), 101);
+        client
+    }
+
+    /// A raw TCP connection that has done the handshake.
+    async fn raw(&self) -> TcpStream {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(&handshake("")).await.unwrap();
+        assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
+        s
+    }
+
+    /// The id of the next WebSocket the handler saw open.
+    async fn next_open(&mut self) -> ConnectionId {
+        tokio::time::timeout(SAFETY, self.opens.recv())
+            .await
+            .expect("timed out waiting for on_open")
+            .expect("handler gone")
+    }
+
+    async fn next_close(&mut self) -> (u64, CloseReason) {
+        tokio::time::timeout(SAFETY, self.closes.recv())
+            .await
+            .expect("timed out waiting for on_close")
+            .expect("handler gone")
+    }
+
+    async fn wait_stats(&self, what: &str, cond: impl Fn(&ServerStats) -> bool) {
+        common::wait_stats(&self.handle, what, cond).await;
+    }
+
+    async fn stop(self) -> ShutdownSummary {
+        self.handle.shutdown();
+        tokio::time::timeout(SAFETY, self.task)
+            .await
+            .expect("server stops")
+            .expect("server task")
+            .expect("serve result")
+    }
+}
+
+/// A handshake request with `extra` header lines.
+fn handshake(extra: &str) -> Vec<u8> {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Reads a response head and not a byte more (frames may follow at once).
+async fn read_head(s: &mut TcpStream) -> String {
+    tokio::time::timeout(SAFETY, async {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(s.read_u8().await.expect("a response head"));
+        }
+        String::from_utf8(head).unwrap()
+    })
+    .await
+    .expect("a response head in time")
+}
+
+/// A masked client frame, by hand.
+fn client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [9, 8, 7, 6];
+    let mut out = vec![first, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+    if masked {
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads one server frame: (first byte, payload). Server frames are unmasked.
+async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    tokio::time::timeout(SAFETY, async {
+        let mut head = [0u8; 2];
+        s.read_exact(&mut head).await.expect("a frame header");
+        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+        let len = match head[1] & 0x7f {
+            126 => s.read_u16().await.unwrap() as usize,
+            127 => s.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let mut payload = vec![0; len];
+        s.read_exact(&mut payload).await.unwrap();
+        (head[0], payload)
+    })
+    .await
+    .expect("a frame in time")
+}
+
+/// Reads frames until the close frame; answers it as a client does (a
+/// masked close frame echoing the code); returns its code.
+async fn read_close_code(s: &mut TcpStream) -> u16 {
+    loop {
+        let (first, payload) = read_frame(s).await;
+        if first & 0x0f == 0x8 {
+            let _ = s.write_all(&client_frame(0x88, &payload[..2], true)).await;
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+/// The next message the client reads that is not a ping or pong.
+async fn next_data<S>(client: &mut WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let message = tokio::time::timeout(SAFETY, client.next())
+            .await
+            .expect("a message in time")
+            .expect("stream open")
+            .expect("no client error");
+        if !message.is_ping() && !message.is_pong() {
+            return message;
+        }
+    }
+}
+
+#[tokio::test]
+async fn echoes_text_and_binary() {
+    let mut server = Ws::default().await;
+    let mut client = server.client().await;
+    client.send(Message::text("héllo")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("héllo"));
+    let big = vec![7u8; 200_000];
+    client.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::binary(big));
+    client.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("3"));
+    // The same app still answers plain HTTP beside it.
+    let body = reqwest::get(format!("http://{}/", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "Hello");
+    client.close(None).await.unwrap();
+    assert_eq!(server.next_close().await, (3, CloseReason::ClientClosed));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn fragments_with_a_ping_between_them_make_one_message() {
+    let mut server = Ws::default().await;
+    let mut client = server.client().await;
+    let text = "fragmented €uro";
+    let bytes = text.as_bytes();
+    // The euro sign is cut between two fragments.
+    let cut = text.find('€').unwrap() + 1;
+    let frames = [
+        Frame::message(
+            Bytes::copy_from_slice(&bytes[..cut]),
+            OpCode::Data(Data::Text),
+            false,
+        ),
+        Frame::ping(Bytes::from_static(b"mid")),
+        Frame::message(
+            Bytes::copy_from_slice(&bytes[cut..]),
+            OpCode::Data(Data::Continue),
+            true,
+        ),
+    ];
+    for frame in frames {
+        client.send(Message::Frame(frame)).await.unwrap();
+    }
+    // The pong comes first (the ping was whole before the message was).
+    let pong = tokio::time::timeout(SAFETY, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong(Bytes::from_static(b"mid")));
+    assert_eq!(next_data(&mut client).await, Message::text(text));
+    drop(client);
+    assert_eq!(server.next_close().await.0, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_closes_with_the_handlers_code_and_waits_for_the_echo() {
+    let mut server = Ws::default().await;
+    let mut client = server.client().await;
+    client.send(Message::text("bye")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("bye"));
+    match next_data(&mut client).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(frame.code, CloseCode::from(4000));
+            assert_eq!(frame.reason, "asked to");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // tungstenite echoes the close; then the server hangs up.
+    assert!(tokio::time::timeout(SAFETY, client.next())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(server.next_close().await, (1, CloseReason::ServerClosed));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_our_close_is_hung_up_after_close_timeout() {
+    let mut server = Ws::start(Server::builder(), |r| {
+        r.close_timeout(Duration::from_millis(100))
+    })
+    .await;
+    let mut s = server.raw().await;
+    s.write_all(&client_frame(0x81, b"bye", true))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s).await, (0x81, b"bye".to_vec()));
+    let (first, payload) = read_frame(&mut s).await;
+    assert_eq!((first, &payload[..2]), (0x88, &4000u16.to_be_bytes()[..]));
+    // No answer: the server closes the TCP connection by itself.
+    let mut rest = Vec::new();
+    tokio::time::timeout(SAFETY, s.read_to_end(&mut rest))
+        .await
+        .expect("hung up in time")
+        .expect("a clean close");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(server.next_close().await, (1, CloseReason::ServerClosed));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_closes_with_1009_and_counts() {
+    let mut server = Ws::start(Server::builder(), |r| r.max_message_bytes(1000)).await;
+    let mut client = server.client().await;
+    client.send(Message::binary(vec![1u8; 1001])).await.unwrap();
+    match next_data(&mut client).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // Reading on lets tungstenite answer the close; then the server hangs up.
+    assert!(tokio::time::timeout(SAFETY, client.next())
+        .await
+        .unwrap()
+        .is_none());
+    let (_, reason) = server.next_close().await;
+    assert_eq!(
+        reason,
+        CloseReason::Protocol(ProtocolDetail::WebSocket(1009))
+    );
+    server
+        .wait_stats("the error counted", |s| s.protocol_errors == 1)
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_utf8_closes_with_1007() {
+    let mut server = Ws::default().await;
+    let mut s = server.raw().await;
+    s.write_all(&client_frame(0x81, &[b'o', b'k', 0xff], true))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1007);
+    let (_, reason) = server.next_close().await;
+    assert_eq!(
+        reason,
+        CloseReason::Protocol(ProtocolDetail::WebSocket(1007))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unmasked_client_frame_closes_with_1002() {
+    let mut server = Ws::default().await;
+    let mut s = server.raw().await;
+    s.write_all(&client_frame(0x81, b"hi", false))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1002);
+    let (_, reason) = server.next_close().await;
+    assert_eq!(
+        reason,
+        CloseReason::Protocol(ProtocolDetail::WebSocket(1002))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_is_served() {
+    let mut server = Ws::default().await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    // The handshake and the first frame in one write: the HTTP/1.1 engine
+    // reads both, and hands the frame over with the socket.
+    let mut bytes = handshake("");
+    bytes.extend(client_frame(0x81, b"early", true));
+    s.write_all(&bytes).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
+    assert_eq!(read_frame(&mut s).await, (0x81, b"early".to_vec()));
+    s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1000);
+    assert_eq!(server.next_close().await, (1, CloseReason::ClientClosed));
+    server.stop().await;
+}
+
+/// The parking servers' `park_idle_after`.
+const PARK_IDLE_AFTER: Duration = Duration::from_millis(50);
+
+#[tokio::test]
+async fn a_parked_websocket_keeps_its_state_across_park_and_wake() {
+    let mut server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r,
+    )
+    .await;
+    let mut client = server.client().await;
+    for round in 1..=3u64 {
+        server
+            .wait_stats("parked", |s| s.connections_parked == 1)
+            .await;
+        assert_eq!(
+            server.handle.stats().buffers_checked_out,
+            0,
+            "a parked WebSocket holds no buffer"
+        );
+        client.send(Message::text("count")).await.unwrap();
+        assert_eq!(
+            next_data(&mut client).await,
+            Message::text(round.to_string())
+        );
+    }
+    server
+        .wait_stats("parked again", |s| s.connections_parked == 1)
+        .await;
+    // A close frame to a parked WebSocket: woken, echoed, closed once.
+    client.close(None).await.unwrap();
+    assert_eq!(server.next_close().await, (3, CloseReason::ClientClosed));
+    server
+        .wait_stats("closed", |s| s.connections_open == 0)
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_websocket_gets_the_servers_pings_and_stays_parked() {
+    let mut server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r.ping_interval(Some(Duration::from_secs(1))),
+    )
+    .await;
+    let mut client = server.client().await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // Two pings from the lot's timer; the client's pongs wake it and it
+    // parks again.
+    for _ in 0..2 {
+        let message = tokio::time::timeout(SAFETY, client.next())
+            .await
+            .expect("a ping in time")
+            .unwrap()
+            .unwrap();
+        assert!(message.is_ping(), "{message:?}");
+    }
+    server
+        .wait_stats("parked after the pings", |s| s.connections_parked == 1)
+        .await;
+    client.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("1"));
+    drop(client);
+    assert_eq!(server.next_close().await.0, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_parked_peer_is_closed_at_the_heartbeat_timeout() {
+    let mut server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| {
+            r.ping_interval(None)
+                .heartbeat_timeout(Some(Duration::from_secs(1)))
+        },
+    )
+    .await;
+    let _s = server.raw().await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    assert_eq!(
+        server.next_close().await,
+        (0, CloseReason::HeartbeatTimeout)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_the_handler_of_parked_websockets() {
+    let mut server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r,
+    )
+    .await;
+    let _client = server.client().await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    server.handle.shutdown();
+    assert_eq!(server.next_close().await, (0, CloseReason::Shutdown));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_handshakes_get_their_status_and_reason() {
+    let server = Ws::start(Server::builder(), |r| {
+        r.check_origin(|origin| origin.is_none_or(|o| o == "https://good.example"))
+    })
+    .await;
+    let cases: [(&[u8], u16, &str); 5] = [
+        (b"GET /ws HTTP/1.1\r\nHost: t\r\n\r\n", 426, "Upgrade: websocket"),
+        (
+            &handshake("Sec-WebSocket-Version: 8\r\n")[..],
+            426,
+            "Sec-WebSocket-Version: 13",
+        ),
+        (
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n",
+            400,
+            "Sec-WebSocket-Key",
+        ),
+        (
+            b"POST /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 0\r\n\r\n",
+            400,
+            "GET",
+        ),
+        (
+            &handshake("Origin: https://evil.example\r\n")[..],
+            403,
+            "Origin",
+        ),
+    ];
+    for (request, status, says) in cases {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let response = common::read_response(&mut s).await;
+        let body = String::from_utf8_lossy(&response.body);
+        assert_eq!(response.status, status, "{body}");
+        assert!(body.contains(says), "{body:?} should say {says:?}");
+    }
+    // A version other than 13 alone: the client is told which one works.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(&handshake("Sec-WebSocket-Version: 8\r\n"))
+        .await
+        .unwrap();
+    let response = common::read_response(&mut s).await;
+    assert_eq!(response.header("sec-websocket-version"), Some("13"));
+    // An allowed origin still opens.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(&handshake("Origin: https://good.example\r\n"))
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
+    // Its close frame, answered, ends it before the server stops.
+    s.write_all(&client_frame(0x88, &1000u16.to_be_bytes(), true))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1000);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
+    let mut server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r,
+    )
+    .await;
+    let mut a = server.client().await;
+    let a_id = server.next_open().await;
+    let mut b = server.client().await;
+    let _b_id = server.next_open().await;
+    for client in [&mut a, &mut b] {
+        client.send(Message::text("join")).await.unwrap();
+        assert_eq!(next_data(client).await, Message::text("joined"));
+    }
+    server
+        .wait_stats("both parked", |s| s.connections_parked == 2)
+        .await;
+    // To one parked WebSocket by id: one send from the pump, it stays parked.
+    assert!(server.hub.send(a_id, "to a"));
+    assert_eq!(next_data(&mut a).await, Message::text("to a"));
+    // Bytes that are not UTF-8 arrive as a binary message.
+    assert!(server.hub.send(a_id, Bytes::from_static(&[0xff, 0])));
+    assert_eq!(next_data(&mut a).await, Message::binary(vec![0xff, 0]));
+    // To the topic, and to all.
+    assert!(server.hub.publish("room", "to the room"));
+    assert!(server.hub.broadcast("to all"));
+    for client in [&mut a, &mut b] {
+        assert_eq!(next_data(client).await, Message::text("to the room"));
+        assert_eq!(next_data(client).await, Message::text("to all"));
+    }
+    assert_eq!(server.handle.stats().connections_parked, 2);
+    // The state survived: each connection has seen its one "join".
+    a.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut a).await, Message::text("2"));
+    // An awake connection (it just answered) gets pushes through its queue.
+    assert!(server.hub.send(a_id, "awake"));
+    assert_eq!(next_data(&mut a).await, Message::text("awake"));
+    // A closed connection leaves its topic: a publish reaches only b.
+    a.close(None).await.unwrap();
+    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
+    assert!(server.hub.publish("room", "after a left"));
+    assert_eq!(next_data(&mut b).await, Message::text("after a left"));
+    drop(b);
+    server.next_close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_over_tls_is_served_and_never_parked() {
+    let ca = common::tls::Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let tls =
+        megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let mut server = Ws::start(
+        Server::builder()
+            .tls(tls)
+            .park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r,
+    )
+    .await;
+    let stream = common::tls::connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    let (mut client, response) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
+        .await
+        .expect("handshake over TLS");
+    assert_eq!(response.status(), 101);
+    for round in 1..=2u64 {
+        client.send(Message::text("count")).await.unwrap();
+        assert_eq!(
+            next_data(&mut client).await,
+            Message::text(round.to_string())
+        );
+    }
+    client.close(None).await.unwrap();
+    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
+    server.stop().await;
+}
