@@ -286,7 +286,7 @@ pub(crate) async fn serve<H: FramedHandler>(
         let mut park_at = None;
         if between_frames {
             if ctx.shutdown.is_started() {
-                return live.close(CloseReason::Shutdown);
+                return say_goodbye(live, &mut io, &mut codec, &session, &ctx).await;
             }
             // Messages pushed meanwhile go out between the peer's frames.
             if let Some(inbox) = &inbox {
@@ -339,7 +339,9 @@ pub(crate) async fn serve<H: FramedHandler>(
             match idle {
                 Idle::Readable(Ok(())) => {}
                 Idle::Readable(Err(e)) => return live.close(CloseReason::io(&e)),
-                Idle::Shutdown => return live.close(CloseReason::Shutdown),
+                Idle::Shutdown => {
+                    return say_goodbye(live, &mut io, &mut codec, &session, &ctx).await
+                }
                 Idle::HeartbeatDue => {
                     incr(&counters.heartbeat_timeouts);
                     return live.close(CloseReason::HeartbeatTimeout);
@@ -407,7 +409,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             Read::Done(read) => read,
             Read::Shutdown => {
                 give_back(&ctx, &mut buf);
-                return live.close(CloseReason::Shutdown);
+                return say_goodbye(live, &mut io, &mut codec, &session, &ctx).await;
             }
             // Nothing was read: the buffer goes back, the pushes go out.
             Read::Pushed => {
@@ -545,6 +547,23 @@ fn park<H: FramedHandler>(
         }
         Err(e) => live.close(CloseReason::io(&e)),
     }
+}
+
+/// Closes a connection between frames for shutdown, after the server's
+/// goodbye frame, if it has one (best effort: a peer that does not take it
+/// within the write timeout is closed without it).
+async fn say_goodbye<H: FramedHandler>(
+    live: Live<'_, H>,
+    io: &mut FramedIo,
+    codec: &mut FrameCodec,
+    session: &Session,
+    ctx: &WorkerContext,
+) -> Ended<OwnedFd> {
+    if let Some(goodbye) = settings(&ctx.config).and_then(|s| s.goodbye.clone()) {
+        session.send(goodbye);
+        let _ = flush(io, codec, session, Vec::new(), ctx).await;
+    }
+    live.close(CloseReason::Shutdown)
 }
 
 /// Writes the frames the handler sent, framed, then `pushed` (already
