@@ -274,7 +274,8 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         tls,
         ..
     } = resolved;
-    let server = builder.listen().map_err(listen_error)?;
+    let mut server = builder.listen().map_err(listen_error)?;
+    let hub = server.hub();
     crate::say!(
         "megaconn serving on {} ({} workers, max_connections {})",
         listen_urls(&server).join(", "),
@@ -289,7 +290,7 @@ async fn serve(resolved: Resolved, shared: Option<(usize, SharedStats)>) -> anyh
         Some(_) => None,
     };
     let app = Demo::new(handle.clone());
-    let serving = server.framed(crate::demo::FramedDemo).serve(app);
+    let serving = server.framed(crate::demo::FramedDemo { hub }).serve(app);
     tokio::pin!(serving);
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     let summary = loop {
