@@ -8,28 +8,28 @@
 # GOMAXPROCS=1 / a current-thread runtime), `megaconn hold` on the other.
 #
 # Per server and round:
-#   1. heartbeats: `hold tcp:// --tcp-framing u32 --send PING --expect PONG`
-#      opens N connections (RAMP/s, from SOURCE), each sending a heartbeat
-#      frame every INTERVAL s (jittered; megaconn parks a connection after 2 s
-#      idle, so with INTERVAL 3 every heartbeat wakes a parked one). SETTLE s
-#      after the last connection opened:
+#   1. idle and broadcast: `hold tcp:// --tcp-framing u32 --receive
+#      --interval 600s` opens N connections (RAMP/s, from SOURCE);
+#      BCAST_SETTLE s after the last one opened (all parked, for megaconn):
 #        bytes per idle connection = (server RSS now − RSS before any
 #          connection) / N   (VmRSS; user space only, kernel socket memory is
 #          the same for all three and not in it);
-#      then over WINDOW s:
-#        server µs per heartbeat = Δ server CPU (/proc/PID/task/*/schedstat,
-#          ns) / (N × WINDOW / INTERVAL heartbeats: each connection beats once
-#          per interval; hold's failed heartbeats are reported beside it).
-#   2. broadcast: a fresh `hold --receive --interval 600s` opens N connections
-#      again; BCAST_SETTLE s later (all parked, for megaconn) a publisher
-#      connection sends `PUB * <64 bytes>` whose 64-byte payload starts
-#      `t=<unix ns>`; every server sends the 64 bytes (in a 4-byte header) to
-#      every connection:
+#      then a publisher connection sends `PUB * <64 bytes>` whose payload
+#      starts `t=<unix ns>`; every server sends the 64 bytes (in a 4-byte
+#      header) to every connection:
 #        time to last delivery = hold's push delivery latency max (now − t at
 #          the receiving client, same clock);
-#        server µs per delivered message = Δ server CPU from just before the
-#          publish until hold counted N pushes / N.
-#
+#        server µs per delivered message = Δ server CPU (/proc/PID/task/*/
+#          schedstat, ns) from just before the publish until hold counted N
+#          pushes / N.
+#   2. heartbeats: a fresh `hold --send PING --expect PONG` opens N
+#      connections, each sending a heartbeat frame every INTERVAL s
+#      (jittered; megaconn parks a connection after 2 s idle, so with
+#      INTERVAL 3 every heartbeat wakes a parked one); SETTLE s after the last
+#      opened, over WINDOW s:
+#        server µs per heartbeat = Δ server CPU / (N × WINDOW / INTERVAL
+#          heartbeats: each connection beats once per interval; hold's failed
+#          heartbeats are reported beside it).
 # Needs: root, 2 cores, go (apt-get install golang-go), jq, python3, a release
 # build of megaconn (BENCH_SKIP_BUILD=1 to use target/release as is).
 # Env: N (15000; one process holds at most ~19,000: 20,000 open files), INTERVAL (3),
@@ -160,24 +160,14 @@ run_one() { # server round
   sleep 1
   local rss0 rss1 c0 c1 b0 b1 t0 t1 pushes i
   rss0="$(tree_rss "$SERVER_PID")"
-  if ! hold_up "$base.hb.log" --interval "${INTERVAL}s" --send 'PING\n' --expect PONG \
-    -d "$((SETTLE + WINDOW + 5))s" --json "$base.hb.json"; then
-    log "WARNING: $server round $round: hold did not open $N (see $base.hb.log)"
-    hold_down; server_stop; return 1
-  fi
-  sleep "$SETTLE"
-  rss1="$(tree_rss "$SERVER_PID")"
-  c0="$(sched_ns "$SERVER_PID")"
-  sleep "$WINDOW"
-  c1="$(sched_ns "$SERVER_PID")"
-  hold_down
-  # Broadcast: fresh connections, no heartbeats to speak of.
+  # 1. Idle connections (no heartbeats to speak of), then a broadcast.
   if ! hold_up "$base.bc.log" --interval 600s --receive -d "$((BCAST_SETTLE + 40))s" \
     --json "$base.bc.json"; then
-    log "WARNING: $server round $round: broadcast hold did not open $N"
+    log "WARNING: $server round $round: hold did not open $N (see $base.bc.log)"
     hold_down; server_stop; return 1
   fi
   sleep "$BCAST_SETTLE"
+  rss1="$(tree_rss "$SERVER_PID")"
   b0="$(sched_ns "$SERVER_PID")"
   t0=$SECONDS
   publish
@@ -188,7 +178,18 @@ run_one() { # server round
   done
   b1="$(sched_ns "$SERVER_PID")"
   t1=$SECONDS
-  kill_ours INT hold "$HOLD_PID"  # report now (SIGINT: hold reports what it measured)
+  kill_ours INT hold "$HOLD_PID" # report now (on SIGINT hold reports what it measured)
+  hold_down
+  # 2. Heartbeats on fresh connections.
+  if ! hold_up "$base.hb.log" --interval "${INTERVAL}s" --send 'PING\n' --expect PONG \
+    -d "$((SETTLE + WINDOW + 5))s" --json "$base.hb.json"; then
+    log "WARNING: $server round $round: heartbeat hold did not open $N (see $base.hb.log)"
+    hold_down; server_stop; return 1
+  fi
+  sleep "$SETTLE"
+  c0="$(sched_ns "$SERVER_PID")"
+  sleep "$WINDOW"
+  c1="$(sched_ns "$SERVER_PID")"
   hold_down
   server_stop
   jq -cn --arg server "$server" --argjson round "$round" --argjson n "$N" \
@@ -236,7 +237,7 @@ elapsed=$((SECONDS - t_start))
       + (if $mm == null then "—" else ((map(.server_us_per_delivery) | median) / $mm[1] | f2) + "×" end)
       + " | \(map(.pushes_received // 0) | min)/\(.[0].connections) | \(map(.hb_failed // 0) | add) / \(map((.hb_drops // 0) + (.bc_drops // 0)) | add) |"' "$RUNS"
   echo
-  echo "Each server on core $SERVER_CPU (megaconn \`serve --workers 1 --tcp-framing u32\`, parking idle connections after 2 s; go-framed with GOMAXPROCS=1; tokio-framed on a current-thread runtime), \`megaconn hold\` on core $LOAD_CPU, one after the other in each round. Heartbeat every $INTERVAL s per connection; CPU from /proc/PID/task/*/schedstat over $WINDOW s; bytes = VmRSS growth / N after all were open. Broadcast: one \`PUB * <64 B>\` frame from a separate connection; time to last delivery from hold's receive mode (the payload carries its send time)."
+  echo "Each server on core $SERVER_CPU (megaconn \`serve --workers 1 --tcp-framing u32\`, parking idle connections after 2 s; go-framed with GOMAXPROCS=1; tokio-framed on a current-thread runtime), \`megaconn hold\` on core $LOAD_CPU, one after the other in each round. Bytes = VmRSS growth / N with every connection idle ($BCAST_SETTLE s after the last opened: megaconn's parked). Heartbeat every $INTERVAL s per connection on fresh connections; CPU from /proc/PID/task/*/schedstat over $WINDOW s. Broadcast: one \`PUB * <64 B>\` frame from a separate connection; time to last delivery from hold's receive mode (the payload carries its send time)."
   echo
   echo "_framed.sh: N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?'); run time ${elapsed}s; load average at the end $(cut -d' ' -f1-3 /proc/loadavg); raw JSON: bench/out/framed-$STAMP/_"
   echo

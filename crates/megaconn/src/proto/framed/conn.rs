@@ -233,6 +233,11 @@ pub(crate) async fn serve<H: FramedHandler>(
         return live.close(CloseReason::ServerClosed);
     }
     let mut buf: Option<BytesMut> = None;
+    // A socket woken because it is readable goes back to the lot only after
+    // it was read: re-parked unread, it would wake again at once, as "hot",
+    // and then wait as a task (a second wake, a registration and a timer
+    // per heartbeat).
+    let mut unread_wake = start == Start::Woken(Wake::Readable);
     loop {
         // Every whole frame read so far, in order.
         if let Some(b) = buf.as_mut() {
@@ -311,7 +316,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
             // A woken socket that served its frames without ever waiting
             // (a heartbeat on a cold connection) goes straight back.
-            if can_park && io.repark_when_idle() {
+            if can_park && !unread_wake && io.repark_when_idle() {
                 return park(
                     live,
                     io,
@@ -420,6 +425,7 @@ pub(crate) async fn serve<H: FramedHandler>(
         let reason = match read {
             Ok(Ok(0)) => CloseReason::ClientClosed,
             Ok(Ok(n)) => {
+                unread_wake = false;
                 lifecycle::count_in(n);
                 add(&counters.bytes_in, n as u64);
                 due = heartbeat.map(|t| Instant::now() + t);
