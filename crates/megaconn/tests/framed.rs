@@ -885,7 +885,7 @@ async fn message_metrics_count_frames_bytes_and_pushes() {
 
 #[tokio::test]
 async fn a_message_to_a_parked_connection_wakes_it_once() {
-    let mut server = Framed::start(
+    let server = Framed::start(
         Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
         Framing::lines(),
     )
