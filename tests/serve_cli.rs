@@ -472,8 +472,16 @@ fn sighup_to_the_supervisor_reloads_every_worker_process() {
     serving.stop();
 }
 
+/// Reads exactly `want` from `s` (bounded by its read timeout) and compares.
+fn expect(s: &mut TcpStream, want: &[u8]) {
+    let mut got = vec![0; want.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}
+
 /// `serve --tcp-listen`: the framed line demo answers as `nc` would see it
-/// (`PING` -> `PONG`, anything else echoed), beside HTTP, and drains on SIGTERM.
+/// (`PING` -> `PONG`, `SUB`/`PUB` reach subscribers and everyone, anything
+/// else echoed), beside HTTP, and drains on SIGTERM.
 #[test]
 fn tcp_listen_serves_the_framed_line_demo() {
     let mut child = ChildGuard::spawn(
@@ -498,10 +506,19 @@ fn tcp_listen_serves_the_framed_line_demo() {
     let mut s = TcpStream::connect(&tcp).unwrap();
     s.set_read_timeout(Some(SAFETY)).unwrap();
     s.write_all(b"PING\nhello there\r\n").unwrap();
-    let want = b"PONG\necho: hello there\n";
-    let mut got = vec![0; want.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, want);
+    expect(&mut s, b"PONG\necho: hello there\n");
+
+    // Publish to a subscriber, then broadcast to both.
+    let mut sub = TcpStream::connect(&tcp).unwrap();
+    sub.set_read_timeout(Some(SAFETY)).unwrap();
+    sub.write_all(b"SUB news\n").unwrap();
+    expect(&mut sub, b"subscribed: news\n");
+    s.write_all(b"PUB news big day\n").unwrap();
+    expect(&mut s, b"published\n");
+    expect(&mut sub, b"big day\n");
+    s.write_all(b"PUB * to all\n").unwrap();
+    expect(&mut s, b"published\nto all\n");
+    expect(&mut sub, b"to all\n");
 
     child.signal(libc::SIGTERM);
     assert!(child.wait().success());

@@ -12,7 +12,8 @@
 //! | `GET /ws/chat` | WebSocket chat ([`WsChat`]): a message from one goes to every client |
 //!
 //! And on `--tcp-listen` addresses, [`FramedDemo`]: `PING` is answered `PONG`,
-//! any other message `echo: <message>`.
+//! `SUB topic` / `PUB topic text` / `PUB * text` subscribe, publish and
+//! broadcast, any other message `echo: <message>`.
 
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
@@ -130,17 +131,57 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-/// The framed TCP demo on `--tcp-listen`: `PING` -> `PONG`, any other
-/// message -> `echo: <message>`, in the listener's framing (lines, for `nc`).
-#[derive(Debug, Clone, Copy)]
-pub struct FramedDemo;
+/// The framed TCP demo on `--tcp-listen`, in the listener's framing (lines,
+/// for `nc`; or a length header with `--tcp-framing`):
+///
+/// | message | answer |
+/// |---|---|
+/// | `PING` | `PONG` |
+/// | `SUB topic` | `subscribed: topic` (publishes to `topic` reach this connection) |
+/// | `UNSUB topic` | `unsubscribed: topic` |
+/// | `PUB topic text` | `published` (`text` goes to `topic`'s subscribers) |
+/// | `PUB * text` | `published` (`text` goes to every connection: a broadcast) |
+/// | anything else | `echo: <message>` |
+///
+/// Publishes reach the connections of this process (with `--processes N`,
+/// those of the worker process the publisher is connected to).
+#[derive(Debug, Clone)]
+pub struct FramedDemo {
+    /// The server's hub, for `PUB`.
+    pub hub: megaconn::Hub,
+}
 
 impl megaconn::FramedHandler for FramedDemo {
     type State = ();
 
-    async fn on_message(&self, _: &mut (), frame: Bytes, _: &megaconn::Session) -> Option<Bytes> {
+    async fn on_message(
+        &self,
+        _: &mut (),
+        frame: Bytes,
+        session: &megaconn::Session,
+    ) -> Option<Bytes> {
         if frame == "PING" {
             return Some(Bytes::from_static(b"PONG"));
+        }
+        if let Some(command) = demo_command(&frame) {
+            return Some(match command {
+                Command::Sub(topic) => {
+                    session.subscribe(topic);
+                    format!("subscribed: {topic}").into()
+                }
+                Command::Unsub(topic) => {
+                    session.unsubscribe(topic);
+                    format!("unsubscribed: {topic}").into()
+                }
+                Command::Pub("*", text) => {
+                    self.hub.broadcast(frame.slice_ref(text));
+                    Bytes::from_static(b"published")
+                }
+                Command::Pub(topic, text) => {
+                    self.hub.publish(topic, frame.slice_ref(text));
+                    Bytes::from_static(b"published")
+                }
+            });
         }
         let mut reply = Vec::with_capacity(6 + frame.len());
         reply.extend_from_slice(b"echo: ");
@@ -182,5 +223,77 @@ impl WebSocketHandler for WsChat {
                 .publish("chat", Bytes::copy_from_slice(text.as_bytes()));
         }
         None
+    }
+}
+
+/// A demo command other than `PING`.
+#[derive(Debug, PartialEq, Eq)]
+enum Command<'a> {
+    Sub(&'a str),
+    Unsub(&'a str),
+    /// Topic (`*`: everyone), then the text as bytes.
+    Pub(&'a str, &'a [u8]),
+}
+
+/// Parses `SUB t`, `UNSUB t` or `PUB t text` (the text may be any bytes).
+fn demo_command(frame: &[u8]) -> Option<Command<'_>> {
+    let (verb, rest) = split_word(frame)?;
+    match verb {
+        b"SUB" | b"UNSUB" => {
+            let topic = std::str::from_utf8(rest)
+                .ok()
+                .filter(|t| !t.is_empty() && !t.contains(' '))?;
+            Some(if verb == b"SUB" {
+                Command::Sub(topic)
+            } else {
+                Command::Unsub(topic)
+            })
+        }
+        b"PUB" => {
+            let (topic, text) = split_word(rest)?;
+            Some(Command::Pub(std::str::from_utf8(topic).ok()?, text))
+        }
+        _ => None,
+    }
+}
+
+/// The first space-separated word of `bytes` and what follows the space.
+fn split_word(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let space = bytes.iter().position(|&b| b == b' ')?;
+    let (word, rest) = (&bytes[..space], &bytes[space + 1..]);
+    (!word.is_empty()).then_some((word, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_commands_parse() {
+        assert_eq!(demo_command(b"SUB news"), Some(Command::Sub("news")));
+        assert_eq!(demo_command(b"UNSUB news"), Some(Command::Unsub("news")));
+        assert_eq!(
+            demo_command(b"PUB news big day"),
+            Some(Command::Pub("news", b"big day"))
+        );
+        assert_eq!(
+            demo_command(b"PUB * \x00\xff"),
+            Some(Command::Pub("*", b"\x00\xff"))
+        );
+        for not in [
+            &b"SUB"[..],
+            b"SUB ",
+            b"SUB a b",
+            b"PUB news",
+            b"PUBLISH x y",
+            b"hello world",
+        ] {
+            assert_eq!(
+                demo_command(not),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(not)
+            );
+        }
     }
 }

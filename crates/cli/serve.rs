@@ -441,8 +441,9 @@ async fn serve(
         take_over.finish(handle.clone(), control_path, tx)?;
         control_ready = Some(rx);
     }
-    let app = Demo::new(handle.clone(), server.hub());
-    let serving = server.framed(crate::demo::FramedDemo).serve(app);
+    let hub = server.hub();
+    let app = Demo::new(handle.clone(), hub.clone());
+    let serving = server.framed(crate::demo::FramedDemo { hub }).serve(app);
     tokio::pin!(serving);
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     let summary = loop {

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoadError;
-use crate::histogram::{decode, encode, merge, new_histogram, Percentiles};
+use crate::histogram::{decode, encode, merge, new_histogram};
 use crate::hold::{
-    plan, progress_message, run_worker, share, HoldArgs, HoldPlan, RateMeter, WorkerOutcome,
+    hold_report, plan, progress_message, run_worker, share, HoldArgs, HoldPlan, RateMeter,
+    WorkerOutcome,
 };
 use crate::hold_conn::Snapshot;
 use crate::progress::{Progress, TICK};
@@ -47,6 +48,9 @@ pub(crate) struct ChildReport {
     pub hold_secs: f64,
     /// Heartbeat latency histogram (ns), base64 HdrHistogram V2.
     pub histogram: String,
+    /// Push delivery latency histogram (ns), the same encoding.
+    #[serde(default)]
+    pub push_histogram: String,
 }
 
 impl ChildReport {
@@ -58,6 +62,7 @@ impl ChildReport {
             ramp_secs: o.ramp_secs,
             hold_secs: o.hold_secs,
             histogram: encode(&o.hist),
+            push_histogram: encode(&o.push_hist),
         }
     }
 }
@@ -89,6 +94,7 @@ pub(crate) fn merge_reports(reports: &[ChildReport]) -> Result<WorkerOutcome, St
         ramp_secs: 0.0,
         hold_secs: f64::INFINITY,
         hist: new_histogram(),
+        push_hist: new_histogram(),
     };
     for r in reports {
         out.counters.add(&r.counters);
@@ -96,6 +102,9 @@ pub(crate) fn merge_reports(reports: &[ChildReport]) -> Result<WorkerOutcome, St
         out.ramp_secs = out.ramp_secs.max(r.ramp_secs);
         out.hold_secs = out.hold_secs.min(r.hold_secs);
         merge(&mut out.hist, &decode(&r.histogram)?);
+        if !r.push_histogram.is_empty() {
+            merge(&mut out.push_hist, &decode(&r.push_histogram)?);
+        }
     }
     if reports.is_empty() {
         out.hold_secs = 0.0;
@@ -145,24 +154,13 @@ pub(crate) fn run_child(
         true
     })?;
     send(&ChildMessage::Final(ChildReport::of(&outcome)));
-    Ok(HoldReport {
-        target: args.target.clone(),
-        target_connections: n,
-        connections_peak: outcome.counters.peak,
-        connections_open_at_end: outcome.open_at_end,
-        ramp_secs: outcome.ramp_secs,
-        hold_secs: outcome.hold_secs,
-        drops: outcome.counters.drops,
-        resets: outcome.counters.resets,
-        failed_connects: outcome.counters.failed_connects,
-        reconnects: outcome.counters.reconnects,
-        heartbeats_ok: outcome.counters.heartbeats_ok,
-        heartbeat_errors: outcome.counters.heartbeat_errors,
-        heartbeat_latency_us: Percentiles::of(&outcome.hist),
-        processes: 1,
-        sources: plan.sources.len(),
-        client_cpu_secs: crate::sys::cpu_secs(),
-    })
+    Ok(hold_report(
+        args,
+        &outcome,
+        n,
+        (1, plan.sources.len()),
+        crate::sys::cpu_secs(),
+    ))
 }
 
 /// What a reader thread tells the parent.
@@ -337,7 +335,7 @@ pub(crate) fn run_parent(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::histogram::record_ns;
+    use crate::histogram::{record_ns, Percentiles};
 
     fn outcome(
         peak: u64,
@@ -363,6 +361,7 @@ mod tests {
             ramp_secs: ramp,
             hold_secs: 1.0,
             hist,
+            push_hist: new_histogram(),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::hold_conn::{self, HoldCounters, HoldShared, Snapshot};
 use crate::progress::{Progress, TICK};
 use crate::report::{write_json, HoldReport};
 use crate::sys::{self, InterruptGuard};
+use crate::tcp_frames::{parse_tcp_framing, TcpFraming};
 use crate::tls::{self, Trust, ALPN_HTTP1};
 use crate::ws::{WsHeartbeat, WsHold};
 
@@ -29,8 +30,8 @@ use crate::ws::{WsHeartbeat, WsHold};
 #[derive(Debug, Clone, clap::Args)]
 pub struct HoldArgs {
     /// Target: http://HOST:PORT/PATH or https://HOST:PORT/PATH (HTTP
-    /// heartbeats), tcp://HOST:PORT (line heartbeats) or ws://HOST:PORT/PATH
-    /// (WebSocket pings or texts).
+    /// heartbeats), tcp://HOST:PORT (line or length-prefixed heartbeats) or
+    /// ws://HOST:PORT/PATH (WebSocket pings or texts).
     pub target: String,
     /// Connections to open and hold (up to 1,000,000).
     #[arg(short = 'c', long, default_value_t = 1000)]
@@ -60,12 +61,21 @@ pub struct HoldArgs {
     /// HTTP request body: a string, or @FILE to read it from a file.
     #[arg(long)]
     pub body: Option<String>,
-    /// tcp:// heartbeat line to send (escapes: \n \r \t \\).
+    /// tcp:// heartbeat line to send (escapes: \n \r \t \\); with a length
+    /// header (--tcp-framing), the frame's body, without the line ending.
     #[arg(long, value_name = "LINE", default_value = "PING\\n")]
     pub send: String,
     /// tcp:// the reply line must contain this [default: any line].
     #[arg(long, value_name = "TEXT")]
     pub expect: Option<String>,
+    /// tcp:// framing: lines, or a big-endian length header u8, u16, u32 or
+    /// u64 (as `serve --tcp-framing`); --send is then the body of each heartbeat.
+    #[arg(long, value_name = "FRAMING", default_value = "lines", value_parser = parse_tcp_framing)]
+    pub tcp_framing: TcpFraming,
+    /// tcp:// receive mode: count frames the server pushes whose payload starts
+    /// `t=<unix ns>` (their send time) and report their delivery latency.
+    #[arg(long)]
+    pub receive: bool,
     /// Reconnect connections that drop or fail to connect.
     #[arg(long)]
     pub reconnect: bool,
@@ -206,7 +216,7 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
             .unwrap_or_default();
         render_request(&method, &target.host, &target.path, &headers, &body)
     } else {
-        unescape(&args.send)
+        args.tcp_framing.heartbeat(&unescape(&args.send))
     };
     let sources = match &args.source {
         Some(s) => parse_sources(s)?,
@@ -292,6 +302,8 @@ pub(crate) fn share(
         http,
         ws: plan.ws.clone(),
         expect: args.expect.as_ref().map(|e| unescape(e)),
+        framing: args.tcp_framing,
+        receive: args.receive,
         interval: args.interval,
         timeout: args.timeout,
         reconnect: args.reconnect,
@@ -315,6 +327,8 @@ pub(crate) struct WorkerOutcome {
     pub hold_secs: f64,
     /// Heartbeat latencies, ns.
     pub hist: Histogram<u64>,
+    /// Push delivery latencies, ns (`--receive`).
+    pub push_hist: Histogram<u64>,
 }
 
 /// Runs this process's share: ramps `count` connections up over `threads` threads,
@@ -371,13 +385,14 @@ pub(crate) fn run_worker(
     let end = Instant::now();
     let open_at_end = counters.snapshot().open;
     let _ = stop_tx.send(true);
-    let mut hist = new_histogram();
+    let (mut hist, mut push_hist) = (new_histogram(), new_histogram());
     for h in handles {
-        let thread_hist = h
+        let (thread_hist, thread_pushes) = h
             .join()
             .map_err(|_| LoadError::io("a hold thread panicked", std::io::Error::other("panic")))?
             .map_err(|e| LoadError::io("cannot build a tokio runtime", e))?;
         merge(&mut hist, &thread_hist);
+        merge(&mut push_hist, &thread_pushes);
     }
     let ramp_end = ramp_end.unwrap_or(end);
     Ok(WorkerOutcome {
@@ -386,13 +401,19 @@ pub(crate) fn run_worker(
         ramp_secs: ramp_end.duration_since(start).as_secs_f64(),
         hold_secs: end.duration_since(ramp_end).as_secs_f64(),
         hist,
+        push_hist,
     })
 }
 
 /// One progress line for `hold`.
 pub(crate) fn progress_message(s: &Snapshot, heartbeats_per_sec: f64) -> String {
+    let pushes = if s.pushes_received > 0 {
+        format!(", pushes received {}", s.pushes_received)
+    } else {
+        String::new()
+    };
     format!(
-        "open {} (peak {}), {:.0} heartbeats/s, drops {}, resets {}, failed connects {}, heartbeat errors {}",
+        "open {} (peak {}), {:.0} heartbeats/s, drops {}, resets {}, failed connects {}, heartbeat errors {}{pushes}",
         s.open, s.peak, heartbeats_per_sec, s.drops, s.resets, s.failed_connects, s.heartbeat_errors
     )
 }
@@ -419,6 +440,37 @@ impl RateMeter {
         let r = total.saturating_sub(self.count) as f64 / secs;
         (self.at, self.count) = (now, total);
         r
+    }
+}
+
+/// The report of a hold run (or of one child's share of it): `target` the
+/// connections asked for, `(processes, sources)` used, `cpu` seconds spent.
+pub(crate) fn hold_report(
+    args: &HoldArgs,
+    outcome: &WorkerOutcome,
+    target: u64,
+    (processes, sources): (usize, usize),
+    cpu: f64,
+) -> HoldReport {
+    HoldReport {
+        target: args.target.clone(),
+        target_connections: target,
+        connections_peak: outcome.counters.peak,
+        connections_open_at_end: outcome.open_at_end,
+        ramp_secs: outcome.ramp_secs,
+        hold_secs: outcome.hold_secs,
+        drops: outcome.counters.drops,
+        resets: outcome.counters.resets,
+        failed_connects: outcome.counters.failed_connects,
+        reconnects: outcome.counters.reconnects,
+        heartbeats_ok: outcome.counters.heartbeats_ok,
+        heartbeat_errors: outcome.counters.heartbeat_errors,
+        heartbeat_latency_us: Percentiles::of(&outcome.hist),
+        pushes_received: outcome.counters.pushes_received,
+        push_latency_us: Percentiles::of(&outcome.push_hist),
+        processes,
+        sources,
+        client_cpu_secs: cpu,
     }
 }
 
@@ -465,24 +517,14 @@ pub fn run_hold(args: HoldArgs) -> Result<HoldReport, LoadError> {
         eprintln!("hold: interrupted; reporting what was measured");
     }
     drop(guard);
-    let report = HoldReport {
-        target: args.target.clone(),
-        target_connections: args.connections,
-        connections_peak: outcome.counters.peak,
-        connections_open_at_end: outcome.open_at_end,
-        ramp_secs: outcome.ramp_secs,
-        hold_secs: outcome.hold_secs,
-        drops: outcome.counters.drops,
-        resets: outcome.counters.resets,
-        failed_connects: outcome.counters.failed_connects,
-        reconnects: outcome.counters.reconnects,
-        heartbeats_ok: outcome.counters.heartbeats_ok,
-        heartbeat_errors: outcome.counters.heartbeat_errors,
-        heartbeat_latency_us: Percentiles::of(&outcome.hist),
-        processes,
-        sources: plan.sources.len(),
-        client_cpu_secs: (sys::cpu_secs() + sys::children_cpu_secs() - cpu0).max(0.0),
-    };
+    let cpu = (sys::cpu_secs() + sys::children_cpu_secs() - cpu0).max(0.0);
+    let report = hold_report(
+        &args,
+        &outcome,
+        args.connections,
+        (processes, plan.sources.len()),
+        cpu,
+    );
     print!("{}", report.to_text());
     if let Some(path) = &args.json {
         write_json(path, &report)?;

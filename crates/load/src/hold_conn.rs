@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use crate::histogram::{new_histogram, record_ns};
 use crate::parse::{ResponseParser, Step};
 use crate::sys;
+use crate::tcp_frames::{sent_at_ns, take_frames, unix_now_ns, TcpFraming, TooLarge};
 
 /// What the connections of one process share (read-only).
 #[derive(Debug, Clone)]
@@ -52,6 +53,10 @@ pub(crate) struct HoldShared {
     pub ws: Option<crate::ws::WsHold>,
     /// Line protocol: the reply line must contain this.
     pub expect: Option<Vec<u8>>,
+    /// tcp://: how frames are delimited.
+    pub framing: TcpFraming,
+    /// tcp://: count pushed frames (`t=<ns>` payloads) and time their delivery.
+    pub receive: bool,
     /// Heartbeat interval.
     pub interval: Duration,
     /// Connect and reply timeout.
@@ -144,6 +149,8 @@ pub(crate) struct HoldCounters {
     pub heartbeats_ok: AtomicU64,
     /// Heartbeats failed.
     pub heartbeat_errors: AtomicU64,
+    /// Pushed frames received (`--receive`).
+    pub pushes_received: AtomicU64,
 }
 
 /// A point-in-time copy of [`HoldCounters`] (also the child progress message).
@@ -167,6 +174,9 @@ pub(crate) struct Snapshot {
     pub heartbeats_ok: u64,
     /// Heartbeats failed.
     pub heartbeat_errors: u64,
+    /// Pushed frames received.
+    #[serde(default)]
+    pub pushes_received: u64,
 }
 
 impl HoldCounters {
@@ -182,6 +192,7 @@ impl HoldCounters {
             reconnects: self.reconnects.load(Relaxed),
             heartbeats_ok: self.heartbeats_ok.load(Relaxed),
             heartbeat_errors: self.heartbeat_errors.load(Relaxed),
+            pushes_received: self.pushes_received.load(Relaxed),
         }
     }
 }
@@ -198,6 +209,7 @@ impl Snapshot {
         self.reconnects += o.reconnects;
         self.heartbeats_ok += o.heartbeats_ok;
         self.heartbeat_errors += o.heartbeat_errors;
+        self.pushes_received += o.pushes_received;
     }
 }
 
@@ -206,11 +218,14 @@ struct ThreadCtx {
     shared: HoldShared,
     counters: Arc<HoldCounters>,
     hist: RefCell<Histogram<u64>>,
+    /// Push delivery latencies (`--receive`).
+    push_hist: RefCell<Histogram<u64>>,
     buf: RefCell<Vec<u8>>,
 }
 
 /// Runs thread `t` of `threads`: connections `t, t+T, …` below `count`, until
-/// `stop` turns true. Returns the thread's heartbeat-latency histogram.
+/// `stop` turns true. Returns the thread's heartbeat-latency and push
+/// delivery-latency histograms.
 pub(crate) fn run_thread(
     t: u64,
     threads: u64,
@@ -218,7 +233,7 @@ pub(crate) fn run_thread(
     shared: HoldShared,
     counters: Arc<HoldCounters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<Histogram<u64>> {
+) -> std::io::Result<(Histogram<u64>, Histogram<u64>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -226,6 +241,7 @@ pub(crate) fn run_thread(
         shared,
         counters,
         hist: RefCell::new(new_histogram()),
+        push_hist: RefCell::new(new_histogram()),
         buf: RefCell::new(vec![0u8; 64 * 1024]),
     });
     let local = tokio::task::LocalSet::new();
@@ -248,8 +264,8 @@ pub(crate) fn run_thread(
     // Dropping the tasks closes every socket (FIN).
     drop(local);
     drop(rt);
-    let hist = ctx.hist.borrow().clone();
-    Ok(hist)
+    let hists = (ctx.hist.borrow().clone(), ctx.push_hist.borrow().clone());
+    Ok(hists)
 }
 
 /// How a held connection ended.
@@ -362,9 +378,16 @@ async fn session(
                         let mut buf = ctx.buf.borrow_mut();
                         match stream.try_read_app(&mut buf) {
                             Ok(Read::Eof) => return Ended::Dropped,
-                            // Unsolicited bytes: ignored, but a WebSocket
-                            // server's ping gets its pong.
+                            // Unsolicited bytes: a WebSocket server's ping
+                            // gets its pong; pushes are counted in receive
+                            // mode; anything else is ignored.
                             Ok(Read::Data(d)) if sh.ws.is_some() => crate::ws::pongs_for(d),
+                            Ok(Read::Data(d)) if sh.receive => {
+                                if tcp_frames(ctx, &mut spill, d).is_err() {
+                                    return Ended::Failed;
+                                }
+                                Vec::new()
+                            }
                             Ok(_) => Vec::new(),
                             Err(e) => return io_end(&e),
                         }
@@ -429,7 +452,9 @@ async fn exchange(
     }
     let deadline = sent + sh.timeout;
     let mut parser = ResponseParser::new(sh.head_request);
-    spill.clear();
+    if sh.http || sh.ws.is_some() {
+        spill.clear();
+    }
     loop {
         match tokio::time::timeout_at(deadline.into(), stream.readable()).await {
             Err(_) => {
@@ -446,32 +471,39 @@ async fn exchange(
             Ok(Read::Nothing) => continue,
             Err(e) => return Err(io_end(&e)),
         };
-        let data: &[u8] = if spill.is_empty() {
-            read
-        } else {
-            spill.extend_from_slice(read);
-            spill
-        };
-        let verdict = if let Some(ws) = &sh.ws {
-            if opening {
-                crate::ws::upgrade_reply(data)
+        let verdict = if sh.http || sh.ws.is_some() {
+            let data: &[u8] = if spill.is_empty() {
+                read
             } else {
-                crate::ws::beat_reply(ws.beat, sh.expect.as_deref(), data)
-            }
-        } else if sh.http {
-            http_reply(&mut parser, data)
-        } else {
-            line_reply(sh.expect.as_deref(), data)
-        };
-        match verdict {
-            Reply::Incomplete(keep) => {
+                spill.extend_from_slice(read);
+                spill
+            };
+            let verdict = match &sh.ws {
+                Some(_) if opening => crate::ws::upgrade_reply(data),
+                Some(ws) => crate::ws::beat_reply(ws.beat, sh.expect.as_deref(), data),
+                None => http_reply(&mut parser, data),
+            };
+            if let Reply::Incomplete(keep) = verdict {
                 let rest = data[data.len() - keep..].to_vec();
                 *spill = rest;
+                continue;
             }
+            verdict
+        } else {
+            match tcp_frames(ctx, spill, read) {
+                Ok(Some(reply)) => reply,
+                Ok(None) => continue,
+                Err(TooLarge) => Reply::Bad,
+            }
+        };
+        match verdict {
+            Reply::Incomplete(_) => continue,
             Reply::Ok { close } => {
                 c.heartbeats_ok.fetch_add(1, Relaxed);
                 record_ns(&mut ctx.hist.borrow_mut(), sent.elapsed().as_nanos() as u64);
-                spill.clear();
+                if sh.http || sh.ws.is_some() {
+                    spill.clear();
+                }
                 stream.forget_readiness();
                 return if close { Err(Ended::Dropped) } else { Ok(()) };
             }
@@ -507,19 +539,34 @@ fn http_reply(parser: &mut ResponseParser, data: &[u8]) -> Reply {
     }
 }
 
-fn line_reply(expect: Option<&[u8]>, data: &[u8]) -> Reply {
-    let Some(eol) = data.iter().position(|&b| b == b'\n') else {
-        return if data.len() > 64 * 1024 {
-            Reply::Bad
-        } else {
-            Reply::Incomplete(data.len())
-        };
-    };
-    let line = &data[..eol];
+/// A tcp:// heartbeat reply: any frame, or one containing `expect`.
+fn frame_reply(expect: Option<&[u8]>, frame: &[u8]) -> Reply {
     match expect {
-        Some(e) if !line.windows(e.len().max(1)).any(|w| w == e) => Reply::Bad,
+        Some(e) if !frame.windows(e.len().max(1)).any(|w| w == e) => Reply::Bad,
         _ => Reply::Ok { close: false },
     }
+}
+
+/// tcp://: takes the whole frames read so far. In receive mode a push (its
+/// payload carries its send time) is counted and its delivery timed; the
+/// first other frame is the verdict on the heartbeat.
+fn tcp_frames(
+    ctx: &ThreadCtx,
+    spill: &mut Vec<u8>,
+    fresh: &[u8],
+) -> Result<Option<Reply>, TooLarge> {
+    let sh = &ctx.shared;
+    let mut reply = None;
+    take_frames(sh.framing, spill, fresh, |frame| {
+        if let Some(sent) = sent_at_ns(frame).filter(|_| sh.receive) {
+            ctx.counters.pushes_received.fetch_add(1, Relaxed);
+            let latency = unix_now_ns().saturating_sub(sent);
+            record_ns(&mut ctx.push_hist.borrow_mut(), latency);
+        } else if reply.is_none() {
+            reply = Some(frame_reply(sh.expect.as_deref(), frame));
+        }
+    })?;
+    Ok(reply)
 }
 
 /// A tiny splitmix64 generator for jitter (no allocation, no shared state).
@@ -567,11 +614,11 @@ mod tests {
     #[test]
     fn replies() {
         assert_eq!(
-            line_reply(Some(b"PONG"), b"PONG\n"),
+            frame_reply(Some(b"PONG"), b"PONG"),
             Reply::Ok { close: false }
         );
-        assert_eq!(line_reply(Some(b"PONG"), b"NOPE\n"), Reply::Bad);
-        assert_eq!(line_reply(None, b"PO"), Reply::Incomplete(2));
+        assert_eq!(frame_reply(Some(b"PONG"), b"NOPE"), Reply::Bad);
+        assert_eq!(frame_reply(None, b""), Reply::Ok { close: false });
         let mut p = ResponseParser::new(false);
         assert_eq!(
             http_reply(&mut p, b"HTTP/1.1 200 OK\r\nContent"),

@@ -26,6 +26,7 @@
 //! | `schedule` | open-loop send schedule and coordinated-omission arithmetic |
 //! | `hold` | [`HoldArgs`] and the `hold` driver (validation, ramp, process split) |
 //! | `hold_conn` | one held connection: open request, heartbeats, drop detection |
+//! | `tcp_frames` | `hold tcp://`: lines or length-prefixed frames, pushes and their delivery time (`--receive`) |
 //! | `children` | multi-process `hold`: spawning, child protocol, merging |
 //! | `sys` | OS limits and sockets: RLIMIT_NOFILE, port range, source binding, CPU time |
 //! | `histogram` | HDR histogram helpers: percentiles, (de)serialization, merging |
@@ -51,6 +52,7 @@ mod report;
 mod schedule;
 mod sessions;
 mod sys;
+mod tcp_frames;
 mod tls;
 mod transport;
 pub mod units;
@@ -61,4 +63,5 @@ pub use histogram::Percentiles;
 pub use hold::{run_hold, HoldArgs};
 pub use load::{run_load, LoadArgs};
 pub use report::{ErrorCounts, HoldReport, LoadReport, TlsStats};
+pub use tcp_frames::TcpFraming;
 pub use ws::WsHeartbeat;

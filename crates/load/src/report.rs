@@ -373,6 +373,13 @@ pub struct HoldReport {
     pub heartbeat_errors: u64,
     /// Heartbeat latency percentiles in microseconds.
     pub heartbeat_latency_us: Percentiles,
+    /// Pushed frames received (`--receive`).
+    #[serde(default)]
+    pub pushes_received: u64,
+    /// Push delivery latency (now minus the send time the push carries)
+    /// percentiles in microseconds; `max` is the time to the last delivery.
+    #[serde(default)]
+    pub push_latency_us: Percentiles,
     /// Processes used.
     pub processes: usize,
     /// Source addresses used (empty: the kernel's choice).
@@ -420,6 +427,15 @@ impl HoldReport {
             "  latency us   p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
             l.p50, l.p90, l.p99, l.p999, l.p9999, l.max
         );
+        if self.pushes_received > 0 {
+            let p = &self.push_latency_us;
+            let _ = writeln!(s, "  pushes       {} received", self.pushes_received);
+            let _ = writeln!(
+                s,
+                "  delivery us  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1} (the last delivery)",
+                p.p50, p.p90, p.p99, p.p999, p.max
+            );
+        }
         s
     }
 }

@@ -416,6 +416,12 @@ async fn a_silent_peer_is_closed_by_the_heartbeat_timeout() {
         .wait_stats("counted", |s| s.connections_open == 0)
         .await;
     assert_eq!(awake.closed_with("heartbeat_timeout"), 2);
+    assert_eq!(awake.handle.stats().messages.heartbeat_timeouts, 2);
+    let metrics = awake.handle.render_metrics();
+    assert!(
+        metrics.contains("megaconn_message_heartbeat_timeouts_total 2"),
+        "{metrics}"
+    );
     awake.stop().await;
 
     // Parked: the lot's deadline wakes it, and the protocol closes it.
@@ -771,12 +777,18 @@ async fn publish_and_broadcast_reach_parked_and_busy_connections() {
     // A closed subscriber leaves its topics; a publish finds one left.
     drop(busy);
     server.next_close().await;
-    let before = server.handle.stats().messages.pushes;
+    let before = server.handle.stats().messages;
     server.hub.publish("news", "x");
     server.hub.broadcast("y");
     assert_eq!(read_exact(&mut parked, 2).await, b"y\n");
     assert_eq!(read_exact(&mut other, 2).await, b"y\n");
-    assert_eq!(server.handle.stats().messages.pushes, before + 2);
+    // (A parked connection's push is counted just after its `send`, so the
+    // count may trail the bytes by a moment.)
+    server
+        .wait_stats("two pushes counted", |s| {
+            s.messages.pushes == before.pushes + 2
+        })
+        .await;
     assert_eq!(server.handle.stats().messages.queue_drops, 0);
     server.stop().await;
 }
@@ -808,5 +820,95 @@ async fn a_busy_connection_whose_outbound_queue_overflows_is_closed_as_a_slow_co
         .wait_stats("counted", |s| s.connections_open == 0)
         .await;
     assert_eq!(server.closed_with("slow_consumer"), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_says_goodbye_to_parked_and_awake_connections() {
+    let goodbye = Some(Bytes::from("going away"));
+    for park in [Some(PARK_IDLE_AFTER), None] {
+        let mut server = Framed::start(
+            Server::builder()
+                .park_idle_after(park)
+                .goodbye_frame(goodbye.clone()),
+            Framing::length_prefixed(4),
+        )
+        .await;
+        let mut s = server.connect().await;
+        s.write_all(&frame(b"hi")).await.unwrap();
+        assert_eq!(read_frame(&mut s).await, b"hi");
+        if park.is_some() {
+            server
+                .wait_stats("parked", |s| s.connections_parked == 1)
+                .await;
+        }
+        server.handle.shutdown();
+        assert_eq!(
+            read_to_close(&mut s).await,
+            frame(b"going away"),
+            "{park:?}"
+        );
+        assert_eq!(server.next_close().await, (1, CloseReason::Shutdown));
+        let summary = server.stop().await;
+        assert_eq!(summary.forced, 0);
+    }
+}
+
+#[tokio::test]
+async fn message_metrics_count_frames_bytes_and_pushes() {
+    let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    s.write_all(b"one\ntwo\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 8).await, b"one\ntwo\n");
+    server.hub.send(id, "pushed");
+    assert_eq!(read_exact(&mut s, 7).await, b"pushed\n");
+    server
+        .wait_stats("three frames out", |s| s.messages.frames_out == 3)
+        .await;
+    let m = server.handle.stats().messages;
+    assert_eq!((m.frames_in, m.bytes_in), (2, 8));
+    assert_eq!((m.frames_out, m.bytes_out, m.pushes), (3, 15, 1));
+    let text = server.handle.render_metrics();
+    for line in [
+        "megaconn_message_frames_total{direction=\"in\"} 2",
+        "megaconn_message_frames_total{direction=\"out\"} 3",
+        "megaconn_message_bytes_total{direction=\"in\"} 8",
+        "megaconn_message_bytes_total{direction=\"out\"} 15",
+        "megaconn_message_pushes_total 1",
+        "megaconn_message_queue_drops_total 0",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_to_a_parked_connection_wakes_it_once() {
+    let server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    s.write_all(b"a\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"a\n");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    let before = server.handle.stats();
+    // A heartbeat: read and answered in one cold wake, then straight back
+    // to the lot (not re-parked unread, woken again "hot" and kept as a task).
+    s.write_all(b"b\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"b\n");
+    server
+        .wait_stats("parked again", |s| {
+            s.connections_parked == 1 && s.parks > before.parks
+        })
+        .await;
+    let after = server.handle.stats();
+    assert_eq!(after.wakes_cold - before.wakes_cold, 1, "{after:?}");
+    assert_eq!(after.wakes_hot, before.wakes_hot, "{after:?}");
+    assert_eq!(after.parks - before.parks, 1);
     server.stop().await;
 }

@@ -220,8 +220,20 @@ pub(crate) enum Delivered {
     NotParked,
 }
 
-/// Writes `bytes` to a parked socket without blocking: true when all went.
-pub(crate) fn send_all_now(fd: RawFd, bytes: &[u8]) -> bool {
+/// What a non-blocking write to a parked socket did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendNow {
+    /// All the bytes went.
+    Sent,
+    /// The socket buffer took less than all (or nothing): the peer is behind.
+    Full,
+    /// The connection is broken (the peer reset or closed it); the parking
+    /// lot sees that as a hang-up and wakes it to be closed.
+    Broken,
+}
+
+/// Writes `bytes` to a parked socket without blocking.
+pub(crate) fn send_all_now(fd: RawFd, bytes: &[u8]) -> SendNow {
     // SAFETY: `fd` is a parked socket, open for as long as the lot keeps it
     // (the caller checked it is parked, on the lot's own thread); `bytes` is
     // valid readable memory of the given length.
@@ -233,7 +245,17 @@ pub(crate) fn send_all_now(fd: RawFd, bytes: &[u8]) -> bool {
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
         )
     };
-    n >= 0 && n as usize == bytes.len()
+    if n >= 0 {
+        return if n as usize == bytes.len() {
+            SendNow::Sent
+        } else {
+            SendNow::Full
+        };
+    }
+    match std::io::Error::last_os_error().kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => SendNow::Full,
+        _ => SendNow::Broken,
+    }
 }
 
 /// Makes a parked socket wake its connection at once (readable: hung up),

@@ -10,7 +10,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::message::hub::{self, Delivered};
+use crate::message::hub::{self, Delivered, SendNow};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::observe::stats::{add, incr, MessageCounters};
 
@@ -197,11 +197,16 @@ fn send_parked<S>(
     let Some(bytes) = msg.on(wires, wire) else {
         return Delivered::NotParked;
     };
-    if hub::send_all_now(fd, &bytes) {
-        incr(&counters.pushes);
-        incr(&counters.frames_out);
-        add(&counters.bytes_out, bytes.len() as u64);
-        return Delivered::Sent;
+    match hub::send_all_now(fd, &bytes) {
+        SendNow::Sent => {
+            incr(&counters.pushes);
+            incr(&counters.frames_out);
+            add(&counters.bytes_out, bytes.len() as u64);
+            return Delivered::Sent;
+        }
+        // The peer is gone; its hang-up wakes it to be closed as such.
+        SendNow::Broken => return Delivered::NotParked,
+        SendNow::Full => {}
     }
     incr(&counters.queue_drops);
     tracing::info!("a parked connection's socket buffer is full; closing it as a slow consumer");

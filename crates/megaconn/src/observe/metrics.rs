@@ -49,6 +49,17 @@
 //! | `megaconn_otel_spans_dropped_total` | counter | (only when tracing) |
 //! | `megaconn_otel_spans_failed_total` | counter | (only when tracing) |
 //! | `megaconn_otel_spans_queued` | gauge | (only when tracing) |
+//! | `megaconn_message_frames_total` | counter | `direction` (`in`, `out`) |
+//! | `megaconn_message_bytes_total` | counter | `direction` (`in`, `out`) |
+//! | `megaconn_message_pushes_total` | counter | |
+//! | `megaconn_message_queue_drops_total` | counter | |
+//! | `megaconn_message_heartbeats_sent_total` | counter | |
+//! | `megaconn_message_heartbeat_timeouts_total` | counter | |
+//!
+//! The `message_` series count message protocols' connections (framed TCP):
+//! frames (messages) and their bytes with headers, hub deliveries, pushes
+//! dropped at a full outbound queue (each closes its connection as
+//! `slow_consumer`), server heartbeats sent and peers closed for silence.
 //!
 //! The body is OpenMetrics text (it ends with `# EOF`), which Prometheus also
 //! reads when served as `text/plain; version=0.0.4`.
@@ -69,7 +80,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::observe::close::CloseReason;
-use crate::observe::stats::{ServerStats, StatsSource, WorkerStats};
+use crate::observe::stats::{MessageStats, ServerStats, StatsSource, WorkerStats};
 use crate::observe::trace::{ErrorClass, SpanSlot};
 
 /// Labels of `method`, in counter order; any other method counts as `other`.
@@ -848,8 +859,56 @@ impl Collector for Snapshot {
                 i64::try_from(o.spans_queued).unwrap_or(i64::MAX),
             )?;
         }
-        Ok(())
+        messages(&mut e, &s.messages)
     }
+}
+
+/// The message protocols' series (framed TCP).
+fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Error> {
+    for (name, help, unit, (inbound, outbound)) in [
+        (
+            "message_frames",
+            "Frames (messages) of message protocols, by direction; out counts replies, pushes and heartbeats.",
+            None,
+            (m.frames_in, m.frames_out),
+        ),
+        (
+            "message",
+            "Bytes of message protocols' connections, headers included, by direction.",
+            Some(&Unit::Bytes),
+            (m.bytes_in, m.bytes_out),
+        ),
+    ] {
+        let mut family = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
+        for (direction, n) in [("in", inbound), ("out", outbound)] {
+            ConstCounter::new(n).encode(family.encode_family(&[("direction", direction)])?)?;
+        }
+    }
+    counter(
+        e,
+        "message_pushes",
+        "Messages the hub delivered (one per connection reached by a push, publish or broadcast).",
+        m.pushes,
+    )?;
+    counter(
+        e,
+        "message_queue_drops",
+        "Pushes dropped at a full outbound queue or socket buffer; each closes its connection as slow_consumer.",
+        m.queue_drops,
+    )?;
+    counter(
+        e,
+        "message_heartbeats_sent",
+        "Server heartbeat frames sent.",
+        m.heartbeats_sent,
+    )?;
+    counter(
+        e,
+        "message_heartbeat_timeouts",
+        "Connections closed because the peer sent nothing within heartbeat_timeout.",
+        m.heartbeat_timeouts,
+    )?;
+    Ok(())
 }
 
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), fmt::Error> {

@@ -100,6 +100,20 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// Framed connections: on a graceful shutdown, send `frame` (framed as
+    /// the listener frames) to each connection as it is closed between
+    /// frames, parked ones included, so the peer can tell a shutdown from a
+    /// failure and reconnect elsewhere. Best effort: a peer that cannot take
+    /// it at once (parked) or within `write_timeout` (awake) is closed
+    /// without it; connections forced at `shutdown_timeout` get none.
+    /// Default: none.
+    pub fn goodbye_frame(mut self, frame: Option<Bytes>) -> Builder {
+        FramedSettings::update(&mut self.config, |s| s.goodbye = frame);
+        self
+    }
+}
+
 impl Server {
     /// Whether connections to `addr`, one of
     /// [`local_addrs`](Server::local_addrs), speak a framed protocol (for

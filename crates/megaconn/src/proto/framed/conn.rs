@@ -233,6 +233,11 @@ pub(crate) async fn serve<H: FramedHandler>(
         return live.close(CloseReason::ServerClosed);
     }
     let mut buf: Option<BytesMut> = None;
+    // A socket woken because it is readable goes back to the lot only after
+    // it was read: re-parked unread, it would wake again at once, as "hot",
+    // and then wait as a task (a second wake, a registration and a timer
+    // per heartbeat).
+    let mut unread_wake = start == Start::Woken(Wake::Readable);
     loop {
         // Every whole frame read so far, in order.
         if let Some(b) = buf.as_mut() {
@@ -286,7 +291,7 @@ pub(crate) async fn serve<H: FramedHandler>(
         let mut park_at = None;
         if between_frames {
             if ctx.shutdown.is_started() {
-                return live.close(CloseReason::Shutdown);
+                return say_goodbye(live, &mut io, &mut codec, &session, &ctx).await;
             }
             // Messages pushed meanwhile go out between the peer's frames.
             if let Some(inbox) = &inbox {
@@ -311,7 +316,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
             // A woken socket that served its frames without ever waiting
             // (a heartbeat on a cold connection) goes straight back.
-            if can_park && io.repark_when_idle() {
+            if can_park && !unread_wake && io.repark_when_idle() {
                 return park(
                     live,
                     io,
@@ -339,7 +344,9 @@ pub(crate) async fn serve<H: FramedHandler>(
             match idle {
                 Idle::Readable(Ok(())) => {}
                 Idle::Readable(Err(e)) => return live.close(CloseReason::io(&e)),
-                Idle::Shutdown => return live.close(CloseReason::Shutdown),
+                Idle::Shutdown => {
+                    return say_goodbye(live, &mut io, &mut codec, &session, &ctx).await
+                }
                 Idle::HeartbeatDue => {
                     incr(&counters.heartbeat_timeouts);
                     return live.close(CloseReason::HeartbeatTimeout);
@@ -407,7 +414,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             Read::Done(read) => read,
             Read::Shutdown => {
                 give_back(&ctx, &mut buf);
-                return live.close(CloseReason::Shutdown);
+                return say_goodbye(live, &mut io, &mut codec, &session, &ctx).await;
             }
             // Nothing was read: the buffer goes back, the pushes go out.
             Read::Pushed => {
@@ -418,6 +425,7 @@ pub(crate) async fn serve<H: FramedHandler>(
         let reason = match read {
             Ok(Ok(0)) => CloseReason::ClientClosed,
             Ok(Ok(n)) => {
+                unread_wake = false;
                 lifecycle::count_in(n);
                 add(&counters.bytes_in, n as u64);
                 due = heartbeat.map(|t| Instant::now() + t);
@@ -545,6 +553,23 @@ fn park<H: FramedHandler>(
         }
         Err(e) => live.close(CloseReason::io(&e)),
     }
+}
+
+/// Closes a connection between frames for shutdown, after the server's
+/// goodbye frame, if it has one (best effort: a peer that does not take it
+/// within the write timeout is closed without it).
+async fn say_goodbye<H: FramedHandler>(
+    live: Live<'_, H>,
+    io: &mut FramedIo,
+    codec: &mut FrameCodec,
+    session: &Session,
+    ctx: &WorkerContext,
+) -> Ended<OwnedFd> {
+    if let Some(goodbye) = settings(&ctx.config).and_then(|s| s.goodbye.clone()) {
+        session.send(goodbye);
+        let _ = flush(io, codec, session, Vec::new(), ctx).await;
+    }
+    live.close(CloseReason::Shutdown)
 }
 
 /// Writes the frames the handler sent, framed, then `pushed` (already

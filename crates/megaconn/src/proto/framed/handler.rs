@@ -20,7 +20,7 @@ use crate::message::session::Session;
 use crate::observe::close::CloseReason;
 use crate::proto::framed::codec::Framing;
 use crate::proto::framed::conn::{self, FramedIo, Start};
-use crate::proto::framed::side_table;
+use crate::proto::framed::{goodbye_parked, side_table};
 use crate::proto::Ended;
 
 /// A framed protocol's behaviour, called once per message. Serve it with
@@ -126,6 +126,9 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
     fn parked_closed(&self, ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
         let (local, table) = side_table::<H::State>(ctx);
         if let Some(parked) = table.take(fd) {
+            if reason == CloseReason::Shutdown {
+                goodbye_parked(&ctx.config, fd, parked.variant);
+            }
             local.closed(local.id(fd, parked.generation));
             self.0.on_close(parked.state, reason);
         }

@@ -55,6 +55,8 @@ pub(crate) struct FramedSettings {
     pub heartbeat_timeout: Option<Duration>,
     /// Send this frame every so often (a server heartbeat), between frames.
     pub send_heartbeat: Option<(Duration, bytes::Bytes)>,
+    /// Sent to each connection closed between frames by a graceful shutdown.
+    pub goodbye: Option<Bytes>,
     /// The handler; set when the server starts serving.
     pub handler: Option<Arc<dyn ErasedHandler>>,
 }
@@ -65,6 +67,7 @@ impl std::fmt::Debug for FramedSettings {
             .field("listeners", &self.listeners)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("send_heartbeat", &self.send_heartbeat)
+            .field("goodbye", &self.goodbye)
             .field("handler", &self.handler.is_some())
             .finish()
     }
@@ -113,6 +116,24 @@ pub(crate) fn side_table<S: 'static>(ctx: &WorkerContext) -> (Rc<Local>, Rc<Side
             .collect()
     });
     (local, table)
+}
+
+/// Writes the goodbye frame, if the server has one, straight to parked
+/// connection `fd` on `listener` as the parking lot closes it for shutdown
+/// (the socket is still open then). Best effort: one non-blocking `send`.
+pub(crate) fn goodbye_parked(config: &Config, fd: RawFd, listener: usize) {
+    let Some(settings) = FramedSettings::of(config) else {
+        return;
+    };
+    let (Some(goodbye), Some(&(_, framing))) =
+        (&settings.goodbye, settings.listeners.get(listener))
+    else {
+        return;
+    };
+    let mut out = BytesMut::new();
+    if framing.encode(goodbye, &mut out).is_ok() {
+        message::hub::send_all_now(fd, &out);
+    }
 }
 
 /// Framed connections frame pushed messages as their listener frames.

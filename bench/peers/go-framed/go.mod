@@ -1,0 +1,3 @@
+module megaconn/bench/go-framed
+
+go 1.19

@@ -1,0 +1,97 @@
+//! `hold tcp://` against an in-process megaconn framed server: length-prefixed
+//! heartbeats answered, and `--receive` counting a broadcast (whose payload
+//! carries its send time) once per connection, with its delivery latency.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+use megaconn::{FramedHandler, Framing, Hub, Session};
+use megaconn_load::{run_hold, HoldArgs};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: HoldArgs,
+}
+
+/// Answers every frame `PONG`; when the `expected`-th connection opens,
+/// broadcasts one message stamped with its send time.
+struct Pusher {
+    hub: Hub,
+    opened: AtomicU64,
+    expected: u64,
+}
+
+impl FramedHandler for Pusher {
+    type State = ();
+
+    fn on_open(&self, _: &mut (), _: &Session) {
+        if self.opened.fetch_add(1, SeqCst) + 1 == self.expected {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            let mut stamped = format!("t={} ", now.as_nanos()).into_bytes();
+            stamped.resize(64, b'.');
+            self.hub.broadcast(stamped);
+        }
+    }
+
+    async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
+        assert_eq!(frame, "PING", "the heartbeat's body, without a line ending");
+        Some(Bytes::from_static(b"PONG"))
+    }
+}
+
+#[test]
+fn length_prefixed_heartbeats_and_received_pushes() {
+    const N: u64 = 5;
+    let mut server = megaconn::Server::builder()
+        .workers(1)
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4))
+        .listen()
+        .expect("binds");
+    let addr = server.local_addr();
+    let pusher = Pusher {
+        hub: server.hub(),
+        opened: AtomicU64::new(0),
+        expected: N,
+    };
+    // The server lives until the test process ends.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = rt.block_on(server.serve_framed(pusher));
+    });
+    let target = format!("tcp://{addr}");
+    let args = Cli::parse_from([
+        "hold",
+        &target,
+        "-q",
+        "-c",
+        "5",
+        "--ramp",
+        "20000",
+        "-d",
+        "2s",
+        "--interval",
+        "50ms",
+        "--tcp-framing",
+        "u32",
+        "--send",
+        "PING\\n",
+        "--expect",
+        "PONG",
+        "--receive",
+    ])
+    .args;
+    let r = run_hold(args).unwrap();
+    assert_eq!(r.connections_open_at_end, N, "{r:?}");
+    assert_eq!(r.heartbeat_errors, 0, "{r:?}");
+    assert!(r.heartbeats_ok > 0, "{r:?}");
+    assert_eq!(r.pushes_received, N, "one broadcast, one push each: {r:?}");
+    assert_eq!(r.push_latency_us.count, N);
+    assert!(r.push_latency_us.max > 0.0);
+    assert!(r.to_text().contains("pushes       5 received"));
+}
