@@ -54,7 +54,7 @@ pub const DEFAULT_WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 ///     }
 /// }
 ///
-/// let app = axum::Router::new().route_service("/ws", WebSocketRoute::new(Echo));
+/// let app: axum::Router = axum::Router::new().route_service("/ws", WebSocketRoute::new(Echo));
 /// ```
 ///
 /// Only megaconn serves the upgraded connection: under another server the
