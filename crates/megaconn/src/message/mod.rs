@@ -6,6 +6,8 @@
 //! - `hub.rs`     [`Hub`]: push by [`ConnectionId`], publish to a topic,
 //!   broadcast; [`Inbox`](hub::Inbox), an awake connection's bounded
 //!   outbound queue
+//! - `live.rs`    `Live`: an awake connection's state, so its handler hears
+//!   of the close exactly once
 //! - `session.rs` [`Session`]: a connection as its handler sees it (replies,
 //!   topics, close)
 //! - `table.rs`   the side table of parked connections' states, per worker
@@ -41,6 +43,7 @@
 //! through their inbox, parked ones with one `send` of bytes framed once.
 
 pub(crate) mod hub;
+pub(crate) mod live;
 pub(crate) mod session;
 pub(crate) mod table;
 pub(crate) mod wire;

@@ -38,10 +38,11 @@ use crate::conn::context::WorkerContext;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
-use crate::message::hub::{ConnectionId, Overflowed};
+use crate::message::hub::Overflowed;
+use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
-use crate::message::worker::{Awake, Local};
+use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::stats::{add, incr};
@@ -187,7 +188,7 @@ pub(crate) async fn serve<H: FramedHandler>(
         Start::Accepted => {
             let id = local.new_id(fd);
             let session = Session::new(id, local.clone());
-            let mut live = Live::new(handler, H::State::default(), id, &local);
+            let mut live = Live::new(handler, H::on_close, H::State::default(), id, &local);
             handler.on_open(live.state(), &session);
             (live, session)
         }
@@ -198,9 +199,9 @@ pub(crate) async fn serve<H: FramedHandler>(
             };
             let id = local.id(fd, parked.generation);
             let session = Session::new(id, local.clone());
-            let live = Live::new(handler, parked.state, id, &local);
+            let live = Live::new(handler, H::on_close, parked.state, id, &local);
             if parked.behind {
-                return live.close(CloseReason::SlowConsumer);
+                return Ended::Close(live.close(CloseReason::SlowConsumer));
             }
             send_at = parked.send_at;
             // A timer: the peer's heartbeat deadline passed, or it is time
@@ -208,7 +209,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             if wake == Wake::Timer {
                 if parked.due.is_some_and(|due| now >= due) {
                     incr(&counters.heartbeat_timeouts);
-                    return live.close(CloseReason::HeartbeatTimeout);
+                    return Ended::Close(live.close(CloseReason::HeartbeatTimeout));
                 }
                 due = parked.due;
             }
@@ -227,10 +228,10 @@ pub(crate) async fn serve<H: FramedHandler>(
     let inbox = local.awake(session.id(), table.wire(listener));
     let mut codec = framing.codec();
     if let Err(reason) = flush(&mut io, &mut codec, &session, Vec::new(), &ctx).await {
-        return live.close(reason);
+        return Ended::Close(live.close(reason));
     }
     if session.is_closing() {
-        return live.close(CloseReason::ServerClosed);
+        return Ended::Close(live.close(CloseReason::ServerClosed));
     }
     let mut buf: Option<BytesMut> = None;
     // A socket woken because it is readable goes back to the lot only after
@@ -249,7 +250,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                         give_back(&ctx, &mut buf);
                         tracing::debug!(%error, "framing error; closing");
                         let reason = CloseReason::Protocol(ProtocolDetail::Framing(error));
-                        return live.close(reason);
+                        return Ended::Close(live.close(reason));
                     }
                 };
                 lifecycle::count_request();
@@ -266,17 +267,17 @@ pub(crate) async fn serve<H: FramedHandler>(
                         give_back(&ctx, &mut buf);
                         incr(&ctx.stats.panics);
                         tracing::error!("a framed handler panicked; closing its connection");
-                        return live.close(CloseReason::Panic);
+                        return Ended::Close(live.close(CloseReason::Panic));
                     }
                 }
                 let flushed = flush(&mut io, &mut codec, &session, Vec::new(), &ctx).await;
                 if let Err(reason) = flushed {
                     give_back(&ctx, &mut buf);
-                    return live.close(reason);
+                    return Ended::Close(live.close(reason));
                 }
                 if session.is_closing() {
                     give_back(&ctx, &mut buf);
-                    return live.close(CloseReason::ServerClosed);
+                    return Ended::Close(live.close(CloseReason::ServerClosed));
                 }
             }
             if b.is_empty() {
@@ -300,10 +301,10 @@ pub(crate) async fn serve<H: FramedHandler>(
                     Ok(pushed) => {
                         let flushed = flush(&mut io, &mut codec, &session, pushed, &ctx).await;
                         if let Err(reason) = flushed {
-                            return live.close(reason);
+                            return Ended::Close(live.close(reason));
                         }
                     }
-                    Err(Overflowed) => return live.close(CloseReason::SlowConsumer),
+                    Err(Overflowed) => return Ended::Close(live.close(CloseReason::SlowConsumer)),
                 }
             }
             lifecycle::set_state(ConnectionState::Idle);
@@ -343,13 +344,13 @@ pub(crate) async fn serve<H: FramedHandler>(
             };
             match idle {
                 Idle::Readable(Ok(())) => {}
-                Idle::Readable(Err(e)) => return live.close(CloseReason::io(&e)),
+                Idle::Readable(Err(e)) => return Ended::Close(live.close(CloseReason::io(&e))),
                 Idle::Shutdown => {
                     return say_goodbye(live, &mut io, &mut codec, &session, &ctx).await
                 }
                 Idle::HeartbeatDue => {
                     incr(&counters.heartbeat_timeouts);
-                    return live.close(CloseReason::HeartbeatTimeout);
+                    return Ended::Close(live.close(CloseReason::HeartbeatTimeout));
                 }
                 Idle::Park => {
                     return park(
@@ -373,7 +374,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     if let Err(reason) =
                         flush(&mut io, &mut codec, &session, Vec::new(), &ctx).await
                     {
-                        return live.close(reason);
+                        return Ended::Close(live.close(reason));
                     }
                     continue;
                 }
@@ -460,7 +461,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
         };
         give_back(&ctx, &mut buf);
-        return live.close(reason);
+        return Ended::Close(live.close(reason));
     }
 }
 
@@ -471,58 +472,10 @@ fn give_back(ctx: &WorkerContext, buf: &mut Option<BytesMut>) {
     }
 }
 
-/// A live connection's state, owned so that the handler hears of the close
-/// exactly once, however the connection ends: closed here, parked (the
-/// state moves to the side table), or dropped (a forced shutdown drops the
-/// task: `on_close` then says [`CloseReason::Shutdown`]).
-struct Live<'h, H: FramedHandler> {
-    handler: &'h H,
-    state: Option<H::State>,
-    id: ConnectionId,
-    local: Rc<Local>,
-}
-
-impl<'h, H: FramedHandler> Live<'h, H> {
-    fn new(handler: &'h H, state: H::State, id: ConnectionId, local: &Rc<Local>) -> Self {
-        Live {
-            handler,
-            state: Some(state),
-            id,
-            local: local.clone(),
-        }
-    }
-
-    fn state(&mut self) -> &mut H::State {
-        self.state.as_mut().expect("the state stays until the end")
-    }
-
-    fn take(mut self) -> H::State {
-        self.state.take().expect("the state stays until the end")
-    }
-
-    /// Ends the connection: the handler hears why, then the dispatcher counts it.
-    fn close(mut self, reason: CloseReason) -> Ended<OwnedFd> {
-        if let Some(state) = self.state.take() {
-            self.local.closed(self.id);
-            self.handler.on_close(state, reason);
-        }
-        Ended::Close(reason)
-    }
-}
-
-impl<H: FramedHandler> Drop for Live<'_, H> {
-    fn drop(&mut self) {
-        if let Some(state) = self.state.take() {
-            self.local.closed(self.id);
-            self.handler.on_close(state, CloseReason::Shutdown);
-        }
-    }
-}
-
 /// Gives the socket up for parking, its state kept in the side table until
 /// it wakes (or the lot closes it, which tells the handler).
 fn park<H: FramedHandler>(
-    live: Live<'_, H>,
+    live: Live<'_, H, H::State>,
     io: FramedIo,
     listener: usize,
     (due, send_at): (Option<Instant>, Option<Instant>),
@@ -551,7 +504,7 @@ fn park<H: FramedHandler>(
                 at_once,
             }
         }
-        Err(e) => live.close(CloseReason::io(&e)),
+        Err(e) => Ended::Close(live.close(CloseReason::io(&e))),
     }
 }
 
@@ -559,7 +512,7 @@ fn park<H: FramedHandler>(
 /// goodbye frame, if it has one (best effort: a peer that does not take it
 /// within the write timeout is closed without it).
 async fn say_goodbye<H: FramedHandler>(
-    live: Live<'_, H>,
+    live: Live<'_, H, H::State>,
     io: &mut FramedIo,
     codec: &mut FrameCodec,
     session: &Session,
@@ -569,7 +522,7 @@ async fn say_goodbye<H: FramedHandler>(
         session.send(goodbye);
         let _ = flush(io, codec, session, Vec::new(), ctx).await;
     }
-    live.close(CloseReason::Shutdown)
+    Ended::Close(live.close(CloseReason::Shutdown))
 }
 
 /// Writes the frames the handler sent, framed, then `pushed` (already

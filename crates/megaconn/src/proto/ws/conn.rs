@@ -37,10 +37,11 @@ use crate::conn::context::WorkerContext;
 use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::Wake;
-use crate::message::hub::{ConnectionId, Overflowed};
+use crate::message::hub::Overflowed;
+use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
-use crate::message::worker::{Awake, Local};
+use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::stats::{add, incr};
@@ -107,7 +108,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             }
             let id = tables.local.new_id(fd);
             let session = WsSession::new(Session::new(id, tables.local.clone()));
-            let mut live = Live::new(&route.handler, H::State::default(), id, &tables);
+            let mut live = Live::new(
+                &route.handler,
+                H::on_close,
+                H::State::default(),
+                id,
+                &tables.local,
+            );
             route.handler.on_open(live.state(), &session);
             (live, session)
         }
@@ -119,9 +126,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 return Ended::Close(CloseReason::ServerError);
             };
             let session = WsSession::new(Session::new(id, tables.local.clone()));
-            let live = Live::new(&route.handler, *state, id, &tables);
+            let live = Live::new(&route.handler, H::on_close, *state, id, &tables.local);
             if parked.behind {
-                return live.close(CloseReason::SlowConsumer);
+                return Ended::Close(live.close(CloseReason::SlowConsumer));
             }
             send_at = parked.send_at;
             if wake == Wake::Timer {
@@ -129,7 +136,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 // (then the peer's deadline stays where it was).
                 if parked.due.is_some_and(|due| now >= due) {
                     incr(&counters.heartbeat_timeouts);
-                    return live.close(CloseReason::HeartbeatTimeout);
+                    return Ended::Close(live.close(CloseReason::HeartbeatTimeout));
                 }
                 due = parked.due;
             }
@@ -298,13 +305,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         None => reason,
     };
     Box::pin(conn.close(io_reason)).await;
-    live.close(reason)
+    Ended::Close(live.close(reason))
 }
 
 /// Acts on one decoded event.
 async fn on_event<H: WebSocketHandler>(
     conn: &mut ConnIo<WsIo>,
-    live: &mut Live<'_, H>,
+    live: &mut Live<'_, H, H::State>,
     session: &WsSession,
     event: Event,
 ) -> Next {
@@ -324,9 +331,10 @@ async fn on_event<H: WebSocketHandler>(
             incr(&conn.ctx.stats.messages.frames_in);
             lifecycle::set_state(ConnectionState::Handling);
             // A panicking handler closes its connection, not the worker.
-            let handled = AssertUnwindSafe(live.handler.on_message(live.state(), message, session))
-                .catch_unwind()
-                .await;
+            let handled =
+                AssertUnwindSafe(live.handler().on_message(live.state(), message, session))
+                    .catch_unwind()
+                    .await;
             match handled {
                 Ok(Some(reply)) => session.send(reply),
                 Ok(None) => {}
@@ -409,7 +417,7 @@ async fn close_handshake(
 fn park<H: WebSocketHandler>(
     route: &Arc<Route<H>>,
     conn: ConnIo<WsIo>,
-    live: Live<'_, H>,
+    live: Live<'_, H, H::State>,
     tables: &Tables,
     (due, send_at): (Option<Instant>, Option<Instant>),
     at_once: bool,
@@ -420,7 +428,7 @@ fn park<H: WebSocketHandler>(
     drop(buffers);
     match io.into_parked() {
         Ok(socket) => {
-            let generation = live.id.generation();
+            let generation = live.id().generation();
             let route: Arc<dyn ErasedRoute> = route.clone();
             let state = tables.state(&route, Box::new(live.take()));
             tables.parked.put(
@@ -441,7 +449,7 @@ fn park<H: WebSocketHandler>(
                 at_once,
             }
         }
-        Err(e) => live.close(CloseReason::io(&e)),
+        Err(e) => Ended::Close(live.close(CloseReason::io(&e))),
     }
 }
 
@@ -450,54 +458,5 @@ async fn pushed(awake: Option<&Awake>) {
     match awake {
         Some(awake) => awake.inbox.pushed().await,
         None => std::future::pending().await,
-    }
-}
-
-/// A live connection's state, owned so that the handler hears of the close
-/// exactly once, however the connection ends: closed, parked (the state
-/// moves to the side table) or dropped (a forced shutdown drops the task:
-/// `on_close` then says [`CloseReason::Shutdown`]).
-struct Live<'h, H: WebSocketHandler> {
-    handler: &'h H,
-    state: Option<H::State>,
-    id: ConnectionId,
-    local: Rc<Local>,
-}
-
-impl<'h, H: WebSocketHandler> Live<'h, H> {
-    fn new(handler: &'h H, state: H::State, id: ConnectionId, tables: &Tables) -> Self {
-        Live {
-            handler,
-            state: Some(state),
-            id,
-            local: tables.local.clone(),
-        }
-    }
-
-    fn state(&mut self) -> &mut H::State {
-        self.state.as_mut().expect("the state stays until the end")
-    }
-
-    fn take(mut self) -> H::State {
-        self.state.take().expect("the state stays until the end")
-    }
-
-    /// Ends the connection: it leaves its topics, the handler hears why,
-    /// then the dispatcher counts it.
-    fn close(mut self, reason: CloseReason) -> Ended<OwnedFd> {
-        if let Some(state) = self.state.take() {
-            self.local.closed(self.id);
-            self.handler.on_close(state, reason);
-        }
-        Ended::Close(reason)
-    }
-}
-
-impl<H: WebSocketHandler> Drop for Live<'_, H> {
-    fn drop(&mut self) {
-        if let Some(state) = self.state.take() {
-            self.local.closed(self.id);
-            self.handler.on_close(state, CloseReason::Shutdown);
-        }
     }
 }

@@ -1,0 +1,87 @@
+//! [`Live`]: an awake message connection's per-connection state, owned so
+//! that its handler hears of the close exactly once, however the
+//! connection ends: closed by the protocol ([`Live::close`]), parked (the
+//! state moves to the side table, [`Live::take`]) or dropped (a forced
+//! shutdown drops the task: `on_close` then says
+//! [`CloseReason::Shutdown`]). Every per-message protocol (framed TCP,
+//! WebSocket) needs exactly this, so it lives here once.
+
+use std::rc::Rc;
+
+use crate::message::hub::ConnectionId;
+use crate::message::worker::Local;
+use crate::observe::close::CloseReason;
+
+/// A handler's close callback: `FramedHandler::on_close`,
+/// `WebSocketHandler::on_close`, as a plain function of the handler.
+pub(crate) type OnClose<H, S> = fn(&H, S, CloseReason);
+
+/// One awake connection's state and what must happen when it ends.
+pub(crate) struct Live<'h, H, S> {
+    handler: &'h H,
+    on_close: OnClose<H, S>,
+    state: Option<S>,
+    id: ConnectionId,
+    local: Rc<Local>,
+}
+
+impl<'h, H, S> Live<'h, H, S> {
+    /// Takes charge of connection `id`'s `state`; `on_close` is called with
+    /// it once, when the connection ends.
+    pub(crate) fn new(
+        handler: &'h H,
+        on_close: OnClose<H, S>,
+        state: S,
+        id: ConnectionId,
+        local: &Rc<Local>,
+    ) -> Self {
+        Live {
+            handler,
+            on_close,
+            state: Some(state),
+            id,
+            local: local.clone(),
+        }
+    }
+
+    /// The handler (for its next call).
+    pub(crate) fn handler(&self) -> &'h H {
+        self.handler
+    }
+
+    /// The connection's id.
+    pub(crate) fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The state, for the handler's next call.
+    pub(crate) fn state(&mut self) -> &mut S {
+        self.state.as_mut().expect("the state stays until the end")
+    }
+
+    /// The state, out of the guard: the connection parks (its state goes to
+    /// the side table and the handler hears nothing yet).
+    pub(crate) fn take(mut self) -> S {
+        self.state.take().expect("the state stays until the end")
+    }
+
+    /// Ends the connection: it leaves its topics, the handler hears why;
+    /// returns the reason for the dispatcher to count.
+    pub(crate) fn close(mut self, reason: CloseReason) -> CloseReason {
+        self.end(reason);
+        reason
+    }
+
+    fn end(&mut self, reason: CloseReason) {
+        if let Some(state) = self.state.take() {
+            self.local.closed(self.id);
+            (self.on_close)(self.handler, state, reason);
+        }
+    }
+}
+
+impl<H, S> Drop for Live<'_, H, S> {
+    fn drop(&mut self) {
+        self.end(CloseReason::Shutdown);
+    }
+}
