@@ -543,7 +543,14 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                     Err(e) => tracing::error!(error = %e, "parking lot epoll_wait failed"),
                 }
             }
-            _ = sweep.tick() => lot.sweep(),
+            _ = sweep.tick() => {
+                lot.sweep();
+                // Buffers a burst left in the pool go back to the OS
+                // (`pool.rs`); 64 of them is half a MiB worth trimming.
+                if ctx.pool.decay() >= 64 {
+                    trim_heap();
+                }
+            }
         }
     }
 }

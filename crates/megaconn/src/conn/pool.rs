@@ -3,10 +3,17 @@
 //! An idle keep-alive connection holds no read or write buffer. When its socket
 //! becomes readable it takes a buffer here; when the exchange is done the buffer
 //! comes back (cleared). Buffers that grew past [`MAX_POOLED_CAPACITY`] are freed
-//! rather than pooled, and the pool keeps at most [`MAX_POOLED`] buffers, so a
-//! burst does not pin memory forever.
+//! rather than pooled, and the pool keeps at most [`MAX_POOLED`] buffers.
+//!
+//! A burst (a ramp of new connections, each reading at once) can still fill
+//! the pool to [`MAX_POOLED`], 8 MiB per worker that no idle connection
+//! needs: at 19,000 parked connections a process, that alone would be ~440 B
+//! per connection. So the pool also *decays*: [`BufferPool::decay`] (the
+//! parking lot calls it every second) frees the buffers that stayed in the
+//! pool through the whole interval, i.e. the ones the last second's traffic
+//! did not need.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -27,10 +34,17 @@ pub(crate) const MAX_POOLED_CAPACITY: usize = 64 * 1024;
 /// How many free buffers a worker keeps.
 pub(crate) const MAX_POOLED: usize = 1024;
 
+/// How many unused buffers [`BufferPool::decay`] leaves, so that a trickle of
+/// requests after a quiet second does not allocate.
+pub(crate) const KEEP_WARM: usize = 4;
+
 /// A worker's pool of byte buffers. Not `Sync`: each worker owns one.
 #[derive(Debug)]
 pub(crate) struct BufferPool {
     free: RefCell<Vec<BytesMut>>,
+    /// The fewest free buffers since the last [`decay`](Self::decay): that
+    /// many were not needed in the interval.
+    low_water: Cell<usize>,
     stats: Arc<WorkerStats>,
 }
 
@@ -38,17 +52,39 @@ impl BufferPool {
     pub(crate) fn new(stats: Arc<WorkerStats>) -> BufferPool {
         BufferPool {
             free: RefCell::new(Vec::new()),
+            low_water: Cell::new(0),
             stats,
         }
+    }
+
+    /// Frees the buffers no one took since the last call (all but
+    /// [`KEEP_WARM`] of them) and returns how many it freed.
+    pub(crate) fn decay(&self) -> usize {
+        let mut free = self.free.borrow_mut();
+        let unused = self.low_water.get().min(free.len());
+        let drop_n = unused.saturating_sub(KEEP_WARM);
+        // The oldest buffers are at the bottom of the stack (take pops the
+        // top), so the ones dropped are the coldest.
+        free.drain(..drop_n);
+        if drop_n > 0 {
+            free.shrink_to_fit();
+            bump(&self.stats.buffers_pooled, -(drop_n as i64));
+        }
+        self.low_water.set(free.len());
+        drop_n
     }
 
     /// Takes a cleared buffer of at least three quarters of
     /// [`BUFFER_CAPACITY`] bytes (a fresh one has all of it).
     pub(crate) fn take(&self) -> BytesMut {
         bump(&self.stats.buffers_checked_out, 1);
-        match self.free.borrow_mut().pop() {
+        let mut free = self.free.borrow_mut();
+        match free.pop() {
             Some(buf) => {
                 bump(&self.stats.buffers_pooled, -1);
+                if free.len() < self.low_water.get() {
+                    self.low_water.set(free.len());
+                }
                 buf
             }
             None => BytesMut::with_capacity(BUFFER_CAPACITY),
@@ -121,5 +157,38 @@ pub(crate) fn take_local() -> BytesMut {
 pub(crate) fn give_local(buf: BytesMut) {
     if let Some(ctx) = WORKER.with(|w| w.borrow().upgrade()) {
         ctx.pool.give(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_of(n: usize) -> BufferPool {
+        let pool = BufferPool::new(Arc::default());
+        let taken: Vec<_> = (0..n).map(|_| pool.take()).collect();
+        taken.into_iter().for_each(|b| pool.give(b));
+        pool
+    }
+
+    #[test]
+    fn decay_frees_what_the_last_interval_did_not_take() {
+        let pool = pool_of(100);
+        // The first interval starts with the burst's buffers all free.
+        pool.decay();
+        assert_eq!(pool.free.borrow().len(), 100, "the burst used them all");
+        // Ten in use at once at the busiest moment of the next interval.
+        let busy: Vec<_> = (0..10).map(|_| pool.take()).collect();
+        busy.into_iter().for_each(|b| pool.give(b));
+        assert_eq!(pool.decay(), 90 - KEEP_WARM);
+        assert_eq!(pool.free.borrow().len(), 10 + KEEP_WARM);
+        assert_eq!(
+            pool.stats.buffers_pooled.load(Relaxed),
+            (10 + KEEP_WARM) as i64
+        );
+        // A quiet interval: all but the warm ones go.
+        assert_eq!(pool.decay(), 10);
+        assert_eq!(pool.free.borrow().len(), KEEP_WARM);
+        assert_eq!(pool.decay(), 0);
     }
 }
