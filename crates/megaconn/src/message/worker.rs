@@ -308,6 +308,13 @@ impl Drop for Awake {
             .is_some_and(|(g, _)| *g == self.id.generation())
         {
             awake.remove(&self.id.fd());
+            // A ramp leaves the map sized for every connection awake at once;
+            // once most have parked, that room would stay (~17 bytes a slot,
+            // per connection of the peak, for the life of the worker).
+            if awake.capacity() > 1024 && awake.len() * 4 < awake.capacity() {
+                let room = awake.len() * 2;
+                awake.shrink_to(room);
+            }
         }
     }
 }
