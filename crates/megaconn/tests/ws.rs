@@ -675,3 +675,34 @@ async fn a_websocket_over_tls_is_served_and_never_parked() {
     assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_to_a_parked_websocket_wakes_it_once() {
+    let mut server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r,
+    )
+    .await;
+    let mut client = server.client().await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    let before = server.handle.stats();
+    // A message: read and answered in one cold wake, then straight back to
+    // the lot (not re-parked unread, woken again "hot" and kept as a task
+    // until park_idle_after: the reply could only come after that hot wake).
+    client.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("1"));
+    server
+        .wait_stats("parked again", |s| {
+            s.connections_parked == 1 && s.parks > before.parks
+        })
+        .await;
+    let after = server.handle.stats();
+    assert_eq!(after.wakes_cold - before.wakes_cold, 1, "{after:?}");
+    assert_eq!(after.wakes_hot, before.wakes_hot, "{after:?}");
+    assert_eq!(after.parks - before.parks, 1);
+    drop(client);
+    assert_eq!(server.next_close().await.0, 1);
+    server.stop().await;
+}

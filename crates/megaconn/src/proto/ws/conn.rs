@@ -101,6 +101,12 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let mut due = settings.heartbeat_timeout.map(|t| now + t);
     let mut send_at = settings.ping_interval.map(|t| now + t);
     let mut conn = ConnIo::new(io, ctx.clone());
+    // A socket woken because it is readable goes back to the lot only after
+    // it was read: re-parked unread, it would wake again at once, as "hot",
+    // and then wait as a task until `park_idle_after` (a second wake, a
+    // registration, a timer and the task's memory per ping; the framed
+    // protocol had the same bug).
+    let mut unread_wake = matches!(start, Start::Woken(Wake::Readable, _));
     let (mut live, session) = match start {
         Start::Upgraded(read_ahead) => {
             if !read_ahead.is_empty() {
@@ -203,7 +209,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let can_park = ctx.park.is_some() && matches!(conn.io, Either::Left(_));
             // A woken socket that served its frames (or sent its ping)
             // without waiting goes straight back.
-            if can_park && conn.io.repark_when_idle() {
+            if can_park && !unread_wake && conn.io.repark_when_idle() {
                 return park(&route, conn, live, &tables, (due, send_at), true);
             }
             park_at = ctx
@@ -277,6 +283,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         match read {
             Ok(Ok(0)) => break 'serve Next::Close(CloseReason::ClientClosed, None),
             Ok(Ok(n)) => {
+                unread_wake = false;
                 add(&counters.bytes_in, n as u64);
                 due = settings.heartbeat_timeout.map(|t| Instant::now() + t);
             }
