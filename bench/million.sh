@@ -87,7 +87,11 @@
 #   kernel.sched_autogroup_enabled as it is),
 #   MEGACONN (binary to test), TLS (1: megaconn only, over TLS: `serve
 #   --self-signed`, `hold https:// -k`; each connection a full handshake or a
-#   resumed one, then its heartbeats over TLS), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
+#   resumed one, then its heartbeats over TLS), PROTO (http; megaconn only:
+#   framed = the demo's framed TCP protocol, `serve --tcp-listen --tcp-framing
+#   u32`, `hold tcp:// --tcp-framing u32 --send PING --expect PONG`, a PING
+#   frame per heartbeat; ws = the demo's native WebSocket echo /ws, `hold
+#   ws://…/ws`, a ping per heartbeat answered by a pong), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
 #   FROM_DIRS ("bench/out/million-A bench/out/million-B": run nothing, write
 #   the table and the plot from earlier runs' results; the last dir holding a
 #   server's results wins).
@@ -111,6 +115,14 @@ if [[ "$TLS" == 1 ]]; then
   HOLD_TLS=(-k)
   CURL_TLS=(-k)
 fi
+# PROTO=framed|ws: the same run on another protocol (megaconn only). The
+# listener under test is always $PORT; for framed TCP the readiness check's
+# HTTP listener is $HTTP_PORT (set once PORT is known).
+PROTO="${PROTO:-http}"
+case "$PROTO" in
+  http | framed | ws) ;;
+  *) echo "PROTO=$PROTO: use http, framed or ws" >&2 && exit 2 ;;
+esac
 
 # Unpinned by default (lib.sh pins the server to core 1 and the load to core 0):
 # at a million connections the server's accepts and heartbeats alone need more
@@ -145,6 +157,8 @@ FROM_DIRS="${FROM_DIRS:-}"
 SOURCE="${SOURCE:-127.0.0.2-127.0.0.40}"
 SERVERS="${SERVERS:-megaconn nginx go}"
 [[ "$TLS" != 1 || "$SERVERS" == megaconn ]] || die "TLS=1 runs megaconn only: set SERVERS=megaconn"
+[[ "$PROTO" == http || "$SERVERS" == megaconn ]] || die "PROTO=$PROTO runs megaconn only: set SERVERS=megaconn"
+[[ "$PROTO" == http || "$TLS" != 1 ]] || die "PROTO=$PROTO has no TLS=1 variant yet"
 PER_PROC="${PER_PROC:-19000}"
 SAMPLE="${SAMPLE:-10}"
 RAMP_SAMPLE="${RAMP_SAMPLE:-3}"
@@ -244,6 +258,18 @@ for s in kernel.sched_autogroup_enabled net.ipv4.ip_local_port_range net.core.so
   echo "$s = $(sysctl -n "$s" 2>/dev/null | tr -s '[:space:]' ' ')" >>"$RES_DIR/sysctl.txt"
 done
 PORT="${PORT:-$(free_port 38300)}"
+# What serve listens on, what hold connects to, and where readiness is asked.
+HTTP_PORT=$PORT
+SERVE_LISTEN=(--listen "127.0.0.1:$PORT")
+HOLD_TARGET=("$SCHEME://127.0.0.1:$PORT/")
+case "$PROTO" in
+  framed)
+    HTTP_PORT="$(free_port $((PORT + 1)))"
+    SERVE_LISTEN=(--listen "127.0.0.1:$HTTP_PORT" --tcp-listen "127.0.0.1:$PORT" --tcp-framing u32)
+    HOLD_TARGET=("tcp://127.0.0.1:$PORT" --tcp-framing u32 --send PING --expect PONG)
+    ;;
+  ws) HOLD_TARGET=("ws://127.0.0.1:$PORT/ws" --ws-heartbeat ping) ;;
+esac
 fi # FROM_DIRS
 
 # ---------------------------------------------------------------- helpers
@@ -377,7 +403,7 @@ start_server() {
       # `megaconn serve --idle-timeout 300s` (any DURATION flag) panics in clap
       # ("Mismatch between definition and access of `idle_timeout`").
       printf 'idle_timeout = "%ss"\nbacklog = 65535\n' "$IDLE_TIMEOUT" >"$RES_DIR/megaconn.toml"
-      nice -n "$NICE_BACK" taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$PORT" --workers 1 \
+      nice -n "$NICE_BACK" taskset -c "$SERVER_CPU" "$MEGACONN" serve "${SERVE_LISTEN[@]}" --workers 1 \
         --processes "$procs" --config "$RES_DIR/megaconn.toml" "${SERVE_TLS[@]}" >"$log_file" 2>&1 &
       ;;
     go)
@@ -429,7 +455,7 @@ EOF
   for ((i = 0; i < 600; i++)); do
     kill -0 "$SERVER_PID" 2>/dev/null || break
     n="$(ss -Hltn "( sport = :$PORT )" 2>/dev/null | wc -l)"
-    if ((n >= procs)) && curl -fsS "${CURL_TLS[@]}" -o /dev/null -m 1 "$SCHEME://127.0.0.1:$PORT/" 2>/dev/null; then
+    if ((n >= procs)) && curl -fsS "${CURL_TLS[@]}" -o /dev/null -m 1 "$SCHEME://127.0.0.1:$HTTP_PORT/" 2>/dev/null; then
       log "started $name on 127.0.0.1:$PORT (pid $SERVER_PID, $n listeners, processes: $(server_pids | wc -w))"
       return 0
     fi
@@ -487,7 +513,7 @@ run_server() {
     SERVER_PID=""
     return 0
   fi
-  curl -fsS "${CURL_TLS[@]}" -o /dev/null "$SCHEME://127.0.0.1:$PORT/" || true
+  curl -fsS "${CURL_TLS[@]}" -o /dev/null "$SCHEME://127.0.0.1:$HTTP_PORT/" || true
   sleep 3
   local pids
   pids="$(server_pids)"
@@ -503,7 +529,7 @@ run_server() {
   echo "t_secs,phase,server_connections,client_open,server_rss_bytes,kernel_bytes,sock_kernel_bytes,server_cpu_secs,server_pss_bytes,hold_cpu_secs,sample_secs" >"$csv"
   t0=$SECONDS
   : >"$hlog"
-  nice -n "$NICE_BACK" taskset -c "$LOAD_CPU" "$HOLD_BIN" hold "$SCHEME://127.0.0.1:$PORT/" "${HOLD_TLS[@]}" -c "$target" --ramp "$ramp" \
+  nice -n "$NICE_BACK" taskset -c "$LOAD_CPU" "$HOLD_BIN" hold "${HOLD_TARGET[@]}" "${HOLD_TLS[@]}" -c "$target" --ramp "$ramp" \
     --source "$SOURCE" --interval "${INTERVAL}s" -d "${hold}s" ${TIMEOUT:+--timeout "$TIMEOUT"} \
     --json "$hjson" >"$hlog" 2>&1 &
   HOLD_PID=$!
@@ -733,7 +759,11 @@ fi
 
 # ---------------------------------------------------------------- table
 {
-  echo "### A million connections: $N for megaconn, $N_PEER for the peers ($(nproc) cores; server on CPUs $SERVER_CPU, \`megaconn hold\` on CPUs $LOAD_CPU)"
+  what="keep-alive HTTP/1.1"
+  [[ "$TLS" == 1 ]] && what="HTTPS/1.1"
+  [[ "$PROTO" == framed ]] && what="framed TCP (u32 length header; a PING frame per heartbeat, answered PONG)"
+  [[ "$PROTO" == ws ]] && what="WebSocket (native /ws; a ping per heartbeat, answered by a pong)"
+  echo "### A million connections ($what): $N for megaconn, $N_PEER for the peers ($(nproc) cores; server on CPUs $SERVER_CPU, \`megaconn hold\` on CPUs $LOAD_CPU)"
   echo
   echo "| server | processes | connections held | ramp (hold) / all open | drops / resets / failed connects | heartbeat p50 / p99 / p99.9 | server RSS total | server bytes/conn (Δ RSS) | server bytes/conn (Δ PSS) | kernel bytes/conn (both ends) | server CPU while holding | server CPU per heartbeat | hold CPU per heartbeat | clean exit |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
@@ -763,5 +793,5 @@ fi
     jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
   done
   echo
-  echo "_million.sh: N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
+  echo "_million.sh: PROTO=$PROTO TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
 } | tee "$RES_DIR/table.md"
