@@ -177,8 +177,9 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
         self
     }
 
-    /// Sends a ping this often while the connection is idle (from the
-    /// parking lot's timer for parked connections: one `send`, no task).
+    /// Sends a ping after this long without hearing from the peer (from the
+    /// parking lot's timer for parked connections: one `send`, no task; a
+    /// peer that sends its own heartbeats more often than this gets none).
     /// `None`: never. Default 30 s.
     pub fn ping_interval(mut self, every: Option<Duration>) -> Self {
         self.settings().ping_interval = every;
