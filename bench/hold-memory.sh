@@ -65,8 +65,8 @@ MEGACONN_SERVE_ARGS="--admin off --idle-timeout 600s" server_start megaconn "$PO
 
 pss_bytes() { # PID... (Pss from smaps_rollup, summed; gone processes count 0)
   local p files=()
-  for p in "$@"; do files+=("/proc/$p/smaps_rollup"); done
-  awk '/^Pss:/ { s += $2 } END { printf "%.0f\n", s * 1024 }' "${files[@]}" 2>/dev/null
+  for p in "$@"; do [[ -r /proc/$p/smaps_rollup ]] && files+=("/proc/$p/smaps_rollup"); done
+  awk '/^Pss:/ { s += $2 } END { printf "%.0f\n", s * 1024 }' "${files[@]}" /dev/null
 }
 
 # hold_sample BIN COUNT -> "RSS PSS" of hold's processes with COUNT held.
