@@ -660,8 +660,8 @@ mod tests {
         );
     }
 
-    /// A held connection's task future, measured (it lives as long as the
-    /// connection: a million of them at once).
+    /// A held connection's task future stays small: it lives as long as the
+    /// connection, a million of them at once.
     #[test]
     fn a_held_connection_future_is_small() {
         let shared = HoldShared {
@@ -690,9 +690,13 @@ mod tests {
             push_hist: RefCell::new(new_histogram()),
             buf: RefCell::new(Vec::new()),
         });
+        // 952 bytes in a debug build of 2026-11-30 (tokio 1.54, rustls 0.23).
         let size = std::mem::size_of_val(&hold_one(ctx, 0));
-        eprintln!("hold_one future: {size} bytes");
-        assert!(size <= 4096, "{size}");
+        assert!(
+            size <= 1024,
+            "a held connection's future grew to {size} bytes, paid by each of a \
+             million connections: box the part only a handshake or a reply needs"
+        );
     }
 
     #[test]
