@@ -113,6 +113,15 @@ pub struct HoldArgs {
 /// Most connections one run may hold.
 const MAX_CONNECTIONS: u64 = 1_000_000;
 
+/// https://: the TLS handshakes one process expects to have in flight at once
+/// (a ramp, a wave of reconnects), which sizes its store of resumption tickets.
+/// Not one per held connection: each handshake takes a ticket and is given two,
+/// so a small store keeps resuming through any ramp, while a stored ticket holds
+/// its own copy of the server's certificate chain (about 1 KB with a small
+/// certificate): a store sized by `--connections` kept one ticket per held
+/// connection, never used, a gigabyte at a million.
+const HANDSHAKES_IN_FLIGHT: usize = 128;
+
 /// The validated plan shared by parent and children.
 #[derive(Debug, Clone)]
 pub(crate) struct HoldPlan {
@@ -184,7 +193,7 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
                     ))
                 }
             };
-            let config = tls::client_config(trust, ALPN_HTTP1, true, args.connections as usize)?;
+            let config = tls::client_config(trust, ALPN_HTTP1, true, HANDSHAKES_IN_FLIGHT)?;
             Some((config, tls::server_name(&target.host)?))
         }
         _ => None,
