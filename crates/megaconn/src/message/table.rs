@@ -144,8 +144,8 @@ pub(crate) trait ParkedSet {
         counters: &MessageCounters,
     ) -> Delivered;
 
-    /// Writes `msg` to every parked connection.
-    fn deliver_all(&self, msg: &mut Encoded, wires: &[Rc<dyn Wire>], counters: &MessageCounters);
+    /// Adds every parked connection's descriptor and generation to `out`.
+    fn members(&self, out: &mut Vec<(RawFd, u32)>);
 }
 
 impl<S> ParkedSet for SideTable<S> {
@@ -171,11 +171,9 @@ impl<S> ParkedSet for SideTable<S> {
         }
     }
 
-    fn deliver_all(&self, msg: &mut Encoded, wires: &[Rc<dyn Wire>], counters: &MessageCounters) {
-        for (&fd, stored) in self.parked.borrow_mut().iter_mut() {
-            let wire = self.wire(usize::from(stored.variant));
-            send_parked(fd, stored, wire, msg, wires, counters);
-        }
+    fn members(&self, out: &mut Vec<(RawFd, u32)>) {
+        let parked = self.parked.borrow();
+        out.extend(parked.iter().map(|(&fd, stored)| (fd, stored.generation)));
     }
 }
 
