@@ -88,6 +88,14 @@
 #   MEGACONN (binary to test), TLS (1: megaconn only, over TLS: `serve
 #   --self-signed`, `hold https:// -k`; each connection a full handshake or a
 #   resumed one, then its heartbeats over TLS), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
+#   PROTO (http; framed or ws: megaconn only, like TLS=1. framed: `serve
+#   --tcp-listen 127.0.0.1:$TPORT --tcp-framing u32` beside the HTTP listener
+#   on PORT (which the readiness check asks), TPORT (first free from PORT+1),
+#   held with `hold tcp:// --tcp-framing u32 --send 'PING\n' --expect PONG`:
+#   the demo's length-prefixed PING -> PONG heartbeats; ws: `hold
+#   ws://127.0.0.1:$PORT/ws --ws-heartbeat ping` against the demo's native
+#   /ws echo: each heartbeat a ping and its pong, and the server pings every
+#   connection every 30 s as well, its route's default),
 #   FROM_DIRS ("bench/out/million-A bench/out/million-B": run nothing, write
 #   the table and the plot from earlier runs' results; the last dir holding a
 #   server's results wins).
@@ -145,6 +153,16 @@ FROM_DIRS="${FROM_DIRS:-}"
 SOURCE="${SOURCE:-127.0.0.2-127.0.0.40}"
 SERVERS="${SERVERS:-megaconn nginx go}"
 [[ "$TLS" != 1 || "$SERVERS" == megaconn ]] || die "TLS=1 runs megaconn only: set SERVERS=megaconn"
+# PROTO: what the held connections speak (http, framed, ws; see the header).
+PROTO="${PROTO:-http}"
+case "$PROTO" in
+  http) ;;
+  framed | ws)
+    [[ "$SERVERS" == megaconn ]] || die "PROTO=$PROTO runs megaconn only: set SERVERS=megaconn"
+    [[ "$TLS" != 1 ]] || die "TLS=1 is for PROTO=http"
+    ;;
+  *) die "PROTO=$PROTO: one of http, framed, ws" ;;
+esac
 PER_PROC="${PER_PROC:-19000}"
 SAMPLE="${SAMPLE:-10}"
 RAMP_SAMPLE="${RAMP_SAMPLE:-3}"
@@ -244,6 +262,23 @@ for s in kernel.sched_autogroup_enabled net.ipv4.ip_local_port_range net.core.so
   echo "$s = $(sysctl -n "$s" 2>/dev/null | tr -s '[:space:]' ' ')" >>"$RES_DIR/sysctl.txt"
 done
 PORT="${PORT:-$(free_port 38300)}"
+# What serve listens on beside its HTTP listener (which the readiness check
+# asks), and what hold holds: the HTTP listener itself, or the framed one.
+SERVE_PROTO=()
+HOLD_TARGET="$SCHEME://127.0.0.1:$PORT/"
+HOLD_PROTO=()
+case "$PROTO" in
+  framed)
+    TPORT="${TPORT:-$(free_port $((PORT + 1)))}"
+    SERVE_PROTO=(--tcp-listen "127.0.0.1:$TPORT" --tcp-framing u32)
+    HOLD_TARGET="tcp://127.0.0.1:$TPORT"
+    HOLD_PROTO=(--tcp-framing u32 --send 'PING\n' --expect PONG)
+    ;;
+  ws)
+    HOLD_TARGET="ws://127.0.0.1:$PORT/ws"
+    HOLD_PROTO=(--ws-heartbeat ping)
+    ;;
+esac
 fi # FROM_DIRS
 
 # ---------------------------------------------------------------- helpers
@@ -378,7 +413,7 @@ start_server() {
       # ("Mismatch between definition and access of `idle_timeout`").
       printf 'idle_timeout = "%ss"\nbacklog = 65535\n' "$IDLE_TIMEOUT" >"$RES_DIR/megaconn.toml"
       nice -n "$NICE_BACK" taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$PORT" --workers 1 \
-        --processes "$procs" --config "$RES_DIR/megaconn.toml" "${SERVE_TLS[@]}" >"$log_file" 2>&1 &
+        --processes "$procs" --config "$RES_DIR/megaconn.toml" "${SERVE_TLS[@]}" "${SERVE_PROTO[@]}" >"$log_file" 2>&1 &
       ;;
     go)
       GOMAXPROCS=1 nice -n "$NICE_BACK" taskset -c "$SERVER_CPU" "$GO_REUSEPORT" -listen "127.0.0.1:$PORT" \
@@ -503,7 +538,7 @@ run_server() {
   echo "t_secs,phase,server_connections,client_open,server_rss_bytes,kernel_bytes,sock_kernel_bytes,server_cpu_secs,server_pss_bytes,hold_cpu_secs,sample_secs" >"$csv"
   t0=$SECONDS
   : >"$hlog"
-  nice -n "$NICE_BACK" taskset -c "$LOAD_CPU" "$HOLD_BIN" hold "$SCHEME://127.0.0.1:$PORT/" "${HOLD_TLS[@]}" -c "$target" --ramp "$ramp" \
+  nice -n "$NICE_BACK" taskset -c "$LOAD_CPU" "$HOLD_BIN" hold "$HOLD_TARGET" "${HOLD_TLS[@]}" "${HOLD_PROTO[@]}" -c "$target" --ramp "$ramp" \
     --source "$SOURCE" --interval "${INTERVAL}s" -d "${hold}s" ${TIMEOUT:+--timeout "$TIMEOUT"} \
     --json "$hjson" >"$hlog" 2>&1 &
   HOLD_PID=$!
@@ -732,8 +767,10 @@ EOF
 fi
 
 # ---------------------------------------------------------------- table
+over=""
+if [[ "${PROTO:-http}" != http ]]; then over=" over $PROTO"; fi
 {
-  echo "### A million connections: $N for megaconn, $N_PEER for the peers ($(nproc) cores; server on CPUs $SERVER_CPU, \`megaconn hold\` on CPUs $LOAD_CPU)"
+  echo "### A million connections$over: $N for megaconn, $N_PEER for the peers ($(nproc) cores; server on CPUs $SERVER_CPU, \`megaconn hold\` on CPUs $LOAD_CPU)"
   echo
   echo "| server | processes | connections held | ramp (hold) / all open | drops / resets / failed connects | heartbeat p50 / p99 / p99.9 | server RSS total | server bytes/conn (Δ RSS) | server bytes/conn (Δ PSS) | kernel bytes/conn (both ends) | server CPU while holding | server CPU per heartbeat | hold CPU per heartbeat | clean exit |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
@@ -763,5 +800,5 @@ fi
     jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
   done
   echo
-  echo "_million.sh: N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
+  echo "_million.sh: PROTO=${PROTO:-http} N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
 } | tee "$RES_DIR/table.md"
