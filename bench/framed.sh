@@ -35,6 +35,8 @@
 # Env: N (15000; one process holds at most ~19,000: 20,000 open files), INTERVAL (3),
 #   RAMP (5000), SETTLE (5), WINDOW (20), BCAST_SETTLE (4), ROUNDS (2),
 #   SERVERS ("megaconn go tokio"), SOURCE (127.0.21.2-127.0.21.9), PORT (21100+),
+#   MEGACONN_B (another megaconn binary, e.g. a build of main: a row
+#   "megaconn-b" serves with it, in the same rounds, for before/after figures),
 #   PROCESSES (megaconn only: serve --processes P, for N past one process's
 #   open files; the peers are single-process, so SERVERS=megaconn then).
 #   Runs over 50,000 connections must run under `flock /work/bigrun.lock`.
@@ -56,17 +58,10 @@ SOURCE="${SOURCE:-127.0.21.2-127.0.21.9}"
 GO_FRAMED="$BENCH_DIR/peers/go-framed/target/go-framed"
 TOKIO_FRAMED="$BENCH_DIR/peers/tokio-framed/target/release/tokio-framed"
 
-HOLD_PID=""
-fr_cleanup() {
-  if [[ -n "$HOLD_PID" ]]; then
-    # shellcheck disable=SC2046
-    kill_ours TERM hold "$HOLD_PID" $(pgrep -P "$HOLD_PID" 2>/dev/null)
-    HOLD_PID=""
-  fi
-  bench_cleanup
-}
-trap fr_cleanup EXIT
-trap 'exit 130' INT TERM
+MEGACONN_B="${MEGACONN_B:-}"
+[[ -n "$MEGACONN_B" && " $SERVERS " != *" megaconn-b "* ]] && SERVERS="$SERVERS megaconn-b"
+# Hold and the servers are stopped however the script ends (SIGINT, SIGTERM too).
+bench_traps
 
 command -v go >/dev/null || apt-get install -y golang-go >/dev/null
 command -v jq >/dev/null || apt-get install -y jq >/dev/null
@@ -93,7 +88,10 @@ framed_start() { # NAME
   local log_file="$RES_DIR/$1-server.log"
   SERVER_NAME=$1
   case "$1" in
-    megaconn) taskset -c "$SERVER_CPU" "$MEGACONN" serve --workers 1 --admin off \
+    megaconn | megaconn-b)
+      local bin="$MEGACONN"
+      [[ "$1" == megaconn-b ]] && bin="$MEGACONN_B"
+      taskset -c "$SERVER_CPU" "$bin" serve --workers 1 --admin off \
       ${PROCESSES:+--processes "$PROCESSES"} \
       --tcp-listen "127.0.0.1:$PORT" --tcp-framing u32 >"$log_file" 2>&1 & ;;
     go) GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$GO_FRAMED" -listen "127.0.0.1:$PORT" >"$log_file" 2>&1 & ;;
@@ -106,17 +104,7 @@ framed_start() { # NAME
   log "$1 did not listen on :$PORT"; cat "$log_file" >&2; server_stop; return 1
 }
 
-# CPU nanoseconds of every thread of PID and its descendants (schedstat:
-# finer than clock ticks).
-sched_ns() {
-  local p
-  for p in "$1" $(pid_descendants "$1"); do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done |
-    awk '{ s += $1 } END { printf "%.0f\n", s }'
-}
-# VmRSS of PID and its descendants (megaconn --processes: the worker processes).
-tree_rss() { pid_rss_bytes "$1" $(pid_descendants "$1"); }
-# The last "open N" and "pushes received N" of a hold log.
-hold_open() { tail -c 2000 "$1" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "open") o = $(i + 1) } END { print o + 0 }'; }
+# The last "pushes received N" of a hold log.
 hold_pushes() { tail -c 2000 "$1" 2>/dev/null | awk '{ for (i = 2; i <= NF; i++) if ($(i - 1) == "received") p = $i } END { print p + 0 }'; }
 
 # Starts hold (args after the log name) and waits (bounded) for N open.
@@ -166,7 +154,7 @@ run_one() { # server round
     log "WARNING: $server round $round: hold did not open $N (see $base.bc.log)"
     hold_down; server_stop; return 1
   fi
-  sleep "$BCAST_SETTLE"
+  bench_sleep "$BCAST_SETTLE"
   rss1="$(tree_rss "$SERVER_PID")"
   b0="$(sched_ns "$SERVER_PID")"
   t0=$SECONDS
@@ -186,9 +174,9 @@ run_one() { # server round
     log "WARNING: $server round $round: heartbeat hold did not open $N (see $base.hb.log)"
     hold_down; server_stop; return 1
   fi
-  sleep "$SETTLE"
+  bench_sleep "$SETTLE"
   c0="$(sched_ns "$SERVER_PID")"
-  sleep "$WINDOW"
+  bench_sleep "$WINDOW"
   c1="$(sched_ns "$SERVER_PID")"
   hold_down
   server_stop

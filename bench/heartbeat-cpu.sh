@@ -47,17 +47,7 @@ SOURCE="${SOURCE:-127.0.0.2-127.0.0.9}"
 MEGACONN_B="${MEGACONN_B:-}"
 [[ -n "$MEGACONN_B" && " $SERVERS " != *" megaconn-b "* ]] && SERVERS="$SERVERS megaconn-b"
 
-HOLD_PID=""
-hb_cleanup() {
-  if [[ -n "$HOLD_PID" ]]; then
-    # shellcheck disable=SC2046
-    kill_ours TERM hold "$HOLD_PID" $(pgrep -P "$HOLD_PID" 2>/dev/null)
-    HOLD_PID=""
-  fi
-  bench_cleanup
-}
-trap hb_cleanup EXIT
-trap 'exit 130' INT TERM
+bench_traps
 
 bench_install_deps
 bench_build

@@ -37,7 +37,14 @@
 #   hb_rate LOG FROM TO, hold_clock LOG, hold_open LOG   read `megaconn hold`'s
 #                        progress lines: mean heartbeats/s over a span of its
 #                        clock, its clock now, connections open now
-#   bench_cleanup        kills every process the scripts started (used by traps)
+#   bench_cleanup        kills every process the scripts started (used by traps):
+#                        the background helpers, `megaconn hold` ($HOLD_PID,
+#                        and its children) and the server
+#   bench_traps          installs bench_cleanup on EXIT and makes INT/TERM exit
+#                        (so EXIT runs); bench_sleep SECS sleeps so a signal
+#                        interrupts it at once (a foreground `sleep` defers traps)
+#   sched_ns PID         CPU ns of PID and its descendants (schedstat), tree_rss PID
+#                        VmRSS of PID and its descendants
 #
 # Environment knobs: MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments), SERVER_CPU (1), LOAD_CPU (0),
 # SERVER_TLS_CERT/SERVER_TLS_KEY (serve TLS), MEGACONN (path of the binary,
@@ -500,9 +507,18 @@ load_record() {
        other_cpu_secs: ($busy - ($cpu1 - $cpu0) - ($tu + $ts))}' "$base.json"
 }
 
-# Kill background helpers and the server; safe to call more than once.
+# `megaconn hold` started in the background by a script: bench_cleanup stops it.
+HOLD_PID=""
+
+# Kill background helpers, hold and the server; safe to call more than once.
 bench_cleanup() {
   local p
+  if [[ -n "$HOLD_PID" ]]; then
+    # shellcheck disable=SC2046  # a list of PIDs
+    kill_ours TERM hold "$HOLD_PID" $(pgrep -P "$HOLD_PID" 2>/dev/null)
+    wait "$HOLD_PID" 2>/dev/null || true
+    HOLD_PID=""
+  fi
   for p in "${BENCH_BG_PIDS[@]}"; do
     # shellcheck disable=SC2046  # a list of PIDs
     kill -TERM "$p" $(pid_descendants "$p") 2>/dev/null || true
@@ -517,6 +533,33 @@ bench_cleanup() {
     MEGACONN_SNAPSHOT=""
   fi
 }
+
+# On exit, however it comes (the end, an error, SIGINT or SIGTERM), stop
+# what the script started. The INT/TERM trap only exits: EXIT does the work.
+bench_traps() {
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+# Sleeps SECS in the background and waits for it: bash runs a trap only
+# after the foreground command ends, so a long foreground `sleep` would hold
+# a SIGTERM (and the cleanup) back until it is over; `wait` returns at once.
+bench_sleep() {
+  sleep "$1" &
+  local p=$!
+  wait "$p" || { kill "$p" 2>/dev/null; return 0; }
+}
+
+# CPU nanoseconds of every thread of PID and its descendants (schedstat:
+# finer than clock ticks).
+sched_ns() {
+  local p
+  for p in "$1" $(pid_descendants "$1"); do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done |
+    awk '{ s += $1 } END { printf "%.0f\n", s }'
+}
+# VmRSS of PID and its descendants (megaconn --processes: the worker processes).
+# shellcheck disable=SC2046  # a list of PIDs
+tree_rss() { pid_rss_bytes "$1" $(pid_descendants "$1"); }
 
 # Print a few facts about the machine and the tools (markdown list).
 bench_machine_info() {

@@ -53,6 +53,8 @@
 //!                          broadcast; bounded outbound queues (Inbox)
 //!             session.rs   Session: a connection as its handler sees it
 //!             table.rs     per-worker side table of parked connections' states
+//!             wake.rs      what a woken connection checks first (behind,
+//!                          heartbeat deadline, the server's heartbeat)
 //!             wire.rs      how a protocol frames a message; framed once per wire
 //!             worker.rs    one worker's ids, queues, topics, tables, the pump
 //!                          (a protocol plugs in as message/mod.rs says)

@@ -52,6 +52,12 @@ impl FramedHandler for Probe {
                 session.close();
                 None
             }
+            b"yield" => {
+                // Always pending once: the connection cannot be served
+                // without a task.
+                tokio::task::yield_now().await;
+                Some(Bytes::from("yielded"))
+            }
             b"wait" => {
                 let _ = self.busy.send(());
                 self.gate.acquire().await.expect("gate open").forget();
@@ -883,8 +889,9 @@ async fn message_metrics_count_frames_bytes_and_pushes() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_message_to_a_parked_connection_wakes_it_once() {
+/// A lines server that parks after `PARK_IDLE_AFTER`, and one connection
+/// that sent a frame, had its answer and parked.
+async fn one_parked() -> (Framed, TcpStream) {
     let server = Framed::start(
         Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
         Framing::lines(),
@@ -896,11 +903,50 @@ async fn a_message_to_a_parked_connection_wakes_it_once() {
     server
         .wait_stats("parked", |s| s.connections_parked == 1)
         .await;
+    (server, s)
+}
+
+#[tokio::test]
+async fn a_message_to_a_parked_connection_wakes_it_once() {
+    let (server, mut s) = one_parked().await;
     let before = server.handle.stats();
     // A heartbeat: read and answered in one cold wake, then straight back
     // to the lot (not re-parked unread, woken again "hot" and kept as a task).
     s.write_all(b"b\n").await.unwrap();
     assert_eq!(read_exact(&mut s, 2).await, b"b\n");
+    // (The count follows the re-park: wait for both.)
+    server
+        .wait_stats("parked again, with no task", |s| {
+            s.connections_parked == 1
+                && s.parks > before.parks
+                && s.wakes_without_task > before.wakes_without_task
+        })
+        .await;
+    let after = server.handle.stats();
+    assert_eq!(after.wakes_cold - before.wakes_cold, 1, "{after:?}");
+    assert_eq!(after.wakes_hot, before.wakes_hot, "{after:?}");
+    assert_eq!(after.parks - before.parks, 1);
+    // ... and served on the lot's own turn: no task was spawned for it.
+    assert_eq!(
+        after.wakes_without_task - before.wakes_without_task,
+        1,
+        "{after:?}"
+    );
+    assert!(server
+        .handle
+        .render_metrics()
+        .contains("megaconn_connections_wakes_without_task_total 1"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_woken_handler_that_awaits_becomes_a_task_and_answers() {
+    let (server, mut s) = one_parked().await;
+    let before = server.handle.stats();
+    // The handler yields: the wake cannot finish on the lot's turn, so it
+    // goes on as a task.
+    s.write_all(b"yield\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 8).await, b"yielded\n");
     server
         .wait_stats("parked again", |s| {
             s.connections_parked == 1 && s.parks > before.parks
@@ -908,7 +954,12 @@ async fn a_message_to_a_parked_connection_wakes_it_once() {
         .await;
     let after = server.handle.stats();
     assert_eq!(after.wakes_cold - before.wakes_cold, 1, "{after:?}");
-    assert_eq!(after.wakes_hot, before.wakes_hot, "{after:?}");
-    assert_eq!(after.parks - before.parks, 1);
+    assert_eq!(
+        after.wakes_without_task, before.wakes_without_task,
+        "{before:?} {after:?}"
+    );
+    // Its state came through the detour: this is its third frame.
+    s.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"3\n");
     server.stop().await;
 }

@@ -97,6 +97,16 @@ impl WokenSocket {
     }
 }
 
+/// Polls `future` once, with a waker that does nothing: its result if it
+/// is ready without waiting. A woken connection's work usually is (its
+/// bytes are there, the reply fits the socket buffer), and then it needs
+/// no task, no timer and no registration. A future that returns `Pending`
+/// here must be polled again with a real waker (spawned, or awaited) before
+/// it waits: whatever it registered with this one wakes nobody.
+pub(crate) fn poll_once<F: std::future::Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(std::task::Waker::noop()))
+}
+
 /// The result of a non-blocking syscall returning a byte count, with "would
 /// block" as `None`.
 fn syscall_result(n: isize) -> io::Result<Option<usize>> {
@@ -117,7 +127,10 @@ impl AsyncRead for WokenSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if let Some(fd) = self.bare() {
-            let unfilled = buf.initialize_unfilled();
+            // Not `initialize_unfilled`: zeroing a whole pooled buffer for a
+            // heartbeat of a few bytes would cost more than the read.
+            // SAFETY: recv only writes into the memory; nothing is read from it.
+            let unfilled = unsafe { buf.unfilled_mut() };
             loop {
                 // SAFETY: `unfilled` is valid writable memory of the given length.
                 let n = unsafe {
@@ -130,6 +143,8 @@ impl AsyncRead for WokenSocket {
                 };
                 match syscall_result(n) {
                     Ok(Some(n)) => {
+                        // SAFETY: recv initialised the first `n` bytes.
+                        unsafe { buf.assume_init(n) };
                         buf.advance(n);
                         return Poll::Ready(Ok(()));
                     }

@@ -12,6 +12,8 @@
 //!   topics, close)
 //! - `table.rs`   the side table of parked connections' states, per worker
 //!   and protocol, with delivery straight to parked sockets
+//! - `wake.rs`    `resume`: what a woken connection checks first (behind,
+//!   heartbeat deadline, the server's heartbeat due)
 //! - `wire.rs`    [`Wire`](wire::Wire): how a protocol frames a message;
 //!   [`Encoded`](wire::Encoded): framed once per wire for any number of
 //!   connections
@@ -46,6 +48,7 @@ pub(crate) mod hub;
 pub(crate) mod live;
 pub(crate) mod session;
 pub(crate) mod table;
+pub(crate) mod wake;
 pub(crate) mod wire;
 pub(crate) mod worker;
 

@@ -174,8 +174,8 @@ pub(crate) trait ParkedSet {
         counters: &MessageCounters,
     ) -> Delivered;
 
-    /// Writes `msg` to every parked connection.
-    fn deliver_all(&self, msg: &mut Encoded, wires: &[Rc<dyn Wire>], counters: &MessageCounters);
+    /// Adds every parked connection's descriptor and generation to `out`.
+    fn members(&self, out: &mut Vec<(RawFd, u32)>);
 }
 
 impl<S> ParkedSet for SideTable<S> {
@@ -202,16 +202,13 @@ impl<S> ParkedSet for SideTable<S> {
         }
     }
 
-    fn deliver_all(&self, msg: &mut Encoded, wires: &[Rc<dyn Wire>], counters: &MessageCounters) {
+    fn members(&self, out: &mut Vec<(RawFd, u32)>) {
         if self.len.get() == 0 {
             return;
         }
-        let mut parked = self.parked.borrow_mut();
-        let full = parked.iter_mut().enumerate();
-        for (fd, stored) in full.filter_map(|(i, s)| Some((i as RawFd, s.as_mut()?))) {
-            let wire = self.wire(usize::from(stored.variant));
-            send_parked(fd, stored, wire, msg, wires, counters);
-        }
+        let parked = self.parked.borrow();
+        let full = parked.iter().enumerate();
+        out.extend(full.filter_map(|(fd, s)| Some((fd as RawFd, s.as_ref()?.generation))));
     }
 }
 

@@ -216,43 +216,59 @@ impl Local {
         }
     }
 
-    /// Delivers one message from the hub on this worker.
-    fn deliver(&self, push: Push) {
-        let wires = self.wires.borrow();
+    /// The connections one message from the hub goes to, by descriptor and
+    /// generation, taken when the pump gets to it.
+    fn recipients(&self, push: &Push) -> Vec<(RawFd, u32)> {
         match push {
-            Push::To(to, payload) => {
-                self.deliver_one(to.fd(), to.generation(), &mut Encoded::new(payload), &wires);
-            }
-            Push::Topic(topic, payload) => {
-                let members: Vec<(RawFd, u32)> = match self.topics.borrow().get(&*topic) {
-                    Some(members) => members.iter().map(|(&fd, &g)| (fd, g)).collect(),
-                    None => return,
-                };
-                let mut msg = Encoded::new(payload);
-                for (fd, generation) in members {
-                    self.deliver_one(fd, generation, &mut msg, &wires);
-                }
-            }
-            Push::All(payload) => {
-                let mut msg = Encoded::new(payload);
-                let awake: Vec<Rc<Inbox>> = self
+            Push::To(to, _) => vec![(to.fd(), to.generation())],
+            Push::Topic(topic, _) => match self.topics.borrow().get(&**topic) {
+                Some(members) => members.iter().map(|(&fd, &g)| (fd, g)).collect(),
+                None => Vec::new(),
+            },
+            Push::All(_) => {
+                let mut all: Vec<(RawFd, u32)> = self
                     .awake
                     .borrow()
-                    .values()
-                    .map(|(_, i)| i.clone())
+                    .iter()
+                    .map(|(&fd, (g, _))| (fd, *g))
                     .collect();
-                for inbox in awake {
-                    self.queue(&inbox, &mut msg, &wires);
-                }
                 for table in self.parked_sets() {
-                    table.deliver_all(&mut msg, &wires, &self.stats.messages);
+                    table.members(&mut all);
                 }
+                all
             }
         }
     }
 
+    /// Delivers one message from the hub on this worker, [`CHUNK`]
+    /// connections at a time, letting the worker's other tasks run in
+    /// between: a broadcast to a million parked connections is a million
+    /// `send`s (about a second), which must not hold back the heartbeats
+    /// the worker answers meanwhile. Each connection is looked up as its
+    /// turn comes, so one that woke, parked or closed since the message
+    /// arrived gets it where it is now (or not at all, closed).
+    async fn deliver(&self, push: Push) {
+        let recipients = self.recipients(&push);
+        let (Push::To(_, payload) | Push::Topic(_, payload) | Push::All(payload)) = push;
+        let mut msg = Encoded::new(payload);
+        // A protocol's table exists before any of its connections does.
+        let sets = self.parked_sets();
+        in_chunks(recipients, CHUNK, |(fd, generation)| {
+            let wires = self.wires.borrow();
+            self.deliver_one(fd, generation, &mut msg, &wires, &sets);
+        })
+        .await;
+    }
+
     /// Delivers to one connection, awake or parked, if it is still open.
-    fn deliver_one(&self, fd: RawFd, generation: u32, msg: &mut Encoded, wires: &[Rc<dyn Wire>]) {
+    fn deliver_one(
+        &self,
+        fd: RawFd,
+        generation: u32,
+        msg: &mut Encoded,
+        wires: &[Rc<dyn Wire>],
+        sets: &[Rc<dyn ParkedSet>],
+    ) {
         let inbox = self
             .awake
             .borrow()
@@ -263,7 +279,7 @@ impl Local {
             self.queue(&inbox, msg, wires);
             return;
         }
-        for table in self.parked_sets() {
+        for table in sets {
             let delivered = table.deliver(fd, generation, msg, wires, &self.stats.messages);
             if delivered != Delivered::NotParked {
                 return;
@@ -319,10 +335,68 @@ impl Drop for Awake {
     }
 }
 
-/// Delivers one worker's pushes until the hub is gone or the worker stops.
+/// How many connections a message is delivered to before the pump lets
+/// the worker's other tasks run: about a millisecond of `send`s.
+const CHUNK: usize = 1024;
+
+/// Calls `each` on every item, yielding to the worker's other tasks after
+/// every `chunk` of them.
+async fn in_chunks<T>(items: Vec<T>, chunk: usize, mut each: impl FnMut(T)) {
+    let len = items.len();
+    for (i, item) in items.into_iter().enumerate() {
+        each(item);
+        let done = i + 1;
+        if done % chunk == 0 && done < len {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Delivers one worker's pushes, in order, until the hub is gone or the
+/// worker stops.
 async fn pump(local: Weak<Local>, mut rx: mpsc::UnboundedReceiver<Push>) {
     while let Some(push) = rx.recv().await {
         let Some(local) = local.upgrade() else { return };
-        local.deliver(push);
+        local.deliver(push).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// A broadcast to 3000 connections lets another task (a heartbeat's)
+    /// run between its chunks of 1024, not only after the last: on one
+    /// thread, with no timing.
+    #[tokio::test]
+    async fn a_long_delivery_yields_between_chunks() {
+        let delivered = Rc::new(Cell::new(0));
+        let seen_by_other: Rc<RefCell<Vec<usize>>> = Rc::default();
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let count = delivered.clone();
+                let broadcast = tokio::task::spawn_local(async move {
+                    in_chunks((0..3000).collect(), CHUNK, |_| count.set(count.get() + 1)).await
+                });
+                let (count, seen) = (delivered.clone(), seen_by_other.clone());
+                let other = tokio::task::spawn_local(async move {
+                    while count.get() < 3000 {
+                        seen.borrow_mut().push(count.get());
+                        tokio::task::yield_now().await;
+                    }
+                });
+                broadcast.await.unwrap();
+                other.await.unwrap();
+            })
+            .await;
+        assert_eq!(delivered.get(), 3000);
+        // The other task ran while the broadcast was under way, between
+        // chunks, never in the middle of one.
+        let seen = seen_by_other.borrow();
+        assert!(seen.iter().any(|&n| n > 0 && n < 3000), "{seen:?}");
+        assert!(seen.iter().all(|n| n % CHUNK == 0), "{seen:?}");
     }
 }

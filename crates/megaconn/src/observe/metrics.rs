@@ -674,6 +674,12 @@ impl Collector for Snapshot {
                 ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
             }
         }
+        counter(
+            &mut e,
+            "connections_wakes_without_task",
+            "Cold wakes served whole without spawning a task (read, answered and re-parked at once).",
+            s.wakes_without_task,
+        )?;
         gauge(
             &mut e,
             "shutdown_drain_pending",

@@ -32,6 +32,7 @@ pub(crate) struct WorkerStats {
     pub parks: AtomicU64,
     pub wakes_cold: AtomicU64,
     pub wakes_hot: AtomicU64,
+    pub wakes_without_task: AtomicU64,
     pub accept_waits_at_limit: AtomicU64,
     /// Parked connections taken over from the process this one replaced.
     pub adopted: AtomicU64,
@@ -207,6 +208,10 @@ pub struct ServerStats {
     /// Parked connections woken again soon after a re-park: busy again, they
     /// wait as tasks for `park_idle_after` before parking.
     pub wakes_hot: u64,
+    /// Cold wakes served whole on the parking lot's own turn, with no task
+    /// spawned (read, answered and re-parked without waiting: a heartbeat).
+    /// The rest of the cold wakes had to wait for something and became tasks.
+    pub wakes_without_task: u64,
     /// Times an acceptor found no free slot under `max_connections` and
     /// stopped accepting until a connection closed.
     pub accept_waits_at_limit: u64,
@@ -275,6 +280,7 @@ impl ServerStats {
             s.parks += w.parks.load(Relaxed);
             s.wakes_cold += w.wakes_cold.load(Relaxed);
             s.wakes_hot += w.wakes_hot.load(Relaxed);
+            s.wakes_without_task += w.wakes_without_task.load(Relaxed);
             s.accept_waits_at_limit += w.accept_waits_at_limit.load(Relaxed);
             s.worker_stalls += w.stalls.load(Relaxed);
             s.messages.add(&w.messages);

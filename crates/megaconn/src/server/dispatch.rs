@@ -134,6 +134,22 @@ where
     }
 }
 
+/// Whether a woken connection is worth serving on the parking lot's own
+/// turn, without a task first (`worker::connection_spawner`): a cold wake
+/// of a framed connection, which is usually one heartbeat, answered and
+/// re-parked with no wait. Hot wakes wait as tasks anyway; the other
+/// protocols are spawned as they always were.
+pub(crate) fn serve_at_once(incoming: &Incoming) -> bool {
+    matches!(
+        incoming,
+        Incoming::Woken {
+            hot: false,
+            proto: proto::FRAMED,
+            ..
+        }
+    )
+}
+
 /// Whether a parked connection of protocol `tag` can move to another
 /// process (an upgrade) with nothing but its socket and its lot entry:
 /// cleartext HTTP/1.1 keeps no other state while parked. Framed keeps its

@@ -11,6 +11,7 @@
 use std::net::TcpListener as StdTcpListener;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::thread::JoinHandle;
 
 use tokio::sync::watch;
@@ -23,10 +24,11 @@ use crate::conn::context::WorkerContext;
 use crate::conn::handover::{self, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::{self, ParkingLot, Respawn};
+use crate::conn::woken::poll_once;
 use crate::conn::Incoming;
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::{Registry, Tracked};
-use crate::observe::stats::WorkerStats;
+use crate::observe::stats::{incr, WorkerStats};
 use crate::server::builder::HandOverSlot;
 use crate::server::dispatch;
 use crate::service::HttpService;
@@ -77,6 +79,14 @@ where
 
 /// Spawns the task serving one connection; shared by the acceptor and the
 /// parking lot.
+///
+/// A cold wake of a protocol that can finish one (`dispatch::serve_at_once`:
+/// a heartbeat on a parked framed connection) is first polled here, once, on
+/// the lot's turn: read, answered and re-parked without waiting, it needs no
+/// task (the spawn, the run-queue round trip and the tracker's accounting were
+/// the largest part of a heartbeat's CPU left after `woken.rs`). Only if it
+/// has to wait (a handler that awaits, a full socket buffer) does it become a
+/// task, which polls it again with a real waker.
 pub(crate) fn connection_spawner<S>(
     ctx: &Rc<WorkerContext>,
     service: S,
@@ -95,8 +105,32 @@ where
             return;
         };
         let track = conn.track().cloned();
-        let serve = dispatch::serve(incoming, service.clone(), ctx, conn);
-        tokio::task::spawn_local(tracker.track_future(Tracked::new(serve, track)));
+        let at_once = dispatch::serve_at_once(&incoming);
+        let stats = ctx.stats.clone();
+        let serve = Tracked::new(dispatch::serve(incoming, service.clone(), ctx, conn), track);
+        if !at_once {
+            tokio::task::spawn_local(tracker.track_future(serve));
+            return;
+        }
+        // Boxed, so that the future can still move into a task once polled.
+        let mut serve = Box::pin(serve);
+        // Unconstrained: tokio's budget belongs to the lot's task here, and
+        // running out of it would send every wake after the first few to a task.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll_once(std::pin::pin!(tokio::task::unconstrained(serve.as_mut())))
+        }));
+        match polled {
+            Ok(Poll::Ready(())) => incr(&stats.wakes_without_task),
+            Ok(Poll::Pending) => {
+                tokio::task::spawn_local(tracker.track_future(serve));
+            }
+            // Handlers' panics are caught by their protocol; this is ours.
+            // Dropping the future closes the connection's accounts.
+            Err(_panic) => {
+                incr(&stats.panics);
+                tracing::error!("serving a woken connection panicked; closing it");
+            }
+        }
     })
 }
 

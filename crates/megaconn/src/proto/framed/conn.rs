@@ -23,7 +23,7 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -36,12 +36,13 @@ use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::transport::{Parkable, Transport};
-use crate::conn::woken::WokenSocket;
+use crate::conn::woken::{poll_once, WokenSocket};
 use crate::conn::Wake;
 use crate::message::hub::Overflowed;
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
+use crate::message::wake::resume;
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
@@ -198,27 +199,18 @@ pub(crate) async fn serve<H: FramedHandler>(
                 return Ended::Close(CloseReason::ServerError);
             };
             let id = local.id(fd, parked.generation);
+            let timers = parked.timers();
             let session = Session::new(id, local.clone());
             let live = Live::new(handler, H::on_close, parked.state, id, &local);
-            if parked.behind {
-                return Ended::Close(live.close(CloseReason::SlowConsumer));
-            }
-            send_at = parked.send_at;
-            // A timer: the peer's heartbeat deadline passed, or it is time
-            // to send ours (then the peer's deadline stays where it was).
-            if wake == Wake::Timer {
-                if parked.due.is_some_and(|due| now >= due) {
-                    incr(&counters.heartbeat_timeouts);
-                    return Ended::Close(live.close(CloseReason::HeartbeatTimeout));
+            let every = send_heartbeats.as_ref().map(|(every, _)| *every);
+            match resume(timers, wake, now, due, every, counters) {
+                Ok(resumed) => {
+                    (due, send_at) = (resumed.due, resumed.send_at);
+                    if let (true, Some((_, frame))) = (resumed.send_heartbeat, &send_heartbeats) {
+                        session.send(frame.clone());
+                    }
                 }
-                due = parked.due;
-            }
-            if let (Some((every, frame)), Some(at)) = (&send_heartbeats, send_at) {
-                if now >= at {
-                    incr(&counters.heartbeats_sent);
-                    session.send(frame.clone());
-                    send_at = Some(now + *every);
-                }
+                Err(reason) => return Ended::Close(live.close(reason)),
             }
             (live, session)
         }
@@ -333,6 +325,11 @@ pub(crate) async fn serve<H: FramedHandler>(
                 .park_idle_after
                 .filter(|_| can_park)
                 .map(|t| Instant::now() + t);
+        }
+        // A socket just woken because it is readable is read at once: the
+        // idle wait would only find it ready (`woken.rs`), after setting up
+        // its timers for nothing.
+        if between_frames && !unread_wake {
             let idle = tokio::select! {
                 biased;
                 ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
@@ -381,35 +378,17 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
         }
 
-        // Read, into a pooled buffer. Mid-frame, the heartbeat bounds the
-        // wait: a peer that stops halfway is as silent as one that stops.
-        // Between frames the park time does too: a socket woken from the lot
-        // reports itself readable without asking the kernel (`woken.rs`), so
-        // a hot one may find nothing here and wait in this read.
+        // Read, into a pooled buffer.
         lifecycle::set_state(ConnectionState::ReadingBody);
         let b = buf.get_or_insert_with(|| ctx.pool.take());
-        let wake_at = if between_frames {
-            earliest(due, earliest(park_at, send_at))
-        } else {
-            due
-        };
-        let reading = async {
-            match wake_at {
-                Some(at) => tokio::time::timeout_at(at, io.read_buf(b)).await,
-                None => Ok(io.read_buf(b).await),
+        // Usually the bytes are there (the socket was readable): then no
+        // timer or select is set up for the read.
+        let read = match poll_once(pin!(io.read_buf(b))) {
+            Poll::Ready(read) => Read::Done(Ok(read)),
+            Poll::Pending => {
+                let timers = (due, park_at, send_at);
+                wait_read(&mut io, b, between_frames, timers, &ctx, inbox.as_ref()).await
             }
-        };
-        // Readiness can be spurious (a freshly accepted socket, a woken one):
-        // between frames, an empty read still hears shutdown and pushes.
-        let read = if between_frames {
-            tokio::select! {
-                biased;
-                read = reading => Read::Done(read),
-                () = ctx.shutdown.wait() => Read::Shutdown,
-                () = pushed(inbox.as_ref()) => Read::Pushed,
-            }
-        } else {
-            Read::Done(reading.await)
         };
         let read = match read {
             Read::Done(read) => read,
@@ -462,6 +441,44 @@ pub(crate) async fn serve<H: FramedHandler>(
         };
         give_back(&ctx, &mut buf);
         return Ended::Close(live.close(reason));
+    }
+}
+
+/// Waits for bytes to read into `b`, bounded by the heartbeat deadline
+/// (mid-frame: a peer that stops halfway is as silent as one that stops)
+/// and, between frames, by the park and heartbeat-send times too: a socket
+/// woken from the lot reports itself readable without asking the kernel
+/// (`woken.rs`), so a hot one may find nothing here and wait in this read.
+async fn wait_read(
+    io: &mut FramedIo,
+    b: &mut BytesMut,
+    between_frames: bool,
+    (due, park_at, send_at): (Option<Instant>, Option<Instant>, Option<Instant>),
+    ctx: &WorkerContext,
+    inbox: Option<&Awake>,
+) -> Read {
+    let wake_at = if between_frames {
+        earliest(due, earliest(park_at, send_at))
+    } else {
+        due
+    };
+    let reading = async {
+        match wake_at {
+            Some(at) => tokio::time::timeout_at(at, io.read_buf(b)).await,
+            None => Ok(io.read_buf(b).await),
+        }
+    };
+    // Readiness can be spurious (a freshly accepted socket, a woken one):
+    // between frames, an empty read still hears shutdown and pushes.
+    if between_frames {
+        tokio::select! {
+            biased;
+            read = reading => Read::Done(read),
+            () = ctx.shutdown.wait() => Read::Shutdown,
+            () = pushed(inbox) => Read::Pushed,
+        }
+    } else {
+        Read::Done(reading.await)
     }
 }
 
@@ -551,11 +568,16 @@ async fn flush(
     }
     pushed.iter().for_each(|bytes| out.extend_from_slice(bytes));
     lifecycle::set_state(ConnectionState::Writing);
-    let written = match ctx.config.write_timeout {
-        Some(t) => tokio::time::timeout(t, io.write_all(&out))
-            .await
-            .unwrap_or(Err(io::ErrorKind::TimedOut.into())),
-        None => io.write_all(&out).await,
+    // Usually the socket takes it all at once: then no timer is set up.
+    let mut writing = pin!(io.write_all(&out));
+    let written = match poll_once(writing.as_mut()) {
+        Poll::Ready(written) => written,
+        Poll::Pending => match ctx.config.write_timeout {
+            Some(t) => tokio::time::timeout(t, writing)
+                .await
+                .unwrap_or(Err(io::ErrorKind::TimedOut.into())),
+            None => writing.await,
+        },
     };
     let n = out.len();
     ctx.pool.give(out);

@@ -131,6 +131,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         }
         Start::Woken(wake, parked) => {
             let id = tables.local.id(fd, parked.generation);
+            let timers = parked.timers();
             let Ok(state) = parked.state.state.downcast::<H::State>() else {
                 tracing::error!("a woken WebSocket's state is of another route; closing it");
                 tables.local.closed(id);
@@ -138,25 +139,21 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             };
             let session = WsSession::new(Session::new(id, tables.local.clone()));
             let live = Live::new(&route.handler, H::on_close, *state, id, &tables.local);
-            if parked.behind {
-                return Ended::Close(live.close(CloseReason::SlowConsumer));
-            }
-            send_at = parked.send_at;
-            if wake == Wake::Timer {
-                // The peer's deadline passed, or it is time for our ping
-                // (then the peer's deadline stays where it was).
-                if parked.due.is_some_and(|due| now >= due) {
-                    incr(&counters.heartbeat_timeouts);
-                    return Ended::Close(live.close(CloseReason::HeartbeatTimeout));
+            match crate::message::wake::resume(
+                timers,
+                wake,
+                now,
+                due,
+                settings.ping_interval,
+                counters,
+            ) {
+                Ok(resumed) => {
+                    (due, send_at) = (resumed.due, resumed.send_at);
+                    if resumed.send_heartbeat {
+                        frame::encode(conn.wbuf(), Out::Ping, b"");
+                    }
                 }
-                due = parked.due;
-            }
-            if let (Some(every), Some(at)) = (settings.ping_interval, send_at) {
-                if now >= at {
-                    incr(&counters.heartbeats_sent);
-                    frame::encode(conn.wbuf(), Out::Ping, b"");
-                    send_at = Some(now + every);
-                }
+                Err(reason) => return Ended::Close(live.close(reason)),
             }
             (live, session)
         }

@@ -1,0 +1,170 @@
+//! What a message connection checks first when the parking lot wakes it,
+//! whatever its protocol: the same three things for framed TCP and
+//! WebSocket, so they live here once.
+//!
+//! - a push found its socket full while parked (`behind`): it is closed as
+//!   a slow consumer;
+//! - a timer woke it and the peer's heartbeat deadline has passed: closed
+//!   for the heartbeat timeout;
+//! - the server's own heartbeat (a frame, a ping) is due: the protocol
+//!   sends it, in its own format.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::conn::Wake;
+use crate::message::table::Parked;
+use crate::observe::close::CloseReason;
+use crate::observe::stats::{incr, MessageCounters};
+
+/// A parked connection's timers and standing, read before its state is
+/// taken out of the side table's entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ParkedTimers {
+    behind: bool,
+    due: Option<Instant>,
+    send_at: Option<Instant>,
+}
+
+impl<S> Parked<S> {
+    /// Its timers and standing, for [`resume`].
+    pub(crate) fn timers(&self) -> ParkedTimers {
+        ParkedTimers {
+            behind: self.behind,
+            due: self.due,
+            send_at: self.send_at,
+        }
+    }
+}
+
+/// A woken connection's timers once it passed [`resume`]'s checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Resumed {
+    /// When the peer must have sent something by.
+    pub due: Option<Instant>,
+    /// When the server sends its next heartbeat.
+    pub send_at: Option<Instant>,
+    /// The server's heartbeat is due now: the protocol sends it (counted
+    /// already, in `heartbeats_sent`).
+    pub send_heartbeat: bool,
+}
+
+/// Checks a connection woken at `now` by `wake`, with the timers it
+/// parked with: `Err` is the reason to close it for (counted); else its
+/// timers from here on. `due` is the peer's fresh deadline (it is kept
+/// only if bytes woke it: a timer wake leaves the parked one standing);
+/// `heartbeat_every`: how often the server sends its own heartbeat.
+pub(crate) fn resume(
+    parked: ParkedTimers,
+    wake: Wake,
+    now: Instant,
+    due: Option<Instant>,
+    heartbeat_every: Option<Duration>,
+    counters: &MessageCounters,
+) -> Result<Resumed, CloseReason> {
+    if parked.behind {
+        return Err(CloseReason::SlowConsumer);
+    }
+    let mut resumed = Resumed {
+        due,
+        send_at: parked.send_at,
+        send_heartbeat: false,
+    };
+    // A timer: the peer's heartbeat deadline passed, or it is time to send
+    // ours (then the peer's deadline stays where it was).
+    if wake == Wake::Timer {
+        if parked.due.is_some_and(|due| now >= due) {
+            incr(&counters.heartbeat_timeouts);
+            return Err(CloseReason::HeartbeatTimeout);
+        }
+        resumed.due = parked.due;
+    }
+    if let (Some(every), Some(at)) = (heartbeat_every, resumed.send_at) {
+        if now >= at {
+            incr(&counters.heartbeats_sent);
+            resumed.send_heartbeat = true;
+            resumed.send_at = Some(now + every);
+        }
+    }
+    Ok(resumed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+
+    fn timers(behind: bool, due: Option<Instant>, send_at: Option<Instant>) -> ParkedTimers {
+        ParkedTimers {
+            behind,
+            due,
+            send_at,
+        }
+    }
+
+    fn resumed(due: Option<Instant>, send_at: Option<Instant>, send_heartbeat: bool) -> Resumed {
+        Resumed {
+            due,
+            send_at,
+            send_heartbeat,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_check_in_its_order() {
+        let counters = MessageCounters::default();
+        let now = Instant::now();
+        let (past, later, fresh) = (
+            Some(now - Duration::from_secs(1)),
+            Some(now + Duration::from_secs(5)),
+            Some(now + Duration::from_secs(30)),
+        );
+        let every = Some(Duration::from_secs(10));
+        // Behind comes first, whatever the timers say.
+        let behind = resume(
+            timers(true, past, past),
+            Wake::Timer,
+            now,
+            fresh,
+            every,
+            &counters,
+        );
+        assert_eq!(behind, Err(CloseReason::SlowConsumer));
+        // A timer past the peer's deadline: a heartbeat timeout.
+        let late = resume(
+            timers(false, past, None),
+            Wake::Timer,
+            now,
+            fresh,
+            every,
+            &counters,
+        );
+        assert_eq!(late, Err(CloseReason::HeartbeatTimeout));
+        assert_eq!(counters.heartbeat_timeouts.load(Relaxed), 1);
+        // Bytes woke it: the same past deadline does not matter, it is fresh.
+        let read = resume(
+            timers(false, past, later),
+            Wake::Readable,
+            now,
+            fresh,
+            every,
+            &counters,
+        );
+        assert_eq!(read, Ok(resumed(fresh, later, false)));
+        // A timer for our heartbeat: sent, the next one scheduled, the
+        // peer's deadline kept.
+        let send = resume(
+            timers(false, later, past),
+            Wake::Timer,
+            now,
+            fresh,
+            every,
+            &counters,
+        );
+        let next = Some(now + Duration::from_secs(10));
+        assert_eq!(send, Ok(resumed(later, next, true)));
+        assert_eq!(counters.heartbeats_sent.load(Relaxed), 1);
+    }
+}
