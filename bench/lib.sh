@@ -15,7 +15,11 @@
 #                          net.ipv4.tcp_max_syn_backlog=65535
 #   bench_build_floor    gcc -O2 bench/peers/floor.c -> bench/out/floor (the floor:
 #                        a minimal epoll responder, the ruler for "× floor")
-#   server_start NAME PORT [WORKERS]  NAME in: megaconn go nginx axum floor. Starts the
+#   bench_build_tokio_floor  cargo build --release of bench/peers/tokio-floor (a
+#                        second ruler: tokio + httparse + http::Request/Response,
+#                        nothing else; `tokio-floor` in server_start)
+#   server_start NAME PORT [WORKERS]  NAME in: megaconn go nginx axum floor
+#                        tokio-floor. Starts the
 #                        server pinned with `taskset -c $SERVER_CPU` (default 1),
 #                        waits (bounded) until GET / answers. With
 #                        SERVER_TLS_CERT and SERVER_TLS_KEY set (PEM files) it
@@ -59,6 +63,8 @@ MEGACONN="${MEGACONN:-$REPO_ROOT/target/release/megaconn}"
 GO_HELLO="$BENCH_DIR/peers/go-hello/target/go-hello"
 AXUM_HELLO="$BENCH_DIR/peers/axum-hello/target/release/axum-hello"
 FLOOR="$OUT_DIR/floor"  # bench/peers/floor.c, built by bench_build_floor
+# bench/peers/tokio-floor: the floor of a tokio server that speaks http::Request
+TOKIO_FLOOR="$BENCH_DIR/peers/tokio-floor/target/release/tokio-floor"
 SERVER_CPU="${SERVER_CPU:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
 CLK_TCK="$(getconf CLK_TCK)"
@@ -120,6 +126,14 @@ bench_build_floor() {
   if [[ ! -x "$FLOOR" || "$BENCH_DIR/peers/floor.c" -nt "$FLOOR" ]]; then
     gcc -O2 -o "$FLOOR" "$BENCH_DIR/peers/floor.c" || { log "WARNING: floor build failed"; return 1; }
   fi
+}
+
+# Built when missing (even with BENCH_SKIP_BUILD=1), else left as it is.
+bench_build_tokio_floor() {
+  [[ -x "$TOKIO_FLOOR" && "${BENCH_SKIP_BUILD:-0}" == 1 ]] && return 0
+  log "building tokio-floor"
+  cargo build --release --quiet --manifest-path "$BENCH_DIR/peers/tokio-floor/Cargo.toml" \
+    || { log "WARNING: tokio-floor build failed"; return 1; }
 }
 
 bench_build() {
@@ -272,6 +286,11 @@ server_start() { # NAME PORT [WORKERS]
       server_tls && die "the floor has no TLS mode"
       [[ -x "$FLOOR" ]] || bench_build_floor || die "no floor binary"
       taskset -c "$SERVER_CPU" "$FLOOR" 127.0.0.1 "$port" >"$log_file" 2>&1 &
+      ;;
+    tokio-floor)
+      server_tls && die "tokio-floor has no TLS mode"
+      [[ -x "$TOKIO_FLOOR" ]] || bench_build_tokio_floor || die "no tokio-floor binary"
+      taskset -c "$SERVER_CPU" "$TOKIO_FLOOR" serve "127.0.0.1:$port" full >"$log_file" 2>&1 &
       ;;
     *) die "unknown server $name" ;;
   esac

@@ -34,7 +34,9 @@
 #
 # Env: ROUNDS (3), DURATION (5s), PIPELINE (16), RATE (20000, or half-nginx), CALIBRATE_RUNS (3),
 #   RATE_CONNS (64), PORT (first free from 38080),
-#   SERVERS ("megaconn go nginx axum floor"; the floor is always added), WRK_DURATION (5s), WRK=0 to skip wrk,
+#   SERVERS ("megaconn go nginx axum floor"; the floor is always added; also
+#   tokio-floor: bench/peers/tokio-floor's `full` level, the least a tokio
+#   server that speaks http::Request/Response spends), WRK_DURATION (5s), WRK=0 to skip wrk,
 #   QUIET_WAIT (60 s at the start) / QUIET_WAIT_EACH (10 s before each server):
 #   longest waits for other processes on the machine to go quiet.
 # Output: raw JSON in bench/out/throughput-<stamp>/ (runs.jsonl, wrk.jsonl,

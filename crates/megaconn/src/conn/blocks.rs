@@ -24,9 +24,16 @@ pub(crate) struct BlockCache {
 }
 
 impl BlockCache {
-    /// Moves `future` into a block (a cached one of its layout if any) and
-    /// returns it pinned there; the block comes back here when it is dropped.
-    pub(crate) fn pin<F: Future>(&self, future: F) -> CachedBox<'_, F> {
+    /// Builds a future with `make` directly in a block (a cached one of its
+    /// layout if any) and returns it pinned there; the block comes back here
+    /// when it is dropped.
+    ///
+    /// Built in place because a future passed by value is built on the stack
+    /// first and then copied whole (its full size, ~1.5 KB for HTTP/1.1's
+    /// exchange, ~200 instructions per request), while `make`'s result is
+    /// written straight into the block.
+    #[inline(always)]
+    pub(crate) fn pin_with<F: Future>(&self, make: impl FnOnce() -> F) -> CachedBox<'_, F> {
         let layout = Layout::new::<F>();
         let block = if layout.size() == 0 {
             NonNull::<F>::dangling().cast()
@@ -34,6 +41,14 @@ impl BlockCache {
             self.take(layout)
         };
         let ptr = block.cast::<F>();
+        // Given back if `make` panics (no future was written).
+        let guard = EmptyBlock {
+            block,
+            layout,
+            cache: self,
+        };
+        let future = make();
+        std::mem::forget(guard);
         // SAFETY: `block` is valid for writes of `layout` (fresh or cached with
         // that exact layout) and aligned for `F`.
         unsafe { ptr.as_ptr().write(future) };
@@ -72,6 +87,20 @@ impl Drop for BlockCache {
             // SAFETY: allocated by `take` with this layout, owned by the cache.
             unsafe { alloc::dealloc(block.as_ptr(), layout) };
         }
+    }
+}
+
+/// A block taken for a future not yet written into it: given back if the
+/// future's construction unwinds.
+struct EmptyBlock<'a> {
+    block: NonNull<u8>,
+    layout: Layout,
+    cache: &'a BlockCache,
+}
+
+impl Drop for EmptyBlock<'_> {
+    fn drop(&mut self) {
+        self.cache.give(self.block, self.layout);
     }
 }
 
@@ -116,17 +145,17 @@ mod tests {
     fn blocks_are_reused_and_futures_dropped_in_place() {
         let cache = BlockCache::default();
         let dropped = Rc::new(());
-        let boxed = cache.pin(make(Some(dropped.clone()), 7));
+        let boxed = cache.pin_with(|| make(Some(dropped.clone()), 7));
         let first = boxed.ptr.cast::<u8>();
         drop(boxed);
         assert_eq!(Rc::strong_count(&dropped), 1, "the future was dropped");
         assert_eq!(cache.free.borrow().len(), 1);
-        let boxed = cache.pin(make(None, 8));
+        let boxed = cache.pin_with(|| make(None, 8));
         assert_eq!(boxed.ptr.cast::<u8>(), first, "the same block came back");
         assert_eq!(futures_util::FutureExt::now_or_never(boxed), Some(8));
         assert_eq!(cache.free.borrow().len(), 1);
         // Another layout gets its own block.
-        let other = cache.pin(async { 1u64 });
+        let other = cache.pin_with(|| async { 1u64 });
         assert_eq!(cache.free.borrow().len(), 1);
         drop(other);
         assert_eq!(cache.free.borrow().len(), 2);

@@ -125,6 +125,22 @@ pub(crate) fn gauge(g: &AtomicI64, delta: i64) {
     g.fetch_add(delta, Relaxed);
 }
 
+/// [`incr`] for a counter that only its worker's thread writes (readers on
+/// other threads only load it): a plain load and store, not a locked
+/// read-modify-write (~20 cycles each, per request on the HTTP/1.1 path,
+/// where callgrind's instruction counts do not show them).
+#[inline]
+pub(crate) fn incr_own(counter: &AtomicU64) {
+    counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
+}
+
+/// [`gauge`] for a gauge that only its worker's thread writes (see
+/// [`incr_own`]).
+#[inline]
+pub(crate) fn gauge_own(g: &AtomicI64, delta: i64) {
+    g.store(g.load(Relaxed).wrapping_add(delta), Relaxed);
+}
+
 /// Keeps a connection's place in the `connections_idle` gauge and its
 /// lifecycle state in step while it moves between idle and busy (HTTP/2:
 /// idle while no stream is open); leaves the gauge when dropped.

@@ -28,7 +28,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::ConnInfo;
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::metrics::{MethodLabel, RequestRecord};
-use crate::observe::stats::{gauge, incr};
+use crate::observe::stats::{gauge_own, incr, incr_own};
 use crate::proto::{self, HandOver};
 use crate::service::body::Body;
 use crate::service::upgrade::{self, NativeUpgrade, UpgradeSender};
@@ -233,11 +233,12 @@ where
 
         // Boxed: the request and the whole exchange live here only while it runs,
         // so an idle connection's future does not carry their size. The box is
-        // one of the worker's cached blocks: no malloc and free per request.
-        // (The context is cloned for the exchange only: kept across the
-        // loop, it would grow every idle connection.)
+        // one of the worker's cached blocks: no malloc and free per request,
+        // and the future is built in it, not copied there. (The context is
+        // cloned for the exchange only: kept across the loop, it would grow
+        // every idle connection.)
         let ctx = conn.ctx.clone();
-        match ctx.blocks.pin(exchange(conn, service, head)).await {
+        match ctx.blocks.pin_with(|| exchange(conn, service, head)).await {
             Outcome::KeepAlive => {}
             Outcome::Close(reason) => return Ended::Close(reason),
             Outcome::Upgrade(tx, native) => {
@@ -256,7 +257,7 @@ where
     T: Transport,
     S: HttpService,
 {
-    incr(&conn.ctx.stats.requests);
+    incr_own(&conn.ctx.stats.requests);
     lifecycle::count_request();
     lifecycle::set_state(if head.framing == BodyFraming::None {
         ConnectionState::Handling
@@ -392,7 +393,7 @@ impl<T: Transport> ConnIo<T> {
         timer_waker: &mut bool,
     ) -> Waited {
         let ctx = self.ctx.clone();
-        gauge(&ctx.stats.connections_idle, 1);
+        gauge_own(&ctx.stats.connections_idle, 1);
         lifecycle::set_state(ConnectionState::Idle);
         let waited = poll_fn(|cx| {
             // Shutdown is checked after the read: a request that arrived as
@@ -432,7 +433,7 @@ impl<T: Transport> ConnIo<T> {
             }
         })
         .await;
-        gauge(&ctx.stats.connections_idle, -1);
+        gauge_own(&ctx.stats.connections_idle, -1);
         lifecycle::set_state(ConnectionState::ReadingHead);
         waited
     }

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# bench/lower-bound.sh — how far down can a tokio HTTP/1.1 server go (issue
+# 15)? User-space instructions per keep-alive request, counted by valgrind's
+# callgrind, of:
+#   floor                bench/peers/floor.c (the ruler of "× floor")
+#   tokio-floor LEVEL    bench/peers/tokio-floor at each level: raw (tokio's
+#                        readiness I/O and a task per connection only), parse
+#                        (+ httparse), request (+ an owned http::Request with
+#                        its HeaderMap), full (+ an http::Response and its head
+#                        encoded from it: the least any tower-style server does)
+#   megaconn             `megaconn serve --workers 1 --admin off` (the demo app)
+# and the compute alone (no I/O): `tokio-floor compute LEVEL N`.
+# Each server runs under `valgrind --tool=callgrind` on core $SERVER_CPU, gets
+# one curl, then `megaconn load -t 1 -c 64 -n N` from core $LOAD_CPU, then
+# SIGTERM. Per request = (instructions with N2 requests − with N1) / (N2 −
+# N1): startup, connection setup and the warm-up cancel out, and the count
+# does not depend on how busy the machine is. System calls are not counted
+# (callgrind sees user space only; bench/PROFILE.md has them: the same
+# recv + send per request for megaconn and the floor).
+# Needs: valgrind (apt-get installed when missing), gcc, cargo, a built megaconn.
+# Env: N1 (2000), N2 (22000), PORT_BASE (38900), LEVELS ("raw parse
+#   request full"), MEGACONN, BENCH_SKIP_BUILD=1 (megaconn only).
+# Output: bench/out/lower-bound-<stamp>/ (callgrind files, table.md); the
+#   table on stdout.
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+N1="${N1:-2000}"
+N2="${N2:-22000}"
+LEVELS="${LEVELS:-raw parse request full}"
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+command -v valgrind >/dev/null 2>&1 \
+  || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+bench_build
+bench_build_tokio_floor || die "tokio-floor did not build"
+[[ "$MEGACONN_LOAD_OK" == 1 ]] || die "megaconn load is not available"
+# A free port is picked for every server (other programs' ephemeral ports
+# may land anywhere), from PORT_BASE up.
+PORT_BASE="${PORT_BASE:-38900}"
+RES_DIR="$OUT_DIR/lower-bound-$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$RES_DIR"
+log "results in $RES_DIR"
+
+# Instructions (Ir) of a finished callgrind run.
+total() { awk '/^(summary|totals):/ { print $2; exit }' "$1"; }
+
+# served NAME N CMD...: callgrind's total for CMD serving one curl and N
+# requests at -c 64; "{PORT}" in CMD is the port.
+served() {
+  local name=$1 n=$2 out i port
+  shift 2
+  out="$RES_DIR/$name-$n.callgrind"
+  port="$(free_port "$PORT_BASE")"
+  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr=no \
+    --callgrind-out-file="$out" "${@//\{PORT\}/$port}" >"$RES_DIR/$name-$n.log" 2>&1 &
+  # shellcheck disable=SC2034  # SERVER_NAME: read by lib.sh's server_stop
+  SERVER_PID=$! SERVER_NAME="valgrind-$name"
+  wait_http "$port" 120 || die "$name did not answer under valgrind (see $RES_DIR/$name-$n.log)"
+  timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "http://127.0.0.1:$port/" -t 1 -q -c 64 -n "$n" \
+    --json "$RES_DIR/$name-$n.load.json" >/dev/null 2>&1 || log "WARNING: load against $name failed"
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  for ((i = 0; i < 600; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+  total "$out"
+}
+
+# computed LEVEL N: callgrind's total for `tokio-floor compute LEVEL N`.
+computed() {
+  local out="$RES_DIR/compute-$1-$2.callgrind"
+  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr=no \
+    --callgrind-out-file="$out" "$TOKIO_FLOOR" compute "$1" "$2" >/dev/null 2>&1
+  total "$out"
+}
+
+per_request() { awk -v a="$1" -v b="$2" -v n="$((N2 - N1))" 'BEGIN { printf "%.0f", (b - a) / n }'; }
+
+rows=()
+row() { # label, instructions/request
+  rows+=("| $1 | $2 |")
+  log "$1: $2 instructions/request"
+}
+row "floor (bench/peers/floor.c)" \
+  "$(per_request "$(served floor "$N1" "$FLOOR" 127.0.0.1 "{PORT}")" "$(served floor "$N2" "$FLOOR" 127.0.0.1 "{PORT}")")"
+for level in $LEVELS; do
+  # (raw's "compute" would be floor.c's byte count alone: not a layer.)
+  [[ "$level" == raw ]] || row "tokio-floor $level, compute only (no I/O)" \
+    "$(per_request "$(computed "$level" "$N1")" "$(computed "$level" "$N2")")"
+  row "tokio-floor $level, served" \
+    "$(per_request "$(served "tokio-$level" "$N1" "$TOKIO_FLOOR" serve "127.0.0.1:{PORT}" "$level")" \
+      "$(served "tokio-$level" "$N2" "$TOKIO_FLOOR" serve "127.0.0.1:{PORT}" "$level")")"
+done
+if [[ "$MEGACONN_SERVE_OK" == 1 && "${SKIP_MEGACONN:-0}" != 1 ]]; then
+  mc=("$MEGACONN" serve --listen "127.0.0.1:{PORT}" --workers 1 --admin off)
+  row "megaconn ($(cat "$MEGACONN.version" 2>/dev/null || echo "$MEGACONN"))" \
+    "$(per_request "$(served megaconn "$N1" "${mc[@]}")" "$(served megaconn "$N2" "${mc[@]}")")"
+fi
+
+{
+  echo "### User-space instructions per keep-alive request (callgrind, (N=$N2 − N=$N1) / $((N2 - N1)), \`load -c 64\`)"
+  echo
+  echo "| server | instructions/request |"
+  echo "|---|---:|"
+  printf '%s\n' "${rows[@]}"
+} | tee "$RES_DIR/table.md"
