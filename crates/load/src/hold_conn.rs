@@ -11,7 +11,9 @@
 //! handshake (`hold_tls.rs`: the session is all it keeps), for HTTP one `GET` at
 //! open, then a heartbeat every `interval` (first one at a random offset in
 //! `[0, interval)`, then ±10% jitter), watching for the server closing the
-//! connection in between.
+//! connection in between. Cleartext HTTP connections do the heartbeats in the
+//! thread's parking lot (`hold_lot.rs`) instead: their task only opens them
+//! and waits, unwoken, to hear how they ended.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};

@@ -249,14 +249,14 @@ impl Lot {
                 }
             }
             let mut buf = ctx.buf.borrow_mut();
-            let more = match (&conn.stream).read(&mut buf) {
+            let read = (&conn.stream).read(&mut buf);
+            match read {
                 Ok(0) => (Some(Err(Ended::Dropped)), false),
                 Ok(n) => (conn.take_reply(ctx, heap, slot, &buf[..n]), n == buf.len()),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => (None, false),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => (None, true),
                 Err(e) => (Some(Err(io_end(&e))), false),
-            };
-            more
+            }
         };
         match verdict {
             Some(Err(end)) => {
