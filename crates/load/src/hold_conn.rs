@@ -500,7 +500,7 @@ pub(crate) fn next_beat(last: Instant, interval: Duration, rng: &mut Rng, now: I
 pub(crate) const BEAT_TICK: Duration = Duration::from_millis(10);
 
 /// `at` rounded up to the next [`BEAT_TICK`] counted from `epoch`.
-pub(crate) fn on_tick(at: Instant, epoch: Instant) -> Instant {
+fn on_tick(at: Instant, epoch: Instant) -> Instant {
     let tick = BEAT_TICK.as_nanos();
     let since = at.saturating_duration_since(epoch).as_nanos();
     epoch + Duration::from_nanos((since.div_ceil(tick) * tick) as u64)
