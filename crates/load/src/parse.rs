@@ -86,9 +86,8 @@ impl ResponseParser {
             let rest = &buf[pos..];
             match self.state {
                 State::Head => {
-                    // Uninitialised: httparse fills what it uses, and
-                    // zeroing 64 headers (2 KiB) was a tenth of `hold`'s
-                    // user time per heartbeat.
+                    // Uninitialised: httparse fills what it uses, so no
+                    // 2 KiB memset of 64 header slots per response.
                     let mut headers =
                         [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
                     let mut resp = httparse::Response::new(&mut []);
