@@ -11,7 +11,9 @@
 //! handshake (`hold_tls.rs`: the session is all it keeps), for HTTP one `GET` at
 //! open, then a heartbeat every `interval` (first one at a random offset in
 //! `[0, interval)`, then ±10% jitter), watching for the server closing the
-//! connection in between.
+//! connection in between. Cleartext HTTP connections do the heartbeats in the
+//! thread's parking lot (`hold_lot.rs`) instead: their task only opens them
+//! and waits, unwoken, to hear how they ended.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::histogram::{new_histogram, record_ns};
+use crate::hold_lot::Lot;
 use crate::parse::{ResponseParser, Step};
 use crate::sys;
 use crate::tcp_frames::{sent_at_ns, take_frames, unix_now_ns, TcpFraming, TooLarge};
@@ -214,13 +217,16 @@ impl Snapshot {
 }
 
 /// Per-thread state shared by the thread's connections.
-struct ThreadCtx {
-    shared: HoldShared,
-    counters: Arc<HoldCounters>,
-    hist: RefCell<Histogram<u64>>,
+pub(crate) struct ThreadCtx {
+    pub(crate) shared: HoldShared,
+    pub(crate) counters: Arc<HoldCounters>,
+    pub(crate) hist: RefCell<Histogram<u64>>,
     /// Push delivery latencies (`--receive`).
     push_hist: RefCell<Histogram<u64>>,
-    buf: RefCell<Vec<u8>>,
+    pub(crate) buf: RefCell<Vec<u8>>,
+    /// Cleartext HTTP: where connections wait between heartbeats (see
+    /// `hold_lot.rs`); the other protocols keep a task per connection.
+    lot: Option<Lot>,
 }
 
 /// Runs thread `t` of `threads`: connections `t, t+T, …` below `count`, until
@@ -237,14 +243,29 @@ pub(crate) fn run_thread(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let lot = if parks(&shared) {
+        let _runtime = rt.enter();
+        Some(Lot::new()?)
+    } else {
+        None
+    };
     let ctx = Rc::new(ThreadCtx {
         shared,
         counters,
         hist: RefCell::new(new_histogram()),
         push_hist: RefCell::new(new_histogram()),
         buf: RefCell::new(vec![0u8; 64 * 1024]),
+        lot,
     });
     let local = tokio::task::LocalSet::new();
+    if ctx.lot.is_some() {
+        let lot_ctx = Rc::clone(&ctx);
+        local.spawn_local(async move {
+            if let Some(lot) = &lot_ctx.lot {
+                lot.run(&lot_ctx).await;
+            }
+        });
+    }
     let ramp_ctx = Rc::clone(&ctx);
     local.spawn_local(async move {
         let ctx = ramp_ctx;
@@ -262,8 +283,11 @@ pub(crate) fn run_thread(
             }
         }
     });
-    // Dropping the tasks closes every socket (FIN).
+    // Dropping the tasks (and emptying the lot) closes every socket (FIN).
     drop(local);
+    if let Some(lot) = &ctx.lot {
+        lot.close_all();
+    }
     drop(rt);
     let hists = (ctx.hist.borrow().clone(), ctx.push_hist.borrow().clone());
     Ok(hists)
@@ -292,8 +316,15 @@ async fn trim_after_opens(ctx: Rc<ThreadCtx>) {
     }
 }
 
+/// Whether this process's connections wait in a [`Lot`] between heartbeats:
+/// cleartext HTTP (the other protocols answer pings or count pushes while
+/// idle, and TLS needs its session's state machine on every read).
+fn parks(sh: &HoldShared) -> bool {
+    sh.http && sh.tls.is_none() && sh.ws.is_none() && !sh.receive
+}
+
 /// How a held connection ended.
-enum Ended {
+pub(crate) enum Ended {
     /// The server closed it.
     Dropped,
     /// It was reset (or another I/O error hit it).
@@ -321,9 +352,12 @@ async fn hold_one(ctx: Rc<ThreadCtx>, j: u64) {
             Ok(stream) => {
                 let open = c.open.fetch_add(1, Relaxed) + 1;
                 c.peak.fetch_max(open, Relaxed);
-                let ended = match &sh.tls {
-                    None => session(&ctx, stream, &mut rng, first_attempt).await,
-                    Some((config, name)) => {
+                let ended = match (&sh.tls, &ctx.lot) {
+                    (None, Some(lot)) => {
+                        parked_session(&ctx, lot, stream, &mut rng, first_attempt).await
+                    }
+                    (None, None) => session(&ctx, stream, &mut rng, first_attempt).await,
+                    (Some((config, name)), _) => {
                         match crate::hold_tls::HoldTls::connect(
                             stream,
                             config.clone(),
@@ -364,10 +398,60 @@ async fn hold_one(ctx: Rc<ThreadCtx>, j: u64) {
     }
 }
 
-/// Drives an established connection until it ends.
+/// Opens a session on an established connection: the opening request
+/// (HTTP, WebSocket), counting the connection's first attempt as done.
+/// Returns when its first beat is due.
 ///
 /// `first_attempt`: this is the connection's first, which counts as attempted
 /// once its opening request is answered (or fails).
+async fn open_session(
+    ctx: &ThreadCtx,
+    stream: &mut impl Held,
+    spill: &mut Vec<u8>,
+    rng: &mut Rng,
+    first_attempt: bool,
+) -> Result<Instant, Ended> {
+    let sh = &ctx.shared;
+    if sh.http || sh.ws.is_some() {
+        let opened = exchange(ctx, stream, spill, true).await;
+        if first_attempt {
+            ctx.counters.attempted.fetch_add(1, Relaxed);
+        }
+        opened?;
+    } else if first_attempt {
+        ctx.counters.attempted.fetch_add(1, Relaxed);
+    }
+    let interval_ns = sh.interval.as_nanos() as u64;
+    Ok(Instant::now() + Duration::from_nanos(rng.below(interval_ns.max(1))))
+}
+
+/// A cleartext HTTP connection: opened here, then parked in the thread's
+/// [`Lot`] until it ends (this task is not woken in between).
+async fn parked_session(
+    ctx: &ThreadCtx,
+    lot: &Lot,
+    mut stream: TcpStream,
+    rng: &mut Rng,
+    first_attempt: bool,
+) -> Ended {
+    let mut spill = Vec::new();
+    let next = match open_session(ctx, &mut stream, &mut spill, rng, first_attempt).await {
+        Ok(next) => next,
+        Err(e) => return e,
+    };
+    let parked = stream
+        .into_std()
+        .and_then(|std| lot.park(ctx, std, next, rng.fork()));
+    match parked {
+        // The lot dropped the sender only if the thread is stopping.
+        Ok(ended) => ended.await.unwrap_or(Ended::Failed),
+        Err(e) => io_end(&e),
+    }
+}
+
+/// Drives an established connection until it ends.
+///
+/// `first_attempt`: see [`open_session`].
 async fn session(
     ctx: &ThreadCtx,
     mut stream: impl Held,
@@ -376,19 +460,10 @@ async fn session(
 ) -> Ended {
     let sh = &ctx.shared;
     let mut spill: Vec<u8> = Vec::new();
-    if sh.http || sh.ws.is_some() {
-        let opened = exchange(ctx, &mut stream, &mut spill, true).await;
-        if first_attempt {
-            ctx.counters.attempted.fetch_add(1, Relaxed);
-        }
-        if let Err(e) = opened {
-            return e;
-        }
-    } else if first_attempt {
-        ctx.counters.attempted.fetch_add(1, Relaxed);
-    }
-    let interval_ns = sh.interval.as_nanos() as u64;
-    let mut next = Instant::now() + Duration::from_nanos(rng.below(interval_ns.max(1)));
+    let mut next = match open_session(ctx, &mut stream, &mut spill, rng, first_attempt).await {
+        Ok(next) => next,
+        Err(e) => return e,
+    };
     loop {
         // Idle until the next heartbeat, noticing if the server goes away.
         loop {
@@ -428,11 +503,17 @@ async fn session(
         if let Err(e) = exchange(ctx, &mut stream, &mut spill, false).await {
             return e;
         }
-        // Next beat: one interval on, ±10% so beats stay spread out.
-        let jitter = interval_ns / 5;
-        next += Duration::from_nanos(interval_ns - jitter / 2 + rng.below(jitter.max(1)));
-        next = next.max(Instant::now());
+        next = next_beat(next, sh.interval, rng, Instant::now());
     }
+}
+
+/// The beat after one scheduled at `last`, answered at `now`: one interval
+/// on, ±10% so beats stay spread out, and never in the past.
+pub(crate) fn next_beat(last: Instant, interval: Duration, rng: &mut Rng, now: Instant) -> Instant {
+    let interval_ns = interval.as_nanos() as u64;
+    let jitter = interval_ns / 5;
+    let next = last + Duration::from_nanos(interval_ns - jitter / 2 + rng.below(jitter.max(1)));
+    next.max(now)
 }
 
 /// Heartbeats go out on a 10 ms grid, so a thread wakes once per tick for all
@@ -440,7 +521,7 @@ async fn session(
 /// context switches were a fifth of `hold`'s CPU. The grid is far finer than
 /// the beats' jitter (±10% of the interval), and the server still sees beats
 /// from every hold thread at its own moments.
-const BEAT_TICK: Duration = Duration::from_millis(10);
+pub(crate) const BEAT_TICK: Duration = Duration::from_millis(10);
 
 /// `at` rounded up to the next [`BEAT_TICK`] counted from `epoch`.
 fn on_tick(at: Instant, epoch: Instant) -> Instant {
@@ -449,7 +530,8 @@ fn on_tick(at: Instant, epoch: Instant) -> Instant {
     epoch + Duration::from_nanos((since.div_ceil(tick) * tick) as u64)
 }
 
-fn io_end(e: &std::io::Error) -> Ended {
+/// How a connection that hit `e` ended.
+pub(crate) fn io_end(e: &std::io::Error) -> Ended {
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof => Ended::Dropped,
         _ => Ended::Reset,
@@ -553,7 +635,8 @@ pub(crate) enum Reply {
     Bad,
 }
 
-fn http_reply(parser: &mut ResponseParser, data: &[u8]) -> Reply {
+/// An HTTP heartbeat reply: a complete response below 400, or more to read.
+pub(crate) fn http_reply(parser: &mut ResponseParser, data: &[u8]) -> Reply {
     match parser.parse(data) {
         Ok(Step::Partial { consumed }) => Reply::Incomplete(data.len() - consumed),
         Ok(Step::Done { response, .. }) if response.status < 400 => Reply::Ok {
@@ -594,7 +677,7 @@ fn tcp_frames(
 }
 
 /// A tiny splitmix64 generator for jitter (no allocation, no shared state).
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
@@ -610,6 +693,11 @@ impl Rng {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// A generator for the same connection's parked life (moved to the lot).
+    fn fork(&mut self) -> Rng {
+        Rng(self.next())
     }
 
     /// Uniform-ish in `[0, n)`; `n` must be positive.

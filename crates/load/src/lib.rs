@@ -26,6 +26,7 @@
 //! | `schedule` | open-loop send schedule and coordinated-omission arithmetic |
 //! | `hold` | [`HoldArgs`] and the `hold` driver (validation, ramp, process split) |
 //! | `hold_conn` | one held connection: open request, heartbeats, drop detection |
+//! | `hold_lot` | a hold thread's parking lot: cleartext HTTP connections between heartbeats, no task each |
 //! | `tcp_frames` | `hold tcp://`: lines or length-prefixed frames, pushes and their delivery time (`--receive`) |
 //! | `children` | multi-process `hold`: spawning, child protocol, merging |
 //! | `sys` | OS limits and sockets: RLIMIT_NOFILE, port range, source binding, CPU time |
@@ -43,6 +44,7 @@ mod h2conn;
 mod histogram;
 mod hold;
 mod hold_conn;
+mod hold_lot;
 mod hold_tls;
 mod load;
 mod parse;

@@ -3,6 +3,8 @@
 //! encoding, or the end of the connection. Body bytes are consumed without being
 //! copied or kept, so a reused read buffer only ever has to hold one head.
 
+use std::mem::MaybeUninit;
+
 /// A complete response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Response {
@@ -84,9 +86,14 @@ impl ResponseParser {
             let rest = &buf[pos..];
             match self.state {
                 State::Head => {
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let mut resp = httparse::Response::new(&mut headers);
-                    let n = match resp.parse(rest) {
+                    // Uninitialised: httparse fills what it uses, so no
+                    // 2 KiB memset of 64 header slots per response.
+                    let mut headers =
+                        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+                    let mut resp = httparse::Response::new(&mut []);
+                    let parsed = httparse::ParserConfig::default()
+                        .parse_response_with_uninit_headers(&mut resp, rest, &mut headers);
+                    let n = match parsed {
                         Ok(httparse::Status::Complete(n)) => n,
                         Ok(httparse::Status::Partial) => {
                             return Ok(Step::Partial { consumed: pos })

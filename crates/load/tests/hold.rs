@@ -159,6 +159,69 @@ fn unexpected_reply_counts_as_heartbeat_error() {
     assert_eq!(r.heartbeats_ok, 0);
 }
 
+/// Cleartext HTTP heartbeats go through the thread's parking lot: each
+/// way a parked connection can end, and replies that arrive in pieces.
+#[test]
+fn parked_http_heartbeats_end_as_the_server_says() {
+    // Each connection's second response (its first heartbeat's) closes.
+    let server = common::start(Mode::CloseEvery(2));
+    let r = run_hold(args(&http(&server), &["-c", "4", "--interval", "20ms"])).unwrap();
+    assert_eq!(
+        (r.heartbeats_ok, r.drops, r.heartbeat_errors),
+        (8, 4, 0),
+        "{r:?}"
+    );
+    assert_eq!(r.connections_open_at_end, 0);
+
+    // A 500 is a failed heartbeat: hold closes that connection itself.
+    let server = common::start(Mode::Every500(6));
+    let r = run_hold(args(&http(&server), &["-c", "3", "--interval", "20ms"])).unwrap();
+    assert!(r.heartbeat_errors >= 1, "{r:?}");
+    assert_eq!(r.drops, 0, "{r:?}");
+    assert_eq!(r.connections_open_at_end, 3 - r.heartbeat_errors, "{r:?}");
+
+    // Unanswered heartbeats fail after --timeout (opening requests answered).
+    let server = common::start(Mode::AnswerFirst);
+    let target = http(&server);
+    let r = run_hold(
+        Cli::parse_from([
+            "hold",
+            &target,
+            "-q",
+            "-c",
+            "3",
+            "--interval",
+            "20ms",
+            "--timeout",
+            "100ms",
+            "-d",
+            "2s",
+        ])
+        .args,
+    )
+    .unwrap();
+    assert_eq!((r.heartbeats_ok, r.heartbeat_errors), (3, 3), "{r:?}");
+    assert_eq!(r.connections_open_at_end, 0, "{r:?}");
+    assert_eq!(r.drops, 0);
+}
+
+#[test]
+fn parked_http_replies_in_pieces_and_chunked() {
+    for mode in [Mode::Split, Mode::Chunked] {
+        let server = common::start(mode);
+        let r = run_hold(args(&http(&server), &["-c", "3", "--interval", "20ms"])).unwrap();
+        assert!(r.heartbeats_ok > 3, "{mode:?}: {r:?}");
+        assert_eq!((r.heartbeat_errors, r.drops), (0, 0), "{mode:?}: {r:?}");
+        assert_eq!(r.connections_open_at_end, 3, "{mode:?}: {r:?}");
+        // A beat may be on its way when the hold ends.
+        let served = server.requests();
+        assert!(
+            served >= r.heartbeats_ok && served <= r.heartbeats_ok + 3,
+            "{mode:?}"
+        );
+    }
+}
+
 #[test]
 fn spreads_connections_over_source_addresses() {
     let server = common::start(Mode::Fixed);

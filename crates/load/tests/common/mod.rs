@@ -29,6 +29,11 @@ pub enum Mode {
     Lines,
     /// Reads requests and never answers.
     Silent,
+    /// Answers each connection's first request only (then reads and never answers).
+    AnswerFirst,
+    /// `200` like `Fixed`, each answer written in two pieces a few ms apart
+    /// (so the client most likely reads it in two).
+    Split,
     /// Closes the connection on each request without answering.
     CloseWithoutReply,
     /// Answers with bytes that are not HTTP.
@@ -203,6 +208,12 @@ async fn serve(
                 served_here += 1;
                 match mode {
                     Mode::Silent => continue,
+                    Mode::AnswerFirst if served_here > 1 => continue,
+                    Mode::Split => {
+                        sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Le").await?;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        out.extend_from_slice(b"ngth: 12\r\n\r\nhello world\n");
+                    }
                     Mode::CloseWithoutReply => return Ok(()),
                     Mode::Garbage => out.extend_from_slice(b"SSH-2.0-nope\r\n\r\n"),
                     Mode::Chunked => out.extend_from_slice(

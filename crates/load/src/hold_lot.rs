@@ -1,0 +1,418 @@
+//! The parking lot of one `hold` thread: cleartext HTTP connections between
+//! (and during) heartbeats, with no tokio task, waker or timer of their own.
+//!
+//! A connection's task opens it (connect, opening request) and then hands the
+//! socket to the lot and waits, without being woken, for the one message the
+//! lot sends it: how the connection ended. The lot is a single task per
+//! thread that owns, per connection, its socket, its beat schedule and its
+//! reply parser, plus:
+//! - an epoll instance of its own (level-triggered, each socket registered
+//!   once for its whole life), itself registered with the thread's tokio
+//!   runtime, so a batch of replies is one `epoll_wait` of the runtime and one
+//!   of the lot's;
+//! - a heap of due times on the 10 ms beat grid: a beat, or a reply's deadline,
+//!   is a push and a pop, not a timer registered and cancelled in tokio's wheel;
+//! - a 10 ms ticker that sends the beats due.
+//!
+//! So a heartbeat is one `send`, one `recv`, a parse and a histogram record:
+//! with a task per connection it was also two task wake-ups, two polls of the
+//! connection's future, a timer registered and another cancelled
+//! (`bench/HEARTBEAT.md`, "hold's CPU per heartbeat").
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::oneshot;
+
+use crate::histogram::record_ns;
+use crate::hold_conn::{http_reply, io_end, next_beat, Ended, Reply, Rng, ThreadCtx, BEAT_TICK};
+use crate::parse::ResponseParser;
+
+/// Events taken per `epoll_wait`.
+const EVENTS: usize = 256;
+
+/// A parked connection's phase.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Waiting for its next beat.
+    Idle,
+    /// A heartbeat sent at `sent`, `unsent` bytes of it still to send.
+    Waiting { sent: Instant, unsent: usize },
+}
+
+/// One parked connection.
+struct Parked {
+    stream: std::net::TcpStream,
+    /// Tells the connection's task how the connection ended.
+    done: oneshot::Sender<Ended>,
+    /// The heap entry that is current for this connection (its tick); others
+    /// are stale.
+    due: u64,
+    /// Which occupant of the slot an epoll event is about.
+    tenant: u32,
+    /// When the current (or next) beat was scheduled.
+    next: Instant,
+    phase: Phase,
+    /// Registered for writability (part of a beat waits to be sent).
+    out_armed: bool,
+    rng: Rng,
+    parser: ResponseParser,
+    /// The head of a reply split across reads (rare).
+    spill: Vec<u8>,
+}
+
+/// The lot's state (borrowed by one call at a time, never across an await).
+struct State {
+    slots: Vec<Option<Parked>>,
+    free: Vec<u32>,
+    /// `(tick, slot)`: at grid tick `tick` (counted from the run's start),
+    /// look at `slot` if its `due` still is `tick`.
+    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    tenants: u32,
+}
+
+/// The parking lot of one hold thread.
+pub(crate) struct Lot {
+    epoll: AsyncFd<OwnedFd>,
+    state: RefCell<State>,
+}
+
+impl Lot {
+    /// A lot with its own epoll instance, registered with the current runtime.
+    pub(crate) fn new() -> std::io::Result<Lot> {
+        // SAFETY: a plain syscall; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an OwnedFd keeps its descriptor open and always returns it.
+        let epoll = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        Ok(Lot {
+            epoll,
+            state: RefCell::new(State {
+                slots: Vec::new(),
+                free: Vec::new(),
+                heap: BinaryHeap::new(),
+                tenants: 0,
+            }),
+        })
+    }
+
+    /// Parks an open connection (nonblocking) whose first beat is due at
+    /// `next`; the receiver hears how it ended.
+    pub(crate) fn park(
+        &self,
+        ctx: &ThreadCtx,
+        stream: std::net::TcpStream,
+        next: Instant,
+        rng: Rng,
+    ) -> std::io::Result<oneshot::Receiver<Ended>> {
+        let mut st = self.state.borrow_mut();
+        st.tenants = st.tenants.wrapping_add(1);
+        let tenant = st.tenants;
+        let slot = match st.free.last() {
+            Some(&s) => s,
+            None => st.slots.len() as u32,
+        };
+        self.ctl(libc::EPOLL_CTL_ADD, &stream, slot, tenant, false)?;
+        if st.free.pop().is_none() {
+            st.slots.push(None);
+        }
+        let (done, ended) = oneshot::channel();
+        let due = grid_tick(ctx, next);
+        st.heap.push(Reverse((due, slot)));
+        st.slots[slot as usize] = Some(Parked {
+            stream,
+            done,
+            due,
+            tenant,
+            next,
+            phase: Phase::Idle,
+            out_armed: false,
+            rng,
+            parser: ResponseParser::new(ctx.shared.head_request),
+            spill: Vec::new(),
+        });
+        Ok(ended)
+    }
+
+    /// Registers (or changes) `stream` in the lot's epoll: readable, and
+    /// writable while a heartbeat is partly sent.
+    fn ctl(
+        &self,
+        op: libc::c_int,
+        stream: &std::net::TcpStream,
+        slot: u32,
+        tenant: u32,
+        writable: bool,
+    ) -> std::io::Result<()> {
+        let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        if writable {
+            events |= libc::EPOLLOUT as u32;
+        }
+        let mut ev = libc::epoll_event {
+            events,
+            u64: u64::from(slot) | u64::from(tenant) << 32,
+        };
+        // SAFETY: both descriptors are open; `ev` is a valid epoll_event.
+        let r = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, stream.as_raw_fd(), &mut ev) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Closes every parked connection (the end of the run: a FIN on each).
+    pub(crate) fn close_all(&self) {
+        let mut st = self.state.borrow_mut();
+        st.slots.clear();
+        st.heap.clear();
+    }
+
+    /// The lot's task: sends the beats due every grid tick and takes the
+    /// replies as they arrive, until the thread stops.
+    pub(crate) async fn run(&self, ctx: &ThreadCtx) {
+        let mut ticker = tokio::time::interval_at(ctx.shared.start.into(), BEAT_TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        loop {
+            tokio::select! {
+                biased;
+                ready = self.epoll.readable() => match ready {
+                    Ok(mut guard) => {
+                        self.take_events(ctx, &mut events);
+                        guard.clear_ready();
+                    }
+                    // The runtime is shutting down.
+                    Err(_) => return,
+                },
+                _ = ticker.tick() => self.beat(ctx, Instant::now()),
+            }
+        }
+    }
+
+    /// Takes every ready event of the lot's epoll (without waiting).
+    fn take_events(&self, ctx: &ThreadCtx, events: &mut [libc::epoll_event]) {
+        loop {
+            // SAFETY: `events` is valid for `events.len()` entries.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as libc::c_int,
+                    0,
+                )
+            };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            // A full batch, or a read that filled the buffer, may leave more.
+            let mut again = n as usize == events.len();
+            for ev in &events[..n as usize] {
+                let (bits, data) = (ev.events, ev.u64);
+                again |= self.on_event(ctx, data as u32, (data >> 32) as u32, bits);
+            }
+            if !again {
+                return;
+            }
+        }
+    }
+
+    /// Handles one readiness event of `slot`; true if the socket may have
+    /// more to read than one buffer took.
+    fn on_event(&self, ctx: &ThreadCtx, slot: u32, tenant: u32, bits: u32) -> bool {
+        let (verdict, more) = {
+            let mut st = self.state.borrow_mut();
+            let State { slots, heap, .. } = &mut *st;
+            let Some(conn) = slots[slot as usize].as_mut().filter(|c| c.tenant == tenant) else {
+                return false;
+            };
+            if bits & libc::EPOLLOUT as u32 != 0 {
+                if let Err(end) = self.flush(conn, slot, &ctx.shared.heartbeat) {
+                    drop(st);
+                    self.end(slot, end);
+                    return false;
+                }
+            }
+            let mut buf = ctx.buf.borrow_mut();
+            let read = (&conn.stream).read(&mut buf);
+            match read {
+                Ok(0) => (Some(Err(Ended::Dropped)), false),
+                Ok(n) => (conn.take_reply(ctx, heap, slot, &buf[..n]), n == buf.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => (None, false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => (None, true),
+                Err(e) => (Some(Err(io_end(&e))), false),
+            }
+        };
+        match verdict {
+            Some(Err(end)) => {
+                self.end(slot, end);
+                false
+            }
+            _ => more,
+        }
+    }
+
+    /// Sends the beats due by `now`, and fails the replies overdue by then.
+    fn beat(&self, ctx: &ThreadCtx, now: Instant) {
+        let tick = nanos_since_start(ctx, now) / TICK_NS;
+        loop {
+            let mut st = self.state.borrow_mut();
+            let State { slots, heap, .. } = &mut *st;
+            let slot = match heap.peek() {
+                Some(&Reverse((at, slot))) if at <= tick => {
+                    heap.pop();
+                    if slots[slot as usize].as_ref().is_none_or(|c| c.due != at) {
+                        continue; // stale: the connection moved on, or left
+                    }
+                    slot
+                }
+                _ => return,
+            };
+            let Some(conn) = slots[slot as usize].as_mut() else {
+                continue;
+            };
+            let ended = match conn.phase {
+                Phase::Waiting { .. } => {
+                    ctx.counters.heartbeat_errors.fetch_add(1, Relaxed);
+                    Err(Ended::Failed)
+                }
+                Phase::Idle => {
+                    let beat = &ctx.shared.heartbeat;
+                    let sent = Instant::now();
+                    conn.phase = Phase::Waiting {
+                        sent,
+                        unsent: beat.len(),
+                    };
+                    conn.due = grid_tick(ctx, sent + ctx.shared.timeout);
+                    heap.push(Reverse((conn.due, slot)));
+                    self.flush(conn, slot, beat)
+                }
+            };
+            if let Err(end) = ended {
+                drop(st);
+                self.end(slot, end);
+            }
+        }
+    }
+
+    /// Sends what is left of the heartbeat `beat`; asks for writability while
+    /// any is left (a short write: the socket's send buffer was full).
+    fn flush(&self, conn: &mut Parked, slot: u32, beat: &[u8]) -> Result<(), Ended> {
+        let Phase::Waiting { sent, unsent } = conn.phase else {
+            return Ok(());
+        };
+        let mut left = unsent;
+        while left > 0 {
+            match (&conn.stream).write(&beat[beat.len() - left..]) {
+                Ok(0) => return Err(Ended::Reset),
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(io_end(&e)),
+            }
+        }
+        conn.phase = Phase::Waiting { sent, unsent: left };
+        if (left > 0) != conn.out_armed {
+            self.ctl(
+                libc::EPOLL_CTL_MOD,
+                &conn.stream,
+                slot,
+                conn.tenant,
+                left > 0,
+            )
+            .map_err(|e| io_end(&e))?;
+            conn.out_armed = left > 0;
+        }
+        Ok(())
+    }
+
+    /// Closes `slot`'s connection and tells its task how it ended.
+    fn end(&self, slot: u32, how: Ended) {
+        let mut st = self.state.borrow_mut();
+        if let Some(conn) = st.slots[slot as usize].take() {
+            st.free.push(slot);
+            // Closing the socket also takes it out of the lot's epoll.
+            drop(conn.stream);
+            let _ = conn.done.send(how);
+        }
+    }
+}
+
+impl Parked {
+    /// Bytes read from the socket: while a heartbeat waits, its reply (or
+    /// part of it); otherwise unsolicited, and ignored as on the task path.
+    /// `Some(Err)`: the connection ends.
+    fn take_reply(
+        &mut self,
+        ctx: &ThreadCtx,
+        heap: &mut BinaryHeap<Reverse<(u64, u32)>>,
+        slot: u32,
+        read: &[u8],
+    ) -> Option<Result<(), Ended>> {
+        let Phase::Waiting { sent, .. } = self.phase else {
+            return None;
+        };
+        let data: &[u8] = if self.spill.is_empty() {
+            read
+        } else {
+            self.spill.extend_from_slice(read);
+            &self.spill
+        };
+        match http_reply(&mut self.parser, data) {
+            Reply::Incomplete(keep) => {
+                self.spill = data[data.len() - keep..].to_vec();
+                None
+            }
+            Reply::Bad => {
+                ctx.counters.heartbeat_errors.fetch_add(1, Relaxed);
+                Some(Err(Ended::Failed))
+            }
+            Reply::Ok { close } => {
+                let now = Instant::now();
+                ctx.counters.heartbeats_ok.fetch_add(1, Relaxed);
+                record_ns(
+                    &mut ctx.hist.borrow_mut(),
+                    now.saturating_duration_since(sent).as_nanos() as u64,
+                );
+                if close {
+                    return Some(Err(Ended::Dropped));
+                }
+                self.spill = Vec::new();
+                self.parser = ResponseParser::new(ctx.shared.head_request);
+                self.phase = Phase::Idle;
+                self.next = next_beat(self.next, ctx.shared.interval, &mut self.rng, now);
+                self.due = grid_tick(ctx, self.next);
+                heap.push(Reverse((self.due, slot)));
+                Some(Ok(()))
+            }
+        }
+    }
+}
+
+/// [`BEAT_TICK`] in nanoseconds.
+const TICK_NS: u64 = BEAT_TICK.as_nanos() as u64;
+
+/// Nanoseconds from the run's start to `at` (u64: 584 years; u128 division
+/// was a tenth of the lot's instructions per heartbeat).
+fn nanos_since_start(ctx: &ThreadCtx, at: Instant) -> u64 {
+    at.saturating_duration_since(ctx.shared.start).as_nanos() as u64
+}
+
+/// The grid tick (counted from the run's start) a beat due at `at` goes out
+/// on: rounded up, as `hold_conn::on_tick` does for the task path.
+fn grid_tick(ctx: &ThreadCtx, at: Instant) -> u64 {
+    nanos_since_start(ctx, at).div_ceil(TICK_NS)
+}
