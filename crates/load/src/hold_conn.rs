@@ -777,6 +777,7 @@ mod tests {
             hist: RefCell::new(new_histogram()),
             push_hist: RefCell::new(new_histogram()),
             buf: RefCell::new(Vec::new()),
+            lot: None,
         });
         // 952 bytes in a debug build of 2026-11-30 (tokio 1.54, rustls 0.23).
         let size = std::mem::size_of_val(&hold_one(ctx, 0));
