@@ -112,6 +112,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // ping we parked behind, and waiting as a task for `park_idle_after`
     // would keep 1 in 15 idle WebSockets awake at a 30 s ping interval).
     let mut only_pongs = matches!(start, Start::Woken(..));
+    // We sent our own ping during this wake: the peer's next bytes (its pong,
+    // or its own heartbeat crossing our ping) answer us, so the lot must not
+    // take them for a chatty peer ("hot", kept as a task for
+    // `park_idle_after`): this wake parks as a cold one would.
+    let mut pinged = false;
     let (mut live, session) = match start {
         Start::Upgraded(read_ahead) => {
             if !read_ahead.is_empty() {
@@ -150,6 +155,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 Ok(resumed) => {
                     (due, send_at) = (resumed.due, resumed.send_at);
                     if resumed.send_heartbeat {
+                        pinged = true;
                         frame::encode(conn.wbuf(), Out::Ping, b"");
                     }
                 }
@@ -213,7 +219,10 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // A woken socket that served its frames (or sent its ping)
             // without waiting goes straight back.
             if can_park && !unread_wake && (only_pongs || conn.io.repark_when_idle()) {
-                return park(&route, conn, live, &tables, (due, send_at), true);
+                // After our ping or the peer's pong the exchange is ours,
+                // not the peer's chatter: the next wake is judged cold.
+                let chatty = !(pinged || only_pongs);
+                return park(&route, conn, live, &tables, (due, send_at), chatty);
             }
             park_at = ctx
                 .config
