@@ -504,6 +504,40 @@ async fn a_parked_websocket_gets_the_servers_pings_and_stays_parked() {
 }
 
 #[tokio::test]
+async fn a_ping_to_a_parked_websocket_wakes_it_once_and_it_parks_again_at_once() {
+    let server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r.ping_interval(None),
+    )
+    .await;
+    let mut s = server.raw().await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // One heartbeat: a second one within park_idle_after of this re-park
+    // would count as a hot wake, by design.
+    {
+        let before = server.handle.stats();
+        // The client's heartbeat: read and answered in one cold wake, then
+        // straight back to the lot (not re-parked unread, woken again "hot"
+        // and kept as a task holding a read buffer until park_idle_after).
+        s.write_all(&client_frame(0x89, b"hb", true)).await.unwrap();
+        assert_eq!(read_frame(&mut s).await, (0x8A, b"hb".to_vec()));
+        server
+            .wait_stats("parked again", |s| {
+                s.connections_parked == 1 && s.parks > before.parks
+            })
+            .await;
+        let after = server.handle.stats();
+        assert_eq!(after.wakes_cold - before.wakes_cold, 1, "{after:?}");
+        assert_eq!(after.wakes_hot, before.wakes_hot, "{after:?}");
+        assert_eq!(after.parks - before.parks, 1, "{after:?}");
+        assert_eq!(after.buffers_checked_out, 0, "{after:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_silent_parked_peer_is_closed_at_the_heartbeat_timeout() {
     let mut server = Ws::start(
         Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),

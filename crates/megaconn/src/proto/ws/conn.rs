@@ -108,6 +108,12 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         Start::Woken(_, parked) => parked.state.deflate(),
     };
     let codec = deflate.map(|d| (&*tables.codec, d));
+    // A socket woken because it is readable goes back to the lot only after
+    // it was read: re-parked unread, it would wake again at once, as "hot",
+    // and then wait as a task holding a read buffer until park_idle_after
+    // (a second wake, a registration, a timer and 8 KiB for 2 s per ping:
+    // the framed protocol's fix, which this loop lacked).
+    let mut unread_wake = matches!(start, Start::Woken(Wake::Readable, _));
     let (mut live, session) = match start {
         Start::Upgraded(read_ahead, _) => {
             if !read_ahead.is_empty() {
@@ -210,7 +216,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let can_park = ctx.park.is_some() && matches!(conn.io, Either::Left(_));
             // A woken socket that served its frames (or sent its ping)
             // without waiting goes straight back.
-            if can_park && conn.io.repark_when_idle() {
+            if can_park && !unread_wake && conn.io.repark_when_idle() {
                 return park(&route, conn, live, &tables, deflate, (due, send_at), true);
             }
             park_at = ctx
@@ -286,6 +292,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         match read {
             Ok(Ok(0)) => break 'serve Next::Close(CloseReason::ClientClosed, None),
             Ok(Ok(n)) => {
+                unread_wake = false;
                 add(&counters.bytes_in, n as u64);
                 due = settings.heartbeat_timeout.map(|t| Instant::now() + t);
             }
