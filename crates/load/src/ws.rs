@@ -168,6 +168,15 @@ pub(crate) fn beat_reply(
             WsHeartbeat::Text => opcode == TEXT || opcode == BINARY,
         };
         if answers {
+            // Whole data frames read with the answer are pushes too (the
+            // server's pings among them go unanswered: the next is).
+            let mut rest = &data[len..];
+            while let Some((opcode, payload, len)) = frame(rest) {
+                if opcode == TEXT || opcode == BINARY {
+                    pushed(payload);
+                }
+                rest = &rest[len..];
+            }
             return match expect {
                 Some(e) if !payload.windows(e.len().max(1)).any(|w| w == e) => Reply::Bad,
                 _ => Reply::Ok { close: false },
@@ -525,7 +534,7 @@ mod tests {
         assert_eq!(pongs_for(&[0x89, 1, 7], |_| ()), client_frame(PONG, &[7]));
         // Data frames while waiting for a pong, or while idle, are pushes.
         let mut pushes = Vec::new();
-        let push_then_pong = [0x81, 2, b't', b'=', 0x8a, 0];
+        let push_then_pong = [0x81, 2, b't', b'=', 0x8a, 0, 0x81, 1, b'x'];
         assert_eq!(
             beat_reply(WsHeartbeat::Ping, None, &push_then_pong, |p| pushes
                 .push(p.to_vec())),
@@ -533,7 +542,7 @@ mod tests {
         );
         let pongs = pongs_for(&[0x82, 1, 9, 0x89, 0], |p| pushes.push(p.to_vec()));
         assert_eq!(pongs, client_frame(PONG, &[]));
-        assert_eq!(pushes, [b"t=".to_vec(), vec![9]]);
+        assert_eq!(pushes, [b"t=".to_vec(), b"x".to_vec(), vec![9]]);
     }
 
     #[test]
