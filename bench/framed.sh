@@ -104,30 +104,11 @@ framed_start() { # NAME
   log "$1 did not listen on :$PORT"; cat "$log_file" >&2; server_stop; return 1
 }
 
-# The last "pushes received N" of a hold log.
-hold_pushes() { tail -c 2000 "$1" 2>/dev/null | awk '{ for (i = 2; i <= NF; i++) if ($(i - 1) == "received") p = $i } END { print p + 0 }'; }
-
 # Starts hold (args after the log name) and waits (bounded) for N open.
 hold_up() { # LOG ARGS...
-  local log_file=$1 i
+  local log_file=$1
   shift
-  taskset -c "$LOAD_CPU" "$MEGACONN" hold "$TARGET" -c "$N" --ramp "$RAMP" --source "$SOURCE" \
-    --tcp-framing u32 "$@" >"$log_file" 2>&1 &
-  HOLD_PID=$!
-  for ((i = 0; i < (N / RAMP + 60) * 5; i++)); do
-    kill -0 "$HOLD_PID" 2>/dev/null || return 1
-    (($(hold_open "$log_file") >= N)) && return 0
-    sleep 0.2
-  done
-  return 1
-}
-
-hold_down() {
-  local i
-  for ((i = 0; i < 300; i++)); do kill -0 "$HOLD_PID" 2>/dev/null || break; sleep 0.1; done
-  kill_ours TERM hold "$HOLD_PID"
-  wait "$HOLD_PID" 2>/dev/null || true
-  HOLD_PID=""
+  hold_start "$log_file" "$TARGET" --tcp-framing u32 "$@"
 }
 
 publish() { # sends `PUB * <64 bytes starting t=<unix ns>>` in a 4-byte frame

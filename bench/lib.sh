@@ -38,16 +38,19 @@
 #   kernel_slab_bytes, kernel_tcp_mem_bytes   from /proc/meminfo, /proc/net/sockstat
 #   kernel_sock_slab_bytes  socket-related slab caches from /proc/slabinfo
 #   established_count PORT   server-side established TCP connections on PORT
-#   hb_rate LOG FROM TO, hold_clock LOG, hold_open LOG   read `megaconn hold`'s
-#                        progress lines: mean heartbeats/s over a span of its
-#                        clock, its clock now, connections open now
+#   hb_rate LOG FROM TO, hold_clock LOG, hold_open LOG, hold_pushes LOG
+#                        read `megaconn hold`'s progress lines: mean
+#                        heartbeats/s over a span of its clock, its clock
+#                        now, connections open now, pushes received so far
+#   hold_start LOG URL ARGS, hold_down   start `megaconn hold` (HOLD_PID) and
+#                        wait for N open; let it end, then stop it
 #   bench_cleanup        kills every process the scripts started (used by traps):
 #                        the background helpers, `megaconn hold` ($HOLD_PID,
 #                        and its children) and the server
 #   bench_traps          installs bench_cleanup on EXIT and makes INT/TERM exit
 #                        (so EXIT runs); bench_sleep SECS sleeps so a signal
 #                        interrupts it at once (a foreground `sleep` defers traps)
-#   sched_ns PID         CPU ns of PID and its descendants (schedstat), tree_rss PID
+#   sched_ns PID         CPU ns of PID's threads and descendants (schedstat), tree_rss PID
 #                        VmRSS of PID and its descendants
 #
 # Environment knobs: MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments), SERVER_CPU (1), LOAD_CPU (0),
@@ -469,6 +472,41 @@ hb_rate() { # LOG FROM TO
 # hold's own clock (s) of its last progress line.
 hold_clock() { tail -c 2000 "$1" 2>/dev/null | awk 'match($0, /^\[ *[0-9.]+s\]/) { t = substr($0, 2, RLENGTH - 3) + 0 } END { print t + 0 }'; }
 hold_open() { tail -c 2000 "$1" 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "open") o = $(i + 1) } END { print o + 0 }'; }
+# The last "pushes received N" of a hold log (--receive).
+hold_pushes() { tail -c 2000 "$1" 2>/dev/null | awk '{ for (i = 2; i <= NF; i++) if ($(i - 1) == "received") p = $i } END { print p + 0 }'; }
+# hold_start LOG URL ARGS...: starts `megaconn hold URL -c $N --ramp $RAMP
+# --source $SOURCE ARGS` on $LOAD_CPU (its PID in HOLD_PID, output in LOG)
+# and waits, bounded, until N connections are open; false if they are not.
+hold_start() {
+  local log_file=$1 url=$2 i
+  shift 2
+  taskset -c "$LOAD_CPU" "$MEGACONN" hold "$url" -c "$N" --ramp "$RAMP" --source "$SOURCE" \
+    "$@" >"$log_file" 2>&1 &
+  HOLD_PID=$!
+  for ((i = 0; i < (N / RAMP + 60) * 5; i++)); do
+    kill -0 "$HOLD_PID" 2>/dev/null || return 1
+    (($(hold_open "$log_file") >= N)) && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# hold_down: lets the hold of hold_start end by itself (bounded), then stops it.
+hold_down() {
+  local i
+  for ((i = 0; i < 300; i++)); do kill -0 "$HOLD_PID" 2>/dev/null || break; sleep 0.1; done
+  kill_ours TERM hold "$HOLD_PID"
+  wait "$HOLD_PID" 2>/dev/null || true
+  HOLD_PID=""
+}
+
+# CPU nanoseconds of every thread of PID and its descendants (schedstat:
+# finer than clock ticks).
+sched_ns() {
+  local p
+  for p in "$1" $(pid_descendants "$1"); do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done |
+    awk '{ s += $1 } END { printf "%.0f\n", s }'
+}
 
 # kill_ours SIG PATTERN PID...: signal only those PIDs that still exist and
 # whose command line contains PATTERN (guards against reused PIDs).
@@ -569,13 +607,6 @@ bench_sleep() {
   wait "$p" || { kill "$p" 2>/dev/null; return 0; }
 }
 
-# CPU nanoseconds of every thread of PID and its descendants (schedstat:
-# finer than clock ticks).
-sched_ns() {
-  local p
-  for p in "$1" $(pid_descendants "$1"); do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done |
-    awk '{ s += $1 } END { printf "%.0f\n", s }'
-}
 # VmRSS of PID and its descendants (megaconn --processes: the worker processes).
 # shellcheck disable=SC2046  # a list of PIDs
 tree_rss() { pid_rss_bytes "$1" $(pid_descendants "$1"); }

@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
-# bench/ws-peers.sh — idle WebSockets side by side: server bytes per idle
-# WebSocket and server CPU per ping, megaconn's axum-compatible socket
-# (megaconn::axum_ws) beside axum 0.8 + tokio-tungstenite, Go
-# gorilla/websocket and Node's ws (and megaconn's native WebSocket once
-# `megaconn serve` answers a WebSocket upgrade on /ws).
+# bench/ws-peers.sh — WebSockets side by side: server bytes per idle
+# WebSocket, server CPU per ping, and a broadcast of one message to every
+# connection, for megaconn's native WebSocket (`megaconn serve`'s /ws, parked
+# when idle), megaconn's axum-compatible socket (megaconn::axum_ws), axum 0.8
+# + tokio-tungstenite, Go gorilla/websocket and Node's ws.
 #
-# Every server is an echo on /ws (GET / answers "ok"), one thread / process,
-# pinned to core $SERVER_CPU (1): the same handler code for the two axum ones
-# (bench/peers/axum-ws, crates/megaconn/examples/ws_axum_echo.rs), gorilla's
-# and ws's echo examples for the others (bench/peers/go-ws, node-ws).
-# `megaconn hold ws://…/ws` (core $LOAD_CPU, 0) opens N WebSockets from
-# 127.0.23.x and pings each every INTERVAL s (jittered). Per run:
-#   bytes per idle WebSocket = (server RSS with N open, SETTLE s after the
-#     ramp − RSS before the first connection) / N  (VmRSS, /proc/PID/status:
-#     user-space memory; the kernel's socket buffers are the same for all),
-#   server µs per ping = Δ(utime+stime of the server) over WINDOW s / pings
-#     answered in it (hold's heartbeats/s lines averaged over the window).
+# Every server serves an echo on /ws and a chat on /ws/chat (a text message
+# from one goes to every /ws/chat connection; GET / answers "ok"), one thread
+# / process, pinned to core $SERVER_CPU (1): megaconn-native is `megaconn
+# serve --workers 1` (the demo's WsEcho and WsChat: a topic every chat
+# client joins), the two axum ones the same handler code
+# (bench/peers/axum-ws, crates/megaconn/examples/ws_axum_echo.rs; the chat a
+# tokio broadcast channel), gorilla's and ws's echo and chat recipes for the
+# others (bench/peers/go-ws, node-ws). `megaconn hold ws://…` runs on core
+# $LOAD_CPU (0) from 127.0.23.x. Per server and round:
+#   1. idle: hold opens N WebSockets to /ws and pings each every INTERVAL s
+#      (jittered):
+#        bytes per idle WebSocket = (server RSS with N open, SETTLE s after
+#          the ramp − RSS before the first connection) / N  (VmRSS,
+#          /proc/PID/status: user-space memory; the kernel's socket buffers
+#          are the same for all),
+#        server µs per ping = Δ(utime+stime of the server) over WINDOW s /
+#          pings answered in it (hold's heartbeats/s lines averaged).
+#   2. broadcast: a fresh hold opens N WebSockets to /ws/chat with --receive
+#      (no pings to speak of); BCAST_SETTLE s after the last opened (megaconn's
+#      parked), a publisher connection sends one text message of 64 bytes
+#      starting `t=<unix ns>`, which every server sends to all N (and the
+#      publisher):
+#        time to last delivery = hold's push delivery latency max (same clock),
+#        server µs per delivered message = Δ server CPU (schedstat) from just
+#          before the publish until hold counted N pushes / N.
 # Servers are interleaved over ROUNDS rounds (order rotated, fresh processes);
-# the table has medians, min–max, and each server's ratio to megaconn-axum.
+# the table has medians, min–max, and each server's ratio to megaconn-native.
 #
 # Needs: root, golang (Debian), golang-github-gorilla-websocket-dev, nodejs +
 # npm (Debian), `ws` from npm (installed into bench/out/node-ws, never
-# committed), jq curl; a release build (the script builds). Sets what
+# committed), jq curl python3; a release build (the script builds). Sets what
 # lib.sh bench_tune sets (ulimit -n 20000, port range, somaxconn).
 # Env: N (15000; one server process holds at most ~19,000 with 20,000 open
-#   files), INTERVAL (10), RAMP (3000/s), SETTLE (10), WINDOW (30), ROUNDS (3),
-#   SERVERS ("megaconn-axum axum go node", plus megaconn-native when found),
-#   SOURCE (127.0.23.1-127.0.23.8), PORT (first free from 23100).
+#   files), INTERVAL (10), RAMP (3000/s), SETTLE (10), WINDOW (20),
+#   BCAST_SETTLE (4), ROUNDS (2), SERVERS ("megaconn-native megaconn-axum axum
+#   go node"), SOURCE (127.0.23.1-127.0.23.8), PORT (first free from 23100).
 # Runs over 50,000 connections only under `flock /work/bigrun.lock` (shared
 # machine); with one process per server N stays below that anyway.
 # Output: bench/out/ws-<stamp>/ (runs.jsonl, logs, table.md); the table on
@@ -40,11 +54,11 @@ N="${N:-15000}"
 INTERVAL="${INTERVAL:-10}"
 RAMP="${RAMP:-3000}"
 SETTLE="${SETTLE:-10}"
-WINDOW="${WINDOW:-30}"
-ROUNDS="${ROUNDS:-3}"
+WINDOW="${WINDOW:-20}"
+BCAST_SETTLE="${BCAST_SETTLE:-4}"
+ROUNDS="${ROUNDS:-2}"
 SOURCE="${SOURCE:-127.0.23.1-127.0.23.8}"
-SERVERS_GIVEN="${SERVERS:-}"
-SERVERS="${SERVERS:-megaconn-axum axum go node}"
+SERVERS="${SERVERS:-megaconn-native megaconn-axum axum go node}"
 MEGACONN_AXUM="$REPO_ROOT/target/release/examples/ws_axum_echo"
 AXUM_WS="$BENCH_DIR/peers/axum-ws/target/release/axum-ws"
 GO_WS="$BENCH_DIR/peers/go-ws/target/go-ws"
@@ -102,7 +116,8 @@ ws_server_start() { # NAME PORT
   SERVER_NAME=$name
   case "$name" in
     megaconn-axum) taskset -c "$SERVER_CPU" "$MEGACONN_AXUM" --listen "127.0.0.1:$port" --workers 1 >"$log_file" 2>&1 & ;;
-    megaconn-native) taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$port" --workers 1 >"$log_file" 2>&1 & ;;
+    megaconn-native) taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$port" --workers 1 \
+      --admin off >"$log_file" 2>&1 & ;;
     axum) taskset -c "$SERVER_CPU" "$AXUM_WS" --listen "127.0.0.1:$port" --threads 1 >"$log_file" 2>&1 & ;;
     go) GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$GO_WS" -listen "127.0.0.1:$port" >"$log_file" 2>&1 & ;;
     node) NODE_PATH="$NODE_WS_DIR/node_modules" taskset -c "$SERVER_CPU" node "$BENCH_DIR/peers/node-ws/server.js" "127.0.0.1:$port" >"$log_file" 2>&1 & ;;
@@ -119,13 +134,37 @@ ws_server_start() { # NAME PORT
   log "started $name on 127.0.0.1:$port (pid $SERVER_PID)"
 }
 
-# Whether a server answers a WebSocket upgrade on /ws with 101.
-answers_ws() { # PORT
-  local code
-  code="$(curl -s -o /dev/null -m 2 -w '%{http_code}' -H 'Connection: Upgrade' -H 'Upgrade: websocket' \
-    -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
-    "http://127.0.0.1:$1/ws" 2>/dev/null || true)"
-  [[ "$code" == 101 ]]
+# Sends one text message to /ws/chat on PORT: 64 bytes starting
+# `t=<unix ns> ` (hold --receive times its delivery), as a client does
+# (masked), then waits a little for it to go out before closing.
+publish() { # PORT
+  python3 - "$1" <<'PY'
+import os, socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+          b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+          b"Sec-WebSocket-Version: 13\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(4096)
+    if not chunk:
+        sys.exit("publisher: the server closed during the handshake")
+    head += chunk
+if not head.startswith(b"HTTP/1.1 101"):
+    sys.exit("publisher: no 101: %r" % head[:200])
+body = ("t=%d " % time.time_ns()).encode().ljust(64, b".")
+mask = os.urandom(4)
+s.sendall(bytes([0x81, 0x80 | len(body)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
+time.sleep(0.5)
+s.close()
+PY
+}
+
+# Starts hold on PATH (args after it) and waits (bounded) for N open.
+hold_up() { # LOG PATH ARGS...
+  local log_file=$1 path=$2
+  shift 2
+  hold_start "$log_file" "ws://127.0.0.1:$PORT$path" "$@"
 }
 
 bench_install_deps
@@ -135,16 +174,6 @@ ws_build
 bench_tune
 [[ "$MEGACONN_HOLD_OK" == 1 ]] || die "megaconn hold is not available"
 PORT="${PORT:-$(free_port 23100)}"
-
-# megaconn's native WebSocket joins when `megaconn serve` upgrades /ws.
-if [[ -z "$SERVERS_GIVEN" && "$MEGACONN_SERVE_OK" == 1 ]]; then
-  if ws_server_start megaconn-native "$PORT" && answers_ws "$PORT"; then
-    SERVERS="$SERVERS megaconn-native"
-  else
-    log "megaconn serve does not upgrade /ws (native WebSocket not in this build): not measured"
-  fi
-  server_stop
-fi
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RES_DIR="$OUT_DIR/ws-$STAMP"
@@ -157,24 +186,13 @@ run_one() { # server round
   local server=$1 round=$2 base="$RES_DIR/$1-r$2"
   bench_wait_quiet "${QUIET_WAIT_EACH:-10}"
   ws_server_start "$server" "$PORT" || return 1
-  local rss0 rss1 ramp_s dur i t_open=""
+  local rss0 rss1 rss2 rss3 dur i
   rss0="$(server_rss_bytes)"
-  ramp_s=$(((N + RAMP - 1) / RAMP))
   dur=$((SETTLE + WINDOW + 10))
-  taskset -c "$LOAD_CPU" "$MEGACONN" hold "ws://127.0.0.1:$PORT/ws" -c "$N" --ramp "$RAMP" \
-    --source "$SOURCE" --interval "${INTERVAL}s" -d "${dur}s" --json "$base.hold.json" \
-    >"$base.hold.log" 2>&1 &
-  HOLD_PID=$!
-  for ((i = 0; i < (ramp_s + 30) * 5; i++)); do
-    kill -0 "$HOLD_PID" 2>/dev/null || break
-    if (($(hold_open "$base.hold.log") >= N)); then t_open="$(hold_clock "$base.hold.log")"; break; fi
-    sleep 0.2
-  done
-  if [[ -z "$t_open" ]]; then
+  # 1. Idle WebSockets on /ws, pinged.
+  if ! hold_up "$base.hold.log" /ws --interval "${INTERVAL}s" -d "${dur}s" --json "$base.hold.json"; then
     log "WARNING: $server round $round: hold did not open $N WebSockets (see $base.hold.log)"
-    kill_ours TERM hold "$HOLD_PID"; wait "$HOLD_PID" 2>/dev/null || true; HOLD_PID=""
-    server_stop
-    return 1
+    hold_down; server_stop; return 1
   fi
   sleep "$SETTLE"
   rss1="$(server_rss_bytes)"
@@ -186,24 +204,51 @@ run_one() { # server round
   read -r _ s1 < <(server_cpu_split)
   m1="$(machine_idle_snapshot)"
   hc1="$(hold_clock "$base.hold.log")"
-  for ((i = 0; i < 300; i++)); do kill -0 "$HOLD_PID" 2>/dev/null || break; sleep 0.1; done
-  kill_ours TERM hold "$HOLD_PID"
-  wait "$HOLD_PID" 2>/dev/null || true
-  HOLD_PID=""
-  server_stop
+  hold_down
   rate="$(hb_rate "$base.hold.log" "$hc0" "$hc1")"
+  # 2. A broadcast to N fresh WebSockets on /ws/chat.
+  rss2="$(server_rss_bytes)"
+  local b0 b1 t0 t1 pushes=0
+  if ! hold_up "$base.bc.log" /ws/chat --receive --interval 600s -d "$((BCAST_SETTLE + 40))s" \
+    --json "$base.bc.json"; then
+    log "WARNING: $server round $round: chat hold did not open $N WebSockets (see $base.bc.log)"
+    hold_down; server_stop; return 1
+  fi
+  sleep "$BCAST_SETTLE"
+  rss3="$(server_rss_bytes)"
+  b0="$(sched_ns "$SERVER_PID")"
+  t0=$SECONDS
+  publish "$PORT" || log "WARNING: $server round $round: the publisher failed"
+  for ((i = 0; i < 300; i++)); do
+    pushes="$(hold_pushes "$base.bc.log")"
+    ((pushes >= N)) && break
+    sleep 0.1
+  done
+  b1="$(sched_ns "$SERVER_PID")"
+  t1=$SECONDS
+  kill_ours INT hold "$HOLD_PID" # on SIGINT hold reports what it measured
+  hold_down
+  server_stop
   jq -cn --arg server "$server" --argjson round "$round" --argjson n "$N" \
-    --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson rate "$rate" \
+    --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson rss2 "$rss2" --argjson rss3 "$rss3" \
+    --argjson rate "$rate" --argjson b "$((b1 - b0))" --argjson bwait "$((t1 - t0))" \
     --argjson s "$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.4f", b - a }')" \
     --argjson wall "$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.3f", y[1] - x[1] }')" \
     --slurpfile hold <(jq -c . "$base.hold.json" 2>/dev/null || echo null) \
+    --slurpfile bc <(jq -c . "$base.bc.json" 2>/dev/null || echo null) \
     '{server: $server, round: $round, connections: $n, rss_before: $rss0, rss_open: $rss1,
       bytes_per_ws: (($rss1 - $rss0) / $n), window_secs: $wall, pings_per_sec: $rate,
       server_cpu_secs: $s,
       server_us_per_ping: (if $rate == null or $rate == 0 then null else $s * 1e6 / ($rate * $wall) end),
       heartbeat_errors: $hold[0].heartbeat_errors, drops: $hold[0].drops,
-      ping_p50_us: $hold[0].heartbeat_latency_us.p50, ping_p99_us: $hold[0].heartbeat_latency_us.p99}' >>"$RUNS"
-  log "$(tail -1 "$RUNS" | jq -r '"round \(.round) \(.server): \(.bytes_per_ws | round) B/ws, \(.pings_per_sec) pings/s, \(.server_us_per_ping * 100 | round / 100) us/ping"')"
+      ping_p50_us: $hold[0].heartbeat_latency_us.p50, ping_p99_us: $hold[0].heartbeat_latency_us.p99,
+      chat_bytes_per_ws: (($rss3 - $rss2) / $n),
+      pushes_received: $bc[0].pushes_received,
+      last_delivery_ms: (if $bc[0].push_latency_us.max == null then null else $bc[0].push_latency_us.max / 1000 end),
+      p50_delivery_ms: (if $bc[0].push_latency_us.p50 == null then null else $bc[0].push_latency_us.p50 / 1000 end),
+      server_us_per_delivery: ($b / 1000 / $n), broadcast_wait_secs: $bwait,
+      bc_drops: $bc[0].drops}' >>"$RUNS"
+  log "$(tail -1 "$RUNS" | jq -r '"round \(.round) \(.server): \(.bytes_per_ws | round) B/ws, \(.pings_per_sec) pings/s, \(.server_us_per_ping // 0 | . * 100 | round / 100) us/ping; broadcast \(.pushes_received)/\(.connections) in \(.last_delivery_ms) ms, \(.server_us_per_delivery * 100 | round / 100) us each"')"
 }
 
 t_start=$SECONDS
@@ -218,34 +263,35 @@ done
 elapsed=$((SECONDS - t_start))
 
 {
-  echo "### Idle WebSockets: $N held, a ping on each every ${INTERVAL} s (medians of $ROUNDS rounds, min–max in brackets)"
+  echo "### WebSockets: $N idle (a ping on each every ${INTERVAL} s), then a broadcast to $N (medians of $ROUNDS rounds, min–max in brackets)"
   echo
-  echo "| server | bytes per idle WebSocket (RSS) | × megaconn-axum | server µs per ping | × megaconn-axum | pings/s | ping p99 µs | failed pings / drops |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| server | bytes per idle WebSocket (RSS) | × native | server µs per ping | × native | ping p99 µs | broadcast of 64 B to $N: last delivery ms | server µs per delivered message | × native | bytes per chat WebSocket | pushes received / N | failed pings / drops |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   jq -rs "$BENCH_JQ_DEFS"'
     def mm(f): (map(f) | median | f0) + " (" + (map(f) | min | f0) + "–" + (map(f) | max | f0) + ")";
     def mm2(f): (map(f) | median | f2) + " (" + (map(f) | min | f2) + "–" + (map(f) | max | f2) + ")";
-    map(select(.server_us_per_ping != null)) | group_by(.server)
-    | (map(select(.[0].server == "megaconn-axum")) | .[0] // null) as $m
+    def ratio(f; base): if base == null or base <= 0 then "—" else ((map(f) | median) / base | f2) + "×" end;
+    map(select(.server_us_per_ping != null and .last_delivery_ms != null)) | group_by(.server)
+    | (map(select(.[0].server == "megaconn-native")) | .[0] // null) as $m
     | ($m | if . == null then null else map(.bytes_per_ws) | median end) as $mb
     | ($m | if . == null then null else map(.server_us_per_ping) | median end) as $mc
+    | ($m | if . == null then null else map(.server_us_per_delivery) | median end) as $md
     | sort_by(map(.bytes_per_ws) | median) | .[]
-    | "| \(.[0].server) | \(mm(.bytes_per_ws)) | "
-      + (if $mb == null or $mb <= 0 then "—" else ((map(.bytes_per_ws) | median) / $mb | f2) + "×" end)
-      + " | \(mm2(.server_us_per_ping)) | "
-      + (if $mc == null then "—" else ((map(.server_us_per_ping) | median) / $mc | f2) + "×" end)
-      + " | \(map(.pings_per_sec) | median | f0) | \(map(.ping_p99_us) | median | f0) | \(map(.heartbeat_errors // 0) | add) / \(map(.drops // 0) | add) |"' "$RUNS"
+    | "| \(.[0].server) | \(mm(.bytes_per_ws)) | \(ratio(.bytes_per_ws; $mb)) | \(mm2(.server_us_per_ping)) | "
+      + "\(ratio(.server_us_per_ping; $mc)) | \(map(.ping_p99_us) | median | f0) | \(mm2(.last_delivery_ms)) | "
+      + "\(mm2(.server_us_per_delivery)) | \(ratio(.server_us_per_delivery; $md)) | \(mm(.chat_bytes_per_ws)) | "
+      + "\(map(.pushes_received // 0) | min)/\(.[0].connections) | \(map(.heartbeat_errors // 0) | add) / \(map((.drops // 0) + (.bc_drops // 0)) | add) |"' "$RUNS"
   echo
-  echo "Each server one thread / process pinned to core $SERVER_CPU, an echo on /ws; \`megaconn hold ws://\` on core $LOAD_CPU from $SOURCE. Bytes per idle WebSocket: server VmRSS with all $N open ($SETTLE s after the ramp) minus before the first, / $N (user space only). µs per ping: server utime+stime over a $WINDOW s window / pings answered in it. The machine is shared with other people's builds: trust the ratios from these interleaved rounds over the absolute figures."
+  echo "Each server one thread / process pinned to core $SERVER_CPU; \`megaconn hold ws://\` on core $LOAD_CPU from $SOURCE. Bytes per idle WebSocket: server VmRSS with all $N open on /ws ($SETTLE s after the ramp: megaconn-native's parked) minus before the first, / $N (user space only). µs per ping: server utime+stime over a $WINDOW s window / pings answered in it. Broadcast: $N fresh WebSockets on /ws/chat ($BCAST_SETTLE s after the last opened), one 64-byte text message from another connection, sent by every server to all of them; last delivery from hold's receive mode (the message carries its send time); server CPU (schedstat) from the publish to the N-th delivery / $N. Bytes per chat WebSocket: RSS growth over the chat connections / $N (after phase 1: allocator reuse makes it a lower bound). The machine is shared with other people's builds: trust the ratios from these interleaved rounds over the absolute figures."
   echo
-  echo "_ws-peers.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/ws-$STAMP/_"
+  echo "_ws-peers.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW BCAST_SETTLE=$BCAST_SETTLE ROUNDS=$ROUNDS SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?'); run time ${elapsed}s; load average at the end $(cut -d' ' -f1-3 /proc/loadavg); raw JSON: bench/out/ws-$STAMP/_"
   echo
-  echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS bash bench/ws-peers.sh\`"
+  echo "Command: \`N=$N ROUNDS=$ROUNDS bash bench/ws-peers.sh\`"
 } | tee "$RES_DIR/table.md"
 
 if [[ -n "${SECTION_OUT:-}" ]]; then
   {
-    echo "## Idle WebSockets beside the peers"
+    echo "## WebSockets beside the peers"
     echo
     echo "Written by \`bench/ws-peers.sh\` (SECTION_OUT=$SECTION_OUT) on $(date -u '+%Y-%m-%d %H:%M UTC'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores."
     echo

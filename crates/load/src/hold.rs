@@ -72,8 +72,9 @@ pub struct HoldArgs {
     /// u64 (as `serve --tcp-framing`); --send is then the body of each heartbeat.
     #[arg(long, value_name = "FRAMING", default_value = "lines", value_parser = parse_tcp_framing)]
     pub tcp_framing: TcpFraming,
-    /// tcp:// receive mode: count frames the server pushes whose payload starts
-    /// `t=<unix ns>` (their send time) and report their delivery latency.
+    /// tcp:// and ws:// receive mode: count frames (ws://: text or binary
+    /// messages) the server pushes whose payload starts `t=<unix ns>` (their
+    /// send time) and report their delivery latency.
     #[arg(long)]
     pub receive: bool,
     /// Reconnect connections that drop or fail to connect.

@@ -58,7 +58,8 @@ pub(crate) struct HoldShared {
     pub expect: Option<Vec<u8>>,
     /// tcp://: how frames are delimited.
     pub framing: TcpFraming,
-    /// tcp://: count pushed frames (`t=<ns>` payloads) and time their delivery.
+    /// tcp:// and ws://: count pushed frames (`t=<ns>` payloads) and time
+    /// their delivery.
     pub receive: bool,
     /// Heartbeat interval.
     pub interval: Duration,
@@ -480,7 +481,9 @@ async fn session(
                             // Unsolicited bytes: a WebSocket server's ping
                             // gets its pong; pushes are counted in receive
                             // mode; anything else is ignored.
-                            Ok(Read::Data(d)) if sh.ws.is_some() => crate::ws::pongs_for(d),
+                            Ok(Read::Data(d)) if sh.ws.is_some() => {
+                                crate::ws::pongs_for(d, |payload| pushed(ctx, payload))
+                            }
                             Ok(Read::Data(d)) if sh.receive => {
                                 if tcp_frames(ctx, &mut spill, d).is_err() {
                                     return Ended::Failed;
@@ -586,7 +589,9 @@ async fn exchange(
             };
             let verdict = match &sh.ws {
                 Some(_) if opening => crate::ws::upgrade_reply(data),
-                Some(ws) => crate::ws::beat_reply(ws.beat, sh.expect.as_deref(), data),
+                Some(ws) => {
+                    crate::ws::beat_reply(ws.beat, sh.expect.as_deref(), data, |p| pushed(ctx, p))
+                }
                 None => http_reply(&mut parser, data),
             };
             if let Reply::Incomplete(keep) = verdict {
@@ -654,6 +659,17 @@ fn frame_reply(expect: Option<&[u8]>, frame: &[u8]) -> Reply {
     }
 }
 
+/// ws://: a data frame the server sent unasked; in receive mode, a push
+/// (its payload carries its send time, `t=<unix ns>`) is counted and its
+/// delivery timed.
+fn pushed(ctx: &ThreadCtx, payload: &[u8]) {
+    if let Some(sent) = sent_at_ns(payload).filter(|_| ctx.shared.receive) {
+        ctx.counters.pushes_received.fetch_add(1, Relaxed);
+        let latency = unix_now_ns().saturating_sub(sent);
+        record_ns(&mut ctx.push_hist.borrow_mut(), latency);
+    }
+}
+
 /// tcp://: takes the whole frames read so far. In receive mode a push (its
 /// payload carries its send time) is counted and its delivery timed; the
 /// first other frame is the verdict on the heartbeat.
@@ -665,10 +681,8 @@ fn tcp_frames(
     let sh = &ctx.shared;
     let mut reply = None;
     take_frames(sh.framing, spill, fresh, |frame| {
-        if let Some(sent) = sent_at_ns(frame).filter(|_| sh.receive) {
-            ctx.counters.pushes_received.fetch_add(1, Relaxed);
-            let latency = unix_now_ns().saturating_sub(sent);
-            record_ns(&mut ctx.push_hist.borrow_mut(), latency);
+        if sh.receive && sent_at_ns(frame).is_some() {
+            pushed(ctx, frame);
         } else if reply.is_none() {
             reply = Some(frame_reply(sh.expect.as_deref(), frame));
         }

@@ -153,14 +153,30 @@ pub(crate) fn upgrade_reply(data: &[u8]) -> Reply {
 }
 
 /// The verdict on the bytes after a heartbeat: skips frames that do not
-/// answer it (a server ping, say); a close is a failed heartbeat.
-pub(crate) fn beat_reply(beat: WsHeartbeat, expect: Option<&[u8]>, mut data: &[u8]) -> Reply {
+/// answer it (a server ping, say; a data frame that does not answer is
+/// handed to `pushed`: in receive mode, a push); a close is a failed
+/// heartbeat.
+pub(crate) fn beat_reply(
+    beat: WsHeartbeat,
+    expect: Option<&[u8]>,
+    mut data: &[u8],
+    mut pushed: impl FnMut(&[u8]),
+) -> Reply {
     while let Some((opcode, payload, len)) = frame(data) {
         let answers = match beat {
             WsHeartbeat::Ping => opcode == PONG,
             WsHeartbeat::Text => opcode == TEXT || opcode == BINARY,
         };
         if answers {
+            // Whole data frames read with the answer are pushes too (the
+            // server's pings among them go unanswered: the next is).
+            let mut rest = &data[len..];
+            while let Some((opcode, payload, len)) = frame(rest) {
+                if opcode == TEXT || opcode == BINARY {
+                    pushed(payload);
+                }
+                rest = &rest[len..];
+            }
             return match expect {
                 Some(e) if !payload.windows(e.len().max(1)).any(|w| w == e) => Reply::Bad,
                 _ => Reply::Ok { close: false },
@@ -168,6 +184,9 @@ pub(crate) fn beat_reply(beat: WsHeartbeat, expect: Option<&[u8]>, mut data: &[u
         }
         if opcode == CLOSE {
             return Reply::Bad;
+        }
+        if opcode == TEXT || opcode == BINARY {
+            pushed(payload);
         }
         data = &data[len..];
     }
@@ -178,12 +197,15 @@ pub(crate) fn beat_reply(beat: WsHeartbeat, expect: Option<&[u8]>, mut data: &[u
     }
 }
 
-/// The pongs for the server pings in `data` (whole frames only), masked.
-pub(crate) fn pongs_for(mut data: &[u8]) -> Vec<u8> {
+/// The pongs for the server pings in `data` (whole frames only), masked;
+/// each data frame's payload is handed to `pushed` (in receive mode, a push).
+pub(crate) fn pongs_for(mut data: &[u8], mut pushed: impl FnMut(&[u8])) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some((opcode, payload, len)) = frame(data) {
-        if opcode == PING {
-            out.extend_from_slice(&client_frame(PONG, payload));
+        match opcode {
+            PING => out.extend_from_slice(&client_frame(PONG, payload)),
+            TEXT | BINARY => pushed(payload),
+            _ => {}
         }
         data = &data[len..];
     }
@@ -484,29 +506,43 @@ mod tests {
         // Server frames are unmasked.
         let pong = [0x8a, 2, b'h', b'b'];
         assert_eq!(
-            beat_reply(WsHeartbeat::Ping, None, &pong),
+            beat_reply(WsHeartbeat::Ping, None, &pong, |_| ()),
             Reply::Ok { close: false }
         );
         let ping_then_pong = [0x89, 0, 0x8a, 0];
         assert_eq!(
-            beat_reply(WsHeartbeat::Ping, None, &ping_then_pong),
+            beat_reply(WsHeartbeat::Ping, None, &ping_then_pong, |_| ()),
             Reply::Ok { close: false }
         );
         assert_eq!(
-            beat_reply(WsHeartbeat::Ping, None, &pong[..3]),
+            beat_reply(WsHeartbeat::Ping, None, &pong[..3], |_| ()),
             Reply::Incomplete(3)
         );
         let text = [0x81, 3, b'a', b'c', b'k'];
         assert_eq!(
-            beat_reply(WsHeartbeat::Text, Some(b"ck"), &text),
+            beat_reply(WsHeartbeat::Text, Some(b"ck"), &text, |_| ()),
             Reply::Ok { close: false }
         );
         assert_eq!(
-            beat_reply(WsHeartbeat::Text, Some(b"no"), &text),
+            beat_reply(WsHeartbeat::Text, Some(b"no"), &text, |_| ()),
             Reply::Bad
         );
-        assert_eq!(beat_reply(WsHeartbeat::Text, None, &[0x88, 0]), Reply::Bad);
-        assert_eq!(pongs_for(&[0x89, 1, 7]), client_frame(PONG, &[7]));
+        assert_eq!(
+            beat_reply(WsHeartbeat::Text, None, &[0x88, 0], |_| ()),
+            Reply::Bad
+        );
+        assert_eq!(pongs_for(&[0x89, 1, 7], |_| ()), client_frame(PONG, &[7]));
+        // Data frames while waiting for a pong, or while idle, are pushes.
+        let mut pushes = Vec::new();
+        let push_then_pong = [0x81, 2, b't', b'=', 0x8a, 0, 0x81, 1, b'x'];
+        assert_eq!(
+            beat_reply(WsHeartbeat::Ping, None, &push_then_pong, |p| pushes
+                .push(p.to_vec())),
+            Reply::Ok { close: false }
+        );
+        let pongs = pongs_for(&[0x82, 1, 9, 0x89, 0], |p| pushes.push(p.to_vec()));
+        assert_eq!(pongs, client_frame(PONG, &[]));
+        assert_eq!(pushes, [b"t=".to_vec(), b"x".to_vec(), vec![9]]);
     }
 
     #[test]

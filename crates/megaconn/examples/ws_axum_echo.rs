@@ -3,16 +3,19 @@
 //! `use megaconn::axum_ws` line, on one megaconn worker.
 //!
 //! GET / -> "ok"; GET /ws -> upgrade; every text or binary message is echoed
-//! (pings are answered for you).
+//! (pings are answered for you). GET /ws/chat -> upgrade; a text message from
+//! one goes to every /ws/chat connection (the broadcast the bench times).
 //!
 //! ```text
 //! cargo run --release -p megaconn --example ws_axum_echo -- --listen 127.0.0.1:8093 --workers 1
 //! ```
 
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use megaconn::axum_ws::{Message, WebSocket, WebSocketUpgrade};
+use megaconn::axum_ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use tokio::sync::broadcast;
 
 async fn ws(upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(echo)
@@ -22,6 +25,40 @@ async fn echo(mut socket: WebSocket) {
     while let Some(Ok(msg)) = socket.recv().await {
         if matches!(msg, Message::Text(_) | Message::Binary(_)) && socket.send(msg).await.is_err() {
             break;
+        }
+    }
+}
+
+/// GET /ws/chat: axum's chat example's shape (a tokio broadcast channel) in
+/// one task per connection: a text message from this client goes to the
+/// channel, what the channel carries goes to this client.
+async fn chat(
+    upgrade: WebSocketUpgrade,
+    State(tx): State<broadcast::Sender<Utf8Bytes>>,
+) -> Response {
+    upgrade.on_upgrade(move |socket| chat_member(socket, tx))
+}
+
+async fn chat_member(mut socket: WebSocket, tx: broadcast::Sender<Utf8Bytes>) {
+    let mut rx = tx.subscribe();
+    loop {
+        tokio::select! {
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let _ = tx.send(text);
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            text = rx.recv() => match text {
+                Ok(text) => {
+                    if socket.send(Message::Text(text)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
         }
     }
 }
@@ -44,7 +81,9 @@ async fn main() -> Result<(), megaconn::BoxError> {
     }
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
-        .route("/ws", get(ws));
+        .route("/ws", get(ws))
+        .route("/ws/chat", get(chat))
+        .with_state(broadcast::channel(16).0);
     let server = megaconn::Server::bind(listen.parse()?)
         .workers(workers)
         .listen()?;

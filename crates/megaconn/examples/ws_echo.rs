@@ -1,14 +1,15 @@
 //! A native WebSocket echo server in a page: a [`WebSocketHandler`] mounted
 //! with [`WebSocketRoute`] on every path of an axum router, idle connections
 //! parked outside the runtime between messages. It is also the server the
-//! Autobahn conformance cases run against (`.ci/autobahn.sh`).
+//! Autobahn conformance cases run against (`.ci/autobahn`).
 //!
 //! ```text
 //! cargo run -p megaconn --example ws_echo [-- ADDR]
 //! websocat ws://127.0.0.1:9001/
 //! ```
 //!
-//! Every message is sent back as it came (text as text, binary as binary).
+//! Every message is sent back as it came (text as text, binary as binary),
+//! compressed when the client offers permessage-deflate.
 //! Ctrl-C shuts down gracefully (open WebSockets get a 1001 close).
 
 use megaconn::{Server, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
@@ -29,7 +30,8 @@ async fn main() -> Result<(), megaconn::Error> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9001".into());
-    let app = axum::Router::new().fallback_service(WebSocketRoute::new(Echo));
+    let route = WebSocketRoute::new(Echo).permessage_deflate(true);
+    let app = axum::Router::new().fallback_service(route);
     let server = Server::builder()
         .listen_on(addr.parse().expect("ADDR is host:port"))
         .listen()?;

@@ -504,6 +504,40 @@ async fn a_parked_websocket_gets_the_servers_pings_and_stays_parked() {
 }
 
 #[tokio::test]
+async fn a_ping_to_a_parked_websocket_wakes_it_once_and_it_parks_again_at_once() {
+    let server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r.ping_interval(None),
+    )
+    .await;
+    let mut s = server.raw().await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // One heartbeat: a second one within park_idle_after of this re-park
+    // would count as a hot wake, by design.
+    {
+        let before = server.handle.stats();
+        // The client's heartbeat: read and answered in one cold wake, then
+        // straight back to the lot (not re-parked unread, woken again "hot"
+        // and kept as a task holding a read buffer until park_idle_after).
+        s.write_all(&client_frame(0x89, b"hb", true)).await.unwrap();
+        assert_eq!(read_frame(&mut s).await, (0x8A, b"hb".to_vec()));
+        server
+            .wait_stats("parked again", |s| {
+                s.connections_parked == 1 && s.parks > before.parks
+            })
+            .await;
+        let after = server.handle.stats();
+        assert_eq!(after.wakes_cold - before.wakes_cold, 1, "{after:?}");
+        assert_eq!(after.wakes_hot, before.wakes_hot, "{after:?}");
+        assert_eq!(after.parks - before.parks, 1, "{after:?}");
+        assert_eq!(after.buffers_checked_out, 0, "{after:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_silent_parked_peer_is_closed_at_the_heartbeat_timeout() {
     let mut server = Ws::start(
         Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
@@ -524,19 +558,53 @@ async fn a_silent_parked_peer_is_closed_at_the_heartbeat_timeout() {
     server.stop().await;
 }
 
+/// The next message a client reads is a close frame with 1001 (going away).
+async fn expect_going_away(client: &mut Client) {
+    let message = tokio::time::timeout(SAFETY, client.next())
+        .await
+        .expect("a close frame in time")
+        .expect("a frame before the end")
+        .expect("a valid frame");
+    match message {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away, "{frame:?}"),
+        other => panic!("expected a close frame 1001, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn shutdown_tells_the_handler_of_parked_websockets() {
+async fn shutdown_sends_parked_websockets_a_1001_and_tells_their_handler() {
     let mut server = Ws::start(
         Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
         |r| r,
     )
     .await;
-    let _client = server.client().await;
+    let mut client = server.client().await;
     server
         .wait_stats("parked", |s| s.connections_parked == 1)
         .await;
     server.handle.shutdown();
+    expect_going_away(&mut client).await;
     assert_eq!(server.next_close().await, (0, CloseReason::Shutdown));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_awake_websockets_a_1001_and_waits_for_their_close() {
+    let mut server = Ws::start(Server::builder().park_idle_after(None), |r| r).await;
+    let mut client = server.client().await;
+    client.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("1"));
+    server.handle.shutdown();
+    expect_going_away(&mut client).await;
+    // tungstenite answers the close; the server then closes the socket.
+    let end = tokio::time::timeout(SAFETY, client.next())
+        .await
+        .expect("the end in time");
+    assert!(
+        matches!(end, None | Some(Err(_))),
+        "nothing after the close: {end:?}"
+    );
+    assert_eq!(server.next_close().await, (1, CloseReason::Shutdown));
     server.stop().await;
 }
 
@@ -704,5 +772,82 @@ async fn a_message_to_a_parked_websocket_wakes_it_once() {
     assert_eq!(after.parks - before.parks, 1);
     drop(client);
     assert_eq!(server.next_close().await.0, 1);
+    server.stop().await;
+}
+
+/// Raw deflate of one message as a permessage-deflate sender makes it: a
+/// sync flush, the 00 00 ff ff tail stripped (RFC 7692 §7.2.1).
+fn deflate_message(payload: &[u8]) -> Vec<u8> {
+    let mut compress = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    compress
+        .compress_vec(payload, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn inflate_message(data: &[u8]) -> Vec<u8> {
+    let mut decompress = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(1024);
+    let input = [data, &[0, 0, 0xff, 0xff][..]].concat();
+    decompress
+        .decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn permessage_deflate_is_agreed_and_messages_go_both_ways_compressed_across_parking() {
+    let mut server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r.permessage_deflate(true),
+    )
+    .await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(&handshake(
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    ))
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(
+        head.contains(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; \
+             client_no_context_takeover\r\n"
+        ),
+        "{head}"
+    );
+    let text = "hello hello hello hello";
+    for round in 1..=2 {
+        // A compressed text message (RSV1 on a final text frame), echoed
+        // compressed; the second time from the parked state.
+        s.write_all(&client_frame(0xC1, &deflate_message(text.as_bytes()), true))
+            .await
+            .unwrap();
+        let (first, payload) = read_frame(&mut s).await;
+        assert_eq!(first, 0xC1, "a final, compressed text frame");
+        assert_eq!(inflate_message(&payload), text.as_bytes());
+        if round == 1 {
+            server
+                .wait_stats("parked", |s| s.connections_parked == 1)
+                .await;
+        }
+    }
+    // An uncompressed message is fine too; RSV1 on a ping is not.
+    s.write_all(&client_frame(0x81, b"count", true))
+        .await
+        .unwrap();
+    let (first, payload) = read_frame(&mut s).await;
+    assert_eq!(first, 0xC1);
+    assert_eq!(inflate_message(&payload), b"3");
+    s.write_all(&client_frame(0xC9, b"", true)).await.unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1002);
+    assert_eq!(
+        server.next_close().await,
+        (3, CloseReason::Protocol(ProtocolDetail::WebSocket(1002)))
+    );
     server.stop().await;
 }

@@ -1,9 +1,9 @@
 //! axum's WebSocket examples under megaconn (`megaconn::axum_ws`, examples
 //! `ws_axum_*`), driven by a real client (tokio-tungstenite): echo both
 //! ways, the ping / greetings / pushes / close of `websockets` with the
-//! address `ConnectInfo` saw, a chat broadcast between two clients, the
-//! size limit's close code, and the hint logged when axum's own extractor
-//! answers 426.
+//! address `ConnectInfo` saw, a chat broadcast between two clients, bad
+//! frames' close codes (1002, 1007, 1009) counted as protocol errors, and
+//! the hint logged when axum's own extractor answers 426.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+mod common;
 
 #[path = "../examples/ws_axum_chat.rs"]
 #[allow(dead_code)]
@@ -214,6 +216,10 @@ async fn a_message_past_the_limit_closes_with_1009() {
         WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
         other => panic!("expected close 1009, got {other:?}"),
     }
+    common::wait_stats(&server.handle, "the error counted", |s| {
+        s.protocol_errors == 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -325,4 +331,32 @@ async fn fragments_with_a_ping_between_reassemble() {
     // Twice, so the second runs on the context swapped in after the first.
     client.send(WsMessage::text("again")).await.unwrap();
     assert_eq!(next_text(&mut client).await, "You said: again");
+}
+
+#[tokio::test]
+async fn bad_frames_close_with_their_code_and_count_as_protocol_errors() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = serve(testing::app());
+    // A reserved bit with no extension (1002), text that is not UTF-8
+    // (1007); a message past the limit (1009) is counted in
+    // a_message_past_the_limit_closes_with_1009.
+    let mut rsv1 = Frame::message(&b"hi"[..], OpCode::Data(Data::Text), true);
+    rsv1.header_mut().rsv1 = true;
+    let not_utf8 = Frame::message(&[b'a', 0xff][..], OpCode::Data(Data::Text), true);
+    for (frame, code, errors) in [
+        (rsv1, CloseCode::Protocol, 1),
+        (not_utf8, CloseCode::Invalid, 2),
+    ] {
+        let mut client = connect(server.addr, "/integration-testable").await;
+        client.send(WsMessage::Frame(frame)).await.unwrap();
+        match next(&mut client).await {
+            WsMessage::Close(Some(close)) => assert_eq!(close.code, code),
+            other => panic!("expected close {code}, got {other:?}"),
+        }
+        common::wait_stats(&server.handle, "the error counted", |s| {
+            s.protocol_errors == errors
+        })
+        .await;
+    }
 }

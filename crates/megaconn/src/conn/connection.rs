@@ -125,6 +125,13 @@ impl<K: CloseTrack> Connection<K> {
         self.close_once(reason);
     }
 
+    /// The worker's counters, while the connection is open (a protocol run
+    /// on an upgraded socket counts its errors there).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn stats(&self) -> Option<&Arc<WorkerStats>> {
+        self.open.as_ref().map(|o| &o.stats)
+    }
+
     /// The lifecycle track, to count into (a handed-over connection counts
     /// the bytes crossing its socket).
     pub(crate) fn track_mut(&mut self) -> Option<&mut K> {

@@ -42,6 +42,7 @@ use tokio::sync::oneshot;
 use crate::conn::connection::SendConnection;
 use crate::conn::rewind::Rewind;
 use crate::observe::close::CloseReason;
+use crate::observe::stats::incr;
 
 /// Object-safe stream type behind [`Upgraded`].
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -78,6 +79,18 @@ impl Upgraded {
             conn,
             ended: None,
         }
+    }
+
+    /// The protocol spoken on the socket fails the connection for a broken
+    /// rule of its own (a WebSocket's bad frame): counted in the server's
+    /// `protocol_errors`, as the native protocols count theirs, and reported
+    /// as the close's reason when the socket closes.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn protocol_error(&mut self, reason: CloseReason) {
+        if let Some(stats) = self.conn.stats() {
+            incr(&stats.protocol_errors);
+        }
+        self.ended = Some(reason);
     }
 
     /// Notes how an operation ended, for the close reason.

@@ -45,10 +45,11 @@ use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::stats::{add, incr};
+use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
 use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
 use crate::proto::ws::route::Route;
-use crate::proto::ws::{Start, Tables, WsIo};
+use crate::proto::ws::{Start, Tables, WsIo, GOING_AWAY};
 use crate::proto::{earliest, until, Ended};
 
 /// What ended an idle wait.
@@ -77,7 +78,7 @@ enum Next {
 
 /// The close sent on shutdown: 1001, going away.
 fn going_away() -> Next {
-    Next::Close(CloseReason::Shutdown, Some((1001, String::new())))
+    Next::Close(CloseReason::Shutdown, Some((GOING_AWAY, String::new())))
 }
 
 /// Serves a WebSocket until it closes (`on_close` has run) or parks (its
@@ -101,6 +102,12 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let mut due = settings.heartbeat_timeout.map(|t| now + t);
     let mut send_at = settings.ping_interval.map(|t| now + t);
     let mut conn = ConnIo::new(io, ctx.clone());
+    // permessage-deflate, as the handshake agreed (kept across parking).
+    let deflate = match &start {
+        Start::Upgraded(_, deflate) => *deflate,
+        Start::Woken(_, parked) => parked.state.deflate(),
+    };
+    let codec = deflate.map(|d| (&*tables.codec, d));
     // A socket woken because it is readable goes back to the lot only after
     // it was read: re-parked unread, it would wake again at once, as "hot",
     // and then wait as a task until `park_idle_after` (a second wake, a
@@ -118,7 +125,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // `park_idle_after`): this wake parks as a cold one would.
     let mut pinged = false;
     let (mut live, session) = match start {
-        Start::Upgraded(read_ahead) => {
+        Start::Upgraded(read_ahead, _) => {
             if !read_ahead.is_empty() {
                 conn.rbuf_and_io().0.extend_from_slice(&read_ahead);
             }
@@ -167,7 +174,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // Pushes reach an awake connection through its outbound queue (gone
     // when it parks or closes).
     let awake = tables.local.awake(session.id(), tables.parked.wire(0));
-    let mut decoder = Decoder::default();
+    let mut decoder = Decoder::with_deflate(deflate.map(|_| tables.codec.clone()));
     let next = 'serve: loop {
         // Every frame whole in the buffer, in order.
         while conn.rbuf_len() > 0 {
@@ -178,12 +185,12 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 Err(violation) => break 'serve violated(&ctx, violation),
             };
             only_pongs &= matches!(event, Event::Pong);
-            match on_event(&mut conn, &mut live, &session, event).await {
+            match on_event(&mut conn, &mut live, &session, codec, event).await {
                 Next::Go => {}
                 close => break 'serve close,
             }
         }
-        if let Some(close) = queued(&mut conn, &session) {
+        if let Some(close) = queued(&mut conn, &session, codec) {
             break 'serve close;
         }
         let between = decoder.between_messages() && conn.rbuf_len() == 0;
@@ -222,7 +229,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 // After our ping or the peer's pong the exchange is ours,
                 // not the peer's chatter: the next wake is judged cold.
                 let chatty = !(pinged || only_pongs);
-                return park(&route, conn, live, &tables, (due, send_at), chatty);
+                return park(&route, conn, live, &tables, deflate, (due, send_at), chatty);
             }
             park_at = ctx
                 .config
@@ -246,7 +253,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     incr(&counters.heartbeat_timeouts);
                     break 'serve Next::Close(CloseReason::HeartbeatTimeout, None);
                 }
-                Idle::Park => return park(&route, conn, live, &tables, (due, send_at), false),
+                Idle::Park => {
+                    return park(&route, conn, live, &tables, deflate, (due, send_at), false)
+                }
                 // The top of the loop writes them.
                 Idle::Pushed => continue,
                 Idle::SendPing => {
@@ -337,6 +346,7 @@ async fn on_event<H: WebSocketHandler>(
     conn: &mut ConnIo<WsIo>,
     live: &mut Live<'_, H, H::State>,
     session: &WsSession,
+    codec: Option<(&Codec, Deflate)>,
     event: Event,
 ) -> Next {
     match event {
@@ -368,7 +378,7 @@ async fn on_event<H: WebSocketHandler>(
                     return Next::Close(CloseReason::Panic, Some((1011, String::new())));
                 }
             }
-            if let Some(close) = queued(conn, session) {
+            if let Some(close) = queued(conn, session, codec) {
                 return close;
             }
         }
@@ -376,12 +386,17 @@ async fn on_event<H: WebSocketHandler>(
     Next::Go
 }
 
-/// Encodes what the handler queued; its close, if it asked for one.
-fn queued(conn: &mut ConnIo<WsIo>, session: &WsSession) -> Option<Next> {
+/// Encodes what the handler queued (compressed, with permessage-deflate);
+/// its close, if it asked for one.
+fn queued(
+    conn: &mut ConnIo<WsIo>,
+    session: &WsSession,
+    codec: Option<(&Codec, Deflate)>,
+) -> Option<Next> {
     let out = session.take_out();
     add(&conn.ctx.stats.messages.frames_out, out.len() as u64);
     for message in out {
-        frame::encode_message(conn.wbuf(), &message);
+        frame::encode_message(conn.wbuf(), &message, codec);
     }
     session
         .take_closing()
@@ -443,6 +458,7 @@ fn park<H: WebSocketHandler>(
     conn: ConnIo<WsIo>,
     live: Live<'_, H, H::State>,
     tables: &Tables,
+    deflate: Option<Deflate>,
     (due, send_at): (Option<Instant>, Option<Instant>),
     at_once: bool,
 ) -> Ended<OwnedFd> {
@@ -454,7 +470,7 @@ fn park<H: WebSocketHandler>(
         Ok(socket) => {
             let generation = live.id().generation();
             let route: Arc<dyn ErasedRoute> = route.clone();
-            let state = tables.state(&route, Box::new(live.take()));
+            let state = tables.state(&route, deflate, Box::new(live.take()));
             tables.parked.put(
                 socket.as_raw_fd(),
                 Parked {

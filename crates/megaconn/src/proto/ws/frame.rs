@@ -8,8 +8,10 @@
 //! here, because tungstenite applies them inside its own socket type, which
 //! owns a 128 KiB read buffer per connection:
 //!
-//! - every client frame is masked (§5.1), no reserved bit is set (no
-//!   extension is negotiated), no reserved opcode (tungstenite rejects those);
+//! - every client frame is masked (§5.1), no reserved bit is set (but RSV1
+//!   on the first frame of a compressed message, when permessage-deflate
+//!   was agreed: `deflate.rs`), no reserved opcode (tungstenite rejects
+//!   those);
 //! - control frames are final and at most 125 bytes (§5.5), and may come
 //!   between the fragments of a message (§5.4);
 //! - a continuation frame continues a message, a new message does not start
@@ -23,14 +25,18 @@
 //!
 //! A whole unfragmented message is split off the read buffer without a copy;
 //! fragments are gathered in a buffer of the message's own, which lives only
-//! until the message ends.
+//! until the message ends. A compressed message is inflated, once whole,
+//! into a buffer of its own (at most `max_message_bytes`), then checked.
 
 use std::io::Cursor;
+use std::rc::Rc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::Utf8Bytes;
+
+use super::deflate::{Codec, Deflate, InflateError};
 
 /// A message as the server's handler sees it, and sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +132,8 @@ pub(crate) struct Limits {
 #[derive(Debug)]
 struct Partial {
     text: bool,
+    /// permessage-deflate data, inflated once whole (UTF-8 checked then).
+    compressed: bool,
     data: BytesMut,
     /// How much of `data` is known to be valid UTF-8 (text only); the rest
     /// is at most an incomplete character awaiting the next fragment.
@@ -134,12 +142,32 @@ struct Partial {
 
 /// The decoder: stateless between messages (a fragmented message in
 /// progress is the only state, and it is never parked).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Decoder {
     partial: Option<Partial>,
+    /// The worker's codec, when this connection agreed to permessage-deflate.
+    codec: Option<Rc<Codec>>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("partial", &self.partial)
+            .field("deflate", &self.codec.is_some())
+            .finish()
+    }
 }
 
 impl Decoder {
+    /// A decoder that takes compressed messages (RSV1), inflated with the
+    /// worker's `codec`.
+    pub(crate) fn with_deflate(codec: Option<Rc<Codec>>) -> Decoder {
+        Decoder {
+            partial: None,
+            codec,
+        }
+    }
+
     /// True between messages (nothing gathered): the connection may park.
     pub(crate) fn between_messages(&self) -> bool {
         self.partial.is_none()
@@ -157,8 +185,14 @@ impl Decoder {
             Err(_) => return Err(Violation::Protocol("reserved opcode")),
         };
         let header_len = cursor.position() as usize;
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        if header.rsv2 || header.rsv3 || (header.rsv1 && self.codec.is_none()) {
             return Err(Violation::Protocol("reserved bit set without an extension"));
+        }
+        let compressed = header.rsv1;
+        if compressed && !matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary)) {
+            return Err(Violation::Protocol(
+                "RSV1 on a control frame or a continuation",
+            ));
         }
         let Some(mask) = header.mask else {
             return Err(Violation::Protocol("client frames must be masked"));
@@ -205,50 +239,77 @@ impl Decoder {
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 Err(Violation::Protocol("reserved opcode"))
             }
-            OpCode::Data(data) => self.data(data, header.is_final, payload),
+            OpCode::Data(data) => {
+                let max = limits.max_message_bytes;
+                self.data(data, header.is_final, compressed, payload, max)
+            }
         }
     }
 
     /// A data frame: a whole message, or a fragment of one.
-    fn data(&mut self, data: Data, is_final: bool, payload: BytesMut) -> Result<Step, Violation> {
+    fn data(
+        &mut self,
+        data: Data,
+        is_final: bool,
+        compressed: bool,
+        payload: BytesMut,
+        max: usize,
+    ) -> Result<Step, Violation> {
         let text = match data {
             Data::Text => true,
             Data::Binary => false,
             _ => {
                 let partial = self.partial.as_mut().expect("checked by the caller");
                 partial.data.extend_from_slice(&payload);
-                if partial.text {
+                if partial.text && !partial.compressed {
                     partial.valid = check_utf8(&partial.data, partial.valid, is_final)?;
                 }
                 if !is_final {
                     return Ok(Step::Consumed);
                 }
                 let partial = self.partial.take().expect("just used");
-                return Ok(Step::Event(Event::Message(message(
-                    partial.text,
-                    partial.data.freeze(),
-                ))));
+                let payload = self.inflated(partial.compressed, partial.data.freeze(), max)?;
+                if partial.text && partial.compressed {
+                    check_utf8(&payload, 0, true)?;
+                }
+                return Ok(Step::Event(Event::Message(message(partial.text, payload))));
             }
         };
         if is_final {
+            let payload = self.inflated(compressed, payload.freeze(), max)?;
             if text {
                 check_utf8(&payload, 0, true)?;
             }
-            return Ok(Step::Event(Event::Message(message(text, payload.freeze()))));
+            return Ok(Step::Event(Event::Message(message(text, payload))));
         }
         // The first fragment: gathered apart from the read buffer, which goes
         // back to the pool between reads.
-        let valid = if text {
+        let valid = if text && !compressed {
             check_utf8(&payload, 0, false)?
         } else {
             0
         };
         self.partial = Some(Partial {
             text,
+            compressed,
             data: BytesMut::from(&payload[..]),
             valid,
         });
         Ok(Step::Consumed)
+    }
+
+    /// A whole message's payload, inflated (at most `max` bytes) if it came
+    /// compressed.
+    fn inflated(&self, compressed: bool, payload: Bytes, max: usize) -> Result<Bytes, Violation> {
+        match (&self.codec, compressed) {
+            (Some(codec), true) => codec.decompress(&payload, max).map_err(|e| match e {
+                InflateError::Corrupt => {
+                    Violation::Protocol("compressed data is not valid deflate")
+                }
+                InflateError::TooBig => Violation::TooBig("message over max_message_bytes"),
+            }),
+            _ => Ok(payload),
+        }
     }
 
     /// Decodes every frame that is whole in `buf`, up to the first event.
@@ -349,9 +410,15 @@ pub(crate) enum Out {
 
 /// Appends one unmasked, final frame to `out`.
 pub(crate) fn encode(out: &mut BytesMut, opcode: Out, payload: &[u8]) {
+    encode_frame(out, opcode, payload, false);
+}
+
+/// Appends one unmasked, final frame to `out`; `rsv1`: its payload is
+/// compressed (permessage-deflate).
+pub(crate) fn encode_frame(out: &mut BytesMut, opcode: Out, payload: &[u8], rsv1: bool) {
     let header = FrameHeader {
         is_final: true,
-        rsv1: false,
+        rsv1,
         rsv2: false,
         rsv3: false,
         opcode: match opcode {
@@ -371,11 +438,24 @@ pub(crate) fn encode(out: &mut BytesMut, opcode: Out, payload: &[u8]) {
     writer.into_inner().put_slice(payload);
 }
 
-/// Appends a message frame.
-pub(crate) fn encode_message(out: &mut BytesMut, message: &WsMessage) {
-    match message {
-        WsMessage::Text(text) => encode(out, Out::Text, text.as_bytes()),
-        WsMessage::Binary(bytes) => encode(out, Out::Binary, bytes),
+/// Appends a message frame (compressed with the worker's codec when the
+/// connection agreed to permessage-deflate).
+pub(crate) fn encode_message(
+    out: &mut BytesMut,
+    message: &WsMessage,
+    deflate: Option<(&Codec, Deflate)>,
+) {
+    let (opcode, payload) = match message {
+        WsMessage::Text(text) => (Out::Text, text.as_bytes()),
+        WsMessage::Binary(bytes) => (Out::Binary, &bytes[..]),
+    };
+    match deflate {
+        Some((codec, deflate)) => {
+            let mut compressed = Vec::new();
+            codec.compress(deflate, payload, &mut compressed);
+            encode_frame(out, opcode, &compressed, true);
+        }
+        None => encode(out, opcode, payload),
     }
 }
 

@@ -1,9 +1,12 @@
 //! The opening handshake, server side (RFC 6455 §4.2): checks an HTTP/1.1
-//! request and builds the `101` that accepts it, or the `400`/`403`/`426`
-//! that says what was wrong with it.
+//! request and builds the `101` that accepts it (with permessage-deflate
+//! when the route offers it and the client asks: `deflate.rs`), or the
+//! `400`/`403`/`426` that says what was wrong with it.
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
+
+use super::deflate::{self, Deflate};
 
 /// The origin hook: judges the `Origin` header (`None`: not sent).
 pub(crate) type OriginFn = dyn Fn(Option<&HeaderValue>) -> bool + Send + Sync;
@@ -48,6 +51,8 @@ pub(crate) struct Accepted {
     accept: String,
     /// The subprotocol chosen, if any.
     pub protocol: Option<HeaderValue>,
+    /// permessage-deflate, if agreed: its terms and the answer's header value.
+    pub deflate: Option<(Deflate, HeaderValue)>,
 }
 
 impl Accepted {
@@ -65,17 +70,22 @@ impl Accepted {
         if let Some(protocol) = &self.protocol {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
         }
+        if let Some((_, extension)) = &self.deflate {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extension.clone());
+        }
         response
     }
 }
 
 /// Checks `request` as a WebSocket opening handshake. `protocols`: the
 /// subprotocols the server speaks, preferred first; `origin_ok` judges the
-/// `Origin` header (absent for non-browser clients).
+/// `Origin` header (absent for non-browser clients); `deflate`: whether
+/// permessage-deflate is on offer.
 pub(crate) fn check<B>(
     request: &Request<B>,
     protocols: &[HeaderValue],
     origin_ok: Option<&OriginFn>,
+    deflate: bool,
 ) -> Result<Accepted, Rejection> {
     let headers = request.headers();
     if !has_token(headers, header::UPGRADE, "websocket") {
@@ -137,6 +147,7 @@ pub(crate) fn check<B>(
     Ok(Accepted {
         accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         protocol: choose_protocol(headers, protocols),
+        deflate: deflate.then(|| deflate::negotiate(headers)).flatten(),
     })
 }
 
@@ -187,7 +198,7 @@ mod tests {
 
     #[test]
     fn the_rfc_example_is_accepted() {
-        let accepted = check(&request().body(()).unwrap(), &[], None).unwrap();
+        let accepted = check(&request().body(()).unwrap(), &[], None, false).unwrap();
         let response = accepted.response();
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(
@@ -206,15 +217,32 @@ mod tests {
             HeaderValue::from_static("superchat"),
             HeaderValue::from_static("chat"),
         ];
-        let accepted = check(&req, &ours, None).unwrap();
+        let accepted = check(&req, &ours, None, false).unwrap();
         assert_eq!(accepted.protocol.unwrap(), "superchat");
-        let none = check(&req, &[HeaderValue::from_static("mqtt")], None).unwrap();
+        let none = check(&req, &[HeaderValue::from_static("mqtt")], None, false).unwrap();
         assert!(none.protocol.is_none());
     }
 
     #[test]
+    fn deflate_is_agreed_only_when_offered_both_ways() {
+        let req = request()
+            .header("sec-websocket-extensions", "permessage-deflate")
+            .body(())
+            .unwrap();
+        let on = check(&req, &[], None, true).unwrap().response();
+        assert_eq!(
+            on.headers()["sec-websocket-extensions"],
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
+        let off = check(&req, &[], None, false).unwrap().response();
+        assert!(off.headers().get("sec-websocket-extensions").is_none());
+        let plain = check(&request().body(()).unwrap(), &[], None, true).unwrap();
+        assert!(plain.deflate.is_none());
+    }
+
+    #[test]
     fn bad_handshakes_say_why() {
-        let status = |req: Request<()>| check(&req, &[], None).unwrap_err().status;
+        let status = |req: Request<()>| check(&req, &[], None, false).unwrap_err().status;
         let plain = Request::get("/ws").body(()).unwrap();
         assert_eq!(status(plain), StatusCode::UPGRADE_REQUIRED);
         let post = request().method("POST").body(()).unwrap();
@@ -235,7 +263,7 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            check(&req, &[], Some(&deny)).unwrap_err().status,
+            check(&req, &[], Some(&deny), false).unwrap_err().status,
             StatusCode::FORBIDDEN
         );
     }

@@ -35,12 +35,14 @@
 //! encoded once for all WebSockets, see [`PushWire`]).
 //!
 //! - `frame.rs`     frames: decoder (rules, limits, UTF-8), encoder
+//! - `deflate.rs`   permessage-deflate (an option), no context takeover
 //! - `handshake.rs` the opening handshake's checks and answers
 //! - `route.rs`     [`WebSocketRoute`]: the tower service users mount
 //! - `handler.rs`   [`WebSocketHandler`], [`WsSession`]: the message API
 //! - `conn.rs`      one awake connection's loop, the close handshake
 
 pub(crate) mod conn;
+pub(crate) mod deflate;
 pub(crate) mod frame;
 pub(crate) mod handler;
 pub(crate) mod handshake;
@@ -77,10 +79,18 @@ pub use route::{
     DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES, DEFAULT_WS_PING_INTERVAL,
 };
 
+use deflate::{Codec, Deflate};
 use handler::{ErasedRoute, LocalFuture};
 
-/// What a [`NativeUpgrade`] carries for this protocol: the route.
-pub(crate) struct RouteRef(pub Arc<dyn ErasedRoute>);
+/// The close code sent at shutdown (RFC 6455 §7.4.1: going away).
+pub(crate) const GOING_AWAY: u16 = 1001;
+
+/// What a [`NativeUpgrade`] carries for this protocol: the route, and
+/// whether the handshake agreed to permessage-deflate.
+pub(crate) struct RouteRef {
+    pub route: Arc<dyn ErasedRoute>,
+    pub deflate: Option<Deflate>,
+}
 
 /// A WebSocket's socket: a plain one (parkable: bare until it must wait,
 /// see `conn/woken.rs`), or any other transport (TLS, a caller's own),
@@ -130,19 +140,28 @@ impl Parkable for WsIo {
 /// How a WebSocket comes to be served.
 pub(crate) enum Start {
     /// Just upgraded: bytes the client sent after its handshake, a fresh
-    /// state, `on_open`.
-    Upgraded(Bytes),
+    /// state, `on_open`; permessage-deflate if the handshake agreed to it.
+    Upgraded(Bytes, Option<Deflate>),
     /// Woken from the parking lot, with what the side table kept for it.
     Woken(Wake, Parked<WsState>),
 }
 
 /// What the message layer's side table keeps for a parked WebSocket: its
-/// route (by position in this worker's [`Routes`]) and its handler's state,
+/// route (by position in this worker's [`Routes`]), its permessage-deflate
+/// window (0: none; a byte in what was padding) and its handler's state,
 /// boxed because routes' handlers have state types of their own (a state
 /// of size 0, as an echo's, is not allocated).
 pub(crate) struct WsState {
     route: u16,
+    deflate: u8,
     state: Box<dyn Any>,
+}
+
+impl WsState {
+    /// The permessage-deflate terms the connection agreed to, if any.
+    pub(crate) fn deflate(&self) -> Option<Deflate> {
+        Deflate::from_byte(self.deflate)
+    }
 }
 
 /// The routes whose WebSockets this worker has parked, by position (routes
@@ -185,11 +204,13 @@ impl Wire for PushWire {
     }
 }
 
-/// This worker's message state, WebSocket side table and routes.
+/// This worker's message state, WebSocket side table, routes and
+/// permessage-deflate codec.
 pub(crate) struct Tables {
     pub local: Rc<Local>,
     pub parked: Rc<SideTable<WsState>>,
     routes: Rc<Routes>,
+    pub codec: Rc<Codec>,
 }
 
 impl Tables {
@@ -202,14 +223,21 @@ impl Tables {
             local,
             parked,
             routes: ctx.local(Routes::default),
+            codec: ctx.local(Codec::default),
         }
     }
 
-    /// Keeps a WebSocket of `route` that parks: its state (boxed) goes in
-    /// the side table's entry.
-    pub(crate) fn state(&self, route: &Arc<dyn ErasedRoute>, state: Box<dyn Any>) -> WsState {
+    /// Keeps a WebSocket of `route` that parks: its deflate terms and its
+    /// state (boxed) go in the side table's entry.
+    pub(crate) fn state(
+        &self,
+        route: &Arc<dyn ErasedRoute>,
+        deflate: Option<Deflate>,
+        state: Box<dyn Any>,
+    ) -> WsState {
         WsState {
             route: self.routes.index(route),
+            deflate: Deflate::to_byte(deflate),
             state,
         }
     }
@@ -235,7 +263,8 @@ where
         Ok(socket) => Either::Left(socket),
         Err(io) => Either::Right(io),
     };
-    route.0.clone().serve(io, ctx, Start::Upgraded(read_ahead))
+    let start = Start::Upgraded(read_ahead, route.deflate);
+    route.route.clone().serve(io, ctx, start)
 }
 
 /// A plain TCP transport as a [`WokenSocket`] (an accepted stream stays
@@ -278,11 +307,19 @@ pub(crate) fn serve_woken(
     route.serve(io, ctx, Start::Woken(wake, parked))
 }
 
-/// The parking lot closed parked WebSocket `fd` itself (shutdown): its
-/// state goes, it leaves its topics, and its handler hears why.
+/// The parking lot closed parked WebSocket `fd` itself (shutdown): at
+/// shutdown it gets a close frame 1001 (going away) first, as an awake one
+/// does (best effort: one non-blocking `send` on the still open socket; the
+/// peer's answer is not awaited, the lot closes the socket next); its state
+/// goes, it leaves its topics, and its handler hears why.
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
     let tables = Tables::of(ctx);
     if let Some(parked) = tables.parked.take(fd) {
+        if reason == CloseReason::Shutdown && !parked.behind {
+            let mut out = BytesMut::new();
+            frame::encode_close(&mut out, GOING_AWAY, "");
+            message::hub::send_all_now(fd, &out);
+        }
         tables.local.closed(tables.local.id(fd, parked.generation));
         if let Some(route) = tables.routes.get(parked.state.route) {
             route.parked_closed(parked.state.state, reason);

@@ -93,6 +93,8 @@ pub(crate) struct Settings {
     pub ping_interval: Option<Duration>,
     pub heartbeat_timeout: Option<Duration>,
     pub close_timeout: Duration,
+    /// permessage-deflate on offer.
+    pub deflate: bool,
 }
 
 /// The origin hook.
@@ -107,6 +109,7 @@ impl std::fmt::Debug for Settings {
             .field("ping_interval", &self.ping_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("close_timeout", &self.close_timeout)
+            .field("deflate", &self.deflate)
             .finish()
     }
 }
@@ -127,6 +130,7 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
                     ping_interval: Some(DEFAULT_WS_PING_INTERVAL),
                     heartbeat_timeout: Some(DEFAULT_WS_HEARTBEAT_TIMEOUT),
                     close_timeout: DEFAULT_WS_CLOSE_TIMEOUT,
+                    deflate: false,
                 },
             }),
         }
@@ -201,6 +205,20 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
         self.settings().close_timeout = timeout;
         self
     }
+
+    /// Offers permessage-deflate (RFC 7692) to clients that ask for it
+    /// (browsers do), without context takeover in either direction: each
+    /// message is compressed on its own, so an idle or parked connection
+    /// keeps no compression state, and one compressor and one decompressor
+    /// per worker serve every connection. The handler's replies go out
+    /// compressed; messages pushed through the [`Hub`](crate::Hub) go
+    /// uncompressed (encoded once for every WebSocket, as RFC 7692 allows).
+    /// A compressed message may inflate to at most `max_message_bytes`.
+    /// Default: off.
+    pub fn permessage_deflate(mut self, on: bool) -> Self {
+        self.settings().deflate = on;
+        self
+    }
 }
 
 impl<H: WebSocketHandler, B> Service<Request<B>> for WebSocketRoute<H> {
@@ -214,25 +232,31 @@ impl<H: WebSocketHandler, B> Service<Request<B>> for WebSocketRoute<H> {
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let settings = &self.route.settings;
-        let response =
-            match handshake::check(&request, &settings.protocols, settings.origin.as_deref()) {
-                Ok(accepted) => {
-                    let mut response = accepted.response();
-                    let route: Arc<dyn ErasedRoute> = self.route.clone();
-                    response
-                        .extensions_mut()
-                        .insert(NativeUpgrade(Arc::new(RouteRef(route))));
-                    response
-                }
-                Err(rejection) => {
-                    tracing::debug!(
-                        status = rejection.status.as_u16(),
-                        reason = rejection.reason,
-                        "WebSocket handshake refused"
-                    );
-                    rejection.response()
-                }
-            };
+        let checked = handshake::check(
+            &request,
+            &settings.protocols,
+            settings.origin.as_deref(),
+            settings.deflate,
+        );
+        let response = match checked {
+            Ok(accepted) => {
+                let mut response = accepted.response();
+                let route: Arc<dyn ErasedRoute> = self.route.clone();
+                let deflate = accepted.deflate.map(|(deflate, _)| deflate);
+                response
+                    .extensions_mut()
+                    .insert(NativeUpgrade(Arc::new(RouteRef { route, deflate })));
+                response
+            }
+            Err(rejection) => {
+                tracing::debug!(
+                    status = rejection.status.as_u16(),
+                    reason = rejection.reason,
+                    "WebSocket handshake refused"
+                );
+                rejection.response()
+            }
+        };
         std::future::ready(Ok(response))
     }
 }

@@ -22,13 +22,14 @@ use bytes::{BufMut, Bytes};
 use futures_util::stream::FusedStream;
 use futures_util::{Sink, Stream};
 use http::HeaderValue;
-use tungstenite::error::{CapacityError, ProtocolError};
+use tungstenite::error::ProtocolError;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Error as WsError;
 
 use super::io::{Bridge, Buffers};
+use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::service::upgrade::Upgraded;
 
 /// A WebSocket connection after the upgrade: receive with [`recv`](Self::recv)
@@ -161,14 +162,20 @@ impl WebSocket {
     }
 
     /// After a protocol error: closes with the matching code (1002, 1007,
-    /// 1009) so the client learns why, best effort.
+    /// 1009) so the client learns why, best effort; counted in the server's
+    /// `protocol_errors` and reported as the close's reason
+    /// ([`ProtocolDetail::WebSocket`]), as the native WebSocket does.
     fn close_for(&mut self, error: &WsError, cx: &mut Context<'_>) {
         let code = match error {
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => CloseCode::Size,
+            WsError::Capacity(_) => CloseCode::Size,
             WsError::Utf8(_) => CloseCode::Invalid,
             WsError::Protocol(_) => CloseCode::Protocol,
             _ => return,
         };
+        self.io
+            .protocol_error(CloseReason::Protocol(ProtocolDetail::WebSocket(
+                code.into(),
+            )));
         tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame");
         let frame = tungstenite::protocol::CloseFrame {
             code,
