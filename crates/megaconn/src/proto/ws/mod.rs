@@ -158,7 +158,10 @@ pub(crate) enum Start {
 /// state inline otherwise. (It kept a boxed `dyn Any` state, the route and
 /// the terms beside it: 40 bytes.)
 #[derive(Default)]
-pub(crate) struct Kinds(RefCell<Vec<(Arc<dyn ErasedRoute>, Option<Deflate>)>>);
+pub(crate) struct Kinds(RefCell<Vec<Kind>>);
+
+/// A kind of parked WebSocket: its route and permessage-deflate terms.
+type Kind = (Arc<dyn ErasedRoute>, Option<Deflate>);
 
 impl Kinds {
     /// The position of `route` with `deflate`, added on first use.
