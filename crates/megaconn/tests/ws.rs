@@ -523,9 +523,12 @@ async fn a_ping_to_a_parked_websocket_wakes_it_once_and_it_parks_again_at_once()
         // and kept as a task holding a read buffer until park_idle_after).
         s.write_all(&client_frame(0x89, b"hb", true)).await.unwrap();
         assert_eq!(read_frame(&mut s).await, (0x8A, b"hb".to_vec()));
+        // (The count follows the re-park: wait for both.)
         server
-            .wait_stats("parked again", |s| {
-                s.connections_parked == 1 && s.parks > before.parks
+            .wait_stats("parked again, with no task", |s| {
+                s.connections_parked == 1
+                    && s.parks > before.parks
+                    && s.wakes_without_task > before.wakes_without_task
             })
             .await;
         let after = server.handle.stats();
@@ -533,6 +536,14 @@ async fn a_ping_to_a_parked_websocket_wakes_it_once_and_it_parks_again_at_once()
         assert_eq!(after.wakes_hot, before.wakes_hot, "{after:?}");
         assert_eq!(after.parks - before.parks, 1, "{after:?}");
         assert_eq!(after.buffers_checked_out, 0, "{after:?}");
+        // Served on the lot's own turn, as a framed heartbeat is: no task
+        // (a task per wake waited in the run queue behind the lot's turn,
+        // holding its read buffer, while thousands woke per second).
+        assert_eq!(
+            after.wakes_without_task - before.wakes_without_task,
+            1,
+            "{after:?}"
+        );
     }
     server.stop().await;
 }
@@ -850,4 +861,115 @@ async fn permessage_deflate_is_agreed_and_messages_go_both_ways_compressed_acros
         (3, CloseReason::Protocol(ProtocolDetail::WebSocket(1002)))
     );
     server.stop().await;
+}
+
+/// A second handler, with a state of another type: it answers each message
+/// with the one before it (`none` first), and reports its last on close.
+struct Last {
+    closes: mpsc::UnboundedSender<(String, CloseReason)>,
+}
+
+impl WebSocketHandler for Last {
+    type State = String;
+
+    async fn on_message(
+        &self,
+        last: &mut String,
+        message: WsMessage,
+        _: &WsSession,
+    ) -> Option<WsMessage> {
+        let text = String::from_utf8_lossy(message.as_bytes()).into_owned();
+        let before = std::mem::replace(last, text);
+        Some(if before.is_empty() {
+            "none".into()
+        } else {
+            before.into()
+        })
+    }
+
+    fn on_close(&self, last: String, reason: CloseReason) {
+        let _ = self.closes.send((last, reason));
+    }
+}
+
+/// Parked WebSockets of three routes on one server, two with the same
+/// handler type (one side table, told apart by the entry's variant) and one
+/// with a state of another type (a table of its own), each wake with their
+/// own state and handler, get a broadcast while parked, and at shutdown
+/// each handler hears of its own connection.
+#[tokio::test]
+async fn websockets_of_routes_with_different_states_park_and_wake_as_their_own() {
+    let mut server = Server::builder()
+        .park_idle_after(Some(PARK_IDLE_AFTER))
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("server binds");
+    let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
+    let (probe_a, mut closes_a) = mpsc::unbounded_channel();
+    let (probe_b, mut closes_b) = mpsc::unbounded_channel();
+    let (last, mut closes_last) = mpsc::unbounded_channel();
+    let probe = |closes| Probe {
+        closes,
+        opens: mpsc::unbounded_channel().0,
+    };
+    let app = axum::Router::new()
+        .route_service("/a", WebSocketRoute::new(probe(probe_a)))
+        .route_service("/b", WebSocketRoute::new(probe(probe_b)))
+        .route_service("/last", WebSocketRoute::new(Last { closes: last }));
+    let task = tokio::spawn(server.serve(app));
+    let connect = |path: &str| {
+        let url = format!("ws://{addr}{path}");
+        async move {
+            let (client, _) = tokio::time::timeout(SAFETY, tokio_tungstenite::connect_async(url))
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
+            client
+        }
+    };
+    let (mut a, mut b, mut l) = (
+        connect("/a").await,
+        connect("/b").await,
+        connect("/last").await,
+    );
+    let parked = |n| move |s: &ServerStats| s.connections_parked == n;
+    common::wait_stats(&handle, "all parked", parked(3)).await;
+    // Each wakes with its own state, served by its own handler: /a counts
+    // two messages, /b one, /last remembers.
+    for round in 1..=2u64 {
+        a.send(Message::text("count")).await.unwrap();
+        assert_eq!(next_data(&mut a).await, Message::text(round.to_string()));
+        common::wait_stats(&handle, "parked again", parked(3)).await;
+    }
+    b.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut b).await, Message::text("1"));
+    for (send, answer) in [("x", "none"), ("y", "x")] {
+        l.send(Message::text(send)).await.unwrap();
+        assert_eq!(next_data(&mut l).await, Message::text(answer));
+        common::wait_stats(&handle, "parked again", parked(3)).await;
+    }
+    // A broadcast reaches every table's parked connections.
+    assert!(hub.broadcast("to all"));
+    for client in [&mut a, &mut b, &mut l] {
+        assert_eq!(next_data(client).await, Message::text("to all"));
+    }
+    common::wait_stats(&handle, "still parked", parked(3)).await;
+    // Shutdown: a 1001 to each, each handler hears of its own.
+    handle.shutdown();
+    for client in [&mut a, &mut b, &mut l] {
+        expect_going_away(client).await;
+    }
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("serve result");
+    assert_eq!(closes_a.try_recv().ok(), Some((2, CloseReason::Shutdown)));
+    assert_eq!(closes_b.try_recv().ok(), Some((1, CloseReason::Shutdown)));
+    assert_eq!(
+        closes_last.try_recv().ok(),
+        Some(("y".to_owned(), CloseReason::Shutdown))
+    );
+    assert_eq!(closes_a.try_recv().ok(), None, "one close each");
 }

@@ -81,9 +81,13 @@ impl<S> SideTable<S> {
         }
     }
 
-    /// The worker's wire for connections of `variant`.
+    /// The worker's wire for connections of `variant` (a table with one
+    /// wire frames every variant with it: WebSocket's variants are routes).
     pub(crate) fn wire(&self, variant: usize) -> WireId {
-        self.wires.get(variant).copied().unwrap_or(WireId::MAX)
+        match self.wires[..] {
+            [only] => only,
+            _ => self.wires.get(variant).copied().unwrap_or(WireId::MAX),
+        }
     }
 
     pub(crate) fn put(&self, fd: RawFd, parked: Parked<S>) {
@@ -126,6 +130,12 @@ impl<S> SideTable<S> {
             generation: stored.generation,
             behind: stored.behind,
         })
+    }
+
+    /// The bytes one slot of this table takes (for size guards).
+    #[cfg(test)]
+    pub(crate) const fn slot_bytes() -> usize {
+        std::mem::size_of::<Option<Stored<S>>>()
     }
 
     /// A parked connection's variant, if `fd` is parked here.

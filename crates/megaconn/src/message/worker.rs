@@ -99,6 +99,8 @@ impl Local {
 
     /// Protocol `tag`'s side table for states of type `S`; made on first
     /// use with the wires `wires` gives (one per variant), registered here.
+    /// A protocol keeps one table per state type: its handlers may differ
+    /// (WebSocket routes do), and a typed table holds states inline.
     pub(crate) fn table<S: 'static>(
         &self,
         tag: ProtoTag,
@@ -108,7 +110,7 @@ impl Local {
             .tables
             .borrow()
             .iter()
-            .find(|(t, _, _)| *t == tag)
+            .find(|(t, table, _)| *t == tag && table.is::<SideTable<S>>())
             .map(|(_, table, _)| table.clone());
         let table = found.unwrap_or_else(|| {
             let ids = wires()
@@ -125,10 +127,9 @@ impl Local {
                 .push((tag, table.clone(), table.clone()));
             table
         });
-        // One handler, so one state type, per protocol and server.
         table
             .downcast()
-            .unwrap_or_else(|_| unreachable!("one state type per protocol"))
+            .unwrap_or_else(|_| unreachable!("found or made for this state type"))
     }
 
     /// Registers an awake connection's outbound queue (without a hub, there

@@ -103,9 +103,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let mut send_at = settings.ping_interval.map(|t| now + t);
     let mut conn = ConnIo::new(io, ctx.clone());
     // permessage-deflate, as the handshake agreed (kept across parking).
-    let deflate = match &start {
-        Start::Upgraded(_, deflate) => *deflate,
-        Start::Woken(_, parked) => parked.state.deflate(),
+    let deflate = match start {
+        Start::Upgraded(_, deflate) | Start::Woken(_, deflate) => deflate,
     };
     let codec = deflate.map(|d| (&*tables.codec, d));
     // A socket woken because it is readable goes back to the lot only after
@@ -141,16 +140,16 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             route.handler.on_open(live.state(), &session);
             (live, session)
         }
-        Start::Woken(wake, parked) => {
-            let id = tables.local.id(fd, parked.generation);
-            let timers = parked.timers();
-            let Ok(state) = parked.state.state.downcast::<H::State>() else {
-                tracing::error!("a woken WebSocket's state is of another route; closing it");
-                tables.local.closed(id);
+        Start::Woken(wake, _) => {
+            // `serve_woken` found it in this table (by its variant).
+            let Some(parked) = tables.table::<H::State>().take(fd) else {
+                tracing::error!("a woken WebSocket had no state; closing it");
                 return Ended::Close(CloseReason::ServerError);
             };
+            let id = tables.local.id(fd, parked.generation);
+            let timers = parked.timers();
             let session = WsSession::new(Session::new(id, tables.local.clone()));
-            let live = Live::new(&route.handler, H::on_close, *state, id, &tables.local);
+            let live = Live::new(&route.handler, H::on_close, parked.state, id, &tables.local);
             match crate::message::wake::resume(
                 timers,
                 wake,
@@ -173,7 +172,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     };
     // Pushes reach an awake connection through its outbound queue (gone
     // when it parks or closes).
-    let awake = tables.local.awake(session.id(), tables.parked.wire(0));
+    let awake = tables
+        .local
+        .awake(session.id(), tables.table::<H::State>().wire(0));
     let mut decoder = Decoder::with_deflate(deflate.map(|_| tables.codec.clone()));
     let next = 'serve: loop {
         // Every frame whole in the buffer, in order.
@@ -468,17 +469,15 @@ fn park<H: WebSocketHandler>(
     drop(buffers);
     match io.into_parked() {
         Ok(socket) => {
-            let generation = live.id().generation();
             let route: Arc<dyn ErasedRoute> = route.clone();
-            let state = tables.state(&route, deflate, Box::new(live.take()));
-            tables.parked.put(
+            tables.table::<H::State>().put(
                 socket.as_raw_fd(),
                 Parked {
-                    state,
-                    variant: 0,
+                    variant: tables.variant(&route, deflate),
+                    generation: live.id().generation(),
+                    state: live.take(),
                     due,
                     send_at,
-                    generation,
                     behind: false,
                 },
             );

@@ -34,23 +34,11 @@ const MAX_WINDOW_BITS: u8 = 15;
 const MIN_WINDOW_BITS: u8 = 9;
 
 /// What was agreed for one connection: the window the server compresses
-/// with, in bits (9-15). Kept in a byte so a parked WebSocket's entry does
-/// not grow (0 there: no compression).
+/// with, in bits (9-15). A parked WebSocket keeps it in its kind (see
+/// `Kinds`), not in its side-table entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Deflate {
     pub window_bits: u8,
-}
-
-impl Deflate {
-    /// The agreement as the byte a parked connection keeps (0: none).
-    pub(crate) fn to_byte(this: Option<Deflate>) -> u8 {
-        this.map_or(0, |d| d.window_bits)
-    }
-
-    /// [`Deflate::to_byte`] read back.
-    pub(crate) fn from_byte(byte: u8) -> Option<Deflate> {
-        (byte != 0).then_some(Deflate { window_bits: byte })
-    }
 }
 
 /// Picks the first permessage-deflate offer in `Sec-WebSocket-Extensions`

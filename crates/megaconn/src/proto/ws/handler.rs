@@ -7,10 +7,9 @@
 //! parking lot and its [`State`](WebSocketHandler::State) in this worker's
 //! side table, with no task, future or buffer kept for it.
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::future::Future;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use crate::message::hub::ConnectionId;
 use crate::message::session::Session;
 use crate::observe::close::CloseReason;
 use crate::proto::ws::frame::WsMessage;
-use crate::proto::ws::{conn, Start, WsIo};
+use crate::proto::ws::{conn, Start, Tables, WsIo};
 use crate::proto::Ended;
 
 /// A WebSocket endpoint's behaviour, called once per message. Mount it on a
@@ -152,7 +151,7 @@ impl WsSession {
 pub(crate) type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 /// A route with its handler's types erased, as the 101 carries it to the
-/// dispatcher and the side table keeps it for parked connections.
+/// dispatcher and the worker's kinds of parked WebSockets keep it.
 pub(crate) trait ErasedRoute: Send + Sync {
     /// Serves one WebSocket until it closes or parks.
     fn serve(
@@ -162,9 +161,14 @@ pub(crate) trait ErasedRoute: Send + Sync {
         start: Start,
     ) -> LocalFuture<Ended<OwnedFd>>;
 
-    /// The parking lot closed a parked connection itself (shutdown): its
-    /// handler hears why.
-    fn parked_closed(&self, state: Box<dyn Any>, reason: CloseReason);
+    /// The variant parked WebSocket `fd` has in the side table of this
+    /// route's state type, if it is parked there.
+    fn parked_variant(&self, tables: &Tables, fd: RawFd) -> Option<usize>;
+
+    /// The parking lot closed parked connection `fd` itself (shutdown):
+    /// at shutdown a 1001 goes to the peer, the state leaves the side table,
+    /// the connection its topics, and the handler hears why.
+    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason);
 }
 
 impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
@@ -177,9 +181,18 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
         Box::pin(conn::serve(self, io, ctx, start))
     }
 
-    fn parked_closed(&self, state: Box<dyn Any>, reason: CloseReason) {
-        if let Ok(state) = state.downcast::<H::State>() {
-            self.handler.on_close(*state, reason);
+    fn parked_variant(&self, tables: &Tables, fd: RawFd) -> Option<usize> {
+        tables.table::<H::State>().variant(fd)
+    }
+
+    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) {
+        let Some(parked) = tables.table::<H::State>().take(fd) else {
+            return;
+        };
+        if reason == CloseReason::Shutdown && !parked.behind {
+            super::going_away_parked(fd);
         }
+        tables.local.closed(tables.local.id(fd, parked.generation));
+        self.handler.on_close(parked.state, reason);
     }
 }

@@ -19,9 +19,11 @@
 //!
 //! Between messages, with nothing gathered, a connection idle for
 //! `park_idle_after` parks with tag [`WEBSOCKET`](crate::proto::WEBSOCKET):
-//! its handler's state, its route and its timers go to the message layer's
-//! side table for WebSockets ([`Tables`], keyed by socket), the lot keeps
-//! the socket and the earlier timer (`AtDeadline::Wake`). The timer wakes
+//! its handler's state (inline), its kind (route and permessage-deflate
+//! terms, as the entry's variant: [`Kinds`]) and its timers go to the
+//! message layer's side table for its handler's state type ([`Tables`],
+//! keyed by socket), the lot keeps the socket and the earlier timer
+//! (`AtDeadline::Wake`). The timer wakes
 //! it to send a ping (one write on the bare socket, then straight back to
 //! the lot) or to close it when the peer was silent past the heartbeat
 //! timeout; a message or a pong wakes it through readiness.
@@ -65,7 +67,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
-use crate::message::table::{Parked, SideTable};
+use crate::message::table::SideTable;
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
 use crate::observe::close::{CloseReason, FramingError};
@@ -142,48 +144,52 @@ pub(crate) enum Start {
     /// Just upgraded: bytes the client sent after its handshake, a fresh
     /// state, `on_open`; permessage-deflate if the handshake agreed to it.
     Upgraded(Bytes, Option<Deflate>),
-    /// Woken from the parking lot, with what the side table kept for it.
-    Woken(Wake, Parked<WsState>),
+    /// Woken from the parking lot: its state waits in its route's side
+    /// table (taken by the typed code, which knows the state's type), with
+    /// the permessage-deflate terms it parked with.
+    Woken(Wake, Option<Deflate>),
 }
 
-/// What the message layer's side table keeps for a parked WebSocket: its
-/// route (by position in this worker's [`Routes`]), its permessage-deflate
-/// window (0: none; a byte in what was padding) and its handler's state,
-/// boxed because routes' handlers have state types of their own (a state
-/// of size 0, as an echo's, is not allocated).
-pub(crate) struct WsState {
-    route: u16,
-    deflate: u8,
-    state: Box<dyn Any>,
-}
-
-impl WsState {
-    /// The permessage-deflate terms the connection agreed to, if any.
-    pub(crate) fn deflate(&self) -> Option<Deflate> {
-        Deflate::from_byte(self.deflate)
-    }
-}
-
-/// The routes whose WebSockets this worker has parked, by position (routes
-/// are few: a scan finds one).
+/// The kinds of parked WebSockets this worker has seen: a route and the
+/// permessage-deflate terms its connection agreed to, by position (they are
+/// few: a scan finds one). A parked WebSocket keeps its kind's position as
+/// its side-table entry's variant, so its entry holds nothing else than a
+/// framed connection's: 16 bytes with a state of size 0 (an echo's), the
+/// state inline otherwise. (It kept a boxed `dyn Any` state, the route and
+/// the terms beside it: 40 bytes.)
 #[derive(Default)]
-pub(crate) struct Routes(RefCell<Vec<Arc<dyn ErasedRoute>>>);
+pub(crate) struct Kinds(RefCell<Vec<Kind>>);
 
-impl Routes {
-    fn index(&self, route: &Arc<dyn ErasedRoute>) -> u16 {
-        let mut routes = self.0.borrow_mut();
-        let index = match routes.iter().position(|r| Arc::ptr_eq(r, route)) {
-            Some(i) => i,
-            None => {
-                routes.push(route.clone());
-                routes.len() - 1
-            }
-        };
-        u16::try_from(index).expect("fewer than 65,536 WebSocket routes")
+/// A kind of parked WebSocket: its route and permessage-deflate terms.
+type Kind = (Arc<dyn ErasedRoute>, Option<Deflate>);
+
+impl Kinds {
+    /// The position of `route` with `deflate`, added on first use.
+    fn index(&self, route: &Arc<dyn ErasedRoute>, deflate: Option<Deflate>) -> usize {
+        let mut kinds = self.0.borrow_mut();
+        let found = kinds
+            .iter()
+            .position(|(r, d)| Arc::ptr_eq(r, route) && *d == deflate);
+        found.unwrap_or_else(|| {
+            kinds.push((route.clone(), deflate));
+            kinds.len() - 1
+        })
     }
 
-    fn get(&self, index: u16) -> Option<Arc<dyn ErasedRoute>> {
-        self.0.borrow().get(usize::from(index)).cloned()
+    /// The kind of parked WebSocket `fd`: each route looks in its own side
+    /// table (routes whose handlers share a state type share one, and the
+    /// entry's variant says which of them parked it).
+    fn of_parked(
+        &self,
+        tables: &Tables,
+        fd: RawFd,
+    ) -> Option<(Arc<dyn ErasedRoute>, Option<Deflate>)> {
+        // (Looking touches the side tables, never the kinds.)
+        let kinds = self.0.borrow();
+        let variant = kinds
+            .iter()
+            .find_map(|(route, _)| route.parked_variant(tables, fd))?;
+        kinds.get(variant).cloned()
     }
 }
 
@@ -204,42 +210,34 @@ impl Wire for PushWire {
     }
 }
 
-/// This worker's message state, WebSocket side table, routes and
-/// permessage-deflate codec.
+/// This worker's message state, kinds of parked WebSockets and
+/// permessage-deflate codec; the side tables (one per handler state type)
+/// come from [`Tables::table`].
 pub(crate) struct Tables {
     pub local: Rc<Local>,
-    pub parked: Rc<SideTable<WsState>>,
-    routes: Rc<Routes>,
+    kinds: Rc<Kinds>,
     pub codec: Rc<Codec>,
 }
 
 impl Tables {
     pub(crate) fn of(ctx: &WorkerContext) -> Tables {
-        let local = message::worker::local(ctx);
-        let parked = local.table::<WsState>(crate::proto::WEBSOCKET, || {
-            vec![Rc::new(PushWire) as Rc<dyn Wire>]
-        });
         Tables {
-            local,
-            parked,
-            routes: ctx.local(Routes::default),
+            local: message::worker::local(ctx),
+            kinds: ctx.local(Kinds::default),
             codec: ctx.local(Codec::default),
         }
     }
 
-    /// Keeps a WebSocket of `route` that parks: its deflate terms and its
-    /// state (boxed) go in the side table's entry.
-    pub(crate) fn state(
-        &self,
-        route: &Arc<dyn ErasedRoute>,
-        deflate: Option<Deflate>,
-        state: Box<dyn Any>,
-    ) -> WsState {
-        WsState {
-            route: self.routes.index(route),
-            deflate: Deflate::to_byte(deflate),
-            state,
-        }
+    /// The side table of parked WebSockets whose handler's state is `S`.
+    pub(crate) fn table<S: 'static>(&self) -> Rc<SideTable<S>> {
+        self.local.table::<S>(crate::proto::WEBSOCKET, || {
+            vec![Rc::new(PushWire) as Rc<dyn Wire>]
+        })
+    }
+
+    /// The variant a WebSocket of `route` with `deflate` parks as.
+    pub(crate) fn variant(&self, route: &Arc<dyn ErasedRoute>, deflate: Option<Deflate>) -> usize {
+        self.kinds.index(route, deflate)
     }
 }
 
@@ -295,16 +293,12 @@ pub(crate) fn serve_woken(
     ctx: Rc<WorkerContext>,
 ) -> LocalFuture<Ended<OwnedFd>> {
     let tables = Tables::of(&ctx);
-    let found = tables.parked.take(socket.as_raw_fd()).and_then(|parked| {
-        let route = tables.routes.get(parked.state.route)?;
-        Some((route, parked))
-    });
-    let Some((route, parked)) = found else {
+    let Some((route, deflate)) = tables.kinds.of_parked(&tables, socket.as_raw_fd()) else {
         tracing::error!("a woken WebSocket had no state; closing it");
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
     let io = Either::Left(WokenSocket::new(socket, hot));
-    route.serve(io, ctx, Start::Woken(wake, parked))
+    route.serve(io, ctx, Start::Woken(wake, deflate))
 }
 
 /// The parking lot closed parked WebSocket `fd` itself (shutdown): at
@@ -314,15 +308,36 @@ pub(crate) fn serve_woken(
 /// goes, it leaves its topics, and its handler hears why.
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
     let tables = Tables::of(ctx);
-    if let Some(parked) = tables.parked.take(fd) {
-        if reason == CloseReason::Shutdown && !parked.behind {
-            let mut out = BytesMut::new();
-            frame::encode_close(&mut out, GOING_AWAY, "");
-            message::hub::send_all_now(fd, &out);
-        }
-        tables.local.closed(tables.local.id(fd, parked.generation));
-        if let Some(route) = tables.routes.get(parked.state.route) {
-            route.parked_closed(parked.state.state, reason);
-        }
+    if let Some((route, _)) = tables.kinds.of_parked(&tables, fd) {
+        route.parked_closed(&tables, fd, reason);
+    }
+}
+
+/// Sends a close frame 1001 (going away) to parked WebSocket `fd` (best
+/// effort: one non-blocking `send`).
+pub(crate) fn going_away_parked(fd: RawFd) {
+    let mut out = BytesMut::new();
+    frame::encode_close(&mut out, GOING_AWAY, "");
+    message::hub::send_all_now(fd, &out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes of a slot of the table `table` returns.
+    fn slot_bytes<S>(_table: fn(&Tables) -> Rc<SideTable<S>>) -> usize {
+        SideTable::<S>::slot_bytes()
+    }
+
+    /// A regression guard for what a parked WebSocket keeps beyond the
+    /// lot's few bytes: its side-table slot, the handler's state inline.
+    /// With an echo's state (`()`) it is a framed connection's 16 bytes (it
+    /// was 40: a boxed `dyn Any` state, the route and the deflate terms
+    /// beside the timers); with a `u64`, 24.
+    #[test]
+    fn a_parked_websockets_slot_is_a_framed_ones() {
+        assert_eq!(slot_bytes(Tables::table::<()>), 16);
+        assert_eq!(slot_bytes(Tables::table::<u64>), 24);
     }
 }
