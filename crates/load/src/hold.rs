@@ -478,6 +478,7 @@ pub(crate) fn hold_report(
         heartbeat_latency_us: Percentiles::of(&outcome.hist),
         pushes_received: outcome.counters.pushes_received,
         push_latency_us: Percentiles::of(&outcome.push_hist),
+        connections_parked: outcome.counters.parked,
         processes,
         sources,
         client_cpu_secs: cpu,

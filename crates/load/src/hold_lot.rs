@@ -1,11 +1,13 @@
-//! The parking lot of one `hold` thread: cleartext HTTP connections between
-//! (and during) heartbeats, with no tokio task, waker or timer of their own.
+//! The parking lot of one `hold` thread: cleartext connections (HTTP,
+//! `ws://`, `tcp://`) between (and during) heartbeats, with no tokio task,
+//! waker or timer of their own.
 //!
 //! A connection's task opens it (connect, opening request) and then hands the
 //! socket to the lot and waits, without being woken, for the one message the
 //! lot sends it: how the connection ended. The lot is a single task per
 //! thread that owns, per connection, its socket, its beat schedule and its
-//! reply parser, plus:
+//! reading side (`hold_wire.rs`: replies, pushes, a WebSocket server's pings
+//! to answer), plus:
 //! - an epoll instance of its own (level-triggered, each socket registered
 //!   once for its whole life), itself registered with the thread's tokio
 //!   runtime, so a batch of replies is one `epoll_wait` of the runtime and one
@@ -14,7 +16,8 @@
 //!   is a push and a pop, not a timer registered and cancelled in tokio's wheel;
 //! - a 10 ms ticker that sends the beats due.
 //!
-//! So a heartbeat is one `send`, one `recv`, a parse and a histogram record:
+//! So a heartbeat is one `send`, one `recv`, a parse and a histogram record
+//! whatever the protocol:
 //! with a task per connection it was also two task wake-ups, two polls of the
 //! connection's future, a timer registered and another cancelled
 //! (`bench/HEARTBEAT.md`, "hold's CPU per heartbeat").
@@ -31,21 +34,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
-use crate::histogram::record_ns;
-use crate::hold_conn::{http_reply, io_end, next_beat, Ended, Reply, Rng, ThreadCtx, BEAT_TICK};
-use crate::parse::ResponseParser;
+use crate::hold_conn::{io_end, next_beat, Ended, Rng, ThreadCtx, BEAT_TICK};
+use crate::hold_wire::{Verdict, Wire};
 
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 256;
-
-/// A parked connection's phase.
-#[derive(Clone, Copy)]
-enum Phase {
-    /// Waiting for its next beat.
-    Idle,
-    /// A heartbeat sent at `sent`, `unsent` bytes of it still to send.
-    Waiting { sent: Instant, unsent: usize },
-}
 
 /// One parked connection.
 struct Parked {
@@ -59,13 +52,16 @@ struct Parked {
     tenant: u32,
     /// When the current (or next) beat was scheduled.
     next: Instant,
-    phase: Phase,
-    /// Registered for writability (part of a beat waits to be sent).
+    /// When the heartbeat waiting for its reply was sent (`None`: waiting
+    /// for its next beat).
+    waiting: Option<Instant>,
+    /// Bytes the socket's send buffer had no room for (the rest of a beat,
+    /// pongs): empty and unallocated nearly always.
+    unsent: Vec<u8>,
+    /// Registered for writability (`unsent` waits).
     out_armed: bool,
     rng: Rng,
-    parser: ResponseParser,
-    /// The head of a reply split across reads (rare).
-    spill: Vec<u8>,
+    wire: Wire,
 }
 
 /// The lot's state (borrowed by one call at a time, never across an await).
@@ -108,13 +104,14 @@ impl Lot {
     }
 
     /// Parks an open connection (nonblocking) whose first beat is due at
-    /// `next`; the receiver hears how it ended.
+    /// `next`, read by `wire`; the receiver hears how it ended.
     pub(crate) fn park(
         &self,
         ctx: &ThreadCtx,
         stream: std::net::TcpStream,
         next: Instant,
         rng: Rng,
+        wire: Wire,
     ) -> std::io::Result<oneshot::Receiver<Ended>> {
         let mut st = self.state.borrow_mut();
         st.tenants = st.tenants.wrapping_add(1);
@@ -136,17 +133,18 @@ impl Lot {
             due,
             tenant,
             next,
-            phase: Phase::Idle,
+            waiting: None,
+            unsent: Vec::new(),
             out_armed: false,
             rng,
-            parser: ResponseParser::new(ctx.shared.head_request),
-            spill: Vec::new(),
+            wire,
         });
+        ctx.counters.parked.fetch_add(1, Relaxed);
         Ok(ended)
     }
 
     /// Registers (or changes) `stream` in the lot's epoll: readable, and
-    /// writable while a heartbeat is partly sent.
+    /// writable while bytes wait to be sent.
     fn ctl(
         &self,
         op: libc::c_int,
@@ -233,35 +231,44 @@ impl Lot {
     /// Handles one readiness event of `slot`; true if the socket may have
     /// more to read than one buffer took.
     fn on_event(&self, ctx: &ThreadCtx, slot: u32, tenant: u32, bits: u32) -> bool {
-        let (verdict, more) = {
+        let (ended, more) = {
             let mut st = self.state.borrow_mut();
             let State { slots, heap, .. } = &mut *st;
             let Some(conn) = slots[slot as usize].as_mut().filter(|c| c.tenant == tenant) else {
                 return false;
             };
             if bits & libc::EPOLLOUT as u32 != 0 {
-                if let Err(end) = self.flush(conn, slot, &ctx.shared.heartbeat) {
+                if let Err(end) = self.flush(conn, slot) {
                     drop(st);
                     self.end(slot, end);
                     return false;
                 }
             }
-            let mut buf = ctx.buf.borrow_mut();
-            let read = (&conn.stream).read(&mut buf);
+            let mut pongs = Vec::new();
+            let read = {
+                let mut buf = ctx.buf.borrow_mut();
+                match (&conn.stream).read(&mut buf) {
+                    Ok(0) => Err(Ended::Dropped),
+                    Ok(n) => conn
+                        .take(ctx, heap, slot, &buf[..n], &mut pongs)
+                        .map(|()| n == buf.len()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
+                    Err(e) => Err(io_end(&e)),
+                }
+            };
             match read {
-                Ok(0) => (Some(Err(Ended::Dropped)), false),
-                Ok(n) => (conn.take_reply(ctx, heap, slot, &buf[..n]), n == buf.len()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => (None, false),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => (None, true),
-                Err(e) => (Some(Err(io_end(&e))), false),
+                Ok(more) if pongs.is_empty() => (None, more),
+                Ok(more) => (self.send(conn, slot, &pongs).err(), more),
+                Err(end) => (Some(end), false),
             }
         };
-        match verdict {
-            Some(Err(end)) => {
+        match ended {
+            Some(end) => {
                 self.end(slot, end);
                 false
             }
-            _ => more,
+            None => more,
         }
     }
 
@@ -284,21 +291,18 @@ impl Lot {
             let Some(conn) = slots[slot as usize].as_mut() else {
                 continue;
             };
-            let ended = match conn.phase {
-                Phase::Waiting { .. } => {
-                    ctx.counters.heartbeat_errors.fetch_add(1, Relaxed);
+            let ended = match conn.waiting {
+                // The reply's deadline passed.
+                Some(_) => {
+                    ctx.failed();
                     Err(Ended::Failed)
                 }
-                Phase::Idle => {
-                    let beat = &ctx.shared.heartbeat;
+                None => {
                     let sent = Instant::now();
-                    conn.phase = Phase::Waiting {
-                        sent,
-                        unsent: beat.len(),
-                    };
+                    conn.waiting = Some(sent);
                     conn.due = grid_tick(ctx, sent + ctx.shared.timeout);
                     heap.push(Reverse((conn.due, slot)));
-                    self.flush(conn, slot, beat)
+                    self.send(conn, slot, &ctx.shared.heartbeat)
                 }
             };
             if let Err(end) = ended {
@@ -308,33 +312,35 @@ impl Lot {
         }
     }
 
-    /// Sends what is left of the heartbeat `beat`; asks for writability while
-    /// any is left (a short write: the socket's send buffer was full).
-    fn flush(&self, conn: &mut Parked, slot: u32, beat: &[u8]) -> Result<(), Ended> {
-        let Phase::Waiting { sent, unsent } = conn.phase else {
-            return Ok(());
-        };
-        let mut left = unsent;
-        while left > 0 {
-            match (&conn.stream).write(&beat[beat.len() - left..]) {
-                Ok(0) => return Err(Ended::Reset),
-                Ok(n) => left -= n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(io_end(&e)),
-            }
+    /// Sends `bytes` after any still unsent; keeps what the socket takes
+    /// not (its send buffer is full) and asks for writability meanwhile.
+    fn send(&self, conn: &mut Parked, slot: u32, bytes: &[u8]) -> Result<(), Ended> {
+        if conn.unsent.is_empty() {
+            let sent = write_some(&conn.stream, bytes)?;
+            conn.unsent.extend_from_slice(&bytes[sent..]);
+        } else {
+            conn.unsent.extend_from_slice(bytes);
         }
-        conn.phase = Phase::Waiting { sent, unsent: left };
-        if (left > 0) != conn.out_armed {
-            self.ctl(
-                libc::EPOLL_CTL_MOD,
-                &conn.stream,
-                slot,
-                conn.tenant,
-                left > 0,
-            )
-            .map_err(|e| io_end(&e))?;
-            conn.out_armed = left > 0;
+        self.want_out(conn, slot)
+    }
+
+    /// Sends what is unsent (the socket became writable).
+    fn flush(&self, conn: &mut Parked, slot: u32) -> Result<(), Ended> {
+        let sent = write_some(&conn.stream, &conn.unsent)?;
+        conn.unsent.drain(..sent);
+        if conn.unsent.is_empty() {
+            conn.unsent = Vec::new();
+        }
+        self.want_out(conn, slot)
+    }
+
+    /// Registers for writability while bytes are unsent, and only then.
+    fn want_out(&self, conn: &mut Parked, slot: u32) -> Result<(), Ended> {
+        let want = !conn.unsent.is_empty();
+        if want != conn.out_armed {
+            self.ctl(libc::EPOLL_CTL_MOD, &conn.stream, slot, conn.tenant, want)
+                .map_err(|e| io_end(&e))?;
+            conn.out_armed = want;
         }
         Ok(())
     }
@@ -352,54 +358,57 @@ impl Lot {
 }
 
 impl Parked {
-    /// Bytes read from the socket: while a heartbeat waits, its reply (or
-    /// part of it); otherwise unsolicited, and ignored as on the task path.
-    /// `Some(Err)`: the connection ends.
-    fn take_reply(
+    /// Bytes read from the socket, as the connection's [`Wire`] reads them
+    /// (pongs it asks for go to `pongs`); an answered heartbeat schedules the
+    /// next. `Err`: the connection ends.
+    fn take(
         &mut self,
         ctx: &ThreadCtx,
         heap: &mut BinaryHeap<Reverse<(u64, u32)>>,
         slot: u32,
         read: &[u8],
-    ) -> Option<Result<(), Ended>> {
-        let Phase::Waiting { sent, .. } = self.phase else {
-            return None;
-        };
-        let data: &[u8] = if self.spill.is_empty() {
-            read
-        } else {
-            self.spill.extend_from_slice(read);
-            &self.spill
-        };
-        match http_reply(&mut self.parser, data) {
-            Reply::Incomplete(keep) => {
-                self.spill = data[data.len() - keep..].to_vec();
-                None
-            }
-            Reply::Bad => {
-                ctx.counters.heartbeat_errors.fetch_add(1, Relaxed);
-                Some(Err(Ended::Failed))
-            }
-            Reply::Ok { close } => {
-                let now = Instant::now();
-                ctx.counters.heartbeats_ok.fetch_add(1, Relaxed);
-                record_ns(
-                    &mut ctx.hist.borrow_mut(),
-                    now.saturating_duration_since(sent).as_nanos() as u64,
-                );
+        pongs: &mut Vec<u8>,
+    ) -> Result<(), Ended> {
+        let sh = &ctx.shared;
+        let verdict = self
+            .wire
+            .take(sh, self.waiting.is_some(), read, pongs, |p| {
+                ctx.pushed(p);
+            });
+        match (verdict, self.waiting) {
+            (None, _) => Ok(()),
+            (Some(Verdict::Answered { close }), Some(sent)) => {
+                let now = ctx.answered(sent);
                 if close {
-                    return Some(Err(Ended::Dropped));
+                    return Err(Ended::Dropped);
                 }
-                self.spill = Vec::new();
-                self.parser = ResponseParser::new(ctx.shared.head_request);
-                self.phase = Phase::Idle;
-                self.next = next_beat(self.next, ctx.shared.interval, &mut self.rng, now);
+                self.waiting = None;
+                self.next = next_beat(self.next, sh.interval, &mut self.rng, now);
                 self.due = grid_tick(ctx, self.next);
                 heap.push(Reverse((self.due, slot)));
-                Some(Ok(()))
+                Ok(())
+            }
+            (Some(_), _) => {
+                ctx.failed();
+                Err(Ended::Failed)
             }
         }
     }
+}
+
+/// Writes as much of `bytes` as the socket takes now: how much that was.
+fn write_some(stream: &std::net::TcpStream, bytes: &[u8]) -> Result<usize, Ended> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match (&*stream).write(&bytes[sent..]) {
+            Ok(0) => return Err(Ended::Reset),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(io_end(&e)),
+        }
+    }
+    Ok(sent)
 }
 
 /// [`BEAT_TICK`] in nanoseconds.

@@ -26,7 +26,8 @@
 //! | `schedule` | open-loop send schedule and coordinated-omission arithmetic |
 //! | `hold` | [`HoldArgs`] and the `hold` driver (validation, ramp, process split) |
 //! | `hold_conn` | one held connection: open request, heartbeats, drop detection |
-//! | `hold_lot` | a hold thread's parking lot: cleartext HTTP connections between heartbeats, no task each |
+//! | `hold_lot` | a hold thread's parking lot: cleartext connections (HTTP, ws://, tcp://) between heartbeats, no task each |
+//! | `hold_wire` | what a held connection's bytes mean, per protocol: the heartbeat's reply, pushes, pings to answer |
 //! | `tcp_frames` | `hold tcp://`: lines or length-prefixed frames, pushes and their delivery time (`--receive`) |
 //! | `children` | multi-process `hold`: spawning, child protocol, merging |
 //! | `sys` | OS limits and sockets: RLIMIT_NOFILE, port range, source binding, CPU time |
@@ -46,6 +47,7 @@ mod hold;
 mod hold_conn;
 mod hold_lot;
 mod hold_tls;
+mod hold_wire;
 mod load;
 mod parse;
 mod plot;

@@ -380,6 +380,11 @@ pub struct HoldReport {
     /// percentiles in microseconds; `max` is the time to the last delivery.
     #[serde(default)]
     pub push_latency_us: Percentiles,
+    /// Connections that waited between heartbeats in a thread's parking
+    /// lot, with no task of their own (every cleartext one; TLS ones keep a
+    /// task each); each connect counts.
+    #[serde(default)]
+    pub connections_parked: u64,
     /// Processes used.
     pub processes: usize,
     /// Source addresses used (empty: the kernel's choice).

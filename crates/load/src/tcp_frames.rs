@@ -1,7 +1,8 @@
 //! `hold tcp://`'s framing and receive mode: how heartbeats are framed
 //! ([`TcpFraming`]: lines, or a big-endian length header as `megaconn serve
-//! --tcp-framing` speaks), how whole frames are split off what a connection
-//! read, and how a pushed frame is told from a heartbeat reply: a push
+//! --tcp-framing` speaks), how a whole frame is split off what a connection
+//! read (`hold_wire.rs` takes them in turn), and how a pushed frame is told
+//! from a heartbeat reply: a push
 //! carries its send time, its payload starting `t=<unix nanoseconds>`, so
 //! `--receive` can count pushes and time their delivery (sender and holder
 //! on one machine share the clock).
@@ -87,35 +88,6 @@ impl TcpFraming {
     }
 }
 
-/// Calls `on_frame` with the payload of every whole frame in what was kept
-/// from earlier reads (`spill`) followed by `fresh`; keeps the incomplete
-/// rest in `spill` (which stays unallocated while reads end on frame
-/// boundaries, as they nearly always do).
-pub(crate) fn take_frames(
-    framing: TcpFraming,
-    spill: &mut Vec<u8>,
-    fresh: &[u8],
-    mut on_frame: impl FnMut(&[u8]),
-) -> Result<(), TooLarge> {
-    let joined: Vec<u8>;
-    let data: &[u8] = if spill.is_empty() {
-        fresh
-    } else {
-        spill.extend_from_slice(fresh);
-        joined = std::mem::take(spill);
-        &joined
-    };
-    let mut at = 0;
-    while let Some((payload, used)) = framing.split(&data[at..])? {
-        on_frame(&data[at..][payload]);
-        at += used;
-    }
-    if at < data.len() {
-        *spill = data[at..].to_vec();
-    }
-    Ok(())
-}
-
 /// A pushed frame's send time in nanoseconds since the Unix epoch, if its
 /// payload starts with `t=<digits>`.
 pub(crate) fn sent_at_ns(payload: &[u8]) -> Option<u64> {
@@ -169,25 +141,6 @@ mod tests {
         for cut in 0..wire.len() {
             let got = u16.split(&wire[..cut]).unwrap();
             assert_eq!(got.is_some(), cut >= 5, "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn frames_are_taken_across_reads() {
-        let u8f = TcpFraming::Length(1);
-        let wire = [
-            u8f.heartbeat(b"a"),
-            u8f.heartbeat(b"bc"),
-            u8f.heartbeat(b""),
-        ]
-        .concat();
-        for cut in 0..=wire.len() {
-            let mut spill = Vec::new();
-            let mut seen: Vec<Vec<u8>> = Vec::new();
-            take_frames(u8f, &mut spill, &wire[..cut], |f| seen.push(f.to_vec())).unwrap();
-            take_frames(u8f, &mut spill, &wire[cut..], |f| seen.push(f.to_vec())).unwrap();
-            assert_eq!(seen, [&b"a"[..], b"bc", b""], "cut at {cut}");
-            assert!(spill.is_empty());
         }
     }
 

@@ -5,9 +5,10 @@
 //!   the pong) or, with `--ws-heartbeat text`, a masked text frame of the
 //!   `--send` text (the reply is any data frame, containing `--expect` if
 //!   given). Frames are written from pre-rendered bytes and read from the
-//!   hold thread's shared buffer (see `hold_conn`), so a held WebSocket
-//!   costs the client no more than a held line connection: many thousands
-//!   per process. Server pings seen while idle are answered.
+//!   hold thread's shared buffer; between heartbeats the connection waits in
+//!   the thread's parking lot (`hold_lot`, `hold_wire`), so a held WebSocket
+//!   costs the client no more than a held line connection: no task, no
+//!   timer, many thousands per process. Server pings are answered.
 //! * `load ws://…`: message round trips per second with latency percentiles
 //!   (each connection sends a text message and waits for the echo, closed
 //!   loop), or with `--receive`, counts the messages the server pushes and,
@@ -32,18 +33,19 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::args::{parse_body, parse_target, Target};
 use crate::error::LoadError;
 use crate::histogram::{merge, new_histogram, record_ns, Percentiles};
-use crate::hold_conn::Reply;
+use crate::hold_wire::Reply;
 use crate::load::LoadArgs;
 use crate::progress::{Progress, TICK};
 use crate::report::{write_json, ErrorCounts, ErrorKind, LoadReport};
 use crate::sys::{self, InterruptGuard};
+use crate::tcp_frames::TooLarge;
 
 /// Frame opcodes (RFC 6455 §5.2).
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
+pub(crate) const TEXT: u8 = 0x1;
+pub(crate) const BINARY: u8 = 0x2;
+pub(crate) const CLOSE: u8 = 0x8;
+pub(crate) const PING: u8 = 0x9;
+pub(crate) const PONG: u8 = 0xA;
 
 /// The client's masking key. Masking exists to stop cache poisoning by
 /// browser scripts; a load generator may use a fixed key (the server must
@@ -113,23 +115,37 @@ pub(crate) fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One frame at the start of `data`: (opcode, payload, frame length), or
-/// `None` if incomplete.
-fn frame(data: &[u8]) -> Option<(u8, &[u8], usize)> {
-    let (&b0, &b1) = (data.first()?, data.get(1)?);
+/// Longest server frame a held connection takes (a push, say); a longer
+/// one fails the connection rather than growing its buffer without bound.
+const MAX_HELD_FRAME: u64 = 1 << 20;
+
+/// A server frame: its opcode, its payload and the frame's length.
+pub(crate) type ServerFrame<'d> = (u8, &'d [u8], usize);
+
+/// One whole frame at the start of `data`; `None` while it is incomplete.
+pub(crate) fn split(data: &[u8]) -> Result<Option<ServerFrame<'_>>, TooLarge> {
+    let (Some(&b0), Some(&b1)) = (data.first(), data.get(1)) else {
+        return Ok(None);
+    };
     let (len, mut at): (u64, usize) = match b1 & 0x7f {
-        126 => (
-            u64::from(u16::from_be_bytes(data.get(2..4)?.try_into().ok()?)),
-            4,
-        ),
-        127 => (u64::from_be_bytes(data.get(2..10)?.try_into().ok()?), 10),
+        126 => match data.get(2..4) {
+            Some(l) => (u64::from(u16::from_be_bytes([l[0], l[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match data.get(2..10) {
+            Some(l) => (u64::from_be_bytes(l.try_into().unwrap_or_default()), 10),
+            None => return Ok(None),
+        },
         n => (u64::from(n), 2),
     };
+    if len > MAX_HELD_FRAME {
+        return Err(TooLarge);
+    }
     if b1 & 0x80 != 0 {
         at += 4; // a masked server frame is a protocol error; skip its key
     }
-    let end = at.checked_add(usize::try_from(len).ok()?)?;
-    Some((b0 & 0x0f, data.get(at..end)?, end))
+    let end = at + len as usize;
+    Ok(data.get(at..end).map(|payload| (b0 & 0x0f, payload, end)))
 }
 
 /// The verdict on the reply to the upgrade request: `101` with the right
@@ -150,66 +166,6 @@ pub(crate) fn upgrade_reply(data: &[u8]) -> Reply {
     } else {
         Reply::Bad
     }
-}
-
-/// The verdict on the bytes after a heartbeat: skips frames that do not
-/// answer it (a server ping, say; a data frame that does not answer is
-/// handed to `pushed`: in receive mode, a push); a close is a failed
-/// heartbeat.
-pub(crate) fn beat_reply(
-    beat: WsHeartbeat,
-    expect: Option<&[u8]>,
-    mut data: &[u8],
-    mut pushed: impl FnMut(&[u8]),
-) -> Reply {
-    while let Some((opcode, payload, len)) = frame(data) {
-        let answers = match beat {
-            WsHeartbeat::Ping => opcode == PONG,
-            WsHeartbeat::Text => opcode == TEXT || opcode == BINARY,
-        };
-        if answers {
-            // Whole data frames read with the answer are pushes too (the
-            // server's pings among them go unanswered: the next is).
-            let mut rest = &data[len..];
-            while let Some((opcode, payload, len)) = frame(rest) {
-                if opcode == TEXT || opcode == BINARY {
-                    pushed(payload);
-                }
-                rest = &rest[len..];
-            }
-            return match expect {
-                Some(e) if !payload.windows(e.len().max(1)).any(|w| w == e) => Reply::Bad,
-                _ => Reply::Ok { close: false },
-            };
-        }
-        if opcode == CLOSE {
-            return Reply::Bad;
-        }
-        if opcode == TEXT || opcode == BINARY {
-            pushed(payload);
-        }
-        data = &data[len..];
-    }
-    if data.len() > 1 << 20 {
-        Reply::Bad
-    } else {
-        Reply::Incomplete(data.len())
-    }
-}
-
-/// The pongs for the server pings in `data` (whole frames only), masked;
-/// each data frame's payload is handed to `pushed` (in receive mode, a push).
-pub(crate) fn pongs_for(mut data: &[u8], mut pushed: impl FnMut(&[u8])) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some((opcode, payload, len)) = frame(data) {
-        match opcode {
-            PING => out.extend_from_slice(&client_frame(PONG, payload)),
-            TEXT | BINARY => pushed(payload),
-            _ => {}
-        }
-        data = &data[len..];
-    }
-    out
 }
 
 /// Microseconds since the Unix epoch.
@@ -498,51 +454,22 @@ mod tests {
     fn frames_round_trip() {
         let ping = client_frame(PING, b"hb");
         assert_eq!(ping[..2], [0x89, 0x82]);
-        let (opcode, payload, len) = frame(&ping).unwrap();
+        let (opcode, payload, len) = split(&ping).unwrap().unwrap();
         assert_eq!((opcode, payload.len(), len), (PING, 2, 8));
         let big = client_frame(TEXT, &[b'x'; 300]);
         assert_eq!(big[1], 0x80 | 126);
-        assert!(frame(&big[..big.len() - 1]).is_none());
-        // Server frames are unmasked.
-        let pong = [0x8a, 2, b'h', b'b'];
-        assert_eq!(
-            beat_reply(WsHeartbeat::Ping, None, &pong, |_| ()),
-            Reply::Ok { close: false }
-        );
-        let ping_then_pong = [0x89, 0, 0x8a, 0];
-        assert_eq!(
-            beat_reply(WsHeartbeat::Ping, None, &ping_then_pong, |_| ()),
-            Reply::Ok { close: false }
-        );
-        assert_eq!(
-            beat_reply(WsHeartbeat::Ping, None, &pong[..3], |_| ()),
-            Reply::Incomplete(3)
-        );
-        let text = [0x81, 3, b'a', b'c', b'k'];
-        assert_eq!(
-            beat_reply(WsHeartbeat::Text, Some(b"ck"), &text, |_| ()),
-            Reply::Ok { close: false }
-        );
-        assert_eq!(
-            beat_reply(WsHeartbeat::Text, Some(b"no"), &text, |_| ()),
-            Reply::Bad
-        );
-        assert_eq!(
-            beat_reply(WsHeartbeat::Text, None, &[0x88, 0], |_| ()),
-            Reply::Bad
-        );
-        assert_eq!(pongs_for(&[0x89, 1, 7], |_| ()), client_frame(PONG, &[7]));
-        // Data frames while waiting for a pong, or while idle, are pushes.
-        let mut pushes = Vec::new();
-        let push_then_pong = [0x81, 2, b't', b'=', 0x8a, 0, 0x81, 1, b'x'];
-        assert_eq!(
-            beat_reply(WsHeartbeat::Ping, None, &push_then_pong, |p| pushes
-                .push(p.to_vec())),
-            Reply::Ok { close: false }
-        );
-        let pongs = pongs_for(&[0x82, 1, 9, 0x89, 0], |p| pushes.push(p.to_vec()));
-        assert_eq!(pongs, client_frame(PONG, &[]));
-        assert_eq!(pushes, [b"t=".to_vec(), b"x".to_vec(), vec![9]]);
+        assert_eq!(split(&big[..big.len() - 1]), Ok(None));
+        // Every prefix of a frame is incomplete, whatever its length field.
+        let long = [&[0x82, 127][..], &70_000u64.to_be_bytes(), &[0; 70_000]].concat();
+        for cut in [0, 1, 2, 9, 10, long.len() - 1] {
+            assert_eq!(split(&long[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(split(&long).unwrap().unwrap().2, long.len());
+        // Server frames are unmasked; one claiming more than a held
+        // connection takes is refused before it is buffered.
+        assert_eq!(split(&[0x8a, 0, 0x81]), Ok(Some((PONG, &[][..], 2))));
+        let huge = [&[0x82, 127][..], &(1u64 << 40).to_be_bytes()].concat();
+        assert_eq!(split(&huge), Err(TooLarge));
     }
 
     #[test]

@@ -79,6 +79,8 @@ fn holds_exactly_n_connections() {
         r.heartbeats_ok
     );
     assert_eq!(r.heartbeat_latency_us.count, r.heartbeats_ok);
+    // Every connection waited in its thread's parking lot, not in a task.
+    assert_eq!(r.connections_parked, 60);
     assert_eq!(r.processes, 1);
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
@@ -140,6 +142,7 @@ fn tcp_line_heartbeats() {
     ))
     .unwrap();
     assert_eq!(r.connections_open_at_end, 5);
+    assert_eq!(r.connections_parked, 5, "tcp:// connections park: {r:?}");
     assert!(r.heartbeats_ok >= 5, "{r:?}");
     assert_eq!(r.heartbeat_errors, 0);
     let served = server.requests();
@@ -157,6 +160,20 @@ fn unexpected_reply_counts_as_heartbeat_error() {
     .unwrap();
     assert_eq!(r.heartbeat_errors, 3, "{r:?}");
     assert_eq!(r.heartbeats_ok, 0);
+    assert_eq!(r.connections_parked, 3, "{r:?}");
+}
+
+/// A parked tcp:// connection whose heartbeat gets no reply fails after
+/// --timeout, from the lot's own deadline (no tokio timer per connection).
+#[test]
+fn unanswered_tcp_heartbeats_fail_after_the_timeout() {
+    let server = common::start(Mode::Deaf);
+    let target = format!("tcp://{}", server.addr);
+    let argv = ["hold", &target, "--tcp-framing", "u16"];
+    let r = run_hold(Cli::parse_from(argv.into_iter().chain(common::UNANSWERED)).args).unwrap();
+    assert_eq!((r.heartbeats_ok, r.heartbeat_errors), (0, 3), "{r:?}");
+    assert_eq!((r.connections_open_at_end, r.drops), (0, 0), "{r:?}");
+    assert_eq!(r.connections_parked, 3, "{r:?}");
 }
 
 /// Cleartext HTTP heartbeats go through the thread's parking lot: each
@@ -183,23 +200,8 @@ fn parked_http_heartbeats_end_as_the_server_says() {
     // Unanswered heartbeats fail after --timeout (opening requests answered).
     let server = common::start(Mode::AnswerFirst);
     let target = http(&server);
-    let r = run_hold(
-        Cli::parse_from([
-            "hold",
-            &target,
-            "-q",
-            "-c",
-            "3",
-            "--interval",
-            "20ms",
-            "--timeout",
-            "100ms",
-            "-d",
-            "2s",
-        ])
-        .args,
-    )
-    .unwrap();
+    let r = run_hold(Cli::parse_from(["hold", &target].into_iter().chain(common::UNANSWERED)).args)
+        .unwrap();
     assert_eq!((r.heartbeats_ok, r.heartbeat_errors), (3, 3), "{r:?}");
     assert_eq!(r.connections_open_at_end, 0, "{r:?}");
     assert_eq!(r.drops, 0);

@@ -95,6 +95,8 @@ fn length_prefixed_heartbeats_and_received_pushes() {
     assert_eq!(r.heartbeat_errors, 0, "{r:?}");
     assert!(r.heartbeats_ok > 0, "{r:?}");
     assert_eq!(r.pushes_received, N, "one broadcast, one push each: {r:?}");
+    // Heartbeats and pushes were read by the parking lot.
+    assert_eq!(r.connections_parked, N, "{r:?}");
     assert_eq!(r.push_latency_us.count, N);
     assert!(r.push_latency_us.max > 0.0);
     assert!(r.to_text().contains("pushes       5 received"));

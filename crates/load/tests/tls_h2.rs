@@ -412,6 +412,8 @@ fn hold_https_keeps_tls_connections_and_their_heartbeats() {
         (0, 0, 0, 0),
         "{r:?}"
     );
+    // TLS connections keep a task each (the lot reads cleartext only).
+    assert_eq!(r.connections_parked, 0, "{r:?}");
     // The opening requests and heartbeats were decrypted and answered over
     // TLS (the server counts what it served; beats in flight at the end
     // were served but not counted by the client).

@@ -1,7 +1,12 @@
 //! End-to-end tests of `hold ws://` and `load ws://` (round trips and
 //! `--receive`) against an in-process megaconn serving WebSockets through
-//! its axum-compatible socket: an echo, and a push of time-stamped messages.
+//! its axum-compatible socket: an echo, and a push of time-stamped messages;
+//! and of `hold ws://`'s parked connections against a scripted raw
+//! WebSocket server that pings them, stays silent or closes.
 
+mod common;
+
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -109,7 +114,8 @@ fn hold_ws_pings_every_connection() {
     assert_eq!((r.drops, r.resets, r.failed_connects), (0, 0, 0));
     assert_eq!(r.heartbeat_errors, 0);
     // The 40 upgrades count as answered, and the pings came on top.
-    assert!(r.heartbeats_ok > 40, "{r:?}");
+    assert!(r.heartbeats_ok > 40, "{r:?}"); // Each waited in its thread's parking lot, not in a task of its own.
+    assert_eq!(r.connections_parked, 40, "{r:?}");
 }
 
 #[test]
@@ -167,4 +173,122 @@ fn load_ws_receive_measures_delivery() {
     // Every pushed message carried its send time.
     assert_eq!(r.latency_us.count, r.requests);
     assert!(r.latency_us.max < 5e6, "{r:?}");
+}
+
+/// How [`raw_ws`] answers a client's ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Raw {
+    /// Pings back first and sends the pong only once its own ping is
+    /// answered: a heartbeat succeeds only if the client answers pings.
+    PingsBack,
+    /// Never.
+    Silent,
+    /// With a close frame (1000).
+    Closes,
+}
+
+/// A WebSocket server on 127.0.0.1:0, a thread per connection: completes
+/// the upgrade, then answers each client ping as `mode` says. It lives until
+/// the test process ends.
+fn raw_ws(mode: Raw) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for sock in listener.incoming().flatten() {
+            std::thread::spawn(move || raw_ws_conn(sock, mode));
+        }
+    });
+    addr
+}
+
+/// One connection of [`raw_ws`], until the client closes it.
+fn raw_ws_conn(mut sock: std::net::TcpStream, mode: Raw) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        if sock.read(&mut byte)? == 0 {
+            return Ok(()); // hold's reachability probe
+        }
+        request.push(byte[0]);
+    }
+    let request = String::from_utf8_lossy(&request);
+    let key = request
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key:"))
+        .unwrap_or_default()
+        .trim();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    write!(
+        sock,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )?;
+    // The pong owed to the client's ping, until our ping is answered.
+    let mut owed: Option<Vec<u8>> = None;
+    loop {
+        // A masked client frame; hold's are shorter than 126 bytes.
+        let mut head = [0u8; 6];
+        sock.read_exact(&mut head)?;
+        let mut payload = vec![0; usize::from(head[1] & 0x7f)];
+        sock.read_exact(&mut payload)?;
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= head[2 + i % 4];
+        }
+        let pong = |p: &[u8]| [&[0x8a, p.len() as u8][..], p].concat();
+        match (head[0] & 0x0f, mode) {
+            (0x9, Raw::PingsBack) => {
+                owed = Some(payload);
+                sock.write_all(&[0x89, 2, b'h', b'i'])?;
+            }
+            (0xa, Raw::PingsBack) if payload == b"hi" => {
+                if let Some(p) = owed.take() {
+                    sock.write_all(&pong(&p))?;
+                }
+            }
+            (0x9, Raw::Closes) => sock.write_all(&[0x88, 2, 0x03, 0xe8])?,
+            _ => {}
+        }
+    }
+}
+
+/// Parked WebSockets answer the server's pings from the lot: here no
+/// heartbeat is answered unless the client's pong to the server's ping
+/// came first.
+#[test]
+fn parked_ws_answer_the_servers_pings() {
+    let addr = raw_ws(Raw::PingsBack);
+    let r = run_hold(hold_args(
+        &format!("ws://{addr}/"),
+        &["-c", "5", "--interval", "50ms"],
+    ))
+    .unwrap();
+    assert_eq!(r.connections_parked, 5, "{r:?}");
+    assert_eq!(
+        (r.connections_open_at_end, r.heartbeat_errors),
+        (5, 0),
+        "{r:?}"
+    );
+    // The 5 upgrades, and pings answered on top.
+    assert!(r.heartbeats_ok > 5, "{r:?}");
+}
+
+/// A missing pong fails the heartbeat after --timeout, a close instead of
+/// the pong at once; either way hold closes the connection.
+#[test]
+fn parked_ws_without_a_pong_fail() {
+    for mode in [Raw::Silent, Raw::Closes] {
+        let addr = raw_ws(mode);
+        let target = format!("ws://{addr}/");
+        let argv = ["hold", &target].into_iter().chain(common::UNANSWERED);
+        let r = run_hold(HoldCli::parse_from(argv).args).unwrap();
+        // The upgrades were answered; every first ping failed.
+        assert_eq!(
+            (r.heartbeats_ok, r.heartbeat_errors),
+            (3, 3),
+            "{mode:?}: {r:?}"
+        );
+        assert_eq!(r.connections_open_at_end, 0, "{mode:?}: {r:?}");
+        assert_eq!((r.drops, r.resets), (0, 0), "{mode:?}: {r:?}");
+        assert_eq!(r.connections_parked, 3, "{mode:?}: {r:?}");
+    }
 }

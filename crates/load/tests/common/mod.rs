@@ -29,6 +29,8 @@ pub enum Mode {
     Lines,
     /// Reads requests and never answers.
     Silent,
+    /// Reads any bytes (HTTP or not) and never answers.
+    Deaf,
     /// Answers each connection's first request only (then reads and never answers).
     AnswerFirst,
     /// `200` like `Fixed`, each answer written in two pieces a few ms apart
@@ -44,6 +46,21 @@ pub enum Mode {
     /// more must fall behind.
     Delay(Duration),
 }
+
+/// `hold` arguments (after the target) for heartbeats that go unanswered:
+/// 3 connections, a beat every 20 ms that fails after 100 ms, held 2 s
+/// (ample for every first beat to fail, however loaded the machine).
+pub const UNANSWERED: [&str; 9] = [
+    "-q",
+    "-c",
+    "3",
+    "--interval",
+    "20ms",
+    "--timeout",
+    "100ms",
+    "-d",
+    "2s",
+];
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -159,6 +176,10 @@ async fn serve(
             *s.peers.lock().unwrap().entry(peer).or_default() += 1;
         }
         let mut close = false;
+        if mode == Mode::Deaf {
+            buf.clear();
+            continue;
+        }
         if mode == Mode::Lines {
             while let Some(eol) = buf.iter().position(|&b| b == b'\n') {
                 buf.drain(..=eol);
