@@ -285,8 +285,11 @@ case "$PROTO" in
     SERVE_LISTEN=(--listen "127.0.0.1:$HTTP_PORT" --tcp-listen "127.0.0.1:$PORT" --tcp-framing u32)
     HOLD_TARGET=("tcp://127.0.0.1:$PORT" --tcp-framing u32 --send PING --expect PONG)
     if [[ "$BROADCAST" == 1 ]]; then
-      # The supervisor's admin listener, for POST /broadcast.
-      ADMIN_PORT="$(free_port $((HTTP_PORT + 1)))"
+      # The supervisor's admin listener, for POST /broadcast: a port with no
+      # socket in any state (the last run's broadcast leaves one in TIME_WAIT
+      # for a minute, and the admin listener does not bind over it).
+      ADMIN_PORT=$((HTTP_PORT + 1))
+      while [[ -n "$(ss -Htan "( sport = :$ADMIN_PORT )" 2>/dev/null)" ]]; do ADMIN_PORT=$((ADMIN_PORT + 1)); done
       SERVE_LISTEN+=(--admin "127.0.0.1:$ADMIN_PORT")
       HOLD_TARGET+=(--receive)
     fi
