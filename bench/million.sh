@@ -91,7 +91,18 @@
 #   framed = the demo's framed TCP protocol, `serve --tcp-listen --tcp-framing
 #   u32`, `hold tcp:// --tcp-framing u32 --send PING --expect PONG`, a PING
 #   frame per heartbeat; ws = the demo's native WebSocket echo /ws, `hold
-#   ws://…/ws`, a ping per heartbeat answered by a pong), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
+#   ws://…/ws`, a ping per heartbeat answered by a pong), BROADCAST (1:
+#   PROTO=framed only: hold also counts pushes (`--receive`), and once the
+#   ramp is over one 64-byte broadcast goes to every connection of every
+#   worker process through the supervisor's admin `POST /broadcast`; its
+#   payload starts `t=<unix ns>`, taken just before curl starts; reported:
+#   pushes received / N, time to the last delivery (hold's push latency
+#   max), the server's CPU (schedstat, all its processes) from just before
+#   the publish until hold counted N pushes or BCAST_WAIT (60) s passed, per
+#   delivered message, raw and net of the heartbeats' CPU over the same
+#   time (at the holding rate measured later); the heartbeat CPU window then
+#   starts CPU_SETTLE s after the broadcast, so it does not count it),
+#   BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
 #   FROM_DIRS ("bench/out/million-A bench/out/million-B": run nothing, write
 #   the table and the plot from earlier runs' results; the last dir holding a
 #   server's results wins).
@@ -123,6 +134,12 @@ case "$PROTO" in
   http | framed | ws) ;;
   *) echo "PROTO=$PROTO: use http, framed or ws" >&2 && exit 2 ;;
 esac
+# BROADCAST=1: one broadcast to every connection after the ramp (PROTO=framed).
+BROADCAST="${BROADCAST:-0}"
+BCAST_WAIT="${BCAST_WAIT:-60}"
+if [[ "$BROADCAST" == 1 && "$PROTO" != framed ]]; then
+  echo "BROADCAST=1 needs PROTO=framed (the demo's framed TCP protocol)" >&2 && exit 2
+fi
 
 # Unpinned by default (lib.sh pins the server to core 1 and the load to core 0):
 # at a million connections the server's accepts and heartbeats alone need more
@@ -267,6 +284,15 @@ case "$PROTO" in
     HTTP_PORT="$(free_port $((PORT + 1)))"
     SERVE_LISTEN=(--listen "127.0.0.1:$HTTP_PORT" --tcp-listen "127.0.0.1:$PORT" --tcp-framing u32)
     HOLD_TARGET=("tcp://127.0.0.1:$PORT" --tcp-framing u32 --send PING --expect PONG)
+    if [[ "$BROADCAST" == 1 ]]; then
+      # The supervisor's admin listener, for POST /broadcast: a port with no
+      # socket in any state (the last run's broadcast leaves one in TIME_WAIT
+      # for a minute, and the admin listener does not bind over it).
+      ADMIN_PORT=$((HTTP_PORT + 1))
+      while [[ -n "$(ss -Htan "( sport = :$ADMIN_PORT )" 2>/dev/null)" ]]; do ADMIN_PORT=$((ADMIN_PORT + 1)); done
+      SERVE_LISTEN+=(--admin "127.0.0.1:$ADMIN_PORT")
+      HOLD_TARGET+=(--receive)
+    fi
     ;;
   ws) HOLD_TARGET=("ws://127.0.0.1:$PORT/ws" --ws-heartbeat ping) ;;
 esac
@@ -496,6 +522,30 @@ stop_hold() { # SIGTERM: hold stops its children, which report; bounded wait
   done
 }
 
+# broadcast_once HOLD_LOG TARGET: one 64-byte broadcast through the admin
+# route; waits (bounded by BCAST_WAIT s) until hold counted TARGET pushes.
+# Sets B_PUSHES (pushes counted when the wait ended), B_NS (server CPU ns
+# from just before the publish to then), B_SECS (wall seconds of that) and
+# B_STATUS (curl's answer).
+broadcast_once() {
+  local hlog=$1 target=$2 c0 c1 w0 w1 payload i
+  c0="$(sched_ns "$SERVER_PID")"
+  w0="$(date +%s%N)"
+  payload="$(printf 't=%s ' "$w0")"
+  payload="$(printf '%-64s' "$payload" | tr ' ' '.')"
+  B_STATUS="$(curl -sS -m 10 --data-binary "$payload" "http://127.0.0.1:$ADMIN_PORT/broadcast" 2>&1 | tr -d '\n')" || true
+  for ((i = 0; i < BCAST_WAIT * 10; i++)); do
+    B_PUSHES="$(hold_pushes "$hlog")"
+    ((B_PUSHES >= target)) && break
+    sleep 0.1
+  done
+  c1="$(sched_ns "$SERVER_PID")"
+  w1="$(date +%s%N)"
+  B_NS=$((c1 - c0))
+  B_SECS="$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')"
+  log "  broadcast: $B_STATUS; hold counted $B_PUSHES of $target pushes after ${B_SECS}s; server CPU $((B_NS / 1000000)) ms"
+}
+
 # ---------------------------------------------------------------- one server
 # run_server NAME TARGET RAMP HOLD -> $RES_DIR/NAME.json
 run_server() {
@@ -506,6 +556,7 @@ run_server() {
   local cpu_t0=0 cpu_ticks0=0 cpu_hticks0=0 busy_cpu0=0 expect_ramp phase
   local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 F_HTICKS=0 F_END=0 peak_conns=0 busy1 sn1 pss0
   local all_open_t=null lo0 lo1 sr0 sr1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
+  local B_PUSHES=null B_NS=null B_SECS=null B_STATUS=""
   log "== $name: $target connections at $ramp/s, held ${hold}s, $procs server processes"
   bench_wait_quiet "${QUIET_WAIT:-20}"
   if ! start_server "$name" "$procs"; then
@@ -583,6 +634,11 @@ run_server() {
         fi
         close_lo=$((lo + hold))
         log "  ramp over at ${S_T}s ($S_OPEN open; hold settled at ${full_t:-?}s of its clock; asked ${expect_ramp}s); hold closes at ${close_lo}s at the earliest; CPU measured from $((S_T + settle))s"
+        if [[ "$BROADCAST" == 1 ]]; then
+          broadcast_once "$hlog" "$target"
+          # The heartbeat CPU window starts CPU_SETTLE s after the broadcast.
+          ramp_done_t=$((SECONDS - t0))
+        fi
       fi
     fi
     # CPU-while-holding window starts CPU_SETTLE s after the ramp.
@@ -686,6 +742,8 @@ run_server() {
     --argjson hb_rate "$hb_rate" --argjson srv_us_hb "$srv_us_hb" --argjson cli_us_hb "$cli_us_hb" \
     --argjson hold_cpu_pct "$hold_cpu_pct" --argjson final_end "$F_END" --argjson hold_close "$hold_close" \
     --arg final_note "$final_note" \
+    --argjson bcast "$BROADCAST" --argjson b_pushes "$B_PUSHES" --argjson b_ns "$B_NS" \
+    --argjson b_secs "$B_SECS" --arg b_status "$B_STATUS" \
     '{server: $server, target: $target, processes: $procs, ramp_rate: $ramp, hold_secs: $hold_s, interval_secs: $interval,
       connections: $conns, client_open: $open, server_peak: $peak, measured_at_secs: $t,
       rss_baseline: $rss0, rss: $rss, rss_after_close: $rss_after,
@@ -704,6 +762,17 @@ run_server() {
       heartbeats_per_sec_holding: $hb_rate, server_us_per_heartbeat: $srv_us_hb,
       hold_cpu_pct_holding: $hold_cpu_pct, hold_us_per_heartbeat: $cli_us_hb,
       final_sample_done_at_secs: $final_end, hold_began_closing_at_secs: $hold_close, final_sample_note: $final_note,
+      broadcast: (if $bcast == 1 then {
+        admin_answer: $b_status, pushes_counted: $b_pushes,
+        pushes_received: ($hold.pushes_received // null),
+        delivered_ratio: (if ($hold.pushes_received // null) != null and $conns > 0 then $hold.pushes_received / $target else null end),
+        last_delivery_ms: (if ($hold.push_latency_us.max // null) != null then $hold.push_latency_us.max / 1000 else null end),
+        p50_delivery_ms: (if ($hold.push_latency_us.p50 // null) != null then $hold.push_latency_us.p50 / 1000 else null end),
+        wait_secs: $b_secs, server_cpu_ms: (if $b_ns != null then $b_ns / 1e6 else null end),
+        server_us_per_delivery: (if $b_ns != null and ($hold.pushes_received // 0) > 0 then $b_ns / 1000 / $hold.pushes_received else null end),
+        server_us_per_delivery_net: (if $b_ns != null and $cpu_pct != null and ($hold.pushes_received // 0) > 0
+          then ([$b_ns / 1000 - $cpu_pct / 100 * $b_secs * 1e6, 0] | max) / $hold.pushes_received else null end)
+      } else null end),
       hold: $hold}' >"$RES_DIR/$name.json"
   log "  $name: $(jq -c '{connections, rss, rss_per_conn, kernel_per_conn, cpu_pct_holding, exit_status}' "$RES_DIR/$name.json")"
 }
@@ -785,6 +854,20 @@ fi
       + " | \(.server_us_per_heartbeat // null | us) | \(.hold_us_per_heartbeat // null | us)"
       + " | \(if .exit_status == "0" then "yes" else "no (" + .exit_status + ")" end) |" end' "$(src_dir "$server")/$server.json"
   done
+  if [[ "$BROADCAST" == 1 ]]; then
+    echo
+    echo "| server | broadcast of 64 B: pushes received / N | time to last delivery | p50 delivery | server CPU (raw) | server µs per delivered message (raw / net of heartbeats) |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for server in "${servers[@]}"; do
+      [[ -s "$(src_dir "$server")/$server.json" ]] || continue
+      jq -r 'select(.broadcast != null) | .broadcast as $b |
+        def r1: if . == null then "—" else ((. * 10 | round) / 10 | tostring) end;
+        def r2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;
+        "| \(.server) | \($b.pushes_received // "—") / \(.target) | \($b.last_delivery_ms | r1) ms | \($b.p50_delivery_ms | r1) ms | \($b.server_cpu_ms | r1) ms over \($b.wait_secs) s | \($b.server_us_per_delivery | r2) / \($b.server_us_per_delivery_net | r2) µs |"' "$(src_dir "$server")/$server.json"
+    done
+    echo
+    echo "Broadcast: once the ramp was over, one \`POST /broadcast\` of 64 bytes (starting \`t=<unix ns>\`, taken just before curl started) to the supervisor's admin listener, which forwards it to every worker process over its publish channel; each delivers it to its connections. Pushes received and delivery latency from \`hold --receive\` (receiver and sender share the clock). Server CPU: schedstat of all its processes from just before the publish until hold counted N pushes (polled from hold's once-a-second progress lines, so the window is up to ~1 s longer than the delivery) or ${BCAST_WAIT} s; net = raw less the heartbeats' CPU over the same wall time at the holding rate measured afterwards."
+  fi
   echo
   echo "Connections held: the server's open sockets (open fds of all its processes minus their count at rest) at the end of the hold; \`megaconn hold\` reported the same count open (see the JSON). Ramp: hold's ramp time at the asked rate ($RAMP/s megaconn, $RAMP_PEER/s peers) / seconds after hold started until the server held them all (sampled every $RAMP_SAMPLE s, so ±$RAMP_SAMPLE s; connects whose SYN was dropped wait for retransmits). Heartbeats: one GET / per connection every ${INTERVAL} s (jittered), latency measured by hold over the whole run. Server RSS: VmRSS summed over every process of the server (megaconn's and Go's supervisor + workers, nginx master + workers), at the end of the hold. Server bytes/conn = (RSS − RSS at rest after one request) / connections. Kernel bytes/conn = Δ(Slab + TCP buffer pages) / connections — both the client and the server socket of each loopback connection (this one kernel holds both), so a server's own share is about half. Server bytes/conn (Δ PSS): the same with PSS (Pss from /proc/PID/smaps_rollup, summed: pages shared between the processes, such as the binary's code, split between them instead of counted in each). Server CPU while holding = its CPU seconds / wall seconds from min(${CPU_SETTLE} s, hold/4) after the ramp to the end-of-hold sample, in % of one core (only heartbeats flow then: about connections / ${INTERVAL} s; heartbeats/s is the mean of hold's progress lines over that window). CPU per heartbeat = CPU seconds over that window / heartbeats in it (server: utime+stime of all its processes; hold: of hold and its children). The end-of-hold sample is timed from hold's real ramp end and checked against hold's report, so it is taken before hold starts closing (see final_sample_note in the JSON). The script sets kernel.sched_autogroup_enabled=0 for the run and restores it after. Clean exit: status 0 after SIGTERM once hold had closed its connections."
   echo
@@ -793,5 +876,5 @@ fi
     jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
   done
   echo
-  echo "_million.sh: PROTO=$PROTO TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
+  echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
 } | tee "$RES_DIR/table.md"

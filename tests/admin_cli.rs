@@ -343,3 +343,65 @@ fn debug_connections_needs_the_flag() {
     assert!(r.text().contains("--debug-connections"));
     served.stop();
 }
+
+/// `POST /publish` and `/broadcast` on a single process's admin listener
+/// reach the framed demo's connections (as the demo's `PUB` does).
+#[test]
+fn post_publish_reaches_the_framed_connections() {
+    use std::io::{BufRead, BufReader};
+    let mut child = ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_megaconn"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(["--tcp-listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let stdout = Lines::new(child.child().stdout.take().unwrap());
+    let serving = stdout.expect_line();
+    let tcp = serving
+        .split("tcp://")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ']).next())
+        .unwrap_or_else(|| panic!("no tcp:// address: {serving}"))
+        .to_string();
+    let admin_line = stdout.expect_line();
+    let admin = admin_line
+        .strip_prefix("megaconn admin on http://")
+        .unwrap_or_else(|| panic!("{admin_line}"))
+        .to_string();
+    let conn = TcpStream::connect(&tcp).unwrap();
+    conn.set_read_timeout(Some(SAFETY)).unwrap();
+    let mut conn = BufReader::new(conn);
+    let mut line = String::new();
+    let mut next_line = |conn: &mut BufReader<TcpStream>| {
+        line.clear();
+        conn.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    };
+    conn.get_mut().write_all(b"SUB news\n").unwrap();
+    assert_eq!(next_line(&mut conn), "subscribed: news");
+    let post = |path: &str, body: &str| {
+        let mut s = TcpStream::connect(&admin).unwrap();
+        s.set_read_timeout(Some(SAFETY)).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let answer = post("/publish?topic=news", "to news");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("published\n"), "{answer}");
+    assert_eq!(next_line(&mut conn), "to news");
+    let answer = post("/broadcast", "to all");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(next_line(&mut conn), "to all");
+    let answer = post("/publish", "nowhere");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    child.signal(libc::SIGTERM);
+    assert_eq!(child.wait().code(), Some(0));
+}

@@ -1,10 +1,13 @@
 //! `megaconn serve --processes P`: a supervisor restarts a worker process that
 //! dies, keeps the port answering, drains every worker on SIGTERM and reports
-//! whole-server totals, live on its admin `/metrics` and in its summary.
+//! whole-server totals, live on its admin `/metrics` and in its summary; a
+//! publish (the framed demo's `PUB`, the admin's `POST /publish`) reaches the
+//! connections of every worker process.
 
 mod common;
 
-use std::io::{Read, Write};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
@@ -58,12 +61,17 @@ struct Supervisor {
 
 impl Supervisor {
     fn start(processes: usize) -> Supervisor {
+        Supervisor::start_with(processes, &[])
+    }
+
+    fn start_with(processes: usize, extra: &[&str]) -> Supervisor {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut child = ChildGuard::spawn(
             Command::new(env!("CARGO_BIN_EXE_megaconn"))
                 .args(["serve", "--listen", &addr, "--workers", "1", "--admin"])
                 .args(["127.0.0.1:0", "--processes"])
                 .arg(processes.to_string())
+                .args(extra)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),
         );
@@ -185,6 +193,198 @@ fn the_supervisor_admin_serves_whole_server_totals() {
         .count();
     assert_eq!(per_process, 3, "{text}");
     drop(held);
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.child.wait().code(), Some(0));
+}
+
+/// A connection to the framed demo (lines), each reply read with a bound.
+struct Framed {
+    reader: BufReader<TcpStream>,
+}
+
+impl Framed {
+    fn connect(addr: &str) -> Framed {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(common::CHILD_SAFETY)).unwrap();
+        Framed {
+            reader: BufReader::new(s),
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.reader.get_mut(), "{line}").unwrap();
+    }
+
+    /// The next line the server sends (a reply or a push).
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        assert!(line.ends_with('\n'), "connection closed: {line:?}");
+        line.trim_end().to_string()
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        self.send(line);
+        self.line()
+    }
+}
+
+/// Most connections opened to find one on every worker process. The kernel
+/// spreads connections over the `SO_REUSEPORT` listeners by a hash of each
+/// connection's addresses (a new client port each time), so P processes are
+/// all reached long before this: with 2 processes the chance that 200
+/// connections all land on one is 2^-199.
+const MAX_SPREAD: usize = 200;
+
+/// Framed connections, subscribed to `topic`, until every one of `pids`
+/// serves at least one (asked with the demo's `PID`). Returns them and the
+/// pid serving each.
+fn on_every_process(addr: &str, pids: &[i32], topic: &str) -> Vec<(Framed, i32)> {
+    let want: BTreeSet<i32> = pids.iter().copied().collect();
+    let mut seen = BTreeSet::new();
+    let mut conns = Vec::new();
+    while seen != want {
+        assert!(
+            conns.len() < MAX_SPREAD,
+            "{MAX_SPREAD} connections reached only processes {seen:?} of {want:?}"
+        );
+        let mut c = Framed::connect(addr);
+        let pid: i32 = c
+            .ask("PID")
+            .strip_prefix("pid ")
+            .expect("a pid reply")
+            .parse()
+            .unwrap();
+        assert!(want.contains(&pid), "pid {pid} is not a worker process");
+        assert_eq!(
+            c.ask(&format!("SUB {topic}")),
+            format!("subscribed: {topic}")
+        );
+        seen.insert(pid);
+        conns.push((c, pid));
+    }
+    conns
+}
+
+/// A POST to the admin listener; the status line and the body.
+fn post(admin: &str, path_and_query: &str, body: &[u8]) -> (String, String) {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(common::CHILD_SAFETY)).unwrap();
+    write!(
+        s,
+        "POST {path_and_query} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // A refused body may close the connection before it is all written.
+    let _ = s.write_all(body);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.lines().next().unwrap_or("").to_string();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// The framed demo's listen address of a supervisor started with `--tcp-listen`.
+fn start_framed(processes: usize) -> (Supervisor, String) {
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let sup = Supervisor::start_with(processes, &["--tcp-listen", &tcp]);
+    (sup, tcp)
+}
+
+/// Every connection's next line is `want` (the publisher's own connection
+/// gets its `published` reply too, in either order).
+fn all_get(conns: &mut [(Framed, i32)], want: &str) {
+    for (c, pid) in conns.iter_mut() {
+        assert_eq!(c.line(), want, "connection on process {pid}");
+    }
+}
+
+#[test]
+fn a_publish_in_one_worker_process_reaches_every_worker_process() {
+    let (mut sup, tcp) = start_framed(2);
+    let mut conns = on_every_process(&tcp, &sup.worker_pids, "news");
+    // A broadcast from the last connection (reply and its own copy, in
+    // either order), then a topic from the first: every connection of both
+    // processes gets each.
+    let (mut last, last_pid) = conns.pop().unwrap();
+    last.send("PUB * to everyone");
+    let mut got = [last.line(), last.line()];
+    got.sort();
+    assert_eq!(got, ["published", "to everyone"]);
+    all_get(&mut conns, "to everyone");
+    conns.push((last, last_pid));
+    let (first, _) = &mut conns[0];
+    first.send("PUB news to news");
+    let mut got = [first.line(), first.line()];
+    got.sort();
+    assert_eq!(got, ["published", "to news"]);
+    all_get(&mut conns[1..], "to news");
+    drop(conns);
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.child.wait().code(), Some(0));
+}
+
+#[test]
+fn the_supervisor_admin_publishes_to_every_worker_process() {
+    let (mut sup, tcp) = start_framed(2);
+    let mut conns = on_every_process(&tcp, &sup.worker_pids, "news");
+    for (route, payload) in [
+        ("/publish?topic=news", "admin to news"),
+        ("/publish?topic=*", "admin to all"),
+        ("/broadcast", "admin broadcast"),
+    ] {
+        let (status, body) = post(&sup.admin, route, payload.as_bytes());
+        assert!(status.contains(" 200 "), "{route}: {status} {body}");
+        assert_eq!(body, "published to 2 worker processes\n");
+        all_get(&mut conns, payload);
+    }
+    // Limits and mistakes are refused with the right status.
+    let (status, _) = post(&sup.admin, "/broadcast", &vec![b'x'; 70_000]);
+    assert!(status.contains(" 413 "), "{status}");
+    let (status, body) = post(&sup.admin, "/publish", b"where?");
+    assert!(status.contains(" 400 "), "{status} {body}");
+    assert!(body.contains("topic="), "{body}");
+    assert!(get(&sup.admin, "/publish").contains(" 405 "));
+    let text = get(&sup.admin, "/metrics");
+    assert_eq!(
+        metric(&text, "megaconn_publish_forwarded_total"),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "megaconn_publish_dropped_total"),
+        Some(0.0),
+        "{text}"
+    );
+    drop(conns);
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.child.wait().code(), Some(0));
+}
+
+#[test]
+fn a_restarted_worker_process_gets_a_new_publish_channel() {
+    let (mut sup, tcp) = start_framed(2);
+    // SAFETY: kill(2) on a worker process the supervisor started for us.
+    unsafe { libc::kill(sup.worker_pids[0], libc::SIGKILL) };
+    let line = sup.lines.expect_line();
+    let new_pid: i32 = line
+        .strip_prefix("worker process 0 restarted pid ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    let mut conns = on_every_process(&tcp, &[new_pid, sup.worker_pids[1]], "news");
+    let (mut old, old_pid) = conns.pop().unwrap();
+    old.send("PUB * after the restart");
+    let mut got = [old.line(), old.line()];
+    got.sort();
+    assert_eq!(got, ["after the restart", "published"]);
+    all_get(&mut conns, "after the restart");
+    let (status, _) = post(&sup.admin, "/broadcast", b"admin after the restart");
+    assert!(status.contains(" 200 "), "{status}");
+    conns.push((old, old_pid));
+    all_get(&mut conns, "admin after the restart");
+    drop(conns);
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.child.wait().code(), Some(0));
 }

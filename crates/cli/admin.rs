@@ -6,11 +6,14 @@
 //! | `GET /metrics` | Prometheus text of the main server ([`megaconn::metrics`]) |
 //! | `GET /debug/runtime` | JSON: per-worker connections, idle, buffers, requests |
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of the whole process for N s (1..=60, default 30), gzipped pprof protobuf; `&format=svg` for a flame graph; one at a time (409 while one runs) |
+//! | `POST /publish?topic=T` | the body (at most 64 KiB) to topic `T`'s subscribers; `topic=*`: to every message connection |
+//! | `POST /broadcast` | the body to every message connection |
 //!
 //! Under `--processes` the supervisor runs the admin listener (worker processes
 //! have none): `/metrics` there gives whole-server totals added up from every
 //! worker process (see `shared_stats.rs`), `/debug/runtime` one line per worker
 //! process; connection lists and profiles are per process and not served.
+//! Its `/publish` and `/broadcast` reach every worker process (fanout.rs).
 //!
 //! It listens on 127.0.0.1:9090 unless told otherwise (`--admin ADDR`,
 //! `admin = "ADDR"`, `off` disables) and stops with the main server. Keep it
@@ -31,6 +34,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use megaconn::{Body, ServerHandle};
 
+use crate::fanout::{self, Fanout, Publisher, Topic};
 use crate::shared_stats::SharedStats;
 
 /// The admin address when none is configured.
@@ -83,10 +87,11 @@ impl Drop for Admin {
 /// Whose figures the admin listener serves.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// The server of this process.
-    Server(ServerHandle),
-    /// A supervisor's worker processes, through the shared counter block.
-    Processes(Arc<SharedStats>),
+    /// The server of this process, and how to publish to its connections.
+    Server(ServerHandle, Publisher),
+    /// A supervisor's worker processes, through the shared counter block
+    /// and their publish channels.
+    Processes(Arc<SharedStats>, Arc<Fanout>),
 }
 
 /// Starts the admin server for `source` on the current runtime and prints its
@@ -136,8 +141,17 @@ pub fn start_with(
     let started = Instant::now();
     tokio::spawn(async move {
         let served = match source {
-            Source::Server(main) => server.serve(AdminService { main, started }).await,
-            Source::Processes(shared) => server.serve(ProcessesAdmin { shared }).await,
+            Source::Server(main, publisher) => {
+                let admin = AdminService {
+                    main,
+                    publisher,
+                    started,
+                };
+                server.serve(admin).await
+            }
+            Source::Processes(shared, fanout) => {
+                server.serve(ProcessesAdmin { shared, fanout }).await
+            }
         };
         if let Err(e) = served {
             tracing::error!(error = %e, "admin server failed");
@@ -150,19 +164,31 @@ pub fn start_with(
 #[derive(Debug, Clone)]
 struct ProcessesAdmin {
     shared: Arc<SharedStats>,
+    fanout: Arc<Fanout>,
 }
 
 impl tower::Service<Request<Body>> for ProcessesAdmin {
     type Response = Response<AdminBody>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<AdminBody>, Infallible>>;
+    type Future = AdminFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        std::future::ready(Ok(self.route(&req)))
+    fn call(&mut self, req: Request<Body>) -> AdminFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            if is_publish(&req) {
+                let fanout = this.fanout.clone();
+                return Ok(publish(req, move |topic, payload| {
+                    let n = fanout.publish(topic, &payload)?;
+                    Ok(format!("published to {n} worker processes\n"))
+                })
+                .await);
+            }
+            Ok(this.route(&req))
+        })
     }
 }
 
@@ -174,12 +200,12 @@ impl ProcessesAdmin {
         match req.uri().path() {
             "/" => text(
                 StatusCode::OK,
-                "megaconn admin (supervisor: totals of every worker process)\n\n/metrics\n/debug/runtime\n",
+                "megaconn admin (supervisor: totals of every worker process)\n\n/metrics\n/debug/runtime\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
             ),
             "/metrics" => respond(
                 StatusCode::OK,
                 megaconn::metrics::TEXT_CONTENT_TYPE,
-                self.shared.render_prometheus(),
+                self.shared.render_prometheus(self.fanout.counts()),
             ),
             "/debug/runtime" => {
                 let t = self.shared.total();
@@ -208,6 +234,7 @@ impl ProcessesAdmin {
 #[derive(Debug, Clone)]
 struct AdminService {
     main: ServerHandle,
+    publisher: Publisher,
     started: Instant,
 }
 
@@ -231,6 +258,14 @@ impl tower::Service<Request<Body>> for AdminService {
 
 impl AdminService {
     async fn route(&self, req: Request<Body>) -> Response<AdminBody> {
+        if is_publish(&req) {
+            let publisher = self.publisher.clone();
+            return publish(req, move |topic, payload| {
+                publisher.publish(topic, payload)?;
+                Ok("published\n".into())
+            })
+            .await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
         }
@@ -238,7 +273,7 @@ impl AdminService {
         match req.uri().path() {
             "/" => text(
                 StatusCode::OK,
-                "megaconn admin\n\n/metrics\n/debug/runtime\n/debug/connections?offset=0&limit=100[&format=text]\n/debug/pprof/profile?seconds=30[&format=svg]\n",
+                "megaconn admin\n\n/metrics\n/debug/runtime\n/debug/connections?offset=0&limit=100[&format=text]\n/debug/pprof/profile?seconds=30[&format=svg]\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
             ),
             "/metrics" => self.metrics(&req),
             "/debug/runtime" => self.runtime(),
@@ -359,6 +394,70 @@ impl AdminService {
         let mut text = serde_json::to_string_pretty(&body).expect("JSON of plain values");
         text.push('\n');
         respond(StatusCode::OK, "application/json", text)
+    }
+}
+
+/// Whether `req` is for the publish routes (`/publish`, `/broadcast`).
+fn is_publish(req: &Request<Body>) -> bool {
+    matches!(req.uri().path(), "/publish" | "/broadcast")
+}
+
+/// `POST /publish?topic=T` (`T` = `*`: everyone) and `POST /broadcast`: reads
+/// the body (at most [`fanout::MAX_MESSAGE`] bytes, else 413) and hands it
+/// to `send`, whose text is the answer.
+async fn publish(
+    req: Request<Body>,
+    send: impl FnOnce(Topic<'_>, Bytes) -> Result<String, fanout::PublishError>,
+) -> Response<AdminBody> {
+    use http_body_util::BodyExt as _;
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+    }
+    let topic = match req.uri().path() {
+        "/broadcast" => "*".to_string(),
+        _ => {
+            let query = req.uri().query().unwrap_or("");
+            let topic = query
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| *k == "topic")
+                .map(|(_, v)| v.to_string());
+            match topic.filter(|t| !t.is_empty()) {
+                Some(t) => t,
+                None => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "say where: /publish?topic=NAME (topic=* for every connection, or POST /broadcast)\n",
+                    )
+                }
+            }
+        }
+    };
+    let limited = http_body_util::Limited::new(req.into_body(), fanout::MAX_MESSAGE);
+    let payload = match limited.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a publish body may be at most {} bytes: send less\n",
+                    fanout::MAX_MESSAGE
+                ),
+            )
+        }
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}\n"),
+            )
+        }
+    };
+    match send(Topic::parse(&topic), payload) {
+        Ok(answer) => text(StatusCode::OK, answer),
+        Err(e @ fanout::PublishError::TooLarge { .. }) => {
+            text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"))
+        }
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
 

@@ -12,8 +12,9 @@
 //! | `GET /ws/chat` | WebSocket chat ([`WsChat`]): a message from one goes to every client |
 //!
 //! And on `--tcp-listen` addresses, [`FramedDemo`]: `PING` is answered `PONG`,
-//! `SUB topic` / `PUB topic text` / `PUB * text` subscribe, publish and
-//! broadcast, any other message `echo: <message>`.
+//! `PID` with the serving process's id, `SUB topic` / `PUB topic text` /
+//! `PUB * text` subscribe, publish and broadcast (to every worker process of
+//! `--processes`, through fanout.rs), any other message `echo: <message>`.
 
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
@@ -25,7 +26,9 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either as EitherBody, Full};
-use megaconn::{Body, Hub, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
+use megaconn::{Body, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
+
+use crate::fanout::{Publisher, Topic};
 
 /// Longest `/sleep` allowed.
 const MAX_SLEEP: Duration = Duration::from_secs(10);
@@ -44,12 +47,12 @@ type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<DemoBody>, Infall
 
 impl Demo {
     /// A demo app reporting readiness from `handle`; its chat publishes
-    /// through `hub`.
-    pub fn new(handle: ServerHandle, hub: Hub) -> Demo {
+    /// through `publisher`.
+    pub fn new(handle: ServerHandle, publisher: Publisher) -> Demo {
         Demo {
             handle,
             ws: WebSocketRoute::new(WsEcho),
-            chat: WebSocketRoute::new(WsChat { hub }),
+            chat: WebSocketRoute::new(WsChat { publisher }),
         }
     }
 }
@@ -137,18 +140,20 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 /// | message | answer |
 /// |---|---|
 /// | `PING` | `PONG` |
+/// | `PID` | `pid <id>`: the process serving this connection (which worker process, with `--processes`) |
 /// | `SUB topic` | `subscribed: topic` (publishes to `topic` reach this connection) |
 /// | `UNSUB topic` | `unsubscribed: topic` |
 /// | `PUB topic text` | `published` (`text` goes to `topic`'s subscribers) |
 /// | `PUB * text` | `published` (`text` goes to every connection: a broadcast) |
+/// | `PUB …` that cannot cross processes (over 64 KiB) | `error: <why>` |
 /// | anything else | `echo: <message>` |
 ///
-/// Publishes reach the connections of this process (with `--processes N`,
-/// those of the worker process the publisher is connected to).
+/// Publishes reach every connection of the server: with `--processes N`,
+/// those of the other worker processes too (through the supervisor).
 #[derive(Debug, Clone)]
 pub struct FramedDemo {
-    /// The server's hub, for `PUB`.
-    pub hub: megaconn::Hub,
+    /// How `PUB` publishes.
+    pub publisher: Publisher,
 }
 
 impl megaconn::FramedHandler for FramedDemo {
@@ -163,6 +168,9 @@ impl megaconn::FramedHandler for FramedDemo {
         if frame == "PING" {
             return Some(Bytes::from_static(b"PONG"));
         }
+        if frame == "PID" {
+            return Some(format!("pid {}", std::process::id()).into());
+        }
         if let Some(command) = demo_command(&frame) {
             return Some(match command {
                 Command::Sub(topic) => {
@@ -173,13 +181,14 @@ impl megaconn::FramedHandler for FramedDemo {
                     session.unsubscribe(topic);
                     format!("unsubscribed: {topic}").into()
                 }
-                Command::Pub("*", text) => {
-                    self.hub.broadcast(frame.slice_ref(text));
-                    Bytes::from_static(b"published")
-                }
                 Command::Pub(topic, text) => {
-                    self.hub.publish(topic, frame.slice_ref(text));
-                    Bytes::from_static(b"published")
+                    match self
+                        .publisher
+                        .publish(Topic::parse(topic), frame.slice_ref(text))
+                    {
+                        Ok(()) => Bytes::from_static(b"published"),
+                        Err(e) => format!("error: {e}").into(),
+                    }
                 }
             });
         }
@@ -207,7 +216,7 @@ impl WebSocketHandler for WsEcho {
 /// parked or awake.
 #[derive(Debug, Clone)]
 pub struct WsChat {
-    hub: Hub,
+    publisher: Publisher,
 }
 
 impl WebSocketHandler for WsChat {
@@ -219,8 +228,10 @@ impl WebSocketHandler for WsChat {
 
     async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
         if let WsMessage::Text(text) = message {
-            self.hub
-                .publish("chat", Bytes::copy_from_slice(text.as_bytes()));
+            let text = Bytes::copy_from_slice(text.as_bytes());
+            if let Err(e) = self.publisher.publish(Topic::Named("chat"), text) {
+                tracing::warn!(error = %e, "chat message not published");
+            }
         }
         None
     }

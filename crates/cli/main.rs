@@ -8,6 +8,7 @@ mod activation;
 mod admin;
 mod demo;
 mod doctor;
+mod fanout;
 mod knobs;
 mod logging;
 mod serve;

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 
 use crate::admin::AdminAddr;
 use crate::demo::Demo;
+use crate::fanout::Publisher;
 use crate::knobs;
 use crate::logging::{self, LogFormat};
 use crate::shared_stats::SharedStats;
@@ -286,6 +287,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(index) => Some((index, worker_process_setup()?)),
         None => None,
     };
+    // A worker process's publish channel to its supervisor (fanout.rs).
+    let channel = match args.worker_process {
+        Some(_) => crate::fanout::inherited_fd(),
+        None => None,
+    };
+    if args.worker_process.is_some() && channel.is_none() {
+        tracing::warn!("no publish channel from the supervisor: publishes reach this worker process's connections only");
+    }
     let take_over = if args.upgrade {
         let path = upgrade_socket(
             resolved.upgrade_socket.as_ref(),
@@ -316,7 +325,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(resolved, shared, take_over, args.worker_process))
+    runtime.block_on(serve(
+        resolved,
+        shared,
+        channel,
+        take_over,
+        args.worker_process,
+    ))
 }
 
 /// The arguments after `serve`, to hand to worker processes unchanged.
@@ -371,6 +386,7 @@ pub fn listen_urls(server: &megaconn::Server) -> Vec<String> {
 async fn serve(
     resolved: Resolved,
     shared: Option<(usize, SharedStats)>,
+    channel: Option<std::os::fd::OwnedFd>,
     take_over: Option<(crate::upgrade::TakeOver, Vec<std::net::TcpListener>)>,
     worker_process: Option<usize>,
 ) -> anyhow::Result<()> {
@@ -423,10 +439,17 @@ async fn serve(
         Some((t, sockets)) => (Some(t), sockets),
         None => (None, Vec::new()),
     };
+    // Publishes reach this process's connections, and with a channel every
+    // other worker process's too.
+    let hub = server.hub();
+    let publisher = match channel {
+        Some(fd) => Publisher::worker(hub, fd).context("cannot use the publish channel")?,
+        None => Publisher::local(hub),
+    };
     let _admin = match shared {
         None => crate::admin::start_with(
             admin,
-            crate::admin::Source::Server(handle.clone()),
+            crate::admin::Source::Server(handle.clone(), publisher.clone()),
             admin_sockets,
         )?,
         Some(_) => None,
@@ -441,9 +464,11 @@ async fn serve(
         take_over.finish(handle.clone(), control_path, tx)?;
         control_ready = Some(rx);
     }
-    let hub = server.hub();
-    let app = Demo::new(handle.clone(), hub.clone());
-    let serving = server.framed(crate::demo::FramedDemo { hub }).serve(app);
+    let app = Demo::new(handle.clone(), publisher.clone());
+    let framed = crate::demo::FramedDemo {
+        publisher: publisher.clone(),
+    };
+    let serving = server.framed(framed).serve(app);
     tokio::pin!(serving);
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     let summary = loop {
@@ -469,6 +494,7 @@ async fn serve(
             _ = publish.tick(), if shared.is_some() => {
                 if let Some((slot, block)) = &shared {
                     block.publish(*slot, &handle.stats());
+                    block.publish_uplink_dropped(*slot, publisher.uplink_dropped());
                 }
             }
             name = signals.next() => {

@@ -12,6 +12,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use megaconn::ServerStats;
+
+use crate::fanout::FanoutCounts;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -19,8 +21,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-/// Values copied per process: three gauges, then counters (see `publish`).
-const FIELDS: usize = 10;
+/// Values copied per process: three gauges, then counters (see `publish`),
+/// the last one [`UPLINK_DROPPED`].
+const FIELDS: usize = 11;
+/// Index of the publishes a worker process dropped on their way up to the
+/// supervisor (fanout.rs), set by `publish_uplink_dropped`.
+const UPLINK_DROPPED: usize = 10;
 /// Index of the first counter (the values before it are gauges).
 const FIRST_COUNTER: usize = 3;
 
@@ -131,6 +137,21 @@ impl SharedStats {
         }
     }
 
+    /// Writes how many publishes a worker process dropped on their way up
+    /// to the supervisor (its channel's queue was full).
+    pub fn publish_uplink_dropped(&self, slot: usize, dropped: u64) {
+        self.field(slot, UPLINK_DROPPED)
+            .store(dropped as i64, Relaxed);
+    }
+
+    /// Publishes dropped on their way up to the supervisor, every process.
+    pub fn uplink_dropped_total(&self) -> u64 {
+        let live: i64 = (0..self.slots)
+            .map(|slot| self.field(slot, UPLINK_DROPPED).load(Relaxed))
+            .sum();
+        (live + self.retired[UPLINK_DROPPED].load(Relaxed)) as u64
+    }
+
     /// Retires a slot whose process exited: its counters move to the retired
     /// totals (they still count for the whole server), its gauges go to zero
     /// (its connections closed with it), and the slot is free for a new process.
@@ -176,10 +197,16 @@ impl SharedStats {
     /// The whole server's totals as Prometheus text, for the supervisor's admin
     /// `/metrics`. Same metric names as a single process's `/metrics` for what
     /// the shared block carries (`megaconn_requests` without its method and
-    /// status labels), plus `megaconn_process_connections` per worker process.
-    pub fn render_prometheus(&self) -> String {
+    /// status labels), plus `megaconn_process_connections` per worker process
+    /// and the publish counters of the channels between processes (`fanout`
+    /// from the supervisor's side).
+    pub fn render_prometheus(&self, fanout: FanoutCounts) -> String {
         let mut registry = Registry::with_prefix("megaconn");
-        registry.register_collector(Box::new(Totals(self.total())));
+        registry.register_collector(Box::new(Totals {
+            stats: self.total(),
+            fanout,
+            uplink_dropped: self.uplink_dropped_total(),
+        }));
         let mut out = String::with_capacity(2048);
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
@@ -189,11 +216,15 @@ impl SharedStats {
 
 /// A snapshot of the totals, encoded once per scrape.
 #[derive(Debug)]
-struct Totals(ServerStats);
+struct Totals {
+    stats: ServerStats,
+    fanout: FanoutCounts,
+    uplink_dropped: u64,
+}
 
 impl Collector for Totals {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let t = &self.0;
+        let t = &self.stats;
         let gauges = [
             (
                 "connections_open",
@@ -247,6 +278,26 @@ impl Collector for Totals {
                 t.protocol_errors,
             ),
             ("accept_errors", "Failed accept calls.", t.accept_errors),
+            (
+                "publish_forwarded",
+                "Publishes queued to a worker process's channel (one per process reached).",
+                self.fanout.forwarded,
+            ),
+            (
+                "publish_dropped",
+                "Publishes dropped for a worker process whose channel queue was full (a slow process).",
+                self.fanout.dropped,
+            ),
+            (
+                "publish_rejected",
+                "Malformed publish messages from a worker process (dropped).",
+                self.fanout.rejected,
+            ),
+            (
+                "publish_uplink_dropped",
+                "Publishes a worker process dropped on their way to the supervisor (its channel queue was full).",
+                self.uplink_dropped,
+            ),
         ];
         for (name, help, v) in counters {
             ConstCounter::new(v).encode(e.encode_descriptor(
@@ -297,7 +348,21 @@ mod tests {
         let t = shared.total();
         assert_eq!(t.accepted, 10, "a retired process's counters still count");
         assert_eq!(t.connections_open, 2, "its connections do not");
-        let text = shared.render_prometheus();
+        shared.publish_uplink_dropped(1, 3);
+        shared.retire(1);
+        let fanout = FanoutCounts {
+            forwarded: 7,
+            ..FanoutCounts::default()
+        };
+        let text = shared.render_prometheus(fanout);
+        assert!(
+            text.contains("megaconn_publish_forwarded_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("megaconn_publish_uplink_dropped_total 3\n"),
+            "{text}"
+        );
         assert!(
             text.contains("megaconn_connections_accepted_total 10\n"),
             "{text}"

@@ -8,7 +8,9 @@
 //! logged), forwards SIGTERM/SIGINT so every worker drains gracefully (and
 //! SIGHUP, so each reloads its TLS certificate), serves the admin listener with
 //! whole-server totals gathered through [`SharedStats`] (`/metrics`), and
-//! prints them at the end.
+//! prints them at the end. Each worker process also gets a publish channel
+//! ([`Fanout`], fanout.rs): a publish in one reaches the connections of all,
+//! and the admin `POST /publish` reaches every worker process.
 //!
 //! Upgrades (`serve --upgrade --processes P`, the same P): each new worker
 //! process k takes over from the old worker process k over its own control
@@ -23,6 +25,7 @@
 //! per-process cap cannot be raised.
 
 use std::ffi::OsString;
+use std::os::fd::AsRawFd as _;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::admin;
+use crate::fanout::{self, Fanout};
 use crate::serve::{self, ServeArgs, Signals};
 use crate::shared_stats::{SharedStats, FD_ENV};
 use crate::UsageError;
@@ -97,8 +101,10 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         // Stops when dropped, after the worker processes.
-        let _admin = admin::start(resolved.admin, admin::Source::Processes(shared.clone()))?;
-        supervise(argv, processes, &shared, addrs).await
+        let fanout = Fanout::new(processes);
+        let source = admin::Source::Processes(shared.clone(), fanout.clone());
+        let _admin = admin::start(resolved.admin, source)?;
+        supervise(argv, processes, &shared, &fanout, addrs).await
     })
 }
 
@@ -106,6 +112,7 @@ async fn supervise(
     argv: Vec<OsString>,
     processes: usize,
     shared: &SharedStats,
+    fanout: &Arc<Fanout>,
     addrs: Vec<String>,
 ) -> anyhow::Result<()> {
     let mut signals = Signals::new().context("cannot install signal handlers")?;
@@ -114,7 +121,7 @@ async fn supervise(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut workers: Vec<Worker> = Vec::with_capacity(processes);
     for i in 0..processes {
-        let pid = start(&exe, &argv, i, processes, shared, tx.clone(), true)?;
+        let pid = start(&exe, &argv, i, processes, shared, fanout, tx.clone(), true)?;
         workers.push(Worker {
             pid: Some(pid),
             started: Instant::now(),
@@ -181,6 +188,7 @@ async fn supervise(
                     w.running = false;
                     w.pid = None;
                     shared.retire(i);
+                    fanout.detach(i);
                     if w.handed_over {
                         failed |= code != Some(0);
                         if workers.iter().all(|w| w.handed_over && !w.running) {
@@ -210,7 +218,7 @@ async fn supervise(
                         restart_at[i] = None;
                         // A restarted worker binds afresh: the process it
                         // took over from is gone.
-                        match start(&exe, &argv, i, processes, shared, tx.clone(), false) {
+                        match start(&exe, &argv, i, processes, shared, fanout, tx.clone(), false) {
                             Ok(pid) => {
                                 let w = &mut workers[i];
                                 w.pid = Some(pid);
@@ -274,13 +282,16 @@ fn stop_all(workers: &[Worker], signal: libc::c_int) {
 /// when it exits. `first`: its first start, which takes over from the old
 /// worker process of the same index when the supervisor was started with
 /// `--upgrade` (then it is ready once it has the parked connections and its
-/// own control socket, so a next upgrade cannot come too early).
+/// own control socket, so a next upgrade cannot come too early). It gets a
+/// new publish channel from `fanout`.
+#[allow(clippy::too_many_arguments)]
 fn start(
     exe: &std::path::Path,
     argv: &[OsString],
     index: usize,
     processes: usize,
     shared: &SharedStats,
+    fanout: &Arc<Fanout>,
     events: mpsc::UnboundedSender<Event>,
     first: bool,
 ) -> anyhow::Result<u32> {
@@ -290,19 +301,28 @@ fn start(
     } else {
         "megaconn serving on"
     };
+    let channel = fanout
+        .attach(index)
+        .with_context(|| format!("cannot make the publish channel of worker process {index}"))?;
+    let channel_fd = channel.as_raw_fd();
     let mut cmd = tokio::process::Command::new(exe);
+    // SAFETY: the closure only calls fcntl(2), which is async-signal-safe.
+    unsafe { cmd.pre_exec(move || fanout::keep_across_exec(channel_fd)) };
     cmd.arg("serve")
         .args(argv.iter().filter(|a| upgrade || *a != "--upgrade"))
         .arg("--worker-process")
         .arg(index.to_string())
         .env(FD_ENV, shared.raw_fd().to_string())
         .env(SLOTS_ENV, processes.to_string())
+        .env(fanout::FD_ENV, channel_fd.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start worker process {index}"))?;
+    // The child has its copy; ours closes.
+    drop(channel);
     let pid = child.id().unwrap_or(0);
     let stdout = child.stdout.take();
     tokio::spawn(async move {

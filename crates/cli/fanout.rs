@@ -1,0 +1,455 @@
+//! Publishing across the worker processes of `serve --processes N`.
+//!
+//! Each worker process has its own [`megaconn::Hub`], which reaches only the
+//! connections of that process. To reach every connection of the server, the
+//! supervisor keeps one channel per worker process: a connected Unix datagram
+//! socket pair, made before the worker starts (the worker's end is inherited,
+//! its descriptor named in [`FD_ENV`]). A datagram keeps message boundaries,
+//! so one publish is one datagram ([`encode`]), at most [`MAX_MESSAGE`] bytes.
+//!
+//! - A publish in a worker process ([`Publisher`]: the demo's `PUB`, the
+//!   WebSocket chat) is delivered to its own connections at once and sent up
+//!   to the supervisor, which forwards it to every other worker process.
+//! - The supervisor's admin route `POST /publish` sends it to all of them.
+//! - A worker process delivers what comes down through its hub.
+//!
+//! The supervisor never waits on a worker: each worker process's channel has
+//! a bounded queue ([`QUEUE`] messages) drained by its own task; a message
+//! that finds it full is dropped for that process, counted
+//! (`megaconn_publish_dropped_total`) and logged. A worker process that dies
+//! loses its channel with it; its replacement gets a new one. The same bound
+//! applies to a worker's channel up to the supervisor (its drops are counted
+//! in `megaconn_publish_uplink_dropped_total`).
+//!
+//! All of this stays in the command-line tool: the library's hub is per
+//! process by design, and the supervisor that owns the processes lives here.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use megaconn::Hub;
+use tokio::net::UnixDatagram;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+/// Environment variable naming a worker process's end of its channel.
+pub const FD_ENV: &str = "MEGACONN_PUBLISH_FD";
+
+/// Largest message on a channel, header included: two bytes, the topic, the
+/// payload. Well under a Unix socket's default send buffer (208 KiB), so one
+/// always fits in one datagram.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Longest topic name that can cross processes (its length is one byte).
+pub const MAX_TOPIC: usize = u8::MAX as usize;
+
+/// Messages that may wait for one channel's socket before new ones are
+/// dropped for it.
+pub const QUEUE: usize = 1024;
+
+/// Header byte: to a topic's subscribers.
+const KIND_TOPIC: u8 = b'T';
+/// Header byte: to every message connection (a broadcast).
+const KIND_ALL: u8 = b'A';
+
+/// Where a publish goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic<'a> {
+    /// Every message connection: a broadcast (`PUB *`).
+    All,
+    /// The subscribers of this topic.
+    Named(&'a str),
+}
+
+impl<'a> Topic<'a> {
+    /// `*` is everyone, any other name a topic.
+    pub fn parse(name: &'a str) -> Topic<'a> {
+        if name == "*" {
+            Topic::All
+        } else {
+            Topic::Named(name)
+        }
+    }
+}
+
+/// Why a publish cannot cross processes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Topic and payload do not fit one channel message.
+    #[error("a publish of {bytes} bytes (topic and payload) is over the {max}-byte limit between worker processes: send less")]
+    TooLarge {
+        /// Topic and payload bytes, with the header.
+        bytes: usize,
+        /// [`MAX_MESSAGE`].
+        max: usize,
+    },
+    /// The topic name is too long for the channel's header.
+    #[error("topic name of {0} bytes is over the {MAX_TOPIC}-byte limit between worker processes: use a shorter name")]
+    TopicTooLong(usize),
+}
+
+/// A channel message that could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed publish message on the worker process channel")]
+pub struct Malformed;
+
+/// One publish as a channel message.
+pub fn encode(topic: Topic<'_>, payload: &[u8]) -> Result<Bytes, PublishError> {
+    let name = match topic {
+        Topic::All => "",
+        Topic::Named(name) => name,
+    };
+    if name.len() > MAX_TOPIC {
+        return Err(PublishError::TopicTooLong(name.len()));
+    }
+    let bytes = 2 + name.len() + payload.len();
+    if bytes > MAX_MESSAGE {
+        return Err(PublishError::TooLarge {
+            bytes,
+            max: MAX_MESSAGE,
+        });
+    }
+    let mut out = BytesMut::with_capacity(bytes);
+    out.put_u8(if topic == Topic::All {
+        KIND_ALL
+    } else {
+        KIND_TOPIC
+    });
+    out.put_u8(name.len() as u8);
+    out.put_slice(name.as_bytes());
+    out.put_slice(payload);
+    Ok(out.freeze())
+}
+
+/// A channel message read back: where it goes and its payload (a slice of
+/// `message`, not a copy).
+pub fn decode(message: &Bytes) -> Result<(Topic<'_>, Bytes), Malformed> {
+    let [kind, len, rest @ ..] = &message[..] else {
+        return Err(Malformed);
+    };
+    let len = *len as usize;
+    if rest.len() < len || message.len() > MAX_MESSAGE {
+        return Err(Malformed);
+    }
+    let topic = match *kind {
+        KIND_ALL if len == 0 => Topic::All,
+        KIND_TOPIC if len > 0 => {
+            Topic::Named(std::str::from_utf8(&rest[..len]).map_err(|_| Malformed)?)
+        }
+        _ => return Err(Malformed),
+    };
+    Ok((topic, message.slice(2 + len..)))
+}
+
+/// Delivers a publish to the connections of this process.
+fn deliver(hub: &Hub, topic: Topic<'_>, payload: Bytes) {
+    match topic {
+        Topic::All => hub.broadcast(payload),
+        Topic::Named(name) => hub.publish(name, payload),
+    };
+}
+
+/// A channel socket and its bounded outbound queue: the task that drains the
+/// queue into the socket, so whoever queues never waits on the peer.
+fn queued_sender(socket: Arc<UnixDatagram>, peer: &'static str) -> mpsc::Sender<Bytes> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
+    tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            if let Err(e) = socket.send(&message).await {
+                // The peer is gone (a worker process died; the supervisor
+                // replaces its channel) or the socket failed.
+                tracing::debug!(peer, error = %e, "publish channel closed");
+                break;
+            }
+        }
+    });
+    tx
+}
+
+/// Counts a drop and logs it: the first, then every power of two (a flood
+/// of drops must not become a flood of log lines).
+fn note_drop(counter: &AtomicU64, what: &'static str) {
+    let n = counter.fetch_add(1, Relaxed) + 1;
+    if n.is_power_of_two() {
+        tracing::warn!(
+            dropped_total = n,
+            "{what}: publish channel queue full ({QUEUE} messages), message dropped (logged at the 1st, 2nd, 4th... drop)"
+        );
+    }
+}
+
+/// The supervisor's side: one channel per worker process.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    links: Mutex<Vec<Option<Link>>>,
+    forwarded: AtomicU64,
+    dropped: AtomicU64,
+    rejected: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Link {
+    tx: mpsc::Sender<Bytes>,
+    reader: AbortHandle,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The supervisor's publish counters, for its `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FanoutCounts {
+    /// Messages queued to a worker process's channel.
+    pub forwarded: u64,
+    /// Messages dropped for a worker process whose queue was full.
+    pub dropped: u64,
+    /// Malformed messages from a worker process (dropped).
+    pub rejected: u64,
+}
+
+impl Fanout {
+    /// A fan-out for `processes` worker processes, none attached yet.
+    pub fn new(processes: usize) -> Arc<Fanout> {
+        let links = Mutex::new((0..processes).map(|_| None).collect());
+        Arc::new(Fanout {
+            links,
+            ..Fanout::default()
+        })
+    }
+
+    /// A new channel for worker process `index` (replacing its old one): the
+    /// end the worker process inherits is returned, close-on-exec set (the
+    /// caller clears it in the child only). Needs the runtime.
+    pub fn attach(self: &Arc<Self>, index: usize) -> io::Result<OwnedFd> {
+        let (ours, theirs) = std::os::unix::net::UnixDatagram::pair()?;
+        ours.set_nonblocking(true)?;
+        let ours = Arc::new(UnixDatagram::from_std(ours)?);
+        let tx = queued_sender(ours.clone(), "worker process");
+        let this = Arc::downgrade(self);
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0; MAX_MESSAGE + 1];
+            loop {
+                let n = match ours.recv(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(worker = index, error = %e, "publish channel closed");
+                        return;
+                    }
+                };
+                let Some(this) = this.upgrade() else { return };
+                let message = Bytes::copy_from_slice(&buf[..n]);
+                if decode(&message).is_err() {
+                    this.rejected.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        worker = index,
+                        bytes = n,
+                        "malformed publish from a worker process; dropped"
+                    );
+                    continue;
+                }
+                this.send(Some(index), &message);
+            }
+        })
+        .abort_handle();
+        let mut links = self.links.lock().expect("not poisoned");
+        links[index] = Some(Link { tx, reader });
+        Ok(theirs.into())
+    }
+
+    /// Forgets worker process `index`'s channel (it exited).
+    pub fn detach(&self, index: usize) {
+        self.links.lock().expect("not poisoned")[index] = None;
+    }
+
+    /// Publishes to every worker process (the admin route). Returns how many
+    /// worker processes it was queued for.
+    pub fn publish(&self, topic: Topic<'_>, payload: &[u8]) -> Result<usize, PublishError> {
+        Ok(self.send(None, &encode(topic, payload)?))
+    }
+
+    /// Queues `message` to every worker process but `except`; never waits.
+    fn send(&self, except: Option<usize>, message: &Bytes) -> usize {
+        let links = self.links.lock().expect("not poisoned");
+        let mut queued = 0;
+        for (i, link) in links.iter().enumerate() {
+            let Some(link) = link.as_ref().filter(|_| Some(i) != except) else {
+                continue;
+            };
+            match link.tx.try_send(message.clone()) {
+                Ok(()) => {
+                    queued += 1;
+                    self.forwarded.fetch_add(1, Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    note_drop(&self.dropped, "a worker process is slow")
+                }
+                // Its writer stopped: the process is exiting.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        queued
+    }
+
+    /// The counters so far.
+    pub fn counts(&self) -> FanoutCounts {
+        FanoutCounts {
+            forwarded: self.forwarded.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+        }
+    }
+}
+
+/// How the demo publishes: to this process's hub, and in a worker process of
+/// a supervisor also up to the supervisor, which forwards to the others.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    hub: Hub,
+    uplink: Option<mpsc::Sender<Bytes>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Publisher {
+    /// Publishes within this process only (a single-process server).
+    pub fn local(hub: Hub) -> Publisher {
+        Publisher {
+            hub,
+            uplink: None,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// A worker process's publisher over its inherited channel `fd`: what
+    /// comes down is delivered to this process's connections. Needs the
+    /// runtime.
+    pub fn worker(hub: Hub, fd: OwnedFd) -> io::Result<Publisher> {
+        let socket = std::os::unix::net::UnixDatagram::from(fd);
+        socket.set_nonblocking(true)?;
+        let socket = Arc::new(UnixDatagram::from_std(socket)?);
+        let uplink = queued_sender(socket.clone(), "supervisor");
+        let down = hub.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0; MAX_MESSAGE + 1];
+            // Ends when the supervisor is gone (this process follows it).
+            while let Ok(n) = socket.recv(&mut buf).await {
+                let message = Bytes::copy_from_slice(&buf[..n]);
+                match decode(&message) {
+                    Ok((topic, payload)) => deliver(&down, topic, payload),
+                    Err(e) => tracing::warn!(bytes = n, "{e}; dropped"),
+                }
+            }
+        });
+        Ok(Publisher {
+            hub,
+            uplink: Some(uplink),
+            dropped: Arc::default(),
+        })
+    }
+
+    /// Delivers `payload` to `topic`'s subscribers (or everyone) on every
+    /// process: here at once, elsewhere through the supervisor. Never waits;
+    /// a worker process's full channel drops the message for the other
+    /// processes (counted, logged).
+    pub fn publish(&self, topic: Topic<'_>, payload: Bytes) -> Result<(), PublishError> {
+        let Some(uplink) = &self.uplink else {
+            deliver(&self.hub, topic, payload);
+            return Ok(());
+        };
+        // Checked first, so a publish too large to cross processes reaches
+        // no one rather than only this process's connections.
+        let message = encode(topic, &payload)?;
+        deliver(&self.hub, topic, payload);
+        match uplink.try_send(message) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                note_drop(&self.dropped, "the supervisor is slow")
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages this process could not send up to the supervisor (its queue
+    /// was full).
+    pub fn uplink_dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+}
+
+/// A worker process's channel end, from [`FD_ENV`]; `None` when the
+/// supervisor gave none. Close-on-exec is set again.
+pub fn inherited_fd() -> Option<OwnedFd> {
+    let fd: RawFd = std::env::var(FD_ENV).ok()?.parse().ok()?;
+    // SAFETY: fcntl on a plain integer: fails harmlessly if it is not open.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return None;
+    }
+    // SAFETY: the supervisor opened this descriptor for this process and
+    // nothing else here owns it (read once, at start-up).
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Lets `raw` survive `exec` in a child (call between fork and exec only).
+pub fn keep_across_exec(raw: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments;
+    // async-signal-safe, so fine between fork and exec.
+    if unsafe { libc::fcntl(raw, libc::F_SETFD, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let m = encode(Topic::Named("news"), b"big day").unwrap();
+        assert_eq!(
+            decode(&m).unwrap(),
+            (Topic::Named("news"), Bytes::from_static(b"big day"))
+        );
+        let m = encode(Topic::All, b"").unwrap();
+        assert_eq!(decode(&m).unwrap(), (Topic::All, Bytes::new()));
+    }
+
+    #[test]
+    fn limits_are_errors() {
+        let big = vec![0; MAX_MESSAGE];
+        assert!(matches!(
+            encode(Topic::All, &big),
+            Err(PublishError::TooLarge { .. })
+        ));
+        assert!(encode(Topic::All, &big[..MAX_MESSAGE - 2]).is_ok());
+        let long = "t".repeat(MAX_TOPIC + 1);
+        assert_eq!(
+            encode(Topic::Named(&long), b"x"),
+            Err(PublishError::TopicTooLong(MAX_TOPIC + 1))
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        for bad in [
+            &b""[..],
+            b"T",
+            b"T\x05ab",
+            b"X\x00",
+            b"A\x01a",
+            b"T\x00x",
+            b"T\x01\xff",
+        ] {
+            assert_eq!(
+                decode(&Bytes::copy_from_slice(bad)),
+                Err(Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+}
