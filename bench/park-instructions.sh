@@ -98,7 +98,7 @@ count() { # NAME BINARY -> one table row
 # the middle of a hold; per heartbeat = calls / sendto calls (one response
 # per heartbeat).
 syscalls() {
-  local name=$1 bin=$2 base="$RES_DIR/$1-strace" hp sp
+  local name=$1 bin=$2 base="$RES_DIR/$1-strace" hp
   taskset -c "$SERVER_CPU" "$bin" serve --listen "127.0.0.1:$PORT" --workers 1 --admin off \
     --park-after "$PARK_AFTER" >"$base.serve.log" 2>&1 &
   # shellcheck disable=SC2034
