@@ -136,15 +136,15 @@ where
 
 /// Whether a woken connection is worth serving on the parking lot's own
 /// turn, without a task first (`worker::connection_spawner`): a cold wake
-/// of a framed connection, which is usually one heartbeat, answered and
-/// re-parked with no wait. Hot wakes wait as tasks anyway; the other
-/// protocols are spawned as they always were.
+/// of a framed or cleartext HTTP/1.1 connection, which is usually one
+/// heartbeat, answered and re-parked with no wait. Hot wakes wait as tasks
+/// anyway; the other protocols are spawned as they always were.
 pub(crate) fn serve_at_once(incoming: &Incoming) -> bool {
     matches!(
         incoming,
         Incoming::Woken {
             hot: false,
-            proto: proto::FRAMED,
+            proto: proto::FRAMED | proto::HTTP1,
             ..
         }
     )
