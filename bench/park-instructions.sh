@@ -81,8 +81,8 @@ held() {
   SERVER_PID=""
 }
 
-count() { # NAME BINARY -> one table row
-  local name=$1 bin=$2 d ir=() hb=() bad=0 base
+count() { # NAME LABEL BINARY -> one table row
+  local name=$1 label=$2 bin=$3 d ir=() hb=() bad=0 base
   for d in "$SHORT" "$LONG"; do
     base="$RES_DIR/$name-$d"
     held "$name" "$bin" "$d" valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$base.callgrind"
@@ -90,7 +90,7 @@ count() { # NAME BINARY -> one table row
     hb+=("$(jq .heartbeats_ok "$base.json")")
     bad=$((bad + $(jq '.heartbeat_errors + .drops' "$base.json")))
   done
-  awk -v n="$name" -v i0="${ir[0]}" -v i1="${ir[1]}" -v h0="${hb[0]}" -v h1="${hb[1]}" -v bad="$bad" \
+  awk -v n="$label" -v i0="${ir[0]}" -v i1="${ir[1]}" -v h0="${hb[0]}" -v h1="${hb[1]}" -v bad="$bad" \
     'BEGIN { printf "| %s | %d | %d | **%.0f** | %d |\n", n, h1 - h0, i1 - i0, (i1 - i0) / (h1 - h0), bad }'
 }
 
@@ -126,8 +126,8 @@ syscalls() {
   echo
   echo "| server | heartbeats (difference) | instructions (difference) | instructions/heartbeat | errors + drops |"
   echo "|---|---:|---:|---:|---:|"
-  count "megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?')" "$MEGACONN"
-  [[ -n "$MEGACONN_B" ]] && count "megaconn-b $(cat "$MEGACONN_B.version" 2>/dev/null || echo "$MEGACONN_B")" "$MEGACONN_B"
+  count megaconn "megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo "$MEGACONN")" "$MEGACONN"
+  [[ -n "$MEGACONN_B" ]] && count megaconn-b "megaconn-b $(cat "$MEGACONN_B.version" 2>/dev/null || echo "$MEGACONN_B")" "$MEGACONN_B"
   echo
   if [[ "$STRACE" == 1 ]]; then
     syscalls megaconn "$MEGACONN"
