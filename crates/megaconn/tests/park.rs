@@ -240,3 +240,74 @@ async fn woken_connections_serve_pipelined_requests() {
     assert_eq!(server.handle.stats().requests, 4);
     server.stop().await;
 }
+
+/// A heartbeat on a cold parked connection is read, answered and parked
+/// again on the parking lot's own turn: no task is spawned for it (a task
+/// per heartbeat was most of a parked heartbeat's user-space CPU).
+#[tokio::test]
+async fn a_cold_wake_is_served_without_a_task() {
+    let server = parking_server(None).await;
+    let mut s = server.connect().await;
+    // Parked after idling as a task: its next wake is a cold one.
+    get_then_park(&server, &mut s, 1).await;
+    let before = server.handle.stats();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.body, b"Hello, World!");
+    // (The counts follow the re-park: wait for all of them.)
+    server
+        .wait_stats("parked again, with no task", |st| {
+            st.connections_parked == 1
+                && st.parks > before.parks
+                && st.wakes_without_task > before.wakes_without_task
+        })
+        .await;
+    let after = server.handle.stats();
+    assert_eq!(after.wakes_cold - before.wakes_cold, 1, "{after:?}");
+    assert_eq!(after.wakes_hot, before.wakes_hot, "{after:?}");
+    assert_eq!(after.parks - before.parks, 1, "{after:?}");
+    assert_eq!(
+        after.wakes_without_task - before.wakes_without_task,
+        1,
+        "{after:?}"
+    );
+    assert_eq!(after.buffers_checked_out, 0);
+    server.stop().await;
+}
+
+/// A cold wake whose handler has to wait cannot finish on the lot's turn:
+/// it goes on as a task (polled again with a real waker), answers when the
+/// handler does, and parks again.
+#[tokio::test]
+async fn a_woken_handler_that_waits_becomes_a_task_and_answers() {
+    let mut server = parking_server(None).await;
+    let mut s = server.connect().await;
+    get_then_park(&server, &mut s, 1).await;
+    let before = server.handle.stats();
+    s.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        server.probe.next_event().await,
+        common::Event::Started("/wait".into())
+    );
+    server.probe.release.notify_one();
+    assert_eq!(read_response(&mut s).await.body, b"released");
+    server
+        .wait_stats("parked again", |st| {
+            st.connections_parked == 1 && st.parks > before.parks
+        })
+        .await;
+    let after = server.handle.stats();
+    assert_eq!(after.wakes_cold - before.wakes_cold, 1, "{after:?}");
+    assert_eq!(
+        after.wakes_without_task, before.wakes_without_task,
+        "{before:?} {after:?}"
+    );
+    // And the connection goes on serving.
+    let_it_go_cold(&server).await;
+    get_then_park(&server, &mut s, 1).await;
+    assert_eq!(server.handle.stats().requests, 3);
+    server.stop().await;
+}

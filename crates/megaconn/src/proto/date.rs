@@ -18,11 +18,19 @@ thread_local! {
 
 /// The current `Date` header value, at most one second stale.
 pub(crate) fn now() -> HeaderValue {
+    with_now(|value| value.clone())
+}
+
+/// Calls `f` with the current `Date` header value, at most one second stale,
+/// without cloning it: an HTTP/1.1 head copies its bytes, and a clone and
+/// drop of the shared value per response are two atomic operations it does
+/// not need.
+pub(crate) fn with_now<R>(f: impl FnOnce(&HeaderValue) -> R) -> R {
     let now = SystemTime::now();
     CACHED.with(|cell| {
         let mut cached = cell.borrow_mut();
         match &*cached {
-            Some(c) if now < c.next_update => c.value.clone(),
+            Some(c) if now < c.next_update => f(&c.value),
             _ => {
                 let text = httpdate::fmt_http_date(now);
                 let value = HeaderValue::from_str(&text).expect("an HTTP date is a valid header");
@@ -31,11 +39,7 @@ pub(crate) fn now() -> HeaderValue {
                     .unwrap_or_default()
                     .as_secs();
                 let next_update = SystemTime::UNIX_EPOCH + Duration::from_secs(secs + 1);
-                *cached = Some(CachedDate {
-                    value: value.clone(),
-                    next_update,
-                });
-                value
+                f(&cached.insert(CachedDate { value, next_update }).value)
             }
         }
     })

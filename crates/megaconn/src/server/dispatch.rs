@@ -136,16 +136,16 @@ where
 
 /// Whether a woken connection is worth serving on the parking lot's own
 /// turn, without a task first (`worker::connection_spawner`): a cold wake
-/// of a message connection (framed, WebSocket), which is usually one
-/// heartbeat (or a ping of ours, or the pong to it), answered and re-parked
-/// with no wait. Hot wakes wait as tasks anyway; HTTP is spawned as it
-/// always was.
+/// of a message connection (framed, WebSocket) or of a cleartext HTTP/1.1
+/// one, which is usually one heartbeat (or a ping of ours, or the pong to
+/// it), answered and re-parked with no wait. Hot wakes wait as tasks anyway;
+/// the other protocols (TLS) are spawned as they always were.
 pub(crate) fn serve_at_once(incoming: &Incoming) -> bool {
     matches!(
         incoming,
         Incoming::Woken {
             hot: false,
-            proto: proto::FRAMED | proto::WEBSOCKET,
+            proto: proto::FRAMED | proto::WEBSOCKET | proto::HTTP1,
             ..
         }
     )

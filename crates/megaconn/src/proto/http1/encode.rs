@@ -129,7 +129,7 @@ pub(crate) fn encode_head(
         }
     }
     if !has_date {
-        put_line(dst, b"date: ", date::now().as_bytes());
+        date::with_now(|now| put_line(dst, b"date: ", now.as_bytes()));
     }
     if let (false, Some(server)) = (has_server, server_header) {
         put_header(dst, b"server", server.as_bytes());
@@ -273,7 +273,7 @@ pub(crate) fn encode_error(dst: &mut BytesMut, status: StatusCode, reason: &str)
         status.canonical_reason().unwrap_or("Error"),
         body_len
     );
-    dst.put_slice(date::now().as_bytes());
+    date::with_now(|now| dst.put_slice(now.as_bytes()));
     let _ = write!(
         Writer(dst),
         "\r\n\r\n{}: {}\n",
