@@ -871,6 +871,20 @@ impl<Data> UnbufferedConnectionCommon<Data> {
     pub fn dangerous_extract_secrets(self) -> Result<ExtractedSecrets, Error> {
         self.core.dangerous_extract_secrets()
     }
+
+    /// Releases the spare capacity of the connection's internal queues (the
+    /// handshake deframer's message index, the received-plaintext and
+    /// sendable-TLS queues): all of it when they are empty, as they are
+    /// between records once the handshake is done.
+    ///
+    /// For callers holding many idle connections: call it when a connection
+    /// goes quiet. Whatever it releases is allocated again when next needed.
+    pub fn shrink_to_fit(&mut self) {
+        self.core.hs_deframer.shrink_to_fit();
+        let common = &mut self.core.common_state;
+        common.received_plaintext.shrink_to_fit();
+        common.sendable_tls.shrink_to_fit();
+    }
 }
 
 impl<T> Deref for UnbufferedConnectionCommon<T> {

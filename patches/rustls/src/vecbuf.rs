@@ -46,6 +46,11 @@ impl ChunkVecBuffer {
         self.limit = new_limit;
     }
 
+    /// Releases the queue's spare capacity (all of it when empty).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.chunks.shrink_to_fit();
+    }
+
     /// If we're empty
     pub(crate) fn is_empty(&self) -> bool {
         self.chunks.is_empty()

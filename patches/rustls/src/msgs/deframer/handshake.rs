@@ -91,6 +91,11 @@ impl HandshakeDeframer {
         !self.spans.is_empty()
     }
 
+    /// Releases the span index's spare capacity (all of it between messages).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.spans.shrink_to_fit();
+    }
+
     /// We are "aligned" if there are no pending handshake messages, complete or partial.
     pub(crate) fn is_aligned(&self) -> bool {
         // If we have any handshake spans, either:
