@@ -163,6 +163,9 @@ impl HoldTls {
         if !out.is_empty() {
             tcp.write_all(&out).await?;
         }
+        // rustls keeps the handshake's message index (640 B) unless told
+        // (patched `shrink_to_fit`, patches/README.md).
+        session.shrink_to_fit();
         Ok(HoldTls {
             tcp,
             session,
@@ -235,6 +238,8 @@ impl Held for HoldTls {
             }
         }
         self.tail = cipher[start..filled].to_vec();
+        // Tickets and KeyUpdates regrow rustls' message index: not kept.
+        self.session.shrink_to_fit();
         if !self.pending.is_empty() {
             // Answers to the server's housekeeping (a KeyUpdate) go out now
             // if the socket takes them, else before the next request.

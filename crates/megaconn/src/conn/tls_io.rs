@@ -444,6 +444,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
                 return Poll::Pending;
             }
             if !self.session.is_handshaking() {
+                // The handshake's queues are empty now: give back what
+                // rustls kept of them (its patched `shrink_to_fit`,
+                // patches/README.md), for connections that never park (h2).
+                self.session.shrink_to_fit();
                 return Poll::Ready(Ok(()));
             }
             if step == Step::Closed || self.peer_closed {
@@ -612,7 +616,12 @@ impl<S: Parkable> Parkable for TlsIo<S> {
             give_local(b);
             tail
         });
-        let TlsIo { sock, session, .. } = self;
+        let TlsIo {
+            sock, mut session, ..
+        } = self;
+        // What a wake-up allocated in rustls (a KeyUpdate's message index,
+        // a record queue) is not kept while parked.
+        session.shrink_to_fit();
         Ok((sock.into_parked()?, Some(ParkedTls { session, tail })))
     }
 }
