@@ -91,7 +91,8 @@
 #   framed = the demo's framed TCP protocol, `serve --tcp-listen --tcp-framing
 #   u32`, `hold tcp:// --tcp-framing u32 --send PING --expect PONG`, a PING
 #   frame per heartbeat; ws = the demo's native WebSocket echo /ws, `hold
-#   ws://…/ws`, a ping per heartbeat answered by a pong), BROADCAST (1:
+#   ws://…/ws`, a ping per heartbeat answered by a pong), WS_PING (PROTO=ws:
+#   the server's --ws-ping-interval; 2 × INTERVAL), BROADCAST (1:
 #   PROTO=framed only: hold also counts pushes (`--receive`), and once the
 #   ramp is over one 64-byte broadcast goes to every connection of every
 #   worker process through the supervisor's admin `POST /broadcast`; its
@@ -164,6 +165,7 @@ RAMP_PEER="${RAMP_PEER:-$RAMP}"
 HOLD="${HOLD:-300}"
 HOLD_PEER="${HOLD_PEER:-$HOLD}"
 INTERVAL="${INTERVAL:-30}"
+WS_PING="${WS_PING:-$((2 * INTERVAL))s}"
 # Server keep-alive idle timeout: well above the heartbeat interval (jittered),
 # else the servers close held connections between heartbeats.
 IDLE_TIMEOUT="${IDLE_TIMEOUT:-$((2 * INTERVAL + 60 > 300 ? 2 * INTERVAL + 60 : 300))}"
@@ -294,7 +296,16 @@ case "$PROTO" in
       HOLD_TARGET+=(--receive)
     fi
     ;;
-  ws) HOLD_TARGET=("ws://127.0.0.1:$PORT/ws" --ws-heartbeat ping) ;;
+  ws)
+    HOLD_TARGET=("ws://127.0.0.1:$PORT/ws" --ws-heartbeat ping)
+    # The server pings a WebSocket it has not heard from for this long; at
+    # its default (30 s) a client pinging every 30 s ± 10 % crosses a server
+    # ping on about half its beats, and more as latency grows (2026-11-30
+    # 14:46 run, bench/MILLION.md). Like the keep-alive timeout above, set
+    # beyond the client's interval: the server pings only peers that went
+    # silent.
+    SERVE_LISTEN+=(--ws-ping-interval "$WS_PING")
+    ;;
 esac
 fi # FROM_DIRS
 

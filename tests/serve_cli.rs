@@ -569,6 +569,21 @@ fn the_ws_route_echoes_a_websocket_message() {
 }
 
 #[test]
+fn ws_ping_interval_sets_when_a_silent_websocket_is_pinged() {
+    let (mut child, _stdout, addr) = start_serve(&["--admin", "off", "--ws-ping-interval", "1s"]);
+    let mut s = ws_open(&addr, "/ws", &[]);
+    // The default interval is 30 s: a ping read within 15 s came from the
+    // knob (the bound only stops a broken build from hanging the test).
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut head = [0; 2];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x89, "a ping (FIN, opcode 9): {head:?}");
+    drop(s);
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}
+
+#[test]
 fn the_ws_chat_route_sends_a_message_to_every_client() {
     let (mut child, _stdout, addr) = start_serve(&["--admin", "off"]);
     let mut listener = ws_open(&addr, "/ws/chat", &[]);

@@ -47,13 +47,22 @@ type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<DemoBody>, Infall
 
 impl Demo {
     /// A demo app reporting readiness from `handle`; its chat publishes
-    /// through `publisher`.
-    pub fn new(handle: ServerHandle, publisher: Publisher) -> Demo {
-        Demo {
-            handle,
-            ws: WebSocketRoute::new(WsEcho),
-            chat: WebSocketRoute::new(WsChat { publisher }),
+    /// through `publisher`; its WebSockets ping silent peers after
+    /// `ws_ping_interval` (`None`: the library's default, `Some(None)`: never).
+    pub fn new(
+        handle: ServerHandle,
+        publisher: Publisher,
+        ws_ping_interval: Option<Option<Duration>>,
+    ) -> Demo {
+        let (mut ws, mut chat) = (
+            WebSocketRoute::new(WsEcho),
+            WebSocketRoute::new(WsChat { publisher }),
+        );
+        if let Some(every) = ws_ping_interval {
+            ws = ws.ping_interval(every);
+            chat = chat.ping_interval(every);
         }
+        Demo { handle, ws, chat }
     }
 }
 

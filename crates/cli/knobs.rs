@@ -97,6 +97,8 @@ pub struct Settings {
     pub tcp_listen: Vec<SocketAddr>,
     /// `--tcp-framing`.
     pub tcp_framing: Option<megaconn::Framing>,
+    /// `--ws-ping-interval` (`Some(None)`: off); `None`: the library's default.
+    pub ws_ping_interval: Option<Option<std::time::Duration>>,
     /// `--tls-cert`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
@@ -482,6 +484,20 @@ pub static KNOBS: &[Knob] = &[
                 "u64" => megaconn::Framing::length_prefixed(8),
                 _ => megaconn::Framing::lines(),
             });
+            Ok(())
+        },
+    },
+    Knob {
+        name: "ws-ping-interval",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "The demo's WebSockets (/ws, /ws/chat): ping a peer not heard from for this long; off disables.",
+        details: "A peer that sends its own heartbeats more often than this is never pinged: set it above the clients' heartbeat interval.",
+        default: "30s",
+        example: "60s",
+        parse: duration_or_off,
+        apply: |v, s| {
+            s.ws_ping_interval = Some(v.duration());
             Ok(())
         },
     },

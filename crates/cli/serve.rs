@@ -114,6 +114,8 @@ pub struct Resolved {
     pub otel: Option<megaconn::otel::OtlpConfig>,
     /// `--upgrade-socket`, if given.
     pub upgrade_socket: Option<PathBuf>,
+    /// `--ws-ping-interval`, if given (`Some(None)`: off).
+    pub ws_ping_interval: Option<Option<std::time::Duration>>,
 }
 
 /// The upgrade control socket: `--upgrade-socket` or the default for the
@@ -199,6 +201,7 @@ fn resolve_with(
         tls_listen,
         tcp_listen,
         tcp_framing,
+        ws_ping_interval,
         tls_cert,
         tls_key,
         self_signed,
@@ -254,6 +257,7 @@ fn resolve_with(
     Ok(Resolved {
         otel,
         upgrade_socket,
+        ws_ping_interval,
         admin,
         tls,
         builder: b,
@@ -400,6 +404,7 @@ async fn serve(
         tls,
         otel,
         upgrade_socket: explicit_socket,
+        ws_ping_interval,
         ..
     } = resolved;
     let tracing = match otel {
@@ -464,7 +469,7 @@ async fn serve(
         take_over.finish(handle.clone(), control_path, tx)?;
         control_ready = Some(rx);
     }
-    let app = Demo::new(handle.clone(), publisher.clone());
+    let app = Demo::new(handle.clone(), publisher.clone(), ws_ping_interval);
     let framed = crate::demo::FramedDemo {
         publisher: publisher.clone(),
     };
