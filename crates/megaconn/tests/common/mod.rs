@@ -153,6 +153,11 @@ impl tower::Service<Request<Body>> for TestApp {
                         armed: true,
                     };
                     let _ = events.send(Event::Started(path.clone()));
+                    // Pending at least once, whenever `release` comes: the
+                    // test may notify before this awaits (Notify keeps the
+                    // permit), and a handler that never waits is no test
+                    // of a wait (tests/park.rs: a woken one becomes a task).
+                    tokio::task::yield_now().await;
                     release.notified().await;
                     guard.armed = false;
                     let _ = events.send(Event::Finished(path.clone()));
