@@ -81,7 +81,7 @@ where
 /// parking lot.
 ///
 /// A cold wake of a protocol that can finish one (`dispatch::serve_at_once`:
-/// a heartbeat on a parked framed or HTTP/1.1 connection) is first polled here, once, on
+/// a heartbeat on a parked framed, WebSocket or HTTP/1.1 connection) is first polled here, once, on
 /// the lot's turn: read, answered and re-parked without waiting, it needs no
 /// task (the spawn, the run-queue round trip and the tracker's accounting were
 /// the largest part of a heartbeat's CPU left after `woken.rs`). Only if it
@@ -105,13 +105,14 @@ where
             return;
         };
         let track = conn.track().cloned();
-        let at_once = dispatch::serve_at_once(&incoming);
-        let stats = ctx.stats.clone();
-        let serve = Tracked::new(dispatch::serve(incoming, service.clone(), ctx, conn), track);
-        if !at_once {
+        if !dispatch::serve_at_once(&incoming) {
+            let serve = Tracked::new(dispatch::serve(incoming, service.clone(), ctx, conn), track);
             tokio::task::spawn_local(tracker.track_future(serve));
             return;
         }
+        // Only this path counts in `stats` itself: no clone for the others.
+        let stats = ctx.stats.clone();
+        let serve = Tracked::new(dispatch::serve(incoming, service.clone(), ctx, conn), track);
         // Boxed, so that the future can still move into a task once polled.
         let mut serve = Box::pin(serve);
         // Unconstrained: tokio's budget belongs to the lot's task here, and
