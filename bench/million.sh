@@ -103,6 +103,11 @@
 #   delivered message, raw and net of the heartbeats' CPU over the same
 #   time (at the holding rate measured later); the heartbeat CPU window then
 #   starts CPU_SETTLE s after the broadcast, so it does not count it),
+#   DROP_CACHES (1: sync and drop the page cache before the run, so the
+#   sockets' ~10 GB come from free memory and kswapd stays idle; 0: leave
+#   it; kswapd's CPU while holding is reported either way), NETNS_EHASH
+#   (0: off; B: run in a network namespace with a TCP established hash of B
+#   buckets, see below),
 #   BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
 #   FROM_DIRS ("bench/out/million-A bench/out/million-B": run nothing, write
 #   the table and the plot from earlier runs' results; the last dir holding a
@@ -151,6 +156,38 @@ LOAD_CPU="${LOAD_CPU:-0-$(($(nproc) - 1))}"
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# NETNS_EHASH=B: run everything in a network namespace of its own whose TCP
+# established-connection hash table has B buckets (a power of two; the
+# kernel's net.ipv4.tcp_child_ehash_entries, Linux 6.1+). The host's table is
+# sized at boot from RAM (262,144 buckets here, dmesg "TCP established hash
+# table entries"); a million loopback connections are two million sockets in
+# it, ~8 per bucket, and every packet walks its bucket's chain
+# (__inet_lookup_established, 5-12 % of the machine in perf at a million).
+# The namespace's own loopback carries 127.0.0.0/8 as the host's does. Sets
+# net.ipv4.tcp_child_ehash_entries only while creating the namespace (then
+# restores it) and raises net.ipv4.tcp_mem on the host first (it is global:
+# not visible inside a namespace), and net.core.netdev_max_backlog (the
+# same). The namespace is deleted at exit.
+NETNS_EHASH="${NETNS_EHASH:-0}"
+if [[ "$NETNS_EHASH" != 0 && -z "${MILLION_NETNS:-}" ]]; then
+  ns="megaconn-million-$$"
+  child_was="$(sysctl -n net.ipv4.tcp_child_ehash_entries)" \
+    || die "NETNS_EHASH needs net.ipv4.tcp_child_ehash_entries (Linux 6.1+)"
+  sysctl -q -w net.ipv4.tcp_child_ehash_entries="$NETNS_EHASH" >/dev/null
+  ip netns add "$ns"
+  sysctl -q -w net.ipv4.tcp_child_ehash_entries="$child_was" >/dev/null
+  trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
+  ip netns exec "$ns" ip link set lo up
+  # Global settings the namespace cannot see: raised here, on the host.
+  (($(sysctl -n net.ipv4.tcp_mem | awk '{ print $1 }') >= 786432)) \
+    || set_sysctl net.ipv4.tcp_mem "786432 1048576 1572864"
+  (($(sysctl -n net.core.netdev_max_backlog) >= 16384)) || set_sysctl net.core.netdev_max_backlog 16384
+  log "network namespace $ns: TCP established hash $(ip netns exec "$ns" sysctl -n net.ipv4.tcp_ehash_entries) buckets (host: $(sysctl -n net.ipv4.tcp_ehash_entries))"
+  status=0
+  MILLION_NETNS="$ns" ip netns exec "$ns" bash "${BASH_SOURCE[0]}" "$@" || status=$?
+  exit "$status"
+fi
+
 # This script samples at nice -10: with 100+ runnable server and hold
 # processes a sample at nice 0 took 45 s instead of 2. Servers and hold are
 # started back at the nice level the script was started with ($NICE_BACK).
@@ -179,6 +216,7 @@ SERVERS="${SERVERS:-megaconn nginx go}"
 [[ "$PROTO" == http || "$SERVERS" == megaconn ]] || die "PROTO=$PROTO runs megaconn only: set SERVERS=megaconn"
 [[ "$PROTO" == http || "$TLS" != 1 ]] || die "PROTO=$PROTO has no TLS=1 variant yet"
 PER_PROC="${PER_PROC:-19000}"
+DROP_CACHES="${DROP_CACHES:-1}"
 SAMPLE="${SAMPLE:-10}"
 RAMP_SAMPLE="${RAMP_SAMPLE:-3}"
 CPU_SETTLE="${CPU_SETTLE:-15}"
@@ -186,6 +224,7 @@ RSS_CAP="${RSS_CAP:-$((8 << 30))}"
 MIN_AVAIL="${MIN_AVAIL:-$((2 << 30))}"
 PLOT="${PLOT-$BENCH_DIR/million-rss.svg}"
 GO_REUSEPORT="$BENCH_DIR/peers/go-reuseport/target/go-reuseport"
+
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RES_DIR="$OUT_DIR/million-$STAMP"
@@ -269,6 +308,16 @@ if [[ "${AUTOGROUP:-0}" != keep ]]; then
   else
     log "kernel.sched_autogroup_enabled: not present here"
   fi
+fi
+if [[ "$DROP_CACHES" == 1 ]]; then
+  # Page cache left by builds fills the RAM the sockets need: once free
+  # memory reaches the low watermark, kswapd reclaims for the whole run
+  # (a million idle connections with ~280 heartbeats/s kept kswapd at ~1
+  # core, shrinking procfs dentries, in a run with 15 GB of page cache).
+  free0="$(awk '$1 == "MemFree:" { print int($2 / 1024) }' /proc/meminfo)"
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+  log "dropped the page cache (vm.drop_caches=3): MemFree $free0 -> $(awk '$1 == "MemFree:" { print int($2 / 1024) }' /proc/meminfo) MiB"
 fi
 sleep 0.2
 log "sysctls set above (except sched_autogroup_enabled) are NOT restored at exit"
@@ -407,6 +456,14 @@ hold_ticks() {
   [[ -n "$HOLD_PID" ]] || { echo 0; return; }
   # shellcheck disable=SC2046
   proc_stats "$HOLD_PID" $(pgrep -P "$HOLD_PID" 2>/dev/null) | awk '{ print $2 }'
+}
+
+# CPU ticks of the kernel's page reclaim threads (kswapd0, one per NUMA
+# node): a run that drives free memory to the watermark pays for reclaim on
+# the same two cores as the server and hold.
+kswapd_ticks() {
+  # shellcheck disable=SC2046  # a list of PIDs
+  proc_stats $(pgrep -x 'kswapd[0-9]+' 2>/dev/null) | awk '{ print $2 }'
 }
 
 # One sample -> globals S_T S_CONNS S_OPEN S_RSS S_K S_SK S_TICKS S_AVAIL
@@ -564,7 +621,7 @@ run_server() {
   local procs=$(((target + PER_PROC - 1) / PER_PROC + 1))
   local csv="$RES_DIR/$name.csv" hlog="$RES_DIR/$name.hold.log" hjson="$RES_DIR/$name.hold.json"
   local t0 fd0 rss0 k0 sk0 sn0 stopped_early="" ramp_done=0 ramp_done_t=0
-  local cpu_t0=0 cpu_ticks0=0 cpu_hticks0=0 busy_cpu0=0 expect_ramp phase
+  local cpu_t0=0 cpu_ticks0=0 cpu_hticks0=0 busy_cpu0=0 ksw0=0 ksw1=0 expect_ramp phase
   local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 F_HTICKS=0 F_END=0 peak_conns=0 busy1 sn1 pss0
   local all_open_t=null lo0 lo1 sr0 sr1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
   local B_PUSHES=null B_NS=null B_SECS=null B_STATUS=""
@@ -655,6 +712,7 @@ run_server() {
     # CPU-while-holding window starts CPU_SETTLE s after the ramp.
     if ((ramp_done && cpu_t0 == 0 && S_T >= ramp_done_t + settle)); then
       cpu_t0=$S_T cpu_ticks0=$S_TICKS cpu_hticks0=$S_HTICKS busy_cpu0="$(machine_idle_snapshot)"
+      ksw0="$(kswapd_ticks)"
     fi
     if ((S_RSS > RSS_CAP)) || ((S_AVAIL < MIN_AVAIL)); then
       stopped_early="RSS $((S_RSS >> 20)) MiB (cap $((RSS_CAP >> 20))) / MemAvailable $((S_AVAIL >> 20)) MiB (floor $((MIN_AVAIL >> 20)))"
@@ -666,6 +724,7 @@ run_server() {
     [[ "$phase" == final ]] && break
   done
   busy1="$(machine_idle_snapshot)"
+  ksw1="$(kswapd_ticks)"
   sn1="$(softnet_drops)"
   lo1="$(tcpext ListenOverflows)"
   sr1="$(tcpext TCPSynRetrans)"
@@ -728,12 +787,13 @@ run_server() {
       cli_us_hb="$(awk -v a="$cpu_hticks0" -v b="$F_HTICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" -v r="$hb_rate" 'BEGIN { if (r > 0) printf "%.2f", (b - a) / hz / (r * s) * 1e6; else print "null" }')"
     fi
   fi
-  local cpu_pct=null other_pct=null
+  local cpu_pct=null other_pct=null kswapd_pct=null
   if ((cpu_t0 > 0 && F_T > cpu_t0)); then
     cpu_pct="$(awk -v a="$cpu_ticks0" -v b="$F_TICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')"
     # Busy CPU of the whole machine (ncpu × wall − idle, lib.sh) from the CPU
     # window's start until hold's end was awaited: % of one core.
     other_pct="$(awk -v b="$(machine_busy_between "$busy_cpu0" "$busy1")" -v a="$busy_cpu0" -v c="$busy1" 'BEGIN { split(a, x, " "); split(c, y, " "); printf "%.1f", b / (y[1] - x[1]) * 100 }')"
+    kswapd_pct="$(awk -v k0="$ksw0" -v k1="$ksw1" -v a="$busy_cpu0" -v c="$busy1" -v hz="$CLK_TCK" 'BEGIN { split(a, x, " "); split(c, y, " "); printf "%.1f", (k1 - k0) / hz / (y[1] - x[1]) * 100 }')"
   fi
   local hold_json=null
   [[ -s "$hjson" ]] && hold_json="$(jq -c . "$hjson" 2>/dev/null || echo null)"
@@ -743,7 +803,7 @@ run_server() {
     --argjson rss0 "$rss0" --argjson rss "$F_RSS" --argjson rss_after "$rss_after" \
     --argjson pss0 "${pss0:-0}" --argjson pss "${F_PSS:-0}" --argjson pss_after "${pss_after:-0}" \
     --argjson k0 "$k0" --argjson k "$F_K" --argjson sk0 "$sk0" --argjson sk "$F_SK" \
-    --argjson cpu_pct "$cpu_pct" --argjson busy_pct "$other_pct" \
+    --argjson cpu_pct "$cpu_pct" --argjson busy_pct "$other_pct" --argjson kswapd_pct "$kswapd_pct" \
     --argjson cpu_window "$((F_T - cpu_t0))" --argjson softnet_drops "$((sn1 - sn0))" \
     --argjson listen_overflows "$((lo1 - lo0))" --argjson syn_retrans "$((sr1 - sr0))" \
     --argjson all_open_t "$all_open_t" --argjson cpu_settle "$settle" \
@@ -764,7 +824,7 @@ run_server() {
       kernel_per_conn: (if $conns > 0 then ($k - $k0) / $conns else null end),
       sock_kernel_per_conn: (if $conns > 0 then ($sk - $sk0) / $conns else null end),
       kernel_baseline: $k0, kernel: $k,
-      cpu_pct_holding: $cpu_pct, cpu_window_secs: $cpu_window, machine_busy_pct: $busy_pct,
+      cpu_pct_holding: $cpu_pct, cpu_window_secs: $cpu_window, machine_busy_pct: $busy_pct, kswapd_cpu_pct: $kswapd_pct,
       softnet_drops: $softnet_drops, listen_overflows: $listen_overflows, syn_retransmits: $syn_retrans,
       all_open_at_secs: $all_open_t, cpu_settle_secs: $cpu_settle,
       stopped_early: (if $stopped_early == "" then null else $stopped_early end),
@@ -884,8 +944,8 @@ fi
   echo
   for server in "${servers[@]}"; do
     [[ -s "$(src_dir "$server")/$server.json" ]] || continue
-    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others); loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
+    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %; loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
   done
   echo
-  echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
+  echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE DROP_CACHES=$DROP_CACHES NETNS_EHASH=${NETNS_EHASH:-0}; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
 } | tee "$RES_DIR/table.md"
