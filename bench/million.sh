@@ -108,7 +108,8 @@
 #   it; kswapd's CPU while holding is reported either way), NETNS_EHASH
 #   (0: off; B: run in a network namespace with a TCP established hash of B
 #   buckets, see below),
-#   BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
+#   MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments, e.g.
+#   "--wake-batch 5ms"), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
 #   FROM_DIRS ("bench/out/million-A bench/out/million-B": run nothing, write
 #   the table and the plot from earlier runs' results; the last dir holding a
 #   server's results wins).
@@ -216,6 +217,8 @@ SERVERS="${SERVERS:-megaconn nginx go}"
 [[ "$PROTO" == http || "$SERVERS" == megaconn ]] || die "PROTO=$PROTO runs megaconn only: set SERVERS=megaconn"
 [[ "$PROTO" == http || "$TLS" != 1 ]] || die "PROTO=$PROTO has no TLS=1 variant yet"
 PER_PROC="${PER_PROC:-19000}"
+# MEGACONN_SERVE_ARGS: extra `megaconn serve` arguments (split on spaces).
+read -ra SERVE_EXTRA <<<"${MEGACONN_SERVE_ARGS:-}"
 DROP_CACHES="${DROP_CACHES:-1}"
 SAMPLE="${SAMPLE:-10}"
 RAMP_SAMPLE="${RAMP_SAMPLE:-3}"
@@ -498,7 +501,7 @@ start_server() {
       # ("Mismatch between definition and access of `idle_timeout`").
       printf 'idle_timeout = "%ss"\nbacklog = 65535\n' "$IDLE_TIMEOUT" >"$RES_DIR/megaconn.toml"
       nice -n "$NICE_BACK" taskset -c "$SERVER_CPU" "$MEGACONN" serve "${SERVE_LISTEN[@]}" --workers 1 \
-        --processes "$procs" --config "$RES_DIR/megaconn.toml" "${SERVE_TLS[@]}" >"$log_file" 2>&1 &
+        --processes "$procs" --config "$RES_DIR/megaconn.toml" "${SERVE_TLS[@]}" "${SERVE_EXTRA[@]}" >"$log_file" 2>&1 &
       ;;
     go)
       GOMAXPROCS=1 nice -n "$NICE_BACK" taskset -c "$SERVER_CPU" "$GO_REUSEPORT" -listen "127.0.0.1:$PORT" \
@@ -947,5 +950,5 @@ fi
     jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %; loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
   done
   echo
-  echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE DROP_CACHES=$DROP_CACHES NETNS_EHASH=${NETNS_EHASH:-0}; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
+  echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE DROP_CACHES=$DROP_CACHES NETNS_EHASH=${NETNS_EHASH:-0}${MEGACONN_SERVE_ARGS:+ MEGACONN_SERVE_ARGS=\"$MEGACONN_SERVE_ARGS\"}; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
 } | tee "$RES_DIR/table.md"
