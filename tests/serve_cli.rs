@@ -94,22 +94,6 @@ fn serve_answers_and_exits_cleanly_on_sigterm() {
     );
 }
 
-/// `--wake-batch`: a worker sleeps before each wait for events; every
-/// request is still answered and the drain still ends on its own.
-#[test]
-fn wake_batch_answers_every_request_and_shuts_down() {
-    let (mut child, stdout, addr) = start_serve(&["--wake-batch", "2ms", "--admin", "off"]);
-    for _ in 0..5 {
-        let response = get_once(&addr, "/");
-        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-    }
-    child.signal(libc::SIGTERM);
-    let (status, _, _) = child.wait_with_output();
-    assert_eq!(status.code(), Some(0));
-    let rest = stdout.rest().join("\n");
-    assert!(rest.contains("5 requests"), "{rest}");
-}
-
 #[test]
 fn a_typo_in_the_config_file_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

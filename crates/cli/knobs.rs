@@ -582,17 +582,6 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| s.builder(|b| b.park_idle_after(v.duration())),
     },
     Knob {
-        name: "wake-batch",
-        value_name: "DURATION",
-        shape: Shape::One,
-        help: "Before a worker with nothing to do waits for events, let them gather this long (fewer wake-ups, up to this much more latency); off wakes at each event.",
-        details: "For very many mostly idle connections across many --processes: each heartbeat otherwise wakes a process on its own (bench/MILLION.md).",
-        default: "off",
-        example: "5ms",
-        parse: duration_or_off,
-        apply: |v, s| s.builder(|b| b.wake_batch(v.duration())),
-    },
-    Knob {
         name: "shutdown-timeout",
         value_name: "DURATION",
         shape: Shape::One,

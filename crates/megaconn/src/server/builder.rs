@@ -416,23 +416,6 @@ impl Builder {
         self
     }
 
-    /// Lets events gather for up to `t` before a worker with nothing to run
-    /// waits for them: each time its runtime is about to block in
-    /// `epoll_wait`, the worker thread first sleeps `t`, so the next wait
-    /// collects everything that arrived meanwhile in one wake-up (what a
-    /// NIC's interrupt coalescing does for packets).
-    ///
-    /// For servers holding very many mostly idle connections across many
-    /// worker processes, where each heartbeat would otherwise wake a process
-    /// on its own and the wake-up (a context switch in and out) costs more
-    /// than the heartbeat: fewer wake-ups, for up to `t` more latency on any
-    /// request that finds its worker asleep. Default: `None` (a worker wakes
-    /// at each event). Timers fire up to `t` late too.
-    pub fn wake_batch(mut self, t: Option<Duration>) -> Builder {
-        self.config.wake_batch = t.filter(|t| !t.is_zero());
-        self
-    }
-
     /// Connections older than this are closed at their next idle point, so
     /// that long-lived connections spread over new instances after a
     /// scale-out (behind an L4 load balancer, a client only moves when it

@@ -66,14 +66,9 @@ where
     S::Future: 'static,
     S::ResBody: 'static,
 {
-    let mut runtime = tokio::runtime::Builder::new_current_thread();
-    runtime.enable_all();
-    if let Some(batch) = setup.config.wake_batch {
-        // Called each time the runtime has nothing to run and is about to
-        // block for events: sleeping here lets them gather (`wake_batch`).
-        runtime.on_thread_park(move || std::thread::sleep(batch));
-    }
-    let runtime = runtime.build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     std::thread::Builder::new()
         .name(format!("megaconn-worker-{}", setup.index))
         .spawn(move || {
