@@ -109,7 +109,7 @@
 #   (0: off; B: run in a network namespace with a TCP established hash of B
 #   buckets, see below),
 #   MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments, e.g.
-#   "--wake-batch 5ms"), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
+#   "--park-after 500ms"), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
 #   FROM_DIRS ("bench/out/million-A bench/out/million-B": run nothing, write
 #   the table and the plot from earlier runs' results; the last dir holding a
 #   server's results wins).
