@@ -59,7 +59,10 @@ const MAX_TIMER_AHEAD: Duration = Duration::from_secs(24 * 24 * 3600);
 /// How a table's pushes reach a parked socket, if not as they are (one
 /// `send` of the framed bytes): WebSockets over TLS encrypt them with the
 /// connection's parked session first.
-pub(crate) type SendParked = Rc<dyn Fn(RawFd, &[u8]) -> SendNow>;
+pub(crate) type SendParked = Rc<SendFn>;
+
+/// Writes framed bytes to parked socket `fd` (see [`SendParked`]).
+pub(crate) type SendFn = dyn Fn(RawFd, &[u8]) -> SendNow;
 
 /// How many slots the table grows by at least (not doubling: at a million
 /// connections a doubled vector would be up to half empty).
@@ -237,7 +240,7 @@ impl<S> ParkedSet for SideTable<S> {
 fn send_parked<S>(
     fd: RawFd,
     stored: &mut Stored<S>,
-    (wire, send): (WireId, Option<&dyn Fn(RawFd, &[u8]) -> SendNow>),
+    (wire, send): (WireId, Option<&SendFn>),
     msg: &mut Encoded,
     wires: &[Rc<dyn Wire>],
     counters: &MessageCounters,
