@@ -25,6 +25,8 @@ pub(crate) enum Scheme {
     Tcp,
     /// WebSocket in cleartext (see `ws`).
     Ws,
+    /// WebSocket over TLS (`hold` only).
+    Wss,
 }
 
 /// A parsed and resolved target.
@@ -52,9 +54,11 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, LoadError> {
         (Scheme::Https, r)
     } else if let Some(r) = s.strip_prefix("ws://") {
         (Scheme::Ws, r)
+    } else if let Some(r) = s.strip_prefix("wss://") {
+        (Scheme::Wss, r)
     } else if s.contains("://") {
         return Err(bad(
-            "use http://HOST:PORT/PATH, https://HOST:PORT/PATH, ws://HOST:PORT/PATH or tcp://HOST:PORT",
+            "use http://HOST:PORT/PATH, https://HOST:PORT/PATH, ws://HOST:PORT/PATH, wss://HOST:PORT/PATH or tcp://HOST:PORT",
         ));
     } else {
         (Scheme::Http, s)
@@ -77,7 +81,7 @@ pub(crate) fn parse_target(s: &str) -> Result<Target, LoadError> {
         authority.to_string()
     } else if scheme == Scheme::Http || scheme == Scheme::Ws {
         format!("{authority}:80")
-    } else if scheme == Scheme::Https {
+    } else if scheme == Scheme::Https || scheme == Scheme::Wss {
         format!("{authority}:443")
     } else {
         return Err(bad(

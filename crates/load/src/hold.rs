@@ -31,7 +31,7 @@ use crate::ws::{WsHeartbeat, WsHold};
 pub struct HoldArgs {
     /// Target: http://HOST:PORT/PATH or https://HOST:PORT/PATH (HTTP
     /// heartbeats), tcp://HOST:PORT (line or length-prefixed heartbeats) or
-    /// ws://HOST:PORT/PATH (WebSocket pings or texts).
+    /// ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (WebSocket pings or texts).
     pub target: String,
     /// Connections to open and hold (up to 1,000,000).
     #[arg(short = 'c', long, default_value_t = 1000)]
@@ -72,7 +72,7 @@ pub struct HoldArgs {
     /// u64 (as `serve --tcp-framing`); --send is then the body of each heartbeat.
     #[arg(long, value_name = "FRAMING", default_value = "lines", value_parser = parse_tcp_framing)]
     pub tcp_framing: TcpFraming,
-    /// tcp:// and ws:// receive mode: count frames (ws://: text or binary
+    /// tcp:// and ws(s):// receive mode: count frames (ws(s)://: text or binary
     /// messages) the server pushes whose payload starts `t=<unix ns>` (their
     /// send time) and report their delivery latency.
     #[arg(long)]
@@ -80,11 +80,11 @@ pub struct HoldArgs {
     /// Reconnect connections that drop or fail to connect.
     #[arg(long)]
     pub reconnect: bool,
-    /// https://: accept any server certificate (e.g. `serve --self-signed`).
+    /// https:// and wss://: accept any server certificate (e.g. `serve --self-signed`).
     /// For testing your own servers only: nothing proves who answers.
     #[arg(short = 'k', long)]
     pub insecure: bool,
-    /// https://: trust the CA certificate(s) in this PEM file.
+    /// https:// and wss://: trust the CA certificate(s) in this PEM file.
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     pub cacert: Option<PathBuf>,
     /// How long to hold the connections once the ramp is done.
@@ -99,7 +99,7 @@ pub struct HoldArgs {
     /// No progress output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// ws:// heartbeat: a ping (answered by a pong) or a text frame of the
+    /// ws:// and wss:// heartbeat: a ping (answered by a pong) or a text frame of the
     /// --send text (answered by any message, containing --expect if given).
     #[arg(long, value_enum, default_value_t = WsHeartbeat::Ping)]
     pub ws_heartbeat: WsHeartbeat,
@@ -182,7 +182,7 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
     }
     let target = parse_target(&args.target)?;
     let tls = match (target.scheme, &args.cacert, args.insecure) {
-        (Scheme::Https, cacert, insecure) => {
+        (Scheme::Https | Scheme::Wss, cacert, insecure) => {
             let trust = match (cacert, insecure) {
                 (_, true) => Trust::Anything,
                 (Some(path), false) => Trust::CaFile(path),
@@ -190,7 +190,7 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
                     return Err(LoadError::invalid(
                         "target",
                         &args.target,
-                        "https:// needs --cacert FILE (the CA that signed the server's certificate) or --insecure (any certificate, e.g. `serve --self-signed`)",
+                        "https:// and wss:// need --cacert FILE (the CA that signed the server's certificate) or --insecure (any certificate, e.g. `serve --self-signed`)",
                     ))
                 }
             };
@@ -208,7 +208,7 @@ pub(crate) fn plan(args: &HoldArgs) -> Result<HoldPlan, LoadError> {
         ));
     }
     let mut ws = None;
-    let heartbeat = if target.scheme == Scheme::Ws {
+    let heartbeat = if matches!(target.scheme, Scheme::Ws | Scheme::Wss) {
         let (hold, frame) = WsHold::new(&target, args.ws_heartbeat, &unescape(&args.send));
         ws = Some(hold);
         frame

@@ -7,8 +7,8 @@
 //! `try_read`, so no task keeps a buffer across an await); a connection only
 //! allocates if a reply arrives split across reads.
 //!
-//! Per connection: connect (from its source address), for https:// a TLS
-//! handshake (`hold_tls.rs`: the session is all it keeps), for HTTP one `GET` at
+//! Per connection: connect (from its source address), for https:// and
+//! wss:// a TLS handshake (`hold_tls.rs`: the session is all it keeps), for HTTP one `GET` at
 //! open, then a heartbeat every `interval` (first one at a random offset in
 //! `[0, interval)`, then ±10% jitter), watching for the server closing the
 //! connection in between. Cleartext connections (HTTP, `ws://`, `tcp://`) do
@@ -54,7 +54,7 @@ pub(crate) struct HoldShared {
     pub http: bool,
     /// HTTP: the method is HEAD, so replies have no body.
     pub head_request: bool,
-    /// ws://: the upgrade and what answers a heartbeat (`http` is false).
+    /// ws:// and wss://: the upgrade and what answers a heartbeat.
     pub ws: Option<crate::ws::WsHold>,
     /// Line protocol: the reply line must contain this.
     pub expect: Option<Vec<u8>>,

@@ -154,11 +154,11 @@ fn plan(args: &LoadArgs) -> Result<Plan, LoadError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores).clamp(1, args.connections);
     let target = parse_target(&args.url)?;
-    if target.scheme == Scheme::Tcp {
+    if target.scheme == Scheme::Tcp || target.scheme == Scheme::Wss {
         return Err(LoadError::invalid(
             "URL",
             &args.url,
-            "load speaks HTTP: use http://HOST:PORT/PATH or https://HOST:PORT/PATH",
+            "load speaks HTTP and ws://: use http://HOST:PORT/PATH, https://HOST:PORT/PATH or ws://HOST:PORT/PATH (wss:// is for `hold`)",
         ));
     }
     let mut headers = args

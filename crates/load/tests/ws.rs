@@ -2,7 +2,9 @@
 //! `--receive`) against an in-process megaconn serving WebSockets through
 //! its axum-compatible socket: an echo, and a push of time-stamped messages;
 //! and of `hold ws://`'s parked connections against a scripted raw
-//! WebSocket server that pings them, stays silent or closes.
+//! WebSocket server that pings them, stays silent or closes; and `hold
+//! wss://` against megaconn's native WebSockets over TLS, which park
+//! between the heartbeats.
 
 mod common;
 
@@ -69,6 +71,13 @@ fn start() -> SocketAddr {
         .listen()
         .expect("binds");
     let addr = server.local_addr();
+    serve_in_background(server, app);
+    addr
+}
+
+/// Serves `app` on `server` on a thread of its own, until the test process
+/// ends.
+fn serve_in_background(server: megaconn::Server, app: axum::Router) {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -76,7 +85,6 @@ fn start() -> SocketAddr {
             .unwrap();
         let _ = rt.block_on(server.serve(app));
     });
-    addr
 }
 
 fn hold_args(target: &str, extra: &[&str]) -> HoldArgs {
@@ -133,6 +141,93 @@ fn hold_ws_text_heartbeats_expect_the_echo() {
     args.extend(["--send", "beat", "--expect", "nope"]);
     let r = run_hold(hold_args(&target, &args)).unwrap();
     assert!(r.heartbeat_errors > 0, "{r:?}");
+}
+
+/// An echo on megaconn's native WebSocket API (idle connections park).
+struct Echo;
+
+impl megaconn::WebSocketHandler for Echo {
+    type State = ();
+
+    async fn on_message(
+        &self,
+        _: &mut (),
+        message: megaconn::WsMessage,
+        _: &megaconn::WsSession,
+    ) -> Option<megaconn::WsMessage> {
+        Some(message)
+    }
+}
+
+/// A one-worker megaconn over TLS (self-signed) on 127.0.0.1:0 serving the
+/// native [`Echo`] at `/ws`, parking WebSockets idle for 20 ms. It lives
+/// until the test process ends.
+fn start_wss() -> (SocketAddr, megaconn::ServerHandle) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let tls = megaconn::TlsConfig::from_pem(
+        cert.cert.pem().as_bytes(),
+        cert.key_pair.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let server = megaconn::Server::builder()
+        .workers(1)
+        .tls(tls)
+        .park_idle_after(Some(Duration::from_millis(20)))
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("binds");
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let app = axum::Router::new().route_service("/ws", megaconn::WebSocketRoute::new(Echo));
+    serve_in_background(server, app);
+    (addr, handle)
+}
+
+#[test]
+fn hold_wss_pings_and_texts_over_tls_while_the_server_parks_them() {
+    let (addr, server) = start_wss();
+    let target = format!("wss://{addr}/ws");
+    let r = run_hold(hold_args(
+        &target,
+        &["-k", "-c", "20", "--interval", "100ms"],
+    ))
+    .unwrap();
+    assert_eq!((r.connections_peak, r.connections_open_at_end), (20, 20));
+    assert_eq!(
+        (r.drops, r.resets, r.failed_connects, r.heartbeat_errors),
+        (0, 0, 0, 0),
+        "{r:?}"
+    );
+    // The upgrades, then pings answered by pongs, decrypted.
+    assert!(r.heartbeats_ok > 20, "{r:?}");
+    // Text heartbeats expect their echo.
+    let text = [
+        "-k",
+        "-c",
+        "10",
+        "--interval",
+        "50ms",
+        "--ws-heartbeat",
+        "text",
+    ];
+    let r = run_hold(hold_args(
+        &target,
+        &[&text[..], &["--send", "beat", "--expect", "beat"]].concat(),
+    ))
+    .unwrap();
+    assert_eq!(r.heartbeat_errors, 0, "{r:?}");
+    assert!(r.heartbeats_ok > 10, "{r:?}");
+    // The server parked them between heartbeats (TLS session and
+    // WebSocket state aside, socket in the lot) and woke them for each.
+    let stats = server.stats();
+    assert!(stats.parks >= 30, "{stats:?}");
+    assert!(stats.wakes_cold + stats.wakes_hot >= 30, "{stats:?}");
+    // Every upgrade was served (the server's only other connections are
+    // hold's reachability checks, a TCP connect and close before each run).
+    assert_eq!(stats.request_metrics.upgraded, 30, "{stats:?}");
+    assert_eq!(stats.messages.heartbeat_timeouts, 0, "{stats:?}");
+    // Without a trust choice, wss:// is refused before any connection.
+    let err = run_hold(hold_args(&target, &["-c", "1"])).unwrap_err();
+    assert!(err.to_string().contains("--insecure"), "{err}");
 }
 
 #[test]

@@ -78,7 +78,7 @@
 //!                          idle), flush, lingering close
 //!             tls_io.rs    TLS on rustls' unbuffered API: record buffers from
 //!                          the pool (none while idle); a parked connection's
-//!                          session waits in the worker's table
+//!                          session (HTTPS/1.1, wss://) waits in the worker's table
 //!             context.rs   what one worker's connections share; config.rs the
 //!                          settings; tls.rs certificates and the handshake;
 //!                          pool.rs buffers;

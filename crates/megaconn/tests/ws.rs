@@ -5,8 +5,12 @@
 //! timeout, the state
 //! kept across park and wake, the server's ping sent to a parked
 //! connection, pushes by id, topic and broadcast to parked and awake
-//! WebSockets, and malformed handshakes answered with their reason. Every
-//! wait is bounded and waits on a condition, never on time alone.
+//! WebSockets, and malformed handshakes answered with their reason; and
+//! over TLS (wss://, tokio-rustls under tungstenite): parked with its
+//! session, woken by a message, a pong, a KeyUpdate or a close_notify, the
+//! server's pings and the hub's pushes encrypted with the parked session,
+//! shutdown's 1001 and the heartbeat timeout. Every wait is bounded and
+//! waits on a condition, never on time alone.
 
 mod common;
 
@@ -231,6 +235,22 @@ async fn read_close_code(s: &mut TcpStream) -> u16 {
             let _ = s.write_all(&client_frame(0x88, &payload[..2], true)).await;
             return u16::from_be_bytes([payload[0], payload[1]]);
         }
+    }
+}
+
+/// The next `n` messages the client reads are pings (tungstenite queues
+/// their pongs, sent with its next read or write).
+async fn expect_pings<S>(client: &mut WebSocketStream<S>, n: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for _ in 0..n {
+        let message = tokio::time::timeout(SAFETY, client.next())
+            .await
+            .expect("a ping in time")
+            .expect("stream open")
+            .expect("no client error");
+        assert!(message.is_ping(), "{message:?}");
     }
 }
 
@@ -485,14 +505,7 @@ async fn a_parked_websocket_gets_the_servers_pings_and_stays_parked() {
         .await;
     // Two pings from the lot's timer; the client's pongs wake it and it
     // parks again.
-    for _ in 0..2 {
-        let message = tokio::time::timeout(SAFETY, client.next())
-            .await
-            .expect("a ping in time")
-            .unwrap()
-            .unwrap();
-        assert!(message.is_ping(), "{message:?}");
-    }
+    expect_pings(&mut client, 2).await;
     server
         .wait_stats("parked after the pings", |s| s.connections_parked == 1)
         .await;
@@ -570,7 +583,10 @@ async fn a_silent_parked_peer_is_closed_at_the_heartbeat_timeout() {
 }
 
 /// The next message a client reads is a close frame with 1001 (going away).
-async fn expect_going_away(client: &mut Client) {
+async fn expect_going_away<S>(client: &mut WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let message = tokio::time::timeout(SAFETY, client.next())
         .await
         .expect("a close frame in time")
@@ -725,33 +741,232 @@ async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_websocket_over_tls_is_served_and_never_parked() {
-    let ca = common::tls::Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let tls =
-        megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
-    let mut server = Ws::start(
-        Server::builder()
+/// A WebSocket client over TLS (tungstenite over tokio-rustls).
+type TlsClient = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl Ws {
+    /// A parking server over TLS (a certificate for `localhost` from a
+    /// fresh CA), with `route`'s settings; and the CA, for clients.
+    async fn tls(
+        route: impl FnOnce(WebSocketRoute<Probe>) -> WebSocketRoute<Probe>,
+    ) -> (Ws, common::tls::Ca) {
+        let ca = common::tls::Ca::new();
+        let leaf = ca.leaf(&["localhost"]);
+        let tls = megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+            .unwrap();
+        let builder = Server::builder()
             .tls(tls)
-            .park_idle_after(Some(PARK_IDLE_AFTER)),
-        |r| r,
-    )
-    .await;
-    let stream = common::tls::connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
-    let (mut client, response) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
+            .park_idle_after(Some(PARK_IDLE_AFTER));
+        (Ws::start(builder, route).await, ca)
+    }
+
+    /// A wss:// client (TLS 1.3, so it can ask for a KeyUpdate).
+    async fn tls_client(&self, ca: &common::tls::Ca) -> TlsClient {
+        let config = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
+        let stream = common::tls::connect(self.addr, config, "localhost").await;
+        let (client, response) = tokio::time::timeout(
+            SAFETY,
+            tokio_tungstenite::client_async("wss://localhost/ws", stream),
+        )
         .await
+        .expect("handshake in time")
         .expect("handshake over TLS");
-    assert_eq!(response.status(), 101);
-    for round in 1..=2u64 {
+        assert_eq!(response.status(), 101);
+        client
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_over_tls_parks_and_keeps_its_state_across_wakes() {
+    let (mut server, ca) = Ws::tls(|r| r).await;
+    let mut client = server.tls_client(&ca).await;
+    for round in 1..=3u64 {
+        server
+            .wait_stats("parked", |s| s.connections_parked == 1)
+            .await;
+        let parked = server.handle.stats();
+        assert_eq!(parked.buffers_checked_out, 0, "{parked:?}");
+        assert_eq!(parked.connections_open, 1, "{parked:?}");
         client.send(Message::text("count")).await.unwrap();
         assert_eq!(
             next_data(&mut client).await,
             Message::text(round.to_string())
         );
     }
+    server
+        .wait_stats("parked again", |s| s.connections_parked == 1)
+        .await;
+    // A close frame to a parked WebSocket over TLS: woken, decrypted,
+    // echoed, closed once; nothing is left parked.
     client.close(None).await.unwrap();
-    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
+    assert_eq!(server.next_close().await, (3, CloseReason::ClientClosed));
+    server
+        .wait_stats("closed", |s| {
+            s.connections_open == 0 && s.connections_parked == 0 && s.buffers_checked_out == 0
+        })
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_websocket_over_tls_gets_the_servers_pings_encrypted() {
+    let (mut server, ca) = Ws::tls(|r| r.ping_interval(Some(Duration::from_secs(1)))).await;
+    let mut client = server.tls_client(&ca).await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // Two pings from the lot's timer, each encrypted with the parked
+    // session (the client decrypts them); its pongs wake the connection,
+    // which parks again.
+    expect_pings(&mut client, 2).await;
+    server
+        .wait_stats("parked after the pings", |s| {
+            s.connections_parked == 1 && s.parks >= 3
+        })
+        .await;
+    // The pongs were taken as such (no close, no protocol error), and the
+    // state and both directions' keys are intact.
+    client.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("1"));
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    assert_eq!(stats.closed, 0, "{stats:?}");
+    drop(client);
+    assert_eq!(server.next_close().await.0, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_close_notify_to_a_parked_websocket_over_tls_closes_it() {
+    let (mut server, ca) = Ws::tls(|r| r).await;
+    let mut client = server.tls_client(&ca).await;
+    client.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("1"));
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // The TLS close under the WebSocket: close_notify, no close frame.
+    let tls = client.get_mut();
+    tls.shutdown().await.unwrap();
+    // The server answers with its own close_notify and closes: the client
+    // reads a clean end (tokio-rustls reports an end without close_notify
+    // as an error).
+    let mut rest = Vec::new();
+    tokio::time::timeout(SAFETY, tls.read_to_end(&mut rest))
+        .await
+        .expect("the server closes after close_notify")
+        .expect("a clean end");
+    assert_eq!(server.next_close().await, (1, CloseReason::ClientClosed));
+    server
+        .wait_stats("closed", |s| {
+            s.connections_open == 0 && s.connections_parked == 0 && s.buffers_checked_out == 0
+        })
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_update_to_a_parked_websocket_over_tls_is_answered_and_it_parks_again() {
+    let (server, ca) = Ws::tls(|r| r.ping_interval(None)).await;
+    let mut client = server.tls_client(&ca).await;
+    // (The lot counts the park just after the gauge: wait for both.)
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1 && s.parks == 1)
+        .await;
+    let before = server.handle.stats();
+    // A KeyUpdate asking for the server's own: no WebSocket frame, so the
+    // woken connection answers it and goes straight back to the lot.
+    client.get_mut().get_mut().1.refresh_traffic_keys().unwrap();
+    client.get_mut().flush().await.unwrap();
+    server
+        .wait_stats("woken and parked again", |s| {
+            s.connections_parked == 1
+                && s.parks == before.parks + 1
+                && s.wakes_cold + s.wakes_hot == before.wakes_cold + before.wakes_hot + 1
+        })
+        .await;
+    // Both sides use the new keys: a message is understood, its answer
+    // decrypts, and the handler saw only this one.
+    client.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("1"));
+    let stats = server.handle.stats();
+    assert_eq!(stats.closed, 0, "{stats:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pushes_reach_a_parked_websocket_over_tls_encrypted_and_it_stays_parked() {
+    let (mut server, ca) = Ws::tls(|r| r).await;
+    let mut client = server.tls_client(&ca).await;
+    let id = server.next_open().await;
+    client.send(Message::text("join")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("joined"));
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    let before = server.handle.stats();
+    // By id, topic and broadcast: each one `send` of records sealed with
+    // the parked session, which stays parked (no wake).
+    assert!(server.hub.send(id, "to you"));
+    assert_eq!(next_data(&mut client).await, Message::text("to you"));
+    assert!(server.hub.publish("room", "to the room"));
+    assert_eq!(next_data(&mut client).await, Message::text("to the room"));
+    assert!(server.hub.broadcast("to all"));
+    assert_eq!(next_data(&mut client).await, Message::text("to all"));
+    let after = server.handle.stats();
+    assert_eq!(after.connections_parked, 1, "{after:?}");
+    assert_eq!(
+        after.wakes_cold + after.wakes_hot,
+        before.wakes_cold + before.wakes_hot
+    );
+    // The session's sequence numbers moved on with the pushes: the next
+    // exchange still decrypts both ways.
+    client.send(Message::text("count")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("2"));
+    drop(client);
+    assert_eq!(server.next_close().await.0, 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_a_parked_websocket_over_tls_an_encrypted_1001_and_close_notify() {
+    let (mut server, ca) = Ws::tls(|r| r).await;
+    let mut client = server.tls_client(&ca).await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    server.handle.shutdown();
+    expect_going_away(&mut client).await;
+    assert_eq!(server.next_close().await, (0, CloseReason::Shutdown));
+    // Then close_notify: a clean end under the WebSocket.
+    let mut rest = Vec::new();
+    tokio::time::timeout(SAFETY, client.get_mut().read_to_end(&mut rest))
+        .await
+        .expect("the end in time")
+        .expect("the server said close_notify");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_parked_websocket_over_tls_is_closed_at_the_heartbeat_timeout() {
+    let (mut server, ca) = Ws::tls(|r| {
+        r.ping_interval(None)
+            .heartbeat_timeout(Some(Duration::from_secs(1)))
+    })
+    .await;
+    let _client = server.tls_client(&ca).await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    assert_eq!(
+        server.next_close().await,
+        (0, CloseReason::HeartbeatTimeout)
+    );
+    server
+        .wait_stats("closed", |s| {
+            s.connections_open == 0 && s.connections_parked == 0
+        })
+        .await;
     server.stop().await;
 }
 

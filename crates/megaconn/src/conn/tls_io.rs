@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -107,9 +108,11 @@ pub(crate) struct ParkedTls {
 }
 
 /// One worker's sessions of parked TLS connections, by socket descriptor.
-#[derive(Default)]
+/// A clone is a handle on the same table (the message layer's pump keeps
+/// one, to encrypt what it pushes to parked WebSockets over TLS).
+#[derive(Default, Clone)]
 pub(crate) struct ParkedSessions {
-    parked: RefCell<HashMap<RawFd, ParkedTls>>,
+    parked: Rc<RefCell<HashMap<RawFd, ParkedTls>>>,
 }
 
 impl std::fmt::Debug for ParkedSessions {
@@ -131,9 +134,38 @@ impl ParkedSessions {
     pub(crate) fn take(&self, fd: RawFd) -> Option<ParkedTls> {
         self.parked.borrow_mut().remove(&fd)
     }
+
+    /// Encrypts `plain` as application data with the session of parked
+    /// socket `fd`, which stays parked (its write sequence moves on): the
+    /// records to send on the bare socket, or `None` if `fd` has no parked
+    /// session or it cannot send data now.
+    pub(crate) fn seal(&self, fd: RawFd, plain: &[u8]) -> Option<Vec<u8>> {
+        self.parked.borrow_mut().get_mut(&fd)?.seal(plain)
+    }
 }
 
 impl ParkedTls {
+    /// Encrypts `plain` as application data (see [`ParkedSessions::seal`]).
+    pub(crate) fn seal(&mut self, plain: &[u8]) -> Option<Vec<u8>> {
+        let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
+        let Ok(ConnectionState::WriteTraffic(mut traffic)) = state else {
+            return None;
+        };
+        // Records add 22 bytes each (TLS 1.3, AES-GCM); the error says how
+        // much a record layer of another version needs.
+        let mut out = vec![0u8; plain.len() + 64 + plain.len() / 512];
+        let n = match traffic.encrypt(plain, &mut out) {
+            Ok(n) => n,
+            Err(EncryptError::InsufficientSize(e)) => {
+                out.resize(e.required_size, 0);
+                traffic.encrypt(plain, &mut out).ok()?
+            }
+            Err(_) => return None,
+        };
+        out.truncate(n);
+        Some(out)
+    }
+
     /// The lot is closing this parked connection (idle timeout, shutdown):
     /// say `close_notify` on the way out, best effort (a full socket buffer
     /// or an error just skips it; the close follows either way).
@@ -237,6 +269,32 @@ impl<S> TlsIo<S> {
             io.bufs.incoming = Some(incoming);
         }
         io
+    }
+
+    /// The same stream over another socket type (a registered stream handed
+    /// to a protocol that parks on woken sockets).
+    pub(crate) fn map_sock<T>(self, f: impl FnOnce(S) -> T) -> TlsIo<T> {
+        let TlsIo {
+            sock,
+            session,
+            bufs,
+            peer_closed,
+            eof,
+            closing,
+        } = self;
+        TlsIo {
+            sock: f(sock),
+            session,
+            bufs,
+            peer_closed,
+            eof,
+            closing,
+        }
+    }
+
+    /// The socket under the stream.
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.sock
     }
 
     /// The protocol the client and server agreed on by ALPN.

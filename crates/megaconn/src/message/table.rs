@@ -56,6 +56,14 @@ struct Stored<S> {
 /// milliseconds reads back unambiguously within about 24.8 days of now).
 const MAX_TIMER_AHEAD: Duration = Duration::from_secs(24 * 24 * 3600);
 
+/// How a table's pushes reach a parked socket, if not as they are (one
+/// `send` of the framed bytes): WebSockets over TLS encrypt them with the
+/// connection's parked session first.
+pub(crate) type SendParked = Rc<SendFn>;
+
+/// Writes framed bytes to parked socket `fd` (see [`SendParked`]).
+pub(crate) type SendFn = dyn Fn(RawFd, &[u8]) -> SendNow;
+
 /// How many slots the table grows by at least (not doubling: at a million
 /// connections a doubled vector would be up to half empty).
 const GROW_BY: usize = 1024;
@@ -69,15 +77,18 @@ pub(crate) struct SideTable<S> {
     epoch: tokio::time::Instant,
     /// The worker's wire of each variant (framed: of each listener).
     wires: Vec<WireId>,
+    /// How pushes are written (`None`: as they are).
+    send: Option<SendParked>,
 }
 
 impl<S> SideTable<S> {
-    pub(crate) fn new(wires: Vec<WireId>) -> SideTable<S> {
+    pub(crate) fn new(wires: Vec<WireId>, send: Option<SendParked>) -> SideTable<S> {
         SideTable {
             parked: RefCell::new(Vec::new()),
             len: Cell::new(0),
             epoch: tokio::time::Instant::now(),
             wires,
+            send,
         }
     }
 
@@ -203,7 +214,7 @@ impl<S> ParkedSet for SideTable<S> {
             Some(Some(stored)) if stored.generation == generation => send_parked(
                 fd,
                 stored,
-                self.wire(usize::from(stored.variant)),
+                (self.wire(usize::from(stored.variant)), self.send.as_deref()),
                 msg,
                 wires,
                 counters,
@@ -229,7 +240,7 @@ impl<S> ParkedSet for SideTable<S> {
 fn send_parked<S>(
     fd: RawFd,
     stored: &mut Stored<S>,
-    wire: WireId,
+    (wire, send): (WireId, Option<&SendFn>),
     msg: &mut Encoded,
     wires: &[Rc<dyn Wire>],
     counters: &MessageCounters,
@@ -240,7 +251,11 @@ fn send_parked<S>(
     let Some(bytes) = msg.on(wires, wire) else {
         return Delivered::NotParked;
     };
-    match hub::send_all_now(fd, &bytes) {
+    let sent = match send {
+        Some(send) => send(fd, &bytes),
+        None => hub::send_all_now(fd, &bytes),
+    };
+    match sent {
         SendNow::Sent => {
             incr(&counters.pushes);
             incr(&counters.frames_out);
@@ -273,7 +288,7 @@ mod tests {
 
     #[test]
     fn slots_grow_by_a_chunk_not_by_doubling() {
-        let table = SideTable::<()>::new(vec![0]);
+        let table = SideTable::<()>::new(vec![0], None);
         let parked = |state| Parked {
             state,
             variant: 0,
@@ -296,7 +311,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn timers_survive_packing() {
-        let table = SideTable::<u8>::new(vec![0]);
+        let table = SideTable::<u8>::new(vec![0], None);
         tokio::time::advance(Duration::from_secs(3)).await;
         let now = tokio::time::Instant::now();
         for at in [

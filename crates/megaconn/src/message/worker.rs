@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
 use crate::message::hub::{ConnectionId, Delivered, Inbox, Push};
-use crate::message::table::{ParkedSet, SideTable};
+use crate::message::table::{ParkedSet, SendParked, SideTable};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::message::MessageSettings;
 use crate::observe::stats::{incr, WorkerStats};
@@ -106,6 +106,17 @@ impl Local {
         tag: ProtoTag,
         wires: impl FnOnce() -> Vec<Rc<dyn Wire>>,
     ) -> Rc<SideTable<S>> {
+        self.table_sending::<S>(tag, wires, || None)
+    }
+
+    /// [`Local::table`], whose pushes to parked sockets are written by
+    /// `send` (made on first use) instead of as they are.
+    pub(crate) fn table_sending<S: 'static>(
+        &self,
+        tag: ProtoTag,
+        wires: impl FnOnce() -> Vec<Rc<dyn Wire>>,
+        send: impl FnOnce() -> Option<SendParked>,
+    ) -> Rc<SideTable<S>> {
         let found = self
             .tables
             .borrow()
@@ -121,7 +132,7 @@ impl Local {
                     WireId::try_from(all.len() - 1).expect("fewer than 65,536 wire formats")
                 })
                 .collect();
-            let table = Rc::new(SideTable::<S>::new(ids));
+            let table = Rc::new(SideTable::<S>::new(ids, send()));
             self.tables
                 .borrow_mut()
                 .push((tag, table.clone(), table.clone()));

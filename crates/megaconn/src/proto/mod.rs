@@ -34,6 +34,12 @@ pub(crate) const HTTP1_TLS: ProtoTag = ProtoTag(3);
 /// WebSocket side table).
 pub(crate) const WEBSOCKET: ProtoTag = ProtoTag(4);
 
+/// The parking lot's tag for a native WebSocket over TLS: its state waits
+/// in the WebSocket side table for TLS (`WEBSOCKET_TLS`'s), its session in
+/// the worker's table of parked TLS sessions; a wake-up resumes the session
+/// first, then the WebSocket.
+pub(crate) const WEBSOCKET_TLS: ProtoTag = ProtoTag(5);
+
 /// How a protocol finished with a connection, for the dispatcher to act on.
 #[derive(Debug)]
 pub(crate) enum Ended<T> {

@@ -8,8 +8,8 @@
 //!           | no                                            \-> else -----------> HTTP/1.1
 //!           +-----------------------------------------------------------------> HTTP/1.1
 //!  Incoming::Woken { proto }  -- the tag the lot kept ---------------------------> that protocol
-//!     (HTTP/1.1 over TLS: its session from the worker's table; only TLS
-//!      housekeeping arrived -> parked again at once)
+//!     (HTTP/1.1 and WebSocket over TLS: the session from the worker's
+//!      table first; only TLS housekeeping arrived -> parked again at once)
 //!
 //!  a protocol ends with:
 //!     Close(reason)        -> Connection::close(reason)       (counted once, here)
@@ -18,7 +18,8 @@
 //!                              framed and TLS: the lot tells of its own closes)
 //!     HandOver(H2c)        -> HTTP/2 on the same socket, the preface replayed
 //!     HandOver(Upgrade)    -> the handler's `Upgraded`, which carries the Connection
-//!     HandOver(Native)     -> WebSocket on the same socket (its route's 101 said so)
+//!     HandOver(Native)     -> WebSocket on the same socket (its route's 101 said so;
+//!                             over TLS it parks as WEBSOCKET_TLS, with its session)
 //! ```
 //!
 //! Protocols never call the lot or each other; only this module does.
@@ -35,7 +36,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::park::{AtDeadline, OnParkedClose, Parking};
 use crate::conn::rewind::Rewind;
 use crate::conn::tls::{self, Live};
-use crate::conn::tls_io::TlsIo;
+use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::transport::{Foreign, Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
@@ -120,11 +121,15 @@ where
                 ))
             }
             proto::WEBSOCKET => {
-                let ws = proto::ws::serve_woken(socket, hot, wake, ctx.clone());
+                let socket = tokio_util::either::Either::Left(WokenSocket::new(socket, hot));
+                let ws = proto::ws::serve_woken(socket, wake, ctx.clone());
                 Either::Right(Either::Right(
                     finish_messages(ws, proto::WEBSOCKET, ctx, conn).boxed_local(),
                 ))
             }
+            proto::WEBSOCKET_TLS => Either::Right(Either::Right(
+                serve_ws_tls_woken(socket, hot, wake, ctx, conn).boxed_local(),
+            )),
             ProtoTag(unknown) => {
                 tracing::error!(tag = unknown, "woken connection of an unknown protocol");
                 conn.close(CloseReason::ServerError);
@@ -136,16 +141,16 @@ where
 
 /// Whether a woken connection is worth serving on the parking lot's own
 /// turn, without a task first (`worker::connection_spawner`): a cold wake
-/// of a message connection (framed, WebSocket) or of a cleartext HTTP/1.1
-/// one, which is usually one heartbeat (or a ping of ours, or the pong to
-/// it), answered and re-parked with no wait. Hot wakes wait as tasks anyway;
-/// the other protocols (TLS) are spawned as they always were.
+/// of a message connection (framed, WebSocket, WebSocket over TLS) or of a
+/// cleartext HTTP/1.1 one, which is usually one heartbeat (or a ping of
+/// ours, or the pong to it), answered and re-parked with no wait. Hot wakes
+/// wait as tasks anyway; HTTPS/1.1 is spawned as it always was.
 pub(crate) fn serve_at_once(incoming: &Incoming) -> bool {
     matches!(
         incoming,
         Incoming::Woken {
             hot: false,
-            proto: proto::FRAMED | proto::WEBSOCKET | proto::HTTP1,
+            proto: proto::FRAMED | proto::WEBSOCKET | proto::WEBSOCKET_TLS | proto::HTTP1,
             ..
         }
     )
@@ -241,6 +246,29 @@ async fn serve_tls_woken<S>(
     }
 }
 
+/// A parked WebSocket over TLS woke up: its session comes back from the
+/// worker's table, then the WebSocket resumes on it (it decrypts what
+/// arrived, or sends the ping that was due, encrypted).
+async fn serve_ws_tls_woken(
+    socket: std::os::fd::OwnedFd,
+    hot: bool,
+    wake: Wake,
+    ctx: Rc<WorkerContext>,
+    conn: Connection,
+) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let Some(parked) = ctx.tls_parked.take(fd) else {
+        tracing::error!("a woken WebSocket over TLS has no parked session");
+        proto::ws::parked_closed_tls(&ctx, fd, CloseReason::ServerError, None);
+        return conn.close(CloseReason::ServerError);
+    };
+    let io = TlsIo::resume(WokenSocket::new(socket, hot), parked);
+    let io = tokio_util::either::Either::Right(io);
+    let ws = proto::ws::serve_woken(io, wake, ctx.clone());
+    finish_messages(ws, proto::WEBSOCKET_TLS, ctx, conn).await;
+}
+
 /// HTTP/1.1 on `io`, then whatever it ends with; parked, it resumes as `tag`.
 fn serve_http1<T, S>(
     io: T,
@@ -307,7 +335,13 @@ async fn finish_http1<T, S>(
         Ended::HandOver(HandOver::Native { io, read_ahead, to }) => {
             ctx.stats.connection_upgraded();
             let ws = proto::ws::serve_upgraded(io, read_ahead, to, ctx.clone());
-            finish_messages(ws, proto::WEBSOCKET, ctx, conn).await;
+            // Upgraded over TLS, it parks with its session.
+            let ws_tag = if tag == proto::HTTP1_TLS {
+                proto::WEBSOCKET_TLS
+            } else {
+                proto::WEBSOCKET
+            };
+            finish_messages(ws, ws_tag, ctx, conn).await;
         }
     }
 }
@@ -338,10 +372,28 @@ where
     }
 }
 
+/// What a message protocol parks: a bare socket (framed, WebSocket), or a
+/// socket and its TLS session (WebSocket over TLS).
+trait ParkedParts {
+    fn into_parts(self) -> (std::os::fd::OwnedFd, Option<ParkedTls>);
+}
+
+impl ParkedParts for std::os::fd::OwnedFd {
+    fn into_parts(self) -> (std::os::fd::OwnedFd, Option<ParkedTls>) {
+        (self, None)
+    }
+}
+
+impl ParkedParts for (std::os::fd::OwnedFd, Option<ParkedTls>) {
+    fn into_parts(self) -> (std::os::fd::OwnedFd, Option<ParkedTls>) {
+        self
+    }
+}
+
 /// Acts on how a message protocol's connection ended (framed, WebSocket:
 /// its handler has heard already). `tag`: the protocol, for the lot.
-async fn finish_messages(
-    served: impl Future<Output = Ended<std::os::fd::OwnedFd>>,
+async fn finish_messages<P: ParkedParts>(
+    served: impl Future<Output = Ended<P>>,
     tag: ProtoTag,
     ctx: Rc<WorkerContext>,
     conn: Connection,
@@ -354,24 +406,16 @@ async fn finish_messages(
             io,
             deadline,
             at_once,
-        } => match ctx.park.as_ref() {
-            Some(lot) => lot.park(
-                io,
-                Parking {
-                    deadline,
-                    at_once,
-                    proto: tag,
-                    at_deadline: AtDeadline::Wake,
-                },
-                conn,
-            ),
-            // They park only when there is a lot; if not, close cleanly.
-            None => {
-                use std::os::fd::AsRawFd;
-                parked_closed(&ctx, io.as_raw_fd(), tag, CloseReason::ServerClosed);
-                conn.close(CloseReason::ServerClosed);
-            }
-        },
+        } => {
+            let (socket, tls) = io.into_parts();
+            let parking = Parking {
+                deadline,
+                at_once,
+                proto: tag,
+                at_deadline: AtDeadline::Wake,
+            };
+            park_parts(socket, tls, parking, &ctx, conn);
+        }
         Ended::HandOver(_) => conn.close(CloseReason::ServerError),
     }
 }
@@ -393,6 +437,9 @@ fn parked_closed(ctx: &WorkerContext, fd: std::os::fd::RawFd, tag: ProtoTag, rea
     match tag {
         proto::FRAMED => proto::framed::parked_closed(ctx, fd, reason),
         proto::WEBSOCKET => proto::ws::parked_closed(ctx, fd, reason),
+        proto::WEBSOCKET_TLS => {
+            proto::ws::parked_closed_tls(ctx, fd, reason, ctx.tls_parked.take(fd))
+        }
         proto::HTTP1_TLS => {
             if let Some(parked) = ctx.tls_parked.take(fd) {
                 // Our own close of an idle connection: say so in TLS.
@@ -407,20 +454,39 @@ fn parked_closed(ctx: &WorkerContext, fd: std::os::fd::RawFd, tag: ProtoTag, rea
 
 /// Hands an idle connection to the worker's parking lot.
 fn park<T: Parkable>(io: T, parking: Parking, ctx: &WorkerContext, conn: Connection) {
-    let Some(lot) = ctx.park.as_ref() else {
+    if ctx.park.is_none() {
         return conn.close(CloseReason::ServerClosed);
-    };
+    }
     match io.into_parked_parts() {
-        Ok((socket, tls)) => {
-            if let Some(tls) = tls {
-                use std::os::fd::AsRawFd;
-                ctx.tls_parked.put(socket.as_raw_fd(), tls);
-            }
-            lot.park(socket, parking, conn)
-        }
+        Ok((socket, tls)) => park_parts(socket, tls, parking, ctx, conn),
         Err(e) => {
             tracing::debug!(error = %e, "cannot park; closing");
             conn.close(CloseReason::io(&e));
+        }
+    }
+}
+
+/// Parks `socket` in the worker's lot, its TLS session (if any) in the
+/// worker's table under the same descriptor. Without a lot (message
+/// protocols park only when there is one) the connection closes cleanly,
+/// its protocol letting its state go.
+fn park_parts(
+    socket: std::os::fd::OwnedFd,
+    tls: Option<ParkedTls>,
+    parking: Parking,
+    ctx: &WorkerContext,
+    conn: Connection,
+) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    if let Some(tls) = tls {
+        ctx.tls_parked.put(fd, tls);
+    }
+    match ctx.park.as_ref() {
+        Some(lot) => lot.park(socket, parking, conn),
+        None => {
+            parked_closed(ctx, fd, parking.proto, CloseReason::ServerClosed);
+            conn.close(CloseReason::ServerClosed);
         }
     }
 }

@@ -81,7 +81,7 @@ where
 /// parking lot.
 ///
 /// A cold wake of a protocol that can finish one (`dispatch::serve_at_once`:
-/// a heartbeat on a parked framed, WebSocket or HTTP/1.1 connection) is first polled here, once, on
+/// a heartbeat on a parked framed, WebSocket (cleartext or TLS) or HTTP/1.1 connection) is first polled here, once, on
 /// the lot's turn: read, answered and re-parked without waiting, it needs no
 /// task (the spawn, the run-queue round trip and the tracker's accounting were
 /// the largest part of a heartbeat's CPU left after `woken.rs`). Only if it

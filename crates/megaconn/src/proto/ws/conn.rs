@@ -24,7 +24,7 @@
 //! TCP close (the server closes first, RFC 6455 §7.1.1).
 
 use std::future::poll_fn;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
 use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
 use crate::proto::ws::route::Route;
-use crate::proto::ws::{Start, Tables, WsIo, GOING_AWAY};
+use crate::proto::ws::{parked_fd, Start, Tables, WsIo, WsParked, GOING_AWAY};
 use crate::proto::{earliest, until, Ended};
 
 /// What ended an idle wait.
@@ -88,15 +88,12 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     io: WsIo,
     ctx: Rc<WorkerContext>,
     start: Start,
-) -> Ended<OwnedFd> {
+) -> Ended<WsParked> {
     let settings = &route.settings;
-    let tables = Tables::of(&ctx);
+    // Over TLS, its own side tables (and its session parks beside them).
+    let tables = Tables::of_io(&ctx, &io);
     let counters = &ctx.stats.messages;
-    let fd = match &io {
-        Either::Left(socket) => socket.raw_fd(),
-        // Never parked: its id only has to be unique while it lives.
-        Either::Right(_) => -1,
-    };
+    let fd = parked_fd(&io);
     let now = Instant::now();
     // When the peer must have sent something by, and when our next ping goes.
     let mut due = settings.heartbeat_timeout.map(|t| now + t);
@@ -166,6 +163,20 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     }
                 }
                 Err(reason) => return Ended::Close(live.close(reason)),
+            }
+            // Over TLS, bytes that woke it are decrypted first: TLS
+            // housekeeping alone (a KeyUpdate, part of a record) is answered
+            // and counts as read, so it parks again at once.
+            if let (Wake::Readable, Either::Left(Either::Right(tls))) = (wake, &mut conn.io) {
+                match tls.poll_prefetch() {
+                    Ok(true) => {}
+                    Ok(false) => unread_wake = false,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS error on a woken WebSocket");
+                        incr(&ctx.stats.protocol_errors);
+                        return Ended::Close(live.close(CloseReason::io(&e)));
+                    }
+                }
             }
             (live, session)
         }
@@ -453,7 +464,8 @@ async fn close_handshake(
     .await;
 }
 
-/// Gives the socket up for parking, its state kept in the side table.
+/// Gives the socket up for parking, its state kept in the side table (and
+/// over TLS, its session beside it, for the dispatcher to keep).
 fn park<H: WebSocketHandler>(
     route: &Arc<Route<H>>,
     conn: ConnIo<WsIo>,
@@ -462,13 +474,13 @@ fn park<H: WebSocketHandler>(
     deflate: Option<Deflate>,
     (due, send_at): (Option<Instant>, Option<Instant>),
     at_once: bool,
-) -> Ended<OwnedFd> {
+) -> Ended<WsParked> {
     // No buffer is kept: `release` gave back the empty ones, and a
     // connection parks only between messages with nothing buffered.
     let ConnIo { io, buffers, .. } = conn;
     drop(buffers);
-    match io.into_parked() {
-        Ok(socket) => {
+    match io.into_parked_parts() {
+        Ok((socket, tls)) => {
             let route: Arc<dyn ErasedRoute> = route.clone();
             tables.table::<H::State>().put(
                 socket.as_raw_fd(),
@@ -483,7 +495,7 @@ fn park<H: WebSocketHandler>(
             );
             // The lot wakes it at the earlier timer (`Wake::Timer`).
             Ended::Park {
-                io: socket,
+                io: (socket, tls),
                 deadline: earliest(due, send_at),
                 at_once,
             }

@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::message::hub::ConnectionId;
 use crate::message::session::Session;
 use crate::observe::close::CloseReason;
 use crate::proto::ws::frame::WsMessage;
-use crate::proto::ws::{conn, Start, Tables, WsIo};
+use crate::proto::ws::{conn, Start, Tables, WsIo, WsParked};
 use crate::proto::Ended;
 
 /// A WebSocket endpoint's behaviour, called once per message. Mount it on a
@@ -159,16 +159,17 @@ pub(crate) trait ErasedRoute: Send + Sync {
         io: WsIo,
         ctx: Rc<WorkerContext>,
         start: Start,
-    ) -> LocalFuture<Ended<OwnedFd>>;
+    ) -> LocalFuture<Ended<WsParked>>;
 
     /// The variant parked WebSocket `fd` has in the side table of this
     /// route's state type, if it is parked there.
     fn parked_variant(&self, tables: &Tables, fd: RawFd) -> Option<usize>;
 
     /// The parking lot closed parked connection `fd` itself (shutdown):
-    /// at shutdown a 1001 goes to the peer, the state leaves the side table,
-    /// the connection its topics, and the handler hears why.
-    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason);
+    /// the state leaves the side table, the connection its topics, and the
+    /// handler hears why. Whether the peer is owed a 1001 (at shutdown,
+    /// unless it was behind), which the caller sends.
+    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) -> bool;
 }
 
 impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
@@ -177,7 +178,7 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
         io: WsIo,
         ctx: Rc<WorkerContext>,
         start: Start,
-    ) -> LocalFuture<Ended<OwnedFd>> {
+    ) -> LocalFuture<Ended<WsParked>> {
         Box::pin(conn::serve(self, io, ctx, start))
     }
 
@@ -185,14 +186,12 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
         tables.table::<H::State>().variant(fd)
     }
 
-    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) {
+    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) -> bool {
         let Some(parked) = tables.table::<H::State>().take(fd) else {
-            return;
+            return false;
         };
-        if reason == CloseReason::Shutdown && !parked.behind {
-            super::going_away_parked(fd);
-        }
         tables.local.closed(tables.local.id(fd, parked.generation));
         self.handler.on_close(parked.state, reason);
+        reason == CloseReason::Shutdown && !parked.behind
     }
 }

@@ -53,21 +53,24 @@ pub(crate) mod route;
 use std::any::Any;
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use crate::conn::context::WorkerContext;
+use crate::conn::tls_io::{ParkedSessions, ParkedTls, TlsIo};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
-use crate::message::table::SideTable;
+use crate::message::hub::SendNow;
+use crate::message::table::{SendParked, SideTable};
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
 use crate::observe::close::{CloseReason, FramingError};
@@ -94,10 +97,19 @@ pub(crate) struct RouteRef {
     pub deflate: Option<Deflate>,
 }
 
-/// A WebSocket's socket: a plain one (parkable: bare until it must wait,
-/// see `conn/woken.rs`), or any other transport (TLS, a caller's own),
-/// which never parks. (tokio-util's `Either` reads and writes either.)
-pub(crate) type WsIo = Either<WokenSocket, Box<dyn AnyTransport>>;
+/// A WebSocket's socket: a parkable one ([`WsSocket`]), or any other
+/// transport (a caller's own), which never parks. (tokio-util's `Either`
+/// reads and writes either.)
+pub(crate) type WsIo = Either<WsSocket, Box<dyn AnyTransport>>;
+
+/// A WebSocket's socket that can park: a plain one (bare until it must
+/// wait, see `conn/woken.rs`), or TLS over one (its session parks beside
+/// the socket, in the worker's table of parked TLS sessions).
+pub(crate) type WsSocket = Either<WokenSocket, TlsIo<WokenSocket>>;
+
+/// What a parked WebSocket leaves for the dispatcher: the bare socket for
+/// the lot and, over TLS, the session for the worker's table.
+pub(crate) type WsParked = (OwnedFd, Option<ParkedTls>);
 
 /// A [`Transport`] behind a pointer (`Transport` has an associated const,
 /// so it cannot be a trait object itself).
@@ -115,7 +127,8 @@ impl<T: Transport + Send> AnyTransport for T {
 impl Transport for WsIo {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Either::Left(s) => s.poll_read_ready(cx),
+            Either::Left(Either::Left(s)) => s.poll_read_ready(cx),
+            Either::Left(Either::Right(s)) => s.poll_read_ready(cx),
             Either::Right(s) => s.poll_ready(cx),
         }
     }
@@ -125,17 +138,32 @@ impl Parkable for WsIo {
     const PARKABLE: bool = true;
 
     fn repark_when_idle(&self) -> bool {
-        matches!(self, Either::Left(s) if s.repark_when_idle())
+        match self {
+            Either::Left(Either::Left(s)) => s.repark_when_idle(),
+            Either::Left(Either::Right(s)) => s.repark_when_idle(),
+            Either::Right(_) => false,
+        }
     }
 
-    fn into_parked(self) -> io::Result<OwnedFd> {
+    fn into_parked_parts(self) -> io::Result<WsParked> {
         match self {
-            Either::Left(s) => s.into_parked(),
+            Either::Left(Either::Left(s)) => s.into_parked_parts(),
+            Either::Left(Either::Right(s)) => s.into_parked_parts(),
             Either::Right(_) => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "this transport cannot be parked",
             )),
         }
+    }
+}
+
+/// The descriptor a WebSocket parks under (-1 for a transport that never
+/// parks: its id only has to be unique while it lives).
+pub(crate) fn parked_fd(io: &WsIo) -> RawFd {
+    match io {
+        Either::Left(Either::Left(s)) => s.raw_fd(),
+        Either::Left(Either::Right(s)) => s.get_ref().raw_fd(),
+        Either::Right(_) => -1,
     }
 }
 
@@ -211,28 +239,58 @@ impl Wire for PushWire {
 }
 
 /// This worker's message state, kinds of parked WebSockets and
-/// permessage-deflate codec; the side tables (one per handler state type)
-/// come from [`Tables::table`].
+/// permessage-deflate codec; the side tables (one per handler state type,
+/// cleartext and TLS apart) come from [`Tables::table`].
 pub(crate) struct Tables {
     pub local: Rc<Local>,
     kinds: Rc<Kinds>,
     pub codec: Rc<Codec>,
+    /// For WebSockets over TLS: the worker's parked sessions, which encrypt
+    /// what the hub pushes to a parked one.
+    tls: Option<ParkedSessions>,
 }
 
 impl Tables {
+    /// The tables of cleartext WebSockets.
     pub(crate) fn of(ctx: &WorkerContext) -> Tables {
         Tables {
             local: message::worker::local(ctx),
             kinds: ctx.local(Kinds::default),
             codec: ctx.local(Codec::default),
+            tls: None,
         }
     }
 
-    /// The side table of parked WebSockets whose handler's state is `S`.
+    /// The tables of WebSockets over TLS.
+    pub(crate) fn of_tls(ctx: &WorkerContext) -> Tables {
+        Tables {
+            tls: Some(ctx.tls_parked.clone()),
+            ..Tables::of(ctx)
+        }
+    }
+
+    /// The tables of WebSockets on `io`.
+    pub(crate) fn of_io(ctx: &WorkerContext, io: &WsIo) -> Tables {
+        match io {
+            Either::Left(Either::Right(_)) => Tables::of_tls(ctx),
+            _ => Tables::of(ctx),
+        }
+    }
+
+    /// The side table of parked WebSockets whose handler's state is `S`
+    /// (over TLS: its own, tagged `WEBSOCKET_TLS`, whose pushes are
+    /// encrypted with each connection's parked session).
     pub(crate) fn table<S: 'static>(&self) -> Rc<SideTable<S>> {
-        self.local.table::<S>(crate::proto::WEBSOCKET, || {
-            vec![Rc::new(PushWire) as Rc<dyn Wire>]
-        })
+        let wires = || vec![Rc::new(PushWire) as Rc<dyn Wire>];
+        match &self.tls {
+            None => self.local.table::<S>(crate::proto::WEBSOCKET, wires),
+            Some(sessions) => {
+                self.local
+                    .table_sending::<S>(crate::proto::WEBSOCKET_TLS, wires, || {
+                        Some(sealed(sessions.clone()))
+                    })
+            }
+        }
     }
 
     /// The variant a WebSocket of `route` with `deflate` parks as.
@@ -241,13 +299,25 @@ impl Tables {
     }
 }
 
+/// How pushes reach a parked WebSocket over TLS: the frame encrypted with
+/// its parked session (which stays parked), one `send` of the records. The
+/// frame is encoded once for all; the encryption is per connection.
+fn sealed(sessions: ParkedSessions) -> SendParked {
+    Rc::new(move |fd, frame| match sessions.seal(fd, frame) {
+        Some(records) => message::hub::send_all_now(fd, &records),
+        // No session that can send (it is closing): nothing is written,
+        // and the connection's own wake-up finds out why.
+        None => SendNow::Broken,
+    })
+}
+
 /// Serves a connection the HTTP/1.1 engine handed over after a native `101`.
 pub(crate) fn serve_upgraded<T>(
     io: T,
     read_ahead: Bytes,
     to: NativeUpgrade,
     ctx: Rc<WorkerContext>,
-) -> LocalFuture<Ended<OwnedFd>>
+) -> LocalFuture<Ended<WsParked>>
 where
     T: Parkable + Send + 'static,
 {
@@ -255,9 +325,9 @@ where
         tracing::error!("a native upgrade of an unknown protocol; closing the connection");
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
-    // A plain socket can park; any other transport (TLS, a caller's own)
-    // is served as it is and never parks.
-    let io: WsIo = match plain_socket(io) {
+    // A plain socket or TLS over one can park; any other transport (a
+    // caller's own) is served as it is and never parks.
+    let io: WsIo = match parkable(io) {
         Ok(socket) => Either::Left(socket),
         Err(io) => Either::Right(io),
     };
@@ -267,17 +337,25 @@ where
 
 /// A plain TCP transport as a [`WokenSocket`] (an accepted stream stays
 /// registered with tokio, so it waits for real readiness, holding no
-/// buffer); any other transport boxed as it is.
-fn plain_socket<T: Transport + Send + 'static>(
-    io: T,
-) -> Result<WokenSocket, Box<dyn AnyTransport>> {
+/// buffer), TLS over one as TLS over a [`WokenSocket`]; any other
+/// transport boxed as it is.
+fn parkable<T: Transport + Send + 'static>(io: T) -> Result<WsSocket, Box<dyn AnyTransport>> {
     let any: Box<dyn Any> = Box::new(io);
-    let any = match any.downcast::<tokio::net::TcpStream>() {
-        Ok(stream) => return Ok(WokenSocket::registered_stream(*stream)),
+    let any = match any.downcast::<TcpStream>() {
+        Ok(stream) => return Ok(Either::Left(WokenSocket::registered_stream(*stream))),
         Err(any) => any,
     };
-    match any.downcast::<WokenSocket>() {
-        Ok(socket) => Ok(*socket),
+    let any = match any.downcast::<WokenSocket>() {
+        Ok(socket) => return Ok(Either::Left(*socket)),
+        Err(any) => any,
+    };
+    // HTTPS/1.1 upgraded on its accepted stream, or after it was parked.
+    let any = match any.downcast::<TlsIo<TcpStream>>() {
+        Ok(tls) => return Ok(Either::Right(tls.map_sock(WokenSocket::registered_stream))),
+        Err(any) => any,
+    };
+    match any.downcast::<TlsIo<WokenSocket>>() {
+        Ok(tls) => Ok(Either::Right(*tls)),
         Err(any) => Err(any
             .downcast::<T>()
             .unwrap_or_else(|_| unreachable!("it is a T"))
@@ -285,19 +363,19 @@ fn plain_socket<T: Transport + Send + 'static>(
     }
 }
 
-/// Serves a WebSocket woken from the parking lot.
+/// Serves a WebSocket woken from the parking lot, on its socket (over TLS:
+/// with its session resumed).
 pub(crate) fn serve_woken(
-    socket: OwnedFd,
-    hot: bool,
+    io: WsSocket,
     wake: Wake,
     ctx: Rc<WorkerContext>,
-) -> LocalFuture<Ended<OwnedFd>> {
-    let tables = Tables::of(&ctx);
-    let Some((route, deflate)) = tables.kinds.of_parked(&tables, socket.as_raw_fd()) else {
+) -> LocalFuture<Ended<WsParked>> {
+    let io: WsIo = Either::Left(io);
+    let tables = Tables::of_io(&ctx, &io);
+    let Some((route, deflate)) = tables.kinds.of_parked(&tables, parked_fd(&io)) else {
         tracing::error!("a woken WebSocket had no state; closing it");
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
-    let io = Either::Left(WokenSocket::new(socket, hot));
     route.serve(io, ctx, Start::Woken(wake, deflate))
 }
 
@@ -307,18 +385,47 @@ pub(crate) fn serve_woken(
 /// peer's answer is not awaited, the lot closes the socket next); its state
 /// goes, it leaves its topics, and its handler hears why.
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
-    let tables = Tables::of(ctx);
-    if let Some((route, _)) = tables.kinds.of_parked(&tables, fd) {
-        route.parked_closed(&tables, fd, reason);
+    if closed_in(&Tables::of(ctx), fd, reason) {
+        message::hub::send_all_now(fd, &going_away_frame());
     }
 }
 
-/// Sends a close frame 1001 (going away) to parked WebSocket `fd` (best
-/// effort: one non-blocking `send`).
-pub(crate) fn going_away_parked(fd: RawFd) {
+/// [`parked_closed`] for a WebSocket over TLS, with its parked `session`:
+/// the 1001 is encrypted, and our own closes (shutdown, idle timeout) end
+/// with `close_notify`, as HTTPS/1.1's do.
+pub(crate) fn parked_closed_tls(
+    ctx: &WorkerContext,
+    fd: RawFd,
+    reason: CloseReason,
+    session: Option<ParkedTls>,
+) {
+    let going_away = closed_in(&Tables::of_tls(ctx), fd, reason);
+    let Some(mut session) = session else { return };
+    if going_away {
+        if let Some(records) = session.seal(&going_away_frame()) {
+            message::hub::send_all_now(fd, &records);
+        }
+    }
+    if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
+        session.close_notify(fd);
+    }
+}
+
+/// Lets parked WebSocket `fd` of `tables` go (see [`parked_closed`]);
+/// whether it is owed a 1001 (going away).
+fn closed_in(tables: &Tables, fd: RawFd, reason: CloseReason) -> bool {
+    match tables.kinds.of_parked(tables, fd) {
+        Some((route, _)) => route.parked_closed(tables, fd, reason),
+        None => false,
+    }
+}
+
+/// A close frame 1001 (going away), as sent to a parked WebSocket at
+/// shutdown.
+fn going_away_frame() -> BytesMut {
     let mut out = BytesMut::new();
     frame::encode_close(&mut out, GOING_AWAY, "");
-    message::hub::send_all_now(fd, &out);
+    out
 }
 
 #[cfg(test)]
