@@ -105,14 +105,14 @@ where
             return;
         };
         let track = conn.track().cloned();
-        if !dispatch::serve_at_once(&incoming) {
-            let serve = Tracked::new(dispatch::serve(incoming, service.clone(), ctx, conn), track);
+        // Only the path served at once counts in `stats` itself: no clone
+        // for the others.
+        let stats = dispatch::serve_at_once(&incoming).then(|| ctx.stats.clone());
+        let serve = Tracked::new(dispatch::serve(incoming, service.clone(), ctx, conn), track);
+        let Some(stats) = stats else {
             tokio::task::spawn_local(tracker.track_future(serve));
             return;
-        }
-        // Only this path counts in `stats` itself: no clone for the others.
-        let stats = ctx.stats.clone();
-        let serve = Tracked::new(dispatch::serve(incoming, service.clone(), ctx, conn), track);
+        };
         // Boxed, so that the future can still move into a task once polled.
         let mut serve = Box::pin(serve);
         // Unconstrained: tokio's budget belongs to the lot's task here, and
