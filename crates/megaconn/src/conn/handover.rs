@@ -132,6 +132,8 @@ pub(crate) fn adopt(
             at_once: false,
             proto: state.tag(),
             at_deadline: AtDeadline::Close,
+            // A socket from another process: never in this lot's set.
+            watched: false,
         },
         conn,
     );

@@ -13,11 +13,42 @@
 //! the deadline array (a few hundred microseconds per million entries) and
 //! closes the expired ones. The price of parking is CPU per idle→active cycle,
 //! so only cold connections are parked and busy keep-alive connections stay
-//! tasks; and the cycle is kept cheap for the common cold case, a heartbeat: a
-//! socket stays in the private set while it is awake (registered with
-//! `EPOLLONESHOT`, so one wake-up disarms it), is served without registering
-//! with tokio unless it has to wait (`woken.rs`), and re-parking it is a
-//! single `EPOLL_CTL_MOD`.
+//! tasks; and the cycle is kept cheap for the common cold case, a heartbeat,
+//! which is served without registering with tokio unless it has to wait
+//! (`woken.rs`) and makes no `epoll_ctl` at all.
+//!
+//! # One registration across wake-ups
+//!
+//! A socket is added once, edge-triggered (`EPOLLIN | EPOLLRDHUP | EPOLLET`),
+//! and stays in the set while it is awake. Re-parking it is then free: with
+//! `EPOLLONESHOT` (as before) every re-park was an `EPOLL_CTL_MOD`, an rbtree
+//! lookup in a set of ~20,000 sockets plus a poll of the socket, ~9% of the
+//! server's CPU at a million connections with 30 s heartbeats. The price is
+//! that the set keeps firing while the socket is awake, and an edge is
+//! reported once. The rules that keep every byte heard:
+//!
+//! ```text
+//!  parked ──edge──> AWAKE (still in the set, the edge consumed)
+//!    ^                 │ served on the lot's turn, or as a task
+//!    │                 ├─ another edge reaches the lot while AWAKE: a task (or a
+//!    │                 │  handler's upgraded socket) serves it, and tokio watches
+//!    │                 │  it now ─> EPOLL_CTL_DEL, ABSENT (one edge, not one per
+//!    │                 │  request of a busy connection)
+//!    │                 └─ closed: the kernel takes it out; the state goes stale
+//!    └── park: AWAKE and the transport says "still watched" (`Parking::watched`:
+//!        every byte since the wake was read up to a short read, or came after
+//!        it and raised an edge of its own) ──> nothing
+//!        AWAKE, not watched (a new connection on a reused descriptor, bytes
+//!        possibly unread) ──> MOD (re-polls: an event if readable), ENOENT ──> ADD
+//!        ABSENT ──> ADD (which polls too)
+//! ```
+//!
+//! Only the socket the lot woke can say "watched" (`WokenSocket`), so a stale
+//! `AWAKE` left by a closed socket never skips the `ADD` of a new connection
+//! on the same descriptor. An edge raised by bytes that the server read before
+//! it parked (they came between the lot's `epoll_wait` and the read) wakes the
+//! connection once more for nothing: a short read's worth of bytes in the
+//! window between the two, rare for a heartbeat (one segment).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -43,17 +74,19 @@ const ABSENT: u32 = 0;
 /// Per-fd state: parked with no idle timeout.
 const NO_DEADLINE: u32 = u32::MAX;
 
-/// Per-fd state: woken and served by a task, still in the epoll set (disarmed).
-/// The state goes stale when the task closes the socket (closing takes it out
-/// of the set), which `park` notices and repairs.
+/// Per-fd state: woken and being served, still in the epoll set (edge-armed).
+/// The state goes stale when the connection closes the socket (closing takes
+/// it out of the set); `park` trusts it only for a socket that says it is the
+/// one the lot woke (`Parking::watched`).
 const AWAKE: u32 = u32::MAX - 1;
 
 /// The largest deadline tick, below the special states.
 const MAX_TICK: u32 = u32::MAX - 2;
 
-/// What a parked socket waits for. `EPOLLONESHOT`: the first event disarms it,
-/// so a woken socket can stay in the set without firing again.
-const PARKED_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
+/// What a parked socket waits for. Edge-triggered, not one-shot: it stays in
+/// the set, armed, while awake, so re-parking needs no `epoll_ctl` (see the
+/// module doc for what keeps edges from being lost).
+const PARKED_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 
 /// Events taken from the private epoll set per wake-up.
 const MAX_EVENTS: usize = 256;
@@ -189,22 +222,12 @@ impl ParkingLot {
             at_once,
             proto,
             at_deadline,
+            watched,
         } = parking;
         let fd = socket.as_raw_fd();
         let idx = fd as usize;
         let was_awake = self.deadlines.borrow().get(idx) == Some(&AWAKE);
-        // A socket woken from the lot is still in the set: re-arm it. If it was
-        // closed since (and this descriptor number is a new connection), the
-        // kernel took it out and MOD says so; then add it.
-        let mut rc = if was_awake {
-            self.ctl(libc::EPOLL_CTL_MOD, fd)
-        } else {
-            Err(io::Error::from_raw_os_error(libc::ENOENT))
-        };
-        if matches!(&rc, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
-            rc = self.ctl(libc::EPOLL_CTL_ADD, fd);
-        }
-        if let Err(error) = rc {
+        if let Err(error) = self.arm(fd, was_awake, watched) {
             tracing::warn!(%error, "cannot park connection; closing it");
             if was_awake {
                 self.deadlines.borrow_mut()[idx] = ABSENT;
@@ -260,19 +283,63 @@ impl ParkingLot {
             .as_millis() as u32
     }
 
-    /// Adds a socket to the private set or re-arms it there.
+    /// Makes sure a socket about to park is in the private set with its
+    /// edge armed for every byte not read yet: the one place that decides
+    /// which `epoll_ctl` parking costs (see the module doc). `was_awake`: the
+    /// lot's state for the descriptor is [`AWAKE`]; `watched`: the transport
+    /// says it is that woken socket and nothing reached it unheard.
+    fn arm(&self, fd: RawFd, was_awake: bool, watched: bool) -> io::Result<()> {
+        if was_awake && watched {
+            return Ok(());
+        }
+        // A woken socket still in the set, bytes maybe unread: MOD re-polls
+        // it (an event now if it is readable). If it was closed since and the
+        // descriptor is a new connection, the kernel took the old one out
+        // and MOD says so; then add it.
+        let rc = if was_awake {
+            self.ctl(libc::EPOLL_CTL_MOD, fd)
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ENOENT))
+        };
+        match rc {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.ctl(libc::EPOLL_CTL_ADD, fd),
+            rc => rc,
+        }
+    }
+
+    /// One `epoll_ctl` on the private set (ADD, MOD or DEL), counted.
     fn ctl(&self, op: libc::c_int, fd: RawFd) -> io::Result<()> {
+        incr(&self.stats.parking_epoll_ctl);
         let mut event = libc::epoll_event {
             events: PARKED_EVENTS,
             u64: fd as u64,
         };
-        // SAFETY: valid epoll fd, valid socket fd, event outlives the call.
+        // SAFETY: valid epoll fd, valid socket fd, event outlives the call
+        // (DEL ignores it).
         let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
         if rc == 0 {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    /// An edge for a socket that is awake: it is not being served on the
+    /// lot's turn (that never waits for the lot), so a task (or a handler
+    /// that took the upgraded socket) has it, and tokio's own epoll watches
+    /// it. Taken out of the set, so that a busy connection costs the lot one
+    /// edge, not one per request; it is added again when it parks, and the
+    /// add polls it, so bytes it leaves unread still wake it.
+    fn unwatch_awake(&self, fd: RawFd) {
+        let mut deadlines = self.deadlines.borrow_mut();
+        let Some(slot @ &mut AWAKE) = deadlines.get_mut(fd as usize) else {
+            return;
+        };
+        *slot = ABSENT;
+        drop(deadlines);
+        // A socket closed meanwhile is out already (EBADF, or ENOENT for a
+        // descriptor reused by another socket): nothing to undo either way.
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd);
     }
 
     /// Takes a parked socket out of the lot's care, leaving its slot in `to`
@@ -366,6 +433,7 @@ impl ParkingLot {
         for event in events {
             let fd = event.u64 as RawFd;
             let Some(socket) = self.unpark(fd, AWAKE) else {
+                self.unwatch_awake(fd);
                 continue;
             };
             self.churn_since_trim.set(self.churn_since_trim.get() + 1);
@@ -441,15 +509,7 @@ impl ParkingLot {
         };
         let mut out = Vec::with_capacity(chosen.len());
         for (fd, deadline, tag) in chosen {
-            // SAFETY: valid epoll and socket descriptors; DEL ignores the event.
-            unsafe {
-                libc::epoll_ctl(
-                    self.epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    fd,
-                    std::ptr::null_mut(),
-                )
-            };
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, fd);
             let Some(socket) = self.unpark(fd, ABSENT) else {
                 continue;
             };
@@ -511,6 +571,11 @@ pub(crate) struct Parking {
     pub proto: ProtoTag,
     /// What the deadline does.
     pub at_deadline: AtDeadline,
+    /// The socket is the one the lot woke, still in its epoll set, and every
+    /// byte that reached it since was read or raised an edge of its own
+    /// ([`Parkable::still_watched`](crate::conn::transport::Parkable::still_watched)):
+    /// it parks with no `epoll_ctl`. False is always safe (it costs one).
+    pub watched: bool,
 }
 
 impl Drop for ParkingLot {
@@ -583,15 +648,16 @@ fn trim_heap() {
 
 #[cfg(test)]
 mod tests {
-    //! The lot on its own: a real socket pair, a recording respawn, paused
-    //! time for the deadlines (the sweep is called directly).
+    //! The lot on its own: real socket pairs, a respawn that keeps what it
+    //! woke, paused time for the deadlines (the sweep is called directly).
 
+    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::Ordering::Relaxed;
 
     use super::*;
 
-    type Woken = Rc<RefCell<Vec<(ProtoTag, Wake)>>>;
+    type Woken = Rc<RefCell<Vec<(ProtoTag, Wake, OwnedFd)>>>;
 
     struct Fixture {
         lot: ParkingLot,
@@ -601,14 +667,20 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let limit = ConnectionLimit::new(2, None);
+        let limit = ConnectionLimit::new(4, None);
         let stats = Arc::new(WorkerStats::default());
         let lot = ParkingLot::new(limit.clone(), stats.clone(), Duration::from_secs(2)).unwrap();
         let woken: Woken = Rc::default();
         let record = woken.clone();
         lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
-            if let Incoming::Woken { proto, wake, .. } = incoming {
-                record.borrow_mut().push((proto, wake));
+            if let Incoming::Woken {
+                proto,
+                wake,
+                socket,
+                ..
+            } = incoming
+            {
+                record.borrow_mut().push((proto, wake, socket));
             }
             conn.close(CloseReason::ServerClosed);
         })));
@@ -617,6 +689,37 @@ mod tests {
             limit,
             stats,
             woken,
+        }
+    }
+
+    impl Fixture {
+        /// What woke, in order, without the sockets.
+        fn woken(&self) -> Vec<(ProtoTag, Wake)> {
+            self.woken
+                .borrow()
+                .iter()
+                .map(|(p, w, _)| (*p, *w))
+                .collect()
+        }
+
+        /// The socket woken last, taken back (to serve or park again).
+        fn take_woken(&self) -> OwnedFd {
+            self.woken.borrow_mut().pop().expect("a woken socket").2
+        }
+
+        fn ctl_calls(&self) -> u64 {
+            self.stats.parking_epoll_ctl.load(Relaxed)
+        }
+
+        /// Waits until the lot's epoll set reports an event, and serves it:
+        /// how many events there were.
+        async fn wake_ready(&self) -> usize {
+            let guard = tokio::time::timeout(Duration::from_secs(20), self.lot.epoll.readable())
+                .await
+                .expect("the lot's epoll turns readable")
+                .unwrap();
+            drop(guard);
+            self.lot.wake_ready().unwrap()
         }
     }
 
@@ -630,6 +733,10 @@ mod tests {
     }
 
     fn park(f: &Fixture, socket: OwnedFd, proto: u8, at_deadline: AtDeadline) {
+        park_as(f, socket, proto, at_deadline, false);
+    }
+
+    fn park_as(f: &Fixture, socket: OwnedFd, proto: u8, at_deadline: AtDeadline, watched: bool) {
         let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
         f.lot.park(
             socket,
@@ -638,9 +745,18 @@ mod tests {
                 at_once: false,
                 proto: ProtoTag(proto),
                 at_deadline,
+                watched,
             },
             conn,
         );
+    }
+
+    /// Reads what the socket holds, as a woken connection would (a short read).
+    fn drain(socket: &OwnedFd) -> Vec<u8> {
+        let mut stream = TcpStream::from(socket.try_clone().unwrap());
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).unwrap();
+        buf[..n].to_vec()
     }
 
     #[tokio::test(start_paused = true)]
@@ -650,10 +766,10 @@ mod tests {
         park(&f, socket, 7, AtDeadline::Wake);
         assert_eq!(f.lot.len(), 1);
         f.lot.sweep();
-        assert!(f.woken.borrow().is_empty(), "not before its deadline");
+        assert!(f.woken().is_empty(), "not before its deadline");
         tokio::time::advance(Duration::from_secs(3)).await;
         f.lot.sweep();
-        assert_eq!(*f.woken.borrow(), [(ProtoTag(7), Wake::Timer)]);
+        assert_eq!(f.woken(), [(ProtoTag(7), Wake::Timer)]);
         assert_eq!(f.lot.len(), 0);
         assert_eq!(f.stats.timeouts.load(Relaxed), 0, "a wake, not a timeout");
     }
@@ -665,13 +781,14 @@ mod tests {
         let (b, _cb) = pair();
         park(&f, a, 1, AtDeadline::Close);
         park(&f, b, 1, AtDeadline::Close);
+        let _others = (f.limit.try_acquire(), f.limit.try_acquire());
         assert!(
             f.limit.try_acquire().is_none(),
             "both slots held while parked"
         );
         tokio::time::advance(Duration::from_secs(3)).await;
         f.lot.sweep();
-        assert!(f.woken.borrow().is_empty());
+        assert!(f.woken().is_empty());
         assert_eq!(f.stats.timeouts.load(Relaxed), 2);
         assert_eq!(f.stats.connections_open.load(Relaxed), 0);
         assert_eq!(f.stats.closed.load(Relaxed), 2);
@@ -680,18 +797,113 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_wake_a_parked_connection_in_its_protocol() {
-        use std::io::Write;
         let f = fixture();
         let (socket, mut client) = pair();
         park(&f, socket, 3, AtDeadline::Close);
         client.write_all(b"ping").unwrap();
-        let guard = tokio::time::timeout(Duration::from_secs(20), f.lot.epoll.readable())
-            .await
-            .expect("the lot's epoll turns readable")
-            .unwrap();
-        drop(guard);
-        assert_eq!(f.lot.wake_ready().unwrap(), 1);
-        assert_eq!(*f.woken.borrow(), [(ProtoTag(3), Wake::Readable)]);
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(f.woken(), [(ProtoTag(3), Wake::Readable)]);
         assert_eq!(f.stats.wakes_cold.load(Relaxed), 1);
+    }
+
+    /// The heartbeat cycle: a woken socket that read all it had parks
+    /// again with no `epoll_ctl`, and its next bytes still wake it.
+    #[tokio::test]
+    async fn a_woken_socket_parks_again_without_epoll_ctl_and_still_wakes() {
+        let f = fixture();
+        let (socket, mut client) = pair();
+        park(&f, socket, 3, AtDeadline::Close);
+        assert_eq!(f.ctl_calls(), 1, "added once");
+        for round in 0..3 {
+            client.write_all(b"beat").unwrap();
+            assert_eq!(f.wake_ready().await, 1, "round {round}");
+            let socket = f.take_woken();
+            assert_eq!(drain(&socket), b"beat");
+            park_as(&f, socket, 3, AtDeadline::Close, true);
+            assert_eq!(f.lot.len(), 1);
+        }
+        assert_eq!(f.ctl_calls(), 1, "no epoll_ctl after the first park");
+    }
+
+    /// Bytes a woken socket left unread (a read that filled its buffer)
+    /// raise no new edge: parked as not watched, the lot re-polls it, and
+    /// they wake it again.
+    #[tokio::test]
+    async fn bytes_left_unread_at_a_wake_wake_it_again() {
+        let f = fixture();
+        let (socket, mut client) = pair();
+        park(&f, socket, 3, AtDeadline::Close);
+        client.write_all(b"one two").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        let socket = f.take_woken();
+        let mut first = [0u8; 3];
+        TcpStream::from(socket.try_clone().unwrap())
+            .read_exact(&mut first)
+            .unwrap();
+        park_as(&f, socket, 3, AtDeadline::Close, false);
+        assert_eq!(f.ctl_calls(), 2, "re-polled (MOD)");
+        assert_eq!(f.wake_ready().await, 1, "the rest wakes it");
+        assert_eq!(drain(&f.take_woken()), b" two");
+    }
+
+    /// An edge for a socket that is awake (its task has it): the lot takes
+    /// it out of its set at once, so a busy connection costs it one edge,
+    /// not one per request; parked again it is added back, and the bytes
+    /// that came while it was awake and were not read still wake it.
+    #[tokio::test]
+    async fn an_edge_while_awake_takes_the_socket_out_and_loses_nothing() {
+        let f = fixture();
+        let (socket, mut client) = pair();
+        park(&f, socket, 3, AtDeadline::Close);
+        client.write_all(b"first").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        let socket = f.take_woken();
+        assert_eq!(drain(&socket), b"first");
+        // Awake (a task serves it); more bytes come.
+        client.write_all(b"second").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert!(f.woken().is_empty(), "an awake socket is not woken twice");
+        assert_eq!(f.ctl_calls(), 2, "taken out of the set (DEL)");
+        // Out of the set: further bytes reach the lot no more.
+        client.write_all(b"third").unwrap();
+        assert_eq!(f.lot.wake_ready().unwrap(), 0);
+        // The task parks it without reading them (its transport says watched,
+        // but the lot knows better): added back, and they wake it.
+        park_as(&f, socket, 3, AtDeadline::Close, true);
+        assert_eq!(f.ctl_calls(), 3, "added back (ADD)");
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(drain(&f.take_woken()), b"secondthird");
+    }
+
+    /// A woken socket closed by its task leaves a stale `AWAKE`; a new
+    /// connection on the same descriptor number is not in the set and must
+    /// be added when it parks (it never says "watched": only the woken
+    /// socket's transport does).
+    #[tokio::test]
+    async fn a_reused_descriptor_is_added_when_it_parks() {
+        let f = fixture();
+        let (a, mut client_a) = pair();
+        park(&f, a, 3, AtDeadline::Close);
+        client_a.write_all(b"a").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        let a = f.take_woken();
+        let fd = a.as_raw_fd();
+        // The new connection takes the old one's number in one step (dup2
+        // closes the old socket, which leaves the set): no other thread of
+        // the test process can take the number in between.
+        let (b, mut client_b) = pair();
+        // SAFETY: both descriptors are open and ours; `a` is given up.
+        assert_eq!(unsafe { libc::dup2(b.as_raw_fd(), fd) }, fd);
+        let _ = a.into_raw_fd();
+        drop(b);
+        // SAFETY: dup2 made `fd` a descriptor of its own for socket b.
+        let reused = unsafe { OwnedFd::from_raw_fd(fd) };
+        let before = f.ctl_calls();
+        park(&f, reused, 3, AtDeadline::Close);
+        assert_eq!(f.ctl_calls() - before, 2, "MOD found nothing, then ADD");
+        client_b.write_all(b"b").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(drain(&f.take_woken()), b"b");
+        drop(client_a);
     }
 }

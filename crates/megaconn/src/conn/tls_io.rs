@@ -653,6 +653,11 @@ impl<S: Parkable> Parkable for TlsIo<S> {
         self.bufs.plain.is_none() && self.bufs.outgoing.is_none() && self.sock.repark_when_idle()
     }
 
+    /// The socket's: ciphertext read ahead parks with the session (`tail`).
+    fn still_watched(&self) -> bool {
+        self.sock.still_watched()
+    }
+
     /// Splits an idle stream for parking: the socket for the lot, the
     /// session for the worker's table. Fails (and the connection closes) if
     /// decrypted bytes wait, or ciphertext cannot be sent without waiting.

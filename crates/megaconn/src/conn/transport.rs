@@ -47,6 +47,15 @@ pub(crate) trait Parkable: Transport {
         false
     }
 
+    /// Whether the stream is a socket the parking lot woke, still in the
+    /// lot's epoll set, with every byte that reached it since the wake read
+    /// (up to a short read) or announced by an edge of its own: then it
+    /// parks again with no `epoll_ctl` (`conn/park.rs`). False, the default,
+    /// is always safe: the lot re-polls the socket.
+    fn still_watched(&self) -> bool {
+        false
+    }
+
     /// Gives up the stream as a bare socket for parking.
     fn into_parked(self) -> io::Result<OwnedFd>
     where

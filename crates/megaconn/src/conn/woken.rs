@@ -9,9 +9,13 @@
 //! descriptor: reads and writes are plain non-blocking syscalls, and only when
 //! one of them would block does the socket register with tokio and wait there
 //! like any other stream. A woken connection that never had to wait goes back
-//! into the lot as soon as its exchange is done (see [`Transport::repark_when_idle`]),
-//! where re-arming it is a single `EPOLL_CTL_MOD`, because the lot keeps the
-//! socket in its epoll set (disarmed by `EPOLLONESHOT`) while it is awake.
+//! into the lot as soon as its exchange is done (see [`Parkable::repark_when_idle`]),
+//! and that costs no `epoll_ctl` at all: the lot keeps the socket in its
+//! epoll set, edge-triggered, while it is awake. What the lot cannot see is
+//! whether bytes that were there when it took the edge are still unread, so
+//! the socket keeps count ([`Parkable::still_watched`]): a read that comes
+//! back short (or would block) has taken everything that was there, and
+//! whatever arrives later raises an edge of its own.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -22,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::conn::transport::{Parkable, Transport};
+use crate::conn::Wake;
 
 /// A woken parked socket: a bare descriptor until an operation would block,
 /// then a registered [`TcpStream`].
@@ -32,6 +37,13 @@ pub(crate) struct WokenSocket {
     /// connection is busy again, so it waits as a task for `park_idle_after`
     /// like a fresh one instead of going back to the lot after each request.
     hot: bool,
+    /// The parking lot woke it and keeps it in its epoll set (`park.rs`).
+    in_lot: bool,
+    /// Every byte that was there when the lot took its edge has been read:
+    /// a read came back short, or would have blocked (a timer's wake took
+    /// no edge). Until then a full read may have left some behind, and the
+    /// lot must re-poll the socket when it parks.
+    heard: bool,
 }
 
 #[derive(Debug)]
@@ -45,11 +57,14 @@ enum State {
 }
 
 impl WokenSocket {
-    /// Wraps a socket the parking lot just woke (it is non-blocking already).
-    pub(crate) fn new(socket: OwnedFd, hot: bool) -> WokenSocket {
+    /// Wraps a socket the parking lot just woke (it is non-blocking
+    /// already), for bytes or for a timer as `wake` says.
+    pub(crate) fn new(socket: OwnedFd, hot: bool, wake: Wake) -> WokenSocket {
         WokenSocket {
             state: State::Bare(socket),
             hot,
+            in_lot: true,
+            heard: wake == Wake::Timer,
         }
     }
 
@@ -60,6 +75,8 @@ impl WokenSocket {
         WokenSocket {
             state: State::Registered(stream),
             hot: true,
+            in_lot: false,
+            heard: false,
         }
     }
 
@@ -141,22 +158,32 @@ impl AsyncRead for WokenSocket {
                         0,
                     )
                 };
+                let asked = unfilled.len();
                 match syscall_result(n) {
                     Ok(Some(n)) => {
                         // SAFETY: recv initialised the first `n` bytes.
                         unsafe { buf.assume_init(n) };
                         buf.advance(n);
+                        self.heard |= n < asked;
                         return Poll::Ready(Ok(()));
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Poll::Ready(Err(e)),
                     // Nothing to read: from here on, wait like any stream.
-                    Ok(None) => break,
+                    Ok(None) => {
+                        self.heard = true;
+                        break;
+                    }
                 }
             }
         }
+        let (before, asked) = (buf.filled().len(), buf.remaining());
         let stream = self.registered()?;
-        Pin::new(stream).poll_read(cx, buf)
+        let polled = Pin::new(stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() - before < asked {
+            self.heard = true;
+        }
+        polled
     }
 }
 
@@ -226,6 +253,10 @@ impl Parkable for WokenSocket {
 
     fn repark_when_idle(&self) -> bool {
         !self.hot && matches!(self.state, State::Bare(_))
+    }
+
+    fn still_watched(&self) -> bool {
+        self.in_lot && self.heard
     }
 
     fn into_parked(self) -> io::Result<OwnedFd> {

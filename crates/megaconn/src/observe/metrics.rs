@@ -680,6 +680,12 @@ impl Collector for Snapshot {
             "Cold wakes served whole without spawning a task (read, answered and re-parked at once).",
             s.wakes_without_task,
         )?;
+        counter(
+            &mut e,
+            "parking_epoll_ctl",
+            "epoll_ctl calls on the parking lots' epoll sets (none for a cold wake re-parked at once).",
+            s.parking_epoll_ctl,
+        )?;
         gauge(
             &mut e,
             "shutdown_drain_pending",

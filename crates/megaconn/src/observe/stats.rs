@@ -33,6 +33,7 @@ pub(crate) struct WorkerStats {
     pub wakes_cold: AtomicU64,
     pub wakes_hot: AtomicU64,
     pub wakes_without_task: AtomicU64,
+    pub parking_epoll_ctl: AtomicU64,
     pub accept_waits_at_limit: AtomicU64,
     /// Parked connections taken over from the process this one replaced.
     pub adopted: AtomicU64,
@@ -228,6 +229,10 @@ pub struct ServerStats {
     /// spawned (read, answered and re-parked without waiting: a heartbeat).
     /// The rest of the cold wakes had to wait for something and became tasks.
     pub wakes_without_task: u64,
+    /// `epoll_ctl` calls on the parking lots' own epoll sets (a socket added,
+    /// re-polled or taken out). A cold wake served and re-parked makes none:
+    /// a socket stays registered across wake-ups (`conn/park.rs`).
+    pub parking_epoll_ctl: u64,
     /// Times an acceptor found no free slot under `max_connections` and
     /// stopped accepting until a connection closed.
     pub accept_waits_at_limit: u64,
@@ -297,6 +302,7 @@ impl ServerStats {
             s.wakes_cold += w.wakes_cold.load(Relaxed);
             s.wakes_hot += w.wakes_hot.load(Relaxed);
             s.wakes_without_task += w.wakes_without_task.load(Relaxed);
+            s.parking_epoll_ctl += w.parking_epoll_ctl.load(Relaxed);
             s.accept_waits_at_limit += w.accept_waits_at_limit.load(Relaxed);
             s.worker_stalls += w.stalls.load(Relaxed);
             s.messages.add(&w.messages);

@@ -48,10 +48,13 @@ pub(crate) enum Ended<T> {
     /// Idle at a message boundary with nothing buffered: park `io` until it
     /// is readable or the idle `deadline` passes. `at_once`: parked straight
     /// after serving a wake-up (see `conn/woken.rs`), not after idling.
+    /// `watched`: the parking lot still watches the socket, nothing unheard
+    /// (`Parkable::still_watched`, taken before the stream became `io`).
     Park {
         io: T,
         deadline: Option<Instant>,
         at_once: bool,
+        watched: bool,
     },
     /// Another protocol takes the connection over.
     HandOver(HandOver<T>),

@@ -103,7 +103,7 @@ where
                     None
                 };
                 Either::Right(Either::Left(serve_http1(
-                    WokenSocket::new(socket, hot),
+                    WokenSocket::new(socket, hot, wake),
                     service,
                     ctx,
                     conn,
@@ -121,7 +121,7 @@ where
                 ))
             }
             proto::WEBSOCKET => {
-                let socket = tokio_util::either::Either::Left(WokenSocket::new(socket, hot));
+                let socket = tokio_util::either::Either::Left(WokenSocket::new(socket, hot, wake));
                 let ws = proto::ws::serve_woken(socket, wake, ctx.clone());
                 Either::Right(Either::Right(
                     finish_messages(ws, proto::WEBSOCKET, ctx, conn).boxed_local(),
@@ -222,7 +222,8 @@ async fn serve_tls_woken<S>(
     } else {
         None
     };
-    let mut io = TlsIo::resume(WokenSocket::new(socket, hot), parked);
+    // HTTPS/1.1 parks with no timer: bytes woke it.
+    let mut io = TlsIo::resume(WokenSocket::new(socket, hot, Wake::Readable), parked);
     match io.poll_prefetch() {
         Ok(true) => serve_http1(io, service, ctx, conn, info, proto::HTTP1_TLS).await,
         Ok(false) => {
@@ -235,6 +236,7 @@ async fn serve_tls_woken<S>(
                 at_once: false,
                 proto: proto::HTTP1_TLS,
                 at_deadline: AtDeadline::Close,
+                watched: io.still_watched(),
             };
             park(io, parking, &ctx, conn);
         }
@@ -263,7 +265,7 @@ async fn serve_ws_tls_woken(
         proto::ws::parked_closed_tls(&ctx, fd, CloseReason::ServerError, None);
         return conn.close(CloseReason::ServerError);
     };
-    let io = TlsIo::resume(WokenSocket::new(socket, hot), parked);
+    let io = TlsIo::resume(WokenSocket::new(socket, hot, wake), parked);
     let io = tokio_util::either::Either::Right(io);
     let ws = proto::ws::serve_woken(io, wake, ctx.clone());
     finish_messages(ws, proto::WEBSOCKET_TLS, ctx, conn).await;
@@ -305,6 +307,7 @@ async fn finish_http1<T, S>(
             io,
             deadline,
             at_once,
+            watched,
         } => park(
             io,
             Parking {
@@ -312,6 +315,7 @@ async fn finish_http1<T, S>(
                 at_once,
                 proto: tag,
                 at_deadline: AtDeadline::Close,
+                watched,
             },
             &ctx,
             conn,
@@ -406,6 +410,7 @@ async fn finish_messages<P: ParkedParts>(
             io,
             deadline,
             at_once,
+            watched,
         } => {
             let (socket, tls) = io.into_parts();
             let parking = Parking {
@@ -413,6 +418,7 @@ async fn finish_messages<P: ParkedParts>(
                 at_once,
                 proto: tag,
                 at_deadline: AtDeadline::Wake,
+                watched,
             };
             park_parts(socket, tls, parking, &ctx, conn);
         }

@@ -139,6 +139,13 @@ impl Parkable for FramedIo {
         }
     }
 
+    fn still_watched(&self) -> bool {
+        match self {
+            FramedIo::Tcp(s) => s.still_watched(),
+            FramedIo::Woken(s) => s.still_watched(),
+        }
+    }
+
     fn into_parked(self) -> io::Result<OwnedFd> {
         match self {
             FramedIo::Tcp(s) => s.into_parked(),
@@ -500,6 +507,7 @@ fn park<H: FramedHandler>(
     at_once: bool,
     ctx: &WorkerContext,
 ) -> Ended<OwnedFd> {
+    let watched = io.still_watched();
     match io.into_parked() {
         Ok(socket) => {
             let state = live.take();
@@ -519,6 +527,7 @@ fn park<H: FramedHandler>(
                 io: socket,
                 deadline: earliest(due, send_at),
                 at_once,
+                watched,
             }
         }
         Err(e) => Ended::Close(live.close(CloseReason::io(&e))),

@@ -191,7 +191,7 @@ pub(crate) fn serve_woken(
         tracing::error!("a woken framed connection is unknown; closing it");
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
-    let io = FramedIo::Woken(WokenSocket::new(socket, hot));
+    let io = FramedIo::Woken(WokenSocket::new(socket, hot, wake));
     handler.serve(io, ctx, framing, listener, Start::Woken(wake))
 }
 

@@ -83,10 +83,12 @@ where
         }
         Ended::Park(deadline) => {
             let at_once = conn.io.repark_when_idle();
+            let watched = conn.io.still_watched();
             proto::Ended::Park {
                 io: conn.io,
                 deadline,
                 at_once,
+                watched,
             }
         }
     };

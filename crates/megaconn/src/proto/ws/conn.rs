@@ -479,6 +479,7 @@ fn park<H: WebSocketHandler>(
     // connection parks only between messages with nothing buffered.
     let ConnIo { io, buffers, .. } = conn;
     drop(buffers);
+    let watched = io.still_watched();
     match io.into_parked_parts() {
         Ok((socket, tls)) => {
             let route: Arc<dyn ErasedRoute> = route.clone();
@@ -498,6 +499,7 @@ fn park<H: WebSocketHandler>(
                 io: (socket, tls),
                 deadline: earliest(due, send_at),
                 at_once,
+                watched,
             }
         }
         Err(e) => Ended::Close(live.close(CloseReason::io(&e))),

@@ -145,6 +145,14 @@ impl Parkable for WsIo {
         }
     }
 
+    fn still_watched(&self) -> bool {
+        match self {
+            Either::Left(Either::Left(s)) => s.still_watched(),
+            Either::Left(Either::Right(s)) => s.still_watched(),
+            Either::Right(_) => false,
+        }
+    }
+
     fn into_parked_parts(self) -> io::Result<WsParked> {
         match self {
             Either::Left(Either::Left(s)) => s.into_parked_parts(),
