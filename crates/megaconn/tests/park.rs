@@ -272,7 +272,134 @@ async fn a_cold_wake_is_served_without_a_task() {
         1,
         "{after:?}"
     );
+    // The socket stayed in the lot's epoll set, armed, across the wake.
+    assert_eq!(
+        after.parking_epoll_ctl, before.parking_epoll_ctl,
+        "a cold heartbeat costs no epoll_ctl: {after:?}"
+    );
     assert_eq!(after.buffers_checked_out, 0);
+    server.stop().await;
+}
+
+/// Bytes that come while a woken connection is being served (its handler
+/// waits, so a task has it, out of the lot's set or about to leave it at
+/// its first edge) are not lost: when the connection parks after its
+/// answer, read or not, the next request is answered, and the lot went on
+/// with at most one `epoll_ctl` per wake and per park.
+#[tokio::test]
+async fn bytes_that_come_while_a_woken_connection_is_served_are_answered() {
+    let mut server = parking_server(None).await;
+    let mut s = server.connect().await;
+    get_then_park(&server, &mut s, 1).await;
+    let_it_go_cold(&server).await;
+    let before = server.handle.stats();
+    s.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        server.probe.next_event().await,
+        common::Event::Started("/wait".into())
+    );
+    s.write_all(b"GET /status/201 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    server
+        .wait_stats("the awake socket left the lot's set", |st| {
+            st.parking_epoll_ctl == before.parking_epoll_ctl + 1
+        })
+        .await;
+    server.probe.release.notify_one();
+    let mut buf = Vec::new();
+    let first = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(first.body, b"released");
+    assert_eq!(
+        read_response_buffered(&mut s, &mut buf, false).await.status,
+        201
+    );
+    server
+        .wait_stats("parked again after both", |st| {
+            st.connections_parked == 1 && st.requests == before.requests + 2
+        })
+        .await;
+    let after = server.handle.stats();
+    assert_ctl_per_wake_and_park(&before, &after);
+    // And the connection goes on.
+    get_then_park(&server, &mut s, 1).await;
+    server.stop().await;
+}
+
+/// At most one `epoll_ctl` on the lot's set per wake (leaving it for the
+/// runtime) and one per park (coming back), none per request.
+fn assert_ctl_per_wake_and_park(before: &megaconn::ServerStats, after: &megaconn::ServerStats) {
+    let ctl = after.parking_epoll_ctl - before.parking_epoll_ctl;
+    let wakes = (after.wakes_cold + after.wakes_hot) - (before.wakes_cold + before.wakes_hot);
+    let parks = after.parks - before.parks;
+    assert!(
+        ctl <= wakes + parks,
+        "{ctl} epoll_ctl for {wakes} wakes and {parks} parks: {after:?}"
+    );
+}
+
+/// A woken connection that has to wait on its socket becomes a task
+/// registered with the runtime, and a busy one: it leaves the lot's set
+/// when it registers, so its requests cost the lot nothing. At most one
+/// `epoll_ctl` per wake and one per park, none per request; parked again,
+/// its next cold heartbeat costs none.
+#[tokio::test]
+async fn a_woken_connection_that_turns_busy_leaves_the_lots_set() {
+    let server = parking_server(None).await;
+    let mut s = server.connect().await;
+    get_then_park(&server, &mut s, 1).await;
+    let_it_go_cold(&server).await;
+    let before = server.handle.stats();
+    // 256 KiB up and back: the woken socket registers to wait, and its
+    // segments keep coming while a task serves it.
+    let body = vec![b'x'; 256 << 10];
+    let mut req = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    {
+        let (mut rd, mut wr) = s.split();
+        let (written, response) = tokio::join!(wr.write_all(&req), read_response(&mut rd));
+        written.unwrap();
+        assert_eq!(response.body.len(), body.len());
+    }
+    for _ in 0..20 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut s).await.body, b"Hello, World!");
+    }
+    server
+        .wait_stats("parked again", |st| {
+            st.connections_parked == 1 && st.requests == before.requests + 21
+        })
+        .await;
+    let after = server.handle.stats();
+    assert!(
+        after.parking_epoll_ctl > before.parking_epoll_ctl,
+        "the busy socket left the lot's set: {after:?}"
+    );
+    assert_ctl_per_wake_and_park(&before, &after);
+
+    let_it_go_cold(&server).await;
+    let before = server.handle.stats();
+    get_then_park(&server, &mut s, 1).await;
+    server
+        .wait_stats("re-parked after the heartbeat", |st| {
+            st.parks > before.parks
+        })
+        .await;
+    let after = server.handle.stats();
+    if after.wakes_without_task > before.wakes_without_task {
+        assert_eq!(
+            after.parking_epoll_ctl, before.parking_epoll_ctl,
+            "a cold heartbeat costs no epoll_ctl: {after:?}"
+        );
+    }
     server.stop().await;
 }
 

@@ -30,10 +30,14 @@
 //! ```text
 //!  parked ──edge──> AWAKE (still in the set, the edge consumed)
 //!    ^                 │ served on the lot's turn, or as a task
-//!    │                 ├─ another edge reaches the lot while AWAKE: a task (or a
-//!    │                 │  handler's upgraded socket) serves it, and tokio watches
-//!    │                 │  it now ─> EPOLL_CTL_DEL, ABSENT (one edge, not one per
-//!    │                 │  request of a busy connection)
+//!    │                 ├─ it registers with tokio to wait (`woken.rs`): tokio's
+//!    │                 │  epoll watches it now ─> EPOLL_CTL_DEL, ABSENT; else
+//!    │                 │  each request of a busy connection would wake the lot
+//!    │                 │  too, for bytes the task reads first (the kernel then
+//!    │                 │  drops the event: not readable any more)
+//!    │                 ├─ an edge reaches the lot while AWAKE (a task that
+//!    │                 │  waits on something else, an upgraded socket) ─> the
+//!    │                 │  same DEL: its task reads it, not the lot
 //!    │                 └─ closed: the kernel takes it out; the state goes stale
 //!    └── park: AWAKE and the transport says "still watched" (`Parking::watched`:
 //!        every byte since the wake was read up to a short read, or came after
@@ -45,10 +49,12 @@
 //!
 //! Only the socket the lot woke can say "watched" (`WokenSocket`), so a stale
 //! `AWAKE` left by a closed socket never skips the `ADD` of a new connection
-//! on the same descriptor. An edge raised by bytes that the server read before
-//! it parked (they came between the lot's `epoll_wait` and the read) wakes the
-//! connection once more for nothing: a short read's worth of bytes in the
-//! window between the two, rare for a heartbeat (one segment).
+//! on the same descriptor. Bytes that come while a woken socket is served
+//! and are read before it parks raise an edge, but epoll polls the socket
+//! again before it reports one, finds nothing to read and drops it: no
+//! wake-up for nothing. Counts: a cold wake served and re-parked, none (main
+//! had one MOD); a wake that has to wait as a task, DEL + tokio's ADD and
+//! DEL + ADD (one more than the MOD before).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -324,12 +330,12 @@ impl ParkingLot {
         }
     }
 
-    /// An edge for a socket that is awake: it is not being served on the
-    /// lot's turn (that never waits for the lot), so a task (or a handler
-    /// that took the upgraded socket) has it, and tokio's own epoll watches
-    /// it. Taken out of the set, so that a busy connection costs the lot one
-    /// edge, not one per request; it is added again when it parks, and the
-    /// add polls it, so bytes it leaves unread still wake it.
+    /// Takes an awake socket out of the set: a task serves it and tokio's
+    /// own epoll watches it now, so that a busy connection costs the lot
+    /// nothing per request (its edges would wake the lot for bytes the task
+    /// reads first). It is added again when it parks, and the add polls it,
+    /// so bytes it leaves unread still wake it. Does nothing unless `fd` is
+    /// [`AWAKE`] here.
     fn unwatch_awake(&self, fd: RawFd) {
         let mut deadlines = self.deadlines.borrow_mut();
         let Some(slot @ &mut AWAKE) = deadlines.get_mut(fd as usize) else {
@@ -433,6 +439,9 @@ impl ParkingLot {
         for event in events {
             let fd = event.u64 as RawFd;
             let Some(socket) = self.unpark(fd, AWAKE) else {
+                // An edge for an awake socket that no runtime watches (a
+                // task waits on something else, and it has not read yet):
+                // from here on its task reads it, not the lot.
                 self.unwatch_awake(fd);
                 continue;
             };
@@ -632,6 +641,21 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                     trim_heap();
                 }
             }
+        }
+    }
+}
+
+/// A woken socket (`woken.rs`) registered with tokio to wait: this thread's
+/// lot, if it has `fd` awake, takes it out of its set
+/// ([`ParkingLot::unwatch_awake`]). The worker is found through the thread
+/// (the socket is `Send` and holds no context); on any other thread (an
+/// upgraded socket that left its worker) nothing happens, and the lot lets
+/// the socket go at its first edge instead. Another worker's lot never has
+/// `fd` awake, since `fd` is this socket now: at worst it forgets a stale state.
+pub(crate) fn left_for_runtime(fd: RawFd) {
+    if let Some(ctx) = crate::conn::pool::this_worker() {
+        if let Some(lot) = ctx.park.as_ref() {
+            lot.unwatch_awake(fd);
         }
     }
 }

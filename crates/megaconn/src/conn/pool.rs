@@ -145,6 +145,12 @@ pub(crate) fn install(ctx: &Rc<WorkerContext>) {
     WORKER.with(|w| *w.borrow_mut() = Rc::downgrade(ctx));
 }
 
+/// The worker running on this thread, if any (its parking lot hears of a
+/// woken socket that leaves it: `park::left_for_runtime`).
+pub(crate) fn this_worker() -> Option<Rc<WorkerContext>> {
+    WORKER.with(|w| w.borrow().upgrade())
+}
+
 /// A buffer from this thread's worker's pool; off a worker thread, a fresh one.
 pub(crate) fn take_local() -> BytesMut {
     match WORKER.with(|w| w.borrow().upgrade()) {

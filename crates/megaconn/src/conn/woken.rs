@@ -37,7 +37,8 @@ pub(crate) struct WokenSocket {
     /// connection is busy again, so it waits as a task for `park_idle_after`
     /// like a fresh one instead of going back to the lot after each request.
     hot: bool,
-    /// The parking lot woke it and keeps it in its epoll set (`park.rs`).
+    /// The parking lot woke it and keeps it in its epoll set (`park.rs`),
+    /// until it registers with tokio to wait.
     in_lot: bool,
     /// Every byte that was there when the lot took its edge has been read:
     /// a read came back short, or would have blocked (a timer's wake took
@@ -95,7 +96,13 @@ impl WokenSocket {
             let State::Bare(fd) = std::mem::replace(&mut self.state, State::Gone) else {
                 unreachable!("checked just above")
             };
+            let raw = fd.as_raw_fd();
             self.state = State::Registered(TcpStream::from_std(std::net::TcpStream::from(fd))?);
+            // Tokio watches it now: the lot's set lets it go (it is added
+            // back when it parks), or its every request would wake the lot too.
+            if std::mem::take(&mut self.in_lot) {
+                crate::conn::park::left_for_runtime(raw);
+            }
         }
         match &mut self.state {
             State::Registered(stream) => Ok(stream),
@@ -268,5 +275,70 @@ impl Parkable for WokenSocket {
                 "the woken socket was lost while registering",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What a woken socket tells the lot when it parks, on a real socket pair.
+
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    fn pair() -> (OwnedFd, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (server.into(), client)
+    }
+
+    /// Reads into a buffer of `len` bytes, on the socket as it is now.
+    fn read_now(socket: &mut WokenSocket, len: usize) -> Poll<usize> {
+        let mut buf = vec![0u8; len];
+        poll_once(std::pin::pin!(socket.read(&mut buf))).map(|r| r.unwrap())
+    }
+
+    /// Bytes were there when the lot took the edge: until a read comes back
+    /// short (or would block), some may be left that no edge will announce.
+    #[tokio::test]
+    async fn a_readable_wake_is_watched_again_after_a_short_read() {
+        let (fd, mut client) = pair();
+        client.write_all(b"abcdef").unwrap();
+        let mut socket = WokenSocket::new(fd, false, Wake::Readable);
+        assert!(!socket.still_watched(), "nothing read yet");
+        assert_eq!(read_now(&mut socket, 3), Poll::Ready(3));
+        assert!(!socket.still_watched(), "a full read may leave bytes");
+        assert_eq!(read_now(&mut socket, 3), Poll::Ready(3));
+        assert!(!socket.still_watched(), "exactly full: still may");
+        assert_eq!(read_now(&mut socket, 3), Poll::Pending);
+        assert!(
+            !socket.still_watched(),
+            "it waits on tokio's epoll now, out of the lot's set"
+        );
+        assert!(!socket.repark_when_idle(), "it waits like any stream now");
+
+        let (fd, mut client) = pair();
+        client.write_all(b"ab").unwrap();
+        let mut socket = WokenSocket::new(fd, false, Wake::Readable);
+        assert_eq!(read_now(&mut socket, 3), Poll::Ready(2));
+        assert!(socket.still_watched(), "a short read took everything");
+        assert!(socket.repark_when_idle());
+    }
+
+    /// A timer's wake took no edge: nothing can be unheard. A socket that
+    /// never was in the lot (a protocol change) is never watched.
+    #[tokio::test]
+    async fn timer_wakes_are_watched_and_foreign_sockets_never() {
+        let (fd, _client) = pair();
+        assert!(WokenSocket::new(fd, false, Wake::Timer).still_watched());
+        let (fd, _client) = pair();
+        let stream = TcpStream::from(fd);
+        let stream = tokio::net::TcpStream::from_std(stream).unwrap();
+        assert!(!WokenSocket::registered_stream(stream).still_watched());
     }
 }
