@@ -8,14 +8,16 @@
 //! third of the server's CPU per heartbeat. So a woken socket starts as a bare
 //! descriptor: reads and writes are plain non-blocking syscalls, and only when
 //! one of them would block does the socket register with tokio and wait there
-//! like any other stream. A woken connection that never had to wait goes back
+//! like any other stream (leaving the lot's set then: `park::left_for_runtime`,
+//! so that tokio alone hears of its requests while it is a task). A woken connection that never had to wait goes back
 //! into the lot as soon as its exchange is done (see [`Parkable::repark_when_idle`]),
 //! and that costs no `epoll_ctl` at all: the lot keeps the socket in its
 //! epoll set, edge-triggered, while it is awake. What the lot cannot see is
 //! whether bytes that were there when it took the edge are still unread, so
 //! the socket keeps count ([`Parkable::still_watched`]): a read that comes
 //! back short (or would block) has taken everything that was there, and
-//! whatever arrives later raises an edge of its own.
+//! whatever arrives later raises an edge of its own (`park.rs` has the whole
+//! set of rules).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

@@ -26,6 +26,7 @@
 //! | `megaconn_connections_upgraded_total` | counter | |
 //! | `megaconn_connections_parks_total` | counter | |
 //! | `megaconn_connections_wakes_total` | counter | `kind` (`cold`, `hot`) |
+//! | `megaconn_parking_epoll_ctl_total` | counter | |
 //! | `megaconn_accept_waits_at_limit_total` | counter | |
 //! | `megaconn_worker_stalls_total` | counter | |
 //! | `megaconn_connections_adopted_total` | counter | |
