@@ -135,7 +135,7 @@ pub use proto::http2::RAPID_RESET_LIMIT;
 pub use proto::ws::{
     WebSocketHandler, WebSocketRoute, WsMessage, WsSession, DEFAULT_WS_CLOSE_TIMEOUT,
     DEFAULT_WS_HEARTBEAT_TIMEOUT, DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES,
-    DEFAULT_WS_PING_INTERVAL,
+    DEFAULT_WS_PING_INTERVAL, HEARTBEAT_TIMEOUT_PER_PING,
 };
 pub use server::builder::{Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary};
 pub use service::body::Body;
