@@ -102,8 +102,9 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// Default [`WebSocketUpgrade::max_frame_size`]: 16 MiB, as axum.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 
-/// Extractor that upgrades an HTTP/1.1 request to a WebSocket: axum's
-/// `WebSocketUpgrade` for megaconn. Answer with [`on_upgrade`](Self::on_upgrade).
+/// Extractor that upgrades an HTTP/1.1 request, or opens an HTTP/2 extended
+/// CONNECT stream (RFC 8441), to a WebSocket: axum's `WebSocketUpgrade` for
+/// megaconn. Answer with [`on_upgrade`](Self::on_upgrade).
 pub struct WebSocketUpgrade<F = DefaultOnFailedUpgrade> {
     limits: socket::Limits,
     /// `Sec-WebSocket-Key` on HTTP/1.1; `None` over HTTP/2, which has none.
