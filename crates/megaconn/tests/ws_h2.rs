@@ -85,6 +85,7 @@ impl megaconn::WebSocketHandler for NativeEcho {
 struct Running {
     addr: SocketAddr,
     handle: ServerHandle,
+    task: tokio::task::JoinHandle<Result<megaconn::ShutdownSummary, megaconn::Error>>,
 }
 
 impl Drop for Running {
@@ -101,8 +102,8 @@ fn serve(builder: Builder) -> Running {
         .expect("server binds");
     let addr = server.local_addr();
     let handle = server.handle();
-    tokio::spawn(server.serve(app()));
-    Running { addr, handle }
+    let task = tokio::spawn(server.serve(app()));
+    Running { addr, handle, task }
 }
 
 /// An h2 client over `io`, after one plain GET: its response comes after
@@ -398,4 +399,22 @@ async fn the_setting_can_be_turned_off() {
         !client.is_extended_connect_protocol_enabled(),
         "SETTINGS_ENABLE_CONNECT_PROTOCOL not sent"
     );
+}
+
+/// Shutdown with a WebSocket open on an HTTP/2 stream: the connection gets
+/// GOAWAY, the socket keeps working until the shutdown timeout, then the
+/// server stops (it does not wait on the socket for ever).
+#[tokio::test]
+async fn shutdown_ends_with_a_websocket_open_on_a_stream() {
+    let mut server = serve(Server::builder().shutdown_timeout(Duration::from_millis(300)));
+    let client = h2c(server.addr).await;
+    let (_, mut ws) = websocket(&client, &[]).await;
+    server.handle.shutdown();
+    ws.send(WsMessage::text("during shutdown")).await.unwrap();
+    assert_eq!(next(&mut ws).await, WsMessage::text("during shutdown"));
+    tokio::time::timeout(SAFETY, &mut server.task)
+        .await
+        .expect("the server stops in time")
+        .unwrap()
+        .expect("a clean stop");
 }
