@@ -16,6 +16,13 @@
 //!            keep-alive PING -> no PONG within the timeout: close
 //! ```
 //!
+//! `CONNECT` (RFC 9113 §8.5) and extended `CONNECT` (RFC 8441: WebSockets,
+//! advertised with `SETTINGS_ENABLE_CONNECT_PROTOCOL` unless turned off):
+//! the request carries an [`OnUpgrade`](crate::OnUpgrade) as an HTTP/1.1
+//! upgrade does; a 2xx hands the handler the stream as an [`Upgraded`] over
+//! [`H2Stream`], and the stream's exchange waits until the handler drops
+//! it, so an open tunnel counts as an open stream (no idle GOAWAY).
+//!
 //! Streams run inside the connection's task rather than as spawned tasks: the
 //! worker is single-threaded either way, no `'static` bounds are needed, and a
 //! closed connection cancels its handlers, as on HTTP/1.1.
