@@ -91,7 +91,8 @@
 #   framed = the demo's framed TCP protocol, `serve --tcp-listen --tcp-framing
 #   u32`, `hold tcp:// --tcp-framing u32 --send PING --expect PONG`, a PING
 #   frame per heartbeat; ws = the demo's native WebSocket echo /ws, `hold
-#   ws://…/ws`, a ping per heartbeat answered by a pong), WS_PING (PROTO=ws:
+#   ws://…/ws`, a ping per heartbeat answered by a pong; with TLS=1 wss://),
+#   WS_PING (PROTO=ws:
 #   the server's --ws-ping-interval; 2 × INTERVAL), BROADCAST (1:
 #   PROTO=framed only: hold also counts pushes (`--receive`), and once the
 #   ramp is over one 64-byte broadcast goes to every connection of every
@@ -215,7 +216,7 @@ SOURCE="${SOURCE:-127.0.0.2-127.0.0.40}"
 SERVERS="${SERVERS:-megaconn nginx go}"
 [[ "$TLS" != 1 || "$SERVERS" == megaconn ]] || die "TLS=1 runs megaconn only: set SERVERS=megaconn"
 [[ "$PROTO" == http || "$SERVERS" == megaconn ]] || die "PROTO=$PROTO runs megaconn only: set SERVERS=megaconn"
-[[ "$PROTO" == http || "$TLS" != 1 ]] || die "PROTO=$PROTO has no TLS=1 variant yet"
+[[ "$PROTO" != framed || "$TLS" != 1 ]] || die "PROTO=framed has no TLS=1 variant yet (PROTO=ws TLS=1 is wss://)"
 PER_PROC="${PER_PROC:-19000}"
 # MEGACONN_SERVE_ARGS: extra `megaconn serve` arguments (split on spaces).
 read -ra SERVE_EXTRA <<<"${MEGACONN_SERVE_ARGS:-}"
@@ -349,7 +350,9 @@ case "$PROTO" in
     fi
     ;;
   ws)
-    HOLD_TARGET=("ws://127.0.0.1:$PORT/ws" --ws-heartbeat ping)
+    # TLS=1: wss:// (the server's WebSockets over TLS park too; hold keeps
+    # a task and the TLS session per connection).
+    HOLD_TARGET=("${SCHEME/http/ws}://127.0.0.1:$PORT/ws" --ws-heartbeat ping)
     # The server pings a WebSocket it has not heard from for this long; at
     # its default (30 s) a client pinging every 30 s ± 10 % crosses a server
     # ping on about half its beats, and more as latency grows (2026-11-30
@@ -906,6 +909,7 @@ fi
   [[ "$TLS" == 1 ]] && what="HTTPS/1.1"
   [[ "$PROTO" == framed ]] && what="framed TCP (u32 length header; a PING frame per heartbeat, answered PONG)"
   [[ "$PROTO" == ws ]] && what="WebSocket (native /ws; a ping per heartbeat, answered by a pong)"
+  [[ "$PROTO" == ws && "$TLS" == 1 ]] && what="WebSocket over TLS (wss://, native /ws; a ping per heartbeat, answered by a pong)"
   echo "### A million connections ($what): $N for megaconn, $N_PEER for the peers ($(nproc) cores; server on CPUs $SERVER_CPU, \`megaconn hold\` on CPUs $LOAD_CPU)"
   echo
   echo "| server | processes | connections held | ramp (hold) / all open | drops / resets / failed connects | heartbeat p50 / p99 / p99.9 | server RSS total | server bytes/conn (Δ RSS) | server bytes/conn (Δ PSS) | kernel bytes/conn (both ends) | server CPU while holding | server CPU per heartbeat | hold CPU per heartbeat | clean exit |"

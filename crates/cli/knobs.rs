@@ -492,7 +492,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "DURATION",
         shape: Shape::One,
         help: "The demo's WebSockets (/ws, /ws/chat): ping a peer not heard from for this long; off disables.",
-        details: "A peer that sends its own heartbeats more often than this is never pinged: set it above the clients' heartbeat interval.",
+        details: "A peer that sends its own heartbeats more often than this is never pinged: set it above the clients' heartbeat interval. A peer silent for 2.5 × this is closed (heartbeat timeout; 75 s at the default).",
         default: "30s",
         example: "60s",
         parse: duration_or_off,

@@ -417,6 +417,11 @@ async fn serve(
         Some(t) => builder.tracing(t.clone()),
         None => builder,
     };
+    // The demo's WebSockets (/ws, /ws/chat) are native routes, which park
+    // and so need a connection of their own: don't invite browsers on an
+    // HTTP/2 connection (TLS) to open them on a stream (RFC 8441), which
+    // those routes would refuse with 501.
+    let builder = builder.http2_enable_connect_protocol(false);
     let mut server = builder.listen().map_err(listen_error)?;
     let handle = server.handle();
     let control_path = upgrade_socket(

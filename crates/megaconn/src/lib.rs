@@ -62,7 +62,9 @@
 //!  service/   body.rs, h2_body.rs  the request body handed to services
 //!             upgrade.rs   101 Switching Protocols: the handler takes the socket
 //!                          (and the connection's accounts with it), or a
-//!                          protocol of ours the 101 names (NativeUpgrade)
+//!                          protocol of ours the 101 names (NativeUpgrade);
+//!                          on HTTP/2, a 2xx to CONNECT hands it the stream
+//!                          (h2_stream.rs: H2Stream, RFC 8441 WebSockets)
 //!     |
 //!  conn/      connection.rs  one connection's accounts: slot, counters, track;
 //!                            close() is the one place a close is counted
@@ -135,10 +137,11 @@ pub use proto::http2::RAPID_RESET_LIMIT;
 pub use proto::ws::{
     WebSocketHandler, WebSocketRoute, WsMessage, WsSession, DEFAULT_WS_CLOSE_TIMEOUT,
     DEFAULT_WS_HEARTBEAT_TIMEOUT, DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES,
-    DEFAULT_WS_PING_INTERVAL,
+    DEFAULT_WS_PING_INTERVAL, HEARTBEAT_TIMEOUT_PER_PING,
 };
 pub use server::builder::{Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary};
 pub use service::body::Body;
+pub use service::h2_stream::H2Stream;
 pub use service::upgrade::{OnUpgrade, Upgraded};
 pub use service::HttpService;
 /// The UTF-8 text of a [`WsMessage::Text`] (tungstenite's: cheap to clone,

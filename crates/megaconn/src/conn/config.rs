@@ -276,6 +276,9 @@ pub(crate) struct Http2Config {
     pub max_header_list_size: u32,
     pub keep_alive_interval: Option<Duration>,
     pub keep_alive_timeout: Duration,
+    /// Send `SETTINGS_ENABLE_CONNECT_PROTOCOL` (RFC 8441): clients may
+    /// open WebSockets (`:protocol websocket`) on a stream.
+    pub enable_connect_protocol: bool,
 }
 
 impl Default for Http2Config {
@@ -289,6 +292,7 @@ impl Default for Http2Config {
             max_header_list_size: DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE,
             keep_alive_interval: None,
             keep_alive_timeout: DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+            enable_connect_protocol: true,
         }
     }
 }

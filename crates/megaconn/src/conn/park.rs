@@ -94,6 +94,9 @@ const MAX_TICK: u32 = u32::MAX - 2;
 /// module doc for what keeps edges from being lost).
 const PARKED_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 
+/// The per-descriptor arrays grow to the next multiple of this.
+const GROW_BY: usize = 1024;
+
 /// Events taken from the private epoll set per wake-up.
 const MAX_EVENTS: usize = 256;
 
@@ -247,7 +250,15 @@ impl ParkingLot {
         let mut parked_at = self.parked_at.borrow_mut();
         let mut protos = self.protos.borrow_mut();
         if deadlines.len() <= idx {
-            let len = (idx + 1).next_power_of_two();
+            // Grown in steps of GROW_BY, not doubled: the arrays are 9 bytes
+            // per descriptor, and at ~19,000 sockets per worker process a
+            // doubled length (32,768) left 40 % of them unused but touched
+            // (~6 B per connection of the million's RSS).
+            let len = (idx + 1).next_multiple_of(GROW_BY);
+            let more = len - deadlines.len();
+            deadlines.reserve_exact(more);
+            parked_at.reserve_exact(more);
+            protos.reserve_exact(more);
             deadlines.resize(len, ABSENT);
             parked_at.resize(len, 0);
             protos.resize(len, 0);

@@ -16,6 +16,13 @@
 //!            keep-alive PING -> no PONG within the timeout: close
 //! ```
 //!
+//! `CONNECT` (RFC 9113 §8.5) and extended `CONNECT` (RFC 8441: WebSockets,
+//! advertised with `SETTINGS_ENABLE_CONNECT_PROTOCOL` unless turned off):
+//! the request carries an [`OnUpgrade`](crate::OnUpgrade) as an HTTP/1.1
+//! upgrade does; a 2xx hands the handler the stream as an [`Upgraded`] over
+//! [`H2Stream`], and the stream's exchange waits until the handler drops
+//! it, so an open tunnel counts as an open stream (no idle GOAWAY).
+//!
 //! Streams run inside the connection's task rather than as spawned tasks: the
 //! worker is single-threaded either way, no `'static` bounds are needed, and a
 //! closed connection cancels its handlers, as on HTTP/1.1.
@@ -74,7 +81,9 @@ use crate::observe::stats::{incr, IdleMark};
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
 use crate::service::h2_body::{DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
+use crate::service::h2_stream::H2Stream;
 use crate::service::panic_message;
+use crate::service::upgrade::{self, UpgradeSender, Upgraded};
 use crate::service::HttpService;
 use crate::BoxError;
 
@@ -105,6 +114,9 @@ fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .max_send_buffer_size(MAX_SEND_BUFFER);
+    if cfg.enable_connect_protocol {
+        b.enable_connect_protocol();
+    }
     b
 }
 
@@ -292,7 +304,9 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext) -> CloseReason {
 
 /// What happened to the handler call of a new stream.
 enum Start<F> {
-    Called(F, RequestRecord, bool),
+    /// The handler runs; the flag says `HEAD`; a `CONNECT` keeps its stream
+    /// for the handler to take over.
+    Called(F, RequestRecord, bool, Option<Tunnel>),
     /// Answered with the status at once. The request's stream, if its body
     /// is still coming, is dropped only after the answer is queued: h2 then
     /// ends it with `RST_STREAM(NO_ERROR)` after the response (RFC 9113
@@ -319,6 +333,7 @@ where
     let (parts, recv) = request.into_parts();
     let method = MethodLabel::of(&parts.method);
     let is_head = parts.method == Method::HEAD;
+    let is_connect = parts.method == Method::CONNECT;
     let limit = ctx.config.max_body_bytes;
     let content_length = parts
         .headers
@@ -333,22 +348,37 @@ where
             Some(recv),
         );
     }
-    let body = if recv.is_end_stream() {
-        Body::empty()
+    // A CONNECT's stream carries no request body: after a 2xx it is the
+    // tunnel (RFC 9113 §8.5), a WebSocket's bytes with `:protocol`
+    // (RFC 8441 §5).
+    let (body, tunnel) = if is_connect {
+        (Body::empty(), Some(recv))
+    } else if recv.is_end_stream() {
+        (Body::empty(), None)
     } else {
-        Body::h2(RecvBody {
-            stream: recv,
-            data_done: false,
-            remaining: content_length,
-            received: 0,
-            limit,
-            flood: flood.clone(),
-        })
+        (
+            Body::h2(RecvBody {
+                stream: recv,
+                data_done: false,
+                remaining: content_length,
+                received: 0,
+                limit,
+                flood: flood.clone(),
+            }),
+            None,
+        )
     };
     let mut request = Request::from_parts(parts, body);
     if let Some(info) = info {
         crate::service::insert_conn_info(request.extensions_mut(), info);
     }
+    // As an HTTP/1.1 upgrade request does, a CONNECT carries the handle
+    // that receives the stream once the handler answers 2xx.
+    let tunnel = tunnel.map(|recv| {
+        let (tx, on_upgrade) = upgrade::pending();
+        request.extensions_mut().insert(on_upgrade);
+        Tunnel { recv, tx }
+    });
     if !crate::service::ready(service).await {
         return Start::Failed(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -363,6 +393,7 @@ where
             handler,
             RequestRecord::start(ctx.stats_source(), method).traced(span),
             is_head,
+            tunnel,
         ),
         (None, span) => Start::Failed(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -419,8 +450,8 @@ where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let (handler, mut record, is_head) = match start {
-        Start::Called(handler, record, is_head) => (handler, record, is_head),
+    let (handler, mut record, is_head, tunnel) = match start {
+        Start::Called(handler, record, is_head, tunnel) => (handler, record, is_head, tunnel),
         Start::Failed(status, mut record, request_stream) => {
             record.status(status);
             send_error(&mut respond, status);
@@ -470,6 +501,21 @@ where
         Some(Ok(Ok(response))) => response,
     };
     let (mut parts, body) = response.into_parts();
+    // A CONNECT answered 2xx becomes a tunnel; answered otherwise, its
+    // response goes out as any other, and the client's half is dropped
+    // after it (with `tunnel`), which h2 ends with `RST_STREAM(NO_ERROR)`
+    // (RFC 9113 §8.1).
+    let tunnel = match tunnel {
+        Some(tunnel) if parts.status.is_success() => {
+            return open_tunnel(tunnel, parts, respond, record, &ctx).await;
+        }
+        #[cfg(feature = "axum")]
+        Some(tunnel) if parts.status == StatusCode::UPGRADE_REQUIRED => {
+            tracing::warn!("{}", crate::service::ws_axum::WRONG_EXTRACTOR_HINT);
+            Some(tunnel)
+        }
+        tunnel => tunnel,
+    };
     prepare_headers(&mut parts.headers, parts.status, &body, is_head, &ctx);
     record.response(&parts);
     let end = is_head || body.is_end_stream();
@@ -485,10 +531,51 @@ where
         return StreamEnd::Done;
     }
     let ended = send_body(send, body, &mut record).await;
+    drop(tunnel);
     if ended == StreamEnd::ClientReset {
         record.error(ErrorClass::ClientGone);
     }
     ended
+}
+
+/// A `CONNECT` stream, held while its handler runs.
+struct Tunnel {
+    /// The client's half, which becomes the tunnel's read side.
+    recv: RecvStream,
+    /// Hands the stream to the request's [`OnUpgrade`](crate::OnUpgrade).
+    tx: UpgradeSender,
+}
+
+/// The handler answered a `CONNECT` with a 2xx: the stream becomes the
+/// handler's byte stream (an [`Upgraded`] over [`H2Stream`]) and this
+/// exchange lasts until the handler drops it, so the connection counts the
+/// stream as open (its idle timer stays off) meanwhile.
+async fn open_tunnel(
+    tunnel: Tunnel,
+    mut parts: http::response::Parts,
+    mut respond: SendResponse<Bytes>,
+    mut record: RequestRecord,
+    ctx: &WorkerContext,
+) -> StreamEnd {
+    // A 2xx to CONNECT has no body, so no length (RFC 9110 §9.3.6); what
+    // the handler's body held is not sent, as on HTTP/1.1's 101.
+    prepare_headers(&mut parts.headers, parts.status, &Body::empty(), false, ctx);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    record.response(&parts);
+    let send = match respond.send_response(Response::from_parts(parts, ()), false) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send the response head");
+            record.error(ErrorClass::ClientGone);
+            return StreamEnd::ClientReset;
+        }
+    };
+    let (io, done) = H2Stream::watched(send, tunnel.recv);
+    // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
+    // back and drops here, which ends the stream.
+    let _ = tunnel.tx.send(Upgraded::on_stream(io, ctx.stats.clone()));
+    let _ = done.await;
+    StreamEnd::Done
 }
 
 /// Drops what HTTP/2 forbids (connection-specific fields) and adds `date`,

@@ -804,6 +804,22 @@ impl Builder {
         self.config.http2.keep_alive_timeout = t;
         self
     }
+
+    /// Whether the server sends `SETTINGS_ENABLE_CONNECT_PROTOCOL` (RFC
+    /// 8441), letting clients open a WebSocket on an HTTP/2 stream with an
+    /// extended `CONNECT` (`:protocol websocket`) instead of a connection
+    /// of its own. [`megaconn::axum_ws`](crate::axum_ws) accepts those; a
+    /// handler of its own gets an [`OnUpgrade`](crate::OnUpgrade) on every
+    /// HTTP/2 `CONNECT` and the stream once it answers 2xx. The native
+    /// [`WebSocketRoute`](crate::WebSocketRoute) does not serve them (it
+    /// answers `501`, its WebSockets park as sockets of their own): turn
+    /// this off when browsers reach such a route over TLS, since a browser
+    /// that holds an HTTP/2 connection to the origin opens its WebSockets
+    /// on it once this is advertised. Default: true.
+    pub fn http2_enable_connect_protocol(mut self, on: bool) -> Builder {
+        self.config.http2.enable_connect_protocol = on;
+        self
+    }
 }
 
 impl Builder {

@@ -17,6 +17,7 @@ use crate::BoxError;
 
 pub(crate) mod body;
 pub(crate) mod h2_body;
+pub(crate) mod h2_stream;
 pub(crate) mod upgrade;
 #[cfg(feature = "axum")]
 pub(crate) mod ws_axum;

@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 use crate::conn::connection::SendConnection;
 use crate::conn::rewind::Rewind;
 use crate::observe::close::CloseReason;
-use crate::observe::stats::incr;
+use crate::observe::stats::{incr, WorkerStats};
 
 /// Object-safe stream type behind [`Upgraded`].
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -56,6 +56,9 @@ pub struct Upgraded {
     conn: SendConnection,
     /// How the socket ended, once a read or write said so.
     ended: Option<CloseReason>,
+    /// Where a stream of an HTTP/2 connection counts its protocol errors
+    /// (it has no connection accounts of its own: `conn` is closed).
+    stream_stats: Option<Arc<WorkerStats>>,
 }
 
 impl std::fmt::Debug for Upgraded {
@@ -78,7 +81,20 @@ impl Upgraded {
             },
             conn,
             ended: None,
+            stream_stats: None,
         }
+    }
+
+    /// A stream of an HTTP/2 connection after a 2xx to its `CONNECT`: the
+    /// connection stays the HTTP/2 engine's (its accounts, its close), the
+    /// stream's protocol errors count in `stats`.
+    pub(crate) fn on_stream<T>(io: T, stats: Arc<WorkerStats>) -> Upgraded
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut upgraded = Upgraded::new(io, Bytes::new(), SendConnection::closed());
+        upgraded.stream_stats = Some(stats);
+        upgraded
     }
 
     /// The protocol spoken on the socket fails the connection for a broken
@@ -87,7 +103,7 @@ impl Upgraded {
     /// as the close's reason when the socket closes.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn protocol_error(&mut self, reason: CloseReason) {
-        if let Some(stats) = self.conn.stats() {
+        if let Some(stats) = self.conn.stats().or(self.stream_stats.as_ref()) {
             incr(&stats.protocol_errors);
         }
         self.ended = Some(reason);

@@ -1,7 +1,8 @@
 //! The opening handshake, server side (RFC 6455 §4.2): checks an HTTP/1.1
 //! request and builds the `101` that accepts it (with permessage-deflate
 //! when the route offers it and the client asks: `deflate.rs`), or the
-//! `400`/`403`/`426` that says what was wrong with it.
+//! `400`/`403`/`426` that says what was wrong with it (`501` to an HTTP/2
+//! extended CONNECT, which the native engine does not serve).
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -88,6 +89,17 @@ pub(crate) fn check<B>(
     deflate: bool,
 ) -> Result<Accepted, Rejection> {
     let headers = request.headers();
+    // An HTTP/2 extended CONNECT (RFC 8441): this engine parks a WebSocket
+    // as a socket of its own, which a stream of a shared connection is not.
+    // 501, as RFC 9220 §3 answers a protocol the server does not serve.
+    if request.version() == Version::HTTP_2 && request.method() == Method::CONNECT {
+        return Err(Rejection::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "this WebSocket route serves HTTP/1.1 upgrades only: WebSocket over HTTP/2 \
+             (RFC 8441 extended CONNECT) is not served by megaconn's native route; \
+             open it on an HTTP/1.1 connection",
+        ));
+    }
     if !has_token(headers, header::UPGRADE, "websocket") {
         return Err(Rejection::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -205,6 +217,18 @@ mod tests {
             response.headers()["sec-websocket-accept"],
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn an_http2_extended_connect_is_not_implemented_here() {
+        let req = Request::connect("http://localhost/ws")
+            .version(Version::HTTP_2)
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        let rejection = check(&req, &[], None, false).unwrap_err();
+        assert_eq!(rejection.status, StatusCode::NOT_IMPLEMENTED);
+        assert!(rejection.reason.contains("HTTP/1.1"));
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub use handler::{WebSocketHandler, WsSession};
 pub use route::{
     WebSocketRoute, DEFAULT_WS_CLOSE_TIMEOUT, DEFAULT_WS_HEARTBEAT_TIMEOUT,
     DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES, DEFAULT_WS_PING_INTERVAL,
+    HEARTBEAT_TIMEOUT_PER_PING,
 };
 
 use deflate::{Codec, Deflate};

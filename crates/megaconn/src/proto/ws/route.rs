@@ -32,8 +32,17 @@ pub const DEFAULT_WS_MAX_FRAME_BYTES: usize = 16 << 20;
 /// benchmarks quote (and below common proxies' 60 s idle cut-off).
 pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Default [`WebSocketRoute::heartbeat_timeout`]: 75 s, two pings and a margin.
+/// Default [`WebSocketRoute::heartbeat_timeout`]: 75 s, two pings and a margin
+/// ([`HEARTBEAT_TIMEOUT_PER_PING`] × the default ping interval).
 pub const DEFAULT_WS_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// A route whose [`ping_interval`](WebSocketRoute::ping_interval) is set
+/// and whose heartbeat timeout is not gets this many ping intervals as its
+/// timeout: two pings and a margin, as with the defaults. A fixed 75 s
+/// would close every peer pinged less often than that before its first
+/// ping (a million `wss://` clients beating every 120 s behind a
+/// `--ws-ping-interval 240s` were all closed at 75 s of silence).
+pub const HEARTBEAT_TIMEOUT_PER_PING: f64 = 2.5;
 
 /// Default [`WebSocketRoute::close_timeout`]: how long the server waits for
 /// the peer's close frame after sending its own.
@@ -92,6 +101,9 @@ pub(crate) struct Settings {
     pub origin: Option<OriginCheck>,
     pub ping_interval: Option<Duration>,
     pub heartbeat_timeout: Option<Duration>,
+    /// `heartbeat_timeout` was set by the user (else it follows
+    /// `ping_interval`).
+    pub heartbeat_timeout_set: bool,
     pub close_timeout: Duration,
     /// permessage-deflate on offer.
     pub deflate: bool,
@@ -129,6 +141,7 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
                     origin: None,
                     ping_interval: Some(DEFAULT_WS_PING_INTERVAL),
                     heartbeat_timeout: Some(DEFAULT_WS_HEARTBEAT_TIMEOUT),
+                    heartbeat_timeout_set: false,
                     close_timeout: DEFAULT_WS_CLOSE_TIMEOUT,
                     deflate: false,
                 },
@@ -184,18 +197,32 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// Sends a ping after this long without hearing from the peer (from the
     /// parking lot's timer for parked connections: one `send`, no task; a
     /// peer that sends its own heartbeats more often than this gets none).
-    /// `None`: never. Default 30 s.
+    /// `None`: never. Default 30 s. Unless
+    /// [`heartbeat_timeout`](Self::heartbeat_timeout) is set too, the
+    /// heartbeat timeout becomes [`HEARTBEAT_TIMEOUT_PER_PING`] × `every`
+    /// (with no pings it stays at its default, 75 s).
     pub fn ping_interval(mut self, every: Option<Duration>) -> Self {
-        self.settings().ping_interval = every;
+        let settings = self.settings();
+        settings.ping_interval = every;
+        if !settings.heartbeat_timeout_set {
+            settings.heartbeat_timeout =
+                Some(every.map_or(DEFAULT_WS_HEARTBEAT_TIMEOUT, |every| {
+                    every.mul_f64(HEARTBEAT_TIMEOUT_PER_PING)
+                }));
+        }
         self
     }
 
     /// The peer must send something (a pong, a message) within this time,
     /// else the connection closes as
     /// [`CloseReason::HeartbeatTimeout`](crate::CloseReason::HeartbeatTimeout).
-    /// `None`: never. Default 75 s.
+    /// `None`: never. Default 75 s, or [`HEARTBEAT_TIMEOUT_PER_PING`] ×
+    /// the [`ping_interval`](Self::ping_interval) if that is set (in either
+    /// order, a timeout set here wins).
     pub fn heartbeat_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.settings().heartbeat_timeout = timeout;
+        let settings = self.settings();
+        settings.heartbeat_timeout = timeout;
+        settings.heartbeat_timeout_set = true;
         self
     }
 
@@ -258,5 +285,49 @@ impl<H: WebSocketHandler, B> Service<Request<B>> for WebSocketRoute<H> {
             }
         };
         std::future::ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ws::{WsMessage, WsSession};
+
+    struct Echo;
+
+    impl WebSocketHandler for Echo {
+        type State = ();
+
+        async fn on_message(&self, _: &mut (), m: WsMessage, _: &WsSession) -> Option<WsMessage> {
+            Some(m)
+        }
+    }
+
+    fn timeout(route: &WebSocketRoute<Echo>) -> Option<Duration> {
+        route.route.settings.heartbeat_timeout
+    }
+
+    #[test]
+    fn the_heartbeat_timeout_follows_the_ping_interval_unless_set() {
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(timeout(&WebSocketRoute::new(Echo)), secs(75));
+        assert_eq!(
+            timeout(&WebSocketRoute::new(Echo).ping_interval(secs(240))),
+            secs(600)
+        );
+        // No pings: the default stands.
+        assert_eq!(
+            timeout(&WebSocketRoute::new(Echo).ping_interval(None)),
+            secs(75)
+        );
+        // Set explicitly, in either order, it wins.
+        let set_first = WebSocketRoute::new(Echo)
+            .heartbeat_timeout(secs(10))
+            .ping_interval(secs(240));
+        assert_eq!(timeout(&set_first), secs(10));
+        let set_after = WebSocketRoute::new(Echo)
+            .ping_interval(secs(240))
+            .heartbeat_timeout(None);
+        assert_eq!(timeout(&set_after), None);
     }
 }

@@ -50,9 +50,26 @@
 //! # Differences from axum
 //!
 //! `read_buffer_size` is accepted and ignored (reads take at most 8 KiB on
-//! the stack and keep nothing); HTTP/2 extended CONNECT (RFC 8441) is not
-//! served, only the HTTP/1.1 upgrade; rejections are this module's
-//! [`WebSocketUpgradeRejection`] with the same statuses as axum's.
+//! the stack and keep nothing); rejections are this module's
+//! [`WebSocketUpgradeRejection`] with the same statuses as axum's, except
+//! that an extended CONNECT naming another protocol than `websocket` gets
+//! `501` (RFC 9220 §3) where axum answers `400`; each is logged (debug,
+//! "WebSocket handshake refused") as the native route logs its own.
+//!
+//! # Over HTTP/2 (RFC 8441)
+//!
+//! As axum's does, the extractor also accepts an HTTP/2 extended CONNECT
+//! (`:method CONNECT`, `:protocol websocket`, `Sec-WebSocket-Version: 13`,
+//! no key): megaconn advertises `SETTINGS_ENABLE_CONNECT_PROTOCOL` unless
+//! [`Builder::http2_enable_connect_protocol`](crate::Builder::http2_enable_connect_protocol)
+//! turns it off. [`WebSocketUpgrade::on_upgrade`] then answers `200`
+//! instead of `101`, subprotocols are negotiated the same way, and the
+//! socket runs over the stream's DATA frames: the stream's flow-control
+//! window is given back as the socket reads, its close ends the stream with
+//! `END_STREAM`, and the HTTP/2 connection stays open (and not idle) for its
+//! other streams while the socket lives. Several WebSockets can share one
+//! connection. Such a socket holds, besides the above, the HTTP/2 stream's
+//! handles and h2's per-stream state.
 
 use std::future::Future;
 
@@ -85,11 +102,13 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// Default [`WebSocketUpgrade::max_frame_size`]: 16 MiB, as axum.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 
-/// Extractor that upgrades an HTTP/1.1 request to a WebSocket: axum's
-/// `WebSocketUpgrade` for megaconn. Answer with [`on_upgrade`](Self::on_upgrade).
+/// Extractor that upgrades an HTTP/1.1 request, or opens an HTTP/2 extended
+/// CONNECT stream (RFC 8441), to a WebSocket: axum's `WebSocketUpgrade` for
+/// megaconn. Answer with [`on_upgrade`](Self::on_upgrade).
 pub struct WebSocketUpgrade<F = DefaultOnFailedUpgrade> {
     limits: socket::Limits,
-    key: HeaderValue,
+    /// `Sec-WebSocket-Key` on HTTP/1.1; `None` over HTTP/2, which has none.
+    key: Option<HeaderValue>,
     on_upgrade: OnUpgrade,
     requested: Vec<HeaderValue>,
     protocol: Option<HeaderValue>,
@@ -184,8 +203,8 @@ impl<F> WebSocketUpgrade<F> {
         self.protocol.as_ref()
     }
 
-    /// What to do if the connection fails to switch after the `101` (the
-    /// client went away first). Default: a debug log line.
+    /// What to do if the connection fails to switch after the `101` (or
+    /// HTTP/2's `200`: the client went away first). Default: a debug log line.
     pub fn on_failed_upgrade<C: OnFailedUpgrade>(self, callback: C) -> WebSocketUpgrade<C> {
         WebSocketUpgrade {
             limits: self.limits,
@@ -197,8 +216,9 @@ impl<F> WebSocketUpgrade<F> {
         }
     }
 
-    /// Answers `101 Switching Protocols` and, once megaconn has written it,
-    /// runs `callback` with the socket on a new task.
+    /// Answers `101 Switching Protocols` (on HTTP/2: `200`) and, once
+    /// megaconn has written it, runs `callback` with the socket on a new
+    /// task.
     pub fn on_upgrade<C, Fut>(self, callback: C) -> Response
     where
         C: FnOnce(WebSocket) -> Fut + Send + 'static,
@@ -213,18 +233,23 @@ impl<F> WebSocketUpgrade<F> {
             on_failed_upgrade,
             ..
         } = self;
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let mut response = Response::new(axum::body::Body::empty());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(
-            header::SEC_WEBSOCKET_ACCEPT,
-            HeaderValue::try_from(accept).expect("base64 is a valid header value"),
-        );
+        // Over HTTP/2, a bare 200 opens the stream (RFC 8441 §5).
+        if let Some(key) = key {
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = response.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::try_from(accept).expect("base64 is a valid header value"),
+            );
+        }
         if let Some(protocol) = &protocol {
-            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
         }
         tokio::spawn(async move {
             match on_upgrade.await {
@@ -266,9 +291,19 @@ pub enum WebSocketUpgradeRejection {
     /// Not a `GET` (HTTP/1.1 upgrades must be): 405.
     #[error("a WebSocket upgrade must be a GET request")]
     MethodNotGet,
-    /// Not HTTP/1.1 (HTTP/2 extended CONNECT is not served): 400.
-    #[error("WebSocket upgrades are served over HTTP/1.1 only")]
+    /// Over HTTP/2, not a `CONNECT` (RFC 8441 §4): 405.
+    #[error("a WebSocket over HTTP/2 must be an extended CONNECT request (RFC 8441)")]
+    MethodNotConnect,
+    /// Neither HTTP/1.1 nor HTTP/2: 400.
+    #[error("WebSocket upgrades are served over HTTP/1.1 (Upgrade) and HTTP/2 (extended CONNECT)")]
     NotHttp11,
+    /// An HTTP/2 `CONNECT` without `:protocol` (a plain tunnel request): 400.
+    #[error("the :protocol pseudo-header must be 'websocket' (RFC 8441 extended CONNECT)")]
+    InvalidProtocolPseudoheader,
+    /// An HTTP/2 extended `CONNECT` for another protocol than `websocket`:
+    /// 501 (RFC 9220 §3).
+    #[error("this endpoint speaks the :protocol 'websocket' only (RFC 8441); the one asked for is not implemented")]
+    UnsupportedProtocol,
     /// `Connection` lacks the `upgrade` token: 400.
     #[error("the Connection header must contain the token 'upgrade'")]
     InvalidConnectionHeader,
@@ -291,7 +326,8 @@ impl WebSocketUpgradeRejection {
     /// The HTTP status this rejection answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MethodNotGet => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotGet | Self::MethodNotConnect => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnsupportedProtocol => StatusCode::NOT_IMPLEMENTED,
             Self::ConnectionNotUpgradable => StatusCode::UPGRADE_REQUIRED,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -308,53 +344,92 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade<DefaultOnFailedUpg
     type Rejection = WebSocketUpgradeRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        use WebSocketUpgradeRejection as R;
-        if parts.version != Version::HTTP_11 {
-            return Err(R::NotHttp11);
-        }
-        if parts.method != Method::GET {
-            return Err(R::MethodNotGet);
-        }
-        if !has_token(&parts.headers, header::CONNECTION, "upgrade") {
-            return Err(R::InvalidConnectionHeader);
-        }
-        if !has_token(&parts.headers, header::UPGRADE, "websocket") {
-            return Err(R::InvalidUpgradeHeader);
-        }
-        if parts
-            .headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .map(HeaderValue::as_bytes)
-            != Some(b"13")
-        {
-            return Err(R::InvalidWebSocketVersionHeader);
-        }
-        let key = parts
-            .headers
-            .get(header::SEC_WEBSOCKET_KEY)
-            .ok_or(R::WebSocketKeyHeaderMissing)?
-            .clone();
-        let on_upgrade = parts
-            .extensions
-            .remove::<OnUpgrade>()
-            .ok_or(R::ConnectionNotUpgradable)?;
-        let requested = tokens(&parts.headers, header::SEC_WEBSOCKET_PROTOCOL)
-            .filter_map(|t| HeaderValue::from_bytes(t).ok())
-            .collect();
-        Ok(WebSocketUpgrade {
-            limits: socket::Limits {
-                write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
-                max_write_buffer_size: usize::MAX,
-                max_message_size: Some(DEFAULT_MAX_MESSAGE_SIZE),
-                max_frame_size: Some(DEFAULT_MAX_FRAME_SIZE),
-                accept_unmasked_frames: false,
-            },
-            key,
-            on_upgrade,
-            requested,
-            protocol: None,
-            on_failed_upgrade: DefaultOnFailedUpgrade,
+        extract(parts).inspect_err(|rejection| {
+            tracing::debug!(
+                status = rejection.status().as_u16(),
+                reason = %rejection,
+                version = ?parts.version,
+                "WebSocket handshake refused"
+            );
         })
+    }
+}
+
+/// [`WebSocketUpgrade`]'s checks: HTTP/1.1's upgrade (RFC 6455 §4.2.1) or
+/// HTTP/2's extended CONNECT (RFC 8441 §4–5).
+fn extract(parts: &mut Parts) -> Result<WebSocketUpgrade, WebSocketUpgradeRejection> {
+    use WebSocketUpgradeRejection as R;
+    let key = match parts.version {
+        Version::HTTP_11 => Some(check_http11(parts)?),
+        Version::HTTP_2 => {
+            check_http2(parts)?;
+            None
+        }
+        _ => return Err(R::NotHttp11),
+    };
+    if parts
+        .headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(R::InvalidWebSocketVersionHeader);
+    }
+    let on_upgrade = parts
+        .extensions
+        .remove::<OnUpgrade>()
+        .ok_or(R::ConnectionNotUpgradable)?;
+    let requested = tokens(&parts.headers, header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|t| HeaderValue::from_bytes(t).ok())
+        .collect();
+    Ok(WebSocketUpgrade {
+        limits: socket::Limits {
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            max_write_buffer_size: usize::MAX,
+            max_message_size: Some(DEFAULT_MAX_MESSAGE_SIZE),
+            max_frame_size: Some(DEFAULT_MAX_FRAME_SIZE),
+            accept_unmasked_frames: false,
+        },
+        key,
+        on_upgrade,
+        requested,
+        protocol: None,
+        on_failed_upgrade: DefaultOnFailedUpgrade,
+    })
+}
+
+/// An HTTP/1.1 upgrade's method and headers; its `Sec-WebSocket-Key`.
+fn check_http11(parts: &Parts) -> Result<HeaderValue, WebSocketUpgradeRejection> {
+    use WebSocketUpgradeRejection as R;
+    if parts.method != Method::GET {
+        return Err(R::MethodNotGet);
+    }
+    if !has_token(&parts.headers, header::CONNECTION, "upgrade") {
+        return Err(R::InvalidConnectionHeader);
+    }
+    if !has_token(&parts.headers, header::UPGRADE, "websocket") {
+        return Err(R::InvalidUpgradeHeader);
+    }
+    parts
+        .headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or(R::WebSocketKeyHeaderMissing)
+}
+
+/// An HTTP/2 extended CONNECT (RFC 8441 §4): `CONNECT` with `:protocol
+/// websocket` (which h2 hands over as a request extension). A `:protocol`
+/// we do not speak is `501`, as RFC 9220 §3 asks of a server that
+/// advertises extended CONNECT.
+fn check_http2(parts: &Parts) -> Result<(), WebSocketUpgradeRejection> {
+    use WebSocketUpgradeRejection as R;
+    if parts.method != Method::CONNECT {
+        return Err(R::MethodNotConnect);
+    }
+    match parts.extensions.get::<h2::ext::Protocol>() {
+        None => Err(R::InvalidProtocolPseudoheader),
+        Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => Ok(()),
+        Some(_) => Err(R::UnsupportedProtocol),
     }
 }
 

@@ -1,0 +1,420 @@
+//! WebSockets over HTTP/2 (RFC 8441 extended CONNECT) with the
+//! axum-compatible extractor (`megaconn::axum_ws`), driven by the `h2`
+//! crate's client on real sockets: cleartext h2c with prior knowledge and
+//! TLS with ALPN `h2`. The client speaks WebSocket over its stream with
+//! tokio-tungstenite (role Client) through `megaconn::H2Stream`: echo of text and
+//! binary, ping/pong, the close handshake ending the stream, two sockets
+//! on one connection, subprotocols, a socket outliving the connection's
+//! idle timeout, a bad frame's close code counted as a protocol error, the
+//! statuses of bad extended CONNECTs (and the native route's 501), and the
+//! setting turned off.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+use megaconn::{Builder, H2Stream, Server, ServerHandle};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+mod common;
+
+use common::tls::{connect as tls_connect, Ca};
+use common::{wait_stats, SAFETY};
+
+// The one line an axum app changes from `axum::extract::ws`.
+use megaconn::axum_ws::{
+    Message as AppMessage, WebSocket as AppSocket, WebSocketUpgrade as AppUpgrade,
+};
+
+/// The test app: `/ws` echoes text and binary (and says which subprotocol
+/// it chose first, when one was), `/plain` is an ordinary GET. As under
+/// `axum::serve`, a route must take `CONNECT` too (`any`, or `.connect`)
+/// for WebSockets over HTTP/2 to reach it.
+fn app() -> axum::Router {
+    async fn ws(upgrade: AppUpgrade) -> axum::response::Response {
+        upgrade
+            .protocols(["chat", "superchat"])
+            .on_upgrade(|mut socket: AppSocket| async move {
+                if let Some(p) = socket.protocol() {
+                    let hello = format!("protocol {}", p.to_str().unwrap());
+                    if socket.send(AppMessage::text(hello)).await.is_err() {
+                        return;
+                    }
+                }
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if let AppMessage::Text(_) | AppMessage::Binary(_) = msg {
+                        if socket.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            })
+    }
+    axum::Router::new()
+        .route("/ws", get(ws).connect(ws))
+        .route("/plain", get(|| async { "plain" }))
+        .route_service("/native", megaconn::WebSocketRoute::new(NativeEcho))
+}
+
+/// A native WebSocket route (megaconn's parkable engine), which serves
+/// HTTP/1.1 upgrades only.
+struct NativeEcho;
+
+impl megaconn::WebSocketHandler for NativeEcho {
+    type State = ();
+
+    async fn on_message(
+        &self,
+        _: &mut (),
+        message: megaconn::WsMessage,
+        _: &megaconn::WsSession,
+    ) -> Option<megaconn::WsMessage> {
+        Some(message)
+    }
+}
+
+/// Serves [`app`] on 127.0.0.1:0; the handle stops it on drop.
+struct Running {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<Result<megaconn::ShutdownSummary, megaconn::Error>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+fn serve(builder: Builder) -> Running {
+    let server = builder
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("server binds");
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let task = tokio::spawn(server.serve(app()));
+    Running { addr, handle, task }
+}
+
+/// An h2 client over `io`, after one plain GET: its response comes after
+/// the server's SETTINGS, so the client knows by then whether extended
+/// CONNECT is on (h2 refuses to send one before).
+async fn h2_client<T>(io: T) -> SendRequest<Bytes>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let (status, body) = request(&client, Method::GET, "/plain", None, &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "plain"));
+    client
+}
+
+async fn h2c(addr: SocketAddr) -> SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    h2_client(tcp).await
+}
+
+/// Sends a request (`protocol`: the `:protocol` of an extended CONNECT)
+/// and reads its whole answer.
+async fn request(
+    client: &SendRequest<Bytes>,
+    method: Method,
+    path: &str,
+    protocol: Option<&'static str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let (status, _, mut recv) = open(client, method, path, protocol, headers).await;
+    let mut body = Vec::new();
+    tokio::time::timeout(SAFETY, recv.read_to_end(&mut body))
+        .await
+        .expect("body in time")
+        .expect("body");
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// Opens a stream and waits for the response head.
+async fn open(
+    client: &SendRequest<Bytes>,
+    method: Method,
+    path: &str,
+    protocol: Option<&'static str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, H2Stream) {
+    tokio::time::timeout(SAFETY, async {
+        let mut client = client.clone().ready().await.expect("client ready");
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://localhost{path}"));
+        if let Some(protocol) = protocol {
+            req = req.extension(h2::ext::Protocol::from_static(protocol));
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let end = method != Method::CONNECT;
+        let (response, send) = client
+            .send_request(req.body(()).unwrap(), end)
+            .expect("request sent");
+        let response = response.await.expect("response");
+        let (parts, recv) = response.into_parts();
+        let io = H2Stream::new(send, recv);
+        (parts.status, parts.headers, io)
+    })
+    .await
+    .expect("response in time")
+}
+
+/// Opens a WebSocket on `path` over the connection (RFC 8441 §5: CONNECT,
+/// `:protocol websocket`, version 13, no key; a 200 opens it).
+async fn websocket(
+    client: &SendRequest<Bytes>,
+    headers: &[(&str, &str)],
+) -> (http::HeaderMap, WebSocketStream<H2Stream>) {
+    let mut all = vec![("sec-websocket-version", "13")];
+    all.extend_from_slice(headers);
+    let (status, headers, io) = open(client, Method::CONNECT, "/ws", Some("websocket"), &all).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an extended CONNECT is answered 200"
+    );
+    assert!(headers.get("sec-websocket-accept").is_none());
+    assert!(headers.get("content-length").is_none());
+    let ws = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
+    (headers, ws)
+}
+
+/// The next message that is not a ping, bounded by [`SAFETY`].
+async fn next(ws: &mut WebSocketStream<H2Stream>) -> WsMessage {
+    loop {
+        let msg = tokio::time::timeout(SAFETY, ws.next())
+            .await
+            .expect("message in time")
+            .expect("stream open")
+            .expect("message");
+        if !matches!(msg, WsMessage::Ping(_)) {
+            return msg;
+        }
+    }
+}
+
+/// Text and binary echo (one message larger than the stream's window, so
+/// flow control must be given back as the server reads), a ping answered
+/// with its pong, then the close handshake: the server's close frame, then
+/// the end of its half of the stream.
+async fn echo_ping_close(client: &SendRequest<Bytes>) {
+    let (_, mut ws) = websocket(client, &[]).await;
+    ws.send(WsMessage::text("hello over h2")).await.unwrap();
+    assert_eq!(next(&mut ws).await, WsMessage::text("hello over h2"));
+    let big: Vec<u8> = (0..600_000u32).map(|i| i as u8).collect();
+    ws.send(WsMessage::binary(big.clone())).await.unwrap();
+    assert_eq!(next(&mut ws).await, WsMessage::binary(big));
+    ws.send(WsMessage::Ping(Bytes::from_static(b"are you there")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        WsMessage::Pong(Bytes::from_static(b"are you there"))
+    );
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    match next(&mut ws).await {
+        WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Normal),
+        other => panic!("expected the close echoed, got {other:?}"),
+    }
+    let end = tokio::time::timeout(SAFETY, ws.next())
+        .await
+        .expect("the stream ends in time");
+    assert!(end.is_none(), "nothing after the close: {end:?}");
+}
+
+#[tokio::test]
+async fn a_websocket_over_h2c_echoes_pings_and_closes() {
+    let server = serve(Server::builder());
+    let client = h2c(server.addr).await;
+    assert!(client.is_extended_connect_protocol_enabled());
+    echo_ping_close(&client).await;
+    // The connection outlives the socket: it still serves requests.
+    let (status, body) = request(&client, Method::GET, "/plain", None, &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "plain"));
+}
+
+#[tokio::test]
+async fn a_websocket_over_tls_with_alpn_h2_echoes_pings_and_closes() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let tls = megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .expect("TLS config");
+    let server = serve(Server::builder().tls(tls));
+    let stream = tls_connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let client = h2_client(stream).await;
+    assert!(client.is_extended_connect_protocol_enabled());
+    echo_ping_close(&client).await;
+}
+
+#[tokio::test]
+async fn two_websockets_share_one_connection() {
+    let server = serve(Server::builder());
+    let client = h2c(server.addr).await;
+    let (_, mut a) = websocket(&client, &[]).await;
+    let (_, mut b) = websocket(&client, &[]).await;
+    // Interleaved: each gets its own answers, in order.
+    a.send(WsMessage::text("a1")).await.unwrap();
+    b.send(WsMessage::text("b1")).await.unwrap();
+    a.send(WsMessage::text("a2")).await.unwrap();
+    assert_eq!(next(&mut b).await, WsMessage::text("b1"));
+    assert_eq!(next(&mut a).await, WsMessage::text("a1"));
+    assert_eq!(next(&mut a).await, WsMessage::text("a2"));
+    // One closes; the other goes on.
+    a.close(None).await.unwrap();
+    assert!(matches!(next(&mut a).await, WsMessage::Close(_)));
+    b.send(WsMessage::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(next(&mut b).await, WsMessage::binary(vec![1, 2, 3]));
+    assert_eq!(
+        server.handle.stats().connections_open,
+        1,
+        "both sockets ride one connection"
+    );
+    b.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_subprotocol_is_negotiated_as_on_http1() {
+    let server = serve(Server::builder());
+    let client = h2c(server.addr).await;
+    let (headers, mut ws) =
+        websocket(&client, &[("sec-websocket-protocol", "superchat, chat")]).await;
+    // The server's preference (chat first) among those offered.
+    assert_eq!(headers["sec-websocket-protocol"], "chat");
+    assert_eq!(next(&mut ws).await, WsMessage::text("protocol chat"));
+    let (headers, mut ws) = websocket(&client, &[("sec-websocket-protocol", "mqtt")]).await;
+    assert!(headers.get("sec-websocket-protocol").is_none());
+    ws.send(WsMessage::text("no protocol")).await.unwrap();
+    assert_eq!(next(&mut ws).await, WsMessage::text("no protocol"));
+}
+
+/// An open WebSocket keeps its stream, and so its connection, out of the
+/// idle timeout (which closes connections with no open stream).
+#[tokio::test]
+async fn an_open_websocket_keeps_the_connection_from_idling_out() {
+    let idle = Duration::from_millis(200);
+    let server = serve(Server::builder().idle_timeout(Some(idle)));
+    let client = h2c(server.addr).await;
+    let (_, mut ws) = websocket(&client, &[]).await;
+    // Several idle timeouts with the socket silent (the absence of a close
+    // cannot be waited for; a slow machine only makes this test weaker).
+    tokio::time::sleep(idle * 5).await;
+    ws.send(WsMessage::text("still here")).await.unwrap();
+    assert_eq!(next(&mut ws).await, WsMessage::text("still here"));
+    // No GOAWAY came (an idle one lets open streams finish, but refuses new
+    // ones): the connection still takes requests.
+    let (status, _) = request(&client, Method::GET, "/plain", None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A bad frame on the stream (unmasked, RFC 6455 §5.1) gets close code 1002
+/// and counts in `protocol_errors`, as on HTTP/1.1.
+#[tokio::test]
+async fn a_bad_frame_closes_with_1002_and_counts_as_a_protocol_error() {
+    let server = serve(Server::builder());
+    let client = h2c(server.addr).await;
+    let (status, _, mut io) = open(
+        &client,
+        Method::CONNECT,
+        "/ws",
+        Some("websocket"),
+        &[("sec-websocket-version", "13")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    io.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    let mut head = [0u8; 4];
+    tokio::time::timeout(SAFETY, io.read_exact(&mut head))
+        .await
+        .expect("close in time")
+        .expect("a close frame");
+    assert_eq!(head[0], 0x88, "a close frame");
+    assert_eq!(u16::from_be_bytes([head[2], head[3]]), 1002);
+    wait_stats(&server.handle, "a protocol error", |s| {
+        s.protocol_errors >= 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_extended_connects_get_their_status_and_reason() {
+    let server = serve(Server::builder());
+    let client = h2c(server.addr).await;
+    let v13 = [("sec-websocket-version", "13")];
+    // A :protocol the endpoint does not speak: 501 (RFC 9220 §3).
+    let (status, body) = request(&client, Method::CONNECT, "/ws", Some("connect-udp"), &v13).await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
+    assert!(body.contains("'websocket'"), "{body}");
+    // No version, or another one: 400 saying which.
+    let (status, body) = request(&client, Method::CONNECT, "/ws", Some("websocket"), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("Sec-WebSocket-Version"), "{body}");
+    let v8 = [("sec-websocket-version", "8")];
+    let (status, body) = request(&client, Method::CONNECT, "/ws", Some("websocket"), &v8).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("13"), "{body}");
+    // A GET over HTTP/2 is no WebSocket request: 405, CONNECT named.
+    let (status, body) = request(&client, Method::GET, "/ws", None, &v13).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body.contains("CONNECT"), "{body}");
+    // The native route does not serve HTTP/2: 501, saying to use HTTP/1.1.
+    let (status, body) =
+        request(&client, Method::CONNECT, "/native", Some("websocket"), &v13).await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
+    assert!(body.contains("HTTP/1.1"), "{body}");
+    // The connection took all of it in stride.
+    let (status, _) = request(&client, Method::GET, "/plain", None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    echo_ping_close(&client).await;
+}
+
+#[tokio::test]
+async fn the_setting_can_be_turned_off() {
+    let server = serve(Server::builder().http2_enable_connect_protocol(false));
+    let client = h2c(server.addr).await;
+    assert!(
+        !client.is_extended_connect_protocol_enabled(),
+        "SETTINGS_ENABLE_CONNECT_PROTOCOL not sent"
+    );
+}
+
+/// Shutdown with a WebSocket open on an HTTP/2 stream: the connection gets
+/// GOAWAY, the socket keeps working until the shutdown timeout, then the
+/// server stops (it does not wait on the socket for ever).
+#[tokio::test]
+async fn shutdown_ends_with_a_websocket_open_on_a_stream() {
+    let mut server = serve(Server::builder().shutdown_timeout(Duration::from_millis(300)));
+    let client = h2c(server.addr).await;
+    let (_, mut ws) = websocket(&client, &[]).await;
+    server.handle.shutdown();
+    ws.send(WsMessage::text("during shutdown")).await.unwrap();
+    assert_eq!(next(&mut ws).await, WsMessage::text("during shutdown"));
+    tokio::time::timeout(SAFETY, &mut server.task)
+        .await
+        .expect("the server stops in time")
+        .unwrap()
+        .expect("a clean stop");
+}
