@@ -37,8 +37,8 @@ ulimit -n 20000
 
 SERVER_PID="" HOLD_PID=""
 cleanup() {
-  [[ -n "$HOLD_PID" ]] && kill "$HOLD_PID" 2>/dev/null || true
-  [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null || true
+  if [[ -n "$HOLD_PID" ]]; then kill "$HOLD_PID" 2>/dev/null || true; fi
+  if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
