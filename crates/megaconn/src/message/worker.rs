@@ -454,6 +454,9 @@ const SLICE: usize = 256;
 /// message connection; the others cost a lookup each).
 const LOOK_PER_SLICE: usize = 16 * SLICE;
 
+/// The longest a paced delivery waits for its rate between two slices.
+const A_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How the pump spreads one delivery over time.
 #[derive(Debug, Clone, Copy)]
 struct Pace {
@@ -501,9 +504,11 @@ async fn paced(pace: Pace, mut step: impl FnMut() -> Step) {
             }
         }
         reached_total += reached as u64;
-        let due = pace
-            .rate
-            .map(|rate| started + Duration::from_secs_f64(reached_total as f64 / rate));
+        // (A rate so low that the wait overflows a `Duration` waits a year.)
+        let due = pace.rate.map(|rate| {
+            let wait = Duration::try_from_secs_f64(reached_total as f64 / rate);
+            started + wait.unwrap_or(Duration::MAX).min(A_YEAR)
+        });
         match due {
             Some(due) if due > tokio::time::Instant::now() => tokio::time::sleep_until(due).await,
             _ => tokio::task::yield_now().await,
@@ -631,6 +636,23 @@ mod tests {
         );
         assert_eq!(Pace::new(None).slice, SLICE);
         assert_eq!(Pace::new(Some(0.5)).slice, 1);
+    }
+
+    /// A rate too low for a `Duration` still makes a delivery that waits
+    /// (a year), not a panic.
+    #[tokio::test(start_paused = true)]
+    async fn a_tiny_rate_waits_without_overflow() {
+        let mut n = 0;
+        let delivery = paced(Pace::new(Some(1e-300)), || {
+            n += 1;
+            if n > 2 {
+                Step::Done
+            } else {
+                Step::Reached
+            }
+        });
+        let waited = tokio::time::timeout(Duration::from_secs(3600), delivery).await;
+        assert!(waited.is_err(), "still waiting after an hour");
     }
 
     #[test]
