@@ -513,6 +513,17 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| s.builder(|b| b.heartbeat_timeout(v.duration())),
     },
     Knob {
+        name: "delivery-rate",
+        value_name: "PER_SECOND",
+        shape: Shape::One,
+        help: "Framed TCP and WebSocket: connections each worker reaches per second with one publish or broadcast.",
+        details: "A broadcast goes a few hundred connections at a time, heartbeats served in between; a rate also pauses between those slices, so a broadcast to many connections takes longer but leaves CPU for the heartbeats. Nothing is dropped: later messages wait their turn. Per worker thread (and per worker process with --processes). megaconn_message_deliveries_pending shows what is left.",
+        default: "unlimited",
+        example: "20000",
+        parse: rate,
+        apply: |v, s| s.builder(|b| b.delivery_rate(Some(v.ratio()))),
+    },
+    Knob {
         name: "workers",
         value_name: "N",
         shape: Shape::One,

@@ -963,3 +963,108 @@ async fn a_woken_handler_that_awaits_becomes_a_task_and_answers() {
     assert_eq!(read_exact(&mut s, 2).await, b"3\n");
     server.stop().await;
 }
+
+/// A broadcast under way does not hold back the worker's other connections:
+/// with a delivery rate so low that the pump, after its first slice (one
+/// connection), waits over a quarter of an hour, a request on a new
+/// connection and a frame on each parked recipient are answered while the
+/// gauge shows the other recipients still pending. Counters, not timing.
+#[tokio::test]
+async fn a_paced_broadcast_lets_the_worker_serve_its_connections_meanwhile() {
+    let server = Framed::start(
+        Server::builder()
+            .park_idle_after(Some(PARK_IDLE_AFTER))
+            .delivery_rate(Some(0.001)),
+        Framing::lines(),
+    )
+    .await;
+    let mut parked = Vec::new();
+    for _ in 0..5 {
+        parked.push(server.connect().await);
+    }
+    server
+        .wait_stats("five parked", |s| s.connections_parked == 5)
+        .await;
+    assert!(server.hub.broadcast("all"));
+    server
+        .wait_stats("one reached, four pending", |s| {
+            s.messages.pushes == 1 && s.messages.deliveries_pending == 4
+        })
+        .await;
+
+    // A connection opened since is served (and is not owed the broadcast).
+    let mut other = server.connect().await;
+    other.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_exact(&mut other, 2).await, b"1\n");
+    // Each recipient, reached or not, wakes and answers.
+    let mut reached = 0;
+    for s in &mut parked {
+        s.write_all(b"count\n").await.unwrap();
+        match &read_exact(s, 2).await[..] {
+            b"1\n" => {}
+            b"al" => {
+                assert_eq!(read_exact(s, 4).await, b"l\n1\n");
+                reached += 1;
+            }
+            got => panic!("unexpected {got:?}"),
+        }
+    }
+    assert_eq!(reached, 1);
+    let stats = server.handle.stats().messages;
+    assert_eq!(
+        (stats.pushes, stats.deliveries_pending),
+        (1, 4),
+        "{stats:?}"
+    );
+    server.stop().await;
+}
+
+/// However a delivery is sliced (256 connections a turn; or at a rate,
+/// with pauses), every connection gets every message once and in order,
+/// parked or busy, a push by id queued behind a broadcast comes after it,
+/// and the pending gauge returns to 0.
+#[tokio::test]
+async fn sliced_broadcasts_reach_everyone_in_order_and_nothing_stays_pending() {
+    const N: usize = 600;
+    for rate in [None, Some(20_000.0)] {
+        let mut server = Framed::start(
+            Server::builder()
+                .park_idle_after(Some(PARK_IDLE_AFTER))
+                .delivery_rate(rate),
+            Framing::lines(),
+        )
+        .await;
+        let mut conns = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..N {
+            conns.push(server.connect().await);
+            ids.push(server.next_open().await);
+        }
+        server
+            .wait_stats("all parked", |s| s.connections_parked == N as i64)
+            .await;
+        // One of them busy in its handler: its messages wait in its queue.
+        conns[N / 2].write_all(b"wait\n").await.unwrap();
+        server.next_busy().await;
+
+        assert!(server.hub.broadcast("one"));
+        assert!(server.hub.broadcast("two"));
+        assert!(server.hub.send(ids[0], "three"));
+        server.gate.add_permits(1);
+        for (i, s) in conns.iter_mut().enumerate() {
+            let want: &[u8] = match i {
+                0 => b"one\ntwo\nthree\n",
+                i if i == N / 2 => b"waited\none\ntwo\n",
+                _ => b"one\ntwo\n",
+            };
+            assert_eq!(read_exact(s, want.len()).await, want, "connection {i}");
+        }
+        server
+            .wait_stats("every push counted, none pending", |s| {
+                s.messages.pushes == 2 * N as u64 + 1 && s.messages.deliveries_pending == 0
+            })
+            .await;
+        assert_eq!(server.handle.stats().messages.queue_drops, 0);
+        server.stop().await;
+    }
+}

@@ -741,6 +741,85 @@ async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
     server.stop().await;
 }
 
+/// A broadcast under way does not hold back the worker's WebSockets: with
+/// a delivery rate so low that the pump waits over a quarter of an hour
+/// after its first slice (one connection), every parked WebSocket is still
+/// answered, and the gauge shows the others pending. Counters, not timing.
+#[tokio::test]
+async fn a_paced_broadcast_lets_the_worker_serve_its_websockets_meanwhile() {
+    let server = Ws::start(
+        Server::builder()
+            .park_idle_after(Some(PARK_IDLE_AFTER))
+            .delivery_rate(Some(0.001)),
+        |r| r,
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(server.client().await);
+    }
+    server
+        .wait_stats("four parked", |s| s.connections_parked == 4)
+        .await;
+    assert!(server.hub.broadcast("to all"));
+    server
+        .wait_stats("one reached, three pending", |s| {
+            s.messages.pushes == 1 && s.messages.deliveries_pending == 3
+        })
+        .await;
+    let mut reached = 0;
+    for client in &mut clients {
+        client.send(Message::text("count")).await.unwrap();
+        let mut got = next_data(client).await;
+        if got == Message::text("to all") {
+            reached += 1;
+            got = next_data(client).await;
+        }
+        assert_eq!(got, Message::text("1"));
+    }
+    assert_eq!(reached, 1);
+    let stats = server.handle.stats().messages;
+    assert_eq!(
+        (stats.pushes, stats.deliveries_pending),
+        (1, 3),
+        "{stats:?}"
+    );
+    server.stop().await;
+}
+
+/// A broadcast delivered in slices at a rate reaches every parked
+/// WebSocket once, in order with the next one, and nothing stays pending.
+#[tokio::test]
+async fn paced_broadcasts_reach_every_websocket_in_order() {
+    const N: usize = 300;
+    let server = Ws::start(
+        Server::builder()
+            .park_idle_after(Some(PARK_IDLE_AFTER))
+            .delivery_rate(Some(10_000.0)),
+        |r| r,
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        clients.push(server.client().await);
+    }
+    server
+        .wait_stats("all parked", |s| s.connections_parked == N as i64)
+        .await;
+    assert!(server.hub.broadcast("one"));
+    assert!(server.hub.broadcast("two"));
+    for client in &mut clients {
+        assert_eq!(next_data(client).await, Message::text("one"));
+        assert_eq!(next_data(client).await, Message::text("two"));
+    }
+    server
+        .wait_stats("every push counted, none pending", |s| {
+            s.messages.pushes == 2 * N as u64 && s.messages.deliveries_pending == 0
+        })
+        .await;
+    server.stop().await;
+}
+
 /// A WebSocket client over TLS (tungstenite over tokio-rustls).
 type TlsClient = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 

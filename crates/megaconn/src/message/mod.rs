@@ -71,6 +71,9 @@ pub(crate) struct MessageSettings {
     pub hub: Option<Arc<hub::HubInner>>,
     /// The bound of each awake connection's outbound queue, in messages.
     pub outbound_queue: usize,
+    /// How many connections each worker reaches per second with one
+    /// message of the hub (`None`: as fast as it can, a slice at a time).
+    pub delivery_rate: Option<f64>,
 }
 
 impl Default for MessageSettings {
@@ -78,6 +81,7 @@ impl Default for MessageSettings {
         MessageSettings {
             hub: None,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            delivery_rate: None,
         }
     }
 }

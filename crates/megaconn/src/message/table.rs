@@ -195,8 +195,14 @@ pub(crate) trait ParkedSet {
         counters: &MessageCounters,
     ) -> Delivered;
 
-    /// Adds every parked connection's descriptor and generation to `out`.
-    fn members(&self, out: &mut Vec<(RawFd, u32)>);
+    /// The generation of the connection parked at `fd`, if one is.
+    fn generation(&self, fd: RawFd) -> Option<u32>;
+
+    /// How many connections are parked here.
+    fn len(&self) -> usize;
+
+    /// One past the highest descriptor a connection may be parked at.
+    fn slots(&self) -> usize;
 }
 
 impl<S> ParkedSet for SideTable<S> {
@@ -223,13 +229,18 @@ impl<S> ParkedSet for SideTable<S> {
         }
     }
 
-    fn members(&self, out: &mut Vec<(RawFd, u32)>) {
-        if self.len.get() == 0 {
-            return;
-        }
+    fn generation(&self, fd: RawFd) -> Option<u32> {
         let parked = self.parked.borrow();
-        let full = parked.iter().enumerate();
-        out.extend(full.filter_map(|(fd, s)| Some((fd as RawFd, s.as_ref()?.generation))));
+        let stored = parked.get(usize::try_from(fd).ok()?)?.as_ref()?;
+        Some(stored.generation)
+    }
+
+    fn len(&self) -> usize {
+        self.len.get()
+    }
+
+    fn slots(&self) -> usize {
+        self.parked.borrow().len()
     }
 }
 

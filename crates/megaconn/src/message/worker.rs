@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use tokio::sync::mpsc;
 
@@ -23,7 +26,7 @@ use crate::message::hub::{ConnectionId, Delivered, Inbox, Push};
 use crate::message::table::{ParkedSet, SendParked, SideTable};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::message::MessageSettings;
-use crate::observe::stats::{incr, WorkerStats};
+use crate::observe::stats::{gauge_own, incr, WorkerStats};
 
 /// A subscribing connection's generation and topics.
 type Subscribed = (u32, Vec<Rc<str>>);
@@ -40,6 +43,8 @@ pub(crate) struct Local {
     queue_limit: usize,
     /// Whether the server has a hub (else no inbox is kept).
     has_hub: bool,
+    /// Connections reached per second with one hub message (`None`: no limit).
+    delivery_rate: Option<f64>,
     next_generation: Cell<u32>,
     /// Awake connections' outbound queues, with their generation.
     awake: RefCell<HashMap<RawFd, (u32, Rc<Inbox>)>>,
@@ -67,6 +72,7 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 stats: ctx.stats.clone(),
                 queue_limit: settings.outbound_queue.max(1),
                 has_hub: settings.hub.is_some(),
+                delivery_rate: settings.delivery_rate,
                 next_generation: Cell::new(0),
                 awake: RefCell::default(),
                 topics: RefCell::default(),
@@ -228,48 +234,93 @@ impl Local {
         }
     }
 
-    /// The connections one message from the hub goes to, by descriptor and
-    /// generation, taken when the pump gets to it.
-    fn recipients(&self, push: &Push) -> Vec<(RawFd, u32)> {
+    /// Who one message from the hub goes to, taken when the pump gets to
+    /// it, with its payload.
+    fn recipients(&self, push: Push) -> (Recipients, Bytes) {
         match push {
-            Push::To(to, _) => vec![(to.fd(), to.generation())],
-            Push::Topic(topic, _) => match self.topics.borrow().get(&**topic) {
-                Some(members) => members.iter().map(|(&fd, &g)| (fd, g)).collect(),
-                None => Vec::new(),
-            },
-            Push::All(_) => {
-                let mut all: Vec<(RawFd, u32)> = self
-                    .awake
-                    .borrow()
+            Push::To(to, payload) => (
+                Recipients::Listed(vec![(to.fd(), to.generation())].into_iter()),
+                payload,
+            ),
+            Push::Topic(topic, payload) => {
+                let members = match self.topics.borrow().get(&*topic) {
+                    Some(members) => members.iter().map(|(&fd, &g)| (fd, g)).collect(),
+                    None => Vec::new(),
+                };
+                (Recipients::Listed(members.into_iter()), payload)
+            }
+            Push::All(payload) => {
+                let awake_end = self.awake.borrow().keys().max().map_or(0, |&fd| fd + 1);
+                let end = self
+                    .parked_sets()
                     .iter()
-                    .map(|(&fd, (g, _))| (fd, *g))
-                    .collect();
-                for table in self.parked_sets() {
-                    table.members(&mut all);
-                }
-                all
+                    .map(|set| set.slots())
+                    .fold(usize::try_from(awake_end).unwrap_or(0), usize::max);
+                let every = Recipients::Every {
+                    next: 0,
+                    end,
+                    issued: self.next_generation.get(),
+                };
+                (every, payload)
             }
         }
     }
 
-    /// Delivers one message from the hub on this worker, [`CHUNK`]
-    /// connections at a time, letting the worker's other tasks run in
-    /// between: a broadcast to a million parked connections is a million
-    /// `send`s (about a second), which must not hold back the heartbeats
-    /// the worker answers meanwhile. Each connection is looked up as its
-    /// turn comes, so one that woke, parked or closed since the message
-    /// arrived gets it where it is now (or not at all, closed).
+    /// How many connections `recipients` names, about (for the pending
+    /// gauge: a broadcast counts the connections open now).
+    fn count(&self, recipients: &Recipients, sets: &[Rc<dyn ParkedSet>]) -> usize {
+        match recipients {
+            Recipients::Listed(list) => list.len(),
+            Recipients::Every { .. } => {
+                let parked: usize = sets.iter().map(|set| set.len()).sum();
+                self.awake.borrow().len() + parked
+            }
+        }
+    }
+
+    /// The generation of the message connection at `fd`, awake or parked.
+    fn generation_at(&self, fd: RawFd, sets: &[Rc<dyn ParkedSet>]) -> Option<u32> {
+        let awake = self.awake.borrow().get(&fd).map(|(g, _)| *g);
+        awake.or_else(|| sets.iter().find_map(|set| set.generation(fd)))
+    }
+
+    /// Delivers one message from the hub on this worker, paced: a slice of
+    /// connections at a time ([`Pace`]), letting the worker's other tasks
+    /// run in between (and waiting for the delivery rate, if one is set): a
+    /// broadcast to a million parked connections is a million `send`s,
+    /// which must not hold back the heartbeats the worker answers
+    /// meanwhile. Each connection is looked up as its turn comes, so one
+    /// that woke, parked or closed since the message arrived gets it where
+    /// it is now (or not at all, closed). The next message waits until this
+    /// one is delivered, so a connection gets its messages in order.
     async fn deliver(&self, push: Push) {
-        let recipients = self.recipients(&push);
-        let (Push::To(_, payload) | Push::Topic(_, payload) | Push::All(payload)) = push;
+        let (mut recipients, payload) = self.recipients(push);
         let mut msg = Encoded::new(payload);
         // A protocol's table exists before any of its connections does.
         let sets = self.parked_sets();
-        in_chunks(recipients, CHUNK, |(fd, generation)| {
+        let pending = &self.stats.messages.deliveries_pending;
+        let mut owed = i64::try_from(self.count(&recipients, &sets)).unwrap_or(i64::MAX);
+        gauge_own(pending, owed);
+        let pace = Pace::new(self.delivery_rate);
+        paced(pace, || {
+            let Some((fd, generation)) = recipients.next(|fd| self.generation_at(fd, &sets)) else {
+                return Step::Done;
+            };
+            let Some(generation) = generation else {
+                return Step::Skipped;
+            };
             let wires = self.wires.borrow();
             self.deliver_one(fd, generation, &mut msg, &wires, &sets);
+            if owed > 0 {
+                owed -= 1;
+                gauge_own(pending, -1);
+            }
+            Step::Reached
         })
         .await;
+        // A broadcast's count was an estimate: what it did not reach is not
+        // pending any more either.
+        gauge_own(pending, -owed.max(0));
     }
 
     /// Delivers to one connection, awake or parked, if it is still open.
@@ -347,19 +398,120 @@ impl Drop for Awake {
     }
 }
 
-/// How many connections a message is delivered to before the pump lets
-/// the worker's other tasks run: about a millisecond of `send`s.
-const CHUNK: usize = 1024;
+/// Who one message from the hub goes to, visited one at a time.
+enum Recipients {
+    /// Taken when the pump got to the message: one connection, or a topic's
+    /// subscribers (by descriptor and generation).
+    Listed(std::vec::IntoIter<(RawFd, u32)>),
+    /// Every message connection whose id was issued before the pump got to
+    /// the message: a cursor over descriptors (dense, as the kernel hands
+    /// them out), so a broadcast holds no list of all its recipients (8 B a
+    /// connection, a heap peak the allocator kept after the delivery).
+    Every {
+        next: usize,
+        end: usize,
+        /// The last generation issued when the delivery began.
+        issued: u32,
+    },
+}
 
-/// Calls `each` on every item, yielding to the worker's other tasks after
-/// every `chunk` of them.
-async fn in_chunks<T>(items: Vec<T>, chunk: usize, mut each: impl FnMut(T)) {
-    let len = items.len();
-    for (i, item) in items.into_iter().enumerate() {
-        each(item);
-        let done = i + 1;
-        if done % chunk == 0 && done < len {
-            tokio::task::yield_now().await;
+impl Recipients {
+    /// The next descriptor to look at and the generation of the connection
+    /// there that is owed the message (`None`: no such connection, skip);
+    /// `None` when all were visited. `generation_at` tells the connection
+    /// at a descriptor now.
+    fn next(
+        &mut self,
+        generation_at: impl FnOnce(RawFd) -> Option<u32>,
+    ) -> Option<(RawFd, Option<u32>)> {
+        match self {
+            Recipients::Listed(list) => list.next().map(|(fd, g)| (fd, Some(g))),
+            Recipients::Every { next, end, issued } => {
+                if *next >= *end {
+                    return None;
+                }
+                let fd = RawFd::try_from(*next).ok()?;
+                *next += 1;
+                let owed = generation_at(fd).filter(|&g| issued_by(g, *issued));
+                Some((fd, owed))
+            }
+        }
+    }
+}
+
+/// Whether generation `g` was issued no later than `last` (generations
+/// wrap: "no later" means within the 2^31 issued before it).
+fn issued_by(g: u32, last: u32) -> bool {
+    last.wrapping_sub(g) < 1 << 31
+}
+
+/// How many connections a message reaches before the pump lets the worker's
+/// other tasks run: a quarter of a millisecond or so of `send`s, short
+/// enough that a heartbeat behind it waits little.
+const SLICE: usize = 256;
+
+/// How many descriptors a broadcast may look at in one slice (most hold a
+/// message connection; the others cost a lookup each).
+const LOOK_PER_SLICE: usize = 16 * SLICE;
+
+/// The longest a paced delivery waits for its rate between two slices.
+const A_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How the pump spreads one delivery over time.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// Connections reached per turn.
+    slice: usize,
+    /// Connections reached per second (`None`: no limit).
+    rate: Option<f64>,
+}
+
+impl Pace {
+    fn new(rate: Option<f64>) -> Pace {
+        // A slice of at most ~10 ms at the rate, so a slow rate spreads
+        // evenly instead of in bursts of a full slice.
+        let slice = rate.map_or(SLICE, |r| SLICE.min((r / 100.0).ceil() as usize).max(1));
+        Pace { slice, rate }
+    }
+}
+
+/// What one step of a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A connection was reached.
+    Reached,
+    /// A descriptor held no connection owed the message.
+    Skipped,
+    /// Every recipient was visited.
+    Done,
+}
+
+/// Calls `step` until it is done, a slice at a time: after `pace.slice`
+/// connections reached (or [`LOOK_PER_SLICE`] steps), it yields to the
+/// worker's other tasks, and with a rate it also waits until the rate
+/// allows the next slice.
+async fn paced(pace: Pace, mut step: impl FnMut() -> Step) {
+    let started = tokio::time::Instant::now();
+    let mut reached_total: u64 = 0;
+    loop {
+        let (mut reached, mut looked) = (0, 0);
+        while reached < pace.slice && looked < LOOK_PER_SLICE {
+            looked += 1;
+            match step() {
+                Step::Reached => reached += 1,
+                Step::Skipped => {}
+                Step::Done => return,
+            }
+        }
+        reached_total += reached as u64;
+        // (A rate so low that the wait overflows a `Duration` waits a year.)
+        let due = pace.rate.map(|rate| {
+            let wait = Duration::try_from_secs_f64(reached_total as f64 / rate);
+            started + wait.unwrap_or(Duration::MAX).min(A_YEAR)
+        });
+        match due {
+            Some(due) if due > tokio::time::Instant::now() => tokio::time::sleep_until(due).await,
+            _ => tokio::task::yield_now().await,
         }
     }
 }
@@ -379,11 +531,11 @@ mod tests {
 
     use super::*;
 
-    /// A broadcast to 3000 connections lets another task (a heartbeat's)
-    /// run between its chunks of 1024, not only after the last: on one
-    /// thread, with no timing.
+    /// A delivery to 3000 connections lets another task (a heartbeat's)
+    /// run between its slices, not only after the last, and never in the
+    /// middle of one: on one thread, with no timing.
     #[tokio::test]
-    async fn a_long_delivery_yields_between_chunks() {
+    async fn a_long_delivery_yields_between_slices() {
         let delivered = Rc::new(Cell::new(0));
         let seen_by_other: Rc<RefCell<Vec<usize>>> = Rc::default();
         let local = tokio::task::LocalSet::new();
@@ -391,7 +543,14 @@ mod tests {
             .run_until(async {
                 let count = delivered.clone();
                 let broadcast = tokio::task::spawn_local(async move {
-                    in_chunks((0..3000).collect(), CHUNK, |_| count.set(count.get() + 1)).await
+                    paced(Pace::new(None), || match count.get() {
+                        3000 => Step::Done,
+                        n => {
+                            count.set(n + 1);
+                            Step::Reached
+                        }
+                    })
+                    .await
                 });
                 let (count, seen) = (delivered.clone(), seen_by_other.clone());
                 let other = tokio::task::spawn_local(async move {
@@ -405,10 +564,101 @@ mod tests {
             })
             .await;
         assert_eq!(delivered.get(), 3000);
-        // The other task ran while the broadcast was under way, between
-        // chunks, never in the middle of one.
         let seen = seen_by_other.borrow();
         assert!(seen.iter().any(|&n| n > 0 && n < 3000), "{seen:?}");
-        assert!(seen.iter().all(|n| n % CHUNK == 0), "{seen:?}");
+        assert!(seen.iter().all(|n| n % SLICE == 0), "{seen:?}");
+        // Every slice boundary was seen by the other task.
+        assert!(seen.len() >= 3000 / SLICE, "{seen:?}");
+    }
+
+    /// Descriptors that hold no recipient count against a slice's look
+    /// budget, so a sparse broadcast still yields.
+    #[tokio::test]
+    async fn skipped_descriptors_still_yield() {
+        let steps = Rc::new(Cell::new(0));
+        let yields = Rc::new(Cell::new(0));
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let count = steps.clone();
+                let delivery = tokio::task::spawn_local(async move {
+                    paced(Pace::new(None), || {
+                        count.set(count.get() + 1);
+                        if count.get() > 3 * LOOK_PER_SLICE {
+                            Step::Done
+                        } else {
+                            Step::Skipped
+                        }
+                    })
+                    .await
+                });
+                let (count, yields) = (steps.clone(), yields.clone());
+                let other = tokio::task::spawn_local(async move {
+                    while count.get() <= 3 * LOOK_PER_SLICE {
+                        yields.set(yields.get() + 1);
+                        tokio::task::yield_now().await;
+                    }
+                });
+                delivery.await.unwrap();
+                other.await.unwrap();
+            })
+            .await;
+        assert!(
+            yields.get() >= 3,
+            "{} turns for the other task",
+            yields.get()
+        );
+    }
+
+    /// With a rate, a delivery takes as long as the rate says (paused
+    /// time: the clock moves only when every task waits), in slices of at
+    /// most 10 ms' worth.
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_spreads_the_delivery() {
+        let pace = Pace::new(Some(1000.0));
+        assert_eq!(pace.slice, 10);
+        let started = tokio::time::Instant::now();
+        let mut n = 0;
+        paced(pace, || {
+            n += 1;
+            if n > 3000 {
+                Step::Done
+            } else {
+                Step::Reached
+            }
+        })
+        .await;
+        let took = started.elapsed();
+        // The last slice goes without waiting after it: 2.99 s for 3000.
+        assert!(
+            took >= Duration::from_millis(2990) && took < Duration::from_millis(3100),
+            "{took:?}"
+        );
+        assert_eq!(Pace::new(None).slice, SLICE);
+        assert_eq!(Pace::new(Some(0.5)).slice, 1);
+    }
+
+    /// A rate too low for a `Duration` still makes a delivery that waits
+    /// (a year), not a panic.
+    #[tokio::test(start_paused = true)]
+    async fn a_tiny_rate_waits_without_overflow() {
+        let mut n = 0;
+        let delivery = paced(Pace::new(Some(1e-300)), || {
+            n += 1;
+            if n > 2 {
+                Step::Done
+            } else {
+                Step::Reached
+            }
+        });
+        let waited = tokio::time::timeout(Duration::from_secs(3600), delivery).await;
+        assert!(waited.is_err(), "still waiting after an hour");
+    }
+
+    #[test]
+    fn generations_issued_wrap() {
+        assert!(issued_by(5, 5) && issued_by(4, 5) && !issued_by(6, 5));
+        assert!(issued_by(u32::MAX, 2), "issued just before the wrap");
+        assert!(!issued_by(3, u32::MAX - 1), "3 comes 5 after u32::MAX - 1");
     }
 }

@@ -56,11 +56,15 @@
 //! | `megaconn_message_queue_drops_total` | counter | |
 //! | `megaconn_message_heartbeats_sent_total` | counter | |
 //! | `megaconn_message_heartbeat_timeouts_total` | counter | |
+//! | `megaconn_message_deliveries_pending` | gauge | |
 //!
 //! The `message_` series count message protocols' connections (framed TCP):
 //! frames (messages) and their bytes with headers, hub deliveries, pushes
 //! dropped at a full outbound queue (each closes its connection as
-//! `slow_consumer`), server heartbeats sent and peers closed for silence.
+//! `slow_consumer`), server heartbeats sent and peers closed for silence;
+//! `deliveries_pending` is how many connections a broadcast or publish under
+//! way has yet to reach (it is delivered a slice at a time, so the workers
+//! keep answering heartbeats meanwhile): 0 once every delivery is done.
 //!
 //! The body is OpenMetrics text (it ends with `# EOF`), which Prometheus also
 //! reads when served as `text/plain; version=0.0.4`.
@@ -920,6 +924,12 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
         "message_heartbeat_timeouts",
         "Connections closed because the peer sent nothing within heartbeat_timeout.",
         m.heartbeat_timeouts,
+    )?;
+    gauge(
+        e,
+        "message_deliveries_pending",
+        "Connections a broadcast or publish under way has yet to reach (0 when none is).",
+        i64::try_from(m.deliveries_pending).unwrap_or(i64::MAX),
     )?;
     Ok(())
 }

@@ -63,6 +63,9 @@ pub(crate) struct MessageCounters {
     pub queue_drops: AtomicU64,
     pub heartbeats_sent: AtomicU64,
     pub heartbeat_timeouts: AtomicU64,
+    /// Connections the hub's pump has yet to reach with the message it is
+    /// delivering (a gauge: back to 0 when it is done).
+    pub deliveries_pending: AtomicI64,
 }
 
 /// Message protocols' counters (framed TCP; WebSocket), summed over workers.
@@ -88,6 +91,9 @@ pub struct MessageStats {
     /// Connections closed because the peer sent nothing within the
     /// heartbeat timeout.
     pub heartbeat_timeouts: u64,
+    /// Connections the hub has yet to reach with the messages it is
+    /// delivering now (a paced broadcast's remainder); 0 when idle.
+    pub deliveries_pending: u64,
 }
 
 impl MessageStats {
@@ -100,6 +106,7 @@ impl MessageStats {
         self.queue_drops += c.queue_drops.load(Relaxed);
         self.heartbeats_sent += c.heartbeats_sent.load(Relaxed);
         self.heartbeat_timeouts += c.heartbeat_timeouts.load(Relaxed);
+        self.deliveries_pending += c.deliveries_pending.load(Relaxed).max(0) as u64;
     }
 }
 

@@ -1,6 +1,6 @@
 //! The message layer's public knobs: the [`Hub`] of a server (push,
-//! publish, broadcast to message connections) and the bound of each
-//! connection's outbound queue. Protocol-neutral: they apply to every
+//! publish, broadcast to message connections), the bound of each
+//! connection's outbound queue and the pace of the hub's deliveries. Protocol-neutral: they apply to every
 //! message protocol's connections (framed TCP today).
 
 use std::sync::Arc;
@@ -19,6 +19,22 @@ impl Builder {
     /// way. Default: [`DEFAULT_OUTBOUND_QUEUE`](crate::DEFAULT_OUTBOUND_QUEUE).
     pub fn outbound_queue(mut self, messages: usize) -> Builder {
         MessageSettings::update(&mut self.config, |s| s.outbound_queue = messages.max(1));
+        self
+    }
+
+    /// Message connections: at most `per_second` connections reached per
+    /// second by each worker with one message of the [`Hub`] (a publish or
+    /// broadcast), so a broadcast to many connections takes its time and
+    /// leaves CPU for the heartbeats and requests the worker serves
+    /// meanwhile. Delivery always goes a slice of a few hundred connections
+    /// at a time, letting the worker's other work run between slices; the
+    /// rate adds a pause between slices. Nothing is dropped for the rate:
+    /// later messages wait (in order) until the one under way is delivered.
+    /// The `megaconn_message_deliveries_pending` gauge shows what is left.
+    /// Default: `None`, as fast as the worker can.
+    pub fn delivery_rate(mut self, per_second: Option<f64>) -> Builder {
+        let rate = per_second.filter(|r| r.is_finite() && *r > 0.0);
+        MessageSettings::update(&mut self.config, |s| s.delivery_rate = rate);
         self
     }
 }
