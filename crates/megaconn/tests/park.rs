@@ -163,14 +163,7 @@ async fn woken_connections_can_wait_and_their_descriptors_can_be_reused() {
     let_it_go_cold(&server).await;
 
     // 1 MiB up and echoed back: far more than a socket buffer each way.
-    let body = vec![b'x'; 1 << 20];
-    let mut req = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n".to_vec();
-    req.extend_from_slice(&body);
-    let (mut rd, mut wr) = a.split();
-    let (written, response) = tokio::join!(wr.write_all(&req), read_response(&mut rd));
-    written.unwrap();
-    assert_eq!(response.status, 200);
-    assert_eq!(response.body.len(), body.len());
+    echo_through(&mut a, 1 << 20).await;
 
     // Parked again, and wakes again.
     server
@@ -328,6 +321,20 @@ async fn bytes_that_come_while_a_woken_connection_is_served_are_answered() {
     server.stop().await;
 }
 
+/// POSTs `len` bytes to `/echo` and reads them back, writing and reading at
+/// once (more than a socket buffer each way makes the server wait on the
+/// socket).
+async fn echo_through(s: &mut tokio::net::TcpStream, len: usize) {
+    let mut req =
+        format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    req.resize(req.len() + len, b'x');
+    let (mut rd, mut wr) = s.split();
+    let (written, response) = tokio::join!(wr.write_all(&req), read_response(&mut rd));
+    written.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), len);
+}
+
 /// At most one `epoll_ctl` on the lot's set per wake (leaving it for the
 /// runtime) and one per park (coming back), none per request.
 fn assert_ctl_per_wake_and_park(before: &megaconn::ServerStats, after: &megaconn::ServerStats) {
@@ -354,19 +361,7 @@ async fn a_woken_connection_that_turns_busy_leaves_the_lots_set() {
     let before = server.handle.stats();
     // 256 KiB up and back: the woken socket registers to wait, and its
     // segments keep coming while a task serves it.
-    let body = vec![b'x'; 256 << 10];
-    let mut req = format!(
-        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(&body);
-    {
-        let (mut rd, mut wr) = s.split();
-        let (written, response) = tokio::join!(wr.write_all(&req), read_response(&mut rd));
-        written.unwrap();
-        assert_eq!(response.body.len(), body.len());
-    }
+    echo_through(&mut s, 256 << 10).await;
     for _ in 0..20 {
         s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
             .await

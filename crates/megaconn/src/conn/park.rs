@@ -682,7 +682,7 @@ fn trim_heap() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The lot on its own: real socket pairs, a respawn that keeps what it
     //! woke, paused time for the deadlines (the sweep is called directly).
 
@@ -758,8 +758,9 @@ mod tests {
         }
     }
 
-    /// A connected pair: the server's end (to park) and the client's.
-    fn pair() -> (OwnedFd, TcpStream) {
+    /// A connected pair: the server's end (to park, or to wake: `woken.rs`'s
+    /// tests use it too) and the client's.
+    pub(in crate::conn) fn pair() -> (OwnedFd, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();

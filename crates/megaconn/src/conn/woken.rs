@@ -285,19 +285,11 @@ mod tests {
     //! What a woken socket tells the lot when it parks, on a real socket pair.
 
     use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
 
     use tokio::io::AsyncReadExt;
 
     use super::*;
-
-    fn pair() -> (OwnedFd, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        (server.into(), client)
-    }
+    use crate::conn::park::tests::pair;
 
     /// Reads into a buffer of `len` bytes, on the socket as it is now.
     fn read_now(socket: &mut WokenSocket, len: usize) -> Poll<usize> {
@@ -339,7 +331,7 @@ mod tests {
         let (fd, _client) = pair();
         assert!(WokenSocket::new(fd, false, Wake::Timer).still_watched());
         let (fd, _client) = pair();
-        let stream = TcpStream::from(fd);
+        let stream = std::net::TcpStream::from(fd);
         let stream = tokio::net::TcpStream::from_std(stream).unwrap();
         assert!(!WokenSocket::registered_stream(stream).still_watched());
     }
