@@ -315,6 +315,7 @@ pub(crate) fn share(
         framing: args.tcp_framing,
         receive: args.receive,
         interval: args.interval,
+        tick: hold_conn::beat_tick(args.interval),
         timeout: args.timeout,
         reconnect: args.reconnect,
         start: Instant::now(),
