@@ -14,12 +14,13 @@
 #   syscalls/hb   = `perf stat` tracepoints raw_syscalls:sys_enter (all) and
 #                   sendto, recvfrom, epoll_wait, epoll_ctl, futex, write;
 #   ctxsw/hb      = Δ(voluntary + involuntary context switches) of its threads;
-#   heartbeats    = the server's own megaconn_requests_total over the window.
+#   heartbeats    = the server's own megaconn_requests_total over the window;
+# and after the table, hold's heartbeat latency p50/p99 over its whole run.
 # INTERVAL=30 with N=19000 is the per-process load of the million run (its
 # ~54 server and ~55 hold processes each see ~630 heartbeats/s), where a
 # process sleeps between heartbeats; INTERVAL=3, N=15000 is heartbeat-cpu.sh's.
 #
-# Needs: root, perf (linux-perf), curl. Env: BINS, N (15000), INTERVAL (3),
+# Needs: root, perf (linux-perf), curl, jq. Env: BINS, N (15000), INTERVAL (3),
 # RAMP (5000), SETTLE (6), WINDOW (20), ROUNDS (2), PORT (22100), SERVER_CPU
 # (1), LOAD_CPU (0), SOURCE (127.0.0.2-127.0.0.9).
 set -euo pipefail
@@ -90,6 +91,7 @@ run_one() { # bin round
   for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$PORT/" 2>/dev/null && break; sleep 0.1; done
   taskset -c "$LOAD_CPU" "$bin" hold "http://127.0.0.1:$PORT/" -c "$N" --ramp "$RAMP" \
     --source "$SOURCE" --interval "${INTERVAL}s" -d "$((N / RAMP + SETTLE + WINDOW + 10))s" -q \
+    --json "$OUT/$f.hold.json" \
     >"$OUT/$f.hold.log" 2>&1 &
   HOLD_PID=$!
   sleep "$((N / RAMP + 1 + SETTLE))"
@@ -104,6 +106,9 @@ run_one() { # bin round
   kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
   row "$tag" serve $((r1 - r0)) "$sv0" "$sv1" "$OUT/$f.serve.perf"
   row "$tag" hold $((r1 - r0)) "$h0" "$h1" "$OUT/$f.hold.perf"
+  # hold's latencies over its whole run (stopped by SIGTERM, it still reports).
+  jq -r --arg tag "$tag" '"\($tag): hold latency p50 \(.heartbeat_latency_us.p50 / 1000) ms, p99 \(.heartbeat_latency_us.p99 / 1000) ms, \(.heartbeats_ok) ok, \(.heartbeat_errors) failed, \(.drops) drops"' \
+    "$OUT/$f.hold.json" >>"$OUT/latency.txt" 2>/dev/null || true
 }
 
 echo "| binary-round | side | heartbeats | CPU µs/hb | user | sys | syscalls/hb | sendto | recvfrom | epoll_wait | epoll_ctl | futex | write | ctxsw/hb |"
@@ -111,4 +116,5 @@ echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for round in $(seq "$ROUNDS"); do
   for bin in $BINS; do run_one "$bin" "$round"; done
 done
+cat "$OUT/latency.txt" 2>/dev/null || true
 echo "raw: $OUT" >&2
