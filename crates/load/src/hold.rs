@@ -49,7 +49,8 @@ pub struct HoldArgs {
     /// Threads per process.
     #[arg(short = 't', long, default_value_t = 1)]
     pub threads: usize,
-    /// Time between heartbeats on each connection (jittered).
+    /// Time between heartbeats on each connection (jittered ±10%; beats go
+    /// out on a grid of interval/300, 10 to 100 ms, one wake-up per tick).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub interval: Duration,
     /// HTTP method of the opening request and the heartbeats.
@@ -315,6 +316,7 @@ pub(crate) fn share(
         framing: args.tcp_framing,
         receive: args.receive,
         interval: args.interval,
+        tick: hold_conn::beat_tick(args.interval),
         timeout: args.timeout,
         reconnect: args.reconnect,
         start: Instant::now(),

@@ -65,6 +65,8 @@ pub(crate) struct HoldShared {
     pub receive: bool,
     /// Heartbeat interval.
     pub interval: Duration,
+    /// The beat grid's tick ([`beat_tick`] of `interval`).
+    pub tick: Duration,
     /// Connect and reply timeout.
     pub timeout: Duration,
     /// Reconnect after a drop or failed connect.
@@ -553,7 +555,7 @@ async fn session(
                         }
                     }
                 }
-                () = tokio::time::sleep_until(on_tick(next, sh.start).into()) => break,
+                () = tokio::time::sleep_until(on_tick(next, sh.start, sh.tick).into()) => break,
             }
         }
         if let Err(e) = heartbeat(ctx, &mut stream, &mut wire).await {
@@ -572,16 +574,29 @@ pub(crate) fn next_beat(last: Instant, interval: Duration, rng: &mut Rng, now: I
     next.max(now)
 }
 
-/// Heartbeats go out on a 10 ms grid, so a thread wakes once per tick for all
-/// the beats due then instead of once per beat: with a wake-up per beat,
-/// context switches were a fifth of `hold`'s CPU. The grid is far finer than
-/// the beats' jitter (±10% of the interval), and the server still sees beats
-/// from every hold thread at its own moments.
+/// Heartbeats go out on a grid of ticks, so a thread wakes once per tick for
+/// all the beats due then instead of once per beat: with a wake-up per beat,
+/// context switches were a fifth of `hold`'s CPU. The tick is 1/300 of the
+/// interval, between 10 ms and 100 ms ([`beat_tick`]): far finer than the
+/// beats' jitter (±10% of the interval, 60× the tick), and the server still
+/// sees beats from every hold thread at its own moments.
 pub(crate) const BEAT_TICK: Duration = Duration::from_millis(10);
 
-/// `at` rounded up to the next [`BEAT_TICK`] counted from `epoch`.
-fn on_tick(at: Instant, epoch: Instant) -> Instant {
-    let tick = BEAT_TICK.as_nanos();
+/// The longest tick: at 30 s heartbeats (the million run) each of a
+/// process's ~630 beats a second used to be a wake-up of its own every 10 ms
+/// tick (6 beats), and a wake-up cost as much as the beats it served
+/// (`bench/HEARTBEAT.md`, "both ends at 30 s heartbeats").
+const MAX_BEAT_TICK: Duration = Duration::from_millis(100);
+
+/// The beat grid's tick for heartbeats every `interval`: `interval / 300`,
+/// at least [`BEAT_TICK`] and at most 100 ms.
+pub(crate) fn beat_tick(interval: Duration) -> Duration {
+    (interval / 300).clamp(BEAT_TICK, MAX_BEAT_TICK)
+}
+
+/// `at` rounded up to the next `tick` counted from `epoch`.
+fn on_tick(at: Instant, epoch: Instant, tick: Duration) -> Instant {
+    let tick = tick.as_nanos();
     let since = at.saturating_duration_since(epoch).as_nanos();
     epoch + Duration::from_nanos((since.div_ceil(tick) * tick) as u64)
 }
@@ -700,6 +715,7 @@ impl HoldShared {
             framing: TcpFraming::Lines,
             receive: false,
             interval: Duration::from_secs(30),
+            tick: beat_tick(Duration::from_secs(30)),
             timeout: Duration::from_secs(5),
             reconnect: false,
             start: Instant::now(),
@@ -717,13 +733,25 @@ mod tests {
     fn beats_round_up_to_the_tick_grid() {
         let epoch = Instant::now();
         let ms = Duration::from_millis;
-        assert_eq!(on_tick(epoch, epoch), epoch);
-        assert_eq!(on_tick(epoch + ms(1), epoch), epoch + ms(10));
-        assert_eq!(on_tick(epoch + ms(10), epoch), epoch + ms(10));
+        let tick = ms(10);
+        assert_eq!(on_tick(epoch, epoch, tick), epoch);
+        assert_eq!(on_tick(epoch + ms(1), epoch, tick), epoch + ms(10));
+        assert_eq!(on_tick(epoch + ms(10), epoch, tick), epoch + ms(10));
         assert_eq!(
-            on_tick(epoch + ms(10) + Duration::from_nanos(1), epoch),
+            on_tick(epoch + ms(10) + Duration::from_nanos(1), epoch, tick),
             epoch + ms(20)
         );
+        assert_eq!(on_tick(epoch + ms(101), epoch, ms(100)), epoch + ms(200));
+    }
+
+    #[test]
+    fn the_tick_is_a_300th_of_the_interval_within_10_to_100_ms() {
+        let ms = Duration::from_millis;
+        assert_eq!(beat_tick(ms(1000)), ms(10));
+        assert_eq!(beat_tick(Duration::from_secs(3)), ms(10));
+        assert_eq!(beat_tick(Duration::from_secs(6)), ms(20));
+        assert_eq!(beat_tick(Duration::from_secs(30)), ms(100));
+        assert_eq!(beat_tick(Duration::from_secs(300)), ms(100));
     }
 
     /// A held connection's task future stays small: it lives as long as the

@@ -12,9 +12,11 @@
 //!   once for its whole life), itself registered with the thread's tokio
 //!   runtime, so a batch of replies is one `epoll_wait` of the runtime and one
 //!   of the lot's;
-//! - a heap of due times on the 10 ms beat grid: a beat, or a reply's deadline,
-//!   is a push and a pop, not a timer registered and cancelled in tokio's wheel;
-//! - a 10 ms ticker that sends the beats due.
+//! - a timing wheel of due ticks on the beat grid (`hold_wheel.rs`; the tick
+//!   is `hold_conn::beat_tick`, 10 to 100 ms by the interval): a beat, or a
+//!   reply's deadline, is an append and a pass, not a timer registered and
+//!   cancelled in tokio's wheel;
+//! - a ticker on that grid that sends the beats due.
 //!
 //! So a heartbeat is one `send`, one `recv`, a parse and a histogram record
 //! whatever the protocol:
@@ -23,8 +25,6 @@
 //! (`bench/HEARTBEAT.md`, "hold's CPU per heartbeat").
 
 use std::cell::RefCell;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
@@ -34,7 +34,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
-use crate::hold_conn::{io_end, next_beat, Ended, Rng, ThreadCtx, BEAT_TICK};
+use crate::hold_conn::{io_end, next_beat, Ended, Rng, ThreadCtx};
+use crate::hold_wheel::Wheel;
 use crate::hold_wire::{Verdict, Wire};
 
 /// Events taken per `epoll_wait`.
@@ -45,8 +46,8 @@ struct Parked {
     stream: std::net::TcpStream,
     /// Tells the connection's task how the connection ended.
     done: oneshot::Sender<Ended>,
-    /// The heap entry that is current for this connection (its tick); others
-    /// are stale.
+    /// The wheel entry that is current for this connection (its tick);
+    /// others are stale.
     due: u64,
     /// Which occupant of the slot an epoll event is about.
     tenant: u32,
@@ -70,7 +71,9 @@ struct State {
     free: Vec<u32>,
     /// `(tick, slot)`: at grid tick `tick` (counted from the run's start),
     /// look at `slot` if its `due` still is `tick`.
-    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    wheel: Wheel,
+    /// The entries of the tick being served (kept for its allocation).
+    due: Vec<(u64, u32)>,
     tenants: u32,
 }
 
@@ -97,7 +100,8 @@ impl Lot {
             state: RefCell::new(State {
                 slots: Vec::new(),
                 free: Vec::new(),
-                heap: BinaryHeap::new(),
+                wheel: Wheel::new(0),
+                due: Vec::new(),
                 tenants: 0,
             }),
         })
@@ -126,7 +130,7 @@ impl Lot {
         }
         let (done, ended) = oneshot::channel();
         let due = grid_tick(ctx, next);
-        st.heap.push(Reverse((due, slot)));
+        st.wheel.push(due, slot);
         st.slots[slot as usize] = Some(Parked {
             stream,
             done,
@@ -173,13 +177,13 @@ impl Lot {
     pub(crate) fn close_all(&self) {
         let mut st = self.state.borrow_mut();
         st.slots.clear();
-        st.heap.clear();
+        st.wheel.clear();
     }
 
     /// The lot's task: sends the beats due every grid tick and takes the
     /// replies as they arrive, until the thread stops.
     pub(crate) async fn run(&self, ctx: &ThreadCtx) {
-        let mut ticker = tokio::time::interval_at(ctx.shared.start.into(), BEAT_TICK);
+        let mut ticker = tokio::time::interval_at(ctx.shared.start.into(), ctx.shared.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         loop {
@@ -233,7 +237,7 @@ impl Lot {
     fn on_event(&self, ctx: &ThreadCtx, slot: u32, tenant: u32, bits: u32) -> bool {
         let (ended, more) = {
             let mut st = self.state.borrow_mut();
-            let State { slots, heap, .. } = &mut *st;
+            let State { slots, wheel, .. } = &mut *st;
             let Some(conn) = slots[slot as usize].as_mut().filter(|c| c.tenant == tenant) else {
                 return false;
             };
@@ -250,7 +254,7 @@ impl Lot {
                 match (&conn.stream).read(&mut buf) {
                     Ok(0) => Err(Ended::Dropped),
                     Ok(n) => conn
-                        .take(ctx, heap, slot, &buf[..n], &mut pongs)
+                        .take(ctx, wheel, slot, &buf[..n], &mut pongs)
                         .map(|()| n == buf.len()),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
@@ -274,21 +278,18 @@ impl Lot {
 
     /// Sends the beats due by `now`, and fails the replies overdue by then.
     fn beat(&self, ctx: &ThreadCtx, now: Instant) {
-        let tick = nanos_since_start(ctx, now) / TICK_NS;
-        loop {
+        let tick = nanos_since_start(ctx, now) / tick_ns(ctx);
+        let mut due = {
             let mut st = self.state.borrow_mut();
-            let State { slots, heap, .. } = &mut *st;
-            let slot = match heap.peek() {
-                Some(&Reverse((at, slot))) if at <= tick => {
-                    heap.pop();
-                    if slots[slot as usize].as_ref().is_none_or(|c| c.due != at) {
-                        continue; // stale: the connection moved on, or left
-                    }
-                    slot
-                }
-                _ => return,
-            };
-            let Some(conn) = slots[slot as usize].as_mut() else {
+            let mut due = std::mem::take(&mut st.due);
+            st.wheel.take_due(tick, &mut due);
+            due
+        };
+        for &(at, slot) in &due {
+            let mut st = self.state.borrow_mut();
+            let State { slots, wheel, .. } = &mut *st;
+            // Stale: the connection moved on, or left.
+            let Some(conn) = slots[slot as usize].as_mut().filter(|c| c.due == at) else {
                 continue;
             };
             let ended = match conn.waiting {
@@ -301,7 +302,7 @@ impl Lot {
                     let sent = Instant::now();
                     conn.waiting = Some(sent);
                     conn.due = grid_tick(ctx, sent + ctx.shared.timeout);
-                    heap.push(Reverse((conn.due, slot)));
+                    wheel.push(conn.due, slot);
                     self.send(conn, slot, &ctx.shared.heartbeat)
                 }
             };
@@ -310,6 +311,8 @@ impl Lot {
                 self.end(slot, end);
             }
         }
+        due.clear();
+        self.state.borrow_mut().due = due;
     }
 
     /// Sends `bytes` after any still unsent; keeps what the socket takes
@@ -364,7 +367,7 @@ impl Parked {
     fn take(
         &mut self,
         ctx: &ThreadCtx,
-        heap: &mut BinaryHeap<Reverse<(u64, u32)>>,
+        wheel: &mut Wheel,
         slot: u32,
         read: &[u8],
         pongs: &mut Vec<u8>,
@@ -385,7 +388,7 @@ impl Parked {
                 self.waiting = None;
                 self.next = next_beat(self.next, sh.interval, &mut self.rng, now);
                 self.due = grid_tick(ctx, self.next);
-                heap.push(Reverse((self.due, slot)));
+                wheel.push(self.due, slot);
                 Ok(())
             }
             (Some(_), _) => {
@@ -411,8 +414,10 @@ fn write_some(stream: &std::net::TcpStream, bytes: &[u8]) -> Result<usize, Ended
     Ok(sent)
 }
 
-/// [`BEAT_TICK`] in nanoseconds.
-const TICK_NS: u64 = BEAT_TICK.as_nanos() as u64;
+/// The beat grid's tick (`HoldShared::tick`) in nanoseconds.
+fn tick_ns(ctx: &ThreadCtx) -> u64 {
+    ctx.shared.tick.as_nanos() as u64
+}
 
 /// Nanoseconds from the run's start to `at` (u64: 584 years; u128 division
 /// was a tenth of the lot's instructions per heartbeat).
@@ -423,5 +428,5 @@ fn nanos_since_start(ctx: &ThreadCtx, at: Instant) -> u64 {
 /// The grid tick (counted from the run's start) a beat due at `at` goes out
 /// on: rounded up, as `hold_conn::on_tick` does for the task path.
 fn grid_tick(ctx: &ThreadCtx, at: Instant) -> u64 {
-    nanos_since_start(ctx, at).div_ceil(TICK_NS)
+    nanos_since_start(ctx, at).div_ceil(tick_ns(ctx))
 }

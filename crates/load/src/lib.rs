@@ -47,6 +47,7 @@ mod hold;
 mod hold_conn;
 mod hold_lot;
 mod hold_tls;
+mod hold_wheel;
 mod hold_wire;
 mod load;
 mod parse;
