@@ -141,7 +141,6 @@ pub use proto::ws::{
 };
 pub use server::builder::{Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary};
 pub use service::body::Body;
-pub use service::h2_stream::H2Stream;
 pub use service::upgrade::{OnUpgrade, Upgraded};
 pub use service::HttpService;
 /// The UTF-8 text of a [`WsMessage::Text`] (tungstenite's: cheap to clone,

@@ -1,13 +1,14 @@
 //! WebSockets over HTTP/2 (RFC 8441 extended CONNECT) with the
-//! axum-compatible extractor (`megaconn::axum_ws`), driven by the `h2`
-//! crate's client on real sockets: cleartext h2c with prior knowledge and
-//! TLS with ALPN `h2`. The client speaks WebSocket over its stream with
-//! tokio-tungstenite (role Client) through `megaconn::H2Stream`: echo of text and
-//! binary, ping/pong, the close handshake ending the stream, two sockets
-//! on one connection, subprotocols, a socket outliving the connection's
-//! idle timeout, a bad frame's close code counted as a protocol error, the
+//! axum-compatible extractor (`megaconn::axum_ws`), driven by hyper's
+//! HTTP/2 client on real sockets: cleartext h2c with prior knowledge and
+//! TLS with ALPN `h2`. The client speaks WebSocket over the stream hyper
+//! upgrades a 200 to (its own stream-as-bytes, independent of the server's)
+//! with tokio-tungstenite (role Client): echo of text and binary,
+//! ping/pong, the close handshake ending the stream, two sockets on one
+//! connection, subprotocols, a socket outliving the connection's idle
+//! timeout, a bad frame's close code counted as a protocol error, the
 //! statuses of bad extended CONNECTs (and the native route's 501), and the
-//! setting turned off.
+//! setting, on and off (seen by the `h2` crate's client).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,9 +16,12 @@ use std::time::Duration;
 use axum::routing::get;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use h2::client::SendRequest;
-use http::{Method, Request, StatusCode};
-use megaconn::{Builder, H2Stream, Server, ServerHandle};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use megaconn::{Builder, Server, ServerHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -106,14 +110,23 @@ fn serve(builder: Builder) -> Running {
     Running { addr, handle, task }
 }
 
-/// An h2 client over `io`, after one plain GET: its response comes after
-/// the server's SETTINGS, so the client knows by then whether extended
+/// The client's end of an upgraded stream: hyper's, as tokio I/O.
+type Stream = TokioIo<hyper::upgrade::Upgraded>;
+
+/// A client of the server's connections (requests have no body).
+type Client = SendRequest<Empty<Bytes>>;
+
+/// An HTTP/2 client over `io`, after one plain GET: its response comes
+/// after the server's SETTINGS, so the client knows by then that extended
 /// CONNECT is on (h2 refuses to send one before).
-async fn h2_client<T>(io: T) -> SendRequest<Bytes>
+async fn h2_client<T>(io: T) -> Client
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (client, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+    let (client, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -122,75 +135,107 @@ where
     client
 }
 
-async fn h2c(addr: SocketAddr) -> SendRequest<Bytes> {
+async fn h2c(addr: SocketAddr) -> Client {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     h2_client(tcp).await
+}
+
+/// Whether the server's SETTINGS turn extended CONNECT on (RFC 8441 §3),
+/// as the `h2` crate's client sees them once a first response is in.
+async fn connect_protocol_enabled(addr: SocketAddr) -> bool {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.expect("client ready");
+    let req = Request::get("http://localhost/plain").body(()).unwrap();
+    let (response, _) = client.send_request(req, true).expect("request sent");
+    let response = tokio::time::timeout(SAFETY, response)
+        .await
+        .expect("response in time")
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    client.is_extended_connect_protocol_enabled()
 }
 
 /// Sends a request (`protocol`: the `:protocol` of an extended CONNECT)
 /// and reads its whole answer.
 async fn request(
-    client: &SendRequest<Bytes>,
+    client: &Client,
     method: Method,
     path: &str,
     protocol: Option<&'static str>,
     headers: &[(&str, &str)],
 ) -> (StatusCode, String) {
-    let (status, _, mut recv) = open(client, method, path, protocol, headers).await;
-    let mut body = Vec::new();
-    tokio::time::timeout(SAFETY, recv.read_to_end(&mut body))
+    let response = open(client, method, path, protocol, headers).await;
+    let status = response.status();
+    let body = tokio::time::timeout(SAFETY, response.into_body().collect())
         .await
         .expect("body in time")
-        .expect("body");
-    (status, String::from_utf8(body).unwrap())
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
 /// Opens a stream and waits for the response head.
 async fn open(
-    client: &SendRequest<Bytes>,
+    client: &Client,
     method: Method,
     path: &str,
     protocol: Option<&'static str>,
     headers: &[(&str, &str)],
-) -> (StatusCode, http::HeaderMap, H2Stream) {
+) -> Response<Incoming> {
     tokio::time::timeout(SAFETY, async {
-        let mut client = client.clone().ready().await.expect("client ready");
+        let mut client = client.clone();
+        client.ready().await.expect("client ready");
         let mut req = Request::builder()
-            .method(method.clone())
+            .method(method)
             .uri(format!("http://localhost{path}"));
         if let Some(protocol) = protocol {
-            req = req.extension(h2::ext::Protocol::from_static(protocol));
+            req = req.extension(hyper::ext::Protocol::from_static(protocol));
         }
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        let end = method != Method::CONNECT;
-        let (response, send) = client
-            .send_request(req.body(()).unwrap(), end)
-            .expect("request sent");
-        let response = response.await.expect("response");
-        let (parts, recv) = response.into_parts();
-        let io = H2Stream::new(send, recv);
-        (parts.status, parts.headers, io)
+        client
+            .send_request(req.body(Empty::new()).unwrap())
+            .await
+            .expect("response")
     })
     .await
     .expect("response in time")
 }
 
-/// Opens a WebSocket on `path` over the connection (RFC 8441 §5: CONNECT,
-/// `:protocol websocket`, version 13, no key; a 200 opens it).
-async fn websocket(
-    client: &SendRequest<Bytes>,
+/// Opens an extended CONNECT for a WebSocket on `path` (RFC 8441 §5:
+/// `:protocol websocket`, version 13, no key), checks its 200 and returns
+/// its headers and the stream hyper upgrades it to.
+async fn connect(
+    client: &Client,
+    path: &str,
     headers: &[(&str, &str)],
-) -> (http::HeaderMap, WebSocketStream<H2Stream>) {
+) -> (http::HeaderMap, Stream) {
     let mut all = vec![("sec-websocket-version", "13")];
     all.extend_from_slice(headers);
-    let (status, headers, io) = open(client, Method::CONNECT, "/ws", Some("websocket"), &all).await;
+    let mut response = open(client, Method::CONNECT, path, Some("websocket"), &all).await;
     assert_eq!(
-        status,
+        response.status(),
         StatusCode::OK,
         "an extended CONNECT is answered 200"
     );
+    let io = tokio::time::timeout(SAFETY, hyper::upgrade::on(&mut response))
+        .await
+        .expect("upgrade in time")
+        .expect("the 200 upgrades the stream");
+    (response.headers().clone(), TokioIo::new(io))
+}
+
+/// Opens a WebSocket on `/ws` over the connection.
+async fn websocket(
+    client: &Client,
+    headers: &[(&str, &str)],
+) -> (http::HeaderMap, WebSocketStream<Stream>) {
+    let (headers, io) = connect(client, "/ws", headers).await;
     assert!(headers.get("sec-websocket-accept").is_none());
     assert!(headers.get("content-length").is_none());
     let ws = WebSocketStream::from_raw_socket(io, Role::Client, None).await;
@@ -198,7 +243,7 @@ async fn websocket(
 }
 
 /// The next message that is not a ping, bounded by [`SAFETY`].
-async fn next(ws: &mut WebSocketStream<H2Stream>) -> WsMessage {
+async fn next(ws: &mut WebSocketStream<Stream>) -> WsMessage {
     loop {
         let msg = tokio::time::timeout(SAFETY, ws.next())
             .await
@@ -215,7 +260,7 @@ async fn next(ws: &mut WebSocketStream<H2Stream>) -> WsMessage {
 /// flow control must be given back as the server reads), a ping answered
 /// with its pong, then the close handshake: the server's close frame, then
 /// the end of its half of the stream.
-async fn echo_ping_close(client: &SendRequest<Bytes>) {
+async fn echo_ping_close(client: &Client) {
     let (_, mut ws) = websocket(client, &[]).await;
     ws.send(WsMessage::text("hello over h2")).await.unwrap();
     assert_eq!(next(&mut ws).await, WsMessage::text("hello over h2"));
@@ -248,8 +293,8 @@ async fn echo_ping_close(client: &SendRequest<Bytes>) {
 #[tokio::test]
 async fn a_websocket_over_h2c_echoes_pings_and_closes() {
     let server = serve(Server::builder());
+    assert!(connect_protocol_enabled(server.addr).await);
     let client = h2c(server.addr).await;
-    assert!(client.is_extended_connect_protocol_enabled());
     echo_ping_close(&client).await;
     // The connection outlives the socket: it still serves requests.
     let (status, body) = request(&client, Method::GET, "/plain", None, &[]).await;
@@ -266,7 +311,6 @@ async fn a_websocket_over_tls_with_alpn_h2_echoes_pings_and_closes() {
     let stream = tls_connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let client = h2_client(stream).await;
-    assert!(client.is_extended_connect_protocol_enabled());
     echo_ping_close(&client).await;
 }
 
@@ -336,15 +380,7 @@ async fn an_open_websocket_keeps_the_connection_from_idling_out() {
 async fn a_bad_frame_closes_with_1002_and_counts_as_a_protocol_error() {
     let server = serve(Server::builder());
     let client = h2c(server.addr).await;
-    let (status, _, mut io) = open(
-        &client,
-        Method::CONNECT,
-        "/ws",
-        Some("websocket"),
-        &[("sec-websocket-version", "13")],
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    let (_, mut io) = connect(&client, "/ws", &[]).await;
     io.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
     let mut head = [0u8; 4];
     tokio::time::timeout(SAFETY, io.read_exact(&mut head))
@@ -394,9 +430,8 @@ async fn bad_extended_connects_get_their_status_and_reason() {
 #[tokio::test]
 async fn the_setting_can_be_turned_off() {
     let server = serve(Server::builder().http2_enable_connect_protocol(false));
-    let client = h2c(server.addr).await;
     assert!(
-        !client.is_extended_connect_protocol_enabled(),
+        !connect_protocol_enabled(server.addr).await,
         "SETTINGS_ENABLE_CONNECT_PROTOCOL not sent"
     );
 }

@@ -1,8 +1,9 @@
 //! [`H2Stream`]: an HTTP/2 stream as a byte stream. What an upgraded
 //! `CONNECT` stream (RFC 8441's WebSocket, RFC 9113 §8.5's tunnel) hands
 //! the handler in an [`Upgraded`](crate::Upgraded), as TCP would after an
-//! HTTP/1.1 `101`; and, public, what a client of the `h2` crate can speak
-//! over its side of such a stream (the tests' WebSocket client does).
+//! HTTP/1.1 `101`. Crate-private: its halves are the `h2` crate's types,
+//! and handlers see only the `Upgraded` (`AsyncRead + AsyncWrite`), so
+//! megaconn's public API does not follow h2's versions.
 //!
 //! Reads take the stream's DATA frames in order and give their bytes back
 //! to the client's flow-control window as the reader consumes them (not as
@@ -36,19 +37,18 @@ const MAX_RESERVE: usize = (1 << 31) - 1;
 /// to its window as they are read; writes go out as DATA frames as the
 /// peer's window allows; shutting down (or dropping) sends `END_STREAM`.
 ///
-/// On either side of an extended CONNECT, e.g. a WebSocket client over
-/// HTTP/2 (tokio-tungstenite's `WebSocketStream::from_raw_socket` over
-/// `H2Stream::new(send, response.into_body())`).
-pub struct H2Stream {
+/// The server's side of an extended CONNECT, inside the handler's
+/// [`Upgraded`](crate::Upgraded).
+pub(crate) struct H2Stream {
     recv: RecvStream,
     send: SendStream<Bytes>,
     /// The rest of the DATA frame being read.
     pending: Bytes,
     /// `END_STREAM` sent (or the stream can take no more).
     shut: bool,
-    /// Dropped with the stream (server side): tells the stream's exchange
-    /// that the handler is done with it.
-    _alive: Option<oneshot::Sender<()>>,
+    /// Dropped with the stream: tells the stream's exchange that the
+    /// handler is done with it.
+    _alive: oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for H2Stream {
@@ -61,28 +61,22 @@ impl std::fmt::Debug for H2Stream {
 }
 
 impl H2Stream {
-    /// The stream whose halves are `send` and `recv` (a client's: the
-    /// `SendStream` of `send_request` and the body of its response).
-    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> H2Stream {
-        H2Stream {
-            recv,
-            send,
-            pending: Bytes::new(),
-            shut: false,
-            _alive: None,
-        }
-    }
-
-    /// The stream, and what resolves once it is dropped (the server's
-    /// exchange waits on it, so the connection counts the stream as open,
-    /// and its idle timer stays off, meanwhile).
+    /// The stream whose halves are `send` (of the response) and `recv`
+    /// (the request's body), and what resolves once it is dropped (the
+    /// server's exchange waits on it, so the connection counts the stream
+    /// as open, and its idle timer stays off, meanwhile).
     pub(crate) fn watched(
         send: SendStream<Bytes>,
         recv: RecvStream,
     ) -> (H2Stream, oneshot::Receiver<()>) {
         let (alive, done) = oneshot::channel();
-        let mut stream = H2Stream::new(send, recv);
-        stream._alive = Some(alive);
+        let stream = H2Stream {
+            recv,
+            send,
+            pending: Bytes::new(),
+            shut: false,
+            _alive: alive,
+        };
         (stream, done)
     }
 
