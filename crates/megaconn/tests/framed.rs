@@ -398,6 +398,50 @@ async fn a_connection_mid_frame_does_not_park() {
     server.stop().await;
 }
 
+/// An awake connection waiting between frames holds no read buffer, neither
+/// just accepted (tokio reports a fresh socket readable before its first
+/// read) nor after a frame: held, every connection of a ramp kept 8 KiB
+/// until it parked, a heap peak whose fragments glibc keeps resident
+/// (bench/FRAMED.md). Parking is off, so only the wait can give it back.
+#[tokio::test]
+async fn idle_awake_connections_hold_no_read_buffer() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(None),
+        Framing::length_prefixed(4),
+    )
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(server.connect().await);
+        server.next_open().await;
+    }
+    // A round trip on a later connection: the worker (one thread, tasks in
+    // the order they were spawned) has had the silent ones wait by then.
+    let mut s = server.connect().await;
+    s.write_all(&frame(b"after")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, b"after");
+    server
+        .wait_stats("no waiting connection holds a buffer", |s| {
+            s.buffers_checked_out == 0
+        })
+        .await;
+    let stats = server.handle.stats();
+    assert_eq!((stats.connections_open, stats.connections_parked), (21, 0));
+    // Still served: the wait without a buffer hears the next frame.
+    for c in &mut silent {
+        c.write_all(&frame(b"late")).await.unwrap();
+        assert_eq!(read_frame(c).await, b"late");
+    }
+    s.write_all(&frame(b"again")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, b"again");
+    server
+        .wait_stats("none held after the frames either", |s| {
+            s.buffers_checked_out == 0
+        })
+        .await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_silent_peer_is_closed_by_the_heartbeat_timeout() {
     // Awake: the task's own timer.

@@ -103,6 +103,13 @@ const MAX_EVENTS: usize = 256;
 /// After this many parkings or wake-ups, give freed task memory back to the OS.
 const TRIM_EVERY: usize = 1024;
 
+/// After at least this many parkings or wake-ups followed by a quiet second
+/// (none), give freed memory back too: the tail of a ramp, fewer than
+/// [`TRIM_EVERY`] since the last trim, would otherwise stay with the
+/// allocator until more churn comes (at 5,000 new framed connections a
+/// second into one process: ~50 B per connection, bench/FRAMED.md).
+const TRIM_AFTER_BURST: usize = 64;
+
 /// Per-fd flag (in `protos`): at the deadline, wake the connection instead
 /// of closing it as idle.
 const WAKE_AT_DEADLINE: u8 = 0x80;
@@ -144,6 +151,10 @@ pub(crate) struct ParkingLot {
     hot_within: Duration,
     parked: Cell<usize>,
     churn_since_trim: Cell<usize>,
+    /// `churn_since_trim` at the last sweep (unchanged since: quiet).
+    churn_at_sweep: Cell<usize>,
+    /// Heap trims so far (for tests).
+    trims: Cell<usize>,
     epoch: Instant,
     limit: ConnectionLimit,
     stats: Arc<WorkerStats>,
@@ -188,6 +199,8 @@ impl ParkingLot {
             hot_within,
             parked: Cell::new(0),
             churn_since_trim: Cell::new(0),
+            churn_at_sweep: Cell::new(0),
+            trims: Cell::new(0),
             epoch: Instant::now(),
             limit,
             stats,
@@ -496,10 +509,13 @@ impl ParkingLot {
                 }
             }
         }
-        if self.churn_since_trim.get() >= TRIM_EVERY {
+        let churn = self.churn_since_trim.get();
+        if trim_due(churn, self.churn_at_sweep.get()) {
             self.churn_since_trim.set(0);
+            self.trims.set(self.trims.get() + 1);
             trim_heap();
         }
+        self.churn_at_sweep.set(self.churn_since_trim.get());
     }
 
     /// Takes every parked connection whose protocol `portable` accepts out
@@ -671,6 +687,16 @@ pub(crate) fn left_for_runtime(fd: RawFd) {
     }
 }
 
+/// Whether a sweep gives freed memory back, with `churn` parkings and
+/// wake-ups since the last trim, `churn_at_last_sweep` of them already at the
+/// last sweep: after every [`TRIM_EVERY`], and once a burst of at least
+/// [`TRIM_AFTER_BURST`] is over (a sweep interval without any). A steady
+/// trickle never looks quiet, so it trims by count alone; a quiet lot trims
+/// at most once per burst.
+fn trim_due(churn: usize, churn_at_last_sweep: usize) -> bool {
+    churn >= TRIM_EVERY || (churn >= TRIM_AFTER_BURST && churn == churn_at_last_sweep)
+}
+
 /// Gives freed heap pages back to the OS. Tasks of connections that were parked
 /// leave holes glibc keeps; without this, RSS would not show what parking saves.
 fn trim_heap() {
@@ -793,6 +819,44 @@ pub(super) mod tests {
         let mut buf = [0u8; 64];
         let n = stream.read(&mut buf).unwrap();
         buf[..n].to_vec()
+    }
+
+    #[test]
+    fn the_heap_is_trimmed_by_count_and_once_a_burst_is_over() {
+        assert!(trim_due(TRIM_EVERY, 0) && trim_due(TRIM_EVERY, TRIM_EVERY));
+        // Still coming: wait; quiet since the last sweep: trim.
+        assert!(!trim_due(TRIM_AFTER_BURST * 2, TRIM_AFTER_BURST));
+        assert!(trim_due(TRIM_AFTER_BURST * 2, TRIM_AFTER_BURST * 2));
+        // Too little to be worth a trim, quiet or not.
+        assert!(!trim_due(TRIM_AFTER_BURST - 1, TRIM_AFTER_BURST - 1));
+        assert!(!trim_due(0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_sweep_trims_once_after_a_burst_goes_quiet() {
+        let f = fixture();
+        // A burst's churn (as parkings and wake-ups count it), then sweeps.
+        f.lot.churn_since_trim.set(TRIM_AFTER_BURST + 10);
+        f.lot.sweep();
+        assert_eq!(f.lot.trims.get(), 0, "the burst may still be going on");
+        f.lot.sweep();
+        assert_eq!(f.lot.trims.get(), 1, "a quiet second after it");
+        f.lot.sweep();
+        f.lot.sweep();
+        assert_eq!(f.lot.trims.get(), 1, "once per burst");
+        // Real churn counts: a parking.
+        let (server, _client) = pair();
+        f.lot.churn_since_trim.set(TRIM_AFTER_BURST - 1);
+        f.lot.churn_at_sweep.set(TRIM_AFTER_BURST - 1);
+        park(&f, server, 1, AtDeadline::Close);
+        f.lot.sweep();
+        assert_eq!(
+            f.lot.trims.get(),
+            1,
+            "a parking since the last sweep: not quiet"
+        );
+        f.lot.sweep();
+        assert_eq!(f.lot.trims.get(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -154,9 +154,10 @@ impl Parkable for FramedIo {
     }
 }
 
-/// What ended a read between frames.
+/// What ended a read between frames: bytes read (`Some(n)`), or, for a
+/// wait that held no buffer, the socket turned readable (`None`).
 enum Read {
-    Done(Result<io::Result<usize>, tokio::time::error::Elapsed>),
+    Done(Result<io::Result<Option<usize>>, tokio::time::error::Elapsed>),
     Shutdown,
     Pushed,
 }
@@ -390,11 +391,29 @@ pub(crate) async fn serve<H: FramedHandler>(
         let b = buf.get_or_insert_with(|| ctx.pool.take());
         // Usually the bytes are there (the socket was readable): then no
         // timer or select is set up for the read.
+        let timers = (due, park_at, send_at);
         let read = match poll_once(pin!(io.read_buf(b))) {
-            Poll::Ready(read) => Read::Done(Ok(read)),
+            Poll::Ready(read) => Read::Done(Ok(read.map(Some))),
+            // Nothing to read between frames after all (tokio reports a
+            // freshly accepted socket readable before its first read): the
+            // buffer goes back and the wait holds none. Held through the
+            // wait, every connection of a ramp kept 8 KiB until it parked, a
+            // heap peak whose fragments glibc keeps resident afterwards
+            // (bench/FRAMED.md, "Where the bytes of an idle connection go").
+            Poll::Pending if between_frames && b.is_empty() => {
+                give_back(&ctx, &mut buf);
+                wait_read(&mut io, None, between_frames, timers, &ctx, inbox.as_ref()).await
+            }
             Poll::Pending => {
-                let timers = (due, park_at, send_at);
-                wait_read(&mut io, b, between_frames, timers, &ctx, inbox.as_ref()).await
+                wait_read(
+                    &mut io,
+                    Some(b),
+                    between_frames,
+                    timers,
+                    &ctx,
+                    inbox.as_ref(),
+                )
+                .await
             }
         };
         let read = match read {
@@ -410,8 +429,10 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
         };
         let reason = match read {
-            Ok(Ok(0)) => CloseReason::ClientClosed,
-            Ok(Ok(n)) => {
+            // Readable now: read at the top of the loop, into a buffer.
+            Ok(Ok(None)) => continue,
+            Ok(Ok(Some(0))) => CloseReason::ClientClosed,
+            Ok(Ok(Some(n))) => {
                 unread_wake = false;
                 lifecycle::count_in(n);
                 add(&counters.bytes_in, n as u64);
@@ -451,14 +472,15 @@ pub(crate) async fn serve<H: FramedHandler>(
     }
 }
 
-/// Waits for bytes to read into `b`, bounded by the heartbeat deadline
+/// Waits for bytes to read into `b` (with `None`, until the socket is
+/// readable), bounded by the heartbeat deadline
 /// (mid-frame: a peer that stops halfway is as silent as one that stops)
 /// and, between frames, by the park and heartbeat-send times too: a socket
 /// woken from the lot reports itself readable without asking the kernel
 /// (`woken.rs`), so a hot one may find nothing here and wait in this read.
 async fn wait_read(
     io: &mut FramedIo,
-    b: &mut BytesMut,
+    b: Option<&mut BytesMut>,
     between_frames: bool,
     (due, park_at, send_at): (Option<Instant>, Option<Instant>, Option<Instant>),
     ctx: &WorkerContext,
@@ -469,10 +491,17 @@ async fn wait_read(
     } else {
         due
     };
+    // Without a buffer (`b` is `None`), only until the socket is readable.
+    let read_or_ready = async {
+        match b {
+            Some(b) => io.read_buf(b).await.map(Some),
+            None => poll_fn(|cx| io.poll_read_ready(cx)).await.map(|()| None),
+        }
+    };
     let reading = async {
         match wake_at {
-            Some(at) => tokio::time::timeout_at(at, io.read_buf(b)).await,
-            None => Ok(io.read_buf(b).await),
+            Some(at) => tokio::time::timeout_at(at, read_or_ready).await,
+            None => Ok(read_or_ready.await),
         }
     };
     // Readiness can be spurious (a freshly accepted socket, a woken one):
