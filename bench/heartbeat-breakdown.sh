@@ -2,7 +2,8 @@
 # bench/heartbeat-breakdown.sh — where a heartbeat's CPU goes on BOTH ends
 # (issue 15): `megaconn serve` and `megaconn hold`, user vs system time,
 # system calls and context switches per heartbeat, for one or more megaconn
-# binaries side by side in interleaved rounds.
+# binaries side by side in interleaved rounds. (It replaces
+# bench/heartbeat-syscalls.sh, which printed the server's half of this table.)
 #
 # For each binary (BINS, default: target/release/megaconn) and round: `serve`
 # (one worker, core $SERVER_CPU, default --park-after 2 s: with INTERVAL > 2 s
@@ -15,6 +16,8 @@
 #                   sendto, recvfrom, epoll_wait, epoll_ctl, futex, write;
 #   ctxsw/hb      = Δ(voluntary + involuntary context switches) of its threads;
 #   heartbeats    = the server's own megaconn_requests_total over the window;
+#   lot ctl/hb    = the lot's own counter megaconn_parking_epoll_ctl_total (server row;
+#                   0 where the binary doesn't have it);
 # and after the table, hold's heartbeat latency p50/p99 over its whole run.
 # INTERVAL=30 with N=19000 is the per-process load of the million run (its
 # ~54 server and ~55 hold processes each see ~630 heartbeats/s), where a
@@ -49,7 +52,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-metric() { # name: the server's counter (sum over labels)
+metric() { # name: the server's counter (sum over labels), 0 if absent
   curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {printf "%d\n", s}'
 }
 
@@ -64,20 +67,20 @@ sample() { # pid -> "run_ns utime_ticks stime_ticks ctxsw" over all its threads
   echo "$ns ${st[13]} ${st[14]} $sw"
 }
 
-row() { # tag side hb before after perf-file
-  local tag=$1 side=$2 hb=$3
+row() { # tag side hb before after perf-file lot-epoll_ctl
+  local tag=$1 side=$2 hb=$3 lot=${7:-0}
   read -r ns0 u0 s0 w0 <<<"$4"
   read -r ns1 u1 s1 w1 <<<"$5"
   awk -F, -v tag="$tag" -v side="$side" -v hb="$hb" -v ns=$((ns1 - ns0)) \
-    -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v w=$((w1 - w0)) '
+    -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v w=$((w1 - w0)) -v lot="$lot" '
     /sys_enter/ { split($3, e, ":"); n[e[2]] = $1 }
     END {
       us = ns / 1000 / hb; user = (u + s > 0) ? us * u / (u + s) : 0
-      printf "| %s | %s | %d | %.2f | %.2f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f |\n",
+      printf "| %s | %s | %d | %.2f | %.2f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f |\n",
         tag, side, hb, us, user, us - user, n["sys_enter"] / hb,
         n["sys_enter_sendto"] / hb, n["sys_enter_recvfrom"] / hb,
         n["sys_enter_epoll_wait"] / hb, n["sys_enter_epoll_ctl"] / hb,
-        n["sys_enter_futex"] / hb, n["sys_enter_write"] / hb, w / hb
+        n["sys_enter_futex"] / hb, n["sys_enter_write"] / hb, w / hb, lot / hb
     }' "$6"
 }
 
@@ -95,24 +98,24 @@ run_one() { # bin round
     >"$OUT/$f.hold.log" 2>&1 &
   HOLD_PID=$!
   sleep "$((N / RAMP + 1 + SETTLE))"
-  local r0 r1 sv0 sv1 h0 h1
-  r0=$(metric megaconn_requests_total) sv0=$(sample "$SERVER_PID") h0=$(sample "$HOLD_PID")
+  local r0 r1 c0 c1 sv0 sv1 h0 h1
+  r0=$(metric megaconn_requests_total) c0=$(metric megaconn_parking_epoll_ctl_total) sv0=$(sample "$SERVER_PID") h0=$(sample "$HOLD_PID")
   perf stat -x, -o "$OUT/$f.serve.perf" -e "$EVENTS" -p "$SERVER_PID" -- sleep "$WINDOW" 2>/dev/null &
   local p1=$!
   perf stat -x, -o "$OUT/$f.hold.perf" -e "$EVENTS" -p "$HOLD_PID" -- sleep "$WINDOW" 2>/dev/null
   wait "$p1"
-  r1=$(metric megaconn_requests_total) sv1=$(sample "$SERVER_PID") h1=$(sample "$HOLD_PID")
+  r1=$(metric megaconn_requests_total) c1=$(metric megaconn_parking_epoll_ctl_total) sv1=$(sample "$SERVER_PID") h1=$(sample "$HOLD_PID")
   kill "$HOLD_PID" 2>/dev/null || true; wait "$HOLD_PID" 2>/dev/null || true; HOLD_PID=""
   kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
-  row "$tag" serve $((r1 - r0)) "$sv0" "$sv1" "$OUT/$f.serve.perf"
+  row "$tag" serve $((r1 - r0)) "$sv0" "$sv1" "$OUT/$f.serve.perf" $((c1 - c0))
   row "$tag" hold $((r1 - r0)) "$h0" "$h1" "$OUT/$f.hold.perf"
   # hold's latencies over its whole run (stopped by SIGTERM, it still reports).
   jq -r --arg tag "$tag" '"\($tag): hold latency p50 \(.heartbeat_latency_us.p50 / 1000) ms, p99 \(.heartbeat_latency_us.p99 / 1000) ms, \(.heartbeats_ok) ok, \(.heartbeat_errors) failed, \(.drops) drops"' \
     "$OUT/$f.hold.json" >>"$OUT/latency.txt" 2>/dev/null || true
 }
 
-echo "| binary-round | side | heartbeats | CPU µs/hb | user | sys | syscalls/hb | sendto | recvfrom | epoll_wait | epoll_ctl | futex | write | ctxsw/hb |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| binary-round | side | heartbeats | CPU µs/hb | user | sys | syscalls/hb | sendto | recvfrom | epoll_wait | epoll_ctl | futex | write | ctxsw/hb | lot ctl/hb |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for round in $(seq "$ROUNDS"); do
   for bin in $BINS; do run_one "$bin" "$round"; done
 done
