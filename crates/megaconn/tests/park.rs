@@ -433,3 +433,49 @@ async fn a_woken_handler_that_waits_becomes_a_task_and_answers() {
     assert_eq!(server.handle.stats().requests, 3);
     server.stop().await;
 }
+
+/// With wake-up coalescing the worker sleeps before it blocks while busy:
+/// requests that arrive during the sleep, on parked and on busy connections,
+/// are all answered, bursts and lone ones alike, and shutdown still finds
+/// every connection.
+#[tokio::test]
+async fn coalesced_wakeups_answer_every_request() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(Some(PARK_IDLE_AFTER))
+            .coalesce_wakeups(Some(Duration::from_millis(20))),
+    )
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..K {
+        conns.push(server.connect().await);
+    }
+    for round in 1..=3u64 {
+        // A burst: every connection's request is in flight before any answer
+        // is read, so most arrive while the worker sleeps.
+        for s in &mut conns {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+        }
+        for s in &mut conns {
+            assert_eq!(read_response(s).await.body, b"Hello, World!");
+        }
+        assert_eq!(server.handle.stats().requests, round * K as u64);
+        server
+            .wait_stats("parked between bursts", |s| {
+                s.connections_parked == K as i64
+            })
+            .await;
+    }
+    // Lone requests, one at a time, each on a parked connection.
+    for s in &mut conns {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(s).await.body, b"Hello, World!");
+    }
+    assert_eq!(server.handle.stats().requests, 4 * K as u64);
+    server.stop().await;
+}
