@@ -593,17 +593,6 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| s.builder(|b| b.park_idle_after(v.duration())),
     },
     Knob {
-        name: "coalesce",
-        value_name: "DURATION",
-        shape: Shape::One,
-        help: "Wake-up coalescing: a worker out of work waits this long before blocking, serving what arrived meanwhile in one wake-up.",
-        details: "Trades up to DURATION of latency for CPU when a process sees many small independent events (heartbeats on parked connections): each otherwise costs a wake-up of its own. Off by default; bench/MILLION.md measures 5ms at a million connections.",
-        default: "off",
-        example: "5ms",
-        parse: duration_or_off,
-        apply: |v, s| s.builder(|b| b.coalesce_wakeups(v.duration())),
-    },
-    Knob {
         name: "shutdown-timeout",
         value_name: "DURATION",
         shape: Shape::One,

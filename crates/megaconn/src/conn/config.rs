@@ -111,9 +111,6 @@ pub(crate) struct Config {
     pub write_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub park_idle_after: Option<Duration>,
-    /// Wake-up coalescing: how long a worker with nothing to run waits before
-    /// it blocks for I/O (`Builder::coalesce_wakeups`).
-    pub coalesce_wakeups: Option<Duration>,
     pub shutdown_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -185,7 +182,6 @@ impl Default for Config {
             write_timeout: None,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             park_idle_after: Some(DEFAULT_PARK_IDLE_AFTER),
-            coalesce_wakeups: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,

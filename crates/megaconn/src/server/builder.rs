@@ -416,25 +416,6 @@ impl Builder {
         self
     }
 
-    /// Wake-up coalescing: a worker that has run out of work waits `t` before
-    /// it blocks for I/O, so that events arriving meanwhile are served in one
-    /// wake-up instead of one each. Default: `None` (block at once).
-    ///
-    /// For a process that sees many small independent events (heartbeats on
-    /// parked connections from many clients), each event otherwise costs a
-    /// wake-up of its own: a context switch, an `epoll_wait` and the runtime's
-    /// park/unpark, about as much CPU as serving the request itself. With a few
-    /// milliseconds here a worker wakes at most ~1/`t` times a second while
-    /// busy. The price is latency: an event that arrives while the worker waits
-    /// is served up to `t` later (one that arrives while it is blocked is served
-    /// at once), and so are timers. Leave it off unless CPU per request matters
-    /// more than a few milliseconds; `bench/MILLION.md` measures 5 ms at a
-    /// million connections.
-    pub fn coalesce_wakeups(mut self, t: Option<Duration>) -> Builder {
-        self.config.coalesce_wakeups = t.filter(|t| !t.is_zero());
-        self
-    }
-
     /// Connections older than this are closed at their next idle point, so
     /// that long-lived connections spread over new instances after a
     /// scale-out (behind an L4 load balancer, a client only moves when it

@@ -8,13 +8,11 @@
 //! (The same idea as pingora's `pingora-runtime`, with one runtime per thread
 //! instead of a pool.)
 
-use std::cell::Cell;
 use std::net::TcpListener as StdTcpListener;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -68,48 +66,15 @@ where
     S::Future: 'static,
     S::ResBody: 'static,
 {
-    let mut runtime = tokio::runtime::Builder::new_current_thread();
-    runtime.enable_all();
-    if let Some(wait) = setup.config.coalesce_wakeups {
-        coalesce_wakeups(&mut runtime, wait);
-    }
-    let runtime = runtime.build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     std::thread::Builder::new()
         .name(format!("megaconn-worker-{}", setup.index))
         .spawn(move || {
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, run(setup))
         })
-}
-
-/// Wake-up coalescing (`Builder::coalesce_wakeups`): a worker out of work
-/// sleeps `wait` before it blocks, if it is busy.
-///
-/// tokio calls `on_thread_park` when the worker has nothing left to run, just
-/// before it blocks in `epoll_wait`; events that arrive during the sleep come
-/// back from one `epoll_wait` and are served in one wake-up (a task made
-/// runnable meanwhile is run instead of blocking). The sleep is itself a
-/// wake-up, so it only pays while events come more often than every `wait`:
-/// "busy" means the last block ended within `wait`. A worker whose events are
-/// sparse blocks at once, as without coalescing, and its first event after a
-/// quiet spell is served without delay.
-fn coalesce_wakeups(runtime: &mut tokio::runtime::Builder, wait: Duration) {
-    thread_local! {
-        /// When this worker last went to block, and whether its last block
-        /// ended within `wait`.
-        static BLOCKED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
-        static BUSY: Cell<bool> = const { Cell::new(false) };
-    }
-    runtime
-        .on_thread_park(move || {
-            if BUSY.get() {
-                std::thread::sleep(wait);
-            }
-            BLOCKED_AT.set(Some(Instant::now()));
-        })
-        .on_thread_unpark(move || {
-            BUSY.set(BLOCKED_AT.get().is_some_and(|at| at.elapsed() < wait));
-        });
 }
 
 /// Spawns the task serving one connection; shared by the acceptor and the
