@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoadError;
-use crate::histogram::{decode, encode, merge, new_histogram};
+use crate::histogram::{decode, encode, merge};
 use crate::hold::{
     hold_report, plan, progress_message, run_worker, share, HoldArgs, HoldPlan, RateMeter,
     WorkerOutcome,
 };
-use crate::hold_conn::Snapshot;
+use crate::hold_conn::{Latencies, Snapshot};
 use crate::progress::{Progress, TICK};
 use crate::report::HoldReport;
 use crate::sys::InterruptGuard;
@@ -51,6 +51,9 @@ pub(crate) struct ChildReport {
     /// Push delivery latency histogram (ns), the same encoding.
     #[serde(default)]
     pub push_histogram: String,
+    /// Latencies of heartbeats sent after the ramp (ns), the same encoding.
+    #[serde(default)]
+    pub holding_histogram: String,
 }
 
 impl ChildReport {
@@ -61,8 +64,9 @@ impl ChildReport {
             open_at_end: o.open_at_end,
             ramp_secs: o.ramp_secs,
             hold_secs: o.hold_secs,
-            histogram: encode(&o.hist),
-            push_histogram: encode(&o.push_hist),
+            histogram: encode(&o.latencies.heartbeats),
+            push_histogram: encode(&o.latencies.pushes),
+            holding_histogram: encode(&o.latencies.holding),
         }
     }
 }
@@ -93,17 +97,22 @@ pub(crate) fn merge_reports(reports: &[ChildReport]) -> Result<WorkerOutcome, St
         open_at_end: 0,
         ramp_secs: 0.0,
         hold_secs: f64::INFINITY,
-        hist: new_histogram(),
-        push_hist: new_histogram(),
+        latencies: Latencies::new(),
     };
     for r in reports {
         out.counters.add(&r.counters);
         out.open_at_end += r.open_at_end;
         out.ramp_secs = out.ramp_secs.max(r.ramp_secs);
         out.hold_secs = out.hold_secs.min(r.hold_secs);
-        merge(&mut out.hist, &decode(&r.histogram)?);
-        if !r.push_histogram.is_empty() {
-            merge(&mut out.push_hist, &decode(&r.push_histogram)?);
+        let l = &mut out.latencies;
+        merge(&mut l.heartbeats, &decode(&r.histogram)?);
+        for (dst, src) in [
+            (&mut l.pushes, &r.push_histogram),
+            (&mut l.holding, &r.holding_histogram),
+        ] {
+            if !src.is_empty() {
+                merge(dst, &decode(src)?);
+            }
         }
     }
     if reports.is_empty() {
@@ -344,9 +353,13 @@ mod tests {
         latencies_us: std::ops::Range<u64>,
         ramp: f64,
     ) -> WorkerOutcome {
-        let mut hist = new_histogram();
+        // The ones from 500 µs up stand for the heartbeats sent after the ramp.
+        let mut latencies = Latencies::new();
         for us in latencies_us {
-            record_ns(&mut hist, us * 1000);
+            record_ns(&mut latencies.heartbeats, us * 1000);
+            if us >= 500 {
+                record_ns(&mut latencies.holding, us * 1000);
+            }
         }
         WorkerOutcome {
             counters: Snapshot {
@@ -360,8 +373,7 @@ mod tests {
             open_at_end: peak - drops,
             ramp_secs: ramp,
             hold_secs: 1.0,
-            hist,
-            push_hist: new_histogram(),
+            latencies,
         }
     }
 
@@ -390,8 +402,14 @@ mod tests {
         assert_eq!(merged.counters, single.counters);
         assert_eq!(merged.open_at_end, single.open_at_end);
         assert_eq!(merged.ramp_secs, 0.5);
-        assert_eq!(merged.hist.len(), single.hist.len());
-        assert_eq!(Percentiles::of(&merged.hist), Percentiles::of(&single.hist));
+        let (m, s) = (&merged.latencies, &single.latencies);
+        assert_eq!(m.heartbeats.len(), s.heartbeats.len());
+        assert_eq!(
+            Percentiles::of(&m.heartbeats),
+            Percentiles::of(&s.heartbeats)
+        );
+        assert_eq!(m.holding.len(), 501);
+        assert_eq!(Percentiles::of(&m.holding), Percentiles::of(&s.holding));
     }
 
     #[test]

@@ -9,16 +9,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-
 use crate::args::{
     parse_body, parse_duration, parse_header, parse_sources, parse_target, unescape, Scheme, Target,
 };
 use crate::children;
 use crate::conn::render_request;
 use crate::error::LoadError;
-use crate::histogram::{merge, new_histogram, Percentiles};
-use crate::hold_conn::{self, HoldCounters, HoldShared, Snapshot};
+use crate::histogram::Percentiles;
+use crate::hold_conn::{self, HoldCounters, HoldShared, Latencies, Snapshot};
 use crate::progress::{Progress, TICK};
 use crate::report::{write_json, HoldReport};
 use crate::sys::{self, InterruptGuard};
@@ -337,10 +335,8 @@ pub(crate) struct WorkerOutcome {
     pub ramp_secs: f64,
     /// Hold time after the ramp, seconds.
     pub hold_secs: f64,
-    /// Heartbeat latencies, ns.
-    pub hist: Histogram<u64>,
-    /// Push delivery latencies, ns (`--receive`).
-    pub push_hist: Histogram<u64>,
+    /// Heartbeat and push latencies.
+    pub latencies: Latencies,
 }
 
 /// Runs this process's share: ramps `count` connections up over `threads` threads,
@@ -386,6 +382,11 @@ pub(crate) fn run_worker(
         }
         if ramp_end.is_none() && (snap.attempted >= count || now >= ramp_limit) {
             ramp_end = Some(now);
+            let ns = now.duration_since(start).as_nanos().max(1);
+            counters.ramp_over_ns.store(
+                u64::try_from(ns).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         let wake = match ramp_end {
             Some(r) if now >= r + duration => break,
@@ -397,14 +398,13 @@ pub(crate) fn run_worker(
     let end = Instant::now();
     let open_at_end = counters.snapshot().open;
     let _ = stop_tx.send(true);
-    let (mut hist, mut push_hist) = (new_histogram(), new_histogram());
+    let mut latencies = Latencies::new();
     for h in handles {
-        let (thread_hist, thread_pushes) = h
+        let thread = h
             .join()
             .map_err(|_| LoadError::io("a hold thread panicked", std::io::Error::other("panic")))?
             .map_err(|e| LoadError::io("cannot build a tokio runtime", e))?;
-        merge(&mut hist, &thread_hist);
-        merge(&mut push_hist, &thread_pushes);
+        latencies.add(&thread);
     }
     let ramp_end = ramp_end.unwrap_or(end);
     Ok(WorkerOutcome {
@@ -412,8 +412,7 @@ pub(crate) fn run_worker(
         open_at_end,
         ramp_secs: ramp_end.duration_since(start).as_secs_f64(),
         hold_secs: end.duration_since(ramp_end).as_secs_f64(),
-        hist,
-        push_hist,
+        latencies,
     })
 }
 
@@ -477,9 +476,10 @@ pub(crate) fn hold_report(
         reconnects: outcome.counters.reconnects,
         heartbeats_ok: outcome.counters.heartbeats_ok,
         heartbeat_errors: outcome.counters.heartbeat_errors,
-        heartbeat_latency_us: Percentiles::of(&outcome.hist),
+        heartbeat_latency_us: Percentiles::of(&outcome.latencies.heartbeats),
+        heartbeat_latency_holding_us: Percentiles::of(&outcome.latencies.holding),
         pushes_received: outcome.counters.pushes_received,
-        push_latency_us: Percentiles::of(&outcome.push_hist),
+        push_latency_us: Percentiles::of(&outcome.latencies.pushes),
         connections_parked: outcome.counters.parked,
         processes,
         sources,

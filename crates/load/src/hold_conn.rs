@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::histogram::{new_histogram, record_ns};
+use crate::histogram::{merge, new_histogram, record_ns};
 use crate::hold_lot::Lot;
 use crate::hold_wire::{settle, Verdict, Wire};
 use crate::sys;
@@ -161,6 +161,11 @@ pub(crate) struct HoldCounters {
     pub pushes_received: AtomicU64,
     /// Connections handed to a thread's parking lot (each connect counts).
     pub parked: AtomicU64,
+    /// 0 while this process ramps; then when its ramp ended, in ns after
+    /// [`HoldShared::start`] (at least 1). Heartbeats sent from then on are
+    /// also timed apart, as the latency "while holding": the ramp's connects
+    /// share the CPUs with the heartbeats, the hold's don't.
+    pub ramp_over_ns: AtomicU64,
 }
 
 /// A point-in-time copy of [`HoldCounters`] (also the child progress message).
@@ -228,11 +233,43 @@ impl Snapshot {
     }
 }
 
+/// The latency histograms (ns) of a thread, a process or a whole run.
+#[derive(Debug, Clone)]
+pub(crate) struct Latencies {
+    /// Every heartbeat (and opening request) answered.
+    pub heartbeats: Histogram<u64>,
+    /// Those sent after the ramp ended (see [`HoldCounters::ramp_over_ns`]).
+    pub holding: Histogram<u64>,
+    /// Push deliveries (`--receive`).
+    pub pushes: Histogram<u64>,
+}
+
+impl Latencies {
+    /// Empty histograms.
+    pub(crate) fn new() -> Self {
+        Latencies {
+            heartbeats: new_histogram(),
+            holding: new_histogram(),
+            pushes: new_histogram(),
+        }
+    }
+
+    /// Adds another thread's or process's latencies.
+    pub(crate) fn add(&mut self, o: &Latencies) {
+        merge(&mut self.heartbeats, &o.heartbeats);
+        merge(&mut self.holding, &o.holding);
+        merge(&mut self.pushes, &o.pushes);
+    }
+}
+
 /// Per-thread state shared by the thread's connections.
 pub(crate) struct ThreadCtx {
     pub(crate) shared: HoldShared,
     pub(crate) counters: Arc<HoldCounters>,
     pub(crate) hist: RefCell<Histogram<u64>>,
+    /// Latencies of the heartbeats sent after this process's ramp ended
+    /// (see [`HoldCounters::ramp_over_ns`]), ns.
+    holding_hist: RefCell<Histogram<u64>>,
     /// Push delivery latencies (`--receive`).
     push_hist: RefCell<Histogram<u64>>,
     pub(crate) buf: RefCell<Vec<u8>>,
@@ -249,6 +286,12 @@ impl ThreadCtx {
         self.counters.heartbeats_ok.fetch_add(1, Relaxed);
         let latency = now.saturating_duration_since(sent).as_nanos() as u64;
         record_ns(&mut self.hist.borrow_mut(), latency);
+        let ramp_over = self.counters.ramp_over_ns.load(Relaxed);
+        if ramp_over != 0
+            && sent.saturating_duration_since(self.shared.start).as_nanos() >= ramp_over as u128
+        {
+            record_ns(&mut self.holding_hist.borrow_mut(), latency);
+        }
         now
     }
 
@@ -270,8 +313,7 @@ impl ThreadCtx {
 }
 
 /// Runs thread `t` of `threads`: connections `t, t+T, …` below `count`, until
-/// `stop` turns true. Returns the thread's heartbeat-latency and push
-/// delivery-latency histograms.
+/// `stop` turns true. Returns the thread's latency histograms.
 pub(crate) fn run_thread(
     t: u64,
     threads: u64,
@@ -279,7 +321,7 @@ pub(crate) fn run_thread(
     shared: HoldShared,
     counters: Arc<HoldCounters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<(Histogram<u64>, Histogram<u64>)> {
+) -> std::io::Result<Latencies> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -293,6 +335,7 @@ pub(crate) fn run_thread(
         shared,
         counters,
         hist: RefCell::new(new_histogram()),
+        holding_hist: RefCell::new(new_histogram()),
         push_hist: RefCell::new(new_histogram()),
         buf: RefCell::new(vec![0u8; 64 * 1024]),
         lot,
@@ -329,8 +372,12 @@ pub(crate) fn run_thread(
         lot.close_all();
     }
     drop(rt);
-    let hists = (ctx.hist.borrow().clone(), ctx.push_hist.borrow().clone());
-    Ok(hists)
+    let latencies = Latencies {
+        heartbeats: ctx.hist.borrow().clone(),
+        holding: ctx.holding_hist.borrow().clone(),
+        pushes: ctx.push_hist.borrow().clone(),
+    };
+    Ok(latencies)
 }
 
 /// How often a thread checks whether connections opened since its last
@@ -763,6 +810,7 @@ mod tests {
             shared,
             counters: Arc::default(),
             hist: RefCell::new(new_histogram()),
+            holding_hist: RefCell::new(new_histogram()),
             push_hist: RefCell::new(new_histogram()),
             buf: RefCell::new(Vec::new()),
             lot: None,

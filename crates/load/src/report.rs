@@ -373,6 +373,11 @@ pub struct HoldReport {
     pub heartbeat_errors: u64,
     /// Heartbeat latency percentiles in microseconds.
     pub heartbeat_latency_us: Percentiles,
+    /// The same for the heartbeats sent after the ramp (in each process,
+    /// once its every connection had been tried): the hold alone, without
+    /// the connects that share the CPUs during the ramp.
+    #[serde(default)]
+    pub heartbeat_latency_holding_us: Percentiles,
     /// Pushed frames received (`--receive`).
     #[serde(default)]
     pub pushes_received: u64,
@@ -431,6 +436,12 @@ impl HoldReport {
             s,
             "  latency us   p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
             l.p50, l.p90, l.p99, l.p999, l.p9999, l.max
+        );
+        let h = &self.heartbeat_latency_holding_us;
+        let _ = writeln!(
+            s,
+            "  after ramp   p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1} ({} heartbeats)",
+            h.p50, h.p90, h.p99, h.p999, h.p9999, h.max, h.count
         );
         if self.pushes_received > 0 {
             let p = &self.push_latency_us;

@@ -79,6 +79,14 @@ fn holds_exactly_n_connections() {
         r.heartbeats_ok
     );
     assert_eq!(r.heartbeat_latency_us.count, r.heartbeats_ok);
+    // The opening requests belong to the ramp: only later heartbeats are
+    // timed apart as "while holding".
+    assert!(
+        r.heartbeat_latency_holding_us.count + 60 <= r.heartbeats_ok,
+        "{} after the ramp of {}",
+        r.heartbeat_latency_holding_us.count,
+        r.heartbeats_ok
+    );
     // Every connection waited in its thread's parking lot, not in a task.
     assert_eq!(r.connections_parked, 60);
     assert_eq!(r.processes, 1);
@@ -96,6 +104,7 @@ fn holds_exactly_n_connections() {
         "heartbeats_ok",
         "heartbeat_errors",
         "heartbeat_latency_us",
+        "heartbeat_latency_holding_us",
         "processes",
     ] {
         assert!(v.get(key).is_some(), "missing {key}");
