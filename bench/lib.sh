@@ -15,11 +15,15 @@
 #                          net.ipv4.tcp_max_syn_backlog=65535
 #   bench_build_floor    gcc -O2 bench/peers/floor.c -> bench/out/floor (the floor:
 #                        a minimal epoll responder, the ruler for "× floor")
+#   bench_build_floor_uring  gcc -O2 bench/peers/floor-uring.c -luring ->
+#                        bench/out/floor-uring (the floor over io_uring: one
+#                        io_uring_enter per batch instead of epoll_wait + a recv
+#                        and a send per read; installs liburing-dev if missing)
 #   bench_build_tokio_floor  cargo build --release of bench/peers/tokio-floor (a
 #                        second ruler: tokio + httparse + http::Request/Response,
 #                        nothing else; `tokio-floor` in server_start)
 #   server_start NAME PORT [WORKERS]  NAME in: megaconn go nginx axum floor
-#                        tokio-floor. Starts the
+#                        floor-uring tokio-floor. Starts the
 #                        server pinned with `taskset -c $SERVER_CPU` (default 1),
 #                        waits (bounded) until GET / answers. With
 #                        SERVER_TLS_CERT and SERVER_TLS_KEY set (PEM files) it
@@ -66,6 +70,7 @@ MEGACONN="${MEGACONN:-$REPO_ROOT/target/release/megaconn}"
 GO_HELLO="$BENCH_DIR/peers/go-hello/target/go-hello"
 AXUM_HELLO="$BENCH_DIR/peers/axum-hello/target/release/axum-hello"
 FLOOR="$OUT_DIR/floor"  # bench/peers/floor.c, built by bench_build_floor
+FLOOR_URING="$OUT_DIR/floor-uring"  # bench/peers/floor-uring.c, bench_build_floor_uring
 # bench/peers/tokio-floor: the floor of a tokio server that speaks http::Request
 TOKIO_FLOOR="$BENCH_DIR/peers/tokio-floor/target/release/tokio-floor"
 SERVER_CPU="${SERVER_CPU:-1}"
@@ -123,12 +128,29 @@ megaconn_has() { [[ -x "$MEGACONN" ]] && "$MEGACONN" "$1" --help >/dev/null 2>&1
 
 # The floor (bench/peers/floor.c): built with gcc whenever the source is newer
 # than the binary (even with BENCH_SKIP_BUILD=1: it takes a fraction of a second).
-bench_build_floor() {
-  command -v gcc >/dev/null 2>&1 || { log "WARNING: no gcc; the floor is skipped"; return 1; }
+bench_build_floor() { bench_build_c floor.c "$FLOOR"; }
+
+# bench_build_c SOURCE BINARY [LIBS...]: gcc -O2 bench/peers/SOURCE -> BINARY
+# when the source or the floors' shared header is newer than the binary.
+bench_build_c() {
+  local src="$BENCH_DIR/peers/$1" bin=$2
+  shift 2
+  command -v gcc >/dev/null 2>&1 || { log "WARNING: no gcc; $(basename "$bin") is skipped"; return 1; }
   mkdir -p "$OUT_DIR"
-  if [[ ! -x "$FLOOR" || "$BENCH_DIR/peers/floor.c" -nt "$FLOOR" ]]; then
-    gcc -O2 -o "$FLOOR" "$BENCH_DIR/peers/floor.c" || { log "WARNING: floor build failed"; return 1; }
+  if [[ ! -x "$bin" || "$src" -nt "$bin" || "$BENCH_DIR/peers/floor.h" -nt "$bin" ]]; then
+    gcc -O2 -o "$bin" "$src" "$@" || { log "WARNING: $(basename "$bin") build failed"; return 1; }
   fi
+}
+
+# The io_uring floor (bench/peers/floor-uring.c), built like the floor; its
+# header comes from Debian's liburing-dev, installed when missing.
+bench_build_floor_uring() {
+  if [[ ! -f /usr/include/liburing.h && "${BENCH_SKIP_INSTALL:-0}" != 1 ]]; then
+    log "installing: liburing-dev"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends liburing-dev >/dev/null
+  fi
+  bench_build_c floor-uring.c "$FLOOR_URING" -luring
 }
 
 # Built when missing (even with BENCH_SKIP_BUILD=1), else left as it is.
@@ -289,6 +311,11 @@ server_start() { # NAME PORT [WORKERS]
       server_tls && die "the floor has no TLS mode"
       [[ -x "$FLOOR" ]] || bench_build_floor || die "no floor binary"
       taskset -c "$SERVER_CPU" "$FLOOR" 127.0.0.1 "$port" >"$log_file" 2>&1 &
+      ;;
+    floor-uring)
+      server_tls && die "floor-uring has no TLS mode"
+      [[ -x "$FLOOR_URING" ]] || bench_build_floor_uring || die "no floor-uring binary"
+      taskset -c "$SERVER_CPU" "$FLOOR_URING" 127.0.0.1 "$port" >"$log_file" 2>&1 &
       ;;
     tokio-floor)
       server_tls && die "tokio-floor has no TLS mode"

@@ -36,7 +36,9 @@
 #   RATE_CONNS (64), PORT (first free from 38080),
 #   SERVERS ("megaconn go nginx axum floor"; the floor is always added; also
 #   tokio-floor: bench/peers/tokio-floor's `full` level, the least a tokio
-#   server that speaks http::Request/Response spends), WRK_DURATION (5s), WRK=0 to skip wrk,
+#   server that speaks http::Request/Response spends; floor-uring:
+#   bench/peers/floor-uring.c, the floor's work over io_uring, one
+#   io_uring_enter per batch), WRK_DURATION (5s), WRK=0 to skip wrk,
 #   QUIET_WAIT (60 s at the start) / QUIET_WAIT_EACH (10 s before each server):
 #   longest waits for other processes on the machine to go quiet.
 # Output: raw JSON in bench/out/throughput-<stamp>/ (runs.jsonl, wrk.jsonl,
@@ -203,7 +205,7 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" "$BENCH_JQ_DEFS"'
     | [.[].scenario] | unique | sort_by(order)[] as $sc
     | ($all | map(select(.scenario == $sc and .server == "megaconn")) | .[0]) as $m
     | ($all | map(select(.scenario == $sc and .server == "floor")) | .[0]) as $fl
-    | ["megaconn", "go", "nginx", "axum", "floor"][] as $srv
+    | ["megaconn", "go", "nginx", "axum", "tokio-floor", "floor-uring", "floor"][] as $srv
     | $all[] | select(.scenario == $sc and .server == $srv)
     | "| \(.server) | \($sc | mode) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.p999 | f0) | \(.cpu_us_per_req | f2) (\(.cpu_us_per_req_min | f2)–\(.cpu_us_per_req_max | f2)) | \(.user_us_per_req | f2) | "
       + (if $fl == null or $fl.cpu_us_per_req == null or .cpu_us_per_req == null then "—" else "**" + ((.cpu_us_per_req / $fl.cpu_us_per_req) | f2) + "×**" end)

@@ -27,21 +27,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Same body and about the same head as the other peers' "Hello, World!". */
-static const char RESP[] =
-    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n"
-    "Date: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\nHello, World!";
-#define RLEN (sizeof(RESP) - 1)
-#define MAXFD 65536
-#define MAXBATCH 256 /* responses per send; more requests in one read: looped */
-
-static unsigned char match[MAXFD]; /* bytes of "\r\n\r\n" matched so far, per fd */
-static char out[MAXBATCH * RLEN];
+#include "floor.h"
 
 int main(int argc, char **argv) {
   if (argc != 3) { fprintf(stderr, "usage: floor ADDR PORT\n"); return 2; }
   signal(SIGPIPE, SIG_IGN);
-  for (int i = 0; i < MAXBATCH; i++) memcpy(out + i * RLEN, RESP, RLEN);
+  fill_out();
   int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
@@ -72,14 +63,7 @@ int main(int argc, char **argv) {
         close(fd); /* also removes it from the epoll set */
         continue;
       }
-      /* Count complete request heads: "\r\n\r\n" ends each. */
-      int m = match[fd], reqs = 0;
-      for (ssize_t k = 0; k < r; k++) {
-        char ch = buf[k];
-        if (ch == ((m & 1) ? '\n' : '\r')) { if (++m == 4) { reqs++; m = 0; } }
-        else m = (ch == '\r');
-      }
-      match[fd] = m;
+      int reqs = count_heads(fd, buf, r);
       while (reqs > 0) {
         int b = reqs < MAXBATCH ? reqs : MAXBATCH;
         /* Blocking would be wrong, but a full send buffer cannot happen with a
