@@ -266,12 +266,8 @@ impl Latencies {
 pub(crate) struct ThreadCtx {
     pub(crate) shared: HoldShared,
     pub(crate) counters: Arc<HoldCounters>,
-    pub(crate) hist: RefCell<Histogram<u64>>,
-    /// Latencies of the heartbeats sent after this process's ramp ended
-    /// (see [`HoldCounters::ramp_over_ns`]), ns.
-    holding_hist: RefCell<Histogram<u64>>,
-    /// Push delivery latencies (`--receive`).
-    push_hist: RefCell<Histogram<u64>>,
+    /// This thread's heartbeat and push latencies.
+    latencies: RefCell<Latencies>,
     pub(crate) buf: RefCell<Vec<u8>>,
     /// Cleartext connections: where they wait between heartbeats (see
     /// `hold_lot.rs`); TLS connections keep a task each.
@@ -285,12 +281,13 @@ impl ThreadCtx {
         let now = Instant::now();
         self.counters.heartbeats_ok.fetch_add(1, Relaxed);
         let latency = now.saturating_duration_since(sent).as_nanos() as u64;
-        record_ns(&mut self.hist.borrow_mut(), latency);
+        let l = &mut *self.latencies.borrow_mut();
+        record_ns(&mut l.heartbeats, latency);
         let ramp_over = self.counters.ramp_over_ns.load(Relaxed);
         if ramp_over != 0
             && sent.saturating_duration_since(self.shared.start).as_nanos() >= ramp_over as u128
         {
-            record_ns(&mut self.holding_hist.borrow_mut(), latency);
+            record_ns(&mut l.holding, latency);
         }
         now
     }
@@ -307,7 +304,7 @@ impl ThreadCtx {
         if let Some(sent) = sent_at_ns(payload).filter(|_| self.shared.receive) {
             self.counters.pushes_received.fetch_add(1, Relaxed);
             let latency = unix_now_ns().saturating_sub(sent);
-            record_ns(&mut self.push_hist.borrow_mut(), latency);
+            record_ns(&mut self.latencies.borrow_mut().pushes, latency);
         }
     }
 }
@@ -334,9 +331,7 @@ pub(crate) fn run_thread(
     let ctx = Rc::new(ThreadCtx {
         shared,
         counters,
-        hist: RefCell::new(new_histogram()),
-        holding_hist: RefCell::new(new_histogram()),
-        push_hist: RefCell::new(new_histogram()),
+        latencies: RefCell::new(Latencies::new()),
         buf: RefCell::new(vec![0u8; 64 * 1024]),
         lot,
     });
@@ -372,11 +367,7 @@ pub(crate) fn run_thread(
         lot.close_all();
     }
     drop(rt);
-    let latencies = Latencies {
-        heartbeats: ctx.hist.borrow().clone(),
-        holding: ctx.holding_hist.borrow().clone(),
-        pushes: ctx.push_hist.borrow().clone(),
-    };
+    let latencies = ctx.latencies.borrow().clone();
     Ok(latencies)
 }
 
@@ -809,9 +800,7 @@ mod tests {
         let ctx = Rc::new(ThreadCtx {
             shared,
             counters: Arc::default(),
-            hist: RefCell::new(new_histogram()),
-            holding_hist: RefCell::new(new_histogram()),
-            push_hist: RefCell::new(new_histogram()),
+            latencies: RefCell::new(Latencies::new()),
             buf: RefCell::new(Vec::new()),
             lot: None,
         });
