@@ -28,6 +28,13 @@
 # Env: N (15000, max ~19,000: one server process, 20,000 open files), INTERVAL
 #   (3), RAMP (5000/s), SETTLE (10 s after the ramp), WINDOW (30 s), ROUNDS (3),
 #   SERVERS ("megaconn nginx"; also go), SOURCE (127.0.0.2-127.0.0.9), PORT.
+#   PERF=1 also records a call-graph profile of the server over each window
+#   (perf record -g -F PERF_FREQ, 2000): <server>-r<round>.perf.txt beside the
+#   JSON, by DSO and symbol (the sampling adds its own CPU: compare the
+#   profiles of a PERF=1 run, take the µs from a run without it).
+#   TCP segments/hb: /proc/net/snmp OutSegs over the window (machine-wide:
+#   both ends on loopback, data and pure ACKs) / heartbeats.
+#   "of which user": the utime share of the server's CPU, in µs/heartbeat.
 # Output: bench/out/heartbeat-<stamp>/ (runs.jsonl, hold logs and JSON,
 #   table.md) and the markdown table on stdout; SECTION_OUT=bench/HEARTBEAT.md
 #   also writes it as a section that run-all.sh copies into RESULTS.md.
@@ -45,6 +52,8 @@ ROUNDS="${ROUNDS:-3}"
 SERVERS="${SERVERS:-megaconn nginx}"
 SOURCE="${SOURCE:-127.0.0.2-127.0.0.9}"
 MEGACONN_B="${MEGACONN_B:-}"
+PERF="${PERF:-0}"
+PERF_FREQ="${PERF_FREQ:-2000}"
 [[ -n "$MEGACONN_B" && " $SERVERS " != *" megaconn-b "* ]] && SERVERS="$SERVERS megaconn-b"
 
 bench_traps
@@ -90,14 +99,27 @@ run_one() { # server round
     return 1
   fi
   sleep "$SETTLE"
-  local s0 s1 h0 h1 m0 m1 c0 c1 hc0 hc1 busy est
+  local s0 s1 u0 u1 g0 g1 h0 h1 m0 m1 c0 c1 hc0 hc1 busy est
   m0="$(machine_idle_snapshot)"
-  read -r _ s0 < <(server_cpu_split)
+  read -r u0 s0 < <(server_cpu_split)
+  g0="$(tcp_out_segs)"
   h0="$(pid_cpu_secs "$HOLD_PID")"
   hc0="$(hold_clock "$base.hold.log")"
   c0="$(established_count "$PORT")"
-  sleep "$WINDOW"
-  read -r _ s1 < <(server_cpu_split)
+  if [[ "$PERF" == 1 ]]; then
+    # A call-graph profile of every server process over the window (perf's
+    # own sampling interrupts land in the CPU figures: compare profiles,
+    # not µs, from a PERF=1 run).
+    # shellcheck disable=SC2046
+    perf record -q -g -F "$PERF_FREQ" -o "$base.perf.data" \
+      -p "$(echo $SERVER_PID $(pid_descendants "$SERVER_PID") | tr ' ' ,)" -- sleep "$WINDOW" >/dev/null 2>&1 || true
+    perf report -i "$base.perf.data" --no-children -g none --sort dso,symbol --percent-limit 0.3 --stdio \
+      >"$base.perf.txt" 2>/dev/null || true
+  else
+    sleep "$WINDOW"
+  fi
+  read -r u1 s1 < <(server_cpu_split)
+  g1="$(tcp_out_segs)"
   h1="$(pid_cpu_secs "$HOLD_PID")"
   m1="$(machine_idle_snapshot)"
   hc1="$(hold_clock "$base.hold.log")"
@@ -113,17 +135,20 @@ run_one() { # server round
   est="$(hb_rate "$base.hold.log" "$hc0" "$hc1")"
   jq -cn --arg server "$server" --argjson round "$round" --argjson n "$N" --argjson interval "$INTERVAL" \
     --argjson s "$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.4f", b - a }')" \
+    --argjson u "$(awk -v a="$u0" -v b="$u1" 'BEGIN { printf "%.4f", b - a }')" \
     --argjson h "$(awk -v a="$h0" -v b="$h1" 'BEGIN { printf "%.4f", b - a }')" \
     --argjson wall "$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.3f", y[1] - x[1] }')" \
-    --argjson busy "$busy" --argjson rate "$est" --argjson c0 "$c0" --argjson c1 "$c1" \
+    --argjson segs "$((g1 - g0))" --argjson busy "$busy" --argjson rate "$est" --argjson c0 "$c0" --argjson c1 "$c1" \
     --slurpfile hold <(jq -c . "$base.hold.json" 2>/dev/null || echo null) \
     '{server: $server, round: $round, connections: $n, interval_secs: $interval,
       established_start: $c0, established_end: $c1, window_secs: $wall,
       heartbeats_per_sec: $rate, heartbeats: (if $rate == null then null else $rate * $wall end),
-      server_cpu_secs: $s, hold_cpu_secs: $h,
+      server_cpu_secs: $s, server_user_secs: $u, hold_cpu_secs: $h,
+      server_user_share: (if $s == 0 then null else $u / $s end),
       server_us_per_hb: (if $rate == null or $rate == 0 then null else $s * 1e6 / ($rate * $wall) end),
       hold_us_per_hb: (if $rate == null or $rate == 0 then null else $h * 1e6 / ($rate * $wall) end),
       other_cpu_secs: ($busy - $s - $h),
+      tcp_segments_per_hb: (if $rate == null or $rate == 0 then null else $segs / ($rate * $wall) end),
       hold_report: {heartbeats_ok: $hold[0].heartbeats_ok, heartbeat_errors: $hold[0].heartbeat_errors,
         drops: $hold[0].drops, p50_us: $hold[0].heartbeat_latency_us.p50, p99_us: $hold[0].heartbeat_latency_us.p99}}' >>"$RUNS"
   log "$(tail -1 "$RUNS" | jq -r '"round \(.round) \(.server): \(.heartbeats_per_sec) hb/s, server \(.server_us_per_hb*100|round/100) us/hb, hold \(.hold_us_per_hb*100|round/100) us/hb, established \(.established_start)->\(.established_end)"')"
@@ -143,16 +168,16 @@ elapsed=$((SECONDS - t_start))
 {
   echo "### CPU per heartbeat on parked connections ($N connections, a heartbeat GET / on each every ${INTERVAL} s; medians of $ROUNDS rounds, min–max in brackets)"
   echo
-  echo "| server | heartbeats/s | server CPU | server µs/heartbeat | hold µs/heartbeat | server µs/hb vs nginx | other CPU | failed heartbeats / drops |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| server | heartbeats/s | server CPU | server µs/heartbeat | of which user | hold µs/heartbeat | server µs/hb vs nginx | TCP segments/hb | other CPU | failed heartbeats / drops |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   jq -rs "$BENCH_JQ_DEFS"'
     def mm(f): (map(f) | median | f2) + " (" + (map(f) | min | f2) + "–" + (map(f) | max | f2) + ")";
     map(select(.server_us_per_hb != null)) | group_by(.server) | (map(select(.[0].server == "nginx")) | .[0] // null) as $ng
     | ($ng | if . == null then null else map(.server_us_per_hb) | median end) as $ngm
     | .[]
-    | "| \(.[0].server) | \(map(.heartbeats_per_sec) | median | f0) | \(map(.server_cpu_secs / .window_secs) | median | pct) | \(mm(.server_us_per_hb)) | \(mm(.hold_us_per_hb)) | "
+    | "| \(.[0].server) | \(map(.heartbeats_per_sec) | median | f0) | \(map(.server_cpu_secs / .window_secs) | median | pct) | \(mm(.server_us_per_hb)) | \(map(.server_us_per_hb * (.server_user_share // 0)) | median | f2) | \(mm(.hold_us_per_hb)) | "
       + (if $ngm == null then "—" else ((map(.server_us_per_hb) | median) / $ngm | f2) + "×" end)
-      + " | \(map(.other_cpu_secs / .window_secs) | median | pct) | \(map(.hold_report.heartbeat_errors // 0) | add) / \(map(.hold_report.drops // 0) | add) |"' "$RUNS"
+      + " | \(map(.tcp_segments_per_hb // 0) | median | f2) | \(map(.other_cpu_secs / .window_secs) | median | pct) | \(map(.hold_report.heartbeat_errors // 0) | add) / \(map(.hold_report.drops // 0) | add) |"' "$RUNS"
   echo
   echo "Server pinned to core $SERVER_CPU (one worker; megaconn parks idle connections after 2 s, so every heartbeat wakes a parked one), \`megaconn hold\` to core $LOAD_CPU. Window: $WINDOW s starting $SETTLE s after all $N were open. µs/heartbeat = CPU seconds (utime+stime, /proc/PID/stat) in the window / heartbeats in it (hold's own heartbeats/s lines averaged over the window × its length). other CPU = the machine's busy time (2 × wall − idle) minus server and hold, in % of one core: other people's work on this shared machine; ratios measured side by side in one run are the figures to trust, absolute µs move with it."
   echo

@@ -444,6 +444,11 @@ machine_idle_snapshot() {
   awk -v hz="$CLK_TCK" -v now="$now" '$1 == "cpu" { printf "%s %.4f\n", now, ($5 + $6) / hz; exit }' /proc/stat
 }
 NCPU="$(nproc)"
+# TCP segments sent machine-wide so far (/proc/net/snmp Tcp OutSegs): on
+# loopback both ends' segments, data and pure ACKs.
+tcp_out_segs() {
+  awk '$1 == "Tcp:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == "OutSegs") c = i; h = 1 } else { print $c; exit } }' /proc/net/snmp
+}
 # Busy CPU seconds of the whole machine between snapshots "W0 I0" and "W1 I1".
 machine_busy_between() { # "W0 I0" "W1 I1"
   awk -v a="$1" -v b="$2" -v n="$NCPU" 'BEGIN { split(a, x, " "); split(b, y, " ");

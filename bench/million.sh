@@ -138,6 +138,14 @@ fi
 # listener under test is always $PORT; for framed TCP the readiness check's
 # HTTP listener is $HTTP_PORT (set once PORT is known).
 PROTO="${PROTO:-http}"
+# PERF=1: `perf record -a -g` of the whole machine for PERF_SECS (60) s from
+# the start of the CPU-while-holding window, at PERF_FREQ (999) Hz; reports
+# by command and DSO, and by symbol, beside the JSON (NAME.perf-*.txt). The
+# sampling costs CPU of its own: take the µs per heartbeat from a run
+# without it, the shares from one with it.
+PERF="${PERF:-0}"
+PERF_SECS="${PERF_SECS:-60}"
+PERF_FREQ="${PERF_FREQ:-999}"
 case "$PROTO" in
   http | framed | ws) ;;
   *) echo "PROTO=$PROTO: use http, framed or ws" >&2 && exit 2 ;;
@@ -622,6 +630,16 @@ broadcast_once() {
 
 # ---------------------------------------------------------------- one server
 # run_server NAME TARGET RAMP HOLD -> $RES_DIR/NAME.json
+# Text reports of a PERF=1 profile: shares by command and DSO, and the
+# top symbols by command.
+perf_reports() { # DATA
+  local data=$1
+  perf report -i "$data" --no-children -g none --sort comm,dso --percent-limit 0.2 --stdio \
+    >"${data%.data}-by-dso.txt" 2>/dev/null || true
+  perf report -i "$data" --no-children -g none --sort comm,dso,sym --percent-limit 0.1 --stdio \
+    >"${data%.data}-by-symbol.txt" 2>/dev/null || true
+}
+
 run_server() {
   local name=$1 target=$2 ramp=$3 hold=$4
   local procs=$(((target + PER_PROC - 1) / PER_PROC + 1))
@@ -630,7 +648,7 @@ run_server() {
   local cpu_t0=0 cpu_ticks0=0 cpu_hticks0=0 busy_cpu0=0 ksw0=0 ksw1=0 expect_ramp phase
   local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 F_HTICKS=0 F_END=0 peak_conns=0 busy1 sn1 pss0
   local all_open_t=null lo0 lo1 sr0 sr1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
-  local B_PUSHES=null B_NS=null B_SECS=null B_STATUS=""
+  local B_PUSHES=null B_NS=null B_SECS=null B_STATUS="" perf_pid=""
   log "== $name: $target connections at $ramp/s, held ${hold}s, $procs server processes"
   bench_wait_quiet "${QUIET_WAIT:-20}"
   if ! start_server "$name" "$procs"; then
@@ -719,6 +737,11 @@ run_server() {
     if ((ramp_done && cpu_t0 == 0 && S_T >= ramp_done_t + settle)); then
       cpu_t0=$S_T cpu_ticks0=$S_TICKS cpu_hticks0=$S_HTICKS busy_cpu0="$(machine_idle_snapshot)"
       ksw0="$(kswapd_ticks)"
+      if [[ "$PERF" == 1 ]]; then
+        # The whole machine, call graphs, for PERF_SECS s of the hold.
+        perf record -q -a -g -F "$PERF_FREQ" -o "$RES_DIR/$name.perf.data" -- sleep "$PERF_SECS" >/dev/null 2>&1 &
+        perf_pid=$!
+      fi
     fi
     if ((S_RSS > RSS_CAP)) || ((S_AVAIL < MIN_AVAIL)); then
       stopped_early="RSS $((S_RSS >> 20)) MiB (cap $((RSS_CAP >> 20))) / MemAvailable $((S_AVAIL >> 20)) MiB (floor $((MIN_AVAIL >> 20)))"
@@ -731,6 +754,10 @@ run_server() {
   done
   busy1="$(machine_idle_snapshot)"
   ksw1="$(kswapd_ticks)"
+  if [[ -n "$perf_pid" ]]; then
+    wait "$perf_pid" 2>/dev/null || true
+    perf_reports "$RES_DIR/$name.perf.data"
+  fi
   sn1="$(softnet_drops)"
   lo1="$(tcpext ListenOverflows)"
   sr1="$(tcpext TCPSynRetrans)"

@@ -308,7 +308,7 @@ impl ParkingLot {
 
     /// Milliseconds since `epoch`, wrapping (only differences are used).
     fn millis_now(&self) -> u32 {
-        Instant::now()
+        crate::observe::clock::now()
             .saturating_duration_since(self.epoch)
             .as_millis() as u32
     }
@@ -614,6 +614,27 @@ pub(crate) struct Parking {
     pub watched: bool,
 }
 
+impl Parking {
+    /// The terms for a protocol's `Ended::Park` (its `deadline`, `at_once`
+    /// and `watched`), resuming in `proto`, `at_deadline` as its protocol
+    /// wants.
+    pub(crate) fn of(
+        deadline: Option<Instant>,
+        at_once: bool,
+        watched: bool,
+        proto: ProtoTag,
+        at_deadline: AtDeadline,
+    ) -> Parking {
+        Parking {
+            deadline,
+            at_once,
+            proto,
+            at_deadline,
+            watched,
+        }
+    }
+}
+
 impl Drop for ParkingLot {
     fn drop(&mut self) {
         self.close_all();
@@ -632,13 +653,17 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     // at a time; the lot keeps serving the ones that wake meanwhile (their
     // answer says `Connection: close`) until it is empty.
     let mut draining = false;
+    // Pinned once: a fresh `wait()` per turn would join and leave the
+    // `Notify`'s waiter list (a lock each way) on every wake-up of the lot,
+    // which at a million connections is every few heartbeats.
+    let mut shutdown = std::pin::pin!(ctx.shutdown.wait());
     loop {
         if draining && lot.len() == 0 {
             return;
         }
         tokio::select! {
             biased;
-            () = ctx.shutdown.wait(), if !draining => {
+            () = shutdown.as_mut(), if !draining => {
                 if ctx.config.shutdown_drain_rate.is_none() {
                     lot.close_all();
                     return;
@@ -647,7 +672,8 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
             }
             ready = lot.epoll.readable() => {
                 let Ok(mut guard) = ready else { return };
-                match lot.wake_ready() {
+                // One clock reading for every connection served on this turn.
+                match crate::observe::clock::turn(|| lot.wake_ready()) {
                     Ok(n) if n < MAX_EVENTS => guard.clear_ready(),
                     // More are waiting. Let the connections just woken run
                     // first: when every parked client hangs up at once, waking

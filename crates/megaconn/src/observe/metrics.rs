@@ -216,7 +216,7 @@ impl Stopwatch {
     pub(crate) fn start() -> Stopwatch {
         Stopwatch {
             #[cfg(feature = "metrics")]
-            started: std::time::Instant::now(),
+            started: crate::observe::clock::now().into_std(),
         }
     }
 

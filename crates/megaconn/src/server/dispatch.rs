@@ -172,7 +172,7 @@ async fn serve_tls<S>(
     live: Arc<Live>,
     info: ConnInfo,
 ) where
-    S: HttpService,
+    S: HttpService + 'static,
 {
     // The handshake runs in its own box, freed when it ends: its state (a
     // whole rustls connection mid-handshake, the timer) would otherwise stay
@@ -210,7 +210,7 @@ async fn serve_tls_woken<S>(
     ctx: Rc<WorkerContext>,
     conn: Connection,
 ) where
-    S: HttpService,
+    S: HttpService + 'static,
 {
     use std::os::fd::AsRawFd;
     let Some(parked) = ctx.tls_parked.take(socket.as_raw_fd()) else {
@@ -282,25 +282,35 @@ fn serve_http1<T, S>(
 ) -> impl Future<Output = ()>
 where
     T: Parkable + Send + 'static,
-    S: HttpService,
+    S: HttpService + 'static,
 {
     // `then`, not an async block: awaiting a future moved into a block would
-    // store it twice.
-    http1::serve_connection(io, service, ctx.clone(), info)
-        .then(move |(ended, service)| finish_http1(ended, service, ctx, conn, tag))
+    // store it twice. A close and a park (every heartbeat ends in one) are
+    // done right here; only a hand-over goes on as a future, boxed: built
+    // inline, the next protocol's future (a whole WebSocket connection) was
+    // copied into place at the end of every exchange, and sized every
+    // connection's task.
+    http1::serve_connection(io, service, ctx.clone(), info).then(move |(ended, service)| {
+        match close_or_park(ended, tag, AtDeadline::Close, &ctx, conn, park) {
+            Some((to, conn)) => {
+                Either::Right(hand_over_http1(to, service, ctx, conn, tag).boxed_local())
+            }
+            None => Either::Left(std::future::ready(())),
+        }
+    })
 }
 
-/// Acts on how HTTP/1.1 ended.
-async fn finish_http1<T, S>(
+/// Closes or parks a connection as its protocol ended it (resuming in
+/// `tag`, its deadline doing what `at_deadline` says, `park` putting it in
+/// the lot); a hand-over comes back, for the caller to serve.
+fn close_or_park<T>(
     ended: Ended<T>,
-    mut service: S,
-    ctx: Rc<WorkerContext>,
-    conn: Connection,
     tag: ProtoTag,
-) where
-    T: Parkable + Send + 'static,
-    S: HttpService,
-{
+    at_deadline: AtDeadline,
+    ctx: &WorkerContext,
+    conn: Connection,
+    park: impl FnOnce(T, Parking, &WorkerContext, Connection),
+) -> Option<(HandOver<T>, Connection)> {
     match ended {
         Ended::Close(reason) => conn.close(reason),
         Ended::Park {
@@ -310,33 +320,45 @@ async fn finish_http1<T, S>(
             watched,
         } => park(
             io,
-            Parking {
-                deadline,
-                at_once,
-                proto: tag,
-                at_deadline: AtDeadline::Close,
-                watched,
-            },
-            &ctx,
+            Parking::of(deadline, at_once, watched, tag, at_deadline),
+            ctx,
             conn,
         ),
-        Ended::HandOver(HandOver::H2c {
+        Ended::HandOver(to) => return Some((to, conn)),
+    }
+    None
+}
+
+/// Serves a connection that HTTP/1.1 handed over: HTTP/2 (h2c), a handler's
+/// upgrade, or a native WebSocket route.
+async fn hand_over_http1<T, S>(
+    to: HandOver<T>,
+    mut service: S,
+    ctx: Rc<WorkerContext>,
+    conn: Connection,
+    tag: ProtoTag,
+) where
+    T: Parkable + Send + 'static,
+    S: HttpService + 'static,
+{
+    match to {
+        HandOver::H2c {
             io,
             read_ahead,
             info,
-        }) => {
+        } => {
             let io = Rewind { io, read_ahead };
             let info = info.map(|i| *i);
             let reason = Box::pin(http2::serve(io, &mut service, ctx.clone(), info)).await;
             conn.close(reason);
         }
-        Ended::HandOver(HandOver::Upgrade { io, read_ahead, tx }) => {
+        HandOver::Upgrade { io, read_ahead, tx } => {
             ctx.stats.connection_upgraded();
             // A handler that gave up on the upgrade drops the `Upgraded`,
             // which closes the connection's accounts.
             let _ = tx.send(Upgraded::new(io, read_ahead, conn.into_send()));
         }
-        Ended::HandOver(HandOver::Native { io, read_ahead, to }) => {
+        HandOver::Native { io, read_ahead, to } => {
             ctx.stats.connection_upgraded();
             let ws = proto::ws::serve_upgraded(io, read_ahead, to, ctx.clone());
             // Upgraded over TLS, it parks with its session.
@@ -402,27 +424,14 @@ async fn finish_messages<P: ParkedParts>(
     ctx: Rc<WorkerContext>,
     conn: Connection,
 ) {
-    match served.await {
-        Ended::Close(reason) => conn.close(reason),
-        // The deadline is the heartbeat's: it wakes the connection, whose
-        // protocol closes it with its own reason.
-        Ended::Park {
-            io,
-            deadline,
-            at_once,
-            watched,
-        } => {
-            let (socket, tls) = io.into_parts();
-            let parking = Parking {
-                deadline,
-                at_once,
-                proto: tag,
-                at_deadline: AtDeadline::Wake,
-                watched,
-            };
-            park_parts(socket, tls, parking, &ctx, conn);
-        }
-        Ended::HandOver(_) => conn.close(CloseReason::ServerError),
+    // The deadline is the heartbeat's: it wakes the connection, whose
+    // protocol closes it with its own reason.
+    let parts = |io: P, parking, ctx: &WorkerContext, conn| {
+        let (socket, tls) = io.into_parts();
+        park_parts(socket, tls, parking, ctx, conn);
+    };
+    if let Some((_, conn)) = close_or_park(served.await, tag, AtDeadline::Wake, &ctx, conn, parts) {
+        conn.close(CloseReason::ServerError);
     }
 }
 

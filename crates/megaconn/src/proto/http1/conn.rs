@@ -122,7 +122,7 @@ where
         .ctx
         .config
         .read_header_timeout
-        .map(|t| Instant::now() + t);
+        .map(|t| crate::observe::clock::now() + t);
     let mut first = true;
     loop {
         if conn.buffers.rbuf_len() == 0 {
@@ -135,7 +135,8 @@ where
                 conn.ctx.config.idle_timeout,
                 conn.ctx.config.park_idle_after,
             );
-            let now = (idle_timeout.is_some() || park_idle_after.is_some()).then(Instant::now);
+            let now = (idle_timeout.is_some() || park_idle_after.is_some())
+                .then(crate::observe::clock::now);
             let idle_deadline = idle_timeout.zip(now).map(|(t, now)| now + t);
             // A woken cold connection that served its request without waiting
             // goes straight back to the lot: waiting as a task first would cost
