@@ -5,8 +5,8 @@
 //! this worker's private epoll set. Tokio watches that one epoll descriptor
 //! through a single `AsyncFd`; when a parked socket turns readable (a request,
 //! or the client hanging up) it becomes a `TcpStream` and a task again. What a
-//! parked connection costs in user space is one `u32` in an fd-indexed deadline
-//! array — against ~1 KB for a task per connection (task cell, `ScheduledIo`,
+//! parked connection costs in user space is one 8-byte slot in an fd-indexed
+//! array (its deadline, protocol and when it parked) — against ~1 KB for a task per connection (task cell, `ScheduledIo`,
 //! timer entry), which is why the million-connection target needs this.
 //!
 //! Idle timeouts of parked sockets are not timers: once a second a sweep walks
@@ -110,9 +110,48 @@ const TRIM_EVERY: usize = 1024;
 /// second into one process: ~50 B per connection, bench/FRAMED.md).
 const TRIM_AFTER_BURST: usize = 64;
 
-/// Per-fd flag (in `protos`): at the deadline, wake the connection instead
-/// of closing it as idle.
+/// Per-fd flag (in the slot's protocol byte): at the deadline, wake the
+/// connection instead of closing it as idle.
 const WAKE_AT_DEADLINE: u8 = 0x80;
+
+/// The resolution of a slot's parked-at stamp, in milliseconds: 24 bits of
+/// 4 ms wrap every ~18.6 hours, and only differences below `hot_within`
+/// (seconds) are ever taken.
+const STAMP_MS: u64 = 4;
+
+/// The stamp's bits (it shares a word with the protocol byte).
+const STAMP_MASK: u32 = 0x00FF_FFFF;
+
+/// One descriptor's entry in the lot: 8 bytes, so that a wake-up and the
+/// park after it touch one cache line per connection. (Three arrays, as
+/// before, were three cache misses per heartbeat at a million connections,
+/// where no process's arrays stay in the cache between its heartbeats.)
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// [`ABSENT`], [`AWAKE`], [`NO_DEADLINE`], or the idle deadline's
+    /// second + 1 (counted from `epoch`).
+    deadline: u32,
+    /// Low byte: the protocol it resumes in (`ProtoTag`, low 7 bits) and
+    /// [`WAKE_AT_DEADLINE`]. High 24 bits: when it was parked straight after
+    /// serving a wake-up (a [`ParkingLot::stamp_now`], never 0); 0 when it
+    /// was parked after idling as a task. To tell, on wake-up, a
+    /// connection that turned busy from a cold one.
+    mark: u32,
+}
+
+impl Slot {
+    fn proto(self) -> u8 {
+        self.mark as u8
+    }
+
+    fn tag(self) -> ProtoTag {
+        ProtoTag(self.proto() & !WAKE_AT_DEADLINE)
+    }
+
+    fn parked_at(self) -> u32 {
+        self.mark >> 8
+    }
+}
 
 /// Turns a woken socket back into a served connection.
 pub(crate) type Respawn = Rc<dyn Fn(Incoming, Connection)>;
@@ -136,17 +175,8 @@ pub(crate) enum AtDeadline {
 /// One worker's parking lot.
 pub(crate) struct ParkingLot {
     epoll: AsyncFd<OwnedFd>,
-    /// Per file descriptor: [`ABSENT`], [`AWAKE`], [`NO_DEADLINE`], or the
-    /// idle deadline's second + 1 (counted from `epoch`).
-    deadlines: RefCell<Vec<u32>>,
-    /// Per file descriptor: when it was parked straight after serving a
-    /// wake-up, in milliseconds since `epoch` (wrapping, low bit set); 0 when it
-    /// was parked after idling as a task for `park_idle_after`. To tell, on
-    /// wake-up, a connection that turned busy from a cold one.
-    parked_at: RefCell<Vec<u32>>,
-    /// Per file descriptor: the protocol it resumes in (`ProtoTag`, low 7
-    /// bits) and [`WAKE_AT_DEADLINE`].
-    protos: RefCell<Vec<u8>>,
+    /// Per file descriptor: its [`Slot`].
+    slots: RefCell<Vec<Slot>>,
     /// Re-parked at once and woken again within this: the connection is hot.
     hot_within: Duration,
     parked: Cell<usize>,
@@ -193,9 +223,7 @@ impl ParkingLot {
                 .map_err(io::Error::from)?;
         Ok(ParkingLot {
             epoll,
-            deadlines: RefCell::new(Vec::new()),
-            parked_at: RefCell::new(Vec::new()),
-            protos: RefCell::new(Vec::new()),
+            slots: RefCell::new(Vec::new()),
             hot_within,
             parked: Cell::new(0),
             churn_since_trim: Cell::new(0),
@@ -248,42 +276,40 @@ impl ParkingLot {
         } = parking;
         let fd = socket.as_raw_fd();
         let idx = fd as usize;
-        let was_awake = self.deadlines.borrow().get(idx) == Some(&AWAKE);
+        let was_awake = self.slots.borrow().get(idx).map(|s| s.deadline) == Some(AWAKE);
         if let Err(error) = self.arm(fd, was_awake, watched) {
             tracing::warn!(%error, "cannot park connection; closing it");
             if was_awake {
-                self.deadlines.borrow_mut()[idx] = ABSENT;
+                self.slots.borrow_mut()[idx].deadline = ABSENT;
             }
             let reason = CloseReason::io(&error);
             conn.close(reason);
             self.tell_closed(fd, proto, reason);
             return;
         }
-        let mut deadlines = self.deadlines.borrow_mut();
-        let mut parked_at = self.parked_at.borrow_mut();
-        let mut protos = self.protos.borrow_mut();
-        if deadlines.len() <= idx {
-            // Grown in steps of GROW_BY, not doubled: the arrays are 9 bytes
+        let deadline = deadline.map_or(NO_DEADLINE, |d| self.tick_of(d));
+        let stamp = if at_once { self.stamp_now() } else { 0 };
+        let flags = if at_deadline == AtDeadline::Wake {
+            WAKE_AT_DEADLINE
+        } else {
+            0
+        };
+        let mut slots = self.slots.borrow_mut();
+        if slots.len() <= idx {
+            // Grown in steps of GROW_BY, not doubled: the array is 8 bytes
             // per descriptor, and at ~19,000 sockets per worker process a
-            // doubled length (32,768) left 40 % of them unused but touched
+            // doubled length (32,768) left 40 % of it unused but touched
             // (~6 B per connection of the million's RSS).
             let len = (idx + 1).next_multiple_of(GROW_BY);
-            let more = len - deadlines.len();
-            deadlines.reserve_exact(more);
-            parked_at.reserve_exact(more);
-            protos.reserve_exact(more);
-            deadlines.resize(len, ABSENT);
-            parked_at.resize(len, 0);
-            protos.resize(len, 0);
+            let more = len - slots.len();
+            slots.reserve_exact(more);
+            slots.resize(len, Slot::default());
         }
-        deadlines[idx] = deadline.map_or(NO_DEADLINE, |d| self.tick_of(d));
-        parked_at[idx] = if at_once { self.millis_now() | 1 } else { 0 };
-        protos[idx] = (proto.0 & !WAKE_AT_DEADLINE)
-            | if at_deadline == AtDeadline::Wake {
-                WAKE_AT_DEADLINE
-            } else {
-                0
-            };
+        slots[idx] = Slot {
+            deadline,
+            mark: stamp << 8 | u32::from((proto.0 & !WAKE_AT_DEADLINE) | flags),
+        };
+        drop(slots);
         lifecycle::set_state(crate::ConnectionState::Parked);
         if let Some(track) = conn.park() {
             self.tracks.borrow_mut().insert(fd, track);
@@ -306,11 +332,14 @@ impl ParkingLot {
         u32::try_from(secs + 1).unwrap_or(MAX_TICK).min(MAX_TICK)
     }
 
-    /// Milliseconds since `epoch`, wrapping (only differences are used).
-    fn millis_now(&self) -> u32 {
-        crate::observe::clock::now()
+    /// The parked-at stamp for now: [`STAMP_MS`] units since `epoch`,
+    /// wrapping in 24 bits (only differences are used), never 0.
+    fn stamp_now(&self) -> u32 {
+        let units = crate::observe::clock::now()
             .saturating_duration_since(self.epoch)
-            .as_millis() as u32
+            .as_millis() as u64
+            / STAMP_MS;
+        (units as u32 & STAMP_MASK).max(1)
     }
 
     /// Makes sure a socket about to park is in the private set with its
@@ -361,12 +390,12 @@ impl ParkingLot {
     /// so bytes it leaves unread still wake it. Does nothing unless `fd` is
     /// [`AWAKE`] here.
     fn unwatch_awake(&self, fd: RawFd) {
-        let mut deadlines = self.deadlines.borrow_mut();
-        let Some(slot @ &mut AWAKE) = deadlines.get_mut(fd as usize) else {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(fd as usize).filter(|s| s.deadline == AWAKE) else {
             return;
         };
-        *slot = ABSENT;
-        drop(deadlines);
+        slot.deadline = ABSENT;
+        drop(slots);
         // A socket closed meanwhile is out already (EBADF, or ENOENT for a
         // descriptor reused by another socket): nothing to undo either way.
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd);
@@ -376,12 +405,13 @@ impl ParkingLot {
     /// ([`ABSENT`] for a socket about to be closed, which also takes it out of
     /// the epoll set; [`AWAKE`] for one being woken). The caller owns the fd.
     fn unpark(&self, fd: RawFd, to: u32) -> Option<OwnedFd> {
-        let mut deadlines = self.deadlines.borrow_mut();
-        let slot = deadlines.get_mut(fd as usize)?;
+        let mut slots = self.slots.borrow_mut();
+        let slot = &mut slots.get_mut(fd as usize)?.deadline;
         if *slot == ABSENT || *slot == AWAKE {
             return None;
         }
         *slot = to;
+        drop(slots);
         self.parked.set(self.parked.get() - 1);
         gauge(&self.stats.connections_parked, -1);
         gauge(&self.stats.connections_idle, -1);
@@ -410,16 +440,21 @@ impl ParkingLot {
     fn closed(&self, socket: &OwnedFd, reason: CloseReason) {
         let fd = socket.as_raw_fd();
         self.connection(socket).close(reason);
-        let tag = self.protos.borrow().get(fd as usize).copied().unwrap_or(0);
-        self.tell_closed(fd, ProtoTag(tag & !WAKE_AT_DEADLINE), reason);
+        let tag = self
+            .slots
+            .borrow()
+            .get(fd as usize)
+            .map_or(ProtoTag(0), |s| s.tag());
+        self.tell_closed(fd, tag, reason);
     }
 
     /// Hands a parked socket that woke up back to its protocol.
     fn wake(&self, fd: RawFd, socket: OwnedFd, wake: Wake, respawn: &Respawn) {
-        let hot_within = self.hot_within.as_millis() as u32;
-        let parked_at = self.parked_at.borrow()[fd as usize];
-        let hot = parked_at != 0 && self.millis_now().wrapping_sub(parked_at) < hot_within;
-        let proto = ProtoTag(self.protos.borrow()[fd as usize] & !WAKE_AT_DEADLINE);
+        let slot = self.slots.borrow()[fd as usize];
+        let hot_within =
+            (self.hot_within.as_millis() as u64 / STAMP_MS).min(u64::from(STAMP_MASK / 2)) as u32;
+        let hot = is_hot(slot.parked_at(), self.stamp_now(), hot_within);
+        let proto = slot.tag();
         incr(if hot {
             &self.stats.wakes_hot
         } else {
@@ -473,7 +508,7 @@ impl ParkingLot {
             match &respawn {
                 Some(respawn) => self.wake(fd, socket, Wake::Readable, respawn),
                 None => {
-                    self.deadlines.borrow_mut()[fd as usize] = ABSENT;
+                    self.slots.borrow_mut()[fd as usize].deadline = ABSENT;
                     self.closed(&socket, CloseReason::Shutdown);
                 }
             }
@@ -485,16 +520,16 @@ impl ParkingLot {
     fn sweep(&self) {
         let now = self.tick_of(Instant::now());
         let expired: Vec<RawFd> = self
-            .deadlines
+            .slots
             .borrow()
             .iter()
             .enumerate()
-            .filter(|(_, d)| **d != ABSENT && **d <= now)
+            .filter(|(_, s)| s.deadline != ABSENT && s.deadline <= now)
             .map(|(fd, _)| fd as RawFd)
             .collect();
         let respawn = self.respawn.borrow().clone();
         for fd in expired {
-            let wakes = self.protos.borrow()[fd as usize] & WAKE_AT_DEADLINE != 0;
+            let wakes = self.slots.borrow()[fd as usize].proto() & WAKE_AT_DEADLINE != 0;
             match (wakes, &respawn) {
                 (true, Some(respawn)) => {
                     if let Some(socket) = self.unpark(fd, AWAKE) {
@@ -528,19 +563,17 @@ impl ParkingLot {
     ) -> Vec<crate::conn::handover::ParkedConnection> {
         let now = self.tick_of(Instant::now());
         let chosen: Vec<(RawFd, u32, u8)> = {
-            let deadlines = self.deadlines.borrow();
-            let protos = self.protos.borrow();
-            deadlines
+            self.slots
+                .borrow()
                 .iter()
-                .zip(protos.iter())
                 .enumerate()
-                .filter(|(_, (d, p))| {
-                    **d != ABSENT
-                        && **d != AWAKE
-                        && **p & WAKE_AT_DEADLINE == 0
-                        && portable(ProtoTag(**p))
+                .filter(|(_, s)| {
+                    s.deadline != ABSENT
+                        && s.deadline != AWAKE
+                        && s.proto() & WAKE_AT_DEADLINE == 0
+                        && portable(ProtoTag(s.proto()))
                 })
-                .map(|(fd, (d, p))| (fd as RawFd, *d, *p))
+                .map(|(fd, s)| (fd as RawFd, s.deadline, s.proto()))
                 .collect()
         };
         let mut out = Vec::with_capacity(chosen.len());
@@ -574,11 +607,11 @@ impl ParkingLot {
     /// at a time: one that woke or closed since is skipped by
     /// [`close_parked`](ParkingLot::close_parked)).
     pub(crate) fn parked_fds(&self) -> Vec<RawFd> {
-        self.deadlines
+        self.slots
             .borrow()
             .iter()
             .enumerate()
-            .filter(|(_, d)| **d != ABSENT && **d != AWAKE)
+            .filter(|(_, s)| s.deadline != ABSENT && s.deadline != AWAKE)
             .map(|(fd, _)| fd as RawFd)
             .collect()
     }
@@ -713,6 +746,13 @@ pub(crate) fn left_for_runtime(fd: RawFd) {
     }
 }
 
+/// Whether a connection parked straight after a wake-up at stamp
+/// `parked_at` (0: parked after idling as a task) and woken at stamp `now`
+/// is hot: woken again within `within` stamp units. Stamps wrap in 24 bits.
+fn is_hot(parked_at: u32, now: u32, within: u32) -> bool {
+    parked_at != 0 && now.wrapping_sub(parked_at) & STAMP_MASK < within
+}
+
 /// Whether a sweep gives freed memory back, with `churn` parkings and
 /// wake-ups since the last trim, `churn_at_last_sweep` of them already at the
 /// last sweep: after every [`TRIM_EVERY`], and once a burst of at least
@@ -743,6 +783,24 @@ pub(super) mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
     use super::*;
+
+    /// A slot is 8 bytes, and the hot test holds across the stamp's wrap.
+    #[test]
+    fn slots_are_eight_bytes_and_hot_wakes_survive_the_stamp_wrap() {
+        assert_eq!(std::mem::size_of::<Slot>(), 8);
+        let slot = Slot {
+            deadline: 7,
+            mark: STAMP_MASK << 8 | u32::from(WAKE_AT_DEADLINE | 3),
+        };
+        assert_eq!(
+            (slot.parked_at(), slot.tag(), slot.proto()),
+            (STAMP_MASK, ProtoTag(3), 0x83)
+        );
+        assert!(is_hot(STAMP_MASK, 2, 10), "3 units later, across the wrap");
+        assert!(!is_hot(STAMP_MASK, 20, 10), "21 units later");
+        assert!(!is_hot(0, 1, 10), "parked after idling: never hot");
+        assert!(is_hot(100, 109, 10) && !is_hot(100, 110, 10));
+    }
 
     type Woken = Rc<RefCell<Vec<(ProtoTag, Wake, OwnedFd)>>>;
 
