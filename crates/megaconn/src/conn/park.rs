@@ -6,8 +6,9 @@
 //! through a single `AsyncFd`; when a parked socket turns readable (a request,
 //! or the client hanging up) it becomes a `TcpStream` and a task again. What a
 //! parked connection costs in user space is one 8-byte slot in an fd-indexed
-//! array (its deadline, protocol and when it parked) — against ~1 KB for a task per connection (task cell, `ScheduledIo`,
-//! timer entry), which is why the million-connection target needs this.
+//! array (its deadline, protocol and when it parked) — against ~1 KB for a
+//! task per connection (task cell, `ScheduledIo`, timer entry), which is why
+//! the million-connection target needs this.
 //!
 //! Idle timeouts of parked sockets are not timers: once a second a sweep walks
 //! the deadline array (a few hundred microseconds per million entries) and
@@ -177,8 +178,9 @@ pub(crate) struct ParkingLot {
     epoll: AsyncFd<OwnedFd>,
     /// Per file descriptor: its [`Slot`].
     slots: RefCell<Vec<Slot>>,
-    /// Re-parked at once and woken again within this: the connection is hot.
-    hot_within: Duration,
+    /// Re-parked at once and woken again within this many stamp units
+    /// ([`STAMP_MS`]): the connection is hot.
+    hot_within: u32,
     parked: Cell<usize>,
     churn_since_trim: Cell<usize>,
     /// `churn_since_trim` at the last sweep (unchanged since: quiet).
@@ -224,7 +226,8 @@ impl ParkingLot {
         Ok(ParkingLot {
             epoll,
             slots: RefCell::new(Vec::new()),
-            hot_within,
+            hot_within: (hot_within.as_millis() / u128::from(STAMP_MS))
+                .min(u128::from(STAMP_MASK / 2)) as u32,
             parked: Cell::new(0),
             churn_since_trim: Cell::new(0),
             churn_at_sweep: Cell::new(0),
@@ -451,9 +454,7 @@ impl ParkingLot {
     /// Hands a parked socket that woke up back to its protocol.
     fn wake(&self, fd: RawFd, socket: OwnedFd, wake: Wake, respawn: &Respawn) {
         let slot = self.slots.borrow()[fd as usize];
-        let hot_within =
-            (self.hot_within.as_millis() as u64 / STAMP_MS).min(u64::from(STAMP_MASK / 2)) as u32;
-        let hot = is_hot(slot.parked_at(), self.stamp_now(), hot_within);
+        let hot = is_hot(slot.parked_at(), self.stamp_now(), self.hot_within);
         let proto = slot.tag();
         incr(if hot {
             &self.stats.wakes_hot

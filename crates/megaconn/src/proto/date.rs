@@ -28,10 +28,9 @@ pub(crate) fn now() -> HeaderValue {
 }
 
 /// Calls `f` with the current `Date` header value, at most one second stale
-/// (plus the length of a lot turn),
-/// without cloning it: an HTTP/1.1 head copies its bytes, and a clone and
-/// drop of the shared value per response are two atomic operations it does
-/// not need.
+/// (plus the length of a lot turn), without cloning it: an HTTP/1.1 head
+/// copies its bytes, and a clone and drop of the shared value per response
+/// are two atomic operations it does not need.
 pub(crate) fn with_now<R>(f: impl FnOnce(&HeaderValue) -> R) -> R {
     let now = clock::now();
     CACHED.with(|cell| {
