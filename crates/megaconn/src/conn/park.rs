@@ -188,6 +188,13 @@ pub(crate) struct ParkingLot {
     /// Heap trims so far (for tests).
     trims: Cell<usize>,
     epoch: Instant,
+    /// The last instant [`ParkingLot::tick_of`] converted, and its tick; the
+    /// same for [`ParkingLot::stamp_now`]. Within a turn every wake and park
+    /// converts the turn's one clock reading and the same idle deadline
+    /// (`observe/clock.rs`), so one conversion (a checked `Timespec`
+    /// subtraction and a division, ~60 instructions) serves them all.
+    last_tick: Cell<(Instant, u32)>,
+    last_stamp: Cell<(Instant, u32)>,
     limit: ConnectionLimit,
     stats: Arc<WorkerStats>,
     respawn: RefCell<Option<Respawn>>,
@@ -223,6 +230,7 @@ impl ParkingLot {
         let epoll =
             unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
                 .map_err(io::Error::from)?;
+        let epoch = Instant::now();
         Ok(ParkingLot {
             epoll,
             slots: RefCell::new(Vec::new()),
@@ -232,7 +240,9 @@ impl ParkingLot {
             churn_since_trim: Cell::new(0),
             churn_at_sweep: Cell::new(0),
             trims: Cell::new(0),
-            epoch: Instant::now(),
+            epoch,
+            last_tick: Cell::new((epoch, 1)),
+            last_stamp: Cell::new((epoch, 1)),
             limit,
             stats,
             respawn: RefCell::new(None),
@@ -328,21 +338,31 @@ impl ParkingLot {
 
     /// Seconds since `epoch`, rounded up, plus one (0 means "not parked").
     fn tick_of(&self, at: Instant) -> u32 {
+        let (last, tick) = self.last_tick.get();
+        if last == at {
+            return tick;
+        }
         let secs = at
             .saturating_duration_since(self.epoch)
             .as_secs_f64()
             .ceil() as u64;
-        u32::try_from(secs + 1).unwrap_or(MAX_TICK).min(MAX_TICK)
+        let tick = u32::try_from(secs + 1).unwrap_or(MAX_TICK).min(MAX_TICK);
+        self.last_tick.set((at, tick));
+        tick
     }
 
     /// The parked-at stamp for now: [`STAMP_MS`] units since `epoch`,
     /// wrapping in 24 bits (only differences are used), never 0.
     fn stamp_now(&self) -> u32 {
-        let units = crate::observe::clock::now()
-            .saturating_duration_since(self.epoch)
-            .as_millis() as u64
-            / STAMP_MS;
-        (units as u32 & STAMP_MASK).max(1)
+        let now = crate::observe::clock::now();
+        let (last, stamp) = self.last_stamp.get();
+        if last == now {
+            return stamp;
+        }
+        let units = now.saturating_duration_since(self.epoch).as_millis() as u64 / STAMP_MS;
+        let stamp = (units as u32 & STAMP_MASK).max(1);
+        self.last_stamp.set((now, stamp));
+        stamp
     }
 
     /// Makes sure a socket about to park is in the private set with its
@@ -942,6 +962,33 @@ pub(super) mod tests {
         );
         f.lot.sweep();
         assert_eq!(f.lot.trims.get(), 2);
+    }
+
+    /// The conversions to ticks and stamps remember their last instant (one
+    /// per turn) and are redone, with the same result as before, when it
+    /// moves.
+    #[tokio::test(start_paused = true)]
+    async fn tick_and_stamp_conversions_follow_the_clock() {
+        let f = fixture();
+        let epoch = f.lot.epoch;
+        assert_eq!(f.lot.tick_of(epoch), 1);
+        let later = epoch + Duration::from_millis(2500);
+        assert_eq!(f.lot.tick_of(later), 4, "2.5 s rounds up to 3, plus one");
+        assert_eq!(f.lot.tick_of(later), 4);
+        assert_eq!(f.lot.tick_of(epoch + Duration::from_secs(10)), 11);
+        assert_eq!(f.lot.tick_of(epoch), 1);
+        // Past stamp 0 (read as 1: 0 means "not parked at once").
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let (a, b) = crate::observe::clock::turn(|| (f.lot.stamp_now(), f.lot.stamp_now()));
+        assert_eq!(a, b);
+        tokio::time::advance(Duration::from_millis(40)).await;
+        let c = f.lot.stamp_now();
+        assert_eq!(
+            c.wrapping_sub(a) & STAMP_MASK,
+            10,
+            "40 ms is 10 stamp units"
+        );
+        assert_eq!(f.lot.stamp_now(), c);
     }
 
     #[tokio::test(start_paused = true)]

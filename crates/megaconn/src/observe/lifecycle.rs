@@ -9,7 +9,7 @@
 //! thread's *current* track, and the engine counts requests and bytes into it
 //! from wherever it is.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -193,7 +193,12 @@ pub(crate) struct ConnTrack {
 
 thread_local! {
     static NEXT_ID: Cell<u64> = const { Cell::new(0) };
-    static CURRENT: RefCell<Option<Rc<ConnTrack>>> = const { RefCell::new(None) };
+    /// The track of the connection being polled ([`Tracked`]), null when none.
+    /// A raw pointer, not an `Option<Rc<_>>` in a `RefCell`: the engine asks
+    /// for it several times per request, and a plain `Cell` of a pointer has
+    /// no destructor to register and no borrow flag to check (~10
+    /// instructions instead of ~45 per use).
+    static CURRENT: Cell<*const ConnTrack> = const { Cell::new(std::ptr::null()) };
 }
 
 impl ConnTrack {
@@ -338,10 +343,9 @@ impl DetachedTrack {
 
 /// The current connection's id and peer (for the access log).
 pub(crate) fn current_id_and_peer() -> (u64, Option<SocketAddr>) {
-    CURRENT.with(|c| match &*c.borrow() {
-        Some(t) => (t.id, Some(t.peer)),
-        None => (0, None),
-    })
+    let mut out = (0, None);
+    with_current(|t| out = (t.id, Some(t.peer)));
+    out
 }
 
 /// Counts a request on the current connection.
@@ -383,11 +387,13 @@ pub(crate) fn count_out(n: usize) {
 
 #[inline]
 fn with_current(f: impl FnOnce(&ConnTrack)) {
-    CURRENT.with(|c| {
-        if let Some(t) = &*c.borrow() {
-            f(t);
-        }
-    });
+    let current = CURRENT.with(Cell::get);
+    // SAFETY: non-null only while a `Tracked` polls its inner future, and
+    // then it points into the `Rc` that `Tracked` holds for the whole poll
+    // (restored on return and on unwinding by `Restore`).
+    if let Some(t) = unsafe { current.as_ref() } {
+        f(t);
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -413,10 +419,17 @@ impl<F: Future> Future for Tracked<F> {
         let Some(track) = this.track else {
             return this.inner.poll(cx);
         };
-        let previous = CURRENT.with(|c| c.replace(Some(track.clone())));
-        let out = this.inner.poll(cx);
-        CURRENT.with(|c| *c.borrow_mut() = previous);
-        out
+        /// Puts the outer track back, also when the inner poll unwinds (a
+        /// task's panic is caught by the runtime, which goes on polling
+        /// other connections: none may see this one's pointer).
+        struct Restore(*const ConnTrack);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CURRENT.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(CURRENT.with(|c| c.replace(Rc::as_ptr(track))));
+        this.inner.poll(cx)
     }
 }
 
@@ -485,5 +498,70 @@ impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for CountedIo<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track(port: u16) -> Rc<ConnTrack> {
+        let peer = SocketAddr::from(([127, 0, 0, 1], port));
+        ConnTrack::open(None, None, peer, peer, 0)
+    }
+
+    fn poll<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// The current track is the polled connection's, only while it is
+    /// polled, the outer one again after a nested poll, and none after a
+    /// poll that unwound (the runtime goes on polling other connections).
+    #[test]
+    fn current_track_is_set_while_polled_and_restored_on_return_and_unwind() {
+        let (outer, inner) = (track(1), track(2));
+        assert_eq!(current_id_and_peer(), (0, None));
+        let inner_seen = Cell::new((0, None));
+        let mut nested = std::pin::pin!(Tracked::new(
+            std::future::poll_fn(|_| {
+                let before = current_id_and_peer();
+                let mut inner = std::pin::pin!(Tracked::new(
+                    std::future::poll_fn(|_| Poll::Ready(current_id_and_peer())),
+                    Some(inner.clone()),
+                ));
+                if let Poll::Ready(seen) = poll(inner.as_mut()) {
+                    inner_seen.set(seen);
+                }
+                Poll::Ready((before, current_id_and_peer()))
+            }),
+            Some(outer.clone()),
+        ));
+        let Poll::Ready((before, after)) = poll(nested.as_mut()) else {
+            panic!("the future is ready at once");
+        };
+        assert_eq!(before, (outer.id, Some(outer.peer)));
+        assert_eq!(inner_seen.get(), (inner.id, Some(inner.peer)));
+        assert_eq!(
+            after,
+            (outer.id, Some(outer.peer)),
+            "the outer track is back"
+        );
+        assert_eq!(current_id_and_peer(), (0, None));
+
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut panics = std::pin::pin!(Tracked::new(
+                std::future::poll_fn(|_| -> Poll<()> { panic!("a connection's bug") }),
+                Some(inner.clone()),
+            ));
+            let _ = poll(panics.as_mut());
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(current_id_and_peer(), (0, None), "no dangling track");
+        count_request();
+        assert_eq!(
+            inner.requests.get(),
+            0,
+            "nothing counted into a stale track"
+        );
     }
 }
