@@ -35,6 +35,14 @@
 #   TCP segments/hb: /proc/net/snmp OutSegs over the window (machine-wide:
 #   both ends on loopback, data and pure ACKs) / heartbeats.
 #   "of which user": the utime share of the server's CPU, in µs/heartbeat.
+#   PROCESSES (1): server processes, megaconn `serve --workers 1 --processes
+#   P` (a supervisor and P worker processes) against nginx with P workers, so
+#   each process holds N/P connections (N up to ~19,000 × P).
+#   Wake-ups: voluntary context switches of every thread of the server's
+#   processes over the window (/proc/PID/task/*/status), per second and per
+#   heartbeat: how often a server leaves the CPU to wait, its own timers'
+#   wake-ups included. INTERVAL=3600 measures an idle server: the second
+#   table then has its CPU and wake-ups per second with N connections open.
 # Output: bench/out/heartbeat-<stamp>/ (runs.jsonl, hold logs and JSON,
 #   table.md) and the markdown table on stdout; SECTION_OUT=bench/HEARTBEAT.md
 #   also writes it as a section that run-all.sh copies into RESULTS.md.
@@ -52,6 +60,7 @@ ROUNDS="${ROUNDS:-3}"
 SERVERS="${SERVERS:-megaconn nginx}"
 SOURCE="${SOURCE:-127.0.0.2-127.0.0.9}"
 MEGACONN_B="${MEGACONN_B:-}"
+PROCESSES="${PROCESSES:-1}"
 PERF="${PERF:-0}"
 PERF_FREQ="${PERF_FREQ:-2000}"
 [[ -n "$MEGACONN_B" && " $SERVERS " != *" megaconn-b "* ]] && SERVERS="$SERVERS megaconn-b"
@@ -73,13 +82,25 @@ RUNS="$RES_DIR/runs.jsonl"
 : >"$RUNS"
 log "results in $RES_DIR"
 
+# Voluntary context switches of every thread of the server's processes.
+server_wakeups() {
+  local p
+  for p in $SERVER_PID $(pid_descendants "$SERVER_PID"); do cat /proc/"$p"/task/*/status 2>/dev/null; done |
+    awk '$1 == "voluntary_ctxt_switches:" { v += $2 } END { printf "%.0f\n", v }'
+}
+
 run_one() { # server round
-  local server=$1 round=$2 kind=$1 bin="$MEGACONN_A"
+  local server=$1 round=$2 kind=$1 bin="$MEGACONN_A" workers=1 serve_args="${MEGACONN_SERVE_ARGS:-}"
   local base="$RES_DIR/$server-r$round"
   if [[ "$server" == megaconn-b ]]; then kind=megaconn bin="$MEGACONN_B"; fi
+  if ((PROCESSES > 1)); then
+    [[ "$kind" == nginx ]] && workers=$PROCESSES
+    [[ "$kind" == megaconn ]] && MEGACONN_SERVE_ARGS="$serve_args --processes $PROCESSES"
+  fi
   MEGACONN="$bin"
   bench_wait_quiet "${QUIET_WAIT_EACH:-10}"
-  server_start "$kind" "$PORT" 1 || { MEGACONN="$MEGACONN_A"; return 1; }
+  server_start "$kind" "$PORT" "$workers" || { MEGACONN="$MEGACONN_A" MEGACONN_SERVE_ARGS="$serve_args"; return 1; }
+  MEGACONN_SERVE_ARGS="$serve_args"
   local ramp_s=$(((N + RAMP - 1) / RAMP))
   local dur=$((SETTLE + WINDOW + 10))
   taskset -c "$LOAD_CPU" "$bin" hold "$URL" -c "$N" --ramp "$RAMP" --source "$SOURCE" \
@@ -99,8 +120,9 @@ run_one() { # server round
     return 1
   fi
   sleep "$SETTLE"
-  local s0 s1 u0 u1 g0 g1 h0 h1 m0 m1 c0 c1 hc0 hc1 busy est
+  local s0 s1 u0 u1 g0 g1 h0 h1 m0 m1 c0 c1 hc0 hc1 busy est w0 w1
   m0="$(machine_idle_snapshot)"
+  w0="$(server_wakeups)"
   read -r u0 s0 < <(server_cpu_split)
   g0="$(tcp_out_segs)"
   h0="$(pid_cpu_secs "$HOLD_PID")"
@@ -119,6 +141,7 @@ run_one() { # server round
     sleep "$WINDOW"
   fi
   read -r u1 s1 < <(server_cpu_split)
+  w1="$(server_wakeups)"
   g1="$(tcp_out_segs)"
   h1="$(pid_cpu_secs "$HOLD_PID")"
   m1="$(machine_idle_snapshot)"
@@ -138,12 +161,13 @@ run_one() { # server round
     --argjson u "$(awk -v a="$u0" -v b="$u1" 'BEGIN { printf "%.4f", b - a }')" \
     --argjson h "$(awk -v a="$h0" -v b="$h1" 'BEGIN { printf "%.4f", b - a }')" \
     --argjson wall "$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.3f", y[1] - x[1] }')" \
-    --argjson segs "$((g1 - g0))" --argjson busy "$busy" --argjson rate "$est" --argjson c0 "$c0" --argjson c1 "$c1" \
+    --argjson segs "$((g1 - g0))" --argjson wakeups "$((w1 - w0))" --argjson busy "$busy" --argjson rate "$est" --argjson c0 "$c0" --argjson c1 "$c1" \
     --slurpfile hold <(jq -c . "$base.hold.json" 2>/dev/null || echo null) \
     '{server: $server, round: $round, connections: $n, interval_secs: $interval,
       established_start: $c0, established_end: $c1, window_secs: $wall,
       heartbeats_per_sec: $rate, heartbeats: (if $rate == null then null else $rate * $wall end),
-      server_cpu_secs: $s, server_user_secs: $u, hold_cpu_secs: $h,
+      server_cpu_secs: $s, server_user_secs: $u, hold_cpu_secs: $h, server_wakeups: $wakeups,
+      server_wakeups_per_hb: (if $rate == null or $rate == 0 then null else $wakeups / ($rate * $wall) end),
       server_user_share: (if $s == 0 then null else $u / $s end),
       server_us_per_hb: (if $rate == null or $rate == 0 then null else $s * 1e6 / ($rate * $wall) end),
       hold_us_per_hb: (if $rate == null or $rate == 0 then null else $h * 1e6 / ($rate * $wall) end),
@@ -179,11 +203,22 @@ elapsed=$((SECONDS - t_start))
       + (if $ngm == null then "—" else ((map(.server_us_per_hb) | median) / $ngm | f2) + "×" end)
       + " | \(map(.tcp_segments_per_hb // 0) | median | f2) | \(map(.other_cpu_secs / .window_secs) | median | pct) | \(map(.hold_report.heartbeat_errors // 0) | add) / \(map(.hold_report.drops // 0) | add) |"' "$RUNS"
   echo
-  echo "Server pinned to core $SERVER_CPU (one worker; megaconn parks idle connections after 2 s, so every heartbeat wakes a parked one), \`megaconn hold\` to core $LOAD_CPU. Window: $WINDOW s starting $SETTLE s after all $N were open. µs/heartbeat = CPU seconds (utime+stime, /proc/PID/stat) in the window / heartbeats in it (hold's own heartbeats/s lines averaged over the window × its length). other CPU = the machine's busy time (2 × wall − idle) minus server and hold, in % of one core: other people's work on this shared machine; ratios measured side by side in one run are the figures to trust, absolute µs move with it."
+  echo "Server pinned to core $SERVER_CPU ($PROCESSES process(es) of one worker each; megaconn parks idle connections after 2 s, so every heartbeat wakes a parked one), \`megaconn hold\` to core $LOAD_CPU. Window: $WINDOW s starting $SETTLE s after all $N were open. µs/heartbeat = CPU seconds (utime+stime, /proc/PID/stat) in the window / heartbeats in it (hold's own heartbeats/s lines averaged over the window × its length). other CPU = the machine's busy time (2 × wall − idle) minus server and hold, in % of one core: other people's work on this shared machine; ratios measured side by side in one run are the figures to trust, absolute µs move with it."
   echo
-  echo "_heartbeat-cpu.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN_A.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/heartbeat-$STAMP/_"
+  echo "#### The servers' CPU and wake-ups per second over the window ($N connections open; medians of $ROUNDS rounds)"
   echo
-  echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS SERVERS=\"$SERVERS\" bash bench/heartbeat-cpu.sh\`"
+  echo "| server | server CPU, µs per second | wake-ups per second | wake-ups per heartbeat |"
+  echo "|---|---:|---:|---:|"
+  jq -rs "$BENCH_JQ_DEFS"'
+    group_by(.server) | .[]
+    | "| \(.[0].server) | \(map(.server_cpu_secs / .window_secs * 1e6) | median | f0) | \(map(.server_wakeups / .window_secs) | median | f1) | "
+      + (map(.server_wakeups_per_hb) | if any(. == null) then "—" else median | f3 end) + " |"' "$RUNS"
+  echo
+  echo "Wake-ups: voluntary context switches of every thread of the server's processes (megaconn's supervisor, worker processes and their threads; nginx's master and workers). With INTERVAL=3600 no heartbeat falls in the window: an idle server's own timers."
+  echo
+  echo "_heartbeat-cpu.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN_A.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/heartbeat-$STAMP/_"
+  echo
+  echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES SERVERS=\"$SERVERS\" bash bench/heartbeat-cpu.sh\`"
 } | tee "$RES_DIR/table.md"
 
 if [[ -n "${SECTION_OUT:-}" ]]; then

@@ -167,7 +167,7 @@ fn the_supervisor_admin_serves_whole_server_totals() {
         assert!(buf[..n].ends_with(b"Hello, World!"));
         held.push(s);
     }
-    // Worker processes publish their counters a few times a second: poll the
+    // Worker processes publish their counters once a second: poll the
     // totals (bounded) until all six requests show.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let text = loop {

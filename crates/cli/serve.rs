@@ -480,7 +480,10 @@ async fn serve(
     };
     let serving = server.framed(framed).serve(app);
     tokio::pin!(serving);
-    let mut publish = tokio::time::interval(PUBLISH_EVERY);
+    // Counters unchanged since the last copy (an idle process): look again
+    // later and later, up to PUBLISH_QUIET_MAX.
+    let mut publish = std::pin::pin!(tokio::time::sleep(PUBLISH_EVERY));
+    let (mut published, mut publish_gap) = (None, PUBLISH_EVERY);
     let summary = loop {
         tokio::select! {
             result = &mut serving => break result?,
@@ -501,11 +504,18 @@ async fn serve(
                     Err(_) => {}
                 }
             }
-            _ = publish.tick(), if shared.is_some() => {
+            () = publish.as_mut(), if shared.is_some() => {
                 if let Some((slot, block)) = &shared {
-                    block.publish(*slot, &handle.stats());
+                    let stats = handle.stats();
+                    if published.as_ref() == Some(&stats) {
+                        publish_gap = (publish_gap * 2).min(PUBLISH_QUIET_MAX);
+                    } else {
+                        block.publish(*slot, &stats);
+                        (published, publish_gap) = (Some(stats), PUBLISH_EVERY);
+                    }
                     block.publish_uplink_dropped(*slot, publisher.uplink_dropped());
                 }
+                publish.as_mut().reset(tokio::time::Instant::now() + publish_gap);
             }
             name = signals.next() => {
                 // A worker process leaves forcing to its supervisor: under
@@ -539,8 +549,17 @@ async fn serve(
     Ok(())
 }
 
-/// How often a worker process copies its counters to the shared block.
-const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// How often a worker process copies its counters to the shared block, so
+/// how far the supervisor's `/metrics` may lag (Prometheus scrapes every
+/// 15 s or so). Each look wakes the process twice (tokio's timer wheel
+/// reaches a deadline past 64 ms in two steps): at 250 ms that was 8 of the
+/// ~20 wake-ups per second of an idle worker process (bench/HEARTBEAT.md).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest gap between looks while the counters stay unchanged (the
+/// gap doubles from [`PUBLISH_EVERY`] on each unchanged look): the lag of
+/// the first change after a quiet spell.
+const PUBLISH_QUIET_MAX: Duration = Duration::from_secs(8);
 
 /// SIGHUP, which reloads the TLS certificate (and no longer ends the process).
 pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {

@@ -10,9 +10,11 @@
 //! task per connection (task cell, `ScheduledIo`, timer entry), which is why
 //! the million-connection target needs this.
 //!
-//! Idle timeouts of parked sockets are not timers: once a second a sweep walks
-//! the deadline array (a few hundred microseconds per million entries) and
-//! closes the expired ones. The price of parking is CPU per idle→active cycle,
+//! Idle timeouts of parked sockets are not timers: a sweep walks the deadline
+//! array (a few hundred microseconds per million entries) and closes the
+//! expired ones. It runs once a second while connections come and go, and
+//! otherwise when the earliest deadline is due, or every ten seconds: a
+//! quiet lot costs an idle worker almost no wake-ups. The price of parking is CPU per idle→active cycle,
 //! so only cold connections are parked and busy keep-alive connections stay
 //! tasks; and the cycle is kept cheap for the common cold case, a heartbeat,
 //! which is served without registering with tokio unless it has to wait
@@ -65,7 +67,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
@@ -94,6 +96,13 @@ const MAX_TICK: u32 = u32::MAX - 2;
 /// the set, armed, while awake, so re-parking needs no `epoll_ctl` (see the
 /// module doc for what keeps edges from being lost).
 const PARKED_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+
+/// The longest a quiet lot sleeps between sweeps: one with nothing parked,
+/// or nothing due, still looks this often at the worker's buffer pool, which
+/// connections that never park fill too. (Every second, as before, was two
+/// wake-ups a second of an idle worker: tokio's timer wheel reaches a
+/// deadline past 64 ms in two steps.)
+const QUIET_SWEEP: Duration = Duration::from_secs(10);
 
 /// The per-descriptor arrays grow to the next multiple of this.
 const GROW_BY: usize = 1024;
@@ -187,6 +196,16 @@ pub(crate) struct ParkingLot {
     churn_at_sweep: Cell<usize>,
     /// Heap trims so far (for tests).
     trims: Cell<usize>,
+    /// The earliest deadline tick of a parked connection, as far as known
+    /// (lowered by parks, recomputed by sweeps; an earlier one that went
+    /// away only costs a sweep with nothing to do). [`NO_DEADLINE`]: none.
+    next_due: Cell<u32>,
+    /// A park lowered `next_due` since the run loop last looked, and the
+    /// run loop's waker, to move its sweep earlier.
+    due_moved: Cell<bool>,
+    sweep_waker: Cell<Option<std::task::Waker>>,
+    /// The last sweep saw parkings or wake-ups since the one before.
+    active: Cell<bool>,
     epoch: Instant,
     /// The last instant [`ParkingLot::tick_of`] converted, and its tick; the
     /// same for [`ParkingLot::stamp_now`]. Within a turn every wake and park
@@ -240,6 +259,10 @@ impl ParkingLot {
             churn_since_trim: Cell::new(0),
             churn_at_sweep: Cell::new(0),
             trims: Cell::new(0),
+            next_due: Cell::new(NO_DEADLINE),
+            due_moved: Cell::new(false),
+            sweep_waker: Cell::new(None),
+            active: Cell::new(false),
             epoch,
             last_tick: Cell::new((epoch, 1)),
             last_stamp: Cell::new((epoch, 1)),
@@ -301,6 +324,13 @@ impl ParkingLot {
             return;
         }
         let deadline = deadline.map_or(NO_DEADLINE, |d| self.tick_of(d));
+        if deadline < self.next_due.get() {
+            self.next_due.set(deadline);
+            self.due_moved.set(true);
+            if let Some(waker) = self.sweep_waker.take() {
+                waker.wake();
+            }
+        }
         let stamp = if at_once { self.stamp_now() } else { 0 };
         let flags = if at_deadline == AtDeadline::Wake {
             WAKE_AT_DEADLINE
@@ -537,17 +567,23 @@ impl ParkingLot {
         Ok(n as usize)
     }
 
-    /// Closes parked sockets whose idle deadline passed.
+    /// Closes parked sockets whose idle deadline passed (or wakes them, as
+    /// their [`AtDeadline`] says), notes the earliest deadline left, and
+    /// gives freed memory back after a burst.
     fn sweep(&self) {
         let now = self.tick_of(Instant::now());
-        let expired: Vec<RawFd> = self
-            .slots
-            .borrow()
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.deadline != ABSENT && s.deadline <= now)
-            .map(|(fd, _)| fd as RawFd)
-            .collect();
+        let mut expired = Vec::new();
+        let mut next = NO_DEADLINE;
+        for (fd, slot) in self.slots.borrow().iter().enumerate() {
+            match slot.deadline {
+                ABSENT | AWAKE | NO_DEADLINE => {}
+                d if d <= now => expired.push(fd as RawFd),
+                d => next = next.min(d),
+            }
+        }
+        // Before the expired are handled: one woken at its deadline may
+        // park again, lowering it.
+        self.next_due.set(next);
         let respawn = self.respawn.borrow().clone();
         for fd in expired {
             let wakes = self.slots.borrow()[fd as usize].proto() & WAKE_AT_DEADLINE != 0;
@@ -566,12 +602,53 @@ impl ParkingLot {
             }
         }
         let churn = self.churn_since_trim.get();
+        self.active.set(churn != self.churn_at_sweep.get());
         if trim_due(churn, self.churn_at_sweep.get()) {
             self.churn_since_trim.set(0);
             self.trims.set(self.trims.get() + 1);
             trim_heap();
         }
         self.churn_at_sweep.set(self.churn_since_trim.get());
+    }
+
+    /// When the next sweep is needed, after one: in a second while
+    /// connections come and go (a trim may be due once they stop) or
+    /// `settled` is false (the worker's buffer pool still has buffers to give
+    /// back, or a paced shutdown drain waits for the lot to empty); else when
+    /// the earliest deadline is due, at the latest in [`QUIET_SWEEP`] (the
+    /// pool also fills from connections the lot never sees).
+    fn next_sweep(&self, settled: bool) -> Instant {
+        let now = Instant::now();
+        if self.active.get() || !settled {
+            return now + Duration::from_secs(1);
+        }
+        let quiet = now + QUIET_SWEEP;
+        self.due_at(self.next_due.get())
+            .map_or(quiet, |due| due.min(quiet))
+    }
+
+    /// When a sweep closes a deadline of tick `tick`: from the start of the
+    /// second `tick_of` rounds up to `tick` (so at most a second after the
+    /// deadline, as with a sweep every second).
+    fn due_at(&self, tick: u32) -> Option<Instant> {
+        (tick != NO_DEADLINE)
+            .then(|| self.epoch + Duration::from_secs(u64::from(tick.saturating_sub(1))))
+    }
+
+    /// Resolves when a park moved the earliest deadline earlier since the
+    /// last time (the run loop then moves its sweep).
+    async fn due_moved(&self) {
+        std::future::poll_fn(|cx| {
+            if self.due_moved.replace(false) {
+                return std::task::Poll::Ready(());
+            }
+            match self.sweep_waker.take() {
+                Some(w) if w.will_wake(cx.waker()) => self.sweep_waker.set(Some(w)),
+                _ => self.sweep_waker.set(Some(cx.waker().clone())),
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// Takes every parked connection whose protocol `portable` accepts out
@@ -701,8 +778,9 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     let Some(lot) = ctx.park.as_ref() else {
         return;
     };
-    let mut sweep = tokio::time::interval(Duration::from_secs(1));
-    sweep.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // A sleep moved from sweep to sweep (`next_sweep`), not an interval:
+    // a quiet lot sleeps until its earliest deadline (or QUIET_SWEEP).
+    let mut sweep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
     // With a shutdown drain rate the worker closes parked connections a few
     // at a time; the lot keeps serving the ones that wake meanwhile (their
     // answer says `Connection: close`) until it is empty.
@@ -723,6 +801,9 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                     return;
                 }
                 draining = true;
+                // The paced drain closes parked connections from its own
+                // task: look every second whether the lot is empty.
+                sweep.as_mut().reset(Instant::now() + Duration::from_secs(1));
             }
             ready = lot.epoll.readable() => {
                 let Ok(mut guard) = ready else { return };
@@ -740,12 +821,21 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                     Err(e) => tracing::error!(error = %e, "parking lot epoll_wait failed"),
                 }
             }
-            _ = sweep.tick() => {
+            () = sweep.as_mut() => {
                 lot.sweep();
                 // Buffers a burst left in the pool go back to the OS
                 // (`pool.rs`); 64 of them is half a MiB worth trimming.
                 if ctx.pool.decay() >= 64 {
                     trim_heap();
+                }
+                let next = lot.next_sweep(ctx.pool.settled() && !draining);
+                sweep.as_mut().reset(next);
+            }
+            () = lot.due_moved() => {
+                if let Some(due) = lot.due_at(lot.next_due.get()) {
+                    if due < sweep.deadline() {
+                        sweep.as_mut().reset(due);
+                    }
                 }
             }
         }
@@ -989,6 +1079,48 @@ pub(super) mod tests {
             "40 ms is 10 stamp units"
         );
         assert_eq!(f.lot.stamp_now(), c);
+    }
+
+    /// A quiet lot sweeps only when a deadline is due: with nothing parked,
+    /// never; after a parking, a second later (connections come and go);
+    /// then at the deadline, where the sweep closes it.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_lot_sweeps_only_when_a_deadline_is_due() {
+        let f = fixture();
+        f.lot.sweep();
+        let start = Instant::now();
+        assert_eq!(
+            f.lot.next_sweep(true),
+            start + QUIET_SWEEP,
+            "nothing parked"
+        );
+        assert_eq!(
+            f.lot.next_sweep(false),
+            start + Duration::from_secs(1),
+            "buffers to give back"
+        );
+        tokio::time::advance(Duration::from_millis(10_500)).await;
+        let (a, _ca) = pair();
+        park(&f, a, 1, AtDeadline::Close);
+        assert!(f.lot.due_moved.replace(false), "the run loop is told");
+        f.lot.sweep();
+        assert_eq!(
+            f.lot.next_sweep(true),
+            Instant::now() + Duration::from_secs(1),
+            "a parking since the last sweep"
+        );
+        f.lot.sweep();
+        let due = f.lot.next_sweep(true);
+        assert_eq!(
+            due,
+            f.lot.epoch + Duration::from_secs(12),
+            "the deadline, 11.5 s, to the next second"
+        );
+        tokio::time::advance(due - Instant::now()).await;
+        f.lot.sweep();
+        assert_eq!(f.stats.timeouts.load(Relaxed), 1, "closed when due");
+        f.lot.sweep();
+        assert_eq!(f.lot.next_sweep(true), Instant::now() + QUIET_SWEEP);
     }
 
     #[tokio::test(start_paused = true)]

@@ -74,6 +74,12 @@ impl BufferPool {
         drop_n
     }
 
+    /// Whether decaying has nothing left to give back (at most
+    /// [`KEEP_WARM`] free buffers): the lot's sweep need not come back for it.
+    pub(crate) fn settled(&self) -> bool {
+        self.free.borrow().len() <= KEEP_WARM
+    }
+
     /// Takes a cleared buffer of at least three quarters of
     /// [`BUFFER_CAPACITY`] bytes (a fresh one has all of it).
     pub(crate) fn take(&self) -> BytesMut {

@@ -42,8 +42,8 @@ pub(crate) struct WorkerStats {
     pub aged_out: AtomicU64,
     /// Idle connections a paced shutdown drain has still to close.
     pub drain_pending: AtomicI64,
-    /// Bumped by the worker's event loop, read by the stall detector.
-    pub loop_ticks: AtomicU64,
+    /// The worker's loop as the stall detector sees it.
+    pub stall: crate::server::stall::LoopState,
     pub stalls: AtomicU64,
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,

@@ -132,8 +132,12 @@ impl Server {
         // Dropping this future (or returning) stops the workers.
         let _stop_on_drop = StopOnDrop(handle.clone());
         let mut threads = Vec::with_capacity(listeners.len());
+        let stall_alarm = config
+            .stall_threshold
+            .map(|_| crate::server::stall::Alarm::new());
         for ((index, listeners), adopt) in listeners.into_iter().enumerate().zip(adopt) {
             let setup = WorkerSetup {
+                stall_alarm: stall_alarm.clone(),
                 adopt,
                 hand_over: handle.hand_over.clone(),
                 index,
@@ -153,12 +157,13 @@ impl Server {
         }
 
         // Dropped when serving ends, which stops the watchdog thread.
-        let _stall_watch = match config.stall_threshold {
-            Some(threshold) => Some(
+        let _stall_watch = match config.stall_threshold.zip(stall_alarm) {
+            Some((threshold, alarm)) => Some(
                 crate::server::stall::watch(
                     handle.workers.clone(),
                     handle.registries.clone(),
                     threshold,
+                    alarm,
                 )
                 .map_err(|source| Error::Worker { worker: 0, source })?,
             ),

@@ -57,6 +57,8 @@ pub(crate) struct WorkerSetup<S> {
     pub adopt: tokio::sync::mpsc::UnboundedReceiver<Vec<ParkedConnection>>,
     /// Where to hand this worker's parked connections at shutdown, if asked.
     pub hand_over: HandOverSlot,
+    /// The stall detector's, when it is on: the runtime reports its waits.
+    pub stall_alarm: Option<Arc<crate::server::stall::Alarm>>,
 }
 
 /// Starts a worker thread; it runs until the shutdown signal and its drain end.
@@ -66,9 +68,12 @@ where
     S::Future: 'static,
     S::ResBody: 'static,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
+    runtime.enable_all();
+    if let Some(alarm) = &setup.stall_alarm {
+        crate::server::stall::hooks(&mut runtime, &setup.stats, alarm);
+    }
+    let runtime = runtime.build()?;
     std::thread::Builder::new()
         .name(format!("megaconn-worker-{}", setup.index))
         .spawn(move || {
@@ -167,6 +172,7 @@ where
         registry,
         mut adopt,
         hand_over,
+        stall_alarm: _,
     } = setup;
     // A connection woken less than `park_idle_after` after it was parked is
     // busy again: it waits as a task before it is parked once more.
@@ -189,7 +195,7 @@ where
     let parking = tokio::task::spawn_local(park::run(ctx.clone()));
     let ticking = config
         .stall_threshold
-        .map(|t| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone(), t)));
+        .map(|_| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone())));
     let adopting = {
         let (ctx, limit) = (ctx.clone(), limit.clone());
         tokio::task::spawn_local(async move {
