@@ -41,11 +41,14 @@
 #   Wake-ups: voluntary context switches of every thread of the server's
 #   processes over the window (/proc/PID/task/*/status), per second and per
 #   heartbeat: how often a server leaves the CPU to wait, its own timers'
-#   wake-ups included. INTERVAL=3600 measures an idle server: the second
-#   table then has its CPU and wake-ups per second with N connections open.
+#   wake-ups included. INTERVAL=3600 measures an almost idle server (N/3600
+#   heartbeats a second): the second table then has its CPU and wake-ups per
+#   second with N connections open.
 # Output: bench/out/heartbeat-<stamp>/ (runs.jsonl, hold logs and JSON,
 #   table.md) and the markdown table on stdout; SECTION_OUT=bench/HEARTBEAT.md
 #   also writes it as a section that run-all.sh copies into RESULTS.md.
+#   FROM_RUNS=bench/out/heartbeat-<stamp>/runs.jsonl writes the tables of an
+#   earlier run again without measuring (give the run's settings too).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -77,9 +80,17 @@ MEGACONN_A="$MEGACONN"
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RES_DIR="$OUT_DIR/heartbeat-$STAMP"
+# FROM_RUNS=bench/out/heartbeat-X/runs.jsonl: measure nothing, write the
+# tables of that run again (the other settings must be the run's, for the
+# captions).
+if [[ -n "${FROM_RUNS:-}" ]]; then
+  [[ -s "$FROM_RUNS" ]] || die "FROM_RUNS: no such runs file: $FROM_RUNS"
+  RES_DIR="$(dirname "$FROM_RUNS")"
+  STAMP="${RES_DIR##*/heartbeat-}"
+fi
 mkdir -p "$RES_DIR"
 RUNS="$RES_DIR/runs.jsonl"
-: >"$RUNS"
+[[ -n "${FROM_RUNS:-}" ]] || : >"$RUNS"
 log "results in $RES_DIR"
 
 # Voluntary context switches of every thread of the server's processes.
@@ -93,14 +104,20 @@ run_one() { # server round
   local server=$1 round=$2 kind=$1 bin="$MEGACONN_A" workers=1 serve_args="${MEGACONN_SERVE_ARGS:-}"
   local base="$RES_DIR/$server-r$round"
   if [[ "$server" == megaconn-b ]]; then kind=megaconn bin="$MEGACONN_B"; fi
+  local nginx_opts="${NGINX_LISTEN_OPTS:-}"
   if ((PROCESSES > 1)); then
-    [[ "$kind" == nginx ]] && workers=$PROCESSES
+    # nginx's workers each get a listening socket (SO_REUSEPORT), as
+    # megaconn's worker processes do.
+    [[ "$kind" == nginx ]] && workers=$PROCESSES NGINX_LISTEN_OPTS="$nginx_opts reuseport"
     [[ "$kind" == megaconn ]] && MEGACONN_SERVE_ARGS="$serve_args --processes $PROCESSES"
   fi
   MEGACONN="$bin"
   bench_wait_quiet "${QUIET_WAIT_EACH:-10}"
-  server_start "$kind" "$PORT" "$workers" || { MEGACONN="$MEGACONN_A" MEGACONN_SERVE_ARGS="$serve_args"; return 1; }
-  MEGACONN_SERVE_ARGS="$serve_args"
+  server_start "$kind" "$PORT" "$workers" || {
+    MEGACONN="$MEGACONN_A" MEGACONN_SERVE_ARGS="$serve_args" NGINX_LISTEN_OPTS="$nginx_opts"
+    return 1
+  }
+  MEGACONN_SERVE_ARGS="$serve_args" NGINX_LISTEN_OPTS="$nginx_opts"
   local ramp_s=$(((N + RAMP - 1) / RAMP))
   local dur=$((SETTLE + WINDOW + 10))
   taskset -c "$LOAD_CPU" "$bin" hold "$URL" -c "$N" --ramp "$RAMP" --source "$SOURCE" \
@@ -120,9 +137,10 @@ run_one() { # server round
     return 1
   fi
   sleep "$SETTLE"
-  local s0 s1 u0 u1 g0 g1 h0 h1 m0 m1 c0 c1 hc0 hc1 busy est w0 w1
+  local s0 s1 u0 u1 g0 g1 h0 h1 m0 m1 c0 c1 hc0 hc1 busy est w0 w1 ns0 ns1
   m0="$(machine_idle_snapshot)"
   w0="$(server_wakeups)"
+  ns0="$(sched_ns "$SERVER_PID")"
   read -r u0 s0 < <(server_cpu_split)
   g0="$(tcp_out_segs)"
   h0="$(pid_cpu_secs "$HOLD_PID")"
@@ -142,6 +160,7 @@ run_one() { # server round
   fi
   read -r u1 s1 < <(server_cpu_split)
   w1="$(server_wakeups)"
+  ns1="$(sched_ns "$SERVER_PID")"
   g1="$(tcp_out_segs)"
   h1="$(pid_cpu_secs "$HOLD_PID")"
   m1="$(machine_idle_snapshot)"
@@ -161,12 +180,13 @@ run_one() { # server round
     --argjson u "$(awk -v a="$u0" -v b="$u1" 'BEGIN { printf "%.4f", b - a }')" \
     --argjson h "$(awk -v a="$h0" -v b="$h1" 'BEGIN { printf "%.4f", b - a }')" \
     --argjson wall "$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.3f", y[1] - x[1] }')" \
-    --argjson segs "$((g1 - g0))" --argjson wakeups "$((w1 - w0))" --argjson busy "$busy" --argjson rate "$est" --argjson c0 "$c0" --argjson c1 "$c1" \
+    --argjson segs "$((g1 - g0))" --argjson wakeups "$((w1 - w0))" --argjson sched_ns "$((ns1 - ns0))" --argjson busy "$busy" --argjson rate "$est" --argjson c0 "$c0" --argjson c1 "$c1" \
     --slurpfile hold <(jq -c . "$base.hold.json" 2>/dev/null || echo null) \
     '{server: $server, round: $round, connections: $n, interval_secs: $interval,
       established_start: $c0, established_end: $c1, window_secs: $wall,
       heartbeats_per_sec: $rate, heartbeats: (if $rate == null then null else $rate * $wall end),
       server_cpu_secs: $s, server_user_secs: $u, hold_cpu_secs: $h, server_wakeups: $wakeups,
+      server_sched_secs: ($sched_ns / 1e9),
       server_wakeups_per_hb: (if $rate == null or $rate == 0 then null else $wakeups / ($rate * $wall) end),
       server_user_share: (if $s == 0 then null else $u / $s end),
       server_us_per_hb: (if $rate == null or $rate == 0 then null else $s * 1e6 / ($rate * $wall) end),
@@ -181,8 +201,10 @@ run_one() { # server round
 t_start=$SECONDS
 read -r -a servers <<<"$SERVERS"
 n=${#servers[@]}
-bench_wait_quiet "${QUIET_WAIT:-30}"
-for ((round = 1; round <= ROUNDS; round++)); do
+measure_rounds=$ROUNDS
+[[ -n "${FROM_RUNS:-}" ]] && measure_rounds=0
+((measure_rounds == 0)) || bench_wait_quiet "${QUIET_WAIT:-30}"
+for ((round = 1; round <= measure_rounds; round++)); do
   for ((k = 0; k < n; k++)); do
     run_one "${servers[$(((k + round - 1) % n))]}" "$round" || true
   done
@@ -200,7 +222,7 @@ elapsed=$((SECONDS - t_start))
     | ($ng | if . == null then null else map(.server_us_per_hb) | median end) as $ngm
     | .[]
     | "| \(.[0].server) | \(map(.heartbeats_per_sec) | median | f0) | \(map(.server_cpu_secs / .window_secs) | median | pct) | \(mm(.server_us_per_hb)) | \(map(.server_us_per_hb * (.server_user_share // 0)) | median | f2) | \(mm(.hold_us_per_hb)) | "
-      + (if $ngm == null then "—" else ((map(.server_us_per_hb) | median) / $ngm | f2) + "×" end)
+      + (if $ngm == null or $ngm == 0 then "—" else ((map(.server_us_per_hb) | median) / $ngm | f2) + "×" end)
       + " | \(map(.tcp_segments_per_hb // 0) | median | f2) | \(map(.other_cpu_secs / .window_secs) | median | pct) | \(map(.hold_report.heartbeat_errors // 0) | add) / \(map(.hold_report.drops // 0) | add) |"' "$RUNS"
   echo
   echo "Server pinned to core $SERVER_CPU ($PROCESSES process(es) of one worker each; megaconn parks idle connections after 2 s, so every heartbeat wakes a parked one), \`megaconn hold\` to core $LOAD_CPU. Window: $WINDOW s starting $SETTLE s after all $N were open. µs/heartbeat = CPU seconds (utime+stime, /proc/PID/stat) in the window / heartbeats in it (hold's own heartbeats/s lines averaged over the window × its length). other CPU = the machine's busy time (2 × wall − idle) minus server and hold, in % of one core: other people's work on this shared machine; ratios measured side by side in one run are the figures to trust, absolute µs move with it."
@@ -211,10 +233,10 @@ elapsed=$((SECONDS - t_start))
   echo "|---|---:|---:|---:|"
   jq -rs "$BENCH_JQ_DEFS"'
     group_by(.server) | .[]
-    | "| \(.[0].server) | \(map(.server_cpu_secs / .window_secs * 1e6) | median | f0) | \(map(.server_wakeups / .window_secs) | median | f1) | "
+    | "| \(.[0].server) | \(map(.server_sched_secs / .window_secs * 1e6) | median | f0) | \(map(.server_wakeups / .window_secs) | median | f1) | "
       + (map(.server_wakeups_per_hb) | if any(. == null) then "—" else median | f3 end) + " |"' "$RUNS"
   echo
-  echo "Wake-ups: voluntary context switches of every thread of the server's processes (megaconn's supervisor, worker processes and their threads; nginx's master and workers). With INTERVAL=3600 no heartbeat falls in the window: an idle server's own timers."
+  echo "CPU: nanoseconds on the CPU of every thread of the server's processes (/proc/PID/task/*/schedstat: finer than the 10 ms ticks of the table above). Wake-ups: voluntary context switches of every thread of the server's processes (megaconn's supervisor, worker processes and their threads; nginx's master and workers). With INTERVAL=3600 an idle server: N/3600 heartbeats a second (the first beats are spread over the interval), and its own timers."
   echo
   echo "_heartbeat-cpu.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN_A.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/heartbeat-$STAMP/_"
   echo

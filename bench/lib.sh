@@ -295,11 +295,13 @@ server_start() { # NAME PORT [WORKERS]
       ;;
     nginx)
       local dir="$RUN_DIR/nginx-$port"
-      local listen_opts=""
+      # NGINX_LISTEN_OPTS: e.g. " reuseport", one listening socket per worker
+      # (several workers: without it one worker takes most connections).
+      local listen_opts="${NGINX_LISTEN_OPTS:-}"
       rm -rf "$dir" && mkdir -p "$dir"
       : >"$dir/tls.conf"
       if server_tls; then
-        listen_opts=" ssl http2"
+        listen_opts+=" ssl http2"
         sed -e "s|@CERT@|$SERVER_TLS_CERT|g" -e "s|@KEY@|$SERVER_TLS_KEY|g" \
           "$BENCH_DIR/peers/nginx-tls.conf.template" >"$dir/tls.conf"
       fi

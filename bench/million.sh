@@ -109,6 +109,8 @@
 #   it; kswapd's CPU while holding is reported either way), NETNS_EHASH
 #   (0: off; B: run in a network namespace with a TCP established hash of B
 #   buckets, see below),
+#   DRAIN_WAIT (90: before the next server, wait at most this many seconds
+#   for the last run's sockets, TIME_WAIT included, to be gone),
 #   MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments, e.g.
 #   "--park-after 500ms"), BENCH_SKIP_BUILD=1, BENCH_SKIP_INSTALL=1,
 #   FROM_DIRS ("bench/out/million-A bench/out/million-B": run nothing, write
@@ -412,14 +414,14 @@ FD_STAT_OK=0
 # PSS (proportional set size) splits shared pages (the binary's code, shared
 # libraries) between the processes mapping them; RSS counts them in every one
 # of P worker processes.
-proc_stats() { # PID... -> "RSS_BYTES CPU_TICKS PSS_BYTES" (VmRSS, utime+stime, Pss) summed, one awk
+proc_stats() { # PID... -> "RSS_BYTES CPU_TICKS PSS_BYTES USER_TICKS" (VmRSS, utime+stime, Pss, utime) summed, one awk
   local files=() p
   for p in "$@"; do [[ -r "/proc/$p/stat" ]] && files+=("/proc/$p/status" "/proc/$p/stat" "/proc/$p/smaps_rollup"); done
-  ((${#files[@]})) || { echo "0 0 0"; return 0; }
+  ((${#files[@]})) || { echo "0 0 0 0"; return 0; }
   awk 'FILENAME ~ /status$/ { if ($1 == "VmRSS:") rss += $2 * 1024; next }
        FILENAME ~ /smaps_rollup$/ { if ($1 == "Pss:") pss += $2 * 1024; next }
-       { line = $0; sub(/^.*\) /, "", line); split(line, f, " "); ticks += f[12] + f[13] }
-       END { printf "%.0f %.0f %.0f\n", rss, ticks, pss }' "${files[@]}" 2>/dev/null || echo "0 0 0"
+       { line = $0; sub(/^.*\) /, "", line); split(line, f, " "); ticks += f[12] + f[13]; uticks += f[12] }
+       END { printf "%.0f %.0f %.0f %.0f\n", rss, ticks, pss, uticks }' "${files[@]}" 2>/dev/null || echo "0 0 0 0"
 }
 kernel_stats() { # -> "KERNEL_BYTES SOCK_KERNEL_BYTES MEM_AVAILABLE", one awk
   awk -v ps="$PAGE_SIZE" -v names="$KERNEL_SOCK_CACHES" '
@@ -492,7 +494,7 @@ sample() {
   ((S_CONNS >= 0)) || S_CONNS=0
   S_OPEN="$(hold_open "$3")"
   # shellcheck disable=SC2086
-  read -r S_RSS S_TICKS S_PSS < <(proc_stats $pids)
+  read -r S_RSS S_TICKS S_PSS S_UTICKS < <(proc_stats $pids)
   read -r S_K S_SK S_AVAIL < <(kernel_stats)
   S_HTICKS="$(hold_ticks)"
   S_END=$((SECONDS - $4))
@@ -645,8 +647,8 @@ run_server() {
   local procs=$(((target + PER_PROC - 1) / PER_PROC + 1))
   local csv="$RES_DIR/$name.csv" hlog="$RES_DIR/$name.hold.log" hjson="$RES_DIR/$name.hold.json"
   local t0 fd0 rss0 k0 sk0 sn0 stopped_early="" ramp_done=0 ramp_done_t=0
-  local cpu_t0=0 cpu_ticks0=0 cpu_hticks0=0 busy_cpu0=0 ksw0=0 ksw1=0 expect_ramp phase
-  local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 F_HTICKS=0 F_END=0 peak_conns=0 busy1 sn1 pss0
+  local cpu_t0=0 cpu_ticks0=0 cpu_uticks0=0 cpu_hticks0=0 busy_cpu0=0 ksw0=0 ksw1=0 expect_ramp phase
+  local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 F_HTICKS=0 F_END=0 F_UTICKS=0 peak_conns=0 busy1 sn1 pss0
   local all_open_t=null lo0 lo1 sr0 sr1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
   local B_PUSHES=null B_NS=null B_SECS=null B_STATUS="" perf_pid=""
   log "== $name: $target connections at $ramp/s, held ${hold}s, $procs server processes"
@@ -664,7 +666,7 @@ run_server() {
   # shellcheck disable=SC2086
   fd0="$(fd_count $pids)"
   # shellcheck disable=SC2086
-  read -r rss0 _t pss0 < <(proc_stats $pids)
+  read -r rss0 _t pss0 _u < <(proc_stats $pids)
   read -r k0 sk0 _a < <(kernel_stats)
   sn0="$(softnet_drops)"
   lo0="$(tcpext ListenOverflows)"
@@ -681,7 +683,7 @@ run_server() {
   local tmo=5
   [[ -n "$TIMEOUT" ]] && tmo="$(awk -v t="$TIMEOUT" 'BEGIN { v = t + 0; if (t ~ /ms$/) v /= 1000; else if (t ~ /m$/) v *= 60; printf "%d", v + 0.999 }')"
   local close_lo=0 full_t="" last_cost=0 lo
-  local -a HS=() # hold-phase samples: "T CONNS OPEN RSS PSS K SK TICKS HTICKS END"
+  local -a HS=() # hold-phase samples: "T CONNS OPEN RSS PSS K SK TICKS HTICKS END UTICKS"
   sample base "$csv" "$hlog" "$t0" "$fd0"
   while kill -0 "$HOLD_PID" 2>/dev/null; do
     if ((ramp_done)); then
@@ -707,7 +709,7 @@ run_server() {
     ((S_CONNS > peak_conns)) && peak_conns=$S_CONNS
     [[ "$all_open_t" == null ]] && ((S_CONNS >= target)) && all_open_t=$S_T
     if [[ "$phase" != ramp ]]; then
-      HS+=("$S_T $S_CONNS $S_OPEN $S_RSS $S_PSS $S_K $S_SK $S_TICKS $S_HTICKS $S_END")
+      HS+=("$S_T $S_CONNS $S_OPEN $S_RSS $S_PSS $S_K $S_SK $S_TICKS $S_HTICKS $S_END $S_UTICKS")
     fi
     log "  $name t=${S_T}s $phase: server $S_CONNS conns, hold open $S_OPEN, RSS $((S_RSS >> 20)) MiB, kernel +$(((S_K - k0) >> 20)) MiB, avail $((S_AVAIL >> 20)) MiB (sample took ${last_cost}s)"
     # Ramp over: hold's progress shows every connection tried and settled
@@ -735,7 +737,7 @@ run_server() {
     fi
     # CPU-while-holding window starts CPU_SETTLE s after the ramp.
     if ((ramp_done && cpu_t0 == 0 && S_T >= ramp_done_t + settle)); then
-      cpu_t0=$S_T cpu_ticks0=$S_TICKS cpu_hticks0=$S_HTICKS busy_cpu0="$(machine_idle_snapshot)"
+      cpu_t0=$S_T cpu_ticks0=$S_TICKS cpu_uticks0=$S_UTICKS cpu_hticks0=$S_HTICKS busy_cpu0="$(machine_idle_snapshot)"
       ksw0="$(kswapd_ticks)"
       if [[ "$PERF" == 1 ]]; then
         # The whole machine, call graphs, for PERF_SECS s of the hold.
@@ -746,7 +748,7 @@ run_server() {
     if ((S_RSS > RSS_CAP)) || ((S_AVAIL < MIN_AVAIL)); then
       stopped_early="RSS $((S_RSS >> 20)) MiB (cap $((RSS_CAP >> 20))) / MemAvailable $((S_AVAIL >> 20)) MiB (floor $((MIN_AVAIL >> 20)))"
       log "  $name: stopping early: $stopped_early"
-      HS+=("$S_T $S_CONNS $S_OPEN $S_RSS $S_PSS $S_K $S_SK $S_TICKS $S_HTICKS $S_END")
+      HS+=("$S_T $S_CONNS $S_OPEN $S_RSS $S_PSS $S_K $S_SK $S_TICKS $S_HTICKS $S_END $S_UTICKS")
       stop_hold
       break
     fi
@@ -779,7 +781,7 @@ run_server() {
   for ((k = ${#HS[@]} - 1; k >= 0; k--)); do
     read -r -a rec <<<"${HS[$k]}"
     if [[ "$hold_close" == null || -n "$stopped_early" ]] || ((rec[9] <= hold_close)); then
-      F_T=${rec[0]} F_CONNS=${rec[1]} F_OPEN=${rec[2]} F_RSS=${rec[3]} F_PSS=${rec[4]} F_K=${rec[5]} F_SK=${rec[6]} F_TICKS=${rec[7]} F_HTICKS=${rec[8]} F_END=${rec[9]}
+      F_T=${rec[0]} F_CONNS=${rec[1]} F_OPEN=${rec[2]} F_RSS=${rec[3]} F_PSS=${rec[4]} F_K=${rec[5]} F_SK=${rec[6]} F_TICKS=${rec[7]} F_HTICKS=${rec[8]} F_END=${rec[9]} F_UTICKS=${rec[10]}
       final_note="sample at ${F_T}-${F_END}s; hold began closing at ${hold_close}s"
       ((k < ${#HS[@]} - 1)) && final_note+=" (the $((${#HS[@]} - 1 - k)) later sample(s) ended after that and were discarded)"
       break
@@ -801,7 +803,7 @@ run_server() {
   # gives freed heap back once a second).
   sleep 3
   # shellcheck disable=SC2046  # a list of PIDs
-  read -r rss_after _t pss_after < <(proc_stats $(server_pids))
+  read -r rss_after _t pss_after _u < <(proc_stats $(server_pids))
   local restarts=0
   [[ "$name" == megaconn ]] && restarts="$(grep -ci 'restart' "$RES_DIR/$name.server.log" || true)"
   local exit_status
@@ -809,14 +811,15 @@ run_server() {
   exit_status=$EXIT_STATUS
   log "  $name: exit status $exit_status; $(tail -1 "$RES_DIR/$name.server.log")"
   # No hold-phase sample (hold ended early): fall back to the last sample.
-  if ((F_T == 0)); then F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_PSS=$S_PSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS F_HTICKS=$S_HTICKS F_END=$S_END; fi
+  if ((F_T == 0)); then F_T=$S_T F_CONNS=$S_CONNS F_OPEN=$S_OPEN F_RSS=$S_RSS F_PSS=$S_PSS F_K=$S_K F_SK=$S_SK F_TICKS=$S_TICKS F_HTICKS=$S_HTICKS F_END=$S_END F_UTICKS=$S_UTICKS; fi
   # Heartbeats/s over the CPU window (hold's progress lines), and CPU per heartbeat.
-  local hb_rate=null srv_us_hb=null cli_us_hb=null hold_cpu_pct=null
+  local hb_rate=null srv_us_hb=null srv_user_us_hb=null cli_us_hb=null hold_cpu_pct=null
   if ((cpu_t0 > 0 && F_T > cpu_t0)); then
     hb_rate="$(hold_hb_rate "$hlog" "$cpu_t0" "$F_T")"
     hold_cpu_pct="$(awk -v a="$cpu_hticks0" -v b="$F_HTICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')"
     if [[ "$hb_rate" != null ]]; then
       srv_us_hb="$(awk -v a="$cpu_ticks0" -v b="$F_TICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" -v r="$hb_rate" 'BEGIN { if (r > 0) printf "%.2f", (b - a) / hz / (r * s) * 1e6; else print "null" }')"
+      srv_user_us_hb="$(awk -v a="$cpu_uticks0" -v b="$F_UTICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" -v r="$hb_rate" 'BEGIN { if (r > 0) printf "%.2f", (b - a) / hz / (r * s) * 1e6; else print "null" }')"
       cli_us_hb="$(awk -v a="$cpu_hticks0" -v b="$F_HTICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" -v r="$hb_rate" 'BEGIN { if (r > 0) printf "%.2f", (b - a) / hz / (r * s) * 1e6; else print "null" }')"
     fi
   fi
@@ -843,7 +846,7 @@ run_server() {
     --arg stopped_early "$stopped_early" --argjson server_alive "$server_alive" \
     --arg exit_status "$exit_status" --argjson close_secs "$close_secs" \
     --argjson restarts "${restarts:-0}" --argjson hold "$hold_json" \
-    --argjson hb_rate "$hb_rate" --argjson srv_us_hb "$srv_us_hb" --argjson cli_us_hb "$cli_us_hb" \
+    --argjson hb_rate "$hb_rate" --argjson srv_us_hb "$srv_us_hb" --argjson srv_user_us_hb "$srv_user_us_hb" --argjson cli_us_hb "$cli_us_hb" \
     --argjson hold_cpu_pct "$hold_cpu_pct" --argjson final_end "$F_END" --argjson hold_close "$hold_close" \
     --arg final_note "$final_note" \
     --argjson bcast "$BROADCAST" --argjson b_pushes "$B_PUSHES" --argjson b_ns "$B_NS" \
@@ -863,7 +866,7 @@ run_server() {
       stopped_early: (if $stopped_early == "" then null else $stopped_early end),
       server_alive_after_hold: $server_alive, exit_status: $exit_status,
       close_secs: $close_secs, worker_restart_log_lines: $restarts,
-      heartbeats_per_sec_holding: $hb_rate, server_us_per_heartbeat: $srv_us_hb,
+      heartbeats_per_sec_holding: $hb_rate, server_us_per_heartbeat: $srv_us_hb, server_user_us_per_heartbeat: $srv_user_us_hb,
       hold_cpu_pct_holding: $hold_cpu_pct, hold_us_per_heartbeat: $cli_us_hb,
       final_sample_done_at_secs: $final_end, hold_began_closing_at_secs: $hold_close, final_sample_note: $final_note,
       broadcast: (if $bcast == 1 then {
@@ -881,18 +884,44 @@ run_server() {
   log "  $name: $(jq -c '{connections, rss, rss_per_conn, kernel_per_conn, cpu_pct_holding, exit_status}' "$RES_DIR/$name.json")"
 }
 
+# Before the next server: wait (at most DRAIN_WAIT s) until the last run's
+# sockets are gone (back to within 100 of the count at the script's start) (TIME_WAIT lasts 60 s). The second server of a run used to
+# start 5 s after the first closed, with ~200,000 sockets still in TIME_WAIT
+# (~140 MB of the kernel's memory, expiring during its ramp); the order of
+# the servers then moved their ratio of CPU per heartbeat (MILLION.md
+# 2026-12-01), so each now starts on a clean table.
+DRAIN_WAIT="${DRAIN_WAIT:-90}"
+tcp_sockets() { # -> TCP sockets allocated + in TIME_WAIT (this namespace)
+  awk '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "alloc" || $i == "tw") n += $(i + 1) } END { print n + 0 }' /proc/net/sockstat
+}
+TCP_SOCKETS_AT_START="$(tcp_sockets)"
+drain_sockets() {
+  local t0=$SECONDS left
+  while :; do
+    left=$(($(tcp_sockets) - TCP_SOCKETS_AT_START))
+    ((left < 100)) && break
+    if ((SECONDS - t0 >= DRAIN_WAIT)); then
+      log "  $left TCP sockets still allocated or in TIME_WAIT after ${DRAIN_WAIT} s; going on"
+      break
+    fi
+    sleep 1
+  done
+  log "  sockets of the last run drained in $((SECONDS - t0)) s ($left left)"
+}
+
 # ---------------------------------------------------------------- run
 t_start=$SECONDS
 read -r -a servers <<<"$SERVERS"
 if [[ -z "$FROM_DIRS" ]]; then
-  for server in "${servers[@]}"; do
+  for i in "${!servers[@]}"; do
+    server="${servers[$i]}"
+    ((i > 0)) && drain_sockets
     if [[ "$server" == megaconn ]]; then
       [[ "$MEGACONN_SERVE_OK" == 1 ]] || { log "megaconn serve unavailable; skipped"; continue; }
       run_server megaconn "$N" "$RAMP" "$HOLD"
     else
       run_server "$server" "$N_PEER" "$RAMP_PEER" "$HOLD_PEER"
     fi
-    sleep 5 # let TIME_WAIT/closing sockets of the last run drain a little
   done
 fi
 elapsed=$((SECONDS - t_start))
@@ -957,7 +986,7 @@ fi
       + " | \(.hold.heartbeat_latency_holding_us.p50 // null | ms) / \(.hold.heartbeat_latency_holding_us.p99 // null | ms) / \(.hold.heartbeat_latency_holding_us.p999 // null | ms)"
       + " | \(.rss | mib) | \(.rss_per_conn | f0) | \(.pss_per_conn | f0) | \(.kernel_per_conn | f0)"
       + " | \((.heartbeats_per_sec_holding // null) as $hb | .cpu_pct_holding // null | if . == null then "—" else tostring + " % (\($hb | f0) heartbeats/s)" end)"
-      + " | \(.server_us_per_heartbeat // null | us) | \(.hold_us_per_heartbeat // null | us)"
+      + " | \(.server_us_per_heartbeat // null | us)\(if .server_user_us_per_heartbeat != null then " (user \(.server_user_us_per_heartbeat | us))" else "" end) | \(.hold_us_per_heartbeat // null | us)"
       + " | \(if .exit_status == "0" then "yes" else "no (" + .exit_status + ")" end) |" end' "$(src_dir "$server")/$server.json"
   done
   if [[ "$BROADCAST" == 1 ]]; then
@@ -975,7 +1004,7 @@ fi
     echo "Broadcast: once the ramp was over, one \`POST /broadcast\` of 64 bytes (starting \`t=<unix ns>\`, taken just before curl started) to the supervisor's admin listener, which forwards it to every worker process over its publish channel; each delivers it to its connections. Pushes received and delivery latency from \`hold --receive\` (receiver and sender share the clock). Server CPU: schedstat of all its processes from just before the publish until hold counted N pushes (polled from hold's once-a-second progress lines, so the window is up to ~1 s longer than the delivery) or ${BCAST_WAIT} s; net = raw less the heartbeats' CPU over the same wall time at the holding rate measured afterwards."
   fi
   echo
-  echo "Connections held: the server's open sockets (open fds of all its processes minus their count at rest) at the end of the hold; \`megaconn hold\` reported the same count open (see the JSON). Ramp: hold's ramp time at the asked rate ($RAMP/s megaconn, $RAMP_PEER/s peers) / seconds after hold started until the server held them all (sampled every $RAMP_SAMPLE s, so ±$RAMP_SAMPLE s; connects whose SYN was dropped wait for retransmits). Heartbeats: one GET / per connection every ${INTERVAL} s (jittered), latency measured by hold over the whole run, and apart for the heartbeats sent after the ramp (in each hold process, once its every connection had been tried), when no connects share the CPUs with them. Server RSS: VmRSS summed over every process of the server (megaconn's and Go's supervisor + workers, nginx master + workers), at the end of the hold. Server bytes/conn = (RSS − RSS at rest after one request) / connections. Kernel bytes/conn = Δ(Slab + TCP buffer pages) / connections — both the client and the server socket of each loopback connection (this one kernel holds both), so a server's own share is about half. Server bytes/conn (Δ PSS): the same with PSS (Pss from /proc/PID/smaps_rollup, summed: pages shared between the processes, such as the binary's code, split between them instead of counted in each). Server CPU while holding = its CPU seconds / wall seconds from min(${CPU_SETTLE} s, hold/4) after the ramp to the end-of-hold sample, in % of one core (only heartbeats flow then: about connections / ${INTERVAL} s; heartbeats/s is the mean of hold's progress lines over that window). CPU per heartbeat = CPU seconds over that window / heartbeats in it (server: utime+stime of all its processes; hold: of hold and its children). The end-of-hold sample is timed from hold's real ramp end and checked against hold's report, so it is taken before hold starts closing (see final_sample_note in the JSON). The script sets kernel.sched_autogroup_enabled=0 for the run and restores it after. Clean exit: status 0 after SIGTERM once hold had closed its connections."
+  echo "Connections held: the server's open sockets (open fds of all its processes minus their count at rest) at the end of the hold; \`megaconn hold\` reported the same count open (see the JSON). Ramp: hold's ramp time at the asked rate ($RAMP/s megaconn, $RAMP_PEER/s peers) / seconds after hold started until the server held them all (sampled every $RAMP_SAMPLE s, so ±$RAMP_SAMPLE s; connects whose SYN was dropped wait for retransmits). Heartbeats: one GET / per connection every ${INTERVAL} s (jittered), latency measured by hold over the whole run, and apart for the heartbeats sent after the ramp (in each hold process, once its every connection had been tried), when no connects share the CPUs with them. Server RSS: VmRSS summed over every process of the server (megaconn's and Go's supervisor + workers, nginx master + workers), at the end of the hold. Server bytes/conn = (RSS − RSS at rest after one request) / connections. Kernel bytes/conn = Δ(Slab + TCP buffer pages) / connections — both the client and the server socket of each loopback connection (this one kernel holds both), so a server's own share is about half. Server bytes/conn (Δ PSS): the same with PSS (Pss from /proc/PID/smaps_rollup, summed: pages shared between the processes, such as the binary's code, split between them instead of counted in each). Server CPU while holding = its CPU seconds / wall seconds from min(${CPU_SETTLE} s, hold/4) after the ramp to the end-of-hold sample, in % of one core (only heartbeats flow then: about connections / ${INTERVAL} s; heartbeats/s is the mean of hold's progress lines over that window). CPU per heartbeat = CPU seconds over that window / heartbeats in it (server: utime+stime of all its processes, with its user-space share, utime, in brackets; hold: of hold and its children). Each server starts once the last one's sockets are gone (TIME_WAIT included, at most ${DRAIN_WAIT} s). The end-of-hold sample is timed from hold's real ramp end and checked against hold's report, so it is taken before hold starts closing (see final_sample_note in the JSON). The script sets kernel.sched_autogroup_enabled=0 for the run and restores it after. Clean exit: status 0 after SIGTERM once hold had closed its connections."
   echo
   for server in "${servers[@]}"; do
     [[ -s "$(src_dir "$server")/$server.json" ]] || continue

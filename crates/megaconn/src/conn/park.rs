@@ -12,11 +12,14 @@
 //!
 //! Idle timeouts of parked sockets are not timers: a sweep walks the deadline
 //! array (a few hundred microseconds per million entries) and closes the
-//! expired ones. It runs once a second while connections come and go, and
-//! otherwise when the earliest deadline is due, or every ten seconds: a
-//! quiet lot costs an idle worker almost no wake-ups. The price of parking is CPU per idle→active cycle,
-//! so only cold connections are parked and busy keep-alive connections stay
-//! tasks; and the cycle is kept cheap for the common cold case, a heartbeat,
+//! expired ones. It runs once a second after a burst of parkings and
+//! wake-ups (until the heap is trimmed), and otherwise when the earliest
+//! deadline is due, or every ten seconds: a quiet lot costs an idle worker
+//! almost no wake-ups.
+//!
+//! The price of parking is CPU per idle→active cycle, so only cold
+//! connections are parked and busy keep-alive connections stay tasks; and
+//! the cycle is kept cheap for the common cold case, a heartbeat,
 //! which is served without registering with tokio unless it has to wait
 //! (`woken.rs`) and makes no `epoll_ctl` at all.
 //!
@@ -204,7 +207,8 @@ pub(crate) struct ParkingLot {
     /// run loop's waker, to move its sweep earlier.
     due_moved: Cell<bool>,
     sweep_waker: Cell<Option<std::task::Waker>>,
-    /// The last sweep saw parkings or wake-ups since the one before.
+    /// A trim is pending (enough parkings and wake-ups since the last one):
+    /// sweep every second until the burst is over.
     active: Cell<bool>,
     epoch: Instant,
     /// The last instant [`ParkingLot::tick_of`] converted, and its tick; the
@@ -602,17 +606,20 @@ impl ParkingLot {
             }
         }
         let churn = self.churn_since_trim.get();
-        self.active.set(churn != self.churn_at_sweep.get());
         if trim_due(churn, self.churn_at_sweep.get()) {
             self.churn_since_trim.set(0);
             self.trims.set(self.trims.get() + 1);
             trim_heap();
         }
         self.churn_at_sweep.set(self.churn_since_trim.get());
+        // Enough churn for a trim once it goes quiet: keep sweeping every
+        // second until then (a trickle below that needs no sweep of its own).
+        self.active
+            .set(self.churn_since_trim.get() >= TRIM_AFTER_BURST);
     }
 
-    /// When the next sweep is needed, after one: in a second while
-    /// connections come and go (a trim may be due once they stop) or
+    /// When the next sweep is needed, after one: in a second while a trim is
+    /// pending (it is due once connections stop coming and going) or
     /// `settled` is false (the worker's buffer pool still has buffers to give
     /// back, or a paced shutdown drain waits for the lot to empty); else when
     /// the earliest deadline is due, at the latest in [`QUIET_SWEEP`] (the
@@ -1082,8 +1089,8 @@ pub(super) mod tests {
     }
 
     /// A quiet lot sweeps only when a deadline is due: with nothing parked,
-    /// never; after a parking, a second later (connections come and go);
-    /// then at the deadline, where the sweep closes it.
+    /// every [`QUIET_SWEEP`]; after a burst, every second until it is
+    /// trimmed; then at the deadline, where the sweep closes it.
     #[tokio::test(start_paused = true)]
     async fn a_quiet_lot_sweeps_only_when_a_deadline_is_due() {
         let f = fixture();
@@ -1103,13 +1110,16 @@ pub(super) mod tests {
         let (a, _ca) = pair();
         park(&f, a, 1, AtDeadline::Close);
         assert!(f.lot.due_moved.replace(false), "the run loop is told");
+        // A burst's churn: every second until it is over and trimmed.
+        f.lot.churn_since_trim.set(TRIM_AFTER_BURST + 10);
         f.lot.sweep();
         assert_eq!(
             f.lot.next_sweep(true),
             Instant::now() + Duration::from_secs(1),
-            "a parking since the last sweep"
+            "a trim pending"
         );
         f.lot.sweep();
+        assert_eq!(f.lot.trims.get(), 1);
         let due = f.lot.next_sweep(true);
         assert_eq!(
             due,

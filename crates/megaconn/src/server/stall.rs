@@ -217,9 +217,17 @@ pub(crate) fn watch(
                 }
                 if quiet {
                     sleep_until_a_worker_wakes(&alarm, &workers, &seen);
+                    // Counted from the wake-up that woke this thread: a
+                    // worker that then goes back to waiting (a heartbeat
+                    // served in microseconds) is quiet at the next look, and
+                    // one that stays away is stalled a threshold after it.
                     let now = Instant::now();
-                    for s in &mut seen {
-                        s.since = now;
+                    for (worker, s) in workers.iter().zip(seen.iter_mut()) {
+                        *s = Seen {
+                            ticks: worker.stall.ticks.load(SeqCst),
+                            since: now,
+                            reported: false,
+                        };
                     }
                 }
             }
