@@ -43,12 +43,28 @@ pub(crate) struct WorkerStats {
     /// Idle connections a paced shutdown drain has still to close.
     pub drain_pending: AtomicI64,
     /// The worker's loop as the stall detector sees it.
-    pub stall: crate::server::stall::LoopState,
+    pub stall: LoopState,
     pub stalls: AtomicU64,
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
     /// Message protocols' counters (framed TCP, WebSocket).
     pub messages: MessageCounters,
+}
+
+/// One worker's event loop as the stall detector (`server/stall.rs`) sees
+/// it: written by the worker's runtime hooks and tick task, read by the
+/// watchdog thread.
+#[derive(Debug, Default)]
+pub(crate) struct LoopState {
+    /// Bumped each time the worker's loop comes back from waiting for
+    /// events, and by its tick task when asked.
+    pub ticks: AtomicU64,
+    /// The loop is waiting for events (tokio's park): it cannot be stalled.
+    pub waiting: std::sync::atomic::AtomicBool,
+    /// Set by the watchdog to ask the tick task for a tick.
+    pub asked: std::sync::atomic::AtomicBool,
+    /// The tick task's waker.
+    pub tick_waker: futures_util::task::AtomicWaker,
 }
 
 /// One worker's counters of message protocols (the message layer and the

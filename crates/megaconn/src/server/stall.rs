@@ -23,14 +23,12 @@
 //! wake-ups at 200,000 connections with 30 s heartbeats; bench/HEARTBEAT.md.)
 
 use std::future::poll_fn;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
-
-use futures_util::task::AtomicWaker;
 
 use crate::observe::lifecycle::Registry;
 use crate::observe::stats::{incr, WorkerStats};
@@ -40,20 +38,6 @@ use crate::ConnectionState;
 /// the threshold: four looks per threshold, so a stall is seen within
 /// 1.25× it.
 const LOOKS_PER_THRESHOLD: u32 = 4;
-
-/// One worker's side of the detector, shared with the watchdog.
-#[derive(Debug, Default)]
-pub(crate) struct LoopState {
-    /// Bumped each time the worker's loop comes back from waiting for
-    /// events, and by its [`tick`] task when asked.
-    ticks: AtomicU64,
-    /// The loop is waiting for events (tokio's park): it cannot be stalled.
-    waiting: AtomicBool,
-    /// Set by the watchdog to ask the [`tick`] task for a tick.
-    asked: AtomicBool,
-    /// The [`tick`] task's waker.
-    tick_waker: AtomicWaker,
-}
 
 /// What the workers' runtimes and the watchdog share.
 #[derive(Debug, Default)]
