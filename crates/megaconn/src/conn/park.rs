@@ -207,9 +207,6 @@ pub(crate) struct ParkingLot {
     /// run loop's waker, to move its sweep earlier.
     due_moved: Cell<bool>,
     sweep_waker: Cell<Option<std::task::Waker>>,
-    /// A trim is pending (enough parkings and wake-ups since the last one):
-    /// sweep every second until the burst is over.
-    active: Cell<bool>,
     epoch: Instant,
     /// The last instant [`ParkingLot::tick_of`] converted, and its tick; the
     /// same for [`ParkingLot::stamp_now`]. Within a turn every wake and park
@@ -266,7 +263,6 @@ impl ParkingLot {
             next_due: Cell::new(NO_DEADLINE),
             due_moved: Cell::new(false),
             sweep_waker: Cell::new(None),
-            active: Cell::new(false),
             epoch,
             last_tick: Cell::new((epoch, 1)),
             last_stamp: Cell::new((epoch, 1)),
@@ -612,10 +608,6 @@ impl ParkingLot {
             trim_heap();
         }
         self.churn_at_sweep.set(self.churn_since_trim.get());
-        // Enough churn for a trim once it goes quiet: keep sweeping every
-        // second until then (a trickle below that needs no sweep of its own).
-        self.active
-            .set(self.churn_since_trim.get() >= TRIM_AFTER_BURST);
     }
 
     /// When the next sweep is needed, after one: in a second while a trim is
@@ -626,7 +618,10 @@ impl ParkingLot {
     /// pool also fills from connections the lot never sees).
     fn next_sweep(&self, settled: bool) -> Instant {
         let now = Instant::now();
-        if self.active.get() || !settled {
+        // Enough churn for a trim once it goes quiet: sweep every second
+        // until then (a trickle below that needs no sweep of its own).
+        let trim_pending = self.churn_since_trim.get() >= TRIM_AFTER_BURST;
+        if trim_pending || !settled {
             return now + Duration::from_secs(1);
         }
         let quiet = now + QUIET_SWEEP;

@@ -172,7 +172,7 @@ where
         registry,
         mut adopt,
         hand_over,
-        stall_alarm: _,
+        stall_alarm,
     } = setup;
     // A connection woken less than `park_idle_after` after it was parked is
     // busy again: it waits as a task before it is parked once more.
@@ -193,8 +193,8 @@ where
         lot.set_on_close(Some(dispatch::on_parked_close(&ctx)));
     }
     let parking = tokio::task::spawn_local(park::run(ctx.clone()));
-    let ticking = config
-        .stall_threshold
+    // The stall detector's tick, for when its watchdog asks (`stall.rs`).
+    let ticking = stall_alarm
         .map(|_| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone())));
     let adopting = {
         let (ctx, limit) = (ctx.clone(), limit.clone());
