@@ -429,6 +429,7 @@ fn write_head<T, F, B>(
         head_ctx,
         server_header.as_ref(),
     );
+    super::header_maps::give(parts.headers);
     this.setup.keep_alive = keep_alive && this.upgrading.is_none();
     *this.encoder = Some(encoder);
 }

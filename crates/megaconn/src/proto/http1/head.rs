@@ -212,7 +212,7 @@ fn build(
         _ => Version::HTTP_11,
     };
 
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut headers = super::header_maps::take(req.headers.len());
     let mut framing = Framing::default();
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())

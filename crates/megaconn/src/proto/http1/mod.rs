@@ -10,13 +10,15 @@
 //!
 //! [`head`] parses the request head and applies RFC 9112's framing rules,
 //! [`decode`] reads request bodies, [`exchange`] runs one request/response and
-//! [`encode`] frames the response.
+//! [`encode`] frames the response; [`header_maps`] hands a written response's
+//! `HeaderMap` to the next request.
 
 pub(crate) mod conn;
 pub(crate) mod decode;
 pub(crate) mod encode;
 pub(crate) mod exchange;
 pub(crate) mod head;
+pub(crate) mod header_maps;
 
 pub(crate) use crate::observe::close::CloseReason;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
