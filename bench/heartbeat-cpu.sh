@@ -200,15 +200,10 @@ run_one() { # server round
 
 t_start=$SECONDS
 read -r -a servers <<<"$SERVERS"
-n=${#servers[@]}
 measure_rounds=$ROUNDS
 [[ -n "${FROM_RUNS:-}" ]] && measure_rounds=0
 ((measure_rounds == 0)) || bench_wait_quiet "${QUIET_WAIT:-30}"
-for ((round = 1; round <= measure_rounds; round++)); do
-  for ((k = 0; k < n; k++)); do
-    run_one "${servers[$(((k + round - 1) % n))]}" "$round" || true
-  done
-done
+interleaved_rounds "${measure_rounds}" run_one "${servers[@]}"
 elapsed=$((SECONDS - t_start))
 
 {

@@ -544,6 +544,21 @@ sched_ns() {
     awk '{ s += $1 } END { printf "%.0f\n", s }'
 }
 
+# interleaved_rounds ROUNDS FN SERVER...: runs `FN SERVER ROUND` for every
+# server in every round, each round starting one server later, so that no
+# server is always measured first (on the coolest machine) or last; a failed
+# FN is skipped (FN says why).
+interleaved_rounds() {
+  local rounds=$1 fn=$2 round k
+  shift 2
+  local servers=("$@") n=$#
+  for ((round = 1; round <= rounds; round++)); do
+    for ((k = 0; k < n; k++)); do
+      "$fn" "${servers[$(((k + round - 1) % n))]}" "$round" || true
+    done
+  done
+}
+
 # kill_ours SIG PATTERN PID...: signal only those PIDs that still exist and
 # whose command line contains PATTERN (guards against reused PIDs).
 kill_ours() {

@@ -253,13 +253,8 @@ run_one() { # server round
 
 t_start=$SECONDS
 read -r -a servers <<<"$SERVERS"
-n=${#servers[@]}
 bench_wait_quiet "${QUIET_WAIT:-30}"
-for ((round = 1; round <= ROUNDS; round++)); do
-  for ((k = 0; k < n; k++)); do
-    run_one "${servers[$(((k + round - 1) % n))]}" "$round" || true
-  done
-done
+interleaved_rounds "${ROUNDS}" run_one "${servers[@]}"
 elapsed=$((SECONDS - t_start))
 
 {
