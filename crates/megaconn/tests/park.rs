@@ -433,3 +433,39 @@ async fn a_woken_handler_that_waits_becomes_a_task_and_answers() {
     assert_eq!(server.handle.stats().requests, 3);
     server.stop().await;
 }
+
+/// A client that sends its last request and hangs up at once: the bytes and
+/// the end of the stream reach the parked socket before the lot takes the
+/// edge, so the one edge announces both. The request is answered and the
+/// connection closes; it used to be re-parked after the short read as if
+/// everything had been read, and sat half-closed until the idle timeout.
+/// (Both paths: a connection woken from the lot, and a new one, which is
+/// served bare from its accept.)
+#[tokio::test]
+async fn a_request_and_a_hang_up_in_one_wake_are_answered_and_closed() {
+    let server = parking_server(None).await;
+    let mut s = server.connect().await;
+    get_then_park(&server, &mut s, 1).await;
+    let_it_go_cold(&server).await;
+    get_and_hang_up(&mut s).await;
+    get_and_hang_up(&mut server.connect().await).await;
+    server
+        .wait_stats("both closed", |st| st.connections_open == 0)
+        .await;
+    server.stop().await;
+}
+
+/// Sends a request and shuts the client's side down at once: the answer
+/// must come, then the server's close.
+async fn get_and_hang_up(s: &mut tokio::net::TcpStream) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let got = read_to_close(s).await;
+    assert!(
+        got.ends_with(b"Hello, World!"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}

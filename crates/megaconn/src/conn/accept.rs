@@ -5,12 +5,22 @@
 //! a connection closes. Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`)
 //! make it back off with a growing, capped delay and log at most once per
 //! interval: never spin, never exit.
+//!
+//! Sockets are accepted bare (`accept4`, non-blocking), not registered with
+//! the runtime: cleartext HTTP/1.1 reads its opening request straight from
+//! the socket and, if it never has to wait, parks it without tokio ever
+//! watching it (`woken.rs`) — one `epoll_ctl` per connection (the lot's),
+//! where a registered stream cost three (tokio's add and delete, then the
+//! lot's add). The protocols that wait from the start register it
+//! themselves (`dispatch.rs`).
 
 use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
 use crate::conn::admission::{Refusal, TokenBucket};
@@ -32,7 +42,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(crate) async fn accept_loop(
-    listener: TcpListener,
+    listener: AsyncFd<TcpListener>,
     ctx: Rc<WorkerContext>,
     spawn_connection: Respawn,
     limit: ConnectionLimit,
@@ -52,6 +62,7 @@ pub(crate) async fn accept_loop(
     });
     let mut slot = None;
     let local = listener
+        .get_ref()
         .local_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
@@ -73,8 +84,8 @@ pub(crate) async fn accept_loop(
                 }
             },
         };
-        match listener.accept().await {
-            Ok((stream, peer)) => {
+        match accept(&listener).await {
+            Ok((socket, peer)) => {
                 backoff = BACKOFF_START;
                 incr(&ctx.stats.accepted);
                 let hook = ctx.config.on_connection.as_ref();
@@ -96,7 +107,7 @@ pub(crate) async fn accept_loop(
                 let conn = Connection::open(held, ctx.stats.clone(), track);
                 if let Some(refusal) = refusal {
                     // Closed at once, counted like any close.
-                    drop(stream);
+                    drop(socket);
                     let (counter, log) = match refusal {
                         Refusal::AcceptRate => (&ctx.stats.rejected_accept_rate, &mut rate_log),
                         Refusal::PerIp => (&ctx.stats.rejected_per_ip, &mut per_ip_log),
@@ -114,8 +125,8 @@ pub(crate) async fn accept_loop(
                     });
                     continue;
                 }
-                configure_accepted(&stream, &ctx.config);
-                spawn_connection(Incoming::Accepted(stream, ConnInfo { peer, local }), conn);
+                configure_accepted(&socket, &ctx.config);
+                spawn_connection(Incoming::Accepted(socket, ConnInfo { peer, local }), conn);
             }
             Err(e) => {
                 slot = Some(held);
@@ -138,6 +149,47 @@ pub(crate) async fn accept_loop(
             }
         }
     }
+}
+
+/// The next connection on `listener`: a non-blocking socket that the
+/// runtime does not watch, and the client's address.
+async fn accept(listener: &AsyncFd<TcpListener>) -> io::Result<(OwnedFd, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        match ready.try_io(|l| accept4(l.get_ref())) {
+            Ok(accepted) => return accepted,
+            // Nothing queued: readiness cleared, wait for the next.
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// `accept4` with `SOCK_NONBLOCK | SOCK_CLOEXEC`: one system call, where
+/// std's accept (or socket2's) would need a second one for non-blocking.
+fn accept4(listener: &TcpListener) -> io::Result<(OwnedFd, SocketAddr)> {
+    // SAFETY: try_init hands accept4 zeroed address storage and its length.
+    let (fd, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            match libc::accept4(
+                listener.as_raw_fd(),
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            ) {
+                -1 => Err(io::Error::last_os_error()),
+                fd => Ok(fd),
+            }
+        })?
+    };
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let peer = addr.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "accepted a connection that is not TCP/IP",
+        )
+    })?;
+    Ok((socket, peer))
 }
 
 /// Errors about one half-open connection, not about the listener or the process.

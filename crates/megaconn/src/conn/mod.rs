@@ -27,8 +27,6 @@ pub(crate) mod woken;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
-use tokio::net::TcpStream;
-
 /// Which protocol a parked connection resumes in: an opaque tag the parking
 /// lot keeps per socket (the protocols define their tags in `proto/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +37,20 @@ pub(crate) struct ProtoTag(pub u8);
 pub(crate) enum Wake {
     /// Bytes (or a hang-up) arrived.
     Readable,
+    /// Readable, and the peer had shut its side down (or the socket failed)
+    /// by the time the lot took the edge: after its bytes comes the end of
+    /// the stream, and no later edge will announce it. A short read then
+    /// does not mean everything was read (`woken.rs`).
+    HungUp,
     /// The timer it asked for when it parked fired (server-sent heartbeats).
     Timer,
+}
+
+impl Wake {
+    /// Bytes (or the end of the stream) are there to read.
+    pub(crate) fn readable(self) -> bool {
+        self != Wake::Timer
+    }
 }
 
 /// The addresses of a connection, handed to services as a request extension
@@ -68,8 +78,9 @@ impl ConnInfo {
 /// A connection to serve: freshly accepted, or woken from the parking lot.
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    /// Accepted by a listener (TLS, if configured, starts here).
-    Accepted(TcpStream, ConnInfo),
+    /// Accepted by a listener (TLS, if configured, starts here): a bare
+    /// non-blocking socket the runtime does not watch yet (`accept.rs`).
+    Accepted(OwnedFd, ConnInfo),
     /// A parked socket that woke up, to resume in protocol `proto`; `hot`
     /// when it had been re-parked straight after its last message and woke
     /// again within `park_idle_after` (see `woken.rs`).

@@ -557,7 +557,17 @@ impl ParkingLot {
             };
             self.churn_since_trim.set(self.churn_since_trim.get() + 1);
             match &respawn {
-                Some(respawn) => self.wake(fd, socket, Wake::Readable, respawn),
+                Some(respawn) => {
+                    let hung_up = event.events
+                        & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
+                        != 0;
+                    let wake = if hung_up {
+                        Wake::HungUp
+                    } else {
+                        Wake::Readable
+                    };
+                    self.wake(fd, socket, wake, respawn)
+                }
                 None => {
                     self.slots.borrow_mut()[fd as usize].deadline = ABSENT;
                     self.closed(&socket, CloseReason::Shutdown);

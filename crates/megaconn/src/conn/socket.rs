@@ -185,8 +185,8 @@ fn set_defer_accept(_socket: &Socket, _wait: std::time::Duration) -> io::Result<
 }
 
 /// Per accepted socket: `TCP_NODELAY` (not reliably inherited on every OS).
-pub(crate) fn configure_accepted(stream: &tokio::net::TcpStream, config: &Config) {
+pub(crate) fn configure_accepted(socket: &impl std::os::fd::AsFd, config: &Config) {
     if config.nodelay {
-        let _ = SockRef::from(stream).set_nodelay(true);
+        let _ = SockRef::from(socket).set_nodelay(true);
     }
 }

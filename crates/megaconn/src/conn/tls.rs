@@ -434,16 +434,6 @@ pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsCo
     config.tls_listeners.contains(&listener).then_some(tls)
 }
 
-/// The TLS configuration for an accepted connection, if it is TLS. Asks the
-/// socket for its local address only when TLS and cleartext listeners mix.
-pub(crate) fn tls_for_stream<'c>(config: &'c Config, stream: &TcpStream) -> Option<&'c TlsConfig> {
-    let tls = config.tls.as_ref()?;
-    if config.tls_listeners.is_empty() {
-        return Some(tls);
-    }
-    tls_for_local(config, stream.local_addr().ok()?)
-}
-
 /// A TLS connection's stream (its session boxed inside).
 pub(crate) type ServerTls = TlsIo<TcpStream>;
 

@@ -653,6 +653,10 @@ impl<S: Parkable> Parkable for TlsIo<S> {
         self.bufs.plain.is_none() && self.bufs.outgoing.is_none() && self.sock.repark_when_idle()
     }
 
+    fn reparks_a_wake(&self) -> bool {
+        self.repark_when_idle() && self.sock.reparks_a_wake()
+    }
+
     /// The socket's: ciphertext read ahead parks with the session (`tail`).
     fn still_watched(&self) -> bool {
         self.sock.still_watched()

@@ -47,6 +47,15 @@ pub(crate) trait Parkable: Transport {
         false
     }
 
+    /// Whether parking now re-parks a wake-up served without a wait: then a
+    /// wake within `park_idle_after` means a busy connection (it waits as a
+    /// task). A new connection parked straight after its opening request
+    /// (`WokenSocket::accepted`) is not one: its next request is a wake
+    /// like any other.
+    fn reparks_a_wake(&self) -> bool {
+        self.repark_when_idle()
+    }
+
     /// Whether the stream is a socket the parking lot woke, still in the
     /// lot's epoll set, with every byte that reached it since the wake read
     /// (up to a short read) or announced by an edge of its own: then it

@@ -47,6 +47,10 @@ pub(crate) struct WokenSocket {
     /// no edge). Until then a full read may have left some behind, and the
     /// lot must re-poll the socket when it parks.
     heard: bool,
+    /// The peer's end of stream was there when the lot took the edge
+    /// ([`Wake::HungUp`]): a short read proves nothing (the end is still to
+    /// be read), and the connection reads on to it rather than parking.
+    hung_up: bool,
 }
 
 #[derive(Debug)]
@@ -68,6 +72,20 @@ impl WokenSocket {
             hot,
             in_lot: true,
             heard: wake == Wake::Timer,
+            hung_up: wake == Wake::HungUp,
+        }
+    }
+
+    /// A socket just accepted (non-blocking): served bare like a woken one
+    /// (its opening request is usually there already), but never in the
+    /// lot's set, so the lot adds it when it parks.
+    pub(crate) fn accepted(socket: OwnedFd) -> WokenSocket {
+        WokenSocket {
+            state: State::Bare(socket),
+            hot: false,
+            in_lot: false,
+            heard: false,
+            hung_up: false,
         }
     }
 
@@ -80,6 +98,7 @@ impl WokenSocket {
             hot: true,
             in_lot: false,
             heard: false,
+            hung_up: false,
         }
     }
 
@@ -173,7 +192,7 @@ impl AsyncRead for WokenSocket {
                         // SAFETY: recv initialised the first `n` bytes.
                         unsafe { buf.assume_init(n) };
                         buf.advance(n);
-                        self.heard |= n < asked;
+                        self.heard |= n < asked && !self.hung_up;
                         return Poll::Ready(Ok(()));
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -261,11 +280,18 @@ impl Parkable for WokenSocket {
     const PARKABLE: bool = true;
 
     fn repark_when_idle(&self) -> bool {
-        !self.hot && matches!(self.state, State::Bare(_))
+        // A hung-up peer's end of stream is still to be read: no edge would
+        // wake the lot for it, so the connection reads on and closes.
+        !self.hot && !self.hung_up && matches!(self.state, State::Bare(_))
     }
 
     fn still_watched(&self) -> bool {
         self.in_lot && self.heard
+    }
+
+    fn reparks_a_wake(&self) -> bool {
+        // Only the lot's wakes start in its set; an accepted socket never was.
+        self.repark_when_idle() && self.in_lot
     }
 
     fn into_parked(self) -> io::Result<OwnedFd> {

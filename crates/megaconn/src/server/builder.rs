@@ -416,6 +416,12 @@ impl Builder {
     /// taken out of the runtime and kept as a bare socket in the worker's epoll
     /// set, costing a few bytes instead of about a kilobyte, until bytes arrive.
     /// Default: 2 s. `None` never parks (every idle connection stays a task).
+    ///
+    /// A connection that never had to wait goes to the lot without idling
+    /// first: a parked one that woke, was answered and is quiet again (a
+    /// heartbeat), and a new cleartext HTTP/1.1 one whose opening request was
+    /// there when it was accepted and was answered at once. One that comes
+    /// back within this time after such a park is busy: it waits as a task.
     pub fn park_idle_after(mut self, t: Option<Duration>) -> Builder {
         self.config.park_idle_after = t;
         self

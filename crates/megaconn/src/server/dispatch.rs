@@ -2,11 +2,12 @@
 //! protocol finished with it (pingora's `apps` is the model).
 //!
 //! ```text
-//!  Incoming::Accepted(TcpStream)
+//!  Incoming::Accepted(bare socket)
 //!     listener is framed? -- yes ----------------------------------------------> framed
 //!     listener is TLS?  -- yes --> TLS handshake (timeout) --> ALPN h2 ----------> HTTP/2
 //!           | no                                            \-> else -----------> HTTP/1.1
-//!           +-----------------------------------------------------------------> HTTP/1.1
+//!           +-- a parking lot? -- yes: the socket bare, as a woken one ---------> HTTP/1.1
+//!                             \-- no: registered with the runtime -------------> HTTP/1.1
 //!  Incoming::Woken { proto }  -- the tag the lot kept ---------------------------> that protocol
 //!     (HTTP/1.1 and WebSocket over TLS: the session from the worker's
 //!      table first; only TLS housekeeping arrived -> parked again at once)
@@ -61,16 +62,42 @@ where
     S: HttpService + 'static,
 {
     match incoming {
-        Incoming::Accepted(stream, info) => {
-            // Framed listeners are fixed at bind time (and never TLS).
-            if let Some(listener) = proto::framed::accepted_on(&ctx.config, info.local) {
-                let framed = proto::framed::serve_accepted(stream, ctx.clone(), listener);
-                return Either::Right(Either::Right(
-                    finish_messages(framed, proto::FRAMED, ctx, conn).boxed_local(),
-                ));
+        Incoming::Accepted(socket, info) => {
+            let kind = accepted_as(&ctx, &info);
+            // Cleartext HTTP/1.1 with a lot to park in: served bare, as a
+            // woken socket is, and it is the same future.
+            if let Accepted::Http1Bare = kind {
+                return Either::Right(Either::Left(serve_http1(
+                    WokenSocket::accepted(socket),
+                    service,
+                    ctx,
+                    conn,
+                    Some(Box::new(info)),
+                    proto::HTTP1,
+                )));
             }
-            match tls::tls_for_stream(&ctx.config, &stream).map(tls::TlsConfig::live) {
-                None => Either::Left(Either::Left(serve_http1(
+            // The others wait from the start: the runtime watches them.
+            let stream = match register(socket) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register an accepted connection with the runtime");
+                    conn.close(CloseReason::io(&e));
+                    return Either::Right(Either::Right(std::future::ready(()).boxed_local()));
+                }
+            };
+            match kind {
+                Accepted::Framed(listener) => {
+                    let framed = proto::framed::serve_accepted(stream, ctx.clone(), listener);
+                    Either::Right(Either::Right(
+                        finish_messages(framed, proto::FRAMED, ctx, conn).boxed_local(),
+                    ))
+                }
+                // Boxed: the handshake and the TLS stream are large, and
+                // cleartext connections should not carry their size.
+                Accepted::Tls(live) => Either::Left(Either::Right(Box::pin(serve_tls(
+                    stream, service, ctx, conn, live, info,
+                )))),
+                Accepted::Http1Bare | Accepted::Http1 => Either::Left(Either::Left(serve_http1(
                     stream,
                     service,
                     ctx,
@@ -78,11 +105,6 @@ where
                     Some(Box::new(info)),
                     proto::HTTP1,
                 ))),
-                // Boxed: the handshake and the TLS stream are large, and
-                // cleartext connections should not carry their size.
-                Some(live) => Either::Left(Either::Right(Box::pin(serve_tls(
-                    stream, service, ctx, conn, live, info,
-                )))),
             }
         }
         Incoming::Woken {
@@ -93,7 +115,7 @@ where
         } => match proto {
             // HTTP/1.1 parks with no timer: only bytes or a hang-up wake it.
             proto::HTTP1 => {
-                debug_assert_eq!(wake, Wake::Readable);
+                debug_assert!(wake.readable());
                 // The lot keeps no addresses (they would double a parked
                 // connection's cost): read them back only if requests
                 // carry them.
@@ -112,7 +134,7 @@ where
                 )))
             }
             proto::HTTP1_TLS => Either::Right(Either::Right(
-                serve_tls_woken(socket, hot, service, ctx, conn).boxed_local(),
+                serve_tls_woken(socket, hot, wake, service, ctx, conn).boxed_local(),
             )),
             proto::FRAMED => {
                 let framed = proto::framed::serve_woken(socket, hot, wake, ctx.clone());
@@ -139,21 +161,53 @@ where
     }
 }
 
-/// Whether a woken connection is worth serving on the parking lot's own
-/// turn, without a task first (`worker::connection_spawner`): a cold wake
-/// of a message connection (framed, WebSocket, WebSocket over TLS) or of a
-/// cleartext HTTP/1.1 one, which is usually one heartbeat (or a ping of
-/// ours, or the pong to it), answered and re-parked with no wait. Hot wakes
-/// wait as tasks anyway; HTTPS/1.1 is spawned as it always was.
-pub(crate) fn serve_at_once(incoming: &Incoming) -> bool {
-    matches!(
-        incoming,
+/// What an accepted connection is served as, from the listener it came in on.
+enum Accepted {
+    /// A framed TCP listener (its number in the config).
+    Framed(usize),
+    /// A TLS listener.
+    Tls(Arc<Live>),
+    /// Cleartext HTTP/1.1 with a parking lot: served bare until it waits.
+    Http1Bare,
+    /// Cleartext HTTP/1.1 that never parks: the runtime watches it from the start.
+    Http1,
+}
+
+fn accepted_as(ctx: &WorkerContext, info: &ConnInfo) -> Accepted {
+    // Framed listeners are fixed at bind time (and never TLS).
+    if let Some(listener) = proto::framed::accepted_on(&ctx.config, info.local) {
+        return Accepted::Framed(listener);
+    }
+    match tls::tls_for_local(&ctx.config, info.local).map(tls::TlsConfig::live) {
+        Some(live) => Accepted::Tls(live),
+        None if ctx.park.is_some() => Accepted::Http1Bare,
+        None => Accepted::Http1,
+    }
+}
+
+/// An accepted socket, registered with the runtime.
+fn register(socket: std::os::fd::OwnedFd) -> std::io::Result<TcpStream> {
+    TcpStream::from_std(std::net::TcpStream::from(socket))
+}
+
+/// Whether a connection is worth serving on the turn that brought it (the
+/// lot's for a wake, the accept loop's for a new one), without a task first
+/// (`worker::connection_spawner`): a cold wake of a message connection
+/// (framed, WebSocket, WebSocket over TLS) or of a cleartext HTTP/1.1 one,
+/// which is usually one heartbeat (or a ping of ours, or the pong to it),
+/// answered and re-parked with no wait; and a new cleartext HTTP/1.1
+/// connection, whose opening request is usually there by the time it is
+/// accepted. Hot wakes wait as tasks anyway; TLS is spawned as it always was.
+pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
+    match incoming {
         Incoming::Woken {
             hot: false,
             proto: proto::FRAMED | proto::WEBSOCKET | proto::WEBSOCKET_TLS | proto::HTTP1,
             ..
-        }
-    )
+        } => true,
+        Incoming::Accepted(_, info) => matches!(accepted_as(ctx, info), Accepted::Http1Bare),
+        Incoming::Woken { .. } => false,
+    }
 }
 
 /// Whether a parked connection of protocol `tag` can move to another
@@ -206,6 +260,7 @@ async fn serve_tls<S>(
 async fn serve_tls_woken<S>(
     socket: std::os::fd::OwnedFd,
     hot: bool,
+    wake: Wake,
     service: S,
     ctx: Rc<WorkerContext>,
     conn: Connection,
@@ -223,7 +278,7 @@ async fn serve_tls_woken<S>(
         None
     };
     // HTTPS/1.1 parks with no timer: bytes woke it.
-    let mut io = TlsIo::resume(WokenSocket::new(socket, hot, Wake::Readable), parked);
+    let mut io = TlsIo::resume(WokenSocket::new(socket, hot, wake), parked);
     match io.poll_prefetch() {
         Ok(true) => serve_http1(io, service, ctx, conn, info, proto::HTTP1_TLS).await,
         Ok(false) => {

@@ -86,8 +86,9 @@ where
 /// parking lot.
 ///
 /// A cold wake of a protocol that can finish one (`dispatch::serve_at_once`:
-/// a heartbeat on a parked framed, WebSocket (cleartext or TLS) or HTTP/1.1 connection) is first polled here, once, on
-/// the lot's turn: read, answered and re-parked without waiting, it needs no
+/// a heartbeat on a parked framed, WebSocket (cleartext or TLS) or HTTP/1.1
+/// connection), and a new cleartext HTTP/1.1 connection, is first polled
+/// here, once, on the lot's (or the accept loop's) turn: read, answered and re-parked without waiting, it needs no
 /// task (the spawn, the run-queue round trip and the tracker's accounting were
 /// the largest part of a heartbeat's CPU left after `woken.rs`). Only if it
 /// has to wait (a handler that awaits, a full socket buffer) does it become a
@@ -112,7 +113,8 @@ where
         let track = conn.track().cloned();
         // Only the path served at once counts in `stats` itself: no clone
         // for the others.
-        let stats = dispatch::serve_at_once(&incoming).then(|| ctx.stats.clone());
+        let stats = dispatch::serve_at_once(&incoming, &ctx).then(|| ctx.stats.clone());
+        let woken = matches!(incoming, Incoming::Woken { .. });
         let Some(stats) = stats else {
             let serve = Tracked::new(dispatch::serve(incoming, service.clone(), ctx, conn), track);
             tokio::task::spawn_local(tracker.track_future(serve));
@@ -131,7 +133,8 @@ where
             poll_once(std::pin::pin!(tokio::task::unconstrained(&mut serve)))
         }));
         match polled {
-            Ok(Poll::Ready(())) => incr(&stats.wakes_without_task),
+            Ok(Poll::Ready(())) if woken => incr(&stats.wakes_without_task),
+            Ok(Poll::Ready(())) => {}
             Ok(Poll::Pending) => {
                 tokio::task::spawn_local(tracker.track_future(serve));
             }
@@ -217,7 +220,17 @@ where
     };
     let mut acceptors = Vec::with_capacity(listeners.len());
     for listener in listeners {
-        match tokio::net::TcpListener::from_std(listener) {
+        // Watched for readiness only: `accept_loop` accepts bare sockets
+        // (`accept4`), which tokio's own listener would register at once.
+        // SAFETY: a std listener owns its descriptor, open and unchanged for
+        // as long as the AsyncFd holds it.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                listener,
+                tokio::io::Interest::READABLE,
+            )
+        };
+        match registered.map_err(std::io::Error::from) {
             Ok(listener) => acceptors.push(tokio::task::spawn_local(accept_loop(
                 listener,
                 ctx.clone(),

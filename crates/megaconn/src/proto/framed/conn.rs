@@ -238,7 +238,7 @@ pub(crate) async fn serve<H: FramedHandler>(
     // it was read: re-parked unread, it would wake again at once, as "hot",
     // and then wait as a task (a second wake, a registration and a timer
     // per heartbeat).
-    let mut unread_wake = start == Start::Woken(Wake::Readable);
+    let mut unread_wake = matches!(start, Start::Woken(wake) if wake.readable());
     loop {
         // Every whole frame read so far, in order.
         if let Some(b) = buf.as_mut() {

@@ -82,7 +82,7 @@ where
             })
         }
         Ended::Park(deadline) => {
-            let at_once = conn.io.repark_when_idle();
+            let at_once = conn.io.reparks_a_wake();
             let watched = conn.io.still_watched();
             proto::Ended::Park {
                 io: conn.io,
@@ -414,7 +414,10 @@ impl<T: Transport> ConnIo<T> {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Waited::Eof),
                 Poll::Ready(Ok(_)) => return Poll::Ready(Waited::Bytes),
                 Poll::Ready(Err(e)) => return Poll::Ready(Waited::Error(e)),
-                Poll::Pending => {}
+                // A bare socket (woken, or just accepted) says it is ready
+                // without knowing, so the read took a buffer: give it back,
+                // or the connection would wait holding it.
+                Poll::Pending => self.buffers.release(),
             }
             if idle && parkable && ctx.shutdown.parking_all() {
                 return Poll::Ready(Waited::ParkNow);

@@ -36,7 +36,6 @@ use tokio_util::either::Either;
 use crate::conn::context::WorkerContext;
 use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::{Parkable, Transport};
-use crate::conn::Wake;
 use crate::message::hub::Overflowed;
 use crate::message::live::Live;
 use crate::message::session::Session;
@@ -109,7 +108,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // and then wait as a task until `park_idle_after` (a second wake, a
     // registration, a timer and the task's memory per ping; the framed
     // protocol had the same bug).
-    let mut unread_wake = matches!(start, Start::Woken(Wake::Readable, _));
+    let mut unread_wake = matches!(start, Start::Woken(wake, _) if wake.readable());
     // Woken only to take pongs (the answers to our pings): it parks again at
     // once even if the lot calls the wake "hot" (a pong comes right after the
     // ping we parked behind, and waiting as a task for `park_idle_after`
@@ -167,7 +166,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // Over TLS, bytes that woke it are decrypted first: TLS
             // housekeeping alone (a KeyUpdate, part of a record) is answered
             // and counts as read, so it parks again at once.
-            if let (Wake::Readable, Either::Left(Either::Right(tls))) = (wake, &mut conn.io) {
+            if let (true, Either::Left(Either::Right(tls))) = (wake.readable(), &mut conn.io) {
                 match tls.poll_prefetch() {
                     Ok(true) => {}
                     Ok(false) => unread_wake = false,
@@ -239,8 +238,10 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // without waiting goes straight back.
             if can_park && !unread_wake && (only_pongs || conn.io.repark_when_idle()) {
                 // After our ping or the peer's pong the exchange is ours,
-                // not the peer's chatter: the next wake is judged cold.
-                let chatty = !(pinged || only_pongs);
+                // not the peer's chatter: the next wake is judged cold. So
+                // is the first park of a connection upgraded on a socket
+                // served bare from its accept (it answered no wake).
+                let chatty = !(pinged || only_pongs) && conn.io.reparks_a_wake();
                 return park(&route, conn, live, &tables, deflate, (due, send_at), chatty);
             }
             park_at = ctx

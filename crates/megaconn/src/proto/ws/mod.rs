@@ -146,6 +146,14 @@ impl Parkable for WsIo {
         }
     }
 
+    fn reparks_a_wake(&self) -> bool {
+        match self {
+            Either::Left(Either::Left(s)) => s.reparks_a_wake(),
+            Either::Left(Either::Right(s)) => s.reparks_a_wake(),
+            Either::Right(_) => false,
+        }
+    }
+
     fn still_watched(&self) -> bool {
         match self {
             Either::Left(Either::Left(s)) => s.still_watched(),
