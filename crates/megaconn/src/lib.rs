@@ -70,12 +70,14 @@
 //!  conn/      connection.rs  one connection's accounts: slot, counters, track;
 //!                            close() is the one place a close is counted
 //!             accept.rs    the accept loop under the limits (limit.rs,
-//!                          admission.rs), socket options (socket.rs)
+//!                          admission.rs), socket options (socket.rs); sockets
+//!                          accepted bare, not registered with tokio
 //!             park.rs      the parking lot: idle connections of any protocol
 //!                          leave tokio (a deadline word + a protocol tag per fd)
 //!             handover.rs  parked connections moving to the next process
 //!                          (an upgrade): their wire state, adopting them
-//!             woken.rs     a woken socket served without tokio until it waits
+//!             woken.rs     a woken (or new) socket served without tokio until
+//!                          it waits
 //!             blocks.rs    per-worker cache of the exchange's heap blocks
 //!             io.rs        ConnIo: the socket, its pooled buffers (none while
 //!                          idle), flush, lingering close

@@ -18,6 +18,14 @@
 //! back short (or would block) has taken everything that was there, and
 //! whatever arrives later raises an edge of its own (`park.rs` has the whole
 //! set of rules).
+//!
+//! A new cleartext HTTP/1.1 connection starts the same way
+//! (`WokenSocket::accepted`): its opening request is usually there when it
+//! is accepted, so it is answered bare and parked with one `epoll_ctl` (the
+//! lot's add), where a registered stream cost three. And the lot tells a
+//! wake whose edge carried the peer's hang-up (`Wake::HungUp`): then a
+//! short read proves nothing, the end of the stream is still to be read, and
+//! the connection reads on to it instead of parking.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
