@@ -66,7 +66,7 @@ where
             let kind = accepted_as(&ctx, &info);
             // Cleartext HTTP/1.1 with a lot to park in: served bare, as a
             // woken socket is, and it is the same future.
-            if let Accepted::Http1Bare = kind {
+            if let Accepted::Http1 { bare: true } = kind {
                 return Either::Right(Either::Left(serve_http1(
                     WokenSocket::accepted(socket),
                     service,
@@ -94,10 +94,13 @@ where
                 }
                 // Boxed: the handshake and the TLS stream are large, and
                 // cleartext connections should not carry their size.
-                Accepted::Tls(live) => Either::Left(Either::Right(Box::pin(serve_tls(
-                    stream, service, ctx, conn, live, info,
-                )))),
-                Accepted::Http1Bare | Accepted::Http1 => Either::Left(Either::Left(serve_http1(
+                Accepted::Tls(tls) => {
+                    let live = tls.live();
+                    Either::Left(Either::Right(Box::pin(serve_tls(
+                        stream, service, ctx, conn, live, info,
+                    ))))
+                }
+                Accepted::Http1 { .. } => Either::Left(Either::Left(serve_http1(
                     stream,
                     service,
                     ctx,
@@ -161,27 +164,29 @@ where
     }
 }
 
-/// What an accepted connection is served as, from the listener it came in on.
-enum Accepted {
+/// What an accepted connection is served as, from the listener it came in
+/// on. Cheap to decide (asked twice: `serve_at_once`, then `serve`); the
+/// TLS configuration's live state is read only when a handshake starts.
+enum Accepted<'c> {
     /// A framed TCP listener (its number in the config).
     Framed(usize),
     /// A TLS listener.
-    Tls(Arc<Live>),
-    /// Cleartext HTTP/1.1 with a parking lot: served bare until it waits.
-    Http1Bare,
-    /// Cleartext HTTP/1.1 that never parks: the runtime watches it from the start.
-    Http1,
+    Tls(&'c tls::TlsConfig),
+    /// Cleartext HTTP/1.1; `bare` with a parking lot: served bare until it
+    /// waits, else the runtime watches it from the start.
+    Http1 { bare: bool },
 }
 
-fn accepted_as(ctx: &WorkerContext, info: &ConnInfo) -> Accepted {
+fn accepted_as<'c>(ctx: &'c WorkerContext, info: &ConnInfo) -> Accepted<'c> {
     // Framed listeners are fixed at bind time (and never TLS).
     if let Some(listener) = proto::framed::accepted_on(&ctx.config, info.local) {
         return Accepted::Framed(listener);
     }
-    match tls::tls_for_local(&ctx.config, info.local).map(tls::TlsConfig::live) {
-        Some(live) => Accepted::Tls(live),
-        None if ctx.park.is_some() => Accepted::Http1Bare,
-        None => Accepted::Http1,
+    match tls::tls_for_local(&ctx.config, info.local) {
+        Some(tls) => Accepted::Tls(tls),
+        None => Accepted::Http1 {
+            bare: ctx.park.is_some(),
+        },
     }
 }
 
@@ -205,7 +210,9 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
             proto: proto::FRAMED | proto::WEBSOCKET | proto::WEBSOCKET_TLS | proto::HTTP1,
             ..
         } => true,
-        Incoming::Accepted(_, info) => matches!(accepted_as(ctx, info), Accepted::Http1Bare),
+        Incoming::Accepted(_, info) => {
+            matches!(accepted_as(ctx, info), Accepted::Http1 { bare: true })
+        }
         Incoming::Woken { .. } => false,
     }
 }

@@ -32,7 +32,11 @@ thread_local! {
 /// An empty map with room for at least `headers` headers: a spare one if the
 /// thread has one, else a new one.
 pub(crate) fn take(headers: usize) -> HeaderMap {
-    match SPARE.with(|spare| spare.borrow_mut().pop()) {
+    match SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+    {
         Some(mut map) => {
             map.reserve(headers);
             map
