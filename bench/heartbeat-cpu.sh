@@ -44,6 +44,12 @@
 #   wake-ups included. INTERVAL=3600 measures an almost idle server (N/3600
 #   heartbeats a second): the second table then has its CPU and wake-ups per
 #   second with N connections open.
+#   HOLD_PROCESSES (hold's default: N / ~19,500): hold's processes. Each sends
+#   its due beats once per grid tick (INTERVAL/300), so more hold processes
+#   means more, smaller bursts: at the million 52 hold processes send ~1 beat
+#   per tick to each of 54 server processes, and a server wakes for nearly
+#   every heartbeat. HOLD_PROCESSES=38 with N=76000 PROCESSES=4 gives each
+#   server process the million's per-process rate and burst size.
 # Output: bench/out/heartbeat-<stamp>/ (runs.jsonl, hold logs and JSON,
 #   table.md) and the markdown table on stdout; SECTION_OUT=bench/HEARTBEAT.md
 #   also writes it as a section that run-all.sh copies into RESULTS.md.
@@ -66,6 +72,7 @@ MEGACONN_B="${MEGACONN_B:-}"
 PROCESSES="${PROCESSES:-1}"
 PERF="${PERF:-0}"
 PERF_FREQ="${PERF_FREQ:-2000}"
+HOLD_PROCESSES="${HOLD_PROCESSES:-}"
 [[ -n "$MEGACONN_B" && " $SERVERS " != *" megaconn-b "* ]] && SERVERS="$SERVERS megaconn-b"
 
 bench_traps
@@ -121,7 +128,8 @@ run_one() { # server round
   local ramp_s=$(((N + RAMP - 1) / RAMP))
   local dur=$((SETTLE + WINDOW + 10))
   taskset -c "$LOAD_CPU" "$bin" hold "$URL" -c "$N" --ramp "$RAMP" --source "$SOURCE" \
-    --interval "${INTERVAL}s" -d "${dur}s" --json "$base.hold.json" >"$base.hold.log" 2>&1 &
+    --interval "${INTERVAL}s" -d "${dur}s" ${HOLD_PROCESSES:+--processes "$HOLD_PROCESSES"} \
+    --json "$base.hold.json" >"$base.hold.log" 2>&1 &
   HOLD_PID=$!
   # Wait (bounded) until hold has every connection open, then SETTLE s.
   local i t_open=""
@@ -233,9 +241,9 @@ elapsed=$((SECONDS - t_start))
   echo
   echo "CPU: nanoseconds on the CPU of every thread of the server's processes (/proc/PID/task/*/schedstat: finer than the 10 ms ticks of the table above). Wake-ups: voluntary context switches of every thread of the server's processes (megaconn's supervisor, worker processes and their threads; nginx's master and workers). With INTERVAL=3600 an idle server: N/3600 heartbeats a second (the first beats are spread over the interval), and its own timers."
   echo
-  echo "_heartbeat-cpu.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN_A.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/heartbeat-$STAMP/_"
+  echo "_heartbeat-cpu.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES${HOLD_PROCESSES:+ HOLD_PROCESSES=$HOLD_PROCESSES} SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN_A.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/heartbeat-$STAMP/_"
   echo
-  echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES SERVERS=\"$SERVERS\" bash bench/heartbeat-cpu.sh\`"
+  echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES${HOLD_PROCESSES:+ HOLD_PROCESSES=$HOLD_PROCESSES} SERVERS=\"$SERVERS\" bash bench/heartbeat-cpu.sh\`"
 } | tee "$RES_DIR/table.md"
 
 if [[ -n "${SECTION_OUT:-}" ]]; then
