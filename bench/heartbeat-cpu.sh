@@ -48,8 +48,9 @@
 #   its due beats once per grid tick (INTERVAL/300), so more hold processes
 #   means more, smaller bursts: at the million 52 hold processes send ~1 beat
 #   per tick to each of 54 server processes, and a server wakes for nearly
-#   every heartbeat. HOLD_PROCESSES=38 with N=76000 PROCESSES=4 gives each
-#   server process the million's per-process rate and burst size.
+#   every heartbeat. HOLD_PROCESSES=30 with N=60000 PROCESSES=4 gives each
+#   server process about the million's rate and burst size (N=76000 would
+#   be closer, but overfills some of nginx's 19,000-connection workers).
 # Output: bench/out/heartbeat-<stamp>/ (runs.jsonl, hold logs and JSON,
 #   table.md) and the markdown table on stdout; SECTION_OUT=bench/HEARTBEAT.md
 #   also writes it as a section that run-all.sh copies into RESULTS.md.
