@@ -18,7 +18,10 @@
 # the table has the median and the min–max of the rounds.
 #
 # With MEGACONN_B=/path/to/older/megaconn a row "megaconn-b" measures that
-# binary too (its serve AND its hold), for before/after figures.
+# binary too (its serve AND its hold), for before/after figures;
+# MEGACONN_B_SERVE_ARGS adds `serve` arguments to that row only (the same
+# binary with and without a flag: MEGACONN_B=$MEGACONN
+# MEGACONN_B_SERVE_ARGS="--park-wake-batch 20ms").
 #
 # Needs: root, 2 cores, nginx-light jq curl (lib.sh installs them), a built
 # megaconn (cargo build --release; BENCH_SKIP_BUILD=1 to use target/ as is).
@@ -110,8 +113,8 @@ server_wakeups() {
 
 run_one() { # server round
   local server=$1 round=$2 kind=$1 bin="$MEGACONN_A" workers=1 serve_args="${MEGACONN_SERVE_ARGS:-}"
-  local base="$RES_DIR/$server-r$round"
-  if [[ "$server" == megaconn-b ]]; then kind=megaconn bin="$MEGACONN_B"; fi
+  local base="$RES_DIR/$server-r$round" extra=""
+  if [[ "$server" == megaconn-b ]]; then kind=megaconn bin="$MEGACONN_B" extra="${MEGACONN_B_SERVE_ARGS:-}"; fi
   local nginx_opts="${NGINX_LISTEN_OPTS:-}"
   if ((PROCESSES > 1)); then
     # nginx's workers each get a listening socket (SO_REUSEPORT), as
@@ -119,6 +122,7 @@ run_one() { # server round
     [[ "$kind" == nginx ]] && workers=$PROCESSES NGINX_LISTEN_OPTS="$nginx_opts reuseport"
     [[ "$kind" == megaconn ]] && MEGACONN_SERVE_ARGS="$serve_args --processes $PROCESSES"
   fi
+  [[ -n "$extra" ]] && MEGACONN_SERVE_ARGS="${MEGACONN_SERVE_ARGS:-} $extra"
   MEGACONN="$bin"
   bench_wait_quiet "${QUIET_WAIT_EACH:-10}"
   server_start "$kind" "$PORT" "$workers" || {

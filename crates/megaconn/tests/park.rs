@@ -469,3 +469,72 @@ async fn get_and_hang_up(s: &mut tokio::net::TcpStream) {
         String::from_utf8_lossy(&got)
     );
 }
+
+/// `park_wake_batch`: once the lot is busy (a second wake-up within two
+/// windows of the first), it stops hearing of parked sockets for the window
+/// (counted in `parking_wake_batches`) and then serves every one that woke
+/// meanwhile in one turn. Nothing is lost: each request is answered, and
+/// every connection parks again.
+///
+/// The 18 requests are written once the lot has gone quiet, and the window
+/// (3 s) is far longer than writing them takes, so they are served in one
+/// turn. (Requests written that fast can also fall into one turn without
+/// batching; `parking_wake_batches` is what says the lot held back. What
+/// batching saves is CPU, which the benchmarks measure: bench/HEARTBEAT.md.)
+#[tokio::test]
+async fn a_busy_lot_serves_the_wakes_of_a_window_in_one_turn() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(Some(PARK_IDLE_AFTER))
+            .park_wake_batch(Duration::from_secs(3)),
+    )
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..K {
+        let mut s = server.connect().await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut s).await.body, b"Hello, World!");
+        conns.push(s);
+    }
+    server
+        .wait_stats("all parked", |s| s.connections_parked == K as i64)
+        .await;
+    assert_eq!(server.handle.stats().parking_wake_batches, 0);
+    // Two wake-ups, one after the other: the second finds the lot busy.
+    for s in &mut conns[..2] {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(s).await.body, b"Hello, World!");
+    }
+    server
+        .wait_stats("the lot holds its wake-ups back", |s| {
+            s.parking_wake_batches == 1
+        })
+        .await;
+    let before = server.handle.stats();
+    for s in &mut conns[2..] {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+    }
+    for s in &mut conns[2..] {
+        assert_eq!(read_response(s).await.body, b"Hello, World!");
+    }
+    server
+        .wait_stats("all parked again", |s| {
+            s.connections_parked == K as i64 && s.requests == 2 * K as u64
+        })
+        .await;
+    let after = server.handle.stats();
+    let wakes = (after.wakes_cold + after.wakes_hot) - (before.wakes_cold + before.wakes_hot);
+    let turns = after.parking_wakeups - before.parking_wakeups;
+    assert_eq!(wakes, K as u64 - 2, "{after:?}");
+    assert!(turns <= 2, "{wakes} wakes took {turns} turns: {after:?}");
+    assert_eq!(after.buffers_checked_out, 0);
+    // Stopping while the lot holds back (it was busy again) closes them all.
+    server.stop().await;
+}

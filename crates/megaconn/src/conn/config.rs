@@ -111,6 +111,8 @@ pub(crate) struct Config {
     pub write_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub park_idle_after: Option<Duration>,
+    /// The parking lot's wake-up batching window (park.rs `run`); zero: off.
+    pub park_wake_batch: Duration,
     pub shutdown_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -182,6 +184,7 @@ impl Default for Config {
             write_timeout: None,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             park_idle_after: Some(DEFAULT_PARK_IDLE_AFTER),
+            park_wake_batch: Duration::ZERO,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,

@@ -27,6 +27,8 @@
 //! | `megaconn_connections_parks_total` | counter | |
 //! | `megaconn_connections_wakes_total` | counter | `kind` (`cold`, `hot`) |
 //! | `megaconn_parking_epoll_ctl_total` | counter | |
+//! | `megaconn_parking_wakeups_total` | counter | |
+//! | `megaconn_parking_wake_batches_total` | counter | |
 //! | `megaconn_accept_waits_at_limit_total` | counter | |
 //! | `megaconn_worker_stalls_total` | counter | |
 //! | `megaconn_connections_adopted_total` | counter | |
@@ -690,6 +692,18 @@ impl Collector for Snapshot {
             "parking_epoll_ctl",
             "epoll_ctl calls on the parking lots' epoll sets (none for a cold wake re-parked at once).",
             s.parking_epoll_ctl,
+        )?;
+        counter(
+            &mut e,
+            "parking_wakeups",
+            "Turns in which a parking lot served woken sockets: several sockets per turn while park_wake_batch batches them.",
+            s.parking_wakeups,
+        )?;
+        counter(
+            &mut e,
+            "parking_wake_batches",
+            "Times a busy parking lot held its wake-ups back for one park_wake_batch window.",
+            s.parking_wake_batches,
         )?;
         gauge(
             &mut e,

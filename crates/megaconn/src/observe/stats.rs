@@ -34,6 +34,8 @@ pub(crate) struct WorkerStats {
     pub wakes_hot: AtomicU64,
     pub wakes_without_task: AtomicU64,
     pub parking_epoll_ctl: AtomicU64,
+    pub parking_wakeups: AtomicU64,
+    pub parking_wake_batches: AtomicU64,
     pub accept_waits_at_limit: AtomicU64,
     /// Parked connections taken over from the process this one replaced.
     pub adopted: AtomicU64,
@@ -256,6 +258,13 @@ pub struct ServerStats {
     /// re-polled or taken out). A cold wake served and re-parked makes none:
     /// a socket stays registered across wake-ups (`conn/park.rs`).
     pub parking_epoll_ctl: u64,
+    /// Turns in which a parking lot served sockets that woke (one or more
+    /// each; several while `park_wake_batch` batches them). Wakes per turn =
+    /// (`wakes_cold` + `wakes_hot`) / this.
+    pub parking_wakeups: u64,
+    /// Times a parking lot, busy, held its wake-ups back for one
+    /// `park_wake_batch` window.
+    pub parking_wake_batches: u64,
     /// Times an acceptor found no free slot under `max_connections` and
     /// stopped accepting until a connection closed.
     pub accept_waits_at_limit: u64,
@@ -326,6 +335,8 @@ impl ServerStats {
             s.wakes_hot += w.wakes_hot.load(Relaxed);
             s.wakes_without_task += w.wakes_without_task.load(Relaxed);
             s.parking_epoll_ctl += w.parking_epoll_ctl.load(Relaxed);
+            s.parking_wakeups += w.parking_wakeups.load(Relaxed);
+            s.parking_wake_batches += w.parking_wake_batches.load(Relaxed);
             s.accept_waits_at_limit += w.accept_waits_at_limit.load(Relaxed);
             s.worker_stalls += w.stalls.load(Relaxed);
             s.messages.add(&w.messages);

@@ -427,6 +427,24 @@ impl Builder {
         self
     }
 
+    /// Batches the wake-ups of parked connections when they come often: a
+    /// worker whose parking lot served a wake-up less than twice `window`
+    /// ago stops hearing of parked sockets for `window`, then serves every
+    /// one that woke meanwhile in one turn. A parked connection's request
+    /// then waits up to `window` longer, only while the worker is busy with
+    /// them (a quiet lot answers at once). Default: zero, off.
+    ///
+    /// What it buys: at a million connections with 30 s heartbeats each
+    /// worker process gets one every 1-2 ms, and each woke the process alone
+    /// (a context switch; for the client, a cross-CPU wake-up in its
+    /// `send`), which costs about as much as serving it. `bench/HEARTBEAT.md`
+    /// has the figures. Counted: `megaconn_parking_wakeups_total` against
+    /// `megaconn_connections_wakes_total`.
+    pub fn park_wake_batch(mut self, window: Duration) -> Builder {
+        self.config.park_wake_batch = window;
+        self
+    }
+
     /// Connections older than this are closed at their next idle point, so
     /// that long-lived connections spread over new instances after a
     /// scale-out (behind an L4 load balancer, a client only moves when it
