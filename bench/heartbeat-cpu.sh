@@ -207,7 +207,8 @@ run_one() { # server round
       other_cpu_secs: ($busy - $s - $h),
       tcp_segments_per_hb: (if $rate == null or $rate == 0 then null else $segs / ($rate * $wall) end),
       hold_report: {heartbeats_ok: $hold[0].heartbeats_ok, heartbeat_errors: $hold[0].heartbeat_errors,
-        drops: $hold[0].drops, p50_us: $hold[0].heartbeat_latency_us.p50, p99_us: $hold[0].heartbeat_latency_us.p99}}' >>"$RUNS"
+        drops: $hold[0].drops, p50_us: $hold[0].heartbeat_latency_us.p50, p99_us: $hold[0].heartbeat_latency_us.p99,
+        holding_p50_us: $hold[0].heartbeat_latency_holding_us.p50, holding_p99_us: $hold[0].heartbeat_latency_holding_us.p99}}' >>"$RUNS"
   log "$(tail -1 "$RUNS" | jq -r '"round \(.round) \(.server): \(.heartbeats_per_sec) hb/s, server \(.server_us_per_hb*100|round/100) us/hb, hold \(.hold_us_per_hb*100|round/100) us/hb, established \(.established_start)->\(.established_end)"')"
 }
 
@@ -237,18 +238,20 @@ elapsed=$((SECONDS - t_start))
   echo
   echo "#### The servers' CPU and wake-ups per second over the window ($N connections open; medians of $ROUNDS rounds)"
   echo
-  echo "| server | server CPU, µs per second | wake-ups per second | wake-ups per heartbeat |"
-  echo "|---|---:|---:|---:|"
+  echo "| server | server CPU, µs per second | wake-ups per second | wake-ups per heartbeat | heartbeat p50 / p99 ms after the ramp |"
+  echo "|---|---:|---:|---:|---:|"
   jq -rs "$BENCH_JQ_DEFS"'
+    def ms(f): map(f) | if any(. == null) then "—" else median / 1000 | f2 end;
     group_by(.server) | .[]
     | "| \(.[0].server) | \(map(.server_sched_secs / .window_secs * 1e6) | median | f0) | \(map(.server_wakeups / .window_secs) | median | f1) | "
-      + (map(.server_wakeups_per_hb) | if any(. == null) then "—" else median | f3 end) + " |"' "$RUNS"
+      + (map(.server_wakeups_per_hb) | if any(. == null) then "—" else median | f3 end)
+      + " | \(ms(.hold_report.holding_p50_us)) / \(ms(.hold_report.holding_p99_us)) |"' "$RUNS"
   echo
-  echo "CPU: nanoseconds on the CPU of every thread of the server's processes (/proc/PID/task/*/schedstat: finer than the 10 ms ticks of the table above). Wake-ups: voluntary context switches of every thread of the server's processes (megaconn's supervisor, worker processes and their threads; nginx's master and workers). With INTERVAL=3600 an idle server: N/3600 heartbeats a second (the first beats are spread over the interval), and its own timers."
+  echo "CPU: nanoseconds on the CPU of every thread of the server's processes (/proc/PID/task/*/schedstat: finer than the 10 ms ticks of the table above). Wake-ups: voluntary context switches of every thread of the server's processes (megaconn's supervisor, worker processes and their threads; nginx's master and workers). Heartbeat latency: hold's, from send to response, over the heartbeats after its ramp (median of the rounds). With INTERVAL=3600 an idle server: N/3600 heartbeats a second (the first beats are spread over the interval), and its own timers."
   echo
-  echo "_heartbeat-cpu.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES${HOLD_PROCESSES:+ HOLD_PROCESSES=$HOLD_PROCESSES} SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN_A.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/heartbeat-$STAMP/_"
+  echo "_heartbeat-cpu.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES${HOLD_PROCESSES:+ HOLD_PROCESSES=$HOLD_PROCESSES}${MEGACONN_B_SERVE_ARGS:+ MEGACONN_B_SERVE_ARGS=\"$MEGACONN_B_SERVE_ARGS\"} SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN_A.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/heartbeat-$STAMP/_"
   echo
-  echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES${HOLD_PROCESSES:+ HOLD_PROCESSES=$HOLD_PROCESSES} SERVERS=\"$SERVERS\" bash bench/heartbeat-cpu.sh\`"
+  echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES${HOLD_PROCESSES:+ HOLD_PROCESSES=$HOLD_PROCESSES}${MEGACONN_B_SERVE_ARGS:+ MEGACONN_B_SERVE_ARGS=\"$MEGACONN_B_SERVE_ARGS\"} SERVERS=\"$SERVERS\" bash bench/heartbeat-cpu.sh\`"
 } | tee "$RES_DIR/table.md"
 
 if [[ -n "${SECTION_OUT:-}" ]]; then
