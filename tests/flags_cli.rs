@@ -3,17 +3,21 @@
 //! config key named like its flag (`no_keep_alive`), and `load`/`hold` reading
 //! durations the same way. Each test stops the servers it starts, pass or fail.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use common::ChildGuard;
 
 fn megaconn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_megaconn"))
 }
 
-/// A running `megaconn serve`, killed when dropped.
+/// A running `megaconn serve`, stopped when dropped (its [`ChildGuard`]).
 struct Serving {
-    child: Child,
+    _child: ChildGuard,
     addr: String,
 }
 
@@ -21,31 +25,26 @@ impl Serving {
     /// Starts `serve --listen 127.0.0.1:0 --workers 1 --admin off ARGS…` and
     /// reads the address from its first line.
     fn start(args: &[&str]) -> Serving {
-        let mut child = megaconn()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                "1",
-                "--admin",
-                "off",
-            ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = ChildGuard::spawn(
+            megaconn()
+                .args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--workers",
+                    "1",
+                    "--admin",
+                    "off",
+                ])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
         let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
+        BufReader::new(child.child().stdout.take().unwrap())
             .read_line(&mut first)
             .unwrap();
-        // Owned from here: a panic below still kills the child.
-        let mut serving = Serving {
-            child,
-            addr: String::new(),
-        };
-        serving.addr = first
+        let addr = first
             .split("http://")
             .nth(1)
             .unwrap_or_else(|| panic!("no address in {first:?}"))
@@ -53,14 +52,10 @@ impl Serving {
             .next()
             .unwrap()
             .to_string();
-        serving
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Serving {
+            _child: child,
+            addr,
+        }
     }
 }
 

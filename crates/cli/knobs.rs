@@ -597,7 +597,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "DURATION",
         shape: Shape::One,
         help: "While parked connections wake often, serve those that wake within this window in one wake-up of the worker; off answers each at once.",
-        details: "A worker whose parking lot served a wake-up less than two windows ago stops hearing of parked sockets for one window, then serves all that woke meanwhile in one turn: their requests wait up to the window longer, only while the worker is that busy. At a million connections with 30 s heartbeats, each heartbeat otherwise wakes its worker process alone, which costs about as much as serving it (bench/HEARTBEAT.md). Watch megaconn_parking_wakeups_total against megaconn_connections_wakes_total.",
+        details: "A worker whose parking lot served a wake-up less than two windows ago stops hearing of parked sockets for one window, then serves all that woke meanwhile in one turn: their requests wait up to the window longer, only while the worker is that busy. At a million connections with 30 s heartbeats, each heartbeat otherwise wakes its worker process alone, which costs about as much as serving it: 20ms took a fifth to a quarter off the server's CPU per heartbeat there, for heartbeat p50/p99 of 11/22 ms; 5ms saved nothing (bench/HEARTBEAT.md). Watch megaconn_parking_wakeups_total against megaconn_connections_wakes_total.",
         default: "off",
         example: "5ms",
         parse: duration_or_off,

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 pub const CHILD_SAFETY: Duration = Duration::from_secs(30);
 
 /// A child process owned by a test. Dropping it (at the end of the test, or
-/// while a failed assertion unwinds) kills the child and reaps it, so no
-/// test leaves a server running, whether it passes or not.
+/// while a failed assertion unwinds) stops the child (SIGTERM, then SIGKILL
+/// after [`STOP_GRACE`]) and reaps it, so no test leaves a server running,
+/// whether it passes or not.
 #[derive(Debug)]
 pub struct ChildGuard {
     child: Child,
@@ -95,12 +96,27 @@ impl ChildGuard {
     }
 }
 
+/// How long a dropped guard lets its child stop on SIGTERM before killing it.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         // Already reaped: nothing to do (kill would fail harmlessly, as std
         // refuses to signal a reaped child).
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
+        }
+        // SIGTERM first: a server stopped that way removes its upgrade
+        // control socket (`/tmp/megaconn-PORT.upgrade.sock`), which SIGKILL
+        // left behind, five files per test run. Bounded: a child still
+        // running after STOP_GRACE is killed.
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
