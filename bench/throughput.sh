@@ -205,7 +205,7 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" "$BENCH_JQ_DEFS"'
     | [.[].scenario] | unique | sort_by(order)[] as $sc
     | ($all | map(select(.scenario == $sc and .server == "megaconn")) | .[0]) as $m
     | ($all | map(select(.scenario == $sc and .server == "floor")) | .[0]) as $fl
-    | ["megaconn", "go", "nginx", "axum", "tokio-floor", "floor-uring", "floor"][] as $srv
+    | ["megaconn", "megaconn-b", "go", "nginx", "axum", "tokio-floor", "floor-uring", "floor"][] as $srv
     | $all[] | select(.scenario == $sc and .server == $srv)
     | "| \(.server) | \($sc | mode) | \(.rps | f0) | \(.p50 | f0) | \(.p99 | f0) | \(.p999 | f0) | \(.cpu_us_per_req | f2) (\(.cpu_us_per_req_min | f2)–\(.cpu_us_per_req_max | f2)) | \(.user_us_per_req | f2) | "
       + (if $fl == null or $fl.cpu_us_per_req == null or .cpu_us_per_req == null then "—" else "**" + ((.cpu_us_per_req / $fl.cpu_us_per_req) | f2) + "×**" end)
