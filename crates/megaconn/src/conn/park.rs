@@ -197,8 +197,8 @@ pub(crate) enum AtDeadline {
 }
 
 /// An epoll descriptor as tokio watches it (the lot's set or its
-/// [`Relay`]), borrowed: its owner outlives the watch (the run loop holds
-/// both, the lot through the worker's context).
+/// [`Relay`]), borrowed: its owner outlives the watch (both are fields of
+/// the lot, the watch declared first, so dropped first).
 struct LotFd(RawFd);
 
 impl AsRawFd for LotFd {
@@ -209,8 +209,8 @@ impl AsRawFd for LotFd {
 
 /// Registers `fd` with the worker's runtime, for reading.
 fn watch_fd(fd: &OwnedFd) -> io::Result<AsyncFd<LotFd>> {
-    // SAFETY: `fd` stays open while the returned handle lives: both are
-    // held by the run loop (or a test), the owner longer (see `LotFd`).
+    // SAFETY: `fd` stays open while the returned handle lives: the lot owns
+    // both and drops the handle first (see `ParkingLot::watch`).
     unsafe { AsyncFd::register_with_interest(LotFd(fd.as_raw_fd()), tokio::io::Interest::READABLE) }
         .map_err(io::Error::from)
 }
@@ -243,8 +243,8 @@ impl Relay {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: a fresh descriptor nobody else owns.
         let relay = Relay {
+            // SAFETY: a fresh descriptor nobody else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             lot: lot.as_raw_fd(),
         };
@@ -288,9 +288,13 @@ impl Relay {
 
 /// One worker's parking lot.
 pub(crate) struct ParkingLot {
-    /// The private epoll set. Tokio watches it through an [`AsyncFd`] the run
-    /// loop holds ([`ParkingLot::watch`]), dropped while the lot batches
-    /// wake-ups (see [`run`]).
+    /// What tokio watches: `epoll` itself, or the `relay` that holds it.
+    /// Declared first, so that it is dropped (deregistered) while both
+    /// descriptors are still open.
+    watch: AsyncFd<LotFd>,
+    /// With `park_wake_batch`: the relay set tokio watches instead.
+    relay: Option<Relay>,
+    /// The private epoll set of parked sockets.
     epoll: OwnedFd,
     /// Per file descriptor: its [`Slot`].
     slots: RefCell<Vec<Slot>>,
@@ -337,10 +341,12 @@ impl std::fmt::Debug for ParkingLot {
 
 impl ParkingLot {
     /// Creates the private epoll set. Must run inside the worker's runtime.
+    /// `batch`: `park_wake_batch` (zero: tokio watches the set itself).
     pub(crate) fn new(
         limit: ConnectionLimit,
         stats: Arc<WorkerStats>,
         hot_within: Duration,
+        batch: Duration,
     ) -> io::Result<ParkingLot> {
         // SAFETY: epoll_create1 has no memory arguments; we own the returned fd.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -349,8 +355,16 @@ impl ParkingLot {
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let relay = if batch.is_zero() {
+            None
+        } else {
+            Some(Relay::new(&epoll)?)
+        };
+        let watch = watch_fd(relay.as_ref().map_or(&epoll, |r| &r.fd))?;
         let epoch = Instant::now();
         Ok(ParkingLot {
+            watch,
+            relay,
             epoll,
             slots: RefCell::new(Vec::new()),
             hot_within: (hot_within.as_millis() / u128::from(STAMP_MS))
@@ -371,12 +385,6 @@ impl ParkingLot {
             on_close: RefCell::new(None),
             tracks: RefCell::new(std::collections::HashMap::new()),
         })
-    }
-
-    /// Registers the lot's epoll set with tokio: a parked socket's bytes
-    /// wake the worker while the returned handle lives.
-    fn watch(&self) -> io::Result<AsyncFd<LotFd>> {
-        watch_fd(&self.epoll)
     }
 
     /// Sets (or, with `None`, clears) how woken sockets are served again.
@@ -910,27 +918,7 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     // which at a million connections is every few heartbeats.
     let mut shutdown = std::pin::pin!(ctx.shutdown.wait());
     let batch = ctx.config.park_wake_batch;
-    let relay = if batch.is_zero() {
-        None
-    } else {
-        match Relay::new(&lot.epoll) {
-            Ok(relay) => Some(relay),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create the parking lot's relay; wake-ups not batched");
-                None
-            }
-        }
-    };
-    let watch = match relay
-        .as_ref()
-        .map_or_else(|| lot.watch(), |r| watch_fd(&r.fd))
-    {
-        Ok(watch) => watch,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch the parking lot's epoll set; parked connections will not wake");
-            return;
-        }
-    };
+    let relay = lot.relay.as_ref();
     // Batching: when the relay is off, and when it goes on again.
     let mut muted = false;
     let mut unmute = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
@@ -953,11 +941,11 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
             }
             () = unmute.as_mut(), if muted => {
                 muted = false;
-                if let Some(Err(e)) = relay.as_ref().map(|r| r.switch(true)) {
+                if let Some(Err(e)) = relay.map(|r| r.switch(true)) {
                     tracing::error!(error = %e, "cannot switch the parking lot's relay on");
                 }
             }
-            ready = watch.readable(), if !muted => {
+            ready = lot.watch.readable(), if !muted => {
                 let Ok(mut guard) = ready else { return };
                 // One clock reading for every connection served on this turn.
                 match crate::observe::clock::turn(|| lot.wake_ready()) {
@@ -967,7 +955,7 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                         // busy: its next turn waits for the window's end and
                         // serves every socket that woke meanwhile. A quiet
                         // one answers at once.
-                        if let (Some(relay), true) = (&relay, n > 0) {
+                        if let (Some(relay), true) = (relay, n > 0) {
                             let now = crate::observe::clock::now();
                             if last_turn.is_some_and(|t| now.saturating_duration_since(t) < batch * 2) {
                                 match relay.switch(false) {
@@ -1097,7 +1085,13 @@ pub(super) mod tests {
     fn fixture() -> Fixture {
         let limit = ConnectionLimit::new(4, None);
         let stats = Arc::new(WorkerStats::default());
-        let lot = ParkingLot::new(limit.clone(), stats.clone(), Duration::from_secs(2)).unwrap();
+        let lot = ParkingLot::new(
+            limit.clone(),
+            stats.clone(),
+            Duration::from_secs(2),
+            Duration::ZERO,
+        )
+        .unwrap();
         let woken: Woken = Rc::default();
         let record = woken.clone();
         lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
@@ -1142,8 +1136,7 @@ pub(super) mod tests {
         /// Waits until the lot's epoll set reports an event, and serves it:
         /// how many events there were.
         async fn wake_ready(&self) -> usize {
-            let watch = self.lot.watch().unwrap();
-            let guard = tokio::time::timeout(Duration::from_secs(20), watch.readable())
+            let guard = tokio::time::timeout(Duration::from_secs(20), self.lot.watch.readable())
                 .await
                 .expect("the lot's epoll turns readable")
                 .unwrap();

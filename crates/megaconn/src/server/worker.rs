@@ -180,7 +180,7 @@ where
     // A connection woken less than `park_idle_after` after it was parked is
     // busy again: it waits as a task before it is parked once more.
     let park = config.park_idle_after.and_then(|hot_within| {
-        ParkingLot::new(limit.clone(), stats.clone(), hot_within)
+        ParkingLot::new(limit.clone(), stats.clone(), hot_within, config.park_wake_batch)
             .map_err(|e| tracing::warn!(worker = index, error = %e, "no parking lot; idle connections stay tasks"))
             .ok()
     });
