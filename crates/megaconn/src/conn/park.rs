@@ -233,11 +233,13 @@ fn watch_fd(fd: &OwnedFd) -> io::Result<AsyncFd<LotFd>> {
 struct Relay {
     fd: OwnedFd,
     lot: RawFd,
+    /// `park_wake_batch`: how long the relay stays off.
+    window: Duration,
 }
 
 impl Relay {
-    /// A relay holding `lot`, switched on.
-    fn new(lot: &OwnedFd) -> io::Result<Relay> {
+    /// A relay holding `lot`, switched on, batching over `window`.
+    fn new(lot: &OwnedFd, window: Duration) -> io::Result<Relay> {
         // SAFETY: epoll_create1 has no memory arguments; we own the returned fd.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -247,6 +249,7 @@ impl Relay {
             // SAFETY: a fresh descriptor nobody else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             lot: lot.as_raw_fd(),
+            window,
         };
         relay.ctl(libc::EPOLL_CTL_ADD, true)?;
         Ok(relay)
@@ -358,7 +361,7 @@ impl ParkingLot {
         let relay = if batch.is_zero() {
             None
         } else {
-            Some(Relay::new(&epoll)?)
+            Some(Relay::new(&epoll, batch)?)
         };
         let watch = watch_fd(relay.as_ref().map_or(&epoll, |r| &r.fd))?;
         let epoch = Instant::now();
@@ -917,7 +920,6 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     // `Notify`'s waiter list (a lock each way) on every wake-up of the lot,
     // which at a million connections is every few heartbeats.
     let mut shutdown = std::pin::pin!(ctx.shutdown.wait());
-    let batch = ctx.config.park_wake_batch;
     let relay = lot.relay.as_ref();
     // Batching: when the relay is off, and when it goes on again.
     let mut muted = false;
@@ -957,12 +959,12 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                         // one answers at once.
                         if let (Some(relay), true) = (relay, n > 0) {
                             let now = crate::observe::clock::now();
-                            if last_turn.is_some_and(|t| now.saturating_duration_since(t) < batch * 2) {
+                            if last_turn.is_some_and(|t| now.saturating_duration_since(t) < relay.window * 2) {
                                 match relay.switch(false) {
                                     Ok(()) => {
                                         incr(&lot.stats.parking_wake_batches);
                                         muted = true;
-                                        unmute.as_mut().reset(now + batch);
+                                        unmute.as_mut().reset(now + relay.window);
                                     }
                                     Err(e) => tracing::error!(error = %e, "cannot switch the parking lot's relay off"),
                                 }
