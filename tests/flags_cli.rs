@@ -5,58 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::ChildGuard;
+use common::Serving;
 
 fn megaconn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_megaconn"))
-}
-
-/// A running `megaconn serve`, stopped when dropped (its [`ChildGuard`]).
-struct Serving {
-    _child: ChildGuard,
-    addr: String,
-}
-
-impl Serving {
-    /// Starts `serve --listen 127.0.0.1:0 --workers 1 --admin off ARGS…` and
-    /// reads the address from its first line.
-    fn start(args: &[&str]) -> Serving {
-        let mut child = ChildGuard::spawn(
-            megaconn()
-                .args([
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--workers",
-                    "1",
-                    "--admin",
-                    "off",
-                ])
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
-        );
-        let mut first = String::new();
-        BufReader::new(child.child().stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let addr = first
-            .split("http://")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no address in {first:?}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        Serving {
-            _child: child,
-            addr,
-        }
-    }
 }
 
 /// Sends raw bytes, reads until the server closes; the whole response.
@@ -81,7 +37,7 @@ fn post(addr: &str, len: usize) -> String {
 
 #[test]
 fn serve_takes_durations_and_sizes_in_the_shared_grammar() {
-    let server = Serving::start(&[
+    let server = Serving::serve(&[
         "--idle-timeout",
         "30sec",
         "--read-header-timeout",
@@ -93,8 +49,8 @@ fn serve_takes_durations_and_sizes_in_the_shared_grammar() {
         "--max-header-bytes",
         "16KiB",
     ]);
-    assert!(post(&server.addr, 1024).starts_with("HTTP/1.1 200"));
-    let too_big = post(&server.addr, 1025);
+    assert!(post(&server.addr("http"), 1024).starts_with("HTTP/1.1 200"));
+    let too_big = post(&server.addr("http"), 1025);
     assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
 }
 
@@ -107,11 +63,11 @@ fn config_keys_are_the_flag_names_with_underscores() {
         "no_keep_alive = true\nmax_body_bytes = \"1KiB\"\nidle_timeout = \"30sec\"\nshutdown_timeout = 5\nserver_header = \"flags-test\"\n",
     )
     .unwrap();
-    let server = Serving::start(&["--config", path.to_str().unwrap()]);
+    let server = Serving::serve(&["--config", path.to_str().unwrap()]);
     // Keep-alive is off: the server closes after one response even when the
     // client asks to keep the connection.
     let response = exchange(
-        &server.addr,
+        &server.addr("http"),
         b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
     );
     assert_eq!(response.matches("HTTP/1.1 200").count(), 1, "{response}");
@@ -120,7 +76,7 @@ fn config_keys_are_the_flag_names_with_underscores() {
         "{response}"
     );
     assert!(response.contains("flags-test"), "{response}");
-    assert!(post(&server.addr, 1025).starts_with("HTTP/1.1 413"));
+    assert!(post(&server.addr("http"), 1025).starts_with("HTTP/1.1 413"));
 }
 
 #[test]
@@ -172,7 +128,7 @@ fn serve_help_gives_each_flag_its_config_key_and_default() {
 
 #[test]
 fn load_reads_durations_like_serve() {
-    let server = Serving::start(&[]);
+    let server = Serving::serve(&[]);
     let out = megaconn()
         .args([
             "load",
@@ -186,7 +142,7 @@ fn load_reads_durations_like_serve() {
             "--timeout",
             "5sec",
         ])
-        .arg(format!("http://{}/", server.addr))
+        .arg(format!("http://{}/", server.addr("http")))
         .output()
         .unwrap();
     assert!(

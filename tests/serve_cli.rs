@@ -6,18 +6,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use common::{ChildGuard, Lines};
+use common::{ChildGuard, Lines, Serving};
 
 /// Upper bound for any single wait: reached only when a test fails.
 const SAFETY: Duration = Duration::from_secs(30);
@@ -140,83 +140,6 @@ fn access_log_writes_one_json_line_per_request() {
     assert!(line.contains("\"peer\":\"127.0.0.1:"), "{line}");
 }
 
-/// A running `megaconn serve` whose stderr is read line by line; killed and
-/// reaped when dropped.
-struct Serving {
-    child: ChildGuard,
-    /// Keeps reading stdout, so the server never blocks on a full pipe.
-    _stdout: Lines,
-    /// The URLs of the start-up banner.
-    urls: Vec<String>,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Serving {
-    /// Starts `megaconn ARGS…` and waits for its banner.
-    fn start(args: &[&str]) -> Serving {
-        let mut child = ChildGuard::spawn(
-            megaconn()
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        );
-        let (tx, stderr) = mpsc::channel();
-        let err = BufReader::new(child.child().stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdout = Lines::new(child.child().stdout.take().unwrap());
-        let first = stdout.expect_line();
-        let urls = first
-            .strip_prefix("megaconn serving on ")
-            .unwrap_or_else(|| panic!("no banner: {first:?}"))
-            .split(" (")
-            .next()
-            .unwrap()
-            .split(", ")
-            .map(str::to_string)
-            .collect();
-        Serving {
-            child,
-            _stdout: stdout,
-            urls,
-            stderr,
-        }
-    }
-
-    /// The address of the banner URL with `scheme`.
-    fn addr(&self, scheme: &str) -> String {
-        let prefix = format!("{scheme}://");
-        self.urls
-            .iter()
-            .find_map(|u| u.strip_prefix(prefix.as_str()))
-            .unwrap_or_else(|| panic!("no {prefix} listener in {:?}", self.urls))
-            .to_string()
-    }
-
-    /// Waits for a log line containing `needle`; returns it.
-    fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + SAFETY;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no log line with {needle:?}: {e}"),
-            }
-        }
-    }
-
-    fn stop(mut self) {
-        self.child.signal(libc::SIGTERM);
-        assert_eq!(self.child.wait().code(), Some(0));
-    }
-}
-
 /// A test CA and the leaf certificates it signs.
 struct Ca {
     cert: rcgen::Certificate,
@@ -326,14 +249,7 @@ fn tls_banner_says_https_and_sighup_reloads_the_certificate() {
     let (b_pem, b_key, b_der) = ca.leaf();
     replace_file(&cert, &a_pem);
     replace_file(&key, &a_key);
-    let serving = Serving::start(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--admin",
-        "off",
+    let serving = Serving::serve(&[
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdout, Command, ExitStatus};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -163,5 +163,99 @@ impl Lines {
     /// Every line until the end of the output (each waited for with the bound).
     pub fn rest(&self) -> Vec<String> {
         std::iter::from_fn(|| self.next_line()).collect()
+    }
+}
+
+/// A running `megaconn serve` whose stdout is drained and whose stderr is
+/// read line by line; stopped and reaped when dropped (its [`ChildGuard`]).
+pub struct Serving {
+    /// The server process.
+    pub child: ChildGuard,
+    /// Keeps reading stdout, so the server never blocks on a full pipe.
+    _stdout: Lines,
+    /// The URLs of the start-up banner.
+    pub urls: Vec<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Serving {
+    /// Starts `megaconn ARGS…` and waits for its banner.
+    pub fn start(args: &[&str]) -> Serving {
+        let mut child = ChildGuard::spawn(
+            Command::new(env!("CARGO_BIN_EXE_megaconn"))
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        let (tx, stderr) = mpsc::channel();
+        let err = BufReader::new(child.child().stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdout = Lines::new(child.child().stdout.take().unwrap());
+        let first = stdout.expect_line();
+        let urls = first
+            .strip_prefix("megaconn serving on ")
+            .unwrap_or_else(|| panic!("no banner: {first:?}"))
+            .split(" (")
+            .next()
+            .unwrap()
+            .split(", ")
+            .map(str::to_string)
+            .collect();
+        Serving {
+            child,
+            _stdout: stdout,
+            urls,
+            stderr,
+        }
+    }
+
+    /// Starts `serve --listen 127.0.0.1:0 --workers 1 --admin off ARGS…`:
+    /// one worker on an ephemeral port, no admin listener.
+    pub fn serve(args: &[&str]) -> Serving {
+        let base = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--admin",
+            "off",
+        ];
+        Serving::start(&[&base[..], args].concat())
+    }
+
+    /// The address of the banner URL with `scheme`.
+    pub fn addr(&self, scheme: &str) -> String {
+        let prefix = format!("{scheme}://");
+        self.urls
+            .iter()
+            .find_map(|u| u.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} listener in {:?}", self.urls))
+            .to_string()
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + CHILD_SAFETY;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    /// SIGTERM, then asserts a clean exit (status 0).
+    pub fn stop(mut self) {
+        self.child.signal(libc::SIGTERM);
+        assert_eq!(self.child.wait().code(), Some(0));
     }
 }
