@@ -9,6 +9,9 @@
 #                        its HeaderMap), full (+ an http::Response and its head
 #                        encoded from it: the least any tower-style server does)
 #   megaconn             `megaconn serve --workers 1 --admin off` (the demo app)
+#   nginx                nginx 1.22, bench/peers/nginx.conf.template with one
+#                        process (`master_process off`: valgrind follows no
+#                        fork), `return 200 "Hello, World!"`: the peer to beat
 # and the compute alone (no I/O): `tokio-floor compute LEVEL N`.
 # Each server runs under `valgrind --tool=callgrind` on core $SERVER_CPU, gets
 # one curl, then `megaconn load -t 1 -c 64 -n N` from core $LOAD_CPU, then
@@ -19,7 +22,8 @@
 # recv + send per request for megaconn and the floor).
 # Needs: valgrind (apt-get installed when missing), gcc, cargo, a built megaconn.
 # Env: N1 (2000), N2 (22000), PORT_BASE (38900), LEVELS ("raw parse
-#   request full"), MEGACONN, BENCH_SKIP_BUILD=1 (megaconn only).
+#   request full"), MEGACONN, BENCH_SKIP_BUILD=1 (megaconn only), NGINX (1;
+#   0 leaves nginx out).
 # Output: bench/out/lower-bound-<stamp>/ (callgrind files, table.md); the
 #   table on stdout.
 set -euo pipefail
@@ -34,6 +38,8 @@ trap 'exit 130' INT TERM
 
 command -v valgrind >/dev/null 2>&1 \
   || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+NGINX="${NGINX:-1}"
+[[ "$NGINX" == 1 ]] && bench_install_deps
 bench_build
 bench_build_tokio_floor || die "tokio-floor did not build"
 [[ "$MEGACONN_LOAD_OK" == 1 ]] || die "megaconn load is not available"
@@ -54,6 +60,8 @@ served() {
   shift 2
   out="$RES_DIR/$name-$n.callgrind"
   port="$(free_port "$PORT_BASE")"
+  # nginx takes its port from its configuration file.
+  [[ "$name" == nginx ]] && sed "s|{PORT}|$port|" "$ngx_dir/nginx.conf.in" >"$ngx_dir/nginx.conf"
   taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr=no \
     --callgrind-out-file="$out" "${@//\{PORT\}/$port}" >"$RES_DIR/$name-$n.log" 2>&1 &
   # shellcheck disable=SC2034  # SERVER_NAME: read by lib.sh's server_stop
@@ -98,6 +106,19 @@ if [[ "$MEGACONN_SERVE_OK" == 1 && "${SKIP_MEGACONN:-0}" != 1 ]]; then
   mc=("$MEGACONN" serve --listen "127.0.0.1:{PORT}" --workers 1 --admin off)
   row "megaconn ($(cat "$MEGACONN.version" 2>/dev/null || echo "$MEGACONN"))" \
     "$(per_request "$(served megaconn "$N1" "${mc[@]}")" "$(served megaconn "$N2" "${mc[@]}")")"
+fi
+if [[ "$NGINX" == 1 ]]; then
+  # One process, so that callgrind counts the worker that serves: with a
+  # master, the worker is a fork valgrind does not follow.
+  ngx_dir="$RES_DIR/nginx"
+  mkdir -p "$ngx_dir"
+  : >"$ngx_dir/tls.conf"
+  sed -e "s|@WORKERS@|1|g" -e "s|@LISTEN@|127.0.0.1:{PORT}|g" -e "s|@RUNDIR@|$ngx_dir|g" \
+    -e "s|@LISTEN_OPTS@||g" -e "s|^master_process on;|master_process off;|" \
+    "$BENCH_DIR/peers/nginx.conf.template" >"$ngx_dir/nginx.conf.in"
+  ngx=(nginx -p "$ngx_dir" -c "$ngx_dir/nginx.conf" -e "$ngx_dir/error.log")
+  row "nginx $(nginx -v 2>&1 | sed 's|.*nginx/||') (one process)" \
+    "$(per_request "$(served nginx "$N1" "${ngx[@]}")" "$(served nginx "$N2" "${ngx[@]}")")"
 fi
 
 {
