@@ -470,12 +470,10 @@ impl<T: Transport> ConnIo<T> {
                 rbuf.advance(n);
                 searched = searched.saturating_sub(n);
             }
-            if head_may_be_complete(rbuf, &mut searched) || rbuf.len() >= limits.max_header_bytes {
-                match head::parse(rbuf, &limits) {
-                    Ok(Some((head, len))) => {
-                        rbuf.advance(len);
-                        return Poll::Ready(HeadRead::Head(head));
-                    }
+            let end = head::find_end(rbuf, &mut searched);
+            if end.is_some() || rbuf.len() >= limits.max_header_bytes {
+                match head::parse_from(rbuf, end, &limits) {
+                    Ok(Some(head)) => return Poll::Ready(HeadRead::Head(head)),
                     Ok(None) => {}
                     Err(rejection) => return Poll::Ready(HeadRead::Rejected(rejection)),
                 }
@@ -508,23 +506,6 @@ impl<T: Transport> ConnIo<T> {
         })
         .await
     }
-}
-
-/// True when `buf` contains an empty line (the end of a head), searching only
-/// what was not searched before.
-fn head_may_be_complete(buf: &[u8], searched: &mut usize) -> bool {
-    // The common case first: the read ended with the head.
-    if buf.ends_with(b"\n\r\n") || buf.ends_with(b"\n\n") {
-        *searched = buf.len();
-        return true;
-    }
-    let start = searched.saturating_sub(3);
-    let found = buf[start..]
-        .windows(2)
-        .enumerate()
-        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(start + i + 2) == Some(&b'\n')));
-    *searched = buf.len();
-    found
 }
 
 /// When a request head times out.
@@ -585,23 +566,5 @@ fn poll_timer(
         // An earlier deadline passed: wait on for this one.
         sleep.as_mut().reset(deadline);
         *registered = false;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn end_of_head_detection_is_incremental() {
-        let mut searched = 0;
-        let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
-        assert!(!head_may_be_complete(&buf, &mut searched));
-        buf.extend_from_slice(b"\r");
-        assert!(!head_may_be_complete(&buf, &mut searched));
-        buf.extend_from_slice(b"\n");
-        assert!(head_may_be_complete(&buf, &mut searched));
-        let mut searched = 0;
-        assert!(head_may_be_complete(b"GET / HTTP/1.0\n\n", &mut searched));
     }
 }

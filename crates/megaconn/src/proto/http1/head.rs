@@ -8,7 +8,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
@@ -52,12 +52,81 @@ const fn reject(status: StatusCode, reason: &'static str) -> Rejection {
 
 const BAD: StatusCode = StatusCode::BAD_REQUEST;
 
-/// Parses a request head from the start of `buf`.
+/// Where the request head at the start of `buf` ends (just past its empty
+/// line), searching from `searched`; `searched` is moved past what was
+/// searched, less the two bytes an empty line may have begun in, so that a
+/// head read a byte at a time is scanned once, not once per read.
+///
+/// A line ends with LF or CRLF, so the head ends at the first LF followed by
+/// LF or CRLF: where httparse stops, which [`parse_from`] checks.
+pub(crate) fn find_end(buf: &[u8], searched: &mut usize) -> Option<usize> {
+    let start = (*searched).min(buf.len());
+    for lf in memchr::memchr_iter(b'\n', &buf[start..]).map(|i| start + i) {
+        match (buf.get(lf + 1), buf.get(lf + 2)) {
+            (Some(b'\n'), _) => return Some(lf + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+            _ => {}
+        }
+    }
+    *searched = buf.len().saturating_sub(2);
+    None
+}
+
+/// Parses the request head at the start of `rbuf` and takes it out of the
+/// buffer; `end`: where it ends, from [`find_end`].
+///
+/// A head found whole (the usual case) is split off the read buffer and
+/// frozen, and the target and every header value are slices of it, as in
+/// hyper: no copy and no allocation per request (a copy took two: the copy,
+/// and the shared control block made when it was first sliced). The price:
+/// a handler that keeps a header value past its request keeps the whole
+/// read buffer's allocation alive with it, and the connection reads into a
+/// fresh one. Anything else (an incomplete head, a rejection, a head that
+/// ends elsewhere than `end` says) goes through [`parse`], bytes left in
+/// place, so the answer is the same either way.
+pub(crate) fn parse_from(
+    rbuf: &mut BytesMut,
+    end: Option<usize>,
+    limits: &HeadLimits,
+) -> Result<Option<RequestHead>, Rejection> {
+    if let Some(end) = end.filter(|end| *end <= limits.max_header_bytes) {
+        let shared = rbuf.split_to(end).freeze();
+        match parse_in(&shared, Some(&shared), limits) {
+            Ok(Some((head, len))) if len == end => return Ok(Some(head)),
+            // Dropped before the bytes go back: it may hold slices of them.
+            parsed => drop(parsed),
+        }
+        // Back in front of what followed them (a copy, on this rare path: the
+        // rest of the buffer still shares the allocation with `shared`).
+        let mut whole = BytesMut::with_capacity(shared.len() + rbuf.len());
+        whole.extend_from_slice(&shared);
+        whole.extend_from_slice(rbuf);
+        *rbuf = whole;
+    }
+    let parsed = parse(rbuf, limits)?;
+    Ok(parsed.map(|(head, len)| {
+        rbuf.advance(len);
+        head
+    }))
+}
+
+/// Parses a request head from the start of `buf`, copying what the head
+/// keeps (see [`parse_from`] for the reading path, which does not copy).
 ///
 /// Returns `Ok(None)` when more bytes are needed, `Ok(Some((head, len)))` when
 /// the head is complete and took `len` bytes.
 pub(crate) fn parse(
     buf: &[u8],
+    limits: &HeadLimits,
+) -> Result<Option<(RequestHead, usize)>, Rejection> {
+    parse_in(buf, None, limits)
+}
+
+/// [`parse`], with the target and header values sliced from `shared` when
+/// given (`buf` is then `shared`'s bytes), else from one copy of the head.
+fn parse_in(
+    buf: &[u8],
+    shared: Option<&Bytes>,
     limits: &HeadLimits,
 ) -> Result<Option<(RequestHead, usize)>, Rejection> {
     let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CEILING] =
@@ -99,13 +168,20 @@ pub(crate) fn parse(
             "request head exceeds max_header_bytes",
         ));
     }
-    // One copy of the head; the target and every header value are slices of it
-    // (one allocation per request instead of one per header).
-    let shared = Bytes::copy_from_slice(&buf[..len]);
+    // Otherwise one copy of the head; the target and every header value are
+    // slices of it (one allocation per request instead of one per header).
+    let copy;
+    let shared = match shared {
+        Some(shared) => shared,
+        None => {
+            copy = Bytes::copy_from_slice(&buf[..len]);
+            &copy
+        }
+    };
     let head = build(
         &req,
         &Slicer {
-            shared: &shared,
+            shared,
             base: buf.as_ptr(),
         },
         limits,
@@ -113,7 +189,7 @@ pub(crate) fn parse(
     Ok(Some((head, len)))
 }
 
-/// Maps slices of the parse buffer onto the shared copy of the head.
+/// Maps slices of the parse buffer onto the shared bytes of the head.
 struct Slicer<'a> {
     shared: &'a Bytes,
     base: *const u8,
@@ -510,6 +586,49 @@ mod tests {
 
     fn status(raw: &str) -> StatusCode {
         parse(raw.as_bytes(), &LIMITS).unwrap_err().status
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_once_across_reads() {
+        let mut searched = 0;
+        let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        assert_eq!(find_end(&buf, &mut searched), None);
+        buf.extend_from_slice(b"\r");
+        assert_eq!(find_end(&buf, &mut searched), None);
+        buf.extend_from_slice(b"\n");
+        assert_eq!(find_end(&buf, &mut searched), Some(buf.len()));
+        assert_eq!(find_end(b"GET / HTTP/1.0\n\nGET", &mut 0), Some(16));
+        // Pipelined: the first head's end, not the last.
+        let two = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(find_end(two, &mut 0), Some(28));
+    }
+
+    #[test]
+    fn a_head_read_whole_is_taken_out_of_the_read_buffer() {
+        let raw = b"POST /a?q HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhiGET";
+        let mut rbuf = BytesMut::from(&raw[..]);
+        let end = find_end(&rbuf, &mut 0);
+        let head = parse_from(&mut rbuf, end, &LIMITS).unwrap().unwrap();
+        assert_eq!(head.uri, "/a?q");
+        assert_eq!(head.headers["host"], "a");
+        assert_eq!(&rbuf[..], b"hiGET", "the body and what follows stay");
+        // Refused: the bytes stay where they were (h2c's preface is read
+        // from them), and the answer is the copying parser's.
+        for bad in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\n\r\nrest",
+        ] {
+            let mut rbuf = BytesMut::from(bad);
+            let end = find_end(&rbuf, &mut 0);
+            assert!(end.is_some());
+            let refused = parse_from(&mut rbuf, end, &LIMITS).unwrap_err();
+            assert_eq!(refused, parse(bad, &LIMITS).unwrap_err());
+            assert_eq!(&rbuf[..], bad);
+        }
+        // Incomplete: nothing taken.
+        let mut rbuf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\n"[..]);
+        assert!(parse_from(&mut rbuf, None, &LIMITS).unwrap().is_none());
+        assert_eq!(rbuf.len(), 25);
     }
 
     #[test]
