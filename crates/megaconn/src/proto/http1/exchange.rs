@@ -350,12 +350,7 @@ where
             }
         }
     }
-    let body_length = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok())
-        .or_else(|| body.size_hint().exact());
+    let body_length = encode::content_length(&parts.headers).or_else(|| body.size_hint().exact());
     let has_body = !(this.setup.is_head
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
