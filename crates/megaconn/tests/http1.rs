@@ -249,3 +249,67 @@ async fn a_real_client_gets_answers() {
     assert_eq!(r.text().await.unwrap(), "300000");
     server.stop().await;
 }
+
+/// Request heads are sliced out of the connection's read buffer, not copied
+/// (`proto/http1/head.rs`): the target and header values share the buffer's
+/// allocation. A handler that keeps them past its request (here, every one)
+/// must see them unchanged, and the requests after it on the same connection,
+/// read into what is left of that buffer or into a new one, must parse right:
+/// heads of growing size, one at a time and pipelined, well past one
+/// buffer's 8 KiB.
+#[tokio::test]
+async fn header_values_kept_by_a_handler_stay_intact_across_later_requests() {
+    use bytes::Bytes;
+    use http::{HeaderValue, Request, Response, Uri};
+    use std::sync::{Arc, Mutex};
+
+    let kept: Arc<Mutex<Vec<(Uri, HeaderValue)>>> = Arc::default();
+    let service = {
+        let kept = kept.clone();
+        tower::service_fn(move |req: Request<megaconn::Body>| {
+            let tag = req.headers()["x-tag"].clone();
+            kept.lock().unwrap().push((req.uri().clone(), tag.clone()));
+            async move {
+                let body = http_body_util::Full::new(Bytes::copy_from_slice(tag.as_bytes()));
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            }
+        })
+    };
+    let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
+        .workers(1)
+        .listen()
+        .unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let task = tokio::spawn(server.serve(service));
+
+    let tag = |i: usize| format!("tag-{i}-{}", "x".repeat(i % 97 * 3));
+    let request = |i: usize| {
+        format!(
+            "GET /p/{i}?q={i} HTTP/1.1\r\nHost: t\r\nX-Tag: {}\r\n\r\n",
+            tag(i)
+        )
+    };
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let mut i = 0;
+    while i < 300 {
+        // One request, then a pipelined batch of 1 to 5, and so on.
+        let batch = if i % 2 == 0 { 1 } else { 1 + i % 5 };
+        let raw: String = (i..i + batch).map(request).collect();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        for j in i..i + batch {
+            let r = read_response_buffered(&mut s, &mut buf, false).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body, tag(j).as_bytes(), "response {j}");
+        }
+        i += batch;
+    }
+    let kept = kept.lock().unwrap().clone();
+    assert_eq!(kept.len(), i);
+    for (j, (uri, value)) in kept.iter().enumerate() {
+        assert_eq!(uri, format!("/p/{j}?q={j}").as_str(), "kept target {j}");
+        assert_eq!(value, tag(j).as_str(), "kept header value {j}");
+    }
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
