@@ -540,10 +540,9 @@ fn valid_host(value: &[u8]) -> bool {
 fn valid_reg_name(name: &[u8]) -> bool {
     // Every Host a request carries is checked: one table lookup per byte for
     // the usual name, the byte-by-byte rules only from a `%` on.
-    let Some(i) = name.iter().position(|b| !REG_NAME_CHAR[usize::from(*b)]) else {
+    let Some(mut i) = name.iter().position(|b| !REG_NAME_CHAR[usize::from(*b)]) else {
         return true;
     };
-    let mut i = i;
     while i < name.len() {
         let b = name[i];
         if b == b'%' {
