@@ -19,6 +19,7 @@ pub(crate) mod pool;
 pub(crate) mod rewind;
 pub(crate) mod shutdown;
 pub(crate) mod socket;
+pub(crate) mod sys;
 pub(crate) mod tls;
 pub(crate) mod tls_io;
 pub(crate) mod transport;

@@ -30,11 +30,12 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::conn::sys;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::Wake;
 
@@ -160,16 +161,43 @@ pub(crate) fn poll_once<F: std::future::Future + ?Sized>(future: Pin<&mut F>) ->
     future.poll(&mut Context::from_waker(std::task::Waker::noop()))
 }
 
-/// The result of a non-blocking syscall returning a byte count, with "would
-/// block" as `None`.
-fn syscall_result(n: isize) -> io::Result<Option<usize>> {
-    if n >= 0 {
-        return Ok(Some(n as usize));
-    }
-    let error = io::Error::last_os_error();
-    match error.kind() {
-        io::ErrorKind::WouldBlock => Ok(None),
-        _ => Err(error),
+/// One non-blocking read or write of up to `len` bytes on a registered
+/// stream, through [`sys`]'s bare system calls, waiting for readiness as
+/// tokio's own `poll_read` and `poll_write` do: readiness first (which also
+/// spends the task's cooperative budget), and readiness cleared when the
+/// call would block or moved fewer than `len` bytes (on epoll that shows the
+/// socket drained, or its buffer full: no second call just to hear
+/// `EAGAIN`).
+fn poll_io(
+    stream: &TcpStream,
+    interest: Interest,
+    len: usize,
+    cx: &mut Context<'_>,
+    mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<Option<usize>>,
+) -> Poll<io::Result<usize>> {
+    let fd = stream.as_fd();
+    loop {
+        ready!(if interest.is_readable() {
+            stream.poll_read_ready(cx)
+        } else {
+            stream.poll_write_ready(cx)
+        })?;
+        let mut moved = None;
+        // `try_io` clears readiness only on "would block", so a short call
+        // reports that (its count kept in `moved`).
+        let done = stream.try_io(interest, || match op(fd)? {
+            Some(n) if n == 0 || n >= len => Ok(n),
+            Some(n) => {
+                moved = Some(n);
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        });
+        match (done, moved) {
+            (_, Some(n)) => return Poll::Ready(Ok(n)),
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            (done, None) => return Poll::Ready(done),
+        }
     }
 }
 
@@ -179,47 +207,39 @@ impl AsyncRead for WokenSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let Some(fd) = self.bare() {
-            // Not `initialize_unfilled`: zeroing a whole pooled buffer for a
-            // heartbeat of a few bytes would cost more than the read.
-            // SAFETY: recv only writes into the memory; nothing is read from it.
-            let unfilled = unsafe { buf.unfilled_mut() };
-            loop {
-                // SAFETY: `unfilled` is valid writable memory of the given length.
-                let n = unsafe {
-                    libc::recv(
-                        fd.as_raw_fd(),
-                        unfilled.as_mut_ptr().cast(),
-                        unfilled.len(),
-                        0,
-                    )
-                };
-                let asked = unfilled.len();
-                match syscall_result(n) {
-                    Ok(Some(n)) => {
-                        // SAFETY: recv initialised the first `n` bytes.
-                        unsafe { buf.assume_init(n) };
-                        buf.advance(n);
-                        self.heard |= n < asked && !self.hung_up;
-                        return Poll::Ready(Ok(()));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Poll::Ready(Err(e)),
-                    // Nothing to read: from here on, wait like any stream.
-                    Ok(None) => {
-                        self.heard = true;
-                        break;
-                    }
+        // Not `initialize_unfilled`: zeroing a whole pooled buffer for a
+        // heartbeat of a few bytes would cost more than the read.
+        // SAFETY: recv only writes into the memory; nothing is read from it.
+        let unfilled = unsafe { buf.unfilled_mut() };
+        let asked = unfilled.len();
+        let bare = match self.bare() {
+            Some(fd) => match sys::recv(fd, unfilled) {
+                Ok(Some(n)) => Some(n),
+                Err(e) => return Poll::Ready(Err(e)),
+                // Nothing to read: from here on, wait like any stream.
+                Ok(None) => {
+                    self.heard = true;
+                    None
                 }
+            },
+            None => None,
+        };
+        let n = match bare {
+            Some(n) => n,
+            None => {
+                let stream = self.registered()?;
+                ready!(poll_io(stream, Interest::READABLE, asked, cx, |fd| {
+                    sys::recv(fd, unfilled)
+                }))?
             }
-        }
-        let (before, asked) = (buf.filled().len(), buf.remaining());
-        let stream = self.registered()?;
-        let polled = Pin::new(stream).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() - before < asked {
-            self.heard = true;
-        }
-        polled
+        };
+        // SAFETY: recv initialised the first `n` bytes.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        // A short read took everything that was there, unless the lot saw
+        // the peer hang up: then the end of the stream is still to be read.
+        self.heard |= n < asked && !(bare.is_some() && self.hung_up);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -230,28 +250,17 @@ impl AsyncWrite for WokenSocket {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         if let Some(fd) = self.bare() {
-            loop {
-                // SAFETY: `data` is valid readable memory of the given length.
-                // MSG_NOSIGNAL: a peer that went away is an error, not SIGPIPE.
-                let n = unsafe {
-                    libc::send(
-                        fd.as_raw_fd(),
-                        data.as_ptr().cast(),
-                        data.len(),
-                        libc::MSG_NOSIGNAL,
-                    )
-                };
-                match syscall_result(n) {
-                    Ok(Some(n)) => return Poll::Ready(Ok(n)),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Poll::Ready(Err(e)),
-                    // The send buffer is full: wait for room like any stream.
-                    Ok(None) => break,
-                }
+            match sys::send(fd, data) {
+                Ok(Some(n)) => return Poll::Ready(Ok(n)),
+                Err(e) => return Poll::Ready(Err(e)),
+                // The send buffer is full: wait for room like any stream.
+                Ok(None) => {}
             }
         }
         let stream = self.registered()?;
-        Pin::new(stream).poll_write(cx, data)
+        poll_io(stream, Interest::WRITABLE, data.len(), cx, |fd| {
+            sys::send(fd, data)
+        })
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -264,9 +273,8 @@ impl AsyncWrite for WokenSocket {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some(fd) = self.bare() {
-            // SAFETY: shutdown takes no memory arguments.
-            let rc = unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
-            return Poll::Ready(syscall_result(rc as isize).map(|_| ()));
+            let done = rustix::net::shutdown(fd, rustix::net::Shutdown::Write);
+            return Poll::Ready(done.map_err(io::Error::from));
         }
         let stream = self.registered()?;
         Pin::new(stream).poll_shutdown(cx)

@@ -20,7 +20,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -232,29 +232,16 @@ pub(crate) enum SendNow {
     Broken,
 }
 
-/// Writes `bytes` to a parked socket without blocking.
+/// Writes `bytes` to a parked socket without blocking (a bare system call:
+/// `conn/sys.rs` says why).
 pub(crate) fn send_all_now(fd: RawFd, bytes: &[u8]) -> SendNow {
     // SAFETY: `fd` is a parked socket, open for as long as the lot keeps it
-    // (the caller checked it is parked, on the lot's own thread); `bytes` is
-    // valid readable memory of the given length.
-    let n = unsafe {
-        libc::send(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    if n >= 0 {
-        return if n as usize == bytes.len() {
-            SendNow::Sent
-        } else {
-            SendNow::Full
-        };
-    }
-    match std::io::Error::last_os_error().kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => SendNow::Full,
-        _ => SendNow::Broken,
+    // (the caller checked it is parked, on the lot's own thread).
+    let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+    match crate::conn::sys::send(socket, bytes) {
+        Ok(Some(n)) if n == bytes.len() => SendNow::Sent,
+        Ok(_) => SendNow::Full,
+        Err(_) => SendNow::Broken,
     }
 }
 
