@@ -136,10 +136,7 @@ impl WokenSocket {
         }
         match &mut self.state {
             State::Registered(stream) => Ok(stream),
-            _ => Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the woken socket could not be registered with the runtime",
-            )),
+            _ => Err(lost()),
         }
     }
 
@@ -159,6 +156,14 @@ impl WokenSocket {
 /// it waits: whatever it registered with this one wakes nobody.
 pub(crate) fn poll_once<F: std::future::Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
     future.poll(&mut Context::from_waker(std::task::Waker::noop()))
+}
+
+/// The error of a socket lost while registering with the runtime.
+fn lost() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the woken socket could not be registered with the runtime",
+    )
 }
 
 /// One non-blocking read or write of up to `len` bytes on a registered
@@ -212,33 +217,37 @@ impl AsyncRead for WokenSocket {
         // SAFETY: recv only writes into the memory; nothing is read from it.
         let unfilled = unsafe { buf.unfilled_mut() };
         let asked = unfilled.len();
-        let bare = match self.bare() {
-            Some(fd) => match sys::recv(fd, unfilled) {
-                Ok(Some(n)) => Some(n),
-                Err(e) => return Poll::Ready(Err(e)),
-                // Nothing to read: from here on, wait like any stream.
-                Ok(None) => {
-                    self.heard = true;
-                    None
-                }
-            },
-            None => None,
-        };
-        let n = match bare {
-            Some(n) => n,
-            None => {
-                let stream = self.registered()?;
+        let mut bare = false;
+        let n = match &self.state {
+            // A busy connection's usual case: registered already.
+            State::Registered(stream) => {
                 ready!(poll_io(stream, Interest::READABLE, asked, cx, |fd| {
                     sys::recv(fd, unfilled)
                 }))?
             }
+            State::Bare(fd) => match sys::recv(fd.as_fd(), unfilled) {
+                Ok(Some(n)) => {
+                    bare = true;
+                    n
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+                // Nothing to read: from here on, wait like any stream.
+                Ok(None) => {
+                    self.heard = true;
+                    let stream = self.registered()?;
+                    ready!(poll_io(stream, Interest::READABLE, asked, cx, |fd| {
+                        sys::recv(fd, unfilled)
+                    }))?
+                }
+            },
+            State::Gone => return Poll::Ready(Err(lost())),
         };
         // SAFETY: recv initialised the first `n` bytes.
         unsafe { buf.assume_init(n) };
         buf.advance(n);
         // A short read took everything that was there, unless the lot saw
         // the peer hang up: then the end of the stream is still to be read.
-        self.heard |= n < asked && !(bare.is_some() && self.hung_up);
+        self.heard |= n < asked && !(bare && self.hung_up);
         Poll::Ready(Ok(()))
     }
 }
@@ -249,13 +258,19 @@ impl AsyncWrite for WokenSocket {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let Some(fd) = self.bare() {
-            match sys::send(fd, data) {
+        match &self.state {
+            State::Registered(stream) => {
+                return poll_io(stream, Interest::WRITABLE, data.len(), cx, |fd| {
+                    sys::send(fd, data)
+                })
+            }
+            State::Bare(fd) => match sys::send(fd.as_fd(), data) {
                 Ok(Some(n)) => return Poll::Ready(Ok(n)),
                 Err(e) => return Poll::Ready(Err(e)),
                 // The send buffer is full: wait for room like any stream.
                 Ok(None) => {}
-            }
+            },
+            State::Gone => return Poll::Ready(Err(lost())),
         }
         let stream = self.registered()?;
         poll_io(stream, Interest::WRITABLE, data.len(), cx, |fd| {
