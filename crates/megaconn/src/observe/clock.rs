@@ -11,27 +11,60 @@
 //! and a request's duration then counts from when its turn began, which is
 //! when it was already waiting, not later. Outside a turn (a connection
 //! served as a task) [`now`] reads the clock as before.
+//!
+//! Request durations are kept in nanoseconds ([`now_nanos`], the same
+//! clock as `Instant`): a duration is then one subtraction, where
+//! `Instant`'s took ~45 user-space instructions (`Timespec::sub_timespec`,
+//! `Duration` normalising, and std's checks around the read; callgrind,
+//! `bench/profile.sh`). Read through libc, not rustix: rustix finds the vDSO
+//! itself and crashes doing so under valgrind, which `bench/profile.sh` uses.
 
 use std::cell::Cell;
 
 use tokio::time::Instant;
 
 thread_local! {
-    static TURN: Cell<Option<Instant>> = const { Cell::new(None) };
+    static TURN: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
 }
 
 /// The current time: the turn's reading inside [`turn`], a fresh one
 /// elsewhere.
 #[inline]
 pub(crate) fn now() -> Instant {
-    TURN.with(Cell::get).unwrap_or_else(Instant::now)
+    TURN.with(Cell::get).map_or_else(Instant::now, |(at, _)| at)
+}
+
+/// The current time in nanoseconds on the monotonic clock (from an
+/// arbitrary start): the turn's reading inside [`turn`], a fresh one
+/// elsewhere.
+#[inline]
+pub(crate) fn now_nanos() -> u64 {
+    TURN.with(Cell::get)
+        .map_or_else(read_nanos, |(_, nanos)| nanos)
+}
+
+/// Reads the monotonic clock, in nanoseconds.
+#[inline]
+fn read_nanos() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is valid writable memory for one timespec. The monotonic
+    // clock always exists on Linux, so the call cannot fail (if it did, `t`
+    // stays zero: a duration of zero, not undefined behaviour).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    // Never negative: the monotonic clock counts up from boot.
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
 }
 
 /// Runs `f` as one turn: [`now`] returns the same reading, taken here, until
 /// `f` returns (or unwinds). Turns nest; the inner one keeps the outer
 /// reading.
 pub(crate) fn turn<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Instant>);
+    struct Restore(Option<(Instant, u64)>);
     impl Drop for Restore {
         fn drop(&mut self) {
             TURN.with(|t| t.set(self.0));
@@ -39,7 +72,11 @@ pub(crate) fn turn<R>(f: impl FnOnce() -> R) -> R {
     }
     let outer = TURN.with(Cell::get);
     let _restore = Restore(outer);
-    TURN.with(|t| t.set(Some(outer.unwrap_or_else(Instant::now))));
+    TURN.with(|t| {
+        t.set(Some(
+            outer.unwrap_or_else(|| (Instant::now(), read_nanos())),
+        ))
+    });
     f()
 }
 
@@ -53,6 +90,9 @@ mod tests {
         let (a, b) = turn(|| (now(), now()));
         assert_eq!(a, b, "one reading for the whole turn");
         assert!(a >= before);
+        let (x, y) = turn(|| (now_nanos(), now_nanos()));
+        assert_eq!(x, y, "one reading in nanoseconds too");
+        assert!(now_nanos() >= x, "the clock does not go back after a turn");
         let nested = turn(|| {
             let outer = now();
             (outer, turn(now))

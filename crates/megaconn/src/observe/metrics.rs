@@ -209,8 +209,9 @@ impl MethodLabel {
 /// Measures a request's duration (nothing, with the `metrics` feature off).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stopwatch {
+    /// [`clock::now_nanos`](crate::observe::clock::now_nanos) at the start.
     #[cfg(feature = "metrics")]
-    started: std::time::Instant,
+    started: u64,
 }
 
 impl Stopwatch {
@@ -218,17 +219,17 @@ impl Stopwatch {
     pub(crate) fn start() -> Stopwatch {
         Stopwatch {
             #[cfg(feature = "metrics")]
-            started: crate::observe::clock::now().into_std(),
+            started: crate::observe::clock::now_nanos(),
         }
     }
 
-    /// Time since `start` (zero with the `metrics` feature off).
+    /// Nanoseconds since `start` (zero with the `metrics` feature off).
     #[inline]
-    fn elapsed(self) -> Duration {
+    fn elapsed_nanos(self) -> u64 {
         #[cfg(feature = "metrics")]
-        return self.started.elapsed();
+        return crate::observe::clock::now_nanos().saturating_sub(self.started);
         #[cfg(not(feature = "metrics"))]
-        Duration::ZERO
+        0
     }
 }
 
@@ -346,7 +347,7 @@ impl Drop for RequestRecord {
     fn drop(&mut self) {
         self.span.end(self.code);
         if let Some(access) = self.access.take() {
-            let elapsed = self.stopwatch.map_or(Duration::ZERO, Stopwatch::elapsed);
+            let elapsed = self.stopwatch.map_or(0, Stopwatch::elapsed_nanos);
             let (conn, peer) = crate::observe::lifecycle::current_id_and_peer();
             tracing::info!(
                 target: "megaconn::access",
@@ -355,7 +356,7 @@ impl Drop for RequestRecord {
                 method = %access.0,
                 path = %access.1,
                 status = self.code,
-                duration_us = elapsed.as_micros() as u64,
+                duration_us = elapsed / 1_000,
                 bytes_in = self.request_bytes,
                 bytes_out = self.response_bytes,
                 "request"
@@ -363,14 +364,13 @@ impl Drop for RequestRecord {
         }
         #[cfg(feature = "metrics")]
         {
-            let elapsed = self.stopwatch.map_or(Duration::ZERO, Stopwatch::elapsed);
+            let nanos = self.stopwatch.map_or(0, Stopwatch::elapsed_nanos);
             let m = &self.ctx.worker_stats().request_metrics;
             add_signed(&m.in_flight, -1);
             add(
                 &m.by_class[usize::from(self.method.0)][usize::from(self.status)],
                 1,
             );
-            let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
             let bucket = DURATION_BUCKET_NANOS
                 .iter()
                 .position(|&bound| nanos <= bound)
