@@ -38,6 +38,7 @@ pub(crate) fn now() -> Instant {
 /// arbitrary start): the turn's reading inside [`turn`], a fresh one
 /// elsewhere.
 #[inline]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))] // request durations only
 pub(crate) fn now_nanos() -> u64 {
     TURN.with(Cell::get)
         .map_or_else(read_nanos, |(_, nanos)| nanos)
