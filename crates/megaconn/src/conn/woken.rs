@@ -259,6 +259,8 @@ impl AsyncWrite for WokenSocket {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         match &self.state {
+            // A busy connection's usual case: registered already (matched
+            // here because `registered()` checks for a bare socket first).
             State::Registered(stream) => {
                 return poll_io(stream, Interest::WRITABLE, data.len(), cx, |fd| {
                     sys::send(fd, data)

@@ -7,10 +7,12 @@
 //! header. At a million connections a worker wakes for a few heartbeats at a
 //! time, every read then misses the cache on the clock's data page, and the
 //! reads were ~7% of the server's user time. Within a turn they all take the
-//! turn's reading instead: deadlines are seconds, the date is to the second,
-//! and a request's duration then counts from when its turn began, which is
-//! when it was already waiting, not later. Outside a turn (a connection
-//! served as a task) [`now`] reads the clock as before.
+//! turn's reading instead: deadlines are seconds, and a request's duration
+//! then counts from when its turn began, which is when it was already
+//! waiting, not later. Outside a turn (a connection served as a task)
+//! [`now`] reads the clock as before. (The `Date` header no longer reads
+//! this clock: it takes its second from the coarse wall clock, a read that
+//! needs no timestamp counter; `proto/date.rs`.)
 //!
 //! Request durations are kept in nanoseconds ([`now_nanos`], the same
 //! clock as `Instant`): a duration is then one subtraction, where
