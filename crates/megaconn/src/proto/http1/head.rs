@@ -52,6 +52,12 @@ const fn reject(status: StatusCode, reason: &'static str) -> Rejection {
 
 const BAD: StatusCode = StatusCode::BAD_REQUEST;
 
+/// A head [`find_end`] saw whole that httparse still finds incomplete. Not
+/// known to happen (both end a head at the first empty line); if it does,
+/// the two readers disagree on where the request ends, and a request framed
+/// two ways is refused, as for smuggling, rather than read on.
+pub(crate) const MALFORMED_HEAD: Rejection = reject(BAD, "malformed request head");
+
 /// Where the request head at the start of `buf` ends (just past its empty
 /// line), searching from `searched`; `searched` is moved past what was
 /// searched, less the two bytes an empty line may have begun in, so that a

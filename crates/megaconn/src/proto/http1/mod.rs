@@ -35,4 +35,8 @@ pub(crate) enum Outcome {
     /// Hand the socket to the handler, or (`Some`) to a protocol of the
     /// server's own that the `101` named.
     Upgrade(UpgradeSender, Option<NativeUpgrade>),
+    /// The request head was refused before any service saw it (its bytes
+    /// are still in the read buffer): answer the status and close, unless
+    /// it is HTTP/2's preface on a fresh connection.
+    Rejected(head::Rejection),
 }
