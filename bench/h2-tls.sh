@@ -19,7 +19,9 @@
 # defaults plus builds.
 # Env: ROUNDS (3), DURATION (3s), SERVERS ("megaconn nginx axum"), H2_CONNS
 #   (16), H2_STREAMS (4), HS_CONNS (32), QUIET_WAIT (20), QUIET_WAIT_EACH (5),
-#   OUT (bench/H2TLS.md), and lib.sh's knobs.
+#   OUT (bench/H2TLS.md), MEGACONN_B (another megaconn binary, e.g. an older
+#   build: a row "megaconn-b" serves with it in the same rounds, for
+#   before/after figures), and lib.sh's knobs.
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -28,6 +30,8 @@ set -euo pipefail
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-3s}"
 SERVERS="${SERVERS:-megaconn nginx axum}"
+MEGACONN_B="${MEGACONN_B:-}"
+[[ -n "$MEGACONN_B" && " $SERVERS " != *" megaconn-b "* ]] && SERVERS="$SERVERS megaconn-b"
 H2_CONNS="${H2_CONNS:-16}"
 H2_STREAMS="${H2_STREAMS:-4}"
 HS_CONNS="${HS_CONNS:-32}"
@@ -152,7 +156,7 @@ rows() {
     . as $all
     | $scs[] as $sc
     | ($all | map(select(.scenario == $sc and .server == "megaconn")) | .[0]) as $m
-    | ["megaconn", "nginx", "axum"][] as $srv
+    | ["megaconn", "megaconn-b", "nginx", "axum"][] as $srv
     | $all[] | select(.scenario == $sc and .server == $srv)
     | '"$2" "$RES_DIR/summary.json"
 }
@@ -164,6 +168,7 @@ rows() {
   echo "**Shared machine**: $(nproc) cores shared with other engineers' builds and tests (load average $load0 at the start, $load1 at the end; \"other CPU\" below is what other processes took): absolute figures are noisy, compare the ratios, which come from the same run."
   echo
   bench_machine_info
+  [[ -n "$MEGACONN_B" ]] && echo "- megaconn-b: $MEGACONN_B, built from $(cat "$MEGACONN_B.version" 2>/dev/null || echo '?')"
   echo "- TLS: one throwaway ECDSA P-256 certificate (openssl $(openssl version | awk '{ print $2 }')) for all servers; megaconn and axum on rustls (ring), nginx on OpenSSL; all offer TLS 1.2 and 1.3, and the client (rustls) prefers TLS 1.3 with X25519"
   echo
   echo "### (a) HTTP/2 requests ($H2_CONNS connections × $H2_STREAMS streams, closed loop)"

@@ -28,7 +28,9 @@
 # Env: N (15000), RAMP (5000 connections/s), SOURCE (127.0.0.2-127.0.0.9),
 #   PORT (first free from 38090), SERVERS ("megaconn go nginx axum"), OPEN_TIMEOUT (120 s),
 #   SETTLE (3 s), HOLD_PROCESSES (unset: hold decides),
-#   MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments; default none).
+#   MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments; default none),
+#   MEGACONN_B (another megaconn binary, e.g. an older build, measured as
+#   the server "megaconn-b" when SERVERS names it: before/after in one run).
 # Output: raw JSON in bench/out/idle-memory-<stamp>/ (results.jsonl, hold JSON)
 #   and markdown tables on stdout (also table.md there).
 set -euo pipefail

@@ -23,7 +23,12 @@
 # Needs: valgrind (apt-get installed when missing), gcc, cargo, a built megaconn.
 # Env: N1 (2000), N2 (22000), PORT_BASE (38900), LEVELS ("raw parse
 #   request full"), MEGACONN, BENCH_SKIP_BUILD=1 (megaconn only), NGINX (1;
-#   0 leaves nginx out).
+#   0 leaves nginx out), SIM (0; 1: callgrind also simulates the caches and
+#   the branch predictors, --cache-sim=yes --branch-sim=yes, and the table
+#   gets per-request misses and mispredictions beside the instructions: a
+#   model of this CPU's first-level caches and a simple predictor, not its
+#   counters, which this VM does not expose; it tells which server's
+#   instructions are the costlier ones, not by how many cycles).
 # Output: bench/out/lower-bound-<stamp>/ (callgrind files, table.md); the
 #   table on stdout.
 set -euo pipefail
@@ -50,8 +55,20 @@ RES_DIR="$OUT_DIR/lower-bound-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$RES_DIR"
 log "results in $RES_DIR"
 
-# Instructions (Ir) of a finished callgrind run.
-total() { awk '/^(summary|totals):/ { print $2; exit }' "$1"; }
+SIM="${SIM:-0}"
+sim=()
+[[ "$SIM" == 1 ]] && sim=(--cache-sim=yes --branch-sim=yes)
+# The counts of a finished callgrind run, space separated: Ir (the
+# instructions), and with SIM also I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi
+# Bim, found by name in its "events:" line.
+total() {
+  awk -v sim="$SIM" '/^events:/ { for (i = 2; i <= NF; i++) at[$i] = i }
+    /^(summary|totals):/ {
+      n = split(sim == 1 ? "Ir I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim" : "Ir", names, " ")
+      for (i = 1; i <= n; i++) printf "%s%s", (i > 1 ? " " : ""), (names[i] in at ? $at[names[i]] : 0)
+      print ""; exit
+    }' "$1"
+}
 
 # served NAME N CMD...: callgrind's total for CMD serving one curl and N
 # requests at -c 64; "{PORT}" in CMD is the port.
@@ -62,7 +79,7 @@ served() {
   port="$(free_port "$PORT_BASE")"
   # nginx takes its port from its configuration file.
   [[ "$name" == nginx ]] && sed "s|{PORT}|$port|" "$ngx_dir/nginx.conf.in" >"$ngx_dir/nginx.conf"
-  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr=no \
+  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr=no "${sim[@]}" \
     --callgrind-out-file="$out" "${@//\{PORT\}/$port}" >"$RES_DIR/$name-$n.log" 2>&1 &
   # shellcheck disable=SC2034  # SERVER_NAME: read by lib.sh's server_stop
   SERVER_PID=$! SERVER_NAME="valgrind-$name"
@@ -80,17 +97,28 @@ served() {
 # computed LEVEL N: callgrind's total for `tokio-floor compute LEVEL N`.
 computed() {
   local out="$RES_DIR/compute-$1-$2.callgrind"
-  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr=no \
+  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr=no "${sim[@]}" \
     --callgrind-out-file="$out" "$TOKIO_FLOOR" compute "$1" "$2" >/dev/null 2>&1
   total "$out"
 }
 
-per_request() { awk -v a="$1" -v b="$2" -v n="$((N2 - N1))" 'BEGIN { printf "%.0f", (b - a) / n }'; }
+# per_request "EVENTS AT N1" "EVENTS AT N2": each event per request, as table
+# cells ("6990" without SIM; with it, one cell per column of the table).
+per_request() {
+  awk -v a="$1" -v b="$2" -v n="$((N2 - N1))" -v sim="$SIM" 'BEGIN {
+    split(a, x, " "); split(b, y, " ")
+    for (i in y) d[i] = (y[i] - x[i]) / n
+    if (sim != 1) { printf "%.0f", d[1]; exit }
+    # Ir I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim (see total)
+    printf "%.0f | %.1f | %.1f | %.1f | %.0f | %.1f | %.0f | %.1f", d[1], d[2], d[3] + d[4], d[5] + d[6] + d[7], \
+      d[8], d[9], d[10], d[11]
+  }'
+}
 
 rows=()
-row() { # label, instructions/request
+row() { # label, cells
   rows+=("| $1 | $2 |")
-  log "$1: $2 instructions/request"
+  log "$1: $2 (per request)"
 }
 row "floor (bench/peers/floor.c)" \
   "$(per_request "$(served floor "$N1" "$FLOOR" 127.0.0.1 "{PORT}")" "$(served floor "$N2" "$FLOOR" 127.0.0.1 "{PORT}")")"
@@ -124,7 +152,14 @@ fi
 {
   echo "### User-space instructions per keep-alive request (callgrind, (N=$N2 − N=$N1) / $((N2 - N1)), \`load -c 64\`)"
   echo
-  echo "| server | instructions/request |"
-  echo "|---|---:|"
+  if [[ "$SIM" == 1 ]]; then
+    echo "Per request, with valgrind's cache and branch-predictor models (SIM=1): first-level instruction and data cache misses, last-level misses, conditional branches and their mispredictions, indirect branches (calls and jumps through a pointer) and theirs."
+    echo
+    echo "| server | instructions | I1 misses | D1 misses | LL misses | cond. branches | mispredicted | indirect branches | mispredicted |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  else
+    echo "| server | instructions/request |"
+    echo "|---|---:|"
+  fi
   printf '%s\n' "${rows[@]}"
 } | tee "$RES_DIR/table.md"
