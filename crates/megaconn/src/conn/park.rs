@@ -744,15 +744,18 @@ impl ParkingLot {
     /// pool also fills from connections the lot never sees).
     fn next_sweep(&self, settled: bool) -> Instant {
         let now = Instant::now();
-        // Enough churn for a trim once it goes quiet: sweep every second
-        // until then (a trickle below that needs no sweep of its own).
-        let trim_pending = self.churn_since_trim.get() >= TRIM_AFTER_BURST;
-        if trim_pending || !settled {
+        if self.trim_pending() || !settled {
             return now + Duration::from_secs(1);
         }
         let quiet = now + QUIET_SWEEP;
         self.due_at(self.next_due.get())
             .map_or(quiet, |due| due.min(quiet))
+    }
+
+    /// Enough churn for a trim once it goes quiet: the lot sweeps every
+    /// second until then (a trickle below that needs no sweep of its own).
+    fn trim_pending(&self) -> bool {
+        self.churn_since_trim.get() >= TRIM_AFTER_BURST
     }
 
     /// When a sweep closes a deadline of tick `tick`: from the start of the
@@ -790,7 +793,8 @@ impl ParkingLot {
     /// the earliest deadline's sweep, or in a second when a trim is pending,
     /// whichever is sooner.
     fn moved_sweep(&self) -> Option<Instant> {
-        let trim = (self.churn_since_trim.get() >= TRIM_AFTER_BURST)
+        let trim = self
+            .trim_pending()
             .then(|| Instant::now() + Duration::from_secs(1));
         self.due_at(self.next_due.get())
             .into_iter()
