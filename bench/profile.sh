@@ -273,20 +273,24 @@ cats = [
     ("malloc/free", lambda f, fn: "malloc" in f or "arena.c" in f or re.search(r"__rust_(de)?alloc|__rdl_|cfree|_int_(free|malloc)|unlink_chunk", fn)),
     ("clock reads (Instant::now)", lambda f, fn: re.search(r"Timespec|Instant>::now|Instant::now|clock_gettime|elapsed|vdso", fn + f)),
     ("timers (tokio timeout/sleep registration, Timer drop)", lambda f, fn: re.search(r"tokio[^/]*/src/(time|runtime/time)/", f) or re.search(r"Timer|TimerEntry|Sleep|timeout::", fn)),
-    ("parsing (head::parse, httparse, end-of-head scan)", lambda f, fn: "httparse" in f + fn or "head_may_be_complete" in fn or f.endswith("http1/head.rs")),
-    ("http types: Request/HeaderMap/Uri build and drop (request and response)", lambda f, fn: re.search(r"/http-1\.", f) or re.search(r"^http::|drop_in_place<http::", fn)),
+    ("parsing (head::parse, httparse, end-of-head scan)", lambda f, fn: "httparse" in f + fn or "head_may_be_complete" in fn or f.endswith("http1/head.rs") or "http1::head::" in fn or "memchr" in f + fn),
+    ("http types: Request/HeaderMap/Uri build and drop (request and response)", lambda f, fn: re.search(r"/http-1\.|header_maps", f) or re.search(r"^http::|drop_in_place<http::|header_maps::|drop_in_place<\[http::|drop_in_place<alloc::vec::Vec<http::|HashMap<core::any::TypeId", fn)),
     ("response encoding + Date", lambda f, fn: re.search(r"encode|date\.rs|write_head|format_u64|put_header", f + fn)),
-    ("service (demo app)", lambda f, fn: "demo.rs" in f or ("demo::" in fn and "Service" in fn)),
+    ("service call (megaconn::service glue, demo app)", lambda f, fn: "demo.rs" in f or "service/mod.rs" in f or ("demo::" in fn and "Service" in fn) or fn.startswith("megaconn::service::call")),
     ("metrics + lifecycle + stats", lambda f, fn: re.search(r"metrics|lifecycle|stats\.rs|RequestRecord|LocalKey", f + fn)),
     ("shutdown watch (select! on LocalShutdown / Notify per wait)", lambda f, fn: re.search(r"shutdown|notify", f + fn)),
     ("buffers (pool, BytesMut, Bytes)", lambda f, fn: re.search(r"pool\.rs|Buffers|bytes-1\.|bytes::", f + fn)),
-    ("I/O readiness + syscall wrappers (tokio io, send/recv)", lambda f, fn: re.search(r"runtime/io|net/tcp|poll_evented|registration|scheduled_io|socket|send|recv|cancel|transport", f + fn)),
+    ("I/O readiness + syscall wrappers (tokio io, send/recv)", lambda f, fn: re.search(r"runtime/io|net/tcp|poll_evented|registration|scheduled_io|socket|send|recv|cancel|transport|conn/io\.rs|poll_flush", f + fn)),
     ("task polling, wakers, scheduler (tokio task/scheduler, futures combinators)", lambda f, fn: re.search(r"tokio|futures|task|waker|poll_fn|future\.rs|select", f + fn)),
-    ("connection/exchange state machine (http1/conn.rs, exchange.rs)", lambda f, fn: re.search(r"http1/(conn|exchange)\.rs|megaconn::http1", f + fn)),
+    ("connection/exchange state machine (http1/conn.rs, exchange.rs)", lambda f, fn: re.search(r"http1/(conn|exchange)\.rs|megaconn::http1|megaconn::proto::http1::(conn|exchange)|blocks::CachedBox", f + fn)),
 ]
 acc = {c: 0.0 for c, _ in cats}; acc["other"] = 0.0
 for v, k in rows:
     f, fn = split(k)
+    # Code inlined from the standard library (ptr::drop_in_place, Option,
+    # slice iterators...) is filed under the function it was inlined into.
+    if "/rustc/" in f:
+        f = ""
     for c, t in cats:
         if t(f, fn):
             acc[c] += v; break
