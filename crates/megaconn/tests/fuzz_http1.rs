@@ -20,7 +20,9 @@
 //! The corpus in `tests/corpus/http1/` is always replayed under both
 //! properties, and each corpus input is also split at every byte boundary.
 //! `PROPTEST_CASES` sets the number of generated cases (default 200, about
-//! 10 s in a debug build), `PROPTEST_RNG_SEED` fixes the seed. Coverage-guided
+//! 10 s in a debug build), `PROPTEST_RNG_SEED` the seed (default 9112, fixed
+//! so that CI runs the same cases every time; a random seed made CI fail
+//! once on a real difference that one run had drawn, see below). Coverage-guided
 //! fuzzing (cargo-fuzz) needs a nightly toolchain; these are property tests on
 //! stable, which CI runs with the rest of `cargo test`.
 //!
@@ -41,6 +43,12 @@
 //!   `Content-Length: 0, 0`, and by the corpus), and a chunked decoder that
 //!   skipped the CR after chunk data when it arrived alone (by the one-byte
 //!   cases and the corpus's every-boundary splits).
+//! - CI's random draw on 2026-12-02 found megaconn looser than hyper: a bare
+//!   LF in the chunked trailers (`0\r\nContent-Length:\n\r\n`). httparse
+//!   ended the trailer section there; hyper reads the line on to a CRLF, so a
+//!   following request became trailer bytes for hyper and a second request for
+//!   megaconn. The decoder now refuses a bare LF in trailers as it already did
+//!   in chunk lines (corpus: `chunk-trailer-bare-lf`), and the seed is fixed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,12 +60,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 const DEFAULT_CASES: u32 = 200;
+/// The seed when `PROPTEST_RNG_SEED` is unset.
+const DEFAULT_SEED: u64 = 9112;
 /// Bound on one connection's exchange; reached only when a server hangs.
 const SAFETY: Duration = Duration::from_secs(10);
 
@@ -729,6 +739,16 @@ fn corpus_replays() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The seed `PROPTEST_RNG_SEED` names, or [`DEFAULT_SEED`]: CI tries the
+/// same cases on every run, so a failure there is the code's and reproduces.
+/// Exploring means running with other seeds and more cases by hand.
+fn fixed_seed() -> RngSeed {
+    match Config::default().rng_seed {
+        RngSeed::Random => RngSeed::Fixed(DEFAULT_SEED),
+        chosen => chosen,
+    }
+}
+
 /// Generated inputs (`PROPTEST_CASES`, default 200) under both properties.
 #[test]
 fn generated_requests_megaconn_never_looser_than_hyper() {
@@ -742,6 +762,7 @@ fn generated_requests_megaconn_never_looser_than_hyper() {
         cases,
         failure_persistence: None,
         max_shrink_iters: 256,
+        rng_seed: fixed_seed(),
         ..Config::default()
     });
     let result = runner.run(&input(), |(bytes, splits)| {

@@ -272,6 +272,11 @@ fn skip_quoted_string(s: &[u8]) -> Result<&[u8], DecodeError> {
     Err("unterminated quoted-string in chunk extension")
 }
 
+/// Whether `s` has an LF not preceded by a CR.
+fn has_bare_lf(s: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', s).any(|i| i == 0 || s[i - 1] != b'\r')
+}
+
 fn decode_trailers(buf: &mut BytesMut, max_bytes: usize) -> Result<Decoded, DecodeError> {
     if buf.len() < 2 {
         return Ok(Decoded::NeedMore);
@@ -286,6 +291,14 @@ fn decode_trailers(buf: &mut BytesMut, max_bytes: usize) -> Result<Decoded, Deco
             if len > max_bytes {
                 return Err("trailers too large");
             }
+            // httparse takes a bare LF as a line end (RFC 9112 §2.2 allows it
+            // in the head); in the trailer section it would end the message
+            // where a CRLF-only reader, hyper's for one, keeps reading, and
+            // that disagreement is a smuggling vector. Refused, as everywhere
+            // else in the chunked body.
+            if has_bare_lf(&buf[..len]) {
+                return Err("bare LF in chunked body");
+            }
             let mut map = HeaderMap::with_capacity(parsed.len());
             for h in parsed {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -298,6 +311,8 @@ fn decode_trailers(buf: &mut BytesMut, max_bytes: usize) -> Result<Decoded, Deco
             Ok(Decoded::End(Some(map)))
         }
         Ok(httparse::Status::Partial) if buf.len() > max_bytes => Err("trailers too large"),
+        // Every byte so far belongs to the unfinished trailer section.
+        Ok(httparse::Status::Partial) if has_bare_lf(buf) => Err("bare LF in chunked body"),
         Ok(httparse::Status::Partial) => Ok(Decoded::NeedMore),
         Err(httparse::Error::TooManyHeaders) => Err("too many trailers"),
         Err(_) => Err("malformed trailers"),
@@ -364,7 +379,7 @@ mod tests {
     /// must be the expected one, not "incomplete").
     #[test]
     fn chunked_errors() {
-        let cases: [(&[u8], &[u8], DecodeError); 13] = [
+        let cases: [(&[u8], &[u8], DecodeError); 16] = [
             (
                 b"zz\r\nabc\r\n0\r\n\r\n",
                 b"3\r\nabc\r\n0\r\n\r\n",
@@ -429,6 +444,23 @@ mod tests {
                 b"3\r\nabc\r\n0;a=\"\\\r\n\r\n",
                 b"3\r\nabc\r\n0;a=\"\\\\\"\r\n\r\n",
                 "invalid quoted-pair in chunk extension",
+            ),
+            // A bare LF in the trailers: hyper reads `Content-Length:\n\r\n`
+            // as one unfinished line, httparse as a field and the end.
+            (
+                b"0\r\nContent-Length:\n\r\n",
+                b"0\r\nContent-Length:\r\n\r\n",
+                "bare LF in chunked body",
+            ),
+            (
+                b"0\r\nX: 1\r\n\n",
+                b"0\r\nX: 1\r\n\r\n",
+                "bare LF in chunked body",
+            ),
+            (
+                b"0\r\nX: 1\nY: 2\r\n\r\n",
+                b"0\r\nX: 1\r\nY: 2\r\n\r\n",
+                "bare LF in chunked body",
             ),
         ];
         for (bad, good, why) in cases {
@@ -548,6 +580,15 @@ mod tests {
             })
     }
 
+    /// The seed `PROPTEST_RNG_SEED` names, or a fixed one: every CI run
+    /// tries the same cases, so a failure is the code's, not the draw's.
+    fn fixed_seed() -> proptest::test_runner::RngSeed {
+        match proptest::test_runner::Config::default().rng_seed {
+            proptest::test_runner::RngSeed::Random => proptest::test_runner::RngSeed::Fixed(9112),
+            chosen => chosen,
+        }
+    }
+
     /// Decodes `input` fed in pieces cut at `cuts`.
     fn decode_in_pieces(
         input: &[u8],
@@ -581,6 +622,7 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config {
             failure_persistence: None,
+            rng_seed: fixed_seed(),
             ..proptest::test_runner::Config::default()
         })]
 
