@@ -124,18 +124,8 @@ const GROW_BY: usize = 1024;
 /// Events taken from the private epoll set per wake-up.
 const MAX_EVENTS: usize = 256;
 
-/// After this many parkings or wake-ups, give freed task memory back to the OS
-/// (at most once per [`TRIM_GAP`]).
+/// After this many parkings or wake-ups, give freed task memory back to the OS.
 const TRIM_EVERY: usize = 1024;
-
-/// The least time between two trims by count alone. Under steady churn (every
-/// heartbeat is a wake-up and a parking) the memory a trim gives back is
-/// faulted in again by the next wake-ups; a trim every second (1,100 churns a
-/// second per process at 200,000 connections with 30 s heartbeats in 12
-/// processes) made 19 `madvise` a second where 2 had done, and cost ~6 % of
-/// the server's CPU per heartbeat (`bench/MILLION.md`, 2026-12-03). A burst
-/// that goes quiet is trimmed at once, gap or not ([`TRIM_AFTER_BURST`]).
-const TRIM_GAP: Duration = Duration::from_secs(10);
 
 /// After at least this many parkings or wake-ups followed by a quiet second
 /// (none), give freed memory back too: the tail of a ramp, fewer than
@@ -320,8 +310,6 @@ pub(crate) struct ParkingLot {
     churn_at_sweep: Cell<usize>,
     /// Heap trims so far (for tests).
     trims: Cell<usize>,
-    /// When the last trim was (`None`: none yet).
-    last_trim: Cell<Option<Instant>>,
     /// The earliest deadline tick of a parked connection, as far as known
     /// (lowered by parks, recomputed by sweeps; an earlier one that went
     /// away only costs a sweep with nothing to do). [`NO_DEADLINE`]: none.
@@ -388,7 +376,6 @@ impl ParkingLot {
             churn_since_trim: Cell::new(0),
             churn_at_sweep: Cell::new(0),
             trims: Cell::new(0),
-            last_trim: Cell::new(None),
             next_due: Cell::new(NO_DEADLINE),
             due_moved: Cell::new(false),
             sweep_waker: Cell::new(None),
@@ -710,8 +697,7 @@ impl ParkingLot {
     /// their [`AtDeadline`] says), notes the earliest deadline left, and
     /// gives freed memory back after a burst.
     fn sweep(&self) {
-        let instant = Instant::now();
-        let now = self.tick_of(instant);
+        let now = self.tick_of(Instant::now());
         let mut expired = Vec::new();
         let mut next = NO_DEADLINE;
         for (fd, slot) in self.slots.borrow().iter().enumerate() {
@@ -742,11 +728,9 @@ impl ParkingLot {
             }
         }
         let churn = self.churn_since_trim.get();
-        let since_trim = self.last_trim.get().map(|t| instant - t);
-        if trim_due(churn, self.churn_at_sweep.get(), since_trim) {
+        if trim_due(churn, self.churn_at_sweep.get()) {
             self.churn_since_trim.set(0);
             self.trims.set(self.trims.get() + 1);
-            self.last_trim.set(Some(instant));
             trim_heap();
         }
         self.churn_at_sweep.set(self.churn_since_trim.get());
@@ -1080,14 +1064,12 @@ fn is_hot(parked_at: u32, now: u32, within: u32) -> bool {
 
 /// Whether a sweep gives freed memory back, with `churn` parkings and
 /// wake-ups since the last trim, `churn_at_last_sweep` of them already at the
-/// last sweep, and `since_trim` since that trim (`None`: none yet): after
-/// every [`TRIM_EVERY`] if the last trim is [`TRIM_GAP`] old, and once a
-/// burst of at least [`TRIM_AFTER_BURST`] is over (a sweep interval without
-/// any). A steady trickle never looks quiet, so it trims by count alone, at
-/// most once per gap; a quiet lot trims at most once per burst.
-fn trim_due(churn: usize, churn_at_last_sweep: usize, since_trim: Option<Duration>) -> bool {
-    let by_count = churn >= TRIM_EVERY && since_trim.is_none_or(|d| d >= TRIM_GAP);
-    by_count || (churn >= TRIM_AFTER_BURST && churn == churn_at_last_sweep)
+/// last sweep: after every [`TRIM_EVERY`], and once a burst of at least
+/// [`TRIM_AFTER_BURST`] is over (a sweep interval without any). A steady
+/// trickle never looks quiet, so it trims by count alone; a quiet lot trims
+/// at most once per burst.
+fn trim_due(churn: usize, churn_at_last_sweep: usize) -> bool {
+    churn >= TRIM_EVERY || (churn >= TRIM_AFTER_BURST && churn == churn_at_last_sweep)
 }
 
 /// Gives freed heap pages back to the OS. Tasks of connections that were parked
@@ -1240,39 +1222,13 @@ pub(super) mod tests {
 
     #[test]
     fn the_heap_is_trimmed_by_count_and_once_a_burst_is_over() {
-        let long_ago = Some(TRIM_GAP);
-        assert!(trim_due(TRIM_EVERY, 0, None) && trim_due(TRIM_EVERY, 0, long_ago));
-        assert!(trim_due(TRIM_EVERY, TRIM_EVERY, long_ago));
-        // By count, but the last trim is recent: steady churn would fault
-        // back in what a trim gives, so wait for the gap.
-        let recent = Some(TRIM_GAP - Duration::from_millis(1));
-        assert!(!trim_due(TRIM_EVERY * 4, 0, recent));
-        // Still coming: wait; quiet since the last sweep: trim, gap or not.
-        assert!(!trim_due(TRIM_AFTER_BURST * 2, TRIM_AFTER_BURST, long_ago));
-        assert!(trim_due(
-            TRIM_AFTER_BURST * 2,
-            TRIM_AFTER_BURST * 2,
-            long_ago
-        ));
-        assert!(trim_due(TRIM_EVERY * 2, TRIM_EVERY * 2, recent));
+        assert!(trim_due(TRIM_EVERY, 0) && trim_due(TRIM_EVERY, TRIM_EVERY));
+        // Still coming: wait; quiet since the last sweep: trim.
+        assert!(!trim_due(TRIM_AFTER_BURST * 2, TRIM_AFTER_BURST));
+        assert!(trim_due(TRIM_AFTER_BURST * 2, TRIM_AFTER_BURST * 2));
         // Too little to be worth a trim, quiet or not.
-        assert!(!trim_due(TRIM_AFTER_BURST - 1, TRIM_AFTER_BURST - 1, None));
-        assert!(!trim_due(0, 0, None));
-    }
-
-    /// Steady churn (heartbeats: a wake-up and a parking each) never looks
-    /// quiet: a sweep every second trims by count, once per [`TRIM_GAP`].
-    #[tokio::test(start_paused = true)]
-    async fn steady_churn_trims_once_per_gap() {
-        let f = fixture();
-        let gap = TRIM_GAP.as_secs();
-        for _ in 0..=2 * gap {
-            let churn = f.lot.churn_since_trim.get();
-            f.lot.churn_since_trim.set(churn + TRIM_EVERY + 100);
-            f.lot.sweep();
-            tokio::time::advance(Duration::from_secs(1)).await;
-        }
-        assert_eq!(f.lot.trims.get(), 3, "at 0, {gap} and {} s", 2 * gap);
+        assert!(!trim_due(TRIM_AFTER_BURST - 1, TRIM_AFTER_BURST - 1));
+        assert!(!trim_due(0, 0));
     }
 
     #[tokio::test]
