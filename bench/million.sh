@@ -35,7 +35,9 @@
 #      $CPU_SETTLE s after the ramp to the end-of-hold sample), in % of a core
 #      and in µs per heartbeat (heartbeats/s: the mean of hold's own progress
 #      lines over that window); over the same window the machine's busy CPU,
-#      its softirq share and this script's own (the samplers');
+#      its softirq share and this script's own (the samplers'); a server's
+#      notes say **saturated** when that left under 8 % of a core free (the
+#      heartbeat tail then follows the machine: bench/MILLION.md 2026-12-03);
 #      hold's report gives ramp time, drops, resets, failed connects and the
 #      heartbeat latency percentiles;
 #   5. after hold exits (closing everything): RSS again, then SIGTERM to the
@@ -872,7 +874,7 @@ run_server() {
     --argjson restarts "${restarts:-0}" --argjson hold "$hold_json" \
     --argjson hb_rate "$hb_rate" --argjson srv_us_hb "$srv_us_hb" --argjson srv_user_us_hb "$srv_user_us_hb" --argjson cli_us_hb "$cli_us_hb" \
     --argjson hold_cpu_pct "$hold_cpu_pct" --argjson final_end "$F_END" --argjson hold_close "$hold_close" \
-    --arg final_note "$final_note" \
+    --arg final_note "$final_note" --argjson machine_cpus "$(nproc)" \
     --argjson bcast "$BROADCAST" --argjson b_pushes "$B_PUSHES" --argjson b_ns "$B_NS" \
     --argjson b_secs "$B_SECS" --arg b_status "$B_STATUS" \
     '{server: $server, target: $target, processes: $procs, ramp_rate: $ramp, hold_secs: $hold_s, interval_secs: $interval,
@@ -884,7 +886,7 @@ run_server() {
       kernel_per_conn: (if $conns > 0 then ($k - $k0) / $conns else null end),
       sock_kernel_per_conn: (if $conns > 0 then ($sk - $sk0) / $conns else null end),
       kernel_baseline: $k0, kernel: $k,
-      cpu_pct_holding: $cpu_pct, cpu_window_secs: $cpu_window, machine_busy_pct: $busy_pct, kswapd_cpu_pct: $kswapd_pct,
+      cpu_pct_holding: $cpu_pct, cpu_window_secs: $cpu_window, machine_busy_pct: $busy_pct, machine_cpus: $machine_cpus, kswapd_cpu_pct: $kswapd_pct,
       softirq_cpu_pct: $softirq_pct, sampler_cpu_pct: $sampler_pct,
       softnet_drops: $softnet_drops, listen_overflows: $listen_overflows, syn_retransmits: $syn_retrans,
       all_open_at_secs: $all_open_t, cpu_settle_secs: $cpu_settle,
@@ -1033,7 +1035,7 @@ fi
   echo
   for server in "${servers[@]}"; do
     [[ -s "$(src_dir "$server")/$server.json" ]] || continue
-    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %, softirq and irq \(.softirq_cpu_pct // "—") % (mostly also inside the server'"'"'s and hold'"'"'s own CPU), this script'"'"'s samplers \(.sampler_cpu_pct // "—") %; loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s"' "$(src_dir "$server")/$server.json"
+    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %, softirq and irq \(.softirq_cpu_pct // "—") % (mostly also inside the server'"'"'s and hold'"'"'s own CPU), this script'"'"'s samplers \(.sampler_cpu_pct // "—") %; loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s\(if .machine_busy_pct != null and .machine_cpus != null and .machine_busy_pct > .machine_cpus * 100 - 8 then "; **saturated**: under 8 % of a core was free while holding, so the heartbeat tail is mostly waiting for a CPU, not the server (in every million run since 2026-12-01 that left 8 % free, p99 after the ramp was within 50 ms: bench/MILLION.md, 2026-12-03)" else "" end)"' "$(src_dir "$server")/$server.json"
   done
   echo
   echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE DROP_CACHES=$DROP_CACHES NETNS_EHASH=${NETNS_EHASH:-0}${MEGACONN_SERVE_ARGS:+ MEGACONN_SERVE_ARGS=\"$MEGACONN_SERVE_ARGS\"}; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
