@@ -233,6 +233,19 @@ fn parked_http_replies_in_pieces_and_chunked() {
     }
 }
 
+/// A reply bigger than the thread's 64 KiB read buffer, on the parked path:
+/// the lot has to come back for the rest (its level-triggered epoll reports
+/// the socket again; an edge-triggered one, tried, must read on to the end),
+/// or the tail waits in the socket and the heartbeat times out.
+#[test]
+fn parked_http_replies_larger_than_the_read_buffer() {
+    let server = common::start(Mode::Big(300 * 1024));
+    let r = run_hold(args(&http(&server), &["-c", "3", "--interval", "20ms"])).unwrap();
+    assert!(r.heartbeats_ok > 3, "{r:?}");
+    assert_eq!((r.heartbeat_errors, r.drops), (0, 0), "{r:?}");
+    assert_eq!(r.connections_open_at_end, 3, "{r:?}");
+}
+
 #[test]
 fn spreads_connections_over_source_addresses() {
     let server = common::start(Mode::Fixed);

@@ -40,6 +40,9 @@ pub enum Mode {
     CloseWithoutReply,
     /// Answers with bytes that are not HTTP.
     Garbage,
+    /// `200` with a body of this many bytes, written in one piece (more than
+    /// a client's read buffer takes at once).
+    Big(usize),
     /// `200` like `Fixed`, each answer written only after this delay (one
     /// request at a time per connection): a connection can never be served
     /// faster than one request per delay, so an open-loop client asking for
@@ -237,6 +240,10 @@ async fn serve(
                     }
                     Mode::CloseWithoutReply => return Ok(()),
                     Mode::Garbage => out.extend_from_slice(b"SSH-2.0-nope\r\n\r\n"),
+                    Mode::Big(len) => {
+                        out.extend_from_slice(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes());
+                        out.resize(out.len() + len, b'x');
+                    }
                     Mode::Chunked => out.extend_from_slice(
                         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
                     ),
