@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-mod common;
+use crate::common;
 
 use common::tls::{connect as tls_connect, Ca};
 use common::{wait_stats, SAFETY};

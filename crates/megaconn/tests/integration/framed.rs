@@ -5,7 +5,7 @@
 //! connections, and the per-IP limit. Every wait is bounded and waits on a
 //! condition (an event, a counter, a byte), never on time alone.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! (RFC 9110 §8.6): the same axum app is served by `axum::serve` (hyper) and by
 //! megaconn, and the framing headers of each answer are compared.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! 500 and a log line saying what to use, and a handler that blocks its
 //! worker's thread is reported by the stall detector.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::sync::{mpsc, Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Every timeout, on paused tokio time over in-memory streams: the clock only
 //! moves when everything is idle, so these tests do not depend on machine speed.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! served), and `max_connection_age` retires old connections at their next
 //! answer.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

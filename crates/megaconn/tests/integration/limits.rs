@@ -2,7 +2,7 @@
 //! connection is closed at once and counted under the limit's name; under them
 //! nothing is refused.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

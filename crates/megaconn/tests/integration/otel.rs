@@ -12,7 +12,7 @@
 //! server error, panic, client gone, timeout) over HTTP/1.1 and HTTP/2,
 //! parent-based sampling, and a dead collector that must not slow requests.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

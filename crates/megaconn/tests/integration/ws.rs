@@ -12,7 +12,7 @@
 //! shutdown's 1001 and the heartbeat timeout. Every wait is bounded and
 //! waits on a condition, never on time alone.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! HTTP/1.1 behaviour over real sockets: keep-alive, pipelining, chunked in both
 //! directions, HEAD, 204/304, 100-continue, HTTP/1.0, upgrade, and a real client.
 
-mod common;
+use crate::common;
 
 use common::{read_response, read_response_buffered, read_to_close, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

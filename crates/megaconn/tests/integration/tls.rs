@@ -15,7 +15,7 @@ use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-mod common;
+use crate::common;
 
 use common::tls::{connect, http1_get, write_pair, Ca};
 use common::SAFETY;

@@ -2,7 +2,7 @@
 //! exact status (or a close without a response) is asserted, and the server must
 //! still serve a normal request afterwards.
 
-mod common;
+use crate::common;
 
 use common::{read_to_close, TestServer};
 use tokio::io::AsyncWriteExt;

@@ -2,7 +2,7 @@
 //! each connection is reported opened once and closed exactly once, with its
 //! request and byte counts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! as cleartext, and a TLS address without a certificate is refused at
 //! `listen()`.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

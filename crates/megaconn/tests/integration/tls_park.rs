@@ -12,7 +12,7 @@ use megaconn::{CloseReason, TlsConfig};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-mod common;
+use crate::common;
 
 use common::modes::{hooked, Events};
 use common::tls::{connect, http1_get, write_pair, Ca, Leaf};

@@ -4,7 +4,7 @@
 
 #![cfg(feature = "metrics")]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

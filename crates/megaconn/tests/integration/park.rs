@@ -1,7 +1,7 @@
 //! The parking lot: cold idle connections leave the runtime, hold no buffers,
 //! wake up when a request arrives, time out, and close on shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! CONTINUATION and small-DATA flood attackers. Attackers run bounded loops:
 //! a test fails on a limit of bytes or frames, never on elapsed time.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! (HTTP/1.1, HTTP/1.1 + TLS, h2c, HTTP/2 + TLS): what the connection core
 //! promises holds whatever protocol a connection speaks.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
