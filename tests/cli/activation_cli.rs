@@ -3,7 +3,7 @@
 //! the sockets it is handed (and binds no default address then); a passed
 //! descriptor that is not a listening TCP socket is refused clearly.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -6,7 +6,7 @@
 //! wss://` against megaconn's native WebSockets over TLS, which park
 //! between the heartbeats.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! samples, a second concurrent profile gets 409, and the heap endpoint says
 //! why it is not there.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! End-to-end tests of `megaconn hold` (single process, in this test process)
 //! against a test server on 127.0.0.1 that counts connections.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering::SeqCst;
 

@@ -7,7 +7,7 @@
 //! says which process served it. Every wait is on something the processes
 //! say (a line of output, a metric), bounded by `common::CHILD_SAFETY`.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

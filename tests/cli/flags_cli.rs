@@ -3,7 +3,7 @@
 //! config key named like its flag (`no_keep_alive`), and `load`/`hold` reading
 //! durations the same way. Each test stops the servers it starts, pass or fail.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

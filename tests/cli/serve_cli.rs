@@ -4,7 +4,7 @@
 //! reloads the certificate files without dropping open connections, and a
 //! config file can mix TLS and cleartext listeners.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -4,7 +4,7 @@
 //! publish (the framed demo's `PUB`, the admin's `POST /publish`) reaches the
 //! connections of every worker process.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,7 +1,7 @@
 //! End-to-end tests of `megaconn load` against a real (test) HTTP/1.1 server on
 //! 127.0.0.1: request counts must add up exactly on both sides.
 
-mod common;
+use crate::common;
 
 use clap::Parser;
 use common::{Mode, Server};

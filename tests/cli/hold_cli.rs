@@ -7,7 +7,7 @@
 //! requests and connections (those that sent at least one request, so the
 //! client's reachability probe is not counted as held).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,20 @@
+//! The `megaconn` command line as users and operators run it: each module
+//! starts the real binary (`CARGO_BIN_EXE_megaconn`) as child processes,
+//! each owned by a guard that kills it if the test fails, and talks to it
+//! over real sockets. One module per command or subject, built as one test
+//! binary: a file each under `tests/` compiled the shared fixtures
+//! (`../common`) and linked every dependency again, for nothing.
+//!
+//! Run one subject with a filter, e.g. `cargo test --test cli processes::`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod activation_cli;
+mod admin_cli;
+mod doctor_cli;
+mod flags_cli;
+mod hold_cli;
+mod processes;
+mod serve_cli;
+mod upgrade_cli;
