@@ -21,7 +21,7 @@
 //!
 //! # Layout
 //!
-//! Layers, each importing only those below it (checked by `tests/layers.rs`):
+//! Layers, each importing only those below it (checked by `tests/integration/layers.rs`):
 //!
 //! ```text
 //!  server/    builder.rs   Builder (the knobs) -> Server (bound sockets) -> serve()

@@ -156,7 +156,7 @@ impl tower::Service<Request<Body>> for TestApp {
                     // Pending at least once, whenever `release` comes: the
                     // test may notify before this awaits (Notify keeps the
                     // permit), and a handler that never waits is no test
-                    // of a wait (tests/park.rs: a woken one becomes a task).
+                    // of a wait (tests/integration/park.rs: a woken one becomes a task).
                     tokio::task::yield_now().await;
                     release.notified().await;
                     guard.armed = false;
