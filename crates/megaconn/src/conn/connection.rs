@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!            accept ──> Connection::open ──> protocol ──┬──> close(reason)   counted here, once
-//!                                               ^       ├──> park()          slot detached, track
-//!   parking lot: Connection::resume (woken) ────┘       │                    kept by the lot
+//!                                               ^       ├──> park()          slot detached; track
+//!   parking lot: Connection::resume (woken) ────┘       │                    and client IP kept by the lot
 //!                                                       └──> into_send()     handed over (upgrade):
 //!                                                                            the Upgraded carries it
 //! ```
@@ -16,6 +16,7 @@
 //! by a forced shutdown still reports). The slot travels with the connection,
 //! as axum's `ConnLimiterIo` keeps its permit.
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -54,6 +55,25 @@ pub(crate) struct Connection<K: CloseTrack = Rc<ConnTrack>> {
 /// so they cross threads with it.
 pub(crate) type SendConnection = Connection<DetachedTrack>;
 
+/// What a parked connection leaves with the parking lot, to be given back to
+/// [`Connection::resume`]: both `None` unless an `on_connection` hook or a
+/// per-IP limit needs them, so that the lot keeps nothing per connection
+/// then.
+#[derive(Debug, Default)]
+pub(crate) struct ParkedAccounts {
+    /// The lifecycle track (with an `on_connection` hook or a registry).
+    pub(crate) track: Option<Rc<ConnTrack>>,
+    /// The client IP whose per-IP place the detached slot holds.
+    pub(crate) ip: Option<IpAddr>,
+}
+
+impl ParkedAccounts {
+    /// Nothing to keep.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.track.is_none() && self.ip.is_none()
+    }
+}
+
 #[derive(Debug)]
 struct Open<K> {
     slot: ConnectionSlot,
@@ -89,12 +109,16 @@ impl Connection {
     }
 
     /// The connection goes to the parking lot: still open, its slot detached
-    /// (the lot releases it when the socket closes); returns the track for
-    /// the lot to keep.
-    pub(crate) fn park(mut self) -> Option<Rc<ConnTrack>> {
-        let open = self.open.take()?;
-        open.slot.detach();
-        open.track
+    /// (the lot releases it when the socket closes); returns what the lot
+    /// keeps for it.
+    pub(crate) fn park(mut self) -> ParkedAccounts {
+        let Some(open) = self.open.take() else {
+            return ParkedAccounts::default();
+        };
+        ParkedAccounts {
+            ip: open.slot.detach(),
+            track: open.track,
+        }
     }
 
     /// The connection leaves the worker's task with an upgraded socket: the

@@ -5,8 +5,10 @@
 //!
 //! A parked connection (see `park.rs`) has no task to carry a slot, so its slot
 //! is *detached*: still counted as taken, released by the parking lot when the
-//! socket closes (the peer address is read back from the socket), or
-//! re-attached when the connection wakes up.
+//! socket closes, or re-attached when the connection wakes up. The lot keeps
+//! the client IP that [`ConnectionSlot::detach`] returns: reading it back from
+//! the socket would fail (`ENOTCONN`) once the peer has reset it, and the
+//! IP's place would never be given back.
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;
@@ -76,7 +78,8 @@ impl ConnectionLimit {
         true
     }
 
-    /// The peer IP of a socket, when the per-IP limit needs it.
+    /// The peer IP of a socket, when the per-IP limit needs it (`None` too
+    /// for a socket the peer has already reset).
     pub(crate) fn peer_ip(&self, socket: &impl AsFd) -> Option<IpAddr> {
         self.per_ip.as_ref()?;
         let addr = socket2::SockRef::from(socket).peer_addr().ok()?;
@@ -84,8 +87,9 @@ impl ConnectionLimit {
     }
 
     /// The slot of a parked connection leaving the lot (woken, or closed
-    /// while parked). It never gave its places up, so nothing is taken again:
-    /// the slot only owns them once more, and dropping it frees them.
+    /// while parked), with the IP its detached slot held (`detach`'s answer).
+    /// It never gave its places up, so nothing is taken again: the slot only
+    /// owns them once more, and dropping it frees them.
     pub(crate) fn reattach(&self, ip: Option<IpAddr>) -> ConnectionSlot {
         let mut slot = self.attached();
         if let (Some(per_ip), Some(ip)) = (&self.per_ip, ip) {
@@ -104,9 +108,11 @@ impl ConnectionLimit {
 
 impl ConnectionSlot {
     /// Keeps the places taken without an owner; the parking lot releases them.
-    pub(crate) fn detach(mut self) {
+    /// Returns the client IP whose per-IP place stays taken (only with a
+    /// per-IP limit), for the lot to hand back to [`ConnectionLimit::reattach`].
+    pub(crate) fn detach(mut self) -> Option<IpAddr> {
         self.slots = None;
-        self.ip = None;
+        self.ip.take().map(|(_, ip)| ip)
     }
 }
 

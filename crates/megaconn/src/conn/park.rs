@@ -83,12 +83,12 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
-use crate::conn::connection::Connection;
+use crate::conn::connection::{Connection, ParkedAccounts};
 use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::{Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
-use crate::observe::lifecycle::{self, ConnTrack};
+use crate::observe::lifecycle;
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
 /// Per-fd state: not in the private epoll set.
@@ -330,8 +330,10 @@ pub(crate) struct ParkingLot {
     stats: Arc<WorkerStats>,
     respawn: RefCell<Option<Respawn>>,
     on_close: RefCell<Option<OnParkedClose>>,
-    /// Lifecycle tracks of parked connections (only with an `on_connection` hook).
-    tracks: RefCell<std::collections::HashMap<RawFd, Rc<ConnTrack>>>,
+    /// What parked connections left with the lot: lifecycle tracks (only
+    /// with an `on_connection` hook) and client IPs (only with a per-IP
+    /// limit). Empty otherwise.
+    kept: RefCell<std::collections::HashMap<RawFd, ParkedAccounts>>,
 }
 
 impl std::fmt::Debug for ParkingLot {
@@ -386,7 +388,7 @@ impl ParkingLot {
             stats,
             respawn: RefCell::new(None),
             on_close: RefCell::new(None),
-            tracks: RefCell::new(std::collections::HashMap::new()),
+            kept: RefCell::new(std::collections::HashMap::new()),
         })
     }
 
@@ -467,8 +469,9 @@ impl ParkingLot {
         };
         drop(slots);
         lifecycle::set_state(crate::ConnectionState::Parked);
-        if let Some(track) = conn.park() {
-            self.tracks.borrow_mut().insert(fd, track);
+        let kept = conn.park();
+        if !kept.is_empty() {
+            self.kept.borrow_mut().insert(fd, kept);
         }
         // The lot owns the descriptor from here on.
         let _ = socket.into_raw_fd();
@@ -586,17 +589,17 @@ impl ParkingLot {
     }
 
     /// The accounts of a parked connection leaving the lot: its slot
-    /// re-attached, its track taken back.
+    /// re-attached with the client IP it was parked with, its track taken
+    /// back.
     fn connection(&self, socket: &OwnedFd) -> Connection {
-        let ip = self.limit.peer_ip(socket);
-        let track = {
-            let mut tracks = self.tracks.borrow_mut();
-            // Empty unless an `on_connection` hook is installed: then a
-            // wake-up hashes nothing.
-            if tracks.is_empty() {
-                None
+        let ParkedAccounts { track, ip } = {
+            let mut kept = self.kept.borrow_mut();
+            // Empty unless an `on_connection` hook or a per-IP limit is
+            // installed: then a wake-up hashes nothing.
+            if kept.is_empty() {
+                ParkedAccounts::default()
             } else {
-                tracks.remove(&socket.as_raw_fd())
+                kept.remove(&socket.as_raw_fd()).unwrap_or_default()
             }
         };
         Connection::resume(self.limit.reattach(ip), self.stats.clone(), track)

@@ -70,6 +70,41 @@ async fn per_ip_limit_refuses_the_extra_connection_only() {
     server.stop().await;
 }
 
+/// A parked connection keeps its per-IP place; when the client resets it
+/// (RST), the place comes back. The lot used to read the IP back from the
+/// socket at close, which fails once the peer has reset it (`ENOTCONN`), so
+/// each reset leaked a place and the IP was refused for good after N of them.
+#[tokio::test]
+async fn a_reset_parked_connection_gives_its_per_ip_place_back() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(Some(std::time::Duration::from_millis(20)))
+            .max_connections_per_ip(Some(1)),
+    )
+    .await;
+    for round in 0..3 {
+        let mut a = connect_from("127.0.0.1", server.addr).await;
+        assert!(served(&mut a).await, "round {round}: under the limit");
+        server
+            .wait_stats("parked", |s| s.connections_parked == 1)
+            .await;
+        // SO_LINGER 0: closing sends RST, so the parked socket is in
+        // TCP_CLOSE when the lot sees the hang-up.
+        socket2::SockRef::from(&a)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(a);
+        server
+            .wait_stats("closed", |s| s.connections_open == 0)
+            .await;
+    }
+    let mut b = connect_from("127.0.0.1", server.addr).await;
+    assert!(served(&mut b).await, "the IP's place was given back");
+    assert_eq!(server.handle.stats().rejected_per_ip, 0);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn accept_rate_limit_refuses_past_the_burst() {
     // A burst of 2 and (practically) no refill: the third connection is over.
