@@ -100,6 +100,11 @@ fn cases() -> Vec<Case> {
             "GET http://a/ HTTP/1.1\r\nHost: a b\r\n\r\n",
             Status(400),
         ),
+        case(
+            "absolute-form target without Host (RFC 9112 §3.2)",
+            "GET http://a/ HTTP/1.1\r\n\r\n",
+            Status(400),
+        ),
         case("invalid Host in HTTP/1.0", "GET / HTTP/1.0\r\nHost: a@b\r\n\r\n", Status(400)),
         // Framing
         case(

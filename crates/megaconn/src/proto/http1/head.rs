@@ -453,7 +453,11 @@ impl Framing {
         headers: HeaderMap,
         limits: &HeadLimits,
     ) -> Result<RequestHead, Rejection> {
-        if version == Version::HTTP_11 && self.hosts == 0 && uri.authority().is_none() {
+        // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request
+        // without Host, an absolute-form target included (its authority
+        // then overrides the Host, §3.2.2, but Host must still be sent), as
+        // nginx and Go's net/http do.
+        if version == Version::HTTP_11 && self.hosts == 0 {
             return Err(reject(BAD, "missing Host header (required in HTTP/1.1)"));
         }
         if self.hosts > 1 {
@@ -495,7 +499,11 @@ impl Framing {
             Version::HTTP_10 => self.connection_keep_alive && !self.connection_close,
             _ => !self.connection_close,
         };
-        let wants_upgrade = method == Method::CONNECT || (self.connection_upgrade && self.upgrade);
+        // RFC 9110 §7.8: a server MUST ignore Upgrade in an HTTP/1.0
+        // request (an HTTP/1.0 proxy may have forwarded it without knowing
+        // it, hop-by-hop as it is).
+        let wants_upgrade = method == Method::CONNECT
+            || (self.connection_upgrade && self.upgrade && version != Version::HTTP_10);
         Ok(RequestHead {
             expect_continue: self.expect_continue && version == Version::HTTP_11,
             method,
@@ -892,7 +900,23 @@ mod tests {
     fn host_rules() {
         assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), BAD);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), BAD);
-        let h = parse_ok("GET http://example.com/x HTTP/1.1\r\n\r\n");
+        // Absolute-form needs Host too (RFC 9112 §3.2); its authority wins.
+        assert_eq!(status("GET http://example.com/x HTTP/1.1\r\n\r\n"), BAD);
+        let h = parse_ok("GET http://example.com/x HTTP/1.1\r\nHost: other\r\n\r\n");
         assert_eq!(h.uri.path(), "/x");
+        assert_eq!(h.uri.host(), Some("example.com"));
+        // HTTP/1.0 needs no Host.
+        parse_ok("GET / HTTP/1.0\r\n\r\n");
+    }
+
+    #[test]
+    fn upgrade_is_ignored_in_http_1_0() {
+        let upgrade = "Connection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let h11 = parse_ok(&format!("GET / HTTP/1.1\r\nHost: a\r\n{upgrade}"));
+        assert!(h11.wants_upgrade);
+        let h10 = parse_ok(&format!("GET / HTTP/1.0\r\nHost: a\r\n{upgrade}"));
+        assert!(!h10.wants_upgrade, "RFC 9110 §7.8: ignored in HTTP/1.0");
+        // CONNECT is an upgrade in any version.
+        assert!(parse_ok("CONNECT a:443 HTTP/1.0\r\n\r\n").wants_upgrade);
     }
 }
