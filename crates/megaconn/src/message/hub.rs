@@ -188,6 +188,15 @@ impl Inbox {
     pub(crate) async fn pushed(&self) {
         self.notify.notified().await;
     }
+
+    /// Resolves once a push found the queue full (never otherwise). Taking
+    /// the wake-ups of pushes meanwhile is harmless: the connection looks at
+    /// the queue itself ([`Inbox::is_empty`]) before it waits again.
+    pub(crate) async fn overflow(&self) {
+        while !self.overflowed.get() {
+            self.notify.notified().await;
+        }
+    }
 }
 
 impl ConnectionId {

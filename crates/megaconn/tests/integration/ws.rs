@@ -582,6 +582,41 @@ async fn a_silent_parked_peer_is_closed_at_the_heartbeat_timeout() {
     server.stop().await;
 }
 
+/// A peer that sends but never reads: the echoes fill the socket buffers and
+/// the server's write waits. The wait is bounded (here by `write_timeout`,
+/// else by the heartbeat timeout), so the connection is closed as
+/// `WriteTimeout`; unbounded, it waited for good, deaf to its heartbeat,
+/// pushes and overflow.
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_when_the_write_times_out() {
+    let mut server = Ws::start(
+        Server::builder().write_timeout(Some(Duration::from_millis(200))),
+        |r| r.ping_interval(None).heartbeat_timeout(None),
+    )
+    .await;
+    // A small receive buffer, so that the echoes back up soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(server.addr).await.unwrap();
+    s.write_all(&handshake("")).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
+    // 16 KiB binary messages, sent until the server takes no more (its
+    // write waits, so it stops reading); nothing is ever read.
+    let (_unread, mut write) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let payload = vec![7u8; 16 * 1024];
+        let mask = [1, 2, 3, 4];
+        let mut frame = vec![0x82, 0x80 | 126];
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        while write.write_all(&frame).await.is_ok() {}
+    });
+    assert_eq!(server.next_close().await.1, CloseReason::WriteTimeout);
+    writer.abort();
+    server.stop().await;
+}
+
 /// The next message a client reads is a close frame with 1001 (going away).
 async fn expect_going_away<S>(client: &mut WebSocketStream<S>)
 where

@@ -26,8 +26,10 @@
 use std::future::poll_fn;
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_util::FutureExt;
 use tokio::time::Instant;
@@ -36,6 +38,7 @@ use tokio_util::either::Either;
 use crate::conn::context::WorkerContext;
 use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::{Parkable, Transport};
+use crate::conn::woken::poll_once;
 use crate::message::hub::Overflowed;
 use crate::message::live::Live;
 use crate::message::session::Session;
@@ -218,8 +221,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             }
         }
         add(&counters.bytes_out, conn.wbuf_len() as u64);
-        if let Err(e) = conn.flush().await {
-            break 'serve Next::Close(CloseReason::io(&e), None);
+        if let Err(close) = flush(&mut conn, settings.heartbeat_timeout, awake.as_ref()).await {
+            break 'serve close;
         }
         let mut park_at = None;
         if between {
@@ -352,6 +355,50 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     };
     Box::pin(conn.close(io_reason)).await;
     Ended::Close(live.close(reason))
+}
+
+/// Writes what is queued. A peer that stops reading must not hold the
+/// connection for good, deaf to its heartbeat and its pushes: the write is
+/// bounded by `write_timeout`, or when that is off by the heartbeat timeout
+/// (a peer that takes none of our bytes for that long is as gone as one
+/// that sends none), and a push queue that overflows meanwhile closes it as
+/// a slow consumer at once. Usually the socket takes it all in one go, and
+/// no timer is set up.
+async fn flush(
+    conn: &mut ConnIo<WsIo>,
+    heartbeat: Option<std::time::Duration>,
+    awake: Option<&Awake>,
+) -> Result<(), Next> {
+    let bound = conn.ctx.config.write_timeout.or(heartbeat);
+    let mut flushing = pin!(conn.flush());
+    let flushed = match poll_once(flushing.as_mut()) {
+        Poll::Ready(flushed) => flushed,
+        Poll::Pending => {
+            lifecycle::set_state(ConnectionState::Writing);
+            tokio::select! {
+                biased;
+                flushed = flushing => flushed,
+                () = overflow(awake) => return Err(Next::Close(CloseReason::SlowConsumer, None)),
+                () = until(bound.map(|t| Instant::now() + t)) => {
+                    tracing::debug!(
+                        timeout = ?bound,
+                        "a WebSocket peer took none of our bytes in time; closing it (Builder::write_timeout, else the route's heartbeat_timeout)"
+                    );
+                    return Err(Next::Close(CloseReason::WriteTimeout, None));
+                }
+            }
+        }
+    };
+    flushed.map_err(|e| Next::Close(CloseReason::io(&e), None))
+}
+
+/// Resolves when an awake connection's push queue overflowed (never without
+/// a hub).
+async fn overflow(awake: Option<&Awake>) {
+    match awake {
+        Some(awake) => awake.inbox.overflow().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Acts on one decoded event.
