@@ -364,6 +364,11 @@ where
                 received: 0,
                 limit,
                 flood: flood.clone(),
+                deadline: ctx
+                    .config
+                    .read_timeout
+                    .map(|t| Box::pin(tokio::time::sleep(t))),
+                stats: ctx.stats.clone(),
             }),
             None,
         )
@@ -530,7 +535,10 @@ where
     if end {
         return StreamEnd::Done;
     }
-    let ended = send_body(send, body, &mut record).await;
+    // write_timeout bounds the body from when the handler answered, as on
+    // HTTP/1.1: a client that stops taking it (no WINDOW_UPDATE) gets
+    // RST_STREAM(INTERNAL_ERROR), as Go's server sends.
+    let ended = send_body(send, body, &mut record, ctx.config.write_timeout, &ctx).await;
     drop(tunnel);
     if ended == StreamEnd::ClientReset {
         record.error(ErrorClass::ClientGone);
@@ -633,29 +641,38 @@ fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
 }
 
 /// Streams the response body: pulls a frame only when the stream has send
-/// capacity (the client's window and our send buffer), stops when the client
-/// resets the stream.
-async fn send_body<B>(mut send: SendStream<Bytes>, body: B, record: &mut RequestRecord) -> StreamEnd
+/// capacity (the client's window and our send buffer), hands h2 no more of
+/// it than that capacity, stops when the client resets the stream, and
+/// resets it when `write_timeout` passes first.
+///
+/// Why no more than the capacity: h2 buffers whatever `send_data` is given,
+/// window or not. A whole frame handed over at once (a 1 MiB `Full`) would
+/// sit in h2's buffer for a client that stopped reading, out of reach of
+/// `write_timeout`, with the stream's exchange already counted as done.
+async fn send_body<B>(
+    mut send: SendStream<Bytes>,
+    body: B,
+    record: &mut RequestRecord,
+    write_timeout: Option<Duration>,
+    ctx: &WorkerContext,
+) -> StreamEnd
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let mut body = pin!(body);
+    let mut deadline = Deadline(write_timeout.map(|t| Box::pin(tokio::time::sleep(t))));
     loop {
         // Wait for room before pulling more of the body.
-        send.reserve_capacity(1);
-        if send.capacity() == 0 {
-            loop {
-                match poll_fn(|cx| send.poll_capacity(cx)).await {
-                    Some(Ok(0)) => {}
-                    Some(Ok(_)) => break,
-                    Some(Err(_)) | None => return StreamEnd::ClientReset,
-                }
-            }
+        if let Err(end) = room(&mut send, 1, &mut deadline).await {
+            return end.finish(&mut send, record, ctx);
         }
         let frame = poll_fn(|cx| {
             if send.poll_reset(cx).is_ready() {
-                return Poll::Ready(Err(()));
+                return Poll::Ready(Err(Stalled::Reset));
+            }
+            if deadline.passed(cx) {
+                return Poll::Ready(Err(Stalled::TimedOut));
             }
             match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll_frame(cx))) {
                 Ok(Poll::Pending) => Poll::Pending,
@@ -665,7 +682,7 @@ where
         })
         .await;
         let frame = match frame {
-            Err(()) => return StreamEnd::ClientReset,
+            Err(end) => return end.finish(&mut send, record, ctx),
             Ok(Err(panic)) => {
                 tracing::error!(
                     panic = panic_message(&panic),
@@ -689,14 +706,29 @@ where
                 return StreamEnd::Done;
             }
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
+                Ok(mut data) => {
                     let end = body.is_end_stream();
                     if data.is_empty() && !end {
                         continue;
                     }
                     record.response_bytes(data.len());
-                    if send.send_data(data, end).is_err() {
-                        return StreamEnd::ClientReset;
+                    loop {
+                        // (An empty last frame needs no room.)
+                        let n = match data.len() {
+                            0 => 0,
+                            len => match room(&mut send, len, &mut deadline).await {
+                                Ok(n) => n.min(len),
+                                Err(end) => return end.finish(&mut send, record, ctx),
+                            },
+                        };
+                        let chunk = data.split_to(n);
+                        let last = data.is_empty();
+                        if send.send_data(chunk, end && last).is_err() {
+                            return StreamEnd::ClientReset;
+                        }
+                        if last {
+                            break;
+                        }
                     }
                     if end {
                         return StreamEnd::Done;
@@ -711,6 +743,77 @@ where
                     return StreamEnd::Done;
                 }
             },
+        }
+    }
+}
+
+/// A response's `write_timeout`, if it has one.
+struct Deadline(Option<Pin<Box<Sleep>>>);
+
+impl Deadline {
+    /// True once the deadline passed (else the task is woken when it does).
+    fn passed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+    }
+}
+
+/// Why a response body stopped before its end.
+enum Stalled {
+    /// The client reset the stream (or the connection went).
+    Reset,
+    /// `write_timeout` passed.
+    TimedOut,
+}
+
+impl Stalled {
+    fn finish(
+        self,
+        send: &mut SendStream<Bytes>,
+        record: &mut RequestRecord,
+        ctx: &WorkerContext,
+    ) -> StreamEnd {
+        match self {
+            Stalled::Reset => StreamEnd::ClientReset,
+            Stalled::TimedOut => {
+                tracing::debug!(
+                    "HTTP/2 response not sent within write_timeout; resetting the stream"
+                );
+                incr(&ctx.stats.timeouts);
+                record.error(ErrorClass::Timeout);
+                send.send_reset(Reason::INTERNAL_ERROR);
+                StreamEnd::Done
+            }
+        }
+    }
+}
+
+/// Waits until the stream may send at least one byte of `want`; the
+/// capacity granted. Usually granted at once (the window is open), then no
+/// waiting and no timer poll.
+async fn room(
+    send: &mut SendStream<Bytes>,
+    want: usize,
+    deadline: &mut Deadline,
+) -> Result<usize, Stalled> {
+    send.reserve_capacity(want);
+    let granted = send.capacity();
+    if granted > 0 {
+        return Ok(granted);
+    }
+    loop {
+        let room = poll_fn(|cx| {
+            if deadline.passed(cx) {
+                return Poll::Ready(Err(Stalled::TimedOut));
+            }
+            send.poll_capacity(cx).map(Ok)
+        })
+        .await?;
+        match room {
+            Some(Ok(0)) => {}
+            Some(Ok(n)) => return Ok(n),
+            Some(Err(_)) | None => return Err(Stalled::Reset),
         }
     }
 }

@@ -390,6 +390,8 @@ impl Builder {
     }
 
     /// Time allowed to receive the request body, from when the head arrived.
+    /// Past it an HTTP/1.1 request gets `408` and its connection closes; an
+    /// HTTP/2 handler's body read fails with [`BodyError::TimedOut`](crate::BodyError::TimedOut).
     /// Default: none (uploads may be slow; bound them with `max_body_bytes`).
     /// `None` disables.
     pub fn read_timeout(mut self, t: Option<Duration>) -> Builder {
@@ -398,6 +400,11 @@ impl Builder {
     }
 
     /// Time allowed to write one response, from when the handler returned it.
+    /// Past it an HTTP/1.1 connection closes and an HTTP/2 stream is reset
+    /// (`INTERNAL_ERROR`, as Go's server does). On WebSocket and framed
+    /// connections it bounds each write, and when it is off their heartbeat
+    /// timeout does: a peer that stops reading is closed as
+    /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
     /// Default: none, because streaming responses (SSE, long-poll) are normal
     /// here. `None` disables.
     pub fn write_timeout(mut self, t: Option<Duration>) -> Builder {

@@ -3,7 +3,8 @@
 //! in `proto/http2.rs`) because [`Body`](crate::Body) wraps it: the body a
 //! service sees must not depend on a protocol module.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,6 +15,7 @@ use h2::RecvStream;
 use http_body::{Frame, SizeHint};
 
 use crate::error::BodyError;
+use crate::observe::stats::{incr, WorkerStats};
 
 /// DATA frames with fewer payload bytes than this are "tiny": they count
 /// against [`SMALL_DATA_FRAME_ALLOWANCE`]. Real uploads come in frames of
@@ -100,6 +102,11 @@ pub(crate) struct RecvBody {
     pub(crate) limit: u64,
     /// The connection's small-DATA flood counter.
     pub(crate) flood: Arc<DataFloodGuard>,
+    /// `read_timeout`, from when the request's head arrived: the whole body
+    /// must have arrived by then (as on HTTP/1.1).
+    pub(crate) deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Where the limits' refusals are counted.
+    pub(crate) stats: Arc<WorkerStats>,
 }
 
 impl RecvBody {
@@ -108,6 +115,17 @@ impl RecvBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if !self.data_done {
+            if let Some(deadline) = self.deadline.as_mut() {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    // The stream's exchange ends when the handler drops
+                    // the body: h2 then resets the stream, as a stall or
+                    // a trickle must not hold it for good.
+                    tracing::debug!("HTTP/2 request body not complete within read_timeout");
+                    incr(&self.stats.timeouts);
+                    self.data_done = true;
+                    return Poll::Ready(Some(Err(BodyError::TimedOut)));
+                }
+            }
             match std::task::ready!(self.stream.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = self.stream.flow_control().release_capacity(data.len());
@@ -121,6 +139,11 @@ impl RecvBody {
                     }
                     self.received += data.len() as u64;
                     if self.received > self.limit {
+                        tracing::info!(
+                            limit = self.limit,
+                            "HTTP/2 request body over max_body_bytes; refusing the rest"
+                        );
+                        incr(&self.stats.protocol_errors);
                         self.data_done = true;
                         return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
                     }
@@ -134,7 +157,10 @@ impl RecvBody {
                     self.data_done = true;
                     return Poll::Ready(Some(Err(BodyError::Incomplete)));
                 }
-                None => self.data_done = true,
+                None => {
+                    self.data_done = true;
+                    self.deadline = None;
+                }
             }
         }
         match std::task::ready!(self.stream.poll_trailers(cx)) {

@@ -66,6 +66,7 @@ async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
             full(StatusCode::OK, "through the gate")
         }
         "/hang" => std::future::pending().await,
+        "/big" => full(StatusCode::OK, vec![b'x'; 1 << 20]),
         "/panic" => panic!("handler panic on HTTP/2"),
         "/frames" => {
             let mut body = req.into_body();
@@ -1116,6 +1117,62 @@ async fn a_body_over_the_limit_gets_413_and_the_upload_may_finish() {
         "{reset:?}"
     );
     assert_eq!(server.handle.stats().protocol_errors, 1);
+    server.stop().await;
+}
+
+/// `read_timeout` bounds an HTTP/2 request body as it does HTTP/1.1's: a
+/// client that sends the head and then no DATA makes the handler's read fail
+/// (`/frames` answers 400 with the error), counted as a timeout. Unbounded,
+/// the stream waited for good.
+#[tokio::test]
+async fn read_timeout_fails_a_stalled_request_body() {
+    let server =
+        start(megaconn::Server::builder().read_timeout(Some(Duration::from_millis(100)))).await;
+    let mut client = h2c(server.addr).await.ready().await.unwrap();
+    let req = Request::post("http://t/frames").body(()).unwrap();
+    let (resp, _send) = client.send_request(req, false).unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&text),
+        "body error: request body read timed out"
+    );
+    assert_eq!(server.handle.stats().timeouts, 1);
+    server.stop().await;
+}
+
+/// `write_timeout` bounds an HTTP/2 response body from when the handler
+/// answered, as on HTTP/1.1: a client that stops opening its window (never
+/// releases what it received) gets `RST_STREAM(INTERNAL_ERROR)`, as from
+/// Go's server, counted as a timeout. Unbounded, the stream waited for good.
+#[tokio::test]
+async fn write_timeout_resets_a_stream_whose_client_stops_reading() {
+    let server =
+        start(megaconn::Server::builder().write_timeout(Some(Duration::from_millis(100)))).await;
+    let mut client = h2c(server.addr).await.ready().await.unwrap();
+    let (resp, _) = client
+        .send_request(Request::get("http://t/big").body(()).unwrap(), true)
+        .unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut received = 0usize;
+    let reset = loop {
+        // Read what fits in the first window, never giving it back.
+        match tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
+            Some(Ok(chunk)) => received += chunk.len(),
+            Some(Err(e)) => break e.reason(),
+            None => panic!("the whole body came through a closed window"),
+        }
+    };
+    assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR));
+    assert!(received < 1 << 20, "{received}");
+    assert_eq!(server.handle.stats().timeouts, 1);
     server.stop().await;
 }
 
