@@ -27,9 +27,12 @@
 //! | `hold` | [`HoldArgs`] and the `hold` driver (validation, ramp, process split) |
 //! | `hold_conn` | one held connection: open request, heartbeats, drop detection |
 //! | `hold_lot` | a hold thread's parking lot: cleartext connections (HTTP, ws://, tcp://) between heartbeats, no task each |
+//! | `hold_wheel` | the lot's schedule: which connection to look at on which tick of the beat grid |
+//! | `hold_tls` | `hold https://` and `wss://`: a held TLS connection on rustls' unbuffered client API |
 //! | `hold_wire` | what a held connection's bytes mean, per protocol: the heartbeat's reply, pushes, pings to answer |
 //! | `tcp_frames` | `hold tcp://`: lines or length-prefixed frames, pushes and their delivery time (`--receive`) |
 //! | `children` | multi-process `hold`: spawning, child protocol, merging |
+//! | `error` | [`LoadError`]: every message says what went wrong and what to do |
 //! | `sys` | OS limits and sockets: RLIMIT_NOFILE, port range, source binding, CPU time |
 //! | `histogram` | HDR histogram helpers: percentiles, (de)serialization, merging |
 //! | `report` | the report types, their JSON form and human printing |

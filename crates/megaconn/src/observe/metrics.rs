@@ -26,6 +26,7 @@
 //! | `megaconn_connections_upgraded_total` | counter | |
 //! | `megaconn_connections_parks_total` | counter | |
 //! | `megaconn_connections_wakes_total` | counter | `kind` (`cold`, `hot`) |
+//! | `megaconn_connections_wakes_without_task_total` | counter | |
 //! | `megaconn_parking_epoll_ctl_total` | counter | |
 //! | `megaconn_parking_wakeups_total` | counter | |
 //! | `megaconn_parking_wake_batches_total` | counter | |
