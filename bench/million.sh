@@ -35,7 +35,7 @@
 #      $CPU_SETTLE s after the ramp to the end-of-hold sample), in % of a core
 #      and in µs per heartbeat (heartbeats/s: the mean of hold's own progress
 #      lines over that window); over the same window the machine's busy CPU,
-#      its softirq share and this script's own (the samplers'); a server's
+#      its softirq share, the host's steal and this script's own (the samplers'); a server's
 #      notes say **saturated** when that left under 8 % of a core free (the
 #      heartbeat tail then follows the machine: bench/MILLION.md 2026-12-03);
 #      hold's report gives ramp time, drops, resets, failed connects and the
@@ -493,6 +493,10 @@ hold_ticks() {
 # process's system call (the peer's receive, run by the sender's `send`) is
 # also in that process's own CPU time.
 softirq_secs() { awk -v hz="$CLK_TCK" '$1 == "cpu" { printf "%.2f\n", ($7 + $8) / hz; exit }' /proc/stat; }
+# The CPU the virtual machine's host took from both cores (/proc/stat steal,
+# seconds): not idle, so inside "machine busy", but no process of ours ran.
+# A saturated run with steal in it was short of CPU because of the host.
+steal_secs() { awk -v hz="$CLK_TCK" '$1 == "cpu" { printf "%.2f\n", $9 / hz; exit }' /proc/stat; }
 # This script's own CPU ticks and its reaped children's (the samplers' awk,
 # stat, pgrep): the measurement's own cost, at nice -10 while heartbeats flow.
 self_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$$/stat"; }
@@ -670,7 +674,7 @@ run_server() {
   local procs=$(((target + PER_PROC - 1) / PER_PROC + 1))
   local csv="$RES_DIR/$name.csv" hlog="$RES_DIR/$name.hold.log" hjson="$RES_DIR/$name.hold.json"
   local t0 fd0 rss0 k0 sk0 sn0 stopped_early="" ramp_done=0 ramp_done_t=0
-  local cpu_t0=0 cpu_ticks0=0 cpu_uticks0=0 cpu_hticks0=0 busy_cpu0=0 ksw0=0 ksw1=0 expect_ramp phase sirq0=0 sirq1=0 self0=0 self1=0
+  local cpu_t0=0 cpu_ticks0=0 cpu_uticks0=0 cpu_hticks0=0 busy_cpu0=0 ksw0=0 ksw1=0 expect_ramp phase sirq0=0 sirq1=0 self0=0 self1=0 steal0=0 steal1=0
   local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 F_HTICKS=0 F_END=0 F_UTICKS=0 peak_conns=0 busy1 sn1 pss0
   local all_open_t=null lo0 lo1 sr0 sr1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
   local B_PUSHES=null B_NS=null B_SECS=null B_STATUS="" perf_pid=""
@@ -761,7 +765,7 @@ run_server() {
     # CPU-while-holding window starts CPU_SETTLE s after the ramp.
     if ((ramp_done && cpu_t0 == 0 && S_T >= ramp_done_t + settle)); then
       cpu_t0=$S_T cpu_ticks0=$S_TICKS cpu_uticks0=$S_UTICKS cpu_hticks0=$S_HTICKS busy_cpu0="$(machine_idle_snapshot)"
-      ksw0="$(kswapd_ticks)" sirq0="$(softirq_secs)" self0="$(self_ticks)"
+      ksw0="$(kswapd_ticks)" sirq0="$(softirq_secs)" self0="$(self_ticks)" steal0="$(steal_secs)"
       if [[ "$PERF" == 1 ]]; then
         # The whole machine, call graphs, for PERF_SECS s of the hold.
         perf record -q -a -g -F "$PERF_FREQ" -o "$RES_DIR/$name.perf.data" -- sleep "$PERF_SECS" >/dev/null 2>&1 &
@@ -778,7 +782,7 @@ run_server() {
     [[ "$phase" == final ]] && break
   done
   busy1="$(machine_idle_snapshot)"
-  ksw1="$(kswapd_ticks)" sirq1="$(softirq_secs)" self1="$(self_ticks)"
+  ksw1="$(kswapd_ticks)" sirq1="$(softirq_secs)" self1="$(self_ticks)" steal1="$(steal_secs)"
   if [[ -n "$perf_pid" ]]; then
     wait "$perf_pid" 2>/dev/null || true
     perf_reports "$RES_DIR/$name.perf.data"
@@ -846,7 +850,7 @@ run_server() {
       cli_us_hb="$(awk -v a="$cpu_hticks0" -v b="$F_HTICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" -v r="$hb_rate" 'BEGIN { if (r > 0) printf "%.2f", (b - a) / hz / (r * s) * 1e6; else print "null" }')"
     fi
   fi
-  local cpu_pct=null other_pct=null kswapd_pct=null softirq_pct=null sampler_pct=null
+  local cpu_pct=null other_pct=null kswapd_pct=null softirq_pct=null sampler_pct=null steal_pct=null
   if ((cpu_t0 > 0 && F_T > cpu_t0)); then
     cpu_pct="$(awk -v a="$cpu_ticks0" -v b="$F_TICKS" -v hz="$CLK_TCK" -v s="$((F_T - cpu_t0))" 'BEGIN { printf "%.2f", (b - a) / hz / s * 100 }')"
     # Busy CPU of the whole machine (ncpu × wall − idle, lib.sh) from the CPU
@@ -855,6 +859,7 @@ run_server() {
     kswapd_pct="$(awk -v k0="$ksw0" -v k1="$ksw1" -v a="$busy_cpu0" -v c="$busy1" -v hz="$CLK_TCK" 'BEGIN { split(a, x, " "); split(c, y, " "); printf "%.1f", (k1 - k0) / hz / (y[1] - x[1]) * 100 }')"
     softirq_pct="$(awk -v s0="$sirq0" -v s1="$sirq1" -v a="$busy_cpu0" -v c="$busy1" 'BEGIN { split(a, x, " "); split(c, y, " "); printf "%.1f", (s1 - s0) / (y[1] - x[1]) * 100 }')"
     sampler_pct="$(awk -v k0="$self0" -v k1="$self1" -v a="$busy_cpu0" -v c="$busy1" -v hz="$CLK_TCK" 'BEGIN { split(a, x, " "); split(c, y, " "); printf "%.1f", (k1 - k0) / hz / (y[1] - x[1]) * 100 }')"
+    steal_pct="$(awk -v s0="$steal0" -v s1="$steal1" -v a="$busy_cpu0" -v c="$busy1" 'BEGIN { split(a, x, " "); split(c, y, " "); printf "%.1f", (s1 - s0) / (y[1] - x[1]) * 100 }')"
   fi
   local hold_json=null
   [[ -s "$hjson" ]] && hold_json="$(jq -c . "$hjson" 2>/dev/null || echo null)"
@@ -865,7 +870,7 @@ run_server() {
     --argjson pss0 "${pss0:-0}" --argjson pss "${F_PSS:-0}" --argjson pss_after "${pss_after:-0}" \
     --argjson k0 "$k0" --argjson k "$F_K" --argjson sk0 "$sk0" --argjson sk "$F_SK" \
     --argjson cpu_pct "$cpu_pct" --argjson busy_pct "$other_pct" --argjson kswapd_pct "$kswapd_pct" \
-    --argjson softirq_pct "$softirq_pct" --argjson sampler_pct "$sampler_pct" \
+    --argjson softirq_pct "$softirq_pct" --argjson sampler_pct "$sampler_pct" --argjson steal_pct "$steal_pct" \
     --argjson cpu_window "$((F_T - cpu_t0))" --argjson softnet_drops "$((sn1 - sn0))" \
     --argjson listen_overflows "$((lo1 - lo0))" --argjson syn_retrans "$((sr1 - sr0))" \
     --argjson all_open_t "$all_open_t" --argjson cpu_settle "$settle" \
@@ -887,7 +892,7 @@ run_server() {
       sock_kernel_per_conn: (if $conns > 0 then ($sk - $sk0) / $conns else null end),
       kernel_baseline: $k0, kernel: $k,
       cpu_pct_holding: $cpu_pct, cpu_window_secs: $cpu_window, machine_busy_pct: $busy_pct, machine_cpus: $machine_cpus, kswapd_cpu_pct: $kswapd_pct,
-      softirq_cpu_pct: $softirq_pct, sampler_cpu_pct: $sampler_pct,
+      softirq_cpu_pct: $softirq_pct, sampler_cpu_pct: $sampler_pct, steal_cpu_pct: $steal_pct,
       softnet_drops: $softnet_drops, listen_overflows: $listen_overflows, syn_retransmits: $syn_retrans,
       all_open_at_secs: $all_open_t, cpu_settle_secs: $cpu_settle,
       stopped_early: (if $stopped_early == "" then null else $stopped_early end),
@@ -1035,7 +1040,7 @@ fi
   echo
   for server in "${servers[@]}"; do
     [[ -s "$(src_dir "$server")/$server.json" ]] || continue
-    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %, softirq and irq \(.softirq_cpu_pct // "—") % (mostly also inside the server'"'"'s and hold'"'"'s own CPU), this script'"'"'s samplers \(.sampler_cpu_pct // "—") %; loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s\(if .machine_busy_pct != null and .machine_cpus != null and .machine_busy_pct > .machine_cpus * 100 - 8 then "; **saturated**: under 8 % of a core was free while holding, so the heartbeat tail is mostly waiting for a CPU, not the server (in every million run since 2026-12-01 that left 8 % free, p99 after the ramp was within 50 ms: bench/MILLION.md, 2026-12-03)" else "" end)"' "$(src_dir "$server")/$server.json"
+    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %, softirq and irq \(.softirq_cpu_pct // "—") % (mostly also inside the server'"'"'s and hold'"'"'s own CPU), this script'"'"'s samplers \(.sampler_cpu_pct // "—") %, steal (the host'"'"'s) \(.steal_cpu_pct // "—") %; loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s\(if .machine_busy_pct != null and .machine_cpus != null and .machine_busy_pct > .machine_cpus * 100 - 8 then "; **saturated**: under 8 % of a core was free while holding, so the heartbeat tail is mostly waiting for a CPU, not the server (in every million run since 2026-12-01 that left 8 % free, p99 after the ramp was within 50 ms: bench/MILLION.md, 2026-12-03)" else "" end)"' "$(src_dir "$server")/$server.json"
   done
   echo
   echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE DROP_CACHES=$DROP_CACHES NETNS_EHASH=${NETNS_EHASH:-0}${MEGACONN_SERVE_ARGS:+ MEGACONN_SERVE_ARGS=\"$MEGACONN_SERVE_ARGS\"}; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
