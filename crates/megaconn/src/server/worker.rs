@@ -78,7 +78,15 @@ where
         .name(format!("megaconn-worker-{}", setup.index))
         .spawn(move || {
             let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, run(setup))
+            let summary = local.block_on(&runtime, run(setup));
+            // The connections still open at the deadline were dropped with
+            // the LocalSet's tasks; blocking work a handler started
+            // (`spawn_blocking`) may still run. Dropping the runtime would
+            // wait for it forever, past `shutdown_timeout`: let it finish
+            // on its own thread instead.
+            drop(local);
+            runtime.shutdown_background();
+            summary
         })
 }
 

@@ -113,3 +113,52 @@ async fn a_handler_blocking_its_worker_is_reported_as_a_stall() {
     assert_eq!((r.status, r.body.as_slice()), (200, b"released".as_slice()));
     handle.shutdown();
 }
+
+/// `spawn_blocking` work that outlives the shutdown deadline does not hold
+/// the server: the worker gives its runtime up without waiting for it
+/// (dropping a runtime waits for its blocking tasks forever), so `serve`
+/// returns at `shutdown_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_returns_at_the_deadline_while_blocking_work_still_runs() {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let started = Arc::new(Mutex::new(Some(started_tx)));
+    let (release, hang) = mpsc::channel::<()>();
+    let hang = Arc::new(Mutex::new(Some(hang)));
+    let service = tower::service_fn(move |_req: Request<Body>| {
+        let (started, hang) = (started.clone(), hang.clone());
+        async move {
+            let done = tokio::task::spawn_blocking(move || {
+                let _ = started.lock().unwrap().take().unwrap().send(());
+                // Longer than the test waits for `serve`: only a server
+                // that does not wait for it passes.
+                let hang = hang.lock().unwrap().take().unwrap();
+                let _ = hang.recv_timeout(SAFETY * 3);
+            })
+            .await;
+            let text = if done.is_ok() { "done" } else { "gone" };
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+        }
+    });
+    let server = megaconn::Server::builder()
+        .workers(1)
+        .shutdown_timeout(Duration::from_millis(100))
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let serving = tokio::spawn(server.serve(service));
+    let request = tokio::spawn(get(addr, "/"));
+    tokio::time::timeout(SAFETY, started_rx)
+        .await
+        .expect("the blocking work starts")
+        .unwrap();
+    handle.shutdown();
+    let summary = tokio::time::timeout(SAFETY, serving)
+        .await
+        .expect("serve returns at shutdown_timeout, not when the blocking work ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.forced, 1, "{summary:?}");
+    release.send(()).unwrap();
+    let _ = request.await;
+}
