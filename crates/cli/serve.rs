@@ -484,6 +484,8 @@ async fn serve(
     // later and later, up to PUBLISH_QUIET_MAX.
     let mut publish = std::pin::pin!(tokio::time::sleep(PUBLISH_EVERY));
     let (mut published, mut publish_gap) = (None, PUBLISH_EVERY);
+    // A SIGTERM or SIGINT came already: the next one exits at once.
+    let mut signalled = false;
     let summary = loop {
         tokio::select! {
             result = &mut serving => break result?,
@@ -500,7 +502,13 @@ async fn serve(
                         }
                         control = Some(socket);
                     }
-                    Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them");
+                        // It serves the listeners it took over: a supervisor
+                        // waits for this line to count it ready (and would
+                        // otherwise kill it at its start-up deadline).
+                        crate::say!("megaconn upgrade done, without the parked connections (no next upgrade from this process)");
+                    }
                     Err(_) => {}
                 }
             }
@@ -521,12 +529,22 @@ async fn serve(
                 // A worker process leaves forcing to its supervisor: under
                 // systemd the same SIGTERM reaches it twice (from the unit's
                 // cgroup and forwarded by the supervisor).
-                if handle.is_shutting_down() && shared.is_some() {
+                //
+                // "Second" counts signals, not the server's state: after an
+                // upgrade handed this process's work over, it is already
+                // draining, and the operator's one SIGTERM to the old
+                // process must not cut the drain (or the hand-over) short.
+                if signalled && shared.is_some() {
                     continue;
                 }
-                if handle.is_shutting_down() {
+                if signalled {
                     eprintln!("megaconn: second {name}: exiting now");
                     std::process::exit(1);
+                }
+                signalled = true;
+                if handle.is_shutting_down() {
+                    tracing::info!(signal = name, "already draining (after an upgrade); send it again to exit at once");
+                    continue;
                 }
                 tracing::info!(signal = name, "shutting down gracefully (send it again to exit at once)");
                 handle.shutdown();

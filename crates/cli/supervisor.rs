@@ -132,13 +132,39 @@ async fn supervise(
     }
 
     // Announce only once every worker listens.
-    let mut ready = 0;
+    //
+    // A start-up failure stops them all, so that a broken binary or
+    // configuration leaves the old generation serving. With `--upgrade`
+    // that holds only until a new worker process has taken over: its old
+    // one then stops accepting, hands its parked connections over and is
+    // never restarted, so killing the new one would leave its share of the
+    // port, and those connections, to nobody. From the first one ready on,
+    // a worker process that fails to take over is started afresh instead
+    // (binding its own listener, as after a crash), and one not ready in
+    // time is killed and restarted the same way.
+    let upgrade = argv.iter().any(|a| a == "--upgrade");
+    let mut ready = vec![false; processes];
+    let mut restart_at: Vec<Option<Instant>> = vec![None; processes];
     let deadline = Instant::now() + READY_TIMEOUT;
-    while ready < processes {
+    while ready
+        .iter()
+        .zip(&restart_at)
+        .any(|(r, again)| !r && again.is_none())
+    {
+        let some_took_over = upgrade && ready.contains(&true);
         tokio::select! {
             event = rx.recv() => match event {
-                Some(Event::Ready(_)) => ready += 1,
+                Some(Event::Ready(i)) => ready[i] = true,
                 Some(Event::HandedOver(_)) => {}
+                Some(Event::Exited(i, code)) if some_took_over => {
+                    tracing::error!(worker = i, exit = ?code, "worker process failed to take over after others did; starting it afresh instead of abandoning the upgrade");
+                    let w = &mut workers[i];
+                    w.running = false;
+                    w.pid = None;
+                    shared.retire(i);
+                    fanout.detach(i);
+                    restart_at[i] = Some(Instant::now() + RESTART_START);
+                }
                 Some(Event::Exited(i, code)) => {
                     stop_all(&workers, libc::SIGKILL);
                     anyhow::bail!("worker process {i} exited during start-up ({code:?}); see its messages above");
@@ -146,6 +172,17 @@ async fn supervise(
                 None => anyhow::bail!("lost track of the worker processes"),
             },
             _ = tokio::time::sleep_until(deadline) => {
+                if some_took_over {
+                    // Their exits restart them (in the loop below).
+                    for (i, w) in workers.iter().enumerate().filter(|(i, _)| !ready[*i]) {
+                        if let Some(pid) = w.pid {
+                            tracing::error!(worker = i, "worker process did not take over within {READY_TIMEOUT:?}; restarting it afresh");
+                            // SAFETY: kill(2) on a child we started.
+                            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                        }
+                    }
+                    break;
+                }
                 stop_all(&workers, libc::SIGKILL);
                 anyhow::bail!("worker processes did not start listening within {READY_TIMEOUT:?}");
             }
@@ -166,7 +203,6 @@ async fn supervise(
 
     let mut stopping = false;
     let mut failed = false;
-    let mut restart_at: Vec<Option<Instant>> = vec![None; processes];
     loop {
         if stopping && workers.iter().all(|w| !w.running) {
             break;

@@ -315,6 +315,37 @@ fn idle_connections_move(park_after: &str, idle_metric: &str) {
     );
 }
 
+/// After an upgrade the old process drains its requests in flight; the
+/// operator's one SIGTERM to it then (the usual "stop the old one" step) is
+/// its first signal, not a second: the drain goes on, the request in flight
+/// gets its answer, and the old process exits cleanly. It used to read the
+/// server's own draining state as "a signal came already" and exit(1) at
+/// once, cutting the request.
+#[test]
+fn a_sigterm_to_the_old_process_while_it_drains_lets_it_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "127.0.0.1:0"];
+    let (old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
+    let s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    let mut slow = BufReader::new(s);
+    slow.get_mut()
+        .write_all(b"GET /sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let deadline = Instant::now() + CHILD_SAFETY;
+    while metric(&old.admin, "megaconn_requests_in_flight") < 1.0 {
+        assert!(Instant::now() < deadline, "the request did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_new, _) = start(1, &addr, &socket, &extra);
+    old.child.signal(libc::SIGTERM);
+    let head = read_response(&mut slow).expect("the request in flight is answered");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(head.contains("server: gen0"), "{head}");
+    finish(old);
+}
+
 #[test]
 fn parked_connections_move_to_the_new_process() {
     idle_connections_move("50ms", "megaconn_connections_parked");
