@@ -22,6 +22,7 @@
 //! itself and crashes doing so under valgrind, which `bench/profile.sh` uses.
 
 use std::cell::Cell;
+use std::future::Future;
 
 use tokio::time::Instant;
 
@@ -81,6 +82,47 @@ pub(crate) fn turn<R>(f: impl FnOnce() -> R) -> R {
         ))
     });
     f()
+}
+
+/// A deadline whose timer is set up only when something first waits for it:
+/// most reads and writes complete without waiting, and then cost no timer
+/// registration and no allocation. (HTTP/2's `read_timeout` on a request
+/// body and `write_timeout` on a response.)
+#[derive(Debug)]
+pub(crate) struct LazyDeadline {
+    at: Option<Instant>,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl LazyDeadline {
+    /// `timeout` from now ([`now`]); none: never passes.
+    pub(crate) fn after(timeout: Option<std::time::Duration>) -> LazyDeadline {
+        LazyDeadline {
+            at: timeout.map(|t| now() + t),
+            timer: None,
+        }
+    }
+
+    /// True once the deadline passed, by the clock, without a timer.
+    pub(crate) fn is_past(&self) -> bool {
+        self.at.is_some_and(|at| now() >= at)
+    }
+
+    /// True once the deadline passed; else the task is woken when it does.
+    pub(crate) fn poll_passed(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let Some(at) = self.at else {
+            return false;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// No deadline any more (what it bounded is done).
+    pub(crate) fn clear(&mut self) {
+        *self = LazyDeadline::after(None);
+    }
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ use tokio::time::{Instant, Sleep};
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::ConnInfo;
+use crate::observe::clock::LazyDeadline;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, CountedIo};
 use crate::observe::metrics::{MethodLabel, RequestRecord};
@@ -357,19 +358,14 @@ where
         (Body::empty(), None)
     } else {
         (
-            Body::h2(RecvBody {
-                stream: recv,
-                data_done: false,
-                remaining: content_length,
-                received: 0,
+            Body::h2(RecvBody::new(
+                recv,
+                content_length,
                 limit,
-                flood: flood.clone(),
-                deadline: ctx
-                    .config
-                    .read_timeout
-                    .map(|t| Box::pin(tokio::time::sleep(t))),
-                stats: ctx.stats.clone(),
-            }),
+                ctx.config.read_timeout,
+                flood.clone(),
+                ctx.stats.clone(),
+            )),
             None,
         )
     };
@@ -649,6 +645,8 @@ fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
 /// window or not. A whole frame handed over at once (a 1 MiB `Full`) would
 /// sit in h2's buffer for a client that stopped reading, out of reach of
 /// `write_timeout`, with the stream's exchange already counted as done.
+/// The first reservation asks for the body's whole length when it is known,
+/// so a small response costs one reservation, as before.
 async fn send_body<B>(
     mut send: SendStream<Bytes>,
     body: B,
@@ -661,20 +659,34 @@ where
     B::Error: Into<BoxError>,
 {
     let mut body = pin!(body);
-    let mut deadline = Deadline(write_timeout.map(|t| Box::pin(tokio::time::sleep(t))));
+    let mut deadline = LazyDeadline::after(write_timeout);
+    let first = body
+        .size_hint()
+        .exact()
+        .map_or(1, |n| n.clamp(1, u64::from(MAX_FIRST_RESERVATION)) as usize);
+    // Capacity granted and not used yet.
+    let mut granted = match room(&mut send, first, &mut deadline).await {
+        Ok(n) => n,
+        Err(end) => return end.finish(&mut send, record, ctx),
+    };
     loop {
         // Wait for room before pulling more of the body.
-        if let Err(end) = room(&mut send, 1, &mut deadline).await {
-            return end.finish(&mut send, record, ctx);
+        if granted == 0 {
+            granted = match room(&mut send, 1, &mut deadline).await {
+                Ok(n) => n,
+                Err(end) => return end.finish(&mut send, record, ctx),
+            };
         }
         let frame = poll_fn(|cx| {
             if send.poll_reset(cx).is_ready() {
                 return Poll::Ready(Err(Stalled::Reset));
             }
-            if deadline.passed(cx) {
-                return Poll::Ready(Err(Stalled::TimedOut));
-            }
             match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll_frame(cx))) {
+                // The deadline is looked at (and its timer set up) only
+                // when the body makes us wait.
+                Ok(Poll::Pending) if deadline.poll_passed(cx) => {
+                    Poll::Ready(Err(Stalled::TimedOut))
+                }
                 Ok(Poll::Pending) => Poll::Pending,
                 Ok(Poll::Ready(frame)) => Poll::Ready(Ok(Ok(frame))),
                 Err(panic) => Poll::Ready(Ok(Err(panic))),
@@ -713,15 +725,17 @@ where
                     }
                     record.response_bytes(data.len());
                     loop {
-                        // (An empty last frame needs no room.)
-                        let n = match data.len() {
-                            0 => 0,
-                            len => match room(&mut send, len, &mut deadline).await {
-                                Ok(n) => n.min(len),
+                        // Top the reservation up to the frame (h2 grants
+                        // what the window has at once); wait only when it
+                        // has nothing. An empty last frame needs no room.
+                        if granted < data.len() {
+                            granted = match room(&mut send, data.len(), &mut deadline).await {
+                                Ok(n) => n,
                                 Err(end) => return end.finish(&mut send, record, ctx),
-                            },
-                        };
-                        let chunk = data.split_to(n);
+                            };
+                        }
+                        let chunk = data.split_to(granted.min(data.len()));
+                        granted -= chunk.len();
                         let last = data.is_empty();
                         if send.send_data(chunk, end && last).is_err() {
                             return StreamEnd::ClientReset;
@@ -747,17 +761,9 @@ where
     }
 }
 
-/// A response's `write_timeout`, if it has one.
-struct Deadline(Option<Pin<Box<Sleep>>>);
-
-impl Deadline {
-    /// True once the deadline passed (else the task is woken when it does).
-    fn passed(&mut self, cx: &mut Context<'_>) -> bool {
-        self.0
-            .as_mut()
-            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
-    }
-}
+/// The most a response's first reservation asks for: a body of known length
+/// up to this size is sent after one.
+const MAX_FIRST_RESERVATION: u32 = 64 * 1024;
 
 /// Why a response body stopped before its end.
 enum Stalled {
@@ -790,12 +796,12 @@ impl Stalled {
 }
 
 /// Waits until the stream may send at least one byte of `want`; the
-/// capacity granted. Usually granted at once (the window is open), then no
-/// waiting and no timer poll.
+/// capacity granted. Usually granted at once (the window is open): then no
+/// waiting and no timer.
 async fn room(
     send: &mut SendStream<Bytes>,
     want: usize,
-    deadline: &mut Deadline,
+    deadline: &mut LazyDeadline,
 ) -> Result<usize, Stalled> {
     send.reserve_capacity(want);
     let granted = send.capacity();
@@ -803,11 +809,10 @@ async fn room(
         return Ok(granted);
     }
     loop {
-        let room = poll_fn(|cx| {
-            if deadline.passed(cx) {
-                return Poll::Ready(Err(Stalled::TimedOut));
-            }
-            send.poll_capacity(cx).map(Ok)
+        let room = poll_fn(|cx| match send.poll_capacity(cx) {
+            Poll::Pending if deadline.poll_passed(cx) => Poll::Ready(Err(Stalled::TimedOut)),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(room) => Poll::Ready(Ok(room)),
         })
         .await?;
         match room {

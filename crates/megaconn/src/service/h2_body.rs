@@ -3,8 +3,7 @@
 //! in `proto/http2.rs`) because [`Body`](crate::Body) wraps it: the body a
 //! service sees must not depend on a protocol module.
 
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,6 +14,7 @@ use h2::RecvStream;
 use http_body::{Frame, SizeHint};
 
 use crate::error::BodyError;
+use crate::observe::clock::LazyDeadline;
 use crate::observe::stats::{incr, WorkerStats};
 
 /// DATA frames with fewer payload bytes than this are "tiny": they count
@@ -104,38 +104,83 @@ pub(crate) struct RecvBody {
     pub(crate) flood: Arc<DataFloodGuard>,
     /// `read_timeout`, from when the request's head arrived: the whole body
     /// must have arrived by then (as on HTTP/1.1).
-    pub(crate) deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    pub(crate) deadline: LazyDeadline,
+    /// An error was returned: the body ends there (a reader that goes on
+    /// must not wait for a client that stalled, or for the rest of an
+    /// upload refused as too large).
+    pub(crate) failed: bool,
     /// Where the limits' refusals are counted.
     pub(crate) stats: Arc<WorkerStats>,
 }
 
 impl RecvBody {
+    /// A body of `stream` under the connection's `flood` guard, `limit`
+    /// bytes at most, complete within `read_timeout` from now.
+    pub(crate) fn new(
+        stream: RecvStream,
+        content_length: Option<u64>,
+        limit: u64,
+        read_timeout: Option<std::time::Duration>,
+        flood: Arc<DataFloodGuard>,
+        stats: Arc<WorkerStats>,
+    ) -> RecvBody {
+        RecvBody {
+            stream,
+            data_done: false,
+            remaining: content_length,
+            received: 0,
+            limit,
+            flood,
+            deadline: LazyDeadline::after(read_timeout),
+            failed: false,
+            stats,
+        }
+    }
+
+    /// Ends the body with `error`.
+    fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.data_done = true;
+        self.failed = true;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// Ends the body: `read_timeout` passed.
+    fn time_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // The stream's exchange ends when the handler drops the body: h2
+        // then resets the stream, as a stall or a trickle must not hold it
+        // for good.
+        tracing::debug!("HTTP/2 request body not complete within read_timeout");
+        incr(&self.stats.timeouts);
+        self.fail(BodyError::TimedOut)
+    }
+
     pub(crate) fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
         if !self.data_done {
-            if let Some(deadline) = self.deadline.as_mut() {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    // The stream's exchange ends when the handler drops
-                    // the body: h2 then resets the stream, as a stall or
-                    // a trickle must not hold it for good.
-                    tracing::debug!("HTTP/2 request body not complete within read_timeout");
-                    incr(&self.stats.timeouts);
-                    self.data_done = true;
-                    return Poll::Ready(Some(Err(BodyError::TimedOut)));
-                }
-            }
-            match std::task::ready!(self.stream.poll_data(cx)) {
+            // The deadline is looked at (and its timer set up) only when the
+            // body makes its reader wait, or when a frame comes after it.
+            let polled = match self.stream.poll_data(cx) {
+                Poll::Pending if self.deadline.poll_passed(cx) => return self.time_out(),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(polled) => polled,
+            };
+            match polled {
                 Some(Ok(data)) => {
                     let _ = self.stream.flow_control().release_capacity(data.len());
+                    if self.deadline.is_past() {
+                        return self.time_out();
+                    }
                     if self.flood.record(data.len()) {
                         // The connection loop sends GOAWAY; the handler
                         // learns the body is not coming.
-                        self.data_done = true;
-                        return Poll::Ready(Some(Err(BodyError::Malformed(
+                        return self.fail(BodyError::Malformed(
                             "too many tiny DATA frames (small-DATA flood)",
-                        ))));
+                        ));
                     }
                     self.received += data.len() as u64;
                     if self.received > self.limit {
@@ -144,8 +189,7 @@ impl RecvBody {
                             "HTTP/2 request body over max_body_bytes; refusing the rest"
                         );
                         incr(&self.stats.protocol_errors);
-                        self.data_done = true;
-                        return Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })));
+                        return self.fail(BodyError::TooLarge { limit: self.limit });
                     }
                     if let Some(left) = self.remaining.as_mut() {
                         *left = left.saturating_sub(data.len() as u64);
@@ -154,12 +198,11 @@ impl RecvBody {
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "HTTP/2 request body failed");
-                    self.data_done = true;
-                    return Poll::Ready(Some(Err(BodyError::Incomplete)));
+                    return self.fail(BodyError::Incomplete);
                 }
                 None => {
                     self.data_done = true;
-                    self.deadline = None;
+                    self.deadline.clear();
                 }
             }
         }

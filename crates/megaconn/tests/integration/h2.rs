@@ -41,7 +41,8 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
 /// `/gated` waits for a permit of the test's gate · `/hang` never answers ·
 /// `/panic` panics in the handler · `/frames` reads the body and answers how
 /// many data frames and bytes it saw and their [`fnv1a`] hash (`frames=N
-/// bytes=M hash=H`), or 400 with the body's error.
+/// bytes=M hash=H`), or 400 with the body's error · `/big` 1 MiB ·
+/// `/read-on` reads its body to the end, on past errors, and lists them.
 async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
     match req.uri().path() {
         "/" => full(StatusCode::OK, "Hello, World!"),
@@ -67,6 +68,17 @@ async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
         }
         "/hang" => std::future::pending().await,
         "/big" => full(StatusCode::OK, vec![b'x'; 1 << 20]),
+        "/read-on" => {
+            // Reads to the end, going on after errors.
+            let mut body = req.into_body();
+            let mut errors = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Err(e) = frame {
+                    errors.push(e.to_string());
+                }
+            }
+            full(StatusCode::OK, format!("errors: {errors:?}"))
+        }
         "/panic" => panic!("handler panic on HTTP/2"),
         "/frames" => {
             let mut body = req.into_body();
@@ -1120,6 +1132,18 @@ async fn a_body_over_the_limit_gets_413_and_the_upload_may_finish() {
     server.stop().await;
 }
 
+/// A response's whole body as text (its window given back as it comes).
+async fn text_of(resp: Response<h2::RecvStream>) -> String {
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 /// `read_timeout` bounds an HTTP/2 request body as it does HTTP/1.1's: a
 /// client that sends the head and then no DATA makes the handler's read fail
 /// (`/frames` answers 400 with the error), counted as a timeout. Unbounded,
@@ -1133,16 +1157,21 @@ async fn read_timeout_fails_a_stalled_request_body() {
     let (resp, _send) = client.send_request(req, false).unwrap();
     let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let mut body = resp.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
-        text.extend_from_slice(&chunk.unwrap());
-    }
     assert_eq!(
-        String::from_utf8_lossy(&text),
+        text_of(resp).await,
         "body error: request body read timed out"
     );
     assert_eq!(server.handle.stats().timeouts, 1);
+
+    // A reader that goes on after the error finds the body's end, instead
+    // of waiting for the client that stalled.
+    let req = Request::post("http://t/read-on").body(()).unwrap();
+    let (resp, _send) = client.send_request(req, false).unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(
+        text_of(resp).await,
+        "errors: [\"request body read timed out\"]"
+    );
     server.stop().await;
 }
 
