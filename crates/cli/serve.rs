@@ -504,10 +504,12 @@ async fn serve(
                     }
                     Ok(Err(e)) => {
                         tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them");
-                        // It serves the listeners it took over: a supervisor
-                        // waits for this line to count it ready (and would
-                        // otherwise kill it at its start-up deadline).
-                        crate::say!("megaconn upgrade done, without the parked connections (no next upgrade from this process)");
+                        // It serves the listeners it took over (the parked
+                        // connections, or its control socket, failed): a
+                        // supervisor waits for this line to count it ready,
+                        // and would otherwise kill it at its start-up
+                        // deadline.
+                        crate::say!("megaconn upgrade done, but not all of it (see the error above): serving; no next upgrade from this process");
                     }
                     Err(_) => {}
                 }
@@ -543,7 +545,7 @@ async fn serve(
                 }
                 signalled = true;
                 if handle.is_shutting_down() {
-                    tracing::info!(signal = name, "already draining (after an upgrade); send it again to exit at once");
+                    tracing::info!(signal = name, "already draining; send it again to exit at once");
                     continue;
                 }
                 tracing::info!(signal = name, "shutting down gracefully (send it again to exit at once)");

@@ -157,7 +157,7 @@ async fn supervise(
                 Some(Event::Ready(i)) => ready[i] = true,
                 Some(Event::HandedOver(_)) => {}
                 Some(Event::Exited(i, code)) if some_took_over => {
-                    tracing::error!(worker = i, exit = ?code, "worker process failed to take over after others did; starting it afresh instead of abandoning the upgrade");
+                    tracing::error!(worker = i, exit = ?code, "worker process failed to take over after others did; starting it afresh instead of abandoning the upgrade. If its old worker process never handed over, it serves on beside this generation: SIGTERM the old supervisor to retire it");
                     let w = &mut workers[i];
                     w.running = false;
                     w.pid = None;

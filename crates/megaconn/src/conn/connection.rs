@@ -57,21 +57,14 @@ pub(crate) type SendConnection = Connection<DetachedTrack>;
 
 /// What a parked connection leaves with the parking lot, to be given back to
 /// [`Connection::resume`]: both `None` unless an `on_connection` hook or a
-/// per-IP limit needs them, so that the lot keeps nothing per connection
-/// then.
+/// per-IP limit needs them, so that the lot keeps nothing more per
+/// connection then.
 #[derive(Debug, Default)]
 pub(crate) struct ParkedAccounts {
     /// The lifecycle track (with an `on_connection` hook or a registry).
     pub(crate) track: Option<Rc<ConnTrack>>,
     /// The client IP whose per-IP place the detached slot holds.
     pub(crate) ip: Option<IpAddr>,
-}
-
-impl ParkedAccounts {
-    /// Nothing to keep.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.track.is_none() && self.ip.is_none()
-    }
 }
 
 #[derive(Debug)]

@@ -606,19 +606,19 @@ async fn flush(
     }
     pushed.iter().for_each(|bytes| out.extend_from_slice(bytes));
     lifecycle::set_state(ConnectionState::Writing);
-    // A peer that stops reading must not hold the connection for good, deaf
-    // to its heartbeat: the write is bounded by `write_timeout`, or when that
-    // is off by the heartbeat timeout (a peer that takes none of our bytes
-    // for that long is as gone as one that sends none).
-    let bound = ctx
-        .config
-        .write_timeout
-        .or_else(|| settings(&ctx.config).and_then(|s| s.heartbeat_timeout));
     // Usually the socket takes it all at once: then no timer is set up.
     let mut writing = pin!(io.write_all(&out));
     let written = match poll_once(writing.as_mut()) {
         Poll::Ready(written) => written,
-        Poll::Pending => match bound {
+        // A peer that stops reading must not hold the connection for good,
+        // deaf to its heartbeat: the write is bounded by `write_timeout`, or
+        // when that is off by the heartbeat timeout (a write the peer has
+        // not taken in that long: it is as gone as one that sends nothing).
+        Poll::Pending => match ctx
+            .config
+            .write_timeout
+            .or_else(|| settings(&ctx.config).and_then(|s| s.heartbeat_timeout))
+        {
             Some(t) => tokio::time::timeout(t, writing)
                 .await
                 .unwrap_or(Err(io::ErrorKind::TimedOut.into())),

@@ -360,8 +360,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
 /// Writes what is queued. A peer that stops reading must not hold the
 /// connection for good, deaf to its heartbeat and its pushes: the write is
 /// bounded by `write_timeout`, or when that is off by the heartbeat timeout
-/// (a peer that takes none of our bytes for that long is as gone as one
-/// that sends none), and a push queue that overflows meanwhile closes it as
+/// (one write that the peer has not taken in that long: it is as gone as a
+/// peer that sends nothing), and a push queue that overflows meanwhile closes it as
 /// a slow consumer at once. Usually the socket takes it all in one go, and
 /// no timer is set up.
 async fn flush(
@@ -382,7 +382,7 @@ async fn flush(
                 () = until(bound.map(|t| Instant::now() + t)) => {
                     tracing::debug!(
                         timeout = ?bound,
-                        "a WebSocket peer took none of our bytes in time; closing it (Builder::write_timeout, else the route's heartbeat_timeout)"
+                        "a WebSocket peer did not take our bytes in time; closing it (Builder::write_timeout, else the route's heartbeat_timeout)"
                     );
                     return Err(Next::Close(CloseReason::WriteTimeout, None));
                 }
