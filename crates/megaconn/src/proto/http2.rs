@@ -665,14 +665,14 @@ where
         .exact()
         .map_or(1, |n| n.clamp(1, u64::from(MAX_FIRST_RESERVATION)) as usize);
     // Capacity granted and not used yet.
-    let mut granted = match room(&mut send, first, &mut deadline).await {
-        Ok(n) => n,
-        Err(end) => return end.finish(&mut send, record, ctx),
-    };
+    let mut granted = reserve(&mut send, first);
     loop {
         // Wait for room before pulling more of the body.
         if granted == 0 {
-            granted = match room(&mut send, 1, &mut deadline).await {
+            granted = reserve(&mut send, 1);
+        }
+        if granted == 0 {
+            granted = match poll_fn(|cx| poll_room(&mut send, &mut deadline, cx)).await {
                 Ok(n) => n,
                 Err(end) => return end.finish(&mut send, record, ctx),
             };
@@ -729,10 +729,14 @@ where
                         // what the window has at once); wait only when it
                         // has nothing. An empty last frame needs no room.
                         if granted < data.len() {
-                            granted = match room(&mut send, data.len(), &mut deadline).await {
-                                Ok(n) => n,
-                                Err(end) => return end.finish(&mut send, record, ctx),
-                            };
+                            granted = reserve(&mut send, data.len());
+                        }
+                        if granted == 0 && !data.is_empty() {
+                            granted =
+                                match poll_fn(|cx| poll_room(&mut send, &mut deadline, cx)).await {
+                                    Ok(n) => n,
+                                    Err(end) => return end.finish(&mut send, record, ctx),
+                                };
                         }
                         let chunk = data.split_to(granted.min(data.len()));
                         granted -= chunk.len();
@@ -795,31 +799,30 @@ impl Stalled {
     }
 }
 
-/// Waits until the stream may send at least one byte of `want`; the
-/// capacity granted. Usually granted at once (the window is open): then no
-/// waiting and no timer.
-async fn room(
-    send: &mut SendStream<Bytes>,
-    want: usize,
-    deadline: &mut LazyDeadline,
-) -> Result<usize, Stalled> {
+/// Asks h2 for room for `want` bytes in all; the capacity granted at once
+/// (the window's share of it), 0 if none: then [`poll_room`] waits. Plain
+/// functions, not an `async fn`: what `send_body` holds across its waits
+/// stays small, and a response that never waits costs no more than before.
+fn reserve(send: &mut SendStream<Bytes>, want: usize) -> usize {
     send.reserve_capacity(want);
-    let granted = send.capacity();
-    if granted > 0 {
-        return Ok(granted);
-    }
+    send.capacity()
+}
+
+/// Waits for capacity after [`reserve`] granted none, until `deadline`.
+fn poll_room(
+    send: &mut SendStream<Bytes>,
+    deadline: &mut LazyDeadline,
+    cx: &mut Context<'_>,
+) -> Poll<Result<usize, Stalled>> {
     loop {
-        let room = poll_fn(|cx| match send.poll_capacity(cx) {
+        return match send.poll_capacity(cx) {
             Poll::Pending if deadline.poll_passed(cx) => Poll::Ready(Err(Stalled::TimedOut)),
             Poll::Pending => Poll::Pending,
-            Poll::Ready(room) => Poll::Ready(Ok(room)),
-        })
-        .await?;
-        match room {
-            Some(Ok(0)) => {}
-            Some(Ok(n)) => return Ok(n),
-            Some(Err(_)) | None => return Err(Stalled::Reset),
-        }
+            // Polled again: Pending while there is none (waker registered).
+            Poll::Ready(Some(Ok(0))) => continue,
+            Poll::Ready(Some(Ok(n))) => Poll::Ready(Ok(n)),
+            Poll::Ready(Some(Err(_)) | None) => Poll::Ready(Err(Stalled::Reset)),
+        };
     }
 }
 
