@@ -94,23 +94,23 @@ impl DataFloodGuard {
 /// does not read stops the client (after one window) instead of making us buffer.
 #[derive(Debug)]
 pub(crate) struct RecvBody {
-    pub(crate) stream: RecvStream,
-    pub(crate) data_done: bool,
+    stream: RecvStream,
+    data_done: bool,
     /// Bytes still expected when the client sent `content-length`.
-    pub(crate) remaining: Option<u64>,
-    pub(crate) received: u64,
-    pub(crate) limit: u64,
+    remaining: Option<u64>,
+    received: u64,
+    limit: u64,
     /// The connection's small-DATA flood counter.
-    pub(crate) flood: Arc<DataFloodGuard>,
+    flood: Arc<DataFloodGuard>,
     /// `read_timeout`, from when the request's head arrived: the whole body
     /// must have arrived by then (as on HTTP/1.1).
-    pub(crate) deadline: LazyDeadline,
+    deadline: LazyDeadline,
     /// An error was returned: the body ends there (a reader that goes on
     /// must not wait for a client that stalled, or for the rest of an
     /// upload refused as too large).
-    pub(crate) failed: bool,
+    failed: bool,
     /// Where the limits' refusals are counted.
-    pub(crate) stats: Arc<WorkerStats>,
+    stats: Arc<WorkerStats>,
 }
 
 impl RecvBody {
