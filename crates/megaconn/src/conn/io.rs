@@ -16,6 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::conn::context::WorkerContext;
 use crate::conn::transport::Transport;
 use crate::conn::ConnInfo;
+use crate::observe::clock::LazyDeadline;
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle;
 
@@ -24,6 +25,51 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How much a lingering close reads and discards before giving up.
 const LINGER_BYTES: usize = 256 * 1024;
+
+/// How long a write to a peer that takes our bytes slowly may go on before
+/// the peer counts as gone, for the persistent protocols (WebSocket, framed).
+///
+/// With `write_timeout` set, that is the whole write's time, as for an HTTP
+/// response (Go's `WriteTimeout`). With it off, the heartbeat timeout bounds
+/// the time the peer takes *none* of our bytes: a peer that stopped reading
+/// is as gone as one that stopped sending, but a slow one still reading a
+/// large backlog is not. Made only when a write has to wait.
+#[derive(Debug)]
+pub(crate) struct WriteBound {
+    deadline: LazyDeadline,
+    /// The timeout it counts (for the log line).
+    timeout: Option<Duration>,
+    /// Set when the bound restarts on progress (the heartbeat's).
+    stall: Option<Duration>,
+}
+
+impl WriteBound {
+    /// The bound from now, from `write_timeout`, else from the heartbeat
+    /// timeout; neither: unbounded.
+    pub(crate) fn new(write_timeout: Option<Duration>, heartbeat: Option<Duration>) -> WriteBound {
+        let stall = write_timeout.is_none().then_some(heartbeat).flatten();
+        let timeout = write_timeout.or(stall);
+        WriteBound {
+            deadline: LazyDeadline::after(timeout),
+            timeout,
+            stall,
+        }
+    }
+
+    /// The timeout it stands for (for the log line).
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// True once the bound passed; else the task is woken when it does.
+    /// `progressed`: the peer took some of our bytes since the last poll.
+    pub(crate) fn poll_passed(&mut self, cx: &mut Context<'_>, progressed: bool) -> bool {
+        if let (true, Some(stall)) = (progressed, self.stall) {
+            self.deadline.restart(stall);
+        }
+        self.deadline.poll_passed(cx)
+    }
+}
 
 /// The socket and its (pooled, often absent) buffers.
 pub(crate) struct ConnIo<T> {
@@ -200,4 +246,44 @@ pub(crate) fn read_more<T: Transport>(
         crate::observe::lifecycle::count_in(n);
     }
     read
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `bound` once, reporting `progressed`.
+    fn passed(bound: &mut WriteBound, progressed: bool) -> bool {
+        bound.poll_passed(
+            &mut Context::from_waker(std::task::Waker::noop()),
+            progressed,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_bounds_a_write_without_progress_and_write_timeout_the_whole_write() {
+        let step = Duration::from_millis(600);
+        // The heartbeat's bound starts again whenever the peer took bytes.
+        let mut stall = WriteBound::new(None, Some(Duration::from_secs(1)));
+        assert!(!passed(&mut stall, false));
+        tokio::time::advance(step).await;
+        assert!(!passed(&mut stall, true), "progress at 0.6 s");
+        tokio::time::advance(step).await;
+        assert!(!passed(&mut stall, false), "0.6 s since the progress");
+        tokio::time::advance(step).await;
+        assert!(passed(&mut stall, false), "1.2 s without progress");
+        // write_timeout counts the whole write, progress or not.
+        let mut total =
+            WriteBound::new(Some(Duration::from_secs(1)), Some(Duration::from_secs(60)));
+        assert!(!passed(&mut total, false));
+        tokio::time::advance(step).await;
+        assert!(!passed(&mut total, true));
+        tokio::time::advance(step).await;
+        assert!(passed(&mut total, true), "1.2 s since the write began");
+        assert_eq!(total.timeout(), Some(Duration::from_secs(1)));
+        // Neither: unbounded.
+        let mut none = WriteBound::new(None, None);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(!passed(&mut none, false));
+    }
 }

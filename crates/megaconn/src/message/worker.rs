@@ -379,6 +379,26 @@ pub(crate) struct Awake {
     pub inbox: Rc<Inbox>,
 }
 
+impl Awake {
+    /// Resolves when a message was pushed to this connection; never
+    /// without one (no hub).
+    pub(crate) async fn pushed(awake: Option<&Awake>) {
+        match awake {
+            Some(awake) => awake.inbox.pushed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Resolves when this connection's outbound queue overflowed; never
+    /// without one (no hub).
+    pub(crate) async fn overflowed(awake: Option<&Awake>) {
+        match awake {
+            Some(awake) => awake.inbox.overflow().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 impl Drop for Awake {
     fn drop(&mut self) {
         let mut awake = self.local.awake.borrow_mut();

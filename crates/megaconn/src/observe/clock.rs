@@ -119,6 +119,16 @@ impl LazyDeadline {
         timer.as_mut().poll(cx).is_ready()
     }
 
+    /// The deadline moved to `timeout` from now, keeping its timer if it has
+    /// one (a write that made progress starts its bound again).
+    pub(crate) fn restart(&mut self, timeout: std::time::Duration) {
+        let at = now() + timeout;
+        self.at = Some(at);
+        if let Some(timer) = self.timer.as_mut() {
+            timer.as_mut().reset(at);
+        }
+    }
+
     /// No deadline any more (what it bounded is done).
     pub(crate) fn clear(&mut self) {
         *self = LazyDeadline::after(None);

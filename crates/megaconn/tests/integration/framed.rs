@@ -904,6 +904,70 @@ async fn shutdown_says_goodbye_to_parked_and_awake_connections() {
     }
 }
 
+/// A push the server accepted before a graceful shutdown reaches the peer,
+/// before the goodbye: the handler was busy when it came, and the shutdown
+/// began before the handler returned.
+#[tokio::test]
+async fn shutdown_sends_accepted_pushes_before_the_goodbye() {
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .goodbye_frame(Some(Bytes::from("going away"))),
+        Framing::length_prefixed(4),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    // An idle connection: its close tells that the worker began shutting down.
+    let mut idle = server.connect().await;
+    server.next_open().await;
+    s.write_all(&frame(b"wait")).await.unwrap();
+    server.next_busy().await;
+    assert!(server.hub.send(id, "p1"));
+    server
+        .wait_stats("the push queued", |s| s.messages.pushes == 1)
+        .await;
+    server.handle.shutdown();
+    assert_eq!(read_to_close(&mut idle).await, frame(b"going away"));
+    assert_eq!(server.next_close().await, (0, CloseReason::Shutdown));
+    server.gate.add_permits(1);
+    let expected = [frame(b"waited"), frame(b"p1"), frame(b"going away")].concat();
+    assert_eq!(read_to_close(&mut s).await, expected);
+    assert_eq!(server.next_close().await, (1, CloseReason::Shutdown));
+    server.stop().await;
+}
+
+/// A peer that stops reading while a push is being written: the pushes that
+/// pile up behind it overflow its queue, and that ends the write at once as
+/// a slow consumer, with no write or heartbeat timeout set (before, the
+/// write waited for good, deaf to the overflow).
+#[tokio::test]
+async fn an_overflow_during_a_stuck_write_closes_the_slow_consumer() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(None).outbound_queue(4),
+        Framing::length_prefixed(4).max_frame_bytes(64 << 20),
+    )
+    .await;
+    let s = server.connect().await;
+    let id = server.next_open().await;
+    // More than any socket buffer takes, and the peer reads nothing.
+    assert!(server.hub.send(id, vec![7u8; 48 << 20]));
+    // Its first bytes arrived: the connection took it and is writing it.
+    tokio::time::timeout(SAFETY, s.readable())
+        .await
+        .expect("the push's first bytes in time")
+        .unwrap();
+    for _ in 0..8 {
+        server.hub.send(id, "more");
+    }
+    assert_eq!(server.next_close().await, (0, CloseReason::SlowConsumer));
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(server.closed_with("slow_consumer"), 1);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn message_metrics_count_frames_bytes_and_pushes() {
     let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;

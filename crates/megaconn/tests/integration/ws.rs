@@ -617,6 +617,55 @@ async fn a_peer_that_stops_reading_is_closed_when_the_write_times_out() {
     server.stop().await;
 }
 
+/// A peer that reads slowly but keeps reading is not cut off: with
+/// `write_timeout` off, the heartbeat timeout bounds the time a write makes
+/// *no* progress, not the whole write. Here the echo of a 16 MiB message is
+/// one write, read 64 KiB at most every 10 ms: it lasts over a second
+/// beyond what the kernel's buffers take (4 MiB at most here, `tcp_wmem`),
+/// against a 500 ms heartbeat timeout. Bounded as a whole, the write was
+/// closed as `WriteTimeout`.
+#[tokio::test]
+async fn a_slow_peer_that_keeps_reading_gets_the_whole_backlog() {
+    const PAYLOAD: usize = 16 << 20;
+    const READ: usize = 64 << 10;
+    let mut server = Ws::start(Server::builder(), |r| {
+        r.ping_interval(None)
+            .heartbeat_timeout(Some(Duration::from_millis(500)))
+            .max_message_bytes(PAYLOAD)
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(READ as u32).unwrap();
+    let mut s = socket.connect(server.addr).await.unwrap();
+    s.write_all(&handshake("")).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
+    // One message, unmasked by a zero mask: its echo is one write.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(PAYLOAD as u64).to_be_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.resize(frame.len() + PAYLOAD, 7);
+    s.write_all(&frame).await.unwrap();
+    // The echo: a 10-byte header (0x82, 127, the length) and the payload.
+    let expected = 10 + PAYLOAD;
+    let mut got = 0;
+    let mut buf = vec![0u8; READ];
+    while got < expected {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let n = tokio::time::timeout(SAFETY, s.read(&mut buf))
+            .await
+            .expect("the echo in time")
+            .expect("a read");
+        assert!(
+            n > 0,
+            "closed after {got} of {expected} bytes: {:?}",
+            server.closes.try_recv()
+        );
+        got += n;
+    }
+    assert_eq!(got, expected);
+    server.stop().await;
+}
+
 /// The next message a client reads is a close frame with 1001 (going away).
 async fn expect_going_away<S>(client: &mut WebSocketStream<S>)
 where

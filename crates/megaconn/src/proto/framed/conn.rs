@@ -19,7 +19,7 @@
 //! A connection in the middle of a frame never parks: it stays a task until
 //! the frame completes, the heartbeat timeout passes, or the peer goes away.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
@@ -30,11 +30,12 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
+use crate::conn::io::WriteBound;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::{poll_once, WokenSocket};
 use crate::conn::Wake;
@@ -227,7 +228,16 @@ pub(crate) async fn serve<H: FramedHandler>(
     // when it parks or closes).
     let inbox = local.awake(session.id(), table.wire(listener));
     let mut codec = framing.codec();
-    if let Err(reason) = flush(&mut io, &mut codec, &session, Vec::new(), &ctx).await {
+    if let Err(reason) = flush(
+        &mut io,
+        &mut codec,
+        &session,
+        Vec::new(),
+        &ctx,
+        inbox.as_ref(),
+    )
+    .await
+    {
         return Ended::Close(live.close(reason));
     }
     if session.is_closing() {
@@ -270,7 +280,15 @@ pub(crate) async fn serve<H: FramedHandler>(
                         return Ended::Close(live.close(CloseReason::Panic));
                     }
                 }
-                let flushed = flush(&mut io, &mut codec, &session, Vec::new(), &ctx).await;
+                let flushed = flush(
+                    &mut io,
+                    &mut codec,
+                    &session,
+                    Vec::new(),
+                    &ctx,
+                    inbox.as_ref(),
+                )
+                .await;
                 if let Err(reason) = flushed {
                     give_back(&ctx, &mut buf);
                     return Ended::Close(live.close(reason));
@@ -292,14 +310,16 @@ pub(crate) async fn serve<H: FramedHandler>(
         let mut park_at = None;
         if between_frames {
             if ctx.shutdown.is_started() {
-                return say_goodbye(live, &mut io, &mut codec, &session, &ctx).await;
+                return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
+                    .await;
             }
             // Messages pushed meanwhile go out between the peer's frames.
             if let Some(inbox) = &inbox {
                 match inbox.inbox.take() {
                     Ok(pushed) if pushed.is_empty() => {}
                     Ok(pushed) => {
-                        let flushed = flush(&mut io, &mut codec, &session, pushed, &ctx).await;
+                        let flushed =
+                            flush(&mut io, &mut codec, &session, pushed, &ctx, Some(inbox)).await;
                         if let Err(reason) = flushed {
                             return Ended::Close(live.close(reason));
                         }
@@ -344,14 +364,15 @@ pub(crate) async fn serve<H: FramedHandler>(
                 () = ctx.shutdown.wait() => Idle::Shutdown,
                 () = until(due) => Idle::HeartbeatDue,
                 () = until(send_at) => Idle::SendHeartbeat,
-                () = pushed(inbox.as_ref()) => Idle::Pushed,
+                () = Awake::pushed(inbox.as_ref()) => Idle::Pushed,
                 () = until(park_at) => Idle::Park,
             };
             match idle {
                 Idle::Readable(Ok(())) => {}
                 Idle::Readable(Err(e)) => return Ended::Close(live.close(CloseReason::io(&e))),
                 Idle::Shutdown => {
-                    return say_goodbye(live, &mut io, &mut codec, &session, &ctx).await
+                    return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
+                        .await
                 }
                 Idle::HeartbeatDue => {
                     incr(&counters.heartbeat_timeouts);
@@ -376,8 +397,15 @@ pub(crate) async fn serve<H: FramedHandler>(
                         session.send(frame.clone());
                         send_at = Some(Instant::now() + *every);
                     }
-                    if let Err(reason) =
-                        flush(&mut io, &mut codec, &session, Vec::new(), &ctx).await
+                    if let Err(reason) = flush(
+                        &mut io,
+                        &mut codec,
+                        &session,
+                        Vec::new(),
+                        &ctx,
+                        inbox.as_ref(),
+                    )
+                    .await
                     {
                         return Ended::Close(live.close(reason));
                     }
@@ -420,7 +448,8 @@ pub(crate) async fn serve<H: FramedHandler>(
             Read::Done(read) => read,
             Read::Shutdown => {
                 give_back(&ctx, &mut buf);
-                return say_goodbye(live, &mut io, &mut codec, &session, &ctx).await;
+                return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
+                    .await;
             }
             // Nothing was read: the buffer goes back, the pushes go out.
             Read::Pushed => {
@@ -511,7 +540,7 @@ async fn wait_read(
             biased;
             read = reading => Read::Done(read),
             () = ctx.shutdown.wait() => Read::Shutdown,
-            () = pushed(inbox) => Read::Pushed,
+            () = Awake::pushed(inbox) => Read::Pushed,
         }
     } else {
         Read::Done(reading.await)
@@ -563,31 +592,43 @@ fn park<H: FramedHandler>(
     }
 }
 
-/// Closes a connection between frames for shutdown, after the server's
-/// goodbye frame, if it has one (best effort: a peer that does not take it
-/// within the write timeout is closed without it).
+/// Closes a connection between frames for shutdown, after the messages
+/// already pushed to it and the server's goodbye frame, if it has one (best
+/// effort: a peer that does not take them within the write bound is closed
+/// without them).
 async fn say_goodbye<H: FramedHandler>(
     live: Live<'_, H, H::State>,
     io: &mut FramedIo,
     codec: &mut FrameCodec,
     session: &Session,
     ctx: &WorkerContext,
+    inbox: Option<&Awake>,
 ) -> Ended<OwnedFd> {
-    if let Some(goodbye) = settings(&ctx.config).and_then(|s| s.goodbye.clone()) {
-        session.send(goodbye);
-        let _ = flush(io, codec, session, Vec::new(), ctx).await;
+    // Accepted pushes (counted as sent) go out before the goodbye, which
+    // then goes on its own (`flush` writes the handler's frames first).
+    let pushed = inbox
+        .map(|a| a.inbox.take().unwrap_or_default())
+        .unwrap_or_default();
+    if flush(io, codec, session, pushed, ctx, None).await.is_ok() {
+        if let Some(goodbye) = settings(&ctx.config).and_then(|s| s.goodbye.clone()) {
+            session.send(goodbye);
+            let _ = flush(io, codec, session, Vec::new(), ctx, None).await;
+        }
     }
     Ended::Close(live.close(CloseReason::Shutdown))
 }
 
 /// Writes the frames the handler sent, framed, then `pushed` (already
-/// framed by the hub), from a pooled buffer.
+/// framed by the hub), from a pooled buffer. A write that waits is bounded
+/// ([`WriteBound`]), and ends at once when the connection's outbound queue
+/// (`awake`) overflows meanwhile: a slow consumer.
 async fn flush(
     io: &mut FramedIo,
     codec: &mut FrameCodec,
     session: &Session,
     pushed: Vec<Bytes>,
     ctx: &WorkerContext,
+    awake: Option<&Awake>,
 ) -> Result<(), CloseReason> {
     let frames = session.take_out();
     if frames.is_empty() && pushed.is_empty() {
@@ -607,42 +648,60 @@ async fn flush(
     pushed.iter().for_each(|bytes| out.extend_from_slice(bytes));
     lifecycle::set_state(ConnectionState::Writing);
     // Usually the socket takes it all at once: then no timer is set up.
-    let mut writing = pin!(io.write_all(&out));
-    let written = match poll_once(writing.as_mut()) {
-        Poll::Ready(written) => written,
+    let mut at = 0;
+    let io_error = |e: io::Error| CloseReason::io(&e);
+    let written = match poll_once(pin!(poll_fn(|cx| write_from(io, &out, &mut at, cx)))) {
+        Poll::Ready(written) => written.map_err(io_error),
         // A peer that stops reading must not hold the connection for good,
-        // deaf to its heartbeat: the write is bounded by `write_timeout`, or
-        // when that is off by the heartbeat timeout (a write the peer has
-        // not taken in that long: it is as gone as one that sends nothing).
-        Poll::Pending => match ctx
-            .config
-            .write_timeout
-            .or_else(|| settings(&ctx.config).and_then(|s| s.heartbeat_timeout))
-        {
-            Some(t) => tokio::time::timeout(t, writing)
-                .await
-                .unwrap_or(Err(io::ErrorKind::TimedOut.into())),
-            None => writing.await,
-        },
+        // deaf to its heartbeat: the write is bounded (`WriteBound`:
+        // `write_timeout` for the whole write, or when that is off the
+        // heartbeat timeout without progress).
+        Poll::Pending => {
+            let heartbeat = settings(&ctx.config).and_then(|s| s.heartbeat_timeout);
+            let mut bound = WriteBound::new(ctx.config.write_timeout, heartbeat);
+            let mut overflowed = pin!(Awake::overflowed(awake));
+            poll_fn(|cx| {
+                let before = at;
+                if let Poll::Ready(written) = write_from(io, &out, &mut at, cx) {
+                    return Poll::Ready(written.map_err(io_error));
+                }
+                if overflowed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(CloseReason::SlowConsumer));
+                }
+                if bound.poll_passed(cx, at > before) {
+                    tracing::debug!(
+                        timeout = ?bound.timeout(),
+                        "a framed peer did not take our bytes in time; closing it (Builder::write_timeout, else the listener's heartbeat_timeout)"
+                    );
+                    return Poll::Ready(Err(CloseReason::WriteTimeout));
+                }
+                Poll::Pending
+            })
+            .await
+        }
     };
     let n = out.len();
     ctx.pool.give(out);
-    match written {
-        Ok(()) => {
-            lifecycle::count_out(n);
-            add(&ctx.stats.messages.frames_out, count);
-            add(&ctx.stats.messages.bytes_out, n as u64);
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(CloseReason::WriteTimeout),
-        Err(e) => Err(CloseReason::io(&e)),
-    }
+    written?;
+    lifecycle::count_out(n);
+    add(&ctx.stats.messages.frames_out, count);
+    add(&ctx.stats.messages.bytes_out, n as u64);
+    Ok(())
 }
 
-/// Resolves when a message was pushed to this connection (never without a hub).
-async fn pushed(awake: Option<&Awake>) {
-    match awake {
-        Some(awake) => awake.inbox.pushed().await,
-        None => std::future::pending().await,
+/// Writes `out` from `at` on, moving `at` past what the socket took.
+fn write_from(
+    io: &mut FramedIo,
+    out: &[u8],
+    at: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while *at < out.len() {
+        match std::task::ready!(Pin::new(&mut *io).poll_write(cx, &out[*at..])) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => *at += n,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
     }
+    Poll::Ready(Ok(()))
 }

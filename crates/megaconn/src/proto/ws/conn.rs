@@ -23,7 +23,7 @@
 //! for `close_timeout` (what else it sends meanwhile is dropped), then the
 //! TCP close (the server closes first, RFC 6455 §7.1.1).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::io::{read_more, ConnIo};
+use crate::conn::io::{read_more, ConnIo, WriteBound};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::message::hub::Overflowed;
@@ -258,7 +258,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 () = ctx.shutdown.wait() => Idle::Shutdown,
                 () = until(due) => Idle::HeartbeatDue,
                 () = until(send_at) => Idle::SendPing,
-                () = pushed(awake.as_ref()) => Idle::Pushed,
+                () = Awake::pushed(awake.as_ref()) => Idle::Pushed,
                 () = until(park_at) => Idle::Park,
             };
             match idle {
@@ -306,7 +306,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     biased;
                     read = reading => Read::Done(read),
                     () = ctx.shutdown.wait() => Read::Shutdown,
-                    () = pushed(awake.as_ref()) => Read::Pushed,
+                    () = Awake::pushed(awake.as_ref()) => Read::Pushed,
                 }
             } else {
                 Read::Done(reading.await)
@@ -359,46 +359,43 @@ pub(crate) async fn serve<H: WebSocketHandler>(
 
 /// Writes what is queued. A peer that stops reading must not hold the
 /// connection for good, deaf to its heartbeat and its pushes: the write is
-/// bounded by `write_timeout`, or when that is off by the heartbeat timeout
-/// (one write that the peer has not taken in that long: it is as gone as a
-/// peer that sends nothing), and a push queue that overflows meanwhile closes it as
-/// a slow consumer at once. Usually the socket takes it all in one go, and
-/// no timer is set up.
+/// bounded ([`WriteBound`]: `write_timeout` for the whole write, or when
+/// that is off the heartbeat timeout without progress), and a push queue
+/// that overflows meanwhile closes it as a slow consumer at once. Usually
+/// the socket takes it all in one go, and no timer is set up.
 async fn flush(
     conn: &mut ConnIo<WsIo>,
     heartbeat: Option<std::time::Duration>,
     awake: Option<&Awake>,
 ) -> Result<(), Next> {
-    let bound = conn.ctx.config.write_timeout.or(heartbeat);
-    let mut flushing = pin!(conn.flush());
-    let flushed = match poll_once(flushing.as_mut()) {
-        Poll::Ready(flushed) => flushed,
-        Poll::Pending => {
-            lifecycle::set_state(ConnectionState::Writing);
-            tokio::select! {
-                biased;
-                flushed = flushing => flushed,
-                () = overflow(awake) => return Err(Next::Close(CloseReason::SlowConsumer, None)),
-                () = until(bound.map(|t| Instant::now() + t)) => {
-                    tracing::debug!(
-                        timeout = ?bound,
-                        "a WebSocket peer did not take our bytes in time; closing it (Builder::write_timeout, else the route's heartbeat_timeout)"
-                    );
-                    return Err(Next::Close(CloseReason::WriteTimeout, None));
-                }
-            }
-        }
-    };
-    flushed.map_err(|e| Next::Close(CloseReason::io(&e), None))
-}
-
-/// Resolves when an awake connection's push queue overflowed (never without
-/// a hub).
-async fn overflow(awake: Option<&Awake>) {
-    match awake {
-        Some(awake) => awake.inbox.overflow().await,
-        None => std::future::pending().await,
+    let io_error = |e: std::io::Error| Next::Close(CloseReason::io(&e), None);
+    if conn.wbuf_len() == 0 {
+        return Ok(());
     }
+    if let Poll::Ready(flushed) = poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx)))) {
+        return flushed.map_err(io_error);
+    }
+    lifecycle::set_state(ConnectionState::Writing);
+    let mut bound = WriteBound::new(conn.ctx.config.write_timeout, heartbeat);
+    let mut overflowed = pin!(Awake::overflowed(awake));
+    poll_fn(|cx| {
+        let before = conn.wbuf_len();
+        if let Poll::Ready(flushed) = conn.poll_flush(cx) {
+            return Poll::Ready(flushed.map_err(io_error));
+        }
+        if overflowed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Next::Close(CloseReason::SlowConsumer, None)));
+        }
+        if bound.poll_passed(cx, conn.wbuf_len() < before) {
+            tracing::debug!(
+                timeout = ?bound.timeout(),
+                "a WebSocket peer did not take our bytes in time; closing it (Builder::write_timeout, else the route's heartbeat_timeout)"
+            );
+            return Poll::Ready(Err(Next::Close(CloseReason::WriteTimeout, None)));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Acts on one decoded event.
@@ -551,13 +548,5 @@ fn park<H: WebSocketHandler>(
             }
         }
         Err(e) => Ended::Close(live.close(CloseReason::io(&e))),
-    }
-}
-
-/// Resolves when a message was pushed to this connection (never without a hub).
-async fn pushed(awake: Option<&Awake>) {
-    match awake {
-        Some(awake) => awake.inbox.pushed().await,
-        None => std::future::pending().await,
     }
 }
