@@ -59,6 +59,21 @@ impl<'h, H, S> Live<'h, H, S> {
         self.state.as_mut().expect("the state stays until the end")
     }
 
+    /// Runs the handler's `on_open` on the state; a panic in it is caught,
+    /// counted and logged, and gives [`CloseReason::Panic`] to close with
+    /// (as a panic in `on_message` does), not a worker's unwinding.
+    pub(crate) fn open(&mut self, on_open: impl FnOnce(&H, &mut S)) -> Result<(), CloseReason> {
+        let handler = self.handler;
+        let state = self.state();
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_open(handler, state)));
+        opened.map_err(|_panic| {
+            crate::observe::stats::incr(&self.local.stats().panics);
+            tracing::error!("a message handler's on_open panicked; closing its connection");
+            CloseReason::Panic
+        })
+    }
+
     /// The state, out of the guard: the connection parks (its state goes to
     /// the side table and the handler hears nothing yet).
     pub(crate) fn take(mut self) -> S {

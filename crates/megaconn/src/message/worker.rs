@@ -58,8 +58,9 @@ pub(crate) struct Local {
 }
 
 /// This worker's message state, made on first use (which starts the hub's
-/// pump for this worker, if the server has a hub). Call from a task on the
-/// worker's runtime.
+/// pump for this worker, if the server has a hub: the worker makes it at
+/// its start then, `server/worker.rs`). Call from a task on the worker's
+/// runtime.
 pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
     let slot: Rc<dyn Any> = ctx
         .protocol_local
@@ -91,6 +92,11 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
 }
 
 impl Local {
+    /// The worker's counters.
+    pub(crate) fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
     /// A fresh id for a connection accepted on this worker.
     pub(crate) fn new_id(&self, fd: RawFd) -> ConnectionId {
         let generation = self.next_generation.get().wrapping_add(1);
@@ -541,6 +547,7 @@ async fn paced(pace: Pace, mut step: impl FnMut() -> Step) {
 async fn pump(local: Weak<Local>, mut rx: mpsc::UnboundedReceiver<Push>) {
     while let Some(push) = rx.recv().await {
         let Some(local) = local.upgrade() else { return };
+        incr(&local.stats.messages.hub_messages);
         local.deliver(push).await;
     }
 }

@@ -59,6 +59,7 @@
 //! | `megaconn_message_queue_drops_total` | counter | |
 //! | `megaconn_message_heartbeats_sent_total` | counter | |
 //! | `megaconn_message_heartbeat_timeouts_total` | counter | |
+//! | `megaconn_message_hub_messages_total` | counter | |
 //! | `megaconn_message_deliveries_pending` | gauge | |
 //!
 //! The `message_` series count message protocols' connections (framed TCP):
@@ -921,6 +922,12 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
         "message_pushes",
         "Messages the hub delivered (one per connection reached by a push, publish or broadcast).",
         m.pushes,
+    )?;
+    counter(
+        e,
+        "message_hub_messages",
+        "Messages the workers took from the hub (a broadcast or publish counts once per worker).",
+        m.hub_messages,
     )?;
     counter(
         e,

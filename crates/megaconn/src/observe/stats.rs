@@ -81,6 +81,7 @@ pub(crate) struct MessageCounters {
     pub queue_drops: AtomicU64,
     pub heartbeats_sent: AtomicU64,
     pub heartbeat_timeouts: AtomicU64,
+    pub hub_messages: AtomicU64,
     /// Connections the hub's pump has yet to reach with the message it is
     /// delivering (a gauge: back to 0 when it is done).
     pub deliveries_pending: AtomicI64,
@@ -109,6 +110,9 @@ pub struct MessageStats {
     /// Connections closed because the peer sent nothing within the
     /// heartbeat timeout.
     pub heartbeat_timeouts: u64,
+    /// Messages the workers took from the hub (a broadcast or publish
+    /// counts once per worker), delivered to anyone or not.
+    pub hub_messages: u64,
     /// Connections the hub has yet to reach with the messages it is
     /// delivering now (a paced broadcast's remainder); 0 when idle.
     pub deliveries_pending: u64,
@@ -124,6 +128,7 @@ impl MessageStats {
         self.queue_drops += c.queue_drops.load(Relaxed);
         self.heartbeats_sent += c.heartbeats_sent.load(Relaxed);
         self.heartbeat_timeouts += c.heartbeat_timeouts.load(Relaxed);
+        self.hub_messages += c.hub_messages.load(Relaxed);
         self.deliveries_pending += c.deliveries_pending.load(Relaxed).max(0) as u64;
     }
 }

@@ -204,6 +204,13 @@ where
         lot.set_on_close(Some(dispatch::on_parked_close(&ctx)));
     }
     let parking = tokio::task::spawn_local(park::run(ctx.clone()));
+    // With a hub, this worker's pump takes its messages from the start. Made
+    // on the first message connection instead, it found every broadcast
+    // since the server started queued (unbounded) and delivered them all to
+    // that connection.
+    if crate::message::MessageSettings::of(&ctx.config).is_some_and(|s| s.hub.is_some()) {
+        crate::message::worker::local(&ctx);
+    }
     // The stall detector's tick, for when its watchdog asks (`stall.rs`).
     let ticking = stall_alarm
         .map(|_| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone())));

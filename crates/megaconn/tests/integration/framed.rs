@@ -577,6 +577,65 @@ async fn a_panicking_handler_closes_only_its_connection() {
     server.stop().await;
 }
 
+/// A handler whose `on_open` panics on its first connection only.
+struct PanicsOnFirstOpen {
+    opened: std::sync::atomic::AtomicBool,
+    closes: mpsc::UnboundedSender<CloseReason>,
+}
+
+impl FramedHandler for PanicsOnFirstOpen {
+    type State = ();
+
+    fn on_open(&self, _: &mut (), _: &Session) {
+        if !self.opened.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("the test handler panics in its first on_open");
+        }
+    }
+
+    async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
+        Some(frame)
+    }
+
+    fn on_close(&self, _: (), reason: CloseReason) {
+        let _ = self.closes.send(reason);
+    }
+}
+
+/// A panic in `on_open` closes that connection as a panic, counted, as one
+/// in `on_message` does; the worker serves on. (It used to unwind the
+/// connection's task: `on_close` said `Shutdown`, and no panic was counted.)
+#[tokio::test]
+async fn a_panic_in_on_open_closes_its_connection_as_a_panic() {
+    let server = Server::builder()
+        .workers(1)
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+        .listen()
+        .expect("server binds");
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let (tx, mut closes) = mpsc::unbounded_channel();
+    let handler = PanicsOnFirstOpen {
+        opened: false.into(),
+        closes: tx,
+    };
+    let task = tokio::spawn(server.serve_framed(handler));
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let close = tokio::time::timeout(SAFETY, closes.recv())
+        .await
+        .expect("on_close in time");
+    assert_eq!(close, Some(CloseReason::Panic));
+    assert_eq!(read_to_close(&mut first).await, b"");
+    assert_eq!(handle.stats().panics, 1);
+    let mut other = TcpStream::connect(addr).await.unwrap();
+    other.write_all(b"still here\n").await.unwrap();
+    assert_eq!(read_exact(&mut other, 11).await, b"still here\n");
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn shutdown_waits_for_a_frame_in_progress_then_forces_it() {
     let mut server = Framed::start(
@@ -965,6 +1024,26 @@ async fn an_overflow_during_a_stuck_write_closes_the_slow_consumer() {
         .wait_stats("counted", |s| s.connections_open == 0)
         .await;
     assert_eq!(server.closed_with("slow_consumer"), 1);
+    server.stop().await;
+}
+
+/// Broadcasts sent before a worker has any message connection reach
+/// nobody: its pump runs from the worker's start. (It used to start with the
+/// first message connection, which then got every broadcast since the
+/// server started, kept meanwhile in an unbounded queue.)
+#[tokio::test]
+async fn broadcasts_before_any_connection_are_not_kept_for_the_first_one() {
+    let server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    for _ in 0..10 {
+        server.hub.broadcast("old");
+    }
+    server
+        .wait_stats("the worker took them", |s| s.messages.hub_messages == 10)
+        .await;
+    let mut s = server.connect().await;
+    s.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"1\n");
+    assert_eq!(server.handle.stats().messages.pushes, 0);
     server.stop().await;
 }
 

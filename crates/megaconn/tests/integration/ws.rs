@@ -619,19 +619,21 @@ async fn a_peer_that_stops_reading_is_closed_when_the_write_times_out() {
 
 /// A peer that reads slowly but keeps reading is not cut off: with
 /// `write_timeout` off, the heartbeat timeout bounds the time a write makes
-/// *no* progress, not the whole write. Here the echo of a 16 MiB message is
-/// one write, read 64 KiB at most every 10 ms: it lasts over a second
-/// beyond what the kernel's buffers take (4 MiB at most here, `tcp_wmem`),
-/// against a 500 ms heartbeat timeout. Bounded as a whole, the write was
-/// closed as `WriteTimeout`.
+/// *no* progress, not the whole write. Here the echo of a 32 MiB message is
+/// one write, read 64 KiB at most every 10 ms (6.4 MiB/s at most). The
+/// kernel's buffers took ~10 MB of it at once here (loopback), so the rest
+/// takes over 3 s, against a 1 s heartbeat timeout. Bounded as a whole, the
+/// write was closed as `WriteTimeout`; now only a 1 s stall of this client
+/// would close it.
 #[tokio::test]
 async fn a_slow_peer_that_keeps_reading_gets_the_whole_backlog() {
-    const PAYLOAD: usize = 16 << 20;
+    const PAYLOAD: usize = 32 << 20;
     const READ: usize = 64 << 10;
     let mut server = Ws::start(Server::builder(), |r| {
         r.ping_interval(None)
-            .heartbeat_timeout(Some(Duration::from_millis(500)))
+            .heartbeat_timeout(Some(Duration::from_secs(1)))
             .max_message_bytes(PAYLOAD)
+            .max_frame_bytes(PAYLOAD)
     })
     .await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -645,7 +647,8 @@ async fn a_slow_peer_that_keeps_reading_gets_the_whole_backlog() {
     frame.extend_from_slice(&[0; 4]);
     frame.resize(frame.len() + PAYLOAD, 7);
     s.write_all(&frame).await.unwrap();
-    // The echo: a 10-byte header (0x82, 127, the length) and the payload.
+    // The echo: a 10-byte header (0x82, 127, the length) and the payload,
+    // all before any end.
     let expected = 10 + PAYLOAD;
     let mut got = 0;
     let mut buf = vec![0u8; READ];
@@ -662,7 +665,9 @@ async fn a_slow_peer_that_keeps_reading_gets_the_whole_backlog() {
         );
         got += n;
     }
-    assert_eq!(got, expected);
+    // (A close frame may follow: the peer sent nothing for longer than the
+    // heartbeat timeout while it read.)
+    assert!(got >= expected);
     server.stop().await;
 }
 

@@ -166,7 +166,12 @@ impl Framing {
                 max_line_bytes,
                 crlf,
             } => Inner::Lines {
-                codec: LinesCodec::new_with_max_length(max_line_bytes),
+                // One byte more than the limit: `LinesCodec` counts a `\r`
+                // before the `\n` against it, and a `\r\n` line of exactly
+                // `max_line_bytes` would fail. `decode` checks the limit on
+                // the line without its ending.
+                codec: LinesCodec::new_with_max_length(max_line_bytes.saturating_add(1)),
+                max: max_line_bytes,
                 crlf,
             },
         };
@@ -189,7 +194,12 @@ pub(crate) struct FrameCodec {
 #[derive(Debug)]
 enum Inner {
     Length(LengthDelimitedCodec),
-    Lines { codec: LinesCodec, crlf: bool },
+    Lines {
+        codec: LinesCodec,
+        /// The longest line, without its ending.
+        max: usize,
+        crlf: bool,
+    },
 }
 
 impl FrameCodec {
@@ -211,7 +221,8 @@ impl FrameCodec {
                     Err(e) => Err(length_error(&e)),
                 }
             }
-            Inner::Lines { codec, .. } => match codec.decode(buf) {
+            Inner::Lines { codec, max, .. } => match codec.decode(buf) {
+                Ok(Some(line)) if line.len() > *max => Err(FramingError::LineTooLong),
                 // The line's `String` becomes `Bytes` without a copy.
                 Ok(line) => Ok(line.map(Bytes::from)),
                 Err(LinesCodecError::MaxLineLengthExceeded) => Err(FramingError::LineTooLong),
@@ -291,6 +302,20 @@ mod tests {
             "whole frames leave the codec between frames"
         );
         Ok(frames)
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_passes_with_either_ending_and_one_more_byte_fails() {
+        for ending in [&b"\n"[..], b"\r\n"] {
+            let line = [&b"01234567"[..], ending].concat();
+            let whole = decode_in_pieces(Framing::lines().max_line_bytes(8), &line, &[]);
+            assert_eq!(whole, Ok(vec![Bytes::from("01234567")]), "{ending:?}");
+            let split = decode_in_pieces(Framing::lines().max_line_bytes(8), &line, &[3, 8, 9]);
+            assert_eq!(split, Ok(vec![Bytes::from("01234567")]), "{ending:?}");
+            let longer = [&b"012345678"[..], ending].concat();
+            let too_long = decode_in_pieces(Framing::lines().max_line_bytes(8), &longer, &[]);
+            assert_eq!(too_long, Err(FramingError::LineTooLong), "{ending:?}");
+        }
     }
 
     fn encode_all(framing: Framing, frames: &[&[u8]]) -> Vec<u8> {

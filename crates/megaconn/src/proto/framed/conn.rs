@@ -199,7 +199,9 @@ pub(crate) async fn serve<H: FramedHandler>(
             let id = local.new_id(fd);
             let session = Session::new(id, local.clone());
             let mut live = Live::new(handler, H::on_close, H::State::default(), id, &local);
-            handler.on_open(live.state(), &session);
+            if let Err(reason) = live.open(|h, state| h.on_open(state, &session)) {
+                return Ended::Close(live.close(reason));
+            }
             (live, session)
         }
         Start::Woken(wake) => {
@@ -475,7 +477,10 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
             Err(_elapsed) if between_frames && send_at.is_some_and(|at| Instant::now() >= at) => {
                 // Nothing was read, so the buffer is empty; the idle wait
-                // sends the heartbeat at once.
+                // sends the heartbeat at once. It must not be skipped as for
+                // a wake not yet read: this one was (it found nothing), and
+                // skipped, the read would time out at once again, for good.
+                unread_wake = false;
                 give_back(&ctx, &mut buf);
                 continue;
             }

@@ -136,7 +136,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 id,
                 &tables.local,
             );
-            route.handler.on_open(live.state(), &session);
+            if let Err(reason) = live.open(|h, state| h.on_open(state, &session)) {
+                return Ended::Close(live.close(reason));
+            }
             (live, session)
         }
         Start::Woken(wake, _) => {
