@@ -360,3 +360,36 @@ async fn bad_frames_close_with_their_code_and_count_as_protocol_errors() {
         .await;
     }
 }
+
+/// A client that hangs up without a close frame (a closed tab, a killed
+/// process) closed the connection, not a protocol error: it used to be
+/// counted in `protocol_errors` and closed as 1002 (tungstenite reports it
+/// as `ResetWithoutClosingHandshake`). The native route counts it the same.
+#[tokio::test]
+async fn a_client_that_hangs_up_without_a_close_frame_is_no_protocol_error() {
+    let server = serve(testing::app());
+    let mut client = connect(server.addr, "/integration-testable").await;
+    client.send(WsMessage::text("hi")).await.unwrap();
+    assert!(!next_text(&mut client).await.is_empty());
+    drop(client);
+    common::wait_stats(&server.handle, "the connection closed", |s| {
+        s.connections_open == 0
+    })
+    .await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0);
+    let closed = |label: &str| {
+        stats
+            .request_metrics
+            .closed_by_reason
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(
+        closed("client_closed"),
+        1,
+        "{:?}",
+        stats.request_metrics.closed_by_reason
+    );
+}

@@ -32,7 +32,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The test handler. Per connection it counts messages (its state). `count`
-/// is answered with the count so far, `bye` with `bye` and a close 4000;
+/// is answered with the count so far, `bye` with `bye` and a close 4000,
+/// `close N` with a close N;
 /// `join` subscribes to topic `room`; anything else is echoed. Opens report
 /// the connection's id, closes the final count.
 struct Probe {
@@ -63,6 +64,11 @@ impl WebSocketHandler for Probe {
             b"bye" => {
                 session.send("bye");
                 session.close_with(4000, "asked to");
+                None
+            }
+            m if m.starts_with(b"close ") => {
+                let code = std::str::from_utf8(&m[6..]).unwrap().parse().unwrap();
+                session.close_with(code, "asked to");
                 None
             }
             _ => Some(message),
@@ -351,6 +357,104 @@ async fn the_server_closes_with_the_handlers_code_and_waits_for_the_echo() {
         .unwrap()
         .is_none());
     assert_eq!(server.next_close().await, (1, CloseReason::ServerClosed));
+    server.stop().await;
+}
+
+/// The peer's close frame that came with its last message (already read
+/// when the handler closed) answers our close at once: the handshake used to
+/// throw it away with the read buffer and wait the whole `close_timeout`
+/// (here longer than the test's bound) for another.
+#[tokio::test]
+async fn a_close_frame_already_read_answers_our_close() {
+    let mut server = Ws::start(Server::builder(), |r| r.close_timeout(SAFETY * 3)).await;
+    let mut s = server.raw().await;
+    let both = [
+        client_frame(0x81, b"bye", true),
+        client_frame(0x88, &1000u16.to_be_bytes(), true),
+    ]
+    .concat();
+    s.write_all(&both).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (0x81, b"bye".to_vec()));
+    let (first, payload) = read_frame(&mut s).await;
+    assert_eq!((first, &payload[..2]), (0x88, &4000u16.to_be_bytes()[..]));
+    let mut rest = Vec::new();
+    tokio::time::timeout(SAFETY, s.read_to_end(&mut rest))
+        .await
+        .expect("closed without waiting for close_timeout")
+        .expect("a clean close");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(server.next_close().await, (1, CloseReason::ServerClosed));
+    server.stop().await;
+}
+
+/// After a violation the server reads the rest of what the peer sends away
+/// until the peer closes, so its close frame (1009 here) is not destroyed by
+/// a reset: the peer sees a clean end. It used to decode the rest as fresh
+/// frames, fail at once, and close with 256 KiB unread: a reset.
+#[tokio::test]
+async fn after_a_violation_the_peer_gets_the_close_frame_and_a_clean_end() {
+    let mut server = Ws::start(Server::builder(), |r| r.max_message_bytes(1000)).await;
+    let s = server.raw().await;
+    let (mut read, mut write) = s.into_split();
+    // A masked binary frame declaring 256 KiB (over the limit), then its
+    // payload (zeros under a zero mask); then our end.
+    let writer = tokio::spawn(async move {
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&(256u64 << 10).to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.resize(frame.len() + (256 << 10), 0);
+        let _ = write.write_all(&frame).await;
+        let _ = write.shutdown().await;
+    });
+    let mut head = [0u8; 4];
+    tokio::time::timeout(SAFETY, read.read_exact(&mut head))
+        .await
+        .expect("a close frame in time")
+        .expect("a close frame");
+    assert_eq!(head[0], 0x88);
+    assert_eq!(&head[2..], &1009u16.to_be_bytes());
+    let mut rest = Vec::new();
+    tokio::time::timeout(SAFETY, read.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("a clean end, not a reset");
+    writer.await.unwrap();
+    assert_eq!(
+        server.next_close().await,
+        (0, CloseReason::Protocol(ProtocolDetail::WebSocket(1009)))
+    );
+    server.stop().await;
+}
+
+/// A close code that may not be sent (1005, 1006, 1015; 0-999; 1016-2999)
+/// goes out as 1011: a client takes the others for a protocol violation.
+#[tokio::test]
+async fn a_close_code_that_may_not_be_sent_goes_out_as_1011() {
+    let mut server = Ws::start(Server::builder(), |r| r).await;
+    for (asked, sent) in [
+        (1005u16, 1011u16),
+        (1015, 1011),
+        (999, 1011),
+        (2000, 1011),
+        (4001, 4001),
+    ] {
+        let mut s = server.raw().await;
+        let message = format!("close {asked}");
+        s.write_all(&client_frame(0x81, message.as_bytes(), true))
+            .await
+            .unwrap();
+        let (first, payload) = read_frame(&mut s).await;
+        assert_eq!(
+            (first, &payload[..2]),
+            (0x88, &sent.to_be_bytes()[..]),
+            "{asked}"
+        );
+        // Our answer ends the close handshake.
+        s.write_all(&client_frame(0x88, &payload[..2], true))
+            .await
+            .unwrap();
+        assert_eq!(server.next_close().await, (1, CloseReason::ServerClosed));
+    }
     server.stop().await;
 }
 

@@ -349,8 +349,18 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // is what a lingering close would do: it is not done twice.
     let io_reason = match ours {
         Some((code, why)) => {
-            let timeout = settings.close_timeout;
-            close_handshake(&mut conn, code, &why, timeout, settings.limits).await;
+            // After a violation the peer's next bytes are the rest of what
+            // broke the protocol: they are not decoded, only read away.
+            let decoder = (!matches!(reason, CloseReason::Protocol(_))).then_some(&mut decoder);
+            let limits = settings.limits;
+            close_handshake(
+                &mut conn,
+                (code, &why),
+                settings.close_timeout,
+                decoder,
+                limits,
+            )
+            .await;
             CloseReason::ServerClosed
         }
         None => reason,
@@ -477,31 +487,38 @@ fn violated(ctx: &WorkerContext, violation: Violation) -> Next {
     )
 }
 
-/// Sends our close frame and waits up to `timeout` for the peer's (other
-/// frames are dropped, a broken one ends the wait).
+/// Sends our close frame and waits up to `timeout` for the peer's, reading
+/// on with the connection's own `decoder` (its permessage-deflate state; a
+/// close frame already read counts), other frames dropped. Without a
+/// decoder (after a violation), or once the peer's bytes break the
+/// protocol, it only reads them away until the peer closes: the lingering
+/// close that keeps our close frame from being destroyed by a reset.
 async fn close_handshake(
     conn: &mut ConnIo<WsIo>,
-    code: u16,
-    reason: &str,
+    (code, reason): (u16, &str),
     timeout: std::time::Duration,
+    mut decoder: Option<&mut Decoder>,
     limits: frame::Limits,
 ) {
     frame::encode_close(conn.wbuf(), code, reason);
     let _ = tokio::time::timeout(timeout, async {
         conn.flush().await?;
-        // What was read past the violation is not trusted: start afresh.
-        if let Some(rbuf) = conn.buffers.rbuf.as_mut() {
-            rbuf.clear();
-        }
-        let mut decoder = Decoder::default();
         loop {
             let (rbuf, io) = conn.rbuf_and_io();
-            loop {
-                match decoder.decode(rbuf, limits) {
-                    Ok(Some(Event::Close(_))) | Err(_) => return Ok::<(), std::io::Error>(()),
-                    Ok(Some(_)) => continue,
-                    Ok(None) => break,
-                }
+            match decoder.as_deref_mut() {
+                Some(d) => loop {
+                    match d.decode(rbuf, limits) {
+                        Ok(Some(Event::Close(_))) => return Ok::<(), std::io::Error>(()),
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break,
+                        Err(_) => {
+                            decoder = None;
+                            rbuf.clear();
+                            break;
+                        }
+                    }
+                },
+                None => rbuf.clear(),
             }
             if poll_fn(|cx| read_more(io, rbuf, cx)).await? == 0 {
                 return Ok(());
@@ -530,10 +547,20 @@ fn park<H: WebSocketHandler>(
     match io.into_parked_parts() {
         Ok((socket, tls)) => {
             let route: Arc<dyn ErasedRoute> = route.clone();
+            // A side-table entry tells its kind in 16 bits: a worker that
+            // saw 65,536 routes (one built per request, against the rule on
+            // `WebSocketRoute`) closes instead of parking.
+            let variant = tables.variant(&route, deflate);
+            if variant > usize::from(u16::MAX) {
+                tracing::error!(
+                    "a worker parked WebSockets of 65,536 WebSocketRoute values; closing this one instead (build each WebSocketRoute once, not per request)"
+                );
+                return Ended::Close(live.close(CloseReason::ServerError));
+            }
             tables.table::<H::State>().put(
                 socket.as_raw_fd(),
                 Parked {
-                    variant: tables.variant(&route, deflate),
+                    variant,
                     generation: live.id().generation(),
                     state: live.take(),
                     due,

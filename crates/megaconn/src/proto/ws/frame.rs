@@ -379,7 +379,8 @@ fn close_payload(payload: Bytes) -> Result<Event, Violation> {
 
 /// Whether a close code may appear in a close frame (§7.4.1, §7.4.2): the
 /// registered ones except 1004-1006 and 1015 (never sent), and 3000-4999.
-fn peer_may_send(code: u16) -> bool {
+/// The same rule holds for both ends.
+pub(crate) fn peer_may_send(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 

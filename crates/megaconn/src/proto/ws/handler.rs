@@ -18,7 +18,7 @@ use crate::conn::context::WorkerContext;
 use crate::message::hub::ConnectionId;
 use crate::message::session::Session;
 use crate::observe::close::CloseReason;
-use crate::proto::ws::frame::WsMessage;
+use crate::proto::ws::frame::{self, WsMessage};
 use crate::proto::ws::{conn, Start, Tables, WsIo, WsParked};
 use crate::proto::Ended;
 
@@ -130,8 +130,21 @@ impl WsSession {
     }
 
     /// [`close`](WsSession::close) with a code of the application's
-    /// (3000-4999, or a registered one) and a reason (cut to 123 bytes).
+    /// (3000-4999) or a registered one that may be sent (1000-1003,
+    /// 1007-1014), and a reason (cut to 123 bytes). Any other code (1004-1006
+    /// and 1015 must never be sent, RFC 6455 §7.4.1; 0-999 and 1016-2999 are
+    /// invalid) is logged and sent as 1011 (internal error): a client would
+    /// take it for a protocol violation.
     pub fn close_with(&self, code: u16, reason: &str) {
+        let code = if frame::peer_may_send(code) {
+            code
+        } else {
+            tracing::warn!(
+                code,
+                "WsSession::close_with: this close code may not be sent (RFC 6455 §7.4); sending 1011 instead (use 1000-1003, 1007-1014 or 3000-4999)"
+            );
+            1011
+        };
         *self.closing.borrow_mut() = Some((code, reason.to_owned()));
     }
 

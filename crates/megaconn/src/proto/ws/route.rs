@@ -68,6 +68,20 @@ pub const DEFAULT_WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// Only megaconn serves the upgraded connection: under another server the
 /// `101` is written and nothing takes the socket.
+///
+/// Build a route once, with the router, and let the router clone it (a
+/// clone shares it). Each route value a worker parks connections of stays
+/// in that worker's list of kinds for its life (the parked connection's
+/// entry names its kind in 16 bits, not a pointer): built per request,
+/// every connection would add one, and past 65,536 a worker closes
+/// WebSockets instead of parking them. What differs per connection belongs
+/// in the handler's `State`.
+///
+/// A native route serves WebSocket over HTTP/1.1. An extended CONNECT over
+/// HTTP/2 (RFC 8441; on by default with
+/// [`Builder::http2_enable_connect_protocol`](crate::Builder::http2_enable_connect_protocol)) gets `501` from it: browsers
+/// that already have an HTTP/2 connection to the origin may try that first.
+/// [`axum_ws`](crate::axum_ws) routes serve both.
 pub struct WebSocketRoute<H> {
     route: Arc<Route<H>>,
 }

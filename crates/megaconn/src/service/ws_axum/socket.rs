@@ -167,6 +167,12 @@ impl WebSocket {
     /// ([`ProtocolDetail::WebSocket`]), as the native WebSocket does.
     fn close_for(&mut self, error: &WsError, cx: &mut Context<'_>) {
         let code = match error {
+            // The peer hung up without a close frame (a closed tab, a killed
+            // process): not a protocol error, and nobody is left to tell.
+            // The close stays the client's, as on the native route.
+            WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+                return
+            }
             WsError::Capacity(_) => CloseCode::Size,
             WsError::Utf8(_) => CloseCode::Invalid,
             WsError::Protocol(_) => CloseCode::Protocol,
