@@ -1047,6 +1047,30 @@ async fn broadcasts_before_any_connection_are_not_kept_for_the_first_one() {
     server.stop().await;
 }
 
+/// A push reaches a peer that is in the middle of sending a frame (a slow
+/// upload): our frames do not interleave with its. It used to wait until
+/// the peer's frame was whole, and pushes piled up meanwhile.
+#[tokio::test]
+async fn a_push_goes_out_while_the_peer_is_mid_frame() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(None),
+        Framing::length_prefixed(4),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    let whole = frame(&[5u8; 100]);
+    s.write_all(&whole[..14]).await.unwrap();
+    server
+        .wait_stats("the part read", |s| s.messages.bytes_in == 14)
+        .await;
+    assert!(server.hub.send(id, "p"));
+    assert_eq!(read_frame(&mut s).await, b"p");
+    s.write_all(&whole[14..]).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, [5u8; 100]);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn message_metrics_count_frames_bytes_and_pushes() {
     let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;

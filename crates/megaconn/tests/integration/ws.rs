@@ -458,6 +458,30 @@ async fn a_close_code_that_may_not_be_sent_goes_out_as_1011() {
     server.stop().await;
 }
 
+/// A push reaches a peer that is in the middle of sending a message (a slow
+/// upload): our frames do not interleave with its. It used to wait until
+/// the peer's message was whole.
+#[tokio::test]
+async fn a_push_goes_out_while_the_peer_is_mid_message() {
+    let mut server = Ws::start(Server::builder().park_idle_after(None), |r| r).await;
+    let mut s = server.raw().await;
+    let id = server.next_open().await;
+    // A masked binary frame of 100 bytes (zeros under a zero mask), in two.
+    let mut whole = vec![0x82, 0x80 | 100, 0, 0, 0, 0];
+    whole.resize(whole.len() + 100, 0);
+    s.write_all(&whole[..16]).await.unwrap();
+    server
+        .wait_stats("the part read", |s| s.messages.bytes_in >= 16)
+        .await;
+    assert!(server.hub.send(id, "p"));
+    assert_eq!(read_frame(&mut s).await, (0x81, b"p".to_vec()));
+    s.write_all(&whole[16..]).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (0x82, vec![0u8; 100]));
+    drop(s);
+    assert_eq!(server.next_close().await, (1, CloseReason::ClientClosed));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_peer_that_never_answers_our_close_is_hung_up_after_close_timeout() {
     let mut server = Ws::start(Server::builder(), |r| {

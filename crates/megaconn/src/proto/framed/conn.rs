@@ -308,27 +308,26 @@ pub(crate) async fn serve<H: FramedHandler>(
         }
 
         let between_frames = codec.between_frames(buf.as_deref().unwrap_or_default());
+        if between_frames && ctx.shutdown.is_started() {
+            return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref()).await;
+        }
+        // Messages pushed meanwhile go out, also while the peer is in the
+        // middle of a frame (ours never interleave with theirs): held until
+        // a slow upload's frame ended, they overflowed the queue.
+        if let Some(inbox) = &inbox {
+            let flushed = match inbox.inbox.take() {
+                Ok(pushed) if pushed.is_empty() => Ok(()),
+                Ok(pushed) => flush(&mut io, &mut codec, &session, pushed, &ctx, Some(inbox)).await,
+                Err(Overflowed) => Err(CloseReason::SlowConsumer),
+            };
+            if let Err(reason) = flushed {
+                give_back(&ctx, &mut buf);
+                return Ended::Close(live.close(reason));
+            }
+        }
         // When to park if nothing comes (between frames only).
         let mut park_at = None;
         if between_frames {
-            if ctx.shutdown.is_started() {
-                return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
-                    .await;
-            }
-            // Messages pushed meanwhile go out between the peer's frames.
-            if let Some(inbox) = &inbox {
-                match inbox.inbox.take() {
-                    Ok(pushed) if pushed.is_empty() => {}
-                    Ok(pushed) => {
-                        let flushed =
-                            flush(&mut io, &mut codec, &session, pushed, &ctx, Some(inbox)).await;
-                        if let Err(reason) = flushed {
-                            return Ended::Close(live.close(reason));
-                        }
-                    }
-                    Err(Overflowed) => return Ended::Close(live.close(CloseReason::SlowConsumer)),
-                }
-            }
             lifecycle::set_state(ConnectionState::Idle);
             let can_park = ctx.park.is_some();
             // A push that came while the last ones were written goes first
@@ -453,9 +452,12 @@ pub(crate) async fn serve<H: FramedHandler>(
                 return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
                     .await;
             }
-            // Nothing was read: the buffer goes back, the pushes go out.
+            // Nothing was read: the pushes go out (the buffer goes back
+            // unless it holds part of a frame).
             Read::Pushed => {
-                give_back(&ctx, &mut buf);
+                if buf.as_ref().is_some_and(BytesMut::is_empty) {
+                    give_back(&ctx, &mut buf);
+                }
                 continue;
             }
         };
@@ -539,7 +541,9 @@ async fn wait_read(
         }
     };
     // Readiness can be spurious (a freshly accepted socket, a woken one):
-    // between frames, an empty read still hears shutdown and pushes.
+    // between frames, an empty read still hears shutdown and pushes. In the
+    // middle of a frame, pushes still go out (the shutdown waits for the
+    // frame, up to the shutdown timeout).
     if between_frames {
         tokio::select! {
             biased;
@@ -548,7 +552,11 @@ async fn wait_read(
             () = Awake::pushed(inbox) => Read::Pushed,
         }
     } else {
-        Read::Done(reading.await)
+        tokio::select! {
+            biased;
+            read = reading => Read::Done(read),
+            () = Awake::pushed(inbox) => Read::Pushed,
+        }
     }
 }
 

@@ -210,8 +210,10 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             break 'serve close;
         }
         let between = decoder.between_messages() && conn.rbuf_len() == 0;
-        // Messages pushed meanwhile go out between the peer's messages.
-        if let Some(awake) = awake.as_ref().filter(|_| between) {
+        // Messages pushed meanwhile go out, also while the peer is in the
+        // middle of a message (ours never interleave with theirs): held
+        // until a slow upload's message ended, they overflowed the queue.
+        if let Some(awake) = awake.as_ref() {
             match awake.inbox.take() {
                 Ok(pushed) => {
                     add(&counters.frames_out, pushed.len() as u64);
@@ -311,7 +313,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     () = Awake::pushed(awake.as_ref()) => Read::Pushed,
                 }
             } else {
-                Read::Done(reading.await)
+                // Mid-message, pushes still go out (the shutdown waits for
+                // the message, up to the shutdown timeout).
+                tokio::select! {
+                    biased;
+                    read = reading => Read::Done(read),
+                    () = Awake::pushed(awake.as_ref()) => Read::Pushed,
+                }
             }
         };
         let read = match read {
