@@ -246,6 +246,27 @@ async fn subprotocol_is_selected_from_the_servers_list() {
     let (mut client, response) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(response.headers()["sec-websocket-protocol"], "wamp");
     assert_eq!(next_text(&mut client).await, "wamp");
+    // Names match exactly, as in axum: another spelling selects none (by
+    // hand: tungstenite's client refuses an answer without one).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"GET /proto HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Protocol: WAMP\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(SAFETY, s.read_u8())
+            .await
+            .expect("a head in time");
+        head.push(byte.expect("a response head"));
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(!head.contains("sec-websocket-protocol"), "{head}");
 }
 
 /// Warnings megaconn logged, captured by [`Capture`] (set once per binary).

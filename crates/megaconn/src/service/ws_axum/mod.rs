@@ -171,7 +171,8 @@ impl<F> WebSocketUpgrade<F> {
 
     /// The subprotocols the server speaks, most preferred first: the first
     /// of them the client asked for (`Sec-WebSocket-Protocol`) is selected
-    /// and echoed in the response. None in common: none selected.
+    /// and echoed in the response. Names match exactly, as in axum (`Chat`
+    /// is not `chat`). None in common: none selected.
     pub fn protocols<I>(mut self, protocols: I) -> Self
     where
         I: IntoIterator,
@@ -181,7 +182,7 @@ impl<F> WebSocketUpgrade<F> {
             let p = p.into();
             self.requested
                 .iter()
-                .find(|r| r.as_bytes().eq_ignore_ascii_case(p.as_bytes()))
+                .find(|r| r.as_bytes() == p.as_bytes())
                 .cloned()
         });
         self
