@@ -313,3 +313,241 @@ async fn header_values_kept_by_a_handler_stay_intact_across_later_requests() {
     handle.shutdown();
     task.await.unwrap().unwrap();
 }
+
+/// A server for the tests below, whose handlers do what the test app's
+/// cannot: set their own `Connection`, answer `CONNECT`, send trailers.
+/// Routes: `/conn-close` (`Connection: x-hop, close`) · `/conn-upgrade`
+/// (426 with `Connection: upgrade`) · `/slow-after-body` (reads the body,
+/// then takes a second) · `/echo` · `/pending-body` (the head at once, the
+/// body when `release` is notified) · `/103` · `/x-then-echo` (a chunk, then
+/// the request body) · `/trailers` · `/host` (the Host the handler saw) ·
+/// `CONNECT` (200 and an echo tunnel; a body of unknown length to
+/// `chunked.example`).
+struct Review {
+    addr: std::net::SocketAddr,
+    handle: megaconn::ServerHandle,
+    release: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<Result<megaconn::ShutdownSummary, megaconn::Error>>,
+}
+
+/// How long `/slow-after-body` takes after reading the body.
+const SLOW_HANDLER: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Review {
+    async fn start(builder: megaconn::Builder) -> Review {
+        use bytes::Bytes;
+        use common::{full, TestBody};
+        use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+        use http_body_util::{BodyExt, BodyStream, StreamBody};
+        use std::sync::Arc;
+
+        let release = Arc::new(tokio::sync::Notify::new());
+        let service = {
+            let release = release.clone();
+            tower::service_fn(move |mut req: Request<megaconn::Body>| {
+                let release = release.clone();
+                let fut: std::pin::Pin<
+                    Box<
+                        dyn std::future::Future<
+                            Output = Result<Response<TestBody>, std::convert::Infallible>,
+                        >,
+                    >,
+                > = Box::pin(async move {
+                    if req.method() == Method::CONNECT {
+                        let on_upgrade = req.extensions_mut().remove::<megaconn::OnUpgrade>();
+                        tokio::task::spawn_local(async move {
+                            let mut io = on_upgrade
+                                .expect("CONNECT carries OnUpgrade")
+                                .await
+                                .unwrap();
+                            let mut buf = [0u8; 64];
+                            loop {
+                                let n = io.read(&mut buf).await.unwrap_or(0);
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                        if req.uri().host() == Some("chunked.example") {
+                            let chunks = futures_util::stream::iter(Vec::<
+                                Result<http_body::Frame<Bytes>, megaconn::BoxError>,
+                            >::new(
+                            ));
+                            return Ok(Response::new(StreamBody::new(chunks).boxed_unsync()));
+                        }
+                        return Ok(full(StatusCode::OK, ""));
+                    }
+                    let res = match req.uri().path() {
+                        "/conn-close" => {
+                            let mut r = full(StatusCode::OK, "bye");
+                            r.headers_mut().insert(
+                                header::CONNECTION,
+                                HeaderValue::from_static("x-hop, close"),
+                            );
+                            r
+                        }
+                        "/conn-upgrade" => {
+                            let mut r = full(StatusCode::UPGRADE_REQUIRED, "");
+                            r.headers_mut()
+                                .insert(header::UPGRADE, HeaderValue::from_static("foo/2"));
+                            r.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                            r
+                        }
+                        "/slow-after-body" => {
+                            let n = req.into_body().collect().await.unwrap().to_bytes().len();
+                            // The slowness under test: a handler busy for
+                            // longer than read_timeout after the body is in.
+                            tokio::time::sleep(SLOW_HANDLER).await;
+                            full(StatusCode::OK, n.to_string())
+                        }
+                        "/echo" => Response::new(
+                            req.into_body()
+                                .map_err(megaconn::BoxError::from)
+                                .boxed_unsync(),
+                        ),
+                        "/pending-body" => {
+                            let body = futures_util::stream::once(async move {
+                                release.notified().await;
+                                Ok::<_, megaconn::BoxError>(http_body::Frame::data(
+                                    Bytes::from_static(b"pending-done"),
+                                ))
+                            });
+                            Response::new(StreamBody::new(body).boxed_unsync())
+                        }
+                        "/103" => {
+                            let mut r = full(StatusCode::from_u16(103).unwrap(), "");
+                            r.headers_mut()
+                                .insert(header::LINK, HeaderValue::from_static("</a.css>"));
+                            r
+                        }
+                        "/x-then-echo" => {
+                            use futures_util::StreamExt;
+                            let first = futures_util::stream::once(async {
+                                Ok::<_, megaconn::BoxError>(http_body::Frame::data(
+                                    Bytes::from_static(b"x"),
+                                ))
+                            });
+                            let rest = BodyStream::new(req.into_body());
+                            Response::new(StreamBody::new(first.chain(rest)).boxed_unsync())
+                        }
+                        "/trailers" => {
+                            let mut trailers = HeaderMap::new();
+                            trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+                            trailers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+                            trailers.insert(header::HOST, HeaderValue::from_static("evil"));
+                            let frames = vec![
+                                Ok::<_, megaconn::BoxError>(http_body::Frame::data(
+                                    Bytes::from_static(b"hi"),
+                                )),
+                                Ok(http_body::Frame::trailers(trailers)),
+                            ];
+                            Response::new(
+                                StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync(),
+                            )
+                        }
+                        "/host" => {
+                            let host = req.headers().get(header::HOST).cloned();
+                            full(
+                                StatusCode::OK,
+                                host.map(|h| Bytes::copy_from_slice(h.as_bytes()))
+                                    .unwrap_or_default(),
+                            )
+                        }
+                        _ => full(StatusCode::NOT_FOUND, "not found"),
+                    };
+                    Ok(res)
+                });
+                fut
+            })
+        };
+        let server = builder
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap())
+            .listen()
+            .expect("server binds");
+        let (addr, handle) = (server.local_addr(), server.handle());
+        let task = tokio::spawn(server.serve(service));
+        Review {
+            addr,
+            handle,
+            release,
+            task,
+        }
+    }
+
+    async fn connect(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(self.addr).await.unwrap()
+    }
+
+    async fn stop(self) {
+        // A handler still waiting would hold up the graceful shutdown.
+        self.release.notify_waiters();
+        self.handle.shutdown();
+        tokio::time::timeout(common::SAFETY, self.task)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Reads until `buf` holds a whole response head; returns the head (as text)
+/// and leaves what follows it in `buf`.
+async fn read_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> String {
+    read_until(s, buf, b"\r\n\r\n").await;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    String::from_utf8(buf.drain(..end).collect()).unwrap()
+}
+
+/// Reads (bounded) until `buf` contains `needle`.
+async fn read_until(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, needle: &[u8]) {
+    tokio::time::timeout(common::SAFETY, async {
+        while !buf.windows(needle.len()).any(|w| w == needle) {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before {:?}: {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("timed out reading");
+}
+
+/// A handler's `Connection: close` closes the connection after its response,
+/// and says so; its other connection options are passed on, and do not close.
+#[tokio::test]
+async fn a_handlers_connection_header_is_honoured() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    let mut s = server.connect().await;
+    s.write_all(b"GET /conn-close HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut s, &mut buf).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: x-hop\r\n"), "{head}");
+    buf.extend(read_to_close(&mut s).await);
+    assert_eq!(buf, b"bye");
+
+    let mut s = server.connect().await;
+    s.write_all(
+        b"GET /conn-upgrade HTTP/1.1\r\nHost: t\r\n\r\nGET /host HTTP/1.1\r\nHost: again\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let r = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 426);
+    assert_eq!(r.header("connection"), Some("upgrade"));
+    assert_eq!(r.header("upgrade"), Some("foo/2"));
+    let r = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(r.body, b"again");
+    server.stop().await;
+}

@@ -76,12 +76,16 @@ pub(crate) fn encode_head(
     let mut has_date = false;
     let mut has_server = false;
     for (name, value) in headers {
-        // Framing and connection management are ours: the handler's values for
-        // these could contradict what we actually send.
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONNECTION
-        {
+        // Framing is ours: the handler's values could contradict what we
+        // actually send.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == header::CONNECTION {
+            // A 101 gets our `connection: upgrade`, nothing else.
+            if status != StatusCode::SWITCHING_PROTOCOLS {
+                keep_alive &= !put_connection_options(dst, value.as_bytes());
+            }
             continue;
         }
         has_date |= name == header::DATE;
@@ -133,6 +137,29 @@ pub(crate) fn encode_head(
     }
     dst.put_slice(b"\r\n");
     (encoder, keep_alive)
+}
+
+/// Writes a handler's `Connection` options but `close` and `keep-alive`
+/// (those are ours to write, from what the connection does); returns whether
+/// it said `close`, which then closes the connection after this response, as
+/// under hyper and Go. Runs only for a response that has the header.
+fn put_connection_options(dst: &mut BytesMut, value: &[u8]) -> bool {
+    let mut close = false;
+    let mut written = false;
+    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if token.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+            let lead: &[u8] = if written { b", " } else { b"connection: " };
+            dst.put_slice(lead);
+            dst.put_slice(token);
+            written = true;
+        }
+    }
+    if written {
+        dst.put_slice(b"\r\n");
+    }
+    close
 }
 
 /// The `Content-Length` a handler set, if it set a valid one.
@@ -414,6 +441,43 @@ mod tests {
         assert_eq!(encode(304, true, Some(0), None), None);
         // 204 never.
         assert_eq!(encode(204, true, Some(5), Some("5")), None);
+    }
+
+    #[test]
+    fn handler_connection_options() {
+        let encode = |value: &'static str| {
+            let mut dst = BytesMut::new();
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, HeaderValue::from_static(value));
+            headers.insert(header::DATE, HeaderValue::from_static("today"));
+            let (_, keep_alive) = encode_head(
+                &mut dst,
+                StatusCode::OK,
+                &headers,
+                HeadContext {
+                    request_method_is_head: false,
+                    request_version: Version::HTTP_11,
+                    keep_alive: true,
+                    body_length: Some(0),
+                },
+                None,
+            );
+            let text = String::from_utf8(dst.to_vec()).unwrap();
+            let options: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("connection: "))
+                .map(str::to_owned)
+                .collect();
+            (options, keep_alive)
+        };
+        assert_eq!(encode("close"), (vec!["close".to_owned()], false));
+        assert_eq!(
+            encode("Close, x-a"),
+            (vec!["x-a".into(), "close".into()], false)
+        );
+        assert_eq!(encode("upgrade"), (vec!["upgrade".to_owned()], true));
+        assert_eq!(encode("keep-alive"), (vec![], true));
+        assert_eq!(encode("x-a , ,x-b"), (vec!["x-a, x-b".to_owned()], true));
     }
 
     #[test]
