@@ -551,3 +551,60 @@ async fn a_handlers_connection_header_is_honoured() {
     assert_eq!(r.body, b"again");
     server.stop().await;
 }
+
+/// `read_timeout` bounds reading the request; once the body is in, a handler
+/// that takes longer than it is not cut off with a 408.
+#[tokio::test]
+async fn read_timeout_stops_once_the_body_is_read() {
+    let read_timeout = std::time::Duration::from_millis(300);
+    assert!(SLOW_HANDLER > read_timeout * 3);
+    let server = Review::start(megaconn::Server::builder().read_timeout(Some(read_timeout))).await;
+    let mut s = server.connect().await;
+    s.write_all(b"POST /slow-after-body HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"5");
+    // The same with a chunked body.
+    s.write_all(b"POST /slow-after-body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"3");
+    server.stop().await;
+}
+
+/// `write_timeout` runs from the response head: while the head waits for the
+/// request body (the client waits for `100 Continue`, the response body
+/// streams the request), it is no 408 "read_timeout".
+#[tokio::test]
+async fn write_timeout_does_not_run_while_the_head_waits_for_the_body() {
+    let write_timeout = std::time::Duration::from_millis(300);
+    let server =
+        Review::start(megaconn::Server::builder().write_timeout(Some(write_timeout))).await;
+    let mut s = server.connect().await;
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let interim = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(interim.status, 100);
+    // Nothing more may come while we hold the body back, well past the
+    // write timeout (the only outcome here is the wait running out).
+    let mut chunk = [0u8; 256];
+    let waited = tokio::time::timeout(write_timeout * 3, s.read(&mut chunk)).await;
+    assert!(
+        waited.is_err(),
+        "the server answered a held-back body: {:?}",
+        waited.map(|n| String::from_utf8_lossy(&chunk[..n.unwrap_or(0)]).into_owned())
+    );
+    s.write_all(b"ping").await.unwrap();
+    let r = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"ping");
+    server.stop().await;
+}

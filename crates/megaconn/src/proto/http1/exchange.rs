@@ -369,15 +369,6 @@ where
     } else {
         write_head(this, parts, body_length);
     }
-    let write_timeout = this.conn.ctx.config.write_timeout;
-    match write_timeout {
-        Some(t) => {
-            this.deadline.set(Some(tokio::time::sleep(t)));
-            *this.deadline_kind = DeadlineKind::Write;
-        }
-        None if this.setup.decoder.is_none() => this.deadline.set(None),
-        None => {}
-    }
     Ok(true)
 }
 
@@ -427,6 +418,13 @@ fn write_head<T, F, B>(
     super::header_maps::give(parts.headers);
     this.setup.keep_alive = keep_alive && this.upgrading.is_none();
     *this.encoder = Some(encoder);
+    // `write_timeout` runs from the head, not from the handler's answer: a
+    // head held back for `100 Continue` waits on the request body, which
+    // `read_timeout` bounds (and a 408 would name the wrong timeout).
+    if let Some(t) = this.conn.ctx.config.write_timeout {
+        this.deadline.set(Some(tokio::time::sleep(t)));
+        *this.deadline_kind = DeadlineKind::Write;
+    }
 }
 
 /// Moves request body bytes from the socket to the handler, or drains what the
@@ -455,7 +453,7 @@ where
     }
     if this.setup.expect == Continue::Awaiting {
         // Nobody will read the body and the client will not send it unasked.
-        this.setup.decoder = None;
+        body_done(this);
         this.setup.keep_alive = false;
         *this.close_reason = Some(CloseReason::UnreadBody);
         return Ok(true);
@@ -491,7 +489,7 @@ where
                 return Ok(true);
             }
             Ok(Decoded::End(trailers)) => {
-                this.setup.decoder = None;
+                body_done(this);
                 if this.encoder.is_none() {
                     crate::observe::lifecycle::set_state(crate::ConnectionState::Handling);
                 }
@@ -523,9 +521,18 @@ where
     }
 }
 
+/// Nothing more of the request is read: `read_timeout`, which bounds only
+/// that, stops (a handler slower than it, after the body, is not a 408).
+fn body_done<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
+    this.setup.decoder = None;
+    if *this.deadline_kind == DeadlineKind::Read {
+        this.deadline.set(None);
+    }
+}
+
 /// Stops reading the body: the handler sees `error`, the connection closes.
 fn give_up_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, error: BodyError) {
-    this.setup.decoder = None;
+    body_done(this);
     this.setup.keep_alive = false;
     if this.close_reason.is_none() {
         *this.close_reason = Some(CloseReason::UnreadBody);
@@ -561,7 +568,7 @@ where
                 }
             }
             Ok(Decoded::End(_)) => {
-                this.setup.decoder = None;
+                body_done(this);
                 return Ok(true);
             }
             Ok(Decoded::NeedMore) => match ready_or_pending(read_more(io, rbuf, cx))? {
