@@ -608,3 +608,27 @@ async fn write_timeout_does_not_run_while_the_head_waits_for_the_body() {
     assert_eq!(r.body, b"ping");
     server.stop().await;
 }
+
+/// A 2xx to `CONNECT` opens a tunnel (RFC 9110 §9.3.6): no body framing
+/// headers and no `connection: close` on it, whatever the handler's body.
+#[tokio::test]
+async fn connect_2xx_has_no_framing_headers() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    for target in ["proxy.example:443", "chunked.example:443"] {
+        let mut s = server.connect().await;
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let head = read_head(&mut s, &mut buf).await.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        for name in ["content-length", "transfer-encoding", "connection"] {
+            assert!(!head.contains(&format!("\r\n{name}:")), "{target}: {head}");
+        }
+        assert!(buf.is_empty(), "{target}: bytes after the head: {buf:?}");
+        s.write_all(b"through the tunnel").await.unwrap();
+        read_until(&mut s, &mut buf, b"through the tunnel").await;
+        assert_eq!(buf, b"through the tunnel");
+    }
+    server.stop().await;
+}

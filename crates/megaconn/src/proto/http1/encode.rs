@@ -44,6 +44,10 @@ pub(crate) struct HeadContext {
     /// The exact body length, if known (from the handler's header or the body's
     /// size hint).
     pub body_length: Option<u64>,
+    /// The connection changes protocol after this head: a 101, or a 2xx to
+    /// `CONNECT` (a tunnel, RFC 9110 §9.3.6). No body, so no framing
+    /// headers, and no `connection: close` for what continues.
+    pub switching: bool,
 }
 
 /// Writes the status line and headers; returns the encoder for the body and
@@ -56,7 +60,9 @@ pub(crate) fn encode_head(
     server_header: Option<&HeaderValue>,
 ) -> (Encoder, bool) {
     let mut keep_alive = ctx.keep_alive;
-    let forbids_body = status.is_informational()
+    let switching = ctx.switching || status == StatusCode::SWITCHING_PROTOCOLS;
+    let forbids_body = switching
+        || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let encoder = if forbids_body || ctx.request_method_is_head {
@@ -82,8 +88,8 @@ pub(crate) fn encode_head(
             continue;
         }
         if name == header::CONNECTION {
-            // A 101 gets our `connection: upgrade`, nothing else.
-            if status != StatusCode::SWITCHING_PROTOCOLS {
+            // A 101 gets our `connection: upgrade`, a tunnel none.
+            if !switching {
                 keep_alive &= !put_connection_options(dst, value.as_bytes());
             }
             continue;
@@ -122,7 +128,7 @@ pub(crate) fn encode_head(
         }
         Encoder::NoBody | Encoder::CloseDelimited => {}
     }
-    if status != StatusCode::SWITCHING_PROTOCOLS {
+    if !switching {
         if !keep_alive {
             put_header(dst, b"connection", b"close");
         } else if ctx.request_version == Version::HTTP_10 {
@@ -357,6 +363,7 @@ mod tests {
                 request_version: version,
                 keep_alive: true,
                 body_length: len,
+                switching: false,
             },
             None,
         );
@@ -414,6 +421,7 @@ mod tests {
                     request_version: Version::HTTP_11,
                     keep_alive: true,
                     body_length: len,
+                    switching: false,
                 },
                 None,
             );
@@ -443,6 +451,37 @@ mod tests {
         assert_eq!(encode(204, true, Some(5), Some("5")), None);
     }
 
+    /// A 2xx to CONNECT opens a tunnel: framed like a 101, no body and no
+    /// framing or connection headers, whatever the body and the connection.
+    #[test]
+    fn tunnel_has_no_framing() {
+        for (len, version, keep_alive) in [
+            (Some(0), Version::HTTP_11, true),
+            (None, Version::HTTP_11, false),
+            (None, Version::HTTP_10, true),
+        ] {
+            let mut dst = BytesMut::new();
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            headers.insert(header::DATE, HeaderValue::from_static("today"));
+            let (enc, _) = encode_head(
+                &mut dst,
+                StatusCode::OK,
+                &headers,
+                HeadContext {
+                    request_method_is_head: false,
+                    request_version: version,
+                    keep_alive,
+                    body_length: len,
+                    switching: true,
+                },
+                None,
+            );
+            assert_eq!(enc, Encoder::NoBody);
+            assert_eq!(&dst[..], b"HTTP/1.1 200 OK\r\ndate: today\r\n\r\n");
+        }
+    }
+
     #[test]
     fn handler_connection_options() {
         let encode = |value: &'static str| {
@@ -459,6 +498,7 @@ mod tests {
                     request_version: Version::HTTP_11,
                     keep_alive: true,
                     body_length: Some(0),
+                    switching: false,
                 },
                 None,
             );

@@ -406,6 +406,7 @@ fn write_head<T, F, B>(
         request_version: this.setup.version,
         keep_alive,
         body_length,
+        switching: this.upgrading.is_some(),
     };
     crate::observe::lifecycle::set_state(crate::ConnectionState::Writing);
     let (encoder, keep_alive) = encode::encode_head(
