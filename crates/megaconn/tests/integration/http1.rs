@@ -632,3 +632,32 @@ async fn connect_2xx_has_no_framing_headers() {
     }
     server.stop().await;
 }
+
+/// A request pipelined behind one whose handler still runs is answered even
+/// though the client half-closed after sending both; then the connection
+/// closes.
+#[tokio::test]
+async fn a_pipelined_request_survives_the_clients_half_close() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    let mut s = server.connect().await;
+    s.write_all(
+        b"GET /pending-body HTTP/1.1\r\nHost: t\r\n\r\nGET /host HTTP/1.1\r\nHost: second\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    s.shutdown().await.unwrap();
+    // The first response's head is out: its body waits for `release`, with
+    // the second request (and the EOF behind it) already sent.
+    let mut buf = Vec::new();
+    let head = read_head(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    server.release.notify_one();
+    buf.extend(read_to_close(&mut s).await);
+    let rest = String::from_utf8(buf).unwrap();
+    assert!(
+        rest.starts_with("c\r\npending-done\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{rest}"
+    );
+    assert!(rest.ends_with("\r\n\r\nsecond"), "{rest}");
+    server.stop().await;
+}

@@ -590,16 +590,17 @@ where
 }
 
 /// While the handler runs (or the response streams) with the request fully read,
-/// reads ahead: pipelined requests are buffered, and EOF means the client left,
-/// which cancels the handler.
+/// reads ahead: EOF means the client left, which cancels the handler.
+///
+/// Only while the read buffer is empty, as hyper does: once it holds bytes
+/// (a pipelined request), an EOF behind them is a client that sent all it
+/// had and half-closed, and it still waits for the answers. The connection
+/// reads on, and finds the EOF, after those requests.
 fn poll_hang_up<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Transport,
 {
-    if *this.response_done
-        || this.upgrading.is_some()
-        || this.conn.rbuf_len() >= this.conn.ctx.config.max_header_bytes
-    {
+    if *this.response_done || this.upgrading.is_some() || this.conn.rbuf_len() > 0 {
         return Ok(false);
     }
     let (rbuf, io) = this.conn.rbuf_and_io();
