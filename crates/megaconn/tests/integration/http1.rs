@@ -661,3 +661,19 @@ async fn a_pipelined_request_survives_the_clients_half_close() {
     assert!(rest.ends_with("\r\n\r\nsecond"), "{rest}");
     server.stop().await;
 }
+
+/// A handler's 1xx other than 101 is no final response: 500, and close.
+#[tokio::test]
+async fn an_informational_final_status_becomes_500() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    let mut s = server.connect().await;
+    s.write_all(b"GET /103 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(read_to_close(&mut s).await.is_empty());
+    server.stop().await;
+}

@@ -328,6 +328,21 @@ where
     B: HttpBody<Data = Bytes>,
 {
     let (mut parts, body) = response.into_parts();
+    if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        // A 1xx is interim: sent as the answer, the client would wait for a
+        // final one that never comes. hyper answers 500 and closes too.
+        tracing::warn!(
+            status = parts.status.as_u16(),
+            "handler returned an informational (1xx) status as its response; answering 500. \
+             Return a final status (200 or more): interim responses cannot be sent from a \
+             handler (megaconn sends `100 Continue` itself when the handler reads the body)"
+        );
+        return Err(fail_before_response(
+            this,
+            "the handler answered with an informational status",
+            CloseReason::ServerError,
+        ));
+    }
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
         || (this.setup.is_connect && parts.status.is_success());
     #[cfg(feature = "axum")]
