@@ -677,3 +677,30 @@ async fn an_informational_final_status_becomes_500() {
     assert!(read_to_close(&mut s).await.is_empty());
     server.stop().await;
 }
+
+/// `100 Continue` never follows the final response head: a response that
+/// starts before it reads the held-back body does without it.
+#[tokio::test]
+async fn no_100_continue_after_the_response_head() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    let mut s = server.connect().await;
+    s.write_all(
+        b"POST /x-then-echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut s, &mut buf, b"\r\n\r\n1\r\nx\r\n").await;
+    // The client may send the body anyway (RFC 9110 §10.1.1); the handler
+    // reads it.
+    s.write_all(b"ping").await.unwrap();
+    buf.extend(read_to_close(&mut s).await);
+    let raw = String::from_utf8(buf).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(!raw.contains("100 Continue"), "{raw}");
+    assert!(
+        raw.ends_with("\r\n\r\n1\r\nx\r\n4\r\nping\r\n0\r\n\r\n"),
+        "{raw}"
+    );
+    server.stop().await;
+}

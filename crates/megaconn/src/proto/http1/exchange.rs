@@ -461,7 +461,11 @@ where
             }
             Poll::Ready(Demand::Ready) => {}
         }
-        if this.setup.expect == Continue::Awaiting {
+        // Only before the final head: after it, a `100 Continue` would land
+        // in the response (its body, even). The body is then read only if
+        // the client sends it unasked (hyper does the same); `Awaiting`
+        // stays, so that a body nobody reads in the end is not waited for.
+        if this.setup.expect == Continue::Awaiting && this.encoder.is_none() {
             this.conn.wbuf().extend_from_slice(encode::CONTINUE);
             this.setup.expect = Continue::Sent;
         }
