@@ -704,3 +704,27 @@ async fn no_100_continue_after_the_response_head() {
     );
     server.stop().await;
 }
+
+/// Response trailers go out only to a client that said `TE: trailers`, and
+/// never the fields a trailer must not carry (RFC 9110 §6.5.1).
+#[tokio::test]
+async fn trailers_only_when_asked_and_never_forbidden_fields() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    let mut s = server.connect().await;
+    s.write_all(b"GET /trailers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+    assert!(raw.ends_with("\r\n\r\n2\r\nhi\r\n0\r\n\r\n"), "{raw}");
+
+    let mut s = server.connect().await;
+    s.write_all(b"GET /trailers HTTP/1.1\r\nHost: t\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+    assert!(
+        raw.ends_with("\r\n\r\n2\r\nhi\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{raw}"
+    );
+    server.stop().await;
+}

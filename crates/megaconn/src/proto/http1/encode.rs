@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
 use crate::proto::date;
@@ -297,7 +297,9 @@ impl Encoder {
             Encoder::Chunked => {
                 dst.put_slice(b"0\r\n");
                 for (name, value) in trailers.into_iter().flatten() {
-                    put_header(dst, name.as_str().as_bytes(), value.as_bytes());
+                    if !NOT_TRAILERS.contains(name) {
+                        put_header(dst, name.as_str().as_bytes(), value.as_bytes());
+                    }
                 }
                 dst.put_slice(b"\r\n");
                 Ok(())
@@ -306,6 +308,27 @@ impl Encoder {
         }
     }
 }
+
+/// Fields a trailer must not carry (RFC 9110 §6.5.1: framing, routing,
+/// authentication, how to process the content; hyper's list, and the
+/// connection's own fields): left out of the trailers sent.
+const NOT_TRAILERS: [HeaderName; 15] = [
+    header::AUTHORIZATION,
+    header::CACHE_CONTROL,
+    header::CONNECTION,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::CONTENT_TYPE,
+    header::HOST,
+    header::MAX_FORWARDS,
+    header::PROXY_AUTHORIZATION,
+    header::SET_COOKIE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// A response the server writes on its own (malformed request, timeout, panic):
 /// a short text body saying why, and `Connection: close`.
@@ -531,6 +554,19 @@ mod tests {
             &dst[..],
             b"1f\r\nhello world, this is seventeen+\r\n0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn forbidden_trailers_are_left_out() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        trailers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("9"));
+        trailers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        trailers.insert(header::HOST, HeaderValue::from_static("evil"));
+        trailers.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
+        let mut dst = BytesMut::new();
+        Encoder::Chunked.finish(Some(&trailers), &mut dst).unwrap();
+        assert_eq!(&dst[..], b"0\r\nx-checksum: abc\r\n\r\n");
     }
 
     #[test]

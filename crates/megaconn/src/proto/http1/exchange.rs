@@ -85,6 +85,8 @@ pub(crate) struct ExchangeSetup {
     pub body_tx: Option<BodySender>,
     pub expect: Continue,
     pub upgrade: Option<UpgradeSender>,
+    /// The request said `TE: trailers`: response trailers may be sent.
+    pub te_trailers: bool,
     pub read_timeout: Option<Duration>,
     /// Method and path for the access log, when it is on.
     pub access: Option<(http::Method, String)>,
@@ -683,7 +685,12 @@ where
                     r
                 }
                 Err(frame) => {
-                    let trailers = frame.into_trailers().ok();
+                    // Only to a client that said it takes them, as hyper
+                    // does (RFC 9110 §6.5.1: a recipient may not).
+                    let trailers = frame
+                        .into_trailers()
+                        .ok()
+                        .filter(|_| this.setup.te_trailers);
                     this.body.set(None);
                     *this.response_done = true;
                     encoder.finish(trailers.as_ref(), wbuf)

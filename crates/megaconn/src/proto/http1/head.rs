@@ -25,6 +25,8 @@ pub(crate) struct RequestHead {
     pub keep_alive: bool,
     pub expect_continue: bool,
     pub wants_upgrade: bool,
+    /// `TE: trailers`: the client takes response trailers.
+    pub te_trailers: bool,
 }
 
 /// How the request body is delimited.
@@ -379,6 +381,7 @@ struct Framing {
     hosts: usize,
     upgrade: bool,
     expect_continue: bool,
+    te_trailers: bool,
 }
 
 impl Framing {
@@ -416,6 +419,8 @@ impl Framing {
                     "unsupported Expect (only 100-continue is)",
                 ));
             }
+        } else if name == header::TE {
+            self.te_trailers |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         }
         Ok(())
     }
@@ -513,6 +518,7 @@ impl Framing {
             framing,
             keep_alive,
             wants_upgrade,
+            te_trailers: self.te_trailers,
         })
     }
 }
