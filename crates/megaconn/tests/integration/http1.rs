@@ -728,3 +728,23 @@ async fn trailers_only_when_asked_and_never_forbidden_fields() {
     );
     server.stop().await;
 }
+
+/// An absolute-form target's authority is the request's host: the Host
+/// header is ignored and replaced (RFC 9112 §3.2.2), userinfo left out.
+#[tokio::test]
+async fn absolute_form_authority_replaces_host() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    for (target, host) in [
+        ("http://real.example:8080/host", "real.example:8080"),
+        ("http://user@real.example/host", "real.example"),
+    ] {
+        let mut s = server.connect().await;
+        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: other.example\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = read_response(&mut s).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(String::from_utf8_lossy(&r.body), host, "{target}");
+    }
+    server.stop().await;
+}
