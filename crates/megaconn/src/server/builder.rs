@@ -399,7 +399,10 @@ impl Builder {
         self
     }
 
-    /// Time allowed to write one response, from when the handler returned it.
+    /// Time allowed to write one response, from when the handler returned it
+    /// (on HTTP/1.1, from when its head is written: a head held back until
+    /// the client sends a body it announced with `Expect: 100-continue`
+    /// waits on that body, which `read_timeout` bounds).
     /// Past it an HTTP/1.1 connection closes and an HTTP/2 stream is reset
     /// (`INTERNAL_ERROR`, as Go's server does). On WebSocket and framed
     /// connections it bounds each write, and when it is off their heartbeat

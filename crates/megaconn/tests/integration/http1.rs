@@ -313,3 +313,438 @@ async fn header_values_kept_by_a_handler_stay_intact_across_later_requests() {
     handle.shutdown();
     task.await.unwrap().unwrap();
 }
+
+/// A server for the tests below, whose handlers do what the test app's
+/// cannot: set their own `Connection`, answer `CONNECT`, send trailers.
+/// Routes: `/conn-close` (`Connection: x-hop, close`) · `/conn-upgrade`
+/// (426 with `Connection: upgrade`) · `/slow-after-body` (reads the body,
+/// then takes a second) · `/echo` · `/pending-body` (the head at once, the
+/// body when `release` is notified) · `/103` · `/x-then-echo` (a chunk, then
+/// the request body) · `/trailers` · `/host` (the Host the handler saw) ·
+/// `CONNECT` (200 and an echo tunnel; a body of unknown length to
+/// `chunked.example`).
+struct Review {
+    addr: std::net::SocketAddr,
+    handle: megaconn::ServerHandle,
+    release: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<Result<megaconn::ShutdownSummary, megaconn::Error>>,
+}
+
+/// How long `/slow-after-body` takes after reading the body.
+const SLOW_HANDLER: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Review {
+    async fn start(builder: megaconn::Builder) -> Review {
+        use bytes::Bytes;
+        use common::{full, TestBody};
+        use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+        use http_body_util::{BodyExt, BodyStream, StreamBody};
+        use std::sync::Arc;
+
+        let release = Arc::new(tokio::sync::Notify::new());
+        let service = {
+            let release = release.clone();
+            tower::service_fn(move |mut req: Request<megaconn::Body>| {
+                let release = release.clone();
+                let fut: std::pin::Pin<
+                    Box<
+                        dyn std::future::Future<
+                            Output = Result<Response<TestBody>, std::convert::Infallible>,
+                        >,
+                    >,
+                > = Box::pin(async move {
+                    if req.method() == Method::CONNECT {
+                        let on_upgrade = req.extensions_mut().remove::<megaconn::OnUpgrade>();
+                        tokio::task::spawn_local(async move {
+                            let mut io = on_upgrade
+                                .expect("CONNECT carries OnUpgrade")
+                                .await
+                                .unwrap();
+                            let mut buf = [0u8; 64];
+                            loop {
+                                let n = io.read(&mut buf).await.unwrap_or(0);
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                        if req.uri().host() == Some("chunked.example") {
+                            let chunks = futures_util::stream::iter(Vec::<
+                                Result<http_body::Frame<Bytes>, megaconn::BoxError>,
+                            >::new(
+                            ));
+                            return Ok(Response::new(StreamBody::new(chunks).boxed_unsync()));
+                        }
+                        return Ok(full(StatusCode::OK, ""));
+                    }
+                    let res = match req.uri().path() {
+                        "/conn-close" => {
+                            let mut r = full(StatusCode::OK, "bye");
+                            r.headers_mut().insert(
+                                header::CONNECTION,
+                                HeaderValue::from_static("x-hop, close"),
+                            );
+                            r
+                        }
+                        "/conn-upgrade" => {
+                            let mut r = full(StatusCode::UPGRADE_REQUIRED, "");
+                            r.headers_mut()
+                                .insert(header::UPGRADE, HeaderValue::from_static("foo/2"));
+                            r.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                            r
+                        }
+                        "/slow-after-body" => {
+                            let n = req.into_body().collect().await.unwrap().to_bytes().len();
+                            // The slowness under test: a handler busy for
+                            // longer than read_timeout after the body is in.
+                            tokio::time::sleep(SLOW_HANDLER).await;
+                            full(StatusCode::OK, n.to_string())
+                        }
+                        "/echo" => Response::new(
+                            req.into_body()
+                                .map_err(megaconn::BoxError::from)
+                                .boxed_unsync(),
+                        ),
+                        "/pending-body" => {
+                            let body = futures_util::stream::once(async move {
+                                release.notified().await;
+                                Ok::<_, megaconn::BoxError>(http_body::Frame::data(
+                                    Bytes::from_static(b"pending-done"),
+                                ))
+                            });
+                            Response::new(StreamBody::new(body).boxed_unsync())
+                        }
+                        "/103" => {
+                            let mut r = full(StatusCode::from_u16(103).unwrap(), "");
+                            r.headers_mut()
+                                .insert(header::LINK, HeaderValue::from_static("</a.css>"));
+                            r
+                        }
+                        "/x-then-echo" => {
+                            use futures_util::StreamExt;
+                            let first = futures_util::stream::once(async {
+                                Ok::<_, megaconn::BoxError>(http_body::Frame::data(
+                                    Bytes::from_static(b"x"),
+                                ))
+                            });
+                            let rest = BodyStream::new(req.into_body());
+                            Response::new(StreamBody::new(first.chain(rest)).boxed_unsync())
+                        }
+                        "/trailers" => {
+                            let mut trailers = HeaderMap::new();
+                            trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+                            trailers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+                            trailers.insert(header::HOST, HeaderValue::from_static("evil"));
+                            let frames = vec![
+                                Ok::<_, megaconn::BoxError>(http_body::Frame::data(
+                                    Bytes::from_static(b"hi"),
+                                )),
+                                Ok(http_body::Frame::trailers(trailers)),
+                            ];
+                            Response::new(
+                                StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync(),
+                            )
+                        }
+                        "/host" => {
+                            let host = req.headers().get(header::HOST).cloned();
+                            full(
+                                StatusCode::OK,
+                                host.map(|h| Bytes::copy_from_slice(h.as_bytes()))
+                                    .unwrap_or_default(),
+                            )
+                        }
+                        _ => full(StatusCode::NOT_FOUND, "not found"),
+                    };
+                    Ok(res)
+                });
+                fut
+            })
+        };
+        let server = builder
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap())
+            .listen()
+            .expect("server binds");
+        let (addr, handle) = (server.local_addr(), server.handle());
+        let task = tokio::spawn(server.serve(service));
+        Review {
+            addr,
+            handle,
+            release,
+            task,
+        }
+    }
+
+    async fn connect(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(self.addr).await.unwrap()
+    }
+
+    async fn stop(self) {
+        // A handler still waiting would hold up the graceful shutdown.
+        self.release.notify_waiters();
+        self.handle.shutdown();
+        tokio::time::timeout(common::SAFETY, self.task)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Reads until `buf` holds a whole response head; returns the head (as text)
+/// and leaves what follows it in `buf`.
+async fn read_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> String {
+    read_until(s, buf, b"\r\n\r\n").await;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    String::from_utf8(buf.drain(..end).collect()).unwrap()
+}
+
+/// Reads (bounded) until `buf` contains `needle`.
+async fn read_until(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, needle: &[u8]) {
+    tokio::time::timeout(common::SAFETY, async {
+        while !buf.windows(needle.len()).any(|w| w == needle) {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before {:?}: {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("timed out reading");
+}
+
+/// A handler's `Connection: close` closes the connection after its response,
+/// and says so; its other connection options are passed on, and do not close.
+#[tokio::test]
+async fn a_handlers_connection_header_is_honoured() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    let mut s = server.connect().await;
+    s.write_all(b"GET /conn-close HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut s, &mut buf).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: x-hop\r\n"), "{head}");
+    buf.extend(read_to_close(&mut s).await);
+    assert_eq!(buf, b"bye");
+
+    let mut s = server.connect().await;
+    s.write_all(
+        b"GET /conn-upgrade HTTP/1.1\r\nHost: t\r\n\r\nGET /host HTTP/1.1\r\nHost: again\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let r = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 426);
+    assert_eq!(r.header("connection"), Some("upgrade"));
+    assert_eq!(r.header("upgrade"), Some("foo/2"));
+    let r = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(r.body, b"again");
+    server.stop().await;
+}
+
+/// `read_timeout` bounds reading the request; once the body is in, a handler
+/// that takes longer than it is not cut off with a 408.
+#[tokio::test]
+async fn read_timeout_stops_once_the_body_is_read() {
+    let read_timeout = std::time::Duration::from_millis(300);
+    assert!(SLOW_HANDLER > read_timeout * 3);
+    let server = Review::start(megaconn::Server::builder().read_timeout(Some(read_timeout))).await;
+    let mut s = server.connect().await;
+    s.write_all(b"POST /slow-after-body HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"5");
+    // The same with a chunked body.
+    s.write_all(b"POST /slow-after-body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"3");
+    server.stop().await;
+}
+
+/// `write_timeout` runs from the response head: while the head waits for the
+/// request body (the client waits for `100 Continue`, the response body
+/// streams the request), it is no 408 "read_timeout".
+#[tokio::test]
+async fn write_timeout_does_not_run_while_the_head_waits_for_the_body() {
+    let write_timeout = std::time::Duration::from_millis(300);
+    let server =
+        Review::start(megaconn::Server::builder().write_timeout(Some(write_timeout))).await;
+    let mut s = server.connect().await;
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let interim = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(interim.status, 100);
+    // Nothing more may come while we hold the body back, well past the
+    // write timeout (the only outcome here is the wait running out).
+    let mut chunk = [0u8; 256];
+    let waited = tokio::time::timeout(write_timeout * 3, s.read(&mut chunk)).await;
+    assert!(
+        waited.is_err(),
+        "the server answered a held-back body: {:?}",
+        waited.map(|n| String::from_utf8_lossy(&chunk[..n.unwrap_or(0)]).into_owned())
+    );
+    s.write_all(b"ping").await.unwrap();
+    let r = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"ping");
+    server.stop().await;
+}
+
+/// A 2xx to `CONNECT` opens a tunnel (RFC 9110 §9.3.6): no body framing
+/// headers and no `connection: close` on it, whatever the handler's body.
+#[tokio::test]
+async fn connect_2xx_has_no_framing_headers() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    for target in ["proxy.example:443", "chunked.example:443"] {
+        let mut s = server.connect().await;
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let head = read_head(&mut s, &mut buf).await.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        for name in ["content-length", "transfer-encoding", "connection"] {
+            assert!(!head.contains(&format!("\r\n{name}:")), "{target}: {head}");
+        }
+        assert!(buf.is_empty(), "{target}: bytes after the head: {buf:?}");
+        s.write_all(b"through the tunnel").await.unwrap();
+        read_until(&mut s, &mut buf, b"through the tunnel").await;
+        assert_eq!(buf, b"through the tunnel");
+    }
+    server.stop().await;
+}
+
+/// A request pipelined behind one whose handler still runs is answered even
+/// though the client half-closed after sending both; then the connection
+/// closes.
+#[tokio::test]
+async fn a_pipelined_request_survives_the_clients_half_close() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    let mut s = server.connect().await;
+    s.write_all(
+        b"GET /pending-body HTTP/1.1\r\nHost: t\r\n\r\nGET /host HTTP/1.1\r\nHost: second\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    s.shutdown().await.unwrap();
+    // The first response's head is out: its body waits for `release`, with
+    // the second request (and the EOF behind it) already sent.
+    let mut buf = Vec::new();
+    let head = read_head(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    server.release.notify_one();
+    buf.extend(read_to_close(&mut s).await);
+    let rest = String::from_utf8(buf).unwrap();
+    assert!(
+        rest.starts_with("c\r\npending-done\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{rest}"
+    );
+    assert!(rest.ends_with("\r\n\r\nsecond"), "{rest}");
+    server.stop().await;
+}
+
+/// A handler's 1xx other than 101 is no final response: 500, and close.
+#[tokio::test]
+async fn an_informational_final_status_becomes_500() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    let mut s = server.connect().await;
+    s.write_all(b"GET /103 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(read_to_close(&mut s).await.is_empty());
+    server.stop().await;
+}
+
+/// `100 Continue` never follows the final response head: a response that
+/// starts before it reads the held-back body does without it.
+#[tokio::test]
+async fn no_100_continue_after_the_response_head() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    let mut s = server.connect().await;
+    s.write_all(
+        b"POST /x-then-echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut s, &mut buf, b"\r\n\r\n1\r\nx\r\n").await;
+    // The client may send the body anyway (RFC 9110 §10.1.1); the handler
+    // reads it.
+    s.write_all(b"ping").await.unwrap();
+    buf.extend(read_to_close(&mut s).await);
+    let raw = String::from_utf8(buf).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(!raw.contains("100 Continue"), "{raw}");
+    assert!(
+        raw.ends_with("\r\n\r\n1\r\nx\r\n4\r\nping\r\n0\r\n\r\n"),
+        "{raw}"
+    );
+    server.stop().await;
+}
+
+/// Response trailers go out only to a client that said `TE: trailers`, and
+/// never the fields a trailer must not carry (RFC 9110 §6.5.1).
+#[tokio::test]
+async fn trailers_only_when_asked_and_never_forbidden_fields() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    let mut s = server.connect().await;
+    s.write_all(b"GET /trailers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+    assert!(raw.ends_with("\r\n\r\n2\r\nhi\r\n0\r\n\r\n"), "{raw}");
+
+    let mut s = server.connect().await;
+    s.write_all(b"GET /trailers HTTP/1.1\r\nHost: t\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+    assert!(
+        raw.ends_with("\r\n\r\n2\r\nhi\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{raw}"
+    );
+    server.stop().await;
+}
+
+/// An absolute-form target's authority is the request's host: the Host
+/// header is ignored and replaced (RFC 9112 §3.2.2), userinfo left out.
+#[tokio::test]
+async fn absolute_form_authority_replaces_host() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    for (target, host) in [
+        ("http://real.example:8080/host", "real.example:8080"),
+        ("http://user@real.example/host", "real.example"),
+    ] {
+        let mut s = server.connect().await;
+        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: other.example\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = read_response(&mut s).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(String::from_utf8_lossy(&r.body), host, "{target}");
+    }
+    server.stop().await;
+}

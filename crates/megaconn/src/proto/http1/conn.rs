@@ -356,6 +356,7 @@ where
         body_tx,
         expect,
         upgrade,
+        te_trailers: head.te_trailers,
         read_timeout,
         access,
         span,

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
 use crate::proto::date;
@@ -44,6 +44,10 @@ pub(crate) struct HeadContext {
     /// The exact body length, if known (from the handler's header or the body's
     /// size hint).
     pub body_length: Option<u64>,
+    /// The connection changes protocol after this head: a 101, or a 2xx to
+    /// `CONNECT` (a tunnel, RFC 9110 §9.3.6). No body, so no framing
+    /// headers, and no `connection: close` for what continues.
+    pub switching: bool,
 }
 
 /// Writes the status line and headers; returns the encoder for the body and
@@ -56,7 +60,9 @@ pub(crate) fn encode_head(
     server_header: Option<&HeaderValue>,
 ) -> (Encoder, bool) {
     let mut keep_alive = ctx.keep_alive;
-    let forbids_body = status.is_informational()
+    let switching = ctx.switching || status == StatusCode::SWITCHING_PROTOCOLS;
+    let forbids_body = switching
+        || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let encoder = if forbids_body || ctx.request_method_is_head {
@@ -76,12 +82,16 @@ pub(crate) fn encode_head(
     let mut has_date = false;
     let mut has_server = false;
     for (name, value) in headers {
-        // Framing and connection management are ours: the handler's values for
-        // these could contradict what we actually send.
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONNECTION
-        {
+        // Framing is ours: the handler's values could contradict what we
+        // actually send.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == header::CONNECTION {
+            // A 101 gets our `connection: upgrade`, a tunnel none.
+            if !switching {
+                keep_alive &= !put_connection_options(dst, value.as_bytes());
+            }
             continue;
         }
         has_date |= name == header::DATE;
@@ -118,7 +128,7 @@ pub(crate) fn encode_head(
         }
         Encoder::NoBody | Encoder::CloseDelimited => {}
     }
-    if status != StatusCode::SWITCHING_PROTOCOLS {
+    if !switching {
         if !keep_alive {
             put_header(dst, b"connection", b"close");
         } else if ctx.request_version == Version::HTTP_10 {
@@ -133,6 +143,29 @@ pub(crate) fn encode_head(
     }
     dst.put_slice(b"\r\n");
     (encoder, keep_alive)
+}
+
+/// Writes a handler's `Connection` options but `close` and `keep-alive`
+/// (those are ours to write, from what the connection does); returns whether
+/// it said `close`, which then closes the connection after this response, as
+/// under hyper and Go. Runs only for a response that has the header.
+fn put_connection_options(dst: &mut BytesMut, value: &[u8]) -> bool {
+    let mut close = false;
+    let mut written = false;
+    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if token.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+            let lead: &[u8] = if written { b", " } else { b"connection: " };
+            dst.put_slice(lead);
+            dst.put_slice(token);
+            written = true;
+        }
+    }
+    if written {
+        dst.put_slice(b"\r\n");
+    }
+    close
 }
 
 /// The `Content-Length` a handler set, if it set a valid one.
@@ -264,7 +297,9 @@ impl Encoder {
             Encoder::Chunked => {
                 dst.put_slice(b"0\r\n");
                 for (name, value) in trailers.into_iter().flatten() {
-                    put_header(dst, name.as_str().as_bytes(), value.as_bytes());
+                    if !NOT_TRAILERS.contains(name) {
+                        put_header(dst, name.as_str().as_bytes(), value.as_bytes());
+                    }
                 }
                 dst.put_slice(b"\r\n");
                 Ok(())
@@ -273,6 +308,27 @@ impl Encoder {
         }
     }
 }
+
+/// Fields a trailer must not carry (RFC 9110 §6.5.1: framing, routing,
+/// authentication, how to process the content; hyper's list, and the
+/// connection's own fields): left out of the trailers sent.
+const NOT_TRAILERS: [HeaderName; 15] = [
+    header::AUTHORIZATION,
+    header::CACHE_CONTROL,
+    header::CONNECTION,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::CONTENT_TYPE,
+    header::HOST,
+    header::MAX_FORWARDS,
+    header::PROXY_AUTHORIZATION,
+    header::SET_COOKIE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// A response the server writes on its own (malformed request, timeout, panic):
 /// a short text body saying why, and `Connection: close`.
@@ -330,6 +386,7 @@ mod tests {
                 request_version: version,
                 keep_alive: true,
                 body_length: len,
+                switching: false,
             },
             None,
         );
@@ -387,6 +444,7 @@ mod tests {
                     request_version: Version::HTTP_11,
                     keep_alive: true,
                     body_length: len,
+                    switching: false,
                 },
                 None,
             );
@@ -416,6 +474,75 @@ mod tests {
         assert_eq!(encode(204, true, Some(5), Some("5")), None);
     }
 
+    /// A 2xx to CONNECT opens a tunnel: framed like a 101, no body and no
+    /// framing or connection headers, whatever the body and the connection.
+    #[test]
+    fn tunnel_has_no_framing() {
+        for (len, version, keep_alive) in [
+            (Some(0), Version::HTTP_11, true),
+            (None, Version::HTTP_11, false),
+            (None, Version::HTTP_10, true),
+        ] {
+            let mut dst = BytesMut::new();
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            headers.insert(header::DATE, HeaderValue::from_static("today"));
+            let (enc, _) = encode_head(
+                &mut dst,
+                StatusCode::OK,
+                &headers,
+                HeadContext {
+                    request_method_is_head: false,
+                    request_version: version,
+                    keep_alive,
+                    body_length: len,
+                    switching: true,
+                },
+                None,
+            );
+            assert_eq!(enc, Encoder::NoBody);
+            assert_eq!(&dst[..], b"HTTP/1.1 200 OK\r\ndate: today\r\n\r\n");
+        }
+    }
+
+    #[test]
+    fn handler_connection_options() {
+        let encode = |value: &'static str| {
+            let mut dst = BytesMut::new();
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, HeaderValue::from_static(value));
+            headers.insert(header::DATE, HeaderValue::from_static("today"));
+            let (_, keep_alive) = encode_head(
+                &mut dst,
+                StatusCode::OK,
+                &headers,
+                HeadContext {
+                    request_method_is_head: false,
+                    request_version: Version::HTTP_11,
+                    keep_alive: true,
+                    body_length: Some(0),
+                    switching: false,
+                },
+                None,
+            );
+            let text = String::from_utf8(dst.to_vec()).unwrap();
+            let options: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("connection: "))
+                .map(str::to_owned)
+                .collect();
+            (options, keep_alive)
+        };
+        assert_eq!(encode("close"), (vec!["close".to_owned()], false));
+        assert_eq!(
+            encode("Close, x-a"),
+            (vec!["x-a".into(), "close".into()], false)
+        );
+        assert_eq!(encode("upgrade"), (vec!["upgrade".to_owned()], true));
+        assert_eq!(encode("keep-alive"), (vec![], true));
+        assert_eq!(encode("x-a , ,x-b"), (vec!["x-a, x-b".to_owned()], true));
+    }
+
     #[test]
     fn chunk_framing() {
         let mut enc = Encoder::Chunked;
@@ -427,6 +554,19 @@ mod tests {
             &dst[..],
             b"1f\r\nhello world, this is seventeen+\r\n0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn forbidden_trailers_are_left_out() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        trailers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("9"));
+        trailers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        trailers.insert(header::HOST, HeaderValue::from_static("evil"));
+        trailers.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
+        let mut dst = BytesMut::new();
+        Encoder::Chunked.finish(Some(&trailers), &mut dst).unwrap();
+        assert_eq!(&dst[..], b"0\r\nx-checksum: abc\r\n\r\n");
     }
 
     #[test]

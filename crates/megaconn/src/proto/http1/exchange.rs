@@ -85,6 +85,8 @@ pub(crate) struct ExchangeSetup {
     pub body_tx: Option<BodySender>,
     pub expect: Continue,
     pub upgrade: Option<UpgradeSender>,
+    /// The request said `TE: trailers`: response trailers may be sent.
+    pub te_trailers: bool,
     pub read_timeout: Option<Duration>,
     /// Method and path for the access log, when it is on.
     pub access: Option<(http::Method, String)>,
@@ -328,6 +330,21 @@ where
     B: HttpBody<Data = Bytes>,
 {
     let (mut parts, body) = response.into_parts();
+    if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        // A 1xx is interim: sent as the answer, the client would wait for a
+        // final one that never comes. hyper answers 500 and closes too.
+        tracing::warn!(
+            status = parts.status.as_u16(),
+            "handler returned an informational (1xx) status as its response; answering 500. \
+             Return a final status (200 or more): interim responses cannot be sent from a \
+             handler (megaconn sends `100 Continue` itself when the handler reads the body)"
+        );
+        return Err(fail_before_response(
+            this,
+            "the handler answered with an informational status",
+            CloseReason::ServerError,
+        ));
+    }
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
         || (this.setup.is_connect && parts.status.is_success());
     #[cfg(feature = "axum")]
@@ -369,15 +386,6 @@ where
     } else {
         write_head(this, parts, body_length);
     }
-    let write_timeout = this.conn.ctx.config.write_timeout;
-    match write_timeout {
-        Some(t) => {
-            this.deadline.set(Some(tokio::time::sleep(t)));
-            *this.deadline_kind = DeadlineKind::Write;
-        }
-        None if this.setup.decoder.is_none() => this.deadline.set(None),
-        None => {}
-    }
     Ok(true)
 }
 
@@ -415,6 +423,7 @@ fn write_head<T, F, B>(
         request_version: this.setup.version,
         keep_alive,
         body_length,
+        switching: this.upgrading.is_some(),
     };
     crate::observe::lifecycle::set_state(crate::ConnectionState::Writing);
     let (encoder, keep_alive) = encode::encode_head(
@@ -427,6 +436,13 @@ fn write_head<T, F, B>(
     super::header_maps::give(parts.headers);
     this.setup.keep_alive = keep_alive && this.upgrading.is_none();
     *this.encoder = Some(encoder);
+    // `write_timeout` runs from the head, not from the handler's answer: a
+    // head held back for `100 Continue` waits on the request body, which
+    // `read_timeout` bounds (and a 408 would name the wrong timeout).
+    if let Some(t) = this.conn.ctx.config.write_timeout {
+        this.deadline.set(Some(tokio::time::sleep(t)));
+        *this.deadline_kind = DeadlineKind::Write;
+    }
 }
 
 /// Moves request body bytes from the socket to the handler, or drains what the
@@ -447,7 +463,11 @@ where
             }
             Poll::Ready(Demand::Ready) => {}
         }
-        if this.setup.expect == Continue::Awaiting {
+        // Only before the final head: after it, a `100 Continue` would land
+        // in the response (its body, even). The body is then read only if
+        // the client sends it unasked (hyper does the same); `Awaiting`
+        // stays, so that a body nobody reads in the end is not waited for.
+        if this.setup.expect == Continue::Awaiting && this.encoder.is_none() {
             this.conn.wbuf().extend_from_slice(encode::CONTINUE);
             this.setup.expect = Continue::Sent;
         }
@@ -455,7 +475,7 @@ where
     }
     if this.setup.expect == Continue::Awaiting {
         // Nobody will read the body and the client will not send it unasked.
-        this.setup.decoder = None;
+        body_done(this);
         this.setup.keep_alive = false;
         *this.close_reason = Some(CloseReason::UnreadBody);
         return Ok(true);
@@ -491,7 +511,7 @@ where
                 return Ok(true);
             }
             Ok(Decoded::End(trailers)) => {
-                this.setup.decoder = None;
+                body_done(this);
                 if this.encoder.is_none() {
                     crate::observe::lifecycle::set_state(crate::ConnectionState::Handling);
                 }
@@ -523,9 +543,18 @@ where
     }
 }
 
+/// Nothing more of the request is read: `read_timeout`, which bounds only
+/// that, stops (a handler slower than it, after the body, is not a 408).
+fn body_done<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
+    this.setup.decoder = None;
+    if *this.deadline_kind == DeadlineKind::Read {
+        this.deadline.set(None);
+    }
+}
+
 /// Stops reading the body: the handler sees `error`, the connection closes.
 fn give_up_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, error: BodyError) {
-    this.setup.decoder = None;
+    body_done(this);
     this.setup.keep_alive = false;
     if this.close_reason.is_none() {
         *this.close_reason = Some(CloseReason::UnreadBody);
@@ -561,7 +590,7 @@ where
                 }
             }
             Ok(Decoded::End(_)) => {
-                this.setup.decoder = None;
+                body_done(this);
                 return Ok(true);
             }
             Ok(Decoded::NeedMore) => match ready_or_pending(read_more(io, rbuf, cx))? {
@@ -582,16 +611,17 @@ where
 }
 
 /// While the handler runs (or the response streams) with the request fully read,
-/// reads ahead: pipelined requests are buffered, and EOF means the client left,
-/// which cancels the handler.
+/// reads ahead: EOF means the client left, which cancels the handler.
+///
+/// Only while the read buffer is empty, as hyper does: once it holds bytes
+/// (a pipelined request), an EOF behind them is a client that sent all it
+/// had and half-closed, and it still waits for the answers. The connection
+/// reads on, and finds the EOF, after those requests.
 fn poll_hang_up<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Transport,
 {
-    if *this.response_done
-        || this.upgrading.is_some()
-        || this.conn.rbuf_len() >= this.conn.ctx.config.max_header_bytes
-    {
+    if *this.response_done || this.upgrading.is_some() || this.conn.rbuf_len() > 0 {
         return Ok(false);
     }
     let (rbuf, io) = this.conn.rbuf_and_io();
@@ -655,7 +685,12 @@ where
                     r
                 }
                 Err(frame) => {
-                    let trailers = frame.into_trailers().ok();
+                    // Only to a client that said it takes them, as hyper
+                    // does (RFC 9110 §6.5.1: a recipient may not).
+                    let trailers = frame
+                        .into_trailers()
+                        .ok()
+                        .filter(|_| this.setup.te_trailers);
                     this.body.set(None);
                     *this.response_done = true;
                     encoder.finish(trailers.as_ref(), wbuf)

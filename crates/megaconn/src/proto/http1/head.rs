@@ -25,6 +25,8 @@ pub(crate) struct RequestHead {
     pub keep_alive: bool,
     pub expect_continue: bool,
     pub wants_upgrade: bool,
+    /// `TE: trailers`: the client takes response trailers.
+    pub te_trailers: bool,
 }
 
 /// How the request body is delimited.
@@ -379,6 +381,7 @@ struct Framing {
     hosts: usize,
     upgrade: bool,
     expect_continue: bool,
+    te_trailers: bool,
 }
 
 impl Framing {
@@ -416,6 +419,8 @@ impl Framing {
                     "unsupported Expect (only 100-continue is)",
                 ));
             }
+        } else if name == header::TE {
+            self.te_trailers |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         }
         Ok(())
     }
@@ -450,7 +455,7 @@ impl Framing {
         method: Method,
         uri: Uri,
         version: Version,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         limits: &HeadLimits,
     ) -> Result<RequestHead, Rejection> {
         // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request
@@ -462,6 +467,19 @@ impl Framing {
         }
         if self.hosts > 1 {
             return Err(reject(BAD, "duplicate Host header"));
+        }
+        // RFC 9112 §3.2.2: with an absolute-form target the server MUST
+        // ignore Host and use the target's authority (its host and port,
+        // not userinfo), so the handler sees the host the request is for, as
+        // under Go (hyper passes the Host header through). Proxy-style
+        // requests only: the origin-form path never gets here.
+        if uri.scheme().is_some() {
+            if let Some(authority) = uri.authority() {
+                let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+                let host = HeaderValue::from_str(host)
+                    .map_err(|_| reject(BAD, "invalid request target"))?;
+                headers.insert(header::HOST, host);
+            }
         }
         let framing = if self.transfer_encoding {
             if self.content_length.is_some() {
@@ -513,6 +531,7 @@ impl Framing {
             framing,
             keep_alive,
             wants_upgrade,
+            te_trailers: self.te_trailers,
         })
     }
 }
@@ -679,6 +698,22 @@ mod tests {
         // Pipelined: the first head's end, not the last.
         let two = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
         assert_eq!(find_end(two, &mut 0), Some(28));
+    }
+
+    #[test]
+    fn absolute_form_authority_is_the_host() {
+        let head = parse_ok("GET http://u:p@b.example:81/x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(head.headers["host"], "b.example:81");
+        assert_eq!(head.headers.get_all("host").iter().count(), 1);
+        assert_eq!(head.uri.path(), "/x");
+        // Origin-form and CONNECT keep their Host.
+        let head = parse_ok("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(head.headers["host"], "a");
+        let head = parse_ok("CONNECT b.example:443 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(head.headers["host"], "a");
+        // HTTP/1.0 may leave Host out: the authority is the host then too.
+        let head = parse_ok("GET http://b.example/ HTTP/1.0\r\n\r\n");
+        assert_eq!(head.headers["host"], "b.example");
     }
 
     #[test]
