@@ -9,7 +9,7 @@
 //! (`pool::take_local`) that go back as soon as they are empty. An idle
 //! connection is its socket and the boxed session.
 //!
-//! Parking ([`TlsIo::into_parked_tls`]) splits a stream into the bare socket,
+//! Parking (`TlsIo::into_parked_parts`) splits a stream into the bare socket,
 //! which the parking lot keeps, and a [`ParkedTls`] (the session, and the
 //! head of a record whose rest has not arrived, if any), which waits in the
 //! worker's [`ParkedSessions`] table under the socket's descriptor. A wake-up
@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::conn::pool::{give_local, take_local};
 use crate::conn::transport::{Parkable, Transport};
+use crate::conn::woken::WokenSocket;
 
 /// Plaintext taken per `poll_write`: four full records. Bounds the
 /// ciphertext a write buffers before it is sent.
@@ -552,14 +553,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
             }
         }
     }
+}
 
+impl TlsIo<WokenSocket> {
     /// A woken parked connection: reads and decrypts what arrived, without
-    /// waiting. Ready(true): there is something for the protocol (bytes,
-    /// or the end); Ready(false): nothing but TLS housekeeping (a KeyUpdate,
-    /// part of a record), so it may park again at once.
+    /// waiting and without registering the socket with tokio (it stays bare
+    /// and in the lot's set). Ok(true): there is something for the protocol
+    /// (bytes, or the end); Ok(false): nothing but TLS housekeeping (a
+    /// KeyUpdate, part of a record).
     pub(crate) fn poll_prefetch(&mut self) -> io::Result<bool> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.poll_fill(&mut cx, None)? {
+        self.sock.prefetching(true);
+        let filled = self.poll_fill(&mut cx, None);
+        self.sock.prefetching(false);
+        match filled? {
             Poll::Ready(()) => Ok(true),
             Poll::Pending => Ok(false),
         }

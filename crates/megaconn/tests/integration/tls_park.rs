@@ -86,6 +86,7 @@ async fn a_key_update_while_parked_is_answered_and_the_connection_parks_again() 
     server
         .wait_stats("parked", |s| s.connections_parked == 1)
         .await;
+    let ctl = server.handle.stats().parking_epoll_ctl;
     // A KeyUpdate asking for the server's own: no application data, so the
     // woken connection answers it and goes straight back to the lot.
     tls.get_mut().1.refresh_traffic_keys().unwrap();
@@ -95,7 +96,12 @@ async fn a_key_update_while_parked_is_answered_and_the_connection_parks_again() 
             s.parks == 2 && s.wakes_cold + s.wakes_hot == 1 && s.connections_parked == 1
         })
         .await;
-    assert_eq!(server.handle.stats().requests, 1);
+    let stats = server.handle.stats();
+    assert_eq!(stats.requests, 1);
+    // Never registered with tokio: it stayed in the lot's set, so parking
+    // again cost no `epoll_ctl` (registered, it left the set and was added
+    // back).
+    assert_eq!(stats.parking_epoll_ctl, ctl, "{stats:?}");
     // Both sides use the new keys: the next request is understood and the
     // answer decrypts.
     assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
