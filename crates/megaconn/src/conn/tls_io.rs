@@ -16,7 +16,10 @@
 //! ([`TlsIo::resume`], [`TlsIo::poll_prefetch`]) reads and decrypts what
 //! arrived without registering the socket with tokio: application data is
 //! served, a KeyUpdate or a ticket request is answered and the connection
-//! goes straight back, a `close_notify` closes it.
+//! goes straight back, a `close_notify` closes it. Part of a record is
+//! served too (HTTP/1.1 waits for the rest under `read_header_timeout`), so
+//! a `tail` parked at the end of an exchange or of an idle wait is parked
+//! again only once the record it began is whole.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -560,7 +563,7 @@ impl TlsIo<WokenSocket> {
     /// waiting and without registering the socket with tokio (it stays bare
     /// and in the lot's set). Ok(true): there is something for the protocol
     /// (bytes, or the end); Ok(false): nothing but TLS housekeeping (a
-    /// KeyUpdate, part of a record).
+    /// KeyUpdate, part of a record: see [`TlsIo::holds_partial_record`]).
     pub(crate) fn poll_prefetch(&mut self) -> io::Result<bool> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         self.sock.prefetching(true);
@@ -570,6 +573,13 @@ impl TlsIo<WokenSocket> {
             Poll::Ready(()) => Ok(true),
             Poll::Pending => Ok(false),
         }
+    }
+}
+
+impl<S> TlsIo<S> {
+    /// Whether the head of a record whose rest has not arrived waits.
+    pub(crate) fn holds_partial_record(&self) -> bool {
+        self.bufs.incoming.is_some()
     }
 }
 

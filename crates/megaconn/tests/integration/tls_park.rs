@@ -249,3 +249,46 @@ async fn shutdown_closes_parked_tls_connections_with_close_notify() {
     let closed = events.next_close().await;
     assert_eq!(closed.reason, CloseReason::Shutdown, "{closed:?}");
 }
+
+/// A wake that brings only part of a record is served as a first request
+/// is: the rest must come within `read_header_timeout`, or the connection
+/// closes (`HeaderTimeout`), as a cleartext one with part of a head does.
+/// Parked again with a fresh idle deadline, it kept the ciphertext for as
+/// long as the client sent a byte now and then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn part_of_a_record_while_parked_must_be_completed_within_read_header_timeout() {
+    use std::io::Write;
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    // The header timeout also bounds the first request: long enough for it
+    // on a busy machine; the idle timeout is far beyond the test.
+    let (server, mut events) = parking_server(tls_of(&leaf), |b| {
+        b.read_header_timeout(Some(Duration::from_secs(1)))
+            .idle_timeout(Some(Duration::from_secs(600)))
+    })
+    .await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // The next request's record, encrypted by the client's session; only
+    // its first bytes are sent.
+    let (tcp, session) = tls.get_mut();
+    session
+        .writer()
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut record = Vec::new();
+    session.write_tls(&mut record).unwrap();
+    assert!(record.len() > 10, "{record:?}");
+    tcp.write_all(&record[..10]).await.unwrap();
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::HeaderTimeout, "{closed:?}");
+    assert_eq!(closed.requests, 1, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.connections_open, 0, "{stats:?}");
+    assert_eq!(stats.connections_parked, 0, "{stats:?}");
+    assert_eq!(stats.timeouts, 1, "{stats:?}");
+    server.stop().await;
+}
