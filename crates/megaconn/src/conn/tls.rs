@@ -437,8 +437,8 @@ pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsCo
 /// A TLS connection's stream (its session boxed inside).
 pub(crate) type ServerTls = TlsIo<TcpStream>;
 
-/// Runs the TLS handshake, bounded by the handshake timeout and cut short by
-/// shutdown; on failure, says why the connection closes.
+/// Runs the TLS handshake, bounded by the handshake timeout (graceful
+/// shutdown lets it finish); on failure, says why the connection closes.
 pub(crate) async fn handshake(
     stream: TcpStream,
     ctx: &WorkerContext,
@@ -454,7 +454,14 @@ pub(crate) async fn handshake(
         TlsIo::new(stream, live.config.clone()).map_err(|e| failed(std::io::Error::other(e)))?;
     drop(live);
     let done = std::future::poll_fn(|cx| tls.poll_handshake(cx));
-    ctx.handshake(timeout, done, CloseReason::TlsHandshakeTimeout, failed)
-        .await?;
+    // Not cut by graceful shutdown (see `WorkerContext::handshake`).
+    ctx.handshake(
+        timeout,
+        done,
+        CloseReason::TlsHandshakeTimeout,
+        failed,
+        false,
+    )
+    .await?;
     Ok(tls)
 }

@@ -1,0 +1,85 @@
+//! How TLS connections end, against a real server with a rustls client: a
+//! handshake in progress at graceful shutdown completes and its first
+//! request is served (as a new cleartext connection's is).
+
+use std::io::{Read, Write};
+
+use megaconn::{CloseReason, TlsConfig};
+
+use crate::common;
+
+use common::modes::{hooked, Events};
+use common::tls::{connect, http1_get, Ca, Leaf};
+use common::{try_parse_response, RawResponse, TestServer, SAFETY};
+
+/// A TLS server with the test app (no parking); `configure` adds settings.
+async fn tls_server(
+    leaf: &Leaf,
+    configure: impl FnOnce(megaconn::Builder) -> megaconn::Builder,
+) -> (TestServer, Events) {
+    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let builder = megaconn::Server::builder().workers(1).tls(tls);
+    let (builder, events) = hooked(configure(builder));
+    (TestServer::start(builder).await, events)
+}
+
+/// Reads one response off a blocking rustls stream (its framing, not the
+/// end of the stream, says where it ends).
+fn read_response_blocking(tls: &mut impl Read) -> RawResponse {
+    let mut buf = Vec::new();
+    loop {
+        if let Some((response, _)) = try_parse_response(&buf, false) {
+            return response;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tls.read(&mut chunk).expect("the response");
+        assert!(n > 0, "closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_in_progress_at_shutdown_completes_and_is_served() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    // An idle connection: its close tells the test that shutdown began.
+    let mut idle = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut idle).await.0, "HTTP/1.1 200 OK");
+    // A client driven by hand: its ClientHello sent, the rest held back.
+    let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(SAFETY)).unwrap();
+    let name = "localhost".try_into().unwrap();
+    let mut client = rustls::ClientConnection::new(ca.client(&[b"http/1.1"]), name).unwrap();
+    client.write_tls(&mut tcp).unwrap();
+    server
+        .wait_stats("both accepted", |s| {
+            s.accepted == 2 && s.connections_open == 2
+        })
+        .await;
+    server.handle.shutdown();
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::Shutdown, "{closed:?}");
+    assert_eq!(closed.requests, 1, "the idle one closed first: {closed:?}");
+    // The handshake goes on and the first request is served.
+    let response = tokio::task::spawn_blocking(move || {
+        while client.is_handshaking() {
+            client
+                .complete_io(&mut tcp)
+                .expect("the handshake completes");
+        }
+        let mut tls = rustls::Stream::new(&mut client, &mut tcp);
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        read_response_blocking(&mut tls)
+    })
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body, b"Hello, World!");
+    assert_eq!(response.header("connection"), Some("close"), "{response:?}");
+    let closed = events.next_close().await;
+    assert_eq!(closed.requests, 1, "{closed:?}");
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0, "{summary:?}");
+}
