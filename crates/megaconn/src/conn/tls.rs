@@ -446,6 +446,9 @@ pub(crate) async fn handshake(
 ) -> Result<ServerTls, CloseReason> {
     let timeout = live.handshake_timeout;
     let failed = |e: std::io::Error| {
+        if client_left(&e) {
+            return CloseReason::ClientClosed;
+        }
         tracing::debug!(error = %e, "TLS handshake failed");
         incr(&ctx.stats.protocol_errors);
         CloseReason::TlsHandshakeFailed
@@ -464,4 +467,12 @@ pub(crate) async fn handshake(
     )
     .await?;
     Ok(tls)
+}
+
+/// Whether a TLS error is the client leaving, not a protocol error: a reset
+/// (an RST on a parked connection, a health check that resets), a close
+/// before its ClientHello (`TlsIo::poll_handshake`), a pipe it broke.
+pub(crate) fn client_left(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }

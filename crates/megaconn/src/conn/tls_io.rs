@@ -65,6 +65,9 @@ pub(crate) struct TlsIo<S> {
     eof: bool,
     /// Our `close_notify` is queued.
     closing: bool,
+    /// The handshake read a byte: a peer that closes before one never
+    /// began it (see [`TlsIo::poll_handshake`]).
+    began: bool,
 }
 
 impl<S> std::fmt::Debug for TlsIo<S> {
@@ -261,6 +264,7 @@ impl<S> TlsIo<S> {
             peer_closed: false,
             eof: false,
             closing: false,
+            began: false,
         }
     }
 
@@ -285,6 +289,7 @@ impl<S> TlsIo<S> {
             peer_closed,
             eof,
             closing,
+            began,
         } = self;
         TlsIo {
             sock: f(sock),
@@ -293,6 +298,7 @@ impl<S> TlsIo<S> {
             peer_closed,
             eof,
             closing,
+            began,
         }
     }
 
@@ -498,7 +504,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
     }
 
     /// Drives the handshake until it is complete (the client's Finished
-    /// read, our last flight sent).
+    /// read, our last flight sent). A peer that closes before its first
+    /// byte (a TCP health check, a port scan) fails it with
+    /// `ConnectionAborted`, not `UnexpectedEof`: it never began one.
     pub(crate) fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let step = self.process_or_alert(cx, None)?;
@@ -516,8 +524,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
             match self.poll_recv(cx)? {
+                Poll::Ready(0) if !self.began => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the peer closed before its ClientHello",
+                    )))
+                }
                 Poll::Ready(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-                Poll::Ready(_) => {}
+                Poll::Ready(_) => self.began = true,
                 Poll::Pending => return Poll::Pending,
             }
         }

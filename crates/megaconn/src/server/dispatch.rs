@@ -312,6 +312,8 @@ async fn serve_tls_woken<S>(
             };
             park(io, parking, &ctx, conn);
         }
+        // A reset is the client leaving, not a TLS error.
+        Err(e) if tls::client_left(&e) => conn.close(CloseReason::ClientClosed),
         Err(e) => {
             tracing::debug!(error = %e, "TLS error on a woken connection");
             incr(&ctx.stats.protocol_errors);

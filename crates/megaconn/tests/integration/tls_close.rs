@@ -1,10 +1,14 @@
 //! How TLS connections end, against a real server with a rustls client: a
 //! handshake in progress at graceful shutdown completes and its first
-//! request is served (as a new cleartext connection's is).
+//! request is served (as a new cleartext connection's is); a client that
+//! resets or leaves before its ClientHello closed, it broke no protocol.
 
 use std::io::{Read, Write};
+use std::time::Duration;
 
 use megaconn::{CloseReason, TlsConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::common;
 
@@ -82,4 +86,66 @@ async fn a_handshake_in_progress_at_shutdown_completes_and_is_served() {
     assert_eq!(closed.requests, 1, "{closed:?}");
     let summary = server.stop().await;
     assert_eq!(summary.forced, 0, "{summary:?}");
+}
+
+/// The count of closes for `reason` (the metric's label).
+fn closed_as(stats: &megaconn::ServerStats, reason: &str) -> u64 {
+    stats
+        .request_metrics
+        .closed_by_reason
+        .iter()
+        .find(|(label, _)| *label == reason)
+        .map_or(0, |(_, n)| *n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_parked_https_connection_is_a_client_close() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| {
+        b.park_idle_after(Some(Duration::from_millis(20)))
+    })
+    .await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    tls.get_ref().0.set_zero_linger().unwrap();
+    drop(tls);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_its_client_hello_is_a_client_close() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    // A TCP health check: connect, close.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    server.wait_stats("accepted", |s| s.accepted == 1).await;
+    drop(tcp);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    // One that resets instead.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    server.wait_stats("accepted", |s| s.accepted == 2).await;
+    tcp.set_zero_linger().unwrap();
+    drop(tcp);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    assert_eq!(closed_as(&stats, "tls_handshake_failed"), 0, "{stats:?}");
+    // A byte that is not TLS still fails the handshake, counted.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::TlsHandshakeFailed, "{closed:?}");
+    assert_eq!(server.handle.stats().protocol_errors, 1);
+    server.stop().await;
 }
