@@ -240,7 +240,11 @@ impl TlsConfig {
     }
 
     /// ALPN protocols offered, in order of preference. Default: `h2`,
-    /// `http/1.1`. Without `h2` every TLS connection speaks HTTP/1.1.
+    /// `http/1.1`. A connection that negotiates `h2` speaks HTTP/2; any
+    /// other (or none, a client that offers no ALPN) speaks HTTP/1.1. A
+    /// client that offers ALPN but none of these protocols (only `h2`, when
+    /// it is left out) fails the handshake with rustls'
+    /// `no_application_protocol` alert.
     pub fn alpn_protocols(self, protocols: Vec<Vec<u8>>) -> TlsConfig {
         self.update(|s| s.alpn = protocols)
             .expect("certificates were already valid");
