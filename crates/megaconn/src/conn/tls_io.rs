@@ -675,6 +675,15 @@ impl<S: Transport> Transport for TlsIo<S> {
         }
         self.sock.poll_read_ready(cx)
     }
+
+    /// Sends what was encrypted already and shuts the socket, with no
+    /// `close_notify`, then or later (a `close_notify` read while the close
+    /// lingers is not answered).
+    fn poll_shutdown_truncated(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.closing = true;
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.sock).poll_shutdown(cx)
+    }
 }
 
 impl<S: Parkable> Parkable for TlsIo<S> {

@@ -1,13 +1,15 @@
 //! How TLS connections end, against a real server with a rustls client: a
 //! handshake in progress at graceful shutdown completes and its first
 //! request is served (as a new cleartext connection's is); a client that
-//! resets or leaves before its ClientHello closed, it broke no protocol.
+//! resets or leaves before its ClientHello closed, it broke no protocol;
+//! our closes say `close_notify` after a whole answer and not after one
+//! that failed midway; a close with bytes left unread lingers.
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
 use megaconn::{CloseReason, TlsConfig};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common;
@@ -147,5 +149,78 @@ async fn a_client_that_leaves_before_its_client_hello_is_a_client_close() {
     let closed = events.next_close().await;
     assert_eq!(closed.reason, CloseReason::TlsHandshakeFailed, "{closed:?}");
     assert_eq!(server.handle.stats().protocol_errors, 1);
+    server.stop().await;
+}
+
+/// HTTP/1.0 over TLS: a body of unknown length is delimited by the close,
+/// which says `close_notify` (without it, rustls and OpenSSL clients report
+/// the end as truncation), and a body that failed midway ends without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_delimited_body_ends_with_close_notify_and_a_failed_one_without() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    tls.write_all(b"GET /chunked HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut whole = Vec::new();
+    tokio::time::timeout(SAFETY, tls.read_to_end(&mut whole))
+        .await
+        .expect("the server closes")
+        .expect("a clean end: close_notify");
+    let whole = String::from_utf8_lossy(&whole);
+    assert!(whole.ends_with("\r\n\r\none,two,three"), "{whole}");
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ServerClosed, "{closed:?}");
+
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    tls.write_all(b"GET /failing-body HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut cut = Vec::new();
+    let end = tokio::time::timeout(SAFETY, tls.read_to_end(&mut cut))
+        .await
+        .expect("the server closes");
+    let cut = String::from_utf8_lossy(&cut);
+    assert!(cut.ends_with("\r\n\r\npartial"), "{cut}");
+    assert_eq!(
+        end.expect_err("no close_notify after a failed body").kind(),
+        std::io::ErrorKind::UnexpectedEof
+    );
+    drop(tls);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ServerError, "{closed:?}");
+    server.stop().await;
+}
+
+/// A close of ours with bytes read past the last request (the client sent
+/// more than we serve) lingers: the socket is half-closed and read until the
+/// client closes, so that more of its bytes arriving cannot turn the close
+/// into a reset that destroys the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_with_bytes_left_unread_lingers() {
+    let (server, mut events) = {
+        let (builder, events) = hooked(megaconn::Server::builder().workers(1));
+        (TestServer::start(builder).await, events)
+    };
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    // One write: the request that closes and bytes after it, read together.
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nmore")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(SAFETY, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server half-closes")
+        .unwrap();
+    assert!(answer.ends_with(b"Hello, World!"), "{answer:?}");
+    // Half-closed and lingering: not closed until the client is.
+    // (Without the linger the close was counted before the socket's end.)
+    let stats = server.handle.stats();
+    assert_eq!(stats.closed, 0, "{stats:?}");
+    drop(tcp);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ServerClosed, "{closed:?}");
     server.stop().await;
 }
