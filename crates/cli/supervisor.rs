@@ -314,6 +314,21 @@ fn stop_all(workers: &[Worker], signal: libc::c_int) {
     }
 }
 
+/// What a worker process gets between fork and exec: its publish channel
+/// kept open across the exec, and SIGHUP ignored. The supervisor passes
+/// SIGHUP on to every worker process, and one just (re)started may not have
+/// installed its handler yet: SIGHUP's default action would end it. An
+/// ignored signal stays ignored across exec; the worker's handler (tokio's)
+/// replaces that when it is installed. Only async-signal-safe calls.
+fn worker_pre_exec(channel_fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    fanout::keep_across_exec(channel_fd)?;
+    // SAFETY: signal(2) with SIG_IGN; async-signal-safe.
+    if unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Starts worker process `index` and a task that reports when it is ready and
 /// when it exits. `first`: its first start, which takes over from the old
 /// worker process of the same index when the supervisor was started with
@@ -342,8 +357,9 @@ fn start(
         .with_context(|| format!("cannot make the publish channel of worker process {index}"))?;
     let channel_fd = channel.as_raw_fd();
     let mut cmd = tokio::process::Command::new(exe);
-    // SAFETY: the closure only calls fcntl(2), which is async-signal-safe.
-    unsafe { cmd.pre_exec(move || fanout::keep_across_exec(channel_fd)) };
+    // SAFETY: the closure only calls async-signal-safe functions (see
+    // `worker_pre_exec`).
+    unsafe { cmd.pre_exec(move || worker_pre_exec(channel_fd)) };
     cmd.arg("serve")
         .args(argv.iter().filter(|a| upgrade || *a != "--upgrade"))
         .arg("--worker-process")
@@ -377,4 +393,35 @@ fn start(
         let _ = events.send(Event::Exited(index, code));
     });
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+
+    use super::*;
+
+    /// A SIGHUP reaching a worker process before it installed its handler
+    /// (just started or restarted, when the supervisor passes one on) must
+    /// not end it: the process starts with SIGHUP ignored. A shell stands
+    /// for the worker and hangs itself up at once.
+    #[test]
+    fn a_worker_process_starts_with_sighup_ignored() {
+        let channel = std::fs::File::open("/dev/null").unwrap();
+        let fd = channel.as_raw_fd();
+        let mut cmd = std::process::Command::new("/bin/sh");
+        // SAFETY: as in `start`.
+        unsafe { cmd.pre_exec(move || worker_pre_exec(fd)) };
+        let out = cmd
+            .args(["-c", "kill -HUP $$; echo alive"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "alive\n",
+            "{:?}",
+            out.status
+        );
+    }
 }

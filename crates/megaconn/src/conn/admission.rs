@@ -3,7 +3,7 @@
 //! client usually owns a whole /64).
 //!
 //! Over a limit, a connection is closed right after accept, counted under the
-//! limit's name and logged at most once per interval (see `acceptor.rs`). The
+//! limit's name and logged at most once per interval (see `accept.rs`). The
 //! per-IP table holds only IPs that have connections now, a few dozen bytes
 //! each; a million connections from a handful of addresses cost a handful of
 //! entries.

@@ -127,15 +127,20 @@ impl WorkerContext {
 
 impl WorkerContext {
     /// Runs a protocol's opening handshake (TLS, HTTP/2) bounded by
-    /// `timeout` and cut short by shutdown, the one shape every handshake
-    /// takes: on time-out it counts in `timeouts` and closes as `timed_out`;
-    /// on failure it closes as `failed` says.
+    /// `timeout`, the one shape every handshake takes: on time-out it counts
+    /// in `timeouts` and closes as `timed_out`; on failure it closes as
+    /// `failed` says. `cut_at_shutdown`: graceful shutdown ends it early (as
+    /// `Shutdown`). A TLS handshake is not cut: a new cleartext connection
+    /// gets its first request served at shutdown, and so does one still in
+    /// its handshake (its timeout bounds it, and the worker's
+    /// `shutdown_timeout` bounds everything).
     pub(crate) async fn handshake<T, E>(
         &self,
         timeout: Option<std::time::Duration>,
         handshake: impl std::future::Future<Output = Result<T, E>>,
         timed_out: CloseReason,
         failed: impl FnOnce(E) -> CloseReason,
+        cut_at_shutdown: bool,
     ) -> Result<T, CloseReason> {
         let bounded = async {
             match timeout {
@@ -143,9 +148,15 @@ impl WorkerContext {
                 None => Some(handshake.await),
             }
         };
+        let shutdown = async {
+            match cut_at_shutdown {
+                true => self.shutdown.wait().await,
+                false => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
-            () = self.shutdown.wait() => Err(CloseReason::Shutdown),
+            () = shutdown => Err(CloseReason::Shutdown),
             r = bounded => match r {
                 None => {
                     incr(&self.stats.timeouts);

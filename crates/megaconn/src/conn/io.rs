@@ -155,13 +155,24 @@ impl<T: Transport> ConnIo<T> {
     }
 
     /// Flushes the last response and closes; lingers when unread input could
-    /// otherwise turn the close into a reset that destroys the response.
+    /// otherwise turn the close into a reset that destroys the response:
+    /// for the reasons that may leave some, and whenever bytes past the last
+    /// request were read (the client sends more than we serve, and more may
+    /// be on its way). Over TLS our closes say `close_notify`, so that a
+    /// body delimited by the close reads as complete, except after an
+    /// answer that failed midway, which must read as truncated (its socket
+    /// is shut without one). Cleartext shuts its socket only to linger.
     pub(crate) async fn close(&mut self, reason: CloseReason) {
-        let linger = reason.needs_linger();
+        let linger = reason.needs_linger() || self.rbuf_len() > 0;
+        let notify = T::SECURE && reason.says_close_notify();
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             self.flush().await?;
-            if linger {
+            if linger && reason.truncates() {
+                poll_fn(|cx| self.io.poll_shutdown_truncated(cx)).await?;
+            } else if linger || notify {
                 poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await?;
+            }
+            if linger {
                 let mut discarded = 0;
                 while discarded < LINGER_BYTES {
                     let (rbuf, io) = self.rbuf_and_io();

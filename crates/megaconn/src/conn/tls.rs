@@ -240,7 +240,11 @@ impl TlsConfig {
     }
 
     /// ALPN protocols offered, in order of preference. Default: `h2`,
-    /// `http/1.1`. Without `h2` every TLS connection speaks HTTP/1.1.
+    /// `http/1.1`. A connection that negotiates `h2` speaks HTTP/2; any
+    /// other (or none, a client that offers no ALPN) speaks HTTP/1.1. A
+    /// client that offers ALPN but none of these protocols (only `h2`, when
+    /// it is left out) fails the handshake with rustls'
+    /// `no_application_protocol` alert.
     pub fn alpn_protocols(self, protocols: Vec<Vec<u8>>) -> TlsConfig {
         self.update(|s| s.alpn = protocols)
             .expect("certificates were already valid");
@@ -437,8 +441,8 @@ pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsCo
 /// A TLS connection's stream (its session boxed inside).
 pub(crate) type ServerTls = TlsIo<TcpStream>;
 
-/// Runs the TLS handshake, bounded by the handshake timeout and cut short by
-/// shutdown; on failure, says why the connection closes.
+/// Runs the TLS handshake, bounded by the handshake timeout (graceful
+/// shutdown lets it finish); on failure, says why the connection closes.
 pub(crate) async fn handshake(
     stream: TcpStream,
     ctx: &WorkerContext,
@@ -446,6 +450,9 @@ pub(crate) async fn handshake(
 ) -> Result<ServerTls, CloseReason> {
     let timeout = live.handshake_timeout;
     let failed = |e: std::io::Error| {
+        if client_left(&e) {
+            return CloseReason::ClientClosed;
+        }
         tracing::debug!(error = %e, "TLS handshake failed");
         incr(&ctx.stats.protocol_errors);
         CloseReason::TlsHandshakeFailed
@@ -454,7 +461,22 @@ pub(crate) async fn handshake(
         TlsIo::new(stream, live.config.clone()).map_err(|e| failed(std::io::Error::other(e)))?;
     drop(live);
     let done = std::future::poll_fn(|cx| tls.poll_handshake(cx));
-    ctx.handshake(timeout, done, CloseReason::TlsHandshakeTimeout, failed)
-        .await?;
+    // Not cut by graceful shutdown (see `WorkerContext::handshake`).
+    ctx.handshake(
+        timeout,
+        done,
+        CloseReason::TlsHandshakeTimeout,
+        failed,
+        false,
+    )
+    .await?;
     Ok(tls)
+}
+
+/// Whether a TLS error is the client leaving, not a protocol error: a reset
+/// (an RST on a parked connection, a health check that resets), a close
+/// before its ClientHello (`TlsIo::poll_handshake`), a pipe it broke.
+pub(crate) fn client_left(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }

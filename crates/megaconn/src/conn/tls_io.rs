@@ -9,14 +9,17 @@
 //! (`pool::take_local`) that go back as soon as they are empty. An idle
 //! connection is its socket and the boxed session.
 //!
-//! Parking ([`TlsIo::into_parked_tls`]) splits a stream into the bare socket,
+//! Parking (`TlsIo::into_parked_parts`) splits a stream into the bare socket,
 //! which the parking lot keeps, and a [`ParkedTls`] (the session, and the
 //! head of a record whose rest has not arrived, if any), which waits in the
 //! worker's [`ParkedSessions`] table under the socket's descriptor. A wake-up
 //! ([`TlsIo::resume`], [`TlsIo::poll_prefetch`]) reads and decrypts what
 //! arrived without registering the socket with tokio: application data is
 //! served, a KeyUpdate or a ticket request is answered and the connection
-//! goes straight back, a `close_notify` closes it.
+//! goes straight back, a `close_notify` closes it. Part of a record is
+//! served too (HTTP/1.1 waits for the rest under `read_header_timeout`), so
+//! a `tail` parked at the end of an exchange or of an idle wait is parked
+//! again only once the record it began is whole.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -37,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::conn::pool::{give_local, take_local};
 use crate::conn::transport::{Parkable, Transport};
+use crate::conn::woken::WokenSocket;
 
 /// Plaintext taken per `poll_write`: four full records. Bounds the
 /// ciphertext a write buffers before it is sent.
@@ -61,6 +65,9 @@ pub(crate) struct TlsIo<S> {
     eof: bool,
     /// Our `close_notify` is queued.
     closing: bool,
+    /// The handshake read a byte: a peer that closes before one never
+    /// began it (see [`TlsIo::poll_handshake`]).
+    began: bool,
 }
 
 impl<S> std::fmt::Debug for TlsIo<S> {
@@ -257,6 +264,7 @@ impl<S> TlsIo<S> {
             peer_closed: false,
             eof: false,
             closing: false,
+            began: false,
         }
     }
 
@@ -281,6 +289,7 @@ impl<S> TlsIo<S> {
             peer_closed,
             eof,
             closing,
+            began,
         } = self;
         TlsIo {
             sock: f(sock),
@@ -289,6 +298,7 @@ impl<S> TlsIo<S> {
             peer_closed,
             eof,
             closing,
+            began,
         }
     }
 
@@ -494,7 +504,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
     }
 
     /// Drives the handshake until it is complete (the client's Finished
-    /// read, our last flight sent).
+    /// read, our last flight sent). A peer that closes before its first
+    /// byte (a TCP health check, a port scan) fails it with
+    /// `ConnectionAborted`, not `UnexpectedEof`: it never began one.
     pub(crate) fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let step = self.process_or_alert(cx, None)?;
@@ -512,8 +524,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
             match self.poll_recv(cx)? {
+                Poll::Ready(0) if !self.began => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the peer closed before its ClientHello",
+                    )))
+                }
                 Poll::Ready(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-                Poll::Ready(_) => {}
+                Poll::Ready(_) => self.began = true,
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -552,17 +570,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
             }
         }
     }
+}
 
+impl TlsIo<WokenSocket> {
     /// A woken parked connection: reads and decrypts what arrived, without
-    /// waiting. Ready(true): there is something for the protocol (bytes,
-    /// or the end); Ready(false): nothing but TLS housekeeping (a KeyUpdate,
-    /// part of a record), so it may park again at once.
+    /// waiting and without registering the socket with tokio (it stays bare
+    /// and in the lot's set). Ok(true): there is something for the protocol
+    /// (bytes, or the end); Ok(false): nothing but TLS housekeeping (a
+    /// KeyUpdate, part of a record: see [`TlsIo::holds_partial_record`]).
     pub(crate) fn poll_prefetch(&mut self) -> io::Result<bool> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.poll_fill(&mut cx, None)? {
+        self.sock.prefetching(true);
+        let filled = self.poll_fill(&mut cx, None);
+        self.sock.prefetching(false);
+        match filled? {
             Poll::Ready(()) => Ok(true),
             Poll::Pending => Ok(false),
         }
+    }
+}
+
+impl<S> TlsIo<S> {
+    /// Whether the head of a record whose rest has not arrived waits.
+    pub(crate) fn holds_partial_record(&self) -> bool {
+        self.bufs.incoming.is_some()
     }
 }
 
@@ -643,6 +674,15 @@ impl<S: Transport> Transport for TlsIo<S> {
             return Poll::Ready(Ok(()));
         }
         self.sock.poll_read_ready(cx)
+    }
+
+    /// Sends what was encrypted already and shuts the socket, with no
+    /// `close_notify`, then or later (a `close_notify` read while the close
+    /// lingers is not answered).
+    fn poll_shutdown_truncated(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.closing = true;
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.sock).poll_shutdown(cx)
     }
 }
 

@@ -28,6 +28,14 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
         let _ = cx;
         Poll::Ready(Ok(()))
     }
+
+    /// Half-closes the stream after an answer that failed midway (the
+    /// service's error, a panic): as `poll_shutdown`, except that a TLS
+    /// stream shuts its socket without `close_notify`, so the peer sees the
+    /// answer truncated rather than complete. Default: `poll_shutdown`.
+    fn poll_shutdown_truncated(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(self).poll_shutdown(cx)
+    }
 }
 
 /// How an idle connection on a stream may leave the runtime: the core's
@@ -150,6 +158,10 @@ impl<T: Transport> Transport for Foreign<T> {
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.io.poll_read_ready(cx)
+    }
+
+    fn poll_shutdown_truncated(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_shutdown_truncated(cx)
     }
 }
 

@@ -60,6 +60,9 @@ pub(crate) struct WokenSocket {
     /// ([`Wake::HungUp`]): a short read proves nothing (the end is still to
     /// be read), and the connection reads on to it rather than parking.
     hung_up: bool,
+    /// A TLS wake-up's prefetch is reading ([`WokenSocket::prefetching`]):
+    /// a read that would block leaves the socket bare.
+    prefetching: bool,
 }
 
 #[derive(Debug)]
@@ -82,6 +85,7 @@ impl WokenSocket {
             in_lot: true,
             heard: wake == Wake::Timer,
             hung_up: wake == Wake::HungUp,
+            prefetching: false,
         }
     }
 
@@ -95,6 +99,7 @@ impl WokenSocket {
             in_lot: false,
             heard: false,
             hung_up: false,
+            prefetching: false,
         }
     }
 
@@ -108,6 +113,7 @@ impl WokenSocket {
             in_lot: false,
             heard: false,
             hung_up: false,
+            prefetching: false,
         }
     }
 
@@ -138,6 +144,16 @@ impl WokenSocket {
             State::Registered(stream) => Ok(stream),
             _ => Err(lost()),
         }
+    }
+
+    /// While on, a read that would block on the bare socket returns
+    /// `Pending` without registering with tokio (nothing will wake the
+    /// caller: it must not wait on it). A TLS wake-up reads what arrived
+    /// this way (`TlsIo::poll_prefetch`): when that was only housekeeping
+    /// (a KeyUpdate), the socket parks again still bare and in the lot's
+    /// set, with no `epoll_ctl`; registering it cost four and a wait.
+    pub(crate) fn prefetching(&mut self, on: bool) {
+        self.prefetching = on;
     }
 
     fn bare(&self) -> Option<BorrowedFd<'_>> {
@@ -231,9 +247,13 @@ impl AsyncRead for WokenSocket {
                     n
                 }
                 Err(e) => return Poll::Ready(Err(e)),
-                // Nothing to read: from here on, wait like any stream.
+                // Nothing to read: from here on, wait like any stream
+                // (unless the caller only looks, see `prefetching`).
                 Ok(None) => {
                     self.heard = true;
+                    if self.prefetching {
+                        return Poll::Pending;
+                    }
                     let stream = self.registered()?;
                     ready!(poll_io(stream, Interest::READABLE, asked, cx, |fd| {
                         sys::recv(fd, unfilled)

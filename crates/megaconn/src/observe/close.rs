@@ -192,6 +192,26 @@ impl CloseReason {
     }
 }
 
+impl CloseReason {
+    /// Closes whose last answer may be incomplete: the peer must not take
+    /// the end of the stream for the end of the answer (over TLS, no
+    /// `close_notify`).
+    pub(crate) fn truncates(self) -> bool {
+        matches!(
+            self,
+            CloseReason::ServerError | CloseReason::Panic | CloseReason::WriteTimeout
+        )
+    }
+
+    /// Closes we say, over TLS, with `close_notify`: ours, after a whole
+    /// answer (or none). Not when the answer may be incomplete
+    /// ([`CloseReason::truncates`]), nor when the peer left or the socket
+    /// failed (a peer's `close_notify` is answered when it is read).
+    pub(crate) fn says_close_notify(self) -> bool {
+        !self.truncates() && !matches!(self, CloseReason::ClientClosed | CloseReason::Io(_))
+    }
+}
+
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -275,6 +275,7 @@ where
         handshake,
         CloseReason::HeaderTimeout,
         |e| close_reason(&e, ctx),
+        true,
     )
     .await
 }

@@ -10,7 +10,8 @@
 //!                             \-- no: registered with the runtime -------------> HTTP/1.1
 //!  Incoming::Woken { proto }  -- the tag the lot kept ---------------------------> that protocol
 //!     (HTTP/1.1 and WebSocket over TLS: the session from the worker's
-//!      table first; only TLS housekeeping arrived -> parked again at once)
+//!      table first; only TLS housekeeping arrived -> parked again at once,
+//!      HTTP/1.1 with part of a record -> served, under read_header_timeout)
 //!
 //!  a protocol ends with:
 //!     Close(reason)        -> Connection::close(reason)       (counted once, here)
@@ -262,8 +263,9 @@ async fn serve_tls<S>(
 
 /// A parked HTTPS/1.1 connection woke up: its session comes back from the
 /// worker's table and decrypts what arrived, without a wait. Requests are
-/// served; TLS housekeeping alone (a KeyUpdate, part of a record) parks it
-/// again at once, with a fresh idle deadline.
+/// served, and so is part of a record (its rest waits under
+/// `read_header_timeout`); complete TLS housekeeping alone (a KeyUpdate)
+/// parks it again at once, with a fresh idle deadline.
 async fn serve_tls_woken<S>(
     socket: std::os::fd::OwnedFd,
     hot: bool,
@@ -288,6 +290,14 @@ async fn serve_tls_woken<S>(
     let mut io = TlsIo::resume(WokenSocket::new(socket, hot, wake), parked);
     match io.poll_prefetch() {
         Ok(true) => serve_http1(io, service, ctx, conn, info, proto::HTTP1_TLS).await,
+        // Part of a record: the rest is a request on its way, and it waits
+        // as a task under `read_header_timeout`, as a cleartext request head
+        // does (the same path as a first request). Parked again with a fresh
+        // idle deadline, it held up to a record's ciphertext for as long as
+        // the client kept sending a byte now and then.
+        Ok(false) if io.holds_partial_record() => {
+            serve_http1(io, service, ctx, conn, info, proto::HTTP1_TLS).await
+        }
         Ok(false) => {
             let deadline = ctx
                 .config
@@ -302,6 +312,8 @@ async fn serve_tls_woken<S>(
             };
             park(io, parking, &ctx, conn);
         }
+        // A reset is the client leaving, not a TLS error.
+        Err(e) if tls::client_left(&e) => conn.close(CloseReason::ClientClosed),
         Err(e) => {
             tracing::debug!(error = %e, "TLS error on a woken connection");
             incr(&ctx.stats.protocol_errors);

@@ -277,8 +277,9 @@ where
     if let Some(tx) = sender {
         // Idle connections still waiting as tasks park first, so that they
         // move too: woken, each parks on its next poll; a few turns of the
-        // loop let them all run (connections that cannot park, TLS or
-        // HTTP/2, stay idle tasks and close below).
+        // loop let them all run. HTTP/2 (over TLS or not) cannot park and
+        // stays an idle task; HTTPS/1.1 parks, but its session cannot move
+        // with the socket, so it stays in the lot. Both close below.
         ctx.shutdown.park_all_idle();
         // Bounded (~200 ms): idle connections that cannot park never leave.
         for turn in 0..200 {

@@ -40,6 +40,7 @@ mod park;
 mod scripted;
 mod timeouts;
 mod tls;
+mod tls_close;
 mod tls_listeners;
 mod tls_park;
 mod tonic;

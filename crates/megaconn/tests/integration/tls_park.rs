@@ -86,6 +86,7 @@ async fn a_key_update_while_parked_is_answered_and_the_connection_parks_again() 
     server
         .wait_stats("parked", |s| s.connections_parked == 1)
         .await;
+    let ctl = server.handle.stats().parking_epoll_ctl;
     // A KeyUpdate asking for the server's own: no application data, so the
     // woken connection answers it and goes straight back to the lot.
     tls.get_mut().1.refresh_traffic_keys().unwrap();
@@ -95,7 +96,12 @@ async fn a_key_update_while_parked_is_answered_and_the_connection_parks_again() 
             s.parks == 2 && s.wakes_cold + s.wakes_hot == 1 && s.connections_parked == 1
         })
         .await;
-    assert_eq!(server.handle.stats().requests, 1);
+    let stats = server.handle.stats();
+    assert_eq!(stats.requests, 1);
+    // Never registered with tokio: it stayed in the lot's set, so parking
+    // again cost no `epoll_ctl` (registered, it left the set and was added
+    // back).
+    assert_eq!(stats.parking_epoll_ctl, ctl, "{stats:?}");
     // Both sides use the new keys: the next request is understood and the
     // answer decrypts.
     assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
@@ -242,4 +248,47 @@ async fn shutdown_closes_parked_tls_connections_with_close_notify() {
         .expect("the server said close_notify");
     let closed = events.next_close().await;
     assert_eq!(closed.reason, CloseReason::Shutdown, "{closed:?}");
+}
+
+/// A wake that brings only part of a record is served as a first request
+/// is: the rest must come within `read_header_timeout`, or the connection
+/// closes (`HeaderTimeout`), as a cleartext one with part of a head does.
+/// Parked again with a fresh idle deadline, it kept the ciphertext for as
+/// long as the client sent a byte now and then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn part_of_a_record_while_parked_must_be_completed_within_read_header_timeout() {
+    use std::io::Write;
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    // The header timeout also bounds the first request: long enough for it
+    // on a busy machine; the idle timeout is far beyond the test.
+    let (server, mut events) = parking_server(tls_of(&leaf), |b| {
+        b.read_header_timeout(Some(Duration::from_secs(1)))
+            .idle_timeout(Some(Duration::from_secs(600)))
+    })
+    .await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // The next request's record, encrypted by the client's session; only
+    // its first bytes are sent.
+    let (tcp, session) = tls.get_mut();
+    session
+        .writer()
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut record = Vec::new();
+    session.write_tls(&mut record).unwrap();
+    assert!(record.len() > 10, "{record:?}");
+    tcp.write_all(&record[..10]).await.unwrap();
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::HeaderTimeout, "{closed:?}");
+    assert_eq!(closed.requests, 1, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.connections_open, 0, "{stats:?}");
+    assert_eq!(stats.connections_parked, 0, "{stats:?}");
+    assert_eq!(stats.timeouts, 1, "{stats:?}");
+    server.stop().await;
 }

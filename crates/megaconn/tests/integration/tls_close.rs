@@ -1,0 +1,226 @@
+//! How TLS connections end, against a real server with a rustls client: a
+//! handshake in progress at graceful shutdown completes and its first
+//! request is served (as a new cleartext connection's is); a client that
+//! resets or leaves before its ClientHello closed, it broke no protocol;
+//! our closes say `close_notify` after a whole answer and not after one
+//! that failed midway; a close with bytes left unread lingers.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use megaconn::{CloseReason, TlsConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common;
+
+use common::modes::{hooked, Events};
+use common::tls::{connect, http1_get, Ca, Leaf};
+use common::{try_parse_response, RawResponse, TestServer, SAFETY};
+
+/// A TLS server with the test app (no parking); `configure` adds settings.
+async fn tls_server(
+    leaf: &Leaf,
+    configure: impl FnOnce(megaconn::Builder) -> megaconn::Builder,
+) -> (TestServer, Events) {
+    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let builder = megaconn::Server::builder().workers(1).tls(tls);
+    let (builder, events) = hooked(configure(builder));
+    (TestServer::start(builder).await, events)
+}
+
+/// Reads one response off a blocking rustls stream (its framing, not the
+/// end of the stream, says where it ends).
+fn read_response_blocking(tls: &mut impl Read) -> RawResponse {
+    let mut buf = Vec::new();
+    loop {
+        if let Some((response, _)) = try_parse_response(&buf, false) {
+            return response;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tls.read(&mut chunk).expect("the response");
+        assert!(n > 0, "closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_in_progress_at_shutdown_completes_and_is_served() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    // An idle connection: its close tells the test that shutdown began.
+    let mut idle = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut idle).await.0, "HTTP/1.1 200 OK");
+    // A client driven by hand: its ClientHello sent, the rest held back.
+    let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(SAFETY)).unwrap();
+    let name = "localhost".try_into().unwrap();
+    let mut client = rustls::ClientConnection::new(ca.client(&[b"http/1.1"]), name).unwrap();
+    client.write_tls(&mut tcp).unwrap();
+    server
+        .wait_stats("both accepted", |s| {
+            s.accepted == 2 && s.connections_open == 2
+        })
+        .await;
+    server.handle.shutdown();
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::Shutdown, "{closed:?}");
+    assert_eq!(closed.requests, 1, "the idle one closed first: {closed:?}");
+    // The handshake goes on and the first request is served.
+    let response = tokio::task::spawn_blocking(move || {
+        while client.is_handshaking() {
+            client
+                .complete_io(&mut tcp)
+                .expect("the handshake completes");
+        }
+        let mut tls = rustls::Stream::new(&mut client, &mut tcp);
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        read_response_blocking(&mut tls)
+    })
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body, b"Hello, World!");
+    assert_eq!(response.header("connection"), Some("close"), "{response:?}");
+    let closed = events.next_close().await;
+    assert_eq!(closed.requests, 1, "{closed:?}");
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0, "{summary:?}");
+}
+
+/// The count of closes for `reason` (the metric's label).
+fn closed_as(stats: &megaconn::ServerStats, reason: &str) -> u64 {
+    stats
+        .request_metrics
+        .closed_by_reason
+        .iter()
+        .find(|(label, _)| *label == reason)
+        .map_or(0, |(_, n)| *n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_parked_https_connection_is_a_client_close() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| {
+        b.park_idle_after(Some(Duration::from_millis(20)))
+    })
+    .await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    tls.get_ref().0.set_zero_linger().unwrap();
+    drop(tls);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_its_client_hello_is_a_client_close() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    // A TCP health check: connect, close.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    server.wait_stats("accepted", |s| s.accepted == 1).await;
+    drop(tcp);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    // One that resets instead.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    server.wait_stats("accepted", |s| s.accepted == 2).await;
+    tcp.set_zero_linger().unwrap();
+    drop(tcp);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    assert_eq!(closed_as(&stats, "tls_handshake_failed"), 0, "{stats:?}");
+    // A byte that is not TLS still fails the handshake, counted.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::TlsHandshakeFailed, "{closed:?}");
+    assert_eq!(server.handle.stats().protocol_errors, 1);
+    server.stop().await;
+}
+
+/// HTTP/1.0 over TLS: a body of unknown length is delimited by the close,
+/// which says `close_notify` (without it, rustls and OpenSSL clients report
+/// the end as truncation), and a body that failed midway ends without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_delimited_body_ends_with_close_notify_and_a_failed_one_without() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    tls.write_all(b"GET /chunked HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut whole = Vec::new();
+    tokio::time::timeout(SAFETY, tls.read_to_end(&mut whole))
+        .await
+        .expect("the server closes")
+        .expect("a clean end: close_notify");
+    let whole = String::from_utf8_lossy(&whole);
+    assert!(whole.ends_with("\r\n\r\none,two,three"), "{whole}");
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ServerClosed, "{closed:?}");
+
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    tls.write_all(b"GET /failing-body HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut cut = Vec::new();
+    let end = tokio::time::timeout(SAFETY, tls.read_to_end(&mut cut))
+        .await
+        .expect("the server closes");
+    let cut = String::from_utf8_lossy(&cut);
+    assert!(cut.ends_with("\r\n\r\npartial"), "{cut}");
+    assert_eq!(
+        end.expect_err("no close_notify after a failed body").kind(),
+        std::io::ErrorKind::UnexpectedEof
+    );
+    drop(tls);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ServerError, "{closed:?}");
+    server.stop().await;
+}
+
+/// A close of ours with bytes read past the last request (the client sent
+/// more than we serve) lingers: the socket is half-closed and read until the
+/// client closes, so that more of its bytes arriving cannot turn the close
+/// into a reset that destroys the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_with_bytes_left_unread_lingers() {
+    let (server, mut events) = {
+        let (builder, events) = hooked(megaconn::Server::builder().workers(1));
+        (TestServer::start(builder).await, events)
+    };
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    // One write: the request that closes and bytes after it, read together.
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nmore")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(SAFETY, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server half-closes")
+        .unwrap();
+    assert!(answer.ends_with(b"Hello, World!"), "{answer:?}");
+    // Half-closed and lingering: not closed until the client is.
+    // (Without the linger the close was counted before the socket's end.)
+    let stats = server.handle.stats();
+    assert_eq!(stats.closed, 0, "{stats:?}");
+    drop(tcp);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ServerClosed, "{closed:?}");
+    server.stop().await;
+}
