@@ -1072,6 +1072,22 @@ impl Ws {
     }
 }
 
+/// A client that resets a parked WebSocket over TLS closed it: no protocol
+/// error (it was counted as a TLS error before, as for HTTPS/1.1).
+#[tokio::test]
+async fn a_reset_of_a_parked_websocket_over_tls_is_a_client_close() {
+    let (mut server, ca) = Ws::tls(|r| r).await;
+    let client = server.tls_client(&ca).await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    client.get_ref().get_ref().0.set_zero_linger().unwrap();
+    drop(client);
+    assert_eq!(server.next_close().await, (0, CloseReason::ClientClosed));
+    assert_eq!(server.handle.stats().protocol_errors, 0);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_websocket_over_tls_parks_and_keeps_its_state_across_wakes() {
     let (mut server, ca) = Ws::tls(|r| r).await;

@@ -175,6 +175,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 match tls.poll_prefetch() {
                     Ok(true) => {}
                     Ok(false) => unread_wake = false,
+                    // The client reset or left: its close, not a TLS error
+                    // (as for HTTPS/1.1, `conn/tls.rs` `client_left`).
+                    Err(e) if crate::conn::tls::client_left(&e) => {
+                        return Ended::Close(live.close(CloseReason::ClientClosed));
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "TLS error on a woken WebSocket");
                         incr(&ctx.stats.protocol_errors);
