@@ -225,11 +225,15 @@ impl Stopwatch {
         }
     }
 
-    /// Nanoseconds since `start` (zero with the `metrics` feature off).
+    /// Nanoseconds since `start` (zero with the `metrics` feature off). The
+    /// end is a fresh reading, never the lot turn's: a request served on a
+    /// turn started and ended within it, and with the turn's reading at both
+    /// ends every heartbeat measured 0 s (its start may take the turn's
+    /// reading: it was waiting since then).
     #[inline]
     fn elapsed_nanos(self) -> u64 {
         #[cfg(feature = "metrics")]
-        return crate::observe::clock::now_nanos().saturating_sub(self.started);
+        return crate::observe::clock::read_nanos().saturating_sub(self.started);
         #[cfg(not(feature = "metrics"))]
         0
     }
@@ -964,4 +968,22 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<()
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), fmt::Error> {
     let m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
     ConstCounter::new(v).encode(m)
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use super::*;
+
+    /// A request served within one lot turn (a heartbeat on a parked
+    /// connection) measures its time: the end is a fresh reading, not the
+    /// turn's (which made every such duration 0).
+    #[test]
+    fn a_request_served_within_a_turn_measures_its_time() {
+        let elapsed = crate::observe::clock::turn(|| {
+            let stopwatch = Stopwatch::start();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            stopwatch.elapsed_nanos()
+        });
+        assert!(elapsed >= 2_000_000, "{elapsed} ns");
+    }
 }
