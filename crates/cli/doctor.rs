@@ -50,7 +50,8 @@ Checks (each reads a kernel limit and compares it with what N connections need):
   conntrack    net.netfilter.nf_conntrack_max, when the nf_conntrack module is
                loaded: every tracked connection takes an entry, and a full table
                drops new connections (\"nf_conntrack: table full\").
-  memory       MemAvailable from /proc/meminfo against N x (5 KiB of kernel
+  memory       MemAvailable from /proc/meminfo (in a container with a memory
+               limit, the room left under it, if less) against N x (5 KiB of kernel
                memory per socket + 100 B of megaconn per idle connection).
                Loopback tests hold both ends on one host: twice the kernel part.
 
@@ -122,7 +123,9 @@ pub struct Host {
     pub tcp_mem: Option<[u64; 3]>,
     /// net.netfilter.nf_conntrack_max; `None`: module not loaded.
     pub conntrack_max: Option<u64>,
-    /// MemAvailable and MemTotal, bytes.
+    /// MemAvailable, bytes; inside a cgroup with a memory limit (a
+    /// container), the smaller of it and the room left under the limit,
+    /// which /proc/meminfo does not show (it reports the host's).
     pub mem_available: Option<u64>,
     /// MemTotal, bytes.
     pub mem_total: Option<u64>,
@@ -173,11 +176,35 @@ impl Host {
             ),
             tcp_mem: numbers("/proc/sys/net/ipv4/tcp_mem").and_then(|v| v.try_into().ok()),
             conntrack_max: one("/proc/sys/net/netfilter/nf_conntrack_max"),
-            mem_available: mem("MemAvailable:"),
+            mem_available: match (mem("MemAvailable:"), own_cgroup_room()) {
+                (Some(host), Some(cgroup)) => Some(host.min(cgroup)),
+                (host, cgroup) => host.or(cgroup),
+            },
             mem_total: mem("MemTotal:"),
             page_size,
         }
     }
+}
+
+/// The memory left under this process's cgroup v2 limit (`memory.max` minus
+/// `memory.current`), if it has one: a pod's limit, which also charges the
+/// kernel's socket memory.
+fn own_cgroup_room() -> Option<u64> {
+    let cgroup = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    cgroup_room(
+        &fs::read_to_string(dir.join("memory.max")).ok()?,
+        &fs::read_to_string(dir.join("memory.current")).ok()?,
+    )
+}
+
+/// The room under a cgroup's `memory.max` given its `memory.current`
+/// (`max`: no limit, `None`).
+fn cgroup_room(max: &str, current: &str) -> Option<u64> {
+    let max: u64 = max.trim().parse().ok()?;
+    let current: u64 = current.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
 }
 
 /// The `LimitNOFILE=` value for N connections: N plus headroom, rounded up to
@@ -684,6 +711,13 @@ mod tests {
 
     /// deploy/sysctl.d/60-megaconn.conf is what doctor asks for a million
     /// connections on a default kernel (and at least as much).
+    #[test]
+    fn a_cgroup_limit_is_room_under_it_and_max_is_none() {
+        assert_eq!(cgroup_room("3221225472\n", "1073741824\n"), Some(2 << 30));
+        assert_eq!(cgroup_room("max\n", "1073741824\n"), None);
+        assert_eq!(cgroup_room("100\n", "200\n"), Some(0));
+    }
+
     #[test]
     fn the_deploy_dropin_satisfies_doctor() {
         let file = include_str!("../../deploy/sysctl.d/60-megaconn.conf");
