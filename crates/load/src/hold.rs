@@ -476,6 +476,7 @@ pub(crate) fn hold_report(
         reconnects: outcome.counters.reconnects,
         heartbeats_ok: outcome.counters.heartbeats_ok,
         heartbeat_errors: outcome.counters.heartbeat_errors,
+        opens_ok: outcome.counters.opens_ok,
         heartbeat_latency_us: Percentiles::of(&outcome.latencies.heartbeats),
         heartbeat_latency_holding_us: Percentiles::of(&outcome.latencies.holding),
         pushes_received: outcome.counters.pushes_received,

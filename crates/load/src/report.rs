@@ -367,10 +367,17 @@ pub struct HoldReport {
     pub failed_connects: u64,
     /// Reconnects made (`--reconnect`).
     pub reconnects: u64,
-    /// Heartbeats (and the opening request) answered as expected.
+    /// Heartbeats answered as expected (not the opening requests: those
+    /// are `opens_ok`).
     pub heartbeats_ok: u64,
-    /// Heartbeats that failed (timeout, bad reply, error status).
+    /// Heartbeats that failed (timeout, bad reply, error status), and
+    /// opening requests that failed.
     pub heartbeat_errors: u64,
+    /// Opening requests (HTTP `GET`, WebSocket upgrade; none for tcp://)
+    /// answered as expected, one per connection made. Reports from before
+    /// this field counted them in `heartbeats_ok` and its latencies.
+    #[serde(default)]
+    pub opens_ok: u64,
     /// Heartbeat latency percentiles in microseconds.
     pub heartbeat_latency_us: Percentiles,
     /// The same for the heartbeats sent after the ramp (in each process,
@@ -429,8 +436,8 @@ impl HoldReport {
         );
         let _ = writeln!(
             s,
-            "  heartbeats   {} ok, {} failed",
-            self.heartbeats_ok, self.heartbeat_errors
+            "  heartbeats   {} ok, {} failed; opening requests {} ok",
+            self.heartbeats_ok, self.heartbeat_errors, self.opens_ok
         );
         let _ = writeln!(
             s,
