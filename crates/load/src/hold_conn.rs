@@ -160,8 +160,12 @@ pub(crate) struct HoldCounters {
     /// extra "heartbeat" per connection (a million at a million).
     pub opens_ok: AtomicU64,
     /// Heartbeats failed (and opening requests that failed: a failure
-    /// stays visible in the failure counts the bench tables show).
+    /// stays visible in the failure counts the bench tables show),
+    /// including those lost when their connection ended while they waited.
     pub heartbeat_errors: AtomicU64,
+    /// Heartbeats sent and not yet answered or failed (a gauge): once the
+    /// threads have stopped, those the end of the run left waiting.
+    pub heartbeats_pending: AtomicU64,
     /// Pushed frames received (`--receive`).
     pub pushes_received: AtomicU64,
     /// Connections handed to a thread's parking lot (each connect counts).
@@ -197,6 +201,9 @@ pub(crate) struct Snapshot {
     /// Opening requests answered.
     #[serde(default)]
     pub opens_ok: u64,
+    /// Heartbeats waiting for their reply.
+    #[serde(default)]
+    pub heartbeats_pending: u64,
     /// Pushed frames received.
     #[serde(default)]
     pub pushes_received: u64,
@@ -219,6 +226,7 @@ impl HoldCounters {
             heartbeats_ok: self.heartbeats_ok.load(Relaxed),
             heartbeat_errors: self.heartbeat_errors.load(Relaxed),
             opens_ok: self.opens_ok.load(Relaxed),
+            heartbeats_pending: self.heartbeats_pending.load(Relaxed),
             pushes_received: self.pushes_received.load(Relaxed),
             parked: self.parked.load(Relaxed),
         }
@@ -238,6 +246,7 @@ impl Snapshot {
         self.heartbeats_ok += o.heartbeats_ok;
         self.heartbeat_errors += o.heartbeat_errors;
         self.opens_ok += o.opens_ok;
+        self.heartbeats_pending += o.heartbeats_pending;
         self.pushes_received += o.pushes_received;
         self.parked += o.parked;
     }
@@ -690,25 +699,64 @@ enum Exchange {
 
 /// Sends `request` and reads until `hear` settles its reply (sending the
 /// pongs it asks for); counts and times the reply, or fails it after
-/// `--timeout`.
+/// `--timeout`. A reply that never comes because the connection ended
+/// first (drop, reset) fails too: the request was lost, and counting only
+/// the drop left it out of every heartbeat count. A heartbeat still
+/// waiting when the run stops (this future dropped) stays counted in
+/// `heartbeats_pending`.
 async fn exchange(
     ctx: &ThreadCtx,
     stream: &mut impl Held,
     request: &[u8],
     what: Exchange,
-    mut hear: impl FnMut(&[u8], &mut Vec<u8>) -> Option<Verdict>,
+    hear: impl FnMut(&[u8], &mut Vec<u8>) -> Option<Verdict>,
 ) -> Result<(), Ended> {
-    let sent = Instant::now();
-    if let Err(e) = stream.write_app(request).await {
-        return Err(io_end(&e));
+    let pending = &ctx.counters.heartbeats_pending;
+    if what == Exchange::Heartbeat {
+        pending.fetch_add(1, Relaxed);
     }
+    let sent = Instant::now();
+    let reply = await_reply(ctx, stream, request, sent, hear).await;
+    if what == Exchange::Heartbeat {
+        pending.fetch_sub(1, Relaxed);
+    }
+    match reply {
+        Ok(close) => {
+            match what {
+                Exchange::Opening => ctx.opened(),
+                Exchange::Heartbeat => {
+                    ctx.answered(sent);
+                }
+            }
+            stream.forget_readiness();
+            if close {
+                Err(Ended::Dropped)
+            } else {
+                Ok(())
+            }
+        }
+        Err(end) => {
+            ctx.failed();
+            Err(end)
+        }
+    }
+}
+
+/// The I/O of an [`exchange`] sent at `sent`: `Ok(close)` if answered as
+/// expected (`close`: the server closes after it), else how the connection
+/// ends (`Failed`: no reply in time, or a wrong one).
+async fn await_reply(
+    ctx: &ThreadCtx,
+    stream: &mut impl Held,
+    request: &[u8],
+    sent: Instant,
+    mut hear: impl FnMut(&[u8], &mut Vec<u8>) -> Option<Verdict>,
+) -> Result<bool, Ended> {
+    stream.write_app(request).await.map_err(|e| io_end(&e))?;
     let deadline = sent + ctx.shared.timeout;
     loop {
         match tokio::time::timeout_at(deadline.into(), stream.readable()).await {
-            Err(_) => {
-                ctx.failed();
-                return Err(Ended::Failed);
-            }
+            Err(_) => return Err(Ended::Failed),
             Ok(Err(e)) => return Err(io_end(&e)),
             Ok(Ok(())) => {}
         }
@@ -727,20 +775,8 @@ async fn exchange(
         }
         match verdict {
             None => {}
-            Some(Verdict::Answered { close }) => {
-                match what {
-                    Exchange::Opening => ctx.opened(),
-                    Exchange::Heartbeat => {
-                        ctx.answered(sent);
-                    }
-                }
-                stream.forget_readiness();
-                return if close { Err(Ended::Dropped) } else { Ok(()) };
-            }
-            Some(Verdict::Failed) => {
-                ctx.failed();
-                return Err(Ended::Failed);
-            }
+            Some(Verdict::Answered { close }) => return Ok(close),
+            Some(Verdict::Failed) => return Err(Ended::Failed),
         }
     }
 }

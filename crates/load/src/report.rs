@@ -376,14 +376,19 @@ pub struct HoldReport {
     /// Heartbeats answered as expected (not the opening requests: those
     /// are `opens_ok`).
     pub heartbeats_ok: u64,
-    /// Heartbeats that failed (timeout, bad reply, error status), and
-    /// opening requests that failed.
+    /// Heartbeats that failed (timeout, bad reply, error status, or lost
+    /// with their connection), and opening requests that failed.
     pub heartbeat_errors: u64,
     /// Opening requests (HTTP `GET`, WebSocket upgrade; none for tcp://)
     /// answered as expected, one per connection made. Reports from before
     /// this field counted them in `heartbeats_ok` and its latencies.
     #[serde(default)]
     pub opens_ok: u64,
+    /// Heartbeats sent and still waiting for their reply when the run
+    /// stopped: neither ok nor failed. (A heartbeat whose connection ended
+    /// while it waited counts in `heartbeat_errors`.)
+    #[serde(default)]
+    pub heartbeats_pending_at_end: u64,
     /// Heartbeat latency percentiles in microseconds (`null` if none was
     /// answered).
     pub heartbeat_latency_us: Percentiles,
@@ -443,8 +448,11 @@ impl HoldReport {
         );
         let _ = writeln!(
             s,
-            "  heartbeats   {} ok, {} failed; opening requests {} ok",
-            self.heartbeats_ok, self.heartbeat_errors, self.opens_ok
+            "  heartbeats   {} ok, {} failed, {} waiting at the end; opening requests {} ok",
+            self.heartbeats_ok,
+            self.heartbeat_errors,
+            self.heartbeats_pending_at_end,
+            self.opens_ok
         );
         let _ = writeln!(
             s,

@@ -236,6 +236,51 @@ fn parked_http_heartbeats_end_as_the_server_says() {
     assert_eq!(r.drops, 0);
 }
 
+/// A heartbeat (or opening request) whose connection ends before its reply
+/// failed: counting only the drop left it out of every heartbeat count.
+#[test]
+fn requests_lost_with_their_connection_fail() {
+    // Each connection's first heartbeat: the server closes instead of
+    // answering (the parking lot's path).
+    let server = common::start(Mode::AnswerFirstThenClose);
+    let r = run_hold(args(&http(&server), &["-c", "3", "--interval", "20ms"])).unwrap();
+    assert_eq!(
+        (r.opens_ok, r.heartbeats_ok, r.heartbeat_errors, r.drops),
+        (3, 0, 3, 3),
+        "{r:?}"
+    );
+    assert_eq!(r.heartbeats_pending_at_end, 0, "{r:?}");
+    // The opening request (the connection's own task's path).
+    let server = common::start(Mode::CloseWithoutReply);
+    let r = run_hold(args(&http(&server), &["-c", "3", "--interval", "20ms"])).unwrap();
+    assert_eq!(
+        (r.opens_ok, r.heartbeats_ok, r.heartbeat_errors, r.drops),
+        (0, 0, 3, 3),
+        "{r:?}"
+    );
+}
+
+/// Heartbeats still waiting for their reply when the run stops are neither
+/// ok nor failed: they are reported apart.
+#[test]
+fn heartbeats_waiting_at_the_end_are_reported() {
+    let server = common::start(Mode::Deaf);
+    let target = format!("tcp://{}", server.addr);
+    let argv = ["hold", &target, "-q", "-c", "3", "--interval", "20ms"];
+    // Replies could take a minute; the hold ends after 300 ms.
+    let argv = argv.into_iter().chain(["--timeout", "60s", "-d", "300ms"]);
+    let r = run_hold(Cli::parse_from(argv).args).unwrap();
+    assert_eq!(
+        (
+            r.heartbeats_ok,
+            r.heartbeat_errors,
+            r.heartbeats_pending_at_end
+        ),
+        (0, 0, 3),
+        "{r:?}"
+    );
+}
+
 #[test]
 fn parked_http_replies_in_pieces_and_chunked() {
     for mode in [Mode::Split, Mode::Chunked] {
