@@ -22,7 +22,7 @@ use crate::h2conn::{self, H2Request};
 use crate::histogram::{new_histogram, record_ns};
 use crate::parse::{ResponseParser, Step};
 use crate::report::{ErrorCounts, ErrorKind};
-use crate::schedule::{latency_ns, latency_start, Schedule};
+use crate::schedule::{latency_ns, Schedule};
 use crate::transport::{self, Endpoint, Handshake, Stream};
 
 /// Renders one HTTP/1.1 request. A `Host` header is added unless given, and a
@@ -368,8 +368,8 @@ impl Conn<'_> {
                     Some(s) => {
                         while (n as u64) < room {
                             let Some(intended) = s.take(now) else { break };
-                            self.inflight
-                                .push_back(latency_start(intended, self.free_since, now));
+                            let start = s.latency_start(intended, self.free_since, now);
+                            self.inflight.push_back(start);
                             n += 1;
                         }
                     }
