@@ -173,8 +173,8 @@ run_one() { # server round
       server_us_per_hb: ($c / 1000 / ($n * $window / $interval)),
       hb_failed: $hb[0].heartbeat_errors, hb_drops: $hb[0].drops,
       pushes_received: $bc[0].pushes_received,
-      last_delivery_ms: ($bc[0].push_latency_us.max / 1000),
-      p50_delivery_ms: ($bc[0].push_latency_us.p50 / 1000),
+      last_delivery_ms: ($bc[0].push_latency_us.max // null | if . == null then null else . / 1000 end),
+      p50_delivery_ms: ($bc[0].push_latency_us.p50 // null | if . == null then null else . / 1000 end),
       server_us_per_delivery: ($b / 1000 / $n), broadcast_wait_secs: $bwait,
       bc_drops: $bc[0].drops}' >>"$RUNS"
   log "$(tail -1 "$RUNS")"
@@ -191,7 +191,7 @@ elapsed=$((SECONDS - t_start))
   echo "| server | bytes per idle connection | server µs / heartbeat | vs megaconn | broadcast of 64 B: last delivery ms | server µs / delivered message | vs megaconn | pushes received / N | failed heartbeats / drops |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   jq -rs "$BENCH_JQ_DEFS"'
-    def mm(f): (map(f) | median | f2) + " (" + (map(f) | min | f2) + "–" + (map(f) | max | f2) + ")";
+    def mm(f): (map(f) | median_or_null | f2) + " (" + (map(f) | min | f2) + "–" + (map(f) | max | f2) + ")";
     group_by(.server) | (map(select(.[0].server == "megaconn")) | .[0] // null) as $m
     | ($m | if . == null then null else [(map(.server_us_per_hb) | median), (map(.server_us_per_delivery) | median)] end) as $mm
     | .[]

@@ -128,8 +128,8 @@ jq -s "$BENCH_JQ_DEFS"'
   group_by([.server, .scenario]) | map({
     server: .[0].server, scenario: .[0].scenario, runs: length,
     rps: (map(.rps) | median),
-    p50: (map(.latency_us.p50) | median),
-    p99: (map(.latency_us.p99) | median),
+    p50: (map(.latency_us.p50) | median_or_null),
+    p99: (map(.latency_us.p99) | median_or_null),
     cps: (map(.connections_per_sec) | median),
     full: (map(.tls.handshakes_full // 0) | add),
     resumed: (map(.tls.handshakes_resumed // 0) | add),

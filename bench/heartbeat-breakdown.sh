@@ -110,7 +110,7 @@ run_one() { # bin round
   row "$tag" serve $((r1 - r0)) "$sv0" "$sv1" "$OUT/$f.serve.perf" $((c1 - c0))
   row "$tag" hold $((r1 - r0)) "$h0" "$h1" "$OUT/$f.hold.perf"
   # hold's latencies over its whole run (stopped by SIGTERM, it still reports).
-  jq -r --arg tag "$tag" '"\($tag): hold latency p50 \(.heartbeat_latency_us.p50 / 1000) ms, p99 \(.heartbeat_latency_us.p99 / 1000) ms, \(.heartbeats_ok) ok, \(.heartbeat_errors) failed, \(.drops) drops"' \
+  jq -r --arg tag "$tag" '"\($tag): hold latency p50 \(.heartbeat_latency_us.p50 // null | if . == null then "—" else . / 1000 end) ms, p99 \(.heartbeat_latency_us.p99 // null | if . == null then "—" else . / 1000 end) ms, \(.heartbeats_ok) ok, \(.heartbeat_errors) failed, \(.drops) drops"' \
     "$OUT/$f.hold.json" >>"$OUT/latency.txt" 2>/dev/null || true
 }
 

@@ -227,12 +227,14 @@ elapsed=$((SECONDS - t_start))
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   jq -rs "$BENCH_JQ_DEFS"'
     def mm(f): (map(f) | median | f2) + " (" + (map(f) | min | f2) + "–" + (map(f) | max | f2) + ")";
+    # A round without a hold report has unknown failures: "—", not 0.
+    def total(f): map(f) | if any(. == null) then "—" else add end;
     map(select(.server_us_per_hb != null)) | group_by(.server) | (map(select(.[0].server == "nginx")) | .[0] // null) as $ng
     | ($ng | if . == null then null else map(.server_us_per_hb) | median end) as $ngm
     | .[]
     | "| \(.[0].server) | \(map(.heartbeats_per_sec) | median | f0) | \(map(.server_cpu_secs / .window_secs) | median | pct) | \(mm(.server_us_per_hb)) | \(map(.server_us_per_hb * (.server_user_share // 0)) | median | f2) | \(mm(.hold_us_per_hb)) | "
       + (if $ngm == null or $ngm == 0 then "—" else ((map(.server_us_per_hb) | median) / $ngm | f2) + "×" end)
-      + " | \(map(.tcp_segments_per_hb // 0) | median | f2) | \(map(.other_cpu_secs / .window_secs) | median | pct) | \(map(.hold_report.heartbeat_errors // 0) | add) / \(map(.hold_report.drops // 0) | add) |"' "$RUNS"
+      + " | \(map(.tcp_segments_per_hb // 0) | median | f2) | \(map(.other_cpu_secs / .window_secs) | median | pct) | \(total(.hold_report.heartbeat_errors)) / \(total(.hold_report.drops)) |"' "$RUNS"
   echo
   echo "Server pinned to core $SERVER_CPU ($PROCESSES process(es) of one worker each; megaconn parks idle connections after 2 s, so every heartbeat wakes a parked one), \`megaconn hold\` to core $LOAD_CPU. Window: $WINDOW s starting $SETTLE s after all $N were open. µs/heartbeat = CPU seconds (utime+stime, /proc/PID/stat) in the window / heartbeats in it (hold's own heartbeats/s lines averaged over the window × its length). other CPU = the machine's busy time (2 × wall − idle) minus server and hold, in % of one core: other people's work on this shared machine; ratios measured side by side in one run are the figures to trust, absolute µs move with it."
   echo

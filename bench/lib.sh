@@ -88,11 +88,15 @@ BENCH_BG_PIDS=()   # background helpers (load/hold) started by the scripts
 
 # jq helpers for the scripts' summaries: median of an array, and cell
 # formatting (f0 integer, f1/f2/f3 one to three decimals, pct a fraction as percent; "—" for null).
+# median_or_null: null if any value is (a latency percentile of a run that
+# timed nothing is null, and a median over it is not known; median alone
+# would sort the null first and add it as 0).
 # shellcheck disable=SC2016,SC2034  # jq code, used by the scripts that source this
 BENCH_JQ_DEFS='
   def median: sort | if length == 0 then null
     elif length % 2 == 1 then .[length / 2 | floor]
     else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def median_or_null: if any(. == null) then null else median end;
   def f0: if . == null then "—" else (. | round | tostring) end;
   def f1: if . == null then "—" else ((. * 10 | round) / 10 | tostring) end;
   def f2: if . == null then "—" else ((. * 100 | round) / 100 | tostring) end;

@@ -140,7 +140,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
       # shellcheck disable=SC2046  # scenario_args is a word list
       if rec="$(run_load "$server" "$scenario" "$round" "$DURATION" $(scenario_args "$scenario"))"; then
         echo "$rec" >>"$RUNS"
-        log "$(jq -r '"round \(.round) \(.server) \(.scenario): \(.rps|floor) req/s p99 \(.latency_us.p99)us server \(.server_cpu_us_per_req*100|round/100) us/req"' <<<"$rec")"
+        log "$(jq -r '"round \(.round) \(.server) \(.scenario): \(.rps|floor) req/s p99 \(.latency_us.p99 // "—")us server \(.server_cpu_us_per_req*100|round/100) us/req"' <<<"$rec")"
       fi
     done
     server_stop
@@ -177,9 +177,9 @@ jq -s --argjson rounds "$ROUNDS" --arg duration "$DURATION" "$BENCH_JQ_DEFS"'
   group_by([.server, .scenario]) | map({
     server: .[0].server, scenario: .[0].scenario, runs: length,
     rps: (map(.rps) | median),
-    p50: (map(.latency_us.p50) | median),
-    p99: (map(.latency_us.p99) | median),
-    p999: (map(.latency_us.p999) | median),
+    p50: (map(.latency_us.p50) | median_or_null),
+    p99: (map(.latency_us.p99) | median_or_null),
+    p999: (map(.latency_us.p999) | median_or_null),
     cpu_us_per_req: (map(.server_cpu_us_per_req) | median),
     cpu_us_per_req_min: (map(.server_cpu_us_per_req) | min),
     cpu_us_per_req_max: (map(.server_cpu_us_per_req) | max),

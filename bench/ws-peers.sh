@@ -264,7 +264,7 @@ elapsed=$((SECONDS - t_start))
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   jq -rs "$BENCH_JQ_DEFS"'
     def mm(f): (map(f) | median | f0) + " (" + (map(f) | min | f0) + "–" + (map(f) | max | f0) + ")";
-    def mm2(f): (map(f) | median | f2) + " (" + (map(f) | min | f2) + "–" + (map(f) | max | f2) + ")";
+    def mm2(f): (map(f) | median_or_null | f2) + " (" + (map(f) | min | f2) + "–" + (map(f) | max | f2) + ")";
     def ratio(f; base): if base == null or base <= 0 then "—" else ((map(f) | median) / base | f2) + "×" end;
     map(select(.server_us_per_ping != null and .last_delivery_ms != null)) | group_by(.server)
     | (map(select(.[0].server == "megaconn-native")) | .[0] // null) as $m
@@ -273,7 +273,7 @@ elapsed=$((SECONDS - t_start))
     | ($m | if . == null then null else map(.server_us_per_delivery) | median end) as $md
     | sort_by(map(.bytes_per_ws) | median) | .[]
     | "| \(.[0].server) | \(mm(.bytes_per_ws)) | \(ratio(.bytes_per_ws; $mb)) | \(mm2(.server_us_per_ping)) | "
-      + "\(ratio(.server_us_per_ping; $mc)) | \(map(.ping_p99_us) | median | f0) | \(mm2(.last_delivery_ms)) | "
+      + "\(ratio(.server_us_per_ping; $mc)) | \(map(.ping_p99_us) | median_or_null | f0) | \(mm2(.last_delivery_ms)) | "
       + "\(mm2(.server_us_per_delivery)) | \(ratio(.server_us_per_delivery; $md)) | \(mm(.chat_bytes_per_ws)) | "
       + "\(map(.pushes_received // 0) | min)/\(.[0].connections) | \(map(.heartbeat_errors // 0) | add) / \(map((.drops // 0) + (.bc_drops // 0)) | add) |"' "$RUNS"
   echo

@@ -22,7 +22,7 @@ use crate::h2conn::{self, H2Request};
 use crate::histogram::{new_histogram, record_ns};
 use crate::parse::{ResponseParser, Step};
 use crate::report::{ErrorCounts, ErrorKind};
-use crate::schedule::{latency_ns, latency_start, Schedule};
+use crate::schedule::{latency_ns, Schedule};
 use crate::transport::{self, Endpoint, Handshake, Stream};
 
 /// Renders one HTTP/1.1 request. A `Host` header is added unless given, and a
@@ -312,6 +312,20 @@ impl Conn<'_> {
         self.rec.error(kind);
     }
 
+    /// The connection ends with the requests in flight unanswered: each is
+    /// lost, so each counts as an error of `kind` and a request of the
+    /// budget (at least `at_least`: the failure itself). Counting one per
+    /// connection hid every pipelined request behind the first, where
+    /// `h2conn` counts each stream.
+    fn lose_inflight(&mut self, kind: ErrorKind, budget: &mut u64, at_least: usize) {
+        let lost = self.inflight.len().max(at_least) as u64;
+        self.inflight.clear();
+        for _ in 0..lost {
+            self.error(kind);
+        }
+        *budget = budget.saturating_sub(lost);
+    }
+
     /// Drives one established connection, opened at `opened`.
     async fn serve(
         &mut self,
@@ -354,8 +368,8 @@ impl Conn<'_> {
                     Some(s) => {
                         while (n as u64) < room {
                             let Some(intended) = s.take(now) else { break };
-                            self.inflight
-                                .push_back(latency_start(intended, self.free_since, now));
+                            let start = s.latency_start(intended, self.free_since, now);
+                            self.inflight.push_back(start);
                             n += 1;
                         }
                     }
@@ -375,8 +389,7 @@ impl Conn<'_> {
                     last_progress = now;
                 }
                 if let Err(e) = stream.write_all(&sh.batch[..n * sh.request_len]).await {
-                    self.error(ErrorKind::of_io(&e));
-                    *budget -= 1;
+                    self.lose_inflight(ErrorKind::of_io(&e), budget, 1);
                     return End::Reconnect;
                 }
                 self.rec.sent(n as u64);
@@ -411,8 +424,7 @@ impl Conn<'_> {
                     return End::Finished;
                 }
                 if !self.inflight.is_empty() && now >= last_progress + sh.timeout {
-                    self.error(ErrorKind::ReadTimeout);
-                    *budget -= 1;
+                    self.lose_inflight(ErrorKind::ReadTimeout, budget, 1);
                     return End::Reconnect;
                 }
                 // Open-loop send due, or the timer was early: re-arm.
@@ -424,18 +436,19 @@ impl Conn<'_> {
                     if let Some(resp) = self.parser.on_eof() {
                         let ok = self.complete(resp.status, now, budget);
                         self.rec.succeeded(ok);
+                        // Requests pipelined behind a close-delimited
+                        // response are lost with the connection.
+                        self.lose_inflight(ErrorKind::Closed, budget, 0);
                         return End::Reconnect;
                     }
                     if !self.inflight.is_empty() || !self.parser.idle() {
-                        self.error(ErrorKind::Closed);
-                        *budget -= 1;
+                        self.lose_inflight(ErrorKind::Closed, budget, 1);
                     }
                     return End::Reconnect;
                 }
                 Ok(n) => n,
                 Err(e) => {
-                    self.error(ErrorKind::of_io(&e));
-                    *budget -= 1;
+                    self.lose_inflight(ErrorKind::of_io(&e), budget, 1);
                     return End::Reconnect;
                 }
             };
@@ -454,6 +467,12 @@ impl Conn<'_> {
                         ok += self.complete(response.status, now, budget);
                         if response.close || *budget == 0 || sh.one_per_connection {
                             self.rec.succeeded(ok);
+                            // After a `Connection: close` the server reads
+                            // no further: requests pipelined behind it are
+                            // lost, not merely resent. (With the budget
+                            // spent, or one request per connection, nothing
+                            // is in flight.)
+                            self.lose_inflight(ErrorKind::Closed, budget, 0);
                             return if *budget == 0 {
                                 End::Finished
                             } else {
@@ -463,8 +482,9 @@ impl Conn<'_> {
                     }
                     Err(_) => {
                         self.rec.succeeded(ok);
-                        self.error(ErrorKind::BadResponse);
-                        *budget -= 1;
+                        // The bad response, and those behind it, which the
+                        // reconnect gives up.
+                        self.lose_inflight(ErrorKind::BadResponse, budget, 1);
                         return End::Reconnect;
                     }
                 }
@@ -483,8 +503,7 @@ impl Conn<'_> {
                     let len = self.buf.len() * 2;
                     self.buf.resize(len, 0);
                 } else {
-                    self.error(ErrorKind::BadResponse);
-                    *budget -= 1;
+                    self.lose_inflight(ErrorKind::BadResponse, budget, 1);
                     return End::Reconnect;
                 }
             }

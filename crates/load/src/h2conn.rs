@@ -23,7 +23,7 @@ use http::{Method, Uri};
 use crate::conn::{ConnShared, End, Recorder};
 use crate::error::LoadError;
 use crate::report::ErrorKind;
-use crate::schedule::{latency_start, Schedule};
+use crate::schedule::Schedule;
 use crate::transport::Stream;
 
 /// Flow-control window the client grants each stream: large enough that a
@@ -187,7 +187,7 @@ impl Exchange<'_> {
                 }
                 let start = match schedule.as_deref_mut() {
                     Some(s) => match s.take(now) {
-                        Some(intended) => latency_start(intended, free_since, now),
+                        Some(intended) => s.latency_start(intended, free_since, now),
                         None => break,
                     },
                     // A connection of its own: latency includes connect and handshake.

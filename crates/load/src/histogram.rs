@@ -23,22 +23,27 @@ pub(crate) fn record_ns(h: &mut Histogram<u64>, ns: u64) {
 }
 
 /// Latency percentiles in microseconds, as they appear in the JSON reports.
+///
+/// An empty histogram has no percentiles: they are `None` (JSON `null`),
+/// not 0, so a run where nothing was timed (every request failed, a hold
+/// stopped before its ramp ended) cannot read as "0 ms". `count` says how
+/// many samples there were.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Median.
-    pub p50: f64,
+    pub p50: Option<f64>,
     /// 90th percentile.
-    pub p90: f64,
+    pub p90: Option<f64>,
     /// 99th percentile.
-    pub p99: f64,
+    pub p99: Option<f64>,
     /// 99.9th percentile.
-    pub p999: f64,
+    pub p999: Option<f64>,
     /// 99.99th percentile.
-    pub p9999: f64,
+    pub p9999: Option<f64>,
     /// Largest recorded value.
-    pub max: f64,
+    pub max: Option<f64>,
     /// Arithmetic mean.
-    pub mean: f64,
+    pub mean: Option<f64>,
     /// Number of recorded samples.
     pub count: u64,
 }
@@ -49,7 +54,7 @@ impl Percentiles {
         if h.is_empty() {
             return Self::default();
         }
-        let us = |ns: u64| ns as f64 / 1000.0;
+        let us = |ns: u64| Some(ns as f64 / 1000.0);
         Percentiles {
             p50: us(h.value_at_quantile(0.50)),
             p90: us(h.value_at_quantile(0.90)),
@@ -57,10 +62,16 @@ impl Percentiles {
             p999: us(h.value_at_quantile(0.999)),
             p9999: us(h.value_at_quantile(0.9999)),
             max: us(h.max()),
-            mean: h.mean() / 1000.0,
+            mean: Some(h.mean() / 1000.0),
             count: h.len(),
         }
     }
+}
+
+/// A percentile for the text reports: one decimal, or "—" if there is none
+/// (nothing was timed).
+pub(crate) fn show_us(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".into(), |v| format!("{v:.1}"))
 }
 
 /// Serializes a histogram as base64 of its HdrHistogram V2 encoding.
@@ -100,8 +111,18 @@ mod tests {
         let back = decode(&encode(&h)).unwrap();
         assert_eq!(back.len(), 1000);
         let p = Percentiles::of(&back);
-        assert!((p.p50 - 500.0).abs() < 1.0, "{p:?}");
-        assert!((p.max - 1000.0).abs() < 1.0, "{p:?}");
-        assert_eq!(Percentiles::of(&new_histogram()), Percentiles::default());
+        assert!((p.p50.unwrap() - 500.0).abs() < 1.0, "{p:?}");
+        assert!((p.max.unwrap() - 1000.0).abs() < 1.0, "{p:?}");
+    }
+
+    /// Nothing timed is not "0 µs": the scripts print "—" for null.
+    #[test]
+    fn an_empty_histogram_has_null_percentiles() {
+        let json = serde_json::to_value(Percentiles::of(&new_histogram())).unwrap();
+        for key in ["p50", "p90", "p99", "p999", "p9999", "max", "mean"] {
+            assert!(json[key].is_null(), "{key}: {json}");
+        }
+        assert_eq!(json["count"], 0);
+        assert_eq!(show_us(Percentiles::default().p99), "—");
     }
 }

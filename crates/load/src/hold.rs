@@ -476,6 +476,8 @@ pub(crate) fn hold_report(
         reconnects: outcome.counters.reconnects,
         heartbeats_ok: outcome.counters.heartbeats_ok,
         heartbeat_errors: outcome.counters.heartbeat_errors,
+        opens_ok: outcome.counters.opens_ok,
+        heartbeats_pending_at_end: outcome.counters.heartbeats_pending,
         heartbeat_latency_us: Percentiles::of(&outcome.latencies.heartbeats),
         heartbeat_latency_holding_us: Percentiles::of(&outcome.latencies.holding),
         pushes_received: outcome.counters.pushes_received,

@@ -155,8 +155,17 @@ pub(crate) struct HoldCounters {
     pub reconnects: AtomicU64,
     /// Heartbeats answered as expected.
     pub heartbeats_ok: AtomicU64,
-    /// Heartbeats failed.
+    /// Opening requests (HTTP `GET`, WebSocket upgrade) answered as
+    /// expected: kept out of `heartbeats_ok`, which would otherwise count one
+    /// extra "heartbeat" per connection (a million at a million).
+    pub opens_ok: AtomicU64,
+    /// Heartbeats failed (and opening requests that failed: a failure
+    /// stays visible in the failure counts the bench tables show),
+    /// including those lost when their connection ended while they waited.
     pub heartbeat_errors: AtomicU64,
+    /// Heartbeats sent and not yet answered or failed (a gauge): once the
+    /// threads have stopped, those the end of the run left waiting.
+    pub heartbeats_pending: AtomicU64,
     /// Pushed frames received (`--receive`).
     pub pushes_received: AtomicU64,
     /// Connections handed to a thread's parking lot (each connect counts).
@@ -189,6 +198,12 @@ pub(crate) struct Snapshot {
     pub heartbeats_ok: u64,
     /// Heartbeats failed.
     pub heartbeat_errors: u64,
+    /// Opening requests answered.
+    #[serde(default)]
+    pub opens_ok: u64,
+    /// Heartbeats waiting for their reply.
+    #[serde(default)]
+    pub heartbeats_pending: u64,
     /// Pushed frames received.
     #[serde(default)]
     pub pushes_received: u64,
@@ -210,6 +225,8 @@ impl HoldCounters {
             reconnects: self.reconnects.load(Relaxed),
             heartbeats_ok: self.heartbeats_ok.load(Relaxed),
             heartbeat_errors: self.heartbeat_errors.load(Relaxed),
+            opens_ok: self.opens_ok.load(Relaxed),
+            heartbeats_pending: self.heartbeats_pending.load(Relaxed),
             pushes_received: self.pushes_received.load(Relaxed),
             parked: self.parked.load(Relaxed),
         }
@@ -228,6 +245,8 @@ impl Snapshot {
         self.reconnects += o.reconnects;
         self.heartbeats_ok += o.heartbeats_ok;
         self.heartbeat_errors += o.heartbeat_errors;
+        self.opens_ok += o.opens_ok;
+        self.heartbeats_pending += o.heartbeats_pending;
         self.pushes_received += o.pushes_received;
         self.parked += o.parked;
     }
@@ -236,7 +255,8 @@ impl Snapshot {
 /// The latency histograms (ns) of a thread, a process or a whole run.
 #[derive(Debug, Clone)]
 pub(crate) struct Latencies {
-    /// Every heartbeat (and opening request) answered.
+    /// Every heartbeat answered (not the opening requests: see
+    /// [`ThreadCtx::opened`]).
     pub heartbeats: Histogram<u64>,
     /// Those sent after the ramp ended (see [`HoldCounters::ramp_over_ns`]).
     pub holding: Histogram<u64>,
@@ -275,8 +295,8 @@ pub(crate) struct ThreadCtx {
 }
 
 impl ThreadCtx {
-    /// A heartbeat (or opening request) sent at `sent` was answered as
-    /// expected: counted and timed. Returns now.
+    /// A heartbeat sent at `sent` was answered as expected: counted and
+    /// timed. Returns now.
     pub(crate) fn answered(&self, sent: Instant) -> Instant {
         let now = Instant::now();
         self.counters.heartbeats_ok.fetch_add(1, Relaxed);
@@ -290,6 +310,14 @@ impl ThreadCtx {
             record_ns(&mut l.holding, latency);
         }
         now
+    }
+
+    /// A connection's opening request (HTTP `GET`, WebSocket upgrade) was
+    /// answered: counted apart, and not timed with the heartbeats. It is not
+    /// a heartbeat, and its latency (the server's first request on a fresh
+    /// connection, during the ramp) is not a heartbeat's.
+    fn opened(&self) {
+        self.counters.opens_ok.fetch_add(1, Relaxed);
     }
 
     /// A heartbeat failed: no reply in time, or a wrong one.
@@ -498,9 +526,14 @@ async fn open_session(
             let mut spill = Vec::new();
             let upgraded =
                 |read: &[u8], _: &mut Vec<u8>| settle(&mut spill, read, crate::ws::upgrade_reply);
-            exchange(ctx, stream, &ws.upgrade, upgraded).await
+            exchange(ctx, stream, &ws.upgrade, Exchange::Opening, upgraded).await
         }
-        None if sh.http => heartbeat(ctx, stream, wire).await,
+        None if sh.http => {
+            let heard = |read: &[u8], pongs: &mut Vec<u8>| {
+                wire.take(sh, true, read, pongs, |p| ctx.pushed(p))
+            };
+            exchange(ctx, stream, &sh.heartbeat, Exchange::Opening, heard).await
+        }
         None => Ok(()),
     };
     if first_attempt {
@@ -652,29 +685,78 @@ async fn heartbeat(ctx: &ThreadCtx, stream: &mut impl Held, wire: &mut Wire) -> 
     let sh = &ctx.shared;
     let heard =
         |read: &[u8], pongs: &mut Vec<u8>| wire.take(sh, true, read, pongs, |p| ctx.pushed(p));
-    exchange(ctx, stream, &sh.heartbeat, heard).await
+    exchange(ctx, stream, &sh.heartbeat, Exchange::Heartbeat, heard).await
+}
+
+/// What an [`exchange`] is, for how its answer is counted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Exchange {
+    /// A connection's opening request: `opens_ok`.
+    Opening,
+    /// A heartbeat: `heartbeats_ok` and the latency histograms.
+    Heartbeat,
 }
 
 /// Sends `request` and reads until `hear` settles its reply (sending the
 /// pongs it asks for); counts and times the reply, or fails it after
-/// `--timeout`.
+/// `--timeout`. A reply that never comes because the connection ended
+/// first (drop, reset) fails too: the request was lost, and counting only
+/// the drop left it out of every heartbeat count. A heartbeat still
+/// waiting when the run stops (this future dropped) stays counted in
+/// `heartbeats_pending`.
 async fn exchange(
     ctx: &ThreadCtx,
     stream: &mut impl Held,
     request: &[u8],
-    mut hear: impl FnMut(&[u8], &mut Vec<u8>) -> Option<Verdict>,
+    what: Exchange,
+    hear: impl FnMut(&[u8], &mut Vec<u8>) -> Option<Verdict>,
 ) -> Result<(), Ended> {
-    let sent = Instant::now();
-    if let Err(e) = stream.write_app(request).await {
-        return Err(io_end(&e));
+    let pending = &ctx.counters.heartbeats_pending;
+    if what == Exchange::Heartbeat {
+        pending.fetch_add(1, Relaxed);
     }
+    let sent = Instant::now();
+    let reply = await_reply(ctx, stream, request, sent, hear).await;
+    if what == Exchange::Heartbeat {
+        pending.fetch_sub(1, Relaxed);
+    }
+    match reply {
+        Ok(close) => {
+            match what {
+                Exchange::Opening => ctx.opened(),
+                Exchange::Heartbeat => {
+                    ctx.answered(sent);
+                }
+            }
+            stream.forget_readiness();
+            if close {
+                Err(Ended::Dropped)
+            } else {
+                Ok(())
+            }
+        }
+        Err(end) => {
+            ctx.failed();
+            Err(end)
+        }
+    }
+}
+
+/// The I/O of an [`exchange`] sent at `sent`: `Ok(close)` if answered as
+/// expected (`close`: the server closes after it), else how the connection
+/// ends (`Failed`: no reply in time, or a wrong one).
+async fn await_reply(
+    ctx: &ThreadCtx,
+    stream: &mut impl Held,
+    request: &[u8],
+    sent: Instant,
+    mut hear: impl FnMut(&[u8], &mut Vec<u8>) -> Option<Verdict>,
+) -> Result<bool, Ended> {
+    stream.write_app(request).await.map_err(|e| io_end(&e))?;
     let deadline = sent + ctx.shared.timeout;
     loop {
         match tokio::time::timeout_at(deadline.into(), stream.readable()).await {
-            Err(_) => {
-                ctx.failed();
-                return Err(Ended::Failed);
-            }
+            Err(_) => return Err(Ended::Failed),
             Ok(Err(e)) => return Err(io_end(&e)),
             Ok(Ok(())) => {}
         }
@@ -693,15 +775,8 @@ async fn exchange(
         }
         match verdict {
             None => {}
-            Some(Verdict::Answered { close }) => {
-                ctx.answered(sent);
-                stream.forget_readiness();
-                return if close { Err(Ended::Dropped) } else { Ok(()) };
-            }
-            Some(Verdict::Failed) => {
-                ctx.failed();
-                return Err(Ended::Failed);
-            }
+            Some(Verdict::Answered { close }) => return Ok(close),
+            Some(Verdict::Failed) => return Err(Ended::Failed),
         }
     }
 }

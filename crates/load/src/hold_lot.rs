@@ -174,6 +174,7 @@ impl Lot {
     }
 
     /// Closes every parked connection (the end of the run: a FIN on each).
+    /// Heartbeats they were waiting for stay in `heartbeats_pending`.
     pub(crate) fn close_all(&self) {
         let mut st = self.state.borrow_mut();
         st.slots.clear();
@@ -244,7 +245,7 @@ impl Lot {
             if bits & libc::EPOLLOUT as u32 != 0 {
                 if let Err(end) = self.flush(conn, slot) {
                     drop(st);
-                    self.end(slot, end);
+                    self.end(ctx, slot, end);
                     return false;
                 }
             }
@@ -269,7 +270,7 @@ impl Lot {
         };
         match ended {
             Some(end) => {
-                self.end(slot, end);
+                self.end(ctx, slot, end);
                 false
             }
             None => more,
@@ -301,6 +302,7 @@ impl Lot {
                 None => {
                     let sent = Instant::now();
                     conn.waiting = Some(sent);
+                    ctx.counters.heartbeats_pending.fetch_add(1, Relaxed);
                     conn.due = grid_tick(ctx, sent + ctx.shared.timeout);
                     wheel.push(conn.due, slot);
                     self.send(conn, slot, &ctx.shared.heartbeat)
@@ -308,7 +310,7 @@ impl Lot {
             };
             if let Err(end) = ended {
                 drop(st);
-                self.end(slot, end);
+                self.end(ctx, slot, end);
             }
         }
         due.clear();
@@ -348,11 +350,20 @@ impl Lot {
         Ok(())
     }
 
-    /// Closes `slot`'s connection and tells its task how it ended.
-    fn end(&self, slot: u32, how: Ended) {
+    /// Closes `slot`'s connection and tells its task how it ended. A
+    /// heartbeat it was waiting for is no longer pending, and fails unless
+    /// its failure is why the connection ends (already counted): a drop or
+    /// reset lost it.
+    fn end(&self, ctx: &ThreadCtx, slot: u32, how: Ended) {
         let mut st = self.state.borrow_mut();
         if let Some(conn) = st.slots[slot as usize].take() {
             st.free.push(slot);
+            if conn.waiting.is_some() {
+                ctx.counters.heartbeats_pending.fetch_sub(1, Relaxed);
+                if !matches!(how, Ended::Failed) {
+                    ctx.failed();
+                }
+            }
             // Closing the socket also takes it out of the lot's epoll.
             drop(conn.stream);
             let _ = conn.done.send(how);
@@ -382,10 +393,11 @@ impl Parked {
             (None, _) => Ok(()),
             (Some(Verdict::Answered { close }), Some(sent)) => {
                 let now = ctx.answered(sent);
+                self.waiting = None;
+                ctx.counters.heartbeats_pending.fetch_sub(1, Relaxed);
                 if close {
                     return Err(Ended::Dropped);
                 }
-                self.waiting = None;
                 self.next = next_beat(self.next, sh.interval, &mut self.rng, now);
                 self.due = grid_tick(ctx, self.next);
                 wheel.push(self.due, slot);

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoadError;
-use crate::histogram::Percentiles;
+use crate::histogram::{show_us, Percentiles};
 
 /// The kinds of failure a request or connection can meet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +222,8 @@ pub struct LoadReport {
     pub client_cpu_secs: f64,
     /// `requests / client_cpu_secs`: the client's efficiency.
     pub requests_per_client_cpu_sec: f64,
-    /// Latency percentiles in microseconds (from the intended send time in open loop).
+    /// Latency percentiles in microseconds (from the intended send time in
+    /// open loop); `null` if no request completed.
     pub latency_us: Percentiles,
     /// `--rate`, if the run was open loop.
     pub target_rate: Option<f64>,
@@ -268,8 +269,13 @@ impl LoadReport {
         );
         let _ = writeln!(
             s,
-            "  latency us   p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
-            l.p50, l.p90, l.p99, l.p999, l.p9999, l.max
+            "  latency us   p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+            show_us(l.p50),
+            show_us(l.p90),
+            show_us(l.p99),
+            show_us(l.p999),
+            show_us(l.p9999),
+            show_us(l.max)
         );
         let _ = writeln!(
             s,
@@ -367,11 +373,24 @@ pub struct HoldReport {
     pub failed_connects: u64,
     /// Reconnects made (`--reconnect`).
     pub reconnects: u64,
-    /// Heartbeats (and the opening request) answered as expected.
+    /// Heartbeats answered as expected (not the opening requests: those
+    /// are `opens_ok`).
     pub heartbeats_ok: u64,
-    /// Heartbeats that failed (timeout, bad reply, error status).
+    /// Heartbeats that failed (timeout, bad reply, error status, or lost
+    /// with their connection), and opening requests that failed.
     pub heartbeat_errors: u64,
-    /// Heartbeat latency percentiles in microseconds.
+    /// Opening requests (HTTP `GET`, WebSocket upgrade; none for tcp://)
+    /// answered as expected, one per connection made. Reports from before
+    /// this field counted them in `heartbeats_ok` and its latencies.
+    #[serde(default)]
+    pub opens_ok: u64,
+    /// Heartbeats sent and still waiting for their reply when the run
+    /// stopped: neither ok nor failed. (A heartbeat whose connection ended
+    /// while it waited counts in `heartbeat_errors`.)
+    #[serde(default)]
+    pub heartbeats_pending_at_end: u64,
+    /// Heartbeat latency percentiles in microseconds (`null` if none was
+    /// answered).
     pub heartbeat_latency_us: Percentiles,
     /// The same for the heartbeats sent after the ramp (in each process,
     /// once its every connection had been tried): the hold alone, without
@@ -429,27 +448,45 @@ impl HoldReport {
         );
         let _ = writeln!(
             s,
-            "  heartbeats   {} ok, {} failed",
-            self.heartbeats_ok, self.heartbeat_errors
+            "  heartbeats   {} ok, {} failed, {} waiting at the end; opening requests {} ok",
+            self.heartbeats_ok,
+            self.heartbeat_errors,
+            self.heartbeats_pending_at_end,
+            self.opens_ok
         );
         let _ = writeln!(
             s,
-            "  latency us   p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
-            l.p50, l.p90, l.p99, l.p999, l.p9999, l.max
+            "  latency us   p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+            show_us(l.p50),
+            show_us(l.p90),
+            show_us(l.p99),
+            show_us(l.p999),
+            show_us(l.p9999),
+            show_us(l.max)
         );
         let h = &self.heartbeat_latency_holding_us;
         let _ = writeln!(
             s,
-            "  after ramp   p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1} ({} heartbeats)",
-            h.p50, h.p90, h.p99, h.p999, h.p9999, h.max, h.count
+            "  after ramp   p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {} ({} heartbeats)",
+            show_us(h.p50),
+            show_us(h.p90),
+            show_us(h.p99),
+            show_us(h.p999),
+            show_us(h.p9999),
+            show_us(h.max),
+            h.count
         );
         if self.pushes_received > 0 {
             let p = &self.push_latency_us;
             let _ = writeln!(s, "  pushes       {} received", self.pushes_received);
             let _ = writeln!(
                 s,
-                "  delivery us  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1} (the last delivery)",
-                p.p50, p.p90, p.p99, p.p999, p.max
+                "  delivery us  p50 {}  p90 {}  p99 {}  p99.9 {}  max {} (the last delivery)",
+                show_us(p.p50),
+                show_us(p.p90),
+                show_us(p.p99),
+                show_us(p.p999),
+                show_us(p.max)
             );
         }
         s

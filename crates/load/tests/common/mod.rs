@@ -33,6 +33,9 @@ pub enum Mode {
     Deaf,
     /// Answers each connection's first request only (then reads and never answers).
     AnswerFirst,
+    /// Answers each connection's first request, then closes the connection
+    /// on the next without answering it.
+    AnswerFirstThenClose,
     /// `200` like `Fixed`, each answer written in two pieces a few ms apart
     /// (so the client most likely reads it in two).
     Split,
@@ -233,6 +236,7 @@ async fn serve(
                 match mode {
                     Mode::Silent => continue,
                     Mode::AnswerFirst if served_here > 1 => continue,
+                    Mode::AnswerFirstThenClose if served_here > 1 => return Ok(()),
                     Mode::Split => {
                         sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Le").await?;
                         tokio::time::sleep(Duration::from_millis(5)).await;

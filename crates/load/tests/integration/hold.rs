@@ -69,20 +69,21 @@ fn holds_exactly_n_connections() {
         ),
         (0, 0, 0, 0, 0)
     );
-    // Every connection made its opening request; heartbeats in flight at the end
-    // were served but not counted.
-    assert!(r.heartbeats_ok >= 60);
+    // Every connection made its opening request, counted apart from the
+    // heartbeats; heartbeats in flight at the end were served but not counted.
+    assert_eq!(r.opens_ok, 60, "{r:?}");
+    assert!(r.heartbeats_ok > 0, "{r:?}");
     let served = server.requests();
+    let answered = r.heartbeats_ok + r.opens_ok;
     assert!(
-        served >= r.heartbeats_ok && served <= r.heartbeats_ok + 60,
-        "{served} vs {}",
-        r.heartbeats_ok
+        served >= answered && served <= answered + 60,
+        "{served} vs {answered}"
     );
+    // Only heartbeats are timed: the opening requests are not in the
+    // histograms.
     assert_eq!(r.heartbeat_latency_us.count, r.heartbeats_ok);
-    // The opening requests belong to the ramp: only later heartbeats are
-    // timed apart as "while holding".
     assert!(
-        r.heartbeat_latency_holding_us.count + 60 <= r.heartbeats_ok,
+        r.heartbeat_latency_holding_us.count <= r.heartbeats_ok,
         "{} after the ramp of {}",
         r.heartbeat_latency_holding_us.count,
         r.heartbeats_ok
@@ -103,6 +104,7 @@ fn holds_exactly_n_connections() {
         "reconnects",
         "heartbeats_ok",
         "heartbeat_errors",
+        "opens_ok",
         "heartbeat_latency_us",
         "heartbeat_latency_holding_us",
         "processes",
@@ -110,6 +112,19 @@ fn holds_exactly_n_connections() {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     assert_eq!(v["connections_peak"], 60);
+}
+
+/// The opening request of each connection is not a heartbeat: with no beat
+/// due before the hold ends, none is counted, and none is timed.
+#[test]
+fn opening_requests_are_not_heartbeats() {
+    let server = common::start(Mode::Fixed);
+    // First beats fall at random in [0, 24 h): none before the hold ends.
+    let r = run_hold(args(&http(&server), &["-c", "10", "--interval", "24h"])).unwrap();
+    assert_eq!((r.opens_ok, r.heartbeats_ok), (10, 0), "{r:?}");
+    assert_eq!(r.heartbeat_latency_us.count, 0, "{r:?}");
+    assert_eq!(r.heartbeat_latency_us.p99, None, "{r:?}");
+    assert_eq!(server.requests(), 10);
 }
 
 #[test]
@@ -151,6 +166,7 @@ fn tcp_line_heartbeats() {
     ))
     .unwrap();
     assert_eq!(r.connections_open_at_end, 5);
+    assert_eq!(r.opens_ok, 0, "tcp:// has no opening request: {r:?}");
     assert_eq!(r.connections_parked, 5, "tcp:// connections park: {r:?}");
     assert!(r.heartbeats_ok >= 5, "{r:?}");
     assert_eq!(r.heartbeat_errors, 0);
@@ -193,8 +209,8 @@ fn parked_http_heartbeats_end_as_the_server_says() {
     let server = common::start(Mode::CloseEvery(2));
     let r = run_hold(args(&http(&server), &["-c", "4", "--interval", "20ms"])).unwrap();
     assert_eq!(
-        (r.heartbeats_ok, r.drops, r.heartbeat_errors),
-        (8, 4, 0),
+        (r.opens_ok, r.heartbeats_ok, r.drops, r.heartbeat_errors),
+        (4, 4, 4, 0),
         "{r:?}"
     );
     assert_eq!(r.connections_open_at_end, 0);
@@ -211,9 +227,58 @@ fn parked_http_heartbeats_end_as_the_server_says() {
     let target = http(&server);
     let r = run_hold(Cli::parse_from(["hold", &target].into_iter().chain(common::UNANSWERED)).args)
         .unwrap();
-    assert_eq!((r.heartbeats_ok, r.heartbeat_errors), (3, 3), "{r:?}");
+    assert_eq!(
+        (r.opens_ok, r.heartbeats_ok, r.heartbeat_errors),
+        (3, 0, 3),
+        "{r:?}"
+    );
     assert_eq!(r.connections_open_at_end, 0, "{r:?}");
     assert_eq!(r.drops, 0);
+}
+
+/// A heartbeat (or opening request) whose connection ends before its reply
+/// failed: counting only the drop left it out of every heartbeat count.
+#[test]
+fn requests_lost_with_their_connection_fail() {
+    // Each connection's first heartbeat: the server closes instead of
+    // answering (the parking lot's path).
+    let server = common::start(Mode::AnswerFirstThenClose);
+    let r = run_hold(args(&http(&server), &["-c", "3", "--interval", "20ms"])).unwrap();
+    assert_eq!(
+        (r.opens_ok, r.heartbeats_ok, r.heartbeat_errors, r.drops),
+        (3, 0, 3, 3),
+        "{r:?}"
+    );
+    assert_eq!(r.heartbeats_pending_at_end, 0, "{r:?}");
+    // The opening request (the connection's own task's path).
+    let server = common::start(Mode::CloseWithoutReply);
+    let r = run_hold(args(&http(&server), &["-c", "3", "--interval", "20ms"])).unwrap();
+    assert_eq!(
+        (r.opens_ok, r.heartbeats_ok, r.heartbeat_errors, r.drops),
+        (0, 0, 3, 3),
+        "{r:?}"
+    );
+}
+
+/// Heartbeats still waiting for their reply when the run stops are neither
+/// ok nor failed: they are reported apart.
+#[test]
+fn heartbeats_waiting_at_the_end_are_reported() {
+    let server = common::start(Mode::Deaf);
+    let target = format!("tcp://{}", server.addr);
+    let argv = ["hold", &target, "-q", "-c", "3", "--interval", "20ms"];
+    // Replies could take a minute; the hold ends after 300 ms.
+    let argv = argv.into_iter().chain(["--timeout", "60s", "-d", "300ms"]);
+    let r = run_hold(Cli::parse_from(argv).args).unwrap();
+    assert_eq!(
+        (
+            r.heartbeats_ok,
+            r.heartbeat_errors,
+            r.heartbeats_pending_at_end
+        ),
+        (0, 0, 3),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -226,10 +291,8 @@ fn parked_http_replies_in_pieces_and_chunked() {
         assert_eq!(r.connections_open_at_end, 3, "{mode:?}: {r:?}");
         // A beat may be on its way when the hold ends.
         let served = server.requests();
-        assert!(
-            served >= r.heartbeats_ok && served <= r.heartbeats_ok + 3,
-            "{mode:?}"
-        );
+        let answered = r.heartbeats_ok + r.opens_ok;
+        assert!(served >= answered && served <= answered + 3, "{mode:?}");
     }
 }
 

@@ -35,7 +35,8 @@ fn closed_loop_counts_add_up() {
     assert_eq!(r.errors_total, 0);
     assert_eq!(r.latency_us.count, 2000);
     assert_eq!(r.bytes_read, 2000 * 51); // 51 bytes per response
-    assert!(r.latency_us.p50 > 0.0 && r.latency_us.p50 <= r.latency_us.max);
+    let (p50, max) = (r.latency_us.p50.unwrap(), r.latency_us.max.unwrap());
+    assert!(p50 > 0.0 && p50 <= max);
     assert!(r.client_cpu_secs > 0.0);
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
@@ -271,4 +272,69 @@ fn failures_are_counted_by_kind_and_bounded_by_the_budget() {
     let r = run_load(args(&garbage, &["-n", "4", "-c", "2"])).unwrap();
     assert_eq!((r.requests, r.errors.bad_response), (0, 4));
     assert_eq!(r.latency_us.count, 0);
+    // Nothing was timed: no percentiles, not a p99 of 0.
+    assert_eq!((r.latency_us.p50, r.latency_us.p99), (None, None));
+}
+
+/// A server that, on its one connection that sends anything, reads all 16
+/// pipelined requests, answers 3 of them (the third saying `Connection:
+/// close` if `say_close`) and closes. Returns its address and its thread
+/// (which ends after that connection).
+fn answers_3_of_16(say_close: bool) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let thread = std::thread::spawn(move || loop {
+        let (mut sock, _) = listener.accept().unwrap();
+        let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
+        // Read every request first: closing with unread bytes would send
+        // a reset, not the FIN after the answers.
+        while seen.windows(4).filter(|w| w == b"\r\n\r\n").count() < 16 {
+            match sock.read(&mut buf).unwrap() {
+                0 => break,
+                n => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        if seen.is_empty() {
+            continue; // run_load's reachability check
+        }
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let last: &[u8] = if say_close {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        } else {
+            ok
+        };
+        sock.write_all(&[&ok[..], ok, last].concat()).unwrap();
+        return; // closes the connection, and the listener
+    });
+    (url, thread)
+}
+
+/// HTTP/1.1 requests pipelined behind a connection's end are lost, each
+/// one: 16 sent, 3 answered, 13 errors (not one per connection), whether
+/// the server says `Connection: close` or just closes.
+#[test]
+fn pipelined_requests_lost_with_the_connection_are_each_counted() {
+    for say_close in [true, false] {
+        let (url, server) = answers_3_of_16(say_close);
+        let argv = [
+            "load",
+            &url,
+            "-q",
+            "-n",
+            "16",
+            "-c",
+            "1",
+            "--pipeline",
+            "16",
+        ];
+        let r = run_load(Cli::parse_from(argv).args).unwrap();
+        server.join().unwrap();
+        assert_eq!(
+            (r.requests, r.errors.closed, r.errors_total),
+            (3, 13, 13),
+            "say_close {say_close}: {:?}",
+            r.errors
+        );
+    }
 }
