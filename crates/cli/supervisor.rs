@@ -198,7 +198,12 @@ async fn supervise(
         std::process::id()
     );
     for (i, w) in workers.iter().enumerate() {
-        crate::say!("worker process {i} pid {}", w.pid.unwrap_or(0));
+        match w.pid {
+            Some(pid) => crate::say!("worker process {i} pid {pid}"),
+            // It failed to take over in a partial upgrade: started afresh
+            // below, announced as restarted then (not as pid 0).
+            None => crate::say!("worker process {i} restarting (it failed to take over)"),
+        }
     }
 
     let mut stopping = false;
