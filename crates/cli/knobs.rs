@@ -937,7 +937,7 @@ pub static KNOBS: &[Knob] = &[
                   or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (OTEL_SDK_DISABLED=true or \
                   OTEL_TRACES_EXPORTER=none turn it off); the other standard variables \
                   (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER and _ARG, OTEL_BSP_*, \
-                  OTEL_EXPORTER_OTLP_HEADERS, ...) are read, and the otel-* knobs win over them. \
+                  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT, ...) are read, and the otel-* knobs win over them. \
                   Spans leave from a bounded queue on a thread of their own: a slow or dead \
                   collector costs spans (megaconn_otel_spans_dropped_total), never requests.",
         default: "off",
@@ -966,7 +966,7 @@ pub static KNOBS: &[Knob] = &[
         name: "otel-sample-ratio",
         value_name: "RATIO",
         shape: Shape::One,
-        help: "The share of requests traced, from 0 to 1, when the request has no traceparent (one with a traceparent follows its sampled flag).",
+        help: "The share of requests traced, from 0 to 1, when the request has no traceparent (one with a traceparent follows its sampled flag, unless OTEL_TRACES_SAMPLER is always_on, always_off or traceidratio: then the ratio decides for every request).",
         details: "An unsampled request costs one header lookup and one random number.",
         default: "1 (or OTEL_TRACES_SAMPLER_ARG)",
         example: "0.01",
