@@ -3,10 +3,11 @@
 //! this process, `LISTEN_FDS` sockets start at fd 3, `LISTEN_FDNAMES` names
 //! them (`FileDescriptorName=` in the socket unit).
 //!
-//! `serve` finds and checks them here. Serving them needs a library API that
-//! does not exist yet (`Builder` binds its own `SO_REUSEPORT` listener per
-//! worker), so for now `serve` refuses to start with a message saying so,
-//! rather than binding the same port beside systemd's socket.
+//! `serve` finds and checks them here, then serves them instead of binding
+//! addresses of its own (`Builder::listener`, `Builder::tls_listener`): those
+//! named `tls` or `https…` over TLS, the others in cleartext, each worker
+//! thread accepting from the same socket. One process serves them:
+//! `--processes` with passed sockets is refused (see `serve::run`).
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, RawFd};

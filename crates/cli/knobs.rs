@@ -7,8 +7,8 @@
 //! forgotten in one of them. (ripgrep's `crates/core/flags/defs.rs` is the model.)
 //!
 //! Values use the grammar shared with `load` and `hold`
-//! ([`megaconn_load::units`]): durations like `500ms`, `30s`, `1m`, `2h` (`off`
-//! where a knob can be disabled), sizes like `64KiB`, `16MiB` or plain bytes. A
+//! ([`megaconn_load::units`]): durations like `500ms`, `30s`, `1m`, `2h` (`off`,
+//! or zero in any spelling, where a knob can be disabled), sizes like `64KiB`, `16MiB` or plain bytes. A
 //! config-file value is parsed by the very same function as the flag's value:
 //! strings and numbers are read as if typed after the flag.
 
@@ -265,8 +265,15 @@ pub fn by_key(key: &str) -> Option<&'static Knob> {
 
 // Parsers: one per kind of value, shared by flags and the file.
 
+/// A duration, or `off`. Zero in any spelling (`0`, `0s`, `0ms`) is `off`:
+/// the shared grammar reads only a bare `0` as off, and a zero timeout or
+/// interval would otherwise close every connection at once (or ping back to
+/// back) where `0` disables it. Every duration knob can be off; one that
+/// could not would need a parser of its own that refuses zero.
 fn duration_or_off(s: &str) -> Result<Value, String> {
-    units::parse_duration_or_off(s).map(Value::Duration)
+    units::parse_duration_or_off(s)
+        .map(|d| d.filter(|d| !d.is_zero()))
+        .map(Value::Duration)
 }
 
 fn size(s: &str) -> Result<Value, String> {
@@ -930,7 +937,7 @@ pub static KNOBS: &[Knob] = &[
                   or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (OTEL_SDK_DISABLED=true or \
                   OTEL_TRACES_EXPORTER=none turn it off); the other standard variables \
                   (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER and _ARG, OTEL_BSP_*, \
-                  OTEL_EXPORTER_OTLP_HEADERS, ...) are read, and the otel-* knobs win over them. \
+                  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT, ...) are read, and the otel-* knobs win over them. \
                   Spans leave from a bounded queue on a thread of their own: a slow or dead \
                   collector costs spans (megaconn_otel_spans_dropped_total), never requests.",
         default: "off",
@@ -959,7 +966,7 @@ pub static KNOBS: &[Knob] = &[
         name: "otel-sample-ratio",
         value_name: "RATIO",
         shape: Shape::One,
-        help: "The share of requests traced, from 0 to 1, when the request has no traceparent (one with a traceparent follows its sampled flag).",
+        help: "The share of requests traced, from 0 to 1, when the request has no traceparent (one with a traceparent follows its sampled flag, unless OTEL_TRACES_SAMPLER is always_on, always_off or traceidratio: then the ratio decides for every request).",
         details: "An unsampled request costs one header lookup and one random number.",
         default: "1 (or OTEL_TRACES_SAMPLER_ARG)",
         example: "0.01",
@@ -1223,6 +1230,29 @@ mod tests {
             err.contains("max_body_bytes") && err.contains("parsecs"),
             "{err}"
         );
+    }
+
+    /// Every duration knob, by flag and in the file: zero in any spelling
+    /// is off, as `0` is, never a zero timeout.
+    #[test]
+    fn a_zero_duration_in_any_spelling_is_off() {
+        let durations = KNOBS
+            .iter()
+            .filter(|k| matches!((k.parse)(k.example), Ok(Value::Duration(_))));
+        let mut seen = 0;
+        for knob in durations {
+            let (name, key) = (knob.name, knob.key());
+            let off = parse_file(&format!("{key} = 0")).unwrap();
+            assert_eq!(off[name], Value::Duration(None), "{key} = 0");
+            for zero in ["0s", "0ms", "0m", "off"] {
+                let file = parse_file(&format!("{key} = {zero:?}")).unwrap();
+                assert_eq!(file, off, "{key} = {zero:?}");
+                let flag = flags(&[&format!("--{name}"), zero]).unwrap();
+                assert_eq!(flag, off, "--{name} {zero}");
+            }
+            seen += 1;
+        }
+        assert!(seen >= 10, "only {seen} duration knobs");
     }
 
     #[test]

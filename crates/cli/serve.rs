@@ -443,7 +443,8 @@ async fn serve(
         server.workers(),
         server.max_connections()
     );
-    // Stops when dropped, after the main server. Worker processes of a
+    // Stops when dropped, after the main server, or at an upgrade's
+    // hand-over (the new process serves it then). Worker processes of a
     // supervisor have none (they would contend for one port).
     let (take_over, admin_sockets) = match take_over {
         Some((t, sockets)) => (Some(t), sockets),

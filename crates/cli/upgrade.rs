@@ -177,7 +177,8 @@ impl ControlSocket {
 
     /// Serves upgrade requests on a thread of its own: the first complete
     /// hand-over shuts `handle` down (its parked connections go to the new
-    /// process) and ends the thread. A failed attempt (the new process died,
+    /// process), and the servers added with [`ControlSocket::also`], and
+    /// ends the thread. A failed attempt (the new process died,
     /// another user) is logged and the server keeps serving.
     pub fn serve(&self, handle: ServerHandle) -> std::io::Result<()> {
         let listener = self.listener.try_clone()?;
@@ -212,7 +213,8 @@ impl ControlSocket {
 }
 
 impl ControlSocket {
-    /// Hands `other`'s listening sockets over too (the admin listener).
+    /// Hands `other`'s listening sockets over too (the admin listener), and
+    /// shuts `other` down with the main server once the new process serves.
     pub fn also(&self, other: ServerHandle) {
         self.more
             .lock()
@@ -296,6 +298,23 @@ fn hand_over(
     // connections over; the rest drain as in a graceful shutdown.
     let batches = handle.hand_over_parked();
     handle.shutdown();
+    // The admin listener(s) too: the new process serves them now, and an
+    // old process answering /metrics (or taking /publish) while it drains
+    // would have scrapes alternate between the two processes' counters.
+    // Their requests in flight finish. Asking for their parked connections
+    // is how to hear that their workers stopped accepting (waited for
+    // before 'E', so that once the new process says it is done no admin
+    // request reaches this one); those idle connections close here, as
+    // a shutdown closes them, and their clients reconnect to the new
+    // process.
+    let others: Vec<_> = more
+        .iter()
+        .map(|other| {
+            let parked = other.hand_over_parked();
+            other.shutdown();
+            parked
+        })
+        .collect();
     // From here this process is leaving whatever happens: an error only
     // loses the parked connections not sent yet (they close here).
     let mut sent = 0usize;
@@ -313,6 +332,7 @@ fn hand_over(
             // Dropping the batch closes this process's descriptors; the
             // sockets live on in the new process.
         }
+        others.into_iter().flatten().for_each(drop);
         peer.send(END, &(sent as u64).to_be_bytes(), &[])
     })();
     if let Err(e) = sending {

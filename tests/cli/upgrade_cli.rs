@@ -431,3 +431,60 @@ fn a_supervisor_upgrades_worker_process_by_worker_process() {
     new.signal(libc::SIGTERM);
     new.wait();
 }
+
+/// GET `path` on a fresh connection; the body.
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    out.split_once("\r\n\r\n").expect("a head").1.to_string()
+}
+
+/// Once the new process serves, the old one no longer answers on the admin
+/// listener it handed over, though it still drains a request: every admin
+/// answer comes from the new process. The old process used to keep its
+/// admin listener until it exited, so scrapes alternated between the two
+/// processes' counters.
+#[test]
+fn the_old_process_stops_answering_admin_requests_at_the_hand_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let (mut old, addr) = start(0, "127.0.0.1:0", &socket, &["--admin", "127.0.0.1:0"]);
+    let s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    let mut slow = BufReader::new(s);
+    slow.get_mut()
+        .write_all(b"GET /sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let deadline = Instant::now() + CHILD_SAFETY;
+    while metric(&old.admin, "megaconn_requests_in_flight") < 1.0 {
+        assert!(Instant::now() < deadline, "the request did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The same admin address: the new process takes its socket over.
+    let admin = old.admin.clone();
+    let (new, _) = start(1, &addr, &socket, &["--admin", &admin]);
+    let new_pid = format!("\"pid\": {},", new.child.id());
+    for _ in 0..40 {
+        let runtime = get(&admin, "/debug/runtime");
+        assert!(
+            runtime.contains(&new_pid),
+            "answered by another process than {new_pid}: {runtime}"
+        );
+    }
+    // The old process was draining its request all along.
+    assert!(
+        old.child.child().try_wait().unwrap().is_none(),
+        "the old process exited before the admin requests were done"
+    );
+    let head = read_response(&mut slow).expect("the request in flight is answered");
+    assert!(head.contains("server: gen0"), "{head}");
+    finish(old);
+}

@@ -107,6 +107,35 @@ async fn shutdown_deadline_forces_stuck_connections() {
     assert!(rest.is_empty());
 }
 
+/// A connection forced closed while it waits for its request leaves the
+/// `connections_idle` gauge: its waiting future is dropped mid-wait, and the
+/// gauge used to be left only when the wait ended, staying one too high for
+/// the rest of the process (through an upgrade's drain, say).
+#[tokio::test]
+async fn a_connection_forced_closed_while_waiting_leaves_the_idle_gauge() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(None)
+            .shutdown_timeout(Duration::from_millis(50)),
+    )
+    .await;
+    // A fresh connection that never sends its request: at shutdown it is
+    // given until the deadline (its request may be on the way), then forced.
+    let mut waiting = server.connect().await;
+    server
+        .wait_stats("the connection waits, idle", |s| s.connections_idle == 1)
+        .await;
+    let handle = server.handle.clone();
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 1, "{summary:?}");
+    let mut rest = Vec::new();
+    let _ = waiting.read_to_end(&mut rest).await;
+    let stats = handle.stats();
+    assert_eq!(stats.connections_open, 0, "{stats:?}");
+    assert_eq!(stats.connections_idle, 0, "{stats:?}");
+}
+
 /// Messages of the `tracing` events at WARN and above, from every thread
 /// (the server's workers included), for a test to wait on what the server
 /// says it does.

@@ -172,6 +172,31 @@ pub(crate) fn gauge_own(g: &AtomicI64, delta: i64) {
     g.store(g.load(Relaxed).wrapping_add(delta), Relaxed);
 }
 
+/// A connection's place in the `connections_idle` gauge while it waits on
+/// its worker's thread ([`gauge_own`]: a plain load and store, no locked
+/// instruction, on HTTP/1.1's per-request path): joins on creation, leaves
+/// when dropped, so a waiting future dropped mid-wait (a forced shutdown
+/// closing a connection that never sent its request) leaves it too. A
+/// borrowed gauge: no allocation.
+#[derive(Debug)]
+pub(crate) struct IdleOwn<'a>(&'a AtomicI64);
+
+impl<'a> IdleOwn<'a> {
+    /// Counts the connection idle until the guard is dropped.
+    #[inline]
+    pub(crate) fn enter(gauge: &'a AtomicI64) -> IdleOwn<'a> {
+        gauge_own(gauge, 1);
+        IdleOwn(gauge)
+    }
+}
+
+impl Drop for IdleOwn<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        gauge_own(self.0, -1);
+    }
+}
+
 /// Keeps a connection's place in the `connections_idle` gauge and its
 /// lifecycle state in step while it moves between idle and busy (HTTP/2:
 /// idle while no stream is open); leaves the gauge when dropped.

@@ -50,6 +50,26 @@ impl ExportStats {
             spans_queued: self.queued.load(Relaxed),
         }
     }
+
+    /// Counts a span into the queue around `send`: before it, because the
+    /// export thread may take the span and count it out before `send` even
+    /// returns (counted after, the gauge wrapped to `u64::MAX` meanwhile);
+    /// undone when `send` fails.
+    #[inline]
+    fn enqueue<E>(&self, send: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
+        self.queued.fetch_add(1, Relaxed);
+        let sent = send();
+        if sent.is_err() {
+            self.queued.fetch_sub(1, Relaxed);
+        }
+        sent
+    }
+
+    /// Counts a span the export thread took out of the queue.
+    #[inline]
+    fn dequeued(&self) {
+        self.queued.fetch_sub(1, Relaxed);
+    }
 }
 
 /// What the export thread is asked to do besides exporting.
@@ -177,10 +197,8 @@ impl SpanProcessor for QueueProcessor {
 
     /// Runs on a worker: never blocks. A full queue drops the span.
     fn on_end(&self, span: SpanData) {
-        match self.spans.try_send(Box::new(span)) {
-            Ok(()) => {
-                self.stats.queued.fetch_add(1, Relaxed);
-            }
+        match self.stats.enqueue(|| self.spans.try_send(Box::new(span))) {
+            Ok(()) => {}
             Err(TrySendError::Closed(_)) => {
                 // After shutdown: nothing exports any more.
                 self.stats.dropped.fetch_add(1, Relaxed);
@@ -300,7 +318,7 @@ impl<E: SpanExporter> ExportThread<E> {
                 },
                 span = self.spans.recv() => match span {
                     Some(span) => {
-                        self.stats.queued.fetch_sub(1, Relaxed);
+                        self.stats.dequeued();
                         self.batch.push(*span);
                         due.get_or_insert_with(|| Instant::now() + self.batching.delay);
                         if self.batch.len() >= self.batching.max {
@@ -326,7 +344,7 @@ impl<E: SpanExporter> ExportThread<E> {
     async fn flush(&mut self) -> OTelSdkResult {
         let mut result = Ok(());
         while let Ok(span) = self.spans.try_recv() {
-            self.stats.queued.fetch_sub(1, Relaxed);
+            self.stats.dequeued();
             self.batch.push(*span);
             if self.batch.len() >= self.batching.max {
                 result = result.and(self.export().await);
@@ -364,5 +382,31 @@ impl<E: SpanExporter> ExportThread<E> {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The export thread may take a span and count it out before the
+    /// worker's send returns: the queued gauge must not dip below zero
+    /// (wrapping to u64::MAX, as it did when counted after the send).
+    #[test]
+    fn the_queued_gauge_never_wraps_when_the_thread_takes_a_span_first() {
+        let stats = ExportStats::default();
+        let sent: Result<(), ()> = stats.enqueue(|| {
+            // The export thread, between the send and its return.
+            stats.dequeued();
+            assert_eq!(stats.snapshot().spans_queued, 0);
+            Ok(())
+        });
+        assert_eq!(sent, Ok(()));
+        assert_eq!(stats.snapshot().spans_queued, 0);
+        // A send that fails (queue full, or shut) leaves nothing counted.
+        assert_eq!(stats.enqueue(|| Err(())), Err(()));
+        assert_eq!(stats.snapshot().spans_queued, 0);
+        assert_eq!(stats.enqueue(|| Ok::<(), ()>(())), Ok(()));
+        assert_eq!(stats.snapshot().spans_queued, 1);
     }
 }

@@ -25,8 +25,11 @@
 //! * **Sampling first.** A request with a W3C `traceparent` follows its
 //!   parent's sampled flag; one without is sampled with probability
 //!   [`OtlpConfig::sample_ratio`] (parent-based ratio sampling, as
-//!   `parentbased_traceidratio`). The decision reads the header in place
-//!   and draws one random number: an unsampled request allocates nothing.
+//!   `parentbased_traceidratio`). With [`OtlpConfig::parent_based`] off
+//!   (`OTEL_TRACES_SAMPLER=always_on`, `always_off` or `traceidratio`) the
+//!   parent's flag is ignored and every request is sampled by the ratio.
+//!   The decision reads the header in place and draws one random number:
+//!   an unsampled request allocates nothing.
 //! * **A server span** (`SpanKind::Server`) named `GET` or, when the service
 //!   says which route matched, `GET /users/{id}`, with `http.request.method`,
 //!   `url.scheme`, `url.path`, `network.protocol.version`,
@@ -169,11 +172,20 @@ pub struct OtlpConfig {
     endpoint: Option<String>,
     protocol: Protocol,
     sample_ratio: f64,
+    /// Whether a request's `traceparent` decides its sampling (the
+    /// `parentbased_*` samplers) or the ratio alone does.
+    parent_based: bool,
     service_name: Option<String>,
     max_queue_spans: usize,
     max_batch_spans: usize,
     batch_delay: Duration,
+    /// How long the export thread waits for one export.
     export_timeout: Duration,
+    /// The exporter's own timeout, only when the program set one
+    /// ([`OtlpConfig::export_timeout`]): otherwise the exporter reads
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT`,
+    /// which passing a timeout always would override.
+    exporter_timeout: Option<Duration>,
 }
 
 impl Default for OtlpConfig {
@@ -183,11 +195,13 @@ impl Default for OtlpConfig {
             endpoint: None,
             protocol: Protocol::Grpc,
             sample_ratio: 1.0,
+            parent_based: true,
             service_name: None,
             max_queue_spans: DEFAULT_MAX_QUEUE_SPANS,
             max_batch_spans: DEFAULT_MAX_BATCH_SPANS,
             batch_delay: DEFAULT_BATCH_DELAY,
             export_timeout: DEFAULT_EXPORT_TIMEOUT,
+            exporter_timeout: None,
         }
     }
 }
@@ -201,7 +215,10 @@ impl OtlpConfig {
     /// `OTEL_BSP_SCHEDULE_DELAY` and `OTEL_BSP_EXPORT_TIMEOUT` (ms). The
     /// exporter itself reads the endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`,
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), headers, compression and
-    /// timeout variables, and the SDK reads `OTEL_SERVICE_NAME` and
+    /// timeout (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, ms) variables; the export thread waits
+    /// that long for an export too, unless `OTEL_BSP_EXPORT_TIMEOUT` says
+    /// otherwise. The SDK reads `OTEL_SERVICE_NAME` and
     /// `OTEL_RESOURCE_ATTRIBUTES`. A variable with a bad value is an error.
     pub fn from_env() -> Result<OtlpConfig, OtelError> {
         OtlpConfig::from_vars(|name| std::env::var(name).ok())
@@ -217,6 +234,9 @@ impl OtlpConfig {
         }
         if let Some(sampler) = var("OTEL_TRACES_SAMPLER") {
             let arg = var("OTEL_TRACES_SAMPLER_ARG");
+            // The spec's always_on, always_off and traceidratio do not look
+            // at the parent; only the parentbased_* samplers do.
+            c.parent_based = sampler.trim().starts_with("parentbased_");
             c.sample_ratio = match sampler.trim() {
                 "always_on" | "parentbased_always_on" => 1.0,
                 "always_off" | "parentbased_always_off" => 0.0,
@@ -228,7 +248,8 @@ impl OtlpConfig {
                     return Err(OtelError::Config(format!(
                         "OTEL_TRACES_SAMPLER={other:?} is not supported: use \
                          parentbased_traceidratio (with OTEL_TRACES_SAMPLER_ARG), \
-                         parentbased_always_on or parentbased_always_off"
+                         parentbased_always_on, parentbased_always_off, \
+                         traceidratio, always_on or always_off"
                     )))
                 }
             };
@@ -267,6 +288,15 @@ impl OtlpConfig {
         if let Some(d) = millis("OTEL_BSP_SCHEDULE_DELAY")? {
             c.batch_delay = d;
         }
+        // The exporter reads its own timeout; the export thread must not
+        // give up on an export sooner than the exporter would.
+        let otlp_timeout = match var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") {
+            Some(_) => millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")?,
+            None => millis("OTEL_EXPORTER_OTLP_TIMEOUT")?,
+        };
+        if let Some(d) = otlp_timeout {
+            c.export_timeout = d;
+        }
         if let Some(d) = millis("OTEL_BSP_EXPORT_TIMEOUT")? {
             c.export_timeout = d;
         }
@@ -288,8 +318,10 @@ impl OtlpConfig {
         self
     }
 
-    /// The share of requests without a sampled-or-not parent that are traced,
-    /// from `0.0` (none: tracing is then nearly free) to `1.0` (all).
+    /// The share of requests without a sampled-or-not parent (or of all
+    /// requests, when not [`parent_based`](OtlpConfig::parent_based)) that
+    /// are traced, from `0.0` (none: tracing is then nearly free) to `1.0`
+    /// (all).
     /// Default: `1.0` (or `OTEL_TRACES_SAMPLER_ARG`). Out-of-range values
     /// are clamped.
     pub fn sample_ratio(mut self, ratio: f64) -> OtlpConfig {
@@ -298,6 +330,16 @@ impl OtlpConfig {
         } else {
             ratio.clamp(0.0, 1.0)
         };
+        self
+    }
+
+    /// Whether a request with a W3C `traceparent` follows its parent's
+    /// sampled flag (`true`, the `parentbased_*` samplers) or is sampled by
+    /// [`sample_ratio`](OtlpConfig::sample_ratio) like any other (`false`:
+    /// `always_on`, `always_off`, `traceidratio`). Default: `true` (or as
+    /// `OTEL_TRACES_SAMPLER` says).
+    pub fn parent_based(mut self, parent_based: bool) -> OtlpConfig {
+        self.parent_based = parent_based;
         self
     }
 
@@ -329,16 +371,25 @@ impl OtlpConfig {
         self
     }
 
-    /// How long one export may take before it counts as failed. Default:
-    /// [`DEFAULT_EXPORT_TIMEOUT`].
+    /// How long one export may take before it counts as failed (the
+    /// exporter's timeout and the export thread's wait). Default:
+    /// `OTEL_BSP_EXPORT_TIMEOUT`, `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, else [`DEFAULT_EXPORT_TIMEOUT`].
     pub fn export_timeout(mut self, timeout: Duration) -> OtlpConfig {
         self.export_timeout = timeout;
+        self.exporter_timeout = Some(timeout);
         self
     }
 
     /// The sample ratio set.
     pub fn ratio(&self) -> f64 {
         self.sample_ratio
+    }
+
+    /// Whether sampling follows a request's parent (see
+    /// [`parent_based`](OtlpConfig::parent_based)).
+    pub fn is_parent_based(&self) -> bool {
+        self.parent_based
     }
 }
 
@@ -380,9 +431,10 @@ impl Tracing {
             let builder = opentelemetry_otlp::SpanExporter::builder();
             let built = match build_config.protocol {
                 Protocol::Grpc => {
-                    let mut b = builder
-                        .with_tonic()
-                        .with_timeout(build_config.export_timeout);
+                    let mut b = builder.with_tonic();
+                    if let Some(t) = build_config.exporter_timeout {
+                        b = b.with_timeout(t);
+                    }
                     if let Some(url) = &build_config.endpoint {
                         b = b.with_endpoint(url.clone());
                     }
@@ -391,8 +443,10 @@ impl Tracing {
                 Protocol::HttpProtobuf => {
                     let mut b = builder
                         .with_http()
-                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                        .with_timeout(build_config.export_timeout);
+                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                    if let Some(t) = build_config.exporter_timeout {
+                        b = b.with_timeout(t);
+                    }
                     if let Some(url) = &build_config.endpoint {
                         b = b.with_endpoint(url.clone());
                     }
@@ -412,16 +466,21 @@ impl Tracing {
         // samples everything it is given: the decision was made before the
         // span was built (span.rs). The application's provider samples as
         // OTEL_TRACES_SAMPLER would: children follow their parent (the
-        // request's context), roots by the same ratio.
+        // request's context), roots by the same ratio; or, not parent-based,
+        // every span by the ratio.
+        let ratio = Sampler::TraceIdRatioBased(config.sample_ratio);
+        let app_sampler = if config.parent_based {
+            Sampler::ParentBased(Box::new(ratio))
+        } else {
+            ratio
+        };
         let requests = SdkTracerProvider::builder()
             .with_sampler(Sampler::AlwaysOn)
             .with_resource(resource.clone())
             .with_span_processor(Shared(processor.clone()))
             .build();
         let app = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sample_ratio,
-            ))))
+            .with_sampler(app_sampler)
             .with_resource(resource)
             .with_span_processor(Shared(processor))
             .build();
@@ -430,7 +489,7 @@ impl Tracing {
                 tracer: requests.tracer("megaconn"),
                 requests,
                 app,
-                sampler: RootSampler::new(config.sample_ratio),
+                sampler: RootSampler::new(config.sample_ratio, config.parent_based),
                 stats,
             }),
         })
@@ -561,5 +620,54 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.to_string().contains("0.0 to 1.0"), "{e}");
+    }
+
+    /// Only the `parentbased_*` samplers follow a request's parent (the
+    /// OTel spec's always_on, always_off and traceidratio ignore it).
+    #[test]
+    fn only_parentbased_samplers_are_parent_based() {
+        for (sampler, ratio, parent_based) in [
+            ("always_on", 1.0, false),
+            ("always_off", 0.0, false),
+            ("traceidratio", 0.25, false),
+            ("parentbased_always_on", 1.0, true),
+            ("parentbased_always_off", 0.0, true),
+            ("parentbased_traceidratio", 0.25, true),
+        ] {
+            let c = OtlpConfig::from_vars(vars(&[
+                ("OTEL_TRACES_SAMPLER", sampler),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ]))
+            .unwrap();
+            assert_eq!(c.ratio(), ratio, "{sampler}");
+            assert_eq!(c.is_parent_based(), parent_based, "{sampler}");
+        }
+        assert!(OtlpConfig::default().is_parent_based());
+    }
+
+    /// The exporter gets a timeout only when the program sets one; else it
+    /// reads OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT itself, and the export
+    /// thread waits as long (unless OTEL_BSP_EXPORT_TIMEOUT says otherwise).
+    #[test]
+    fn the_exporter_reads_its_own_timeout_unless_the_program_sets_one() {
+        let c = OtlpConfig::from_vars(vars(&[])).unwrap();
+        assert_eq!(c.exporter_timeout, None);
+        assert_eq!(c.export_timeout, DEFAULT_EXPORT_TIMEOUT);
+        let c = OtlpConfig::from_vars(vars(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "30000")])).unwrap();
+        assert_eq!(c.exporter_timeout, None);
+        assert_eq!(c.export_timeout, Duration::from_secs(30));
+        let c = OtlpConfig::from_vars(vars(&[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "30000"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "20000"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "5000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.exporter_timeout, None);
+        assert_eq!(c.export_timeout, Duration::from_secs(5));
+        let c = c.export_timeout(Duration::from_secs(3));
+        assert_eq!(c.exporter_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(c.export_timeout, Duration::from_secs(3));
+        let e = OtlpConfig::from_vars(vars(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")])).unwrap_err();
+        assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_TIMEOUT"), "{e}");
     }
 }

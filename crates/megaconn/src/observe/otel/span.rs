@@ -38,16 +38,20 @@ fn header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderVal
     }
 }
 
-/// The parent-less half of parent-based ratio sampling.
+/// Ratio sampling, parent-based or not.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RootSampler {
     /// A request is sampled when a random `u64` is below this; `u64::MAX`
     /// means always (a ratio of 1 must not miss the one value equal to it).
     threshold: u64,
+    /// A request with a parent follows the parent's flag (the
+    /// `parentbased_*` samplers); when false the ratio decides for every
+    /// request (`always_on`, `always_off`, `traceidratio`).
+    parent_based: bool,
 }
 
 impl RootSampler {
-    pub(crate) fn new(ratio: f64) -> RootSampler {
+    pub(crate) fn new(ratio: f64, parent_based: bool) -> RootSampler {
         let threshold = if ratio >= 1.0 {
             u64::MAX
         } else if ratio > 0.0 {
@@ -55,7 +59,19 @@ impl RootSampler {
         } else {
             0
         };
-        RootSampler { threshold }
+        RootSampler {
+            threshold,
+            parent_based,
+        }
+    }
+
+    /// Whether a request with `parent` (if any) is traced.
+    #[inline]
+    fn decide(&self, parent: Option<Parent>) -> bool {
+        match parent {
+            Some(p) if self.parent_based => p.flags.is_sampled(),
+            _ => self.sample(),
+        }
     }
 
     /// One random draw from the SDK's thread-local generator: no allocation,
@@ -158,14 +174,12 @@ pub(crate) fn start<B>(
 ) -> Option<Box<RequestSpan>> {
     let parent =
         header(request.headers(), &TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
-    let sampled = match parent {
-        Some(p) => p.flags.is_sampled(),
-        None => sampler.sample(),
-    };
-    if !sampled {
-        if let Some(p) = parent {
-            // Not ours to trace, but the handler's outgoing calls carry the
-            // parent's "not sampled" on.
+    if !sampler.decide(parent) {
+        if let Some(mut p) = parent {
+            // Not traced here, but the handler's outgoing calls carry the
+            // trace on, marked "not sampled" (the parent's flag, or this
+            // sampler's decision when it is not parent-based).
+            p.flags = TraceFlags::default();
             let cx = p.context(request);
             request.extensions_mut().insert(cx);
         }
@@ -368,11 +382,53 @@ mod tests {
 
     #[test]
     fn root_sampler_ratios() {
-        assert!((0..1000).all(|_| RootSampler::new(1.0).sample()));
-        assert!((0..1000).all(|_| !RootSampler::new(0.0).sample()));
-        let half = RootSampler::new(0.5);
+        assert!((0..1000).all(|_| RootSampler::new(1.0, true).sample()));
+        assert!((0..1000).all(|_| !RootSampler::new(0.0, true).sample()));
+        let half = RootSampler::new(0.5, true);
         let n = (0..10_000).filter(|_| half.sample()).count();
         // 10,000 fair draws land within 4,500..5,500 but for odds of ~1e-23.
         assert!((4_500..5_500).contains(&n), "{n}");
+    }
+
+    /// A sampled `traceparent` is followed by a parent-based sampler only:
+    /// `always_off` traces nothing, `always_on` everything, whatever the
+    /// parent says.
+    #[test]
+    fn only_a_parent_based_sampler_follows_the_parent() {
+        use opentelemetry::trace::TracerProvider as _;
+        // As Tracing's request provider: the decision is made before.
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
+            .build();
+        let tracer = provider.tracer("test");
+        let traced = |sampler: RootSampler, flags: &'static str| {
+            let mut request = Request::new(());
+            let tp = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            request
+                .headers_mut()
+                .insert(TRACEPARENT.clone(), HeaderValue::from_str(&tp).unwrap());
+            let span = start(&tracer, &sampler, &mut request, false);
+            let cx = request.extensions().get::<Context>().cloned();
+            let sampled = cx.map(|cx| cx.span().span_context().is_sampled());
+            (span.is_some(), sampled)
+        };
+        // Parent-based: the parent's flag decides, and travels on.
+        assert_eq!(
+            traced(RootSampler::new(0.0, true), "01"),
+            (true, Some(true))
+        );
+        assert_eq!(
+            traced(RootSampler::new(1.0, true), "00"),
+            (false, Some(false))
+        );
+        // Not: the ratio decides; an untraced request says so downstream.
+        assert_eq!(
+            traced(RootSampler::new(0.0, false), "01"),
+            (false, Some(false))
+        );
+        assert_eq!(
+            traced(RootSampler::new(1.0, false), "00"),
+            (true, Some(true))
+        );
     }
 }

@@ -28,7 +28,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::ConnInfo;
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::metrics::{MethodLabel, RequestRecord};
-use crate::observe::stats::{gauge_own, incr, incr_own};
+use crate::observe::stats::{incr, incr_own, IdleOwn};
 use crate::proto::{self, HandOver};
 use crate::service::body::Body;
 use crate::service::upgrade::{self, NativeUpgrade, UpgradeSender};
@@ -406,7 +406,8 @@ impl<T: Transport> ConnIo<T> {
         timer_waker: &mut bool,
     ) -> Waited {
         let ctx = self.ctx.clone();
-        gauge_own(&ctx.stats.connections_idle, 1);
+        // Left when the wait ends, or when this future is dropped.
+        let idle_mark = IdleOwn::enter(&ctx.stats.connections_idle);
         lifecycle::set_state(ConnectionState::Idle);
         // The first poll, right after a response, asks for readiness before
         // taking a buffer: the next request is seldom there yet. A later poll
@@ -462,7 +463,7 @@ impl<T: Transport> ConnIo<T> {
             }
         })
         .await;
-        gauge_own(&ctx.stats.connections_idle, -1);
+        drop(idle_mark);
         lifecycle::set_state(ConnectionState::ReadingHead);
         waited
     }
