@@ -66,6 +66,19 @@ impl Percentiles {
             count: h.len(),
         }
     }
+
+    /// `p50 …  p90 …  p99 …  p99.9 …  p99.99 …  max …` for the text reports.
+    pub(crate) fn spread(&self) -> String {
+        format!(
+            "p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
+            show_us(self.p50),
+            show_us(self.p90),
+            show_us(self.p99),
+            show_us(self.p999),
+            show_us(self.p9999),
+            show_us(self.max)
+        )
+    }
 }
 
 /// A percentile for the text reports: one decimal, or "—" if there is none

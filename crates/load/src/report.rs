@@ -267,16 +267,7 @@ impl LoadReport {
             self.threads,
             self.duration_secs
         );
-        let _ = writeln!(
-            s,
-            "  latency us   p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
-            show_us(l.p50),
-            show_us(l.p90),
-            show_us(l.p99),
-            show_us(l.p999),
-            show_us(l.p9999),
-            show_us(l.max)
-        );
+        let _ = writeln!(s, "  latency us   {}", l.spread());
         let _ = writeln!(
             s,
             "  requests     {} ok, {:.0} req/s, {} read/s",
@@ -454,28 +445,9 @@ impl HoldReport {
             self.heartbeats_pending_at_end,
             self.opens_ok
         );
-        let _ = writeln!(
-            s,
-            "  latency us   p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
-            show_us(l.p50),
-            show_us(l.p90),
-            show_us(l.p99),
-            show_us(l.p999),
-            show_us(l.p9999),
-            show_us(l.max)
-        );
+        let _ = writeln!(s, "  latency us   {}", l.spread());
         let h = &self.heartbeat_latency_holding_us;
-        let _ = writeln!(
-            s,
-            "  after ramp   p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {} ({} heartbeats)",
-            show_us(h.p50),
-            show_us(h.p90),
-            show_us(h.p99),
-            show_us(h.p999),
-            show_us(h.p9999),
-            show_us(h.max),
-            h.count
-        );
+        let _ = writeln!(s, "  after ramp   {} ({} heartbeats)", h.spread(), h.count);
         if self.pushes_received > 0 {
             let p = &self.push_latency_us;
             let _ = writeln!(s, "  pushes       {} received", self.pushes_received);
