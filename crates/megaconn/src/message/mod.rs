@@ -3,6 +3,8 @@
 //! `proto/`: protocols (framed TCP; WebSocket next) import it, it imports
 //! no protocol.
 //!
+//! - `deadline.rs` `MessageDeadline`: the bound on a message in progress
+//!   (`message_timeout`)
 //! - `hub.rs`     [`Hub`]: push by [`ConnectionId`], publish to a topic,
 //!   broadcast; [`Inbox`](hub::Inbox), an awake connection's bounded
 //!   outbound queue
@@ -44,6 +46,7 @@
 //! The hub then reaches its connections with no protocol code: awake ones
 //! through their inbox, parked ones with one `send` of bytes framed once.
 
+pub(crate) mod deadline;
 pub(crate) mod hub;
 pub(crate) mod live;
 pub(crate) mod session;
@@ -53,6 +56,7 @@ pub(crate) mod wire;
 pub(crate) mod worker;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::conn::config::Config;
 
@@ -62,6 +66,18 @@ pub use session::Session;
 /// Default bound of an awake connection's outbound queue: 256 messages.
 /// A push that finds it full closes the connection as a slow consumer.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
+
+/// Default `message_timeout` of the message protocols
+/// ([`WebSocketRoute::message_timeout`](crate::WebSocketRoute::message_timeout),
+/// [`Builder::message_timeout`](crate::Builder::message_timeout)): how long
+/// a peer may take over one message, from its first byte to its last. 60 s,
+/// nginx's `client_header_timeout`/`client_body_timeout`: a connection in
+/// the middle of a message cannot park (it holds a task and a pooled
+/// buffer), and its heartbeat, which each byte restarts, does not bound a
+/// peer that trickles one. Generous for any real message: a framed one is
+/// capped at 64 KiB by default, and a WebSocket one of the default 16 MiB
+/// cap needs 280 KB/s to make it (raise it for larger, slower uploads).
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The message layer's settings, kept in the server's configuration as an
 /// opaque value (the core does not know this layer).

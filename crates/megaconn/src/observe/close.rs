@@ -58,6 +58,10 @@ pub enum CloseReason {
     /// Parked and idle, handed to the process that replaced this one (a
     /// zero-downtime upgrade): the connection stays open over there.
     HandedOver,
+    /// A message connection's peer (framed, WebSocket) began a message and
+    /// did not complete it within `message_timeout` (a WebSocket is closed
+    /// with 1008).
+    MessageTimeout,
 }
 
 /// What a protocol said when it closed a connection for a protocol error.
@@ -121,7 +125,7 @@ impl CloseReason {
     }
 
     /// How many metric labels there are (see [`CloseReason::LABELS`]).
-    pub(crate) const COUNT: usize = 18;
+    pub(crate) const COUNT: usize = 19;
 
     /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
     /// [`CloseReason::index`].
@@ -144,6 +148,7 @@ impl CloseReason {
         "heartbeat_timeout",
         "slow_consumer",
         "handed_over",
+        "message_timeout",
     ];
 
     /// This reason's position in [`CloseReason::LABELS`] and in the worker's
@@ -168,6 +173,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => 15,
             CloseReason::SlowConsumer => 16,
             CloseReason::HandedOver => 17,
+            CloseReason::MessageTimeout => 18,
         }
     }
 
@@ -238,6 +244,7 @@ impl fmt::Display for CloseReason {
             CloseReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
             CloseReason::SlowConsumer => f.write_str("slow consumer"),
             CloseReason::HandedOver => f.write_str("handed over to the next process"),
+            CloseReason::MessageTimeout => f.write_str("message timeout"),
             CloseReason::Protocol(ProtocolDetail::Framing(error)) => {
                 write!(f, "protocol error ({error})")
             }
@@ -275,6 +282,7 @@ mod tests {
             CloseReason::HeartbeatTimeout,
             CloseReason::SlowConsumer,
             CloseReason::HandedOver,
+            CloseReason::MessageTimeout,
         ];
         let mut seen: Vec<usize> = all.iter().map(|r| r.index()).collect();
         seen.sort_unstable();

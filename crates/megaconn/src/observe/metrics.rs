@@ -827,7 +827,7 @@ impl Collector for Snapshot {
         counter(
             &mut e,
             "timeouts",
-            "Connections closed by a header, idle, read or write timeout.",
+            "Connections closed by a header, idle, read, write or message timeout.",
             s.timeouts,
         )?;
         counter(

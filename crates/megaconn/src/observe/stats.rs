@@ -252,7 +252,7 @@ pub struct ServerStats {
     pub panics: u64,
     /// Handlers dropped because the client went away while they ran.
     pub cancelled: u64,
-    /// Connections closed by a header, idle, read or write timeout.
+    /// Connections closed by a header, idle, read, write or message timeout.
     pub timeouts: u64,
     /// Requests rejected as malformed or over a limit (a 4xx/5xx was sent).
     pub protocol_errors: u64,

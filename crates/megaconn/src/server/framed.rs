@@ -1,6 +1,6 @@
 //! The framed protocol's public knobs on [`Builder`] and [`Server`]: framed
 //! listeners (their framing fixed at bind time, as TLS listeners are), the
-//! heartbeat timeout, and serving a [`FramedHandler`], alone or beside an
+//! heartbeat and message timeouts, and serving a [`FramedHandler`], alone or beside an
 //! HTTP service.
 //!
 //! Kept apart from `builder.rs` so the HTTP server's face stays as it was;
@@ -64,7 +64,8 @@ impl Builder {
     /// `accept_rate`, `park_idle_after`, `write_timeout`, `shutdown_timeout`,
     /// `on_connection` (one "request" per message), and
     /// [`heartbeat_timeout`](Builder::heartbeat_timeout) instead of
-    /// `idle_timeout`.
+    /// `idle_timeout`, [`message_timeout`](Builder::message_timeout) instead
+    /// of `read_timeout`.
     pub fn listen_framed_on(mut self, addr: SocketAddr, framing: Framing) -> Builder {
         let position = self.config.addrs.len();
         self.config.addrs.push(addr);
@@ -81,6 +82,23 @@ impl Builder {
     /// closes it).
     pub fn heartbeat_timeout(mut self, t: Option<Duration>) -> Builder {
         FramedSettings::update(&mut self.config, |s| s.heartbeat_timeout = t);
+        self
+    }
+
+    /// Framed connections: how long the peer may take over one frame (or
+    /// line), from its first byte to its last, however steadily the bytes
+    /// come; past it the connection closes with
+    /// [`CloseReason::MessageTimeout`](crate::CloseReason::MessageTimeout).
+    /// A connection in the middle of a frame cannot park, and the
+    /// [`heartbeat_timeout`](Builder::heartbeat_timeout), restarted by every
+    /// byte (and off by default), does not bound a peer that trickles one
+    /// (slowloris). Between frames it does not apply.
+    /// [`read_timeout`](Builder::read_timeout) is HTTP's and does not apply
+    /// to framed connections. `None` or zero: unbounded. Default
+    /// [`DEFAULT_MESSAGE_TIMEOUT`](crate::DEFAULT_MESSAGE_TIMEOUT) (60 s).
+    pub fn message_timeout(mut self, t: Option<Duration>) -> Builder {
+        let t = crate::message::deadline::setting(t);
+        FramedSettings::update(&mut self.config, |s| s.message_timeout = t);
         self
     }
 }

@@ -463,6 +463,58 @@ pub async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     out
 }
 
+/// How often a slowloris client sends its next byte (a heartbeat timeout
+/// would be restarted by each).
+pub const TRICKLE: Duration = Duration::from_millis(50);
+
+/// A slowloris peer: writes `bytes` to `w` one byte every [`TRICKLE`] until
+/// `ended` completes (bounded by [`SAFETY`]), and returns what it gave.
+/// Write errors (the server hung up) stop the bytes, not the wait; so does
+/// running out of them.
+pub async fn trickle_until<W, T>(w: &mut W, bytes: &[u8], ended: impl Future<Output = T>) -> T
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut ended = std::pin::pin!(ended);
+    let mut rest = bytes.iter();
+    let mut tick = tokio::time::interval(TRICKLE);
+    tokio::time::timeout(SAFETY, async {
+        loop {
+            tokio::select! {
+                out = &mut ended => return out,
+                _ = tick.tick() => {
+                    if let Some(&b) = rest.next() {
+                        if w.write_all(&[b]).await.is_err() {
+                            rest = [].iter();
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the trickling peer was not stopped in time")
+}
+
+/// Writes `bytes` to `w` in the pieces that end at `cuts` (and a last one),
+/// `every` apart: a peer that sends slowly, whose messages each straddle a
+/// pause when the cuts fall inside them.
+pub async fn write_in_pieces<W>(w: &mut W, bytes: &[u8], cuts: &[usize], every: Duration)
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut from = 0;
+    for &to in cuts.iter().chain([&bytes.len()]) {
+        if from > 0 {
+            tokio::time::sleep(every).await;
+        }
+        w.write_all(&bytes[from..to])
+            .await
+            .expect("the server reads");
+        from = to;
+    }
+}
+
 /// An h2c client (prior knowledge) on a fresh connection.
 pub async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();

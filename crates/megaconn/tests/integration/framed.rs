@@ -496,6 +496,73 @@ async fn a_silent_peer_is_closed_by_the_heartbeat_timeout() {
     parked.stop().await;
 }
 
+/// A peer that begins a frame and then sends a byte now and then, each
+/// well within the heartbeat timeout, is closed at the message timeout:
+/// the heartbeat (restarted by every byte, and off by default) held it, a
+/// task and a read buffer, for as long as the bytes came.
+#[tokio::test]
+async fn a_frame_trickled_a_byte_at_a_time_is_closed_at_the_message_timeout() {
+    let mut server = Framed::start(
+        Server::builder()
+            .heartbeat_timeout(Some(Duration::from_secs(600)))
+            .message_timeout(Some(Duration::from_millis(300))),
+        Framing::length_prefixed(4),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let whole = frame(&[7; 1000]);
+    s.write_all(&whole[..10]).await.unwrap();
+    let (mut from, mut to) = s.split();
+    let mut rest = Vec::new();
+    let closed = from.read_to_end(&mut rest);
+    // A reset counts as closed too.
+    let _ = common::trickle_until(&mut to, &whole[10..whole.len() - 1], closed).await;
+    assert_eq!(server.next_close().await, (0, CloseReason::MessageTimeout));
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(server.closed_with("message_timeout"), 1);
+    let metrics = server.handle.render_metrics();
+    assert!(
+        metrics.contains(r#"megaconn_connections_closed_total{reason="message_timeout"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("megaconn_timeouts_total 1"), "{metrics}");
+    server.stop().await;
+}
+
+/// A peer that sends slowly, every line cut in two by a pause, is served
+/// as long as each line is whole within the message timeout, however long
+/// it goes on: the next line's time starts with its own first byte, also
+/// when it came with the last one's end (the connection is never between
+/// frames here).
+#[tokio::test]
+async fn a_slow_sender_is_served_while_each_frame_is_whole_in_time() {
+    let bound = Duration::from_secs(2);
+    let pause = Duration::from_millis(100);
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .message_timeout(Some(bound)),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    // Enough lines that the whole takes longer than the bound.
+    let rounds = 2 * (bound.as_millis() / pause.as_millis()) as usize;
+    let bytes = b"count\n".repeat(rounds);
+    let cuts: Vec<usize> = (0..rounds).map(|i| i * 6 + 3).collect();
+    let started = tokio::time::Instant::now();
+    common::write_in_pieces(&mut s, &bytes, &cuts, pause).await;
+    assert!(started.elapsed() > bound, "the test outlasts the bound");
+    let replies: String = (1..=rounds).map(|n| format!("{n}\n")).collect();
+    assert_eq!(read_exact(&mut s, replies.len()).await, replies.as_bytes());
+    drop(s);
+    let closed = server.next_close().await;
+    assert_eq!(closed, (rounds as u64, CloseReason::ClientClosed));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_parked_framed_connections() {
     let mut server = Framed::start(

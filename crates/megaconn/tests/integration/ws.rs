@@ -199,11 +199,18 @@ async fn read_head(s: &mut TcpStream) -> String {
     .expect("a response head in time")
 }
 
-/// A masked client frame, by hand.
+/// A masked client frame, by hand (a payload under 64 KiB).
 fn client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    assert!(payload.len() < 126);
     let mask = [9, 8, 7, 6];
-    let mut out = vec![first, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+    let bit = if masked { 0x80 } else { 0 };
+    let mut out = match payload.len() {
+        n @ 0..126 => vec![first, n as u8 | bit],
+        n => [
+            &[first, 126 | bit][..],
+            &u16::try_from(n).unwrap().to_be_bytes(),
+        ]
+        .concat(),
+    };
     if masked {
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
@@ -214,7 +221,7 @@ fn client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
 }
 
 /// Reads one server frame: (first byte, payload). Server frames are unmasked.
-async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(s: &mut R) -> (u8, Vec<u8>) {
     tokio::time::timeout(SAFETY, async {
         let mut head = [0u8; 2];
         s.read_exact(&mut head).await.expect("a frame header");
@@ -503,6 +510,93 @@ async fn a_peer_that_never_answers_our_close_is_hung_up_after_close_timeout() {
         .expect("a clean close");
     assert!(rest.is_empty(), "{rest:?}");
     assert_eq!(server.next_close().await, (1, CloseReason::ServerClosed));
+    server.stop().await;
+}
+
+/// How many connections closed with metric label `reason`.
+fn closed_as(server: &Ws, reason: &str) -> u64 {
+    let stats = server.handle.stats();
+    let by_reason = stats.request_metrics.closed_by_reason;
+    by_reason
+        .iter()
+        .find(|(l, _)| *l == reason)
+        .map_or(0, |r| r.1)
+}
+
+/// A client that begins a message and then sends a byte now and then, each
+/// well within the heartbeat timeout, is closed at the message timeout with
+/// 1008: the heartbeat, restarted by every byte, held it (a task and a read
+/// buffer) for as long as the bytes came.
+#[tokio::test]
+async fn a_message_trickled_a_byte_at_a_time_is_closed_at_the_message_timeout() {
+    let mut server = Ws::start(Server::builder(), |r| {
+        r.ping_interval(None)
+            .heartbeat_timeout(Some(Duration::from_secs(600)))
+            .message_timeout(Some(Duration::from_millis(300)))
+            // Our close frame would read as more of the unfinished one: the
+            // server hangs up after this.
+            .close_timeout(Duration::from_millis(100))
+    })
+    .await;
+    let mut s = server.raw().await;
+    // A binary frame of 1,000 bytes: its header and a few of them, then the
+    // rest a byte at a time (never all of it).
+    let frame = client_frame(0x82, &[7; 1000], true);
+    s.write_all(&frame[..20]).await.unwrap();
+    let (mut from, mut to) = s.split();
+    let rest = &frame[20..frame.len() - 1];
+    let (first, payload) = common::trickle_until(&mut to, rest, read_frame(&mut from)).await;
+    assert_eq!((first, &payload[..2]), (0x88, &1008u16.to_be_bytes()[..]));
+    assert_eq!(server.next_close().await, (0, CloseReason::MessageTimeout));
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(closed_as(&server, "message_timeout"), 1);
+    assert_eq!(server.handle.stats().timeouts, 1);
+    server.stop().await;
+}
+
+/// A client that sends slowly, every message cut in two by a pause, is
+/// served as long as each message is whole within the message timeout,
+/// however long it goes on: the next message's time starts with its own
+/// first byte, also when it came with the last one's end (the connection is
+/// never between messages here). One of them is fragmented, with a ping
+/// between its fragments.
+#[tokio::test]
+async fn a_slow_sender_is_served_while_each_message_is_whole_in_time() {
+    let bound = Duration::from_secs(2);
+    let pause = Duration::from_millis(100);
+    let mut server = Ws::start(Server::builder().park_idle_after(None), |r| {
+        r.ping_interval(None)
+            .heartbeat_timeout(Some(Duration::from_secs(600)))
+            .message_timeout(Some(bound))
+    })
+    .await;
+    let mut s = server.raw().await;
+    let count = client_frame(0x81, b"count", true);
+    let mut bytes = [
+        client_frame(0x01, b"cou", true),
+        client_frame(0x89, b"mid", true),
+        client_frame(0x80, b"nt", true),
+    ]
+    .concat();
+    let mut cuts = vec![3, 9 + 3, 9 + 9 + 3];
+    // Enough messages that the whole takes longer than the bound.
+    let rounds = 2 * (bound.as_millis() / pause.as_millis()) as usize;
+    for _ in 0..rounds {
+        cuts.push(bytes.len() + count.len() / 2);
+        bytes.extend_from_slice(&count);
+    }
+    let started = tokio::time::Instant::now();
+    common::write_in_pieces(&mut s, &bytes, &cuts, pause).await;
+    assert!(started.elapsed() > bound, "the test outlasts the bound");
+    assert_eq!(read_frame(&mut s).await, (0x8a, b"mid".to_vec()));
+    for n in 1..=rounds + 1 {
+        assert_eq!(read_frame(&mut s).await, (0x81, n.to_string().into_bytes()));
+    }
+    drop(s);
+    let closed = server.next_close().await;
+    assert_eq!(closed, (rounds as u64 + 1, CloseReason::ClientClosed));
     server.stop().await;
 }
 
@@ -1279,6 +1373,47 @@ async fn a_silent_parked_websocket_over_tls_is_closed_at_the_heartbeat_timeout()
             s.connections_open == 0 && s.connections_parked == 0
         })
         .await;
+    server.stop().await;
+}
+
+/// A parked WebSocket over TLS woken by part of a record, then sent a byte
+/// now and then, is closed at the message timeout (1008, encrypted): the
+/// record is a message begun. Parked again with the part, it was woken by
+/// every byte, each wake restarting its heartbeat, and bounded by nothing.
+#[tokio::test]
+async fn part_of_a_record_to_a_parked_websocket_over_tls_must_be_whole_within_the_message_timeout()
+{
+    use std::io::Write;
+    let (mut server, ca) = Ws::tls(|r| {
+        r.ping_interval(None)
+            .heartbeat_timeout(Some(Duration::from_secs(600)))
+            .message_timeout(Some(Duration::from_millis(300)))
+            .close_timeout(Duration::from_millis(100))
+    })
+    .await;
+    let mut client = server.tls_client(&ca).await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // A message's record, encrypted by the client's session: its first
+    // bytes, then the rest a byte at a time (never all of it).
+    let (tcp, session) = client.get_mut().get_mut();
+    let message = client_frame(0x81, &[b'x'; 100], true);
+    session.writer().write_all(&message).unwrap();
+    let mut record = Vec::new();
+    session.write_tls(&mut record).unwrap();
+    tcp.write_all(&record[..10]).await.unwrap();
+    let rest = &record[10..record.len() - 1];
+    let closed = common::trickle_until(tcp, rest, server.next_close()).await;
+    assert_eq!(closed, (0, CloseReason::MessageTimeout));
+    match next_data(&mut client).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Policy),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(closed_as(&server, "message_timeout"), 1);
     server.stop().await;
 }
 

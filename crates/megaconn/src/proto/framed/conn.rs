@@ -17,7 +17,10 @@
 //! ```
 //!
 //! A connection in the middle of a frame never parks: it stays a task until
-//! the frame completes, the heartbeat timeout passes, or the peer goes away.
+//! the frame completes, the heartbeat timeout passes, `message_timeout`
+//! passes since the frame's first byte (`MessageTimeout`; the heartbeat,
+//! restarted by every byte, does not bound a peer that trickles them), or
+//! the peer goes away.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -39,6 +42,7 @@ use crate::conn::io::WriteBound;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::{poll_once, WokenSocket};
 use crate::conn::Wake;
+use crate::message::deadline::MessageDeadline;
 use crate::message::hub::Overflowed;
 use crate::message::live::Live;
 use crate::message::session::Session;
@@ -194,6 +198,7 @@ pub(crate) async fn serve<H: FramedHandler>(
     // when the server sends its next heartbeat frame.
     let mut due = heartbeat.map(|t| now + t);
     let mut send_at = send_heartbeats.as_ref().map(|(every, _)| now + *every);
+    let mut message = MessageDeadline::new(settings(&ctx.config).and_then(|s| s.message_timeout));
     let (mut live, session) = match start {
         Start::Accepted => {
             let id = local.new_id(fd);
@@ -265,6 +270,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                         return Ended::Close(live.close(reason));
                     }
                 };
+                message.ended();
                 lifecycle::count_request();
                 incr(&counters.frames_in);
                 lifecycle::set_state(ConnectionState::Handling);
@@ -308,6 +314,7 @@ pub(crate) async fn serve<H: FramedHandler>(
         }
 
         let between_frames = codec.between_frames(buf.as_deref().unwrap_or_default());
+        message.track(between_frames, Instant::now());
         if between_frames && ctx.shutdown.is_started() {
             return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref()).await;
         }
@@ -420,7 +427,12 @@ pub(crate) async fn serve<H: FramedHandler>(
         let b = buf.get_or_insert_with(|| ctx.pool.take());
         // Usually the bytes are there (the socket was readable): then no
         // timer or select is set up for the read.
-        let timers = (due, park_at, send_at);
+        let timers = Timers {
+            due,
+            park_at,
+            send_at,
+            message: message.at(),
+        };
         let read = match poll_once(pin!(io.read_buf(b))) {
             Poll::Ready(read) => Read::Done(Ok(read.map(Some))),
             // Nothing to read between frames after all (tokio reports a
@@ -477,6 +489,9 @@ pub(crate) async fn serve<H: FramedHandler>(
                 incr(&counters.heartbeat_timeouts);
                 CloseReason::HeartbeatTimeout
             }
+            Err(_elapsed) if message.passed(Instant::now()) => {
+                message.expired(&ctx.stats, "Builder::message_timeout")
+            }
             Err(_elapsed) if between_frames && send_at.is_some_and(|at| Instant::now() >= at) => {
                 // Nothing was read, so the buffer is empty; the idle wait
                 // sends the heartbeat at once. It must not be skipped as for
@@ -508,24 +523,36 @@ pub(crate) async fn serve<H: FramedHandler>(
     }
 }
 
+/// When a read gives up waiting.
+struct Timers {
+    /// The peer's heartbeat deadline.
+    due: Option<Instant>,
+    /// When to park (between frames).
+    park_at: Option<Instant>,
+    /// When the server's heartbeat goes (between frames).
+    send_at: Option<Instant>,
+    /// When the frame in progress must be complete by (mid-frame).
+    message: Option<Instant>,
+}
+
 /// Waits for bytes to read into `b` (with `None`, until the socket is
 /// readable), bounded by the heartbeat deadline
-/// (mid-frame: a peer that stops halfway is as silent as one that stops)
-/// and, between frames, by the park and heartbeat-send times too: a socket
+/// (mid-frame: a peer that stops halfway is as silent as one that stops),
+/// mid-frame by the frame's `message_timeout` too, and, between frames, by the park and heartbeat-send times too: a socket
 /// woken from the lot reports itself readable without asking the kernel
 /// (`woken.rs`), so a hot one may find nothing here and wait in this read.
 async fn wait_read(
     io: &mut FramedIo,
     b: Option<&mut BytesMut>,
     between_frames: bool,
-    (due, park_at, send_at): (Option<Instant>, Option<Instant>, Option<Instant>),
+    timers: Timers,
     ctx: &WorkerContext,
     inbox: Option<&Awake>,
 ) -> Read {
     let wake_at = if between_frames {
-        earliest(due, earliest(park_at, send_at))
+        earliest(timers.due, earliest(timers.park_at, timers.send_at))
     } else {
-        due
+        earliest(timers.due, timers.message)
     };
     // Without a buffer (`b` is `None`), only until the socket is readable.
     let read_or_ready = async {

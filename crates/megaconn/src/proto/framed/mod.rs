@@ -46,13 +46,15 @@ use handler::{ErasedHandler, LocalFuture};
 
 /// The framed protocol's settings, kept in the server's configuration as an
 /// opaque value (the core does not know protocols).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct FramedSettings {
     /// Framed listeners: position in the configuration's addresses, and
     /// their framing.
     pub listeners: Vec<(usize, Framing)>,
     /// The peer must send something this often (`None`: never required).
     pub heartbeat_timeout: Option<Duration>,
+    /// The time a frame may take, first byte to last (`None`: unbounded).
+    pub message_timeout: Option<Duration>,
     /// Send this frame every so often (a server heartbeat), between frames.
     pub send_heartbeat: Option<(Duration, bytes::Bytes)>,
     /// Sent to each connection closed between frames by a graceful shutdown.
@@ -66,10 +68,24 @@ impl std::fmt::Debug for FramedSettings {
         f.debug_struct("FramedSettings")
             .field("listeners", &self.listeners)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("message_timeout", &self.message_timeout)
             .field("send_heartbeat", &self.send_heartbeat)
             .field("goodbye", &self.goodbye)
             .field("handler", &self.handler.is_some())
             .finish()
+    }
+}
+
+impl Default for FramedSettings {
+    fn default() -> Self {
+        FramedSettings {
+            listeners: Vec::new(),
+            heartbeat_timeout: None,
+            message_timeout: Some(message::DEFAULT_MESSAGE_TIMEOUT),
+            send_heartbeat: None,
+            goodbye: None,
+            handler: None,
+        }
     }
 }
 

@@ -19,6 +19,11 @@
 //!                                 shutdown        -> close 1001
 //! ```
 //!
+//! In the middle of a message (its fragments so far, part of a frame, or
+//! over TLS part of a record) a connection does not park: it reads on,
+//! bounded by the heartbeat and by `message_timeout` from the message's
+//! first byte seen (1008, `MessageTimeout`), which its bytes do not restart.
+//!
 //! The server's close: a close frame, then the peer's close frame awaited
 //! for `close_timeout` (what else it sends meanwhile is dropped), then the
 //! TCP close (the server closes first, RFC 6455 §7.1.1).
@@ -39,6 +44,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::io::{read_more, ConnIo, WriteBound};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
+use crate::message::deadline::MessageDeadline;
 use crate::message::hub::Overflowed;
 use crate::message::live::Live;
 use crate::message::session::Session;
@@ -51,7 +57,7 @@ use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
 use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
 use crate::proto::ws::route::Route;
-use crate::proto::ws::{parked_fd, Start, Tables, WsIo, WsParked, GOING_AWAY};
+use crate::proto::ws::{parked_fd, Start, Tables, WsIo, WsParked, GOING_AWAY, POLICY_VIOLATION};
 use crate::proto::{earliest, until, Ended};
 
 /// What ended an idle wait.
@@ -169,8 +175,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 Err(reason) => return Ended::Close(live.close(reason)),
             }
             // Over TLS, bytes that woke it are decrypted first: TLS
-            // housekeeping alone (a KeyUpdate, part of a record) is answered
-            // and counts as read, so it parks again at once.
+            // housekeeping alone (a KeyUpdate) is answered and counts as
+            // read, so it parks again at once; part of a record counts as
+            // read too, but is a message begun: it is read on as a task,
+            // under `message_timeout` (as HTTP/1.1 over TLS serves one
+            // under `read_header_timeout`).
             if let (true, Either::Left(Either::Right(tls))) = (wake.readable(), &mut conn.io) {
                 match tls.poll_prefetch() {
                     Ok(true) => {}
@@ -196,6 +205,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         .local
         .awake(session.id(), tables.table::<H::State>().wire(0));
     let mut decoder = Decoder::with_deflate(deflate.map(|_| tables.codec.clone()));
+    let mut message = MessageDeadline::new(settings.message_timeout);
     let next = 'serve: loop {
         // Every frame whole in the buffer, in order.
         while conn.rbuf_len() > 0 {
@@ -206,6 +216,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 Err(violation) => break 'serve violated(&ctx, violation),
             };
             only_pongs &= matches!(event, Event::Pong);
+            // A message (or a control frame outside one) ended: the next
+            // one's time starts with its own first byte.
+            if decoder.between_messages() {
+                message.ended();
+            }
             match on_event(&mut conn, &mut live, &session, codec, event).await {
                 Next::Go => {}
                 close => break 'serve close,
@@ -214,7 +229,12 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         if let Some(close) = queued(&mut conn, &session, codec) {
             break 'serve close;
         }
-        let between = decoder.between_messages() && conn.rbuf_len() == 0;
+        // Part of a TLS record is part of a message: parked with it, the
+        // connection was woken by each byte of a trickle, and its heartbeat
+        // restarted, for good.
+        let between =
+            decoder.between_messages() && conn.rbuf_len() == 0 && !holds_partial_record(&conn.io);
+        message.track(between, Instant::now());
         // Messages pushed meanwhile go out, also while the peer is in the
         // middle of a message (ours never interleave with theirs): held
         // until a slow upload's message ended, they overflowed the queue.
@@ -291,15 +311,15 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 }
             }
         }
-        // Read. Mid-message the heartbeat bounds the wait; between messages
-        // the park time and the ping too (a woken socket reports itself
+        // Read. Mid-message the heartbeat and the message's time bound the
+        // wait; between messages the park time and the ping (a woken socket reports itself
         // readable without asking the kernel, so a hot one may wait here,
         // and still hears shutdown and pushes).
         lifecycle::set_state(ConnectionState::ReadingBody);
         let wake_at = if between {
             earliest(due, earliest(park_at, send_at))
         } else {
-            due
+            earliest(due, message.at())
         };
         let read = {
             let (rbuf, io) = conn.rbuf_and_io();
@@ -349,6 +369,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 incr(&counters.heartbeat_timeouts);
                 break 'serve Next::Close(CloseReason::HeartbeatTimeout, None);
             }
+            Err(_elapsed) if message.passed(Instant::now()) => {
+                let reason = message.expired(&ctx.stats, "WebSocketRoute::message_timeout");
+                let why = "message timeout".to_owned();
+                break 'serve Next::Close(reason, Some((POLICY_VIOLATION, why)));
+            }
             // Nothing came: the idle wait pings or parks.
             Err(_elapsed) => conn.buffers.release(),
         }
@@ -380,6 +405,12 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     };
     Box::pin(conn.close(io_reason)).await;
     Ended::Close(live.close(reason))
+}
+
+/// Whether the connection is TLS holding the head of a record whose rest
+/// has not arrived.
+fn holds_partial_record(io: &WsIo) -> bool {
+    matches!(io, Either::Left(Either::Right(tls)) if tls.holds_partial_record())
 }
 
 /// Writes what is queued. A peer that stops reading must not hold the

@@ -17,8 +17,9 @@
 //!
 //! # Parking
 //!
-//! Between messages, with nothing gathered, a connection idle for
-//! `park_idle_after` parks with tag [`WEBSOCKET`](crate::proto::WEBSOCKET):
+//! Between messages, with nothing gathered (over TLS, not even part of a
+//! record: that is a message begun, under `message_timeout`), a connection
+//! idle for `park_idle_after` parks with tag [`WEBSOCKET`](crate::proto::WEBSOCKET):
 //! its handler's state (inline), its kind (route and permessage-deflate
 //! terms, as the entry's variant: [`Kinds`]) and its timers go to the
 //! message layer's side table for its handler's state type ([`Tables`],
@@ -90,6 +91,11 @@ use handler::{ErasedRoute, LocalFuture};
 
 /// The close code sent at shutdown (RFC 6455 §7.4.1: going away).
 pub(crate) const GOING_AWAY: u16 = 1001;
+
+/// The close code sent when a message took longer than `message_timeout`
+/// (RFC 6455 §7.4.1: policy violation, "a message that violates its
+/// policy"; not 1002, as the frames themselves broke no rule).
+pub(crate) const POLICY_VIOLATION: u16 = 1008;
 
 /// What a [`NativeUpgrade`] carries for this protocol: the route, and
 /// whether the handshake agreed to permessage-deflate.

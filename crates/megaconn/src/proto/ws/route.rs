@@ -16,6 +16,7 @@ use std::time::Duration;
 use http::{HeaderValue, Request, Response};
 use tower_service::Service;
 
+use crate::message::DEFAULT_MESSAGE_TIMEOUT;
 use crate::proto::ws::frame::Limits;
 use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler};
 use crate::proto::ws::{handshake, RouteRef};
@@ -119,6 +120,8 @@ pub(crate) struct Settings {
     /// `ping_interval`).
     pub heartbeat_timeout_set: bool,
     pub close_timeout: Duration,
+    /// The time a message may take, first byte to last (`None`: unbounded).
+    pub message_timeout: Option<Duration>,
     /// permessage-deflate on offer.
     pub deflate: bool,
 }
@@ -135,6 +138,7 @@ impl std::fmt::Debug for Settings {
             .field("ping_interval", &self.ping_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("close_timeout", &self.close_timeout)
+            .field("message_timeout", &self.message_timeout)
             .field("deflate", &self.deflate)
             .finish()
     }
@@ -157,6 +161,7 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
                     heartbeat_timeout: Some(DEFAULT_WS_HEARTBEAT_TIMEOUT),
                     heartbeat_timeout_set: false,
                     close_timeout: DEFAULT_WS_CLOSE_TIMEOUT,
+                    message_timeout: Some(DEFAULT_MESSAGE_TIMEOUT),
                     deflate: false,
                 },
             }),
@@ -244,6 +249,25 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// its own (then the connection closes anyway). Default 5 s.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.settings().close_timeout = timeout;
+        self
+    }
+
+    /// How long a client may take over one message, from its first byte to
+    /// its last (all its fragments, and the control frames between them),
+    /// however steadily the bytes come: past it the connection closes with
+    /// 1008 (policy violation) and
+    /// [`CloseReason::MessageTimeout`](crate::CloseReason::MessageTimeout).
+    /// A WebSocket in the middle of a message cannot park, and the
+    /// [`heartbeat_timeout`](Self::heartbeat_timeout), restarted by every
+    /// byte, does not bound a client that trickles one (slowloris). Over
+    /// TLS, part of a record counts as a message begun (seen when the
+    /// connection next wakes or would park, so the bound may start up to
+    /// `park_idle_after` late). Between messages it does not apply.
+    /// [`Builder::read_timeout`](crate::Builder::read_timeout) is HTTP's
+    /// and does not apply to WebSocket messages. `None` or zero: unbounded.
+    /// Default [`DEFAULT_MESSAGE_TIMEOUT`] (60 s).
+    pub fn message_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings().message_timeout = crate::message::deadline::setting(timeout);
         self
     }
 
@@ -343,5 +367,15 @@ mod tests {
             .ping_interval(secs(240))
             .heartbeat_timeout(None);
         assert_eq!(timeout(&set_after), None);
+    }
+
+    #[test]
+    fn the_message_timeout_is_on_by_default_and_zero_turns_it_off() {
+        let of = |route: WebSocketRoute<Echo>| route.route.settings.message_timeout;
+        assert_eq!(of(WebSocketRoute::new(Echo)), Some(DEFAULT_MESSAGE_TIMEOUT));
+        let zero = WebSocketRoute::new(Echo).message_timeout(Some(Duration::ZERO));
+        assert_eq!(of(zero), None);
+        let set = WebSocketRoute::new(Echo).message_timeout(Some(Duration::from_secs(5)));
+        assert_eq!(of(set), Some(Duration::from_secs(5)));
     }
 }
