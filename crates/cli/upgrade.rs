@@ -50,6 +50,27 @@ const READY: u8 = b'R';
 const PARKED: u8 = b'P';
 const END: u8 = b'E';
 
+/// Test-only knob (not a user setting): when set, [`take_over`] first
+/// connects to a unix stream socket at the control socket's path plus
+/// `.gate`, if one listens there, writes its pid and a newline, and waits
+/// until the test closes that connection. A test holds a worker process's
+/// take-over that way, to kill it or another one at a chosen step, without
+/// sleeping.
+const TEST_GATE_ENV: &str = "MEGACONN_TEST_TAKE_OVER_GATE";
+
+fn test_gate(path: &Path) {
+    use std::io::{Read as _, Write as _};
+    if std::env::var_os(TEST_GATE_ENV).is_none() {
+        return;
+    }
+    let mut gate = path.as_os_str().to_owned();
+    gate.push(".gate");
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(gate) {
+        let _ = writeln!(s, "{}", std::process::id());
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+}
+
 /// One end of a control connection.
 struct Peer(OwnedFd);
 
@@ -387,6 +408,7 @@ pub struct TakeOver {
 /// Connects to the running server's control socket at `path` and takes its
 /// listening sockets (for `Builder::adopt_listeners`).
 pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
+    test_gate(path);
     let started = Instant::now();
     let fd = seqpacket()?;
     let addr = UnixAddr::new(path)?;
