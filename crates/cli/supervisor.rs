@@ -17,7 +17,12 @@
 //! socket (`--upgrade-socket` plus `.k`), listening sockets and parked
 //! connections included; an old worker that handed over exits after its
 //! drain and is not restarted, and the old supervisor exits once all have.
-//! A worker process that dies while others are still starting is restarted at once: start-up
+//! Until one new worker process has taken over, any failure abandons the
+//! upgrade (the old generation serves on in full); after that, a new worker
+//! process that fails to take over is started again to take over from the
+//! same old one (which serves meanwhile), and afresh on its own listener
+//! only once nothing answers on that one's control socket. A worker process
+//! that dies while others are still starting is restarted at once: start-up
 //! and serving are one event loop. The supervisor's admin listener is not
 //! handed over: give the new one another `--admin` address (or `off`) while
 //! the old one drains.
@@ -41,6 +46,7 @@ use crate::admin;
 use crate::fanout::{self, Fanout};
 use crate::serve::{self, ServeArgs, Signals};
 use crate::shared_stats::{SharedStats, FD_ENV};
+use crate::upgrade;
 use crate::UsageError;
 
 /// Environment variable telling a worker process how many slots the shared
@@ -123,11 +129,13 @@ impl Worker {
             .saturating_mul(1 << self.restarts.min(10))
             .min(RESTART_MAX);
         let restart_in_ms = delay.as_millis() as u64;
-        if self.take_over {
-            self.take_over = false;
-            tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process failed to take over after others did; starting it afresh instead of abandoning the upgrade. If its old worker process never handed over, it serves on beside this generation: SIGTERM the old supervisor to retire it");
-        } else {
+        if !self.take_over {
             tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process died; restarting");
+        } else if code == Some(upgrade::NOTHING_TO_TAKE_OVER_EXIT) {
+            self.take_over = false;
+            tracing::warn!(worker = index, restart_in_ms, "worker process found no old worker process to take over from (it handed over, or is gone); starting it afresh on its own listener");
+        } else {
+            tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
         }
         self.restart_at = Some(Instant::now() + delay);
     }
@@ -217,9 +225,11 @@ async fn supervise(
     // restarted, so abandoning the upgrade would leave its share of the
     // port, and those connections, to nobody. From then on a worker process
     // that fails to take over (or is not ready in time, and is killed) is
-    // started afresh instead, binding its own listener, as after a crash.
-    // The announcement waits until every worker process listens, or is
-    // about to restart.
+    // started again to take over from the same old worker process, which
+    // serves meanwhile; only once nothing answers on that one's control
+    // socket (it handed over, or is gone) is it started afresh, binding its
+    // own listener. The announcement waits until every worker process
+    // listens, or is about to restart.
     let mut committed = false;
     let mut announced = false;
     let mut stopping = false;

@@ -554,9 +554,11 @@ struct HalfUpgraded {
     addr: String,
     old: ChildGuard,
     old_lines: Lines,
+    old_pids: Vec<i32>,
     new: Upgrading,
-    /// The pid of the new worker process 0.
+    /// The pids of the new worker processes.
     first: i32,
+    second: i32,
     /// Holds the new worker process 1 at its gate.
     held: UnixStream,
     _dir: tempfile::TempDir,
@@ -568,19 +570,21 @@ fn half_upgraded() -> HalfUpgraded {
     let addr = free_addr();
     let mut old = ChildGuard::spawn(&mut supervisor_command(0, &addr, &socket, Stdio::null()));
     let old_lines = Lines::new(old.child().stdout.take().unwrap());
-    announced(&old_lines);
+    let old_pids = announced(&old_lines);
     assert_eq!(served_by(&addr), "gen0");
     let new = Upgrading::start(&addr, &socket);
     let (first, go) = new.gates[0].next();
     drop(go);
-    let (_, held) = new.gates[1].next();
+    let (second, held) = new.gates[1].next();
     new.wait_for_log("worker process took over from the old one", 0);
     HalfUpgraded {
         addr,
         old,
         old_lines,
+        old_pids,
         new,
         first,
+        second,
         held,
         _dir: dir,
     }
@@ -618,6 +622,74 @@ fn a_worker_process_dying_while_another_starts_is_restarted_at_once() {
     let pids = announced(&up.new.lines);
     assert!(pids[0] != 0 && pids[0] != up.first, "{pids:?}");
     old_supervisor_finishes(up.old, up.old_lines);
+    only_the_new_generation_serves(&up.addr, up.new);
+}
+
+/// A new worker process that fails before its old one handed over (a
+/// partial upgrade) is started again to take over from that same old one,
+/// which serves meanwhile; the upgrade completes and the old supervisor
+/// exits. It used to be started afresh on its own listener instead, leaving
+/// the old worker process (and its supervisor) serving beside the new
+/// generation until someone sent the old supervisor SIGTERM.
+#[test]
+fn a_worker_process_that_fails_to_take_over_tries_again() {
+    let up = half_upgraded();
+    // SAFETY: kill(2) on a process waiting at the test's gate.
+    unsafe { libc::kill(up.second, libc::SIGKILL) };
+    drop(up.held);
+    up.new.wait_for_log("failed to take over", 1);
+    let (again, go) = up.new.gates[1].next();
+    assert_ne!(again, up.second);
+    drop(go);
+    up.new
+        .wait_for_log("worker process took over from the old one", 1);
+    old_supervisor_finishes(up.old, up.old_lines);
+    only_the_new_generation_serves(&up.addr, up.new);
+}
+
+/// Waits for process `pid` (not a child of ours) to exit: a pidfd becomes
+/// readable then.
+fn wait_for_exit(pid: i32) {
+    // SAFETY: pidfd_open(2) with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        // Gone already.
+        return;
+    }
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd we own.
+    let n = unsafe { libc::poll(&mut poll, 1, CHILD_SAFETY.as_millis() as i32) };
+    // SAFETY: closing the pidfd we opened.
+    unsafe { libc::close(fd) };
+    assert_eq!(n, 1, "process {pid} did not exit");
+}
+
+/// When the old worker process a new one should take over from is gone
+/// (nothing answers on its control socket: its supervisor was killed and
+/// it drained), the new one is started afresh on its own listener: there is
+/// nothing to wait for.
+#[test]
+fn a_worker_process_with_no_old_one_left_starts_afresh() {
+    let mut up = half_upgraded();
+    // The old worker processes stop with their supervisor (SIGTERM, on its
+    // death): old worker process 1 drains and exits.
+    up.old.signal(libc::SIGKILL);
+    up.old.wait();
+    wait_for_exit(up.old_pids[1]);
+    drop(up.held);
+    up.new
+        .wait_for_log("found no old worker process to take over from", 1);
+    let pids = announced(&up.new.lines);
+    assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
+    let line = up.new.lines.expect_line();
+    assert!(
+        line.starts_with("worker process 1 restarted pid "),
+        "{line}"
+    );
     only_the_new_generation_serves(&up.addr, up.new);
 }
 
