@@ -2,7 +2,8 @@
 //!
 //! `main` stays thin (as in ripgrep): parse, dispatch, map the result to an exit
 //! code. 0 is success, 1 a runtime failure, 2 a usage or configuration error
-//! with a message saying what to fix.
+//! with a message saying what to fix, 3 `serve --upgrade` with no server to
+//! take over from (nothing answers on the control socket).
 
 mod activation;
 mod admin;
@@ -99,6 +100,8 @@ fn main() -> ExitCode {
             eprintln!("megaconn: {e:#}");
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
+            } else if e.downcast_ref::<upgrade::NothingToTakeOver>().is_some() {
+                ExitCode::from(upgrade::NOTHING_TO_TAKE_OVER_EXIT as u8)
             } else {
                 ExitCode::from(1)
             }

@@ -17,8 +17,15 @@
 //! socket (`--upgrade-socket` plus `.k`), listening sockets and parked
 //! connections included; an old worker that handed over exits after its
 //! drain and is not restarted, and the old supervisor exits once all have.
-//! The supervisor's admin listener is not handed over: give the new one
-//! another `--admin` address (or `off`) while the old one drains.
+//! Until one new worker process has taken over, any failure abandons the
+//! upgrade (the old generation serves on in full); after that, a new worker
+//! process that fails to take over is started again to take over from the
+//! same old one (which serves meanwhile), and afresh on its own listener
+//! only once nothing answers on that one's control socket. A worker process
+//! that dies while others are still starting is restarted at once: start-up
+//! and serving are one event loop. The supervisor's admin listener is not
+//! handed over: give the new one another `--admin` address (or `off`) while
+//! the old one drains.
 //!
 //! On a real host, prefer raising `LimitNOFILE=` in the systemd unit (and
 //! `fs.nr_open`) and running one process; `--processes` is for hosts where the
@@ -39,6 +46,7 @@ use crate::admin;
 use crate::fanout::{self, Fanout};
 use crate::serve::{self, ServeArgs, Signals};
 use crate::shared_stats::{SharedStats, FD_ENV};
+use crate::upgrade;
 use crate::UsageError;
 
 /// Environment variable telling a worker process how many slots the shared
@@ -67,6 +75,70 @@ struct Worker {
     restarts: u32,
     running: bool,
     handed_over: bool,
+    /// Its current (or next) start takes over from the old worker process of
+    /// its index (`--upgrade`), rather than binding its own listener.
+    take_over: bool,
+    /// Its current process said it serves (with `take_over`: that it took
+    /// over).
+    ready: bool,
+    /// Its current process must say it serves by then.
+    ready_by: Option<Instant>,
+    /// It died and is started again then.
+    restart_at: Option<Instant>,
+}
+
+impl Worker {
+    fn new(take_over: bool) -> Worker {
+        Worker {
+            pid: None,
+            started: Instant::now(),
+            restarts: 0,
+            running: false,
+            handed_over: false,
+            take_over,
+            ready: false,
+            ready_by: None,
+            restart_at: None,
+        }
+    }
+
+    fn launched(&mut self, pid: u32) {
+        let now = Instant::now();
+        self.pid = Some(pid);
+        self.running = true;
+        self.ready = false;
+        self.started = now;
+        self.ready_by = Some(now + READY_TIMEOUT);
+    }
+
+    fn exited(&mut self) {
+        self.pid = None;
+        self.running = false;
+        self.ready = false;
+        self.ready_by = None;
+    }
+
+    /// Schedules the restart of worker process `index`, which exited with
+    /// `code`, with a back-off that grows while it keeps dying soon after
+    /// starting.
+    fn schedule_restart(&mut self, index: usize, code: Option<i32>) {
+        if self.started.elapsed() >= STABLE_AFTER {
+            self.restarts = 0;
+        }
+        let delay = RESTART_START
+            .saturating_mul(1 << self.restarts.min(10))
+            .min(RESTART_MAX);
+        let restart_in_ms = delay.as_millis() as u64;
+        if !self.take_over {
+            tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process died; restarting");
+        } else if code == Some(upgrade::NOTHING_TO_TAKE_OVER_EXIT) {
+            self.take_over = false;
+            tracing::warn!(worker = index, restart_in_ms, "worker process found no old worker process to take over from (it handed over, or is gone); starting it afresh on its own listener");
+        } else {
+            tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
+        }
+        self.restart_at = Some(Instant::now() + delay);
+    }
 }
 
 /// Runs the supervisor. `argv` are the arguments after `serve`, passed on to
@@ -119,105 +191,94 @@ async fn supervise(
     let mut hangups = serve::hangups().context("cannot install the SIGHUP handler")?;
     let exe = std::env::current_exe().context("cannot find the megaconn executable")?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut workers: Vec<Worker> = Vec::with_capacity(processes);
-    for i in 0..processes {
-        let pid = start(&exe, &argv, i, processes, shared, fanout, tx.clone(), true)?;
-        workers.push(Worker {
-            pid: Some(pid),
-            started: Instant::now(),
-            restarts: 0,
-            running: true,
-            handed_over: false,
-        });
-    }
-
-    // Announce only once every worker listens.
-    //
-    // A start-up failure stops them all, so that a broken binary or
-    // configuration leaves the old generation serving. With `--upgrade`
-    // that holds only until a new worker process has taken over: its old
-    // one then stops accepting, hands its parked connections over and is
-    // never restarted, so killing the new one would leave its share of the
-    // port, and those connections, to nobody. From the first one ready on,
-    // a worker process that fails to take over is started afresh instead
-    // (binding its own listener, as after a crash), and one not ready in
-    // time is killed and restarted the same way.
     let upgrade = argv.iter().any(|a| a == "--upgrade");
-    let mut ready = vec![false; processes];
-    let mut restart_at: Vec<Option<Instant>> = vec![None; processes];
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while ready
-        .iter()
-        .zip(&restart_at)
-        .any(|(r, again)| !r && again.is_none())
-    {
-        let some_took_over = upgrade && ready.contains(&true);
-        tokio::select! {
-            event = rx.recv() => match event {
-                Some(Event::Ready(i)) => ready[i] = true,
-                Some(Event::HandedOver(_)) => {}
-                Some(Event::Exited(i, code)) if some_took_over => {
-                    tracing::error!(worker = i, exit = ?code, "worker process failed to take over after others did; starting it afresh instead of abandoning the upgrade. If its old worker process never handed over, it serves on beside this generation: SIGTERM the old supervisor to retire it");
-                    let w = &mut workers[i];
-                    w.running = false;
-                    w.pid = None;
-                    shared.retire(i);
-                    fanout.detach(i);
-                    restart_at[i] = Some(Instant::now() + RESTART_START);
-                }
-                Some(Event::Exited(i, code)) => {
-                    stop_all(&workers, libc::SIGKILL);
-                    anyhow::bail!("worker process {i} exited during start-up ({code:?}); see its messages above");
-                }
-                None => anyhow::bail!("lost track of the worker processes"),
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                if some_took_over {
-                    // Their exits restart them (in the loop below).
-                    for (i, w) in workers.iter().enumerate().filter(|(i, _)| !ready[*i]) {
-                        if let Some(pid) = w.pid {
-                            tracing::error!(worker = i, "worker process did not take over within {READY_TIMEOUT:?}; restarting it afresh");
-                            // SAFETY: kill(2) on a child we started.
-                            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                        }
-                    }
-                    break;
-                }
+    let mut workers: Vec<Worker> = (0..processes).map(|_| Worker::new(upgrade)).collect();
+    for i in 0..processes {
+        let launched = start(
+            &exe,
+            &argv,
+            i,
+            processes,
+            shared,
+            fanout,
+            tx.clone(),
+            upgrade,
+        );
+        match launched {
+            Ok(pid) => workers[i].launched(pid),
+            Err(e) => {
                 stop_all(&workers, libc::SIGKILL);
-                anyhow::bail!("worker processes did not start listening within {READY_TIMEOUT:?}");
+                return Err(e);
             }
-            name = signals.next() => {
-                stop_all(&workers, libc::SIGTERM);
-                anyhow::bail!("{name} during start-up");
-            }
-        }
-    }
-    crate::say!(
-        "megaconn serving on {} ({processes} worker processes; supervisor pid {})",
-        addrs.join(", "),
-        std::process::id()
-    );
-    for (i, w) in workers.iter().enumerate() {
-        match w.pid {
-            Some(pid) => crate::say!("worker process {i} pid {pid}"),
-            // It failed to take over in a partial upgrade: started afresh
-            // below, announced as restarted then (not as pid 0).
-            None => crate::say!("worker process {i} restarting (it failed to take over)"),
         }
     }
 
+    // Start-up and serving are one loop, so that a worker process that dies
+    // while others are still starting (each new one may wait long for its
+    // old one to hand over) is restarted at once, not after them.
+    //
+    // Until `committed`, a failure stops them all, so that a broken binary
+    // or configuration leaves the old generation serving. Without
+    // `--upgrade` that holds until every worker process listens. With it,
+    // only until a new worker process has taken over: its old one then
+    // stops accepting, hands its parked connections over and is never
+    // restarted, so abandoning the upgrade would leave its share of the
+    // port, and those connections, to nobody. From then on a worker process
+    // that fails to take over (or is not ready in time, and is killed) is
+    // started again to take over from the same old worker process, which
+    // serves meanwhile; only once nothing answers on that one's control
+    // socket (it handed over, or is gone) is it started afresh, binding its
+    // own listener. The announcement waits until every worker process
+    // listens, or is about to restart.
+    let mut committed = false;
+    let mut announced = false;
     let mut stopping = false;
     let mut failed = false;
     loop {
+        if !announced && workers.iter().all(|w| w.ready || w.restart_at.is_some()) {
+            announced = true;
+            committed = true;
+            crate::say!(
+                "megaconn serving on {} ({processes} worker processes; supervisor pid {})",
+                addrs.join(", "),
+                std::process::id()
+            );
+            for (i, w) in workers.iter().enumerate() {
+                match w.pid {
+                    Some(pid) => crate::say!("worker process {i} pid {pid}"),
+                    // Announced as restarted once it is (not as pid 0).
+                    None => crate::say!("worker process {i} restarting"),
+                }
+            }
+        }
         if stopping && workers.iter().all(|w| !w.running) {
             break;
         }
-        let next_restart = restart_at.iter().flatten().min().copied();
+        let next_timer = workers
+            .iter()
+            .flat_map(|w| [w.restart_at, w.ready_by])
+            .flatten()
+            .min();
         tokio::select! {
             event = rx.recv() => match event {
                 Some(Event::Ready(i)) => {
-                    if workers[i].restarts > 0 {
-                        crate::say!("worker process {i} restarted pid {}", workers[i].pid.unwrap_or(0));
+                    let w = &mut workers[i];
+                    w.ready = true;
+                    w.ready_by = None;
+                    if w.take_over {
+                        // Its later restarts bind afresh: the process it
+                        // took over from is leaving.
+                        w.take_over = false;
+                        committed = true;
+                        tracing::info!(worker = i, pid = w.pid, "worker process took over from the old one");
+                    }
+                    if w.restarts > 0 {
+                        let pid = w.pid.unwrap_or(0);
+                        if announced {
+                            crate::say!("worker process {i} restarted pid {pid}");
+                        } else {
+                            tracing::info!(worker = i, pid, "worker process restarted; the others are still starting");
+                        }
                     }
                 }
                 Some(Event::HandedOver(i)) => {
@@ -226,8 +287,7 @@ async fn supervise(
                 }
                 Some(Event::Exited(i, code)) => {
                     let w = &mut workers[i];
-                    w.running = false;
-                    w.pid = None;
+                    w.exited();
                     shared.retire(i);
                     fanout.detach(i);
                     if w.handed_over {
@@ -241,46 +301,56 @@ async fn supervise(
                         failed |= code != Some(0);
                         continue;
                     }
-                    if w.started.elapsed() >= STABLE_AFTER {
-                        w.restarts = 0;
+                    if !committed {
+                        stop_all(&workers, libc::SIGKILL);
+                        anyhow::bail!("worker process {i} exited during start-up ({code:?}); see its messages above");
                     }
-                    let delay = RESTART_START
-                        .saturating_mul(1 << w.restarts.min(10))
-                        .min(RESTART_MAX);
-                    tracing::error!(worker = i, exit = ?code, restart_in_ms = delay.as_millis() as u64, "worker process died; restarting");
-                    restart_at[i] = Some(Instant::now() + delay);
+                    workers[i].schedule_restart(i, code);
                 }
                 None => break,
             },
-            _ = sleep_until_opt(next_restart) => {
+            _ = sleep_until_opt(next_timer) => {
                 let now = Instant::now();
                 for i in 0..processes {
-                    if restart_at[i].is_some_and(|t| t <= now) {
-                        restart_at[i] = None;
-                        // A restarted worker binds afresh: the process it
-                        // took over from is gone.
-                        match start(&exe, &argv, i, processes, shared, fanout, tx.clone(), false) {
+                    if workers[i].ready_by.is_some_and(|t| t <= now) {
+                        if !committed {
+                            stop_all(&workers, libc::SIGKILL);
+                            anyhow::bail!("worker processes did not start listening within {READY_TIMEOUT:?}");
+                        }
+                        workers[i].ready_by = None;
+                        if let Some(pid) = workers[i].pid {
+                            tracing::error!(worker = i, pid, "worker process not ready within {READY_TIMEOUT:?}; killing it (its exit restarts it)");
+                            // SAFETY: kill(2) on a child we started.
+                            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                        }
+                    }
+                    let w = &mut workers[i];
+                    if w.restart_at.is_some_and(|t| t <= now) {
+                        w.restart_at = None;
+                        match start(&exe, &argv, i, processes, shared, fanout, tx.clone(), w.take_over) {
                             Ok(pid) => {
-                                let w = &mut workers[i];
-                                w.pid = Some(pid);
-                                w.running = true;
-                                w.started = Instant::now();
+                                w.launched(pid);
                                 w.restarts += 1;
                             }
                             Err(e) => {
                                 tracing::error!(worker = i, error = %e, "cannot restart worker process; retrying");
-                                restart_at[i] = Some(now + RESTART_MAX);
+                                w.restart_at = Some(now + RESTART_MAX);
                             }
                         }
                     }
                 }
             }
             _ = hangups.recv() => {
-                // Each worker process reloads its own certificate.
+                // Each worker process reloads its own certificate (one still
+                // starting ignores it: see `worker_pre_exec`).
                 tracing::info!("SIGHUP: passing it to every worker process");
                 stop_all(&workers, libc::SIGHUP);
             }
             name = signals.next() => {
+                if !announced {
+                    stop_all(&workers, libc::SIGTERM);
+                    anyhow::bail!("{name} during start-up");
+                }
                 if stopping {
                     eprintln!("megaconn: second {name}: killing worker processes");
                     stop_all(&workers, libc::SIGKILL);
@@ -288,7 +358,7 @@ async fn supervise(
                 }
                 tracing::info!(signal = name, "draining every worker process (send it again to stop at once)");
                 stopping = true;
-                restart_at.iter_mut().for_each(|r| *r = None);
+                workers.iter_mut().for_each(|w| w.restart_at = None);
                 stop_all(&workers, libc::SIGTERM);
             }
         }
@@ -335,11 +405,11 @@ fn worker_pre_exec(channel_fd: std::os::fd::RawFd) -> std::io::Result<()> {
 }
 
 /// Starts worker process `index` and a task that reports when it is ready and
-/// when it exits. `first`: its first start, which takes over from the old
-/// worker process of the same index when the supervisor was started with
-/// `--upgrade` (then it is ready once it has the parked connections and its
-/// own control socket, so a next upgrade cannot come too early). It gets a
-/// new publish channel from `fanout`.
+/// when it exits. `take_over`: it takes over from the old worker process of
+/// the same index (`argv` has `--upgrade`; otherwise that is left out, and
+/// it binds its own listener); then it is ready once it has the parked
+/// connections and its own control socket, so a next upgrade cannot come
+/// too early. It gets a new publish channel from `fanout`.
 #[allow(clippy::too_many_arguments)]
 fn start(
     exe: &std::path::Path,
@@ -349,9 +419,9 @@ fn start(
     shared: &SharedStats,
     fanout: &Arc<Fanout>,
     events: mpsc::UnboundedSender<Event>,
-    first: bool,
+    take_over: bool,
 ) -> anyhow::Result<u32> {
-    let upgrade = first && argv.iter().any(|a| a == "--upgrade");
+    let upgrade = take_over && argv.iter().any(|a| a == "--upgrade");
     let ready_line = if upgrade {
         "megaconn upgrade done"
     } else {

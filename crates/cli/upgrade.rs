@@ -50,6 +50,43 @@ const READY: u8 = b'R';
 const PARKED: u8 = b'P';
 const END: u8 = b'E';
 
+/// Exit code of `serve --upgrade` when nothing answers on the control
+/// socket ([`NothingToTakeOver`]): a supervisor retrying a worker process's
+/// take-over starts it afresh then.
+pub const NOTHING_TO_TAKE_OVER_EXIT: i32 = 3;
+
+/// `serve --upgrade` found no server to take over from: no socket at the
+/// control socket's path, or nothing listening there any more (the process
+/// handed over already, or is gone).
+#[derive(Debug, thiserror::Error)]
+#[error("--upgrade: no server answers on {} (is one running, with the same --upgrade-socket?)", path.display())]
+pub struct NothingToTakeOver {
+    path: PathBuf,
+    #[source]
+    source: nix::Error,
+}
+
+/// Test-only knob (not a user setting): when set, [`take_over`] first
+/// connects to a unix stream socket at the control socket's path plus
+/// `.gate`, if one listens there, writes its pid and a newline, and waits
+/// until the test closes that connection. A test holds a worker process's
+/// take-over that way, to kill it or another one at a chosen step, without
+/// sleeping.
+const TEST_GATE_ENV: &str = "MEGACONN_TEST_TAKE_OVER_GATE";
+
+fn test_gate(path: &Path) {
+    use std::io::{Read as _, Write as _};
+    if std::env::var_os(TEST_GATE_ENV).is_none() {
+        return;
+    }
+    let mut gate = path.as_os_str().to_owned();
+    gate.push(".gate");
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(gate) {
+        let _ = writeln!(s, "{}", std::process::id());
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+}
+
 /// One end of a control connection.
 struct Peer(OwnedFd);
 
@@ -201,7 +238,10 @@ impl ControlSocket {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone();
                 match hand_over(&peer, &handle, &more, &busy) {
-                    Ok(true) => return,
+                    Ok(true) => {
+                        refuse_more(&listener);
+                        return;
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         tracing::error!(error = format!("{e:#}"), "upgrade failed; still serving")
@@ -209,6 +249,23 @@ impl ControlSocket {
                 }
             })
             .map(drop)
+    }
+}
+
+/// After a hand-over, nothing more is handed over from here: a process that
+/// asks now (a supervisor trying a failed take-over again) must hear so at
+/// once, not wait out [`STEP_TIMEOUT`] for listening sockets that never come,
+/// so that it can start afresh. A shut-down unix listener refuses
+/// connections (`ECONNREFUSED`, as if none listened); one already queued is
+/// accepted and closed (the other end reads the end of the stream).
+fn refuse_more(listener: &OwnedFd) {
+    let fd = listener.as_raw_fd();
+    let _ = sock::shutdown(fd, sock::Shutdown::Both);
+    // SAFETY: fcntl(2) on a descriptor we own, with integer arguments.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+    while let Ok(queued) = sock::accept(fd) {
+        // SAFETY: accept returned a fresh descriptor we own; dropping closes it.
+        drop(unsafe { OwnedFd::from_raw_fd(queued) });
     }
 }
 
@@ -387,15 +444,24 @@ pub struct TakeOver {
 /// Connects to the running server's control socket at `path` and takes its
 /// listening sockets (for `Builder::adopt_listeners`).
 pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
+    test_gate(path);
     let started = Instant::now();
     let fd = seqpacket()?;
     let addr = UnixAddr::new(path)?;
-    sock::connect(fd.as_raw_fd(), &addr).with_context(|| {
-        format!(
-            "--upgrade: no server answers on {} (is one running, with the same --upgrade-socket?)",
-            path.display()
-        )
-    })?;
+    match sock::connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => {}
+        Err(source @ (nix::Error::ENOENT | nix::Error::ECONNREFUSED)) => {
+            return Err(NothingToTakeOver {
+                path: path.to_path_buf(),
+                source,
+            }
+            .into())
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("--upgrade: cannot connect to {}", path.display()))
+        }
+    }
     let peer = Peer(fd);
     peer.set_timeout()?;
     peer.send(HELLO, &std::process::id().to_be_bytes(), &[])?;
@@ -481,5 +547,30 @@ fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {
             END => return Ok(received),
             k => bail!("unexpected upgrade message {:?}", k as char),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once a process handed over, a take-over that asks it now is refused
+    /// at once ([`NothingToTakeOver`], so a supervisor starts that worker
+    /// process afresh), and one that was queued already hears the end of
+    /// the stream, instead of either waiting out [`STEP_TIMEOUT`] for
+    /// listening sockets that never come.
+    #[test]
+    fn after_a_hand_over_a_take_over_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        let control = ControlSocket::bind(&path).unwrap();
+        let queued = Peer(seqpacket().unwrap());
+        sock::connect(queued.0.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        queued.set_timeout().unwrap();
+        refuse_more(&control.listener);
+        let err = queued.recv().unwrap_err();
+        assert!(format!("{err:#}").contains("closed"), "{err:#}");
+        let err = take_over(&path).err().expect("refused");
+        assert!(err.downcast_ref::<NothingToTakeOver>().is_some(), "{err:#}");
     }
 }

@@ -11,10 +11,11 @@ use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::{ChildGuard, Lines, CHILD_SAFETY};
@@ -373,6 +374,66 @@ fn served_by(addr: &str) -> String {
         .to_string()
 }
 
+/// A supervisor of 2 worker processes, generation `n` (`--upgrade` when
+/// `n > 0`), on `addr`; stdout piped, stderr as `stderr` says.
+fn supervisor_command(n: usize, addr: &str, socket: &Path, stderr: Stdio) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
+    cmd.args([
+        "serve",
+        "--listen",
+        addr,
+        "--workers",
+        "1",
+        "--processes",
+        "2",
+    ])
+    .args(["--admin", "off", "--server-header", &format!("gen{n}")])
+    .arg("--upgrade-socket")
+    .arg(socket)
+    .stdout(Stdio::piped())
+    .stderr(stderr);
+    if n > 0 {
+        cmd.arg("--upgrade");
+    }
+    cmd
+}
+
+/// Waits for a supervisor's announcement; returns its worker processes'
+/// pids (0 for one announced as restarting).
+fn announced(lines: &Lines) -> Vec<i32> {
+    let first = lines.expect_line();
+    assert!(first.contains("2 worker processes"), "{first}");
+    (0..2)
+        .map(|i| {
+            let line = lines.expect_line();
+            let rest = line
+                .strip_prefix(&format!("worker process {i} "))
+                .unwrap_or_else(|| panic!("{line}"));
+            rest.strip_prefix("pid ").map_or(0, |p| p.parse().unwrap())
+        })
+        .collect()
+}
+
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Waits for the old supervisor to exit cleanly once all its worker
+/// processes handed over and drained.
+fn old_supervisor_finishes(mut old: ChildGuard, lines: Lines) {
+    let rest = lines.rest();
+    assert!(old.wait().success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("megaconn stopped")),
+        "{rest:?}"
+    );
+}
+
 /// With `--processes`, worker process k of the new supervisor takes over from
 /// worker process k of the old one; the old supervisor exits once all have
 /// handed over, without restarting them.
@@ -380,56 +441,256 @@ fn served_by(addr: &str) -> String {
 fn a_supervisor_upgrades_worker_process_by_worker_process() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let supervisor = |n: usize| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
-        cmd.args([
-            "serve",
-            "--listen",
-            &addr,
-            "--workers",
-            "1",
-            "--processes",
-            "2",
-        ])
-        .args(["--admin", "off", "--server-header", &format!("gen{n}")])
-        .arg("--upgrade-socket")
-        .arg(&socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        if n > 0 {
-            cmd.arg("--upgrade");
-        }
-        let mut child = ChildGuard::spawn(&mut cmd);
+        let mut child =
+            ChildGuard::spawn(&mut supervisor_command(n, &addr, &socket, Stdio::null()));
         let lines = Lines::new(child.child().stdout.take().unwrap());
-        let first = lines.expect_line();
-        assert!(first.contains("2 worker processes"), "{first}");
-        for _ in 0..2 {
-            let line = lines.expect_line();
-            assert!(line.starts_with("worker process"), "{line}");
-        }
+        announced(&lines);
         (child, lines)
     };
-    let (mut old, old_lines) = supervisor(0);
+    let (old, old_lines) = supervisor(0);
     assert_eq!(served_by(&addr), "gen0");
     let (mut new, _new_lines) = supervisor(1);
     // The old supervisor stops once both its workers handed over and drained.
-    let rest = old_lines.rest();
-    assert!(old.wait().success(), "{rest:?}");
-    assert!(
-        rest.iter().any(|l| l.starts_with("megaconn stopped")),
-        "{rest:?}"
-    );
+    old_supervisor_finishes(old, old_lines);
     for _ in 0..10 {
         assert_eq!(served_by(&addr), "gen1");
     }
     new.signal(libc::SIGTERM);
     new.wait();
+}
+
+/// Where a new worker process of a supervisor stops before taking over
+/// (`MEGACONN_TEST_TAKE_OVER_GATE`, a test-only knob): one about to take over
+/// on `socket.k` connects to `socket.k.gate`, says its pid and waits until
+/// the test drops the connection.
+struct Gate {
+    arrivals: mpsc::Receiver<(i32, UnixStream)>,
+}
+
+impl Gate {
+    fn new(socket: &Path, index: usize) -> Gate {
+        let mut path = socket.as_os_str().to_owned();
+        path.push(format!(".{index}.gate"));
+        let listener = UnixListener::bind(path).unwrap();
+        let (tx, arrivals) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let stream = stream.unwrap();
+                let mut pid = String::new();
+                BufReader::new(&stream).read_line(&mut pid).unwrap();
+                if tx.send((pid.trim().parse().unwrap(), stream)).is_err() {
+                    break;
+                }
+            }
+        });
+        Gate { arrivals }
+    }
+
+    /// The next worker process to arrive: its pid, and the connection that
+    /// holds it there.
+    fn next(&self) -> (i32, UnixStream) {
+        self.arrivals
+            .recv_timeout(CHILD_SAFETY)
+            .expect("a worker process comes to take over")
+    }
+}
+
+/// A new supervisor (generation 1) taking over from `old_addr`'s, its worker
+/// processes stopping at gates; its log read line by line.
+struct Upgrading {
+    child: ChildGuard,
+    lines: Lines,
+    log: mpsc::Receiver<String>,
+    gates: [Gate; 2],
+}
+
+impl Upgrading {
+    fn start(addr: &str, socket: &Path) -> Upgrading {
+        let gates = [Gate::new(socket, 0), Gate::new(socket, 1)];
+        let mut cmd = supervisor_command(1, addr, socket, Stdio::piped());
+        cmd.env("MEGACONN_TEST_TAKE_OVER_GATE", "1")
+            .env("RUST_LOG", "info");
+        let mut child = ChildGuard::spawn(&mut cmd);
+        let lines = Lines::new(child.child().stdout.take().unwrap());
+        let stderr = BufReader::new(child.child().stderr.take().unwrap());
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Upgrading {
+            child,
+            lines,
+            log,
+            gates,
+        }
+    }
+
+    /// Waits for the supervisor's log line `message` about worker process
+    /// `index`.
+    fn wait_for_log(&self, message: &str, index: usize) -> String {
+        let worker = format!("worker={index}");
+        let deadline = Instant::now() + CHILD_SAFETY;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(message) && line.contains(&worker) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line {message:?} for {worker}: {e}"),
+            }
+        }
+    }
+}
+
+/// A partial upgrade under way: the old generation (a supervisor of 2
+/// worker processes) served, and a new supervisor's worker process 0 has
+/// taken over while its worker process 1 waits at its gate.
+struct HalfUpgraded {
+    addr: String,
+    old: ChildGuard,
+    old_lines: Lines,
+    old_pids: Vec<i32>,
+    new: Upgrading,
+    /// The pids of the new worker processes.
+    first: i32,
+    second: i32,
+    /// Holds the new worker process 1 at its gate.
+    held: UnixStream,
+    _dir: tempfile::TempDir,
+}
+
+fn half_upgraded() -> HalfUpgraded {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let addr = free_addr();
+    let mut old = ChildGuard::spawn(&mut supervisor_command(0, &addr, &socket, Stdio::null()));
+    let old_lines = Lines::new(old.child().stdout.take().unwrap());
+    let old_pids = announced(&old_lines);
+    assert_eq!(served_by(&addr), "gen0");
+    let new = Upgrading::start(&addr, &socket);
+    let (first, go) = new.gates[0].next();
+    drop(go);
+    let (second, held) = new.gates[1].next();
+    new.wait_for_log("worker process took over from the old one", 0);
+    HalfUpgraded {
+        addr,
+        old,
+        old_lines,
+        old_pids,
+        new,
+        first,
+        second,
+        held,
+        _dir: dir,
+    }
+}
+
+/// The new generation serves alone, and stops cleanly on SIGTERM.
+fn only_the_new_generation_serves(addr: &str, new: Upgrading) {
+    for _ in 0..10 {
+        assert_eq!(served_by(addr), "gen1");
+    }
+    let mut child = new.child;
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}
+
+/// A new worker process that dies while another one is still starting (here,
+/// waiting to take over) is restarted at once, not once the others are up.
+/// The supervisor used to start them all first and only then restart the
+/// dead, up to 30 s later.
+#[test]
+fn a_worker_process_dying_while_another_starts_is_restarted_at_once() {
+    let up = half_upgraded();
+    // SAFETY: kill(2) on a process the test saw alive and waiting for
+    // nothing (it took over and serves).
+    unsafe { libc::kill(up.first, libc::SIGKILL) };
+    up.new.wait_for_log("worker process restarted", 0);
+    // Worker process 1 still waits at its gate: the restart did not wait
+    // for its start-up to end.
+    up.held.set_nonblocking(true).unwrap();
+    let err = (&up.held)
+        .read(&mut [0])
+        .expect_err("worker process 1 still waits");
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+    drop(up.held);
+    let pids = announced(&up.new.lines);
+    assert!(pids[0] != 0 && pids[0] != up.first, "{pids:?}");
+    old_supervisor_finishes(up.old, up.old_lines);
+    only_the_new_generation_serves(&up.addr, up.new);
+}
+
+/// A new worker process that fails before its old one handed over (a
+/// partial upgrade) is started again to take over from that same old one,
+/// which serves meanwhile; the upgrade completes and the old supervisor
+/// exits. It used to be started afresh on its own listener instead, leaving
+/// the old worker process (and its supervisor) serving beside the new
+/// generation until someone sent the old supervisor SIGTERM.
+#[test]
+fn a_worker_process_that_fails_to_take_over_tries_again() {
+    let up = half_upgraded();
+    // SAFETY: kill(2) on a process waiting at the test's gate.
+    unsafe { libc::kill(up.second, libc::SIGKILL) };
+    drop(up.held);
+    up.new.wait_for_log("failed to take over", 1);
+    let (again, go) = up.new.gates[1].next();
+    assert_ne!(again, up.second);
+    drop(go);
+    up.new
+        .wait_for_log("worker process took over from the old one", 1);
+    old_supervisor_finishes(up.old, up.old_lines);
+    only_the_new_generation_serves(&up.addr, up.new);
+}
+
+/// Waits for process `pid` (not a child of ours) to exit: a pidfd becomes
+/// readable then.
+fn wait_for_exit(pid: i32) {
+    // SAFETY: pidfd_open(2) with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        // Gone already.
+        return;
+    }
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd we own.
+    let n = unsafe { libc::poll(&mut poll, 1, CHILD_SAFETY.as_millis() as i32) };
+    // SAFETY: closing the pidfd we opened.
+    unsafe { libc::close(fd) };
+    assert_eq!(n, 1, "process {pid} did not exit");
+}
+
+/// When the old worker process a new one should take over from is gone
+/// (nothing answers on its control socket: its supervisor was killed and
+/// it drained), the new one is started afresh on its own listener: there is
+/// nothing to wait for.
+#[test]
+fn a_worker_process_with_no_old_one_left_starts_afresh() {
+    let mut up = half_upgraded();
+    // The old worker processes stop with their supervisor (SIGTERM, on its
+    // death): old worker process 1 drains and exits.
+    up.old.signal(libc::SIGKILL);
+    up.old.wait();
+    wait_for_exit(up.old_pids[1]);
+    drop(up.held);
+    up.new
+        .wait_for_log("found no old worker process to take over from", 1);
+    let pids = announced(&up.new.lines);
+    assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
+    let line = up.new.lines.expect_line();
+    assert!(
+        line.starts_with("worker process 1 restarted pid "),
+        "{line}"
+    );
+    only_the_new_generation_serves(&up.addr, up.new);
 }
 
 /// GET `path` on a fresh connection; the body.
