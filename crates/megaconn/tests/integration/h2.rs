@@ -124,17 +124,10 @@ struct Running {
     addr: SocketAddr,
     shared: Arc<Shared>,
     handle: ServerHandle,
-    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
+    task: ServeTask,
 }
 
 async fn start(builder: Builder) -> Running {
-    let server = builder
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("binds");
-    let addr = server.local_addr();
-    let handle = server.handle();
     let shared = Arc::new(Shared {
         together: tokio::sync::Barrier::new(8),
         gate: tokio::sync::Semaphore::new(0),
@@ -144,13 +137,30 @@ async fn start(builder: Builder) -> Running {
         let shared = for_app.clone();
         async move { Ok::<_, Infallible>(app(req, shared).await) }
     });
-    let task = tokio::spawn(server.serve(service));
+    let (addr, handle, task) = start_with(builder, service).await;
     Running {
         addr,
         shared,
         handle,
         task,
     }
+}
+
+type ServeTask = tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>;
+
+/// Serves `service` on one worker on 127.0.0.1; [`start`] with `app`.
+async fn start_with<S>(builder: Builder, service: S) -> (SocketAddr, ServerHandle, ServeTask)
+where
+    S: megaconn::HttpService + Clone + Send + 'static,
+{
+    let server = builder
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("binds");
+    let addr = server.local_addr();
+    let handle = server.handle();
+    (addr, handle, tokio::spawn(server.serve(service)))
 }
 
 impl Running {
@@ -1238,4 +1248,35 @@ async fn max_connection_age_sends_goaway() {
             assert!(age >= AGE.mul_f64(0.9) && age <= AGE, "{age:?}");
         })
         .await;
+}
+
+/// A service that is not ready does not freeze its connection: behind
+/// `concurrency_limit(1)`, stream A holds the one permit for 100 ms and B's
+/// readiness waits for it, while A is still driven to its end. Before, the
+/// connection awaited B's readiness in its accept branch, A was never polled
+/// again, and both waited for good.
+#[tokio::test]
+async fn a_service_not_ready_does_not_stall_the_streams_that_free_it() {
+    let app = tower::service_fn(|_req: Request<Body>| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, Infallible>(full(StatusCode::OK, "done"))
+    });
+    let service = tower::ServiceBuilder::new()
+        .concurrency_limit(1)
+        .service(app);
+    let (addr, handle, _task) = start_with(megaconn::Server::builder(), service).await;
+    let client = h2c(addr).await;
+    let both = async {
+        let (mut a, mut b) = (client.clone(), client.clone());
+        tokio::join!(
+            request(&mut a, "GET", "/a", None),
+            request(&mut b, "GET", "/b", None)
+        )
+    };
+    let (a, b) = tokio::time::timeout(Duration::from_secs(5), both)
+        .await
+        .expect("both streams are answered");
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(handle.stats().requests, 2);
+    handle.shutdown();
 }
