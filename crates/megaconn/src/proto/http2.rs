@@ -31,8 +31,10 @@
 //!
 //! Abuse limits: h2's own rapid-reset (CVE-2023-44487) and "MadeYouReset"
 //! (CVE-2025-8671) counters are set explicitly, and on top of them a connection
-//! whose client cancels more than [`RAPID_RESET_LIMIT`] streams, and more than
-//! it lets finish, is closed with `GOAWAY(ENHANCE_YOUR_CALM)`.
+//! whose client cancels more than [`RAPID_RESET_LIMIT`] streams before their
+//! response head, and more than it lets finish, is closed with
+//! `GOAWAY(ENHANCE_YOUR_CALM)`. Streams reset after their head (a watch or
+//! download cancelled mid-body) are ordinary and not counted.
 //!
 //! CONTINUATION floods (CVE-2024-27316 class) are h2's to stop, in its frame
 //! decoder (`codec/framed_read.rs` in h2 0.4): a header block may have at
@@ -98,8 +100,10 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// connection is closed with `ENHANCE_YOUR_CALM` ("MadeYouReset").
 const MAX_LOCAL_ERROR_RESETS: usize = 200;
 
-/// Streams the client may cancel while their handler runs (and more than it
-/// lets finish) before the connection is closed with `ENHANCE_YOUR_CALM`.
+/// Streams the client may cancel while their handler runs, before the
+/// response head (and more than it lets finish), before the connection is
+/// closed with `ENHANCE_YOUR_CALM`. Streams cancelled in their body do not
+/// count.
 pub const RAPID_RESET_LIMIT: u64 = 100;
 /// Response bytes buffered per stream before the body is polled again.
 const MAX_SEND_BUFFER: usize = 256 * 1024;
@@ -548,8 +552,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 enum StreamEnd {
     /// The response went out (or the stream failed on our side).
     Done,
-    /// The client reset the stream before its response was complete.
+    /// The client reset the stream before its response head went out: the
+    /// rapid-reset pattern (CVE-2023-44487), counted by [`ResetGuard`].
     ClientReset,
+    /// The client reset the stream after its response head, in the body: a
+    /// cancelled download, server stream or watch, which is normal use of
+    /// long-lived streams and not counted.
+    ResetInBody,
 }
 
 /// One stream: run the handler (cancelled if the client resets the stream),
@@ -636,11 +645,7 @@ where
     let end = is_head || body.is_end_stream();
     let send = match respond.send_response(Response::from_parts(parts, ()), end) {
         Ok(send) => send,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot send the response head");
-            record.error(ErrorClass::ClientGone);
-            return StreamEnd::ClientReset;
-        }
+        Err(e) => return head_refused(&e, &mut respond, &mut record),
     };
     if end {
         return StreamEnd::Done;
@@ -650,7 +655,7 @@ where
     // RST_STREAM(INTERNAL_ERROR), as Go's server sends.
     let ended = send_body(send, body, &mut record, ctx.config.write_timeout, &ctx).await;
     drop(tunnel);
-    if ended == StreamEnd::ClientReset {
+    if ended == StreamEnd::ResetInBody {
         record.error(ErrorClass::ClientGone);
     }
     ended
@@ -682,11 +687,7 @@ async fn open_tunnel(
     record.response(&parts);
     let send = match respond.send_response(Response::from_parts(parts, ()), false) {
         Ok(send) => send,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot send the response head");
-            record.error(ErrorClass::ClientGone);
-            return StreamEnd::ClientReset;
-        }
+        Err(e) => return head_refused(&e, &mut respond, &mut record),
     };
     let (io, done) = H2Stream::watched(send, tunnel.recv);
     // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
@@ -739,6 +740,29 @@ fn prepare_headers<B: HttpBody>(
             }
         }
     }
+}
+
+/// h2 refused a response head. A stream the client reset meanwhile (between
+/// the handler's answer and now) is its reset before the head; otherwise
+/// the head is at fault (a field HTTP/2 forbids that got through): a server
+/// error, logged and answered with a bare 500 if the stream still takes one,
+/// not counted as the client's reset.
+fn head_refused(
+    e: &h2::Error,
+    respond: &mut SendResponse<Bytes>,
+    record: &mut RequestRecord,
+) -> StreamEnd {
+    if poll_fn(|cx| respond.poll_reset(cx))
+        .now_or_never()
+        .is_some()
+    {
+        record.error(ErrorClass::ClientGone);
+        return StreamEnd::ClientReset;
+    }
+    tracing::warn!(error = %e, "HTTP/2 refused the response head; answering 500");
+    record.status(StatusCode::INTERNAL_SERVER_ERROR);
+    send_error(respond, StatusCode::INTERNAL_SERVER_ERROR);
+    StreamEnd::Done
 }
 
 fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
@@ -856,7 +880,7 @@ where
                         granted -= chunk.len();
                         let last = data.is_empty();
                         if send.send_data(chunk, end && last).is_err() {
-                            return StreamEnd::ClientReset;
+                            return StreamEnd::ResetInBody;
                         }
                         if last {
                             break;
@@ -899,7 +923,7 @@ impl Stalled {
         ctx: &WorkerContext,
     ) -> StreamEnd {
         match self {
-            Stalled::Reset => StreamEnd::ClientReset,
+            Stalled::Reset => StreamEnd::ResetInBody,
             Stalled::TimedOut => {
                 tracing::debug!(
                     "HTTP/2 response not sent within write_timeout; resetting the stream"
@@ -940,9 +964,11 @@ fn poll_room(
     }
 }
 
-/// Counts streams the client cancelled while they ran, against those that
-/// completed: a client that mostly cancels is attacking (rapid reset), not
-/// browsing.
+/// Counts streams the client cancelled before their response head, against
+/// those that completed: a client that mostly cancels is attacking (rapid
+/// reset), not browsing. A stream reset in its body (a cancelled SSE or gRPC
+/// server stream, a download stopped) counts as neither: it cost a response
+/// and is how long-lived streams end.
 #[derive(Debug, Default)]
 struct ResetGuard {
     cancelled: u64,
@@ -955,6 +981,7 @@ impl ResetGuard {
         match end {
             StreamEnd::Done => self.completed += 1,
             StreamEnd::ClientReset => self.cancelled += 1,
+            StreamEnd::ResetInBody => {}
         }
         self.cancelled > RAPID_RESET_LIMIT && self.cancelled > self.completed
     }
@@ -1036,6 +1063,13 @@ mod tests {
             assert!(!g.record(StreamEnd::ClientReset));
         }
         assert!(g.record(StreamEnd::ClientReset), "one past the limit");
+        let mut watcher = ResetGuard::default();
+        for _ in 0..10 * RAPID_RESET_LIMIT {
+            assert!(
+                !watcher.record(StreamEnd::ResetInBody),
+                "streams cancelled in their body are not counted"
+            );
+        }
         let mut busy = ResetGuard::default();
         for _ in 0..1000 {
             busy.record(StreamEnd::Done);

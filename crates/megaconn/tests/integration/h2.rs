@@ -39,6 +39,7 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
 /// Routes: `/` hello · `/echo` streams the body back · `/trailers` a body and
 /// gRPC-style trailers · `/together` waits until 8 of its requests run at once ·
 /// `/gated` waits for a permit of the test's gate · `/hang` never answers ·
+/// `/endless` answers one chunk of a body that never ends ·
 /// `/panic` panics in the handler · `/frames` reads the body and answers how
 /// many data frames and bytes it saw and their [`fnv1a`] hash (`frames=N
 /// bytes=M hash=H`), or 400 with the body's error · `/big` 1 MiB ·
@@ -67,6 +68,14 @@ async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
             full(StatusCode::OK, "through the gate")
         }
         "/hang" => std::future::pending().await,
+        "/endless" => {
+            // One chunk, then a body that never ends (a watch, an SSE feed).
+            let tick = futures_util::stream::iter([Ok::<_, BoxError>(http_body::Frame::data(
+                Bytes::from_static(b"tick"),
+            ))]);
+            let body = futures_util::StreamExt::chain(tick, futures_util::stream::pending());
+            Response::new(StreamBody::new(body).boxed_unsync())
+        }
         "/big" => full(StatusCode::OK, vec![b'x'; 1 << 20]),
         "/read-on" => {
             // Reads to the end, going on after errors.
@@ -1279,4 +1288,39 @@ async fn a_service_not_ready_does_not_stall_the_streams_that_free_it() {
     assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
     assert_eq!(handle.stats().requests, 2);
     handle.shutdown();
+}
+
+/// A client that cancels long-lived streams after their head (a gRPC client
+/// dropping watches, a browser leaving an SSE feed) is not a rapid-reset
+/// attacker: 150 streams of `/endless`, each reset with `CANCEL` once its
+/// head and first chunk arrived, leave the connection serving. Before, every
+/// reset counted, and past 100 the connection got `GOAWAY(ENHANCE_YOUR_CALM)`.
+#[tokio::test]
+async fn streams_cancelled_in_their_body_do_not_trip_the_reset_guard() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+    for _ in 0..150 {
+        let mut c = client.clone().ready().await.expect("client ready");
+        let req = Request::get("http://t/endless").body(()).unwrap();
+        let (resp, mut send) = c.send_request(req, false).unwrap();
+        let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let chunk = tokio::time::timeout(SAFETY, body.data()).await.unwrap();
+        assert_eq!(chunk.unwrap().unwrap(), "tick");
+        send.send_reset(h2::Reason::CANCEL);
+    }
+    // Every stream's end is recorded once the connection is idle again.
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    while server.handle.stats().connections_idle != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "streams never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let a = request(&mut client, "GET", "/", None).await;
+    assert_eq!(a.status, 200, "the connection still serves");
+    assert_eq!(server.handle.stats().protocol_errors, 0);
+    server.stop().await;
 }
