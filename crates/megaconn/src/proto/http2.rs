@@ -86,7 +86,7 @@ use crate::observe::stats::{incr, IdleMark};
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
 use crate::service::h2_body::{DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
-use crate::service::h2_stream::H2Stream;
+use crate::service::h2_stream::{H2Stream, MAX_RESERVE};
 use crate::service::panic_message;
 use crate::service::upgrade::{self, UpgradeSender, Upgraded};
 use crate::service::HttpService;
@@ -774,17 +774,23 @@ fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
     let _ = respond.send_response(response, true);
 }
 
-/// Streams the response body: pulls a frame only when the stream has send
-/// capacity (the client's window and our send buffer), hands h2 no more of
-/// it than that capacity, stops when the client resets the stream, and
-/// resets it when `write_timeout` passes first.
+/// Streams the response body: polls the body first, then reserves room for
+/// the frame it gave and hands h2 no more of it than the capacity granted,
+/// stops when the client resets the stream, and resets it when
+/// `write_timeout` passes first.
+///
+/// Why the body comes first (hyper #4003, fixed as here in hyper 1.12):
+/// capacity reserved before there is data to send is taken from the
+/// connection's window, so a body that waits (a slow handler, an SSE feed)
+/// while holding a reservation starves the connection's other streams, for
+/// good with a client that sends WINDOW_UPDATE only once its window is used
+/// up. A frame's reservation is used up by sending it, and whatever is left
+/// is given back (`reserve_capacity(0)`) before the body is polled again.
 ///
 /// Why no more than the capacity: h2 buffers whatever `send_data` is given,
 /// window or not. A whole frame handed over at once (a 1 MiB `Full`) would
 /// sit in h2's buffer for a client that stopped reading, out of reach of
 /// `write_timeout`, with the stream's exchange already counted as done.
-/// The first reservation asks for the body's whole length when it is known,
-/// so a small response costs one reservation, as before.
 async fn send_body<B>(
     mut send: SendStream<Bytes>,
     body: B,
@@ -798,23 +804,7 @@ where
 {
     let mut body = pin!(body);
     let mut deadline = LazyDeadline::after(write_timeout);
-    let first = body
-        .size_hint()
-        .exact()
-        .map_or(1, |n| n.clamp(1, u64::from(MAX_FIRST_RESERVATION)) as usize);
-    // Capacity granted and not used yet.
-    let mut granted = reserve(&mut send, first);
     loop {
-        // Wait for room before pulling more of the body.
-        if granted == 0 {
-            granted = reserve(&mut send, 1);
-        }
-        if granted == 0 {
-            granted = match poll_fn(|cx| poll_room(&mut send, &mut deadline, cx)).await {
-                Ok(n) => n,
-                Err(end) => return end.finish(&mut send, record, ctx),
-            };
-        }
         let frame = poll_fn(|cx| {
             if send.poll_reset(cx).is_ready() {
                 return Poll::Ready(Err(Stalled::Reset));
@@ -858,18 +848,24 @@ where
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
                     let end = body.is_end_stream();
-                    if data.is_empty() && !end {
-                        continue;
+                    if data.is_empty() {
+                        // An empty frame needs no room; only the last one
+                        // is sent (it carries END_STREAM).
+                        if !end {
+                            continue;
+                        }
+                        let _ = send.send_data(data, true);
+                        return StreamEnd::Done;
                     }
                     record.response_bytes(data.len());
+                    // h2's windows are 31-bit; a larger frame is sent in
+                    // several reservations.
+                    send.reserve_capacity(data.len().min(MAX_RESERVE));
                     loop {
-                        // Top the reservation up to the frame (h2 grants
-                        // what the window has at once); wait only when it
-                        // has nothing. An empty last frame needs no room.
-                        if granted < data.len() {
-                            granted = reserve(&mut send, data.len());
-                        }
-                        if granted == 0 && !data.is_empty() {
+                        // h2 grants what the windows have at once; wait
+                        // only when that is nothing.
+                        let mut granted = send.capacity();
+                        if granted == 0 {
                             granted =
                                 match poll_fn(|cx| poll_room(&mut send, &mut deadline, cx)).await {
                                     Ok(n) => n,
@@ -877,7 +873,6 @@ where
                                 };
                         }
                         let chunk = data.split_to(granted.min(data.len()));
-                        granted -= chunk.len();
                         let last = data.is_empty();
                         if send.send_data(chunk, end && last).is_err() {
                             return StreamEnd::ResetInBody;
@@ -885,12 +880,18 @@ where
                         if last {
                             break;
                         }
+                        if send.capacity() == 0 {
+                            send.reserve_capacity(data.len().min(MAX_RESERVE));
+                        }
                     }
                     if end {
                         return StreamEnd::Done;
                     }
+                    // Nothing stays reserved while the body makes us wait.
+                    send.reserve_capacity(0);
                 }
                 Err(frame) => {
+                    send.reserve_capacity(0);
                     if let Ok(trailers) = frame.into_trailers() {
                         let _ = send.send_trailers(trailers);
                     } else {
@@ -902,10 +903,6 @@ where
         }
     }
 }
-
-/// The most a response's first reservation asks for: a body of known length
-/// up to this size is sent after one.
-const MAX_FIRST_RESERVATION: u32 = 64 * 1024;
 
 /// Why a response body stopped before its end.
 enum Stalled {
@@ -937,16 +934,7 @@ impl Stalled {
     }
 }
 
-/// Asks h2 for room for `want` bytes in all; the capacity granted at once
-/// (the window's share of it), 0 if none: then [`poll_room`] waits. Plain
-/// functions, not an `async fn`: what `send_body` holds across its waits
-/// stays small, and a response that never waits costs no more than before.
-fn reserve(send: &mut SendStream<Bytes>, want: usize) -> usize {
-    send.reserve_capacity(want);
-    send.capacity()
-}
-
-/// Waits for capacity after [`reserve`] granted none, until `deadline`.
+/// Waits for capacity while h2 has granted none, until `deadline`.
 fn poll_room(
     send: &mut SendStream<Bytes>,
     deadline: &mut LazyDeadline,

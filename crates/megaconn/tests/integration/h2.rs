@@ -39,7 +39,8 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
 /// Routes: `/` hello · `/echo` streams the body back · `/trailers` a body and
 /// gRPC-style trailers · `/together` waits until 8 of its requests run at once ·
 /// `/gated` waits for a permit of the test's gate · `/hang` never answers ·
-/// `/endless` answers one chunk of a body that never ends ·
+/// `/endless` answers one chunk of a body that never ends · `/slow` a body
+/// of [`SLOW_LEN`] bytes, of known length, that comes when the gate opens ·
 /// `/panic` panics in the handler · `/frames` reads the body and answers how
 /// many data frames and bytes it saw and their [`fnv1a`] hash (`frames=N
 /// bytes=M hash=H`), or 400 with the body's error · `/big` 1 MiB ·
@@ -68,6 +69,13 @@ async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
             full(StatusCode::OK, "through the gate")
         }
         "/hang" => std::future::pending().await,
+        "/slow" => Response::new(
+            Gated {
+                gate: Box::pin(async move { shared.gate.acquire().await.unwrap().forget() }),
+                data: Some(Bytes::from(vec![b's'; SLOW_LEN])),
+            }
+            .boxed_unsync(),
+        ),
         "/endless" => {
             // One chunk, then a body that never ends (a watch, an SSE feed).
             let tick = futures_util::stream::iter([Ok::<_, BoxError>(http_body::Frame::data(
@@ -110,6 +118,39 @@ async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
             )
         }
         _ => full(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// The length of `/slow`'s body: a whole default connection window.
+const SLOW_LEN: usize = 65_535;
+
+/// A body of known length whose one frame comes once `gate` resolves.
+struct Gated {
+    gate: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    data: Option<Bytes>,
+}
+
+impl http_body::Body for Gated {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if self.data.is_none() {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.gate.as_mut().poll(cx));
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
     }
 }
 
@@ -1322,5 +1363,33 @@ async fn streams_cancelled_in_their_body_do_not_trip_the_reset_guard() {
     let a = request(&mut client, "GET", "/", None).await;
     assert_eq!(a.status, 200, "the connection still serves");
     assert_eq!(server.handle.stats().protocol_errors, 0);
+    server.stop().await;
+}
+
+/// A response body that has no data yet holds none of the connection's
+/// send window (hyper #4003): while `/slow` (65,535 bytes of known length,
+/// a whole default connection window) waits for its gate, `/` on the same
+/// connection is answered. Before, `/slow` reserved its length before it
+/// had data, h2 took it all from the connection window, and `/` waited
+/// for it.
+#[tokio::test]
+async fn a_body_waiting_for_data_holds_no_connection_window() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+    let mut c = client.clone().ready().await.unwrap();
+    let (slow, _) = c
+        .send_request(Request::get("http://t/slow").body(()).unwrap(), true)
+        .unwrap();
+    let slow = tokio::time::timeout(SAFETY, slow).await.unwrap().unwrap();
+    assert_eq!(slow.headers()["content-length"], "65535");
+    let hello = tokio::time::timeout(
+        Duration::from_secs(5),
+        request(&mut client, "GET", "/", None),
+    )
+    .await
+    .expect("a stream answers while another's body waits");
+    assert_eq!(hello.body, "Hello, World!");
+    server.shared.gate.add_permits(1);
+    assert_eq!(text_of(slow).await.len(), SLOW_LEN);
     server.stop().await;
 }
