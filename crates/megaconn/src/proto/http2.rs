@@ -625,6 +625,18 @@ where
         Some(Ok(Ok(response))) => response,
     };
     let (mut parts, body) = response.into_parts();
+    if parts.status.is_informational() {
+        // A 1xx is interim (RFC 9113 §8.1) and HTTP/2 has no 101 (§8.6):
+        // sent as the answer, the client would wait for a final one that
+        // never comes. Answered 500, as on HTTP/1.1.
+        tracing::warn!(
+            status = parts.status.as_u16(),
+            "handler returned an informational (1xx) status as its response; answering 500"
+        );
+        record.status(StatusCode::INTERNAL_SERVER_ERROR);
+        send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR);
+        return StreamEnd::Done;
+    }
     // A CONNECT answered 2xx becomes a tunnel; answered otherwise, its
     // response goes out as any other, and the client's half is dropped
     // after it (with `tunnel`), which h2 ends with `RST_STREAM(NO_ERROR)`
@@ -640,9 +652,15 @@ where
         }
         tunnel => tunnel,
     };
-    prepare_headers(&mut parts.headers, parts.status, &body, is_head, &ctx);
+    let framing = prepare_headers(&mut parts.headers, parts.status, &body, is_head, &ctx);
     record.response(&parts);
-    let end = is_head || body.is_end_stream();
+    let end = match framing {
+        Framing::Bodiless => true,
+        // A declared length with an empty body goes to `send_body`, which
+        // resets the stream for the missing bytes.
+        Framing::Length(n) => n == 0 && body.is_end_stream(),
+        Framing::Open => body.is_end_stream(),
+    };
     let send = match respond.send_response(Response::from_parts(parts, ()), end) {
         Ok(send) => send,
         Err(e) => return head_refused(&e, &mut respond, &mut record),
@@ -653,7 +671,11 @@ where
     // write_timeout bounds the body from when the handler answered, as on
     // HTTP/1.1: a client that stops taking it (no WINDOW_UPDATE) gets
     // RST_STREAM(INTERNAL_ERROR), as Go's server sends.
-    let ended = send_body(send, body, &mut record, ctx.config.write_timeout, &ctx).await;
+    let length = match framing {
+        Framing::Length(n) => Some(n),
+        Framing::Bodiless | Framing::Open => None,
+    };
+    let ended = send_body(send, body, length, &mut record, &ctx).await;
     drop(tunnel);
     if ended == StreamEnd::ResetInBody {
         record.error(ErrorClass::ClientGone);
@@ -682,7 +704,7 @@ async fn open_tunnel(
 ) -> StreamEnd {
     // A 2xx to CONNECT has no body, so no length (RFC 9110 §9.3.6); what
     // the handler's body held is not sent, as on HTTP/1.1's 101.
-    prepare_headers(&mut parts.headers, parts.status, &Body::empty(), false, ctx);
+    let _ = prepare_headers(&mut parts.headers, parts.status, &Body::empty(), false, ctx);
     parts.headers.remove(header::CONTENT_LENGTH);
     record.response(&parts);
     let send = match respond.send_response(Response::from_parts(parts, ()), false) {
@@ -697,15 +719,28 @@ async fn open_tunnel(
     StreamEnd::Done
 }
 
-/// Drops what HTTP/2 forbids (connection-specific fields) and adds `date`,
-/// `server` and, when the body's length is known, `content-length`.
+/// What may follow a response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No DATA (`HEAD`, 204, 304): the head ends the stream, and what the
+    /// handler's body holds is not sent (RFC 9113 §8.1.1).
+    Bodiless,
+    /// Exactly this many bytes, as the `content-length` sent says.
+    Length(u64),
+    /// A body of unknown length.
+    Open,
+}
+
+/// Drops what HTTP/2 forbids (connection-specific fields), adds `date`,
+/// `server` and, when the body's length is known and the response may
+/// have one, `content-length`; says what the body must be.
 fn prepare_headers<B: HttpBody>(
     headers: &mut HeaderMap,
     status: StatusCode,
     body: &B,
     is_head: bool,
     ctx: &WorkerContext,
-) {
+) -> Framing {
     for name in [
         header::CONNECTION,
         header::TRANSFER_ENCODING,
@@ -723,6 +758,11 @@ fn prepare_headers<B: HttpBody>(
             headers.insert(header::SERVER, server.clone());
         }
     }
+    if status == StatusCode::NO_CONTENT {
+        // A 204 never has a length (RFC 9110 §8.6: MUST NOT), not even 0.
+        headers.remove(header::CONTENT_LENGTH);
+        return Framing::Bodiless;
+    }
     // HEAD and 304 advertise only the full response's length (RFC 9110
     // §8.6): never a 0 that merely says this response has no body.
     let bodiless = is_head || status == StatusCode::NOT_MODIFIED;
@@ -733,12 +773,27 @@ fn prepare_headers<B: HttpBody>(
     {
         headers.remove(header::CONTENT_LENGTH);
     }
-    if !headers.contains_key(header::CONTENT_LENGTH) {
-        if let Some(n) = body.size_hint().exact() {
-            if !(bodiless && n == 0) {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    let declared = match headers.get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+            Some(n) => Some(n),
+            None => {
+                tracing::warn!(value = ?v, "handler's content-length is not a length; dropped");
+                headers.remove(header::CONTENT_LENGTH);
+                None
             }
+        },
+    };
+    let exact = body.size_hint().exact();
+    if declared.is_none() {
+        if let Some(n) = exact.filter(|&n| !(bodiless && n == 0)) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
+    }
+    match declared.or(exact) {
+        _ if bodiless => Framing::Bodiless,
+        Some(n) => Framing::Length(n),
+        None => Framing::Open,
     }
 }
 
@@ -794,8 +849,8 @@ fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
 async fn send_body<B>(
     mut send: SendStream<Bytes>,
     body: B,
+    mut length: Option<u64>,
     record: &mut RequestRecord,
-    write_timeout: Option<Duration>,
     ctx: &WorkerContext,
 ) -> StreamEnd
 where
@@ -803,7 +858,7 @@ where
     B::Error: Into<BoxError>,
 {
     let mut body = pin!(body);
-    let mut deadline = LazyDeadline::after(write_timeout);
+    let mut deadline = LazyDeadline::after(ctx.config.write_timeout);
     loop {
         let frame = poll_fn(|cx| {
             if send.poll_reset(cx).is_ready() {
@@ -836,6 +891,9 @@ where
         };
         match frame {
             None => {
+                if length.is_some_and(|n| n > 0) {
+                    return wrong_length(&mut send);
+                }
                 let _ = send.send_data(Bytes::new(), true);
                 return StreamEnd::Done;
             }
@@ -848,6 +906,13 @@ where
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
                     let end = body.is_end_stream();
+                    if let Some(left) = length.as_mut() {
+                        let n = data.len() as u64;
+                        if n > *left || (end && n < *left) {
+                            return wrong_length(&mut send);
+                        }
+                        *left -= n;
+                    }
                     if data.is_empty() {
                         // An empty frame needs no room; only the last one
                         // is sent (it carries END_STREAM).
@@ -891,6 +956,9 @@ where
                     send.reserve_capacity(0);
                 }
                 Err(frame) => {
+                    if length.is_some_and(|n| n > 0) {
+                        return wrong_length(&mut send);
+                    }
                     send.reserve_capacity(0);
                     if let Ok(trailers) = frame.into_trailers() {
                         let _ = send.send_trailers(trailers);
@@ -902,6 +970,16 @@ where
             },
         }
     }
+}
+
+/// The body is longer or shorter than the `content-length` sent: the
+/// stream is reset (`INTERNAL_ERROR`) rather than ended, so the client
+/// cannot take a truncated or overlong body as whole, as HTTP/1.1 closes
+/// the connection.
+fn wrong_length(send: &mut SendStream<Bytes>) -> StreamEnd {
+    tracing::error!("response body does not match its content-length; resetting the HTTP/2 stream");
+    send.send_reset(Reason::INTERNAL_ERROR);
+    StreamEnd::Done
 }
 
 /// Why a response body stopped before its end.

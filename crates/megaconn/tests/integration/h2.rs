@@ -41,6 +41,9 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
 /// `/gated` waits for a permit of the test's gate · `/hang` never answers ·
 /// `/endless` answers one chunk of a body that never ends · `/slow` a body
 /// of [`SLOW_LEN`] bytes, of known length, that comes when the gate opens ·
+/// `/204`, `/204x` 204 with an empty body and with `x` · `/103` a 103 as
+/// the final answer · `/long`, `/short` `content-length: 10` with 15 and 5
+/// bytes ·
 /// `/panic` panics in the handler · `/frames` reads the body and answers how
 /// many data frames and bytes it saw and their [`fnv1a`] hash (`frames=N
 /// bytes=M hash=H`), or 400 with the body's error · `/big` 1 MiB ·
@@ -76,6 +79,21 @@ async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
             }
             .boxed_unsync(),
         ),
+        "/204" => full(StatusCode::NO_CONTENT, ""),
+        "/204x" => full(StatusCode::NO_CONTENT, "x"),
+        "/103" => full(StatusCode::from_u16(103).unwrap(), ""),
+        "/long" | "/short" => {
+            // Says 10 bytes, sends 5 or 15.
+            let body = if req.uri().path() == "/long" {
+                "fifteen bytes!!"
+            } else {
+                "five!"
+            };
+            let mut r = full(StatusCode::OK, body);
+            r.headers_mut()
+                .insert("content-length", HeaderValue::from_static("10"));
+            r
+        }
         "/endless" => {
             // One chunk, then a body that never ends (a watch, an SSE feed).
             let tick = futures_util::stream::iter([Ok::<_, BoxError>(http_body::Frame::data(
@@ -1391,5 +1409,68 @@ async fn a_body_waiting_for_data_holds_no_connection_window() {
     assert_eq!(hello.body, "Hello, World!");
     server.shared.gate.add_permits(1);
     assert_eq!(text_of(slow).await.len(), SLOW_LEN);
+    server.stop().await;
+}
+
+/// A 204 has no `content-length` (RFC 9110 §8.6) and no DATA (RFC 9113
+/// §8.1.1), whatever the handler's body: before, an empty one got
+/// `content-length: 0` and `x` went out with `content-length: 1`.
+#[tokio::test]
+async fn a_204_has_no_length_and_no_body() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+    for path in ["/204", "/204x"] {
+        let a = request(&mut client, "GET", path, None).await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        assert!(
+            !a.headers.contains_key("content-length"),
+            "{path}: {:?}",
+            a.headers
+        );
+        assert_eq!(a.body, "", "{path}");
+    }
+    server.stop().await;
+}
+
+/// A handler's 1xx is interim, not an answer: 500, as on HTTP/1.1. Before,
+/// it went out as the final HEADERS and the client waited for another.
+#[tokio::test]
+async fn an_informational_final_status_is_answered_500() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+    let a = request(&mut client, "GET", "/103", None).await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+    server.stop().await;
+}
+
+/// A body longer or shorter than the handler's `content-length` resets the
+/// stream with `INTERNAL_ERROR`, as HTTP/1.1 closes the connection: the
+/// client never takes it as whole.
+#[tokio::test]
+async fn a_body_that_contradicts_its_length_resets_the_stream() {
+    let server = start(megaconn::Server::builder()).await;
+    let client = h2c(server.addr).await;
+    for path in ["/long", "/short"] {
+        let mut c = client.clone().ready().await.unwrap();
+        let req = Request::get(format!("http://t{path}")).body(()).unwrap();
+        let (resp, _) = c.send_request(req, true).unwrap();
+        // The reset may overtake the head: h2 then fails the response.
+        let reset = match tokio::time::timeout(SAFETY, resp).await.unwrap() {
+            Err(e) => e.reason(),
+            Ok(resp) => {
+                assert_eq!(resp.headers()["content-length"], "10");
+                let mut body = resp.into_body();
+                let mut received = 0;
+                loop {
+                    match tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
+                        Some(Ok(chunk)) => received += chunk.len(),
+                        Some(Err(e)) => break e.reason(),
+                        None => panic!("{path}: {received} bytes taken as the whole body"),
+                    }
+                }
+            }
+        };
+        assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR), "{path}");
+    }
     server.stop().await;
 }
