@@ -719,6 +719,29 @@ async fn open_tunnel(
     StreamEnd::Done
 }
 
+/// Drops the fields HTTP/2 forbids in a response (RFC 9113 §8.2.2), which
+/// h2 would refuse the whole head for: the connection-specific ones, `te`
+/// (allowed in requests only, as `trailers`), and those that `connection`
+/// names, as hyper's `strip_connection_headers` does (`proto/h2/mod.rs`).
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.remove(header::CONNECTION) {
+        if let Ok(names) = connection.to_str() {
+            for name in names.split(',') {
+                headers.remove(name.trim());
+            }
+        }
+    }
+    for name in [
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// What may follow a response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -741,15 +764,7 @@ fn prepare_headers<B: HttpBody>(
     is_head: bool,
     ctx: &WorkerContext,
 ) -> Framing {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
+    strip_connection_headers(headers);
     if !headers.contains_key(header::DATE) {
         headers.insert(header::DATE, crate::proto::date::now());
     }

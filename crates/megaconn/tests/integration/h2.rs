@@ -43,7 +43,7 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
 /// of [`SLOW_LEN`] bytes, of known length, that comes when the gate opens ·
 /// `/204`, `/204x` 204 with an empty body and with `x` · `/103` a 103 as
 /// the final answer · `/long`, `/short` `content-length: 10` with 15 and 5
-/// bytes ·
+/// bytes · `/te` sets `te: gzip` and `connection: x-hop` ·
 /// `/panic` panics in the handler · `/frames` reads the body and answers how
 /// many data frames and bytes it saw and their [`fnv1a`] hash (`frames=N
 /// bytes=M hash=H`), or 400 with the body's error · `/big` 1 MiB ·
@@ -79,6 +79,17 @@ async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
             }
             .boxed_unsync(),
         ),
+        "/te" => {
+            // Fields HTTP/2 forbids in a response, as an HTTP/1.1 app or
+            // proxy may set them.
+            let mut r = full(StatusCode::OK, "te");
+            let h = r.headers_mut();
+            h.insert("te", HeaderValue::from_static("gzip"));
+            h.insert("connection", HeaderValue::from_static("x-hop, close"));
+            h.insert("x-hop", HeaderValue::from_static("1"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            r
+        }
         "/204" => full(StatusCode::NO_CONTENT, ""),
         "/204x" => full(StatusCode::NO_CONTENT, "x"),
         "/103" => full(StatusCode::from_u16(103).unwrap(), ""),
@@ -1472,5 +1483,22 @@ async fn a_body_that_contradicts_its_length_resets_the_stream() {
         };
         assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR), "{path}");
     }
+    server.stop().await;
+}
+
+/// A response with fields HTTP/2 forbids (`te`, `connection` and the fields
+/// it names) goes out without them: before, `te: gzip` made h2 refuse the
+/// head and the client got a reset instead of the answer.
+#[tokio::test]
+async fn forbidden_response_fields_are_dropped_not_fatal() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+    let a = request(&mut client, "GET", "/te", None).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, "te");
+    for name in ["te", "connection", "x-hop"] {
+        assert!(!a.headers.contains_key(name), "{name}: {:?}", a.headers);
+    }
+    assert_eq!(a.headers["x-kept"], "1");
     server.stop().await;
 }
