@@ -161,6 +161,8 @@ where
         idle_timeout.unwrap_or(Duration::MAX / 4)
     ));
     let mut timer_armed = idle_timeout.is_some();
+    // The timer is the grace period after an idle GOAWAY.
+    let mut grace = false;
     let mut going_away = false;
     // max_connection_age: a GOAWAY then, open streams finishing first.
     let retire_at = ctx.retire_at();
@@ -189,44 +191,41 @@ where
             // need this task's context, and the service `&mut`): see
             // `poll_turn`. Its handler does not await, so a new stream's
             // request is never kept in this future.
-            turn = poll_fn(|cx| poll_turn(&mut conn, service, waiting.is_some(), &ctx, &flood, info, cx)) => match turn {
-                Turn::Closed(None) => break,
-                Turn::Closed(Some(e)) => {
-                    if reason == CloseReason::ClientClosed {
-                        reason = close_reason(&e, &ctx);
+            turn = poll_fn(|cx| poll_turn(&mut conn, service, waiting.is_some(), &ctx, &flood, info, cx)) => {
+                let start = match turn {
+                    Turn::Closed(None) => break,
+                    Turn::Closed(Some(e)) => {
+                        if reason == CloseReason::ClientClosed {
+                            reason = close_reason(&e, &ctx);
+                        }
+                        break;
                     }
-                    break;
-                }
-                Turn::Answered(start, respond) => {
-                    streams.push(run_stream(start, respond, ctx.clone()));
-                    idle.set(false);
-                    if !going_away {
-                        timer_armed = false;
+                    Turn::Answered(start, respond) => Some((start, respond)),
+                    Turn::New(prepared, respond, Poll::Ready(ready)) => {
+                        Some((call_service(service, prepared, ready, &ctx), respond))
                     }
-                }
-                Turn::New(prepared, respond, Poll::Ready(ready)) => {
-                    let start = call_service(service, prepared, ready, &ctx);
-                    streams.push(run_stream(start, respond, ctx.clone()));
-                    idle.set(false);
-                    if !going_away {
-                        timer_armed = false;
+                    Turn::New(prepared, respond, Poll::Pending) => {
+                        waiting = Some(Box::new((prepared, respond)));
+                        None
                     }
-                }
-                Turn::New(prepared, respond, Poll::Pending) => {
-                    waiting = Some(Box::new((prepared, respond)));
-                    idle.set(false);
-                    if !going_away {
-                        timer_armed = false;
-                    }
-                }
-                Turn::Ready(ready) => {
-                    if let Some(w) = waiting.take() {
+                    Turn::Ready(ready) => waiting.take().map(|w| {
                         let (prepared, respond) = *w;
-                        let start = call_service(service, prepared, ready, &ctx);
-                        streams.push(run_stream(start, respond, ctx.clone()));
-                    }
+                        (call_service(service, prepared, ready, &ctx), respond)
+                    }),
+                };
+                if let Some((start, respond)) = start {
+                    streams.push(run_stream(start, respond, ctx.clone()));
                 }
-            },
+                // A stream is open (or waits for the service): the idle
+                // timer stops, whether or not a GOAWAY went out (a stream
+                // the first GOAWAY of a shutdown admits must not be cut at
+                // the idle deadline); only the grace period after an idle
+                // GOAWAY runs on.
+                idle.set(false);
+                if !grace {
+                    timer_armed = false;
+                }
+            }
             Some(end) = streams.next(), if !streams.is_empty() => {
                 // Take every other stream that is done too before going round
                 // the loop: polling `accept` flushes the connection, and once
@@ -271,7 +270,8 @@ where
             }
             () = &mut timer, if timer_armed => {
                 if going_away {
-                    // The client did not finish after GOAWAY: close anyway.
+                    // The grace period after an idle GOAWAY ended, or, after
+                    // another GOAWAY, no stream opened by the idle deadline.
                     break;
                 }
                 incr(&ctx.stats.timeouts);
@@ -279,6 +279,7 @@ where
                 going_away = true;
                 reason = CloseReason::IdleTimeout;
                 timer.as_mut().reset(Instant::now() + GOAWAY_GRACE);
+                grace = true;
             }
             () = keep_alive.expired() => {
                 tracing::debug!("no answer to keep-alive PING; closing");

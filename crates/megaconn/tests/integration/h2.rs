@@ -616,6 +616,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
         .expect("timed out waiting for a frame or the close")
     }
 
+    /// Reads up to the server's first GOAWAY, acknowledging its SETTINGS.
+    async fn until_goaway(&mut self) {
+        loop {
+            let f = self.next_frame().await.expect("a GOAWAY before the close");
+            if self.ack_settings(&f).await {
+                continue;
+            }
+            if f.kind == GOAWAY {
+                return;
+            }
+        }
+    }
+
     async fn send(&mut self, bytes: &[u8]) {
         // The server may already have closed; the reads tell.
         let _ = self.tcp.write_all(bytes).await;
@@ -1314,15 +1327,7 @@ async fn max_connection_age_sends_goaway() {
             );
             let since = tokio::time::Instant::now();
             let mut h2 = RawH2::over(client, &[]).await;
-            loop {
-                let f = h2.next_frame().await.expect("a GOAWAY before the close");
-                if h2.ack_settings(&f).await {
-                    continue;
-                }
-                if f.kind == GOAWAY {
-                    break;
-                }
-            }
+            h2.until_goaway().await;
             let age = since.elapsed();
             assert!(age >= AGE.mul_f64(0.9) && age <= AGE, "{age:?}");
         })
@@ -1501,4 +1506,56 @@ async fn forbidden_response_fields_are_dropped_not_fatal() {
     }
     assert_eq!(a.headers["x-kept"], "1");
     server.stop().await;
+}
+
+/// After a GOAWAY of `max_connection_age` (as of a shutdown), a stream that
+/// GOAWAY still admits stops the idle timer, as any stream does: on paused
+/// time, the stream is answered after the idle deadline the connection had
+/// when it went away. Before, the timer stayed armed once the connection
+/// was going away, and at that deadline the connection closed with the
+/// stream open.
+#[tokio::test(start_paused = true)]
+async fn a_stream_admitted_after_goaway_outlives_the_idle_deadline() {
+    const AGE: Duration = Duration::from_secs(2);
+    const IDLE: Duration = Duration::from_secs(3);
+    let (client, server_end) = tokio::io::duplex(64 * 1024);
+    let builder = megaconn::Server::builder()
+        .idle_timeout(Some(IDLE))
+        .max_connection_age(Some(AGE));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let for_service = gate.clone();
+    let service = tower::service_fn(move |_req: Request<Body>| {
+        let gate = for_service.clone();
+        async move {
+            gate.acquire().await.unwrap().forget();
+            Ok::<_, Infallible>(full(StatusCode::OK, "late"))
+        }
+    });
+    tokio::task::LocalSet::new()
+        .run_until(async {
+            tokio::task::spawn_local(
+                async move { builder.serve_connection(server_end, service).await },
+            );
+            let mut h2 = RawH2::over(client, &[]).await;
+            h2.until_goaway().await;
+            // The first GOAWAY names stream 2^31-1: stream 1 is admitted.
+            h2.send(&frame(HEADERS, END_STREAM | 0x4, 1, &GET_ROOT))
+                .await;
+            tokio::time::sleep(IDLE).await;
+            gate.add_permits(1);
+            let mut status_200 = false;
+            loop {
+                let f = h2
+                    .next_frame()
+                    .await
+                    .expect("stream 1 answered before the close");
+                match f.kind {
+                    HEADERS if f.stream == 1 => status_200 = f.payload.first() == Some(&0x88),
+                    DATA if f.stream == 1 && f.flags & END_STREAM != 0 => break,
+                    _ => {}
+                }
+            }
+            assert!(status_200);
+        })
+        .await;
 }
