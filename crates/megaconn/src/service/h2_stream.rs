@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 /// Largest single capacity request (h2's windows are 31-bit).
-const MAX_RESERVE: usize = (1 << 31) - 1;
+pub(crate) const MAX_RESERVE: usize = (1 << 31) - 1;
 
 /// Both halves of one HTTP/2 stream (the `h2` crate's) as `AsyncRead +
 /// AsyncWrite`: reads are the peer's DATA frames, giving their bytes back
@@ -139,9 +139,12 @@ impl AsyncWrite for H2Stream {
         if this.shut {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        // Reserved only with bytes to send: a reservation held while idle
-        // would pin the connection's window (hyper #4003).
-        this.send.reserve_capacity(buf.len().min(MAX_RESERVE));
+        // Reserved only with bytes to send, and what is not used given back
+        // below: a reservation held while the writer is idle would pin the
+        // connection's window (hyper #4003; `proto/http2.rs`'s `send_body`
+        // does the same for response bodies).
+        let want = buf.len().min(MAX_RESERVE);
+        this.send.reserve_capacity(want);
         while this.send.capacity() == 0 {
             match std::task::ready!(this.send.poll_capacity(cx)) {
                 Some(Ok(_)) => {}
@@ -155,7 +158,12 @@ impl AsyncWrite for H2Stream {
             .send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)
         {
-            Ok(()) => Poll::Ready(Ok(n)),
+            Ok(()) => {
+                if n < want {
+                    this.send.reserve_capacity(0);
+                }
+                Poll::Ready(Ok(n))
+            }
             Err(e) => Poll::Ready(Err(this.write_error(cx, Some(e)))),
         }
     }

@@ -110,11 +110,16 @@ mod sealed {
     }
 }
 
-/// Waits until `service` is ready to take a request. On its error, logs it
-/// and returns `false`: the protocol answers `503` (h1 and h2 alike).
+/// Waits until `service` is ready to take a request; see [`readiness`].
 #[inline]
 pub(crate) async fn ready<S: HttpService>(service: &mut S) -> bool {
-    match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+    readiness(std::future::poll_fn(|cx| service.poll_ready(cx)).await)
+}
+
+/// What a service's `poll_ready` answered: on its error, logs it and returns
+/// `false`: the protocol answers `503` (h1 and h2 alike).
+pub(crate) fn readiness<E: Into<BoxError>>(ready: Result<(), E>) -> bool {
+    match ready {
         Ok(()) => true,
         Err(e) => {
             let e: BoxError = e.into();

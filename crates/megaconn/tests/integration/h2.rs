@@ -39,6 +39,11 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<TestBody> {
 /// Routes: `/` hello · `/echo` streams the body back · `/trailers` a body and
 /// gRPC-style trailers · `/together` waits until 8 of its requests run at once ·
 /// `/gated` waits for a permit of the test's gate · `/hang` never answers ·
+/// `/endless` answers one chunk of a body that never ends · `/slow` a body
+/// of [`SLOW_LEN`] bytes, of known length, that comes when the gate opens ·
+/// `/204`, `/204x` 204 with an empty body and with `x` · `/103` a 103 as
+/// the final answer · `/long`, `/short` `content-length: 10` with 15 and 5
+/// bytes · `/te` sets `te: gzip` and `connection: x-hop` ·
 /// `/panic` panics in the handler · `/frames` reads the body and answers how
 /// many data frames and bytes it saw and their [`fnv1a`] hash (`frames=N
 /// bytes=M hash=H`), or 400 with the body's error · `/big` 1 MiB ·
@@ -67,6 +72,47 @@ async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
             full(StatusCode::OK, "through the gate")
         }
         "/hang" => std::future::pending().await,
+        "/slow" => Response::new(
+            Gated {
+                gate: Box::pin(async move { shared.gate.acquire().await.unwrap().forget() }),
+                data: Some(Bytes::from(vec![b's'; SLOW_LEN])),
+            }
+            .boxed_unsync(),
+        ),
+        "/te" => {
+            // Fields HTTP/2 forbids in a response, as an HTTP/1.1 app or
+            // proxy may set them.
+            let mut r = full(StatusCode::OK, "te");
+            let h = r.headers_mut();
+            h.insert("te", HeaderValue::from_static("gzip"));
+            h.insert("connection", HeaderValue::from_static("x-hop, close"));
+            h.insert("x-hop", HeaderValue::from_static("1"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            r
+        }
+        "/204" => full(StatusCode::NO_CONTENT, ""),
+        "/204x" => full(StatusCode::NO_CONTENT, "x"),
+        "/103" => full(StatusCode::from_u16(103).unwrap(), ""),
+        "/long" | "/short" => {
+            // Says 10 bytes, sends 5 or 15.
+            let body = if req.uri().path() == "/long" {
+                "fifteen bytes!!"
+            } else {
+                "five!"
+            };
+            let mut r = full(StatusCode::OK, body);
+            r.headers_mut()
+                .insert("content-length", HeaderValue::from_static("10"));
+            r
+        }
+        "/endless" => {
+            // One chunk, then a body that never ends (a watch, an SSE feed).
+            let tick = futures_util::stream::iter([Ok::<_, BoxError>(http_body::Frame::data(
+                Bytes::from_static(b"tick"),
+            ))]);
+            let body = futures_util::StreamExt::chain(tick, futures_util::stream::pending());
+            Response::new(StreamBody::new(body).boxed_unsync())
+        }
         "/big" => full(StatusCode::OK, vec![b'x'; 1 << 20]),
         "/read-on" => {
             // Reads to the end, going on after errors.
@@ -104,6 +150,39 @@ async fn app(req: Request<Body>, shared: Arc<Shared>) -> Response<TestBody> {
     }
 }
 
+/// The length of `/slow`'s body: a whole default connection window.
+const SLOW_LEN: usize = 65_535;
+
+/// A body of known length whose one frame comes once `gate` resolves.
+struct Gated {
+    gate: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    data: Option<Bytes>,
+}
+
+impl http_body::Body for Gated {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if self.data.is_none() {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.gate.as_mut().poll(cx));
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// FNV-1a over `data`, continuing from `hash`: checks a body's bytes and
@@ -124,17 +203,10 @@ struct Running {
     addr: SocketAddr,
     shared: Arc<Shared>,
     handle: ServerHandle,
-    task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
+    task: ServeTask,
 }
 
 async fn start(builder: Builder) -> Running {
-    let server = builder
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("binds");
-    let addr = server.local_addr();
-    let handle = server.handle();
     let shared = Arc::new(Shared {
         together: tokio::sync::Barrier::new(8),
         gate: tokio::sync::Semaphore::new(0),
@@ -144,13 +216,30 @@ async fn start(builder: Builder) -> Running {
         let shared = for_app.clone();
         async move { Ok::<_, Infallible>(app(req, shared).await) }
     });
-    let task = tokio::spawn(server.serve(service));
+    let (addr, handle, task) = start_with(builder, service).await;
     Running {
         addr,
         shared,
         handle,
         task,
     }
+}
+
+type ServeTask = tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>;
+
+/// Serves `service` on one worker on 127.0.0.1; [`start`] with `app`.
+async fn start_with<S>(builder: Builder, service: S) -> (SocketAddr, ServerHandle, ServeTask)
+where
+    S: megaconn::HttpService + Clone + Send + 'static,
+{
+    let server = builder
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("binds");
+    let addr = server.local_addr();
+    let handle = server.handle();
+    (addr, handle, tokio::spawn(server.serve(service)))
 }
 
 impl Running {
@@ -525,6 +614,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
         })
         .await
         .expect("timed out waiting for a frame or the close")
+    }
+
+    /// Reads up to the server's first GOAWAY, acknowledging its SETTINGS.
+    async fn until_goaway(&mut self) {
+        loop {
+            let f = self.next_frame().await.expect("a GOAWAY before the close");
+            if self.ack_settings(&f).await {
+                continue;
+            }
+            if f.kind == GOAWAY {
+                return;
+            }
+        }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -1225,17 +1327,235 @@ async fn max_connection_age_sends_goaway() {
             );
             let since = tokio::time::Instant::now();
             let mut h2 = RawH2::over(client, &[]).await;
-            loop {
-                let f = h2.next_frame().await.expect("a GOAWAY before the close");
-                if h2.ack_settings(&f).await {
-                    continue;
-                }
-                if f.kind == GOAWAY {
-                    break;
-                }
-            }
+            h2.until_goaway().await;
             let age = since.elapsed();
             assert!(age >= AGE.mul_f64(0.9) && age <= AGE, "{age:?}");
+        })
+        .await;
+}
+
+/// A service that is not ready does not freeze its connection: behind
+/// `concurrency_limit(1)`, stream A holds the one permit for 100 ms and B's
+/// readiness waits for it, while A is still driven to its end. Before, the
+/// connection awaited B's readiness in its accept branch, A was never polled
+/// again, and both waited for good.
+#[tokio::test]
+async fn a_service_not_ready_does_not_stall_the_streams_that_free_it() {
+    let app = tower::service_fn(|_req: Request<Body>| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, Infallible>(full(StatusCode::OK, "done"))
+    });
+    let service = tower::ServiceBuilder::new()
+        .concurrency_limit(1)
+        .service(app);
+    let (addr, handle, _task) = start_with(megaconn::Server::builder(), service).await;
+    let client = h2c(addr).await;
+    let both = async {
+        let (mut a, mut b) = (client.clone(), client.clone());
+        tokio::join!(
+            request(&mut a, "GET", "/a", None),
+            request(&mut b, "GET", "/b", None)
+        )
+    };
+    let (a, b) = tokio::time::timeout(Duration::from_secs(5), both)
+        .await
+        .expect("both streams are answered");
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(handle.stats().requests, 2);
+    handle.shutdown();
+}
+
+/// A client that cancels long-lived streams after their head (a gRPC client
+/// dropping watches, a browser leaving an SSE feed) is not a rapid-reset
+/// attacker: 150 streams of `/endless`, each reset with `CANCEL` once its
+/// head and first chunk arrived, leave the connection serving. Before, every
+/// reset counted, and past 100 the connection got `GOAWAY(ENHANCE_YOUR_CALM)`.
+#[tokio::test]
+async fn streams_cancelled_in_their_body_do_not_trip_the_reset_guard() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+    for _ in 0..150 {
+        let mut c = client.clone().ready().await.expect("client ready");
+        let req = Request::get("http://t/endless").body(()).unwrap();
+        let (resp, mut send) = c.send_request(req, false).unwrap();
+        let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let chunk = tokio::time::timeout(SAFETY, body.data()).await.unwrap();
+        assert_eq!(chunk.unwrap().unwrap(), "tick");
+        send.send_reset(h2::Reason::CANCEL);
+    }
+    // Every stream's end is recorded once the connection is idle again.
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    while server.handle.stats().connections_idle != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "streams never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let a = request(&mut client, "GET", "/", None).await;
+    assert_eq!(a.status, 200, "the connection still serves");
+    assert_eq!(server.handle.stats().protocol_errors, 0);
+    server.stop().await;
+}
+
+/// A response body that has no data yet holds none of the connection's
+/// send window (hyper #4003): while `/slow` (65,535 bytes of known length,
+/// a whole default connection window) waits for its gate, `/` on the same
+/// connection is answered. Before, `/slow` reserved its length before it
+/// had data, h2 took it all from the connection window, and `/` waited
+/// for it.
+#[tokio::test]
+async fn a_body_waiting_for_data_holds_no_connection_window() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+    let mut c = client.clone().ready().await.unwrap();
+    let (slow, _) = c
+        .send_request(Request::get("http://t/slow").body(()).unwrap(), true)
+        .unwrap();
+    let slow = tokio::time::timeout(SAFETY, slow).await.unwrap().unwrap();
+    assert_eq!(slow.headers()["content-length"], "65535");
+    let hello = tokio::time::timeout(
+        Duration::from_secs(5),
+        request(&mut client, "GET", "/", None),
+    )
+    .await
+    .expect("a stream answers while another's body waits");
+    assert_eq!(hello.body, "Hello, World!");
+    server.shared.gate.add_permits(1);
+    assert_eq!(text_of(slow).await.len(), SLOW_LEN);
+    server.stop().await;
+}
+
+/// A 204 has no `content-length` (RFC 9110 §8.6) and no DATA (RFC 9113
+/// §8.1.1), whatever the handler's body: before, an empty one got
+/// `content-length: 0` and `x` went out with `content-length: 1`.
+#[tokio::test]
+async fn a_204_has_no_length_and_no_body() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+    for path in ["/204", "/204x"] {
+        let a = request(&mut client, "GET", path, None).await;
+        assert_eq!(a.status, StatusCode::NO_CONTENT);
+        assert!(
+            !a.headers.contains_key("content-length"),
+            "{path}: {:?}",
+            a.headers
+        );
+        assert_eq!(a.body, "", "{path}");
+    }
+    server.stop().await;
+}
+
+/// A handler's 1xx is interim, not an answer: 500, as on HTTP/1.1. Before,
+/// it went out as the final HEADERS and the client waited for another.
+#[tokio::test]
+async fn an_informational_final_status_is_answered_500() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+    let a = request(&mut client, "GET", "/103", None).await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+    server.stop().await;
+}
+
+/// A body longer or shorter than the handler's `content-length` resets the
+/// stream with `INTERNAL_ERROR`, as HTTP/1.1 closes the connection: the
+/// client never takes it as whole.
+#[tokio::test]
+async fn a_body_that_contradicts_its_length_resets_the_stream() {
+    let server = start(megaconn::Server::builder()).await;
+    let client = h2c(server.addr).await;
+    for path in ["/long", "/short"] {
+        let mut c = client.clone().ready().await.unwrap();
+        let req = Request::get(format!("http://t{path}")).body(()).unwrap();
+        let (resp, _) = c.send_request(req, true).unwrap();
+        // The reset may overtake the head: h2 then fails the response.
+        let reset = match tokio::time::timeout(SAFETY, resp).await.unwrap() {
+            Err(e) => e.reason(),
+            Ok(resp) => {
+                assert_eq!(resp.headers()["content-length"], "10");
+                let mut body = resp.into_body();
+                let mut received = 0;
+                loop {
+                    match tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
+                        Some(Ok(chunk)) => received += chunk.len(),
+                        Some(Err(e)) => break e.reason(),
+                        None => panic!("{path}: {received} bytes taken as the whole body"),
+                    }
+                }
+            }
+        };
+        assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR), "{path}");
+    }
+    server.stop().await;
+}
+
+/// A response with fields HTTP/2 forbids (`te`, `connection` and the fields
+/// it names) goes out without them: before, `te: gzip` made h2 refuse the
+/// head and the client got a reset instead of the answer.
+#[tokio::test]
+async fn forbidden_response_fields_are_dropped_not_fatal() {
+    let server = start(megaconn::Server::builder()).await;
+    let mut client = h2c(server.addr).await;
+    let a = request(&mut client, "GET", "/te", None).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, "te");
+    for name in ["te", "connection", "x-hop"] {
+        assert!(!a.headers.contains_key(name), "{name}: {:?}", a.headers);
+    }
+    assert_eq!(a.headers["x-kept"], "1");
+    server.stop().await;
+}
+
+/// After a GOAWAY of `max_connection_age` (as of a shutdown), a stream that
+/// GOAWAY still admits stops the idle timer, as any stream does: on paused
+/// time, the stream is answered after the idle deadline the connection had
+/// when it went away. Before, the timer stayed armed once the connection
+/// was going away, and at that deadline the connection closed with the
+/// stream open.
+#[tokio::test(start_paused = true)]
+async fn a_stream_admitted_after_goaway_outlives_the_idle_deadline() {
+    const AGE: Duration = Duration::from_secs(2);
+    const IDLE: Duration = Duration::from_secs(3);
+    let (client, server_end) = tokio::io::duplex(64 * 1024);
+    let builder = megaconn::Server::builder()
+        .idle_timeout(Some(IDLE))
+        .max_connection_age(Some(AGE));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let for_service = gate.clone();
+    let service = tower::service_fn(move |_req: Request<Body>| {
+        let gate = for_service.clone();
+        async move {
+            gate.acquire().await.unwrap().forget();
+            Ok::<_, Infallible>(full(StatusCode::OK, "late"))
+        }
+    });
+    tokio::task::LocalSet::new()
+        .run_until(async {
+            tokio::task::spawn_local(
+                async move { builder.serve_connection(server_end, service).await },
+            );
+            let mut h2 = RawH2::over(client, &[]).await;
+            h2.until_goaway().await;
+            // The first GOAWAY names stream 2^31-1: stream 1 is admitted.
+            h2.send(&frame(HEADERS, END_STREAM | 0x4, 1, &GET_ROOT))
+                .await;
+            tokio::time::sleep(IDLE).await;
+            gate.add_permits(1);
+            let mut status_200 = false;
+            loop {
+                let f = h2
+                    .next_frame()
+                    .await
+                    .expect("stream 1 answered before the close");
+                match f.kind {
+                    HEADERS if f.stream == 1 => status_200 = f.payload.first() == Some(&0x88),
+                    DATA if f.stream == 1 && f.flags & END_STREAM != 0 => break,
+                    _ => {}
+                }
+            }
+            assert!(status_200);
         })
         .await;
 }
