@@ -4,10 +4,22 @@
 //! them (`FileDescriptorName=` in the socket unit).
 //!
 //! `serve` finds and checks them here, then serves them instead of binding
-//! addresses of its own (`Builder::listener`, `Builder::tls_listener`): those
-//! named `tls` or `https…` over TLS, the others in cleartext, each worker
-//! thread accepting from the same socket. One process serves them:
+//! addresses of its own (`Builder::listener`, `Builder::tls_listener`), each
+//! worker thread accepting from the same socket. One process serves them:
 //! `--processes` with passed sockets is refused (see `serve::run`).
+//!
+//! Which sockets speak TLS ([`Named`]), by their name:
+//! - `tls` or `https…`: TLS, with the certificate of `--tls-cert`/`--tls-key`
+//!   or `--self-signed` (refused without one);
+//! - `http…` (not `https…`): cleartext, always, certificate or not;
+//! - any other name (systemd's default is the socket unit's name,
+//!   `megaconn.socket`; `unknown` when `LISTEN_FDNAMES` is not set): as a
+//!   `--listen` address, TLS when a certificate is given and nothing else
+//!   says which listeners are TLS (no socket named for TLS, no
+//!   `--tls-listen`), cleartext otherwise ([`others_are_tls`]).
+//!
+//! A certificate that no listener would use (every socket named `http…`, no
+//! `--listen`, no `--tls-listen`) is refused as a mistake rather than ignored.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, RawFd};
@@ -24,6 +36,47 @@ pub struct Inherited {
     pub addr: SocketAddr,
     /// The socket, served by `Builder::listener` (or `tls_listener`).
     pub listener: TcpListener,
+}
+
+/// What a passed socket's name says about TLS (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// `tls` or `https…`: served over TLS.
+    Tls,
+    /// `http…` but not `https…`: served in cleartext.
+    Cleartext,
+    /// Any other name: as a `--listen` address ([`others_are_tls`]).
+    Other,
+}
+
+impl Named {
+    /// What `name` (a `FileDescriptorName=`) says.
+    pub fn of(name: &str) -> Named {
+        if name == "tls" || name.starts_with("https") {
+            Named::Tls
+        } else if name.starts_with("http") {
+            Named::Cleartext
+        } else {
+            Named::Other
+        }
+    }
+}
+
+/// Whether the passed sockets whose name says nothing ([`Named::Other`]),
+/// and the `--listen` addresses, are served over TLS: when a certificate is
+/// given (`certificate`) and nothing names the TLS listeners, neither a
+/// socket named for TLS nor a `--tls-listen` address (`tls_listen`). The
+/// same rule as for `--listen` alone (`tls.rs`): a certificate applies to
+/// every listener unless some are picked out for it.
+pub fn others_are_tls(sockets: &[Inherited], certificate: bool, tls_listen: bool) -> bool {
+    certificate && !tls_listen && !sockets.iter().any(|s| s.named() == Named::Tls)
+}
+
+impl Inherited {
+    /// What this socket's name says about TLS.
+    pub fn named(&self) -> Named {
+        Named::of(&self.name)
+    }
 }
 
 /// The sockets passed to this process, if any; consumes the environment
@@ -123,5 +176,44 @@ fn set_cloexec(fd: RawFd) {
         if flags >= 0 {
             libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(name: &str) -> Inherited {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Inherited {
+            name: name.into(),
+            addr: listener.local_addr().unwrap(),
+            listener,
+        }
+    }
+
+    #[test]
+    fn names_say_tls_cleartext_or_nothing() {
+        for name in ["tls", "https", "https-admin"] {
+            assert_eq!(Named::of(name), Named::Tls, "{name}");
+        }
+        for name in ["http", "http-alt", "http2"] {
+            assert_eq!(Named::of(name), Named::Cleartext, "{name}");
+        }
+        for name in ["unknown", "megaconn.socket", "web", "tlsx", ""] {
+            assert_eq!(Named::of(name), Named::Other, "{name}");
+        }
+    }
+
+    /// The others are TLS only when a certificate is given and no listener
+    /// is named or listed for TLS; a socket named `http` never changes that.
+    #[test]
+    fn the_others_follow_the_certificate_unless_tls_is_named() {
+        let http_and_web = [socket("http"), socket("web")];
+        assert!(others_are_tls(&http_and_web, true, false));
+        assert!(!others_are_tls(&http_and_web, false, false));
+        assert!(!others_are_tls(&http_and_web, true, true), "--tls-listen");
+        let with_https = [socket("http"), socket("web"), socket("https")];
+        assert!(!others_are_tls(&with_https, true, false));
     }
 }

@@ -183,9 +183,9 @@ pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     resolve_with(args, Vec::new())
 }
 
-/// [`resolve`], serving the listening sockets systemd passed too: those
-/// named `tls` or `https…` (`FileDescriptorName=`) over TLS, the others in
-/// cleartext. With sockets passed, no default address is bound.
+/// [`resolve`], serving the listening sockets systemd passed too, over TLS
+/// or not as their names say (`activation.rs` has the rule). With sockets
+/// passed, no default address is bound.
 fn resolve_with(
     args: &ServeArgs,
     inherited: Vec<crate::activation::Inherited>,
@@ -196,7 +196,7 @@ fn resolve_with(
     };
     let settings = knobs::apply(&args.flags, &file).map_err(UsageError)?;
     let knobs::Settings {
-        builder: mut b,
+        builder: b,
         mut listen,
         tls_listen,
         tcp_listen,
@@ -217,20 +217,13 @@ fn resolve_with(
     if listen.is_empty() && tls_listen.is_empty() && tcp_listen.is_empty() && inherited.is_empty() {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
     }
-    for &addr in &listen {
-        b = b.listen_on(addr);
-    }
-    let mut inherited_addrs = Vec::new();
-    for socket in inherited {
-        let tls = socket.name == "tls" || socket.name.starts_with("https");
-        inherited_addrs.push(socket.addr);
-        b = if tls {
-            b.tls_listener(socket.listener)
-        } else {
-            b.listener(socket.listener)
-        }
-        .map_err(|e| UsageError(format!("socket {} from systemd: {e}", socket.name)))?;
-    }
+    let (mut b, inherited_addrs) = add_inherited(
+        b,
+        &listen,
+        inherited,
+        tls_cert.is_some() || tls_key.is_some() || self_signed,
+        !tls_listen.is_empty(),
+    )?;
     let framing = tcp_framing.unwrap_or_else(megaconn::Framing::lines);
     for &addr in &tcp_listen {
         b = b.listen_framed_on(addr, framing);
@@ -270,6 +263,69 @@ fn resolve_with(
             .chain(inherited_addrs)
             .collect(),
     })
+}
+
+/// Adds the `--listen` addresses and the sockets systemd passed to `b`;
+/// returns the sockets' addresses. `certificate`: one is given (checked by
+/// `tls::apply`); `tls_listen`: `--tls-listen` addresses are.
+///
+/// With no socket passed, the `--listen` addresses follow the library's
+/// rule (a certificate serves every listener unless some are added for TLS
+/// alone). With sockets passed, every listener's TLS is said explicitly, as
+/// `activation.rs` decides: left to that rule, a socket named `http` would
+/// be served over TLS whenever no socket was named for it.
+fn add_inherited(
+    mut b: megaconn::Builder,
+    listen: &[std::net::SocketAddr],
+    inherited: Vec<crate::activation::Inherited>,
+    certificate: bool,
+    tls_listen: bool,
+) -> Result<(megaconn::Builder, Vec<std::net::SocketAddr>), UsageError> {
+    use crate::activation::{others_are_tls, Named};
+    if inherited.is_empty() {
+        for &addr in listen {
+            b = b.listen_on(addr);
+        }
+        return Ok((b, Vec::new()));
+    }
+    let others_tls = others_are_tls(&inherited, certificate, tls_listen);
+    let mut any_tls = tls_listen;
+    for &addr in listen {
+        b = if others_tls {
+            b.listen_tls_on(addr)
+        } else {
+            b.listen_on(addr)
+        };
+        any_tls |= others_tls;
+    }
+    let mut addrs = Vec::new();
+    for socket in inherited {
+        let tls = match socket.named() {
+            Named::Tls if !certificate => {
+                return Err(UsageError(format!(
+                    "socket {} from systemd is served over TLS: give --tls-cert and --tls-key, or --self-signed",
+                    socket.name
+                )))
+            }
+            Named::Tls => true,
+            Named::Cleartext => false,
+            Named::Other => others_tls,
+        };
+        any_tls |= tls;
+        addrs.push(socket.addr);
+        b = if tls {
+            b.tls_listener(socket.listener)
+        } else {
+            b.listener(socket.listener)
+        }
+        .map_err(|e| UsageError(format!("socket {} from systemd: {e}", socket.name)))?;
+    }
+    if certificate && !any_tls {
+        return Err(UsageError(
+            "a certificate is given but every socket from systemd is named http… (cleartext): name the TLS socket https (FileDescriptorName=), or drop the certificate".into(),
+        ));
+    }
+    Ok((b, addrs))
 }
 
 /// Runs `megaconn serve`: one server process, or a supervisor of several.
@@ -704,6 +760,27 @@ mod tests {
         // And a certificate is required.
         let a = parse(&["--tls-listen", "127.0.0.1:2"]);
         assert!(resolve(&a).unwrap_err().0.contains("--tls-cert"));
+    }
+
+    /// Sockets from systemd: `https` without a certificate is refused by
+    /// name; with one, `--listen` addresses next to a socket named `http`
+    /// are TLS (nothing else is named for it).
+    #[test]
+    fn inherited_sockets_say_their_tls_explicitly() {
+        let socket = |name: &str| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            crate::activation::Inherited {
+                name: name.into(),
+                addr: listener.local_addr().unwrap(),
+                listener,
+            }
+        };
+        let err = resolve_with(&parse(&[]), vec![socket("https")]).unwrap_err();
+        assert!(err.0.contains("socket https"), "{}", err.0);
+        let a = parse(&["--listen", "127.0.0.1:1", "--self-signed"]);
+        let r = resolve_with(&a, vec![socket("http")]).unwrap();
+        let dbg = format!("{:?}", r.builder);
+        assert!(dbg.contains("tls_listeners: [0]"), "{dbg}");
     }
 
     #[test]

@@ -19,21 +19,43 @@ const BIN: &str = env!("CARGO_BIN_EXE_megaconn");
 /// `megaconn serve` through `sh`, with `fd` as fd 3 and the variables
 /// systemd would set (`LISTEN_PID` is the shell's pid, which `exec` keeps).
 fn serve_with_fd3(fd: i32, names: &str) -> Command {
+    serve_with_fds(&[fd], names, &[])
+}
+
+/// `megaconn serve` with `fds` as fds 3, 4, … named `names` (`a:b`), and
+/// `extra` arguments.
+fn serve_with_fds(fds: &[i32], names: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new("sh");
     cmd.args([
         "-c",
-        &format!("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES={names} exec \"$0\" serve --admin off"),
+        &format!(
+            "LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={names} exec \"$0\" serve --admin off \"$@\"",
+            fds.len()
+        ),
         BIN,
     ])
+    .args(extra)
     .stdin(Stdio::null());
-    // SAFETY: dup2 and fcntl only, between fork and exec.
+    let fds = fds.to_vec();
+    // SAFETY: dup2 and fcntl only, between fork and exec. Each passed
+    // descriptor is duplicated above the targets first, so that moving one
+    // into place cannot overwrite another still to be moved.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
+            let base = 3 + fds.len() as i32 + 10;
+            for (i, &fd) in fds.iter().enumerate() {
+                if libc::dup2(fd, base + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
-            let flags = libc::fcntl(3, libc::F_GETFD);
-            libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            for i in 0..fds.len() as i32 {
+                if libc::dup2(base + i, 3 + i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(base + i);
+                let flags = libc::fcntl(3 + i, libc::F_GETFD);
+                libc::fcntl(3 + i, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            }
             Ok(())
         });
     }
@@ -62,6 +84,39 @@ fn an_inherited_listener_is_served() {
     let response = get(addr);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("Hello, World!"), "{response}");
+}
+
+/// A socket named `http` is cleartext even with a certificate and no
+/// socket named `https` (it was served over TLS then); a socket whose name
+/// says nothing is TLS with the certificate, as a `--listen` address is.
+#[test]
+fn a_socket_named_http_is_cleartext_next_to_a_certificate() {
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    let web = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (http_addr, web_addr) = (http.local_addr().unwrap(), web.local_addr().unwrap());
+    let mut cmd = serve_with_fds(
+        &[http.as_raw_fd(), web.as_raw_fd()],
+        "http:web",
+        &["--self-signed"],
+    );
+    let mut server = ChildGuard::spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::null()));
+    let banner = common::Lines::new(server.child().stdout.take().unwrap()).expect_line();
+    assert!(banner.contains(&format!("http://{http_addr}")), "{banner}");
+    assert!(banner.contains(&format!("https://{web_addr}")), "{banner}");
+    let response = get(http_addr);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+/// A certificate that only `http…` sockets would carry serves nothing: a
+/// usage error, not a silent cleartext server.
+#[test]
+fn a_certificate_with_only_http_sockets_is_refused() {
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = serve_with_fds(&[http.as_raw_fd()], "http", &["--self-signed"]);
+    let (status, _, err) =
+        ChildGuard::spawn(cmd.stdout(Stdio::null()).stderr(Stdio::piped())).wait_with_output();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("named http"), "{err}");
 }
 
 #[test]

@@ -1,11 +1,21 @@
 //! Every knob of the server, with its default and the reason for it.
 //!
 //! [`Builder`](crate::Builder) is the public face; this module owns the values. Each
-//! timeout is an `Option<Duration>` where `None` disables it, as in Go's
-//! `http.Server` (where zero disables).
+//! timeout or interval is an `Option<Duration>` where `None` disables it, and so
+//! does `Some(Duration::ZERO)`, as in Go's `http.Server` and the CLI (where zero
+//! disables): a zero timeout would fire at once and a zero interval spin, which
+//! no caller means. Every such setter of the library (here, `Builder`'s framed
+//! and WebSocket settings, `TlsConfig::handshake_timeout`) stores its value
+//! through [`zero_is_off`], so the rule holds in one place.
 
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// A duration setting as it is stored: `Some(Duration::ZERO)` is off, as
+/// `None` is (see the module doc).
+pub(crate) fn zero_is_off(t: Option<Duration>) -> Option<Duration> {
+    t.filter(|t| !t.is_zero())
+}
 
 /// Default for how long a client may take to send a complete request head,
 /// counted from accept or from the first byte of the next keep-alive request.

@@ -255,7 +255,7 @@ impl TlsConfig {
     /// closed. Default: 10 s ([`DEFAULT_TLS_HANDSHAKE_TIMEOUT`]). `None`
     /// disables.
     pub fn handshake_timeout(self, t: Option<Duration>) -> TlsConfig {
-        self.update(|s| s.handshake_timeout = t)
+        self.update(|s| s.handshake_timeout = crate::conn::config::zero_is_off(t))
             .expect("certificates were already valid");
         self
     }

@@ -17,7 +17,9 @@ use http::StatusCode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// The client closed its side.
+    /// The client closed its side, or reset the connection (or left before
+    /// its TLS handshake) while no request of its was under way: a dropped
+    /// keep-alive connection, parked or not.
     ClientClosed,
     /// The server chose to close (keep-alive off, `Connection: close`,
     /// HTTP/1.0, or an upgraded connection its handler dropped).
@@ -46,7 +48,9 @@ pub enum CloseReason {
     ServerError,
     /// The handler or its response body panicked.
     Panic,
-    /// Reset, broken pipe or another socket error.
+    /// Reset, broken pipe or another socket error midway through a request
+    /// or a response (an HTTP connection reset between requests is
+    /// [`CloseReason::ClientClosed`]).
     Io(io::ErrorKind),
     /// Refused right after accept by an admission limit (accept rate, per IP).
     Limit,

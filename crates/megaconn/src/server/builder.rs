@@ -10,7 +10,9 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::sync::{mpsc, watch};
 
-use crate::conn::config::{self, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS_CEILING};
+use crate::conn::config::{
+    self, zero_is_off, AcceptRate, Config, KeepaliveConfig, MAX_HEADERS_CEILING,
+};
 use crate::conn::context::WorkerContext;
 use crate::conn::handover::ParkedConnection;
 use crate::conn::limit::ConnectionLimit;
@@ -383,9 +385,9 @@ impl Builder {
 
     /// Time allowed to receive a whole request head, from accept (first request)
     /// or from the first byte of a later request. Default: 10 s. A head that
-    /// started but did not finish gets `408`. `None` disables.
+    /// started but did not finish gets `408`. `None` (or zero) disables.
     pub fn read_header_timeout(mut self, t: Option<Duration>) -> Builder {
-        self.config.read_header_timeout = t;
+        self.config.read_header_timeout = zero_is_off(t);
         self
     }
 
@@ -393,9 +395,9 @@ impl Builder {
     /// Past it an HTTP/1.1 request gets `408` and its connection closes; an
     /// HTTP/2 handler's body read fails with [`BodyError::TimedOut`](crate::BodyError::TimedOut).
     /// Default: none (uploads may be slow; bound them with `max_body_bytes`).
-    /// `None` disables.
+    /// `None` (or zero) disables.
     pub fn read_timeout(mut self, t: Option<Duration>) -> Builder {
-        self.config.read_timeout = t;
+        self.config.read_timeout = zero_is_off(t);
         self
     }
 
@@ -409,23 +411,25 @@ impl Builder {
     /// timeout does: a peer that stops reading is closed as
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
     /// Default: none, because streaming responses (SSE, long-poll) are normal
-    /// here. `None` disables.
+    /// here. `None` (or zero) disables.
     pub fn write_timeout(mut self, t: Option<Duration>) -> Builder {
-        self.config.write_timeout = t;
+        self.config.write_timeout = zero_is_off(t);
         self
     }
 
     /// How long a keep-alive connection may wait for its next request. Default:
-    /// 60 s. `None` disables (connections stay until the client closes).
+    /// 60 s. `None` (or zero) disables (connections stay until the client
+    /// closes).
     pub fn idle_timeout(mut self, t: Option<Duration>) -> Builder {
-        self.config.idle_timeout = t;
+        self.config.idle_timeout = zero_is_off(t);
         self
     }
 
     /// How long a keep-alive connection idles as a task before it is parked:
     /// taken out of the runtime and kept as a bare socket in the worker's epoll
     /// set, costing a few bytes instead of about a kilobyte, until bytes arrive.
-    /// Default: 2 s. `None` never parks (every idle connection stays a task).
+    /// Default: 2 s. `None` (or zero) never parks (every idle connection
+    /// stays a task).
     ///
     /// A connection that never had to wait goes to the lot without idling
     /// first: a parked one that woke, was answered and is quiet again (a
@@ -433,7 +437,7 @@ impl Builder {
     /// there when it was accepted and was answered at once. One that comes
     /// back within this time after such a park is busy: it waits as a task.
     pub fn park_idle_after(mut self, t: Option<Duration>) -> Builder {
-        self.config.park_idle_after = t;
+        self.config.park_idle_after = zero_is_off(t);
         self
     }
 
@@ -463,9 +467,10 @@ impl Builder {
     /// draws its limit between 90% and 100% of `age`, so those opened together
     /// do not leave together. The age counts from accept, or from when a
     /// parked connection woke (the parking lot keeps no age). Counted in
-    /// `megaconn_connections_aged_out_total`. Default: `None`.
+    /// `megaconn_connections_aged_out_total`. Default: `None`; zero is
+    /// `None` too.
     pub fn max_connection_age(mut self, age: Option<Duration>) -> Builder {
-        self.config.max_connection_age = age;
+        self.config.max_connection_age = zero_is_off(age);
         self
     }
 
@@ -571,10 +576,10 @@ impl Builder {
     /// worker, since workers are one thread each. A stall is logged once
     /// (with the connections it was handling when
     /// [`track_connections`](Builder::track_connections) is on) and counted
-    /// in `megaconn_worker_stalls_total`. Default: 1 s; `None` turns the
-    /// detector off.
+    /// in `megaconn_worker_stalls_total`. Default: 1 s; `None` (or zero)
+    /// turns the detector off.
     pub fn stall_threshold(mut self, t: Option<Duration>) -> Builder {
-        self.config.stall_threshold = t;
+        self.config.stall_threshold = zero_is_off(t);
         self
     }
 
@@ -636,9 +641,9 @@ impl Builder {
     }
 
     /// `TCP_DEFER_ACCEPT` (Linux): accept only once the client sent data, waiting
-    /// at most this long. Default: off.
+    /// at most this long. Default: off; `None` or zero turns it off.
     pub fn defer_accept(mut self, wait: Option<Duration>) -> Builder {
-        self.config.defer_accept = wait;
+        self.config.defer_accept = zero_is_off(wait);
         self
     }
 
@@ -832,9 +837,10 @@ impl Builder {
 
     /// Sends a PING this often and closes the connection when the answer does
     /// not come within [`http2_keep_alive_timeout`](Builder::http2_keep_alive_timeout).
-    /// Finds dead peers behind NATs and load balancers. Default: off.
+    /// Finds dead peers behind NATs and load balancers. Default: off; `None`
+    /// or zero turns it off.
     pub fn http2_keep_alive_interval(mut self, every: Option<Duration>) -> Builder {
-        self.config.http2.keep_alive_interval = every;
+        self.config.http2.keep_alive_interval = zero_is_off(every);
         self
     }
 
@@ -925,5 +931,89 @@ impl Builder {
         self.config.tls_listeners.push(self.config.addrs.len());
         self.config.addrs.push(addr);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Zero durations are off in every setter family (`conn/config.rs`
+    //! `zero_is_off`): a zero timeout used to fire at once.
+
+    use super::*;
+    use crate::proto::framed::FramedSettings;
+    use crate::Framing;
+
+    const ZERO: Option<Duration> = Some(Duration::ZERO);
+
+    #[test]
+    fn the_builders_zero_durations_are_off() {
+        let b = Server::builder()
+            .read_header_timeout(ZERO)
+            .read_timeout(ZERO)
+            .write_timeout(ZERO)
+            .idle_timeout(ZERO)
+            .park_idle_after(ZERO)
+            .max_connection_age(ZERO)
+            .stall_threshold(ZERO)
+            .defer_accept(ZERO)
+            .http2_keep_alive_interval(ZERO);
+        let c = &b.config;
+        let stored = [
+            c.read_header_timeout,
+            c.read_timeout,
+            c.write_timeout,
+            c.idle_timeout,
+            c.park_idle_after,
+            c.max_connection_age,
+            c.stall_threshold,
+            c.defer_accept,
+            c.http2.keep_alive_interval,
+        ];
+        assert_eq!(stored, [None; 9]);
+        // A non-zero one is kept as given.
+        let second = Some(Duration::from_secs(1));
+        let b = Server::builder().read_header_timeout(second);
+        assert_eq!(b.config.read_header_timeout, second);
+    }
+
+    #[test]
+    fn framed_websocket_and_tls_zero_durations_are_off() {
+        let b = Server::builder()
+            .listen_framed_on(SocketAddr::from(([127, 0, 0, 1], 0)), Framing::lines())
+            .heartbeat_timeout(ZERO)
+            .send_heartbeat(ZERO, "ping");
+        let framed = FramedSettings::of(&b.config).unwrap();
+        assert_eq!(framed.heartbeat_timeout, None);
+        assert!(framed.send_heartbeat.is_none());
+
+        struct Echo;
+        impl crate::WebSocketHandler for Echo {
+            type State = ();
+
+            async fn on_message(
+                &self,
+                _: &mut (),
+                m: crate::WsMessage,
+                _: &crate::WsSession,
+            ) -> Option<crate::WsMessage> {
+                Some(m)
+            }
+        }
+        let route = crate::WebSocketRoute::new(Echo)
+            .ping_interval(ZERO)
+            .heartbeat_timeout(ZERO);
+        let dbg = format!("{route:?}");
+        assert!(dbg.contains("ping_interval: None"), "{dbg}");
+        assert!(dbg.contains("heartbeat_timeout: None"), "{dbg}");
+
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let tls = TlsConfig::from_pem(
+            cert.cert.pem().as_bytes(),
+            cert.key_pair.serialize_pem().as_bytes(),
+        )
+        .unwrap()
+        .handshake_timeout(ZERO);
+        let dbg = format!("{tls:?}");
+        assert!(dbg.contains("handshake_timeout: None"), "{dbg}");
     }
 }

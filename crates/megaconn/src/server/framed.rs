@@ -81,6 +81,7 @@ impl Builder {
     /// Default: none (a framed connection may stay silent until the peer
     /// closes it).
     pub fn heartbeat_timeout(mut self, t: Option<Duration>) -> Builder {
+        let t = crate::conn::config::zero_is_off(t);
         FramedSettings::update(&mut self.config, |s| s.heartbeat_timeout = t);
         self
     }
@@ -110,6 +111,7 @@ impl Builder {
     /// timer for it: one write, no task kept (the lot's timers have a
     /// one-second granularity). Default: none.
     pub fn send_heartbeat(mut self, every: Option<Duration>, frame: impl Into<Bytes>) -> Builder {
+        let every = crate::conn::config::zero_is_off(every);
         let frame = frame.into();
         FramedSettings::update(&mut self.config, |s| {
             s.send_heartbeat = every.map(|every| (every, frame));

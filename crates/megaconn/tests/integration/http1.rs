@@ -431,9 +431,10 @@ impl Review {
                             let rest = BodyStream::new(req.into_body());
                             Response::new(StreamBody::new(first.chain(rest)).boxed_unsync())
                         }
-                        "/trailers" => {
+                        "/trailers" | "/trailers-undeclared" => {
                             let mut trailers = HeaderMap::new();
                             trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+                            trailers.insert("x-undeclared", HeaderValue::from_static("no"));
                             trailers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
                             trailers.insert(header::HOST, HeaderValue::from_static("evil"));
                             let frames = vec![
@@ -442,9 +443,23 @@ impl Review {
                                 )),
                                 Ok(http_body::Frame::trailers(trailers)),
                             ];
-                            Response::new(
+                            let mut response = Response::new(
                                 StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync(),
-                            )
+                            );
+                            if req.uri().path() == "/trailers" {
+                                // Declared in two fields, in any case; a
+                                // forbidden field stays out even declared.
+                                let declared = response.headers_mut();
+                                declared.append(
+                                    header::TRAILER,
+                                    HeaderValue::from_static("X-Checksum, bad name"),
+                                );
+                                declared.append(
+                                    header::TRAILER,
+                                    HeaderValue::from_static("content-length"),
+                                );
+                            }
+                            response
                         }
                         "/host" => {
                             let host = req.headers().get(header::HOST).cloned();
@@ -705,27 +720,28 @@ async fn no_100_continue_after_the_response_head() {
     server.stop().await;
 }
 
-/// Response trailers go out only to a client that said `TE: trailers`, and
-/// never the fields a trailer must not carry (RFC 9110 §6.5.1).
+/// Response trailers go out as hyper sends them: only to a client that said
+/// `TE: trailers`, only the fields the response declared in its `Trailer`
+/// header (none when it declared none), and never the fields a trailer must
+/// not carry (RFC 9110 §6.5.1).
 #[tokio::test]
-async fn trailers_only_when_asked_and_never_forbidden_fields() {
+async fn trailers_only_when_asked_declared_and_never_forbidden_fields() {
     let server = Review::start(megaconn::Server::builder()).await;
-    let mut s = server.connect().await;
-    s.write_all(b"GET /trailers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
-    assert!(raw.ends_with("\r\n\r\n2\r\nhi\r\n0\r\n\r\n"), "{raw}");
-
-    let mut s = server.connect().await;
-    s.write_all(b"GET /trailers HTTP/1.1\r\nHost: t\r\nTE: trailers\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
-    assert!(
-        raw.ends_with("\r\n\r\n2\r\nhi\r\n0\r\nx-checksum: abc\r\n\r\n"),
-        "{raw}"
-    );
+    let get = |path: &str, te: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{te}Connection: close\r\n\r\n")
+    };
+    let te = "TE: trailers\r\n";
+    for (request, end) in [
+        (get("/trailers", ""), "0\r\n\r\n"),
+        (get("/trailers", te), "0\r\nx-checksum: abc\r\n\r\n"),
+        (get("/trailers-undeclared", te), "0\r\n\r\n"),
+    ] {
+        let mut s = server.connect().await;
+        s.write_all(request.as_bytes()).await.unwrap();
+        let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+        let want = format!("\r\n\r\n2\r\nhi\r\n{end}");
+        assert!(raw.ends_with(&want), "{request}: {raw}");
+    }
     server.stop().await;
 }
 

@@ -104,10 +104,23 @@ async fn each_close_reason_is_reported_once() {
     drop(s);
     assert_eq!(events.next_close().await.reason, CloseReason::ServerError);
 
-    // I/O error: the client resets an idle connection.
+    // A reset of an idle connection is the client leaving, as a FIN is.
     let mut s = server.connect().await;
     get(&mut s, "").await;
     read_response(&mut s).await;
+    s.set_zero_linger().unwrap();
+    drop(s);
+    assert_eq!(events.next_close().await.reason, CloseReason::ClientClosed);
+
+    // I/O error: the client resets midway through a request, while the
+    // handler reads its body (the `100 Continue` says it does).
+    let mut s = server.connect().await;
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s).await.status, 100);
     s.set_zero_linger().unwrap();
     drop(s);
     assert_eq!(

@@ -538,3 +538,37 @@ async fn a_busy_lot_serves_the_wakes_of_a_window_in_one_turn() {
     // Stopping while the lot holds back (it was busy again) closes them all.
     server.stop().await;
 }
+
+/// A client that resets a parked connection (an RST, as a load balancer or
+/// a killed process sends) has left: it closes as `ClientClosed`, as it does
+/// over TLS (`tls_close.rs`), not as an I/O error. Both wake paths: a hot
+/// one (woken soon after parking, served as a task) and a cold one (a bare
+/// socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_parked_connection_is_a_client_close() {
+    let (builder, mut events) = common::modes::hooked(
+        megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(Some(PARK_IDLE_AFTER))
+            .idle_timeout(None),
+    );
+    let server = TestServer::start(builder).await;
+    for cold in [false, true] {
+        let mut s = server.connect().await;
+        get_then_park(&server, &mut s, 1).await;
+        if cold {
+            let_it_go_cold(&server).await;
+        }
+        s.set_zero_linger().unwrap();
+        drop(s);
+        let closed = events.next_close().await;
+        assert_eq!(
+            closed.reason,
+            megaconn::CloseReason::ClientClosed,
+            "cold: {cold}, {closed:?}"
+        );
+        assert_eq!(closed.requests, 1);
+    }
+    assert_eq!(server.handle.stats().protocol_errors, 0);
+    server.stop().await;
+}

@@ -92,6 +92,42 @@ async fn idle_timeout_none_keeps_the_connection() {
         .await;
 }
 
+/// A zero timeout is off, as `None` is (and as zero is in Go and the CLI):
+/// a slow head, a slow body and an hour's idle are all served. Zero used to
+/// fire at once (a `408` to the first partial head).
+#[tokio::test(start_paused = true)]
+async fn zero_timeouts_are_off() {
+    local()
+        .run_until(async {
+            let zero = Some(Duration::ZERO);
+            let mut c = serve(
+                megaconn::Server::builder()
+                    .read_header_timeout(zero)
+                    .read_timeout(zero)
+                    .write_timeout(zero)
+                    .idle_timeout(zero),
+            );
+            let hour = Duration::from_secs(3600);
+            c.write_all(b"POST /collect HTTP/1.1\r\nHost: t")
+                .await
+                .unwrap();
+            tokio::time::sleep(hour).await;
+            c.write_all(b"\r\nContent-Length: 4\r\n\r\nab")
+                .await
+                .unwrap();
+            tokio::time::sleep(hour).await;
+            c.write_all(b"cd").await.unwrap();
+            let r = read_response(&mut c).await;
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"4"[..]));
+            tokio::time::sleep(hour).await;
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(read_response(&mut c).await.status, 200);
+        })
+        .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn read_timeout_bounds_a_slow_body() {
     local()

@@ -28,8 +28,12 @@
 //!   `parentbased_traceidratio`). With [`OtlpConfig::parent_based`] off
 //!   (`OTEL_TRACES_SAMPLER=always_on`, `always_off` or `traceidratio`) the
 //!   parent's flag is ignored and every request is sampled by the ratio.
-//!   The decision reads the header in place and draws one random number:
-//!   an unsampled request allocates nothing.
+//!   The ratio decides from the trace id, by the SDK's `TraceIdRatioBased`
+//!   rule (the parent's id, or the id drawn for a new trace, which its span
+//!   then gets): a trace is sampled alike in every process with the same
+//!   ratio, and the application's spans agree with their request's. The
+//!   decision reads the header in place and draws at most one trace id: an
+//!   unsampled request allocates nothing.
 //! * **A server span** (`SpanKind::Server`) named `GET` or, when the service
 //!   says which route matched, `GET /users/{id}`, with `http.request.method`,
 //!   `url.scheme`, `url.path`, `network.protocol.version`,
@@ -474,8 +478,7 @@ impl Tracing {
         } else {
             ratio
         };
-        let requests = SdkTracerProvider::builder()
-            .with_sampler(Sampler::AlwaysOn)
+        let requests = span::requests_provider()
             .with_resource(resource.clone())
             .with_span_processor(Shared(processor.clone()))
             .build();

@@ -3,6 +3,7 @@
 //! of the HTTP semantic conventions, the error class, the end.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
 use opentelemetry::trace::{
@@ -10,7 +11,9 @@ use opentelemetry::trace::{
     TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider, TracerProviderBuilder,
+};
 
 use crate::observe::trace::ErrorClass;
 
@@ -38,11 +41,15 @@ fn header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderVal
     }
 }
 
-/// Ratio sampling, parent-based or not.
+/// Ratio sampling, parent-based or not, decided from the trace id as the
+/// SDK's `Sampler::TraceIdRatioBased` decides: the same trace is sampled
+/// alike in every process with the same ratio, and the application's spans
+/// (sampled by the SDK, `mod.rs`) agree with their request's.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RootSampler {
-    /// A request is sampled when a random `u64` is below this; `u64::MAX`
-    /// means always (a ratio of 1 must not miss the one value equal to it).
+    /// A trace is sampled when the lower 8 bytes of its id (big-endian),
+    /// shifted right by one, are below this: the SDK's rule (`ratio × 2^63`;
+    /// `u64::MAX`, above every shifted value, for a ratio of 1).
     threshold: u64,
     /// A request with a parent follows the parent's flag (the
     /// `parentbased_*` samplers); when false the ratio decides for every
@@ -50,14 +57,22 @@ pub(crate) struct RootSampler {
     parent_based: bool,
 }
 
+/// What [`RootSampler::decide`] said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Drop,
+    Sample,
+    /// A request without a parent, sampled by the trace id drawn for it:
+    /// its span must get that id ([`DecidedIds`]).
+    SampleRoot(TraceId),
+}
+
 impl RootSampler {
     pub(crate) fn new(ratio: f64, parent_based: bool) -> RootSampler {
         let threshold = if ratio >= 1.0 {
             u64::MAX
-        } else if ratio > 0.0 {
-            (ratio * u64::MAX as f64) as u64
         } else {
-            0
+            (ratio.max(0.0) * (1u64 << 63) as f64) as u64
         };
         RootSampler {
             threshold,
@@ -65,25 +80,71 @@ impl RootSampler {
         }
     }
 
-    /// Whether a request with `parent` (if any) is traced.
+    /// Whether a request with `parent` (if any) is traced. A root's trace id
+    /// is drawn here (from the SDK's thread-local generator: no allocation,
+    /// no lock) unless the ratio is 0 or 1, when any id decides alike.
     #[inline]
-    fn decide(&self, parent: Option<Parent>) -> bool {
-        match parent {
+    fn decide(&self, parent: Option<Parent>) -> Decision {
+        let sampled = match parent {
             Some(p) if self.parent_based => p.flags.is_sampled(),
-            _ => self.sample(),
+            Some(p) => self.samples(p.trace_id),
+            None => match self.threshold {
+                u64::MAX => true,
+                0 => false,
+                _ => {
+                    let id = RandomIdGenerator::default().new_trace_id();
+                    return match self.samples(id) {
+                        true => Decision::SampleRoot(id),
+                        false => Decision::Drop,
+                    };
+                }
+            },
+        };
+        match sampled {
+            true => Decision::Sample,
+            false => Decision::Drop,
         }
     }
 
-    /// One random draw from the SDK's thread-local generator: no allocation,
-    /// no lock.
+    /// The SDK's `TraceIdRatioBased` rule for `trace_id`.
     #[inline]
-    fn sample(&self) -> bool {
-        match self.threshold {
-            u64::MAX => true,
-            0 => false,
-            t => u64::from_be_bytes(RandomIdGenerator::default().new_span_id().to_bytes()) < t,
-        }
+    fn samples(&self, trace_id: TraceId) -> bool {
+        let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().expect("8 bytes"));
+        (low >> 1) < self.threshold
     }
+}
+
+thread_local! {
+    /// The trace id a root request's span must get, set just before the
+    /// span is built (`start_sampled`) and taken by [`DecidedIds`].
+    static DECIDED: Cell<Option<TraceId>> = const { Cell::new(None) };
+}
+
+/// The request spans' id generator: a root span gets the trace id its
+/// sampling was decided on ([`Decision::SampleRoot`]); the SDK draws a root's
+/// id itself and takes none from the span builder. Every other id is random.
+#[derive(Debug, Default)]
+struct DecidedIds;
+
+impl IdGenerator for DecidedIds {
+    fn new_trace_id(&self) -> TraceId {
+        DECIDED
+            .take()
+            .unwrap_or_else(|| RandomIdGenerator::default().new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        RandomIdGenerator::default().new_span_id()
+    }
+}
+
+/// The request spans' provider, before its resource and processor: it
+/// samples every span it is given (the decision was made before, by
+/// [`RootSampler`]), and gives a root span the trace id decided on.
+pub(crate) fn requests_provider() -> TracerProviderBuilder {
+    SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOn)
+        .with_id_generator(DecidedIds)
 }
 
 /// A `traceparent` as read off the header, without allocating.
@@ -174,7 +235,8 @@ pub(crate) fn start<B>(
 ) -> Option<Box<RequestSpan>> {
     let parent =
         header(request.headers(), &TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
-    if !sampler.decide(parent) {
+    let decision = sampler.decide(parent);
+    if decision == Decision::Drop {
         if let Some(mut p) = parent {
             // Not traced here, but the handler's outgoing calls carry the
             // trace on, marked "not sampled" (the parent's flag, or this
@@ -185,7 +247,13 @@ pub(crate) fn start<B>(
         }
         return None;
     }
-    Some(Box::new(start_sampled(tracer, request, parent, secure)))
+    let root_id = match decision {
+        Decision::SampleRoot(id) => Some(id),
+        _ => None,
+    };
+    Some(Box::new(start_sampled(
+        tracer, request, parent, root_id, secure,
+    )))
 }
 
 #[cold]
@@ -193,6 +261,7 @@ fn start_sampled<B>(
     tracer: &SdkTracer,
     request: &mut Request<B>,
     parent: Option<Parent>,
+    root_id: Option<TraceId>,
     secure: bool,
 ) -> RequestSpan {
     let parent_cx = match parent {
@@ -225,11 +294,14 @@ fn start_sampled<B>(
         protocol_version(request.version()),
     ));
     let name = if known { method } else { "HTTP" };
+    DECIDED.set(root_id);
     let span = tracer
         .span_builder(name)
         .with_kind(SpanKind::Server)
         .with_attributes(attributes)
         .start_with_context(tracer, &parent_cx);
+    // Not left for another span when the SDK drew no id (shut down).
+    DECIDED.take();
     let own = Context::new().with_remote_span_context(span.span_context().clone());
     request.extensions_mut().insert(own);
     RequestSpan {
@@ -380,14 +452,20 @@ mod tests {
         }
     }
 
+    /// A ratio of 1 samples every trace id and 0 none, the extremes
+    /// included, as the SDK does.
     #[test]
     fn root_sampler_ratios() {
-        assert!((0..1000).all(|_| RootSampler::new(1.0, true).sample()));
-        assert!((0..1000).all(|_| !RootSampler::new(0.0, true).sample()));
-        let half = RootSampler::new(0.5, true);
-        let n = (0..10_000).filter(|_| half.sample()).count();
-        // 10,000 fair draws land within 4,500..5,500 but for odds of ~1e-23.
-        assert!((4_500..5_500).contains(&n), "{n}");
+        let extremes = [TraceId::from(1u128), TraceId::from(u128::MAX)];
+        for id in trace_ids(1000).chain(extremes) {
+            assert!(RootSampler::new(1.0, true).samples(id), "{id}");
+            assert!(!RootSampler::new(0.0, true).samples(id), "{id}");
+            assert!(sdk_samples(1.0, id) && !sdk_samples(0.0, id));
+        }
+        let none = RootSampler::new(0.0, false);
+        assert!((0..100).all(|_| none.decide(None) == Decision::Drop));
+        let all = RootSampler::new(1.0, false);
+        assert!((0..100).all(|_| all.decide(None) == Decision::Sample));
     }
 
     /// A sampled `traceparent` is followed by a parent-based sampler only:
@@ -395,18 +473,11 @@ mod tests {
     /// parent says.
     #[test]
     fn only_a_parent_based_sampler_follows_the_parent() {
-        use opentelemetry::trace::TracerProvider as _;
-        // As Tracing's request provider: the decision is made before.
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
-            .build();
-        let tracer = provider.tracer("test");
+        let (_provider, tracer) = request_tracer();
         let traced = |sampler: RootSampler, flags: &'static str| {
-            let mut request = Request::new(());
-            let tp = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
-            request
-                .headers_mut()
-                .insert(TRACEPARENT.clone(), HeaderValue::from_str(&tp).unwrap());
+            let mut request = with_parent(&format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
+            ));
             let span = start(&tracer, &sampler, &mut request, false);
             let cx = request.extensions().get::<Context>().cloned();
             let sampled = cx.map(|cx| cx.span().span_context().is_sampled());
@@ -430,5 +501,95 @@ mod tests {
             traced(RootSampler::new(1.0, false), "00"),
             (true, Some(true))
         );
+    }
+
+    /// `n` trace ids spread over the whole range, the same on every run
+    /// (splitmix64 over a counter): a sampling test on them cannot flake.
+    fn trace_ids(n: u64) -> impl Iterator<Item = TraceId> {
+        (1..=n).map(|i| {
+            let mix = |mut z: u64| {
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^ (z >> 31)
+            };
+            let seed = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            TraceId::from(u128::from(mix(seed)) << 64 | u128::from(mix(!seed)))
+        })
+    }
+
+    /// What the SDK's `TraceIdRatioBased` sampler decides for `trace_id`.
+    fn sdk_samples(ratio: f64, trace_id: TraceId) -> bool {
+        use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
+        let result = Sampler::TraceIdRatioBased(ratio).should_sample(
+            None,
+            trace_id,
+            "x",
+            &SpanKind::Server,
+            &[],
+            &[],
+        );
+        result.decision == SamplingDecision::RecordAndSample
+    }
+
+    /// A request with the `traceparent` `tp`.
+    fn with_parent(tp: &str) -> Request<()> {
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert(TRACEPARENT.clone(), HeaderValue::from_str(tp).unwrap());
+        request
+    }
+
+    fn request_tracer() -> (opentelemetry_sdk::trace::SdkTracerProvider, SdkTracer) {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = requests_provider().build();
+        let tracer = provider.tracer("test");
+        (provider, tracer)
+    }
+
+    /// `traceidratio` (not parent-based) decides from the parent's trace id,
+    /// as the SDK's `TraceIdRatioBased` does: the same id gets the same
+    /// decision on every call (and in every process with the same ratio),
+    /// and over many ids the share sampled is the ratio.
+    #[test]
+    fn a_ratio_sampler_decides_by_the_trace_id() {
+        let (_provider, tracer) = request_tracer();
+        for ratio in [0.1, 0.5, 0.9] {
+            let sampler = RootSampler::new(ratio, false);
+            let mut sampled = 0;
+            let ids = 2_000;
+            for trace_id in trace_ids(ids) {
+                let want = sdk_samples(ratio, trace_id);
+                for flags in ["01", "00", "01"] {
+                    let tp = format!("00-{trace_id}-00f067aa0ba902b7-{flags}");
+                    let span = start(&tracer, &sampler, &mut with_parent(&tp), false);
+                    assert_eq!(span.is_some(), want, "{ratio} {tp}");
+                }
+                sampled += usize::from(want);
+            }
+            let share = sampled as f64 / ids as f64;
+            assert!((share - ratio).abs() < 0.03, "{ratio}: {share}");
+        }
+    }
+
+    /// A request without a parent is sampled by the trace id its span gets,
+    /// so a downstream `traceidratio` sampler with the same ratio keeps
+    /// every trace started here (it used to draw apart from the id).
+    #[test]
+    fn a_root_is_sampled_by_the_trace_id_it_gets() {
+        let (_provider, tracer) = request_tracer();
+        for parent_based in [true, false] {
+            let sampler = RootSampler::new(0.5, parent_based);
+            let mut sampled = 0;
+            for _ in 0..400 {
+                let mut request = Request::new(());
+                if let Some(span) = start(&tracer, &sampler, &mut request, false) {
+                    let trace_id = span.span.span_context().trace_id();
+                    assert!(sdk_samples(0.5, trace_id), "{trace_id}");
+                    sampled += 1;
+                }
+            }
+            assert!(sampled > 0, "some of 400 roots are sampled at 0.5");
+        }
     }
 }

@@ -286,10 +286,13 @@ impl Encoder {
         }
     }
 
-    /// Ends the body (the last chunk and trailers, for chunked).
+    /// Ends the body (the last chunk and trailers, for chunked): of
+    /// `trailers`, the fields in `declared` ([`declared_trailers`]) that a
+    /// trailer may carry.
     pub(crate) fn finish(
         &mut self,
         trailers: Option<&HeaderMap>,
+        declared: &[HeaderName],
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
         match self {
@@ -297,7 +300,7 @@ impl Encoder {
             Encoder::Chunked => {
                 dst.put_slice(b"0\r\n");
                 for (name, value) in trailers.into_iter().flatten() {
-                    if !NOT_TRAILERS.contains(name) {
+                    if declared.contains(name) && !NOT_TRAILERS.contains(name) {
                         put_header(dst, name.as_str().as_bytes(), value.as_bytes());
                     }
                 }
@@ -307,6 +310,25 @@ impl Encoder {
             _ => Ok(()),
         }
     }
+}
+
+/// The trailer fields a response declared in its `Trailer` header(s): the
+/// only ones sent, as hyper sends them (`proto/h1/role.rs` and
+/// `encode.rs`, hyper 1.x): the names of every `Trailer` field, comma
+/// separated, in any case; a value that is not text or a name that is not a
+/// valid field name is skipped. No `Trailer` header: no trailers at all.
+/// `None` when nothing is declared, so a response without trailers
+/// allocates nothing.
+pub(crate) fn declared_trailers(headers: &HeaderMap) -> Option<Box<[HeaderName]>> {
+    let mut names = headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .peekable();
+    names.peek()?;
+    Some(names.collect())
 }
 
 /// Fields a trailer must not carry (RFC 9110 §6.5.1: framing, routing,
@@ -549,24 +571,43 @@ mod tests {
         let mut dst = BytesMut::new();
         enc.encode_data(b"hello world, this is seventeen+", &mut dst)
             .unwrap();
-        enc.finish(None, &mut dst).unwrap();
+        enc.finish(None, &[], &mut dst).unwrap();
         assert_eq!(
             &dst[..],
             b"1f\r\nhello world, this is seventeen+\r\n0\r\n\r\n"
         );
     }
 
+    /// Only declared fields go out, and of those never a forbidden one.
     #[test]
-    fn forbidden_trailers_are_left_out() {
+    fn undeclared_and_forbidden_trailers_are_left_out() {
         let mut trailers = HeaderMap::new();
         trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        trailers.insert("x-other", HeaderValue::from_static("no"));
         trailers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("9"));
         trailers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
         trailers.insert(header::HOST, HeaderValue::from_static("evil"));
         trailers.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
+        let mut response = HeaderMap::new();
+        let declare = "X-Checksum ,content-length, set-cookie,host,transfer-encoding";
+        response.insert(header::TRAILER, HeaderValue::from_static(declare));
+        let declared = declared_trailers(&response).unwrap();
         let mut dst = BytesMut::new();
-        Encoder::Chunked.finish(Some(&trailers), &mut dst).unwrap();
+        Encoder::Chunked
+            .finish(Some(&trailers), &declared, &mut dst)
+            .unwrap();
         assert_eq!(&dst[..], b"0\r\nx-checksum: abc\r\n\r\n");
+    }
+
+    #[test]
+    fn trailer_declarations_are_read_as_hyper_reads_them() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(declared_trailers(&headers), None);
+        headers.append(header::TRAILER, HeaderValue::from_static("X-A, bad name,,"));
+        headers.append(header::TRAILER, HeaderValue::from_static("x-b"));
+        let declared = declared_trailers(&headers).unwrap();
+        let names: Vec<&str> = declared.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-a", "x-b"]);
     }
 
     #[test]
@@ -574,6 +615,6 @@ mod tests {
         let mut enc = Encoder::Length { remaining: 2 };
         let mut dst = BytesMut::new();
         assert_eq!(enc.encode_data(b"abc", &mut dst), Err(EncodeError::TooLong));
-        assert_eq!(enc.finish(None, &mut dst), Err(EncodeError::TooShort));
+        assert_eq!(enc.finish(None, &[], &mut dst), Err(EncodeError::TooShort));
     }
 }

@@ -110,6 +110,10 @@ pin_project_lite::pin_project! {
         body_bytes: u64,
         drained: u64,
         encoder: Option<Encoder>,
+        // The trailer fields the response declared (`Trailer`), kept when
+        // the client takes trailers and the body is chunked: the only ones
+        // sent (`encode::declared_trailers`).
+        declared_trailers: Option<Box<[http::HeaderName]>>,
         response_done: bool,
         upgrading: Option<UpgradeSender>,
         native: Option<NativeUpgrade>,
@@ -151,6 +155,7 @@ where
             body_bytes: 0,
             drained: 0,
             encoder: None,
+            declared_trailers: None,
             response_done: false,
             upgrading: None,
             native: None,
@@ -433,6 +438,9 @@ fn write_head<T, F, B>(
         head_ctx,
         server_header.as_ref(),
     );
+    if this.setup.te_trailers && encoder == Encoder::Chunked {
+        *this.declared_trailers = encode::declared_trailers(&parts.headers);
+    }
     super::header_maps::give(parts.headers);
     this.setup.keep_alive = keep_alive && this.upgrading.is_none();
     *this.encoder = Some(encoder);
@@ -675,7 +683,7 @@ where
             None => {
                 this.body.set(None);
                 *this.response_done = true;
-                encoder.finish(None, wbuf)
+                encoder.finish(None, &[], wbuf)
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
@@ -685,15 +693,14 @@ where
                     r
                 }
                 Err(frame) => {
-                    // Only to a client that said it takes them, as hyper
-                    // does (RFC 9110 §6.5.1: a recipient may not).
-                    let trailers = frame
-                        .into_trailers()
-                        .ok()
-                        .filter(|_| this.setup.te_trailers);
+                    // Only to a client that said it takes them, and only
+                    // the fields the response declared, as hyper does (RFC
+                    // 9110 §6.5.1: a recipient may not take them).
+                    let declared = this.declared_trailers.take();
+                    let trailers = frame.into_trailers().ok().filter(|_| declared.is_some());
                     this.body.set(None);
                     *this.response_done = true;
-                    encoder.finish(trailers.as_ref(), wbuf)
+                    encoder.finish(trailers.as_ref(), declared.as_deref().unwrap_or(&[]), wbuf)
                 }
             },
             Some(Err(e)) => {

@@ -221,6 +221,7 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// heartbeat timeout becomes [`HEARTBEAT_TIMEOUT_PER_PING`] × `every`
     /// (with no pings it stays at its default, 75 s).
     pub fn ping_interval(mut self, every: Option<Duration>) -> Self {
+        let every = crate::conn::config::zero_is_off(every);
         let settings = self.settings();
         settings.ping_interval = every;
         if !settings.heartbeat_timeout_set {
@@ -239,6 +240,7 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// the [`ping_interval`](Self::ping_interval) if that is set (in either
     /// order, a timeout set here wins).
     pub fn heartbeat_timeout(mut self, timeout: Option<Duration>) -> Self {
+        let timeout = crate::conn::config::zero_is_off(timeout);
         let settings = self.settings();
         settings.heartbeat_timeout = timeout;
         settings.heartbeat_timeout_set = true;
