@@ -33,6 +33,16 @@ use crate::fanout::{Publisher, Topic};
 /// Longest `/sleep` allowed.
 const MAX_SLEEP: Duration = Duration::from_secs(10);
 
+/// The knobs of the demo's WebSocket routes (`None`: the library's
+/// default, `Some(None)`: off).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DemoWs {
+    /// `--ws-ping-interval`.
+    pub ping_interval: Option<Option<Duration>>,
+    /// `--message-timeout`.
+    pub message_timeout: Option<Option<Duration>>,
+}
+
 /// The demo service.
 #[derive(Debug, Clone)]
 pub struct Demo {
@@ -47,20 +57,19 @@ type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<DemoBody>, Infall
 
 impl Demo {
     /// A demo app reporting readiness from `handle`; its chat publishes
-    /// through `publisher`; its WebSockets ping silent peers after
-    /// `ws_ping_interval` (`None`: the library's default, `Some(None)`: never).
-    pub fn new(
-        handle: ServerHandle,
-        publisher: Publisher,
-        ws_ping_interval: Option<Option<Duration>>,
-    ) -> Demo {
+    /// through `publisher`; its WebSocket routes take `knobs`.
+    pub fn new(handle: ServerHandle, publisher: Publisher, knobs: DemoWs) -> Demo {
         let (mut ws, mut chat) = (
             WebSocketRoute::new(WsEcho),
             WebSocketRoute::new(WsChat { publisher }),
         );
-        if let Some(every) = ws_ping_interval {
+        if let Some(every) = knobs.ping_interval {
             ws = ws.ping_interval(every);
             chat = chat.ping_interval(every);
+        }
+        if let Some(bound) = knobs.message_timeout {
+            ws = ws.message_timeout(bound);
+            chat = chat.message_timeout(bound);
         }
         Demo { handle, ws, chat }
     }

@@ -97,8 +97,8 @@ pub struct Settings {
     pub tcp_listen: Vec<SocketAddr>,
     /// `--tcp-framing`.
     pub tcp_framing: Option<megaconn::Framing>,
-    /// `--ws-ping-interval` (`Some(None)`: off); `None`: the library's default.
-    pub ws_ping_interval: Option<Option<std::time::Duration>>,
+    /// `--ws-ping-interval` and `--message-timeout` for the demo's WebSockets.
+    pub demo_ws: crate::demo::DemoWs,
     /// `--tls-cert`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
@@ -504,7 +504,7 @@ pub static KNOBS: &[Knob] = &[
         example: "60s",
         parse: duration_or_off,
         apply: |v, s| {
-            s.ws_ping_interval = Some(v.duration());
+            s.demo_ws.ping_interval = Some(v.duration());
             Ok(())
         },
     },
@@ -518,6 +518,21 @@ pub static KNOBS: &[Knob] = &[
         example: "60s",
         parse: duration_or_off,
         apply: |v, s| s.builder(|b| b.heartbeat_timeout(v.duration())),
+    },
+    Knob {
+        name: "message-timeout",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Framed TCP and the demo's WebSockets: how long one message may take from its first byte to its last; off disables.",
+        details: "Bounds a peer that begins a frame (a WebSocket message, with its fragments) and then trickles it: its bytes do not restart the clock, and a connection in the middle of a message holds a read buffer and cannot park. Past it a WebSocket gets close 1008 and framed TCP is closed (close reason message_timeout, counted in megaconn_timeouts_total). A 16 MiB WebSocket message needs about 280 KB/s to finish in 60 s: raise it for larger, slower uploads.",
+        default: "60s",
+        example: "5m",
+        parse: duration_or_off,
+        apply: |v, s| {
+            let bound = v.duration();
+            s.demo_ws.message_timeout = Some(bound);
+            s.builder(|b| b.message_timeout(bound))
+        },
     },
     Knob {
         name: "delivery-rate",

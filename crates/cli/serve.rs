@@ -114,8 +114,8 @@ pub struct Resolved {
     pub otel: Option<megaconn::otel::OtlpConfig>,
     /// `--upgrade-socket`, if given.
     pub upgrade_socket: Option<PathBuf>,
-    /// `--ws-ping-interval`, if given (`Some(None)`: off).
-    pub ws_ping_interval: Option<Option<std::time::Duration>>,
+    /// `--ws-ping-interval` and `--message-timeout` for the demo's WebSockets.
+    pub demo_ws: crate::demo::DemoWs,
 }
 
 /// The upgrade control socket: `--upgrade-socket` or the default for the
@@ -201,7 +201,7 @@ fn resolve_with(
         tls_listen,
         tcp_listen,
         tcp_framing,
-        ws_ping_interval,
+        demo_ws,
         tls_cert,
         tls_key,
         self_signed,
@@ -250,7 +250,7 @@ fn resolve_with(
     Ok(Resolved {
         otel,
         upgrade_socket,
-        ws_ping_interval,
+        demo_ws,
         admin,
         tls,
         builder: b,
@@ -460,7 +460,7 @@ async fn serve(
         tls,
         otel,
         upgrade_socket: explicit_socket,
-        ws_ping_interval,
+        demo_ws,
         ..
     } = resolved;
     let tracing = match otel {
@@ -531,7 +531,7 @@ async fn serve(
         take_over.finish(handle.clone(), control_path, tx)?;
         control_ready = Some(rx);
     }
-    let app = Demo::new(handle.clone(), publisher.clone(), ws_ping_interval);
+    let app = Demo::new(handle.clone(), publisher.clone(), demo_ws);
     let framed = crate::demo::FramedDemo {
         publisher: publisher.clone(),
     };
@@ -737,6 +737,17 @@ mod tests {
             .expect("the section has a TOML example");
         let file = knobs::parse_file(example).unwrap();
         assert!(matches!(&file["tls-listen"], knobs::Value::Addrs(a) if a.len() == 1));
+    }
+
+    #[test]
+    fn message_timeout_reaches_the_demos_websockets() {
+        let r = resolve(&parse(&["--message-timeout", "5s"])).unwrap();
+        let five = Some(Some(std::time::Duration::from_secs(5)));
+        assert_eq!(r.demo_ws.message_timeout, five);
+        let r = resolve(&parse(&["--message-timeout", "off"])).unwrap();
+        assert_eq!(r.demo_ws.message_timeout, Some(None));
+        let r = resolve(&parse(&[])).unwrap();
+        assert_eq!(r.demo_ws.message_timeout, None, "the library's default");
     }
 
     #[test]

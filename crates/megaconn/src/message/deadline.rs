@@ -72,12 +72,6 @@ impl MessageDeadline {
     }
 }
 
-/// A message timeout as given to a knob: zero means off, as `None` does
-/// (Go's zero disables).
-pub(crate) fn setting(timeout: Option<Duration>) -> Option<Duration> {
-    timeout.filter(|t| !t.is_zero())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,7 +100,7 @@ mod tests {
         deadline.track(false, now + 3 * second);
         assert_eq!(deadline.at(), Some(now + 4 * second));
         // Off: never bounded.
-        let mut off = MessageDeadline::new(setting(Some(Duration::ZERO)));
+        let mut off = MessageDeadline::new(crate::conn::config::zero_is_off(Some(Duration::ZERO)));
         off.track(false, now);
         assert_eq!(off.at(), None);
     }

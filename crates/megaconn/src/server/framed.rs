@@ -98,7 +98,7 @@ impl Builder {
     /// to framed connections. `None` or zero: unbounded. Default
     /// [`DEFAULT_MESSAGE_TIMEOUT`](crate::DEFAULT_MESSAGE_TIMEOUT) (60 s).
     pub fn message_timeout(mut self, t: Option<Duration>) -> Builder {
-        let t = crate::message::deadline::setting(t);
+        let t = crate::conn::config::zero_is_off(t);
         FramedSettings::update(&mut self.config, |s| s.message_timeout = t);
         self
     }

@@ -269,7 +269,7 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// and does not apply to WebSocket messages. `None` or zero: unbounded.
     /// Default [`DEFAULT_MESSAGE_TIMEOUT`] (60 s).
     pub fn message_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.settings().message_timeout = crate::message::deadline::setting(timeout);
+        self.settings().message_timeout = crate::conn::config::zero_is_off(timeout);
         self
     }
 
