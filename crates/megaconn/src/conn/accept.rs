@@ -91,8 +91,16 @@ pub(crate) async fn accept_loop(
                 let hook = ctx.config.on_connection.as_ref();
                 // The access log reads the peer from the connection's track.
                 let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
-                let track = tracked
-                    .then(|| ConnTrack::open(hook, ctx.registry.as_ref(), peer, local, ctx.index));
+                let track = tracked.then(|| {
+                    ConnTrack::open(
+                        hook,
+                        ctx.registry.as_ref(),
+                        peer,
+                        local,
+                        ctx.index,
+                        &ctx.stats,
+                    )
+                });
                 let mut held = held;
                 let refusal = if !accept_rate
                     .as_mut()

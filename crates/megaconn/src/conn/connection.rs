@@ -27,19 +27,19 @@ use crate::observe::stats::{gauge, incr, WorkerStats};
 
 /// A lifecycle track that a close reports to.
 pub(crate) trait CloseTrack {
-    /// Reports the close (once).
-    fn close(&self, reason: CloseReason);
+    /// Reports the close (once); a panic in the hook counts in `stats`.
+    fn close(&self, reason: CloseReason, stats: &WorkerStats);
 }
 
 impl CloseTrack for Rc<ConnTrack> {
-    fn close(&self, reason: CloseReason) {
-        ConnTrack::close(self, reason);
+    fn close(&self, reason: CloseReason, stats: &WorkerStats) {
+        ConnTrack::close(self, reason, stats);
     }
 }
 
 impl CloseTrack for DetachedTrack {
-    fn close(&self, reason: CloseReason) {
-        DetachedTrack::close(self, reason);
+    fn close(&self, reason: CloseReason, stats: &WorkerStats) {
+        DetachedTrack::close(self, reason, stats);
     }
 }
 
@@ -164,7 +164,7 @@ impl<K: CloseTrack> Connection<K> {
         incr(&stats.closed);
         stats.connection_closed(reason);
         if let Some(track) = track {
-            track.close(reason);
+            track.close(reason, &stats);
         }
     }
 }

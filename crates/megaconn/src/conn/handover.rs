@@ -119,6 +119,7 @@ pub(crate) fn adopt(
                 info.peer,
                 info.local,
                 ctx.index,
+                &ctx.stats,
             ))
         }
         _ => None,

@@ -411,11 +411,22 @@ impl ParkingLot {
         *self.on_close.borrow_mut() = hook;
     }
 
-    /// Tells the protocol that the lot closed its parked socket `fd`.
+    /// Tells the protocol that the lot closed its parked socket `fd`. The
+    /// protocol calls its handler's `on_close` (framed, WebSocket): a panic
+    /// there is caught, counted and logged, or it would end the lot's task
+    /// and strand every connection parked here.
     fn tell_closed(&self, fd: RawFd, proto: ProtoTag, reason: CloseReason) {
         let hook = self.on_close.borrow().clone();
         if let Some(hook) = hook {
-            hook(fd, proto, reason);
+            let told =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(fd, proto, reason)));
+            if told.is_err() {
+                incr(&self.stats.panics);
+                tracing::error!(
+                    %reason,
+                    "a handler's on_close panicked on a parked connection the lot closed"
+                );
+            }
         }
     }
 
@@ -1009,7 +1020,14 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                 }
             }
             ready = lot.watch.readable(), if !muted => {
-                let Ok(mut guard) = ready else { return };
+                let Ok(mut guard) = ready else {
+                    tracing::error!(
+                        worker = ctx.index,
+                        parked = lot.len(),
+                        "the parking lot's epoll set failed; parked connections are no longer served"
+                    );
+                    return;
+                };
                 // One clock reading for every connection served on this turn.
                 match crate::observe::clock::turn(|| lot.wake_ready()) {
                     Ok(n) if n < MAX_EVENTS => {

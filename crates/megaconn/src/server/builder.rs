@@ -547,7 +547,8 @@ impl Builder {
     /// Calls `hook` on every connection open and close ([`ConnectionEvent`](crate::ConnectionEvent)),
     /// with the close reason, duration, requests and bytes. It runs on the
     /// worker thread: keep it quick (count, log, or send to a channel). Tracking
-    /// costs nothing while no hook is installed.
+    /// costs nothing while no hook is installed. A panic in the hook is
+    /// caught, logged and counted in `panics`; the connection is served on.
     pub fn on_connection(
         mut self,
         hook: impl Fn(&crate::ConnectionEvent) + Send + Sync + 'static,

@@ -156,6 +156,35 @@ where
     })
 }
 
+/// Spawns one of the worker's own loops (an accept loop, the parking lot).
+/// Nothing awaits them before shutdown and the runtime keeps a task's panic
+/// to itself, so a panic that escaped one would silently leave the worker
+/// without it: a listener still in the `SO_REUSEPORT` group that nobody
+/// accepts on (its share of new connections hangs in the backlog), or
+/// parked connections nobody wakes or times out. The callbacks known to
+/// panic (the `on_connection` hook, handlers' `on_close`) are caught where
+/// they are called; this is the backstop that makes any other one loud.
+fn spawn_loop(
+    what: &'static str,
+    worker: usize,
+    run: impl std::future::Future<Output = ()> + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use futures_util::FutureExt;
+    tokio::task::spawn_local(async move {
+        if std::panic::AssertUnwindSafe(run)
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                worker,
+                what,
+                "a worker loop panicked and stopped: this worker serves on without it (restart the server)"
+            );
+        }
+    })
+}
+
 /// `make()`'s value in a box, written straight into it where the compiler
 /// can (`Box::new(make())` builds the value first, then copies it).
 #[inline(always)]
@@ -203,7 +232,7 @@ where
         lot.set_respawn(Some(spawn_connection.clone()));
         lot.set_on_close(Some(dispatch::on_parked_close(&ctx)));
     }
-    let parking = tokio::task::spawn_local(park::run(ctx.clone()));
+    let parking = spawn_loop("parking lot", index, park::run(ctx.clone()));
     // With a hub, this worker's pump takes its messages from the start. Made
     // on the first message connection instead, it found every broadcast
     // since the server started queued (unbounded) and delivered them all to
@@ -246,12 +275,16 @@ where
             )
         };
         match registered.map_err(std::io::Error::from) {
-            Ok(listener) => acceptors.push(tokio::task::spawn_local(accept_loop(
-                listener,
-                ctx.clone(),
-                spawn_connection.clone(),
-                limit.clone(),
-            ))),
+            Ok(listener) => acceptors.push(spawn_loop(
+                "accept loop",
+                index,
+                accept_loop(
+                    listener,
+                    ctx.clone(),
+                    spawn_connection.clone(),
+                    limit.clone(),
+                ),
+            )),
             Err(e) => tracing::error!(worker = index, error = %e, "cannot register listener"),
         }
     }

@@ -311,3 +311,102 @@ async fn live_connections_are_listed_with_their_state() {
     assert_eq!(server.handle.connections(0, 10).0, 0);
     server.stop().await;
 }
+
+/// One request on `s`, answered within [`common::SAFETY`]: `None` if the
+/// connection closed instead (a response that never comes fails the test).
+async fn answered(s: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    get(s, "").await;
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            if let Some((r, _)) = common::try_parse_response(&buf, false) {
+                return Some(r.status);
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(common::SAFETY, read)
+        .await
+        .expect("an answer (or a close) in time")
+}
+
+/// A hook that panics on the first event `fires_on` matches and counts the
+/// events it saw without panicking.
+fn panicking_hook(
+    builder: megaconn::Builder,
+    fires_on: fn(&megaconn::ConnectionEvent) -> bool,
+) -> megaconn::Builder {
+    let fired = std::sync::atomic::AtomicBool::new(false);
+    builder.on_connection(move |e| {
+        if fires_on(e) && !fired.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            panic!("a bug in the on_connection hook");
+        }
+    })
+}
+
+/// A panic in the `on_connection` hook on `Opened` ran in the worker's accept
+/// loop and ended it: its listener stayed open with nobody accepting, and
+/// every later connection to it hung in the backlog. Caught, it is counted
+/// and the connections are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_panicking_on_open_does_not_stop_accepting() {
+    let builder = panicking_hook(no_timeouts(), |e| {
+        matches!(e, megaconn::ConnectionEvent::Opened { .. })
+    });
+    let server = TestServer::start(builder).await;
+    let mut first = server.connect().await;
+    assert_eq!(answered(&mut first).await, Some(200));
+    let mut second = server.connect().await;
+    assert_eq!(answered(&mut second).await, Some(200), "still accepting");
+    assert_eq!(server.handle.stats().panics, 1);
+    server.stop().await;
+}
+
+/// A panic in the hook on a parked connection's idle timeout ran in the
+/// parking lot's task and ended it: no parked connection on that worker was
+/// woken (or timed out) again. Caught, a connection parked afterwards is
+/// still woken by its next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_panicking_in_the_lot_does_not_stop_it() {
+    let builder = panicking_hook(
+        no_timeouts()
+            .park_idle_after(Some(Duration::from_millis(20)))
+            .idle_timeout(Some(Duration::from_secs(2))),
+        |e| {
+            matches!(
+                e,
+                megaconn::ConnectionEvent::Closed {
+                    reason: CloseReason::IdleTimeout,
+                    ..
+                }
+            )
+        },
+    );
+    let server = TestServer::start(builder).await;
+    let mut timed_out = server.connect().await;
+    assert_eq!(answered(&mut timed_out).await, Some(200));
+    server
+        .wait_stats("parked, timed out", |s| s.timeouts == 1)
+        .await;
+    server.wait_stats("the panic", |s| s.panics == 1).await;
+    // Parked, then woken by a request. Only a machine stalled for the whole
+    // idle timeout between the park and the request can time it out first:
+    // then the lot (alive) closed it, and another try follows.
+    for _ in 0..3 {
+        let parks = server.handle.stats().parks;
+        let mut s = server.connect().await;
+        assert_eq!(answered(&mut s).await, Some(200));
+        server.wait_stats("parked again", |s| s.parks > parks).await;
+        if let Some(status) = answered(&mut s).await {
+            assert_eq!(status, 200);
+            server.stop().await;
+            return;
+        }
+    }
+    panic!("three parked connections timed out before their request was sent");
+}
