@@ -509,6 +509,18 @@ impl ParkingLot {
         incr(&self.stats.parks);
     }
 
+    /// Seconds since `epoch`, rounded down, plus one: the tick a sweep at
+    /// `at` has reached. Rounded down, where deadlines round up
+    /// ([`ParkingLot::tick_of`]), so that a deadline expires only once it
+    /// has passed: with both rounded up, a sweep up to a second before it
+    /// found it expired (an idle timeout closed early; a protocol timer woke
+    /// its connection before the protocol's own deadline, which found
+    /// nothing to do, parked again and woke a second later as hot).
+    fn tick_reached(&self, at: Instant) -> u32 {
+        let secs = at.saturating_duration_since(self.epoch).as_secs();
+        u32::try_from(secs + 1).unwrap_or(MAX_TICK).min(MAX_TICK)
+    }
+
     /// Seconds since `epoch`, rounded up, plus one (0 means "not parked").
     fn tick_of(&self, at: Instant) -> u32 {
         let (last, tick) = self.last_tick.get();
@@ -733,7 +745,7 @@ impl ParkingLot {
     /// their [`AtDeadline`] says), notes the earliest deadline left, and
     /// gives freed memory back after a burst.
     fn sweep(&self) {
-        let now = self.tick_of(Instant::now());
+        let now = self.tick_reached(Instant::now());
         let mut expired = Vec::new();
         let mut next = NO_DEADLINE;
         for (fd, slot) in self.slots.borrow().iter().enumerate() {
@@ -795,8 +807,9 @@ impl ParkingLot {
     }
 
     /// When a sweep closes a deadline of tick `tick`: from the start of the
-    /// second `tick_of` rounds up to `tick` (so at most a second after the
-    /// deadline, as with a sweep every second).
+    /// second `tick_of` rounds up to `tick`, when [`ParkingLot::tick_reached`]
+    /// reaches it (so never before the deadline, at most a second after it,
+    /// as with a sweep every second).
     fn due_at(&self, tick: u32) -> Option<Instant> {
         (tick != NO_DEADLINE)
             .then(|| self.epoch + Duration::from_secs(u64::from(tick.saturating_sub(1))))
@@ -1241,11 +1254,23 @@ pub(super) mod tests {
     }
 
     fn park_as(f: &Fixture, socket: OwnedFd, proto: u8, at_deadline: AtDeadline, watched: bool) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        park_until(f, socket, proto, at_deadline, watched, deadline);
+    }
+
+    fn park_until(
+        f: &Fixture,
+        socket: OwnedFd,
+        proto: u8,
+        at_deadline: AtDeadline,
+        watched: bool,
+        deadline: Instant,
+    ) {
         let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
         f.lot.park(
             socket,
             Parking {
-                deadline: Some(Instant::now() + Duration::from_secs(1)),
+                deadline: Some(deadline),
                 at_once: false,
                 proto: ProtoTag(proto),
                 at_deadline,
@@ -1397,6 +1422,33 @@ pub(super) mod tests {
         assert_eq!(f.stats.timeouts.load(Relaxed), 1, "closed when due");
         f.lot.sweep();
         assert_eq!(f.lot.next_sweep(true), Instant::now() + QUIET_SWEEP);
+    }
+
+    /// A sweep closes or wakes a parked connection only once its deadline
+    /// has passed, and the sweep planned for it comes at or after it. The
+    /// sweep's tick was rounded up as the deadline's is, so a sweep 1.05 s
+    /// in found a deadline of 1.9 s expired: idle timeouts closed early, and
+    /// a protocol timer woke its connection before the protocol's deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_never_expires_before_it_passes() {
+        let f = fixture();
+        let (a, _ca) = pair();
+        let (b, _cb) = pair();
+        let deadline = f.lot.epoch + Duration::from_millis(1900);
+        park_until(&f, a, 1, AtDeadline::Close, false, deadline);
+        park_until(&f, b, 7, AtDeadline::Wake, false, deadline);
+        let early = f.lot.epoch + Duration::from_millis(1050);
+        tokio::time::advance(early.saturating_duration_since(Instant::now())).await;
+        f.lot.sweep();
+        assert_eq!(f.stats.timeouts.load(Relaxed), 0, "not closed early");
+        assert!(f.woken().is_empty(), "not woken early");
+        let due = f.lot.next_sweep(true);
+        assert!(due >= deadline, "the sweep comes after the deadline");
+        assert!(due <= deadline + Duration::from_secs(1), "within a second");
+        tokio::time::advance(due - Instant::now()).await;
+        f.lot.sweep();
+        assert_eq!(f.stats.timeouts.load(Relaxed), 1, "closed when due");
+        assert_eq!(f.woken(), [(ProtoTag(7), Wake::Timer)], "woken when due");
     }
 
     #[tokio::test(start_paused = true)]
