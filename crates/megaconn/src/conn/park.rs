@@ -1071,27 +1071,49 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                     Ok(_) => {
                         drop(guard);
                         tokio::task::yield_now().await;
+                        // The readiness is still set, and `biased` polls it
+                        // before the sweep: a lot whose turns stay full (a
+                        // flood of wake-ups) would never sweep. A due sweep
+                        // runs between such turns (moved up first if a
+                        // park asked for an earlier one meanwhile).
+                        if lot.due_moved.replace(false) {
+                            move_sweep_up(lot, sweep.as_mut());
+                        }
+                        if sweep.deadline() <= Instant::now() {
+                            let next = sweep_turn(lot, &ctx, draining);
+                            sweep.as_mut().reset(next);
+                        }
                     }
                     Err(e) => tracing::error!(error = %e, "parking lot epoll_wait failed"),
                 }
             }
             () = sweep.as_mut() => {
-                lot.sweep();
-                // Buffers a burst left in the pool go back to the OS
-                // (`pool.rs`); 64 of them is half a MiB worth trimming.
-                if ctx.pool.decay() >= 64 {
-                    trim_heap();
-                }
-                let next = lot.next_sweep(ctx.pool.settled() && !draining);
+                let next = sweep_turn(lot, &ctx, draining);
                 sweep.as_mut().reset(next);
             }
-            () = lot.due_moved() => {
-                if let Some(at) = lot.moved_sweep() {
-                    if at < sweep.deadline() {
-                        sweep.as_mut().reset(at);
-                    }
-                }
-            }
+            () = lot.due_moved() => move_sweep_up(lot, sweep.as_mut()),
+        }
+    }
+}
+
+/// One sweep of the run loop: the lot's deadlines and heap, and the
+/// worker's buffer pool. Returns when the next one is due.
+fn sweep_turn(lot: &ParkingLot, ctx: &WorkerContext, draining: bool) -> Instant {
+    lot.sweep();
+    // Buffers a burst left in the pool go back to the OS (`pool.rs`); 64 of
+    // them is half a MiB worth trimming.
+    if ctx.pool.decay() >= 64 {
+        trim_heap();
+    }
+    lot.next_sweep(ctx.pool.settled() && !draining)
+}
+
+/// Moves the run loop's `sweep` earlier if a park asked for an earlier one
+/// ([`ParkingLot::moved_sweep`]).
+fn move_sweep_up(lot: &ParkingLot, sweep: std::pin::Pin<&mut tokio::time::Sleep>) {
+    if let Some(at) = lot.moved_sweep() {
+        if at < sweep.deadline() {
+            sweep.reset(at);
         }
     }
 }
@@ -1176,8 +1198,10 @@ pub(super) mod tests {
         woken: Woken,
     }
 
-    fn fixture() -> Fixture {
-        let limit = ConnectionLimit::new(4, None);
+    /// A lot of `max_connections` places, with nothing to serve woken
+    /// sockets yet.
+    fn bare_lot(max_connections: usize) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {
+        let limit = ConnectionLimit::new(max_connections, None);
         let stats = Arc::new(WorkerStats::default());
         let lot = ParkingLot::new(
             limit.clone(),
@@ -1186,6 +1210,11 @@ pub(super) mod tests {
             Duration::ZERO,
         )
         .unwrap();
+        (lot, limit, stats)
+    }
+
+    fn fixture() -> Fixture {
+        let (lot, limit, stats) = bare_lot(4);
         let woken: Woken = Rc::default();
         let record = woken.clone();
         lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
@@ -1449,6 +1478,73 @@ pub(super) mod tests {
         f.lot.sweep();
         assert_eq!(f.stats.timeouts.load(Relaxed), 1, "closed when due");
         assert_eq!(f.woken(), [(ProtoTag(7), Wake::Timer)], "woken when due");
+    }
+
+    /// A lot whose every turn is full (`MAX_EVENTS` wake-ups, as in a
+    /// flood) still sweeps when a sweep is due. A full turn leaves the lot's
+    /// readiness set, and the run loop's `biased` select took the next turn
+    /// before looking at the sweep: idle deadlines (and timers) waited for
+    /// the flood to end. Here every woken socket parks again at once with
+    /// its byte unread, so the re-park re-polls it and it is ready again:
+    /// with more than `MAX_EVENTS` of them, no turn is ever short.
+    #[tokio::test(start_paused = true)]
+    async fn full_turns_do_not_starve_the_sweep() {
+        let local = tokio::task::LocalSet::new();
+        local.run_until(full_turns_sweep()).await;
+    }
+
+    async fn full_turns_sweep() {
+        let (lot, limit, stats) = bare_lot(MAX_EVENTS + 8);
+        let config = Arc::new(crate::conn::config::Config::default());
+        let ctx = Rc::new(WorkerContext::new(0, config, stats.clone(), Some(lot)));
+        let lot = ctx.park.as_ref().unwrap();
+        let park_in = |lot: &ParkingLot, socket, conn, deadline| {
+            let parking = Parking::of(deadline, false, false, ProtoTag(1), AtDeadline::Close);
+            lot.park(socket, parking, conn);
+        };
+        let weak = Rc::downgrade(&ctx);
+        lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
+            if let (Some(ctx), Incoming::Woken { socket, .. }) = (weak.upgrade(), incoming) {
+                park_in(ctx.park.as_ref().unwrap(), socket, conn, None);
+            }
+        })));
+        let mut clients = Vec::new();
+        for _ in 0..MAX_EVENTS + 4 {
+            let (server, mut client) = pair();
+            client.write_all(b"x").unwrap();
+            let conn = Connection::open(limit.try_acquire().unwrap(), stats.clone(), None);
+            park_in(lot, server, conn, None);
+            clients.push(client);
+        }
+        // A silent one, due to time out at the first sweep.
+        let (idle, _idle_client) = pair();
+        let conn = Connection::open(limit.try_acquire().unwrap(), stats.clone(), None);
+        park_in(
+            lot,
+            idle,
+            conn,
+            Some(Instant::now() + Duration::from_secs(1)),
+        );
+        let running = tokio::task::spawn_local(run(ctx.clone()));
+        // Each yield lets the lot take one turn: they stay full.
+        for _ in 0..200 {
+            if stats.parking_wakeups.load(Relaxed) >= 5 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let full = stats.wakes_cold.load(Relaxed) + stats.wakes_hot.load(Relaxed);
+        assert!(full >= 4 * MAX_EVENTS as u64, "full turns: {full} wake-ups");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        for _ in 0..200 {
+            if stats.timeouts.load(Relaxed) > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(stats.timeouts.load(Relaxed), 1, "swept between full turns");
+        ctx.shutdown.start();
+        running.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
