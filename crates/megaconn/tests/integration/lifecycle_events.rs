@@ -410,3 +410,63 @@ async fn a_hook_panicking_in_the_lot_does_not_stop_it() {
     }
     panic!("three parked connections timed out before their request was sent");
 }
+
+/// A response body whose `size_hint` panics (when it holds `true`): the
+/// engine asks for it outside the guards around the handler and the body's
+/// frames, so the panic reaches the connection's serving future itself.
+struct PanickySizeHint(bool);
+
+impl http_body::Body for PanickySizeHint {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(None)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        assert!(!self.0, "a bug in a response body's size_hint");
+        http_body::SizeHint::with_exact(0)
+    }
+}
+
+/// A panic that escapes every protocol guard, in a parked connection's
+/// request served at once on the lot's turn (`/now`) and in one that waits
+/// as a task (`/later`): the connection closes as `Panic`, counted in
+/// `panics`. The at-once path dropped the future, so the connection closed
+/// as `Shutdown`; the runtime caught the task's panic, likewise `Shutdown`,
+/// uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_outside_the_handler_guards_closes_as_panic() {
+    let (builder, mut events) =
+        hooked(no_timeouts().park_idle_after(Some(Duration::from_millis(20))));
+    let app = tower::service_fn(|req: http::Request<megaconn::Body>| async move {
+        let path = req.uri().path().to_owned();
+        if path == "/later" {
+            tokio::task::yield_now().await;
+        }
+        let body = PanickySizeHint(path != "/");
+        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    });
+    let server = common::AppServer::start(builder.listen_on("127.0.0.1:0".parse().unwrap()), app);
+    let handle = &server.handle;
+    for (round, path) in ["/now", "/later"].into_iter().enumerate() {
+        let mut s = tokio::net::TcpStream::connect(server.addrs[0])
+            .await
+            .unwrap();
+        get(&mut s, "").await;
+        assert_eq!(read_response(&mut s).await.status, 200);
+        common::wait_stats(handle, "parked", |s| s.connections_parked == 1).await;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert!(read_to_close(&mut s).await.is_empty(), "{path}");
+        let closed = events.next_close().await;
+        assert_eq!(closed.reason, CloseReason::Panic, "{path}");
+        assert_eq!(handle.stats().panics, round as u64 + 1, "{path}");
+    }
+    assert!(server.stop().await, "the server stops");
+}

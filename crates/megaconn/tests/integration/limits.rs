@@ -137,19 +137,17 @@ async fn accept_rate_limit_refuses_past_the_burst() {
 /// backlog with one connection open.
 #[tokio::test]
 async fn an_idle_acceptor_holds_no_connection_slot() {
-    let server = megaconn::Server::builder()
-        .workers(1)
-        .max_connections(2)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("server binds");
-    let addrs = server.local_addrs().to_vec();
-    assert_eq!(addrs.len(), 2);
-    let handle = server.handle();
     let (app, _probe) = common::test_app();
-    let serving = tokio::spawn(server.serve(app));
-    let _stop = StopOnDrop(handle.clone());
+    let server = common::AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connections(2)
+            .listen_on("127.0.0.1:0".parse().unwrap())
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        app,
+    );
+    let (addrs, handle) = (&server.addrs, &server.handle);
+    assert_eq!(addrs.len(), 2);
 
     let mut first = TcpStream::connect(addrs[0]).await.unwrap();
     assert!(served(&mut first).await);
@@ -163,15 +161,5 @@ async fn an_idle_acceptor_holds_no_connection_slot() {
     );
     assert_eq!(handle.stats().accept_waits_at_limit, 0);
     drop((first, second));
-    handle.shutdown();
-    let _ = tokio::time::timeout(common::SAFETY, serving).await;
-}
-
-/// Shuts the server down when a test ends, passed or failed.
-struct StopOnDrop(megaconn::ServerHandle);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.shutdown();
-    }
+    assert!(server.stop().await, "the server stops");
 }
