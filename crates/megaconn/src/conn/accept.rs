@@ -152,6 +152,9 @@ pub(crate) async fn accept_loop(
                     continue;
                 }
                 configure_accepted(&socket, &ctx.config);
+                if let Some(lot) = &ctx.park {
+                    lot.note_retire_at(socket.as_raw_fd(), ctx.retire_at());
+                }
                 spawn_connection(Incoming::Accepted(socket, ConnInfo { peer, local }), conn);
             }
             Err(e) => {

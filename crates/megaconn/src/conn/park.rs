@@ -7,7 +7,8 @@
 //! or the client hanging up) it becomes a `TcpStream` and a task again. What a
 //! parked connection costs in user space is one 8-byte slot in an fd-indexed
 //! array (its deadline, protocol and when it parked; with a per-IP limit, 17
-//! bytes more for its client IP) — against ~1 KB for a
+//! bytes more for its client IP; with `max_connection_age`, 4 more for when
+//! it is to be retired) — against ~1 KB for a
 //! task per connection (task cell, `ScheduledIo`, timer entry), which is why
 //! the million-connection target needs this.
 //!
@@ -342,6 +343,16 @@ pub(crate) struct ParkingLot {
     /// with the limit on, where a map cost ~50-90 B per parked connection
     /// and a hash per park and wake.
     ips: RefCell<Vec<Option<IpAddr>>>,
+    /// Per file descriptor: when the connection on it is to be retired
+    /// (`max_connection_age`), as a deadline tick (rounded up: retired up to
+    /// a second late), 0 for none. Written at accept, for every connection
+    /// (so a reused descriptor never shows the previous connection's), read
+    /// each time HTTP/1.1 serves it: a connection that parks between
+    /// requests keeps its age, where one drawn at each wake-up never came.
+    /// Only with that option on (empty otherwise; 4 B per descriptor with
+    /// it). Kept here, not in the connection's accounts, which every
+    /// connection's task carries.
+    retire: RefCell<Vec<u32>>,
 }
 
 impl std::fmt::Debug for ParkingLot {
@@ -398,6 +409,7 @@ impl ParkingLot {
             on_close: RefCell::new(None),
             tracks: RefCell::new(std::collections::HashMap::new()),
             ips: RefCell::new(Vec::new()),
+            retire: RefCell::new(Vec::new()),
         })
     }
 
@@ -494,11 +506,7 @@ impl ParkingLot {
             self.tracks.borrow_mut().insert(fd, track);
         }
         if let Some(ip) = ip {
-            let mut ips = self.ips.borrow_mut();
-            if ips.len() <= idx {
-                ips.resize((idx + 1).next_multiple_of(GROW_BY), None);
-            }
-            ips[idx] = Some(ip);
+            set_side(&self.ips, idx, Some(ip));
         }
         // The lot owns the descriptor from here on.
         let _ = socket.into_raw_fd();
@@ -625,6 +633,20 @@ impl ParkingLot {
         gauge(&self.stats.connections_idle, -1);
         // SAFETY: the lot owned this descriptor since `park`.
         Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Notes when the connection just accepted (or adopted) on `fd` is to be
+    /// retired (`max_connection_age`); `None`: the option is off.
+    pub(crate) fn note_retire_at(&self, fd: RawFd, at: Option<Instant>) {
+        if let Some(at) = at {
+            set_side(&self.retire, fd as usize, self.tick_of(at));
+        }
+    }
+
+    /// When the connection on `fd` is to be retired, as noted at its accept.
+    pub(crate) fn retire_at(&self, fd: RawFd) -> Option<Instant> {
+        let tick = self.retire.borrow().get(fd as usize).copied()?;
+        (tick != 0).then(|| self.due_at(tick)).flatten()
     }
 
     /// The accounts of a parked connection leaving the lot: its slot
@@ -1131,6 +1153,16 @@ pub(crate) fn left_for_runtime(fd: RawFd) {
             lot.unwatch_awake(fd);
         }
     }
+}
+
+/// Sets entry `idx` of a per-descriptor side array (`ips`, `retire`),
+/// grown like the slots when it is too short.
+fn set_side<T: Clone + Default>(side: &RefCell<Vec<T>>, idx: usize, value: T) {
+    let mut side = side.borrow_mut();
+    if side.len() <= idx {
+        side.resize((idx + 1).next_multiple_of(GROW_BY), T::default());
+    }
+    side[idx] = value;
 }
 
 /// Whether a connection parked straight after a wake-up at stamp

@@ -461,9 +461,10 @@ impl Builder {
     /// reconnects): HTTP/1.1 answers its next request with `Connection:
     /// close`; HTTP/2 gets a `GOAWAY` (open streams finish). Each connection
     /// draws its limit between 90% and 100% of `age`, so those opened together
-    /// do not leave together. The age counts from accept, or from when a
-    /// parked connection woke (the parking lot keeps no age). Counted in
-    /// `megaconn_connections_aged_out_total`. Default: `None`.
+    /// do not leave together. The age counts from accept, also for a
+    /// connection that parks between requests (the parking lot keeps it, to
+    /// the second). Counted in `megaconn_connections_aged_out_total`.
+    /// Default: `None`.
     pub fn max_connection_age(mut self, age: Option<Duration>) -> Builder {
         self.config.max_connection_age = age;
         self
