@@ -192,10 +192,10 @@ async fn wait_for_warning(needle: &str) {
 
 /// At the limit the acceptor stops accepting: a third connection waits in
 /// the kernel's backlog until one of the two closes. Proved without waiting
-/// for silence: the acceptor says (its warning, logged when it finds no slot
-/// and starts waiting for one) that it stopped before the third connects,
-/// and as no connection has closed since (`closed == 0`), no slot came free,
-/// so the third cannot have been accepted.
+/// for silence: the acceptor says (its warning, logged when a connection is
+/// queued and it finds no slot for it) that it stopped at the third, and as
+/// no connection has closed since (`closed == 0`), no slot came free, so
+/// the third cannot have been accepted.
 #[tokio::test]
 async fn max_connections_holds_and_resumes_when_one_closes() {
     capture_warnings();
@@ -208,14 +208,14 @@ async fn max_connections_holds_and_resumes_when_one_closes() {
             .unwrap();
         assert_eq!(read_response(s).await.status, 200);
     }
-    // The acceptor took both slots and now waits for a free one.
-    wait_for_warning("at max_connections: not accepting until a connection closes").await;
-    // The third connects (the kernel queues it) but is not accepted.
+    // The third connects (the kernel queues it); the acceptor, both slots
+    // taken, waits for a free one instead of accepting it.
     let mut third = server.connect().await;
     third
         .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
+    wait_for_warning("at max_connections: not accepting until a connection closes").await;
     let stats = server.handle.stats();
     assert_eq!(stats.closed, 0, "a slot came free: the proof does not hold");
     assert_eq!(stats.accepted, 2);

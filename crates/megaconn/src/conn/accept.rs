@@ -1,8 +1,9 @@
 //! The accept loop of one worker listener.
 //!
-//! Before each accept it takes a slot from the server-wide connection limit; at
-//! the limit it stops accepting (connections wait in the kernel backlog) until
-//! a connection closes. Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`)
+//! When a connection is waiting on its listener, it takes a slot from the
+//! server-wide connection limit and accepts it; at the limit it stops
+//! accepting (connections wait in the kernel backlog) until a connection
+//! closes. An idle acceptor holds no slot. Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`)
 //! make it back off with a growing, capped delay and log at most once per
 //! interval: never spin, never exit.
 //!
@@ -60,40 +61,65 @@ pub(crate) async fn accept_loop(
             (r.burst / workers as u32).max(1),
         )
     });
-    let mut slot = None;
     let local = listener
         .get_ref()
         .local_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
-        let held = match slot.take() {
-            Some(s) => s,
-            None => match limit.try_acquire() {
-                Some(s) => s,
-                None => {
-                    incr(&ctx.stats.accept_waits_at_limit);
-                    at_limit_log.log(|suppressed| {
-                        tracing::warn!(
-                            worker = ctx.index,
-                            max_connections = limit.max(),
-                            suppressed,
-                            "at max_connections: not accepting until a connection closes"
-                        )
-                    });
-                    limit.acquire().await
+        // A connection first, then a slot for it: a slot taken before the
+        // wait sat idle with this acceptor while a connection queued on
+        // another listener (another worker's, or this worker's other
+        // address) waited for one, with fewer than max_connections open.
+        let accepted = match listener.readable().await {
+            Err(e) => Err(e),
+            Ok(mut ready) => {
+                let held = match limit.try_acquire() {
+                    Some(s) => s,
+                    // Readiness stays set after an accept until one finds
+                    // the queue empty: ask the kernel before counting a wait.
+                    None if !has_queued(listener.get_ref()) => {
+                        ready.clear_ready();
+                        continue;
+                    }
+                    None => {
+                        incr(&ctx.stats.accept_waits_at_limit);
+                        at_limit_log.log(|suppressed| {
+                            tracing::warn!(
+                                worker = ctx.index,
+                                max_connections = limit.max(),
+                                suppressed,
+                                "at max_connections: not accepting until a connection closes"
+                            )
+                        });
+                        limit.acquire().await
+                    }
+                };
+                match ready.try_io(|l| accept4(l.get_ref())) {
+                    Ok(accepted) => accepted.map(|a| (a, held)),
+                    // Taken by now (another process on a shared socket, or
+                    // a connection reset in the queue): readiness cleared,
+                    // the slot given back, wait again.
+                    Err(_would_block) => continue,
                 }
-            },
+            }
         };
-        match accept(&listener).await {
-            Ok((socket, peer)) => {
+        match accepted {
+            Ok(((socket, peer), mut held)) => {
                 backoff = BACKOFF_START;
                 incr(&ctx.stats.accepted);
                 let hook = ctx.config.on_connection.as_ref();
                 // The access log reads the peer from the connection's track.
                 let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
-                let track = tracked
-                    .then(|| ConnTrack::open(hook, ctx.registry.as_ref(), peer, local, ctx.index));
-                let mut held = held;
+                let track = tracked.then(|| {
+                    ConnTrack::open(
+                        hook,
+                        ctx.registry.as_ref(),
+                        peer,
+                        local,
+                        ctx.index,
+                        &ctx.stats,
+                    )
+                });
                 let refusal = if !accept_rate
                     .as_mut()
                     .is_none_or(|b| b.try_take(Instant::now()))
@@ -126,10 +152,12 @@ pub(crate) async fn accept_loop(
                     continue;
                 }
                 configure_accepted(&socket, &ctx.config);
+                if let Some(lot) = &ctx.park {
+                    lot.note_retire_at(socket.as_raw_fd(), ctx.retire_at());
+                }
                 spawn_connection(Incoming::Accepted(socket, ConnInfo { peer, local }), conn);
             }
             Err(e) => {
-                slot = Some(held);
                 incr(&ctx.stats.accept_errors);
                 ctx.stats.accept_failed(&e);
                 if is_transient(&e) {
@@ -151,17 +179,16 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// The next connection on `listener`: a non-blocking socket that the
-/// runtime does not watch, and the client's address.
-async fn accept(listener: &AsyncFd<TcpListener>) -> io::Result<(OwnedFd, SocketAddr)> {
-    loop {
-        let mut ready = listener.readable().await?;
-        match ready.try_io(|l| accept4(l.get_ref())) {
-            Ok(accepted) => return accepted,
-            // Nothing queued: readiness cleared, wait for the next.
-            Err(_would_block) => continue,
-        }
-    }
+/// Whether a connection is queued on `listener` now (`poll`, no wait; a
+/// failed poll says yes, and the accept that follows tells).
+fn has_queued(listener: &TcpListener) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one initialised pollfd; timeout 0 never blocks.
+    unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
 }
 
 /// `accept4` with `SOCK_NONBLOCK | SOCK_CLOEXEC`: one system call, where

@@ -13,9 +13,11 @@
 //! protocol, timed out while parked, handed to a WebSocket handler after
 //! `101` — its close is counted by [`Connection::close`] (or by dropping the
 //! connection, which closes it as [`CloseReason::Shutdown`]: a task dropped
-//! by a forced shutdown still reports). The slot travels with the connection,
+//! by a forced shutdown still reports; or as [`CloseReason::Panic`] when its
+//! serving future panicked, [`dropping_after_panic`]). The slot travels with the connection,
 //! as axum's `ConnLimiterIo` keeps its permit.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -27,19 +29,19 @@ use crate::observe::stats::{gauge, incr, WorkerStats};
 
 /// A lifecycle track that a close reports to.
 pub(crate) trait CloseTrack {
-    /// Reports the close (once).
-    fn close(&self, reason: CloseReason);
+    /// Reports the close (once); a panic in the hook counts in `stats`.
+    fn close(&self, reason: CloseReason, stats: &WorkerStats);
 }
 
 impl CloseTrack for Rc<ConnTrack> {
-    fn close(&self, reason: CloseReason) {
-        ConnTrack::close(self, reason);
+    fn close(&self, reason: CloseReason, stats: &WorkerStats) {
+        ConnTrack::close(self, reason, stats);
     }
 }
 
 impl CloseTrack for DetachedTrack {
-    fn close(&self, reason: CloseReason) {
-        DetachedTrack::close(self, reason);
+    fn close(&self, reason: CloseReason, stats: &WorkerStats) {
+        DetachedTrack::close(self, reason, stats);
     }
 }
 
@@ -164,15 +166,44 @@ impl<K: CloseTrack> Connection<K> {
         incr(&stats.closed);
         stats.connection_closed(reason);
         if let Some(track) = track {
-            track.close(reason);
+            track.close(reason, &stats);
         }
     }
 }
 
 impl<K: CloseTrack> Drop for Connection<K> {
     /// A connection dropped without a close was cut off by the server: its
-    /// task was dropped at a forced shutdown, or its handler dropped it.
+    /// task was dropped at a forced shutdown, or its handler dropped it, or
+    /// (within [`dropping_after_panic`]) its serving future panicked.
     fn drop(&mut self) {
-        self.close_once(CloseReason::Shutdown);
+        if self.open.is_some() {
+            let reason = if AFTER_PANIC.with(Cell::get) {
+                CloseReason::Panic
+            } else {
+                CloseReason::Shutdown
+            };
+            self.close_once(reason);
+        }
     }
+}
+
+thread_local! {
+    /// Set while [`dropping_after_panic`] runs.
+    static AFTER_PANIC: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `drop_it`, which drops a connection's serving future after it
+/// panicked: a connection dropped meanwhile closes as [`CloseReason::Panic`],
+/// not as cut off by the server.
+pub(crate) fn dropping_after_panic(drop_it: impl FnOnce()) {
+    /// Clears the flag, also if a drop panics in turn.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            AFTER_PANIC.with(|p| p.set(false));
+        }
+    }
+    AFTER_PANIC.with(|p| p.set(true));
+    let _clear = Clear;
+    drop_it();
 }

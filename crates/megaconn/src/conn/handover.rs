@@ -12,7 +12,7 @@
 //! Here: the wire form of that state, and adopting a connection into a lot.
 //! Which tags are portable is the server's call (`server/dispatch.rs`).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -119,12 +119,15 @@ pub(crate) fn adopt(
                 info.peer,
                 info.local,
                 ctx.index,
+                &ctx.stats,
             ))
         }
         _ => None,
     };
     let conn = Connection::open(held, ctx.stats.clone(), track);
     incr(&ctx.stats.adopted);
+    // Its age counts here from the adoption.
+    lot.note_retire_at(socket.as_raw_fd(), ctx.retire_at());
     lot.park(
         socket,
         Parking {

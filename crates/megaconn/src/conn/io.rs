@@ -80,8 +80,8 @@ pub(crate) struct ConnIo<T> {
     /// connection's task would otherwise carry 64 bytes more).
     pub(crate) info: Option<Box<ConnInfo>>,
     /// When this connection is to close at its next idle point
-    /// (`max_connection_age`), counted from when it was accepted or woken
-    /// from the parking lot (which keeps no age).
+    /// (`max_connection_age`): from now, unless the protocol sets the one
+    /// the parking lot noted at the accept (HTTP/1.1, across parkings).
     pub(crate) retire_at: Option<tokio::time::Instant>,
 }
 

@@ -7,7 +7,8 @@
 //! or the client hanging up) it becomes a `TcpStream` and a task again. What a
 //! parked connection costs in user space is one 8-byte slot in an fd-indexed
 //! array (its deadline, protocol and when it parked; with a per-IP limit, 17
-//! bytes more for its client IP) — against ~1 KB for a
+//! bytes more for its client IP; with `max_connection_age`, 4 more for when
+//! it is to be retired) — against ~1 KB for a
 //! task per connection (task cell, `ScheduledIo`, timer entry), which is why
 //! the million-connection target needs this.
 //!
@@ -342,6 +343,16 @@ pub(crate) struct ParkingLot {
     /// with the limit on, where a map cost ~50-90 B per parked connection
     /// and a hash per park and wake.
     ips: RefCell<Vec<Option<IpAddr>>>,
+    /// Per file descriptor: when the connection on it is to be retired
+    /// (`max_connection_age`), as a deadline tick (rounded up: retired up to
+    /// a second late), 0 for none. Written at accept, for every connection
+    /// (so a reused descriptor never shows the previous connection's), read
+    /// each time HTTP/1.1 serves it: a connection that parks between
+    /// requests keeps its age, where one drawn at each wake-up never came.
+    /// Only with that option on (empty otherwise; 4 B per descriptor with
+    /// it). Kept here, not in the connection's accounts, which every
+    /// connection's task carries.
+    retire: RefCell<Vec<u32>>,
 }
 
 impl std::fmt::Debug for ParkingLot {
@@ -398,6 +409,7 @@ impl ParkingLot {
             on_close: RefCell::new(None),
             tracks: RefCell::new(std::collections::HashMap::new()),
             ips: RefCell::new(Vec::new()),
+            retire: RefCell::new(Vec::new()),
         })
     }
 
@@ -411,11 +423,22 @@ impl ParkingLot {
         *self.on_close.borrow_mut() = hook;
     }
 
-    /// Tells the protocol that the lot closed its parked socket `fd`.
+    /// Tells the protocol that the lot closed its parked socket `fd`. The
+    /// protocol calls its handler's `on_close` (framed, WebSocket): a panic
+    /// there is caught, counted and logged, or it would end the lot's task
+    /// and strand every connection parked here.
     fn tell_closed(&self, fd: RawFd, proto: ProtoTag, reason: CloseReason) {
         let hook = self.on_close.borrow().clone();
         if let Some(hook) = hook {
-            hook(fd, proto, reason);
+            let told =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(fd, proto, reason)));
+            if told.is_err() {
+                incr(&self.stats.panics);
+                tracing::error!(
+                    %reason,
+                    "a handler's on_close panicked on a parked connection the lot closed"
+                );
+            }
         }
     }
 
@@ -483,11 +506,7 @@ impl ParkingLot {
             self.tracks.borrow_mut().insert(fd, track);
         }
         if let Some(ip) = ip {
-            let mut ips = self.ips.borrow_mut();
-            if ips.len() <= idx {
-                ips.resize((idx + 1).next_multiple_of(GROW_BY), None);
-            }
-            ips[idx] = Some(ip);
+            set_side(&self.ips, idx, Some(ip));
         }
         // The lot owns the descriptor from here on.
         let _ = socket.into_raw_fd();
@@ -496,6 +515,18 @@ impl ParkingLot {
         gauge(&self.stats.connections_parked, 1);
         gauge(&self.stats.connections_idle, 1);
         incr(&self.stats.parks);
+    }
+
+    /// Seconds since `epoch`, rounded down, plus one: the tick a sweep at
+    /// `at` has reached. Rounded down, where deadlines round up
+    /// ([`ParkingLot::tick_of`]), so that a deadline expires only once it
+    /// has passed: with both rounded up, a sweep up to a second before it
+    /// found it expired (an idle timeout closed early; a protocol timer woke
+    /// its connection before the protocol's own deadline, which found
+    /// nothing to do, parked again and woke a second later as hot).
+    fn tick_reached(&self, at: Instant) -> u32 {
+        let secs = at.saturating_duration_since(self.epoch).as_secs();
+        u32::try_from(secs + 1).unwrap_or(MAX_TICK).min(MAX_TICK)
     }
 
     /// Seconds since `epoch`, rounded up, plus one (0 means "not parked").
@@ -602,6 +633,20 @@ impl ParkingLot {
         gauge(&self.stats.connections_idle, -1);
         // SAFETY: the lot owned this descriptor since `park`.
         Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Notes when the connection just accepted (or adopted) on `fd` is to be
+    /// retired (`max_connection_age`); `None`: the option is off.
+    pub(crate) fn note_retire_at(&self, fd: RawFd, at: Option<Instant>) {
+        if let Some(at) = at {
+            set_side(&self.retire, fd as usize, self.tick_of(at));
+        }
+    }
+
+    /// When the connection on `fd` is to be retired, as noted at its accept.
+    pub(crate) fn retire_at(&self, fd: RawFd) -> Option<Instant> {
+        let tick = self.retire.borrow().get(fd as usize).copied()?;
+        (tick != 0).then(|| self.due_at(tick)).flatten()
     }
 
     /// The accounts of a parked connection leaving the lot: its slot
@@ -722,7 +767,7 @@ impl ParkingLot {
     /// their [`AtDeadline`] says), notes the earliest deadline left, and
     /// gives freed memory back after a burst.
     fn sweep(&self) {
-        let now = self.tick_of(Instant::now());
+        let now = self.tick_reached(Instant::now());
         let mut expired = Vec::new();
         let mut next = NO_DEADLINE;
         for (fd, slot) in self.slots.borrow().iter().enumerate() {
@@ -784,8 +829,9 @@ impl ParkingLot {
     }
 
     /// When a sweep closes a deadline of tick `tick`: from the start of the
-    /// second `tick_of` rounds up to `tick` (so at most a second after the
-    /// deadline, as with a sweep every second).
+    /// second `tick_of` rounds up to `tick`, when [`ParkingLot::tick_reached`]
+    /// reaches it (so never before the deadline, at most a second after it,
+    /// as with a sweep every second).
     fn due_at(&self, tick: u32) -> Option<Instant> {
         (tick != NO_DEADLINE)
             .then(|| self.epoch + Duration::from_secs(u64::from(tick.saturating_sub(1))))
@@ -1009,7 +1055,14 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                 }
             }
             ready = lot.watch.readable(), if !muted => {
-                let Ok(mut guard) = ready else { return };
+                let Ok(mut guard) = ready else {
+                    tracing::error!(
+                        worker = ctx.index,
+                        parked = lot.len(),
+                        "the parking lot's epoll set failed; parked connections are no longer served"
+                    );
+                    return;
+                };
                 // One clock reading for every connection served on this turn.
                 match crate::observe::clock::turn(|| lot.wake_ready()) {
                     Ok(n) if n < MAX_EVENTS => {
@@ -1040,27 +1093,49 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
                     Ok(_) => {
                         drop(guard);
                         tokio::task::yield_now().await;
+                        // The readiness is still set, and `biased` polls it
+                        // before the sweep: a lot whose turns stay full (a
+                        // flood of wake-ups) would never sweep. A due sweep
+                        // runs between such turns (moved up first if a
+                        // park asked for an earlier one meanwhile).
+                        if lot.due_moved.replace(false) {
+                            move_sweep_up(lot, sweep.as_mut());
+                        }
+                        if sweep.deadline() <= Instant::now() {
+                            let next = sweep_turn(lot, &ctx, draining);
+                            sweep.as_mut().reset(next);
+                        }
                     }
                     Err(e) => tracing::error!(error = %e, "parking lot epoll_wait failed"),
                 }
             }
             () = sweep.as_mut() => {
-                lot.sweep();
-                // Buffers a burst left in the pool go back to the OS
-                // (`pool.rs`); 64 of them is half a MiB worth trimming.
-                if ctx.pool.decay() >= 64 {
-                    trim_heap();
-                }
-                let next = lot.next_sweep(ctx.pool.settled() && !draining);
+                let next = sweep_turn(lot, &ctx, draining);
                 sweep.as_mut().reset(next);
             }
-            () = lot.due_moved() => {
-                if let Some(at) = lot.moved_sweep() {
-                    if at < sweep.deadline() {
-                        sweep.as_mut().reset(at);
-                    }
-                }
-            }
+            () = lot.due_moved() => move_sweep_up(lot, sweep.as_mut()),
+        }
+    }
+}
+
+/// One sweep of the run loop: the lot's deadlines and heap, and the
+/// worker's buffer pool. Returns when the next one is due.
+fn sweep_turn(lot: &ParkingLot, ctx: &WorkerContext, draining: bool) -> Instant {
+    lot.sweep();
+    // Buffers a burst left in the pool go back to the OS (`pool.rs`); 64 of
+    // them is half a MiB worth trimming.
+    if ctx.pool.decay() >= 64 {
+        trim_heap();
+    }
+    lot.next_sweep(ctx.pool.settled() && !draining)
+}
+
+/// Moves the run loop's `sweep` earlier if a park asked for an earlier one
+/// ([`ParkingLot::moved_sweep`]).
+fn move_sweep_up(lot: &ParkingLot, sweep: std::pin::Pin<&mut tokio::time::Sleep>) {
+    if let Some(at) = lot.moved_sweep() {
+        if at < sweep.deadline() {
+            sweep.reset(at);
         }
     }
 }
@@ -1078,6 +1153,16 @@ pub(crate) fn left_for_runtime(fd: RawFd) {
             lot.unwatch_awake(fd);
         }
     }
+}
+
+/// Sets entry `idx` of a per-descriptor side array (`ips`, `retire`),
+/// grown like the slots when it is too short.
+fn set_side<T: Clone + Default>(side: &RefCell<Vec<T>>, idx: usize, value: T) {
+    let mut side = side.borrow_mut();
+    if side.len() <= idx {
+        side.resize((idx + 1).next_multiple_of(GROW_BY), T::default());
+    }
+    side[idx] = value;
 }
 
 /// Whether a connection parked straight after a wake-up at stamp
@@ -1145,8 +1230,10 @@ pub(super) mod tests {
         woken: Woken,
     }
 
-    fn fixture() -> Fixture {
-        let limit = ConnectionLimit::new(4, None);
+    /// A lot of `max_connections` places, with nothing to serve woken
+    /// sockets yet.
+    fn bare_lot(max_connections: usize) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {
+        let limit = ConnectionLimit::new(max_connections, None);
         let stats = Arc::new(WorkerStats::default());
         let lot = ParkingLot::new(
             limit.clone(),
@@ -1155,6 +1242,11 @@ pub(super) mod tests {
             Duration::ZERO,
         )
         .unwrap();
+        (lot, limit, stats)
+    }
+
+    fn fixture() -> Fixture {
+        let (lot, limit, stats) = bare_lot(4);
         let woken: Woken = Rc::default();
         let record = woken.clone();
         lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
@@ -1223,11 +1315,23 @@ pub(super) mod tests {
     }
 
     fn park_as(f: &Fixture, socket: OwnedFd, proto: u8, at_deadline: AtDeadline, watched: bool) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        park_until(f, socket, proto, at_deadline, watched, deadline);
+    }
+
+    fn park_until(
+        f: &Fixture,
+        socket: OwnedFd,
+        proto: u8,
+        at_deadline: AtDeadline,
+        watched: bool,
+        deadline: Instant,
+    ) {
         let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
         f.lot.park(
             socket,
             Parking {
-                deadline: Some(Instant::now() + Duration::from_secs(1)),
+                deadline: Some(deadline),
                 at_once: false,
                 proto: ProtoTag(proto),
                 at_deadline,
@@ -1379,6 +1483,100 @@ pub(super) mod tests {
         assert_eq!(f.stats.timeouts.load(Relaxed), 1, "closed when due");
         f.lot.sweep();
         assert_eq!(f.lot.next_sweep(true), Instant::now() + QUIET_SWEEP);
+    }
+
+    /// A sweep closes or wakes a parked connection only once its deadline
+    /// has passed, and the sweep planned for it comes at or after it. The
+    /// sweep's tick was rounded up as the deadline's is, so a sweep 1.05 s
+    /// in found a deadline of 1.9 s expired: idle timeouts closed early, and
+    /// a protocol timer woke its connection before the protocol's deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_never_expires_before_it_passes() {
+        let f = fixture();
+        let (a, _ca) = pair();
+        let (b, _cb) = pair();
+        let deadline = f.lot.epoch + Duration::from_millis(1900);
+        park_until(&f, a, 1, AtDeadline::Close, false, deadline);
+        park_until(&f, b, 7, AtDeadline::Wake, false, deadline);
+        let early = f.lot.epoch + Duration::from_millis(1050);
+        tokio::time::advance(early.saturating_duration_since(Instant::now())).await;
+        f.lot.sweep();
+        assert_eq!(f.stats.timeouts.load(Relaxed), 0, "not closed early");
+        assert!(f.woken().is_empty(), "not woken early");
+        let due = f.lot.next_sweep(true);
+        assert!(due >= deadline, "the sweep comes after the deadline");
+        assert!(due <= deadline + Duration::from_secs(1), "within a second");
+        tokio::time::advance(due - Instant::now()).await;
+        f.lot.sweep();
+        assert_eq!(f.stats.timeouts.load(Relaxed), 1, "closed when due");
+        assert_eq!(f.woken(), [(ProtoTag(7), Wake::Timer)], "woken when due");
+    }
+
+    /// A lot whose every turn is full (`MAX_EVENTS` wake-ups, as in a
+    /// flood) still sweeps when a sweep is due. A full turn leaves the lot's
+    /// readiness set, and the run loop's `biased` select took the next turn
+    /// before looking at the sweep: idle deadlines (and timers) waited for
+    /// the flood to end. Here every woken socket parks again at once with
+    /// its byte unread, so the re-park re-polls it and it is ready again:
+    /// with more than `MAX_EVENTS` of them, no turn is ever short.
+    #[tokio::test(start_paused = true)]
+    async fn full_turns_do_not_starve_the_sweep() {
+        let local = tokio::task::LocalSet::new();
+        local.run_until(full_turns_sweep()).await;
+    }
+
+    async fn full_turns_sweep() {
+        let (lot, limit, stats) = bare_lot(MAX_EVENTS + 8);
+        let config = Arc::new(crate::conn::config::Config::default());
+        let ctx = Rc::new(WorkerContext::new(0, config, stats.clone(), Some(lot)));
+        let lot = ctx.park.as_ref().unwrap();
+        let park_in = |lot: &ParkingLot, socket, conn, deadline| {
+            let parking = Parking::of(deadline, false, false, ProtoTag(1), AtDeadline::Close);
+            lot.park(socket, parking, conn);
+        };
+        let weak = Rc::downgrade(&ctx);
+        lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
+            if let (Some(ctx), Incoming::Woken { socket, .. }) = (weak.upgrade(), incoming) {
+                park_in(ctx.park.as_ref().unwrap(), socket, conn, None);
+            }
+        })));
+        let mut clients = Vec::new();
+        for _ in 0..MAX_EVENTS + 4 {
+            let (server, mut client) = pair();
+            client.write_all(b"x").unwrap();
+            let conn = Connection::open(limit.try_acquire().unwrap(), stats.clone(), None);
+            park_in(lot, server, conn, None);
+            clients.push(client);
+        }
+        // A silent one, due to time out at the first sweep.
+        let (idle, _idle_client) = pair();
+        let conn = Connection::open(limit.try_acquire().unwrap(), stats.clone(), None);
+        park_in(
+            lot,
+            idle,
+            conn,
+            Some(Instant::now() + Duration::from_secs(1)),
+        );
+        let running = tokio::task::spawn_local(run(ctx.clone()));
+        // Each yield lets the lot take one turn: they stay full.
+        for _ in 0..200 {
+            if stats.parking_wakeups.load(Relaxed) >= 5 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let full = stats.wakes_cold.load(Relaxed) + stats.wakes_hot.load(Relaxed);
+        assert!(full >= 4 * MAX_EVENTS as u64, "full turns: {full} wake-ups");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        for _ in 0..200 {
+            if stats.timeouts.load(Relaxed) > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(stats.timeouts.load(Relaxed), 1, "swept between full turns");
+        ctx.shutdown.start();
+        running.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

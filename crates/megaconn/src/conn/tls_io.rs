@@ -689,6 +689,10 @@ impl<S: Transport> Transport for TlsIo<S> {
 impl<S: Parkable> Parkable for TlsIo<S> {
     const PARKABLE: bool = S::PARKABLE;
 
+    fn lot_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.sock.lot_fd()
+    }
+
     fn repark_when_idle(&self) -> bool {
         self.bufs.plain.is_none() && self.bufs.outgoing.is_none() && self.sock.repark_when_idle()
     }

@@ -6,7 +6,7 @@
 //! the default, which says "ready" so the engine simply reads.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -46,6 +46,13 @@ pub(crate) trait Parkable: Transport {
     /// Whether an idle connection on this stream may be parked at all: plain
     /// sockets and TLS streams over them qualify.
     const PARKABLE: bool;
+
+    /// The socket's descriptor, by which the parking lot knows the
+    /// connection (it notes when one is to be retired at accept). Default:
+    /// none (a custom transport).
+    fn lot_fd(&self) -> Option<RawFd> {
+        None
+    }
 
     /// Whether an idle connection should be parked at once instead of after
     /// `park_idle_after`: true for a socket woken from the parking lot that
@@ -102,6 +109,10 @@ impl Transport for TcpStream {
 
 impl Parkable for TcpStream {
     const PARKABLE: bool = true;
+
+    fn lot_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
 
     fn into_parked(self) -> io::Result<OwnedFd> {
         Ok(self.into_std()?.into())

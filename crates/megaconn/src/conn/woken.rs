@@ -332,6 +332,10 @@ impl Transport for WokenSocket {
 impl Parkable for WokenSocket {
     const PARKABLE: bool = true;
 
+    fn lot_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.raw_fd())
+    }
+
     fn repark_when_idle(&self) -> bool {
         // A hung-up peer's end of stream is still to be read: no edge would
         // wake the lot for it, so the connection reads on and closes.

@@ -87,10 +87,19 @@ impl<'h, H, S> Live<'h, H, S> {
         reason
     }
 
+    /// A panic in `on_close` is caught (here it may run in a drop, during
+    /// another unwinding, or on the parking lot's turn), counted and logged.
     fn end(&mut self, reason: CloseReason) {
         if let Some(state) = self.state.take() {
             self.local.closed(self.id);
-            (self.on_close)(self.handler, state, reason);
+            let (handler, on_close) = (self.handler, self.on_close);
+            let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                on_close(handler, state, reason)
+            }));
+            if closed.is_err() {
+                crate::observe::stats::incr(&self.local.stats().panics);
+                tracing::error!("a message handler's on_close panicked");
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::observe::close::CloseReason;
+use crate::observe::stats::{incr, WorkerStats};
 
 /// What the `on_connection` hook receives.
 #[derive(Debug, Clone)]
@@ -171,6 +172,29 @@ impl Registry {
 #[derive(Clone)]
 pub(crate) struct ConnectionHook(pub(crate) Arc<dyn Fn(&ConnectionEvent) + Send + Sync>);
 
+impl ConnectionHook {
+    /// Calls the user's hook with `event`. A panic in it is caught, counted
+    /// in `stats.panics` and logged: it would otherwise unwind through
+    /// whoever reports the event, the accept loop or the parking lot, and
+    /// end that task for good (the worker's listener would stay open with no
+    /// one accepting; its parked connections would never wake or time out).
+    fn call(&self, event: &ConnectionEvent, stats: &WorkerStats) {
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(event)));
+        if called.is_err() {
+            incr(&stats.panics);
+            let (hook_event, id) = match event {
+                ConnectionEvent::Opened { id, .. } => ("opened", id),
+                ConnectionEvent::Closed { id, .. } => ("closed", id),
+            };
+            tracing::error!(
+                event = hook_event,
+                id,
+                "the on_connection hook panicked; the connection is served on"
+            );
+        }
+    }
+}
+
 impl fmt::Debug for ConnectionHook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ConnectionHook(..)")
@@ -203,13 +227,15 @@ thread_local! {
 
 impl ConnTrack {
     /// Starts tracking a connection: reports `Opened` to the hook and lists the
-    /// connection in the registry, whichever are enabled.
+    /// connection in the registry, whichever are enabled. A panic in the hook
+    /// counts in `stats`.
     pub(crate) fn open(
         hook: Option<&ConnectionHook>,
         registry: Option<&Arc<Registry>>,
         peer: SocketAddr,
         local: SocketAddr,
         worker: usize,
+        stats: &WorkerStats,
     ) -> Rc<ConnTrack> {
         let seq = NEXT_ID.with(|n| {
             let v = n.get();
@@ -218,12 +244,13 @@ impl ConnTrack {
         });
         let id = ((worker as u64) << 48) | (seq & ((1 << 48) - 1));
         if let Some(hook) = hook {
-            (hook.0)(&ConnectionEvent::Opened {
+            let opened = ConnectionEvent::Opened {
                 id,
                 peer,
                 local,
                 worker,
-            });
+            };
+            hook.call(&opened, stats);
         }
         if let Some(registry) = registry {
             registry.lock().insert(
@@ -250,8 +277,9 @@ impl ConnTrack {
         })
     }
 
-    /// Reports `Closed` (once; later calls do nothing).
-    pub(crate) fn close(&self, reason: CloseReason) {
+    /// Reports `Closed` (once; later calls do nothing). A panic in the hook
+    /// counts in `stats`.
+    pub(crate) fn close(&self, reason: CloseReason, stats: &WorkerStats) {
         if self.closed.replace(true) {
             return;
         }
@@ -261,7 +289,7 @@ impl ConnTrack {
         let Some(hook) = &self.hook else {
             return;
         };
-        (hook.0)(&ConnectionEvent::Closed {
+        let closed = ConnectionEvent::Closed {
             id: self.id,
             peer: self.peer,
             duration: self.opened.elapsed(),
@@ -269,7 +297,8 @@ impl ConnTrack {
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
             reason,
-        });
+        };
+        hook.call(&closed, stats);
     }
 }
 
@@ -322,13 +351,14 @@ impl DetachedTrack {
         self.bytes_out += n as u64;
     }
 
-    /// Reports `Closed` and leaves the live-connection list.
-    pub(crate) fn close(&self, reason: CloseReason) {
+    /// Reports `Closed` and leaves the live-connection list. A panic in the
+    /// hook counts in `stats`.
+    pub(crate) fn close(&self, reason: CloseReason, stats: &WorkerStats) {
         if let Some(registry) = &self.registry {
             registry.lock().remove(&self.id);
         }
         if let Some(hook) = &self.hook {
-            (hook.0)(&ConnectionEvent::Closed {
+            let closed = ConnectionEvent::Closed {
                 id: self.id,
                 peer: self.peer,
                 duration: self.opened.elapsed(),
@@ -336,7 +366,8 @@ impl DetachedTrack {
                 bytes_in: self.bytes_in,
                 bytes_out: self.bytes_out,
                 reason,
-            });
+            };
+            hook.call(&closed, stats);
         }
     }
 }
@@ -507,7 +538,7 @@ mod tests {
 
     fn track(port: u16) -> Rc<ConnTrack> {
         let peer = SocketAddr::from(([127, 0, 0, 1], port));
-        ConnTrack::open(None, None, peer, peer, 0)
+        ConnTrack::open(None, None, peer, peer, 0, &WorkerStats::default())
     }
 
     fn poll<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {

@@ -738,7 +738,7 @@ impl Collector for Snapshot {
         counter(
             &mut e,
             "accept_waits_at_limit",
-            "Times an acceptor stopped at max_connections until a connection closed.",
+            "Times a connection waiting to be accepted found max_connections reached (accepting stopped until a connection closed).",
             s.accept_waits_at_limit,
         )?;
         counter(

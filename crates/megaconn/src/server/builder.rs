@@ -465,10 +465,10 @@ impl Builder {
     /// reconnects): HTTP/1.1 answers its next request with `Connection:
     /// close`; HTTP/2 gets a `GOAWAY` (open streams finish). Each connection
     /// draws its limit between 90% and 100% of `age`, so those opened together
-    /// do not leave together. The age counts from accept, or from when a
-    /// parked connection woke (the parking lot keeps no age). Counted in
-    /// `megaconn_connections_aged_out_total`. Default: `None`; zero is
-    /// `None` too.
+    /// do not leave together. The age counts from accept, also for a
+    /// connection that parks between requests (the parking lot keeps it, to
+    /// the second). Counted in `megaconn_connections_aged_out_total`.
+    /// Default: `None`; zero is `None` too.
     pub fn max_connection_age(mut self, age: Option<Duration>) -> Builder {
         self.config.max_connection_age = zero_is_off(age);
         self
@@ -552,7 +552,8 @@ impl Builder {
     /// Calls `hook` on every connection open and close ([`ConnectionEvent`](crate::ConnectionEvent)),
     /// with the close reason, duration, requests and bytes. It runs on the
     /// worker thread: keep it quick (count, log, or send to a channel). Tracking
-    /// costs nothing while no hook is installed.
+    /// costs nothing while no hook is installed. A panic in the hook is
+    /// caught, logged and counted in `panics`; the connection is served on.
     pub fn on_connection(
         mut self,
         hook: impl Fn(&crate::ConnectionEvent) + Send + Sync + 'static,

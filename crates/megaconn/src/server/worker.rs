@@ -125,7 +125,7 @@ where
         let woken = matches!(incoming, Incoming::Woken { .. });
         let Some(stats) = stats else {
             let serve = Tracked::new(dispatch::serve(incoming, service.clone(), ctx, conn), track);
-            tokio::task::spawn_local(tracker.track_future(serve));
+            tokio::task::spawn_local(tracker.track_future(CatchPanic::new(serve)));
             return;
         };
         // Boxed, so that the future can still move into a task once polled;
@@ -134,24 +134,94 @@ where
         let serve = Box::into_pin(boxed_in_place(|| {
             dispatch::serve(incoming, service.clone(), ctx, conn)
         }));
-        let mut serve = Tracked::new(serve, track);
+        let mut serve = CatchPanic::new(Tracked::new(serve, track));
         // Unconstrained: tokio's budget belongs to the lot's task here, and
         // running out of it would send every wake after the first few to a task.
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            poll_once(std::pin::pin!(tokio::task::unconstrained(&mut serve)))
-        }));
+        let polled = poll_once(std::pin::pin!(tokio::task::unconstrained(&mut serve)));
         match polled {
-            Ok(Poll::Ready(())) if woken => incr(&stats.wakes_without_task),
-            Ok(Poll::Ready(())) => {}
-            Ok(Poll::Pending) => {
+            Poll::Ready(()) if woken && !serve.panicked => incr(&stats.wakes_without_task),
+            Poll::Ready(()) => {}
+            Poll::Pending => {
                 tokio::task::spawn_local(tracker.track_future(serve));
             }
-            // Handlers' panics are caught by their protocol; this is ours.
-            // Dropping the future closes the connection's accounts.
+        }
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's serving future, its panics caught. Handlers' panics
+    /// are caught by their protocol; this catches what escapes the
+    /// protocols' guards (the engine's own bugs, user code they call
+    /// unguarded). Without it, on the path served at once the future was
+    /// dropped and the connection closed as `Shutdown`; in a task the
+    /// runtime caught the panic, the connection closed as `Shutdown` and no
+    /// panic was counted. Here it is counted, logged, and the future dropped
+    /// with its connection closing as `Panic`.
+    struct CatchPanic<F> {
+        #[pin]
+        serve: Option<F>,
+        panicked: bool,
+    }
+}
+
+impl<F> CatchPanic<F> {
+    fn new(serve: F) -> CatchPanic<F> {
+        CatchPanic {
+            serve: Some(serve),
+            panicked: false,
+        }
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for CatchPanic<F> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let Some(serve) = this.serve.as_mut().as_pin_mut() else {
+            return Poll::Ready(());
+        };
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve.poll(cx)));
+        match polled {
+            Ok(polled) => polled,
             Err(_panic) => {
-                incr(&stats.panics);
-                tracing::error!("serving a woken connection panicked; closing it");
+                *this.panicked = true;
+                if let Some(ctx) = crate::conn::pool::this_worker() {
+                    incr(&ctx.stats.panics);
+                }
+                tracing::error!("serving a connection panicked; closing it");
+                crate::conn::connection::dropping_after_panic(|| this.serve.set(None));
+                Poll::Ready(())
             }
+        }
+    }
+}
+
+/// Spawns one of the worker's own loops (an accept loop, the parking lot).
+/// Nothing awaits them before shutdown and the runtime keeps a task's panic
+/// to itself, so a panic that escaped one would silently leave the worker
+/// without it: a listener still in the `SO_REUSEPORT` group that nobody
+/// accepts on (its share of new connections hangs in the backlog), or
+/// parked connections nobody wakes or times out. The callbacks known to
+/// panic (the `on_connection` hook, handlers' `on_close`) are caught where
+/// they are called; this is the backstop that makes any other one loud.
+fn spawn_loop(
+    what: &'static str,
+    worker: usize,
+    run: impl std::future::Future<Output = ()> + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use futures_util::FutureExt;
+    tokio::task::spawn_local(async move {
+        if std::panic::AssertUnwindSafe(run)
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                worker,
+                what,
+                "a worker loop panicked and stopped: this worker serves on without it (restart the server)"
+            );
         }
     })
 }
@@ -203,7 +273,7 @@ where
         lot.set_respawn(Some(spawn_connection.clone()));
         lot.set_on_close(Some(dispatch::on_parked_close(&ctx)));
     }
-    let parking = tokio::task::spawn_local(park::run(ctx.clone()));
+    let parking = spawn_loop("parking lot", index, park::run(ctx.clone()));
     // With a hub, this worker's pump takes its messages from the start. Made
     // on the first message connection instead, it found every broadcast
     // since the server started queued (unbounded) and delivered them all to
@@ -246,12 +316,16 @@ where
             )
         };
         match registered.map_err(std::io::Error::from) {
-            Ok(listener) => acceptors.push(tokio::task::spawn_local(accept_loop(
-                listener,
-                ctx.clone(),
-                spawn_connection.clone(),
-                limit.clone(),
-            ))),
+            Ok(listener) => acceptors.push(spawn_loop(
+                "accept loop",
+                index,
+                accept_loop(
+                    listener,
+                    ctx.clone(),
+                    spawn_connection.clone(),
+                    limit.clone(),
+                ),
+            )),
             Err(e) => tracing::error!(worker = index, error = %e, "cannot register listener"),
         }
     }

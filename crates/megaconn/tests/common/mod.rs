@@ -249,19 +249,51 @@ pub struct TestServer {
     task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
 }
 
+/// A server running a service of the test's own in the background, on the
+/// addresses its builder listens on.
+pub struct AppServer {
+    pub addrs: Vec<SocketAddr>,
+    pub handle: ServerHandle,
+    pub task: tokio::task::JoinHandle<Result<ShutdownSummary, megaconn::Error>>,
+}
+
+impl AppServer {
+    /// Binds `builder` and serves `app` on a task of its own.
+    pub fn start<S>(builder: Builder, app: S) -> AppServer
+    where
+        S: megaconn::HttpService + Clone + Send + 'static,
+        S::Future: 'static,
+        S::ResBody: 'static,
+    {
+        let server = builder.listen().expect("server binds");
+        let addrs = server.local_addrs().to_vec();
+        let handle = server.handle();
+        let task = tokio::spawn(server.serve(app));
+        AppServer {
+            addrs,
+            handle,
+            task,
+        }
+    }
+
+    /// Shuts down; true if it stopped in time.
+    pub async fn stop(self) -> bool {
+        self.handle.shutdown();
+        tokio::time::timeout(SAFETY, self.task).await.is_ok()
+    }
+}
+
 impl TestServer {
     /// Starts `builder` (address 127.0.0.1:0 is added) with the test app.
     pub async fn start(builder: Builder) -> TestServer {
-        let server = builder
-            .listen_on("127.0.0.1:0".parse().unwrap())
-            .listen()
-            .expect("server binds");
-        let addr = server.local_addr();
-        let handle = server.handle();
         let (app, probe) = test_app();
-        let task = tokio::spawn(server.serve(app));
+        let AppServer {
+            addrs,
+            handle,
+            task,
+        } = AppServer::start(builder.listen_on("127.0.0.1:0".parse().unwrap()), app);
         TestServer {
-            addr,
+            addr: addrs[0],
             handle,
             probe,
             task,

@@ -324,3 +324,162 @@ async fn live_connections_are_listed_with_their_state() {
     assert_eq!(server.handle.connections(0, 10).0, 0);
     server.stop().await;
 }
+
+/// One request on `s`, answered within [`common::SAFETY`]: `None` if the
+/// connection closed instead (a response that never comes fails the test).
+async fn answered(s: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    get(s, "").await;
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            if let Some((r, _)) = common::try_parse_response(&buf, false) {
+                return Some(r.status);
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(common::SAFETY, read)
+        .await
+        .expect("an answer (or a close) in time")
+}
+
+/// A hook that panics on the first event `fires_on` matches and counts the
+/// events it saw without panicking.
+fn panicking_hook(
+    builder: megaconn::Builder,
+    fires_on: fn(&megaconn::ConnectionEvent) -> bool,
+) -> megaconn::Builder {
+    let fired = std::sync::atomic::AtomicBool::new(false);
+    builder.on_connection(move |e| {
+        if fires_on(e) && !fired.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            panic!("a bug in the on_connection hook");
+        }
+    })
+}
+
+/// A panic in the `on_connection` hook on `Opened` ran in the worker's accept
+/// loop and ended it: its listener stayed open with nobody accepting, and
+/// every later connection to it hung in the backlog. Caught, it is counted
+/// and the connections are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_panicking_on_open_does_not_stop_accepting() {
+    let builder = panicking_hook(no_timeouts(), |e| {
+        matches!(e, megaconn::ConnectionEvent::Opened { .. })
+    });
+    let server = TestServer::start(builder).await;
+    let mut first = server.connect().await;
+    assert_eq!(answered(&mut first).await, Some(200));
+    let mut second = server.connect().await;
+    assert_eq!(answered(&mut second).await, Some(200), "still accepting");
+    assert_eq!(server.handle.stats().panics, 1);
+    server.stop().await;
+}
+
+/// A panic in the hook on a parked connection's idle timeout ran in the
+/// parking lot's task and ended it: no parked connection on that worker was
+/// woken (or timed out) again. Caught, a connection parked afterwards is
+/// still woken by its next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_panicking_in_the_lot_does_not_stop_it() {
+    let builder = panicking_hook(
+        no_timeouts()
+            .park_idle_after(Some(Duration::from_millis(20)))
+            .idle_timeout(Some(Duration::from_secs(2))),
+        |e| {
+            matches!(
+                e,
+                megaconn::ConnectionEvent::Closed {
+                    reason: CloseReason::IdleTimeout,
+                    ..
+                }
+            )
+        },
+    );
+    let server = TestServer::start(builder).await;
+    let mut timed_out = server.connect().await;
+    assert_eq!(answered(&mut timed_out).await, Some(200));
+    server
+        .wait_stats("parked, timed out", |s| s.timeouts == 1)
+        .await;
+    server.wait_stats("the panic", |s| s.panics == 1).await;
+    // Parked, then woken by a request. Only a machine stalled for the whole
+    // idle timeout between the park and the request can time it out first:
+    // then the lot (alive) closed it, and another try follows.
+    for _ in 0..3 {
+        let parks = server.handle.stats().parks;
+        let mut s = server.connect().await;
+        assert_eq!(answered(&mut s).await, Some(200));
+        server.wait_stats("parked again", |s| s.parks > parks).await;
+        if let Some(status) = answered(&mut s).await {
+            assert_eq!(status, 200);
+            server.stop().await;
+            return;
+        }
+    }
+    panic!("three parked connections timed out before their request was sent");
+}
+
+/// A response body whose `size_hint` panics (when it holds `true`): the
+/// engine asks for it outside the guards around the handler and the body's
+/// frames, so the panic reaches the connection's serving future itself.
+struct PanickySizeHint(bool);
+
+impl http_body::Body for PanickySizeHint {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(None)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        assert!(!self.0, "a bug in a response body's size_hint");
+        http_body::SizeHint::with_exact(0)
+    }
+}
+
+/// A panic that escapes every protocol guard, in a parked connection's
+/// request served at once on the lot's turn (`/now`) and in one that waits
+/// as a task (`/later`): the connection closes as `Panic`, counted in
+/// `panics`. The at-once path dropped the future, so the connection closed
+/// as `Shutdown`; the runtime caught the task's panic, likewise `Shutdown`,
+/// uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_outside_the_handler_guards_closes_as_panic() {
+    let (builder, mut events) =
+        hooked(no_timeouts().park_idle_after(Some(Duration::from_millis(20))));
+    let app = tower::service_fn(|req: http::Request<megaconn::Body>| async move {
+        let path = req.uri().path().to_owned();
+        if path == "/later" {
+            tokio::task::yield_now().await;
+        }
+        let body = PanickySizeHint(path != "/");
+        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    });
+    let server = common::AppServer::start(builder.listen_on("127.0.0.1:0".parse().unwrap()), app);
+    let handle = &server.handle;
+    for (round, path) in ["/now", "/later"].into_iter().enumerate() {
+        let mut s = tokio::net::TcpStream::connect(server.addrs[0])
+            .await
+            .unwrap();
+        get(&mut s, "").await;
+        assert_eq!(read_response(&mut s).await.status, 200);
+        common::wait_stats(handle, "parked", |s| s.connections_parked == 1).await;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert!(read_to_close(&mut s).await.is_empty(), "{path}");
+        let closed = events.next_close().await;
+        assert_eq!(closed.reason, CloseReason::Panic, "{path}");
+        assert_eq!(handle.stats().panics, round as u64 + 1, "{path}");
+    }
+    assert!(server.stop().await, "the server stops");
+}

@@ -128,3 +128,38 @@ async fn accept_rate_limit_refuses_past_the_burst() {
     assert!(served(&mut a).await);
     server.stop().await;
 }
+
+/// Below `max_connections` no connection waits to be accepted. Each
+/// acceptor used to take its slot before waiting for a connection, so an
+/// idle acceptor held one: here, one worker listening on two addresses at
+/// `max_connections(2)`, the second address's idle acceptor held the free
+/// slot, and a second connection to the first address waited in the
+/// backlog with one connection open.
+#[tokio::test]
+async fn an_idle_acceptor_holds_no_connection_slot() {
+    let (app, _probe) = common::test_app();
+    let server = common::AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connections(2)
+            .listen_on("127.0.0.1:0".parse().unwrap())
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        app,
+    );
+    let (addrs, handle) = (&server.addrs, &server.handle);
+    assert_eq!(addrs.len(), 2);
+
+    let mut first = TcpStream::connect(addrs[0]).await.unwrap();
+    assert!(served(&mut first).await);
+    // Held open (idle): one of two slots taken.
+    let mut second = TcpStream::connect(addrs[0]).await.unwrap();
+    let answered = tokio::time::timeout(common::SAFETY, served(&mut second)).await;
+    assert!(
+        answered.is_ok_and(|ok| ok),
+        "a connection below max_connections was not accepted: {:?}",
+        handle.stats()
+    );
+    assert_eq!(handle.stats().accept_waits_at_limit, 0);
+    drop((first, second));
+    assert!(server.stop().await, "the server stops");
+}

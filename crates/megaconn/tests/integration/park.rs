@@ -572,3 +572,36 @@ async fn a_reset_of_a_parked_connection_is_a_client_close() {
     assert_eq!(server.handle.stats().protocol_errors, 0);
     server.stop().await;
 }
+
+/// `max_connection_age` counts from accept for a connection that parks
+/// between requests: the lot keeps when it is to be retired. Each wake-up
+/// used to draw a fresh age, so such a connection was never retired.
+#[tokio::test]
+async fn a_connection_parked_between_requests_is_retired_at_its_age() {
+    const AGE: Duration = Duration::from_secs(2);
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .park_idle_after(Some(PARK_IDLE_AFTER))
+            .idle_timeout(None)
+            .max_connection_age(Some(AGE)),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let accepted = tokio::time::Instant::now();
+    let get = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    s.write_all(get).await.unwrap();
+    let first = read_response(&mut s).await;
+    assert_eq!(first.header("connection"), None, "young: kept alive");
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    // Past its age (the lot keeps it to the second, rounded up).
+    tokio::time::sleep_until(accepted + AGE + Duration::from_millis(1100)).await;
+    s.write_all(get).await.unwrap();
+    let second = read_response(&mut s).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("connection"), Some("close"), "retired");
+    assert_eq!(server.handle.stats().aged_out, 1);
+    server.stop().await;
+}

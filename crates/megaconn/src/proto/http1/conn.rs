@@ -50,6 +50,14 @@ where
     S: HttpService,
 {
     let mut conn = ConnIo::new(io, ctx);
+    // `max_connection_age` counts from the accept, which the parking lot
+    // noted (to the second, rounded up): this may be a wake-up after many
+    // requests. Just accepted, the age drawn now is the exact one.
+    if let (Some(lot), Some(fd)) = (conn.ctx.park.as_ref(), conn.io.lot_fd()) {
+        if let Some(at) = lot.retire_at(fd) {
+            conn.retire_at = conn.retire_at.map(|now| now.min(at));
+        }
+    }
     conn.info = info.filter(|_| conn.ctx.config.connect_info);
     let ended = match run(&mut conn, &mut service).await {
         Ended::Close(reason) => {
