@@ -108,7 +108,8 @@ pub const RAPID_RESET_LIMIT: u64 = 100;
 /// Response bytes buffered per stream before the body is polled again.
 const MAX_SEND_BUFFER: usize = 256 * 1024;
 
-/// How long a connection told to go away (idle timeout) may take to finish.
+/// How long a connection told to go away may take to finish (idle timeout),
+/// or stay open with no stream open (shutdown, `max_connection_age`).
 const GOAWAY_GRACE: Duration = Duration::from_secs(5);
 
 fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
@@ -156,7 +157,11 @@ where
     let mut streams = FuturesUnordered::new();
     let idle_timeout = ctx.config.idle_timeout;
     // One timer: the idle deadline while no stream is open, then the grace
-    // period after an idle GOAWAY.
+    // period after an idle GOAWAY; after another GOAWAY (shutdown, age), the
+    // time the client gets to open the streams it had on the way while none
+    // is open. h2 closes a connection that went away gracefully only once
+    // the client acknowledged the GOAWAY's PING: one that never does would
+    // otherwise be held for good.
     let mut timer = pin!(tokio::time::sleep(
         idle_timeout.unwrap_or(Duration::MAX / 4)
     ));
@@ -180,12 +185,20 @@ where
                 conn.graceful_shutdown();
                 going_away = true;
                 reason = CloseReason::Shutdown;
+                if streams.is_empty() && waiting.is_none() {
+                    timer.as_mut().reset(Instant::now() + GOAWAY_GRACE);
+                    timer_armed = true;
+                }
             }
             () = &mut retire, if retire_at.is_some() && !going_away => {
                 conn.graceful_shutdown();
                 going_away = true;
                 reason = CloseReason::ServerClosed;
                 ctx.aged_out();
+                if streams.is_empty() && waiting.is_none() {
+                    timer.as_mut().reset(Instant::now() + GOAWAY_GRACE);
+                    timer_armed = true;
+                }
             }
             // One poll for the connection and the service together (both
             // need this task's context, and the service `&mut`): see
@@ -256,6 +269,10 @@ where
                         timer.as_mut().reset(Instant::now() + t);
                         timer_armed = true;
                     }
+                } else if none_open && !grace {
+                    // Gone away and its streams done: see `timer`.
+                    timer.as_mut().reset(Instant::now() + GOAWAY_GRACE);
+                    timer_armed = true;
                 }
             }
             () = flood.tripped(), if !going_away => {
@@ -271,7 +288,7 @@ where
             () = &mut timer, if timer_armed => {
                 if going_away {
                     // The grace period after an idle GOAWAY ended, or, after
-                    // another GOAWAY, no stream opened by the idle deadline.
+                    // another GOAWAY, no stream was open for GOAWAY_GRACE.
                     break;
                 }
                 incr(&ctx.stats.timeouts);
