@@ -37,22 +37,31 @@ fn serve_with_fds(fds: &[i32], names: &str, extra: &[&str]) -> Command {
     .args(extra)
     .stdin(Stdio::null());
     let fds = fds.to_vec();
-    // SAFETY: dup2 and fcntl only, between fork and exec. Each passed
-    // descriptor is duplicated above the targets first, so that moving one
-    // into place cannot overwrite another still to be moved.
+    // Made here: between fork and exec nothing may allocate.
+    let mut copies = vec![-1; fds.len()];
+    // SAFETY: dup2, fcntl and close only, between fork and exec. Each passed
+    // descriptor is first copied above every source and every target (at a
+    // free number `F_DUPFD` picks), so that moving one into place cannot
+    // overwrite another still to be moved: a fixed base could be one of the
+    // sources, which are whatever numbers this test process had free.
     unsafe {
         cmd.pre_exec(move || {
-            let base = 3 + fds.len() as i32 + 10;
-            for (i, &fd) in fds.iter().enumerate() {
-                if libc::dup2(fd, base + i as i32) < 0 {
+            let above = fds
+                .iter()
+                .map(|&fd| fd + 1)
+                .fold(3 + fds.len() as i32, i32::max);
+            for (copy, &fd) in copies.iter_mut().zip(&fds) {
+                *copy = libc::fcntl(fd, libc::F_DUPFD, above);
+                if *copy < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            for i in 0..fds.len() as i32 {
-                if libc::dup2(base + i, 3 + i) < 0 {
+            for (i, &copy) in copies.iter().enumerate() {
+                let i = i as i32;
+                if libc::dup2(copy, 3 + i) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                libc::close(base + i);
+                libc::close(copy);
                 let flags = libc::fcntl(3 + i, libc::F_GETFD);
                 libc::fcntl(3 + i, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
             }
