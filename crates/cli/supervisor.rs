@@ -21,9 +21,9 @@
 //! upgrade (the old generation serves on in full); after that, a new worker
 //! process that fails to take over is started again to take over from the
 //! same old one (which serves meanwhile), and afresh on its own listener
-//! only once nothing answers on that one's control socket. A worker process
-//! that dies while others are still starting is restarted at once: start-up
-//! and serving are one event loop. The supervisor's admin listener is not
+//! only once nothing answers on that one's control socket. Once a start is
+//! past that point, a worker process that dies while others are still
+//! starting is restarted at once: start-up and serving are one event loop. The supervisor's admin listener is not
 //! handed over: give the new one another `--admin` address (or `off`) while
 //! the old one drains.
 //!

@@ -82,6 +82,9 @@ fn test_gate(path: &Path) {
     let mut gate = path.as_os_str().to_owned();
     gate.push(".gate");
     if let Ok(mut s) = std::os::unix::net::UnixStream::connect(gate) {
+        // Bounded, should the variable ever be set outside a test: a gate
+        // nobody closes holds a take-over two minutes, not for good.
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(120)));
         let _ = writeln!(s, "{}", std::process::id());
         let _ = s.read_to_end(&mut Vec::new());
     }

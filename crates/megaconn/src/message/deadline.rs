@@ -33,12 +33,13 @@ impl MessageDeadline {
     /// Notes where the connection stands after reading and decoding:
     /// between messages the bound is off; in the middle of one it runs
     /// from the first time it was seen there (at `now`), whatever comes
-    /// after.
-    pub(crate) fn track(&mut self, between: bool, now: Instant) {
+    /// after. `now` is read only then: this runs at every read of every
+    /// message connection, and nearly all of them are between messages.
+    pub(crate) fn track(&mut self, between: bool, now: impl FnOnce() -> Instant) {
         if between {
             self.at = None;
         } else if self.at.is_none() {
-            self.at = self.timeout.map(|t| now + t);
+            self.at = self.timeout.map(|t| now() + t);
         }
     }
 
@@ -81,27 +82,27 @@ mod tests {
         let now = Instant::now();
         let second = Duration::from_secs(1);
         let mut deadline = MessageDeadline::new(Some(second));
-        deadline.track(true, now);
+        deadline.track(true, || now);
         assert_eq!(deadline.at(), None, "between messages");
-        deadline.track(false, now);
+        deadline.track(false, || now);
         assert_eq!(deadline.at(), Some(now + second));
         // More of the same message: the bound stays where it was.
-        deadline.track(false, now + second / 2);
+        deadline.track(false, || now + second / 2);
         assert_eq!(deadline.at(), Some(now + second));
         assert!(!deadline.passed(now + second / 2));
         assert!(deadline.passed(now + second));
         // The message ended: the next one gets its own time.
-        deadline.track(true, now + second);
+        deadline.track(true, || now + second);
         assert!(!deadline.passed(now + 2 * second));
-        deadline.track(false, now + 2 * second);
+        deadline.track(false, || now + 2 * second);
         assert_eq!(deadline.at(), Some(now + 3 * second));
         // One ended and the next began in the same read: a fresh time.
         deadline.ended();
-        deadline.track(false, now + 3 * second);
+        deadline.track(false, || now + 3 * second);
         assert_eq!(deadline.at(), Some(now + 4 * second));
         // Off: never bounded.
         let mut off = MessageDeadline::new(crate::conn::config::zero_is_off(Some(Duration::ZERO)));
-        off.track(false, now);
+        off.track(false, || now);
         assert_eq!(off.at(), None);
     }
 }

@@ -17,9 +17,11 @@ use http::StatusCode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// The client closed its side, or reset the connection (or left before
-    /// its TLS handshake) while no request of its was under way: a dropped
-    /// keep-alive connection, parked or not.
+    /// The client closed its side, or left before its TLS handshake, or
+    /// reset an HTTP/1.1 or TLS connection while no request of its was under
+    /// way: a dropped keep-alive connection, parked or not. (A reset of an
+    /// idle cleartext HTTP/2, WebSocket or framed connection is still
+    /// [`CloseReason::Io`].)
     ClientClosed,
     /// The server chose to close (keep-alive off, `Connection: close`,
     /// HTTP/1.0, or an upgraded connection its handler dropped).
@@ -49,8 +51,9 @@ pub enum CloseReason {
     /// The handler or its response body panicked.
     Panic,
     /// Reset, broken pipe or another socket error midway through a request
-    /// or a response (an HTTP connection reset between requests is
-    /// [`CloseReason::ClientClosed`]).
+    /// or a response (an HTTP/1.1 connection reset between requests is
+    /// [`CloseReason::ClientClosed`]; an idle cleartext HTTP/2, WebSocket or
+    /// framed one reset is this).
     Io(io::ErrorKind),
     /// Refused right after accept by an admission limit (accept rate, per IP).
     Limit,

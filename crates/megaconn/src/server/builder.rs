@@ -467,7 +467,8 @@ impl Builder {
     /// draws its limit between 90% and 100% of `age`, so those opened together
     /// do not leave together. The age counts from accept, also for a
     /// connection that parks between requests (the parking lot keeps it, to
-    /// the second). Counted in `megaconn_connections_aged_out_total`.
+    /// the second); for one handed over by an upgrade, from when the new
+    /// process adopted it. Counted in `megaconn_connections_aged_out_total`.
     /// Default: `None`; zero is `None` too.
     pub fn max_connection_age(mut self, age: Option<Duration>) -> Builder {
         self.config.max_connection_age = zero_is_off(age);

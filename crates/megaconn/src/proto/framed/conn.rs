@@ -314,7 +314,7 @@ pub(crate) async fn serve<H: FramedHandler>(
         }
 
         let between_frames = codec.between_frames(buf.as_deref().unwrap_or_default());
-        message.track(between_frames, Instant::now());
+        message.track(between_frames, Instant::now);
         if between_frames && ctx.shutdown.is_started() {
             return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref()).await;
         }

@@ -52,7 +52,10 @@ where
     let mut conn = ConnIo::new(io, ctx);
     // `max_connection_age` counts from the accept, which the parking lot
     // noted (to the second, rounded up): this may be a wake-up after many
-    // requests. Just accepted, the age drawn now is the exact one.
+    // requests. The earlier of that and an age drawn now: just accepted,
+    // the one drawn now is exact (over TLS it is drawn after the handshake,
+    // with its own jitter, so the connection's age is the lower of two
+    // draws; the 90-100 % spread still holds).
     if let (Some(lot), Some(fd)) = (conn.ctx.park.as_ref(), conn.io.lot_fd()) {
         if let Some(at) = lot.retire_at(fd) {
             conn.retire_at = conn.retire_at.map(|now| now.min(at));

@@ -234,7 +234,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         // restarted, for good.
         let between =
             decoder.between_messages() && conn.rbuf_len() == 0 && !holds_partial_record(&conn.io);
-        message.track(between, Instant::now());
+        message.track(between, Instant::now);
         // Messages pushed meanwhile go out, also while the peer is in the
         // middle of a message (ours never interleave with theirs): held
         // until a slow upload's message ended, they overflowed the queue.
