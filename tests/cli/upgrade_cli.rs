@@ -250,16 +250,8 @@ fn twenty_upgrades_refuse_no_connection_and_fail_no_request() {
 
 /// The value of an unlabelled metric on the admin listener.
 fn metric(admin: &str, name: &str) -> f64 {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.lines()
+    get(admin, "/metrics")
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
