@@ -1,8 +1,12 @@
-//! megaconn: a lean HTTP/1.1 server engine for very many concurrent connections.
+//! megaconn: a server engine for very many concurrent connections: HTTP/1.1,
+//! HTTP/2, WebSocket and framed TCP, in cleartext or TLS.
 //!
 //! megaconn serves any [`tower_service::Service`] that takes an
 //! [`http::Request<megaconn::Body>`](Body) — an axum `Router` plugs in unchanged —
 //! on thread-per-core workers, with the safety knobs of Go's `http.Server`.
+//! Persistent protocols have a per-message API as well
+//! ([`WebSocketHandler`], [`FramedHandler`]): a connection between messages
+//! keeps a few bytes of state and no task, so it can park (below).
 //!
 //! ```no_run
 //! use std::convert::Infallible;
@@ -102,10 +106,17 @@
 //!
 //! # Idle connections cost almost nothing
 //!
-//! A keep-alive connection waiting for its next request holds no read or write
-//! buffer: buffers come from a per-worker [pool](ServerStats::buffers_checked_out)
-//! when the socket becomes readable and go back when the exchange is done. The
-//! handler future is boxed so the connection future stays small while idle.
+//! A connection waiting for its next request or message holds no read or
+//! write buffer: buffers come from a per-worker
+//! [pool](ServerStats::buffers_checked_out) when the socket becomes readable
+//! and go back when the exchange is done. Once idle for
+//! [`DEFAULT_PARK_IDLE_AFTER`] ([`Builder::park_idle_after`]), a connection
+//! of any of our protocols (HTTP/1.1, WebSocket and framed TCP through the
+//! per-message API, and their TLS forms) leaves tokio for the worker's
+//! parking lot: a deadline word and a protocol tag per descriptor, its
+//! state (a TLS session, a handler's state) in a side table. Its next bytes
+//! wake it where it left off. HTTP/2 connections and connections handed to
+//! a service by an upgrade keep their task (with no buffers while idle).
 
 mod conn;
 mod error;
