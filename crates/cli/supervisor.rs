@@ -32,7 +32,7 @@
 //! per-process cap cannot be raised.
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,8 +69,54 @@ enum Event {
     Exited(usize, Option<i32>),
 }
 
+/// A worker process, to signal. Its waiting task (see [`start`]) reaps it,
+/// and may have done so before the loop hears of the exit: its pid may by
+/// then belong to another process, so signals go through a pidfd, opened
+/// before the process could be reaped, which names this process alone (a
+/// signal to one reaped fails with `ESRCH`).
+struct Process {
+    pid: u32,
+    /// `None` on kernels without pidfds (before Linux 5.3): signals go by pid.
+    pidfd: Option<OwnedFd>,
+}
+
+impl Process {
+    /// `pid` is a child of ours not reaped yet.
+    fn open(pid: u32) -> Process {
+        // SAFETY: pidfd_open(2) with integer arguments.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: a fresh descriptor nobody else owns.
+            unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }
+        });
+        Process { pid, pidfd }
+    }
+
+    /// Sends `signal`; an error (`ESRCH`) once the process was reaped.
+    fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+        let done = match &self.pidfd {
+            // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            },
+            // SAFETY: kill(2) with integer arguments.
+            None => unsafe { libc::kill(self.pid as libc::pid_t, signal) }.into(),
+        };
+        if done < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 struct Worker {
-    pid: Option<u32>,
+    process: Option<Process>,
     started: Instant,
     restarts: u32,
     running: bool,
@@ -90,7 +136,7 @@ struct Worker {
 impl Worker {
     fn new(take_over: bool) -> Worker {
         Worker {
-            pid: None,
+            process: None,
             started: Instant::now(),
             restarts: 0,
             running: false,
@@ -102,17 +148,22 @@ impl Worker {
         }
     }
 
-    fn launched(&mut self, pid: u32) {
+    fn launched(&mut self, process: Process) {
         let now = Instant::now();
-        self.pid = Some(pid);
+        self.process = Some(process);
         self.running = true;
         self.ready = false;
         self.started = now;
         self.ready_by = Some(now + READY_TIMEOUT);
     }
 
+    /// Its pid, while it runs.
+    fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid)
+    }
+
     fn exited(&mut self) {
-        self.pid = None;
+        self.process = None;
         self.running = false;
         self.ready = false;
         self.ready_by = None;
@@ -205,7 +256,7 @@ async fn supervise(
             upgrade,
         );
         match launched {
-            Ok(pid) => workers[i].launched(pid),
+            Ok(process) => workers[i].launched(process),
             Err(e) => {
                 stop_all(&workers, libc::SIGKILL);
                 return Err(e);
@@ -244,7 +295,7 @@ async fn supervise(
                 std::process::id()
             );
             for (i, w) in workers.iter().enumerate() {
-                match w.pid {
+                match w.pid() {
                     Some(pid) => crate::say!("worker process {i} pid {pid}"),
                     // Announced as restarted once it is (not as pid 0).
                     None => crate::say!("worker process {i} restarting"),
@@ -270,10 +321,10 @@ async fn supervise(
                         // took over from is leaving.
                         w.take_over = false;
                         committed = true;
-                        tracing::info!(worker = i, pid = w.pid, "worker process took over from the old one");
+                        tracing::info!(worker = i, pid = w.pid(), "worker process took over from the old one");
                     }
                     if w.restarts > 0 {
-                        let pid = w.pid.unwrap_or(0);
+                        let pid = w.pid().unwrap_or(0);
                         if announced {
                             crate::say!("worker process {i} restarted pid {pid}");
                         } else {
@@ -318,18 +369,18 @@ async fn supervise(
                             anyhow::bail!("worker processes did not start listening within {READY_TIMEOUT:?}");
                         }
                         workers[i].ready_by = None;
-                        if let Some(pid) = workers[i].pid {
-                            tracing::error!(worker = i, pid, "worker process not ready within {READY_TIMEOUT:?}; killing it (its exit restarts it)");
-                            // SAFETY: kill(2) on a child we started.
-                            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                        if let Some(process) = &workers[i].process {
+                            tracing::error!(worker = i, pid = process.pid, "worker process not ready within {READY_TIMEOUT:?}; killing it (its exit restarts it)");
+                            // An error: it exited meanwhile, and that restarts it.
+                            let _ = process.signal(libc::SIGKILL);
                         }
                     }
                     let w = &mut workers[i];
                     if w.restart_at.is_some_and(|t| t <= now) {
                         w.restart_at = None;
                         match start(&exe, &argv, i, processes, shared, fanout, tx.clone(), w.take_over) {
-                            Ok(pid) => {
-                                w.launched(pid);
+                            Ok(process) => {
+                                w.launched(process);
                                 w.restarts += 1;
                             }
                             Err(e) => {
@@ -382,10 +433,11 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// Sends `signal` to every worker process still running (one that exited
+/// meanwhile is skipped: its exit is on its way to the loop).
 fn stop_all(workers: &[Worker], signal: libc::c_int) {
-    for pid in workers.iter().filter_map(|w| w.pid) {
-        // SAFETY: kill(2) on a child we started.
-        unsafe { libc::kill(pid as libc::pid_t, signal) };
+    for process in workers.iter().filter_map(|w| w.process.as_ref()) {
+        let _ = process.signal(signal);
     }
 }
 
@@ -420,7 +472,7 @@ fn start(
     fanout: &Arc<Fanout>,
     events: mpsc::UnboundedSender<Event>,
     take_over: bool,
-) -> anyhow::Result<u32> {
+) -> anyhow::Result<Process> {
     let upgrade = take_over && argv.iter().any(|a| a == "--upgrade");
     let ready_line = if upgrade {
         "megaconn upgrade done"
@@ -450,7 +502,11 @@ fn start(
         .with_context(|| format!("cannot start worker process {index}"))?;
     // The child has its copy; ours closes.
     drop(channel);
-    let pid = child.id().unwrap_or(0);
+    // Before the waiting task below can reap it (it has not run yet).
+    let pid = child
+        .id()
+        .context("a worker process just started has no pid")?;
+    let process = Process::open(pid);
     let stdout = child.stdout.take();
     tokio::spawn(async move {
         if let Some(stdout) = stdout {
@@ -467,7 +523,7 @@ fn start(
         let code = child.wait().await.ok().and_then(|s| s.code());
         let _ = events.send(Event::Exited(index, code));
     });
-    Ok(pid)
+    Ok(process)
 }
 
 #[cfg(test)]
@@ -498,5 +554,24 @@ mod tests {
             "{:?}",
             out.status
         );
+    }
+
+    /// A signal reaches the worker process while it runs, and once it has
+    /// been reaped fails (`ESRCH`) instead of going to whatever process has
+    /// its pid now.
+    #[test]
+    fn a_signal_goes_to_the_worker_process_and_to_no_other() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "read line"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let process = Process::open(child.id());
+        assert!(process.pidfd.is_some(), "no pidfd on this kernel");
+        process.signal(libc::SIGKILL).unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        let err = process.signal(libc::SIGKILL).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH), "{err}");
     }
 }
