@@ -17,6 +17,11 @@
 //! socket (`--upgrade-socket` plus `.k`), listening sockets and parked
 //! connections included; an old worker that handed over exits after its
 //! drain and is not restarted, and the old supervisor exits once all have.
+//! From the first hand-over on, the old supervisor restarts none of its
+//! worker processes: one that dies is left to the new worker process of its
+//! index, which finds nothing to take over from and starts afresh (a
+//! restarted old one could come up beside it); the old supervisor exits once
+//! each has handed over or died.
 //! Until one new worker process has taken over, any failure abandons the
 //! upgrade (the old generation serves on in full); after that, a new worker
 //! process that fails to take over is started again to take over from the
@@ -121,6 +126,9 @@ struct Worker {
     restarts: u32,
     running: bool,
     handed_over: bool,
+    /// It died while its generation was being upgraded, and is not
+    /// restarted: the new worker process of its index starts afresh.
+    retired: bool,
     /// Its current (or next) start takes over from the old worker process of
     /// its index (`--upgrade`), rather than binding its own listener.
     take_over: bool,
@@ -141,6 +149,7 @@ impl Worker {
             restarts: 0,
             running: false,
             handed_over: false,
+            retired: false,
             take_over,
             ready: false,
             ready_by: None,
@@ -162,11 +171,28 @@ impl Worker {
         self.process.as_ref().map(|p| p.pid)
     }
 
+    /// It is gone for good: handed over (or retired) and exited.
+    fn done(&self) -> bool {
+        (self.handed_over || self.retired) && !self.running
+    }
+
     fn exited(&mut self) {
         self.process = None;
         self.running = false;
         self.ready = false;
         self.ready_by = None;
+    }
+
+    /// Worker process `index` died (or is about to restart) while a newer
+    /// generation takes over from this one: it is not started again. A
+    /// restart would race the new worker process of its index, which may
+    /// find nothing on the control socket meanwhile and start afresh on its
+    /// own listener, beside the restarted one (which would then hold this
+    /// supervisor up for good); left dead, the new one finds nothing to take
+    /// over from and starts afresh, alone.
+    fn retire(&mut self, index: usize) {
+        self.retired = true;
+        tracing::error!(worker = index, "worker process gone while a newer generation takes over from this one; not restarting it: the new worker process of its index starts afresh in its place");
     }
 
     /// Schedules the restart of worker process `index`, which exited with
@@ -335,6 +361,12 @@ async fn supervise(
                 Some(Event::HandedOver(i)) => {
                     workers[i].handed_over = true;
                     tracing::info!(worker = i, "worker process handed over to a newer one; it drains and is not restarted");
+                    // This generation is being upgraded: see `retire`.
+                    for (k, w) in workers.iter_mut().enumerate() {
+                        if w.restart_at.take().is_some() {
+                            w.retire(k);
+                        }
+                    }
                 }
                 Some(Event::Exited(i, code)) => {
                     let w = &mut workers[i];
@@ -343,13 +375,21 @@ async fn supervise(
                     fanout.detach(i);
                     if w.handed_over {
                         failed |= code != Some(0);
-                        if workers.iter().all(|w| w.handed_over && !w.running) {
+                        if workers.iter().all(Worker::done) {
                             break;
                         }
                         continue;
                     }
                     if stopping {
                         failed |= code != Some(0);
+                        continue;
+                    }
+                    if workers.iter().any(|w| w.handed_over) {
+                        failed |= code != Some(0);
+                        workers[i].retire(i);
+                        if workers.iter().all(Worker::done) {
+                            break;
+                        }
                         continue;
                     }
                     if !committed {
