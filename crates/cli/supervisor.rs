@@ -26,7 +26,10 @@
 //! upgrade (the old generation serves on in full); after that, a new worker
 //! process that fails to take over is started again to take over from the
 //! same old one (which serves meanwhile), and afresh on its own listener
-//! only once nothing answers on that one's control socket. Once a start is
+//! only once nothing answers on that one's control socket. It tries
+//! [`TAKE_OVER_ATTEMPTS`] times in all, backing off, then gives up on that
+//! worker process and says so on stdout: the old one serves its share on,
+//! and a next `serve --upgrade` takes over from both supervisors. Once a start is
 //! past that point, a worker process that dies while others are still
 //! starting is restarted at once: start-up and serving are one event loop. The supervisor's admin listener is not
 //! handed over: give the new one another `--admin` address (or `off`) while
@@ -66,6 +69,18 @@ const RESTART_MAX: Duration = Duration::from_secs(5);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How long a worker process may take to start listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts in all of a worker process to take over from its old one, once
+/// the upgrade is past the point of no return: the last fails after about
+/// 3 s of back-off (plus up to [`READY_TIMEOUT`] each for one that hangs).
+const TAKE_OVER_ATTEMPTS: u32 = 6;
+
+/// The delay before a restart that follows `failures` quick failures:
+/// doubling from [`RESTART_START`], at most [`RESTART_MAX`].
+fn backoff(failures: u32) -> Duration {
+    RESTART_START
+        .saturating_mul(1 << failures.min(10))
+        .min(RESTART_MAX)
+}
 
 enum Event {
     Ready(usize),
@@ -124,10 +139,14 @@ struct Worker {
     process: Option<Process>,
     started: Instant,
     restarts: u32,
+    /// Its failed attempts to take over (never reset: one killed at the
+    /// readiness deadline ran long, yet failed).
+    take_over_failures: u32,
     running: bool,
     handed_over: bool,
-    /// It died while its generation was being upgraded, and is not
-    /// restarted: the new worker process of its index starts afresh.
+    /// It is not started again: it died while its generation was being
+    /// upgraded (the new worker process of its index starts afresh), or it
+    /// failed to take over [`TAKE_OVER_ATTEMPTS`] times (its old one serves).
     retired: bool,
     /// Its current (or next) start takes over from the old worker process of
     /// its index (`--upgrade`), rather than binding its own listener.
@@ -147,6 +166,7 @@ impl Worker {
             process: None,
             started: Instant::now(),
             restarts: 0,
+            take_over_failures: 0,
             running: false,
             handed_over: false,
             retired: false,
@@ -171,7 +191,8 @@ impl Worker {
         self.process.as_ref().map(|p| p.pid)
     }
 
-    /// It is gone for good: handed over (or retired) and exited.
+    /// It is gone for good: handed over (or retired: see `retire` and
+    /// `schedule_restart`) and exited.
     fn done(&self) -> bool {
         (self.handed_over || self.retired) && !self.running
     }
@@ -197,22 +218,33 @@ impl Worker {
 
     /// Schedules the restart of worker process `index`, which exited with
     /// `code`, with a back-off that grows while it keeps dying soon after
-    /// starting.
+    /// starting. One that keeps failing to take over from its old worker
+    /// process is given up after [`TAKE_OVER_ATTEMPTS`]: retrying for good
+    /// would only fill the log, while the old one serves on anyway.
     fn schedule_restart(&mut self, index: usize, code: Option<i32>) {
         if self.started.elapsed() >= STABLE_AFTER {
             self.restarts = 0;
         }
-        let delay = RESTART_START
-            .saturating_mul(1 << self.restarts.min(10))
-            .min(RESTART_MAX);
-        let restart_in_ms = delay.as_millis() as u64;
+        let mut delay = backoff(self.restarts);
         if !self.take_over {
+            let restart_in_ms = delay.as_millis() as u64;
             tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process died; restarting");
         } else if code == Some(upgrade::NOTHING_TO_TAKE_OVER_EXIT) {
             self.take_over = false;
+            let restart_in_ms = delay.as_millis() as u64;
             tracing::warn!(worker = index, restart_in_ms, "worker process found no old worker process to take over from (it handed over, or is gone); starting it afresh on its own listener");
         } else {
-            tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
+            self.take_over_failures += 1;
+            let attempts = self.take_over_failures;
+            if attempts >= TAKE_OVER_ATTEMPTS {
+                self.retired = true;
+                tracing::error!(worker = index, exit = ?code, attempts, "worker process failed to take over from the old worker process of its index; giving up: that one serves on, with its supervisor");
+                crate::say!("worker process {index} gave up taking over from the old worker process {index} after {attempts} attempts (see the messages above): the old one serves its share of the port, and the old supervisor stays; fix the cause and run `serve --upgrade` again, which takes over from this supervisor and from the old one");
+                return;
+            }
+            delay = backoff(attempts - 1);
+            let retry_in_ms = delay.as_millis() as u64;
+            tracing::error!(worker = index, exit = ?code, attempts, retry_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
         }
         self.restart_at = Some(Instant::now() + delay);
     }
@@ -305,14 +337,19 @@ async fn supervise(
     // started again to take over from the same old worker process, which
     // serves meanwhile; only once nothing answers on that one's control
     // socket (it handed over, or is gone) is it started afresh, binding its
-    // own listener. The announcement waits until every worker process
-    // listens, or is about to restart.
+    // own listener; after TAKE_OVER_ATTEMPTS it is given up (retired), and
+    // the old one serves on. The announcement waits until every worker
+    // process listens, or is about to restart (or was given up).
     let mut committed = false;
     let mut announced = false;
     let mut stopping = false;
     let mut failed = false;
     loop {
-        if !announced && workers.iter().all(|w| w.ready || w.restart_at.is_some()) {
+        if !announced
+            && workers
+                .iter()
+                .all(|w| w.ready || w.restart_at.is_some() || w.retired)
+        {
             announced = true;
             committed = true;
             crate::say!(
@@ -323,6 +360,7 @@ async fn supervise(
             for (i, w) in workers.iter().enumerate() {
                 match w.pid() {
                     Some(pid) => crate::say!("worker process {i} pid {pid}"),
+                    None if w.retired => crate::say!("worker process {i} given up"),
                     // Announced as restarted once it is (not as pid 0).
                     None => crate::say!("worker process {i} restarting"),
                 }

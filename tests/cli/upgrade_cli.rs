@@ -658,6 +658,62 @@ fn a_worker_process_that_fails_to_take_over_tries_again() {
     only_the_new_generation_serves(&up.addr, up.new);
 }
 
+/// A new worker process that keeps failing to take over from its old one
+/// is given up after a bounded number of attempts (6), backing off between
+/// them, and the new supervisor says so on stdout; the old worker process
+/// serves on meanwhile and after. A next `serve --upgrade`, as that says,
+/// takes over from both supervisors, which then exit. The retries used to go
+/// on for good, each logged. Each attempt is killed at its gate.
+#[test]
+fn a_worker_process_that_keeps_failing_to_take_over_is_given_up() {
+    let up = half_upgraded();
+    let (mut pid, mut held) = (up.second, up.held);
+    let mut retries = Vec::new();
+    for n in 1..=6 {
+        // SAFETY: kill(2) on a process waiting at the test's gate.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        drop(held);
+        if n == 6 {
+            break;
+        }
+        retries.push(up.new.wait_for_log("trying again", 1));
+        (pid, held) = up.new.gates[1].next();
+    }
+    up.new.wait_for_log("giving up", 1);
+    // The back-off doubled between attempts.
+    for (n, line) in retries.iter().enumerate() {
+        let expected = format!("attempts={} retry_in_ms={}", n + 1, 100 << n);
+        assert!(line.contains(&expected), "{expected}: {line}");
+    }
+    let pids = announced(&up.new.lines);
+    assert_eq!(pids[1], 0, "worker process 1 was restarting then");
+    let line = up.new.lines.expect_line();
+    assert!(
+        line.starts_with("worker process 1 gave up taking over")
+            && line.contains("serve --upgrade"),
+        "{line}"
+    );
+    // The old generation's worker process 1 serves on, with its supervisor.
+    let mut old = up.old;
+    assert!(old.child().try_wait().unwrap().is_none());
+    // SAFETY: kill(2) with signal 0 only asks whether it exists.
+    assert_eq!(unsafe { libc::kill(up.old_pids[1], 0) }, 0);
+    // What the line says to do: upgrade again.
+    let socket = up._dir.path().join("upgrade.sock");
+    let mut next = ChildGuard::spawn(&mut supervisor_command(2, &up.addr, &socket, Stdio::null()));
+    let next_lines = Lines::new(next.child().stdout.take().unwrap());
+    announced(&next_lines);
+    old_supervisor_finishes(old, up.old_lines);
+    let mut new = up.new.child;
+    let rest = up.new.lines.rest();
+    assert!(new.wait().success(), "{rest:?}");
+    for _ in 0..10 {
+        assert_eq!(served_by(&up.addr), "gen2");
+    }
+    next.signal(libc::SIGTERM);
+    assert!(next.wait().success());
+}
+
 /// Waits for process `pid` (not a child of ours) to exit: a pidfd becomes
 /// readable then.
 fn wait_for_exit(pid: i32) {
