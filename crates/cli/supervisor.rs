@@ -17,11 +17,19 @@
 //! socket (`--upgrade-socket` plus `.k`), listening sockets and parked
 //! connections included; an old worker that handed over exits after its
 //! drain and is not restarted, and the old supervisor exits once all have.
+//! From the first hand-over on, the old supervisor restarts none of its
+//! worker processes: one that dies is left to the new worker process of its
+//! index, which finds nothing to take over from and starts afresh (a
+//! restarted old one could come up beside it); the old supervisor exits once
+//! each has handed over or died.
 //! Until one new worker process has taken over, any failure abandons the
 //! upgrade (the old generation serves on in full); after that, a new worker
 //! process that fails to take over is started again to take over from the
 //! same old one (which serves meanwhile), and afresh on its own listener
-//! only once nothing answers on that one's control socket. Once a start is
+//! only once nothing answers on that one's control socket. It tries
+//! [`TAKE_OVER_ATTEMPTS`] times in all, backing off, then gives up on that
+//! worker process and says so on stdout: the old one serves its share on,
+//! and a next `serve --upgrade` takes over from both supervisors. Once a start is
 //! past that point, a worker process that dies while others are still
 //! starting is restarted at once: start-up and serving are one event loop. The supervisor's admin listener is not
 //! handed over: give the new one another `--admin` address (or `off`) while
@@ -32,7 +40,7 @@
 //! per-process cap cannot be raised.
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +69,18 @@ const RESTART_MAX: Duration = Duration::from_secs(5);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How long a worker process may take to start listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts in all of a worker process to take over from its old one, once
+/// the upgrade is past the point of no return: the last fails after about
+/// 3 s of back-off (plus up to [`READY_TIMEOUT`] each for one that hangs).
+const TAKE_OVER_ATTEMPTS: u32 = 6;
+
+/// The delay before a restart that follows `failures` quick failures:
+/// doubling from [`RESTART_START`], at most [`RESTART_MAX`].
+fn backoff(failures: u32) -> Duration {
+    RESTART_START
+        .saturating_mul(1 << failures.min(10))
+        .min(RESTART_MAX)
+}
 
 enum Event {
     Ready(usize),
@@ -69,12 +89,65 @@ enum Event {
     Exited(usize, Option<i32>),
 }
 
+/// A worker process, to signal. Its waiting task (see [`start`]) reaps it,
+/// and may have done so before the loop hears of the exit: its pid may by
+/// then belong to another process, so signals go through a pidfd, opened
+/// before the process could be reaped, which names this process alone (a
+/// signal to one reaped fails with `ESRCH`).
+struct Process {
+    pid: u32,
+    /// `None` on kernels without pidfds (before Linux 5.3): signals go by pid.
+    pidfd: Option<OwnedFd>,
+}
+
+impl Process {
+    /// `pid` is a child of ours not reaped yet.
+    fn open(pid: u32) -> Process {
+        // SAFETY: pidfd_open(2) with integer arguments.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: a fresh descriptor nobody else owns.
+            unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }
+        });
+        Process { pid, pidfd }
+    }
+
+    /// Sends `signal`; an error (`ESRCH`) once the process was reaped.
+    fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+        let done = match &self.pidfd {
+            // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            },
+            // SAFETY: kill(2) with integer arguments.
+            None => unsafe { libc::kill(self.pid as libc::pid_t, signal) }.into(),
+        };
+        if done < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 struct Worker {
-    pid: Option<u32>,
+    process: Option<Process>,
     started: Instant,
     restarts: u32,
+    /// Its failed attempts to take over (never reset: one killed at the
+    /// readiness deadline ran long, yet failed).
+    take_over_failures: u32,
     running: bool,
     handed_over: bool,
+    /// It is not started again: it died while its generation was being
+    /// upgraded (the new worker process of its index starts afresh), or it
+    /// failed to take over [`TAKE_OVER_ATTEMPTS`] times (its old one serves).
+    retired: bool,
     /// Its current (or next) start takes over from the old worker process of
     /// its index (`--upgrade`), rather than binding its own listener.
     take_over: bool,
@@ -90,11 +163,13 @@ struct Worker {
 impl Worker {
     fn new(take_over: bool) -> Worker {
         Worker {
-            pid: None,
+            process: None,
             started: Instant::now(),
             restarts: 0,
+            take_over_failures: 0,
             running: false,
             handed_over: false,
+            retired: false,
             take_over,
             ready: false,
             ready_by: None,
@@ -102,40 +177,74 @@ impl Worker {
         }
     }
 
-    fn launched(&mut self, pid: u32) {
+    fn launched(&mut self, process: Process) {
         let now = Instant::now();
-        self.pid = Some(pid);
+        self.process = Some(process);
         self.running = true;
         self.ready = false;
         self.started = now;
         self.ready_by = Some(now + READY_TIMEOUT);
     }
 
+    /// Its pid, while it runs.
+    fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid)
+    }
+
+    /// It is gone for good: handed over (or retired: see `retire` and
+    /// `schedule_restart`) and exited.
+    fn done(&self) -> bool {
+        (self.handed_over || self.retired) && !self.running
+    }
+
     fn exited(&mut self) {
-        self.pid = None;
+        self.process = None;
         self.running = false;
         self.ready = false;
         self.ready_by = None;
     }
 
+    /// Worker process `index` died (or is about to restart) while a newer
+    /// generation takes over from this one: it is not started again. A
+    /// restart would race the new worker process of its index, which may
+    /// find nothing on the control socket meanwhile and start afresh on its
+    /// own listener, beside the restarted one (which would then hold this
+    /// supervisor up for good); left dead, the new one finds nothing to take
+    /// over from and starts afresh, alone.
+    fn retire(&mut self, index: usize) {
+        self.retired = true;
+        tracing::error!(worker = index, "worker process gone while a newer generation takes over from this one; not restarting it: the new worker process of its index starts afresh in its place");
+    }
+
     /// Schedules the restart of worker process `index`, which exited with
     /// `code`, with a back-off that grows while it keeps dying soon after
-    /// starting.
+    /// starting. One that keeps failing to take over from its old worker
+    /// process is given up after [`TAKE_OVER_ATTEMPTS`]: retrying for good
+    /// would only fill the log, while the old one serves on anyway.
     fn schedule_restart(&mut self, index: usize, code: Option<i32>) {
         if self.started.elapsed() >= STABLE_AFTER {
             self.restarts = 0;
         }
-        let delay = RESTART_START
-            .saturating_mul(1 << self.restarts.min(10))
-            .min(RESTART_MAX);
-        let restart_in_ms = delay.as_millis() as u64;
+        let mut delay = backoff(self.restarts);
         if !self.take_over {
+            let restart_in_ms = delay.as_millis() as u64;
             tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process died; restarting");
         } else if code == Some(upgrade::NOTHING_TO_TAKE_OVER_EXIT) {
             self.take_over = false;
+            let restart_in_ms = delay.as_millis() as u64;
             tracing::warn!(worker = index, restart_in_ms, "worker process found no old worker process to take over from (it handed over, or is gone); starting it afresh on its own listener");
         } else {
-            tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
+            self.take_over_failures += 1;
+            let attempts = self.take_over_failures;
+            if attempts >= TAKE_OVER_ATTEMPTS {
+                self.retired = true;
+                tracing::error!(worker = index, exit = ?code, attempts, "worker process failed to take over from the old worker process of its index; giving up: that one serves on, with its supervisor");
+                crate::say!("worker process {index} gave up taking over from the old worker process {index} after {attempts} attempts (see the messages above): the old one serves its share of the port, and the old supervisor stays; fix the cause and run `serve --upgrade` again, which takes over from this supervisor and from the old one");
+                return;
+            }
+            delay = backoff(attempts - 1);
+            let retry_in_ms = delay.as_millis() as u64;
+            tracing::error!(worker = index, exit = ?code, attempts, retry_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
         }
         self.restart_at = Some(Instant::now() + delay);
     }
@@ -205,7 +314,7 @@ async fn supervise(
             upgrade,
         );
         match launched {
-            Ok(pid) => workers[i].launched(pid),
+            Ok(process) => workers[i].launched(process),
             Err(e) => {
                 stop_all(&workers, libc::SIGKILL);
                 return Err(e);
@@ -228,14 +337,19 @@ async fn supervise(
     // started again to take over from the same old worker process, which
     // serves meanwhile; only once nothing answers on that one's control
     // socket (it handed over, or is gone) is it started afresh, binding its
-    // own listener. The announcement waits until every worker process
-    // listens, or is about to restart.
+    // own listener; after TAKE_OVER_ATTEMPTS it is given up (retired), and
+    // the old one serves on. The announcement waits until every worker
+    // process listens, or is about to restart (or was given up).
     let mut committed = false;
     let mut announced = false;
     let mut stopping = false;
     let mut failed = false;
     loop {
-        if !announced && workers.iter().all(|w| w.ready || w.restart_at.is_some()) {
+        if !announced
+            && workers
+                .iter()
+                .all(|w| w.ready || w.restart_at.is_some() || w.retired)
+        {
             announced = true;
             committed = true;
             crate::say!(
@@ -244,8 +358,9 @@ async fn supervise(
                 std::process::id()
             );
             for (i, w) in workers.iter().enumerate() {
-                match w.pid {
+                match w.pid() {
                     Some(pid) => crate::say!("worker process {i} pid {pid}"),
+                    None if w.retired => crate::say!("worker process {i} given up"),
                     // Announced as restarted once it is (not as pid 0).
                     None => crate::say!("worker process {i} restarting"),
                 }
@@ -270,10 +385,10 @@ async fn supervise(
                         // took over from is leaving.
                         w.take_over = false;
                         committed = true;
-                        tracing::info!(worker = i, pid = w.pid, "worker process took over from the old one");
+                        tracing::info!(worker = i, pid = w.pid(), "worker process took over from the old one");
                     }
                     if w.restarts > 0 {
-                        let pid = w.pid.unwrap_or(0);
+                        let pid = w.pid().unwrap_or(0);
                         if announced {
                             crate::say!("worker process {i} restarted pid {pid}");
                         } else {
@@ -284,6 +399,12 @@ async fn supervise(
                 Some(Event::HandedOver(i)) => {
                     workers[i].handed_over = true;
                     tracing::info!(worker = i, "worker process handed over to a newer one; it drains and is not restarted");
+                    // This generation is being upgraded: see `retire`.
+                    for (k, w) in workers.iter_mut().enumerate() {
+                        if w.restart_at.take().is_some() {
+                            w.retire(k);
+                        }
+                    }
                 }
                 Some(Event::Exited(i, code)) => {
                     let w = &mut workers[i];
@@ -292,13 +413,21 @@ async fn supervise(
                     fanout.detach(i);
                     if w.handed_over {
                         failed |= code != Some(0);
-                        if workers.iter().all(|w| w.handed_over && !w.running) {
+                        if workers.iter().all(Worker::done) {
                             break;
                         }
                         continue;
                     }
                     if stopping {
                         failed |= code != Some(0);
+                        continue;
+                    }
+                    if workers.iter().any(|w| w.handed_over) {
+                        failed |= code != Some(0);
+                        workers[i].retire(i);
+                        if workers.iter().all(Worker::done) {
+                            break;
+                        }
                         continue;
                     }
                     if !committed {
@@ -318,18 +447,18 @@ async fn supervise(
                             anyhow::bail!("worker processes did not start listening within {READY_TIMEOUT:?}");
                         }
                         workers[i].ready_by = None;
-                        if let Some(pid) = workers[i].pid {
-                            tracing::error!(worker = i, pid, "worker process not ready within {READY_TIMEOUT:?}; killing it (its exit restarts it)");
-                            // SAFETY: kill(2) on a child we started.
-                            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                        if let Some(process) = &workers[i].process {
+                            tracing::error!(worker = i, pid = process.pid, "worker process not ready within {READY_TIMEOUT:?}; killing it (its exit restarts it)");
+                            // An error: it exited meanwhile, and that restarts it.
+                            let _ = process.signal(libc::SIGKILL);
                         }
                     }
                     let w = &mut workers[i];
                     if w.restart_at.is_some_and(|t| t <= now) {
                         w.restart_at = None;
                         match start(&exe, &argv, i, processes, shared, fanout, tx.clone(), w.take_over) {
-                            Ok(pid) => {
-                                w.launched(pid);
+                            Ok(process) => {
+                                w.launched(process);
                                 w.restarts += 1;
                             }
                             Err(e) => {
@@ -382,10 +511,11 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// Sends `signal` to every worker process still running (one that exited
+/// meanwhile is skipped: its exit is on its way to the loop).
 fn stop_all(workers: &[Worker], signal: libc::c_int) {
-    for pid in workers.iter().filter_map(|w| w.pid) {
-        // SAFETY: kill(2) on a child we started.
-        unsafe { libc::kill(pid as libc::pid_t, signal) };
+    for process in workers.iter().filter_map(|w| w.process.as_ref()) {
+        let _ = process.signal(signal);
     }
 }
 
@@ -420,7 +550,7 @@ fn start(
     fanout: &Arc<Fanout>,
     events: mpsc::UnboundedSender<Event>,
     take_over: bool,
-) -> anyhow::Result<u32> {
+) -> anyhow::Result<Process> {
     let upgrade = take_over && argv.iter().any(|a| a == "--upgrade");
     let ready_line = if upgrade {
         "megaconn upgrade done"
@@ -450,7 +580,11 @@ fn start(
         .with_context(|| format!("cannot start worker process {index}"))?;
     // The child has its copy; ours closes.
     drop(channel);
-    let pid = child.id().unwrap_or(0);
+    // Before the waiting task below can reap it (it has not run yet).
+    let pid = child
+        .id()
+        .context("a worker process just started has no pid")?;
+    let process = Process::open(pid);
     let stdout = child.stdout.take();
     tokio::spawn(async move {
         if let Some(stdout) = stdout {
@@ -467,7 +601,7 @@ fn start(
         let code = child.wait().await.ok().and_then(|s| s.code());
         let _ = events.send(Event::Exited(index, code));
     });
-    Ok(pid)
+    Ok(process)
 }
 
 #[cfg(test)]
@@ -498,5 +632,24 @@ mod tests {
             "{:?}",
             out.status
         );
+    }
+
+    /// A signal reaches the worker process while it runs, and once it has
+    /// been reaped fails (`ESRCH`) instead of going to whatever process has
+    /// its pid now.
+    #[test]
+    fn a_signal_goes_to_the_worker_process_and_to_no_other() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "read line"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let process = Process::open(child.id());
+        assert!(process.pidfd.is_some(), "no pidfd on this kernel");
+        process.signal(libc::SIGKILL).unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        let err = process.signal(libc::SIGKILL).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH), "{err}");
     }
 }

@@ -489,22 +489,14 @@ impl Gate {
     }
 }
 
-/// A new supervisor (generation 1) taking over from `old_addr`'s, its worker
-/// processes stopping at gates; its log read line by line.
-struct Upgrading {
-    child: ChildGuard,
-    lines: Lines,
-    log: mpsc::Receiver<String>,
-    gates: [Gate; 2],
-}
+/// A supervisor's log (stderr, `RUST_LOG=info`), read line by line.
+struct Log(mpsc::Receiver<String>);
 
-impl Upgrading {
-    fn start(addr: &str, socket: &Path) -> Upgrading {
-        let gates = [Gate::new(socket, 0), Gate::new(socket, 1)];
-        let mut cmd = supervisor_command(1, addr, socket, Stdio::piped());
-        cmd.env("MEGACONN_TEST_TAKE_OVER_GATE", "1")
-            .env("RUST_LOG", "info");
-        let mut child = ChildGuard::spawn(&mut cmd);
+impl Log {
+    /// Starts a supervisor with its log piped; its stdout read line by line.
+    fn spawn(cmd: &mut Command) -> (ChildGuard, Lines, Log) {
+        cmd.stderr(Stdio::piped()).env("RUST_LOG", "info");
+        let mut child = ChildGuard::spawn(cmd);
         let lines = Lines::new(child.child().stdout.take().unwrap());
         let stderr = BufReader::new(child.child().stderr.take().unwrap());
         let (tx, log) = mpsc::channel();
@@ -515,6 +507,40 @@ impl Upgrading {
                 }
             }
         });
+        (child, lines, Log(log))
+    }
+
+    /// Waits for the supervisor's log line `message` about worker process
+    /// `index`.
+    fn wait_for(&self, message: &str, index: usize) -> String {
+        let worker = format!("worker={index}");
+        let deadline = Instant::now() + CHILD_SAFETY;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(line) if line.contains(message) && line.contains(&worker) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line {message:?} for {worker}: {e}"),
+            }
+        }
+    }
+}
+
+/// A new supervisor (generation 1) taking over from `old_addr`'s, its worker
+/// processes stopping at gates; its log read line by line.
+struct Upgrading {
+    child: ChildGuard,
+    lines: Lines,
+    log: Log,
+    gates: [Gate; 2],
+}
+
+impl Upgrading {
+    fn start(addr: &str, socket: &Path) -> Upgrading {
+        let gates = [Gate::new(socket, 0), Gate::new(socket, 1)];
+        let mut cmd = supervisor_command(1, addr, socket, Stdio::piped());
+        cmd.env("MEGACONN_TEST_TAKE_OVER_GATE", "1");
+        let (child, lines, log) = Log::spawn(&mut cmd);
         Upgrading {
             child,
             lines,
@@ -526,16 +552,7 @@ impl Upgrading {
     /// Waits for the supervisor's log line `message` about worker process
     /// `index`.
     fn wait_for_log(&self, message: &str, index: usize) -> String {
-        let worker = format!("worker={index}");
-        let deadline = Instant::now() + CHILD_SAFETY;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(message) && line.contains(&worker) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no log line {message:?} for {worker}: {e}"),
-            }
-        }
+        self.log.wait_for(message, index)
     }
 }
 
@@ -546,6 +563,7 @@ struct HalfUpgraded {
     addr: String,
     old: ChildGuard,
     old_lines: Lines,
+    old_log: Log,
     old_pids: Vec<i32>,
     new: Upgrading,
     /// The pids of the new worker processes.
@@ -560,8 +578,8 @@ fn half_upgraded() -> HalfUpgraded {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
     let addr = free_addr();
-    let mut old = ChildGuard::spawn(&mut supervisor_command(0, &addr, &socket, Stdio::null()));
-    let old_lines = Lines::new(old.child().stdout.take().unwrap());
+    let (old, old_lines, old_log) =
+        Log::spawn(&mut supervisor_command(0, &addr, &socket, Stdio::piped()));
     let old_pids = announced(&old_lines);
     assert_eq!(served_by(&addr), "gen0");
     let new = Upgrading::start(&addr, &socket);
@@ -573,6 +591,7 @@ fn half_upgraded() -> HalfUpgraded {
         addr,
         old,
         old_lines,
+        old_log,
         old_pids,
         new,
         first,
@@ -639,6 +658,62 @@ fn a_worker_process_that_fails_to_take_over_tries_again() {
     only_the_new_generation_serves(&up.addr, up.new);
 }
 
+/// A new worker process that keeps failing to take over from its old one
+/// is given up after a bounded number of attempts (6), backing off between
+/// them, and the new supervisor says so on stdout; the old worker process
+/// serves on meanwhile and after. A next `serve --upgrade`, as that says,
+/// takes over from both supervisors, which then exit. The retries used to go
+/// on for good, each logged. Each attempt is killed at its gate.
+#[test]
+fn a_worker_process_that_keeps_failing_to_take_over_is_given_up() {
+    let up = half_upgraded();
+    let (mut pid, mut held) = (up.second, up.held);
+    let mut retries = Vec::new();
+    for n in 1..=6 {
+        // SAFETY: kill(2) on a process waiting at the test's gate.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        drop(held);
+        if n == 6 {
+            break;
+        }
+        retries.push(up.new.wait_for_log("trying again", 1));
+        (pid, held) = up.new.gates[1].next();
+    }
+    up.new.wait_for_log("giving up", 1);
+    // The back-off doubled between attempts.
+    for (n, line) in retries.iter().enumerate() {
+        let expected = format!("attempts={} retry_in_ms={}", n + 1, 100 << n);
+        assert!(line.contains(&expected), "{expected}: {line}");
+    }
+    let pids = announced(&up.new.lines);
+    assert_eq!(pids[1], 0, "worker process 1 was restarting then");
+    let line = up.new.lines.expect_line();
+    assert!(
+        line.starts_with("worker process 1 gave up taking over")
+            && line.contains("serve --upgrade"),
+        "{line}"
+    );
+    // The old generation's worker process 1 serves on, with its supervisor.
+    let mut old = up.old;
+    assert!(old.child().try_wait().unwrap().is_none());
+    // SAFETY: kill(2) with signal 0 only asks whether it exists.
+    assert_eq!(unsafe { libc::kill(up.old_pids[1], 0) }, 0);
+    // What the line says to do: upgrade again.
+    let socket = up._dir.path().join("upgrade.sock");
+    let mut next = ChildGuard::spawn(&mut supervisor_command(2, &up.addr, &socket, Stdio::null()));
+    let next_lines = Lines::new(next.child().stdout.take().unwrap());
+    announced(&next_lines);
+    old_supervisor_finishes(old, up.old_lines);
+    let mut new = up.new.child;
+    let rest = up.new.lines.rest();
+    assert!(new.wait().success(), "{rest:?}");
+    for _ in 0..10 {
+        assert_eq!(served_by(&up.addr), "gen2");
+    }
+    next.signal(libc::SIGTERM);
+    assert!(next.wait().success());
+}
+
 /// Waits for process `pid` (not a child of ours) to exit: a pidfd becomes
 /// readable then.
 fn wait_for_exit(pid: i32) {
@@ -682,6 +757,38 @@ fn a_worker_process_with_no_old_one_left_starts_afresh() {
         line.starts_with("worker process 1 restarted pid "),
         "{line}"
     );
+    only_the_new_generation_serves(&up.addr, up.new);
+}
+
+/// An old worker process that dies once its generation is being upgraded
+/// (another one of it handed over) is not restarted: the new worker process
+/// of its index, finding nothing to take over from, starts afresh alone, and
+/// the old supervisor exits. It used to be restarted, racing the new one's
+/// take-over: one refused meanwhile (as here) started on its own listener
+/// beside the restarted old one, which kept the old supervisor up for good;
+/// one that came later took over from it.
+#[test]
+fn an_old_worker_process_dying_during_the_upgrade_is_left_to_the_new_one() {
+    let up = half_upgraded();
+    up.old_log.wait_for("handed over to a newer one", 0);
+    // SAFETY: kill(2) on a process the test saw serving; its supervisor
+    // reaps it, after the test's wait below (a pidfd) saw it exit.
+    unsafe { libc::kill(up.old_pids[1], libc::SIGKILL) };
+    wait_for_exit(up.old_pids[1]);
+    drop(up.held);
+    up.new
+        .wait_for_log("found no old worker process to take over from", 1);
+    let mut old = up.old;
+    let rest = up.old_lines.rest();
+    assert!(
+        rest.iter().any(|l| l.starts_with("megaconn stopped")),
+        "{rest:?}"
+    );
+    // Not cleanly: one of its worker processes was killed.
+    assert_eq!(old.wait().code(), Some(1));
+    up.old_log.wait_for("not restarting it", 1);
+    let pids = announced(&up.new.lines);
+    assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
     only_the_new_generation_serves(&up.addr, up.new);
 }
 
