@@ -129,11 +129,14 @@ fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
 }
 
 /// Serves HTTP/2 on `io` until the connection closes; returns why it closed.
+/// `retire_at`: when it is to go away for its age (`max_connection_age`,
+/// drawn once per connection by the caller; `None`: the option is off).
 pub(crate) async fn serve<I, S>(
     io: I,
     service: &mut S,
     ctx: Rc<WorkerContext>,
     info: Option<ConnInfo>,
+    retire_at: Option<Instant>,
 ) -> CloseReason
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -170,7 +173,6 @@ where
     let mut grace = false;
     let mut going_away = false;
     // max_connection_age: a GOAWAY then, open streams finishing first.
-    let retire_at = ctx.retire_at();
     let mut retire = pin!(tokio::time::sleep_until(
         retire_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1 << 30))
     ));
@@ -1222,7 +1224,7 @@ mod size_guard {
             service: &'static mut Svc,
             ctx: Rc<WorkerContext>,
         ) -> impl Future<Output = CloseReason> {
-            serve(io, service, ctx, None)
+            serve(io, service, ctx, None, None)
         }
         let size = size_of_future(h2_future);
         eprintln!("HTTP/2 connection future: {size} bytes");
