@@ -575,7 +575,8 @@ fn encode_pprof(report: &pprof::Report) -> anyhow::Result<Vec<u8>> {
 
 /// Connections listed per `/debug/connections` page by default.
 const DEFAULT_CONNECTIONS_PAGE: usize = 100;
-/// Most connections listed per page (the list is copied while locked).
+/// Most connections listed per page (a page is kept, and rendered, whole;
+/// the workers' lists are read a chunk per lock, `ServerHandle::connections`).
 const MAX_CONNECTIONS_PAGE: usize = 1000;
 
 /// Reads `seconds` (1..=60, default 30) and `format` (`pprof` or `svg`).

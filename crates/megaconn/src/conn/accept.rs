@@ -152,10 +152,14 @@ pub(crate) async fn accept_loop(
                     continue;
                 }
                 configure_accepted(&socket, &ctx.config);
+                // The connection's age, drawn once: the lot keeps it (to the
+                // second) for its wake-ups, the connection starts with it.
+                let retire_at = ctx.retire_at();
                 if let Some(lot) = &ctx.park {
-                    lot.note_retire_at(socket.as_raw_fd(), ctx.retire_at());
+                    lot.note_retire_at(socket.as_raw_fd(), retire_at);
                 }
-                spawn_connection(Incoming::Accepted(socket, ConnInfo { peer, local }), conn);
+                let info = ConnInfo { peer, local };
+                spawn_connection(Incoming::Accepted(socket, info, retire_at), conn);
             }
             Err(e) => {
                 incr(&ctx.stats.accept_errors);

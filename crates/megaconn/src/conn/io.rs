@@ -80,8 +80,8 @@ pub(crate) struct ConnIo<T> {
     /// connection's task would otherwise carry 64 bytes more).
     pub(crate) info: Option<Box<ConnInfo>>,
     /// When this connection is to close at its next idle point
-    /// (`max_connection_age`): from now, unless the protocol sets the one
-    /// the parking lot noted at the accept (HTTP/1.1, across parkings).
+    /// (`max_connection_age`): set by the protocols that retire connections
+    /// (HTTP/1.1: drawn at the accept, or noted by the parking lot then).
     pub(crate) retire_at: Option<tokio::time::Instant>,
 }
 
@@ -96,7 +96,7 @@ impl<T> ConnIo<T> {
                 shutdown_slot: None,
                 ctx: ctx.clone(),
             },
-            retire_at: ctx.retire_at(),
+            retire_at: None,
             ctx,
             info: None,
         }

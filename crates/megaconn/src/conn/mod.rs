@@ -80,8 +80,10 @@ impl ConnInfo {
 #[derive(Debug)]
 pub(crate) enum Incoming {
     /// Accepted by a listener (TLS, if configured, starts here): a bare
-    /// non-blocking socket the runtime does not watch yet (`accept.rs`).
-    Accepted(OwnedFd, ConnInfo),
+    /// non-blocking socket the runtime does not watch yet (`accept.rs`),
+    /// and when it is to be retired (`max_connection_age`, drawn at the
+    /// accept; `None`: the option is off).
+    Accepted(OwnedFd, ConnInfo, Option<tokio::time::Instant>),
     /// A parked socket that woke up, to resume in protocol `proto`; `hot`
     /// when it had been re-parked straight after its last message and woke
     /// again within `park_idle_after` (see `woken.rs`).

@@ -529,19 +529,26 @@ impl ParkingLot {
         u32::try_from(secs + 1).unwrap_or(MAX_TICK).min(MAX_TICK)
     }
 
-    /// Seconds since `epoch`, rounded up, plus one (0 means "not parked").
+    /// Seconds since `epoch`, rounded up, plus one (0 means "not parked"),
+    /// remembering `at` for the next call ([`ParkingLot::last_tick`]).
     fn tick_of(&self, at: Instant) -> u32 {
         let (last, tick) = self.last_tick.get();
         if last == at {
             return tick;
         }
+        let tick = self.tick_up(at);
+        self.last_tick.set((at, tick));
+        tick
+    }
+
+    /// [`ParkingLot::tick_of`] without its memory: for an instant converted
+    /// once (a connection's retire time), which would evict the turn's.
+    fn tick_up(&self, at: Instant) -> u32 {
         let secs = at
             .saturating_duration_since(self.epoch)
             .as_secs_f64()
             .ceil() as u64;
-        let tick = u32::try_from(secs + 1).unwrap_or(MAX_TICK).min(MAX_TICK);
-        self.last_tick.set((at, tick));
-        tick
+        u32::try_from(secs + 1).unwrap_or(MAX_TICK).min(MAX_TICK)
     }
 
     /// The parked-at stamp for now: [`STAMP_MS`] units since `epoch`,
@@ -636,10 +643,12 @@ impl ParkingLot {
     }
 
     /// Notes when the connection just accepted (or adopted) on `fd` is to be
-    /// retired (`max_connection_age`); `None`: the option is off.
+    /// retired (`max_connection_age`); `None`: the option is off. Converted
+    /// without [`ParkingLot::tick_of`]'s memory: each connection's retire
+    /// time is its own, and the idle deadlines of the turn's parks share one.
     pub(crate) fn note_retire_at(&self, fd: RawFd, at: Option<Instant>) {
         if let Some(at) = at {
-            set_side(&self.retire, fd as usize, self.tick_of(at));
+            set_side(&self.retire, fd as usize, self.tick_up(at));
         }
     }
 
@@ -1411,6 +1420,28 @@ pub(super) mod tests {
         f.lot.sweep();
         f.lot.sweep();
         assert_eq!(f.lot.trims.get(), 1, "trimmed once it went quiet");
+    }
+
+    /// A retire time noted at an accept (`max_connection_age`) is kept to
+    /// the second, rounded up, and converted without the memory the turn's
+    /// parks share: the idle deadline's tick is still remembered after it.
+    /// Before, every accept with the option on evicted it.
+    #[tokio::test(start_paused = true)]
+    async fn a_noted_retire_time_keeps_the_turns_tick() {
+        let f = fixture();
+        let epoch = f.lot.epoch;
+        let idle_deadline = epoch + Duration::from_millis(2500);
+        assert_eq!(f.lot.tick_of(idle_deadline), 4);
+        let drawn = epoch + Duration::from_millis(7300);
+        f.lot.note_retire_at(5, Some(drawn));
+        assert_eq!(f.lot.retire_at(5), Some(epoch + Duration::from_secs(8)));
+        assert_eq!(
+            f.lot.last_tick.get(),
+            (idle_deadline, 4),
+            "the turn's conversion is still remembered"
+        );
+        f.lot.note_retire_at(6, None);
+        assert_eq!(f.lot.retire_at(6), None, "the option off");
     }
 
     /// The conversions to ticks and stamps remember their last instant (one

@@ -134,11 +134,26 @@ pub struct ConnectionInfo {
 }
 
 /// One worker's live connections (only with connection tracking on). Written
-/// by its worker, read by `ServerHandle::connections`.
+/// by its worker, read by `ServerHandle::connections` ([`page`]) and the
+/// stall report, a [`CHUNK`] at a time ([`Listing`]).
+///
+/// Ordered by id (a `BTreeMap`, where a hash map's order changes as it
+/// grows): a listing takes the lock once per chunk and goes on after the
+/// last id it copied, so it holds no lock between chunks and still lists
+/// each connection open throughout once. Copying a million entries under one
+/// lock held the worker's every accept, close and state change off for the
+/// whole copy.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    entries: std::sync::Mutex<std::collections::HashMap<u64, Entry>>,
+    entries: std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>,
 }
+
+/// Connections a listing copies per lock of a registry.
+#[cfg(not(test))]
+const CHUNK: usize = 256;
+/// Small in unit tests, so that a few connections span several chunks.
+#[cfg(test)]
+const CHUNK: usize = 3;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -150,22 +165,112 @@ struct Entry {
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Copies out the live connections.
-    pub(crate) fn snapshot(&self, out: &mut Vec<ConnectionInfo>) {
-        let now = Instant::now();
-        out.extend(self.lock().iter().map(|(&id, e)| ConnectionInfo {
-            id,
-            peer: e.peer,
-            worker: e.worker,
-            age: now.saturating_duration_since(e.opened),
-            state: e.state,
-            requests: e.requests,
-        }));
+    /// How many connections are listed.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
     }
+
+    /// The live connections in id order, copied a [`CHUNK`] at a time, with
+    /// their ages as of `now`.
+    pub(crate) fn listing(&self, now: Instant) -> Listing<'_> {
+        Listing {
+            registry: self,
+            now,
+            chunk: std::collections::VecDeque::new(),
+            after: None,
+            done: false,
+        }
+    }
+}
+
+/// A registry's connections in id order (see [`Registry::listing`]): each
+/// chunk is copied under the lock, then handed out with no lock held.
+pub(crate) struct Listing<'r> {
+    registry: &'r Registry,
+    now: Instant,
+    chunk: std::collections::VecDeque<ConnectionInfo>,
+    /// The last id copied: the next chunk starts after it.
+    after: Option<u64>,
+    /// The last chunk was short: nothing after it.
+    done: bool,
+}
+
+impl Listing<'_> {
+    /// The next connection's id, copying the next chunk if needed.
+    fn peek_id(&mut self) -> Option<u64> {
+        if self.chunk.is_empty() && !self.done {
+            use std::ops::Bound;
+            let from = self.after.map_or(Bound::Unbounded, Bound::Excluded);
+            let now = self.now;
+            self.chunk.extend(
+                self.registry
+                    .lock()
+                    .range((from, Bound::Unbounded))
+                    .take(CHUNK)
+                    .map(|(&id, e)| ConnectionInfo {
+                        id,
+                        peer: e.peer,
+                        worker: e.worker,
+                        age: now.saturating_duration_since(e.opened),
+                        state: e.state,
+                        requests: e.requests,
+                    }),
+            );
+            self.done = self.chunk.len() < CHUNK;
+            self.after = self.chunk.back().map(|c| c.id).or(self.after);
+        }
+        self.chunk.front().map(|c| c.id)
+    }
+}
+
+impl Iterator for Listing<'_> {
+    type Item = ConnectionInfo;
+
+    fn next(&mut self) -> Option<ConnectionInfo> {
+        self.peek_id()?;
+        self.chunk.pop_front()
+    }
+}
+
+/// The live connections of `registries` in id order, from `offset`, at most
+/// `limit` of them, and how many there are in all: the listings merged, a
+/// chunk of each copied at a time, so that neither a lock nor memory is
+/// held for all of them (the connections before `offset` are walked past,
+/// not kept).
+pub(crate) fn page(
+    registries: &[Arc<Registry>],
+    offset: usize,
+    limit: usize,
+) -> (usize, Vec<ConnectionInfo>) {
+    let total: usize = registries.iter().map(|r| r.len()).sum();
+    let now = Instant::now();
+    let mut listings: Vec<Listing<'_>> = registries.iter().map(|r| r.listing(now)).collect();
+    let mut page = Vec::with_capacity(limit.min(total.saturating_sub(offset)));
+    let mut skip = offset;
+    while page.len() < limit {
+        let mut lowest: Option<(u64, usize)> = None;
+        for (i, listing) in listings.iter_mut().enumerate() {
+            if let Some(id) = listing.peek_id() {
+                if lowest.is_none_or(|(low, _)| id < low) {
+                    lowest = Some((id, i));
+                }
+            }
+        }
+        let Some((_, i)) = lowest else { break };
+        let Some(connection) = listings[i].next() else {
+            break;
+        };
+        if skip > 0 {
+            skip -= 1;
+        } else {
+            page.push(connection);
+        }
+    }
+    (total, page)
 }
 
 /// The installed hook.
@@ -535,6 +640,72 @@ impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for CountedIo<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(id: u64) -> Entry {
+        Entry {
+            peer: SocketAddr::from(([127, 0, 0, 1], id as u16)),
+            worker: 0,
+            opened: Instant::now(),
+            state: ConnectionState::Idle,
+            requests: id,
+        }
+    }
+
+    /// Registries listing `ids`, one per slice.
+    fn registries(ids: &[&[u64]]) -> Vec<Arc<Registry>> {
+        ids.iter()
+            .map(|ids| {
+                let registry = Arc::new(Registry::default());
+                for &id in *ids {
+                    registry.lock().insert(id, entry(id));
+                }
+                registry
+            })
+            .collect()
+    }
+
+    fn ids(list: &[ConnectionInfo]) -> Vec<u64> {
+        list.iter().map(|c| c.id).collect()
+    }
+
+    /// Listings span several chunks ([`CHUNK`] is 3 here) of registries whose
+    /// ids interleave: every connection once, in id order; a page from
+    /// `offset`, at most `limit`, and the total.
+    #[test]
+    fn a_page_merges_the_registries_a_chunk_at_a_time() {
+        let even: Vec<u64> = (0..20).step_by(2).collect();
+        let odd: Vec<u64> = (1..9).step_by(2).collect();
+        let all: Vec<u64> = (0..9).chain((10..20).step_by(2)).collect();
+        let rs = registries(&[&even, &odd]);
+        let (total, list) = page(&rs, 0, 100);
+        assert_eq!((total, ids(&list)), (14, all.clone()));
+        assert_eq!(list[3].requests, 3, "each entry's own fields");
+        let (total, list) = page(&rs, 4, 5);
+        assert_eq!((total, ids(&list)), (14, all[4..9].to_vec()));
+        assert_eq!(ids(&page(&rs, 13, 5).1), [18]);
+        assert!(page(&rs, 14, 5).1.is_empty());
+        assert!(page(&rs, 0, 0).1.is_empty());
+        let (total, list) = page(&[], 0, 10);
+        assert!(total == 0 && list.is_empty());
+    }
+
+    /// A listing holds no lock between chunks, so the worker opens and
+    /// closes connections meanwhile: one closed before its chunk was copied
+    /// is not listed, one opened after the listing's place is.
+    #[test]
+    fn a_listing_holds_no_lock_between_chunks() {
+        let rs = registries(&[&[1, 2, 3, 4, 5, 6, 7]]);
+        let mut listing = rs[0].listing(Instant::now());
+        assert_eq!(listing.next().map(|c| c.id), Some(1));
+        let mut entries = rs[0].entries.try_lock().expect("no lock held");
+        entries.remove(&5);
+        entries.insert(9, entry(9));
+        drop(entries);
+        assert_eq!(
+            listing.map(|c| c.id).collect::<Vec<_>>(),
+            [2, 3, 4, 6, 7, 9]
+        );
+    }
 
     fn track(port: u16) -> Rc<ConnTrack> {
         let peer = SocketAddr::from(([127, 0, 0, 1], port));

@@ -129,11 +129,14 @@ fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
 }
 
 /// Serves HTTP/2 on `io` until the connection closes; returns why it closed.
+/// `retire_at`: when it is to go away for its age (`max_connection_age`,
+/// drawn once per connection by the caller; `None`: the option is off).
 pub(crate) async fn serve<I, S>(
     io: I,
     service: &mut S,
     ctx: Rc<WorkerContext>,
     info: Option<ConnInfo>,
+    retire_at: Option<Instant>,
 ) -> CloseReason
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -170,7 +173,6 @@ where
     let mut grace = false;
     let mut going_away = false;
     // max_connection_age: a GOAWAY then, open streams finishing first.
-    let retire_at = ctx.retire_at();
     let mut retire = pin!(tokio::time::sleep_until(
         retire_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1 << 30))
     ));
@@ -872,8 +874,10 @@ fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
 /// connection's window, so a body that waits (a slow handler, an SSE feed)
 /// while holding a reservation starves the connection's other streams, for
 /// good with a client that sends WINDOW_UPDATE only once its window is used
-/// up. A frame's reservation is used up by sending it, and whatever is left
-/// is given back (`reserve_capacity(0)`) before the body is polled again.
+/// up. A frame's reservation is exactly its length and is used up by
+/// sending it, so nothing is left reserved when the body is polled again
+/// (h2 counts what it buffers in the reservation and takes what it writes
+/// out of both, so after the last chunk the two are equal).
 ///
 /// Why no more than the capacity: h2 buffers whatever `send_data` is given,
 /// window or not. A whole frame handed over at once (a 1 MiB `Full`) would
@@ -956,10 +960,17 @@ where
                         return StreamEnd::Done;
                     }
                     record.response_bytes(data.len());
-                    // h2's windows are 31-bit; a larger frame is sent in
+                    // What is reserved and not yet sent, counted here so
+                    // that h2 (whose every call takes the connection's
+                    // lock) is asked again only when it is used up: h2's
+                    // windows are 31-bit, and a larger frame is sent in
                     // several reservations.
-                    send.reserve_capacity(data.len().min(MAX_RESERVE));
+                    let mut reserved = 0;
                     loop {
+                        if reserved == 0 {
+                            reserved = data.len().min(MAX_RESERVE);
+                            send.reserve_capacity(reserved);
+                        }
                         // h2 grants what the windows have at once; wait
                         // only when that is nothing.
                         let mut granted = send.capacity();
@@ -970,7 +981,8 @@ where
                                     Err(end) => return end.finish(&mut send, record, ctx),
                                 };
                         }
-                        let chunk = data.split_to(granted.min(data.len()));
+                        let chunk = data.split_to(granted.min(reserved).min(data.len()));
+                        reserved -= chunk.len();
                         let last = data.is_empty();
                         if send.send_data(chunk, end && last).is_err() {
                             return StreamEnd::ResetInBody;
@@ -978,21 +990,22 @@ where
                         if last {
                             break;
                         }
-                        if send.capacity() == 0 {
-                            send.reserve_capacity(data.len().min(MAX_RESERVE));
-                        }
                     }
                     if end {
                         return StreamEnd::Done;
                     }
-                    // Nothing stays reserved while the body makes us wait.
-                    send.reserve_capacity(0);
+                    // Nothing is reserved while the body makes us wait, with
+                    // no give-back (`reserve_capacity(0)`, the lock once
+                    // more per frame) needed: h2 never grants a stream more
+                    // than it asked for beyond what it buffers, and the whole
+                    // frame's reservation went into `send_data`.
                 }
                 Err(frame) => {
                     if length.is_some_and(|n| n > 0) {
                         return wrong_length(&mut send);
                     }
-                    send.reserve_capacity(0);
+                    // Nothing is reserved here either (see above), and
+                    // `send_trailers` gives back what would be.
                     if let Ok(trailers) = frame.into_trailers() {
                         let _ = send.send_trailers(trailers);
                     } else {
@@ -1211,10 +1224,90 @@ mod size_guard {
             service: &'static mut Svc,
             ctx: Rc<WorkerContext>,
         ) -> impl Future<Output = CloseReason> {
-            serve(io, service, ctx, None)
+            serve(io, service, ctx, None, None)
         }
         let size = size_of_future(h2_future);
         eprintln!("HTTP/2 connection future: {size} bytes");
         assert!(size <= 2600, "the HTTP/2 connection future is {size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod send_body_calls {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use tracing::span;
+
+    /// Counts h2's `reserve_capacity` calls (ours and h2's own), each a
+    /// take of the connection's lock, by the span h2 opens in each.
+    struct Reservations(Arc<AtomicUsize>);
+
+    impl tracing::Subscriber for Reservations {
+        fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+            meta.is_span() && meta.name() == "reserve_capacity"
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            self.0.fetch_add(1, Relaxed);
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {}
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+
+    /// Sends a streamed body of `frames` 10-byte DATA frames over a real h2
+    /// connection (in memory) and counts the reservations it took.
+    async fn reservations_for(frames: usize) -> usize {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (client, server) = tokio::join!(h2::client::handshake(a), h2::server::handshake(b));
+        let (mut client, client_conn) = client.unwrap();
+        let mut server = server.unwrap();
+        tokio::spawn(client_conn);
+        let request = Request::get("http://t/").body(()).unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let (_, mut respond) = server.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while server.accept().await.is_some() {} });
+        let send = respond.send_response(Response::new(()), false).unwrap();
+        let data = (0..frames).map(|_| {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"0123456789")))
+        });
+        let body = StreamBody::new(futures_util::stream::iter(data));
+        let config = Arc::new(crate::conn::config::Config::default());
+        let ctx = Rc::new(WorkerContext::new(0, config, Default::default(), None));
+        let mut record = RequestRecord::untimed(ctx.stats_source(), MethodLabel::of(&Method::GET));
+        let count = Arc::new(AtomicUsize::new(0));
+        let end = {
+            let _counting = tracing::subscriber::set_default(Reservations(count.clone()));
+            send_body(send, body, None, &mut record, &ctx).await
+        };
+        assert!(matches!(end, StreamEnd::Done));
+        let mut received = response.await.unwrap().into_body();
+        let mut len = 0;
+        while let Some(data) = received.data().await {
+            let data = data.unwrap();
+            len += data.len();
+            let _ = received.flow_control().release_capacity(data.len());
+        }
+        assert_eq!(len, 10 * frames);
+        count.load(Relaxed)
+    }
+
+    /// A streamed body asks h2 for room once per DATA frame: the give-back
+    /// after each (`reserve_capacity(0)`) took the connection's lock again
+    /// for nothing, the frame's whole reservation having gone into it.
+    #[tokio::test]
+    async fn a_streamed_body_reserves_once_per_frame() {
+        let one = reservations_for(1).await;
+        let nine = reservations_for(9).await;
+        assert_eq!(
+            nine - one,
+            8,
+            "reservations: {one} for 1 frame, {nine} for 9"
+        );
     }
 }

@@ -327,15 +327,13 @@ impl ServerHandle {
     /// The live connections, sorted by id, from `offset`, at most `limit` of
     /// them, and how many there are in all. Empty unless the server was built
     /// with [`Builder::track_connections`].
+    ///
+    /// Each worker's list is read a few hundred connections per lock, which
+    /// that worker's accepts and closes wait for, and only the page is kept:
+    /// a page from a million connections holds no worker off for long (one
+    /// far from the start still walks past the connections before it).
     pub fn connections(&self, offset: usize, limit: usize) -> (usize, Vec<crate::ConnectionInfo>) {
-        let mut all = Vec::new();
-        for registry in self.registries.iter() {
-            registry.snapshot(&mut all);
-        }
-        all.sort_unstable_by_key(|c| c.id);
-        let total = all.len();
-        let page = all.into_iter().skip(offset).take(limit).collect();
-        (total, page)
+        crate::observe::lifecycle::page(&self.registries, offset, limit)
     }
 
     /// True when the server keeps a live list of connections.

@@ -253,10 +253,8 @@ fn report(worker: &WorkerStats, registry: Option<&Arc<Registry>>, index: usize, 
 
 /// The connections a worker is handling requests on, for the log line.
 fn describe_handling(registry: &Registry, worker: usize) -> String {
-    let mut all = Vec::new();
-    registry.snapshot(&mut all);
-    let busy: Vec<String> = all
-        .iter()
+    let busy: Vec<String> = registry
+        .listing(Instant::now())
         .filter(|c| c.worker == worker && c.state == ConnectionState::Handling)
         .map(|c| format!("connection {} from {}", c.id, c.peer))
         .collect();

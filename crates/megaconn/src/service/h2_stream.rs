@@ -145,15 +145,18 @@ impl AsyncWrite for H2Stream {
         // does the same for response bodies).
         let want = buf.len().min(MAX_RESERVE);
         this.send.reserve_capacity(want);
-        while this.send.capacity() == 0 {
+        // What h2 grants, asked once (each call takes the connection's
+        // lock): `poll_capacity` answers with the capacity itself.
+        let mut granted = this.send.capacity();
+        while granted == 0 {
             match std::task::ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(_)) => {}
+                Some(Ok(n)) => granted = n,
                 Some(Err(e)) => return Poll::Ready(Err(this.write_error(cx, Some(e)))),
                 // No longer sending: reset by the client.
                 None => return Poll::Ready(Err(this.write_error(cx, None))),
             }
         }
-        let n = this.send.capacity().min(buf.len());
+        let n = granted.min(buf.len());
         match this
             .send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)

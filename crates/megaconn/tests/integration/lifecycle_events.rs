@@ -325,6 +325,48 @@ async fn live_connections_are_listed_with_their_state() {
     server.stop().await;
 }
 
+/// More connections than a worker's list is copied per lock (256): each is
+/// listed once, in id order, across both workers' lists, and pages keep to
+/// their offset and limit. The list is read a chunk per lock; before, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_listed_across_chunks_and_pages() {
+    const N: usize = 700;
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(2)
+            .track_connections(true)
+            .park_idle_after(None),
+    )
+    .await;
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        clients.push(server.connect().await);
+    }
+    server
+        .wait_stats("all open", |s| s.connections_open == N as i64)
+        .await;
+    let (total, list) = server.handle.connections(0, usize::MAX);
+    assert_eq!((total, list.len()), (N, N));
+    assert!(list.windows(2).all(|w| w[0].id < w[1].id), "in id order");
+    let mut listed: Vec<u16> = list.iter().map(|c| c.peer.port()).collect();
+    let mut ours: Vec<u16> = clients
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect();
+    listed.sort_unstable();
+    ours.sort_unstable();
+    assert_eq!(listed, ours, "each connection once");
+    assert!(list.iter().any(|c| c.worker == 0) && list.iter().any(|c| c.worker == 1));
+    let (total, page) = server.handle.connections(250, 300);
+    assert_eq!(total, N);
+    let ids = |l: &[megaconn::ConnectionInfo]| l.iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!(ids(&page), ids(&list[250..550]));
+    assert_eq!(server.handle.connections(N - 5, 100).1.len(), 5);
+    assert!(server.handle.connections(N, 100).1.is_empty());
+    drop(clients);
+    server.stop().await;
+}
+
 /// One request on `s`, answered within [`common::SAFETY`]: `None` if the
 /// connection closed instead (a response that never comes fails the test).
 async fn answered(s: &mut tokio::net::TcpStream) -> Option<u16> {

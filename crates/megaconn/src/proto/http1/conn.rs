@@ -39,71 +39,77 @@ use crate::service::HttpService;
 ///
 /// Takes the service by value and gives it back, so the caller need not
 /// keep it (and its own copy of the arguments) across the whole connection.
-pub(crate) async fn serve_connection<T, S>(
+///
+/// `retire_at` (`max_connection_age`): as drawn at the accept, for a
+/// connection just accepted; `None` for one woken from the parking lot,
+/// which noted it at the accept (to the second, rounded up), as this may be
+/// a wake-up after many requests; `None` too with the option off.
+///
+/// A plain function: an `async fn` keeps its arguments beside the
+/// connection they are moved into, for as long as it is open.
+pub(crate) fn serve_connection<T, S>(
     io: T,
     mut service: S,
     ctx: Rc<WorkerContext>,
     info: Option<Box<ConnInfo>>,
-) -> (proto::Ended<T>, S)
+    retire_at: Option<Instant>,
+) -> impl Future<Output = (proto::Ended<T>, S)>
 where
     T: Parkable,
     S: HttpService,
 {
     let mut conn = ConnIo::new(io, ctx);
-    // `max_connection_age` counts from the accept, which the parking lot
-    // noted (to the second, rounded up): this may be a wake-up after many
-    // requests. The earlier of that and an age drawn now: just accepted,
-    // the one drawn now is exact (over TLS it is drawn after the handshake,
-    // with its own jitter, so the connection's age is the lower of two
-    // draws; the 90-100 % spread still holds).
-    if let (Some(lot), Some(fd)) = (conn.ctx.park.as_ref(), conn.io.lot_fd()) {
-        if let Some(at) = lot.retire_at(fd) {
-            conn.retire_at = conn.retire_at.map(|now| now.min(at));
-        }
-    }
+    conn.retire_at = retire_at.or_else(|| {
+        let fd = conn.io.lot_fd()?;
+        conn.ctx.park.as_ref()?.retire_at(fd)
+    });
     conn.info = info.filter(|_| conn.ctx.config.connect_info);
-    let ended = match run(&mut conn, &mut service).await {
-        Ended::Close(reason) => {
-            tracing::trace!(%reason, "connection closed");
-            Box::pin(conn.close(reason)).await;
-            proto::Ended::Close(reason)
-        }
-        Ended::Upgrade(tx, native) => {
-            let read_ahead = conn.buffers.take_read_ahead();
-            proto::Ended::HandOver(match native {
-                // The request's `OnUpgrade` (tx dropped) resolves to an error.
-                Some(to) => HandOver::Native {
-                    io: conn.io,
-                    read_ahead,
-                    to,
-                },
-                None => HandOver::Upgrade {
-                    io: conn.io,
-                    read_ahead,
-                    tx,
-                },
-            })
-        }
-        Ended::H2c => {
-            let read_ahead = conn.buffers.take_read_ahead();
-            proto::Ended::HandOver(HandOver::H2c {
-                io: conn.io,
-                read_ahead,
-                info: conn.info,
-            })
-        }
-        Ended::Park(deadline) => {
-            let at_once = conn.io.reparks_a_wake();
-            let watched = conn.io.still_watched();
-            proto::Ended::Park {
-                io: conn.io,
-                deadline,
-                at_once,
-                watched,
+    // An async block, not an `async fn` taking `conn`: that would move it
+    // from its argument into a local of its own, and keep both.
+    async move {
+        let ended = match run(&mut conn, &mut service).await {
+            Ended::Close(reason) => {
+                tracing::trace!(%reason, "connection closed");
+                Box::pin(conn.close(reason)).await;
+                proto::Ended::Close(reason)
             }
-        }
-    };
-    (ended, service)
+            Ended::Upgrade(tx, native) => {
+                let read_ahead = conn.buffers.take_read_ahead();
+                proto::Ended::HandOver(match native {
+                    // The request's `OnUpgrade` (tx dropped) resolves to an error.
+                    Some(to) => HandOver::Native {
+                        io: conn.io,
+                        read_ahead,
+                        to,
+                    },
+                    None => HandOver::Upgrade {
+                        io: conn.io,
+                        read_ahead,
+                        tx,
+                    },
+                })
+            }
+            Ended::H2c => {
+                let read_ahead = conn.buffers.take_read_ahead();
+                proto::Ended::HandOver(HandOver::H2c {
+                    io: conn.io,
+                    read_ahead,
+                    info: conn.info,
+                })
+            }
+            Ended::Park(deadline) => {
+                let at_once = conn.io.reparks_a_wake();
+                let watched = conn.io.still_watched();
+                proto::Ended::Park {
+                    io: conn.io,
+                    deadline,
+                    at_once,
+                    watched,
+                }
+            }
+        };
+        (ended, service)
+    }
 }
 
 enum Ended {
