@@ -1635,3 +1635,97 @@ async fn websockets_of_routes_with_different_states_park_and_wake_as_their_own()
     );
     assert_eq!(closes_a.try_recv().ok(), None, "one close each");
 }
+
+/// A handler whose routes are counted: each holds a clone of `alive`, so
+/// its strong count less one is how many routes are still kept.
+struct Counted {
+    _alive: std::sync::Arc<()>,
+    closes: mpsc::UnboundedSender<CloseReason>,
+}
+
+impl WebSocketHandler for Counted {
+    type State = ();
+
+    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        Some(message)
+    }
+
+    fn on_close(&self, _: (), reason: CloseReason) {
+        let _ = self.closes.send(reason);
+    }
+}
+
+/// A service that builds a `WebSocketRoute` per request (against the advice
+/// on it) parks WebSockets of 300 routes, ten at a time: each route goes
+/// when its connection does. (A worker kept every route it had parked a
+/// connection of, for its life, until 65,536 made it close WebSockets
+/// instead of parking them.)
+#[tokio::test]
+async fn routes_built_per_request_go_when_their_parked_websockets_do() {
+    const ROUNDS: usize = 30;
+    const AT_ONCE: usize = 10;
+    let server = Server::builder()
+        .park_idle_after(Some(PARK_IDLE_AFTER))
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("server binds");
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let alive = std::sync::Arc::new(());
+    let (closed, mut closes) = mpsc::unbounded_channel();
+    let per_request = {
+        let alive = alive.clone();
+        tower::service_fn(move |request: axum::extract::Request| {
+            let mut route = WebSocketRoute::new(Counted {
+                _alive: alive.clone(),
+                closes: closed.clone(),
+            });
+            tower::Service::call(&mut route, request)
+        })
+    };
+    let app = axum::Router::new().route_service("/ws", per_request);
+    let task = tokio::spawn(server.serve(app));
+    let url = format!("ws://{addr}/ws");
+    for _ in 0..ROUNDS {
+        let mut clients = Vec::new();
+        for _ in 0..AT_ONCE {
+            let (client, _) =
+                tokio::time::timeout(SAFETY, tokio_tungstenite::connect_async(url.as_str()))
+                    .await
+                    .expect("handshake in time")
+                    .expect("handshake");
+            clients.push(client);
+        }
+        common::wait_stats(&handle, "all parked", |s| {
+            s.connections_parked == AT_ONCE as i64
+        })
+        .await;
+        // Woken by a close frame, or by the end of the stream.
+        for (i, mut client) in clients.into_iter().enumerate() {
+            if i % 2 == 0 {
+                client.close(None).await.unwrap();
+            } else {
+                drop(client);
+            }
+        }
+        for _ in 0..AT_ONCE {
+            let reason = tokio::time::timeout(SAFETY, closes.recv())
+                .await
+                .expect("timed out waiting for on_close")
+                .expect("handler gone");
+            assert_eq!(reason, CloseReason::ClientClosed);
+        }
+    }
+    common::wait_stats(&handle, "all closed", |s| s.connections_open == 0).await;
+    assert_eq!(
+        std::sync::Arc::strong_count(&alive) - 2,
+        0,
+        "routes kept after their WebSockets closed"
+    );
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("serve result");
+}

@@ -149,7 +149,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         }
         Start::Woken(wake, _) => {
             // `serve_woken` found it in this table (by its variant).
-            let Some(parked) = tables.table::<H::State>().take(fd) else {
+            let Some(parked) = tables.take::<H::State>(fd) else {
                 tracing::error!("a woken WebSocket had no state; closing it");
                 return Ended::Close(CloseReason::ServerError);
             };
@@ -591,16 +591,16 @@ fn park<H: WebSocketHandler>(
     match io.into_parked_parts() {
         Ok((socket, tls)) => {
             let route: Arc<dyn ErasedRoute> = route.clone();
-            // A side-table entry tells its kind in 16 bits: a worker that
-            // saw 65,536 routes (one built per request, against the rule on
-            // `WebSocketRoute`) closes instead of parking.
-            let variant = tables.variant(&route, deflate);
-            if variant > usize::from(u16::MAX) {
+            // A side-table entry tells its kind in 16 bits: a worker with
+            // WebSockets of 65,536 routes parked at once (one built per
+            // request, against the rule on `WebSocketRoute`) closes instead
+            // of parking.
+            let Some(variant) = tables.claim(&route, deflate) else {
                 tracing::error!(
-                    "a worker parked WebSockets of 65,536 WebSocketRoute values; closing this one instead (build each WebSocketRoute once, not per request)"
+                    "a worker has WebSockets of 65,536 WebSocketRoute values parked; closing this one instead (build each WebSocketRoute once, not per request)"
                 );
                 return Ended::Close(live.close(CloseReason::ServerError));
-            }
+            };
             tables.table::<H::State>().put(
                 socket.as_raw_fd(),
                 Parked {
