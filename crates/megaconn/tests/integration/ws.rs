@@ -17,7 +17,7 @@ use crate::common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::SAFETY;
+use common::{reset, SAFETY};
 use futures_util::{SinkExt, StreamExt};
 use megaconn::{
     Builder, CloseReason, ConnectionId, Hub, ProtocolDetail, Server, ServerHandle, ServerStats,
@@ -515,12 +515,7 @@ async fn a_peer_that_never_answers_our_close_is_hung_up_after_close_timeout() {
 
 /// How many connections closed with metric label `reason`.
 fn closed_as(server: &Ws, reason: &str) -> u64 {
-    let stats = server.handle.stats();
-    let by_reason = stats.request_metrics.closed_by_reason;
-    by_reason
-        .iter()
-        .find(|(l, _)| *l == reason)
-        .map_or(0, |r| r.1)
+    common::closed_as(&server.handle.stats(), reason)
 }
 
 /// A client that begins a message and then sends a byte now and then, each
@@ -1728,4 +1723,86 @@ async fn routes_built_per_request_go_when_their_parked_websockets_do() {
         .expect("server stops")
         .expect("server task")
         .expect("serve result");
+}
+
+/// A client that resets a cleartext WebSocket awake between messages has
+/// left: it closes as `ClientClosed` (as over TLS), not as an I/O error. A
+/// reset midway through a message (a first fragment read, the rest never
+/// sent) stays an I/O error.
+#[tokio::test]
+async fn a_reset_between_messages_is_a_client_close_and_midway_an_io_error() {
+    let mut server = Ws::start(Server::builder().park_idle_after(None), |r| r).await;
+    let mut s = server.raw().await;
+    s.write_all(&client_frame(0x81, b"count", true))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s).await, (0x81, b"1".to_vec()));
+    reset(s);
+    assert_eq!(server.next_close().await, (1, CloseReason::ClientClosed));
+    let mut s = server.raw().await;
+    let before = server.handle.stats().messages.bytes_in;
+    let first = client_frame(0x01, b"half", true);
+    s.write_all(&first).await.unwrap();
+    server
+        .wait_stats("the first fragment read", |st| {
+            st.messages.bytes_in >= before + first.len() as u64
+        })
+        .await;
+    reset(s);
+    let reset_io = CloseReason::Io(std::io::ErrorKind::ConnectionReset);
+    assert_eq!(server.next_close().await, (0, reset_io));
+    // (The handler hears first; the metric follows.)
+    server
+        .wait_stats("one client close and one I/O error counted", |st| {
+            common::closed_as(st, "client_closed") == 1 && common::closed_as(st, "io_error") == 1
+        })
+        .await;
+    server.stop().await;
+}
+
+/// A client that resets a parked cleartext WebSocket has left: woken by the
+/// reset, it closes as `ClientClosed`, not as an I/O error. Both wake paths:
+/// cold (its first park, after idling) and, most likely, hot (parked again
+/// at once after a message, and reset right away).
+#[tokio::test]
+async fn a_reset_of_a_parked_websocket_is_a_client_close() {
+    let mut server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r,
+    )
+    .await;
+    for hot in [false, true] {
+        let mut s = server.raw().await;
+        server
+            .wait_stats("parked", |st| st.connections_parked == 1)
+            .await;
+        if hot {
+            let parks = server.handle.stats().parks;
+            s.write_all(&client_frame(0x81, b"count", true))
+                .await
+                .unwrap();
+            assert_eq!(read_frame(&mut s).await, (0x81, b"1".to_vec()));
+            server
+                .wait_stats("parked again", |st| {
+                    st.connections_parked == 1 && st.parks > parks
+                })
+                .await;
+        }
+        reset(s);
+        let closed = server.next_close().await;
+        assert_eq!(
+            closed,
+            (u64::from(hot), CloseReason::ClientClosed),
+            "hot: {hot}"
+        );
+    }
+    server
+        .wait_stats("two client closes counted", |st| {
+            common::closed_as(st, "client_closed") == 2
+        })
+        .await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    assert_eq!(common::closed_as(&stats, "io_error"), 0, "{stats:?}");
+    server.stop().await;
 }
