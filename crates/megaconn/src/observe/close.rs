@@ -19,10 +19,9 @@ use http::StatusCode;
 pub enum CloseReason {
     /// The client closed its side, or left before its TLS handshake, or
     /// reset the connection while no request or message of its was under
-    /// way (HTTP/1.1 between requests, WebSocket and framed between
-    /// messages, anything over TLS): a dropped keep-alive connection, parked
-    /// or not. (A reset of an idle cleartext HTTP/2 connection is still
-    /// [`CloseReason::Io`].)
+    /// way (HTTP/1.1 between requests, HTTP/2 with no stream open, WebSocket
+    /// and framed between messages): a dropped keep-alive connection, parked
+    /// or not.
     ClientClosed,
     /// The server chose to close (keep-alive off, `Connection: close`,
     /// HTTP/1.0, or an upgraded connection its handler dropped).
@@ -52,10 +51,8 @@ pub enum CloseReason {
     /// The handler or its response body panicked.
     Panic,
     /// Reset, broken pipe or another socket error midway through a request,
-    /// a response or a message (an HTTP/1.1 connection reset between
-    /// requests, or a WebSocket or framed one between messages, is
-    /// [`CloseReason::ClientClosed`]; an idle cleartext HTTP/2 one reset is
-    /// this).
+    /// a response or a message (a connection reset between them, HTTP/2
+    /// with no stream open, is [`CloseReason::ClientClosed`]).
     Io(io::ErrorKind),
     /// Refused right after accept by an admission limit (accept rate, per IP).
     Limit,
