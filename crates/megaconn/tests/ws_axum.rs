@@ -399,14 +399,7 @@ async fn a_client_that_hangs_up_without_a_close_frame_is_no_protocol_error() {
     .await;
     let stats = server.handle.stats();
     assert_eq!(stats.protocol_errors, 0);
-    let closed = |label: &str| {
-        stats
-            .request_metrics
-            .closed_by_reason
-            .iter()
-            .find(|(l, _)| *l == label)
-            .map_or(0, |(_, n)| *n)
-    };
+    let closed = |label: &str| common::closed_as(&stats, label);
     assert_eq!(
         closed("client_closed"),
         1,

@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::tls_io::TlsIo;
-use crate::observe::close::CloseReason;
+use crate::observe::close::{client_left, CloseReason};
 use crate::observe::stats::incr;
 
 /// Default time a client has to complete the TLS handshake after connecting.
@@ -471,12 +471,4 @@ pub(crate) async fn handshake(
     )
     .await?;
     Ok(tls)
-}
-
-/// Whether a TLS error is the client leaving, not a protocol error: a reset
-/// (an RST on a parked connection, a health check that resets), a close
-/// before its ClientHello (`TlsIo::poll_handshake`), a pipe it broke.
-pub(crate) fn client_left(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }

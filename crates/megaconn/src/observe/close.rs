@@ -18,10 +18,10 @@ use http::StatusCode;
 #[non_exhaustive]
 pub enum CloseReason {
     /// The client closed its side, or left before its TLS handshake, or
-    /// reset an HTTP/1.1 or TLS connection while no request of its was under
-    /// way: a dropped keep-alive connection, parked or not. (A reset of an
-    /// idle cleartext HTTP/2, WebSocket or framed connection is still
-    /// [`CloseReason::Io`].)
+    /// reset the connection while no request or message of its was under
+    /// way (HTTP/1.1 between requests, HTTP/2 with no stream open, WebSocket
+    /// and framed between messages): a dropped keep-alive connection, parked
+    /// or not.
     ClientClosed,
     /// The server chose to close (keep-alive off, `Connection: close`,
     /// HTTP/1.0, or an upgraded connection its handler dropped).
@@ -50,10 +50,9 @@ pub enum CloseReason {
     ServerError,
     /// The handler or its response body panicked.
     Panic,
-    /// Reset, broken pipe or another socket error midway through a request
-    /// or a response (an HTTP/1.1 connection reset between requests is
-    /// [`CloseReason::ClientClosed`]; an idle cleartext HTTP/2, WebSocket or
-    /// framed one reset is this).
+    /// Reset, broken pipe or another socket error midway through a request,
+    /// a response or a message (a connection reset between them, HTTP/2
+    /// with no stream open, is [`CloseReason::ClientClosed`]).
     Io(io::ErrorKind),
     /// Refused right after accept by an admission limit (accept rate, per IP).
     Limit,
@@ -120,10 +119,33 @@ impl From<StatusCode> for ProtocolDetail {
     }
 }
 
+/// Whether socket error `e` is the client leaving, not a failure: a reset
+/// (an RST on a parked connection, a health check that resets), an abort, a
+/// pipe it broke. Over TLS also any time before or between records (a close
+/// before its ClientHello, `TlsIo::poll_handshake`); in the clear between
+/// requests or messages ([`CloseReason::io_between`]).
+pub(crate) fn client_left(e: &io::Error) -> bool {
+    use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+}
+
 impl CloseReason {
     /// A close for a socket error.
     pub(crate) fn io(e: &io::Error) -> CloseReason {
         CloseReason::Io(e.kind())
+    }
+
+    /// A close for socket error `e`; `between`: the connection was between
+    /// requests or messages, nothing of one under way. A reset, abort or
+    /// broken pipe then is the client leaving ([`client_left`]), as a FIN
+    /// is: a keep-alive connection it dropped, parked or not. Midway through
+    /// one it is an I/O error.
+    pub(crate) fn io_between(e: &io::Error, between: bool) -> CloseReason {
+        if between && client_left(e) {
+            CloseReason::ClientClosed
+        } else {
+            CloseReason::io(e)
+        }
     }
 
     /// A protocol-error close that answered `status` (HTTP/1.1).

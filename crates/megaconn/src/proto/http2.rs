@@ -211,7 +211,8 @@ where
                     Turn::Closed(None) => break,
                     Turn::Closed(Some(e)) => {
                         if reason == CloseReason::ClientClosed {
-                            reason = close_reason(&e, &ctx);
+                            let between = streams.is_empty() && waiting.is_none();
+                            reason = close_reason(&e, &ctx, between);
                         }
                         break;
                     }
@@ -381,7 +382,7 @@ where
         ctx.config.read_header_timeout,
         handshake,
         CloseReason::HeaderTimeout,
-        |e| close_reason(&e, ctx),
+        |e| close_reason(&e, ctx, false),
         true,
     )
     .await
@@ -391,10 +392,11 @@ where
 /// itself is the client's protocol error or abuse (a CONTINUATION flood, a
 /// header list far over the limit, rapid reset past h2's own counter): it is
 /// counted in `protocol_errors`, as our own guards' closes are, with the
-/// `GOAWAY` code as the close reason's detail.
-fn close_reason(e: &h2::Error, ctx: &WorkerContext) -> CloseReason {
+/// `GOAWAY` code as the close reason's detail. A reset with no stream open
+/// (`between`) is the client leaving, as between HTTP/1.1 requests.
+fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReason {
     if let Some(io) = e.get_io() {
-        return CloseReason::io(io);
+        return CloseReason::io_between(io, between);
     }
     if e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR) {
         return CloseReason::ClientClosed;

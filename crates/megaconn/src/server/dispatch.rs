@@ -42,7 +42,7 @@ use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::transport::{Foreign, Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
-use crate::observe::close::CloseReason;
+use crate::observe::close::{client_left, CloseReason};
 use crate::observe::stats::incr;
 use crate::proto::{self, http1, http2, Ended, HandOver};
 use crate::service::upgrade::Upgraded;
@@ -319,7 +319,7 @@ async fn serve_tls_woken<S>(
             park(io, parking, &ctx, conn);
         }
         // A reset is the client leaving, not a TLS error.
-        Err(e) if tls::client_left(&e) => conn.close(CloseReason::ClientClosed),
+        Err(e) if client_left(&e) => conn.close(CloseReason::ClientClosed),
         Err(e) => {
             tracing::debug!(error = %e, "TLS error on a woken connection");
             incr(&ctx.stats.protocol_errors);

@@ -241,6 +241,24 @@ pub async fn wait_stats(
     }
 }
 
+/// How many connections of `stats` closed with `reason` (the label of
+/// `megaconn_connections_closed_total`).
+pub fn closed_as(stats: &megaconn::ServerStats, reason: &str) -> u64 {
+    stats
+        .request_metrics
+        .closed_by_reason
+        .iter()
+        .find(|(label, _)| *label == reason)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// Resets `s`: an RST (SO_LINGER 0, then close), as a load balancer or a
+/// killed process sends.
+pub fn reset(s: TcpStream) {
+    s.set_zero_linger().unwrap();
+    drop(s);
+}
+
 /// A server running the test app in the background.
 pub struct TestServer {
     pub addr: SocketAddr,

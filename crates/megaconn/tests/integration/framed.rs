@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::SAFETY;
+use common::{closed_as, reset, SAFETY};
 use megaconn::{
     Builder, CloseReason, ConnectionEvent, ConnectionId, FramedHandler, Framing, FramingError, Hub,
     ProtocolDetail, Server, ServerHandle, ServerStats, Session, ShutdownSummary,
@@ -160,13 +160,7 @@ impl Framed {
     }
 
     fn closed_with(&self, label: &str) -> u64 {
-        let stats = self.handle.stats();
-        stats
-            .request_metrics
-            .closed_by_reason
-            .iter()
-            .find(|(l, _)| *l == label)
-            .map_or(0, |(_, n)| *n)
+        closed_as(&self.handle.stats(), label)
     }
 
     async fn stop(self) -> ShutdownSummary {
@@ -1345,4 +1339,72 @@ async fn sliced_broadcasts_reach_everyone_in_order_and_nothing_stays_pending() {
         assert_eq!(server.handle.stats().messages.queue_drops, 0);
         server.stop().await;
     }
+}
+
+/// A client that resets a framed connection awake between frames has left:
+/// it closes as `ClientClosed` (as HTTP/1.1 and TLS connections do), not as
+/// an I/O error. A reset midway through a frame (part of it read) stays an
+/// I/O error.
+#[tokio::test]
+async fn a_reset_between_frames_is_a_client_close_and_midway_an_io_error() {
+    let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    let mut s = server.connect().await;
+    s.write_all(b"count\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"1\n");
+    reset(s);
+    assert_eq!(server.next_close().await, (1, CloseReason::ClientClosed));
+    let mut s = server.connect().await;
+    let before = server.handle.stats().messages.bytes_in;
+    s.write_all(b"half").await.unwrap();
+    server
+        .wait_stats("part of a frame read", |st| {
+            st.messages.bytes_in >= before + 4
+        })
+        .await;
+    reset(s);
+    let reset_io = CloseReason::Io(std::io::ErrorKind::ConnectionReset);
+    assert_eq!(server.next_close().await, (0, reset_io));
+    // (The handler hears first; the metric follows.)
+    server
+        .wait_stats("one client close and one I/O error counted", |st| {
+            closed_as(st, "client_closed") == 1 && closed_as(st, "io_error") == 1
+        })
+        .await;
+    server.stop().await;
+}
+
+/// A client that resets a parked framed connection has left: woken by the
+/// reset, it closes as `ClientClosed`, not as an I/O error. Both wake
+/// paths: cold (its first park, after idling) and, most likely, hot (parked
+/// again at once after a frame, and reset right away).
+#[tokio::test]
+async fn a_reset_of_a_parked_framed_connection_is_a_client_close() {
+    let (mut server, s) = one_parked().await;
+    reset(s);
+    assert_eq!(server.next_close().await, (1, CloseReason::ClientClosed));
+    let mut s = server.connect().await;
+    s.write_all(b"a\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"a\n");
+    server
+        .wait_stats("parked", |st| st.connections_parked == 1)
+        .await;
+    let parks = server.handle.stats().parks;
+    s.write_all(b"b\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 2).await, b"b\n");
+    server
+        .wait_stats("parked again", |st| {
+            st.connections_parked == 1 && st.parks > parks
+        })
+        .await;
+    reset(s);
+    assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
+    server
+        .wait_stats("two client closes counted", |st| {
+            closed_as(st, "client_closed") == 2
+        })
+        .await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    assert_eq!(closed_as(&stats, "io_error"), 0, "{stats:?}");
+    server.stop().await;
 }

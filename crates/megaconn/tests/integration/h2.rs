@@ -1564,3 +1564,52 @@ async fn a_stream_admitted_after_goaway_outlives_the_idle_deadline() {
         })
         .await;
 }
+
+/// A client that resets a cleartext HTTP/2 connection with no stream open
+/// has left: it closes as `ClientClosed` (as an HTTP/1.1 connection between
+/// requests does), not as an I/O error. A reset while a stream is open
+/// (its handler still running) stays an I/O error.
+#[tokio::test]
+async fn a_reset_between_streams_is_a_client_close_and_midway_an_io_error() {
+    let (builder, mut events) = event_log(megaconn::Server::builder().idle_timeout(None));
+    let server = start(builder).await;
+    let mut client =
+        RawH2::connect(server.addr, &frame(HEADERS, END_STREAM | 0x4, 1, &GET_ROOT)).await;
+    loop {
+        let f = client.next_frame().await.expect("the response");
+        if !client.ack_settings(&f).await
+            && f.kind == DATA
+            && f.stream == 1
+            && f.flags & END_STREAM != 0
+        {
+            break;
+        }
+    }
+    // No stream open: the connection counts as idle.
+    let idle = |s: &megaconn::ServerStats| s.connections_idle == 1;
+    common::wait_stats(&server.handle, "no stream open", idle).await;
+    client.tcp.set_zero_linger().unwrap();
+    drop(client);
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::ClientClosed
+    );
+    // A stream open: `/hang` never answers.
+    let hang = [
+        0x82, 0x86, 0x04, 5, b'/', b'h', b'a', b'n', b'g', 0x01, 1, b'a',
+    ];
+    let client = RawH2::connect(server.addr, &frame(HEADERS, END_STREAM | 0x4, 1, &hang)).await;
+    let busy = |s: &megaconn::ServerStats| s.connections_open == 1 && s.connections_idle == 0;
+    common::wait_stats(&server.handle, "a stream open", busy).await;
+    client.tcp.set_zero_linger().unwrap();
+    drop(client);
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::Io(std::io::ErrorKind::ConnectionReset)
+    );
+    // (Each close is counted before its event.)
+    assert_eq!(closed_total(&server.handle, "client_closed"), 1);
+    assert_eq!(closed_total(&server.handle, "io_error"), 1);
+    assert_eq!(server.handle.stats().protocol_errors, 0);
+    server.stop().await;
+}

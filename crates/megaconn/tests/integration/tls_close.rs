@@ -16,7 +16,7 @@ use crate::common;
 
 use common::modes::{hooked, Events};
 use common::tls::{connect, http1_get, Ca, Leaf};
-use common::{try_parse_response, RawResponse, TestServer, SAFETY};
+use common::{closed_as, try_parse_response, RawResponse, TestServer, SAFETY};
 
 /// A TLS server with the test app (no parking); `configure` adds settings.
 async fn tls_server(
@@ -88,16 +88,6 @@ async fn a_handshake_in_progress_at_shutdown_completes_and_is_served() {
     assert_eq!(closed.requests, 1, "{closed:?}");
     let summary = server.stop().await;
     assert_eq!(summary.forced, 0, "{summary:?}");
-}
-
-/// The count of closes for `reason` (the metric's label).
-fn closed_as(stats: &megaconn::ServerStats, reason: &str) -> u64 {
-    stats
-        .request_metrics
-        .closed_by_reason
-        .iter()
-        .find(|(label, _)| *label == reason)
-        .map_or(0, |(_, n)| *n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

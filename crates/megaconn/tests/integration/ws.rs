@@ -17,7 +17,7 @@ use crate::common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::SAFETY;
+use common::{reset, SAFETY};
 use futures_util::{SinkExt, StreamExt};
 use megaconn::{
     Builder, CloseReason, ConnectionId, Hub, ProtocolDetail, Server, ServerHandle, ServerStats,
@@ -515,12 +515,7 @@ async fn a_peer_that_never_answers_our_close_is_hung_up_after_close_timeout() {
 
 /// How many connections closed with metric label `reason`.
 fn closed_as(server: &Ws, reason: &str) -> u64 {
-    let stats = server.handle.stats();
-    let by_reason = stats.request_metrics.closed_by_reason;
-    by_reason
-        .iter()
-        .find(|(l, _)| *l == reason)
-        .map_or(0, |r| r.1)
+    common::closed_as(&server.handle.stats(), reason)
 }
 
 /// A client that begins a message and then sends a byte now and then, each
@@ -1634,4 +1629,180 @@ async fn websockets_of_routes_with_different_states_park_and_wake_as_their_own()
         Some(("y".to_owned(), CloseReason::Shutdown))
     );
     assert_eq!(closes_a.try_recv().ok(), None, "one close each");
+}
+
+/// A handler whose routes are counted: each holds a clone of `alive`, so
+/// its strong count less one is how many routes are still kept.
+struct Counted {
+    _alive: std::sync::Arc<()>,
+    closes: mpsc::UnboundedSender<CloseReason>,
+}
+
+impl WebSocketHandler for Counted {
+    type State = ();
+
+    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        Some(message)
+    }
+
+    fn on_close(&self, _: (), reason: CloseReason) {
+        let _ = self.closes.send(reason);
+    }
+}
+
+/// A service that builds a `WebSocketRoute` per request (against the advice
+/// on it) parks WebSockets of 300 routes, ten at a time: each route goes
+/// when its connection does. (A worker kept every route it had parked a
+/// connection of, for its life, until 65,536 made it close WebSockets
+/// instead of parking them.)
+#[tokio::test]
+async fn routes_built_per_request_go_when_their_parked_websockets_do() {
+    const ROUNDS: usize = 30;
+    const AT_ONCE: usize = 10;
+    let server = Server::builder()
+        .park_idle_after(Some(PARK_IDLE_AFTER))
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("server binds");
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let alive = std::sync::Arc::new(());
+    let (closed, mut closes) = mpsc::unbounded_channel();
+    let per_request = {
+        let alive = alive.clone();
+        tower::service_fn(move |request: axum::extract::Request| {
+            let mut route = WebSocketRoute::new(Counted {
+                _alive: alive.clone(),
+                closes: closed.clone(),
+            });
+            tower::Service::call(&mut route, request)
+        })
+    };
+    let app = axum::Router::new().route_service("/ws", per_request);
+    let task = tokio::spawn(server.serve(app));
+    let url = format!("ws://{addr}/ws");
+    for _ in 0..ROUNDS {
+        let mut clients = Vec::new();
+        for _ in 0..AT_ONCE {
+            let (client, _) =
+                tokio::time::timeout(SAFETY, tokio_tungstenite::connect_async(url.as_str()))
+                    .await
+                    .expect("handshake in time")
+                    .expect("handshake");
+            clients.push(client);
+        }
+        common::wait_stats(&handle, "all parked", |s| {
+            s.connections_parked == AT_ONCE as i64
+        })
+        .await;
+        // Woken by a close frame, or by the end of the stream.
+        for (i, mut client) in clients.into_iter().enumerate() {
+            if i % 2 == 0 {
+                client.close(None).await.unwrap();
+            } else {
+                drop(client);
+            }
+        }
+        for _ in 0..AT_ONCE {
+            let reason = tokio::time::timeout(SAFETY, closes.recv())
+                .await
+                .expect("timed out waiting for on_close")
+                .expect("handler gone");
+            assert_eq!(reason, CloseReason::ClientClosed);
+        }
+    }
+    common::wait_stats(&handle, "all closed", |s| s.connections_open == 0).await;
+    assert_eq!(
+        std::sync::Arc::strong_count(&alive) - 2,
+        0,
+        "routes kept after their WebSockets closed"
+    );
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("serve result");
+}
+
+/// A client that resets a cleartext WebSocket awake between messages has
+/// left: it closes as `ClientClosed` (as over TLS), not as an I/O error. A
+/// reset midway through a message (a first fragment read, the rest never
+/// sent) stays an I/O error.
+#[tokio::test]
+async fn a_reset_between_messages_is_a_client_close_and_midway_an_io_error() {
+    let mut server = Ws::start(Server::builder().park_idle_after(None), |r| r).await;
+    let mut s = server.raw().await;
+    s.write_all(&client_frame(0x81, b"count", true))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s).await, (0x81, b"1".to_vec()));
+    reset(s);
+    assert_eq!(server.next_close().await, (1, CloseReason::ClientClosed));
+    let mut s = server.raw().await;
+    let before = server.handle.stats().messages.bytes_in;
+    let first = client_frame(0x01, b"half", true);
+    s.write_all(&first).await.unwrap();
+    server
+        .wait_stats("the first fragment read", |st| {
+            st.messages.bytes_in >= before + first.len() as u64
+        })
+        .await;
+    reset(s);
+    let reset_io = CloseReason::Io(std::io::ErrorKind::ConnectionReset);
+    assert_eq!(server.next_close().await, (0, reset_io));
+    // (The handler hears first; the metric follows.)
+    server
+        .wait_stats("one client close and one I/O error counted", |st| {
+            common::closed_as(st, "client_closed") == 1 && common::closed_as(st, "io_error") == 1
+        })
+        .await;
+    server.stop().await;
+}
+
+/// A client that resets a parked cleartext WebSocket has left: woken by the
+/// reset, it closes as `ClientClosed`, not as an I/O error. Both wake paths:
+/// cold (its first park, after idling) and, most likely, hot (parked again
+/// at once after a message, and reset right away).
+#[tokio::test]
+async fn a_reset_of_a_parked_websocket_is_a_client_close() {
+    let mut server = Ws::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        |r| r,
+    )
+    .await;
+    for hot in [false, true] {
+        let mut s = server.raw().await;
+        server
+            .wait_stats("parked", |st| st.connections_parked == 1)
+            .await;
+        if hot {
+            let parks = server.handle.stats().parks;
+            s.write_all(&client_frame(0x81, b"count", true))
+                .await
+                .unwrap();
+            assert_eq!(read_frame(&mut s).await, (0x81, b"1".to_vec()));
+            server
+                .wait_stats("parked again", |st| {
+                    st.connections_parked == 1 && st.parks > parks
+                })
+                .await;
+        }
+        reset(s);
+        let closed = server.next_close().await;
+        assert_eq!(
+            closed,
+            (u64::from(hot), CloseReason::ClientClosed),
+            "hot: {hot}"
+        );
+    }
+    server
+        .wait_stats("two client closes counted", |st| {
+            common::closed_as(st, "client_closed") == 2
+        })
+        .await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    assert_eq!(common::closed_as(&stats, "io_error"), 0, "{stats:?}");
+    server.stop().await;
 }

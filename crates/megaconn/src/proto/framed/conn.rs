@@ -377,7 +377,10 @@ pub(crate) async fn serve<H: FramedHandler>(
             };
             match idle {
                 Idle::Readable(Ok(())) => {}
-                Idle::Readable(Err(e)) => return Ended::Close(live.close(CloseReason::io(&e))),
+                // A reset between frames is the client leaving.
+                Idle::Readable(Err(e)) => {
+                    return Ended::Close(live.close(CloseReason::io_between(&e, true)))
+                }
                 Idle::Shutdown => {
                     return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
                         .await
@@ -484,7 +487,9 @@ pub(crate) async fn serve<H: FramedHandler>(
                 due = heartbeat.map(|t| Instant::now() + t);
                 continue;
             }
-            Ok(Err(e)) => CloseReason::io(&e),
+            // A reset between frames (awake, or woken from the lot by it)
+            // is the client leaving; midway through one, an I/O error.
+            Ok(Err(e)) => CloseReason::io_between(&e, between_frames),
             Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
                 incr(&counters.heartbeat_timeouts);
                 CloseReason::HeartbeatTimeout

@@ -198,14 +198,9 @@ where
                 Waited::Shutdown => return Ended::Close(CloseReason::Shutdown),
                 Waited::ParkNow => return Ended::Park(idle_deadline),
                 // A reset (or a broken pipe) while nothing of a request has
-                // come is the client leaving, as a FIN is: a keep-alive
-                // connection it dropped, parked or not, and as over TLS
-                // (`conn/tls.rs` `client_left`). A reset midway through a
+                // come is the client leaving. A reset midway through a
                 // request stays an I/O error (`HeadRead::Error` below).
-                Waited::Error(e) if crate::conn::tls::client_left(&e) => {
-                    return Ended::Close(CloseReason::ClientClosed)
-                }
-                Waited::Error(e) => return Ended::Close(CloseReason::io(&e)),
+                Waited::Error(e) => return Ended::Close(CloseReason::io_between(&e, true)),
             }
         }
         // The header clock of a later request starts with its first bytes; it

@@ -149,7 +149,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         }
         Start::Woken(wake, _) => {
             // `serve_woken` found it in this table (by its variant).
-            let Some(parked) = tables.table::<H::State>().take(fd) else {
+            let Some(parked) = tables.take::<H::State>(fd) else {
                 tracing::error!("a woken WebSocket had no state; closing it");
                 return Ended::Close(CloseReason::ServerError);
             };
@@ -185,8 +185,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     Ok(true) => {}
                     Ok(false) => unread_wake = false,
                     // The client reset or left: its close, not a TLS error
-                    // (as for HTTPS/1.1, `conn/tls.rs` `client_left`).
-                    Err(e) if crate::conn::tls::client_left(&e) => {
+                    // (as for HTTPS/1.1, `observe/close.rs` `client_left`).
+                    Err(e) if crate::observe::close::client_left(&e) => {
                         return Ended::Close(live.close(CloseReason::ClientClosed));
                     }
                     Err(e) => {
@@ -292,7 +292,10 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             };
             match idle {
                 Idle::Readable(Ok(())) => {}
-                Idle::Readable(Err(e)) => break 'serve Next::Close(CloseReason::io(&e), None),
+                // A reset between messages is the client leaving.
+                Idle::Readable(Err(e)) => {
+                    break 'serve Next::Close(CloseReason::io_between(&e, true), None)
+                }
                 Idle::Shutdown => break 'serve going_away(),
                 Idle::HeartbeatDue => {
                     incr(&counters.heartbeat_timeouts);
@@ -364,7 +367,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 // none, and its wake is one, not two).
                 send_at = settings.ping_interval.map(|t| now + t);
             }
-            Ok(Err(e)) => break 'serve Next::Close(CloseReason::io(&e), None),
+            // A reset between messages (awake, or woken from the lot by it)
+            // is the client leaving; midway through one, an I/O error.
+            Ok(Err(e)) => break 'serve Next::Close(CloseReason::io_between(&e, between), None),
             Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
                 incr(&counters.heartbeat_timeouts);
                 break 'serve Next::Close(CloseReason::HeartbeatTimeout, None);
@@ -591,16 +596,16 @@ fn park<H: WebSocketHandler>(
     match io.into_parked_parts() {
         Ok((socket, tls)) => {
             let route: Arc<dyn ErasedRoute> = route.clone();
-            // A side-table entry tells its kind in 16 bits: a worker that
-            // saw 65,536 routes (one built per request, against the rule on
-            // `WebSocketRoute`) closes instead of parking.
-            let variant = tables.variant(&route, deflate);
-            if variant > usize::from(u16::MAX) {
+            // A side-table entry tells its kind in 16 bits: a worker with
+            // WebSockets of 65,536 routes parked at once (one built per
+            // request, against the rule on `WebSocketRoute`) closes instead
+            // of parking.
+            let Some(variant) = tables.claim(&route, deflate) else {
                 tracing::error!(
-                    "a worker parked WebSockets of 65,536 WebSocketRoute values; closing this one instead (build each WebSocketRoute once, not per request)"
+                    "a worker has WebSockets of 65,536 WebSocketRoute values parked; closing this one instead (build each WebSocketRoute once, not per request)"
                 );
                 return Ended::Close(live.close(CloseReason::ServerError));
-            }
+            };
             tables.table::<H::State>().put(
                 socket.as_raw_fd(),
                 Parked {

@@ -200,7 +200,7 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
     }
 
     fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) -> bool {
-        let Some(parked) = tables.table::<H::State>().take(fd) else {
+        let Some(parked) = tables.take::<H::State>(fd) else {
             return false;
         };
         tables.local.closed(tables.local.id(fd, parked.generation));

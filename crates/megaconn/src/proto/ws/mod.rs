@@ -71,7 +71,7 @@ use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
 use crate::message::hub::SendNow;
-use crate::message::table::{SendParked, SideTable};
+use crate::message::table::{Parked, SendParked, SideTable};
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
 use crate::observe::close::{CloseReason, FramingError};
@@ -201,46 +201,102 @@ pub(crate) enum Start {
     Woken(Wake, Option<Deflate>),
 }
 
-/// The kinds of parked WebSockets this worker has seen: a route and the
+/// The kinds of WebSockets parked on this worker now: a route and the
 /// permessage-deflate terms its connection agreed to, by position (they are
 /// few: a scan finds one). A parked WebSocket keeps its kind's position as
 /// its side-table entry's variant, so its entry holds nothing else than a
 /// framed connection's: 16 bytes with a state of size 0 (an echo's), the
 /// state inline otherwise. (It kept a boxed `dyn Any` state, the route and
 /// the terms beside it: 40 bytes.)
+///
+/// Each kind counts its parked connections: claimed when one parks
+/// ([`Tables::claim`]), released when its entry leaves the side table, woken
+/// or closed by the lot ([`Tables::take`]). A kind with none parked gives up
+/// its position (and its route) for the next new kind, so a service that
+/// builds a route per request keeps as many kinds as it has routes with
+/// connections parked, not one per connection it ever parked.
 #[derive(Default)]
-pub(crate) struct Kinds(RefCell<Vec<Kind>>);
+pub(crate) struct Kinds(RefCell<Vec<Option<Claimed>>>);
 
 /// A kind of parked WebSocket: its route and permessage-deflate terms.
 type Kind = (Arc<dyn ErasedRoute>, Option<Deflate>);
 
+/// A kind in use, and how many parked WebSockets are of it (at least one).
+struct Claimed {
+    kind: Kind,
+    parked: usize,
+}
+
+/// How many kinds a worker can have parked at once: a side-table entry
+/// names its kind in 16 bits.
+const MAX_KINDS: usize = 1 << 16;
+
 impl Kinds {
-    /// The position of `route` with `deflate`, added on first use.
-    fn index(&self, route: &Arc<dyn ErasedRoute>, deflate: Option<Deflate>) -> usize {
+    /// The position of `route` with `deflate` for one more parked
+    /// WebSocket: its kind's, or a free one (or a new one) for a new kind;
+    /// `None` when [`MAX_KINDS`] kinds have connections parked.
+    fn claim(&self, route: &Arc<dyn ErasedRoute>, deflate: Option<Deflate>) -> Option<usize> {
         let mut kinds = self.0.borrow_mut();
-        let found = kinds
-            .iter()
-            .position(|(r, d)| Arc::ptr_eq(r, route) && *d == deflate);
-        found.unwrap_or_else(|| {
-            kinds.push((route.clone(), deflate));
-            kinds.len() - 1
-        })
+        let same = |c: &Option<Claimed>| {
+            c.as_ref()
+                .is_some_and(|c| Arc::ptr_eq(&c.kind.0, route) && c.kind.1 == deflate)
+        };
+        if let Some(at) = kinds.iter().position(same) {
+            if let Some(claimed) = &mut kinds[at] {
+                claimed.parked += 1;
+            }
+            return Some(at);
+        }
+        let at = match kinds.iter().position(Option::is_none) {
+            Some(free) => free,
+            None if kinds.len() < MAX_KINDS => {
+                kinds.push(None);
+                kinds.len() - 1
+            }
+            None => return None,
+        };
+        kinds[at] = Some(Claimed {
+            kind: (route.clone(), deflate),
+            parked: 1,
+        });
+        Some(at)
+    }
+
+    /// One WebSocket parked as `variant` left the side table: the last one
+    /// of its kind frees the position (trailing free ones go, so the scans
+    /// stay short).
+    fn release(&self, variant: usize) {
+        let mut kinds = self.0.borrow_mut();
+        let Some(Some(claimed)) = kinds.get_mut(variant) else {
+            debug_assert!(false, "a kind released more often than claimed");
+            return;
+        };
+        claimed.parked -= 1;
+        if claimed.parked == 0 {
+            kinds[variant] = None;
+            while let Some(None) = kinds.last() {
+                kinds.pop();
+            }
+        }
     }
 
     /// The kind of parked WebSocket `fd`: each route looks in its own side
     /// table (routes whose handlers share a state type share one, and the
     /// entry's variant says which of them parked it).
-    fn of_parked(
-        &self,
-        tables: &Tables,
-        fd: RawFd,
-    ) -> Option<(Arc<dyn ErasedRoute>, Option<Deflate>)> {
+    fn of_parked(&self, tables: &Tables, fd: RawFd) -> Option<Kind> {
         // (Looking touches the side tables, never the kinds.)
         let kinds = self.0.borrow();
         let variant = kinds
             .iter()
-            .find_map(|(route, _)| route.parked_variant(tables, fd))?;
-        kinds.get(variant).cloned()
+            .flatten()
+            .find_map(|c| c.kind.0.parked_variant(tables, fd))?;
+        kinds.get(variant)?.as_ref().map(|c| c.kind.clone())
+    }
+
+    /// How many positions the kinds take (used and free).
+    #[cfg(test)]
+    fn positions(&self) -> usize {
+        self.0.borrow().len()
     }
 }
 
@@ -316,9 +372,23 @@ impl Tables {
         }
     }
 
-    /// The variant a WebSocket of `route` with `deflate` parks as.
-    pub(crate) fn variant(&self, route: &Arc<dyn ErasedRoute>, deflate: Option<Deflate>) -> usize {
-        self.kinds.index(route, deflate)
+    /// The variant a WebSocket of `route` with `deflate` parks as, its kind
+    /// claimed for it until [`Tables::take`] takes its entry; `None` when
+    /// the worker has [`MAX_KINDS`] kinds parked (it cannot park).
+    pub(crate) fn claim(
+        &self,
+        route: &Arc<dyn ErasedRoute>,
+        deflate: Option<Deflate>,
+    ) -> Option<usize> {
+        self.kinds.claim(route, deflate)
+    }
+
+    /// Takes parked WebSocket `fd`'s entry from the side table of state
+    /// type `S` (it woke, or the lot closed it), releasing its kind.
+    pub(crate) fn take<S: 'static>(&self, fd: RawFd) -> Option<Parked<S>> {
+        let parked = self.table::<S>().take(fd)?;
+        self.kinds.release(parked.variant);
+        Some(parked)
     }
 }
 
@@ -469,5 +539,64 @@ mod tests {
     fn a_parked_websockets_slot_is_a_framed_ones() {
         assert_eq!(slot_bytes(Tables::table::<()>), 16);
         assert_eq!(slot_bytes(Tables::table::<u64>), 24);
+    }
+
+    struct Echo;
+
+    impl WebSocketHandler for Echo {
+        type State = ();
+
+        async fn on_message(&self, _: &mut (), m: WsMessage, _: &WsSession) -> Option<WsMessage> {
+            Some(m)
+        }
+    }
+
+    fn a_route() -> Arc<dyn ErasedRoute> {
+        WebSocketRoute::new(Echo).erased()
+    }
+
+    /// A kind is kept while WebSockets of it are parked, then its position
+    /// (and its route) goes, for the next new kind.
+    #[test]
+    fn a_kind_is_kept_while_websockets_of_it_are_parked() {
+        let kinds = Kinds::default();
+        let (a, b, c) = (a_route(), a_route(), a_route());
+        let deflate = Some(Deflate { window_bits: 15 });
+        assert_eq!(kinds.claim(&a, None), Some(0));
+        assert_eq!(kinds.claim(&a, None), Some(0));
+        assert_eq!(kinds.claim(&b, None), Some(1));
+        assert_eq!(kinds.claim(&a, deflate), Some(2));
+        assert_eq!(Arc::strong_count(&a), 3);
+        // One of two of `a` left: the kind stays.
+        kinds.release(0);
+        assert_eq!(kinds.claim(&a, None), Some(0));
+        kinds.release(0);
+        kinds.release(0);
+        assert_eq!(Arc::strong_count(&a), 2, "the plain kind of `a` went");
+        // A new kind takes the free position.
+        assert_eq!(kinds.claim(&c, None), Some(0));
+        // The last position freed goes.
+        kinds.release(2);
+        assert_eq!(kinds.positions(), 2);
+        kinds.release(1);
+        kinds.release(0);
+        assert_eq!(kinds.positions(), 0);
+        assert_eq!(Arc::strong_count(&a), 1);
+    }
+
+    /// Routes built per request, each parking one WebSocket in turn, keep
+    /// one position, not one each.
+    #[test]
+    fn routes_built_per_request_reuse_a_position() {
+        let kinds = Kinds::default();
+        let long_lived = a_route();
+        assert_eq!(kinds.claim(&long_lived, None), Some(0));
+        for _ in 0..300 {
+            let route = a_route();
+            assert_eq!(kinds.claim(&route, None), Some(1));
+            kinds.release(1);
+            assert_eq!(Arc::strong_count(&route), 1);
+        }
+        assert_eq!(kinds.positions(), 1);
     }
 }

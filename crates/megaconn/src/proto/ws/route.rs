@@ -71,10 +71,11 @@ pub const DEFAULT_WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `101` is written and nothing takes the socket.
 ///
 /// Build a route once, with the router, and let the router clone it (a
-/// clone shares it). Each route value a worker parks connections of stays
-/// in that worker's list of kinds for its life (the parked connection's
-/// entry names its kind in 16 bits, not a pointer): built per request,
-/// every connection would add one, and past 65,536 a worker closes
+/// clone shares it). A worker keeps a list of the route values it has
+/// connections of parked (a parked connection's entry names its route in 16
+/// bits, not a pointer), each until the last of them wakes or closes: built
+/// per request, every parked connection adds one to the list that each park
+/// and wake-up scans, and with 65,536 of them parked at once a worker closes
 /// WebSockets instead of parking them. What differs per connection belongs
 /// in the handler's `State`.
 ///
@@ -285,6 +286,15 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     pub fn permessage_deflate(mut self, on: bool) -> Self {
         self.settings().deflate = on;
         self
+    }
+}
+
+impl<H: WebSocketHandler> WebSocketRoute<H> {
+    /// The route with its handler's types erased, as a parked WebSocket's
+    /// kind keeps it.
+    #[cfg(test)]
+    pub(crate) fn erased(&self) -> Arc<dyn ErasedRoute> {
+        self.route.clone()
     }
 }
 
