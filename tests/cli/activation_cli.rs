@@ -170,12 +170,9 @@ fn under_systemd_socket_activate() {
         eprintln!("systemd-socket-activate not installed: skipped");
         return;
     };
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    // Held until systemd-socket-activate listens on it.
+    let port = common::ReservedPort::new();
+    let listen = port.addr.clone();
     let child = Command::new(tool)
         .args([
             "-l",
@@ -196,7 +193,10 @@ fn under_systemd_socket_activate() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match TcpStream::connect(addr) {
-            Ok(_) => break,
+            Ok(_) => {
+                drop(port);
+                break;
+            }
             Err(e) if Instant::now() > deadline => {
                 panic!("systemd-socket-activate never listened: {e}")
             }

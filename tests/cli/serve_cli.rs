@@ -349,13 +349,9 @@ fn sighup_to_the_supervisor_reloads_every_worker_process() {
     let (b_pem, b_key, b_der) = ca.leaf();
     replace_file(&cert, &a_pem);
     replace_file(&key, &a_key);
-    // --processes needs an explicit port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    // --processes needs an explicit port: held until the workers listen.
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
     let serving = Serving::start(&[
         "serve",
         "--listen",

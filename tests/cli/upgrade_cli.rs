@@ -425,15 +425,6 @@ fn announced(lines: &Lines) -> Vec<i32> {
         .collect()
 }
 
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
 /// Waits for the old supervisor to exit cleanly once all its worker
 /// processes handed over and drained.
 fn old_supervisor_finishes(mut old: ChildGuard, lines: Lines) {
@@ -452,7 +443,9 @@ fn old_supervisor_finishes(mut old: ChildGuard, lines: Lines) {
 fn a_supervisor_upgrades_worker_process_by_worker_process() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
-    let addr = free_addr();
+    // --processes needs an explicit port: held until generation 0 listens.
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
     let supervisor = |n: usize| {
         let mut child =
             ChildGuard::spawn(&mut supervisor_command(n, &addr, &socket, Stdio::null()));
@@ -461,6 +454,7 @@ fn a_supervisor_upgrades_worker_process_by_worker_process() {
         (child, lines)
     };
     let (old, old_lines) = supervisor(0);
+    drop(port);
     assert_eq!(served_by(&addr), "gen0");
     let (mut new, _new_lines) = supervisor(1);
     // The old supervisor stops once both its workers handed over and drained.
@@ -578,10 +572,13 @@ struct HalfUpgraded {
 fn half_upgraded() -> HalfUpgraded {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
-    let addr = free_addr();
+    // --processes needs an explicit port: held until generation 0 listens.
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
     let mut old = ChildGuard::spawn(&mut supervisor_command(0, &addr, &socket, Stdio::null()));
     let old_lines = Lines::new(old.child().stdout.take().unwrap());
     let old_pids = announced(&old_lines);
+    drop(port);
     assert_eq!(served_by(&addr), "gen0");
     let new = Upgrading::start(&addr, &socket);
     let (first, go) = new.gates[0].next();

@@ -1,5 +1,6 @@
 //! What the command-line tests share: a child process that cannot outlive its
-//! test, and reading its output with a bound.
+//! test, reading its output with a bound, and a port held for a child until
+//! it listens.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
@@ -93,6 +94,40 @@ impl ChildGuard {
         );
         let status = self.wait();
         (status, out.join().unwrap(), err.join().unwrap())
+    }
+}
+
+/// A free port on 127.0.0.1 held for a child that must be given an explicit
+/// port (`--processes` refuses port 0; `systemd-socket-activate -l`): bound,
+/// with `SO_REUSEADDR`, never listening. Keep it until the child listens.
+///
+/// Probing a free port by binding `:0` and dropping the socket releases it
+/// before the child binds: meanwhile another test's `:0` (or an outgoing
+/// connection) can get the same port, and with `--processes` two megaconns
+/// whose workers bind with `SO_REUSEPORT` then silently share it. While this
+/// socket is bound, the kernel gives the port to no `:0` bind and no
+/// connect; yet a socket that is not listening blocks no other bind that also
+/// sets `SO_REUSEADDR` (megaconn's free-port probe and listeners, with or
+/// without `SO_REUSEPORT`, and systemd-socket-activate all do).
+pub struct ReservedPort {
+    _socket: socket2::Socket,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl ReservedPort {
+    /// Binds a fresh port.
+    pub fn new() -> ReservedPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&any.into()).unwrap();
+        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+        ReservedPort {
+            _socket: socket,
+            addr: format!("127.0.0.1:{port}"),
+        }
     }
 }
 
