@@ -79,7 +79,7 @@ fn get_once(addr: &str, path: &str) -> String {
 
 #[test]
 fn serve_answers_and_exits_cleanly_on_sigterm() {
-    let (mut child, stdout, addr) = start_serve(&[]);
+    let (mut child, stdout, addr) = start_serve(&["--admin", "off"]);
     let response = get_once(&addr, "/");
     assert!(response.starts_with("HTTP/1.1 200 OK"));
     assert!(response.ends_with("Hello, World!"));
@@ -117,7 +117,8 @@ fn a_bad_flag_exits_2() {
 fn a_port_in_use_exits_1_with_a_clear_message() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (status, err) = run_to_exit(megaconn().args(["serve", "--listen", &addr]));
+    let (status, err) =
+        run_to_exit(megaconn().args(["serve", "--listen", &addr, "--admin", "off"]));
     assert_eq!(status.code(), Some(1));
     assert!(err.contains("already in use"), "{err}");
 }
