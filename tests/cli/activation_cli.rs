@@ -131,7 +131,7 @@ fn a_certificate_with_only_http_sockets_is_refused() {
 #[test]
 fn a_passed_descriptor_that_is_not_a_listening_socket_is_an_error() {
     let file = tempfile::tempfile().unwrap();
-    let out: Output = serve_with_fd3(file.as_raw_fd(), "web").output().unwrap();
+    let out: Output = common::output(&mut serve_with_fd3(file.as_raw_fd(), "web"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("not a socket"), "{err}");
@@ -139,20 +139,20 @@ fn a_passed_descriptor_that_is_not_a_listening_socket_is_an_error() {
 
 #[test]
 fn variables_meant_for_another_process_are_ignored() {
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--admin",
-            "off",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "0",
-        ])
-        .env("LISTEN_PID", "1")
-        .env("LISTEN_FDS", "1")
-        .output()
-        .unwrap();
+    let out = common::output(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--admin",
+                "off",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "0",
+            ])
+            .env("LISTEN_PID", "1")
+            .env("LISTEN_FDS", "1"),
+    );
     // Past socket activation (not for this process) to the knob error.
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");

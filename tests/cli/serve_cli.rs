@@ -9,7 +9,7 @@ use crate::common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,22 +17,13 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use common::{ChildGuard, Lines, Serving};
+use common::{run_to_exit, ChildGuard, Lines, Serving};
 
 /// Upper bound for any single wait: reached only when a test fails.
 const SAFETY: Duration = Duration::from_secs(30);
 
 fn megaconn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_megaconn"))
-}
-
-/// Runs `cmd` to its end (at most [`common::CHILD_SAFETY`]: a command that
-/// should fail at once but serves instead is killed, not left running);
-/// returns its exit status and stderr.
-fn run_to_exit(cmd: &mut Command) -> (ExitStatus, String) {
-    let mut child = ChildGuard::spawn(cmd.stdout(Stdio::null()).stderr(Stdio::piped()));
-    let (status, _, stderr) = child.wait_with_output();
-    (status, stderr)
 }
 
 /// Starts `megaconn serve --listen 127.0.0.1:0 --workers 1 EXTRA…`; returns the
@@ -368,6 +359,7 @@ fn sighup_to_the_supervisor_reloads_every_worker_process() {
         "--tls-key",
         key.to_str().unwrap(),
     ]);
+    drop(port);
     assert_eq!(serving.addr("https"), addr);
 
     replace_file(&cert, &b_pem);

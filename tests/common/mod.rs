@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,34 @@ impl ChildGuard {
         let status = self.wait();
         (status, out.join().unwrap(), err.join().unwrap())
     }
+}
+
+/// Runs `cmd` to its end, as `Command::output` does, but bounded: a command
+/// that should exit at once (a usage error, `--help`) but serves instead
+/// (`serve` without `--listen` would serve on the fixed 127.0.0.1:8080) is
+/// killed after [`CHILD_SAFETY`] and the test fails, instead of hanging.
+pub fn output(cmd: &mut Command) -> Output {
+    let mut child = ChildGuard::spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let (status, stdout, stderr) = child.wait_with_output();
+    Output {
+        status,
+        stdout: stdout.into_bytes(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+/// Runs `cmd` to its end (bounded, as [`output`]); returns its exit status
+/// and stderr.
+pub fn run_to_exit(cmd: &mut Command) -> (ExitStatus, String) {
+    let out = output(cmd);
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A free port on 127.0.0.1 held for a child that must be given an explicit
