@@ -444,11 +444,12 @@ async fn idle_awake_connections_hold_no_read_buffer() {
 
 #[tokio::test]
 async fn a_silent_peer_is_closed_by_the_heartbeat_timeout() {
-    // Awake: the task's own timer.
+    // Awake: the task's own timer. 1 s: the test's frame must come before
+    // it, and a loaded machine can hold the test task for 100 ms.
     let mut awake = Framed::start(
         Server::builder()
             .park_idle_after(None)
-            .heartbeat_timeout(Some(Duration::from_millis(100))),
+            .heartbeat_timeout(Some(Duration::from_secs(1))),
         Framing::lines(),
     )
     .await;
