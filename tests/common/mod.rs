@@ -3,6 +3,12 @@
 //! it listens.
 #![allow(dead_code)]
 
+#[path = "../../crates/megaconn/tests/common/skip.rs"]
+mod skip;
+// Not every test target skips anything (as `dead_code` above).
+#[allow(unused_imports)]
+pub use skip::skip;
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -157,23 +163,6 @@ impl ReservedPort {
             addr: format!("127.0.0.1:{port}"),
         }
     }
-}
-
-/// Says on the test process's own stderr (past the harness's capture, so a
-/// passing run shows it too) that a test skipped a part this host cannot
-/// run, and fails instead when `MEGACONN_REQUIRE_ALL_TESTS=1` is set (set
-/// nowhere by default): a host meant to run every test cannot then pass by
-/// skipping one.
-pub fn skip(what: &str) {
-    assert!(
-        std::env::var("MEGACONN_REQUIRE_ALL_TESTS").as_deref() != Ok("1"),
-        "MEGACONN_REQUIRE_ALL_TESTS=1, yet skipped: {what}"
-    );
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {what} (MEGACONN_REQUIRE_ALL_TESTS=1 makes this a failure)"
-    );
 }
 
 /// How long a dropped guard lets its child stop on SIGTERM before killing it.

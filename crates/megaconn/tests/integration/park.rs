@@ -576,14 +576,9 @@ async fn a_reset_of_a_parked_connection_is_a_client_close() {
         let mut s = server.connect().await;
         get_then_park(&server, &mut s, 1).await;
         let parks = server.handle.stats().parks;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(read_response(&mut s).await.body, b"Hello, World!");
+        get_then_park(&server, &mut s, 1).await;
         server
-            .wait_stats("parked again", |st| {
-                st.parks > parks && st.connections_parked == 1
-            })
+            .wait_stats("parked again", |st| st.parks > parks)
             .await;
         if cold {
             let_it_go_cold(&server).await;
