@@ -3,6 +3,8 @@
 //! fails the memory check (exit 1), `--help` explains each check, and the table
 //! is aligned.
 
+use crate::common;
+
 use std::process::{Command, Output};
 
 /// Every check, by its JSON id.
@@ -18,11 +20,11 @@ const CHECKS: [&str; 8] = [
 ];
 
 fn doctor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_megaconn"))
-        .arg("doctor")
-        .args(args)
-        .output()
-        .unwrap()
+    common::output(
+        Command::new(env!("CARGO_BIN_EXE_megaconn"))
+            .arg("doctor")
+            .args(args),
+    )
 }
 
 fn json(args: &[&str]) -> (Output, serde_json::Value) {

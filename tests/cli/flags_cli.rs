@@ -86,10 +86,7 @@ fn a_bad_size_or_duration_exits_2_saying_how_to_write_it() {
         ("--idle-timeout", "soon", "10s"),
         ("--workers", "0", "at least 1"),
     ] {
-        let out = megaconn()
-            .args(["serve", "--admin", "off", flag, value])
-            .output()
-            .unwrap();
+        let out = common::output(megaconn().args(["serve", "--admin", "off", flag, value]));
         assert_eq!(out.status.code(), Some(2), "{flag} {value}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(hint), "{flag} {value}: {err}");
@@ -97,10 +94,7 @@ fn a_bad_size_or_duration_exits_2_saying_how_to_write_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("megaconn.toml");
     std::fs::write(&path, "max_body_bytes = \"lots\"\n").unwrap();
-    let out = megaconn()
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::output(megaconn().args(["serve", "--config", path.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -111,7 +105,7 @@ fn a_bad_size_or_duration_exits_2_saying_how_to_write_it() {
 
 #[test]
 fn serve_help_gives_each_flag_its_config_key_and_default() {
-    let out = megaconn().args(["serve", "--help"]).output().unwrap();
+    let out = common::output(megaconn().args(["serve", "--help"]));
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -129,22 +123,22 @@ fn serve_help_gives_each_flag_its_config_key_and_default() {
 #[test]
 fn load_reads_durations_like_serve() {
     let server = Serving::serve(&[]);
-    let out = megaconn()
-        .args([
-            "load",
-            "-c",
-            "1",
-            "-t",
-            "1",
-            "-q",
-            "--duration",
-            "1sec",
-            "--timeout",
-            "5sec",
-        ])
-        .arg(format!("http://{}/", server.addr("http")))
-        .output()
-        .unwrap();
+    let out = common::output(
+        megaconn()
+            .args([
+                "load",
+                "-c",
+                "1",
+                "-t",
+                "1",
+                "-q",
+                "--duration",
+                "1sec",
+                "--timeout",
+                "5sec",
+            ])
+            .arg(format!("http://{}/", server.addr("http"))),
+    );
     assert!(
         out.status.success(),
         "{}",

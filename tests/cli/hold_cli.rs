@@ -88,20 +88,7 @@ fn server() -> (SocketAddr, Arc<Stats>) {
 /// Runs `megaconn hold ARGS…` to its end, at most [`common::CHILD_SAFETY`]
 /// (then it is killed, and its children die with it).
 fn hold(args: &[&str]) -> Output {
-    let mut child = ChildGuard::spawn(
-        Command::new(BIN)
-            .arg("hold")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let (status, stdout, stderr) = child.wait_with_output();
-    Output {
-        status,
-        stdout: stdout.into_bytes(),
-        stderr: stderr.into_bytes(),
-    }
+    common::output(Command::new(BIN).arg("hold").args(args))
 }
 
 /// Runs a 40-connection hold over `processes` processes; returns the report and server stats.

@@ -13,14 +13,6 @@ use std::process::{Command, Stdio};
 
 use common::{ChildGuard, Lines};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One request on a fresh connection. Retries a reset: when a worker process
 /// dies, the connections already queued on its `SO_REUSEPORT` listener are
 /// reset by the kernel (new ones go to the live processes).
@@ -65,7 +57,9 @@ impl Supervisor {
     }
 
     fn start_with(processes: usize, extra: &[&str]) -> Supervisor {
-        let addr = format!("127.0.0.1:{}", free_port());
+        // --processes needs an explicit port: held until the workers listen.
+        let port = common::ReservedPort::new();
+        let addr = port.addr.clone();
         let mut child = ChildGuard::spawn(
             Command::new(env!("CARGO_BIN_EXE_megaconn"))
                 .args(["serve", "--listen", &addr, "--workers", "1", "--admin"])
@@ -93,6 +87,8 @@ impl Supervisor {
                 line.rsplit(' ').next().unwrap().parse().unwrap()
             })
             .collect();
+        // The supervisor announces its workers once they all listen.
+        drop(port);
         Supervisor {
             child,
             lines,
@@ -287,9 +283,9 @@ fn post(admin: &str, path_and_query: &str, body: &[u8]) -> (String, String) {
 
 /// The framed demo's listen address of a supervisor started with `--tcp-listen`.
 fn start_framed(processes: usize) -> (Supervisor, String) {
-    let tcp = format!("127.0.0.1:{}", free_port());
-    let sup = Supervisor::start_with(processes, &["--tcp-listen", &tcp]);
-    (sup, tcp)
+    let tcp = common::ReservedPort::new();
+    let sup = Supervisor::start_with(processes, &["--tcp-listen", &tcp.addr]);
+    (sup, tcp.addr.clone())
 }
 
 /// Every connection's next line is `want` (the publisher's own connection

@@ -9,7 +9,7 @@ use crate::common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,22 +17,13 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use common::{ChildGuard, Lines, Serving};
+use common::{run_to_exit, ChildGuard, Lines, Serving};
 
 /// Upper bound for any single wait: reached only when a test fails.
 const SAFETY: Duration = Duration::from_secs(30);
 
 fn megaconn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_megaconn"))
-}
-
-/// Runs `cmd` to its end (at most [`common::CHILD_SAFETY`]: a command that
-/// should fail at once but serves instead is killed, not left running);
-/// returns its exit status and stderr.
-fn run_to_exit(cmd: &mut Command) -> (ExitStatus, String) {
-    let mut child = ChildGuard::spawn(cmd.stdout(Stdio::null()).stderr(Stdio::piped()));
-    let (status, _, stderr) = child.wait_with_output();
-    (status, stderr)
 }
 
 /// Starts `megaconn serve --listen 127.0.0.1:0 --workers 1 EXTRA…`; returns the
@@ -79,7 +70,7 @@ fn get_once(addr: &str, path: &str) -> String {
 
 #[test]
 fn serve_answers_and_exits_cleanly_on_sigterm() {
-    let (mut child, stdout, addr) = start_serve(&[]);
+    let (mut child, stdout, addr) = start_serve(&["--admin", "off"]);
     let response = get_once(&addr, "/");
     assert!(response.starts_with("HTTP/1.1 200 OK"));
     assert!(response.ends_with("Hello, World!"));
@@ -117,7 +108,8 @@ fn a_bad_flag_exits_2() {
 fn a_port_in_use_exits_1_with_a_clear_message() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (status, err) = run_to_exit(megaconn().args(["serve", "--listen", &addr]));
+    let (status, err) =
+        run_to_exit(megaconn().args(["serve", "--listen", &addr, "--admin", "off"]));
     assert_eq!(status.code(), Some(1));
     assert!(err.contains("already in use"), "{err}");
 }
@@ -349,13 +341,9 @@ fn sighup_to_the_supervisor_reloads_every_worker_process() {
     let (b_pem, b_key, b_der) = ca.leaf();
     replace_file(&cert, &a_pem);
     replace_file(&key, &a_key);
-    // --processes needs an explicit port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    // --processes needs an explicit port: held until the workers listen.
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
     let serving = Serving::start(&[
         "serve",
         "--listen",
@@ -371,6 +359,7 @@ fn sighup_to_the_supervisor_reloads_every_worker_process() {
         "--tls-key",
         key.to_str().unwrap(),
     ]);
+    drop(port);
     assert_eq!(serving.addr("https"), addr);
 
     replace_file(&cert, &b_pem);

@@ -320,23 +320,42 @@ fn a_sigterm_to_the_old_process_while_it_drains_lets_it_finish() {
     let socket = dir.path().join("upgrade.sock");
     let extra = ["--admin", "127.0.0.1:0"];
     let (old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
-    let s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
-    let mut slow = BufReader::new(s);
-    slow.get_mut()
-        .write_all(b"GET /sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let deadline = Instant::now() + CHILD_SAFETY;
-    while metric(&old.admin, "megaconn_requests_in_flight") < 1.0 {
-        assert!(Instant::now() < deadline, "the request did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut held = hold_request(&addr, &old.admin);
     let (_new, _) = start(1, &addr, &socket, &extra);
     old.child.signal(libc::SIGTERM);
-    let head = read_response(&mut slow).expect("the request in flight is answered");
+    let head = end_held_request(&mut held);
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert!(head.contains("server: gen0"), "{head}");
     finish(old);
+}
+
+/// A request in flight until the test ends it: `POST /echo` with 5 of its
+/// 10 body bytes sent. The demo streams the body back as it comes, so the
+/// request stays in flight (the read timeout is off by default; a drain is
+/// bounded by the shutdown timeout) however slow the test's next steps
+/// are. Returns once the server counts it in flight.
+fn hold_request(addr: &str, admin: &str) -> BufReader<TcpStream> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    let mut held = BufReader::new(s);
+    held.get_mut()
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello")
+        .unwrap();
+    let deadline = Instant::now() + CHILD_SAFETY;
+    while metric(admin, "megaconn_requests_in_flight") < 1.0 {
+        assert!(Instant::now() < deadline, "the request did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    held
+}
+
+/// Sends the rest of [`hold_request`]'s body; returns the answer's head once
+/// the whole body came back.
+fn end_held_request(held: &mut BufReader<TcpStream>) -> String {
+    held.get_mut().write_all(b"world").unwrap();
+    let head = read_response(held).expect("the request in flight is answered");
+    assert!(head.contains("content-length: 10\r\n"), "{head}");
+    head
 }
 
 #[test]
@@ -406,15 +425,6 @@ fn announced(lines: &Lines) -> Vec<i32> {
         .collect()
 }
 
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
 /// Waits for the old supervisor to exit cleanly once all its worker
 /// processes handed over and drained.
 fn old_supervisor_finishes(mut old: ChildGuard, lines: Lines) {
@@ -433,7 +443,9 @@ fn old_supervisor_finishes(mut old: ChildGuard, lines: Lines) {
 fn a_supervisor_upgrades_worker_process_by_worker_process() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
-    let addr = free_addr();
+    // --processes needs an explicit port: held until generation 0 listens.
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
     let supervisor = |n: usize| {
         let mut child =
             ChildGuard::spawn(&mut supervisor_command(n, &addr, &socket, Stdio::null()));
@@ -442,6 +454,7 @@ fn a_supervisor_upgrades_worker_process_by_worker_process() {
         (child, lines)
     };
     let (old, old_lines) = supervisor(0);
+    drop(port);
     assert_eq!(served_by(&addr), "gen0");
     let (mut new, _new_lines) = supervisor(1);
     // The old supervisor stops once both its workers handed over and drained.
@@ -577,10 +590,13 @@ struct HalfUpgraded {
 fn half_upgraded() -> HalfUpgraded {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
-    let addr = free_addr();
+    // --processes needs an explicit port: held until generation 0 listens.
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
     let (old, old_lines, old_log) =
         Log::spawn(&mut supervisor_command(0, &addr, &socket, Stdio::piped()));
     let old_pids = announced(&old_lines);
+    drop(port);
     assert_eq!(served_by(&addr), "gen0");
     let new = Upgrading::start(&addr, &socket);
     let (first, go) = new.gates[0].next();
@@ -817,17 +833,7 @@ fn the_old_process_stops_answering_admin_requests_at_the_hand_over() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
     let (mut old, addr) = start(0, "127.0.0.1:0", &socket, &["--admin", "127.0.0.1:0"]);
-    let s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
-    let mut slow = BufReader::new(s);
-    slow.get_mut()
-        .write_all(b"GET /sleep?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let deadline = Instant::now() + CHILD_SAFETY;
-    while metric(&old.admin, "megaconn_requests_in_flight") < 1.0 {
-        assert!(Instant::now() < deadline, "the request did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut held = hold_request(&addr, &old.admin);
     // The same admin address: the new process takes its socket over.
     let admin = old.admin.clone();
     let (new, _) = start(1, &addr, &socket, &["--admin", &admin]);
@@ -844,7 +850,7 @@ fn the_old_process_stops_answering_admin_requests_at_the_hand_over() {
         old.child.child().try_wait().unwrap().is_none(),
         "the old process exited before the admin requests were done"
     );
-    let head = read_response(&mut slow).expect("the request in flight is answered");
+    let head = end_held_request(&mut held);
     assert!(head.contains("server: gen0"), "{head}");
     finish(old);
 }

@@ -1,9 +1,16 @@
 //! What the command-line tests share: a child process that cannot outlive its
-//! test, and reading its output with a bound.
+//! test, reading its output with a bound, and a port held for a child until
+//! it listens.
 #![allow(dead_code)]
 
+#[path = "../../crates/megaconn/tests/common/skip.rs"]
+mod skip;
+// Not every test target skips anything (as `dead_code` above).
+#[allow(unused_imports)]
+pub use skip::skip;
+
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -93,6 +100,68 @@ impl ChildGuard {
         );
         let status = self.wait();
         (status, out.join().unwrap(), err.join().unwrap())
+    }
+}
+
+/// Runs `cmd` to its end, as `Command::output` does, but bounded: a command
+/// that should exit at once (a usage error, `--help`) but serves instead
+/// (`serve` without `--listen` would serve on the fixed 127.0.0.1:8080) is
+/// killed after [`CHILD_SAFETY`] and the test fails, instead of hanging.
+pub fn output(cmd: &mut Command) -> Output {
+    let mut child = ChildGuard::spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let (status, stdout, stderr) = child.wait_with_output();
+    Output {
+        status,
+        stdout: stdout.into_bytes(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+/// Runs `cmd` to its end (bounded, as [`output`]); returns its exit status
+/// and stderr.
+pub fn run_to_exit(cmd: &mut Command) -> (ExitStatus, String) {
+    let out = output(cmd);
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A free port on 127.0.0.1 held for a child that must be given an explicit
+/// port (`--processes` refuses port 0; `systemd-socket-activate -l`): bound,
+/// with `SO_REUSEADDR`, never listening. Keep it until the child listens.
+///
+/// Probing a free port by binding `:0` and dropping the socket releases it
+/// before the child binds: meanwhile another test's `:0` (or an outgoing
+/// connection) can get the same port, and with `--processes` two megaconns
+/// whose workers bind with `SO_REUSEPORT` then silently share it. While this
+/// socket is bound, the kernel gives the port to no `:0` bind and no
+/// connect; yet a socket that is not listening blocks no other bind that also
+/// sets `SO_REUSEADDR` (megaconn's free-port probe and listeners, with or
+/// without `SO_REUSEPORT`, and systemd-socket-activate all do).
+pub struct ReservedPort {
+    _socket: socket2::Socket,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl ReservedPort {
+    /// Binds a fresh port.
+    pub fn new() -> ReservedPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&any.into()).unwrap();
+        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+        ReservedPort {
+            _socket: socket,
+            addr: format!("127.0.0.1:{port}"),
+        }
     }
 }
 

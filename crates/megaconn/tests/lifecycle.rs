@@ -289,7 +289,9 @@ async fn several_workers_and_addresses_serve() {
     if ipv6_loopback_available() {
         builder = builder.listen_on("[::1]:0".parse().unwrap());
     } else {
-        eprintln!("skipping the IPv6 address: this host cannot bind [::1]");
+        common::skip(
+            "several_workers_and_addresses_serve: the IPv6 address (this host cannot bind [::1])",
+        );
     }
     let server = builder.listen().expect("binds every address");
     let addrs = server.local_addrs().to_vec();

@@ -54,8 +54,11 @@ pub enum Mode {
 }
 
 /// `hold` arguments (after the target) for heartbeats that go unanswered:
-/// 3 connections, a beat every 20 ms that fails after 100 ms, held 2 s
-/// (ample for every first beat to fail, however loaded the machine).
+/// 3 connections, a beat every 20 ms that fails after 1 s, held 3 s after
+/// the ramp (2 s more than every first beat needs to fail, however loaded
+/// the machine). `--timeout` also bounds each connect and opening request
+/// (the upgrade, the first HTTP request), which a loaded machine may take
+/// more than the 100 ms it once was to answer.
 pub const UNANSWERED: [&str; 9] = [
     "-q",
     "-c",
@@ -63,9 +66,9 @@ pub const UNANSWERED: [&str; 9] = [
     "--interval",
     "20ms",
     "--timeout",
-    "100ms",
+    "1s",
     "-d",
-    "2s",
+    "3s",
 ];
 
 #[derive(Debug, Default)]

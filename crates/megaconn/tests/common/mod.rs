@@ -5,7 +5,12 @@
 #![allow(dead_code)]
 
 pub mod modes;
+mod skip;
 pub mod tls;
+
+// Not every test target skips anything (as `dead_code` above).
+#[allow(unused_imports)]
+pub use skip::skip;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -246,8 +246,9 @@ async fn limits_parking_and_shutdown_are_reported() {
 
 /// A parked connection timed out by the lot's sweep is reported as an idle
 /// timeout with its request count. It parks 20 ms after its response and
-/// times out after 3 s (rounded up to the sweep's next second): the test
-/// only has to see it parked within those 3 s.
+/// times out after 3 s (rounded up to the sweep's next second). The test
+/// waits on the park count, not the parked gauge: the gauge is 1 only
+/// until the sweep closes it, a window a starved poll can miss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_timed_out_by_the_sweep_is_reported() {
     let (builder, mut events) = hooked(
@@ -259,9 +260,7 @@ async fn a_parked_connection_timed_out_by_the_sweep_is_reported() {
     let mut s = server.connect().await;
     get(&mut s, "").await;
     read_response(&mut s).await;
-    server
-        .wait_stats("parked", |s| s.connections_parked == 1)
-        .await;
+    server.wait_stats("parked", |s| s.parks >= 1).await;
     let common::modes::Closed {
         reason, requests, ..
     } = events.next_close().await;

@@ -136,9 +136,10 @@ async fn get_then_park(server: &TestServer, s: &mut tokio::net::TcpStream, parke
 /// connection is parked, then for `park_idle_after` twice over from there:
 /// it was parked before the test saw it, so by then it has been parked
 /// longer than that, and a stall only makes it colder. Not a
-/// synchronisation: the tests below pass either way, this only picks the
-/// path they cover. (The server counts neither path, so no test can assert
-/// which one a wake-up took: that needs a counter in the library.)
+/// synchronisation: it picks the path a wake-up takes, which the tests
+/// check in the server's `wakes_cold` count. (Only a connection parked
+/// straight after a wake-up can wake hot; one parked after idling as a task
+/// always wakes cold.)
 async fn let_it_go_cold(server: &TestServer) {
     server
         .wait_stats("parked", |s| s.connections_parked == 1)
@@ -161,17 +162,26 @@ async fn woken_connections_can_wait_and_their_descriptors_can_be_reused() {
     let mut a = server.connect().await;
     get_then_park(&server, &mut a, 1).await;
     let_it_go_cold(&server).await;
+    // Each wake-up below is a cold one: counted before it is served.
+    let cold = || server.handle.stats().wakes_cold;
+    let before = cold();
 
     // 1 MiB up and echoed back: far more than a socket buffer each way.
     echo_through(&mut a, 1 << 20).await;
+    assert!(cold() > before, "woken cold");
 
     // Parked again, and wakes again.
     server
         .wait_stats("a parked again", |s| s.connections_parked == 1)
         .await;
     let_it_go_cold(&server).await;
+    let before = cold();
     get_then_park(&server, &mut a, 1).await;
+    assert!(cold() > before, "woken cold again");
+    // Parked straight after that wake-up: only the wait makes the next one
+    // cold.
     let_it_go_cold(&server).await;
+    let before = cold();
 
     // Woken by the hang-up, closed by its task: its descriptor number is free
     // for the next connection, which must park and wake normally.
@@ -179,6 +189,7 @@ async fn woken_connections_can_wait_and_their_descriptors_can_be_reused() {
     server
         .wait_stats("a closed", |s| s.connections_open == 0)
         .await;
+    assert!(cold() > before, "woken cold by the hang-up");
     let mut b = server.connect().await;
     get_then_park(&server, &mut b, 1).await;
     get_then_park(&server, &mut b, 1).await;
@@ -541,24 +552,38 @@ async fn a_busy_lot_serves_the_wakes_of_a_window_in_one_turn() {
 
 /// A client that resets a parked connection (an RST, as a load balancer or
 /// a killed process sends) has left: it closes as `ClientClosed`, as it does
-/// over TLS (`tls_close.rs`), not as an I/O error. Both wake paths: a hot
-/// one (woken soon after parking, served as a task) and a cold one (a bare
-/// socket).
+/// over TLS (`tls_close.rs`), not as an I/O error. Both wake paths, as the
+/// server counts them: a hot one (woken within `park_idle_after` of a
+/// re-park straight after a wake-up, served as a task) and a cold one (a
+/// bare socket). A connection parked after idling as a task always wakes
+/// cold, so each first makes a request that wakes it and re-parks it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_of_a_parked_connection_is_a_client_close() {
-    let (builder, mut events) = common::modes::hooked(
-        megaconn::Server::builder()
-            .workers(1)
-            .park_idle_after(Some(PARK_IDLE_AFTER))
-            .idle_timeout(None),
-    );
-    let server = TestServer::start(builder).await;
     for cold in [false, true] {
+        // Hot: 3 s to reset it after its re-park, ample on a loaded machine.
+        let park_idle_after = if cold {
+            PARK_IDLE_AFTER
+        } else {
+            Duration::from_secs(3)
+        };
+        let (builder, mut events) = common::modes::hooked(
+            megaconn::Server::builder()
+                .workers(1)
+                .park_idle_after(Some(park_idle_after))
+                .idle_timeout(None),
+        );
+        let server = TestServer::start(builder).await;
         let mut s = server.connect().await;
         get_then_park(&server, &mut s, 1).await;
+        let parks = server.handle.stats().parks;
+        get_then_park(&server, &mut s, 1).await;
+        server
+            .wait_stats("parked again", |st| st.parks > parks)
+            .await;
         if cold {
             let_it_go_cold(&server).await;
         }
+        let before = server.handle.stats();
         s.set_zero_linger().unwrap();
         drop(s);
         let closed = events.next_close().await;
@@ -567,10 +592,19 @@ async fn a_reset_of_a_parked_connection_is_a_client_close() {
             megaconn::CloseReason::ClientClosed,
             "cold: {cold}, {closed:?}"
         );
-        assert_eq!(closed.requests, 1);
+        assert_eq!(closed.requests, 2);
+        let after = server.handle.stats();
+        if cold {
+            assert!(
+                after.wakes_cold > before.wakes_cold,
+                "woken cold: {after:?}"
+            );
+        } else {
+            assert!(after.wakes_hot > before.wakes_hot, "woken hot: {after:?}");
+        }
+        assert_eq!(after.protocol_errors, 0);
+        server.stop().await;
     }
-    assert_eq!(server.handle.stats().protocol_errors, 0);
-    server.stop().await;
 }
 
 /// `max_connection_age` counts from accept for a connection that parks
