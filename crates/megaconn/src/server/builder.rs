@@ -494,7 +494,8 @@ impl Builder {
         self
     }
 
-    /// Largest request line plus headers, in bytes; larger gets `431`. Default:
+    /// Largest request line plus headers, in bytes; larger gets `431`, or `414`
+    /// when the request line itself has not ended by then. Default:
     /// 64 KiB.
     pub fn max_header_bytes(mut self, n: usize) -> Builder {
         self.config.max_header_bytes = n;
