@@ -837,7 +837,8 @@ impl Builder {
     }
 
     /// Sends a PING this often and closes the connection when the answer does
-    /// not come within [`http2_keep_alive_timeout`](Builder::http2_keep_alive_timeout).
+    /// not come within [`http2_keep_alive_timeout`](Builder::http2_keep_alive_timeout)
+    /// (close reason [`CloseReason::HeartbeatTimeout`](crate::CloseReason::HeartbeatTimeout)).
     /// Finds dead peers behind NATs and load balancers. Default: off; `None`
     /// or zero turns it off.
     pub fn http2_keep_alive_interval(mut self, every: Option<Duration>) -> Builder {
