@@ -56,7 +56,9 @@ pub enum CloseReason {
     Io(io::ErrorKind),
     /// Refused right after accept by an admission limit (accept rate, per IP).
     Limit,
-    /// A framed connection's peer sent nothing within `heartbeat_timeout`.
+    /// A framed connection's peer sent nothing within `heartbeat_timeout`,
+    /// or an HTTP/2 peer did not answer a keep-alive PING within
+    /// `http2_keep_alive_timeout`.
     HeartbeatTimeout,
     /// A framed connection's peer did not read what was pushed to it (its
     /// socket could not take a pushed frame).

@@ -57,7 +57,6 @@
 //! `GOAWAY(ENHANCE_YOUR_CALM)` past an allowance.
 
 use std::future::{poll_fn, Future};
-use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -302,9 +301,14 @@ where
                 grace = true;
             }
             () = keep_alive.expired() => {
-                tracing::debug!("no answer to keep-alive PING; closing");
+                tracing::debug!(
+                    http2_keep_alive_timeout = ?cfg.keep_alive_timeout,
+                    "no answer to keep-alive PING within http2_keep_alive_timeout; closing"
+                );
                 incr(&ctx.stats.timeouts);
-                reason = CloseReason::Io(io::ErrorKind::TimedOut);
+                // The peer's liveness check failed, as a framed or WebSocket
+                // heartbeat does: not a socket error.
+                reason = CloseReason::HeartbeatTimeout;
                 break;
             }
         }

@@ -494,7 +494,8 @@ impl Builder {
         self
     }
 
-    /// Largest request line plus headers, in bytes; larger gets `431`. Default:
+    /// Largest request line plus headers, in bytes; larger gets `431`, or `414`
+    /// when the request line itself has not ended by then. Default:
     /// 64 KiB.
     pub fn max_header_bytes(mut self, n: usize) -> Builder {
         self.config.max_header_bytes = n;
@@ -836,7 +837,8 @@ impl Builder {
     }
 
     /// Sends a PING this often and closes the connection when the answer does
-    /// not come within [`http2_keep_alive_timeout`](Builder::http2_keep_alive_timeout).
+    /// not come within [`http2_keep_alive_timeout`](Builder::http2_keep_alive_timeout)
+    /// (close reason [`CloseReason::HeartbeatTimeout`](crate::CloseReason::HeartbeatTimeout)).
     /// Finds dead peers behind NATs and load balancers. Default: off; `None`
     /// or zero turns it off.
     pub fn http2_keep_alive_interval(mut self, every: Option<Duration>) -> Builder {

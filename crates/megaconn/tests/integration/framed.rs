@@ -272,6 +272,24 @@ async fn length_prefixed_echo_split_anywhere_or_stuck_together() {
     server.stop().await;
 }
 
+/// A framing error counts in `protocol_errors`, as the other protocols'
+/// errors do.
+#[tokio::test]
+async fn a_framing_error_counts_as_a_protocol_error() {
+    let mut server = Framed::start(
+        Server::builder(),
+        Framing::length_prefixed(4).max_frame_bytes(16),
+    )
+    .await;
+    let mut s = server.connect().await;
+    s.write_all(&1000u32.to_be_bytes()).await.unwrap();
+    let too_large = CloseReason::Protocol(ProtocolDetail::Framing(FramingError::FrameTooLarge));
+    assert_eq!(server.next_close().await, (0, too_large));
+    read_to_close(&mut s).await;
+    assert_eq!(server.handle.stats().protocol_errors, 1);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_oversized_frame_closes_with_its_reason_and_a_metric() {
     let mut server = Framed::start(

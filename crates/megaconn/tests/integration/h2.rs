@@ -816,11 +816,13 @@ async fn a_client_that_answers_pings_stays_and_one_that_does_not_is_closed() {
         }
     }
     assert_eq!(pings, 1, "one PING, unanswered, then the close");
+    // A failed liveness check, not a socket error.
     assert_eq!(
         close_reason(&mut events).await,
-        megaconn::CloseReason::Io(std::io::ErrorKind::TimedOut)
+        megaconn::CloseReason::HeartbeatTimeout
     );
-    assert_eq!(closed_total(&server.handle, "io_error"), 1);
+    assert_eq!(closed_total(&server.handle, "heartbeat_timeout"), 1);
+    assert_eq!(closed_total(&server.handle, "io_error"), 0);
     assert_eq!(server.handle.stats().timeouts, 1);
     server.stop().await;
 }

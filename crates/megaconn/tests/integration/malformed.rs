@@ -38,6 +38,15 @@ fn cases() -> Vec<Case> {
         "a".repeat(70 * 1024)
     );
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(70 * 1024));
+    // A request line that has not ended by max_header_bytes (64 KiB).
+    let endless_line = format!("GET /{}", "a".repeat(70 * 1024));
+    // Each header well under the limit, together over it.
+    let big_headers = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..99)
+            .map(|i| format!("X-H{i}: {}\r\n", "v".repeat(1024)))
+            .collect::<String>()
+    );
     let many_headers = format!(
         "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
         (0..120)
@@ -72,7 +81,9 @@ fn cases() -> Vec<Case> {
         case("target without slash", "GET foo HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
         case("asterisk target on GET", "GET * HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
         case("CONNECT with a path", "CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n", Status(400)),
-        case("oversized URI", long_uri, Status(431)),
+        // RFC 9112 §3: a request-target too long to parse gets 414.
+        case("oversized URI", long_uri, Status(414)),
+        case("request line without an end", endless_line, Status(414)),
         // Header syntax
         case("space in header name", "GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n", Status(400)),
         case("space before colon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", Status(400)),
@@ -83,6 +94,7 @@ fn cases() -> Vec<Case> {
         case("bare CR in header value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\rb\r\n\r\n", Status(400)),
         case("oversized header", big_header, Status(431)),
         case("too many headers", many_headers, Status(431)),
+        case("headers together too large", big_headers, Status(431)),
         // Host
         case("missing Host on HTTP/1.1", "GET / HTTP/1.1\r\n\r\n", Status(400)),
         case("duplicate Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Status(400)),
@@ -264,6 +276,30 @@ async fn malformed_requests_get_the_right_status_and_the_server_lives() {
         failures.join("\n")
     );
     assert!(server.handle.stats().protocol_errors >= 30);
+    server.stop().await;
+}
+
+/// With max_header_bytes above the 65534 bytes the http crate's `Uri` takes,
+/// a longer target is still 414 (the crate's `TooLong`), not 400.
+#[tokio::test]
+async fn a_target_longer_than_a_uri_can_be_gets_414() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_header_bytes(256 * 1024),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let request = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(70 * 1024));
+    s.write_all(request.as_bytes()).await.unwrap();
+    let got = read_to_close(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 414 "),
+        "{:?}",
+        text.lines().next()
+    );
+    server.assert_healthy().await;
     server.stop().await;
 }
 

@@ -1521,6 +1521,44 @@ async fn permessage_deflate_is_agreed_and_messages_go_both_ways_compressed_acros
     server.stop().await;
 }
 
+/// A tiny `max_message_bytes` with permessage-deflate: a small compressed
+/// message is inflated and echoed, a larger one is refused with 1009 once it
+/// inflates past the limit; no panic along the way (the inflate buffer's
+/// bounds once had `clamp(64, max + 1)`, which panics for a max under 63).
+#[tokio::test]
+async fn a_tiny_message_limit_with_deflate_echoes_small_and_refuses_large_with_1009() {
+    let mut server = Ws::start(Server::builder(), |r| {
+        r.permessage_deflate(true).max_message_bytes(32)
+    })
+    .await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(&handshake(
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    ))
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await.to_ascii_lowercase();
+    assert!(head.contains("permessage-deflate"), "{head}");
+    let small = b"0123456789";
+    s.write_all(&client_frame(0xC2, &deflate_message(small), true))
+        .await
+        .unwrap();
+    let (first, payload) = read_frame(&mut s).await;
+    assert_eq!(first, 0xC2, "a final, compressed binary frame");
+    assert_eq!(inflate_message(&payload), small);
+    s.write_all(&client_frame(0xC2, &deflate_message(&[7u8; 100]), true))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1009);
+    drop(s);
+    assert_eq!(
+        server.next_close().await,
+        (1, CloseReason::Protocol(ProtocolDetail::WebSocket(1009)))
+    );
+    assert_eq!(server.handle.stats().panics, 0);
+    server.stop().await;
+}
+
 /// A second handler, with a state of another type: it answers each message
 /// with the one before it (`none` first), and reports its last on close.
 struct Last {

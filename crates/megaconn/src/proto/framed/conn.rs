@@ -265,6 +265,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     Ok(None) => break,
                     Err(error) => {
                         give_back(&ctx, &mut buf);
+                        incr(&ctx.stats.protocol_errors);
                         tracing::debug!(%error, "framing error; closing");
                         let reason = CloseReason::Protocol(ProtocolDetail::Framing(error));
                         return Ended::Close(live.close(reason));

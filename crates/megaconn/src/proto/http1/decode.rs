@@ -54,8 +54,9 @@ pub(crate) enum ChunkState {
     Data(u64),
     /// Expecting the CRLF after chunk data.
     DataEnd,
-    /// After the last chunk: trailers, then the final CRLF.
-    Trailers,
+    /// After the last chunk: trailers, then the final CRLF; `searched` bytes
+    /// of them have been looked through for the end already.
+    Trailers { searched: usize },
 }
 
 impl Decoder {
@@ -106,7 +107,7 @@ impl Decoder {
                         }
                         buf.advance(line_len + 2);
                         *state = if size == 0 {
-                            ChunkState::Trailers
+                            ChunkState::Trailers { searched: 0 }
                         } else {
                             ChunkState::Data(size)
                         };
@@ -133,8 +134,8 @@ impl Decoder {
                         buf.advance(2);
                         *state = ChunkState::Size;
                     }
-                    ChunkState::Trailers => {
-                        return decode_trailers(buf, *max_trailer_bytes);
+                    ChunkState::Trailers { ref mut searched } => {
+                        return decode_trailers(buf, *max_trailer_bytes, searched);
                     }
                 }
             },
@@ -272,12 +273,41 @@ fn skip_quoted_string(s: &[u8]) -> Result<&[u8], DecodeError> {
     Err("unterminated quoted-string in chunk extension")
 }
 
-/// Whether `s` has an LF not preceded by a CR.
-fn has_bare_lf(s: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', s).any(|i| i == 0 || s[i - 1] != b'\r')
+/// Where the trailer section at the start of `buf` ends (just past its empty
+/// line), looking only at what came after `searched` and moving `searched`
+/// on, so that trailers read a byte at a time are scanned once, not once per
+/// read (as [`super::head::find_end`] does for the head).
+///
+/// httparse takes a bare LF as a line end (RFC 9112 §2.2 allows it in the
+/// head); in the trailer section it would end the message where a CRLF-only
+/// reader, hyper's for one, keeps reading, and that disagreement is a
+/// smuggling vector. Refused, as everywhere else in the chunked body; with
+/// every LF after a CR, the section ends at the first CRLF CRLF.
+fn find_trailers_end(buf: &[u8], searched: &mut usize) -> Result<Option<usize>, DecodeError> {
+    let start = (*searched).min(buf.len());
+    for lf in memchr::memchr_iter(b'\n', &buf[start..]).map(|i| start + i) {
+        if lf == 0 || buf[lf - 1] != b'\r' {
+            return Err("bare LF in chunked body");
+        }
+        if lf >= 3 && &buf[lf - 3..lf - 1] == b"\r\n" {
+            return Ok(Some(lf + 1));
+        }
+    }
+    *searched = buf.len();
+    Ok(None)
 }
 
-fn decode_trailers(buf: &mut BytesMut, max_bytes: usize) -> Result<Decoded, DecodeError> {
+#[cfg(test)]
+thread_local! {
+    /// Counts httparse runs over trailers, for the test that they stay one.
+    static TRAILER_PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn decode_trailers(
+    buf: &mut BytesMut,
+    max_bytes: usize,
+    searched: &mut usize,
+) -> Result<Decoded, DecodeError> {
     if buf.len() < 2 {
         return Ok(Decoded::NeedMore);
     }
@@ -285,20 +315,21 @@ fn decode_trailers(buf: &mut BytesMut, max_bytes: usize) -> Result<Decoded, Deco
         buf.advance(2);
         return Ok(Decoded::End(None));
     }
+    // httparse runs once, on the whole section, not on every read of it.
+    let Some(end) = find_trailers_end(buf, searched)? else {
+        if buf.len() > max_bytes {
+            return Err("trailers too large");
+        }
+        return Ok(Decoded::NeedMore);
+    };
+    if end > max_bytes {
+        return Err("trailers too large");
+    }
+    #[cfg(test)]
+    TRAILER_PARSES.with(|n| n.set(n.get() + 1));
     let mut headers = [httparse::EMPTY_HEADER; MAX_TRAILERS];
-    match httparse::parse_headers(buf, &mut headers) {
-        Ok(httparse::Status::Complete((len, parsed))) => {
-            if len > max_bytes {
-                return Err("trailers too large");
-            }
-            // httparse takes a bare LF as a line end (RFC 9112 §2.2 allows it
-            // in the head); in the trailer section it would end the message
-            // where a CRLF-only reader, hyper's for one, keeps reading, and
-            // that disagreement is a smuggling vector. Refused, as everywhere
-            // else in the chunked body.
-            if has_bare_lf(&buf[..len]) {
-                return Err("bare LF in chunked body");
-            }
+    match httparse::parse_headers(&buf[..end], &mut headers) {
+        Ok(httparse::Status::Complete((len, parsed))) if len == end => {
             let mut map = HeaderMap::with_capacity(parsed.len());
             for h in parsed {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -310,12 +341,10 @@ fn decode_trailers(buf: &mut BytesMut, max_bytes: usize) -> Result<Decoded, Deco
             buf.advance(len);
             Ok(Decoded::End(Some(map)))
         }
-        Ok(httparse::Status::Partial) if buf.len() > max_bytes => Err("trailers too large"),
-        // Every byte so far belongs to the unfinished trailer section.
-        Ok(httparse::Status::Partial) if has_bare_lf(buf) => Err("bare LF in chunked body"),
-        Ok(httparse::Status::Partial) => Ok(Decoded::NeedMore),
         Err(httparse::Error::TooManyHeaders) => Err("too many trailers"),
-        Err(_) => Err("malformed trailers"),
+        // Ending elsewhere than the empty line, or not at all: the two
+        // readers disagree on where the body ends.
+        _ => Err("malformed trailers"),
     }
 }
 
@@ -372,6 +401,35 @@ mod tests {
         }
         assert!(ended);
         assert_eq!(body, b"abc");
+    }
+
+    /// Trailers sent a byte at a time (up to 64 KiB of them, with read
+    /// timeouts off) are parsed once, when their end is in: they were
+    /// re-parsed whole on every read, quadratic CPU for the sender's bytes.
+    #[test]
+    fn trailers_a_byte_at_a_time_are_parsed_once() {
+        let trailers: String = (0..30)
+            .map(|i| format!("X-T{i}: {}\r\n", "v".repeat(500)))
+            .collect();
+        let input = format!("0\r\n{trailers}\r\n");
+        let mut d = Decoder::chunked(64 * 1024);
+        let mut buf = BytesMut::new();
+        TRAILER_PARSES.with(|n| n.set(0));
+        let mut got = None;
+        for &b in input.as_bytes() {
+            assert!(got.is_none(), "ended before the last byte");
+            buf.extend_from_slice(&[b]);
+            match d.decode(&mut buf, 64).unwrap() {
+                Decoded::End(t) => got = t,
+                Decoded::NeedMore => {}
+                Decoded::Data(_) => unreachable!("no data"),
+            }
+        }
+        let got = got.expect("trailers");
+        assert_eq!(got.len(), 30);
+        assert_eq!(got["x-t29"], "v".repeat(500));
+        assert!(buf.is_empty());
+        assert_eq!(TRAILER_PARSES.with(|n| n.get()), 1);
     }
 
     /// Each bad input is a complete chunked body except for its bad bytes; its

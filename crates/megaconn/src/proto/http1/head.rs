@@ -54,6 +54,40 @@ const fn reject(status: StatusCode, reason: &'static str) -> Rejection {
 
 const BAD: StatusCode = StatusCode::BAD_REQUEST;
 
+/// A request line too long to read (RFC 9112 §3: a server that receives a
+/// request-target longer than any it wishes to parse MUST answer 414).
+const URI_TOO_LONG: Rejection = reject(
+    StatusCode::URI_TOO_LONG,
+    "request line exceeds max_header_bytes",
+);
+
+/// A head past `max_header_bytes` whose request line did end within it.
+const HEAD_TOO_LARGE: Rejection = reject(
+    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    "request head exceeds max_header_bytes",
+);
+
+/// Where the request line of `buf` starts: httparse skips empty lines before
+/// it (RFC 9112 §2.2), and so do we.
+fn request_line_start(buf: &[u8]) -> usize {
+    buf.iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len())
+}
+
+/// The answer to a head that reached `max_header_bytes`: 414 when its request
+/// line has not ended within the limit (the target is what is too long), else
+/// 431 (the header fields are).
+fn over_limit(buf: &[u8], limit: usize) -> Rejection {
+    let end = buf.len().min(limit);
+    let start = request_line_start(&buf[..end]);
+    if start < end && memchr::memchr(b'\n', &buf[start..end]).is_none() {
+        URI_TOO_LONG
+    } else {
+        HEAD_TOO_LARGE
+    }
+}
+
 /// A head [`find_end`] saw whole that httparse still finds incomplete. Not
 /// known to happen (both end a head at the first empty line); if it does,
 /// the two readers disagree on where the request ends, and a request framed
@@ -163,18 +197,12 @@ fn parse_in(
     let len = match status {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial if buf.len() >= limits.max_header_bytes => {
-            return Err(reject(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request head exceeds max_header_bytes",
-            ))
+            return Err(over_limit(buf, limits.max_header_bytes))
         }
         httparse::Status::Partial => return Ok(None),
     };
     if len > limits.max_header_bytes {
-        return Err(reject(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request head exceeds max_header_bytes",
-        ));
+        return Err(over_limit(buf, limits.max_header_bytes));
     }
     // Otherwise one copy of the head; the target and every header value are
     // slices of it (one allocation per request instead of one per header).
@@ -225,18 +253,11 @@ impl Slicer<'_> {
 /// The h2c prior-knowledge preface (`PRI * HTTP/2.0`) ends up as the 505
 /// rejection, which the connection checks for the preface before answering.
 fn other_version(buf: &[u8], limits: &HeadLimits) -> Result<Option<usize>, Rejection> {
-    // httparse skips empty lines before the request line; so do we.
-    let start = buf
-        .iter()
-        .position(|b| *b != b'\r' && *b != b'\n')
-        .unwrap_or(buf.len());
-    let window = &buf[start..buf.len().min(limits.max_header_bytes)];
+    let start = request_line_start(buf);
+    let window = &buf[start.min(limits.max_header_bytes)..buf.len().min(limits.max_header_bytes)];
     let Some(lf) = window.iter().position(|b| *b == b'\n') else {
         if buf.len() >= limits.max_header_bytes {
-            return Err(reject(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request head exceeds max_header_bytes",
-            ));
+            return Err(over_limit(buf, limits.max_header_bytes));
         }
         return Ok(None);
     };
@@ -345,11 +366,22 @@ fn header_name(raw: &[u8]) -> Result<HeaderName, Rejection> {
     }
 }
 
+/// The longest request target the http crate's `Uri` takes (`u16::MAX - 1`).
+const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
+
 /// Origin-form (`/path?q`), absolute-form (`http://host/path`), authority-form
 /// (only for CONNECT) and asterisk-form (only for OPTIONS).
 fn parse_target(method: &Method, target: &str, shared: Bytes) -> Result<Uri, Rejection> {
     if target.is_empty() {
         return Err(reject(BAD, "empty request target"));
+    }
+    if target.len() > MAX_TARGET_BYTES {
+        // The http crate refuses a URI this long (`TooLong`); it is too long
+        // for us to parse, not malformed (RFC 9112 §3).
+        return Err(reject(
+            StatusCode::URI_TOO_LONG,
+            "request target longer than 65534 bytes",
+        ));
     }
     let uri = Uri::from_maybe_shared(shared).map_err(|_| reject(BAD, "invalid request target"))?;
     let form_ok = if method == Method::CONNECT {

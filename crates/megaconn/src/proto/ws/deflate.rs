@@ -179,12 +179,15 @@ impl Codec {
 /// Inflates `data` and the stripped tail into a buffer of the message's
 /// own, which never grows past `max` + 1 bytes.
 fn inflate(decompressor: &mut Decompress, data: &[u8], max: usize) -> Result<Bytes, InflateError> {
-    let mut out = Vec::with_capacity(data.len().saturating_mul(4).clamp(64, max + 1));
+    // One byte past `max` is how "too big" is seen; saturating, and min/max
+    // rather than clamp, because `max` is the user's and may be tiny or huge.
+    let cap = max.saturating_add(1);
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).max(64).min(cap));
     for input in [data, &TAIL[..]] {
         let base = decompressor.total_in();
         loop {
             if out.len() == out.capacity() {
-                out.reserve_exact(out.capacity().min(max + 1 - out.len()).max(1));
+                out.reserve_exact(out.capacity().min(cap.saturating_sub(out.len())).max(1));
             }
             let (taken, made) = (decompressor.total_in(), out.len());
             let consumed = (taken - base) as usize;
@@ -278,5 +281,27 @@ mod tests {
             codec.decompress(&[0xff, 0xff, 0xff], 1000),
             Err(InflateError::Corrupt)
         );
+    }
+
+    /// The limit is the user's: tiny or `usize::MAX`, inflating neither
+    /// panics nor overflows.
+    #[test]
+    fn extreme_limits_hold_without_panicking() {
+        let codec = Codec::default();
+        let deflate = Deflate { window_bits: 15 };
+        let mut compressed = Vec::new();
+        codec.compress(deflate, &[b'y'; 5000], &mut compressed);
+        let back = codec.decompress(&compressed, usize::MAX).unwrap();
+        assert_eq!(&back[..], &[b'y'; 5000][..]);
+        for max in [0, 1, 32, 62] {
+            assert_eq!(
+                codec.decompress(&compressed, max),
+                Err(InflateError::TooBig),
+                "{max}"
+            );
+        }
+        let mut small = Vec::new();
+        codec.compress(deflate, b"0123456789", &mut small);
+        assert_eq!(&codec.decompress(&small, 10).unwrap()[..], b"0123456789");
     }
 }

@@ -38,6 +38,10 @@ use tungstenite::Utf8Bytes;
 
 use super::deflate::{Codec, Deflate, InflateError};
 
+/// How much room a frame still arriving is given at a time, past what is in
+/// hand: enough for a few reads, never what a header alone announces.
+const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// A message as the server's handler sees it, and sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsMessage {
@@ -220,13 +224,16 @@ impl Decoder {
                 (Some(partial), _) => partial.data.len(),
                 (None, _) => 0,
             };
-            if gathered + length > limits.max_message_bytes {
+            if gathered.saturating_add(length) > limits.max_message_bytes {
                 return Err(Violation::TooBig("message over max_message_bytes"));
             }
         }
-        if buf.len() < header_len + length {
-            // The payload is not all here: make room for it once.
-            buf.reserve(header_len + length - buf.len());
+        let wanted = header_len.saturating_add(length);
+        if buf.len() < wanted {
+            // The payload is not all here: make room for the next of it. Only
+            // RESERVE_AHEAD at a time, as bytes arrive: the length is the
+            // peer's word, and a header alone must not cost its memory.
+            buf.reserve((wanted - buf.len()).min(RESERVE_AHEAD));
             return Ok(Step::NeedMore);
         }
         buf.advance(header_len);
@@ -610,6 +617,43 @@ mod tests {
                 );
             }
         }
+        assert!(buf.is_empty());
+    }
+
+    /// A header alone announcing 2^62 bytes, under a limit of usize::MAX:
+    /// the decoder waits for more without reserving what was announced (it
+    /// once did, and a reservation that size panics or aborts).
+    #[test]
+    fn a_huge_announced_length_reserves_only_a_little() {
+        let limits = Limits {
+            max_frame_bytes: usize::MAX,
+            max_message_bytes: usize::MAX,
+        };
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::from(&header[..]);
+        assert_eq!(decoder.decode(&mut buf, limits), Ok(None));
+        assert_eq!(buf.len(), header.len(), "nothing consumed");
+        assert!(buf.capacity() <= 2 * RESERVE_AHEAD, "{}", buf.capacity());
+    }
+
+    /// A frame much larger than RESERVE_AHEAD, arriving in reads of 16 KiB,
+    /// still decodes whole, its room growing as it comes.
+    #[test]
+    fn a_large_frame_arriving_in_pieces_decodes() {
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        let bytes = client(0x82, &payload);
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        for piece in bytes.chunks(16 * 1024) {
+            assert_eq!(got, None, "the frame decodes only when all is here");
+            buf.extend_from_slice(piece);
+            got = decoder.decode(&mut buf, LIMITS).unwrap();
+        }
+        assert_eq!(got, Some(Event::Message(WsMessage::Binary(payload.into()))));
         assert!(buf.is_empty());
     }
 
