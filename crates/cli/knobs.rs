@@ -669,7 +669,7 @@ pub static KNOBS: &[Knob] = &[
         name: "max-header-bytes",
         value_name: "SIZE",
         shape: Shape::One,
-        help: "Largest request head (431 above), e.g. 64KiB.",
+        help: "Largest request head (431 above; 414 for a request line that long), e.g. 64KiB.",
         details: "",
         default: "64KiB",
         example: "16KiB",
