@@ -414,3 +414,41 @@ async fn a_client_that_hangs_up_without_a_close_frame_is_no_protocol_error() {
         stats.request_metrics.closed_by_reason
     );
 }
+
+/// Graceful shutdown with a socket open over HTTP/1.1: the socket hears it
+/// and closes with 1001 (going away), as megaconn's native WebSocket does;
+/// the client's answer ends the handler's `recv` loop, so the server stops
+/// without forcing anything. (The socket left the connection's task at the
+/// upgrade; the drain used to miss it and the worker's runtime dropped it,
+/// a reset with no close frame.)
+#[tokio::test]
+async fn shutdown_closes_an_open_socket_with_1001() {
+    for path in ["/integration-testable", "/unit-testable"] {
+        let server = Server::bind("127.0.0.1:0".parse().unwrap())
+            .workers(1)
+            .shutdown_timeout(Duration::from_secs(3))
+            .listen()
+            .expect("server binds");
+        let (addr, handle) = (server.local_addr(), server.handle());
+        let stopped = tokio::spawn(server.serve(testing::app()));
+        let mut client = connect(addr, path).await;
+        client.send(WsMessage::text("foo")).await.unwrap();
+        assert_eq!(next_text(&mut client).await, "You said: foo");
+        handle.shutdown();
+        match next(&mut client).await {
+            WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away, "{path}"),
+            other => panic!("{path}: expected a close 1001, got {other:?}"),
+        }
+        // Reading on sends the client's answer; then the server hangs up.
+        let end = tokio::time::timeout(SAFETY, client.next())
+            .await
+            .expect("the server hangs up in time");
+        assert!(end.as_ref().is_none_or(Result::is_err), "{path}: {end:?}");
+        let summary = tokio::time::timeout(SAFETY, stopped)
+            .await
+            .expect("the server stops in time")
+            .unwrap()
+            .expect("a clean stop");
+        assert_eq!(summary.forced, 0, "{path}: the socket closed by itself");
+    }
+}

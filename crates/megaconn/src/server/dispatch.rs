@@ -429,8 +429,11 @@ async fn hand_over_http1<T, S>(
         HandOver::Upgrade { io, read_ahead, tx } => {
             ctx.stats.connection_upgraded();
             // A handler that gave up on the upgrade drops the `Upgraded`,
-            // which closes the connection's accounts.
-            let _ = tx.send(Upgraded::new(io, read_ahead, conn.into_send()));
+            // which closes the connection's accounts. It leaves this task,
+            // so it takes its place in the drain along (the handler may
+            // keep it on a task of its own, which the drain cannot see).
+            let drain = Some(ctx.upgrade_drain());
+            let _ = tx.send(Upgraded::new(io, read_ahead, conn.into_send(), drain));
         }
         HandOver::Native { io, read_ahead, to } => {
             ctx.stats.connection_upgraded();
@@ -462,7 +465,12 @@ where
             Box::pin(http2::serve(io, &mut service, ctx, None)).await;
         }
         Ended::HandOver(HandOver::Upgrade { io, read_ahead, tx }) => {
-            let _ = tx.send(Upgraded::new(io, read_ahead, SendConnection::closed()));
+            let _ = tx.send(Upgraded::new(
+                io,
+                read_ahead,
+                SendConnection::closed(),
+                None,
+            ));
         }
         Ended::HandOver(HandOver::Native { io, read_ahead, to }) => {
             // A caller's transport never parks (it is not a plain socket).

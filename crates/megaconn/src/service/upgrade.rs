@@ -11,6 +11,12 @@
 //! (client closed on EOF, an I/O error, or server closed when the handler
 //! drops it) when it really ends.
 //!
+//! It also keeps its place in graceful shutdown, although it left the task
+//! that served it: the worker's drain waits for it as for any connection,
+//! up to `shutdown_timeout`, then closes it by force (counted as forced).
+//! A [`WebSocket`](crate::axum_ws::WebSocket) hears the start and sends its
+//! peer a close 1001 (going away).
+//!
 //! ```no_run
 //! # use megaconn::{Body, OnUpgrade};
 //! # use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +47,7 @@ use tokio::sync::oneshot;
 
 use crate::conn::connection::SendConnection;
 use crate::conn::rewind::Rewind;
+use crate::conn::shutdown::SharedShutdown;
 use crate::observe::close::CloseReason;
 use crate::observe::stats::{incr, WorkerStats};
 
@@ -51,7 +58,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The raw connection after a protocol switch. Bytes the server had already read
 /// past the request are returned first by reads.
 pub struct Upgraded {
-    inner: Rewind<Box<dyn Io>>,
+    inner: Rewind<Box<WithDrain<dyn Io>>>,
     /// The connection's accounts, closed when this drops.
     conn: SendConnection,
     /// How the socket ended, once a read or write said so.
@@ -59,6 +66,76 @@ pub struct Upgraded {
     /// Where a stream of an HTTP/2 connection counts its protocol errors
     /// (it has no connection accounts of its own: `conn` is closed).
     stream_stats: Option<Arc<WorkerStats>>,
+}
+
+/// The boxed socket with the connection's place in the worker's drain: in
+/// the socket's box, so that `Upgraded` (which an idle `axum_ws` socket
+/// holds inline) does not grow.
+struct WithDrain<T: ?Sized> {
+    /// `None` on an HTTP/2 stream (its connection's task drains it) and on
+    /// a caller's own transport.
+    drain: Option<Drain>,
+    io: T,
+}
+
+impl<T: ?Sized + AsyncRead + Unpin> AsyncRead for WithDrain<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: ?Sized + AsyncWrite + Unpin> AsyncWrite for WithDrain<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// An upgraded connection's place in its worker's graceful shutdown, as
+/// hyper-util's graceful watcher or axum's `ConnLimiterIo` travel with the
+/// connection: the drain waits for it (up to `shutdown_timeout`; past it
+/// the worker's runtime ends and drops it, counted as forced), and it can
+/// tell when shutdown began.
+pub(crate) struct Drain {
+    /// Counts it among the worker's connection tasks.
+    _token: tokio_util::task::task_tracker::TaskTrackerToken,
+    shutdown: Arc<SharedShutdown>,
+    /// Its waker's slot in `shutdown`'s list, once watched.
+    slot: Option<u32>,
+}
+
+impl Drain {
+    pub(crate) fn new(
+        token: tokio_util::task::task_tracker::TaskTrackerToken,
+        shutdown: Arc<SharedShutdown>,
+    ) -> Drain {
+        Drain {
+            _token: token,
+            shutdown,
+            slot: None,
+        }
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.shutdown.unwatch(&mut self.slot);
+    }
 }
 
 impl std::fmt::Debug for Upgraded {
@@ -70,13 +147,18 @@ impl std::fmt::Debug for Upgraded {
 }
 
 impl Upgraded {
-    pub(crate) fn new<T>(io: T, read_ahead: Bytes, conn: SendConnection) -> Upgraded
+    pub(crate) fn new<T>(
+        io: T,
+        read_ahead: Bytes,
+        conn: SendConnection,
+        drain: Option<Drain>,
+    ) -> Upgraded
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         Upgraded {
             inner: Rewind {
-                io: Box::new(io),
+                io: Box::new(WithDrain { drain, io }),
                 read_ahead,
             },
             conn,
@@ -92,7 +174,7 @@ impl Upgraded {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut upgraded = Upgraded::new(io, Bytes::new(), SendConnection::closed());
+        let mut upgraded = Upgraded::new(io, Bytes::new(), SendConnection::closed(), None);
         upgraded.stream_stats = Some(stats);
         upgraded
     }
@@ -107,6 +189,18 @@ impl Upgraded {
             incr(&stats.protocol_errors);
         }
         self.ended = Some(reason);
+    }
+
+    /// True once the server's graceful shutdown began; until then the task
+    /// is woken when it does. Never true where the connection has no place
+    /// in a drain of its own (an HTTP/2 stream, a caller's transport).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn poll_shutdown_began(&mut self, cx: &Context<'_>) -> bool {
+        self.inner
+            .io
+            .drain
+            .as_mut()
+            .is_some_and(|d| d.shutdown.poll_started(&mut d.slot, cx.waker()))
     }
 
     /// Notes how an operation ended, for the close reason.
