@@ -330,6 +330,60 @@ async fn axums_own_extractor_gets_426_and_a_hint() {
     );
 }
 
+/// The same over HTTP/2: an extended CONNECT carries `:protocol` as hyper
+/// hands it over too, so axum's extractor gets past that check to its
+/// upgrade handle and answers `426` (it answered `400`, with no hint).
+#[tokio::test]
+async fn axums_own_extractor_gets_426_and_a_hint_over_http2() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let _ = tracing::subscriber::set_global_default(Capture);
+    let own =
+        |ws: axum::extract::ws::WebSocketUpgrade| async move { ws.on_upgrade(|_socket| async {}) };
+    let app = axum::Router::new()
+        .route("/ws", axum::routing::get(own).connect(own))
+        .route("/plain", axum::routing::get(|| async { "plain" }));
+    let server = serve(app);
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut client, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut send = |req: http::request::Builder| {
+        let req = req.body(Empty::<bytes::Bytes>::new()).unwrap();
+        let response = client.send_request(req);
+        async move {
+            let response = tokio::time::timeout(SAFETY, response)
+                .await
+                .expect("response in time")
+                .expect("response");
+            let status = response.status();
+            let body = response.into_body().collect().await.expect("body");
+            (status, String::from_utf8(body.to_bytes().to_vec()).unwrap())
+        }
+    };
+    // A first answer comes after the server's SETTINGS: extended CONNECT
+    // is on by then (hyper's client refuses to send one before).
+    let plain = send(http::Request::get("http://localhost/plain")).await;
+    assert_eq!(plain.0, 200);
+    let (status, body) = send(
+        http::Request::connect("http://localhost/ws")
+            .extension(hyper::ext::Protocol::from_static("websocket"))
+            .header("sec-websocket-version", "13"),
+    )
+    .await;
+    assert_eq!(status, 426, "{body}");
+    // The log line is written before the response, so it is there now.
+    let warnings = WARNINGS.lock().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("import megaconn::axum_ws::")),
+        "no hint among {warnings:?}"
+    );
+}
+
 #[tokio::test]
 async fn fragments_with_a_ping_between_reassemble() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};

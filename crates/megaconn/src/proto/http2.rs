@@ -491,6 +491,14 @@ fn prepare<F>(
     let tunnel = tunnel.map(|recv| {
         let (tx, on_upgrade) = upgrade::pending();
         request.extensions_mut().insert(on_upgrade);
+        // `:protocol` also as hyper hands it over: axum's own
+        // `WebSocketUpgrade` looks for it before its upgrade handle, and
+        // without it answered `400`, not the `426` that gets the hint.
+        #[cfg(feature = "axum")]
+        if let Some(protocol) = request.extensions().get::<h2::ext::Protocol>() {
+            let protocol = hyper::ext::Protocol::from(protocol.as_str());
+            request.extensions_mut().insert(protocol);
+        }
         Tunnel { recv, tx }
     });
     Ok(Prepared {
