@@ -375,12 +375,51 @@ async fn axums_own_extractor_gets_426_and_a_hint_over_http2() {
     .await;
     assert_eq!(status, 426, "{body}");
     // The log line is written before the response, so it is there now.
-    let warnings = WARNINGS.lock().unwrap();
+    let warnings = WARNINGS.lock().unwrap().clone();
     assert!(
         warnings
             .iter()
             .any(|w| w.contains("import megaconn::axum_ws::")),
         "no hint among {warnings:?}"
+    );
+}
+
+/// A handler that asks hyper for the connection (`hyper::upgrade::on`,
+/// which fails at once under megaconn) and answers `101` anyway: the
+/// connection closes, and a warning says to take megaconn's `OnUpgrade`
+/// (it closed without a word).
+#[tokio::test]
+async fn hyper_upgrade_on_under_megaconn_is_logged() {
+    use tokio::io::AsyncWriteExt;
+    let _ = tracing::subscriber::set_global_default(Capture);
+    async fn upgrade(mut req: axum::extract::Request) -> axum::response::Response {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        // Fails at once: no hyper upgrade handle under megaconn.
+        tokio::spawn(on_upgrade);
+        axum::response::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+    let app = axum::Router::new().route("/hyper-upgrade", axum::routing::get(upgrade));
+    let server = serve(app);
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"GET /hyper-upgrade HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = common::read_to_close(&mut s).await;
+    assert!(answer.starts_with(b"HTTP/1.1 101 "), "{answer:?}");
+    // The line is logged before the connection closes.
+    let warnings = WARNINGS.lock().unwrap().clone();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("hyper::upgrade::on") && w.contains("megaconn::OnUpgrade")),
+        "no warning among {warnings:?}"
     );
 }
 

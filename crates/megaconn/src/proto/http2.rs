@@ -740,7 +740,7 @@ async fn open_tunnel(
     let (io, done) = H2Stream::watched(send, tunnel.recv);
     // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
     // back and drops here, which ends the stream.
-    let _ = tunnel.tx.send(Upgraded::on_stream(io, ctx.stats.clone()));
+    upgrade::hand_over(tunnel.tx, Upgraded::on_stream(io, ctx.stats.clone()));
     let _ = done.await;
     StreamEnd::Done
 }

@@ -45,7 +45,7 @@ use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
 use crate::observe::stats::incr;
 use crate::proto::{self, http1, http2, Ended, HandOver};
-use crate::service::upgrade::Upgraded;
+use crate::service::upgrade::{self, Upgraded};
 use crate::service::HttpService;
 
 /// Serves one connection from accept (or wake-up) to its end.
@@ -433,7 +433,7 @@ async fn hand_over_http1<T, S>(
             // so it takes its place in the drain along (the handler may
             // keep it on a task of its own, which the drain cannot see).
             let drain = Some(ctx.upgrade_drain());
-            let _ = tx.send(Upgraded::new(io, read_ahead, conn.into_send(), drain));
+            upgrade::hand_over(tx, Upgraded::new(io, read_ahead, conn.into_send(), drain));
         }
         HandOver::Native { io, read_ahead, to } => {
             ctx.stats.connection_upgraded();
@@ -465,12 +465,10 @@ where
             Box::pin(http2::serve(io, &mut service, ctx, None)).await;
         }
         Ended::HandOver(HandOver::Upgrade { io, read_ahead, tx }) => {
-            let _ = tx.send(Upgraded::new(
-                io,
-                read_ahead,
-                SendConnection::closed(),
-                None,
-            ));
+            upgrade::hand_over(
+                tx,
+                Upgraded::new(io, read_ahead, SendConnection::closed(), None),
+            );
         }
         Ended::HandOver(HandOver::Native { io, read_ahead, to }) => {
             // A caller's transport never parks (it is not a plain socket).
