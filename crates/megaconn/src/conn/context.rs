@@ -91,10 +91,13 @@ impl WorkerContext {
 }
 
 impl WorkerContext {
-    /// An upgraded connection's part in this worker's drain: counted among
-    /// the connections it waits for, and told when shutdown begins.
-    pub(crate) fn upgrade_drain(&self) -> crate::service::upgrade::Drain {
-        crate::service::upgrade::Drain::new(self.tracker.token(), self.shutdown.upgraded().clone())
+    /// An upgraded connection's part in this worker's drain: told when
+    /// shutdown begins and, if it `left_its_task` (an HTTP/1.1 upgrade; an
+    /// HTTP/2 stream's connection task is counted already), counted among
+    /// the connections the drain waits for.
+    pub(crate) fn upgrade_drain(&self, left_its_task: bool) -> crate::conn::shutdown::Drain {
+        let token = left_its_task.then(|| self.tracker.token());
+        crate::conn::shutdown::Drain::new(token, self.shutdown.upgraded().clone())
     }
 }
 

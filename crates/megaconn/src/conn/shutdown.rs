@@ -191,6 +191,7 @@ impl SharedShutdown {
 
     /// True once shutdown began; until then `waker` is woken when it does
     /// (the caller's slot kept, as in [`LocalShutdown::watch`]).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn poll_started(&self, slot: &mut Option<u32>, waker: &Waker) -> bool {
         if self.started.load(Ordering::SeqCst) {
             return true;
@@ -209,6 +210,45 @@ impl SharedShutdown {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Watchers> {
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An upgraded connection's place in its worker's graceful shutdown, as
+/// hyper-util's graceful watcher or axum's `ConnLimiterIo` travel with the
+/// connection: the drain waits for it (up to `shutdown_timeout`; past it
+/// the worker's runtime ends and drops it, counted as forced), and it can
+/// tell when shutdown began.
+pub(crate) struct Drain {
+    /// Counts it among the worker's connection tasks; `None` on an HTTP/2
+    /// stream, whose connection's task is counted.
+    _token: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
+    shutdown: Arc<SharedShutdown>,
+    /// Its waker's slot in `shutdown`'s list, once watched.
+    slot: Option<u32>,
+}
+
+impl Drain {
+    pub(crate) fn new(
+        token: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
+        shutdown: Arc<SharedShutdown>,
+    ) -> Drain {
+        Drain {
+            _token: token,
+            shutdown,
+            slot: None,
+        }
+    }
+
+    /// True once shutdown began; until then `waker` is woken when it does.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn poll_started(&mut self, waker: &Waker) -> bool {
+        self.shutdown.poll_started(&mut self.slot, waker)
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.shutdown.unwatch(&mut self.slot);
     }
 }
 

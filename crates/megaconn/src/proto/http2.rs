@@ -740,7 +740,8 @@ async fn open_tunnel(
     let (io, done) = H2Stream::watched(send, tunnel.recv);
     // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
     // back and drops here, which ends the stream.
-    upgrade::hand_over(tunnel.tx, Upgraded::on_stream(io, ctx.stats.clone()));
+    let upgraded = Upgraded::on_stream(io, ctx.stats.clone(), ctx.upgrade_drain(false));
+    upgrade::hand_over(tunnel.tx, upgraded);
     let _ = done.await;
     StreamEnd::Done
 }

@@ -432,7 +432,7 @@ async fn hand_over_http1<T, S>(
             // which closes the connection's accounts. It leaves this task,
             // so it takes its place in the drain along (the handler may
             // keep it on a task of its own, which the drain cannot see).
-            let drain = Some(ctx.upgrade_drain());
+            let drain = Some(ctx.upgrade_drain(true));
             upgrade::hand_over(tx, Upgraded::new(io, read_ahead, conn.into_send(), drain));
         }
         HandOver::Native { io, read_ahead, to } => {

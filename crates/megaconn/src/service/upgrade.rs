@@ -15,7 +15,7 @@
 //! that served it: the worker's drain waits for it as for any connection,
 //! up to `shutdown_timeout`, then closes it by force (counted as forced).
 //! A [`WebSocket`](crate::axum_ws::WebSocket) hears the start and sends its
-//! peer a close 1001 (going away).
+//! peer a close 1001 (going away), over HTTP/1.1 and HTTP/2.
 //!
 //! ```no_run
 //! # use megaconn::{Body, OnUpgrade};
@@ -47,7 +47,7 @@ use tokio::sync::oneshot;
 
 use crate::conn::connection::SendConnection;
 use crate::conn::rewind::Rewind;
-use crate::conn::shutdown::SharedShutdown;
+use crate::conn::shutdown::Drain;
 use crate::observe::close::CloseReason;
 use crate::observe::stats::{incr, WorkerStats};
 
@@ -72,8 +72,7 @@ pub struct Upgraded {
 /// the socket's box, so that `Upgraded` (which an idle `axum_ws` socket
 /// holds inline) does not grow.
 struct WithDrain<T: ?Sized> {
-    /// `None` on an HTTP/2 stream (its connection's task drains it) and on
-    /// a caller's own transport.
+    /// `None` on a caller's own transport.
     drain: Option<Drain>,
     io: T,
 }
@@ -103,38 +102,6 @@ impl<T: ?Sized + AsyncWrite + Unpin> AsyncWrite for WithDrain<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// An upgraded connection's place in its worker's graceful shutdown, as
-/// hyper-util's graceful watcher or axum's `ConnLimiterIo` travel with the
-/// connection: the drain waits for it (up to `shutdown_timeout`; past it
-/// the worker's runtime ends and drops it, counted as forced), and it can
-/// tell when shutdown began.
-pub(crate) struct Drain {
-    /// Counts it among the worker's connection tasks.
-    _token: tokio_util::task::task_tracker::TaskTrackerToken,
-    shutdown: Arc<SharedShutdown>,
-    /// Its waker's slot in `shutdown`'s list, once watched.
-    slot: Option<u32>,
-}
-
-impl Drain {
-    pub(crate) fn new(
-        token: tokio_util::task::task_tracker::TaskTrackerToken,
-        shutdown: Arc<SharedShutdown>,
-    ) -> Drain {
-        Drain {
-            _token: token,
-            shutdown,
-            slot: None,
-        }
-    }
-}
-
-impl Drop for Drain {
-    fn drop(&mut self) {
-        self.shutdown.unwatch(&mut self.slot);
     }
 }
 
@@ -168,13 +135,14 @@ impl Upgraded {
     }
 
     /// A stream of an HTTP/2 connection after a 2xx to its `CONNECT`: the
-    /// connection stays the HTTP/2 engine's (its accounts, its close), the
-    /// stream's protocol errors count in `stats`.
-    pub(crate) fn on_stream<T>(io: T, stats: Arc<WorkerStats>) -> Upgraded
+    /// connection stays the HTTP/2 engine's (its accounts, its close, its
+    /// place in the drain), the stream's protocol errors count in `stats`,
+    /// and `drain` tells it when shutdown begins.
+    pub(crate) fn on_stream<T>(io: T, stats: Arc<WorkerStats>, drain: Drain) -> Upgraded
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut upgraded = Upgraded::new(io, Bytes::new(), SendConnection::closed(), None);
+        let mut upgraded = Upgraded::new(io, Bytes::new(), SendConnection::closed(), Some(drain));
         upgraded.stream_stats = Some(stats);
         upgraded
     }
@@ -192,15 +160,14 @@ impl Upgraded {
     }
 
     /// True once the server's graceful shutdown began; until then the task
-    /// is woken when it does. Never true where the connection has no place
-    /// in a drain of its own (an HTTP/2 stream, a caller's transport).
+    /// is woken when it does. Never true on a caller's own transport.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn poll_shutdown_began(&mut self, cx: &Context<'_>) -> bool {
         self.inner
             .io
             .drain
             .as_mut()
-            .is_some_and(|d| d.shutdown.poll_started(&mut d.slot, cx.waker()))
+            .is_some_and(|d| d.poll_started(cx.waker()))
     }
 
     /// Notes how an operation ended, for the close reason.

@@ -60,14 +60,14 @@
 //!
 //! # At shutdown
 //!
-//! The socket keeps its connection's place in the worker's graceful
-//! shutdown: the drain waits for it up to `shutdown_timeout`, then closes
-//! it by force. Over HTTP/1.1 it hears the start as the native WebSocket
-//! route does: the next [`WebSocket::recv`] (or `Stream` poll; one is
-//! under way in a handler waiting for messages) sends the peer a close 1001
-//! (going away), then returns the peer's close and `None`, so an echo loop
-//! ends by itself; sends after the 1001 fail. Over HTTP/2 the connection
-//! gets `GOAWAY` and its sockets work on until the deadline.
+//! The socket counts in the worker's graceful shutdown as a connection
+//! does: the drain waits for it up to `shutdown_timeout`, then closes it
+//! by force. It hears the
+//! start as the native WebSocket route does: the next [`WebSocket::recv`]
+//! (or `Stream` poll; one is under way in a handler waiting for messages)
+//! sends the peer a close 1001 (going away), then returns the peer's close
+//! and `None`, so an echo loop ends by itself; sends after the 1001 fail.
+//! A handler that only sends is not told: the deadline closes its socket.
 //!
 //! # Over HTTP/2 (RFC 8441)
 //!
