@@ -330,6 +330,99 @@ async fn axums_own_extractor_gets_426_and_a_hint() {
     );
 }
 
+/// The same over HTTP/2: an extended CONNECT carries `:protocol` as hyper
+/// hands it over too, so axum's extractor gets past that check to its
+/// upgrade handle and answers `426` (it answered `400`, with no hint).
+#[tokio::test]
+async fn axums_own_extractor_gets_426_and_a_hint_over_http2() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let _ = tracing::subscriber::set_global_default(Capture);
+    let own =
+        |ws: axum::extract::ws::WebSocketUpgrade| async move { ws.on_upgrade(|_socket| async {}) };
+    let app = axum::Router::new()
+        .route("/ws", axum::routing::get(own).connect(own))
+        .route("/plain", axum::routing::get(|| async { "plain" }));
+    let server = serve(app);
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (mut client, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut send = |req: http::request::Builder| {
+        let req = req.body(Empty::<bytes::Bytes>::new()).unwrap();
+        let response = client.send_request(req);
+        async move {
+            let response = tokio::time::timeout(SAFETY, response)
+                .await
+                .expect("response in time")
+                .expect("response");
+            let status = response.status();
+            let body = response.into_body().collect().await.expect("body");
+            (status, String::from_utf8(body.to_bytes().to_vec()).unwrap())
+        }
+    };
+    // A first answer comes after the server's SETTINGS: extended CONNECT
+    // is on by then (hyper's client refuses to send one before).
+    let plain = send(http::Request::get("http://localhost/plain")).await;
+    assert_eq!(plain.0, 200);
+    let (status, body) = send(
+        http::Request::connect("http://localhost/ws")
+            .extension(hyper::ext::Protocol::from_static("websocket"))
+            .header("sec-websocket-version", "13"),
+    )
+    .await;
+    assert_eq!(status, 426, "{body}");
+    // The log line is written before the response, so it is there now.
+    let warnings = WARNINGS.lock().unwrap().clone();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("import megaconn::axum_ws::")),
+        "no hint among {warnings:?}"
+    );
+}
+
+/// A handler that asks hyper for the connection (`hyper::upgrade::on`,
+/// which fails at once under megaconn) and answers `101` anyway: the
+/// connection closes, and a warning says to take megaconn's `OnUpgrade`
+/// (it closed without a word).
+#[tokio::test]
+async fn hyper_upgrade_on_under_megaconn_is_logged() {
+    use tokio::io::AsyncWriteExt;
+    let _ = tracing::subscriber::set_global_default(Capture);
+    async fn upgrade(mut req: axum::extract::Request) -> axum::response::Response {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        // Fails at once: no hyper upgrade handle under megaconn.
+        tokio::spawn(on_upgrade);
+        axum::response::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+    let app = axum::Router::new().route("/hyper-upgrade", axum::routing::get(upgrade));
+    let server = serve(app);
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"GET /hyper-upgrade HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = common::read_to_close(&mut s).await;
+    assert!(answer.starts_with(b"HTTP/1.1 101 "), "{answer:?}");
+    // The line is logged before the connection closes.
+    let warnings = WARNINGS.lock().unwrap().clone();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("hyper::upgrade::on") && w.contains("megaconn::OnUpgrade")),
+        "no warning among {warnings:?}"
+    );
+}
+
 #[tokio::test]
 async fn fragments_with_a_ping_between_reassemble() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -406,4 +499,42 @@ async fn a_client_that_hangs_up_without_a_close_frame_is_no_protocol_error() {
         "{:?}",
         stats.request_metrics.closed_by_reason
     );
+}
+
+/// Graceful shutdown with a socket open over HTTP/1.1: the socket hears it
+/// and closes with 1001 (going away), as megaconn's native WebSocket does;
+/// the client's answer ends the handler's `recv` loop, so the server stops
+/// without forcing anything. (The socket left the connection's task at the
+/// upgrade; the drain used to miss it and the worker's runtime dropped it,
+/// a reset with no close frame.)
+#[tokio::test]
+async fn shutdown_closes_an_open_socket_with_1001() {
+    for path in ["/integration-testable", "/unit-testable"] {
+        let server = Server::bind("127.0.0.1:0".parse().unwrap())
+            .workers(1)
+            .shutdown_timeout(Duration::from_secs(3))
+            .listen()
+            .expect("server binds");
+        let (addr, handle) = (server.local_addr(), server.handle());
+        let stopped = tokio::spawn(server.serve(testing::app()));
+        let mut client = connect(addr, path).await;
+        client.send(WsMessage::text("foo")).await.unwrap();
+        assert_eq!(next_text(&mut client).await, "You said: foo");
+        handle.shutdown();
+        match next(&mut client).await {
+            WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away, "{path}"),
+            other => panic!("{path}: expected a close 1001, got {other:?}"),
+        }
+        // Reading on sends the client's answer; then the server hangs up.
+        let end = tokio::time::timeout(SAFETY, client.next())
+            .await
+            .expect("the server hangs up in time");
+        assert!(end.as_ref().is_none_or(Result::is_err), "{path}: {end:?}");
+        let summary = tokio::time::timeout(SAFETY, stopped)
+            .await
+            .expect("the server stops in time")
+            .unwrap()
+            .expect("a clean stop");
+        assert_eq!(summary.forced, 0, "{path}: the socket closed by itself");
+    }
 }

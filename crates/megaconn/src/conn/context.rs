@@ -27,6 +27,9 @@ pub(crate) struct WorkerContext {
     /// Heap blocks for per-request futures (HTTP/1.1's exchange).
     pub blocks: BlockCache,
     pub shutdown: LocalShutdown,
+    /// The worker's connection tasks, which its drain waits for; an
+    /// upgraded connection, which leaves its task, joins with a token.
+    pub tracker: tokio_util::task::TaskTracker,
     pub park: Option<ParkingLot>,
     /// Sessions of parked TLS connections, by socket (the lot keeps the
     /// sockets).
@@ -58,6 +61,7 @@ impl WorkerContext {
             pool: BufferPool::new(stats.clone()),
             blocks: BlockCache::default(),
             shutdown: LocalShutdown::default(),
+            tracker: tokio_util::task::TaskTracker::new(),
             park,
             tls_parked: ParkedSessions::default(),
             registry: None,
@@ -83,6 +87,17 @@ impl WorkerContext {
             self.locals.borrow_mut().push(table.clone());
             table
         })
+    }
+}
+
+impl WorkerContext {
+    /// An upgraded connection's part in this worker's drain: told when
+    /// shutdown begins and, if it `left_its_task` (an HTTP/1.1 upgrade; an
+    /// HTTP/2 stream's connection task is counted already), counted among
+    /// the connections the drain waits for.
+    pub(crate) fn upgrade_drain(&self, left_its_task: bool) -> crate::conn::shutdown::Drain {
+        let token = left_its_task.then(|| self.tracker.token());
+        crate::conn::shutdown::Drain::new(token, self.shutdown.upgraded().clone())
     }
 }
 

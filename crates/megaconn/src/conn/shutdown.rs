@@ -10,8 +10,13 @@
 //! with the `Notify` each time (a lock, a list insert and a removal per wait):
 //! each keeps one slot in the worker's waker list for its whole life
 //! ([`LocalShutdown::watch`]), refreshed only when its waker changes.
+//!
+//! Upgraded connections, which a handler may move to a task of its own, watch
+//! a `Send` copy of the signal ([`SharedShutdown`]) in the same way.
 
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Waker;
 
 use tokio::sync::Notify;
@@ -26,6 +31,8 @@ pub(crate) struct LocalShutdown {
     notify: Notify,
     /// Wakers of watching connections, by slot; `free` lists the vacant slots.
     watchers: RefCell<Watchers>,
+    /// Upgraded connections' view of the start.
+    upgraded: Arc<SharedShutdown>,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +69,7 @@ impl LocalShutdown {
     /// at a time with [`wake_watchers`](LocalShutdown::wake_watchers).
     pub(crate) fn begin(&self) {
         self.started.set(true);
+        self.upgraded.start();
         self.notify.notify_waiters();
     }
 
@@ -70,15 +78,7 @@ impl LocalShutdown {
     /// returns how many.
     pub(crate) fn wake_watchers(&self, n: usize) -> usize {
         // Taken out first: a woken task may run (and unwatch) at once.
-        let wakers: Vec<Waker> = self
-            .watchers
-            .borrow_mut()
-            .wakers
-            .iter_mut()
-            .rev()
-            .filter_map(Option::take)
-            .take(n)
-            .collect();
+        let wakers = self.watchers.borrow_mut().take(n);
         let woken = wakers.len();
         for waker in wakers {
             waker.wake();
@@ -108,24 +108,40 @@ impl LocalShutdown {
     ///
     /// Returns true when the slot already held this waker.
     pub(crate) fn watch(&self, slot: &mut Option<u32>, waker: &Waker) -> bool {
-        let mut watchers = self.watchers.borrow_mut();
+        self.watchers.borrow_mut().watch(slot, waker)
+    }
+
+    /// Gives the caller's slot back.
+    pub(crate) fn unwatch(&self, slot: &mut Option<u32>) {
+        self.watchers.borrow_mut().unwatch(slot);
+    }
+
+    /// The signal upgraded connections watch, which may live on any task.
+    pub(crate) fn upgraded(&self) -> &Arc<SharedShutdown> {
+        &self.upgraded
+    }
+}
+
+impl Watchers {
+    /// [`LocalShutdown::watch`]'s slot keeping.
+    fn watch(&mut self, slot: &mut Option<u32>, waker: &Waker) -> bool {
         match *slot {
             Some(i) => {
-                let entry = &mut watchers.wakers[i as usize];
+                let entry = &mut self.wakers[i as usize];
                 match entry {
                     Some(w) if w.will_wake(waker) => return true,
                     _ => *entry = Some(waker.clone()),
                 }
             }
             None => {
-                let i = match watchers.free.pop() {
+                let i = match self.free.pop() {
                     Some(i) => {
-                        watchers.wakers[i as usize] = Some(waker.clone());
+                        self.wakers[i as usize] = Some(waker.clone());
                         i
                     }
                     None => {
-                        watchers.wakers.push(Some(waker.clone()));
-                        (watchers.wakers.len() - 1) as u32
+                        self.wakers.push(Some(waker.clone()));
+                        (self.wakers.len() - 1) as u32
                     }
                 };
                 *slot = Some(i);
@@ -134,21 +150,112 @@ impl LocalShutdown {
         false
     }
 
+    fn unwatch(&mut self, slot: &mut Option<u32>) {
+        if let Some(i) = slot.take() {
+            self.wakers[i as usize] = None;
+            self.free.push(i);
+        }
+    }
+
+    /// Takes out at most `n` wakers, the latest slots first (their slots
+    /// stay their owners').
+    fn take(&mut self, n: usize) -> Vec<Waker> {
+        self.wakers
+            .iter_mut()
+            .rev()
+            .filter_map(Option::take)
+            .take(n)
+            .collect()
+    }
+}
+
+/// Shutdown as an upgraded connection sees it (an `axum_ws` socket, a
+/// handler's `OnUpgrade` tunnel): a handler may move it to a task of its
+/// own (`tokio::spawn`), so the signal is `Send`, at the cost of a lock per
+/// watch, which only these connections pay.
+#[derive(Debug, Default)]
+pub(crate) struct SharedShutdown {
+    started: AtomicBool,
+    watchers: Mutex<Watchers>,
+}
+
+impl SharedShutdown {
+    /// Marks shutdown as begun and wakes every watcher.
+    fn start(&self) {
+        self.started.store(true, Ordering::SeqCst);
+        let wakers = self.lock().take(usize::MAX);
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// True once shutdown began; until then `waker` is woken when it does
+    /// (the caller's slot kept, as in [`LocalShutdown::watch`]).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn poll_started(&self, slot: &mut Option<u32>, waker: &Waker) -> bool {
+        if self.started.load(Ordering::SeqCst) {
+            return true;
+        }
+        self.lock().watch(slot, waker);
+        // `start` may have taken the wakers just before this one went in.
+        self.started.load(Ordering::SeqCst)
+    }
+
     /// Gives the caller's slot back.
     pub(crate) fn unwatch(&self, slot: &mut Option<u32>) {
-        if let Some(i) = slot.take() {
-            let mut watchers = self.watchers.borrow_mut();
-            watchers.wakers[i as usize] = None;
-            watchers.free.push(i);
+        if slot.is_some() {
+            self.lock().unwatch(slot);
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watchers> {
+        self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An upgraded connection's place in its worker's graceful shutdown, as
+/// hyper-util's graceful watcher or axum's `ConnLimiterIo` travel with the
+/// connection: the drain waits for it (up to `shutdown_timeout`; past it
+/// the worker's runtime ends and drops it, counted as forced), and it can
+/// tell when shutdown began.
+pub(crate) struct Drain {
+    /// Counts it among the worker's connection tasks; `None` on an HTTP/2
+    /// stream, whose connection's task is counted.
+    _token: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
+    shutdown: Arc<SharedShutdown>,
+    /// Its waker's slot in `shutdown`'s list, once watched.
+    slot: Option<u32>,
+}
+
+impl Drain {
+    pub(crate) fn new(
+        token: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
+        shutdown: Arc<SharedShutdown>,
+    ) -> Drain {
+        Drain {
+            _token: token,
+            shutdown,
+            slot: None,
+        }
+    }
+
+    /// True once shutdown began; until then `waker` is woken when it does.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn poll_started(&mut self, waker: &Waker) -> bool {
+        self.shutdown.poll_started(&mut self.slot, waker)
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.shutdown.unwatch(&mut self.slot);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
     use std::task::Wake;
 
     struct Count(AtomicUsize);
@@ -179,5 +286,20 @@ mod tests {
         s.unwatch(&mut sb);
         s.start();
         assert_eq!(a.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn upgraded_connections_hear_the_start_once() {
+        let s = LocalShutdown::default();
+        let a = Arc::new(Count(AtomicUsize::new(0)));
+        let wa = Waker::from(a.clone());
+        let mut slot = None;
+        assert!(!s.upgraded().poll_started(&mut slot, &wa));
+        assert!(!s.upgraded().poll_started(&mut slot, &wa), "one slot kept");
+        s.begin();
+        assert_eq!(a.0.load(Ordering::SeqCst), 1);
+        assert!(s.upgraded().poll_started(&mut slot, &wa));
+        s.upgraded().unwatch(&mut slot);
+        assert_eq!(slot, None);
     }
 }

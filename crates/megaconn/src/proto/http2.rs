@@ -499,6 +499,14 @@ fn prepare<F>(
     let tunnel = tunnel.map(|recv| {
         let (tx, on_upgrade) = upgrade::pending();
         request.extensions_mut().insert(on_upgrade);
+        // `:protocol` also as hyper hands it over: axum's own
+        // `WebSocketUpgrade` looks for it before its upgrade handle, and
+        // without it answered `400`, not the `426` that gets the hint.
+        #[cfg(feature = "axum")]
+        if let Some(protocol) = request.extensions().get::<h2::ext::Protocol>() {
+            let protocol = hyper::ext::Protocol::from(protocol.as_str());
+            request.extensions_mut().insert(protocol);
+        }
         Tunnel { recv, tx }
     });
     Ok(Prepared {
@@ -740,7 +748,8 @@ async fn open_tunnel(
     let (io, done) = H2Stream::watched(send, tunnel.recv);
     // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
     // back and drops here, which ends the stream.
-    let _ = tunnel.tx.send(Upgraded::on_stream(io, ctx.stats.clone()));
+    let upgraded = Upgraded::on_stream(io, ctx.stats.clone(), ctx.upgrade_drain(false));
+    upgrade::hand_over(tunnel.tx, upgraded);
     let _ = done.await;
     StreamEnd::Done
 }

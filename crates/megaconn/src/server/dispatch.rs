@@ -45,7 +45,7 @@ use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
 use crate::observe::close::{client_left, CloseReason};
 use crate::observe::stats::incr;
 use crate::proto::{self, http1, http2, Ended, HandOver};
-use crate::service::upgrade::Upgraded;
+use crate::service::upgrade::{self, Upgraded};
 use crate::service::HttpService;
 
 /// Serves one connection from accept (or wake-up) to its end.
@@ -443,8 +443,11 @@ async fn hand_over_http1<T, S>(
         HandOver::Upgrade { io, read_ahead, tx } => {
             ctx.stats.connection_upgraded();
             // A handler that gave up on the upgrade drops the `Upgraded`,
-            // which closes the connection's accounts.
-            let _ = tx.send(Upgraded::new(io, read_ahead, conn.into_send()));
+            // which closes the connection's accounts. It leaves this task,
+            // so it takes its place in the drain along (the handler may
+            // keep it on a task of its own, which the drain cannot see).
+            let drain = Some(ctx.upgrade_drain(true));
+            upgrade::hand_over(tx, Upgraded::new(io, read_ahead, conn.into_send(), drain));
         }
         HandOver::Native { io, read_ahead, to } => {
             ctx.stats.connection_upgraded();
@@ -478,7 +481,10 @@ where
             Box::pin(http2::serve(io, &mut service, ctx, None, retire_at)).await;
         }
         Ended::HandOver(HandOver::Upgrade { io, read_ahead, tx }) => {
-            let _ = tx.send(Upgraded::new(io, read_ahead, SendConnection::closed()));
+            upgrade::hand_over(
+                tx,
+                Upgraded::new(io, read_ahead, SendConnection::closed(), None),
+            );
         }
         Ended::HandOver(HandOver::Native { io, read_ahead, to }) => {
             // A caller's transport never parks (it is not a plain socket).

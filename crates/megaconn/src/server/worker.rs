@@ -267,7 +267,7 @@ where
     let ctx = Rc::new(ctx);
     // TLS streams take their record buffers from this worker's pool.
     crate::conn::pool::install(&ctx);
-    let tracker = TaskTracker::new();
+    let tracker = ctx.tracker.clone();
     let spawn_connection = connection_spawner(&ctx, service, &tracker);
     if let Some(lot) = &ctx.park {
         lot.set_respawn(Some(spawn_connection.clone()));

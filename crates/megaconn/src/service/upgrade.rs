@@ -11,6 +11,12 @@
 //! (client closed on EOF, an I/O error, or server closed when the handler
 //! drops it) when it really ends.
 //!
+//! It also keeps its place in graceful shutdown, although it left the task
+//! that served it: the worker's drain waits for it as for any connection,
+//! up to `shutdown_timeout`, then closes it by force (counted as forced).
+//! A [`WebSocket`](crate::axum_ws::WebSocket) hears the start and sends its
+//! peer a close 1001 (going away), over HTTP/1.1 and HTTP/2.
+//!
 //! ```no_run
 //! # use megaconn::{Body, OnUpgrade};
 //! # use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +47,7 @@ use tokio::sync::oneshot;
 
 use crate::conn::connection::SendConnection;
 use crate::conn::rewind::Rewind;
+use crate::conn::shutdown::Drain;
 use crate::observe::close::CloseReason;
 use crate::observe::stats::{incr, WorkerStats};
 
@@ -51,7 +58,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The raw connection after a protocol switch. Bytes the server had already read
 /// past the request are returned first by reads.
 pub struct Upgraded {
-    inner: Rewind<Box<dyn Io>>,
+    inner: Rewind<Box<WithDrain<dyn Io>>>,
     /// The connection's accounts, closed when this drops.
     conn: SendConnection,
     /// How the socket ended, once a read or write said so.
@@ -59,6 +66,43 @@ pub struct Upgraded {
     /// Where a stream of an HTTP/2 connection counts its protocol errors
     /// (it has no connection accounts of its own: `conn` is closed).
     stream_stats: Option<Arc<WorkerStats>>,
+}
+
+/// The boxed socket with the connection's place in the worker's drain: in
+/// the socket's box, so that `Upgraded` (which an idle `axum_ws` socket
+/// holds inline) does not grow.
+struct WithDrain<T: ?Sized> {
+    /// `None` on a caller's own transport.
+    drain: Option<Drain>,
+    io: T,
+}
+
+impl<T: ?Sized + AsyncRead + Unpin> AsyncRead for WithDrain<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: ?Sized + AsyncWrite + Unpin> AsyncWrite for WithDrain<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl std::fmt::Debug for Upgraded {
@@ -70,13 +114,18 @@ impl std::fmt::Debug for Upgraded {
 }
 
 impl Upgraded {
-    pub(crate) fn new<T>(io: T, read_ahead: Bytes, conn: SendConnection) -> Upgraded
+    pub(crate) fn new<T>(
+        io: T,
+        read_ahead: Bytes,
+        conn: SendConnection,
+        drain: Option<Drain>,
+    ) -> Upgraded
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         Upgraded {
             inner: Rewind {
-                io: Box::new(io),
+                io: Box::new(WithDrain { drain, io }),
                 read_ahead,
             },
             conn,
@@ -86,13 +135,14 @@ impl Upgraded {
     }
 
     /// A stream of an HTTP/2 connection after a 2xx to its `CONNECT`: the
-    /// connection stays the HTTP/2 engine's (its accounts, its close), the
-    /// stream's protocol errors count in `stats`.
-    pub(crate) fn on_stream<T>(io: T, stats: Arc<WorkerStats>) -> Upgraded
+    /// connection stays the HTTP/2 engine's (its accounts, its close, its
+    /// place in the drain), the stream's protocol errors count in `stats`,
+    /// and `drain` tells it when shutdown begins.
+    pub(crate) fn on_stream<T>(io: T, stats: Arc<WorkerStats>, drain: Drain) -> Upgraded
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut upgraded = Upgraded::new(io, Bytes::new(), SendConnection::closed());
+        let mut upgraded = Upgraded::new(io, Bytes::new(), SendConnection::closed(), Some(drain));
         upgraded.stream_stats = Some(stats);
         upgraded
     }
@@ -107,6 +157,17 @@ impl Upgraded {
             incr(&stats.protocol_errors);
         }
         self.ended = Some(reason);
+    }
+
+    /// True once the server's graceful shutdown began; until then the task
+    /// is woken when it does. Never true on a caller's own transport.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn poll_shutdown_began(&mut self, cx: &Context<'_>) -> bool {
+        self.inner
+            .io
+            .drain
+            .as_mut()
+            .is_some_and(|d| d.poll_started(cx.waker()))
     }
 
     /// Notes how an operation ended, for the close reason.
@@ -224,4 +285,23 @@ pub(crate) fn pending() -> (UpgradeSender, OnUpgrade) {
             rx: Arc::new(Mutex::new(Some(rx))),
         },
     )
+}
+
+/// Hands the switched connection to the handler's [`OnUpgrade`]. Nobody
+/// waiting for it (every clone dropped) is almost always a handler that
+/// asked hyper for the connection (`hyper::upgrade::on`, which finds no
+/// hyper handle under megaconn and fails at once) and answered `101`
+/// anyway: that is logged, saying what to use, and the connection closes.
+pub(crate) fn hand_over(tx: UpgradeSender, upgraded: Upgraded) {
+    if let Err(upgraded) = tx.send(upgraded) {
+        tracing::warn!(
+            "a handler switched protocols (101, or 2xx to CONNECT) but did not wait on \
+             megaconn::OnUpgrade, so the connection is closed: hyper::upgrade::on cannot \
+             work under megaconn; take megaconn::OnUpgrade from the request's extensions \
+             instead (for axum's WebSocketUpgrade, use megaconn::axum_ws)"
+        );
+        // Closed after the line, so that a peer that sees the close can
+        // find it logged.
+        drop(upgraded);
+    }
 }

@@ -8,7 +8,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::{read_response, read_to_close, TestServer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -116,4 +116,74 @@ async fn an_old_connection_is_told_to_close_at_its_next_answer() {
         .render_metrics()
         .contains("megaconn_connections_aged_out_total 1"));
     server.stop().await;
+}
+
+/// A keep-alive connection with one request answered, idle: graceful
+/// shutdown closes it at once, which tells a test the drain has begun.
+async fn idle_connection(server: &TestServer) -> TcpStream {
+    let mut s = server.connect().await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.status, 200);
+    s
+}
+
+/// A raw tunnel through the test app's `/upgrade` (101, then an echo on a
+/// task of the handler's own), checked with one echo.
+async fn tunnel(server: &TestServer) -> TcpStream {
+    let mut s = server.connect().await;
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s).await.status, 101);
+    echo(&mut s, b"before shutdown").await;
+    s
+}
+
+async fn echo(s: &mut TcpStream, bytes: &[u8]) {
+    s.write_all(bytes).await.unwrap();
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(common::SAFETY, s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("the tunnel echoes");
+    assert_eq!(back, bytes);
+}
+
+fn with_shutdown_timeout(timeout: Duration) -> megaconn::Builder {
+    megaconn::Server::builder()
+        .workers(1)
+        .shutdown_timeout(timeout)
+}
+
+/// An upgraded connection leaves its connection's task but not the drain:
+/// a handler's tunnel keeps working after shutdown begins, and the server
+/// stops once it closes, nothing forced. (It used to be dropped with the
+/// worker's runtime as soon as the tracked tasks were done.)
+#[tokio::test]
+async fn an_upgraded_tunnel_is_waited_for() {
+    let server = TestServer::start(with_shutdown_timeout(Duration::from_secs(3))).await;
+    let mut idle = idle_connection(&server).await;
+    let mut tunnel = tunnel(&server).await;
+    server.handle.shutdown();
+    assert!(read_to_close(&mut idle).await.is_empty(), "the drain began");
+    echo(&mut tunnel, b"during shutdown").await;
+    // The handler's echo reads the end and drops the connection.
+    tunnel.shutdown().await.unwrap();
+    assert!(read_to_close(&mut tunnel).await.is_empty());
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0, "{summary:?}");
+}
+
+/// A tunnel still open at the deadline is closed by force and counted so.
+#[tokio::test]
+async fn an_upgraded_tunnel_open_at_the_deadline_is_forced() {
+    let server = TestServer::start(with_shutdown_timeout(Duration::from_millis(200))).await;
+    let mut tunnel = tunnel(&server).await;
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 1, "{summary:?}");
+    assert!(read_to_close(&mut tunnel).await.is_empty());
 }

@@ -222,6 +222,8 @@ async fn upgrade_hands_over_the_raw_connection() {
     let mut echoed = [0u8; 9];
     s.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"raw bytes");
+    // The drain waits for an open tunnel (up to `shutdown_timeout`).
+    drop(s);
     server.stop().await;
 }
 

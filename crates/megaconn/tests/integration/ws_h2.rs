@@ -437,21 +437,32 @@ async fn the_setting_can_be_turned_off() {
 }
 
 /// Shutdown with a WebSocket open on an HTTP/2 stream: the connection gets
-/// GOAWAY, the socket keeps working until the shutdown timeout, then the
-/// server stops (it does not wait on the socket for ever).
+/// GOAWAY and the socket a close 1001 (going away), as over HTTP/1.1; the
+/// client's answer ends the handler's `recv` loop, and the server stops
+/// with nothing forced. (The socket used to work on, unaware, until the
+/// shutdown timeout cut it.)
 #[tokio::test]
-async fn shutdown_ends_with_a_websocket_open_on_a_stream() {
-    // Long enough for the echo below on a loaded machine (at 300 ms the
-    // deadline could pass before it), short against SAFETY.
+async fn shutdown_closes_a_websocket_on_a_stream_with_1001() {
+    // Long against the close handshake, short against SAFETY.
     let mut server = serve(Server::builder().shutdown_timeout(Duration::from_secs(3)));
     let client = h2c(server.addr).await;
     let (_, mut ws) = websocket(&client, &[]).await;
+    ws.send(WsMessage::text("before shutdown")).await.unwrap();
+    assert_eq!(next(&mut ws).await, WsMessage::text("before shutdown"));
     server.handle.shutdown();
-    ws.send(WsMessage::text("during shutdown")).await.unwrap();
-    assert_eq!(next(&mut ws).await, WsMessage::text("during shutdown"));
-    tokio::time::timeout(SAFETY, &mut server.task)
+    match next(&mut ws).await {
+        WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a close 1001, got {other:?}"),
+    }
+    // Reading on sends the client's answer; then the stream ends.
+    let end = tokio::time::timeout(SAFETY, ws.next())
+        .await
+        .expect("the stream ends in time");
+    assert!(end.as_ref().is_none_or(Result::is_err), "{end:?}");
+    let summary = tokio::time::timeout(SAFETY, &mut server.task)
         .await
         .expect("the server stops in time")
         .unwrap()
         .expect("a clean stop");
+    assert_eq!(summary.forced, 0, "{summary:?}");
 }

@@ -45,7 +45,9 @@
 //! socket (the task with the handler's future, 1,152; the connection's
 //! boxed socket and accounts), against 132,521 for axum's own socket, whose
 //! tungstenite keeps its 128 KiB read buffer (zero-filled on every read, so
-//! resident). `bench/WS.md` has RSS beside the peers.
+//! resident). `bench/WS.md` has RSS beside the peers. The socket's box has
+//! since taken the connection's place in the shutdown drain (24 bytes; not
+//! measured again).
 //!
 //! # Differences from axum
 //!
@@ -55,6 +57,17 @@
 //! that an extended CONNECT naming another protocol than `websocket` gets
 //! `501` (RFC 9220 §3) where axum answers `400`; each is logged (debug,
 //! "WebSocket handshake refused") as the native route logs its own.
+//!
+//! # At shutdown
+//!
+//! The socket counts in the worker's graceful shutdown as a connection
+//! does: the drain waits for it up to `shutdown_timeout`, then closes it
+//! by force. It hears the
+//! start as the native WebSocket route does: the next [`WebSocket::recv`]
+//! (or `Stream` poll; one is under way in a handler waiting for messages)
+//! sends the peer a close 1001 (going away), then returns the peer's close
+//! and `None`, so an echo loop ends by itself; sends after the 1001 fail.
+//! A handler that only sends is not told: the deadline closes its socket.
 //!
 //! # Over HTTP/2 (RFC 8441)
 //!

@@ -54,6 +54,9 @@ pub struct WebSocket {
     max_write_buffer_size: usize,
     /// The stream has ended (closed, or failed for good).
     ended: bool,
+    /// The server's graceful shutdown began and the socket's close 1001
+    /// was queued.
+    going_away: bool,
 }
 
 impl std::fmt::Debug for WebSocket {
@@ -97,6 +100,7 @@ impl WebSocket {
             write_buffer_size: limits.write_buffer_size,
             max_write_buffer_size: limits.max_write_buffer_size,
             ended: false,
+            going_away: false,
         }
     }
 
@@ -159,6 +163,26 @@ impl WebSocket {
             return;
         }
         self.ctx = None;
+    }
+
+    /// Graceful shutdown began: closes with 1001 (going away), as the native
+    /// WebSocket does, unless a close was sent already. Reading goes on, so
+    /// the handler's `recv` sees the peer's answer and then the end, and
+    /// its loop finishes; a peer that never answers holds the socket until
+    /// the shutdown deadline closes it by force.
+    fn go_away(&mut self, cx: &mut Context<'_>) {
+        self.going_away = true;
+        if !self.can_write() {
+            return;
+        }
+        tracing::debug!("server shutting down: closing the WebSocket with 1001 (going away)");
+        let frame = tungstenite::protocol::CloseFrame {
+            code: CloseCode::Away,
+            reason: tungstenite::Utf8Bytes::from_static(""),
+        };
+        let (ctx, mut bridge) = self.bridge(Some(cx));
+        let _ = ctx.close(&mut bridge, Some(frame));
+        let _ = self.poll_flush_queue(cx);
     }
 
     /// After a protocol error: closes with the matching code (1002, 1007,
@@ -233,6 +257,9 @@ impl Stream for WebSocket {
         loop {
             if this.ended {
                 return Poll::Ready(None);
+            }
+            if !this.going_away && this.io.poll_shutdown_began(cx) {
+                this.go_away(cx);
             }
             if this.ctx.is_none() {
                 // Idle: wait for bytes before building the codec's state.
