@@ -8,5 +8,6 @@ pub(crate) mod lifecycle;
 pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub(crate) mod ratelog;
 pub(crate) mod stats;
 pub(crate) mod trace;

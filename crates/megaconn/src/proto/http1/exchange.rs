@@ -42,6 +42,7 @@ use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::Transport;
 use crate::error::BodyError;
 use crate::observe::metrics::{MethodLabel, RequestRecord};
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::incr;
 use crate::observe::trace::{ErrorClass, SpanSlot};
 use crate::service::body::{BodySender, Demand};
@@ -507,10 +508,13 @@ where
                 this.record.request_bytes(data.len());
                 let tx = this.setup.body_tx.as_mut().expect("checked by caller");
                 if *this.body_bytes > max_body {
-                    tracing::info!(
-                        limit = max_body,
-                        "request body over max_body_bytes; closing after the response"
-                    );
+                    ratelog::log(Flood::BodyTooLarge, |suppressed| {
+                        tracing::info!(
+                            limit = max_body,
+                            suppressed,
+                            "request body over max_body_bytes; closing after the response"
+                        )
+                    });
                     incr(&this.conn.ctx.stats.protocol_errors);
                     give_up_body(this, BodyError::TooLarge { limit: max_body });
                 } else {
@@ -538,10 +542,13 @@ where
                 Some(_) => continue,
             },
             Err(why) => {
-                tracing::info!(
-                    reason = why,
-                    "malformed request body; closing after the response"
-                );
+                ratelog::log(Flood::MalformedBody, |suppressed| {
+                    tracing::info!(
+                        reason = why,
+                        suppressed,
+                        "malformed request body; closing after the response"
+                    )
+                });
                 incr(&this.conn.ctx.stats.protocol_errors);
                 give_up_body(this, BodyError::Malformed(why));
                 *this.close_reason = Some(CloseReason::status(StatusCode::BAD_REQUEST));
