@@ -142,10 +142,11 @@ pub(crate) async fn accept_loop(
                     log.log(|suppressed| {
                         tracing::warn!(
                             worker = ctx.index,
-                            limit = refusal.label(),
+                            limit = refusal.knob(),
                             %peer,
                             suppressed,
-                            "connection refused by a limit"
+                            "connection refused by {} (raise it if the peer is legitimate)",
+                            refusal.knob()
                         )
                     });
                     continue;

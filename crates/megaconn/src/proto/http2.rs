@@ -457,6 +457,10 @@ fn prepare<F>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if content_length.is_some_and(|n| n > limit) {
+        tracing::debug!(
+            limit,
+            "HTTP/2 request body declared over max_body_bytes; 413"
+        );
         incr(&ctx.stats.protocol_errors);
         return Err(Start::Failed(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -189,7 +189,7 @@ where
                 Waited::TimedOut => {
                     incr(&conn.ctx.stats.timeouts);
                     let reason = if first {
-                        CloseReason::HeaderTimeout
+                        header_timed_out()
                     } else {
                         CloseReason::IdleTimeout
                     };
@@ -234,7 +234,7 @@ where
                         "the request head was not received within read_header_timeout",
                     );
                 }
-                return Ended::Close(CloseReason::HeaderTimeout);
+                return Ended::Close(header_timed_out());
             }
             HeadRead::Error(e) => return Ended::Close(CloseReason::io(&e)),
         };
@@ -619,4 +619,10 @@ fn poll_timer(
         sleep.as_mut().reset(deadline);
         *registered = false;
     }
+}
+/// A request head that did not come within `read_header_timeout`: logged
+/// (the setting named) and its close reason.
+fn header_timed_out() -> CloseReason {
+    tracing::debug!("no whole request head within read_header_timeout; closing the connection");
+    CloseReason::HeaderTimeout
 }

@@ -258,14 +258,14 @@ fn ended_early<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, outcome: Outcome) -> O
 fn timed_out<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
     let stats = &this.conn.ctx.stats;
     incr(&stats.timeouts);
-    let reason = match this.deadline_kind {
-        DeadlineKind::Read => CloseReason::ReadTimeout,
-        DeadlineKind::Write => CloseReason::WriteTimeout,
+    let (reason, knob) = match this.deadline_kind {
+        DeadlineKind::Read => (CloseReason::ReadTimeout, "read_timeout"),
+        DeadlineKind::Write => (CloseReason::WriteTimeout, "write_timeout"),
     };
     if let Some(tx) = this.setup.body_tx.take() {
         tx.fail(BodyError::TimedOut);
     }
-    tracing::debug!(%reason, "closing connection");
+    tracing::debug!(%reason, "{knob} passed; closing the connection");
     if this.encoder.is_none() {
         this.record.status(StatusCode::REQUEST_TIMEOUT);
         encode::encode_error(

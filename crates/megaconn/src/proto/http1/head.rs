@@ -271,7 +271,7 @@ fn parse_error(e: httparse::Error) -> Rejection {
     match e {
         httparse::Error::TooManyHeaders => reject(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "too many request headers",
+            "more than max_headers request headers",
         ),
         httparse::Error::Version => reject(BAD, "malformed HTTP version"),
         httparse::Error::HeaderName => reject(BAD, "invalid header name"),
