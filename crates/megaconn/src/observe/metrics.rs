@@ -184,6 +184,10 @@ fn add_signed(gauge: &AtomicI64, n: i64) {
 pub(crate) struct MethodLabel(u8);
 
 impl MethodLabel {
+    /// A request refused before its head was read whole (its method unknown
+    /// or not trusted): counted as `other`.
+    pub(crate) const UNREAD: MethodLabel = MethodLabel(7);
+
     /// The label of `method`.
     #[inline]
     pub(crate) fn of(method: &Method) -> MethodLabel {
@@ -758,6 +762,17 @@ impl Collector for Snapshot {
                 ("accept_rate", s.rejected_accept_rate),
                 ("per_ip", s.rejected_per_ip),
             ] {
+                ConstCounter::new(n).encode(m.encode_family(&[("limit", limit)])?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "limit_hits",
+                "Requests refused and connections closed by a limit or a malformed message, by which (what closed{protocol_error} does not tell).",
+                None,
+                MetricType::Counter,
+            )?;
+            for &(limit, n) in &s.limit_hits {
                 ConstCounter::new(n).encode(m.encode_family(&[("limit", limit)])?)?;
             }
         }

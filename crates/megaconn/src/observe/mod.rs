@@ -5,6 +5,7 @@
 pub(crate) mod clock;
 pub(crate) mod close;
 pub(crate) mod lifecycle;
+pub(crate) mod limits;
 pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;

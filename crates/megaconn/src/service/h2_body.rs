@@ -15,6 +15,7 @@ use http_body::{Frame, SizeHint};
 
 use crate::error::BodyError;
 use crate::observe::clock::LazyDeadline;
+use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
 
@@ -193,6 +194,7 @@ impl RecvBody {
                             )
                         });
                         incr(&self.stats.protocol_errors);
+                        LimitHit::MaxBodyBytes.count(&self.stats);
                         return self.fail(BodyError::TooLarge { limit: self.limit });
                     }
                     if let Some(left) = self.remaining.as_mut() {

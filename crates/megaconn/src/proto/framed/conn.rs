@@ -270,6 +270,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     Err(error) => {
                         give_back(&ctx, &mut buf);
                         tracing::debug!(%error, "framing error; closing");
+                        crate::observe::limits::LimitHit::from(error).count(&ctx.stats);
                         let reason = CloseReason::Protocol(ProtocolDetail::Framing(error));
                         return Ended::Close(live.close(reason));
                     }

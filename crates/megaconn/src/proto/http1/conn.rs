@@ -262,6 +262,12 @@ where
             }
             Outcome::Rejected(rejection) => {
                 incr(&conn.ctx.stats.protocol_errors);
+                rejection.limit().count(&conn.ctx.stats);
+                // Counted in requests_total with its status, as h2's 413 is,
+                // though no handler saw it.
+                let mut record =
+                    RequestRecord::untimed(conn.ctx.stats_source(), MethodLabel::UNREAD);
+                record.status(rejection.status);
                 tracing::debug!(
                     status = rejection.status.as_u16(),
                     reason = rejection.reason,

@@ -41,6 +41,7 @@ use super::{CloseReason, Outcome};
 use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::Transport;
 use crate::error::BodyError;
+use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{MethodLabel, RequestRecord};
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::incr;
@@ -516,6 +517,7 @@ where
                         )
                     });
                     incr(&this.conn.ctx.stats.protocol_errors);
+                    LimitHit::MaxBodyBytes.count(&this.conn.ctx.stats);
                     give_up_body(this, BodyError::TooLarge { limit: max_body });
                 } else {
                     tx.send_data(data);
@@ -550,6 +552,7 @@ where
                     )
                 });
                 incr(&this.conn.ctx.stats.protocol_errors);
+                LimitHit::MalformedRequest.count(&this.conn.ctx.stats);
                 give_up_body(this, BodyError::Malformed(why));
                 *this.close_reason = Some(CloseReason::status(StatusCode::BAD_REQUEST));
                 return Ok(true);

@@ -524,6 +524,9 @@ fn queued(
 fn violated(ctx: &WorkerContext, violation: Violation) -> Next {
     let code = violation.code();
     incr(&ctx.stats.protocol_errors);
+    if matches!(violation, Violation::TooBig(_)) {
+        crate::observe::limits::LimitHit::WsMessageTooBig.count(&ctx.stats);
+    }
     tracing::debug!(
         code,
         reason = violation.reason(),
