@@ -105,6 +105,9 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// `--self-signed`.
     pub self_signed: bool,
+    /// `--max-connections` (for the whole server: see `serve.rs`
+    /// `process_share`).
+    pub max_connections: Option<usize>,
     /// `--accept-rate`.
     pub accept_rate: Option<f64>,
     /// `--accept-burst`.
@@ -712,13 +715,13 @@ pub static KNOBS: &[Knob] = &[
         value_name: "N",
         shape: Shape::One,
         help: "Most concurrent connections.",
-        details: "At the limit the server stops accepting until one closes.",
+        details: "At the limit the server stops accepting until one closes. For the whole server: with --processes P each worker process takes N/P (rounded up); the default is per process.",
         default: "the open-file limit minus 256",
         example: "1000000",
         parse: count,
         apply: |v, s| {
-            let n = at_least_one(v.count()?, "max_connections")?;
-            s.builder(|b| b.max_connections(n))
+            s.max_connections = Some(at_least_one(v.count()?, "max_connections")?);
+            Ok(())
         },
     },
     Knob {
@@ -740,7 +743,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "PER_SECOND",
         shape: Shape::One,
         help: "New connections admitted per second (token bucket).",
-        details: "Over it they are closed at once and counted.",
+        details: "Over it they are closed at once and counted. For the whole server: with --processes P each worker process admits 1/P of it (and of --accept-burst, rounded up).",
         default: "unlimited",
         example: "5000",
         parse: rate,
@@ -771,7 +774,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "N",
         shape: Shape::One,
         help: "Most concurrent connections per client IP (IPv6: per /64).",
-        details: "",
+        details: "Per process: with --processes P the kernel spreads one IP's connections over the processes (SO_REUSEPORT), so it may hold up to P times N.",
         default: "unlimited",
         example: "1000",
         parse: count,

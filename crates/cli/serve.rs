@@ -178,6 +178,13 @@ fn otel_config(
     Ok(Some(c))
 }
 
+/// One worker process's share of a whole-server limit `n` over `processes`:
+/// rounded up, at least 1, so the processes together admit at least `n`
+/// and none admits nothing.
+fn process_share(n: u64, processes: usize) -> u64 {
+    n.div_ceil(processes.max(1) as u64).max(1)
+}
+
 /// Merges flags over the config file over the defaults.
 pub fn resolve(args: &ServeArgs) -> Result<Resolved, UsageError> {
     resolve_with(args, Vec::new())
@@ -205,6 +212,7 @@ fn resolve_with(
         tls_cert,
         tls_key,
         self_signed,
+        max_connections,
         accept_rate,
         accept_burst,
         log_format,
@@ -228,10 +236,20 @@ fn resolve_with(
     for &addr in &tcp_listen {
         b = b.listen_framed_on(addr, framing);
     }
+    // The whole server's limits: a worker process enforces its share, where
+    // each of P processes applying the whole value admitted P times it.
+    let share = match (args.worker_process, processes) {
+        (Some(_), Some(p)) => p,
+        _ => 1,
+    };
+    if let Some(n) = max_connections {
+        b = b.max_connections(process_share(n as u64, share) as usize);
+    }
     if let Some(rate) = accept_rate {
+        let burst = accept_burst.map_or(rate.ceil() as u64, u64::from);
         b = b.accept_rate(Some(megaconn::AcceptRate {
-            per_second: rate,
-            burst: accept_burst.unwrap_or(rate.ceil() as u32),
+            per_second: rate / share as f64,
+            burst: process_share(burst, share) as u32,
         }));
     }
     let (mut b, tls) = crate::tls::apply(
@@ -712,6 +730,43 @@ mod tests {
             a.flags["park-after"],
             knobs::Value::Duration(Some(Duration::from_millis(500)))
         );
+    }
+
+    /// `--max-connections` and `--accept-rate` (and its burst) are for the
+    /// whole server: each of P worker processes takes 1/P, rounded up, where
+    /// each took the whole and the server admitted P times it. The
+    /// supervisor itself, and a single process, keep the whole.
+    #[test]
+    fn a_worker_process_takes_its_share_of_the_whole_servers_limits() {
+        let argv = [
+            "--processes",
+            "4",
+            "--max-connections",
+            "10",
+            "--accept-rate",
+            "100",
+            "--accept-burst",
+            "7",
+        ];
+        let config = |args: &ServeArgs| format!("{:?}", resolve(args).unwrap().builder);
+        let whole = config(&parse(&argv));
+        assert!(whole.contains("max_connections: Some(10)"), "{whole}");
+        assert!(
+            whole.contains("AcceptRate { per_second: 100.0, burst: 7 }"),
+            "{whole}"
+        );
+        let mut worker = parse(&argv);
+        worker.worker_process = Some(3);
+        let share = config(&worker);
+        assert!(share.contains("max_connections: Some(3)"), "{share}");
+        assert!(
+            share.contains("AcceptRate { per_second: 25.0, burst: 2 }"),
+            "{share}"
+        );
+        // Never rounded down to nothing.
+        assert_eq!(process_share(1, 4), 1);
+        assert_eq!(process_share(0, 4), 1);
+        assert_eq!(process_share(9, 1), 9);
     }
 
     #[test]

@@ -136,19 +136,19 @@ async fn a_connection_forced_closed_while_waiting_leaves_the_idle_gauge() {
     assert_eq!(stats.connections_idle, 0, "{stats:?}");
 }
 
-/// Messages of the `tracing` events at WARN and above, from every thread
-/// (the server's workers included), for a test to wait on what the server
-/// says it does.
-static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The `tracing` events at INFO and above, from every thread (the server's
+/// workers included), as `message` plus ` suppressed=N` when the event has
+/// that field, for a test to wait on what the server says it does.
+static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// A `tracing` subscriber that keeps the message of each WARN or ERROR event
-/// in [`WARNINGS`] (this crate's dev-dependencies have no subscriber crate).
-struct CaptureWarnings;
+/// A `tracing` subscriber that keeps each INFO, WARN or ERROR event in
+/// [`LOGGED`] (this crate's dev-dependencies have no subscriber crate).
+struct CaptureLog;
 
-impl tracing::Subscriber for CaptureWarnings {
+impl tracing::Subscriber for CaptureLog {
     fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
         // More verbose levels compare greater.
-        *metadata.level() <= tracing::Level::WARN
+        *metadata.level() <= tracing::Level::INFO
     }
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         tracing::span::Id::from_u64(1)
@@ -156,32 +156,41 @@ impl tracing::Subscriber for CaptureWarnings {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
+        #[derive(Default)]
+        struct Line(String, Option<u64>);
+        impl tracing::field::Visit for Line {
             fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
                 if f.name() == "message" {
                     self.0 = format!("{v:?}");
                 }
             }
+            fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+                if f.name() == "suppressed" {
+                    self.1 = Some(v);
+                }
+            }
         }
-        let mut m = Message(String::new());
-        event.record(&mut m);
-        WARNINGS.lock().unwrap().push(m.0);
+        let mut line = Line::default();
+        event.record(&mut line);
+        if let Some(n) = line.1 {
+            line.0 += &format!(" suppressed={n}");
+        }
+        LOGGED.lock().unwrap().push(line.0);
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
-/// Installs [`CaptureWarnings`] for the whole test binary (once).
-fn capture_warnings() {
+/// Installs [`CaptureLog`] for the whole test binary (once).
+fn capture_log() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| tracing::subscriber::set_global_default(CaptureWarnings).unwrap());
+    ONCE.call_once(|| tracing::subscriber::set_global_default(CaptureLog).unwrap());
 }
 
 /// Waits (bounded) until the server logged a warning containing `needle`.
 async fn wait_for_warning(needle: &str) {
     let deadline = tokio::time::Instant::now() + SAFETY;
-    while !WARNINGS.lock().unwrap().iter().any(|m| m.contains(needle)) {
+    while !LOGGED.lock().unwrap().iter().any(|m| m.contains(needle)) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the server never warned {needle:?}"
@@ -198,7 +207,7 @@ async fn wait_for_warning(needle: &str) {
 /// the third cannot have been accepted.
 #[tokio::test]
 async fn max_connections_holds_and_resumes_when_one_closes() {
-    capture_warnings();
+    capture_log();
     let server = TestServer::start(megaconn::Server::builder().workers(1).max_connections(2)).await;
     let mut first = server.connect().await;
     let mut second = server.connect().await;
@@ -328,4 +337,38 @@ async fn several_workers_and_addresses_serve() {
     );
     handle.shutdown();
     task.await.unwrap().unwrap();
+}
+
+/// A peer can repeat an over-limit event at will (here a thousand HTTP/2
+/// streams, each with a body over `max_body_bytes`, on one connection): the
+/// worker logs the first and holds the rest back, to be counted in the
+/// next line of that kind (`suppressed`), not one line each.
+#[tokio::test]
+async fn a_thousand_bodies_over_the_limit_log_one_line() {
+    const LINE: &str = "HTTP/2 request body over max_body_bytes";
+    capture_log();
+    let server = TestServer::start(megaconn::Server::builder().workers(1).max_body_bytes(16)).await;
+    let mut client = common::h2c(server.addr).await;
+    for _ in 0..1_000 {
+        client = client.ready().await.unwrap();
+        let request = http::Request::post(server.url("/collect"))
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(&[b'x'; 32]), true)
+            .unwrap();
+        let status = response.await.unwrap().status();
+        assert_eq!(status, http::StatusCode::BAD_REQUEST);
+    }
+    server.stop().await;
+    let logged = LOGGED.lock().unwrap();
+    let lines: Vec<&String> = logged.iter().filter(|m| m.contains(LINE)).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{} lines: {:?}",
+        lines.len(),
+        &lines[..lines.len().min(3)]
+    );
+    assert!(lines[0].ends_with("suppressed=0"), "{}", lines[0]);
 }

@@ -33,14 +33,13 @@ use crate::conn::socket::configure_accepted;
 use crate::conn::{ConnInfo, Incoming};
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::ConnTrack;
+use crate::observe::ratelog::RateLimitedLog;
 use crate::observe::stats::incr;
 
 /// First back-off delay after a resource error.
 const BACKOFF_START: Duration = Duration::from_millis(5);
 /// Longest back-off delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// At most one log line per this interval for a repeating accept condition.
-const LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(crate) async fn accept_loop(
     listener: AsyncFd<TcpListener>,
@@ -49,10 +48,10 @@ pub(crate) async fn accept_loop(
     limit: ConnectionLimit,
 ) {
     let mut backoff = BACKOFF_START;
-    let mut at_limit_log = RateLimitedLog::default();
-    let mut error_log = RateLimitedLog::default();
-    let mut rate_log = RateLimitedLog::default();
-    let mut per_ip_log = RateLimitedLog::default();
+    let at_limit_log = RateLimitedLog::default();
+    let error_log = RateLimitedLog::default();
+    let rate_log = RateLimitedLog::default();
+    let per_ip_log = RateLimitedLog::default();
     // Each worker enforces its share of the server's accept rate.
     let workers = ctx.config.workers.max(1);
     let mut accept_rate = ctx.config.accept_rate.map(|r| {
@@ -135,18 +134,19 @@ pub(crate) async fn accept_loop(
                     // Closed at once, counted like any close.
                     drop(socket);
                     let (counter, log) = match refusal {
-                        Refusal::AcceptRate => (&ctx.stats.rejected_accept_rate, &mut rate_log),
-                        Refusal::PerIp => (&ctx.stats.rejected_per_ip, &mut per_ip_log),
+                        Refusal::AcceptRate => (&ctx.stats.rejected_accept_rate, &rate_log),
+                        Refusal::PerIp => (&ctx.stats.rejected_per_ip, &per_ip_log),
                     };
                     incr(counter);
                     conn.close(CloseReason::Limit);
                     log.log(|suppressed| {
                         tracing::warn!(
                             worker = ctx.index,
-                            limit = refusal.label(),
+                            limit = refusal.knob(),
                             %peer,
                             suppressed,
-                            "connection refused by a limit"
+                            "connection refused by {} (raise it if the peer is legitimate)",
+                            refusal.knob()
                         )
                     });
                     continue;
@@ -232,27 +232,4 @@ fn is_transient(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
     ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
-}
-
-/// Logs at most once per [`LOG_INTERVAL`], counting what it held back.
-#[derive(Debug, Default)]
-struct RateLimitedLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimitedLog {
-    fn log(&mut self, emit: impl FnOnce(u64)) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
-        {
-            self.suppressed += 1;
-            return;
-        }
-        emit(self.suppressed);
-        self.suppressed = 0;
-        self.last = Some(now);
-    }
 }

@@ -121,7 +121,7 @@ impl PerIpLimit {
     }
 }
 
-/// Which admission limit refused a connection (a metric label and a log field).
+/// Which admission limit refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     AcceptRate,
@@ -129,10 +129,12 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    pub(crate) fn label(self) -> &'static str {
+    /// The setting that refused it, for the log line (the operator's next
+    /// step is to raise it).
+    pub(crate) fn knob(self) -> &'static str {
         match self {
             Refusal::AcceptRate => "accept_rate",
-            Refusal::PerIp => "per_ip",
+            Refusal::PerIp => "max_connections_per_ip",
         }
     }
 }

@@ -175,6 +175,11 @@ impl WorkerContext {
             r = bounded => match r {
                 None => {
                     incr(&self.stats.timeouts);
+                    let knob = match timed_out {
+                        CloseReason::TlsHandshakeTimeout => "TlsConfig::handshake_timeout",
+                        _ => "read_header_timeout",
+                    };
+                    tracing::debug!(reason = %timed_out, "handshake not done within {knob}; closing the connection");
                     Err(timed_out)
                 }
                 Some(Err(e)) => Err(failed(e)),

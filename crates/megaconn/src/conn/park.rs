@@ -92,6 +92,7 @@ use crate::conn::limit::ConnectionLimit;
 use crate::conn::{Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::{self, ConnTrack};
+use crate::observe::ratelog;
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
 /// Per-fd state: not in the private epoll set.
@@ -464,7 +465,7 @@ impl ParkingLot {
         let idx = fd as usize;
         let was_awake = self.slots.borrow().get(idx).map(|s| s.deadline) == Some(AWAKE);
         if let Err(error) = self.arm(fd, was_awake, watched) {
-            tracing::warn!(%error, "cannot park connection; closing it");
+            ratelog::cannot_watch(&error, "cannot park a connection");
             if was_awake {
                 self.slots.borrow_mut()[idx].deadline = ABSENT;
             }

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use crate::message::wire::WireId;
+use crate::observe::ratelog::{self, Flood};
 
 /// Identifies one message connection for [`Hub::send`], from
 /// [`Session::id`](crate::Session::id). Unique for the server's life: a
@@ -161,10 +162,13 @@ impl Inbox {
         if accepted {
             queue.push_back(framed);
         } else if !self.overflowed.replace(true) {
-            tracing::info!(
-                limit,
-                "a connection's outbound queue is full; closing it as a slow consumer (raise Builder::outbound_queue if its peer is only bursty)"
-            );
+            ratelog::log(Flood::SlowConsumer, |suppressed| {
+                tracing::info!(
+                    limit,
+                    suppressed,
+                    "a connection's outbound queue is full; closing it as a slow consumer (raise Builder::outbound_queue if its peer is only bursty)"
+                )
+            });
         }
         // Wake the connection either way: to write, or to close.
         self.notify.notify_one();

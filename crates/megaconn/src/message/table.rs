@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::message::hub::{self, Delivered, SendNow};
 use crate::message::wire::{Encoded, Wire, WireId};
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr, MessageCounters};
 
 /// A parked connection's state, its variant (the protocol's own small tag:
@@ -278,7 +279,12 @@ fn send_parked<S>(
         SendNow::Full => {}
     }
     incr(&counters.queue_drops);
-    tracing::info!("a parked connection's socket buffer is full; closing it as a slow consumer");
+    ratelog::log(Flood::SlowConsumer, |suppressed| {
+        tracing::info!(
+            suppressed,
+            "a parked connection's socket buffer is full; closing it as a slow consumer (raise Builder::send_buffer_size if its peer is only bursty)"
+        )
+    });
     stored.behind = true;
     hub::hang_up(fd);
     Delivered::Behind

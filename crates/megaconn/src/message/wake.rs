@@ -75,8 +75,10 @@ pub(crate) fn resume(
     // ours (then the peer's deadline stays where it was).
     if wake == Wake::Timer {
         if parked.due.is_some_and(|due| now >= due) {
-            incr(&counters.heartbeat_timeouts);
-            return Err(CloseReason::HeartbeatTimeout);
+            return Err(heartbeat_timed_out(
+                counters,
+                "heartbeat_timeout (the WebSocket route's or the framed listener's)",
+            ));
         }
         resumed.due = parked.due;
     }
@@ -88,6 +90,14 @@ pub(crate) fn resume(
         }
     }
     Ok(resumed)
+}
+
+/// Counts a peer that sent nothing within its heartbeat timeout, logs which
+/// setting `knob` bounded it, and gives the close reason.
+pub(crate) fn heartbeat_timed_out(counters: &MessageCounters, knob: &'static str) -> CloseReason {
+    incr(&counters.heartbeat_timeouts);
+    tracing::debug!("the peer sent nothing within {knob}; closing the connection");
+    CloseReason::HeartbeatTimeout
 }
 
 #[cfg(test)]

@@ -184,6 +184,10 @@ fn add_signed(gauge: &AtomicI64, n: i64) {
 pub(crate) struct MethodLabel(u8);
 
 impl MethodLabel {
+    /// A request refused before its head was read whole (its method unknown
+    /// or not trusted): counted as `other`.
+    pub(crate) const UNREAD: MethodLabel = MethodLabel(7);
+
     /// The label of `method`.
     #[inline]
     pub(crate) fn of(method: &Method) -> MethodLabel {
@@ -659,34 +663,26 @@ impl Collector for Snapshot {
             "Connections accepted since start.",
             s.accepted,
         )?;
-        {
-            let mut m = e.encode_descriptor(
-                "connections_closed",
-                "Connections ended by the engine, by reason.",
-                None,
-                MetricType::Counter,
-            )?;
-            for &(reason, n) in &r.closed_by_reason {
-                ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
-            }
-        }
+        labelled(
+            &mut e,
+            "connections_closed",
+            "Connections ended by the engine, by reason.",
+            "reason",
+            r.closed_by_reason.iter().copied(),
+        )?;
         counter(
             &mut e,
             "connections_parks",
             "Times an idle connection went into the parking lot.",
             s.parks,
         )?;
-        {
-            let mut m = e.encode_descriptor(
-                "connections_wakes",
-                "Parked connections woken, by kind: cold (served as a bare socket, re-parked at once) or hot (busy again, waits as a task).",
-                None,
-                MetricType::Counter,
-            )?;
-            for (kind, n) in [("cold", s.wakes_cold), ("hot", s.wakes_hot)] {
-                ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
-            }
-        }
+        labelled(
+            &mut e,
+            "connections_wakes",
+            "Parked connections woken, by kind: cold (served as a bare socket, re-parked at once) or hot (busy again, waits as a task).",
+            "kind",
+            [("cold", s.wakes_cold), ("hot", s.wakes_hot)],
+        )?;
         counter(
             &mut e,
             "connections_wakes_without_task",
@@ -747,20 +743,23 @@ impl Collector for Snapshot {
             "Connections handed to a handler by an upgrade (101); they stay open and count in connections_closed when they close.",
             r.upgraded,
         )?;
-        {
-            let mut m = e.encode_descriptor(
-                "connections_rejected",
-                "Connections refused right after accept, by the admission limit that refused them.",
-                None,
-                MetricType::Counter,
-            )?;
-            for (limit, n) in [
+        labelled(
+            &mut e,
+            "connections_rejected",
+            "Connections refused right after accept, by the admission limit that refused them.",
+            "limit",
+            [
                 ("accept_rate", s.rejected_accept_rate),
                 ("per_ip", s.rejected_per_ip),
-            ] {
-                ConstCounter::new(n).encode(m.encode_family(&[("limit", limit)])?)?;
-            }
-        }
+            ],
+        )?;
+        labelled(
+            &mut e,
+            "limit_hits",
+            "Requests refused and connections closed by a limit or a malformed message, by which (what closed{protocol_error} does not tell).",
+            "limit",
+            s.limit_hits.iter().copied(),
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "requests",
@@ -836,17 +835,13 @@ impl Collector for Snapshot {
             "Requests rejected as malformed or over a limit.",
             s.protocol_errors,
         )?;
-        {
-            let mut m = e.encode_descriptor(
-                "accept_errors",
-                "Failed accept calls, by errno.",
-                None,
-                MetricType::Counter,
-            )?;
-            for &(errno, n) in &r.accept_errors_by_errno {
-                ConstCounter::new(n).encode(m.encode_family(&[("errno", errno)])?)?;
-            }
-        }
+        labelled(
+            &mut e,
+            "accept_errors",
+            "Failed accept calls, by errno.",
+            "errno",
+            r.accept_errors_by_errno.iter().copied(),
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "worker_connections",
@@ -968,6 +963,21 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<()
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), fmt::Error> {
     let m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
     ConstCounter::new(v).encode(m)
+}
+
+/// A counter family with one label: a series per `(value, count)`.
+fn labelled<'a>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in series {
+        ConstCounter::new(n).encode(m.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
 }
 
 #[cfg(all(test, feature = "metrics"))]

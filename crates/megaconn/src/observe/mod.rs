@@ -5,8 +5,10 @@
 pub(crate) mod clock;
 pub(crate) mod close;
 pub(crate) mod lifecycle;
+pub(crate) mod limits;
 pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub(crate) mod ratelog;
 pub(crate) mod stats;
 pub(crate) mod trace;

@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{RequestCounters, RequestStats};
 
 /// Counters of one worker. Gauges are signed so a transient underflow from
@@ -47,6 +48,9 @@ pub(crate) struct WorkerStats {
     /// The worker's loop as the stall detector sees it.
     pub stall: LoopState,
     pub stalls: AtomicU64,
+    /// Requests refused and connections closed, by the limit that did it
+    /// (indexed by [`LimitHit`]).
+    pub limit_hits: [AtomicU64; LimitHit::COUNT],
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
     /// Message protocols' counters (framed TCP, WebSocket).
@@ -311,6 +315,10 @@ pub struct ServerStats {
     /// Idle connections a paced shutdown (`shutdown_drain_rate`) has still
     /// to close.
     pub shutdown_drain_pending: i64,
+    /// Requests refused and connections closed by a limit, by the limit's
+    /// label (`max_header_bytes`, `max_body_bytes`, ...; every label, zero
+    /// or not), as `megaconn_limit_hits_total{limit}` shows them.
+    pub limit_hits: Vec<(&'static str, u64)>,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
@@ -342,6 +350,7 @@ pub struct OtelStats {
 impl ServerStats {
     pub(crate) fn sum(workers: &[Arc<WorkerStats>]) -> ServerStats {
         let mut s = ServerStats::default();
+        let mut limit_hits = [0u64; LimitHit::COUNT];
         for w in workers {
             let open = w.connections_open.load(Relaxed);
             s.connections_open += open;
@@ -373,7 +382,11 @@ impl ServerStats {
             s.adopted += w.adopted.load(Relaxed);
             s.aged_out += w.aged_out.load(Relaxed);
             s.shutdown_drain_pending += w.drain_pending.load(Relaxed);
+            for (sum, c) in limit_hits.iter_mut().zip(&w.limit_hits) {
+                *sum += c.load(Relaxed);
+            }
         }
+        s.limit_hits = LimitHit::LABELS.iter().copied().zip(limit_hits).collect();
         s.request_metrics = RequestStats::sum(workers);
         s
     }

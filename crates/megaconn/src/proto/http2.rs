@@ -80,6 +80,7 @@ use crate::conn::ConnInfo;
 use crate::observe::clock::LazyDeadline;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, CountedIo};
+use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{MethodLabel, RequestRecord};
 use crate::observe::stats::{incr, IdleMark};
 use crate::observe::trace::ErrorClass;
@@ -251,6 +252,7 @@ where
                     if resets.record(end) {
                         tracing::debug!("client cancels streams faster than it completes them; GOAWAY");
                         incr(&ctx.stats.protocol_errors);
+                        LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
                         conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                         going_away = true;
                         reason = CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
@@ -283,6 +285,7 @@ where
                     "client slices request bodies into tiny DATA frames (small-DATA flood); GOAWAY"
                 );
                 incr(&ctx.stats.protocol_errors);
+                LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 going_away = true;
                 reason = CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
@@ -409,6 +412,7 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReaso
     if e.is_go_away() && e.is_library() {
         incr(&ctx.stats.protocol_errors);
         if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
+            LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
             return CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
         }
     }
@@ -463,7 +467,12 @@ fn prepare<F>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if content_length.is_some_and(|n| n > limit) {
+        tracing::debug!(
+            limit,
+            "HTTP/2 request body declared over max_body_bytes; 413"
+        );
         incr(&ctx.stats.protocol_errors);
+        LimitHit::MaxBodyBytes.count(&ctx.stats);
         return Err(Start::Failed(
             StatusCode::PAYLOAD_TOO_LARGE,
             RequestRecord::untimed(ctx.stats_source(), method),

@@ -43,6 +43,7 @@ use crate::conn::transport::{Foreign, Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
 use crate::observe::close::{client_left, CloseReason};
+use crate::observe::ratelog;
 use crate::observe::stats::incr;
 use crate::proto::{self, http1, http2, Ended, HandOver};
 use crate::service::upgrade::{self, Upgraded};
@@ -82,7 +83,10 @@ where
             let stream = match register(socket) {
                 Ok(stream) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot register an accepted connection with the runtime");
+                    ratelog::cannot_watch(
+                        &e,
+                        "cannot register an accepted connection with the runtime",
+                    );
                     conn.close(CloseReason::io(&e));
                     return Either::Right(Either::Right(std::future::ready(()).boxed_local()));
                 }

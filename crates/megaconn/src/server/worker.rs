@@ -410,7 +410,7 @@ where
         tracing::warn!(
             worker = index,
             forced,
-            "shutdown deadline reached; closing connections by force"
+            "shutdown_timeout reached; closing connections by force (raise shutdown_timeout to let them finish)"
         );
     }
     if let Some(ticking) = ticking {

@@ -15,6 +15,8 @@ use http_body::{Frame, SizeHint};
 
 use crate::error::BodyError;
 use crate::observe::clock::LazyDeadline;
+use crate::observe::limits::LimitHit;
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
 
 /// DATA frames with fewer payload bytes than this are "tiny": they count
@@ -184,11 +186,15 @@ impl RecvBody {
                     }
                     self.received += data.len() as u64;
                     if self.received > self.limit {
-                        tracing::info!(
-                            limit = self.limit,
-                            "HTTP/2 request body over max_body_bytes; refusing the rest"
-                        );
+                        ratelog::log(Flood::BodyTooLarge, |suppressed| {
+                            tracing::info!(
+                                limit = self.limit,
+                                suppressed,
+                                "HTTP/2 request body over max_body_bytes; refusing the rest"
+                            )
+                        });
                         incr(&self.stats.protocol_errors);
+                        LimitHit::MaxBodyBytes.count(&self.stats);
                         return self.fail(BodyError::TooLarge { limit: self.limit });
                     }
                     if let Some(left) = self.remaining.as_mut() {

@@ -197,13 +197,15 @@ async fn counters_match_what_the_test_did() {
     assert_eq!(requests("PATCH", "3xx"), 1.0);
     assert_eq!(requests("OPTIONS", "2xx"), 1.0);
     assert_eq!(requests("other", "2xx"), 1.0);
-    assert_eq!(m.total("megaconn_requests_total"), 13.0, "{}", m.text);
+    // The malformed one, refused before its method was read.
+    assert_eq!(requests("other", "4xx"), 1.0);
+    assert_eq!(m.total("megaconn_requests_total"), 14.0, "{}", m.text);
 
     let d = &m.histograms["megaconn_request_duration_seconds"];
-    assert_eq!(d.count, 13.0);
+    assert_eq!(d.count, 14.0);
     assert!(d.sum > 0.0 && d.sum < 13.0 * 10.0, "sum {}", d.sum);
     assert_eq!(d.buckets.first().unwrap().0, 0.0001);
-    assert_eq!(d.buckets.last().unwrap(), &(f64::INFINITY, 13.0));
+    assert_eq!(d.buckets.last().unwrap(), &(f64::INFINITY, 14.0));
     assert!(d.buckets.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative");
 
     assert_eq!(m.get("megaconn_request_body_bytes_total", &[]), 5.0);
@@ -223,6 +225,14 @@ async fn counters_match_what_the_test_did() {
     assert_eq!(m.get("megaconn_connections_open", &[]), 0.0);
     assert_eq!(m.get("megaconn_connections_idle", &[]), 0.0);
     assert_eq!(m.get("megaconn_protocol_errors_total", &[]), 1.0);
+    assert_eq!(
+        m.get(
+            "megaconn_limit_hits_total",
+            &[("limit", "malformed_request")]
+        ),
+        1.0
+    );
+    assert_eq!(m.total("megaconn_limit_hits_total"), 1.0);
     assert_eq!(m.get("megaconn_panics_total", &[]), 0.0);
     assert_eq!(m.get("megaconn_handler_cancelled_total", &[]), 0.0);
     assert_eq!(m.get("megaconn_timeouts_total", &[]), 0.0);
@@ -241,8 +251,58 @@ async fn counters_match_what_the_test_did() {
 
     // The structured snapshot agrees with the text.
     let stats = server.handle.stats();
+    // Handed to the service: the malformed one was not.
     assert_eq!(stats.requests, 13);
-    assert_eq!(stats.request_metrics.duration.count(), 13);
+    assert_eq!(stats.request_metrics.duration.count(), 14);
+    server.stop().await;
+}
+
+/// A 431 and a 413 on HTTP/1.1 are told apart (`limit_hits{limit}`), where
+/// both are `closed{protocol_error}`, and count in `requests_total` with
+/// their status though no handler saw them (as HTTP/2's 413 does).
+#[tokio::test]
+async fn requests_refused_by_a_limit_are_counted_by_limit_and_status() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .max_headers(4)
+            .max_body_bytes(16),
+    )
+    .await;
+    let cases = [
+        (
+            "GET / HTTP/1.1\r\nHost: t\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n",
+            &b"HTTP/1.1 431"[..],
+        ),
+        (
+            "POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n",
+            &b"HTTP/1.1 413"[..],
+        ),
+    ];
+    for (raw, status) in cases {
+        let mut s = server.connect().await;
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let out = read_to_close(&mut s).await;
+        assert!(out.starts_with(status), "{}", String::from_utf8_lossy(&out));
+    }
+    server
+        .wait_stats("2 closed connections", |s| s.closed == 2)
+        .await;
+    let m = Metrics::parse(server.handle.render_metrics());
+    let hits = |limit| m.get("megaconn_limit_hits_total", &[("limit", limit)]);
+    assert_eq!(hits("max_headers"), 1.0, "{}", m.text);
+    assert_eq!(hits("max_body_bytes"), 1.0, "{}", m.text);
+    assert_eq!(m.total("megaconn_limit_hits_total"), 2.0, "{}", m.text);
+    assert_eq!(
+        m.get(
+            "megaconn_requests_total",
+            &[("method", "other"), ("status_class", "4xx")]
+        ),
+        2.0,
+        "{}",
+        m.text
+    );
+    let stats = server.handle.stats();
+    assert!(stats.limit_hits.contains(&("max_headers", 1)), "{stats:?}");
     server.stop().await;
 }
 
@@ -332,6 +392,7 @@ fn an_idle_server_renders_every_family() {
         "megaconn_handler_cancelled",
         "megaconn_timeouts",
         "megaconn_protocol_errors",
+        "megaconn_limit_hits",
         "megaconn_accept_errors",
         "megaconn_worker_connections",
         "megaconn_buffers_checked_out",

@@ -47,7 +47,7 @@ use crate::message::hub::Overflowed;
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
-use crate::message::wake::resume;
+use crate::message::wake::{heartbeat_timed_out, resume};
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
@@ -56,6 +56,10 @@ use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
 use crate::proto::framed::{settings, side_table};
 use crate::proto::{earliest, until, Ended};
+
+/// The setting a framed connection's heartbeat timeout comes from, for its
+/// log line.
+const FRAMED_HEARTBEAT: &str = "the framed listener's heartbeat_timeout";
 
 /// How a framed connection comes to be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +271,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                         give_back(&ctx, &mut buf);
                         incr(&ctx.stats.protocol_errors);
                         tracing::debug!(%error, "framing error; closing");
+                        crate::observe::limits::LimitHit::from(error).count(&ctx.stats);
                         let reason = CloseReason::Protocol(ProtocolDetail::Framing(error));
                         return Ended::Close(live.close(reason));
                     }
@@ -387,8 +392,8 @@ pub(crate) async fn serve<H: FramedHandler>(
                         .await
                 }
                 Idle::HeartbeatDue => {
-                    incr(&counters.heartbeat_timeouts);
-                    return Ended::Close(live.close(CloseReason::HeartbeatTimeout));
+                    let reason = heartbeat_timed_out(counters, FRAMED_HEARTBEAT);
+                    return Ended::Close(live.close(reason));
                 }
                 Idle::Park => {
                     return park(
@@ -492,8 +497,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             // is the client leaving; midway through one, an I/O error.
             Ok(Err(e)) => CloseReason::io_between(&e, between_frames),
             Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
-                incr(&counters.heartbeat_timeouts);
-                CloseReason::HeartbeatTimeout
+                heartbeat_timed_out(counters, FRAMED_HEARTBEAT)
             }
             Err(_elapsed) if message.passed(Instant::now()) => {
                 message.expired(&ctx.stats, "Builder::message_timeout")

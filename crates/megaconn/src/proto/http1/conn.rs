@@ -189,7 +189,7 @@ where
                 Waited::TimedOut => {
                     incr(&conn.ctx.stats.timeouts);
                     let reason = if first {
-                        CloseReason::HeaderTimeout
+                        header_timed_out()
                     } else {
                         CloseReason::IdleTimeout
                     };
@@ -229,7 +229,7 @@ where
                         "the request head was not received within read_header_timeout",
                     );
                 }
-                return Ended::Close(CloseReason::HeaderTimeout);
+                return Ended::Close(header_timed_out());
             }
             HeadRead::Error(e) => return Ended::Close(CloseReason::io(&e)),
         };
@@ -257,6 +257,12 @@ where
             }
             Outcome::Rejected(rejection) => {
                 incr(&conn.ctx.stats.protocol_errors);
+                rejection.limit().count(&conn.ctx.stats);
+                // Counted in requests_total with its status, as h2's 413 is,
+                // though no handler saw it.
+                let mut record =
+                    RequestRecord::untimed(conn.ctx.stats_source(), MethodLabel::UNREAD);
+                record.status(rejection.status);
                 tracing::debug!(
                     status = rejection.status.as_u16(),
                     reason = rejection.reason,
@@ -614,4 +620,10 @@ fn poll_timer(
         sleep.as_mut().reset(deadline);
         *registered = false;
     }
+}
+/// A request head that did not come within `read_header_timeout`: logged
+/// (the setting named) and its close reason.
+fn header_timed_out() -> CloseReason {
+    tracing::debug!("no whole request head within read_header_timeout; closing the connection");
+    CloseReason::HeaderTimeout
 }

@@ -41,7 +41,9 @@ use super::{CloseReason, Outcome};
 use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::Transport;
 use crate::error::BodyError;
+use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{MethodLabel, RequestRecord};
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::incr;
 use crate::observe::trace::{ErrorClass, SpanSlot};
 use crate::service::body::{BodySender, Demand};
@@ -257,14 +259,14 @@ fn ended_early<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, outcome: Outcome) -> O
 fn timed_out<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
     let stats = &this.conn.ctx.stats;
     incr(&stats.timeouts);
-    let reason = match this.deadline_kind {
-        DeadlineKind::Read => CloseReason::ReadTimeout,
-        DeadlineKind::Write => CloseReason::WriteTimeout,
+    let (reason, knob) = match this.deadline_kind {
+        DeadlineKind::Read => (CloseReason::ReadTimeout, "read_timeout"),
+        DeadlineKind::Write => (CloseReason::WriteTimeout, "write_timeout"),
     };
     if let Some(tx) = this.setup.body_tx.take() {
         tx.fail(BodyError::TimedOut);
     }
-    tracing::debug!(%reason, "closing connection");
+    tracing::debug!(%reason, "{knob} passed; closing the connection");
     if this.encoder.is_none() {
         this.record.status(StatusCode::REQUEST_TIMEOUT);
         encode::encode_error(
@@ -507,11 +509,15 @@ where
                 this.record.request_bytes(data.len());
                 let tx = this.setup.body_tx.as_mut().expect("checked by caller");
                 if *this.body_bytes > max_body {
-                    tracing::info!(
-                        limit = max_body,
-                        "request body over max_body_bytes; closing after the response"
-                    );
+                    ratelog::log(Flood::BodyTooLarge, |suppressed| {
+                        tracing::info!(
+                            limit = max_body,
+                            suppressed,
+                            "request body over max_body_bytes; closing after the response"
+                        )
+                    });
                     incr(&this.conn.ctx.stats.protocol_errors);
+                    LimitHit::MaxBodyBytes.count(&this.conn.ctx.stats);
                     give_up_body(this, BodyError::TooLarge { limit: max_body });
                 } else {
                     tx.send_data(data);
@@ -538,11 +544,15 @@ where
                 Some(_) => continue,
             },
             Err(why) => {
-                tracing::info!(
-                    reason = why,
-                    "malformed request body; closing after the response"
-                );
+                ratelog::log(Flood::MalformedBody, |suppressed| {
+                    tracing::info!(
+                        reason = why,
+                        suppressed,
+                        "malformed request body; closing after the response"
+                    )
+                });
                 incr(&this.conn.ctx.stats.protocol_errors);
+                LimitHit::MalformedRequest.count(&this.conn.ctx.stats);
                 give_up_body(this, BodyError::Malformed(why));
                 *this.close_reason = Some(CloseReason::status(StatusCode::BAD_REQUEST));
                 return Ok(true);

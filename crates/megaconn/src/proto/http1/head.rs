@@ -13,6 +13,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use crate::conn::config::{HeadLimits, MAX_HEADERS_CEILING};
+use crate::observe::limits::LimitHit;
 
 /// A parsed request head and what it says about the exchange.
 #[derive(Debug)]
@@ -51,6 +52,26 @@ pub(crate) struct Rejection {
 const fn reject(status: StatusCode, reason: &'static str) -> Rejection {
     Rejection { status, reason }
 }
+
+impl Rejection {
+    /// Which limit (or check) refused the request, for the metric.
+    pub(crate) fn limit(&self) -> LimitHit {
+        match self.status {
+            _ if *self == TOO_MANY_HEADERS => LimitHit::MaxHeaders,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => LimitHit::MaxHeaderBytes,
+            StatusCode::PAYLOAD_TOO_LARGE => LimitHit::MaxBodyBytes,
+            StatusCode::URI_TOO_LONG => LimitHit::UriTooLong,
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED => LimitHit::HttpVersion,
+            _ => LimitHit::MalformedRequest,
+        }
+    }
+}
+
+/// More header fields than `max_headers` (httparse's array is that long).
+const TOO_MANY_HEADERS: Rejection = reject(
+    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    "more than max_headers request headers",
+);
 
 const BAD: StatusCode = StatusCode::BAD_REQUEST;
 
@@ -290,10 +311,7 @@ fn other_version(buf: &[u8], limits: &HeadLimits) -> Result<Option<usize>, Rejec
 
 fn parse_error(e: httparse::Error) -> Rejection {
     match e {
-        httparse::Error::TooManyHeaders => reject(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "too many request headers",
-        ),
+        httparse::Error::TooManyHeaders => TOO_MANY_HEADERS,
         httparse::Error::Version => reject(BAD, "malformed HTTP version"),
         httparse::Error::HeaderName => reject(BAD, "invalid header name"),
         httparse::Error::HeaderValue => reject(BAD, "invalid header value"),

@@ -49,6 +49,7 @@ use crate::message::hub::Overflowed;
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
+use crate::message::wake::heartbeat_timed_out;
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
@@ -59,6 +60,9 @@ use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
 use crate::proto::ws::route::Route;
 use crate::proto::ws::{parked_fd, Start, Tables, WsIo, WsParked, GOING_AWAY, POLICY_VIOLATION};
 use crate::proto::{earliest, until, Ended};
+
+/// The setting a WebSocket's heartbeat timeout comes from, for its log line.
+const WS_HEARTBEAT: &str = "WebSocketRoute::heartbeat_timeout";
 
 /// What ended an idle wait.
 enum Idle {
@@ -298,8 +302,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 }
                 Idle::Shutdown => break 'serve going_away(),
                 Idle::HeartbeatDue => {
-                    incr(&counters.heartbeat_timeouts);
-                    break 'serve Next::Close(CloseReason::HeartbeatTimeout, None);
+                    let reason = heartbeat_timed_out(counters, WS_HEARTBEAT);
+                    break 'serve Next::Close(reason, None);
                 }
                 Idle::Park => {
                     return park(&route, conn, live, &tables, deflate, (due, send_at), false)
@@ -371,8 +375,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // is the client leaving; midway through one, an I/O error.
             Ok(Err(e)) => break 'serve Next::Close(CloseReason::io_between(&e, between), None),
             Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
-                incr(&counters.heartbeat_timeouts);
-                break 'serve Next::Close(CloseReason::HeartbeatTimeout, None);
+                let reason = heartbeat_timed_out(counters, WS_HEARTBEAT);
+                break 'serve Next::Close(reason, None);
             }
             Err(_elapsed) if message.passed(Instant::now()) => {
                 let reason = message.expired(&ctx.stats, "WebSocketRoute::message_timeout");
@@ -525,6 +529,9 @@ fn queued(
 fn violated(ctx: &WorkerContext, violation: Violation) -> Next {
     let code = violation.code();
     incr(&ctx.stats.protocol_errors);
+    if matches!(violation, Violation::TooBig(_)) {
+        crate::observe::limits::LimitHit::WsMessageTooBig.count(&ctx.stats);
+    }
     tracing::debug!(
         code,
         reason = violation.reason(),

@@ -1,0 +1,93 @@
+//! Which limit refused a request or closed a connection, as a fixed set of
+//! labels (`limit` of `megaconn_limit_hits_total`): the close reasons say
+//! only `protocol_error` for all of them. Counted on the rejection path
+//! only, one relaxed increment in the worker's array.
+
+use crate::observe::stats::{incr, WorkerStats};
+
+/// A limit (or a check a request failed) that refused a request or closed
+/// a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitHit {
+    /// HTTP/1.1 431: the request head over `max_header_bytes`.
+    MaxHeaderBytes,
+    /// HTTP/1.1 431: more than `max_headers` header fields.
+    MaxHeaders,
+    /// 413, or a streamed body cut: a request body over `max_body_bytes`.
+    MaxBodyBytes,
+    /// HTTP/1.1 414: a request target too long.
+    UriTooLong,
+    /// HTTP/1.1 400: a malformed request head or chunked body.
+    MalformedRequest,
+    /// HTTP/1.1 505: an HTTP version other than 1.x.
+    HttpVersion,
+    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a flood h2 or our guards stopped.
+    H2EnhanceYourCalm,
+    /// WebSocket close 1009: a frame over `max_frame_bytes` or a message
+    /// over `max_message_bytes`.
+    WsMessageTooBig,
+    /// Framed TCP: a length header over `Framing::max_frame_bytes`.
+    FramedFrameTooLarge,
+    /// Framed TCP: a line over `Framing::max_line_bytes`.
+    FramedLineTooLong,
+    /// Framed TCP: a bad length header or a line not UTF-8.
+    FramedMalformed,
+}
+
+impl LimitHit {
+    /// How many labels there are.
+    pub(crate) const COUNT: usize = 11;
+
+    /// Metric labels, by discriminant.
+    pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
+        "max_header_bytes",
+        "max_headers",
+        "max_body_bytes",
+        "uri_too_long",
+        "malformed_request",
+        "http_version",
+        "h2_enhance_your_calm",
+        "ws_message_too_big",
+        "framed_max_frame_bytes",
+        "framed_max_line_bytes",
+        "framed_malformed",
+    ];
+
+    /// Counts one hit in the worker's counters.
+    pub(crate) fn count(self, stats: &WorkerStats) {
+        incr(&stats.limit_hits[self as usize]);
+    }
+}
+
+impl From<crate::observe::close::FramingError> for LimitHit {
+    fn from(e: crate::observe::close::FramingError) -> LimitHit {
+        use crate::observe::close::FramingError;
+        match e {
+            FramingError::FrameTooLarge => LimitHit::FramedFrameTooLarge,
+            FramingError::LineTooLong => LimitHit::FramedLineTooLong,
+            FramingError::BadHeader | FramingError::NotUtf8 => LimitHit::FramedMalformed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each hit lands in its own slot, and every slot has a label.
+    #[test]
+    fn labels_line_up_with_the_counters() {
+        let stats = WorkerStats::default();
+        LimitHit::FramedMalformed.count(&stats);
+        LimitHit::MaxHeaderBytes.count(&stats);
+        assert_eq!(LimitHit::FramedMalformed as usize, LimitHit::COUNT - 1);
+        let hits: Vec<u64> = stats
+            .limit_hits
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        assert_eq!(hits[0], 1);
+        assert_eq!(hits[LimitHit::COUNT - 1], 1);
+        assert_eq!(hits.iter().sum::<u64>(), 2);
+    }
+}

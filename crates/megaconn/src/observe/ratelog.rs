@@ -1,0 +1,129 @@
+//! Log lines a peer can repeat at will, held to one per interval per kind
+//! per worker: a request over a limit, a malformed body, a slow consumer,
+//! a socket the kernel will not watch. Each line that gets through carries
+//! `suppressed`, how many were held back since the one before; the
+//! counters (`megaconn_limit_hits_total`, close reasons) keep the count of
+//! every one.
+//!
+//! A worker is one thread, so its logs are thread-local: no lock, and no
+//! plumbing to the many places (the body readers, the message tables)
+//! that log them.
+
+use std::cell::Cell;
+use std::io;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// At most one line per this interval for one kind of repeating event.
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Logs at most once per [`LOG_INTERVAL`], counting what it held back.
+#[derive(Debug, Default)]
+pub(crate) struct RateLimitedLog {
+    last: Cell<Option<Instant>>,
+    suppressed: Cell<u64>,
+}
+
+impl RateLimitedLog {
+    const fn new() -> RateLimitedLog {
+        RateLimitedLog {
+            last: Cell::new(None),
+            suppressed: Cell::new(0),
+        }
+    }
+
+    /// Calls `emit` with the count held back since the last line, unless a
+    /// line went out less than [`LOG_INTERVAL`] ago (then only counts).
+    pub(crate) fn log(&self, emit: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self
+            .last
+            .get()
+            .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
+        {
+            self.suppressed.set(self.suppressed.get() + 1);
+            return;
+        }
+        emit(self.suppressed.replace(0));
+        self.last.set(Some(now));
+    }
+}
+
+/// The kinds of repeating event, each with its own limit per worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flood {
+    /// A request body over `max_body_bytes` (HTTP/1.1 and HTTP/2).
+    BodyTooLarge,
+    /// A malformed chunked request body.
+    MalformedBody,
+    /// A connection closed as a slow consumer (queue or socket buffer full).
+    SlowConsumer,
+    /// A socket the kernel would not watch (`epoll_ctl` failed).
+    CannotWatch,
+}
+
+/// How many [`Flood`] kinds there are.
+const KINDS: usize = 4;
+
+thread_local! {
+    static LOGS: [RateLimitedLog; KINDS] = const {
+        [const { RateLimitedLog::new() }; KINDS]
+    };
+}
+
+/// Logs one event of `kind` through this worker's limiter for it.
+pub(crate) fn log(kind: Flood, emit: impl FnOnce(u64)) {
+    LOGS.with(|logs| logs[kind as usize].log(emit));
+}
+
+/// Logs (limited) that a connection's socket could not be added to an epoll
+/// set, and closes nothing: the caller does. `ENOSPC` is the kernel's
+/// per-user watch limit, which only a sysctl raises.
+pub(crate) fn cannot_watch(error: &io::Error, what: &'static str) {
+    log(Flood::CannotWatch, |suppressed| {
+        if error.raw_os_error() == Some(libc::ENOSPC) {
+            tracing::warn!(
+                %error,
+                suppressed,
+                "{what}: at the kernel's epoll watch limit; closing it (raise the sysctl fs.epoll.max_user_watches)"
+            );
+        } else {
+            tracing::warn!(%error, suppressed, "{what}; closing it");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thousand events in a burst give one line; the next line, an
+    /// interval later, says how many were held back.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_gives_one_line_and_the_next_counts_the_rest() {
+        let limiter = RateLimitedLog::default();
+        let mut lines = Vec::new();
+        for _ in 0..1_000 {
+            limiter.log(|suppressed| lines.push(suppressed));
+        }
+        assert_eq!(lines, [0]);
+        tokio::time::advance(LOG_INTERVAL / 2).await;
+        limiter.log(|suppressed| lines.push(suppressed));
+        assert_eq!(lines, [0], "half an interval later, still held back");
+        tokio::time::advance(LOG_INTERVAL / 2).await;
+        limiter.log(|suppressed| lines.push(suppressed));
+        assert_eq!(lines, [0, 1_000]);
+    }
+
+    /// Kinds are limited apart: a flood of one does not hide the other.
+    #[tokio::test(start_paused = true)]
+    async fn kinds_are_limited_apart() {
+        let mut lines = Vec::new();
+        for _ in 0..10 {
+            log(Flood::BodyTooLarge, |_| lines.push(Flood::BodyTooLarge));
+            log(Flood::MalformedBody, |_| lines.push(Flood::MalformedBody));
+        }
+        assert_eq!(lines, [Flood::BodyTooLarge, Flood::MalformedBody]);
+    }
+}
