@@ -894,7 +894,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "",
         shape: Shape::Switch,
         help: "Keep a live list of connections (peer, worker, state, age, requests) for the admin listener's /debug/connections.",
-        details: "Costs a few uncontended locks per request.",
+        details: "Costs a few uncontended locks and ordered-map lookups per request.",
         default: "off",
         example: "",
         parse: switch,

@@ -565,7 +565,9 @@ impl Builder {
     /// Keeps a live list of connections with their peer, worker, state, age and
     /// requests served, for [`ServerHandle::connections`] (the admin listener's
     /// `/debug/connections`). Costs a few uncontended lock operations per
-    /// request, so it is off by default.
+    /// request, each with a lookup in the worker's list (ordered by id, so
+    /// a listing can be read a chunk per lock without holding up accepts
+    /// and closes), so it is off by default.
     pub fn track_connections(mut self, on: bool) -> Builder {
         self.config.track_connections = on;
         self
