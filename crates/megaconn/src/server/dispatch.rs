@@ -631,10 +631,11 @@ mod size_guard {
     /// 10,624 bytes before the handshake, the HTTP/2 state and the rustls
     /// session were boxed). The bound adds ~8%. If it fails, something large
     /// went inline (or an `async` block awaits a future it captured, which
-    /// stores it twice): box it, or chain with `then`. 760 bytes before
-    /// HTTP/1.1's `serve_connection` built its `ConnIo` outside its async
-    /// block (an `async fn` kept the socket, context and addresses twice):
-    /// 696.
+    /// stores it twice): box it, or chain with `then`. 760 bytes, then 776
+    /// with the accept's `max_connection_age` draw passed in. (HTTP/1.1's
+    /// `serve_connection` as a plain function building its `ConnIo` outside
+    /// an async block made it 696, but cost ~200 instructions per wake-up
+    /// from the lot in copies: see its doc.)
     #[test]
     fn the_connection_future_stays_small() {
         fn conn_future(
@@ -647,6 +648,6 @@ mod size_guard {
         }
         let size = size_of_future(conn_future);
         eprintln!("connection future: {size} bytes");
-        assert!(size <= 752, "the connection future is {size} bytes");
+        assert!(size <= 784, "the connection future is {size} bytes");
     }
 }
