@@ -15,9 +15,12 @@
 //! a `Send` copy of the signal ([`SharedShutdown`]) in the same way.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Waker;
+use std::task::{Context, Waker};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -225,6 +228,9 @@ pub(crate) struct Drain {
     shutdown: Arc<SharedShutdown>,
     /// Its waker's slot in `shutdown`'s list, once watched.
     slot: Option<u32>,
+    /// After shutdown began, how long the connection may still hold the
+    /// drain ([`Drain::poll_grace_over`]); armed by the first poll.
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Drain {
@@ -236,7 +242,19 @@ impl Drain {
             _token: token,
             shutdown,
             slot: None,
+            grace: None,
         }
+    }
+
+    /// True once `grace` has passed since the first call; until then the
+    /// task is woken when it does.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn poll_grace_over(&mut self, cx: &mut Context<'_>, grace: Duration) -> bool {
+        self.grace
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
     }
 
     /// True once shutdown began; until then `waker` is woken when it does.

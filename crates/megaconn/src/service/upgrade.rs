@@ -40,6 +40,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -168,6 +169,27 @@ impl Upgraded {
             .drain
             .as_mut()
             .is_some_and(|d| d.poll_started(cx.waker()))
+    }
+
+    /// Once shutdown began: true when `grace` has passed since the first
+    /// call; until then the task is woken when it does. The timer lives in
+    /// the socket's box, so an idle `axum_ws` socket does not grow. Never
+    /// true on a caller's own transport.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn poll_grace_over(&mut self, cx: &mut Context<'_>, grace: Duration) -> bool {
+        self.inner
+            .io
+            .drain
+            .as_mut()
+            .is_some_and(|d| d.poll_grace_over(cx, grace))
+    }
+
+    /// Leaves the worker's graceful shutdown: its drain no longer waits for
+    /// this socket, which stays open until dropped (an `axum_ws` socket
+    /// whose peer never answered its close 1001).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn leave_drain(&mut self) {
+        self.inner.io.drain = None;
     }
 
     /// Notes how an operation ended, for the close reason.
