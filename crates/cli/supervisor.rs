@@ -654,7 +654,15 @@ mod tests {
             .spawn()
             .unwrap();
         let process = Process::open(child.id());
-        assert!(process.pidfd.is_some(), "no pidfd on this kernel");
+        if process.pidfd.is_none() {
+            // pidfd_open(2) is missing (Linux before 5.3) or refused (a
+            // seccomp filter): production then signals by pid, and there is
+            // nothing here to test.
+            eprintln!("skipped: no pidfd on this kernel");
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
         process.signal(libc::SIGKILL).unwrap();
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
         let err = process.signal(libc::SIGKILL).unwrap_err();
