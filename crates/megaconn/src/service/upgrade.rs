@@ -50,6 +50,7 @@ use crate::conn::connection::SendConnection;
 use crate::conn::rewind::Rewind;
 use crate::conn::shutdown::Drain;
 use crate::observe::close::CloseReason;
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
 
 /// Object-safe stream type behind [`Upgraded`].
@@ -313,15 +314,20 @@ pub(crate) fn pending() -> (UpgradeSender, OnUpgrade) {
 /// waiting for it (every clone dropped) is almost always a handler that
 /// asked hyper for the connection (`hyper::upgrade::on`, which finds no
 /// hyper handle under megaconn and fails at once) and answered `101`
-/// anyway: that is logged, saying what to use, and the connection closes.
+/// anyway: that is logged, saying what to use (at most once per
+/// [`ratelog`](crate::observe::ratelog) interval: every such request a peer
+/// sends would log it), and the connection closes.
 pub(crate) fn hand_over(tx: UpgradeSender, upgraded: Upgraded) {
     if let Err(upgraded) = tx.send(upgraded) {
-        tracing::warn!(
-            "a handler switched protocols (101, or 2xx to CONNECT) but did not wait on \
-             megaconn::OnUpgrade, so the connection is closed: hyper::upgrade::on cannot \
-             work under megaconn; take megaconn::OnUpgrade from the request's extensions \
-             instead (for axum's WebSocketUpgrade, use megaconn::axum_ws)"
-        );
+        ratelog::log(Flood::UnclaimedUpgrade, |suppressed| {
+            tracing::warn!(
+                suppressed,
+                "a handler switched protocols (101, or 2xx to CONNECT) but did not wait on \
+                 megaconn::OnUpgrade, so the connection is closed: hyper::upgrade::on cannot \
+                 work under megaconn; take megaconn::OnUpgrade from the request's extensions \
+                 instead (for axum's WebSocketUpgrade, use megaconn::axum_ws)"
+            );
+        });
         // Closed after the line, so that a peer that sees the close can
         // find it logged.
         drop(upgraded);
