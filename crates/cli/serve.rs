@@ -249,7 +249,9 @@ fn resolve_with(
         let burst = accept_burst.map_or(rate.ceil() as u64, u64::from);
         b = b.accept_rate(Some(megaconn::AcceptRate {
             per_second: rate / share as f64,
-            burst: process_share(burst, share) as u32,
+            // A rate past 2^32 per second (whose burst defaults to it)
+            // would wrap to a small burst: it saturates instead.
+            burst: u32::try_from(process_share(burst, share)).unwrap_or(u32::MAX),
         }));
     }
     let (mut b, tls) = crate::tls::apply(
@@ -767,6 +769,18 @@ mod tests {
         assert_eq!(process_share(1, 4), 1);
         assert_eq!(process_share(0, 4), 1);
         assert_eq!(process_share(9, 1), 9);
+    }
+
+    /// A rate of 2^32 per second or more defaults its burst to itself,
+    /// past what the burst holds: it saturates, not wraps to a small one.
+    #[test]
+    fn a_burst_past_u32_saturates() {
+        let args = parse(&["--accept-rate", "5000000000"]);
+        let builder = format!("{:?}", resolve(&args).unwrap().builder);
+        assert!(
+            builder.contains(&format!("burst: {}", u32::MAX)),
+            "{builder}"
+        );
     }
 
     #[test]

@@ -29,7 +29,15 @@
 //! only once nothing answers on that one's control socket. It tries
 //! [`TAKE_OVER_ATTEMPTS`] times in all, backing off, then gives up on that
 //! worker process and says so on stdout: the old one serves its share on,
-//! and a next `serve --upgrade` takes over from both supervisors. Once a start is
+//! and a next `serve --upgrade` takes over from both supervisors. Not every
+//! new worker process can be given up: only one still taking over is, and
+//! the upgrade got past that point because one took over (it and its later
+//! restarts bind afresh), so the new supervisor never announces with no
+//! worker process. Known gap: the old worker process left serving by a
+//! given-up new one is not restarted if it dies later (its supervisor
+//! restarts none once a hand-over began, and the new supervisor has given
+//! up that index): the other processes' listeners take its share of the
+//! port, with one process fewer, until the next `serve --upgrade`. Once a start is
 //! past that point, a worker process that dies while others are still
 //! starting is restarted at once: start-up and serving are one event loop. The supervisor's admin listener is not
 //! handed over: give the new one another `--admin` address (or `off`) while
@@ -646,7 +654,15 @@ mod tests {
             .spawn()
             .unwrap();
         let process = Process::open(child.id());
-        assert!(process.pidfd.is_some(), "no pidfd on this kernel");
+        if process.pidfd.is_none() {
+            // pidfd_open(2) is missing (Linux before 5.3) or refused (a
+            // seccomp filter): production then signals by pid, and there is
+            // nothing here to test.
+            eprintln!("skipped: no pidfd on this kernel");
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return;
+        }
         process.signal(libc::SIGKILL).unwrap();
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
         let err = process.signal(libc::SIGKILL).unwrap_err();

@@ -29,6 +29,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for how long graceful shutdown waits for in-flight requests.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default [`WebSocketRoute::close_timeout`](crate::WebSocketRoute::close_timeout):
+/// how long the server waits for the peer's close frame after sending its
+/// own. Here, below both, because the native route and `axum_ws` (whose
+/// close 1001 at shutdown waits as long) share it.
+pub const DEFAULT_WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Default cap on the request line plus headers (64 KiB, like Go's 1 MiB but
 /// tighter: no legitimate client sends more, and the read buffer grows to it).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;

@@ -15,9 +15,12 @@
 //! a `Send` copy of the signal ([`SharedShutdown`]) in the same way.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Waker;
+use std::task::{Context, Waker};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -171,8 +174,9 @@ impl Watchers {
 
 /// Shutdown as an upgraded connection sees it (an `axum_ws` socket, a
 /// handler's `OnUpgrade` tunnel): a handler may move it to a task of its
-/// own (`tokio::spawn`), so the signal is `Send`, at the cost of a lock per
-/// watch, which only these connections pay.
+/// own (`tokio::spawn`), so the signal is `Send`, at the cost of a lock
+/// each time a connection's waker changes (its [`Drain`] keeps the last
+/// one), which only these connections pay.
 #[derive(Debug, Default)]
 pub(crate) struct SharedShutdown {
     started: AtomicBool,
@@ -225,6 +229,12 @@ pub(crate) struct Drain {
     shutdown: Arc<SharedShutdown>,
     /// Its waker's slot in `shutdown`'s list, once watched.
     slot: Option<u32>,
+    /// The waker last put in that slot: while the task's waker stays the
+    /// same, a poll reads the flag and takes no lock.
+    watching: Option<Waker>,
+    /// After shutdown began, how long the connection may still hold the
+    /// drain ([`Drain::poll_grace_over`]); armed by the first poll.
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Drain {
@@ -236,13 +246,35 @@ impl Drain {
             _token: token,
             shutdown,
             slot: None,
+            watching: None,
+            grace: None,
         }
+    }
+
+    /// True once `grace` has passed since the first call; until then the
+    /// task is woken when it does.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn poll_grace_over(&mut self, cx: &mut Context<'_>, grace: Duration) -> bool {
+        self.grace
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
     }
 
     /// True once shutdown began; until then `waker` is woken when it does.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn poll_started(&mut self, waker: &Waker) -> bool {
-        self.shutdown.poll_started(&mut self.slot, waker)
+        if self.watching.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            // That waker is still in the list: only `start` takes it out,
+            // and only after setting the flag this reads.
+            return self.shutdown.started.load(Ordering::SeqCst);
+        }
+        let started = self.shutdown.poll_started(&mut self.slot, waker);
+        if !started {
+            self.watching = Some(waker.clone());
+        }
+        started
     }
 }
 
@@ -286,6 +318,34 @@ mod tests {
         s.unwatch(&mut sb);
         s.start();
         assert_eq!(a.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// A socket polled again by the same task (every `recv` of an idle
+    /// `axum_ws` socket) reads the flag only: it needs no lock, so it goes
+    /// on while another thread holds it.
+    #[test]
+    fn a_drain_polled_with_the_same_waker_takes_no_lock() {
+        let s = LocalShutdown::default();
+        let a = Arc::new(Count(AtomicUsize::new(0)));
+        let wa = Waker::from(a.clone());
+        let mut drain = Drain::new(None, s.upgraded().clone());
+        assert!(!drain.poll_started(&wa));
+        let held = s.upgraded().lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let poller = std::thread::spawn(move || {
+            let started = drain.poll_started(&wa);
+            tx.send(started).unwrap();
+            drain
+        });
+        let polled = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(held);
+        let drain = poller.join().unwrap();
+        assert_eq!(polled, Ok(false), "the second poll waited for the lock");
+        s.begin();
+        assert_eq!(a.0.load(Ordering::SeqCst), 1, "the waker is still watched");
+        let wb = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let mut drain = drain;
+        assert!(drain.poll_started(&wb));
     }
 
     #[test]

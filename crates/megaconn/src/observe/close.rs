@@ -57,8 +57,9 @@ pub enum CloseReason {
     /// Refused right after accept by an admission limit (accept rate, per IP).
     Limit,
     /// A framed connection's peer sent nothing within `heartbeat_timeout`,
-    /// or an HTTP/2 peer did not answer a keep-alive PING within
-    /// `http2_keep_alive_timeout`.
+    /// a WebSocket peer (the native route) nothing, not even a pong, within
+    /// `WebSocketRoute::heartbeat_timeout`, or an HTTP/2 peer did not
+    /// answer a keep-alive PING within `http2_keep_alive_timeout`.
     HeartbeatTimeout,
     /// A framed connection's peer did not read what was pushed to it (its
     /// socket could not take a pushed frame).

@@ -284,8 +284,9 @@ impl RequestRecord {
         record
     }
 
-    /// A request that fails before its exchange starts (observed as taking no
-    /// time).
+    /// A request that fails before its exchange starts: counted in
+    /// `requests_total`, not in the duration histogram (a flood of refusals
+    /// would pull its quantiles toward zero).
     #[inline]
     pub(crate) fn untimed(ctx: Rc<dyn StatsSource>, method: MethodLabel) -> RequestRecord {
         #[cfg(feature = "metrics")]
@@ -374,19 +375,21 @@ impl Drop for RequestRecord {
         }
         #[cfg(feature = "metrics")]
         {
-            let nanos = self.stopwatch.map_or(0, Stopwatch::elapsed_nanos);
             let m = &self.ctx.worker_stats().request_metrics;
             add_signed(&m.in_flight, -1);
             add(
                 &m.by_class[usize::from(self.method.0)][usize::from(self.status)],
                 1,
             );
-            let bucket = DURATION_BUCKET_NANOS
-                .iter()
-                .position(|&bound| nanos <= bound)
-                .unwrap_or(DURATION_BOUNDS);
-            add(&m.duration_buckets[bucket], 1);
-            add(&m.duration_nanos, nanos);
+            if let Some(stopwatch) = self.stopwatch {
+                let nanos = stopwatch.elapsed_nanos();
+                let bucket = DURATION_BUCKET_NANOS
+                    .iter()
+                    .position(|&bound| nanos <= bound)
+                    .unwrap_or(DURATION_BOUNDS);
+                add(&m.duration_buckets[bucket], 1);
+                add(&m.duration_nanos, nanos);
+            }
             if self.request_bytes > 0 {
                 add(&m.request_body_bytes, self.request_bytes);
             }
@@ -525,6 +528,9 @@ pub struct RequestStats {
     /// Finished requests by method and status class (only non-zero entries).
     pub by_method_status: Vec<RequestCount>,
     /// Request durations, from the request head to the end of the response.
+    /// Requests refused or failed before their exchange began (a 431, a
+    /// 413 by Content-Length, a 503 of a service not ready) are counted in
+    /// `by_method_status` only: a flood of them took no time to measure.
     pub duration: DurationHistogram,
     /// Request body bytes received (read by the handler or discarded).
     pub request_body_bytes: u64,

@@ -1,6 +1,6 @@
 //! Log lines a peer can repeat at will, held to one per interval per kind
 //! per worker: a request over a limit, a malformed body, a slow consumer,
-//! a socket the kernel will not watch. Each line that gets through carries
+//! a socket the kernel will not watch, an upgrade no handler took. Each line that gets through carries
 //! `suppressed`, how many were held back since the one before; the
 //! counters (`megaconn_limit_hits_total`, close reasons) keep the count of
 //! every one.
@@ -61,10 +61,13 @@ pub(crate) enum Flood {
     SlowConsumer,
     /// A socket the kernel would not watch (`epoll_ctl` failed).
     CannotWatch,
+    /// A handler switched protocols without waiting on `OnUpgrade` (each
+    /// such request a peer sends logs it).
+    UnclaimedUpgrade,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 4;
+const KINDS: usize = 5;
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -211,6 +211,14 @@ where
                     Turn::Closed(None) => break,
                     Turn::Closed(Some(e)) => {
                         if reason == CloseReason::ClientClosed {
+                            // "Between requests" as this task sees it: no
+                            // stream task runs and none waits for the
+                            // service. A response whose stream task has
+                            // finished may still sit in h2's send buffer,
+                            // unflushed: a reset then is read as the client
+                            // leaving between requests, though it lost the
+                            // end of a response (the stream was counted
+                            // done when its task finished).
                             let between = streams.is_empty() && waiting.is_none();
                             reason = close_reason(&e, &ctx, between);
                         }

@@ -40,6 +40,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,6 +50,7 @@ use crate::conn::connection::SendConnection;
 use crate::conn::rewind::Rewind;
 use crate::conn::shutdown::Drain;
 use crate::observe::close::CloseReason;
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
 
 /// Object-safe stream type behind [`Upgraded`].
@@ -168,6 +170,27 @@ impl Upgraded {
             .drain
             .as_mut()
             .is_some_and(|d| d.poll_started(cx.waker()))
+    }
+
+    /// Once shutdown began: true when `grace` has passed since the first
+    /// call; until then the task is woken when it does. The timer lives in
+    /// the socket's box, so an idle `axum_ws` socket does not grow. Never
+    /// true on a caller's own transport.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn poll_grace_over(&mut self, cx: &mut Context<'_>, grace: Duration) -> bool {
+        self.inner
+            .io
+            .drain
+            .as_mut()
+            .is_some_and(|d| d.poll_grace_over(cx, grace))
+    }
+
+    /// Leaves the worker's graceful shutdown: its drain no longer waits for
+    /// this socket, which stays open until dropped (an `axum_ws` socket
+    /// whose peer never answered its close 1001).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn leave_drain(&mut self) {
+        self.inner.io.drain = None;
     }
 
     /// Notes how an operation ended, for the close reason.
@@ -291,15 +314,20 @@ pub(crate) fn pending() -> (UpgradeSender, OnUpgrade) {
 /// waiting for it (every clone dropped) is almost always a handler that
 /// asked hyper for the connection (`hyper::upgrade::on`, which finds no
 /// hyper handle under megaconn and fails at once) and answered `101`
-/// anyway: that is logged, saying what to use, and the connection closes.
+/// anyway: that is logged, saying what to use (at most once per
+/// [`ratelog`](crate::observe::ratelog) interval: every such request a peer
+/// sends would log it), and the connection closes.
 pub(crate) fn hand_over(tx: UpgradeSender, upgraded: Upgraded) {
     if let Err(upgraded) = tx.send(upgraded) {
-        tracing::warn!(
-            "a handler switched protocols (101, or 2xx to CONNECT) but did not wait on \
-             megaconn::OnUpgrade, so the connection is closed: hyper::upgrade::on cannot \
-             work under megaconn; take megaconn::OnUpgrade from the request's extensions \
-             instead (for axum's WebSocketUpgrade, use megaconn::axum_ws)"
-        );
+        ratelog::log(Flood::UnclaimedUpgrade, |suppressed| {
+            tracing::warn!(
+                suppressed,
+                "a handler switched protocols (101, or 2xx to CONNECT) but did not wait on \
+                 megaconn::OnUpgrade, so the connection is closed: hyper::upgrade::on cannot \
+                 work under megaconn; take megaconn::OnUpgrade from the request's extensions \
+                 instead (for axum's WebSocketUpgrade, use megaconn::axum_ws)"
+            );
+        });
         // Closed after the line, so that a peer that sees the close can
         // find it logged.
         drop(upgraded);

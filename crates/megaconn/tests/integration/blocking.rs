@@ -14,11 +14,13 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use megaconn::Body;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
 
 use common::{read_response, SAFETY};
 
-/// Releases the handler that blocks its thread.
-type Gate = Arc<Mutex<Option<mpsc::Receiver<()>>>>;
+/// Releases the handler that blocks its thread (the receiver), and tells
+/// the test that it is blocking (the sender).
+type Gate = Arc<Mutex<Option<(mpsc::Receiver<()>, oneshot::Sender<()>)>>>;
 
 fn app(
     gate: Gate,
@@ -41,7 +43,8 @@ fn app(
                 "/block-thread" => {
                     // Blocks the worker's thread until the test, having seen
                     // the stall reported, lets it go: no timing involved.
-                    let rx = gate.lock().unwrap().take().expect("one blocking request");
+                    let (rx, blocking) = gate.lock().unwrap().take().expect("one blocking request");
+                    let _ = blocking.send(());
                     rx.recv_timeout(SAFETY)
                         .expect("the test releases the handler");
                     "released".to_string()
@@ -94,18 +97,26 @@ async fn spawn_blocking_works_and_block_in_place_is_a_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_blocking_its_worker_is_reported_as_a_stall() {
     let (release, rx) = mpsc::channel();
-    let gate: Gate = Arc::new(Mutex::new(Some(rx)));
+    let (blocking, is_blocking) = oneshot::channel();
+    let gate: Gate = Arc::new(Mutex::new(Some((rx, blocking))));
     let (addr, handle) = start(
         megaconn::Server::builder().stall_threshold(Some(Duration::from_millis(100))),
         gate,
     )
     .await;
-    // A loaded machine may already have kept a worker from its loop for
-    // 100 ms (a stall too): count from here.
+    // A loaded machine may keep the worker from its loop for 100 ms at any
+    // time (a stall too, reported as such): the counts below allow for one
+    // before the block and tell the block's own apart by when they are read.
     let before = handle.stats().worker_stalls;
     let blocked = tokio::spawn(get(addr, "/block-thread"));
-    // The worker cannot come back to its loop until released: wait for the
-    // watchdog to say so.
+    tokio::time::timeout(SAFETY, is_blocking)
+        .await
+        .expect("the handler runs")
+        .unwrap();
+    // From here the worker cannot come back to its loop until released:
+    // one stall, whose report (once) may come before or after this read.
+    let once_blocked = handle.stats().worker_stalls;
+    // However many load stalls came before, the block's is reported.
     common::wait_stats(&handle, "a stall reported", |s| s.worker_stalls > before).await;
     let stalls = handle.stats().worker_stalls;
     assert!(handle
@@ -115,10 +126,11 @@ async fn a_handler_blocking_its_worker_is_reported_as_a_stall() {
     // events: they cannot stall). No signal says "not reported": wait a
     // few of the watchdog's looks.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        handle.stats().worker_stalls,
-        stalls,
-        "one stall, reported once"
+    let after = handle.stats().worker_stalls;
+    assert!(
+        after <= once_blocked + 1,
+        "one stall, reported once: {before} before the request, {once_blocked} once it \
+         blocked, {after} while it still blocks"
     );
     release.send(()).unwrap();
     let r = blocked.await.unwrap();

@@ -260,10 +260,12 @@ where
             Outcome::Rejected(rejection) => {
                 incr(&conn.ctx.stats.protocol_errors);
                 rejection.limit().count(&conn.ctx.stats);
-                // Counted in requests_total with its status, as h2's 413 is,
-                // though no handler saw it.
-                let mut record =
-                    RequestRecord::untimed(conn.ctx.stats_source(), MethodLabel::UNREAD);
+                // Counted in requests_total with its status and, when its
+                // head parsed, its method, as h2's 413 is, though no
+                // handler saw it.
+                let limits = conn.ctx.limits;
+                let method = head::refused_method(conn.rbuf_and_io().0, &limits);
+                let mut record = RequestRecord::untimed(conn.ctx.stats_source(), method);
                 record.status(rejection.status);
                 tracing::debug!(
                     status = rejection.status.as_u16(),

@@ -14,6 +14,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use crate::conn::config::{HeadLimits, MAX_HEADERS_CEILING};
 use crate::observe::limits::LimitHit;
+use crate::observe::metrics::MethodLabel;
 
 /// A parsed request head and what it says about the exchange.
 #[derive(Debug)]
@@ -133,6 +134,30 @@ pub(crate) fn find_end(buf: &[u8], searched: &mut usize) -> Option<usize> {
     }
     *searched = buf.len().saturating_sub(2);
     None
+}
+
+/// The metrics label of a refused request's method, read from the head at
+/// the start of `buf` (where a refusal leaves it): the method's own when
+/// httparse reads the head whole within the limits (a body over
+/// `max_body_bytes` by its Content-Length, a bad framing header), else
+/// [`MethodLabel::UNREAD`], since a head too long, with too many fields
+/// or a malformed line gives no method to trust. A refusal closes the
+/// connection, so the head is parsed twice only then.
+pub(crate) fn refused_method(buf: &[u8], limits: &HeadLimits) -> MethodLabel {
+    let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CEILING] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
+    let headers = &mut storage[..limits.max_headers.min(MAX_HEADERS_CEILING)];
+    let mut req = httparse::Request::new(&mut []);
+    let buf = &buf[..buf.len().min(limits.max_header_bytes)];
+    match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, headers)
+    {
+        Ok(httparse::Status::Complete(_)) => req
+            .method
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .map_or(MethodLabel::UNREAD, |m| MethodLabel::of(&m)),
+        _ => MethodLabel::UNREAD,
+    }
 }
 
 /// Parses the request head at the start of `rbuf` and takes it out of the

@@ -45,9 +45,7 @@ pub const DEFAULT_WS_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(75);
 /// `--ws-ping-interval 240s` were all closed at 75 s of silence).
 pub const HEARTBEAT_TIMEOUT_PER_PING: f64 = 2.5;
 
-/// Default [`WebSocketRoute::close_timeout`]: how long the server waits for
-/// the peer's close frame after sending its own.
-pub const DEFAULT_WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::conn::config::DEFAULT_WS_CLOSE_TIMEOUT;
 
 /// A native WebSocket endpoint: a tower service that accepts handshakes for
 /// a [`WebSocketHandler`] and serves the connections on megaconn's own

@@ -67,6 +67,10 @@
 //! (or `Stream` poll; one is under way in a handler waiting for messages)
 //! sends the peer a close 1001 (going away), then returns the peer's close
 //! and `None`, so an echo loop ends by itself; sends after the 1001 fail.
+//! A peer that does not answer within
+//! [`DEFAULT_WS_CLOSE_TIMEOUT`](crate::DEFAULT_WS_CLOSE_TIMEOUT)
+//! (the native route's default `close_timeout`) is not waited for: `recv`
+//! returns `None` and the socket leaves the drain.
 //! A handler that only sends is not told: the deadline closes its socket.
 //!
 //! # Over HTTP/2 (RFC 8441)

@@ -29,6 +29,7 @@ use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Error as WsError;
 
 use super::io::{Bridge, Buffers};
+use crate::conn::config::DEFAULT_WS_CLOSE_TIMEOUT;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::service::upgrade::Upgraded;
 
@@ -168,8 +169,10 @@ impl WebSocket {
     /// Graceful shutdown began: closes with 1001 (going away), as the native
     /// WebSocket does, unless a close was sent already. Reading goes on, so
     /// the handler's `recv` sees the peer's answer and then the end, and
-    /// its loop finishes; a peer that never answers holds the socket until
-    /// the shutdown deadline closes it by force.
+    /// its loop finishes. A peer that never answers gets
+    /// [`DEFAULT_WS_CLOSE_TIMEOUT`], as the native route's `close_timeout`,
+    /// then the stream ends without it ([`Self::give_up`]): a half-dead
+    /// peer does not hold the worker's stop until `shutdown_timeout`.
     fn go_away(&mut self, cx: &mut Context<'_>) {
         self.going_away = true;
         if !self.can_write() {
@@ -183,6 +186,18 @@ impl WebSocket {
         let (ctx, mut bridge) = self.bridge(Some(cx));
         let _ = ctx.close(&mut bridge, Some(frame));
         let _ = self.poll_flush_queue(cx);
+    }
+
+    /// The peer did not answer the close 1001 within the close timeout: the
+    /// stream ends, and the socket leaves the worker's drain at once (a
+    /// handler still holding a split half does not hold the stop).
+    fn give_up(&mut self) {
+        tracing::debug!(
+            timeout = ?DEFAULT_WS_CLOSE_TIMEOUT,
+            "the peer did not answer the WebSocket's close 1001 in time: closing"
+        );
+        self.ended = true;
+        self.io.leave_drain();
     }
 
     /// After a protocol error: closes with the matching code (1002, 1007,
@@ -260,6 +275,10 @@ impl Stream for WebSocket {
             }
             if !this.going_away && this.io.poll_shutdown_began(cx) {
                 this.go_away(cx);
+            }
+            if this.going_away && this.io.poll_grace_over(cx, DEFAULT_WS_CLOSE_TIMEOUT) {
+                this.give_up();
+                return Poll::Ready(None);
             }
             if this.ctx.is_none() {
                 // Idle: wait for bytes before building the codec's state.
