@@ -146,7 +146,8 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 /// context implements it; the records hold it type-erased so that observation
 /// does not import the core it observes.
 pub(crate) trait StatsSource {
-    /// The worker's counters.
+    /// The worker's counters (read only by per-request metrics).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     fn worker_stats(&self) -> &WorkerStats;
 }
 
