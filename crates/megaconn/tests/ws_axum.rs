@@ -320,14 +320,7 @@ async fn axums_own_extractor_gets_426_and_a_hint() {
         }
         other => panic!("expected a 426 answer, got {other:?}"),
     }
-    // The log line is written before the response, so it is there now.
-    let warnings = WARNINGS.lock().unwrap();
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("import megaconn::axum_ws::")),
-        "no hint among {warnings:?}"
-    );
+    assert_hint_logged();
 }
 
 /// The same over HTTP/2: an extended CONNECT carries `:protocol` as hyper
@@ -374,14 +367,7 @@ async fn axums_own_extractor_gets_426_and_a_hint_over_http2() {
     )
     .await;
     assert_eq!(status, 426, "{body}");
-    // The log line is written before the response, so it is there now.
-    let warnings = WARNINGS.lock().unwrap().clone();
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("import megaconn::axum_ws::")),
-        "no hint among {warnings:?}"
-    );
+    assert_hint_logged();
 }
 
 /// A handler that asks hyper for the connection (`hyper::upgrade::on`,
@@ -600,4 +586,16 @@ async fn shutdown_gives_up_on_a_peer_that_never_answers_the_close() {
         .unwrap()
         .expect("a clean stop");
     assert_eq!(summary.forced, 0, "the socket left the drain by itself");
+}
+
+/// The hint naming `megaconn::axum_ws` was logged. It is written before the
+/// response goes out, so once the response is in, it is there.
+fn assert_hint_logged() {
+    let warnings = WARNINGS.lock().unwrap().clone();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("import megaconn::axum_ws::")),
+        "no hint among {warnings:?}"
+    );
 }
