@@ -21,7 +21,10 @@
 # binary too (its serve AND its hold), for before/after figures;
 # MEGACONN_B_SERVE_ARGS adds `serve` arguments to that row only (the same
 # binary with and without a flag: MEGACONN_B=$MEGACONN
-# MEGACONN_B_SERVE_ARGS="--park-wake-batch 20ms").
+# MEGACONN_B_SERVE_ARGS="--park-wake-batch 20ms"); MEGACONN_B_HOLD_ARGS does
+# the same for that row's `hold` (MEGACONN_B=$MEGACONN
+# MEGACONN_B_HOLD_ARGS=--wake-per-reply: hold woken by each reply, as before
+# session 27, against replies read on its tick).
 #
 # Needs: root, 2 cores, nginx-light jq curl (lib.sh installs them), a built
 # megaconn (cargo build --release; BENCH_SKIP_BUILD=1 to use target/ as is).
@@ -113,8 +116,10 @@ server_wakeups() {
 
 run_one() { # server round
   local server=$1 round=$2 kind=$1 bin="$MEGACONN_A" workers=1 serve_args="${MEGACONN_SERVE_ARGS:-}"
-  local base="$RES_DIR/$server-r$round" extra=""
-  if [[ "$server" == megaconn-b ]]; then kind=megaconn bin="$MEGACONN_B" extra="${MEGACONN_B_SERVE_ARGS:-}"; fi
+  local base="$RES_DIR/$server-r$round" extra="" hold_extra=""
+  if [[ "$server" == megaconn-b ]]; then
+    kind=megaconn bin="$MEGACONN_B" extra="${MEGACONN_B_SERVE_ARGS:-}" hold_extra="${MEGACONN_B_HOLD_ARGS:-}"
+  fi
   local nginx_opts="${NGINX_LISTEN_OPTS:-}"
   if ((PROCESSES > 1)); then
     # nginx's workers each get a listening socket (SO_REUSEPORT), as
@@ -134,7 +139,7 @@ run_one() { # server round
   local dur=$((SETTLE + WINDOW + 10))
   taskset -c "$LOAD_CPU" "$bin" hold "$URL" -c "$N" --ramp "$RAMP" --source "$SOURCE" \
     --interval "${INTERVAL}s" -d "${dur}s" ${HOLD_PROCESSES:+--processes "$HOLD_PROCESSES"} \
-    --json "$base.hold.json" >"$base.hold.log" 2>&1 &
+    $hold_extra --json "$base.hold.json" >"$base.hold.log" 2>&1 &
   HOLD_PID=$!
   # Wait (bounded) until hold has every connection open, then SETTLE s.
   local i t_open=""
@@ -251,9 +256,9 @@ elapsed=$((SECONDS - t_start))
   echo
   echo "CPU: nanoseconds on the CPU of every thread of the server's processes (/proc/PID/task/*/schedstat: finer than the 10 ms ticks of the table above). Wake-ups: voluntary context switches of every thread of the server's processes (megaconn's supervisor, worker processes and their threads; nginx's master and workers). Heartbeat latency: hold's, from send to response, over the heartbeats after its ramp (median of the rounds). With INTERVAL=3600 an idle server: N/3600 heartbeats a second (the first beats are spread over the interval), and its own timers."
   echo
-  echo "_heartbeat-cpu.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES${HOLD_PROCESSES:+ HOLD_PROCESSES=$HOLD_PROCESSES}${MEGACONN_B_SERVE_ARGS:+ MEGACONN_B_SERVE_ARGS=\"$MEGACONN_B_SERVE_ARGS\"} SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN_A.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/heartbeat-$STAMP/_"
+  echo "_heartbeat-cpu.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES${HOLD_PROCESSES:+ HOLD_PROCESSES=$HOLD_PROCESSES}${MEGACONN_B_SERVE_ARGS:+ MEGACONN_B_SERVE_ARGS=\"$MEGACONN_B_SERVE_ARGS\"}${MEGACONN_B_HOLD_ARGS:+ MEGACONN_B_HOLD_ARGS=\"$MEGACONN_B_HOLD_ARGS\"} SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN_A.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw JSON: bench/out/heartbeat-$STAMP/_"
   echo
-  echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES${HOLD_PROCESSES:+ HOLD_PROCESSES=$HOLD_PROCESSES}${MEGACONN_B_SERVE_ARGS:+ MEGACONN_B_SERVE_ARGS=\"$MEGACONN_B_SERVE_ARGS\"} SERVERS=\"$SERVERS\" bash bench/heartbeat-cpu.sh\`"
+  echo "Command: \`N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS PROCESSES=$PROCESSES${HOLD_PROCESSES:+ HOLD_PROCESSES=$HOLD_PROCESSES}${MEGACONN_B_SERVE_ARGS:+ MEGACONN_B_SERVE_ARGS=\"$MEGACONN_B_SERVE_ARGS\"}${MEGACONN_B_HOLD_ARGS:+ MEGACONN_B_HOLD_ARGS=\"$MEGACONN_B_HOLD_ARGS\"} SERVERS=\"$SERVERS\" bash bench/heartbeat-cpu.sh\`"
 } | tee "$RES_DIR/table.md"
 
 if [[ -n "${SECTION_OUT:-}" ]]; then

@@ -91,28 +91,35 @@ fn hold(args: &[&str]) -> Output {
     common::output(Command::new(BIN).arg("hold").args(args))
 }
 
-/// Runs a 40-connection hold over `processes` processes; returns the report and server stats.
-fn run(processes: &str) -> (HoldReport, Arc<Stats>) {
+/// Runs a 40-connection hold over `processes` processes, with `extra`
+/// arguments; returns the report and server stats.
+fn run(processes: &str, extra: &[&str]) -> (HoldReport, Arc<Stats>) {
     let (addr, stats) = server();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("hold.json");
     let url = format!("http://{addr}/beat");
-    let out = hold(&[
-        &url,
-        "-c",
-        "40",
-        "--processes",
-        processes,
-        "--ramp",
-        "20000",
-        "-d",
-        "500ms",
-        "--interval",
-        "100ms",
-        "--json",
-        json.to_str().unwrap(),
-        "-q",
-    ]);
+    let out = hold(
+        &[
+            &url,
+            "-c",
+            "40",
+            "--processes",
+            processes,
+            "--ramp",
+            "20000",
+            "-d",
+            "500ms",
+            "--interval",
+            "100ms",
+            "--json",
+            json.to_str().unwrap(),
+            "-q",
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
+    );
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -125,7 +132,7 @@ fn run(processes: &str) -> (HoldReport, Arc<Stats>) {
 
 #[test]
 fn two_processes_hold_exactly_n_and_match_one_process() {
-    let (two, s2) = run("2");
+    let (two, s2) = run("2", &[]);
     assert_eq!(two.processes, 2);
     assert_eq!(s2.active.load(SeqCst), 40, "server-side held connections");
     assert_eq!(s2.peak.load(SeqCst), 40);
@@ -158,7 +165,7 @@ fn two_processes_hold_exactly_n_and_match_one_process() {
     let answered = two.heartbeats_ok + two.opens_ok;
     assert!(served >= answered && served <= answered + 40);
 
-    let (one, s1) = run("1");
+    let (one, s1) = run("1", &[]);
     assert_eq!(one.processes, 1);
     assert_eq!(s1.active.load(SeqCst), 40);
     assert_eq!(
@@ -175,6 +182,22 @@ fn two_processes_hold_exactly_n_and_match_one_process() {
             two.drops
         )
     );
+}
+
+/// Replies read on the tick (the default, timed by their kernel stamps) and
+/// replies read as they wake the thread (`--wake-per-reply`) are both counted
+/// and timed, each heartbeat once.
+#[test]
+fn wake_per_reply_answers_and_times_every_heartbeat_too() {
+    let (report, stats) = run("1", &["--wake-per-reply"]);
+    assert_eq!(stats.active.load(SeqCst), 40);
+    assert_eq!(
+        (report.drops, report.heartbeat_errors),
+        (0, 0),
+        "{report:?}"
+    );
+    assert!(report.heartbeats_ok >= 40, "{report:?}");
+    assert_eq!(report.heartbeat_latency_us.count, report.heartbeats_ok);
 }
 
 #[test]

@@ -79,6 +79,14 @@ pub struct HoldArgs {
     /// Reconnect connections that drop or fail to connect.
     #[arg(long)]
     pub reconnect: bool,
+    /// Cleartext connections: wake for each reply as it arrives and time it
+    /// when read. By default replies are read on the beat grid's tick and
+    /// timed by the kernel's receive timestamp (`SO_TIMESTAMPNS`), so a
+    /// server's reply does not wake `hold`: on one machine that wake-up is
+    /// paid by the server's `send` (loopback), which a remote client would
+    /// not cost it.
+    #[arg(long)]
+    pub wake_per_reply: bool,
     /// https:// and wss://: accept any server certificate (e.g. `serve --self-signed`).
     /// For testing your own servers only: nothing proves who answers.
     #[arg(short = 'k', long)]
@@ -317,6 +325,7 @@ pub(crate) fn share(
         tick: hold_conn::beat_tick(args.interval),
         timeout: args.timeout,
         reconnect: args.reconnect,
+        wake_per_reply: args.wake_per_reply,
         start: Instant::now(),
         ramp: args.ramp / count as f64,
         tls: plan.tls.clone(),

@@ -71,6 +71,9 @@ pub(crate) struct HoldShared {
     pub timeout: Duration,
     /// Reconnect after a drop or failed connect.
     pub reconnect: bool,
+    /// The lot wakes for each reply (`--wake-per-reply`) instead of reading
+    /// replies on the grid's tick, timed by their kernel receive stamps.
+    pub wake_per_reply: bool,
     /// When the ramp starts.
     pub start: Instant,
     /// New connections per second (this process).
@@ -296,9 +299,10 @@ pub(crate) struct ThreadCtx {
 
 impl ThreadCtx {
     /// A heartbeat sent at `sent` was answered as expected: counted and
-    /// timed. Returns now.
-    pub(crate) fn answered(&self, sent: Instant) -> Instant {
-        let now = Instant::now();
+    /// timed to `arrived` (the reply's kernel receive time) or, without it,
+    /// to now. Returns the time it was timed to.
+    pub(crate) fn answered(&self, sent: Instant, arrived: Option<Instant>) -> Instant {
+        let now = arrived.unwrap_or_else(Instant::now);
         self.counters.heartbeats_ok.fetch_add(1, Relaxed);
         let latency = now.saturating_duration_since(sent).as_nanos() as u64;
         let l = &mut *self.latencies.borrow_mut();
@@ -327,11 +331,13 @@ impl ThreadCtx {
 
     /// A data frame the server sent unasked (`tcp://`, `ws://`): in
     /// receive mode, a push (its payload carries its send time, `t=<unix
-    /// ns>`) is counted and its delivery timed.
-    pub(crate) fn pushed(&self, payload: &[u8]) {
+    /// ns>`) is counted and its delivery timed, to `arrived_unix_ns` (its
+    /// kernel receive time) or, without it, to now.
+    pub(crate) fn pushed(&self, payload: &[u8], arrived_unix_ns: Option<u64>) {
         if let Some(sent) = sent_at_ns(payload).filter(|_| self.shared.receive) {
             self.counters.pushes_received.fetch_add(1, Relaxed);
-            let latency = unix_now_ns().saturating_sub(sent);
+            let arrived = arrived_unix_ns.unwrap_or_else(unix_now_ns);
+            let latency = arrived.saturating_sub(sent);
             record_ns(&mut self.latencies.borrow_mut().pushes, latency);
         }
     }
@@ -352,7 +358,7 @@ pub(crate) fn run_thread(
         .build()?;
     let lot = if parks(&shared) {
         let _runtime = rt.enter();
-        Some(Lot::new()?)
+        Some(Lot::new(shared.wake_per_reply)?)
     } else {
         None
     };
@@ -530,7 +536,7 @@ async fn open_session(
         }
         None if sh.http => {
             let heard = |read: &[u8], pongs: &mut Vec<u8>| {
-                wire.take(sh, true, read, pongs, |p| ctx.pushed(p))
+                wire.take(sh, true, read, pongs, |p| ctx.pushed(p, None))
             };
             exchange(ctx, stream, &sh.heartbeat, Exchange::Opening, heard).await
         }
@@ -609,7 +615,7 @@ async fn session(
                         match stream.try_read_app(&mut buf) {
                             Ok(Read::Eof) => return Ended::Dropped,
                             Ok(Read::Data(d)) => {
-                                wire.take(sh, false, d, &mut pongs, |p| ctx.pushed(p))
+                                wire.take(sh, false, d, &mut pongs, |p| ctx.pushed(p, None))
                             }
                             Ok(Read::Nothing) => None,
                             Err(e) => return io_end(&e),
@@ -683,8 +689,9 @@ pub(crate) fn io_end(e: &std::io::Error) -> Ended {
 /// Sends one heartbeat and waits for its reply, as `wire` reads it.
 async fn heartbeat(ctx: &ThreadCtx, stream: &mut impl Held, wire: &mut Wire) -> Result<(), Ended> {
     let sh = &ctx.shared;
-    let heard =
-        |read: &[u8], pongs: &mut Vec<u8>| wire.take(sh, true, read, pongs, |p| ctx.pushed(p));
+    let heard = |read: &[u8], pongs: &mut Vec<u8>| {
+        wire.take(sh, true, read, pongs, |p| ctx.pushed(p, None))
+    };
     exchange(ctx, stream, &sh.heartbeat, Exchange::Heartbeat, heard).await
 }
 
@@ -725,7 +732,7 @@ async fn exchange(
             match what {
                 Exchange::Opening => ctx.opened(),
                 Exchange::Heartbeat => {
-                    ctx.answered(sent);
+                    ctx.answered(sent, None);
                 }
             }
             stream.forget_readiness();
@@ -831,6 +838,7 @@ impl HoldShared {
             tick: beat_tick(Duration::from_secs(30)),
             timeout: Duration::from_secs(5),
             reconnect: false,
+            wake_per_reply: false,
             start: Instant::now(),
             ramp: 1.0,
             tls: None,

@@ -9,14 +9,23 @@
 //! reading side (`hold_wire.rs`: replies, pushes, a WebSocket server's pings
 //! to answer), plus:
 //! - an epoll instance of its own (level-triggered, each socket registered
-//!   once for its whole life), itself registered with the thread's tokio
-//!   runtime, so a batch of replies is one `epoll_wait` of the runtime and one
-//!   of the lot's;
+//!   once for its whole life);
 //! - a timing wheel of due ticks on the beat grid (`hold_wheel.rs`; the tick
 //!   is `hold_conn::beat_tick`, 10 to 100 ms by the interval): a beat, or a
 //!   reply's deadline, is an append and a pass, not a timer registered and
 //!   cancelled in tokio's wheel;
-//! - a ticker on that grid that sends the beats due.
+//! - a ticker on that grid that takes what arrived since the last tick and
+//!   sends the beats due.
+//!
+//! Replies are read on the tick, not as they arrive, and timed by the
+//! kernel's receive timestamp of their last segment (`SO_TIMESTAMPNS`). The
+//! thread sleeps between ticks on a timer only, so a server's reply wakes
+//! nobody. On one machine that matters: on loopback the sender pays for the
+//! receiver's wake-up inside its `send`, a cost the server would not have
+//! with its clients on other machines, and at a million connections it was
+//! one wake-up of `hold` per heartbeat (`bench/HOLD-CPU.md`). With
+//! `--wake-per-reply` the lot's epoll is registered with the thread's tokio
+//! runtime instead, and a reply is read (and timed) when it wakes the thread.
 //!
 //! So a heartbeat is one `send`, one `recv`, a parse and a histogram record
 //! whatever the protocol:
@@ -26,9 +35,9 @@
 
 use std::cell::RefCell;
 use std::io::{Read as _, Write as _};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -37,6 +46,7 @@ use tokio::sync::oneshot;
 use crate::hold_conn::{io_end, next_beat, Ended, Rng, ThreadCtx};
 use crate::hold_wheel::Wheel;
 use crate::hold_wire::{Verdict, Wire};
+use crate::tcp_frames::unix_now_ns;
 
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 256;
@@ -77,15 +87,73 @@ struct State {
     tenants: u32,
 }
 
+/// The lot's epoll instance: how the thread learns that replies arrived.
+enum Epoll {
+    /// Looked at on the grid's tick only (the default).
+    Ticked(OwnedFd),
+    /// Registered with the thread's runtime: a reply wakes the thread
+    /// (`--wake-per-reply`).
+    Woken(AsyncFd<OwnedFd>),
+}
+
+impl Epoll {
+    fn raw(&self) -> RawFd {
+        match self {
+            Epoll::Ticked(fd) => fd.as_raw_fd(),
+            Epoll::Woken(fd) => fd.as_raw_fd(),
+        }
+    }
+}
+
+/// Both clocks read at one moment: turns a kernel receive timestamp
+/// (`CLOCK_REALTIME`) into the `Instant` the heartbeats are timed with.
+#[derive(Clone, Copy)]
+struct Clocks {
+    now: Instant,
+    unix_ns: u64,
+}
+
+impl Clocks {
+    fn read() -> Clocks {
+        Clocks {
+            now: Instant::now(),
+            unix_ns: unix_now_ns(),
+        }
+    }
+
+    /// When bytes stamped `stamp` (Unix ns) arrived, on the monotonic clock.
+    fn arrival(self, stamp: u64) -> Arrival {
+        let now = if stamp <= self.unix_ns {
+            let age = Duration::from_nanos(self.unix_ns - stamp);
+            self.now.checked_sub(age).unwrap_or(self.now)
+        } else {
+            self.now + Duration::from_nanos(stamp - self.unix_ns)
+        };
+        Arrival {
+            now,
+            unix_ns: stamp,
+        }
+    }
+}
+
+/// When the bytes of one read arrived (the kernel's stamp of their last
+/// segment), on both clocks.
+#[derive(Clone, Copy)]
+struct Arrival {
+    now: Instant,
+    unix_ns: u64,
+}
+
 /// The parking lot of one hold thread.
 pub(crate) struct Lot {
-    epoll: AsyncFd<OwnedFd>,
+    epoll: Epoll,
     state: RefCell<State>,
 }
 
 impl Lot {
-    /// A lot with its own epoll instance, registered with the current runtime.
-    pub(crate) fn new() -> std::io::Result<Lot> {
+    /// A lot with its own epoll instance; with `wake_per_reply`, registered
+    /// with the current runtime.
+    pub(crate) fn new(wake_per_reply: bool) -> std::io::Result<Lot> {
         // SAFETY: a plain syscall; the result is checked before use.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -93,8 +161,12 @@ impl Lot {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: an OwnedFd keeps its descriptor open and always returns it.
-        let epoll = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        let epoll = if wake_per_reply {
+            // SAFETY: an OwnedFd keeps its descriptor open and always returns it.
+            Epoll::Woken(unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?)
+        } else {
+            Epoll::Ticked(fd)
+        };
         Ok(Lot {
             epoll,
             state: RefCell::new(State {
@@ -124,6 +196,9 @@ impl Lot {
             Some(&s) => s,
             None => st.slots.len() as u32,
         };
+        if matches!(self.epoll, Epoll::Ticked(_)) {
+            stamp_arrivals(&stream)?;
+        }
         self.ctl(libc::EPOLL_CTL_ADD, &stream, slot, tenant, false)?;
         if st.free.pop().is_none() {
             st.slots.push(None);
@@ -166,7 +241,7 @@ impl Lot {
             u64: u64::from(slot) | u64::from(tenant) << 32,
         };
         // SAFETY: both descriptors are open; `ev` is a valid epoll_event.
-        let r = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, stream.as_raw_fd(), &mut ev) };
+        let r = unsafe { libc::epoll_ctl(self.epoll.raw(), op, stream.as_raw_fd(), &mut ev) };
         if r < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -181,35 +256,46 @@ impl Lot {
         st.wheel.clear();
     }
 
-    /// The lot's task: sends the beats due every grid tick and takes the
-    /// replies as they arrive, until the thread stops.
+    /// The lot's task, until the thread stops: every grid tick it takes
+    /// what arrived (by default) and sends the beats due; with
+    /// `--wake-per-reply` it takes replies as they arrive.
     pub(crate) async fn run(&self, ctx: &ThreadCtx) {
         let mut ticker = tokio::time::interval_at(ctx.shared.start.into(), ctx.shared.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
-        loop {
-            tokio::select! {
-                biased;
-                ready = self.epoll.readable() => match ready {
-                    Ok(mut guard) => {
-                        self.take_events(ctx, &mut events);
-                        guard.clear_ready();
-                    }
-                    // The runtime is shutting down.
-                    Err(_) => return,
-                },
-                _ = ticker.tick() => self.beat(ctx, Instant::now()),
-            }
+        match &self.epoll {
+            Epoll::Ticked(_) => loop {
+                ticker.tick().await;
+                // Replies first: one that arrived in time is not failed by
+                // its deadline's pass in `beat`.
+                self.take_events(ctx, &mut events, true);
+                self.beat(ctx, Instant::now());
+            },
+            Epoll::Woken(epoll) => loop {
+                tokio::select! {
+                    biased;
+                    ready = epoll.readable() => match ready {
+                        Ok(mut guard) => {
+                            self.take_events(ctx, &mut events, false);
+                            guard.clear_ready();
+                        }
+                        // The runtime is shutting down.
+                        Err(_) => return,
+                    },
+                    _ = ticker.tick() => self.beat(ctx, Instant::now()),
+                }
+            },
         }
     }
 
-    /// Takes every ready event of the lot's epoll (without waiting).
-    fn take_events(&self, ctx: &ThreadCtx, events: &mut [libc::epoll_event]) {
+    /// Takes every ready event of the lot's epoll (without waiting); with
+    /// `stamped`, reads carry their kernel receive time.
+    fn take_events(&self, ctx: &ThreadCtx, events: &mut [libc::epoll_event], stamped: bool) {
         loop {
             // SAFETY: `events` is valid for `events.len()` entries.
             let n = unsafe {
                 libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
+                    self.epoll.raw(),
                     events.as_mut_ptr(),
                     events.len() as libc::c_int,
                     0,
@@ -223,9 +309,10 @@ impl Lot {
             }
             // A full batch, or a read that filled the buffer, may leave more.
             let mut again = n as usize == events.len();
+            let clocks = (stamped && n > 0).then(Clocks::read);
             for ev in &events[..n as usize] {
                 let (bits, data) = (ev.events, ev.u64);
-                again |= self.on_event(ctx, data as u32, (data >> 32) as u32, bits);
+                again |= self.on_event(ctx, data as u32, (data >> 32) as u32, bits, clocks);
             }
             if !again {
                 return;
@@ -234,8 +321,16 @@ impl Lot {
     }
 
     /// Handles one readiness event of `slot`; true if the socket may have
-    /// more to read than one buffer took.
-    fn on_event(&self, ctx: &ThreadCtx, slot: u32, tenant: u32, bits: u32) -> bool {
+    /// more to read than one buffer took. With `clocks`, the read takes the
+    /// kernel's receive stamp and times the reply by it.
+    fn on_event(
+        &self,
+        ctx: &ThreadCtx,
+        slot: u32,
+        tenant: u32,
+        bits: u32,
+        clocks: Option<Clocks>,
+    ) -> bool {
         let (ended, more) = {
             let mut st = self.state.borrow_mut();
             let State { slots, wheel, .. } = &mut *st;
@@ -252,10 +347,15 @@ impl Lot {
             let mut pongs = Vec::new();
             let read = {
                 let mut buf = ctx.buf.borrow_mut();
-                match (&conn.stream).read(&mut buf) {
-                    Ok(0) => Err(Ended::Dropped),
-                    Ok(n) => conn
-                        .take(ctx, wheel, slot, &buf[..n], &mut pongs)
+                let got = match clocks {
+                    Some(clocks) => recv_stamped(conn.stream.as_raw_fd(), &mut buf)
+                        .map(|(n, stamp)| (n, stamp.map(|s| clocks.arrival(s)))),
+                    None => (&conn.stream).read(&mut buf).map(|n| (n, None)),
+                };
+                match got {
+                    Ok((0, _)) => Err(Ended::Dropped),
+                    Ok((n, arrived)) => conn
+                        .take(ctx, wheel, slot, &buf[..n], &mut pongs, arrived)
                         .map(|()| n == buf.len()),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
@@ -372,9 +472,9 @@ impl Lot {
 }
 
 impl Parked {
-    /// Bytes read from the socket, as the connection's [`Wire`] reads them
-    /// (pongs it asks for go to `pongs`); an answered heartbeat schedules the
-    /// next. `Err`: the connection ends.
+    /// Bytes read from the socket (arrived then, if stamped), as the
+    /// connection's [`Wire`] reads them (pongs it asks for go to `pongs`);
+    /// an answered heartbeat schedules the next. `Err`: the connection ends.
     fn take(
         &mut self,
         ctx: &ThreadCtx,
@@ -382,17 +482,18 @@ impl Parked {
         slot: u32,
         read: &[u8],
         pongs: &mut Vec<u8>,
+        arrived: Option<Arrival>,
     ) -> Result<(), Ended> {
         let sh = &ctx.shared;
         let verdict = self
             .wire
             .take(sh, self.waiting.is_some(), read, pongs, |p| {
-                ctx.pushed(p);
+                ctx.pushed(p, arrived.map(|a| a.unix_ns));
             });
         match (verdict, self.waiting) {
             (None, _) => Ok(()),
             (Some(Verdict::Answered { close }), Some(sent)) => {
-                let now = ctx.answered(sent);
+                let now = ctx.answered(sent, arrived.map(|a| a.now));
                 self.waiting = None;
                 ctx.counters.heartbeats_pending.fetch_sub(1, Relaxed);
                 if close {
@@ -409,6 +510,65 @@ impl Parked {
             }
         }
     }
+}
+
+/// Asks the kernel to stamp what `stream` receives with its arrival time
+/// (`SO_TIMESTAMPNS`, read back by [`recv_stamped`]).
+fn stamp_arrivals(stream: &std::net::TcpStream) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is open; the option value is a c_int of the
+    // length given.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads into `buf` like `read`, with the kernel's receive stamp of the
+/// last segment read (Unix ns), if it gave one.
+fn recv_stamped(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<u64>)> {
+    // Room for one `SCM_TIMESTAMPNS` message (a timespec), u64-aligned as
+    // `cmsghdr` needs.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no control).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `iov` (valid for `buf`) and `control`, both
+    // alive for the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_ macros walk the control data the kernel wrote
+    // (`msg_controllen` says how much); the timespec is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                stamp = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, stamp))
 }
 
 /// Writes as much of `bytes` as the socket takes now: how much that was.
@@ -441,4 +601,48 @@ fn nanos_since_start(ctx: &ThreadCtx, at: Instant) -> u64 {
 /// on: rounded up, as `hold_conn::on_tick` does for the task path.
 fn grid_tick(ctx: &ThreadCtx, at: Instant) -> u64 {
     nanos_since_start(ctx, at).div_ceil(tick_ns(ctx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_carries_the_time_its_bytes_arrived_not_the_time_of_the_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        stamp_arrivals(&server).unwrap();
+        let before = unix_now_ns();
+        client.write_all(b"reply").unwrap();
+        // Wait until the bytes are there, then note the time: they arrived
+        // before it, so a stamp taken at the read would come after it.
+        let mut pfd = libc::pollfd {
+            fd: server.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 30_000) }, 1);
+        let there = unix_now_ns();
+        let mut buf = [0u8; 16];
+        let (n, stamp) = recv_stamped(server.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"reply");
+        let stamp = stamp.expect("SO_TIMESTAMPNS gives a stamp");
+        assert!(
+            (before..=there).contains(&stamp),
+            "{before} <= {stamp} <= {there}"
+        );
+    }
+
+    #[test]
+    fn a_stamp_becomes_the_instant_as_far_before_or_after_the_reading() {
+        let clocks = Clocks::read();
+        let ms = Duration::from_millis(3);
+        let early = clocks.arrival(clocks.unix_ns - 3_000_000);
+        assert_eq!(clocks.now - early.now, ms);
+        assert_eq!(early.unix_ns, clocks.unix_ns - 3_000_000);
+        let late = clocks.arrival(clocks.unix_ns + 3_000_000);
+        assert_eq!(late.now - clocks.now, ms);
+    }
 }
