@@ -88,7 +88,9 @@
 #   (bench/million-rss.svg; "" for none), SERVER_CPU and LOAD_CPU (taskset
 #   CPU lists; default all CPUs, i.e. unpinned), AUTOGROUP (0; "keep": leave
 #   kernel.sched_autogroup_enabled as it is),
-#   MEGACONN (binary to test), TLS (1: megaconn only, over TLS: `serve
+#   MEGACONN (binary to test), HOLD_ARGS (extra `hold` arguments, e.g.
+#   --wake-per-reply: hold woken by each reply, as in runs before
+#   2026-12-04), TLS (1: megaconn only, over TLS: `serve
 #   --self-signed`, `hold https:// -k`; each connection a full handshake or a
 #   resumed one, then its heartbeats over TLS), PROTO (http; megaconn only:
 #   framed = the demo's framed TCP protocol, `serve --tcp-listen --tcp-framing
@@ -703,7 +705,7 @@ run_server() {
   : >"$hlog"
   nice -n "$NICE_BACK" taskset -c "$LOAD_CPU" "$HOLD_BIN" hold "${HOLD_TARGET[@]}" "${HOLD_TLS[@]}" -c "$target" --ramp "$ramp" \
     --source "$SOURCE" --interval "${INTERVAL}s" -d "${hold}s" ${TIMEOUT:+--timeout "$TIMEOUT"} \
-    --json "$hjson" >"$hlog" 2>&1 &
+    ${HOLD_ARGS:-} --json "$hjson" >"$hlog" 2>&1 &
   HOLD_PID=$!
   expect_ramp=$((target / ramp))
   # hold's connect timeout in whole seconds (its default 5 s when TIMEOUT is empty).
@@ -1043,5 +1045,5 @@ fi
     jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs; socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %, softirq and irq \(.softirq_cpu_pct // "—") % (mostly also inside the server'"'"'s and hold'"'"'s own CPU), this script'"'"'s samplers \(.sampler_cpu_pct // "—") %, steal (the host'"'"'s) \(.steal_cpu_pct // "—") %; loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s\(if .machine_busy_pct != null and .machine_cpus != null and .machine_busy_pct > .machine_cpus * 100 - 8 then "; **saturated**: under 8 % of a core was free while holding, so the heartbeat tail is mostly waiting for a CPU, not the server (in every million run since 2026-12-01 that left 8 % free, p99 after the ramp was within 50 ms: bench/MILLION.md, 2026-12-03)" else "" end)"' "$(src_dir "$server")/$server.json"
   done
   echo
-  echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE DROP_CACHES=$DROP_CACHES NETNS_EHASH=${NETNS_EHASH:-0}${MEGACONN_SERVE_ARGS:+ MEGACONN_SERVE_ARGS=\"$MEGACONN_SERVE_ARGS\"}; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
+  echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE DROP_CACHES=$DROP_CACHES NETNS_EHASH=${NETNS_EHASH:-0}${MEGACONN_SERVE_ARGS:+ MEGACONN_SERVE_ARGS=\"$MEGACONN_SERVE_ARGS\"}${HOLD_ARGS:+ HOLD_ARGS=\"$HOLD_ARGS\"}; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"
 } | tee "$RES_DIR/table.md"
