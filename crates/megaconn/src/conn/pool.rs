@@ -154,12 +154,16 @@ pub(crate) fn install(ctx: &Rc<WorkerContext>) {
 /// The worker running on this thread, if any (its parking lot hears of a
 /// woken socket that leaves it: `park::left_for_runtime`).
 pub(crate) fn this_worker() -> Option<Rc<WorkerContext>> {
-    WORKER.with(|w| w.borrow().upgrade())
+    // `try_with`: a TLS stream is `Send` and may be dropped on any thread,
+    // also while that thread's locals are being destroyed, where `with`
+    // would panic inside a destructor and abort the process. A thread
+    // whose `WORKER` is gone has no worker any more.
+    WORKER.try_with(|w| w.borrow().upgrade()).ok().flatten()
 }
 
 /// A buffer from this thread's worker's pool; off a worker thread, a fresh one.
 pub(crate) fn take_local() -> BytesMut {
-    match WORKER.with(|w| w.borrow().upgrade()) {
+    match this_worker() {
         Some(ctx) => ctx.pool.take(),
         None => BytesMut::with_capacity(BUFFER_CAPACITY),
     }
@@ -167,7 +171,7 @@ pub(crate) fn take_local() -> BytesMut {
 
 /// Gives a buffer from [`take_local`] back; off a worker thread it is freed.
 pub(crate) fn give_local(buf: BytesMut) {
-    if let Some(ctx) = WORKER.with(|w| w.borrow().upgrade()) {
+    if let Some(ctx) = this_worker() {
         ctx.pool.give(buf);
     }
 }
@@ -175,6 +179,33 @@ pub(crate) fn give_local(buf: BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A buffer given back (or taken) by a destructor that runs after this
+    /// thread's `WORKER` is gone, as a TLS stream's can on a user thread's
+    /// exit, is freed (or fresh): no panic inside a destructor, which
+    /// aborts the process.
+    #[test]
+    fn a_buffer_given_back_after_the_threads_worker_is_gone_is_freed() {
+        struct GivesBackOnDrop;
+        impl Drop for GivesBackOnDrop {
+            fn drop(&mut self) {
+                give_local(take_local());
+                assert!(this_worker().is_none());
+            }
+        }
+        thread_local! {
+            static LATE: GivesBackOnDrop = const { GivesBackOnDrop };
+        }
+        std::thread::spawn(|| {
+            // Thread locals are destroyed in the reverse order of their
+            // first use: `LATE` first used, `WORKER` after, so `WORKER`
+            // goes first.
+            LATE.with(|_| ());
+            assert!(this_worker().is_none());
+        })
+        .join()
+        .unwrap();
+    }
 
     fn pool_of(n: usize) -> BufferPool {
         let pool = BufferPool::new(Arc::default());

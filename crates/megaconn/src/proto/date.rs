@@ -28,18 +28,34 @@ pub(crate) fn now() -> HeaderValue {
 /// not need.
 pub(crate) fn with_now<R>(f: impl FnOnce(&HeaderValue) -> R) -> R {
     let second = wall_second();
-    CACHED.with(|cell| {
+    let mut f = Some(f);
+    // `try_with`: a response may be written from a destructor while the
+    // thread's locals are being destroyed (a connection moved to a user
+    // thread and dropped at its exit), where `with` would panic inside a
+    // destructor and abort the process; then the date is formatted uncached.
+    let cached = CACHED.try_with(|cell| {
+        let f = f.take().expect("called once");
         let mut cached = cell.borrow_mut();
         match &*cached {
             Some(c) if c.second == second => f(&c.value),
             _ => {
-                let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(second.max(0) as u64);
-                let text = httpdate::fmt_http_date(wall);
-                let value = HeaderValue::from_str(&text).expect("an HTTP date is a valid header");
+                let value = format(second);
                 f(&cached.insert(CachedDate { value, second }).value)
             }
         }
-    })
+    });
+    match (cached, f) {
+        (Ok(r), _) => r,
+        (Err(_), Some(f)) => f(&format(second)),
+        (Err(_), None) => unreachable!("try_with fails before running its closure"),
+    }
+}
+
+/// The `Date` header value of the wall-clock second `second`.
+fn format(second: i64) -> HeaderValue {
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(second.max(0) as u64);
+    let text = httpdate::fmt_http_date(wall);
+    HeaderValue::from_str(&text).expect("an HTTP date is a valid header")
 }
 
 /// The wall clock's current second, from the kernel's coarse clock: the
@@ -66,6 +82,30 @@ fn wall_second() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A date asked for by a destructor that runs after this thread's cache
+    /// is gone (a response written as a thread exits) is still a date: no
+    /// panic inside a destructor, which aborts the process.
+    #[test]
+    fn a_date_asked_after_the_threads_cache_is_gone_is_formatted_uncached() {
+        struct AsksOnDrop;
+        impl Drop for AsksOnDrop {
+            fn drop(&mut self) {
+                let value = now();
+                assert!(httpdate::parse_http_date(value.to_str().unwrap()).is_ok());
+            }
+        }
+        thread_local! {
+            static LATE: AsksOnDrop = const { AsksOnDrop };
+        }
+        std::thread::spawn(|| {
+            // Destroyed in the reverse order of first use: `CACHED` first.
+            LATE.with(|_| ());
+            let _ = now();
+        })
+        .join()
+        .unwrap();
+    }
 
     /// The header is today's date, to the second, in a turn of the lot and
     /// out of one. (The bound is loose on purpose: a stalled test machine
