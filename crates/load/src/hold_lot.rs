@@ -253,6 +253,9 @@ impl Lot {
     pub(crate) fn close_all(&self) {
         let mut st = self.state.borrow_mut();
         st.slots.clear();
+        // The free list names slots that no longer exist: a later `park`
+        // would index past the end.
+        st.free.clear();
         st.wheel.clear();
     }
 
