@@ -19,9 +19,17 @@
 //! drain and is not restarted, and the old supervisor exits once all have.
 //! From the first hand-over on, the old supervisor restarts none of its
 //! worker processes: one that dies is left to the new worker process of its
-//! index, which finds nothing to take over from and starts afresh (a
-//! restarted old one could come up beside it); the old supervisor exits once
-//! each has handed over or died.
+//! index, which finds nothing to take over from and starts afresh; the old
+//! supervisor exits once each has handed over or died.
+//! One slot of the port is served by one worker process at a time (bar the
+//! moment of a hand-over): each holds its slot's lock
+//! ([`upgrade::SlotLock`]), claimed before it binds afresh and passed on
+//! with its listening sockets. So a restart the old supervisor launched just
+//! before it heard of the first hand-over cannot come up beside a new
+//! worker process that started afresh: whichever claims the slot second
+//! yields. An old one exits ([`upgrade::SLOT_TAKEN_EXIT`]) and is not
+//! restarted; a new one (of a supervisor still taking over) takes over from
+//! the old one instead, as one more attempt.
 //! Until one new worker process has taken over, any failure abandons the
 //! upgrade (the old generation serves on in full); after that, a new worker
 //! process that fails to take over is started again to take over from the
@@ -224,6 +232,15 @@ impl Worker {
         tracing::error!(worker = index, "worker process gone while a newer generation takes over from this one; not restarting it: the new worker process of its index starts afresh in its place");
     }
 
+    /// Worker process `index` exited because another process holds its
+    /// slot's lock, and that one is newer (this supervisor is not taking
+    /// over, or is being taken over itself): it serves the slot now, and
+    /// this one is not started again.
+    fn yield_slot(&mut self, index: usize) {
+        self.retired = true;
+        tracing::warn!(worker = index, "worker process found its slot served by a newer one (which started afresh in its place); not restarting it");
+    }
+
     /// Schedules the restart of worker process `index`, which exited with
     /// `code`, with a back-off that grows while it keeps dying soon after
     /// starting. One that keeps failing to take over from its old worker
@@ -234,7 +251,10 @@ impl Worker {
             self.restarts = 0;
         }
         let mut delay = backoff(self.restarts);
-        if !self.take_over {
+        // Only an upgrading supervisor gets here with its slot taken: an
+        // old worker process, restarted by its supervisor, holds it.
+        let slot_taken = code == Some(upgrade::SLOT_TAKEN_EXIT);
+        if !self.take_over && !slot_taken {
             let restart_in_ms = delay.as_millis() as u64;
             tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process died; restarting");
         } else if code == Some(upgrade::NOTHING_TO_TAKE_OVER_EXIT) {
@@ -242,6 +262,12 @@ impl Worker {
             let restart_in_ms = delay.as_millis() as u64;
             tracing::warn!(worker = index, restart_in_ms, "worker process found no old worker process to take over from (it handed over, or is gone); starting it afresh on its own listener");
         } else {
+            // Taking over from the process that holds the slot is the one
+            // way to serve it. That can fail the same way again for a
+            // while (its control socket not bound yet), so it counts.
+            if slot_taken {
+                self.take_over = true;
+            }
             self.take_over_failures += 1;
             let attempts = self.take_over_failures;
             if attempts >= TAKE_OVER_ATTEMPTS {
@@ -252,7 +278,11 @@ impl Worker {
             }
             delay = backoff(attempts - 1);
             let retry_in_ms = delay.as_millis() as u64;
-            tracing::error!(worker = index, exit = ?code, attempts, retry_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
+            if slot_taken {
+                tracing::warn!(worker = index, attempts, retry_in_ms, "worker process found its slot served by an old worker process (restarted by its supervisor); taking over from that one");
+            } else {
+                tracing::error!(worker = index, exit = ?code, attempts, retry_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
+            }
         }
         self.restart_at = Some(Instant::now() + delay);
     }
@@ -430,7 +460,23 @@ async fn supervise(
                         failed |= code != Some(0);
                         continue;
                     }
-                    if workers.iter().any(|w| w.handed_over) {
+                    let being_upgraded = workers.iter().any(|w| w.handed_over);
+                    // Its slot's lock is held (see `upgrade::SlotLock`): by
+                    // a newer worker process, unless this supervisor is the
+                    // one upgrading, which takes over from that holder (see
+                    // `schedule_restart`). Yielding is no failure. (An
+                    // upgrading supervisor that is itself being taken over,
+                    // and has not heard so yet, would take the slot back
+                    // from the newer one: still one process per slot.)
+                    let slot_taken = code == Some(upgrade::SLOT_TAKEN_EXIT);
+                    if committed && slot_taken && (!upgrade || being_upgraded) {
+                        workers[i].yield_slot(i);
+                        if workers.iter().all(Worker::done) {
+                            break;
+                        }
+                        continue;
+                    }
+                    if being_upgraded {
                         failed |= code != Some(0);
                         workers[i].retire(i);
                         if workers.iter().all(Worker::done) {

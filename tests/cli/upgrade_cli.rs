@@ -476,8 +476,20 @@ struct Gate {
 
 impl Gate {
     fn new(socket: &Path, index: usize) -> Gate {
+        Gate::at(socket, &format!(".{index}.gate"))
+    }
+
+    /// Where a worker process of a supervisor stops before it claims slot
+    /// `index` to bind afresh (`MEGACONN_TEST_SLOT_GATE`, a test-only knob,
+    /// set on the supervisor): at `socket.k.lock.gate`, as at a [`Gate::new`].
+    fn slot(socket: &Path, index: usize) -> Gate {
+        Gate::at(socket, &format!(".{index}.lock.gate"))
+    }
+
+    /// A gate at `socket`'s path plus `suffix`.
+    fn at(socket: &Path, suffix: &str) -> Gate {
         let mut path = socket.as_os_str().to_owned();
-        path.push(format!(".{index}.gate"));
+        path.push(suffix);
         let listener = UnixListener::bind(path).unwrap();
         let (tx, arrivals) = mpsc::channel();
         std::thread::spawn(move || {
@@ -550,9 +562,15 @@ struct Upgrading {
 
 impl Upgrading {
     fn start(addr: &str, socket: &Path) -> Upgrading {
+        Upgrading::start_with(addr, socket, &[])
+    }
+
+    /// As [`Upgrading::start`], with more variables in its environment.
+    fn start_with(addr: &str, socket: &Path, env: &[(&str, &str)]) -> Upgrading {
         let gates = [Gate::new(socket, 0), Gate::new(socket, 1)];
         let mut cmd = supervisor_command(1, addr, socket, Stdio::piped());
-        cmd.env("MEGACONN_TEST_TAKE_OVER_GATE", "1");
+        cmd.env("MEGACONN_TEST_TAKE_OVER_GATE", "1")
+            .envs(env.iter().copied());
         let (child, lines, log) = Log::spawn(&mut cmd);
         Upgrading {
             child,
@@ -806,6 +824,83 @@ fn an_old_worker_process_dying_during_the_upgrade_is_left_to_the_new_one() {
     let pids = announced(&up.new.lines);
     assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
     only_the_new_generation_serves(&up.addr, up.new);
+}
+
+/// An old worker process that died just before the first hand-over is
+/// restarted by its supervisor while the new worker process of its index,
+/// finding nothing to take over from (the restart does not listen yet),
+/// starts afresh: the two must not both serve that slot of the port. Both
+/// stop at the slot gate, before claiming the slot's lock; the test lets
+/// them on in the order given. The one that comes second yields: the old
+/// one exits and is not restarted; the new one takes over from the old one
+/// instead. Either way the old supervisor exits cleanly, and the new
+/// generation serves alone. Both used to serve, the old one never handing
+/// over, so that the old supervisor stayed up for good.
+fn an_old_restart_and_a_fresh_new_worker_process_race(new_first: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
+    const SLOT_GATE: (&str, &str) = ("MEGACONN_TEST_SLOT_GATE", "1");
+    let mut cmd = supervisor_command(0, &addr, &socket, Stdio::piped());
+    cmd.env(SLOT_GATE.0, SLOT_GATE.1);
+    // Its worker processes start before the gate exists, and pass.
+    let (old, old_lines, old_log) = Log::spawn(&mut cmd);
+    let old_pids = announced(&old_lines);
+    drop(port);
+    let slot_gate = Gate::slot(&socket, 1);
+    let new = Upgrading::start_with(&addr, &socket, &[SLOT_GATE]);
+    let (_, hold_first) = new.gates[0].next();
+    let (_, hold_second) = new.gates[1].next();
+    // Before any hand-over: the old supervisor restarts it, and the restart
+    // stops at the slot gate.
+    // SAFETY: kill(2) on a process the test saw serving; its supervisor
+    // has not reaped it (it restarts it only after hearing of its exit).
+    unsafe { libc::kill(old_pids[1], libc::SIGKILL) };
+    let (old_restart, hold_old) = slot_gate.next();
+    drop(hold_first);
+    old_log.wait_for("handed over to a newer one", 0);
+    // Past the point of no return: the new supervisor now restarts a
+    // worker process that finds nothing to take over from.
+    new.wait_for_log("worker process took over from the old one", 0);
+    drop(hold_second);
+    new.wait_for_log("found no old worker process to take over from", 1);
+    let (fresh, hold_fresh) = slot_gate.next();
+    let pids = announced(&new.lines);
+    assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
+    if new_first {
+        drop(hold_fresh);
+        let line = new.lines.expect_line();
+        assert_eq!(line, format!("worker process 1 restarted pid {fresh}"));
+        drop(hold_old);
+        old_log.wait_for("served by a newer one", 1);
+    } else {
+        drop(hold_old);
+        let line = old_lines.expect_line();
+        assert_eq!(
+            line,
+            format!("worker process 1 restarted pid {old_restart}")
+        );
+        drop(hold_fresh);
+        new.wait_for_log("served by an old worker process", 1);
+        let (again, go) = new.gates[1].next();
+        drop(go);
+        new.wait_for_log("worker process took over from the old one", 1);
+        let line = new.lines.expect_line();
+        assert_eq!(line, format!("worker process 1 restarted pid {again}"));
+    }
+    old_supervisor_finishes(old, old_lines);
+    only_the_new_generation_serves(&addr, new);
+}
+
+#[test]
+fn an_old_restart_that_comes_second_to_a_fresh_new_worker_process_yields() {
+    an_old_restart_and_a_fresh_new_worker_process_race(true);
+}
+
+#[test]
+fn a_fresh_new_worker_process_that_comes_second_to_an_old_restart_takes_over_from_it() {
+    an_old_restart_and_a_fresh_new_worker_process_race(false);
 }
 
 /// GET `path` on a fresh connection; the body.
