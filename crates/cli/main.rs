@@ -102,6 +102,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             } else if e.downcast_ref::<upgrade::NothingToTakeOver>().is_some() {
                 ExitCode::from(upgrade::NOTHING_TO_TAKE_OVER_EXIT as u8)
+            } else if e.downcast_ref::<upgrade::SlotTaken>().is_some() {
+                ExitCode::from(upgrade::SLOT_TAKEN_EXIT as u8)
             } else {
                 ExitCode::from(1)
             }

@@ -375,13 +375,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.worker_process.is_some() && channel.is_none() {
         tracing::warn!("no publish channel from the supervisor: publishes reach this worker process's connections only");
     }
+    let control_path = upgrade_socket(
+        resolved.upgrade_socket.as_ref(),
+        resolved.addrs.first().copied(),
+        args.worker_process,
+    );
+    // A worker process serves its slot only with the slot's lock: taken
+    // over with the listening sockets, or claimed before binding afresh
+    // (see `SlotLock`).
+    let mut slot = None;
     let take_over = if args.upgrade {
-        let path = upgrade_socket(
-            resolved.upgrade_socket.as_ref(),
-            resolved.addrs.first().copied(),
-            args.worker_process,
-        );
-        let (take_over, listeners) = crate::upgrade::take_over(&path)?;
+        let (mut take_over, listeners) = crate::upgrade::take_over(&control_path)?;
+        slot = take_over.take_slot();
+        if slot.is_none() && args.worker_process.is_some() {
+            // The old process had none (an older megaconn): claim it now.
+            // It serves the listeners it took over whatever happens here.
+            slot = crate::upgrade::SlotLock::claim(&control_path).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "took over without the worker process slot's lock");
+                None
+            });
+        }
         // The admin listener's socket to the admin listener, the others to
         // the server; one bound to an address neither has is closed.
         let admin_addr = match resolved.admin {
@@ -399,6 +412,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         resolved.builder = resolved.builder.adopt_listeners(main);
         Some((take_over, admin))
     } else {
+        if args.worker_process.is_some() {
+            slot = crate::upgrade::SlotLock::claim(&control_path)?;
+        }
         None
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -411,6 +427,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         channel,
         take_over,
         args.worker_process,
+        slot,
     ))
 }
 
@@ -469,6 +486,8 @@ async fn serve(
     channel: Option<std::os::fd::OwnedFd>,
     take_over: Option<(crate::upgrade::TakeOver, Vec<std::net::TcpListener>)>,
     worker_process: Option<usize>,
+    // Held until the control socket takes it, or the process exits.
+    mut slot: Option<crate::upgrade::SlotLock>,
 ) -> anyhow::Result<()> {
     // Signals are registered before anything else, so one that arrives during
     // start-up is seen (and shuts down cleanly) instead of killing the process.
@@ -511,7 +530,7 @@ async fn serve(
     let mut control = None;
     let mut control_ready = None;
     if take_over.is_none() {
-        control = crate::upgrade::listen_for_upgrades(&control_path, &handle);
+        control = crate::upgrade::listen_for_upgrades(&control_path, &handle, &mut slot);
     }
     crate::say!(
         "megaconn serving on {} ({} workers, max_connections {})",
@@ -574,6 +593,7 @@ async fn serve(
                         if let Some(admin) = &_admin {
                             socket.also(admin.handle.clone());
                         }
+                        socket.keep(slot.take());
                         if let Err(e) = socket.serve(handle.clone()) {
                             tracing::warn!(error = %e, "cannot serve the upgrade control socket");
                         }

@@ -17,31 +17,37 @@
 //! socket (`--upgrade-socket` plus `.k`), listening sockets and parked
 //! connections included; an old worker that handed over exits after its
 //! drain and is not restarted, and the old supervisor exits once all have.
-//! From the first hand-over on, the old supervisor restarts none of its
-//! worker processes: one that dies is left to the new worker process of its
-//! index, which finds nothing to take over from and starts afresh (a
-//! restarted old one could come up beside it); the old supervisor exits once
-//! each has handed over or died.
+//! Slot by slot: the old supervisor goes on restarting a worker process that
+//! dies before it handed over, during the upgrade and after it (when the
+//! new worker process of its index was given up, below), so that its share
+//! of the port is never left to nobody.
+//! One slot of the port is served by one worker process at a time (bar the
+//! moment of a hand-over): each holds its slot's lock
+//! ([`upgrade::SlotLock`]), claimed before it binds afresh and passed on
+//! with its listening sockets. So an old restart cannot come up beside a
+//! new worker process that found nothing to take over from (the old one had
+//! died, its restart did not listen yet) and started afresh: whichever
+//! claims the slot second yields. An old one exits
+//! ([`upgrade::SLOT_TAKEN_EXIT`]) and is not restarted; a new one (of a
+//! supervisor still taking over) takes over from the old one instead, as
+//! one more attempt. The old supervisor exits once each of its worker
+//! processes has handed over or yielded.
 //! Until one new worker process has taken over, any failure abandons the
 //! upgrade (the old generation serves on in full); after that, a new worker
 //! process that fails to take over is started again to take over from the
 //! same old one (which serves meanwhile), and afresh on its own listener
 //! only once nothing answers on that one's control socket. It tries
 //! [`TAKE_OVER_ATTEMPTS`] times in all, backing off, then gives up on that
-//! worker process and says so on stdout: the old one serves its share on,
-//! and a next `serve --upgrade` takes over from both supervisors. Not every
-//! new worker process can be given up: only one still taking over is, and
-//! the upgrade got past that point because one took over (it and its later
-//! restarts bind afresh), so the new supervisor never announces with no
-//! worker process. Known gap: the old worker process left serving by a
-//! given-up new one is not restarted if it dies later (its supervisor
-//! restarts none once a hand-over began, and the new supervisor has given
-//! up that index): the other processes' listeners take its share of the
-//! port, with one process fewer, until the next `serve --upgrade`. Once a start is
-//! past that point, a worker process that dies while others are still
-//! starting is restarted at once: start-up and serving are one event loop. The supervisor's admin listener is not
-//! handed over: give the new one another `--admin` address (or `off`) while
-//! the old one drains.
+//! worker process and says so on stdout: the old one serves its share on
+//! (restarted by its supervisor if it dies), and a next `serve --upgrade`
+//! takes over from both supervisors. Not every new worker process can be
+//! given up: only one still taking over is, and the upgrade got past that
+//! point because one took over (it and its later restarts bind afresh), so
+//! the new supervisor never announces with no worker process. Once a start
+//! is past that point, a worker process that dies while others are still
+//! starting is restarted at once: start-up and serving are one event loop.
+//! The supervisor's admin listener is not handed over: give the new one
+//! another `--admin` address (or `off`) while the old one drains.
 //!
 //! On a real host, prefer raising `LimitNOFILE=` in the systemd unit (and
 //! `fs.nr_open`) and running one process; `--processes` is for hosts where the
@@ -152,9 +158,9 @@ struct Worker {
     take_over_failures: u32,
     running: bool,
     handed_over: bool,
-    /// It is not started again: it died while its generation was being
-    /// upgraded (the new worker process of its index starts afresh), or it
-    /// failed to take over [`TAKE_OVER_ATTEMPTS`] times (its old one serves).
+    /// It is not started again: a newer worker process serves its slot (see
+    /// `yield_slot`), or it failed to take over [`TAKE_OVER_ATTEMPTS`] times
+    /// (its old one serves).
     retired: bool,
     /// Its current (or next) start takes over from the old worker process of
     /// its index (`--upgrade`), rather than binding its own listener.
@@ -199,7 +205,7 @@ impl Worker {
         self.process.as_ref().map(|p| p.pid)
     }
 
-    /// It is gone for good: handed over (or retired: see `retire` and
+    /// It is gone for good: handed over (or retired: see `yield_slot` and
     /// `schedule_restart`) and exited.
     fn done(&self) -> bool {
         (self.handed_over || self.retired) && !self.running
@@ -212,16 +218,13 @@ impl Worker {
         self.ready_by = None;
     }
 
-    /// Worker process `index` died (or is about to restart) while a newer
-    /// generation takes over from this one: it is not started again. A
-    /// restart would race the new worker process of its index, which may
-    /// find nothing on the control socket meanwhile and start afresh on its
-    /// own listener, beside the restarted one (which would then hold this
-    /// supervisor up for good); left dead, the new one finds nothing to take
-    /// over from and starts afresh, alone.
-    fn retire(&mut self, index: usize) {
+    /// Worker process `index` exited because another process holds its
+    /// slot's lock, and that one is newer (this supervisor is not taking
+    /// over, or is being taken over itself): it serves the slot now, and
+    /// this one is not started again.
+    fn yield_slot(&mut self, index: usize) {
         self.retired = true;
-        tracing::error!(worker = index, "worker process gone while a newer generation takes over from this one; not restarting it: the new worker process of its index starts afresh in its place");
+        tracing::warn!(worker = index, "worker process found its slot served by a newer one (which started afresh in its place); not restarting it");
     }
 
     /// Schedules the restart of worker process `index`, which exited with
@@ -234,7 +237,10 @@ impl Worker {
             self.restarts = 0;
         }
         let mut delay = backoff(self.restarts);
-        if !self.take_over {
+        // Only an upgrading supervisor gets here with its slot taken: an
+        // old worker process, restarted by its supervisor, holds it.
+        let slot_taken = code == Some(upgrade::SLOT_TAKEN_EXIT);
+        if !self.take_over && !slot_taken {
             let restart_in_ms = delay.as_millis() as u64;
             tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process died; restarting");
         } else if code == Some(upgrade::NOTHING_TO_TAKE_OVER_EXIT) {
@@ -242,6 +248,12 @@ impl Worker {
             let restart_in_ms = delay.as_millis() as u64;
             tracing::warn!(worker = index, restart_in_ms, "worker process found no old worker process to take over from (it handed over, or is gone); starting it afresh on its own listener");
         } else {
+            // Taking over from the process that holds the slot is the one
+            // way to serve it. That can fail the same way again for a
+            // while (its control socket not bound yet), so it counts.
+            if slot_taken {
+                self.take_over = true;
+            }
             self.take_over_failures += 1;
             let attempts = self.take_over_failures;
             if attempts >= TAKE_OVER_ATTEMPTS {
@@ -252,7 +264,11 @@ impl Worker {
             }
             delay = backoff(attempts - 1);
             let retry_in_ms = delay.as_millis() as u64;
-            tracing::error!(worker = index, exit = ?code, attempts, retry_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
+            if slot_taken {
+                tracing::warn!(worker = index, attempts, retry_in_ms, "worker process found its slot served by an old worker process (restarted by its supervisor); taking over from that one");
+            } else {
+                tracing::error!(worker = index, exit = ?code, attempts, retry_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
+            }
         }
         self.restart_at = Some(Instant::now() + delay);
     }
@@ -405,14 +421,11 @@ async fn supervise(
                     }
                 }
                 Some(Event::HandedOver(i)) => {
+                    // The others are still this supervisor's to restart:
+                    // a new worker process may yet be given up, and a
+                    // restart racing a new one is settled by the slot lock.
                     workers[i].handed_over = true;
                     tracing::info!(worker = i, "worker process handed over to a newer one; it drains and is not restarted");
-                    // This generation is being upgraded: see `retire`.
-                    for (k, w) in workers.iter_mut().enumerate() {
-                        if w.restart_at.take().is_some() {
-                            w.retire(k);
-                        }
-                    }
                 }
                 Some(Event::Exited(i, code)) => {
                     let w = &mut workers[i];
@@ -430,9 +443,17 @@ async fn supervise(
                         failed |= code != Some(0);
                         continue;
                     }
-                    if workers.iter().any(|w| w.handed_over) {
-                        failed |= code != Some(0);
-                        workers[i].retire(i);
+                    // Its slot's lock is held (see `upgrade::SlotLock`): by
+                    // a newer worker process, unless this supervisor is the
+                    // one upgrading, which takes over from that holder (see
+                    // `schedule_restart`). Yielding is no failure. (An
+                    // upgrading supervisor that is itself being taken over,
+                    // and has not heard so yet, would take the slot back
+                    // from the newer one: still one process per slot.)
+                    let slot_taken = code == Some(upgrade::SLOT_TAKEN_EXIT);
+                    let being_upgraded = workers.iter().any(|w| w.handed_over);
+                    if committed && slot_taken && (!upgrade || being_upgraded) {
+                        workers[i].yield_slot(i);
                         if workers.iter().all(Worker::done) {
                             break;
                         }

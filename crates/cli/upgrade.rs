@@ -22,7 +22,10 @@
 //! ```
 //!
 //! The listening sockets never close, so no connection is refused: the
-//! kernel queues connections on them while either process accepts. The
+//! kernel queues connections on them while either process accepts. A worker
+//! process of a supervisor also holds its slot's lock ([`SlotLock`]), which
+//! goes with its last listening socket and is then the new process's alone.
+//! The
 //! messages are `SOCK_SEQPACKET`, so each arrives whole with its descriptors.
 //! std has no stable API for ancillary data (`SocketAncillary` is unstable),
 //! so `nix` does `sendmsg`/`recvmsg`.
@@ -66,6 +69,87 @@ pub struct NothingToTakeOver {
     source: nix::Error,
 }
 
+/// Exit code of a worker process that found its slot's lock taken
+/// ([`SlotTaken`]): another worker process serves that slot of the port.
+pub const SLOT_TAKEN_EXIT: i32 = 4;
+
+/// A worker process about to bind its listeners afresh found its slot's
+/// lock held: another process (of an older or a newer supervisor) serves
+/// that slot, and this one must not serve beside it.
+#[derive(Debug, thiserror::Error)]
+#[error("worker process slot {} is served by another process (it holds the lock {}): not serving beside it", slot.display(), path.display())]
+pub struct SlotTaken {
+    /// The slot's control socket.
+    slot: PathBuf,
+    path: PathBuf,
+}
+
+/// One worker process slot's claim: an exclusive `flock(2)` on the file at
+/// the slot's control socket path plus `.lock`, held by whichever process
+/// serves that slot (`serve --processes`, worker process `k` on
+/// `--upgrade-socket` plus `.k`).
+///
+/// Without it two processes could serve one slot: a restart of an old
+/// worker process by its supervisor and a new worker process of the same
+/// index that found nothing to take over from (the old one had died, its
+/// restart had no control socket yet) both bound their own listeners, and
+/// the old one, never handing over, held its supervisor up for good. Now a
+/// process takes the lock before it binds afresh, and one that finds it
+/// held exits ([`SLOT_TAKEN_EXIT`]) instead. A take-over passes the lock
+/// with the listening sockets (the same open file, so the lock never lapses
+/// between the two processes) and the old process closes its copy once the
+/// new one serves. The kernel drops the lock when its last holder exits,
+/// however it dies. The file is left in place: removing it would let two
+/// processes lock two different files.
+pub struct SlotLock(std::fs::File);
+
+impl SlotLock {
+    /// The lock file of the slot whose control socket is `control`.
+    fn path(control: &Path) -> PathBuf {
+        let mut path = control.as_os_str().to_owned();
+        path.push(".lock");
+        path.into()
+    }
+
+    /// Claims the slot whose control socket is `control`, before binding
+    /// its listeners afresh. [`SlotTaken`] if another process holds it;
+    /// `Ok(None)`, with a warning, if the file cannot be opened or locked
+    /// at all (the lock guards against a rare race, and a server that runs
+    /// without it is better than none).
+    pub fn claim(control: &Path) -> Result<Option<SlotLock>, SlotTaken> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = Self::path(control);
+        test_gate(&path, TEST_SLOT_GATE_ENV);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot open the worker process slot's lock file; serving without it");
+                return Ok(None);
+            }
+        };
+        // SAFETY: flock(2) on a descriptor we own, with integer arguments.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(SlotLock(file)));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(SlotTaken {
+                slot: control.to_path_buf(),
+                path,
+            });
+        }
+        tracing::warn!(path = %path.display(), error = %e, "cannot lock the worker process slot's lock file; serving without it");
+        Ok(None)
+    }
+}
+
 /// Test-only knob (not a user setting): when set, [`take_over`] first
 /// connects to a unix stream socket at the control socket's path plus
 /// `.gate`, if one listens there, writes its pid and a newline, and waits
@@ -74,16 +158,22 @@ pub struct NothingToTakeOver {
 /// sleeping.
 const TEST_GATE_ENV: &str = "MEGACONN_TEST_TAKE_OVER_GATE";
 
-fn test_gate(path: &Path) {
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`] for
+/// [`SlotLock::claim`]: a worker process about to claim its slot (and bind
+/// afresh) stops at the lock file's path plus `.gate`. A test lines up two
+/// processes there to choose which claims the slot first.
+const TEST_SLOT_GATE_ENV: &str = "MEGACONN_TEST_SLOT_GATE";
+
+fn test_gate(path: &Path, env: &str) {
     use std::io::{Read as _, Write as _};
-    if std::env::var_os(TEST_GATE_ENV).is_none() {
+    if std::env::var_os(env).is_none() {
         return;
     }
     let mut gate = path.as_os_str().to_owned();
     gate.push(".gate");
     if let Ok(mut s) = std::os::unix::net::UnixStream::connect(gate) {
         // Bounded, should the variable ever be set outside a test: a gate
-        // nobody closes holds a take-over two minutes, not for good.
+        // nobody closes holds a process two minutes, not for good.
         let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(120)));
         let _ = writeln!(s, "{}", std::process::id());
         let _ = s.read_to_end(&mut Vec::new());
@@ -180,6 +270,9 @@ pub struct ControlSocket {
     /// More servers whose listening sockets go with the main one's (the
     /// admin listener), added once they run.
     more: std::sync::Arc<std::sync::Mutex<Vec<ServerHandle>>>,
+    /// A worker process's slot lock ([`ControlSocket::keep`]), handed over
+    /// with the listening sockets.
+    slot: std::sync::Arc<std::sync::Mutex<Option<SlotLock>>>,
     path: PathBuf,
     /// The socket file's inode, to remove it at exit only if it is still ours.
     ino: u64,
@@ -210,6 +303,7 @@ impl ControlSocket {
             listener,
             busy: Default::default(),
             more: Default::default(),
+            slot: Default::default(),
             path: path.to_path_buf(),
             ino,
         })
@@ -224,6 +318,7 @@ impl ControlSocket {
         let listener = self.listener.try_clone()?;
         let busy = self.busy.clone();
         let more = self.more.clone();
+        let slot = self.slot.clone();
         std::thread::Builder::new()
             .name("megaconn-upgrade".into())
             .spawn(move || loop {
@@ -240,7 +335,7 @@ impl ControlSocket {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone();
-                match hand_over(&peer, &handle, &more, &busy) {
+                match hand_over(&peer, &handle, &more, &busy, &slot) {
                     Ok(true) => {
                         refuse_more(&listener);
                         return;
@@ -273,6 +368,24 @@ fn refuse_more(listener: &OwnedFd) {
 }
 
 impl ControlSocket {
+    /// Keeps this worker process's slot lock until a hand-over passes it on
+    /// (call it before [`ControlSocket::serve`], so that no hand-over goes
+    /// without it).
+    pub fn keep(&self, slot: Option<SlotLock>) {
+        *self
+            .slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = slot;
+    }
+
+    /// Takes the slot lock back (the socket is not served after all).
+    fn release(&self) -> Option<SlotLock> {
+        self.slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
     /// Hands `other`'s listening sockets over too (the admin listener), and
     /// shuts `other` down with the main server once the new process serves.
     pub fn also(&self, other: ServerHandle) {
@@ -306,6 +419,7 @@ fn hand_over(
     handle: &ServerHandle,
     more: &[ServerHandle],
     busy: &std::sync::Mutex<bool>,
+    slot: &std::sync::Mutex<Option<SlotLock>>,
 ) -> anyhow::Result<bool> {
     peer.set_timeout()?;
     let cred = sock::getsockopt(peer.0.as_raw_fd(), sock::sockopt::PeerCredentials)?;
@@ -325,10 +439,20 @@ fn hand_over(
         sockets.extend(other.listening_sockets()?);
     }
     let raw: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
-    let chunks: Vec<&[RawFd]> = raw.chunks(MAX_FDS).collect();
+    // The slot lock goes last, flagged by the last message's second byte: a
+    // process that does not know of it reads the first byte only, finds a
+    // descriptor that is no listening socket, and closes it.
+    let lock = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .map(|l| l.0.as_raw_fd());
+    let all: Vec<RawFd> = raw.iter().copied().chain(lock).collect();
+    let chunks: Vec<&[RawFd]> = all.chunks(MAX_FDS).collect();
     for (i, chunk) in chunks.iter().enumerate() {
-        let last = u8::from(i + 1 == chunks.len());
-        peer.send(LISTENERS, &[last], chunk)?;
+        let last = i + 1 == chunks.len();
+        let flags = [u8::from(last), u8::from(last && lock.is_some())];
+        peer.send(LISTENERS, &flags, chunk)?;
     }
     drop(sockets);
     tracing::info!(
@@ -349,6 +473,13 @@ fn hand_over(
         }
     }
     let started = Instant::now();
+    // The new process serves the slot now: its copy of the lock is the
+    // lock. (Had it gone away before this, this one would still hold it.)
+    drop(
+        slot.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(),
+    );
     // Taken before shutdown begins, so the process waits for it at exit.
     let mut busy = busy
         .lock()
@@ -417,11 +548,20 @@ fn hand_over(
 }
 
 /// Binds the control socket at `path` and serves upgrade requests for
-/// `handle`; `None` (with a warning) when it cannot be bound: the server
-/// runs, but nothing can take over from it.
-pub fn listen_for_upgrades(path: &Path, handle: &ServerHandle) -> Option<ControlSocket> {
+/// `handle`, with the slot lock from `slot` (see [`ControlSocket::keep`]);
+/// `None` (with a warning) when it cannot be bound: the server runs, but
+/// nothing can take over from it, and `slot` keeps the lock.
+pub fn listen_for_upgrades(
+    path: &Path,
+    handle: &ServerHandle,
+    slot: &mut Option<SlotLock>,
+) -> Option<ControlSocket> {
     let bound = ControlSocket::bind(path).and_then(|socket| {
-        socket.serve(handle.clone())?;
+        socket.keep(slot.take());
+        if let Err(e) = socket.serve(handle.clone()) {
+            *slot = socket.release();
+            return Err(e.into());
+        }
         Ok(socket)
     });
     match bound {
@@ -442,12 +582,14 @@ pub struct TakeOver {
     peer: Peer,
     started: Instant,
     taken: usize,
+    /// The old worker process's slot lock, if it sent one.
+    slot: Option<SlotLock>,
 }
 
 /// Connects to the running server's control socket at `path` and takes its
 /// listening sockets (for `Builder::adopt_listeners`).
 pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
-    test_gate(path);
+    test_gate(path, TEST_GATE_ENV);
     let started = Instant::now();
     let fd = seqpacket()?;
     let addr = UnixAddr::new(path)?;
@@ -469,10 +611,15 @@ pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
     peer.set_timeout()?;
     peer.send(HELLO, &std::process::id().to_be_bytes(), &[])?;
     let mut listeners = Vec::new();
+    let mut slot = None;
     loop {
-        let (payload, fds) = peer.expect(LISTENERS)?;
+        let (payload, mut fds) = peer.expect(LISTENERS)?;
+        let last = payload.first() == Some(&1);
+        if last && payload.get(1) == Some(&1) {
+            slot = fds.pop().map(|fd| SlotLock(std::fs::File::from(fd)));
+        }
         listeners.extend(fds.into_iter().map(TcpListener::from));
-        if payload.first() == Some(&1) {
+        if last {
             break;
         }
     }
@@ -482,12 +629,19 @@ pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
             peer,
             started,
             taken,
+            slot,
         },
         listeners,
     ))
 }
 
 impl TakeOver {
+    /// The slot lock the old process sent (a worker process's), to keep
+    /// while serving; `None` from a process that had none.
+    pub fn take_slot(&mut self) -> Option<SlotLock> {
+        self.slot.take()
+    }
+
     /// Tells the old process this one serves, then takes its parked
     /// connections into `handle` and binds the control socket at `path` for
     /// the next upgrade, on a thread of its own (the caller keeps serving).
@@ -502,6 +656,7 @@ impl TakeOver {
             peer,
             started,
             taken,
+            slot: _,
         } = self;
         peer.send(READY, &[], &[])?;
         std::thread::Builder::new()
@@ -556,6 +711,19 @@ fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slot is claimed by one process at a time: a second claim finds it
+    /// taken ([`SlotTaken`]) until the first holder lets go (as a process's
+    /// exit does), whatever the lock file held before.
+    #[test]
+    fn a_slot_is_claimed_once_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("upgrade.sock.1");
+        let first = SlotLock::claim(&control).unwrap().expect("a lock");
+        assert!(SlotLock::claim(&control).is_err(), "taken");
+        drop(first);
+        SlotLock::claim(&control).unwrap().expect("free again");
+    }
 
     /// Once a process handed over, a take-over that asks it now is refused
     /// at once ([`NothingToTakeOver`], so a supervisor starts that worker

@@ -476,8 +476,20 @@ struct Gate {
 
 impl Gate {
     fn new(socket: &Path, index: usize) -> Gate {
+        Gate::at(socket, &format!(".{index}.gate"))
+    }
+
+    /// Where a worker process of a supervisor stops before it claims slot
+    /// `index` to bind afresh (`MEGACONN_TEST_SLOT_GATE`, a test-only knob,
+    /// set on the supervisor): at `socket.k.lock.gate`, as at a [`Gate::new`].
+    fn slot(socket: &Path, index: usize) -> Gate {
+        Gate::at(socket, &format!(".{index}.lock.gate"))
+    }
+
+    /// A gate at `socket`'s path plus `suffix`.
+    fn at(socket: &Path, suffix: &str) -> Gate {
         let mut path = socket.as_os_str().to_owned();
-        path.push(format!(".{index}.gate"));
+        path.push(suffix);
         let listener = UnixListener::bind(path).unwrap();
         let (tx, arrivals) = mpsc::channel();
         std::thread::spawn(move || {
@@ -550,9 +562,15 @@ struct Upgrading {
 
 impl Upgrading {
     fn start(addr: &str, socket: &Path) -> Upgrading {
+        Upgrading::start_with(addr, socket, &[])
+    }
+
+    /// As [`Upgrading::start`], with more variables in its environment.
+    fn start_with(addr: &str, socket: &Path, env: &[(&str, &str)]) -> Upgrading {
         let gates = [Gate::new(socket, 0), Gate::new(socket, 1)];
         let mut cmd = supervisor_command(1, addr, socket, Stdio::piped());
-        cmd.env("MEGACONN_TEST_TAKE_OVER_GATE", "1");
+        cmd.env("MEGACONN_TEST_TAKE_OVER_GATE", "1")
+            .envs(env.iter().copied());
         let (child, lines, log) = Log::spawn(&mut cmd);
         Upgrading {
             child,
@@ -682,18 +700,30 @@ fn a_worker_process_that_fails_to_take_over_tries_again() {
 /// on for good, each logged. Each attempt is killed at its gate.
 #[test]
 fn a_worker_process_that_keeps_failing_to_take_over_is_given_up() {
-    let up = half_upgraded();
-    let (mut pid, mut held) = (up.second, up.held);
+    let up = given_up();
+    // The old generation's worker process 1 serves on, with its supervisor.
+    let mut old = up.old;
+    assert!(old.child().try_wait().unwrap().is_none());
+    // SAFETY: kill(2) with signal 0 only asks whether it exists.
+    assert_eq!(unsafe { libc::kill(up.old_pids[1], 0) }, 0);
+    upgrade_both_supervisors(old, up.old_lines, up.new, &up.addr, up._dir.path());
+}
+
+/// A partial upgrade whose new worker process 1 was given up (killed at its
+/// gate 6 times): checks the back-off and what the new supervisor says.
+fn given_up() -> HalfUpgraded {
+    let mut up = half_upgraded();
+    let mut pid = up.second;
     let mut retries = Vec::new();
     for n in 1..=6 {
         // SAFETY: kill(2) on a process waiting at the test's gate.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        drop(held);
         if n == 6 {
             break;
         }
         retries.push(up.new.wait_for_log("trying again", 1));
-        (pid, held) = up.new.gates[1].next();
+        // The connection that held the killed one closes.
+        (pid, up.held) = up.new.gates[1].next();
     }
     up.new.wait_for_log("giving up", 1);
     // The back-off doubled between attempts.
@@ -709,25 +739,60 @@ fn a_worker_process_that_keeps_failing_to_take_over_is_given_up() {
             && line.contains("serve --upgrade"),
         "{line}"
     );
-    // The old generation's worker process 1 serves on, with its supervisor.
-    let mut old = up.old;
-    assert!(old.child().try_wait().unwrap().is_none());
-    // SAFETY: kill(2) with signal 0 only asks whether it exists.
-    assert_eq!(unsafe { libc::kill(up.old_pids[1], 0) }, 0);
-    // What the line says to do: upgrade again.
-    let socket = up._dir.path().join("upgrade.sock");
-    let mut next = ChildGuard::spawn(&mut supervisor_command(2, &up.addr, &socket, Stdio::null()));
+    up
+}
+
+/// What the new supervisor says to do after giving up a worker process:
+/// upgrade again. The next generation takes over from both supervisors,
+/// which exit cleanly, and serves alone.
+fn upgrade_both_supervisors(
+    old: ChildGuard,
+    old_lines: Lines,
+    new: Upgrading,
+    addr: &str,
+    dir: &Path,
+) {
+    let socket = dir.join("upgrade.sock");
+    let mut next = ChildGuard::spawn(&mut supervisor_command(2, addr, &socket, Stdio::null()));
     let next_lines = Lines::new(next.child().stdout.take().unwrap());
     announced(&next_lines);
-    old_supervisor_finishes(old, up.old_lines);
-    let mut new = up.new.child;
-    let rest = up.new.lines.rest();
-    assert!(new.wait().success(), "{rest:?}");
+    old_supervisor_finishes(old, old_lines);
+    let mut new_child = new.child;
+    let rest = new.lines.rest();
+    assert!(new_child.wait().success(), "{rest:?}");
     for _ in 0..10 {
-        assert_eq!(served_by(&up.addr), "gen2");
+        assert_eq!(served_by(addr), "gen2");
     }
     next.signal(libc::SIGTERM);
     assert!(next.wait().success());
+}
+
+/// The old worker process left serving by a given-up new one is restarted
+/// by its supervisor when it dies, and its share of the port is served
+/// again; a next upgrade still takes over from both supervisors. It used to
+/// be left dead (its supervisor restarted none once a hand-over began, and
+/// the new one had given that index up): the port had one process fewer,
+/// and the old supervisor exited, failed, until the next upgrade.
+#[test]
+fn an_old_worker_process_left_serving_by_a_given_up_new_one_is_restarted() {
+    let up = given_up();
+    // SAFETY: kill(2) on a process the test saw serving; its supervisor
+    // has not reaped it (it restarts it only after hearing of its exit).
+    unsafe { libc::kill(up.old_pids[1], libc::SIGKILL) };
+    up.old_log.wait_for("worker process died; restarting", 1);
+    let line = up.old_lines.expect_line();
+    let pid = line
+        .strip_prefix("worker process 1 restarted pid ")
+        .unwrap_or_else(|| panic!("{line}"));
+    assert_ne!(pid, up.old_pids[1].to_string());
+    // Its share of the port: the kernel spreads new connections over both
+    // listeners (the new worker process 0's and this one's), so one of a
+    // hundred lands on the old generation but with odds of 2^-100.
+    assert!(
+        (0..100).any(|_| served_by(&up.addr) == "gen0"),
+        "no connection reached the restarted old worker process"
+    );
+    upgrade_both_supervisors(up.old, up.old_lines, up.new, &up.addr, up._dir.path());
 }
 
 /// Waits for process `pid` (not a child of ours) to exit: a pidfd becomes
@@ -777,35 +842,106 @@ fn a_worker_process_with_no_old_one_left_starts_afresh() {
 }
 
 /// An old worker process that dies once its generation is being upgraded
-/// (another one of it handed over) is not restarted: the new worker process
-/// of its index, finding nothing to take over from, starts afresh alone, and
-/// the old supervisor exits. It used to be restarted, racing the new one's
-/// take-over: one refused meanwhile (as here) started on its own listener
-/// beside the restarted old one, which kept the old supervisor up for good;
-/// one that came later took over from it.
+/// (another one of it handed over), and before it handed over itself, is
+/// restarted by its supervisor all the same: the new worker process of its
+/// index then takes over from the restart, and the old supervisor exits
+/// cleanly. (One that finds nothing to take over from meanwhile is settled
+/// by the slot lock: see `an_old_restart_and_a_fresh_new_worker_process_race`.)
 #[test]
-fn an_old_worker_process_dying_during_the_upgrade_is_left_to_the_new_one() {
+fn an_old_worker_process_dying_during_the_upgrade_is_restarted_and_taken_over_from() {
     let up = half_upgraded();
     up.old_log.wait_for("handed over to a newer one", 0);
     // SAFETY: kill(2) on a process the test saw serving; its supervisor
-    // reaps it, after the test's wait below (a pidfd) saw it exit.
+    // has not reaped it (it restarts it only after hearing of its exit).
     unsafe { libc::kill(up.old_pids[1], libc::SIGKILL) };
-    wait_for_exit(up.old_pids[1]);
+    up.old_log.wait_for("worker process died; restarting", 1);
+    let line = up.old_lines.expect_line();
+    assert!(
+        line.starts_with("worker process 1 restarted pid "),
+        "{line}"
+    );
     drop(up.held);
     up.new
-        .wait_for_log("found no old worker process to take over from", 1);
-    let mut old = up.old;
-    let rest = up.old_lines.rest();
-    assert!(
-        rest.iter().any(|l| l.starts_with("megaconn stopped")),
-        "{rest:?}"
-    );
-    // Not cleanly: one of its worker processes was killed.
-    assert_eq!(old.wait().code(), Some(1));
-    up.old_log.wait_for("not restarting it", 1);
-    let pids = announced(&up.new.lines);
-    assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
+        .wait_for_log("worker process took over from the old one", 1);
+    old_supervisor_finishes(up.old, up.old_lines);
     only_the_new_generation_serves(&up.addr, up.new);
+}
+
+/// An old worker process that died just before the first hand-over is
+/// restarted by its supervisor while the new worker process of its index,
+/// finding nothing to take over from (the restart does not listen yet),
+/// starts afresh: the two must not both serve that slot of the port. Both
+/// stop at the slot gate, before claiming the slot's lock; the test lets
+/// them on in the order given. The one that comes second yields: the old
+/// one exits and is not restarted; the new one takes over from the old one
+/// instead. Either way the old supervisor exits cleanly, and the new
+/// generation serves alone. Both used to serve, the old one never handing
+/// over, so that the old supervisor stayed up for good.
+fn an_old_restart_and_a_fresh_new_worker_process_race(new_first: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
+    const SLOT_GATE: (&str, &str) = ("MEGACONN_TEST_SLOT_GATE", "1");
+    let mut cmd = supervisor_command(0, &addr, &socket, Stdio::piped());
+    cmd.env(SLOT_GATE.0, SLOT_GATE.1);
+    // Its worker processes start before the gate exists, and pass.
+    let (old, old_lines, old_log) = Log::spawn(&mut cmd);
+    let old_pids = announced(&old_lines);
+    drop(port);
+    let slot_gate = Gate::slot(&socket, 1);
+    let new = Upgrading::start_with(&addr, &socket, &[SLOT_GATE]);
+    let (_, hold_first) = new.gates[0].next();
+    let (_, hold_second) = new.gates[1].next();
+    // Before any hand-over: the old supervisor restarts it, and the restart
+    // stops at the slot gate.
+    // SAFETY: kill(2) on a process the test saw serving; its supervisor
+    // has not reaped it (it restarts it only after hearing of its exit).
+    unsafe { libc::kill(old_pids[1], libc::SIGKILL) };
+    let (old_restart, hold_old) = slot_gate.next();
+    drop(hold_first);
+    old_log.wait_for("handed over to a newer one", 0);
+    // Past the point of no return: the new supervisor now restarts a
+    // worker process that finds nothing to take over from.
+    new.wait_for_log("worker process took over from the old one", 0);
+    drop(hold_second);
+    new.wait_for_log("found no old worker process to take over from", 1);
+    let (fresh, hold_fresh) = slot_gate.next();
+    let pids = announced(&new.lines);
+    assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
+    if new_first {
+        drop(hold_fresh);
+        let line = new.lines.expect_line();
+        assert_eq!(line, format!("worker process 1 restarted pid {fresh}"));
+        drop(hold_old);
+        old_log.wait_for("served by a newer one", 1);
+    } else {
+        drop(hold_old);
+        let line = old_lines.expect_line();
+        assert_eq!(
+            line,
+            format!("worker process 1 restarted pid {old_restart}")
+        );
+        drop(hold_fresh);
+        new.wait_for_log("served by an old worker process", 1);
+        let (again, go) = new.gates[1].next();
+        drop(go);
+        new.wait_for_log("worker process took over from the old one", 1);
+        let line = new.lines.expect_line();
+        assert_eq!(line, format!("worker process 1 restarted pid {again}"));
+    }
+    old_supervisor_finishes(old, old_lines);
+    only_the_new_generation_serves(&addr, new);
+}
+
+#[test]
+fn an_old_restart_that_comes_second_to_a_fresh_new_worker_process_yields() {
+    an_old_restart_and_a_fresh_new_worker_process_race(true);
+}
+
+#[test]
+fn a_fresh_new_worker_process_that_comes_second_to_an_old_restart_takes_over_from_it() {
+    an_old_restart_and_a_fresh_new_worker_process_race(false);
 }
 
 /// GET `path` on a fresh connection; the body.
