@@ -265,8 +265,11 @@ pub(crate) enum SendNow {
 /// Writes `bytes` to a parked socket without blocking (a bare system call:
 /// `conn/sys.rs` says why).
 pub(crate) fn send_all_now(fd: RawFd, bytes: &[u8]) -> SendNow {
-    // SAFETY: `fd` is a parked socket, open for as long as the lot keeps it
-    // (the caller checked it is parked, on the lot's own thread).
+    // SAFETY: `fd` is open: the caller found its side-table entry, on the
+    // worker's own thread, or is the lot closing it (`goodbye_parked`). An
+    // entry is a parked socket, kept by the lot, or a hot wake's socket
+    // whose task is spawned but not yet polled (it takes the entry when it
+    // first runs), owned by that task's future on this same thread.
     let socket = unsafe { BorrowedFd::borrow_raw(fd) };
     match crate::conn::sys::send(socket, bytes) {
         Ok(Some(n)) if n == bytes.len() => SendNow::Sent,
