@@ -30,14 +30,31 @@ use crate::message::wire::WireId;
 use crate::observe::ratelog::{self, Flood};
 
 /// Identifies one message connection for [`Hub::send`], from
-/// [`Session::id`](crate::Session::id). Unique for the server's life: a
-/// closed connection's id never names another one.
+/// [`Session::id`](crate::Session::id). A closed connection's id names no
+/// other connection until its worker has accepted 2^46 more (70 million
+/// million: over two years at a million new connections a second on one
+/// worker), so an id an application kept after its connection closed
+/// reaches no one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnectionId {
     worker: u32,
     fd: RawFd,
-    generation: u32,
+    generation: Generation,
 }
+
+/// Which of its worker's connections a connection is, counted from 1 when
+/// the worker starts and wrapping at [`GENERATION_BITS`] bits: the id tells
+/// connections apart that had the same descriptor.
+pub(crate) type Generation = u64;
+
+/// The bits of a [`Generation`]: as many as a parked connection's 16-byte
+/// side-table slot has room for (`table.rs`). 32 bits wrapped after 50 days
+/// at a thousand new connections a second, and a stale id then named the
+/// connection that had its descriptor and generation.
+pub(crate) const GENERATION_BITS: u32 = 46;
+
+/// The largest [`Generation`].
+pub(crate) const GENERATION_MASK: Generation = (1 << GENERATION_BITS) - 1;
 
 /// Sends messages to connections by id, topic or to all, from any task or
 /// thread. Get it from [`Server::hub`](crate::Server::hub); clones share it.
@@ -205,7 +222,7 @@ impl Inbox {
 
 impl ConnectionId {
     /// The id of worker `worker`'s connection `fd` with `generation`.
-    pub(crate) fn new(worker: usize, fd: RawFd, generation: u32) -> ConnectionId {
+    pub(crate) fn new(worker: usize, fd: RawFd, generation: Generation) -> ConnectionId {
         ConnectionId {
             worker: worker as u32,
             fd,
@@ -213,7 +230,7 @@ impl ConnectionId {
         }
     }
 
-    pub(crate) fn generation(self) -> u32 {
+    pub(crate) fn generation(self) -> Generation {
         self.generation
     }
 
@@ -248,8 +265,11 @@ pub(crate) enum SendNow {
 /// Writes `bytes` to a parked socket without blocking (a bare system call:
 /// `conn/sys.rs` says why).
 pub(crate) fn send_all_now(fd: RawFd, bytes: &[u8]) -> SendNow {
-    // SAFETY: `fd` is a parked socket, open for as long as the lot keeps it
-    // (the caller checked it is parked, on the lot's own thread).
+    // SAFETY: `fd` is open: the caller found its side-table entry, on the
+    // worker's own thread, or is the lot closing it (`goodbye_parked`). An
+    // entry is a parked socket, kept by the lot, or a hot wake's socket
+    // whose task is spawned but not yet polled (it takes the entry when it
+    // first runs), owned by that task's future on this same thread.
     let socket = unsafe { BorrowedFd::borrow_raw(fd) };
     match crate::conn::sys::send(socket, bytes) {
         Ok(Some(n)) if n == bytes.len() => SendNow::Sent,

@@ -12,11 +12,12 @@
 //! protocol's holds an empty slot of the same size.
 
 use std::cell::{Cell, RefCell};
+use std::num::NonZeroU16;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::message::hub::{self, Delivered, SendNow};
+use crate::message::hub::{self, Delivered, Generation, SendNow, GENERATION_BITS};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr, MessageCounters};
@@ -31,8 +32,8 @@ pub(crate) struct Parked<S> {
     pub due: Option<tokio::time::Instant>,
     /// When the server sends its next heartbeat.
     pub send_at: Option<tokio::time::Instant>,
-    /// Its [`ConnectionId`]'s generation.
-    pub generation: u32,
+    /// Its [`ConnectionId`](crate::ConnectionId)'s generation.
+    pub generation: Generation,
     /// A push could not be written whole: close it as a slow consumer.
     pub behind: bool,
 }
@@ -40,17 +41,48 @@ pub(crate) struct Parked<S> {
 /// What the side table stores per parked connection: [`Parked`], packed.
 /// At a million parked connections every byte here is a megabyte, so the
 /// timers are milliseconds since the table's epoch in a wrapping `u32` (0:
-/// none), read back relative to now, and the variant is a `u16`: 16 bytes
-/// plus the user's state, against 56 for the plain form. Topic
-/// subscriptions are not here: only connections that subscribe pay for them
-/// (`worker.rs`).
+/// none), read back relative to now, the variant is a `u16`, and the
+/// 46-bit generation is a `u32` and 14 bits of a `u16` that also holds
+/// `behind`: 16 bytes plus the user's state, against 56 for the plain form.
+/// Topic subscriptions are not here: only connections that subscribe pay
+/// for them (`worker.rs`).
 struct Stored<S> {
     state: S,
     due: u32,
     send_at: u32,
+    /// The generation's low 32 bits.
     generation: u32,
     variant: u16,
-    behind: bool,
+    /// The generation's high bits (from bit 2), `behind` (bit 1), and bit 0
+    /// always set: never zero, so `Option<Stored>` needs no flag of its own.
+    high: NonZeroU16,
+}
+
+/// Where `behind` is in [`Stored::high`].
+const BEHIND: u16 = 0b10;
+
+// Every bit of a generation has its place in a slot.
+const _: () = assert!(GENERATION_BITS == 32 + 14);
+
+impl<S> Stored<S> {
+    fn generation(&self) -> Generation {
+        Generation::from(self.generation) | Generation::from(self.high.get() >> 2) << 32
+    }
+
+    fn behind(&self) -> bool {
+        self.high.get() & BEHIND != 0
+    }
+
+    fn set_behind(&mut self) {
+        self.high |= BEHIND;
+    }
+}
+
+/// [`Stored::high`] of `generation` and `behind`.
+fn high(generation: Generation, behind: bool) -> NonZeroU16 {
+    // Bits 32 to 45; the mask keeps a wider one from spilling into the flags.
+    let top = ((generation >> 32) & 0x3fff) as u16;
+    NonZeroU16::MIN | top << 2 | if behind { BEHIND } else { 0 }
 }
 
 /// Timers further ahead than this are stored as this (a wrapping `u32` of
@@ -108,8 +140,8 @@ impl<S> SideTable<S> {
             due: self.pack(parked.due),
             send_at: self.pack(parked.send_at),
             variant: u16::try_from(parked.variant).expect("fewer than 65,536 variants"),
-            generation: parked.generation,
-            behind: parked.behind,
+            generation: parked.generation as u32,
+            high: high(parked.generation, parked.behind),
         };
         let Ok(slot) = usize::try_from(fd) else {
             return;
@@ -134,13 +166,14 @@ impl<S> SideTable<S> {
             .get_mut(usize::try_from(fd).ok()?)?
             .take()?;
         self.len.set(self.len.get() - 1);
+        let (generation, behind) = (stored.generation(), stored.behind());
         Some(Parked {
             state: stored.state,
             variant: usize::from(stored.variant),
             due: self.unpack(stored.due),
             send_at: self.unpack(stored.send_at),
-            generation: stored.generation,
-            behind: stored.behind,
+            generation,
+            behind,
         })
     }
 
@@ -190,14 +223,14 @@ pub(crate) trait ParkedSet {
     fn deliver(
         &self,
         fd: RawFd,
-        generation: u32,
+        generation: Generation,
         msg: &mut Encoded,
         wires: &[Rc<dyn Wire>],
         counters: &MessageCounters,
     ) -> Delivered;
 
     /// The generation of the connection parked at `fd`, if one is.
-    fn generation(&self, fd: RawFd) -> Option<u32>;
+    fn generation(&self, fd: RawFd) -> Option<Generation>;
 
     /// How many connections are parked here.
     fn len(&self) -> usize;
@@ -210,7 +243,7 @@ impl<S> ParkedSet for SideTable<S> {
     fn deliver(
         &self,
         fd: RawFd,
-        generation: u32,
+        generation: Generation,
         msg: &mut Encoded,
         wires: &[Rc<dyn Wire>],
         counters: &MessageCounters,
@@ -218,7 +251,7 @@ impl<S> ParkedSet for SideTable<S> {
         let mut parked = self.parked.borrow_mut();
         let slot = usize::try_from(fd).ok().and_then(|i| parked.get_mut(i));
         match slot {
-            Some(Some(stored)) if stored.generation == generation => send_parked(
+            Some(Some(stored)) if stored.generation() == generation => send_parked(
                 fd,
                 stored,
                 (self.wire(usize::from(stored.variant)), self.send.as_deref()),
@@ -230,10 +263,10 @@ impl<S> ParkedSet for SideTable<S> {
         }
     }
 
-    fn generation(&self, fd: RawFd) -> Option<u32> {
+    fn generation(&self, fd: RawFd) -> Option<Generation> {
         let parked = self.parked.borrow();
         let stored = parked.get(usize::try_from(fd).ok()?)?.as_ref()?;
-        Some(stored.generation)
+        Some(stored.generation())
     }
 
     fn len(&self) -> usize {
@@ -257,7 +290,7 @@ fn send_parked<S>(
     wires: &[Rc<dyn Wire>],
     counters: &MessageCounters,
 ) -> Delivered {
-    if stored.behind {
+    if stored.behind() {
         return Delivered::Behind;
     }
     let Some(bytes) = msg.on(wires, wire) else {
@@ -285,7 +318,7 @@ fn send_parked<S>(
             "a parked connection's socket buffer is full; closing it as a slow consumer (raise Builder::send_buffer_size if its peer is only bursty)"
         )
     });
-    stored.behind = true;
+    stored.set_behind();
     hub::hang_up(fd);
     Delivered::Behind
 }
@@ -301,6 +334,50 @@ mod tests {
     fn a_parked_entry_stays_small() {
         let size = std::mem::size_of::<Option<Stored<()>>>();
         assert!(size <= 16, "a side-table slot is {size} bytes");
+    }
+
+    /// Every bit of a generation survives the slot, and `behind` beside
+    /// it; the slot stays 16 bytes (`a_parked_entry_stays_small`).
+    #[test]
+    fn generations_and_behind_survive_packing() {
+        let table = SideTable::<()>::new(vec![0], None);
+        let max = crate::message::hub::GENERATION_MASK;
+        for generation in [0, 1, 5, u64::from(u32::MAX), 1 << 32, (1 << 32) | 5, max] {
+            for behind in [false, true] {
+                table.put(
+                    3,
+                    Parked {
+                        state: (),
+                        variant: 65_535,
+                        due: None,
+                        send_at: None,
+                        generation,
+                        behind,
+                    },
+                );
+                assert_eq!(table.generation(3), Some(generation));
+                let back = table.take(3).unwrap();
+                assert_eq!(
+                    (back.generation, back.behind, back.variant),
+                    (generation, behind, 65_535)
+                );
+            }
+        }
+        // Marked behind by a push: the generation stays.
+        table.put(
+            3,
+            Parked {
+                state: (),
+                variant: 0,
+                due: None,
+                send_at: None,
+                generation: max,
+                behind: false,
+            },
+        );
+        table.parked.borrow_mut()[3].as_mut().unwrap().set_behind();
+        let back = table.take(3).unwrap();
+        assert_eq!((back.generation, back.behind), (max, true));
     }
 
     #[test]

@@ -22,14 +22,16 @@ use tokio::sync::mpsc;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
-use crate::message::hub::{ConnectionId, Delivered, Inbox, Push};
+use crate::message::hub::{
+    ConnectionId, Delivered, Generation, Inbox, Push, GENERATION_BITS, GENERATION_MASK,
+};
 use crate::message::table::{ParkedSet, SendParked, SideTable};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::message::MessageSettings;
 use crate::observe::stats::{gauge_own, incr, WorkerStats};
 
 /// A subscribing connection's generation and topics.
-type Subscribed = (u32, Vec<Rc<str>>);
+type Subscribed = (Generation, Vec<Rc<str>>);
 
 /// A protocol's side table: typed (for the protocol) and as a delivery
 /// target (for the pump).
@@ -45,11 +47,11 @@ pub(crate) struct Local {
     has_hub: bool,
     /// Connections reached per second with one hub message (`None`: no limit).
     delivery_rate: Option<f64>,
-    next_generation: Cell<u32>,
+    next_generation: Cell<Generation>,
     /// Awake connections' outbound queues, with their generation.
-    awake: RefCell<HashMap<RawFd, (u32, Rc<Inbox>)>>,
+    awake: RefCell<HashMap<RawFd, (Generation, Rc<Inbox>)>>,
     /// Each topic's subscribers (fd -> generation).
-    topics: RefCell<HashMap<Rc<str>, HashMap<RawFd, u32>>>,
+    topics: RefCell<HashMap<Rc<str>, HashMap<RawFd, Generation>>>,
     /// Each subscribing connection's topics, for its close.
     subscriptions: RefCell<HashMap<RawFd, Subscribed>>,
     wires: RefCell<Vec<Rc<dyn Wire>>>,
@@ -99,13 +101,13 @@ impl Local {
 
     /// A fresh id for a connection accepted on this worker.
     pub(crate) fn new_id(&self, fd: RawFd) -> ConnectionId {
-        let generation = self.next_generation.get().wrapping_add(1);
+        let generation = self.next_generation.get().wrapping_add(1) & GENERATION_MASK;
         self.next_generation.set(generation);
         ConnectionId::new(self.worker, fd, generation)
     }
 
     /// The id of this worker's connection `fd` with `generation`.
-    pub(crate) fn id(&self, fd: RawFd, generation: u32) -> ConnectionId {
+    pub(crate) fn id(&self, fd: RawFd, generation: Generation) -> ConnectionId {
         ConnectionId::new(self.worker, fd, generation)
     }
 
@@ -285,7 +287,7 @@ impl Local {
     }
 
     /// The generation of the message connection at `fd`, awake or parked.
-    fn generation_at(&self, fd: RawFd, sets: &[Rc<dyn ParkedSet>]) -> Option<u32> {
+    fn generation_at(&self, fd: RawFd, sets: &[Rc<dyn ParkedSet>]) -> Option<Generation> {
         let awake = self.awake.borrow().get(&fd).map(|(g, _)| *g);
         awake.or_else(|| sets.iter().find_map(|set| set.generation(fd)))
     }
@@ -333,7 +335,7 @@ impl Local {
     fn deliver_one(
         &self,
         fd: RawFd,
-        generation: u32,
+        generation: Generation,
         msg: &mut Encoded,
         wires: &[Rc<dyn Wire>],
         sets: &[Rc<dyn ParkedSet>],
@@ -428,7 +430,7 @@ impl Drop for Awake {
 enum Recipients {
     /// Taken when the pump got to the message: one connection, or a topic's
     /// subscribers (by descriptor and generation).
-    Listed(std::vec::IntoIter<(RawFd, u32)>),
+    Listed(std::vec::IntoIter<(RawFd, Generation)>),
     /// Every message connection whose id was issued before the pump got to
     /// the message: a cursor over descriptors (dense, as the kernel hands
     /// them out), so a broadcast holds no list of all its recipients (8 B a
@@ -437,7 +439,7 @@ enum Recipients {
         next: usize,
         end: usize,
         /// The last generation issued when the delivery began.
-        issued: u32,
+        issued: Generation,
     },
 }
 
@@ -448,8 +450,8 @@ impl Recipients {
     /// at a descriptor now.
     fn next(
         &mut self,
-        generation_at: impl FnOnce(RawFd) -> Option<u32>,
-    ) -> Option<(RawFd, Option<u32>)> {
+        generation_at: impl FnOnce(RawFd) -> Option<Generation>,
+    ) -> Option<(RawFd, Option<Generation>)> {
         match self {
             Recipients::Listed(list) => list.next().map(|(fd, g)| (fd, Some(g))),
             Recipients::Every { next, end, issued } => {
@@ -466,9 +468,9 @@ impl Recipients {
 }
 
 /// Whether generation `g` was issued no later than `last` (generations
-/// wrap: "no later" means within the 2^31 issued before it).
-fn issued_by(g: u32, last: u32) -> bool {
-    last.wrapping_sub(g) < 1 << 31
+/// wrap: "no later" means within the half of them issued before it).
+fn issued_by(g: Generation, last: Generation) -> bool {
+    last.wrapping_sub(g) & GENERATION_MASK < 1 << (GENERATION_BITS - 1)
 }
 
 /// How many connections a message reaches before the pump lets the worker's
@@ -557,6 +559,38 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
+
+    /// The connection accepted 2^32 after another, on the same descriptor,
+    /// gets another id, and a push to the old id does not find it parked
+    /// (with a wrapping `u32` generation it got the old id, and a stale id
+    /// an application kept reached an unrelated connection).
+    #[test]
+    fn ids_do_not_repeat_after_two_to_the_32_connections() {
+        let config = Arc::new(crate::conn::config::Config::default());
+        let ctx = WorkerContext::new(0, config, Default::default(), None);
+        let local = local(&ctx);
+        let first = local.new_id(7);
+        // As if 2^32 - 1 more connections came and went meanwhile.
+        let skipped = first.generation().wrapping_add(u32::MAX.into());
+        local.next_generation.set(skipped);
+        let later = local.new_id(7);
+        assert_ne!(first, later, "an id named two connections");
+        let table = SideTable::<()>::new(vec![0], None);
+        table.put(
+            7,
+            crate::message::table::Parked {
+                state: (),
+                variant: 0,
+                due: None,
+                send_at: None,
+                generation: later.generation(),
+                behind: false,
+            },
+        );
+        let parked = ParkedSet::generation(&table, 7);
+        assert_eq!(parked, Some(later.generation()));
+        assert_ne!(parked, Some(first.generation()));
+    }
 
     /// A delivery to 3000 connections lets another task (a heartbeat's)
     /// run between its slices, not only after the last, and never in the
@@ -685,7 +719,12 @@ mod tests {
     #[test]
     fn generations_issued_wrap() {
         assert!(issued_by(5, 5) && issued_by(4, 5) && !issued_by(6, 5));
-        assert!(issued_by(u32::MAX, 2), "issued just before the wrap");
-        assert!(!issued_by(3, u32::MAX - 1), "3 comes 5 after u32::MAX - 1");
+        assert!(issued_by(GENERATION_MASK, 2), "issued just before the wrap");
+        assert!(
+            !issued_by(3, GENERATION_MASK - 1),
+            "3 comes 5 after the last but one"
+        );
+        assert!(issued_by(1, 1 << 32), "2^32 is no wrap");
+        assert!(!issued_by(1 << 32, 1), "2^32 is no wrap");
     }
 }

@@ -544,6 +544,33 @@ async fn a_frame_trickled_a_byte_at_a_time_is_closed_at_the_message_timeout() {
     server.stop().await;
 }
 
+/// A header announcing a huge frame, and a byte of it, cost the server what
+/// arrived, not what the header announced: tokio-util's decoder reserved
+/// the whole frame at the header, held until the message timeout (a
+/// gigabyte here; `max_frame_bytes` of memory per connection of an attack).
+#[tokio::test]
+async fn a_header_announcing_a_huge_frame_does_not_reserve_it() {
+    const ANNOUNCED: u32 = 1 << 30;
+    let mut server = Framed::start(
+        Server::builder().message_timeout(Some(Duration::from_millis(200))),
+        Framing::length_prefixed(4).max_frame_bytes(ANNOUNCED as usize),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let mut head = ANNOUNCED.to_be_bytes().to_vec();
+    head.push(7);
+    s.write_all(&head).await.unwrap();
+    // Closed mid-frame at the message timeout: the server read it all.
+    read_to_close(&mut s).await;
+    assert_eq!(server.next_close().await, (0, CloseReason::MessageTimeout));
+    let largest = crate::largest_allocation();
+    assert!(
+        largest < ANNOUNCED as usize / 4,
+        "the largest allocation was {largest} bytes"
+    );
+    server.stop().await;
+}
+
 /// A peer that sends slowly, every line cut in two by a pause, is served
 /// as long as each line is whole within the message timeout, however long
 /// it goes on: the next line's time starts with its own first byte, also

@@ -14,8 +14,12 @@
 //! Tests run in parallel threads of this one process, as they did within each
 //! binary before: nothing here touches process-wide state (environment,
 //! rlimits, global subscribers), and each test starts its own server on
-//! `127.0.0.1:0`. Run one subject with a filter, e.g.
+//! `127.0.0.1:0`. The one process-wide thing is the allocator, which notes
+//! the largest single allocation ([`largest_allocation`]) and changes nothing. Run one subject with a filter, e.g.
 //! `cargo test -p megaconn --test integration park::`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -46,3 +50,50 @@ mod tls_park;
 mod tonic;
 mod ws;
 mod ws_h2;
+
+/// The system allocator, noting the largest allocation it was asked for.
+struct NotesLargest;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+#[global_allocator]
+static ALLOCATOR: NotesLargest = NotesLargest;
+
+fn note(size: usize) {
+    if size > LARGEST.load(Relaxed) {
+        LARGEST.fetch_max(size, Relaxed);
+    }
+}
+
+/// The largest single allocation of the process so far, in bytes (a test
+/// that the server never reserves what a peer only announced; the other
+/// tests here allocate at most tens of megabytes at once).
+pub(crate) fn largest_allocation() -> usize {
+    LARGEST.load(Relaxed)
+}
+
+// SAFETY: every call is passed on to `System` unchanged.
+unsafe impl GlobalAlloc for NotesLargest {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}

@@ -2,17 +2,20 @@
 //! public description of a listener's framing) and [`FrameCodec`] (the
 //! decoder and encoder a connection uses while it is awake).
 //!
-//! The byte work is tokio-util's ([`LengthDelimitedCodec`], [`LinesCodec`]);
-//! this module adds what the connection loop needs on top: mapping their
-//! errors to a [`FramingError`] close reason, and knowing whether the codec is
-//! between frames, which decides whether a connection may park. That is not
-//! the same as "the buffer is empty": `LengthDelimitedCodec` consumes a
-//! header as soon as it has one and then waits for the body with an empty
-//! buffer.
+//! The line codec is tokio-util's ([`LinesCodec`]), and so is the
+//! length-prefixed encoder ([`LengthDelimitedCodec`]); length headers are
+//! decoded here ([`LengthDecoder`]): tokio-util's decoder reserves the whole
+//! frame a header announces as soon as it reads the header, so a peer that
+//! sent a header and a byte held `max_frame_bytes` of memory per connection
+//! until `message_timeout`. This module also maps the codecs' errors to a
+//! [`FramingError`] close reason, and knows whether the codec is between
+//! frames, which decides whether a connection may park. That is not the same
+//! as "the buffer is empty": a header is consumed as soon as it is whole, and
+//! its body waited for with an empty buffer.
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LinesCodec, LinesCodecError};
 
 use crate::observe::close::FramingError;
@@ -22,6 +25,12 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 
 /// Default longest line of line framing, without its line ending: 8 KiB.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// The least room a frame still arriving is given past what is in hand (a
+/// pooled buffer has it already). Past that, its room grows with what
+/// arrived (doubling as it comes), never to what a header alone announces:
+/// the length is the peer's word.
+const RESERVE_AT_LEAST: usize = 4 * 1024;
 
 /// How a framed listener splits its byte stream into messages. Fixed per
 /// listener at bind time ([`Builder::listen_framed_on`](crate::Builder::listen_framed_on)).
@@ -160,7 +169,25 @@ impl Framing {
                 } else {
                     builder.little_endian();
                 }
-                Inner::Length(builder.new_codec())
+                // The largest header value accepted: as tokio-util's encoder
+                // clips it, to what the header can express (adjusted).
+                let expressible = match header_bytes {
+                    8 => u64::MAX,
+                    n => (1u64 << (8 * n)) - 1,
+                };
+                let max = expressible
+                    .saturating_add_signed(adjustment as i64)
+                    .min(max_frame_bytes as u64);
+                Inner::Length {
+                    encoder: builder.new_codec(),
+                    decoder: LengthDecoder {
+                        header_bytes,
+                        big_endian,
+                        adjustment,
+                        max,
+                        body: None,
+                    },
+                }
             }
             Kind::Lines {
                 max_line_bytes,
@@ -175,10 +202,7 @@ impl Framing {
                 crlf,
             },
         };
-        FrameCodec {
-            inner,
-            in_frame: false,
-        }
+        FrameCodec { inner }
     }
 }
 
@@ -187,13 +211,15 @@ impl Framing {
 #[derive(Debug)]
 pub(crate) struct FrameCodec {
     inner: Inner,
-    /// A length header was consumed and its body has not all arrived.
-    in_frame: bool,
 }
 
 #[derive(Debug)]
 enum Inner {
-    Length(LengthDelimitedCodec),
+    Length {
+        /// Frames replies (decoding is `decoder`'s: see the module docs).
+        encoder: LengthDelimitedCodec,
+        decoder: LengthDecoder,
+    },
     Lines {
         codec: LinesCodec,
         /// The longest line, without its ending.
@@ -206,21 +232,7 @@ impl FrameCodec {
     /// The next whole frame in `buf`, if there is one; consumes it.
     pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
         match &mut self.inner {
-            Inner::Length(codec) => {
-                let before = buf.len();
-                match codec.decode(buf) {
-                    Ok(Some(frame)) => {
-                        self.in_frame = false;
-                        Ok(Some(frame.freeze()))
-                    }
-                    Ok(None) => {
-                        // Bytes consumed without a frame: the header went.
-                        self.in_frame |= buf.len() < before;
-                        Ok(None)
-                    }
-                    Err(e) => Err(length_error(&e)),
-                }
-            }
+            Inner::Length { decoder, .. } => decoder.decode(buf),
             Inner::Lines { codec, max, .. } => match codec.decode(buf) {
                 Ok(Some(line)) if line.len() > *max => Err(FramingError::LineTooLong),
                 // The line's `String` becomes `Bytes` without a copy.
@@ -237,7 +249,9 @@ impl FrameCodec {
     /// True between frames: nothing of a frame has been read, given what is
     /// left in `buf`. Only then may the connection park.
     pub(crate) fn between_frames(&self, buf: &[u8]) -> bool {
-        !self.in_frame && buf.is_empty()
+        let in_frame =
+            matches!(&self.inner, Inner::Length { decoder, .. } if decoder.body.is_some());
+        !in_frame && buf.is_empty()
     }
 
     /// Appends `frame`, framed, to `out`. Fails when the frame cannot be
@@ -245,7 +259,9 @@ impl FrameCodec {
     /// that is not UTF-8 or holds a newline (it would read as two frames).
     pub(crate) fn encode(&mut self, frame: Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
         match &mut self.inner {
-            Inner::Length(codec) => codec.encode(frame, out).map_err(|e| length_error(&e)),
+            Inner::Length { encoder, .. } => {
+                encoder.encode(frame, out).map_err(|e| length_error(&e))
+            }
             Inner::Lines { crlf, .. } => {
                 if std::str::from_utf8(&frame).is_err() {
                     return Err(FramingError::NotUtf8);
@@ -261,9 +277,60 @@ impl FrameCodec {
     }
 }
 
-/// `LengthDelimitedCodec` reports a frame over the limit as `InvalidData`
-/// (decoding) or `InvalidInput` with its own error type (encoding), and an
-/// adjustment that underflows as `InvalidInput` with a message.
+/// Decodes length-prefixed frames as tokio-util's `LengthDelimitedCodec`
+/// does (same limits, same errors), but gives a frame still arriving room as
+/// its bytes come ([`RESERVE_AT_LEAST`]), not what its header announces.
+#[derive(Debug)]
+struct LengthDecoder {
+    header_bytes: usize,
+    big_endian: bool,
+    adjustment: isize,
+    /// The largest header value accepted (before the adjustment).
+    max: u64,
+    /// The body length of the frame whose header was consumed, until the
+    /// body is all here.
+    body: Option<usize>,
+}
+
+impl LengthDecoder {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+        let n = match self.body {
+            Some(n) => n,
+            None if buf.len() < self.header_bytes => return Ok(None),
+            None => {
+                let mut header = &buf[..self.header_bytes];
+                let value = if self.big_endian {
+                    header.get_uint(self.header_bytes)
+                } else {
+                    header.get_uint_le(self.header_bytes)
+                };
+                // Refused before any of the body is read.
+                if value > self.max {
+                    return Err(FramingError::FrameTooLarge);
+                }
+                // A header less than the adjustment takes away.
+                let n = usize::try_from(value)
+                    .ok()
+                    .and_then(|v| v.checked_add_signed(self.adjustment))
+                    .ok_or(FramingError::BadHeader)?;
+                buf.advance(self.header_bytes);
+                self.body = Some(n);
+                n
+            }
+        };
+        if buf.len() < n {
+            let missing = n - buf.len();
+            buf.reserve(missing.min(buf.len().max(RESERVE_AT_LEAST)));
+            return Ok(None);
+        }
+        self.body = None;
+        Ok(Some(buf.split_to(n).freeze()))
+    }
+}
+
+/// `LengthDelimitedCodec` reports a frame over the limit as `InvalidInput`
+/// with its own error type when encoding; anything else it refuses is a
+/// header it cannot write.
 fn length_error(e: &io::Error) -> FramingError {
     let too_large = e
         .get_ref()
@@ -424,6 +491,103 @@ mod tests {
         let mut buf = BytesMut::from(&b"par"[..]);
         assert_eq!(lines.decode(&mut buf).unwrap(), None);
         assert!(!lines.between_frames(&buf));
+    }
+
+    /// A length header is the peer's word: a header and a byte (or a header
+    /// alone) leave the buffer the size a read gave it, not the frame's,
+    /// at the default limit and at a raised one alike.
+    #[test]
+    fn a_header_does_not_reserve_the_frame_it_announces() {
+        let cases = [
+            (Framing::length_prefixed(2), 65_535u64),
+            (
+                Framing::length_prefixed(4).max_frame_bytes(1 << 30),
+                1 << 30,
+            ),
+            (
+                Framing::length_prefixed(8).max_frame_bytes(1 << 30),
+                1 << 30,
+            ),
+        ];
+        for (framing, announced) in cases {
+            let header_bytes = match framing.kind {
+                Kind::Length { header_bytes, .. } => header_bytes,
+                Kind::Lines { .. } => unreachable!(),
+            };
+            let header = &announced.to_be_bytes()[8 - header_bytes..];
+            for body in [&b""[..], b"x"] {
+                let mut codec = framing.codec();
+                // As the pool gives it.
+                let mut buf = BytesMut::with_capacity(crate::conn::pool::BUFFER_CAPACITY);
+                buf.extend_from_slice(header);
+                buf.extend_from_slice(body);
+                assert_eq!(codec.decode(&mut buf), Ok(None));
+                assert!(!codec.between_frames(&buf), "mid-frame");
+                assert!(
+                    buf.capacity() <= crate::conn::pool::BUFFER_CAPACITY,
+                    "{framing:?}, {} body bytes: {} bytes reserved",
+                    body.len(),
+                    buf.capacity()
+                );
+            }
+        }
+    }
+
+    /// Limits and errors are tokio-util's decoder's, header by header: its
+    /// limit clipped to what the header expresses, then the adjustment.
+    #[test]
+    fn headers_are_judged_as_tokio_util_judges_them() {
+        for header_bytes in [1, 2, 4, 8] {
+            for adjustment in [-9, -1, 0, 3] {
+                for max in [0, 16, 255, 300, 65_536] {
+                    for value in [0u64, 1, 2, 8, 9, 15, 16, 17, 252, 255, 256, 300, 65_535] {
+                        let mut theirs = LengthDelimitedCodec::builder()
+                            .length_field_length(header_bytes)
+                            .length_adjustment(adjustment)
+                            .max_frame_length(max)
+                            .new_codec();
+                        let framing = Framing::length_prefixed(header_bytes)
+                            .length_adjustment(adjustment)
+                            .max_frame_bytes(max);
+                        let wire = &value.to_be_bytes()[8 - header_bytes..];
+                        let expected = match theirs.decode(&mut BytesMut::from(wire)) {
+                            Ok(frame) => Ok(frame.map(BytesMut::freeze)),
+                            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                                Err(FramingError::FrameTooLarge)
+                            }
+                            Err(_) => Err(FramingError::BadHeader),
+                        };
+                        let ours = framing.codec().decode(&mut BytesMut::from(wire));
+                        assert_eq!(ours, expected, "{framing:?}, header {value}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A frame far larger than a buffer still decodes whole, its room
+    /// growing with what arrived.
+    #[test]
+    fn a_large_frame_arriving_in_pieces_decodes() {
+        let framing = Framing::length_prefixed(4).max_frame_bytes(1 << 20);
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        let wire = encode_all(framing, &[&payload]);
+        let mut codec = framing.codec();
+        let mut buf = BytesMut::with_capacity(crate::conn::pool::BUFFER_CAPACITY);
+        let mut got = None;
+        for piece in wire.chunks(16 * 1024) {
+            assert_eq!(got, None, "the frame decodes only when all is here");
+            buf.extend_from_slice(piece);
+            got = codec.decode(&mut buf).unwrap();
+            assert!(
+                buf.capacity() <= 4 * buf.len() + 64 * 1024,
+                "{} bytes reserved for {} in hand",
+                buf.capacity(),
+                buf.len()
+            );
+        }
+        assert_eq!(got.as_deref(), Some(&payload[..]));
+        assert!(codec.between_frames(&buf));
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::{poll_once, WokenSocket};
 use crate::conn::Wake;
 use crate::message::deadline::MessageDeadline;
-use crate::message::hub::Overflowed;
+use crate::message::hub::{Generation, Overflowed};
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
@@ -611,7 +611,7 @@ fn park<H: FramedHandler>(
     io: FramedIo,
     listener: usize,
     (due, send_at): (Option<Instant>, Option<Instant>),
-    generation: u32,
+    generation: Generation,
     at_once: bool,
     ctx: &WorkerContext,
 ) -> Ended<OwnedFd> {
