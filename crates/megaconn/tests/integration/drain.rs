@@ -187,3 +187,103 @@ async fn an_upgraded_tunnel_open_at_the_deadline_is_forced() {
     assert_eq!(summary.forced, 1, "{summary:?}");
     assert!(read_to_close(&mut tunnel).await.is_empty());
 }
+
+/// A raw HTTP/2 tunnel: a plain `CONNECT` on an h2c connection, answered
+/// 200 by the test app, whose handler echoes the stream's bytes on a task
+/// of its own, as `/upgrade` does on HTTP/1.1.
+struct H2Tunnel {
+    /// Kept: a client with no handle left may close the connection.
+    _client: h2::client::SendRequest<bytes::Bytes>,
+    send: h2::SendStream<bytes::Bytes>,
+    recv: h2::RecvStream,
+}
+
+impl H2Tunnel {
+    async fn open(server: &TestServer) -> H2Tunnel {
+        let client = common::h2c(server.addr).await;
+        let mut ready = client.clone().ready().await.expect("h2 client ready");
+        let connect = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("localhost:80")
+            .body(())
+            .unwrap();
+        let (response, send) = ready.send_request(connect, false).expect("CONNECT sent");
+        let response = tokio::time::timeout(common::SAFETY, response)
+            .await
+            .expect("CONNECT answered in time")
+            .expect("CONNECT answered");
+        assert_eq!(response.status(), 200);
+        let mut tunnel = H2Tunnel {
+            _client: client,
+            send,
+            recv: response.into_body(),
+        };
+        tunnel.echo(b"before shutdown").await;
+        tunnel
+    }
+
+    async fn echo(&mut self, bytes: &[u8]) {
+        self.send
+            .send_data(bytes::Bytes::copy_from_slice(bytes), false)
+            .expect("sent into the tunnel");
+        let mut back = Vec::new();
+        while back.len() < bytes.len() {
+            let chunk = tokio::time::timeout(common::SAFETY, self.recv.data())
+                .await
+                .expect("echo in time")
+                .expect("the tunnel is open")
+                .expect("the tunnel echoes");
+            let _ = self.recv.flow_control().release_capacity(chunk.len());
+            back.extend_from_slice(&chunk);
+        }
+        assert_eq!(back, bytes);
+    }
+
+    /// Reads until the server ends (or resets) the stream.
+    async fn until_ended(&mut self) {
+        tokio::time::timeout(common::SAFETY, async {
+            while let Some(Ok(chunk)) = self.recv.data().await {
+                let _ = self.recv.flow_control().release_capacity(chunk.len());
+            }
+        })
+        .await
+        .expect("the tunnel ends in time");
+    }
+}
+
+/// As [`an_upgraded_tunnel_is_waited_for`], over HTTP/2: a `CONNECT`
+/// stream's tunnel keeps working after shutdown begins (its GOAWAY admits
+/// it), and the server stops once it ends, nothing forced.
+#[tokio::test]
+async fn an_h2_connect_tunnel_is_waited_for() {
+    let server = TestServer::start(with_shutdown_timeout(common::SAFETY / 2)).await;
+    let mut idle = idle_connection(&server).await;
+    let mut tunnel = H2Tunnel::open(&server).await;
+    server.handle.shutdown();
+    assert!(read_to_close(&mut idle).await.is_empty(), "the drain began");
+    tunnel.echo(b"during shutdown").await;
+    // The handler's echo reads the end and drops the stream.
+    tunnel
+        .send
+        .send_data(bytes::Bytes::new(), true)
+        .expect("end sent");
+    tunnel.until_ended().await;
+    let started = Instant::now();
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0, "{summary:?}");
+    assert!(
+        started.elapsed() < common::SAFETY / 4,
+        "stopped {:?} after the tunnel ended",
+        started.elapsed()
+    );
+}
+
+/// As [`an_upgraded_tunnel_open_at_the_deadline_is_forced`], over HTTP/2.
+#[tokio::test]
+async fn an_h2_connect_tunnel_open_at_the_deadline_is_forced() {
+    let server = TestServer::start(with_shutdown_timeout(Duration::from_millis(200))).await;
+    let mut tunnel = H2Tunnel::open(&server).await;
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 1, "{summary:?}");
+    tunnel.until_ended().await;
+}
