@@ -198,20 +198,36 @@ struct H2Tunnel {
     recv: h2::RecvStream,
 }
 
+/// Sends `request` on a fresh h2c connection to `addr` (`end`: with no
+/// body) and waits for the response head; the client is returned to be
+/// kept (a client with no handle left may close the connection).
+async fn h2_request(
+    addr: std::net::SocketAddr,
+    request: http::Request<()>,
+    end: bool,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::SendStream<bytes::Bytes>,
+    http::Response<h2::RecvStream>,
+) {
+    let client = common::h2c(addr).await;
+    let mut ready = client.clone().ready().await.expect("h2 client ready");
+    let (response, send) = ready.send_request(request, end).expect("request sent");
+    let response = tokio::time::timeout(common::SAFETY, response)
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    (client, send, response)
+}
+
 impl H2Tunnel {
     async fn open(server: &TestServer) -> H2Tunnel {
-        let client = common::h2c(server.addr).await;
-        let mut ready = client.clone().ready().await.expect("h2 client ready");
         let connect = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri("localhost:80")
             .body(())
             .unwrap();
-        let (response, send) = ready.send_request(connect, false).expect("CONNECT sent");
-        let response = tokio::time::timeout(common::SAFETY, response)
-            .await
-            .expect("CONNECT answered in time")
-            .expect("CONNECT answered");
+        let (client, send, response) = h2_request(server.addr, connect, false).await;
         assert_eq!(response.status(), 200);
         let mut tunnel = H2Tunnel {
             _client: client,
@@ -268,14 +284,8 @@ async fn an_h2_connect_tunnel_is_waited_for() {
         .send_data(bytes::Bytes::new(), true)
         .expect("end sent");
     tunnel.until_ended().await;
-    let started = Instant::now();
-    let summary = server.stop().await;
-    assert_eq!(summary.forced, 0, "{summary:?}");
-    assert!(
-        started.elapsed() < common::SAFETY / 4,
-        "stopped {:?} after the tunnel ended",
-        started.elapsed()
-    );
+    let ended = Instant::now();
+    stopped_soon_after(&server.stop().await, ended);
 }
 
 /// As [`an_upgraded_tunnel_open_at_the_deadline_is_forced`], over HTTP/2.
@@ -286,4 +296,152 @@ async fn an_h2_connect_tunnel_open_at_the_deadline_is_forced() {
     let summary = server.stop().await;
     assert_eq!(summary.forced, 1, "{summary:?}");
     tunnel.until_ended().await;
+}
+
+/// A server-sent-events-like response that ends itself when shutdown
+/// begins ([`megaconn::Draining`]): one event at once, then nothing until
+/// the start, then a last event and the end.
+async fn events(
+    _: http::Request<megaconn::Body>,
+) -> Result<http::Response<common::TestBody>, std::convert::Infallible> {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let draining = megaconn::Draining::current().expect("served on a megaconn worker");
+    assert!(!draining.is_started());
+    let first = http_body::Frame::data(bytes::Bytes::from_static(b"data: hello\n\n"));
+    let events =
+        futures_util::stream::iter([Ok(first)]).chain(futures_util::stream::once(async move {
+            draining.started().await;
+            assert!(draining.is_started());
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"data: bye\n\n",
+            )))
+        }));
+    Ok(http::Response::new(
+        http_body_util::StreamBody::new(events).boxed_unsync(),
+    ))
+}
+
+/// A server whose every request gets [`events`], with a deadline that a
+/// failing test reaches (the stream forced) well within `SAFETY`.
+fn events_server() -> common::AppServer {
+    let builder =
+        with_shutdown_timeout(common::SAFETY / 2).listen_on("127.0.0.1:0".parse().unwrap());
+    common::AppServer::start(builder, tower::service_fn(events))
+}
+
+/// Stops `server` (shut down already) and checks that it stopped soon,
+/// nothing forced.
+async fn stopped_soon(server: common::AppServer, shutdown_at: Instant) {
+    let summary = tokio::time::timeout(common::SAFETY, server.task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("serve result");
+    stopped_soon_after(&summary, shutdown_at);
+}
+
+/// Checks a server that stopped by `summary`: nothing forced, and soon
+/// after `since` (long before its `shutdown_timeout` of `SAFETY / 2`).
+fn stopped_soon_after(summary: &megaconn::ShutdownSummary, since: Instant) {
+    assert_eq!(summary.forced, 0, "{summary:?}");
+    assert!(
+        since.elapsed() < common::SAFETY / 4,
+        "stopped {:?} after",
+        since.elapsed()
+    );
+}
+
+/// An endless HTTP/1.1 response ends itself when shutdown begins: its
+/// last event reaches the client, and the drain ends at once, nothing
+/// forced (it was held to `shutdown_timeout` before, with no way to know).
+#[tokio::test]
+async fn a_streaming_response_ends_itself_when_shutdown_begins() {
+    let server = events_server();
+    let mut s = TcpStream::connect(server.addrs[0]).await.unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(common::SAFETY, async {
+        while !String::from_utf8_lossy(&seen).contains("data: hello") {
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the first event in time");
+    let shutdown_at = Instant::now();
+    server.handle.shutdown();
+    seen.extend(read_to_close(&mut s).await);
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("data: bye"), "{text}");
+    assert!(text.ends_with("0\r\n\r\n"), "the response ended: {text}");
+    stopped_soon(server, shutdown_at).await;
+}
+
+/// The next DATA of an HTTP/2 stream (`None`: it ended).
+async fn next_data(body: &mut h2::RecvStream) -> Option<bytes::Bytes> {
+    let chunk = tokio::time::timeout(common::SAFETY, body.data())
+        .await
+        .expect("data in time")
+        .map(|c| c.expect("data"));
+    if let Some(c) = &chunk {
+        let _ = body.flow_control().release_capacity(c.len());
+    }
+    chunk
+}
+
+/// The same over HTTP/2: the stream's last event, then its end.
+#[tokio::test]
+async fn an_h2_streaming_response_ends_itself_when_shutdown_begins() {
+    let server = events_server();
+    let get = http::Request::get("http://localhost/events")
+        .body(())
+        .unwrap();
+    let (client, _, response) = h2_request(server.addrs[0], get, true).await;
+    let mut body = response.into_body();
+    assert_eq!(
+        next_data(&mut body).await.as_deref(),
+        Some(&b"data: hello\n\n"[..])
+    );
+    let shutdown_at = Instant::now();
+    server.handle.shutdown();
+    // The last event, then the end (an empty DATA frame may carry it).
+    let mut rest = Vec::new();
+    while let Some(chunk) = next_data(&mut body).await {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"data: bye\n\n");
+    drop(client);
+    stopped_soon(server, shutdown_at).await;
+}
+
+/// A long poll in axum, `Draining` taken as an extractor: answered when
+/// shutdown begins (told to close), and the drain ends at once.
+#[tokio::test]
+async fn an_axum_long_poll_answers_when_shutdown_begins() {
+    async fn poll(draining: megaconn::Draining) -> &'static str {
+        draining.started().await;
+        "shutting down"
+    }
+    let app = axum::Router::new().route("/poll", axum::routing::get(poll));
+    let builder =
+        with_shutdown_timeout(common::SAFETY / 2).listen_on("127.0.0.1:0".parse().unwrap());
+    let server = common::AppServer::start(builder, app);
+    let mut s = TcpStream::connect(server.addrs[0]).await.unwrap();
+    s.write_all(b"GET /poll HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    common::wait_stats(&server.handle, "the poll arrived", |s| s.requests == 1).await;
+    let shutdown_at = Instant::now();
+    server.handle.shutdown();
+    let answer = read_response(&mut s).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert_eq!(answer.body, b"shutting down");
+    assert!(read_to_close(&mut s).await.is_empty());
+    stopped_soon(server, shutdown_at).await;
 }
