@@ -322,12 +322,24 @@ async fn events(
     ))
 }
 
-/// A server whose every request gets [`events`], with a deadline that a
-/// failing test reaches (the stream forced) well within `SAFETY`.
-fn events_server() -> common::AppServer {
+/// A server of `app` with a deadline that a failing test reaches (a
+/// stream forced) well within `SAFETY`.
+fn ending_server<S>(app: S) -> common::AppServer
+where
+    S: megaconn::HttpService + Clone + Send + 'static,
+    S::Future: 'static,
+    S::ResBody: 'static,
+{
     let builder =
         with_shutdown_timeout(common::SAFETY / 2).listen_on("127.0.0.1:0".parse().unwrap());
-    common::AppServer::start(builder, tower::service_fn(events))
+    common::AppServer::start(builder, app)
+}
+
+/// A connection to `server` that sent `request`.
+async fn sent(server: &common::AppServer, request: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(server.addrs[0]).await.unwrap();
+    s.write_all(request).await.unwrap();
+    s
 }
 
 /// Stops `server` (shut down already) and checks that it stopped soon,
@@ -357,11 +369,8 @@ fn stopped_soon_after(summary: &megaconn::ShutdownSummary, since: Instant) {
 /// forced (it was held to `shutdown_timeout` before, with no way to know).
 #[tokio::test]
 async fn a_streaming_response_ends_itself_when_shutdown_begins() {
-    let server = events_server();
-    let mut s = TcpStream::connect(server.addrs[0]).await.unwrap();
-    s.write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
+    let server = ending_server(tower::service_fn(events));
+    let mut s = sent(&server, b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n").await;
     let mut seen = Vec::new();
     tokio::time::timeout(common::SAFETY, async {
         while !String::from_utf8_lossy(&seen).contains("data: hello") {
@@ -394,10 +403,27 @@ async fn next_data(body: &mut h2::RecvStream) -> Option<bytes::Bytes> {
     chunk
 }
 
+/// Shuts `server` down, reads `body` to its end, which must be `last`,
+/// and checks that the server stopped soon, nothing forced.
+async fn shut_down_and_read_the_rest(
+    server: common::AppServer,
+    body: &mut h2::RecvStream,
+    last: &[u8],
+) {
+    let shutdown_at = Instant::now();
+    server.handle.shutdown();
+    let mut rest = Vec::new();
+    while let Some(chunk) = next_data(body).await {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, last);
+    stopped_soon(server, shutdown_at).await;
+}
+
 /// The same over HTTP/2: the stream's last event, then its end.
 #[tokio::test]
 async fn an_h2_streaming_response_ends_itself_when_shutdown_begins() {
-    let server = events_server();
+    let server = ending_server(tower::service_fn(events));
     let get = http::Request::get("http://localhost/events")
         .body(())
         .unwrap();
@@ -407,16 +433,9 @@ async fn an_h2_streaming_response_ends_itself_when_shutdown_begins() {
         next_data(&mut body).await.as_deref(),
         Some(&b"data: hello\n\n"[..])
     );
-    let shutdown_at = Instant::now();
-    server.handle.shutdown();
     // The last event, then the end (an empty DATA frame may carry it).
-    let mut rest = Vec::new();
-    while let Some(chunk) = next_data(&mut body).await {
-        rest.extend_from_slice(&chunk);
-    }
-    assert_eq!(rest, b"data: bye\n\n");
+    shut_down_and_read_the_rest(server, &mut body, b"data: bye\n\n").await;
     drop(client);
-    stopped_soon(server, shutdown_at).await;
 }
 
 /// A long poll in axum, `Draining` taken as an extractor: answered when
@@ -428,13 +447,8 @@ async fn an_axum_long_poll_answers_when_shutdown_begins() {
         "shutting down"
     }
     let app = axum::Router::new().route("/poll", axum::routing::get(poll));
-    let builder =
-        with_shutdown_timeout(common::SAFETY / 2).listen_on("127.0.0.1:0".parse().unwrap());
-    let server = common::AppServer::start(builder, app);
-    let mut s = TcpStream::connect(server.addrs[0]).await.unwrap();
-    s.write_all(b"GET /poll HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
+    let server = ending_server(app);
+    let mut s = sent(&server, b"GET /poll HTTP/1.1\r\nHost: t\r\n\r\n").await;
     common::wait_stats(&server.handle, "the poll arrived", |s| s.requests == 1).await;
     let shutdown_at = Instant::now();
     server.handle.shutdown();
@@ -444,4 +458,65 @@ async fn an_axum_long_poll_answers_when_shutdown_begins() {
     assert_eq!(answer.body, b"shutting down");
     assert!(read_to_close(&mut s).await.is_empty());
     stopped_soon(server, shutdown_at).await;
+}
+
+/// A tunnel whose handler ends it when shutdown begins: `bye`, then the
+/// `Upgraded` dropped. 101 to an HTTP/1.1 upgrade, 200 to an HTTP/2
+/// `CONNECT`.
+async fn tunnel_until_shutdown(
+    mut req: http::Request<megaconn::Body>,
+) -> Result<http::Response<common::TestBody>, std::convert::Infallible> {
+    let on_upgrade = req
+        .extensions_mut()
+        .remove::<megaconn::OnUpgrade>()
+        .expect("an upgrade request");
+    let draining = megaconn::Draining::current().expect("served on a megaconn worker");
+    tokio::task::spawn_local(async move {
+        let mut io = on_upgrade.await.expect("upgraded");
+        draining.started().await;
+        let _ = io.write_all(b"bye").await;
+    });
+    if req.method() == http::Method::CONNECT {
+        return Ok(common::full(http::StatusCode::OK, ""));
+    }
+    let mut response = common::full(http::StatusCode::SWITCHING_PROTOCOLS, "");
+    response.headers_mut().insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("echo"),
+    );
+    Ok(response)
+}
+
+/// An HTTP/1.1 tunnel that its handler ends at shutdown: the drain ends
+/// with it, nothing forced.
+#[tokio::test]
+async fn a_tunnel_that_ends_itself_at_shutdown_is_not_forced() {
+    let server = ending_server(tower::service_fn(tunnel_until_shutdown));
+    let mut s = sent(
+        &server,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await;
+    assert_eq!(read_response(&mut s).await.status, 101);
+    let shutdown_at = Instant::now();
+    server.handle.shutdown();
+    assert_eq!(read_to_close(&mut s).await, b"bye");
+    stopped_soon(server, shutdown_at).await;
+}
+
+/// The same over HTTP/2, whose client keeps its half of the stream open:
+/// the handler's drop ends the stream (`END_STREAM`, then h2's reset of
+/// the client's half), and the connection goes with it.
+#[tokio::test]
+async fn an_h2_tunnel_that_ends_itself_at_shutdown_is_not_forced() {
+    let server = ending_server(tower::service_fn(tunnel_until_shutdown));
+    let connect = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("localhost:80")
+        .body(())
+        .unwrap();
+    let (_client, _send, response) = h2_request(server.addrs[0], connect, false).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    shut_down_and_read_the_rest(server, &mut body, b"bye").await;
 }
