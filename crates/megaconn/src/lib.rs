@@ -70,6 +70,8 @@
 //!                          protocol of ours the 101 names (NativeUpgrade);
 //!                          on HTTP/2, a 2xx to CONNECT hands it the stream
 //!                          (h2_stream.rs: H2Stream, RFC 8441 WebSockets)
+//!             draining.rs  Draining: a handler hears that graceful shutdown
+//!                          began (found through the worker, not per request)
 //!     |
 //!  conn/      connection.rs  one connection's accounts: slot, counters, track;
 //!                            close() is the one place a close is counted
@@ -155,6 +157,7 @@ pub use proto::ws::{
 };
 pub use server::builder::{Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary};
 pub use service::body::Body;
+pub use service::draining::Draining;
 pub use service::upgrade::{OnUpgrade, Upgraded};
 pub use service::HttpService;
 /// The UTF-8 text of a [`WsMessage::Text`] (tungstenite's: cheap to clone,

@@ -12,7 +12,8 @@
 //! ([`LocalShutdown::watch`]), refreshed only when its waker changes.
 //!
 //! Upgraded connections, which a handler may move to a task of its own, watch
-//! a `Send` copy of the signal ([`SharedShutdown`]) in the same way.
+//! a `Send` copy of the signal ([`SharedShutdown`]) in the same way, and so
+//! do handlers, through [`Draining`](crate::Draining).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -173,10 +174,11 @@ impl Watchers {
 }
 
 /// Shutdown as an upgraded connection sees it (an `axum_ws` socket, a
-/// handler's `OnUpgrade` tunnel): a handler may move it to a task of its
+/// handler's `OnUpgrade` tunnel), and a handler's
+/// [`Draining`](crate::Draining): a handler may move it to a task of its
 /// own (`tokio::spawn`), so the signal is `Send`, at the cost of a lock
-/// each time a connection's waker changes (its [`Drain`] keeps the last
-/// one), which only these connections pay.
+/// each time a waiter's waker changes (a [`Drain`] keeps the last one),
+/// which only these waiters pay.
 #[derive(Debug, Default)]
 pub(crate) struct SharedShutdown {
     started: AtomicBool,
@@ -193,9 +195,13 @@ impl SharedShutdown {
         }
     }
 
+    /// True once shutdown began.
+    pub(crate) fn is_started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
     /// True once shutdown began; until then `waker` is woken when it does
     /// (the caller's slot kept, as in [`LocalShutdown::watch`]).
-    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn poll_started(&self, slot: &mut Option<u32>, waker: &Waker) -> bool {
         if self.started.load(Ordering::SeqCst) {
             return true;

@@ -684,6 +684,10 @@ impl<S: Transport> Transport for TlsIo<S> {
         ready!(self.poll_send(cx))?;
         Pin::new(&mut self.sock).poll_shutdown(cx)
     }
+
+    fn holds_partial_input(&self) -> bool {
+        self.holds_partial_record()
+    }
 }
 
 impl<S: Parkable> Parkable for TlsIo<S> {

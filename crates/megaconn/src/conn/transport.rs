@@ -36,6 +36,20 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     fn poll_shutdown_truncated(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::pin::Pin::new(self).poll_shutdown(cx)
     }
+
+    /// Whether the stream holds input it read but cannot hand over yet: a
+    /// TLS stream holding the head of a record whose rest has not arrived.
+    /// A WebSocket whose stream says so is in the middle of a message,
+    /// bounded by its route's `message_timeout` (a peer that trickles a
+    /// record gets the close one that trickles a message gets, 1008);
+    /// otherwise, since no byte reaches it, only its heartbeat bounds it.
+    /// megaconn's own TLS says so; a TLS stream of your own given to
+    /// [`Builder::serve_connection`](crate::Builder::serve_connection)
+    /// should too. Checked between reads, never on the request path.
+    /// Default: `false`.
+    fn holds_partial_input(&self) -> bool {
+        false
+    }
 }
 
 /// How an idle connection on a stream may leave the runtime: the core's
@@ -173,6 +187,10 @@ impl<T: Transport> Transport for Foreign<T> {
 
     fn poll_shutdown_truncated(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.io.poll_shutdown_truncated(cx)
+    }
+
+    fn holds_partial_input(&self) -> bool {
+        self.io.holds_partial_input()
     }
 }
 

@@ -16,6 +16,7 @@ use crate::service::body::Body;
 use crate::BoxError;
 
 pub(crate) mod body;
+pub(crate) mod draining;
 pub(crate) mod h2_body;
 pub(crate) mod h2_stream;
 pub(crate) mod upgrade;

@@ -47,7 +47,8 @@ pub enum Event {
 /// `/status/N` empty response with status N · `/chunked` body of unknown length ·
 /// `/panic` sync panic · `/panic-async` panic inside the future ·
 /// `/wait` block until `release` is notified · `/forever-body` a body that never
-/// ends · `/failing-body` a body that fails after one chunk · `/upgrade` 101 then echo raw bytes.
+/// ends · `/failing-body` a body that fails after one chunk · `/upgrade` 101 then echo raw bytes
+/// (any `CONNECT`, HTTP/2's tunnel: 200 then the same echo).
 #[derive(Clone)]
 pub struct TestApp {
     pub events: mpsc::UnboundedSender<Event>,
@@ -119,6 +120,7 @@ impl tower::Service<Request<Body>> for TestApp {
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let path = req.uri().path().to_string();
+        let connect = req.method() == http::Method::CONNECT;
         if path == "/panic" {
             panic!("sync panic in call");
         }
@@ -195,7 +197,7 @@ impl tower::Service<Request<Body>> for TestApp {
                         other => full(StatusCode::INTERNAL_SERVER_ERROR, format!("{other:?}")),
                     }
                 }
-                "/upgrade" => {
+                p if p == "/upgrade" || connect => {
                     let on_upgrade = req.extensions_mut().remove::<OnUpgrade>();
                     match on_upgrade {
                         Some(on_upgrade) => {
@@ -210,6 +212,9 @@ impl tower::Service<Request<Body>> for TestApp {
                                     io.write_all(&buf[..n]).await.unwrap();
                                 }
                             });
+                            if connect {
+                                return Ok(full(StatusCode::OK, ""));
+                            }
                             let mut r = full(StatusCode::SWITCHING_PROTOCOLS, "");
                             r.headers_mut()
                                 .insert(header::UPGRADE, header::HeaderValue::from_static("echo"));

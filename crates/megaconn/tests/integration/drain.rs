@@ -187,3 +187,336 @@ async fn an_upgraded_tunnel_open_at_the_deadline_is_forced() {
     assert_eq!(summary.forced, 1, "{summary:?}");
     assert!(read_to_close(&mut tunnel).await.is_empty());
 }
+
+/// A raw HTTP/2 tunnel: a plain `CONNECT` on an h2c connection, answered
+/// 200 by the test app, whose handler echoes the stream's bytes on a task
+/// of its own, as `/upgrade` does on HTTP/1.1.
+struct H2Tunnel {
+    /// Kept: a client with no handle left may close the connection.
+    _client: h2::client::SendRequest<bytes::Bytes>,
+    send: h2::SendStream<bytes::Bytes>,
+    recv: h2::RecvStream,
+}
+
+/// Sends `request` on a fresh h2c connection to `addr` (`end`: with no
+/// body) and waits for the response head; the client is returned to be
+/// kept (a client with no handle left may close the connection).
+async fn h2_request(
+    addr: std::net::SocketAddr,
+    request: http::Request<()>,
+    end: bool,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::SendStream<bytes::Bytes>,
+    http::Response<h2::RecvStream>,
+) {
+    let client = common::h2c(addr).await;
+    let mut ready = client.clone().ready().await.expect("h2 client ready");
+    let (response, send) = ready.send_request(request, end).expect("request sent");
+    let response = tokio::time::timeout(common::SAFETY, response)
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    (client, send, response)
+}
+
+impl H2Tunnel {
+    async fn open(server: &TestServer) -> H2Tunnel {
+        let connect = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("localhost:80")
+            .body(())
+            .unwrap();
+        let (client, send, response) = h2_request(server.addr, connect, false).await;
+        assert_eq!(response.status(), 200);
+        let mut tunnel = H2Tunnel {
+            _client: client,
+            send,
+            recv: response.into_body(),
+        };
+        tunnel.echo(b"before shutdown").await;
+        tunnel
+    }
+
+    async fn echo(&mut self, bytes: &[u8]) {
+        self.send
+            .send_data(bytes::Bytes::copy_from_slice(bytes), false)
+            .expect("sent into the tunnel");
+        let mut back = Vec::new();
+        while back.len() < bytes.len() {
+            let chunk = tokio::time::timeout(common::SAFETY, self.recv.data())
+                .await
+                .expect("echo in time")
+                .expect("the tunnel is open")
+                .expect("the tunnel echoes");
+            let _ = self.recv.flow_control().release_capacity(chunk.len());
+            back.extend_from_slice(&chunk);
+        }
+        assert_eq!(back, bytes);
+    }
+
+    /// Reads until the server ends (or resets) the stream.
+    async fn until_ended(&mut self) {
+        tokio::time::timeout(common::SAFETY, async {
+            while let Some(Ok(chunk)) = self.recv.data().await {
+                let _ = self.recv.flow_control().release_capacity(chunk.len());
+            }
+        })
+        .await
+        .expect("the tunnel ends in time");
+    }
+}
+
+/// As [`an_upgraded_tunnel_is_waited_for`], over HTTP/2: a `CONNECT`
+/// stream's tunnel keeps working after shutdown begins (its GOAWAY admits
+/// it), and the server stops once it ends, nothing forced.
+#[tokio::test]
+async fn an_h2_connect_tunnel_is_waited_for() {
+    let server = TestServer::start(with_shutdown_timeout(common::SAFETY / 2)).await;
+    let mut idle = idle_connection(&server).await;
+    let mut tunnel = H2Tunnel::open(&server).await;
+    server.handle.shutdown();
+    assert!(read_to_close(&mut idle).await.is_empty(), "the drain began");
+    tunnel.echo(b"during shutdown").await;
+    // The handler's echo reads the end and drops the stream.
+    tunnel
+        .send
+        .send_data(bytes::Bytes::new(), true)
+        .expect("end sent");
+    tunnel.until_ended().await;
+    let ended = Instant::now();
+    stopped_soon_after(&server.stop().await, ended);
+}
+
+/// As [`an_upgraded_tunnel_open_at_the_deadline_is_forced`], over HTTP/2.
+#[tokio::test]
+async fn an_h2_connect_tunnel_open_at_the_deadline_is_forced() {
+    let server = TestServer::start(with_shutdown_timeout(Duration::from_millis(200))).await;
+    let mut tunnel = H2Tunnel::open(&server).await;
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 1, "{summary:?}");
+    tunnel.until_ended().await;
+}
+
+/// A server-sent-events-like response that ends itself when shutdown
+/// begins ([`megaconn::Draining`]): one event at once, then nothing until
+/// the start, then a last event and the end.
+async fn events(
+    _: http::Request<megaconn::Body>,
+) -> Result<http::Response<common::TestBody>, std::convert::Infallible> {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let draining = megaconn::Draining::current().expect("served on a megaconn worker");
+    assert!(!draining.is_started());
+    let first = http_body::Frame::data(bytes::Bytes::from_static(b"data: hello\n\n"));
+    let events =
+        futures_util::stream::iter([Ok(first)]).chain(futures_util::stream::once(async move {
+            draining.started().await;
+            assert!(draining.is_started());
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"data: bye\n\n",
+            )))
+        }));
+    Ok(http::Response::new(
+        http_body_util::StreamBody::new(events).boxed_unsync(),
+    ))
+}
+
+/// A server of `app` with a deadline that a failing test reaches (a
+/// stream forced) well within `SAFETY`.
+fn ending_server<S>(app: S) -> common::AppServer
+where
+    S: megaconn::HttpService + Clone + Send + 'static,
+    S::Future: 'static,
+    S::ResBody: 'static,
+{
+    let builder =
+        with_shutdown_timeout(common::SAFETY / 2).listen_on("127.0.0.1:0".parse().unwrap());
+    common::AppServer::start(builder, app)
+}
+
+/// A connection to `server` that sent `request`.
+async fn sent(server: &common::AppServer, request: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(server.addrs[0]).await.unwrap();
+    s.write_all(request).await.unwrap();
+    s
+}
+
+/// Stops `server` (shut down already) and checks that it stopped soon,
+/// nothing forced.
+async fn stopped_soon(server: common::AppServer, shutdown_at: Instant) {
+    let summary = tokio::time::timeout(common::SAFETY, server.task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("serve result");
+    stopped_soon_after(&summary, shutdown_at);
+}
+
+/// Checks a server that stopped by `summary`: nothing forced, and soon
+/// after `since` (long before its `shutdown_timeout` of `SAFETY / 2`).
+fn stopped_soon_after(summary: &megaconn::ShutdownSummary, since: Instant) {
+    assert_eq!(summary.forced, 0, "{summary:?}");
+    assert!(
+        since.elapsed() < common::SAFETY / 4,
+        "stopped {:?} after",
+        since.elapsed()
+    );
+}
+
+/// An endless HTTP/1.1 response ends itself when shutdown begins: its
+/// last event reaches the client, and the drain ends at once, nothing
+/// forced (it was held to `shutdown_timeout` before, with no way to know).
+#[tokio::test]
+async fn a_streaming_response_ends_itself_when_shutdown_begins() {
+    let server = ending_server(tower::service_fn(events));
+    let mut s = sent(&server, b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let mut seen = Vec::new();
+    tokio::time::timeout(common::SAFETY, async {
+        while !String::from_utf8_lossy(&seen).contains("data: hello") {
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the first event in time");
+    let shutdown_at = Instant::now();
+    server.handle.shutdown();
+    seen.extend(read_to_close(&mut s).await);
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("data: bye"), "{text}");
+    assert!(text.ends_with("0\r\n\r\n"), "the response ended: {text}");
+    stopped_soon(server, shutdown_at).await;
+}
+
+/// The next DATA of an HTTP/2 stream (`None`: it ended).
+async fn next_data(body: &mut h2::RecvStream) -> Option<bytes::Bytes> {
+    let chunk = tokio::time::timeout(common::SAFETY, body.data())
+        .await
+        .expect("data in time")
+        .map(|c| c.expect("data"));
+    if let Some(c) = &chunk {
+        let _ = body.flow_control().release_capacity(c.len());
+    }
+    chunk
+}
+
+/// Shuts `server` down, reads `body` to its end, which must be `last`,
+/// and checks that the server stopped soon, nothing forced.
+async fn shut_down_and_read_the_rest(
+    server: common::AppServer,
+    body: &mut h2::RecvStream,
+    last: &[u8],
+) {
+    let shutdown_at = Instant::now();
+    server.handle.shutdown();
+    let mut rest = Vec::new();
+    while let Some(chunk) = next_data(body).await {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, last);
+    stopped_soon(server, shutdown_at).await;
+}
+
+/// The same over HTTP/2: the stream's last event, then its end.
+#[tokio::test]
+async fn an_h2_streaming_response_ends_itself_when_shutdown_begins() {
+    let server = ending_server(tower::service_fn(events));
+    let get = http::Request::get("http://localhost/events")
+        .body(())
+        .unwrap();
+    let (client, _, response) = h2_request(server.addrs[0], get, true).await;
+    let mut body = response.into_body();
+    assert_eq!(
+        next_data(&mut body).await.as_deref(),
+        Some(&b"data: hello\n\n"[..])
+    );
+    // The last event, then the end (an empty DATA frame may carry it).
+    shut_down_and_read_the_rest(server, &mut body, b"data: bye\n\n").await;
+    drop(client);
+}
+
+/// A long poll in axum, `Draining` taken as an extractor: answered when
+/// shutdown begins (told to close), and the drain ends at once.
+#[tokio::test]
+async fn an_axum_long_poll_answers_when_shutdown_begins() {
+    async fn poll(draining: megaconn::Draining) -> &'static str {
+        draining.started().await;
+        "shutting down"
+    }
+    let app = axum::Router::new().route("/poll", axum::routing::get(poll));
+    let server = ending_server(app);
+    let mut s = sent(&server, b"GET /poll HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    common::wait_stats(&server.handle, "the poll arrived", |s| s.requests == 1).await;
+    let shutdown_at = Instant::now();
+    server.handle.shutdown();
+    let answer = read_response(&mut s).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert_eq!(answer.body, b"shutting down");
+    assert!(read_to_close(&mut s).await.is_empty());
+    stopped_soon(server, shutdown_at).await;
+}
+
+/// A tunnel whose handler ends it when shutdown begins: `bye`, then the
+/// `Upgraded` dropped. 101 to an HTTP/1.1 upgrade, 200 to an HTTP/2
+/// `CONNECT`.
+async fn tunnel_until_shutdown(
+    mut req: http::Request<megaconn::Body>,
+) -> Result<http::Response<common::TestBody>, std::convert::Infallible> {
+    let on_upgrade = req
+        .extensions_mut()
+        .remove::<megaconn::OnUpgrade>()
+        .expect("an upgrade request");
+    let draining = megaconn::Draining::current().expect("served on a megaconn worker");
+    tokio::task::spawn_local(async move {
+        let mut io = on_upgrade.await.expect("upgraded");
+        draining.started().await;
+        let _ = io.write_all(b"bye").await;
+    });
+    if req.method() == http::Method::CONNECT {
+        return Ok(common::full(http::StatusCode::OK, ""));
+    }
+    let mut response = common::full(http::StatusCode::SWITCHING_PROTOCOLS, "");
+    response.headers_mut().insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("echo"),
+    );
+    Ok(response)
+}
+
+/// An HTTP/1.1 tunnel that its handler ends at shutdown: the drain ends
+/// with it, nothing forced.
+#[tokio::test]
+async fn a_tunnel_that_ends_itself_at_shutdown_is_not_forced() {
+    let server = ending_server(tower::service_fn(tunnel_until_shutdown));
+    let mut s = sent(
+        &server,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await;
+    assert_eq!(read_response(&mut s).await.status, 101);
+    let shutdown_at = Instant::now();
+    server.handle.shutdown();
+    assert_eq!(read_to_close(&mut s).await, b"bye");
+    stopped_soon(server, shutdown_at).await;
+}
+
+/// The same over HTTP/2, whose client keeps its half of the stream open:
+/// the handler's drop ends the stream (`END_STREAM`, then h2's reset of
+/// the client's half), and the connection goes with it.
+#[tokio::test]
+async fn an_h2_tunnel_that_ends_itself_at_shutdown_is_not_forced() {
+    let server = ending_server(tower::service_fn(tunnel_until_shutdown));
+    let connect = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("localhost:80")
+        .body(())
+        .unwrap();
+    let (_client, _send, response) = h2_request(server.addrs[0], connect, false).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    shut_down_and_read_the_rest(server, &mut body, b"bye").await;
+}

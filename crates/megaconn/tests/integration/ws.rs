@@ -1148,18 +1148,46 @@ impl Ws {
 
     /// A wss:// client (TLS 1.3, so it can ask for a KeyUpdate).
     async fn tls_client(&self, ca: &common::tls::Ca) -> TlsClient {
-        let config = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
-        let stream = common::tls::connect(self.addr, config, "localhost").await;
-        let (client, response) = tokio::time::timeout(
-            SAFETY,
-            tokio_tungstenite::client_async("wss://localhost/ws", stream),
-        )
-        .await
-        .expect("handshake in time")
-        .expect("handshake over TLS");
-        assert_eq!(response.status(), 101);
-        client
+        wss_client(self.addr, ca).await
     }
+}
+
+/// A wss:// client of `addr` (TLS 1.3, so it can ask for a KeyUpdate).
+async fn wss_client(addr: std::net::SocketAddr, ca: &common::tls::Ca) -> TlsClient {
+    let config = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
+    let stream = common::tls::connect(addr, config, "localhost").await;
+    let (client, response) = tokio::time::timeout(
+        SAFETY,
+        tokio_tungstenite::client_async("wss://localhost/ws", stream),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake over TLS");
+    assert_eq!(response.status(), 101);
+    client
+}
+
+/// A slowloris over TLS: a message's record, encrypted by the client's
+/// session, its first bytes, then the rest a byte at a time (never all of
+/// it) until `ended`; then the server's close 1008 is expected.
+async fn trickle_a_record_until<T>(
+    client: &mut TlsClient,
+    ended: impl std::future::Future<Output = T>,
+) -> T {
+    use std::io::Write;
+    let (tcp, session) = client.get_mut().get_mut();
+    let message = client_frame(0x81, &[b'x'; 100], true);
+    session.writer().write_all(&message).unwrap();
+    let mut record = Vec::new();
+    session.write_tls(&mut record).unwrap();
+    tcp.write_all(&record[..10]).await.unwrap();
+    let rest = &record[10..record.len() - 1];
+    let out = common::trickle_until(tcp, rest, ended).await;
+    match next_data(client).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Policy),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    out
 }
 
 /// A client that resets a parked WebSocket over TLS closed it: no protocol
@@ -1379,7 +1407,6 @@ async fn a_silent_parked_websocket_over_tls_is_closed_at_the_heartbeat_timeout()
 #[tokio::test]
 async fn part_of_a_record_to_a_parked_websocket_over_tls_must_be_whole_within_the_message_timeout()
 {
-    use std::io::Write;
     let (mut server, ca) = Ws::tls(|r| {
         r.ping_interval(None)
             .heartbeat_timeout(Some(Duration::from_secs(600)))
@@ -1391,21 +1418,8 @@ async fn part_of_a_record_to_a_parked_websocket_over_tls_must_be_whole_within_th
     server
         .wait_stats("parked", |s| s.connections_parked == 1)
         .await;
-    // A message's record, encrypted by the client's session: its first
-    // bytes, then the rest a byte at a time (never all of it).
-    let (tcp, session) = client.get_mut().get_mut();
-    let message = client_frame(0x81, &[b'x'; 100], true);
-    session.writer().write_all(&message).unwrap();
-    let mut record = Vec::new();
-    session.write_tls(&mut record).unwrap();
-    tcp.write_all(&record[..10]).await.unwrap();
-    let rest = &record[10..record.len() - 1];
-    let closed = common::trickle_until(tcp, rest, server.next_close()).await;
+    let closed = trickle_a_record_until(&mut client, server.next_close()).await;
     assert_eq!(closed, (0, CloseReason::MessageTimeout));
-    match next_data(&mut client).await {
-        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Policy),
-        other => panic!("expected a close frame, got {other:?}"),
-    }
     server
         .wait_stats("counted", |s| s.connections_open == 0)
         .await;
@@ -1844,4 +1858,155 @@ async fn a_reset_of_a_parked_websocket_is_a_client_close() {
     assert_eq!(stats.protocol_errors, 0, "{stats:?}");
     assert_eq!(common::closed_as(&stats, "io_error"), 0, "{stats:?}");
     server.stop().await;
+}
+
+/// A socket under a TLS stream of the caller's own that follows the
+/// records in the ciphertext it reads, so the stream can say when it holds
+/// part of one (its TLS library keeps every byte it was given).
+struct RecordWatch {
+    tcp: TcpStream,
+    /// The head of the next record, while incomplete.
+    head: Vec<u8>,
+    /// What is left of the record being read.
+    left: usize,
+}
+
+impl RecordWatch {
+    fn mid_record(&self) -> bool {
+        !self.head.is_empty() || self.left > 0
+    }
+}
+
+impl tokio::io::AsyncRead for RecordWatch {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let mut bytes = &buf.filled()[before..];
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len());
+                self.left -= n;
+                bytes = &bytes[n..];
+            } else {
+                self.head.push(bytes[0]);
+                bytes = &bytes[1..];
+                if self.head.len() == 5 {
+                    self.left = usize::from(u16::from_be_bytes([self.head[3], self.head[4]]));
+                    self.head.clear();
+                }
+            }
+        }
+        read
+    }
+}
+
+/// Writes of `$ty` go straight to its field `$inner`.
+macro_rules! write_through {
+    ($ty:ty, $inner:tt) => {
+        impl tokio::io::AsyncWrite for $ty {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                data: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.$inner).poll_write(cx, data)
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.$inner).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.$inner).poll_shutdown(cx)
+            }
+        }
+    };
+}
+
+write_through!(RecordWatch, tcp);
+write_through!(CallerTls, 0);
+
+/// A TLS stream of the caller's own (tokio-rustls) for
+/// `Builder::serve_connection`: it never parks.
+struct CallerTls(tokio_rustls::server::TlsStream<RecordWatch>);
+
+impl megaconn::Transport for CallerTls {
+    const SECURE: bool = true;
+
+    fn holds_partial_input(&self) -> bool {
+        self.0.get_ref().0.mid_record()
+    }
+}
+
+impl tokio::io::AsyncRead for CallerTls {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+/// As the parked case above, on a TLS stream of the caller's own, which
+/// never parks: part of a record then a byte now and then is closed at the
+/// message timeout with 1008, as a trickled message is in cleartext. (No
+/// byte of it reached the WebSocket, so only the heartbeat bounded it.)
+#[tokio::test]
+async fn part_of_a_record_on_a_callers_tls_stream_must_be_whole_within_the_message_timeout() {
+    use rustls::pki_types::pem::PemObject;
+    let ca = common::tls::Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, mut closes) = mpsc::unbounded_channel();
+    let (opened, _opens) = mpsc::unbounded_channel();
+    let route = WebSocketRoute::new(Probe {
+        closes: closed,
+        opens: opened,
+    })
+    .ping_interval(None)
+    .heartbeat_timeout(Some(Duration::from_secs(600)))
+    .message_timeout(Some(Duration::from_millis(300)))
+    .close_timeout(Duration::from_millis(100));
+    let app = axum::Router::new().route_service("/ws", route);
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            tokio::task::spawn_local(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let watched = RecordWatch {
+                    tcp,
+                    head: Vec::new(),
+                    left: 0,
+                };
+                let tls = acceptor.accept(watched).await.expect("TLS handshake");
+                Server::builder()
+                    .serve_connection(CallerTls(tls), app)
+                    .await;
+            });
+            let mut client = wss_client(addr, &ca).await;
+            let closed = trickle_a_record_until(&mut client, closes.recv()).await;
+            assert_eq!(closed, Some((0, CloseReason::MessageTimeout)));
+        })
+        .await;
 }

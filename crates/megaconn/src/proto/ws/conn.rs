@@ -76,7 +76,9 @@ enum Idle {
 
 /// What ended a read between messages.
 enum Read {
-    Done(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
+    /// `Ok(None)`: between messages, part of a TLS record came, and nothing
+    /// else (a message begun: see `between`).
+    Done(Result<Option<std::io::Result<usize>>, tokio::time::error::Elapsed>),
     Pushed,
     Shutdown,
 }
@@ -235,9 +237,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         }
         // Part of a TLS record is part of a message: parked with it, the
         // connection was woken by each byte of a trickle, and its heartbeat
-        // restarted, for good.
+        // restarted, for good. On a caller's TLS, which never parks, no
+        // byte of it reaches here: only the heartbeat bounded it, unless
+        // the stream says it holds one (`Transport::holds_partial_input`).
         let between =
-            decoder.between_messages() && conn.rbuf_len() == 0 && !holds_partial_record(&conn.io);
+            decoder.between_messages() && conn.rbuf_len() == 0 && !conn.io.holds_partial_input();
         message.track(between, Instant::now);
         // Messages pushed meanwhile go out, also while the peer is in the
         // middle of a message (ours never interleave with theirs): held
@@ -331,7 +335,15 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         let read = {
             let (rbuf, io) = conn.rbuf_and_io();
             let reading = async {
-                let reading = poll_fn(|cx| read_more(io, rbuf, cx));
+                let reading = poll_fn(|cx| {
+                    let read = read_more(io, rbuf, cx);
+                    // Its bound starts now, not when the wait next ends (a
+                    // ping, the heartbeat: a caller's TLS never parks).
+                    if read.is_pending() && between && io.holds_partial_input() {
+                        return Poll::Ready(None);
+                    }
+                    read.map(Some)
+                });
                 match wake_at {
                     Some(at) => tokio::time::timeout_at(at, reading).await,
                     None => Ok(reading.await),
@@ -360,8 +372,10 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             Read::Pushed => continue,
         };
         match read {
-            Ok(Ok(0)) => break 'serve Next::Close(CloseReason::ClientClosed, None),
-            Ok(Ok(n)) => {
+            // The top of the loop starts the message's time.
+            Ok(None) => continue,
+            Ok(Some(Ok(0))) => break 'serve Next::Close(CloseReason::ClientClosed, None),
+            Ok(Some(Ok(n))) => {
                 unread_wake = false;
                 add(&counters.bytes_in, n as u64);
                 let now = Instant::now();
@@ -373,7 +387,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             }
             // A reset between messages (awake, or woken from the lot by it)
             // is the client leaving; midway through one, an I/O error.
-            Ok(Err(e)) => break 'serve Next::Close(CloseReason::io_between(&e, between), None),
+            Ok(Some(Err(e))) => {
+                break 'serve Next::Close(CloseReason::io_between(&e, between), None)
+            }
             Err(_elapsed) if due.is_some_and(|due| Instant::now() >= due) => {
                 let reason = heartbeat_timed_out(counters, WS_HEARTBEAT);
                 break 'serve Next::Close(reason, None);
@@ -414,12 +430,6 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     };
     Box::pin(conn.close(io_reason)).await;
     Ended::Close(live.close(reason))
-}
-
-/// Whether the connection is TLS holding the head of a record whose rest
-/// has not arrived.
-fn holds_partial_record(io: &WsIo) -> bool {
-    matches!(io, Either::Left(Either::Right(tls)) if tls.holds_partial_record())
 }
 
 /// Writes what is queued. A peer that stops reading must not hold the

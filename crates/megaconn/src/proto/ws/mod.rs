@@ -123,11 +123,18 @@ pub(crate) type WsParked = (OwnedFd, Option<ParkedTls>);
 pub(crate) trait AnyTransport: AsyncRead + AsyncWrite + Unpin + Send {
     /// [`Transport::poll_read_ready`].
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// [`Transport::holds_partial_input`].
+    fn holds_partial(&self) -> bool;
 }
 
 impl<T: Transport + Send> AnyTransport for T {
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
+    }
+
+    fn holds_partial(&self) -> bool {
+        self.holds_partial_input()
     }
 }
 
@@ -137,6 +144,15 @@ impl Transport for WsIo {
             Either::Left(Either::Left(s)) => s.poll_read_ready(cx),
             Either::Left(Either::Right(s)) => s.poll_read_ready(cx),
             Either::Right(s) => s.poll_ready(cx),
+        }
+    }
+
+    /// Part of a TLS record, ours or (if it says so) a caller's.
+    fn holds_partial_input(&self) -> bool {
+        match self {
+            Either::Left(Either::Left(_)) => false,
+            Either::Left(Either::Right(s)) => s.holds_partial_record(),
+            Either::Right(s) => s.holds_partial(),
         }
     }
 }

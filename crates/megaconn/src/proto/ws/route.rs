@@ -261,9 +261,13 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// A WebSocket in the middle of a message cannot park, and the
     /// [`heartbeat_timeout`](Self::heartbeat_timeout), restarted by every
     /// byte, does not bound a client that trickles one (slowloris). Over
-    /// TLS, part of a record counts as a message begun (seen when the
-    /// connection next wakes or would park, so the bound may start up to
-    /// `park_idle_after` late). Between messages it does not apply.
+    /// TLS, part of a record counts as a message begun (seen when it
+    /// arrives, or when a parked connection wakes), also on a TLS stream
+    /// of your own given to
+    /// [`Builder::serve_connection`](crate::Builder::serve_connection) if
+    /// it says so ([`Transport::holds_partial_input`](crate::Transport::holds_partial_input));
+    /// else only the heartbeat bounds that. Between messages it does not
+    /// apply.
     /// [`Builder::read_timeout`](crate::Builder::read_timeout) is HTTP's
     /// and does not apply to WebSocket messages. `None` or zero: unbounded.
     /// Default [`DEFAULT_MESSAGE_TIMEOUT`] (60 s).
