@@ -23,6 +23,12 @@
 //! `PROPTEST_CASES` sets the number of cases (default 1000, about a second
 //! in a debug build), `PROPTEST_RNG_SEED` the seed (fixed by default, as in
 //! `fuzz_http1`).
+//!
+//! What it found: with `max_frame_bytes(usize::MAX)`, a header alone
+//! announcing 2^62 bytes aborted the process (`LengthDelimitedCodec`
+//! reserved what it announced; `codec.rs` now hands it whole frames only;
+//! corpus: `len8nolimit-*`). Since then 60,000 cases (seeds 7, 8, 9) and
+//! the fixed seed: no split dependence, every limit closes as documented.
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -129,6 +135,9 @@ fn spec() -> impl Strategy<Value = Spec> {
             prop_oneof![
                 4 => 0usize..64,
                 1 => Just(crate::proto::framed::DEFAULT_MAX_FRAME_BYTES),
+                // No limit to speak of: the peer's header is all there is
+                // (the codec once reserved what it announced, and aborted).
+                1 => Just(usize::MAX),
             ],
         )
             .prop_map(|(header, big_endian, adj, max)| Spec::Length {

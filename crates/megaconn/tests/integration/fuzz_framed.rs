@@ -4,7 +4,8 @@
 //!
 //! A file's name starts with its framing: `len4` (4-byte big-endian header,
 //! frames up to 64 bytes), `len2le` (2-byte little-endian header that counts
-//! itself, up to 64), `len1` (1-byte header), `lines16` (lines up to 16
+//! itself, up to 64), `len1` (1-byte header), `len8nolimit` (8-byte header,
+//! no limit: `max_frame_bytes(usize::MAX)`), `lines16` (lines up to 16
 //! bytes), `lines16crlf` (the same, replies ending in `\r\n`). The server
 //! echoes every frame; the client sends the file, half-closes and reads to
 //! the end. The answer is the bytes the client read and the reason the
@@ -54,6 +55,7 @@ fn framing(prefix: &str) -> Framing {
             .length_adjustment(-2)
             .max_frame_bytes(64),
         "len1" => Framing::length_prefixed(1),
+        "len8nolimit" => Framing::length_prefixed(8).max_frame_bytes(usize::MAX),
         "lines16" => Framing::lines().max_line_bytes(16),
         "lines16crlf" => Framing::lines().max_line_bytes(16).crlf(),
         other => panic!("no framing for corpus prefix {other:?}"),

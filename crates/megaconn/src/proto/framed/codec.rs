@@ -5,10 +5,11 @@
 //! The byte work is tokio-util's ([`LengthDelimitedCodec`], [`LinesCodec`]);
 //! this module adds what the connection loop needs on top: mapping their
 //! errors to a [`FramingError`] close reason, and knowing whether the codec is
-//! between frames, which decides whether a connection may park. That is not
-//! the same as "the buffer is empty": `LengthDelimitedCodec` consumes a
-//! header as soon as it has one and then waits for the body with an empty
-//! buffer.
+//! between frames, which decides whether a connection may park; and giving
+//! `LengthDelimitedCodec` a frame only once all of it is here, since it
+//! reserves room for the whole body the moment it reads a header.
+//! "Between frames" is not quite "the buffer is empty": the codec could
+//! consume a header and then wait for the body with an empty buffer.
 
 use std::io;
 
@@ -22,6 +23,11 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 
 /// Default longest line of line framing, without its line ending: 8 KiB.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// How much room a length-prefixed frame still arriving is given at a time,
+/// past what is in hand: enough for a few reads, never what a header alone
+/// announces.
+const RESERVE_AHEAD: usize = 64 * 1024;
 
 /// How a framed listener splits its byte stream into messages. Fixed per
 /// listener at bind time ([`Builder::listen_framed_on`](crate::Builder::listen_framed_on)).
@@ -160,7 +166,15 @@ impl Framing {
                 } else {
                     builder.little_endian();
                 }
-                Inner::Length(builder.new_codec())
+                Inner::Length {
+                    codec: builder.new_codec(),
+                    head: Head {
+                        bytes: header_bytes,
+                        big_endian,
+                        adjustment,
+                        max: max_frame_bytes,
+                    },
+                }
             }
             Kind::Lines {
                 max_line_bytes,
@@ -193,7 +207,10 @@ pub(crate) struct FrameCodec {
 
 #[derive(Debug)]
 enum Inner {
-    Length(LengthDelimitedCodec),
+    Length {
+        codec: LengthDelimitedCodec,
+        head: Head,
+    },
     Lines {
         codec: LinesCodec,
         /// The longest line, without its ending.
@@ -206,7 +223,24 @@ impl FrameCodec {
     /// The next whole frame in `buf`, if there is one; consumes it.
     pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
         match &mut self.inner {
-            Inner::Length(codec) => {
+            Inner::Length { codec, head } => {
+                // `LengthDelimitedCodec` reserves room for the whole body as
+                // soon as it reads a header: the peer's word, up to the limit
+                // (a limit of usize::MAX let one header abort the process).
+                // A frame is given to it only once all of it is here;
+                // until then the header stays in `buf` (so the connection
+                // is mid-frame) and room grows as bytes arrive.
+                let wanted = if self.in_frame {
+                    None
+                } else {
+                    head.frame_len(buf)?
+                };
+                if let Some(wanted) = wanted {
+                    if buf.len() < wanted {
+                        buf.reserve((wanted - buf.len()).min(RESERVE_AHEAD));
+                        return Ok(None);
+                    }
+                }
                 let before = buf.len();
                 match codec.decode(buf) {
                     Ok(Some(frame)) => {
@@ -245,7 +279,7 @@ impl FrameCodec {
     /// that is not UTF-8 or holds a newline (it would read as two frames).
     pub(crate) fn encode(&mut self, frame: Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
         match &mut self.inner {
-            Inner::Length(codec) => codec.encode(frame, out).map_err(|e| length_error(&e)),
+            Inner::Length { codec, .. } => codec.encode(frame, out).map_err(|e| length_error(&e)),
             Inner::Lines { crlf, .. } => {
                 if std::str::from_utf8(&frame).is_err() {
                     return Err(FramingError::NotUtf8);
@@ -258,6 +292,49 @@ impl FrameCodec {
                 Ok(())
             }
         }
+    }
+}
+
+/// A length-prefixed framing's header, as the codec reads it.
+#[derive(Debug)]
+struct Head {
+    bytes: usize,
+    big_endian: bool,
+    adjustment: isize,
+    max: usize,
+}
+
+impl Head {
+    /// The whole frame's length (header and body) the header at the start of
+    /// `buf` announces. `Ok(None)` when the header is not all here, or is one
+    /// the codec refuses itself (over the limit, or adjusted out of range);
+    /// [`FramingError::FrameTooLarge`] for a length within the limit that no
+    /// buffer can hold (header and body past `usize::MAX`, possible only
+    /// under a limit that large), which the codec would try to reserve.
+    fn frame_len(&self, buf: &[u8]) -> Result<Option<usize>, FramingError> {
+        let Some(field) = buf.get(..self.bytes) else {
+            return Ok(None);
+        };
+        let value = field.iter().enumerate().fold(0u64, |n, (i, b)| {
+            let shift = if self.big_endian {
+                self.bytes - 1 - i
+            } else {
+                i
+            };
+            n | u64::from(*b) << (8 * shift)
+        });
+        if value > self.max as u64 {
+            return Ok(None);
+        }
+        let Some(body) = usize::try_from(value)
+            .ok()
+            .and_then(|v| v.checked_add_signed(self.adjustment))
+        else {
+            return Ok(None);
+        };
+        body.checked_add(self.bytes)
+            .map(Some)
+            .ok_or(FramingError::FrameTooLarge)
     }
 }
 
@@ -404,14 +481,14 @@ mod tests {
         assert_eq!(lines, vec![Bytes::new(), Bytes::new()]);
     }
 
-    /// A header alone consumes the buffer but leaves the codec mid-frame:
-    /// the connection must not park there.
+    /// A header alone stays in the buffer until its body is here: the
+    /// connection is mid-frame and must not park there.
     #[test]
     fn a_header_without_its_body_is_mid_frame() {
         let mut codec = Framing::length_prefixed(2).codec();
         let mut buf = BytesMut::from(&b"\x00\x05"[..]);
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
-        assert!(buf.is_empty());
+        assert_eq!(buf.len(), 2);
         assert!(!codec.between_frames(&buf));
         buf.extend_from_slice(b"hello");
         assert_eq!(
@@ -505,6 +582,27 @@ mod tests {
             codec.encode(Bytes::from("two\nlines"), &mut out),
             Err(FramingError::BadHeader)
         );
+    }
+
+    /// An 8-byte header announcing 2^62 bytes under a limit of usize::MAX:
+    /// the codec waits for more without reserving what was announced (it
+    /// once did, and a reservation that size aborts the process).
+    #[test]
+    fn a_huge_announced_length_reserves_only_a_little() {
+        let mut codec = Framing::length_prefixed(8)
+            .max_frame_bytes(usize::MAX)
+            .codec();
+        let mut buf = BytesMut::from(&(1u64 << 62).to_be_bytes()[..]);
+        assert_eq!(codec.decode(&mut buf), Ok(None));
+        assert_eq!(buf.len(), 8, "nothing consumed");
+        assert!(buf.capacity() <= 2 * RESERVE_AHEAD, "{}", buf.capacity());
+        assert!(!codec.between_frames(&buf));
+        // A length no buffer can hold (header and body past usize::MAX).
+        let mut codec = Framing::length_prefixed(8)
+            .max_frame_bytes(usize::MAX)
+            .codec();
+        let mut buf = BytesMut::from(&u64::MAX.to_be_bytes()[..]);
+        assert_eq!(codec.decode(&mut buf), Err(FramingError::FrameTooLarge));
     }
 
     #[test]
