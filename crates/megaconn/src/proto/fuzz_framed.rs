@@ -32,9 +32,10 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
 use super::framed::codec::Framing;
+use super::fuzz_ws::{read_cuts, runner};
 use crate::observe::close::FramingError;
 
 const DEFAULT_CASES: u32 = 1000;
@@ -319,18 +320,7 @@ fn case() -> impl Strategy<Value = Case> {
             for m in &mutations {
                 apply(&mut bytes, m);
             }
-            let cuts = match cuts {
-                None => (1..bytes.len()).collect(),
-                Some(cuts) => {
-                    let mut at: Vec<usize> = cuts
-                        .iter()
-                        .map(|f| (*f as usize * bytes.len()) >> 16)
-                        .collect();
-                    at.sort_unstable();
-                    at.dedup();
-                    at
-                }
-            };
+            let cuts = read_cuts(cuts.as_deref(), bytes.len());
             Case {
                 spec,
                 bytes,
@@ -363,27 +353,9 @@ fn check(case: &Case) -> Result<(), String> {
     Ok(())
 }
 
-/// The seed `PROPTEST_RNG_SEED` names, or [`DEFAULT_SEED`].
-fn fixed_seed() -> RngSeed {
-    match Config::default().rng_seed {
-        RngSeed::Random => RngSeed::Fixed(DEFAULT_SEED),
-        chosen => chosen,
-    }
-}
-
 #[test]
 fn generated_streams_split_invariant_and_limits_close_as_documented() {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 1024,
-        rng_seed: fixed_seed(),
-        ..Config::default()
-    });
+    let mut runner = runner(DEFAULT_CASES, DEFAULT_SEED);
     let result = runner.run(&case(), |case| {
         check(&case).map_err(|e| {
             TestCaseError::fail(format!(

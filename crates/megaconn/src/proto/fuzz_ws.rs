@@ -566,18 +566,7 @@ fn case() -> impl Strategy<Value = Case> {
                 for frame in &frames {
                     frame.encode(mask, &mut bytes);
                 }
-                let cuts = match cuts {
-                    None => (1..bytes.len()).collect(),
-                    Some(cuts) => {
-                        let mut at: Vec<usize> = cuts
-                            .iter()
-                            .map(|f| (*f as usize * bytes.len()) >> 16)
-                            .collect();
-                        at.sort_unstable();
-                        at.dedup();
-                        at
-                    }
-                };
+                let cuts = read_cuts(cuts.as_deref(), bytes.len());
                 Case {
                     bytes,
                     deflate,
@@ -684,19 +673,41 @@ fn check(case: &Case, tally: &Tally) -> Result<(), String> {
     Ok(())
 }
 
-/// The seed `PROPTEST_RNG_SEED` names, or [`DEFAULT_SEED`].
-fn fixed_seed() -> RngSeed {
-    match Config::default().rng_seed {
-        RngSeed::Random => RngSeed::Fixed(DEFAULT_SEED),
-        chosen => chosen,
-    }
+/// Where the reads of a split run end: at fractions (of 65536) of `len`,
+/// or (`None`) after every byte. Shared with `fuzz_framed`.
+pub(super) fn read_cuts(fractions: Option<&[u16]>, len: usize) -> Vec<usize> {
+    let Some(fractions) = fractions else {
+        return (1..len).collect();
+    };
+    let mut at: Vec<usize> = fractions
+        .iter()
+        .map(|f| (*f as usize * len) >> 16)
+        .collect();
+    at.sort_unstable();
+    at.dedup();
+    at
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
+/// A runner for `PROPTEST_CASES` cases (default `cases`) from the seed
+/// `PROPTEST_RNG_SEED` names, or `seed`: CI tries the same cases on every
+/// run, so a failure there is the code's and reproduces. Shared with
+/// `fuzz_framed`.
+pub(super) fn runner(cases: u32, seed: u64) -> TestRunner {
+    let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES)
+        .unwrap_or(cases);
+    let rng_seed = match Config::default().rng_seed {
+        RngSeed::Random => RngSeed::Fixed(seed),
+        chosen => chosen,
+    };
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 1024,
+        rng_seed,
+        ..Config::default()
+    })
 }
 
 /// The socket harness's corpus (`tests/corpus/ws/`), through the decoder:
@@ -742,13 +753,7 @@ fn corpus_replays_at_every_split_and_never_looser_than_tungstenite() {
 #[test]
 fn generated_client_streams_split_invariant_and_never_looser_than_tungstenite() {
     let tally = Tally::default();
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        failure_persistence: None,
-        max_shrink_iters: 1024,
-        rng_seed: fixed_seed(),
-        ..Config::default()
-    });
+    let mut runner = runner(DEFAULT_CASES, DEFAULT_SEED);
     let result = runner.run(&case(), |case| {
         check(&case, &tally)
             .map_err(|e| TestCaseError::fail(format!("{e}\n  bytes: {:02x?}", case.bytes)))
