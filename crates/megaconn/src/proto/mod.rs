@@ -8,6 +8,10 @@
 
 pub(crate) mod date;
 pub(crate) mod framed;
+#[cfg(test)]
+mod fuzz_framed;
+#[cfg(test)]
+mod fuzz_ws;
 pub(crate) mod http1;
 pub(crate) mod http2;
 pub(crate) mod ws;
