@@ -2,8 +2,9 @@
 //! `ws_axum_*`), driven by a real client (tokio-tungstenite): echo both
 //! ways, the ping / greetings / pushes / close of `websockets` with the
 //! address `ConnectInfo` saw, a chat broadcast between two clients, bad
-//! frames' close codes (1002, 1007, 1009) counted as protocol errors, and
-//! the hint logged when axum's own extractor answers 426.
+//! frames' close codes (1002, 1007, 1009) counted as protocol errors (1009
+//! also as a limit hit), and the hint logged when axum's own extractor
+//! answers 426.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -185,9 +186,15 @@ async fn chat_example_broadcasts_between_two_clients() {
     assert_eq!(next_text(&mut alice).await, "bob left.");
 }
 
+/// Past `max_message_size` the socket closes with 1009, counted as a
+/// protocol error and, as the native route's 1009, in
+/// `megaconn_limit_hits_total{limit="ws_message_too_big"}`, with a
+/// (rate-limited) line naming the setting. The limit hit was not counted
+/// nor logged.
 #[tokio::test]
 async fn a_message_past_the_limit_closes_with_1009() {
     use megaconn::axum_ws::WebSocketUpgrade;
+    let _ = tracing::subscriber::set_global_default(Capture);
     let app = axum::Router::new().route(
         "/small",
         axum::routing::get(|ws: WebSocketUpgrade| async move {
@@ -220,6 +227,27 @@ async fn a_message_past_the_limit_closes_with_1009() {
         s.protocol_errors == 1
     })
     .await;
+    // Counted and logged before the close frame went out.
+    let stats = server.handle.stats();
+    assert!(
+        stats.limit_hits.contains(&("ws_message_too_big", 1)),
+        "{:?}",
+        stats.limit_hits
+    );
+    let metrics = server.handle.render_metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "megaconn_limit_hits_total{limit=\"ws_message_too_big\"} 1"),
+        "{metrics}"
+    );
+    let logged = LOGGED.lock().unwrap().clone();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("WebSocket message over max_message_size")),
+        "no line naming the setting among {logged:?}"
+    );
 }
 
 #[tokio::test]
@@ -269,15 +297,17 @@ async fn subprotocol_is_selected_from_the_servers_list() {
     assert!(!head.contains("sec-websocket-protocol"), "{head}");
 }
 
-/// Warnings megaconn logged, captured by [`Capture`] (set once per binary).
-static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Warnings and info lines megaconn logged, captured by [`Capture`] (set
+/// once per binary, by the tests that read them).
+static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// A minimal tracing subscriber that keeps the message of each warning.
+/// A minimal tracing subscriber that keeps the message of each warning or
+/// info line.
 struct Capture;
 
 impl tracing::Subscriber for Capture {
     fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
-        *meta.level() <= tracing::Level::WARN
+        *meta.level() <= tracing::Level::INFO
     }
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         tracing::span::Id::from_u64(1)
@@ -295,7 +325,7 @@ impl tracing::Subscriber for Capture {
         }
         let mut message = Message(String::new());
         event.record(&mut message);
-        WARNINGS.lock().unwrap().push(message.0);
+        LOGGED.lock().unwrap().push(message.0);
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
@@ -406,7 +436,7 @@ async fn hyper_upgrade_on_under_megaconn_is_logged() {
     // The line is logged before the connection closes; at most one per 5 s
     // (the rate limit's interval, in real time: a slow machine may log two).
     let most = 1 + (started.elapsed().as_secs() / 5) as usize;
-    let warnings = WARNINGS.lock().unwrap().clone();
+    let warnings = LOGGED.lock().unwrap().clone();
     let lines = warnings
         .iter()
         .filter(|w| w.contains("hyper::upgrade::on") && w.contains("megaconn::OnUpgrade"))
@@ -591,7 +621,7 @@ async fn shutdown_gives_up_on_a_peer_that_never_answers_the_close() {
 /// The hint naming `megaconn::axum_ws` was logged. It is written before the
 /// response goes out, so once the response is in, it is there.
 fn assert_hint_logged() {
-    let warnings = WARNINGS.lock().unwrap().clone();
+    let warnings = LOGGED.lock().unwrap().clone();
     assert!(
         warnings
             .iter()

@@ -167,14 +167,18 @@ impl<F> WebSocketUpgrade<F> {
     }
 
     /// Largest message accepted, in bytes; past it the socket closes with
-    /// 1009. Default [`DEFAULT_MAX_MESSAGE_SIZE`].
+    /// 1009, counted in `megaconn_limit_hits_total{limit="ws_message_too_big"}`
+    /// and logged (info, naming this setting; at most one line per 5 s per
+    /// worker). Default [`DEFAULT_MAX_MESSAGE_SIZE`].
     pub fn max_message_size(mut self, max: usize) -> Self {
         self.limits.max_message_size = Some(max);
         self
     }
 
     /// Largest frame payload accepted, in bytes; past it the socket closes
-    /// with 1009. Default [`DEFAULT_MAX_FRAME_SIZE`].
+    /// with 1009, counted and logged as for
+    /// [`max_message_size`](Self::max_message_size). Default
+    /// [`DEFAULT_MAX_FRAME_SIZE`].
     pub fn max_frame_size(mut self, max: usize) -> Self {
         self.limits.max_frame_size = Some(max);
         self

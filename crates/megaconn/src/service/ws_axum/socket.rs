@@ -22,7 +22,7 @@ use bytes::{BufMut, Bytes};
 use futures_util::stream::FusedStream;
 use futures_util::{Sink, Stream};
 use http::HeaderValue;
-use tungstenite::error::ProtocolError;
+use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
@@ -31,6 +31,8 @@ use tungstenite::Error as WsError;
 use super::io::{Bridge, Buffers};
 use crate::conn::config::DEFAULT_WS_CLOSE_TIMEOUT;
 use crate::observe::close::{CloseReason, ProtocolDetail};
+use crate::observe::limits::LimitHit;
+use crate::observe::ratelog::{self, Flood};
 use crate::service::upgrade::Upgraded;
 
 /// A WebSocket connection after the upgrade: receive with [`recv`](Self::recv)
@@ -221,7 +223,23 @@ impl WebSocket {
             .protocol_error(CloseReason::Protocol(ProtocolDetail::WebSocket(
                 code.into(),
             )));
-        tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame");
+        match error {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                self.io.limit_hit(LimitHit::WsMessageTooBig);
+                let setting = self.size_setting(*max_size);
+                ratelog::log(Flood::WsMessageTooBig, |suppressed| {
+                    tracing::info!(
+                        size,
+                        limit = max_size,
+                        suppressed,
+                        "WebSocket message over {setting}; closing with 1009"
+                    )
+                });
+            }
+            _ => {
+                tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame")
+            }
+        }
         let frame = tungstenite::protocol::CloseFrame {
             code,
             reason: tungstenite::Utf8Bytes::from_static(""),
@@ -229,6 +247,19 @@ impl WebSocket {
         let (ctx, mut bridge) = self.bridge(Some(cx));
         let _ = ctx.close(&mut bridge, Some(frame));
         let _ = self.poll_flush_queue(cx);
+    }
+
+    /// The [`WebSocketUpgrade`](super::WebSocketUpgrade) setting whose
+    /// `max_size` tungstenite's 1009 names (it reports the frame and the
+    /// message limit alike).
+    fn size_setting(&self, max_size: usize) -> &'static str {
+        let frame = self.config.max_frame_size == Some(max_size);
+        let message = self.config.max_message_size == Some(max_size);
+        match (frame, message) {
+            (true, false) => "max_frame_size",
+            (false, true) => "max_message_size",
+            _ => "max_frame_size or max_message_size",
+        }
     }
 }
 
