@@ -3,8 +3,9 @@
 //! ways, the ping / greetings / pushes / close of `websockets` with the
 //! address `ConnectInfo` saw, a chat broadcast between two clients, bad
 //! frames' close codes (1002, 1007, 1009) counted as protocol errors (1009
-//! also as a limit hit), and the hint logged when axum's own extractor
-//! answers 426.
+//! also as a limit hit), the close 1001 at graceful shutdown (to a handler
+//! in `recv` or one that only sends), and the hint logged when axum's own
+//! extractor answers 426.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -525,23 +526,40 @@ async fn a_client_that_hangs_up_without_a_close_frame_is_no_protocol_error() {
     );
 }
 
-/// A one-worker server with `shutdown_timeout`, a client that got an echo
-/// on `path`, and the server's graceful shutdown begun: the client, and
-/// the server's `serve` (its summary once it stops).
-async fn echo_then_shut_down(
-    path: &str,
+/// The server's `serve`, which ends with its summary once it stops.
+type Stopped = tokio::task::JoinHandle<Result<megaconn::ShutdownSummary, megaconn::Error>>;
+
+/// Serves `app` on a one-worker server with `shutdown_timeout`: its
+/// address, its handle and its `serve`.
+fn serve_to_stop(
+    app: axum::Router,
     shutdown_timeout: Duration,
-) -> (
-    Client,
-    tokio::task::JoinHandle<Result<megaconn::ShutdownSummary, megaconn::Error>>,
-) {
+) -> (SocketAddr, ServerHandle, Stopped) {
     let server = Server::bind("127.0.0.1:0".parse().unwrap())
         .workers(1)
         .shutdown_timeout(shutdown_timeout)
         .listen()
         .expect("server binds");
     let (addr, handle) = (server.local_addr(), server.handle());
-    let stopped = tokio::spawn(server.serve(testing::app()));
+    (addr, handle, tokio::spawn(server.serve(app)))
+}
+
+/// The server stops within [`SAFETY`] with nothing forced: `why` says
+/// what closed the socket by itself.
+async fn stops_with_nothing_forced(stopped: Stopped, why: &str) {
+    let summary = tokio::time::timeout(SAFETY, stopped)
+        .await
+        .unwrap_or_else(|_| panic!("the server stops in time ({why})"))
+        .unwrap()
+        .expect("a clean stop");
+    assert_eq!(summary.forced, 0, "{why}");
+}
+
+/// A one-worker server with `shutdown_timeout`, a client that got an echo
+/// on `path`, and the server's graceful shutdown begun: the client, and
+/// the server's `serve` (its summary once it stops).
+async fn echo_then_shut_down(path: &str, shutdown_timeout: Duration) -> (Client, Stopped) {
+    let (addr, handle, stopped) = serve_to_stop(testing::app(), shutdown_timeout);
     let mut client = connect(addr, path).await;
     client.send(WsMessage::text("foo")).await.unwrap();
     assert_eq!(next_text(&mut client).await, "You said: foo");
@@ -568,12 +586,7 @@ async fn shutdown_closes_an_open_socket_with_1001() {
             .await
             .expect("the server hangs up in time");
         assert!(end.as_ref().is_none_or(Result::is_err), "{path}: {end:?}");
-        let summary = tokio::time::timeout(SAFETY, stopped)
-            .await
-            .expect("the server stops in time")
-            .unwrap()
-            .expect("a clean stop");
-        assert_eq!(summary.forced, 0, "{path}: the socket closed by itself");
+        stops_with_nothing_forced(stopped, &format!("{path}: the socket closed by itself")).await;
     }
 }
 
@@ -610,12 +623,62 @@ async fn shutdown_gives_up_on_a_peer_that_never_answers_the_close() {
         "the server sent its close 1001 first: {seen:x?}"
     );
     hung_up.expect("the server hangs up after the close timeout, not at the shutdown deadline");
-    let summary = tokio::time::timeout(SAFETY, stopped)
+    stops_with_nothing_forced(stopped, "the socket left the drain by itself").await;
+}
+
+/// A handler that only sends (a ticker, a feed) and never calls `recv`
+/// hears the shutdown at its next send: the socket closes with 1001 after
+/// what it queued and the send fails, so its loop ends and the server
+/// stops without forcing anything; through `send` and through a `Sink`'s
+/// `feed` + `flush`. It used to get no close frame: the drain waited for
+/// it until `shutdown_timeout`, and the handler kept sending.
+#[tokio::test]
+async fn shutdown_closes_a_send_only_socket_with_1001() {
+    use megaconn::axum_ws::{Message, WebSocket, WebSocketUpgrade};
+    /// One tick per 20 ms: the handler's own pace.
+    async fn ticks(mut socket: WebSocket, through_sink: bool) {
+        let mut every = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            every.tick().await;
+            let sent = if through_sink {
+                socket.feed(Message::text("tick")).await.is_ok() && socket.flush().await.is_ok()
+            } else {
+                socket.send(Message::text("tick")).await.is_ok()
+            };
+            if !sent {
+                break;
+            }
+        }
+    }
+    for path in ["/send", "/sink"] {
+        let app = axum::Router::new().route(
+            path,
+            axum::routing::get(move |ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(move |socket| ticks(socket, path == "/sink"))
+            }),
+        );
+        // Far past SAFETY: a socket held to the deadline fails the waits.
+        let (addr, handle, stopped) = serve_to_stop(app, Duration::from_secs(120));
+        let mut client = connect(addr, path).await;
+        assert_eq!(next_text(&mut client).await, "tick", "{path}");
+        handle.shutdown();
+        // Ticks sent before the shutdown, then the close.
+        let close = tokio::time::timeout(SAFETY, async {
+            loop {
+                match next(&mut client).await {
+                    WsMessage::Text(_) => continue,
+                    other => return other,
+                }
+            }
+        })
         .await
-        .expect("the server stops in time")
-        .unwrap()
-        .expect("a clean stop");
-    assert_eq!(summary.forced, 0, "the socket left the drain by itself");
+        .unwrap_or_else(|_| panic!("{path}: no close while the server shut down"));
+        match close {
+            WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away, "{path}"),
+            other => panic!("{path}: expected a close 1001, got {other:?}"),
+        }
+        stops_with_nothing_forced(stopped, &format!("{path}: the handler's loop ended")).await;
+    }
 }
 
 /// The hint naming `megaconn::axum_ws` was logged. It is written before the

@@ -178,6 +178,14 @@ impl Upgraded {
         self.conn.stats().or(self.stream_stats.as_ref())
     }
 
+    /// True once the server's graceful shutdown began, registering no
+    /// waker (see [`Drain::started`]). Never true on a caller's own
+    /// transport.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn shutdown_began(&self) -> bool {
+        self.inner.io.drain.as_ref().is_some_and(Drain::started)
+    }
+
     /// True once the server's graceful shutdown began; until then the task
     /// is woken when it does. Never true on a caller's own transport.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]

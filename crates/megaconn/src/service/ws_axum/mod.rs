@@ -71,7 +71,12 @@
 //! [`DEFAULT_WS_CLOSE_TIMEOUT`](crate::DEFAULT_WS_CLOSE_TIMEOUT)
 //! (the native route's default `close_timeout`) is not waited for: `recv`
 //! returns `None` and the socket leaves the drain.
-//! A handler that only sends is not told: the deadline closes its socket.
+//! A handler that only sends hears it at its next send (`send`, or a
+//! `Sink`'s `feed` or `flush`): the 1001 goes out after what was already
+//! queued, and that send fails (after a `flush`, the next one), as axum's
+//! socket fails a send after its close, so a
+//! `while socket.send(msg).await.is_ok()` loop ends by itself. One that
+//! sends nothing until the deadline is closed by it.
 //!
 //! # Over HTTP/2 (RFC 8441)
 //!
