@@ -41,13 +41,13 @@
 //! `io.rs`), and between messages its context is dropped (boxed again when
 //! the next frame arrives), so the capacity its own buffers grew to goes
 //! too. Measured with `examples/ws_idle_heap.rs` (release build, 10,000
-//! sockets, each after a text message both ways): 1,563 heap bytes per idle
-//! socket (the task with the handler's future, 1,152; the connection's
-//! boxed socket and accounts), against 132,521 for axum's own socket, whose
-//! tungstenite keeps its 128 KiB read buffer (zero-filled on every read, so
-//! resident). `bench/WS.md` has RSS beside the peers. The socket's box has
-//! since taken the connection's place in the shutdown drain (24 bytes; not
-//! measured again).
+//! sockets, each after a text message both ways): 1,577 heap bytes per idle
+//! socket in three blocks (the task with the handler's future, 1,152; 256
+//! and 88 of the upgraded connection, the 88 grown from 32 since its boxed
+//! socket took the connection's place in the shutdown drain), against
+//! 132,521 for axum's own socket, whose tungstenite keeps its 128 KiB read
+//! buffer (zero-filled on every read, so resident). `bench/WS.md` has the
+//! commands, and RSS beside the peers.
 //!
 //! # Differences from axum
 //!
