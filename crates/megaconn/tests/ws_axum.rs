@@ -187,8 +187,8 @@ async fn chat_example_broadcasts_between_two_clients() {
     assert_eq!(next_text(&mut alice).await, "bob left.");
 }
 
-/// Past `max_message_size` the socket closes with 1009, counted as a
-/// protocol error and, as the native route's 1009, in
+/// Past `max_message_size` or `max_frame_size` the socket closes with
+/// 1009, counted as a protocol error and, as the native route's 1009, in
 /// `megaconn_limit_hits_total{limit="ws_message_too_big"}`, with a
 /// (rate-limited) line naming the setting. The limit hit was not counted
 /// nor logged.
@@ -196,59 +196,64 @@ async fn chat_example_broadcasts_between_two_clients() {
 async fn a_message_past_the_limit_closes_with_1009() {
     use megaconn::axum_ws::WebSocketUpgrade;
     let _ = tracing::subscriber::set_global_default(Capture);
-    let app = axum::Router::new().route(
-        "/small",
-        axum::routing::get(|ws: WebSocketUpgrade| async move {
-            ws.max_message_size(1024)
-                .on_upgrade(|mut socket| async move {
+    for setting in ["max_message_size", "max_frame_size"] {
+        let app = axum::Router::new().route(
+            "/small",
+            axum::routing::get(move |ws: WebSocketUpgrade| async move {
+                let ws = match setting {
+                    "max_message_size" => ws.max_message_size(1024),
+                    _ => ws.max_frame_size(1024),
+                };
+                ws.on_upgrade(|mut socket| async move {
                     while let Some(Ok(msg)) = socket.recv().await {
                         if socket.send(msg).await.is_err() {
                             break;
                         }
                     }
                 })
-        }),
-    );
-    let server = serve(app);
-    let mut client = connect(server.addr, "/small").await;
-    client
-        .send(WsMessage::text("a".repeat(1024)))
-        .await
-        .unwrap();
-    assert_eq!(next_text(&mut client).await.len(), 1024);
-    client
-        .send(WsMessage::text("a".repeat(1025)))
-        .await
-        .unwrap();
-    match next(&mut client).await {
-        WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
-        other => panic!("expected close 1009, got {other:?}"),
+            }),
+        );
+        // A server (so a worker, with its own log limiter) per setting.
+        let server = serve(app);
+        let mut client = connect(server.addr, "/small").await;
+        client
+            .send(WsMessage::text("a".repeat(1024)))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut client).await.len(), 1024);
+        client
+            .send(WsMessage::text("a".repeat(1025)))
+            .await
+            .unwrap();
+        match next(&mut client).await {
+            WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
+            other => panic!("{setting}: expected close 1009, got {other:?}"),
+        }
+        common::wait_stats(&server.handle, "the error counted", |s| {
+            s.protocol_errors == 1
+        })
+        .await;
+        // Counted and logged before the close frame went out.
+        let stats = server.handle.stats();
+        assert!(
+            stats.limit_hits.contains(&("ws_message_too_big", 1)),
+            "{setting}: {:?}",
+            stats.limit_hits
+        );
+        let metrics = server.handle.render_metrics();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "megaconn_limit_hits_total{limit=\"ws_message_too_big\"} 1"),
+            "{setting}: {metrics}"
+        );
+        let logged = LOGGED.lock().unwrap().clone();
+        let line = format!("WebSocket message over {setting}; closing with 1009");
+        assert!(
+            logged.iter().any(|l| l == &line),
+            "no line naming {setting} among {logged:?}"
+        );
     }
-    common::wait_stats(&server.handle, "the error counted", |s| {
-        s.protocol_errors == 1
-    })
-    .await;
-    // Counted and logged before the close frame went out.
-    let stats = server.handle.stats();
-    assert!(
-        stats.limit_hits.contains(&("ws_message_too_big", 1)),
-        "{:?}",
-        stats.limit_hits
-    );
-    let metrics = server.handle.render_metrics();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "megaconn_limit_hits_total{limit=\"ws_message_too_big\"} 1"),
-        "{metrics}"
-    );
-    let logged = LOGGED.lock().unwrap().clone();
-    assert!(
-        logged
-            .iter()
-            .any(|l| l.contains("WebSocket message over max_message_size")),
-        "no line naming the setting among {logged:?}"
-    );
 }
 
 #[tokio::test]
