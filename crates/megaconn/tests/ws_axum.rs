@@ -2,8 +2,10 @@
 //! `ws_axum_*`), driven by a real client (tokio-tungstenite): echo both
 //! ways, the ping / greetings / pushes / close of `websockets` with the
 //! address `ConnectInfo` saw, a chat broadcast between two clients, bad
-//! frames' close codes (1002, 1007, 1009) counted as protocol errors, and
-//! the hint logged when axum's own extractor answers 426.
+//! frames' close codes (1002, 1007, 1009) counted as protocol errors (1009
+//! also as a limit hit), the close 1001 at graceful shutdown (to a handler
+//! in `recv` or one that only sends), and the hint logged when axum's own
+//! extractor answers 426.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -185,41 +187,73 @@ async fn chat_example_broadcasts_between_two_clients() {
     assert_eq!(next_text(&mut alice).await, "bob left.");
 }
 
+/// Past `max_message_size` or `max_frame_size` the socket closes with
+/// 1009, counted as a protocol error and, as the native route's 1009, in
+/// `megaconn_limit_hits_total{limit="ws_message_too_big"}`, with a
+/// (rate-limited) line naming the setting. The limit hit was not counted
+/// nor logged.
 #[tokio::test]
 async fn a_message_past_the_limit_closes_with_1009() {
     use megaconn::axum_ws::WebSocketUpgrade;
-    let app = axum::Router::new().route(
-        "/small",
-        axum::routing::get(|ws: WebSocketUpgrade| async move {
-            ws.max_message_size(1024)
-                .on_upgrade(|mut socket| async move {
+    let _ = tracing::subscriber::set_global_default(Capture);
+    for setting in ["max_message_size", "max_frame_size"] {
+        let app = axum::Router::new().route(
+            "/small",
+            axum::routing::get(move |ws: WebSocketUpgrade| async move {
+                let ws = match setting {
+                    "max_message_size" => ws.max_message_size(1024),
+                    _ => ws.max_frame_size(1024),
+                };
+                ws.on_upgrade(|mut socket| async move {
                     while let Some(Ok(msg)) = socket.recv().await {
                         if socket.send(msg).await.is_err() {
                             break;
                         }
                     }
                 })
-        }),
-    );
-    let server = serve(app);
-    let mut client = connect(server.addr, "/small").await;
-    client
-        .send(WsMessage::text("a".repeat(1024)))
-        .await
-        .unwrap();
-    assert_eq!(next_text(&mut client).await.len(), 1024);
-    client
-        .send(WsMessage::text("a".repeat(1025)))
-        .await
-        .unwrap();
-    match next(&mut client).await {
-        WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
-        other => panic!("expected close 1009, got {other:?}"),
+            }),
+        );
+        // A server (so a worker, with its own log limiter) per setting.
+        let server = serve(app);
+        let mut client = connect(server.addr, "/small").await;
+        client
+            .send(WsMessage::text("a".repeat(1024)))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut client).await.len(), 1024);
+        client
+            .send(WsMessage::text("a".repeat(1025)))
+            .await
+            .unwrap();
+        match next(&mut client).await {
+            WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
+            other => panic!("{setting}: expected close 1009, got {other:?}"),
+        }
+        common::wait_stats(&server.handle, "the error counted", |s| {
+            s.protocol_errors == 1
+        })
+        .await;
+        // Counted and logged before the close frame went out.
+        let stats = server.handle.stats();
+        assert!(
+            stats.limit_hits.contains(&("ws_message_too_big", 1)),
+            "{setting}: {:?}",
+            stats.limit_hits
+        );
+        let metrics = server.handle.render_metrics();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "megaconn_limit_hits_total{limit=\"ws_message_too_big\"} 1"),
+            "{setting}: {metrics}"
+        );
+        let logged = LOGGED.lock().unwrap().clone();
+        let line = format!("WebSocket message over {setting}; closing with 1009");
+        assert!(
+            logged.iter().any(|l| l == &line),
+            "no line naming {setting} among {logged:?}"
+        );
     }
-    common::wait_stats(&server.handle, "the error counted", |s| {
-        s.protocol_errors == 1
-    })
-    .await;
 }
 
 #[tokio::test]
@@ -269,15 +303,17 @@ async fn subprotocol_is_selected_from_the_servers_list() {
     assert!(!head.contains("sec-websocket-protocol"), "{head}");
 }
 
-/// Warnings megaconn logged, captured by [`Capture`] (set once per binary).
-static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Warnings and info lines megaconn logged, captured by [`Capture`] (set
+/// once per binary, by the tests that read them).
+static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// A minimal tracing subscriber that keeps the message of each warning.
+/// A minimal tracing subscriber that keeps the message of each warning or
+/// info line.
 struct Capture;
 
 impl tracing::Subscriber for Capture {
     fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
-        *meta.level() <= tracing::Level::WARN
+        *meta.level() <= tracing::Level::INFO
     }
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         tracing::span::Id::from_u64(1)
@@ -295,7 +331,7 @@ impl tracing::Subscriber for Capture {
         }
         let mut message = Message(String::new());
         event.record(&mut message);
-        WARNINGS.lock().unwrap().push(message.0);
+        LOGGED.lock().unwrap().push(message.0);
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
@@ -406,7 +442,7 @@ async fn hyper_upgrade_on_under_megaconn_is_logged() {
     // The line is logged before the connection closes; at most one per 5 s
     // (the rate limit's interval, in real time: a slow machine may log two).
     let most = 1 + (started.elapsed().as_secs() / 5) as usize;
-    let warnings = WARNINGS.lock().unwrap().clone();
+    let warnings = LOGGED.lock().unwrap().clone();
     let lines = warnings
         .iter()
         .filter(|w| w.contains("hyper::upgrade::on") && w.contains("megaconn::OnUpgrade"))
@@ -495,23 +531,40 @@ async fn a_client_that_hangs_up_without_a_close_frame_is_no_protocol_error() {
     );
 }
 
-/// A one-worker server with `shutdown_timeout`, a client that got an echo
-/// on `path`, and the server's graceful shutdown begun: the client, and
-/// the server's `serve` (its summary once it stops).
-async fn echo_then_shut_down(
-    path: &str,
+/// The server's `serve`, which ends with its summary once it stops.
+type Stopped = tokio::task::JoinHandle<Result<megaconn::ShutdownSummary, megaconn::Error>>;
+
+/// Serves `app` on a one-worker server with `shutdown_timeout`: its
+/// address, its handle and its `serve`.
+fn serve_to_stop(
+    app: axum::Router,
     shutdown_timeout: Duration,
-) -> (
-    Client,
-    tokio::task::JoinHandle<Result<megaconn::ShutdownSummary, megaconn::Error>>,
-) {
+) -> (SocketAddr, ServerHandle, Stopped) {
     let server = Server::bind("127.0.0.1:0".parse().unwrap())
         .workers(1)
         .shutdown_timeout(shutdown_timeout)
         .listen()
         .expect("server binds");
     let (addr, handle) = (server.local_addr(), server.handle());
-    let stopped = tokio::spawn(server.serve(testing::app()));
+    (addr, handle, tokio::spawn(server.serve(app)))
+}
+
+/// The server stops within [`SAFETY`] with nothing forced: `why` says
+/// what closed the socket by itself.
+async fn stops_with_nothing_forced(stopped: Stopped, why: &str) {
+    let summary = tokio::time::timeout(SAFETY, stopped)
+        .await
+        .unwrap_or_else(|_| panic!("the server stops in time ({why})"))
+        .unwrap()
+        .expect("a clean stop");
+    assert_eq!(summary.forced, 0, "{why}");
+}
+
+/// A one-worker server with `shutdown_timeout`, a client that got an echo
+/// on `path`, and the server's graceful shutdown begun: the client, and
+/// the server's `serve` (its summary once it stops).
+async fn echo_then_shut_down(path: &str, shutdown_timeout: Duration) -> (Client, Stopped) {
+    let (addr, handle, stopped) = serve_to_stop(testing::app(), shutdown_timeout);
     let mut client = connect(addr, path).await;
     client.send(WsMessage::text("foo")).await.unwrap();
     assert_eq!(next_text(&mut client).await, "You said: foo");
@@ -538,12 +591,7 @@ async fn shutdown_closes_an_open_socket_with_1001() {
             .await
             .expect("the server hangs up in time");
         assert!(end.as_ref().is_none_or(Result::is_err), "{path}: {end:?}");
-        let summary = tokio::time::timeout(SAFETY, stopped)
-            .await
-            .expect("the server stops in time")
-            .unwrap()
-            .expect("a clean stop");
-        assert_eq!(summary.forced, 0, "{path}: the socket closed by itself");
+        stops_with_nothing_forced(stopped, &format!("{path}: the socket closed by itself")).await;
     }
 }
 
@@ -580,18 +628,68 @@ async fn shutdown_gives_up_on_a_peer_that_never_answers_the_close() {
         "the server sent its close 1001 first: {seen:x?}"
     );
     hung_up.expect("the server hangs up after the close timeout, not at the shutdown deadline");
-    let summary = tokio::time::timeout(SAFETY, stopped)
+    stops_with_nothing_forced(stopped, "the socket left the drain by itself").await;
+}
+
+/// A handler that only sends (a ticker, a feed) and never calls `recv`
+/// hears the shutdown at its next send: the socket closes with 1001 after
+/// what it queued and the send fails, so its loop ends and the server
+/// stops without forcing anything; through `send` and through a `Sink`'s
+/// `feed` + `flush`. It used to get no close frame: the drain waited for
+/// it until `shutdown_timeout`, and the handler kept sending.
+#[tokio::test]
+async fn shutdown_closes_a_send_only_socket_with_1001() {
+    use megaconn::axum_ws::{Message, WebSocket, WebSocketUpgrade};
+    /// One tick per 20 ms: the handler's own pace.
+    async fn ticks(mut socket: WebSocket, through_sink: bool) {
+        let mut every = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            every.tick().await;
+            let sent = if through_sink {
+                socket.feed(Message::text("tick")).await.is_ok() && socket.flush().await.is_ok()
+            } else {
+                socket.send(Message::text("tick")).await.is_ok()
+            };
+            if !sent {
+                break;
+            }
+        }
+    }
+    for path in ["/send", "/sink"] {
+        let app = axum::Router::new().route(
+            path,
+            axum::routing::get(move |ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(move |socket| ticks(socket, path == "/sink"))
+            }),
+        );
+        // Far past SAFETY: a socket held to the deadline fails the waits.
+        let (addr, handle, stopped) = serve_to_stop(app, Duration::from_secs(120));
+        let mut client = connect(addr, path).await;
+        assert_eq!(next_text(&mut client).await, "tick", "{path}");
+        handle.shutdown();
+        // Ticks sent before the shutdown, then the close.
+        let close = tokio::time::timeout(SAFETY, async {
+            loop {
+                match next(&mut client).await {
+                    WsMessage::Text(_) => continue,
+                    other => return other,
+                }
+            }
+        })
         .await
-        .expect("the server stops in time")
-        .unwrap()
-        .expect("a clean stop");
-    assert_eq!(summary.forced, 0, "the socket left the drain by itself");
+        .unwrap_or_else(|_| panic!("{path}: no close while the server shut down"));
+        match close {
+            WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Away, "{path}"),
+            other => panic!("{path}: expected a close 1001, got {other:?}"),
+        }
+        stops_with_nothing_forced(stopped, &format!("{path}: the handler's loop ended")).await;
+    }
 }
 
 /// The hint naming `megaconn::axum_ws` was logged. It is written before the
 /// response goes out, so once the response is in, it is there.
 fn assert_hint_logged() {
-    let warnings = WARNINGS.lock().unwrap().clone();
+    let warnings = LOGGED.lock().unwrap().clone();
     assert!(
         warnings
             .iter()

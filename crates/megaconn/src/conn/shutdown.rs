@@ -268,6 +268,13 @@ impl Drain {
             .is_ready()
     }
 
+    /// True once shutdown began, registering no waker: for a poll whose
+    /// task may not be the one watching (an `axum_ws` socket's `Sink` half).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn started(&self) -> bool {
+        self.shutdown.started.load(Ordering::SeqCst)
+    }
+
     /// True once shutdown began; until then `waker` is woken when it does.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn poll_started(&mut self, waker: &Waker) -> bool {

@@ -24,7 +24,8 @@ pub(crate) enum LimitHit {
     /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a flood h2 or our guards stopped.
     H2EnhanceYourCalm,
     /// WebSocket close 1009: a frame over `max_frame_bytes` or a message
-    /// over `max_message_bytes`.
+    /// over `max_message_bytes` (on an `axum_ws` socket, its
+    /// `max_frame_size` or `max_message_size`).
     WsMessageTooBig,
     /// Framed TCP: a length header over `Framing::max_frame_bytes`.
     FramedFrameTooLarge,

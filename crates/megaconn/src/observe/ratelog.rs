@@ -1,9 +1,10 @@
 //! Log lines a peer can repeat at will, held to one per interval per kind
 //! per worker: a request over a limit, a malformed body, a slow consumer,
-//! a socket the kernel will not watch, an upgrade no handler took. Each line that gets through carries
-//! `suppressed`, how many were held back since the one before; the
-//! counters (`megaconn_limit_hits_total`, close reasons) keep the count of
-//! every one.
+//! a socket the kernel will not watch, an upgrade no handler took, a
+//! WebSocket message over an `axum_ws` socket's limit. Each line that gets
+//! through carries `suppressed`, how many were held back since the one
+//! before; the counters (`megaconn_limit_hits_total`, close reasons) keep
+//! the count of every one.
 //!
 //! A worker is one thread, so its logs are thread-local: no lock, and no
 //! plumbing to the many places (the body readers, the message tables)
@@ -64,10 +65,13 @@ pub(crate) enum Flood {
     /// A handler switched protocols without waiting on `OnUpgrade` (each
     /// such request a peer sends logs it).
     UnclaimedUpgrade,
+    /// An `axum_ws` socket closed with 1009: a frame or message over its
+    /// `max_frame_size` or `max_message_size`.
+    WsMessageTooBig,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 5;
+const KINDS: usize = 6;
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -50,6 +50,7 @@ use crate::conn::connection::SendConnection;
 use crate::conn::rewind::Rewind;
 use crate::conn::shutdown::Drain;
 use crate::observe::close::CloseReason;
+use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
 
@@ -155,10 +156,34 @@ impl Upgraded {
     /// as the close's reason when the socket closes.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn protocol_error(&mut self, reason: CloseReason) {
-        if let Some(stats) = self.conn.stats().or(self.stream_stats.as_ref()) {
+        if let Some(stats) = self.stats() {
             incr(&stats.protocol_errors);
         }
         self.ended = Some(reason);
+    }
+
+    /// A limit of the protocol spoken on the socket closed it (an
+    /// `axum_ws` socket's 1009): counted in `megaconn_limit_hits_total`, as
+    /// the native protocols count theirs.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn limit_hit(&self, hit: LimitHit) {
+        if let Some(stats) = self.stats() {
+            hit.count(stats);
+        }
+    }
+
+    /// Where this socket's events count: its connection's worker, or the
+    /// HTTP/2 connection's for a stream.
+    fn stats(&self) -> Option<&Arc<WorkerStats>> {
+        self.conn.stats().or(self.stream_stats.as_ref())
+    }
+
+    /// True once the server's graceful shutdown began, registering no
+    /// waker (see [`Drain::started`]). Never true on a caller's own
+    /// transport.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn shutdown_began(&self) -> bool {
+        self.inner.io.drain.as_ref().is_some_and(Drain::started)
     }
 
     /// True once the server's graceful shutdown began; until then the task

@@ -41,13 +41,13 @@
 //! `io.rs`), and between messages its context is dropped (boxed again when
 //! the next frame arrives), so the capacity its own buffers grew to goes
 //! too. Measured with `examples/ws_idle_heap.rs` (release build, 10,000
-//! sockets, each after a text message both ways): 1,563 heap bytes per idle
-//! socket (the task with the handler's future, 1,152; the connection's
-//! boxed socket and accounts), against 132,521 for axum's own socket, whose
-//! tungstenite keeps its 128 KiB read buffer (zero-filled on every read, so
-//! resident). `bench/WS.md` has RSS beside the peers. The socket's box has
-//! since taken the connection's place in the shutdown drain (24 bytes; not
-//! measured again).
+//! sockets, each after a text message both ways): 1,577 heap bytes per idle
+//! socket in three blocks (the task with the handler's future, 1,152; 256
+//! and 88 of the upgraded connection, the 88 grown from 32 since its boxed
+//! socket took the connection's place in the shutdown drain), against
+//! 132,521 for axum's own socket, whose tungstenite keeps its 128 KiB read
+//! buffer (zero-filled on every read, so resident). `bench/WS.md` has the
+//! commands, and RSS beside the peers.
 //!
 //! # Differences from axum
 //!
@@ -71,7 +71,12 @@
 //! [`DEFAULT_WS_CLOSE_TIMEOUT`](crate::DEFAULT_WS_CLOSE_TIMEOUT)
 //! (the native route's default `close_timeout`) is not waited for: `recv`
 //! returns `None` and the socket leaves the drain.
-//! A handler that only sends is not told: the deadline closes its socket.
+//! A handler that only sends hears it at its next send (`send`, or a
+//! `Sink`'s `feed` or `flush`): the 1001 goes out after what was already
+//! queued, and that send fails (after a `flush`, the next one), as axum's
+//! socket fails a send after its close, so a
+//! `while socket.send(msg).await.is_ok()` loop ends by itself. One that
+//! sends nothing until the deadline is closed by it.
 //!
 //! # Over HTTP/2 (RFC 8441)
 //!
@@ -167,14 +172,18 @@ impl<F> WebSocketUpgrade<F> {
     }
 
     /// Largest message accepted, in bytes; past it the socket closes with
-    /// 1009. Default [`DEFAULT_MAX_MESSAGE_SIZE`].
+    /// 1009, counted in `megaconn_limit_hits_total{limit="ws_message_too_big"}`
+    /// and logged (info, naming this setting; at most one line per 5 s per
+    /// worker). Default [`DEFAULT_MAX_MESSAGE_SIZE`].
     pub fn max_message_size(mut self, max: usize) -> Self {
         self.limits.max_message_size = Some(max);
         self
     }
 
     /// Largest frame payload accepted, in bytes; past it the socket closes
-    /// with 1009. Default [`DEFAULT_MAX_FRAME_SIZE`].
+    /// with 1009, counted and logged as for
+    /// [`max_message_size`](Self::max_message_size). Default
+    /// [`DEFAULT_MAX_FRAME_SIZE`].
     pub fn max_frame_size(mut self, max: usize) -> Self {
         self.limits.max_frame_size = Some(max);
         self

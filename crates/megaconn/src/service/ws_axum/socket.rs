@@ -22,7 +22,7 @@ use bytes::{BufMut, Bytes};
 use futures_util::stream::FusedStream;
 use futures_util::{Sink, Stream};
 use http::HeaderValue;
-use tungstenite::error::ProtocolError;
+use tungstenite::error::{CapacityError, ProtocolError};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
@@ -31,6 +31,8 @@ use tungstenite::Error as WsError;
 use super::io::{Bridge, Buffers};
 use crate::conn::config::DEFAULT_WS_CLOSE_TIMEOUT;
 use crate::observe::close::{CloseReason, ProtocolDetail};
+use crate::observe::limits::LimitHit;
+use crate::observe::ratelog::{self, Flood};
 use crate::service::upgrade::Upgraded;
 
 /// A WebSocket connection after the upgrade: receive with [`recv`](Self::recv)
@@ -56,7 +58,7 @@ pub struct WebSocket {
     /// The stream has ended (closed, or failed for good).
     ended: bool,
     /// The server's graceful shutdown began and the socket's close 1001
-    /// was queued.
+    /// was queued: sends fail from here on.
     going_away: bool,
 }
 
@@ -167,7 +169,9 @@ impl WebSocket {
     }
 
     /// Graceful shutdown began: closes with 1001 (going away), as the native
-    /// WebSocket does, unless a close was sent already. Reading goes on, so
+    /// WebSocket does, unless a close was sent already. Heard by `recv`
+    /// (which waits for it) or by the next send or flush (which only look:
+    /// see [`Self::shutdown_heard_by_sink`]). Reading goes on, so
     /// the handler's `recv` sees the peer's answer and then the end, and
     /// its loop finishes. A peer that never answers gets
     /// [`DEFAULT_WS_CLOSE_TIMEOUT`], as the native route's `close_timeout`,
@@ -186,6 +190,21 @@ impl WebSocket {
         let (ctx, mut bridge) = self.bridge(Some(cx));
         let _ = ctx.close(&mut bridge, Some(frame));
         let _ = self.poll_flush_queue(cx);
+    }
+
+    /// For the `Sink`: whether shutdown began and the close 1001 is now
+    /// queued (a handler that only sends hears it here; one in `recv`
+    /// heard it there). It only looks at the flag and registers no waker:
+    /// a split socket's two halves run on two tasks, and only the reading
+    /// one keeps its waker in the drain's list (a send-only handler would
+    /// not poll the socket when woken anyway, it waits for its next
+    /// message).
+    fn shutdown_heard_by_sink(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.going_away || !self.io.shutdown_began() {
+            return false;
+        }
+        self.go_away(cx);
+        true
     }
 
     /// The peer did not answer the close 1001 within the close timeout: the
@@ -221,7 +240,23 @@ impl WebSocket {
             .protocol_error(CloseReason::Protocol(ProtocolDetail::WebSocket(
                 code.into(),
             )));
-        tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame");
+        match error {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                self.io.limit_hit(LimitHit::WsMessageTooBig);
+                let setting = self.size_setting(*max_size);
+                ratelog::log(Flood::WsMessageTooBig, |suppressed| {
+                    tracing::info!(
+                        size,
+                        limit = max_size,
+                        suppressed,
+                        "WebSocket message over {setting}; closing with 1009"
+                    )
+                });
+            }
+            _ => {
+                tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame")
+            }
+        }
         let frame = tungstenite::protocol::CloseFrame {
             code,
             reason: tungstenite::Utf8Bytes::from_static(""),
@@ -229,6 +264,19 @@ impl WebSocket {
         let (ctx, mut bridge) = self.bridge(Some(cx));
         let _ = ctx.close(&mut bridge, Some(frame));
         let _ = self.poll_flush_queue(cx);
+    }
+
+    /// The [`WebSocketUpgrade`](super::WebSocketUpgrade) setting whose
+    /// `max_size` tungstenite's 1009 names (it reports the frame and the
+    /// message limit alike).
+    fn size_setting(&self, max_size: usize) -> &'static str {
+        let frame = self.config.max_frame_size == Some(max_size);
+        let message = self.config.max_message_size == Some(max_size);
+        match (frame, message) {
+            (true, false) => "max_frame_size",
+            (false, true) => "max_message_size",
+            _ => "max_frame_size or max_message_size",
+        }
     }
 }
 
@@ -262,6 +310,11 @@ fn close_to_tungstenite(frame: CloseFrame) -> Result<tungstenite::protocol::Clos
         code: CloseCode::from(frame.code),
         reason,
     })
+}
+
+/// The error a send gets once the socket's close went out.
+fn send_after_closing() -> axum::Error {
+    axum::Error::new(WsError::Protocol(ProtocolError::SendAfterClosing))
 }
 
 impl Stream for WebSocket {
@@ -333,8 +386,17 @@ impl Sink<Message> for WebSocket {
     type Error = axum::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.bufs.queued() > self.write_buffer_size {
-            return self.poll_flush_queue(cx);
+        let this = &mut *self;
+        // After the close 1001 nothing more may be sent: the handler's send
+        // loop ends here, as on axum's socket after a close.
+        this.shutdown_heard_by_sink(cx);
+        if this.going_away {
+            // The close goes out before the handler, told, drops the socket.
+            let _ = std::task::ready!(this.poll_flush_queue(cx));
+            return Poll::Ready(Err(send_after_closing()));
+        }
+        if this.bufs.queued() > this.write_buffer_size {
+            return this.poll_flush_queue(cx);
         }
         Poll::Ready(Ok(()))
     }
@@ -366,9 +428,7 @@ impl Sink<Message> for WebSocket {
             }
         };
         if !this.can_write() {
-            return Err(axum::Error::new(WsError::Protocol(
-                ProtocolError::SendAfterClosing,
-            )));
+            return Err(send_after_closing());
         }
         let frame = Frame::message(payload, OpCode::Data(opcode), true);
         if this.bufs.queued() + frame.len() > this.max_write_buffer_size {
@@ -392,7 +452,13 @@ impl Sink<Message> for WebSocket {
                 Err(e) => return Poll::Ready(Err(axum::Error::new(e))),
             }
         }
-        this.poll_flush_queue(cx)
+        std::task::ready!(this.poll_flush_queue(cx))?;
+        // What was queued went out: the close 1001 follows it, and the next
+        // send fails.
+        if this.shutdown_heard_by_sink(cx) {
+            return this.poll_flush_queue(cx);
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
