@@ -26,8 +26,9 @@
 //!
 //! What it found: with `max_frame_bytes(usize::MAX)`, a header alone
 //! announcing 2^62 bytes aborted the process (`LengthDelimitedCodec`
-//! reserved what it announced; `codec.rs` now hands it whole frames only;
-//! corpus: `len8nolimit-*`). Since then 60,000 cases (seeds 7, 8, 9) and
+//! reserved what it announced; `codec.rs` now decodes the header itself
+//! and gives a frame room only as its bytes arrive; corpus:
+//! `len8nolimit-*`). Since then 60,000 cases (seeds 7, 8, 9) and
 //! the fixed seed: no split dependence, every limit closes as documented.
 
 use bytes::{Bytes, BytesMut};
