@@ -79,8 +79,8 @@ pub struct HoldArgs {
     /// Reconnect connections that drop or fail to connect.
     #[arg(long)]
     pub reconnect: bool,
-    /// Cleartext connections: wake for each reply as it arrives and time it
-    /// when read. By default replies are read on the beat grid's tick and
+    /// http://: wake for each reply as it arrives and time it when read
+    /// (ws:// and tcp:// always do). By default replies are read on the beat grid's tick and
     /// timed by the kernel's receive timestamp (`SO_TIMESTAMPNS`), so a
     /// server's reply does not wake `hold`: on one machine that wake-up is
     /// paid by the server's `send` (loopback), which a remote client would

@@ -358,7 +358,7 @@ pub(crate) fn run_thread(
         .build()?;
     let lot = if parks(&shared) {
         let _runtime = rt.enter();
-        Some(Lot::new(shared.wake_per_reply)?)
+        Some(Lot::new(!replies_on_tick(&shared))?)
     } else {
         None
     };
@@ -432,6 +432,16 @@ async fn trim_after_opens(ctx: Rc<ThreadCtx>) {
 /// cleartext ones (TLS needs its session's state machine on every read).
 fn parks(sh: &HoldShared) -> bool {
     sh.tls.is_none()
+}
+
+/// The lot reads replies on the grid's tick, timed by their kernel receive
+/// stamps (`hold_lot.rs`), unless told not to: for HTTP only. A read then
+/// holds nothing but the one awaited reply (anything else is a wrong
+/// reply), so the stamp of its last segment is the reply's. A WebSocket
+/// server's pings and a `tcp://` server's pushes can share a read with a
+/// reply, and would give it their later stamp: those wake per reply.
+fn replies_on_tick(sh: &HoldShared) -> bool {
+    !sh.wake_per_reply && sh.http && sh.ws.is_none()
 }
 
 /// How a held connection ended.
