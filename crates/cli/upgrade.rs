@@ -170,6 +170,12 @@ const TEST_SLOT_GATE_ENV: &str = "MEGACONN_TEST_SLOT_GATE";
 /// before it closes the connection, that bind fails (as on a full disk).
 const TEST_BIND_GATE_ENV: &str = "MEGACONN_TEST_BIND_GATE";
 
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a process
+/// that handed over stops before it says so (`megaconn handed over`), at
+/// its control socket's path plus `.handed.gate`, so that a test can act
+/// while its supervisor has not heard of the hand-over yet.
+const TEST_HANDED_GATE_ENV: &str = "MEGACONN_TEST_HANDED_GATE";
+
 /// A test gate (see [`TEST_GATE_ENV`]) at `path` plus `suffix` and
 /// `.gate`: what the test wrote before it let the process on (nothing when
 /// the variable is not set or no gate listens).
@@ -337,6 +343,7 @@ impl ControlSocket {
         let busy = self.busy.clone();
         let more = self.more.clone();
         let slot = self.slot.clone();
+        let path = self.path.clone();
         std::thread::Builder::new()
             .name("megaconn-upgrade".into())
             .spawn(move || loop {
@@ -353,7 +360,7 @@ impl ControlSocket {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone();
-                match hand_over(&peer, &handle, &more, &busy, &slot) {
+                match hand_over(&peer, &handle, &more, &busy, &slot, &path) {
                     Ok(true) => {
                         refuse_more(&listener);
                         return;
@@ -430,14 +437,16 @@ impl Drop for ControlSocket {
     }
 }
 
-/// The old process's side of one upgrade. `Ok(false)`: the new process went
-/// away before it was ready; this one keeps serving.
+/// The old process's side of one upgrade, on the control socket at `path`.
+/// `Ok(false)`: the new process went away before it was ready; this one
+/// keeps serving.
 fn hand_over(
     peer: &Peer,
     handle: &ServerHandle,
     more: &[ServerHandle],
     busy: &std::sync::Mutex<bool>,
     slot: &std::sync::Mutex<Option<SlotLock>>,
+    path: &Path,
 ) -> anyhow::Result<bool> {
     peer.set_timeout()?;
     let cred = sock::getsockopt(peer.0.as_raw_fd(), sock::sockopt::PeerCredentials)?;
@@ -558,6 +567,7 @@ fn hand_over(
         ms = started.elapsed().as_millis() as u64,
         "upgrade: handed over; draining the remaining connections"
     );
+    test_gate(path, ".handed", TEST_HANDED_GATE_ENV);
     crate::say!(
         "megaconn handed over to pid {new_pid}: {} listening sockets, {sent} parked connections; draining",
         raw.len()

@@ -1074,3 +1074,68 @@ fn a_worker_process_that_could_not_bind_its_control_socket_binds_it_again() {
     old_supervisor_finishes(new, new_lines);
     serves_alone(&addr, 2, next);
 }
+
+/// A supervisor that is an upgrade's itself (started with `--upgrade`, as
+/// every one after the first), being upgraded in turn: a restart of its
+/// worker process that finds the slot taken by the next generation's (one
+/// that found nothing to take over from and started afresh) yields to it,
+/// though the supervisor has not heard of a hand-over yet (its worker
+/// process 0 stops at a test gate before saying so). It used to go by its
+/// `--upgrade` and take the slot back from the newer worker process.
+#[test]
+fn a_restart_of_an_upgraded_supervisor_yields_its_slot_to_the_next_generation() {
+    const SLOT_GATE: (&str, &str) = ("MEGACONN_TEST_SLOT_GATE", "1");
+    let Generation0 {
+        dir: _dir,
+        socket,
+        addr,
+        child: gen0,
+        lines: gen0_lines,
+        log: _gen0_log,
+        pids: _,
+    } = generation_0();
+    // Generation 1 takes over in full (the gates below do not exist yet).
+    let mut cmd = supervisor_command(1, &addr, &socket, Stdio::piped());
+    cmd.env(SLOT_GATE.0, SLOT_GATE.1)
+        .env("MEGACONN_TEST_HANDED_GATE", "1");
+    let (gen1, gen1_lines, gen1_log) = Log::spawn(&mut cmd);
+    let gen1_pids = announced(&gen1_lines);
+    old_supervisor_finishes(gen0, gen0_lines);
+    let handed_gate = Gate::at(&socket, ".0.handed.gate");
+    let slot_gate = Gate::slot(&socket, 1);
+    let take_over_gates = [Gate::new(&socket, 0), Gate::new(&socket, 1)];
+    let mut cmd = supervisor_command(2, &addr, &socket, Stdio::piped());
+    cmd.env("MEGACONN_TEST_TAKE_OVER_GATE", "1")
+        .env(SLOT_GATE.0, SLOT_GATE.1);
+    let (gen2, gen2_lines, gen2_log) = Log::spawn(&mut cmd);
+    let (_, hold_first) = take_over_gates[0].next();
+    let (_, hold_second) = take_over_gates[1].next();
+    // Generation 1 restarts its worker process 1; the restart stops before
+    // claiming the slot.
+    // SAFETY: kill(2) on a process the test saw serving; its supervisor
+    // has not reaped it (it restarts it only after hearing of its exit).
+    unsafe { libc::kill(gen1_pids[1], libc::SIGKILL) };
+    gen1_log.wait_for("worker process died; restarting", 1);
+    let (_, hold_old) = slot_gate.next();
+    // Generation 2's worker process 0 takes over; generation 1's stops
+    // before it says it handed over.
+    drop(hold_first);
+    let (_, hold_handed) = handed_gate.next();
+    gen2_log.wait_for("worker process took over from the old one", 0);
+    // Generation 2's worker process 1 finds nothing to take over from and
+    // claims the slot afresh, first.
+    drop(hold_second);
+    gen2_log.wait_for("found no old worker process to take over from", 1);
+    let (fresh, hold_fresh) = slot_gate.next();
+    let pids = announced(&gen2_lines);
+    assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
+    drop(hold_fresh);
+    let line = gen2_lines.expect_line();
+    assert_eq!(line, format!("worker process 1 restarted pid {fresh}"));
+    // Generation 1's restart comes second, and yields.
+    drop(hold_old);
+    gen1_log.wait_for("served by a newer one", 1);
+    drop(hold_handed);
+    old_supervisor_finishes(gen1, gen1_lines);
+    serves_alone(&addr, 2, gen2);
+}
