@@ -529,8 +529,13 @@ async fn serve(
     // over, announced by `megaconn upgrade done`.
     let mut control = None;
     let mut control_ready = None;
+    // Binding the control socket again, after it failed (see `rebind`).
+    let mut rebind = Rebind::new();
     if take_over.is_none() {
         control = crate::upgrade::listen_for_upgrades(&control_path, &handle, &mut slot);
+        if control.is_none() && slot.is_some() {
+            rebind.schedule();
+        }
     }
     crate::say!(
         "megaconn serving on {} ({} workers, max_connections {})",
@@ -567,7 +572,7 @@ async fn serve(
     // admin listener too.
     if let Some(take_over) = take_over {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        take_over.finish(handle.clone(), control_path, tx)?;
+        take_over.finish(handle.clone(), control_path.clone(), tx)?;
         control_ready = Some(rx);
     }
     let app = Demo::new(handle.clone(), publisher.clone(), demo_ws);
@@ -596,20 +601,31 @@ async fn serve(
                         socket.keep(slot.take());
                         if let Err(e) = socket.serve(handle.clone()) {
                             tracing::warn!(error = %e, "cannot serve the upgrade control socket");
+                            // Nothing can take over from it: bind it anew.
+                            slot = socket.release();
+                            rebind.schedule();
+                        } else {
+                            if rebind.failures > 0 {
+                                tracing::info!(path = %control_path.display(), attempts = rebind.failures + 1, "upgrade control socket bound: a next upgrade can take over from this process");
+                            }
+                            rebind = Rebind::new();
+                            control = Some(socket);
                         }
-                        control = Some(socket);
                     }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them");
-                        // It serves the listeners it took over (the parked
-                        // connections, or its control socket, failed): a
-                        // supervisor waits for this line to count it ready,
-                        // and would otherwise kill it at its start-up
-                        // deadline.
-                        crate::say!("megaconn upgrade done, but not all of it (see the error above): serving; no next upgrade from this process");
-                    }
-                    Err(_) => {}
+                    // Logged where it failed (said too, at a take-over).
+                    Ok(Err(_)) if slot.is_some() => rebind.schedule(),
+                    Ok(Err(_)) | Err(_) => {}
                 }
+            }
+            () = async { rebind.at.as_mut().expect("guarded").await }, if rebind.at.is_some() && !handle.is_shutting_down() => {
+                // Off the event loop: binding may stop at a test gate.
+                rebind.at = None;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let path = control_path.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(crate::upgrade::ControlSocket::bind(&path));
+                });
+                control_ready = Some(rx);
             }
             () = publish.as_mut(), if shared.is_some() => {
                 if let Some((slot, block)) = &shared {
@@ -664,6 +680,48 @@ async fn serve(
         summary.accepted, summary.requests, summary.finished, summary.forced
     );
     Ok(())
+}
+
+/// Binding the control socket again, with a growing back-off, after it
+/// failed: a worker process of a supervisor holds its slot's lock
+/// ([`crate::upgrade::SlotLock`]) until a control socket hands it over, so
+/// without one no upgrade could ever take over its slot (the new worker
+/// process would find nothing to take over from, then the slot taken, and
+/// be given up), upgrade after upgrade.
+struct Rebind {
+    /// When to try next; `None`: no try pending.
+    at: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Failed binds so far.
+    failures: u32,
+}
+
+/// First delay before binding the control socket again.
+const REBIND_START: Duration = Duration::from_millis(100);
+
+/// Longest delay between binds of the control socket (each failure logs).
+const REBIND_MAX: Duration = Duration::from_secs(60);
+
+impl Rebind {
+    fn new() -> Rebind {
+        Rebind {
+            at: None,
+            failures: 0,
+        }
+    }
+
+    /// The last bind failed: try again after the back-off.
+    fn schedule(&mut self) {
+        let delay = REBIND_START
+            .saturating_mul(1 << self.failures.min(10))
+            .min(REBIND_MAX);
+        self.failures += 1;
+        tracing::warn!(
+            attempts = self.failures,
+            retry_in_ms = delay.as_millis() as u64,
+            "no upgrade control socket: binding it again (until then no upgrade can take over this worker process's slot)"
+        );
+        self.at = Some(Box::pin(tokio::time::sleep(delay)));
+    }
 }
 
 /// How often a worker process copies its counters to the shared block, so

@@ -28,9 +28,11 @@
 //! new worker process that found nothing to take over from (the old one had
 //! died, its restart did not listen yet) and started afresh: whichever
 //! claims the slot second yields. An old one exits
-//! ([`upgrade::SLOT_TAKEN_EXIT`]) and is not restarted; a new one (of a
-//! supervisor still taking over) takes over from the old one instead, as
-//! one more attempt. The old supervisor exits once each of its worker
+//! ([`upgrade::SLOT_TAKEN_EXIT`]) and is not restarted; a new one takes
+//! over from the old one instead, as one more attempt. Which is which goes
+//! by the worker, not by the supervisor's `--upgrade` (every supervisor
+//! after the first has it): one whose slot was served before (it said so)
+//! is the old one. The old supervisor exits once each of its worker
 //! processes has handed over or yielded.
 //! Until one new worker process has taken over, any failure abandons the
 //! upgrade (the old generation serves on in full); after that, a new worker
@@ -168,6 +170,10 @@ struct Worker {
     /// Its current process said it serves (with `take_over`: that it took
     /// over).
     ready: bool,
+    /// One of its processes served its slot (said so), in this supervisor's
+    /// lifetime: a restart that then finds the slot taken yields it to a
+    /// newer process; one that never served takes over (see `Event::Exited`).
+    served: bool,
     /// Its current process must say it serves by then.
     ready_by: Option<Instant>,
     /// It died and is started again then.
@@ -186,6 +192,7 @@ impl Worker {
             retired: false,
             take_over,
             ready: false,
+            served: false,
             ready_by: None,
             restart_at: None,
         }
@@ -219,9 +226,8 @@ impl Worker {
     }
 
     /// Worker process `index` exited because another process holds its
-    /// slot's lock, and that one is newer (this supervisor is not taking
-    /// over, or is being taken over itself): it serves the slot now, and
-    /// this one is not started again.
+    /// slot's lock, and that one is newer (this worker served its slot
+    /// before): it serves the slot now, and this one is not started again.
     fn yield_slot(&mut self, index: usize) {
         self.retired = true;
         tracing::warn!(worker = index, "worker process found its slot served by a newer one (which started afresh in its place); not restarting it");
@@ -237,8 +243,9 @@ impl Worker {
             self.restarts = 0;
         }
         let mut delay = backoff(self.restarts);
-        // Only an upgrading supervisor gets here with its slot taken: an
-        // old worker process, restarted by its supervisor, holds it.
+        // Only a worker process that never served gets here with its slot
+        // taken (an upgrading supervisor's): an old worker process,
+        // restarted by its supervisor, holds it.
         let slot_taken = code == Some(upgrade::SLOT_TAKEN_EXIT);
         if !self.take_over && !slot_taken {
             let restart_in_ms = delay.as_millis() as u64;
@@ -403,6 +410,7 @@ async fn supervise(
                 Some(Event::Ready(i)) => {
                     let w = &mut workers[i];
                     w.ready = true;
+                    w.served = true;
                     w.ready_by = None;
                     if w.take_over {
                         // Its later restarts bind afresh: the process it
@@ -443,16 +451,18 @@ async fn supervise(
                         failed |= code != Some(0);
                         continue;
                     }
-                    // Its slot's lock is held (see `upgrade::SlotLock`): by
-                    // a newer worker process, unless this supervisor is the
-                    // one upgrading, which takes over from that holder (see
-                    // `schedule_restart`). Yielding is no failure. (An
-                    // upgrading supervisor that is itself being taken over,
-                    // and has not heard so yet, would take the slot back
-                    // from the newer one: still one process per slot.)
+                    // Its slot's lock is held (see `upgrade::SlotLock`). If
+                    // this worker served its slot, by a newer worker process
+                    // (a next upgrade's, started afresh): it yields, and
+                    // yielding is no failure. If it never did (a new worker
+                    // process of this upgrading supervisor), by an old one
+                    // restarted by its supervisor: it takes over from that
+                    // one (see `schedule_restart`). Whether this supervisor
+                    // was started with `--upgrade` says nothing: every one
+                    // after the first was, and one being upgraded in turn
+                    // may not have heard of a hand-over yet.
                     let slot_taken = code == Some(upgrade::SLOT_TAKEN_EXIT);
-                    let being_upgraded = workers.iter().any(|w| w.handed_over);
-                    if committed && slot_taken && (!upgrade || being_upgraded) {
+                    if committed && slot_taken && workers[i].served {
                         workers[i].yield_slot(i);
                         if workers.iter().all(Worker::done) {
                             break;

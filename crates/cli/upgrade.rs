@@ -119,7 +119,7 @@ impl SlotLock {
     pub fn claim(control: &Path) -> Result<Option<SlotLock>, SlotTaken> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let path = Self::path(control);
-        test_gate(&path, TEST_SLOT_GATE_ENV);
+        test_gate(&path, "", TEST_SLOT_GATE_ENV);
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -164,20 +164,38 @@ const TEST_GATE_ENV: &str = "MEGACONN_TEST_TAKE_OVER_GATE";
 /// processes there to choose which claims the slot first.
 const TEST_SLOT_GATE_ENV: &str = "MEGACONN_TEST_SLOT_GATE";
 
-fn test_gate(path: &Path, env: &str) {
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`] for
+/// [`ControlSocket::bind`]: a process about to bind its control socket
+/// stops at the socket's path plus `.bind.gate`; if the test writes `fail`
+/// before it closes the connection, that bind fails (as on a full disk).
+const TEST_BIND_GATE_ENV: &str = "MEGACONN_TEST_BIND_GATE";
+
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a process
+/// that handed over stops before it says so (`megaconn handed over`), at
+/// its control socket's path plus `.handed.gate`, so that a test can act
+/// while its supervisor has not heard of the hand-over yet.
+const TEST_HANDED_GATE_ENV: &str = "MEGACONN_TEST_HANDED_GATE";
+
+/// A test gate (see [`TEST_GATE_ENV`]) at `path` plus `suffix` and
+/// `.gate`: what the test wrote before it let the process on (nothing when
+/// the variable is not set or no gate listens).
+fn test_gate(path: &Path, suffix: &str, env: &str) -> Vec<u8> {
     use std::io::{Read as _, Write as _};
+    let mut said = Vec::new();
     if std::env::var_os(env).is_none() {
-        return;
+        return said;
     }
     let mut gate = path.as_os_str().to_owned();
+    gate.push(suffix);
     gate.push(".gate");
     if let Ok(mut s) = std::os::unix::net::UnixStream::connect(gate) {
         // Bounded, should the variable ever be set outside a test: a gate
         // nobody closes holds a process two minutes, not for good.
         let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(120)));
         let _ = writeln!(s, "{}", std::process::id());
-        let _ = s.read_to_end(&mut Vec::new());
+        let _ = s.read_to_end(&mut said);
     }
+    said
 }
 
 /// One end of a control connection.
@@ -284,6 +302,12 @@ impl ControlSocket {
     /// the user's alone; a peer of another user is refused too.
     pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
         use std::os::unix::fs::MetadataExt as _;
+        if test_gate(path, ".bind", TEST_BIND_GATE_ENV).starts_with(b"fail") {
+            bail!(
+                "cannot bind the upgrade control socket {}: failed by the test gate",
+                path.display()
+            );
+        }
         let listener = seqpacket()?;
         let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
@@ -319,6 +343,7 @@ impl ControlSocket {
         let busy = self.busy.clone();
         let more = self.more.clone();
         let slot = self.slot.clone();
+        let path = self.path.clone();
         std::thread::Builder::new()
             .name("megaconn-upgrade".into())
             .spawn(move || loop {
@@ -335,7 +360,7 @@ impl ControlSocket {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .clone();
-                match hand_over(&peer, &handle, &more, &busy, &slot) {
+                match hand_over(&peer, &handle, &more, &busy, &slot, &path) {
                     Ok(true) => {
                         refuse_more(&listener);
                         return;
@@ -379,7 +404,7 @@ impl ControlSocket {
     }
 
     /// Takes the slot lock back (the socket is not served after all).
-    fn release(&self) -> Option<SlotLock> {
+    pub fn release(&self) -> Option<SlotLock> {
         self.slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -412,14 +437,16 @@ impl Drop for ControlSocket {
     }
 }
 
-/// The old process's side of one upgrade. `Ok(false)`: the new process went
-/// away before it was ready; this one keeps serving.
+/// The old process's side of one upgrade, on the control socket at `path`.
+/// `Ok(false)`: the new process went away before it was ready; this one
+/// keeps serving.
 fn hand_over(
     peer: &Peer,
     handle: &ServerHandle,
     more: &[ServerHandle],
     busy: &std::sync::Mutex<bool>,
     slot: &std::sync::Mutex<Option<SlotLock>>,
+    path: &Path,
 ) -> anyhow::Result<bool> {
     peer.set_timeout()?;
     let cred = sock::getsockopt(peer.0.as_raw_fd(), sock::sockopt::PeerCredentials)?;
@@ -540,6 +567,7 @@ fn hand_over(
         ms = started.elapsed().as_millis() as u64,
         "upgrade: handed over; draining the remaining connections"
     );
+    test_gate(path, ".handed", TEST_HANDED_GATE_ENV);
     crate::say!(
         "megaconn handed over to pid {new_pid}: {} listening sockets, {sent} parked connections; draining",
         raw.len()
@@ -589,7 +617,7 @@ pub struct TakeOver {
 /// Connects to the running server's control socket at `path` and takes its
 /// listening sockets (for `Builder::adopt_listeners`).
 pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
-    test_gate(path, TEST_GATE_ENV);
+    test_gate(path, "", TEST_GATE_ENV);
     let started = Instant::now();
     let fd = seqpacket()?;
     let addr = UnixAddr::new(path)?;
@@ -645,7 +673,11 @@ impl TakeOver {
     /// Tells the old process this one serves, then takes its parked
     /// connections into `handle` and binds the control socket at `path` for
     /// the next upgrade, on a thread of its own (the caller keeps serving).
-    /// `ready` hears the control socket, or the error.
+    /// It binds the control socket even if the parked connections failed
+    /// (the old process is leaving all the same), so that a next upgrade
+    /// can take over from this one. `ready` hears the control socket, or
+    /// the error binding it (bind it again later: until then nothing can
+    /// take over from this process, which holds its slot's lock).
     pub fn finish(
         self,
         handle: ServerHandle,
@@ -662,16 +694,33 @@ impl TakeOver {
         std::thread::Builder::new()
             .name("megaconn-upgrade".into())
             .spawn(move || {
-                let result = receive_parked(&peer, &handle).and_then(|parked| {
-                    let control = ControlSocket::bind(&path)?;
-                    crate::say!(
+                let parked = receive_parked(&peer, &handle);
+                if let Err(e) = &parked {
+                    tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them");
+                }
+                let control = ControlSocket::bind(&path);
+                if let Err(e) = &control {
+                    tracing::error!(error = format!("{e:#}"), "upgrade: cannot bind the control socket for the next upgrade; trying again");
+                }
+                // A supervisor counts this process ready on either line
+                // (it serves the listeners it took over), and would
+                // otherwise kill it at its start-up deadline.
+                match (&parked, &control) {
+                    (Ok(parked), Ok(_)) => crate::say!(
                         "megaconn upgrade done: took over {taken} listening sockets and {parked} parked connections in {} ms; next upgrade on {}",
                         started.elapsed().as_millis(),
                         path.display()
-                    );
-                    Ok(control)
-                });
-                let _ = ready.send(result);
+                    ),
+                    (_, Ok(_)) => crate::say!(
+                        "megaconn upgrade done, but not all of it (see the error above): serving without the parked connections; next upgrade on {}",
+                        path.display()
+                    ),
+                    (_, Err(_)) => crate::say!(
+                        "megaconn upgrade done, but not all of it (see the error above): serving; no next upgrade until the control socket {} is bound (trying again)",
+                        path.display()
+                    ),
+                }
+                let _ = ready.send(control);
             })?;
         Ok(())
     }

@@ -49,6 +49,10 @@ struct Supervisor {
     addr: String,
     admin: String,
     worker_pids: Vec<i32>,
+    /// Holds the upgrade control sockets' names, so their slot lock files
+    /// (`--upgrade-socket.k.lock`, left in place by design) go with the
+    /// test instead of piling up in /tmp.
+    _dir: tempfile::TempDir,
 }
 
 impl Supervisor {
@@ -60,11 +64,14 @@ impl Supervisor {
         // --processes needs an explicit port: held until the workers listen.
         let port = common::ReservedPort::new();
         let addr = port.addr.clone();
+        let dir = tempfile::tempdir().unwrap();
         let mut child = ChildGuard::spawn(
             Command::new(env!("CARGO_BIN_EXE_megaconn"))
                 .args(["serve", "--listen", &addr, "--workers", "1", "--admin"])
                 .args(["127.0.0.1:0", "--processes"])
                 .arg(processes.to_string())
+                .arg("--upgrade-socket")
+                .arg(dir.path().join("upgrade.sock"))
                 .args(extra)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),
@@ -95,6 +102,7 @@ impl Supervisor {
             addr,
             admin,
             worker_pids,
+            _dir: dir,
         }
     }
 

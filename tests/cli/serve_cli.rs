@@ -336,6 +336,7 @@ fn a_config_file_mixes_tls_and_cleartext_listeners() {
 fn sighup_to_the_supervisor_reloads_every_worker_process() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let socket = dir.path().join("upgrade.sock");
     let ca = Ca::new();
     let (a_pem, a_key, _) = ca.leaf();
     let (b_pem, b_key, b_der) = ca.leaf();
@@ -358,6 +359,9 @@ fn sighup_to_the_supervisor_reloads_every_worker_process() {
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
+        // Its slot lock files go with `dir`, not into /tmp.
+        "--upgrade-socket",
+        socket.to_str().unwrap(),
     ]);
     drop(port);
     assert_eq!(serving.addr("https"), addr);

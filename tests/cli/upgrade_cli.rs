@@ -538,14 +538,19 @@ impl Log {
     /// Waits for the supervisor's log line `message` about worker process
     /// `index`.
     fn wait_for(&self, message: &str, index: usize) -> String {
-        let worker = format!("worker={index}");
+        self.wait_for_line(message, &format!("worker={index}"))
+    }
+
+    /// Waits for a log line (the supervisor's, or one of its worker
+    /// processes', which share its stderr) with both `message` and `also`.
+    fn wait_for_line(&self, message: &str, also: &str) -> String {
         let deadline = Instant::now() + CHILD_SAFETY;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.0.recv_timeout(left) {
-                Ok(line) if line.contains(message) && line.contains(&worker) => return line,
+                Ok(line) if line.contains(message) && line.contains(also) => return line,
                 Ok(_) => {}
-                Err(e) => panic!("no log line {message:?} for {worker}: {e}"),
+                Err(e) => panic!("no log line {message:?} with {also:?}: {e}"),
             }
         }
     }
@@ -606,15 +611,15 @@ struct HalfUpgraded {
 }
 
 fn half_upgraded() -> HalfUpgraded {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("upgrade.sock");
-    // --processes needs an explicit port: held until generation 0 listens.
-    let port = common::ReservedPort::new();
-    let addr = port.addr.clone();
-    let (old, old_lines, old_log) =
-        Log::spawn(&mut supervisor_command(0, &addr, &socket, Stdio::piped()));
-    let old_pids = announced(&old_lines);
-    drop(port);
+    let Generation0 {
+        dir,
+        socket,
+        addr,
+        child: old,
+        lines: old_lines,
+        log: old_log,
+        pids: old_pids,
+    } = generation_0();
     assert_eq!(served_by(&addr), "gen0");
     let new = Upgrading::start(&addr, &socket);
     let (first, go) = new.gates[0].next();
@@ -637,12 +642,53 @@ fn half_upgraded() -> HalfUpgraded {
 
 /// The new generation serves alone, and stops cleanly on SIGTERM.
 fn only_the_new_generation_serves(addr: &str, new: Upgrading) {
+    serves_alone(addr, 1, new.child);
+}
+
+/// Generation `n`, its supervisor `child`, serves alone, and stops cleanly
+/// on SIGTERM.
+fn serves_alone(addr: &str, n: usize, mut child: ChildGuard) {
+    let generation = format!("gen{n}");
     for _ in 0..10 {
-        assert_eq!(served_by(addr), "gen1");
+        assert_eq!(served_by(addr), generation);
     }
-    let mut child = new.child;
     child.signal(libc::SIGTERM);
     assert!(child.wait().success());
+}
+
+/// Generation 0 (a supervisor of 2 worker processes, its log read) serving
+/// on a port of its own, with its control sockets in a directory of the
+/// test's.
+struct Generation0 {
+    dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    addr: String,
+    child: ChildGuard,
+    lines: Lines,
+    log: Log,
+    /// Its worker processes' pids.
+    pids: Vec<i32>,
+}
+
+fn generation_0() -> Generation0 {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    // --processes needs an explicit port: held until generation 0 listens.
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
+    let (child, lines, log) =
+        Log::spawn(&mut supervisor_command(0, &addr, &socket, Stdio::piped()));
+    let pids = announced(&lines);
+    drop(port);
+    Generation0 {
+        dir,
+        socket,
+        addr,
+        child,
+        lines,
+        log,
+        pids,
+    }
 }
 
 /// A new worker process that dies while another one is still starting (here,
@@ -760,11 +806,7 @@ fn upgrade_both_supervisors(
     let mut new_child = new.child;
     let rest = new.lines.rest();
     assert!(new_child.wait().success(), "{rest:?}");
-    for _ in 0..10 {
-        assert_eq!(served_by(addr), "gen2");
-    }
-    next.signal(libc::SIGTERM);
-    assert!(next.wait().success());
+    serves_alone(addr, 2, next);
 }
 
 /// The old worker process left serving by a given-up new one is restarted
@@ -989,4 +1031,111 @@ fn the_old_process_stops_answering_admin_requests_at_the_hand_over() {
     let head = end_held_request(&mut held);
     assert!(head.contains("server: gen0"), "{head}");
     finish(old);
+}
+
+/// A new worker process that took over but could not bind its control
+/// socket for the next upgrade (failed here at a test gate) binds it again,
+/// backing off, so that the next upgrade takes over its slot too. It used
+/// to serve on without one, holding its slot's lock: the next upgrade's
+/// worker process of its index found nothing to take over from, then the
+/// slot taken, and was given up, upgrade after upgrade.
+#[test]
+fn a_worker_process_that_could_not_bind_its_control_socket_binds_it_again() {
+    let Generation0 {
+        dir: _dir,
+        socket,
+        addr,
+        child: old,
+        lines: old_lines,
+        log: _old_log,
+        pids: _,
+    } = generation_0();
+    let bind_gate = Gate::at(&socket, ".1.bind.gate");
+    let mut cmd = supervisor_command(1, &addr, &socket, Stdio::piped());
+    cmd.env("MEGACONN_TEST_BIND_GATE", "1");
+    let (new, new_lines, new_log) = Log::spawn(&mut cmd);
+    let (pid, mut failing) = bind_gate.next();
+    failing.write_all(b"fail\n").unwrap();
+    drop(failing);
+    // It serves what it took over, and says so.
+    let pids = announced(&new_lines);
+    assert_eq!(pids[1], pid);
+    old_supervisor_finishes(old, old_lines);
+    // It binds the control socket again, after its back-off.
+    let (again, go) = bind_gate.next();
+    assert_eq!(again, pid);
+    drop(go);
+    new_log.wait_for_line("upgrade control socket bound", "attempts=2");
+    // The next upgrade takes over both slots.
+    let mut next = ChildGuard::spawn(&mut supervisor_command(2, &addr, &socket, Stdio::null()));
+    let next_lines = Lines::new(next.child().stdout.take().unwrap());
+    let pids = announced(&next_lines);
+    assert!(pids.iter().all(|&p| p != 0), "{pids:?}");
+    old_supervisor_finishes(new, new_lines);
+    serves_alone(&addr, 2, next);
+}
+
+/// A supervisor that is an upgrade's itself (started with `--upgrade`, as
+/// every one after the first), being upgraded in turn: a restart of its
+/// worker process that finds the slot taken by the next generation's (one
+/// that found nothing to take over from and started afresh) yields to it,
+/// though the supervisor has not heard of a hand-over yet (its worker
+/// process 0 stops at a test gate before saying so). It used to go by its
+/// `--upgrade` and take the slot back from the newer worker process.
+#[test]
+fn a_restart_of_an_upgraded_supervisor_yields_its_slot_to_the_next_generation() {
+    const SLOT_GATE: (&str, &str) = ("MEGACONN_TEST_SLOT_GATE", "1");
+    let Generation0 {
+        dir: _dir,
+        socket,
+        addr,
+        child: gen0,
+        lines: gen0_lines,
+        log: _gen0_log,
+        pids: _,
+    } = generation_0();
+    // Generation 1 takes over in full (the gates below do not exist yet).
+    let mut cmd = supervisor_command(1, &addr, &socket, Stdio::piped());
+    cmd.env(SLOT_GATE.0, SLOT_GATE.1)
+        .env("MEGACONN_TEST_HANDED_GATE", "1");
+    let (gen1, gen1_lines, gen1_log) = Log::spawn(&mut cmd);
+    let gen1_pids = announced(&gen1_lines);
+    old_supervisor_finishes(gen0, gen0_lines);
+    let handed_gate = Gate::at(&socket, ".0.handed.gate");
+    let slot_gate = Gate::slot(&socket, 1);
+    let take_over_gates = [Gate::new(&socket, 0), Gate::new(&socket, 1)];
+    let mut cmd = supervisor_command(2, &addr, &socket, Stdio::piped());
+    cmd.env("MEGACONN_TEST_TAKE_OVER_GATE", "1")
+        .env(SLOT_GATE.0, SLOT_GATE.1);
+    let (gen2, gen2_lines, gen2_log) = Log::spawn(&mut cmd);
+    let (_, hold_first) = take_over_gates[0].next();
+    let (_, hold_second) = take_over_gates[1].next();
+    // Generation 1 restarts its worker process 1; the restart stops before
+    // claiming the slot.
+    // SAFETY: kill(2) on a process the test saw serving; its supervisor
+    // has not reaped it (it restarts it only after hearing of its exit).
+    unsafe { libc::kill(gen1_pids[1], libc::SIGKILL) };
+    gen1_log.wait_for("worker process died; restarting", 1);
+    let (_, hold_old) = slot_gate.next();
+    // Generation 2's worker process 0 takes over; generation 1's stops
+    // before it says it handed over.
+    drop(hold_first);
+    let (_, hold_handed) = handed_gate.next();
+    gen2_log.wait_for("worker process took over from the old one", 0);
+    // Generation 2's worker process 1 finds nothing to take over from and
+    // claims the slot afresh, first.
+    drop(hold_second);
+    gen2_log.wait_for("found no old worker process to take over from", 1);
+    let (fresh, hold_fresh) = slot_gate.next();
+    let pids = announced(&gen2_lines);
+    assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
+    drop(hold_fresh);
+    let line = gen2_lines.expect_line();
+    assert_eq!(line, format!("worker process 1 restarted pid {fresh}"));
+    // Generation 1's restart comes second, and yields.
+    drop(hold_old);
+    gen1_log.wait_for("served by a newer one", 1);
+    drop(hold_handed);
+    old_supervisor_finishes(gen1, gen1_lines);
+    serves_alone(&addr, 2, gen2);
 }
