@@ -612,10 +612,22 @@ async fn serve(
                             control = Some(socket);
                         }
                     }
-                    // Logged where it failed (said too, at a take-over).
-                    Ok(Err(_)) if slot.is_some() => rebind.schedule(),
-                    Ok(Err(_)) | Err(_) => {}
+                    // Logged where it failed (said too, at a take-over);
+                    // no answer: the binding thread panicked.
+                    Ok(Err(_)) | Err(_) => rebind.schedule(),
                 }
+            }
+            () = async { control.as_ref().expect("guarded").lost().await }, if control.is_some() => {
+                // Its thread ended, its listener gone (logged) or by a
+                // panic: bind the control socket anew, as after a failed
+                // bind, and hand it the slot lock.
+                // The old name goes meanwhile, so that a take-over finds
+                // nothing to take over from at once instead of waiting on
+                // a socket nothing accepts on.
+                let lost = control.take().expect("guarded");
+                slot = lost.release();
+                drop(lost);
+                rebind.schedule();
             }
             () = async { rebind.at.as_mut().expect("guarded").await }, if rebind.at.is_some() && !handle.is_shutting_down() => {
                 // Off the event loop: binding may stop at a test gate.
@@ -683,11 +695,14 @@ async fn serve(
 }
 
 /// Binding the control socket again, with a growing back-off, after it
-/// failed: a worker process of a supervisor holds its slot's lock
-/// ([`crate::upgrade::SlotLock`]) until a control socket hands it over, so
-/// without one no upgrade could ever take over its slot (the new worker
-/// process would find nothing to take over from, then the slot taken, and
-/// be given up), upgrade after upgrade.
+/// failed (a worker process's first bind, or any bind at or after a
+/// take-over) or was lost ([`crate::upgrade::ControlSocket::lost`]): without
+/// one nothing can take over from the process, and a worker process of a
+/// supervisor holds its slot's lock ([`crate::upgrade::SlotLock`]) until a
+/// control socket hands it over, so no upgrade could ever take over its
+/// slot (the new worker process would find nothing to take over from, then
+/// the slot taken, and be given up), upgrade after upgrade. (A process's
+/// first bind that fails otherwise is a configuration mistake, reported.)
 struct Rebind {
     /// When to try next; `None`: no try pending.
     at: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -709,16 +724,15 @@ impl Rebind {
         }
     }
 
-    /// The last bind failed: try again after the back-off.
+    /// The last bind failed, or the control socket was lost: try again
+    /// after the back-off.
     fn schedule(&mut self) {
-        let delay = REBIND_START
-            .saturating_mul(1 << self.failures.min(10))
-            .min(REBIND_MAX);
+        let delay = crate::upgrade::backoff(REBIND_START, self.failures, REBIND_MAX);
         self.failures += 1;
         tracing::warn!(
             attempts = self.failures,
             retry_in_ms = delay.as_millis() as u64,
-            "no upgrade control socket: binding it again (until then no upgrade can take over this worker process's slot)"
+            "no upgrade control socket: binding it again (until then no upgrade can take over from this process, nor a worker process's slot)"
         );
         self.at = Some(Box::pin(tokio::time::sleep(delay)));
     }

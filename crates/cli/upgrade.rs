@@ -46,6 +46,22 @@ const MAX_FDS: usize = 253;
 /// How long either side waits for the other's next message.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// First delay before the control socket's `accept` is tried again after
+/// it failed (see [`ControlSocket::serve`]).
+const ACCEPT_RETRY_START: Duration = Duration::from_millis(100);
+
+/// Longest delay between tries of the control socket's `accept` (each
+/// failure logged): a take-over waits at most this long once the process
+/// can accept again.
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The delay before the next try after `failures` failures in a row:
+/// `start`, doubling with each failure, at most `max`. The control socket's
+/// `accept` and its bind again (`serve.rs`) back off so.
+pub fn backoff(start: Duration, failures: u32, max: Duration) -> Duration {
+    start.saturating_mul(1 << failures.min(10)).min(max)
+}
+
 /// Message kinds (the first byte).
 const HELLO: u8 = b'H';
 const LISTENERS: u8 = b'L';
@@ -170,6 +186,14 @@ const TEST_SLOT_GATE_ENV: &str = "MEGACONN_TEST_SLOT_GATE";
 /// before it closes the connection, that bind fails (as on a full disk).
 const TEST_BIND_GATE_ENV: &str = "MEGACONN_TEST_BIND_GATE";
 
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`] for the
+/// control socket's `accept` ([`ControlSocket::serve`]): a process about to
+/// accept stops at the socket's path plus `.accept.gate`; if the test
+/// writes an errno (a number) before it closes the connection, that accept
+/// fails with it instead (as with `EMFILE` in a process at its open-file
+/// limit).
+const TEST_ACCEPT_GATE_ENV: &str = "MEGACONN_TEST_ACCEPT_GATE";
+
 /// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a process
 /// that handed over stops before it says so (`megaconn handed over`), at
 /// its control socket's path plus `.handed.gate`, so that a test can act
@@ -291,6 +315,9 @@ pub struct ControlSocket {
     /// A worker process's slot lock ([`ControlSocket::keep`]), handed over
     /// with the listening sockets.
     slot: std::sync::Arc<std::sync::Mutex<Option<SlotLock>>>,
+    /// Notified when the serving thread ends without a hand-over
+    /// ([`ControlSocket::lost`]).
+    lost: std::sync::Arc<tokio::sync::Notify>,
     path: PathBuf,
     /// The socket file's inode, to remove it at exit only if it is still ours.
     ino: u64,
@@ -328,6 +355,7 @@ impl ControlSocket {
             busy: Default::default(),
             more: Default::default(),
             slot: Default::default(),
+            lost: Default::default(),
             path: path.to_path_buf(),
             ino,
         })
@@ -338,40 +366,114 @@ impl ControlSocket {
     /// process), and the servers added with [`ControlSocket::also`], and
     /// ends the thread. A failed attempt (the new process died,
     /// another user) is logged and the server keeps serving.
+    ///
+    /// An `accept` that fails is logged and tried again, backing off (from
+    /// 100 ms, doubling to 5 s; from the start again once one succeeds),
+    /// while the new process's connection waits in the socket's queue:
+    /// `EMFILE` or `ENFILE` (a process holding connections up to its
+    /// open-file limit: an `accept` that waits has its descriptor already,
+    /// so one called at the limit meets them, after a failed hand-over
+    /// whose descriptor a connection took meanwhile, say), `ENOBUFS`,
+    /// `ENOMEM`, `ECONNABORTED`, `EPROTO`; `EINTR` is tried again at once.
+    /// The thread used to end at the first such failure, leaving the
+    /// process serving with nothing to take over from it, a worker process
+    /// holding its slot's lock for good. Only a listener that is gone
+    /// (`EBADF`, `EINVAL`, `ENOTSOCK`) ends the thread without a hand-over,
+    /// as a panic would: then [`ControlSocket::lost`] returns, and the
+    /// caller binds the control socket anew, as after a failed bind
+    /// (`serve.rs`).
     pub fn serve(&self, handle: ServerHandle) -> std::io::Result<()> {
         let listener = self.listener.try_clone()?;
         let busy = self.busy.clone();
         let more = self.more.clone();
         let slot = self.slot.clone();
+        let lost = self.lost.clone();
         let path = self.path.clone();
         std::thread::Builder::new()
             .name("megaconn-upgrade".into())
-            .spawn(move || loop {
-                let fd = match sock::accept(listener.as_raw_fd()) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        tracing::error!(error = %e, "upgrade control socket: accept failed");
-                        return;
-                    }
-                };
-                // SAFETY: accept returned a fresh descriptor we own.
-                let peer = Peer(unsafe { OwnedFd::from_raw_fd(fd) });
-                let more = more
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
-                match hand_over(&peer, &handle, &more, &busy, &slot, &path) {
-                    Ok(true) => {
-                        refuse_more(&listener);
-                        return;
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(error = format!("{e:#}"), "upgrade failed; still serving")
+            .spawn(move || {
+                // Notified however the thread ends, but by a complete
+                // hand-over.
+                let mut lost = LostOnDrop(Some(lost));
+                loop {
+                    let peer = match accept_peer(&listener, &path) {
+                        Ok(peer) => peer,
+                        Err(e) => {
+                            tracing::error!(error = %e, "upgrade control socket: accept failed: the socket is gone");
+                            return;
+                        }
+                    };
+                    let more = more
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
+                    match hand_over(&peer, &handle, &more, &busy, &slot, &path) {
+                        Ok(true) => {
+                            lost.0 = None;
+                            refuse_more(&listener);
+                            return;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(error = format!("{e:#}"), "upgrade failed; still serving")
+                        }
                     }
                 }
             })
             .map(drop)
+    }
+
+    /// Returns once the thread of [`ControlSocket::serve`] ended without a
+    /// hand-over (its listener gone, or a panic): nothing can take over
+    /// from this process until it binds a control socket anew.
+    pub async fn lost(&self) {
+        self.lost.notified().await;
+    }
+}
+
+/// The next connection on the control socket `listener`, bound at `path`.
+/// A failed `accept` is logged and tried again, backing off (see
+/// [`ControlSocket::serve`]); `Err` only when the listener is gone.
+fn accept_peer(listener: &OwnedFd, path: &Path) -> nix::Result<Peer> {
+    let mut failures = 0;
+    loop {
+        let said = test_gate(path, ".accept", TEST_ACCEPT_GATE_ENV);
+        let failed = std::str::from_utf8(&said)
+            .ok()
+            .and_then(|said| said.trim().parse().ok())
+            .map(nix::Error::from_i32);
+        match failed.map_or_else(|| sock::accept(listener.as_raw_fd()), Err) {
+            // SAFETY: accept returned a fresh descriptor we own.
+            Ok(fd) => return Ok(Peer(unsafe { OwnedFd::from_raw_fd(fd) })),
+            Err(nix::Error::EINTR) => {}
+            Err(e @ (nix::Error::EBADF | nix::Error::EINVAL | nix::Error::ENOTSOCK)) => {
+                return Err(e)
+            }
+            Err(e) => {
+                let delay = backoff(ACCEPT_RETRY_START, failures, ACCEPT_RETRY_MAX);
+                failures += 1;
+                tracing::error!(
+                    error = %e,
+                    attempts = failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "upgrade control socket: accept failed; trying again (a take-over waits until then)"
+                );
+                std::thread::sleep(delay);
+            }
+        }
+    }
+}
+
+/// Notifies [`ControlSocket::lost`] when dropped, unless emptied first (by
+/// a complete hand-over).
+struct LostOnDrop(Option<std::sync::Arc<tokio::sync::Notify>>);
+
+impl Drop for LostOnDrop {
+    fn drop(&mut self) {
+        if let Some(lost) = self.0.take() {
+            // Kept until someone waits, if no one does yet.
+            lost.notify_one();
+        }
     }
 }
 
@@ -792,5 +894,24 @@ mod tests {
         assert!(format!("{err:#}").contains("closed"), "{err:#}");
         let err = take_over(&path).err().expect("refused");
         assert!(err.downcast_ref::<NothingToTakeOver>().is_some(), "{err:#}");
+    }
+
+    /// A control socket whose listener is gone (shut down here, so that
+    /// `accept` fails with `EINVAL`) says it is lost, for its process to
+    /// bind one anew: its thread used to end with a log line only.
+    #[tokio::test]
+    async fn a_control_socket_whose_listener_is_gone_says_it_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        let server = megaconn::Server::bind(([127, 0, 0, 1], 0).into())
+            .workers(1)
+            .listen()
+            .unwrap();
+        let control = ControlSocket::bind(&path).unwrap();
+        control.serve(server.handle()).unwrap();
+        sock::shutdown(control.listener.as_raw_fd(), sock::Shutdown::Both).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), control.lost())
+            .await
+            .expect("the control socket says it is lost");
     }
 }

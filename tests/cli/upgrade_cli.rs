@@ -46,12 +46,7 @@ fn start(n: usize, listen: &str, socket: &Path, extra: &[&str]) -> (Generation, 
     }
     let mut child = ChildGuard::spawn(&mut cmd);
     let lines = Lines::new(child.child().stdout.take().unwrap());
-    let serving = lines.expect_line();
-    let addr = serving
-        .strip_prefix("megaconn serving on http://")
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("not a serving line: {serving}"))
-        .to_string();
+    let addr = serving_addr(&lines);
     let mut admin = String::new();
     if n > 0 {
         loop {
@@ -78,6 +73,17 @@ fn start(n: usize, listen: &str, socket: &Path, extra: &[&str]) -> (Generation, 
         },
         addr,
     )
+}
+
+/// Waits for a server's first line, `megaconn serving on`; returns its
+/// (first) address.
+fn serving_addr(lines: &Lines) -> String {
+    let serving = lines.expect_line();
+    serving
+        .strip_prefix("megaconn serving on http://")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not a serving line: {serving}"))
+        .to_string()
 }
 
 /// Waits for the old generation to drain and exit; returns its hand-over line.
@@ -518,7 +524,8 @@ impl Gate {
 struct Log(mpsc::Receiver<String>);
 
 impl Log {
-    /// Starts a supervisor with its log piped; its stdout read line by line.
+    /// Starts a supervisor (or a server of one process) with its log piped;
+    /// its stdout read line by line.
     fn spawn(cmd: &mut Command) -> (ChildGuard, Lines, Log) {
         cmd.stderr(Stdio::piped()).env("RUST_LOG", "info");
         let mut child = ChildGuard::spawn(cmd);
@@ -1066,13 +1073,25 @@ fn a_worker_process_that_could_not_bind_its_control_socket_binds_it_again() {
     assert_eq!(again, pid);
     drop(go);
     new_log.wait_for_line("upgrade control socket bound", "attempts=2");
-    // The next upgrade takes over both slots.
-    let mut next = ChildGuard::spawn(&mut supervisor_command(2, &addr, &socket, Stdio::null()));
+    next_generation_takes_over_both_slots(2, &addr, &socket, new, new_lines);
+}
+
+/// The next generation `n` (a supervisor of 2 worker processes) takes over
+/// both slots from `old` (its stdout `old_lines`), which finishes; `n`
+/// serves alone, and stops cleanly.
+fn next_generation_takes_over_both_slots(
+    n: usize,
+    addr: &str,
+    socket: &Path,
+    old: ChildGuard,
+    old_lines: Lines,
+) {
+    let mut next = ChildGuard::spawn(&mut supervisor_command(n, addr, socket, Stdio::null()));
     let next_lines = Lines::new(next.child().stdout.take().unwrap());
     let pids = announced(&next_lines);
     assert!(pids.iter().all(|&p| p != 0), "{pids:?}");
-    old_supervisor_finishes(new, new_lines);
-    serves_alone(&addr, 2, next);
+    old_supervisor_finishes(old, old_lines);
+    serves_alone(addr, n, next);
 }
 
 /// A supervisor that is an upgrade's itself (started with `--upgrade`, as
@@ -1138,4 +1157,115 @@ fn a_restart_of_an_upgraded_supervisor_yields_its_slot_to_the_next_generation() 
     drop(hold_handed);
     old_supervisor_finishes(gen1, gen1_lines);
     serves_alone(&addr, 2, gen2);
+}
+
+/// A server whose control socket's `accept` fails for want of a resource
+/// (`EMFILE` here, at a test gate: a process at its open-file limit) tries
+/// again, backing off, and the next upgrade takes over. Its control
+/// socket's thread used to end at the first failed accept, the process
+/// serving on with nothing to take over from it (a worker process of a
+/// supervisor holding its slot for good).
+#[test]
+fn a_server_whose_control_socket_accept_failed_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let gate = Gate::at(&socket, ".accept.gate");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--admin", "off", "--server-header", "gen0"])
+        .arg("--upgrade-socket")
+        .arg(&socket)
+        .env("MEGACONN_TEST_ACCEPT_GATE", "1")
+        .stdout(Stdio::piped());
+    let (old, old_lines, old_log) = Log::spawn(&mut cmd);
+    let addr = serving_addr(&old_lines);
+    let (pid, mut failing) = gate.next();
+    assert_eq!(pid, old.id());
+    writeln!(failing, "{}", libc::EMFILE).unwrap();
+    drop(failing);
+    old_log.wait_for_line(
+        "upgrade control socket: accept failed; trying again",
+        "EMFILE",
+    );
+    // Its next accept, after the back-off, passes the gate.
+    let (again, go) = gate.next();
+    assert_eq!(again, pid);
+    drop((go, gate));
+    let (new, _) = start(1, &addr, &socket, &[]);
+    finish(Generation {
+        child: old,
+        lines: old_lines,
+        admin: String::new(),
+    });
+    serves_alone(&addr, 1, new.child);
+}
+
+/// A copy of process `pid`'s listening control socket, bound at `socket`
+/// (under a temporary name first, the one `/proc/net/unix` shows), taken
+/// with pidfd_getfd(2); `None` where this host does not allow that.
+fn control_listener_of(pid: i32, socket: &Path) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let bound = socket.with_extension(format!("{pid}.tmp"));
+    let bound = bound.to_str().unwrap();
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let inode = unix
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(7) == Some(&bound)).then(|| fields[6].to_string())
+        })
+        .unwrap_or_else(|| panic!("{bound} is not in /proc/net/unix"));
+    let target = format!("socket:[{inode}]");
+    let fd: i32 = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| std::fs::read_link(path).is_ok_and(|link| link.as_os_str() == target.as_str()))
+        .and_then(|path| path.file_name()?.to_str()?.parse().ok())
+        .expect("the process holds its control socket");
+    // SAFETY: pidfd_open(2) with integer arguments.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if pidfd < 0 {
+        return None;
+    }
+    // SAFETY: pidfd_getfd(2) with integer arguments, then closing the
+    // pidfd we opened.
+    let copy = unsafe {
+        let copy = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        libc::close(pidfd);
+        copy
+    };
+    // SAFETY: a descriptor pidfd_getfd just installed here for us.
+    (copy >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) })
+}
+
+/// A worker process of a supervisor whose control socket's listener is
+/// gone (shut down here, through a copy of it, so that its accept fails
+/// with `EINVAL`) binds the control socket anew, with its slot's lock, and
+/// the next upgrade takes over both slots. Its control socket's thread used
+/// to end with a log line, the process serving on with nothing to take over
+/// from it and holding its slot's lock for good: the next upgrade's worker
+/// process found nothing to take over from, then the slot taken, and was
+/// given up, upgrade after upgrade.
+#[test]
+fn a_worker_process_whose_control_socket_is_gone_binds_it_anew() {
+    use std::os::fd::AsRawFd as _;
+    let Generation0 {
+        dir: _dir,
+        socket,
+        addr,
+        child: old,
+        lines: old_lines,
+        log: old_log,
+        pids,
+    } = generation_0();
+    let mut slot = socket.as_os_str().to_owned();
+    slot.push(".1");
+    let Some(listener) = control_listener_of(pids[1], Path::new(&slot)) else {
+        common::skip("pidfd_getfd(2) is not allowed here: a control socket's lost listener");
+        return;
+    };
+    // SAFETY: shutdown(2) on our copy of it.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    old_log.wait_for_line("upgrade control socket bound", "attempts=2");
+    next_generation_takes_over_both_slots(1, &addr, &socket, old, old_lines);
 }
