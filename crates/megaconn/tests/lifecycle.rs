@@ -1,5 +1,9 @@
 //! Connection and server lifecycle: panics, cancellation, graceful shutdown,
-//! the connection limit, buffer return on idle, and binding errors.
+//! the connection limit, buffer return on idle, and binding errors; and the
+//! rate-limited lines a peer's input over a limit logs (a request body, a
+//! native WebSocket's frame or message, a framed connection's frame or
+//! line), which need this binary's process-wide log capture (the
+//! `integration` binary has none, by design).
 
 mod common;
 
@@ -137,8 +141,9 @@ async fn a_connection_forced_closed_while_waiting_leaves_the_idle_gauge() {
 }
 
 /// The `tracing` events at INFO and above, from every thread (the server's
-/// workers included), as `message` plus ` suppressed=N` when the event has
-/// that field, for a test to wait on what the server says it does.
+/// workers included), as `message` plus ` size=N`, ` limit=N` and
+/// ` suppressed=N` for the fields the event has, for a test to wait on what
+/// the server says it does.
 static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// A `tracing` subscriber that keeps each INFO, WARN or ERROR event in
@@ -156,8 +161,10 @@ impl tracing::Subscriber for CaptureLog {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
+        /// The fields kept after the message, in this order.
+        const FIELDS: [&str; 3] = ["size", "limit", "suppressed"];
         #[derive(Default)]
-        struct Line(String, Option<u64>);
+        struct Line(String, [Option<u64>; 3]);
         impl tracing::field::Visit for Line {
             fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
                 if f.name() == "message" {
@@ -165,15 +172,17 @@ impl tracing::Subscriber for CaptureLog {
                 }
             }
             fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
-                if f.name() == "suppressed" {
-                    self.1 = Some(v);
+                if let Some(i) = FIELDS.iter().position(|&name| name == f.name()) {
+                    self.1[i] = Some(v);
                 }
             }
         }
         let mut line = Line::default();
         event.record(&mut line);
-        if let Some(n) = line.1 {
-            line.0 += &format!(" suppressed={n}");
+        for (name, value) in FIELDS.iter().zip(line.1) {
+            if let Some(n) = value {
+                line.0 += &format!(" {name}={n}");
+            }
         }
         LOGGED.lock().unwrap().push(line.0);
     }
@@ -391,4 +400,198 @@ async fn a_thousand_bodies_over_the_limit_log_one_line_per_interval() {
         "{counted} events in {} lines",
         lines.len()
     );
+}
+
+/// Echoes each WebSocket message.
+struct WsEcho;
+
+impl megaconn::WebSocketHandler for WsEcho {
+    type State = ();
+
+    async fn on_message(
+        &self,
+        _: &mut (),
+        message: megaconn::WsMessage,
+        _: &megaconn::WsSession,
+    ) -> Option<megaconn::WsMessage> {
+        Some(message)
+    }
+}
+
+/// The next message `client` reads (bounded by [`SAFETY`]).
+async fn next_ws<S>(client: &mut S) -> tokio_tungstenite::tungstenite::Message
+where
+    S: futures_util::Stream<
+            Item = tokio_tungstenite::tungstenite::Result<tokio_tungstenite::tungstenite::Message>,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(SAFETY, client.next())
+        .await
+        .expect("a message in time")
+        .expect("the socket open")
+        .expect("a message")
+}
+
+/// A native WebSocket past its limits, as an `axum_ws` socket
+/// (`ws_axum.rs`): a frame over `max_frame_bytes` or a message over
+/// `max_message_bytes` closes with 1009 and a reason naming the limit, is
+/// counted in `megaconn_limit_hits_total{limit="ws_message_too_big"}`, and
+/// logs a (rate-limited) line naming the `WebSocketRoute` setting, with the
+/// size and the limit. It logged at debug only, a line per event.
+#[tokio::test]
+async fn a_websocket_past_its_limit_closes_with_1009_and_logs_the_setting() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+    capture_log();
+    // Limits of this test's own: its lines are told from any other test's.
+    for (setting, what, limit) in [
+        ("max_frame_bytes", "frame", 1001),
+        ("max_message_bytes", "message", 1002),
+    ] {
+        let route = megaconn::WebSocketRoute::new(WsEcho);
+        let route = match setting {
+            "max_frame_bytes" => route.max_frame_bytes(limit),
+            _ => route.max_message_bytes(limit),
+        };
+        // A server (so a worker, with its own log limiter) per setting.
+        let server = common::AppServer::start(
+            megaconn::Server::builder()
+                .workers(1)
+                .listen_on("127.0.0.1:0".parse().unwrap()),
+            axum::Router::new().route_service("/ws", route),
+        );
+        let url = format!("ws://{}/ws", server.addrs[0]);
+        let (mut client, _) = tokio::time::timeout(SAFETY, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+        // At the limit: echoed.
+        let fits = Message::binary(vec![7u8; limit]);
+        client.send(fits.clone()).await.unwrap();
+        assert_eq!(next_ws(&mut client).await, fits, "{setting}");
+        client
+            .send(Message::binary(vec![7u8; limit + 1]))
+            .await
+            .unwrap();
+        match next_ws(&mut client).await {
+            Message::Close(Some(frame)) => {
+                assert_eq!(frame.code, CloseCode::Size, "{setting}");
+                assert_eq!(frame.reason.as_str(), format!("{what} over {setting}"));
+            }
+            other => panic!("{setting}: expected close 1009, got {other:?}"),
+        }
+        // After a violation the server reads the peer's bytes away until it
+        // hangs up (a lingering close): hanging up spares its close timeout.
+        drop(client);
+        common::wait_stats(&server.handle, "the limit hit counted", |s| {
+            s.limit_hits.contains(&("ws_message_too_big", 1))
+        })
+        .await;
+        let metrics = server.handle.render_metrics();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == "megaconn_limit_hits_total{limit=\"ws_message_too_big\"} 1"),
+            "{setting}: {metrics}"
+        );
+        // Logged before the close frame went out.
+        let line = format!(
+            "WebSocket {what} over WebSocketRoute::{setting}; closing with 1009 size={} limit={limit} suppressed=0",
+            limit + 1
+        );
+        let logged = LOGGED.lock().unwrap().clone();
+        assert!(logged.contains(&line), "no {line:?} among {logged:?}");
+        assert!(server.stop().await, "{setting}: the server stops");
+    }
+}
+
+/// Echoes each frame and reports each connection's close reason.
+struct FramedEcho(tokio::sync::mpsc::UnboundedSender<megaconn::CloseReason>);
+
+impl megaconn::FramedHandler for FramedEcho {
+    type State = ();
+
+    async fn on_message(
+        &self,
+        _: &mut (),
+        frame: bytes::Bytes,
+        _: &megaconn::Session,
+    ) -> Option<bytes::Bytes> {
+        Some(frame)
+    }
+
+    fn on_close(&self, _: (), reason: megaconn::CloseReason) {
+        let _ = self.0.send(reason);
+    }
+}
+
+/// A framed connection past its limit: a length header over
+/// `Framing::max_frame_bytes` or a line over `Framing::max_line_bytes`
+/// closes the connection with its reason, is counted in
+/// `megaconn_limit_hits_total` (`framed_max_frame_bytes`,
+/// `framed_max_line_bytes`), and logs a (rate-limited) line naming the
+/// setting, with the limit (and a frame's announced size). It logged at
+/// debug only, a line per event.
+#[tokio::test]
+async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
+    use megaconn::{CloseReason, Framing, FramingError, ProtocolDetail};
+    capture_log();
+    // Limits of this test's own: its lines are told from any other test's.
+    let cases = [
+        (
+            Framing::length_prefixed(4).max_frame_bytes(1003),
+            1004u32.to_be_bytes().to_vec(),
+            FramingError::FrameTooLarge,
+            "framed_max_frame_bytes",
+            "framed TCP frame over Framing::max_frame_bytes; closing size=1004 limit=1003 suppressed=0",
+        ),
+        (
+            Framing::lines().max_line_bytes(1005),
+            [&[b'l'; 1006][..], b"\n"].concat(),
+            FramingError::LineTooLong,
+            "framed_max_line_bytes",
+            "framed TCP line over Framing::max_line_bytes; closing limit=1005 suppressed=0",
+        ),
+    ];
+    for (framing, past, error, label, line) in cases {
+        // A server (so a worker, with its own log limiter) per setting.
+        let server = megaconn::Server::builder()
+            .workers(1)
+            .listen_framed_on("127.0.0.1:0".parse().unwrap(), framing)
+            .listen()
+            .expect("server binds");
+        let addr = server.local_addr();
+        let handle = server.handle();
+        let (closes, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(server.serve_framed(FramedEcho(closes)));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&past).await.unwrap();
+        assert_eq!(read_to_close(&mut s).await, b"", "{label}");
+        let reason = tokio::time::timeout(SAFETY, closed.recv()).await.unwrap();
+        assert_eq!(
+            reason,
+            Some(CloseReason::Protocol(ProtocolDetail::Framing(error)))
+        );
+        common::wait_stats(&handle, "the limit hit counted", |s| {
+            s.limit_hits.contains(&(label, 1))
+        })
+        .await;
+        let metrics = handle.render_metrics();
+        let metric = format!("megaconn_limit_hits_total{{limit=\"{label}\"}} 1");
+        assert!(metrics.lines().any(|l| l == metric), "{label}: {metrics}");
+        // Logged before the connection closed.
+        let logged = LOGGED.lock().unwrap().clone();
+        assert!(
+            logged.iter().any(|l| l == line),
+            "no {line:?} among {logged:?}"
+        );
+        handle.shutdown();
+        tokio::time::timeout(SAFETY, task)
+            .await
+            .expect("server stops")
+            .expect("server task")
+            .expect("serve result");
+    }
 }

@@ -1,10 +1,11 @@
 //! Log lines a peer can repeat at will, held to one per interval per kind
 //! per worker: a request over a limit, a malformed body, a slow consumer,
 //! a socket the kernel will not watch, an upgrade no handler took, a
-//! WebSocket message over an `axum_ws` socket's limit. Each line that gets
-//! through carries `suppressed`, how many were held back since the one
-//! before; the counters (`megaconn_limit_hits_total`, close reasons) keep
-//! the count of every one.
+//! WebSocket frame or message over its limit (native or `axum_ws`), a
+//! framed TCP frame or line over its limit. The limits' lines name the
+//! setting to raise. Each line that gets through carries `suppressed`, how
+//! many were held back since the one before; the counters
+//! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
 //!
 //! A worker is one thread, so its logs are thread-local: no lock, and no
 //! plumbing to the many places (the body readers, the message tables)
@@ -65,13 +66,22 @@ pub(crate) enum Flood {
     /// A handler switched protocols without waiting on `OnUpgrade` (each
     /// such request a peer sends logs it).
     UnclaimedUpgrade,
-    /// An `axum_ws` socket closed with 1009: a frame or message over its
-    /// `max_frame_size` or `max_message_size`.
+    /// A WebSocket closed with 1009: a frame or message over a native
+    /// route's `max_frame_bytes` or `max_message_bytes`, or an `axum_ws`
+    /// socket's `max_frame_size` or `max_message_size` (one kind: one limit
+    /// hit, `ws_message_too_big`, either way).
     WsMessageTooBig,
+    /// A framed TCP connection closed for a frame over
+    /// `Framing::max_frame_bytes` or a line over `Framing::max_line_bytes`.
+    FramedTooBig,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 6;
+const KINDS: usize = 7;
+
+// The last kind's index is in the table: a kind added without counting it
+// fails the build, not a worker.
+const _: () = assert!(Flood::FramedTooBig as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
@@ -82,6 +92,34 @@ thread_local! {
 /// Logs one event of `kind` through this worker's limiter for it.
 pub(crate) fn log(kind: Flood, emit: impl FnOnce(u64)) {
     LOGS.with(|logs| logs[kind as usize].log(emit));
+}
+
+/// A peer's frame, message or line over a limit, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OverLimit {
+    /// What went over, e.g. `WebSocket frame`.
+    pub(crate) what: &'static str,
+    /// The setting that limits it, e.g. `Framing::max_line_bytes`.
+    pub(crate) setting: &'static str,
+    /// Its size, where known cheaply.
+    pub(crate) size: Option<u64>,
+    /// The limit it went over.
+    pub(crate) limit: u64,
+}
+
+/// Logs (limited, as `kind`) that a peer went over a limit, naming the
+/// setting, and `then`, what the connection does about it.
+pub(crate) fn over_limit(kind: Flood, over: OverLimit, then: &str) {
+    log(kind, |suppressed| {
+        tracing::info!(
+            size = over.size,
+            limit = over.limit,
+            suppressed,
+            "{} over {}; {then}",
+            over.what,
+            over.setting
+        )
+    });
 }
 
 /// Logs (limited) that a connection's socket could not be added to an epoll

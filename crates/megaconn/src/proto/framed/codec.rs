@@ -8,10 +8,11 @@
 //! frame a header announces as soon as it reads the header, so a peer that
 //! sent a header and a byte held `max_frame_bytes` of memory per connection
 //! until `message_timeout`. This module also maps the codecs' errors to a
-//! [`FramingError`] close reason, and knows whether the codec is between
-//! frames, which decides whether a connection may park. That is not the same
-//! as "the buffer is empty": a header is consumed as soon as it is whole, and
-//! its body waited for with an empty buffer.
+//! [`FramingError`] close reason (and a limit's to what went over it, for
+//! the log line: [`FrameCodec::over_limit`]), and knows whether the codec is
+//! between frames, which decides whether a connection may park. That is not
+//! the same as "the buffer is empty": a header is consumed as soon as it is
+//! whole, and its body waited for with an empty buffer.
 
 use std::io;
 
@@ -19,6 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LinesCodec, LinesCodecError};
 
 use crate::observe::close::FramingError;
+use crate::observe::ratelog::OverLimit;
 
 /// Default largest frame body of length-prefixed framing: 64 KiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -246,6 +248,28 @@ impl FrameCodec {
         }
     }
 
+    /// What `error`, from [`decode`](Self::decode) on `buf`, was over if it
+    /// was a limit (not malformed input). Only on the rejection path: a
+    /// refused header is still at the front of `buf`, and read again.
+    pub(crate) fn over_limit(&self, error: FramingError, buf: &[u8]) -> Option<OverLimit> {
+        match (&self.inner, error) {
+            (Inner::Length { decoder, .. }, FramingError::FrameTooLarge) => Some(OverLimit {
+                what: "framed TCP frame",
+                setting: "Framing::max_frame_bytes",
+                size: decoder.header_value(buf),
+                limit: decoder.max,
+            }),
+            (Inner::Lines { max, .. }, FramingError::LineTooLong) => Some(OverLimit {
+                what: "framed TCP line",
+                setting: "Framing::max_line_bytes",
+                // The codec threw the line (or what came of it) away.
+                size: None,
+                limit: *max as u64,
+            }),
+            _ => None,
+        }
+    }
+
     /// True between frames: nothing of a frame has been read, given what is
     /// left in `buf`. Only then may the connection park.
     pub(crate) fn between_frames(&self, buf: &[u8]) -> bool {
@@ -296,13 +320,9 @@ impl LengthDecoder {
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
         let n = match self.body {
             Some(n) => n,
-            None if buf.len() < self.header_bytes => return Ok(None),
             None => {
-                let mut header = &buf[..self.header_bytes];
-                let value = if self.big_endian {
-                    header.get_uint(self.header_bytes)
-                } else {
-                    header.get_uint_le(self.header_bytes)
+                let Some(value) = self.header_value(buf) else {
+                    return Ok(None);
                 };
                 // Refused before any of the body is read.
                 if value > self.max {
@@ -325,6 +345,16 @@ impl LengthDecoder {
         }
         self.body = None;
         Ok(Some(buf.split_to(n).freeze()))
+    }
+
+    /// The value of the length header at the front of `buf`, once whole.
+    fn header_value(&self, buf: &[u8]) -> Option<u64> {
+        let mut header = buf.get(..self.header_bytes)?;
+        Some(if self.big_endian {
+            header.get_uint(self.header_bytes)
+        } else {
+            header.get_uint_le(self.header_bytes)
+        })
     }
 }
 
@@ -669,6 +699,37 @@ mod tests {
             codec.encode(Bytes::from("two\nlines"), &mut out),
             Err(FramingError::BadHeader)
         );
+    }
+
+    /// A limit hit says what it was over (a frame with its announced size,
+    /// read from the header left in the buffer); malformed input is over
+    /// nothing (it logs at debug, not as a limit).
+    #[test]
+    fn a_limit_hit_names_its_setting_and_malformed_input_none() {
+        let mut codec = Framing::length_prefixed(2).max_frame_bytes(10).codec();
+        let mut buf = BytesMut::from(&[0u8, 11, 1][..]);
+        let error = codec.decode(&mut buf).unwrap_err();
+        assert_eq!(
+            codec.over_limit(error, &buf),
+            Some(OverLimit {
+                what: "framed TCP frame",
+                setting: "Framing::max_frame_bytes",
+                size: Some(11),
+                limit: 10,
+            })
+        );
+        assert_eq!(codec.over_limit(FramingError::BadHeader, &buf), None);
+        let lines = Framing::lines().max_line_bytes(4).codec();
+        assert_eq!(
+            lines.over_limit(FramingError::LineTooLong, b""),
+            Some(OverLimit {
+                what: "framed TCP line",
+                setting: "Framing::max_line_bytes",
+                size: None,
+                limit: 4,
+            })
+        );
+        assert_eq!(lines.over_limit(FramingError::NotUtf8, b""), None);
     }
 
     #[test]

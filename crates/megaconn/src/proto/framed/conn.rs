@@ -49,8 +49,10 @@ use crate::message::session::Session;
 use crate::message::table::Parked;
 use crate::message::wake::{heartbeat_timed_out, resume};
 use crate::message::worker::Awake;
-use crate::observe::close::{CloseReason, ProtocolDetail};
+use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
+use crate::observe::limits::LimitHit;
+use crate::observe::ratelog::{self, Flood, OverLimit};
 use crate::observe::stats::{add, incr};
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
@@ -268,10 +270,10 @@ pub(crate) async fn serve<H: FramedHandler>(
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(error) => {
-                        give_back(&ctx, &mut buf);
                         incr(&ctx.stats.protocol_errors);
-                        tracing::debug!(%error, "framing error; closing");
-                        crate::observe::limits::LimitHit::from(error).count(&ctx.stats);
+                        LimitHit::from(error).count(&ctx.stats);
+                        log_framing_error(error, codec.over_limit(error, b));
+                        give_back(&ctx, &mut buf);
                         let reason = CloseReason::Protocol(ProtocolDetail::Framing(error));
                         return Ended::Close(live.close(reason));
                     }
@@ -594,6 +596,16 @@ async fn wait_read(
             read = reading => Read::Done(read),
             () = Awake::pushed(inbox) => Read::Pushed,
         }
+    }
+}
+
+/// Logs a framing error: a frame or line over its limit at info, naming the
+/// [`Framing`] setting, at most once per interval per worker (a peer can
+/// repeat it at will); malformed input at debug.
+fn log_framing_error(error: FramingError, over: Option<OverLimit>) {
+    match over {
+        Some(over) => ratelog::over_limit(Flood::FramedTooBig, over, "closing"),
+        None => tracing::debug!(%error, "framing error; closing"),
     }
 }
 

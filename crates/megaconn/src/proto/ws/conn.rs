@@ -53,6 +53,8 @@ use crate::message::wake::heartbeat_timed_out;
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
+use crate::observe::limits::LimitHit;
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
@@ -535,18 +537,24 @@ fn queued(
         .map(|close| Next::Close(CloseReason::ServerClosed, Some(close)))
 }
 
-/// A frame broke the protocol: counted, logged, closed with its code.
+/// A frame broke the protocol: counted, logged, closed with its code. A
+/// limit hit is logged at info, naming the setting, at most once per
+/// interval per worker (a peer can repeat it at will), as an `axum_ws`
+/// socket's 1009 is; other violations at debug.
 fn violated(ctx: &WorkerContext, violation: Violation) -> Next {
     let code = violation.code();
     incr(&ctx.stats.protocol_errors);
-    if matches!(violation, Violation::TooBig(_)) {
-        crate::observe::limits::LimitHit::WsMessageTooBig.count(&ctx.stats);
+    if let Violation::TooBig(too_big) = violation {
+        LimitHit::WsMessageTooBig.count(&ctx.stats);
+        let over = too_big.over_limit();
+        ratelog::over_limit(Flood::WsMessageTooBig, over, "closing with 1009");
+    } else {
+        tracing::debug!(
+            code,
+            reason = violation.reason(),
+            "WebSocket protocol error; closing"
+        );
     }
-    tracing::debug!(
-        code,
-        reason = violation.reason(),
-        "WebSocket protocol error; closing"
-    );
     Next::Close(
         CloseReason::Protocol(ProtocolDetail::WebSocket(code)),
         Some((code, violation.reason().to_owned())),

@@ -37,6 +37,7 @@ use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::Utf8Bytes;
 
 use super::deflate::{Codec, Deflate, InflateError};
+use crate::observe::ratelog::OverLimit;
 
 /// How much room a frame still arriving is given at a time, past what is in
 /// hand: enough for a few reads, never what a header alone announces.
@@ -102,7 +103,48 @@ pub(crate) enum Violation {
     BadUtf8,
     /// 1009: a frame over `max_frame_bytes` or a message over
     /// `max_message_bytes`.
-    TooBig(&'static str),
+    TooBig(TooBig),
+}
+
+/// A frame or message over one of the route's size limits: which, how big,
+/// and the limit, for the close reason and the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooBig {
+    /// A frame over `max_frame_bytes`, else a message over
+    /// `max_message_bytes`.
+    pub(crate) frame: bool,
+    /// Its size: a frame's announced length, or a message's bytes gathered
+    /// so far plus its next frame's. `None` for a message that inflated
+    /// past the limit (inflating stops there).
+    pub(crate) size: Option<u64>,
+    /// The limit it is over.
+    pub(crate) limit: usize,
+}
+
+impl TooBig {
+    /// What went over which `WebSocketRoute` setting, for the log line.
+    pub(crate) fn over_limit(self) -> OverLimit {
+        let (what, setting) = if self.frame {
+            ("WebSocket frame", "WebSocketRoute::max_frame_bytes")
+        } else {
+            ("WebSocket message", "WebSocketRoute::max_message_bytes")
+        };
+        OverLimit {
+            what,
+            setting,
+            size: self.size,
+            limit: self.limit as u64,
+        }
+    }
+
+    /// A message over `max_message_bytes`.
+    fn message(size: Option<u64>, limit: usize) -> Violation {
+        Violation::TooBig(TooBig {
+            frame: false,
+            size,
+            limit,
+        })
+    }
 }
 
 impl Violation {
@@ -120,7 +162,8 @@ impl Violation {
         match self {
             Violation::Protocol(why) => why,
             Violation::BadUtf8 => "text is not valid UTF-8",
-            Violation::TooBig(which) => which,
+            Violation::TooBig(TooBig { frame: true, .. }) => "frame over max_frame_bytes",
+            Violation::TooBig(TooBig { frame: false, .. }) => "message over max_message_bytes",
         }
     }
 }
@@ -210,7 +253,11 @@ impl Decoder {
             }
         }
         if length > limits.max_frame_bytes as u64 {
-            return Err(Violation::TooBig("frame over max_frame_bytes"));
+            return Err(Violation::TooBig(TooBig {
+                frame: true,
+                size: Some(length),
+                limit: limits.max_frame_bytes,
+            }));
         }
         let length = length as usize;
         if let OpCode::Data(data) = header.opcode {
@@ -224,8 +271,9 @@ impl Decoder {
                 (Some(partial), _) => partial.data.len(),
                 (None, _) => 0,
             };
-            if gathered.saturating_add(length) > limits.max_message_bytes {
-                return Err(Violation::TooBig("message over max_message_bytes"));
+            let size = gathered.saturating_add(length);
+            if size > limits.max_message_bytes {
+                return Err(TooBig::message(Some(size as u64), limits.max_message_bytes));
             }
         }
         let wanted = header_len.saturating_add(length);
@@ -313,7 +361,7 @@ impl Decoder {
                 InflateError::Corrupt => {
                     Violation::Protocol("compressed data is not valid deflate")
                 }
-                InflateError::TooBig => Violation::TooBig("message over max_message_bytes"),
+                InflateError::TooBig => TooBig::message(None, max),
             }),
             _ => Ok(payload),
         }
@@ -588,7 +636,11 @@ mod tests {
         let mut buf = BytesMut::from(&client(0x82, &[0; 1000])[..8]);
         assert_eq!(
             decoder.decode(&mut buf, limits),
-            Err(Violation::TooBig("frame over max_frame_bytes"))
+            Err(Violation::TooBig(TooBig {
+                frame: true,
+                size: Some(1000),
+                limit: 100
+            }))
         );
         let mut decoder = Decoder::default();
         let mut bytes = client(0x02, &[0; 100]);
@@ -596,7 +648,28 @@ mod tests {
         let mut buf = BytesMut::from(&bytes[..]);
         assert_eq!(
             decoder.decode(&mut buf, limits),
-            Err(Violation::TooBig("message over max_message_bytes"))
+            Err(TooBig::message(Some(160), 150))
+        );
+    }
+
+    /// A compressed message within the frame limit that inflates past
+    /// `max_message_bytes` is over that, its size not known (inflating
+    /// stops at the limit).
+    #[test]
+    fn a_message_inflating_past_the_limit_is_too_big() {
+        let codec = Rc::new(Codec::default());
+        let mut compressed = Vec::new();
+        codec.compress(Deflate { window_bits: 15 }, &[7; 1000], &mut compressed);
+        let limits = Limits {
+            max_frame_bytes: 100,
+            max_message_bytes: 100,
+        };
+        assert!(compressed.len() <= 100, "{}", compressed.len());
+        let mut decoder = Decoder::with_deflate(Some(codec));
+        let mut buf = BytesMut::from(&client(0xC2, &compressed)[..]);
+        assert_eq!(
+            decoder.decode(&mut buf, limits),
+            Err(TooBig::message(None, 100))
         );
     }
 

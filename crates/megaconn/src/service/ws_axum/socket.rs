@@ -32,7 +32,7 @@ use super::io::{Bridge, Buffers};
 use crate::conn::config::DEFAULT_WS_CLOSE_TIMEOUT;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::limits::LimitHit;
-use crate::observe::ratelog::{self, Flood};
+use crate::observe::ratelog::{self, Flood, OverLimit};
 use crate::service::upgrade::Upgraded;
 
 /// A WebSocket connection after the upgrade: receive with [`recv`](Self::recv)
@@ -243,15 +243,13 @@ impl WebSocket {
         match error {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 self.io.limit_hit(LimitHit::WsMessageTooBig);
-                let setting = self.size_setting(*max_size);
-                ratelog::log(Flood::WsMessageTooBig, |suppressed| {
-                    tracing::info!(
-                        size,
-                        limit = max_size,
-                        suppressed,
-                        "WebSocket message over {setting}; closing with 1009"
-                    )
-                });
+                let over = OverLimit {
+                    what: "WebSocket message",
+                    setting: self.size_setting(*max_size),
+                    size: Some(*size as u64),
+                    limit: *max_size as u64,
+                };
+                ratelog::over_limit(Flood::WsMessageTooBig, over, "closing with 1009");
             }
             _ => {
                 tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame")
