@@ -627,7 +627,12 @@ async fn serve(
                 let lost = control.take().expect("guarded");
                 slot = lost.release();
                 drop(lost);
-                rebind.schedule();
+                // A process shutting down binds none (nor says it will): it
+                // is leaving, and after a hand-over the name is the newer
+                // process's.
+                if !handle.is_shutting_down() {
+                    rebind.schedule();
+                }
             }
             () = async { rebind.at.as_mut().expect("guarded").await }, if rebind.at.is_some() && !handle.is_shutting_down() => {
                 // Off the event loop: binding may stop at a test gate.

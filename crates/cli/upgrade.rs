@@ -381,8 +381,14 @@ impl ControlSocket {
     /// (`EBADF`, `EINVAL`, `ENOTSOCK`) ends the thread without a hand-over,
     /// as a panic would: then [`ControlSocket::lost`] returns, and the
     /// caller binds the control socket anew, as after a failed bind
-    /// (`serve.rs`).
+    /// (`serve.rs`). A panic after the new process said it serves does not
+    /// count: the name is the new process's.
     pub fn serve(&self, handle: ServerHandle) -> std::io::Result<()> {
+        self.spawn(handle).map(drop)
+    }
+
+    /// [`ControlSocket::serve`], returning its thread (for a test to join).
+    fn spawn(&self, handle: ServerHandle) -> std::io::Result<std::thread::JoinHandle<()>> {
         let listener = self.listener.try_clone()?;
         let busy = self.busy.clone();
         let more = self.more.clone();
@@ -392,8 +398,8 @@ impl ControlSocket {
         std::thread::Builder::new()
             .name("megaconn-upgrade".into())
             .spawn(move || {
-                // Notified however the thread ends, but by a complete
-                // hand-over.
+                // Notified however the thread ends before a new process
+                // said it serves (see `hand_over`).
                 let mut lost = LostOnDrop(Some(lost));
                 loop {
                     let peer = match accept_peer(&listener, &path) {
@@ -407,9 +413,8 @@ impl ControlSocket {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .clone();
-                    match hand_over(&peer, &handle, &more, &busy, &slot, &path) {
+                    match hand_over(&peer, &handle, &more, &busy, &slot, &path, &mut lost) {
                         Ok(true) => {
-                            lost.0 = None;
                             refuse_more(&listener);
                             return;
                         }
@@ -420,12 +425,13 @@ impl ControlSocket {
                     }
                 }
             })
-            .map(drop)
     }
 
-    /// Returns once the thread of [`ControlSocket::serve`] ended without a
-    /// hand-over (its listener gone, or a panic): nothing can take over
-    /// from this process until it binds a control socket anew.
+    /// Returns once the thread of [`ControlSocket::serve`] ended before a
+    /// new process said it serves (its listener gone, or a panic): nothing
+    /// can take over from this process until it binds a control socket
+    /// anew. Not after that, however the thread ends: the name is the new
+    /// process's then, and this one is leaving.
     pub async fn lost(&self) {
         self.lost.notified().await;
     }
@@ -464,9 +470,15 @@ fn accept_peer(listener: &OwnedFd, path: &Path) -> nix::Result<Peer> {
     }
 }
 
-/// Notifies [`ControlSocket::lost`] when dropped, unless emptied first (by
-/// a complete hand-over).
+/// Notifies [`ControlSocket::lost`] when dropped, unless disarmed first (by
+/// a hand-over, once the new process said it serves).
 struct LostOnDrop(Option<std::sync::Arc<tokio::sync::Notify>>);
+
+impl LostOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for LostOnDrop {
     fn drop(&mut self) {
@@ -541,7 +553,7 @@ impl Drop for ControlSocket {
 
 /// The old process's side of one upgrade, on the control socket at `path`.
 /// `Ok(false)`: the new process went away before it was ready; this one
-/// keeps serving.
+/// keeps serving. `lost` is disarmed once the new process said it serves.
 fn hand_over(
     peer: &Peer,
     handle: &ServerHandle,
@@ -549,6 +561,7 @@ fn hand_over(
     busy: &std::sync::Mutex<bool>,
     slot: &std::sync::Mutex<Option<SlotLock>>,
     path: &Path,
+    lost: &mut LostOnDrop,
 ) -> anyhow::Result<bool> {
     peer.set_timeout()?;
     let cred = sock::getsockopt(peer.0.as_raw_fd(), sock::sockopt::PeerCredentials)?;
@@ -601,6 +614,13 @@ fn hand_over(
             return Ok(false);
         }
     }
+    // The new process serves, and binds its own control socket at `path`
+    // next: should this thread end now (a panic further on), the process
+    // must not bind one again, renaming it over the new process's (the
+    // next upgrade would come here).
+    lost.disarm();
+    #[cfg(test)]
+    tests::panic_after_ready(path);
     let started = Instant::now();
     // The new process serves the slot now: its copy of the lock is the
     // lock. (Had it gone away before this, this one would still hold it.)
@@ -862,6 +882,47 @@ fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The control socket name at which a hand-over panics once the new
+    /// process said it serves ([`panic_after_ready`]).
+    const PANIC_AFTER_READY: &str = "panic-after-ready.sock";
+
+    /// A test's stand-in for a panic in a hand-over after the new process
+    /// said it serves (in `hand_over_parked`, say), at the control socket
+    /// named [`PANIC_AFTER_READY`] only.
+    pub(super) fn panic_after_ready(path: &Path) {
+        if path.file_name() == Some(PANIC_AFTER_READY.as_ref()) {
+            panic!("a hand-over panics after the new process said it serves");
+        }
+    }
+
+    /// A hand-over whose thread panics after the new process said it
+    /// serves leaves the control socket not lost: the name is the new
+    /// process's (it binds its own next), and a process that bound one
+    /// again there would take the next upgrade from it. It said lost, and
+    /// `serve` bound the control socket again.
+    #[tokio::test]
+    async fn a_hand_over_that_panics_after_ready_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PANIC_AFTER_READY);
+        let server = megaconn::Server::bind(([127, 0, 0, 1], 0).into())
+            .workers(1)
+            .listen()
+            .unwrap();
+        let control = ControlSocket::bind(&path).unwrap();
+        let thread = control.spawn(server.handle()).unwrap();
+        let (new, listeners) = take_over(&path).unwrap();
+        assert_eq!(listeners.len(), 1);
+        new.peer.send(READY, &[], &[]).unwrap();
+        assert!(thread.join().is_err(), "the hand-over panicked");
+        // A notification before would be waiting (`notify_one` keeps it).
+        assert!(
+            tokio::time::timeout(Duration::ZERO, control.lost())
+                .await
+                .is_err(),
+            "the control socket said it is lost after the new process said it serves"
+        );
+    }
 
     /// A slot is claimed by one process at a time: a second claim finds it
     /// taken ([`SlotTaken`]) until the first holder lets go (as a process's
