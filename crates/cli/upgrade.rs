@@ -50,10 +50,14 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// it failed (see [`ControlSocket::serve`]).
 const ACCEPT_RETRY_START: Duration = Duration::from_millis(100);
 
-/// Longest delay between tries of the control socket's `accept` (each
-/// failure logged): a take-over waits at most this long once the process
-/// can accept again.
+/// Longest delay between tries of the control socket's `accept`: a
+/// take-over waits at most this long once the process can accept again.
 const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// At most one line per this interval for the control socket's failing
+/// `accept` (the first failure logged at once): a process at its open-file
+/// limit fails every try, one per [`ACCEPT_RETRY_MAX`], ~720 lines an hour.
+const ACCEPT_FAILED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The delay before the next try after `failures` failures in a row:
 /// `start`, doubling with each failure, at most `max`. The control socket's
@@ -367,8 +371,9 @@ impl ControlSocket {
     /// ends the thread. A failed attempt (the new process died,
     /// another user) is logged and the server keeps serving.
     ///
-    /// An `accept` that fails is logged and tried again, backing off (from
-    /// 100 ms, doubling to 5 s; from the start again once one succeeds),
+    /// An `accept` that fails is tried again, backing off (from 100 ms,
+    /// doubling to 5 s; from the start again once one succeeds), and logged
+    /// (the first failure, then at most one line a minute),
     /// while the new process's connection waits in the socket's queue:
     /// `EMFILE` or `ENFILE` (a process holding connections up to its
     /// open-file limit: an `accept` that waits has its descriptor already,
@@ -438,10 +443,13 @@ impl ControlSocket {
 }
 
 /// The next connection on the control socket `listener`, bound at `path`.
-/// A failed `accept` is logged and tried again, backing off (see
-/// [`ControlSocket::serve`]); `Err` only when the listener is gone.
+/// A failed `accept` is tried again, backing off (see
+/// [`ControlSocket::serve`]), and logged (warn: the first failure, then at
+/// most once per [`ACCEPT_FAILED_LOG_EVERY`], with `suppressed`); `Err`
+/// only when the listener is gone.
 fn accept_peer(listener: &OwnedFd, path: &Path) -> nix::Result<Peer> {
     let mut failures = 0;
+    let mut failed_log = EveryAtMost::new(ACCEPT_FAILED_LOG_EVERY);
     loop {
         let said = test_gate(path, ".accept", TEST_ACCEPT_GATE_ENV);
         let failed = std::str::from_utf8(&said)
@@ -458,15 +466,56 @@ fn accept_peer(listener: &OwnedFd, path: &Path) -> nix::Result<Peer> {
             Err(e) => {
                 let delay = backoff(ACCEPT_RETRY_START, failures, ACCEPT_RETRY_MAX);
                 failures += 1;
-                tracing::error!(
-                    error = %e,
-                    attempts = failures,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "upgrade control socket: accept failed; trying again (a take-over waits until then)"
-                );
+                if let Some(suppressed) = failed_log.admit(Instant::now()) {
+                    let hint = match e {
+                        nix::Error::EMFILE | nix::Error::ENFILE => {
+                            "; raise the open-file limit or lower max_connections"
+                        }
+                        _ => "",
+                    };
+                    tracing::warn!(
+                        error = %e,
+                        attempts = failures,
+                        suppressed,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "upgrade control socket: accept failed; trying again (no upgrade can be accepted until then){hint}"
+                    );
+                }
                 std::thread::sleep(delay);
             }
         }
+    }
+}
+
+/// Admits the first of a repeating event, then at most one per interval,
+/// counting the ones held back.
+struct EveryAtMost {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl EveryAtMost {
+    fn new(interval: Duration) -> EveryAtMost {
+        EveryAtMost {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(how many were held back since the last one admitted)` if the
+    /// event at `now` is to be logged; else counts it.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -894,6 +943,23 @@ mod tests {
         if path.file_name() == Some(PANIC_AFTER_READY.as_ref()) {
             panic!("a hand-over panics after the new process said it serves");
         }
+    }
+
+    /// A failure that repeats is admitted first, then once per interval,
+    /// with the count held back since.
+    #[test]
+    fn a_repeating_failure_is_logged_first_then_once_per_interval() {
+        let start = Instant::now();
+        let mut log = EveryAtMost::new(Duration::from_secs(60));
+        let at = |secs| start + Duration::from_secs(secs);
+        let admitted: Vec<_> = [0, 5, 10, 59, 60, 65, 119, 120]
+            .into_iter()
+            .map(|secs| log.admit(at(secs)))
+            .collect();
+        assert_eq!(
+            admitted,
+            [Some(0), None, None, None, Some(3), None, None, Some(2)]
+        );
     }
 
     /// A hand-over whose thread panics after the new process said it
