@@ -639,10 +639,21 @@ async fn serve(
                 rebind.at = None;
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let path = control_path.clone();
-                std::thread::spawn(move || {
-                    let _ = tx.send(crate::upgrade::ControlSocket::bind(&path));
-                });
-                control_ready = Some(rx);
+                // A thread that cannot be had now (at the process's or the
+                // user's limit) is tried for again later: `thread::spawn`
+                // would panic, ending the serve loop.
+                let spawned = std::thread::Builder::new()
+                    .name("megaconn-rebind".into())
+                    .spawn(move || {
+                        let _ = tx.send(crate::upgrade::ControlSocket::bind(&path));
+                    });
+                match spawned {
+                    Ok(_) => control_ready = Some(rx),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start a thread to bind the upgrade control socket");
+                        rebind.schedule();
+                    }
+                }
             }
             () = publish.as_mut(), if shared.is_some() => {
                 if let Some((slot, block)) = &shared {
