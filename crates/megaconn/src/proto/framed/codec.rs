@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LinesCodec, LinesCodecError};
 
 use crate::observe::close::FramingError;
-use crate::observe::ratelog::OverLimit;
+use crate::observe::ratelog::{Flood, OverLimit};
 
 /// Default largest frame body of length-prefixed framing: 64 KiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -254,12 +254,14 @@ impl FrameCodec {
     pub(crate) fn over_limit(&self, error: FramingError, buf: &[u8]) -> Option<OverLimit> {
         match (&self.inner, error) {
             (Inner::Length { decoder, .. }, FramingError::FrameTooLarge) => Some(OverLimit {
+                kind: Flood::FramedFrameTooBig,
                 what: "framed TCP frame",
                 setting: "Framing::max_frame_bytes",
                 size: decoder.header_value(buf),
                 limit: decoder.max,
             }),
             (Inner::Lines { max, .. }, FramingError::LineTooLong) => Some(OverLimit {
+                kind: Flood::FramedLineTooLong,
                 what: "framed TCP line",
                 setting: "Framing::max_line_bytes",
                 // The codec threw the line (or what came of it) away.
@@ -712,6 +714,7 @@ mod tests {
         assert_eq!(
             codec.over_limit(error, &buf),
             Some(OverLimit {
+                kind: Flood::FramedFrameTooBig,
                 what: "framed TCP frame",
                 setting: "Framing::max_frame_bytes",
                 size: Some(11),
@@ -723,6 +726,7 @@ mod tests {
         assert_eq!(
             lines.over_limit(FramingError::LineTooLong, b""),
             Some(OverLimit {
+                kind: Flood::FramedLineTooLong,
                 what: "framed TCP line",
                 setting: "Framing::max_line_bytes",
                 size: None,

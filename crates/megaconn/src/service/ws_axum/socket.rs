@@ -243,13 +243,15 @@ impl WebSocket {
         match error {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 self.io.limit_hit(LimitHit::WsMessageTooBig);
+                let (kind, setting) = self.size_setting(*max_size);
                 let over = OverLimit {
+                    kind,
                     what: "WebSocket message",
-                    setting: self.size_setting(*max_size),
+                    setting,
                     size: Some(*size as u64),
                     limit: *max_size as u64,
                 };
-                ratelog::over_limit(Flood::WsMessageTooBig, over, "closing with 1009");
+                ratelog::over_limit(over, "closing with 1009");
             }
             _ => {
                 tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame")
@@ -266,14 +268,17 @@ impl WebSocket {
 
     /// The [`WebSocketUpgrade`](super::WebSocketUpgrade) setting whose
     /// `max_size` tungstenite's 1009 names (it reports the frame and the
-    /// message limit alike).
-    fn size_setting(&self, max_size: usize) -> &'static str {
+    /// message limit alike), and its log kind.
+    fn size_setting(&self, max_size: usize) -> (Flood, &'static str) {
         let frame = self.config.max_frame_size == Some(max_size);
         let message = self.config.max_message_size == Some(max_size);
         match (frame, message) {
-            (true, false) => "max_frame_size",
-            (false, true) => "max_message_size",
-            _ => "max_frame_size or max_message_size",
+            (true, false) => (Flood::AxumWsFrameTooBig, "max_frame_size"),
+            (false, true) => (Flood::AxumWsMessageTooBig, "max_message_size"),
+            _ => (
+                Flood::AxumWsMessageTooBig,
+                "max_frame_size or max_message_size",
+            ),
         }
     }
 }
