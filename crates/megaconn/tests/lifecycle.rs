@@ -536,7 +536,8 @@ impl megaconn::FramedHandler for FramedEcho {
 /// closes the connection with its reason, is counted in
 /// `megaconn_limit_hits_total` (`framed_max_frame_bytes`,
 /// `framed_max_line_bytes`), and logs a (rate-limited) line naming the
-/// setting, with the limit (and a frame's announced size). It logged at
+/// setting, with the limit and the size (a frame's announced one, a whole
+/// line's length). It logged at
 /// debug only, a line per event. Both limits hit on one worker within the
 /// interval log a line each: they shared one log kind, and the second
 /// setting was only counted as suppressed, never named.
@@ -558,7 +559,7 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
             [&[b'l'; 1006][..], b"\n"].concat(),
             FramingError::LineTooLong,
             "framed_max_line_bytes",
-            "framed TCP line over Framing::max_line_bytes; closing limit=1005 suppressed=0",
+            "framed TCP line over Framing::max_line_bytes; closing size=1006 limit=1005 suppressed=0",
         ),
     ];
     // One server, so one worker (with its own log limiter) for both: a

@@ -216,9 +216,12 @@ async fn a_message_past_the_limit_closes_with_1009() {
     );
     // One server, so one worker (with its own log limiter) for both.
     let server = serve(app);
-    for (hits, (setting, past)) in [("max_message_size", 1025), ("max_frame_size", 2049)]
-        .into_iter()
-        .enumerate()
+    for (hits, (setting, what, past)) in [
+        ("max_message_size", "message", 1025),
+        ("max_frame_size", "frame", 2049),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut client = connect(server.addr, "/small").await;
         client
@@ -251,7 +254,7 @@ async fn a_message_past_the_limit_closes_with_1009() {
         let metric = format!("megaconn_limit_hits_total{{limit=\"ws_message_too_big\"}} {hits}");
         assert!(metrics.lines().any(|l| l == metric), "{setting}: {metrics}");
         let logged = LOGGED.lock().unwrap().clone();
-        let line = format!("WebSocket message over {setting}; closing with 1009");
+        let line = format!("WebSocket {what} over WebSocketUpgrade::{setting}; closing with 1009");
         assert!(
             logged.iter().any(|l| l == &line),
             "no line naming {setting} among {logged:?}"
