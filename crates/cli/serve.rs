@@ -627,17 +627,33 @@ async fn serve(
                 let lost = control.take().expect("guarded");
                 slot = lost.release();
                 drop(lost);
-                rebind.schedule();
+                // A process shutting down binds none (nor says it will): it
+                // is leaving, and after a hand-over the name is the newer
+                // process's.
+                if !handle.is_shutting_down() {
+                    rebind.schedule();
+                }
             }
             () = async { rebind.at.as_mut().expect("guarded").await }, if rebind.at.is_some() && !handle.is_shutting_down() => {
                 // Off the event loop: binding may stop at a test gate.
                 rebind.at = None;
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let path = control_path.clone();
-                std::thread::spawn(move || {
-                    let _ = tx.send(crate::upgrade::ControlSocket::bind(&path));
-                });
-                control_ready = Some(rx);
+                // A thread that cannot be had now (at the process's or the
+                // user's limit) is tried for again later: `thread::spawn`
+                // would panic, ending the serve loop.
+                let spawned = std::thread::Builder::new()
+                    .name("megaconn-rebind".into())
+                    .spawn(move || {
+                        let _ = tx.send(crate::upgrade::ControlSocket::bind(&path));
+                    });
+                match spawned {
+                    Ok(_) => control_ready = Some(rx),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start a thread to bind the upgrade control socket");
+                        rebind.schedule();
+                    }
+                }
             }
             () = publish.as_mut(), if shared.is_some() => {
                 if let Some((slot, block)) = &shared {

@@ -50,10 +50,14 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// it failed (see [`ControlSocket::serve`]).
 const ACCEPT_RETRY_START: Duration = Duration::from_millis(100);
 
-/// Longest delay between tries of the control socket's `accept` (each
-/// failure logged): a take-over waits at most this long once the process
-/// can accept again.
+/// Longest delay between tries of the control socket's `accept`: a
+/// take-over waits at most this long once the process can accept again.
 const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// At most one line per this interval for the control socket's failing
+/// `accept` (the first failure logged at once): a process at its open-file
+/// limit fails every try, one per [`ACCEPT_RETRY_MAX`], ~720 lines an hour.
+const ACCEPT_FAILED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The delay before the next try after `failures` failures in a row:
 /// `start`, doubling with each failure, at most `max`. The control socket's
@@ -367,8 +371,9 @@ impl ControlSocket {
     /// ends the thread. A failed attempt (the new process died,
     /// another user) is logged and the server keeps serving.
     ///
-    /// An `accept` that fails is logged and tried again, backing off (from
-    /// 100 ms, doubling to 5 s; from the start again once one succeeds),
+    /// An `accept` that fails is tried again, backing off (from 100 ms,
+    /// doubling to 5 s; from the start again once one succeeds), and logged
+    /// (the first failure, then at most one line a minute),
     /// while the new process's connection waits in the socket's queue:
     /// `EMFILE` or `ENFILE` (a process holding connections up to its
     /// open-file limit: an `accept` that waits has its descriptor already,
@@ -381,8 +386,14 @@ impl ControlSocket {
     /// (`EBADF`, `EINVAL`, `ENOTSOCK`) ends the thread without a hand-over,
     /// as a panic would: then [`ControlSocket::lost`] returns, and the
     /// caller binds the control socket anew, as after a failed bind
-    /// (`serve.rs`).
+    /// (`serve.rs`). A panic after the new process said it serves does not
+    /// count: the name is the new process's.
     pub fn serve(&self, handle: ServerHandle) -> std::io::Result<()> {
+        self.spawn(handle).map(drop)
+    }
+
+    /// [`ControlSocket::serve`], returning its thread (for a test to join).
+    fn spawn(&self, handle: ServerHandle) -> std::io::Result<std::thread::JoinHandle<()>> {
         let listener = self.listener.try_clone()?;
         let busy = self.busy.clone();
         let more = self.more.clone();
@@ -392,8 +403,8 @@ impl ControlSocket {
         std::thread::Builder::new()
             .name("megaconn-upgrade".into())
             .spawn(move || {
-                // Notified however the thread ends, but by a complete
-                // hand-over.
+                // Notified however the thread ends before a new process
+                // said it serves (see `hand_over`).
                 let mut lost = LostOnDrop(Some(lost));
                 loop {
                     let peer = match accept_peer(&listener, &path) {
@@ -407,9 +418,8 @@ impl ControlSocket {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .clone();
-                    match hand_over(&peer, &handle, &more, &busy, &slot, &path) {
+                    match hand_over(&peer, &handle, &more, &busy, &slot, &path, &mut lost) {
                         Ok(true) => {
-                            lost.0 = None;
                             refuse_more(&listener);
                             return;
                         }
@@ -420,22 +430,26 @@ impl ControlSocket {
                     }
                 }
             })
-            .map(drop)
     }
 
-    /// Returns once the thread of [`ControlSocket::serve`] ended without a
-    /// hand-over (its listener gone, or a panic): nothing can take over
-    /// from this process until it binds a control socket anew.
+    /// Returns once the thread of [`ControlSocket::serve`] ended before a
+    /// new process said it serves (its listener gone, or a panic): nothing
+    /// can take over from this process until it binds a control socket
+    /// anew. Not after that, however the thread ends: the name is the new
+    /// process's then, and this one is leaving.
     pub async fn lost(&self) {
         self.lost.notified().await;
     }
 }
 
 /// The next connection on the control socket `listener`, bound at `path`.
-/// A failed `accept` is logged and tried again, backing off (see
-/// [`ControlSocket::serve`]); `Err` only when the listener is gone.
+/// A failed `accept` is tried again, backing off (see
+/// [`ControlSocket::serve`]), and logged (warn: the first failure, then at
+/// most once per [`ACCEPT_FAILED_LOG_EVERY`], with `suppressed`); `Err`
+/// only when the listener is gone.
 fn accept_peer(listener: &OwnedFd, path: &Path) -> nix::Result<Peer> {
     let mut failures = 0;
+    let mut failed_log = EveryAtMost::new(ACCEPT_FAILED_LOG_EVERY);
     loop {
         let said = test_gate(path, ".accept", TEST_ACCEPT_GATE_ENV);
         let failed = std::str::from_utf8(&said)
@@ -452,21 +466,68 @@ fn accept_peer(listener: &OwnedFd, path: &Path) -> nix::Result<Peer> {
             Err(e) => {
                 let delay = backoff(ACCEPT_RETRY_START, failures, ACCEPT_RETRY_MAX);
                 failures += 1;
-                tracing::error!(
-                    error = %e,
-                    attempts = failures,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "upgrade control socket: accept failed; trying again (a take-over waits until then)"
-                );
+                if let Some(suppressed) = failed_log.admit(Instant::now()) {
+                    let hint = match e {
+                        nix::Error::EMFILE | nix::Error::ENFILE => {
+                            "; raise the open-file limit or lower max_connections"
+                        }
+                        _ => "",
+                    };
+                    tracing::warn!(
+                        error = %e,
+                        attempts = failures,
+                        suppressed,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "upgrade control socket: accept failed; trying again (no upgrade can be accepted until then){hint}"
+                    );
+                }
                 std::thread::sleep(delay);
             }
         }
     }
 }
 
-/// Notifies [`ControlSocket::lost`] when dropped, unless emptied first (by
-/// a complete hand-over).
+/// Admits the first of a repeating event, then at most one per interval,
+/// counting the ones held back.
+struct EveryAtMost {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl EveryAtMost {
+    fn new(interval: Duration) -> EveryAtMost {
+        EveryAtMost {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(how many were held back since the last one admitted)` if the
+    /// event at `now` is to be logged; else counts it.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Notifies [`ControlSocket::lost`] when dropped, unless disarmed first (by
+/// a hand-over, once the new process said it serves).
 struct LostOnDrop(Option<std::sync::Arc<tokio::sync::Notify>>);
+
+impl LostOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for LostOnDrop {
     fn drop(&mut self) {
@@ -541,7 +602,7 @@ impl Drop for ControlSocket {
 
 /// The old process's side of one upgrade, on the control socket at `path`.
 /// `Ok(false)`: the new process went away before it was ready; this one
-/// keeps serving.
+/// keeps serving. `lost` is disarmed once the new process said it serves.
 fn hand_over(
     peer: &Peer,
     handle: &ServerHandle,
@@ -549,6 +610,7 @@ fn hand_over(
     busy: &std::sync::Mutex<bool>,
     slot: &std::sync::Mutex<Option<SlotLock>>,
     path: &Path,
+    lost: &mut LostOnDrop,
 ) -> anyhow::Result<bool> {
     peer.set_timeout()?;
     let cred = sock::getsockopt(peer.0.as_raw_fd(), sock::sockopt::PeerCredentials)?;
@@ -601,6 +663,13 @@ fn hand_over(
             return Ok(false);
         }
     }
+    // The new process serves, and binds its own control socket at `path`
+    // next: should this thread end now (a panic further on), the process
+    // must not bind one again, renaming it over the new process's (the
+    // next upgrade would come here).
+    lost.disarm();
+    #[cfg(test)]
+    tests::panic_after_ready(path);
     let started = Instant::now();
     // The new process serves the slot now: its copy of the lock is the
     // lock. (Had it gone away before this, this one would still hold it.)
@@ -862,6 +931,64 @@ fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The control socket name at which a hand-over panics once the new
+    /// process said it serves ([`panic_after_ready`]).
+    const PANIC_AFTER_READY: &str = "panic-after-ready.sock";
+
+    /// A test's stand-in for a panic in a hand-over after the new process
+    /// said it serves (in `hand_over_parked`, say), at the control socket
+    /// named [`PANIC_AFTER_READY`] only.
+    pub(super) fn panic_after_ready(path: &Path) {
+        if path.file_name() == Some(PANIC_AFTER_READY.as_ref()) {
+            panic!("a hand-over panics after the new process said it serves");
+        }
+    }
+
+    /// A failure that repeats is admitted first, then once per interval,
+    /// with the count held back since.
+    #[test]
+    fn a_repeating_failure_is_logged_first_then_once_per_interval() {
+        let start = Instant::now();
+        let mut log = EveryAtMost::new(Duration::from_secs(60));
+        let at = |secs| start + Duration::from_secs(secs);
+        let admitted: Vec<_> = [0, 5, 10, 59, 60, 65, 119, 120]
+            .into_iter()
+            .map(|secs| log.admit(at(secs)))
+            .collect();
+        assert_eq!(
+            admitted,
+            [Some(0), None, None, None, Some(3), None, None, Some(2)]
+        );
+    }
+
+    /// A hand-over whose thread panics after the new process said it
+    /// serves leaves the control socket not lost: the name is the new
+    /// process's (it binds its own next), and a process that bound one
+    /// again there would take the next upgrade from it. It said lost, and
+    /// `serve` bound the control socket again.
+    #[tokio::test]
+    async fn a_hand_over_that_panics_after_ready_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PANIC_AFTER_READY);
+        let server = megaconn::Server::bind(([127, 0, 0, 1], 0).into())
+            .workers(1)
+            .listen()
+            .unwrap();
+        let control = ControlSocket::bind(&path).unwrap();
+        let thread = control.spawn(server.handle()).unwrap();
+        let (new, listeners) = take_over(&path).unwrap();
+        assert_eq!(listeners.len(), 1);
+        new.peer.send(READY, &[], &[]).unwrap();
+        assert!(thread.join().is_err(), "the hand-over panicked");
+        // A notification before would be waiting (`notify_one` keeps it).
+        assert!(
+            tokio::time::timeout(Duration::ZERO, control.lost())
+                .await
+                .is_err(),
+            "the control socket said it is lost after the new process said it serves"
+        );
+    }
 
     /// A slot is claimed by one process at a time: a second claim finds it
     /// taken ([`SlotTaken`]) until the first holder lets go (as a process's

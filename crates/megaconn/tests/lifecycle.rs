@@ -438,7 +438,10 @@ where
 /// `max_message_bytes` closes with 1009 and a reason naming the limit, is
 /// counted in `megaconn_limit_hits_total{limit="ws_message_too_big"}`, and
 /// logs a (rate-limited) line naming the `WebSocketRoute` setting, with the
-/// size and the limit. It logged at debug only, a line per event.
+/// size and the limit. It logged at debug only, a line per event. Both
+/// limits hit on one worker within the interval log a line each: they
+/// shared one log kind, and the second setting was only counted as
+/// suppressed, never named.
 #[tokio::test]
 async fn a_websocket_past_its_limit_closes_with_1009_and_logs_the_setting() {
     use futures_util::SinkExt;
@@ -446,29 +449,32 @@ async fn a_websocket_past_its_limit_closes_with_1009_and_logs_the_setting() {
     use tokio_tungstenite::tungstenite::Message;
     capture_log();
     // Limits of this test's own: its lines are told from any other test's.
-    for (setting, what, limit) in [
-        ("max_frame_bytes", "frame", 1001),
-        ("max_message_bytes", "message", 1002),
-    ] {
-        let route = megaconn::WebSocketRoute::new(WsEcho);
-        let route = match setting {
-            "max_frame_bytes" => route.max_frame_bytes(limit),
-            _ => route.max_message_bytes(limit),
-        };
-        // A server (so a worker, with its own log limiter) per setting.
-        let server = common::AppServer::start(
-            megaconn::Server::builder()
-                .workers(1)
-                .listen_on("127.0.0.1:0".parse().unwrap()),
-            axum::Router::new().route_service("/ws", route),
-        );
-        let url = format!("ws://{}/ws", server.addrs[0]);
-        let (mut client, _) = tokio::time::timeout(SAFETY, tokio_tungstenite::connect_async(url))
+    // A single frame of 1003 to 2001 bytes is a message over the limit.
+    const MESSAGE: usize = 1002;
+    let route = megaconn::WebSocketRoute::new(WsEcho)
+        .max_frame_bytes(2001)
+        .max_message_bytes(MESSAGE);
+    // One server, so one worker (with its own log limiter) for both.
+    let server = common::AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        axum::Router::new().route_service("/ws", route),
+    );
+    let url = format!("ws://{}/ws", server.addrs[0]);
+    for (hits, (setting, what, limit)) in [
+        ("max_message_bytes", "message", MESSAGE),
+        ("max_frame_bytes", "frame", 2001),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (mut client, _) = tokio::time::timeout(SAFETY, tokio_tungstenite::connect_async(&url))
             .await
             .expect("handshake in time")
             .expect("handshake");
-        // At the limit: echoed.
-        let fits = Message::binary(vec![7u8; limit]);
+        // At both limits: echoed.
+        let fits = Message::binary(vec![7u8; MESSAGE]);
         client.send(fits.clone()).await.unwrap();
         assert_eq!(next_ws(&mut client).await, fits, "{setting}");
         client
@@ -485,26 +491,24 @@ async fn a_websocket_past_its_limit_closes_with_1009_and_logs_the_setting() {
         // After a violation the server reads the peer's bytes away until it
         // hangs up (a lingering close): hanging up spares its close timeout.
         drop(client);
+        let hits = hits as u64 + 1;
         common::wait_stats(&server.handle, "the limit hit counted", |s| {
-            s.limit_hits.contains(&("ws_message_too_big", 1))
+            s.limit_hits.contains(&("ws_message_too_big", hits))
         })
         .await;
         let metrics = server.handle.render_metrics();
-        assert!(
-            metrics
-                .lines()
-                .any(|l| l == "megaconn_limit_hits_total{limit=\"ws_message_too_big\"} 1"),
-            "{setting}: {metrics}"
-        );
-        // Logged before the close frame went out.
+        let metric = format!("megaconn_limit_hits_total{{limit=\"ws_message_too_big\"}} {hits}");
+        assert!(metrics.lines().any(|l| l == metric), "{setting}: {metrics}");
+        // Logged before the close frame went out; the first of its
+        // setting, however soon after the other's.
         let line = format!(
             "WebSocket {what} over WebSocketRoute::{setting}; closing with 1009 size={} limit={limit} suppressed=0",
             limit + 1
         );
         let logged = LOGGED.lock().unwrap().clone();
         assert!(logged.contains(&line), "no {line:?} among {logged:?}");
-        assert!(server.stop().await, "{setting}: the server stops");
     }
+    assert!(server.stop().await, "the server stops");
 }
 
 /// Echoes each frame and reports each connection's close reason.
@@ -532,8 +536,11 @@ impl megaconn::FramedHandler for FramedEcho {
 /// closes the connection with its reason, is counted in
 /// `megaconn_limit_hits_total` (`framed_max_frame_bytes`,
 /// `framed_max_line_bytes`), and logs a (rate-limited) line naming the
-/// setting, with the limit (and a frame's announced size). It logged at
-/// debug only, a line per event.
+/// setting, with the limit and the size (a frame's announced one, a whole
+/// line's length). It logged at
+/// debug only, a line per event. Both limits hit on one worker within the
+/// interval log a line each: they shared one log kind, and the second
+/// setting was only counted as suppressed, never named.
 #[tokio::test]
 async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
     use megaconn::{CloseReason, Framing, FramingError, ProtocolDetail};
@@ -552,20 +559,22 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
             [&[b'l'; 1006][..], b"\n"].concat(),
             FramingError::LineTooLong,
             "framed_max_line_bytes",
-            "framed TCP line over Framing::max_line_bytes; closing limit=1005 suppressed=0",
+            "framed TCP line over Framing::max_line_bytes; closing size=1006 limit=1005 suppressed=0",
         ),
     ];
-    for (framing, past, error, label, line) in cases {
-        // A server (so a worker, with its own log limiter) per setting.
-        let server = megaconn::Server::builder()
-            .workers(1)
-            .listen_framed_on("127.0.0.1:0".parse().unwrap(), framing)
-            .listen()
-            .expect("server binds");
-        let addr = server.local_addr();
-        let handle = server.handle();
-        let (closes, mut closed) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(server.serve_framed(FramedEcho(closes)));
+    // One server, so one worker (with its own log limiter) for both: a
+    // listener per framing.
+    let builder = cases
+        .iter()
+        .fold(megaconn::Server::builder().workers(1), |b, case| {
+            b.listen_framed_on("127.0.0.1:0".parse().unwrap(), case.0)
+        });
+    let server = builder.listen().expect("server binds");
+    let addrs = server.local_addrs().to_vec();
+    let handle = server.handle();
+    let (closes, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(server.serve_framed(FramedEcho(closes)));
+    for (addr, (_, past, error, label, line)) in addrs.into_iter().zip(cases) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(&past).await.unwrap();
         assert_eq!(read_to_close(&mut s).await, b"", "{label}");
@@ -581,17 +590,18 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
         let metrics = handle.render_metrics();
         let metric = format!("megaconn_limit_hits_total{{limit=\"{label}\"}} 1");
         assert!(metrics.lines().any(|l| l == metric), "{label}: {metrics}");
-        // Logged before the connection closed.
+        // Logged before the connection closed; the first of its setting,
+        // however soon after the other's.
         let logged = LOGGED.lock().unwrap().clone();
         assert!(
             logged.iter().any(|l| l == line),
             "no {line:?} among {logged:?}"
         );
-        handle.shutdown();
-        tokio::time::timeout(SAFETY, task)
-            .await
-            .expect("server stops")
-            .expect("server task")
-            .expect("serve result");
     }
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("serve result");
 }

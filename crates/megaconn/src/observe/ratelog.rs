@@ -3,7 +3,8 @@
 //! a socket the kernel will not watch, an upgrade no handler took, a
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
 //! framed TCP frame or line over its limit. The limits' lines name the
-//! setting to raise. Each line that gets through carries `suppressed`, how
+//! setting to raise, a kind per setting (so that a flood over one does not
+//! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
 //!
@@ -66,22 +67,36 @@ pub(crate) enum Flood {
     /// A handler switched protocols without waiting on `OnUpgrade` (each
     /// such request a peer sends logs it).
     UnclaimedUpgrade,
-    /// A WebSocket closed with 1009: a frame or message over a native
-    /// route's `max_frame_bytes` or `max_message_bytes`, or an `axum_ws`
-    /// socket's `max_frame_size` or `max_message_size` (one kind: one limit
-    /// hit, `ws_message_too_big`, either way).
+    /// A native WebSocket closed with 1009 for a frame over
+    /// `WebSocketRoute::max_frame_bytes`. The WebSocket kinds, native or
+    /// `axum_ws`, are one limit hit (`ws_message_too_big`) but a log kind
+    /// per setting: a line names the setting it went over, and a peer over
+    /// one must not hold back the line naming another.
+    WsFrameTooBig,
+    /// A native WebSocket closed with 1009 for a message over
+    /// `WebSocketRoute::max_message_bytes` (or inflating past it).
     WsMessageTooBig,
+    /// An `axum_ws` socket closed with 1009 for a frame over
+    /// `WebSocketUpgrade::max_frame_size`.
+    AxumWsFrameTooBig,
+    /// An `axum_ws` socket closed with 1009 for a message over
+    /// `WebSocketUpgrade::max_message_size` (or over a limit both settings
+    /// share, which tungstenite does not tell apart).
+    AxumWsMessageTooBig,
     /// A framed TCP connection closed for a frame over
-    /// `Framing::max_frame_bytes` or a line over `Framing::max_line_bytes`.
-    FramedTooBig,
+    /// `Framing::max_frame_bytes` (or over what its length header can say).
+    FramedFrameTooBig,
+    /// A framed TCP connection closed for a line over
+    /// `Framing::max_line_bytes`.
+    FramedLineTooLong,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 7;
+const KINDS: usize = 11;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::FramedTooBig as usize == KINDS - 1);
+const _: () = assert!(Flood::FramedLineTooLong as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
@@ -97,6 +112,8 @@ pub(crate) fn log(kind: Flood, emit: impl FnOnce(u64)) {
 /// A peer's frame, message or line over a limit, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OverLimit {
+    /// The kind it is limited as: one per setting.
+    pub(crate) kind: Flood,
     /// What went over, e.g. `WebSocket frame`.
     pub(crate) what: &'static str,
     /// The setting that limits it, e.g. `Framing::max_line_bytes`.
@@ -107,10 +124,10 @@ pub(crate) struct OverLimit {
     pub(crate) limit: u64,
 }
 
-/// Logs (limited, as `kind`) that a peer went over a limit, naming the
-/// setting, and `then`, what the connection does about it.
-pub(crate) fn over_limit(kind: Flood, over: OverLimit, then: &str) {
-    log(kind, |suppressed| {
+/// Logs (limited, as `over.kind`) that a peer went over a limit, naming
+/// the setting, and `then`, what the connection does about it.
+pub(crate) fn over_limit(over: OverLimit, then: &str) {
+    log(over.kind, |suppressed| {
         tracing::info!(
             size = over.size,
             limit = over.limit,

@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LinesCodec, LinesCodecError};
 
 use crate::observe::close::FramingError;
-use crate::observe::ratelog::OverLimit;
+use crate::observe::ratelog::{Flood, OverLimit};
 
 /// Default largest frame body of length-prefixed framing: 64 KiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -177,16 +177,22 @@ impl Framing {
                     8 => u64::MAX,
                     n => (1u64 << (8 * n)) - 1,
                 };
-                let max = expressible
-                    .saturating_add_signed(adjustment as i64)
-                    .min(max_frame_bytes as u64);
+                let header_max = expressible.saturating_add_signed(adjustment as i64);
+                // What a frame over `max` is over, for the log line: raising
+                // `max_frame_bytes` does nothing past the header's reach.
+                let setting = if header_max < max_frame_bytes as u64 {
+                    header_setting(header_bytes)
+                } else {
+                    "Framing::max_frame_bytes"
+                };
                 Inner::Length {
                     encoder: builder.new_codec(),
                     decoder: LengthDecoder {
                         header_bytes,
                         big_endian,
                         adjustment,
-                        max,
+                        max: header_max.min(max_frame_bytes as u64),
+                        setting,
                         body: None,
                     },
                 }
@@ -202,6 +208,7 @@ impl Framing {
                 codec: LinesCodec::new_with_max_length(max_line_bytes.saturating_add(1)),
                 max: max_line_bytes,
                 crlf,
+                too_long: None,
             },
         };
         FrameCodec { inner }
@@ -227,6 +234,9 @@ enum Inner {
         /// The longest line, without its ending.
         max: usize,
         crlf: bool,
+        /// The length of a whole line refused as over `max`, for the log
+        /// line (one cut short by `codec` has none: it was thrown away).
+        too_long: Option<usize>,
     },
 }
 
@@ -235,8 +245,16 @@ impl FrameCodec {
     pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
         match &mut self.inner {
             Inner::Length { decoder, .. } => decoder.decode(buf),
-            Inner::Lines { codec, max, .. } => match codec.decode(buf) {
-                Ok(Some(line)) if line.len() > *max => Err(FramingError::LineTooLong),
+            Inner::Lines {
+                codec,
+                max,
+                too_long,
+                ..
+            } => match codec.decode(buf) {
+                Ok(Some(line)) if line.len() > *max => {
+                    *too_long = Some(line.len());
+                    Err(FramingError::LineTooLong)
+                }
                 // The line's `String` becomes `Bytes` without a copy.
                 Ok(line) => Ok(line.map(Bytes::from)),
                 Err(LinesCodecError::MaxLineLengthExceeded) => Err(FramingError::LineTooLong),
@@ -254,16 +272,17 @@ impl FrameCodec {
     pub(crate) fn over_limit(&self, error: FramingError, buf: &[u8]) -> Option<OverLimit> {
         match (&self.inner, error) {
             (Inner::Length { decoder, .. }, FramingError::FrameTooLarge) => Some(OverLimit {
+                kind: Flood::FramedFrameTooBig,
                 what: "framed TCP frame",
-                setting: "Framing::max_frame_bytes",
+                setting: decoder.setting,
                 size: decoder.header_value(buf),
                 limit: decoder.max,
             }),
-            (Inner::Lines { max, .. }, FramingError::LineTooLong) => Some(OverLimit {
+            (Inner::Lines { max, too_long, .. }, FramingError::LineTooLong) => Some(OverLimit {
+                kind: Flood::FramedLineTooLong,
                 what: "framed TCP line",
                 setting: "Framing::max_line_bytes",
-                // The codec threw the line (or what came of it) away.
-                size: None,
+                size: too_long.map(|n| n as u64),
                 limit: *max as u64,
             }),
             _ => None,
@@ -311,6 +330,9 @@ struct LengthDecoder {
     adjustment: isize,
     /// The largest header value accepted (before the adjustment).
     max: u64,
+    /// What limits `max`: `Framing::max_frame_bytes`, or the header's
+    /// width with the adjustment ([`header_setting`]) when that says less.
+    setting: &'static str,
     /// The body length of the frame whose header was consumed, until the
     /// body is all here.
     body: Option<usize>,
@@ -355,6 +377,18 @@ impl LengthDecoder {
         } else {
             header.get_uint_le(self.header_bytes)
         })
+    }
+}
+
+/// What limits a length header of `header_bytes` whose largest value,
+/// adjusted, is below `max_frame_bytes`, for the log line of a frame over
+/// it: the header's width and the adjustment, not `max_frame_bytes`.
+fn header_setting(header_bytes: usize) -> &'static str {
+    match header_bytes {
+        1 => "what a 1-byte length header (Framing::length_prefixed(1)) can say after Framing::length_adjustment",
+        2 => "what a 2-byte length header (Framing::length_prefixed(2)) can say after Framing::length_adjustment",
+        4 => "what a 4-byte length header (Framing::length_prefixed(4)) can say after Framing::length_adjustment",
+        _ => "what an 8-byte length header (Framing::length_prefixed(8)) can say after Framing::length_adjustment",
     }
 }
 
@@ -702,34 +736,62 @@ mod tests {
     }
 
     /// A limit hit says what it was over (a frame with its announced size,
-    /// read from the header left in the buffer); malformed input is over
-    /// nothing (it logs at debug, not as a limit).
+    /// read from the header left in the buffer; a whole line with its
+    /// length, one cut short without): `max_frame_bytes`, or, when that is
+    /// past what the header's width can say after the adjustment, the
+    /// header (raising `max_frame_bytes` would not help). Malformed input
+    /// is over nothing (it logs at debug, not as a limit).
     #[test]
     fn a_limit_hit_names_its_setting_and_malformed_input_none() {
-        let mut codec = Framing::length_prefixed(2).max_frame_bytes(10).codec();
-        let mut buf = BytesMut::from(&[0u8, 11, 1][..]);
-        let error = codec.decode(&mut buf).unwrap_err();
-        assert_eq!(
-            codec.over_limit(error, &buf),
-            Some(OverLimit {
-                what: "framed TCP frame",
-                setting: "Framing::max_frame_bytes",
-                size: Some(11),
-                limit: 10,
-            })
-        );
-        assert_eq!(codec.over_limit(FramingError::BadHeader, &buf), None);
-        let lines = Framing::lines().max_line_bytes(4).codec();
-        assert_eq!(
-            lines.over_limit(FramingError::LineTooLong, b""),
-            Some(OverLimit {
-                what: "framed TCP line",
-                setting: "Framing::max_line_bytes",
-                size: None,
-                limit: 4,
-            })
-        );
-        assert_eq!(lines.over_limit(FramingError::NotUtf8, b""), None);
+        let frame = |setting, size, limit| OverLimit {
+            kind: Flood::FramedFrameTooBig,
+            what: "framed TCP frame",
+            setting,
+            size: Some(size),
+            limit,
+        };
+        let line = |size| OverLimit {
+            kind: Flood::FramedLineTooLong,
+            what: "framed TCP line",
+            setting: "Framing::max_line_bytes",
+            size,
+            limit: 4,
+        };
+        let header = "what a 1-byte length header (Framing::length_prefixed(1)) can say after Framing::length_adjustment";
+        let cases = [
+            (
+                Framing::length_prefixed(2).max_frame_bytes(10),
+                &[0u8, 11, 1][..],
+                frame("Framing::max_frame_bytes", 11, 10),
+            ),
+            (
+                Framing::length_prefixed(1)
+                    .length_adjustment(-1)
+                    .max_frame_bytes(1000),
+                &[255, 0],
+                frame(header, 255, 254),
+            ),
+            (
+                Framing::length_prefixed(2)
+                    .length_adjustment(-2)
+                    .max_frame_bytes(1000),
+                &[3, 233],
+                frame("Framing::max_frame_bytes", 1001, 1000),
+            ),
+            (
+                Framing::lines().max_line_bytes(4),
+                b"01234\n",
+                line(Some(5)),
+            ),
+            (Framing::lines().max_line_bytes(4), b"0123456\n", line(None)),
+        ];
+        for (framing, wire, over) in cases {
+            let mut codec = framing.codec();
+            let mut buf = BytesMut::from(wire);
+            let error = codec.decode(&mut buf).unwrap_err();
+            assert_eq!(codec.over_limit(error, &buf), Some(over), "{wire:?}");
+            assert_eq!(codec.over_limit(FramingError::BadHeader, &buf), None);
+        }
     }
 
     #[test]

@@ -52,7 +52,7 @@ use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::limits::LimitHit;
-use crate::observe::ratelog::{self, Flood, OverLimit};
+use crate::observe::ratelog::{self, OverLimit};
 use crate::observe::stats::{add, incr};
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
@@ -600,11 +600,11 @@ async fn wait_read(
 }
 
 /// Logs a framing error: a frame or line over its limit at info, naming the
-/// [`Framing`] setting, at most once per interval per worker (a peer can
-/// repeat it at will); malformed input at debug.
+/// [`Framing`] setting, at most once per interval per setting and worker (a
+/// peer can repeat it at will); malformed input at debug.
 fn log_framing_error(error: FramingError, over: Option<OverLimit>) {
     match over {
-        Some(over) => ratelog::over_limit(Flood::FramedTooBig, over, "closing"),
+        Some(over) => ratelog::over_limit(over, "closing"),
         None => tracing::debug!(%error, "framing error; closing"),
     }
 }

@@ -54,7 +54,7 @@ use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::limits::LimitHit;
-use crate::observe::ratelog::{self, Flood};
+use crate::observe::ratelog;
 use crate::observe::stats::{add, incr};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
@@ -539,15 +539,15 @@ fn queued(
 
 /// A frame broke the protocol: counted, logged, closed with its code. A
 /// limit hit is logged at info, naming the setting, at most once per
-/// interval per worker (a peer can repeat it at will), as an `axum_ws`
-/// socket's 1009 is; other violations at debug.
+/// interval per setting and worker (a peer can repeat it at will), as an
+/// `axum_ws` socket's 1009 is; other violations at debug.
 fn violated(ctx: &WorkerContext, violation: Violation) -> Next {
     let code = violation.code();
     incr(&ctx.stats.protocol_errors);
     if let Violation::TooBig(too_big) = violation {
         LimitHit::WsMessageTooBig.count(&ctx.stats);
         let over = too_big.over_limit();
-        ratelog::over_limit(Flood::WsMessageTooBig, over, "closing with 1009");
+        ratelog::over_limit(over, "closing with 1009");
     } else {
         tracing::debug!(
             code,

@@ -37,7 +37,7 @@ use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::Utf8Bytes;
 
 use super::deflate::{Codec, Deflate, InflateError};
-use crate::observe::ratelog::OverLimit;
+use crate::observe::ratelog::{Flood, OverLimit};
 
 /// How much room a frame still arriving is given at a time, past what is in
 /// hand: enough for a few reads, never what a header alone announces.
@@ -124,12 +124,21 @@ pub(crate) struct TooBig {
 impl TooBig {
     /// What went over which `WebSocketRoute` setting, for the log line.
     pub(crate) fn over_limit(self) -> OverLimit {
-        let (what, setting) = if self.frame {
-            ("WebSocket frame", "WebSocketRoute::max_frame_bytes")
+        let (kind, what, setting) = if self.frame {
+            (
+                Flood::WsFrameTooBig,
+                "WebSocket frame",
+                "WebSocketRoute::max_frame_bytes",
+            )
         } else {
-            ("WebSocket message", "WebSocketRoute::max_message_bytes")
+            (
+                Flood::WsMessageTooBig,
+                "WebSocket message",
+                "WebSocketRoute::max_message_bytes",
+            )
         };
         OverLimit {
+            kind,
             what,
             setting,
             size: self.size,

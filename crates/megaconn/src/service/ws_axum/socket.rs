@@ -243,13 +243,8 @@ impl WebSocket {
         match error {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 self.io.limit_hit(LimitHit::WsMessageTooBig);
-                let over = OverLimit {
-                    what: "WebSocket message",
-                    setting: self.size_setting(*max_size),
-                    size: Some(*size as u64),
-                    limit: *max_size as u64,
-                };
-                ratelog::over_limit(Flood::WsMessageTooBig, over, "closing with 1009");
+                let over = self.over_size(*size, *max_size);
+                ratelog::over_limit(over, "closing with 1009");
             }
             _ => {
                 tracing::debug!(%error, code = u16::from(code), "closing the WebSocket after a bad frame")
@@ -264,16 +259,36 @@ impl WebSocket {
         let _ = self.poll_flush_queue(cx);
     }
 
-    /// The [`WebSocketUpgrade`](super::WebSocketUpgrade) setting whose
-    /// `max_size` tungstenite's 1009 names (it reports the frame and the
-    /// message limit alike).
-    fn size_setting(&self, max_size: usize) -> &'static str {
+    /// What tungstenite's 1009 (`size` over `max_size`) went over, for the
+    /// log line: the [`WebSocketUpgrade`](super::WebSocketUpgrade) setting
+    /// whose value `max_size` is (tungstenite reports the frame and the
+    /// message limit alike), and so whether a frame or a message did.
+    fn over_size(&self, size: usize, max_size: usize) -> OverLimit {
         let frame = self.config.max_frame_size == Some(max_size);
         let message = self.config.max_message_size == Some(max_size);
-        match (frame, message) {
-            (true, false) => "max_frame_size",
-            (false, true) => "max_message_size",
-            _ => "max_frame_size or max_message_size",
+        let (kind, what, setting) = match (frame, message) {
+            (true, false) => (
+                Flood::AxumWsFrameTooBig,
+                "WebSocket frame",
+                "WebSocketUpgrade::max_frame_size",
+            ),
+            (false, true) => (
+                Flood::AxumWsMessageTooBig,
+                "WebSocket message",
+                "WebSocketUpgrade::max_message_size",
+            ),
+            _ => (
+                Flood::AxumWsMessageTooBig,
+                "WebSocket frame or message",
+                "WebSocketUpgrade::max_frame_size or max_message_size",
+            ),
+        };
+        OverLimit {
+            kind,
+            what,
+            setting,
+            size: Some(size as u64),
+            limit: max_size as u64,
         }
     }
 }
