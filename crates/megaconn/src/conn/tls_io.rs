@@ -332,12 +332,16 @@ impl<S> TlsIo<S> {
             peer_closed,
             ..
         } = self;
+        // Records decrypted or data encrypted this round (see below).
+        let mut moved = false;
         loop {
             let mut empty = [0u8; 0];
             let buf: &mut [u8] = match incoming.as_mut() {
                 Some(b) => &mut b[..],
                 None => &mut empty,
             };
+            #[cfg(test)]
+            tests::ROUNDS.with(|r| r.set(r.get() + 1));
             let UnbufferedStatus { mut discard, state } = session.process_tls_records(buf);
             let state = match state {
                 Ok(state) => state,
@@ -375,6 +379,7 @@ impl<S> TlsIo<S> {
                                 .extend_from_slice(payload);
                         }
                     }
+                    moved = true;
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
@@ -406,6 +411,7 @@ impl<S> TlsIo<S> {
                                     Err(e) => return Err(tls_error(e)),
                                 }
                             }
+                            moved = true;
                             None
                         }
                         None => Some(Step::Ready),
@@ -430,6 +436,21 @@ impl<S> TlsIo<S> {
                     b.advance(discard);
                 }
             }
+            // Records read or data encrypted, nothing left to encrypt, no
+            // ciphertext left and nothing queued to send (a KeyUpdate's
+            // answer, an alert would be): the next round could only say
+            // `WriteTraffic`, so it is skipped, one `process_tls_records`
+            // less per read and per write.
+            let done = match done {
+                None if moved
+                    && encrypt.is_none()
+                    && incoming.as_ref().is_none_or(BytesMut::is_empty)
+                    && !session.wants_write() =>
+                {
+                    Some(Step::Ready)
+                }
+                done => done,
+            };
             if let Some(step) = done {
                 if incoming.as_ref().is_some_and(BytesMut::is_empty) {
                     give_local(incoming.take().expect("checked"));
@@ -545,14 +566,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
         mut sink: Option<&mut ReadBuf<'_>>,
     ) -> Poll<io::Result<()>> {
         loop {
-            let start = sink.as_ref().map_or(0, |s| s.filled().len());
-            let step = self.process_or_alert(cx, sink.as_deref_mut())?;
-            // What the session wrote (a KeyUpdate's answer) goes out now if
-            // it can; if not, before the next thing written.
-            let _ = self.poll_send(cx)?;
-            let got =
-                sink.as_ref().map_or(0, |s| s.filled().len()) > start || self.bufs.plain.is_some();
-            if got || self.peer_closed || self.eof || step == Step::Closed {
+            // With no ciphertext buffered and nothing queued to send, the
+            // session has nothing to say: every earlier call ran it until it
+            // wanted input. Running it anyway cost a `process_tls_records`
+            // round per read, two per request batch on HTTP/2 (the read,
+            // and the one that finds the socket drained).
+            if self.bufs.incoming.is_some() || self.session.wants_write() {
+                let start = sink.as_ref().map_or(0, |s| s.filled().len());
+                let step = self.process_or_alert(cx, sink.as_deref_mut())?;
+                // What the session wrote (a KeyUpdate's answer) goes out now
+                // if it can; if not, before the next thing written.
+                let _ = self.poll_send(cx)?;
+                let got = sink.as_ref().map_or(0, |s| s.filled().len()) > start;
+                if got || step == Step::Closed {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if self.bufs.plain.is_some() || self.peer_closed || self.eof {
                 return Poll::Ready(Ok(()));
             }
             match self.poll_recv(cx)? {
@@ -738,5 +768,95 @@ impl<S: Parkable> Parkable for TlsIo<S> {
         // a record queue) is not kept while parked.
         session.shrink_to_fit();
         Ok((sock.into_parked()?, Some(ParkedTls { session, tail })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::future::poll_fn;
+
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, RootCertStore};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    thread_local! {
+        /// `process_tls_records` rounds `TlsIo::process` ran on this thread.
+        pub(super) static ROUNDS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn rounds() -> usize {
+        ROUNDS.with(|r| r.replace(0))
+    }
+
+    /// A server and a client config, on one throwaway certificate.
+    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// One request-response exchange as HTTP/2 drives it: a read that gets
+    /// the client's record, a read that finds the socket drained, a write
+    /// of the answer and a flush. The session runs one round for the record
+    /// read and one for the write (it ran six: one more per read before
+    /// looking at the socket, one more after decrypting and after
+    /// encrypting to learn there was nothing else), and the answer still
+    /// arrives whole.
+    #[tokio::test]
+    async fn an_exchange_runs_the_session_once_per_record_and_per_write() {
+        let (server_config, client_config) = configs();
+        let (server_half, client_half) = tokio::io::duplex(64 * 1024);
+        let mut server = TlsIo::new(server_half, server_config).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_config);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (shook, client) = tokio::join!(
+            poll_fn(|cx| server.poll_handshake(cx)),
+            connector.connect(name, client_half)
+        );
+        shook.unwrap();
+        let mut client = client.unwrap();
+        // The client reads the server's session tickets along the way.
+        client.write_all(b"request").await.unwrap();
+        client.flush().await.unwrap();
+
+        rounds();
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"request");
+        let drained = poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut buf);
+            Poll::Ready(Pin::new(&mut server).poll_read(cx, &mut rb).is_pending())
+        })
+        .await;
+        assert!(drained, "nothing more was sent");
+        assert_eq!(
+            rounds(),
+            1,
+            "rounds for the record read and the drained read"
+        );
+
+        server.write_all(b"response").await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(rounds(), 1, "rounds for the write");
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"response");
     }
 }
