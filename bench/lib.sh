@@ -666,12 +666,16 @@ bench_sleep() {
 # shellcheck disable=SC2046  # a list of PIDs
 tree_rss() { pid_rss_bytes "$1" $(pid_descendants "$1"); }
 
+# The CPU's model name (the host's CPU can change between runs on this
+# virtual machine, and absolute figures with it).
+cpu_model() { awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo; }
+
 # Print a few facts about the machine and the tools (markdown list).
 bench_machine_info() {
   echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "- nproc: $(nproc); memory: $(free -g | awk '/^Mem:/ { print $2 " GiB total, " $7 " GiB available" }')"
   echo "- kernel: $(uname -srm)"
-  echo "- CPU: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+  echo "- CPU: $(cpu_model)"
   echo "- go: $(go version 2>/dev/null | awk '{ print $3 }'); nginx: $(nginx -v 2>&1 | sed 's|.*nginx/||'); rustc: $(rustc --version 2>/dev/null | awk '{ print $2 }'); wrk: $(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
   echo "- megaconn: built from $(cat "$MEGACONN.version" 2>/dev/null || echo '?') (git describe --dirty of the work tree at build time)"
 }

@@ -881,7 +881,7 @@ run_server() {
     --argjson restarts "${restarts:-0}" --argjson hold "$hold_json" \
     --argjson hb_rate "$hb_rate" --argjson srv_us_hb "$srv_us_hb" --argjson srv_user_us_hb "$srv_user_us_hb" --argjson cli_us_hb "$cli_us_hb" \
     --argjson hold_cpu_pct "$hold_cpu_pct" --argjson final_end "$F_END" --argjson hold_close "$hold_close" \
-    --arg final_note "$final_note" --argjson machine_cpus "$(nproc)" \
+    --arg final_note "$final_note" --argjson machine_cpus "$(nproc)" --arg cpu_model "$(cpu_model)" \
     --argjson bcast "$BROADCAST" --argjson b_pushes "$B_PUSHES" --argjson b_ns "$B_NS" \
     --argjson b_secs "$B_SECS" --arg b_status "$B_STATUS" \
     '{server: $server, target: $target, processes: $procs, ramp_rate: $ramp, hold_secs: $hold_s, interval_secs: $interval,
@@ -893,7 +893,7 @@ run_server() {
       kernel_per_conn: (if $conns > 0 then ($k - $k0) / $conns else null end),
       sock_kernel_per_conn: (if $conns > 0 then ($sk - $sk0) / $conns else null end),
       kernel_baseline: $k0, kernel: $k,
-      cpu_pct_holding: $cpu_pct, cpu_window_secs: $cpu_window, machine_busy_pct: $busy_pct, machine_cpus: $machine_cpus, kswapd_cpu_pct: $kswapd_pct,
+      cpu_pct_holding: $cpu_pct, cpu_window_secs: $cpu_window, machine_busy_pct: $busy_pct, machine_cpus: $machine_cpus, machine_cpu_model: $cpu_model, kswapd_cpu_pct: $kswapd_pct,
       softirq_cpu_pct: $softirq_pct, sampler_cpu_pct: $sampler_pct, steal_cpu_pct: $steal_pct,
       softnet_drops: $softnet_drops, listen_overflows: $listen_overflows, syn_retransmits: $syn_retrans,
       all_open_at_secs: $all_open_t, cpu_settle_secs: $cpu_settle,
@@ -1000,7 +1000,7 @@ fi
   [[ "$PROTO" == framed ]] && what="framed TCP (u32 length header; a PING frame per heartbeat, answered PONG)"
   [[ "$PROTO" == ws ]] && what="WebSocket (native /ws; a ping per heartbeat, answered by a pong)"
   [[ "$PROTO" == ws && "$TLS" == 1 ]] && what="WebSocket over TLS (wss://, native /ws; a ping per heartbeat, answered by a pong)"
-  echo "### A million connections ($what): $N for megaconn, $N_PEER for the peers ($(nproc) cores; server on CPUs $SERVER_CPU, \`megaconn hold\` on CPUs $LOAD_CPU)"
+  echo "### A million connections ($what): $N for megaconn, $N_PEER for the peers ($(nproc) cores, $(cpu_model); server on CPUs $SERVER_CPU, \`megaconn hold\` on CPUs $LOAD_CPU)"
   echo
   echo "| server | processes | connections held | ramp (hold) / all open | drops / resets / failed connects | heartbeat p50 / p99 / p99.9: whole run | after the ramp | server RSS total | server bytes/conn (Δ RSS) | server bytes/conn (Δ PSS) | kernel bytes/conn (both ends) | server CPU while holding | server CPU per heartbeat | hold CPU per heartbeat | clean exit |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
