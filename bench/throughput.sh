@@ -233,7 +233,7 @@ if [[ -n "${SECTION_OUT:-}" ]]; then
   {
     echo "## ${SECTION_TITLE:-HTTP/1.1 throughput against the floor}"
     echo
-    echo "Written by \`bench/throughput.sh\` (SECTION_OUT=$SECTION_OUT) on $(date -u '+%Y-%m-%d %H:%M UTC'), megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores. **The machine was shared with other people's builds during this run**: absolute req/s, latency and µs are noise-laden; the ratios measured side by side in this one run (× floor, vs megaconn) are the figures to read."
+    echo "Written by \`bench/throughput.sh\` (SECTION_OUT=$SECTION_OUT) on $(date -u '+%Y-%m-%d %H:%M UTC'), megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores. **This machine is often shared with other people's builds** (the \"other CPU\" column says how much was, near 0% when nothing else ran): absolute req/s, latency and µs are noise-laden; the ratios measured side by side in this one run (× floor, vs megaconn) are the figures to read."
     echo
     echo '```'
     echo "SECTION_OUT=$SECTION_OUT SERVERS=\"${servers[*]}\" ROUNDS=$ROUNDS DURATION=$DURATION PIPELINE=$PIPELINE RATE=${RATE_ASKED} WRK=$WRK bash bench/throughput.sh"
