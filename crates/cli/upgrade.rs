@@ -195,7 +195,9 @@ const TEST_BIND_GATE_ENV: &str = "MEGACONN_TEST_BIND_GATE";
 /// accept stops at the socket's path plus `.accept.gate`; if the test
 /// writes an errno (a number) before it closes the connection, that accept
 /// fails with it instead (as with `EMFILE` in a process at its open-file
-/// limit).
+/// limit); if it writes `shutdown`, the process shuts its control socket's
+/// listener down first, so that the accept finds it gone (`EINVAL`) and
+/// the control socket is lost ([`ControlSocket::lost`]).
 const TEST_ACCEPT_GATE_ENV: &str = "MEGACONN_TEST_ACCEPT_GATE";
 
 /// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a process
@@ -452,6 +454,9 @@ fn accept_peer(listener: &OwnedFd, path: &Path) -> nix::Result<Peer> {
     let mut failed_log = EveryAtMost::new(ACCEPT_FAILED_LOG_EVERY);
     loop {
         let said = test_gate(path, ".accept", TEST_ACCEPT_GATE_ENV);
+        if said.starts_with(b"shutdown") {
+            let _ = sock::shutdown(listener.as_raw_fd(), sock::Shutdown::Both);
+        }
         let failed = std::str::from_utf8(&said)
             .ok()
             .and_then(|said| said.trim().parse().ok())

@@ -33,17 +33,8 @@ struct Generation {
 /// taking over) has received the parked connections and listens for the
 /// next upgrade.
 fn start(n: usize, listen: &str, socket: &Path, extra: &[&str]) -> (Generation, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
-    cmd.args(["serve", "--listen", listen, "--workers", "2"])
-        .args(["--server-header", &format!("gen{n}")])
-        .arg("--upgrade-socket")
-        .arg(socket)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if n > 0 {
-        cmd.arg("--upgrade");
-    }
+    let mut cmd = serve_command(n, listen, socket, extra);
+    cmd.stderr(Stdio::null());
     let mut child = ChildGuard::spawn(&mut cmd);
     let lines = Lines::new(child.child().stdout.take().unwrap());
     let addr = serving_addr(&lines);
@@ -73,6 +64,23 @@ fn start(n: usize, listen: &str, socket: &Path, extra: &[&str]) -> (Generation, 
         },
         addr,
     )
+}
+
+/// `megaconn serve` as generation `n` (its `Server` header) on `listen`,
+/// taking over from the previous one when `n > 0`, with 2 workers and
+/// `extra` flags; stdout piped.
+fn serve_command(n: usize, listen: &str, socket: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
+    cmd.args(["serve", "--listen", listen, "--workers", "2"])
+        .args(["--server-header", &format!("gen{n}")])
+        .arg("--upgrade-socket")
+        .arg(socket)
+        .args(extra)
+        .stdout(Stdio::piped());
+    if n > 0 {
+        cmd.arg("--upgrade");
+    }
+    cmd
 }
 
 /// Waits for a server's first line, `megaconn serving on`; returns its
@@ -678,13 +686,20 @@ struct Generation0 {
 }
 
 fn generation_0() -> Generation0 {
-    let dir = tempfile::tempdir().unwrap();
+    generation_0_in(tempfile::tempdir().unwrap(), &[])
+}
+
+/// As [`generation_0`], its control sockets in `dir` (where the test may
+/// have put gates already), with more variables in the supervisor's
+/// environment (which its worker processes inherit).
+fn generation_0_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Generation0 {
     let socket = dir.path().join("upgrade.sock");
     // --processes needs an explicit port: held until generation 0 listens.
     let port = common::ReservedPort::new();
     let addr = port.addr.clone();
-    let (child, lines, log) =
-        Log::spawn(&mut supervisor_command(0, &addr, &socket, Stdio::piped()));
+    let mut cmd = supervisor_command(0, &addr, &socket, Stdio::piped());
+    cmd.envs(env.iter().copied());
+    let (child, lines, log) = Log::spawn(&mut cmd);
     let pids = announced(&lines);
     drop(port);
     Generation0 {
@@ -1159,6 +1174,37 @@ fn a_restart_of_an_upgraded_supervisor_yields_its_slot_to_the_next_generation() 
     serves_alone(&addr, 2, gen2);
 }
 
+/// A server (generation 0, its admin listener at `admin`) whose control
+/// socket, in `dir`, stops at the test's gate before each accept
+/// (`MEGACONN_TEST_ACCEPT_GATE`, a test-only knob); its log read.
+struct AtAcceptGate {
+    socket: std::path::PathBuf,
+    gate: Gate,
+    child: ChildGuard,
+    lines: Lines,
+    log: Log,
+    /// Where it serves.
+    addr: String,
+}
+
+/// Starts an [`AtAcceptGate`]; returns once it serves.
+fn at_accept_gate(dir: &Path, admin: &str) -> AtAcceptGate {
+    let socket = dir.join("upgrade.sock");
+    let gate = Gate::at(&socket, ".accept.gate");
+    let mut cmd = serve_command(0, "127.0.0.1:0", &socket, &["--admin", admin]);
+    cmd.env("MEGACONN_TEST_ACCEPT_GATE", "1");
+    let (child, lines, log) = Log::spawn(&mut cmd);
+    let addr = serving_addr(&lines);
+    AtAcceptGate {
+        socket,
+        gate,
+        child,
+        lines,
+        log,
+        addr,
+    }
+}
+
 /// A server whose control socket's `accept` fails for want of a resource
 /// (`EMFILE` here, at a test gate: a process at its open-file limit) tries
 /// again, backing off, and the next upgrade takes over. Its control
@@ -1170,17 +1216,14 @@ fn a_restart_of_an_upgraded_supervisor_yields_its_slot_to_the_next_generation() 
 #[test]
 fn a_server_whose_control_socket_accept_failed_is_taken_over() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("upgrade.sock");
-    let gate = Gate::at(&socket, ".accept.gate");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
-        .args(["--admin", "off", "--server-header", "gen0"])
-        .arg("--upgrade-socket")
-        .arg(&socket)
-        .env("MEGACONN_TEST_ACCEPT_GATE", "1")
-        .stdout(Stdio::piped());
-    let (old, old_lines, old_log) = Log::spawn(&mut cmd);
-    let addr = serving_addr(&old_lines);
+    let AtAcceptGate {
+        socket,
+        gate,
+        child: old,
+        lines: old_lines,
+        log: old_log,
+        addr,
+    } = at_accept_gate(dir.path(), "off");
     const FAILED: &str = "upgrade control socket: accept failed";
     for _ in 0..2 {
         let (pid, mut failing) = gate.next();
@@ -1206,55 +1249,19 @@ fn a_server_whose_control_socket_accept_failed_is_taken_over() {
     serves_alone(&addr, 1, new.child);
 }
 
-/// A copy of process `pid`'s listening control socket, bound at `socket`
-/// (under a temporary name first, the one `/proc/net/unix` shows), taken
-/// with pidfd_getfd(2); `None` where this host does not allow that.
-fn control_listener_of(pid: i32, socket: &Path) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd as _;
-    let bound = socket.with_extension(format!("{pid}.tmp"));
-    let bound = bound.to_str().unwrap();
-    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
-    let inode = unix
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.get(7) == Some(&bound)).then(|| fields[6].to_string())
-        })
-        .unwrap_or_else(|| panic!("{bound} is not in /proc/net/unix"));
-    let target = format!("socket:[{inode}]");
-    let fd: i32 = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| std::fs::read_link(path).is_ok_and(|link| link.as_os_str() == target.as_str()))
-        .and_then(|path| path.file_name()?.to_str()?.parse().ok())
-        .expect("the process holds its control socket");
-    // SAFETY: pidfd_open(2) with integer arguments.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if pidfd < 0 {
-        return None;
-    }
-    // SAFETY: pidfd_getfd(2) with integer arguments, then closing the
-    // pidfd we opened.
-    let copy = unsafe {
-        let copy = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
-        libc::close(pidfd);
-        copy
-    };
-    // SAFETY: a descriptor pidfd_getfd just installed here for us.
-    (copy >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) })
-}
-
 /// A worker process of a supervisor whose control socket's listener is
-/// gone (shut down here, through a copy of it, so that its accept fails
-/// with `EINVAL`) binds the control socket anew, with its slot's lock, and
-/// the next upgrade takes over both slots. Its control socket's thread used
-/// to end with a log line, the process serving on with nothing to take over
-/// from it and holding its slot's lock for good: the next upgrade's worker
-/// process found nothing to take over from, then the slot taken, and was
-/// given up, upgrade after upgrade.
+/// gone (the worker process shuts it down when told, at a test gate before
+/// its accept, so that the accept fails with `EINVAL`) binds the control
+/// socket anew, with its slot's lock, and the next upgrade takes over both
+/// slots. Its control socket's thread used to end with a log line, the
+/// process serving on with nothing to take over from it and holding its
+/// slot's lock for good: the next upgrade's worker process found nothing to
+/// take over from, then the slot taken, and was given up, upgrade after
+/// upgrade.
 #[test]
 fn a_worker_process_whose_control_socket_is_gone_binds_it_anew() {
-    use std::os::fd::AsRawFd as _;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::at(&dir.path().join("upgrade.sock"), ".1.accept.gate");
     let Generation0 {
         dir: _dir,
         socket,
@@ -1263,15 +1270,72 @@ fn a_worker_process_whose_control_socket_is_gone_binds_it_anew() {
         lines: old_lines,
         log: old_log,
         pids,
-    } = generation_0();
-    let mut slot = socket.as_os_str().to_owned();
-    slot.push(".1");
-    let Some(listener) = control_listener_of(pids[1], Path::new(&slot)) else {
-        common::skip("pidfd_getfd(2) is not allowed here: a control socket's lost listener");
-        return;
-    };
-    // SAFETY: shutdown(2) on our copy of it.
-    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    } = generation_0_in(dir, &[("MEGACONN_TEST_ACCEPT_GATE", "1")]);
+    let (pid, mut gone) = gate.next();
+    assert_eq!(pid, pids[1]);
+    gone.write_all(b"shutdown\n").unwrap();
+    drop(gone);
+    old_log.wait_for_line("accept failed: the socket is gone", "");
+    // Bound anew: its next accept is on the new listener.
+    let (again, go) = gate.next();
+    assert_eq!(again, pids[1]);
+    drop((go, gate));
     old_log.wait_for_line("upgrade control socket bound", "attempts=2");
     next_generation_takes_over_both_slots(1, &addr, &socket, old, old_lines);
+}
+
+/// A server whose control socket is lost while it shuts down (its
+/// listener shut down at the accept gate, during the drain of a request in
+/// flight) does not bind one anew, nor say it will: it is leaving (and after
+/// a hand-over the name is the newer process's). It drains and exits, the
+/// control socket's name gone.
+#[test]
+fn a_control_socket_lost_while_shutting_down_is_not_bound_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let AtAcceptGate {
+        socket,
+        gate,
+        child: mut server,
+        lines,
+        log,
+        addr,
+    } = at_accept_gate(dir.path(), "127.0.0.1:0");
+    let line = lines.expect_line();
+    let admin = line
+        .strip_prefix("megaconn admin on http://")
+        .unwrap_or_else(|| panic!("no admin line: {line}"));
+    let (pid, mut gone) = gate.next();
+    assert_eq!(pid, server.id());
+    let mut held = hold_request(&addr, admin);
+    server.signal(libc::SIGTERM);
+    log.wait_for_line("shutting down gracefully", "");
+    gone.write_all(b"shutdown\n").unwrap();
+    drop(gone);
+    log.wait_for_line("accept failed: the socket is gone", "");
+    // The serve loop heard it lost: it removed the name (a process bound
+    // anew only after its back-off, 100 ms on).
+    let deadline = Instant::now() + CHILD_SAFETY;
+    while socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the lost control socket's name stays"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    end_held_request(&mut held);
+    assert!(server.wait().success());
+    // The process exited: its log is whole.
+    let rebinding: Vec<String> = log
+        .0
+        .iter()
+        .filter(|l| l.contains("binding it again"))
+        .collect();
+    assert!(
+        rebinding.is_empty(),
+        "a process shutting down binds again: {rebinding:?}"
+    );
+    assert!(
+        !socket.exists(),
+        "a process shutting down bound the control socket again"
+    );
 }
