@@ -854,6 +854,12 @@ impl TakeOver {
     /// can take over from this one. `ready` hears the control socket, or
     /// the error binding it (bind it again later: until then nothing can
     /// take over from this process, which holds its slot's lock).
+    ///
+    /// An `Err` (no thread to be had, the old process gone) comes before
+    /// the old process heard that this one serves: it serves on, and this
+    /// one should exit. The old process used to be told first, so that a
+    /// thread refused then (at the process's or the user's limit) left
+    /// nobody serving.
     pub fn finish(
         self,
         handle: ServerHandle,
@@ -866,40 +872,73 @@ impl TakeOver {
             taken,
             slot: _,
         } = self;
+        // The thread starts first and waits for the connection, which it
+        // gets once the old process was told: if READY cannot be sent, the
+        // thread hears nothing and ends.
+        let (go, told) = std::sync::mpsc::sync_channel::<Peer>(1);
+        let gate = path.clone();
+        spawn_unless_told(&gate, "megaconn-upgrade", move || {
+            let Ok(peer) = told.recv() else { return };
+            let parked = receive_parked(&peer, &handle);
+            if let Err(e) = &parked {
+                tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them");
+            }
+            let control = ControlSocket::bind(&path);
+            if let Err(e) = &control {
+                tracing::error!(error = format!("{e:#}"), "upgrade: cannot bind the control socket for the next upgrade; trying again");
+            }
+            // A supervisor counts this process ready on either line
+            // (it serves the listeners it took over), and would
+            // otherwise kill it at its start-up deadline.
+            match (&parked, &control) {
+                (Ok(parked), Ok(_)) => crate::say!(
+                    "megaconn upgrade done: took over {taken} listening sockets and {parked} parked connections in {} ms; next upgrade on {}",
+                    started.elapsed().as_millis(),
+                    path.display()
+                ),
+                (_, Ok(_)) => crate::say!(
+                    "megaconn upgrade done, but not all of it (see the error above): serving without the parked connections; next upgrade on {}",
+                    path.display()
+                ),
+                (_, Err(_)) => crate::say!(
+                    "megaconn upgrade done, but not all of it (see the error above): serving; no next upgrade until the control socket {} is bound (trying again)",
+                    path.display()
+                ),
+            }
+            let _ = ready.send(control);
+        })
+        .context("upgrade: cannot start a thread to take over the parked connections (the old process serves on)")?;
         peer.send(READY, &[], &[])?;
-        std::thread::Builder::new()
-            .name("megaconn-upgrade".into())
-            .spawn(move || {
-                let parked = receive_parked(&peer, &handle);
-                if let Err(e) = &parked {
-                    tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them");
-                }
-                let control = ControlSocket::bind(&path);
-                if let Err(e) = &control {
-                    tracing::error!(error = format!("{e:#}"), "upgrade: cannot bind the control socket for the next upgrade; trying again");
-                }
-                // A supervisor counts this process ready on either line
-                // (it serves the listeners it took over), and would
-                // otherwise kill it at its start-up deadline.
-                match (&parked, &control) {
-                    (Ok(parked), Ok(_)) => crate::say!(
-                        "megaconn upgrade done: took over {taken} listening sockets and {parked} parked connections in {} ms; next upgrade on {}",
-                        started.elapsed().as_millis(),
-                        path.display()
-                    ),
-                    (_, Ok(_)) => crate::say!(
-                        "megaconn upgrade done, but not all of it (see the error above): serving without the parked connections; next upgrade on {}",
-                        path.display()
-                    ),
-                    (_, Err(_)) => crate::say!(
-                        "megaconn upgrade done, but not all of it (see the error above): serving; no next upgrade until the control socket {} is bound (trying again)",
-                        path.display()
-                    ),
-                }
-                let _ = ready.send(control);
-            })?;
+        // The thread waits for it (a bounded channel with room for it, so
+        // this never blocks); were it gone, `ready` would hear nothing and
+        // the caller binds the control socket anew.
+        let _ = go.send(peer);
         Ok(())
     }
+}
+
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`] for the
+/// thread [`TakeOver::finish`] starts: a new process about to start it
+/// stops at the control socket's path plus `.spawn.gate`; if the test
+/// writes `fail` before it closes the connection, the thread cannot be
+/// had (as at the process's or the user's thread limit).
+const TEST_SPAWN_GATE_ENV: &str = "MEGACONN_TEST_SPAWN_GATE";
+
+/// A thread named `name` running `f`, as `std::thread::Builder::spawn`,
+/// or the error a test told it to fail with ([`TEST_SPAWN_GATE_ENV`], at
+/// the control socket `path`).
+fn spawn_unless_told(
+    path: &Path,
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
+    if test_gate(path, ".spawn", TEST_SPAWN_GATE_ENV).starts_with(b"fail") {
+        return Err(std::io::Error::other("failed by the test gate"));
+    }
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
 }
 
 fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {

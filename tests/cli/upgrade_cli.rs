@@ -1339,3 +1339,37 @@ fn a_control_socket_lost_while_shutting_down_is_not_bound_again() {
         "a process shutting down bound the control socket again"
     );
 }
+
+/// A new process that cannot start the thread that finishes its take-over
+/// (failed here at a test gate, as at the process's thread limit) exits
+/// before it tells the old process it serves: the old one serves on,
+/// alone, and hands over to the next upgrade. It used to tell the old
+/// process first, which handed over and left, so that nobody served.
+#[test]
+fn a_new_process_with_no_thread_to_finish_leaves_the_old_one_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "off"];
+    let (mut old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
+    let gate = Gate::at(&socket, ".spawn.gate");
+    let mut cmd = serve_command(1, &addr, &socket, &extra);
+    cmd.env("MEGACONN_TEST_SPAWN_GATE", "1");
+    let (mut new, new_lines, new_log) = Log::spawn(&mut cmd);
+    serving_addr(&new_lines);
+    let (pid, mut failing) = gate.next();
+    assert_eq!(pid, new.id());
+    failing.write_all(b"fail\n").unwrap();
+    drop((failing, gate));
+    assert!(
+        !new.wait().success(),
+        "the new process serves without a thread"
+    );
+    new_log.wait_for_line("cannot start a thread", "old process serves on");
+    for _ in 0..10 {
+        assert_eq!(served_by(&addr), "gen0");
+    }
+    assert!(old.child.child().try_wait().unwrap().is_none());
+    let (next, _) = start(2, &addr, &socket, &extra);
+    finish(old);
+    serves_alone(&addr, 2, next.child);
+}
