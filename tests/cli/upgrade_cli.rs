@@ -33,8 +33,19 @@ struct Generation {
 /// taking over) has received the parked connections and listens for the
 /// next upgrade.
 fn start(n: usize, listen: &str, socket: &Path, extra: &[&str]) -> (Generation, String) {
+    start_with(n, listen, socket, extra, &[])
+}
+
+/// As [`start`], with more variables in its environment (test gates).
+fn start_with(
+    n: usize,
+    listen: &str,
+    socket: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Generation, String) {
     let mut cmd = serve_command(n, listen, socket, extra);
-    cmd.stderr(Stdio::null());
+    cmd.envs(env.iter().copied()).stderr(Stdio::null());
     let mut child = ChildGuard::spawn(&mut cmd);
     let lines = Lines::new(child.child().stdout.take().unwrap());
     let addr = serving_addr(&lines);
@@ -1372,4 +1383,49 @@ fn a_new_process_with_no_thread_to_finish_leaves_the_old_one_serving() {
     let (next, _) = start(2, &addr, &socket, &extra);
     finish(old);
     serves_alone(&addr, 2, next.child);
+}
+
+/// An old process whose hand-over panics after the new process said it
+/// serves (told to at a test gate) leaves all the same: it stops
+/// accepting, closes its idle connection (not handed over), says it
+/// handed over and exits, and the new process serves alone. It used to
+/// serve on beside the new one, the idle connection held, until someone
+/// signalled it.
+#[test]
+fn an_old_process_whose_hand_over_panics_after_ready_still_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "off"];
+    let ready_gate = ("MEGACONN_TEST_READY_GATE", "1");
+    let (old, addr) = start_with(0, "127.0.0.1:0", &socket, &extra, &[ready_gate]);
+    let idle = TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    let mut idle = BufReader::new(idle);
+    idle.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let head = read_response(&mut idle).unwrap();
+    assert!(head.contains("server: gen0"), "{head}");
+    let gate = Gate::at(&socket, ".ready.gate");
+    // Returns once the new process is done (with what it got).
+    let (to_new, new) = mpsc::channel();
+    let (addr1, socket1) = (addr.clone(), socket.clone());
+    std::thread::spawn(move || {
+        let _ = to_new.send(start(1, &addr1, &socket1, &extra).0);
+    });
+    let (pid, mut panicking) = gate.next();
+    assert_eq!(pid, old.child.id());
+    panicking.write_all(b"panic\n").unwrap();
+    drop((panicking, gate));
+    let new = new
+        .recv_timeout(CHILD_SAFETY)
+        .expect("the new process is done");
+    let handed = finish(old);
+    assert!(handed.contains("not all of it"), "{handed}");
+    let mut rest = Vec::new();
+    let n = idle
+        .read_to_end(&mut rest)
+        .expect("the idle connection is closed");
+    assert_eq!(n, 0, "{rest:?}");
+    serves_alone(&addr, 1, new.child);
 }
