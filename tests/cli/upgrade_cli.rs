@@ -700,9 +700,17 @@ fn generation_0() -> Generation0 {
     generation_0_in(tempfile::tempdir().unwrap(), &[])
 }
 
-/// As [`generation_0`], its control sockets in `dir` (where the test may
-/// have put gates already), with more variables in the supervisor's
-/// environment (which its worker processes inherit).
+/// As [`generation_0`], with the test gate that the variable `env` turns on
+/// (in the supervisor's environment, which its worker processes inherit)
+/// in place at its control socket's path plus `suffix` before it starts.
+fn generation_0_at_gate(env: &str, suffix: &str) -> (Generation0, Gate) {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::at(&dir.path().join("upgrade.sock"), suffix);
+    (generation_0_in(dir, &[(env, "1")]), gate)
+}
+
+/// As [`generation_0`], its control sockets in `dir`, with more variables
+/// in the supervisor's environment.
 fn generation_0_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Generation0 {
     let socket = dir.path().join("upgrade.sock");
     // --processes needs an explicit port: held until generation 0 listens.
@@ -1271,28 +1279,20 @@ fn a_server_whose_control_socket_accept_failed_is_taken_over() {
 /// upgrade.
 #[test]
 fn a_worker_process_whose_control_socket_is_gone_binds_it_anew() {
-    let dir = tempfile::tempdir().unwrap();
-    let gate = Gate::at(&dir.path().join("upgrade.sock"), ".1.accept.gate");
-    let Generation0 {
-        dir: _dir,
-        socket,
-        addr,
-        child: old,
-        lines: old_lines,
-        log: old_log,
-        pids,
-    } = generation_0_in(dir, &[("MEGACONN_TEST_ACCEPT_GATE", "1")]);
+    let (old, gate) = generation_0_at_gate("MEGACONN_TEST_ACCEPT_GATE", ".1.accept.gate");
     let (pid, mut gone) = gate.next();
-    assert_eq!(pid, pids[1]);
+    assert_eq!(pid, old.pids[1]);
     gone.write_all(b"shutdown\n").unwrap();
     drop(gone);
-    old_log.wait_for_line("accept failed: the socket is gone", "");
+    old.log
+        .wait_for_line("accept failed: the socket is gone", "");
     // Bound anew: its next accept is on the new listener.
     let (again, go) = gate.next();
-    assert_eq!(again, pids[1]);
+    assert_eq!(again, old.pids[1]);
     drop((go, gate));
-    old_log.wait_for_line("upgrade control socket bound", "attempts=2");
-    next_generation_takes_over_both_slots(1, &addr, &socket, old, old_lines);
+    old.log
+        .wait_for_line("upgrade control socket bound", "attempts=2");
+    next_generation_takes_over_both_slots(1, &old.addr, &old.socket, old.child, old.lines);
 }
 
 /// A server whose control socket is lost while it shuts down (its
@@ -1428,4 +1428,28 @@ fn an_old_process_whose_hand_over_panics_after_ready_still_leaves() {
         .expect("the idle connection is closed");
     assert_eq!(n, 0, "{rest:?}");
     serves_alone(&addr, 1, new.child);
+}
+
+/// A worker process of a supervisor whose hand-over panics after its new
+/// worker process said it serves (told to at a test gate) says it handed
+/// over all the same: its supervisor lets it drain and exit, does not
+/// restart it, and exits once both slots are handed over; the new
+/// generation serves alone. Without the word its exit read as a death.
+#[test]
+fn a_worker_process_whose_hand_over_panics_after_ready_is_not_restarted() {
+    let (old, gate) = generation_0_at_gate("MEGACONN_TEST_READY_GATE", ".0.ready.gate");
+    let mut cmd = supervisor_command(1, &old.addr, &old.socket, Stdio::null());
+    let mut new = ChildGuard::spawn(&mut cmd);
+    let new_lines = Lines::new(new.child().stdout.take().unwrap());
+    let (pid, mut panicking) = gate.next();
+    assert_eq!(pid, old.pids[0]);
+    panicking.write_all(b"panic\n").unwrap();
+    drop((panicking, gate));
+    old.log.wait_for("handed over to a newer one", 0);
+    announced(&new_lines);
+    old_supervisor_finishes(old.child, old.lines);
+    // The old supervisor exited: its log is whole.
+    let restarted: Vec<String> = old.log.0.iter().filter(|l| l.contains("restart")).collect();
+    assert!(restarted.is_empty(), "{restarted:?}");
+    serves_alone(&old.addr, 1, new);
 }
