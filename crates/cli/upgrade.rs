@@ -22,12 +22,16 @@
 //! ```
 //!
 //! The listening sockets never close, so no connection is refused: the
-//! kernel queues connections on them while either process accepts. A worker
-//! process of a supervisor also holds its slot's lock ([`SlotLock`]), which
-//! goes with its last listening socket and is then the new process's alone.
-//! The
-//! messages are `SOCK_SEQPACKET`, so each arrives whole with its descriptors.
-//! std has no stable API for ancillary data (`SocketAncillary` is unstable),
+//! kernel queues connections on them while either process accepts. 'R' is
+//! the point of no return: the new process says it only once it can carry
+//! on alone (its thread for the rest is up, see `TakeOver::finish`), and
+//! the old process, once it heard it, leaves whatever fails or panics then
+//! (`Leaving`): one of the two serves, never neither, and not both for
+//! good. A worker process of a supervisor also holds its slot's lock
+//! ([`SlotLock`]), which goes with its last listening socket and is then
+//! the new process's alone. The messages are `SOCK_SEQPACKET`, so each
+//! arrives whole with its descriptors. std has no stable API for ancillary
+//! data (`SocketAncillary` is unstable),
 //! so `nix` does `sendmsg`/`recvmsg`.
 
 use std::io::{IoSlice, IoSliceMut};
@@ -195,7 +199,9 @@ const TEST_BIND_GATE_ENV: &str = "MEGACONN_TEST_BIND_GATE";
 /// accept stops at the socket's path plus `.accept.gate`; if the test
 /// writes an errno (a number) before it closes the connection, that accept
 /// fails with it instead (as with `EMFILE` in a process at its open-file
-/// limit).
+/// limit); if it writes `shutdown`, the process shuts its control socket's
+/// listener down first, so that the accept finds it gone (`EINVAL`) and
+/// the control socket is lost ([`ControlSocket::lost`]).
 const TEST_ACCEPT_GATE_ENV: &str = "MEGACONN_TEST_ACCEPT_GATE";
 
 /// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a process
@@ -387,19 +393,23 @@ impl ControlSocket {
     /// as a panic would: then [`ControlSocket::lost`] returns, and the
     /// caller binds the control socket anew, as after a failed bind
     /// (`serve.rs`). A panic after the new process said it serves does not
-    /// count: the name is the new process's.
+    /// count: the name is the new process's, and this process shuts down
+    /// all the same (see [`Leaving`]).
     pub fn serve(&self, handle: ServerHandle) -> std::io::Result<()> {
         self.spawn(handle).map(drop)
     }
 
     /// [`ControlSocket::serve`], returning its thread (for a test to join).
     fn spawn(&self, handle: ServerHandle) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let listener = self.listener.try_clone()?;
-        let busy = self.busy.clone();
-        let more = self.more.clone();
-        let slot = self.slot.clone();
+        let upgrades = Upgrades {
+            listener: self.listener.try_clone()?,
+            handle,
+            busy: self.busy.clone(),
+            more: self.more.clone(),
+            slot: self.slot.clone(),
+            path: self.path.clone(),
+        };
         let lost = self.lost.clone();
-        let path = self.path.clone();
         std::thread::Builder::new()
             .name("megaconn-upgrade".into())
             .spawn(move || {
@@ -407,22 +417,15 @@ impl ControlSocket {
                 // said it serves (see `hand_over`).
                 let mut lost = LostOnDrop(Some(lost));
                 loop {
-                    let peer = match accept_peer(&listener, &path) {
+                    let peer = match accept_peer(&upgrades.listener, &upgrades.path) {
                         Ok(peer) => peer,
                         Err(e) => {
                             tracing::error!(error = %e, "upgrade control socket: accept failed: the socket is gone");
                             return;
                         }
                     };
-                    let more = more
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .clone();
-                    match hand_over(&peer, &handle, &more, &busy, &slot, &path, &mut lost) {
-                        Ok(true) => {
-                            refuse_more(&listener);
-                            return;
-                        }
+                    match upgrades.hand_over(&peer, &mut lost) {
+                        Ok(true) => return,
                         Ok(false) => {}
                         Err(e) => {
                             tracing::error!(error = format!("{e:#}"), "upgrade failed; still serving")
@@ -452,6 +455,9 @@ fn accept_peer(listener: &OwnedFd, path: &Path) -> nix::Result<Peer> {
     let mut failed_log = EveryAtMost::new(ACCEPT_FAILED_LOG_EVERY);
     loop {
         let said = test_gate(path, ".accept", TEST_ACCEPT_GATE_ENV);
+        if said.starts_with(b"shutdown") {
+            let _ = sock::shutdown(listener.as_raw_fd(), sock::Shutdown::Both);
+        }
         let failed = std::str::from_utf8(&said)
             .ok()
             .and_then(|said| said.trim().parse().ok())
@@ -600,150 +606,244 @@ impl Drop for ControlSocket {
     }
 }
 
-/// The old process's side of one upgrade, on the control socket at `path`.
-/// `Ok(false)`: the new process went away before it was ready; this one
-/// keeps serving. `lost` is disarmed once the new process said it serves.
-fn hand_over(
-    peer: &Peer,
-    handle: &ServerHandle,
-    more: &[ServerHandle],
-    busy: &std::sync::Mutex<bool>,
-    slot: &std::sync::Mutex<Option<SlotLock>>,
-    path: &Path,
-    lost: &mut LostOnDrop,
-) -> anyhow::Result<bool> {
-    peer.set_timeout()?;
-    let cred = sock::getsockopt(peer.0.as_raw_fd(), sock::sockopt::PeerCredentials)?;
-    // SAFETY: getuid has no arguments and cannot fail.
-    let me = unsafe { libc::getuid() };
-    if cred.uid() != me && cred.uid() != 0 {
-        bail!(
-            "process {} of user {} asked to take over; only user {me} may",
-            cred.pid(),
-            cred.uid()
-        );
-    }
-    let (hello, _) = peer.expect(HELLO)?;
-    let new_pid = u32::from_be_bytes(hello.get(..4).context("short hello")?.try_into()?);
-    let mut sockets = handle.listening_sockets()?;
-    for other in more {
-        sockets.extend(other.listening_sockets()?);
-    }
-    let raw: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
-    // The slot lock goes last, flagged by the last message's second byte: a
-    // process that does not know of it reads the first byte only, finds a
-    // descriptor that is no listening socket, and closes it.
-    let lock = slot
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .as_ref()
-        .map(|l| l.0.as_raw_fd());
-    let all: Vec<RawFd> = raw.iter().copied().chain(lock).collect();
-    let chunks: Vec<&[RawFd]> = all.chunks(MAX_FDS).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let last = i + 1 == chunks.len();
-        let flags = [u8::from(last), u8::from(last && lock.is_some())];
-        peer.send(LISTENERS, &flags, chunk)?;
-    }
-    drop(sockets);
-    tracing::info!(
-        new_pid,
-        listeners = raw.len(),
-        "upgrade: listening sockets sent; waiting for the new process to serve"
-    );
-    match peer.recv() {
-        Ok((READY, _, _)) => {}
-        Ok((k, _, _)) => bail!("unexpected upgrade message {:?}", k as char),
-        Err(e) => {
-            tracing::warn!(
-                new_pid,
-                error = format!("{e:#}"),
-                "upgrade abandoned by the new process; still serving"
+/// What the thread of [`ControlSocket::serve`] works with: the control
+/// socket's listener (a copy) and the server(s) it hands over.
+struct Upgrades {
+    listener: OwnedFd,
+    handle: ServerHandle,
+    busy: std::sync::Arc<std::sync::Mutex<bool>>,
+    more: std::sync::Arc<std::sync::Mutex<Vec<ServerHandle>>>,
+    slot: std::sync::Arc<std::sync::Mutex<Option<SlotLock>>>,
+    path: PathBuf,
+}
+
+impl Upgrades {
+    /// The old process's side of one upgrade. `Ok(false)`: the new process
+    /// went away before it was ready; this one keeps serving. Once the new
+    /// process said it serves, `Ok(true)` whatever happens (see
+    /// [`Upgrades::leave`]), and `lost` is disarmed.
+    fn hand_over(&self, peer: &Peer, lost: &mut LostOnDrop) -> anyhow::Result<bool> {
+        peer.set_timeout()?;
+        let cred = sock::getsockopt(peer.0.as_raw_fd(), sock::sockopt::PeerCredentials)?;
+        // SAFETY: getuid has no arguments and cannot fail.
+        let me = unsafe { libc::getuid() };
+        if cred.uid() != me && cred.uid() != 0 {
+            bail!(
+                "process {} of user {} asked to take over; only user {me} may",
+                cred.pid(),
+                cred.uid()
             );
-            return Ok(false);
+        }
+        let (hello, _) = peer.expect(HELLO)?;
+        let new_pid = u32::from_be_bytes(hello.get(..4).context("short hello")?.try_into()?);
+        let more = self
+            .more
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut sockets = self.handle.listening_sockets()?;
+        for other in &more {
+            sockets.extend(other.listening_sockets()?);
+        }
+        let raw: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
+        // The slot lock goes last, flagged by the last message's second byte: a
+        // process that does not know of it reads the first byte only, finds a
+        // descriptor that is no listening socket, and closes it.
+        let lock = self
+            .slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|l| l.0.as_raw_fd());
+        let all: Vec<RawFd> = raw.iter().copied().chain(lock).collect();
+        let chunks: Vec<&[RawFd]> = all.chunks(MAX_FDS).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let flags = [u8::from(last), u8::from(last && lock.is_some())];
+            peer.send(LISTENERS, &flags, chunk)?;
+        }
+        drop(sockets);
+        tracing::info!(
+            new_pid,
+            listeners = raw.len(),
+            "upgrade: listening sockets sent; waiting for the new process to serve"
+        );
+        match peer.recv() {
+            Ok((READY, _, _)) => {}
+            Ok((k, _, _)) => bail!("unexpected upgrade message {:?}", k as char),
+            Err(e) => {
+                tracing::warn!(
+                    new_pid,
+                    error = format!("{e:#}"),
+                    "upgrade abandoned by the new process; still serving"
+                );
+                return Ok(false);
+            }
+        }
+        // The new process serves, and binds its own control socket at `path`
+        // next: should this thread end now (a panic further on), the process
+        // must not bind one again, renaming it over the new process's (the
+        // next upgrade would come here).
+        lost.disarm();
+        self.leave(peer, &more, new_pid, raw.len());
+        Ok(true)
+    }
+
+    /// The hand-over once the new process said it serves: this process
+    /// leaves, whatever happens here (see [`Leaving`]), so nothing fails
+    /// out of it.
+    fn leave(&self, peer: &Peer, more: &[ServerHandle], new_pid: u32, listeners: usize) {
+        let mut leaving = Leaving {
+            upgrades: self,
+            more,
+            new_pid,
+            said: false,
+        };
+        panic_after_ready_if_told(&self.path);
+        let started = Instant::now();
+        // The new process serves the slot now: its copy of the lock is the
+        // lock. (Had it gone away before this, this one would still hold it.)
+        drop(
+            self.slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+        // Taken before shutdown begins, so the process waits for it at exit.
+        let mut busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *busy = true;
+        // The new process accepts now: stop accepting and hand the parked
+        // connections over; the rest drain as in a graceful shutdown.
+        let batches = self.handle.hand_over_parked();
+        self.handle.shutdown();
+        // The admin listener(s) too: the new process serves them now, and an
+        // old process answering /metrics (or taking /publish) while it drains
+        // would have scrapes alternate between the two processes' counters.
+        // Their requests in flight finish. Asking for their parked connections
+        // is how to hear that their workers stopped accepting (waited for
+        // before 'E', so that once the new process says it is done no admin
+        // request reaches this one); those idle connections close here, as
+        // a shutdown closes them, and their clients reconnect to the new
+        // process.
+        let others: Vec<_> = more
+            .iter()
+            .map(|other| {
+                let parked = other.hand_over_parked();
+                other.shutdown();
+                parked
+            })
+            .collect();
+        // An error only loses the parked connections not sent yet (they
+        // close here).
+        let mut sent = 0usize;
+        let sending = (|| -> anyhow::Result<()> {
+            for batch in batches {
+                for chunk in batch.chunks(MAX_FDS) {
+                    let mut payload = Vec::with_capacity(chunk.len() * ParkedState::WIRE_BYTES);
+                    for c in chunk {
+                        payload.extend_from_slice(&c.state.to_bytes());
+                    }
+                    let fds: Vec<RawFd> = chunk.iter().map(|c| c.socket.as_raw_fd()).collect();
+                    peer.send(PARKED, &payload, &fds)?;
+                    sent += chunk.len();
+                }
+                // Dropping the batch closes this process's descriptors; the
+                // sockets live on in the new process.
+            }
+            others.into_iter().flatten().for_each(drop);
+            peer.send(END, &(sent as u64).to_be_bytes(), &[])
+        })();
+        if let Err(e) = sending {
+            tracing::error!(
+                new_pid,
+                sent,
+                error = format!("{e:#}"),
+                "upgrade: the new process went away during the hand-over; the parked connections not sent were closed"
+            );
+        }
+        tracing::info!(
+            new_pid,
+            parked = sent,
+            ms = started.elapsed().as_millis() as u64,
+            "upgrade: handed over; draining the remaining connections"
+        );
+        test_gate(&self.path, ".handed", TEST_HANDED_GATE_ENV);
+        crate::say!(
+            "megaconn handed over to pid {new_pid}: {listeners} listening sockets, {sent} parked connections; draining"
+        );
+        leaving.said = true;
+        // Held until said: the process, its server stopped, waits for it
+        // at exit (its supervisor must hear of the hand-over first).
+        drop(busy);
+    }
+}
+
+/// The old process's way out once the new process said it serves, taken
+/// when dropped: at the end of the hand-over, or by a panic midway (a bug),
+/// which used to leave this process serving beside the new one, its parked
+/// connections held, until someone signalled it. Whatever happened, it
+/// stops accepting and shuts its server(s) down as a graceful shutdown does
+/// (the parked connections not handed over close; the requests in flight
+/// finish), leaves the control socket's name to the new process, and
+/// refuses further take-overs. Each step is idempotent: the hand-over took
+/// most already.
+struct Leaving<'a> {
+    upgrades: &'a Upgrades,
+    more: &'a [ServerHandle],
+    new_pid: u32,
+    /// The hand-over said it handed over; if not, the drop says so, for a
+    /// supervisor, which would otherwise restart this worker process when
+    /// it exits.
+    said: bool,
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        let up = self.upgrades;
+        // Held to the end, as by the hand-over: the process may exit once
+        // its server stops, and must then leave the name (the new
+        // process's) in place, and have said it handed over.
+        let mut busy = up
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *busy = true;
+        up.handle.shutdown();
+        for other in self.more {
+            other.shutdown();
+        }
+        refuse_more(&up.listener);
+        if !self.said {
+            tracing::error!(
+                new_pid = self.new_pid,
+                "upgrade: the hand-over failed after the new process said it serves; shutting down (the parked connections not handed over close)"
+            );
+            crate::say!(
+                "megaconn handed over to pid {}, but not all of it (see the error above); draining",
+                self.new_pid
+            );
         }
     }
-    // The new process serves, and binds its own control socket at `path`
-    // next: should this thread end now (a panic further on), the process
-    // must not bind one again, renaming it over the new process's (the
-    // next upgrade would come here).
-    lost.disarm();
+}
+
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a process
+/// whose new process said it serves stops at its control socket's path
+/// plus `.ready.gate`; if the test writes `panic`, the hand-over panics
+/// there, as a bug would.
+const TEST_READY_GATE_ENV: &str = "MEGACONN_TEST_READY_GATE";
+
+/// A panic in the hand-over after the new process said it serves, when a
+/// test asks for one ([`TEST_READY_GATE_ENV`], or the unit tests' control
+/// socket name `tests::PANIC_AFTER_READY`).
+fn panic_after_ready_if_told(path: &Path) {
     #[cfg(test)]
     tests::panic_after_ready(path);
-    let started = Instant::now();
-    // The new process serves the slot now: its copy of the lock is the
-    // lock. (Had it gone away before this, this one would still hold it.)
-    drop(
-        slot.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take(),
-    );
-    // Taken before shutdown begins, so the process waits for it at exit.
-    let mut busy = busy
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    *busy = true;
-    // The new process accepts now: stop accepting and hand the parked
-    // connections over; the rest drain as in a graceful shutdown.
-    let batches = handle.hand_over_parked();
-    handle.shutdown();
-    // The admin listener(s) too: the new process serves them now, and an
-    // old process answering /metrics (or taking /publish) while it drains
-    // would have scrapes alternate between the two processes' counters.
-    // Their requests in flight finish. Asking for their parked connections
-    // is how to hear that their workers stopped accepting (waited for
-    // before 'E', so that once the new process says it is done no admin
-    // request reaches this one); those idle connections close here, as
-    // a shutdown closes them, and their clients reconnect to the new
-    // process.
-    let others: Vec<_> = more
-        .iter()
-        .map(|other| {
-            let parked = other.hand_over_parked();
-            other.shutdown();
-            parked
-        })
-        .collect();
-    // From here this process is leaving whatever happens: an error only
-    // loses the parked connections not sent yet (they close here).
-    let mut sent = 0usize;
-    let sending = (|| -> anyhow::Result<()> {
-        for batch in batches {
-            for chunk in batch.chunks(MAX_FDS) {
-                let mut payload = Vec::with_capacity(chunk.len() * ParkedState::WIRE_BYTES);
-                for c in chunk {
-                    payload.extend_from_slice(&c.state.to_bytes());
-                }
-                let fds: Vec<RawFd> = chunk.iter().map(|c| c.socket.as_raw_fd()).collect();
-                peer.send(PARKED, &payload, &fds)?;
-                sent += chunk.len();
-            }
-            // Dropping the batch closes this process's descriptors; the
-            // sockets live on in the new process.
-        }
-        others.into_iter().flatten().for_each(drop);
-        peer.send(END, &(sent as u64).to_be_bytes(), &[])
-    })();
-    if let Err(e) = sending {
-        tracing::error!(
-            new_pid,
-            sent,
-            error = format!("{e:#}"),
-            "upgrade: the new process went away during the hand-over; the parked connections not sent were closed"
-        );
+    if test_gate(path, ".ready", TEST_READY_GATE_ENV).starts_with(b"panic") {
+        panic!("the hand-over panics after the new process said it serves (told by a test)");
     }
-    tracing::info!(
-        new_pid,
-        parked = sent,
-        ms = started.elapsed().as_millis() as u64,
-        "upgrade: handed over; draining the remaining connections"
-    );
-    test_gate(path, ".handed", TEST_HANDED_GATE_ENV);
-    crate::say!(
-        "megaconn handed over to pid {new_pid}: {} listening sockets, {sent} parked connections; draining",
-        raw.len()
-    );
-    Ok(true)
 }
 
 /// Binds the control socket at `path` and serves upgrade requests for
@@ -849,6 +949,12 @@ impl TakeOver {
     /// can take over from this one. `ready` hears the control socket, or
     /// the error binding it (bind it again later: until then nothing can
     /// take over from this process, which holds its slot's lock).
+    ///
+    /// An `Err` (no thread to be had, the old process gone) comes before
+    /// the old process heard that this one serves: it serves on, and this
+    /// one should exit. The old process used to be told first, so that a
+    /// thread refused then (at the process's or the user's limit) left
+    /// nobody serving.
     pub fn finish(
         self,
         handle: ServerHandle,
@@ -861,40 +967,73 @@ impl TakeOver {
             taken,
             slot: _,
         } = self;
+        // The thread starts first and waits for the connection, which it
+        // gets once the old process was told: if READY cannot be sent, the
+        // thread hears nothing and ends.
+        let (go, told) = std::sync::mpsc::sync_channel::<Peer>(1);
+        let gate = path.clone();
+        spawn_unless_told(&gate, "megaconn-upgrade", move || {
+            let Ok(peer) = told.recv() else { return };
+            let parked = receive_parked(&peer, &handle);
+            if let Err(e) = &parked {
+                tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them");
+            }
+            let control = ControlSocket::bind(&path);
+            if let Err(e) = &control {
+                tracing::error!(error = format!("{e:#}"), "upgrade: cannot bind the control socket for the next upgrade; trying again");
+            }
+            // A supervisor counts this process ready on either line
+            // (it serves the listeners it took over), and would
+            // otherwise kill it at its start-up deadline.
+            match (&parked, &control) {
+                (Ok(parked), Ok(_)) => crate::say!(
+                    "megaconn upgrade done: took over {taken} listening sockets and {parked} parked connections in {} ms; next upgrade on {}",
+                    started.elapsed().as_millis(),
+                    path.display()
+                ),
+                (_, Ok(_)) => crate::say!(
+                    "megaconn upgrade done, but not all of it (see the error above): serving without the parked connections; next upgrade on {}",
+                    path.display()
+                ),
+                (_, Err(_)) => crate::say!(
+                    "megaconn upgrade done, but not all of it (see the error above): serving; no next upgrade until the control socket {} is bound (trying again)",
+                    path.display()
+                ),
+            }
+            let _ = ready.send(control);
+        })
+        .context("upgrade: cannot start a thread to take over the parked connections (the old process serves on)")?;
         peer.send(READY, &[], &[])?;
-        std::thread::Builder::new()
-            .name("megaconn-upgrade".into())
-            .spawn(move || {
-                let parked = receive_parked(&peer, &handle);
-                if let Err(e) = &parked {
-                    tracing::error!(error = format!("{e:#}"), "upgrade: taking over the parked connections failed; serving without them");
-                }
-                let control = ControlSocket::bind(&path);
-                if let Err(e) = &control {
-                    tracing::error!(error = format!("{e:#}"), "upgrade: cannot bind the control socket for the next upgrade; trying again");
-                }
-                // A supervisor counts this process ready on either line
-                // (it serves the listeners it took over), and would
-                // otherwise kill it at its start-up deadline.
-                match (&parked, &control) {
-                    (Ok(parked), Ok(_)) => crate::say!(
-                        "megaconn upgrade done: took over {taken} listening sockets and {parked} parked connections in {} ms; next upgrade on {}",
-                        started.elapsed().as_millis(),
-                        path.display()
-                    ),
-                    (_, Ok(_)) => crate::say!(
-                        "megaconn upgrade done, but not all of it (see the error above): serving without the parked connections; next upgrade on {}",
-                        path.display()
-                    ),
-                    (_, Err(_)) => crate::say!(
-                        "megaconn upgrade done, but not all of it (see the error above): serving; no next upgrade until the control socket {} is bound (trying again)",
-                        path.display()
-                    ),
-                }
-                let _ = ready.send(control);
-            })?;
+        // The thread waits for it (a bounded channel with room for it, so
+        // this never blocks); were it gone, `ready` would hear nothing and
+        // the caller binds the control socket anew.
+        let _ = go.send(peer);
         Ok(())
     }
+}
+
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`] for the
+/// thread [`TakeOver::finish`] starts: a new process about to start it
+/// stops at the control socket's path plus `.spawn.gate`; if the test
+/// writes `fail` before it closes the connection, the thread cannot be
+/// had (as at the process's or the user's thread limit).
+const TEST_SPAWN_GATE_ENV: &str = "MEGACONN_TEST_SPAWN_GATE";
+
+/// A thread named `name` running `f`, as `std::thread::Builder::spawn`,
+/// or the error a test told it to fail with ([`TEST_SPAWN_GATE_ENV`], at
+/// the control socket `path`).
+fn spawn_unless_told(
+    path: &Path,
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
+    if test_gate(path, ".spawn", TEST_SPAWN_GATE_ENV).starts_with(b"fail") {
+        return Err(std::io::Error::other("failed by the test gate"));
+    }
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
 }
 
 fn receive_parked(peer: &Peer, handle: &ServerHandle) -> anyhow::Result<usize> {
@@ -966,7 +1105,10 @@ mod tests {
     /// serves leaves the control socket not lost: the name is the new
     /// process's (it binds its own next), and a process that bound one
     /// again there would take the next upgrade from it. It said lost, and
-    /// `serve` bound the control socket again.
+    /// `serve` bound the control socket again. And the process leaves all
+    /// the same, as the new process serves: its server shuts down, and a
+    /// next take-over is refused at once. It used to serve on beside the
+    /// new process until signalled.
     #[tokio::test]
     async fn a_hand_over_that_panics_after_ready_is_not_lost() {
         let dir = tempfile::tempdir().unwrap();
@@ -981,6 +1123,12 @@ mod tests {
         assert_eq!(listeners.len(), 1);
         new.peer.send(READY, &[], &[]).unwrap();
         assert!(thread.join().is_err(), "the hand-over panicked");
+        assert!(
+            server.handle().is_shutting_down(),
+            "the old process serves on beside the new one"
+        );
+        let err = take_over(&path).err().expect("refused");
+        assert!(err.downcast_ref::<NothingToTakeOver>().is_some(), "{err:#}");
         // A notification before would be waiting (`notify_one` keeps it).
         assert!(
             tokio::time::timeout(Duration::ZERO, control.lost())

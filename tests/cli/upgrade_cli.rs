@@ -33,17 +33,19 @@ struct Generation {
 /// taking over) has received the parked connections and listens for the
 /// next upgrade.
 fn start(n: usize, listen: &str, socket: &Path, extra: &[&str]) -> (Generation, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
-    cmd.args(["serve", "--listen", listen, "--workers", "2"])
-        .args(["--server-header", &format!("gen{n}")])
-        .arg("--upgrade-socket")
-        .arg(socket)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if n > 0 {
-        cmd.arg("--upgrade");
-    }
+    start_with(n, listen, socket, extra, &[])
+}
+
+/// As [`start`], with more variables in its environment (test gates).
+fn start_with(
+    n: usize,
+    listen: &str,
+    socket: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Generation, String) {
+    let mut cmd = serve_command(n, listen, socket, extra);
+    cmd.envs(env.iter().copied()).stderr(Stdio::null());
     let mut child = ChildGuard::spawn(&mut cmd);
     let lines = Lines::new(child.child().stdout.take().unwrap());
     let addr = serving_addr(&lines);
@@ -73,6 +75,23 @@ fn start(n: usize, listen: &str, socket: &Path, extra: &[&str]) -> (Generation, 
         },
         addr,
     )
+}
+
+/// `megaconn serve` as generation `n` (its `Server` header) on `listen`,
+/// taking over from the previous one when `n > 0`, with 2 workers and
+/// `extra` flags; stdout piped.
+fn serve_command(n: usize, listen: &str, socket: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
+    cmd.args(["serve", "--listen", listen, "--workers", "2"])
+        .args(["--server-header", &format!("gen{n}")])
+        .arg("--upgrade-socket")
+        .arg(socket)
+        .args(extra)
+        .stdout(Stdio::piped());
+    if n > 0 {
+        cmd.arg("--upgrade");
+    }
+    cmd
 }
 
 /// Waits for a server's first line, `megaconn serving on`; returns its
@@ -678,13 +697,28 @@ struct Generation0 {
 }
 
 fn generation_0() -> Generation0 {
+    generation_0_in(tempfile::tempdir().unwrap(), &[])
+}
+
+/// As [`generation_0`], with the test gate that the variable `env` turns on
+/// (in the supervisor's environment, which its worker processes inherit)
+/// in place at its control socket's path plus `suffix` before it starts.
+fn generation_0_at_gate(env: &str, suffix: &str) -> (Generation0, Gate) {
     let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::at(&dir.path().join("upgrade.sock"), suffix);
+    (generation_0_in(dir, &[(env, "1")]), gate)
+}
+
+/// As [`generation_0`], its control sockets in `dir`, with more variables
+/// in the supervisor's environment.
+fn generation_0_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Generation0 {
     let socket = dir.path().join("upgrade.sock");
     // --processes needs an explicit port: held until generation 0 listens.
     let port = common::ReservedPort::new();
     let addr = port.addr.clone();
-    let (child, lines, log) =
-        Log::spawn(&mut supervisor_command(0, &addr, &socket, Stdio::piped()));
+    let mut cmd = supervisor_command(0, &addr, &socket, Stdio::piped());
+    cmd.envs(env.iter().copied());
+    let (child, lines, log) = Log::spawn(&mut cmd);
     let pids = announced(&lines);
     drop(port);
     Generation0 {
@@ -1159,6 +1193,37 @@ fn a_restart_of_an_upgraded_supervisor_yields_its_slot_to_the_next_generation() 
     serves_alone(&addr, 2, gen2);
 }
 
+/// A server (generation 0, its admin listener at `admin`) whose control
+/// socket, in `dir`, stops at the test's gate before each accept
+/// (`MEGACONN_TEST_ACCEPT_GATE`, a test-only knob); its log read.
+struct AtAcceptGate {
+    socket: std::path::PathBuf,
+    gate: Gate,
+    child: ChildGuard,
+    lines: Lines,
+    log: Log,
+    /// Where it serves.
+    addr: String,
+}
+
+/// Starts an [`AtAcceptGate`]; returns once it serves.
+fn at_accept_gate(dir: &Path, admin: &str) -> AtAcceptGate {
+    let socket = dir.join("upgrade.sock");
+    let gate = Gate::at(&socket, ".accept.gate");
+    let mut cmd = serve_command(0, "127.0.0.1:0", &socket, &["--admin", admin]);
+    cmd.env("MEGACONN_TEST_ACCEPT_GATE", "1");
+    let (child, lines, log) = Log::spawn(&mut cmd);
+    let addr = serving_addr(&lines);
+    AtAcceptGate {
+        socket,
+        gate,
+        child,
+        lines,
+        log,
+        addr,
+    }
+}
+
 /// A server whose control socket's `accept` fails for want of a resource
 /// (`EMFILE` here, at a test gate: a process at its open-file limit) tries
 /// again, backing off, and the next upgrade takes over. Its control
@@ -1170,17 +1235,14 @@ fn a_restart_of_an_upgraded_supervisor_yields_its_slot_to_the_next_generation() 
 #[test]
 fn a_server_whose_control_socket_accept_failed_is_taken_over() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("upgrade.sock");
-    let gate = Gate::at(&socket, ".accept.gate");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
-        .args(["--admin", "off", "--server-header", "gen0"])
-        .arg("--upgrade-socket")
-        .arg(&socket)
-        .env("MEGACONN_TEST_ACCEPT_GATE", "1")
-        .stdout(Stdio::piped());
-    let (old, old_lines, old_log) = Log::spawn(&mut cmd);
-    let addr = serving_addr(&old_lines);
+    let AtAcceptGate {
+        socket,
+        gate,
+        child: old,
+        lines: old_lines,
+        log: old_log,
+        addr,
+    } = at_accept_gate(dir.path(), "off");
     const FAILED: &str = "upgrade control socket: accept failed";
     for _ in 0..2 {
         let (pid, mut failing) = gate.next();
@@ -1206,72 +1268,188 @@ fn a_server_whose_control_socket_accept_failed_is_taken_over() {
     serves_alone(&addr, 1, new.child);
 }
 
-/// A copy of process `pid`'s listening control socket, bound at `socket`
-/// (under a temporary name first, the one `/proc/net/unix` shows), taken
-/// with pidfd_getfd(2); `None` where this host does not allow that.
-fn control_listener_of(pid: i32, socket: &Path) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd as _;
-    let bound = socket.with_extension(format!("{pid}.tmp"));
-    let bound = bound.to_str().unwrap();
-    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
-    let inode = unix
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.get(7) == Some(&bound)).then(|| fields[6].to_string())
-        })
-        .unwrap_or_else(|| panic!("{bound} is not in /proc/net/unix"));
-    let target = format!("socket:[{inode}]");
-    let fd: i32 = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| std::fs::read_link(path).is_ok_and(|link| link.as_os_str() == target.as_str()))
-        .and_then(|path| path.file_name()?.to_str()?.parse().ok())
-        .expect("the process holds its control socket");
-    // SAFETY: pidfd_open(2) with integer arguments.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if pidfd < 0 {
-        return None;
-    }
-    // SAFETY: pidfd_getfd(2) with integer arguments, then closing the
-    // pidfd we opened.
-    let copy = unsafe {
-        let copy = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
-        libc::close(pidfd);
-        copy
-    };
-    // SAFETY: a descriptor pidfd_getfd just installed here for us.
-    (copy >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) })
-}
-
 /// A worker process of a supervisor whose control socket's listener is
-/// gone (shut down here, through a copy of it, so that its accept fails
-/// with `EINVAL`) binds the control socket anew, with its slot's lock, and
-/// the next upgrade takes over both slots. Its control socket's thread used
-/// to end with a log line, the process serving on with nothing to take over
-/// from it and holding its slot's lock for good: the next upgrade's worker
-/// process found nothing to take over from, then the slot taken, and was
-/// given up, upgrade after upgrade.
+/// gone (the worker process shuts it down when told, at a test gate before
+/// its accept, so that the accept fails with `EINVAL`) binds the control
+/// socket anew, with its slot's lock, and the next upgrade takes over both
+/// slots. Its control socket's thread used to end with a log line, the
+/// process serving on with nothing to take over from it and holding its
+/// slot's lock for good: the next upgrade's worker process found nothing to
+/// take over from, then the slot taken, and was given up, upgrade after
+/// upgrade.
 #[test]
 fn a_worker_process_whose_control_socket_is_gone_binds_it_anew() {
-    use std::os::fd::AsRawFd as _;
-    let Generation0 {
-        dir: _dir,
+    let (old, gate) = generation_0_at_gate("MEGACONN_TEST_ACCEPT_GATE", ".1.accept.gate");
+    let (pid, mut gone) = gate.next();
+    assert_eq!(pid, old.pids[1]);
+    gone.write_all(b"shutdown\n").unwrap();
+    drop(gone);
+    old.log
+        .wait_for_line("accept failed: the socket is gone", "");
+    // Bound anew: its next accept is on the new listener.
+    let (again, go) = gate.next();
+    assert_eq!(again, old.pids[1]);
+    drop((go, gate));
+    old.log
+        .wait_for_line("upgrade control socket bound", "attempts=2");
+    next_generation_takes_over_both_slots(1, &old.addr, &old.socket, old.child, old.lines);
+}
+
+/// A server whose control socket is lost while it shuts down (its
+/// listener shut down at the accept gate, during the drain of a request in
+/// flight) does not bind one anew, nor say it will: it is leaving (and after
+/// a hand-over the name is the newer process's). It drains and exits, the
+/// control socket's name gone.
+#[test]
+fn a_control_socket_lost_while_shutting_down_is_not_bound_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let AtAcceptGate {
         socket,
+        gate,
+        child: mut server,
+        lines,
+        log,
         addr,
-        child: old,
-        lines: old_lines,
-        log: old_log,
-        pids,
-    } = generation_0();
-    let mut slot = socket.as_os_str().to_owned();
-    slot.push(".1");
-    let Some(listener) = control_listener_of(pids[1], Path::new(&slot)) else {
-        common::skip("pidfd_getfd(2) is not allowed here: a control socket's lost listener");
-        return;
-    };
-    // SAFETY: shutdown(2) on our copy of it.
-    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
-    old_log.wait_for_line("upgrade control socket bound", "attempts=2");
-    next_generation_takes_over_both_slots(1, &addr, &socket, old, old_lines);
+    } = at_accept_gate(dir.path(), "127.0.0.1:0");
+    let line = lines.expect_line();
+    let admin = line
+        .strip_prefix("megaconn admin on http://")
+        .unwrap_or_else(|| panic!("no admin line: {line}"));
+    let (pid, mut gone) = gate.next();
+    assert_eq!(pid, server.id());
+    let mut held = hold_request(&addr, admin);
+    server.signal(libc::SIGTERM);
+    log.wait_for_line("shutting down gracefully", "");
+    gone.write_all(b"shutdown\n").unwrap();
+    drop(gone);
+    log.wait_for_line("accept failed: the socket is gone", "");
+    // The serve loop heard it lost: it removed the name (a process bound
+    // anew only after its back-off, 100 ms on).
+    let deadline = Instant::now() + CHILD_SAFETY;
+    while socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the lost control socket's name stays"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    end_held_request(&mut held);
+    assert!(server.wait().success());
+    // The process exited: its log is whole.
+    let rebinding: Vec<String> = log
+        .0
+        .iter()
+        .filter(|l| l.contains("binding it again"))
+        .collect();
+    assert!(
+        rebinding.is_empty(),
+        "a process shutting down binds again: {rebinding:?}"
+    );
+    assert!(
+        !socket.exists(),
+        "a process shutting down bound the control socket again"
+    );
+}
+
+/// A new process that cannot start the thread that finishes its take-over
+/// (failed here at a test gate, as at the process's thread limit) exits
+/// before it tells the old process it serves: the old one serves on,
+/// alone, and hands over to the next upgrade. It used to tell the old
+/// process first, which handed over and left, so that nobody served.
+#[test]
+fn a_new_process_with_no_thread_to_finish_leaves_the_old_one_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "off"];
+    let (mut old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
+    let gate = Gate::at(&socket, ".spawn.gate");
+    let mut cmd = serve_command(1, &addr, &socket, &extra);
+    cmd.env("MEGACONN_TEST_SPAWN_GATE", "1");
+    let (mut new, new_lines, new_log) = Log::spawn(&mut cmd);
+    serving_addr(&new_lines);
+    let (pid, mut failing) = gate.next();
+    assert_eq!(pid, new.id());
+    failing.write_all(b"fail\n").unwrap();
+    drop((failing, gate));
+    assert!(
+        !new.wait().success(),
+        "the new process serves without a thread"
+    );
+    new_log.wait_for_line("cannot start a thread", "old process serves on");
+    for _ in 0..10 {
+        assert_eq!(served_by(&addr), "gen0");
+    }
+    assert!(old.child.child().try_wait().unwrap().is_none());
+    let (next, _) = start(2, &addr, &socket, &extra);
+    finish(old);
+    serves_alone(&addr, 2, next.child);
+}
+
+/// An old process whose hand-over panics after the new process said it
+/// serves (told to at a test gate) leaves all the same: it stops
+/// accepting, closes its idle connection (not handed over), says it
+/// handed over and exits, and the new process serves alone. It used to
+/// serve on beside the new one, the idle connection held, until someone
+/// signalled it.
+#[test]
+fn an_old_process_whose_hand_over_panics_after_ready_still_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "off"];
+    let ready_gate = ("MEGACONN_TEST_READY_GATE", "1");
+    let (old, addr) = start_with(0, "127.0.0.1:0", &socket, &extra, &[ready_gate]);
+    let idle = TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    let mut idle = BufReader::new(idle);
+    idle.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let head = read_response(&mut idle).unwrap();
+    assert!(head.contains("server: gen0"), "{head}");
+    let gate = Gate::at(&socket, ".ready.gate");
+    // Returns once the new process is done (with what it got).
+    let (to_new, new) = mpsc::channel();
+    let (addr1, socket1) = (addr.clone(), socket.clone());
+    std::thread::spawn(move || {
+        let _ = to_new.send(start(1, &addr1, &socket1, &extra).0);
+    });
+    let (pid, mut panicking) = gate.next();
+    assert_eq!(pid, old.child.id());
+    panicking.write_all(b"panic\n").unwrap();
+    drop((panicking, gate));
+    let new = new
+        .recv_timeout(CHILD_SAFETY)
+        .expect("the new process is done");
+    let handed = finish(old);
+    assert!(handed.contains("not all of it"), "{handed}");
+    let mut rest = Vec::new();
+    let n = idle
+        .read_to_end(&mut rest)
+        .expect("the idle connection is closed");
+    assert_eq!(n, 0, "{rest:?}");
+    serves_alone(&addr, 1, new.child);
+}
+
+/// A worker process of a supervisor whose hand-over panics after its new
+/// worker process said it serves (told to at a test gate) says it handed
+/// over all the same: its supervisor lets it drain and exit, does not
+/// restart it, and exits once both slots are handed over; the new
+/// generation serves alone. Without the word its exit read as a death.
+#[test]
+fn a_worker_process_whose_hand_over_panics_after_ready_is_not_restarted() {
+    let (old, gate) = generation_0_at_gate("MEGACONN_TEST_READY_GATE", ".0.ready.gate");
+    let mut cmd = supervisor_command(1, &old.addr, &old.socket, Stdio::null());
+    let mut new = ChildGuard::spawn(&mut cmd);
+    let new_lines = Lines::new(new.child().stdout.take().unwrap());
+    let (pid, mut panicking) = gate.next();
+    assert_eq!(pid, old.pids[0]);
+    panicking.write_all(b"panic\n").unwrap();
+    drop((panicking, gate));
+    old.log.wait_for("handed over to a newer one", 0);
+    announced(&new_lines);
+    old_supervisor_finishes(old.child, old.lines);
+    // The old supervisor exited: its log is whole.
+    let restarted: Vec<String> = old.log.0.iter().filter(|l| l.contains("restart")).collect();
+    assert!(restarted.is_empty(), "{restarted:?}");
+    serves_alone(&old.addr, 1, new);
 }
