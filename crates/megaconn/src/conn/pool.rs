@@ -163,6 +163,8 @@ pub(crate) fn this_worker() -> Option<Rc<WorkerContext>> {
 
 /// A buffer from this thread's worker's pool; off a worker thread, a fresh one.
 pub(crate) fn take_local() -> BytesMut {
+    #[cfg(test)]
+    tests::TAKEN_LOCAL.with(|t| t.set(t.get() + 1));
     match this_worker() {
         Some(ctx) => ctx.pool.take(),
         None => BytesMut::with_capacity(BUFFER_CAPACITY),
@@ -177,8 +179,18 @@ pub(crate) fn give_local(buf: BytesMut) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// Buffers [`take_local`] handed out on this thread.
+        pub(super) static TAKEN_LOCAL: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Buffers [`take_local`] handed out on this thread since the last call.
+    pub(crate) fn taken_local() -> usize {
+        TAKEN_LOCAL.with(|t| t.replace(0))
+    }
 
     /// A buffer given back (or taken) by a destructor that runs after this
     /// thread's `WORKER` is gone, as a TLS stream's can on a user thread's

@@ -22,6 +22,15 @@ pub enum CloseReason {
     /// way (HTTP/1.1 between requests, HTTP/2 with no stream open, WebSocket
     /// and framed between messages): a dropped keep-alive connection, parked
     /// or not.
+    ///
+    /// For HTTP/2, "no stream open" is what the server sees of streams,
+    /// not of bytes: no request accepted from h2 whose handler or response
+    /// is still running. A reset then counts here even if h2 had read part
+    /// of the client's next frame (a HEADERS frame the reset cut, or one
+    /// waiting for its CONTINUATION), which no stream stands for yet, or
+    /// still held the end of a finished stream's response, unsent. h2 does
+    /// not say whether its read or write buffer holds anything (its public
+    /// API counts streams only), so the two are not told apart.
     ClientClosed,
     /// The server chose to close (keep-alive off, `Connection: close`,
     /// HTTP/1.0, or an upgraded connection its handler dropped).
@@ -52,7 +61,8 @@ pub enum CloseReason {
     Panic,
     /// Reset, broken pipe or another socket error midway through a request,
     /// a response or a message (a connection reset between them, HTTP/2
-    /// with no stream open, is [`CloseReason::ClientClosed`]).
+    /// with no stream open, is [`CloseReason::ClientClosed`], which says
+    /// what "no stream open" covers).
     Io(io::ErrorKind),
     /// Refused right after accept by an admission limit (accept rate, per IP).
     Limit,

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -99,6 +100,18 @@ pub enum ConnectionState {
     Upgraded,
 }
 
+/// Every state, at the index of its discriminant (an [`Entry`] keeps its
+/// state as that index, in an atomic).
+const STATES: [ConnectionState; 7] = [
+    ConnectionState::Idle,
+    ConnectionState::Parked,
+    ConnectionState::ReadingHead,
+    ConnectionState::ReadingBody,
+    ConnectionState::Handling,
+    ConnectionState::Writing,
+    ConnectionState::Upgraded,
+];
+
 impl ConnectionState {
     /// A short lowercase name (`idle`, `parked`, `reading_head`, …).
     pub fn label(self) -> &'static str {
@@ -143,9 +156,15 @@ pub struct ConnectionInfo {
 /// each connection open throughout once. Copying a million entries under one
 /// lock held the worker's every accept, close and state change off for the
 /// whole copy.
+///
+/// The map is locked and searched only when a connection opens, closes or
+/// is listed. Its requests and state change per request: those go straight
+/// into its [`Entry`], which its track holds too ([`ConnTrack::entry`]), so
+/// an update costs no lock and no lookup (it cost both, O(log n) in the
+/// connections open, twice or more per request).
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    entries: std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>,
+    entries: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Entry>>>,
 }
 
 /// Connections a listing copies per lock of a registry.
@@ -155,17 +174,55 @@ const CHUNK: usize = 256;
 #[cfg(test)]
 const CHUNK: usize = 3;
 
-#[derive(Debug, Clone, Copy)]
+/// One listed connection, shared by the registry and the connection's track.
+/// Only the connection's worker writes it (one writer: a plain load and
+/// store, not a locked `fetch_add`); a listing reads it from any thread.
+#[derive(Debug)]
 struct Entry {
     peer: SocketAddr,
     worker: usize,
     opened: Instant,
-    state: ConnectionState,
-    requests: u64,
+    /// A [`ConnectionState`] as its index in [`STATES`].
+    state: AtomicU8,
+    requests: AtomicU64,
+}
+
+impl Entry {
+    fn new(peer: SocketAddr, worker: usize, state: ConnectionState) -> Arc<Entry> {
+        Arc::new(Entry {
+            peer,
+            worker,
+            opened: Instant::now(),
+            state: AtomicU8::new(state as u8),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    fn set_state(&self, state: ConnectionState) {
+        self.state.store(state as u8, Relaxed);
+    }
+
+    fn count_request(&self) {
+        self.requests
+            .store(self.requests.load(Relaxed) + 1, Relaxed);
+    }
+
+    fn info(&self, id: u64, now: Instant) -> ConnectionInfo {
+        ConnectionInfo {
+            id,
+            peer: self.peer,
+            worker: self.worker,
+            age: now.saturating_duration_since(self.opened),
+            state: STATES[usize::from(self.state.load(Relaxed))],
+            requests: self.requests.load(Relaxed),
+        }
+    }
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Arc<Entry>>> {
+        #[cfg(test)]
+        tests::LOCKS.with(|l| l.set(l.get() + 1));
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -211,14 +268,7 @@ impl Listing<'_> {
                     .lock()
                     .range((from, Bound::Unbounded))
                     .take(CHUNK)
-                    .map(|(&id, e)| ConnectionInfo {
-                        id,
-                        peer: e.peer,
-                        worker: e.worker,
-                        age: now.saturating_duration_since(e.opened),
-                        state: e.state,
-                        requests: e.requests,
-                    }),
+                    .map(|(&id, e)| e.info(id, now)),
             );
             self.done = self.chunk.len() < CHUNK;
             self.after = self.chunk.back().map(|c| c.id).or(self.after);
@@ -318,6 +368,8 @@ pub(crate) struct ConnTrack {
     closed: Cell<bool>,
     hook: Option<ConnectionHook>,
     registry: Option<Arc<Registry>>,
+    /// Its entry in `registry`, updated in place (see [`Registry`]).
+    entry: Option<Arc<Entry>>,
 }
 
 thread_local! {
@@ -357,18 +409,11 @@ impl ConnTrack {
             };
             hook.call(&opened, stats);
         }
-        if let Some(registry) = registry {
-            registry.lock().insert(
-                id,
-                Entry {
-                    peer,
-                    worker,
-                    opened: Instant::now(),
-                    state: ConnectionState::ReadingHead,
-                    requests: 0,
-                },
-            );
-        }
+        let entry = registry.map(|registry| {
+            let entry = Entry::new(peer, worker, ConnectionState::ReadingHead);
+            registry.lock().insert(id, entry.clone());
+            entry
+        });
         Rc::new(ConnTrack {
             id,
             peer,
@@ -379,6 +424,7 @@ impl ConnTrack {
             closed: Cell::new(false),
             hook: hook.cloned(),
             registry: registry.cloned(),
+            entry,
         })
     }
 
@@ -413,10 +459,8 @@ impl ConnTrack {
     /// that cross the upgraded socket); this one reports nothing more.
     pub(crate) fn detach(&self) -> DetachedTrack {
         self.closed.set(true);
-        if let Some(registry) = &self.registry {
-            if let Some(e) = registry.lock().get_mut(&self.id) {
-                e.state = ConnectionState::Upgraded;
-            }
+        if let Some(entry) = &self.entry {
+            entry.set_state(ConnectionState::Upgraded);
         }
         DetachedTrack {
             id: self.id,
@@ -489,10 +533,8 @@ pub(crate) fn current_id_and_peer() -> (u64, Option<SocketAddr>) {
 pub(crate) fn count_request() {
     with_current(|t| {
         t.requests.set(t.requests.get() + 1);
-        if let Some(registry) = &t.registry {
-            if let Some(e) = registry.lock().get_mut(&t.id) {
-                e.requests += 1;
-            }
+        if let Some(entry) = &t.entry {
+            entry.count_request();
         }
     });
 }
@@ -501,10 +543,8 @@ pub(crate) fn count_request() {
 #[inline]
 pub(crate) fn set_state(state: ConnectionState) {
     with_current(|t| {
-        if let Some(registry) = &t.registry {
-            if let Some(e) = registry.lock().get_mut(&t.id) {
-                e.state = state;
-            }
+        if let Some(entry) = &t.entry {
+            entry.set_state(state);
         }
     });
 }
@@ -641,14 +681,69 @@ impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for CountedIo<I> {
 mod tests {
     use super::*;
 
-    fn entry(id: u64) -> Entry {
-        Entry {
-            peer: SocketAddr::from(([127, 0, 0, 1], id as u16)),
-            worker: 0,
-            opened: Instant::now(),
-            state: ConnectionState::Idle,
-            requests: id,
+    thread_local! {
+        /// Locks of a registry taken on this thread.
+        pub(super) static LOCKS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn entry(id: u64) -> Arc<Entry> {
+        let entry = Entry::new(
+            SocketAddr::from(([127, 0, 0, 1], id as u16)),
+            0,
+            ConnectionState::Idle,
+        );
+        entry.requests.store(id, Relaxed);
+        entry
+    }
+
+    #[test]
+    fn every_state_is_at_the_index_of_its_discriminant() {
+        for (i, state) in STATES.into_iter().enumerate() {
+            assert_eq!(state as usize, i, "{state:?}");
         }
+    }
+
+    /// A request and state changes on a listed connection take no lock of
+    /// the registry (they took one, and an ordered-map lookup, each), and
+    /// the listing shows them: its requests, its state, `upgraded` after an
+    /// upgrade, and no entry once it closed.
+    #[test]
+    fn a_request_updates_the_listing_without_locking_the_registry() {
+        let registry = Arc::new(Registry::default());
+        let peer = SocketAddr::from(([127, 0, 0, 1], 7));
+        let stats = WorkerStats::default();
+        let track = ConnTrack::open(None, Some(&registry), peer, peer, 0, &stats);
+        let listed = || page(std::slice::from_ref(&registry), 0, 10).1;
+        let first = &listed()[0];
+        assert_eq!(
+            (first.id, first.peer, first.state, first.requests),
+            (track.id, peer, ConnectionState::ReadingHead, 0)
+        );
+
+        let mut exchange = std::pin::pin!(Tracked::new(
+            std::future::poll_fn(|_| {
+                let before = LOCKS.with(|l| l.replace(0));
+                count_request();
+                set_state(ConnectionState::Handling);
+                count_request();
+                set_state(ConnectionState::Idle);
+                Poll::Ready((before, LOCKS.with(|l| l.replace(0))))
+            }),
+            Some(track.clone()),
+        ));
+        let Poll::Ready((_, locks)) = poll(exchange.as_mut()) else {
+            panic!("the future is ready at once");
+        };
+        assert_eq!(locks, 0, "registry locks taken by two requests");
+        let [c] = &listed()[..] else {
+            panic!("one connection listed")
+        };
+        assert_eq!((c.state, c.requests), (ConnectionState::Idle, 2));
+
+        let detached = track.detach();
+        assert_eq!(listed()[0].state, ConnectionState::Upgraded);
+        detached.close(CloseReason::Shutdown, &stats);
+        assert!(listed().is_empty());
     }
 
     /// Registries listing `ids`, one per slice.

@@ -213,12 +213,22 @@ where
                         if reason == CloseReason::ClientClosed {
                             // "Between requests" as this task sees it: no
                             // stream task runs and none waits for the
-                            // service. A response whose stream task has
-                            // finished may still sit in h2's send buffer,
-                            // unflushed: a reset then is read as the client
-                            // leaving between requests, though it lost the
-                            // end of a response (the stream was counted
-                            // done when its task finished).
+                            // service. Not as the bytes see it, which h2
+                            // does not show (its read and write buffers are
+                            // private; `server::Connection` tells streams
+                            // only: `has_streams`, `num_wired_streams`):
+                            // - a response whose stream task has finished
+                            //   may still sit in h2's send buffer, unflushed
+                            //   (the stream was counted done when its task
+                            //   finished);
+                            // - h2 may hold the start of the client's next
+                            //   frame (a HEADERS frame the reset cut, or one
+                            //   waiting for its CONTINUATION): no stream
+                            //   exists until its header block is whole.
+                            // A reset then is still read as the client
+                            // leaving between requests (`ClientClosed`'s
+                            // docs say so): a label only, nothing is served
+                            // differently.
                             let between = streams.is_empty() && waiting.is_none();
                             reason = close_reason(&e, &ctx, between);
                         }
@@ -408,7 +418,9 @@ where
 /// header list far over the limit, rapid reset past h2's own counter): it is
 /// counted in `protocol_errors`, as our own guards' closes are, with the
 /// `GOAWAY` code as the close reason's detail. A reset with no stream open
-/// (`between`) is the client leaving, as between HTTP/1.1 requests.
+/// (`between`) is the client leaving, as between HTTP/1.1 requests, also
+/// when h2 held part of a next frame or the end of a response
+/// ([`CloseReason::ClientClosed`]).
 fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReason {
     if let Some(io) = e.get_io() {
         return CloseReason::io_between(io, between);

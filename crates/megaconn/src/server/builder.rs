@@ -564,10 +564,12 @@ impl Builder {
 
     /// Keeps a live list of connections with their peer, worker, state, age and
     /// requests served, for [`ServerHandle::connections`] (the admin listener's
-    /// `/debug/connections`). Costs a few uncontended lock operations per
-    /// request, each with a lookup in the worker's list (ordered by id, so
-    /// a listing can be read a chunk per lock without holding up accepts
-    /// and closes), so it is off by default.
+    /// `/debug/connections`). Costs an uncontended lock and an insert into
+    /// (and a removal from) the worker's list per connection (ordered by
+    /// id, so a listing can be read a chunk per lock without holding up
+    /// accepts and closes), and a few relaxed atomic stores per request
+    /// (into the connection's own entry: no lock, no lookup), so it is off
+    /// by default.
     pub fn track_connections(mut self, on: bool) -> Builder {
         self.config.track_connections = on;
         self
