@@ -201,14 +201,25 @@ const TEST_BIND_GATE_ENV: &str = "MEGACONN_TEST_BIND_GATE";
 /// fails with it instead (as with `EMFILE` in a process at its open-file
 /// limit); if it writes `shutdown`, the process shuts its control socket's
 /// listener down first, so that the accept finds it gone (`EINVAL`) and
-/// the control socket is lost ([`ControlSocket::lost`]).
+/// the control socket is lost ([`ControlSocket::lost`]) — when no
+/// connection is queued on it: a queued one is still accepted after the
+/// shutdown (and handed the sockets over).
 const TEST_ACCEPT_GATE_ENV: &str = "MEGACONN_TEST_ACCEPT_GATE";
 
 /// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a process
 /// that handed over stops before it says so (`megaconn handed over`), at
-/// its control socket's path plus `.handed.gate`, so that a test can act
-/// while its supervisor has not heard of the hand-over yet.
+/// its control socket's path plus `.handed.gate` (as [`Leaving`] begins:
+/// after a panic, before it takes the busy flag again, if it does not hold
+/// it), so that a test can act while its supervisor has not heard of the
+/// hand-over yet.
 const TEST_HANDED_GATE_ENV: &str = "MEGACONN_TEST_HANDED_GATE";
+
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a process
+/// about to exit (see [`ControlSocket`]'s drop) stops at its control
+/// socket's path plus `.exit.gate` before it takes its busy flag, and
+/// again, if a hand-over holds the flag, before it waits for it: a test
+/// lets it take the flag when it chooses, and knows that it waits.
+const TEST_EXIT_GATE_ENV: &str = "MEGACONN_TEST_EXIT_GATE";
 
 /// A test gate (see [`TEST_GATE_ENV`]) at `path` plus `suffix` and
 /// `.gate`: what the test wrote before it let the process on (nothing when
@@ -596,10 +607,19 @@ impl Drop for ControlSocket {
         // Waits for a hand-over in progress to send its last message. After
         // one, the name belongs to the newer process (which may be renaming
         // its socket onto it right now): leave it.
-        let handed = *self
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        test_gate(&self.path, ".exit", TEST_EXIT_GATE_ENV);
+        let busy = match self.busy.try_lock() {
+            Ok(busy) => busy,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                test_gate(&self.path, ".exit", TEST_EXIT_GATE_ENV);
+                self.busy
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            }
+        };
+        let handed = *busy;
+        drop(busy);
         if !handed && std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -690,31 +710,29 @@ impl Upgrades {
     }
 
     /// The hand-over once the new process said it serves: this process
-    /// leaves, whatever happens here (see [`Leaving`]), so nothing fails
-    /// out of it.
+    /// leaves, whatever happens here, as its [`Leaving`] is dropped (at the
+    /// end, or by a panic midway), so nothing fails out of it. Only the
+    /// hand-over's own steps are here; the way out is `Leaving`'s alone.
     fn leave(&self, peer: &Peer, more: &[ServerHandle], new_pid: u32, listeners: usize) {
         let mut leaving = Leaving {
             upgrades: self,
             more,
             new_pid,
-            said: false,
+            listeners,
+            busy: None,
+            sent: None,
         };
-        panic_after_ready_if_told(&self.path);
+        let panic_at = test_panic_point(&self.path);
+        if panic_at == PanicAt::Start {
+            panic!("the hand-over panics after the new process said it serves (told by a test)");
+        }
         let started = Instant::now();
         // The new process serves the slot now: its copy of the lock is the
         // lock. (Had it gone away before this, this one would still hold it.)
-        drop(
-            self.slot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take(),
-        );
-        // Taken before shutdown begins, so the process waits for it at exit.
-        let mut busy = self
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *busy = true;
+        self.release_slot();
+        // Taken before shutdown begins, so the process waits for it at exit;
+        // `leaving` holds it until it said it handed over.
+        leaving.busy = Some(self.lock_busy());
         // The new process accepts now: stop accepting and hand the parked
         // connections over; the rest drain as in a graceful shutdown.
         let batches = self.handle.hand_over_parked();
@@ -754,6 +772,9 @@ impl Upgrades {
                 // sockets live on in the new process.
             }
             others.into_iter().flatten().for_each(drop);
+            if panic_at == PanicAt::BeforeEnd {
+                panic!("the hand-over panics before its end message (told by a test)");
+            }
             peer.send(END, &(sent as u64).to_be_bytes(), &[])
         })();
         if let Err(e) = sending {
@@ -770,14 +791,25 @@ impl Upgrades {
             ms = started.elapsed().as_millis() as u64,
             "upgrade: handed over; draining the remaining connections"
         );
-        test_gate(&self.path, ".handed", TEST_HANDED_GATE_ENV);
-        crate::say!(
-            "megaconn handed over to pid {new_pid}: {listeners} listening sockets, {sent} parked connections; draining"
+        leaving.sent = Some(sent);
+    }
+
+    /// The busy flag's guard (see [`ControlSocket`]'s `busy`).
+    fn lock_busy(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Lets go of this process's copy of the slot lock (the new process's
+    /// is the lock now); nothing if it is gone already.
+    fn release_slot(&self) {
+        drop(
+            self.slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
         );
-        leaving.said = true;
-        // Held until said: the process, its server stopped, waits for it
-        // at exit (its supervisor must hear of the hand-over first).
-        drop(busy);
     }
 }
 
@@ -787,62 +819,93 @@ impl Upgrades {
 /// connections held, until someone signalled it. Whatever happened, it
 /// stops accepting and shuts its server(s) down as a graceful shutdown does
 /// (the parked connections not handed over close; the requests in flight
-/// finish), leaves the control socket's name to the new process, and
-/// refuses further take-overs. Each step is idempotent: the hand-over took
-/// most already.
+/// finish), lets go of the slot lock, leaves the control socket's name to
+/// the new process, refuses further take-overs, and says it handed over.
+/// Each step is idempotent: the hand-over took most already.
 struct Leaving<'a> {
     upgrades: &'a Upgrades,
     more: &'a [ServerHandle],
     new_pid: u32,
-    /// The hand-over said it handed over; if not, the drop says so, for a
-    /// supervisor, which would otherwise restart this worker process when
-    /// it exits.
-    said: bool,
+    listeners: usize,
+    /// The busy flag, held from before the shutdown until the drop said it
+    /// handed over: once its server stopped, the process waits for it at
+    /// exit ([`ControlSocket`]'s drop), and must not exit before its
+    /// supervisor heard of the hand-over (or it restarts this worker
+    /// process, taking the exit for a death). A guard of the hand-over's
+    /// own, declared after this, was released first by a panic's unwinding,
+    /// before the drop took it again: in between the process could exit
+    /// unsaid.
+    busy: Option<std::sync::MutexGuard<'a, bool>>,
+    /// The parked connections sent, once the hand-over got to its end; if
+    /// not, the drop says the hand-over failed.
+    sent: Option<usize>,
 }
 
 impl Drop for Leaving<'_> {
     fn drop(&mut self) {
         let up = self.upgrades;
-        // Held to the end, as by the hand-over: the process may exit once
-        // its server stops, and must then leave the name (the new
-        // process's) in place, and have said it handed over.
-        let mut busy = up
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        test_gate(&up.path, ".handed", TEST_HANDED_GATE_ENV);
+        // Released last, once said: the name is the new process's, and the
+        // supervisor must hear of the hand-over before the process exits.
+        let mut busy = self.busy.take().unwrap_or_else(|| up.lock_busy());
         *busy = true;
         up.handle.shutdown();
         for other in self.more {
             other.shutdown();
         }
+        up.release_slot();
         refuse_more(&up.listener);
-        if !self.said {
-            tracing::error!(
-                new_pid = self.new_pid,
-                "upgrade: the hand-over failed after the new process said it serves; shutting down (the parked connections not handed over close)"
-            );
-            crate::say!(
-                "megaconn handed over to pid {}, but not all of it (see the error above); draining",
-                self.new_pid
-            );
+        let (new_pid, listeners) = (self.new_pid, self.listeners);
+        match self.sent {
+            Some(sent) => crate::say!(
+                "megaconn handed over to pid {new_pid}: {listeners} listening sockets, {sent} parked connections; draining"
+            ),
+            None => {
+                tracing::error!(
+                    new_pid,
+                    "upgrade: the hand-over failed after the new process said it serves; shutting down (the parked connections not handed over close)"
+                );
+                crate::say!(
+                    "megaconn handed over to pid {new_pid}, but not all of it (see the error above); draining"
+                );
+            }
         }
+        drop(busy);
     }
 }
 
 /// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a process
 /// whose new process said it serves stops at its control socket's path
 /// plus `.ready.gate`; if the test writes `panic`, the hand-over panics
-/// there, as a bug would.
+/// there, at its start, as a bug would; if it writes `panic-late`, the
+/// hand-over panics later, after the server's shutdown, before its end
+/// message.
 const TEST_READY_GATE_ENV: &str = "MEGACONN_TEST_READY_GATE";
 
-/// A panic in the hand-over after the new process said it serves, when a
-/// test asks for one ([`TEST_READY_GATE_ENV`], or the unit tests' control
-/// socket name `tests::PANIC_AFTER_READY`).
-fn panic_after_ready_if_told(path: &Path) {
+/// Where a test has the hand-over panic after the new process said it
+/// serves ([`TEST_READY_GATE_ENV`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PanicAt {
+    Nowhere,
+    /// At once.
+    Start,
+    /// After the server's shutdown, before the end message.
+    BeforeEnd,
+}
+
+/// Where the hand-over panics, as a test asked at [`TEST_READY_GATE_ENV`];
+/// the unit tests' control socket name `tests::PANIC_AFTER_READY` panics
+/// here at once.
+fn test_panic_point(path: &Path) -> PanicAt {
     #[cfg(test)]
     tests::panic_after_ready(path);
-    if test_gate(path, ".ready", TEST_READY_GATE_ENV).starts_with(b"panic") {
-        panic!("the hand-over panics after the new process said it serves (told by a test)");
+    let said = test_gate(path, ".ready", TEST_READY_GATE_ENV);
+    if said.starts_with(b"panic-late") {
+        PanicAt::BeforeEnd
+    } else if said.starts_with(b"panic") {
+        PanicAt::Start
+    } else {
+        PanicAt::Nowhere
     }
 }
 
@@ -1076,8 +1139,9 @@ mod tests {
     const PANIC_AFTER_READY: &str = "panic-after-ready.sock";
 
     /// A test's stand-in for a panic in a hand-over after the new process
-    /// said it serves (in `hand_over_parked`, say), at the control socket
-    /// named [`PANIC_AFTER_READY`] only.
+    /// said it serves (at the hand-over's start, before anything was
+    /// handed over or shut down), at the control socket named
+    /// [`PANIC_AFTER_READY`] only.
     pub(super) fn panic_after_ready(path: &Path) {
         if path.file_name() == Some(PANIC_AFTER_READY.as_ref()) {
             panic!("a hand-over panics after the new process said it serves");

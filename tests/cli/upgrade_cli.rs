@@ -45,10 +45,31 @@ fn start_with(
     env: &[(&str, &str)],
 ) -> (Generation, String) {
     let mut cmd = serve_command(n, listen, socket, extra);
-    cmd.envs(env.iter().copied()).stderr(Stdio::null());
-    let mut child = ChildGuard::spawn(&mut cmd);
+    let (child, lines) = spawn_generation(cmd.envs(env.iter().copied()));
+    let (addr, admin) = started(n, &lines, extra);
+    (
+        Generation {
+            child,
+            lines,
+            admin,
+        },
+        addr,
+    )
+}
+
+/// Spawns a generation (`cmd`, from [`serve_command`]) without waiting
+/// for it; its log ignored.
+fn spawn_generation(cmd: &mut Command) -> (ChildGuard, Lines) {
+    let mut child = ChildGuard::spawn(cmd.stderr(Stdio::null()));
     let lines = Lines::new(child.child().stdout.take().unwrap());
-    let addr = serving_addr(&lines);
+    (child, lines)
+}
+
+/// Waits, on generation `n`'s output `lines`, until it serves and (when
+/// taking over) is done; returns its address and its admin listener's
+/// (empty without one).
+fn started(n: usize, lines: &Lines, extra: &[&str]) -> (String, String) {
+    let addr = serving_addr(lines);
     let mut admin = String::new();
     if n > 0 {
         loop {
@@ -67,14 +88,7 @@ fn start_with(
             .unwrap_or_else(|| panic!("no admin line: {line}"))
             .to_string();
     }
-    (
-        Generation {
-            child,
-            lines,
-            admin,
-        },
-        addr,
-    )
+    (addr, admin)
 }
 
 /// `megaconn serve` as generation `n` (its `Server` header) on `listen`,
@@ -536,6 +550,23 @@ impl Gate {
         self.arrivals
             .recv_timeout(CHILD_SAFETY)
             .expect("a worker process comes to take over")
+    }
+
+    /// As [`Gate::next`], for `child` to arrive; panics at once if it
+    /// exits first (checked every few milliseconds: its exit sends nothing
+    /// here).
+    fn next_unless(&self, child: &mut ChildGuard) -> (i32, UnixStream) {
+        let deadline = Instant::now() + CHILD_SAFETY;
+        loop {
+            match self.arrivals.recv_timeout(Duration::from_millis(5)) {
+                Ok(arrival) => return arrival,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(e) => panic!("nothing at the gate: {e}"),
+            }
+            if let Some(status) = child.child().try_wait().unwrap() {
+                panic!("the process exited ({status:?}) before it came to the gate");
+            }
+        }
     }
 }
 
@@ -1407,19 +1438,9 @@ fn an_old_process_whose_hand_over_panics_after_ready_still_leaves() {
     let head = read_response(&mut idle).unwrap();
     assert!(head.contains("server: gen0"), "{head}");
     let gate = Gate::at(&socket, ".ready.gate");
-    // Returns once the new process is done (with what it got).
-    let (to_new, new) = mpsc::channel();
-    let (addr1, socket1) = (addr.clone(), socket.clone());
-    std::thread::spawn(move || {
-        let _ = to_new.send(start(1, &addr1, &socket1, &extra).0);
-    });
-    let (pid, mut panicking) = gate.next();
-    assert_eq!(pid, old.child.id());
-    panicking.write_all(b"panic\n").unwrap();
-    drop((panicking, gate));
-    let new = new
-        .recv_timeout(CHILD_SAFETY)
-        .expect("the new process is done");
+    let new = NewGeneration::start(&addr, &socket, &extra);
+    tell_at_ready_gate(gate, &old, "panic");
+    let new = new.done();
     let handed = finish(old);
     assert!(handed.contains("not all of it"), "{handed}");
     let mut rest = Vec::new();
@@ -1448,8 +1469,114 @@ fn a_worker_process_whose_hand_over_panics_after_ready_is_not_restarted() {
     old.log.wait_for("handed over to a newer one", 0);
     announced(&new_lines);
     old_supervisor_finishes(old.child, old.lines);
-    // The old supervisor exited: its log is whole.
-    let restarted: Vec<String> = old.log.0.iter().filter(|l| l.contains("restart")).collect();
+    // The old supervisor exited: its log is whole. (Each worker process's
+    // hand-over line says "not restarted": only the restarts' own lines.)
+    let restarted: Vec<String> = old
+        .log
+        .0
+        .iter()
+        .filter(|l| RESTARTS.iter().any(|r| l.contains(r)))
+        .collect();
     assert!(restarted.is_empty(), "{restarted:?}");
     serves_alone(&old.addr, 1, new);
+}
+
+/// Waits for `old` at its `ready` gate (`MEGACONN_TEST_READY_GATE`), where
+/// its new process said it serves, and lets it on, told `word`.
+fn tell_at_ready_gate(ready: Gate, old: &Generation, word: &str) {
+    let (pid, mut told) = ready.next();
+    assert_eq!(pid, old.child.id());
+    writeln!(told, "{word}").unwrap();
+}
+
+/// What a supervisor logs when it restarts a worker process
+/// (`supervisor.rs`): that it died, that it is restarted, or that it
+/// cannot be yet.
+const RESTARTS: [&str; 3] = [
+    "worker process died; restarting",
+    "worker process restarted",
+    "cannot restart worker process",
+];
+
+/// Generation 1 (no admin listener), its process owned by the test thread
+/// (so that a test failing first stops it), taking over on a thread of its
+/// own until it is done.
+struct NewGeneration {
+    child: ChildGuard,
+    /// Its output, with its admin address, once it is done.
+    done: mpsc::Receiver<(Lines, String)>,
+}
+
+impl NewGeneration {
+    /// Starts generation 1 taking over on `addr` from `socket`, with
+    /// `extra` flags.
+    fn start(addr: &str, socket: &Path, extra: &[&str]) -> NewGeneration {
+        let (child, lines) = spawn_generation(&mut serve_command(1, addr, socket, extra));
+        let (tx, done) = mpsc::channel();
+        let extra: Vec<String> = extra.iter().map(|e| e.to_string()).collect();
+        std::thread::spawn(move || {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let (_, admin) = started(1, &lines, &extra);
+            let _ = tx.send((lines, admin));
+        });
+        NewGeneration { child, done }
+    }
+
+    /// Waits until it is done taking over (with what it got).
+    fn done(self) -> Generation {
+        let (lines, admin) = self
+            .done
+            .recv_timeout(CHILD_SAFETY)
+            .expect("the new process is done");
+        Generation {
+            child: self.child,
+            lines,
+            admin,
+        }
+    }
+}
+
+/// An old process whose hand-over panics late (told to at a test gate:
+/// after its server shut down, before the end message) says it handed
+/// over before it exits, however soon its server drained: its main thread,
+/// at exit, waits for the hand-over's busy flag until that is said (shown
+/// here at a gate where it waits, while the hand-over is held before it
+/// says so). The unwinding used to release the flag before the way out
+/// took it again: the process could exit in between, unsaid, and a
+/// supervisor would restart it as dead.
+#[test]
+fn an_old_process_whose_hand_over_panics_late_says_it_handed_over_before_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "off"];
+    let gates = [
+        ("MEGACONN_TEST_READY_GATE", "1"),
+        ("MEGACONN_TEST_HANDED_GATE", "1"),
+        ("MEGACONN_TEST_EXIT_GATE", "1"),
+    ];
+    let (mut old, addr) = start_with(0, "127.0.0.1:0", &socket, &extra, &gates);
+    let ready = Gate::at(&socket, ".ready.gate");
+    let handed = Gate::at(&socket, ".handed.gate");
+    let exit = Gate::at(&socket, ".exit.gate");
+    let new = NewGeneration::start(&addr, &socket, &extra);
+    tell_at_ready_gate(ready, &old, "panic-late");
+    // The hand-over panicked after the shutdown, and stops before it says
+    // so; the server drains (no connection), and the main thread, about to
+    // exit, stops before it takes the busy flag.
+    let (pid, say) = handed.next();
+    assert_eq!(pid, old.child.id());
+    let (pid, take) = exit.next_unless(&mut old.child);
+    assert_eq!(pid, old.child.id());
+    // Taken once the panic unwound: the hand-over holds it still, and the
+    // main thread comes to wait for it; (the bug) it found it free and
+    // exited.
+    drop(take);
+    let (pid, wait) = exit.next_unless(&mut old.child);
+    assert_eq!(pid, old.child.id());
+    drop(wait);
+    drop(say);
+    let handed = finish(old);
+    assert!(handed.contains("not all of it"), "{handed}");
+    let new = new.done();
+    serves_alone(&addr, 1, new.child);
 }
