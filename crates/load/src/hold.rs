@@ -492,6 +492,7 @@ pub(crate) fn hold_report(
         pushes_received: outcome.counters.pushes_received,
         push_latency_us: Percentiles::of(&outcome.latencies.pushes),
         connections_parked: outcome.counters.parked,
+        wall_clock_steps: outcome.counters.wall_clock_steps,
         processes,
         sources,
         client_cpu_secs: cpu,

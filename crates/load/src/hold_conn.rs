@@ -173,6 +173,10 @@ pub(crate) struct HoldCounters {
     pub pushes_received: AtomicU64,
     /// Connections handed to a thread's parking lot (each connect counts).
     pub parked: AtomicU64,
+    /// Beat ticks on which the wall clock had stepped since the last, so
+    /// their replies were timed when read, not by their kernel stamps
+    /// (`hold_stamp.rs`).
+    pub wall_clock_steps: AtomicU64,
     /// 0 while this process ramps; then when its ramp ended, in ns after
     /// [`HoldShared::start`] (at least 1). Heartbeats sent from then on are
     /// also timed apart, as the latency "while holding": the ramp's connects
@@ -213,6 +217,9 @@ pub(crate) struct Snapshot {
     /// Connections parked.
     #[serde(default)]
     pub parked: u64,
+    /// Ticks timed when read after a wall-clock step.
+    #[serde(default)]
+    pub wall_clock_steps: u64,
 }
 
 impl HoldCounters {
@@ -232,6 +239,7 @@ impl HoldCounters {
             heartbeats_pending: self.heartbeats_pending.load(Relaxed),
             pushes_received: self.pushes_received.load(Relaxed),
             parked: self.parked.load(Relaxed),
+            wall_clock_steps: self.wall_clock_steps.load(Relaxed),
         }
     }
 }
@@ -252,6 +260,7 @@ impl Snapshot {
         self.heartbeats_pending += o.heartbeats_pending;
         self.pushes_received += o.pushes_received;
         self.parked += o.parked;
+        self.wall_clock_steps += o.wall_clock_steps;
     }
 }
 
