@@ -97,7 +97,9 @@ pub struct HoldArgs {
     /// How long to hold the connections once the ramp is done.
     #[arg(short = 'd', long, default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Connect and heartbeat-reply timeout.
+    /// Connect and heartbeat-reply timeout. A heartbeat's timeout and
+    /// latency run from its first byte's write, also when the socket cannot
+    /// take it whole (the server not reading it): that wait is the server's.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Write the report as JSON to FILE.

@@ -741,6 +741,8 @@ async fn exchange(
     if what == Exchange::Heartbeat {
         pending.fetch_add(1, Relaxed);
     }
+    // From before the first write, however long the socket takes to
+    // accept the whole request, as the lot times its beats (`Lot::beat`).
     let sent = Instant::now();
     let reply = await_reply(ctx, stream, request, sent, hear).await;
     if what == Exchange::Heartbeat {

@@ -73,8 +73,9 @@ struct Parked {
     tenant: u32,
     /// When the current (or next) beat was scheduled.
     next: Instant,
-    /// When the heartbeat waiting for its reply was sent (`None`: waiting
-    /// for its next beat).
+    /// When the heartbeat waiting for its reply started to go out, its
+    /// first write (`None`: waiting for its next beat): its latency and
+    /// deadline run from then (see [`Lot::beat`]).
     waiting: Option<Instant>,
     /// Bytes the socket's send buffer had no room for (the rest of a beat,
     /// pongs): empty and unallocated nearly always.
@@ -391,6 +392,14 @@ impl Lot {
                     Err(Ended::Failed)
                 }
                 None => {
+                    // The beat is timed from its first write even if the
+                    // socket takes only part of it (the rest goes out on
+                    // writability, `flush`): the reply cannot come before
+                    // its last byte, but the wait for the server to take
+                    // it is the server's (it is not reading), like a reply
+                    // it is slow to send; from the last byte, a server that
+                    // stopped reading would look fast. The task path
+                    // (`hold_conn::exchange`) times from the same moment.
                     let sent = Instant::now();
                     conn.waiting = Some(sent);
                     ctx.counters.heartbeats_pending.fetch_add(1, Relaxed);
