@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 
 use crate::histogram::{merge, new_histogram, record_ns};
 use crate::hold_lot::Lot;
+use crate::hold_stamp::reply_time;
 use crate::hold_wire::{settle, Verdict, Wire};
 use crate::sys;
 use crate::tcp_frames::{sent_at_ns, unix_now_ns, TcpFraming};
@@ -308,10 +309,11 @@ pub(crate) struct ThreadCtx {
 
 impl ThreadCtx {
     /// A heartbeat sent at `sent` was answered as expected: counted and
-    /// timed to `arrived` (the reply's kernel receive time) or, without it,
-    /// to now. Returns the time it was timed to.
+    /// timed to `arrived` (the reply's kernel receive time) or, without it
+    /// or if it is before `sent` (`hold_stamp::reply_time`), to now.
+    /// Returns the time it was timed to.
     pub(crate) fn answered(&self, sent: Instant, arrived: Option<Instant>) -> Instant {
-        let now = arrived.unwrap_or_else(Instant::now);
+        let now = reply_time(sent, arrived, Instant::now);
         self.counters.heartbeats_ok.fetch_add(1, Relaxed);
         let latency = now.saturating_duration_since(sent).as_nanos() as u64;
         let l = &mut *self.latencies.borrow_mut();

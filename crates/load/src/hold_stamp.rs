@@ -16,10 +16,11 @@
 //!   the step, and the tick's replies are timed when read instead (as
 //!   `--wake-per-reply` times them; at most a tick late). Such ticks are
 //!   counted (`wall_clock_steps` in hold's report).
-//! - [`Clocks::arrival`] never puts an arrival after the read that took it,
-//!   and the latency saturates at zero: a step during the tick's own reads
-//!   (seen on the next tick) can blur those replies' latency within
-//!   `[0, time of the read]`, never past it.
+//! - [`Clocks::arrival`] never puts an arrival after the read that took
+//!   it, nor [`reply_time`] before its beat (it takes the read's time
+//!   then): a step during the tick's own reads (seen on the next tick) can
+//!   blur those replies' latency within `[0, time of the read]`, never
+//!   past it, never below zero.
 //!
 //! The clock pair is an argument everywhere here, so tests step it without
 //! touching the machine's clock.
@@ -112,6 +113,19 @@ impl StampClock {
         let last = std::mem::replace(&mut self.last, now);
         (!stepped(last, now)).then_some(now)
     }
+}
+
+/// When the reply to a beat sent at `sent` counts as arrived: at
+/// `arrived` (its stamp's time, if it had one), or when read (`read_at()`)
+/// if it had none, or if the stamp puts it before its beat, which only a
+/// wall-clock step during the tick's reads (or a pair read across a
+/// preemption) can: then the read is the one time known to be after it.
+pub(crate) fn reply_time(
+    sent: Instant,
+    arrived: Option<Instant>,
+    read_at: impl FnOnce() -> Instant,
+) -> Instant {
+    arrived.filter(|&a| a >= sent).unwrap_or_else(read_at)
 }
 
 /// When the bytes of one read arrived (the kernel's stamp of their last
@@ -253,10 +267,8 @@ mod tests {
         stamp: u64,
         read: Instant,
     ) -> Duration {
-        let arrived = clock
-            .tick(tick)
-            .map_or(read, |c| c.arrival(stamp, || read).now);
-        arrived.saturating_duration_since(sent)
+        let arrived = clock.tick(tick).map(|c| c.arrival(stamp, || read).now);
+        reply_time(sent, arrived, || read).saturating_duration_since(sent)
     }
 
     /// A wall clock stepped by `step_ns` (forward if positive) between a
@@ -342,9 +354,13 @@ mod tests {
         // reply's last segment came: capped at its read.
         let ahead = tick.arrival(unix0 + 3600 * SEC + 1_000_000, || read);
         assert_eq!(ahead.now, read);
-        // An hour back: before its beat, so a latency of zero, not negative.
+        // An hour back: before its beat, so timed by its read, not negative.
         let behind = tick.arrival(unix0 - 3600 * SEC, || read);
-        assert_eq!(behind.now.saturating_duration_since(sent), Duration::ZERO);
+        assert!(behind.now < sent);
+        assert_eq!(reply_time(sent, Some(behind.now), || read), read);
+        // A stamp after the beat stands.
+        let fine = tick.arrival(unix0 - 20_000_000, || read);
+        assert_eq!(reply_time(sent, Some(fine.now), || read), t0 - ms(20));
     }
 
     #[test]
