@@ -1,9 +1,10 @@
 //! End-to-end tests of the real `megaconn hold` binary, multi-process included:
 //! `--processes 2` must hold exactly as many connections (counted by the server)
 //! and report the same totals as one process; setup failures exit non-zero
-//! before any load; SIGINT stops the parent and its children.
+//! before any load; SIGINT stops the parent and its children; a heartbeat the
+//! server is slow to read is timed from its start.
 //!
-//! The server is a tiny tokio HTTP/1.1 responder on 127.0.0.1 that counts
+//! The server (but for [`stalling_server`]) is a tiny tokio HTTP/1.1 responder on 127.0.0.1 that counts
 //! requests and connections (those that sent at least one request, so the
 //! client's reachability probe is not counted as held).
 
@@ -272,4 +273,139 @@ fn sigint_stops_parent_and_children() {
     wait_for("connections to close", Duration::from_secs(10), || {
         stats.open.load(SeqCst) == 0
     });
+}
+
+/// How long [`stalling_server`] leaves a heartbeat unread.
+const STALL: Duration = Duration::from_millis(300);
+
+/// A server that answers each connection's first request at once and
+/// leaves every later one unread for [`STALL`] after its first bytes
+/// arrive, then reads it whole and answers. Its sockets take 64 KiB at most
+/// (`SO_RCVBUF`, inherited from the listener), so a request of megabytes
+/// cannot be written whole while it stalls. Counts the requests it found
+/// still being sent when the stall ended (the client was held back).
+fn stalling_server() -> (SocketAddr, Arc<AtomicU64>) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(16).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let held_back = Arc::new(AtomicU64::new(0));
+    let held = Arc::clone(&held_back);
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(sock) = sock else { continue };
+            let held = Arc::clone(&held);
+            std::thread::spawn(move || {
+                let _ = serve_stalling(sock, &held);
+            });
+        }
+    });
+    (addr, held_back)
+}
+
+/// One connection of [`stalling_server`], until the client closes it.
+fn serve_stalling(mut sock: std::net::TcpStream, held_back: &AtomicU64) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 1 << 16];
+    for request in 0u64.. {
+        let mut head = Vec::new();
+        let n = sock.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if request > 0 {
+            std::thread::sleep(STALL);
+            // What the client could send during the stall: if the request
+            // is not all here, the rest waited in the client.
+            sock.set_nonblocking(true)?;
+            loop {
+                match sock.read(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            sock.set_nonblocking(false)?;
+        }
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+        let length: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut have = head.len() - end;
+        if request > 0 && have < length {
+            held_back.fetch_add(1, SeqCst);
+        }
+        while have < length {
+            let n = sock.read(&mut buf[..(length - have).min(1 << 16)])?;
+            if n == 0 {
+                return Ok(());
+            }
+            have += n;
+        }
+        sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
+    }
+    Ok(())
+}
+
+/// A heartbeat the socket cannot take whole (the server is not reading) is
+/// timed from its first byte's write, not from its last: the time it waited
+/// for the server to read it is the server's, as it would be for a reply it
+/// was slow to send.
+#[test]
+fn a_heartbeat_held_back_by_the_server_is_timed_from_its_start() {
+    let (addr, held_back) = stalling_server();
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body");
+    // Above the client's largest send buffer (tcp_wmem's 4 MiB) and the
+    // server's 64 KiB receive buffer together.
+    std::fs::write(&body, vec![b'x'; 8 << 20]).unwrap();
+    let json = dir.path().join("hold.json");
+    let out = hold(&[
+        &format!("http://{addr}/beat"),
+        "-c",
+        "1",
+        "-m",
+        "POST",
+        "--body",
+        &format!("@{}", body.display()),
+        "--interval",
+        "1s",
+        "-d",
+        "2s",
+        "--json",
+        json.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = HoldReport::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.heartbeat_errors, 0, "{report:?}");
+    assert!(report.heartbeats_ok >= 1, "{report:?}");
+    assert!(
+        held_back.load(SeqCst) >= report.heartbeats_ok,
+        "every heartbeat was still being sent when the server read it"
+    );
+    let p50_us = report.heartbeat_latency_us.p50.unwrap();
+    assert!(
+        p50_us >= STALL.as_micros() as f64,
+        "a heartbeat the server left unread for {STALL:?} took {p50_us} us: timed from its last byte?"
+    );
 }

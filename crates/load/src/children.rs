@@ -172,9 +172,10 @@ pub(crate) fn run_child(
     ))
 }
 
-/// What a reader thread tells the parent.
+/// What a reader thread tells the parent (a message boxed: it is ten
+/// times the size of an end of file).
 enum Event {
-    Message(usize, ChildMessage),
+    Message(usize, Box<ChildMessage>),
     Eof(usize),
 }
 
@@ -253,7 +254,7 @@ pub(crate) fn run_parent(
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(msg) = parse_line(&line) {
-                    if tx.send(Event::Message(i, msg)).is_err() {
+                    if tx.send(Event::Message(i, Box::new(msg))).is_err() {
                         return;
                     }
                 }
@@ -280,16 +281,18 @@ pub(crate) fn run_parent(
     let mut last_tick = Instant::now();
     while !ended.iter().all(|&e| e) {
         match rx.recv_timeout(TICK) {
-            Ok(Event::Message(i, ChildMessage::Progress { counters })) => latest[i] = counters,
-            Ok(Event::Message(i, ChildMessage::Final(r))) => {
-                latest[i] = r.counters;
-                finals[i] = Some(r);
-            }
-            Ok(Event::Message(i, ChildMessage::Error { message })) => {
-                kill_all(&mut children);
-                progress.finish();
-                return Err(LoadError::Child { index: i, message });
-            }
+            Ok(Event::Message(i, msg)) => match *msg {
+                ChildMessage::Progress { counters } => latest[i] = counters,
+                ChildMessage::Final(r) => {
+                    latest[i] = r.counters;
+                    finals[i] = Some(r);
+                }
+                ChildMessage::Error { message } => {
+                    kill_all(&mut children);
+                    progress.finish();
+                    return Err(LoadError::Child { index: i, message });
+                }
+            },
             Ok(Event::Eof(i)) => {
                 ended[i] = true;
                 if finals[i].is_none() && terminated_at.is_none() {

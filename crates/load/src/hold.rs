@@ -97,7 +97,9 @@ pub struct HoldArgs {
     /// How long to hold the connections once the ramp is done.
     #[arg(short = 'd', long, default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Connect and heartbeat-reply timeout.
+    /// Connect and heartbeat-reply timeout. A heartbeat's timeout and
+    /// latency run from its first byte's write, also when the socket cannot
+    /// take it whole (the server not reading it): that wait is the server's.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Write the report as JSON to FILE.
@@ -492,6 +494,7 @@ pub(crate) fn hold_report(
         pushes_received: outcome.counters.pushes_received,
         push_latency_us: Percentiles::of(&outcome.latencies.pushes),
         connections_parked: outcome.counters.parked,
+        wall_clock_steps: outcome.counters.wall_clock_steps,
         processes,
         sources,
         client_cpu_secs: cpu,

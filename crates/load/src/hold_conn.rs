@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 
 use crate::histogram::{merge, new_histogram, record_ns};
 use crate::hold_lot::Lot;
+use crate::hold_stamp::reply_time;
 use crate::hold_wire::{settle, Verdict, Wire};
 use crate::sys;
 use crate::tcp_frames::{sent_at_ns, unix_now_ns, TcpFraming};
@@ -173,6 +174,10 @@ pub(crate) struct HoldCounters {
     pub pushes_received: AtomicU64,
     /// Connections handed to a thread's parking lot (each connect counts).
     pub parked: AtomicU64,
+    /// Beat ticks on which the wall clock had stepped since the last, so
+    /// their replies were timed when read, not by their kernel stamps
+    /// (`hold_stamp.rs`).
+    pub wall_clock_steps: AtomicU64,
     /// 0 while this process ramps; then when its ramp ended, in ns after
     /// [`HoldShared::start`] (at least 1). Heartbeats sent from then on are
     /// also timed apart, as the latency "while holding": the ramp's connects
@@ -213,6 +218,9 @@ pub(crate) struct Snapshot {
     /// Connections parked.
     #[serde(default)]
     pub parked: u64,
+    /// Ticks timed when read after a wall-clock step.
+    #[serde(default)]
+    pub wall_clock_steps: u64,
 }
 
 impl HoldCounters {
@@ -232,6 +240,7 @@ impl HoldCounters {
             heartbeats_pending: self.heartbeats_pending.load(Relaxed),
             pushes_received: self.pushes_received.load(Relaxed),
             parked: self.parked.load(Relaxed),
+            wall_clock_steps: self.wall_clock_steps.load(Relaxed),
         }
     }
 }
@@ -252,6 +261,7 @@ impl Snapshot {
         self.heartbeats_pending += o.heartbeats_pending;
         self.pushes_received += o.pushes_received;
         self.parked += o.parked;
+        self.wall_clock_steps += o.wall_clock_steps;
     }
 }
 
@@ -299,10 +309,11 @@ pub(crate) struct ThreadCtx {
 
 impl ThreadCtx {
     /// A heartbeat sent at `sent` was answered as expected: counted and
-    /// timed to `arrived` (the reply's kernel receive time) or, without it,
-    /// to now. Returns the time it was timed to.
+    /// timed to `arrived` (the reply's kernel receive time) or, without it
+    /// or if it is before `sent` (`hold_stamp::reply_time`), to now.
+    /// Returns the time it was timed to.
     pub(crate) fn answered(&self, sent: Instant, arrived: Option<Instant>) -> Instant {
-        let now = arrived.unwrap_or_else(Instant::now);
+        let now = reply_time(sent, arrived, Instant::now);
         self.counters.heartbeats_ok.fetch_add(1, Relaxed);
         let latency = now.saturating_duration_since(sent).as_nanos() as u64;
         let l = &mut *self.latencies.borrow_mut();
@@ -732,6 +743,8 @@ async fn exchange(
     if what == Exchange::Heartbeat {
         pending.fetch_add(1, Relaxed);
     }
+    // From before the first write, however long the socket takes to
+    // accept the whole request, as the lot times its beats (`Lot::beat`).
     let sent = Instant::now();
     let reply = await_reply(ctx, stream, request, sent, hear).await;
     if what == Exchange::Heartbeat {

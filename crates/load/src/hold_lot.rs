@@ -32,7 +32,10 @@
 //! runtime instead, and a reply is read (and timed) when it wakes the thread.
 //! A reply that comes without a stamp is timed when read: only the first
 //! packets after stamping is first turned on in the kernel can (it turns
-//! it on from a work queue, a moment after the first socket asks).
+//! it on from a work queue, a moment after the first socket asks). So are
+//! the replies of a tick before which the wall clock stepped: the stamps
+//! are on `CLOCK_REALTIME`, turned into `Instant`s by both clocks read once
+//! per tick (`hold_stamp.rs`).
 //!
 //! So a heartbeat is one `send`, one `recv`, a parse and a histogram record
 //! whatever the protocol:
@@ -44,16 +47,16 @@ use std::cell::RefCell;
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
 use crate::hold_conn::{io_end, next_beat, Ended, Rng, ThreadCtx};
+use crate::hold_stamp::{recv_stamped, stamp_arrivals, Arrival, Clocks, StampClock};
 use crate::hold_wheel::Wheel;
 use crate::hold_wire::{Verdict, Wire};
-use crate::tcp_frames::unix_now_ns;
 
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 256;
@@ -70,8 +73,9 @@ struct Parked {
     tenant: u32,
     /// When the current (or next) beat was scheduled.
     next: Instant,
-    /// When the heartbeat waiting for its reply was sent (`None`: waiting
-    /// for its next beat).
+    /// When the heartbeat waiting for its reply started to go out, its
+    /// first write (`None`: waiting for its next beat): its latency and
+    /// deadline run from then (see [`Lot::beat`]).
     waiting: Option<Instant>,
     /// Bytes the socket's send buffer had no room for (the rest of a beat,
     /// pongs): empty and unallocated nearly always.
@@ -112,49 +116,13 @@ impl Epoll {
     }
 }
 
-/// Both clocks read at one moment: turns a kernel receive timestamp
-/// (`CLOCK_REALTIME`) into the `Instant` the heartbeats are timed with.
-#[derive(Clone, Copy)]
-struct Clocks {
-    now: Instant,
-    unix_ns: u64,
-}
-
-impl Clocks {
-    fn read() -> Clocks {
-        Clocks {
-            now: Instant::now(),
-            unix_ns: unix_now_ns(),
-        }
-    }
-
-    /// When bytes stamped `stamp` (Unix ns) arrived, on the monotonic clock.
-    fn arrival(self, stamp: u64) -> Arrival {
-        let now = if stamp <= self.unix_ns {
-            let age = Duration::from_nanos(self.unix_ns - stamp);
-            self.now.checked_sub(age).unwrap_or(self.now)
-        } else {
-            self.now + Duration::from_nanos(stamp - self.unix_ns)
-        };
-        Arrival {
-            now,
-            unix_ns: stamp,
-        }
-    }
-}
-
-/// When the bytes of one read arrived (the kernel's stamp of their last
-/// segment), on both clocks.
-#[derive(Clone, Copy)]
-struct Arrival {
-    now: Instant,
-    unix_ns: u64,
-}
-
 /// The parking lot of one hold thread.
 pub(crate) struct Lot {
     epoll: Epoll,
     state: RefCell<State>,
+    /// The clock pair stamps are turned with, read once per tick and
+    /// checked for a wall-clock step since the last (`hold_stamp.rs`).
+    clock: RefCell<StampClock>,
 }
 
 impl Lot {
@@ -183,6 +151,7 @@ impl Lot {
                 due: Vec::new(),
                 tenants: 0,
             }),
+            clock: RefCell::new(StampClock::new(Clocks::read())),
         })
     }
 
@@ -281,7 +250,11 @@ impl Lot {
                 // this tick only, even if reading took past the next one: a
                 // reply that arrived since is read on the next tick, before
                 // its deadline is judged.
-                self.take_events(ctx, &mut events, true);
+                let clocks = self.clock.borrow_mut().tick(Clocks::read());
+                if clocks.is_none() {
+                    ctx.counters.wall_clock_steps.fetch_add(1, Relaxed);
+                }
+                self.take_events(ctx, &mut events, clocks);
                 self.beat(ctx, tick);
             },
             Epoll::Woken(epoll) => loop {
@@ -289,7 +262,7 @@ impl Lot {
                     biased;
                     ready = epoll.readable() => match ready {
                         Ok(mut guard) => {
-                            self.take_events(ctx, &mut events, false);
+                            self.take_events(ctx, &mut events, None);
                             guard.clear_ready();
                         }
                         // The runtime is shutting down.
@@ -302,8 +275,15 @@ impl Lot {
     }
 
     /// Takes every ready event of the lot's epoll (without waiting); with
-    /// `stamped`, reads carry their kernel receive time.
-    fn take_events(&self, ctx: &ThreadCtx, events: &mut [libc::epoll_event], stamped: bool) {
+    /// `clocks` (the tick's pair, if the wall clock did not step since the
+    /// last tick), reads carry their kernel receive time, turned by it; else
+    /// replies are timed when read.
+    fn take_events(
+        &self,
+        ctx: &ThreadCtx,
+        events: &mut [libc::epoll_event],
+        clocks: Option<Clocks>,
+    ) {
         loop {
             // SAFETY: `events` is valid for `events.len()` entries.
             let n = unsafe {
@@ -322,7 +302,6 @@ impl Lot {
             }
             // A full batch, or a read that filled the buffer, may leave more.
             let mut again = n as usize == events.len();
-            let clocks = (stamped && n > 0).then(Clocks::read);
             for ev in &events[..n as usize] {
                 let (bits, data) = (ev.events, ev.u64);
                 again |= self.on_event(ctx, data as u32, (data >> 32) as u32, bits, clocks);
@@ -362,7 +341,7 @@ impl Lot {
                 let mut buf = ctx.buf.borrow_mut();
                 let got = match clocks {
                     Some(clocks) => recv_stamped(conn.stream.as_raw_fd(), &mut buf)
-                        .map(|(n, stamp)| (n, stamp.map(|s| clocks.arrival(s)))),
+                        .map(|(n, stamp)| (n, stamp.map(|s| clocks.arrival(s, Instant::now)))),
                     None => (&conn.stream).read(&mut buf).map(|n| (n, None)),
                 };
                 match got {
@@ -413,6 +392,14 @@ impl Lot {
                     Err(Ended::Failed)
                 }
                 None => {
+                    // The beat is timed from its first write even if the
+                    // socket takes only part of it (the rest goes out on
+                    // writability, `flush`): the reply cannot come before
+                    // its last byte, but the wait for the server to take
+                    // it is the server's (it is not reading), like a reply
+                    // it is slow to send; from the last byte, a server that
+                    // stopped reading would look fast. The task path
+                    // (`hold_conn::exchange`) times from the same moment.
                     let sent = Instant::now();
                     conn.waiting = Some(sent);
                     ctx.counters.heartbeats_pending.fetch_add(1, Relaxed);
@@ -525,65 +512,6 @@ impl Parked {
     }
 }
 
-/// Asks the kernel to stamp what `stream` receives with its arrival time
-/// (`SO_TIMESTAMPNS`, read back by [`recv_stamped`]).
-fn stamp_arrivals(stream: &std::net::TcpStream) -> std::io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: the descriptor is open; the option value is a c_int of the
-    // length given.
-    let r = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Reads into `buf` like `read`, with the kernel's receive stamp of the
-/// last segment read (Unix ns), if it gave one.
-fn recv_stamped(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<u64>)> {
-    // Room for one `SCM_TIMESTAMPNS` message (a timespec), u64-aligned as
-    // `cmsghdr` needs.
-    let mut control = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid (no name, no control).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: `msg` points at `iov` (valid for `buf`) and `control`, both
-    // alive for the call.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut stamp = None;
-    // SAFETY: the CMSG_ macros walk the control data the kernel wrote
-    // (`msg_controllen` says how much); the timespec is read unaligned.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                stamp = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok((n as usize, stamp))
-}
-
 /// Writes as much of `bytes` as the socket takes now: how much that was.
 fn write_some(stream: &std::net::TcpStream, bytes: &[u8]) -> Result<usize, Ended> {
     let mut sent = 0;
@@ -614,61 +542,4 @@ fn nanos_since_start(ctx: &ThreadCtx, at: Instant) -> u64 {
 /// on: rounded up, as `hold_conn::on_tick` does for the task path.
 fn grid_tick(ctx: &ThreadCtx, at: Instant) -> u64 {
     nanos_since_start(ctx, at).div_ceil(tick_ns(ctx))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_read_carries_the_time_its_bytes_arrived_not_the_time_of_the_read() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        stamp_arrivals(&server).unwrap();
-        // The kernel turns stamping on from a work queue, a moment after the
-        // first socket on the machine asks: exchange until a read is stamped
-        // (bounded), then judge a stamped one.
-        let gave_up = std::time::Instant::now() + Duration::from_secs(30);
-        let (before, there, stamp) = loop {
-            let before = unix_now_ns();
-            client.write_all(b"reply").unwrap();
-            // Wait until the bytes are there, then note the time: they
-            // arrived before it, so a stamp taken at the read would come
-            // after it.
-            let mut pfd = libc::pollfd {
-                fd: server.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            assert_eq!(unsafe { libc::poll(&mut pfd, 1, 30_000) }, 1);
-            let there = unix_now_ns();
-            let mut buf = [0u8; 16];
-            let (n, stamp) = recv_stamped(server.as_raw_fd(), &mut buf).unwrap();
-            assert_eq!(&buf[..n], b"reply");
-            match stamp {
-                Some(stamp) => break (before, there, stamp),
-                None => assert!(
-                    std::time::Instant::now() < gave_up,
-                    "no read stamped in 30 s"
-                ),
-            }
-        };
-        assert!(
-            (before..=there).contains(&stamp),
-            "{before} <= {stamp} <= {there}"
-        );
-    }
-
-    #[test]
-    fn a_stamp_becomes_the_instant_as_far_before_or_after_the_reading() {
-        let clocks = Clocks::read();
-        let ms = Duration::from_millis(3);
-        let early = clocks.arrival(clocks.unix_ns - 3_000_000);
-        assert_eq!(clocks.now - early.now, ms);
-        assert_eq!(early.unix_ns, clocks.unix_ns - 3_000_000);
-        let late = clocks.arrival(clocks.unix_ns + 3_000_000);
-        assert_eq!(late.now - clocks.now, ms);
-    }
 }

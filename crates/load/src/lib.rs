@@ -27,6 +27,7 @@
 //! | `hold` | [`HoldArgs`] and the `hold` driver (validation, ramp, process split) |
 //! | `hold_conn` | one held connection: open request, heartbeats, drop detection |
 //! | `hold_lot` | a hold thread's parking lot: cleartext connections (HTTP, ws://, tcp://) between heartbeats, no task each |
+//! | `hold_stamp` | when a reply read on the lot's tick arrived: kernel receive stamps, turned to the monotonic clock, wall-clock steps caught |
 //! | `hold_wheel` | the lot's schedule: which connection to look at on which tick of the beat grid |
 //! | `hold_tls` | `hold https://` and `wss://`: a held TLS connection on rustls' unbuffered client API |
 //! | `hold_wire` | what a held connection's bytes mean, per protocol: the heartbeat's reply, pushes, pings to answer |
@@ -49,6 +50,7 @@ mod histogram;
 mod hold;
 mod hold_conn;
 mod hold_lot;
+mod hold_stamp;
 mod hold_tls;
 mod hold_wheel;
 mod hold_wire;

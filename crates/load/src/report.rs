@@ -400,6 +400,12 @@ pub struct HoldReport {
     /// task each); each connect counts.
     #[serde(default)]
     pub connections_parked: u64,
+    /// http:// beat ticks on which the wall clock (`CLOCK_REALTIME`) had
+    /// stepped since the last tick (NTP, `date -s`): their replies were
+    /// timed when read (at most a tick late), not by the kernel's receive
+    /// stamps, which the step would have shifted.
+    #[serde(default)]
+    pub wall_clock_steps: u64,
     /// Processes used.
     pub processes: usize,
     /// Source addresses used (empty: the kernel's choice).
@@ -448,6 +454,13 @@ impl HoldReport {
         let _ = writeln!(s, "  latency us   {}", l.spread());
         let h = &self.heartbeat_latency_holding_us;
         let _ = writeln!(s, "  after ramp   {} ({} heartbeats)", h.spread(), h.count);
+        if self.wall_clock_steps > 0 {
+            let _ = writeln!(
+                s,
+                "  wall clock   stepped before {} tick(s): their replies timed when read",
+                self.wall_clock_steps
+            );
+        }
         if self.pushes_received > 0 {
             let p = &self.push_latency_us;
             let _ = writeln!(s, "  pushes       {} received", self.pushes_received);
