@@ -91,7 +91,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::{Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
-use crate::observe::lifecycle::{self, ConnTrack};
+use crate::observe::lifecycle::ConnTrack;
 use crate::observe::ratelog;
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
@@ -501,9 +501,13 @@ impl ParkingLot {
             mark: stamp << 8 | u32::from((proto.0 & !WAKE_AT_DEADLINE) | flags),
         };
         drop(slots);
-        lifecycle::set_state(crate::ConnectionState::Parked);
         let ParkedAccounts { track, ip } = conn.park();
         if let Some(track) = track {
+            // Through the connection's own track, not the thread's current
+            // one: an adopted connection (`handover::adopt`) is parked from
+            // the worker's loop, where no connection is current, and was
+            // listed as `reading_head` while parked.
+            track.set_state(crate::ConnectionState::Parked);
             self.tracks.borrow_mut().insert(fd, track);
         }
         if let Some(ip) = ip {
@@ -1326,9 +1330,11 @@ pub(super) mod tests {
 
     fn park_as(f: &Fixture, socket: OwnedFd, proto: u8, at_deadline: AtDeadline, watched: bool) {
         let deadline = Instant::now() + Duration::from_secs(1);
-        park_until(f, socket, proto, at_deadline, watched, deadline);
+        park_until(f, socket, proto, at_deadline, watched, deadline, None);
     }
 
+    /// Parks `socket` as a connection with `track` (its lifecycle track,
+    /// if any).
     fn park_until(
         f: &Fixture,
         socket: OwnedFd,
@@ -1336,8 +1342,9 @@ pub(super) mod tests {
         at_deadline: AtDeadline,
         watched: bool,
         deadline: Instant,
+        track: Option<Rc<ConnTrack>>,
     ) {
-        let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+        let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), track);
         f.lot.park(
             socket,
             Parking {
@@ -1357,6 +1364,38 @@ pub(super) mod tests {
         let mut buf = [0u8; 64];
         let n = stream.read(&mut buf).unwrap();
         buf[..n].to_vec()
+    }
+
+    /// A connection parked from outside its task (as `handover::adopt`
+    /// parks an adopted one, from the worker's loop: no connection is
+    /// current there) is listed as parked: its state is set through its own
+    /// track, not the thread's current one (it was listed `reading_head`).
+    #[tokio::test]
+    async fn a_connection_parked_outside_its_task_is_listed_as_parked() {
+        use crate::observe::lifecycle::{page, Registry};
+        let f = fixture();
+        let registry = Arc::new(Registry::default());
+        let (server, _client) = pair();
+        let peer = TcpStream::from(server.try_clone().unwrap())
+            .peer_addr()
+            .unwrap();
+        let track = ConnTrack::open(None, Some(&registry), peer, peer, 0, &f.stats);
+        let listed = || page(std::slice::from_ref(&registry), 0, 10).1;
+        assert_eq!(listed()[0].state, crate::ConnectionState::ReadingHead);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        park_until(
+            &f,
+            server,
+            1,
+            AtDeadline::Close,
+            false,
+            deadline,
+            Some(track),
+        );
+        let [c] = &listed()[..] else {
+            panic!("one connection listed")
+        };
+        assert_eq!(c.state, crate::ConnectionState::Parked);
     }
 
     #[test]
@@ -1528,8 +1567,8 @@ pub(super) mod tests {
         let (a, _ca) = pair();
         let (b, _cb) = pair();
         let deadline = f.lot.epoch + Duration::from_millis(1900);
-        park_until(&f, a, 1, AtDeadline::Close, false, deadline);
-        park_until(&f, b, 7, AtDeadline::Wake, false, deadline);
+        park_until(&f, a, 1, AtDeadline::Close, false, deadline, None);
+        park_until(&f, b, 7, AtDeadline::Wake, false, deadline, None);
         let early = f.lot.epoch + Duration::from_millis(1050);
         tokio::time::advance(early.saturating_duration_since(Instant::now())).await;
         f.lot.sweep();

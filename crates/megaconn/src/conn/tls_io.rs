@@ -831,12 +831,11 @@ mod tests {
         (Arc::new(server), Arc::new(client))
     }
 
+    type Client = tokio_rustls::client::TlsStream<tokio::io::DuplexStream>;
+
     /// A server stream whose handshake is done, and its client (which
     /// has sent nothing yet).
-    async fn handshaken() -> (
-        TlsIo<tokio::io::DuplexStream>,
-        impl AsyncRead + AsyncWrite + Unpin,
-    ) {
+    async fn handshaken() -> (TlsIo<tokio::io::DuplexStream>, Client) {
         let (server_config, client_config) = configs();
         let (server_half, client_half) = tokio::io::duplex(64 * 1024);
         let mut server = TlsIo::new(server_half, server_config).unwrap();
@@ -927,5 +926,56 @@ mod tests {
         assert_eq!(rounds(), 1, "rounds for the write");
         let n = client.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"response");
+    }
+
+    /// Reads `want` bytes of plaintext from `server` while `client` sends
+    /// `records` (one TLS record each), then finds the stream idle: no
+    /// ciphertext buffer kept.
+    async fn read_records(
+        server: &mut TlsIo<tokio::io::DuplexStream>,
+        client: &mut Client,
+        records: &[&[u8]],
+    ) {
+        let want: Vec<u8> = records.concat();
+        let send = async {
+            for record in records {
+                client.write_all(record).await.unwrap();
+                client.flush().await.unwrap();
+            }
+        };
+        let mut got = vec![0u8; want.len()];
+        let (_, read) = tokio::join!(send, server.read_exact(&mut got));
+        read.unwrap();
+        assert!(got == want, "the plaintext arrives whole and in order");
+        read_finds_nothing(server).await;
+        assert!(
+            server.bufs.incoming.is_none(),
+            "an idle TLS stream keeps no ciphertext buffer"
+        );
+    }
+
+    /// A record larger than the first read's stack scratch (8 KiB) goes on
+    /// into a pool buffer and decrypts whole.
+    #[tokio::test]
+    async fn a_record_larger_than_the_scratch_is_read_whole() {
+        let (mut server, mut client) = handshaken().await;
+        let big = vec![b'x'; 12 * 1024];
+        read_records(&mut server, &mut client, &[&big]).await;
+    }
+
+    /// The stream ending in the middle of a record is an error, not an
+    /// end of stream (a truncation attack must not pass for a close).
+    #[tokio::test]
+    async fn end_of_stream_mid_record_is_an_error() {
+        let (mut server, client) = handshaken().await;
+        let (mut raw, _) = client.into_inner();
+        // An application-data record's header promising 100 bytes, then 3.
+        raw.write_all(&[0x17, 0x03, 0x03, 0x00, 100, 1, 2, 3])
+            .await
+            .unwrap();
+        drop(raw);
+        let mut buf = [0u8; 64];
+        let read = server.read(&mut buf).await;
+        assert!(read.is_err(), "{read:?}");
     }
 }

@@ -23,14 +23,14 @@ pub enum CloseReason {
     /// and framed between messages): a dropped keep-alive connection, parked
     /// or not.
     ///
-    /// For HTTP/2, "no stream open" is what the server sees of streams,
-    /// not of bytes: no request accepted from h2 whose handler or response
-    /// is still running. A reset then counts here even if h2 had read part
-    /// of the client's next frame (a HEADERS frame the reset cut, or one
-    /// waiting for its CONTINUATION), which no stream stands for yet, or
-    /// still held the end of a finished stream's response, unsent. h2 does
-    /// not say whether its read or write buffer holds anything (its public
-    /// API counts streams only), so the two are not told apart.
+    /// For HTTP/2, "no stream open" counts h2's streams too: no request
+    /// accepted whose handler or response is still running, none h2 opened
+    /// and not yet handed over, no finished stream whose response h2 still
+    /// queues (flow control). Only bytes in h2's codec buffers are not
+    /// seen (its encoder's write buffer, a partial frame in its read
+    /// buffer: a HEADERS frame the reset cut, or one waiting for its
+    /// CONTINUATION): h2 does not show them, so a reset then still counts
+    /// here.
     ClientClosed,
     /// The server chose to close (keep-alive off, `Connection: close`,
     /// HTTP/1.0, or an upgraded connection its handler dropped).

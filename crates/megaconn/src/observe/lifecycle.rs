@@ -83,6 +83,7 @@ pub enum ConnectionEvent {
 /// `Handling` while streams are open and `Idle` between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[repr(u8)]
 pub enum ConnectionState {
     /// Waiting for its next message (a task).
     Idle,
@@ -100,19 +101,39 @@ pub enum ConnectionState {
     Upgraded,
 }
 
-/// Every state, at the index of its discriminant (an [`Entry`] keeps its
-/// state as that index, in an atomic).
-const STATES: [ConnectionState; 7] = [
-    ConnectionState::Idle,
-    ConnectionState::Parked,
-    ConnectionState::ReadingHead,
-    ConnectionState::ReadingBody,
-    ConnectionState::Handling,
-    ConnectionState::Writing,
-    ConnectionState::Upgraded,
-];
-
 impl ConnectionState {
+    /// Every state. A new one fails to compile in [`from_index`](Self::from_index)
+    /// until it is added here too.
+    const ALL: [ConnectionState; 7] = [
+        ConnectionState::Idle,
+        ConnectionState::Parked,
+        ConnectionState::ReadingHead,
+        ConnectionState::ReadingBody,
+        ConnectionState::Handling,
+        ConnectionState::Writing,
+        ConnectionState::Upgraded,
+    ];
+
+    /// The state whose discriminant is `index` (an [`Entry`] keeps its state
+    /// so, in an atomic), found by value, never by position: a table indexed
+    /// by the discriminant that missed a new state would panic inside a
+    /// listing, with the registry's lock held.
+    fn from_index(index: u8) -> Option<ConnectionState> {
+        Self::ALL.into_iter().find(|&state| {
+            // Exhaustive inside the crate (`non_exhaustive` binds only other
+            // crates): a new state is a compile error here, not a gap in ALL.
+            match state {
+                ConnectionState::Idle
+                | ConnectionState::Parked
+                | ConnectionState::ReadingHead
+                | ConnectionState::ReadingBody
+                | ConnectionState::Handling
+                | ConnectionState::Writing
+                | ConnectionState::Upgraded => state as u8 == index,
+            }
+        })
+    }
+
     /// A short lowercase name (`idle`, `parked`, `reading_head`, …).
     pub fn label(self) -> &'static str {
         match self {
@@ -177,12 +198,19 @@ const CHUNK: usize = 3;
 /// One listed connection, shared by the registry and the connection's track.
 /// Only the connection's worker writes it (one writer: a plain load and
 /// store, not a locked `fetch_add`); a listing reads it from any thread.
+///
+/// Its fields are separate relaxed atomics: each is read whole (no torn
+/// value) and soon current, but not together with the other. A listing
+/// taken while the worker moves on may show `requests` already counting a
+/// request beside the `state` of the one before (or the reverse) for a
+/// moment; nothing orders the two, and nothing needs to.
 #[derive(Debug)]
 struct Entry {
     peer: SocketAddr,
     worker: usize,
     opened: Instant,
-    /// A [`ConnectionState`] as its index in [`STATES`].
+    /// A [`ConnectionState`] as its discriminant
+    /// ([`ConnectionState::from_index`]).
     state: AtomicU8,
     requests: AtomicU64,
 }
@@ -213,7 +241,9 @@ impl Entry {
             peer: self.peer,
             worker: self.worker,
             age: now.saturating_duration_since(self.opened),
-            state: STATES[usize::from(self.state.load(Relaxed))],
+            // Only ever stored from a state: the fallback is never taken.
+            state: ConnectionState::from_index(self.state.load(Relaxed))
+                .unwrap_or(ConnectionState::ReadingHead),
             requests: self.requests.load(Relaxed),
         }
     }
@@ -454,14 +484,21 @@ impl ConnTrack {
 }
 
 impl ConnTrack {
+    /// Records what this connection is doing (for `/debug/connections`),
+    /// whether or not it is the thread's current one (a connection parked
+    /// from outside its task, as an adopted one is).
+    pub(crate) fn set_state(&self, state: ConnectionState) {
+        if let Some(entry) = &self.entry {
+            entry.set_state(state);
+        }
+    }
+
     /// Hands the track over with an upgraded connection, which may leave this
     /// thread: the returned copy reports the close (and counts the bytes
     /// that cross the upgraded socket); this one reports nothing more.
     pub(crate) fn detach(&self) -> DetachedTrack {
         self.closed.set(true);
-        if let Some(entry) = &self.entry {
-            entry.set_state(ConnectionState::Upgraded);
-        }
+        self.set_state(ConnectionState::Upgraded);
         DetachedTrack {
             id: self.id,
             peer: self.peer,
@@ -542,11 +579,7 @@ pub(crate) fn count_request() {
 /// Records what the current connection is doing (for `/debug/connections`).
 #[inline]
 pub(crate) fn set_state(state: ConnectionState) {
-    with_current(|t| {
-        if let Some(entry) = &t.entry {
-            entry.set_state(state);
-        }
-    });
+    with_current(|t| t.set_state(state));
 }
 
 /// Counts bytes read from the current connection.
@@ -697,10 +730,11 @@ mod tests {
     }
 
     #[test]
-    fn every_state_is_at_the_index_of_its_discriminant() {
-        for (i, state) in STATES.into_iter().enumerate() {
-            assert_eq!(state as usize, i, "{state:?}");
+    fn every_state_is_found_by_its_discriminant() {
+        for state in ConnectionState::ALL {
+            assert_eq!(ConnectionState::from_index(state as u8), Some(state));
         }
+        assert_eq!(ConnectionState::from_index(u8::MAX), None);
     }
 
     /// A request and state changes on a listed connection take no lock of

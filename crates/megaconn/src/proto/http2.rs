@@ -178,6 +178,9 @@ where
     ));
     let mut resets = ResetGuard::default();
     let mut waiting: Option<Waiting> = None;
+    // Whether h2 still had a stream when the connection was last polled
+    // and had nothing for us: see `poll_turn`.
+    let mut h2_busy = false;
     let flood = Arc::new(DataFloodGuard::default());
     let mut reason = CloseReason::ClientClosed;
     loop {
@@ -206,30 +209,24 @@ where
             // need this task's context, and the service `&mut`): see
             // `poll_turn`. Its handler does not await, so a new stream's
             // request is never kept in this future.
-            turn = poll_fn(|cx| poll_turn(&mut conn, service, waiting.is_some(), &ctx, &flood, info, cx)) => {
+            turn = poll_fn(|cx| poll_turn(&mut conn, service, waiting.is_some(), &mut h2_busy, &ctx, &flood, info, cx)) => {
                 let start = match turn {
                     Turn::Closed(None) => break,
                     Turn::Closed(Some(e)) => {
                         if reason == CloseReason::ClientClosed {
-                            // "Between requests" as this task sees it: no
-                            // stream task runs and none waits for the
-                            // service. Not as the bytes see it, which h2
-                            // does not show (its read and write buffers are
-                            // private; `server::Connection` tells streams
-                            // only: `has_streams`, `num_wired_streams`):
-                            // - a response whose stream task has finished
-                            //   may still sit in h2's send buffer, unflushed
-                            //   (the stream was counted done when its task
-                            //   finished);
-                            // - h2 may hold the start of the client's next
-                            //   frame (a HEADERS frame the reset cut, or one
-                            //   waiting for its CONTINUATION): no stream
-                            //   exists until its header block is whole.
-                            // A reset then is still read as the client
-                            // leaving between requests (`ClientClosed`'s
-                            // docs say so): a label only, nothing is served
-                            // differently.
-                            let between = streams.is_empty() && waiting.is_none();
+                            // "Between requests": no stream task runs, none
+                            // waits for the service, and h2 had no stream
+                            // either when last polled (`h2_busy`): not a
+                            // finished stream's response still queued in h2
+                            // (a stream counts until its frames are sent),
+                            // nor a request h2 opened that `poll_accept` had
+                            // not handed over yet. What h2 does not show is
+                            // bytes in its codec's buffers (its encoder's
+                            // write buffer, a partial frame in its read
+                            // buffer): a reset then is still read as the
+                            // client leaving between requests
+                            // (`ClientClosed`'s docs say so), a label only.
+                            let between = streams.is_empty() && waiting.is_none() && !h2_busy;
                             reason = close_reason(&e, &ctx, between);
                         }
                         break;
@@ -363,10 +360,16 @@ enum Turn<S: HttpService> {
 /// server (`poll_ready`, then `poll_closed` while not ready); axum::serve
 /// waits for readiness per request (`Oneshot`), which a connection's
 /// streams also get here, in order.
+///
+/// Each time the connection has nothing for us, `h2_busy` records whether
+/// h2 still has a stream (`has_streams`): sampled then, not when the poll
+/// fails, because h2 clears its streams on a connection error.
+#[allow(clippy::too_many_arguments)]
 fn poll_turn<I, S>(
     conn: &mut h2::server::Connection<I, Bytes>,
     service: &mut S,
     waiting: bool,
+    h2_busy: &mut bool,
     ctx: &Rc<WorkerContext>,
     flood: &Arc<DataFloodGuard>,
     info: Option<ConnInfo>,
@@ -380,10 +383,18 @@ where
         if let Poll::Ready(ready) = service.poll_ready(cx) {
             return Poll::Ready(Turn::Ready(ready));
         }
-        return conn.poll_closed(cx).map(|r| Turn::Closed(r.err()));
+        let closed = conn.poll_closed(cx).map(|r| Turn::Closed(r.err()));
+        if closed.is_pending() {
+            *h2_busy = conn.has_streams();
+        }
+        return closed;
     }
     // `poll_accept` is what h2's `accept` polls (and hyper's server calls).
-    Poll::Ready(match std::task::ready!(conn.poll_accept(cx)) {
+    let accepted = conn.poll_accept(cx);
+    if accepted.is_pending() {
+        *h2_busy = conn.has_streams();
+    }
+    Poll::Ready(match std::task::ready!(accepted) {
         None => Turn::Closed(None),
         Some(Err(e)) => Turn::Closed(Some(e)),
         Some(Ok((request, respond))) => match prepare(request, ctx, flood, info) {
@@ -419,8 +430,8 @@ where
 /// counted in `protocol_errors`, as our own guards' closes are, with the
 /// `GOAWAY` code as the close reason's detail. A reset with no stream open
 /// (`between`) is the client leaving, as between HTTP/1.1 requests, also
-/// when h2 held part of a next frame or the end of a response
-/// ([`CloseReason::ClientClosed`]).
+/// when h2's codec buffers held part of a next frame or the end of a
+/// response ([`CloseReason::ClientClosed`]).
 fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReason {
     if let Some(io) = e.get_io() {
         return CloseReason::io_between(io, between);

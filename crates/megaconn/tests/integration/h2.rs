@@ -1615,3 +1615,48 @@ async fn a_reset_between_streams_is_a_client_close_and_midway_an_io_error() {
     assert_eq!(server.handle.stats().protocol_errors, 0);
     server.stop().await;
 }
+
+/// A reset after a stream whose handler and response are done on our side,
+/// but whose response h2 still queues (the client stopped reading: the
+/// socket takes no more), is not "between streams": h2 still counts the
+/// stream, and the close is an I/O error, not `ClientClosed` (it was: only
+/// the server's own streams were looked at).
+#[tokio::test]
+async fn a_reset_while_h2_still_queues_a_finished_response_is_an_io_error() {
+    const WINDOW_UPDATE: u8 = 0x8;
+    // Small socket buffers both sides: what the client does not read stays
+    // in h2's queue, not in the kernel's.
+    let (builder, mut events) = event_log(
+        megaconn::Server::builder()
+            .idle_timeout(None)
+            .send_buffer_size(Some(4096)),
+    );
+    let server = start(builder).await;
+    // Windows open wide (flow control lets the whole 1 MiB go), then
+    // `GET /big`.
+    let mut then = frame(SETTINGS, 0, 0, &[0, 0x4, 0x7f, 0xff, 0xff, 0xff]);
+    then.extend(frame(WINDOW_UPDATE, 0, 0, &0x7fff_0000u32.to_be_bytes()));
+    let big = [0x82, 0x86, 0x04, 4, b'/', b'b', b'i', b'g', 0x01, 1, b'a'];
+    then.extend(frame(HEADERS, END_STREAM | 0x4, 1, &big));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let mut client = RawH2::over(tcp, &then).await;
+    // Read slowly until the stream's task is done (the connection counts
+    // as idle again, after its first DATA frame: it was idle before the
+    // request): the rest of the response is then in h2's queue.
+    let mut data = 0;
+    while data == 0 || server.handle.stats().connections_idle == 0 {
+        let f = client.next_frame().await.expect("the response");
+        client.ack_settings(&f).await;
+        if f.kind == DATA {
+            data += f.payload.len();
+        }
+    }
+    assert!(data < 1 << 20, "the response is not all read: {data} bytes");
+    client.tcp.set_zero_linger().unwrap();
+    drop(client);
+    let reason = close_reason(&mut events).await;
+    assert!(matches!(reason, megaconn::CloseReason::Io(_)), "{reason:?}");
+    server.stop().await;
+}
