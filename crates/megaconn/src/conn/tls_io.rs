@@ -963,6 +963,39 @@ mod tests {
         read_records(&mut server, &mut client, &[&big]).await;
     }
 
+    /// A record that arrives a few bytes at a time: its head, kept after
+    /// the first read, takes the rest, and the stream holds no buffer once
+    /// it is read. (The record is cut by hand: a pipe of a few bytes would
+    /// stall the handshake instead, on the session tickets the server
+    /// sends after it and the client does not read until it reads data.)
+    #[tokio::test]
+    async fn a_record_arriving_in_pieces_is_read_whole() {
+        let (mut server, mut client) = handshaken().await;
+        let (raw, session) = client.get_mut();
+        std::io::Write::write_all(&mut session.writer(), b"a request in pieces").unwrap();
+        let mut record = Vec::new();
+        while session.wants_write() {
+            session.write_tls(&mut record).unwrap();
+        }
+        let mut buf = [0u8; 64];
+        let mut pieces = record.chunks(7).peekable();
+        while let Some(piece) = pieces.next() {
+            raw.write_all(piece).await.unwrap();
+            raw.flush().await.unwrap();
+            if pieces.peek().is_some() {
+                read_finds_nothing(&mut server).await;
+                assert!(server.bufs.incoming.is_some(), "the record's head is kept");
+            }
+        }
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"a request in pieces");
+        read_finds_nothing(&mut server).await;
+        assert!(
+            server.bufs.incoming.is_none(),
+            "an idle TLS stream keeps no ciphertext buffer"
+        );
+    }
+
     /// The stream ending in the middle of a record is an error, not an
     /// end of stream (a truncation attack must not pass for a close).
     #[tokio::test]
