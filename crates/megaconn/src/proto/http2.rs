@@ -184,6 +184,8 @@ where
     let flood = Arc::new(DataFloodGuard::default());
     let mut reason = CloseReason::ClientClosed;
     loop {
+        // Fixed for this round: a stream that ends ends the round.
+        let streams_open = !streams.is_empty();
         tokio::select! {
             biased;
             () = ctx.shutdown.wait(), if !going_away => {
@@ -209,7 +211,7 @@ where
             // need this task's context, and the service `&mut`): see
             // `poll_turn`. Its handler does not await, so a new stream's
             // request is never kept in this future.
-            turn = poll_fn(|cx| poll_turn(&mut conn, service, waiting.is_some(), &mut h2_busy, &ctx, &flood, info, cx)) => {
+            turn = poll_fn(|cx| poll_turn(&mut conn, service, waiting.is_some(), streams_open, &mut h2_busy, &ctx, &flood, info, cx)) => {
                 let start = match turn {
                     Turn::Closed(None) => break,
                     Turn::Closed(Some(e)) => {
@@ -363,12 +365,16 @@ enum Turn<S: HttpService> {
 ///
 /// Each time the connection has nothing for us, `h2_busy` records whether
 /// h2 still has a stream (`has_streams`): sampled then, not when the poll
-/// fails, because h2 clears its streams on a connection error.
+/// fails, because h2 clears its streams on a connection error. It is asked
+/// (a lock of h2's stream store) only when no stream of ours runs
+/// (`streams_open`) or waits: otherwise h2 has one too, and the answer
+/// cannot make the close "between requests".
 #[allow(clippy::too_many_arguments)]
 fn poll_turn<I, S>(
     conn: &mut h2::server::Connection<I, Bytes>,
     service: &mut S,
     waiting: bool,
+    streams_open: bool,
     h2_busy: &mut bool,
     ctx: &Rc<WorkerContext>,
     flood: &Arc<DataFloodGuard>,
@@ -385,14 +391,14 @@ where
         }
         let closed = conn.poll_closed(cx).map(|r| Turn::Closed(r.err()));
         if closed.is_pending() {
-            *h2_busy = conn.has_streams();
+            *h2_busy = true;
         }
         return closed;
     }
     // `poll_accept` is what h2's `accept` polls (and hyper's server calls).
     let accepted = conn.poll_accept(cx);
     if accepted.is_pending() {
-        *h2_busy = conn.has_streams();
+        *h2_busy = streams_open || conn.has_streams();
     }
     Poll::Ready(match std::task::ready!(accepted) {
         None => Turn::Closed(None),
