@@ -74,8 +74,6 @@ pub fn parse_admin(s: &str) -> Result<AdminAddr, String> {
 pub struct Admin {
     /// The admin server's handle (an upgrade hands its socket over too).
     pub handle: ServerHandle,
-    /// The bound address.
-    pub addr: SocketAddr,
 }
 
 impl Drop for Admin {
@@ -99,17 +97,19 @@ pub enum Source {
 /// address: if that is taken, serving goes on without the admin listener (a
 /// warning says so); an address asked for that cannot be bound is an error.
 pub fn start(setting: Option<AdminAddr>, source: Source) -> anyhow::Result<Option<Admin>> {
-    start_with(setting, source, Vec::new())
+    Ok(bind(setting, Vec::new())?.map(|bound| bound.serve(source)))
 }
 
-/// [`start`], serving `adopt` (the admin listening socket of the process
-/// this one takes over from, `serve --upgrade`) when it is bound to the
-/// admin address.
-pub fn start_with(
+/// The admin server bound and its address printed, as [`start`] does, but
+/// not serving yet: nothing is accepted until [`Bound::serve`]. `adopt`:
+/// the admin listening socket of the process this one takes over from
+/// (`serve --upgrade`), served when it is bound to the admin address. A
+/// new process binds it before it tells the old one it is ready, and
+/// serves it only after (see `upgrade.rs`).
+pub fn bind(
     setting: Option<AdminAddr>,
-    source: Source,
     adopt: Vec<std::net::TcpListener>,
-) -> anyhow::Result<Option<Admin>> {
+) -> anyhow::Result<Option<Bound>> {
     let explicit = setting.is_some();
     let addr = match setting {
         Some(AdminAddr::Off) => return Ok(None),
@@ -133,31 +133,48 @@ pub fn start_with(
         }
         Err(e) => return Err(anyhow::Error::new(e).context("cannot start the admin listener")),
     };
-    let admin = Admin {
-        handle: server.handle(),
-        addr: server.local_addr(),
-    };
-    crate::say!("megaconn admin on http://{}", admin.addr);
-    let started = Instant::now();
-    tokio::spawn(async move {
-        let served = match source {
-            Source::Server(main, publisher) => {
-                let admin = AdminService {
-                    main,
-                    publisher,
-                    started,
-                };
-                server.serve(admin).await
-            }
-            Source::Processes(shared, fanout) => {
-                server.serve(ProcessesAdmin { shared, fanout }).await
-            }
+    crate::say!("megaconn admin on http://{}", server.local_addr());
+    Ok(Some(Bound(server)))
+}
+
+/// An admin server bound, not serving yet ([`bind`]); dropping it closes
+/// its listening sockets (this process's copies) unserved.
+#[derive(Debug)]
+pub struct Bound(megaconn::Server);
+
+impl Bound {
+    /// The admin server's handle (an upgrade hands its socket over too).
+    pub fn handle(&self) -> ServerHandle {
+        self.0.handle()
+    }
+
+    /// Serves `source` on the current runtime from now on.
+    pub fn serve(self, source: Source) -> Admin {
+        let server = self.0;
+        let admin = Admin {
+            handle: server.handle(),
         };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    });
-    Ok(Some(admin))
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let served = match source {
+                Source::Server(main, publisher) => {
+                    let admin = AdminService {
+                        main,
+                        publisher,
+                        started,
+                    };
+                    server.serve(admin).await
+                }
+                Source::Processes(shared, fanout) => {
+                    server.serve(ProcessesAdmin { shared, fanout }).await
+                }
+            };
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        });
+        admin
+    }
 }
 
 /// The supervisor's admin routes: whole-server totals.

@@ -70,7 +70,7 @@ impl clap::Args for ServeArgs {
                 .long("upgrade")
                 .action(clap::ArgAction::SetTrue)
                 .help("Take over from the server running on --upgrade-socket: its listening sockets and parked connections; it then drains and exits.")
-                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one starts serving them, then the old one stops accepting, hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused and idle clients do not reconnect. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade. With --processes, each worker process takes over from the old one of the same index."),
+                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused, idle clients do not reconnect, and a new process that fails before it is ready has taken no connection (the old one serves on). Prints `megaconn upgrade done: ...` once it is ready for the next upgrade. With --processes, each worker process takes over from the old one of the same index."),
         )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
@@ -557,28 +557,35 @@ async fn serve(
         Some(fd) => Publisher::worker(hub, fd).context("cannot use the publish channel")?,
         None => Publisher::local(hub),
     };
-    let _admin = match shared {
-        None => crate::admin::start_with(
-            admin,
-            crate::admin::Source::Server(handle.clone(), publisher.clone()),
-            admin_sockets,
-        )?,
+    let admin = match shared {
+        None => crate::admin::bind(admin, admin_sockets)?,
         Some(_) => None,
     };
-    if let (Some(control), Some(admin)) = (&control, &_admin) {
-        control.also(admin.handle.clone());
+    if let (Some(control), Some(admin)) = (&control, &admin) {
+        control.also(admin.handle());
     }
-    // The old process stops accepting once told: this one is up, its
-    // admin listener too.
+    // The old process accepts until told, this one only after: its
+    // servers are built (the admin listener's too) and start accepting
+    // below, the admin one next, the main one at the serve loop's first
+    // turn. So a process that fails before it told the old one has taken
+    // no connection (see `upgrade.rs`); in between, connections wait in the
+    // kernel's queues.
     if let Some(take_over) = take_over {
         let (tx, rx) = tokio::sync::oneshot::channel();
         take_over.finish(handle.clone(), control_path.clone(), tx)?;
         control_ready = Some(rx);
     }
+    let _admin = admin.map(|admin| {
+        admin.serve(crate::admin::Source::Server(
+            handle.clone(),
+            publisher.clone(),
+        ))
+    });
     let app = Demo::new(handle.clone(), publisher.clone(), demo_ws);
     let framed = crate::demo::FramedDemo {
         publisher: publisher.clone(),
     };
+    // Its workers start, and accept, at the loop's first turn.
     let serving = server.framed(framed).serve(app);
     tokio::pin!(serving);
     // Counters unchanged since the last copy (an idle process): look again

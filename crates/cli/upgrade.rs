@@ -7,32 +7,42 @@
 //!   'H' hello + pid          ---------------->
 //!                            <---------------- 'L' listening sockets (SCM_RIGHTS,
 //!                                              ≤ 253 a message; the last flagged)
-//!   bind nothing: serve those sockets
-//!   (both processes accept now; queued
-//!   connections wait in the kernel)
+//!   bind nothing: build its servers             (still the only one accepting)
+//!   on those sockets, not accepting yet
 //!   'R' ready                ---------------->  stop accepting, take parked
-//!                                               HTTP/1.1 connections out of
+//!   start accepting (what came                  HTTP/1.1 connections out of
+//!   meanwhile waits in the kernel's queue)      its lots
 //!                            <---------------- 'P' parked sockets, ≤ 253 a message,
-//!                                              with 5 bytes of state each
-//!   park them in its own lots                   (tag, idle time left)
+//!   park them in its own lots                   with 5 bytes of state each
+//!                                               (tag, idle time left)
 //!                            <---------------- 'E' end: counts
 //!   bind the control socket for                 drain the rest as in graceful
 //!   the next upgrade; print                     shutdown, exit
 //!   "megaconn upgrade done"
 //! ```
 //!
-//! The listening sockets never close, so no connection is refused: the
-//! kernel queues connections on them while either process accepts. 'R' is
-//! the point of no return: the new process says it only once it can carry
-//! on alone (its thread for the rest is up, see `TakeOver::finish`), and
-//! the old process, once it heard it, leaves whatever fails or panics then
-//! (`Leaving`): one of the two serves, never neither, and not both for
-//! good. A worker process of a supervisor also holds its slot's lock
-//! ([`SlotLock`]), which goes with its last listening socket and is then
-//! the new process's alone. The messages are `SOCK_SEQPACKET`, so each
-//! arrives whole with its descriptors. std has no stable API for ancillary
-//! data (`SocketAncillary` is unstable),
-//! so `nix` does `sendmsg`/`recvmsg`.
+//! The listening sockets never close (from 'L' on both processes hold the
+//! same sockets, so the same queues), so no connection is refused: the
+//! kernel queues connections on them until a process accepts. The old
+//! process accepts until it hears 'R', the new one only once it said it
+//! (its servers, the admin listener's too, are built before and start
+//! after, `serve.rs`): a new process that fails or exits before 'R' has
+//! taken no connection, and every one opened meanwhile is the old
+//! process's to serve. Between the old process's last accept and the new
+//! one's first (its workers starting) connections wait in the queue
+//! (`--backlog`); around 'R' both may accept for a moment, each serving
+//! what it took.
+//!
+//! 'R' is the point of no return: the new process says it only once it
+//! can carry on alone (its thread for the rest is up, see
+//! `TakeOver::finish`), and the old process, once it heard it, leaves
+//! whatever fails or panics then (`Leaving`): one of the two serves, never
+//! neither, and not both for good. A worker process of a supervisor also
+//! holds its slot's lock ([`SlotLock`]), which goes with its last listening
+//! socket and is then the new process's alone. The messages are
+//! `SOCK_SEQPACKET`, so each arrives whole with its descriptors. std has no
+//! stable API for ancillary data (`SocketAncillary` is unstable), so `nix`
+//! does `sendmsg`/`recvmsg`.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::TcpListener;
@@ -733,8 +743,8 @@ impl Upgrades {
         // Taken before shutdown begins, so the process waits for it at exit;
         // `leaving` holds it until it said it handed over.
         leaving.busy = Some(self.lock_busy());
-        // The new process accepts now: stop accepting and hand the parked
-        // connections over; the rest drain as in a graceful shutdown.
+        // The new process accepts from now on: stop accepting and hand the
+        // parked connections over; the rest drain as in a graceful shutdown.
         let batches = self.handle.hand_over_parked();
         self.handle.shutdown();
         // The admin listener(s) too: the new process serves them now, and an
@@ -1007,6 +1017,9 @@ impl TakeOver {
     /// Tells the old process this one serves, then takes its parked
     /// connections into `handle` and binds the control socket at `path` for
     /// the next upgrade, on a thread of its own (the caller keeps serving).
+    /// Call it with this process's servers built but not accepting yet, and
+    /// start them once it returned `Ok`: a connection accepted before would
+    /// be lost should this process exit before the old one heard it.
     /// It binds the control socket even if the parked connections failed
     /// (the old process is leaving all the same), so that a next upgrade
     /// can take over from this one. `ready` hears the control socket, or

@@ -133,7 +133,7 @@ fn finish(mut old: Generation) -> String {
 }
 
 /// Reads one response on a keep-alive connection: status line, headers,
-/// `Content-Length` body. Returns the head.
+/// `Content-Length` body. Returns the head, then the body (as text).
 fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<String> {
     let mut head = String::new();
     loop {
@@ -157,6 +157,7 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<String> {
         .unwrap_or(0);
     let mut body = vec![0; len];
     reader.read_exact(&mut body)?;
+    head.push_str(&String::from_utf8_lossy(&body));
     Ok(head)
 }
 
@@ -1414,6 +1415,72 @@ fn a_new_process_with_no_thread_to_finish_leaves_the_old_one_serving() {
     let (next, _) = start(2, &addr, &socket, &extra);
     finish(old);
     serves_alone(&addr, 2, next.child);
+}
+
+/// Connections opened while a new process is between the old one's
+/// listening sockets and its own ready (held at its spawn gate, then
+/// failed there) are all the old process's, on the main listener and on
+/// the admin listener taken over too: each is answered by it while the new
+/// process waits, and again once it exited; those that asked nothing yet
+/// are answered by it then. The new process builds its servers before it
+/// says it is ready and starts them only after, so that one failing first
+/// has taken no connection: one it had accepted would have closed with it.
+#[test]
+fn a_new_process_that_fails_before_ready_takes_no_connection() {
+    const CONNECTIONS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let (mut old, addr) = start(0, "127.0.0.1:0", &socket, &["--admin", "127.0.0.1:0"]);
+    let admin = old.admin.clone();
+    let gate = Gate::at(&socket, ".spawn.gate");
+    let mut cmd = serve_command(1, &addr, &socket, &["--admin", &admin]);
+    cmd.env("MEGACONN_TEST_SPAWN_GATE", "1");
+    let (mut new, _new_lines) = spawn_generation(&mut cmd);
+    // It has the listening sockets, its servers are built, and it has not
+    // said it is ready.
+    let (pid, mut failing) = gate.next();
+    assert_eq!(pid, new.id());
+    let old_pid = format!("\"pid\": {},", old.child.id());
+    let connect = |to: &str| {
+        let s = TcpStream::connect(to).unwrap();
+        s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+        BufReader::new(s)
+    };
+    // Each answer on a connection says who served it: the main listener's
+    // its `server` header, the admin listener's its pid.
+    let ask = |c: &mut BufReader<TcpStream>, path: &str| {
+        write!(c.get_mut(), "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+            .and_then(|()| read_response(c))
+            .unwrap_or_else(|e| {
+                panic!("{path}: a connection opened during the attempt is lost: {e}")
+            })
+    };
+    let by_old = |c: &mut BufReader<TcpStream>, path: &str| {
+        let answer = ask(c, path);
+        let mine = answer.contains("server: gen0") || answer.contains(&old_pid);
+        assert!(mine, "not answered by the old process: {answer}");
+    };
+    // On both listeners, in turns across the wait: connections that ask
+    // at once, and connections that ask nothing yet.
+    let (mut asked, mut quiet) = (Vec::new(), Vec::new());
+    for _ in 0..CONNECTIONS {
+        for (to, path) in [(&addr, "/"), (&admin, "/debug/runtime")] {
+            let mut c = connect(to);
+            by_old(&mut c, path);
+            asked.push((c, path));
+            quiet.push((connect(to), path));
+        }
+    }
+    failing.write_all(b"fail\n").unwrap();
+    drop((failing, gate));
+    assert!(
+        !new.wait().success(),
+        "the new process serves without a thread"
+    );
+    for (c, path) in asked.iter_mut().chain(&mut quiet) {
+        by_old(c, path);
+    }
+    assert!(old.child.child().try_wait().unwrap().is_none());
 }
 
 /// An old process whose hand-over panics after the new process said it
