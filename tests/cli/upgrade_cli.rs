@@ -916,7 +916,15 @@ fn wait_for_exit(pid: i32) {
     // SAFETY: pidfd_open(2) with integer arguments.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
     if fd < 0 {
-        // Gone already.
+        // ESRCH: gone already. Anything else (no pidfd_open, out of
+        // descriptors) says nothing about the process, so the test cannot
+        // go on as if it had exited.
+        let err = std::io::Error::last_os_error();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::ESRCH),
+            "pidfd_open({pid}) failed, so its exit cannot be awaited: {err}"
+        );
         return;
     }
     let mut poll = libc::pollfd {
