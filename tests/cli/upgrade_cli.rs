@@ -530,10 +530,11 @@ impl Gate {
     fn at(socket: &Path, suffix: &str) -> Gate {
         // The server's gates exist in debug builds only (`test_gate` in
         // crates/cli/upgrade.rs); under `--release` it would never arrive.
-        assert!(
-            cfg!(debug_assertions),
-            "test gates are compiled into debug builds only: run this test without --release"
-        );
+        if !cfg!(debug_assertions) {
+            panic!(
+                "test gates are compiled into debug builds only: run this test without --release"
+            );
+        }
         let mut path = socket.as_os_str().to_owned();
         path.push(suffix);
         let listener = UnixListener::bind(path).unwrap();
