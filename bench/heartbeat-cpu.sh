@@ -59,7 +59,8 @@
 #   be closer, but overfills some of nginx's 19,000-connection workers).
 # Output: bench/out/heartbeat-<stamp>/ (runs.jsonl, hold logs and JSON,
 #   table.md) and the markdown table on stdout; SECTION_OUT=bench/HEARTBEAT.md
-#   also writes it as a section that run-all.sh copies into RESULTS.md.
+#   also writes it as that file's first section, which run-all.sh copies into
+#   RESULTS.md (the hand-written sections after it stay).
 #   FROM_RUNS=bench/out/heartbeat-<stamp>/runs.jsonl writes the tables of an
 #   earlier run again without measuring (give the run's settings too).
 set -euo pipefail
@@ -268,6 +269,6 @@ if [[ -n "${SECTION_OUT:-}" ]]; then
     echo "Written by \`bench/heartbeat-cpu.sh\` (SECTION_OUT=$SECTION_OUT) on $(date -u '+%Y-%m-%d %H:%M UTC'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores. **The machine was shared with other people's builds during this run**: read the ratios measured side by side, not the absolute µs."
     echo
     sed 's/^### /#### /' "$RES_DIR/table.md"
-  } >"$SECTION_OUT"
-  log "wrote $SECTION_OUT"
+  } | write_first_section "$SECTION_OUT"
+  log "wrote $SECTION_OUT (its first section; the hand-written ones after it kept)"
 fi

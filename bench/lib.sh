@@ -54,6 +54,11 @@
 #   bench_traps          installs bench_cleanup on EXIT and makes INT/TERM exit
 #                        (so EXIT runs); bench_sleep SECS sleeps so a signal
 #                        interrupts it at once (a foreground `sleep` defers traps)
+#   servers_without_rows RUNS ROW SERVER...  the SERVERs with no row in a table
+#                        built from RUNS (a script fails on them)
+#   command_line SCRIPT VAR...  `VAR=value ... bash SCRIPT` for the table's footer
+#   write_first_section FILE  stdin replaces FILE's first `## ` section,
+#                        keeping the (hand-written) sections after it
 #   sched_ns PID         CPU ns of PID's threads and descendants (schedstat), tree_rss PID
 #                        VmRSS of PID and its descendants
 #
@@ -561,6 +566,50 @@ interleaved_rounds() {
       "$fn" "${servers[$(((k + round - 1) % n))]}" "$round" || true
     done
   done
+}
+
+# servers_without_rows RUNS ROW SERVER...: prints (space-separated) each
+# SERVER that has no record in RUNS (JSON lines with a .server) for which the
+# jq condition ROW holds, i.e. no row in a table built from those records.
+# A table missing a server it was asked for must not pass for a full run.
+servers_without_rows() {
+  local runs=$1 row=$2 s missing=()
+  shift 2
+  for s in "$@"; do
+    [[ "$(jq -rs --arg s "$s" "map(select(.server == \$s and ($row))) | length" "$runs")" != 0 ]] ||
+      missing+=("$s")
+  done
+  echo "${missing[*]}"
+}
+
+# command_line SCRIPT VAR...: the command that reproduces this run,
+# `VAR=value ... bash SCRIPT`, with each VAR that is set (values holding a
+# space in double quotes), for the line a table prints under itself.
+command_line() {
+  local script=$1 v words=()
+  shift
+  for v in "$@"; do
+    [[ -n "${!v+set}" ]] || continue
+    if [[ "${!v}" == *[[:space:]]* ]]; then words+=("$v=\"${!v}\""); else words+=("$v=${!v}"); fi
+  done
+  echo "${words[*]}${words[*]:+ }bash $script"
+}
+
+# write_first_section FILE: stdin (a section starting with a `## ` heading)
+# becomes FILE's first section, in place of the one there; the sections
+# after it (the lines from FILE's second `## ` heading on, hand-written
+# follow-ups) stay. Written to a temporary file first, so a failure leaves
+# FILE as it was.
+write_first_section() {
+  local file=$1 tmp
+  tmp="$(mktemp "$file.XXXXXX")"
+  {
+    cat
+    if [[ -s "$file" ]] && awk '/^## / && ++n == 2 { found = 1; exit } END { exit !found }' "$file"; then
+      echo
+      awk '/^## / { n++ } n >= 2' "$file"
+    fi
+  } >"$tmp" && mv "$tmp" "$file"
 }
 
 # kill_ours SIG PATTERN PID...: signal only those PIDs that still exist and

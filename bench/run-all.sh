@@ -9,9 +9,10 @@
 #   net.core.somaxconn=65535, net.ipv4.tcp_max_syn_backlog=65535; ulimit -n 20000.
 # Takes about 9 minutes with the defaults (plus the first build): five servers
 # (megaconn, Go, nginx, axum and the floor) × four scenarios × 3 rounds.
-# Includes the committed MILLION.md, METRICS.md, OTEL.md and H2TLS.md
-# (bench/million.sh, bench/metrics-overhead.sh, bench/otel.sh, bench/h2-tls.sh
-# write them; run those on their own).
+# Includes the committed section files listed in SECTIONS below (FLOOR.md,
+# HEARTBEAT.md, MILLION.md, ALLOCATORS.md, METRICS.md, OTEL.md, H2TLS.md,
+# IDLE-TLS.md), each written by its own script or by hand from its runs
+# (section_origin says which); run those scripts on their own.
 # Env: everything throughput.sh and idle-memory.sh read (ROUNDS, DURATION, RATE,
 #   N, RAMP, SERVERS...), RESULTS (output file, default bench/RESULTS.md),
 #   REASSEMBLE=1 (measure nothing: keep RESULTS.md's measured part and copy the
@@ -34,13 +35,13 @@ SECTIONS="FLOOR.md HEARTBEAT.md MILLION.md ALLOCATORS.md METRICS.md OTEL.md H2TL
 SECTION_MARKER="<!-- Sections below are copied by bench/run-all.sh from bench/*.md files written by other scripts (or by hand where a section says so); edit those files, not this one. -->"
 section_origin() { # file -> one line saying how it was written
   case "$1" in
-    FLOOR.md) echo "bench/throughput.sh with SECTION_OUT (generated)" ;;
-    HEARTBEAT.md) echo "bench/heartbeat-cpu.sh with SECTION_OUT (generated)" ;;
+    FLOOR.md) echo "bench/throughput.sh runs (SECTION_OUT) put together by hand: the first section opens with a hand-written paragraph, and some headings are hand-written" ;;
+    HEARTBEAT.md) echo "its first section by bench/heartbeat-cpu.sh with SECTION_OUT, the later ones hand-written from the runs named in them" ;;
     MILLION.md) echo "hand-written from bench/million.sh runs named in it (its tables are million.sh output)" ;;
     ALLOCATORS.md) echo "hand-written from bench/idle-memory.sh runs (megaconn only, three allocator builds), 2026-11-24 08:37 UTC" ;;
     METRICS.md) echo "bench/metrics-overhead.sh output with a hand-written header" ;;
     OTEL.md) echo "bench/otel.sh output with a hand-written header" ;;
-    H2TLS.md) echo "bench/h2-tls.sh output with a hand-written header" ;;
+    H2TLS.md) echo "bench/h2-tls.sh output with a hand-written header, then hand-written sections from the runs named in them" ;;
     IDLE-TLS.md) echo "hand-written from bench/idle-memory-tls.sh runs named in it" ;;
     *) echo "see the section" ;;
   esac

@@ -44,12 +44,19 @@
 # Runs over 50,000 connections only under `flock /work/bigrun.lock` (shared
 # machine); with one process per server N stays below that anyway.
 # Output: bench/out/ws-<stamp>/ (runs.jsonl, logs, table.md); the table on
-# stdout; SECTION_OUT=bench/WS.md writes it as a section.
+# stdout, with the command that reproduces the run under it;
+# SECTION_OUT=FILE writes it as a section (the whole FILE: bench/WS.md is
+# written by hand, so not there). A server in SERVERS with no row
+# (it did not start, or none of its rounds measured) fails the run (exit 1,
+# the table marked incomplete, SECTION_OUT not written).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# The binary asked for (MEGACONN), for the command line under the table:
+# bench_build later points MEGACONN_USER at its private copy.
+MEGACONN_ASKED="$MEGACONN_USER"
 N="${N:-15000}"
 INTERVAL="${INTERVAL:-10}"
 RAMP="${RAMP:-3000}"
@@ -251,6 +258,9 @@ run_one() { # server round
   log "$(tail -1 "$RUNS" | jq -r '"round \(.round) \(.server): \(.bytes_per_ws | round) B/ws, \(.pings_per_sec) pings/s, \(.server_us_per_ping // 0 | . * 100 | round / 100) us/ping; broadcast \(.pushes_received)/\(.connections) in \(.last_delivery_ms) ms, \(.server_us_per_delivery * 100 | round / 100) us each"')"
 }
 
+# A run makes a row when it measured both the pings and the broadcast.
+ROW='.server_us_per_ping != null and .last_delivery_ms != null'
+
 t_start=$SECONDS
 read -r -a servers <<<"$SERVERS"
 bench_wait_quiet "${QUIET_WAIT:-30}"
@@ -266,7 +276,7 @@ elapsed=$((SECONDS - t_start))
     def mm(f): (map(f) | median | f0) + " (" + (map(f) | min | f0) + "–" + (map(f) | max | f0) + ")";
     def mm2(f): (map(f) | median_or_null | f2) + " (" + (map(f) | min | f2) + "–" + (map(f) | max | f2) + ")";
     def ratio(f; base): if base == null or base <= 0 then "—" else ((map(f) | median) / base | f2) + "×" end;
-    map(select(.server_us_per_ping != null and .last_delivery_ms != null)) | group_by(.server)
+    map(select('"$ROW"')) | group_by(.server)
     | (map(select(.[0].server == "megaconn-native")) | .[0] // null) as $m
     | ($m | if . == null then null else map(.bytes_per_ws) | median end) as $mb
     | ($m | if . == null then null else map(.server_us_per_ping) | median end) as $mc
@@ -281,8 +291,19 @@ elapsed=$((SECONDS - t_start))
   echo
   echo "_ws-peers.sh: N=$N INTERVAL=$INTERVAL RAMP=$RAMP SETTLE=$SETTLE WINDOW=$WINDOW BCAST_SETTLE=$BCAST_SETTLE ROUNDS=$ROUNDS SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?'); run time ${elapsed}s; load average at the end $(cut -d' ' -f1-3 /proc/loadavg); raw JSON: bench/out/ws-$STAMP/_"
   echo
-  echo "Command: \`N=$N ROUNDS=$ROUNDS bash bench/ws-peers.sh\`"
+  echo "Command: \`${MEGACONN_ASKED:+MEGACONN=$MEGACONN_ASKED }$(command_line bench/ws-peers.sh BENCH_SKIP_BUILD N INTERVAL \
+    RAMP SETTLE WINDOW BCAST_SETTLE ROUNDS SERVERS SOURCE PORT SERVER_CPU LOAD_CPU QUIET_WAIT QUIET_WAIT_EACH)\`"
 } | tee "$RES_DIR/table.md"
+
+# A server asked for but missing from the table (it did not start, or no
+# round of it measured) fails the run, said in the table and on stderr: a
+# table short of a server is not the comparison that was asked for.
+missing="$(servers_without_rows "$RUNS" "$ROW" "${servers[@]}")"
+if [[ -n "$missing" ]]; then
+  printf '\n**Incomplete: no row for %s** (asked for: %s; see the log above and bench/out/ws-%s/).\n' \
+    "$missing" "$SERVERS" "$STAMP" | tee -a "$RES_DIR/table.md"
+  die "no row for $missing: every round of it failed (not started, or hold did not open $N); the table is in $RES_DIR/table.md, SECTION_OUT not written"
+fi
 
 if [[ -n "${SECTION_OUT:-}" ]]; then
   {

@@ -146,8 +146,12 @@ async fn a_connection_forced_closed_while_waiting_leaves_the_idle_gauge() {
 /// the server says it does.
 static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// Wakes every waiter each time [`CaptureLog`] keeps a line in [`LOGGED`].
+static LOGGED_MORE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// A `tracing` subscriber that keeps each INFO, WARN or ERROR event in
-/// [`LOGGED`] (this crate's dev-dependencies have no subscriber crate).
+/// [`LOGGED`] and says so on [`LOGGED_MORE`] (this crate's dev-dependencies
+/// have no subscriber crate).
 struct CaptureLog;
 
 impl tracing::Subscriber for CaptureLog {
@@ -185,6 +189,7 @@ impl tracing::Subscriber for CaptureLog {
             }
         }
         LOGGED.lock().unwrap().push(line.0);
+        LOGGED_MORE.notify_waiters();
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
@@ -196,16 +201,23 @@ fn capture_log() {
     ONCE.call_once(|| tracing::subscriber::set_global_default(CaptureLog).unwrap());
 }
 
-/// Waits (bounded) until the server logged a warning containing `needle`.
+/// Waits (bounded by [`SAFETY`]) until the server logged a warning
+/// containing `needle`: woken by each line logged, not polling.
 async fn wait_for_warning(needle: &str) {
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    while !LOGGED.lock().unwrap().iter().any(|m| m.contains(needle)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never warned {needle:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let logged = async {
+        loop {
+            // Made before the look, so a line logged after it wakes it
+            // (`notify_waiters` wakes every `Notified` that exists).
+            let more = LOGGED_MORE.notified();
+            if LOGGED.lock().unwrap().iter().any(|m| m.contains(needle)) {
+                return;
+            }
+            more.await;
+        }
+    };
+    tokio::time::timeout(SAFETY, logged)
+        .await
+        .unwrap_or_else(|_| panic!("the server never warned {needle:?}"));
 }
 
 /// At the limit the acceptor stops accepting: a third connection waits in

@@ -69,11 +69,10 @@ async fn tls_and_cleartext_listeners_serve_side_by_side() {
         .await
         .unwrap();
     assert_eq!(read_response(&mut s).await.body, b"Hello, World!");
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    while handle.stats().connections_parked < 1 {
-        assert!(tokio::time::Instant::now() < deadline, "never parked");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    common::wait_stats(&handle, "the cleartext connection parked", |s| {
+        s.connections_parked >= 1
+    })
+    .await;
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();

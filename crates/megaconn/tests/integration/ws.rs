@@ -836,26 +836,42 @@ async fn a_peer_that_stops_reading_is_closed_when_the_write_times_out() {
 
 /// A peer that reads slowly but keeps reading is not cut off: with
 /// `write_timeout` off, the heartbeat timeout bounds the time a write makes
-/// *no* progress, not the whole write. Here the echo of a 48 MiB message is
-/// one write, read 64 KiB at most every 10 ms (6.4 MiB/s at most). The
-/// kernel's buffers took ~10 MB of it at once here (loopback), so the rest
-/// takes over 6 s (about 13 s here), against a 5 s heartbeat timeout.
-/// Bounded as a whole, the write was closed as `WriteTimeout`; now only a
-/// 5 s stall of this client would close it (with 1 s, a loaded CI machine
-/// that did not run the test task for a second did).
+/// *no* progress, not the whole write. Here the echo of one message is one
+/// write, read at 1 MiB/s. The kernel holds at most the server's send
+/// buffer and the client's receive buffer of it, both set small (so the
+/// machine's `tcp_wmem` and `tcp_rmem`, which autotune them, do not decide
+/// how much), and the message is 6.5 s of reading more than that: the write
+/// cannot end within the 5 s heartbeat timeout, while the client never
+/// stops reading for more than 64 ms. Bounded as a whole, the write was
+/// closed as `WriteTimeout` after 5 s; now only a 5 s stall of this client
+/// would close it (with a 1 s timeout, a loaded CI machine that did not run
+/// the test task for a second did). About 7 s.
 #[tokio::test]
 async fn a_slow_peer_that_keeps_reading_gets_the_whole_backlog() {
-    const PAYLOAD: usize = 48 << 20;
+    /// What the client reads a second, at most.
+    const RATE: usize = 1 << 20;
+    /// One read, at most: 1/16 s at `RATE`.
     const READ: usize = 64 << 10;
-    let mut server = Ws::start(Server::builder(), |r| {
+    /// `SO_SNDBUF` of the server's socket and `SO_RCVBUF` of the client's:
+    /// Linux doubles what it is asked and caps it (`wmem_max`, `rmem_max`).
+    const BUFFER: usize = 64 << 10;
+    /// More than the kernel can hold of the echo: both buffers (2 × 2 ×
+    /// `BUFFER`) and the write queue's overshoot of its limit (one segment
+    /// of up to 64 KiB).
+    const BUFFERED_AT_MOST: usize = 8 * BUFFER;
+    const HEARTBEAT: Duration = Duration::from_secs(5);
+    /// Reading what the kernel cannot hold takes 6.5 s at `RATE`, so the
+    /// write waits beyond `HEARTBEAT` (with 1.5 s to spare).
+    const PAYLOAD: usize = BUFFERED_AT_MOST + RATE * 13 / 2;
+    let mut server = Ws::start(Server::builder().send_buffer_size(Some(BUFFER)), |r| {
         r.ping_interval(None)
-            .heartbeat_timeout(Some(Duration::from_secs(5)))
+            .heartbeat_timeout(Some(HEARTBEAT))
             .max_message_bytes(PAYLOAD)
             .max_frame_bytes(PAYLOAD)
     })
     .await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(READ as u32).unwrap();
+    socket.set_recv_buffer_size(BUFFER as u32).unwrap();
     let mut s = socket.connect(server.addr).await.unwrap();
     s.write_all(&handshake("")).await.unwrap();
     assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
@@ -866,12 +882,17 @@ async fn a_slow_peer_that_keeps_reading_gets_the_whole_backlog() {
     frame.resize(frame.len() + PAYLOAD, 7);
     s.write_all(&frame).await.unwrap();
     // The echo: a 10-byte header (0x82, 127, the length) and the payload,
-    // all before any end.
+    // all before any end; by the first byte's arrival, at most `RATE` bytes
+    // a second (and one read).
     let expected = 10 + PAYLOAD;
     let mut got = 0;
     let mut buf = vec![0u8; READ];
+    let mut first = None;
     while got < expected {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        if let Some(first) = first {
+            let due = Duration::from_secs_f64(got as f64 / RATE as f64);
+            tokio::time::sleep_until(first + due).await;
+        }
         let n = tokio::time::timeout(SAFETY, s.read(&mut buf))
             .await
             .expect("the echo in time")
@@ -881,11 +902,19 @@ async fn a_slow_peer_that_keeps_reading_gets_the_whole_backlog() {
             "closed after {got} of {expected} bytes: {:?}",
             server.closes.try_recv()
         );
+        first.get_or_insert_with(tokio::time::Instant::now);
         got += n;
     }
-    // (A close frame may follow: the peer sent nothing for longer than the
-    // heartbeat timeout while it read.)
     assert!(got >= expected);
+    // Then the server closes it, as the peer sent nothing for longer than
+    // the heartbeat timeout while it read (a close frame may follow the
+    // echo). Not as `WriteTimeout`: that close still flushes for up to 2 s
+    // (`conn/io.rs`'s `CLOSE_TIMEOUT`), which could deliver the rest of a
+    // backlog this size, so the reason is what tells the two apart.
+    assert_eq!(
+        server.next_close().await,
+        (1, CloseReason::HeartbeatTimeout)
+    );
     server.stop().await;
 }
 
