@@ -13,7 +13,7 @@ use serde::Serialize;
 pub const KERNEL_BYTES_PER_SOCKET: u64 = 5 * 1024;
 
 /// megaconn's own memory per idle (parked) connection, rounded up from the
-/// measured 16-54 B at a million and 37-93 B at 15,000 (README, "The idle-memory
+/// measured 15-56 B at a million (PSS to RSS) and 33-93 B at 15,000 (README, "The idle-memory
 /// figures and how each was measured").
 pub const MEGACONN_BYTES_PER_CONNECTION: u64 = 100;
 
