@@ -174,8 +174,9 @@ pub(crate) struct HoldCounters {
     pub pushes_received: AtomicU64,
     /// Connections handed to a thread's parking lot (each connect counts).
     pub parked: AtomicU64,
-    /// Beat ticks on which the wall clock had stepped since the last, so
-    /// their replies were timed when read, not by their kernel stamps
+    /// Beat ticks on which the wall clock had stepped since the last (or
+    /// stepped during their reads: that tick and the next), so their
+    /// replies were timed when read, not by their kernel stamps
     /// (`hold_stamp.rs`).
     pub wall_clock_steps: AtomicU64,
     /// 0 while this process ramps; then when its ramp ended, in ns after
@@ -308,13 +309,18 @@ pub(crate) struct ThreadCtx {
 }
 
 impl ThreadCtx {
-    /// A heartbeat sent at `sent` was answered as expected: counted and
-    /// timed to `arrived` (the reply's kernel receive time) or, without it
-    /// or if it is before `sent` (`hold_stamp::reply_time`), to now.
-    /// Returns the time it was timed to.
+    /// A heartbeat sent at `sent` was answered as expected: counted, and
+    /// the time to time it to returned (not recorded yet: [`time`](Self::time)
+    /// does): `arrived` (the reply's kernel receive time) or, without it or
+    /// if it is before `sent` (`hold_stamp::reply_time`), now.
     pub(crate) fn answered(&self, sent: Instant, arrived: Option<Instant>) -> Instant {
-        let now = reply_time(sent, arrived, Instant::now);
         self.counters.heartbeats_ok.fetch_add(1, Relaxed);
+        reply_time(sent, arrived, Instant::now)
+    }
+
+    /// Records the latency of a heartbeat sent at `sent` and answered at
+    /// `now`.
+    pub(crate) fn time(&self, sent: Instant, now: Instant) {
         let latency = now.saturating_duration_since(sent).as_nanos() as u64;
         let l = &mut *self.latencies.borrow_mut();
         record_ns(&mut l.heartbeats, latency);
@@ -324,7 +330,6 @@ impl ThreadCtx {
         {
             record_ns(&mut l.holding, latency);
         }
-        now
     }
 
     /// A connection's opening request (HTTP `GET`, WebSocket upgrade) was
@@ -754,9 +759,7 @@ async fn exchange(
         Ok(close) => {
             match what {
                 Exchange::Opening => ctx.opened(),
-                Exchange::Heartbeat => {
-                    ctx.answered(sent, None);
-                }
+                Exchange::Heartbeat => ctx.time(sent, ctx.answered(sent, None)),
             }
             stream.forget_readiness();
             if close {
@@ -815,7 +818,7 @@ async fn await_reply(
 pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -870,6 +873,20 @@ impl HoldShared {
 }
 
 #[cfg(test)]
+impl ThreadCtx {
+    /// A thread's context with no lot of its own.
+    pub(crate) fn for_test(shared: HoldShared) -> ThreadCtx {
+        ThreadCtx {
+            shared,
+            counters: Arc::default(),
+            latencies: RefCell::new(Latencies::new()),
+            buf: RefCell::new(vec![0u8; 64 * 1024]),
+            lot: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -902,14 +919,7 @@ mod tests {
     /// connection, a million of them at once.
     #[test]
     fn a_held_connection_future_is_small() {
-        let shared = HoldShared::for_test();
-        let ctx = Rc::new(ThreadCtx {
-            shared,
-            counters: Arc::default(),
-            latencies: RefCell::new(Latencies::new()),
-            buf: RefCell::new(Vec::new()),
-            lot: None,
-        });
+        let ctx = Rc::new(ThreadCtx::for_test(HoldShared::for_test()));
         // 840 bytes in a debug build of 2026-11-30 (tokio 1.54, rustls 0.23),
         // with the TLS session and the opening exchange boxed.
         let size = std::mem::size_of_val(&hold_one(ctx, 0));
