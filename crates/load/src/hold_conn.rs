@@ -174,9 +174,8 @@ pub(crate) struct HoldCounters {
     pub pushes_received: AtomicU64,
     /// Connections handed to a thread's parking lot (each connect counts).
     pub parked: AtomicU64,
-    /// Beat ticks on which the wall clock had stepped since the last (or
-    /// stepped during their reads: that tick and the next), so their
-    /// replies were timed when read, not by their kernel stamps
+    /// Beat ticks on which the wall clock had stepped since the last, so
+    /// their replies were timed when read, not by their kernel stamps
     /// (`hold_stamp.rs`).
     pub wall_clock_steps: AtomicU64,
     /// 0 while this process ramps; then when its ramp ended, in ns after
@@ -309,18 +308,13 @@ pub(crate) struct ThreadCtx {
 }
 
 impl ThreadCtx {
-    /// A heartbeat sent at `sent` was answered as expected: counted, and
-    /// the time to time it to returned (not recorded yet: [`time`](Self::time)
-    /// does): `arrived` (the reply's kernel receive time) or, without it or
-    /// if it is before `sent` (`hold_stamp::reply_time`), now.
+    /// A heartbeat sent at `sent` was answered as expected: counted and
+    /// timed to `arrived` (the reply's kernel receive time) or, without it
+    /// or if it is before `sent` (`hold_stamp::reply_time`), to now.
+    /// Returns the time it was timed to.
     pub(crate) fn answered(&self, sent: Instant, arrived: Option<Instant>) -> Instant {
+        let now = reply_time(sent, arrived, Instant::now);
         self.counters.heartbeats_ok.fetch_add(1, Relaxed);
-        reply_time(sent, arrived, Instant::now)
-    }
-
-    /// Records the latency of a heartbeat sent at `sent` and answered at
-    /// `now`.
-    pub(crate) fn time(&self, sent: Instant, now: Instant) {
         let latency = now.saturating_duration_since(sent).as_nanos() as u64;
         let l = &mut *self.latencies.borrow_mut();
         record_ns(&mut l.heartbeats, latency);
@@ -330,6 +324,7 @@ impl ThreadCtx {
         {
             record_ns(&mut l.holding, latency);
         }
+        now
     }
 
     /// A connection's opening request (HTTP `GET`, WebSocket upgrade) was
@@ -759,7 +754,9 @@ async fn exchange(
         Ok(close) => {
             match what {
                 Exchange::Opening => ctx.opened(),
-                Exchange::Heartbeat => ctx.time(sent, ctx.answered(sent, None)),
+                Exchange::Heartbeat => {
+                    ctx.answered(sent, None);
+                }
             }
             stream.forget_readiness();
             if close {

@@ -40,10 +40,9 @@
 //! A reply that comes without a stamp is timed when read: only the first
 //! packets after stamping is first turned on in the kernel can (it turns
 //! it on from a work queue, a moment after the first socket asks). So are
-//! the replies of a tick before or during which the wall clock stepped: the
-//! stamps are on `CLOCK_REALTIME`, turned into `Instant`s by both clocks
-//! read at the tick's start, and read again after its reads to see whether
-//! the wall clock stepped meanwhile (`hold_stamp.rs`).
+//! the replies of a tick before which the wall clock stepped: the stamps
+//! are on `CLOCK_REALTIME`, turned into `Instant`s by both clocks read once
+//! per tick (`hold_stamp.rs`).
 //!
 //! So a heartbeat is one `send`, one `recv`, a parse and a histogram record
 //! whatever the protocol:
@@ -62,7 +61,7 @@ use tokio::io::Interest;
 use tokio::sync::oneshot;
 
 use crate::hold_conn::{io_end, next_beat, Ended, Rng, ThreadCtx};
-use crate::hold_stamp::{recv_stamped, stamp_arrivals, Arrival, Clocks, StampClock, TickReplies};
+use crate::hold_stamp::{recv_stamped, stamp_arrivals, Arrival, Clocks, StampClock};
 use crate::hold_wheel::Wheel;
 use crate::hold_wire::{Verdict, Wire};
 
@@ -105,9 +104,6 @@ struct State {
     wheel: Wheel,
     /// The entries of the tick being served (kept for its allocation).
     due: Vec<(u64, u32)>,
-    /// The replies read since the epoll was last drained, recorded once
-    /// it is (`take_events`).
-    replies: TickReplies,
     tenants: u32,
 }
 
@@ -139,9 +135,8 @@ pub(crate) struct Lot {
     /// nobody wakes on; looked at only while it has members.
     writers: AsyncFd<OwnedFd>,
     state: RefCell<State>,
-    /// The clock pair stamps are turned with, read at each tick's start and
-    /// checked for a wall-clock step since the last, and again after the
-    /// tick's reads (`hold_stamp.rs`).
+    /// The clock pair stamps are turned with, read once per tick and
+    /// checked for a wall-clock step since the last (`hold_stamp.rs`).
     clock: RefCell<StampClock>,
 }
 
@@ -164,7 +159,6 @@ impl Lot {
                 writers: 0,
                 wheel: Wheel::new(0),
                 due: Vec::new(),
-                replies: TickReplies::default(),
                 tenants: 0,
             }),
             clock: RefCell::new(StampClock::new(Clocks::read())),
@@ -305,10 +299,7 @@ impl Lot {
     /// Takes every ready event of the lot's epoll (without waiting); with
     /// `clocks` (the tick's pair, if the wall clock did not step since the
     /// last tick), reads carry their kernel receive time, turned by it; else
-    /// replies are timed when read. The replies are recorded once all is
-    /// read: with `clocks`, timed to the end of the reads instead if the
-    /// wall clock stepped during them (the pair is read again to see; two
-    /// vDSO calls a tick).
+    /// replies are timed when read.
     fn take_events(
         &self,
         ctx: &ThreadCtx,
@@ -318,15 +309,6 @@ impl Lot {
         drain_epoll(self.epoll.raw(), events, |data| {
             self.on_event(ctx, data as u32, (data >> 32) as u32, clocks)
         });
-        let replies = &mut self.state.borrow_mut().replies;
-        if replies.is_empty() {
-            return;
-        }
-        let after = clocks.map(|_| Clocks::read());
-        let clock = self.clock.borrow();
-        if replies.settle(&clock, after, |sent, at| ctx.time(sent, at)) {
-            ctx.counters.wall_clock_steps.fetch_add(1, Relaxed);
-        }
     }
 
     /// Handles one readiness event of `slot`; true if the socket may have
@@ -339,7 +321,6 @@ impl Lot {
                 slots,
                 wheel,
                 writers,
-                replies,
                 ..
             } = &mut *st;
             let Some(conn) = slots[slot as usize].as_mut().filter(|c| c.tenant == tenant) else {
@@ -356,7 +337,7 @@ impl Lot {
                 match got {
                     Ok((0, _)) => Err(Ended::Dropped),
                     Ok((n, arrived)) => conn
-                        .take(ctx, (wheel, replies), slot, &buf[..n], &mut pongs, arrived)
+                        .take(ctx, wheel, slot, &buf[..n], &mut pongs, arrived)
                         .map(|()| n == buf.len()),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
@@ -511,12 +492,11 @@ impl Lot {
 impl Parked {
     /// Bytes read from the socket (arrived then, if stamped), as the
     /// connection's [`Wire`] reads them (pongs it asks for go to `pongs`);
-    /// an answered heartbeat joins the `replies` to record and schedules the
-    /// next on the `wheel`. `Err`: the connection ends.
+    /// an answered heartbeat schedules the next. `Err`: the connection ends.
     fn take(
         &mut self,
         ctx: &ThreadCtx,
-        (wheel, replies): (&mut Wheel, &mut TickReplies),
+        wheel: &mut Wheel,
         slot: u32,
         read: &[u8],
         pongs: &mut Vec<u8>,
@@ -532,7 +512,6 @@ impl Parked {
             (None, _) => Ok(()),
             (Some(Verdict::Answered { close }), Some(sent)) => {
                 let now = ctx.answered(sent, arrived.map(|a| a.now));
-                replies.push(sent, now);
                 self.waiting = None;
                 ctx.counters.heartbeats_pending.fetch_sub(1, Relaxed);
                 if close {

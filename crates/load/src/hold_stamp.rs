@@ -3,7 +3,7 @@
 //! beat tick (`hold_lot.rs`).
 //!
 //! The kernel stamps a segment on `CLOCK_REALTIME`; heartbeats are timed on
-//! the monotonic clock (`Instant`). The lot reads both clocks at each tick's start
+//! the monotonic clock (`Instant`). The lot reads both clocks once per tick
 //! ([`Clocks`]) and turns each stamp into an `Instant` by its distance from
 //! that reading. That holds only while the wall clock moves with the
 //! monotonic one: a step of `CLOCK_REALTIME` (NTP, `date -s`) between a
@@ -16,17 +16,11 @@
 //!   the step, and the tick's replies are timed when read instead (as
 //!   `--wake-per-reply` times them; at most a tick late). Such ticks are
 //!   counted (`wall_clock_steps` in hold's report).
-//! - The pair is read again after the tick's reads, and the tick's replies
-//!   are recorded only then ([`TickReplies`]): if the wall clock stepped
-//!   during the reads (the pair after them drifted from the tick's), a
-//!   reply stamped after the step would be shifted by it, so all of them
-//!   are timed by the end of the reads instead, and the tick is counted.
-//!   The next tick compares with this tick's first pair, so it is timed
-//!   that way too (and counted): it may read replies stamped before the
-//!   step.
 //! - [`Clocks::arrival`] never puts an arrival after the read that took
 //!   it, nor [`reply_time`] before its beat (it takes the read's time
-//!   then), whatever the clocks did.
+//!   then): a step during the tick's own reads (seen on the next tick) can
+//!   blur those replies' latency within `[0, time of the read]`, never
+//!   past it, never below zero.
 //!
 //! The clock pair is an argument everywhere here, so tests step it without
 //! touching the machine's clock.
@@ -100,9 +94,8 @@ pub(crate) fn stepped(a: Clocks, b: Clocks) -> bool {
     drift > STEP_FLOOR.as_nanos() + mono / SLEW_DIVISOR
 }
 
-/// The clock pair a lot's stamps are turned with, checked at each tick's
-/// start against the last tick's (and, by [`TickReplies::settle`], after
-/// its reads against its own).
+/// The clock pair a lot's stamps are turned with, checked once per tick
+/// against the last tick's.
 #[derive(Debug)]
 pub(crate) struct StampClock {
     last: Clocks,
@@ -120,49 +113,6 @@ impl StampClock {
     pub(crate) fn tick(&mut self, now: Clocks) -> Option<Clocks> {
         let last = std::mem::replace(&mut self.last, now);
         (!stepped(last, now)).then_some(now)
-    }
-}
-
-/// The replies a tick read, recorded once its reads are over and the clock
-/// pair has been read again ([`settle`](TickReplies::settle)): until then
-/// nobody knows whether the wall clock stepped while they were read.
-/// Allocated once, for the most replies a tick has read.
-#[derive(Debug, Default)]
-pub(crate) struct TickReplies {
-    /// `(sent, arrived)`: the beat's first write, the reply's time by its
-    /// stamp (or its read, without one).
-    replies: Vec<(Instant, Instant)>,
-}
-
-impl TickReplies {
-    /// No reply waits.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.replies.is_empty()
-    }
-
-    /// A reply to the beat sent at `sent`, arrived at `arrived`.
-    pub(crate) fn push(&mut self, sent: Instant, arrived: Instant) {
-        self.replies.push((sent, arrived));
-    }
-
-    /// Hands each reply to `time` as `(sent, answered at)`, and forgets
-    /// them. `after` is the pair read after the tick's reads, if they
-    /// turned stamps with the tick's pair (`clock`'s last): if the wall
-    /// clock stepped since that, a stamp taken after the step is off by it,
-    /// so every reply is timed to the end of the reads (`after.now`: when
-    /// read, at most the reads' time late), and this returns true (count
-    /// the tick).
-    pub(crate) fn settle(
-        &mut self,
-        clock: &StampClock,
-        after: Option<Clocks>,
-        mut time: impl FnMut(Instant, Instant),
-    ) -> bool {
-        let read_by = after.filter(|&a| stepped(clock.last, a)).map(|a| a.now);
-        for (sent, arrived) in self.replies.drain(..) {
-            time(sent, read_by.unwrap_or(arrived));
-        }
-        read_by.is_some()
     }
 }
 
@@ -363,62 +313,6 @@ mod tests {
                 "step {step} ns"
             );
         }
-    }
-
-    /// The wall clock steps 10 ms back during a tick's reads, before the
-    /// last segment of a reply to a beat sent 50 ms before the tick: its
-    /// stamp, turned by the tick's pair, puts it 10 ms early (a 42 ms
-    /// latency for 52). The pair read after the reads shows the step, and
-    /// the reply is timed to the end of the reads (54 ms). The next tick
-    /// is timed when read too: it may read replies stamped before the step.
-    #[test]
-    fn a_wall_clock_step_during_a_ticks_reads_times_that_ticks_replies_by_the_reads() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let unix0 = 1_800_000_000 * SEC;
-        let back = 10_000_000;
-        let mut clock = StampClock::new(Clocks {
-            now: t0 - ms(100),
-            unix_ns: unix0 - 100_000_000,
-        });
-        let tick = clock
-            .tick(Clocks {
-                now: t0,
-                unix_ns: unix0,
-            })
-            .expect("no step before the tick");
-        let sent = t0 - ms(50);
-        let (stamp, read) = (unix0 + 2_000_000 - back, t0 + ms(3));
-        let arrived = reply_time(sent, Some(tick.arrival(stamp, || read).now), || read);
-        assert_eq!(arrived - sent, ms(42), "the stamp alone is off by the step");
-        let mut replies = TickReplies::default();
-        replies.push(sent, arrived);
-        let after = Clocks {
-            now: t0 + ms(4),
-            unix_ns: unix0 + 4_000_000 - back,
-        };
-        let mut timed = Vec::new();
-        let stepped = replies.settle(&clock, Some(after), |s, at| timed.push(at - s));
-        assert_eq!((timed, stepped), (vec![ms(54)], true));
-        let next = Clocks {
-            now: t0 + ms(100),
-            unix_ns: unix0 + 100_000_000 - back,
-        };
-        assert!(clock.tick(next).is_none());
-        // Undisturbed, a tick's replies keep their stamps' times.
-        let third = Clocks {
-            now: t0 + ms(200),
-            unix_ns: unix0 + 200_000_000 - back,
-        };
-        assert!(clock.tick(third).is_some());
-        replies.push(third.now - ms(30), third.now - ms(20));
-        let after = Clocks {
-            now: third.now + ms(4),
-            unix_ns: third.unix_ns + 4_000_000,
-        };
-        let mut timed = Vec::new();
-        let stepped = replies.settle(&clock, Some(after), |s, at| timed.push(at - s));
-        assert_eq!((timed, stepped), (vec![ms(10)], false));
     }
 
     #[test]

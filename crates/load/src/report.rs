@@ -401,10 +401,9 @@ pub struct HoldReport {
     #[serde(default)]
     pub connections_parked: u64,
     /// http:// beat ticks on which the wall clock (`CLOCK_REALTIME`) had
-    /// stepped since the last tick (NTP, `date -s`), or stepped while the
-    /// tick read (that tick and the next count): their replies were timed
-    /// when read (at most a tick late), not by the kernel's receive stamps,
-    /// which the step would have shifted.
+    /// stepped since the last tick (NTP, `date -s`): their replies were
+    /// timed when read (at most a tick late), not by the kernel's receive
+    /// stamps, which the step would have shifted.
     #[serde(default)]
     pub wall_clock_steps: u64,
     /// Processes used.
@@ -458,7 +457,7 @@ impl HoldReport {
         if self.wall_clock_steps > 0 {
             let _ = writeln!(
                 s,
-                "  wall clock   stepped before or during {} tick(s): their replies timed when read",
+                "  wall clock   stepped before {} tick(s): their replies timed when read",
                 self.wall_clock_steps
             );
         }
