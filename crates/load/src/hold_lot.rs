@@ -141,8 +141,8 @@ pub(crate) struct Lot {
 }
 
 impl Lot {
-    /// A lot with its own epoll instance; with `wake_per_reply`, registered
-    /// with the current runtime.
+    /// A lot with its own epoll instances: the writers' one registered with
+    /// the current runtime, the readers' one too with `wake_per_reply`.
     pub(crate) fn new(wake_per_reply: bool) -> std::io::Result<Lot> {
         let fd = epoll_create()?;
         let epoll = if wake_per_reply {
