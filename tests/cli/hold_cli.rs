@@ -282,8 +282,8 @@ const STALL: Duration = Duration::from_millis(300);
 /// leaves every later one unread for [`STALL`] after its first bytes
 /// arrive, then reads it whole and answers. Its sockets take 64 KiB at most
 /// (`SO_RCVBUF`, inherited from the listener), so a request of megabytes
-/// cannot be written whole while it stalls. Counts the requests it found
-/// still being sent when the stall ended (the client was held back).
+/// cannot be written whole while it stalls. Counts the requests not all
+/// there when the stall ended (the client was held back).
 fn stalling_server() -> (SocketAddr, Arc<AtomicU64>) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(64 * 1024).unwrap();
@@ -310,6 +310,7 @@ fn stalling_server() -> (SocketAddr, Arc<AtomicU64>) {
 /// One connection of [`stalling_server`], until the client closes it.
 fn serve_stalling(mut sock: std::net::TcpStream, held_back: &AtomicU64) -> std::io::Result<()> {
     use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; 1 << 16];
     for request in 0u64.. {
         let mut head = Vec::new();
@@ -318,21 +319,20 @@ fn serve_stalling(mut sock: std::net::TcpStream, held_back: &AtomicU64) -> std::
             return Ok(());
         }
         head.extend_from_slice(&buf[..n]);
-        if request > 0 {
+        // What the client could send during the stall: read here and
+        // queued in the socket (not read yet, so that the client, which
+        // sends the rest as soon as the socket takes it, cannot add to it).
+        let by_stall_end = if request > 0 {
             std::thread::sleep(STALL);
-            // What the client could send during the stall: if the request
-            // is not all here, the rest waited in the client.
-            sock.set_nonblocking(true)?;
-            loop {
-                match sock.read(&mut buf) {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
+            let mut queued: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one c_int to a valid pointer.
+            if unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut queued) } < 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            sock.set_nonblocking(false)?;
-        }
+            Some(n + queued as usize)
+        } else {
+            None
+        };
         while !head.windows(4).any(|w| w == b"\r\n\r\n") {
             let n = sock.read(&mut buf)?;
             if n == 0 {
@@ -346,10 +346,11 @@ fn serve_stalling(mut sock: std::net::TcpStream, held_back: &AtomicU64) -> std::
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
             .map_or(0, |v| v.trim().parse().unwrap());
-        let mut have = head.len() - end;
-        if request > 0 && have < length {
+        // If the request was not all here, the rest waited in the client.
+        if by_stall_end.is_some_and(|got| got < end + length) {
             held_back.fetch_add(1, SeqCst);
         }
+        let mut have = head.len() - end;
         while have < length {
             let n = sock.read(&mut buf[..(length - have).min(1 << 16)])?;
             if n == 0 {

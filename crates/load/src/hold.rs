@@ -100,6 +100,7 @@ pub struct HoldArgs {
     /// Connect and heartbeat-reply timeout. A heartbeat's timeout and
     /// latency run from its first byte's write, also when the socket cannot
     /// take it whole (the server not reading it): that wait is the server's.
+    /// The rest goes out as soon as the socket takes it.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Write the report as JSON to FILE.

@@ -815,7 +815,7 @@ async fn await_reply(
 pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -870,6 +870,20 @@ impl HoldShared {
 }
 
 #[cfg(test)]
+impl ThreadCtx {
+    /// A thread's context with no lot of its own.
+    pub(crate) fn for_test(shared: HoldShared) -> ThreadCtx {
+        ThreadCtx {
+            shared,
+            counters: Arc::default(),
+            latencies: RefCell::new(Latencies::new()),
+            buf: RefCell::new(vec![0u8; 64 * 1024]),
+            lot: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -902,14 +916,7 @@ mod tests {
     /// connection, a million of them at once.
     #[test]
     fn a_held_connection_future_is_small() {
-        let shared = HoldShared::for_test();
-        let ctx = Rc::new(ThreadCtx {
-            shared,
-            counters: Arc::default(),
-            latencies: RefCell::new(Latencies::new()),
-            buf: RefCell::new(Vec::new()),
-            lot: None,
-        });
+        let ctx = Rc::new(ThreadCtx::for_test(HoldShared::for_test()));
         // 840 bytes in a debug build of 2026-11-30 (tokio 1.54, rustls 0.23),
         // with the TLS session and the opening exchange boxed.
         let size = std::mem::size_of_val(&hold_one(ctx, 0));

@@ -10,6 +10,13 @@
 //! to answer), plus:
 //! - an epoll instance of its own (level-triggered, each socket registered
 //!   once for its whole life);
+//! - a second one, registered with the thread's runtime, that holds only
+//!   the sockets whose send buffer was full (the rest of a large beat, pongs
+//!   waiting) until what waits has gone: the thread wakes when one becomes
+//!   writable, so a server that stops reading and then reads again gets
+//!   the rest at once, not on a later tick (up to 100 ms each time the
+//!   buffer fills). It costs nothing while empty (not polled), and a
+//!   socket joins and leaves it only when its buffer fills;
 //! - a timing wheel of due ticks on the beat grid (`hold_wheel.rs`; the tick
 //!   is `hold_conn::beat_tick`, 10 to 100 ms by the interval): a beat, or a
 //!   reply's deadline, is an append and a pass, not a timer registered and
@@ -49,7 +56,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use tokio::io::unix::AsyncFd;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
@@ -80,7 +87,7 @@ struct Parked {
     /// Bytes the socket's send buffer had no room for (the rest of a beat,
     /// pongs): empty and unallocated nearly always.
     unsent: Vec<u8>,
-    /// Registered for writability (`unsent` waits).
+    /// In the writers' epoll (`unsent` waits).
     out_armed: bool,
     rng: Rng,
     wire: Wire,
@@ -90,6 +97,8 @@ struct Parked {
 struct State {
     slots: Vec<Option<Parked>>,
     free: Vec<u32>,
+    /// Connections with bytes waiting to go (in the writers' epoll).
+    writers: u32,
     /// `(tick, slot)`: at grid tick `tick` (counted from the run's start),
     /// look at `slot` if its `due` still is `tick`.
     wheel: Wheel,
@@ -119,6 +128,12 @@ impl Epoll {
 /// The parking lot of one hold thread.
 pub(crate) struct Lot {
     epoll: Epoll,
+    /// The connections whose send buffer was full (a beat's rest, pongs
+    /// waiting), for writability only: registered with the thread's
+    /// runtime in both modes, so what waits goes out as soon as the socket
+    /// takes it, not on a later tick. Apart from `epoll`, which by default
+    /// nobody wakes on; looked at only while it has members.
+    writers: AsyncFd<OwnedFd>,
     state: RefCell<State>,
     /// The clock pair stamps are turned with, read once per tick and
     /// checked for a wall-clock step since the last (`hold_stamp.rs`).
@@ -126,27 +141,22 @@ pub(crate) struct Lot {
 }
 
 impl Lot {
-    /// A lot with its own epoll instance; with `wake_per_reply`, registered
-    /// with the current runtime.
+    /// A lot with its own epoll instances: the writers' one registered with
+    /// the current runtime, the readers' one too with `wake_per_reply`.
     pub(crate) fn new(wake_per_reply: bool) -> std::io::Result<Lot> {
-        // SAFETY: a plain syscall; the result is checked before use.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = epoll_create()?;
         let epoll = if wake_per_reply {
-            // SAFETY: an OwnedFd keeps its descriptor open and always returns it.
-            Epoll::Woken(unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?)
+            Epoll::Woken(register(fd)?)
         } else {
             Epoll::Ticked(fd)
         };
         Ok(Lot {
             epoll,
+            writers: register(epoll_create()?)?,
             state: RefCell::new(State {
                 slots: Vec::new(),
                 free: Vec::new(),
+                writers: 0,
                 wheel: Wheel::new(0),
                 due: Vec::new(),
                 tenants: 0,
@@ -175,7 +185,8 @@ impl Lot {
         if matches!(self.epoll, Epoll::Ticked(_)) {
             stamp_arrivals(&stream)?;
         }
-        self.ctl(libc::EPOLL_CTL_ADD, &stream, slot, tenant, false)?;
+        let (epoll, events) = (self.epoll.raw(), libc::EPOLLIN | libc::EPOLLRDHUP);
+        ctl(epoll, libc::EPOLL_CTL_ADD, &stream, slot, tenant, events)?;
         if st.free.pop().is_none() {
             st.slots.push(None);
         }
@@ -198,37 +209,12 @@ impl Lot {
         Ok(ended)
     }
 
-    /// Registers (or changes) `stream` in the lot's epoll: readable, and
-    /// writable while bytes wait to be sent.
-    fn ctl(
-        &self,
-        op: libc::c_int,
-        stream: &std::net::TcpStream,
-        slot: u32,
-        tenant: u32,
-        writable: bool,
-    ) -> std::io::Result<()> {
-        let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-        if writable {
-            events |= libc::EPOLLOUT as u32;
-        }
-        let mut ev = libc::epoll_event {
-            events,
-            u64: u64::from(slot) | u64::from(tenant) << 32,
-        };
-        // SAFETY: both descriptors are open; `ev` is a valid epoll_event.
-        let r = unsafe { libc::epoll_ctl(self.epoll.raw(), op, stream.as_raw_fd(), &mut ev) };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     /// Closes every parked connection (the end of the run: a FIN on each).
     /// Heartbeats they were waiting for stay in `heartbeats_pending`.
     pub(crate) fn close_all(&self) {
         let mut st = self.state.borrow_mut();
         st.slots.clear();
+        st.writers = 0;
         // The free list names slots that no longer exist: a later `park`
         // would index past the end.
         st.free.clear();
@@ -237,41 +223,77 @@ impl Lot {
 
     /// The lot's task, until the thread stops: every grid tick it takes
     /// what arrived (by default) and sends the beats due; with
-    /// `--wake-per-reply` it takes replies as they arrive.
+    /// `--wake-per-reply` it takes replies as they arrive. Either way, bytes
+    /// a full send buffer held back go out as soon as the socket is
+    /// writable.
     pub(crate) async fn run(&self, ctx: &ThreadCtx) {
         let mut ticker = tokio::time::interval_at(ctx.shared.start.into(), ctx.shared.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
-        match &self.epoll {
-            Epoll::Ticked(_) => loop {
-                let tick = ticker.tick().await.into_std();
-                // Replies first: one that arrived in time is not failed by
-                // its deadline's pass in `beat`. And that pass goes up to
-                // this tick only, even if reading took past the next one: a
-                // reply that arrived since is read on the next tick, before
-                // its deadline is judged.
-                let clocks = self.clock.borrow_mut().tick(Clocks::read());
-                if clocks.is_none() {
-                    ctx.counters.wall_clock_steps.fetch_add(1, Relaxed);
-                }
-                self.take_events(ctx, &mut events, clocks);
-                self.beat(ctx, tick);
-            },
-            Epoll::Woken(epoll) => loop {
-                tokio::select! {
+        loop {
+            // The writers' epoll is not even polled while it is empty (the
+            // usual case): a tick costs what it did without it.
+            let writers = self.state.borrow().writers > 0;
+            match &self.epoll {
+                Epoll::Ticked(_) => tokio::select! {
                     biased;
-                    ready = epoll.readable() => match ready {
-                        Ok(mut guard) => {
-                            self.take_events(ctx, &mut events, None);
-                            guard.clear_ready();
+                    tick = ticker.tick() => {
+                        // Replies first: one that arrived in time is not
+                        // failed by its deadline's pass in `beat`. And that
+                        // pass goes up to this tick only, even if reading
+                        // took past the next one: a reply that arrived since
+                        // is read on the next tick, before its deadline is
+                        // judged.
+                        let clocks = self.clock.borrow_mut().tick(Clocks::read());
+                        if clocks.is_none() {
+                            ctx.counters.wall_clock_steps.fetch_add(1, Relaxed);
                         }
-                        // The runtime is shutting down.
-                        Err(_) => return,
+                        self.take_events(ctx, &mut events, clocks);
+                        self.beat(ctx, tick.into_std());
+                    },
+                    ready = self.writers.readable(), if writers => {
+                        if !on_ready(ready, || self.take_writable(ctx, &mut events)) {
+                            return;
+                        }
+                    },
+                },
+                Epoll::Woken(epoll) => tokio::select! {
+                    biased;
+                    ready = epoll.readable() => {
+                        if !on_ready(ready, || self.take_events(ctx, &mut events, None)) {
+                            return;
+                        }
                     },
                     _ = ticker.tick() => self.beat(ctx, Instant::now()),
-                }
-            },
+                    ready = self.writers.readable(), if writers => {
+                        if !on_ready(ready, || self.take_writable(ctx, &mut events)) {
+                            return;
+                        }
+                    },
+                },
+            }
         }
+    }
+
+    /// Sends what waits on every connection the writers' epoll reports
+    /// writable (without waiting).
+    fn take_writable(&self, ctx: &ThreadCtx, events: &mut [libc::epoll_event]) {
+        drain_epoll(self.writers.as_raw_fd(), events, |data| {
+            let (slot, tenant) = (data as u32, (data >> 32) as u32);
+            let flushed = {
+                let mut st = self.state.borrow_mut();
+                let State { slots, writers, .. } = &mut *st;
+                let Some(conn) = slots[slot as usize].as_mut().filter(|c| c.tenant == tenant)
+                else {
+                    return false;
+                };
+                self.flush(conn, slot, writers)
+            };
+            if let Err(end) = flushed {
+                self.end(ctx, slot, end);
+            }
+            false
+        });
     }
 
     /// Takes every ready event of the lot's epoll (without waiting); with
@@ -284,58 +306,26 @@ impl Lot {
         events: &mut [libc::epoll_event],
         clocks: Option<Clocks>,
     ) {
-        loop {
-            // SAFETY: `events` is valid for `events.len()` entries.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epoll.raw(),
-                    events.as_mut_ptr(),
-                    events.len() as libc::c_int,
-                    0,
-                )
-            };
-            if n < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return;
-            }
-            // A full batch, or a read that filled the buffer, may leave more.
-            let mut again = n as usize == events.len();
-            for ev in &events[..n as usize] {
-                let (bits, data) = (ev.events, ev.u64);
-                again |= self.on_event(ctx, data as u32, (data >> 32) as u32, bits, clocks);
-            }
-            if !again {
-                return;
-            }
-        }
+        drain_epoll(self.epoll.raw(), events, |data| {
+            self.on_event(ctx, data as u32, (data >> 32) as u32, clocks)
+        });
     }
 
     /// Handles one readiness event of `slot`; true if the socket may have
     /// more to read than one buffer took. With `clocks`, the read takes the
     /// kernel's receive stamp and times the reply by it.
-    fn on_event(
-        &self,
-        ctx: &ThreadCtx,
-        slot: u32,
-        tenant: u32,
-        bits: u32,
-        clocks: Option<Clocks>,
-    ) -> bool {
+    fn on_event(&self, ctx: &ThreadCtx, slot: u32, tenant: u32, clocks: Option<Clocks>) -> bool {
         let (ended, more) = {
             let mut st = self.state.borrow_mut();
-            let State { slots, wheel, .. } = &mut *st;
+            let State {
+                slots,
+                wheel,
+                writers,
+                ..
+            } = &mut *st;
             let Some(conn) = slots[slot as usize].as_mut().filter(|c| c.tenant == tenant) else {
                 return false;
             };
-            if bits & libc::EPOLLOUT as u32 != 0 {
-                if let Err(end) = self.flush(conn, slot) {
-                    drop(st);
-                    self.end(ctx, slot, end);
-                    return false;
-                }
-            }
             let mut pongs = Vec::new();
             let read = {
                 let mut buf = ctx.buf.borrow_mut();
@@ -356,7 +346,7 @@ impl Lot {
             };
             match read {
                 Ok(more) if pongs.is_empty() => (None, more),
-                Ok(more) => (self.send(conn, slot, &pongs).err(), more),
+                Ok(more) => (self.send(conn, slot, writers, &pongs).err(), more),
                 Err(end) => (Some(end), false),
             }
         };
@@ -380,7 +370,12 @@ impl Lot {
         };
         for &(at, slot) in &due {
             let mut st = self.state.borrow_mut();
-            let State { slots, wheel, .. } = &mut *st;
+            let State {
+                slots,
+                wheel,
+                writers,
+                ..
+            } = &mut *st;
             // Stale: the connection moved on, or left.
             let Some(conn) = slots[slot as usize].as_mut().filter(|c| c.due == at) else {
                 continue;
@@ -393,8 +388,9 @@ impl Lot {
                 }
                 None => {
                     // The beat is timed from its first write even if the
-                    // socket takes only part of it (the rest goes out on
-                    // writability, `flush`): the reply cannot come before
+                    // socket takes only part of it (the rest goes out as
+                    // soon as the socket is writable, `take_writable`, not on
+                    // a later tick): the reply cannot come before
                     // its last byte, but the wait for the server to take
                     // it is the server's (it is not reading), like a reply
                     // it is slow to send; from the last byte, a server that
@@ -405,7 +401,7 @@ impl Lot {
                     ctx.counters.heartbeats_pending.fetch_add(1, Relaxed);
                     conn.due = grid_tick(ctx, sent + ctx.shared.timeout);
                     wheel.push(conn.due, slot);
-                    self.send(conn, slot, &ctx.shared.heartbeat)
+                    self.send(conn, slot, writers, &ctx.shared.heartbeat)
                 }
             };
             if let Err(end) = ended {
@@ -418,34 +414,53 @@ impl Lot {
     }
 
     /// Sends `bytes` after any still unsent; keeps what the socket takes
-    /// not (its send buffer is full) and asks for writability meanwhile.
-    fn send(&self, conn: &mut Parked, slot: u32, bytes: &[u8]) -> Result<(), Ended> {
+    /// not (its send buffer is full) and asks for writability meanwhile
+    /// (`writers`: the count of connections that do).
+    fn send(
+        &self,
+        conn: &mut Parked,
+        slot: u32,
+        writers: &mut u32,
+        bytes: &[u8],
+    ) -> Result<(), Ended> {
         if conn.unsent.is_empty() {
             let sent = write_some(&conn.stream, bytes)?;
             conn.unsent.extend_from_slice(&bytes[sent..]);
         } else {
             conn.unsent.extend_from_slice(bytes);
         }
-        self.want_out(conn, slot)
+        self.want_out(conn, slot, writers)
     }
 
     /// Sends what is unsent (the socket became writable).
-    fn flush(&self, conn: &mut Parked, slot: u32) -> Result<(), Ended> {
+    fn flush(&self, conn: &mut Parked, slot: u32, writers: &mut u32) -> Result<(), Ended> {
         let sent = write_some(&conn.stream, &conn.unsent)?;
         conn.unsent.drain(..sent);
         if conn.unsent.is_empty() {
             conn.unsent = Vec::new();
         }
-        self.want_out(conn, slot)
+        self.want_out(conn, slot, writers)
     }
 
-    /// Registers for writability while bytes are unsent, and only then.
-    fn want_out(&self, conn: &mut Parked, slot: u32) -> Result<(), Ended> {
+    /// Keeps `conn` in the writers' epoll while bytes are unsent, and only
+    /// then (`writers` counts those in it).
+    fn want_out(&self, conn: &mut Parked, slot: u32, writers: &mut u32) -> Result<(), Ended> {
         let want = !conn.unsent.is_empty();
         if want != conn.out_armed {
-            self.ctl(libc::EPOLL_CTL_MOD, &conn.stream, slot, conn.tenant, want)
+            let op = if want {
+                libc::EPOLL_CTL_ADD
+            } else {
+                libc::EPOLL_CTL_DEL
+            };
+            let epoll = self.writers.as_raw_fd();
+            ctl(epoll, op, &conn.stream, slot, conn.tenant, libc::EPOLLOUT)
                 .map_err(|e| io_end(&e))?;
             conn.out_armed = want;
+            if want {
+                *writers += 1;
+            } else {
+                *writers -= 1;
+            }
         }
         Ok(())
     }
@@ -458,13 +473,16 @@ impl Lot {
         let mut st = self.state.borrow_mut();
         if let Some(conn) = st.slots[slot as usize].take() {
             st.free.push(slot);
+            if conn.out_armed {
+                st.writers -= 1;
+            }
             if conn.waiting.is_some() {
                 ctx.counters.heartbeats_pending.fetch_sub(1, Relaxed);
                 if !matches!(how, Ended::Failed) {
                     ctx.failed();
                 }
             }
-            // Closing the socket also takes it out of the lot's epoll.
+            // Closing the socket also takes it out of the lot's epolls.
             drop(conn.stream);
             let _ = conn.done.send(how);
         }
@@ -512,6 +530,87 @@ impl Parked {
     }
 }
 
+/// A new epoll instance (level-triggered members, close-on-exec).
+fn epoll_create() -> std::io::Result<OwnedFd> {
+    // SAFETY: a plain syscall; the result is checked before use.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Registers one of the lot's epoll instances with the current runtime:
+/// the thread wakes when it has events.
+fn register(epoll: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd keeps its descriptor open and always returns it.
+    Ok(unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE) }?)
+}
+
+/// Adds, changes or removes `stream` in `epoll`, waiting for `events`; its
+/// events carry `slot` and `tenant`.
+fn ctl(
+    epoll: RawFd,
+    op: libc::c_int,
+    stream: &std::net::TcpStream,
+    slot: u32,
+    tenant: u32,
+    events: libc::c_int,
+) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: events as u32,
+        u64: u64::from(slot) | u64::from(tenant) << 32,
+    };
+    // SAFETY: both descriptors are open; `ev` is a valid epoll_event (the
+    // kernel ignores it for EPOLL_CTL_DEL).
+    let r = unsafe { libc::epoll_ctl(epoll, op, stream.as_raw_fd(), &mut ev) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes every ready event of `epoll` without waiting, handing each one's
+/// data to `on` (true: that socket may have more to read, so look again),
+/// until a look finds no more.
+fn drain_epoll(epoll: RawFd, events: &mut [libc::epoll_event], mut on: impl FnMut(u64) -> bool) {
+    loop {
+        // SAFETY: `events` is valid for `events.len()` entries.
+        let n =
+            unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as libc::c_int, 0) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        // A full batch, or a read that filled the buffer, may leave more.
+        let mut again = n as usize == events.len();
+        for ev in &events[..n as usize] {
+            let data = ev.u64;
+            again |= on(data);
+        }
+        if !again {
+            return;
+        }
+    }
+}
+
+/// Runs `take` on a lot descriptor the runtime reported ready, then clears
+/// its readiness (`take` has taken every event); false if the runtime is
+/// shutting down.
+fn on_ready(ready: std::io::Result<AsyncFdReadyGuard<'_, OwnedFd>>, take: impl FnOnce()) -> bool {
+    match ready {
+        Ok(mut guard) => {
+            take();
+            guard.clear_ready();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Writes as much of `bytes` as the socket takes now: how much that was.
 fn write_some(stream: &std::net::TcpStream, bytes: &[u8]) -> Result<usize, Ended> {
     let mut sent = 0;
@@ -542,4 +641,121 @@ fn nanos_since_start(ctx: &ThreadCtx, at: Instant) -> u64 {
 /// on: rounded up, as `hold_conn::on_tick` does for the task path.
 fn grid_tick(ctx: &ThreadCtx, at: Instant) -> u64 {
     nanos_since_start(ctx, at).div_ceil(tick_ns(ctx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hold_conn::HoldShared;
+    use std::time::Duration;
+
+    /// The lot's tick in [`the_rest_of_a_held_back_beat_goes_out_when_the_socket_is_writable`]:
+    /// far longer than the grid's (100 ms at most), so that "on writability"
+    /// and "on the next tick" are seconds apart.
+    const TICK: Duration = Duration::from_secs(2);
+
+    /// How long the server leaves the beat unread: time enough for the lot's
+    /// write to fill the send buffer and stop (it does not block).
+    const STALL: Duration = Duration::from_millis(300);
+
+    /// The most a TCP socket's send buffer grows to (`tcp_wmem`'s maximum).
+    fn largest_send_buffer() -> usize {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(4 << 20)
+    }
+
+    /// A beat the socket cannot take whole (the server stopped reading):
+    /// once the server reads again, its rest goes out as the socket becomes
+    /// writable, on both of the lot's ways of reading replies; the next tick
+    /// ([`TICK`] later) finds it gone. Before, on the tick (the default way),
+    /// the rest went out on the next ticks, a send buffer per tick.
+    #[test]
+    fn the_rest_of_a_held_back_beat_goes_out_when_the_socket_is_writable() {
+        for wake_per_reply in [false, true] {
+            let (resumed, whole, start) = held_back_beat(wake_per_reply);
+            let since = |t: Instant| t.duration_since(start);
+            let ticks = since(resumed).as_nanos().div_ceil(TICK.as_nanos());
+            let next_tick = start + TICK * ticks as u32;
+            assert!(
+                whole < next_tick,
+                "wake_per_reply {wake_per_reply}: the server read again {:?} after the start, \
+                 the beat's last byte came {:?} after it, on or after the next tick ({:?})",
+                since(resumed),
+                since(whole),
+                since(next_tick)
+            );
+        }
+    }
+
+    /// Parks a connection whose one beat (due on the lot's first tick) is
+    /// larger than its send buffer and the server's receive buffer
+    /// together, to a server that reads the beat's first bytes, nothing for
+    /// [`STALL`], then everything. Returns when the server read again, when
+    /// it had the whole beat, and the run's start (tick 0).
+    fn held_back_beat(wake_per_reply: bool) -> (Instant, Instant, Instant) {
+        let server =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        server.set_recv_buffer_size(64 * 1024).unwrap();
+        server
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        server.listen(1).unwrap();
+        let listener: std::net::TcpListener = server.into();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let beat = 2 * largest_send_buffer() + (1 << 20);
+
+        let mut shared = HoldShared::for_test();
+        shared.heartbeat = vec![b'x'; beat];
+        shared.interval = Duration::from_secs(3600);
+        shared.timeout = Duration::from_secs(60);
+        shared.tick = TICK;
+        shared.wake_per_reply = wake_per_reply;
+        shared.start = Instant::now();
+        let start = shared.start;
+        let ctx = ThreadCtx::for_test(shared);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lot = {
+            let _runtime = rt.enter();
+            Lot::new(wake_per_reply).unwrap()
+        };
+        let wire = Wire::new(&ctx.shared);
+        let _ended = lot.park(&ctx, client, start, Rng::new(1), wire).unwrap();
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = server.read(&mut buf).unwrap();
+            std::thread::sleep(STALL);
+            let resumed = Instant::now();
+            while got < beat {
+                let n = server.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed with {got} of {beat} bytes sent");
+                got += n;
+            }
+            let _ = tx.send((resumed, Instant::now()));
+        });
+        let (resumed, whole) = rt.block_on(async {
+            tokio::select! {
+                () = lot.run(&ctx) => unreachable!("the lot runs until dropped"),
+                got = rx => got.expect("the server thread failed"),
+                () = tokio::time::sleep(Duration::from_secs(60)) => {
+                    panic!("the server did not get the whole beat in 60 s")
+                }
+            }
+        });
+        reader.join().unwrap();
+        (resumed, whole, start)
+    }
 }

@@ -20,7 +20,13 @@
 //!   it, nor [`reply_time`] before its beat (it takes the read's time
 //!   then): a step during the tick's own reads (seen on the next tick) can
 //!   blur those replies' latency within `[0, time of the read]`, never
-//!   past it, never below zero.
+//!   past it, never below zero. Catching such a step on its own tick (the
+//!   pair read again after the reads, and the tick's replies recorded only
+//!   then) was tried and not kept: +37 instructions a heartbeat (+1.0 %,
+//!   callgrind, `bench/HOLD-CPU.md`, 2026-12-04 15:20) on every heartbeat,
+//!   for the few replies whose last segment comes after a step that falls
+//!   inside a tick's reads (at the million, ~60 reads of a few µs in a
+//!   100 ms tick: ~0.2 % of it, by estimate); the next tick catches it.
 //!
 //! The clock pair is an argument everywhere here, so tests step it without
 //! touching the machine's clock.
