@@ -1546,7 +1546,7 @@ fn a_new_process_whose_server_cannot_start_leaves_the_old_one_serving() {
     let gate = Gate::at(&socket, ".start.gate");
     let cmd = serve_command(1, &addr, &socket, &extra);
     let told = ("MEGACONN_TEST_START_GATE", gate, "emfile");
-    fails_at_gate(cmd, told, ("cannot start the server", "open files"));
+    fails_at_gate(cmd, told, ("cannot start worker thread", "open files"));
     let old_pid = format!("\"pid\": {},", old.child.id());
     let runtime = get(&admin, "/debug/runtime");
     assert!(runtime.contains(&old_pid), "not the old process: {runtime}");
