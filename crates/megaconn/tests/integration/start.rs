@@ -6,11 +6,27 @@
 use crate::common;
 
 use common::{read_response, test_app, SAFETY};
-use megaconn::Server;
+use megaconn::{Server, Started};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+/// A server of 2 workers started, not run, and a connection that sent it
+/// a request meanwhile.
+async fn started_with_a_request_waiting() -> (Started, TcpStream) {
+    let (app, _probe) = test_app();
+    let server = Server::bind("127.0.0.1:0".parse().unwrap())
+        .workers(2)
+        .listen()
+        .unwrap();
+    let addr = server.local_addr();
+    let started = server.start(app).unwrap();
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    (started, waiting)
+}
 
 /// A started server dropped unrun stops its workers, which close their
 /// listening sockets: a connection waiting in the queue is reset, not
@@ -20,15 +36,7 @@ const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
 /// `tests/cli/upgrade_cli.rs`.)
 #[tokio::test]
 async fn a_started_server_dropped_unrun_stops_unserved() {
-    let (app, _probe) = test_app();
-    let server = Server::bind("127.0.0.1:0".parse().unwrap())
-        .workers(2)
-        .listen()
-        .unwrap();
-    let addr = server.local_addr();
-    let started = server.start(app).unwrap();
-    let mut waiting = TcpStream::connect(addr).await.unwrap();
-    waiting.write_all(GET).await.unwrap();
+    let (started, mut waiting) = started_with_a_request_waiting().await;
     drop(started);
     let mut buf = [0; 256];
     let read = tokio::time::timeout(SAFETY, waiting.read(&mut buf))
@@ -45,16 +53,8 @@ async fn a_started_server_dropped_unrun_stops_unserved() {
 /// server runs; the summary counts it.
 #[tokio::test]
 async fn a_started_server_serves_what_waited_once_run() {
-    let (app, _probe) = test_app();
-    let server = Server::bind("127.0.0.1:0".parse().unwrap())
-        .workers(2)
-        .listen()
-        .unwrap();
-    let addr = server.local_addr();
-    let started = server.start(app).unwrap();
+    let (started, mut waiting) = started_with_a_request_waiting().await;
     let handle = started.handle();
-    let mut waiting = TcpStream::connect(addr).await.unwrap();
-    waiting.write_all(GET).await.unwrap();
     let running = tokio::spawn(started.run());
     assert_eq!(read_response(&mut waiting).await.status, 200);
     handle.shutdown();
