@@ -64,7 +64,10 @@ pub(crate) struct WorkerSetup<S> {
     pub stall_alarm: Option<Arc<crate::server::stall::Alarm>>,
 }
 
-/// Starts a worker thread; it runs until the shutdown signal and its drain end.
+/// Makes a worker's runtime and starts its thread, which sets the worker
+/// up, accepts (and adopts) only once `go`, and runs until the shutdown
+/// signal and its drain end. Everything that can fail is done here, on the
+/// caller's thread, before anything is accepted (`Server::start`).
 pub(crate) fn spawn<S>(setup: WorkerSetup<S>) -> std::io::Result<JoinHandle<WorkerSummary>>
 where
     S: HttpService + Clone + Send + 'static,
