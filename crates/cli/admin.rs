@@ -148,31 +148,51 @@ impl Bound {
         self.0.handle()
     }
 
-    /// Serves `source` on the current runtime from now on.
+    /// Serves `source` on the current runtime from now on: [`start`](Bound::start)
+    /// then [`Started::run`]. A start that fails is logged, and the
+    /// process serves on without its admin server.
     pub fn serve(self, source: Source) -> Admin {
-        let server = self.0;
-        let admin = Admin {
-            handle: server.handle(),
-        };
-        let started = Instant::now();
-        tokio::spawn(async move {
-            let served = match source {
-                Source::Server(main, publisher) => {
-                    let admin = AdminService {
-                        main,
-                        publisher,
-                        started,
-                    };
-                    server.serve(admin).await
-                }
-                Source::Processes(shared, fanout) => {
-                    server.serve(ProcessesAdmin { shared, fanout }).await
-                }
-            };
-            if let Err(e) = served {
+        let handle = self.handle();
+        match self.start(source) {
+            Ok(started) => started.run(),
+            Err(e) => {
                 tracing::error!(error = %e, "admin server failed");
+                Admin { handle }
             }
-        });
+        }
+    }
+
+    /// Makes the admin server's worker (runtime and thread) for `source`,
+    /// accepting nothing until [`Started::run`]: a new process of an
+    /// upgrade starts it before it tells the old one it is ready, so that
+    /// nothing can fail after (see `upgrade.rs`).
+    pub fn start(self, source: Source) -> Result<Started, megaconn::Error> {
+        let started = Instant::now();
+        let server = self.0;
+        let started = match source {
+            Source::Server(main, publisher) => server.start(AdminService {
+                main,
+                publisher,
+                started,
+            })?,
+            Source::Processes(shared, fanout) => server.start(ProcessesAdmin { shared, fanout })?,
+        };
+        Ok(Started(started))
+    }
+}
+
+/// An admin server started, not accepting yet ([`Bound::start`]);
+/// dropping it stops it unserved.
+#[derive(Debug)]
+pub struct Started(megaconn::Started);
+
+impl Started {
+    /// Serves on the current runtime from now on. Cannot fail.
+    pub fn run(self) -> Admin {
+        let admin = Admin {
+            handle: self.0.handle(),
+        };
+        tokio::spawn(self.0.run());
         admin
     }
 }

@@ -306,6 +306,23 @@ impl Fanout {
     }
 }
 
+/// A worker process's end of its publish channel to the supervisor, ready
+/// for [`Publisher::worker`]. Opened apart, before the process binds its
+/// listeners: what can fail is done before the kernel queues connections
+/// for it.
+#[derive(Debug)]
+pub struct Channel(Arc<UnixDatagram>);
+
+impl Channel {
+    /// The inherited channel `fd`, non-blocking and registered with the
+    /// current runtime.
+    pub fn open(fd: OwnedFd) -> io::Result<Channel> {
+        let socket = std::os::unix::net::UnixDatagram::from(fd);
+        socket.set_nonblocking(true)?;
+        Ok(Channel(Arc::new(UnixDatagram::from_std(socket)?)))
+    }
+}
+
 /// How the demo publishes: to this process's hub, and in a worker process of
 /// a supervisor also up to the supervisor, which forwards to the others.
 #[derive(Debug, Clone)]
@@ -325,13 +342,11 @@ impl Publisher {
         }
     }
 
-    /// A worker process's publisher over its inherited channel `fd`: what
+    /// A worker process's publisher over its publish `channel`: what
     /// comes down is delivered to this process's connections. Needs the
     /// runtime.
-    pub fn worker(hub: Hub, fd: OwnedFd) -> io::Result<Publisher> {
-        let socket = std::os::unix::net::UnixDatagram::from(fd);
-        socket.set_nonblocking(true)?;
-        let socket = Arc::new(UnixDatagram::from_std(socket)?);
+    pub fn worker(hub: Hub, channel: Channel) -> Publisher {
+        let Channel(socket) = channel;
         let uplink = queued_sender(socket.clone(), "supervisor");
         let down = hub.clone();
         tokio::spawn(async move {
@@ -345,11 +360,11 @@ impl Publisher {
                 }
             }
         });
-        Ok(Publisher {
+        Publisher {
             hub,
             uplink: Some(uplink),
             dropped: Arc::default(),
-        })
+        }
     }
 
     /// Delivers `payload` to `topic`'s subscribers (or everyone) on every

@@ -70,7 +70,7 @@ impl clap::Args for ServeArgs {
                 .long("upgrade")
                 .action(clap::ArgAction::SetTrue)
                 .help("Take over from the server running on --upgrade-socket: its listening sockets and parked connections; it then drains and exits.")
-                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused, idle clients do not reconnect, and a new process that fails before it is ready has taken no connection (the old one serves on). Prints `megaconn upgrade done: ...` once it is ready for the next upgrade. With --processes, each worker process takes over from the old one of the same index."),
+                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused, idle clients do not reconnect, and a new process that fails before it says it is ready has taken no connection on the sockets it took over (the old one serves on; an address the old one did not have, another --admin say, it binds afresh before). It says it is ready only once everything that can fail is done (its runtimes and worker threads made): from then on it serves, whatever happens. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade: that line, not `megaconn serving on` (printed before it is ready, while it serves nothing yet), is the signal that it serves. With --processes, each worker process takes over from the old one of the same index."),
         )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
@@ -517,6 +517,13 @@ async fn serve(
     // HTTP/2 connection (TLS) to open them on a stream (RFC 8441), which
     // those routes would refuse with 501.
     let builder = builder.http2_enable_connect_protocol(false);
+    // Before `listen`: a worker process binding afresh joins its port's
+    // `SO_REUSEPORT` group there, and the kernel queues connections for it
+    // from then on, reset should it fail after.
+    let channel = channel
+        .map(crate::fanout::Channel::open)
+        .transpose()
+        .context("cannot use the publish channel")?;
     let mut server = builder.listen().map_err(listen_error)?;
     let handle = server.handle();
     let control_path = upgrade_socket(
@@ -554,7 +561,7 @@ async fn serve(
     // other worker process's too.
     let hub = server.hub();
     let publisher = match channel {
-        Some(fd) => Publisher::worker(hub, fd).context("cannot use the publish channel")?,
+        Some(channel) => Publisher::worker(hub, channel),
         None => Publisher::local(hub),
     };
     let admin = match shared {
@@ -564,29 +571,34 @@ async fn serve(
     if let (Some(control), Some(admin)) = (&control, &admin) {
         control.also(admin.handle());
     }
-    // The old process accepts until told, this one only after: its
-    // servers are built (the admin listener's too) and start accepting
-    // below, the admin one next, the main one at the serve loop's first
-    // turn. So a process that fails before it told the old one has taken
-    // no connection (see `upgrade.rs`); in between, connections wait in the
-    // kernel's queues.
+    // The old process accepts until told ('R', `finish`), this one only
+    // after: what can fail (every runtime and thread, the admin server's
+    // too) is made before, and what comes after cannot fail. So a process
+    // that fails before it told the old one has taken no connection (see
+    // `upgrade.rs`), and one that told it serves; in between, connections
+    // wait in the kernel's queues.
+    let admin = match admin {
+        Some(admin) => start_admin(admin, &handle, &publisher, take_over.is_some())?,
+        None => None,
+    };
+    let app = Demo::new(handle.clone(), publisher.clone(), demo_ws);
+    let framed = crate::demo::FramedDemo {
+        publisher: publisher.clone(),
+    };
+    crate::upgrade::before_start(&control_path);
+    // Dropped on an error below, it stops its workers unserved.
+    let started = server
+        .framed(framed)
+        .start(app)
+        .context("cannot start the server")?;
     if let Some(take_over) = take_over {
         let (tx, rx) = tokio::sync::oneshot::channel();
         take_over.finish(handle.clone(), control_path.clone(), tx)?;
         control_ready = Some(rx);
     }
-    let _admin = admin.map(|admin| {
-        admin.serve(crate::admin::Source::Server(
-            handle.clone(),
-            publisher.clone(),
-        ))
-    });
-    let app = Demo::new(handle.clone(), publisher.clone(), demo_ws);
-    let framed = crate::demo::FramedDemo {
-        publisher: publisher.clone(),
-    };
-    // Its workers start, and accept, at the loop's first turn.
-    let serving = server.framed(framed).serve(app);
+    // From here nothing fails: both servers accept.
+    let _admin = admin.map(crate::admin::Started::run);
+    let serving = started.run();
     tokio::pin!(serving);
     // Counters unchanged since the last copy (an idle process): look again
     // later and later, up to PUBLISH_QUIET_MAX.
@@ -596,7 +608,7 @@ async fn serve(
     let mut signalled = false;
     let summary = loop {
         tokio::select! {
-            result = &mut serving => break result?,
+            summary = &mut serving => break summary,
             _ = hangups.recv() => crate::tls::reload_on_sighup(tls.as_ref()),
             ready = async { control_ready.as_mut().expect("guarded").await }, if control_ready.is_some() => {
                 control_ready = None;
@@ -715,6 +727,29 @@ async fn serve(
         summary.accepted, summary.requests, summary.finished, summary.forced
     );
     Ok(())
+}
+
+/// Starts the admin server `admin` (accepting nothing yet) for this
+/// process's server. Taking over, a failure is an error, before the old
+/// process is told (it serves on, its admin listener too); otherwise it is
+/// logged and the process serves without one, as ever.
+fn start_admin(
+    admin: crate::admin::Bound,
+    handle: &megaconn::ServerHandle,
+    publisher: &Publisher,
+    taking_over: bool,
+) -> anyhow::Result<Option<crate::admin::Started>> {
+    let source = crate::admin::Source::Server(handle.clone(), publisher.clone());
+    match admin.start(source) {
+        Ok(started) => Ok(Some(started)),
+        Err(e) if taking_over => {
+            Err(anyhow::Error::new(e).context("cannot start the admin server"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "admin server failed");
+            Ok(None)
+        }
+    }
 }
 
 /// Binding the control socket again, with a growing back-off, after it

@@ -8,7 +8,8 @@
 //!                            <---------------- 'L' listening sockets (SCM_RIGHTS,
 //!                                              ≤ 253 a message; the last flagged)
 //!   bind nothing: build its servers             (still the only one accepting)
-//!   on those sockets, not accepting yet
+//!   on those sockets and start them
+//!   (runtimes, threads), not accepting yet
 //!   'R' ready                ---------------->  stop accepting, take parked
 //!   start accepting (what came                  HTTP/1.1 connections out of
 //!   meanwhile waits in the kernel's queue)      its lots
@@ -25,21 +26,29 @@
 //! same sockets, so the same queues), so no connection is refused: the
 //! kernel queues connections on them until a process accepts. The old
 //! process accepts until it hears 'R', the new one only once it said it
-//! (its servers, the admin listener's too, are built before and start
-//! after, `serve.rs`): a new process that fails or exits before 'R' has
-//! taken no connection, and every one opened meanwhile is the old
-//! process's to serve. Between the old process's last accept and the new
-//! one's first (its workers starting) connections wait in the queue
+//! (its servers, the admin listener's too, are built and started, their
+//! runtimes and threads made, before, and accept only after: `Server::start`
+//! then `Started::run`, `serve.rs`): a new process that fails or exits
+//! before 'R' has taken no connection on the sockets it took over, and
+//! every one opened on them meanwhile is the old process's to serve. (An
+//! address the old process did not have, another `--admin` address say,
+//! the new one binds afresh before 'R': connections queued there are reset
+//! should it fail.) Between the old process's last accept and the new
+//! one's first (its workers let go) connections wait in the queue
 //! (`--backlog`); around 'R' both may accept for a moment, each serving
 //! what it took.
 //!
 //! 'R' is the point of no return: the new process says it only once it
-//! can carry on alone (its thread for the rest is up, see
-//! `TakeOver::finish`), and the old process, once it heard it, leaves
-//! whatever fails or panics then (`Leaving`): one of the two serves, never
-//! neither, and not both for good. A worker process of a supervisor also
-//! holds its slot's lock ([`SlotLock`]), which goes with its last listening
-//! socket and is then the new process's alone. The messages are
+//! can carry on alone (its servers started, its thread for the rest up,
+//! see `TakeOver::finish`; nothing after can fail), and the old process,
+//! once it heard it, leaves whatever fails or panics then (`Leaving`): one
+//! of the two serves, never neither, and not both for good. A worker
+//! process of a supervisor also holds its slot's lock ([`SlotLock`]), which
+//! goes with its last listening socket and is then the new process's
+//! alone. A new process prints `megaconn serving on` (and `megaconn admin
+//! on`) before 'R', while it serves nothing yet: the signal that it serves
+//! is `megaconn upgrade done` (what `bench/upgrade.sh`, the supervisor and
+//! the tests wait for). The messages are
 //! `SOCK_SEQPACKET`, so each arrives whole with its descriptors. std has no
 //! stable API for ancillary data (`SocketAncillary` is unstable), so `nix`
 //! does `sendmsg`/`recvmsg`.
@@ -237,7 +246,8 @@ const TEST_EXIT_GATE_ENV: &str = "MEGACONN_TEST_EXIT_GATE";
 fn test_gate(path: &Path, suffix: &str, env: &str) -> Vec<u8> {
     use std::io::{Read as _, Write as _};
     let mut said = Vec::new();
-    // Compiled into debug builds only (what `cargo test` builds): a release
+    // Obeyed by debug builds only (what `cargo test` builds; `cfg!` keeps
+    // the code in release builds, where it returns at once): a release
     // binary obeys no test gate, whatever its environment says.
     if !cfg!(debug_assertions) || std::env::var_os(env).is_none() {
         return said;
@@ -253,6 +263,41 @@ fn test_gate(path: &Path, suffix: &str, env: &str) -> Vec<u8> {
         let _ = s.read_to_end(&mut said);
     }
     said
+}
+
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a process
+/// about to start its main server (`Server::start`, after its admin
+/// server's: their runtimes and threads) stops at the control socket's path
+/// plus `.start.gate`; if the test writes `emfile` before it closes the
+/// connection, the process first lowers its open-file limit to the
+/// descriptors it holds, so that no worker's runtime can be made (as in a
+/// process out of descriptors) and the start fails.
+const TEST_START_GATE_ENV: &str = "MEGACONN_TEST_START_GATE";
+
+/// Where `serve` stops before it starts its main server, when a test asks
+/// ([`TEST_START_GATE_ENV`], at the control socket `path`).
+pub fn before_start(path: &Path) {
+    if !test_gate(path, ".start", TEST_START_GATE_ENV).starts_with(b"emfile") {
+        return;
+    }
+    // The lowest free descriptor is the next one `open` would return: with
+    // the soft limit there, every `open`, `socket` or `epoll_create` fails.
+    let Ok(probe) = std::fs::File::open("/dev/null") else {
+        return;
+    };
+    let lowest = probe.as_raw_fd() as libc::rlim_t;
+    drop(probe);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = lowest;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// One end of a control connection.

@@ -389,13 +389,13 @@ fn hold_request(addr: &str, admin: &str) -> BufReader<TcpStream> {
     held
 }
 
-/// Sends the rest of [`hold_request`]'s body; returns the answer's head once
-/// the whole body came back.
+/// Sends the rest of [`hold_request`]'s body; returns the answer (head and
+/// body) once the whole body came back.
 fn end_held_request(held: &mut BufReader<TcpStream>) -> String {
     held.get_mut().write_all(b"world").unwrap();
-    let head = read_response(held).expect("the request in flight is answered");
-    assert!(head.contains("content-length: 10\r\n"), "{head}");
-    head
+    let answer = read_response(held).expect("the request in flight is answered");
+    assert!(answer.contains("content-length: 10\r\n"), "{answer}");
+    answer
 }
 
 #[test]
@@ -1408,28 +1408,47 @@ fn a_new_process_with_no_thread_to_finish_leaves_the_old_one_serving() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
     let extra = ["--admin", "off"];
-    let (mut old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
+    let (old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
     let gate = Gate::at(&socket, ".spawn.gate");
-    let mut cmd = serve_command(1, &addr, &socket, &extra);
-    cmd.env("MEGACONN_TEST_SPAWN_GATE", "1");
-    let (mut new, new_lines, new_log) = Log::spawn(&mut cmd);
-    serving_addr(&new_lines);
-    let (pid, mut failing) = gate.next();
-    assert_eq!(pid, new.id());
-    failing.write_all(b"fail\n").unwrap();
-    drop((failing, gate));
-    assert!(
-        !new.wait().success(),
-        "the new process serves without a thread"
+    let cmd = serve_command(1, &addr, &socket, &extra);
+    let told = ("MEGACONN_TEST_SPAWN_GATE", gate, "fail");
+    fails_at_gate(
+        cmd,
+        told,
+        ("cannot start a thread", "old process serves on"),
     );
-    new_log.wait_for_line("cannot start a thread", "old process serves on");
+    old_serves_on_and_hands_over(old, &addr, &socket, &extra);
+}
+
+/// Starts `cmd`, a new generation, with the test gate `env` set; once it
+/// arrives at `gate`, tells it `word` there and checks that it exits
+/// failing, its log saying `message` with `also`.
+fn fails_at_gate(
+    mut cmd: Command,
+    (env, gate, word): (&str, Gate, &str),
+    (message, also): (&str, &str),
+) {
+    cmd.env(env, "1");
+    let (mut new, _new_lines, new_log) = Log::spawn(&mut cmd);
+    let (pid, mut failing) = gate.next_unless(&mut new);
+    assert_eq!(pid, new.id());
+    writeln!(failing, "{word}").unwrap();
+    drop((failing, gate));
+    assert!(!new.wait().success(), "the new process serves: {word}");
+    new_log.wait_for_line(message, also);
+}
+
+/// Generation 0, `old`, serves on alone on `addr` after a failed upgrade,
+/// and hands over to the next (generation 2, with `extra` flags), which
+/// then serves alone.
+fn old_serves_on_and_hands_over(mut old: Generation, addr: &str, socket: &Path, extra: &[&str]) {
     for _ in 0..10 {
-        assert_eq!(served_by(&addr), "gen0");
+        assert_eq!(served_by(addr), "gen0");
     }
     assert!(old.child.child().try_wait().unwrap().is_none());
-    let (next, _) = start(2, &addr, &socket, &extra);
+    let (next, _) = start(2, addr, socket, extra);
     finish(old);
-    serves_alone(&addr, 2, next.child);
+    serves_alone(addr, 2, next.child);
 }
 
 /// Connections opened while a new process is between the old one's
@@ -1442,10 +1461,21 @@ fn a_new_process_with_no_thread_to_finish_leaves_the_old_one_serving() {
 /// has taken no connection: one it had accepted would have closed with it.
 #[test]
 fn a_new_process_that_fails_before_ready_takes_no_connection() {
+    // Per listener. The admin server takes at most 64 connections
+    // (`max_connections` in crates/cli/admin.rs): keep CONNECTIONS * 2
+    // (asked and quiet) below it, or the old process refuses some.
     const CONNECTIONS: usize = 16;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
-    let (mut old, addr) = start(0, "127.0.0.1:0", &socket, &["--admin", "127.0.0.1:0"]);
+    // The quiet connections ask only after the new process exited: with
+    // the default (10 s) the old process could close them first on a slow
+    // machine. (The admin server's own stays 10 s.)
+    let (mut old, addr) = start(
+        0,
+        "127.0.0.1:0",
+        &socket,
+        &["--admin", "127.0.0.1:0", "--read-header-timeout", "60s"],
+    );
     let admin = old.admin.clone();
     let gate = Gate::at(&socket, ".spawn.gate");
     let mut cmd = serve_command(1, &addr, &socket, &["--admin", &admin]);
@@ -1496,6 +1526,31 @@ fn a_new_process_that_fails_before_ready_takes_no_connection() {
         by_old(c, path);
     }
     assert!(old.child.child().try_wait().unwrap().is_none());
+}
+
+/// A new process whose main server cannot start (its open-file limit
+/// lowered at a test gate, so that no worker's runtime can be made, as in
+/// a process out of descriptors) exits before it tells the old process it
+/// is ready, its admin server (started already, accepting nothing) with
+/// it: the old process serves on, its admin listener too, and hands over
+/// to the next upgrade. The new process used to make its workers' runtimes
+/// and threads only after it had told the old one, which had handed over
+/// and left by the time they failed: nobody served.
+#[test]
+fn a_new_process_whose_server_cannot_start_leaves_the_old_one_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let (old, addr) = start(0, "127.0.0.1:0", &socket, &["--admin", "127.0.0.1:0"]);
+    let admin = old.admin.clone();
+    let extra = ["--admin", admin.as_str()];
+    let gate = Gate::at(&socket, ".start.gate");
+    let cmd = serve_command(1, &addr, &socket, &extra);
+    let told = ("MEGACONN_TEST_START_GATE", gate, "emfile");
+    fails_at_gate(cmd, told, ("cannot start worker thread", "open files"));
+    let old_pid = format!("\"pid\": {},", old.child.id());
+    let runtime = get(&admin, "/debug/runtime");
+    assert!(runtime.contains(&old_pid), "not the old process: {runtime}");
+    old_serves_on_and_hands_over(old, &addr, &socket, &extra);
 }
 
 /// An old process whose hand-over panics after the new process said it

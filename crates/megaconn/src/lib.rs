@@ -28,7 +28,8 @@
 //! Layers, each importing only those below it (checked by `tests/integration/layers.rs`):
 //!
 //! ```text
-//!  server/    builder.rs   Builder (the knobs) -> Server (bound sockets) -> serve()
+//!  server/    builder.rs   Builder (the knobs) -> Server (bound sockets) -> serve(),
+//!                          or start() (workers made) -> Started::run() (accepting)
 //!             worker.rs    one OS thread + current-thread runtime per worker;
 //!                          drains its connections on shutdown
 //!             dispatch.rs  the one place a connection's protocol is decided:
@@ -155,7 +156,9 @@ pub use proto::ws::{
     DEFAULT_WS_HEARTBEAT_TIMEOUT, DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES,
     DEFAULT_WS_PING_INTERVAL, HEARTBEAT_TIMEOUT_PER_PING,
 };
-pub use server::builder::{Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary};
+pub use server::builder::{
+    Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary, Started,
+};
 pub use service::body::Body;
 pub use service::draining::Draining;
 pub use service::upgrade::{OnUpgrade, Upgraded};

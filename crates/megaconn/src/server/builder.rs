@@ -1,5 +1,7 @@
 //! The public face: [`Builder`] (every knob) → [`Server`] (sockets bound, addresses
-//! known) → [`Server::serve`] (workers running until shutdown).
+//! known) → [`Server::serve`] (workers running until shutdown), or in two
+//! steps: [`Server::start`] (workers made, not accepting; may fail) →
+//! [`Started::run`] (accepting; cannot fail).
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -111,6 +113,9 @@ impl Server {
     /// called), then shuts down gracefully: stop accepting, close idle
     /// connections, let in-flight requests finish (their responses carry
     /// `Connection: close`) for up to `shutdown_timeout`, then close the rest.
+    ///
+    /// The same as [`start`](Server::start) then
+    /// [`Started::run_with_shutdown`].
     pub async fn serve_with_shutdown<S, F>(
         self,
         service: S,
@@ -122,6 +127,37 @@ impl Server {
         S::ResBody: 'static,
         F: Future<Output = ()>,
     {
+        Ok(self.start(service)?.run_with_shutdown(signal).await)
+    }
+
+    /// Starts serving `service` in two steps: this one makes everything
+    /// that can fail (each worker's runtime and thread, the stall
+    /// watchdog's thread) and sets the workers up, but none accepts a
+    /// connection nor adopts a parked one yet; [`Started::run`] lets them,
+    /// and cannot fail. Between the two, connections wait in the kernel's
+    /// queues.
+    ///
+    /// For a zero-downtime upgrade: a new process starts its server, then
+    /// tells the old one it takes over, then runs; should the start fail,
+    /// the old process has not been told and serves on. Dropping the
+    /// [`Started`] stops its workers, which have accepted nothing.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), megaconn::Error> {
+    /// # let app = axum::Router::new();
+    /// let started = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
+    ///     .listen()?
+    ///     .start(app)?; // errors here, before anything is accepted
+    /// // ... tell whoever waits that this server will serve ...
+    /// let summary = started.run().await; // accepts from now on
+    /// # Ok(()) }
+    /// ```
+    pub fn start<S>(self, service: S) -> Result<Started, Error>
+    where
+        S: HttpService + Clone + Send + 'static,
+        S::Future: 'static,
+        S::ResBody: 'static,
+    {
         let Server {
             config,
             listeners,
@@ -131,8 +167,10 @@ impl Server {
             ..
         } = self;
         let limit = ConnectionLimit::new(max_connections, config.max_connections_per_ip);
-        // Dropping this future (or returning) stops the workers.
-        let _stop_on_drop = StopOnDrop(handle.clone());
+        // Returning early (or dropping the `Started`) stops the workers
+        // started so far, before they accept anything.
+        let stop = StopOnDrop(handle.clone());
+        let (go, go_rx) = watch::channel(false);
         let mut threads = Vec::with_capacity(listeners.len());
         let stall_alarm = config
             .stall_threshold
@@ -149,6 +187,7 @@ impl Server {
                 stats: handle.workers[index].clone(),
                 limit: limit.clone(),
                 shutdown: handle.shutdown_tx.subscribe(),
+                go: go_rx.clone(),
                 registry: handle.registries.get(index).cloned(),
             };
             let thread = worker::spawn(setup).map_err(|source| Error::Worker {
@@ -159,7 +198,7 @@ impl Server {
         }
 
         // Dropped when serving ends, which stops the watchdog thread.
-        let _stall_watch = match config.stall_threshold.zip(stall_alarm) {
+        let stall_watch = match config.stall_threshold.zip(stall_alarm) {
             Some((threshold, alarm)) => Some(
                 crate::server::stall::watch(
                     handle.workers.clone(),
@@ -171,35 +210,113 @@ impl Server {
             ),
             None => None,
         };
-        let mut stopped = handle.shutdown_tx.subscribe();
-        tokio::select! {
-            () = signal => {}
-            _ = stopped.wait_for(|stop| *stop) => {}
-        }
-        handle.shutdown();
-        // From here nobody takes the listening sockets over: closing them
-        // with the workers' copies refuses new connections again.
-        lock(&handle.sockets).clear();
-
-        // Joining is blocking; do it off the async executor.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let summaries: Vec<WorkerSummary> = threads
-                .into_iter()
-                .map(|t| t.join().unwrap_or_default())
-                .collect();
-            let _ = tx.send(summaries);
-        });
-        let summaries = rx.await.unwrap_or_default();
-        // Whoever waits for a hand-over sees it end, even if a worker died.
-        lock(&handle.hand_over).take();
-        let stats = handle.stats();
-        Ok(ShutdownSummary {
-            finished: summaries.iter().map(|s| s.finished).sum(),
-            forced: summaries.iter().map(|s| s.forced).sum(),
-            accepted: stats.accepted,
-            requests: stats.requests,
+        Ok(Started {
+            handle,
+            go,
+            threads,
+            stall_watch,
+            stop,
         })
+    }
+}
+
+/// A server whose workers run but accept nothing yet
+/// ([`Server::start`]); [`run`](Started::run) lets them. Dropping it stops
+/// the workers (they close their listening sockets' copies and any
+/// parked connections handed to [`ServerHandle::adopt_parked`]).
+#[must_use = "a started server accepts nothing until it is run; dropped, it stops"]
+pub struct Started {
+    handle: ServerHandle,
+    /// Set once: the workers may accept. Dropped unset, they stop.
+    go: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<WorkerSummary>>,
+    stall_watch: Option<crate::server::stall::Watchdog>,
+    stop: StopOnDrop,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("workers", &self.threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Started {
+    /// A handle to read counters and trigger shutdown from elsewhere.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Lets the workers accept, now (not when the future is first polled),
+    /// and serves until [`ServerHandle::shutdown`] is called (or the future
+    /// is dropped), then drains gracefully; see [`Server::serve`]. Nothing
+    /// here can fail.
+    pub fn run(self) -> impl Future<Output = ShutdownSummary> {
+        self.run_with_shutdown(std::future::pending())
+    }
+
+    /// [`run`](Started::run) until `signal` completes too; see
+    /// [`Server::serve_with_shutdown`].
+    pub fn run_with_shutdown<F>(self, signal: F) -> impl Future<Output = ShutdownSummary>
+    where
+        F: Future<Output = ()>,
+    {
+        let Started {
+            handle,
+            go,
+            threads,
+            stall_watch,
+            stop,
+        } = self;
+        go.send_replace(true);
+        async move {
+            // Dropping this future (or returning) stops the workers and the
+            // watchdog.
+            let _stop_on_drop = stop;
+            let _go = go;
+            let _stall_watch = stall_watch;
+            let mut stopped = handle.shutdown_tx.subscribe();
+            tokio::select! {
+                () = signal => {}
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
+            handle.shutdown();
+            // From here nobody takes the listening sockets over: closing them
+            // with the workers' copies refuses new connections again.
+            lock(&handle.sockets).clear();
+
+            // Joining is blocking; do it off the async executor, or on it
+            // when no thread can be had (`thread::spawn` would panic).
+            let join = |threads: Vec<std::thread::JoinHandle<WorkerSummary>>| {
+                threads
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or_default())
+                    .collect::<Vec<_>>()
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let threads = std::sync::Arc::new(std::sync::Mutex::new(Some(threads)));
+            let theirs = threads.clone();
+            let joiner = std::thread::Builder::new()
+                .name("megaconn-join".into())
+                .spawn(move || {
+                    let threads = lock(&theirs).take().unwrap_or_default();
+                    let _ = tx.send(join(threads));
+                });
+            let summaries = match joiner {
+                Ok(_) => rx.await.unwrap_or_default(),
+                Err(_) => join(lock(&threads).take().unwrap_or_default()),
+            };
+            // Whoever waits for a hand-over sees it end, even if a worker died.
+            lock(&handle.hand_over).take();
+            let stats = handle.stats();
+            ShutdownSummary {
+                finished: summaries.iter().map(|s| s.finished).sum(),
+                forced: summaries.iter().map(|s| s.forced).sum(),
+                accepted: stats.accepted,
+                requests: stats.requests,
+            }
+        }
     }
 }
 

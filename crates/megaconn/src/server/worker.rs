@@ -52,6 +52,9 @@ pub(crate) struct WorkerSetup<S> {
     pub stats: Arc<WorkerStats>,
     pub limit: ConnectionLimit,
     pub shutdown: watch::Receiver<bool>,
+    /// True once the worker may accept ([`Started::run`](crate::Started::run));
+    /// closed unset, it never may.
+    pub go: watch::Receiver<bool>,
     pub registry: Option<Arc<Registry>>,
     /// Parked connections taken over from another process, to park here.
     pub adopt: tokio::sync::mpsc::UnboundedReceiver<Vec<ParkedConnection>>,
@@ -61,7 +64,10 @@ pub(crate) struct WorkerSetup<S> {
     pub stall_alarm: Option<Arc<crate::server::stall::Alarm>>,
 }
 
-/// Starts a worker thread; it runs until the shutdown signal and its drain end.
+/// Makes a worker's runtime and starts its thread, which sets the worker
+/// up, accepts (and adopts) only once `go`, and runs until the shutdown
+/// signal and its drain end. Everything that can fail is done here, on the
+/// caller's thread, before anything is accepted (`Server::start`).
 pub(crate) fn spawn<S>(setup: WorkerSetup<S>) -> std::io::Result<JoinHandle<WorkerSummary>>
 where
     S: HttpService + Clone + Send + 'static,
@@ -250,6 +256,7 @@ where
         stats,
         limit,
         mut shutdown,
+        mut go,
         registry,
         mut adopt,
         hand_over,
@@ -284,7 +291,37 @@ where
     // The stall detector's tick, for when its watchdog asks (`stall.rs`).
     let ticking = stall_alarm
         .map(|_| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone())));
-    let adopting = {
+    // Registered now, accepted on only once the server runs: until then
+    // connections wait in the kernel's queue (a new process of an upgrade
+    // takes none before it told the old one it serves).
+    let mut registered = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        // Watched for readiness only: `accept_loop` accepts bare sockets
+        // (`accept4`), which tokio's own listener would register at once.
+        // SAFETY: a std listener owns its descriptor, open and unchanged for
+        // as long as the AsyncFd holds it.
+        let listener = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                listener,
+                tokio::io::Interest::READABLE,
+            )
+        };
+        match listener.map_err(std::io::Error::from) {
+            Ok(listener) => registered.push(listener),
+            Err(e) => tracing::error!(worker = index, error = %e, "cannot register listener"),
+        }
+    }
+    // Stopped (or the `Started` dropped) before it ran: accept nothing,
+    // adopt nothing, and shut down as usual with nothing to drain.
+    let going = tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|stop| *stop) => false,
+        went = go.wait_for(|go| *go) => went.is_ok(),
+    };
+    if !going {
+        registered.clear();
+    }
+    let adopting = going.then(|| {
         let (ctx, limit) = (ctx.clone(), limit.clone());
         tokio::task::spawn_local(async move {
             while let Some(batch) = adopt.recv().await {
@@ -302,21 +339,11 @@ where
                 );
             }
         })
-    };
-    let mut acceptors = Vec::with_capacity(listeners.len());
-    for listener in listeners {
-        // Watched for readiness only: `accept_loop` accepts bare sockets
-        // (`accept4`), which tokio's own listener would register at once.
-        // SAFETY: a std listener owns its descriptor, open and unchanged for
-        // as long as the AsyncFd holds it.
-        let registered = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                listener,
-                tokio::io::Interest::READABLE,
-            )
-        };
-        match registered.map_err(std::io::Error::from) {
-            Ok(listener) => acceptors.push(spawn_loop(
+    });
+    let acceptors: Vec<_> = registered
+        .into_iter()
+        .map(|listener| {
+            spawn_loop(
                 "accept loop",
                 index,
                 accept_loop(
@@ -325,10 +352,9 @@ where
                     spawn_connection.clone(),
                     limit.clone(),
                 ),
-            )),
-            Err(e) => tracing::error!(worker = index, error = %e, "cannot register listener"),
-        }
-    }
+            )
+        })
+        .collect();
 
     // Runs until the server says stop (or is dropped, which means the same).
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -341,7 +367,9 @@ where
     for acceptor in acceptors {
         let _ = acceptor.await;
     }
-    adopting.abort();
+    if let Some(adopting) = adopting {
+        adopting.abort();
+    }
     // An upgrade: the parked connections that can move go to the next
     // process before the rest are closed.
     let sender = hand_over

@@ -44,6 +44,7 @@ mod modes;
 mod otel;
 mod park;
 mod scripted;
+mod start;
 mod timeouts;
 mod tls;
 mod tls_close;
