@@ -363,6 +363,15 @@ fn serve_stalling(mut sock: std::net::TcpStream, held_back: &AtomicU64) -> std::
     Ok(())
 }
 
+/// The most a TCP socket's send buffer grows to on this machine
+/// (`tcp_wmem`'s maximum; Linux's default, 4 MiB, if it cannot be read).
+fn largest_send_buffer() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20)
+}
+
 /// A heartbeat the socket cannot take whole (the server is not reading) is
 /// timed from its first byte's write, not from its last: the time it waited
 /// for the server to read it is the server's, as it would be for a reply it
@@ -372,9 +381,10 @@ fn a_heartbeat_held_back_by_the_server_is_timed_from_its_start() {
     let (addr, held_back) = stalling_server();
     let dir = tempfile::tempdir().unwrap();
     let body = dir.path().join("body");
-    // Above the client's largest send buffer (tcp_wmem's 4 MiB) and the
-    // server's 64 KiB receive buffer together.
-    std::fs::write(&body, vec![b'x'; 8 << 20]).unwrap();
+    // Above the client's largest send buffer and the server's 64 KiB
+    // receive buffer together, with a margin: else the socket takes the
+    // whole request and nothing is held back.
+    std::fs::write(&body, vec![b'x'; 2 * largest_send_buffer() + (1 << 20)]).unwrap();
     let json = dir.path().join("hold.json");
     let out = hold(&[
         &format!("http://{addr}/beat"),

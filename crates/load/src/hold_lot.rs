@@ -30,8 +30,8 @@
 //! reply's arrival (`hold_conn::replies_on_tick`; `ws://` and `tcp://`,
 //! where a server's ping or push can share a read with a reply, wake per
 //! reply). The
-//! thread sleeps between ticks on a timer only, so a server's reply wakes
-//! nobody. On one machine that matters: on loopback the sender pays for the
+//! thread sleeps between ticks on a timer only (and, while a send buffer is
+//! full, on that socket's writability), so a server's reply wakes nobody. On one machine that matters: on loopback the sender pays for the
 //! receiver's wake-up inside its `send`, a cost the server would not have
 //! with its clients on other machines, and at a million connections it was
 //! one wake-up of `hold` per heartbeat (`bench/HOLD-CPU.md`). With
@@ -85,8 +85,14 @@ struct Parked {
     /// deadline run from then (see [`Lot::beat`]).
     waiting: Option<Instant>,
     /// Bytes the socket's send buffer had no room for (the rest of a beat,
-    /// pongs): empty and unallocated nearly always.
+    /// pongs), from `unsent_at` on: empty and unallocated nearly always.
     unsent: Vec<u8>,
+    /// How much of `unsent` has gone already: a flush moves this on rather
+    /// than the rest of `unsent` forward (a copy of a large beat's rest
+    /// each time the socket takes a buffer's worth). A `u32` fits in the
+    /// struct's padding (a `usize` made it 8 bytes larger); past 4 GiB the
+    /// rest is moved forward after all.
+    unsent_at: u32,
     /// In the writers' epoll (`unsent` waits).
     out_armed: bool,
     rng: Rng,
@@ -201,6 +207,7 @@ impl Lot {
             next,
             waiting: None,
             unsent: Vec::new(),
+            unsent_at: 0,
             out_armed: false,
             rng,
             wire,
@@ -427,6 +434,11 @@ impl Lot {
             let sent = write_some(&conn.stream, bytes)?;
             conn.unsent.extend_from_slice(&bytes[sent..]);
         } else {
+            // What has gone goes before more is kept, so that `unsent`
+            // holds only what waits (rare: a pong, a beat, while a beat's
+            // rest waits).
+            conn.unsent.drain(..conn.unsent_at as usize);
+            conn.unsent_at = 0;
             conn.unsent.extend_from_slice(bytes);
         }
         self.want_out(conn, slot, writers)
@@ -434,10 +446,16 @@ impl Lot {
 
     /// Sends what is unsent (the socket became writable).
     fn flush(&self, conn: &mut Parked, slot: u32, writers: &mut u32) -> Result<(), Ended> {
-        let sent = write_some(&conn.stream, &conn.unsent)?;
-        conn.unsent.drain(..sent);
-        if conn.unsent.is_empty() {
+        let at = conn.unsent_at as usize;
+        let at = at + write_some(&conn.stream, &conn.unsent[at..])?;
+        if at == conn.unsent.len() {
             conn.unsent = Vec::new();
+            conn.unsent_at = 0;
+        } else if let Ok(at) = u32::try_from(at) {
+            conn.unsent_at = at;
+        } else {
+            conn.unsent.drain(..at);
+            conn.unsent_at = 0;
         }
         self.want_out(conn, slot, writers)
     }
@@ -654,47 +672,32 @@ mod tests {
     /// and "on the next tick" are seconds apart.
     const TICK: Duration = Duration::from_secs(2);
 
-    /// How long the server leaves the beat unread: time enough for the lot's
-    /// write to fill the send buffer and stop (it does not block).
-    const STALL: Duration = Duration::from_millis(300);
-
-    /// The most a TCP socket's send buffer grows to (`tcp_wmem`'s maximum).
-    fn largest_send_buffer() -> usize {
-        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
-            .ok()
-            .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
-            .unwrap_or(4 << 20)
-    }
-
-    /// A beat the socket cannot take whole (the server stopped reading):
-    /// once the server reads again, its rest goes out as the socket becomes
-    /// writable, on both of the lot's ways of reading replies; the next tick
-    /// ([`TICK`] later) finds it gone. Before, on the tick (the default way),
-    /// the rest went out on the next ticks, a send buffer per tick.
+    /// A beat the socket cannot take whole (the server is not reading):
+    /// once the server reads, its rest goes out as the socket becomes
+    /// writable, on both of the lot's ways of reading replies, before the
+    /// lot's next tick. Before, on the tick (the default way), the rest
+    /// went out on the next ticks, a send buffer per tick.
     #[test]
     fn the_rest_of_a_held_back_beat_goes_out_when_the_socket_is_writable() {
         for wake_per_reply in [false, true] {
-            let (resumed, whole, start) = held_back_beat(wake_per_reply);
-            let since = |t: Instant| t.duration_since(start);
-            let ticks = since(resumed).as_nanos().div_ceil(TICK.as_nanos());
-            let next_tick = start + TICK * ticks as u32;
+            let (ran, whole) = held_back_beat(wake_per_reply);
             assert!(
-                whole < next_tick,
-                "wake_per_reply {wake_per_reply}: the server read again {:?} after the start, \
-                 the beat's last byte came {:?} after it, on or after the next tick ({:?})",
-                since(resumed),
-                since(whole),
-                since(next_tick)
+                whole < ran + TICK,
+                "wake_per_reply {wake_per_reply}: the server had the whole beat {:?} after \
+                 the lot started running, on or after its next tick ({TICK:?})",
+                whole.duration_since(ran)
             );
         }
     }
 
-    /// Parks a connection whose one beat (due on the lot's first tick) is
-    /// larger than its send buffer and the server's receive buffer
-    /// together, to a server that reads the beat's first bytes, nothing for
-    /// [`STALL`], then everything. Returns when the server read again, when
-    /// it had the whole beat, and the run's start (tick 0).
-    fn held_back_beat(wake_per_reply: bool) -> (Instant, Instant, Instant) {
+    /// Parks a connection whose one beat is larger than its send buffer and
+    /// the server's receive buffer together (both set small, so the
+    /// machine's `tcp_wmem` does not decide), sends the beat while the
+    /// server is not reading, checks that its rest waits in the writers'
+    /// epoll set, then runs the lot while the server reads everything.
+    /// Returns when the lot started running (its next tick comes a [`TICK`]
+    /// later) and when the server had the whole beat.
+    fn held_back_beat(wake_per_reply: bool) -> (Instant, Instant) {
         let server =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         server.set_recv_buffer_size(64 * 1024).unwrap();
@@ -711,15 +714,28 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         client.set_nonblocking(true).unwrap();
         let (mut server, _) = listener.accept().unwrap();
-        let beat = 2 * largest_send_buffer() + (1 << 20);
+        let client_sock = socket2::SockRef::from(&client);
+        client_sock.set_send_buffer_size(64 * 1024).unwrap();
+        // What the kernel granted (it doubles what is asked), with a wide
+        // margin: a write and the receiver may each go a segment over.
+        let buffers = client_sock.send_buffer_size().unwrap()
+            + socket2::SockRef::from(&server).recv_buffer_size().unwrap();
+        let beat = 8 * buffers;
 
         let mut shared = HoldShared::for_test();
-        shared.heartbeat = vec![b'x'; beat];
+        // Bytes that differ by position: a rest sent from the wrong place
+        // shows.
+        let sent: Vec<u8> = (0..beat).map(|i| (i % 251) as u8).collect();
+        shared.heartbeat = sent.clone();
         shared.interval = Duration::from_secs(3600);
         shared.timeout = Duration::from_secs(60);
         shared.tick = TICK;
         shared.wake_per_reply = wake_per_reply;
-        shared.start = Instant::now();
+        // The run started a tick ago, so that the beat pass for now is
+        // tick 1's: the beat, due at the start, goes out on it. (The first
+        // tick, 0, hands out nothing: `Wheel::push` puts nothing before
+        // tick 1; and the ticker's first pass is tick 0's.)
+        shared.start = Instant::now() - TICK;
         let start = shared.start;
         let ctx = ThreadCtx::for_test(shared);
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -732,30 +748,47 @@ mod tests {
         };
         let wire = Wire::new(&ctx.shared);
         let _ended = lot.park(&ctx, client, start, Rng::new(1), wire).unwrap();
+        lot.beat(&ctx, Instant::now());
+        {
+            let st = lot.state.borrow();
+            let unsent = st.slots[0]
+                .as_ref()
+                .map_or(0, |c| c.unsent.len() - c.unsent_at as usize);
+            assert!(
+                unsent > 0 && st.writers == 1,
+                "wake_per_reply {wake_per_reply}: the socket took the whole {beat}-byte beat \
+                 ({unsent} bytes wait, {} sockets in the writers' set)",
+                st.writers
+            );
+        }
 
         let (tx, rx) = tokio::sync::oneshot::channel();
         let reader = std::thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 16];
-            let mut got = server.read(&mut buf).unwrap();
-            std::thread::sleep(STALL);
-            let resumed = Instant::now();
-            while got < beat {
+            let mut got = Vec::with_capacity(beat);
+            while got.len() < beat {
                 let n = server.read(&mut buf).unwrap();
-                assert!(n > 0, "the client closed with {got} of {beat} bytes sent");
-                got += n;
+                assert!(
+                    n > 0,
+                    "the client closed with {} of {beat} bytes sent",
+                    got.len()
+                );
+                got.extend_from_slice(&buf[..n]);
             }
-            let _ = tx.send((resumed, Instant::now()));
+            let _ = tx.send(Instant::now());
+            assert!(got == sent, "the server got other bytes than the beat's");
         });
-        let (resumed, whole) = rt.block_on(async {
+        let ran = Instant::now();
+        let whole = rt.block_on(async {
             tokio::select! {
                 () = lot.run(&ctx) => unreachable!("the lot runs until dropped"),
-                got = rx => got.expect("the server thread failed"),
+                whole = rx => whole.expect("the server thread failed"),
                 () = tokio::time::sleep(Duration::from_secs(60)) => {
                     panic!("the server did not get the whole beat in 60 s")
                 }
             }
         });
         reader.join().unwrap();
-        (resumed, whole, start)
+        (ran, whole)
     }
 }
