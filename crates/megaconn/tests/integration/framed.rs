@@ -1463,3 +1463,35 @@ async fn a_reset_of_a_parked_framed_connection_is_a_client_close() {
     assert_eq!(closed_as(&stats, "io_error"), 0, "{stats:?}");
     server.stop().await;
 }
+
+/// `start_framed` then `run`, the two steps of `serve_framed`: a line sent
+/// between them waits in the queue and is echoed once the server runs.
+#[tokio::test]
+async fn a_framed_server_started_then_run_echoes_what_waited() {
+    let server = Server::builder()
+        .workers(1)
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+        .listen()
+        .expect("server binds");
+    let addr = server.local_addr();
+    let (closes, _closes) = mpsc::unbounded_channel();
+    let (busy, _busy) = mpsc::unbounded_channel();
+    let probe = Probe {
+        closes,
+        opens: None,
+        busy,
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let started = server.start_framed(probe).expect("starts");
+    let handle = started.handle();
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting.write_all(b"waited\n").await.unwrap();
+    let running = tokio::spawn(started.run());
+    assert_eq!(read_exact(&mut waiting, 7).await, b"waited\n");
+    handle.shutdown();
+    let summary = tokio::time::timeout(SAFETY, running)
+        .await
+        .expect("server stops")
+        .unwrap();
+    assert_eq!(summary.accepted, 1);
+}
