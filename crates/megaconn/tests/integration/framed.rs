@@ -708,16 +708,21 @@ impl FramedHandler for PanicsOnFirstOpen {
     }
 }
 
+/// A server of one worker on one framed listener of lines, bound.
+fn one_lines_worker() -> Server {
+    Server::builder()
+        .workers(1)
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+        .listen()
+        .expect("server binds")
+}
+
 /// A panic in `on_open` closes that connection as a panic, counted, as one
 /// in `on_message` does; the worker serves on. (It used to unwind the
 /// connection's task: `on_close` said `Shutdown`, and no panic was counted.)
 #[tokio::test]
 async fn a_panic_in_on_open_closes_its_connection_as_a_panic() {
-    let server = Server::builder()
-        .workers(1)
-        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
-        .listen()
-        .expect("server binds");
+    let server = one_lines_worker();
     let (addr, handle) = (server.local_addr(), server.handle());
     let (tx, mut closes) = mpsc::unbounded_channel();
     let handler = PanicsOnFirstOpen {
@@ -1468,11 +1473,7 @@ async fn a_reset_of_a_parked_framed_connection_is_a_client_close() {
 /// between them waits in the queue and is echoed once the server runs.
 #[tokio::test]
 async fn a_framed_server_started_then_run_echoes_what_waited() {
-    let server = Server::builder()
-        .workers(1)
-        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
-        .listen()
-        .expect("server binds");
+    let server = one_lines_worker();
     let addr = server.local_addr();
     let (closes, _closes) = mpsc::unbounded_channel();
     let (busy, _busy) = mpsc::unbounded_channel();
