@@ -591,14 +591,22 @@ async fn serve(
         .framed(framed)
         .start(app)
         .context("cannot start the server")?;
-    if let Some(take_over) = take_over {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        take_over.finish(handle.clone(), control_path.clone(), tx)?;
-        control_ready = Some(rx);
-    }
+    let upgraded = match take_over {
+        Some(take_over) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let upgraded = take_over.finish(handle.clone(), control_path.clone(), tx)?;
+            control_ready = Some(rx);
+            Some(upgraded)
+        }
+        None => None,
+    };
     // From here nothing fails: both servers accept.
     let _admin = admin.map(crate::admin::Started::run);
     let serving = started.run();
+    // Only now may `megaconn upgrade done` say that this process serves.
+    if let Some(upgraded) = upgraded {
+        upgraded.send();
+    }
     tokio::pin!(serving);
     // Counters unchanged since the last copy (an idle process): look again
     // later and later, up to PUBLISH_QUIET_MAX.

@@ -1054,6 +1054,21 @@ pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
     ))
 }
 
+/// From [`TakeOver::finish`]: sent once this process runs its servers
+/// (`Started::run` called), it lets the hand-over thread print `megaconn
+/// upgrade done`.
+#[must_use = "megaconn upgrade done is printed only once this is sent"]
+pub struct Serving(std::sync::mpsc::SyncSender<()>);
+
+impl Serving {
+    /// This process's servers accept from now on.
+    pub fn send(self) {
+        // A bounded channel with room for it: never blocks. The thread
+        // gone (it panicked), there is nobody to tell.
+        let _ = self.0.send(());
+    }
+}
+
 impl TakeOver {
     /// The slot lock the old process sent (a worker process's), to keep
     /// while serving; `None` from a process that had none.
@@ -1078,12 +1093,16 @@ impl TakeOver {
     /// one should exit. The old process used to be told first, so that a
     /// thread refused then (at the process's or the user's limit) left
     /// nobody serving.
+    ///
+    /// The thread prints `megaconn upgrade done` (the line that says this
+    /// process serves) only once the returned [`Serving`] is sent, which
+    /// the caller does once it runs its servers.
     pub fn finish(
         self,
         handle: ServerHandle,
         path: PathBuf,
         ready: tokio::sync::oneshot::Sender<anyhow::Result<ControlSocket>>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Serving> {
         let TakeOver {
             peer,
             started,
@@ -1094,6 +1113,7 @@ impl TakeOver {
         // gets once the old process was told: if READY cannot be sent, the
         // thread hears nothing and ends.
         let (go, told) = std::sync::mpsc::sync_channel::<Peer>(1);
+        let (serving, runs) = std::sync::mpsc::sync_channel::<()>(1);
         let gate = path.clone();
         spawn_unless_told(&gate, "megaconn-upgrade", move || {
             let Ok(peer) = told.recv() else { return };
@@ -1104,6 +1124,13 @@ impl TakeOver {
             let control = ControlSocket::bind(&path);
             if let Err(e) = &control {
                 tracing::error!(error = format!("{e:#}"), "upgrade: cannot bind the control socket for the next upgrade; trying again");
+            }
+            // The parked connections came once the old process stopped
+            // accepting, which may be before this one runs its servers:
+            // the line below says it serves, so it waits for that. Never
+            // sent, the process is exiting.
+            if runs.recv().is_err() {
+                return;
             }
             // A supervisor counts this process ready on either line
             // (it serves the listeners it took over), and would
@@ -1131,7 +1158,7 @@ impl TakeOver {
         // this never blocks); were it gone, `ready` would hear nothing and
         // the caller binds the control socket anew.
         let _ = go.send(peer);
-        Ok(())
+        Ok(Serving(serving))
     }
 }
 

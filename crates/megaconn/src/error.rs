@@ -38,6 +38,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A thread of the server's own (not a worker) could not be started.
+    #[error("cannot start the {name} thread: {source} (the process or the user may be at its thread limit: see ulimit -u and /proc/sys/kernel/threads-max)")]
+    Thread {
+        /// The thread's name.
+        name: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why reading a request body failed.

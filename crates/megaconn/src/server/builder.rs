@@ -132,7 +132,7 @@ impl Server {
 
     /// Starts serving `service` in two steps: this one makes everything
     /// that can fail (each worker's runtime and thread, the stall
-    /// watchdog's thread) and sets the workers up, but none accepts a
+    /// watchdog's thread, the thread that joins the workers) and sets the workers up, but none accepts a
     /// connection nor adopts a parked one yet; [`Started::run`] lets them,
     /// and cannot fail. Between the two, connections wait in the kernel's
     /// queues.
@@ -206,14 +206,37 @@ impl Server {
                     threshold,
                     alarm,
                 )
-                .map_err(|source| Error::Worker { worker: 0, source })?,
+                .map_err(|source| Error::Thread {
+                    name: "megaconn-stall",
+                    source,
+                })?,
             ),
             None => None,
         };
+        // Joining is blocking: a thread of its own does it, made here where
+        // failing is allowed, so that `run` needs none (its fallback was to
+        // join on the caller's executor thread, blocking a current-thread
+        // runtime up to `shutdown_timeout`).
+        let workers = threads.len();
+        let (joined_tx, joined) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("megaconn-join".into())
+            .spawn(move || {
+                let summaries = threads
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or_default())
+                    .collect::<Vec<_>>();
+                let _ = joined_tx.send(summaries);
+            })
+            .map_err(|source| Error::Thread {
+                name: "megaconn-join",
+                source,
+            })?;
         Ok(Started {
             handle,
             go,
-            threads,
+            workers,
+            joined,
             stall_watch,
             stop,
         })
@@ -223,13 +246,19 @@ impl Server {
 /// A server whose workers run but accept nothing yet
 /// ([`Server::start`]); [`run`](Started::run) lets them. Dropping it stops
 /// the workers (they close their listening sockets' copies and any
-/// parked connections handed to [`ServerHandle::adopt_parked`]).
+/// parked connections handed to [`ServerHandle::adopt_parked`]), and
+/// closes the [`ServerHandle`]'s copies too, so connections waiting in the
+/// kernel's queues are reset; it does not wait for the workers' threads to
+/// end (they do on their own, soon: they have nothing to drain).
 #[must_use = "a started server accepts nothing until it is run; dropped, it stops"]
 pub struct Started {
     handle: ServerHandle,
     /// Set once: the workers may accept. Dropped unset, they stop.
     go: watch::Sender<bool>,
-    threads: Vec<std::thread::JoinHandle<WorkerSummary>>,
+    /// How many workers; they are joined by the `megaconn-join` thread.
+    workers: usize,
+    /// The workers' summaries, once all of them have ended.
+    joined: tokio::sync::oneshot::Receiver<Vec<WorkerSummary>>,
     stall_watch: Option<crate::server::stall::Watchdog>,
     stop: StopOnDrop,
 }
@@ -237,7 +266,7 @@ pub struct Started {
 impl std::fmt::Debug for Started {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Started")
-            .field("workers", &self.threads.len())
+            .field("workers", &self.workers)
             .finish_non_exhaustive()
     }
 }
@@ -265,15 +294,17 @@ impl Started {
         let Started {
             handle,
             go,
-            threads,
+            joined,
             stall_watch,
             stop,
+            ..
         } = self;
         go.send_replace(true);
         async move {
             // Dropping this future (or returning) stops the workers and the
-            // watchdog.
-            let _stop_on_drop = stop;
+            // watchdog, and closes the handle's copies of the listening
+            // sockets.
+            let stop = stop;
             let _go = go;
             let _stall_watch = stall_watch;
             let mut stopped = handle.shutdown_tx.subscribe();
@@ -281,32 +312,10 @@ impl Started {
                 () = signal => {}
                 _ = stopped.wait_for(|stop| *stop) => {}
             }
-            handle.shutdown();
             // From here nobody takes the listening sockets over: closing them
             // with the workers' copies refuses new connections again.
-            lock(&handle.sockets).clear();
-
-            // Joining is blocking; do it off the async executor, or on it
-            // when no thread can be had (`thread::spawn` would panic).
-            let join = |threads: Vec<std::thread::JoinHandle<WorkerSummary>>| {
-                threads
-                    .into_iter()
-                    .map(|t| t.join().unwrap_or_default())
-                    .collect::<Vec<_>>()
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let threads = std::sync::Arc::new(std::sync::Mutex::new(Some(threads)));
-            let theirs = threads.clone();
-            let joiner = std::thread::Builder::new()
-                .name("megaconn-join".into())
-                .spawn(move || {
-                    let threads = lock(&theirs).take().unwrap_or_default();
-                    let _ = tx.send(join(threads));
-                });
-            let summaries = match joiner {
-                Ok(_) => rx.await.unwrap_or_default(),
-                Err(_) => join(lock(&threads).take().unwrap_or_default()),
-            };
+            drop(stop);
+            let summaries = joined.await.unwrap_or_default();
             // Whoever waits for a hand-over sees it end, even if a worker died.
             lock(&handle.hand_over).take();
             let stats = handle.stats();
@@ -320,11 +329,16 @@ impl Started {
     }
 }
 
+/// Dropped, stops the workers and closes the handle's copies of the
+/// listening sockets: with the workers' copies closed, none is left in the
+/// `SO_REUSEPORT` group with nobody accepting (connections would wait there,
+/// neither served nor reset, while any [`ServerHandle`] clone lives).
 struct StopOnDrop(ServerHandle);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.shutdown();
+        lock(&self.0.sockets).clear();
     }
 }
 
@@ -412,6 +426,11 @@ impl ServerHandle {
     /// workers, under this server's connection limits: one that does not fit,
     /// or of a protocol this server cannot resume, is closed. Counted in
     /// [`ServerStats::adopted`].
+    ///
+    /// Called between [`Server::start`] and [`Started::run`], the
+    /// connections wait in a channel and are adopted once the workers may
+    /// accept; should the server stop before it runs (the [`Started`]
+    /// dropped, or shutdown), they are closed.
     pub fn adopt_parked(&self, connections: Vec<ParkedConnection>) {
         let n = self.adopt.len();
         let mut shares: Vec<Vec<ParkedConnection>> = (0..n).map(|_| Vec::new()).collect();

@@ -143,7 +143,9 @@ impl Server {
     }
 
     /// Sets the handler of the framed listeners, for a server that also
-    /// serves HTTP on its other listeners: `server.framed(handler).serve(app)`.
+    /// serves HTTP on its other listeners: `server.framed(handler).serve(app)`,
+    /// or in two steps `server.framed(handler).start(app)?.run()` (see
+    /// [`Server::start`]).
     pub fn framed<H: FramedHandler>(mut self, handler: H) -> Server {
         let config = Arc::make_mut(&mut self.config);
         FramedSettings::update(config, |s| s.handler = Some(Arc::new(Erased(handler))));
@@ -170,14 +172,19 @@ impl Server {
         handler: H,
         signal: impl Future<Output = ()>,
     ) -> Result<ShutdownSummary, Error> {
+        Ok(self.start_framed(handler)?.run_with_shutdown(signal).await)
+    }
+
+    /// [`serve_framed`](Server::serve_framed) in two steps, as
+    /// [`Server::start`] is to [`Server::serve`]: this one makes what can
+    /// fail, [`Started::run`](crate::Started::run) accepts.
+    pub fn start_framed<H: FramedHandler>(self, handler: H) -> Result<crate::Started, Error> {
         if FramedSettings::of(&self.config).is_none_or(|s| s.listeners.is_empty()) {
             return Err(Error::Config(
-                "serve_framed needs a framed listener: call Builder::listen_framed_on".into(),
+                "serve_framed and start_framed need a framed listener: call Builder::listen_framed_on".into(),
             ));
         }
-        self.framed(handler)
-            .serve_with_shutdown(NotFound, signal)
-            .await
+        self.framed(handler).start(NotFound)
     }
 }
 

@@ -708,16 +708,21 @@ impl FramedHandler for PanicsOnFirstOpen {
     }
 }
 
+/// A server of one worker on one framed listener of lines, bound.
+fn one_lines_worker() -> Server {
+    Server::builder()
+        .workers(1)
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+        .listen()
+        .expect("server binds")
+}
+
 /// A panic in `on_open` closes that connection as a panic, counted, as one
 /// in `on_message` does; the worker serves on. (It used to unwind the
 /// connection's task: `on_close` said `Shutdown`, and no panic was counted.)
 #[tokio::test]
 async fn a_panic_in_on_open_closes_its_connection_as_a_panic() {
-    let server = Server::builder()
-        .workers(1)
-        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
-        .listen()
-        .expect("server binds");
+    let server = one_lines_worker();
     let (addr, handle) = (server.local_addr(), server.handle());
     let (tx, mut closes) = mpsc::unbounded_channel();
     let handler = PanicsOnFirstOpen {
@@ -1462,4 +1467,32 @@ async fn a_reset_of_a_parked_framed_connection_is_a_client_close() {
     assert_eq!(stats.protocol_errors, 0, "{stats:?}");
     assert_eq!(closed_as(&stats, "io_error"), 0, "{stats:?}");
     server.stop().await;
+}
+
+/// `start_framed` then `run`, the two steps of `serve_framed`: a line sent
+/// between them waits in the queue and is echoed once the server runs.
+#[tokio::test]
+async fn a_framed_server_started_then_run_echoes_what_waited() {
+    let server = one_lines_worker();
+    let addr = server.local_addr();
+    let (closes, _closes) = mpsc::unbounded_channel();
+    let (busy, _busy) = mpsc::unbounded_channel();
+    let probe = Probe {
+        closes,
+        opens: None,
+        busy,
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let started = server.start_framed(probe).expect("starts");
+    let handle = started.handle();
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting.write_all(b"waited\n").await.unwrap();
+    let running = tokio::spawn(started.run());
+    assert_eq!(read_exact(&mut waiting, 7).await, b"waited\n");
+    handle.shutdown();
+    let summary = tokio::time::timeout(SAFETY, running)
+        .await
+        .expect("server stops")
+        .unwrap();
+    assert_eq!(summary.accepted, 1);
 }

@@ -29,14 +29,17 @@ async fn started_with_a_request_waiting() -> (Started, TcpStream) {
 }
 
 /// A started server dropped unrun stops its workers, which close their
-/// listening sockets: a connection waiting in the queue is reset, not
-/// answered. (That no worker accepts before the run is shown across
+/// listening sockets, and closes its handle's copies too, even with a
+/// [`ServerHandle`](megaconn::ServerHandle) kept (as an upgrading process
+/// keeps one): a connection waiting in the queue is reset, not answered,
+/// nor left waiting in a socket nobody accepts on. (That no worker accepts before the run is shown across
 /// processes, where a test can hold a new process between the two steps:
 /// `a_new_process_that_fails_before_ready_takes_no_connection` in
 /// `tests/cli/upgrade_cli.rs`.)
 #[tokio::test]
 async fn a_started_server_dropped_unrun_stops_unserved() {
     let (started, mut waiting) = started_with_a_request_waiting().await;
+    let _kept = started.handle();
     drop(started);
     let mut buf = [0; 256];
     let read = tokio::time::timeout(SAFETY, waiting.read(&mut buf))
