@@ -207,7 +207,7 @@ impl Server {
                     alarm,
                 )
                 .map_err(|source| Error::Thread {
-                    name: "megaconn-stall",
+                    name: crate::server::stall::THREAD_NAME,
                     source,
                 })?,
             ),
@@ -219,6 +219,7 @@ impl Server {
         // runtime up to `shutdown_timeout`).
         let workers = threads.len();
         let (joined_tx, joined) = tokio::sync::oneshot::channel();
+        let hand_over = handle.hand_over.clone();
         std::thread::Builder::new()
             .name("megaconn-join".into())
             .spawn(move || {
@@ -226,6 +227,10 @@ impl Server {
                     .into_iter()
                     .map(|t| t.join().unwrap_or_default())
                     .collect::<Vec<_>>();
+                // Whoever waits for a hand-over sees it end, even if a
+                // worker died, and also when the server was started and
+                // dropped without running (so not in `run`).
+                lock(&hand_over).take();
                 let _ = joined_tx.send(summaries);
             })
             .map_err(|source| Error::Thread {
@@ -315,9 +320,9 @@ impl Started {
             // From here nobody takes the listening sockets over: closing them
             // with the workers' copies refuses new connections again.
             drop(stop);
+            // The join thread cannot panic (a worker's panic is its default
+            // summary), so the summaries always come.
             let summaries = joined.await.unwrap_or_default();
-            // Whoever waits for a hand-over sees it end, even if a worker died.
-            lock(&handle.hand_over).take();
             let stats = handle.stats();
             ShutdownSummary {
                 finished: summaries.iter().map(|s| s.finished).sum(),

@@ -156,6 +156,10 @@ fn look(seen: &mut Seen, ticks: u64, waiting: bool, now: Instant, threshold: Dur
     Look::Stalled(away)
 }
 
+/// The watchdog thread's name (also in [`crate::Error::Thread`] when it
+/// cannot be made).
+pub(crate) const THREAD_NAME: &str = "megaconn-stall-watch";
+
 /// Starts the watchdog thread; it stops when the returned guard is dropped.
 pub(crate) fn watch(
     workers: Arc<[Arc<WorkerStats>]>,
@@ -165,7 +169,7 @@ pub(crate) fn watch(
 ) -> std::io::Result<Watchdog> {
     let guard = Watchdog(alarm.clone());
     std::thread::Builder::new()
-        .name("megaconn-stall-watch".into())
+        .name(THREAD_NAME.into())
         .spawn(move || {
             let _ = alarm.watchdog.set(std::thread::current());
             let every = threshold / LOOKS_PER_THRESHOLD;
