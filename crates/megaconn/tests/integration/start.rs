@@ -32,8 +32,9 @@ async fn started_with_a_request_waiting() -> (Started, TcpStream) {
 /// listening sockets, and closes its handle's copies too, even with a
 /// [`ServerHandle`](megaconn::ServerHandle) kept (as an upgrading process
 /// keeps one): a connection waiting in the queue is reset, not answered,
-/// nor left waiting in a socket nobody accepts on. (That no worker accepts before the run is shown across
-/// processes, where a test can hold a new process between the two steps:
+/// nor left waiting in a socket nobody accepts on. (That no worker
+/// accepts before the run is shown across processes, where a test can hold
+/// a new process between the two steps:
 /// `a_new_process_that_fails_before_ready_takes_no_connection` in
 /// `tests/cli/upgrade_cli.rs`.)
 #[tokio::test]
