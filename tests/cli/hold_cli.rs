@@ -158,6 +158,7 @@ fn two_processes_hold_exactly_n_and_match_one_process() {
     // apart, its heartbeats (and their histograms) on their own.
     assert_eq!(two.opens_ok, 40, "{two:?}");
     assert!(two.heartbeats_ok >= 40);
+    assert_eq!(two.beats_held_back, 0, "small beats go whole: {two:?}");
     assert_eq!(
         two.heartbeat_latency_us.count, two.heartbeats_ok,
         "children's histograms merged"
@@ -414,6 +415,12 @@ fn a_heartbeat_held_back_by_the_server_is_timed_from_its_start() {
         held_back.load(SeqCst) >= report.heartbeats_ok,
         "every heartbeat was still being sent when the server read it"
     );
+    assert!(
+        report.beats_held_back >= 1,
+        "a heartbeat the socket could not take whole was not counted: {report:?}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("  held back    "), "{text}");
     let p50_us = report.heartbeat_latency_us.p50.unwrap();
     assert!(
         p50_us >= STALL.as_micros() as f64,

@@ -496,6 +496,7 @@ pub(crate) fn hold_report(
         push_latency_us: Percentiles::of(&outcome.latencies.pushes),
         connections_parked: outcome.counters.parked,
         wall_clock_steps: outcome.counters.wall_clock_steps,
+        beats_held_back: outcome.counters.beats_held_back,
         processes,
         sources,
         client_cpu_secs: cpu,

@@ -178,6 +178,10 @@ pub(crate) struct HoldCounters {
     /// their replies were timed when read, not by their kernel stamps
     /// (`hold_stamp.rs`).
     pub wall_clock_steps: AtomicU64,
+    /// Heartbeats the socket could not take whole (its send buffer was
+    /// full: the server was not reading); their rest went out once the
+    /// socket was writable (`hold_lot.rs`).
+    pub beats_held_back: AtomicU64,
     /// 0 while this process ramps; then when its ramp ended, in ns after
     /// [`HoldShared::start`] (at least 1). Heartbeats sent from then on are
     /// also timed apart, as the latency "while holding": the ramp's connects
@@ -221,6 +225,9 @@ pub(crate) struct Snapshot {
     /// Ticks timed when read after a wall-clock step.
     #[serde(default)]
     pub wall_clock_steps: u64,
+    /// Heartbeats the socket could not take whole.
+    #[serde(default)]
+    pub beats_held_back: u64,
 }
 
 impl HoldCounters {
@@ -241,6 +248,7 @@ impl HoldCounters {
             pushes_received: self.pushes_received.load(Relaxed),
             parked: self.parked.load(Relaxed),
             wall_clock_steps: self.wall_clock_steps.load(Relaxed),
+            beats_held_back: self.beats_held_back.load(Relaxed),
         }
     }
 }
@@ -262,6 +270,7 @@ impl Snapshot {
         self.pushes_received += o.pushes_received;
         self.parked += o.parked;
         self.wall_clock_steps += o.wall_clock_steps;
+        self.beats_held_back += o.beats_held_back;
     }
 }
 

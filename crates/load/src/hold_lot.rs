@@ -16,7 +16,8 @@
 //!   writable, so a server that stops reading and then reads again gets
 //!   the rest at once, not on a later tick (up to 100 ms each time the
 //!   buffer fills). It costs nothing while empty (not polled), and a
-//!   socket joins and leaves it only when its buffer fills;
+//!   socket joins and leaves it only when its buffer fills (a beat that
+//!   fills it is counted, `beats_held_back`);
 //! - a timing wheel of due ticks on the beat grid (`hold_wheel.rs`; the tick
 //!   is `hold_conn::beat_tick`, 10 to 100 ms by the interval): a beat, or a
 //!   reply's deadline, is an append and a pass, not a timer registered and
@@ -408,7 +409,13 @@ impl Lot {
                     ctx.counters.heartbeats_pending.fetch_add(1, Relaxed);
                     conn.due = grid_tick(ctx, sent + ctx.shared.timeout);
                     wheel.push(conn.due, slot);
-                    self.send(conn, slot, writers, &ctx.shared.heartbeat)
+                    let done = self.send(conn, slot, writers, &ctx.shared.heartbeat);
+                    // Counted so that a slow beat in a report can be told
+                    // apart: held back by the server, or not.
+                    if !conn.unsent.is_empty() && done.is_ok() {
+                        ctx.counters.beats_held_back.fetch_add(1, Relaxed);
+                    }
+                    done
                 }
             };
             if let Err(end) = ended {

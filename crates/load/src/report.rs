@@ -406,6 +406,14 @@ pub struct HoldReport {
     /// stamps, which the step would have shifted.
     #[serde(default)]
     pub wall_clock_steps: u64,
+    /// Heartbeats of cleartext connections the socket could not take whole
+    /// (its send buffer was full: the server was not reading); their rest
+    /// went out as soon as the socket was writable, and they were timed
+    /// from their first write, so the wait for the server to read them is
+    /// in their latency. (A TLS connection's task waits for the whole beat
+    /// to go and does not tell.)
+    #[serde(default)]
+    pub beats_held_back: u64,
     /// Processes used.
     pub processes: usize,
     /// Source addresses used (empty: the kernel's choice).
@@ -459,6 +467,13 @@ impl HoldReport {
                 s,
                 "  wall clock   stepped before {} tick(s): their replies timed when read",
                 self.wall_clock_steps
+            );
+        }
+        if self.beats_held_back > 0 {
+            let _ = writeln!(
+                s,
+                "  held back    {} heartbeat(s) the socket could not take whole (the server was not reading)",
+                self.beats_held_back
             );
         }
         if self.pushes_received > 0 {
