@@ -153,12 +153,9 @@ impl Bound {
     /// process serves on without its admin server.
     pub fn serve(self, source: Source) -> Admin {
         let handle = self.handle();
-        match self.start(source) {
-            Ok(started) => started.run(),
-            Err(e) => {
-                tracing::error!(error = %e, "admin server failed");
-                Admin { handle }
-            }
+        match logged(self.start(source)) {
+            Some(started) => started.run(),
+            None => Admin { handle },
         }
     }
 
@@ -179,6 +176,14 @@ impl Bound {
         };
         Ok(Started(started))
     }
+}
+
+/// The admin server's start, or `None` with its failure logged: the
+/// process serves on without its admin server.
+pub fn logged(start: Result<Started, megaconn::Error>) -> Option<Started> {
+    start
+        .inspect_err(|e| tracing::error!(error = %e, "admin server failed"))
+        .ok()
 }
 
 /// An admin server started, not accepting yet ([`Bound::start`]);

@@ -749,14 +749,10 @@ fn start_admin(
 ) -> anyhow::Result<Option<crate::admin::Started>> {
     let source = crate::admin::Source::Server(handle.clone(), publisher.clone());
     match admin.start(source) {
-        Ok(started) => Ok(Some(started)),
         Err(e) if taking_over => {
             Err(anyhow::Error::new(e).context("cannot start the admin server"))
         }
-        Err(e) => {
-            tracing::error!(error = %e, "admin server failed");
-            Ok(None)
-        }
+        start => Ok(crate::admin::logged(start)),
     }
 }
 

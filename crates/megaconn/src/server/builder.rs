@@ -132,8 +132,8 @@ impl Server {
 
     /// Starts serving `service` in two steps: this one makes everything
     /// that can fail (each worker's runtime and thread, the stall
-    /// watchdog's thread, the thread that joins the workers) and sets the workers up, but none accepts a
-    /// connection nor adopts a parked one yet; [`Started::run`] lets them,
+    /// watchdog's thread, the thread that joins the workers) and sets the
+    /// workers up, but none accepts a connection nor adopts a parked one yet; [`Started::run`] lets them,
     /// and cannot fail. Between the two, connections wait in the kernel's
     /// queues.
     ///
@@ -221,7 +221,7 @@ impl Server {
         let (joined_tx, joined) = tokio::sync::oneshot::channel();
         let hand_over = handle.hand_over.clone();
         std::thread::Builder::new()
-            .name("megaconn-join".into())
+            .name(JOIN_THREAD.into())
             .spawn(move || {
                 let summaries = threads
                     .into_iter()
@@ -234,7 +234,7 @@ impl Server {
                 let _ = joined_tx.send(summaries);
             })
             .map_err(|source| Error::Thread {
-                name: "megaconn-join",
+                name: JOIN_THREAD,
                 source,
             })?;
         Ok(Started {
@@ -247,6 +247,10 @@ impl Server {
         })
     }
 }
+
+/// The name of the thread that joins a server's workers (also in
+/// [`Error::Thread`] when it cannot be made).
+const JOIN_THREAD: &str = "megaconn-join";
 
 /// A server whose workers run but accept nothing yet
 /// ([`Server::start`]); [`run`](Started::run) lets them. Dropping it stops

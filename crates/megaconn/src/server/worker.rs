@@ -102,8 +102,8 @@ where
 /// A cold wake of a protocol that can finish one (`dispatch::serve_at_once`:
 /// a heartbeat on a parked framed, WebSocket (cleartext or TLS) or HTTP/1.1
 /// connection), and a new cleartext HTTP/1.1 connection, is first polled
-/// here, once, on the lot's (or the accept loop's) turn: read, answered and re-parked without waiting, it needs no
-/// task (the spawn, the run-queue round trip and the tracker's accounting were
+/// here, once, on the lot's (or the accept loop's) turn: read, answered and
+/// re-parked without waiting, it needs no task (the spawn, the run-queue round trip and the tracker's accounting were
 /// the largest part of a heartbeat's CPU left after `woken.rs`). Only if it
 /// has to wait (a handler that awaits, a full socket buffer) does it become a
 /// task, which polls it again with a real waker.
