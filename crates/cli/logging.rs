@@ -3,6 +3,8 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
@@ -21,8 +23,14 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // A test's worker panic (debug builds only; none otherwise).
+    let panic = crate::upgrade::WorkerPanic::from_env();
     match format {
-        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(panic)
+            .init(),
+        LogFormat::Json => builder.json().finish().with(panic).init(),
     }
 }

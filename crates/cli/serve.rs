@@ -596,6 +596,7 @@ async fn serve(
             let (tx, rx) = tokio::sync::oneshot::channel();
             let upgraded = take_over.finish(handle.clone(), control_path.clone(), tx)?;
             control_ready = Some(rx);
+            crate::upgrade::before_run(&control_path);
             Some(upgraded)
         }
         None => None,

@@ -300,6 +300,80 @@ pub fn before_start(path: &Path) {
     }
 }
 
+/// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a new
+/// process that told the old one it serves ([`TakeOver::finish`]) stops at
+/// its control socket's path plus `.run.gate` before it runs its servers.
+/// Meanwhile the old process hands over and leaves, connections wait in
+/// the kernel's queues, and `megaconn upgrade done` must not be said yet:
+/// a test holds the process there to see that the line waits for the run
+/// (the window is otherwise the few instructions between the two calls).
+const TEST_RUN_GATE_ENV: &str = "MEGACONN_TEST_RUN_GATE";
+
+/// Where `serve` stops between telling the old process it serves and
+/// running its servers, when a test asks ([`TEST_RUN_GATE_ENV`], at the
+/// control socket `path`).
+pub fn before_run(path: &Path) {
+    test_gate(path, ".run", TEST_RUN_GATE_ENV);
+}
+
+/// Test-only knob (not a user setting), obeyed by debug builds only as
+/// every test gate: worker thread N (`megaconn-worker-N`, N the variable's
+/// value; the admin server's one is worker 0 too) panics as it hands its
+/// parked connections over at an upgrade, as a bug in its shutdown would:
+/// once it took them out of its lot, before it sent them, so that the old
+/// process's hand-over waits for a batch that never comes. A layer of the
+/// log subscriber ([`WorkerPanic`], `logging.rs`) does it when the worker
+/// logs that step, so that the library needs no gate of its own.
+const TEST_WORKER_PANIC_ENV: &str = "MEGACONN_TEST_WORKER_PANIC";
+
+/// What a worker logs as it hands its parked connections over (the
+/// library's `server/worker.rs`), where [`TEST_WORKER_PANIC_ENV`] has it
+/// panic.
+const HANDING_OVER: &str = "handing parked connections over";
+
+/// The log layer that makes a worker panic as [`TEST_WORKER_PANIC_ENV`]
+/// says.
+pub struct WorkerPanic {
+    /// The worker thread's name.
+    thread: String,
+}
+
+impl WorkerPanic {
+    /// The layer, when a test asks for it ([`TEST_WORKER_PANIC_ENV`]) of a
+    /// debug build.
+    pub fn from_env() -> Option<WorkerPanic> {
+        if !cfg!(debug_assertions) {
+            return None;
+        }
+        let worker = std::env::var(TEST_WORKER_PANIC_ENV).ok()?;
+        Some(WorkerPanic {
+            thread: format!("megaconn-worker-{}", worker.trim()),
+        })
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WorkerPanic {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct HandingOver(bool);
+        impl tracing::field::Visit for HandingOver {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0 |= field.name() == "message" && format!("{value:?}") == HANDING_OVER;
+            }
+        }
+        if std::thread::current().name() != Some(self.thread.as_str()) {
+            return;
+        }
+        let mut seen = HandingOver(false);
+        event.record(&mut seen);
+        if seen.0 {
+            panic!(
+                "{} panics as it hands its parked connections over (told by a test)",
+                self.thread
+            );
+        }
+    }
+}
+
 /// One end of a control connection.
 struct Peer(OwnedFd);
 
@@ -1127,7 +1201,8 @@ impl TakeOver {
             }
             // The parked connections came once the old process stopped
             // accepting, which may be before this one runs its servers:
-            // the line below says it serves, so it waits for that. Never
+            // the line below says it serves, so it waits for that (a test
+            // holds a process before its run, `TEST_RUN_GATE_ENV`). Never
             // sent, the process is exiting.
             if runs.recv().is_err() {
                 return;

@@ -1566,14 +1566,7 @@ fn an_old_process_whose_hand_over_panics_after_ready_still_leaves() {
     let extra = ["--admin", "off"];
     let ready_gate = ("MEGACONN_TEST_READY_GATE", "1");
     let (old, addr) = start_with(0, "127.0.0.1:0", &socket, &extra, &[ready_gate]);
-    let idle = TcpStream::connect(&addr).unwrap();
-    idle.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
-    let mut idle = BufReader::new(idle);
-    idle.get_mut()
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let head = read_response(&mut idle).unwrap();
-    assert!(head.contains("server: gen0"), "{head}");
+    let mut idle = idle_after_gen0(&addr);
     let gate = Gate::at(&socket, ".ready.gate");
     let new = NewGeneration::start(&addr, &socket, &extra);
     tell_at_ready_gate(gate, &old, "panic");
@@ -1616,6 +1609,20 @@ fn a_worker_process_whose_hand_over_panics_after_ready_is_not_restarted() {
         .collect();
     assert!(restarted.is_empty(), "{restarted:?}");
     serves_alone(&old.addr, 1, new);
+}
+
+/// A keep-alive connection to `addr` whose one request generation 0
+/// answered: idle now.
+fn idle_after_gen0(addr: &str) -> BufReader<TcpStream> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    let mut idle = BufReader::new(s);
+    idle.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let head = read_response(&mut idle).unwrap();
+    assert!(head.contains("server: gen0"), "{head}");
+    idle
 }
 
 /// Waits for `old` at its `ready` gate (`MEGACONN_TEST_READY_GATE`), where
@@ -1716,4 +1723,118 @@ fn an_old_process_whose_hand_over_panics_late_says_it_handed_over_before_it_exit
     assert!(handed.contains("not all of it"), "{handed}");
     let new = new.done();
     serves_alone(&addr, 1, new.child);
+}
+
+/// An old process one of whose workers panics as it hands its parked
+/// connections over (told to by a test gate, `MEGACONN_TEST_WORKER_PANIC`:
+/// after it took them out of its lot, before it sent them) still ends the
+/// hand-over: once every worker ended, the server's join thread ends the
+/// wait for the batch that never comes. The other worker's connections
+/// move to the new process and are answered there, the dead worker's are
+/// closed, the old process says it handed over and exits, and the new one
+/// serves alone. Without that end the old process waited for the batch
+/// for good: it never said it handed over nor exited, and the new one
+/// waited for its end message (a minute, then `not all of it`).
+#[test]
+fn an_old_process_whose_worker_panics_as_it_hands_over_still_hands_over() {
+    // Over 2 workers by the kernel's hash of each connection's addresses:
+    // the chance that all land on one is 2^-19.
+    const N: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "off"];
+    let mut cmd = serve_command(0, "127.0.0.1:0", &socket, &extra);
+    cmd.env("MEGACONN_TEST_WORKER_PANIC", "1");
+    let (child, lines, log) = Log::spawn(&mut cmd);
+    let addr = serving_addr(&lines);
+    let old = Generation {
+        child,
+        lines,
+        admin: String::new(),
+    };
+    let mut idle: Vec<_> = (0..N).map(|_| idle_after_gen0(&addr)).collect();
+    let new = NewGeneration::start(&addr, &socket, &extra);
+    log.wait_for_line(
+        "panics as it hands its parked connections over",
+        "megaconn-worker-1",
+    );
+    let handed = finish(old);
+    let moved: usize = handed
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" parked connections; draining"))
+        .unwrap_or_else(|| panic!("not a whole hand-over: {handed}"))
+        .parse()
+        .unwrap();
+    let new = new.done();
+    let (mut answered, mut closed) = (0, 0);
+    for c in &mut idle {
+        // Written to a closed connection, a request may fail either way.
+        let asked = c
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .and_then(|()| read_response(c));
+        match asked {
+            Ok(head) => {
+                assert!(head.contains("server: gen1"), "{head}");
+                answered += 1;
+            }
+            Err(_) => closed += 1,
+        }
+    }
+    assert_eq!(answered, moved, "{closed} closed");
+    assert!(closed > 0, "the panicking worker held none of the {N}");
+    serves_alone(&addr, 1, new.child);
+}
+
+/// `megaconn upgrade done` says that the new process serves, so it comes
+/// only once the new process runs its servers. Held between telling the
+/// old process it serves and running them (at a test gate,
+/// `MEGACONN_TEST_RUN_GATE`), the new process has everything else: the old
+/// process handed over and exited, and the hand-over's thread was let on
+/// to bind the control socket for the next upgrade, its last step before
+/// the line. It says nothing then, while a request waits in the kernel's
+/// queue; let on, it says it, and answers the request. The line used to
+/// come once the control socket was bound, whether the process ran its
+/// servers or not.
+#[test]
+fn upgrade_done_comes_only_once_the_new_process_runs_its_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "off"];
+    let (old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
+    let run = Gate::at(&socket, ".run.gate");
+    let bind = Gate::at(&socket, ".bind.gate");
+    let mut cmd = serve_command(1, &addr, &socket, &extra);
+    cmd.env("MEGACONN_TEST_RUN_GATE", "1")
+        .env("MEGACONN_TEST_BIND_GATE", "1");
+    let (mut new, lines) = spawn_generation(&mut cmd);
+    let (pid, hold) = run.next_unless(&mut new);
+    assert_eq!(pid, new.id());
+    serving_addr(&lines);
+    let handed = finish(old);
+    assert!(handed.contains("0 parked connections"), "{handed}");
+    let (pid, bound) = bind.next_unless(&mut new);
+    assert_eq!(pid, new.id());
+    drop(bound);
+    let s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    let mut waiting = BufReader::new(s);
+    waiting
+        .get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // That a line does not come has no signal: this is how long it is
+    // given. Before the fix it came as soon as the bind let go above was
+    // done (a rename, microseconds); this waits 1000 times that and more.
+    let early = lines.line_within(Duration::from_secs(1));
+    assert_eq!(early, None, "said before it runs its servers");
+    drop(hold);
+    let done = lines.expect_line();
+    assert!(
+        done.starts_with("megaconn upgrade done: took over "),
+        "{done}"
+    );
+    let head = read_response(&mut waiting).expect("the waiting request is answered");
+    assert!(head.contains("server: gen1"), "{head}");
+    serves_alone(&addr, 1, new);
 }

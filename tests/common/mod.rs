@@ -229,6 +229,12 @@ impl Lines {
         self.next_line().expect("the child closed its output")
     }
 
+    /// The next line if one comes within `within`; `None` if none does (or
+    /// the output ended): for a test that checks a line has not come yet.
+    pub fn line_within(&self, within: Duration) -> Option<String> {
+        self.rx.recv_timeout(within).ok()
+    }
+
     /// Every line until the end of the output (each waited for with the bound).
     pub fn rest(&self) -> Vec<String> {
         std::iter::from_fn(|| self.next_line()).collect()

@@ -2,8 +2,9 @@
 //! the connection limit, buffer return on idle, and binding errors; and the
 //! rate-limited lines a peer's input over a limit logs (a request body, a
 //! native WebSocket's frame or message, a framed connection's frame or
-//! line), which need this binary's process-wide log capture (the
-//! `integration` binary has none, by design).
+//! line), and a worker that panics as it hands its parked connections
+//! over (the capture makes it), which need this binary's process-wide log
+//! capture (the `integration` binary has none, by design).
 
 mod common;
 
@@ -183,6 +184,12 @@ impl tracing::Subscriber for CaptureLog {
         }
         let mut line = Line::default();
         event.record(&mut line);
+        if PANIC_AT_HAND_OVER.load(std::sync::atomic::Ordering::SeqCst)
+            && line.0 == "handing parked connections over"
+            && std::thread::current().name() == Some("megaconn-worker-1")
+        {
+            panic!("megaconn-worker-1 panics as it hands its parked connections over (told by the test)");
+        }
         for (name, value) in FIELDS.iter().zip(line.1) {
             if let Some(n) = value {
                 line.0 += &format!(" {name}={n}");
@@ -194,6 +201,13 @@ impl tracing::Subscriber for CaptureLog {
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
 }
+
+/// Set, worker 1 of any server panics where it logs that it hands its
+/// parked connections over ([`CaptureLog`]), as a bug in its shutdown would:
+/// after it took them out of its lot, before it sent them. (No other test
+/// here hands over.)
+static PANIC_AT_HAND_OVER: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Installs [`CaptureLog`] for the whole test binary (once).
 fn capture_log() {
@@ -616,4 +630,41 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
         .expect("server stops")
         .expect("server task")
         .expect("serve result");
+}
+
+/// A server started and dropped unrun while a hand-over is pending (an
+/// upgrade asked for its parked connections: `hand_over_parked`), one of
+/// its workers panicking as it hands them over ([`PANIC_AT_HAND_OVER`]):
+/// the hand-over still ends, with the other worker's batch, instead of
+/// waiting for good for the dead one's. The server's join thread ends it
+/// once every worker ended; `Started::run` used to, after joining, which a
+/// server dropped unrun never gets to. (Without a panic the workers of a
+/// server dropped unrun each send their batch, empty, and the hand-over
+/// ends by itself.)
+#[test]
+fn a_pending_hand_over_ends_when_a_server_dropped_unrun_loses_a_worker() {
+    capture_log();
+    let (app, _probe) = common::test_app();
+    let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
+        .workers(2)
+        .listen()
+        .unwrap();
+    let started = server.start(app).unwrap();
+    // Kept, as an old process's upgrade thread keeps one: with the last
+    // handle gone, the hand-over would end anyway.
+    let handle = started.handle();
+    let batches = handle.hand_over_parked();
+    PANIC_AT_HAND_OVER.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(started);
+    // Iterating blocks until the next batch or the end: on a thread, so
+    // that the wait has a bound.
+    let (tx, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(batches.count());
+    });
+    let batches = ended
+        .recv_timeout(SAFETY)
+        .expect("the hand-over ends once the workers ended");
+    assert_eq!(batches, 1, "only the live worker's batch comes");
+    drop(handle);
 }

@@ -404,6 +404,8 @@ where
             .park
             .as_ref()
             .map_or_else(Vec::new, |lot| lot.take_portable(dispatch::portable));
+        // Tests have a worker panic at this line, by its text (a log layer:
+        // crates/cli/upgrade.rs `WorkerPanic`, tests/lifecycle.rs).
         tracing::info!(
             worker = index,
             connections = batch.len(),
