@@ -11,7 +11,15 @@
 #           heartbeat answered by a pong;
 #   framed  `hold tcp://… --tcp-framing u32 --send PING --expect PONG`
 #           (serve's framed TCP demo on --tcp-listen), a PING frame per
-#           heartbeat answered PONG. Setup (start-up, ramp,
+#           heartbeat answered PONG;
+#   https   `hold https://…/ --insecure` (serve's --tls-listen with
+#           --self-signed), a `GET /` per heartbeat on a TLS connection's
+#           own task. Not in the default PROTOS: its setup varies between
+#           runs by tens of millions of instructions (handshakes resume or
+#           not, as tickets allow), more than 10 s of 500 connections'
+#           heartbeats cost, so its table row is noise; compare instead
+#           `hold_conn::session`'s inclusive instructions per heartbeat
+#           (`callgrind_annotate --inclusive=yes`, bench/HOLD-CPU.md). Setup (start-up, ramp,
 # opening requests, shutdown) is the same in both runs, so
 #   instructions per heartbeat = (Ir(LONG) − Ir(SHORT)) / (heartbeats(LONG) − heartbeats(SHORT))
 # with the heartbeats from hold's own --json report. Kernel time is not
@@ -23,7 +31,8 @@
 #
 # Needs: valgrind (installed if missing), jq, curl, a built megaconn (release).
 # Env: N (2000), INTERVAL (1s), SHORT (4), LONG (14), PROTOS ("http ws
-# framed"), PORT (HTTP and WebSocket; framed TCP on the next free port).
+# framed"; also "https"), PORT (HTTP and WebSocket; framed TCP and TLS on
+# the next free ports).
 # Output: the table on stdout; callgrind files in bench/out/hold-instructions-<stamp>/
 # (`callgrind_annotate --inclusive=yes FILE` shows where the instructions go).
 set -euo pipefail
@@ -50,12 +59,16 @@ bench_tune
 [[ "$MEGACONN_HOLD_OK" == 1 ]] || die "megaconn hold is not available"
 PORT="${PORT:-$(free_port 38900)}"
 TCP_PORT="$(free_port $((PORT + 1)))"
+TLS_PORT="$(free_port $((TCP_PORT + 1)))"
 RES_DIR="$OUT_DIR/hold-instructions-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$RES_DIR"
 
 # One server for every protocol: HTTP and /ws on $PORT, the framed demo
-# (u32 length header) on $TCP_PORT.
+# (u32 length header) on $TCP_PORT, HTTPS on $TLS_PORT if asked for.
 MEGACONN_SERVE_ARGS="${MEGACONN_SERVE_ARGS:-} --tcp-listen 127.0.0.1:$TCP_PORT --tcp-framing u32"
+if [[ " $PROTOS " == *" https "* ]]; then
+  MEGACONN_SERVE_ARGS+=" --tls-listen 127.0.0.1:$TLS_PORT --self-signed"
+fi
 server_start megaconn "$PORT" 1 || die "megaconn serve did not start"
 
 target() { # PROTO -> hold's target and protocol arguments, one a line
@@ -63,7 +76,8 @@ target() { # PROTO -> hold's target and protocol arguments, one a line
     http) echo "http://127.0.0.1:$PORT/" ;;
     ws) printf '%s\n' "ws://127.0.0.1:$PORT/ws" --ws-heartbeat ping ;;
     framed) printf '%s\n' "tcp://127.0.0.1:$TCP_PORT" --tcp-framing u32 --send PING --expect PONG ;;
-    *) die "PROTOS: unknown protocol $1 (use http, ws, framed)" ;;
+    https) printf '%s\n' "https://127.0.0.1:$TLS_PORT/" --insecure ;;
+    *) die "PROTOS: unknown protocol $1 (use http, ws, framed, https)" ;;
   esac
 }
 

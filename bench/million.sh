@@ -396,6 +396,14 @@ tcpext() {
   awk -v k="$1" '$1 == "TcpExt:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == k) c = i; h = 1 } else print $c + 0 }' /proc/net/netstat
 }
 
+# What delays one connection by a retransmission timeout (200 ms and more,
+# doubling) and no other: "RTO-TIMEOUTS RECEIVE-DROPS", the latter segments
+# dropped on receive for memory or a full backlog or window. A lone
+# heartbeat of seconds (bench/MILLION.md, 2026-12-04 15:39) is one.
+tcp_stalls() {
+  echo "$(tcpext TCPTimeouts) $(($(tcpext TCPRcvQDrop) + $(tcpext TCPBacklogDrop) + $(tcpext TCPZeroWindowDrop)))"
+}
+
 # The server's processes: the process started and its children (megaconn's and
 # go-reuseport's worker processes, nginx's workers).
 server_pids() { echo "$SERVER_PID $(pgrep -P "$SERVER_PID" 2>/dev/null | tr '\n' ' ')"; }
@@ -678,7 +686,7 @@ run_server() {
   local t0 fd0 rss0 k0 sk0 sn0 stopped_early="" ramp_done=0 ramp_done_t=0
   local cpu_t0=0 cpu_ticks0=0 cpu_uticks0=0 cpu_hticks0=0 busy_cpu0=0 ksw0=0 ksw1=0 expect_ramp phase sirq0=0 sirq1=0 self0=0 self1=0 steal0=0 steal1=0
   local F_T=0 F_CONNS=0 F_OPEN=0 F_RSS=0 F_PSS=0 F_K=0 F_SK=0 F_TICKS=0 F_HTICKS=0 F_END=0 F_UTICKS=0 peak_conns=0 busy1 sn1 pss0
-  local all_open_t=null lo0 lo1 sr0 sr1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
+  local all_open_t=null lo0 lo1 sr0 sr1 rto0 rto1 rqd0 rqd1 settle=$((CPU_SETTLE < hold / 4 ? CPU_SETTLE : hold / 4))
   local B_PUSHES=null B_NS=null B_SECS=null B_STATUS="" perf_pid=""
   log "== $name: $target connections at $ramp/s, held ${hold}s, $procs server processes"
   bench_wait_quiet "${QUIET_WAIT:-20}"
@@ -700,6 +708,7 @@ run_server() {
   sn0="$(softnet_drops)"
   lo0="$(tcpext ListenOverflows)"
   sr0="$(tcpext TCPSynRetrans)"
+  read -r rto0 rqd0 < <(tcp_stalls)
   echo "t_secs,phase,server_connections,client_open,server_rss_bytes,kernel_bytes,sock_kernel_bytes,server_cpu_secs,server_pss_bytes,hold_cpu_secs,sample_secs" >"$csv"
   t0=$SECONDS
   : >"$hlog"
@@ -792,6 +801,7 @@ run_server() {
   sn1="$(softnet_drops)"
   lo1="$(tcpext ListenOverflows)"
   sr1="$(tcpext TCPSynRetrans)"
+  read -r rto1 rqd1 < <(tcp_stalls)
   # Let hold finish (it is at most a few seconds from its end), bounded.
   local i
   for ((i = 0; i < 1200; i++)); do
@@ -875,6 +885,7 @@ run_server() {
     --argjson softirq_pct "$softirq_pct" --argjson sampler_pct "$sampler_pct" --argjson steal_pct "$steal_pct" \
     --argjson cpu_window "$((F_T - cpu_t0))" --argjson softnet_drops "$((sn1 - sn0))" \
     --argjson listen_overflows "$((lo1 - lo0))" --argjson syn_retrans "$((sr1 - sr0))" \
+    --argjson rto_timeouts "$((rto1 - rto0))" --argjson rcv_drops "$((rqd1 - rqd0))" \
     --argjson all_open_t "$all_open_t" --argjson cpu_settle "$settle" \
     --arg stopped_early "$stopped_early" --argjson server_alive "$server_alive" \
     --arg exit_status "$exit_status" --argjson close_secs "$close_secs" \
@@ -896,6 +907,7 @@ run_server() {
       cpu_pct_holding: $cpu_pct, cpu_window_secs: $cpu_window, machine_busy_pct: $busy_pct, machine_cpus: $machine_cpus, machine_cpu_model: $cpu_model, kswapd_cpu_pct: $kswapd_pct,
       softirq_cpu_pct: $softirq_pct, sampler_cpu_pct: $sampler_pct, steal_cpu_pct: $steal_pct,
       softnet_drops: $softnet_drops, listen_overflows: $listen_overflows, syn_retransmits: $syn_retrans,
+      rto_timeouts: $rto_timeouts, tcp_receive_drops: $rcv_drops,
       all_open_at_secs: $all_open_t, cpu_settle_secs: $cpu_settle,
       stopped_early: (if $stopped_early == "" then null else $stopped_early end),
       server_alive_after_hold: $server_alive, exit_status: $exit_status,
@@ -1042,7 +1054,7 @@ fi
   echo
   for server in "${servers[@]}"; do
     [[ -s "$(src_dir "$server")/$server.json" ]] || continue
-    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs, heartbeats held back by a full send buffer \(.hold.beats_held_back // "—"), wall-clock steps \(.hold.wall_clock_steps // "—"); socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %, softirq and irq \(.softirq_cpu_pct // "—") % (mostly also inside the server'"'"'s and hold'"'"'s own CPU), this script'"'"'s samplers \(.sampler_cpu_pct // "—") %, steal (the host'"'"'s) \(.steal_cpu_pct // "—") %; loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits) (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s\(if .machine_busy_pct != null and .machine_cpus != null and .machine_busy_pct > .machine_cpus * 100 - 8 then "; **saturated**: under 8 % of a core was free while holding, so the heartbeat tail is mostly waiting for a CPU, not the server (in every million run since 2026-12-01 that left 8 % free, p99 after the ramp was within 50 ms: bench/MILLION.md, 2026-12-03)" else "" end)"' "$(src_dir "$server")/$server.json"
+    jq -r '"- \(.server): hold open at end \(.hold.connections_open_at_end // "—"), heartbeats \(.hold.heartbeats_ok // "—") ok / \(.hold.heartbeat_errors // "—") failed, p99.99 \(.hold.heartbeat_latency_us.p9999 // "—") µs, max \(.hold.heartbeat_latency_us.max // "—") µs, heartbeats held back by a full send buffer \(.hold.beats_held_back // "—"), wall-clock steps \(.hold.wall_clock_steps // "—"); socket slab + TCP pages \(.sock_kernel_per_conn // 0 | round) B/conn; RSS at rest \(.rss_baseline / 1048576 * 10 | round / 10) MiB, after close \(.rss_after_close / 1048576 * 10 | round / 10) MiB; PSS at rest \((.pss_baseline // 0) / 1048576 * 10 | round / 10) MiB, holding \((.pss // 0) / 1048576 * 10 | round / 10) MiB (\(.pss_per_conn // 0 | round) B/conn), after close \((.pss_after_close // 0) / 1048576 * 10 | round / 10) MiB; machine busy \(.machine_busy_pct // "—") % of one core while holding (all processes on both cores: server, hold and others), of which kswapd \(.kswapd_cpu_pct // "—") %, softirq and irq \(.softirq_cpu_pct // "—") % (mostly also inside the server'"'"'s and hold'"'"'s own CPU), this script'"'"'s samplers \(.sampler_cpu_pct // "—") %, steal (the host'"'"'s) \(.steal_cpu_pct // "—") %; loopback backlog drops \(.softnet_drops), ListenOverflows +\(.listen_overflows), SYN retransmits +\(.syn_retransmits), retransmission timeouts +\(.rto_timeouts // "—"), receive drops (memory, backlog, window) +\(.tcp_receive_drops // "—") (system-wide); server alive after hold: \(.server_alive_after_hold); hold CPU while holding \(.hold_cpu_pct_holding // "—") % of a core; end-of-hold \(.final_sample_note // "—"); asked \(.target) at \(.ramp_rate)/s, held \(.hold_secs) s, heartbeat interval \(.interval_secs // "—") s\(if .machine_busy_pct != null and .machine_cpus != null and .machine_busy_pct > .machine_cpus * 100 - 8 then "; **saturated**: under 8 % of a core was free while holding, so the heartbeat tail is mostly waiting for a CPU, not the server (in every million run since 2026-12-01 that left 8 % free, p99 after the ramp was within 50 ms: bench/MILLION.md, 2026-12-03)" else "" end)"' "$(src_dir "$server")/$server.json"
   done
   echo
   echo "_million.sh: PROTO=$PROTO BROADCAST=$BROADCAST TLS=$TLS N=$N N_PEER=$N_PEER RAMP=$RAMP RAMP_PEER=$RAMP_PEER HOLD=$HOLD HOLD_PEER=$HOLD_PEER INTERVAL=$INTERVAL SOURCE=$SOURCE DROP_CACHES=$DROP_CACHES NETNS_EHASH=${NETNS_EHASH:-0}${MEGACONN_SERVE_ARGS:+ MEGACONN_SERVE_ARGS=\"$MEGACONN_SERVE_ARGS\"}${HOLD_ARGS:+ HOLD_ARGS=\"$HOLD_ARGS\"}; megaconn $(cat "$(src_dir megaconn)/megaconn.version" 2>/dev/null || echo '?'); run time ${elapsed}s; raw data: bench/out/million-$STAMP/${FROM_DIRS:+ and $FROM_DIRS}_"

@@ -2,7 +2,7 @@
 //! `--processes 2` must hold exactly as many connections (counted by the server)
 //! and report the same totals as one process; setup failures exit non-zero
 //! before any load; SIGINT stops the parent and its children; a heartbeat the
-//! server is slow to read is timed from its start.
+//! server is slow to read is counted and timed from its start, over TLS too.
 //!
 //! The server (but for [`stalling_server`]) is a tiny tokio HTTP/1.1 responder on 127.0.0.1 that counts
 //! requests and connections (those that sent at least one request, so the
@@ -281,11 +281,12 @@ const STALL: Duration = Duration::from_millis(300);
 
 /// A server that answers each connection's first request at once and
 /// leaves every later one unread for [`STALL`] after its first bytes
-/// arrive, then reads it whole and answers. Its sockets take 64 KiB at most
-/// (`SO_RCVBUF`, inherited from the listener), so a request of megabytes
-/// cannot be written whole while it stalls. Counts the requests not all
-/// there when the stall ended (the client was held back).
-fn stalling_server() -> (SocketAddr, Arc<AtomicU64>) {
+/// arrive, then reads it whole and answers; over TLS with `tls` (its
+/// configuration). Its sockets take 64 KiB at most (`SO_RCVBUF`, inherited
+/// from the listener), so a request of megabytes cannot be written whole
+/// while it stalls. Counts the requests not all there when the stall ended
+/// (the client was held back).
+fn stalling_server(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, Arc<AtomicU64>) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(64 * 1024).unwrap();
     socket
@@ -298,20 +299,47 @@ fn stalling_server() -> (SocketAddr, Arc<AtomicU64>) {
     let held = Arc::clone(&held_back);
     std::thread::spawn(move || {
         for sock in listener.incoming() {
-            let Ok(sock) = sock else { continue };
-            let held = Arc::clone(&held);
+            let Ok(mut sock) = sock else { continue };
+            let (held, tls) = (Arc::clone(&held), tls.clone());
             std::thread::spawn(move || {
-                let _ = serve_stalling(sock, &held);
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+                let _ = match tls {
+                    Some(config) => rustls::ServerConnection::new(config)
+                        .map_err(std::io::Error::other)
+                        .and_then(|conn| {
+                            let mut tls = rustls::StreamOwned::new(conn, sock);
+                            serve_stalling(&mut tls, fd, &held)
+                        }),
+                    None => serve_stalling(&mut sock, fd, &held),
+                };
             });
         }
     });
     (addr, held_back)
 }
 
-/// One connection of [`stalling_server`], until the client closes it.
-fn serve_stalling(mut sock: std::net::TcpStream, held_back: &AtomicU64) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
+/// A TLS configuration for [`stalling_server`]: a self-signed certificate
+/// (the client runs with `--insecure`).
+fn self_signed_tls() -> Arc<rustls::ServerConfig> {
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(c.key_pair.serialize_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![c.cert.der().clone()], key.into())
+        .unwrap();
+    Arc::new(config)
+}
+
+/// One connection of [`stalling_server`], until the client closes it:
+/// `sock` its byte stream (cleartext or TLS), `fd` its socket.
+fn serve_stalling(
+    sock: &mut (impl std::io::Read + std::io::Write),
+    fd: std::os::fd::RawFd,
+    held_back: &AtomicU64,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 16];
     for request in 0u64.. {
         let mut head = Vec::new();
@@ -323,11 +351,13 @@ fn serve_stalling(mut sock: std::net::TcpStream, held_back: &AtomicU64) -> std::
         // What the client could send during the stall: read here and
         // queued in the socket (not read yet, so that the client, which
         // sends the rest as soon as the socket takes it, cannot add to it).
+        // Over TLS the queued bytes are ciphertext, never fewer than the
+        // request bytes they carry: a request found short is short.
         let by_stall_end = if request > 0 {
             std::thread::sleep(STALL);
             let mut queued: libc::c_int = 0;
             // SAFETY: FIONREAD writes one c_int to a valid pointer.
-            if unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut queued) } < 0 {
+            if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) } < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Some(n + queued as usize)
@@ -360,6 +390,7 @@ fn serve_stalling(mut sock: std::net::TcpStream, held_back: &AtomicU64) -> std::
             have += n;
         }
         sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
+        sock.flush()?;
     }
     Ok(())
 }
@@ -379,7 +410,24 @@ fn largest_send_buffer() -> usize {
 /// was slow to send.
 #[test]
 fn a_heartbeat_held_back_by_the_server_is_timed_from_its_start() {
-    let (addr, held_back) = stalling_server();
+    held_back_beats(None);
+}
+
+/// Over TLS (a task per connection, not the lot) too, a heartbeat the
+/// socket cannot take whole is counted and timed from its first byte's
+/// write. Before, TLS connections' held-back beats were not counted.
+#[test]
+fn a_tls_heartbeat_held_back_by_the_server_is_counted_and_timed_from_its_start() {
+    held_back_beats(Some(self_signed_tls()));
+}
+
+/// Holds one connection (over TLS with `tls`) to a [`stalling_server`]
+/// whose heartbeats are too large for the socket to take whole while the
+/// server is not reading, and checks that they are counted as held back
+/// and timed from their first byte's write.
+fn held_back_beats(tls: Option<Arc<rustls::ServerConfig>>) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (addr, held_back) = stalling_server(tls);
     let dir = tempfile::tempdir().unwrap();
     let body = dir.path().join("body");
     // Above the client's largest send buffer and the server's 64 KiB
@@ -388,7 +436,7 @@ fn a_heartbeat_held_back_by_the_server_is_timed_from_its_start() {
     std::fs::write(&body, vec![b'x'; 2 * largest_send_buffer() + (1 << 20)]).unwrap();
     let json = dir.path().join("hold.json");
     let out = hold(&[
-        &format!("http://{addr}/beat"),
+        &format!("{scheme}://{addr}/beat"),
         "-c",
         "1",
         "-m",
@@ -399,6 +447,7 @@ fn a_heartbeat_held_back_by_the_server_is_timed_from_its_start() {
         "1s",
         "-d",
         "2s",
+        "--insecure",
         "--json",
         json.to_str().unwrap(),
         "-q",

@@ -96,14 +96,26 @@ pub(crate) enum Read<'b> {
     Eof,
 }
 
+/// How the socket took a write of a held connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// At once, whole.
+    Whole,
+    /// Not whole at once (its send buffer filled: the server was not
+    /// reading, or the bytes were many): the rest went out as the socket
+    /// became writable. A heartbeat sent so is counted, `beats_held_back`.
+    HeldBack,
+}
+
 /// A held connection's byte stream: cleartext, or TLS (`hold_tls.rs`).
 pub(crate) trait Held {
     /// Waits until the socket is readable.
     async fn readable(&self) -> std::io::Result<()>;
     /// Reads what arrived without waiting; application bytes land in `buf`.
     fn try_read_app<'b>(&mut self, buf: &'b mut [u8]) -> std::io::Result<Read<'b>>;
-    /// Sends application bytes.
-    async fn write_app(&mut self, data: &[u8]) -> std::io::Result<()>;
+    /// Sends application bytes (all of them, or fails), saying whether
+    /// the socket took them whole at once.
+    async fn write_app(&mut self, data: &[u8]) -> std::io::Result<Sent>;
     /// Forgets the socket's readiness (everything that arrived was read).
     fn forget_readiness(&self);
 }
@@ -122,8 +134,8 @@ impl Held for TcpStream {
         }
     }
 
-    async fn write_app(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.write_all(data).await
+    async fn write_app(&mut self, data: &[u8]) -> std::io::Result<Sent> {
+        write_whole(self, data).await
     }
 
     fn forget_readiness(&self) {
@@ -136,6 +148,40 @@ impl Held for TcpStream {
             Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
         });
     }
+}
+
+/// Writes as much of `bytes` as the socket takes now, through `write` (one
+/// `write(2)` on the socket: the lot's std sockets, a task's tokio ones):
+/// how much that was. Stops at the first `WouldBlock` (the send buffer is
+/// full); a write that takes nothing is an error (`WriteZero`).
+pub(crate) fn write_now(
+    bytes: &[u8],
+    mut write: impl FnMut(&[u8]) -> std::io::Result<usize>,
+) -> std::io::Result<usize> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match write(&bytes[sent..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}
+
+/// Writes all of `bytes` to a task's socket: what it takes at once, then
+/// the rest as it becomes writable (`write_all`). The one `write(2)` a
+/// small beat costs is the one `write_all` alone made; telling whether it
+/// went whole costs a comparison.
+pub(crate) async fn write_whole(tcp: &mut TcpStream, bytes: &[u8]) -> std::io::Result<Sent> {
+    let sent = write_now(bytes, |b| tcp.try_write(b))?;
+    if sent == bytes.len() {
+        return Ok(Sent::Whole);
+    }
+    tcp.write_all(&bytes[sent..]).await?;
+    Ok(Sent::HeldBack)
 }
 
 /// The counters of one process, updated by all its threads, read by progress.
@@ -180,7 +226,7 @@ pub(crate) struct HoldCounters {
     pub wall_clock_steps: AtomicU64,
     /// Heartbeats the socket could not take whole (its send buffer was
     /// full: the server was not reading); their rest went out once the
-    /// socket was writable (`hold_lot.rs`).
+    /// socket was writable (`hold_lot.rs`; TLS: [`write_whole`]).
     pub beats_held_back: AtomicU64,
     /// 0 while this process ramps; then when its ramp ended, in ns after
     /// [`HoldShared::start`] (at least 1). Heartbeats sent from then on are
@@ -755,7 +801,7 @@ async fn exchange(
     // From before the first write, however long the socket takes to
     // accept the whole request, as the lot times its beats (`Lot::beat`).
     let sent = Instant::now();
-    let reply = await_reply(ctx, stream, request, sent, hear).await;
+    let reply = await_reply(ctx, stream, request, what, sent, hear).await;
     if what == Exchange::Heartbeat {
         pending.fetch_sub(1, Relaxed);
     }
@@ -783,15 +829,22 @@ async fn exchange(
 
 /// The I/O of an [`exchange`] sent at `sent`: `Ok(close)` if answered as
 /// expected (`close`: the server closes after it), else how the connection
-/// ends (`Failed`: no reply in time, or a wrong one).
+/// ends (`Failed`: no reply in time, or a wrong one). A heartbeat the
+/// socket could not take whole is counted, as the lot counts its own
+/// (`Lot::beat`; this path is TLS connections'), once its rest has gone (a
+/// connection that ends before fails the beat instead).
 async fn await_reply(
     ctx: &ThreadCtx,
     stream: &mut impl Held,
     request: &[u8],
+    what: Exchange,
     sent: Instant,
     mut hear: impl FnMut(&[u8], &mut Vec<u8>) -> Option<Verdict>,
 ) -> Result<bool, Ended> {
-    stream.write_app(request).await.map_err(|e| io_end(&e))?;
+    let wrote = stream.write_app(request).await.map_err(|e| io_end(&e))?;
+    if wrote == Sent::HeldBack && what == Exchange::Heartbeat {
+        ctx.counters.beats_held_back.fetch_add(1, Relaxed);
+    }
     let deadline = sent + ctx.shared.timeout;
     loop {
         match tokio::time::timeout_at(deadline.into(), stream.readable()).await {

@@ -61,7 +61,7 @@ use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::Interest;
 use tokio::sync::oneshot;
 
-use crate::hold_conn::{io_end, next_beat, Ended, Rng, ThreadCtx};
+use crate::hold_conn::{io_end, next_beat, write_now, Ended, Rng, ThreadCtx};
 use crate::hold_stamp::{recv_stamped, stamp_arrivals, Arrival, Clocks, StampClock};
 use crate::hold_wheel::Wheel;
 use crate::hold_wire::{Verdict, Wire};
@@ -638,17 +638,7 @@ fn on_ready(ready: std::io::Result<AsyncFdReadyGuard<'_, OwnedFd>>, take: impl F
 
 /// Writes as much of `bytes` as the socket takes now: how much that was.
 fn write_some(stream: &std::net::TcpStream, bytes: &[u8]) -> Result<usize, Ended> {
-    let mut sent = 0;
-    while sent < bytes.len() {
-        match (&*stream).write(&bytes[sent..]) {
-            Ok(0) => return Err(Ended::Reset),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(io_end(&e)),
-        }
-    }
-    Ok(sent)
+    write_now(bytes, |b| (&*stream).write(b)).map_err(|e| io_end(&e))
 }
 
 /// The beat grid's tick (`HoldShared::tick`) in nanoseconds.

@@ -21,7 +21,7 @@ use rustls::ClientConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::hold_conn::{Held, Read};
+use crate::hold_conn::{write_whole, Held, Read, Sent};
 
 /// Room for one handshake flight or record while handshaking.
 const HANDSHAKE_BUF: usize = 18 * 1024;
@@ -254,7 +254,7 @@ impl Held for HoldTls {
         })
     }
 
-    async fn write_app(&mut self, data: &[u8]) -> io::Result<()> {
+    async fn write_app(&mut self, data: &[u8]) -> io::Result<Sent> {
         let mut out = std::mem::take(&mut self.pending);
         loop {
             let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
@@ -273,7 +273,9 @@ impl Held for HoldTls {
                 }
             }
         }
-        self.tcp.write_all(&out).await
+        // Whole at once, or counted as held back if a heartbeat (the same
+        // one `write(2)` as `write_all` when the socket takes it).
+        write_whole(&mut self.tcp, &out).await
     }
 
     fn forget_readiness(&self) {

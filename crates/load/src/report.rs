@@ -406,12 +406,11 @@ pub struct HoldReport {
     /// stamps, which the step would have shifted.
     #[serde(default)]
     pub wall_clock_steps: u64,
-    /// Heartbeats of cleartext connections the socket could not take whole
-    /// (its send buffer was full: the server was not reading); their rest
-    /// went out as soon as the socket was writable, and they were timed
-    /// from their first write, so the wait for the server to read them is
-    /// in their latency. (A TLS connection's task waits for the whole beat
-    /// to go and does not tell.)
+    /// Heartbeats the socket could not take whole (its send buffer was
+    /// full: the server was not reading), on cleartext and TLS connections
+    /// alike; their rest went out as soon as the socket was writable, and
+    /// they were timed from their first write, so the wait for the server
+    /// to read them is in their latency.
     #[serde(default)]
     pub beats_held_back: u64,
     /// Processes used.
