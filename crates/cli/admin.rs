@@ -97,11 +97,20 @@ pub enum Source {
 /// address: if that is taken, serving goes on without the admin listener (a
 /// warning says so); an address asked for that cannot be bound is an error.
 pub fn start(setting: Option<AdminAddr>, source: Source) -> anyhow::Result<Option<Admin>> {
-    Ok(bind(setting, Vec::new())?.map(|bound| bound.serve(source)))
+    Ok(bind(setting, Vec::new())?.map(|bound| {
+        say_address(bound.local_addr());
+        bound.serve(source)
+    }))
 }
 
-/// The admin server bound and its address printed, as [`start`] does, but
-/// not serving yet: nothing is accepted until [`Bound::serve`]. `adopt`:
+/// Prints the admin server's address: `megaconn admin on http://ADDR`.
+pub fn say_address(addr: std::net::SocketAddr) {
+    crate::say!("megaconn admin on http://{addr}");
+}
+
+/// The admin server bound, as [`start`] does, but not serving yet, nor its
+/// address printed ([`say_address`]): nothing is accepted until
+/// [`Bound::serve`]. `adopt`:
 /// the admin listening socket of the process this one takes over from
 /// (`serve --upgrade`), served when it is bound to the admin address. A
 /// new process binds it before it tells the old one it is ready, and
@@ -133,7 +142,6 @@ pub fn bind(
         }
         Err(e) => return Err(anyhow::Error::new(e).context("cannot start the admin listener")),
     };
-    crate::say!("megaconn admin on http://{}", server.local_addr());
     Ok(Some(Bound(server)))
 }
 
@@ -146,6 +154,11 @@ impl Bound {
     /// The admin server's handle (an upgrade hands its socket over too).
     pub fn handle(&self) -> ServerHandle {
         self.0.handle()
+    }
+
+    /// Its address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.0.local_addr()
     }
 
     /// Serves `source` on the current runtime from now on: [`start`](Bound::start)

@@ -70,7 +70,7 @@ impl clap::Args for ServeArgs {
                 .long("upgrade")
                 .action(clap::ArgAction::SetTrue)
                 .help("Take over from the server running on --upgrade-socket: its listening sockets and parked connections; it then drains and exits.")
-                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused, idle clients do not reconnect, and a new process that fails before it says it is ready has taken no connection on the sockets it took over (the old one serves on; an address the old one did not have, another --admin say, it binds afresh before). It says it is ready only once everything that can fail is done (its runtimes and worker threads made): from then on it serves, whatever happens. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade: that line, not `megaconn serving on` (printed before it is ready, while it serves nothing yet), is the signal that it serves. With --processes, each worker process takes over from the old one of the same index."),
+                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused, idle clients do not reconnect, and a new process that fails before it says it is ready has taken no connection on the sockets it took over (the old one serves on; an address the old one did not have, another --admin say, it binds afresh before). It says it is ready only once everything that can fail is done (its runtimes, parking lots and worker threads made, its listening sockets registered with them): from then on it serves, whatever happens. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade: that line, not `megaconn serving on` (printed before it is ready, while it serves nothing yet), is the signal that it serves. With --processes, each worker process takes over from the old one of the same index."),
         )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
@@ -517,9 +517,9 @@ async fn serve(
     // HTTP/2 connection (TLS) to open them on a stream (RFC 8441), which
     // those routes would refuse with 501.
     let builder = builder.http2_enable_connect_protocol(false);
-    // Before `listen`: a worker process binding afresh joins its port's
-    // `SO_REUSEPORT` group there, and the kernel queues connections for it
-    // from then on, reset should it fail after.
+    // Before the server starts: a worker process binding afresh joins its
+    // port's `SO_REUSEPORT` group as the start's last step, and the kernel
+    // queues connections for it from then on.
     let channel = channel
         .map(crate::fanout::Channel::open)
         .transpose()
@@ -531,20 +531,10 @@ async fn serve(
         Some(server.local_addr()),
         worker_process,
     );
-    // The control socket for the next upgrade: before the serving line, or
-    // (taking over) once the old process has handed its parked connections
-    // over, announced by `megaconn upgrade done`.
-    let mut control = None;
-    let mut control_ready = None;
-    // Binding the control socket again, after it failed (see `rebind`).
-    let mut rebind = Rebind::new();
-    if take_over.is_none() {
-        control = crate::upgrade::listen_for_upgrades(&control_path, &handle, &mut slot);
-        if control.is_none() && slot.is_some() {
-            rebind.schedule();
-        }
-    }
-    crate::say!(
+    // Said once the server has started (its sockets listen then, a worker
+    // process's too: a supervisor counts a worker process that said it as
+    // serving), and before it is told to run.
+    let serving = format!(
         "megaconn serving on {} ({} workers, max_connections {})",
         listen_urls(&server).join(", "),
         server.workers(),
@@ -568,15 +558,13 @@ async fn serve(
         None => crate::admin::bind(admin, admin_sockets)?,
         Some(_) => None,
     };
-    if let (Some(control), Some(admin)) = (&control, &admin) {
-        control.also(admin.handle());
-    }
+    let admin_bound = admin.as_ref().map(|a| (a.handle(), a.local_addr()));
     // The old process accepts until told ('R', `finish`), this one only
-    // after: what can fail (every runtime and thread, the admin server's
-    // too) is made before, and what comes after cannot fail. So a process
-    // that fails before it told the old one has taken no connection (see
-    // `upgrade.rs`), and one that told it serves; in between, connections
-    // wait in the kernel's queues.
+    // after: what can fail (every runtime, parking lot, thread and
+    // listener's registration, the admin server's too) is made before, and
+    // what comes after cannot fail. So a process that fails before it told
+    // the old one has taken no connection (see `upgrade.rs`), and one that
+    // told it serves; in between, connections wait in the kernel's queues.
     let admin = match admin {
         Some(admin) => start_admin(admin, &handle, &publisher, take_over.is_some())?,
         None => None,
@@ -591,6 +579,30 @@ async fn serve(
         .framed(framed)
         .start(app)
         .context("cannot start the server")?;
+    // The control socket for the next upgrade: once the server has started
+    // (a process whose start failed offers nothing to take over, and a
+    // worker process's sockets listen only from then), before the serving
+    // line; or (taking over) once the old process has handed its parked
+    // connections over, announced by `megaconn upgrade done`.
+    let mut control = None;
+    let mut control_ready = None;
+    // Binding the control socket again, after it failed (see `rebind`).
+    let mut rebind = Rebind::new();
+    if take_over.is_none() {
+        control = crate::upgrade::listen_for_upgrades(&control_path, &handle, &mut slot);
+        if control.is_none() && slot.is_some() {
+            rebind.schedule();
+        }
+    }
+    // The admin server's address is said only if it started.
+    let admin_bound = admin_bound.filter(|_| admin.is_some());
+    if let (Some(control), Some((admin_handle, _))) = (&control, &admin_bound) {
+        control.also(admin_handle.clone());
+    }
+    crate::say!("{serving}");
+    if let Some((_, addr)) = admin_bound {
+        crate::admin::say_address(addr);
+    }
     let upgraded = match take_over {
         Some(take_over) => {
             let (tx, rx) = tokio::sync::oneshot::channel();

@@ -4,7 +4,11 @@
 //! (20,000 on some hosts, however much memory there is). The supervisor starts P
 //! copies of `megaconn serve` as worker processes; each binds its own
 //! `SO_REUSEPORT` listeners, so the kernel spreads connections across all of
-//! them. The supervisor restarts a worker that dies (with a growing back-off,
+//! them. A worker process listens on them only as the last step of its
+//! server's start (`Builder::reuse_port_shared`), and says it serves
+//! (`megaconn serving on`, what the supervisor waits for) after: one that
+//! fails to start, a restart say, never took a share of the port's
+//! connections, which the others serve. The supervisor restarts a worker that dies (with a growing back-off,
 //! logged), forwards SIGTERM/SIGINT so every worker drains gracefully (and
 //! SIGHUP, so each reloads its TLS certificate), serves the admin listener with
 //! whole-server totals gathered through [`SharedStats`] (`/metrics`), and

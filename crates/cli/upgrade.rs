@@ -27,8 +27,9 @@
 //! kernel queues connections on them until a process accepts. The old
 //! process accepts until it hears 'R', the new one only once it said it
 //! (its servers, the admin listener's too, are built and started, their
-//! runtimes and threads made, before, and accept only after: `Server::start`
-//! then `Started::run`, `serve.rs`): a new process that fails or exits
+//! runtimes, parking lots and threads made and their listening sockets
+//! registered, before, and accept only after: `Server::start` then
+//! `Started::run`, `serve.rs`): a new process that fails or exits
 //! before 'R' has taken no connection on the sockets it took over, and
 //! every one opened on them meanwhile is the old process's to serve. (An
 //! address the old process did not have, another `--admin` address say,

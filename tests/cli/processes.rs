@@ -61,6 +61,12 @@ impl Supervisor {
     }
 
     fn start_with(processes: usize, extra: &[&str]) -> Supervisor {
+        Supervisor::start_env(processes, extra, &[])
+    }
+
+    /// As [`Supervisor::start_with`], with more variables in its (and its
+    /// worker processes') environment: test gates.
+    fn start_env(processes: usize, extra: &[&str], env: &[(&str, &str)]) -> Supervisor {
         // --processes needs an explicit port: held until the workers listen.
         let port = common::ReservedPort::new();
         let addr = port.addr.clone();
@@ -73,6 +79,7 @@ impl Supervisor {
                 .arg("--upgrade-socket")
                 .arg(dir.path().join("upgrade.sock"))
                 .args(extra)
+                .envs(env.iter().copied())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),
         );
@@ -109,6 +116,65 @@ impl Supervisor {
     fn signal(&self, sig: i32) {
         self.child.signal(sig);
     }
+
+    /// Worker process `k`'s upgrade control socket's path plus `suffix`:
+    /// where its test gates are.
+    fn gate_path(&self, k: usize, suffix: &str) -> std::path::PathBuf {
+        self._dir.path().join(format!("upgrade.sock.{k}{suffix}"))
+    }
+}
+
+/// A worker process that fails to start takes no connection from the
+/// port: held at a test gate before its server starts (its restart, after
+/// it was killed), then made to fail there (its open-file limit lowered,
+/// so that no worker's runtime can be made), it had none of the
+/// connections opened meanwhile, which the other worker process answers,
+/// every one. It used to listen before it started: the kernel gave it its
+/// share of those connections (about half), and its exit reset them.
+#[test]
+fn a_worker_process_that_fails_to_start_takes_no_connection() {
+    const CONNECTIONS: usize = 16;
+    // No gate listens while the supervisor starts: its worker processes
+    // pass (a gate nobody listens at is no gate).
+    let sup = Supervisor::start_env(2, &[], &[("MEGACONN_TEST_START_GATE", "1")]);
+    let gate = std::os::unix::net::UnixListener::bind(sup.gate_path(1, ".start.gate")).unwrap();
+    // SAFETY: kill(2) on a worker process the supervisor started for us.
+    unsafe { libc::kill(sup.worker_pids[1], libc::SIGKILL) };
+    // Its restart, at the gate: bound, about to start.
+    let (mut held, _) = gate.accept().unwrap();
+    drop(gate);
+    let mut pid = String::new();
+    BufReader::new(&held).read_line(&mut pid).unwrap();
+    let restarted: i32 = pid.trim().parse().unwrap();
+    assert_ne!(restarted, sup.worker_pids[1]);
+    let connections: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut s = TcpStream::connect(&sup.addr).unwrap();
+            s.set_read_timeout(Some(common::CHILD_SAFETY)).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // Its start fails; the supervisor restarts it (past the gate, gone).
+    held.write_all(b"emfile\n").unwrap();
+    drop(held);
+    let lost: Vec<String> = connections
+        .into_iter()
+        .filter_map(|mut s| {
+            let mut out = String::new();
+            match s.read_to_string(&mut out) {
+                Ok(_) if out.ends_with("Hello, World!") => None,
+                Ok(_) => Some(format!("answered {out:?}")),
+                Err(e) => Some(e.to_string()),
+            }
+        })
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {CONNECTIONS} lost: {lost:?}",
+        lost.len()
+    );
 }
 
 #[test]

@@ -114,6 +114,37 @@ fn a_port_in_use_exits_1_with_a_clear_message() {
     assert!(err.contains("already in use"), "{err}");
 }
 
+/// A server that cannot make a thread of its own exits 1 naming the
+/// thread and what to do. The failure is real: `RUST_MIN_STACK`, which
+/// std reads for every thread spawned without a stack size, asks for
+/// 1 PiB stacks, more than the address space holds, so `pthread_create`
+/// fails (`EAGAIN`) as it would at a thread limit. The server's first
+/// thread is the one that joins its workers: before, a worker's came
+/// first, and the message said neither which thread of the server's own
+/// nor what to do.
+#[test]
+fn a_thread_that_cannot_be_made_is_named_with_what_to_do() {
+    let (status, err) = run_to_exit(
+        megaconn()
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(["--admin", "off"])
+            .env("RUST_MIN_STACK", (1u64 << 50).to_string()),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot start the server: cannot start the megaconn-join thread: "),
+        "{err}"
+    );
+    for what_to_do in [
+        "ulimit -u",
+        "threads-max",
+        "TasksMax=",
+        "memory for its stack",
+    ] {
+        assert!(err.contains(what_to_do), "no {what_to_do:?}: {err}");
+    }
+}
+
 #[test]
 fn access_log_writes_one_json_line_per_request() {
     let (mut child, _stdout, addr) =

@@ -1434,8 +1434,56 @@ fn fails_at_gate(
     assert_eq!(pid, new.id());
     writeln!(failing, "{word}").unwrap();
     drop((failing, gate));
-    assert!(!new.wait().success(), "the new process serves: {word}");
-    new_log.wait_for_line(message, also);
+    exits_failing(new, &new_log, (message, also));
+}
+
+/// Checks that `new`, a new generation, exits failing, its log saying
+/// `message` with `also`.
+fn exits_failing(mut new: ChildGuard, log: &Log, (message, also): (&str, &str)) {
+    assert!(!new.wait().success(), "the new process serves");
+    log.wait_for_line(message, also);
+}
+
+/// A new process one of whose workers fails at a step of its start (told
+/// `step` by the test-only knob `MEGACONN_TEST_WORKER_FAIL`, as at a
+/// limit of the user's or the system's) exits before it tells the old
+/// process it is ready, saying `message` with `also`: the old one serves
+/// on, alone, and hands over to the next upgrade.
+fn a_worker_failing_at(step: &str, (message, also): (&str, &str)) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "off"];
+    let (old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
+    let mut cmd = serve_command(1, &addr, &socket, &extra);
+    cmd.env("MEGACONN_TEST_WORKER_FAIL", step);
+    let (new, _new_lines, log) = Log::spawn(&mut cmd);
+    exits_failing(new, &log, (message, also));
+    old_serves_on_and_hands_over(old, &addr, &socket, &extra);
+}
+
+/// A worker of a new process that cannot register its listening socket
+/// with its runtime (as at the user's epoll watch limit) fails the
+/// process's start, before it says it is ready. It was only logged: the
+/// new process took over with that worker accepting nothing, and once the
+/// old one left, the connections the kernel gave that worker's socket
+/// waited where nobody accepted them (upgraded with 2 workers on the old
+/// process's 2 sockets, about half of them).
+#[test]
+fn a_new_process_whose_listener_cannot_be_registered_leaves_the_old_one_serving() {
+    a_worker_failing_at(
+        "register 1",
+        ("cannot watch its listening socket", "max_user_watches"),
+    );
+}
+
+/// A worker of a new process that cannot make its parking lot (as at the
+/// open-file limit) fails the process's start, before it says it is
+/// ready. It was only logged: the new process took over with that worker
+/// keeping every idle connection a task, and closing the parked
+/// connections handed over to it.
+#[test]
+fn a_new_process_whose_worker_cannot_park_leaves_the_old_one_serving() {
+    a_worker_failing_at("lot 0", ("cannot make its parking lot", "--park-after off"));
 }
 
 /// Generation 0, `old`, serves on alone on `addr` after a failed upgrade,

@@ -29,8 +29,8 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A worker thread could not be started.
-    #[error("cannot start worker thread {worker}: {source}")]
+    /// A worker's runtime or thread could not be made.
+    #[error("cannot start worker thread {worker}: {source} (at the open-file limit: ulimit -n, LimitNOFILE= under systemd; or at a limit on threads: ulimit -u, TasksMax=)")]
     Worker {
         /// The worker's index.
         worker: usize,
@@ -38,8 +38,36 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A worker could not make its parking lot (an epoll set, so a file
+    /// descriptor). [`Server::start`](crate::Server::start) fails rather
+    /// than serve on without it: every idle connection would stay a task
+    /// (about 2 KB each instead of a few bytes), and parked connections
+    /// handed over by an upgrade would be closed.
+    #[error("worker {worker} cannot make its parking lot: {source} (raise the open-file limit: ulimit -n, LimitNOFILE= under systemd; or turn parking off: Builder::park_idle_after(None), serve --park-after off)")]
+    ParkingLot {
+        /// The worker's index.
+        worker: usize,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A worker could not register a listening socket with its runtime
+    /// (`epoll_ctl`). [`Server::start`](crate::Server::start) fails rather
+    /// than serve without it: the socket would stay in its port's
+    /// `SO_REUSEPORT` group, its share of new connections queued where
+    /// nobody accepts them.
+    #[error("worker {worker} cannot watch its listening socket on {addr}: {source} (the kernel is out of memory, or the user out of epoll watches: raise fs.epoll.max_user_watches)")]
+    Register {
+        /// The worker's index.
+        worker: usize,
+        /// The socket's address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
     /// A thread of the server's own (not a worker) could not be started.
-    #[error("cannot start the {name} thread: {source} (the process or the user may be at its thread limit: see ulimit -u and /proc/sys/kernel/threads-max)")]
+    #[error("cannot start the {name} thread: {source} (at a limit on threads: the user's, ulimit -u; the system's, /proc/sys/kernel/threads-max; the service's, TasksMax= under systemd; or out of memory for its stack)")]
     Thread {
         /// The thread's name.
         name: &'static str,

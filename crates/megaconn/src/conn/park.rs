@@ -364,15 +364,23 @@ impl std::fmt::Debug for ParkingLot {
     }
 }
 
-impl ParkingLot {
-    /// Creates the private epoll set. Must run inside the worker's runtime.
-    /// `batch`: `park_wake_batch` (zero: tokio watches the set itself).
-    pub(crate) fn new(
-        limit: ConnectionLimit,
-        stats: Arc<WorkerStats>,
-        hot_within: Duration,
-        batch: Duration,
-    ) -> io::Result<ParkingLot> {
+/// A parking lot's descriptors, registered with its worker's runtime: what
+/// making a lot can fail at (`EMFILE` and the like). Made on the thread
+/// that starts the server, so that the failure fails the start
+/// (`Server::start`), and moved into the worker's thread, where the lot
+/// (not `Send`) is built on them ([`ParkingLot::new`]).
+pub(crate) struct LotFds {
+    /// Declared first, dropped first (as `ParkingLot::watch`).
+    watch: AsyncFd<LotFd>,
+    relay: Option<Relay>,
+    epoll: OwnedFd,
+}
+
+impl LotFds {
+    /// Creates the private epoll set (and with `batch`, `park_wake_batch`,
+    /// its relay; zero: tokio watches the set itself). Must run inside the
+    /// worker's runtime (`Runtime::enter` will do, on any thread).
+    pub(crate) fn new(batch: Duration) -> io::Result<LotFds> {
         // SAFETY: epoll_create1 has no memory arguments; we own the returned fd.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -386,8 +394,29 @@ impl ParkingLot {
             Some(Relay::new(&epoll, batch)?)
         };
         let watch = watch_fd(relay.as_ref().map_or(&epoll, |r| &r.fd))?;
+        Ok(LotFds {
+            watch,
+            relay,
+            epoll,
+        })
+    }
+}
+
+impl ParkingLot {
+    /// A lot on `fds`, on the worker's thread.
+    pub(crate) fn new(
+        fds: LotFds,
+        limit: ConnectionLimit,
+        stats: Arc<WorkerStats>,
+        hot_within: Duration,
+    ) -> ParkingLot {
+        let LotFds {
+            watch,
+            relay,
+            epoll,
+        } = fds;
         let epoch = Instant::now();
-        Ok(ParkingLot {
+        ParkingLot {
             watch,
             relay,
             epoll,
@@ -411,7 +440,7 @@ impl ParkingLot {
             tracks: RefCell::new(std::collections::HashMap::new()),
             ips: RefCell::new(Vec::new()),
             retire: RefCell::new(Vec::new()),
-        })
+        }
     }
 
     /// Sets (or, with `None`, clears) how woken sockets are served again.
@@ -1250,12 +1279,11 @@ pub(super) mod tests {
         let limit = ConnectionLimit::new(max_connections, None);
         let stats = Arc::new(WorkerStats::default());
         let lot = ParkingLot::new(
+            LotFds::new(Duration::ZERO).unwrap(),
             limit.clone(),
             stats.clone(),
             Duration::from_secs(2),
-            Duration::ZERO,
-        )
-        .unwrap();
+        );
         (lot, limit, stats)
     }
 

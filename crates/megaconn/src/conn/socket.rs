@@ -4,6 +4,18 @@
 //! balances new connections across them; no worker steals from another and there
 //! is no shared accept queue lock. Options set on the listener (buffer sizes,
 //! keepalive) are inherited by accepted sockets, so they cost nothing per accept.
+//!
+//! Binding and listening are two steps when the port is shared with other
+//! processes (`reuse_port_shared`: a supervisor's worker processes). A socket
+//! joins its port's `SO_REUSEPORT` group at `listen(2)`, not at `bind(2)`, and
+//! from then on the kernel gives it its share of new connections; a process
+//! that fails after that resets the connections queued in its share, which
+//! its siblings would have served. So those sockets are only bound here and
+//! listen as the last step of `Server::start` ([`listen_bound`]), once all
+//! that can fail has succeeded. A socket the server has to itself listens at
+//! once (`Builder::listen`): a connection made before the server starts waits
+//! in its queue and is served, as callers that connect right after `listen`
+//! expect, and nobody else would have served it.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -67,8 +79,10 @@ pub(crate) fn bind_all(config: &Config) -> Result<Bound, Error> {
         }
         // Port 0 resolves on the first bind; the other workers join that port.
         let mut addr = requested;
+        let listen_now = !config.reuse_port_shared;
         for listeners in per_worker.iter_mut() {
-            let listener = bind_one(addr, config).map_err(|source| listen_error(addr, source))?;
+            let listener =
+                bind_one(addr, config, listen_now).map_err(|source| listen_error(addr, source))?;
             addr = listener
                 .local_addr()
                 .map_err(|source| listen_error(addr, source))?;
@@ -127,7 +141,9 @@ fn probe_free(addr: SocketAddr) -> Result<(), Error> {
         .map_err(|source| listen_error(addr, source))
 }
 
-fn bind_one(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
+/// Makes a socket for `addr` with every option of `config` and binds it;
+/// `listen`: listens on it too (otherwise [`listen_bound`] does, later).
+fn bind_one(addr: SocketAddr, config: &Config, listen: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -153,8 +169,47 @@ fn bind_one(addr: SocketAddr, config: &Config) -> io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))?;
+    if listen {
+        socket.listen(backlog(config))?;
+    }
     Ok(socket.into())
+}
+
+fn backlog(config: &Config) -> i32 {
+    i32::try_from(config.backlog).unwrap_or(i32::MAX)
+}
+
+/// Listens on each of `listeners` not listening yet (bound by [`bind_all`]
+/// for a shared port; see the module doc), the last step of
+/// `Server::start`. One already listening is left as it is, its backlog
+/// too: bound and listened on by `bind_all`, handed over by systemd, or
+/// taken over from the process this one replaces (whose queue it is).
+pub(crate) fn listen_bound<'a>(
+    listeners: impl IntoIterator<Item = &'a TcpListener>,
+    config: &Config,
+) -> Result<(), Error> {
+    for listener in listeners {
+        let socket = SockRef::from(listener);
+        let addr = || {
+            listener
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        };
+        // SO_ACCEPTCONN: whether it listens. Copies of one socket (an
+        // address shared by several workers) see the first `listen`.
+        if socket
+            .is_listener()
+            .map_err(|source| listen_error(addr(), source))?
+        {
+            continue;
+        }
+        // Binding with SO_REUSEPORT checked the port; listening checks it
+        // again (a socket without the option may have taken it meanwhile).
+        socket
+            .listen(backlog(config))
+            .map_err(|source| listen_error(addr(), source))?;
+    }
+    Ok(())
 }
 
 /// `TCP_DEFER_ACCEPT`: the kernel wakes us only once the client sent data, so a

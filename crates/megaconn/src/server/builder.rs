@@ -25,7 +25,8 @@ use crate::observe::stats::{ServerStats, WorkerStats};
 use crate::server::worker::{self, WorkerSetup, WorkerSummary};
 use crate::service::HttpService;
 
-/// A megaconn server: bound listeners, ready to serve.
+/// A megaconn server: bound listeners, ready to serve (listening, except on
+/// a shared port: see [`Builder::reuse_port_shared`]).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), megaconn::Error> {
@@ -131,16 +132,26 @@ impl Server {
     }
 
     /// Starts serving `service` in two steps: this one makes everything
-    /// that can fail (each worker's runtime and thread, the stall
-    /// watchdog's thread, the thread that joins the workers) and sets the
-    /// workers up, but none accepts a connection nor adopts a parked one yet; [`Started::run`] lets them,
-    /// and cannot fail. Between the two, connections wait in the kernel's
-    /// queues.
+    /// that can fail and sets the workers up, but none accepts a connection
+    /// nor adopts a parked one yet; [`Started::run`] lets them, and cannot
+    /// fail. Between the two, connections wait in the kernel's queues.
+    ///
+    /// Made here, in this order: the thread that joins the workers; each
+    /// worker's runtime, parking lot (its epoll set) and thread; the stall
+    /// watchdog's thread; then, last, listening on the sockets bound for a
+    /// shared port ([`Builder::reuse_port_shared`]), and each worker's
+    /// listening sockets registered with its runtime. An error names what
+    /// failed and says what to do about it ([`Error::Worker`],
+    /// [`Error::ParkingLot`], [`Error::Thread`], [`Error::Listen`],
+    /// [`Error::Register`]).
     ///
     /// For a zero-downtime upgrade: a new process starts its server, then
     /// tells the old one it takes over, then runs; should the start fail,
-    /// the old process has not been told and serves on. Dropping the
-    /// [`Started`] stops its workers, which have accepted nothing.
+    /// the old process has not been told and serves on. For a process
+    /// joining a port others serve (a supervisor's worker process): one
+    /// whose start fails never listened, so it took no share of the
+    /// port's connections. Dropping the [`Started`] stops its workers,
+    /// which have accepted nothing.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), megaconn::Error> {
@@ -171,17 +182,17 @@ impl Server {
         // started so far, before they accept anything.
         let stop = StopOnDrop(handle.clone());
         let (go, go_rx) = watch::channel(false);
-        let mut threads = Vec::with_capacity(listeners.len());
+        let JoinThread { threads, joined } = join_thread(handle.hand_over.clone())?;
         let stall_alarm = config
             .stall_threshold
             .map(|_| crate::server::stall::Alarm::new());
+        let mut workers = Vec::with_capacity(listeners.len());
         for ((index, listeners), adopt) in listeners.into_iter().enumerate().zip(adopt) {
             let setup = WorkerSetup {
                 stall_alarm: stall_alarm.clone(),
                 adopt,
                 hand_over: handle.hand_over.clone(),
                 index,
-                listeners,
                 service: service.clone(),
                 config: config.clone(),
                 stats: handle.workers[index].clone(),
@@ -190,12 +201,13 @@ impl Server {
                 go: go_rx.clone(),
                 registry: handle.registries.get(index).cloned(),
             };
-            let thread = worker::spawn(setup).map_err(|source| Error::Worker {
-                worker: index,
-                source,
-            })?;
-            threads.push(thread);
+            let worker = worker::spawn(setup)?;
+            // Joined from now on, whatever happens next.
+            let _ = threads.send(worker.thread);
+            workers.push((worker.listeners, listeners));
         }
+        // The join thread has them all.
+        drop(threads);
 
         // Dropped when serving ends, which stops the watchdog thread.
         let stall_watch = match config.stall_threshold.zip(stall_alarm) {
@@ -213,39 +225,61 @@ impl Server {
             ),
             None => None,
         };
-        // Joining is blocking: a thread of its own does it, made here where
-        // failing is allowed, so that `run` needs none (its fallback was to
-        // join on the caller's executor thread, blocking a current-thread
-        // runtime up to `shutdown_timeout`).
-        let workers = threads.len();
-        let (joined_tx, joined) = tokio::sync::oneshot::channel();
-        let hand_over = handle.hand_over.clone();
-        std::thread::Builder::new()
-            .name(JOIN_THREAD.into())
-            .spawn(move || {
-                let summaries = threads
-                    .into_iter()
-                    .map(|t| t.join().unwrap_or_default())
-                    .collect::<Vec<_>>();
-                // Whoever waits for a hand-over sees it end, even if a
-                // worker died, and also when the server was started and
-                // dropped without running (so not in `run`).
-                lock(&hand_over).take();
-                let _ = joined_tx.send(summaries);
-            })
-            .map_err(|source| Error::Thread {
-                name: JOIN_THREAD,
-                source,
-            })?;
+        // Last: a socket bound for a shared port joins its `SO_REUSEPORT`
+        // group here, once nothing above failed (`conn/socket.rs`); and a
+        // socket is registered with a runtime only once it listens (see
+        // `Listeners::hand`).
+        crate::conn::socket::listen_bound(workers.iter().flat_map(|(_, l)| l), &config)?;
+        let n = workers.len();
+        for (to, listeners) in workers {
+            to.hand(listeners)?;
+        }
         Ok(Started {
             handle,
             go,
-            workers,
+            workers: n,
             joined,
             stall_watch,
             stop,
         })
     }
+}
+
+/// The thread that joins a server's workers, made by [`join_thread`].
+struct JoinThread {
+    /// Where the workers' threads go, to be joined; dropped once all went.
+    threads: std::sync::mpsc::Sender<std::thread::JoinHandle<WorkerSummary>>,
+    /// The workers' summaries, once all of them have ended.
+    joined: tokio::sync::oneshot::Receiver<Vec<WorkerSummary>>,
+}
+
+/// Starts the thread that joins the workers, as they are made. Joining is
+/// blocking: a thread of its own does it, so that [`Started::run`] needs
+/// none (its fallback was to join on the caller's executor thread,
+/// blocking a current-thread runtime up to `shutdown_timeout`). Made
+/// first: a start that fails after some workers were made has them
+/// joined too (they stop at once), none left running on its own.
+fn join_thread(hand_over: HandOverSlot) -> Result<JoinThread, Error> {
+    let (threads, to_join) = std::sync::mpsc::channel::<std::thread::JoinHandle<WorkerSummary>>();
+    let (joined_tx, joined) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(JOIN_THREAD.into())
+        .spawn(move || {
+            let summaries = to_join
+                .into_iter()
+                .map(|t| t.join().unwrap_or_default())
+                .collect::<Vec<_>>();
+            // Whoever waits for a hand-over sees it end, even if a worker
+            // died, and also when the server was started and dropped
+            // without running (so not in `run`).
+            lock(&hand_over).take();
+            let _ = joined_tx.send(summaries);
+        })
+        .map_err(|source| Error::Thread {
+            name: JOIN_THREAD,
+            source,
+        })?;
+    Ok(JoinThread { threads, joined })
 }
 
 /// The name of the thread that joins a server's workers (also in
@@ -818,6 +852,17 @@ impl Builder {
     /// Allow sharing the port with other processes that also use `SO_REUSEPORT`
     /// (megaconn's own worker processes). Default: false, so a port already in
     /// use is an error rather than a silent share.
+    ///
+    /// On, [`listen`](Builder::listen) binds the sockets it makes without
+    /// listening on them, and [`Server::start`] listens as its last step: a
+    /// socket joins its port's `SO_REUSEPORT` group when it listens, and the
+    /// kernel then gives it its share of new connections, which a process
+    /// that failed to start would have reset while the other processes
+    /// could have served them. Until then nothing connects to them, and
+    /// their copies from [`ServerHandle::listening_sockets`] do not listen
+    /// either. (Sockets given with [`listener`](Builder::listener) or taken
+    /// over with [`adopt_listeners`](Builder::adopt_listeners) listen
+    /// already, and are left so.)
     pub fn reuse_port_shared(mut self, on: bool) -> Builder {
         self.config.reuse_port_shared = on;
         self
@@ -848,7 +893,11 @@ impl Builder {
     }
 
     /// Validates the configuration and binds every listener (one per worker per
-    /// address). Errors here, not later: a port in use, a bad address, a bad knob.
+    /// address), listening on it at once: a connection made before the server
+    /// starts waits in the queue. Errors here, not later: a port in use, a bad
+    /// address, a bad knob. With [`reuse_port_shared`](Builder::reuse_port_shared)
+    /// the sockets are bound only, and listen at the end of
+    /// [`Server::start`].
     pub fn listen(self) -> Result<Server, Error> {
         self.validate()?;
         let mut config = self.config;

@@ -7,6 +7,13 @@
 //! atomics. The kernel spreads new connections across the workers' listeners.
 //! (The same idea as pingora's `pingora-runtime`, with one runtime per thread
 //! instead of a pool.)
+//!
+//! `Server::start` makes a worker in two steps, on its own thread: [`spawn`]
+//! (the runtime, the parking lot's epoll set, the thread, which sets the
+//! worker up and waits), then [`Listeners::hand`] (its listening sockets
+//! registered with its runtime). All a worker's start can fail at happens
+//! there, so it fails the server's start, before anything is accepted; the
+//! worker accepts once the server runs (`Started::run`).
 
 use std::net::TcpListener as StdTcpListener;
 use std::rc::Rc;
@@ -17,15 +24,19 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
 use crate::conn::accept::accept_loop;
 use crate::conn::config::Config;
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
 use crate::conn::handover::{self, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
-use crate::conn::park::{self, ParkingLot, Respawn};
+use crate::conn::park::{self, LotFds, ParkingLot, Respawn};
 use crate::conn::woken::poll_once;
 use crate::conn::Incoming;
+use crate::error::Error;
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::{Registry, Tracked};
 use crate::observe::stats::{incr, WorkerStats};
@@ -43,10 +54,10 @@ pub(crate) struct WorkerSummary {
     pub forced: usize,
 }
 
-/// Everything a worker thread needs, moved into it.
+/// Everything a worker thread needs, moved into it (its listening sockets
+/// come later: [`Listeners::hand`]).
 pub(crate) struct WorkerSetup<S> {
     pub index: usize,
-    pub listeners: Vec<StdTcpListener>,
     pub service: S,
     pub config: Arc<Config>,
     pub stats: Arc<WorkerStats>,
@@ -64,36 +75,183 @@ pub(crate) struct WorkerSetup<S> {
     pub stall_alarm: Option<Arc<crate::server::stall::Alarm>>,
 }
 
-/// Makes a worker's runtime and starts its thread, which sets the worker
-/// up, accepts (and adopts) only once `go`, and runs until the shutdown
-/// signal and its drain end. Everything that can fail is done here, on the
-/// caller's thread, before anything is accepted (`Server::start`).
-pub(crate) fn spawn<S>(setup: WorkerSetup<S>) -> std::io::Result<JoinHandle<WorkerSummary>>
+/// A worker started by [`spawn`]: its thread, and where its listening
+/// sockets go.
+pub(crate) struct Spawned {
+    pub thread: JoinHandle<WorkerSummary>,
+    pub listeners: Listeners,
+}
+
+/// Makes a worker's runtime and parking lot and starts its thread, which
+/// sets the worker up and waits for its listening sockets
+/// ([`Listeners::hand`]) and for `go` before it accepts (and adopts). What
+/// can fail is done here, on the caller's thread, before anything is
+/// accepted (`Server::start`), and fails the start.
+pub(crate) fn spawn<S>(setup: WorkerSetup<S>) -> Result<Spawned, Error>
 where
     S: HttpService + Clone + Send + 'static,
     S::Future: 'static,
     S::ResBody: 'static,
 {
+    let worker = setup.index;
     let mut runtime = tokio::runtime::Builder::new_current_thread();
     runtime.enable_all();
     if let Some(alarm) = &setup.stall_alarm {
         crate::server::stall::hooks(&mut runtime, &setup.stats, alarm);
     }
-    let runtime = runtime.build()?;
-    std::thread::Builder::new()
-        .name(format!("megaconn-worker-{}", setup.index))
+    let runtime = WorkerRuntime(Some(
+        runtime
+            .build()
+            .map_err(|source| Error::Worker { worker, source })?,
+    ));
+    // A worker without its lot could serve on, every idle connection a
+    // task: ~2 KB each instead of a few bytes, so a fraction of the
+    // connections the server is sized for before memory runs out, and an
+    // upgrade's parked connections closed instead of adopted (`handover.rs`).
+    // That is not the server that was configured: the start fails, and
+    // says how to get one (more descriptors, or parking off).
+    let lot = match setup.config.park_idle_after {
+        Some(_) => {
+            let _runtime = runtime.get().enter();
+            let made = match test_failure(TestFailure::Lot, worker) {
+                Some(injected) => Err(injected),
+                None => LotFds::new(setup.config.park_wake_batch),
+            };
+            Some(made.map_err(|source| Error::ParkingLot { worker, source })?)
+        }
+        None => None,
+    };
+    let (tx, listeners) = oneshot::channel();
+    let handle = runtime.get().handle().clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("megaconn-worker-{worker}"))
         .spawn(move || {
             let local = tokio::task::LocalSet::new();
-            let summary = local.block_on(&runtime, run(setup));
-            // The connections still open at the deadline were dropped with
-            // the LocalSet's tasks; blocking work a handler started
-            // (`spawn_blocking`) may still run. Dropping the runtime would
-            // wait for it forever, past `shutdown_timeout`: let it finish
-            // on its own thread instead.
+            let summary = local.block_on(runtime.get(), run(setup, lot, listeners));
+            // Its tasks first, then the runtime (see `WorkerRuntime`).
             drop(local);
-            runtime.shutdown_background();
+            drop(runtime);
             summary
         })
+        .map_err(|source| Error::Worker { worker, source })?;
+    Ok(Spawned {
+        thread,
+        listeners: Listeners {
+            worker,
+            runtime: handle,
+            tx,
+        },
+    })
+}
+
+/// A worker's runtime, shut down in the background when dropped, never
+/// waited for. At the end of its thread: the connections still open at the
+/// deadline were dropped with the `LocalSet`'s tasks, but blocking work a
+/// handler started (`spawn_blocking`) may still run, and a dropped
+/// `Runtime` would wait for it forever, past `shutdown_timeout`. On the
+/// caller's thread, when a start fails after it was made: that thread is
+/// usually a runtime's (`serve` is async), where tokio panics rather than
+/// wait.
+struct WorkerRuntime(Option<tokio::runtime::Runtime>);
+
+impl WorkerRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl Drop for WorkerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Where a started worker's listening sockets go: registered with its
+/// runtime on the thread that starts the server, then handed to it.
+pub(crate) struct Listeners {
+    worker: usize,
+    runtime: tokio::runtime::Handle,
+    tx: oneshot::Sender<Vec<AsyncFd<StdTcpListener>>>,
+}
+
+impl Listeners {
+    /// Registers `listeners` with the worker's runtime (for readiness only:
+    /// `accept_loop` accepts bare sockets, `accept4`, which tokio's own
+    /// listener would register at once) and hands them to the worker.
+    ///
+    /// Only once they listen: a socket not listening yet polls as hung up
+    /// (`EPOLLHUP`), a readiness tokio keeps for good (closed is final),
+    /// and its accept loop would spin. So on a shared port, where listening comes last
+    /// (`conn/socket.rs`), this comes right after it, and a failure here
+    /// resets what queued in those microseconds. One that fails fails the
+    /// start: a worker that served on without it would leave the socket in
+    /// its `SO_REUSEPORT` group, with its share of new connections queued
+    /// where nobody accepts them (it used to be logged, and lost so).
+    pub(crate) fn hand(self, listeners: Vec<StdTcpListener>) -> Result<(), Error> {
+        let _runtime = self.runtime.enter();
+        let mut registered = Vec::with_capacity(listeners.len());
+        for listener in listeners {
+            let addr = listener
+                .local_addr()
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            let watched = match test_failure(TestFailure::Register, self.worker) {
+                Some(injected) => Err(injected),
+                // SAFETY: a std listener owns its descriptor, open and
+                // unchanged for as long as the AsyncFd holds it.
+                None => unsafe {
+                    AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
+                }
+                .map_err(std::io::Error::from),
+            };
+            registered.push(watched.map_err(|source| Error::Register {
+                worker: self.worker,
+                addr,
+                source,
+            })?);
+        }
+        // A worker that is gone (it panicked) drops them, closing its copies.
+        let _ = self.tx.send(registered);
+        Ok(())
+    }
+}
+
+/// A step of a worker's start that a test can make fail ([`test_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TestFailure {
+    /// Making its parking lot.
+    Lot,
+    /// Registering its listening sockets.
+    Register,
+}
+
+/// Test-only knob (not a user setting): `lot N` or `register N` makes that
+/// step of worker N's start fail, as at the open-file limit (`EMFILE`) or
+/// the user's epoll watch limit (`ENOSPC`). No test can bring a real
+/// process there for one worker of one server: these limits are the
+/// user's or the system's (`fs.epoll.max_user_watches`), or hit the
+/// runtime first. Set on a `megaconn` child process by the command-line
+/// tests. Obeyed by debug builds only (what `cargo test` builds; `cfg!`
+/// keeps the code in release builds, where it returns at once), as the
+/// command line's test gates (`crates/cli/upgrade.rs`).
+const TEST_FAILURE_ENV: &str = "MEGACONN_TEST_WORKER_FAIL";
+
+/// The error `step` of `worker`'s start is to fail with, if a test says so
+/// ([`TEST_FAILURE_ENV`]).
+fn test_failure(step: TestFailure, worker: usize) -> Option<std::io::Error> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let told = std::env::var(TEST_FAILURE_ENV).ok()?;
+    let (what, index) = told.split_once(' ')?;
+    let (named, errno) = match what {
+        "lot" => (TestFailure::Lot, libc::EMFILE),
+        "register" => (TestFailure::Register, libc::ENOSPC),
+        _ => return None,
+    };
+    (named == step && index.trim().parse() == Ok(worker))
+        .then(|| std::io::Error::from_raw_os_error(errno))
 }
 
 /// Spawns the task serving one connection; shared by the acceptor and the
@@ -242,7 +400,11 @@ fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Box<F> {
     unsafe { boxed.assume_init() }
 }
 
-async fn run<S>(setup: WorkerSetup<S>) -> WorkerSummary
+async fn run<S>(
+    setup: WorkerSetup<S>,
+    lot: Option<LotFds>,
+    listeners: oneshot::Receiver<Vec<AsyncFd<StdTcpListener>>>,
+) -> WorkerSummary
 where
     S: HttpService + Clone + 'static,
     S::Future: 'static,
@@ -250,7 +412,6 @@ where
 {
     let WorkerSetup {
         index,
-        listeners,
         service,
         config,
         stats,
@@ -264,11 +425,9 @@ where
     } = setup;
     // A connection woken less than `park_idle_after` after it was parked is
     // busy again: it waits as a task before it is parked once more.
-    let park = config.park_idle_after.and_then(|hot_within| {
-        ParkingLot::new(limit.clone(), stats.clone(), hot_within, config.park_wake_batch)
-            .map_err(|e| tracing::warn!(worker = index, error = %e, "no parking lot; idle connections stay tasks"))
-            .ok()
-    });
+    let park = lot
+        .zip(config.park_idle_after)
+        .map(|(fds, hot_within)| ParkingLot::new(fds, limit.clone(), stats.clone(), hot_within));
     let mut ctx = WorkerContext::new(index, config.clone(), stats, park);
     ctx.registry = registry;
     let ctx = Rc::new(ctx);
@@ -291,36 +450,24 @@ where
     // The stall detector's tick, for when its watchdog asks (`stall.rs`).
     let ticking = stall_alarm
         .map(|_| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone())));
-    // Registered now, accepted on only once the server runs: until then
-    // connections wait in the kernel's queue (a new process of an upgrade
-    // takes none before it told the old one it serves).
-    let mut registered = Vec::with_capacity(listeners.len());
-    for listener in listeners {
-        // Watched for readiness only: `accept_loop` accepts bare sockets
-        // (`accept4`), which tokio's own listener would register at once.
-        // SAFETY: a std listener owns its descriptor, open and unchanged for
-        // as long as the AsyncFd holds it.
-        let listener = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                listener,
-                tokio::io::Interest::READABLE,
-            )
-        };
-        match listener.map_err(std::io::Error::from) {
-            Ok(listener) => registered.push(listener),
-            Err(e) => tracing::error!(worker = index, error = %e, "cannot register listener"),
-        }
-    }
-    // Stopped (or the `Started` dropped) before it ran: accept nothing,
-    // adopt nothing, and shut down as usual with nothing to drain.
+    // Accepted on only once the server runs: until then connections wait
+    // in the kernel's queue (a new process of an upgrade takes none before
+    // it told the old one it serves). Stopped (or the `Started` dropped)
+    // before it ran: accept nothing, adopt nothing, and shut down as usual
+    // with nothing to drain.
     let going = tokio::select! {
         biased;
         _ = shutdown.wait_for(|stop| *stop) => false,
         went = go.wait_for(|go| *go) => went.is_ok(),
     };
-    if !going {
-        registered.clear();
-    }
+    // Handed over by `Server::start` before it returned, so before the go.
+    let registered = if going {
+        listeners.await.unwrap_or_default()
+    } else {
+        // Its copies of the listening sockets close now.
+        drop(listeners);
+        Vec::new()
+    };
     let adopting = going.then(|| {
         let (ctx, limit) = (ctx.clone(), limit.clone());
         tokio::task::spawn_local(async move {
