@@ -52,6 +52,26 @@ fn start_with(
 ) -> (Generation, String) {
     let mut cmd = serve_command(n, listen, socket, extra);
     let (child, lines) = spawn_generation(cmd.envs(env.iter().copied()));
+    generation(n, child, lines, extra)
+}
+
+/// As [`start_with`], with its log piped (`RUST_LOG=info`) and read.
+fn start_logged(
+    n: usize,
+    listen: &str,
+    socket: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Generation, String, Log) {
+    let mut cmd = serve_command(n, listen, socket, extra);
+    let (child, lines, log) = Log::spawn(cmd.envs(env.iter().copied()));
+    let (generation, addr) = generation(n, child, lines, extra);
+    (generation, addr, log)
+}
+
+/// Generation `n`, spawned as `child` with output `lines`, once
+/// [`started`].
+fn generation(n: usize, child: ChildGuard, lines: Lines, extra: &[&str]) -> (Generation, String) {
     let (addr, admin) = started(n, &lines, extra);
     (
         Generation {
@@ -1271,23 +1291,25 @@ struct AtAcceptGate {
     log: Log,
     /// Where it serves.
     addr: String,
+    /// Its admin listener (empty without one).
+    admin: String,
 }
 
-/// Starts an [`AtAcceptGate`]; returns once it serves.
+/// Starts an [`AtAcceptGate`] with `--admin admin`; returns once it serves.
 fn at_accept_gate(dir: &Path, admin: &str) -> AtAcceptGate {
     let socket = dir.join("upgrade.sock");
     let gate = Gate::at(&socket, ".accept.gate");
-    let mut cmd = serve_command(0, "127.0.0.1:0", &socket, &["--admin", admin]);
-    cmd.env("MEGACONN_TEST_ACCEPT_GATE", "1");
-    let (child, lines, log) = Log::spawn(&mut cmd);
-    let addr = serving_addr(&lines);
+    let extra = ["--admin", admin];
+    let accept = ("MEGACONN_TEST_ACCEPT_GATE", "1");
+    let (server, addr, log) = start_logged(0, "127.0.0.1:0", &socket, &extra, &[accept]);
     AtAcceptGate {
         socket,
         gate,
-        child,
-        lines,
+        child: server.child,
+        lines: server.lines,
         log,
         addr,
+        admin: server.admin,
     }
 }
 
@@ -1309,6 +1331,7 @@ fn a_server_whose_control_socket_accept_failed_is_taken_over() {
         lines: old_lines,
         log: old_log,
         addr,
+        ..
     } = at_accept_gate(dir.path(), "off");
     const FAILED: &str = "upgrade control socket: accept failed";
     for _ in 0..2 {
@@ -1374,17 +1397,14 @@ fn a_control_socket_lost_while_shutting_down_is_not_bound_again() {
         socket,
         gate,
         child: mut server,
-        lines,
+        lines: _lines,
         log,
         addr,
+        admin,
     } = at_accept_gate(dir.path(), "127.0.0.1:0");
-    let line = lines.expect_line();
-    let admin = line
-        .strip_prefix("megaconn admin on http://")
-        .unwrap_or_else(|| panic!("no admin line: {line}"));
     let (pid, mut gone) = gate.next();
     assert_eq!(pid, server.id());
-    let mut held = hold_request(&addr, admin);
+    let mut held = hold_request(&addr, &admin);
     server.signal(libc::SIGTERM);
     log.wait_for_line("shutting down gracefully", "");
     gone.write_all(b"shutdown\n").unwrap();
@@ -1763,15 +1783,8 @@ fn an_old_process_whose_worker_panics_as_it_hands_over_still_hands_over() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
     let extra = ["--admin", "off"];
-    let mut cmd = serve_command(0, "127.0.0.1:0", &socket, &extra);
-    cmd.env("MEGACONN_TEST_WORKER_PANIC", "1");
-    let (child, lines, log) = Log::spawn(&mut cmd);
-    let addr = serving_addr(&lines);
-    let old = Generation {
-        child,
-        lines,
-        admin: String::new(),
-    };
+    let panics = ("MEGACONN_TEST_WORKER_PANIC", "1");
+    let (old, addr, log) = start_logged(0, "127.0.0.1:0", &socket, &extra, &[panics]);
     let mut idle: Vec<_> = (0..N).map(|_| idle_after_gen0(&addr)).collect();
     let new = NewGeneration::start(&addr, &socket, &extra);
     // The gate is a log layer: it sees the worker's line only if the log
