@@ -1,5 +1,13 @@
 //! Log output: human-readable on a terminal, JSON lines with `--log-format json`.
 //! The level comes from `RUST_LOG` (default `info`).
+//!
+//! One more layer sits on the subscriber: a test gate that makes a worker
+//! panic at its hand-over's line (`upgrade::WorkerPanic`, debug builds
+//! only, when a test sets its variable). Otherwise it is `None`, and an
+//! `Option` of a layer that is `None` is a layer that does nothing (it
+//! takes no event and filters none out), so that the subscriber is built
+//! the same way in every build. Being a layer, it sees only what the
+//! filter above lets through.
 
 use std::io::IsTerminal;
 

@@ -334,6 +334,14 @@ const HANDING_OVER: &str = "handing parked connections over";
 
 /// The log layer that makes a worker panic as [`TEST_WORKER_PANIC_ENV`]
 /// says.
+///
+/// It sees only the events the subscriber's filter lets through
+/// (`RUST_LOG`, `info` by default, `logging.rs`): under a filter that
+/// drops the worker's info line (`RUST_LOG=warn`, say) it never fires, and
+/// it knows the line by its text ([`HANDING_OVER`]), which must stay that
+/// of the library's `server/worker.rs`. A test using it logs at info and
+/// waits for the worker's line before the panic's, so that a gate that no
+/// longer fires says which.
 pub struct WorkerPanic {
     /// The worker thread's name.
     thread: String,

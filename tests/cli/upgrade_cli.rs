@@ -5,7 +5,13 @@
 //!
 //! Each generation of the server sends its own `Server` header, so a response
 //! says which process served it. Every wait is on something the processes
-//! say (a line of output, a metric), bounded by `common::CHILD_SAFETY`.
+//! say or do (a line of output, a metric, a gate, a control socket renamed
+//! into place), bounded by `common::CHILD_SAFETY`, but one: that `megaconn
+//! upgrade done` has not come yet
+//! (`upgrade_done_comes_only_once_the_new_process_runs_its_servers`) is
+//! given a second, counted from when the process did all it does before
+//! the line, as nothing says that a line has not come; a machine too slow
+//! for that second can only make the test pass wrongly, never fail.
 
 use crate::common;
 
@@ -46,6 +52,26 @@ fn start_with(
 ) -> (Generation, String) {
     let mut cmd = serve_command(n, listen, socket, extra);
     let (child, lines) = spawn_generation(cmd.envs(env.iter().copied()));
+    generation(n, child, lines, extra)
+}
+
+/// As [`start_with`], with its log piped (`RUST_LOG=info`) and read.
+fn start_logged(
+    n: usize,
+    listen: &str,
+    socket: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Generation, String, Log) {
+    let mut cmd = serve_command(n, listen, socket, extra);
+    let (child, lines, log) = Log::spawn(cmd.envs(env.iter().copied()));
+    let (generation, addr) = generation(n, child, lines, extra);
+    (generation, addr, log)
+}
+
+/// Generation `n`, spawned as `child` with output `lines`, once
+/// [`started`].
+fn generation(n: usize, child: ChildGuard, lines: Lines, extra: &[&str]) -> (Generation, String) {
     let (addr, admin) = started(n, &lines, extra);
     (
         Generation {
@@ -130,6 +156,17 @@ fn finish(mut old: Generation) -> String {
     rest.into_iter()
         .find(|l| l.starts_with("megaconn handed over"))
         .unwrap_or_else(|| panic!("the old process did not hand over"))
+}
+
+/// How many parked connections an old process's hand-over line (from
+/// [`finish`]) says it handed over.
+fn parked_handed_over(handed: &str) -> usize {
+    handed
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" parked connections; draining"))
+        .unwrap_or_else(|| panic!("not a whole hand-over: {handed}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("not a count ({e}): {handed}"))
 }
 
 /// Reads one response on a keep-alive connection: status line, headers,
@@ -326,10 +363,7 @@ fn idle_connections_move(park_after: &str, idle_metric: &str) {
     }
     let (new, _) = start(1, &addr, &socket, &extra);
     let handed = finish(old);
-    assert!(
-        handed.contains(&format!("{N} parked connections")),
-        "{handed}"
-    );
+    assert_eq!(parked_handed_over(&handed), N, "{handed}");
     for c in &mut conns {
         c.get_mut()
             .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -609,13 +643,19 @@ impl Log {
     /// Waits for a log line (the supervisor's, or one of its worker
     /// processes', which share its stderr) with both `message` and `also`.
     fn wait_for_line(&self, message: &str, also: &str) -> String {
+        self.wait_for_line_or(message, also, "")
+    }
+
+    /// As [`Log::wait_for_line`]; if the line does not come, the failure
+    /// says `why` too (what a missing line points at).
+    fn wait_for_line_or(&self, message: &str, also: &str, why: &str) -> String {
         let deadline = Instant::now() + CHILD_SAFETY;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.0.recv_timeout(left) {
                 Ok(line) if line.contains(message) && line.contains(also) => return line,
                 Ok(_) => {}
-                Err(e) => panic!("no log line {message:?} with {also:?}: {e}"),
+                Err(e) => panic!("no log line {message:?} with {also:?}: {e}. {why}"),
             }
         }
     }
@@ -1251,23 +1291,25 @@ struct AtAcceptGate {
     log: Log,
     /// Where it serves.
     addr: String,
+    /// Its admin listener (empty without one).
+    admin: String,
 }
 
-/// Starts an [`AtAcceptGate`]; returns once it serves.
+/// Starts an [`AtAcceptGate`] with `--admin admin`; returns once it serves.
 fn at_accept_gate(dir: &Path, admin: &str) -> AtAcceptGate {
     let socket = dir.join("upgrade.sock");
     let gate = Gate::at(&socket, ".accept.gate");
-    let mut cmd = serve_command(0, "127.0.0.1:0", &socket, &["--admin", admin]);
-    cmd.env("MEGACONN_TEST_ACCEPT_GATE", "1");
-    let (child, lines, log) = Log::spawn(&mut cmd);
-    let addr = serving_addr(&lines);
+    let extra = ["--admin", admin];
+    let accept = ("MEGACONN_TEST_ACCEPT_GATE", "1");
+    let (server, addr, log) = start_logged(0, "127.0.0.1:0", &socket, &extra, &[accept]);
     AtAcceptGate {
         socket,
         gate,
-        child,
-        lines,
+        child: server.child,
+        lines: server.lines,
         log,
         addr,
+        admin: server.admin,
     }
 }
 
@@ -1289,6 +1331,7 @@ fn a_server_whose_control_socket_accept_failed_is_taken_over() {
         lines: old_lines,
         log: old_log,
         addr,
+        ..
     } = at_accept_gate(dir.path(), "off");
     const FAILED: &str = "upgrade control socket: accept failed";
     for _ in 0..2 {
@@ -1354,17 +1397,14 @@ fn a_control_socket_lost_while_shutting_down_is_not_bound_again() {
         socket,
         gate,
         child: mut server,
-        lines,
+        lines: _lines,
         log,
         addr,
+        admin,
     } = at_accept_gate(dir.path(), "127.0.0.1:0");
-    let line = lines.expect_line();
-    let admin = line
-        .strip_prefix("megaconn admin on http://")
-        .unwrap_or_else(|| panic!("no admin line: {line}"));
     let (pid, mut gone) = gate.next();
     assert_eq!(pid, server.id());
-    let mut held = hold_request(&addr, admin);
+    let mut held = hold_request(&addr, &admin);
     server.signal(libc::SIGTERM);
     log.wait_for_line("shutting down gracefully", "");
     gone.write_all(b"shutdown\n").unwrap();
@@ -1791,28 +1831,30 @@ fn an_old_process_whose_worker_panics_as_it_hands_over_still_hands_over() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("upgrade.sock");
     let extra = ["--admin", "off"];
-    let mut cmd = serve_command(0, "127.0.0.1:0", &socket, &extra);
-    cmd.env("MEGACONN_TEST_WORKER_PANIC", "1");
-    let (child, lines, log) = Log::spawn(&mut cmd);
-    let addr = serving_addr(&lines);
-    let old = Generation {
-        child,
-        lines,
-        admin: String::new(),
-    };
+    let panics = ("MEGACONN_TEST_WORKER_PANIC", "1");
+    let (old, addr, log) = start_logged(0, "127.0.0.1:0", &socket, &extra, &[panics]);
     let mut idle: Vec<_> = (0..N).map(|_| idle_after_gen0(&addr)).collect();
     let new = NewGeneration::start(&addr, &socket, &extra);
-    log.wait_for_line(
+    // The gate is a log layer: it sees the worker's line only if the log
+    // filter lets it through (`RUST_LOG=info`, `Log::spawn`), and knows it
+    // by its text. Each step waited for apart, so that a gate that does
+    // not fire says which end moved.
+    log.wait_for_line_or(
+        "handing parked connections over",
+        "worker=1",
+        "worker 1 did not log its hand-over at info: the line in \
+         crates/megaconn/src/server/worker.rs (after `take_portable`) moved, changed level \
+         or is filtered out",
+    );
+    log.wait_for_line_or(
         "panics as it hands its parked connections over",
         "megaconn-worker-1",
+        "worker 1 logged its hand-over but did not panic: its message no longer is \
+         `HANDING_OVER` in crates/cli/upgrade.rs (keep the two texts alike), or its \
+         thread is no longer named megaconn-worker-1",
     );
     let handed = finish(old);
-    let moved: usize = handed
-        .split(", ")
-        .find_map(|part| part.strip_suffix(" parked connections; draining"))
-        .unwrap_or_else(|| panic!("not a whole hand-over: {handed}"))
-        .parse()
-        .unwrap();
+    let moved = parked_handed_over(&handed);
     let new = new.done();
     let (mut answered, mut closed) = (0, 0);
     for c in &mut idle {
@@ -1860,9 +1902,13 @@ fn upgrade_done_comes_only_once_the_new_process_runs_its_servers() {
     assert_eq!(pid, new.id());
     serving_addr(&lines);
     let handed = finish(old);
-    assert!(handed.contains("0 parked connections"), "{handed}");
+    assert_eq!(parked_handed_over(&handed), 0, "{handed}");
     let (pid, bound) = bind.next_unless(&mut new);
     assert_eq!(pid, new.id());
+    // The old process left its socket at the name (the name is the new
+    // one's once it handed over): the new one's bind ends renaming its own
+    // onto it.
+    let old_socket = inode(&socket);
     drop(bound);
     let s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
@@ -1872,8 +1918,11 @@ fn upgrade_done_comes_only_once_the_new_process_runs_its_servers() {
         .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     // That a line does not come has no signal: this is how long it is
-    // given. Before the fix it came as soon as the bind let go above was
-    // done (a rename, microseconds); this waits 1000 times that and more.
+    // given, counted from the bind's end (its rename), so that a slow
+    // machine does not spend it before the bind. Before the fix the line
+    // came as soon as the bind was done (microseconds after the rename);
+    // this waits 1000 times that and more.
+    wait_for_new_inode(&socket, old_socket);
     let early = lines.line_within(Duration::from_secs(1));
     assert_eq!(early, None, "said before it runs its servers");
     drop(hold);
@@ -1885,4 +1934,29 @@ fn upgrade_done_comes_only_once_the_new_process_runs_its_servers() {
     let head = read_response(&mut waiting).expect("the waiting request is answered");
     assert!(head.contains("server: gen1"), "{head}");
     serves_alone(&addr, 1, new);
+}
+
+/// The inode at `path`, if anything is there.
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// Waits until something other than `was` (an [`inode`]) is at `path`: a
+/// process renamed its control socket onto it. Looked at every
+/// millisecond (a rename sends nothing), bounded by `CHILD_SAFETY`.
+fn wait_for_new_inode(path: &Path, was: Option<u64>) {
+    let deadline = Instant::now() + CHILD_SAFETY;
+    loop {
+        let now = inode(path);
+        if now.is_some() && now != was {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new control socket at {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }

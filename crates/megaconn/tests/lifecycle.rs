@@ -205,9 +205,28 @@ impl tracing::Subscriber for CaptureLog {
 /// Set, worker 1 of any server panics where it logs that it hands its
 /// parked connections over ([`CaptureLog`]), as a bug in its shutdown would:
 /// after it took them out of its lot, before it sent them. (No other test
-/// here hands over.)
+/// here hands over.) Set only through [`PanicAtHandOver`].
 static PANIC_AT_HAND_OVER: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
+
+/// Holds [`PANIC_AT_HAND_OVER`] set while it lives: the tests of this
+/// binary run in parallel on threads of one process, so a flag left set
+/// (by a test that ended, or that failed and unwound) would make a worker
+/// of any later server panic.
+struct PanicAtHandOver;
+
+impl PanicAtHandOver {
+    fn set() -> PanicAtHandOver {
+        PANIC_AT_HAND_OVER.store(true, std::sync::atomic::Ordering::SeqCst);
+        PanicAtHandOver
+    }
+}
+
+impl Drop for PanicAtHandOver {
+    fn drop(&mut self) {
+        PANIC_AT_HAND_OVER.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 /// Installs [`CaptureLog`] for the whole test binary (once).
 fn capture_log() {
@@ -634,7 +653,7 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
 
 /// A server started and dropped unrun while a hand-over is pending (an
 /// upgrade asked for its parked connections: `hand_over_parked`), one of
-/// its workers panicking as it hands them over ([`PANIC_AT_HAND_OVER`]):
+/// its workers panicking as it hands them over ([`PanicAtHandOver`]):
 /// the hand-over still ends, with the other worker's batch, instead of
 /// waiting for good for the dead one's. The server's join thread ends it
 /// once every worker ended; `Started::run` used to, after joining, which a
@@ -654,7 +673,7 @@ fn a_pending_hand_over_ends_when_a_server_dropped_unrun_loses_a_worker() {
     // handle gone, the hand-over would end anyway.
     let handle = started.handle();
     let batches = handle.hand_over_parked();
-    PANIC_AT_HAND_OVER.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _panics = PanicAtHandOver::set();
     drop(started);
     // Iterating blocks until the next batch or the end: on a thread, so
     // that the wait has a bound.
