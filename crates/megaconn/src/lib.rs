@@ -99,6 +99,8 @@
 //!  error.rs                                        stats.rs   per-worker counters
 //!                                                  metrics.rs Prometheus
 //!                                                  lifecycle.rs events, states
+//!                                                  by_id.rs   the live list's
+//!                                                     ordered ids (one vector)
 //!                                                  trace.rs   the request path's
 //!                                                     tracing hook (one branch)
 //!                                                  otel/      OpenTelemetry (the

@@ -3,11 +3,18 @@
 //! served and how many bytes crossed it.
 //!
 //! Tracking costs nothing unless a hook is installed. With one, each connection
-//! has a small [`ConnTrack`] (about 80 bytes, also kept for parked connections).
-//! The engine does not carry it through its types: a worker polls one
-//! connection at a time, so while a connection's task runs its track is the
-//! thread's *current* track, and the engine counts requests and bytes into it
-//! from wherever it is.
+//! has a small [`ConnTrack`] (about 120 bytes). The engine does not carry it
+//! through its types: a worker polls one connection at a time, so while a
+//! connection's task runs its track is the thread's *current* track, and the
+//! engine counts requests and bytes into it from wherever it is.
+//!
+//! A parked connection's track is kept by value in the parking lot's
+//! per-descriptor array, and its listing by value in its registry
+//! ([`ConnTrack::park`]): nothing of a parked connection stays allocated on
+//! its own, among what its task freed. (Each track and entry, allocated at
+//! accept between the tasks' allocations and kept while parked, held the
+//! pages around them: ~950 B per parked connection with
+//! `--debug-connections` against 24 B without, `bench/ALLOCATORS.md`.)
 
 use std::cell::Cell;
 use std::fmt;
@@ -20,6 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::observe::by_id::ById;
 use crate::observe::close::CloseReason;
 use crate::observe::stats::{incr, WorkerStats};
 
@@ -171,21 +179,40 @@ pub struct ConnectionInfo {
 /// by its worker, read by `ServerHandle::connections` ([`page`]) and the
 /// stall report, a [`CHUNK`] at a time ([`Listing`]).
 ///
-/// Ordered by id (a `BTreeMap`, where a hash map's order changes as it
+/// Ordered by id (a [`ById`], where a hash map's order changes as it
 /// grows): a listing takes the lock once per chunk and goes on after the
 /// last id it copied, so it holds no lock between chunks and still lists
 /// each connection open throughout once. Copying a million entries under one
 /// lock held the worker's every accept, close and state change off for the
 /// whole copy.
 ///
-/// The map is locked and searched only when a connection opens, closes or
-/// is listed. Its requests and state change per request: those go straight
-/// into its [`Entry`], which its track holds too ([`ConnTrack::entry`]), so
-/// an update costs no lock and no lookup (it cost both, O(log n) in the
-/// connections open, twice or more per request).
+/// The map is locked and searched only when a connection opens, parks,
+/// wakes, closes or is listed. Its requests and state change per request:
+/// those go straight into its [`Entry`], which its track holds too
+/// ([`ConnTrack::entry`]), so an update costs no lock and no lookup (it cost
+/// both, O(log n) in the connections open, twice or more per request).
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    entries: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Entry>>>,
+    entries: std::sync::Mutex<ById<Listed>>,
+}
+
+/// A listed connection as its registry keeps it.
+#[derive(Debug)]
+enum Listed {
+    /// Served by a task: the entry its track updates.
+    Awake(Arc<Entry>),
+    /// Parked: its entry by value, as it was when it parked (nothing
+    /// updates it until it wakes, [`Registry::wake`]).
+    Parked(Entry),
+}
+
+impl Listed {
+    fn entry(&self) -> &Entry {
+        match self {
+            Listed::Awake(entry) => entry,
+            Listed::Parked(entry) => entry,
+        }
+    }
 }
 
 /// Connections a listing copies per lock of a registry.
@@ -226,6 +253,17 @@ impl Entry {
         })
     }
 
+    /// A copy with the values its atomics hold now.
+    fn copied(&self) -> Entry {
+        Entry {
+            peer: self.peer,
+            worker: self.worker,
+            opened: self.opened,
+            state: AtomicU8::new(self.state.load(Relaxed)),
+            requests: AtomicU64::new(self.requests.load(Relaxed)),
+        }
+    }
+
     fn set_state(&self, state: ConnectionState) {
         self.state.store(state as u8, Relaxed);
     }
@@ -250,10 +288,36 @@ impl Entry {
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Arc<Entry>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ById<Listed>> {
         #[cfg(test)]
         tests::LOCKS.with(|l| l.set(l.get() + 1));
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connection `id` parks: its entry is kept by value from now on, and
+    /// the `Arc` its track shared is let go.
+    fn park(&self, id: u64) {
+        let mut entries = self.lock();
+        let Some(listed) = entries.get_mut(id) else {
+            return;
+        };
+        if let Listed::Awake(entry) = listed {
+            entry.set_state(ConnectionState::Parked);
+            *listed = Listed::Parked(entry.copied());
+        }
+    }
+
+    /// Connection `id` wakes: its entry, shared again with its track (still
+    /// `parked` until its protocol says what it does).
+    fn wake(&self, id: u64) -> Option<Arc<Entry>> {
+        let mut entries = self.lock();
+        let listed = entries.get_mut(id)?;
+        let entry = match listed {
+            Listed::Awake(entry) => entry.clone(),
+            Listed::Parked(entry) => Arc::new(entry.copied()),
+        };
+        *listed = Listed::Awake(entry.clone());
+        Some(entry)
     }
 
     /// How many connections are listed.
@@ -290,15 +354,13 @@ impl Listing<'_> {
     /// The next connection's id, copying the next chunk if needed.
     fn peek_id(&mut self) -> Option<u64> {
         if self.chunk.is_empty() && !self.done {
-            use std::ops::Bound;
-            let from = self.after.map_or(Bound::Unbounded, Bound::Excluded);
             let now = self.now;
             self.chunk.extend(
                 self.registry
                     .lock()
-                    .range((from, Bound::Unbounded))
+                    .after(self.after)
                     .take(CHUNK)
-                    .map(|(&id, e)| e.info(id, now)),
+                    .map(|(id, listed)| listed.entry().info(id, now)),
             );
             self.done = self.chunk.len() < CHUNK;
             self.after = self.chunk.back().map(|c| c.id).or(self.after);
@@ -441,7 +503,7 @@ impl ConnTrack {
         }
         let entry = registry.map(|registry| {
             let entry = Entry::new(peer, worker, ConnectionState::ReadingHead);
-            registry.lock().insert(id, entry.clone());
+            registry.lock().insert(id, Listed::Awake(entry.clone()));
             entry
         });
         Rc::new(ConnTrack {
@@ -491,6 +553,39 @@ impl ConnTrack {
         if let Some(entry) = &self.entry {
             entry.set_state(state);
         }
+    }
+
+    /// The connection parks: returns its track as the parking lot keeps it,
+    /// by value, with the listing's entry kept by value in the registry
+    /// ([`Registry::park`]): neither stays allocated on its own among what
+    /// the connection's task frees (see the module doc). The state is set
+    /// through its own entry, not the thread's current track: an adopted
+    /// connection (`handover::adopt`) is parked from the worker's loop, where
+    /// none is current. This track reports nothing more; the returned one
+    /// reports the close.
+    pub(crate) fn park(&self) -> ConnTrack {
+        if let Some(registry) = &self.registry {
+            registry.park(self.id);
+        }
+        ConnTrack {
+            id: self.id,
+            peer: self.peer,
+            opened: self.opened,
+            requests: self.requests.clone(),
+            bytes_in: self.bytes_in.clone(),
+            bytes_out: self.bytes_out.clone(),
+            closed: Cell::new(self.closed.replace(true)),
+            hook: self.hook.clone(),
+            registry: self.registry.clone(),
+            entry: None,
+        }
+    }
+
+    /// A parked connection wakes ([`ConnTrack::park`]'s track): its track as
+    /// its task shares it, with its entry shared with the registry again.
+    pub(crate) fn wake(self) -> Rc<ConnTrack> {
+        let entry = self.registry.as_ref().and_then(|r| r.wake(self.id));
+        Rc::new(ConnTrack { entry, ..self })
     }
 
     /// Hands the track over with an upgraded connection, which may leave this
@@ -719,14 +814,14 @@ mod tests {
         pub(super) static LOCKS: Cell<usize> = const { Cell::new(0) };
     }
 
-    fn entry(id: u64) -> Arc<Entry> {
+    fn entry(id: u64) -> Listed {
         let entry = Entry::new(
             SocketAddr::from(([127, 0, 0, 1], id as u16)),
             0,
             ConnectionState::Idle,
         );
         entry.requests.store(id, Relaxed);
-        entry
+        Listed::Awake(entry)
     }
 
     #[test]
@@ -778,6 +873,79 @@ mod tests {
         assert_eq!(listed()[0].state, ConnectionState::Upgraded);
         detached.close(CloseReason::Shutdown, &stats);
         assert!(listed().is_empty());
+    }
+
+    /// A connection parks and wakes: its listing stays (`parked`, its
+    /// requests), kept by value while it is parked (the registry lets the
+    /// entry it shared with the track go, and the lot keeps a track with
+    /// none: nothing left allocated on its own); the track it parked from
+    /// reports nothing more; woken, its counts go on from where they were,
+    /// into the listing and its `Closed` event.
+    #[test]
+    fn a_parked_track_and_its_listing_are_kept_by_value_and_go_on_when_woken() {
+        let registry = Arc::new(Registry::default());
+        let peer = SocketAddr::from(([127, 0, 0, 1], 7));
+        let stats = WorkerStats::default();
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let hook = ConnectionHook(Arc::new(move |e: &ConnectionEvent| {
+            seen.lock().unwrap().push(e.clone());
+        }));
+        let serve = |track: &Rc<ConnTrack>| {
+            let mut exchange = std::pin::pin!(Tracked::new(
+                std::future::poll_fn(|_| {
+                    count_request();
+                    count_in(10);
+                    count_out(20);
+                    Poll::Ready(())
+                }),
+                Some(track.clone()),
+            ));
+            assert!(poll(exchange.as_mut()).is_ready());
+        };
+        let listed = || -> Vec<(u64, ConnectionState, u64)> {
+            page(std::slice::from_ref(&registry), 0, 10)
+                .1
+                .iter()
+                .map(|c| (c.id, c.state, c.requests))
+                .collect()
+        };
+        let track = ConnTrack::open(Some(&hook), Some(&registry), peer, peer, 0, &stats);
+        serve(&track);
+
+        let parked = track.park();
+        assert!(parked.entry.is_none());
+        assert!(matches!(
+            registry.lock().get_mut(track.id),
+            Some(Listed::Parked(_))
+        ));
+        let shared = track.entry.as_ref().expect("listed");
+        assert_eq!(Arc::strong_count(shared), 1, "let go by the registry");
+        assert_eq!(listed(), [(track.id, ConnectionState::Parked, 1)]);
+        track.close(CloseReason::Shutdown, &stats);
+        assert_eq!(listed().len(), 1, "the track it parked from closes nothing");
+
+        let woken = parked.wake();
+        serve(&woken);
+        assert_eq!(listed(), [(track.id, ConnectionState::Parked, 2)]);
+        woken.close(CloseReason::IdleTimeout, &stats);
+        assert!(listed().is_empty());
+        let events = events.lock().unwrap();
+        let [ConnectionEvent::Opened { .. }, ConnectionEvent::Closed {
+            id,
+            requests,
+            bytes_in,
+            bytes_out,
+            reason,
+            ..
+        }] = &events[..]
+        else {
+            panic!("opened and closed once: {events:?}")
+        };
+        assert_eq!(
+            (*id, *requests, *bytes_in, *bytes_out, *reason),
+            (track.id, 2, 20, 40, CloseReason::IdleTimeout)
+        );
     }
 
     /// Registries listing `ids`, one per slice.
