@@ -1372,7 +1372,7 @@ pub(super) mod tests {
     /// track, not the thread's current one (it was listed `reading_head`).
     #[tokio::test]
     async fn a_connection_parked_outside_its_task_is_listed_as_parked() {
-        use crate::observe::lifecycle::{page, Registry};
+        use crate::observe::registry::{page, Registry};
         let f = fixture();
         let registry = Arc::new(Registry::default());
         let (server, _client) = pair();
@@ -1405,7 +1405,7 @@ pub(super) mod tests {
     /// throughout: no connection confused with another.
     #[tokio::test]
     async fn a_reused_descriptor_lists_its_own_parked_connection() {
-        use crate::observe::lifecycle::{page, Registry};
+        use crate::observe::registry::{page, Registry};
         use crate::ConnectionState::Parked;
         let f = fixture();
         let registry = Arc::new(Registry::default());

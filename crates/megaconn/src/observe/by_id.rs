@@ -1,5 +1,5 @@
 //! An ordered map from connection ids to values, in one vector: what a
-//! worker's list of live connections (`lifecycle::Registry`) keeps them in.
+//! worker's list of live connections (`registry::Registry`) keeps them in.
 //!
 //! Why not a `BTreeMap`: its nodes are allocated as connections open, a
 //! node every six or so, among the allocations of the connections' tasks.

@@ -11,5 +11,6 @@ pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub(crate) mod ratelog;
+pub(crate) mod registry;
 pub(crate) mod stats;
 pub(crate) mod trace;
