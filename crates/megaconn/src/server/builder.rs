@@ -812,6 +812,21 @@ impl Builder {
         self
     }
 
+    /// For tests only, not a setting: makes `step` of worker `worker`'s
+    /// start fail, as no test can make a real limit fail one worker of one
+    /// server (the open-file and epoll watch limits are the user's or the
+    /// system's, and hit the runtime first). The command line sets it from
+    /// its own test knob, in debug builds only (`crates/cli/upgrade.rs`).
+    #[doc(hidden)]
+    pub fn fail_worker_start_for_test(
+        mut self,
+        step: crate::WorkerStartFailure,
+        worker: usize,
+    ) -> Builder {
+        self.config.fail_worker_start = Some((step, worker));
+        self
+    }
+
     /// Listen backlog. Default: 4096 (the kernel caps it at `net.core.somaxconn`).
     pub fn backlog(mut self, n: u32) -> Builder {
         self.config.backlog = n;
