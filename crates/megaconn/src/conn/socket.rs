@@ -12,7 +12,13 @@
 //! that fails after that resets the connections queued in its share, which
 //! its siblings would have served. So those sockets are only bound here and
 //! listen as the last step of `Server::start` ([`listen_bound`]), once all
-//! that can fail has succeeded. A socket the server has to itself listens at
+//! that can fail before has succeeded. One step comes after, as it must (a
+//! socket not listening yet polls as hung up: `Listeners::hand` in
+//! `server/worker.rs`): registering them with the workers' runtimes; should
+//! that fail (the kernel out of memory, the user out of epoll watches),
+//! the connections queued in those microseconds are reset, unless
+//! `net.ipv4.tcp_migrate_req=1` (Linux 5.14+) has the kernel move them to
+//! the group's other sockets. A socket the server has to itself listens at
 //! once (`Builder::listen`): a connection made before the server starts waits
 //! in its queue and is served, as callers that connect right after `listen`
 //! expect, and nobody else would have served it.

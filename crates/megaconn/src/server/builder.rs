@@ -149,8 +149,10 @@ impl Server {
     /// tells the old one it takes over, then runs; should the start fail,
     /// the old process has not been told and serves on. For a process
     /// joining a port others serve (a supervisor's worker process): one
-    /// whose start fails never listened, so it took no share of the
-    /// port's connections. Dropping the [`Started`] stops its workers,
+    /// whose start fails took no share of the port's connections, but if
+    /// it fails registering its sockets, which comes right after they
+    /// listen: those queued in that window are reset (moved to the port's
+    /// other processes instead with `net.ipv4.tcp_migrate_req=1`). Dropping the [`Started`] stops its workers,
     /// which have accepted nothing.
     ///
     /// ```no_run
