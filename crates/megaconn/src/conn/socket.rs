@@ -196,11 +196,7 @@ pub(crate) fn listen_bound<'a>(
 ) -> Result<(), Error> {
     for listener in listeners {
         let socket = SockRef::from(listener);
-        let addr = || {
-            listener
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
-        };
+        let addr = || addr_of(listener);
         // SO_ACCEPTCONN: whether it listens. Copies of one socket (an
         // address shared by several workers) see the first `listen`.
         if socket
@@ -216,6 +212,14 @@ pub(crate) fn listen_bound<'a>(
             .map_err(|source| listen_error(addr(), source))?;
     }
     Ok(())
+}
+
+/// `listener`'s address, to name it in errors and logs: `0.0.0.0:0` if it
+/// cannot be read (`getsockname` fails only on a socket already broken).
+pub(crate) fn addr_of(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 /// `TCP_DEFER_ACCEPT`: the kernel wakes us only once the client sent data, so a

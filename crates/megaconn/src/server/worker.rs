@@ -225,9 +225,7 @@ impl Listeners {
         let _runtime = self.runtime.enter();
         let mut registered = Vec::with_capacity(listeners.len());
         for listener in listeners {
-            let addr = listener
-                .local_addr()
-                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            let addr = crate::conn::socket::addr_of(&listener);
             let watched = match self.fail_register.take() {
                 Some(injected) => Err(injected),
                 // SAFETY: a std listener owns its descriptor, open and
