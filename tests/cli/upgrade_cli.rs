@@ -1454,6 +1454,22 @@ fn a_new_process_whose_worker_cannot_park_leaves_the_old_one_serving() {
     a_worker_failing_at("lot 0", ("cannot make its parking lot", "--park-after off"));
 }
 
+/// A worker of a new process whose thread panics as it sets up (as a bug
+/// there would) fails the process's start, before it says it is ready,
+/// naming the worker and the log. The start used to succeed: the new
+/// process took over with that worker's socket listening in the port's
+/// `SO_REUSEPORT` group, nobody accepting its share of the connections.
+#[test]
+fn a_new_process_whose_worker_panicked_during_the_start_leaves_the_old_one_serving() {
+    a_worker_failing_at(
+        "panic 1",
+        (
+            "worker thread 1 ended during the server's start",
+            "see the log",
+        ),
+    );
+}
+
 /// Generation 0, `old`, serves on alone on `addr` after a failed upgrade,
 /// and hands over to the next (generation 2, with `extra` flags), which
 /// then serves alone.
