@@ -584,7 +584,16 @@ async fn serve(
     // (a process whose start failed offers nothing to take over, and a
     // worker process's sockets listen only from then), before the serving
     // line; or (taking over) once the old process has handed its parked
-    // connections over, announced by `megaconn upgrade done`.
+    // connections over, announced by `megaconn upgrade done`. Nothing
+    // between here and the run can fail, so a hand-over only ever meets a
+    // server that runs. Bound before the start (as it was), a `serve
+    // --upgrade` run during the start-up took the listeners and said it was
+    // ready; a start failing then left the hand-over waiting for parked
+    // connections from workers that never ran, the exit waiting for the
+    // hand-over, and the process never exited (upgrade_cli's
+    // `a_take_over_during_a_start_that_fails_...`). Now such a take-over
+    // finds nothing (exit 3: run it again once this one says it serves) and
+    // a failed start exits with its error.
     let mut control = None;
     let mut control_ready = None;
     // Binding the control socket again, after it failed (see `rebind`).

@@ -1904,3 +1904,71 @@ fn wait_for_new_inode(path: &Path, was: Option<u64>) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// A take-over run while the old process is still starting (held at a test
+/// gate before its main `Server::start`, then told that the start fails)
+/// finds nothing to take over (exit 3, its supervisor or script starts it
+/// afresh or tries again), and the old process exits with its start error.
+/// The old process used to bind its control socket before its start: the
+/// take-over reached its hand-over (its `ready` gate here) and, once the
+/// start failed, that hand-over waited for parked connections from a
+/// server with no workers, the process's exit waited for the hand-over,
+/// and the new process for the end message: the old process never exited.
+#[test]
+fn a_take_over_during_a_start_that_fails_finds_nothing_and_the_old_process_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "off"];
+    // An explicit port: the old process says its address only once started.
+    let port = common::ReservedPort::new();
+    let starting = Gate::at(&socket, ".start.gate");
+    let ready = Gate::at(&socket, ".ready.gate");
+    let mut cmd = serve_command(0, &port.addr, &socket, &extra);
+    cmd.env("MEGACONN_TEST_START_GATE", "1")
+        .env("MEGACONN_TEST_READY_GATE", "1");
+    let (mut old, _old_lines, old_log) = Log::spawn(&mut cmd);
+    let (pid, mut held) = starting.next_unless(&mut old);
+    assert_eq!(pid, old.id());
+    let (mut new, _new_lines, new_log) =
+        Log::spawn(&mut serve_command(1, &port.addr, &socket, &extra));
+    // Either the new process finds nothing and exits, or (the old process
+    // serving its control socket already) it tells the old one it serves,
+    // which then stops at its `ready` gate: let that hand-over go on.
+    let deadline = Instant::now() + CHILD_SAFETY;
+    let new_exit = loop {
+        if let Some(status) = new.child().try_wait().unwrap() {
+            break Some(status);
+        }
+        match ready.arrivals.recv_timeout(Duration::from_millis(5)) {
+            Ok((pid, handing)) => {
+                assert_eq!(pid, old.id());
+                drop(handing);
+                break None;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the new process neither exited nor took over"
+                );
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    writeln!(held, "emfile").unwrap();
+    drop((held, starting));
+    // Bounded (`CHILD_SAFETY`): it used to hang here for good.
+    let status = old.wait();
+    assert!(
+        !status.success(),
+        "the old process's start failed: {status:?}"
+    );
+    old_log.wait_for_line("cannot start the server", "");
+    // (A new process that took over serves, and this wait fails.)
+    let new_exit = new_exit.unwrap_or_else(|| new.wait());
+    assert_eq!(
+        new_exit.code(),
+        Some(3),
+        "the new process found nothing to take over"
+    );
+    new_log.wait_for_line("no server answers", "");
+}

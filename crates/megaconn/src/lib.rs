@@ -99,6 +99,10 @@
 //!  error.rs                                        stats.rs   per-worker counters
 //!                                                  metrics.rs Prometheus
 //!                                                  lifecycle.rs events, states
+//!                                                  registry.rs the live list
+//!                                                     (/debug/connections);
+//!                                                     by_id.rs its ids in
+//!                                                     order (one vector)
 //!                                                  trace.rs   the request path's
 //!                                                     tracing hook (one branch)
 //!                                                  otel/      OpenTelemetry (the

@@ -14,7 +14,7 @@ use crate::conn::pool::BufferPool;
 use crate::conn::shutdown::LocalShutdown;
 use crate::conn::tls_io::ParkedSessions;
 use crate::observe::close::CloseReason;
-use crate::observe::lifecycle::Registry;
+use crate::observe::registry::Registry;
 use crate::observe::stats::{incr, StatsSource, WorkerStats};
 
 /// What every connection of one worker shares.

@@ -334,9 +334,15 @@ pub(crate) struct ParkingLot {
     stats: Arc<WorkerStats>,
     respawn: RefCell<Option<Respawn>>,
     on_close: RefCell<Option<OnParkedClose>>,
-    /// Lifecycle tracks of parked connections (only with an `on_connection`
-    /// hook).
-    tracks: RefCell<std::collections::HashMap<RawFd, Rc<ConnTrack>>>,
+    /// Per file descriptor: the lifecycle track of the connection parked on
+    /// it (only with connection tracking: an `on_connection` hook, the
+    /// access log or `track_connections`; empty otherwise). By value and
+    /// indexed like `slots`, not an `Rc` in a map: a track allocated at
+    /// accept and kept while parked sat among the freed allocations of the
+    /// connections' tasks, one every ~1.7 KB, and held their pages from
+    /// `malloc_trim` (`ConnTrack::park`; ~950 B per parked connection with
+    /// `--debug-connections`, 24 B without, bench/ALLOCATORS.md).
+    tracks: RefCell<Vec<Option<ConnTrack>>>,
     /// Per file descriptor: the client IP whose per-IP place a parked
     /// connection holds (only with a per-IP limit; empty otherwise). Kept
     /// here because reading it back from the socket fails once the peer
@@ -437,7 +443,7 @@ impl ParkingLot {
             stats,
             respawn: RefCell::new(None),
             on_close: RefCell::new(None),
-            tracks: RefCell::new(std::collections::HashMap::new()),
+            tracks: RefCell::new(Vec::new()),
             ips: RefCell::new(Vec::new()),
             retire: RefCell::new(Vec::new()),
         }
@@ -532,12 +538,9 @@ impl ParkingLot {
         drop(slots);
         let ParkedAccounts { track, ip } = conn.park();
         if let Some(track) = track {
-            // Through the connection's own track, not the thread's current
-            // one: an adopted connection (`handover::adopt`) is parked from
-            // the worker's loop, where no connection is current, and was
-            // listed as `reading_head` while parked.
-            track.set_state(crate::ConnectionState::Parked);
-            self.tracks.borrow_mut().insert(fd, track);
+            // Listed as parked through its own track (an adopted connection
+            // was listed as `reading_head` while parked), kept by value.
+            set_side(&self.tracks, idx, Some(track.park()));
         }
         if let Some(ip) = ip {
             set_side(&self.ips, idx, Some(ip));
@@ -697,16 +700,13 @@ impl ParkingLot {
     /// back.
     fn connection(&self, socket: &OwnedFd) -> Connection {
         let fd = socket.as_raw_fd();
-        let track = {
-            let mut tracks = self.tracks.borrow_mut();
-            // Empty unless an `on_connection` hook is installed: then a
-            // wake-up hashes nothing.
-            if tracks.is_empty() {
-                None
-            } else {
-                tracks.remove(&fd)
-            }
-        };
+        // Empty unless connections are tracked: then a wake-up finds nothing.
+        let track = self
+            .tracks
+            .borrow_mut()
+            .get_mut(fd as usize)
+            .and_then(Option::take)
+            .map(ConnTrack::wake);
         let ip = self
             .ips
             .borrow_mut()
@@ -1198,12 +1198,12 @@ pub(crate) fn left_for_runtime(fd: RawFd) {
     }
 }
 
-/// Sets entry `idx` of a per-descriptor side array (`ips`, `retire`),
+/// Sets entry `idx` of a per-descriptor side array (`ips`, `retire`, `tracks`),
 /// grown like the slots when it is too short.
-fn set_side<T: Clone + Default>(side: &RefCell<Vec<T>>, idx: usize, value: T) {
+fn set_side<T: Default>(side: &RefCell<Vec<T>>, idx: usize, value: T) {
     let mut side = side.borrow_mut();
     if side.len() <= idx {
-        side.resize((idx + 1).next_multiple_of(GROW_BY), T::default());
+        side.resize_with((idx + 1).next_multiple_of(GROW_BY), T::default);
     }
     side[idx] = value;
 }
@@ -1400,7 +1400,7 @@ pub(super) mod tests {
     /// track, not the thread's current one (it was listed `reading_head`).
     #[tokio::test]
     async fn a_connection_parked_outside_its_task_is_listed_as_parked() {
-        use crate::observe::lifecycle::{page, Registry};
+        use crate::observe::registry::{page, Registry};
         let f = fixture();
         let registry = Arc::new(Registry::default());
         let (server, _client) = pair();
@@ -1424,6 +1424,60 @@ pub(super) mod tests {
             panic!("one connection listed")
         };
         assert_eq!(c.state, crate::ConnectionState::Parked);
+    }
+
+    /// A parked connection's track is kept by value: the lot holds no `Rc`
+    /// of it (one allocated at accept and kept while parked held the pages
+    /// of its task's freed memory from `malloc_trim`). A descriptor reused
+    /// by a new connection lists the new one, parked, beside one parked
+    /// throughout: no connection confused with another.
+    #[tokio::test]
+    async fn a_reused_descriptor_lists_its_own_parked_connection() {
+        use crate::observe::registry::{page, Registry};
+        use crate::ConnectionState::Parked;
+        let f = fixture();
+        let registry = Arc::new(Registry::default());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let park_tracked = |socket: OwnedFd| {
+            let peer = TcpStream::from(socket.try_clone().unwrap())
+                .peer_addr()
+                .unwrap();
+            let track = ConnTrack::open(None, Some(&registry), peer, peer, 0, &f.stats);
+            let kept = Some(track.clone());
+            park_until(&f, socket, 1, AtDeadline::Close, false, deadline, kept);
+            (track, peer)
+        };
+        let listed = || -> Vec<_> {
+            page(std::slice::from_ref(&registry), 0, 10)
+                .1
+                .iter()
+                .map(|c| (c.peer, c.state))
+                .collect()
+        };
+        let (kept, _kept_client) = pair();
+        let (kept, kept_peer) = park_tracked(kept);
+        assert_eq!(Rc::strong_count(&kept), 1, "the lot keeps no Rc of it");
+        let (a, mut client_a) = pair();
+        let (_, a_peer) = park_tracked(a);
+        assert_eq!(listed(), [(kept_peer, Parked), (a_peer, Parked)]);
+        // Woken and closed (the fixture's respawn closes what it wakes).
+        client_a.write_all(b"a").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(listed(), [(kept_peer, Parked)]);
+        let a = f.take_woken();
+        let fd = a.as_raw_fd();
+        // A new connection on its number, as in
+        // `a_reused_descriptor_is_added_when_it_parks`.
+        let (b, _client_b) = pair();
+        // SAFETY: both descriptors are open and ours; `a` is given up.
+        assert_eq!(unsafe { libc::dup2(b.as_raw_fd(), fd) }, fd);
+        let _ = a.into_raw_fd();
+        drop(b);
+        // SAFETY: dup2 made `fd` a descriptor of its own for socket b.
+        let reused = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (_, b_peer) = park_tracked(reused);
+        assert_eq!(listed(), [(kept_peer, Parked), (b_peer, Parked)]);
+        drop(client_a);
     }
 
     #[test]

@@ -3,11 +3,19 @@
 //! served and how many bytes crossed it.
 //!
 //! Tracking costs nothing unless a hook is installed. With one, each connection
-//! has a small [`ConnTrack`] (about 80 bytes, also kept for parked connections).
-//! The engine does not carry it through its types: a worker polls one
-//! connection at a time, so while a connection's task runs its track is the
-//! thread's *current* track, and the engine counts requests and bytes into it
-//! from wherever it is.
+//! has a small [`ConnTrack`] (about 120 bytes). The engine does not carry it
+//! through its types: a worker polls one connection at a time, so while a
+//! connection's task runs its track is the thread's *current* track, and the
+//! engine counts requests and bytes into it from wherever it is.
+//!
+//! A parked connection's track is kept by value in the parking lot's
+//! per-descriptor array, and its listing by value in its registry
+//! ([`ConnTrack::park`]): nothing of a parked connection stays allocated on
+//! its own, among what its task freed. (Each track and entry, allocated at
+//! accept between the tasks' allocations and kept while parked, held the
+//! pages around them: ~950 B per parked connection with
+//! `--debug-connections` against 24 B without; kept by value, ~240 B,
+//! `bench/ALLOCATORS.md`.)
 
 use std::cell::Cell;
 use std::fmt;
@@ -15,12 +23,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::observe::close::CloseReason;
+use crate::observe::registry::{Entry, Registry};
 use crate::observe::stats::{incr, WorkerStats};
 
 /// What the `on_connection` hook receives.
@@ -118,7 +126,7 @@ impl ConnectionState {
     /// so, in an atomic), found by value, never by position: a table indexed
     /// by the discriminant that missed a new state would panic inside a
     /// listing, with the registry's lock held.
-    fn from_index(index: u8) -> Option<ConnectionState> {
+    pub(super) fn from_index(index: u8) -> Option<ConnectionState> {
         Self::ALL.into_iter().find(|&state| {
             // Exhaustive inside the crate (`non_exhaustive` binds only other
             // crates): a new state is a compile error here, not a gap in ALL.
@@ -165,192 +173,6 @@ pub struct ConnectionInfo {
     pub state: ConnectionState,
     /// Requests served on it so far.
     pub requests: u64,
-}
-
-/// One worker's live connections (only with connection tracking on). Written
-/// by its worker, read by `ServerHandle::connections` ([`page`]) and the
-/// stall report, a [`CHUNK`] at a time ([`Listing`]).
-///
-/// Ordered by id (a `BTreeMap`, where a hash map's order changes as it
-/// grows): a listing takes the lock once per chunk and goes on after the
-/// last id it copied, so it holds no lock between chunks and still lists
-/// each connection open throughout once. Copying a million entries under one
-/// lock held the worker's every accept, close and state change off for the
-/// whole copy.
-///
-/// The map is locked and searched only when a connection opens, closes or
-/// is listed. Its requests and state change per request: those go straight
-/// into its [`Entry`], which its track holds too ([`ConnTrack::entry`]), so
-/// an update costs no lock and no lookup (it cost both, O(log n) in the
-/// connections open, twice or more per request).
-#[derive(Debug, Default)]
-pub(crate) struct Registry {
-    entries: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Entry>>>,
-}
-
-/// Connections a listing copies per lock of a registry.
-#[cfg(not(test))]
-const CHUNK: usize = 256;
-/// Small in unit tests, so that a few connections span several chunks.
-#[cfg(test)]
-const CHUNK: usize = 3;
-
-/// One listed connection, shared by the registry and the connection's track.
-/// Only the connection's worker writes it (one writer: a plain load and
-/// store, not a locked `fetch_add`); a listing reads it from any thread.
-///
-/// Its fields are separate relaxed atomics: each is read whole (no torn
-/// value) and soon current, but not together with the other. A listing
-/// taken while the worker moves on may show `requests` already counting a
-/// request beside the `state` of the one before (or the reverse) for a
-/// moment; nothing orders the two, and nothing needs to.
-#[derive(Debug)]
-struct Entry {
-    peer: SocketAddr,
-    worker: usize,
-    opened: Instant,
-    /// A [`ConnectionState`] as its discriminant
-    /// ([`ConnectionState::from_index`]).
-    state: AtomicU8,
-    requests: AtomicU64,
-}
-
-impl Entry {
-    fn new(peer: SocketAddr, worker: usize, state: ConnectionState) -> Arc<Entry> {
-        Arc::new(Entry {
-            peer,
-            worker,
-            opened: Instant::now(),
-            state: AtomicU8::new(state as u8),
-            requests: AtomicU64::new(0),
-        })
-    }
-
-    fn set_state(&self, state: ConnectionState) {
-        self.state.store(state as u8, Relaxed);
-    }
-
-    fn count_request(&self) {
-        self.requests
-            .store(self.requests.load(Relaxed) + 1, Relaxed);
-    }
-
-    fn info(&self, id: u64, now: Instant) -> ConnectionInfo {
-        ConnectionInfo {
-            id,
-            peer: self.peer,
-            worker: self.worker,
-            age: now.saturating_duration_since(self.opened),
-            // Only ever stored from a state: the fallback is never taken.
-            state: ConnectionState::from_index(self.state.load(Relaxed))
-                .unwrap_or(ConnectionState::ReadingHead),
-            requests: self.requests.load(Relaxed),
-        }
-    }
-}
-
-impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Arc<Entry>>> {
-        #[cfg(test)]
-        tests::LOCKS.with(|l| l.set(l.get() + 1));
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// How many connections are listed.
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// The live connections in id order, copied a [`CHUNK`] at a time, with
-    /// their ages as of `now`.
-    pub(crate) fn listing(&self, now: Instant) -> Listing<'_> {
-        Listing {
-            registry: self,
-            now,
-            chunk: std::collections::VecDeque::new(),
-            after: None,
-            done: false,
-        }
-    }
-}
-
-/// A registry's connections in id order (see [`Registry::listing`]): each
-/// chunk is copied under the lock, then handed out with no lock held.
-pub(crate) struct Listing<'r> {
-    registry: &'r Registry,
-    now: Instant,
-    chunk: std::collections::VecDeque<ConnectionInfo>,
-    /// The last id copied: the next chunk starts after it.
-    after: Option<u64>,
-    /// The last chunk was short: nothing after it.
-    done: bool,
-}
-
-impl Listing<'_> {
-    /// The next connection's id, copying the next chunk if needed.
-    fn peek_id(&mut self) -> Option<u64> {
-        if self.chunk.is_empty() && !self.done {
-            use std::ops::Bound;
-            let from = self.after.map_or(Bound::Unbounded, Bound::Excluded);
-            let now = self.now;
-            self.chunk.extend(
-                self.registry
-                    .lock()
-                    .range((from, Bound::Unbounded))
-                    .take(CHUNK)
-                    .map(|(&id, e)| e.info(id, now)),
-            );
-            self.done = self.chunk.len() < CHUNK;
-            self.after = self.chunk.back().map(|c| c.id).or(self.after);
-        }
-        self.chunk.front().map(|c| c.id)
-    }
-}
-
-impl Iterator for Listing<'_> {
-    type Item = ConnectionInfo;
-
-    fn next(&mut self) -> Option<ConnectionInfo> {
-        self.peek_id()?;
-        self.chunk.pop_front()
-    }
-}
-
-/// The live connections of `registries` in id order, from `offset`, at most
-/// `limit` of them, and how many there are in all: the listings merged, a
-/// chunk of each copied at a time, so that neither a lock nor memory is
-/// held for all of them (the connections before `offset` are walked past,
-/// not kept).
-pub(crate) fn page(
-    registries: &[Arc<Registry>],
-    offset: usize,
-    limit: usize,
-) -> (usize, Vec<ConnectionInfo>) {
-    let total: usize = registries.iter().map(|r| r.len()).sum();
-    let now = Instant::now();
-    let mut listings: Vec<Listing<'_>> = registries.iter().map(|r| r.listing(now)).collect();
-    let mut page = Vec::with_capacity(limit.min(total.saturating_sub(offset)));
-    let mut skip = offset;
-    while page.len() < limit {
-        let mut lowest: Option<(u64, usize)> = None;
-        for (i, listing) in listings.iter_mut().enumerate() {
-            if let Some(id) = listing.peek_id() {
-                if lowest.is_none_or(|(low, _)| id < low) {
-                    lowest = Some((id, i));
-                }
-            }
-        }
-        let Some((_, i)) = lowest else { break };
-        let Some(connection) = listings[i].next() else {
-            break;
-        };
-        if skip > 0 {
-            skip -= 1;
-        } else {
-            page.push(connection);
-        }
-    }
-    (total, page)
 }
 
 /// The installed hook.
@@ -439,11 +261,7 @@ impl ConnTrack {
             };
             hook.call(&opened, stats);
         }
-        let entry = registry.map(|registry| {
-            let entry = Entry::new(peer, worker, ConnectionState::ReadingHead);
-            registry.lock().insert(id, entry.clone());
-            entry
-        });
+        let entry = registry.map(|registry| registry.open(id, peer, worker));
         Rc::new(ConnTrack {
             id,
             peer,
@@ -465,7 +283,7 @@ impl ConnTrack {
             return;
         }
         if let Some(registry) = &self.registry {
-            registry.lock().remove(&self.id);
+            registry.close(self.id);
         }
         let Some(hook) = &self.hook else {
             return;
@@ -491,6 +309,39 @@ impl ConnTrack {
         if let Some(entry) = &self.entry {
             entry.set_state(state);
         }
+    }
+
+    /// The connection parks: returns its track as the parking lot keeps it,
+    /// by value, with the listing's entry kept by value in the registry
+    /// ([`Registry::park`]): neither stays allocated on its own among what
+    /// the connection's task frees (see the module doc). The state is set
+    /// through its own entry, not the thread's current track: an adopted
+    /// connection (`handover::adopt`) is parked from the worker's loop, where
+    /// none is current. This track reports nothing more; the returned one
+    /// reports the close.
+    pub(crate) fn park(&self) -> ConnTrack {
+        if let Some(registry) = &self.registry {
+            registry.park(self.id);
+        }
+        ConnTrack {
+            id: self.id,
+            peer: self.peer,
+            opened: self.opened,
+            requests: self.requests.clone(),
+            bytes_in: self.bytes_in.clone(),
+            bytes_out: self.bytes_out.clone(),
+            closed: Cell::new(self.closed.replace(true)),
+            hook: self.hook.clone(),
+            registry: self.registry.clone(),
+            entry: None,
+        }
+    }
+
+    /// A parked connection wakes ([`ConnTrack::park`]'s track): its track as
+    /// its task shares it, with its entry shared with the registry again.
+    pub(crate) fn wake(self) -> Rc<ConnTrack> {
+        let entry = self.registry.as_ref().and_then(|r| r.wake(self.id));
+        Rc::new(ConnTrack { entry, ..self })
     }
 
     /// Hands the track over with an upgraded connection, which may leave this
@@ -541,7 +392,7 @@ impl DetachedTrack {
     /// hook counts in `stats`.
     pub(crate) fn close(&self, reason: CloseReason, stats: &WorkerStats) {
         if let Some(registry) = &self.registry {
-            registry.lock().remove(&self.id);
+            registry.close(self.id);
         }
         if let Some(hook) = &self.hook {
             let closed = ConnectionEvent::Closed {
@@ -713,21 +564,8 @@ impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for CountedIo<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    thread_local! {
-        /// Locks of a registry taken on this thread.
-        pub(super) static LOCKS: Cell<usize> = const { Cell::new(0) };
-    }
-
-    fn entry(id: u64) -> Arc<Entry> {
-        let entry = Entry::new(
-            SocketAddr::from(([127, 0, 0, 1], id as u16)),
-            0,
-            ConnectionState::Idle,
-        );
-        entry.requests.store(id, Relaxed);
-        entry
-    }
+    use crate::observe::registry::tests::LOCKS;
+    use crate::observe::registry::{page, Listed};
 
     #[test]
     fn every_state_is_found_by_its_discriminant() {
@@ -780,59 +618,76 @@ mod tests {
         assert!(listed().is_empty());
     }
 
-    /// Registries listing `ids`, one per slice.
-    fn registries(ids: &[&[u64]]) -> Vec<Arc<Registry>> {
-        ids.iter()
-            .map(|ids| {
-                let registry = Arc::new(Registry::default());
-                for &id in *ids {
-                    registry.lock().insert(id, entry(id));
-                }
-                registry
-            })
-            .collect()
-    }
-
-    fn ids(list: &[ConnectionInfo]) -> Vec<u64> {
-        list.iter().map(|c| c.id).collect()
-    }
-
-    /// Listings span several chunks ([`CHUNK`] is 3 here) of registries whose
-    /// ids interleave: every connection once, in id order; a page from
-    /// `offset`, at most `limit`, and the total.
+    /// A connection parks and wakes: its listing stays (`parked`, its
+    /// requests), kept by value while it is parked (the registry lets the
+    /// entry it shared with the track go, and the lot keeps a track with
+    /// none: nothing left allocated on its own); the track it parked from
+    /// reports nothing more; woken, its counts go on from where they were,
+    /// into the listing and its `Closed` event.
     #[test]
-    fn a_page_merges_the_registries_a_chunk_at_a_time() {
-        let even: Vec<u64> = (0..20).step_by(2).collect();
-        let odd: Vec<u64> = (1..9).step_by(2).collect();
-        let all: Vec<u64> = (0..9).chain((10..20).step_by(2)).collect();
-        let rs = registries(&[&even, &odd]);
-        let (total, list) = page(&rs, 0, 100);
-        assert_eq!((total, ids(&list)), (14, all.clone()));
-        assert_eq!(list[3].requests, 3, "each entry's own fields");
-        let (total, list) = page(&rs, 4, 5);
-        assert_eq!((total, ids(&list)), (14, all[4..9].to_vec()));
-        assert_eq!(ids(&page(&rs, 13, 5).1), [18]);
-        assert!(page(&rs, 14, 5).1.is_empty());
-        assert!(page(&rs, 0, 0).1.is_empty());
-        let (total, list) = page(&[], 0, 10);
-        assert!(total == 0 && list.is_empty());
-    }
+    fn a_parked_track_and_its_listing_are_kept_by_value_and_go_on_when_woken() {
+        let registry = Arc::new(Registry::default());
+        let peer = SocketAddr::from(([127, 0, 0, 1], 7));
+        let stats = WorkerStats::default();
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let hook = ConnectionHook(Arc::new(move |e: &ConnectionEvent| {
+            seen.lock().unwrap().push(e.clone());
+        }));
+        let serve = |track: &Rc<ConnTrack>| {
+            let mut exchange = std::pin::pin!(Tracked::new(
+                std::future::poll_fn(|_| {
+                    count_request();
+                    count_in(10);
+                    count_out(20);
+                    Poll::Ready(())
+                }),
+                Some(track.clone()),
+            ));
+            assert!(poll(exchange.as_mut()).is_ready());
+        };
+        let listed = || -> Vec<(u64, ConnectionState, u64)> {
+            page(std::slice::from_ref(&registry), 0, 10)
+                .1
+                .iter()
+                .map(|c| (c.id, c.state, c.requests))
+                .collect()
+        };
+        let track = ConnTrack::open(Some(&hook), Some(&registry), peer, peer, 0, &stats);
+        serve(&track);
 
-    /// A listing holds no lock between chunks, so the worker opens and
-    /// closes connections meanwhile: one closed before its chunk was copied
-    /// is not listed, one opened after the listing's place is.
-    #[test]
-    fn a_listing_holds_no_lock_between_chunks() {
-        let rs = registries(&[&[1, 2, 3, 4, 5, 6, 7]]);
-        let mut listing = rs[0].listing(Instant::now());
-        assert_eq!(listing.next().map(|c| c.id), Some(1));
-        let mut entries = rs[0].entries.try_lock().expect("no lock held");
-        entries.remove(&5);
-        entries.insert(9, entry(9));
-        drop(entries);
+        let parked = track.park();
+        assert!(parked.entry.is_none());
+        assert!(matches!(
+            registry.lock().get_mut(track.id),
+            Some(Listed::Parked(_))
+        ));
+        let shared = track.entry.as_ref().expect("listed");
+        assert_eq!(Arc::strong_count(shared), 1, "let go by the registry");
+        assert_eq!(listed(), [(track.id, ConnectionState::Parked, 1)]);
+        track.close(CloseReason::Shutdown, &stats);
+        assert_eq!(listed().len(), 1, "the track it parked from closes nothing");
+
+        let woken = parked.wake();
+        serve(&woken);
+        assert_eq!(listed(), [(track.id, ConnectionState::Parked, 2)]);
+        woken.close(CloseReason::IdleTimeout, &stats);
+        assert!(listed().is_empty());
+        let events = events.lock().unwrap();
+        let [ConnectionEvent::Opened { .. }, ConnectionEvent::Closed {
+            id,
+            requests,
+            bytes_in,
+            bytes_out,
+            reason,
+            ..
+        }] = &events[..]
+        else {
+            panic!("opened and closed once: {events:?}")
+        };
         assert_eq!(
-            listing.map(|c| c.id).collect::<Vec<_>>(),
-            [2, 3, 4, 6, 7, 9]
+            (*id, *requests, *bytes_in, *bytes_out, *reason),
+            (track.id, 2, 20, 40, CloseReason::IdleTimeout)
         );
     }
 

@@ -2,6 +2,7 @@
 //! metrics and lifecycle events. Everything below counts into these; they
 //! import nothing from the layers above.
 
+pub(crate) mod by_id;
 pub(crate) mod clock;
 pub(crate) mod close;
 pub(crate) mod lifecycle;
@@ -10,5 +11,6 @@ pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub(crate) mod ratelog;
+pub(crate) mod registry;
 pub(crate) mod stats;
 pub(crate) mod trace;

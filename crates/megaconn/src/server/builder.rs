@@ -392,7 +392,7 @@ impl Drop for StopOnDrop {
 pub struct ServerHandle {
     workers: Arc<[Arc<WorkerStats>]>,
     /// Per-worker live-connection lists (empty unless tracking is on).
-    registries: Arc<[Arc<crate::observe::lifecycle::Registry>]>,
+    registries: Arc<[Arc<crate::observe::registry::Registry>]>,
     shutdown_tx: Arc<watch::Sender<bool>>,
     /// The span export's counters come from here.
     tracing: crate::observe::trace::Hook,
@@ -514,7 +514,7 @@ impl ServerHandle {
     /// a page from a million connections holds no worker off for long (one
     /// far from the start still walks past the connections before it).
     pub fn connections(&self, offset: usize, limit: usize) -> (usize, Vec<crate::ConnectionInfo>) {
-        crate::observe::lifecycle::page(&self.registries, offset, limit)
+        crate::observe::registry::page(&self.registries, offset, limit)
     }
 
     /// True when the server keeps a live list of connections.
@@ -748,9 +748,10 @@ impl Builder {
     /// `/debug/connections`). Costs an uncontended lock and an insert into
     /// (and a removal from) the worker's list per connection (ordered by
     /// id, so a listing can be read a chunk per lock without holding up
-    /// accepts and closes), and a few relaxed atomic stores per request
-    /// (into the connection's own entry: no lock, no lookup), so it is off
-    /// by default.
+    /// accepts and closes), a lock and a binary search each time a
+    /// connection parks or wakes (a parked one's entry is kept by value in
+    /// the list), and a few relaxed atomic stores per request (into the
+    /// connection's own entry: no lock, no lookup), so it is off by default.
     pub fn track_connections(mut self, on: bool) -> Builder {
         self.config.track_connections = on;
         self
@@ -940,12 +941,12 @@ impl Builder {
         let max_connections = config
             .max_connections
             .unwrap_or_else(config::default_max_connections);
-        let registries: Arc<[Arc<crate::observe::lifecycle::Registry>]> =
-            if config.track_connections {
-                (0..config.workers).map(|_| Arc::default()).collect()
-            } else {
-                Arc::new([])
-            };
+        let registries: Arc<[Arc<crate::observe::registry::Registry>]> = if config.track_connections
+        {
+            (0..config.workers).map(|_| Arc::default()).collect()
+        } else {
+            Arc::new([])
+        };
         let workers: Arc<[Arc<WorkerStats>]> = (0..config.workers)
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();

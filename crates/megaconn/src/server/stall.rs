@@ -30,7 +30,7 @@ use std::task::Poll;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crate::observe::lifecycle::Registry;
+use crate::observe::registry::Registry;
 use crate::observe::stats::{incr, WorkerStats};
 use crate::ConnectionState;
 

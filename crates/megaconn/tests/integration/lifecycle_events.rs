@@ -324,6 +324,52 @@ async fn live_connections_are_listed_with_their_state() {
     server.stop().await;
 }
 
+/// Parked connections stay listed, each as parked with its own requests,
+/// from what the lot and the worker's list keep of them by value (no track
+/// or entry of their own while parked); one woken by its next request
+/// counts on from there, and parks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_stay_listed_and_count_on_when_woken() {
+    use megaconn::ConnectionState::Parked;
+    let server = TestServer::start(
+        no_timeouts()
+            .track_connections(true)
+            .park_idle_after(Some(Duration::from_millis(20))),
+    )
+    .await;
+    let listed = || -> Vec<_> {
+        let (_, list) = server.handle.connections(0, 10);
+        list.iter().map(|c| (c.state, c.requests)).collect()
+    };
+    let mut a = server.connect().await;
+    get(&mut a, "").await;
+    read_response(&mut a).await;
+    let mut b = server.connect().await;
+    for _ in 0..2 {
+        get(&mut b, "").await;
+        read_response(&mut b).await;
+    }
+    server
+        .wait_stats("both parked", |s| s.connections_parked == 2)
+        .await;
+    assert_eq!(listed(), [(Parked, 1), (Parked, 2)], "in id order");
+    let parks = server.handle.stats().parks;
+    get(&mut a, "").await;
+    read_response(&mut a).await;
+    server
+        .wait_stats("parked again", |s| {
+            s.parks > parks && s.connections_parked == 2
+        })
+        .await;
+    assert_eq!(listed(), [(Parked, 2), (Parked, 2)]);
+    drop((a, b));
+    server
+        .wait_stats("closed", |s| s.connections_open == 0)
+        .await;
+    assert!(listed().is_empty());
+    server.stop().await;
+}
+
 /// More connections than a worker's list is copied per lock (256): each is
 /// listed once, in id order, across both workers' lists, and pages keep to
 /// their offset and limit. The list is read a chunk per lock; before, whole.

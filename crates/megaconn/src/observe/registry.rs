@@ -1,0 +1,346 @@
+//! A worker's live list of connections, for `ServerHandle::connections`
+//! (the admin listener's `/debug/connections`) and the stall report: kept
+//! only with connection tracking on (`track_connections`), written by the
+//! worker through its connections' tracks (`lifecycle::ConnTrack`), read a
+//! chunk at a time from any thread.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::observe::by_id::ById;
+use crate::observe::lifecycle::{ConnectionInfo, ConnectionState};
+
+/// One worker's live connections (only with connection tracking on). Written
+/// by its worker, read by `ServerHandle::connections` ([`page`]) and the
+/// stall report, a [`CHUNK`] at a time ([`Listing`]).
+///
+/// Ordered by id (a [`ById`], where a hash map's order changes as it
+/// grows): a listing takes the lock once per chunk and goes on after the
+/// last id it copied, so it holds no lock between chunks and still lists
+/// each connection open throughout once. Copying a million entries under one
+/// lock held the worker's every accept, close and state change off for the
+/// whole copy.
+///
+/// The map is locked and searched only when a connection opens, parks,
+/// wakes, closes or is listed. Its requests and state change per request:
+/// those go straight into its [`Entry`], which its track holds too
+/// (`ConnTrack::entry`), so an update costs no lock and no lookup (it cost
+/// both, O(log n) in the connections open, twice or more per request).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    entries: std::sync::Mutex<ById<Listed>>,
+}
+
+/// A listed connection as its registry keeps it.
+#[derive(Debug)]
+pub(super) enum Listed {
+    /// Served by a task: the entry its track updates.
+    Awake(Arc<Entry>),
+    /// Parked: its entry by value, as it was when it parked (nothing
+    /// updates it until it wakes, [`Registry::wake`]).
+    Parked(Entry),
+}
+
+impl Listed {
+    fn entry(&self) -> &Entry {
+        match self {
+            Listed::Awake(entry) => entry,
+            Listed::Parked(entry) => entry,
+        }
+    }
+}
+
+/// Connections a listing copies per lock of a registry.
+#[cfg(not(test))]
+const CHUNK: usize = 256;
+/// Small in unit tests, so that a few connections span several chunks.
+#[cfg(test)]
+const CHUNK: usize = 3;
+
+/// One listed connection, shared by the registry and the connection's track.
+/// Only the connection's worker writes it (one writer: a plain load and
+/// store, not a locked `fetch_add`); a listing reads it from any thread.
+///
+/// Its fields are separate relaxed atomics: each is read whole (no torn
+/// value) and soon current, but not together with the other. A listing
+/// taken while the worker moves on may show `requests` already counting a
+/// request beside the `state` of the one before (or the reverse) for a
+/// moment; nothing orders the two, and nothing needs to.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    peer: SocketAddr,
+    worker: usize,
+    opened: Instant,
+    /// A [`ConnectionState`] as its discriminant
+    /// ([`ConnectionState::from_index`]).
+    state: AtomicU8,
+    requests: AtomicU64,
+}
+
+impl Entry {
+    fn new(peer: SocketAddr, worker: usize, state: ConnectionState) -> Arc<Entry> {
+        Arc::new(Entry {
+            peer,
+            worker,
+            opened: Instant::now(),
+            state: AtomicU8::new(state as u8),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// A copy with the values its atomics hold now.
+    fn copied(&self) -> Entry {
+        Entry {
+            peer: self.peer,
+            worker: self.worker,
+            opened: self.opened,
+            state: AtomicU8::new(self.state.load(Relaxed)),
+            requests: AtomicU64::new(self.requests.load(Relaxed)),
+        }
+    }
+
+    /// Records what the connection is doing.
+    pub(crate) fn set_state(&self, state: ConnectionState) {
+        self.state.store(state as u8, Relaxed);
+    }
+
+    /// Counts a request on the connection.
+    pub(crate) fn count_request(&self) {
+        self.requests
+            .store(self.requests.load(Relaxed) + 1, Relaxed);
+    }
+
+    fn info(&self, id: u64, now: Instant) -> ConnectionInfo {
+        ConnectionInfo {
+            id,
+            peer: self.peer,
+            worker: self.worker,
+            age: now.saturating_duration_since(self.opened),
+            // Only ever stored from a state: the fallback is never taken.
+            state: ConnectionState::from_index(self.state.load(Relaxed))
+                .unwrap_or(ConnectionState::ReadingHead),
+            requests: self.requests.load(Relaxed),
+        }
+    }
+}
+
+impl Registry {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, ById<Listed>> {
+        #[cfg(test)]
+        tests::LOCKS.with(|l| l.set(l.get() + 1));
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lists connection `id`, just opened (`reading_head`): its entry, for
+    /// its track to update.
+    pub(crate) fn open(&self, id: u64, peer: SocketAddr, worker: usize) -> Arc<Entry> {
+        let entry = Entry::new(peer, worker, ConnectionState::ReadingHead);
+        self.lock().insert(id, Listed::Awake(entry.clone()));
+        entry
+    }
+
+    /// Connection `id` closed: no longer listed.
+    pub(crate) fn close(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Connection `id` parks: its entry is kept by value from now on, and
+    /// the `Arc` its track shared is let go.
+    pub(crate) fn park(&self, id: u64) {
+        let mut entries = self.lock();
+        let Some(listed) = entries.get_mut(id) else {
+            return;
+        };
+        if let Listed::Awake(entry) = listed {
+            entry.set_state(ConnectionState::Parked);
+            *listed = Listed::Parked(entry.copied());
+        }
+    }
+
+    /// Connection `id` wakes: its entry, shared again with its track (still
+    /// `parked` until its protocol says what it does).
+    pub(crate) fn wake(&self, id: u64) -> Option<Arc<Entry>> {
+        let mut entries = self.lock();
+        let listed = entries.get_mut(id)?;
+        let entry = match listed {
+            Listed::Awake(entry) => entry.clone(),
+            Listed::Parked(entry) => Arc::new(entry.copied()),
+        };
+        *listed = Listed::Awake(entry.clone());
+        Some(entry)
+    }
+
+    /// How many connections are listed.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The live connections in id order, copied a [`CHUNK`] at a time, with
+    /// their ages as of `now`.
+    pub(crate) fn listing(&self, now: Instant) -> Listing<'_> {
+        Listing {
+            registry: self,
+            now,
+            chunk: std::collections::VecDeque::new(),
+            after: None,
+            done: false,
+        }
+    }
+}
+
+/// A registry's connections in id order (see [`Registry::listing`]): each
+/// chunk is copied under the lock, then handed out with no lock held.
+pub(crate) struct Listing<'r> {
+    registry: &'r Registry,
+    now: Instant,
+    chunk: std::collections::VecDeque<ConnectionInfo>,
+    /// The last id copied: the next chunk starts after it.
+    after: Option<u64>,
+    /// The last chunk was short: nothing after it.
+    done: bool,
+}
+
+impl Listing<'_> {
+    /// The next connection's id, copying the next chunk if needed.
+    fn peek_id(&mut self) -> Option<u64> {
+        if self.chunk.is_empty() && !self.done {
+            let now = self.now;
+            self.chunk.extend(
+                self.registry
+                    .lock()
+                    .after(self.after)
+                    .take(CHUNK)
+                    .map(|(id, listed)| listed.entry().info(id, now)),
+            );
+            self.done = self.chunk.len() < CHUNK;
+            self.after = self.chunk.back().map(|c| c.id).or(self.after);
+        }
+        self.chunk.front().map(|c| c.id)
+    }
+}
+
+impl Iterator for Listing<'_> {
+    type Item = ConnectionInfo;
+
+    fn next(&mut self) -> Option<ConnectionInfo> {
+        self.peek_id()?;
+        self.chunk.pop_front()
+    }
+}
+
+/// The live connections of `registries` in id order, from `offset`, at most
+/// `limit` of them, and how many there are in all: the listings merged, a
+/// chunk of each copied at a time, so that neither a lock nor memory is
+/// held for all of them (the connections before `offset` are walked past,
+/// not kept).
+pub(crate) fn page(
+    registries: &[Arc<Registry>],
+    offset: usize,
+    limit: usize,
+) -> (usize, Vec<ConnectionInfo>) {
+    let total: usize = registries.iter().map(|r| r.len()).sum();
+    let now = Instant::now();
+    let mut listings: Vec<Listing<'_>> = registries.iter().map(|r| r.listing(now)).collect();
+    let mut page = Vec::with_capacity(limit.min(total.saturating_sub(offset)));
+    let mut skip = offset;
+    while page.len() < limit {
+        let mut lowest: Option<(u64, usize)> = None;
+        for (i, listing) in listings.iter_mut().enumerate() {
+            if let Some(id) = listing.peek_id() {
+                if lowest.is_none_or(|(low, _)| id < low) {
+                    lowest = Some((id, i));
+                }
+            }
+        }
+        let Some((_, i)) = lowest else { break };
+        let Some(connection) = listings[i].next() else {
+            break;
+        };
+        if skip > 0 {
+            skip -= 1;
+        } else {
+            page.push(connection);
+        }
+    }
+    (total, page)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    thread_local! {
+        /// Locks of a registry taken on this thread.
+        pub(crate) static LOCKS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn entry(id: u64) -> Listed {
+        let entry = Entry::new(
+            SocketAddr::from(([127, 0, 0, 1], id as u16)),
+            0,
+            ConnectionState::Idle,
+        );
+        entry.requests.store(id, Relaxed);
+        Listed::Awake(entry)
+    }
+
+    /// Registries listing `ids`, one per slice.
+    fn registries(ids: &[&[u64]]) -> Vec<Arc<Registry>> {
+        ids.iter()
+            .map(|ids| {
+                let registry = Arc::new(Registry::default());
+                for &id in *ids {
+                    registry.lock().insert(id, entry(id));
+                }
+                registry
+            })
+            .collect()
+    }
+
+    fn ids(list: &[ConnectionInfo]) -> Vec<u64> {
+        list.iter().map(|c| c.id).collect()
+    }
+
+    /// Listings span several chunks ([`CHUNK`] is 3 here) of registries whose
+    /// ids interleave: every connection once, in id order; a page from
+    /// `offset`, at most `limit`, and the total.
+    #[test]
+    fn a_page_merges_the_registries_a_chunk_at_a_time() {
+        let even: Vec<u64> = (0..20).step_by(2).collect();
+        let odd: Vec<u64> = (1..9).step_by(2).collect();
+        let all: Vec<u64> = (0..9).chain((10..20).step_by(2)).collect();
+        let rs = registries(&[&even, &odd]);
+        let (total, list) = page(&rs, 0, 100);
+        assert_eq!((total, ids(&list)), (14, all.clone()));
+        assert_eq!(list[3].requests, 3, "each entry's own fields");
+        let (total, list) = page(&rs, 4, 5);
+        assert_eq!((total, ids(&list)), (14, all[4..9].to_vec()));
+        assert_eq!(ids(&page(&rs, 13, 5).1), [18]);
+        assert!(page(&rs, 14, 5).1.is_empty());
+        assert!(page(&rs, 0, 0).1.is_empty());
+        let (total, list) = page(&[], 0, 10);
+        assert!(total == 0 && list.is_empty());
+    }
+
+    /// A listing holds no lock between chunks, so the worker opens and
+    /// closes connections meanwhile: one closed before its chunk was copied
+    /// is not listed, one opened after the listing's place is.
+    #[test]
+    fn a_listing_holds_no_lock_between_chunks() {
+        let rs = registries(&[&[1, 2, 3, 4, 5, 6, 7]]);
+        let mut listing = rs[0].listing(Instant::now());
+        assert_eq!(listing.next().map(|c| c.id), Some(1));
+        let mut entries = rs[0].entries.try_lock().expect("no lock held");
+        entries.remove(&5);
+        entries.insert(9, entry(9));
+        drop(entries);
+        assert_eq!(
+            listing.map(|c| c.id).collect::<Vec<_>>(),
+            [2, 3, 4, 6, 7, 9]
+        );
+    }
+}
