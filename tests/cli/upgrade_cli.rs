@@ -1939,19 +1939,18 @@ fn a_take_over_during_a_start_that_fails_finds_nothing_and_the_old_process_exits
         if let Some(status) = new.child().try_wait().unwrap() {
             break Some(status);
         }
-        match ready.arrivals.recv_timeout(Duration::from_millis(5)) {
-            Ok((pid, handing)) => {
+        match ready.within(Duration::from_millis(5)) {
+            Some((pid, handing)) => {
                 assert_eq!(pid, old.id());
                 drop(handing);
                 break None;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            None => {
                 assert!(
                     Instant::now() < deadline,
                     "the new process neither exited nor took over"
                 );
             }
-            Err(e) => panic!("{e}"),
         }
     };
     writeln!(held, "emfile").unwrap();

@@ -395,17 +395,28 @@ impl Gate {
             .expect("a process comes to the gate")
     }
 
+    /// The next process to arrive within `wait`, if one does.
+    pub fn within(&self, wait: Duration) -> Option<(i32, UnixStream)> {
+        match self.arrivals.recv_timeout(wait) {
+            Ok(arrival) => Some(arrival),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(e) => panic!("the gate's thread ended: {e}"),
+        }
+    }
+
     /// As [`Gate::next`], for `child` to arrive; panics at once if it
     /// exits first (checked every few milliseconds: its exit sends nothing
     /// here).
     pub fn next_unless(&self, child: &mut ChildGuard) -> (i32, UnixStream) {
         let deadline = Instant::now() + CHILD_SAFETY;
         loop {
-            match self.arrivals.recv_timeout(Duration::from_millis(5)) {
-                Ok(arrival) => return arrival,
-                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-                Err(e) => panic!("nothing at the gate: {e}"),
+            if let Some(arrival) = self.within(Duration::from_millis(5)) {
+                return arrival;
             }
+            assert!(
+                Instant::now() < deadline,
+                "nothing at the gate within {CHILD_SAFETY:?}"
+            );
             if let Some(status) = child.child().try_wait().unwrap() {
                 panic!("the process exited ({status:?}) before it came to the gate");
             }
