@@ -936,7 +936,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "P",
         shape: Shape::One,
         help: "Worker processes under a supervisor, for hosts whose per-process open-file limit caps connections.",
-        details: "Each process has its own listeners and --workers threads. The supervisor restarts one that dies; a worker process (re)starting listens only once everything that can fail has been made (its runtimes, threads, parking lots), so one that fails to start never takes a share of the port's connections from the others.",
+        details: "Each process has its own listeners and --workers threads. The supervisor restarts one that dies; a worker process (re)starting listens only once everything that can fail has been made (its runtimes, threads, parking lots), so one that fails to start takes no share of the port's connections from the others. One window remains: its listeners are registered with its runtimes right after they listen, and if that fails (out of memory or epoll watches), the connections queued in those microseconds are reset (with net.ipv4.tcp_migrate_req=1, Linux 5.14+, the kernel moves them to the other processes instead).",
         default: "1 (no supervisor)",
         example: "4",
         parse: count,

@@ -517,6 +517,7 @@ async fn serve(
     // HTTP/2 connection (TLS) to open them on a stream (RFC 8441), which
     // those routes would refuse with 501.
     let builder = builder.http2_enable_connect_protocol(false);
+    let builder = crate::upgrade::fail_worker_start(builder);
     // Before the server starts: a worker process binding afresh joins its
     // port's `SO_REUSEPORT` group as the start's last step, and the kernel
     // queues connections for it from then on.

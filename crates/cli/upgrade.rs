@@ -301,6 +301,40 @@ pub fn before_start(path: &Path) {
     }
 }
 
+/// Test-only knob (not a user setting), obeyed by debug builds only as
+/// every test gate: `lot N`, `register N` or `panic N` makes that step of
+/// the main server's worker N's start fail (its parking lot, as at the
+/// open-file limit; its listeners' registration, as at the user's epoll
+/// watch limit; its thread's setup, as a bug would), through
+/// [`Builder::fail_worker_start_for_test`](megaconn::Builder::fail_worker_start_for_test).
+/// No test can bring a real process to one of these for one worker of one
+/// server; the knob is read here so that the library needs no gate of its
+/// own.
+const TEST_WORKER_FAIL_ENV: &str = "MEGACONN_TEST_WORKER_FAIL";
+
+/// `builder` with the failure a test asks for ([`TEST_WORKER_FAIL_ENV`]).
+pub fn fail_worker_start(builder: megaconn::Builder) -> megaconn::Builder {
+    if !cfg!(debug_assertions) {
+        return builder;
+    }
+    let Ok(told) = std::env::var(TEST_WORKER_FAIL_ENV) else {
+        return builder;
+    };
+    use megaconn::WorkerStartFailure as Step;
+    let (step, worker) = told.split_once(' ').unwrap_or((&told, ""));
+    let step = match step {
+        "lot" => Step::Lot,
+        "register" => Step::Register,
+        "panic" => Step::Panic,
+        _ => panic!("{TEST_WORKER_FAIL_ENV}: not lot, register or panic N: {told}"),
+    };
+    let worker = worker
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{TEST_WORKER_FAIL_ENV}: no worker number: {told}"));
+    builder.fail_worker_start_for_test(step, worker)
+}
+
 /// Test-only knob (not a user setting), as [`TEST_GATE_ENV`]: a new
 /// process that told the old one it serves ([`TakeOver::finish`]) stops at
 /// its control socket's path plus `.run.gate` before it runs its servers.

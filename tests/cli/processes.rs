@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
-use common::{ChildGuard, Lines};
+use common::{ChildGuard, Gate, Lines};
 
 /// One request on a fresh connection. Retries a reset: when a worker process
 /// dies, the connections already queued on its `SO_REUSEPORT` listener are
@@ -117,10 +117,10 @@ impl Supervisor {
         self.child.signal(sig);
     }
 
-    /// Worker process `k`'s upgrade control socket's path plus `suffix`:
-    /// where its test gates are.
-    fn gate_path(&self, k: usize, suffix: &str) -> std::path::PathBuf {
-        self._dir.path().join(format!("upgrade.sock.{k}{suffix}"))
+    /// Worker process `k`'s upgrade control socket's path: its test gates
+    /// are at it plus a suffix.
+    fn control_socket(&self, k: usize) -> std::path::PathBuf {
+        self._dir.path().join(format!("upgrade.sock.{k}"))
     }
 }
 
@@ -137,15 +137,14 @@ fn a_worker_process_that_fails_to_start_takes_no_connection() {
     // No gate listens while the supervisor starts: its worker processes
     // pass (a gate nobody listens at is no gate).
     let sup = Supervisor::start_env(2, &[], &[("MEGACONN_TEST_START_GATE", "1")]);
-    let gate = std::os::unix::net::UnixListener::bind(sup.gate_path(1, ".start.gate")).unwrap();
+    // Accepted on a thread of its own and waited for with a bound; panics
+    // at once under --release, whose binary has no gates.
+    let gate = Gate::at(&sup.control_socket(1), ".start.gate");
     // SAFETY: kill(2) on a worker process the supervisor started for us.
     unsafe { libc::kill(sup.worker_pids[1], libc::SIGKILL) };
     // Its restart, at the gate: bound, about to start.
-    let (mut held, _) = gate.accept().unwrap();
+    let (restarted, mut held) = gate.next();
     drop(gate);
-    let mut pid = String::new();
-    BufReader::new(&held).read_line(&mut pid).unwrap();
-    let restarted: i32 = pid.trim().parse().unwrap();
     assert_ne!(restarted, sup.worker_pids[1]);
     let connections: Vec<TcpStream> = (0..CONNECTIONS)
         .map(|_| {

@@ -121,7 +121,10 @@ fn a_port_in_use_exits_1_with_a_clear_message() {
 /// fails (`EAGAIN`) as it would at a thread limit. The server's first
 /// thread is the one that joins its workers: before, a worker's came
 /// first, and the message said neither which thread of the server's own
-/// nor what to do.
+/// nor what to do. It holds only while no thread is spawned without a
+/// stack size before `Server::start` (tokio's runtimes set theirs; the
+/// admin server is off): such a thread, added before, would fail first,
+/// with its own message, and this test would then say so.
 #[test]
 fn a_thread_that_cannot_be_made_is_named_with_what_to_do() {
     let (status, err) = run_to_exit(

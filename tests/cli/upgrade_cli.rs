@@ -17,14 +17,14 @@ use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, Lines, CHILD_SAFETY};
+use common::{ChildGuard, Gate, Lines, CHILD_SAFETY};
 
 /// One generation of the server.
 struct Generation {
@@ -538,78 +538,6 @@ fn a_supervisor_upgrades_worker_process_by_worker_process() {
     }
     new.signal(libc::SIGTERM);
     new.wait();
-}
-
-/// Where a new worker process of a supervisor stops before taking over
-/// (`MEGACONN_TEST_TAKE_OVER_GATE`, a test-only knob): one about to take over
-/// on `socket.k` connects to `socket.k.gate`, says its pid and waits until
-/// the test drops the connection.
-struct Gate {
-    arrivals: mpsc::Receiver<(i32, UnixStream)>,
-}
-
-impl Gate {
-    fn new(socket: &Path, index: usize) -> Gate {
-        Gate::at(socket, &format!(".{index}.gate"))
-    }
-
-    /// Where a worker process of a supervisor stops before it claims slot
-    /// `index` to bind afresh (`MEGACONN_TEST_SLOT_GATE`, a test-only knob,
-    /// set on the supervisor): at `socket.k.lock.gate`, as at a [`Gate::new`].
-    fn slot(socket: &Path, index: usize) -> Gate {
-        Gate::at(socket, &format!(".{index}.lock.gate"))
-    }
-
-    /// A gate at `socket`'s path plus `suffix`.
-    fn at(socket: &Path, suffix: &str) -> Gate {
-        // The server's gates exist in debug builds only (`test_gate` in
-        // crates/cli/upgrade.rs); under `--release` it would never arrive.
-        if !cfg!(debug_assertions) {
-            panic!(
-                "test gates are compiled into debug builds only: run this test without --release"
-            );
-        }
-        let mut path = socket.as_os_str().to_owned();
-        path.push(suffix);
-        let listener = UnixListener::bind(path).unwrap();
-        let (tx, arrivals) = mpsc::channel();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let stream = stream.unwrap();
-                let mut pid = String::new();
-                BufReader::new(&stream).read_line(&mut pid).unwrap();
-                if tx.send((pid.trim().parse().unwrap(), stream)).is_err() {
-                    break;
-                }
-            }
-        });
-        Gate { arrivals }
-    }
-
-    /// The next worker process to arrive: its pid, and the connection that
-    /// holds it there.
-    fn next(&self) -> (i32, UnixStream) {
-        self.arrivals
-            .recv_timeout(CHILD_SAFETY)
-            .expect("a worker process comes to take over")
-    }
-
-    /// As [`Gate::next`], for `child` to arrive; panics at once if it
-    /// exits first (checked every few milliseconds: its exit sends nothing
-    /// here).
-    fn next_unless(&self, child: &mut ChildGuard) -> (i32, UnixStream) {
-        let deadline = Instant::now() + CHILD_SAFETY;
-        loop {
-            match self.arrivals.recv_timeout(Duration::from_millis(5)) {
-                Ok(arrival) => return arrival,
-                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-                Err(e) => panic!("nothing at the gate: {e}"),
-            }
-            if let Some(status) = child.child().try_wait().unwrap() {
-                panic!("the process exited ({status:?}) before it came to the gate");
-            }
-        }
-    }
 }
 
 /// A supervisor's log (stderr, `RUST_LOG=info`), read line by line.
@@ -1526,6 +1454,22 @@ fn a_new_process_whose_worker_cannot_park_leaves_the_old_one_serving() {
     a_worker_failing_at("lot 0", ("cannot make its parking lot", "--park-after off"));
 }
 
+/// A worker of a new process whose thread panics as it sets up (as a bug
+/// there would) fails the process's start, before it says it is ready,
+/// naming the worker and the log. The start used to succeed: the new
+/// process took over with that worker's socket listening in the port's
+/// `SO_REUSEPORT` group, nobody accepting its share of the connections.
+#[test]
+fn a_new_process_whose_worker_panicked_during_the_start_leaves_the_old_one_serving() {
+    a_worker_failing_at(
+        "panic 1",
+        (
+            "worker thread 1 ended during the server's start",
+            "see the log",
+        ),
+    );
+}
+
 /// Generation 0, `old`, serves on alone on `addr` after a failed upgrade,
 /// and hands over to the next (generation 2, with `extra` flags), which
 /// then serves alone.
@@ -1995,19 +1939,18 @@ fn a_take_over_during_a_start_that_fails_finds_nothing_and_the_old_process_exits
         if let Some(status) = new.child().try_wait().unwrap() {
             break Some(status);
         }
-        match ready.arrivals.recv_timeout(Duration::from_millis(5)) {
-            Ok((pid, handing)) => {
+        match ready.within(Duration::from_millis(5)) {
+            Some((pid, handing)) => {
                 assert_eq!(pid, old.id());
                 drop(handing);
                 break None;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            None => {
                 assert!(
                     Instant::now() < deadline,
                     "the new process neither exited nor took over"
                 );
             }
-            Err(e) => panic!("{e}"),
         }
     };
     writeln!(held, "emfile").unwrap();

@@ -10,6 +10,8 @@ mod skip;
 pub use skip::skip;
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -332,5 +334,92 @@ impl Serving {
     pub fn stop(mut self) {
         self.child.signal(libc::SIGTERM);
         assert_eq!(self.child.wait().code(), Some(0));
+    }
+}
+
+/// Where a `megaconn` process stops at a test gate (a test-only knob of
+/// debug builds, `test_gate` in crates/cli/upgrade.rs): it connects to the
+/// gate's Unix socket, says its pid and waits until the test drops the
+/// connection (having written what it tells it, if anything). Arrivals
+/// are accepted on a thread of the gate's and waited for with a bound.
+/// [`Gate::new`]: where a new worker process of a supervisor stops before
+/// taking over (`MEGACONN_TEST_TAKE_OVER_GATE`): one about to take over
+/// on `socket.k` connects to `socket.k.gate`.
+pub struct Gate {
+    arrivals: mpsc::Receiver<(i32, UnixStream)>,
+}
+
+impl Gate {
+    pub fn new(socket: &Path, index: usize) -> Gate {
+        Gate::at(socket, &format!(".{index}.gate"))
+    }
+
+    /// Where a worker process of a supervisor stops before it claims slot
+    /// `index` to bind afresh (`MEGACONN_TEST_SLOT_GATE`, a test-only knob,
+    /// set on the supervisor): at `socket.k.lock.gate`, as at a [`Gate::new`].
+    pub fn slot(socket: &Path, index: usize) -> Gate {
+        Gate::at(socket, &format!(".{index}.lock.gate"))
+    }
+
+    /// A gate at `socket`'s path plus `suffix`.
+    pub fn at(socket: &Path, suffix: &str) -> Gate {
+        // The server's gates exist in debug builds only (`test_gate` in
+        // crates/cli/upgrade.rs); under `--release` it would never arrive.
+        if !cfg!(debug_assertions) {
+            panic!(
+                "test gates are compiled into debug builds only: run this test without --release"
+            );
+        }
+        let mut path = socket.as_os_str().to_owned();
+        path.push(suffix);
+        let listener = UnixListener::bind(path).unwrap();
+        let (tx, arrivals) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let stream = stream.unwrap();
+                let mut pid = String::new();
+                BufReader::new(&stream).read_line(&mut pid).unwrap();
+                if tx.send((pid.trim().parse().unwrap(), stream)).is_err() {
+                    break;
+                }
+            }
+        });
+        Gate { arrivals }
+    }
+
+    /// The next worker process to arrive: its pid, and the connection that
+    /// holds it there.
+    pub fn next(&self) -> (i32, UnixStream) {
+        self.arrivals
+            .recv_timeout(CHILD_SAFETY)
+            .expect("a process comes to the gate")
+    }
+
+    /// The next process to arrive within `wait`, if one does.
+    pub fn within(&self, wait: Duration) -> Option<(i32, UnixStream)> {
+        match self.arrivals.recv_timeout(wait) {
+            Ok(arrival) => Some(arrival),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(e) => panic!("the gate's thread ended: {e}"),
+        }
+    }
+
+    /// As [`Gate::next`], for `child` to arrive; panics at once if it
+    /// exits first (checked every few milliseconds: its exit sends nothing
+    /// here).
+    pub fn next_unless(&self, child: &mut ChildGuard) -> (i32, UnixStream) {
+        let deadline = Instant::now() + CHILD_SAFETY;
+        loop {
+            if let Some(arrival) = self.within(Duration::from_millis(5)) {
+                return arrival;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing at the gate within {CHILD_SAFETY:?}"
+            );
+            if let Some(status) = child.child().try_wait().unwrap() {
+                panic!("the process exited ({status:?}) before it came to the gate");
+            }
+        }
     }
 }

@@ -30,7 +30,7 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A worker's runtime or thread could not be made.
-    #[error("cannot start worker thread {worker}: {source} (at the open-file limit: ulimit -n, LimitNOFILE= under systemd; or at a limit on threads: ulimit -u, TasksMax=)")]
+    #[error("cannot start worker thread {worker}: {source} (raise the open-file limit: ulimit -n, LimitNOFILE= under systemd; or the thread limit: ulimit -u, TasksMax=)")]
     Worker {
         /// The worker's index.
         worker: usize,
@@ -65,6 +65,17 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: io::Error,
+    },
+    /// A worker's thread ended while the server started, before it took its
+    /// listening sockets: it panicked setting the worker up (a bug; the
+    /// panic is in the log). [`Server::start`](crate::Server::start) fails
+    /// rather than leave its sockets listening with nobody to accept.
+    #[error(
+        "worker thread {worker} ended during the server's start (it panicked: see the log above)"
+    )]
+    WorkerEnded {
+        /// The worker's index.
+        worker: usize,
     },
     /// A thread of the server's own (not a worker) could not be started.
     #[error("cannot start the {name} thread: {source} (at a limit on threads: the user's, ulimit -u; the system's, /proc/sys/kernel/threads-max; the service's, TasksMax= under systemd; or out of memory for its stack)")]

@@ -133,6 +133,8 @@ mod proto;
 mod server;
 mod service;
 
+#[doc(hidden)]
+pub use conn::config::WorkerStartFailure;
 pub use conn::config::{
     AcceptRate, KeepaliveConfig, DEFAULT_BACKLOG, DEFAULT_HTTP2_CONNECTION_WINDOW,
     DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,

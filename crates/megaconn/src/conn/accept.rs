@@ -60,10 +60,7 @@ pub(crate) async fn accept_loop(
             (r.burst / workers as u32).max(1),
         )
     });
-    let local = listener
-        .get_ref()
-        .local_addr()
-        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let local = crate::conn::socket::addr_of(listener.get_ref());
     loop {
         // A connection first, then a slot for it: a slot taken before the
         // wait sat idle with this acceptor while a connection queued on

@@ -117,6 +117,22 @@ pub struct AcceptRate {
     pub burst: u32,
 }
 
+/// A step of a worker's start that a test makes fail
+/// ([`Builder::fail_worker_start_for_test`](crate::Builder::fail_worker_start_for_test)).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerStartFailure {
+    /// Making its parking lot fails with `EMFILE`, as at the open-file
+    /// limit.
+    Lot,
+    /// Registering its listening sockets fails with `ENOSPC`, as at the
+    /// user's epoll watch limit.
+    Register,
+    /// Its thread panics as it sets the worker up, before it takes its
+    /// listening sockets, as a bug there would.
+    Panic,
+}
+
 /// The resolved configuration a server runs with.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -188,6 +204,9 @@ pub(crate) struct Config {
     /// OpenTelemetry: a span per request (observe/trace.rs); zero-sized
     /// without the `otel` feature.
     pub tracing: crate::observe::trace::Hook,
+    /// A step of a worker's start made to fail, for tests only
+    /// (`Builder::fail_worker_start_for_test`).
+    pub fail_worker_start: Option<(WorkerStartFailure, usize)>,
 }
 
 impl Default for Config {
@@ -233,6 +252,7 @@ impl Default for Config {
             framed: None,
             message: None,
             tracing: Default::default(),
+            fail_worker_start: None,
         }
     }
 }

@@ -12,7 +12,13 @@
 //! that fails after that resets the connections queued in its share, which
 //! its siblings would have served. So those sockets are only bound here and
 //! listen as the last step of `Server::start` ([`listen_bound`]), once all
-//! that can fail has succeeded. A socket the server has to itself listens at
+//! that can fail before has succeeded. One step comes after, as it must (a
+//! socket not listening yet polls as hung up: `Listeners::hand` in
+//! `server/worker.rs`): registering them with the workers' runtimes; should
+//! that fail (the kernel out of memory, the user out of epoll watches),
+//! the connections queued in those microseconds are reset, unless
+//! `net.ipv4.tcp_migrate_req=1` (Linux 5.14+) has the kernel move them to
+//! the group's other sockets. A socket the server has to itself listens at
 //! once (`Builder::listen`): a connection made before the server starts waits
 //! in its queue and is served, as callers that connect right after `listen`
 //! expect, and nobody else would have served it.
@@ -190,11 +196,7 @@ pub(crate) fn listen_bound<'a>(
 ) -> Result<(), Error> {
     for listener in listeners {
         let socket = SockRef::from(listener);
-        let addr = || {
-            listener
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
-        };
+        let addr = || addr_of(listener);
         // SO_ACCEPTCONN: whether it listens. Copies of one socket (an
         // address shared by several workers) see the first `listen`.
         if socket
@@ -210,6 +212,14 @@ pub(crate) fn listen_bound<'a>(
             .map_err(|source| listen_error(addr(), source))?;
     }
     Ok(())
+}
+
+/// `listener`'s address, to name it in errors and logs: `0.0.0.0:0` if it
+/// cannot be read (`getsockname` fails only on a socket already broken).
+pub(crate) fn addr_of(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 /// `TCP_DEFER_ACCEPT`: the kernel wakes us only once the client sent data, so a

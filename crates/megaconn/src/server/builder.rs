@@ -149,8 +149,10 @@ impl Server {
     /// tells the old one it takes over, then runs; should the start fail,
     /// the old process has not been told and serves on. For a process
     /// joining a port others serve (a supervisor's worker process): one
-    /// whose start fails never listened, so it took no share of the
-    /// port's connections. Dropping the [`Started`] stops its workers,
+    /// whose start fails took no share of the port's connections, but if
+    /// it fails registering its sockets, which comes right after they
+    /// listen: those queued in that window are reset (moved to the port's
+    /// other processes instead with `net.ipv4.tcp_migrate_req=1`). Dropping the [`Started`] stops its workers,
     /// which have accepted nothing.
     ///
     /// ```no_run
@@ -810,6 +812,21 @@ impl Builder {
     /// A `Server` header added to responses that have none. Default: none.
     pub fn server_header(mut self, value: Option<&str>) -> Builder {
         self.config.server_header = value.and_then(|v| HeaderValue::from_str(v).ok());
+        self
+    }
+
+    /// For tests only, not a setting: makes `step` of worker `worker`'s
+    /// start fail, as no test can make a real limit fail one worker of one
+    /// server (the open-file and epoll watch limits are the user's or the
+    /// system's, and hit the runtime first). The command line sets it from
+    /// its own test knob, in debug builds only (`crates/cli/upgrade.rs`).
+    #[doc(hidden)]
+    pub fn fail_worker_start_for_test(
+        mut self,
+        step: crate::WorkerStartFailure,
+        worker: usize,
+    ) -> Builder {
+        self.config.fail_worker_start = Some((step, worker));
         self
     }
 

@@ -8,9 +8,9 @@
 //! (The same idea as pingora's `pingora-runtime`, with one runtime per thread
 //! instead of a pool.)
 //!
-//! `Server::start` makes a worker in two steps, on its own thread: [`spawn`]
-//! (the runtime, the parking lot's epoll set, the thread, which sets the
-//! worker up and waits), then [`Listeners::hand`] (its listening sockets
+//! `Server::start` makes a worker in two steps, on the caller's thread (the
+//! one calling `Server::start`): [`spawn`] (the runtime, the parking lot's
+//! epoll set, the thread, which sets the worker up and waits), then [`Listeners::hand`] (its listening sockets
 //! registered with its runtime). All a worker's start can fail at happens
 //! there, so it fails the server's start, before anything is accepted; the
 //! worker accepts once the server runs (`Started::run`).
@@ -28,7 +28,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 use crate::conn::accept::accept_loop;
-use crate::conn::config::Config;
+use crate::conn::config::{Config, WorkerStartFailure};
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
 use crate::conn::handover::{self, ParkedConnection};
@@ -114,7 +114,7 @@ where
     let lot = match setup.config.park_idle_after {
         Some(_) => {
             let _runtime = runtime.get().enter();
-            let made = match test_failure(TestFailure::Lot, worker) {
+            let made = match test_failure(&setup.config, WorkerStartFailure::Lot, worker) {
                 Some(injected) => Err(injected),
                 None => LotFds::new(setup.config.park_wake_batch),
             };
@@ -124,9 +124,26 @@ where
     };
     let (tx, listeners) = oneshot::channel();
     let handle = runtime.get().handle().clone();
+    let fail_register = test_failure(&setup.config, WorkerStartFailure::Register, worker);
+    // Told by a test: the thread panics at once, and this waits for it to
+    // have dropped `listeners`, so that the test sees `Listeners::hand`
+    // meet a worker that ended (a real panic races with it).
+    let (panic, panicked) =
+        match setup.config.fail_worker_start == Some((WorkerStartFailure::Panic, worker)) {
+            true => {
+                let (tx, rx) = std::sync::mpsc::channel::<()>();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
     let thread = std::thread::Builder::new()
         .name(format!("megaconn-worker-{worker}"))
         .spawn(move || {
+            if let Some(dropped) = panic {
+                drop(listeners);
+                drop(dropped);
+                panic!("worker {worker} panics as it sets up, as a test asked");
+            }
             let local = tokio::task::LocalSet::new();
             let summary = local.block_on(runtime.get(), run(setup, lot, listeners));
             // Its tasks first, then the runtime (see `WorkerRuntime`).
@@ -135,12 +152,17 @@ where
             summary
         })
         .map_err(|source| Error::Worker { worker, source })?;
+    if let Some(panicked) = panicked {
+        // Returns once the thread dropped its end.
+        let _ = panicked.recv();
+    }
     Ok(Spawned {
         thread,
         listeners: Listeners {
             worker,
             runtime: handle,
             tx,
+            fail_register,
         },
     })
 }
@@ -175,6 +197,8 @@ pub(crate) struct Listeners {
     worker: usize,
     runtime: tokio::runtime::Handle,
     tx: oneshot::Sender<Vec<AsyncFd<StdTcpListener>>>,
+    /// The error registering is to fail with, if a test says so.
+    fail_register: Option<std::io::Error>,
 }
 
 impl Listeners {
@@ -190,14 +214,20 @@ impl Listeners {
     /// start: a worker that served on without it would leave the socket in
     /// its `SO_REUSEPORT` group, with its share of new connections queued
     /// where nobody accepts them (it used to be logged, and lost so).
-    pub(crate) fn hand(self, listeners: Vec<StdTcpListener>) -> Result<(), Error> {
+    ///
+    /// A worker whose thread has ended (it panicked as it set up) fails it
+    /// too: its sockets would listen with nobody to accept (and with its
+    /// runtime gone, registering would fail, blaming epoll).
+    pub(crate) fn hand(mut self, listeners: Vec<StdTcpListener>) -> Result<(), Error> {
+        let ended = |worker| Error::WorkerEnded { worker };
+        if self.tx.is_closed() {
+            return Err(ended(self.worker));
+        }
         let _runtime = self.runtime.enter();
         let mut registered = Vec::with_capacity(listeners.len());
         for listener in listeners {
-            let addr = listener
-                .local_addr()
-                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-            let watched = match test_failure(TestFailure::Register, self.worker) {
+            let addr = crate::conn::socket::addr_of(&listener);
+            let watched = match self.fail_register.take() {
                 Some(injected) => Err(injected),
                 // SAFETY: a std listener owns its descriptor, open and
                 // unchanged for as long as the AsyncFd holds it.
@@ -212,46 +242,25 @@ impl Listeners {
                 source,
             })?);
         }
-        // A worker that is gone (it panicked) drops them, closing its copies.
-        let _ = self.tx.send(registered);
-        Ok(())
+        // A worker that ended since: dropped, they close this process's
+        // copies, and the start fails.
+        self.tx.send(registered).map_err(|_| ended(self.worker))
     }
 }
-
-/// A step of a worker's start that a test can make fail ([`test_failure`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TestFailure {
-    /// Making its parking lot.
-    Lot,
-    /// Registering its listening sockets.
-    Register,
-}
-
-/// Test-only knob (not a user setting): `lot N` or `register N` makes that
-/// step of worker N's start fail, as at the open-file limit (`EMFILE`) or
-/// the user's epoll watch limit (`ENOSPC`). No test can bring a real
-/// process there for one worker of one server: these limits are the
-/// user's or the system's (`fs.epoll.max_user_watches`), or hit the
-/// runtime first. Set on a `megaconn` child process by the command-line
-/// tests. Obeyed by debug builds only (what `cargo test` builds; `cfg!`
-/// keeps the code in release builds, where it returns at once), as the
-/// command line's test gates (`crates/cli/upgrade.rs`).
-const TEST_FAILURE_ENV: &str = "MEGACONN_TEST_WORKER_FAIL";
 
 /// The error `step` of `worker`'s start is to fail with, if a test says so
-/// ([`TEST_FAILURE_ENV`]).
-fn test_failure(step: TestFailure, worker: usize) -> Option<std::io::Error> {
-    if !cfg!(debug_assertions) {
-        return None;
-    }
-    let told = std::env::var(TEST_FAILURE_ENV).ok()?;
-    let (what, index) = told.split_once(' ')?;
-    let (named, errno) = match what {
-        "lot" => (TestFailure::Lot, libc::EMFILE),
-        "register" => (TestFailure::Register, libc::ENOSPC),
-        _ => return None,
+/// ([`Builder::fail_worker_start_for_test`](crate::Builder::fail_worker_start_for_test)).
+fn test_failure(
+    config: &Config,
+    step: WorkerStartFailure,
+    worker: usize,
+) -> Option<std::io::Error> {
+    let errno = match step {
+        WorkerStartFailure::Lot => libc::EMFILE,
+        WorkerStartFailure::Register => libc::ENOSPC,
+        WorkerStartFailure::Panic => return None,
     };
-    (named == step && index.trim().parse() == Ok(worker))
+    (config.fail_worker_start == Some((step, worker)))
         .then(|| std::io::Error::from_raw_os_error(errno))
 }
 

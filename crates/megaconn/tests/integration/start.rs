@@ -108,3 +108,26 @@ async fn a_server_on_a_shared_port_listens_only_once_started() {
     let waiting = request_waiting(addr).await;
     runs_and_answers(started, waiting).await;
 }
+
+/// A worker whose thread ended during the start (it panicked setting up,
+/// here as a test asks) fails the start, naming it and where to look. The
+/// start used to succeed: the worker's listening socket stayed in the
+/// port's `SO_REUSEPORT` group with nobody to accept its share of the
+/// connections.
+#[tokio::test]
+async fn a_worker_that_panicked_during_the_start_fails_it() {
+    let (app, _probe) = test_app();
+    let server = Server::bind("127.0.0.1:0".parse().unwrap())
+        .workers(2)
+        .reuse_port_shared(true)
+        .fail_worker_start_for_test(megaconn::WorkerStartFailure::Panic, 1)
+        .listen()
+        .unwrap();
+    let failed = server.start(app).map(|_| ());
+    assert!(
+        matches!(failed, Err(megaconn::Error::WorkerEnded { worker: 1 })),
+        "{failed:?}"
+    );
+    let said = failed.unwrap_err().to_string();
+    assert!(said.contains("panicked: see the log"), "{said}");
+}
