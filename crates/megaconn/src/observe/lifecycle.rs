@@ -562,7 +562,7 @@ impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for CountedIo<I> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::observe::registry::tests::LOCKS;
     use crate::observe::registry::{page, Listed};
@@ -673,7 +673,17 @@ mod tests {
         assert_eq!(listed(), [(track.id, ConnectionState::Parked, 2)]);
         woken.close(CloseReason::IdleTimeout, &stats);
         assert!(listed().is_empty());
-        let events = events.lock().unwrap();
+        assert_eq!(
+            opened_and_closed(&events.lock().unwrap()),
+            (track.id, 2, 20, 40, CloseReason::IdleTimeout)
+        );
+    }
+
+    /// The one connection of `events`, opened then closed once: its id,
+    /// requests, bytes in and out and close reason.
+    pub(crate) fn opened_and_closed(
+        events: &[ConnectionEvent],
+    ) -> (u64, u64, u64, u64, CloseReason) {
         let [ConnectionEvent::Opened { .. }, ConnectionEvent::Closed {
             id,
             requests,
@@ -681,14 +691,11 @@ mod tests {
             bytes_out,
             reason,
             ..
-        }] = &events[..]
+        }] = events
         else {
             panic!("opened and closed once: {events:?}")
         };
-        assert_eq!(
-            (*id, *requests, *bytes_in, *bytes_out, *reason),
-            (track.id, 2, 20, 40, CloseReason::IdleTimeout)
-        );
+        (*id, *requests, *bytes_in, *bytes_out, *reason)
     }
 
     fn track(port: u16) -> Rc<ConnTrack> {
