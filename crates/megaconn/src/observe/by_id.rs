@@ -91,6 +91,12 @@ impl<V> ById<V> {
             .filter_map(|(id, value)| value.as_ref().map(|value| (*id, value)))
     }
 
+    /// Slots in use, holes included (tests see a squeeze by it).
+    #[cfg(test)]
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     fn position(&self, id: u64) -> Result<usize, usize> {
         self.slots.binary_search_by_key(&id, |&(id, _)| id)
     }
