@@ -9,9 +9,11 @@
 //! engine counts requests and bytes into it from wherever it is.
 //!
 //! A parked connection's track is kept by value in the parking lot's
-//! per-descriptor array, and its listing by value in its registry
-//! ([`ConnTrack::park`]): nothing of a parked connection stays allocated on
-//! its own, among what its task freed. (Each track and entry, allocated at
+//! per-descriptor array (given back once none is parked), and its listing
+//! by value in its registry ([`ConnTrack::park`]): nothing of a parked
+//! connection stays allocated on its own, among what its task freed. A
+//! parked connection that closes is reported from that value, not woken
+//! first. (Each track and entry, allocated at
 //! accept between the tasks' allocations and kept while parked, held the
 //! pages around them: ~950 B per parked connection with
 //! `--debug-connections` against 24 B without; kept by value, ~240 B,

@@ -25,9 +25,11 @@ use crate::observe::lifecycle::{ConnectionInfo, ConnectionState};
 ///
 /// The map is locked and searched only when a connection opens, parks,
 /// wakes, closes or is listed. Its requests and state change per request:
-/// those go straight into its [`Entry`], which its track holds too
-/// (`ConnTrack::entry`), so an update costs no lock and no lookup (it cost
-/// both, O(log n) in the connections open, twice or more per request).
+/// those go straight into its [`Entry`], which its track holds too while
+/// it is served (`ConnTrack::entry`; a parked connection's entry is kept by
+/// value here and its track holds none, [`Listed::Parked`]), so an update
+/// costs no lock and no lookup (it cost both, O(log n) in the connections
+/// open, twice or more per request).
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     entries: std::sync::Mutex<ById<Listed>>,
