@@ -91,7 +91,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::{Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
-use crate::observe::lifecycle::ConnTrack;
+use crate::observe::lifecycle::{ConnTrack, ParkedTrack, TrackHandles};
 use crate::observe::ratelog;
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
@@ -337,9 +337,9 @@ pub(crate) struct ParkingLot {
     /// Per file descriptor: the lifecycle track of the connection parked on
     /// it (only with connection tracking: an `on_connection` hook, the
     /// access log or `track_connections`; empty otherwise), by value: its
-    /// id, peer, open time, counts and the worker's hook and registry
-    /// handles, ~120 B per descriptor up to the highest one a tracked
-    /// connection parked on. Indexed like `slots`, not an `Rc` in a map: a
+    /// id, peer, open time and counts, ~88 B per descriptor up to the
+    /// highest one a tracked connection parked on (the worker's hook and
+    /// registry, which each kept too, ~120 B, are in `track_handles`). Indexed like `slots`, not an `Rc` in a map: a
     /// track allocated at accept and kept while parked sat among the freed
     /// allocations of the connections' tasks, one every ~1.7 KB, and held
     /// their pages from `malloc_trim` (`ConnTrack::park`; a parked
@@ -347,9 +347,12 @@ pub(crate) struct ParkingLot {
     /// bench/ALLOCATORS.md). Given back whole by the sweep once no tracked
     /// connection is parked ([`ParkingLot::tracks_parked`]), or a peak of
     /// parked connections would keep it to the process's end.
-    tracks: RefCell<Vec<Option<ConnTrack>>>,
+    tracks: RefCell<Vec<Option<ParkedTrack>>>,
     /// How many entries of `tracks` hold a track.
     tracks_parked: Cell<usize>,
+    /// The hook and registry every track in `tracks` reports to: the
+    /// worker's, taken from the first track parked.
+    track_handles: RefCell<Option<TrackHandles>>,
     /// Per file descriptor: the client IP whose per-IP place a parked
     /// connection holds (only with a per-IP limit; empty otherwise). Kept
     /// here because reading it back from the socket fails once the peer
@@ -452,6 +455,7 @@ impl ParkingLot {
             on_close: RefCell::new(None),
             tracks: RefCell::new(Vec::new()),
             tracks_parked: Cell::new(0),
+            track_handles: RefCell::new(None),
             ips: RefCell::new(Vec::new()),
             retire: RefCell::new(Vec::new()),
         }
@@ -548,6 +552,16 @@ impl ParkingLot {
         if let Some(track) = track {
             // Listed as parked through its own track (an adopted connection
             // was listed as `reading_head` while parked), kept by value.
+            let mut handles = self.track_handles.borrow_mut();
+            if !handles.as_ref().is_some_and(|h| track.shares(h)) {
+                // Once per lot: its worker's tracks all share them.
+                debug_assert!(
+                    handles.is_none(),
+                    "one worker's tracks share a hook and registry"
+                );
+                *handles = Some(track.handles());
+            }
+            drop(handles);
             set_side(&self.tracks, idx, Some(track.park()));
             self.tracks_parked.set(self.tracks_parked.get() + 1);
         }
@@ -716,9 +730,11 @@ impl ParkingLot {
             .borrow_mut()
             .get_mut(fd as usize)
             .and_then(Option::take);
-        if track.is_some() {
+        let track = track.map(|track| {
             self.tracks_parked.set(self.tracks_parked.get() - 1);
-        }
+            let handles = self.track_handles.borrow();
+            track.resume(handles.as_ref().expect("set when a track parked"))
+        });
         let ip = self
             .ips
             .borrow_mut()
@@ -1504,21 +1520,34 @@ pub(super) mod tests {
         drop(client_a);
     }
 
-    /// A connection with a hook and a listing, served one request (10 bytes
-    /// in, 20 out) and parked: its track, and the events its hook heard.
-    fn park_served(
-        f: &Fixture,
-        registry: &Arc<crate::observe::registry::Registry>,
-    ) -> (Arc<std::sync::Mutex<Vec<ConnectionEvent>>>, TcpStream) {
-        use crate::observe::lifecycle::{count_in, count_out, count_request, Tracked};
+    /// A worker's hook (recording what it hears) and registry.
+    struct Tracking {
+        hook: ConnectionHook,
+        events: Arc<std::sync::Mutex<Vec<ConnectionEvent>>>,
+        registry: Arc<crate::observe::registry::Registry>,
+    }
+
+    fn tracking() -> Tracking {
         let events = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = events.clone();
         let hook = ConnectionHook(Arc::new(move |e: &ConnectionEvent| {
             seen.lock().unwrap().push(e.clone());
         }));
+        Tracking {
+            hook,
+            events,
+            registry: Arc::default(),
+        }
+    }
+
+    /// A connection tracked by `t`, served one request (10 bytes in, 20
+    /// out) and parked: its client.
+    fn park_served(f: &Fixture, t: &Tracking) -> TcpStream {
+        use crate::observe::lifecycle::{count_in, count_out, count_request, Tracked};
+        let (hook, registry) = (&t.hook, &t.registry);
         let (server, client) = pair();
         let peer = client.local_addr().unwrap();
-        let track = ConnTrack::open(Some(&hook), Some(registry), peer, peer, 0, &f.stats);
+        let track = ConnTrack::open(Some(hook), Some(registry), peer, peer, 0, &f.stats);
         let mut served = std::pin::pin!(Tracked::new(
             std::future::poll_fn(|_| {
                 count_request();
@@ -1540,7 +1569,7 @@ pub(super) mod tests {
             deadline,
             Some(track),
         );
-        (events, client)
+        client
     }
 
     /// Closing a parked connection (shutdown here; an idle timeout and a
@@ -1550,11 +1579,12 @@ pub(super) mod tests {
     /// leaves the listing, and its hook hears one `Closed` with its counts.
     #[tokio::test]
     async fn closing_a_parked_connection_takes_the_registry_lock_once() {
-        use crate::observe::registry::{page, tests::LOCKS, Registry};
+        use crate::observe::registry::{page, tests::LOCKS};
         let f = fixture();
-        let registry = Arc::new(Registry::default());
-        let (events, _client) = park_served(&f, &registry);
-        assert_eq!(page(std::slice::from_ref(&registry), 0, 10).0, 1);
+        let t = tracking();
+        let registry = &t.registry;
+        let _client = park_served(&f, &t);
+        assert_eq!(page(std::slice::from_ref(registry), 0, 10).0, 1);
         LOCKS.with(|l| l.set(0));
         assert_eq!(f.lot.close_all(), 1);
         assert_eq!(
@@ -1562,25 +1592,25 @@ pub(super) mod tests {
             1,
             "registry locks taken by the close"
         );
-        assert!(page(std::slice::from_ref(&registry), 0, 10).1.is_empty());
-        let (_, requests, bytes_in, bytes_out, reason) = opened_and_closed(&events.lock().unwrap());
+        assert!(page(std::slice::from_ref(registry), 0, 10).1.is_empty());
+        let (_, requests, bytes_in, bytes_out, reason) =
+            opened_and_closed(&t.events.lock().unwrap());
         assert_eq!(
             (requests, bytes_in, bytes_out, reason),
             (1, 10, 20, CloseReason::Shutdown)
         );
     }
 
-    /// The per-descriptor track array (~120 B a descriptor) is given back by
+    /// The per-descriptor track array (~88 B a descriptor) is given back by
     /// the first sweep that finds no tracked connection parked, whether the
     /// last one woke or closed: a peak of parked connections does not keep
     /// it for the process's life.
     #[tokio::test]
     async fn the_track_array_is_given_back_once_none_is_parked() {
-        use crate::observe::registry::Registry;
         let f = fixture();
-        let registry = Arc::new(Registry::default());
-        let (_, mut woken) = park_served(&f, &registry);
-        let (_, _closed) = park_served(&f, &registry);
+        let t = tracking();
+        let mut woken = park_served(&f, &t);
+        let _closed = park_served(&f, &t);
         f.lot.sweep();
         assert_ne!(f.lot.tracks.borrow().capacity(), 0, "two parked: kept");
         woken.write_all(b"a").unwrap();
@@ -1591,8 +1621,15 @@ pub(super) mod tests {
         f.lot.sweep();
         assert_eq!(f.lot.tracks.borrow().capacity(), 0, "none parked: freed");
         // And grown again by the next one.
-        let (_, _again) = park_served(&f, &registry);
+        let _again = park_served(&f, &t);
         assert!(f.lot.tracks.borrow().iter().any(Option::is_some));
+    }
+
+    /// A parked track keeps its own fields only, not its worker's hook and
+    /// registry (120 B with them).
+    #[test]
+    fn a_parked_track_is_88_bytes() {
+        assert_eq!(std::mem::size_of::<Option<ParkedTrack>>(), 88);
     }
 
     #[test]
