@@ -345,7 +345,7 @@ pub(crate) struct ParkingLot {
     /// their pages from `malloc_trim` (`ConnTrack::park`; a parked
     /// connection was ~950 B with `--debug-connections`, 24 B without,
     /// bench/ALLOCATORS.md). Given back whole by the sweep once no tracked
-    /// connection is parked ([`ParkingLot::tracks_parked`]), or a peak of
+    /// connection is parked (`tracks_parked`), or a peak of
     /// parked connections would keep it to the process's end.
     tracks: RefCell<Vec<Option<ParkedTrack>>>,
     /// How many entries of `tracks` hold a track.
