@@ -894,7 +894,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "",
         shape: Shape::Switch,
         help: "Keep a live list of connections (peer, worker, state, age, requests) for the admin listener's /debug/connections.",
-        details: "Costs an uncontended lock and an ordered insert per connection (and a removal at its close), a lock and a binary search each time one parks or wakes, and a few relaxed atomic stores per request. In memory: ~240 B per parked connection against ~36 B without it at 15,000 in one process (its track and its listing, kept while parked; bench/ALLOCATORS.md), so leave it off where a million connections are held.",
+        details: "Costs an uncontended lock and an ordered insert per connection (and a removal at its close), a lock and a binary search each time one parks or wakes (a wake also allocates its track and its listing's entry), and a few relaxed atomic stores per request. In memory: ~240 B per parked connection against ~36 B without it at 15,000 in one process (its track and its listing, kept while parked; bench/ALLOCATORS.md), so leave it off where a million connections are held.",
         default: "off",
         example: "",
         parse: switch,

@@ -39,6 +39,14 @@ impl CloseTrack for Rc<ConnTrack> {
     }
 }
 
+/// A parked connection's track, as the parking lot keeps it: closed as it
+/// is, not woken first (`ParkingLot::closed`).
+impl CloseTrack for ConnTrack {
+    fn close(&self, reason: CloseReason, stats: &WorkerStats) {
+        ConnTrack::close(self, reason, stats);
+    }
+}
+
 impl CloseTrack for DetachedTrack {
     fn close(&self, reason: CloseReason, stats: &WorkerStats) {
         DetachedTrack::close(self, reason, stats);
@@ -87,17 +95,6 @@ impl Connection {
         Connection::resume(slot, stats, track)
     }
 
-    /// A parked connection coming back (it never stopped counting as open).
-    pub(crate) fn resume(
-        slot: ConnectionSlot,
-        stats: Arc<WorkerStats>,
-        track: Option<Rc<ConnTrack>>,
-    ) -> Connection {
-        Connection {
-            open: Some(Open { slot, stats, track }),
-        }
-    }
-
     /// The lifecycle track, if connections are tracked.
     pub(crate) fn track(&self) -> Option<&Rc<ConnTrack>> {
         self.open.as_ref().and_then(|o| o.track.as_ref())
@@ -130,6 +127,21 @@ impl Connection {
     }
 }
 
+impl Connection<ConnTrack> {
+    /// A parked connection wakes: its track shared with its task again
+    /// ([`ConnTrack::wake`]).
+    pub(crate) fn wake(mut self) -> Connection {
+        let open = self.open.take();
+        Connection {
+            open: open.map(|Open { slot, stats, track }| Open {
+                slot,
+                stats,
+                track: track.map(ConnTrack::wake),
+            }),
+        }
+    }
+}
+
 impl SendConnection {
     /// Accounts already closed: what is left behind after `close` took them.
     pub(crate) fn closed() -> SendConnection {
@@ -138,6 +150,15 @@ impl SendConnection {
 }
 
 impl<K: CloseTrack> Connection<K> {
+    /// A parked connection coming back (it never stopped counting as open),
+    /// with its track as the lot kept it (`ConnTrack`) or as its task will
+    /// share it (`Rc<ConnTrack>`).
+    pub(crate) fn resume(slot: ConnectionSlot, stats: Arc<WorkerStats>, track: Option<K>) -> Self {
+        Connection {
+            open: Some(Open { slot, stats, track }),
+        }
+    }
+
     /// Closes the connection's accounts: frees its slot, counts the close by
     /// reason and reports it. The one place a close is counted.
     pub(crate) fn close(mut self, reason: CloseReason) {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::conn::connection::Connection;
+use crate::conn::connection::{CloseTrack, Connection};
 use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::{AtDeadline, Parking};
@@ -144,7 +144,7 @@ pub(crate) fn adopt(
 }
 
 /// Closes the accounts of a parked connection leaving for another process.
-pub(crate) fn handed_over(conn: Connection) {
+pub(crate) fn handed_over<K: CloseTrack>(conn: Connection<K>) {
     conn.close(CloseReason::HandedOver);
 }
 

@@ -91,7 +91,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::{Incoming, ProtoTag, Wake};
 use crate::observe::close::CloseReason;
-use crate::observe::lifecycle::ConnTrack;
+use crate::observe::lifecycle::{ConnTrack, ParkedTrack, TrackHandles};
 use crate::observe::ratelog;
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
@@ -336,13 +336,23 @@ pub(crate) struct ParkingLot {
     on_close: RefCell<Option<OnParkedClose>>,
     /// Per file descriptor: the lifecycle track of the connection parked on
     /// it (only with connection tracking: an `on_connection` hook, the
-    /// access log or `track_connections`; empty otherwise). By value and
-    /// indexed like `slots`, not an `Rc` in a map: a track allocated at
-    /// accept and kept while parked sat among the freed allocations of the
-    /// connections' tasks, one every ~1.7 KB, and held their pages from
-    /// `malloc_trim` (`ConnTrack::park`; ~950 B per parked connection with
-    /// `--debug-connections`, 24 B without, bench/ALLOCATORS.md).
-    tracks: RefCell<Vec<Option<ConnTrack>>>,
+    /// access log or `track_connections`; empty otherwise), by value: its
+    /// id, peer, open time and counts, ~88 B per descriptor up to the
+    /// highest one a tracked connection parked on (the worker's hook and
+    /// registry, which each kept too, ~120 B, are in `track_handles`). Indexed like `slots`, not an `Rc` in a map: a
+    /// track allocated at accept and kept while parked sat among the freed
+    /// allocations of the connections' tasks, one every ~1.7 KB, and held
+    /// their pages from `malloc_trim` (`ConnTrack::park`; a parked
+    /// connection was ~950 B with `--debug-connections`, 24 B without,
+    /// bench/ALLOCATORS.md). Given back whole by the sweep once no tracked
+    /// connection is parked (`tracks_parked`), or a peak of
+    /// parked connections would keep it to the process's end.
+    tracks: RefCell<Vec<Option<ParkedTrack>>>,
+    /// How many entries of `tracks` hold a track.
+    tracks_parked: Cell<usize>,
+    /// The hook and registry every track in `tracks` reports to: the
+    /// worker's, taken from the first track parked.
+    track_handles: RefCell<Option<TrackHandles>>,
     /// Per file descriptor: the client IP whose per-IP place a parked
     /// connection holds (only with a per-IP limit; empty otherwise). Kept
     /// here because reading it back from the socket fails once the peer
@@ -444,6 +454,8 @@ impl ParkingLot {
             respawn: RefCell::new(None),
             on_close: RefCell::new(None),
             tracks: RefCell::new(Vec::new()),
+            tracks_parked: Cell::new(0),
+            track_handles: RefCell::new(None),
             ips: RefCell::new(Vec::new()),
             retire: RefCell::new(Vec::new()),
         }
@@ -540,7 +552,18 @@ impl ParkingLot {
         if let Some(track) = track {
             // Listed as parked through its own track (an adopted connection
             // was listed as `reading_head` while parked), kept by value.
+            let mut handles = self.track_handles.borrow_mut();
+            if !handles.as_ref().is_some_and(|h| track.shares(h)) {
+                // Once per lot: its worker's tracks all share them.
+                debug_assert!(
+                    handles.is_none(),
+                    "one worker's tracks share a hook and registry"
+                );
+                *handles = Some(track.handles());
+            }
+            drop(handles);
             set_side(&self.tracks, idx, Some(track.park()));
+            self.tracks_parked.set(self.tracks_parked.get() + 1);
         }
         if let Some(ip) = ip {
             set_side(&self.ips, idx, Some(ip));
@@ -697,16 +720,21 @@ impl ParkingLot {
 
     /// The accounts of a parked connection leaving the lot: its slot
     /// re-attached with the client IP it was parked with, its track taken
-    /// back.
-    fn connection(&self, socket: &OwnedFd) -> Connection {
+    /// back as the lot kept it (a woken connection's task shares it again,
+    /// [`ConnTrack::wake`]; a closing one's is closed as it is).
+    fn connection(&self, socket: &OwnedFd) -> Connection<ConnTrack> {
         let fd = socket.as_raw_fd();
         // Empty unless connections are tracked: then a wake-up finds nothing.
         let track = self
             .tracks
             .borrow_mut()
             .get_mut(fd as usize)
-            .and_then(Option::take)
-            .map(ConnTrack::wake);
+            .and_then(Option::take);
+        let track = track.map(|track| {
+            self.tracks_parked.set(self.tracks_parked.get() - 1);
+            let handles = self.track_handles.borrow();
+            track.resume(handles.as_ref().expect("set when a track parked"))
+        });
         let ip = self
             .ips
             .borrow_mut()
@@ -715,7 +743,10 @@ impl ParkingLot {
         Connection::resume(self.limit.reattach(ip), self.stats.clone(), track)
     }
 
-    /// A parked connection is closing: count it and report it.
+    /// A parked connection is closing: count it and report it. Its track is
+    /// closed as the lot kept it, not woken first: a wake takes the
+    /// registry's lock and allocates the entry's `Arc` and the track's `Rc`,
+    /// only for the close to take the lock again and free both.
     fn closed(&self, socket: &OwnedFd, reason: CloseReason) {
         let fd = socket.as_raw_fd();
         self.connection(socket).close(reason);
@@ -737,7 +768,7 @@ impl ParkingLot {
         } else {
             &self.stats.wakes_cold
         });
-        let conn = self.connection(&socket);
+        let conn = self.connection(&socket).wake();
         respawn(
             Incoming::Woken {
                 socket,
@@ -839,6 +870,11 @@ impl ParkingLot {
                     }
                 }
             }
+        }
+        // Only once tracking has parked a connection (the array is empty
+        // otherwise): given back when none is parked now (see `tracks`).
+        if self.tracks_parked.get() == 0 && self.tracks.borrow().capacity() != 0 {
+            *self.tracks.borrow_mut() = Vec::new();
         }
         let churn = self.churn_since_trim.get();
         if trim_due(churn, self.churn_at_sweep.get()) {
@@ -1240,9 +1276,13 @@ pub(super) mod tests {
     //! The lot on its own: real socket pairs, a respawn that keeps what it
     //! woke, paused time for the deadlines (the sweep is called directly).
 
+    use std::future::Future;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::Ordering::Relaxed;
+
+    use crate::observe::lifecycle::tests::opened_and_closed;
+    use crate::observe::lifecycle::{ConnectionEvent, ConnectionHook};
 
     use super::*;
 
@@ -1478,6 +1518,118 @@ pub(super) mod tests {
         let (_, b_peer) = park_tracked(reused);
         assert_eq!(listed(), [(kept_peer, Parked), (b_peer, Parked)]);
         drop(client_a);
+    }
+
+    /// A worker's hook (recording what it hears) and registry.
+    struct Tracking {
+        hook: ConnectionHook,
+        events: Arc<std::sync::Mutex<Vec<ConnectionEvent>>>,
+        registry: Arc<crate::observe::registry::Registry>,
+    }
+
+    fn tracking() -> Tracking {
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let hook = ConnectionHook(Arc::new(move |e: &ConnectionEvent| {
+            seen.lock().unwrap().push(e.clone());
+        }));
+        Tracking {
+            hook,
+            events,
+            registry: Arc::default(),
+        }
+    }
+
+    /// A connection tracked by `t`, served one request (10 bytes in, 20
+    /// out) and parked: its client.
+    fn park_served(f: &Fixture, t: &Tracking) -> TcpStream {
+        use crate::observe::lifecycle::{count_in, count_out, count_request, Tracked};
+        let (hook, registry) = (&t.hook, &t.registry);
+        let (server, client) = pair();
+        let peer = client.local_addr().unwrap();
+        let track = ConnTrack::open(Some(hook), Some(registry), peer, peer, 0, &f.stats);
+        let mut served = std::pin::pin!(Tracked::new(
+            std::future::poll_fn(|_| {
+                count_request();
+                count_in(10);
+                count_out(20);
+                std::task::Poll::Ready(())
+            }),
+            Some(track.clone()),
+        ));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(served.as_mut().poll(&mut cx).is_ready());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        park_until(
+            f,
+            server,
+            1,
+            AtDeadline::Close,
+            false,
+            deadline,
+            Some(track),
+        );
+        client
+    }
+
+    /// Closing a parked connection (shutdown here; an idle timeout and a
+    /// hand-over close the same way) closes its track as the lot kept it:
+    /// one lock of the registry, where waking it first took two (and
+    /// allocated the entry's `Arc` and the track's `Rc` for nothing). It
+    /// leaves the listing, and its hook hears one `Closed` with its counts.
+    #[tokio::test]
+    async fn closing_a_parked_connection_takes_the_registry_lock_once() {
+        use crate::observe::registry::{page, tests::LOCKS};
+        let f = fixture();
+        let t = tracking();
+        let registry = &t.registry;
+        let _client = park_served(&f, &t);
+        assert_eq!(page(std::slice::from_ref(registry), 0, 10).0, 1);
+        LOCKS.with(|l| l.set(0));
+        assert_eq!(f.lot.close_all(), 1);
+        assert_eq!(
+            LOCKS.with(Cell::get),
+            1,
+            "registry locks taken by the close"
+        );
+        assert!(page(std::slice::from_ref(registry), 0, 10).1.is_empty());
+        let (_, requests, bytes_in, bytes_out, reason) =
+            opened_and_closed(&t.events.lock().unwrap());
+        assert_eq!(
+            (requests, bytes_in, bytes_out, reason),
+            (1, 10, 20, CloseReason::Shutdown)
+        );
+    }
+
+    /// The per-descriptor track array (~88 B a descriptor) is given back by
+    /// the first sweep that finds no tracked connection parked, whether the
+    /// last one woke or closed: a peak of parked connections does not keep
+    /// it for the process's life.
+    #[tokio::test]
+    async fn the_track_array_is_given_back_once_none_is_parked() {
+        let f = fixture();
+        let t = tracking();
+        let mut woken = park_served(&f, &t);
+        let _closed = park_served(&f, &t);
+        f.lot.sweep();
+        assert_ne!(f.lot.tracks.borrow().capacity(), 0, "two parked: kept");
+        woken.write_all(b"a").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        f.lot.sweep();
+        assert_ne!(f.lot.tracks.borrow().capacity(), 0, "one parked: kept");
+        assert_eq!(f.lot.close_all(), 1);
+        f.lot.sweep();
+        assert_eq!(f.lot.tracks.borrow().capacity(), 0, "none parked: freed");
+        // And grown again by the next one.
+        let _again = park_served(&f, &t);
+        assert!(f.lot.tracks.borrow().iter().any(Option::is_some));
+    }
+
+    /// A parked track keeps its own fields only, not its worker's hook and
+    /// registry (120 B with them).
+    #[test]
+    fn a_parked_track_is_88_bytes() {
+        assert_eq!(std::mem::size_of::<Option<ParkedTrack>>(), 88);
     }
 
     #[test]

@@ -12,8 +12,12 @@
 //! A worker's ids only grow (its thread's sequence, `ConnTrack::open`), so a
 //! new one goes at the end: O(1) amortised, like the map's O(log n). A
 //! removed one leaves a hole, found by binary search; the holes are squeezed
-//! out once they outnumber the live entries (amortised O(1) per removal),
-//! and the vector shrinks when it is mostly empty.
+//! out once they outnumber the live entries: amortised O(1) per removal, but
+//! the squeeze itself is O(n), a pass over the whole vector under the
+//! registry's lock (the worker's accepts and closes wait), once per ~n/2
+//! removals. The vector shrinks when a quarter or less of its room is used,
+//! to twice the live entries: its capacity may be up to 4× the live
+//! entries.
 
 /// Values by ascending `u64` id (see the module doc).
 #[derive(Debug)]
@@ -89,6 +93,12 @@ impl<V> ById<V> {
         self.slots[from..]
             .iter()
             .filter_map(|(id, value)| value.as_ref().map(|value| (*id, value)))
+    }
+
+    /// Slots in use, holes included (tests see a squeeze by it).
+    #[cfg(test)]
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
     }
 
     fn position(&self, id: u64) -> Result<usize, usize> {

@@ -9,9 +9,11 @@
 //! engine counts requests and bytes into it from wherever it is.
 //!
 //! A parked connection's track is kept by value in the parking lot's
-//! per-descriptor array, and its listing by value in its registry
-//! ([`ConnTrack::park`]): nothing of a parked connection stays allocated on
-//! its own, among what its task freed. (Each track and entry, allocated at
+//! per-descriptor array (given back once none is parked), and its listing
+//! by value in its registry ([`ConnTrack::park`]): nothing of a parked
+//! connection stays allocated on its own, among what its task freed. A
+//! parked connection that closes is reported from that value, not woken
+//! first. (Each track and entry, allocated at
 //! accept between the tasks' allocations and kept while parked, held the
 //! pages around them: ~950 B per parked connection with
 //! `--debug-connections` against 24 B without; kept by value, ~240 B,
@@ -317,27 +319,47 @@ impl ConnTrack {
     /// the connection's task frees (see the module doc). The state is set
     /// through its own entry, not the thread's current track: an adopted
     /// connection (`handover::adopt`) is parked from the worker's loop, where
-    /// none is current. This track reports nothing more; the returned one
+    /// none is current. This track reports nothing more; the returned one,
+    /// given its worker's [`TrackHandles`] back ([`ParkedTrack::resume`]),
     /// reports the close.
-    pub(crate) fn park(&self) -> ConnTrack {
+    pub(crate) fn park(&self) -> ParkedTrack {
         if let Some(registry) = &self.registry {
             registry.park(self.id);
         }
-        ConnTrack {
+        ParkedTrack {
             id: self.id,
             peer: self.peer,
             opened: self.opened,
-            requests: self.requests.clone(),
-            bytes_in: self.bytes_in.clone(),
-            bytes_out: self.bytes_out.clone(),
-            closed: Cell::new(self.closed.replace(true)),
-            hook: self.hook.clone(),
-            registry: self.registry.clone(),
-            entry: None,
+            requests: self.requests.get(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            closed: self.closed.replace(true),
         }
     }
 
-    /// A parked connection wakes ([`ConnTrack::park`]'s track): its track as
+    /// Whether this track reports to `handles`' hook and registry.
+    pub(crate) fn shares(&self, handles: &TrackHandles) -> bool {
+        fn same<T: ?Sized>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
+        }
+        same(
+            self.hook.as_ref().map(|h| &h.0),
+            handles.hook.as_ref().map(|h| &h.0),
+        ) && same(self.registry.as_ref(), handles.registry.as_ref())
+    }
+
+    /// The worker's hook and registry this track reports to.
+    pub(crate) fn handles(&self) -> TrackHandles {
+        TrackHandles {
+            hook: self.hook.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+
+    /// A parked connection wakes ([`ParkedTrack::resume`]'s track): its track as
     /// its task shares it, with its entry shared with the registry again.
     pub(crate) fn wake(self) -> Rc<ConnTrack> {
         let entry = self.registry.as_ref().and_then(|r| r.wake(self.id));
@@ -359,6 +381,51 @@ impl ConnTrack {
             bytes_out: self.bytes_out.get(),
             hook: self.hook.clone(),
             registry: self.registry.clone(),
+        }
+    }
+}
+
+/// A parked connection's track as the parking lot keeps it
+/// ([`ConnTrack::park`]), by value: its own fields only (~88 B). The hook and
+/// registry it reports to are its worker's, the same for all its
+/// connections: the lot keeps them once ([`TrackHandles`]) and puts them
+/// back when the connection leaves ([`ParkedTrack::resume`]), where each
+/// parked track kept its own (~120 B).
+#[derive(Debug)]
+pub(crate) struct ParkedTrack {
+    id: u64,
+    peer: SocketAddr,
+    opened: Instant,
+    /// Its `Closed` was reported (it parked after a close: none to come).
+    closed: bool,
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// The hook and registry a worker's tracks report to.
+#[derive(Debug, Clone)]
+pub(crate) struct TrackHandles {
+    hook: Option<ConnectionHook>,
+    registry: Option<Arc<Registry>>,
+}
+
+impl ParkedTrack {
+    /// The connection leaves the lot: its track again, reporting to
+    /// `handles` (its worker's), still parked in its listing until woken
+    /// ([`ConnTrack::wake`]); closed as it is, it is not woken first.
+    pub(crate) fn resume(self, handles: &TrackHandles) -> ConnTrack {
+        ConnTrack {
+            id: self.id,
+            peer: self.peer,
+            opened: self.opened,
+            requests: Cell::new(self.requests),
+            bytes_in: Cell::new(self.bytes_in),
+            bytes_out: Cell::new(self.bytes_out),
+            closed: Cell::new(self.closed),
+            hook: handles.hook.clone(),
+            registry: handles.registry.clone(),
+            entry: None,
         }
     }
 }
@@ -562,7 +629,7 @@ impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for CountedIo<I> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::observe::registry::tests::LOCKS;
     use crate::observe::registry::{page, Listed};
@@ -656,7 +723,7 @@ mod tests {
         let track = ConnTrack::open(Some(&hook), Some(&registry), peer, peer, 0, &stats);
         serve(&track);
 
-        let parked = track.park();
+        let parked = track.park().resume(&track.handles());
         assert!(parked.entry.is_none());
         assert!(matches!(
             registry.lock().get_mut(track.id),
@@ -673,7 +740,17 @@ mod tests {
         assert_eq!(listed(), [(track.id, ConnectionState::Parked, 2)]);
         woken.close(CloseReason::IdleTimeout, &stats);
         assert!(listed().is_empty());
-        let events = events.lock().unwrap();
+        assert_eq!(
+            opened_and_closed(&events.lock().unwrap()),
+            (track.id, 2, 20, 40, CloseReason::IdleTimeout)
+        );
+    }
+
+    /// The one connection of `events`, opened then closed once: its id,
+    /// requests, bytes in and out and close reason.
+    pub(crate) fn opened_and_closed(
+        events: &[ConnectionEvent],
+    ) -> (u64, u64, u64, u64, CloseReason) {
         let [ConnectionEvent::Opened { .. }, ConnectionEvent::Closed {
             id,
             requests,
@@ -681,14 +758,11 @@ mod tests {
             bytes_out,
             reason,
             ..
-        }] = &events[..]
+        }] = events
         else {
             panic!("opened and closed once: {events:?}")
         };
-        assert_eq!(
-            (*id, *requests, *bytes_in, *bytes_out, *reason),
-            (track.id, 2, 20, 40, CloseReason::IdleTimeout)
-        );
+        (*id, *requests, *bytes_in, *bytes_out, *reason)
     }
 
     fn track(port: u16) -> Rc<ConnTrack> {

@@ -750,7 +750,8 @@ impl Builder {
     /// id, so a listing can be read a chunk per lock without holding up
     /// accepts and closes), a lock and a binary search each time a
     /// connection parks or wakes (a parked one's entry is kept by value in
-    /// the list), and a few relaxed atomic stores per request (into the
+    /// the list; a wake also allocates the track's `Rc` and the entry's
+    /// `Arc`), and a few relaxed atomic stores per request (into the
     /// connection's own entry: no lock, no lookup), so it is off by default.
     pub fn track_connections(mut self, on: bool) -> Builder {
         self.config.track_connections = on;
