@@ -16,7 +16,7 @@
 //! first. (Each track and entry, allocated at
 //! accept between the tasks' allocations and kept while parked, held the
 //! pages around them: ~950 B per parked connection with
-//! `--debug-connections` against 24 B without; kept by value, ~240 B,
+//! `--debug-connections` against 24 B without; kept by value, ~210 B,
 //! `bench/ALLOCATORS.md`.)
 
 use std::cell::Cell;
