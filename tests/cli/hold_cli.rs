@@ -2,11 +2,17 @@
 //! `--processes 2` must hold exactly as many connections (counted by the server)
 //! and report the same totals as one process; setup failures exit non-zero
 //! before any load; SIGINT stops the parent and its children; a heartbeat the
-//! server is slow to read is counted and timed from its start, over TLS too.
+//! server is slow to read is counted (once) and timed from its start, over
+//! TLS too, and as a WebSocket frame (`ws://`, `wss://`).
 //!
 //! The server (but for [`stalling_server`]) is a tiny tokio HTTP/1.1 responder on 127.0.0.1 that counts
 //! requests and connections (those that sent at least one request, so the
 //! client's reachability probe is not counted as held).
+//!
+//! The two WebSocket ones run `hold` in this process instead of the binary
+//! (the same `megaconn_load::run_hold` the binary runs; [`held_back_beats`]):
+//! their heartbeat, a text frame of megabytes, only `--send` can set, and a
+//! command-line argument is at most 128 KiB (`MAX_ARG_STRLEN`).
 
 use crate::common;
 
@@ -16,8 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use common::ChildGuard;
-use megaconn_load::HoldReport;
+use megaconn_load::{HoldArgs, HoldReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_megaconn");
@@ -279,14 +286,71 @@ fn sigint_stops_parent_and_children() {
 /// How long [`stalling_server`] leaves a heartbeat unread.
 const STALL: Duration = Duration::from_millis(300);
 
+/// What a [`stalling_server`] connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    /// HTTP/1.1 requests, each answered `200 ok`.
+    Http,
+    /// An HTTP/1.1 upgrade (the first request), answered `101`, then
+    /// WebSocket frames, each answered with the text frame `ok`.
+    WebSocket,
+}
+
+/// The `Sec-WebSocket-Accept` for the `Sec-WebSocket-Key` every `hold`
+/// connection sends (it is fixed: crates/load/src/ws.rs `KEY`, `ACCEPT`).
+const HOLD_WS_ACCEPT: &str = "RTRF/Z4FHwkhbWUeQ4gpUE25L4A=";
+
+impl Speaks {
+    /// The length of the whole message (head and body) that starts `head`,
+    /// the connection's message number `n`; `None` while its head is not
+    /// all there.
+    fn message_len(self, n: u64, head: &[u8]) -> Option<usize> {
+        if self == Speaks::WebSocket && n > 0 {
+            // A masked client frame (RFC 6455 §5.2).
+            let (payload, at) = match *head.get(1)? & 0x7f {
+                126 => (
+                    u16::from_be_bytes(head.get(2..4)?.try_into().ok()?).into(),
+                    4,
+                ),
+                127 => (u64::from_be_bytes(head.get(2..10)?.try_into().ok()?), 10),
+                n => (u64::from(n), 2),
+            };
+            return Some(at + 4 + payload as usize);
+        }
+        let end = head.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+        let length: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        Some(end + length)
+    }
+
+    /// The answer to the connection's message number `n`.
+    fn answer(self, n: u64) -> Vec<u8> {
+        match (self, n) {
+            (Speaks::Http, _) => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            (Speaks::WebSocket, 0) => format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {HOLD_WS_ACCEPT}\r\n\r\n"
+            )
+            .into_bytes(),
+            (Speaks::WebSocket, _) => vec![0x81, 2, b'o', b'k'],
+        }
+    }
+}
+
 /// A server that answers each connection's first request at once and
-/// leaves every later one unread for [`STALL`] after its first bytes
-/// arrive, then reads it whole and answers; over TLS with `tls` (its
-/// configuration). Its sockets take 64 KiB at most (`SO_RCVBUF`, inherited
-/// from the listener), so a request of megabytes cannot be written whole
-/// while it stalls. Counts the requests not all there when the stall ended
-/// (the client was held back).
-fn stalling_server(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, Arc<AtomicU64>) {
+/// leaves every later message unread for [`STALL`] after its first bytes
+/// arrive, then reads it whole and answers; speaking `speaks`, over TLS
+/// with `tls` (its configuration). Its sockets take 64 KiB at most
+/// (`SO_RCVBUF`, inherited from the listener), so a message of megabytes
+/// cannot be written whole while it stalls. Counts the messages not all
+/// there when the stall ended (the client was held back).
+fn stalling_server(
+    speaks: Speaks,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, Arc<AtomicU64>) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(64 * 1024).unwrap();
     socket
@@ -308,9 +372,9 @@ fn stalling_server(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, Arc<A
                         .map_err(std::io::Error::other)
                         .and_then(|conn| {
                             let mut tls = rustls::StreamOwned::new(conn, sock);
-                            serve_stalling(&mut tls, fd, &held)
+                            serve_stalling(&mut tls, fd, speaks, &held)
                         }),
-                    None => serve_stalling(&mut sock, fd, &held),
+                    None => serve_stalling(&mut sock, fd, speaks, &held),
                 };
             });
         }
@@ -338,6 +402,7 @@ fn self_signed_tls() -> Arc<rustls::ServerConfig> {
 fn serve_stalling(
     sock: &mut (impl std::io::Read + std::io::Write),
     fd: std::os::fd::RawFd,
+    speaks: Speaks,
     held_back: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 16];
@@ -364,24 +429,21 @@ fn serve_stalling(
         } else {
             None
         };
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let length = loop {
+            if let Some(length) = speaks.message_len(request, &head) {
+                break length;
+            }
             let n = sock.read(&mut buf)?;
             if n == 0 {
                 return Ok(());
             }
             head.extend_from_slice(&buf[..n]);
-        }
-        let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
-        let length: usize = text
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        // If the request was not all here, the rest waited in the client.
-        if by_stall_end.is_some_and(|got| got < end + length) {
+        };
+        // If the message was not all here, the rest waited in the client.
+        if by_stall_end.is_some_and(|got| got < length) {
             held_back.fetch_add(1, SeqCst);
         }
-        let mut have = head.len() - end;
+        let mut have = head.len();
         while have < length {
             let n = sock.read(&mut buf[..(length - have).min(1 << 16)])?;
             if n == 0 {
@@ -389,7 +451,7 @@ fn serve_stalling(
             }
             have += n;
         }
-        sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
+        sock.write_all(&speaks.answer(request))?;
         sock.flush()?;
     }
     Ok(())
@@ -410,7 +472,7 @@ fn largest_send_buffer() -> usize {
 /// was slow to send.
 #[test]
 fn a_heartbeat_held_back_by_the_server_is_timed_from_its_start() {
-    held_back_beats(None);
+    held_back_beats(Speaks::Http, None);
 }
 
 /// Over TLS (a task per connection, not the lot) too, a heartbeat the
@@ -418,57 +480,121 @@ fn a_heartbeat_held_back_by_the_server_is_timed_from_its_start() {
 /// write. Before, TLS connections' held-back beats were not counted.
 #[test]
 fn a_tls_heartbeat_held_back_by_the_server_is_counted_and_timed_from_its_start() {
-    held_back_beats(Some(self_signed_tls()));
+    held_back_beats(Speaks::Http, Some(self_signed_tls()));
+}
+
+/// A `wss://` heartbeat, a WebSocket text frame over TLS (the TLS task's
+/// path, as https://), the socket cannot take whole is counted once, and
+/// timed from its first byte's write; the upgrade is not counted.
+#[test]
+fn a_wss_heartbeat_held_back_by_the_server_is_counted_and_timed_from_its_start() {
+    held_back_beats(Speaks::WebSocket, Some(self_signed_tls()));
+}
+
+/// The same for `ws://` (its frames sent from the lot, as http://'s beats).
+#[test]
+fn a_ws_heartbeat_held_back_by_the_server_is_counted_and_timed_from_its_start() {
+    held_back_beats(Speaks::WebSocket, None);
+}
+
+/// What every run of [`held_back_beats`] asks: one connection, a beat
+/// every 500 ms for 2 s (its certificate self-signed, if TLS). A beat takes
+/// [`STALL`] and more, so the next one follows at once, and 3 or so are
+/// answered: enough for a count twice too high to exceed the beats sent.
+const HELD_BACK_RUN: [&str; 8] = [
+    "-c",
+    "1",
+    "--interval",
+    "500ms",
+    "-d",
+    "2s",
+    "--insecure",
+    "-q",
+];
+
+/// `hold ARGS…` run in this process (see the module doc).
+#[derive(Parser)]
+struct HoldCli {
+    #[command(flatten)]
+    args: HoldArgs,
 }
 
 /// Holds one connection (over TLS with `tls`) to a [`stalling_server`]
-/// whose heartbeats are too large for the socket to take whole while the
-/// server is not reading, and checks that they are counted as held back
-/// and timed from their first byte's write.
-fn held_back_beats(tls: Option<Arc<rustls::ServerConfig>>) {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let (addr, held_back) = stalling_server(tls);
-    let dir = tempfile::tempdir().unwrap();
-    let body = dir.path().join("body");
+/// speaking `speaks` whose heartbeats (HTTP requests or WebSocket text
+/// frames) are too large for the socket to take whole while the server is
+/// not reading, and checks that each is counted as held back, once, and
+/// timed from its first byte's write.
+fn held_back_beats(speaks: Speaks, tls: Option<Arc<rustls::ServerConfig>>) {
+    let scheme = match (speaks, tls.is_some()) {
+        (Speaks::Http, false) => "http",
+        (Speaks::Http, true) => "https",
+        (Speaks::WebSocket, false) => "ws",
+        (Speaks::WebSocket, true) => "wss",
+    };
+    let (addr, held_back) = stalling_server(speaks, tls);
+    let url = format!("{scheme}://{addr}/beat");
     // Above the client's largest send buffer and the server's 64 KiB
     // receive buffer together, with a margin: else the socket takes the
-    // whole request and nothing is held back.
-    std::fs::write(&body, vec![b'x'; 2 * largest_send_buffer() + (1 << 20)]).unwrap();
-    let json = dir.path().join("hold.json");
-    let out = hold(&[
-        &format!("{scheme}://{addr}/beat"),
-        "-c",
-        "1",
-        "-m",
-        "POST",
-        "--body",
-        &format!("@{}", body.display()),
-        "--interval",
-        "1s",
-        "-d",
-        "2s",
-        "--insecure",
-        "--json",
-        json.to_str().unwrap(),
-        "-q",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // whole heartbeat and nothing is held back.
+    let beat = vec![b'x'; 2 * largest_send_buffer() + (1 << 20)];
+    let dir = tempfile::tempdir().unwrap();
+    let (report, text) = match speaks {
+        Speaks::Http => {
+            let body = dir.path().join("body");
+            std::fs::write(&body, beat).unwrap();
+            let json = dir.path().join("hold.json");
+            let body = format!("@{}", body.display());
+            let http = [
+                "-m",
+                "POST",
+                "--body",
+                &body,
+                "--json",
+                json.to_str().unwrap(),
+            ];
+            let out = hold(&[&[url.as_str()][..], &http, &HELD_BACK_RUN].concat());
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let json = std::fs::read_to_string(&json).unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (HoldReport::from_json(&json).unwrap(), text)
+        }
+        Speaks::WebSocket => {
+            let text = String::from_utf8(beat).unwrap();
+            let ws = ["hold", &url, "--ws-heartbeat", "text", "--send", &text];
+            let args = HoldCli::parse_from(ws.into_iter().chain(HELD_BACK_RUN)).args;
+            let report = megaconn_load::run_hold(args).unwrap();
+            let text = report.to_text();
+            (report, text)
+        }
+    };
+    assert_eq!(
+        (report.drops, report.resets, report.failed_connects),
+        (0, 0, 0),
+        "{report:?}"
     );
-    let report = HoldReport::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report.heartbeat_errors, 0, "{report:?}");
+    // The opening request (or upgrade) is not a heartbeat (over HTTP it
+    // is as large, and may be held back too: not counted).
+    assert_eq!(report.opens_ok, 1, "{report:?}");
     assert!(report.heartbeats_ok >= 1, "{report:?}");
     assert!(
         held_back.load(SeqCst) >= report.heartbeats_ok,
         "every heartbeat was still being sent when the server read it"
     );
     assert!(
-        report.beats_held_back >= 1,
+        report.beats_held_back >= report.heartbeats_ok,
         "a heartbeat the socket could not take whole was not counted: {report:?}"
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    // Each at most once: no more than the heartbeats sent.
+    let sent = report.heartbeats_ok + report.heartbeats_pending_at_end;
+    assert!(
+        report.beats_held_back <= sent,
+        "a heartbeat held back was counted twice (or the opening request counted): {report:?}"
+    );
     assert!(text.contains("  held back    "), "{text}");
     let p50_us = report.heartbeat_latency_us.p50.unwrap();
     assert!(

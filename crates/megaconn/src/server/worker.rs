@@ -163,6 +163,8 @@ where
             runtime: handle,
             tx,
             fail_register,
+            #[cfg(test)]
+            before_send: None,
         },
     })
 }
@@ -199,6 +201,12 @@ pub(crate) struct Listeners {
     tx: oneshot::Sender<Vec<AsyncFd<StdTcpListener>>>,
     /// The error registering is to fail with, if a test says so.
     fail_register: Option<std::io::Error>,
+    /// Unit tests only (compiled out of the library): runs in
+    /// [`Listeners::hand`] after its check that the worker lives and its
+    /// registering, right before the hand-over, so that a test can end the
+    /// worker (drop its receiver) in that window without racing a thread.
+    #[cfg(test)]
+    before_send: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Listeners {
@@ -241,6 +249,10 @@ impl Listeners {
                 addr,
                 source,
             })?);
+        }
+        #[cfg(test)]
+        if let Some(end_worker) = self.before_send.take() {
+            end_worker();
         }
         // A worker that ended since: dropped, they close this process's
         // copies, and the start fails.
@@ -672,5 +684,44 @@ async fn drain_paced(ctx: Rc<WorkerContext>, per_second: u32) {
             ctx.stats.drain_pending.store(0, Relaxed);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that ends after `hand` checked it lives, before the hand-over
+    /// (a panic on its thread can land there): the start fails with
+    /// `WorkerEnded`, and the listening sockets registered for it close, so
+    /// that no socket listens with nobody to accept.
+    #[test]
+    fn a_worker_that_ends_before_the_hand_over_fails_the_start_and_closes_its_sockets() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, worker_end) = oneshot::channel();
+        let listeners = Listeners {
+            worker: 3,
+            runtime: runtime.handle().clone(),
+            tx,
+            fail_register: None,
+            before_send: Some(Box::new(move || drop(worker_end))),
+        };
+        let handed = listeners.hand(vec![listener]);
+        assert!(
+            matches!(handed, Err(Error::WorkerEnded { worker: 3 })),
+            "{handed:?}"
+        );
+        // The only socket on that port is closed: nothing listens there.
+        let connect = std::net::TcpStream::connect(addr).map(drop);
+        assert_eq!(
+            connect.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "the listener registered for the ended worker still listens"
+        );
     }
 }
