@@ -549,6 +549,20 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| s.builder(|b| b.delivery_rate(Some(v.ratio()))),
     },
     Knob {
+        name: "hub-queue",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Framed TCP and WebSocket: messages of the hub (publish, broadcast, push) that may wait for each worker to deliver them.",
+        details: "A message that finds its worker's queue full is dropped for that worker (the publisher is not held up), counted in megaconn_limit_hits_total{limit=\"hub_queue\"} and logged; megaconn_message_hub_queued shows the queues' length. Per worker thread (and per worker process with --processes).",
+        default: "65536",
+        example: "1024",
+        parse: count,
+        apply: |v, s| {
+            let n = at_least_one(v.count()?, "hub_queue")?;
+            s.builder(|b| b.hub_queue(n))
+        },
+    },
+    Knob {
         name: "workers",
         value_name: "N",
         shape: Shape::One,
@@ -1180,6 +1194,10 @@ mod tests {
                 "--{name} {text}: {dbg}"
             );
         }
+        assert_eq!(
+            default("hub-queue"),
+            megaconn::DEFAULT_HUB_QUEUE.to_string()
+        );
         assert!(dbg.contains("shutdown_timeout: 30s,"), "{dbg}");
         assert_eq!(default("shutdown-timeout"), "30s");
     }
