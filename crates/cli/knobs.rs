@@ -523,6 +523,17 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| s.builder(|b| b.heartbeat_timeout(v.duration())),
     },
     Knob {
+        name: "write-stall-timeout",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Framed TCP without --heartbeat-timeout: close a connection whose peer took none of our bytes for this long; off disables.",
+        details: "A peer that sends requests and never reads the replies otherwise holds its connection (a task and a buffer) for good. Any byte it takes restarts the clock, so a slow reader is not cut off. With --heartbeat-timeout that bounds the stall instead; --write-timeout bounds each whole write instead of either. Close reason write_timeout, counted in megaconn_timeouts_total.",
+        default: "60s",
+        example: "5m",
+        parse: duration_or_off,
+        apply: |v, s| s.builder(|b| b.write_stall_timeout(v.duration())),
+    },
+    Knob {
         name: "message-timeout",
         value_name: "DURATION",
         shape: Shape::One,
@@ -1177,6 +1188,7 @@ mod tests {
             ("idle-timeout", megaconn::DEFAULT_IDLE_TIMEOUT),
             ("park-after", megaconn::DEFAULT_PARK_IDLE_AFTER),
             ("read-header-timeout", megaconn::DEFAULT_READ_HEADER_TIMEOUT),
+            ("write-stall-timeout", megaconn::DEFAULT_WRITE_STALL_TIMEOUT),
         ] {
             assert_eq!(units::parse_duration(default(name)), Ok(value), "--{name}");
         }

@@ -77,6 +77,14 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
 /// (`megaconn_limit_hits_total{limit="hub_queue"}`).
 pub const DEFAULT_HUB_QUEUE: usize = 65_536;
 
+/// Default [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
+/// of framed connections that have no heartbeat timeout: 60 s. A write the
+/// peer takes none of our bytes of for that long closes the connection
+/// (nginx's `send_timeout`, the same bound between two successful writes).
+/// Without it a peer that sends requests and never reads the replies holds
+/// its task and a pooled buffer for good.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Default `message_timeout` of the message protocols
 /// ([`WebSocketRoute::message_timeout`](crate::WebSocketRoute::message_timeout),
 /// [`Builder::message_timeout`](crate::Builder::message_timeout)): how long

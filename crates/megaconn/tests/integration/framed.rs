@@ -1280,6 +1280,41 @@ async fn a_hub_queue_over_its_bound_drops_counts_and_shows_its_backlog() {
     assert_eq!(handle.stats().messages.hub_queued, 0);
 }
 
+/// A framed peer that sends requests and never reads the replies: the
+/// echoes fill the socket buffers and the server's write waits. With no
+/// heartbeat, `write_timeout` or hub overflow to end it, the write stall
+/// bound does: the connection is closed as `WriteTimeout`, counted as a
+/// timeout. (Before, it was held for good, with its task and a pooled
+/// buffer, and a graceful shutdown waited `shutdown_timeout` for it.)
+#[tokio::test]
+async fn a_framed_peer_that_never_reads_is_closed_when_its_writes_stall() {
+    let mut server = Framed::start(
+        Server::builder().write_stall_timeout(Some(Duration::from_millis(200))),
+        Framing::length_prefixed(4),
+    )
+    .await;
+    // A small receive buffer, so that the echoes back up soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let s = socket.connect(server.addr).await.unwrap();
+    // 16 KiB requests, sent until the server takes no more (its write waits,
+    // so it stops reading); nothing is ever read.
+    let (_unread, mut write) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let request = frame(&[7u8; 16 * 1024]);
+        while write.write_all(&request).await.is_ok() {}
+    });
+    assert_eq!(server.next_close().await.1, CloseReason::WriteTimeout);
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(server.closed_with("write_timeout"), 1);
+    assert_eq!(server.handle.stats().timeouts, 1);
+    writer.abort();
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0);
+}
+
 /// A lines server that parks after `PARK_IDLE_AFTER`, and one connection
 /// that sent a frame, had its answer and parked.
 async fn one_parked() -> (Framed, TcpStream) {
