@@ -523,6 +523,17 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| s.builder(|b| b.heartbeat_timeout(v.duration())),
     },
     Knob {
+        name: "write-stall-timeout",
+        value_name: "DURATION",
+        shape: Shape::One,
+        help: "Framed TCP without --heartbeat-timeout: close a connection whose peer took none of our bytes for this long; off disables.",
+        details: "A peer that sends requests and never reads the replies otherwise holds its connection (a task and a buffer) for good. Any byte it takes restarts the clock, so a slow reader is not cut off. With --heartbeat-timeout that bounds the stall instead; --write-timeout bounds each whole write instead of either. Close reason write_timeout, counted in megaconn_timeouts_total.",
+        default: "60s",
+        example: "5m",
+        parse: duration_or_off,
+        apply: |v, s| s.builder(|b| b.write_stall_timeout(v.duration())),
+    },
+    Knob {
         name: "message-timeout",
         value_name: "DURATION",
         shape: Shape::One,
@@ -547,6 +558,20 @@ pub static KNOBS: &[Knob] = &[
         example: "20000",
         parse: rate,
         apply: |v, s| s.builder(|b| b.delivery_rate(Some(v.ratio()))),
+    },
+    Knob {
+        name: "hub-queue",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Framed TCP and WebSocket: messages of the hub (publish, broadcast, push) that may wait for each worker to deliver them.",
+        details: "A message that finds its worker's queue full is dropped for that worker (the publisher is not held up), counted in megaconn_limit_hits_total{limit=\"hub_queue\"} and logged; megaconn_message_hub_queued shows the queues' length. Per worker thread (and per worker process with --processes).",
+        default: "65536",
+        example: "1024",
+        parse: count,
+        apply: |v, s| {
+            let n = at_least_one(v.count()?, "hub_queue")?;
+            s.builder(|b| b.hub_queue(n))
+        },
     },
     Knob {
         name: "workers",
@@ -1163,6 +1188,7 @@ mod tests {
             ("idle-timeout", megaconn::DEFAULT_IDLE_TIMEOUT),
             ("park-after", megaconn::DEFAULT_PARK_IDLE_AFTER),
             ("read-header-timeout", megaconn::DEFAULT_READ_HEADER_TIMEOUT),
+            ("write-stall-timeout", megaconn::DEFAULT_WRITE_STALL_TIMEOUT),
         ] {
             assert_eq!(units::parse_duration(default(name)), Ok(value), "--{name}");
         }
@@ -1180,6 +1206,10 @@ mod tests {
                 "--{name} {text}: {dbg}"
             );
         }
+        assert_eq!(
+            default("hub-queue"),
+            megaconn::DEFAULT_HUB_QUEUE.to_string()
+        );
         assert!(dbg.contains("shutdown_timeout: 30s,"), "{dbg}");
         assert_eq!(default("shutdown-timeout"), "30s");
     }

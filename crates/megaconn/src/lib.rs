@@ -148,7 +148,10 @@ pub use conn::tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESS
 pub use conn::transport::Transport;
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
-pub use message::{ConnectionId, Hub, Session, DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE};
+pub use message::{
+    ConnectionId, Hub, Session, DEFAULT_HUB_QUEUE, DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE,
+    DEFAULT_WRITE_STALL_TIMEOUT,
+};
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use observe::metrics;

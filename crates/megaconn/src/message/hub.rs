@@ -17,17 +17,30 @@
 //!
 //! A message to a connection that has closed (its id is stale, even if its
 //! descriptor was reused) is dropped.
+//!
+//! Each worker's queue of messages its pump has not taken yet is bounded
+//! (`Builder::hub_queue`). A message that finds it full is dropped for that
+//! worker, not waited for: the hub's calls are synchronous and made from
+//! handlers on the worker threads themselves, whose pump cannot drain while
+//! its thread waits; and delivery is best-effort already (a closed or slow
+//! connection loses its messages). Dropping the newest keeps the queued
+//! ones in order. Each drop is counted
+//! (`megaconn_limit_hits_total{limit="hub_queue"}`) and logged (rate
+//! limited); the queue's length is the `megaconn_message_hub_queued` gauge.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use crate::message::wire::WireId;
+use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
+use crate::observe::stats::WorkerStats;
 
 /// Identifies one message connection for [`Hub::send`], from
 /// [`Session::id`](crate::Session::id). A closed connection's id names no
@@ -83,25 +96,90 @@ pub(crate) enum Push {
 /// it serves its first message connection.
 #[derive(Debug)]
 pub(crate) struct HubInner {
-    senders: Vec<mpsc::UnboundedSender<Push>>,
+    lanes: Vec<Lane>,
     receivers: Vec<Mutex<Option<mpsc::UnboundedReceiver<Push>>>>,
+    /// The bound of each lane's queue, in messages.
+    limit: i64,
+}
+
+/// The way to one worker: its channel and its counters, whose
+/// `hub_queued` gauge is also what bounds the channel (the channel itself
+/// is unbounded: a bounded tokio channel would keep a second count of the
+/// same messages, one the metrics cannot read).
+#[derive(Debug)]
+struct Lane {
+    sender: mpsc::UnboundedSender<Push>,
+    stats: Arc<WorkerStats>,
+}
+
+/// What became of one message on its way to one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    /// In the worker's queue.
+    Yes,
+    /// The worker's queue is full: dropped, counted and logged.
+    Full,
+    /// The worker is gone (the server stopped).
+    Gone,
 }
 
 impl HubInner {
-    pub(crate) fn new(workers: usize) -> HubInner {
-        let (senders, receivers) = (0..workers)
-            .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                (tx, Mutex::new(Some(rx)))
+    /// The channels to the workers whose counters are `workers`, each
+    /// holding at most `limit` messages (at least one).
+    pub(crate) fn new(workers: &[Arc<WorkerStats>], limit: usize) -> HubInner {
+        let (lanes, receivers) = workers
+            .iter()
+            .map(|stats| {
+                let (sender, rx) = mpsc::unbounded_channel();
+                let lane = Lane {
+                    sender,
+                    stats: stats.clone(),
+                };
+                (lane, Mutex::new(Some(rx)))
             })
             .unzip();
-        HubInner { senders, receivers }
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        HubInner {
+            lanes,
+            receivers,
+            limit,
+        }
     }
 
     /// Worker `index`'s receiver, once.
     pub(crate) fn take_receiver(&self, index: usize) -> Option<mpsc::UnboundedReceiver<Push>> {
         self.receivers.get(index)?.lock().ok()?.take()
     }
+
+    /// Puts `push` in `lane`'s queue if it has room.
+    fn offer(&self, lane: &Lane, push: Push) -> Queued {
+        let queued = &lane.stats.messages.hub_queued;
+        // Room is taken before the send, so the pump, which gives it back
+        // when it takes a message, never sees the gauge below zero.
+        let room = queued.fetch_update(Relaxed, Relaxed, |n| (n < self.limit).then_some(n + 1));
+        if room.is_err() {
+            LimitHit::HubQueue.count(&lane.stats);
+            ratelog::log(Flood::HubQueueFull, |suppressed| {
+                tracing::warn!(
+                    limit = self.limit,
+                    suppressed,
+                    "a worker's hub queue is full; dropping the message for its connections (messages come faster than the worker delivers them: raise Builder::hub_queue for bursts; a steady excess needs fewer messages or a higher Builder::delivery_rate)"
+                )
+            });
+            return Queued::Full;
+        }
+        if lane.sender.send(push).is_err() {
+            queued.fetch_sub(1, Relaxed);
+            return Queued::Gone;
+        }
+        Queued::Yes
+    }
+}
+
+/// The pump took a message from worker `stats`' queue (or dropped it at the
+/// worker's end): its room is free again.
+pub(crate) fn taken(stats: &WorkerStats) {
+    stats.messages.hub_queued.fetch_sub(1, Relaxed);
 }
 
 impl Hub {
@@ -109,26 +187,32 @@ impl Hub {
         Hub { inner }
     }
 
-    /// Sends `message` to connection `to`. Returns at once; false only when
-    /// the server is gone. Delivery is best-effort: a connection that closed
-    /// meanwhile drops it.
+    /// Sends `message` to connection `to`. Returns at once: true when its
+    /// worker queued it; false when the server is gone or the worker's
+    /// queue is full ([`Builder::hub_queue`](crate::Builder::hub_queue):
+    /// the message is dropped and counted). Delivery is best-effort: a
+    /// connection that closed meanwhile drops it.
     pub fn send(&self, to: ConnectionId, message: impl Into<Bytes>) -> bool {
-        let Some(sender) = self.inner.senders.get(to.worker as usize) else {
+        let Some(lane) = self.inner.lanes.get(to.worker as usize) else {
             return false;
         };
-        sender.send(Push::To(to, message.into())).is_ok()
+        self.inner.offer(lane, Push::To(to, message.into())) == Queued::Yes
     }
 
     /// Sends `message` to every connection subscribed to `topic` (with
     /// [`Session::subscribe`](crate::Session::subscribe)), on every worker.
-    /// Returns at once; false only when the server is gone.
+    /// Returns at once: true when at least one worker queued it; false when
+    /// the server is gone or every worker's queue is full
+    /// ([`Builder::hub_queue`](crate::Builder::hub_queue): a worker whose
+    /// queue is full drops it, counted, and its subscribers miss it).
     pub fn publish(&self, topic: &str, message: impl Into<Bytes>) -> bool {
         let (topic, message): (Arc<str>, Bytes) = (topic.into(), message.into());
         self.to_every_worker(|| Push::Topic(topic.clone(), message.clone()))
     }
 
     /// Sends `message` to every message connection of the server, parked or
-    /// awake. Returns at once; false only when the server is gone.
+    /// awake. Returns at once; true and false as for
+    /// [`publish`](Hub::publish).
     pub fn broadcast(&self, message: impl Into<Bytes>) -> bool {
         let message: Bytes = message.into();
         self.to_every_worker(|| Push::All(message.clone()))
@@ -136,8 +220,8 @@ impl Hub {
 
     fn to_every_worker(&self, push: impl Fn() -> Push) -> bool {
         let mut any = false;
-        for sender in &self.inner.senders {
-            any |= sender.send(push()).is_ok();
+        for lane in &self.inner.lanes {
+            any |= self.inner.offer(lane, push()) == Queued::Yes;
         }
         any
     }
@@ -284,5 +368,17 @@ pub(crate) fn hang_up(fd: RawFd) {
     // SAFETY: as in `send_all_now`; shutdown takes no memory arguments.
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queued message is 56 bytes besides its payload, as
+    /// `DEFAULT_HUB_QUEUE`'s doc says (3.5 MiB for a full default queue).
+    #[test]
+    fn a_queued_message_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<Push>(), 56);
     }
 }

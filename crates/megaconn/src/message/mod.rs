@@ -67,6 +67,24 @@ pub use session::Session;
 /// A push that finds it full closes the connection as a slow consumer.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
 
+/// Default bound of each worker's queue of [`Hub`] messages waiting for its
+/// pump ([`Builder::hub_queue`](crate::Builder::hub_queue)): 65,536
+/// messages. Room for a burst of one [`Hub::send`] to each of 65,536
+/// connections of a worker, or for a publish every millisecond behind a
+/// broadcast that takes a minute. An entry is 56 bytes besides its payload
+/// (which the workers a publish goes to share), so a full queue holds
+/// 3.5 MiB of entries. A message over it is dropped and counted
+/// (`megaconn_limit_hits_total{limit="hub_queue"}`).
+pub const DEFAULT_HUB_QUEUE: usize = 65_536;
+
+/// Default [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
+/// of framed connections that have no heartbeat timeout: 60 s. A write the
+/// peer takes none of our bytes of for that long closes the connection
+/// (nginx's `send_timeout`, the same bound between two successful writes).
+/// Without it a peer that sends requests and never reads the replies holds
+/// its task and a pooled buffer for good.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Default `message_timeout` of the message protocols
 /// ([`WebSocketRoute::message_timeout`](crate::WebSocketRoute::message_timeout),
 /// [`Builder::message_timeout`](crate::Builder::message_timeout)): how long
@@ -87,6 +105,8 @@ pub(crate) struct MessageSettings {
     pub hub: Option<Arc<hub::HubInner>>,
     /// The bound of each awake connection's outbound queue, in messages.
     pub outbound_queue: usize,
+    /// The bound of each worker's queue of hub messages, in messages.
+    pub hub_queue: usize,
     /// How many connections each worker reaches per second with one
     /// message of the hub (`None`: as fast as it can, a slice at a time).
     pub delivery_rate: Option<f64>,
@@ -97,6 +117,7 @@ impl Default for MessageSettings {
         MessageSettings {
             hub: None,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            hub_queue: DEFAULT_HUB_QUEUE,
             delivery_rate: None,
         }
     }

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
 use crate::message::hub::{
-    ConnectionId, Delivered, Generation, Inbox, Push, GENERATION_BITS, GENERATION_MASK,
+    taken, ConnectionId, Delivered, Generation, Inbox, Push, GENERATION_BITS, GENERATION_MASK,
 };
 use crate::message::table::{ParkedSet, SendParked, SideTable};
 use crate::message::wire::{Encoded, Wire, WireId};
@@ -545,12 +545,35 @@ async fn paced(pace: Pace, mut step: impl FnMut() -> Step) {
 }
 
 /// Delivers one worker's pushes, in order, until the hub is gone or the
-/// worker stops.
-async fn pump(local: Weak<Local>, mut rx: mpsc::UnboundedReceiver<Push>) {
-    while let Some(push) = rx.recv().await {
+/// worker stops. Each message taken frees its room in the worker's hub
+/// queue (`hub.rs`).
+async fn pump(local: Weak<Local>, rx: mpsc::UnboundedReceiver<Push>) {
+    let Some(stats) = local.upgrade().map(|l| l.stats.clone()) else {
+        return;
+    };
+    let mut queue = Queue { rx, stats };
+    while let Some(push) = queue.rx.recv().await {
+        taken(&queue.stats);
         let Some(local) = local.upgrade() else { return };
         incr(&local.stats.messages.hub_messages);
         local.deliver(push).await;
+    }
+}
+
+/// The pump's end of its worker's hub queue. When the pump ends, however
+/// (the worker stopped, its task dropped mid-delivery), what is left will
+/// never be delivered: it leaves the `hub_queued` gauge too.
+struct Queue {
+    rx: mpsc::UnboundedReceiver<Push>,
+    stats: Arc<WorkerStats>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {
+            taken(&self.stats);
+        }
     }
 }
 

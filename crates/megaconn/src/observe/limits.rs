@@ -33,11 +33,14 @@ pub(crate) enum LimitHit {
     FramedLineTooLong,
     /// Framed TCP: a bad length header or a line not UTF-8.
     FramedMalformed,
+    /// A message of the hub dropped at a worker's full queue
+    /// (`Builder::hub_queue`); no connection is closed.
+    HubQueue,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = 11;
+    pub(crate) const COUNT: usize = LimitHit::HubQueue as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -52,6 +55,7 @@ impl LimitHit {
         "framed_max_frame_bytes",
         "framed_max_line_bytes",
         "framed_malformed",
+        "hub_queue",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -79,9 +83,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::FramedMalformed.count(&stats);
+        LimitHit::HubQueue.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::FramedMalformed as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::HubQueue as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

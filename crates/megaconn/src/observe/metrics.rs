@@ -61,6 +61,7 @@
 //! | `megaconn_message_heartbeat_timeouts_total` | counter | |
 //! | `megaconn_message_hub_messages_total` | counter | |
 //! | `megaconn_message_deliveries_pending` | gauge | |
+//! | `megaconn_message_hub_queued` | gauge | |
 //!
 //! The `message_` series count message protocols' connections (framed TCP):
 //! frames (messages) and their bytes with headers, hub deliveries, pushes
@@ -68,7 +69,10 @@
 //! `slow_consumer`), server heartbeats sent and peers closed for silence;
 //! `deliveries_pending` is how many connections a broadcast or publish under
 //! way has yet to reach (it is delivered a slice at a time, so the workers
-//! keep answering heartbeats meanwhile): 0 once every delivery is done.
+//! keep answering heartbeats meanwhile): 0 once every delivery is done;
+//! `hub_queued` is how many hub messages wait behind it in the workers'
+//! queues (bounded by `Builder::hub_queue`; a message over the bound is
+//! dropped and counted in `megaconn_limit_hits_total{limit="hub_queue"}`).
 //!
 //! The body is OpenMetrics text (it ends with `# EOF`), which Prometheus also
 //! reads when served as `text/plain; version=0.0.4`.
@@ -957,6 +961,12 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
         "message_deliveries_pending",
         "Connections a broadcast or publish under way has yet to reach (0 when none is).",
         i64::try_from(m.deliveries_pending).unwrap_or(i64::MAX),
+    )?;
+    gauge(
+        e,
+        "message_hub_queued",
+        "Hub messages waiting in the workers' queues for delivery (each bounded by hub_queue).",
+        i64::try_from(m.hub_queued).unwrap_or(i64::MAX),
     )?;
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! per worker: a request over a limit, a malformed body, a slow consumer,
 //! a socket the kernel will not watch, an upgrade no handler took, a
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
-//! framed TCP frame or line over its limit. The limits' lines name the
+//! framed TCP frame or line over its limit, a hub message dropped at a full
+//! queue, a framed peer that stopped reading. The limits' lines name the
 //! setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
@@ -89,14 +90,22 @@ pub(crate) enum Flood {
     /// A framed TCP connection closed for a line over
     /// `Framing::max_line_bytes`.
     FramedLineTooLong,
+    /// A hub message dropped at a worker's full queue (`Builder::hub_queue`).
+    /// Logged on the thread that published it, which may be no worker's:
+    /// each thread has its own limiter.
+    HubQueueFull,
+    /// A framed TCP connection closed because its peer took none of our
+    /// bytes in time (`write_timeout`, the heartbeat timeout or
+    /// `write_stall_timeout`).
+    FramedWriteTimeout,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 11;
+const KINDS: usize = 13;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::FramedLineTooLong as usize == KINDS - 1);
+const _: () = assert!(Flood::FramedWriteTimeout as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -89,6 +89,10 @@ pub(crate) struct MessageCounters {
     /// Connections the hub's pump has yet to reach with the message it is
     /// delivering (a gauge: back to 0 when it is done).
     pub deliveries_pending: AtomicI64,
+    /// Hub messages waiting in this worker's queue for its pump (a gauge,
+    /// moved by the publishing threads and the pump; it also bounds the
+    /// queue, `message/hub.rs`).
+    pub hub_queued: AtomicI64,
 }
 
 /// Message protocols' counters (framed TCP; WebSocket), summed over workers.
@@ -120,6 +124,10 @@ pub struct MessageStats {
     /// Connections the hub has yet to reach with the messages it is
     /// delivering now (a paced broadcast's remainder); 0 when idle.
     pub deliveries_pending: u64,
+    /// Hub messages waiting in the workers' queues, not yet taken for
+    /// delivery (each queue is bounded by `Builder::hub_queue`; a message
+    /// over it is dropped and counted as the `hub_queue` limit hit).
+    pub hub_queued: u64,
 }
 
 impl MessageStats {
@@ -134,6 +142,7 @@ impl MessageStats {
         self.heartbeat_timeouts += c.heartbeat_timeouts.load(Relaxed);
         self.hub_messages += c.hub_messages.load(Relaxed);
         self.deliveries_pending += c.deliveries_pending.load(Relaxed).max(0) as u64;
+        self.hub_queued += c.hub_queued.load(Relaxed).max(0) as u64;
     }
 }
 

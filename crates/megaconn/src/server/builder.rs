@@ -490,6 +490,11 @@ impl ServerHandle {
         }
     }
 
+    /// Each worker's counters (for the hub, whose queues count there).
+    pub(crate) fn worker_stats(&self) -> &[Arc<WorkerStats>] {
+        &self.workers
+    }
+
     /// The server's counters, summed over workers.
     pub fn stats(&self) -> ServerStats {
         let mut stats = ServerStats::sum(&self.workers);

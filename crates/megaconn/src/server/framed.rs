@@ -65,7 +65,8 @@ impl Builder {
     /// `on_connection` (one "request" per message), and
     /// [`heartbeat_timeout`](Builder::heartbeat_timeout) instead of
     /// `idle_timeout`, [`message_timeout`](Builder::message_timeout) instead
-    /// of `read_timeout`.
+    /// of `read_timeout`, [`write_stall_timeout`](Builder::write_stall_timeout)
+    /// for a peer that stops reading.
     pub fn listen_framed_on(mut self, addr: SocketAddr, framing: Framing) -> Builder {
         let position = self.config.addrs.len();
         self.config.addrs.push(addr);
@@ -83,6 +84,27 @@ impl Builder {
     pub fn heartbeat_timeout(mut self, t: Option<Duration>) -> Builder {
         let t = crate::conn::config::zero_is_off(t);
         FramedSettings::update(&mut self.config, |s| s.heartbeat_timeout = t);
+        self
+    }
+
+    /// Framed connections without a
+    /// [`heartbeat_timeout`](Builder::heartbeat_timeout): how long a write
+    /// may wait with the peer taking none of our bytes; past it the
+    /// connection closes with
+    /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout)
+    /// (counted in `megaconn_timeouts_total` and by close reason, logged at
+    /// most once per 5 s per worker). Without it a peer that sends requests
+    /// and never reads the replies holds its task and a pooled buffer for
+    /// good, and holds a graceful shutdown until `shutdown_timeout`. Every
+    /// byte the peer takes restarts it, so a slow reader of a large backlog
+    /// is not cut off. With a heartbeat timeout, that bounds the stall
+    /// instead; [`write_timeout`](Builder::write_timeout), when set, bounds
+    /// each whole write instead of either. `None` or zero: unbounded.
+    /// Default [`DEFAULT_WRITE_STALL_TIMEOUT`](crate::DEFAULT_WRITE_STALL_TIMEOUT)
+    /// (60 s).
+    pub fn write_stall_timeout(mut self, t: Option<Duration>) -> Builder {
+        let t = crate::conn::config::zero_is_off(t);
+        FramedSettings::update(&mut self.config, |s| s.write_stall_timeout = t);
         self
     }
 

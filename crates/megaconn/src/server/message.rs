@@ -1,6 +1,7 @@
 //! The message layer's public knobs: the [`Hub`] of a server (push,
 //! publish, broadcast to message connections), the bound of each
-//! connection's outbound queue and the pace of the hub's deliveries. Protocol-neutral: they apply to every
+//! connection's outbound queue and of each worker's queue of hub messages,
+//! and the pace of the hub's deliveries. Protocol-neutral: they apply to every
 //! message protocol's connections (framed TCP today).
 
 use std::sync::Arc;
@@ -30,11 +31,33 @@ impl Builder {
     /// at a time, letting the worker's other work run between slices; the
     /// rate adds a pause between slices. Nothing is dropped for the rate:
     /// later messages wait (in order) until the one under way is delivered.
-    /// The `megaconn_message_deliveries_pending` gauge shows what is left.
+    /// The `megaconn_message_deliveries_pending` gauge shows what is left,
+    /// `megaconn_message_hub_queued` what waits behind it, bounded by
+    /// [`hub_queue`](Builder::hub_queue).
     /// Default: `None`, as fast as the worker can.
     pub fn delivery_rate(mut self, per_second: Option<f64>) -> Builder {
         let rate = per_second.filter(|r| r.is_finite() && *r > 0.0);
         MessageSettings::update(&mut self.config, |s| s.delivery_rate = rate);
+        self
+    }
+
+    /// Message connections: how many messages of the [`Hub`] (each `send`,
+    /// and each `publish` or `broadcast` once per worker) may wait for each
+    /// worker to deliver them. A message that finds its worker's queue full
+    /// is dropped for that worker, not waited for (the hub's calls return
+    /// at once, and are often made on the very worker that must drain the
+    /// queue), counted in `megaconn_limit_hits_total{limit="hub_queue"}`
+    /// and logged (at most once per 5 s per thread); [`Hub::send`] then
+    /// returns false, and [`Hub::publish`] or [`Hub::broadcast`] when no
+    /// worker took it. The queue's length is the
+    /// `megaconn_message_hub_queued` gauge. Without the bound, publishing
+    /// faster than the workers deliver (a slow
+    /// [`delivery_rate`](Builder::delivery_rate), or a big topic where each
+    /// client message publishes) grew memory with nothing to show it. At
+    /// least 1. Default
+    /// [`DEFAULT_HUB_QUEUE`](crate::DEFAULT_HUB_QUEUE) (65,536 messages).
+    pub fn hub_queue(mut self, messages: usize) -> Builder {
+        MessageSettings::update(&mut self.config, |s| s.hub_queue = messages.max(1));
         self
     }
 }
@@ -45,11 +68,12 @@ impl Server {
     /// all, from any task or thread. Ask before serving (a handler that
     /// pushes is usually given a clone); every call returns the same hub.
     pub fn hub(&mut self) -> Hub {
-        let workers = self.config.workers;
+        let workers = self.handle().worker_stats().to_vec();
         let config = Arc::make_mut(&mut self.config);
         MessageSettings::update(config, |s| {
+            let limit = s.hub_queue;
             s.hub
-                .get_or_insert_with(|| Arc::new(HubInner::new(workers)));
+                .get_or_insert_with(|| Arc::new(HubInner::new(&workers, limit)));
         });
         let inner = MessageSettings::of(&self.config)
             .and_then(|s| s.hub.clone())

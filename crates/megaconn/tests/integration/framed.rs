@@ -173,6 +173,12 @@ impl Framed {
     }
 }
 
+/// The count of limit `label` in `stats`.
+fn limit_hits(stats: &ServerStats, label: &str) -> u64 {
+    let hit = stats.limit_hits.iter().find(|(l, _)| *l == label);
+    hit.expect("a limit of that label").1
+}
+
 /// Reads until `want` bytes arrived (bounded).
 async fn read_exact(s: &mut TcpStream, want: usize) -> Vec<u8> {
     let mut buf = vec![0; want];
@@ -1219,6 +1225,94 @@ async fn message_metrics_count_frames_bytes_and_pushes() {
         assert!(text.contains(line), "{line} in\n{text}");
     }
     server.stop().await;
+}
+
+/// Hub messages that come faster than the worker delivers them wait in its
+/// queue up to `hub_queue`, shown by the `hub_queued` gauge; the ones over
+/// it are dropped, counted as the `hub_queue` limit and refused (false).
+/// The pump is held deterministically: a delivery rate so low that after
+/// its first slice (the one connection) it waits over a quarter of an hour.
+/// (Before, the queue had no bound and nothing showed its length.)
+#[tokio::test]
+async fn a_hub_queue_over_its_bound_drops_counts_and_shows_its_backlog() {
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .delivery_rate(Some(0.001))
+            .hub_queue(4),
+        Framing::lines(),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    assert!(server.hub.broadcast("first"));
+    // Delivered: the pump now waits out its rate, and takes nothing more.
+    assert_eq!(read_exact(&mut s, 6).await, b"first\n");
+    let queued = |s: &ServerStats| s.messages.hub_queued;
+    let dropped = |s: &ServerStats| limit_hits(s, "hub_queue");
+    assert_eq!(
+        (
+            queued(&server.handle.stats()),
+            dropped(&server.handle.stats())
+        ),
+        (0, 0)
+    );
+    let taken: Vec<bool> = (0..10)
+        .map(|i| server.hub.broadcast(format!("later {i}")))
+        .collect();
+    let room: Vec<bool> = (0..10).map(|i| i < 4).collect();
+    assert_eq!(taken, room, "four fit in the queue, six do not");
+    assert!(!server.hub.send(id, "by id"), "its worker's queue is full");
+    assert!(!server.hub.publish("news", "to a topic"));
+    let stats = server.handle.stats();
+    assert_eq!((queued(&stats), dropped(&stats)), (4, 8), "{stats:?}");
+    assert_eq!(stats.messages.hub_messages, 1);
+    let text = server.handle.render_metrics();
+    for line in [
+        "megaconn_message_hub_queued 4",
+        "megaconn_limit_hits_total{limit=\"hub_queue\"} 8",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    // What the stopped worker never delivered leaves the gauge.
+    let handle = server.handle.clone();
+    server.stop().await;
+    assert_eq!(handle.stats().messages.hub_queued, 0);
+}
+
+/// A framed peer that sends requests and never reads the replies: the
+/// echoes fill the socket buffers and the server's write waits. With no
+/// heartbeat, `write_timeout` or hub overflow to end it, the write stall
+/// bound does: the connection is closed as `WriteTimeout`, counted as a
+/// timeout. (Before, it was held for good, with its task and a pooled
+/// buffer, and a graceful shutdown waited `shutdown_timeout` for it.)
+#[tokio::test]
+async fn a_framed_peer_that_never_reads_is_closed_when_its_writes_stall() {
+    let mut server = Framed::start(
+        Server::builder().write_stall_timeout(Some(Duration::from_millis(200))),
+        Framing::length_prefixed(4),
+    )
+    .await;
+    // A small receive buffer, so that the echoes back up soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let s = socket.connect(server.addr).await.unwrap();
+    // 16 KiB requests, sent until the server takes no more (its write waits,
+    // so it stops reading); nothing is ever read.
+    let (_unread, mut write) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let request = frame(&[7u8; 16 * 1024]);
+        while write.write_all(&request).await.is_ok() {}
+    });
+    assert_eq!(server.next_close().await.1, CloseReason::WriteTimeout);
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(server.closed_with("write_timeout"), 1);
+    assert_eq!(server.handle.stats().timeouts, 1);
+    writer.abort();
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0);
 }
 
 /// A lines server that parks after `PARK_IDLE_AFTER`, and one connection

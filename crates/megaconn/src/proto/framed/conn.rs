@@ -52,11 +52,11 @@ use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::limits::LimitHit;
-use crate::observe::ratelog::{self, OverLimit};
+use crate::observe::ratelog::{self, Flood, OverLimit};
 use crate::observe::stats::{add, incr};
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
-use crate::proto::framed::{settings, side_table};
+use crate::proto::framed::{settings, side_table, FramedSettings};
 use crate::proto::{earliest, until, Ended};
 
 /// The setting a framed connection's heartbeat timeout comes from, for its
@@ -716,11 +716,18 @@ async fn flush(
         Poll::Ready(written) => written.map_err(io_error),
         // A peer that stops reading must not hold the connection for good,
         // deaf to its heartbeat: the write is bounded (`WriteBound`:
-        // `write_timeout` for the whole write, or when that is off the
-        // heartbeat timeout without progress).
+        // `write_timeout` for the whole write, or when that is off a stall
+        // without progress, `FramedSettings::write_stall`; on by default,
+        // as without a hub no slow-consumer close would end it).
         Poll::Pending => {
-            let heartbeat = settings(&ctx.config).and_then(|s| s.heartbeat_timeout);
-            let mut bound = WriteBound::new(ctx.config.write_timeout, heartbeat);
+            let (stall, setting) = match ctx.config.write_timeout {
+                Some(_) => (None, "Builder::write_timeout"),
+                None => settings(&ctx.config).map_or_else(
+                    || FramedSettings::default().write_stall(),
+                    FramedSettings::write_stall,
+                ),
+            };
+            let mut bound = WriteBound::new(ctx.config.write_timeout, stall);
             let mut overflowed = pin!(Awake::overflowed(awake));
             poll_fn(|cx| {
                 let before = at;
@@ -731,10 +738,14 @@ async fn flush(
                     return Poll::Ready(Err(CloseReason::SlowConsumer));
                 }
                 if bound.poll_passed(cx, at > before) {
-                    tracing::debug!(
-                        timeout = ?bound.timeout(),
-                        "a framed peer did not take our bytes in time; closing it (Builder::write_timeout, else the listener's heartbeat_timeout)"
-                    );
+                    incr(&ctx.stats.timeouts);
+                    ratelog::log(Flood::FramedWriteTimeout, |suppressed| {
+                        tracing::info!(
+                            timeout = ?bound.timeout(),
+                            suppressed,
+                            "a framed peer did not take our bytes in time; closing it ({setting})"
+                        )
+                    });
                     return Poll::Ready(Err(CloseReason::WriteTimeout));
                 }
                 Poll::Pending

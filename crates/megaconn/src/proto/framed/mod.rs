@@ -55,6 +55,9 @@ pub(crate) struct FramedSettings {
     pub heartbeat_timeout: Option<Duration>,
     /// The time a frame may take, first byte to last (`None`: unbounded).
     pub message_timeout: Option<Duration>,
+    /// Without a heartbeat timeout, how long a write may go with the peer
+    /// taking none of our bytes (`None`: unbounded).
+    pub write_stall_timeout: Option<Duration>,
     /// Send this frame every so often (a server heartbeat), between frames.
     pub send_heartbeat: Option<(Duration, bytes::Bytes)>,
     /// Sent to each connection closed between frames by a graceful shutdown.
@@ -69,6 +72,7 @@ impl std::fmt::Debug for FramedSettings {
             .field("listeners", &self.listeners)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("message_timeout", &self.message_timeout)
+            .field("write_stall_timeout", &self.write_stall_timeout)
             .field("send_heartbeat", &self.send_heartbeat)
             .field("goodbye", &self.goodbye)
             .field("handler", &self.handler.is_some())
@@ -82,6 +86,7 @@ impl Default for FramedSettings {
             listeners: Vec::new(),
             heartbeat_timeout: None,
             message_timeout: Some(message::DEFAULT_MESSAGE_TIMEOUT),
+            write_stall_timeout: Some(message::DEFAULT_WRITE_STALL_TIMEOUT),
             send_heartbeat: None,
             goodbye: None,
             handler: None,
@@ -100,6 +105,18 @@ impl FramedSettings {
         let mut settings = FramedSettings::of(config).cloned().unwrap_or_default();
         change(&mut settings);
         config.framed = Some(Arc::new(settings));
+    }
+
+    /// How long a write may wait with the peer taking none of our bytes:
+    /// the heartbeat timeout when there is one (a peer that takes nothing
+    /// for that long is as gone as one that sends nothing), else
+    /// `write_stall_timeout`; and the setting it comes from, for the log
+    /// line.
+    pub(crate) fn write_stall(&self) -> (Option<Duration>, &'static str) {
+        match self.heartbeat_timeout {
+            Some(heartbeat) => (Some(heartbeat), "Builder::heartbeat_timeout"),
+            None => (self.write_stall_timeout, "Builder::write_stall_timeout"),
+        }
     }
 
     /// Which of the framed listeners a connection to `local` arrived on.
@@ -217,5 +234,42 @@ pub(crate) fn serve_woken(
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
     if let Some(handler) = FramedSettings::of(&ctx.config).and_then(|s| s.handler.as_ref()) {
         handler.parked_closed(ctx, fd, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Server;
+
+    /// A framed connection's writes are bounded out of the box: 60 s
+    /// without progress, or the heartbeat timeout when there is one;
+    /// `None` or zero turns the stall bound off.
+    #[test]
+    fn writes_stall_for_at_most_a_minute_by_default() {
+        assert_eq!(
+            message::DEFAULT_WRITE_STALL_TIMEOUT,
+            Duration::from_secs(60)
+        );
+        let stall = |b: crate::Builder| FramedSettings::of(&b.config).unwrap().write_stall();
+        let framed =
+            || Server::builder().listen_framed_on(([127, 0, 0, 1], 0).into(), Framing::lines());
+        assert_eq!(
+            stall(framed()),
+            (
+                Some(Duration::from_secs(60)),
+                "Builder::write_stall_timeout"
+            )
+        );
+        let heartbeat = framed().heartbeat_timeout(Some(Duration::from_secs(90)));
+        assert_eq!(
+            stall(heartbeat),
+            (Some(Duration::from_secs(90)), "Builder::heartbeat_timeout")
+        );
+        for off in [None, Some(Duration::ZERO)] {
+            assert_eq!(stall(framed().write_stall_timeout(off)).0, None, "{off:?}");
+        }
+        let set = framed().write_stall_timeout(Some(Duration::from_secs(5)));
+        assert_eq!(stall(set).0, Some(Duration::from_secs(5)));
     }
 }
