@@ -7,7 +7,8 @@
 //! nc 127.0.0.1 7000       # type PING, or anything
 //! ```
 //!
-//! On the line listener (default 127.0.0.1:7000) `PING` is answered `PONG`
+//! Each connection is greeted with `hello: PING, or anything to echo`. On
+//! the line listener (default 127.0.0.1:7000) `PING` is answered `PONG`
 //! and any other line `echo: <line>`; the length-prefixed listener (default
 //! 127.0.0.1:7001; a 4-byte big-endian length, then the body) does the same
 //! per frame. A peer silent for 60 s is closed; Ctrl-C shuts down gracefully.

@@ -2,8 +2,9 @@
 //! client side of `bench/idle-memory-tls.sh`.
 //!
 //! ```text
-//! tls_hold --connect 127.0.0.1:8443 -n 15000 [--h2] [--concurrency 64]
-//!          [--path /] [--body-bytes 0] [--name localhost]
+//! cargo run --release -p megaconn --example tls_hold -- \
+//!   --connect 127.0.0.1:8443 -n 15000 [--h2] [--concurrency 64]
+//!   [--path /] [--body-bytes 0] [--name localhost]
 //! ```
 //!
 //! Each connection does a full TLS handshake (no resumption, so every server

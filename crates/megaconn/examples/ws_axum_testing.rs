@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! cargo run -p megaconn --example ws_axum_testing
+//! websocat ws://127.0.0.1:3000/integration-testable   # or /unit-testable
 //! ```
 
 use axum::response::Response;

@@ -4,7 +4,7 @@
 //! tokio-tungstenite with its defaults), under a counting global allocator.
 //!
 //! ```text
-//! ws_idle_heap --mode megaconn --listen 127.0.0.1:23080
+//! cargo run --release -p megaconn --example ws_idle_heap -- --mode megaconn --listen 127.0.0.1:23080
 //! megaconn hold ws://127.0.0.1:23080/ws -c 2000 --interval 2s --ws-heartbeat text --send hello  # another shell
 //! ```
 //!
