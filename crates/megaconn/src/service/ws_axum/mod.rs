@@ -181,7 +181,10 @@ impl<F> WebSocketUpgrade<F> {
     }
 
     /// Largest frame payload accepted, in bytes; past it the socket closes
-    /// with 1009, counted and logged as for
+    /// with 1009, counted in
+    /// `megaconn_limit_hits_total{limit="ws_frame_too_big"}` (in
+    /// `ws_message_too_big` when it equals `max_message_size`: tungstenite
+    /// does not say which it went over) and logged as for
     /// [`max_message_size`](Self::max_message_size). Default
     /// [`DEFAULT_MAX_FRAME_SIZE`].
     pub fn max_frame_size(mut self, max: usize) -> Self {

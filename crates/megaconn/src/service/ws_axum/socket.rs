@@ -242,8 +242,8 @@ impl WebSocket {
             )));
         match error {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                self.io.limit_hit(LimitHit::WsMessageTooBig);
-                let over = self.over_size(*size, *max_size);
+                let (hit, over) = self.over_size(*size, *max_size);
+                self.io.limit_hit(hit);
                 ratelog::over_limit(over, "closing with 1009");
             }
             _ => {
@@ -262,34 +262,39 @@ impl WebSocket {
     /// What tungstenite's 1009 (`size` over `max_size`) went over, for the
     /// log line: the [`WebSocketUpgrade`](super::WebSocketUpgrade) setting
     /// whose value `max_size` is (tungstenite reports the frame and the
-    /// message limit alike), and so whether a frame or a message did.
-    fn over_size(&self, size: usize, max_size: usize) -> OverLimit {
+    /// message limit alike), and so whether a frame or a message did; and
+    /// the limit hit it counts as (a message where both share the value).
+    fn over_size(&self, size: usize, max_size: usize) -> (LimitHit, OverLimit) {
         let frame = self.config.max_frame_size == Some(max_size);
         let message = self.config.max_message_size == Some(max_size);
-        let (kind, what, setting) = match (frame, message) {
+        let (hit, kind, what, setting) = match (frame, message) {
             (true, false) => (
+                LimitHit::WsFrameTooBig,
                 Flood::AxumWsFrameTooBig,
                 "WebSocket frame",
                 "WebSocketUpgrade::max_frame_size",
             ),
             (false, true) => (
+                LimitHit::WsMessageTooBig,
                 Flood::AxumWsMessageTooBig,
                 "WebSocket message",
                 "WebSocketUpgrade::max_message_size",
             ),
             _ => (
+                LimitHit::WsMessageTooBig,
                 Flood::AxumWsMessageTooBig,
                 "WebSocket frame or message",
                 "WebSocketUpgrade::max_frame_size or max_message_size",
             ),
         };
-        OverLimit {
+        let over = OverLimit {
             kind,
             what,
             setting,
             size: Some(size as u64),
             limit: max_size as u64,
-        }
+        };
+        (hit, over)
     }
 }
 
