@@ -34,7 +34,8 @@
 //!
 //! The task `on_upgrade` spawns, with the handler's future in it, which holds
 //! the [`WebSocket`] (440 bytes: the upgraded connection and its accounts,
-//! the limits, two empty buffer handles). No read or write buffer, and not
+//! the limits, two empty buffer handles, an empty list of tasks waiting to
+//! write). No read or write buffer, and not
 //! even tungstenite's state machine: it gets a zero-sized read buffer and a
 //! zero write threshold, the bytes in flight between it and the socket live
 //! in a stack chunk or in exact-size copies freed once consumed (see
@@ -57,6 +58,24 @@
 //! that an extended CONNECT naming another protocol than `websocket` gets
 //! `501` (RFC 9220 §3) where axum answers `400`; each is logged (debug,
 //! "WebSocket handshake refused") as the native route logs its own.
+//!
+//! # A peer that does not read
+//!
+//! Receiving answers each ping with a pong, queued when the socket does not
+//! take it at once. Past [`WebSocketUpgrade::write_buffer_size`] queued
+//! bytes (128 KiB by default), `recv` (or the `Stream`) reads no further
+//! frame until the queue is flushed, as the native route awaits its write
+//! before it reads on: a peer that floods pings and reads no pongs stalls
+//! on its own socket instead of growing the server's queue (axum's socket
+//! queues one pong per ping, without bound, while the peer does not read).
+//!
+//! A send waits for the socket as long as the peer takes nothing, as on
+//! axum's socket: megaconn's
+//! [`Builder::write_timeout`](crate::Builder::write_timeout) (and the
+//! heartbeat timeout standing in for it) bounds writes on the native
+//! WebSocket route only, not on an upgraded socket. Bound a send with
+//! `tokio::time::timeout` where a peer that stops reading must not hold
+//! the handler.
 //!
 //! # At shutdown
 //!
@@ -154,10 +173,12 @@ impl<F> WebSocketUpgrade<F> {
         self
     }
 
-    /// Bytes a `Sink` may queue before `poll_ready` flushes them. Default
-    /// [`DEFAULT_WRITE_BUFFER_SIZE`]; `0` flushes before every message.
-    /// `send` and `flush` always write everything, after which the queue's
-    /// memory is freed.
+    /// Bytes a `Sink` may queue before `poll_ready` flushes them, and past
+    /// which receiving stops reading until they are flushed (the pongs to a
+    /// peer's pings queue too: see [the module docs](self#a-peer-that-does-not-read)).
+    /// Default [`DEFAULT_WRITE_BUFFER_SIZE`]; `0` flushes before every
+    /// message. `send` and `flush` always write everything, after which the
+    /// queue's memory is freed.
     pub fn write_buffer_size(mut self, size: usize) -> Self {
         self.limits.write_buffer_size = size;
         self
