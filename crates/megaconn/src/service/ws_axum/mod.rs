@@ -61,21 +61,11 @@
 //!
 //! # A peer that does not read
 //!
-//! Receiving answers each ping with a pong, queued when the socket does not
-//! take it at once. Past [`WebSocketUpgrade::write_buffer_size`] queued
-//! bytes (128 KiB by default), `recv` (or the `Stream`) reads no further
-//! frame until the queue is flushed, as the native route awaits its write
-//! before it reads on: a peer that floods pings and reads no pongs stalls
-//! on its own socket instead of growing the server's queue (axum's socket
-//! queues one pong per ping, without bound, while the peer does not read).
-//!
-//! A send waits for the socket as long as the peer takes nothing, as on
-//! axum's socket: megaconn's
-//! [`Builder::write_timeout`](crate::Builder::write_timeout) (and the
-//! heartbeat timeout standing in for it) bounds writes on the native
-//! WebSocket route only, not on an upgraded socket. Bound a send with
-//! `tokio::time::timeout` where a peer that stops reading must not hold
-//! the handler.
+//! Receiving stops reading while more than `write_buffer_size` bytes are
+//! queued (a peer that floods pings and reads no pong stalls, as on the
+//! native route; axum's socket queues without bound), and a send is not
+//! bounded by `write_timeout`, as on axum's: see [`WebSocket`]'s docs
+//! (this module's are not rendered: `megaconn::axum_ws` re-exports it).
 //!
 //! # At shutdown
 //!
@@ -175,7 +165,7 @@ impl<F> WebSocketUpgrade<F> {
 
     /// Bytes a `Sink` may queue before `poll_ready` flushes them, and past
     /// which receiving stops reading until they are flushed (the pongs to a
-    /// peer's pings queue too: see [the module docs](self#a-peer-that-does-not-read)).
+    /// peer's pings queue too: see [`WebSocket`](crate::axum_ws::WebSocket#a-peer-that-does-not-read)).
     /// Default [`DEFAULT_WRITE_BUFFER_SIZE`]; `0` flushes before every
     /// message. `send` and `flush` always write everything, after which the
     /// queue's memory is freed.

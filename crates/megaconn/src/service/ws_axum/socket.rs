@@ -42,6 +42,22 @@ use crate::service::upgrade::Upgraded;
 ///
 /// While idle it holds no read or write buffer: see the module docs of
 /// [`megaconn::axum_ws`](crate::axum_ws) for what it does hold.
+///
+/// # A peer that does not read
+///
+/// Receiving answers each ping with a pong, queued when the socket does not
+/// take it at once. While more than
+/// [`WebSocketUpgrade::write_buffer_size`](super::WebSocketUpgrade::write_buffer_size)
+/// bytes are queued, receiving reads no further frame until they are
+/// flushed, as megaconn's native WebSocket route awaits its write before it
+/// reads on: a peer that floods pings and reads no pong stalls on its own
+/// socket (axum's socket queues a pong per ping, without bound).
+///
+/// A send waits as long as the peer takes nothing, as on axum's socket:
+/// [`Builder::write_timeout`](crate::Builder::write_timeout) (and the
+/// heartbeat timeout standing in for it) bounds writes on the native route
+/// only. Wrap a send in `tokio::time::timeout` where a peer that stops
+/// reading must not hold the handler.
 pub struct WebSocket {
     io: Upgraded,
     /// tungstenite's state machine while a message is under way; `None`
