@@ -481,7 +481,8 @@ where
 /// A native WebSocket past its limits, as an `axum_ws` socket
 /// (`ws_axum.rs`): a frame over `max_frame_bytes` or a message over
 /// `max_message_bytes` closes with 1009 and a reason naming the limit, is
-/// counted in `megaconn_limit_hits_total{limit="ws_message_too_big"}`, and
+/// counted in `megaconn_limit_hits_total{limit="ws_message_too_big"}` (a
+/// frame: `ws_frame_too_big`; it was counted as a message), and
 /// logs a (rate-limited) line naming the `WebSocketRoute` setting, with the
 /// size and the limit. It logged at debug only, a line per event. Both
 /// limits hit on one worker within the interval log a line each: they
@@ -507,9 +508,9 @@ async fn a_websocket_past_its_limit_closes_with_1009_and_logs_the_setting() {
         axum::Router::new().route_service("/ws", route),
     );
     let url = format!("ws://{}/ws", server.addrs[0]);
-    for (hits, (setting, what, limit)) in [
-        ("max_message_bytes", "message", MESSAGE),
-        ("max_frame_bytes", "frame", 2001),
+    for (hits, (setting, what, limit, counted)) in [
+        ("max_message_bytes", "message", MESSAGE, [1, 0]),
+        ("max_frame_bytes", "frame", 2001, [1, 1]),
     ]
     .into_iter()
     .enumerate()
@@ -538,12 +539,23 @@ async fn a_websocket_past_its_limit_closes_with_1009_and_logs_the_setting() {
         drop(client);
         let hits = hits as u64 + 1;
         common::wait_stats(&server.handle, "the limit hit counted", |s| {
-            s.limit_hits.contains(&("ws_message_too_big", hits))
+            s.limit_hits.iter().map(|(_, n)| n).sum::<u64>() == hits
         })
         .await;
+        let stats = server.handle.stats();
         let metrics = server.handle.render_metrics();
-        let metric = format!("megaconn_limit_hits_total{{limit=\"ws_message_too_big\"}} {hits}");
-        assert!(metrics.lines().any(|l| l == metric), "{setting}: {metrics}");
+        for (label, n) in ["ws_message_too_big", "ws_frame_too_big"]
+            .into_iter()
+            .zip(counted)
+        {
+            assert!(
+                stats.limit_hits.contains(&(label, n)),
+                "{setting}: {label} {n}: {:?}",
+                stats.limit_hits
+            );
+            let metric = format!("megaconn_limit_hits_total{{limit=\"{label}\"}} {n}");
+            assert!(metrics.lines().any(|l| l == metric), "{setting}: {metrics}");
+        }
         // Logged before the close frame went out; the first of its
         // setting, however soon after the other's.
         let line = format!(

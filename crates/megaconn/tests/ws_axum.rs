@@ -189,7 +189,8 @@ async fn chat_example_broadcasts_between_two_clients() {
 
 /// Past `max_message_size` or `max_frame_size` the socket closes with
 /// 1009, counted as a protocol error and, as the native route's 1009, in
-/// `megaconn_limit_hits_total{limit="ws_message_too_big"}`, with a
+/// `megaconn_limit_hits_total{limit="ws_message_too_big"}` (a frame:
+/// `ws_frame_too_big`, which it was counted as a message in), with a
 /// (rate-limited) line naming the setting. The limit hit was not counted
 /// nor logged. Both settings hit on one worker within the interval log a
 /// line each: they shared one log kind, and the second setting was only
@@ -216,9 +217,9 @@ async fn a_message_past_the_limit_closes_with_1009() {
     );
     // One server, so one worker (with its own log limiter) for both.
     let server = serve(app);
-    for (hits, (setting, what, past)) in [
-        ("max_message_size", "message", 1025),
-        ("max_frame_size", "frame", 2049),
+    for (hits, (setting, what, past, counted)) in [
+        ("max_message_size", "message", 1025, [1, 0]),
+        ("max_frame_size", "frame", 2049, [1, 1]),
     ]
     .into_iter()
     .enumerate()
@@ -245,14 +246,19 @@ async fn a_message_past_the_limit_closes_with_1009() {
         // Counted and logged before the close frame went out; the first
         // of its setting, however soon after the other's.
         let stats = server.handle.stats();
-        assert!(
-            stats.limit_hits.contains(&("ws_message_too_big", hits)),
-            "{setting}: {:?}",
-            stats.limit_hits
-        );
         let metrics = server.handle.render_metrics();
-        let metric = format!("megaconn_limit_hits_total{{limit=\"ws_message_too_big\"}} {hits}");
-        assert!(metrics.lines().any(|l| l == metric), "{setting}: {metrics}");
+        for (label, n) in ["ws_message_too_big", "ws_frame_too_big"]
+            .into_iter()
+            .zip(counted)
+        {
+            assert!(
+                stats.limit_hits.contains(&(label, n)),
+                "{setting}: {label} {n}: {:?}",
+                stats.limit_hits
+            );
+            let metric = format!("megaconn_limit_hits_total{{limit=\"{label}\"}} {n}");
+            assert!(metrics.lines().any(|l| l == metric), "{setting}: {metrics}");
+        }
         let logged = LOGGED.lock().unwrap().clone();
         let line = format!("WebSocket {what} over WebSocketUpgrade::{setting}; closing with 1009");
         assert!(
@@ -535,6 +541,87 @@ async fn a_client_that_hangs_up_without_a_close_frame_is_no_protocol_error() {
         "{:?}",
         stats.request_metrics.closed_by_reason
     );
+}
+
+/// A client that floods pings and reads none of the pongs stalls: the
+/// socket stops reading while its queue is over the write buffer size, as
+/// the native route awaits its write before it reads on. It queued a pong
+/// per ping without bound (39 MB of pings all went in, the server's memory
+/// growing by ~127 bytes per 131 sent).
+#[tokio::test]
+async fn a_peer_that_floods_pings_and_reads_no_pongs_stalls() {
+    use megaconn::axum_ws::WebSocketUpgrade;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = axum::Router::new().route(
+        "/axum",
+        axum::routing::get(|ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(
+                |mut socket| async move { while let Some(Ok(_)) = socket.recv().await {} },
+            )
+        }),
+    );
+    let server = serve(app);
+    // Small socket buffers on our side: what the kernels hold before the
+    // stall is a few MB, well under what we try to send.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    let mut c = socket.connect(server.addr).await.unwrap();
+    c.write_all(
+        b"GET /axum HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        tokio::time::timeout(SAFETY, c.read_exact(&mut byte))
+            .await
+            .expect("the 101 in time")
+            .expect("the 101");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // Masked pings with 125-byte payloads (the most a control frame may
+    // carry), 1,000 to a write.
+    let mut ping = vec![0x89u8, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend([b'p'; 125]);
+    let chunk: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
+    const CHUNKS: usize = 300;
+    // The server reads a chunk in milliseconds while it reads at all; two
+    // seconds with no chunk taken is a stall.
+    const STALLED: Duration = Duration::from_secs(2);
+    let mut sent = 0;
+    for _ in 0..CHUNKS {
+        match tokio::time::timeout(STALLED, c.write_all(&chunk)).await {
+            Ok(written) => written.expect("the server reads"),
+            Err(_stalled) => break,
+        }
+        sent += 1;
+    }
+    // What the kernels' buffers took (a few MB on loopback) plus the
+    // server's queue: far from all of it.
+    assert!(
+        sent < CHUNKS / 2,
+        "the server read {sent} of {CHUNKS} chunks ({} MB) of pings while we read no pong",
+        (sent * chunk.len()) >> 20
+    );
+    // The stalled socket still ends when the peer goes.
+    drop(c);
+    common::wait_stats(&server.handle, "the socket closed", |s| {
+        s.connections_open == 0
+    })
+    .await;
 }
 
 /// The server's `serve`, which ends with its summary once it stops.

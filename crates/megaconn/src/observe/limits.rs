@@ -23,10 +23,13 @@ pub(crate) enum LimitHit {
     HttpVersion,
     /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a flood h2 or our guards stopped.
     H2EnhanceYourCalm,
-    /// WebSocket close 1009: a frame over `max_frame_bytes` or a message
-    /// over `max_message_bytes` (on an `axum_ws` socket, its
-    /// `max_frame_size` or `max_message_size`).
+    /// WebSocket close 1009: a message over `max_message_bytes` (on an
+    /// `axum_ws` socket, its `max_message_size`, or a limit it shares with
+    /// `max_frame_size`, which tungstenite does not tell apart).
     WsMessageTooBig,
+    /// WebSocket close 1009: a frame over `max_frame_bytes` (on an
+    /// `axum_ws` socket, its `max_frame_size`).
+    WsFrameTooBig,
     /// Framed TCP: a length header over `Framing::max_frame_bytes`.
     FramedFrameTooLarge,
     /// Framed TCP: a line over `Framing::max_line_bytes`.
@@ -52,6 +55,7 @@ impl LimitHit {
         "http_version",
         "h2_enhance_your_calm",
         "ws_message_too_big",
+        "ws_frame_too_big",
         "framed_max_frame_bytes",
         "framed_max_line_bytes",
         "framed_malformed",

@@ -17,6 +17,12 @@
 //! A [`WebSocket`](crate::axum_ws::WebSocket) hears the start and sends its
 //! peer a close 1001 (going away), over HTTP/1.1 and HTTP/2.
 //!
+//! Writes on it are not bounded by time: [`Builder::write_timeout`](crate::Builder::write_timeout) (and the
+//! heartbeat timeout standing in for it) applies to the server's own
+//! protocols, not to a socket a handler took over, so a write to a peer
+//! that reads nothing waits until the peer goes or the handler gives up
+//! (as under hyper).
+//!
 //! ```no_run
 //! # use megaconn::{Body, OnUpgrade};
 //! # use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -951,6 +951,61 @@ async fn shutdown_sends_parked_websockets_a_1001_and_tells_their_handler() {
     server.stop().await;
 }
 
+/// A one-worker server on 127.0.0.1:0 that parks idle connections after
+/// [`PARK_IDLE_AFTER`], listening, for a route of a test's own.
+fn parking_server() -> Server {
+    Server::builder()
+        .park_idle_after(Some(PARK_IDLE_AFTER))
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .expect("server binds")
+}
+
+/// A handler whose `on_close` panics; it echoes.
+struct PanicsOnClose;
+
+impl WebSocketHandler for PanicsOnClose {
+    type State = ();
+
+    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        Some(message)
+    }
+
+    fn on_close(&self, _: (), _: CloseReason) {
+        panic!("this on_close panics on purpose");
+    }
+}
+
+/// A parked WebSocket whose handler's `on_close` panics at shutdown still
+/// gets its 1001, and the panic is counted, as an awake one's is. The
+/// parking lot's close called `on_close` unguarded: the panic unwound past
+/// the 1001, which was never sent.
+#[tokio::test]
+async fn a_parked_websocket_whose_on_close_panics_still_gets_its_1001_at_shutdown() {
+    let server = parking_server();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let app = axum::Router::new().route_service("/ws", WebSocketRoute::new(PanicsOnClose));
+    let task = tokio::spawn(server.serve(app));
+    let (mut client, _) = tokio::time::timeout(
+        SAFETY,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    common::wait_stats(&handle, "parked", |s| s.connections_parked == 1).await;
+    handle.shutdown();
+    expect_going_away(&mut client).await;
+    // Counted before the 1001 went out.
+    assert_eq!(handle.stats().panics, 1);
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("serve result");
+}
+
 #[tokio::test]
 async fn shutdown_sends_awake_websockets_a_1001_and_waits_for_their_close() {
     let mut server = Ws::start(Server::builder().park_idle_after(None), |r| r).await;
@@ -1741,12 +1796,7 @@ impl WebSocketHandler for Counted {
 async fn routes_built_per_request_go_when_their_parked_websockets_do() {
     const ROUNDS: usize = 30;
     const AT_ONCE: usize = 10;
-    let server = Server::builder()
-        .park_idle_after(Some(PARK_IDLE_AFTER))
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .expect("server binds");
+    let server = parking_server();
     let (addr, handle) = (server.local_addr(), server.handle());
     let alive = std::sync::Arc::new(());
     let (closed, mut closes) = mpsc::unbounded_channel();

@@ -53,7 +53,6 @@ use crate::message::wake::heartbeat_timed_out;
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
-use crate::observe::limits::LimitHit;
 use crate::observe::ratelog;
 use crate::observe::stats::{add, incr};
 use crate::proto::ws::deflate::{Codec, Deflate};
@@ -545,7 +544,7 @@ fn violated(ctx: &WorkerContext, violation: Violation) -> Next {
     let code = violation.code();
     incr(&ctx.stats.protocol_errors);
     if let Violation::TooBig(too_big) = violation {
-        LimitHit::WsMessageTooBig.count(&ctx.stats);
+        too_big.limit_hit().count(&ctx.stats);
         let over = too_big.over_limit();
         ratelog::over_limit(over, "closing with 1009");
     } else {

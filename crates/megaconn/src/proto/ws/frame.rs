@@ -37,6 +37,7 @@ use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::Utf8Bytes;
 
 use super::deflate::{Codec, Deflate, InflateError};
+use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{Flood, OverLimit};
 
 /// How much room a frame still arriving is given at a time, past what is in
@@ -122,6 +123,16 @@ pub(crate) struct TooBig {
 }
 
 impl TooBig {
+    /// The limit hit it counts as: frames and messages apart, as the log
+    /// line tells them.
+    pub(crate) fn limit_hit(self) -> LimitHit {
+        if self.frame {
+            LimitHit::WsFrameTooBig
+        } else {
+            LimitHit::WsMessageTooBig
+        }
+    }
+
     /// What went over which `WebSocketRoute` setting, for the log line.
     pub(crate) fn over_limit(self) -> OverLimit {
         let (kind, what, setting) = if self.frame {

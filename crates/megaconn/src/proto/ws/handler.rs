@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::conn::context::WorkerContext;
 use crate::message::hub::ConnectionId;
+use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::observe::close::CloseReason;
 use crate::proto::ws::frame::{self, WsMessage};
@@ -203,8 +204,11 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
         let Some(parked) = tables.take::<H::State>(fd) else {
             return false;
         };
-        tables.local.closed(tables.local.id(fd, parked.generation));
-        self.handler.on_close(parked.state, reason);
+        // Through `Live`, as an awake connection's close: it leaves its
+        // topics, and a panic in `on_close` is caught, counted and logged,
+        // so the caller still sends the 1001 (and the lot's turn goes on).
+        let id = tables.local.id(fd, parked.generation);
+        Live::new(&self.handler, H::on_close, parked.state, id, &tables.local).close(reason);
         reason == CloseReason::Shutdown && !parked.behind
     }
 }

@@ -174,14 +174,16 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     }
 
     /// The largest message (all its fragments together) a client may send;
-    /// a larger one closes the connection with 1009. Default 16 MiB.
+    /// a larger one closes the connection with 1009, counted in
+    /// `megaconn_limit_hits_total{limit="ws_message_too_big"}`. Default 16 MiB.
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.settings().limits.max_message_bytes = bytes;
         self
     }
 
     /// The largest frame a client may send (checked from its header, before
-    /// the payload is read); a larger one closes with 1009. Default 16 MiB.
+    /// the payload is read); a larger one closes with 1009, counted in
+    /// `megaconn_limit_hits_total{limit="ws_frame_too_big"}`. Default 16 MiB.
     pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
         self.settings().limits.max_frame_bytes = bytes;
         self

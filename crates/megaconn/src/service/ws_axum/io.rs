@@ -21,7 +21,7 @@
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -37,6 +37,15 @@ pub(super) const READ_CHUNK: usize = 8 * 1024;
 /// whenever the socket is idle.
 #[derive(Debug, Default)]
 pub(super) struct Buffers {
+    /// Tasks waiting for `out` to drain, woken by the one that drains it
+    /// (or fails to). The socket keeps one waker per direction, and a split
+    /// socket's two halves can both wait to write: the `Sink` to flush, the
+    /// `Stream` to read on once the queue is back under the write buffer
+    /// size. The later one's waker replaces the earlier's in the socket,
+    /// and without this the earlier would never be woken again. Freed by
+    /// each completed flush (a `Vec`, not two slots inline: the idle socket
+    /// keeps its size).
+    waiting: Vec<Waker>,
     /// Read from the socket, not yet taken by the codec.
     read_ahead: BytesMut,
     /// Where the bytes handed to the codec stand in the client's frames.
@@ -76,12 +85,48 @@ impl Buffers {
         Poll::Ready(Ok(self.read_ahead.len()))
     }
 
-    /// Writes the queue to the socket; frees it once empty.
+    /// Writes the queue to the socket; frees it once empty. Until then the
+    /// task is woken when it drains, whichever task drains it.
     pub(super) fn poll_flush(
         &mut self,
         io: &mut Upgraded,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        let flushed = self.poll_write_out(io, cx);
+        match flushed {
+            Poll::Pending => self.wait(cx),
+            Poll::Ready(_) => self.wake_waiting(cx),
+        }
+        flushed
+    }
+
+    /// Notes the task as waiting for the queue to drain.
+    fn wait(&mut self, cx: &Context<'_>) {
+        let waker = cx.waker();
+        if self.waiting.iter().any(|w| w.will_wake(waker)) {
+            return;
+        }
+        // A third task (only when the socket is shared some other way than
+        // split in two): the oldest is woken to poll again, a spurious
+        // wake-up rather than a lost one.
+        if self.waiting.len() == 2 {
+            self.waiting.remove(0).wake();
+        }
+        self.waiting.push(waker.clone());
+    }
+
+    /// The queue drained (or the socket failed): the other waiting tasks go
+    /// on.
+    fn wake_waiting(&mut self, cx: &Context<'_>) {
+        for waker in std::mem::take(&mut self.waiting) {
+            if !waker.will_wake(cx.waker()) {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Writes the queue to the socket; frees it once empty.
+    fn poll_write_out(&mut self, io: &mut Upgraded, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.out.is_empty() {
             let n = std::task::ready!(Pin::new(&mut *io).poll_write(cx, &self.out))?;
             if n == 0 {
@@ -177,9 +222,10 @@ impl Write for Bridge<'_, '_> {
 /// (RFC 6455 §5.2), so a read never crosses a frame boundary.
 #[derive(Debug, Default)]
 struct FrameTracker {
-    /// The current header's bytes so far (at most 14).
+    /// The current header's bytes so far (at most 14: a `u8` keeps the
+    /// idle socket's size).
     head: [u8; 14],
-    head_len: usize,
+    head_len: u8,
     /// Payload bytes of the current frame not yet handed over.
     payload_left: u64,
     /// Inside a fragmented data message (a data frame without FIN seen, its
@@ -208,7 +254,7 @@ impl FrameTracker {
         if self.payload_left > 0 {
             return usize::try_from(self.payload_left).unwrap_or(usize::MAX);
         }
-        self.header_len() - self.head_len
+        self.header_len() - usize::from(self.head_len)
     }
 
     /// Notes `bytes` as handed to the codec.
@@ -218,9 +264,11 @@ impl FrameTracker {
             if self.payload_left > 0 {
                 self.payload_left -= n as u64;
             } else {
-                self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
-                self.head_len += n;
-                if self.head_len == self.header_len() {
+                let at = usize::from(self.head_len);
+                self.head[at..at + n].copy_from_slice(&bytes[..n]);
+                // At most 14: `n` is within the header's allowance.
+                self.head_len += n as u8;
+                if usize::from(self.head_len) == self.header_len() {
                     self.header_done();
                 }
             }

@@ -34,7 +34,8 @@
 //!
 //! The task `on_upgrade` spawns, with the handler's future in it, which holds
 //! the [`WebSocket`] (440 bytes: the upgraded connection and its accounts,
-//! the limits, two empty buffer handles). No read or write buffer, and not
+//! the limits, two empty buffer handles, an empty list of tasks waiting to
+//! write). No read or write buffer, and not
 //! even tungstenite's state machine: it gets a zero-sized read buffer and a
 //! zero write threshold, the bytes in flight between it and the socket live
 //! in a stack chunk or in exact-size copies freed once consumed (see
@@ -57,6 +58,14 @@
 //! that an extended CONNECT naming another protocol than `websocket` gets
 //! `501` (RFC 9220 §3) where axum answers `400`; each is logged (debug,
 //! "WebSocket handshake refused") as the native route logs its own.
+//!
+//! # A peer that does not read
+//!
+//! Receiving stops reading while more than `write_buffer_size` bytes are
+//! queued (a peer that floods pings and reads no pong stalls, as on the
+//! native route; axum's socket queues without bound), and a send is not
+//! bounded by `write_timeout`, as on axum's: see [`WebSocket`]'s docs
+//! (this module's are not rendered: `megaconn::axum_ws` re-exports it).
 //!
 //! # At shutdown
 //!
@@ -154,10 +163,12 @@ impl<F> WebSocketUpgrade<F> {
         self
     }
 
-    /// Bytes a `Sink` may queue before `poll_ready` flushes them. Default
-    /// [`DEFAULT_WRITE_BUFFER_SIZE`]; `0` flushes before every message.
-    /// `send` and `flush` always write everything, after which the queue's
-    /// memory is freed.
+    /// Bytes a `Sink` may queue before `poll_ready` flushes them, and past
+    /// which receiving stops reading until they are flushed (the pongs to a
+    /// peer's pings queue too: see [`WebSocket`](crate::axum_ws::WebSocket#a-peer-that-does-not-read)).
+    /// Default [`DEFAULT_WRITE_BUFFER_SIZE`]; `0` flushes before every
+    /// message. `send` and `flush` always write everything, after which the
+    /// queue's memory is freed.
     pub fn write_buffer_size(mut self, size: usize) -> Self {
         self.limits.write_buffer_size = size;
         self
@@ -181,7 +192,10 @@ impl<F> WebSocketUpgrade<F> {
     }
 
     /// Largest frame payload accepted, in bytes; past it the socket closes
-    /// with 1009, counted and logged as for
+    /// with 1009, counted in
+    /// `megaconn_limit_hits_total{limit="ws_frame_too_big"}` (in
+    /// `ws_message_too_big` when it equals `max_message_size`: tungstenite
+    /// does not say which it went over) and logged as for
     /// [`max_message_size`](Self::max_message_size). Default
     /// [`DEFAULT_MAX_FRAME_SIZE`].
     pub fn max_frame_size(mut self, max: usize) -> Self {

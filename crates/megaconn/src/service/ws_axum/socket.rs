@@ -42,19 +42,33 @@ use crate::service::upgrade::Upgraded;
 ///
 /// While idle it holds no read or write buffer: see the module docs of
 /// [`megaconn::axum_ws`](crate::axum_ws) for what it does hold.
+///
+/// # A peer that does not read
+///
+/// Receiving answers each ping with a pong, queued when the socket does not
+/// take it at once. While more than
+/// [`WebSocketUpgrade::write_buffer_size`](super::WebSocketUpgrade::write_buffer_size)
+/// bytes are queued, receiving reads no further frame until they are
+/// flushed, as megaconn's native WebSocket route awaits its write before it
+/// reads on: a peer that floods pings and reads no pong stalls on its own
+/// socket (axum's socket queues a pong per ping, without bound).
+///
+/// A send waits as long as the peer takes nothing, as on axum's socket:
+/// [`Builder::write_timeout`](crate::Builder::write_timeout) (and the
+/// heartbeat timeout standing in for it) bounds writes on the native route
+/// only. Wrap a send in `tokio::time::timeout` where a peer that stops
+/// reading must not hold the handler.
 pub struct WebSocket {
     io: Upgraded,
     /// tungstenite's state machine while a message is under way; `None`
     /// between messages (see the module docs).
     ctx: Option<Box<WebSocketContext>>,
-    /// What a fresh context is made with.
-    config: WebSocketConfig,
+    /// The limits, also what a fresh context is made with (the
+    /// context's configuration is built from them when needed: held
+    /// inline, it would be 32 bytes more in every idle socket).
+    limits: Limits,
     bufs: Buffers,
     protocol: Option<HeaderValue>,
-    /// Sink: queued bytes past which `poll_ready` flushes first.
-    write_buffer_size: usize,
-    /// Sink: queued bytes past which a send fails.
-    max_write_buffer_size: usize,
     /// The stream has ended (closed, or failed for good).
     ended: bool,
     /// The server's graceful shutdown began and the socket's close 1001
@@ -75,33 +89,40 @@ impl std::fmt::Debug for WebSocket {
 /// The socket's limits, from [`WebSocketUpgrade`](super::WebSocketUpgrade).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Limits {
+    /// Queued bytes past which a `Sink` flushes before the next message,
+    /// and the `Stream` before it reads the next frame.
     pub(super) write_buffer_size: usize,
+    /// Queued bytes past which a send fails.
     pub(super) max_write_buffer_size: usize,
     pub(super) max_message_size: Option<usize>,
     pub(super) max_frame_size: Option<usize>,
     pub(super) accept_unmasked_frames: bool,
 }
 
-impl WebSocket {
-    pub(super) fn new(io: Upgraded, limits: Limits, protocol: Option<HeaderValue>) -> WebSocket {
+impl Limits {
+    /// What tungstenite's context is made with.
+    fn config(self) -> WebSocketConfig {
         // A zero read buffer: tungstenite allocates no read buffer up front
         // and reads header-sized pieces, which `Bridge` serves from memory.
         // A zero write buffer: every frame goes to the bridge at once.
-        let config = WebSocketConfig::default()
+        WebSocketConfig::default()
             .read_buffer_size(0)
             .write_buffer_size(0)
             .max_write_buffer_size(usize::MAX)
-            .max_message_size(limits.max_message_size)
-            .max_frame_size(limits.max_frame_size)
-            .accept_unmasked_frames(limits.accept_unmasked_frames);
+            .max_message_size(self.max_message_size)
+            .max_frame_size(self.max_frame_size)
+            .accept_unmasked_frames(self.accept_unmasked_frames)
+    }
+}
+
+impl WebSocket {
+    pub(super) fn new(io: Upgraded, limits: Limits, protocol: Option<HeaderValue>) -> WebSocket {
         WebSocket {
             io,
             ctx: None,
-            config,
+            limits,
             bufs: Buffers::default(),
             protocol,
-            write_buffer_size: limits.write_buffer_size,
-            max_write_buffer_size: limits.max_write_buffer_size,
             ended: false,
             going_away: false,
         }
@@ -128,10 +149,10 @@ impl WebSocket {
         &'a mut self,
         cx: Option<&'a mut Context<'b>>,
     ) -> (&'a mut WebSocketContext, Bridge<'a, 'b>) {
-        let config = self.config;
-        let ctx = self
-            .ctx
-            .get_or_insert_with(|| Box::new(WebSocketContext::new(Role::Server, Some(config))));
+        let limits = self.limits;
+        let ctx = self.ctx.get_or_insert_with(|| {
+            Box::new(WebSocketContext::new(Role::Server, Some(limits.config())))
+        });
         let bridge = Bridge {
             io: &mut self.io,
             bufs: &mut self.bufs,
@@ -143,6 +164,13 @@ impl WebSocket {
     /// Whether messages may still be sent (no close sent or received).
     fn can_write(&self) -> bool {
         self.ctx.as_ref().is_none_or(|ctx| ctx.can_write())
+    }
+
+    /// Whether more is queued for the socket than the write buffer size:
+    /// a `Sink` flushes before it takes the next message, the `Stream`
+    /// before it reads the next frame.
+    fn over_write_buffer(&self) -> bool {
+        self.bufs.queued() > self.limits.write_buffer_size
     }
 
     fn poll_flush_queue(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
@@ -242,8 +270,8 @@ impl WebSocket {
             )));
         match error {
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                self.io.limit_hit(LimitHit::WsMessageTooBig);
-                let over = self.over_size(*size, *max_size);
+                let (hit, over) = self.over_size(*size, *max_size);
+                self.io.limit_hit(hit);
                 ratelog::over_limit(over, "closing with 1009");
             }
             _ => {
@@ -262,34 +290,39 @@ impl WebSocket {
     /// What tungstenite's 1009 (`size` over `max_size`) went over, for the
     /// log line: the [`WebSocketUpgrade`](super::WebSocketUpgrade) setting
     /// whose value `max_size` is (tungstenite reports the frame and the
-    /// message limit alike), and so whether a frame or a message did.
-    fn over_size(&self, size: usize, max_size: usize) -> OverLimit {
-        let frame = self.config.max_frame_size == Some(max_size);
-        let message = self.config.max_message_size == Some(max_size);
-        let (kind, what, setting) = match (frame, message) {
+    /// message limit alike), and so whether a frame or a message did; and
+    /// the limit hit it counts as (a message where both share the value).
+    fn over_size(&self, size: usize, max_size: usize) -> (LimitHit, OverLimit) {
+        let frame = self.limits.max_frame_size == Some(max_size);
+        let message = self.limits.max_message_size == Some(max_size);
+        let (hit, kind, what, setting) = match (frame, message) {
             (true, false) => (
+                LimitHit::WsFrameTooBig,
                 Flood::AxumWsFrameTooBig,
                 "WebSocket frame",
                 "WebSocketUpgrade::max_frame_size",
             ),
             (false, true) => (
+                LimitHit::WsMessageTooBig,
                 Flood::AxumWsMessageTooBig,
                 "WebSocket message",
                 "WebSocketUpgrade::max_message_size",
             ),
             _ => (
+                LimitHit::WsMessageTooBig,
                 Flood::AxumWsMessageTooBig,
                 "WebSocket frame or message",
                 "WebSocketUpgrade::max_frame_size or max_message_size",
             ),
         };
-        OverLimit {
+        let over = OverLimit {
             kind,
             what,
             setting,
             size: Some(size as u64),
             limit: max_size as u64,
-        }
+        };
+        (hit, over)
     }
 }
 
@@ -345,6 +378,18 @@ impl Stream for WebSocket {
             if this.going_away && this.io.poll_grace_over(cx, DEFAULT_WS_CLOSE_TIMEOUT) {
                 this.give_up();
                 return Poll::Ready(None);
+            }
+            // Back-pressure, as the native route awaits its flush before it
+            // reads on: each read may queue an answer (a pong per ping, the
+            // reply to a close), and a peer that sends pings but reads none
+            // of the pongs would otherwise grow the queue without bound.
+            // So no frame is read while the queue is over the write buffer
+            // size: the peer's bytes wait in the socket, and it stalls.
+            if this.over_write_buffer() {
+                if let Err(e) = std::task::ready!(this.poll_flush_queue(cx)) {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
             if this.ctx.is_none() {
                 // Idle: wait for bytes before building the codec's state.
@@ -408,7 +453,7 @@ impl Sink<Message> for WebSocket {
             let _ = std::task::ready!(this.poll_flush_queue(cx));
             return Poll::Ready(Err(send_after_closing()));
         }
-        if this.bufs.queued() > this.write_buffer_size {
+        if this.over_write_buffer() {
             return this.poll_flush_queue(cx);
         }
         Poll::Ready(Ok(()))
@@ -444,7 +489,7 @@ impl Sink<Message> for WebSocket {
             return Err(send_after_closing());
         }
         let frame = Frame::message(payload, OpCode::Data(opcode), true);
-        if this.bufs.queued() + frame.len() > this.max_write_buffer_size {
+        if this.bufs.queued() + frame.len() > this.limits.max_write_buffer_size {
             return Err(axum::Error::new(WsError::WriteBufferFull(Box::new(
                 tungstenite::Message::Frame(frame),
             ))));
@@ -499,5 +544,120 @@ mod tests {
     fn an_idle_socket_stays_small() {
         let size = std::mem::size_of::<WebSocket>();
         assert!(size <= 448, "WebSocket grew to {size} bytes");
+    }
+
+    /// A socket over an in-memory pipe of `pipe` bytes each way (the peer's
+    /// end returned), with a `write_buffer_size` of `write_buffer`.
+    fn over_pipe(pipe: usize, write_buffer: usize) -> (tokio::io::DuplexStream, WebSocket) {
+        let (peer, ours) = tokio::io::duplex(pipe);
+        let io = Upgraded::new(
+            ours,
+            Bytes::new(),
+            crate::conn::connection::SendConnection::closed(),
+            None,
+        );
+        let limits = Limits {
+            write_buffer_size: write_buffer,
+            max_write_buffer_size: usize::MAX,
+            max_message_size: None,
+            max_frame_size: None,
+            accept_unmasked_frames: false,
+        };
+        (peer, WebSocket::new(io, limits, None))
+    }
+
+    /// A masked ping with the most payload a control frame may carry.
+    fn ping() -> Vec<u8> {
+        let mut ping = vec![0x89u8, 0x80 | 125, 0, 0, 0, 0];
+        ping.extend([b'p'; 125]);
+        ping
+    }
+
+    /// A peer that floods pings and reads no pong: the queue stops one
+    /// answer past the write buffer size, and the socket reads no further
+    /// (the peer's pipe fills and stays full). It queued a pong per ping,
+    /// and read all of them.
+    #[test]
+    fn pongs_to_a_peer_that_reads_none_queue_up_to_the_write_buffer_size() {
+        use futures_util::{FutureExt, StreamExt};
+        use tokio::io::AsyncWriteExt;
+        const WRITE_BUFFER: usize = 8192;
+        let (mut peer, mut ws) = over_pipe(4096, WRITE_BUFFER);
+        let flood = ping().repeat(2000);
+        let mut written = 0;
+        let pong = 2 + 125;
+        loop {
+            let mut progressed = false;
+            while let Some(n) = peer.write(&flood[written..]).now_or_never() {
+                written += n.expect("the pipe is open");
+                progressed = true;
+                if written == flood.len() {
+                    break;
+                }
+            }
+            while let Some(message) = ws.next().now_or_never() {
+                assert!(matches!(message, Some(Ok(Message::Ping(_)))), "{message:?}");
+                progressed = true;
+            }
+            let queued = ws.bufs.queued();
+            assert!(
+                queued <= WRITE_BUFFER + pong,
+                "{queued} bytes queued after {written} of pings"
+            );
+            if !progressed || written == flood.len() {
+                break;
+            }
+        }
+        assert!(
+            written < flood.len() / 10,
+            "the socket read {written} bytes of pings while the peer read no pong"
+        );
+        assert!(ws.bufs.queued() > WRITE_BUFFER);
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A split socket's receiving half, held back by a full queue, is woken
+    /// when the sending half drains it, although the socket itself wakes
+    /// only the last task that waited on it to write.
+    #[test]
+    fn a_receive_held_back_by_the_queue_is_woken_when_a_send_drains_it() {
+        use futures_util::FutureExt;
+        use std::sync::Arc;
+        use tokio::io::AsyncReadExt;
+        let (mut peer, mut ws) = over_pipe(4096, 1024);
+        let (receiving, sending) = (Arc::new(Wakes::default()), Arc::new(Wakes::default()));
+        let (receiver, sender) = (
+            std::task::Waker::from(receiving.clone()),
+            std::task::Waker::from(sending.clone()),
+        );
+        // The sending half queues more than the pipe takes.
+        Pin::new(&mut ws)
+            .start_send(Message::Binary(vec![7; 16 * 1024].into()))
+            .unwrap();
+        let mut recv_cx = Context::from_waker(&receiver);
+        assert!(Pin::new(&mut ws).poll_next(&mut recv_cx).is_pending());
+        let mut send_cx = Context::from_waker(&sender);
+        assert!(Pin::new(&mut ws).poll_flush(&mut send_cx).is_pending());
+        // The peer reads; the sending half drains the queue.
+        let mut sink = vec![0u8; 64 * 1024];
+        let mut read = 0;
+        while Pin::new(&mut ws).poll_flush(&mut send_cx).is_pending() {
+            read += peer
+                .read(&mut sink)
+                .now_or_never()
+                .expect("a pending flush left bytes in the pipe")
+                .expect("the pipe is open");
+        }
+        assert!(read > 0);
+        assert!(receiving.0.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     }
 }
