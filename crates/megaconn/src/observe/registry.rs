@@ -364,4 +364,71 @@ pub(crate) mod tests {
         drop(entries);
         assert_eq!(listing.map(|c| c.id).collect::<Vec<_>>(), [7, 9]);
     }
+
+    /// Not a test: how long one worker's registry lock is held by each
+    /// open and close of a million parked connections, closed in a random
+    /// order (timings for a report, not asserted). Each call's CPU time on
+    /// this thread is measured beside its wall time, which a busy machine
+    /// swells with preemptions. Run it on a release build: `cargo test
+    /// --release -p megaconn --lib lock_hold_at_a_million -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore]
+    fn lock_hold_at_a_million() {
+        use std::time::Duration;
+        fn thread_cpu() -> Duration {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: a valid clock id and a pointer to a live timespec.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        }
+        fn timed(times: &mut Vec<(Duration, Duration)>, call: impl FnOnce()) {
+            let (wall, cpu) = (Instant::now(), thread_cpu());
+            call();
+            times.push((thread_cpu() - cpu, wall.elapsed()));
+        }
+        const N: u64 = 1_000_000;
+        let registry = Registry::default();
+        let parked = |id: u64| {
+            let Listed::Awake(entry) = entry(id) else {
+                unreachable!()
+            };
+            Listed::Parked(entry.copied())
+        };
+        let mut opens = Vec::with_capacity(N as usize);
+        for id in 0..N {
+            let listed = parked(id);
+            timed(&mut opens, || {
+                registry.lock().insert(id, listed);
+            });
+        }
+        // A fixed shuffle (xorshift), so that runs close in the same order.
+        let mut order: Vec<u64> = (0..N).collect();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in (1..order.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let mut closes = Vec::with_capacity(N as usize);
+        for &id in &order {
+            timed(&mut closes, || registry.close(id));
+        }
+        for (what, mut times) in [("open", opens), ("close", closes)] {
+            let total: Duration = times.iter().map(|t| t.0).sum();
+            let longest_wall = times.iter().map(|t| t.1).max();
+            times.sort_unstable();
+            let top: Vec<_> = times.iter().rev().take(5).map(|t| t.0).collect();
+            println!(
+                "{what}: {N} calls, CPU time: total {total:?}, median {:?}, p99.9 {:?}, \
+                 longest {top:?}; longest wall time {longest_wall:?}",
+                times[times.len() / 2].0,
+                times[times.len() * 999 / 1000].0,
+            );
+        }
+    }
 }
