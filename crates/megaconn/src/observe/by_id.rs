@@ -132,9 +132,10 @@ impl<V> ById<V> {
         Some(old)
     }
 
-    /// The values of the ids past `after` (all of them for `None`), in id
-    /// order.
-    pub(crate) fn after(&self, after: Option<u64>) -> impl Iterator<Item = (u64, &V)> {
+    /// The ids past `after` (all of them for `None`) in order, with their
+    /// values, and the holes among them (`None`: a listing counts them as
+    /// work done, and goes on after the last it saw).
+    pub(crate) fn after(&self, after: Option<u64>) -> impl Iterator<Item = (u64, Option<&V>)> {
         let [below, above] = self.sorted();
         let from = |part: &[(u64, Option<V>)]| {
             after.map_or(0, |after| part.partition_point(|&(id, _)| id <= after))
@@ -142,7 +143,7 @@ impl<V> ById<V> {
         below[from(below)..]
             .iter()
             .chain(&above[from(above)..])
-            .filter_map(|(id, value)| value.as_ref().map(|value| (*id, value)))
+            .map(|(id, value)| (*id, value.as_ref()))
     }
 
     /// Slots in use, holes included (tests see a squeeze by it).
@@ -263,7 +264,9 @@ mod tests {
     use super::*;
 
     fn listed(map: &ById<u64>, after: Option<u64>) -> Vec<(u64, u64)> {
-        map.after(after).map(|(id, &v)| (id, v)).collect()
+        map.after(after)
+            .filter_map(|(id, v)| v.map(|&v| (id, v)))
+            .collect()
     }
 
     /// Ids in order with their own values, after any id (one removed
