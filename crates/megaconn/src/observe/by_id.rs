@@ -20,11 +20,14 @@
 //! gathered off the end as many a step; room goes back 256 KiB a step.
 //! Why: all of it runs under the registry's lock, where the worker's
 //! accepts and closes wait. In one go, with a million entries closed in a
-//! random order, the squeeze held the lock 12–13 ms of CPU (20–30 ms of wall
-//! time on a busy machine) and the ones after it 9, 5, 2 and 1 ms, giving
+//! random order, the first squeeze held the lock 10–13 ms of CPU (20–30 ms
+//! of wall time on a busy machine), the later ones less by halves, giving
 //! the room back in one go ~4.5 ms (glibc hands a large vector's pages back
-//! to the OS at once); in steps, no call took more than ~0.2 ms of CPU, the
-//! most a plain close (a binary search) took in the same runs
+//! to the OS at once). In steps, the longest close took 0.19, 0.45 and (once)
+//! 1.8 ms of CPU in three runs: as long as plain closes (a binary search,
+//! no step) take now and then on a busy machine; timed by what each call
+//! did, steps took at most ~0.2 ms. The million closes took 1.84–1.92 s of
+//! CPU in all, against 1.47–1.86 s
 //! (`registry::tests::lock_hold_at_a_million`, 2026-12-04).
 //!
 //! While a squeeze is under way, the holes it gathered lie between the

@@ -462,11 +462,12 @@ pub(crate) mod tests {
         for (what, mut times) in [("open", opens), ("close", closes)] {
             let total: Duration = times.iter().map(|t| t.0).sum();
             let longest_wall = times.iter().map(|t| t.1).max();
+            let over_1ms = times.iter().filter(|t| t.0.as_micros() > 1000).count();
             times.sort_unstable();
             let top: Vec<_> = times.iter().rev().take(5).map(|t| t.0).collect();
             println!(
                 "{what}: {N} calls, CPU time: total {total:?}, median {:?}, p99.9 {:?}, \
-                 longest {top:?}; longest wall time {longest_wall:?}",
+                 longest {top:?}, {over_1ms} over 1 ms; longest wall time {longest_wall:?}",
                 times[times.len() / 2].0,
                 times[times.len() * 999 / 1000].0,
             );
