@@ -287,19 +287,22 @@ impl ConnTrack {
         if let Some(registry) = &self.registry {
             registry.close(self.id);
         }
-        let Some(hook) = &self.hook else {
-            return;
-        };
-        let closed = ConnectionEvent::Closed {
+        if let Some(hook) = &self.hook {
+            hook.call(&self.counts().closed(reason), stats);
+        }
+    }
+
+    /// Its id, peer and counts as they are now, for a track that goes on
+    /// from them (parked, detached) or a `Closed` event.
+    fn counts(&self) -> Counts {
+        Counts {
             id: self.id,
             peer: self.peer,
-            duration: self.opened.elapsed(),
+            opened: self.opened,
             requests: self.requests.get(),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
-            reason,
-        };
-        hook.call(&closed, stats);
+        }
     }
 }
 
@@ -327,12 +330,7 @@ impl ConnTrack {
             registry.park(self.id);
         }
         ParkedTrack {
-            id: self.id,
-            peer: self.peer,
-            opened: self.opened,
-            requests: self.requests.get(),
-            bytes_in: self.bytes_in.get(),
-            bytes_out: self.bytes_out.get(),
+            counts: self.counts(),
             closed: self.closed.replace(true),
         }
     }
@@ -373,12 +371,7 @@ impl ConnTrack {
         self.closed.set(true);
         self.set_state(ConnectionState::Upgraded);
         DetachedTrack {
-            id: self.id,
-            peer: self.peer,
-            opened: self.opened,
-            requests: self.requests.get(),
-            bytes_in: self.bytes_in.get(),
-            bytes_out: self.bytes_out.get(),
+            counts: self.counts(),
             hook: self.hook.clone(),
             registry: self.registry.clone(),
         }
@@ -393,14 +386,37 @@ impl ConnTrack {
 /// parked track kept its own (~120 B).
 #[derive(Debug)]
 pub(crate) struct ParkedTrack {
+    counts: Counts,
+    /// Its `Closed` was reported (it parked after a close: none to come).
+    closed: bool,
+}
+
+/// A connection's id, peer and counts, as a track that leaves its task
+/// carries them on ([`ParkedTrack`], [`DetachedTrack`]) and as its `Closed`
+/// event reports them.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
     id: u64,
     peer: SocketAddr,
     opened: Instant,
-    /// Its `Closed` was reported (it parked after a close: none to come).
-    closed: bool,
     requests: u64,
     bytes_in: u64,
     bytes_out: u64,
+}
+
+impl Counts {
+    /// The connection's `Closed` event, as it closes now.
+    fn closed(&self, reason: CloseReason) -> ConnectionEvent {
+        ConnectionEvent::Closed {
+            id: self.id,
+            peer: self.peer,
+            duration: self.opened.elapsed(),
+            requests: self.requests,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            reason,
+        }
+    }
 }
 
 /// The hook and registry a worker's tracks report to.
@@ -415,13 +431,21 @@ impl ParkedTrack {
     /// `handles` (its worker's), still parked in its listing until woken
     /// ([`ConnTrack::wake`]); closed as it is, it is not woken first.
     pub(crate) fn resume(self, handles: &TrackHandles) -> ConnTrack {
+        let Counts {
+            id,
+            peer,
+            opened,
+            requests,
+            bytes_in,
+            bytes_out,
+        } = self.counts;
         ConnTrack {
-            id: self.id,
-            peer: self.peer,
-            opened: self.opened,
-            requests: Cell::new(self.requests),
-            bytes_in: Cell::new(self.bytes_in),
-            bytes_out: Cell::new(self.bytes_out),
+            id,
+            peer,
+            opened,
+            requests: Cell::new(requests),
+            bytes_in: Cell::new(bytes_in),
+            bytes_out: Cell::new(bytes_out),
             closed: Cell::new(self.closed),
             hook: handles.hook.clone(),
             registry: handles.registry.clone(),
@@ -434,12 +458,7 @@ impl ParkedTrack {
 /// owned by the upgraded socket, reporting `Closed` when it closes.
 #[derive(Debug)]
 pub(crate) struct DetachedTrack {
-    id: u64,
-    peer: SocketAddr,
-    opened: Instant,
-    requests: u64,
-    bytes_in: u64,
-    bytes_out: u64,
+    counts: Counts,
     hook: Option<ConnectionHook>,
     registry: Option<Arc<Registry>>,
 }
@@ -447,31 +466,22 @@ pub(crate) struct DetachedTrack {
 impl DetachedTrack {
     /// Counts bytes read from the upgraded socket.
     pub(crate) fn count_in(&mut self, n: usize) {
-        self.bytes_in += n as u64;
+        self.counts.bytes_in += n as u64;
     }
 
     /// Counts bytes written to the upgraded socket.
     pub(crate) fn count_out(&mut self, n: usize) {
-        self.bytes_out += n as u64;
+        self.counts.bytes_out += n as u64;
     }
 
     /// Reports `Closed` and leaves the live-connection list. A panic in the
     /// hook counts in `stats`.
     pub(crate) fn close(&self, reason: CloseReason, stats: &WorkerStats) {
         if let Some(registry) = &self.registry {
-            registry.close(self.id);
+            registry.close(self.counts.id);
         }
         if let Some(hook) = &self.hook {
-            let closed = ConnectionEvent::Closed {
-                id: self.id,
-                peer: self.peer,
-                duration: self.opened.elapsed(),
-                requests: self.requests,
-                bytes_in: self.bytes_in,
-                bytes_out: self.bytes_out,
-                reason,
-            };
-            hook.call(&closed, stats);
+            hook.call(&self.counts.closed(reason), stats);
         }
     }
 }
