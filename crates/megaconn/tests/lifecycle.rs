@@ -2,8 +2,9 @@
 //! the connection limit, buffer return on idle, and binding errors; and the
 //! rate-limited lines a peer's input over a limit logs (a request body, a
 //! native WebSocket's frame or message, a framed connection's frame or
-//! line), and a worker that panics as it hands its parked connections
-//! over (the capture makes it), which need this binary's process-wide log
+//! line), the access log's one line per request in every protocol mode,
+//! and a worker that panics as it hands its parked connections over (the
+//! capture makes it), which need this binary's process-wide log
 //! capture (the `integration` binary has none, by design).
 
 mod common;
@@ -11,7 +12,7 @@ mod common;
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
-use common::{read_response, read_to_close, Event, TestServer, SAFETY};
+use common::{modes, read_response, read_to_close, Event, TestServer, SAFETY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -144,7 +145,8 @@ async fn a_connection_forced_closed_while_waiting_leaves_the_idle_gauge() {
 /// The `tracing` events at INFO and above, from every thread (the server's
 /// workers included), as `message` plus ` size=N`, ` limit=N` and
 /// ` suppressed=N` for the fields the event has, for a test to wait on what
-/// the server says it does.
+/// the server says it does; an access-log line (target `megaconn::access`)
+/// as `megaconn::access` plus ` name=value` for each of its fields.
 static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Wakes every waiter each time [`CaptureLog`] keeps a line in [`LOGGED`].
@@ -166,6 +168,20 @@ impl tracing::Subscriber for CaptureLog {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
+        if event.metadata().target() == ACCESS_TARGET {
+            /// Every field, as ` name=value`.
+            struct Fields(String);
+            impl tracing::field::Visit for Fields {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    self.0 += &format!(" {}={v:?}", f.name());
+                }
+            }
+            let mut fields = Fields(ACCESS_TARGET.to_string());
+            event.record(&mut fields);
+            LOGGED.lock().unwrap().push(fields.0);
+            LOGGED_MORE.notify_waiters();
+            return;
+        }
         /// The fields kept after the message, in this order.
         const FIELDS: [&str; 3] = ["size", "limit", "suppressed"];
         #[derive(Default)]
@@ -201,6 +217,9 @@ impl tracing::Subscriber for CaptureLog {
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
 }
+
+/// The target of the access log's lines (`Builder::access_log`).
+const ACCESS_TARGET: &str = "megaconn::access";
 
 /// Set, worker 1 of any server panics where it logs that it hands its
 /// parked connections over ([`CaptureLog`]), as a bug in its shutdown would:
@@ -445,6 +464,60 @@ async fn a_thousand_bodies_over_the_limit_log_one_line_per_interval() {
         "{counted} events in {} lines",
         lines.len()
     );
+}
+
+/// `access_log` writes one line per request whatever the protocol: over
+/// HTTP/2 (h2c and over TLS) as over HTTP/1.1, with the same fields. The
+/// server is stopped before the lines are counted, so every request's
+/// record has dropped and a second line for one request would be there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_line_per_request_in_every_mode() {
+    capture_log();
+    for mode in modes::ALL {
+        let s = mode
+            .server(megaconn::Server::builder().workers(1).access_log(true))
+            .await;
+        let mut client = s.client().await;
+        let peer = client.local_addr();
+        let (status, body) = client.get("/").await;
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"Hello, World!"[..]),
+            "{mode:?}"
+        );
+        client.close().await;
+        s.server.stop().await;
+        // The peer tells this connection's lines from any other test's.
+        let peer_field = format!("peer={peer}");
+        let logged = LOGGED.lock().unwrap();
+        let lines: Vec<&String> = logged
+            .iter()
+            .filter(|l| l.starts_with(ACCESS_TARGET) && l.split(' ').any(|f| f == peer_field))
+            .collect();
+        assert_eq!(lines.len(), 1, "{mode:?}: {lines:?}");
+        let fields: Vec<&str> = lines[0].split(' ').collect();
+        for want in [
+            "message=request",
+            "method=GET",
+            "path=/",
+            "status=200",
+            "bytes_in=0",
+            "bytes_out=13",
+        ] {
+            assert!(
+                fields.contains(&want),
+                "{mode:?}: no {want} in {}",
+                lines[0]
+            );
+        }
+        for name in ["conn=", "duration_us="] {
+            assert!(
+                fields.iter().any(|f| f.starts_with(name)),
+                "{mode:?}: no {name} in {}",
+                lines[0]
+            );
+        }
+    }
 }
 
 /// Echoes each WebSocket message.

@@ -585,15 +585,22 @@ fn call_service<S: HttpService>(
             None,
         );
     }
+    // Taken before the service owns the request; logged when the stream's
+    // record drops, as HTTP/1.1 does for each request whose handler ran.
+    let access = ctx
+        .config
+        .access_log
+        .then(|| (request.method().clone(), request.uri().path().to_owned()));
     // The request carries its scheme (`:scheme`), so `secure` is only a
     // fallback.
     match crate::service::call(service, request, ctx, false) {
-        (Some(handler), span) => Start::Called(
-            handler,
-            RequestRecord::start(ctx.stats_source(), method).traced(span),
-            is_head,
-            tunnel,
-        ),
+        (Some(handler), span) => {
+            let mut record = RequestRecord::start(ctx.stats_source(), method).traced(span);
+            if let Some((method, path)) = access {
+                record.log_access(method, path);
+            }
+            Start::Called(handler, record, is_head, tunnel)
+        }
         (None, span) => Start::Failed(
             StatusCode::INTERNAL_SERVER_ERROR,
             RequestRecord::untimed(ctx.stats_source(), method).traced(span),

@@ -1,6 +1,7 @@
-//! axum's compression and graceful-shutdown examples, and the corner cases
-//! of issue 14: `ConnectInfo`, HEAD of a stream, blocking, 100-continue,
-//! TimeoutLayer.
+//! axum's compression and graceful-shutdown examples, the corner cases of
+//! issue 14 (`ConnectInfo`, HEAD of a stream, blocking, 100-continue,
+//! TimeoutLayer), and two of README's "smaller things": a handler's reason
+//! phrase and `TCP_NODELAY`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -391,4 +392,105 @@ async fn timeout_layer() {
         (quick.status, quick.body.as_slice()),
         (200, b"in time".as_slice())
     );
+}
+
+// ---------------------------------------------------------------------------
+// README's "Smaller things" a client can see: the reason phrase and
+// TCP_NODELAY.
+// ---------------------------------------------------------------------------
+
+/// A handler that names its own reason phrase (hyper's `ReasonPhrase`).
+fn reason_app() -> Router {
+    use axum::response::IntoResponse;
+    Router::new().route(
+        "/",
+        get(|| async {
+            let mut response = "fine".into_response();
+            response
+                .extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(b"Fine Thanks"));
+            response
+        }),
+    )
+}
+
+/// The status line of the answer to one `GET /` (the reqwest client does
+/// not show the reason phrase: raw TCP).
+async fn status_line(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = common::read_to_close(&mut s).await;
+    let raw = String::from_utf8_lossy(&raw);
+    raw.split("\r\n").next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn a_handlers_reason_phrase_is_sent_by_axum_serve_not_by_megaconn() {
+    let pair = Pair::start(reason_app(), megaconn::Server::builder()).await;
+    assert_eq!(status_line(pair.theirs).await, "HTTP/1.1 200 Fine Thanks");
+    // The documented difference: megaconn writes the status's standard
+    // reason whatever the handler asked for.
+    assert_eq!(status_line(pair.ours).await, "HTTP/1.1 200 OK");
+}
+
+/// The server's end of the client connection `client` to `server`, found
+/// among this process's descriptors (both servers run in the test's
+/// process): a duplicate, so that it stays valid while it is looked at.
+fn server_end(server: SocketAddr, client: SocketAddr) -> socket2::Socket {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Some(fd) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: F_DUPFD_CLOEXEC only reads `fd`; a descriptor closed
+        // meanwhile makes it fail (-1), and one reused is simply another
+        // file, which the addresses below tell apart.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            continue;
+        }
+        // SAFETY: `dup` is a new descriptor that nothing else owns.
+        let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(dup) });
+        let local = socket.local_addr().ok().and_then(|a| a.as_socket());
+        let peer = socket.peer_addr().ok().and_then(|a| a.as_socket());
+        if local == Some(server) && peer == Some(client) {
+            return socket;
+        }
+    }
+    panic!("no socket of this process serves {client} on {server}");
+}
+
+/// Whether the server's end of a connection that got an answer has
+/// `TCP_NODELAY` set.
+async fn nodelay_of_an_answered_connection(server: SocketAddr) -> bool {
+    let mut s = TcpStream::connect(server).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // Answered: the server has accepted the connection and set its
+    // options; the connection stays open (keep-alive) while it is looked at.
+    let mut buf = Vec::new();
+    assert_eq!(
+        read_response_buffered(&mut s, &mut buf, false).await.status,
+        200
+    );
+    server_end(server, s.local_addr().unwrap())
+        .nodelay()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tcp_nodelay_is_on_under_megaconn_and_off_under_axum_serve() {
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let pair = Pair::start(app.clone(), megaconn::Server::builder()).await;
+    assert!(!nodelay_of_an_answered_connection(pair.theirs).await);
+    assert!(nodelay_of_an_answered_connection(pair.ours).await);
+    // And `Builder::nodelay(false)` turns it off.
+    let off = Pair::start(app, megaconn::Server::builder().nodelay(false)).await;
+    assert!(!nodelay_of_an_answered_connection(off.ours).await);
 }

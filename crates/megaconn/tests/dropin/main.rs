@@ -14,7 +14,8 @@
 //! - `files.rs`: static-file-server (ServeDir), stream-to-file (50 MB, body
 //!   limits), multipart-form
 //! - `edges.rs`: compression, graceful shutdown, `ConnectInfo`, HEAD of a
-//!   stream, `spawn_blocking` and `block_in_place`, 100-continue, TimeoutLayer
+//!   stream, `spawn_blocking` and `block_in_place`, 100-continue, TimeoutLayer,
+//!   a handler's reason phrase, `TCP_NODELAY`
 
 #[path = "../common/mod.rs"]
 mod common;
