@@ -130,9 +130,10 @@ where
 {
     // The settings are read where used, not kept: every local that lives
     // across the loop's waits is carried by every idle connection.
-    // One timer for the connection's life, moved in place from deadline to
-    // deadline (moving it later is an atomic store, not a new registration),
-    // and polled only when the connection would otherwise block.
+    // One timer, moved in place from deadline to deadline (moving it later
+    // is an atomic store, not a new registration; registered afresh only
+    // when it would otherwise fire early, `aim_ahead`), and polled only when
+    // the connection would otherwise block.
     let mut timer = std::pin::pin!(None::<Sleep>);
     // True while the timer holds the waker the shutdown slot holds: a wait
     // then reads its state instead of polling it (see `poll_timer`).
@@ -616,7 +617,8 @@ fn aim_ahead(mut timer: Pin<&mut Option<Sleep>>, by: Instant) {
 /// The timer is moved only when it must fire earlier. A timer left at an
 /// earlier deadline (the last wait's) fires early at worst, and is then moved
 /// to the real one: a connection that waits once per request moves its timer
-/// once per deadline that passes, not once per request.
+/// once per deadline that passes, not once per request. (Between requests,
+/// [`aim_ahead`] registers it afresh before it would fire early.)
 ///
 /// `registered`: the timer already holds the current waker (the caller knows:
 /// it is the one the shutdown slot holds). Its state is then read, not polled
