@@ -22,13 +22,21 @@
 # recv + send per request for megaconn and the floor).
 # Needs: valgrind (apt-get installed when missing), gcc, cargo, a built megaconn.
 # Env: N1 (2000), N2 (22000), PORT_BASE (38900), LEVELS ("raw parse
-#   request full"), MEGACONN, BENCH_SKIP_BUILD=1 (megaconn only), NGINX (1;
+#   request full"; "" leaves tokio-floor out), MEGACONN, BENCH_SKIP_BUILD=1 (megaconn only), NGINX (1;
 #   0 leaves nginx out), SIM (0; 1: callgrind also simulates the caches and
 #   the branch predictors, --cache-sim=yes --branch-sim=yes, and the table
 #   gets per-request misses and mispredictions beside the instructions: a
 #   model of this CPU's first-level caches and a simple predictor, not its
 #   counters, which this VM does not expose; it tells which server's
-#   instructions are the costlier ones, not by how many cycles).
+#   instructions are the costlier ones, not by how many cycles), RATE (unset:
+#   closed loop; R: `load --rate R`, an open loop paced at R requests/s in
+#   total, so that at a low R each request finds the server asleep and is
+#   its own wake-up: the per-wake-up costs, counted once per request; the
+#   table then says how many epoll_wait calls each request took, from
+#   callgrind's call counts, which tells whether the pacing did that; each
+#   run takes N/R s, so keep N2 − N1 to a few thousand), MEGACONN_ARGS
+#   (more `megaconn serve` flags, e.g. "--idle-timeout off --park-after off"
+#   to see what its timers cost).
 # Output: bench/out/lower-bound-<stamp>/ (callgrind files, table.md); the
 #   table on stdout.
 set -euo pipefail
@@ -37,7 +45,7 @@ set -euo pipefail
 
 N1="${N1:-2000}"
 N2="${N2:-22000}"
-LEVELS="${LEVELS:-raw parse request full}"
+LEVELS="${LEVELS-raw parse request full}"
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -46,7 +54,8 @@ command -v valgrind >/dev/null 2>&1 \
 NGINX="${NGINX:-1}"
 [[ "$NGINX" == 1 ]] && bench_install_deps
 bench_build
-bench_build_tokio_floor || die "tokio-floor did not build"
+# (LEVELS="" leaves tokio-floor out: nothing to build.)
+[[ -z "${LEVELS// /}" ]] || bench_build_tokio_floor || die "tokio-floor did not build"
 [[ "$MEGACONN_LOAD_OK" == 1 ]] || die "megaconn load is not available"
 # A free port is picked for every server (other programs' ephemeral ports
 # may land anywhere), from PORT_BASE up.
@@ -55,19 +64,29 @@ RES_DIR="$OUT_DIR/lower-bound-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$RES_DIR"
 log "results in $RES_DIR"
 
+RATE="${RATE:-}"
+rate=()
+[[ -n "$RATE" ]] && rate=(--rate "$RATE")
 SIM="${SIM:-0}"
 sim=()
 [[ "$SIM" == 1 ]] && sim=(--cache-sim=yes --branch-sim=yes)
 # The counts of a finished callgrind run, space separated: Ir (the
 # instructions), and with SIM also I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi
-# Bim, found by name in its "events:" line.
+# Bim, found by name in its "events:" line; then the calls of epoll_wait
+# (libc's wrapper; with RATE, wake-ups per request), summed from the
+# file's "cfn=" / "calls=" lines (names are compressed: "(id) name" the
+# first time, "(id)" after).
 total() {
   awk -v sim="$SIM" '/^events:/ { for (i = 2; i <= NF; i++) at[$i] = i }
+    /^c?fn=\([0-9]+\) / { id = $1; sub(/^c?fn=/, "", id); name[id] = $2 }
+    /^cfn=/ { id = $1; sub(/^cfn=/, "", id); callee = name[id] }
+    /^calls=/ && callee == "epoll_wait" { sub(/^calls=/, "", $1); waits += $1 }
     /^(summary|totals):/ {
       n = split(sim == 1 ? "Ir I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim" : "Ir", names, " ")
-      for (i = 1; i <= n; i++) printf "%s%s", (i > 1 ? " " : ""), (names[i] in at ? $at[names[i]] : 0)
-      print ""; exit
-    }' "$1"
+      line = ""
+      for (i = 1; i <= n; i++) line = line (i > 1 ? " " : "") (names[i] in at ? $at[names[i]] : 0)
+    }
+    END { print line, waits + 0 }' "$1"
 }
 
 # served NAME N CMD...: callgrind's total for CMD serving one curl and N
@@ -84,7 +103,7 @@ served() {
   # shellcheck disable=SC2034  # SERVER_NAME: read by lib.sh's server_stop
   SERVER_PID=$! SERVER_NAME="valgrind-$name"
   wait_http "$port" 120 || die "$name did not answer under valgrind (see $RES_DIR/$name-$n.log)"
-  timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "http://127.0.0.1:$port/" -t 1 -q -c 64 -n "$n" \
+  timeout 600 taskset -c "$LOAD_CPU" "$MEGACONN" load "http://127.0.0.1:$port/" -t 1 -q -c 64 -n "$n" "${rate[@]}" \
     --json "$RES_DIR/$name-$n.load.json" >/dev/null 2>&1 || log "WARNING: load against $name failed"
   kill -TERM "$SERVER_PID" 2>/dev/null || true
   for ((i = 0; i < 600; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.2; done
@@ -103,15 +122,17 @@ computed() {
 }
 
 # per_request "EVENTS AT N1" "EVENTS AT N2": each event per request, as table
-# cells ("6990" without SIM; with it, one cell per column of the table).
+# cells ("6990" without SIM; with it, one cell per column of the table; with
+# RATE, epoll_wait calls per request last).
 per_request() {
-  awk -v a="$1" -v b="$2" -v n="$((N2 - N1))" -v sim="$SIM" 'BEGIN {
-    split(a, x, " "); split(b, y, " ")
+  awk -v a="$1" -v b="$2" -v n="$((N2 - N1))" -v sim="$SIM" -v paced="${RATE:+1}" 'BEGIN {
+    k = split(a, x, " "); split(b, y, " ")
     for (i in y) d[i] = (y[i] - x[i]) / n
-    if (sim != 1) { printf "%.0f", d[1]; exit }
+    if (sim != 1) printf "%.0f", d[1]
     # Ir I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim (see total)
-    printf "%.0f | %.1f | %.1f | %.1f | %.0f | %.1f | %.0f | %.1f", d[1], d[2], d[3] + d[4], d[5] + d[6] + d[7], \
+    else printf "%.0f | %.1f | %.1f | %.1f | %.0f | %.1f | %.0f | %.1f", d[1], d[2], d[3] + d[4], d[5] + d[6] + d[7], \
       d[8], d[9], d[10], d[11]
+    if (paced) printf " | %.2f", d[k]
   }'
 }
 
@@ -131,7 +152,8 @@ for level in $LEVELS; do
       "$(served "tokio-$level" "$N2" "$TOKIO_FLOOR" serve "127.0.0.1:{PORT}" "$level")")"
 done
 if [[ "$MEGACONN_SERVE_OK" == 1 && "${SKIP_MEGACONN:-0}" != 1 ]]; then
-  mc=("$MEGACONN" serve --listen "127.0.0.1:{PORT}" --workers 1 --admin off)
+  # shellcheck disable=SC2206  # MEGACONN_ARGS: words, as on a command line
+  mc=("$MEGACONN" serve --listen "127.0.0.1:{PORT}" --workers 1 --admin off ${MEGACONN_ARGS:-})
   row "megaconn ($(cat "$MEGACONN.version" 2>/dev/null || echo "$MEGACONN"))" \
     "$(per_request "$(served megaconn "$N1" "${mc[@]}")" "$(served megaconn "$N2" "${mc[@]}")")"
 fi
@@ -150,16 +172,18 @@ if [[ "$NGINX" == 1 ]]; then
 fi
 
 {
-  echo "### User-space instructions per keep-alive request (callgrind, (N=$N2 − N=$N1) / $((N2 - N1)), \`load -c 64\`)"
+  echo "### User-space instructions per keep-alive request (callgrind, (N=$N2 − N=$N1) / $((N2 - N1)), \`load -c 64${RATE:+ --rate $RATE}\`)"
   echo
+  wcol="" wsep=""
+  [[ -n "$RATE" ]] && wcol=" epoll_wait calls |" wsep="---:|"
   if [[ "$SIM" == 1 ]]; then
     echo "Per request, with valgrind's cache and branch-predictor models (SIM=1): first-level instruction and data cache misses, last-level misses, conditional branches and their mispredictions, indirect branches (calls and jumps through a pointer) and theirs."
     echo
-    echo "| server | instructions | I1 misses | D1 misses | LL misses | cond. branches | mispredicted | indirect branches | mispredicted |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| server | instructions | I1 misses | D1 misses | LL misses | cond. branches | mispredicted | indirect branches | mispredicted |$wcol"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|$wsep"
   else
-    echo "| server | instructions/request |"
-    echo "|---|---:|"
+    echo "| server | instructions/request |$wcol"
+    echo "|---|---:|$wsep"
   fi
   printf '%s\n' "${rows[@]}"
 } | tee "$RES_DIR/table.md"

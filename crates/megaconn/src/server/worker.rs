@@ -145,7 +145,7 @@ where
                 panic!("worker {worker} panics as it sets up, as a test asked");
             }
             let local = tokio::task::LocalSet::new();
-            let summary = local.block_on(runtime.get(), run(setup, lot, listeners));
+            let summary = local.block_on(runtime.get(), own_task(run(setup, lot, listeners)));
             // Its tasks first, then the runtime (see `WorkerRuntime`).
             drop(local);
             drop(runtime);
@@ -167,6 +167,54 @@ where
             before_send: None,
         },
     })
+}
+
+/// Runs `run` (the worker's own loop) as a task of the `LocalSet` and
+/// waits for it, its panic passed on as if it had run in place.
+///
+/// Why not in place: the `LocalSet` polls the future it runs until
+/// (`block_on`'s) at every wake-up of the worker, before its tasks,
+/// whatever woke it. The worker's loop waits on the shutdown watch for the
+/// server's lifetime, and polling that wait (a `Notify` checked under its
+/// lock) took ~240 instructions per wake-up: at a low request rate,
+/// where each request wakes the worker, ~3 % of a keep-alive request's
+/// user-space instructions (`bench/CPU-PER-REQUEST.md`, round 11). As a
+/// task it is polled only when its own wait is woken. What is polled in
+/// its place reads a cell (a `JoinHandle` took ~125 instructions a poll:
+/// task budget, a call through the task's vtable, its state word).
+async fn own_task<T: 'static>(run: impl std::future::Future<Output = T> + 'static) -> T {
+    use futures_util::FutureExt;
+    use std::cell::Cell;
+    use std::task::Waker;
+    struct Handoff<T> {
+        done: Cell<Option<std::thread::Result<T>>>,
+        waiter: Cell<Option<Waker>>,
+    }
+    let handoff = Rc::new(Handoff {
+        done: Cell::new(None),
+        waiter: Cell::new(None),
+    });
+    let theirs = handoff.clone();
+    tokio::task::spawn_local(async move {
+        let done = std::panic::AssertUnwindSafe(run).catch_unwind().await;
+        theirs.done.set(Some(done));
+        if let Some(waiter) = theirs.waiter.take() {
+            waiter.wake();
+        }
+    });
+    std::future::poll_fn(|cx| match handoff.done.take() {
+        Some(Ok(done)) => Poll::Ready(done),
+        Some(Err(panic)) => std::panic::resume_unwind(panic),
+        None => {
+            let waiter = handoff.waiter.take();
+            handoff.waiter.set(match waiter {
+                Some(w) if w.will_wake(cx.waker()) => Some(w),
+                _ => Some(cx.waker().clone()),
+            });
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// A worker's runtime, shut down in the background when dropped, never

@@ -167,3 +167,68 @@ async fn write_timeout_bounds_a_response_that_never_ends() {
         })
         .await;
 }
+
+/// A future that counts its polls: how often its task was woken.
+struct Counted<F> {
+    inner: std::pin::Pin<Box<F>>,
+    polls: std::rc::Rc<std::cell::Cell<u32>>,
+}
+
+impl<F: std::future::Future> std::future::Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.polls.set(self.polls.get() + 1);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// One keep-alive request and its response.
+async fn ask(c: &mut DuplexStream) {
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(c).await.status, 200);
+}
+
+/// A keep-alive connection that asks again well within its idle timeout is
+/// not woken by its own timer: spread over six idle timeouts, twenty
+/// requests take as many polls of the connection as twenty sent back to
+/// back. (The timer was left at the first wait's deadline and came due once
+/// per idle timeout, early, to be moved on: a wake-up of the worker each
+/// time that served nothing; `aim_ahead` in `proto/http1/conn.rs`.)
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_keeps_asking_is_not_woken_by_its_timer() {
+    const IDLE: Duration = Duration::from_millis(100);
+    local()
+        .run_until(async {
+            let (mut c, server_end) = tokio::io::duplex(64 * 1024);
+            let (app, _probe) = test_app();
+            let polls = std::rc::Rc::new(std::cell::Cell::new(0));
+            let builder = megaconn::Server::builder().idle_timeout(Some(IDLE));
+            tokio::task::spawn_local(Counted {
+                inner: Box::pin(async move { builder.serve_connection(server_end, app).await }),
+                polls: polls.clone(),
+            });
+            ask(&mut c).await;
+            // Each phase: 20 requests, a pause after each.
+            let mut phase = async |pause: Duration| {
+                let before = polls.get();
+                for _ in 0..20 {
+                    ask(&mut c).await;
+                    tokio::time::sleep(pause).await;
+                }
+                polls.get() - before
+            };
+            let back_to_back = phase(Duration::from_millis(1)).await;
+            let spread = phase(IDLE * 3 / 10).await;
+            assert_eq!(
+                spread, back_to_back,
+                "polls of the connection: 20 requests 30 ms apart took {spread}, back to back {back_to_back}"
+            );
+        })
+        .await;
+}
