@@ -626,7 +626,10 @@ mod tests {
     #[test]
     fn a_pump_dropped_before_it_ran_leaves_nothing_in_the_gauge() {
         let stats = Arc::new(WorkerStats::default());
-        let inner = Arc::new(crate::message::hub::HubInner::new(&[stats.clone()], 16));
+        let inner = Arc::new(crate::message::hub::HubInner::new(
+            std::slice::from_ref(&stats),
+            16,
+        ));
         let hub = crate::message::Hub::new(inner.clone());
         let mut config = crate::conn::config::Config::default();
         crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(inner));
