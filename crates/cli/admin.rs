@@ -6,14 +6,17 @@
 //! | `GET /metrics` | Prometheus text of the main server ([`megaconn::metrics`]) |
 //! | `GET /debug/runtime` | JSON: per-worker connections, idle, buffers, requests |
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of the whole process for N s (1..=60, default 30), gzipped pprof protobuf; `&format=svg` for a flame graph; one at a time (409 while one runs) |
-//! | `POST /publish?topic=T` | the body (at most 64 KiB) to topic `T`'s subscribers; `topic=*`: to every message connection |
-//! | `POST /broadcast` | the body to every message connection |
+//! | `POST /publish?topic=T` | the body (at most 64 KiB) to topic `T`'s subscribers; `topic=*`: to every message connection. 503 when no worker took it (their hub queues are full, or the server is stopping) |
+//! | `POST /broadcast` | the body to every message connection (503 as for `/publish`) |
 //!
 //! Under `--processes` the supervisor runs the admin listener (worker processes
 //! have none): `/metrics` there gives whole-server totals added up from every
 //! worker process (see `shared_stats.rs`), `/debug/runtime` one line per worker
 //! process; connection lists and profiles are per process and not served.
-//! Its `/publish` and `/broadcast` reach every worker process (fanout.rs).
+//! Its `/publish` and `/broadcast` reach every worker process (fanout.rs) and
+//! answer how many worker processes the message was queued for: a drop at a
+//! worker's full hub queue happens later, in that process, where it is
+//! counted (`megaconn_limit_hits_total{limit="hub_queue"}`) and logged.
 //!
 //! It listens on 127.0.0.1:9090 unless told otherwise (`--admin ADDR`,
 //! `admin = "ADDR"`, `off` disables) and stops with the main server. Keep it
@@ -511,6 +514,10 @@ async fn publish(
         Ok(answer) => text(StatusCode::OK, answer),
         Err(e @ fanout::PublishError::TooLarge { .. }) => {
             text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"))
+        }
+        // Nothing wrong with the request: the server cannot take it now.
+        Err(e @ fanout::PublishError::NotQueued) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
         }
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }

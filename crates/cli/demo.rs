@@ -28,7 +28,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either as EitherBody, Full};
 use megaconn::{Body, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
 
-use crate::fanout::{Publisher, Topic};
+use crate::fanout::{PublishError, Publisher, Topic};
 
 /// Longest `/sleep` allowed.
 const MAX_SLEEP: Duration = Duration::from_secs(10);
@@ -164,6 +164,7 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 /// | `PUB topic text` | `published` (`text` goes to `topic`'s subscribers) |
 /// | `PUB * text` | `published` (`text` goes to every connection: a broadcast) |
 /// | `PUB …` that cannot cross processes (over 64 KiB) | `error: <why>` |
+/// | `PUB …` no worker took (full hub queues, or the server is stopping) | `error: not delivered by this process: <why>` |
 /// | anything else | `echo: <message>` |
 ///
 /// Publishes reach every connection of the server: with `--processes N`,
@@ -247,8 +248,11 @@ impl WebSocketHandler for WsChat {
     async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
         if let WsMessage::Text(text) = message {
             let text = Bytes::copy_from_slice(text.as_bytes());
-            if let Err(e) = self.publisher.publish(Topic::Named("chat"), text) {
-                tracing::warn!(error = %e, "chat message not published");
+            match self.publisher.publish(Topic::Named("chat"), text) {
+                // The hub counted and logged the drop (rate-limited); a
+                // line per chat message here would flood the log.
+                Ok(()) | Err(PublishError::NotQueued) => {}
+                Err(e) => tracing::warn!(error = %e, "chat message not published"),
             }
         }
         None

@@ -89,6 +89,13 @@ pub enum PublishError {
     /// The topic name is too long for the channel's header.
     #[error("topic name of {0} bytes is over the {MAX_TOPIC}-byte limit between worker processes: use a shorter name")]
     TopicTooLong(usize),
+    /// No worker of this process took the message: each one's hub queue
+    /// was full (the hub counted the drop in
+    /// `megaconn_limit_hits_total{limit="hub_queue"}` and logged it), or
+    /// the server is stopping. With `--processes`, it still went to the
+    /// other worker processes.
+    #[error("not delivered by this process: its workers' hub queues are full (messages come faster than they are delivered: raise --hub-queue or --delivery-rate, or publish less), or the server is stopping")]
+    NotQueued,
 }
 
 /// A channel message that could not be read.
@@ -144,12 +151,14 @@ pub fn decode(message: &Bytes) -> Result<(Topic<'_>, Bytes), Malformed> {
     Ok((topic, message.slice(2 + len..)))
 }
 
-/// Delivers a publish to the connections of this process.
-fn deliver(hub: &Hub, topic: Topic<'_>, payload: Bytes) {
+/// Delivers a publish to the connections of this process. Returns false
+/// when no worker took it: their hub queues were full (the hub counted and
+/// logged the drop) or the server is stopping.
+fn deliver(hub: &Hub, topic: Topic<'_>, payload: Bytes) -> bool {
     match topic {
         Topic::All => hub.broadcast(payload),
         Topic::Named(name) => hub.publish(name, payload),
-    };
+    }
 }
 
 /// A channel socket and its bounded outbound queue: the task that drains the
@@ -355,7 +364,11 @@ impl Publisher {
             while let Ok(n) = socket.recv(&mut buf).await {
                 let message = Bytes::copy_from_slice(&buf[..n]);
                 match decode(&message) {
-                    Ok((topic, payload)) => deliver(&down, topic, payload),
+                    // Not taken (full hub queues): the hub counted and
+                    // logged it; nobody here is waiting for an answer.
+                    Ok((topic, payload)) => {
+                        deliver(&down, topic, payload);
+                    }
                     Err(e) => tracing::warn!(bytes = n, "{e}; dropped"),
                 }
             }
@@ -370,29 +383,38 @@ impl Publisher {
     /// Delivers `payload` to `topic`'s subscribers (or everyone) on every
     /// process: here at once, elsewhere through the supervisor. Never waits;
     /// a worker process's full channel drops the message for the other
-    /// processes (counted, logged).
+    /// processes (counted, logged). [`PublishError::NotQueued`] when no
+    /// worker of this process took it (it still went up to the supervisor).
     pub fn publish(&self, topic: Topic<'_>, payload: Bytes) -> Result<(), PublishError> {
         let Some(uplink) = &self.uplink else {
-            deliver(&self.hub, topic, payload);
-            return Ok(());
+            return queued_here(deliver(&self.hub, topic, payload));
         };
         // Checked first, so a publish too large to cross processes reaches
         // no one rather than only this process's connections.
         let message = encode(topic, &payload)?;
-        deliver(&self.hub, topic, payload);
+        let here = deliver(&self.hub, topic, payload);
         match uplink.try_send(message) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 note_drop(&self.dropped, "the supervisor is slow")
             }
         }
-        Ok(())
+        queued_here(here)
     }
 
     /// Messages this process could not send up to the supervisor (its queue
     /// was full).
     pub fn uplink_dropped(&self) -> u64 {
         self.dropped.load(Relaxed)
+    }
+}
+
+/// What became of a publish in this process: [`deliver`]'s answer.
+fn queued_here(queued: bool) -> Result<(), PublishError> {
+    if queued {
+        Ok(())
+    } else {
+        Err(PublishError::NotQueued)
     }
 }
 

@@ -553,7 +553,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "PER_SECOND",
         shape: Shape::One,
         help: "Framed TCP and WebSocket: connections each worker reaches per second with one publish or broadcast.",
-        details: "A broadcast goes a few hundred connections at a time, heartbeats served in between; a rate also pauses between those slices, so a broadcast to many connections takes longer but leaves CPU for the heartbeats. Nothing is dropped: later messages wait their turn. Per worker thread (and per worker process with --processes). megaconn_message_deliveries_pending shows what is left.",
+        details: "A broadcast goes a few hundred connections at a time, heartbeats served in between; a rate also pauses between those slices, so a broadcast to many connections takes longer but leaves CPU for the heartbeats. Later messages wait their turn, up to --hub-queue per worker; past it they are dropped and counted (megaconn_limit_hits_total{limit=\"hub_queue\"}). Per worker thread (and per worker process with --processes). megaconn_message_deliveries_pending shows what is left.",
         default: "unlimited",
         example: "20000",
         parse: rate,

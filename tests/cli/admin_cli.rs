@@ -27,6 +27,8 @@ struct Served {
     _stdout: Lines,
     main: String,
     admin: String,
+    /// The framed demo's address, with `--tcp-listen`.
+    tcp: Option<String>,
 }
 
 impl Served {
@@ -39,27 +41,51 @@ impl Served {
                 .stderr(Stdio::null()),
         );
         let stdout = Lines::new(child.child().stdout.take().unwrap());
-        let addr_of = |line: &str, prefix: &str| {
-            assert!(line.starts_with(prefix), "{line:?}");
-            line.split("http://")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string()
+        // The address after `scheme`, if `line` has one.
+        let after = |line: &str, scheme: &str| {
+            let rest = line.split(scheme).nth(1)?;
+            rest.split([',', ' ']).next().map(str::to_string)
         };
-        let main = addr_of(
-            &stdout.expect_line(),
-            "megaconn serving on http://127.0.0.1:",
+        let serving = stdout.expect_line();
+        assert!(
+            serving.starts_with("megaconn serving on http://127.0.0.1:"),
+            "{serving:?}"
         );
-        let admin = addr_of(&stdout.expect_line(), "megaconn admin on http://127.0.0.1:");
+        let admin_line = stdout.expect_line();
+        assert!(
+            admin_line.starts_with("megaconn admin on http://127.0.0.1:"),
+            "{admin_line:?}"
+        );
         Served {
             child,
             _stdout: stdout,
-            main,
-            admin,
+            main: after(&serving, "http://").unwrap(),
+            admin: after(&admin_line, "http://").unwrap(),
+            tcp: after(&serving, "tcp://"),
         }
+    }
+
+    /// A line connection to the framed demo (started with `--tcp-listen`).
+    fn connect_demo(&self) -> DemoLine {
+        let conn = TcpStream::connect(self.tcp.as_ref().expect("--tcp-listen")).unwrap();
+        conn.set_read_timeout(Some(SAFETY)).unwrap();
+        DemoLine(std::io::BufReader::new(conn))
+    }
+
+    /// The whole answer (head and body) of the admin listener to
+    /// `POST path` with `body`.
+    fn post(&self, path: &str, body: &str) -> String {
+        let mut s = TcpStream::connect(&self.admin).unwrap();
+        s.set_read_timeout(Some(SAFETY)).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
     }
 
     /// Stops the server as an operator does (SIGTERM) and checks it exits 0.
@@ -344,64 +370,72 @@ fn debug_connections_needs_the_flag() {
     served.stop();
 }
 
+/// The flags of an admin listener and the framed demo (lines).
+const DEMO: [&str; 4] = ["--admin", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"];
+
+/// One connection to the framed demo, in lines.
+struct DemoLine(std::io::BufReader<TcpStream>);
+
+impl DemoLine {
+    fn send(&mut self, line: &str) {
+        writeln!(self.0.get_mut(), "{line}").unwrap();
+    }
+
+    fn next_line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.0.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+}
+
 /// `POST /publish` and `/broadcast` on a single process's admin listener
 /// reach the framed demo's connections (as the demo's `PUB` does).
 #[test]
 fn post_publish_reaches_the_framed_connections() {
-    use std::io::{BufRead, BufReader};
-    let mut child = ChildGuard::spawn(
-        Command::new(env!("CARGO_BIN_EXE_megaconn"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
-            .args(["--tcp-listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
-    let stdout = Lines::new(child.child().stdout.take().unwrap());
-    let serving = stdout.expect_line();
-    let tcp = serving
-        .split("tcp://")
-        .nth(1)
-        .and_then(|rest| rest.split([',', ' ']).next())
-        .unwrap_or_else(|| panic!("no tcp:// address: {serving}"))
-        .to_string();
-    let admin_line = stdout.expect_line();
-    let admin = admin_line
-        .strip_prefix("megaconn admin on http://")
-        .unwrap_or_else(|| panic!("{admin_line}"))
-        .to_string();
-    let conn = TcpStream::connect(&tcp).unwrap();
-    conn.set_read_timeout(Some(SAFETY)).unwrap();
-    let mut conn = BufReader::new(conn);
-    let mut line = String::new();
-    let mut next_line = |conn: &mut BufReader<TcpStream>| {
-        line.clear();
-        conn.read_line(&mut line).unwrap();
-        line.trim_end().to_string()
-    };
-    conn.get_mut().write_all(b"SUB news\n").unwrap();
-    assert_eq!(next_line(&mut conn), "subscribed: news");
-    let post = |path: &str, body: &str| {
-        let mut s = TcpStream::connect(&admin).unwrap();
-        s.set_read_timeout(Some(SAFETY)).unwrap();
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
-    let answer = post("/publish?topic=news", "to news");
+    let served = Served::start(&DEMO);
+    let mut conn = served.connect_demo();
+    conn.send("SUB news");
+    assert_eq!(conn.next_line(), "subscribed: news");
+    let answer = served.post("/publish?topic=news", "to news");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("published\n"), "{answer}");
-    assert_eq!(next_line(&mut conn), "to news");
-    let answer = post("/broadcast", "to all");
+    assert_eq!(conn.next_line(), "to news");
+    let answer = served.post("/broadcast", "to all");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(next_line(&mut conn), "to all");
-    let answer = post("/publish", "nowhere");
+    assert_eq!(conn.next_line(), "to all");
+    let answer = served.post("/publish", "nowhere");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    child.signal(libc::SIGTERM);
-    assert_eq!(child.wait().code(), Some(0));
+    served.stop();
+}
+
+/// A publish the hub dropped at a full queue is not answered "published":
+/// the admin says 503 and why, the demo's `PUB` says it on the line. One
+/// worker, a hub queue of one, and a delivery rate so slow that the pump,
+/// once it reached the connection with the first message, waits (about
+/// 1000 s) before it takes the next: the second message fills the queue,
+/// the third finds it full. Both used to answer "published".
+#[test]
+fn a_publish_dropped_at_a_full_hub_queue_is_not_answered_published() {
+    let slow = ["--hub-queue", "1", "--delivery-rate", "0.001"];
+    let served = Served::start(&[&DEMO[..], &slow].concat());
+    let mut conn = served.connect_demo();
+    conn.send("SUB news");
+    assert_eq!(conn.next_line(), "subscribed: news");
+    let answer = served.post("/broadcast", "first");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Delivered: the pump now waits for the rate.
+    assert_eq!(conn.next_line(), "first");
+    let answer = served.post("/broadcast", "queued");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for path in ["/broadcast", "/publish?topic=news"] {
+        let answer = served.post(path, "dropped");
+        assert!(answer.starts_with("HTTP/1.1 503"), "{path}: {answer}");
+        assert!(answer.contains("hub queues are full"), "{path}: {answer}");
+    }
+    conn.send("PUB news dropped too");
+    let line = conn.next_line();
+    assert!(line.starts_with("error: not delivered"), "{line}");
+    assert!(line.contains("hub queues are full"), "{line}");
+    served.stop();
 }

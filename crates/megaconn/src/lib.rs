@@ -176,17 +176,12 @@ pub use service::HttpService;
 /// backed by [`bytes::Bytes`]).
 pub use tungstenite::Utf8Bytes;
 
-/// axum's `axum::extract::ws` API (`WebSocketUpgrade`, `WebSocket`,
-/// `Message`) on megaconn's upgrade: an axum WebSocket app runs under
-/// megaconn by changing its `use axum::extract::ws::…` line to this module.
+// axum's `axum::extract::ws` API on megaconn's upgrade. The module itself,
+// not a module of re-exports: rustdoc renders its module doc here (what an
+// idle socket holds, a peer that does not read, shutdown, HTTP/2), which
+// `WebSocket`'s docs point to.
 #[cfg(feature = "axum")]
-pub mod axum_ws {
-    pub use crate::service::ws_axum::{
-        close_code, CloseFrame, DefaultOnFailedUpgrade, Message, OnFailedUpgrade, Utf8Bytes,
-        WebSocket, WebSocketUpgrade, WebSocketUpgradeRejection, DEFAULT_MAX_FRAME_SIZE,
-        DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_WRITE_BUFFER_SIZE,
-    };
-}
+pub use service::ws_axum as axum_ws;
 
 /// The error type a service or response body may fail with: anything that can be
 /// boxed. Used in the bounds of [`Server::serve`].

@@ -93,7 +93,7 @@ pub(crate) enum Push {
 }
 
 /// The hub's channels, one per worker; each worker takes its receiver when
-/// it serves its first message connection.
+/// it starts, for its pump (`worker.rs`).
 #[derive(Debug)]
 pub(crate) struct HubInner {
     lanes: Vec<Lane>,

@@ -84,7 +84,14 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 tables: RefCell::default(),
             });
             if let Some(rx) = settings.hub.and_then(|hub| hub.take_receiver(ctx.index)) {
-                tokio::task::spawn_local(pump(Rc::downgrade(&local), rx));
+                // The queue is wrapped before the task is spawned: a pump
+                // dropped before its first poll (the worker stopped at
+                // once) still lets what it never took leave the gauge.
+                let queue = Queue {
+                    rx,
+                    stats: ctx.stats.clone(),
+                };
+                tokio::task::spawn_local(pump(Rc::downgrade(&local), queue));
             }
             local
         })
@@ -547,11 +554,7 @@ async fn paced(pace: Pace, mut step: impl FnMut() -> Step) {
 /// Delivers one worker's pushes, in order, until the hub is gone or the
 /// worker stops. Each message taken frees its room in the worker's hub
 /// queue (`hub.rs`).
-async fn pump(local: Weak<Local>, rx: mpsc::UnboundedReceiver<Push>) {
-    let Some(stats) = local.upgrade().map(|l| l.stats.clone()) else {
-        return;
-    };
-    let mut queue = Queue { rx, stats };
+async fn pump(local: Weak<Local>, mut queue: Queue) {
     while let Some(push) = queue.rx.recv().await {
         taken(&queue.stats);
         let Some(local) = local.upgrade() else { return };
@@ -580,6 +583,7 @@ impl Drop for Queue {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::sync::atomic::Ordering::Relaxed;
 
     use super::*;
 
@@ -613,6 +617,41 @@ mod tests {
         let parked = ParkedSet::generation(&table, 7);
         assert_eq!(parked, Some(later.generation()));
         assert_ne!(parked, Some(first.generation()));
+    }
+
+    /// Messages published before a worker's pump ever ran leave the
+    /// `hub_queued` gauge when the worker stops first (the pump's task
+    /// dropped unpolled). The pump wrapped its receiver only once it ran,
+    /// so they stayed counted for good.
+    #[test]
+    fn a_pump_dropped_before_it_ran_leaves_nothing_in_the_gauge() {
+        let stats = Arc::new(WorkerStats::default());
+        let inner = Arc::new(crate::message::hub::HubInner::new(
+            std::slice::from_ref(&stats),
+            16,
+        ));
+        let hub = crate::message::Hub::new(inner.clone());
+        let mut config = crate::conn::config::Config::default();
+        crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(inner));
+        assert!(hub.broadcast("before the worker started"));
+        assert!(hub.publish("news", "this one too"));
+        assert_eq!(stats.messages.hub_queued.load(Relaxed), 2);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let set = tokio::task::LocalSet::new();
+        {
+            let _runtime = runtime.enter();
+            let _set = set.enter();
+            let ctx = WorkerContext::new(0, Arc::new(config), stats.clone(), None);
+            // Spawns the pump, which never gets a turn.
+            local(&ctx);
+        }
+        drop(set);
+        assert_eq!(stats.messages.hub_queued.load(Relaxed), 0);
+        // And the hub knows the worker is gone.
+        assert!(!hub.broadcast("after"));
+        assert_eq!(stats.messages.hub_queued.load(Relaxed), 0);
     }
 
     /// A delivery to 3000 connections lets another task (a heartbeat's)

@@ -1,12 +1,13 @@
-//! Which limit refused a request or closed a connection, as a fixed set of
-//! labels (`limit` of `megaconn_limit_hits_total`): the close reasons say
-//! only `protocol_error` for all of them. Counted on the rejection path
+//! Which limit refused a request, closed a connection or (`hub_queue`)
+//! dropped a hub message, as a fixed set of labels (`limit` of
+//! `megaconn_limit_hits_total`): the close reasons say only
+//! `protocol_error` for the ones that close. Counted on the rejection path
 //! only, one relaxed increment in the worker's array.
 
 use crate::observe::stats::{incr, WorkerStats};
 
-/// A limit (or a check a request failed) that refused a request or closed
-/// a connection.
+/// A limit (or a check a request failed) that refused a request, closed
+/// a connection or dropped a hub message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LimitHit {
     /// HTTP/1.1 431: the request head over `max_header_bytes`.

@@ -766,7 +766,7 @@ impl Collector for Snapshot {
         labelled(
             &mut e,
             "limit_hits",
-            "Requests refused and connections closed by a limit or a malformed message, by which (what closed{protocol_error} does not tell).",
+            "Times a limit or a malformed message cut something short, by which: a request refused, a connection closed (what closed{protocol_error} does not tell), or a hub message dropped at a full worker queue (hub_queue).",
             "limit",
             s.limit_hits.iter().copied(),
         )?;

@@ -48,8 +48,8 @@ pub(crate) struct WorkerStats {
     /// The worker's loop as the stall detector sees it.
     pub stall: LoopState,
     pub stalls: AtomicU64,
-    /// Requests refused and connections closed, by the limit that did it
-    /// (indexed by [`LimitHit`]).
+    /// Requests refused, connections closed and hub messages dropped, by
+    /// the limit that did it (indexed by [`LimitHit`]).
     pub limit_hits: [AtomicU64; LimitHit::COUNT],
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
@@ -325,9 +325,9 @@ pub struct ServerStats {
     /// Idle connections a paced shutdown (`shutdown_drain_rate`) has still
     /// to close.
     pub shutdown_drain_pending: i64,
-    /// Requests refused and connections closed by a limit, by the limit's
-    /// label (`max_header_bytes`, `max_body_bytes`, ...; every label, zero
-    /// or not), as `megaconn_limit_hits_total{limit}` shows them.
+    /// Requests refused, connections closed and hub messages dropped
+    /// (`hub_queue`) by a limit, by the limit's label (`max_header_bytes`,
+    /// `max_body_bytes`, ...; every label, zero or not), as `megaconn_limit_hits_total{limit}` shows them.
     pub limit_hits: Vec<(&'static str, u64)>,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.

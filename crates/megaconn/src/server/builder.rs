@@ -590,10 +590,13 @@ impl Builder {
     /// the client sends a body it announced with `Expect: 100-continue`
     /// waits on that body, which `read_timeout` bounds).
     /// Past it an HTTP/1.1 connection closes and an HTTP/2 stream is reset
-    /// (`INTERNAL_ERROR`, as Go's server does). On WebSocket and framed
+    /// (`INTERNAL_ERROR`, as Go's server does). On the native WebSocket
+    /// route ([`WebSocketRoute`](crate::WebSocketRoute)) and framed
     /// connections it bounds each write, and when it is off their heartbeat
     /// timeout does: a peer that stops reading is closed as
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
+    /// Sockets of `megaconn::axum_ws` are not bounded by it, as axum's are
+    /// not: wrap a send there in `tokio::time::timeout`.
     /// Default: none, because streaming responses (SSE, long-poll) are normal
     /// here. `None` (or zero) disables.
     pub fn write_timeout(mut self, t: Option<Duration>) -> Builder {

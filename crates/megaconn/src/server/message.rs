@@ -29,11 +29,13 @@ impl Builder {
     /// leaves CPU for the heartbeats and requests the worker serves
     /// meanwhile. Delivery always goes a slice of a few hundred connections
     /// at a time, letting the worker's other work run between slices; the
-    /// rate adds a pause between slices. Nothing is dropped for the rate:
-    /// later messages wait (in order) until the one under way is delivered.
+    /// rate adds a pause between slices. Later messages wait (in order)
+    /// until the one under way is delivered, up to
+    /// [`hub_queue`](Builder::hub_queue) per worker; past it they are
+    /// dropped and counted (`megaconn_limit_hits_total{limit="hub_queue"}`),
+    /// so a rate slower than messages come drops the excess.
     /// The `megaconn_message_deliveries_pending` gauge shows what is left,
-    /// `megaconn_message_hub_queued` what waits behind it, bounded by
-    /// [`hub_queue`](Builder::hub_queue).
+    /// `megaconn_message_hub_queued` what waits behind it.
     /// Default: `None`, as fast as the worker can.
     pub fn delivery_rate(mut self, per_second: Option<f64>) -> Builder {
         let rate = per_second.filter(|r| r.is_finite() && *r > 0.0);

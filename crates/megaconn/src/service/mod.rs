@@ -21,7 +21,7 @@ pub(crate) mod h2_body;
 pub(crate) mod h2_stream;
 pub(crate) mod upgrade;
 #[cfg(feature = "axum")]
-pub(crate) mod ws_axum;
+pub mod ws_axum;
 
 /// What tokio's panic says when a handler calls `block_in_place` on a
 /// current-thread runtime, which every megaconn worker is.

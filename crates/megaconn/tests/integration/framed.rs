@@ -1090,6 +1090,58 @@ async fn shutdown_says_goodbye_to_parked_and_awake_connections() {
     }
 }
 
+/// A framed handler that echoes and whose `on_close` panics.
+struct FramedPanicsOnClose;
+
+impl FramedHandler for FramedPanicsOnClose {
+    type State = ();
+
+    async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
+        Some(frame)
+    }
+
+    fn on_close(&self, _: (), _: CloseReason) {
+        panic!("this on_close panics on purpose");
+    }
+}
+
+/// Parked framed connections whose handler's `on_close` panics at shutdown
+/// all get their goodbye and close, each panic is counted once, and the
+/// server stops cleanly: the panic is caught where `on_close` is called
+/// (`Live`, as for an awake connection), with the parking lot's own catch
+/// as the backstop behind it.
+#[tokio::test]
+async fn parked_framed_connections_whose_on_close_panics_all_close_at_shutdown() {
+    let server = Server::builder()
+        .park_idle_after(Some(PARK_IDLE_AFTER))
+        .goodbye_frame(Some(Bytes::from("going away")))
+        .workers(1)
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4))
+        .listen()
+        .expect("server binds");
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let task = tokio::spawn(server.serve_framed(FramedPanicsOnClose));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&frame(b"hi")).await.unwrap();
+        assert_eq!(read_frame(&mut s).await, b"hi");
+        clients.push(s);
+    }
+    common::wait_stats(&handle, "parked", |s| s.connections_parked == 2).await;
+    handle.shutdown();
+    for s in &mut clients {
+        assert_eq!(read_to_close(s).await, frame(b"going away"));
+    }
+    let summary = tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("serve result");
+    assert_eq!(summary.forced, 0);
+    assert_eq!(handle.stats().panics, 2);
+}
+
 /// A push the server accepted before a graceful shutdown reaches the peer,
 /// before the goodbye: the handler was busy when it came, and the shutdown
 /// began before the handler returned.

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::conn::context::WorkerContext;
+use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::observe::close::CloseReason;
 use crate::proto::framed::codec::Framing;
@@ -129,8 +130,12 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
             if reason == CloseReason::Shutdown {
                 goodbye_parked(&ctx.config, fd, parked.variant);
             }
-            local.closed(local.id(fd, parked.generation));
-            self.0.on_close(parked.state, reason);
+            // Through `Live`, as an awake connection's close (and a parked
+            // WebSocket's): it leaves its topics, and a panic in `on_close`
+            // is caught, counted and logged instead of unwinding through the
+            // parking lot's turn and killing the worker thread.
+            let id = local.id(fd, parked.generation);
+            Live::new(&self.0, H::on_close, parked.state, id, &local).close(reason);
         }
     }
 

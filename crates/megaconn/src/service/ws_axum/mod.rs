@@ -64,8 +64,7 @@
 //! Receiving stops reading while more than `write_buffer_size` bytes are
 //! queued (a peer that floods pings and reads no pong stalls, as on the
 //! native route; axum's socket queues without bound), and a send is not
-//! bounded by `write_timeout`, as on axum's: see [`WebSocket`]'s docs
-//! (this module's are not rendered: `megaconn::axum_ws` re-exports it).
+//! bounded by `write_timeout`, as on axum's: see [`WebSocket`]'s docs.
 //!
 //! # At shutdown
 //!
