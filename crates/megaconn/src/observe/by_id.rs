@@ -34,8 +34,11 @@
 //! entries it went through and those it has yet to: each side is sorted,
 //! every id of the lower one below every id of the upper one, and searches
 //! and listings skip what lies between. The vector holds at most 3 slots
-//! per live entry (and a few dozen more), its capacity up to 4× the live
-//! entries (a little more while room is being given back). Growth is still
+//! per live entry (and a few dozen more). Room is given back only after a
+//! squeeze, down to twice the live entries (or twice those in use when the
+//! give-back ends, if more came meanwhile), so after one the capacity is up
+//! to 4× the live entries; removals that leave fewer holes than live
+//! entries keep the room they had. Growth is still
 //! one reallocation, at the insert that fills the room: glibc moves a
 //! vector of more than its mmap threshold (128 KiB, raised up to 32 MiB by
 //! large frees) by remapping its pages (at most 0.6 ms of CPU in those
@@ -254,7 +257,13 @@ impl<V> ById<V> {
     }
 
     /// [`GIVE_BACK`] bytes of room, on the way down to `to` slots.
+    ///
+    /// Never below twice the slots in use now: entries that arrived since
+    /// the give-back began raise its floor. With a fixed `to` it would cut
+    /// the room back to the slots in use at every step once they passed it,
+    /// and each insert that filled it would move the whole vector again.
     fn give_back(&mut self, to: usize) {
+        let to = to.max(self.slots.len().saturating_mul(2));
         let step = (GIVE_BACK / size_of::<(u64, Option<V>)>()).max(1);
         let now = to.max(self.slots.capacity().saturating_sub(step));
         self.slots.shrink_to(now);
@@ -270,6 +279,29 @@ mod tests {
         map.after(after)
             .filter_map(|(id, v)| v.map(|&v| (id, v)))
             .collect()
+    }
+
+    /// A give-back that new entries overtake stops, rather than cutting the
+    /// room back to the entries in use at every step (each insert that then
+    /// filled it would move the whole vector under the registry's lock).
+    #[test]
+    fn a_give_back_overtaken_by_new_entries_stops() {
+        let mut map: ById<u64> = ById::default();
+        map.slots.reserve_exact(100_000);
+        for id in 0..2 {
+            map.insert(id, id);
+        }
+        map.chore = Some(Chore::GiveBack { to: 4 });
+        let (mut grows, mut room) = (0, map.slots.capacity());
+        for id in 2..20_000 {
+            map.insert(id, id);
+            let now = map.slots.capacity();
+            grows += usize::from(now > room);
+            room = now;
+        }
+        assert!(map.chore.is_none(), "still giving back: {:?}", map.chore);
+        // A map filled from empty grows ~12 times to 20,000 (by doubling).
+        assert!(grows <= 12, "{grows} grows");
     }
 
     /// Ids in order with their own values, after any id (one removed
