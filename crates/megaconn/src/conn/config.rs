@@ -12,10 +12,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A duration setting as it is stored: `Some(Duration::ZERO)` is off, as
-/// `None` is (see the module doc).
+/// `None` is (see the module doc), and one longer than [`LONGEST`] is
+/// [`LONGEST`].
 pub(crate) fn zero_is_off(t: Option<Duration>) -> Option<Duration> {
-    t.filter(|t| !t.is_zero())
+    t.filter(|t| !t.is_zero()).map(|t| t.min(LONGEST))
 }
+
+/// The longest a duration setting is kept as: 30 years, tokio's own "far
+/// future". Deadlines are `now + setting`; `Instant + Duration::MAX`
+/// panics ("overflow when adding duration to instant"), so a caller who
+/// writes `Some(Duration::MAX)` for "never" would have had every
+/// connection panic at its first wait.
+pub(crate) const LONGEST: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// Default for how long a client may take to send a complete request head,
 /// counted from accept or from the first byte of the next keep-alive request.

@@ -679,7 +679,7 @@ impl Builder {
     /// How long graceful shutdown waits for in-flight requests before closing
     /// them by force. Default: 30 s.
     pub fn shutdown_timeout(mut self, t: Duration) -> Builder {
-        self.config.shutdown_timeout = t;
+        self.config.shutdown_timeout = t.min(config::LONGEST);
         self
     }
 

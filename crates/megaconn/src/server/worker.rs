@@ -205,6 +205,11 @@ async fn own_task<T: 'static>(run: impl std::future::Future<Output = T> + 'stati
     std::future::poll_fn(|cx| match handoff.done.take() {
         Some(Ok(done)) => Poll::Ready(done),
         Some(Err(panic)) => std::panic::resume_unwind(panic),
+        // The task gone unfinished (it cannot be today: nothing aborts it
+        // and the `LocalSet` outlives this wait): fail loudly, not wait for good.
+        None if Rc::strong_count(&handoff) == 1 => {
+            panic!("the worker's loop task was dropped before it finished")
+        }
         None => {
             let waiter = handoff.waiter.take();
             handoff.waiter.set(match waiter {

@@ -74,6 +74,39 @@ async fn idle_timeout_closes_a_quiet_keep_alive_connection() {
         .await;
 }
 
+/// `Some(Duration::MAX)` reads as "never", as it does to a Go user: it
+/// used to overflow `now + timeout` and panic the connection at its first
+/// keep-alive wait.
+#[tokio::test(start_paused = true)]
+async fn timeouts_of_duration_max_never_fire_and_never_panic() {
+    local()
+        .run_until(async {
+            let never = Some(Duration::MAX);
+            let mut c = serve(
+                megaconn::Server::builder()
+                    .read_header_timeout(never)
+                    .read_timeout(never)
+                    .write_timeout(never)
+                    .idle_timeout(never)
+                    .park_idle_after(never)
+                    .shutdown_timeout(Duration::MAX),
+            );
+            for _ in 0..2 {
+                c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                    .await
+                    .unwrap();
+                assert_eq!(read_response(&mut c).await.status, 200);
+            }
+            // Still open an hour later (paused time: the clock jumps).
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(read_response(&mut c).await.status, 200);
+        })
+        .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_timeout_none_keeps_the_connection() {
     local()
