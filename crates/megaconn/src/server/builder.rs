@@ -592,7 +592,8 @@ impl Builder {
     /// Past it an HTTP/1.1 connection closes and an HTTP/2 stream is reset
     /// (`INTERNAL_ERROR`, as Go's server does). On WebSocket and framed
     /// connections it bounds each write, and when it is off their heartbeat
-    /// timeout does: a peer that stops reading is closed as
+    /// timeout, else [`write_stall_timeout`](Builder::write_stall_timeout),
+    /// bounds a stall: a peer that stops reading is closed as
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
     /// Default: none, because streaming responses (SSE, long-poll) are normal
     /// here. `None` (or zero) disables.
