@@ -6,6 +6,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -19,6 +20,8 @@ use crate::conn::ConnInfo;
 use crate::observe::clock::LazyDeadline;
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle;
+use crate::observe::ratelog::{self, Flood};
+use crate::observe::stats::incr;
 
 /// How long closing may take to flush a last response and linger.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,49 +29,150 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How much a lingering close reads and discards before giving up.
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// How long a write to a peer that takes our bytes slowly may go on before
-/// the peer counts as gone, for the persistent protocols (WebSocket, framed).
+/// How a write of a persistent protocol (WebSocket, framed) that has to
+/// wait is bounded, resolved from the settings ([`WriteLimit::resolve`]):
+/// one rule for both protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WriteLimit {
+    /// The bound (`None`: unbounded).
+    pub(crate) timeout: Option<Duration>,
+    /// Whether the peer's progress restarts it (it bounds a stall), or it
+    /// bounds the whole write.
+    pub(crate) stall: bool,
+    /// The setting it comes from, named in the log line.
+    pub(crate) setting: &'static str,
+}
+
+impl WriteLimit {
+    /// With `write_timeout` set, the whole write's time, as for an HTTP
+    /// response (Go's `WriteTimeout`). With it off, a stall, the time the
+    /// peer takes *none* of our bytes: bounded by the protocol's
+    /// `heartbeat` timeout (its value and setting) when it has one, as a
+    /// peer that stopped reading is as gone as one that stopped sending;
+    /// else by `write_stall` (`Builder::write_stall_timeout`). A slow peer
+    /// still reading a large backlog is not cut off by either.
+    pub(crate) fn resolve(
+        write_timeout: Option<Duration>,
+        heartbeat: (Option<Duration>, &'static str),
+        write_stall: Option<Duration>,
+    ) -> WriteLimit {
+        let (timeout, stall, setting) = match (write_timeout, heartbeat) {
+            (Some(whole), _) => (Some(whole), false, "Builder::write_timeout"),
+            (None, (Some(heartbeat), setting)) => (Some(heartbeat), true, setting),
+            (None, (None, _)) => (write_stall, true, "Builder::write_stall_timeout"),
+        };
+        WriteLimit {
+            timeout,
+            stall,
+            setting,
+        }
+    }
+}
+
+/// A [`WriteLimit`] running: made only when a write has to wait.
 ///
-/// With `write_timeout` set, that is the whole write's time, as for an HTTP
-/// response (Go's `WriteTimeout`). With it off, the heartbeat timeout bounds
-/// the time the peer takes *none* of our bytes: a peer that stopped reading
-/// is as gone as one that stopped sending, but a slow one still reading a
-/// large backlog is not. Made only when a write has to wait.
+/// The peer's progress restarts a stall bound, seen two ways. A write that
+/// puts bytes into the socket restarts it, but that is not enough on its
+/// own: tokio writes again only once the kernel reports the socket
+/// writable, which Linux does when about a third of the send buffer has
+/// drained, and the buffer autotunes up to `tcp_wmem`'s maximum (megabytes),
+/// so a peer that reads steadily but less than that per bound saw no
+/// write. So a bound that passes asks the kernel how many bytes the peer
+/// has acknowledged (`TCP_INFO`'s `tcpi_bytes_acked`, one `getsockopt`),
+/// and starts again if that grew since it was set: the peer's TCP takes
+/// bytes only as its application reads them, once its receive window is
+/// full. A peer that stops taking bytes is closed one to two bounds after
+/// its last (the count is sampled once a bound, not watched). Nothing is
+/// asked per write: one `getsockopt` when the bound is made, one each time
+/// it passes. Over TLS the count is of records, progress all the same. A
+/// stream that is no TCP socket of ours (a caller's own transport) shows
+/// progress by our writes only.
 #[derive(Debug)]
 pub(crate) struct WriteBound {
     deadline: LazyDeadline,
-    /// The timeout it counts (for the log line).
-    timeout: Option<Duration>,
-    /// Set when the bound restarts on progress (the heartbeat's).
-    stall: Option<Duration>,
+    limit: WriteLimit,
+    /// The socket whose acknowledged bytes show progress (a stall bound's).
+    socket: Option<RawFd>,
+    /// The bytes the peer had acknowledged when the bound (re)started.
+    acked: Option<u64>,
 }
 
 impl WriteBound {
-    /// The bound from now, from `write_timeout`, else from the heartbeat
-    /// timeout; neither: unbounded.
-    pub(crate) fn new(write_timeout: Option<Duration>, heartbeat: Option<Duration>) -> WriteBound {
-        let stall = write_timeout.is_none().then_some(heartbeat).flatten();
-        let timeout = write_timeout.or(stall);
+    /// `limit` from now, for a write to `socket` (its descriptor, when it
+    /// is a TCP socket: one `getsockopt` now, for a stall bound).
+    pub(crate) fn new(limit: WriteLimit, socket: Option<RawFd>) -> WriteBound {
+        let socket = socket.filter(|_| limit.stall && limit.timeout.is_some());
         WriteBound {
-            deadline: LazyDeadline::after(timeout),
-            timeout,
-            stall,
+            deadline: LazyDeadline::after(limit.timeout),
+            limit,
+            socket,
+            acked: socket.and_then(bytes_acked),
         }
-    }
-
-    /// The timeout it stands for (for the log line).
-    pub(crate) fn timeout(&self) -> Option<Duration> {
-        self.timeout
     }
 
     /// True once the bound passed; else the task is woken when it does.
-    /// `progressed`: the peer took some of our bytes since the last poll.
+    /// `progressed`: the socket took some of our bytes since the last poll.
     pub(crate) fn poll_passed(&mut self, cx: &mut Context<'_>, progressed: bool) -> bool {
-        if let (true, Some(stall)) = (progressed, self.stall) {
-            self.deadline.restart(stall);
+        let (Some(timeout), stall) = (self.limit.timeout, self.limit.stall) else {
+            return false;
+        };
+        if progressed && stall {
+            self.deadline.restart(timeout);
         }
-        self.deadline.poll_passed(cx)
+        while self.deadline.poll_passed(cx) {
+            if !self.peer_took_some() {
+                return true;
+            }
+            self.deadline.restart(timeout);
+        }
+        false
     }
+
+    /// Whether the peer acknowledged bytes since the bound (re)started, by
+    /// the kernel's count; notes the count for the next time.
+    fn peer_took_some(&mut self) -> bool {
+        let (Some(socket), Some(before)) = (self.socket, self.acked) else {
+            return false;
+        };
+        self.acked = bytes_acked(socket);
+        self.acked.is_some_and(|now| now > before)
+    }
+
+    /// Counts the bound's passing as a timeout (`megaconn_timeouts_total`)
+    /// and logs it (at most once per `ratelog::LOG_INTERVAL` per `kind`),
+    /// naming `peer` (e.g. `a framed peer`) and the setting.
+    pub(crate) fn passed(&self, ctx: &WorkerContext, kind: Flood, peer: &str) {
+        incr(&ctx.stats.timeouts);
+        let setting = self.limit.setting;
+        ratelog::log(kind, |suppressed| {
+            tracing::info!(
+                timeout = ?self.limit.timeout,
+                suppressed,
+                "{peer} did not take our bytes in time; closing it ({setting})"
+            )
+        });
+    }
+}
+
+/// How many bytes the peer of TCP socket `fd` has acknowledged, by the
+/// kernel (`None`: not a TCP socket, or a kernel older than 4.1).
+fn bytes_acked(fd: RawFd) -> Option<u64> {
+    // SAFETY: `tcp_info` is plain integers, for which zero is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes, and the kernel writes no
+    // more than that (it says how many it wrote in `len`).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    let has = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+    (rc == 0 && len as usize >= has).then_some(info.tcpi_bytes_acked)
 }
 
 /// The socket and its (pooled, often absent) buffers.
@@ -271,11 +375,49 @@ mod tests {
         )
     }
 
+    /// A stall bound of `timeout` (by a heartbeat timeout) on `socket`.
+    fn stall(timeout: Duration, socket: Option<RawFd>) -> WriteBound {
+        let heartbeat = (Some(timeout), "a heartbeat");
+        WriteBound::new(WriteLimit::resolve(None, heartbeat, None), socket)
+    }
+
+    #[test]
+    fn write_timeout_bounds_the_whole_write_else_the_heartbeat_else_the_write_stall() {
+        let (one, two, three) = (
+            Some(Duration::from_secs(1)),
+            Some(Duration::from_secs(2)),
+            Some(Duration::from_secs(3)),
+        );
+        let limit = |timeout, stall, setting| WriteLimit {
+            timeout,
+            stall,
+            setting,
+        };
+        let heartbeat = |t| (t, "Route::heartbeat_timeout");
+        assert_eq!(
+            WriteLimit::resolve(one, heartbeat(two), three),
+            limit(one, false, "Builder::write_timeout")
+        );
+        assert_eq!(
+            WriteLimit::resolve(None, heartbeat(two), three),
+            limit(two, true, "Route::heartbeat_timeout")
+        );
+        assert_eq!(
+            WriteLimit::resolve(None, heartbeat(None), three),
+            limit(three, true, "Builder::write_stall_timeout")
+        );
+        assert_eq!(
+            WriteLimit::resolve(None, heartbeat(None), None).timeout,
+            None,
+            "all off: unbounded"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn the_heartbeat_bounds_a_write_without_progress_and_write_timeout_the_whole_write() {
+    async fn a_stall_bound_restarts_on_progress_and_a_whole_write_bound_does_not() {
         let step = Duration::from_millis(600);
-        // The heartbeat's bound starts again whenever the peer took bytes.
-        let mut stall = WriteBound::new(None, Some(Duration::from_secs(1)));
+        // The stall's bound starts again whenever the peer took bytes.
+        let mut stall = stall(Duration::from_secs(1), None);
         assert!(!passed(&mut stall, false));
         tokio::time::advance(step).await;
         assert!(!passed(&mut stall, true), "progress at 0.6 s");
@@ -284,17 +426,56 @@ mod tests {
         tokio::time::advance(step).await;
         assert!(passed(&mut stall, false), "1.2 s without progress");
         // write_timeout counts the whole write, progress or not.
-        let mut total =
-            WriteBound::new(Some(Duration::from_secs(1)), Some(Duration::from_secs(60)));
+        let whole = WriteLimit::resolve(
+            Some(Duration::from_secs(1)),
+            (Some(Duration::from_secs(60)), "a heartbeat"),
+            None,
+        );
+        let mut total = WriteBound::new(whole, None);
         assert!(!passed(&mut total, false));
         tokio::time::advance(step).await;
         assert!(!passed(&mut total, true));
         tokio::time::advance(step).await;
         assert!(passed(&mut total, true), "1.2 s since the write began");
-        assert_eq!(total.timeout(), Some(Duration::from_secs(1)));
         // Neither: unbounded.
-        let mut none = WriteBound::new(None, None);
+        let off = WriteLimit::resolve(None, (None, "a heartbeat"), None);
+        let mut none = WriteBound::new(off, None);
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert!(!passed(&mut none, false));
+    }
+
+    /// Bytes the peer's kernel acknowledged since the bound began, with no
+    /// write of ours making progress, restart it when it passes; with none
+    /// since, it passes. (A real loopback pair: the count is the kernel's.)
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_bound_that_passes_asks_the_kernel_whether_the_peer_took_bytes() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut ours, _) = listener.accept().unwrap();
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&ours);
+        let before = bytes_acked(socket).expect("a TCP socket has the count");
+        let mut bound = stall(Duration::from_secs(1), Some(socket));
+        assert!(!passed(&mut bound, false));
+        // The peer's kernel takes 1,000 bytes (into its receive buffer; the
+        // peer never reads), and acknowledges them at once or nearly.
+        ours.write_all(&[7; 1000]).unwrap();
+        let waited = std::time::Instant::now();
+        while bytes_acked(socket) < Some(before + 1000) {
+            assert!(waited.elapsed() < Duration::from_secs(20), "acknowledged");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tokio::time::advance(Duration::from_millis(1200)).await;
+        assert!(!passed(&mut bound, false), "the peer took bytes: restarted");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(!passed(&mut bound, false), "0.6 s into the restarted bound");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(
+            passed(&mut bound, false),
+            "a whole bound with nothing taken"
+        );
+        // Not a TCP socket: no count, no progress but our writes'.
+        let (unix, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(bytes_acked(std::os::fd::AsRawFd::as_raw_fd(&unix)), None);
     }
 }

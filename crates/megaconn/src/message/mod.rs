@@ -78,11 +78,11 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
 pub const DEFAULT_HUB_QUEUE: usize = 65_536;
 
 /// Default [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
-/// of framed connections that have no heartbeat timeout: 60 s. A write the
-/// peer takes none of our bytes of for that long closes the connection
-/// (nginx's `send_timeout`, the same bound between two successful writes).
-/// Without it a peer that sends requests and never reads the replies holds
-/// its task and a pooled buffer for good.
+/// of framed and WebSocket connections that have no heartbeat timeout: 60 s.
+/// A write the peer takes none of our bytes of for that long closes the
+/// connection (nginx's `send_timeout`, the same bound between two
+/// successful writes). Without it a peer that sends requests and never
+/// reads the replies holds its task and a pooled buffer for good.
 pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default `message_timeout` of the message protocols
@@ -110,6 +110,9 @@ pub(crate) struct MessageSettings {
     /// How many connections each worker reaches per second with one
     /// message of the hub (`None`: as fast as it can, a slice at a time).
     pub delivery_rate: Option<f64>,
+    /// Without a heartbeat timeout, how long a write may go with the peer
+    /// taking none of our bytes (`None`: unbounded).
+    pub write_stall_timeout: Option<Duration>,
 }
 
 impl Default for MessageSettings {
@@ -119,6 +122,7 @@ impl Default for MessageSettings {
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             hub_queue: DEFAULT_HUB_QUEUE,
             delivery_rate: None,
+            write_stall_timeout: Some(DEFAULT_WRITE_STALL_TIMEOUT),
         }
     }
 }
@@ -127,6 +131,12 @@ impl MessageSettings {
     /// The message settings in `config`, if any were set.
     pub(crate) fn of(config: &Config) -> Option<&MessageSettings> {
         config.message.as_deref()?.downcast_ref()
+    }
+
+    /// `write_stall_timeout` in `config` (for `conn::io::WriteLimit`).
+    pub(crate) fn write_stall_timeout(config: &Config) -> Option<Duration> {
+        MessageSettings::of(config)
+            .map_or(Some(DEFAULT_WRITE_STALL_TIMEOUT), |s| s.write_stall_timeout)
     }
 
     /// Changes the message settings in `config` (creating them).

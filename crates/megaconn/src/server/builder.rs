@@ -593,7 +593,8 @@ impl Builder {
     /// (`INTERNAL_ERROR`, as Go's server does). On the native WebSocket
     /// route ([`WebSocketRoute`](crate::WebSocketRoute)) and framed
     /// connections it bounds each write, and when it is off their heartbeat
-    /// timeout does: a peer that stops reading is closed as
+    /// timeout, else [`write_stall_timeout`](Builder::write_stall_timeout),
+    /// bounds a stall: a peer that stops reading is closed as
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
     /// Sockets of `megaconn::axum_ws` are not bounded by it, as axum's are
     /// not: wrap a send there in `tokio::time::timeout`.

@@ -81,30 +81,16 @@ impl Builder {
     /// once a second, so a parked connection may close up to a second late).
     /// Default: none (a framed connection may stay silent until the peer
     /// closes it).
+    ///
+    /// It also bounds a write the peer takes none of our bytes of (unless
+    /// [`write_timeout`](Builder::write_timeout) is set, which bounds each
+    /// whole write), as [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout);
+    /// without it, [`write_stall_timeout`](Builder::write_stall_timeout)
+    /// (60 s by default) does. A slow peer that keeps reading is not cut
+    /// off.
     pub fn heartbeat_timeout(mut self, t: Option<Duration>) -> Builder {
         let t = crate::conn::config::zero_is_off(t);
         FramedSettings::update(&mut self.config, |s| s.heartbeat_timeout = t);
-        self
-    }
-
-    /// Framed connections without a
-    /// [`heartbeat_timeout`](Builder::heartbeat_timeout): how long a write
-    /// may wait with the peer taking none of our bytes; past it the
-    /// connection closes with
-    /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout)
-    /// (counted in `megaconn_timeouts_total` and by close reason, logged at
-    /// most once per 5 s per worker). Without it a peer that sends requests
-    /// and never reads the replies holds its task and a pooled buffer for
-    /// good, and holds a graceful shutdown until `shutdown_timeout`. Every
-    /// byte the peer takes restarts it, so a slow reader of a large backlog
-    /// is not cut off. With a heartbeat timeout, that bounds the stall
-    /// instead; [`write_timeout`](Builder::write_timeout), when set, bounds
-    /// each whole write instead of either. `None` or zero: unbounded.
-    /// Default [`DEFAULT_WRITE_STALL_TIMEOUT`](crate::DEFAULT_WRITE_STALL_TIMEOUT)
-    /// (60 s).
-    pub fn write_stall_timeout(mut self, t: Option<Duration>) -> Builder {
-        let t = crate::conn::config::zero_is_off(t);
-        FramedSettings::update(&mut self.config, |s| s.write_stall_timeout = t);
         self
     }
 

@@ -1,10 +1,12 @@
 //! The message layer's public knobs: the [`Hub`] of a server (push,
 //! publish, broadcast to message connections), the bound of each
 //! connection's outbound queue and of each worker's queue of hub messages,
-//! and the pace of the hub's deliveries. Protocol-neutral: they apply to every
-//! message protocol's connections (framed TCP today).
+//! the pace of the hub's deliveries, and how long a write may stall.
+//! Protocol-neutral: they apply to every message protocol's connections
+//! (framed TCP; the write stall bound WebSocket's too).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::message::hub::HubInner;
 use crate::message::{Hub, MessageSettings};
@@ -60,6 +62,35 @@ impl Builder {
     /// [`DEFAULT_HUB_QUEUE`](crate::DEFAULT_HUB_QUEUE) (65,536 messages).
     pub fn hub_queue(mut self, messages: usize) -> Builder {
         MessageSettings::update(&mut self.config, |s| s.hub_queue = messages.max(1));
+        self
+    }
+
+    /// Framed and WebSocket connections without a heartbeat timeout
+    /// ([`Builder::heartbeat_timeout`],
+    /// [`WebSocketRoute::heartbeat_timeout`](crate::WebSocketRoute::heartbeat_timeout)):
+    /// how long a write may wait with the peer taking none of our bytes;
+    /// past it the connection closes with
+    /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout)
+    /// (counted in `megaconn_timeouts_total` and by close reason, logged at
+    /// most once per 5 s per worker and protocol). Without it a peer that
+    /// sends requests and never reads the replies holds its task and a
+    /// pooled buffer for good, and holds a graceful shutdown until
+    /// `shutdown_timeout`.
+    ///
+    /// A slow reader of a large backlog is not cut off: the bound starts
+    /// again whenever a write of ours makes progress, and, when it passes,
+    /// if the kernel says the peer acknowledged bytes since it started
+    /// (`TCP_INFO`, one `getsockopt` per bound that passes). A peer that
+    /// stops taking bytes is closed one to two bounds after its last.
+    ///
+    /// With a heartbeat timeout, that bounds the stall instead;
+    /// [`write_timeout`](Builder::write_timeout), when set, bounds each
+    /// whole write instead of either. `None` or zero: unbounded. Default
+    /// [`DEFAULT_WRITE_STALL_TIMEOUT`](crate::DEFAULT_WRITE_STALL_TIMEOUT)
+    /// (60 s).
+    pub fn write_stall_timeout(mut self, t: Option<Duration>) -> Builder {
+        let t = crate::conn::config::zero_is_off(t);
+        MessageSettings::update(&mut self.config, |s| s.write_stall_timeout = t);
         self
     }
 }

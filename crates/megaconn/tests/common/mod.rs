@@ -262,6 +262,54 @@ pub fn closed_as(stats: &megaconn::ServerStats, reason: &str) -> u64 {
         .map_or(0, |(_, n)| *n)
 }
 
+/// A slow but steady reader's pace: [`STEADY_CHUNK`] every [`STEADY_EVERY`]
+/// (400 KiB/s): slow against a socket buffer that autotunes to megabytes,
+/// and never more than 10 ms from its next read.
+pub const STEADY_CHUNK: usize = 4 << 10;
+/// See [`STEADY_CHUNK`].
+pub const STEADY_EVERY: Duration = Duration::from_millis(10);
+
+/// Reads `s` as a slow but steady reader for `lasting`: a read of at most
+/// [`STEADY_CHUNK`] every [`STEADY_EVERY`], by a schedule fixed at the
+/// start, so a reader the machine did not run for a while catches up
+/// rather than falls further behind. `Ok(read)`: the bytes it read;
+/// `Err(read)`: the stream ended (or failed) after `read` bytes.
+pub async fn read_steadily<R: AsyncRead + Unpin>(
+    s: &mut R,
+    lasting: Duration,
+) -> Result<usize, usize> {
+    let mut buf = vec![0u8; STEADY_CHUNK];
+    let start = tokio::time::Instant::now();
+    let reads = lasting.as_nanos() / STEADY_EVERY.as_nanos();
+    let mut got = 0;
+    for read in 0..reads as u32 {
+        tokio::time::sleep_until(start + STEADY_EVERY * read).await;
+        match tokio::time::timeout(SAFETY, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got += n,
+            _ => return Err(got),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads `s` steadily for `lasting` ([`read_steadily`]) while the server
+/// writes it a backlog, and checks that the connection is still open at the
+/// end: its handler reported no close on `closes`, and the server counted
+/// no timeout. (Read to the end, a closed connection's last flush, up to
+/// 2 s, could have fed the reader too: that it is open is what counts.)
+pub async fn read_steadily_while_open<R: AsyncRead + Unpin>(
+    s: &mut R,
+    lasting: Duration,
+    closes: &mut mpsc::UnboundedReceiver<(u64, megaconn::CloseReason)>,
+    handle: &ServerHandle,
+) {
+    if let Err(got) = read_steadily(s, lasting).await {
+        panic!("closed after {got} bytes: {:?}", closes.try_recv());
+    }
+    assert_eq!(closes.try_recv().ok(), None, "still open");
+    assert_eq!(handle.stats().timeouts, 0);
+}
+
 /// Resets `s`: an RST (SO_LINGER 0, then close), as a load balancer or a
 /// killed process sends.
 pub fn reset(s: TcpStream) {

@@ -1367,6 +1367,43 @@ async fn a_framed_peer_that_never_reads_is_closed_when_its_writes_stall() {
     assert_eq!(summary.forced, 0);
 }
 
+/// A framed peer that reads slowly but steadily is not cut off by the write
+/// stall bound, however long the write: the bytes it takes restart it.
+/// Before, only our own writes showed its progress, and tokio writes again
+/// only once the kernel reports the socket writable, when about a third of
+/// its send buffer has drained: on loopback the buffer autotunes to
+/// megabytes, so this reader (400 KiB/s, 200 KiB a bound) was closed as
+/// `WriteTimeout` one bound into the write. Now a bound that passes asks
+/// the kernel whether the peer acknowledged bytes since it began. The
+/// client reads for six bounds; only a pause of most of a bound in its
+/// reading (its receive buffer, 32 KiB, takes 40 ms of reads to open a
+/// window) could close it, and a slower machine only reads less.
+#[tokio::test]
+async fn a_framed_peer_that_reads_slowly_but_steadily_is_not_cut_off() {
+    const BOUND: Duration = Duration::from_millis(500);
+    /// More than the test reads by far: the write lasts the whole test.
+    const PAYLOAD: usize = 8 << 20;
+    let mut server = Framed::start(
+        Server::builder().write_stall_timeout(Some(BOUND)),
+        Framing::length_prefixed(4).max_frame_bytes(PAYLOAD),
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let s = socket.connect(server.addr).await.unwrap();
+    let (mut read, mut write) = s.into_split();
+    // The request goes from a task of its own (the server reads it while
+    // we read the echo); the write half stays open until the end.
+    let writer = tokio::spawn(async move {
+        write.write_all(&frame(&vec![7u8; PAYLOAD])).await.unwrap();
+        std::future::pending::<()>().await;
+    });
+    let lasting = 6 * BOUND;
+    common::read_steadily_while_open(&mut read, lasting, &mut server.closes, &server.handle).await;
+    writer.abort();
+    server.stop().await;
+}
+
 /// A lines server that parks after `PARK_IDLE_AFTER`, and one connection
 /// that sent a frame, had its answer and parked.
 async fn one_parked() -> (Framed, TcpStream) {

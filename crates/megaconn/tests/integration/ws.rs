@@ -811,16 +811,48 @@ async fn a_peer_that_stops_reading_is_closed_when_the_write_times_out() {
         |r| r.ping_interval(None).heartbeat_timeout(None),
     )
     .await;
-    // A small receive buffer, so that the echoes back up soon.
+    let writer = never_reads(&server).await;
+    assert_eq!(server.next_close().await.1, CloseReason::WriteTimeout);
+    writer.abort();
+    server.stop().await;
+}
+
+/// With no heartbeat timeout and `write_timeout` off, a WebSocket's write
+/// is still bounded: by `write_stall_timeout`, as framed TCP's is, counted
+/// as a timeout. (Before, such a write had no bound at all: a peer that
+/// never reads held its connection for good.)
+#[tokio::test]
+async fn without_a_heartbeat_a_peer_that_stops_reading_is_closed_at_the_write_stall_timeout() {
+    let mut server = Ws::start(
+        Server::builder().write_stall_timeout(Some(Duration::from_millis(200))),
+        |r| r.ping_interval(None).heartbeat_timeout(None),
+    )
+    .await;
+    let writer = never_reads(&server).await;
+    assert_eq!(server.next_close().await.1, CloseReason::WriteTimeout);
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(closed_as(&server, "write_timeout"), 1);
+    assert_eq!(server.handle.stats().timeouts, 1);
+    writer.abort();
+    assert_eq!(server.stop().await.forced, 0);
+}
+
+/// A WebSocket whose client sends 16 KiB binary messages until the server
+/// takes no more (its write waits, so it stops reading) and never reads:
+/// the task that sends them (a small receive buffer, so that the echoes
+/// back up soon).
+async fn never_reads(server: &Ws) -> tokio::task::JoinHandle<()> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut s = socket.connect(server.addr).await.unwrap();
     s.write_all(&handshake("")).await.unwrap();
     assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
-    // 16 KiB binary messages, sent until the server takes no more (its
-    // write waits, so it stops reading); nothing is ever read.
-    let (_unread, mut write) = s.into_split();
-    let writer = tokio::spawn(async move {
+    let (unread, mut write) = s.into_split();
+    tokio::spawn(async move {
+        // The socket stays open, unread, as long as the task runs.
+        let _unread = unread;
         let payload = vec![7u8; 16 * 1024];
         let mask = [1, 2, 3, 4];
         let mut frame = vec![0x82, 0x80 | 126];
@@ -828,8 +860,52 @@ async fn a_peer_that_stops_reading_is_closed_when_the_write_times_out() {
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         while write.write_all(&frame).await.is_ok() {}
+    })
+}
+
+/// A WebSocket peer that reads slowly but steadily is not cut off by the
+/// write stall bound, however long the write: the bytes it takes restart
+/// it. Before, only our own writes showed its progress, and tokio writes
+/// again only once the kernel reports the socket writable, when about a
+/// third of its send buffer has drained: on loopback the buffer autotunes
+/// to megabytes, so this reader (400 KiB/s, 200 KiB a bound) was closed as
+/// `WriteTimeout` one bound into the write. Now a bound that passes asks
+/// the kernel whether the peer acknowledged bytes since it began. The
+/// client reads for six bounds; only a pause of most of a bound in its
+/// reading could close it, and a slower machine only reads less. (The
+/// heartbeat timeout, which would bound the stall the same way, is off:
+/// the client sends nothing while it reads.)
+#[tokio::test]
+async fn a_peer_that_reads_slowly_but_steadily_is_not_cut_off_by_the_write_stall_bound() {
+    const BOUND: Duration = Duration::from_millis(500);
+    /// More than the test reads by far: the write lasts the whole test.
+    const PAYLOAD: usize = 8 << 20;
+    let mut server = Ws::start(Server::builder().write_stall_timeout(Some(BOUND)), |r| {
+        r.ping_interval(None)
+            .heartbeat_timeout(None)
+            .max_message_bytes(PAYLOAD)
+            .max_frame_bytes(PAYLOAD)
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let mut s = socket.connect(server.addr).await.unwrap();
+    s.write_all(&handshake("")).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
+    let (mut read, mut write) = s.into_split();
+    // One message, unmasked by a zero mask, from a task of its own (the
+    // server reads it while we read the echo); the write half stays open
+    // until the end.
+    let writer = tokio::spawn(async move {
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&(PAYLOAD as u64).to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.resize(frame.len() + PAYLOAD, 7);
+        write.write_all(&frame).await.unwrap();
+        std::future::pending::<()>().await;
     });
-    assert_eq!(server.next_close().await.1, CloseReason::WriteTimeout);
+    let lasting = 6 * BOUND;
+    common::read_steadily_while_open(&mut read, lasting, &mut server.closes, &server.handle).await;
     writer.abort();
     server.stop().await;
 }

@@ -56,7 +56,7 @@ use crate::observe::ratelog::{self, Flood, OverLimit};
 use crate::observe::stats::{add, incr};
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
-use crate::proto::framed::{settings, side_table, FramedSettings};
+use crate::proto::framed::{settings, side_table, write_limit};
 use crate::proto::{earliest, until, Ended};
 
 /// The setting a framed connection's heartbeat timeout comes from, for its
@@ -715,19 +715,12 @@ async fn flush(
     let written = match poll_once(pin!(poll_fn(|cx| write_from(io, &out, &mut at, cx)))) {
         Poll::Ready(written) => written.map_err(io_error),
         // A peer that stops reading must not hold the connection for good,
-        // deaf to its heartbeat: the write is bounded (`WriteBound`:
+        // deaf to its heartbeat: the write is bounded (`write_limit`:
         // `write_timeout` for the whole write, or when that is off a stall
-        // without progress, `FramedSettings::write_stall`; on by default,
-        // as without a hub no slow-consumer close would end it).
+        // without progress; on by default, as without a hub no
+        // slow-consumer close would end it).
         Poll::Pending => {
-            let (stall, setting) = match ctx.config.write_timeout {
-                Some(_) => (None, "Builder::write_timeout"),
-                None => settings(&ctx.config).map_or_else(
-                    || FramedSettings::default().write_stall(),
-                    FramedSettings::write_stall,
-                ),
-            };
-            let mut bound = WriteBound::new(ctx.config.write_timeout, stall);
+            let mut bound = WriteBound::new(write_limit(&ctx.config), Some(io.raw_fd()));
             let mut overflowed = pin!(Awake::overflowed(awake));
             poll_fn(|cx| {
                 let before = at;
@@ -738,14 +731,7 @@ async fn flush(
                     return Poll::Ready(Err(CloseReason::SlowConsumer));
                 }
                 if bound.poll_passed(cx, at > before) {
-                    incr(&ctx.stats.timeouts);
-                    ratelog::log(Flood::FramedWriteTimeout, |suppressed| {
-                        tracing::info!(
-                            timeout = ?bound.timeout(),
-                            suppressed,
-                            "a framed peer did not take our bytes in time; closing it ({setting})"
-                        )
-                    });
+                    bound.passed(ctx, Flood::FramedWriteTimeout, "a framed peer");
                     return Poll::Ready(Err(CloseReason::WriteTimeout));
                 }
                 Poll::Pending

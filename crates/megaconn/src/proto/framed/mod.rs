@@ -29,12 +29,14 @@ use tokio::net::TcpStream;
 
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
+use crate::conn::io::WriteLimit;
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
 use crate::message::table::SideTable;
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
+use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::Ended;
 
@@ -55,9 +57,6 @@ pub(crate) struct FramedSettings {
     pub heartbeat_timeout: Option<Duration>,
     /// The time a frame may take, first byte to last (`None`: unbounded).
     pub message_timeout: Option<Duration>,
-    /// Without a heartbeat timeout, how long a write may go with the peer
-    /// taking none of our bytes (`None`: unbounded).
-    pub write_stall_timeout: Option<Duration>,
     /// Send this frame every so often (a server heartbeat), between frames.
     pub send_heartbeat: Option<(Duration, bytes::Bytes)>,
     /// Sent to each connection closed between frames by a graceful shutdown.
@@ -72,7 +71,6 @@ impl std::fmt::Debug for FramedSettings {
             .field("listeners", &self.listeners)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("message_timeout", &self.message_timeout)
-            .field("write_stall_timeout", &self.write_stall_timeout)
             .field("send_heartbeat", &self.send_heartbeat)
             .field("goodbye", &self.goodbye)
             .field("handler", &self.handler.is_some())
@@ -86,7 +84,6 @@ impl Default for FramedSettings {
             listeners: Vec::new(),
             heartbeat_timeout: None,
             message_timeout: Some(message::DEFAULT_MESSAGE_TIMEOUT),
-            write_stall_timeout: Some(message::DEFAULT_WRITE_STALL_TIMEOUT),
             send_heartbeat: None,
             goodbye: None,
             handler: None,
@@ -107,18 +104,6 @@ impl FramedSettings {
         config.framed = Some(Arc::new(settings));
     }
 
-    /// How long a write may wait with the peer taking none of our bytes:
-    /// the heartbeat timeout when there is one (a peer that takes nothing
-    /// for that long is as gone as one that sends nothing), else
-    /// `write_stall_timeout`; and the setting it comes from, for the log
-    /// line.
-    pub(crate) fn write_stall(&self) -> (Option<Duration>, &'static str) {
-        match self.heartbeat_timeout {
-            Some(heartbeat) => (Some(heartbeat), "Builder::heartbeat_timeout"),
-            None => (self.write_stall_timeout, "Builder::write_stall_timeout"),
-        }
-    }
-
     /// Which of the framed listeners a connection to `local` arrived on.
     fn listener_for(&self, config: &Config, local: SocketAddr) -> Option<usize> {
         // As TLS listeners are found: by address, or by port on a wildcard.
@@ -135,6 +120,18 @@ impl FramedSettings {
 /// The framed settings of `config` (for the connection loop).
 pub(crate) fn settings(config: &Config) -> Option<&FramedSettings> {
     FramedSettings::of(config)
+}
+
+/// How a framed write that has to wait is bounded: by `write_timeout`, else
+/// the heartbeat timeout, else `write_stall_timeout`, as WebSocket's are
+/// ([`WriteLimit::resolve`]).
+pub(crate) fn write_limit(config: &Config) -> WriteLimit {
+    let heartbeat = settings(config).and_then(|s| s.heartbeat_timeout);
+    WriteLimit::resolve(
+        config.write_timeout,
+        (heartbeat, "Builder::heartbeat_timeout"),
+        MessageSettings::write_stall_timeout(config),
+    )
 }
 
 /// This worker's message state and the framed side table for states of
@@ -244,14 +241,18 @@ mod tests {
 
     /// A framed connection's writes are bounded out of the box: 60 s
     /// without progress, or the heartbeat timeout when there is one;
-    /// `None` or zero turns the stall bound off.
+    /// `None` or zero turns the stall bound off. (WebSocket's, with its
+    /// route's heartbeat, resolve by the same rule: `conn::io::WriteLimit`.)
     #[test]
     fn writes_stall_for_at_most_a_minute_by_default() {
         assert_eq!(
             message::DEFAULT_WRITE_STALL_TIMEOUT,
             Duration::from_secs(60)
         );
-        let stall = |b: crate::Builder| FramedSettings::of(&b.config).unwrap().write_stall();
+        let stall = |b: crate::Builder| {
+            let limit = write_limit(&b.config);
+            (limit.timeout, limit.setting)
+        };
         let framed =
             || Server::builder().listen_framed_on(([127, 0, 0, 1], 0).into(), Framing::lines());
         assert_eq!(

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::io::{read_more, ConnIo, WriteBound};
+use crate::conn::io::{read_more, ConnIo, WriteBound, WriteLimit};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::message::deadline::MessageDeadline;
@@ -51,9 +51,10 @@ use crate::message::session::Session;
 use crate::message::table::Parked;
 use crate::message::wake::heartbeat_timed_out;
 use crate::message::worker::Awake;
+use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
-use crate::observe::ratelog;
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
@@ -435,8 +436,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
 
 /// Writes what is queued. A peer that stops reading must not hold the
 /// connection for good, deaf to its heartbeat and its pushes: the write is
-/// bounded ([`WriteBound`]: `write_timeout` for the whole write, or when
-/// that is off the heartbeat timeout without progress), and a push queue
+/// bounded ([`WriteLimit`]: `write_timeout` for the whole write, or when
+/// that is off a stall without progress, bounded by the route's
+/// `heartbeat` timeout, else by `write_stall_timeout`), and a push queue
 /// that overflows meanwhile closes it as a slow consumer at once. Usually
 /// the socket takes it all in one go, and no timer is set up.
 async fn flush(
@@ -452,7 +454,15 @@ async fn flush(
         return flushed.map_err(io_error);
     }
     lifecycle::set_state(ConnectionState::Writing);
-    let mut bound = WriteBound::new(conn.ctx.config.write_timeout, heartbeat);
+    let config = &conn.ctx.config;
+    let limit = WriteLimit::resolve(
+        config.write_timeout,
+        (heartbeat, "WebSocketRoute::heartbeat_timeout"),
+        MessageSettings::write_stall_timeout(config),
+    );
+    // The socket's descriptor, unless it is a caller's own transport (-1).
+    let socket = Some(parked_fd(&conn.io)).filter(|fd| *fd >= 0);
+    let mut bound = WriteBound::new(limit, socket);
     let mut overflowed = pin!(Awake::overflowed(awake));
     poll_fn(|cx| {
         let before = conn.wbuf_len();
@@ -463,10 +473,7 @@ async fn flush(
             return Poll::Ready(Err(Next::Close(CloseReason::SlowConsumer, None)));
         }
         if bound.poll_passed(cx, conn.wbuf_len() < before) {
-            tracing::debug!(
-                timeout = ?bound.timeout(),
-                "a WebSocket peer did not take our bytes in time; closing it (Builder::write_timeout, else the route's heartbeat_timeout)"
-            );
+            bound.passed(&conn.ctx, Flood::WsWriteTimeout, "a WebSocket peer");
             return Poll::Ready(Err(Next::Close(CloseReason::WriteTimeout, None)));
         }
         Poll::Pending

@@ -240,6 +240,14 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// `None`: never. Default 75 s, or [`HEARTBEAT_TIMEOUT_PER_PING`] ×
     /// the [`ping_interval`](Self::ping_interval) if that is set (in either
     /// order, a timeout set here wins).
+    ///
+    /// It also bounds a write the peer takes none of our bytes of (unless
+    /// [`Builder::write_timeout`](crate::Builder::write_timeout) is set,
+    /// which bounds each whole write): past it the connection closes as
+    /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout). A
+    /// slow peer that keeps reading is not cut off. With `None`,
+    /// [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
+    /// (60 s by default) bounds that instead.
     pub fn heartbeat_timeout(mut self, timeout: Option<Duration>) -> Self {
         let timeout = crate::conn::config::zero_is_off(timeout);
         let settings = self.settings();
