@@ -44,7 +44,10 @@ pub enum CloseReason {
     HeaderTimeout,
     /// The request did not complete within `read_timeout`.
     ReadTimeout,
-    /// The response did not complete within `write_timeout`.
+    /// The response did not complete within `write_timeout`; on a native
+    /// WebSocket or framed connection, a write did not (with `write_timeout`
+    /// off: the peer took nothing for the heartbeat timeout or, without
+    /// one, `write_stall_timeout`).
     WriteTimeout,
     /// The TLS handshake did not complete within its timeout.
     TlsHandshakeTimeout,
