@@ -1,8 +1,8 @@
 //! The request body of an HTTP/2 stream, the connection's small-DATA flood
 //! guard its frames count against, and where it leaves the count of its
-//! bytes for the stream's record ([`BodyBytes`]). It lives with the service glue (not
-//! in `proto/http2.rs`) because [`Body`](crate::Body) wraps it: the body a
-//! service sees must not depend on a protocol module.
+//! bytes for the stream's record ([`BodyBytes`]). It lives with the service
+//! glue (not in `proto/http2.rs`) because [`Body`](crate::Body) wraps it:
+//! the body a service sees must not depend on a protocol module.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
