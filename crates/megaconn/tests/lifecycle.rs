@@ -2,17 +2,21 @@
 //! the connection limit, buffer return on idle, and binding errors; and the
 //! rate-limited lines a peer's input over a limit logs (a request body, a
 //! native WebSocket's frame or message, a framed connection's frame or
-//! line), the access log's one line per request in every protocol mode,
+//! line), the access log's one line per request, in every protocol mode
+//! and whatever answered it (`access_log.rs`),
 //! and a worker that panics as it hands its parked connections over (the
 //! capture makes it), which need this binary's process-wide log
 //! capture (the `integration` binary has none, by design).
 
 mod common;
 
+#[path = "lifecycle/access_log.rs"]
+mod access_log;
+
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
-use common::{modes, read_response, read_to_close, Event, TestServer, SAFETY};
+use common::{read_response, read_to_close, Event, TestServer, SAFETY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -464,60 +468,6 @@ async fn a_thousand_bodies_over_the_limit_log_one_line_per_interval() {
         "{counted} events in {} lines",
         lines.len()
     );
-}
-
-/// `access_log` writes one line per request whatever the protocol: over
-/// HTTP/2 (h2c and over TLS) as over HTTP/1.1, with the same fields. The
-/// server is stopped before the lines are counted, so every request's
-/// record has dropped and a second line for one request would be there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_access_log_has_one_line_per_request_in_every_mode() {
-    capture_log();
-    for mode in modes::ALL {
-        let s = mode
-            .server(megaconn::Server::builder().workers(1).access_log(true))
-            .await;
-        let mut client = s.client().await;
-        let peer = client.local_addr();
-        let (status, body) = client.get("/").await;
-        assert_eq!(
-            (status, body.as_slice()),
-            (200, &b"Hello, World!"[..]),
-            "{mode:?}"
-        );
-        client.close().await;
-        s.server.stop().await;
-        // The peer tells this connection's lines from any other test's.
-        let peer_field = format!("peer={peer}");
-        let logged = LOGGED.lock().unwrap();
-        let lines: Vec<&String> = logged
-            .iter()
-            .filter(|l| l.starts_with(ACCESS_TARGET) && l.split(' ').any(|f| f == peer_field))
-            .collect();
-        assert_eq!(lines.len(), 1, "{mode:?}: {lines:?}");
-        let fields: Vec<&str> = lines[0].split(' ').collect();
-        for want in [
-            "message=request",
-            "method=GET",
-            "path=/",
-            "status=200",
-            "bytes_in=0",
-            "bytes_out=13",
-        ] {
-            assert!(
-                fields.contains(&want),
-                "{mode:?}: no {want} in {}",
-                lines[0]
-            );
-        }
-        for name in ["conn=", "duration_us="] {
-            assert!(
-                fields.iter().any(|f| f.starts_with(name)),
-                "{mode:?}: no {name} in {}",
-                lines[0]
-            );
-        }
-    }
 }
 
 /// Echoes each WebSocket message.

@@ -259,8 +259,8 @@ pub(crate) struct RequestRecord {
     response_bytes: u64,
     /// The exact status sent (0: none), for the access log.
     code: u16,
-    /// Method and path, only when the access log is on.
-    access: Option<Box<(http::Method, String)>>,
+    /// What the access-log line names, only when the access log is on.
+    access: Option<Box<AccessLine>>,
     /// The request's span, when it is traced (ends when the record drops).
     span: SpanSlot,
 }
@@ -274,10 +274,49 @@ impl fmt::Debug for RequestRecord {
     }
 }
 
+/// How a request's access-log line names it: its method and path, each
+/// `-` when a head too malformed to read did not give it (nginx writes `-`
+/// for a request line it could not read). Boxed when made, so that a
+/// request carries one word for it, and nothing with the log off.
+#[derive(Debug)]
+pub(crate) struct AccessLine {
+    method: Option<Method>,
+    path: Option<String>,
+}
+
+impl AccessLine {
+    /// The line of a request with this method and target, when the access
+    /// log is `on`; with it off, a bool check and nothing built.
+    #[inline]
+    pub(crate) fn of(on: bool, method: &Method, uri: &http::Uri) -> Option<Box<AccessLine>> {
+        on.then(|| AccessLine::partial(Some(method.clone()), Some(uri.path().to_owned())))
+    }
+
+    /// The line of a request of which only what is given could be read.
+    pub(crate) fn partial(method: Option<Method>, path: Option<String>) -> Box<AccessLine> {
+        Box::new(AccessLine { method, path })
+    }
+}
+
+/// An access-log field: its value, or `-` when there is none.
+struct OrDash<'a, T: ?Sized>(Option<&'a T>);
+
+impl<T: fmt::Display + ?Sized> fmt::Display for OrDash<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(value) => value.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 impl RequestRecord {
-    /// Turns on the access-log line for this request.
-    pub(crate) fn log_access(&mut self, method: http::Method, path: String) {
-        self.access = Some(Box::new((method, path)));
+    /// Turns on the access-log line for this request (`None`: the log is
+    /// off), written when the record drops, whatever answered the request.
+    #[inline]
+    pub(crate) fn logged(mut self, access: Option<Box<AccessLine>>) -> RequestRecord {
+        self.access = access;
+        self
     }
 
     /// Starts timing a request; it is in flight until the record drops.
@@ -367,9 +406,9 @@ impl Drop for RequestRecord {
             tracing::info!(
                 target: "megaconn::access",
                 conn,
-                peer = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
-                method = %access.0,
-                path = %access.1,
+                peer = %OrDash(peer.as_ref()),
+                method = %OrDash(access.method.as_ref()),
+                path = %OrDash(access.path.as_deref()),
                 status = self.code,
                 duration_us = elapsed / 1_000,
                 bytes_in = self.request_bytes,

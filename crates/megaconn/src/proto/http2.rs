@@ -57,6 +57,7 @@
 //! `GOAWAY(ENHANCE_YOUR_CALM)` past an allowance.
 
 use std::future::{poll_fn, Future};
+use std::ops::{Deref, DerefMut};
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -81,11 +82,11 @@ use crate::observe::clock::LazyDeadline;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, CountedIo};
 use crate::observe::limits::LimitHit;
-use crate::observe::metrics::{MethodLabel, RequestRecord};
+use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::stats::{incr, IdleMark};
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
-use crate::service::h2_body::{DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
+use crate::service::h2_body::{BodyBytes, DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
 use crate::service::h2_stream::{H2Stream, MAX_RESERVE};
 use crate::service::panic_message;
 use crate::service::upgrade::{self, UpgradeSender, Upgraded};
@@ -462,7 +463,7 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReaso
 enum Start<F> {
     /// The handler runs; the flag says `HEAD`; a `CONNECT` keeps its stream
     /// for the handler to take over.
-    Called(F, RequestRecord, bool, Option<Tunnel>),
+    Called(F, StreamRecord, bool, Option<Tunnel>),
     /// Answered with the status at once. The request's stream, if its body
     /// is still coming, is dropped only after the answer is queued: h2 then
     /// ends it with `RST_STREAM(NO_ERROR)` after the response (RFC 9113
@@ -478,6 +479,38 @@ struct Prepared {
     method: MethodLabel,
     is_head: bool,
     tunnel: Option<Tunnel>,
+    /// Where its body, if it has one, leaves its byte count.
+    body_bytes: Option<Arc<BodyBytes>>,
+}
+
+/// A stream's [`RequestRecord`], which counts the bytes its request body
+/// took in ([`BodyBytes`]) just before it drops: by then the body has
+/// dropped too (with the handler, or with the response body that streamed
+/// it), and the access-log line and `request_body_bytes` have them.
+struct StreamRecord {
+    record: RequestRecord,
+    body_bytes: Option<Arc<BodyBytes>>,
+}
+
+impl Deref for StreamRecord {
+    type Target = RequestRecord;
+    fn deref(&self) -> &RequestRecord {
+        &self.record
+    }
+}
+
+impl DerefMut for StreamRecord {
+    fn deref_mut(&mut self) -> &mut RequestRecord {
+        &mut self.record
+    }
+}
+
+impl Drop for StreamRecord {
+    fn drop(&mut self) {
+        if let Some(bytes) = &self.body_bytes {
+            self.record.request_bytes(bytes.get() as usize);
+        }
+    }
 }
 
 /// A stream whose request waits for the service to be ready: boxed, and
@@ -510,31 +543,32 @@ fn prepare<F>(
         );
         incr(&ctx.stats.protocol_errors);
         LimitHit::MaxBodyBytes.count(&ctx.stats);
+        let access = AccessLine::of(ctx.config.access_log, &parts.method, &parts.uri);
         return Err(Start::Failed(
             StatusCode::PAYLOAD_TOO_LARGE,
-            RequestRecord::untimed(ctx.stats_source(), method),
+            RequestRecord::untimed(ctx.stats_source(), method).logged(access),
             Some(recv),
         ));
     }
     // A CONNECT's stream carries no request body: after a 2xx it is the
     // tunnel (RFC 9113 §8.5), a WebSocket's bytes with `:protocol`
     // (RFC 8441 §5).
-    let (body, tunnel) = if is_connect {
-        (Body::empty(), Some(recv))
+    let (body, tunnel, body_bytes) = if is_connect {
+        (Body::empty(), Some(recv), None)
     } else if recv.is_end_stream() {
-        (Body::empty(), None)
+        (Body::empty(), None, None)
     } else {
-        (
-            Body::h2(RecvBody::new(
-                recv,
-                content_length,
-                limit,
-                ctx.config.read_timeout,
-                flood.clone(),
-                ctx.stats.clone(),
-            )),
-            None,
-        )
+        let body_bytes = Arc::new(BodyBytes::default());
+        let body = RecvBody::new(
+            recv,
+            content_length,
+            limit,
+            ctx.config.read_timeout,
+            flood.clone(),
+            ctx.stats.clone(),
+            body_bytes.clone(),
+        );
+        (Body::h2(body), None, Some(body_bytes))
     };
     let mut request = Request::from_parts(parts, body);
     if let Some(info) = info {
@@ -560,6 +594,7 @@ fn prepare<F>(
         method,
         is_head,
         tunnel,
+        body_bytes,
     })
 }
 
@@ -577,33 +612,33 @@ fn call_service<S: HttpService>(
         method,
         is_head,
         tunnel,
+        body_bytes,
     } = prepared;
+    // Taken before the service owns the request, for whatever answers it:
+    // the line is written when the stream's record drops, as on HTTP/1.1.
+    let access = AccessLine::of(ctx.config.access_log, request.method(), request.uri());
     if !crate::service::readiness(ready) {
         return Start::Failed(
             StatusCode::SERVICE_UNAVAILABLE,
-            RequestRecord::untimed(ctx.stats_source(), method),
+            RequestRecord::untimed(ctx.stats_source(), method).logged(access),
             None,
         );
     }
-    // Taken before the service owns the request; logged when the stream's
-    // record drops, as HTTP/1.1 does for each request whose handler ran.
-    let access = ctx
-        .config
-        .access_log
-        .then(|| (request.method().clone(), request.uri().path().to_owned()));
     // The request carries its scheme (`:scheme`), so `secure` is only a
     // fallback.
     match crate::service::call(service, request, ctx, false) {
         (Some(handler), span) => {
-            let mut record = RequestRecord::start(ctx.stats_source(), method).traced(span);
-            if let Some((method, path)) = access {
-                record.log_access(method, path);
-            }
+            let record = RequestRecord::start(ctx.stats_source(), method)
+                .traced(span)
+                .logged(access);
+            let record = StreamRecord { record, body_bytes };
             Start::Called(handler, record, is_head, tunnel)
         }
         (None, span) => Start::Failed(
             StatusCode::INTERNAL_SERVER_ERROR,
-            RequestRecord::untimed(ctx.stats_source(), method).traced(span),
+            RequestRecord::untimed(ctx.stats_source(), method)
+                .traced(span)
+                .logged(access),
             None,
         ),
     }
@@ -615,10 +650,11 @@ fn call_service<S: HttpService>(
 /// and reads the answer as a response, where an early `RST_STREAM`, even
 /// `NO_ERROR`, makes it report a transfer failure. Past either bound the
 /// stream is dropped, and h2 ends it with `RST_STREAM(NO_ERROR)` after the
-/// response (RFC 9113 §8.1).
-async fn drain(body: &mut RecvStream, max: u64) {
+/// response (RFC 9113 §8.1). Returns how many bytes it discarded (counted as
+/// received, as HTTP/1.1 counts the body it drains).
+async fn drain(body: &mut RecvStream, max: u64) -> u64 {
+    let mut seen = 0u64;
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        let mut seen = 0u64;
         while let Some(Ok(data)) = body.data().await {
             let _ = body.flow_control().release_capacity(data.len());
             seen += data.len() as u64;
@@ -628,6 +664,7 @@ async fn drain(body: &mut RecvStream, max: u64) {
         }
     })
     .await;
+    seen
 }
 
 /// How long a request body answered early may take to arrive and be
@@ -667,7 +704,8 @@ where
             record.status(status);
             send_error(&mut respond, status);
             if let Some(mut body) = request_stream {
-                drain(&mut body, ctx.config.max_drain_bytes).await;
+                let drained = drain(&mut body, ctx.config.max_drain_bytes).await;
+                record.request_bytes(drained as usize);
             }
             return StreamEnd::Done;
         }
@@ -786,7 +824,7 @@ async fn open_tunnel(
     tunnel: Tunnel,
     mut parts: http::response::Parts,
     mut respond: SendResponse<Bytes>,
-    mut record: RequestRecord,
+    mut record: StreamRecord,
     ctx: &WorkerContext,
 ) -> StreamEnd {
     // A 2xx to CONNECT has no body, so no length (RFC 9110 §9.3.6); what

@@ -1,7 +1,8 @@
-//! The request body of an HTTP/2 stream, and the connection's small-DATA
-//! flood guard its frames count against. It lives with the service glue (not
-//! in `proto/http2.rs`) because [`Body`](crate::Body) wraps it: the body a
-//! service sees must not depend on a protocol module.
+//! The request body of an HTTP/2 stream, the connection's small-DATA flood
+//! guard its frames count against, and where it leaves the count of its
+//! bytes for the stream's record ([`BodyBytes`]). It lives with the service
+//! glue (not in `proto/http2.rs`) because [`Body`](crate::Body) wraps it:
+//! the body a service sees must not depend on a protocol module.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -91,6 +92,23 @@ impl DataFloodGuard {
     }
 }
 
+/// Where an HTTP/2 stream's request body leaves the count of the bytes it
+/// took in, for the stream's `RequestRecord` to count as HTTP/1.1's
+/// exchange counts the body it reads (`request_bytes`). The body is `Send`
+/// and the handler may read it anywhere, while the record is the stream's:
+/// the body counts in a plain field of its own as frames come and stores
+/// the sum here once, when it drops (its stream's exchange has then ended
+/// with it, unless the handler kept the body past its response).
+#[derive(Debug, Default)]
+pub(crate) struct BodyBytes(AtomicU64);
+
+impl BodyBytes {
+    /// The bytes the body took in, once it dropped (0 before).
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
 /// A request body arriving in HTTP/2 DATA frames. Each frame's bytes are given
 /// back to the flow-control window as the handler takes them, so a handler that
 /// does not read stops the client (after one window) instead of making us buffer.
@@ -100,7 +118,10 @@ pub(crate) struct RecvBody {
     data_done: bool,
     /// Bytes still expected when the client sent `content-length`.
     remaining: Option<u64>,
+    /// Bytes taken in, every DATA frame's, refused or not.
     received: u64,
+    /// Where `received` goes when the body drops.
+    tally: Arc<BodyBytes>,
     limit: u64,
     /// The connection's small-DATA flood counter.
     flood: Arc<DataFloodGuard>,
@@ -117,7 +138,8 @@ pub(crate) struct RecvBody {
 
 impl RecvBody {
     /// A body of `stream` under the connection's `flood` guard, `limit`
-    /// bytes at most, complete within `read_timeout` from now.
+    /// bytes at most, complete within `read_timeout` from now, that leaves
+    /// the count of its bytes in `tally`.
     pub(crate) fn new(
         stream: RecvStream,
         content_length: Option<u64>,
@@ -125,12 +147,14 @@ impl RecvBody {
         read_timeout: Option<std::time::Duration>,
         flood: Arc<DataFloodGuard>,
         stats: Arc<WorkerStats>,
+        tally: Arc<BodyBytes>,
     ) -> RecvBody {
         RecvBody {
             stream,
             data_done: false,
             remaining: content_length,
             received: 0,
+            tally,
             limit,
             flood,
             deadline: LazyDeadline::after(read_timeout),
@@ -174,6 +198,9 @@ impl RecvBody {
             match polled {
                 Some(Ok(data)) => {
                     let _ = self.stream.flow_control().release_capacity(data.len());
+                    // Counted as it comes, as HTTP/1.1 counts what it
+                    // decodes, whether or not a limit refuses it.
+                    self.received += data.len() as u64;
                     if self.deadline.is_past() {
                         return self.time_out();
                     }
@@ -184,7 +211,6 @@ impl RecvBody {
                             "too many tiny DATA frames (small-DATA flood)",
                         ));
                     }
-                    self.received += data.len() as u64;
                     if self.received > self.limit {
                         ratelog::log(Flood::BodyTooLarge, |suppressed| {
                             tracing::info!(
@@ -231,6 +257,12 @@ impl RecvBody {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
+    }
+}
+
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        self.tally.0.store(self.received, Relaxed);
     }
 }
 

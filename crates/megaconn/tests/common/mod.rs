@@ -625,10 +625,17 @@ where
 
 /// An h2c client (prior knowledge) on a fresh connection.
 pub async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    h2c_from(addr).await.0
+}
+
+/// An h2c client (prior knowledge) on a fresh connection, and its address
+/// (the peer the server sees).
+pub async fn h2c_from(addr: SocketAddr) -> (h2::client::SendRequest<Bytes>, SocketAddr) {
     let tcp = TcpStream::connect(addr).await.unwrap();
+    let local = tcp.local_addr().unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    client
+    (client, local)
 }

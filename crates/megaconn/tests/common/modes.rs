@@ -180,25 +180,12 @@ impl Client {
                 let r = read_response_buffered(io, buf, false).await;
                 (r.status, r.body)
             }
-            Client::H2 { send, .. } => tokio::time::timeout(SAFETY, async {
-                let mut ready = send.clone().ready().await.expect("h2 ready");
+            Client::H2 { send, .. } => {
                 let req = Request::get(format!("http://localhost{path}"))
                     .body(())
                     .unwrap();
-                let (resp, _) = ready.send_request(req, true).expect("send");
-                let resp = resp.await.expect("h2 response");
-                let status = resp.status().as_u16();
-                let mut body = resp.into_body();
-                let mut out = Vec::new();
-                while let Some(chunk) = body.data().await {
-                    let chunk = chunk.expect("h2 body");
-                    let _ = body.flow_control().release_capacity(chunk.len());
-                    out.extend_from_slice(&chunk);
-                }
-                (status, out)
-            })
-            .await
-            .expect("HTTP/2 response in time"),
+                h2_exchange(send, req, b"", true).await
+            }
         }
     }
 
@@ -215,6 +202,41 @@ impl Client {
             }
         }
     }
+}
+
+/// Sends `request` on `send` with `body` as its DATA, ending the stream
+/// when `end` (else the body stays open, as an upload still coming), and
+/// reads the whole response (bounded by [`SAFETY`]); returns its status and
+/// body. The request's stream is dropped then (h2 resets a half still open).
+pub async fn h2_exchange(
+    send: &h2::client::SendRequest<Bytes>,
+    request: Request<()>,
+    body: &'static [u8],
+    end: bool,
+) -> (u16, Vec<u8>) {
+    tokio::time::timeout(SAFETY, async {
+        let mut ready = send.clone().ready().await.expect("h2 ready");
+        let (response, mut stream) = ready
+            .send_request(request, end && body.is_empty())
+            .expect("send");
+        if !body.is_empty() {
+            stream
+                .send_data(Bytes::from_static(body), end)
+                .expect("data");
+        }
+        let response = response.await.expect("h2 response");
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut out = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("h2 body");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            out.extend_from_slice(&chunk);
+        }
+        (status, out)
+    })
+    .await
+    .expect("HTTP/2 response in time")
 }
 
 /// The server's lifecycle events, paired: each close matches one open.

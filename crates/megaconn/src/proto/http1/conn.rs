@@ -27,7 +27,7 @@ use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::ConnInfo;
 use crate::observe::lifecycle::{self, ConnectionState};
-use crate::observe::metrics::{MethodLabel, RequestRecord};
+use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::stats::{incr, incr_own, IdleOwn};
 use crate::proto::{self, HandOver};
 use crate::service::body::Body;
@@ -235,8 +235,8 @@ where
             HeadRead::TimedOut => {
                 incr(&conn.ctx.stats.timeouts);
                 if conn.buffers.rbuf_len() > 0 {
-                    encode::encode_error(
-                        conn.buffers.wbuf(),
+                    answer_unserved(
+                        conn,
                         StatusCode::REQUEST_TIMEOUT,
                         "the request head was not received within read_header_timeout",
                     );
@@ -270,19 +270,12 @@ where
             Outcome::Rejected(rejection) => {
                 incr(&conn.ctx.stats.protocol_errors);
                 rejection.limit().count(&conn.ctx.stats);
-                // Counted in requests_total with its status and, when its
-                // head parsed, its method, as h2's 413 is, though no
-                // handler saw it.
-                let limits = conn.ctx.limits;
-                let method = head::refused_method(conn.rbuf_and_io().0, &limits);
-                let mut record = RequestRecord::untimed(conn.ctx.stats_source(), method);
-                record.status(rejection.status);
                 tracing::debug!(
                     status = rejection.status.as_u16(),
                     reason = rejection.reason,
                     "rejected request"
                 );
-                encode::encode_error(conn.buffers.wbuf(), rejection.status, rejection.reason);
+                answer_unserved(conn, rejection.status, rejection.reason);
                 return Ended::Close(CloseReason::status(rejection.status));
             }
             Outcome::Upgrade(tx, native) => {
@@ -295,6 +288,21 @@ where
         // Read by the wait above and by the h2c check after the exchange.
         first = false;
     }
+}
+
+/// Answers `status` to a request no service saw (a head refused, or one
+/// not whole within `read_header_timeout`), whose bytes are still in the
+/// read buffer; the connection closes after it. The request is counted in
+/// requests_total with its status and, when its head parsed, its method, as
+/// h2's 413 is, and has its access-log line, as nginx logs its 400s and
+/// 413s: a log of the requests served that left out the refused ones would
+/// hide the clients that send them.
+fn answer_unserved<T: Transport>(conn: &mut ConnIo<T>, status: StatusCode, reason: &'static str) {
+    let (limits, on) = (conn.ctx.limits, conn.ctx.config.access_log);
+    let (method, access) = head::refused(conn.rbuf_and_io().0, &limits, on);
+    let mut record = RequestRecord::untimed(conn.ctx.stats_source(), method).logged(access);
+    record.status(status);
+    encode::encode_error(conn.buffers.wbuf(), status, reason);
 }
 
 /// Parses the request head that ends at `end` (see [`HeadRead::Whole`]),
@@ -318,12 +326,16 @@ where
         ConnectionState::ReadingBody
     });
     let method = MethodLabel::of(&head.method);
+    // Taken before the service owns the request, for every answer from here
+    // on, the 503 and the 500 below included (one word, `None` with the log
+    // off).
+    let access = AccessLine::of(conn.ctx.config.access_log, &head.method, &head.uri);
     // Waited for before the request is built, so that only the head is kept
     // across this await (the exchange's box is sized by what is kept).
     if !crate::service::ready(service).await {
         return Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
-            RequestRecord::untimed(conn.ctx.stats_source(), method),
+            RequestRecord::untimed(conn.ctx.stats_source(), method).logged(access),
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is not available",
             CloseReason::ServerError,
@@ -357,11 +369,6 @@ where
     );
     let read_timeout = config.read_timeout;
 
-    let access = conn
-        .ctx
-        .config
-        .access_log
-        .then(|| (head.method.clone(), head.uri.path().to_owned()));
     let mut request = Request::new(body);
     *request.method_mut() = head.method;
     *request.uri_mut() = head.uri;
@@ -380,7 +387,9 @@ where
     let Some(handler) = handler else {
         return Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
-            RequestRecord::untimed(conn.ctx.stats_source(), method).traced(span),
+            RequestRecord::untimed(conn.ctx.stats_source(), method)
+                .traced(span)
+                .logged(access),
             StatusCode::INTERNAL_SERVER_ERROR,
             "the handler panicked",
             CloseReason::Panic,

@@ -42,7 +42,7 @@ use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::Transport;
 use crate::error::BodyError;
 use crate::observe::limits::LimitHit;
-use crate::observe::metrics::{MethodLabel, RequestRecord};
+use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::incr;
 use crate::observe::trace::{ErrorClass, SpanSlot};
@@ -90,8 +90,8 @@ pub(crate) struct ExchangeSetup {
     /// The request said `TE: trailers`: response trailers may be sent.
     pub te_trailers: bool,
     pub read_timeout: Option<Duration>,
-    /// Method and path for the access log, when it is on.
-    pub access: Option<(http::Method, String)>,
+    /// The access-log line, when the log is on.
+    pub access: Option<Box<AccessLine>>,
     /// The request's span, if it is traced.
     pub span: SpanSlot,
 }
@@ -142,11 +142,9 @@ where
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
         };
-        let mut record = RequestRecord::start(conn.ctx.stats_source(), setup.method)
-            .traced(std::mem::take(&mut setup.span));
-        if let Some((method, path)) = setup.access.take() {
-            record.log_access(method, path);
-        }
+        let record = RequestRecord::start(conn.ctx.stats_source(), setup.method)
+            .traced(std::mem::take(&mut setup.span))
+            .logged(setup.access.take());
         Exchange {
             conn,
             handler: Some(AssertUnwindSafe(handler).catch_unwind()),

@@ -14,7 +14,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use crate::conn::config::{HeadLimits, MAX_HEADERS_CEILING};
 use crate::observe::limits::LimitHit;
-use crate::observe::metrics::MethodLabel;
+use crate::observe::metrics::{AccessLine, MethodLabel};
 
 /// A parsed request head and what it says about the exchange.
 #[derive(Debug)]
@@ -136,27 +136,49 @@ pub(crate) fn find_end(buf: &[u8], searched: &mut usize) -> Option<usize> {
     None
 }
 
-/// The metrics label of a refused request's method, read from the head at
-/// the start of `buf` (where a refusal leaves it): the method's own when
-/// httparse reads the head whole within the limits (a body over
-/// `max_body_bytes` by its Content-Length, a bad framing header), else
-/// [`MethodLabel::UNREAD`], since a head too long, with too many fields
-/// or a malformed line gives no method to trust. A refusal closes the
-/// connection, so the head is parsed twice only then.
-pub(crate) fn refused_method(buf: &[u8], limits: &HeadLimits) -> MethodLabel {
+/// The metrics label of a refused request's method and, with the access log
+/// `on`, its access-log line, read from the head at the start of `buf`
+/// (where a refusal leaves it).
+///
+/// The label is the method's own when httparse reads the head whole within
+/// the limits (a body over `max_body_bytes` by its Content-Length, a bad
+/// framing header), else [`MethodLabel::UNREAD`], since a head too long,
+/// with too many fields or a malformed line gives no method to trust. The
+/// log line says what came rather than counts it: it names the method and
+/// the path as far as httparse read the request line before it stopped (a
+/// 431's line is whole, a 414's is not), `-` for what it did not reach, as
+/// nginx logs the requests it refuses. A refusal closes the connection, so
+/// the head is parsed twice only then.
+pub(crate) fn refused(
+    buf: &[u8],
+    limits: &HeadLimits,
+    on: bool,
+) -> (MethodLabel, Option<Box<AccessLine>>) {
     let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CEILING] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
     let headers = &mut storage[..limits.max_headers.min(MAX_HEADERS_CEILING)];
     let mut req = httparse::Request::new(&mut []);
     let buf = &buf[..buf.len().min(limits.max_header_bytes)];
-    match httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut req, buf, headers)
-    {
-        Ok(httparse::Status::Complete(_)) => req
-            .method
-            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-            .map_or(MethodLabel::UNREAD, |m| MethodLabel::of(&m)),
+    let parsed =
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, headers);
+    // httparse fills the method, then the target, as it reads them.
+    let method = req
+        .method
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+    let label = match (parsed, &method) {
+        (Ok(httparse::Status::Complete(_)), Some(method)) => MethodLabel::of(method),
         _ => MethodLabel::UNREAD,
+    };
+    let access = on.then(|| AccessLine::partial(method, req.path.map(target_path)));
+    (label, access)
+}
+
+/// A request target's path as the access log names it (a served request's
+/// is its `Uri`'s path), or the target as sent when it is not a `Uri`.
+fn target_path(target: &str) -> String {
+    match target.parse::<Uri>() {
+        Ok(uri) => uri.path().to_owned(),
+        Err(_) => target.to_owned(),
     }
 }
 

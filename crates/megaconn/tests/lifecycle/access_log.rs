@@ -1,0 +1,336 @@
+//! The access log (`Builder::access_log`): one line per request, whatever
+//! answered it. A request a handler served has its line in every protocol
+//! mode; so has each one megaconn answered itself before any handler ran,
+//! as nginx logs the 400s and 413s it sends: a head refused (400, 413 by
+//! Content-Length, 414, 431, 505), a head not whole in time (408), a service
+//! not ready (503), a handler that panicked in `call` (500). Each line has
+//! the status that was sent, and what of the request line could be read.
+//!
+//! Every test stops its server before it reads the lines, so that every
+//! request's record has dropped and a second line for one request would be
+//! there; a connection's peer address tells its lines from any other test's.
+
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::common::modes::{self, h2_exchange};
+use super::common::{h2c_from, read_to_close, AppServer, TestServer};
+use super::{capture_log, ACCESS_TARGET, LOGGED};
+
+/// The access-log lines of the connection from `peer`.
+fn access_lines(peer: SocketAddr) -> Vec<String> {
+    let peer_field = format!("peer={peer}");
+    LOGGED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with(ACCESS_TARGET) && l.split(' ').any(|f| f == peer_field))
+        .cloned()
+        .collect()
+}
+
+/// Asserts that the connection from `peer` has one access-log line, and
+/// that it has each of the fields `want` (`name=value`) and a `conn` and a
+/// `duration_us`.
+fn assert_one_line(peer: SocketAddr, want: &[&str], what: &str) {
+    let lines = access_lines(peer);
+    assert_eq!(lines.len(), 1, "{what}: {lines:?}");
+    let fields: Vec<&str> = lines[0].split(' ').collect();
+    for want in ["message=request"].iter().chain(want) {
+        assert!(fields.contains(want), "{what}: no {want} in {}", lines[0]);
+    }
+    for name in ["conn=", "duration_us="] {
+        assert!(
+            fields.iter().any(|f| f.starts_with(name)),
+            "{what}: no {name} in {}",
+            lines[0]
+        );
+    }
+}
+
+/// Sends `raw` on a fresh HTTP/1.1 connection to `addr` and reads until the
+/// server closes it; returns the client's address and what came back.
+async fn h1_exchange(addr: SocketAddr, raw: &[u8]) -> (SocketAddr, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let peer = s.local_addr().unwrap();
+    s.write_all(raw).await.expect("the server reads");
+    let answer = String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned();
+    (peer, answer)
+}
+
+/// A GET of `path` on HTTP/2.
+fn h2_get(path: &str) -> http::Request<()> {
+    http::Request::get(format!("http://localhost{path}"))
+        .body(())
+        .unwrap()
+}
+
+/// `access_log` writes one line per request whatever the protocol: over
+/// HTTP/2 (h2c and over TLS) as over HTTP/1.1, with the same fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_line_per_request_in_every_mode() {
+    capture_log();
+    for mode in modes::ALL {
+        let s = mode
+            .server(megaconn::Server::builder().workers(1).access_log(true))
+            .await;
+        let mut client = s.client().await;
+        let peer = client.local_addr();
+        let (status, body) = client.get("/").await;
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"Hello, World!"[..]),
+            "{mode:?}"
+        );
+        client.close().await;
+        s.server.stop().await;
+        let want = [
+            "method=GET",
+            "path=/",
+            "status=200",
+            "bytes_in=0",
+            "bytes_out=13",
+        ];
+        assert_one_line(peer, &want, &format!("{mode:?}"));
+    }
+}
+
+/// A request head megaconn refuses has its line, with the status it sent
+/// and as much of the request line as was read: all of it when the fault
+/// is further on (a bad header, a Content-Length over `max_body_bytes`, a
+/// head past `max_header_bytes`, a version not served), the method alone
+/// when the target is what is too long, `-` for both when the method is
+/// not one. These had no line at all: only requests a handler saw had.
+#[tokio::test]
+async fn refused_request_heads_have_their_line_with_the_status_sent() {
+    capture_log();
+    const MAX_HEAD: usize = 1024;
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .access_log(true)
+            .max_header_bytes(MAX_HEAD)
+            .max_body_bytes(1 << 20),
+    )
+    .await;
+    // Exactly `MAX_HEAD` bytes with no end of line (414) or no end of head
+    // (431): all of it is read before the refusal, so closing after it
+    // resets nothing and the client reads the answer.
+    let long_line = format!("GET /{}", "a".repeat(MAX_HEAD - 5));
+    let mut long_head = "GET /big-head HTTP/1.1\r\nX-Fill: ".to_string();
+    long_head += &"f".repeat(MAX_HEAD - long_head.len());
+    let cases: [(&str, &[u8], u16, &str, &str); 7] = [
+        ("no method", b"G@T / HTTP/1.1\r\n\r\n", 400, "-", "-"),
+        (
+            "a bad header",
+            b"GET /bad-header HTTP/1.1\r\nHost t\r\n\r\n",
+            400,
+            "GET",
+            "/bad-header",
+        ),
+        (
+            "a body over max_body_bytes",
+            b"POST /collect?x=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n",
+            413,
+            "POST",
+            "/collect",
+        ),
+        ("a target too long", long_line.as_bytes(), 414, "GET", "-"),
+        (
+            "a head too long",
+            long_head.as_bytes(),
+            431,
+            "GET",
+            "/big-head",
+        ),
+        (
+            "HTTP/3.0",
+            b"GET /v3 HTTP/3.0\r\nHost: t\r\n\r\n",
+            505,
+            "GET",
+            "/v3",
+        ),
+        (
+            "an absolute target",
+            b"GET http://t/abs HTTP/1.1\r\nHost t\r\n\r\n",
+            400,
+            "GET",
+            "/abs",
+        ),
+    ];
+    let mut sent = Vec::new();
+    for (what, raw, status, _, _) in &cases {
+        let (peer, answer) = h1_exchange(server.addr, raw).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {answer}"
+        );
+        sent.push(peer);
+    }
+    server.stop().await;
+    for ((what, _, status, method, path), peer) in cases.iter().zip(sent) {
+        let want = [
+            format!("status={status}"),
+            format!("method={method}"),
+            format!("path={path}"),
+            "bytes_in=0".to_string(),
+        ];
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        assert_one_line(peer, &want, what);
+    }
+}
+
+/// A request head not whole within `read_header_timeout` is answered 408
+/// (when some of it came): that answer has its line too, with what of the
+/// request line came.
+#[tokio::test]
+async fn a_request_head_not_whole_in_time_has_its_408_line() {
+    capture_log();
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .access_log(true)
+            .read_header_timeout(Some(Duration::from_millis(200))),
+    )
+    .await;
+    let (peer, answer) = h1_exchange(server.addr, b"GET /slow HTTP/1.1\r\nHost: t\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    server.stop().await;
+    assert_one_line(
+        peer,
+        &["status=408", "method=GET", "path=/slow"],
+        "a head timed out",
+    );
+}
+
+/// A request body declared over `max_body_bytes` is answered 413 before
+/// any handler runs, on HTTP/2 as on HTTP/1.1 (above): its line has the
+/// 413.
+#[tokio::test]
+async fn an_http2_body_declared_too_large_has_its_413_line() {
+    capture_log();
+    let s = modes::Mode::H2c
+        .server(
+            megaconn::Server::builder()
+                .workers(1)
+                .access_log(true)
+                .max_body_bytes(1 << 20),
+        )
+        .await;
+    let (send, peer) = h2c_from(s.server.addr).await;
+    let request = http::Request::post("http://localhost/collect")
+        .header(http::header::CONTENT_LENGTH, "2000000")
+        .body(())
+        .unwrap();
+    let (status, _) = h2_exchange(&send, request, b"", false).await;
+    assert_eq!(status, 413);
+    drop(send);
+    s.server.stop().await;
+    assert_one_line(peer, &["status=413", "method=POST", "path=/collect"], "h2c");
+}
+
+/// A service that is never ready: every request is answered 503 before a
+/// handler could run.
+#[derive(Clone)]
+struct NeverReady;
+
+impl tower::Service<http::Request<megaconn::Body>> for NeverReady {
+    type Response = http::Response<megaconn::Body>;
+    type Error = megaconn::BoxError;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Err("overloaded (the test's service)".into()))
+    }
+
+    fn call(&mut self, _: http::Request<megaconn::Body>) -> Self::Future {
+        unreachable!("a service never ready is never called")
+    }
+}
+
+/// A service whose `poll_ready` fails gets its requests answered 503, on
+/// HTTP/1.1 and HTTP/2: each has its line, with the 503.
+#[tokio::test]
+async fn a_request_the_service_was_not_ready_for_has_its_503_line() {
+    capture_log();
+    let server = AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .access_log(true)
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        NeverReady,
+    );
+    let addr = server.addrs[0];
+    let (h1, answer) = h1_exchange(addr, b"GET /busy HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    let (send, h2) = h2c_from(addr).await;
+    assert_eq!(h2_exchange(&send, h2_get("/busy"), b"", true).await.0, 503);
+    drop(send);
+    assert!(server.stop().await, "the server stops");
+    for (peer, what) in [(h1, "HTTP/1.1"), (h2, "h2c")] {
+        assert_one_line(peer, &["status=503", "method=GET", "path=/busy"], what);
+    }
+}
+
+/// A handler that panics in `call` (before it returns its future) gets
+/// its request answered 500, on HTTP/1.1 and HTTP/2: each has its line,
+/// with the 500.
+#[tokio::test]
+async fn a_request_whose_handler_panicked_in_call_has_its_500_line() {
+    capture_log();
+    let server = TestServer::start(megaconn::Server::builder().workers(1).access_log(true)).await;
+    let (h1, answer) = h1_exchange(server.addr, b"GET /panic HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 500 "), "{answer}");
+    let (send, h2) = h2c_from(server.addr).await;
+    assert_eq!(h2_exchange(&send, h2_get("/panic"), b"", true).await.0, 500);
+    drop(send);
+    server.stop().await;
+    for (peer, what) in [(h1, "HTTP/1.1"), (h2, "h2c")] {
+        assert_one_line(peer, &["status=500", "method=GET", "path=/panic"], what);
+    }
+}
+
+/// An HTTP/2 upload's bytes are counted as HTTP/1.1's are: in the line's
+/// `bytes_in` and in `megaconn_request_body_bytes_total`. Both were 0: the
+/// HTTP/2 body never told the request's record what it read.
+#[tokio::test]
+async fn an_http2_upload_counts_its_bytes_in_the_line_and_the_metric() {
+    capture_log();
+    static UPLOAD: [u8; 100_000] = [b'u'; 100_000];
+    let s = modes::Mode::H2c
+        .server(megaconn::Server::builder().workers(1).access_log(true))
+        .await;
+    let handle = s.server.handle.clone();
+    let before = handle.stats().request_metrics.request_body_bytes;
+    let (send, peer) = h2c_from(s.server.addr).await;
+    let request = http::Request::post("http://localhost/collect")
+        .body(())
+        .unwrap();
+    let (status, body) = h2_exchange(&send, request, &UPLOAD, true).await;
+    assert_eq!((status, body.as_slice()), (200, &b"100000"[..]));
+    drop(send);
+    s.server.stop().await;
+    let counted = handle.stats().request_metrics.request_body_bytes - before;
+    assert_eq!(counted, UPLOAD.len() as u64, "request_body_bytes");
+    assert!(
+        handle
+            .render_metrics()
+            .lines()
+            .any(|l| l == format!("megaconn_request_body_bytes_total {counted}")),
+        "the metric renders the count"
+    );
+    assert_one_line(
+        peer,
+        &[
+            "status=200",
+            "method=POST",
+            "path=/collect",
+            "bytes_in=100000",
+        ],
+        "h2c",
+    );
+}
