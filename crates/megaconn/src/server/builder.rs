@@ -781,8 +781,11 @@ impl Builder {
     }
 
     /// Logs one line per request at info level, target `megaconn::access`:
-    /// connection id, peer, method, path, status, duration, body bytes. Off by
-    /// default (it formats a line per request).
+    /// connection id, peer, method, path, status, duration, body bytes. On
+    /// HTTP/1.1 and HTTP/2, the answers sent before a handler runs included
+    /// (a refused head, a 408, a 503 when the service is not ready, a 500
+    /// when `call` panics), with `-` for what a malformed head did not give.
+    /// Off by default (it formats a line per request).
     pub fn access_log(mut self, on: bool) -> Builder {
         self.config.access_log = on;
         self
