@@ -263,9 +263,10 @@ pub fn closed_as(stats: &megaconn::ServerStats, reason: &str) -> u64 {
 }
 
 /// A slow but steady reader's pace: [`STEADY_CHUNK`] every [`STEADY_EVERY`]
-/// (400 KiB/s): slow against a socket buffer that autotunes to megabytes,
-/// and never more than 10 ms from its next read.
-pub const STEADY_CHUNK: usize = 4 << 10;
+/// (100 KiB/s): slow against a socket buffer that autotunes to megabytes
+/// (the third of it that must drain before tokio writes again takes ~9 s
+/// at this pace), and never more than 10 ms from its next read.
+pub const STEADY_CHUNK: usize = 1 << 10;
 /// See [`STEADY_CHUNK`].
 pub const STEADY_EVERY: Duration = Duration::from_millis(10);
 

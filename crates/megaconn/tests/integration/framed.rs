@@ -1372,15 +1372,17 @@ async fn a_framed_peer_that_never_reads_is_closed_when_its_writes_stall() {
 /// Before, only our own writes showed its progress, and tokio writes again
 /// only once the kernel reports the socket writable, when about a third of
 /// its send buffer has drained: on loopback the buffer autotunes to
-/// megabytes, so this reader (400 KiB/s, 200 KiB a bound) was closed as
+/// megabytes, so this reader (100 KiB/s, 200 KiB a bound) was closed as
 /// `WriteTimeout` one bound into the write. Now a bound that passes asks
 /// the kernel whether the peer acknowledged bytes since it began. The
-/// client reads for six bounds; only a pause of most of a bound in its
-/// reading (its receive buffer, 32 KiB, takes 40 ms of reads to open a
+/// client reads for three bounds; only a pause of most of a bound in its
+/// reading (its receive buffer, 32 KiB, takes 320 ms of reads to open a
 /// window) could close it, and a slower machine only reads less.
 #[tokio::test]
 async fn a_framed_peer_that_reads_slowly_but_steadily_is_not_cut_off() {
-    const BOUND: Duration = Duration::from_millis(500);
+    /// Long against the reader's 10 ms between reads: only a pause of
+    /// over a second in its reading could pass for a stall.
+    const BOUND: Duration = Duration::from_secs(2);
     /// More than the test reads by far: the write lasts the whole test.
     const PAYLOAD: usize = 8 << 20;
     let mut server = Framed::start(
@@ -1398,7 +1400,7 @@ async fn a_framed_peer_that_reads_slowly_but_steadily_is_not_cut_off() {
         write.write_all(&frame(&vec![7u8; PAYLOAD])).await.unwrap();
         std::future::pending::<()>().await;
     });
-    let lasting = 6 * BOUND;
+    let lasting = 3 * BOUND;
     common::read_steadily_while_open(&mut read, lasting, &mut server.closes, &server.handle).await;
     writer.abort();
     server.stop().await;
