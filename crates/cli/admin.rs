@@ -240,8 +240,10 @@ impl tower::Service<Request<Body>> for ProcessesAdmin {
             if is_publish(&req) {
                 let fanout = this.fanout.clone();
                 return Ok(publish(req, move |topic, payload| {
-                    let n = fanout.publish(topic, &payload)?;
-                    Ok(format!("published to {n} worker processes\n"))
+                    match fanout.publish(topic, &payload)? {
+                        0 => Err(fanout::PublishError::NoProcess),
+                        n => Ok(format!("published to {n} worker processes\n")),
+                    }
                 })
                 .await);
             }
@@ -516,7 +518,7 @@ async fn publish(
             text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"))
         }
         // Nothing wrong with the request: the server cannot take it now.
-        Err(e @ fanout::PublishError::NotQueued) => {
+        Err(e @ (fanout::PublishError::NotQueued | fanout::PublishError::NoProcess)) => {
             text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
         }
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
@@ -689,6 +691,20 @@ fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The supervisor's publish that no worker process took (none
+    /// attached here; in service, every channel full or closed) is a 503,
+    /// not "published to 0 worker processes".
+    #[tokio::test]
+    async fn a_publish_no_worker_process_took_is_a_503() {
+        let mut admin = ProcessesAdmin {
+            shared: Arc::new(SharedStats::create(2).unwrap()),
+            fanout: Fanout::new(2),
+        };
+        let req = Request::post("/broadcast").body(Body::empty()).unwrap();
+        let answer = tower::Service::call(&mut admin, req).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     #[test]
     fn admin_flag_parses() {

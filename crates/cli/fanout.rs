@@ -96,6 +96,11 @@ pub enum PublishError {
     /// other worker processes.
     #[error("not delivered by this process: its workers' hub queues are full (messages come faster than they are delivered: raise --hub-queue or --delivery-rate, or publish less), or the server is stopping")]
     NotQueued,
+    /// The supervisor could hand the message to no worker process: each
+    /// one's channel was full (counted and logged as a slow process) or
+    /// it is exiting.
+    #[error("delivered to no worker process: their channels are full (messages come faster than the processes take them: publish less), or they are exiting")]
+    NoProcess,
 }
 
 /// A channel message that could not be read.

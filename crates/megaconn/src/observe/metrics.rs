@@ -294,8 +294,27 @@ impl AccessLine {
 
     /// The line of a request of which only what is given could be read.
     pub(crate) fn partial(method: Option<Method>, path: Option<String>) -> Box<AccessLine> {
+        let path = path.map(printable);
         Box::new(AccessLine { method, path })
     }
+}
+
+/// `path` with what a terminal or a line-based log reader would act on
+/// escaped (`\u{9b}`): control characters (C1 ones such as U+009B, an
+/// 8-bit CSI, get through `http::Uri`) and the line and paragraph
+/// separators. The text log format prints fields other than the message
+/// raw; a path comes from the client.
+fn printable(path: String) -> String {
+    let acts = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !path.chars().any(acts) {
+        return path;
+    }
+    path.chars()
+        .map(|c| match acts(c) {
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// An access-log field: its value, or `-` when there is none.
@@ -1038,6 +1057,16 @@ fn labelled<'a>(
 #[cfg(all(test, feature = "metrics"))]
 mod tests {
     use super::*;
+
+    /// A path from the client cannot carry what a terminal acts on into
+    /// the access log: C1 controls and the line separators are escaped.
+    #[test]
+    fn an_access_line_escapes_what_a_terminal_would_act_on() {
+        let line = AccessLine::partial(None, Some("/x\u{9b}31m\u{2028}y/é".to_owned()));
+        assert_eq!(line.path.as_deref(), Some("/x\\u{9b}31m\\u{2028}y/é"));
+        let plain = AccessLine::partial(None, Some("/plain/é".to_owned()));
+        assert_eq!(plain.path.as_deref(), Some("/plain/é"));
+    }
 
     /// A request served within one lot turn (a heartbeat on a parked
     /// connection) measures its time: the end is a fresh reading, not the
