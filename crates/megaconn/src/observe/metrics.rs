@@ -392,6 +392,14 @@ impl RequestRecord {
     #[inline]
     pub(crate) fn response(&mut self, parts: &http::response::Parts) {
         self.status(parts.status);
+        self.route(parts);
+    }
+
+    /// Notes the route the service matched (for the span), without the
+    /// status: for a head that may yet not go out (HTTP/2 takes the head's
+    /// parts when it sends it, and a reset stream refuses it).
+    #[inline]
+    pub(crate) fn route(&mut self, parts: &http::response::Parts) {
         self.span.route(&parts.extensions);
     }
 
@@ -470,6 +478,19 @@ impl WorkerStats {
         add(&self.request_metrics.closed_by_reason[reason.index()], 1);
         #[cfg(not(feature = "metrics"))]
         let _ = reason;
+    }
+
+    /// Counts request body bytes that no request's record counted (an
+    /// HTTP/2 connection's, left when it ends: bodies kept past their
+    /// stream's record).
+    #[inline]
+    pub(crate) fn request_body_bytes(&self, n: u64) {
+        #[cfg(feature = "metrics")]
+        if n > 0 {
+            add(&self.request_metrics.request_body_bytes, n);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = n;
     }
 
     /// Counts a connection handed over by an upgrade.

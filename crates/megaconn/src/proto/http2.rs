@@ -334,6 +334,13 @@ where
             }
         }
     }
+    // Without the access log, the body bytes no stream record took (bodies
+    // kept past their record, a request waiting for the service) are
+    // counted once the streams and their bodies are gone.
+    drop((streams, waiting));
+    if !ctx.config.access_log {
+        ctx.stats.request_body_bytes(flood.take_unreported());
+    }
     reason
 }
 
@@ -479,17 +486,28 @@ struct Prepared {
     method: MethodLabel,
     is_head: bool,
     tunnel: Option<Tunnel>,
-    /// Where its body, if it has one, leaves its byte count.
-    body_bytes: Option<Arc<BodyBytes>>,
+    /// Where its record takes its body's byte count, if it has a body.
+    body_bytes: Option<BodyTally>,
+}
+
+/// Where a stream's record takes the bytes its request body took in.
+enum BodyTally {
+    /// The body's own count, when the access log is on: its line needs
+    /// this request's bytes (one allocation per stream with a body).
+    Own(Arc<BodyBytes>),
+    /// The connection's count ([`DataFloodGuard::take_unreported`]), when
+    /// the log is off: only the worker's sum is counted, so whatever
+    /// arrived since the last record took it will do, at no allocation.
+    Conn(Arc<DataFloodGuard>),
 }
 
 /// A stream's [`RequestRecord`], which counts the bytes its request body
-/// took in ([`BodyBytes`]) just before it drops: by then the body has
+/// took in ([`BodyTally`]) just before it drops: by then the body has
 /// dropped too (with the handler, or with the response body that streamed
 /// it), and the access-log line and `request_body_bytes` have them.
 struct StreamRecord {
     record: RequestRecord,
-    body_bytes: Option<Arc<BodyBytes>>,
+    body_bytes: Option<BodyTally>,
 }
 
 impl Deref for StreamRecord {
@@ -507,9 +525,12 @@ impl DerefMut for StreamRecord {
 
 impl Drop for StreamRecord {
     fn drop(&mut self) {
-        if let Some(bytes) = &self.body_bytes {
-            self.record.request_bytes(bytes.get() as usize);
-        }
+        let bytes = match &self.body_bytes {
+            None => return,
+            Some(BodyTally::Own(bytes)) => bytes.get(),
+            Some(BodyTally::Conn(flood)) => flood.take_unreported(),
+        };
+        self.record.request_bytes(bytes as usize);
     }
 }
 
@@ -558,7 +579,14 @@ fn prepare<F>(
     } else if recv.is_end_stream() {
         (Body::empty(), None, None)
     } else {
-        let body_bytes = Arc::new(BodyBytes::default());
+        // Per stream only for the access log's line (see `BodyTally`).
+        let (tally, own) = match ctx.config.access_log {
+            true => {
+                let own = Arc::new(BodyBytes::default());
+                (BodyTally::Own(own.clone()), Some(own))
+            }
+            false => (BodyTally::Conn(flood.clone()), None),
+        };
         let body = RecvBody::new(
             recv,
             content_length,
@@ -566,9 +594,9 @@ fn prepare<F>(
             ctx.config.read_timeout,
             flood.clone(),
             ctx.stats.clone(),
-            body_bytes.clone(),
+            own,
         );
-        (Body::h2(body), None, Some(body_bytes))
+        (Body::h2(body), None, Some(tally))
     };
     let mut request = Request::from_parts(parts, body);
     if let Some(info) = info {
@@ -778,7 +806,10 @@ where
         tunnel => tunnel,
     };
     let framing = prepare_headers(&mut parts.headers, parts.status, &body, is_head, &ctx);
-    record.response(&parts);
+    // The status only once the head went out: a head the client's reset
+    // refused leaves none, as a reset before the handler answered does.
+    record.route(&parts);
+    let status = parts.status;
     let end = match framing {
         Framing::Bodiless => true,
         // A declared length with an empty body goes to `send_body`, which
@@ -790,6 +821,7 @@ where
         Ok(send) => send,
         Err(e) => return head_refused(&e, &mut respond, &mut record),
     };
+    record.status(status);
     if end {
         return StreamEnd::Done;
     }
@@ -831,11 +863,14 @@ async fn open_tunnel(
     // the handler's body held is not sent, as on HTTP/1.1's 101.
     let _ = prepare_headers(&mut parts.headers, parts.status, &Body::empty(), false, ctx);
     parts.headers.remove(header::CONTENT_LENGTH);
-    record.response(&parts);
+    // The status once the head went out, as in `run_stream`.
+    record.route(&parts);
+    let status = parts.status;
     let send = match respond.send_response(Response::from_parts(parts, ()), false) {
         Ok(send) => send,
         Err(e) => return head_refused(&e, &mut respond, &mut record),
     };
+    record.status(status);
     let (io, done) = H2Stream::watched(send, tunnel.recv);
     // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
     // back and drops here, which ends the stream.
@@ -939,7 +974,10 @@ fn prepare_headers<B: HttpBody>(
 }
 
 /// h2 refused a response head. A stream the client reset meanwhile (between
-/// the handler's answer and now) is its reset before the head; otherwise
+/// the handler's answer and now) is its reset before the head, with no
+/// status in its record (none went out: `requests_total`'s `none` class
+/// and status 0 in the access line, as for a reset before the handler
+/// answered); otherwise
 /// the head is at fault (a field HTTP/2 forbids that got through): a server
 /// error, logged and answered with a bare 500 if the stream still takes one,
 /// not counted as the client's reset.

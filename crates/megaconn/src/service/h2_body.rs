@@ -46,12 +46,21 @@ pub(crate) const BYTES_PER_TINY_FRAME: u64 = 1024;
 /// class), shared by its request bodies. It sees the frames that handlers
 /// read; frames left unread are h2's to bound (its small-frame budget).
 ///
+/// The body bytes it counts (all its bodies', every frame's) are also what
+/// `request_body_bytes` counts when no access log needs each request's
+/// own: the stream records take what arrived since the last one took
+/// ([`take_unreported`](Self::take_unreported)), with no counter of their
+/// own to allocate per stream.
+///
 /// Atomics, not `Cell`s, only because [`Body`](crate::Body) is `Send` (frameworks such as
 /// axum require it); one worker thread touches a connection's guard.
 #[derive(Debug, Default)]
 pub(crate) struct DataFloodGuard {
     tiny_frames: AtomicU64,
     bytes: AtomicU64,
+    /// Of `bytes`, those already counted in the worker's stats (written
+    /// only by the connection's worker thread).
+    reported: AtomicU64,
     tripped: AtomicBool,
     /// The connection loop, to wake when the guard trips.
     waker: AtomicWaker,
@@ -75,6 +84,16 @@ impl DataFloodGuard {
         self.tripped.load(Relaxed)
     }
 
+    /// The body bytes that arrived since the last call, for the worker's
+    /// `request_body_bytes`. Only the connection's worker thread calls it
+    /// (a load and a store, as the worker's own counters add).
+    pub(crate) fn take_unreported(&self) -> u64 {
+        let bytes = self.bytes.load(Relaxed);
+        let new = bytes - self.reported.load(Relaxed);
+        self.reported.store(bytes, Relaxed);
+        new
+    }
+
     /// Resolves once the guard tripped.
     pub(crate) async fn tripped(&self) {
         poll_fn(|cx| {
@@ -94,7 +113,10 @@ impl DataFloodGuard {
 
 /// Where an HTTP/2 stream's request body leaves the count of the bytes it
 /// took in, for the stream's `RequestRecord` to count as HTTP/1.1's
-/// exchange counts the body it reads (`request_bytes`). The body is `Send`
+/// exchange counts the body it reads (`request_bytes`); made only when
+/// the access log is on, whose line needs each request's own count (an
+/// allocation per upload: without the log, the connection's
+/// [`DataFloodGuard`] count serves). The body is `Send`
 /// and the handler may read it anywhere, while the record is the stream's:
 /// the body counts in a plain field of its own as frames come and stores
 /// the sum here once, when it drops (its stream's exchange has then ended
@@ -120,8 +142,9 @@ pub(crate) struct RecvBody {
     remaining: Option<u64>,
     /// Bytes taken in, every DATA frame's, refused or not.
     received: u64,
-    /// Where `received` goes when the body drops.
-    tally: Arc<BodyBytes>,
+    /// Where `received` goes when the body drops, when the access log is
+    /// on (otherwise the connection's `flood` count is the one counted).
+    tally: Option<Arc<BodyBytes>>,
     limit: u64,
     /// The connection's small-DATA flood counter.
     flood: Arc<DataFloodGuard>,
@@ -139,7 +162,7 @@ pub(crate) struct RecvBody {
 impl RecvBody {
     /// A body of `stream` under the connection's `flood` guard, `limit`
     /// bytes at most, complete within `read_timeout` from now, that leaves
-    /// the count of its bytes in `tally`.
+    /// the count of its bytes in `tally`, if given.
     pub(crate) fn new(
         stream: RecvStream,
         content_length: Option<u64>,
@@ -147,7 +170,7 @@ impl RecvBody {
         read_timeout: Option<std::time::Duration>,
         flood: Arc<DataFloodGuard>,
         stats: Arc<WorkerStats>,
-        tally: Arc<BodyBytes>,
+        tally: Option<Arc<BodyBytes>>,
     ) -> RecvBody {
         RecvBody {
             stream,
@@ -201,10 +224,14 @@ impl RecvBody {
                     // Counted as it comes, as HTTP/1.1 counts what it
                     // decodes, whether or not a limit refuses it.
                     self.received += data.len() as u64;
+                    // Before the deadline's check: the guard's byte count
+                    // is the connection's `request_body_bytes` without the
+                    // access log, and must see every frame `received` does.
+                    let flooded = self.flood.record(data.len());
                     if self.deadline.is_past() {
                         return self.time_out();
                     }
-                    if self.flood.record(data.len()) {
+                    if flooded {
                         // The connection loop sends GOAWAY; the handler
                         // learns the body is not coming.
                         return self.fail(BodyError::Malformed(
@@ -262,7 +289,9 @@ impl RecvBody {
 
 impl Drop for RecvBody {
     fn drop(&mut self) {
-        self.tally.0.store(self.received, Relaxed);
+        if let Some(tally) = &self.tally {
+            tally.0.store(self.received, Relaxed);
+        }
     }
 }
 

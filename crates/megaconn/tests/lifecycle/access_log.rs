@@ -334,3 +334,29 @@ async fn an_http2_upload_counts_its_bytes_in_the_line_and_the_metric() {
         "h2c",
     );
 }
+
+/// With the access log off, HTTP/2 bodies count into the connection's
+/// tally, not one allocated per stream, and
+/// `megaconn_request_body_bytes_total` still has every byte of two uploads
+/// on one connection.
+#[tokio::test]
+async fn http2_uploads_count_their_bytes_in_the_metric_without_the_access_log() {
+    static UPLOAD: [u8; 70_000] = [b'u'; 70_000];
+    let s = modes::Mode::H2c
+        .server(megaconn::Server::builder().workers(1))
+        .await;
+    let handle = s.server.handle.clone();
+    let before = handle.stats().request_metrics.request_body_bytes;
+    let (send, _peer) = h2c_from(s.server.addr).await;
+    for len in [UPLOAD.len(), 1_000] {
+        let request = http::Request::post("http://localhost/collect")
+            .body(())
+            .unwrap();
+        let (status, body) = h2_exchange(&send, request, &UPLOAD[..len], true).await;
+        assert_eq!((status, body), (200, len.to_string().into_bytes()));
+    }
+    drop(send);
+    s.server.stop().await;
+    let counted = handle.stats().request_metrics.request_body_bytes - before;
+    assert_eq!(counted, 71_000, "request_body_bytes");
+}
