@@ -70,19 +70,23 @@ pub(crate) enum Flood {
     UnclaimedUpgrade,
     /// A native WebSocket closed with 1009 for a frame over
     /// `WebSocketRoute::max_frame_bytes`. The WebSocket kinds, native or
-    /// `axum_ws`, are one limit hit (`ws_message_too_big`) but a log kind
-    /// per setting: a line names the setting it went over, and a peer over
-    /// one must not hold back the line naming another.
+    /// `axum_ws`, are two limit hits (`ws_frame_too_big`,
+    /// `ws_message_too_big`) but a log kind per setting: a line names the
+    /// setting it went over, and a peer over one must not hold back the
+    /// line naming another.
     WsFrameTooBig,
     /// A native WebSocket closed with 1009 for a message over
     /// `WebSocketRoute::max_message_bytes` (or inflating past it).
     WsMessageTooBig,
     /// An `axum_ws` socket closed with 1009 for a frame over
-    /// `WebSocketUpgrade::max_frame_size`.
+    /// `WebSocketUpgrade::max_frame_size`. (Without the `axum` feature
+    /// nothing logs the two `axum_ws` kinds; they keep their places.)
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     AxumWsFrameTooBig,
     /// An `axum_ws` socket closed with 1009 for a message over
     /// `WebSocketUpgrade::max_message_size` (or over a limit both settings
     /// share, which tungstenite does not tell apart).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     AxumWsMessageTooBig,
     /// A framed TCP connection closed for a frame over
     /// `Framing::max_frame_bytes` (or over what its length header can say).
