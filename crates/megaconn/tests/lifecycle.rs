@@ -565,20 +565,7 @@ async fn a_websocket_past_its_limit_closes_with_1009_and_logs_the_setting() {
             s.limit_hits.iter().map(|(_, n)| n).sum::<u64>() == hits
         })
         .await;
-        let stats = server.handle.stats();
-        let metrics = server.handle.render_metrics();
-        for (label, n) in ["ws_message_too_big", "ws_frame_too_big"]
-            .into_iter()
-            .zip(counted)
-        {
-            assert!(
-                stats.limit_hits.contains(&(label, n)),
-                "{setting}: {label} {n}: {:?}",
-                stats.limit_hits
-            );
-            let metric = format!("megaconn_limit_hits_total{{limit=\"{label}\"}} {n}");
-            assert!(metrics.lines().any(|l| l == metric), "{setting}: {metrics}");
-        }
+        common::assert_ws_limit_hits(&server.handle, setting, counted);
         // Logged before the close frame went out; the first of its
         // setting, however soon after the other's.
         let line = format!(

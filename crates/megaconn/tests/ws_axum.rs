@@ -245,20 +245,7 @@ async fn a_message_past_the_limit_closes_with_1009() {
         .await;
         // Counted and logged before the close frame went out; the first
         // of its setting, however soon after the other's.
-        let stats = server.handle.stats();
-        let metrics = server.handle.render_metrics();
-        for (label, n) in ["ws_message_too_big", "ws_frame_too_big"]
-            .into_iter()
-            .zip(counted)
-        {
-            assert!(
-                stats.limit_hits.contains(&(label, n)),
-                "{setting}: {label} {n}: {:?}",
-                stats.limit_hits
-            );
-            let metric = format!("megaconn_limit_hits_total{{limit=\"{label}\"}} {n}");
-            assert!(metrics.lines().any(|l| l == metric), "{setting}: {metrics}");
-        }
+        common::assert_ws_limit_hits(&server.handle, setting, counted);
         let logged = LOGGED.lock().unwrap().clone();
         let line = format!("WebSocket {what} over WebSocketUpgrade::{setting}; closing with 1009");
         assert!(

@@ -230,6 +230,26 @@ impl tower::Service<Request<Body>> for TestApp {
     }
 }
 
+/// Asserts that `handle` counted `counted` WebSocket limit hits, messages
+/// then frames over their limits, in its stats and in its `/metrics` text
+/// (`setting` names the case in the failure).
+pub fn assert_ws_limit_hits(handle: &ServerHandle, setting: &str, counted: [u64; 2]) {
+    let stats = handle.stats();
+    let metrics = handle.render_metrics();
+    for (label, n) in ["ws_message_too_big", "ws_frame_too_big"]
+        .into_iter()
+        .zip(counted)
+    {
+        assert!(
+            stats.limit_hits.contains(&(label, n)),
+            "{setting}: {label} {n}: {:?}",
+            stats.limit_hits
+        );
+        let metric = format!("megaconn_limit_hits_total{{limit=\"{label}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == metric), "{setting}: {metrics}");
+    }
+}
+
 /// Waits (bounded by [`SAFETY`]) until `handle`'s counters satisfy `cond`:
 /// a poll of a condition, never a fixed sleep standing in for one.
 pub async fn wait_stats(
