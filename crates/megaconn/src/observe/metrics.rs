@@ -309,12 +309,14 @@ fn printable(path: String) -> String {
     if !path.chars().any(acts) {
         return path;
     }
-    path.chars()
-        .map(|c| match acts(c) {
-            true => c.escape_unicode().to_string(),
-            false => c.to_string(),
-        })
-        .collect()
+    let mut out = String::with_capacity(path.len() + 16);
+    for c in path.chars() {
+        match acts(c) {
+            true => out.extend(c.escape_unicode()),
+            false => out.push(c),
+        }
+    }
+    out
 }
 
 /// An access-log field: its value, or `-` when there is none.
