@@ -348,17 +348,17 @@ impl<S> TlsIo<S> {
                 Ok(state) => state,
                 Err(e) => {
                     // rustls queued an alert saying why (a handshake
-                    // failure, a bad record): the next calls hand it out.
-                    let out = outgoing.get_or_insert_with(take_local);
-                    for _ in 0..16 {
-                        let UnbufferedStatus { state, .. } = session.process_tls_records(&mut []);
-                        match state {
-                            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                                encode_onto(&mut encode, out)?;
-                            }
-                            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                            _ => break,
-                        }
+                    // failure, a bad record): the next call hands it out,
+                    // before it reads any input. Only one call, and over
+                    // the same buffer: rustls still counts the bytes it
+                    // took from it before failing and slices past them (an
+                    // empty buffer panicked), and a second call would read
+                    // those records again and fail again (a second fatal
+                    // alert). A fatal alert is one record.
+                    if let Ok(ConnectionState::EncodeTlsData(mut encode)) =
+                        session.process_tls_records(buf).state
+                    {
+                        encode_onto(&mut encode, outgoing.get_or_insert_with(take_local))?;
                     }
                     return Err(tls_error(e));
                 }

@@ -142,6 +142,43 @@ async fn a_client_that_leaves_before_its_client_hello_is_a_client_close() {
     server.stop().await;
 }
 
+/// Handshake records whose message rustls refuses after taking their bytes
+/// close the connection as a failed handshake, counted, with no panic:
+/// fetching the alert once panicked the connection (the follow-up call
+/// handed rustls an empty buffer while it still meant to discard the
+/// record's bytes from it). A ClientHello whose body does not parse gets
+/// its `decode_error` alert; one whose length says 6.6 MB (a record reading
+/// `hello`) is refused by rustls without an alert (its choice, upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_client_hello_fails_the_handshake_without_a_panic() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    let cases: [(&[u8], Option<u8>); 2] = [
+        // decode_error (50).
+        (b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\xff", Some(50)),
+        (b"\x16\x03\x01\x00\x05hello", None),
+    ];
+    for (n, (hello, alert)) in (1..).zip(cases) {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(hello).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(SAFETY, tcp.read_to_end(&mut answer))
+            .await
+            .expect("the server closes")
+            .ok();
+        let closed = events.next_close().await;
+        assert_eq!(closed.reason, CloseReason::TlsHandshakeFailed, "{closed:?}");
+        // An alert record: content type 21, level fatal (2), the description.
+        let expected = alert.map(|d| vec![0x15, 0x03, 0x03, 0x00, 0x02, 0x02, d]);
+        assert_eq!(expected.unwrap_or_default(), answer, "{hello:02x?}");
+        let stats = server.handle.stats();
+        assert_eq!(stats.panics, 0, "{stats:?}");
+        assert_eq!(closed_as(&stats, "tls_handshake_failed"), n, "{stats:?}");
+    }
+    server.stop().await;
+}
+
 /// HTTP/1.0 over TLS: a body of unknown length is delimited by the close,
 /// which says `close_notify` (without it, rustls and OpenSSL clients report
 /// the end as truncation), and a body that failed midway ends without one.
