@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use crate::conn::config::Config;
 
-pub use hub::{ConnectionId, Hub};
+pub use hub::{ConnectionId, Hub, HubError};
 pub use session::Session;
 
 /// Default bound of an awake connection's outbound queue: 256 messages.
@@ -101,8 +101,9 @@ pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// opaque value (the core does not know this layer).
 #[derive(Debug, Clone)]
 pub(crate) struct MessageSettings {
-    /// The push channels, once [`Server::hub`](crate::Server::hub) was asked for.
-    pub hub: Option<Arc<hub::HubInner>>,
+    /// The push channels, once [`Server::hub`](crate::Server::hub) was
+    /// asked for (with the workers' ends, which only this holds).
+    pub hub: Option<Arc<hub::HubChannels>>,
     /// The bound of each awake connection's outbound queue, in messages.
     pub outbound_queue: usize,
     /// The bound of each worker's queue of hub messages, in messages.
