@@ -59,6 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::conn::config::Config;
+use crate::conn::io::WriteLimit;
 
 pub use hub::{ConnectionId, Hub, HubError};
 pub use session::Session;
@@ -138,6 +139,18 @@ impl MessageSettings {
     pub(crate) fn write_stall_timeout(config: &Config) -> Option<Duration> {
         MessageSettings::of(config)
             .map_or(Some(DEFAULT_WRITE_STALL_TIMEOUT), |s| s.write_stall_timeout)
+    }
+
+    /// How the writes of an upgraded connection that speaks WebSocket
+    /// through `axum_ws` are bounded: by the native protocols' rule
+    /// ([`WriteLimit::resolve`]), with no heartbeat (the socket has none of
+    /// its own), so `write_timeout`, else `write_stall_timeout`.
+    pub(crate) fn upgraded_write_limit(config: &Config) -> WriteLimit {
+        WriteLimit::resolve(
+            config.write_timeout,
+            (None, "no heartbeat"),
+            MessageSettings::write_stall_timeout(config),
+        )
     }
 
     /// Changes the message settings in `config` (creating them).

@@ -608,8 +608,9 @@ impl Builder {
     /// timeout, else [`write_stall_timeout`](Builder::write_stall_timeout),
     /// bounds a stall: a peer that stops reading is closed as
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
-    /// Sockets of `megaconn::axum_ws` are not bounded by it, as axum's are
-    /// not: wrap a send there in `tokio::time::timeout`.
+    /// A `megaconn::axum_ws` socket's sends are bounded the same way (it
+    /// has no heartbeat: this, else `write_stall_timeout`), where axum's
+    /// are not: past it the send fails and the socket closes.
     /// Default: none, because streaming responses (SSE, long-poll) are normal
     /// here. `None` (or zero) disables.
     pub fn write_timeout(mut self, t: Option<Duration>) -> Builder {

@@ -3,7 +3,8 @@
 //! connection's outbound queue and of each worker's queue of hub messages,
 //! the pace of the hub's deliveries, and how long a write may stall.
 //! Protocol-neutral: they apply to every message protocol's connections
-//! (framed TCP; the write stall bound WebSocket's too).
+//! (framed TCP; the write stall bound WebSocket's too, native and
+//! `axum_ws`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,12 +68,14 @@ impl Builder {
 
     /// Framed and WebSocket connections without a heartbeat timeout
     /// ([`Builder::heartbeat_timeout`],
-    /// [`WebSocketRoute::heartbeat_timeout`](crate::WebSocketRoute::heartbeat_timeout)):
+    /// [`WebSocketRoute::heartbeat_timeout`](crate::WebSocketRoute::heartbeat_timeout);
+    /// a `megaconn::axum_ws` socket has none):
     /// how long a write may wait with the peer taking none of our bytes;
     /// past it the connection closes with
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout)
     /// (counted in `megaconn_timeouts_total` and by close reason, logged at
-    /// most once per 5 s per worker and protocol). Without it a peer that
+    /// most once per 5 s per worker and protocol; an `axum_ws` socket's
+    /// send fails with the timeout as its error). Without it a peer that
     /// sends requests and never reads the replies holds its task and a
     /// pooled buffer for good, and holds a graceful shutdown until
     /// `shutdown_timeout`.

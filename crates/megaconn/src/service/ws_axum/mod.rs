@@ -63,8 +63,10 @@
 //!
 //! Receiving stops reading while more than `write_buffer_size` bytes are
 //! queued (a peer that floods pings and reads no pong stalls, as on the
-//! native route; axum's socket queues without bound), and a send is not
-//! bounded by `write_timeout`, as on axum's: see [`WebSocket`]'s docs.
+//! native route; axum's socket queues without bound), and a send the peer
+//! takes nothing of fails after `write_timeout`, else
+//! `write_stall_timeout` (axum's waits for good), as the native route's
+//! writes do: see [`WebSocket`]'s docs.
 //!
 //! # At shutdown
 //!
