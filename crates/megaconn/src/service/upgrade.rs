@@ -213,6 +213,10 @@ impl Upgraded {
     ) -> Poll<io::Error> {
         let writes = &mut self.inner.io.writes;
         let (limit, socket) = (writes.limit, writes.socket);
+        if limit.timeout.is_none() {
+            // Unbounded (`write_stall_timeout(None)`): no bound to keep.
+            return Poll::Pending;
+        }
         let bound = writes
             .waiting
             .get_or_insert_with(|| Box::new(WriteBound::new(limit, socket)));
