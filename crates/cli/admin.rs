@@ -6,7 +6,7 @@
 //! | `GET /metrics` | Prometheus text of the main server ([`megaconn::metrics`]) |
 //! | `GET /debug/runtime` | JSON: per-worker connections, idle, buffers, requests |
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of the whole process for N s (1..=60, default 30), gzipped pprof protobuf; `&format=svg` for a flame graph; one at a time (409 while one runs) |
-//! | `POST /publish?topic=T` | the body (at most 64 KiB) to topic `T`'s subscribers; `topic=*`: to every message connection. 503 when no worker took it (their hub queues are full, or the server is stopping) |
+//! | `POST /publish?topic=T` | the body (at most 64 KiB) to topic `T`'s subscribers; `topic=*`: to every message connection. 503 when no worker took it, saying why (their hub queues are full, or the server is not serving: not yet, or no more) |
 //! | `POST /broadcast` | the body to every message connection (503 as for `/publish`) |
 //!
 //! Under `--processes` the supervisor runs the admin listener (worker processes
@@ -518,7 +518,7 @@ async fn publish(
             text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"))
         }
         // Nothing wrong with the request: the server cannot take it now.
-        Err(e @ (fanout::PublishError::NotQueued | fanout::PublishError::NoProcess)) => {
+        Err(e @ (fanout::PublishError::NotQueued(_) | fanout::PublishError::NoProcess)) => {
             text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
         }
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
@@ -704,6 +704,32 @@ mod tests {
         let req = Request::post("/broadcast").body(Body::empty()).unwrap();
         let answer = tower::Service::call(&mut admin, req).await.unwrap();
         assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    /// `POST /publish` to a server that is not serving (not yet, or no
+    /// more) is a 503 that says so. It answered 200 "published" for a
+    /// message the hub queued for no one (holding it, up to the hub's
+    /// queue bound).
+    #[tokio::test]
+    async fn a_publish_to_a_server_not_serving_is_a_503_that_says_so() {
+        use http_body_util::BodyExt as _;
+        let mut server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
+            .workers(1)
+            .listen()
+            .unwrap();
+        let mut admin = AdminService {
+            main: server.handle(),
+            publisher: Publisher::local(server.hub()),
+            started: Instant::now(),
+        };
+        let req = Request::post("/publish?topic=news")
+            .body(Body::from_bytes("hello"))
+            .unwrap();
+        let answer = tower::Service::call(&mut admin, req).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("not serving yet"), "{body}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! a socket the kernel will not watch, an upgrade no handler took, a
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
 //! framed TCP frame or line over its limit, a hub message dropped at a full
-//! queue, a framed or WebSocket peer that stopped reading. The limits' lines name the
+//! queue, a framed or WebSocket (native or `axum_ws`) peer that stopped
+//! reading. The limits' lines name the
 //! setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
@@ -107,14 +108,18 @@ pub(crate) enum Flood {
     /// in time (`write_timeout`, the route's heartbeat timeout or
     /// `write_stall_timeout`).
     WsWriteTimeout,
+    /// An `axum_ws` socket's send failed because its peer took none of
+    /// our bytes in time (`write_timeout` or `write_stall_timeout`).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    AxumWsWriteTimeout,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 14;
+const KINDS: usize = 15;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::WsWriteTimeout as usize == KINDS - 1);
+const _: () = assert!(Flood::AxumWsWriteTimeout as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -78,6 +78,7 @@ use tokio::time::{Instant, Sleep};
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::ConnInfo;
+use crate::message::MessageSettings;
 use crate::observe::clock::LazyDeadline;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, CountedIo};
@@ -874,7 +875,10 @@ async fn open_tunnel(
     let (io, done) = H2Stream::watched(send, tunnel.recv);
     // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
     // back and drops here, which ends the stream.
-    let upgraded = Upgraded::on_stream(io, ctx.stats.clone(), ctx.upgrade_drain(false));
+    // No socket for the peer's progress: the connection's acknowledged
+    // bytes count the other streams' too (our writes show the stream's).
+    let upgraded = Upgraded::on_stream(io, ctx.stats.clone(), ctx.upgrade_drain(false))
+        .with_write_limit(MessageSettings::upgraded_write_limit(&ctx.config), None);
     upgrade::hand_over(tunnel.tx, upgraded);
     let _ = done.await;
     StreamEnd::Done

@@ -180,6 +180,10 @@ impl Server {
             ..
         } = self;
         let limit = ConnectionLimit::new(max_connections, config.max_connections_per_ip);
+        // Opened by `run`: before it, nothing would deliver a message.
+        let hub = crate::message::MessageSettings::of(&config)
+            .and_then(|s| s.hub.as_ref())
+            .map(|channels| channels.hub());
         // Returning early (or dropping the `Started`) stops the workers
         // started so far, before they accept anything.
         let stop = StopOnDrop(handle.clone());
@@ -239,6 +243,7 @@ impl Server {
         Ok(Started {
             handle,
             go,
+            hub,
             workers: n,
             joined,
             stall_watch,
@@ -300,6 +305,8 @@ pub struct Started {
     handle: ServerHandle,
     /// Set once: the workers may accept. Dropped unset, they stop.
     go: watch::Sender<bool>,
+    /// The server's hub, if it has one: opened with the go.
+    hub: Option<crate::Hub>,
     /// How many workers; they are joined by the `megaconn-join` thread.
     workers: usize,
     /// The workers' summaries, once all of them have ended.
@@ -339,11 +346,16 @@ impl Started {
         let Started {
             handle,
             go,
+            hub,
             joined,
             stall_watch,
             stop,
             ..
         } = self;
+        // The hub takes messages from here, as the workers accept.
+        if let Some(hub) = hub {
+            hub.open();
+        }
         go.send_replace(true);
         async move {
             // Dropping this future (or returning) stops the workers and the
@@ -596,8 +608,9 @@ impl Builder {
     /// timeout, else [`write_stall_timeout`](Builder::write_stall_timeout),
     /// bounds a stall: a peer that stops reading is closed as
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
-    /// Sockets of `megaconn::axum_ws` are not bounded by it, as axum's are
-    /// not: wrap a send there in `tokio::time::timeout`.
+    /// A `megaconn::axum_ws` socket's sends are bounded the same way (it
+    /// has no heartbeat: this, else `write_stall_timeout`), where axum's
+    /// are not: past it the send fails and the socket closes.
     /// Default: none, because streaming responses (SSE, long-poll) are normal
     /// here. `None` (or zero) disables.
     pub fn write_timeout(mut self, t: Option<Duration>) -> Builder {

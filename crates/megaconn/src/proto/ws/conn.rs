@@ -473,7 +473,11 @@ async fn flush(
             return Poll::Ready(Err(Next::Close(CloseReason::SlowConsumer, None)));
         }
         if bound.poll_passed(cx, conn.wbuf_len() < before) {
-            bound.passed(&conn.ctx, Flood::WsWriteTimeout, "a WebSocket peer");
+            bound.passed(
+                Some(&conn.ctx.stats),
+                Flood::WsWriteTimeout,
+                "a WebSocket peer",
+            );
             return Poll::Ready(Err(Next::Close(CloseReason::WriteTimeout, None)));
         }
         Poll::Pending
