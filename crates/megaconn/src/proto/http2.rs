@@ -269,11 +269,9 @@ where
                 while let Some(end) = ended {
                     if resets.record(end) {
                         tracing::debug!("client cancels streams faster than it completes them; GOAWAY");
-                        incr(&ctx.stats.protocol_errors);
-                        LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
                         conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                         going_away = true;
-                        reason = CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
+                        reason = calmed(&ctx);
                     }
                     ended = poll_fn(|cx| match streams.poll_next_unpin(cx) {
                         Poll::Ready(end) => Poll::Ready(end),
@@ -302,11 +300,9 @@ where
                     allowance = SMALL_DATA_FRAME_ALLOWANCE,
                     "client slices request bodies into tiny DATA frames (small-DATA flood); GOAWAY"
                 );
-                incr(&ctx.stats.protocol_errors);
-                LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 going_away = true;
-                reason = CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
+                reason = calmed(&ctx);
             }
             () = &mut timer, if timer_armed => {
                 if going_away {
@@ -455,15 +451,23 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReaso
     }
     tracing::debug!(error = %e, "HTTP/2 connection error");
     if e.is_go_away() && e.is_library() {
-        incr(&ctx.stats.protocol_errors);
         if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
-            LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
-            return CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
+            return calmed(ctx);
         }
+        incr(&ctx.stats.protocol_errors);
     }
     CloseReason::Protocol(ProtocolDetail::Http2(
         e.reason().unwrap_or(Reason::PROTOCOL_ERROR).into(),
     ))
+}
+
+/// Counts a connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for abuse,
+/// by our guards (rapid reset, small-DATA flood) or h2's: a protocol error
+/// and an `h2_enhance_your_calm` limit hit. Returns its close reason.
+fn calmed(ctx: &WorkerContext) -> CloseReason {
+    incr(&ctx.stats.protocol_errors);
+    LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
+    CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
 }
 
 /// What happened to the handler call of a new stream.
@@ -729,8 +733,7 @@ where
     let (handler, mut record, is_head, tunnel) = match start {
         Start::Called(handler, record, is_head, tunnel) => (handler, record, is_head, tunnel),
         Start::Failed(status, mut record, request_stream) => {
-            record.status(status);
-            send_error(&mut respond, status);
+            send_error(&mut respond, status, &mut record);
             if let Some(mut body) = request_stream {
                 let drained = drain(&mut body, ctx.config.max_drain_bytes).await;
                 record.request_bytes(drained as usize);
@@ -764,15 +767,13 @@ where
                 "handler panicked; answering 500"
             );
             record.error(ErrorClass::Panic);
-            record.status(StatusCode::INTERNAL_SERVER_ERROR);
-            send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR);
+            send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
             return StreamEnd::Done;
         }
         Some(Ok(Err(e))) => {
             let e: BoxError = e.into();
             tracing::error!(error = %e, "service failed; answering 500");
-            record.status(StatusCode::INTERNAL_SERVER_ERROR);
-            send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR);
+            send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
             return StreamEnd::Done;
         }
         Some(Ok(Ok(response))) => response,
@@ -786,8 +787,7 @@ where
             status = parts.status.as_u16(),
             "handler returned an informational (1xx) status as its response; answering 500"
         );
-        record.status(StatusCode::INTERNAL_SERVER_ERROR);
-        send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR);
+        send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
         return StreamEnd::Done;
     }
     // A CONNECT answered 2xx becomes a tunnel; answered otherwise, its
@@ -806,10 +806,6 @@ where
         tunnel => tunnel,
     };
     let framing = prepare_headers(&mut parts.headers, parts.status, &body, is_head, &ctx);
-    // The status only once the head went out: a head the client's reset
-    // refused leaves none, as a reset before the handler answered does.
-    record.route(&parts);
-    let status = parts.status;
     let end = match framing {
         Framing::Bodiless => true,
         // A declared length with an empty body goes to `send_body`, which
@@ -817,11 +813,10 @@ where
         Framing::Length(n) => n == 0 && body.is_end_stream(),
         Framing::Open => body.is_end_stream(),
     };
-    let send = match respond.send_response(Response::from_parts(parts, ()), end) {
+    let send = match send_head(&mut respond, parts, end, &mut record) {
         Ok(send) => send,
         Err(e) => return head_refused(&e, &mut respond, &mut record),
     };
-    record.status(status);
     if end {
         return StreamEnd::Done;
     }
@@ -863,14 +858,10 @@ async fn open_tunnel(
     // the handler's body held is not sent, as on HTTP/1.1's 101.
     let _ = prepare_headers(&mut parts.headers, parts.status, &Body::empty(), false, ctx);
     parts.headers.remove(header::CONTENT_LENGTH);
-    // The status once the head went out, as in `run_stream`.
-    record.route(&parts);
-    let status = parts.status;
-    let send = match respond.send_response(Response::from_parts(parts, ()), false) {
+    let send = match send_head(&mut respond, parts, false, &mut record) {
         Ok(send) => send,
         Err(e) => return head_refused(&e, &mut respond, &mut record),
     };
-    record.status(status);
     let (io, done) = H2Stream::watched(send, tunnel.recv);
     // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
     // back and drops here, which ends the stream.
@@ -994,18 +985,38 @@ fn head_refused(
         return StreamEnd::ClientReset;
     }
     tracing::warn!(error = %e, "HTTP/2 refused the response head; answering 500");
-    record.status(StatusCode::INTERNAL_SERVER_ERROR);
-    send_error(respond, StatusCode::INTERNAL_SERVER_ERROR);
+    send_error(respond, StatusCode::INTERNAL_SERVER_ERROR, record);
     StreamEnd::Done
 }
 
-fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    response
-        .headers_mut()
+/// Sends a stream's response head, the one way every head goes out:
+/// notes the route the service matched, then the status only once h2 took
+/// the head. A head h2 refused (the client reset the stream between the
+/// handler's answer and now) leaves no status in the record, as a reset
+/// before the handler answered does: `requests_total`'s `none` class and
+/// status 0 in the access line, not the status that never went out.
+fn send_head(
+    respond: &mut SendResponse<Bytes>,
+    parts: http::response::Parts,
+    end: bool,
+    record: &mut RequestRecord,
+) -> Result<SendStream<Bytes>, h2::Error> {
+    record.route(&parts);
+    let status = parts.status;
+    let send = respond.send_response(Response::from_parts(parts, ()), end)?;
+    record.status(status);
+    Ok(send)
+}
+
+/// Answers the stream with a bare `status` (413, 500, 503), if it still
+/// takes one ([`send_head`]).
+fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, record: &mut RequestRecord) {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts
+        .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    let _ = respond.send_response(response, true);
+    let _ = send_head(respond, parts, true, record);
 }
 
 /// Streams the response body: polls the body first, then reserves room for
