@@ -55,6 +55,29 @@
 //! [`DataFloodGuard`] bounds that CPU: it counts the connection's tiny frames
 //! as request bodies read them and closes the connection with
 //! `GOAWAY(ENHANCE_YOUR_CALM)` past an allowance.
+//!
+//! What a stream counts (`RequestRecord`: `requests_total`, the access
+//! line), and when:
+//!
+//! - Its status only once h2 took the head ([`send_head`], the one way a
+//!   head goes out, megaconn's own 413/500/503 included): a head the
+//!   client's reset refused leaves none (the `none` class, status 0), as a
+//!   reset before the handler answered does.
+//! - Its request body's bytes when the record drops, at the end of the
+//!   exchange (`StreamRecord`): with the access log on, the body's own count
+//!   if the body has dropped by then; with it off, what the connection's
+//!   bodies took in since the last record took (only the sum is counted).
+//!   Bytes no record took (a body kept past its response, read after its
+//!   record or even its connection ended) are counted into
+//!   `request_body_bytes` when the [`DataFloodGuard`] drops, with the last
+//!   of the connection and its bodies, on whichever thread that is.
+//!
+//! What stays uncounted: the bytes of a body that is never dropped (leaked,
+//! or held by a task that never ends), until it is; in the access line,
+//! the bytes a body takes in after its stream's record dropped (the line
+//! is written then; the metric has them); and DATA that h2 received but
+//! no body read (left in h2's buffer when the stream or connection ends):
+//! only the connection's bytes (`ConnectionEvent::Closed`) have those.
 
 use std::future::{poll_fn, Future};
 use std::ops::{Deref, DerefMut};
@@ -182,7 +205,7 @@ where
     // Whether h2 still had a stream when the connection was last polled
     // and had nothing for us: see `poll_turn`.
     let mut h2_busy = false;
-    let flood = Arc::new(DataFloodGuard::default());
+    let flood = Arc::new(DataFloodGuard::new(ctx.stats.clone()));
     let mut reason = CloseReason::ClientClosed;
     loop {
         // Fixed for this round: a stream that ends ends the round.
@@ -330,13 +353,10 @@ where
             }
         }
     }
-    // Without the access log, the body bytes no stream record took (bodies
-    // kept past their record, a request waiting for the service) are
-    // counted once the streams and their bodies are gone.
-    drop((streams, waiting));
-    if !ctx.config.access_log {
-        ctx.stats.request_body_bytes(flood.take_unreported());
-    }
+    // The body bytes no stream record took (bodies kept past their record,
+    // a request waiting for the service) are counted when the guard drops:
+    // here, unless a body outlives the connection (then when it drops).
+    drop((streams, waiting, flood));
     reason
 }
 
@@ -494,15 +514,16 @@ struct Prepared {
     body_bytes: Option<BodyTally>,
 }
 
-/// Where a stream's record takes the bytes its request body took in.
-enum BodyTally {
+/// Where a stream's record takes the bytes its request body took in
+/// ([`DataFloodGuard::take`]).
+struct BodyTally {
+    /// The connection's count: with the access log off, the record takes
+    /// whatever arrived since the last record took (only the worker's sum
+    /// is counted then, at no allocation); the guard counts the rest.
+    flood: Arc<DataFloodGuard>,
     /// The body's own count, when the access log is on: its line needs
     /// this request's bytes (one allocation per stream with a body).
-    Own(Arc<BodyBytes>),
-    /// The connection's count ([`DataFloodGuard::take_unreported`]), when
-    /// the log is off: only the worker's sum is counted, so whatever
-    /// arrived since the last record took it will do, at no allocation.
-    Conn(Arc<DataFloodGuard>),
+    own: Option<Arc<BodyBytes>>,
 }
 
 /// A stream's [`RequestRecord`], which counts the bytes its request body
@@ -529,12 +550,10 @@ impl DerefMut for StreamRecord {
 
 impl Drop for StreamRecord {
     fn drop(&mut self) {
-        let bytes = match &self.body_bytes {
-            None => return,
-            Some(BodyTally::Own(bytes)) => bytes.get(),
-            Some(BodyTally::Conn(flood)) => flood.take_unreported(),
-        };
-        self.record.request_bytes(bytes as usize);
+        if let Some(tally) = &self.body_bytes {
+            let bytes = tally.flood.take(tally.own.as_deref());
+            self.record.request_bytes(bytes as usize);
+        }
     }
 }
 
@@ -584,12 +603,13 @@ fn prepare<F>(
         (Body::empty(), None, None)
     } else {
         // Per stream only for the access log's line (see `BodyTally`).
-        let (tally, own) = match ctx.config.access_log {
-            true => {
-                let own = Arc::new(BodyBytes::default());
-                (BodyTally::Own(own.clone()), Some(own))
-            }
-            false => (BodyTally::Conn(flood.clone()), None),
+        let own = ctx
+            .config
+            .access_log
+            .then(|| Arc::new(BodyBytes::default()));
+        let tally = BodyTally {
+            flood: flood.clone(),
+            own: own.clone(),
         };
         let body = RecvBody::new(
             recv,
@@ -597,7 +617,6 @@ fn prepare<F>(
             limit,
             ctx.config.read_timeout,
             flood.clone(),
-            ctx.stats.clone(),
             own,
         );
         (Body::h2(body), None, Some(tally))

@@ -10,6 +10,7 @@
 //! request's record has dropped and a second line for one request would be
 //! there; a connection's peer address tells its lines from any other test's.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,11 +18,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use megaconn::BoxError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::common::modes::{self, h2_exchange};
 use super::common::{h2c_from, read_to_close, AppServer, TestServer, SAFETY};
@@ -484,4 +485,71 @@ async fn an_http2_head_refused_by_the_clients_reset_has_no_status() {
         (3, 3, 0),
         "requests_total: the three reset, the three after them"
     );
+}
+
+/// An HTTP/2 body handed to a task that reads it only after the response
+/// went out and the connection closed still counts its bytes in
+/// `megaconn_request_body_bytes_total`, with the access log off and on
+/// (the line, written when the stream ended, has `bytes_in=0`). They were
+/// lost: the connection counted, as it ended, what had arrived (the log
+/// off), and the stream's record took the body's count, 0 for a body
+/// still held (the log on). The task runs on the test's runtime: the body
+/// is read and dropped on another thread than the server's worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_body_bytes_read_after_the_connection_closed_are_counted() {
+    static UPLOAD: [u8; 10_000] = [b'u'; 10_000];
+    for access_log in [false, true] {
+        let read = Arc::new(Notify::new());
+        let (read_tx, mut was_read) = mpsc::unbounded_channel();
+        let elsewhere = tokio::runtime::Handle::current();
+        let service = {
+            let read = read.clone();
+            tower::service_fn(move |req: http::Request<megaconn::Body>| {
+                let (read, read_tx) = (read.clone(), read_tx.clone());
+                elsewhere.spawn(async move {
+                    read.notified().await;
+                    let body = req.into_body().collect().await;
+                    let _ = read_tx.send(body.map(|b| b.to_bytes().len()).ok());
+                });
+                async {
+                    let answer = Full::new(Bytes::from_static(b"ok"));
+                    Ok::<_, Infallible>(http::Response::new(answer))
+                }
+            })
+        };
+        let (builder, mut events) = modes::hooked(
+            megaconn::Server::builder()
+                .workers(1)
+                .access_log(access_log)
+                .listen_on("127.0.0.1:0".parse().unwrap()),
+        );
+        let server = AppServer::start(builder, service);
+        let handle = server.handle.clone();
+        let tcp = TcpStream::connect(server.addrs[0]).await.expect("connect");
+        let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let upload = http::Request::post("http://localhost/later")
+            .body(())
+            .unwrap();
+        let answer = h2_exchange(&send, upload, &UPLOAD, true).await;
+        assert_eq!(answer, (200, b"ok".to_vec()), "access_log {access_log}");
+        // The client goes (GOAWAY, then its half closed after the upload).
+        drop(send);
+        let _ = tokio::time::timeout(SAFETY, conn).await;
+        events.next_close().await;
+        let counted = || handle.stats().request_metrics.request_body_bytes;
+        assert_eq!(counted(), 0, "nothing read yet (access_log {access_log})");
+        read.notify_one();
+        let got = tokio::time::timeout(SAFETY, was_read.recv())
+            .await
+            .expect("the task reads the body")
+            .unwrap();
+        assert_eq!(got, Some(UPLOAD.len()), "the whole body arrived");
+        assert_eq!(
+            counted(),
+            UPLOAD.len() as u64,
+            "request_body_bytes (access_log {access_log})"
+        );
+        assert!(server.stop().await, "the server stops");
+    }
 }
