@@ -529,7 +529,9 @@ struct BodyTally {
 /// A stream's [`RequestRecord`], which counts the bytes its request body
 /// took in ([`BodyTally`]) just before it drops: by then the body has
 /// dropped too (with the handler, or with the response body that streamed
-/// it), and the access-log line and `request_body_bytes` have them.
+/// it), and the access-log line and `request_body_bytes` have them; a body
+/// the handler kept counts into `request_body_bytes` when the connection's
+/// guard drops.
 struct StreamRecord {
     record: RequestRecord,
     body_bytes: Option<BodyTally>,

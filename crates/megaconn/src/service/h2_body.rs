@@ -272,8 +272,9 @@ impl RecvBody {
                     // decodes, whether or not a limit refuses it.
                     self.received += data.len() as u64;
                     // Before the deadline's check: the guard's byte count
-                    // is the connection's `request_body_bytes` without the
-                    // access log, and must see every frame `received` does.
+                    // is what `request_body_bytes` counts (the records
+                    // their share, the guard the rest), and must see every
+                    // frame `received` does.
                     let flooded = self.flood.record(data.len());
                     if self.deadline.is_past() {
                         return self.time_out();
