@@ -157,6 +157,13 @@ pub(crate) struct RequestCounters {
     pub duration_nanos: AtomicU64,
     /// Request body bytes received (read by the handler or drained).
     pub request_body_bytes: AtomicU64,
+    /// Request body bytes counted from any thread, with a locked add: an
+    /// HTTP/2 connection's that no request's record took, counted by
+    /// whichever thread drops the last of the connection and its bodies
+    /// (a body may outlive both, on another thread). Summed with
+    /// `request_body_bytes` when read; apart from it because that one is
+    /// written with a plain load and store (only its worker writes it).
+    pub request_body_bytes_shared: AtomicU64,
     /// Response body bytes the service produced.
     pub response_body_bytes: AtomicU64,
     /// Requests started and not yet finished.
@@ -483,13 +490,16 @@ impl WorkerStats {
     }
 
     /// Counts request body bytes that no request's record counted (an
-    /// HTTP/2 connection's, left when it ends: bodies kept past their
-    /// stream's record).
+    /// HTTP/2 connection's bodies kept past their stream's record), from
+    /// any thread: once per connection, when the last of it and its bodies
+    /// goes, so the locked add costs nothing per request.
     #[inline]
     pub(crate) fn request_body_bytes(&self, n: u64) {
         #[cfg(feature = "metrics")]
         if n > 0 {
-            add(&self.request_metrics.request_body_bytes, n);
+            self.request_metrics
+                .request_body_bytes_shared
+                .fetch_add(n, Relaxed);
         }
         #[cfg(not(feature = "metrics"))]
         let _ = n;
@@ -659,7 +669,8 @@ impl RequestStats {
             for (sum, c) in accept.iter_mut().zip(&m.accept_errors_by_errno) {
                 *sum += c.load(Relaxed);
             }
-            s.request_body_bytes += m.request_body_bytes.load(Relaxed);
+            s.request_body_bytes +=
+                m.request_body_bytes.load(Relaxed) + m.request_body_bytes_shared.load(Relaxed);
             s.response_body_bytes += m.response_body_bytes.load(Relaxed);
             let in_flight = m.in_flight.load(Relaxed);
             s.in_flight += in_flight;
