@@ -158,6 +158,13 @@ impl<V> ById<V> {
         self.slots.len()
     }
 
+    /// Slots allocated, in use or not (tests see growth and give-back by
+    /// it).
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        self.slots.capacity()
+    }
+
     /// `insert` but for the chore.
     fn put(&mut self, id: u64, value: V) -> Option<V> {
         let [below, above] = self.sorted();
