@@ -4,12 +4,15 @@
 //! Why: a `ById` is a worker's list of live connections, and every call on
 //! it runs under the registry's lock, where the worker's accepts and closes
 //! wait. A `Vec` grows by one reallocation, all its elements moved at
-//! once: at a million listed connections, ~500,000 slots of 80 B per
-//! worker, a copy of 40 MB into fresh pages, faulted in under the lock
-//! (~12 ms of CPU once glibc's mmap threshold had been raised by large
-//! frees; by `mremap` below it, up to 0.6 ms). Here growth allocates one
-//! more chunk and moves nothing; emptying the last chunk frees it, so the
-//! room follows the slots in use down as well as up, a chunk at a time.
+//! once: from 262,144 slots of 80 B to twice that, a copy of 21 MB into
+//! 42 MB of fresh pages, faulted in under the lock, held it 10.8 and
+//! 11.8 ms of CPU once a 30 MiB free had raised glibc's mmap threshold (as
+//! a server's large frees do), 0.18 ms by `mremap` without
+//! (`registry::tests::lock_hold_at_a_million`, 2026-12-04). Here growth
+//! allocates one more chunk and moves nothing (at most 77 µs of CPU in
+//! the same test: the allocation and a page fault or two); emptying the
+//! last chunk frees it, so the room follows the slots in use down as well
+//! as up, a chunk at a time.
 //! The cost: an index is a division and a remainder by a power of two (a
 //! shift and a mask) and two loads, the chunk's address and then the slot.
 //!
