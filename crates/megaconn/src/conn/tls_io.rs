@@ -348,17 +348,23 @@ impl<S> TlsIo<S> {
                 Ok(state) => state,
                 Err(e) => {
                     // rustls queued an alert saying why (a handshake
-                    // failure, a bad record): the next call hands it out,
-                    // before it reads any input. Only one call, and over
-                    // the same buffer: rustls still counts the bytes it
-                    // took from it before failing and slices past them (an
-                    // empty buffer panicked), and a second call would read
-                    // those records again and fail again (a second fatal
-                    // alert). A fatal alert is one record.
-                    if let Ok(ConnectionState::EncodeTlsData(mut encode)) =
-                        session.process_tls_records(buf).state
-                    {
-                        encode_onto(&mut encode, outgoing.get_or_insert_with(take_local))?;
+                    // failure, a bad record), perhaps behind records queued
+                    // before it: each call hands one out before it reads
+                    // any input, as long as some are queued
+                    // (`wants_write`). Only that long, and over the same
+                    // buffer: rustls still counts the bytes it took from
+                    // it before failing and slices past them (an empty
+                    // buffer panicked), and a call with nothing queued
+                    // would read those records again and fail again (a
+                    // second fatal alert).
+                    while session.wants_write() {
+                        match session.process_tls_records(buf).state {
+                            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                                encode_onto(&mut encode, outgoing.get_or_insert_with(take_local))?;
+                            }
+                            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                            _ => break,
+                        }
                     }
                     return Err(tls_error(e));
                 }
