@@ -2,9 +2,9 @@
 //! server: a ClientHello cut into tiny records fails at the 64 KiB a TLS
 //! stream buffers, with a `decode_error` alert, as a handshake failure with
 //! a limit label of its own (a real one cut as finely still completes);
-//! after the handshake, a record that does not decrypt gets rustls' alert
-//! and a flood of KeyUpdate requests is cut, each closed as a protocol
-//! error (`protocol_error`, counted), not as an I/O error.
+//! after the handshake, a record that does not decrypt and a flood of
+//! KeyUpdate requests each get an alert and close as a protocol error
+//! (`protocol_error`, counted), not as an I/O error.
 
 use std::io::{Read, Write};
 
@@ -119,28 +119,15 @@ async fn a_record_that_does_not_decrypt_gets_the_alert_and_is_a_protocol_error()
     let mut record = sealed_get(session);
     *record.last_mut().unwrap() ^= 1;
     tcp.write_all(&record).await.unwrap();
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(SAFETY, tls.read_to_end(&mut rest))
-        .await
-        .expect("the server answers");
-    let error = read.expect_err("an alert, not an end");
-    let alert = error
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>());
-    assert_eq!(
-        alert,
-        Some(&rustls::Error::AlertReceived(
-            rustls::AlertDescription::BadRecordMac
-        )),
-        "{error:?}"
-    );
+    assert_alert(&mut tls, rustls::AlertDescription::BadRecordMac).await;
     assert_protocol_error_close(&server, &mut events).await;
     server.stop().await;
 }
 
 /// rustls takes 32 KeyUpdate requests in a row with no application data
-/// between them; the 33rd fails the session: a TLS protocol error, counted,
-/// not the I/O error it used to close as.
+/// between them; the 33rd fails the session: the client hears why
+/// (`unexpected_message`, patches/README.md: rustls sent no alert), and the
+/// close is a TLS protocol error, counted, not the I/O error it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_key_update_requests_is_cut_as_a_protocol_error() {
     let ca = Ca::new();
@@ -152,9 +139,30 @@ async fn a_flood_of_key_update_requests_is_cut_as_a_protocol_error() {
         tls.get_mut().1.refresh_traffic_keys().unwrap();
     }
     tls.flush().await.unwrap();
+    assert_alert(&mut tls, rustls::AlertDescription::UnexpectedMessage).await;
     assert_protocol_error_close(&server, &mut events).await;
-    drop(tls);
     server.stop().await;
+}
+
+/// The client reads until the server's fatal alert `alert` (what the
+/// server answered before it, such as KeyUpdates, is taken on the way).
+async fn assert_alert(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    alert: rustls::AlertDescription,
+) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(SAFETY, tls.read_to_end(&mut rest))
+        .await
+        .expect("the server answers");
+    let error = read.expect_err("an alert, not an end");
+    let received = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>());
+    assert_eq!(
+        received,
+        Some(&rustls::Error::AlertReceived(alert)),
+        "{error:?}"
+    );
 }
 
 /// The next close is a TLS protocol error, the only one so far, counted in
