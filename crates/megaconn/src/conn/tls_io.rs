@@ -7,7 +7,15 @@
 //! from the socket, the ciphertext waiting to be sent and decrypted bytes
 //! the reader has not taken yet sit in buffers from the worker's pool
 //! (`pool::take_local`) that go back as soon as they are empty. An idle
-//! connection is its socket and the boxed session.
+//! connection is its socket and the boxed session. What a peer can make a
+//! stream hold is bounded: at most [`MAX_BUFFERED`] (64 KiB) of ciphertext
+//! that does not complete a message yet.
+//!
+//! A peer that breaks the protocol (rustls rejects its record or message,
+//! or it goes past that bound) fails the stream with a [`TlsFailure`]; the
+//! alert rustls queued (or, past the bound before our ServerHello, a
+//! `decode_error`) is the last thing sent, and the connection closes as a
+//! protocol error (`tls_handshake_failed` during the handshake).
 //!
 //! Parking (`TlsIo::into_parked_parts`) splits a stream into the bare socket,
 //! which the parking lot keeps, and a [`ParkedTls`] (the session, and the
