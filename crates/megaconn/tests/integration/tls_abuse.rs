@@ -2,9 +2,9 @@
 //! server: a ClientHello cut into tiny records fails at the 64 KiB a TLS
 //! stream buffers, with a `decode_error` alert, as a handshake failure with
 //! a limit label of its own (a real one cut as finely still completes);
-//! after the handshake, a record that does not decrypt and a flood of
-//! KeyUpdate requests each get an alert and close as a protocol error
-//! (`protocol_error`, counted), not as an I/O error.
+//! after the handshake, a record that does not decrypt (under HTTP/1.1 and
+//! HTTP/2) and a flood of KeyUpdate requests each get an alert and close as
+//! a protocol error (`protocol_error`, counted), not as an I/O error.
 
 use std::io::{Read, Write};
 
@@ -114,12 +114,42 @@ async fn a_record_that_does_not_decrypt_gets_the_alert_and_is_a_protocol_error()
     let (server, mut events) = tls_server(&ca).await;
     let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
     assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
-    // A request's record, its last byte (the tag's) flipped.
+    send_a_bad_record(&mut tls).await;
+    assert_protocol_error_close(&server, &mut events).await;
+    server.stop().await;
+}
+
+/// Sends a request's record with its last byte (the tag's) flipped, and
+/// reads until the server's `bad_record_mac` alert.
+async fn send_a_bad_record(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) {
     let (tcp, session) = tls.get_mut();
     let mut record = sealed_get(session);
     *record.last_mut().unwrap() ^= 1;
     tcp.write_all(&record).await.unwrap();
-    assert_alert(&mut tls, rustls::AlertDescription::BadRecordMac).await;
+    assert_alert(tls, rustls::AlertDescription::BadRecordMac).await;
+}
+
+/// The same under HTTP/2 once its handshake is done: h2 then keeps an I/O
+/// error's kind and text, not its type, and the close still says TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_decrypt_is_a_protocol_error_under_http2() {
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    let mut tls = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The preface and an empty SETTINGS frame; the server's SETTINGS come
+    // once its h2 handshake is done.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let mut settings = [0u8; 9];
+    tokio::time::timeout(SAFETY, tls.read_exact(&mut settings))
+        .await
+        .expect("the server's SETTINGS")
+        .unwrap();
+    assert_eq!(settings[3], 0x04, "a SETTINGS frame: {settings:?}");
+    send_a_bad_record(&mut tls).await;
     assert_protocol_error_close(&server, &mut events).await;
     server.stop().await;
 }
