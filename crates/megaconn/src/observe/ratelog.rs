@@ -4,7 +4,9 @@
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
 //! framed TCP frame or line over its limit, a hub message dropped at a full
 //! queue, a framed or WebSocket (native or `axum_ws`) peer that stopped
-//! reading. The limits' lines name the
+//! reading, a TLS handshake that timed out or failed, a TLS peer over the
+//! record buffer's limit or in breach of the protocol after its handshake.
+//! The limits' lines name the
 //! setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
@@ -112,14 +114,25 @@ pub(crate) enum Flood {
     /// our bytes in time (`write_timeout` or `write_stall_timeout`).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     AxumWsWriteTimeout,
+    /// A TLS handshake not done within `TlsConfig::handshake_timeout`.
+    TlsHandshakeTimeout,
+    /// A TLS handshake that failed (a bad ClientHello, no shared cipher
+    /// suite, plain HTTP sent to a TLS port, ...).
+    TlsHandshakeFailed,
+    /// A TLS peer whose records held more than the stream buffers
+    /// (`tls_io::MAX_BUFFERED`) without completing a message.
+    TlsTooMuchBuffered,
+    /// A TLS peer that broke the protocol after its handshake (rustls
+    /// rejected a record or a message).
+    TlsProtocolError,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 15;
+const KINDS: usize = 19;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::AxumWsWriteTimeout as usize == KINDS - 1);
+const _: () = assert!(Flood::TlsProtocolError as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -197,11 +197,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     Err(e) if crate::observe::close::client_left(&e) => {
                         return Ended::Close(live.close(CloseReason::ClientClosed));
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "TLS error on a woken WebSocket");
-                        incr(&ctx.stats.protocol_errors);
-                        return Ended::Close(live.close(CloseReason::io(&e)));
-                    }
+                    // A TLS error (the peer's) was logged by the stream and
+                    // closes as a protocol error, counted by the close.
+                    Err(e) => return Ended::Close(live.close(CloseReason::io(&e))),
                 }
             }
             (live, session)
