@@ -5,8 +5,8 @@
 //! framed TCP frame or line over its limit, a hub message dropped at a full
 //! queue, a framed or WebSocket (native or `axum_ws`) peer that stopped
 //! reading, a TLS handshake that timed out or failed, a TLS peer over the
-//! record buffer's limit or in breach of the protocol after its handshake.
-//! The limits' lines name the
+//! record buffer's limit or in breach of the protocol after its handshake,
+//! a response body that failed mid-stream. The limits' lines name the
 //! setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
@@ -125,14 +125,17 @@ pub(crate) enum Flood {
     /// A TLS peer that broke the protocol after its handshake (rustls
     /// rejected a record or a message).
     TlsProtocolError,
+    /// An HTTP/1 response body that failed mid-stream on its own (not
+    /// because the request's body failed): the service's error.
+    ResponseBodyFailed,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 19;
+const KINDS: usize = 20;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::TlsProtocolError as usize == KINDS - 1);
+const _: () = assert!(Flood::ResponseBodyFailed as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
