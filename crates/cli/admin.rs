@@ -3,7 +3,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text of the main server ([`megaconn::metrics`]) |
+//! | `GET /metrics` | OpenMetrics text of the main server ([`megaconn::metrics`]), served as `application/openmetrics-text` |
 //! | `GET /debug/runtime` | JSON: per-worker connections, idle, buffers, requests |
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of the whole process for N s (1..=60, default 30), gzipped pprof protobuf; `&format=svg` for a flame graph; one at a time (409 while one runs) |
 //! | `POST /publish?topic=T` | the body (at most 64 KiB) to topic `T`'s subscribers; `topic=*`: to every message connection. 503 when no worker took it (their hub queues are full, or the server is stopping) |
@@ -262,11 +262,7 @@ impl ProcessesAdmin {
                 StatusCode::OK,
                 "megaconn admin (supervisor: totals of every worker process)\n\n/metrics\n/debug/runtime\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
             ),
-            "/metrics" => respond(
-                StatusCode::OK,
-                megaconn::metrics::TEXT_CONTENT_TYPE,
-                self.shared.render_prometheus(self.fanout.counts()),
-            ),
+            "/metrics" => metrics(self.shared.render_prometheus(self.fanout.counts())),
             "/debug/runtime" => {
                 let t = self.shared.total();
                 let body = serde_json::json!({
@@ -335,25 +331,12 @@ impl AdminService {
                 StatusCode::OK,
                 "megaconn admin\n\n/metrics\n/debug/runtime\n/debug/connections?offset=0&limit=100[&format=text]\n/debug/pprof/profile?seconds=30[&format=svg]\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
             ),
-            "/metrics" => self.metrics(&req),
+            "/metrics" => metrics(self.main.render_metrics()),
             "/debug/runtime" => self.runtime(),
             "/debug/connections" => self.connections(query),
             "/debug/pprof/profile" => profile(query).await,
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
-    }
-
-    fn metrics(&self, req: &Request<Body>) -> Response<AdminBody> {
-        let openmetrics = req.headers().get_all(header::ACCEPT).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.contains("application/openmetrics-text"))
-        });
-        let content_type = if openmetrics {
-            megaconn::metrics::OPENMETRICS_CONTENT_TYPE
-        } else {
-            megaconn::metrics::TEXT_CONTENT_TYPE
-        };
-        respond(StatusCode::OK, content_type, self.main.render_metrics())
     }
 
     /// Live connections, paginated (at most [`MAX_CONNECTIONS_PAGE`] a page),
@@ -670,6 +653,17 @@ fn profile_params(query: &str) -> Result<(u64, ProfileFormat), String> {
         }
     }
     Ok((seconds, format))
+}
+
+/// A `/metrics` answer: `body` is OpenMetrics text (prometheus-client's
+/// encoding, in either mode), so it is labelled so whatever the scraper's
+/// `Accept` says (see [`megaconn::metrics::OPENMETRICS_CONTENT_TYPE`]).
+fn metrics(body: String) -> Response<AdminBody> {
+    respond(
+        StatusCode::OK,
+        megaconn::metrics::OPENMETRICS_CONTENT_TYPE,
+        body,
+    )
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {

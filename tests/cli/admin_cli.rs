@@ -156,14 +156,26 @@ fn get(addr: &str, target: &str) -> Fetched {
     f
 }
 
+/// A `/metrics` answer says what its body is: OpenMetrics text (it ends
+/// with `# EOF`, its counters are typed `# TYPE x counter` over `x_total`
+/// samples) under the OpenMetrics content type. It used to say
+/// `text/plain; version=0.0.4`, whose parsers took every counter as untyped.
+fn assert_openmetrics(m: &Fetched) {
+    assert!(m.text().ends_with("# EOF\n"), "{}", m.text());
+    assert!(m
+        .text()
+        .contains("# TYPE megaconn_connections_accepted counter\n"));
+    assert_eq!(
+        m.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+}
+
 /// `megaconn_requests_total{method, status_class}` parsed from `/metrics`.
 fn requests_total(admin: &str, method: &str, class: &str) -> f64 {
     let m = get(admin, "/metrics");
     assert_eq!(m.status, 200);
-    assert_eq!(
-        m.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
-    );
+    assert_openmetrics(&m);
     let scrape =
         prometheus_parse::Scrape::parse(m.text().lines().map(|l| Ok(l.to_owned()))).unwrap();
     assert!(

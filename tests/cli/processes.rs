@@ -261,6 +261,16 @@ fn the_supervisor_admin_serves_whole_server_totals() {
         .filter(|l| l.starts_with("megaconn_process_connections{"))
         .count();
     assert_eq!(per_process, 3, "{text}");
+    // The body is OpenMetrics, and so is its content type (it used to say
+    // `text/plain; version=0.0.4`, whose parsers took its counters as
+    // untyped).
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.lines().any(|l| l.trim_end().eq_ignore_ascii_case(
+            "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+        )),
+        "{text}"
+    );
     drop(held);
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.child.wait().code(), Some(0));
