@@ -7,6 +7,7 @@
 
 mod activation;
 mod admin;
+mod announce;
 mod demo;
 mod doctor;
 mod fanout;

@@ -70,7 +70,7 @@ impl clap::Args for ServeArgs {
                 .long("upgrade")
                 .action(clap::ArgAction::SetTrue)
                 .help("Take over from the server running on --upgrade-socket: its listening sockets and parked connections; it then drains and exits.")
-                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused, idle clients do not reconnect, and a new process that fails before it says it is ready has taken no connection on the sockets it took over (the old one serves on; an address the old one did not have, another --admin say, it binds afresh before). It says it is ready only once everything that can fail is done (its runtimes, parking lots and worker threads made, its listening sockets registered with them): from then on it serves, whatever happens. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade: that line, not `megaconn serving on` (printed before it is ready, while it serves nothing yet), is the signal that it serves. With --processes, each worker process takes over from the old one of the same index."),
+                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused, idle clients do not reconnect, and a new process that fails before it says it is ready has taken no connection on the sockets it took over (the old one serves on; an address the old one did not have, another --admin say, it binds afresh before). It says it is ready only once everything that can fail is done (its runtimes, parking lots and worker threads made, its listening sockets registered with them): from then on it serves, whatever happens. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade: that line, not `megaconn serving on` (printed before it is ready, while it serves nothing yet), is the signal that it serves. With --processes, each worker process takes over from the old one of the same index, and the supervisor prints `megaconn upgrade done: ...` once they all have."),
         )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
@@ -467,16 +467,7 @@ pub fn listen_urls(server: &megaconn::Server) -> Vec<String> {
     server
         .local_addrs()
         .iter()
-        .map(|&a| {
-            let scheme = if server.is_framed(a) {
-                "tcp"
-            } else if server.is_tls(a) {
-                "https"
-            } else {
-                "http"
-            };
-            format!("{scheme}://{a}")
-        })
+        .map(|&a| crate::announce::listen_url(a, server.is_framed(a), server.is_tls(a)))
         .collect()
 }
 
@@ -535,11 +526,13 @@ async fn serve(
     // Said once the server has started (its sockets listen then, a worker
     // process's too: a supervisor counts a worker process that said it as
     // serving), and before it is told to run.
-    let serving = format!(
-        "megaconn serving on {} ({} workers, max_connections {})",
-        listen_urls(&server).join(", "),
-        server.workers(),
-        server.max_connections()
+    let serving = crate::announce::serving_line(
+        &listen_urls(&server),
+        format_args!(
+            "{} workers, max_connections {}",
+            server.workers(),
+            server.max_connections()
+        ),
     );
     // Stops when dropped, after the main server, or at an upgrade's
     // hand-over (the new process serves it then). Worker processes of a

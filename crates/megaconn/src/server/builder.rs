@@ -554,6 +554,16 @@ pub struct ShutdownSummary {
 }
 
 impl Builder {
+    /// Whether connections to `addr`, one of the addresses added, will be
+    /// served over TLS: as [`Server::is_tls`], known before anything is
+    /// bound (a supervisor of worker processes prints its workers' URLs
+    /// while the ports are another generation's).
+    pub fn is_tls(&self, addr: SocketAddr) -> bool {
+        crate::conn::tls::tls_for_local(&self.config, addr).is_some()
+    }
+}
+
+impl Builder {
     /// Adds a listen address (IPv4 or IPv6). May be called several times.
     pub fn listen_on(mut self, addr: SocketAddr) -> Builder {
         self.config.addrs.push(addr);
