@@ -21,6 +21,9 @@
 //! It listens on 127.0.0.1:9090 unless told otherwise (`--admin ADDR`,
 //! `admin = "ADDR"`, `off` disables) and stops with the main server. Keep it
 //! on a loopback or otherwise private address: it has no authentication.
+//! Requests a browser makes for another site (a foreign `Origin`, or a
+//! `Host` that is a DNS name other than localhost) are refused with 403
+//! (`admin_guard.rs`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +40,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use megaconn::{Body, ServerHandle};
 
+use crate::admin_guard::SameSite;
 use crate::fanout::{self, Fanout, Publisher, Topic};
 use crate::shared_stats::SharedStats;
 
@@ -182,13 +186,19 @@ impl Bound {
     pub fn start(self, source: Source) -> Result<Started, megaconn::Error> {
         let started = Instant::now();
         let server = self.0;
+        let own = server.local_addr();
         let started = match source {
-            Source::Server(main, publisher) => server.start(AdminService {
-                main,
-                publisher,
-                started,
-            })?,
-            Source::Processes(shared, fanout) => server.start(ProcessesAdmin { shared, fanout })?,
+            Source::Server(main, publisher) => server.start(SameSite::new(
+                AdminService {
+                    main,
+                    publisher,
+                    started,
+                },
+                own,
+            ))?,
+            Source::Processes(shared, fanout) => {
+                server.start(SameSite::new(ProcessesAdmin { shared, fanout }, own))?
+            }
         };
         Ok(Started(started))
     }
@@ -294,8 +304,10 @@ struct AdminService {
     started: Instant,
 }
 
-type AdminBody = Full<Bytes>;
-type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<AdminBody>, Infallible>>>>;
+/// The admin routes' response body.
+pub type AdminBody = Full<Bytes>;
+/// The admin routes' response future.
+pub type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<AdminBody>, Infallible>>>>;
 
 impl tower::Service<Request<Body>> for AdminService {
     type Response = Response<AdminBody>;
@@ -666,7 +678,8 @@ fn metrics(body: String) -> Response<AdminBody> {
     )
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
+/// A plain-text answer.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
     respond(status, "text/plain; charset=utf-8", body)
 }
 

@@ -7,6 +7,7 @@
 
 mod activation;
 mod admin;
+mod admin_guard;
 mod announce;
 mod demo;
 mod doctor;

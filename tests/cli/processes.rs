@@ -24,7 +24,7 @@ fn get(addr: &str, path: &str) -> String {
             s.set_read_timeout(Some(common::CHILD_SAFETY))?;
             write!(
                 s,
-                "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
             )?;
             let mut out = String::new();
             s.read_to_string(&mut out)?;
@@ -347,11 +347,16 @@ fn on_every_process(addr: &str, pids: &[i32], topic: &str) -> Vec<(Framed, i32)>
 
 /// A POST to the admin listener; the status line and the body.
 fn post(admin: &str, path_and_query: &str, body: &[u8]) -> (String, String) {
+    post_with(admin, path_and_query, &format!("Host: {admin}\r\n"), body)
+}
+
+/// As [`post`], with the header lines `headers` (a `Host` among them).
+fn post_with(admin: &str, path_and_query: &str, headers: &str, body: &[u8]) -> (String, String) {
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(common::CHILD_SAFETY)).unwrap();
     write!(
         s,
-        "POST {path_and_query} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path_and_query} HTTP/1.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -408,6 +413,11 @@ fn a_publish_in_one_worker_process_reaches_every_worker_process() {
 fn the_supervisor_admin_publishes_to_every_worker_process() {
     let (mut sup, tcp) = start_framed(2);
     let mut conns = on_every_process(&tcp, &sup.worker_pids, "news");
+    // A web page's cross-site broadcast is refused, and reaches nobody (the
+    // next line every connection gets is the first publish below).
+    let cross_site = format!("Host: {}\r\nOrigin: http://attacker.example\r\n", sup.admin);
+    let (status, body) = post_with(&sup.admin, "/broadcast", &cross_site, b"from a web page");
+    assert!(status.contains(" 403 "), "{status} {body}");
     for (route, payload) in [
         ("/publish?topic=news", "admin to news"),
         ("/publish?topic=*", "admin to all"),

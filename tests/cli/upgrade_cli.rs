@@ -1078,7 +1078,7 @@ fn get(addr: &str, path: &str) -> String {
     s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -1556,11 +1556,13 @@ fn a_new_process_that_fails_before_ready_takes_no_connection() {
     // Each answer on a connection says who served it: the main listener's
     // its `server` header, the admin listener's its pid.
     let ask = |c: &mut BufReader<TcpStream>, path: &str| {
-        write!(c.get_mut(), "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
-            .and_then(|()| read_response(c))
-            .unwrap_or_else(|e| {
-                panic!("{path}: a connection opened during the attempt is lost: {e}")
-            })
+        // A loopback name: the admin listener refuses other names.
+        write!(
+            c.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        .and_then(|()| read_response(c))
+        .unwrap_or_else(|e| panic!("{path}: a connection opened during the attempt is lost: {e}"))
     };
     let by_old = |c: &mut BufReader<TcpStream>, path: &str| {
         let answer = ask(c, path);
