@@ -77,7 +77,7 @@ use tokio::time::Instant;
 use crate::admin;
 use crate::announce::Moved;
 use crate::fanout::{self, Fanout};
-use crate::serve::{self, ServeArgs, Signals};
+use crate::serve::{self, Ask, ServeArgs, Signals};
 use crate::shared_stats::{SharedStats, FD_ENV};
 use crate::upgrade;
 use crate::UsageError;
@@ -593,17 +593,24 @@ async fn supervise(
                 tracing::info!("SIGHUP: passing it to every worker process");
                 stop_all(&workers, libc::SIGHUP);
             }
-            name = signals.next() => {
+            (name, ask) = signals.next() => {
                 if !announced {
                     stop_all(&workers, libc::SIGTERM);
                     anyhow::bail!("{name} during start-up");
                 }
-                if stopping {
-                    eprintln!("megaconn: second {name}: killing worker processes");
-                    stop_all(&workers, libc::SIGKILL);
-                    std::process::exit(1);
+                match ask {
+                    Ask::Repeat => {
+                        serve::log_repeat(name);
+                        continue;
+                    }
+                    Ask::Force => {
+                        eprintln!("megaconn: second {name}: killing worker processes");
+                        stop_all(&workers, libc::SIGKILL);
+                        std::process::exit(1);
+                    }
+                    Ask::Drain => {}
                 }
-                tracing::info!(signal = name, "draining every worker process (send it again to stop at once)");
+                tracing::info!(signal = name, "draining every worker process (send it again, a second or more later, to stop at once)");
                 stopping = true;
                 workers.iter_mut().for_each(|w| w.restart_at = None);
                 stop_all(&workers, libc::SIGTERM);

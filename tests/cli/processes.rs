@@ -216,6 +216,43 @@ fn sigterm_drains_every_worker_process_and_reports_totals() {
     );
 }
 
+/// A SIGTERM that reaches the supervisor again within a second of the first
+/// (GNU `timeout` signals its child, then the child's process group; a
+/// shell's Ctrl-C and systemd reach the whole group too) does not kill the
+/// worker processes: the request in flight (`/sleep?ms=3000`) is answered,
+/// and the supervisor exits 0. It used to SIGKILL them at the second signal
+/// and exit 1, the request unanswered.
+#[test]
+fn a_sigterm_repeated_within_a_second_still_drains_every_worker_process() {
+    let mut sup = Supervisor::start(2);
+    let addr = sup.addr.clone();
+    let sleeping = std::thread::spawn(move || get(&addr, "/sleep?ms=3000"));
+    // Its worker process took the connection (worker processes publish
+    // their counters once a second); the request came in the same write.
+    let deadline = std::time::Instant::now() + common::CHILD_SAFETY;
+    while metric(&get(&sup.admin, "/metrics"), "megaconn_connections_open") != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "never open");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sup.signal(libc::SIGTERM);
+    // It passed the first on: every worker process stopped listening.
+    let deadline = std::time::Instant::now() + common::CHILD_SAFETY;
+    while TcpStream::connect(&sup.addr).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still listening");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    sup.signal(libc::SIGTERM);
+    let answer = sleeping.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(sup.child.wait().code(), Some(0));
+    let rest = sup.lines.rest();
+    assert!(
+        rest.last()
+            .is_some_and(|l| l.starts_with("megaconn stopped")),
+        "{rest:?}"
+    );
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()

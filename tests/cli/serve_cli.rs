@@ -60,7 +60,7 @@ fn get_once(addr: &str, path: &str) -> String {
     s.set_read_timeout(Some(SAFETY)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -493,6 +493,60 @@ fn ws_open(addr: &str, path: &str, first: &[u8]) -> TcpStream {
 
 /// A masked text frame "hi" (mask 1 2 3 4).
 const HI: [u8; 8] = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+
+/// A server (one worker, an admin listener) with a request in flight:
+/// `GET /sleep?ms=3000`, sent on a thread, whose whole answer the handle
+/// returns. Waits until the admin's `/metrics` counts it in flight.
+fn with_a_request_in_flight() -> (Serving, std::thread::JoinHandle<String>) {
+    let server = Serving::serve_admin("127.0.0.1:0", &[]);
+    let admin_line = server.stdout.expect_line();
+    let admin = admin_line
+        .strip_prefix("megaconn admin on http://")
+        .unwrap_or_else(|| panic!("{admin_line}"))
+        .to_string();
+    let addr = server.addr("http");
+    let sleeping = std::thread::spawn(move || get_once(&addr, "/sleep?ms=3000"));
+    let deadline = std::time::Instant::now() + SAFETY;
+    while !get_once(&admin, "/metrics").contains("\nmegaconn_requests_in_flight 1\n") {
+        assert!(std::time::Instant::now() < deadline, "never in flight");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (server, sleeping)
+}
+
+/// A SIGTERM that comes again within a second of the first is the same
+/// request delivered twice (GNU `timeout` signals its child, then the
+/// child's process group), and does not cut the drain short: the request
+/// in flight is answered, and the server exits 0. It used to exit at once
+/// (`second SIGTERM: exiting now`, 1), the request unanswered.
+#[test]
+fn a_sigterm_repeated_within_a_second_does_not_cut_the_drain_short() {
+    let (mut server, sleeping) = with_a_request_in_flight();
+    server.child.signal(libc::SIGTERM);
+    server.wait_for_log("shutting down gracefully");
+    server.child.signal(libc::SIGTERM);
+    server.wait_for_log("the same signal again");
+    let answer = sleeping.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(server.child.wait().code(), Some(0));
+}
+
+/// A SIGTERM a second or more after the first still exits at once (1),
+/// the request in flight unanswered.
+#[test]
+fn a_sigterm_a_second_after_the_first_exits_at_once() {
+    let (mut server, sleeping) = with_a_request_in_flight();
+    server.child.signal(libc::SIGTERM);
+    server.wait_for_log("shutting down gracefully");
+    // The rule is about time: past the window (1 s), with a margin, well
+    // before the request's 3 s are over.
+    std::thread::sleep(Duration::from_millis(1300));
+    server.child.signal(libc::SIGTERM);
+    assert_eq!(server.child.wait().code(), Some(1));
+    // Closed unanswered (or reset: the thread's read then failed).
+    let answer = sleeping.join().unwrap_or_default();
+    assert!(answer.is_empty(), "{answer}");
+}
 
 #[test]
 fn the_ws_route_echoes_a_websocket_message() {

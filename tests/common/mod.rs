@@ -248,8 +248,9 @@ impl Lines {
 pub struct Serving {
     /// The server process.
     pub child: ChildGuard,
-    /// Keeps reading stdout, so the server never blocks on a full pipe.
-    _stdout: Lines,
+    /// Keeps reading stdout, so the server never blocks on a full pipe;
+    /// the lines after the banner.
+    pub stdout: Lines,
     /// The URLs of the start-up banner.
     pub urls: Vec<String>,
     stderr: mpsc::Receiver<String>,
@@ -286,7 +287,7 @@ impl Serving {
             .collect();
         Serving {
             child,
-            _stdout: stdout,
+            stdout,
             urls,
             stderr,
         }
@@ -295,6 +296,11 @@ impl Serving {
     /// Starts `serve --listen 127.0.0.1:0 --workers 1 --admin off ARGS…`:
     /// one worker on an ephemeral port, no admin listener.
     pub fn serve(args: &[&str]) -> Serving {
+        Serving::serve_admin("off", args)
+    }
+
+    /// As [`Serving::serve`], with the admin listener at `admin`.
+    pub fn serve_admin(admin: &str, args: &[&str]) -> Serving {
         let base = [
             "serve",
             "--listen",
@@ -302,7 +308,7 @@ impl Serving {
             "--workers",
             "1",
             "--admin",
-            "off",
+            admin,
         ];
         Serving::start(&[&base[..], args].concat())
     }
