@@ -222,6 +222,14 @@ fn resolve_with(
         upgrade_socket,
     } = settings;
     let otel = otel_config(otel, |name| std::env::var(name).ok())?;
+    if accept_burst.is_some() && accept_rate.is_none() {
+        // It used to be dropped without a word: no limit applied.
+        return Err(UsageError(
+            "accept_burst (--accept-burst) is the burst of accept_rate, which is not set: \
+             set accept_rate (--accept-rate, connections per second) too, or drop accept_burst"
+                .into(),
+        ));
+    }
     if listen.is_empty() && tls_listen.is_empty() && tcp_listen.is_empty() && inherited.is_empty() {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
     }

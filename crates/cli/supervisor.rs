@@ -373,10 +373,13 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
     // Fail now, in one place, if an address is taken or a knob is wrong
     // (taking over, the old worker processes hold the addresses).
     if !args.upgrade {
+        // Its connection limit is each worker process's share, checked
+        // there (the whole one may be past this process's open files).
         resolved
             .builder
             .clone()
             .workers(1)
+            .max_connections(1)
             .listen()
             .map_err(serve::listen_error)?;
     }

@@ -95,6 +95,54 @@ fn a_typo_in_the_config_file_exits_2_naming_the_key() {
     assert!(err.contains("idle_timout"), "{err}");
 }
 
+/// `accept_burst` without `accept_rate` is an error naming the fix; it used
+/// to be dropped without a word (no limit applied).
+#[test]
+fn accept_burst_without_accept_rate_exits_2_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("megaconn.toml");
+    std::fs::write(&path, "accept_burst = 10\n").unwrap();
+    let (status, err) = run_to_exit(megaconn().args(["serve", "--config", path.to_str().unwrap()]));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("set accept_rate"), "{err}");
+    let (status, err) = run_to_exit(megaconn().args(["serve", "--accept-burst", "10"]));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--accept-rate"), "{err}");
+}
+
+/// A `max_connections` past the open-file limit is warned about at start
+/// (here under a limit of 512): accepts past it fail. It used to be taken
+/// in silence.
+#[test]
+fn max_connections_above_the_open_file_limit_is_warned_about() {
+    let mut cmd = Serving::serve_command("off", &["--max-connections", "100000"]);
+    // SAFETY: setrlimit(2) only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let limit = libc::rlimit {
+                rlim_cur: 512,
+                rlim_max: 512,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let line = Serving::spawn(&mut cmd).wait_for_log("max_connections is above");
+    assert!(line.contains("open_file_limit=512"), "{line}");
+}
+
+/// A `RUST_LOG` that is not a filter is warned about (logging goes on at
+/// info); it used to fall back in silence.
+#[test]
+fn a_bad_rust_log_is_warned_about() {
+    let mut cmd = Serving::serve_command("off", &[]);
+    cmd.env("RUST_LOG", "megaconn=loudest");
+    let line = Serving::spawn(&mut cmd).wait_for_log("RUST_LOG is not a valid filter");
+    assert!(line.contains("megaconn=loudest"), "{line}");
+}
+
 #[test]
 fn a_bad_flag_exits_2() {
     let (status, _) = run_to_exit(megaconn().args(["serve", "--workers", "zero"]));

@@ -259,12 +259,13 @@ pub struct Serving {
 impl Serving {
     /// Starts `megaconn ARGS…` and waits for its banner.
     pub fn start(args: &[&str]) -> Serving {
-        let mut child = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_megaconn"))
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        );
+        Serving::spawn(Command::new(env!("CARGO_BIN_EXE_megaconn")).args(args))
+    }
+
+    /// Starts `cmd` (a `megaconn serve`, with an environment or limits of
+    /// the test's) and waits for its banner.
+    pub fn spawn(cmd: &mut Command) -> Serving {
+        let mut child = ChildGuard::spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
         let (tx, stderr) = mpsc::channel();
         let err = BufReader::new(child.child().stderr.take().unwrap());
         std::thread::spawn(move || {
@@ -301,7 +302,14 @@ impl Serving {
 
     /// As [`Serving::serve`], with the admin listener at `admin`.
     pub fn serve_admin(admin: &str, args: &[&str]) -> Serving {
-        let base = [
+        Serving::spawn(&mut Serving::serve_command(admin, args))
+    }
+
+    /// The command [`Serving::serve_admin`] runs, for a test to add an
+    /// environment or limits to ([`Serving::spawn`] it then).
+    pub fn serve_command(admin: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
+        cmd.args([
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -309,8 +317,9 @@ impl Serving {
             "1",
             "--admin",
             admin,
-        ];
-        Serving::start(&[&base[..], args].concat())
+        ])
+        .args(args);
+        cmd
     }
 
     /// The address of the banner URL with `scheme`.

@@ -725,7 +725,9 @@ impl Builder {
 
     /// Most concurrent connections over all workers. At the limit the server
     /// stops accepting (new connections wait in the backlog) until one closes.
-    /// Default: the open-file limit (raised to its hard cap) minus 256.
+    /// Default: the open-file limit (raised to its hard cap) minus 256. A
+    /// limit above that is kept, with a warning at [`listen`](Builder::listen):
+    /// accepts past the open-file limit fail (`EMFILE`).
     pub fn max_connections(mut self, n: usize) -> Builder {
         self.config.max_connections = Some(n);
         self
@@ -961,9 +963,10 @@ impl Builder {
         // The server's own duplicates only: the builder keeps no socket open.
         config.adopted.clear();
         config.addrs.clone_from(&local_addrs);
-        let max_connections = config
-            .max_connections
-            .unwrap_or_else(config::default_max_connections);
+        let max_connections = match config.max_connections {
+            Some(n) => config::checked_max_connections(n),
+            None => config::default_max_connections(),
+        };
         let registries: Arc<[Arc<crate::observe::registry::Registry>]> = if config.track_connections
         {
             (0..config.workers).map(|_| Arc::default()).collect()
