@@ -566,6 +566,16 @@ pub struct ShutdownSummary {
 }
 
 impl Builder {
+    /// Whether connections to `addr`, one of the addresses added, will be
+    /// served over TLS: as [`Server::is_tls`], known before anything is
+    /// bound (a supervisor of worker processes prints its workers' URLs
+    /// while the ports are another generation's).
+    pub fn is_tls(&self, addr: SocketAddr) -> bool {
+        crate::conn::tls::tls_for_local(&self.config, addr).is_some()
+    }
+}
+
+impl Builder {
     /// Adds a listen address (IPv4 or IPv6). May be called several times.
     pub fn listen_on(mut self, addr: SocketAddr) -> Builder {
         self.config.addrs.push(addr);
@@ -728,7 +738,9 @@ impl Builder {
 
     /// Most concurrent connections over all workers. At the limit the server
     /// stops accepting (new connections wait in the backlog) until one closes.
-    /// Default: the open-file limit (raised to its hard cap) minus 256.
+    /// Default: the open-file limit (raised to its hard cap) minus 256. A
+    /// limit above that is kept, with a warning at [`listen`](Builder::listen):
+    /// accepts past the open-file limit fail (`EMFILE`).
     pub fn max_connections(mut self, n: usize) -> Builder {
         self.config.max_connections = Some(n);
         self
@@ -964,9 +976,10 @@ impl Builder {
         // The server's own duplicates only: the builder keeps no socket open.
         config.adopted.clear();
         config.addrs.clone_from(&local_addrs);
-        let max_connections = config
-            .max_connections
-            .unwrap_or_else(config::default_max_connections);
+        let max_connections = match config.max_connections {
+            Some(n) => config::checked_max_connections(n),
+            None => config::default_max_connections(),
+        };
         let registries: Arc<[Arc<crate::observe::registry::Registry>]> = if config.track_connections
         {
             (0..config.workers).map(|_| Arc::default()).collect()
