@@ -107,14 +107,17 @@ pub(crate) enum Flood {
     /// in time (`write_timeout`, the route's heartbeat timeout or
     /// `write_stall_timeout`).
     WsWriteTimeout,
+    /// An HTTP/1.1 connection closed because its client took none of our
+    /// response's bytes in time (`write_timeout` or `write_stall_timeout`).
+    Http1WriteTimeout,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 14;
+const KINDS: usize = 15;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::WsWriteTimeout as usize == KINDS - 1);
+const _: () = assert!(Flood::Http1WriteTimeout as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

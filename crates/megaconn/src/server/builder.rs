@@ -590,11 +590,15 @@ impl Builder {
     /// the client sends a body it announced with `Expect: 100-continue`
     /// waits on that body, which `read_timeout` bounds).
     /// Past it an HTTP/1.1 connection closes and an HTTP/2 stream is reset
-    /// (`INTERNAL_ERROR`, as Go's server does). On the native WebSocket
-    /// route ([`WebSocketRoute`](crate::WebSocketRoute)) and framed
-    /// connections it bounds each write, and when it is off their heartbeat
-    /// timeout, else [`write_stall_timeout`](Builder::write_stall_timeout),
-    /// bounds a stall: a peer that stops reading is closed as
+    /// (`INTERNAL_ERROR`, as Go's server does). On HTTP/1.1 the bytes still
+    /// buffered when the response's body has ended are written after it,
+    /// bounded the same way from when that write has to wait. On the
+    /// native WebSocket route ([`WebSocketRoute`](crate::WebSocketRoute))
+    /// and framed connections it bounds each write. When it is off,
+    /// [`write_stall_timeout`](Builder::write_stall_timeout) (or a
+    /// WebSocket route's or framed connection's heartbeat timeout) bounds a
+    /// stall of an HTTP/1.1 response's or a message connection's write: a
+    /// peer that stops reading is closed as
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
     /// Sockets of `megaconn::axum_ws` are not bounded by it, as axum's are
     /// not: wrap a send there in `tokio::time::timeout`.
