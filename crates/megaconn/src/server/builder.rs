@@ -1028,7 +1028,8 @@ impl Builder {
     /// Whether cleartext connections that start with the HTTP/2 preface are
     /// served as HTTP/2 (h2c with prior knowledge, as `curl
     /// --http2-prior-knowledge` and gRPC clients do). Default: true. Off, they
-    /// get `505` like any other unsupported version.
+    /// get `505` like any other unsupported version, as does the preface
+    /// over TLS, where only ALPN's `h2` chooses HTTP/2 (RFC 9113 §3.3).
     pub fn http2_prior_knowledge(mut self, on: bool) -> Builder {
         self.config.http2.prior_knowledge = on;
         self

@@ -259,9 +259,13 @@ where
             Outcome::KeepAlive => {}
             Outcome::Close(reason) => return Ended::Close(reason),
             // HTTP/2 with prior knowledge (h2c): its preface reads as a request
-            // line of version 2.0. h2.rs takes the connection over.
+            // line of version 2.0. h2.rs takes the connection over. Only in
+            // cleartext: over TLS, HTTP/2 is what ALPN chose (RFC 9113
+            // §3.3), and here it chose http/1.1 or nothing, so an operator
+            // who leaves `h2` out of `TlsConfig::alpn_protocols` serves none.
             Outcome::Rejected(_)
                 if first
+                    && !T::SECURE
                     && conn.ctx.config.http2.prior_knowledge
                     && proto::is_h2_preface(conn.rbuf_and_io().0) =>
             {
