@@ -47,9 +47,10 @@ pub enum CloseReason {
     /// The request did not complete within `read_timeout`.
     ReadTimeout,
     /// The response did not complete within `write_timeout`; on a native
-    /// WebSocket or framed connection, a write did not (with `write_timeout`
-    /// off: the peer took nothing for the heartbeat timeout or, without
-    /// one, `write_stall_timeout`).
+    /// WebSocket or framed connection, a write did not. With
+    /// `write_timeout` off: the peer took none of our bytes for the
+    /// heartbeat timeout or, without one (HTTP/1.1 has none),
+    /// `write_stall_timeout`.
     WriteTimeout,
     /// The TLS handshake did not complete within its timeout.
     TlsHandshakeTimeout,

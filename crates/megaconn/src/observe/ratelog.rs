@@ -3,8 +3,8 @@
 //! a socket the kernel will not watch, an upgrade no handler took, a
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
 //! framed TCP frame or line over its limit, a hub message dropped at a full
-//! queue, a framed or WebSocket (native or `axum_ws`) peer that stopped
-//! reading, a TLS handshake that timed out or failed, a TLS peer over the
+//! queue, a framed or WebSocket (native or `axum_ws`) peer or an HTTP/1.1
+//! client that stopped reading, a TLS handshake that timed out or failed, a TLS peer over the
 //! record buffer's limit or in breach of the protocol after its handshake,
 //! a response body that failed mid-stream. The limits' lines name the
 //! setting to raise, a kind per setting (so that a flood over one does not
@@ -128,14 +128,17 @@ pub(crate) enum Flood {
     /// An HTTP/1 response body that failed mid-stream on its own (not
     /// because the request's body failed): the service's error.
     ResponseBodyFailed,
+    /// An HTTP/1.1 connection closed because its client took none of our
+    /// response's bytes in time (`write_timeout` or `write_stall_timeout`).
+    Http1WriteTimeout,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 20;
+const KINDS: usize = 21;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::ResponseBodyFailed as usize == KINDS - 1);
+const _: () = assert!(Flood::Http1WriteTimeout as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

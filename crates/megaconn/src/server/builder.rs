@@ -612,11 +612,15 @@ impl Builder {
     /// the client sends a body it announced with `Expect: 100-continue`
     /// waits on that body, which `read_timeout` bounds).
     /// Past it an HTTP/1.1 connection closes and an HTTP/2 stream is reset
-    /// (`INTERNAL_ERROR`, as Go's server does). On the native WebSocket
-    /// route ([`WebSocketRoute`](crate::WebSocketRoute)) and framed
-    /// connections it bounds each write, and when it is off their heartbeat
-    /// timeout, else [`write_stall_timeout`](Builder::write_stall_timeout),
-    /// bounds a stall: a peer that stops reading is closed as
+    /// (`INTERNAL_ERROR`, as Go's server does). On HTTP/1.1 the bytes still
+    /// buffered when the response's body has ended are written after it,
+    /// bounded the same way from when that write has to wait. On the
+    /// native WebSocket route ([`WebSocketRoute`](crate::WebSocketRoute))
+    /// and framed connections it bounds each write. When it is off,
+    /// [`write_stall_timeout`](Builder::write_stall_timeout) (or a
+    /// WebSocket route's or framed connection's heartbeat timeout) bounds a
+    /// stall of an HTTP/1.1 response's or a message connection's write: a
+    /// peer that stops reading is closed as
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
     /// A `megaconn::axum_ws` socket's sends are bounded the same way (it
     /// has no heartbeat: this, else `write_stall_timeout`), where axum's
@@ -1050,7 +1054,8 @@ impl Builder {
     /// Whether cleartext connections that start with the HTTP/2 preface are
     /// served as HTTP/2 (h2c with prior knowledge, as `curl
     /// --http2-prior-knowledge` and gRPC clients do). Default: true. Off, they
-    /// get `505` like any other unsupported version.
+    /// get `505` like any other unsupported version, as does the preface
+    /// over TLS, where only ALPN's `h2` chooses HTTP/2 (RFC 9113 §3.3).
     pub fn http2_prior_knowledge(mut self, on: bool) -> Builder {
         self.config.http2.prior_knowledge = on;
         self

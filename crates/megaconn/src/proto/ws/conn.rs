@@ -455,7 +455,7 @@ async fn flush(
     let config = &conn.ctx.config;
     let limit = WriteLimit::resolve(
         config.write_timeout,
-        (heartbeat, "WebSocketRoute::heartbeat_timeout"),
+        heartbeat.map(|t| (t, "WebSocketRoute::heartbeat_timeout")),
         MessageSettings::write_stall_timeout(config),
     );
     // The socket's descriptor, unless it is a caller's own transport (-1).
