@@ -34,6 +34,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::handover::{self, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::{self, LotFds, ParkingLot, Respawn};
+use crate::conn::shutdown::IDLE_GRACE;
 use crate::conn::woken::poll_once;
 use crate::conn::Incoming;
 use crate::error::Error;
@@ -639,16 +640,29 @@ where
     let open = tracker.len();
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
     match config.shutdown_drain_rate {
-        None => ctx.shutdown.start(),
+        None => {
+            // Idle HTTP/1.1 tasks are closed a grace later: a busy client's
+            // next request is on its way (it read our keep-alive answer),
+            // and closing under it loses it; within the grace it is served,
+            // with `Connection: close` (see `IDLE_GRACE`).
+            ctx.shutdown.begin();
+            let grace = IDLE_GRACE.min(config.shutdown_timeout / 2);
+            let ctx = ctx.clone();
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(grace).await;
+                ctx.shutdown.wake_watchers(usize::MAX);
+            });
+        }
         Some(rate) => {
             ctx.shutdown.begin();
             tokio::task::spawn_local(drain_paced(ctx.clone(), rate));
         }
     }
     if tokio::time::timeout_at(deadline, parking).await.is_err() {
-        // The paced drain did not finish in time: the rest close at once.
+        // The paced drain did not finish in time: the rest close at once
+        // (a request waiting in one is not served now: the deadline is here).
         if let Some(lot) = &ctx.park {
-            lot.close_all();
+            lot.close_all_now();
         }
         ctx.shutdown.start();
     }

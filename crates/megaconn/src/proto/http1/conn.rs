@@ -433,7 +433,7 @@ enum HeadRead {
     Error(io::Error),
 }
 
-impl<T: Transport> ConnIo<T> {
+impl<T: Parkable> ConnIo<T> {
     /// Waits for the first bytes of the next request without holding a buffer
     /// (on transports that report readiness), then reads them.
     ///
@@ -495,7 +495,13 @@ impl<T: Transport> ConnIo<T> {
             if idle && parkable && ctx.shutdown.parking_all() {
                 return Poll::Ready(Waited::ParkNow);
             }
-            if idle && ctx.shutdown.is_started() {
+            // The read above may have found nothing only because the
+            // runtime has not polled its driver since the bytes came (the
+            // shutdown wakes every idle connection in one turn): the
+            // kernel is asked before closing, or a request already in the
+            // socket would be reset unanswered. With bytes there, the
+            // wait goes on; the runtime's readiness brings them.
+            if idle && ctx.shutdown.is_started() && !self.io.input_waiting() {
                 return Poll::Ready(Waited::Shutdown);
             }
             if !ctx
