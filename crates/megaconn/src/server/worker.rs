@@ -680,6 +680,12 @@ where
         );
     }
     if let Some(ticking) = ticking {
+        // Before its tick goes: the watchdog must not take the end of the
+        // loop for a stall while other workers still drain.
+        ctx.stats
+            .stall
+            .done
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         ticking.abort();
     }
     if let Some(lot) = &ctx.park {
