@@ -41,4 +41,7 @@ pub fn init(format: LogFormat) {
             .init(),
         LogFormat::Json => builder.json().finish().with(panic).init(),
     }
+    // A panic on a worker (caught, the worker serves on) is one log line in
+    // this format, rate-limited, not the standard hook's stderr lines.
+    megaconn::install_panic_hook();
 }

@@ -138,7 +138,10 @@ where
             false => (None, None),
         };
     let thread = std::thread::Builder::new()
-        .name(format!("megaconn-worker-{worker}"))
+        .name(format!(
+            "{}{worker}",
+            crate::observe::ratelog::WORKER_THREAD
+        ))
         .spawn(move || {
             if let Some(dropped) = panic {
                 drop(listeners);
@@ -429,7 +432,10 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for CatchPanic<F> 
                 if let Some(ctx) = crate::conn::pool::this_worker() {
                     incr(&ctx.stats.panics);
                 }
-                tracing::error!("serving a connection panicked; closing it");
+                crate::observe::ratelog::panicked(
+                    "serving a connection panicked; closing it",
+                    None,
+                );
                 crate::conn::connection::dropping_after_panic(|| this.serve.set(None));
                 Poll::Ready(())
             }
