@@ -609,8 +609,9 @@ where
         // Idle connections still waiting as tasks park first, so that they
         // move too: woken, each parks on its next poll; a few turns of the
         // loop let them all run. HTTP/2 (over TLS or not) cannot park and
-        // stays an idle task; HTTPS/1.1 parks, but its session cannot move
-        // with the socket, so it stays in the lot. Both close below.
+        // stays an idle task; so does HTTPS/1.1, whose session cannot move
+        // with the socket (parked, it would be closed at once below, not
+        // given shutdown's idle grace). Both close below.
         ctx.shutdown.park_all_idle();
         // Bounded (~200 ms): idle connections that cannot park never leave.
         for turn in 0..200 {

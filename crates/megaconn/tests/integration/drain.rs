@@ -629,32 +629,55 @@ async fn a_request_received_as_shutdown_begins_is_answered_on_a_parked_connectio
     a_request_received_as_shutdown_begins_is_answered(true).await;
 }
 
-/// Keep-alive clients sending requests back to back as graceful shutdown
-/// begins: every request sent is answered, the last answer of each saying
-/// `Connection: close`. (Before, shutdown closed each connection that was
-/// between two requests, under the next one already on its way: every
-/// client lost one, reset or cut off.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn busy_keep_alive_clients_lose_no_request_at_shutdown() {
+/// Sends requests back to back on `s` until an answer says `Connection:
+/// close`, counting each answer; panics if the connection ends before one.
+async fn ask_until_told_to_close<S>(mut s: S, answered: &std::sync::atomic::AtomicUsize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut s).await;
+        assert_eq!(answer.status, 200);
+        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if answer.header("connection") == Some("close") {
+            return;
+        }
+    }
+}
+
+/// Busy keep-alive clients (over TLS with `tls`) as graceful shutdown
+/// begins (after an upgrade asked for the parked connections, with
+/// `hand_over`): every request sent is answered, the last answer of each
+/// saying `Connection: close`.
+async fn busy_clients_lose_no_request(tls: Option<common::tls::Ca>, hand_over: bool) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     const CLIENTS: usize = 20;
-    let server = TestServer::start(with_shutdown_timeout(common::SAFETY / 2)).await;
+    let mut builder = with_shutdown_timeout(common::SAFETY / 2);
+    if let Some(ca) = &tls {
+        let leaf = ca.leaf(&["localhost"]);
+        let config =
+            megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+                .unwrap();
+        builder = builder.tls(config);
+    }
+    let server = TestServer::start(builder).await;
+    let client_tls = tls.as_ref().map(|ca| ca.client(&[b"http/1.1"]));
     let answered = std::sync::Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let (addr, answered) = (server.addr, answered.clone());
+            let (addr, answered, client_tls) = (server.addr, answered.clone(), client_tls.clone());
             tokio::spawn(async move {
-                let mut s = TcpStream::connect(addr).await.unwrap();
-                loop {
-                    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-                        .await
-                        .unwrap();
-                    // Panics if the connection ends before the answer.
-                    let answer = read_response(&mut s).await;
-                    assert_eq!(answer.status, 200);
-                    answered.fetch_add(1, Ordering::Relaxed);
-                    if answer.header("connection") == Some("close") {
-                        return;
+                match client_tls {
+                    Some(config) => {
+                        let s = common::tls::connect(addr, config, "localhost").await;
+                        ask_until_told_to_close(s, &answered).await;
+                    }
+                    None => {
+                        let s = TcpStream::connect(addr).await.unwrap();
+                        ask_until_told_to_close(s, &answered).await;
                     }
                 }
             })
@@ -665,10 +688,28 @@ async fn busy_keep_alive_clients_lose_no_request_at_shutdown() {
         assert!(Instant::now() < deadline, "the clients never got going");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let _handed = hand_over.then(|| server.handle.hand_over_parked());
     server.handle.shutdown();
     for client in clients {
         client.await.expect("no request lost");
     }
     let summary = server.stop().await;
     assert_eq!(summary.forced, 0, "{summary:?}");
+}
+
+/// Keep-alive clients sending requests back to back as graceful shutdown
+/// begins: none loses a request. (Before, shutdown closed each connection
+/// that was between two requests, under the next one already on its way:
+/// every client lost one, reset or cut off.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_keep_alive_clients_lose_no_request_at_shutdown() {
+    busy_clients_lose_no_request(None, false).await;
+}
+
+/// The same over TLS through an upgrade's shutdown: HTTPS/1.1 cannot move
+/// to the next process, and parked for the hand-over it was closed at once
+/// under each busy client's next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_tls_clients_lose_no_request_at_an_upgrade() {
+    busy_clients_lose_no_request(Some(common::tls::Ca::new()), true).await;
 }

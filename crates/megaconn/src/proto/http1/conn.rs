@@ -445,7 +445,8 @@ impl<T: Parkable> ConnIo<T> {
     /// spares new connections: its client connected just before the
     /// listener stopped (an upgrade hands the listener on at that moment)
     /// and its request is on the way. `parkable`: an idle connection parks
-    /// when the worker asks every idle one to (an upgrade hands the lot over).
+    /// when the worker asks every idle one to (an upgrade hands the lot over),
+    /// unless it speaks TLS, which cannot move.
     async fn wait_for_bytes(
         &mut self,
         deadline: Option<Instant>,
@@ -492,7 +493,11 @@ impl<T: Parkable> ConnIo<T> {
                 // or the connection would wait holding it.
                 Poll::Pending => self.buffers.release(),
             }
-            if idle && parkable && ctx.shutdown.parking_all() {
+            // Not over TLS: its session cannot move with the socket, so
+            // parked it would only be closed, at once, under a busy
+            // client's next request; as a task it gets shutdown's idle
+            // grace (`IDLE_GRACE`), and that request is served.
+            if idle && parkable && !T::SECURE && ctx.shutdown.parking_all() {
                 return Poll::Ready(Waited::ParkNow);
             }
             // The read above may have found nothing only because the
