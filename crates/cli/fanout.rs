@@ -89,18 +89,27 @@ pub enum PublishError {
     /// The topic name is too long for the channel's header.
     #[error("topic name of {0} bytes is over the {MAX_TOPIC}-byte limit between worker processes: use a shorter name")]
     TopicTooLong(usize),
-    /// No worker of this process took the message: each one's hub queue
-    /// was full (the hub counted the drop in
-    /// `megaconn_limit_hits_total{limit="hub_queue"}` and logged it), or
-    /// the server is stopping. With `--processes`, it still went to the
-    /// other worker processes.
-    #[error("not delivered by this process: its workers' hub queues are full (messages come faster than they are delivered: raise --hub-queue or --delivery-rate, or publish less), or the server is stopping")]
-    NotQueued,
+    /// No worker of this process took the message, for the hub's reason:
+    /// its server is not serving yet or has stopped, or each worker's hub
+    /// queue was full (the hub counted the drop in
+    /// `megaconn_limit_hits_total{limit="hub_queue"}` and logged it). With
+    /// `--processes`, it still went to the other worker processes.
+    #[error("not delivered by this process: {}", hub_reason(.0))]
+    NotQueued(megaconn::HubError),
     /// The supervisor could hand the message to no worker process: each
     /// one's channel was full (counted and logged as a slow process) or
     /// it is exiting.
     #[error("delivered to no worker process: their channels are full (messages come faster than the processes take them: publish less), or they are exiting")]
     NoProcess,
+}
+
+/// The hub's reason in the command line's words (its flags, not the
+/// library's builder methods).
+fn hub_reason(e: &megaconn::HubError) -> String {
+    match e {
+        megaconn::HubError::QueueFull => "its workers' hub queues are full (messages come faster than they are delivered: raise --hub-queue or --delivery-rate, or publish less)".into(),
+        other => other.to_string(),
+    }
 }
 
 /// A channel message that could not be read.
@@ -156,14 +165,15 @@ pub fn decode(message: &Bytes) -> Result<(Topic<'_>, Bytes), Malformed> {
     Ok((topic, message.slice(2 + len..)))
 }
 
-/// Delivers a publish to the connections of this process. Returns false
-/// when no worker took it: their hub queues were full (the hub counted and
-/// logged the drop) or the server is stopping.
-fn deliver(hub: &Hub, topic: Topic<'_>, payload: Bytes) -> bool {
+/// Delivers a publish to the connections of this process: why not when
+/// no worker took it (their hub queues were full, which the hub counted
+/// and logged, or the server is not serving).
+fn deliver(hub: &Hub, topic: Topic<'_>, payload: Bytes) -> Result<(), PublishError> {
     match topic {
         Topic::All => hub.broadcast(payload),
         Topic::Named(name) => hub.publish(name, payload),
     }
+    .map_err(PublishError::NotQueued)
 }
 
 /// A channel socket and its bounded outbound queue: the task that drains the
@@ -369,10 +379,11 @@ impl Publisher {
             while let Ok(n) = socket.recv(&mut buf).await {
                 let message = Bytes::copy_from_slice(&buf[..n]);
                 match decode(&message) {
-                    // Not taken (full hub queues): the hub counted and
-                    // logged it; nobody here is waiting for an answer.
+                    // Not taken (full hub queues, or the server not
+                    // serving): the hub counted and logged a full queue;
+                    // nobody here is waiting for an answer.
                     Ok((topic, payload)) => {
-                        deliver(&down, topic, payload);
+                        let _ = deliver(&down, topic, payload);
                     }
                     Err(e) => tracing::warn!(bytes = n, "{e}; dropped"),
                 }
@@ -392,7 +403,7 @@ impl Publisher {
     /// worker of this process took it (it still went up to the supervisor).
     pub fn publish(&self, topic: Topic<'_>, payload: Bytes) -> Result<(), PublishError> {
         let Some(uplink) = &self.uplink else {
-            return queued_here(deliver(&self.hub, topic, payload));
+            return deliver(&self.hub, topic, payload);
         };
         // Checked first, so a publish too large to cross processes reaches
         // no one rather than only this process's connections.
@@ -404,22 +415,13 @@ impl Publisher {
                 note_drop(&self.dropped, "the supervisor is slow")
             }
         }
-        queued_here(here)
+        here
     }
 
     /// Messages this process could not send up to the supervisor (its queue
     /// was full).
     pub fn uplink_dropped(&self) -> u64 {
         self.dropped.load(Relaxed)
-    }
-}
-
-/// What became of a publish in this process: [`deliver`]'s answer.
-fn queued_here(queued: bool) -> Result<(), PublishError> {
-    if queued {
-        Ok(())
-    } else {
-        Err(PublishError::NotQueued)
     }
 }
 

@@ -976,7 +976,8 @@ pub static KNOBS: &[Knob] = &[
         shape: Shape::One,
         help: "Trace requests with OpenTelemetry: a span per request, sent to this OTLP collector.",
         details: "gRPC: http://HOST:4317; HTTP/protobuf (with --otel-protocol http/protobuf): \
-                  http://HOST:4318/v1/traces. Tracing is also on when OTEL_EXPORTER_OTLP_ENDPOINT \
+                  http://HOST:4318/v1/traces (or http://HOST:4318: a URL with no path gets /v1/traces, as \
+                  OTEL_EXPORTER_OTLP_ENDPOINT does). Tracing is also on when OTEL_EXPORTER_OTLP_ENDPOINT \
                   or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (OTEL_SDK_DISABLED=true or \
                   OTEL_TRACES_EXPORTER=none turn it off); the other standard variables \
                   (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER and _ARG, OTEL_BSP_*, \

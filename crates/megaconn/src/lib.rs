@@ -102,7 +102,8 @@
 //!                                                  registry.rs the live list
 //!                                                     (/debug/connections);
 //!                                                     by_id.rs its ids in
-//!                                                     order (one vector)
+//!                                                     order (one vector in
+//!                                                     chunks, chunks.rs)
 //!                                                  trace.rs   the request path's
 //!                                                     tracing hook (one branch)
 //!                                                  otel/      OpenTelemetry (the
@@ -149,8 +150,8 @@ pub use conn::transport::Transport;
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
 pub use message::{
-    ConnectionId, Hub, Session, DEFAULT_HUB_QUEUE, DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE,
-    DEFAULT_WRITE_STALL_TIMEOUT,
+    ConnectionId, Hub, HubError, Session, DEFAULT_HUB_QUEUE, DEFAULT_MESSAGE_TIMEOUT,
+    DEFAULT_OUTBOUND_QUEUE, DEFAULT_WRITE_STALL_TIMEOUT,
 };
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};

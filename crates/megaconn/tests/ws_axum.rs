@@ -48,7 +48,13 @@ impl Drop for Running {
 }
 
 fn serve(app: axum::Router) -> Running {
-    let server = Server::bind("127.0.0.1:0".parse().unwrap())
+    serve_with(Server::builder(), app)
+}
+
+/// [`serve`] with `builder`'s settings.
+fn serve_with(builder: megaconn::Builder, app: axum::Router) -> Running {
+    let server = builder
+        .listen_on("127.0.0.1:0".parse().unwrap())
         .workers(1)
         .connect_info(true)
         .listen()
@@ -538,7 +544,7 @@ async fn a_client_that_hangs_up_without_a_close_frame_is_no_protocol_error() {
 #[tokio::test]
 async fn a_peer_that_floods_pings_and_reads_no_pongs_stalls() {
     use megaconn::axum_ws::WebSocketUpgrade;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let app = axum::Router::new().route(
         "/axum",
         axum::routing::get(|ws: WebSocketUpgrade| async move {
@@ -553,27 +559,7 @@ async fn a_peer_that_floods_pings_and_reads_no_pongs_stalls() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.set_send_buffer_size(4096).unwrap();
-    let mut c = socket.connect(server.addr).await.unwrap();
-    c.write_all(
-        b"GET /axum HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8];
-        tokio::time::timeout(SAFETY, c.read_exact(&mut byte))
-            .await
-            .expect("the 101 in time")
-            .expect("the 101");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101 "),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let mut c = upgraded(socket, server.addr, "/axum").await;
     // Masked pings with 125-byte payloads (the most a control frame may
     // carry), 1,000 to a write.
     let mut ping = vec![0x89u8, 0x80 | 125, 0, 0, 0, 0];
@@ -609,6 +595,122 @@ async fn a_peer_that_floods_pings_and_reads_no_pongs_stalls() {
         s.connections_open == 0
     })
     .await;
+}
+
+/// `socket` connected to `addr` and upgraded to a WebSocket on `path` by
+/// hand (a raw client, which reads only when told).
+async fn upgraded(socket: tokio::net::TcpSocket, addr: SocketAddr, path: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    c.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        tokio::time::timeout(SAFETY, c.read_exact(&mut byte))
+            .await
+            .expect("the 101 in time")
+            .expect("the 101");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    c
+}
+
+/// An app whose `/feed` handler sends `message` until a send fails
+/// (`times` of them at most), then reports how (the `io::ErrorKind` inside
+/// the `axum::Error`, `None` for another error) and drops the socket.
+fn feed(
+    message: megaconn::axum_ws::Message,
+    times: usize,
+) -> (
+    axum::Router,
+    tokio::sync::mpsc::UnboundedReceiver<Option<std::io::ErrorKind>>,
+) {
+    use megaconn::axum_ws::WebSocketUpgrade;
+    let (failed, failures) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/feed",
+        axum::routing::get(move |ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(move |mut socket| async move {
+                for _ in 0..times {
+                    if let Err(e) = socket.send(message.clone()).await {
+                        let kind = e.into_inner().downcast::<std::io::Error>().ok();
+                        let _ = failed.send(kind.map(|e| e.kind()));
+                        return;
+                    }
+                }
+            })
+        }),
+    );
+    (app, failures)
+}
+
+/// A handler that sends to a peer that never reads: with no
+/// `write_timeout` the send fails at the write stall bound, as the native
+/// route's write does (`ws::without_a_heartbeat_a_peer_that_stops_reading_
+/// is_closed_at_the_write_stall_timeout`), with a `TimedOut` error, counted
+/// as a timeout and logged; the socket closes as `write_timeout`. It
+/// waited for good, as axum's does, holding the handler and what it queued.
+#[tokio::test]
+async fn without_a_heartbeat_a_send_to_a_peer_that_stops_reading_fails_at_the_write_stall_timeout()
+{
+    let _ = tracing::subscriber::set_global_default(Capture);
+    let message = megaconn::axum_ws::Message::Binary(vec![7u8; 16 * 1024].into());
+    let (app, mut failures) = feed(message, usize::MAX);
+    let builder = Server::builder().write_stall_timeout(Some(Duration::from_millis(200)));
+    let server = serve_with(builder, app);
+    // A small receive buffer, so that the sends back up soon; never read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let _unread = upgraded(socket, server.addr, "/feed").await;
+    let failure = tokio::time::timeout(SAFETY, failures.recv())
+        .await
+        .expect("the send fails in time");
+    assert_eq!(failure, Some(Some(std::io::ErrorKind::TimedOut)));
+    common::wait_stats(&server.handle, "the socket closed", |s| {
+        s.connections_open == 0
+    })
+    .await;
+    let stats = server.handle.stats();
+    assert_eq!(common::closed_as(&stats, "write_timeout"), 1, "{stats:?}");
+    assert_eq!(stats.timeouts, 1);
+    let logged = LOGGED.lock().unwrap().clone();
+    let line = "an axum_ws WebSocket peer did not take our bytes in time; closing it (Builder::write_stall_timeout)";
+    assert!(logged.iter().any(|l| l == line), "{logged:?}");
+}
+
+/// A peer that reads slowly but steadily is not cut off by the write stall
+/// bound, however long the send: the bytes it takes restart it, as on the
+/// native route (`ws::a_peer_that_reads_slowly_but_steadily_is_not_cut_off_
+/// by_the_write_stall_bound`), whose reasons hold here: tokio writes again
+/// only once a third of the socket's send buffer (autotuned to megabytes
+/// on loopback) has drained, which takes this reader (100 KiB/s) longer
+/// than a bound; the kernel's count of the bytes it acknowledged shows its
+/// progress. The client reads one message's echo for three bounds.
+#[tokio::test]
+async fn a_peer_that_reads_slowly_but_steadily_is_not_cut_off_by_the_write_stall_bound() {
+    /// Long against the reader's 10 ms between reads.
+    const BOUND: Duration = Duration::from_secs(2);
+    /// More than the test reads by far: the send lasts the whole test.
+    const PAYLOAD: usize = 8 << 20;
+    let message = megaconn::axum_ws::Message::Binary(vec![7u8; PAYLOAD].into());
+    let (app, mut failures) = feed(message, 1);
+    let server = serve_with(Server::builder().write_stall_timeout(Some(BOUND)), app);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let mut c = upgraded(socket, server.addr, "/feed").await;
+    let read = common::read_steadily(&mut c, 3 * BOUND).await;
+    assert!(read.is_ok(), "the socket closed after {read:?} bytes");
+    assert_eq!(failures.try_recv().ok(), None, "the send still under way");
+    assert_eq!(server.handle.stats().timeouts, 0);
 }
 
 /// The server's `serve`, which ends with its summary once it stops.

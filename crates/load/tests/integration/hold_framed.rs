@@ -40,7 +40,9 @@ impl FramedHandler for Pusher {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
             let mut stamped = format!("t={} ", now.as_nanos()).into_bytes();
             stamped.resize(64, b'.');
-            self.hub.broadcast(stamped);
+            self.hub
+                .broadcast(stamped)
+                .expect("queued: the server serves");
         }
         Some(Bytes::from_static(b"PONG"))
     }

@@ -21,7 +21,7 @@ use crate::observe::clock::LazyDeadline;
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle;
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::stats::incr;
+use crate::observe::stats::{incr, WorkerStats};
 
 /// How long closing may take to flush a last response and linger.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,6 +52,13 @@ pub(crate) struct WriteLimit {
 }
 
 impl WriteLimit {
+    /// No bound: a write waits as long as the peer takes nothing.
+    pub(crate) const UNBOUNDED: WriteLimit = WriteLimit {
+        timeout: None,
+        stall: true,
+        setting: "no bound",
+    };
+
     /// With `write_timeout` set, the whole write's time, as for an HTTP
     /// response (Go's `WriteTimeout`). With it off, a stall, the time the
     /// peer takes *none* of our bytes: bounded by the protocol's
@@ -146,11 +153,14 @@ impl WriteBound {
         self.acked.is_some_and(|now| now > before)
     }
 
-    /// Counts the bound's passing as a timeout (`megaconn_timeouts_total`)
-    /// and logs it (at most once per `ratelog::LOG_INTERVAL` per `kind`),
-    /// naming `peer` (e.g. `a framed peer`) and the setting.
-    pub(crate) fn passed(&self, ctx: &WorkerContext, kind: Flood, peer: &str) {
-        incr(&ctx.stats.timeouts);
+    /// Counts the bound's passing as a timeout (`megaconn_timeouts_total`,
+    /// in `stats`: the connection's worker's, where it has one) and logs it
+    /// (at most once per `ratelog::LOG_INTERVAL` per `kind`), naming `peer`
+    /// (e.g. `a framed peer`) and the setting.
+    pub(crate) fn passed(&self, stats: Option<&WorkerStats>, kind: Flood, peer: &str) {
+        if let Some(stats) = stats {
+            incr(&stats.timeouts);
+        }
         let setting = self.limit.setting;
         ratelog::log(kind, |suppressed| {
             tracing::info!(

@@ -27,11 +27,24 @@
 //! ones in order. Each drop is counted
 //! (`megaconn_limit_hits_total{limit="hub_queue"}`) and logged (rate
 //! limited); the queue's length is the `megaconn_message_hub_queued` gauge.
+//!
+//! The hub takes messages while the server runs: from
+//! [`Started::run`](crate::Started::run) (which `serve` calls), as the
+//! workers accept, until they stop (each worker's pump delivers from the
+//! worker's start, so a graceful drain's open connections still get
+//! theirs). Outside that it refuses them ([`HubError::NotServing`],
+//! [`HubError::Stopped`]) rather than queue them: queued for a server that
+//! did not serve, they held memory up to the queue's bound and reported
+//! success, for no connection (and the server might never serve: dropped,
+//! or its start failed). The workers' ends of the channels are held by
+//! the server's configuration only ([`HubChannels`]), not by the hub: a
+//! server dropped without serving drops them, and its hub sees it stopped.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -92,14 +105,103 @@ pub(crate) enum Push {
     All(Bytes),
 }
 
-/// The hub's channels, one per worker; each worker takes its receiver when
-/// it starts, for its pump (`worker.rs`).
+/// Why the [`Hub`] did not take a message. Its calls return at once, so
+/// none of these is waited out: the message is not queued, and nothing
+/// will deliver it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The server is not serving yet: the hub takes messages once
+    /// [`Started::run`](crate::Started::run) (which
+    /// [`Server::serve`](crate::Server::serve) calls) lets the workers
+    /// accept; before, no connection could get them. Ask for the hub
+    /// before serving, push once it serves (a handler's pushes always do).
+    #[error("the server is not serving yet: the hub takes messages once it runs (Server::serve, or Started::run after Server::start)")]
+    NotServing,
+    /// The server has stopped (its workers are gone), or was dropped
+    /// without serving.
+    #[error("the server has stopped (or was dropped without serving): no worker takes messages")]
+    Stopped,
+    /// The worker's queue of hub messages is full
+    /// ([`Builder::hub_queue`](crate::Builder::hub_queue)): the message is
+    /// dropped for it, counted in
+    /// `megaconn_limit_hits_total{limit="hub_queue"}` and logged. For a
+    /// publish or broadcast: every worker's queue was full.
+    #[error("the workers' hub queues are full: messages come faster than they are delivered (raise Builder::hub_queue for bursts, Builder::delivery_rate for a steady excess, or send less)")]
+    QueueFull,
+    /// The [`ConnectionId`] names a worker this server does not have: it
+    /// came from another server.
+    #[error("the connection id is from another server (it names a worker this one does not have)")]
+    OtherServer,
+}
+
+impl HubError {
+    /// The error of a message that no worker took, from two workers'
+    /// reasons: the one that says most about a serving server (a full
+    /// queue: it serves but is behind), then a stop, then not yet serving.
+    fn worse(self, other: HubError) -> HubError {
+        let rank = |e: HubError| match e {
+            HubError::NotServing => 0,
+            HubError::Stopped => 1,
+            HubError::QueueFull => 2,
+            HubError::OtherServer => 3,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// The hub's channels to the workers, one each (the senders), shared by
+/// every clone of the [`Hub`].
 #[derive(Debug)]
 pub(crate) struct HubInner {
     lanes: Vec<Lane>,
-    receivers: Vec<Mutex<Option<mpsc::UnboundedReceiver<Push>>>>,
     /// The bound of each lane's queue, in messages.
     limit: i64,
+}
+
+/// The hub as the server's configuration holds it: its channels, and the
+/// workers' ends of them, which each worker takes when it starts, for its
+/// pump (`worker.rs`). Only the configuration holds this, not the [`Hub`]:
+/// a server dropped before its workers took their ends drops them, which
+/// closes the channels, and the hub reports it stopped instead of queuing
+/// for it.
+#[derive(Debug)]
+pub(crate) struct HubChannels {
+    hub: Arc<HubInner>,
+    ends: Vec<Mutex<Option<HubQueue>>>,
+}
+
+/// A worker's end of its hub channel. However it goes (its pump's task
+/// dropped when the worker stops, even before its first poll; or never
+/// taken, the server dropped or its start failed), what is left in it will
+/// never be delivered: it leaves the `hub_queued` gauge too.
+#[derive(Debug)]
+pub(crate) struct HubQueue {
+    rx: mpsc::UnboundedReceiver<Push>,
+    stats: Arc<WorkerStats>,
+}
+
+impl HubQueue {
+    /// The next message, its room in the worker's queue freed; `None` once
+    /// the hub is gone.
+    pub(crate) async fn next(&mut self) -> Option<Push> {
+        let push = self.rx.recv().await?;
+        taken(&self.stats);
+        Some(push)
+    }
+}
+
+impl Drop for HubQueue {
+    fn drop(&mut self) {
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {
+            taken(&self.stats);
+        }
+    }
 }
 
 /// The way to one worker: its channel and its counters, whose
@@ -110,49 +212,62 @@ pub(crate) struct HubInner {
 struct Lane {
     sender: mpsc::UnboundedSender<Push>,
     stats: Arc<WorkerStats>,
+    /// Set once the worker took its end of the channel: it serves.
+    serving: AtomicBool,
 }
 
-/// What became of one message on its way to one worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Queued {
-    /// In the worker's queue.
-    Yes,
-    /// The worker's queue is full: dropped, counted and logged.
-    Full,
-    /// The worker is gone (the server stopped).
-    Gone,
-}
-
-impl HubInner {
+impl HubChannels {
     /// The channels to the workers whose counters are `workers`, each
     /// holding at most `limit` messages (at least one).
-    pub(crate) fn new(workers: &[Arc<WorkerStats>], limit: usize) -> HubInner {
-        let (lanes, receivers) = workers
+    pub(crate) fn new(workers: &[Arc<WorkerStats>], limit: usize) -> HubChannels {
+        let (lanes, ends) = workers
             .iter()
             .map(|stats| {
                 let (sender, rx) = mpsc::unbounded_channel();
                 let lane = Lane {
                     sender,
                     stats: stats.clone(),
+                    serving: AtomicBool::new(false),
                 };
-                (lane, Mutex::new(Some(rx)))
+                let end = HubQueue {
+                    rx,
+                    stats: stats.clone(),
+                };
+                (lane, Mutex::new(Some(end)))
             })
             .unzip();
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        HubInner {
-            lanes,
-            receivers,
-            limit,
+        HubChannels {
+            hub: Arc::new(HubInner { lanes, limit }),
+            ends,
         }
     }
 
-    /// Worker `index`'s receiver, once.
-    pub(crate) fn take_receiver(&self, index: usize) -> Option<mpsc::UnboundedReceiver<Push>> {
-        self.receivers.get(index)?.lock().ok()?.take()
+    /// The hub on these channels.
+    pub(crate) fn hub(&self) -> Hub {
+        Hub {
+            inner: self.hub.clone(),
+        }
     }
 
-    /// Puts `push` in `lane`'s queue if it has room.
-    fn offer(&self, lane: &Lane, push: Push) -> Queued {
+    /// Worker `index`'s end, once (for its pump, from the worker's start).
+    pub(crate) fn take_end(&self, index: usize) -> Option<HubQueue> {
+        self.ends.get(index)?.lock().ok()?.take()
+    }
+}
+
+impl HubInner {
+    /// Puts `push` in `lane`'s queue if its worker serves and it has room.
+    fn offer(&self, lane: &Lane, push: Push) -> Result<(), HubError> {
+        if !lane.serving.load(Acquire) {
+            // Closed before it ran: the server was dropped, or stopped
+            // before it ran.
+            return Err(if lane.sender.is_closed() {
+                HubError::Stopped
+            } else {
+                HubError::NotServing
+            });
+        }
         let queued = &lane.stats.messages.hub_queued;
         // Room is taken before the send, so the pump, which gives it back
         // when it takes a message, never sees the gauge below zero.
@@ -166,64 +281,80 @@ impl HubInner {
                     "a worker's hub queue is full; dropping the message for its connections (messages come faster than the worker delivers them: raise Builder::hub_queue for bursts; a steady excess needs fewer messages or a higher Builder::delivery_rate)"
                 )
             });
-            return Queued::Full;
+            return Err(HubError::QueueFull);
         }
         if lane.sender.send(push).is_err() {
+            // The worker's pump ended: the server stopped.
             queued.fetch_sub(1, Relaxed);
-            return Queued::Gone;
+            return Err(HubError::Stopped);
         }
-        Queued::Yes
+        Ok(())
     }
 }
 
 /// The pump took a message from worker `stats`' queue (or dropped it at the
 /// worker's end): its room is free again.
-pub(crate) fn taken(stats: &WorkerStats) {
+fn taken(stats: &WorkerStats) {
     stats.messages.hub_queued.fetch_sub(1, Relaxed);
 }
 
 impl Hub {
-    pub(crate) fn new(inner: Arc<HubInner>) -> Hub {
-        Hub { inner }
+    /// The server runs ([`Started::run`](crate::Started::run)): the hub
+    /// takes messages for its workers from now on (each worker's pump has
+    /// taken its end already, or takes it and what waits in it when it
+    /// starts). Before, nothing would deliver them.
+    pub(crate) fn open(&self) {
+        for lane in &self.inner.lanes {
+            lane.serving.store(true, Release);
+        }
     }
 
-    /// Sends `message` to connection `to`. Returns at once: true when its
-    /// worker queued it; false when the server is gone or the worker's
-    /// queue is full ([`Builder::hub_queue`](crate::Builder::hub_queue):
-    /// the message is dropped and counted). Delivery is best-effort: a
-    /// connection that closed meanwhile drops it.
-    pub fn send(&self, to: ConnectionId, message: impl Into<Bytes>) -> bool {
+    /// Sends `message` to connection `to`. Returns at once: `Ok` when its
+    /// worker queued it; else why not ([`HubError`]: the server is not
+    /// serving yet or has stopped, or the worker's queue is full,
+    /// [`Builder::hub_queue`](crate::Builder::hub_queue), where the message
+    /// is dropped and counted). Delivery is best-effort: a connection that
+    /// closed meanwhile drops it.
+    pub fn send(&self, to: ConnectionId, message: impl Into<Bytes>) -> Result<(), HubError> {
         let Some(lane) = self.inner.lanes.get(to.worker as usize) else {
-            return false;
+            return Err(HubError::OtherServer);
         };
-        self.inner.offer(lane, Push::To(to, message.into())) == Queued::Yes
+        self.inner.offer(lane, Push::To(to, message.into()))
     }
 
     /// Sends `message` to every connection subscribed to `topic` (with
     /// [`Session::subscribe`](crate::Session::subscribe)), on every worker.
-    /// Returns at once: true when at least one worker queued it; false when
-    /// the server is gone or every worker's queue is full
-    /// ([`Builder::hub_queue`](crate::Builder::hub_queue): a worker whose
-    /// queue is full drops it, counted, and its subscribers miss it).
-    pub fn publish(&self, topic: &str, message: impl Into<Bytes>) -> bool {
+    /// Returns at once: `Ok` when at least one worker queued it; else why
+    /// none did ([`HubError`]: the server is not serving yet or has
+    /// stopped, or every worker's queue is full,
+    /// [`Builder::hub_queue`](crate::Builder::hub_queue)). A worker whose
+    /// queue is full drops it, counted, and its subscribers miss it.
+    pub fn publish(&self, topic: &str, message: impl Into<Bytes>) -> Result<(), HubError> {
         let (topic, message): (Arc<str>, Bytes) = (topic.into(), message.into());
         self.to_every_worker(|| Push::Topic(topic.clone(), message.clone()))
     }
 
     /// Sends `message` to every message connection of the server, parked or
-    /// awake. Returns at once; true and false as for
+    /// awake. Returns at once; `Ok` and the errors as for
     /// [`publish`](Hub::publish).
-    pub fn broadcast(&self, message: impl Into<Bytes>) -> bool {
+    pub fn broadcast(&self, message: impl Into<Bytes>) -> Result<(), HubError> {
         let message: Bytes = message.into();
         self.to_every_worker(|| Push::All(message.clone()))
     }
 
-    fn to_every_worker(&self, push: impl Fn() -> Push) -> bool {
+    fn to_every_worker(&self, push: impl Fn() -> Push) -> Result<(), HubError> {
+        let mut refused: Option<HubError> = None;
         let mut any = false;
         for lane in &self.inner.lanes {
-            any |= self.inner.offer(lane, push()) == Queued::Yes;
+            match self.inner.offer(lane, push()) {
+                Ok(()) => any = true,
+                Err(e) => refused = Some(refused.map_or(e, |r| r.worse(e))),
+            }
         }
-        any
+        match refused {
+            Some(e) if !any => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 

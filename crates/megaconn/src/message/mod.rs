@@ -59,8 +59,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::conn::config::Config;
+use crate::conn::io::WriteLimit;
 
-pub use hub::{ConnectionId, Hub};
+pub use hub::{ConnectionId, Hub, HubError};
 pub use session::Session;
 
 /// Default bound of an awake connection's outbound queue: 256 messages.
@@ -101,8 +102,9 @@ pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// opaque value (the core does not know this layer).
 #[derive(Debug, Clone)]
 pub(crate) struct MessageSettings {
-    /// The push channels, once [`Server::hub`](crate::Server::hub) was asked for.
-    pub hub: Option<Arc<hub::HubInner>>,
+    /// The push channels, once [`Server::hub`](crate::Server::hub) was
+    /// asked for (with the workers' ends, which only this holds).
+    pub hub: Option<Arc<hub::HubChannels>>,
     /// The bound of each awake connection's outbound queue, in messages.
     pub outbound_queue: usize,
     /// The bound of each worker's queue of hub messages, in messages.
@@ -137,6 +139,18 @@ impl MessageSettings {
     pub(crate) fn write_stall_timeout(config: &Config) -> Option<Duration> {
         MessageSettings::of(config)
             .map_or(Some(DEFAULT_WRITE_STALL_TIMEOUT), |s| s.write_stall_timeout)
+    }
+
+    /// How the writes of an upgraded connection that speaks WebSocket
+    /// through `axum_ws` are bounded: by the native protocols' rule
+    /// ([`WriteLimit::resolve`]), with no heartbeat (the socket has none of
+    /// its own), so `write_timeout`, else `write_stall_timeout`.
+    pub(crate) fn upgraded_write_limit(config: &Config) -> WriteLimit {
+        WriteLimit::resolve(
+            config.write_timeout,
+            (None, "no heartbeat"),
+            MessageSettings::write_stall_timeout(config),
+        )
     }
 
     /// Changes the message settings in `config` (creating them).

@@ -18,12 +18,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use tokio::sync::mpsc;
-
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
 use crate::message::hub::{
-    taken, ConnectionId, Delivered, Generation, Inbox, Push, GENERATION_BITS, GENERATION_MASK,
+    ConnectionId, Delivered, Generation, HubQueue, Inbox, Push, GENERATION_BITS, GENERATION_MASK,
 };
 use crate::message::table::{ParkedSet, SendParked, SideTable};
 use crate::message::wire::{Encoded, Wire, WireId};
@@ -83,14 +81,10 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 wires: RefCell::default(),
                 tables: RefCell::default(),
             });
-            if let Some(rx) = settings.hub.and_then(|hub| hub.take_receiver(ctx.index)) {
-                // The queue is wrapped before the task is spawned: a pump
-                // dropped before its first poll (the worker stopped at
-                // once) still lets what it never took leave the gauge.
-                let queue = Queue {
-                    rx,
-                    stats: ctx.stats.clone(),
-                };
+            if let Some(queue) = settings.hub.and_then(|hub| hub.take_end(ctx.index)) {
+                // A pump dropped before its first poll (the worker stopped
+                // at once) still lets what it never took leave the gauge:
+                // the queue's own drop does that.
                 tokio::task::spawn_local(pump(Rc::downgrade(&local), queue));
             }
             local
@@ -554,29 +548,11 @@ async fn paced(pace: Pace, mut step: impl FnMut() -> Step) {
 /// Delivers one worker's pushes, in order, until the hub is gone or the
 /// worker stops. Each message taken frees its room in the worker's hub
 /// queue (`hub.rs`).
-async fn pump(local: Weak<Local>, mut queue: Queue) {
-    while let Some(push) = queue.rx.recv().await {
-        taken(&queue.stats);
+async fn pump(local: Weak<Local>, mut queue: HubQueue) {
+    while let Some(push) = queue.next().await {
         let Some(local) = local.upgrade() else { return };
         incr(&local.stats.messages.hub_messages);
         local.deliver(push).await;
-    }
-}
-
-/// The pump's end of its worker's hub queue. When the pump ends, however
-/// (the worker stopped, its task dropped mid-delivery), what is left will
-/// never be delivered: it leaves the `hub_queued` gauge too.
-struct Queue {
-    rx: mpsc::UnboundedReceiver<Push>,
-    stats: Arc<WorkerStats>,
-}
-
-impl Drop for Queue {
-    fn drop(&mut self) {
-        self.rx.close();
-        while self.rx.try_recv().is_ok() {
-            taken(&self.stats);
-        }
     }
 }
 
@@ -625,17 +601,18 @@ mod tests {
     /// so they stayed counted for good.
     #[test]
     fn a_pump_dropped_before_it_ran_leaves_nothing_in_the_gauge() {
+        use crate::message::HubError;
         let stats = Arc::new(WorkerStats::default());
-        let inner = Arc::new(crate::message::hub::HubInner::new(
+        let channels = Arc::new(crate::message::hub::HubChannels::new(
             std::slice::from_ref(&stats),
             16,
         ));
-        let hub = crate::message::Hub::new(inner.clone());
+        let hub = channels.hub();
         let mut config = crate::conn::config::Config::default();
-        crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(inner));
-        assert!(hub.broadcast("before the worker started"));
-        assert!(hub.publish("news", "this one too"));
-        assert_eq!(stats.messages.hub_queued.load(Relaxed), 2);
+        crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(channels));
+        // The server runs; its worker has not started yet.
+        hub.open();
+        assert_eq!(hub.broadcast("before the worker started"), Ok(()));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -644,13 +621,16 @@ mod tests {
             let _runtime = runtime.enter();
             let _set = set.enter();
             let ctx = WorkerContext::new(0, Arc::new(config), stats.clone(), None);
-            // Spawns the pump, which never gets a turn.
+            // Takes the worker's end and spawns the pump, which never gets
+            // a turn.
             local(&ctx);
         }
+        assert_eq!(hub.publish("news", "before the pump ran"), Ok(()));
+        assert_eq!(stats.messages.hub_queued.load(Relaxed), 2);
         drop(set);
         assert_eq!(stats.messages.hub_queued.load(Relaxed), 0);
         // And the hub knows the worker is gone.
-        assert!(!hub.broadcast("after"));
+        assert_eq!(hub.broadcast("after"), Err(HubError::Stopped));
         assert_eq!(stats.messages.hub_queued.load(Relaxed), 0);
     }
 

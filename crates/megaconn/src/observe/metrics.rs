@@ -74,8 +74,10 @@
 //! queues (bounded by `Builder::hub_queue`; a message over the bound is
 //! dropped and counted in `megaconn_limit_hits_total{limit="hub_queue"}`).
 //!
-//! The body is OpenMetrics text (it ends with `# EOF`), which Prometheus also
-//! reads when served as `text/plain; version=0.0.4`.
+//! The body is OpenMetrics text (it ends with `# EOF`): serve it as
+//! [`OPENMETRICS_CONTENT_TYPE`]. Labelled `text/plain; version=0.0.4` it
+//! fails `promtool check metrics`, and 0.0.4 parsers take its counters as
+//! untyped.
 
 use std::fmt;
 use std::io;
@@ -157,6 +159,13 @@ pub(crate) struct RequestCounters {
     pub duration_nanos: AtomicU64,
     /// Request body bytes received (read by the handler or drained).
     pub request_body_bytes: AtomicU64,
+    /// Request body bytes counted from any thread, with a locked add: an
+    /// HTTP/2 connection's that no request's record took, counted by
+    /// whichever thread drops the last of the connection and its bodies
+    /// (a body may outlive both, on another thread). Summed with
+    /// `request_body_bytes` when read; apart from it because that one is
+    /// written with a plain load and store (only its worker writes it).
+    pub request_body_bytes_shared: AtomicU64,
     /// Response body bytes the service produced.
     pub response_body_bytes: AtomicU64,
     /// Requests started and not yet finished.
@@ -483,13 +492,16 @@ impl WorkerStats {
     }
 
     /// Counts request body bytes that no request's record counted (an
-    /// HTTP/2 connection's, left when it ends: bodies kept past their
-    /// stream's record).
+    /// HTTP/2 connection's bodies kept past their stream's record), from
+    /// any thread: once per connection, when the last of it and its bodies
+    /// goes, so the locked add costs nothing per request.
     #[inline]
     pub(crate) fn request_body_bytes(&self, n: u64) {
         #[cfg(feature = "metrics")]
         if n > 0 {
-            add(&self.request_metrics.request_body_bytes, n);
+            self.request_metrics
+                .request_body_bytes_shared
+                .fetch_add(n, Relaxed);
         }
         #[cfg(not(feature = "metrics"))]
         let _ = n;
@@ -659,7 +671,8 @@ impl RequestStats {
             for (sum, c) in accept.iter_mut().zip(&m.accept_errors_by_errno) {
                 *sum += c.load(Relaxed);
             }
-            s.request_body_bytes += m.request_body_bytes.load(Relaxed);
+            s.request_body_bytes +=
+                m.request_body_bytes.load(Relaxed) + m.request_body_bytes_shared.load(Relaxed);
             s.response_body_bytes += m.response_body_bytes.load(Relaxed);
             let in_flight = m.in_flight.load(Relaxed);
             s.in_flight += in_flight;
@@ -695,9 +708,10 @@ impl RequestStats {
     }
 }
 
-/// Renders `stats` as Prometheus text (the OpenMetrics text format, which
-/// Prometheus reads under either content type). See the [module docs](self)
-/// for the metric names.
+/// Renders `stats` as Prometheus text in the OpenMetrics format (what
+/// `prometheus-client` encodes: `# TYPE x counter` for `x_total` samples,
+/// `# UNIT`, a closing `# EOF`); serve it as [`OPENMETRICS_CONTENT_TYPE`].
+/// See the [module docs](self) for the metric names.
 ///
 /// ```
 /// let text = megaconn::metrics::render(&megaconn::ServerStats::default());
@@ -713,14 +727,14 @@ pub fn render(stats: &ServerStats) -> String {
     out
 }
 
-/// The content type for [`render`]'s output when the scraper asked for
-/// OpenMetrics (`Accept: application/openmetrics-text`).
+/// The content type of [`render`]'s output, whatever the scraper asked
+/// for. There is deliberately no `text/plain; version=0.0.4` variant: the
+/// body is OpenMetrics either way, and a 0.0.4 parser (`promtool check
+/// metrics`, Telegraf, Datadog, Python's `prometheus_client`) reading
+/// `# TYPE x counter` over `x_total` samples takes every counter as
+/// untyped. Prometheus itself reads this type.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The classic Prometheus text content type, for scrapers that did not ask for
-/// OpenMetrics.
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A snapshot registered as a collector, encoded once per scrape.
 #[derive(Debug)]

@@ -3,7 +3,10 @@
 //! a socket the kernel will not watch, an upgrade no handler took, a
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
 //! framed TCP frame or line over its limit, a hub message dropped at a full
-//! queue, a framed or WebSocket peer that stopped reading, a panic caught. The limits' lines name the
+//! queue, a framed or WebSocket (native or `axum_ws`) peer that stopped
+//! reading, a TLS handshake that timed out or failed, a TLS peer over the
+//! record buffer's limit or in breach of the protocol after its handshake,
+//! a response body that failed mid-stream, a panic caught. The limits' lines name the
 //! setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
@@ -107,6 +110,24 @@ pub(crate) enum Flood {
     /// in time (`write_timeout`, the route's heartbeat timeout or
     /// `write_stall_timeout`).
     WsWriteTimeout,
+    /// An `axum_ws` socket's send failed because its peer took none of
+    /// our bytes in time (`write_timeout` or `write_stall_timeout`).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    AxumWsWriteTimeout,
+    /// A TLS handshake not done within `TlsConfig::handshake_timeout`.
+    TlsHandshakeTimeout,
+    /// A TLS handshake that failed (a bad ClientHello, no shared cipher
+    /// suite, plain HTTP sent to a TLS port, ...).
+    TlsHandshakeFailed,
+    /// A TLS peer whose records held more than the stream buffers
+    /// (`tls_io::MAX_BUFFERED`) without completing a message.
+    TlsTooMuchBuffered,
+    /// A TLS peer that broke the protocol after its handshake (rustls
+    /// rejected a record or a message).
+    TlsProtocolError,
+    /// An HTTP/1 response body that failed mid-stream on its own (not
+    /// because the request's body failed): the service's error.
+    ResponseBodyFailed,
     /// A panic caught (a handler's, a response body's, one that escaped
     /// the protocols' guards): what megaconn did about it. A peer can make
     /// a buggy handler panic at will; `megaconn_panics_total` counts every one.
@@ -118,7 +139,7 @@ pub(crate) enum Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 16;
+const KINDS: usize = 22;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.

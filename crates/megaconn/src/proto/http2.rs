@@ -55,6 +55,29 @@
 //! [`DataFloodGuard`] bounds that CPU: it counts the connection's tiny frames
 //! as request bodies read them and closes the connection with
 //! `GOAWAY(ENHANCE_YOUR_CALM)` past an allowance.
+//!
+//! What a stream counts (`RequestRecord`: `requests_total`, the access
+//! line), and when:
+//!
+//! - Its status only once h2 took the head ([`send_head`], the one way a
+//!   head goes out, megaconn's own 413/500/503 included): a head the
+//!   client's reset refused leaves none (the `none` class, status 0), as a
+//!   reset before the handler answered does.
+//! - Its request body's bytes when the record drops, at the end of the
+//!   exchange (`StreamRecord`): with the access log on, the body's own count
+//!   if the body has dropped by then; with it off, what the connection's
+//!   bodies took in since the last record took (only the sum is counted).
+//!   Bytes no record took (a body kept past its response, read after its
+//!   record or even its connection ended) are counted into
+//!   `request_body_bytes` when the [`DataFloodGuard`] drops, with the last
+//!   of the connection and its bodies, on whichever thread that is.
+//!
+//! What stays uncounted: the bytes of a body that is never dropped (leaked,
+//! or held by a task that never ends), until it is; in the access line,
+//! the bytes a body takes in after its stream's record dropped (the line
+//! is written then; the metric has them); and DATA that h2 received but
+//! no body read (left in h2's buffer when the stream or connection ends):
+//! only the connection's bytes (`ConnectionEvent::Closed`) have those.
 
 use std::future::{poll_fn, Future};
 use std::ops::{Deref, DerefMut};
@@ -78,6 +101,7 @@ use tokio::time::{Instant, Sleep};
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::ConnInfo;
+use crate::message::MessageSettings;
 use crate::observe::clock::LazyDeadline;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, CountedIo};
@@ -183,7 +207,7 @@ where
     // Whether h2 still had a stream when the connection was last polled
     // and had nothing for us: see `poll_turn`.
     let mut h2_busy = false;
-    let flood = Arc::new(DataFloodGuard::default());
+    let flood = Arc::new(DataFloodGuard::new(ctx.stats.clone()));
     let mut reason = CloseReason::ClientClosed;
     loop {
         // Fixed for this round: a stream that ends ends the round.
@@ -270,11 +294,9 @@ where
                 while let Some(end) = ended {
                     if resets.record(end) {
                         tracing::debug!("client cancels streams faster than it completes them; GOAWAY");
-                        incr(&ctx.stats.protocol_errors);
-                        LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
                         conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                         going_away = true;
-                        reason = CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
+                        reason = calmed(&ctx);
                     }
                     ended = poll_fn(|cx| match streams.poll_next_unpin(cx) {
                         Poll::Ready(end) => Poll::Ready(end),
@@ -303,11 +325,9 @@ where
                     allowance = SMALL_DATA_FRAME_ALLOWANCE,
                     "client slices request bodies into tiny DATA frames (small-DATA flood); GOAWAY"
                 );
-                incr(&ctx.stats.protocol_errors);
-                LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 going_away = true;
-                reason = CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
+                reason = calmed(&ctx);
             }
             () = &mut timer, if timer_armed => {
                 if going_away {
@@ -335,13 +355,10 @@ where
             }
         }
     }
-    // Without the access log, the body bytes no stream record took (bodies
-    // kept past their record, a request waiting for the service) are
-    // counted once the streams and their bodies are gone.
-    drop((streams, waiting));
-    if !ctx.config.access_log {
-        ctx.stats.request_body_bytes(flood.take_unreported());
-    }
+    // The body bytes no stream record took (bodies kept past their record,
+    // a request waiting for the service) are counted when the guard drops:
+    // here, unless a body outlives the connection (then when it drops).
+    drop((streams, waiting, flood));
     reason
 }
 
@@ -449,6 +466,12 @@ where
 /// response ([`CloseReason::ClientClosed`]).
 fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReason {
     if let Some(io) = e.get_io() {
+        // h2 kept the TLS stream's error's kind, not its type: only that
+        // stream fails with `InvalidData` (`TlsFailure`), for the peer's
+        // protocol error, which it logged; counted where the close is.
+        if io.kind() == std::io::ErrorKind::InvalidData {
+            return CloseReason::Protocol(ProtocolDetail::Tls);
+        }
         return CloseReason::io_between(io, between);
     }
     if e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR) {
@@ -456,15 +479,23 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReaso
     }
     tracing::debug!(error = %e, "HTTP/2 connection error");
     if e.is_go_away() && e.is_library() {
-        incr(&ctx.stats.protocol_errors);
         if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
-            LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
-            return CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()));
+            return calmed(ctx);
         }
+        incr(&ctx.stats.protocol_errors);
     }
     CloseReason::Protocol(ProtocolDetail::Http2(
         e.reason().unwrap_or(Reason::PROTOCOL_ERROR).into(),
     ))
+}
+
+/// Counts a connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for abuse,
+/// by our guards (rapid reset, small-DATA flood) or h2's: a protocol error
+/// and an `h2_enhance_your_calm` limit hit. Returns its close reason.
+fn calmed(ctx: &WorkerContext) -> CloseReason {
+    incr(&ctx.stats.protocol_errors);
+    LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
+    CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
 }
 
 /// What happened to the handler call of a new stream.
@@ -491,21 +522,24 @@ struct Prepared {
     body_bytes: Option<BodyTally>,
 }
 
-/// Where a stream's record takes the bytes its request body took in.
-enum BodyTally {
+/// Where a stream's record takes the bytes its request body took in
+/// ([`DataFloodGuard::take`]).
+struct BodyTally {
+    /// The connection's count: with the access log off, the record takes
+    /// whatever arrived since the last record took (only the worker's sum
+    /// is counted then, at no allocation); the guard counts the rest.
+    flood: Arc<DataFloodGuard>,
     /// The body's own count, when the access log is on: its line needs
     /// this request's bytes (one allocation per stream with a body).
-    Own(Arc<BodyBytes>),
-    /// The connection's count ([`DataFloodGuard::take_unreported`]), when
-    /// the log is off: only the worker's sum is counted, so whatever
-    /// arrived since the last record took it will do, at no allocation.
-    Conn(Arc<DataFloodGuard>),
+    own: Option<Arc<BodyBytes>>,
 }
 
 /// A stream's [`RequestRecord`], which counts the bytes its request body
 /// took in ([`BodyTally`]) just before it drops: by then the body has
 /// dropped too (with the handler, or with the response body that streamed
-/// it), and the access-log line and `request_body_bytes` have them.
+/// it), and the access-log line and `request_body_bytes` have them; a body
+/// the handler kept counts into `request_body_bytes` when the connection's
+/// guard drops.
 struct StreamRecord {
     record: RequestRecord,
     body_bytes: Option<BodyTally>,
@@ -526,12 +560,10 @@ impl DerefMut for StreamRecord {
 
 impl Drop for StreamRecord {
     fn drop(&mut self) {
-        let bytes = match &self.body_bytes {
-            None => return,
-            Some(BodyTally::Own(bytes)) => bytes.get(),
-            Some(BodyTally::Conn(flood)) => flood.take_unreported(),
-        };
-        self.record.request_bytes(bytes as usize);
+        if let Some(tally) = &self.body_bytes {
+            let bytes = tally.flood.take(tally.own.as_deref());
+            self.record.request_bytes(bytes as usize);
+        }
     }
 }
 
@@ -581,12 +613,13 @@ fn prepare<F>(
         (Body::empty(), None, None)
     } else {
         // Per stream only for the access log's line (see `BodyTally`).
-        let (tally, own) = match ctx.config.access_log {
-            true => {
-                let own = Arc::new(BodyBytes::default());
-                (BodyTally::Own(own.clone()), Some(own))
-            }
-            false => (BodyTally::Conn(flood.clone()), None),
+        let own = ctx
+            .config
+            .access_log
+            .then(|| Arc::new(BodyBytes::default()));
+        let tally = BodyTally {
+            flood: flood.clone(),
+            own: own.clone(),
         };
         let body = RecvBody::new(
             recv,
@@ -594,7 +627,6 @@ fn prepare<F>(
             limit,
             ctx.config.read_timeout,
             flood.clone(),
-            ctx.stats.clone(),
             own,
         );
         (Body::h2(body), None, Some(tally))
@@ -730,8 +762,7 @@ where
     let (handler, mut record, is_head, tunnel) = match start {
         Start::Called(handler, record, is_head, tunnel) => (handler, record, is_head, tunnel),
         Start::Failed(status, mut record, request_stream) => {
-            record.status(status);
-            send_error(&mut respond, status);
+            send_error(&mut respond, status, &mut record);
             if let Some(mut body) = request_stream {
                 let drained = drain(&mut body, ctx.config.max_drain_bytes).await;
                 record.request_bytes(drained as usize);
@@ -765,15 +796,13 @@ where
                 Some(panic_message(&panic)),
             );
             record.error(ErrorClass::Panic);
-            record.status(StatusCode::INTERNAL_SERVER_ERROR);
-            send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR);
+            send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
             return StreamEnd::Done;
         }
         Some(Ok(Err(e))) => {
             let e: BoxError = e.into();
             tracing::error!(error = %e, "service failed; answering 500");
-            record.status(StatusCode::INTERNAL_SERVER_ERROR);
-            send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR);
+            send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
             return StreamEnd::Done;
         }
         Some(Ok(Ok(response))) => response,
@@ -787,8 +816,7 @@ where
             status = parts.status.as_u16(),
             "handler returned an informational (1xx) status as its response; answering 500"
         );
-        record.status(StatusCode::INTERNAL_SERVER_ERROR);
-        send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR);
+        send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
         return StreamEnd::Done;
     }
     // A CONNECT answered 2xx becomes a tunnel; answered otherwise, its
@@ -807,10 +835,6 @@ where
         tunnel => tunnel,
     };
     let framing = prepare_headers(&mut parts.headers, parts.status, &body, is_head, &ctx);
-    // The status only once the head went out: a head the client's reset
-    // refused leaves none, as a reset before the handler answered does.
-    record.route(&parts);
-    let status = parts.status;
     let end = match framing {
         Framing::Bodiless => true,
         // A declared length with an empty body goes to `send_body`, which
@@ -818,11 +842,10 @@ where
         Framing::Length(n) => n == 0 && body.is_end_stream(),
         Framing::Open => body.is_end_stream(),
     };
-    let send = match respond.send_response(Response::from_parts(parts, ()), end) {
+    let send = match send_head(&mut respond, parts, end, &mut record) {
         Ok(send) => send,
         Err(e) => return head_refused(&e, &mut respond, &mut record),
     };
-    record.status(status);
     if end {
         return StreamEnd::Done;
     }
@@ -864,18 +887,17 @@ async fn open_tunnel(
     // the handler's body held is not sent, as on HTTP/1.1's 101.
     let _ = prepare_headers(&mut parts.headers, parts.status, &Body::empty(), false, ctx);
     parts.headers.remove(header::CONTENT_LENGTH);
-    // The status once the head went out, as in `run_stream`.
-    record.route(&parts);
-    let status = parts.status;
-    let send = match respond.send_response(Response::from_parts(parts, ()), false) {
+    let send = match send_head(&mut respond, parts, false, &mut record) {
         Ok(send) => send,
         Err(e) => return head_refused(&e, &mut respond, &mut record),
     };
-    record.status(status);
     let (io, done) = H2Stream::watched(send, tunnel.recv);
     // Refused (the handler dropped its `OnUpgrade`): the `Upgraded` comes
     // back and drops here, which ends the stream.
-    let upgraded = Upgraded::on_stream(io, ctx.stats.clone(), ctx.upgrade_drain(false));
+    // No socket for the peer's progress: the connection's acknowledged
+    // bytes count the other streams' too (our writes show the stream's).
+    let upgraded = Upgraded::on_stream(io, ctx.stats.clone(), ctx.upgrade_drain(false))
+        .with_write_limit(MessageSettings::upgraded_write_limit(&ctx.config), None);
     upgrade::hand_over(tunnel.tx, upgraded);
     let _ = done.await;
     StreamEnd::Done
@@ -995,18 +1017,38 @@ fn head_refused(
         return StreamEnd::ClientReset;
     }
     tracing::warn!(error = %e, "HTTP/2 refused the response head; answering 500");
-    record.status(StatusCode::INTERNAL_SERVER_ERROR);
-    send_error(respond, StatusCode::INTERNAL_SERVER_ERROR);
+    send_error(respond, StatusCode::INTERNAL_SERVER_ERROR, record);
     StreamEnd::Done
 }
 
-fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    response
-        .headers_mut()
+/// Sends a stream's response head, the one way every head goes out:
+/// notes the route the service matched, then the status only once h2 took
+/// the head. A head h2 refused (the client reset the stream between the
+/// handler's answer and now) leaves no status in the record, as a reset
+/// before the handler answered does: `requests_total`'s `none` class and
+/// status 0 in the access line, not the status that never went out.
+fn send_head(
+    respond: &mut SendResponse<Bytes>,
+    parts: http::response::Parts,
+    end: bool,
+    record: &mut RequestRecord,
+) -> Result<SendStream<Bytes>, h2::Error> {
+    record.route(&parts);
+    let status = parts.status;
+    let send = respond.send_response(Response::from_parts(parts, ()), end)?;
+    record.status(status);
+    Ok(send)
+}
+
+/// Answers the stream with a bare `status` (413, 500, 503), if it still
+/// takes one ([`send_head`]).
+fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, record: &mut RequestRecord) {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts
+        .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    let _ = respond.send_response(response, true);
+    let _ = send_head(respond, parts, true, record);
 }
 
 /// Streams the response body: polls the body first, then reserves room for

@@ -180,6 +180,10 @@ impl Server {
             ..
         } = self;
         let limit = ConnectionLimit::new(max_connections, config.max_connections_per_ip);
+        // Opened by `run`: before it, nothing would deliver a message.
+        let hub = crate::message::MessageSettings::of(&config)
+            .and_then(|s| s.hub.as_ref())
+            .map(|channels| channels.hub());
         // Returning early (or dropping the `Started`) stops the workers
         // started so far, before they accept anything.
         let stop = StopOnDrop(handle.clone());
@@ -239,6 +243,7 @@ impl Server {
         Ok(Started {
             handle,
             go,
+            hub,
             workers: n,
             joined,
             stall_watch,
@@ -300,6 +305,8 @@ pub struct Started {
     handle: ServerHandle,
     /// Set once: the workers may accept. Dropped unset, they stop.
     go: watch::Sender<bool>,
+    /// The server's hub, if it has one: opened with the go.
+    hub: Option<crate::Hub>,
     /// How many workers; they are joined by the `megaconn-join` thread.
     workers: usize,
     /// The workers' summaries, once all of them have ended.
@@ -339,11 +346,16 @@ impl Started {
         let Started {
             handle,
             go,
+            hub,
             joined,
             stall_watch,
             stop,
             ..
         } = self;
+        // The hub takes messages from here, as the workers accept.
+        if let Some(hub) = hub {
+            hub.open();
+        }
         go.send_replace(true);
         async move {
             // Dropping this future (or returning) stops the workers and the
@@ -554,6 +566,16 @@ pub struct ShutdownSummary {
 }
 
 impl Builder {
+    /// Whether connections to `addr`, one of the addresses added, will be
+    /// served over TLS: as [`Server::is_tls`], known before anything is
+    /// bound (a supervisor of worker processes prints its workers' URLs
+    /// while the ports are another generation's).
+    pub fn is_tls(&self, addr: SocketAddr) -> bool {
+        crate::conn::tls::tls_for_local(&self.config, addr).is_some()
+    }
+}
+
+impl Builder {
     /// Adds a listen address (IPv4 or IPv6). May be called several times.
     pub fn listen_on(mut self, addr: SocketAddr) -> Builder {
         self.config.addrs.push(addr);
@@ -596,8 +618,9 @@ impl Builder {
     /// timeout, else [`write_stall_timeout`](Builder::write_stall_timeout),
     /// bounds a stall: a peer that stops reading is closed as
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
-    /// Sockets of `megaconn::axum_ws` are not bounded by it, as axum's are
-    /// not: wrap a send there in `tokio::time::timeout`.
+    /// A `megaconn::axum_ws` socket's sends are bounded the same way (it
+    /// has no heartbeat: this, else `write_stall_timeout`), where axum's
+    /// are not: past it the send fails and the socket closes.
     /// Default: none, because streaming responses (SSE, long-poll) are normal
     /// here. `None` (or zero) disables.
     pub fn write_timeout(mut self, t: Option<Duration>) -> Builder {
@@ -715,7 +738,9 @@ impl Builder {
 
     /// Most concurrent connections over all workers. At the limit the server
     /// stops accepting (new connections wait in the backlog) until one closes.
-    /// Default: the open-file limit (raised to its hard cap) minus 256.
+    /// Default: the open-file limit (raised to its hard cap) minus 256. A
+    /// limit above that is kept, with a warning at [`listen`](Builder::listen):
+    /// accepts past the open-file limit fail (`EMFILE`).
     pub fn max_connections(mut self, n: usize) -> Builder {
         self.config.max_connections = Some(n);
         self
@@ -951,9 +976,10 @@ impl Builder {
         // The server's own duplicates only: the builder keeps no socket open.
         config.adopted.clear();
         config.addrs.clone_from(&local_addrs);
-        let max_connections = config
-            .max_connections
-            .unwrap_or_else(config::default_max_connections);
+        let max_connections = match config.max_connections {
+            Some(n) => config::checked_max_connections(n),
+            None => config::default_max_connections(),
+        };
         let registries: Arc<[Arc<crate::observe::registry::Registry>]> = if config.track_connections
         {
             (0..config.workers).map(|_| Arc::default()).collect()

@@ -42,9 +42,9 @@ use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::transport::{Foreign, Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
+use crate::message::MessageSettings;
 use crate::observe::close::{client_left, CloseReason};
 use crate::observe::ratelog;
-use crate::observe::stats::incr;
 use crate::proto::{self, http1, http2, Ended, HandOver};
 use crate::service::upgrade::{self, Upgraded};
 use crate::service::HttpService;
@@ -322,13 +322,11 @@ async fn serve_tls_woken<S>(
             };
             park(io, parking, &ctx, conn);
         }
-        // A reset is the client leaving, not a TLS error.
+        // A reset is the client leaving, not a TLS error. A TLS error (the
+        // peer's) was logged by the stream and closes as a protocol error,
+        // counted by the close; another is the socket's.
         Err(e) if client_left(&e) => conn.close(CloseReason::ClientClosed),
-        Err(e) => {
-            tracing::debug!(error = %e, "TLS error on a woken connection");
-            incr(&ctx.stats.protocol_errors);
-            conn.close(CloseReason::io(&e));
-        }
+        Err(e) => conn.close(CloseReason::io(&e)),
     }
 }
 
@@ -451,7 +449,10 @@ async fn hand_over_http1<T, S>(
             // so it takes its place in the drain along (the handler may
             // keep it on a task of its own, which the drain cannot see).
             let drain = Some(ctx.upgrade_drain(true));
-            upgrade::hand_over(tx, Upgraded::new(io, read_ahead, conn.into_send(), drain));
+            let socket = io.lot_fd();
+            let upgraded = Upgraded::new(io, read_ahead, conn.into_send(), drain)
+                .with_write_limit(MessageSettings::upgraded_write_limit(&ctx.config), socket);
+            upgrade::hand_over(tx, upgraded);
         }
         HandOver::Native { io, read_ahead, to } => {
             ctx.stats.connection_upgraded();
@@ -485,10 +486,11 @@ where
             Box::pin(http2::serve(io, &mut service, ctx, None, retire_at)).await;
         }
         Ended::HandOver(HandOver::Upgrade { io, read_ahead, tx }) => {
-            upgrade::hand_over(
-                tx,
-                Upgraded::new(io, read_ahead, SendConnection::closed(), None),
-            );
+            // A caller's transport: no TCP socket of ours to ask about
+            // the peer's progress (our writes show it).
+            let upgraded = Upgraded::new(io, read_ahead, SendConnection::closed(), None)
+                .with_write_limit(MessageSettings::upgraded_write_limit(&ctx.config), None);
+            upgrade::hand_over(tx, upgraded);
         }
         Ended::HandOver(HandOver::Native { io, read_ahead, to }) => {
             // A caller's transport never parks (it is not a plain socket).

@@ -3,12 +3,13 @@
 //! connection's outbound queue and of each worker's queue of hub messages,
 //! the pace of the hub's deliveries, and how long a write may stall.
 //! Protocol-neutral: they apply to every message protocol's connections
-//! (framed TCP; the write stall bound WebSocket's too).
+//! (framed TCP; the write stall bound WebSocket's too, native and
+//! `axum_ws`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::message::hub::HubInner;
+use crate::message::hub::HubChannels;
 use crate::message::{Hub, MessageSettings};
 use crate::server::builder::{Builder, Server};
 
@@ -52,8 +53,8 @@ impl Builder {
     /// at once, and are often made on the very worker that must drain the
     /// queue), counted in `megaconn_limit_hits_total{limit="hub_queue"}`
     /// and logged (at most once per 5 s per thread); [`Hub::send`] then
-    /// returns false, and [`Hub::publish`] or [`Hub::broadcast`] when no
-    /// worker took it. The queue's length is the
+    /// returns [`HubError::QueueFull`](crate::HubError::QueueFull), and
+    /// [`Hub::publish`] or [`Hub::broadcast`] when no worker took it. The queue's length is the
     /// `megaconn_message_hub_queued` gauge. Without the bound, publishing
     /// faster than the workers deliver (a slow
     /// [`delivery_rate`](Builder::delivery_rate), or a big topic where each
@@ -67,12 +68,14 @@ impl Builder {
 
     /// Framed and WebSocket connections without a heartbeat timeout
     /// ([`Builder::heartbeat_timeout`],
-    /// [`WebSocketRoute::heartbeat_timeout`](crate::WebSocketRoute::heartbeat_timeout)):
+    /// [`WebSocketRoute::heartbeat_timeout`](crate::WebSocketRoute::heartbeat_timeout);
+    /// a `megaconn::axum_ws` socket has none):
     /// how long a write may wait with the peer taking none of our bytes;
     /// past it the connection closes with
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout)
     /// (counted in `megaconn_timeouts_total` and by close reason, logged at
-    /// most once per 5 s per worker and protocol). Without it a peer that
+    /// most once per 5 s per worker and protocol; an `axum_ws` socket's
+    /// send fails with the timeout as its error). Without it a peer that
     /// sends requests and never reads the replies holds its task and a
     /// pooled buffer for good, and holds a graceful shutdown until
     /// `shutdown_timeout`.
@@ -100,17 +103,23 @@ impl Server {
     /// [`ConnectionId`](crate::ConnectionId), to a topic's subscribers, or to
     /// all, from any task or thread. Ask before serving (a handler that
     /// pushes is usually given a clone); every call returns the same hub.
+    /// It takes messages while the server runs, from
+    /// [`Started::run`](crate::Started::run) (which [`serve`](Server::serve)
+    /// calls) until its workers stop: before and after, its calls return
+    /// [`HubError::NotServing`](crate::HubError::NotServing) and
+    /// [`HubError::Stopped`](crate::HubError::Stopped) (also once this
+    /// server is dropped without serving).
     pub fn hub(&mut self) -> Hub {
         let workers = self.handle().worker_stats().to_vec();
         let config = Arc::make_mut(&mut self.config);
         MessageSettings::update(config, |s| {
             let limit = s.hub_queue;
             s.hub
-                .get_or_insert_with(|| Arc::new(HubInner::new(&workers, limit)));
+                .get_or_insert_with(|| Arc::new(HubChannels::new(&workers, limit)));
         });
-        let inner = MessageSettings::of(&self.config)
-            .and_then(|s| s.hub.clone())
-            .expect("just set");
-        Hub::new(inner)
+        MessageSettings::of(&self.config)
+            .and_then(|s| s.hub.as_ref())
+            .expect("just set")
+            .hub()
     }
 }

@@ -149,7 +149,9 @@ where
                 panic!("worker {worker} panics as it sets up, as a test asked");
             }
             let local = tokio::task::LocalSet::new();
-            let summary = local.block_on(runtime.get(), own_task(run(setup, lot, listeners)));
+            let drained = local.block_on(runtime.get(), own_task(run(setup, lot, listeners)));
+            // Counted only now that nothing is polled any more (see `Drained`).
+            let summary = drained.summary();
             // Its tasks first, then the runtime (see `WorkerRuntime`).
             drop(local);
             drop(runtime);
@@ -486,7 +488,7 @@ async fn run<S>(
     setup: WorkerSetup<S>,
     lot: Option<LotFds>,
     listeners: oneshot::Receiver<Vec<AsyncFd<StdTcpListener>>>,
-) -> WorkerSummary
+) -> Drained
 where
     S: HttpService + Clone + 'static,
     S::Future: 'static,
@@ -678,14 +680,6 @@ where
     ctx.stats
         .drain_pending
         .store(0, std::sync::atomic::Ordering::Relaxed);
-    let forced = tracker.len();
-    if forced > 0 {
-        tracing::warn!(
-            worker = index,
-            forced,
-            "shutdown_timeout reached; closing connections by force (raise shutdown_timeout to let them finish)"
-        );
-    }
     if let Some(ticking) = ticking {
         // Before its tick goes: the watchdog must not take the end of the
         // loop for a stall while other workers still drain.
@@ -700,9 +694,54 @@ where
         lot.set_respawn(None);
         lot.set_on_close(None);
     }
-    WorkerSummary {
-        finished: open - forced + parked,
-        forced,
+    Drained {
+        worker: index,
+        open,
+        parked,
+        tracker,
+    }
+}
+
+/// A worker's drain as its loop leaves it, counted by [`Drained::summary`]
+/// once the worker's `block_on` has returned.
+///
+/// Not counted by the loop: its task ends inside one of the `LocalSet`'s
+/// scheduling rounds, and the future `block_on` waits on (which sees that
+/// end) is polled only after the round. Up to 60 more local tasks run in it
+/// (`MAX_TASKS_PER_TICK`, 61, in tokio 1.54's `task/local.rs`), then up to
+/// 61 of the runtime's own (a handler's `tokio::spawn`; `event_interval` in
+/// `current_thread`'s `block_on`). A connection among them woken by then
+/// (its handler's answer came in the same turn as the deadline) finished
+/// its response after the loop had counted it forced. Once `block_on` has
+/// returned nothing is polled again (the `LocalSet`'s tasks are dropped
+/// unpolled), so what is open then is exactly what was forced. (Stopping
+/// the connections instead would take a check at each poll of every
+/// connection; this costs nothing until shutdown.)
+struct Drained {
+    worker: usize,
+    /// Connection tasks open when the drain began.
+    open: usize,
+    /// Connections parked then (they close at once: finished).
+    parked: usize,
+    /// The worker's connection tasks (and upgraded connections' drains).
+    tracker: TaskTracker,
+}
+
+impl Drained {
+    /// How the drain went; call it once nothing of the worker runs.
+    fn summary(self) -> WorkerSummary {
+        let forced = self.tracker.len();
+        if forced > 0 {
+            tracing::warn!(
+                worker = self.worker,
+                forced,
+                "shutdown_timeout reached; closing connections by force (raise shutdown_timeout to let them finish)"
+            );
+        }
+        WorkerSummary {
+            finished: self.open + self.parked - forced,
+            forced,
+        }
     }
 }
 

@@ -17,11 +17,15 @@
 //! A [`WebSocket`](crate::axum_ws::WebSocket) hears the start and sends its
 //! peer a close 1001 (going away), over HTTP/1.1 and HTTP/2.
 //!
-//! Writes on it are not bounded by time: [`Builder::write_timeout`](crate::Builder::write_timeout) (and the
-//! heartbeat timeout standing in for it) applies to the server's own
-//! protocols, not to a socket a handler took over, so a write to a peer
+//! Writes on the raw socket are not bounded by time: a write to a peer
 //! that reads nothing waits until the peer goes or the handler gives up
-//! (as under hyper).
+//! (as under hyper). A [`WebSocket`](crate::axum_ws::WebSocket) bounds its
+//! sends as the server's own persistent protocols bound their writes
+//! (`conn::io::WriteLimit`: [`Builder::write_timeout`](crate::Builder::write_timeout),
+//! else [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)):
+//! the connection carries the resolved bound and its socket's descriptor
+//! for the peer's progress, and the bound of a send under way, in the
+//! socket's box ([`Upgraded::poll_write_bound`]).
 //!
 //! ```no_run
 //! # use megaconn::{Body, OnUpgrade};
@@ -43,6 +47,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -53,6 +58,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::conn::connection::SendConnection;
+use crate::conn::io::{WriteBound, WriteLimit};
 use crate::conn::rewind::Rewind;
 use crate::conn::shutdown::Drain;
 use crate::observe::close::CloseReason;
@@ -77,13 +83,31 @@ pub struct Upgraded {
     stream_stats: Option<Arc<WorkerStats>>,
 }
 
-/// The boxed socket with the connection's place in the worker's drain: in
-/// the socket's box, so that `Upgraded` (which an idle `axum_ws` socket
-/// holds inline) does not grow.
+/// The boxed socket with the connection's place in the worker's drain and
+/// its writes' bound: in the socket's box, so that `Upgraded` (which an
+/// idle `axum_ws` socket holds inline) does not grow.
 struct WithDrain<T: ?Sized> {
     /// `None` on a caller's own transport.
     drain: Option<Drain>,
+    writes: Writes,
     io: T,
+}
+
+/// How an `axum_ws` socket's writes on this connection are bounded, and
+/// the bound of the one under way.
+struct Writes {
+    /// The native protocols' rule, resolved from the server's settings
+    /// when the connection was handed over ([`Upgraded::with_write_limit`]);
+    /// unbounded without.
+    limit: WriteLimit,
+    /// The TCP socket whose acknowledged bytes show the peer's progress;
+    /// `None` for an HTTP/2 stream (its connection's count includes the
+    /// other streams': our own writes show its progress) or a caller's own
+    /// transport.
+    socket: Option<RawFd>,
+    /// The bound of a write that waits, until it is done (boxed: an idle
+    /// socket keeps 8 bytes of it, not ~90).
+    waiting: Option<Box<WriteBound>>,
 }
 
 impl<T: ?Sized + AsyncRead + Unpin> AsyncRead for WithDrain<T> {
@@ -132,9 +156,14 @@ impl Upgraded {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let writes = Writes {
+            limit: WriteLimit::UNBOUNDED,
+            socket: None,
+            waiting: None,
+        };
         Upgraded {
             inner: Rewind {
-                io: Box::new(WithDrain { drain, io }),
+                io: Box::new(WithDrain { drain, writes, io }),
                 read_ahead,
             },
             conn,
@@ -154,6 +183,74 @@ impl Upgraded {
         let mut upgraded = Upgraded::new(io, Bytes::new(), SendConnection::closed(), Some(drain));
         upgraded.stream_stats = Some(stats);
         upgraded
+    }
+
+    /// Bounds the writes of an `axum_ws` socket on this connection by
+    /// `limit` (`MessageSettings::upgraded_write_limit`), the peer's
+    /// progress seen on TCP socket `socket` too ([`WriteBound`]). A raw
+    /// upgraded socket's writes stay unbounded: only `axum_ws` asks
+    /// ([`Upgraded::poll_write_bound`]).
+    pub(crate) fn with_write_limit(mut self, limit: WriteLimit, socket: Option<RawFd>) -> Upgraded {
+        let writes = &mut self.inner.io.writes;
+        writes.limit = limit;
+        writes.socket = socket;
+        self
+    }
+
+    /// For an `axum_ws` socket whose queued bytes wait for the peer
+    /// (`progressed`: the socket took some of them since the last poll):
+    /// the error once the write's bound passed, counted
+    /// (`megaconn_timeouts_total`) and logged as the native protocols'
+    /// are; until then the task is woken when it passes. The socket is
+    /// then failed for good: its reads and writes fail, its close says
+    /// `write_timeout`, and its TCP socket is shut down, so that a task
+    /// waiting to read on it (a split socket's other half) hears it.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn poll_write_bound(
+        &mut self,
+        cx: &mut Context<'_>,
+        progressed: bool,
+    ) -> Poll<io::Error> {
+        let writes = &mut self.inner.io.writes;
+        let (limit, socket) = (writes.limit, writes.socket);
+        if limit.timeout.is_none() {
+            // Unbounded (`write_stall_timeout(None)`): no bound to keep.
+            return Poll::Pending;
+        }
+        let bound = writes
+            .waiting
+            .get_or_insert_with(|| Box::new(WriteBound::new(limit, socket)));
+        if !bound.poll_passed(cx, progressed) {
+            return Poll::Pending;
+        }
+        // The connection's worker's counters, or the HTTP/2 connection's.
+        let stats = self.conn.stats().or(self.stream_stats.as_ref());
+        bound.passed(
+            stats.map(|s| &**s),
+            Flood::AxumWsWriteTimeout,
+            "an axum_ws WebSocket peer",
+        );
+        writes.waiting = None;
+        self.ended = Some(CloseReason::WriteTimeout);
+        if let Some(fd) = socket {
+            // SAFETY: the socket is this connection's, owned by the stream
+            // in the box, open as long as this `Upgraded` lives.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+        }
+        Poll::Ready(write_timed_out(limit))
+    }
+
+    /// The write under way is done (or failed): its bound stops.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn write_done(&mut self) {
+        self.inner.io.writes.waiting = None;
+    }
+
+    /// The error of every read and write once a write's bound passed.
+    fn failed(&self) -> Option<io::Error> {
+        (self.ended == Some(CloseReason::WriteTimeout))
+            .then(|| write_timed_out(self.inner.io.writes.limit))
     }
 
     /// The protocol spoken on the socket fails the connection for a broken
@@ -234,6 +331,20 @@ impl Upgraded {
     }
 }
 
+/// A write that `limit` cut short, saying which setting bounded it.
+fn write_timed_out(limit: WriteLimit) -> io::Error {
+    let (timeout, setting) = (limit.timeout.unwrap_or_default(), limit.setting);
+    let what = if limit.stall {
+        format!("the WebSocket peer took none of our bytes for {timeout:?}")
+    } else {
+        format!("a write to the WebSocket peer took over {timeout:?}")
+    };
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what} ({setting}); the connection is closed"),
+    )
+}
+
 impl Drop for Upgraded {
     fn drop(&mut self) {
         let reason = self.ended.unwrap_or(CloseReason::ServerClosed);
@@ -247,6 +358,9 @@ impl AsyncRead for Upgraded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(failed) = self.failed() {
+            return Poll::Ready(Err(failed));
+        }
         let before = buf.filled().len();
         let result = std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
         let n = buf.filled().len() - before;
@@ -264,6 +378,9 @@ impl AsyncWrite for Upgraded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(failed) = self.failed() {
+            return Poll::Ready(Err(failed));
+        }
         let result = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
         if let (Ok(n), Some(track)) = (&result, self.conn.track_mut()) {
             track.count_out(*n);

@@ -521,6 +521,131 @@ async fn an_h2_tunnel_that_ends_itself_at_shutdown_is_not_forced() {
     shut_down_and_read_the_rest(server, &mut body, b"bye").await;
 }
 
+/// What [`late_or_blocking`]'s handlers share with their test.
+struct LateAnswers {
+    /// Told once per handler waiting (a `/late` one for `answer`).
+    waiting: tokio::sync::mpsc::UnboundedSender<()>,
+    /// Every `/late` handler answers once this is notified.
+    answer: tokio::sync::Notify,
+    /// The `/block` handler's ends: "the worker is blocked" and "unblock".
+    block: std::sync::Mutex<
+        Option<(
+            tokio::sync::oneshot::Sender<()>,
+            std::sync::mpsc::Receiver<()>,
+        )>,
+    >,
+}
+
+/// `/late` answers once told to; `/block`, once shutdown began, blocks
+/// its worker's thread until told to stop (and never answers).
+async fn late_or_blocking(
+    shared: std::sync::Arc<LateAnswers>,
+    req: http::Request<megaconn::Body>,
+) -> Result<http::Response<common::TestBody>, std::convert::Infallible> {
+    if req.uri().path() == "/block" {
+        let _ = shared.waiting.send(());
+        let draining = megaconn::Draining::current().expect("served on a megaconn worker");
+        draining.started().await;
+        let (blocked, unblock) = shared.block.lock().unwrap().take().expect("one /block");
+        // A task of the runtime's own, not of the worker's `LocalSet`: it
+        // runs after the set's round, and the timers that came due while
+        // it blocked are read after it, the shutdown deadline's among them.
+        tokio::spawn(async move {
+            let _ = blocked.send(());
+            let _ = unblock.recv();
+        });
+        return std::future::pending().await;
+    }
+    // Polled on by the connection's own task (a new connection's first
+    // poll has no waker), so that `answer` wakes that task.
+    tokio::task::yield_now().await;
+    let mut answered = std::pin::pin!(shared.answer.notified());
+    answered.as_mut().enable();
+    let _ = shared.waiting.send(());
+    answered.await;
+    Ok(common::full(http::StatusCode::OK, "late"))
+}
+
+/// A connection counted forced got no answer, and one that got its answer
+/// was not counted forced. Here twenty handlers answer in the worker's turn
+/// whose timer ends the drain at `shutdown_timeout`: the worker is blocked
+/// across the deadline (a handler's `tokio::spawn` that waits on a
+/// channel), and the answers are released meanwhile, so that the loop's
+/// timer and the twenty connections are woken in the same turn, the loop
+/// first (local wakes run before remote ones). The loop used to count all
+/// twenty-one forced, and its round went on polling the twenty, which
+/// answered (tokio polls up to 61 tasks a round, and the thread's
+/// `block_on` saw the loop's end only after it): now the worker counts
+/// once nothing runs (`Drained` in `server/worker.rs`).
+#[tokio::test]
+async fn a_connection_counted_forced_got_no_answer() {
+    const LATE: usize = 20;
+    const TIMEOUT: Duration = Duration::from_millis(200);
+    let (waiting, mut waited) = tokio::sync::mpsc::unbounded_channel();
+    let (blocked, is_blocked) = tokio::sync::oneshot::channel();
+    let (unblock, unblocked) = std::sync::mpsc::channel();
+    let shared = std::sync::Arc::new(LateAnswers {
+        waiting,
+        answer: tokio::sync::Notify::new(),
+        block: std::sync::Mutex::new(Some((blocked, unblocked))),
+    });
+    let app = {
+        let shared = shared.clone();
+        tower::service_fn(move |req| late_or_blocking(shared.clone(), req))
+    };
+    let builder = with_shutdown_timeout(TIMEOUT)
+        .park_idle_after(None)
+        .listen_on("127.0.0.1:0".parse().unwrap());
+    let server = common::AppServer::start(builder, app);
+    let mut late = Vec::new();
+    for _ in 0..LATE {
+        late.push(sent(&server, b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n").await);
+    }
+    let mut block = sent(&server, b"GET /block HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    for _ in 0..=LATE {
+        let handler = tokio::time::timeout(common::SAFETY, waited.recv()).await;
+        handler.expect("every handler waits in time");
+    }
+    server.handle.shutdown();
+    tokio::time::timeout(common::SAFETY, is_blocked)
+        .await
+        .expect("the worker blocks in time")
+        .expect("blocked");
+    shared.answer.notify_waiters();
+    // The deadline was set before the block began: it passes while the
+    // worker is still blocked (a wait for the clock, not for a signal).
+    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    unblock.send(()).unwrap();
+    let summary = tokio::time::timeout(common::SAFETY, server.task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+        .expect("serve result");
+    let mut answered = 0;
+    for mut s in late {
+        let raw = read_to_close(&mut s).await;
+        match raw.is_empty() {
+            true => {}
+            false => {
+                let text = String::from_utf8_lossy(&raw);
+                assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+                assert!(text.ends_with("late"), "{text}");
+                answered += 1;
+            }
+        }
+    }
+    assert!(read_to_close(&mut block).await.is_empty());
+    // The race this test is for: connections that answered in the loop's
+    // last turn. Were none of them polled there (a change in tokio's
+    // order), the count below would hold trivially and test nothing.
+    assert!(answered > 0, "none answered in the last turn: {summary:?}");
+    assert_eq!(
+        (summary.finished, summary.forced),
+        (answered, LATE + 1 - answered),
+        "{answered} of {LATE} answered: {summary:?}"
+    );
+}
+
 /// How a test holds the worker's thread at the start of shutdown: a
 /// handler that waits on [`megaconn::Draining`], says so, and once
 /// shutdown began blocks its worker (a `std` channel) until the test is

@@ -14,7 +14,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::{closed_as, reset, SAFETY};
 use megaconn::{
     Builder, CloseReason, ConnectionEvent, ConnectionId, FramedHandler, Framing, FramingError, Hub,
-    ProtocolDetail, Server, ServerHandle, ServerStats, Session, ShutdownSummary,
+    HubError, ProtocolDetail, Server, ServerHandle, ServerStats, Session, ShutdownSummary,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -80,6 +80,18 @@ impl FramedHandler for Probe {
     }
 }
 
+impl Probe {
+    /// A probe whose events nobody awaits (its channels' ends dropped).
+    fn unwatched() -> Probe {
+        Probe {
+            closes: mpsc::unbounded_channel().0,
+            opens: None,
+            busy: mpsc::unbounded_channel().0,
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
 /// A framed server on 127.0.0.1:0, one worker, running the [`Probe`].
 struct Framed {
     addr: std::net::SocketAddr,
@@ -112,7 +124,10 @@ impl Framed {
             busy: busied,
             gate: gate.clone(),
         };
-        let task = tokio::spawn(server.serve_framed(probe));
+        // Run here, not in the task: the hub takes messages once the server
+        // runs, which the tests' first pushes must not race.
+        let running = server.start_framed(probe).expect("server starts").run();
+        let task = tokio::spawn(async move { Ok(running.await) });
         Framed {
             addr,
             handle,
@@ -877,13 +892,13 @@ async fn pushes_reach_awake_and_parked_connections_by_id() {
     let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
     let mut s = server.connect().await;
     let id = server.next_open().await;
-    assert!(server.hub.send(id, "pushed"));
+    assert_eq!(server.hub.send(id, "pushed"), Ok(()));
     assert_eq!(read_exact(&mut s, 7).await, b"pushed\n");
     // In order with replies, from another thread.
     let hub = server.hub.clone();
     std::thread::spawn(move || {
-        hub.send(id, "one");
-        hub.send(id, "two");
+        assert_eq!(hub.send(id, "one"), Ok(()));
+        assert_eq!(hub.send(id, "two"), Ok(()));
     })
     .join()
     .unwrap();
@@ -904,7 +919,7 @@ async fn pushes_reach_awake_and_parked_connections_by_id() {
         .wait_stats("parked", |s| s.connections_parked == 1)
         .await;
     for _ in 0..3 {
-        server.hub.send(id, "to a parked one");
+        assert_eq!(server.hub.send(id, "to a parked one"), Ok(()));
         assert_eq!(read_exact(&mut s, 16).await, b"to a parked one\n");
     }
     let stats = server.handle.stats();
@@ -920,8 +935,8 @@ async fn pushes_reach_awake_and_parked_connections_by_id() {
     let mut fresh = server.connect().await;
     let fresh_id = server.next_open().await;
     assert_ne!(fresh_id, id);
-    server.hub.send(id, "stale");
-    server.hub.send(fresh_id, "fresh");
+    assert_eq!(server.hub.send(id, "stale"), Ok(()));
+    assert_eq!(server.hub.send(fresh_id, "fresh"), Ok(()));
     assert_eq!(read_exact(&mut fresh, 6).await, b"fresh\n");
     server.stop().await;
 }
@@ -941,7 +956,7 @@ async fn a_parked_peer_that_does_not_read_pushes_is_closed_as_a_slow_consumer() 
         .wait_stats("parked", |s| s.connections_parked == 1)
         .await;
     // More than any socket buffer takes at once, and the peer reads nothing.
-    server.hub.send(id, vec![7u8; 48 << 20]);
+    assert_eq!(server.hub.send(id, vec![7u8; 48 << 20]), Ok(()));
     assert_eq!(server.next_close().await, (1, CloseReason::SlowConsumer));
     server
         .wait_stats("counted", |s| s.connections_open == 0)
@@ -974,7 +989,7 @@ async fn publish_and_broadcast_reach_parked_and_busy_connections() {
     assert_eq!(read_exact(&mut busy, 3).await, b"ok\n");
     server.next_busy().await;
 
-    assert!(server.hub.publish("news", "headline"));
+    assert_eq!(server.hub.publish("news", "headline"), Ok(()));
     // The parked one has it at once, still parked.
     assert_eq!(read_exact(&mut parked, 9).await, b"headline\n");
     assert_eq!(server.handle.stats().connections_parked, 2);
@@ -986,7 +1001,7 @@ async fn publish_and_broadcast_reach_parked_and_busy_connections() {
     assert_eq!(read_exact(&mut busy, 16).await, b"waited\nheadline\n");
 
     // Everyone hears a broadcast; the unsubscribed one heard nothing before.
-    assert!(server.hub.broadcast("all"));
+    assert_eq!(server.hub.broadcast("all"), Ok(()));
     for s in [&mut parked, &mut other, &mut busy] {
         assert_eq!(read_exact(s, 4).await, b"all\n");
     }
@@ -996,7 +1011,7 @@ async fn publish_and_broadcast_reach_parked_and_busy_connections() {
     server
         .wait_stats("three parked", |s| s.connections_parked == 3)
         .await;
-    server.hub.publish("news", "again");
+    assert_eq!(server.hub.publish("news", "again"), Ok(()));
     assert_eq!(read_exact(&mut parked, 6).await, b"again\n");
     assert_eq!(read_exact(&mut busy, 6).await, b"again\n");
 
@@ -1004,8 +1019,8 @@ async fn publish_and_broadcast_reach_parked_and_busy_connections() {
     // is the first thing it reads).
     parked.write_all(b"unsub news\n").await.unwrap();
     assert_eq!(read_exact(&mut parked, 3).await, b"ok\n");
-    server.hub.publish("news", "late");
-    server.hub.broadcast("end");
+    assert_eq!(server.hub.publish("news", "late"), Ok(()));
+    assert_eq!(server.hub.broadcast("end"), Ok(()));
     assert_eq!(read_exact(&mut parked, 4).await, b"end\n");
     assert_eq!(read_exact(&mut other, 4).await, b"end\n");
     assert_eq!(read_exact(&mut busy, 9).await, b"late\nend\n");
@@ -1014,8 +1029,8 @@ async fn publish_and_broadcast_reach_parked_and_busy_connections() {
     drop(busy);
     server.next_close().await;
     let before = server.handle.stats().messages;
-    server.hub.publish("news", "x");
-    server.hub.broadcast("y");
+    assert_eq!(server.hub.publish("news", "x"), Ok(()));
+    assert_eq!(server.hub.broadcast("y"), Ok(()));
     assert_eq!(read_exact(&mut parked, 2).await, b"y\n");
     assert_eq!(read_exact(&mut other, 2).await, b"y\n");
     // (A parked connection's push is counted just after its `send`, so the
@@ -1042,7 +1057,7 @@ async fn a_busy_connection_whose_outbound_queue_overflows_is_closed_as_a_slow_co
     server.next_busy().await;
     // Three fit in the queue, the fourth does not.
     for i in 0..4 {
-        server.hub.send(id, format!("push {i}"));
+        assert_eq!(server.hub.send(id, format!("push {i}")), Ok(()));
     }
     server
         .wait_stats("a queue drop", |s| s.messages.queue_drops == 1)
@@ -1161,7 +1176,7 @@ async fn shutdown_sends_accepted_pushes_before_the_goodbye() {
     server.next_open().await;
     s.write_all(&frame(b"wait")).await.unwrap();
     server.next_busy().await;
-    assert!(server.hub.send(id, "p1"));
+    assert_eq!(server.hub.send(id, "p1"), Ok(()));
     server
         .wait_stats("the push queued", |s| s.messages.pushes == 1)
         .await;
@@ -1189,14 +1204,14 @@ async fn an_overflow_during_a_stuck_write_closes_the_slow_consumer() {
     let s = server.connect().await;
     let id = server.next_open().await;
     // More than any socket buffer takes, and the peer reads nothing.
-    assert!(server.hub.send(id, vec![7u8; 48 << 20]));
+    assert_eq!(server.hub.send(id, vec![7u8; 48 << 20]), Ok(()));
     // Its first bytes arrived: the connection took it and is writing it.
     tokio::time::timeout(SAFETY, s.readable())
         .await
         .expect("the push's first bytes in time")
         .unwrap();
     for _ in 0..8 {
-        server.hub.send(id, "more");
+        assert_eq!(server.hub.send(id, "more"), Ok(()));
     }
     assert_eq!(server.next_close().await, (0, CloseReason::SlowConsumer));
     server
@@ -1214,7 +1229,7 @@ async fn an_overflow_during_a_stuck_write_closes_the_slow_consumer() {
 async fn broadcasts_before_any_connection_are_not_kept_for_the_first_one() {
     let server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
     for _ in 0..10 {
-        server.hub.broadcast("old");
+        assert_eq!(server.hub.broadcast("old"), Ok(()));
     }
     server
         .wait_stats("the worker took them", |s| s.messages.hub_messages == 10)
@@ -1243,7 +1258,7 @@ async fn a_push_goes_out_while_the_peer_is_mid_frame() {
     server
         .wait_stats("the part read", |s| s.messages.bytes_in == 14)
         .await;
-    assert!(server.hub.send(id, "p"));
+    assert_eq!(server.hub.send(id, "p"), Ok(()));
     assert_eq!(read_frame(&mut s).await, b"p");
     s.write_all(&whole[14..]).await.unwrap();
     assert_eq!(read_frame(&mut s).await, [5u8; 100]);
@@ -1257,7 +1272,7 @@ async fn message_metrics_count_frames_bytes_and_pushes() {
     let id = server.next_open().await;
     s.write_all(b"one\ntwo\n").await.unwrap();
     assert_eq!(read_exact(&mut s, 8).await, b"one\ntwo\n");
-    server.hub.send(id, "pushed");
+    assert_eq!(server.hub.send(id, "pushed"), Ok(()));
     assert_eq!(read_exact(&mut s, 7).await, b"pushed\n");
     server
         .wait_stats("three frames out", |s| s.messages.frames_out == 3)
@@ -1297,7 +1312,7 @@ async fn a_hub_queue_over_its_bound_drops_counts_and_shows_its_backlog() {
     .await;
     let mut s = server.connect().await;
     let id = server.next_open().await;
-    assert!(server.hub.broadcast("first"));
+    assert_eq!(server.hub.broadcast("first"), Ok(()));
     // Delivered: the pump now waits out its rate, and takes nothing more.
     assert_eq!(read_exact(&mut s, 6).await, b"first\n");
     let queued = |s: &ServerStats| s.messages.hub_queued;
@@ -1310,12 +1325,19 @@ async fn a_hub_queue_over_its_bound_drops_counts_and_shows_its_backlog() {
         (0, 0)
     );
     let taken: Vec<bool> = (0..10)
-        .map(|i| server.hub.broadcast(format!("later {i}")))
+        .map(|i| server.hub.broadcast(format!("later {i}")).is_ok())
         .collect();
     let room: Vec<bool> = (0..10).map(|i| i < 4).collect();
     assert_eq!(taken, room, "four fit in the queue, six do not");
-    assert!(!server.hub.send(id, "by id"), "its worker's queue is full");
-    assert!(!server.hub.publish("news", "to a topic"));
+    assert_eq!(
+        server.hub.send(id, "by id"),
+        Err(HubError::QueueFull),
+        "its worker's queue is full"
+    );
+    assert_eq!(
+        server.hub.publish("news", "to a topic"),
+        Err(HubError::QueueFull)
+    );
     let stats = server.handle.stats();
     assert_eq!((queued(&stats), dropped(&stats)), (4, 8), "{stats:?}");
     assert_eq!(stats.messages.hub_messages, 1);
@@ -1502,7 +1524,7 @@ async fn a_paced_broadcast_lets_the_worker_serve_its_connections_meanwhile() {
     server
         .wait_stats("five parked", |s| s.connections_parked == 5)
         .await;
-    assert!(server.hub.broadcast("all"));
+    assert_eq!(server.hub.broadcast("all"), Ok(()));
     server
         .wait_stats("one reached, four pending", |s| {
             s.messages.pushes == 1 && s.messages.deliveries_pending == 4
@@ -1564,9 +1586,9 @@ async fn sliced_broadcasts_reach_everyone_in_order_and_nothing_stays_pending() {
         conns[N / 2].write_all(b"wait\n").await.unwrap();
         server.next_busy().await;
 
-        assert!(server.hub.broadcast("one"));
-        assert!(server.hub.broadcast("two"));
-        assert!(server.hub.send(ids[0], "three"));
+        assert_eq!(server.hub.broadcast("one"), Ok(()));
+        assert_eq!(server.hub.broadcast("two"), Ok(()));
+        assert_eq!(server.hub.send(ids[0], "three"), Ok(()));
         server.gate.add_permits(1);
         for (i, s) in conns.iter_mut().enumerate() {
             let want: &[u8] = match i {
@@ -1660,15 +1682,7 @@ async fn a_reset_of_a_parked_framed_connection_is_a_client_close() {
 async fn a_framed_server_started_then_run_echoes_what_waited() {
     let server = one_lines_worker();
     let addr = server.local_addr();
-    let (closes, _closes) = mpsc::unbounded_channel();
-    let (busy, _busy) = mpsc::unbounded_channel();
-    let probe = Probe {
-        closes,
-        opens: None,
-        busy,
-        gate: Arc::new(Semaphore::new(0)),
-    };
-    let started = server.start_framed(probe).expect("starts");
+    let started = server.start_framed(Probe::unwatched()).expect("starts");
     let handle = started.handle();
     let mut waiting = TcpStream::connect(addr).await.unwrap();
     waiting.write_all(b"waited\n").await.unwrap();
@@ -1680,4 +1694,56 @@ async fn a_framed_server_started_then_run_echoes_what_waited() {
         .expect("server stops")
         .unwrap();
     assert_eq!(summary.accepted, 1);
+}
+
+/// A hub takes messages only while its server runs: before (bound, then
+/// started but not accepting) and after (stopped) it refuses them, saying
+/// which, and holds none. Before, a hub of a server that was not serving
+/// queued them, up to `hub_queue` (65,536 by default) per worker, held
+/// their memory and said it took them.
+#[tokio::test]
+async fn a_hub_takes_messages_only_while_its_server_runs() {
+    let mut server = one_lines_worker();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let hub = server.hub();
+    let queued = || handle.stats().messages.hub_queued;
+    for i in 0..100 {
+        assert_eq!(hub.broadcast(format!("{i}")), Err(HubError::NotServing));
+    }
+    assert_eq!(hub.publish("news", "x"), Err(HubError::NotServing));
+    assert_eq!(queued(), 0);
+    // Started, its workers accept nothing yet: still not serving.
+    let started = server.start_framed(Probe::unwatched()).expect("starts");
+    assert_eq!(hub.broadcast("early"), Err(HubError::NotServing));
+    // Running (from `run`'s call, not its first poll): taken and delivered.
+    let running = tokio::spawn(started.run());
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"ping\n").await.unwrap();
+    assert_eq!(read_exact(&mut s, 5).await, b"ping\n");
+    assert_eq!(hub.broadcast("to all"), Ok(()));
+    assert_eq!(read_exact(&mut s, 7).await, b"to all\n");
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, running)
+        .await
+        .expect("server stops")
+        .unwrap();
+    // Stopped: refused, nothing held.
+    assert_eq!(hub.broadcast("late"), Err(HubError::Stopped));
+    assert_eq!(hub.publish("news", "late"), Err(HubError::Stopped));
+    assert_eq!(queued(), 0);
+}
+
+/// The hub of a server dropped without serving reports it stopped: the
+/// workers' ends of its channels went with the server. (It queued for it,
+/// up to `hub_queue`, and said it took each message.)
+#[test]
+fn a_hub_of_a_server_dropped_without_serving_says_it_stopped() {
+    let mut server = one_lines_worker();
+    let handle = server.handle();
+    let hub = server.hub();
+    drop(server);
+    assert_eq!(hub.broadcast("x"), Err(HubError::Stopped));
+    assert_eq!(hub.publish("news", "x"), Err(HubError::Stopped));
+    assert_eq!(handle.stats().messages.hub_queued, 0);
 }

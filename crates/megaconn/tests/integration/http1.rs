@@ -766,3 +766,32 @@ async fn absolute_form_authority_replaces_host() {
     }
     server.stop().await;
 }
+
+/// A handler streaming back a request body the client broke (a bad chunk
+/// size, or more than `max_body_bytes`): its response body fails because
+/// the request's did. That is the client's doing, counted and logged (rate
+/// limited) when the request body failed: the connection closes for that
+/// reason, not as a server error with a warning per request (a peer could
+/// flood the log with them).
+#[tokio::test]
+async fn a_response_body_failing_with_the_request_body_is_not_a_server_error() {
+    let server =
+        TestServer::start(megaconn::Server::builder().workers(1).max_body_bytes(1024)).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+    )
+    .await
+    .unwrap();
+    read_to_close(&mut s).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut request = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4096\r\n\r\n".to_vec();
+    request.resize(request.len() + 4096, b'x');
+    s.write_all(&request).await.unwrap();
+    read_to_close(&mut s).await;
+    server.wait_stats("both closed", |s| s.closed == 2).await;
+    let stats = server.handle.stats();
+    assert_eq!(common::closed_as(&stats, "server_error"), 0, "{stats:?}");
+    assert_eq!(stats.protocol_errors, 2, "{stats:?}");
+    server.stop().await;
+}

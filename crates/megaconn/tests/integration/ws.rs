@@ -114,7 +114,10 @@ impl Ws {
         let app = axum::Router::new()
             .route_service("/ws", ws)
             .route("/", axum::routing::get(|| async { "Hello" }));
-        let task = tokio::spawn(server.serve(app));
+        // Run here, not in the task: the hub takes messages once the server
+        // runs, which the tests' first pushes must not race.
+        let running = server.start(app).expect("server starts").run();
+        let task = tokio::spawn(async move { Ok(running.await) });
         Ws {
             addr,
             handle,
@@ -480,7 +483,7 @@ async fn a_push_goes_out_while_the_peer_is_mid_message() {
     server
         .wait_stats("the part read", |s| s.messages.bytes_in >= 16)
         .await;
-    assert!(server.hub.send(id, "p"));
+    assert_eq!(server.hub.send(id, "p"), Ok(()));
     assert_eq!(read_frame(&mut s).await, (0x81, b"p".to_vec()));
     s.write_all(&whole[16..]).await.unwrap();
     assert_eq!(read_frame(&mut s).await, (0x82, vec![0u8; 100]));
@@ -1181,14 +1184,17 @@ async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
         .wait_stats("both parked", |s| s.connections_parked == 2)
         .await;
     // To one parked WebSocket by id: one send from the pump, it stays parked.
-    assert!(server.hub.send(a_id, "to a"));
+    assert_eq!(server.hub.send(a_id, "to a"), Ok(()));
     assert_eq!(next_data(&mut a).await, Message::text("to a"));
     // Bytes that are not UTF-8 arrive as a binary message.
-    assert!(server.hub.send(a_id, Bytes::from_static(&[0xff, 0])));
+    assert_eq!(
+        server.hub.send(a_id, Bytes::from_static(&[0xff, 0])),
+        Ok(())
+    );
     assert_eq!(next_data(&mut a).await, Message::binary(vec![0xff, 0]));
     // To the topic, and to all.
-    assert!(server.hub.publish("room", "to the room"));
-    assert!(server.hub.broadcast("to all"));
+    assert_eq!(server.hub.publish("room", "to the room"), Ok(()));
+    assert_eq!(server.hub.broadcast("to all"), Ok(()));
     for client in [&mut a, &mut b] {
         assert_eq!(next_data(client).await, Message::text("to the room"));
         assert_eq!(next_data(client).await, Message::text("to all"));
@@ -1198,12 +1204,12 @@ async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
     a.send(Message::text("count")).await.unwrap();
     assert_eq!(next_data(&mut a).await, Message::text("2"));
     // An awake connection (it just answered) gets pushes through its queue.
-    assert!(server.hub.send(a_id, "awake"));
+    assert_eq!(server.hub.send(a_id, "awake"), Ok(()));
     assert_eq!(next_data(&mut a).await, Message::text("awake"));
     // A closed connection leaves its topic: a publish reaches only b.
     a.close(None).await.unwrap();
     assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
-    assert!(server.hub.publish("room", "after a left"));
+    assert_eq!(server.hub.publish("room", "after a left"), Ok(()));
     assert_eq!(next_data(&mut b).await, Message::text("after a left"));
     drop(b);
     server.next_close().await;
@@ -1230,7 +1236,7 @@ async fn a_paced_broadcast_lets_the_worker_serve_its_websockets_meanwhile() {
     server
         .wait_stats("four parked", |s| s.connections_parked == 4)
         .await;
-    assert!(server.hub.broadcast("to all"));
+    assert_eq!(server.hub.broadcast("to all"), Ok(()));
     server
         .wait_stats("one reached, three pending", |s| {
             s.messages.pushes == 1 && s.messages.deliveries_pending == 3
@@ -1275,8 +1281,8 @@ async fn paced_broadcasts_reach_every_websocket_in_order() {
     server
         .wait_stats("all parked", |s| s.connections_parked == N as i64)
         .await;
-    assert!(server.hub.broadcast("one"));
-    assert!(server.hub.broadcast("two"));
+    assert_eq!(server.hub.broadcast("one"), Ok(()));
+    assert_eq!(server.hub.broadcast("two"), Ok(()));
     for client in &mut clients {
         assert_eq!(next_data(client).await, Message::text("one"));
         assert_eq!(next_data(client).await, Message::text("two"));
@@ -1499,11 +1505,11 @@ async fn pushes_reach_a_parked_websocket_over_tls_encrypted_and_it_stays_parked(
     let before = server.handle.stats();
     // By id, topic and broadcast: each one `send` of records sealed with
     // the parked session, which stays parked (no wake).
-    assert!(server.hub.send(id, "to you"));
+    assert_eq!(server.hub.send(id, "to you"), Ok(()));
     assert_eq!(next_data(&mut client).await, Message::text("to you"));
-    assert!(server.hub.publish("room", "to the room"));
+    assert_eq!(server.hub.publish("room", "to the room"), Ok(()));
     assert_eq!(next_data(&mut client).await, Message::text("to the room"));
-    assert!(server.hub.broadcast("to all"));
+    assert_eq!(server.hub.broadcast("to all"), Ok(()));
     assert_eq!(next_data(&mut client).await, Message::text("to all"));
     let after = server.handle.stats();
     assert_eq!(after.connections_parked, 1, "{after:?}");
@@ -1822,7 +1828,7 @@ async fn websockets_of_routes_with_different_states_park_and_wake_as_their_own()
         common::wait_stats(&handle, "parked again", parked(3)).await;
     }
     // A broadcast reaches every table's parked connections.
-    assert!(hub.broadcast("to all"));
+    assert_eq!(hub.broadcast("to all"), Ok(()));
     for client in [&mut a, &mut b, &mut l] {
         assert_eq!(next_data(client).await, Message::text("to all"));
     }

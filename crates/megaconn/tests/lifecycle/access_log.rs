@@ -10,15 +10,22 @@
 //! request's record has dropped and a second line for one request would be
 //! there; a connection's peer address tells its lines from any other test's.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use megaconn::BoxError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
 
 use super::common::modes::{self, h2_exchange};
-use super::common::{h2c_from, read_to_close, AppServer, TestServer};
+use super::common::{h2c_from, read_to_close, AppServer, TestServer, SAFETY};
 use super::{capture_log, ACCESS_TARGET, LOGGED};
 
 /// The access-log lines of the connection from `peer`.
@@ -359,4 +366,190 @@ async fn http2_uploads_count_their_bytes_in_the_metric_without_the_access_log() 
     s.server.stop().await;
     let counted = handle.stats().request_metrics.request_body_bytes - before;
     assert_eq!(counted, 71_000, "request_body_bytes");
+}
+
+/// What [`gated`]'s handlers share with the test.
+struct Gate {
+    /// Set, a waiting handler answers the next time it is polled. Setting
+    /// it wakes nothing.
+    open: AtomicBool,
+    /// A handler says here that it runs, and waits.
+    entered: mpsc::UnboundedSender<()>,
+}
+
+/// `/open` opens the gate as the service is called (in the connection's
+/// loop, as the request is accepted) and answers `200 ok`; any other path
+/// waits for the gate, then answers `200` (`/answer`), fails (`/fail`, a
+/// 500) or panics (`/panic`, a 500). The wait registers no waker: only its
+/// stream's exchange, woken for something else, polls the handler again.
+fn gated(gate: Arc<Gate>) -> impl megaconn::HttpService + Clone + Send + 'static {
+    tower::service_fn(move |req: http::Request<megaconn::Body>| {
+        let gate = gate.clone();
+        let path = req.uri().path().to_owned();
+        if path == "/open" {
+            gate.open.store(true, Ordering::SeqCst);
+        }
+        async move {
+            if path != "/open" {
+                let _ = gate.entered.send(());
+                std::future::poll_fn(|_| match gate.open.load(Ordering::SeqCst) {
+                    true => Poll::Ready(()),
+                    false => Poll::Pending,
+                })
+                .await;
+            }
+            match path.as_str() {
+                "/fail" => Err(BoxError::from("the handler fails (told by the test)")),
+                "/panic" => panic!("the handler panics (told by the test)"),
+                _ => Ok(http::Response::new(Full::new(Bytes::from_static(b"ok")))),
+            }
+        }
+    })
+}
+
+/// A client reset that arrives after the handler answered and before its
+/// head went out leaves no status: the line has `status=0` and the metric
+/// the `none` class, as for a reset before the handler answered, whether
+/// the head was the handler's (`/answer`) or megaconn's 500 for a handler
+/// that failed or panicked. The 500s were logged and counted as sent:
+/// `send_error` noted the status before h2 refused the head.
+///
+/// The order is forced, not hoped for: the client queues `RST_STREAM` for
+/// the waiting stream and then a request for `/open` (this test's runtime
+/// has one thread: its connection task writes both at once, in that
+/// order), so the server has read the reset when `/open`'s call opens the
+/// gate; the reset woke the waiting stream's exchange, which polls its
+/// handler before it looks for a reset: it finds the answer, and h2
+/// refuses its head. The handler was not cancelled (`cancelled` stays 0):
+/// had the exchange run between the two frames, the reset would have
+/// cancelled it and the test would say so. `/open`'s answer comes after
+/// that exchange ended (in the same turn of the connection, before its
+/// responses are written).
+#[tokio::test]
+async fn an_http2_head_refused_by_the_clients_reset_has_no_status() {
+    capture_log();
+    let (entered, mut running) = mpsc::unbounded_channel();
+    let gate = Arc::new(Gate {
+        open: AtomicBool::new(false),
+        entered,
+    });
+    let server = AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .access_log(true)
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        gated(gate.clone()),
+    );
+    let handle = server.handle.clone();
+    let mut sent = Vec::new();
+    for path in ["/answer", "/fail", "/panic"] {
+        gate.open.store(false, Ordering::SeqCst);
+        let (send, peer) = h2c_from(server.addrs[0]).await;
+        let mut ready = send.clone().ready().await.expect("h2 ready");
+        let (response, mut stream) = ready.send_request(h2_get(path), true).expect("send");
+        tokio::time::timeout(SAFETY, running.recv())
+            .await
+            .expect("the handler runs")
+            .unwrap();
+        stream.send_reset(h2::Reason::CANCEL);
+        let after = h2_exchange(&send, h2_get("/open"), b"", true).await;
+        assert_eq!(after, (200, b"ok".to_vec()), "{path}");
+        assert_eq!(handle.stats().cancelled, 0, "{path}: the handler answered");
+        drop((response, send));
+        sent.push((path, peer));
+    }
+    assert!(server.stop().await, "the server stops");
+    for (path, peer) in sent {
+        let lines: Vec<String> = access_lines(peer)
+            .into_iter()
+            .filter(|l| l.split(' ').any(|f| f == format!("path={path}")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{path}: {lines:?}");
+        assert!(
+            lines[0].split(' ').any(|f| f == "status=0"),
+            "{path}: {}",
+            lines[0]
+        );
+    }
+    let by_class = |class: &str| {
+        let stats = handle.stats();
+        let counts = stats.request_metrics.by_method_status;
+        counts
+            .iter()
+            .filter(|c| c.method == "GET" && c.status_class == class)
+            .map(|c| c.count)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (by_class("none"), by_class("2xx"), by_class("5xx")),
+        (3, 3, 0),
+        "requests_total: the three reset, the three after them"
+    );
+}
+
+/// An HTTP/2 body handed to a task that reads it only after the response
+/// went out and the connection closed still counts its bytes in
+/// `megaconn_request_body_bytes_total`, with the access log off and on
+/// (the line, written when the stream ended, has `bytes_in=0`). They were
+/// lost: the connection counted, as it ended, what had arrived (the log
+/// off), and the stream's record took the body's count, 0 for a body
+/// still held (the log on). The task runs on the test's runtime: the body
+/// is read and dropped on another thread than the server's worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_body_bytes_read_after_the_connection_closed_are_counted() {
+    static UPLOAD: [u8; 10_000] = [b'u'; 10_000];
+    for access_log in [false, true] {
+        let read = Arc::new(Notify::new());
+        let (read_tx, mut was_read) = mpsc::unbounded_channel();
+        let elsewhere = tokio::runtime::Handle::current();
+        let service = {
+            let read = read.clone();
+            tower::service_fn(move |req: http::Request<megaconn::Body>| {
+                let (read, read_tx) = (read.clone(), read_tx.clone());
+                elsewhere.spawn(async move {
+                    read.notified().await;
+                    let body = req.into_body().collect().await;
+                    let _ = read_tx.send(body.map(|b| b.to_bytes().len()).ok());
+                });
+                async {
+                    let answer = Full::new(Bytes::from_static(b"ok"));
+                    Ok::<_, Infallible>(http::Response::new(answer))
+                }
+            })
+        };
+        let (builder, mut events) = modes::hooked(
+            megaconn::Server::builder()
+                .workers(1)
+                .access_log(access_log)
+                .listen_on("127.0.0.1:0".parse().unwrap()),
+        );
+        let server = AppServer::start(builder, service);
+        let handle = server.handle.clone();
+        let tcp = TcpStream::connect(server.addrs[0]).await.expect("connect");
+        let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let upload = http::Request::post("http://localhost/later")
+            .body(())
+            .unwrap();
+        let answer = h2_exchange(&send, upload, &UPLOAD, true).await;
+        assert_eq!(answer, (200, b"ok".to_vec()), "access_log {access_log}");
+        // The client goes (GOAWAY, then its half closed after the upload).
+        drop(send);
+        let _ = tokio::time::timeout(SAFETY, conn).await;
+        events.next_close().await;
+        let counted = || handle.stats().request_metrics.request_body_bytes;
+        assert_eq!(counted(), 0, "nothing read yet (access_log {access_log})");
+        read.notify_one();
+        let got = tokio::time::timeout(SAFETY, was_read.recv())
+            .await
+            .expect("the task reads the body")
+            .unwrap();
+        assert_eq!(got, Some(UPLOAD.len()), "the whole body arrived");
+        assert_eq!(
+            counted(),
+            UPLOAD.len() as u64,
+            "request_body_bytes (access_log {access_log})"
+        );
+        assert!(server.stop().await, "the server stops");
+    }
 }

@@ -734,7 +734,7 @@ async fn flush(
                     return Poll::Ready(Err(CloseReason::SlowConsumer));
                 }
                 if bound.poll_passed(cx, at > before) {
-                    bound.passed(ctx, Flood::FramedWriteTimeout, "a framed peer");
+                    bound.passed(Some(&ctx.stats), Flood::FramedWriteTimeout, "a framed peer");
                     return Poll::Ready(Err(CloseReason::WriteTimeout));
                 }
                 Poll::Pending

@@ -689,3 +689,117 @@ fn header_timed_out() -> CloseReason {
     tracing::debug!("no whole request head within read_header_timeout; closing the connection");
     CloseReason::HeaderTimeout
 }
+
+#[cfg(test)]
+mod tests {
+    //! The waits between requests on a real socket, on paused time, with a
+    //! worker context that has a parking lot or not: `park_idle_after`'s
+    //! wait needs one, which `Builder::serve_connection` (whose stream never
+    //! parks) cannot give.
+
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::conn::config::Config;
+    use crate::conn::limit::ConnectionLimit;
+    use crate::conn::park::{LotFds, ParkingLot};
+    use crate::observe::stats::WorkerStats;
+
+    /// The wait between requests, in both tests.
+    const WAIT: Duration = Duration::from_millis(100);
+
+    /// A keep-alive connection that asks again well within its idle timeout
+    /// is not woken by its own timer (see [`aim_ahead`]).
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_keeps_asking_is_not_woken_by_its_timer() {
+        let config = Config {
+            idle_timeout: Some(WAIT),
+            ..Config::default()
+        };
+        not_woken_by_its_timer(config, None).await;
+    }
+
+    /// The same for the wait of `park_idle_after`, which a connection on a
+    /// worker with a parking lot waits instead (the shorter of the two).
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_asking_within_park_idle_after_is_not_woken_by_its_timer() {
+        let config = Config {
+            park_idle_after: Some(WAIT),
+            ..Config::default()
+        };
+        let stats = Arc::new(WorkerStats::default());
+        let lot = ParkingLot::new(
+            LotFds::new(Duration::ZERO).unwrap(),
+            ConnectionLimit::new(4, None),
+            stats,
+            WAIT,
+        );
+        not_woken_by_its_timer(config, Some(lot)).await;
+    }
+
+    /// Checks that a connection served with `config` (and `lot`, if any),
+    /// whose wait between requests is [`WAIT`], is not woken by its timer:
+    /// spread over six waits, twenty requests take as many polls of the
+    /// connection as twenty sent back to back. (The timer was left at the
+    /// first wait's deadline and came due once per wait, early, to be moved
+    /// on: a wake-up of the worker each time that served nothing.)
+    async fn not_woken_by_its_timer(config: Config, lot: Option<ParkingLot>) {
+        let stats = Arc::new(WorkerStats::default());
+        let ctx = Rc::new(WorkerContext::new(0, Arc::new(config), stats, lot));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server_end, _) = listener.accept().await.unwrap();
+        let app = tower::service_fn(|_: Request<Body>| async {
+            let ok = http_body_util::Full::new(bytes::Bytes::from_static(b"ok"));
+            Ok::<_, std::convert::Infallible>(http::Response::new(ok))
+        });
+        let polls = Rc::new(Cell::new(0u32));
+        let counted = polls.clone();
+        let mut serve = Box::pin(serve_connection(server_end, app, ctx, None, None));
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(poll_fn(move |cx| {
+            counted.set(counted.get() + 1);
+            serve.as_mut().poll(cx).map(drop)
+        }));
+        local
+            .run_until(async {
+                ask(&mut c).await;
+                // Each phase: 20 requests, a pause after each.
+                let mut phase = async |pause: Duration| {
+                    let before = polls.get();
+                    for _ in 0..20 {
+                        ask(&mut c).await;
+                        tokio::time::sleep(pause).await;
+                    }
+                    polls.get() - before
+                };
+                let back_to_back = phase(Duration::from_millis(1)).await;
+                let spread = phase(WAIT * 3 / 10).await;
+                assert_eq!(
+                    spread, back_to_back,
+                    "polls of the connection: 20 requests 30 ms apart took {spread}, back to back {back_to_back}"
+                );
+            })
+            .await;
+    }
+
+    /// One keep-alive request, and its whole answer (`ok`).
+    async fn ask(c: &mut TcpStream) {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let mut chunk = [0u8; 512];
+            let n = c.read(&mut chunk).await.unwrap();
+            assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    }
+}

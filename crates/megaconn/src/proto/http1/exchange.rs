@@ -569,6 +569,34 @@ fn body_done<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
 }
 
 /// Stops reading the body: the handler sees `error`, the connection closes.
+/// Why the connection closes when the response body failed mid-stream.
+///
+/// When the request's body failed first (`close_reason` set) and the
+/// response's error comes from it (a handler streaming back an upload the
+/// client framed wrong, broke off or made larger than `max_body_bytes`),
+/// the client did it: that was counted and logged, rate-limited, when the
+/// request body failed, and the close keeps that reason. Otherwise the
+/// service's own body failed, a server error, logged at warn, rate-limited
+/// too: a peer can make a handler's body fail request after request.
+fn response_body_failed(close_reason: &Option<CloseReason>, e: &BoxError) -> CloseReason {
+    let source: &(dyn std::error::Error + 'static) = &**e;
+    let from_request = std::iter::successors(Some(source), |e| e.source())
+        .any(|e| e.is::<BodyError>() || e.is::<http_body_util::LengthLimitError>());
+    match close_reason {
+        Some(reason) if from_request => {
+            tracing::debug!(error = %e, "response body failed with the request body; closing");
+            *reason
+        }
+        _ => {
+            ratelog::log(
+                Flood::ResponseBodyFailed,
+                |suppressed| tracing::warn!(error = %e, suppressed, "response body failed mid-stream; closing"),
+            );
+            CloseReason::ServerError
+        }
+    }
+}
+
 fn give_up_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, error: BodyError) {
     body_done(this);
     this.setup.keep_alive = false;
@@ -713,8 +741,7 @@ where
             },
             Some(Err(e)) => {
                 let e: BoxError = e.into();
-                tracing::warn!(error = %e, "response body failed mid-stream; closing");
-                return Err(Outcome::Close(CloseReason::ServerError));
+                return Err(Outcome::Close(response_body_failed(this.close_reason, &e)));
             }
         };
         if let Err(e @ (EncodeError::TooLong | EncodeError::TooShort)) = result {

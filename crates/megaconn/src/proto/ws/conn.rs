@@ -197,11 +197,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     Err(e) if crate::observe::close::client_left(&e) => {
                         return Ended::Close(live.close(CloseReason::ClientClosed));
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "TLS error on a woken WebSocket");
-                        incr(&ctx.stats.protocol_errors);
-                        return Ended::Close(live.close(CloseReason::io(&e)));
-                    }
+                    // A TLS error (the peer's) was logged by the stream and
+                    // closes as a protocol error, counted by the close.
+                    Err(e) => return Ended::Close(live.close(CloseReason::io(&e))),
                 }
             }
             (live, session)
@@ -473,7 +471,11 @@ async fn flush(
             return Poll::Ready(Err(Next::Close(CloseReason::SlowConsumer, None)));
         }
         if bound.poll_passed(cx, conn.wbuf_len() < before) {
-            bound.passed(&conn.ctx, Flood::WsWriteTimeout, "a WebSocket peer");
+            bound.passed(
+                Some(&conn.ctx.stats),
+                Flood::WsWriteTimeout,
+                "a WebSocket peer",
+            );
             return Poll::Ready(Err(Next::Close(CloseReason::WriteTimeout, None)));
         }
         Poll::Pending

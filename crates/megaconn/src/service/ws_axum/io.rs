@@ -86,16 +86,29 @@ impl Buffers {
     }
 
     /// Writes the queue to the socket; frees it once empty. Until then the
-    /// task is woken when it drains, whichever task drains it.
+    /// task is woken when it drains, whichever task drains it. A queue the
+    /// peer does not take is bounded as the native protocols' writes are
+    /// (`write_timeout`, else `write_stall_timeout`: see
+    /// [`Upgraded::poll_write_bound`]); past the bound the flush fails, and
+    /// the socket with it.
     pub(super) fn poll_flush(
         &mut self,
         io: &mut Upgraded,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        let flushed = self.poll_write_out(io, cx);
+        let before = self.out.len();
+        let mut flushed = self.poll_write_out(io, cx);
+        if flushed.is_pending() {
+            if let Poll::Ready(e) = io.poll_write_bound(cx, self.out.len() < before) {
+                flushed = Poll::Ready(Err(e));
+            }
+        }
         match flushed {
             Poll::Pending => self.wait(cx),
-            Poll::Ready(_) => self.wake_waiting(cx),
+            Poll::Ready(_) => {
+                io.write_done();
+                self.wake_waiting(cx);
+            }
         }
         flushed
     }

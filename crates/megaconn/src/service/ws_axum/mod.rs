@@ -42,10 +42,13 @@
 //! `io.rs`), and between messages its context is dropped (boxed again when
 //! the next frame arrives), so the capacity its own buffers grew to goes
 //! too. Measured with `examples/ws_idle_heap.rs` (release build, 10,000
-//! sockets, each after a text message both ways): 1,577 heap bytes per idle
+//! sockets, each after a text message both ways): 1,633 heap bytes per idle
 //! socket in three blocks (the task with the handler's future, 1,152; 256
-//! and 88 of the upgraded connection, the 88 grown from 32 since its boxed
-//! socket took the connection's place in the shutdown drain), against
+//! and 144 of the upgraded connection, the 144 grown from 32 since its
+//! boxed socket took the connection's place in the shutdown drain, 48
+//! bytes, and its sends' bound, 56: the resolved limit, the descriptor
+//! for the peer's progress, the bound of a send under way; 136 requested,
+//! 144 in malloc's size classes), against
 //! 132,521 for axum's own socket, whose tungstenite keeps its 128 KiB read
 //! buffer (zero-filled on every read, so resident). `bench/WS.md` has the
 //! commands, and RSS beside the peers.
@@ -63,8 +66,10 @@
 //!
 //! Receiving stops reading while more than `write_buffer_size` bytes are
 //! queued (a peer that floods pings and reads no pong stalls, as on the
-//! native route; axum's socket queues without bound), and a send is not
-//! bounded by `write_timeout`, as on axum's: see [`WebSocket`]'s docs.
+//! native route; axum's socket queues without bound), and a send the peer
+//! takes nothing of fails after `write_timeout`, else
+//! `write_stall_timeout` (axum's waits for good), as the native route's
+//! writes do: see [`WebSocket`]'s docs.
 //!
 //! # At shutdown
 //!

@@ -53,11 +53,25 @@ use crate::service::upgrade::Upgraded;
 /// reads on: a peer that floods pings and reads no pong stalls on its own
 /// socket (axum's socket queues a pong per ping, without bound).
 ///
-/// A send waits as long as the peer takes nothing, as on axum's socket:
-/// [`Builder::write_timeout`](crate::Builder::write_timeout) (and the
-/// heartbeat timeout standing in for it) bounds writes on the native route
-/// only. Wrap a send in `tokio::time::timeout` where a peer that stops
-/// reading must not hold the handler.
+/// A send (or `flush`, or a `Sink`'s `feed` that flushes) to a peer that
+/// takes nothing is bounded, as the native route's and framed TCP's writes
+/// are (axum's socket waits for good): by
+/// [`Builder::write_timeout`](crate::Builder::write_timeout), the whole
+/// write, when set; else by
+/// [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
+/// (60 s by default), the time the peer takes *none* of our bytes: a slow
+/// but steady reader of a large message is not cut off (its progress is
+/// seen in the bytes the kernel says it acknowledged). Past the bound the
+/// send fails with an `axum::Error` whose source is an `io::Error` of kind
+/// `TimedOut`, counted in `megaconn_timeouts_total` and logged (at most
+/// once per 5 s per thread); the socket is then closed for good (sends and
+/// receives fail, its close is counted as `write_timeout`), as the native
+/// route closes its connection. Without it a peer that stops reading held
+/// the handler's task and its queued bytes until the peer went. A send
+/// the caller gives up on (a `timeout` or `select!` around it) leaves its
+/// bytes queued and its bound running: the next send continues that write,
+/// so with `write_timeout` set it may fail at the old deadline, as the
+/// queued bytes are still the same write.
 pub struct WebSocket {
     io: Upgraded,
     /// tungstenite's state machine while a message is under way; `None`
@@ -556,6 +570,7 @@ mod tests {
             crate::conn::connection::SendConnection::closed(),
             None,
         );
+        // Unbounded: these tests hold the peer's reads on purpose.
         let limits = Limits {
             write_buffer_size: write_buffer,
             max_write_buffer_size: usize::MAX,
