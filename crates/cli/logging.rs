@@ -52,4 +52,7 @@ pub fn init(format: LogFormat) {
     if let Some((value, error)) = bad {
         tracing::warn!(RUST_LOG = %value, %error, "RUST_LOG is not a valid filter (e.g. info, megaconn=debug,warn); logging at info");
     }
+    // A panic on a worker (caught, the worker serves on) is one log line in
+    // this format, rate-limited, not the standard hook's stderr lines.
+    megaconn::install_panic_hook();
 }

@@ -158,6 +158,7 @@ pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};
 pub use observe::metrics;
 #[cfg(feature = "otel")]
 pub use observe::otel;
+pub use observe::ratelog::install_panic_hook;
 pub use observe::stats::{MessageStats, OtelStats, ServerStats};
 pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use proto::http2::RAPID_RESET_LIMIT;

@@ -148,7 +148,8 @@ async fn a_connection_forced_closed_while_waiting_leaves_the_idle_gauge() {
 
 /// The `tracing` events at INFO and above, from every thread (the server's
 /// workers included), as `message` plus ` size=N`, ` limit=N` and
-/// ` suppressed=N` for the fields the event has, for a test to wait on what
+/// ` suppressed=N` for the fields the event has (and ` panic=…` for a
+/// caught panic's text), for a test to wait on what
 /// the server says it does; an access-log line (target `megaconn::access`)
 /// as `megaconn::access` plus ` name=value` for each of its fields.
 static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -188,12 +189,15 @@ impl tracing::Subscriber for CaptureLog {
         }
         /// The fields kept after the message, in this order.
         const FIELDS: [&str; 3] = ["size", "limit", "suppressed"];
+        /// The message, the fields above, and a caught panic's text.
         #[derive(Default)]
-        struct Line(String, [Option<u64>; 3]);
+        struct Line(String, [Option<u64>; 3], Option<String>);
         impl tracing::field::Visit for Line {
             fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-                if f.name() == "message" {
-                    self.0 = format!("{v:?}");
+                match f.name() {
+                    "message" => self.0 = format!("{v:?}"),
+                    "panic" => self.2 = Some(format!("{v:?}")),
+                    _ => {}
                 }
             }
             fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
@@ -214,6 +218,9 @@ impl tracing::Subscriber for CaptureLog {
             if let Some(n) = value {
                 line.0 += &format!(" {name}={n}");
             }
+        }
+        if let Some(panic) = line.2 {
+            line.0 += &format!(" panic={panic}");
         }
         LOGGED.lock().unwrap().push(line.0);
         LOGGED_MORE.notify_waiters();
@@ -274,6 +281,59 @@ async fn wait_for_warning(needle: &str) {
     tokio::time::timeout(SAFETY, logged)
         .await
         .unwrap_or_else(|_| panic!("the server never warned {needle:?}"));
+}
+
+/// Panicking handlers, many in a row: the worker logs the first and holds
+/// the rest back (`suppressed`), for the line saying what it did and, with
+/// [`megaconn::install_panic_hook`], for the panic's own report (the
+/// standard hook wrote three lines to stderr per panic, not through the
+/// log: 1,000 panics were 4,000 lines, not JSON under `--log-format json`).
+/// The bound is taken from the time the requests took, as above.
+#[tokio::test]
+async fn a_flood_of_panics_logs_one_line_per_interval() {
+    const DONE: &str = "handler panicked; answering 500";
+    const REPORT: &str = "a worker thread panicked";
+    const PANICS: usize = 200;
+    /// Told apart from other tests' panics (they run in this process too).
+    const WHY: &str = "a flood of panics, on purpose";
+    capture_log();
+    megaconn::install_panic_hook();
+    let app = tower::service_fn(|_req: http::Request<megaconn::Body>| async move {
+        if true {
+            panic!("{WHY}");
+        }
+        Ok::<_, std::convert::Infallible>(http::Response::new(megaconn::Body::empty()))
+    });
+    let server = common::AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        app,
+    );
+    let started = std::time::Instant::now();
+    for _ in 0..PANICS {
+        let mut s = tokio::net::TcpStream::connect(server.addrs[0])
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut s).await.status, 500);
+    }
+    assert_eq!(server.handle.stats().panics, PANICS as u64);
+    assert!(server.stop().await, "the server stops");
+    let most = 1 + (started.elapsed().as_secs() / 5) as usize;
+    let logged = LOGGED.lock().unwrap();
+    for needle in [DONE, REPORT] {
+        let lines = logged
+            .iter()
+            .filter(|m| m.contains(needle) && m.contains(WHY))
+            .count();
+        assert!(
+            (1..=most).contains(&lines),
+            "{lines} lines {needle:?} for {PANICS} panics (at most {most})"
+        );
+    }
 }
 
 /// At the limit the acceptor stops accepting: a third connection waits in

@@ -203,13 +203,22 @@ impl<K: CloseTrack> Drop for Connection<K> {
     /// (within [`dropping_after_panic`]) its serving future panicked.
     fn drop(&mut self) {
         if self.open.is_some() {
-            let reason = if AFTER_PANIC.with(Cell::get) {
-                CloseReason::Panic
-            } else {
-                CloseReason::Shutdown
-            };
-            self.close_once(reason);
+            self.close_once(dropped_reason());
         }
+    }
+}
+
+/// Why something that closes when dropped (a connection's accounts, a
+/// message handler's session) closed, dropped without a close:
+/// [`CloseReason::Panic`] while a panic unwinds through it (an `async fn`
+/// that holds it, `serve_tls`'s, drops it as the panic passes, before any
+/// catch) or within [`dropping_after_panic`]; else
+/// [`CloseReason::Shutdown`], cut off by the server.
+pub(crate) fn dropped_reason() -> CloseReason {
+    if AFTER_PANIC.with(Cell::get) || std::thread::panicking() {
+        CloseReason::Panic
+    } else {
+        CloseReason::Shutdown
     }
 }
 

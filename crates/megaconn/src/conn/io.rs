@@ -27,6 +27,14 @@ use crate::observe::stats::{incr, WorkerStats};
 /// How long closing may take to flush a last response and linger.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a close at graceful shutdown may linger (of an idle
+/// connection, whose client may be sending as we close): a request it sent
+/// before our FIN reached it comes within about a round trip. Go's server
+/// waits as long after its last response (`rstAvoidanceDelay`). Shorter
+/// than [`CLOSE_TIMEOUT`]: a client that keeps its end open holds the
+/// drain for no longer than this.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
+
 /// How much a lingering close reads and discards before giving up.
 const LINGER_BYTES: usize = 256 * 1024;
 
@@ -303,7 +311,12 @@ impl<T: Transport> ConnIo<T> {
         }
         let linger = reason.needs_linger() || self.rbuf_len() > 0;
         let notify = T::SECURE && reason.says_close_notify();
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let bound = if reason == CloseReason::Shutdown {
+            SHUTDOWN_LINGER
+        } else {
+            CLOSE_TIMEOUT
+        };
+        let _ = tokio::time::timeout(bound, async {
             self.flush().await?;
             if linger && reason.truncates() {
                 poll_fn(|cx| self.io.poll_shutdown_truncated(cx)).await?;

@@ -78,7 +78,7 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1010,11 +1010,21 @@ impl ParkingLot {
         out
     }
 
-    /// Closes every parked socket (shutdown: they are idle). Returns how many.
+    /// Graceful shutdown of every parked socket ([`close_parked`](ParkingLot::close_parked)
+    /// each: closed, or woken if a request waits). Returns how many left the lot.
     pub(crate) fn close_all(&self) -> usize {
         self.parked_fds()
             .into_iter()
             .filter(|&fd| self.close_parked(fd))
+            .count()
+    }
+
+    /// Closes every parked socket as it is, bytes waiting or not: at the
+    /// shutdown deadline, and when the lot goes. Returns how many.
+    pub(crate) fn close_all_now(&self) -> usize {
+        self.parked_fds()
+            .into_iter()
+            .filter(|&fd| self.close_now(fd))
             .count()
     }
 
@@ -1031,8 +1041,45 @@ impl ParkingLot {
             .collect()
     }
 
-    /// Closes `fd` for shutdown if it is still parked; true if it was.
+    /// Shutdown for `fd` if it is still parked (true if it was): closed,
+    /// unless bytes wait in its socket, which the kernel is asked first
+    /// (one `recv` with `MSG_PEEK` per parked connection, at shutdown only):
+    /// then it is woken and served as on any wake-up, its answer saying
+    /// `Connection: close` (HTTP/1.1; a message protocol's says goodbye).
+    /// Its readiness in the lot's set is no answer: an edge that came since
+    /// the lot's last turn is still unread, and one that comes while a drain
+    /// of many works through the list too. Closed with a request unread,
+    /// the socket would answer it with a reset. What comes after the peek
+    /// is what the client sent after the close (or as good as: a few
+    /// microseconds), as Go's `Shutdown` and nginx close idle keep-alive
+    /// connections too.
     pub(crate) fn close_parked(&self, fd: RawFd) -> bool {
+        let parked = self
+            .slots
+            .borrow()
+            .get(fd as usize)
+            .is_some_and(|s| s.deadline != ABSENT && s.deadline != AWAKE);
+        if !parked {
+            return false;
+        }
+        // SAFETY: the lot owns `fd` while it is parked (checked above).
+        let waiting = crate::conn::sys::input_waiting(unsafe { BorrowedFd::borrow_raw(fd) });
+        let respawn = self.respawn.borrow().clone();
+        match (waiting, respawn) {
+            (true, Some(respawn)) => match self.unpark(fd, AWAKE) {
+                Some(socket) => {
+                    self.churned();
+                    self.wake(fd, socket, Wake::Readable, &respawn);
+                    true
+                }
+                None => false,
+            },
+            _ => self.close_now(fd),
+        }
+    }
+
+    /// Closes `fd` for shutdown if it is still parked; true if it was.
+    fn close_now(&self, fd: RawFd) -> bool {
         match self.unpark(fd, ABSENT) {
             Some(socket) => {
                 self.closed(&socket, CloseReason::Shutdown);
@@ -1085,12 +1132,13 @@ impl Parking {
 
 impl Drop for ParkingLot {
     fn drop(&mut self) {
-        self.close_all();
+        self.close_all_now();
     }
 }
 
 /// Runs a worker's parking lot until shutdown, when every parked (idle)
-/// connection is closed.
+/// connection is closed, or served if a request already waits in it
+/// ([`ParkingLot::close_parked`]).
 pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     let Some(lot) = ctx.park.as_ref() else {
         return;

@@ -1,6 +1,10 @@
 //! Graceful shutdown, as Go's `Server.Shutdown` orders it: stop accepting, close
-//! idle connections at once, let in-flight exchanges finish (their responses carry
-//! `Connection: close`), and force-close what is left at the deadline.
+//! idle connections, let in-flight exchanges finish (their responses carry
+//! `Connection: close`), and force-close what is left at the deadline. Idle
+//! means nothing received: the kernel is asked before an idle connection is
+//! closed, and one whose request already reached its socket is served. HTTP/1.1
+//! connections idle as tasks (busy recently) close after [`IDLE_GRACE`], parked
+//! ones at once.
 //!
 //! Across threads the signal is a `watch` channel owned by the server; inside a
 //! worker it is a [`LocalShutdown`] flag plus a `Notify`, so a connection waiting
@@ -24,6 +28,17 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+/// How long graceful shutdown (without `shutdown_drain_rate`) leaves an
+/// HTTP/1.1 keep-alive connection idle as a task, one that served a request
+/// within `park_idle_after`, before it closes it: a busy client sends its
+/// next request as soon as it has read our last answer, which said
+/// keep-alive, and a close at that moment loses the request (the client
+/// sees the connection end under it, or a reset). Within the grace it is
+/// served, its answer saying `Connection: close`. Parked connections (cold)
+/// close at once, unless a request already waits in them. The price: a
+/// drain with idle tasks lasts this much longer.
+pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
 
 /// A worker's view of shutdown.
 #[derive(Debug, Default)]

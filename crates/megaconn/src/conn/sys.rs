@@ -26,8 +26,32 @@ use rustix::net::{RecvFlags, SendFlags};
 /// stream), or `None` if nothing is there.
 #[inline]
 pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [MaybeUninit<u8>]) -> io::Result<Option<usize>> {
+    recv_with(fd, buf, RecvFlags::DONTWAIT)
+}
+
+/// Whether bytes wait unread in the socket's receive buffer, asked of the
+/// kernel itself (`MSG_PEEK`, nothing taken): not the end of the stream,
+/// not an error, not "would block". Graceful shutdown asks it before it
+/// closes an idle connection (`conn/park.rs`, `proto/http1/conn.rs`): a
+/// request that reached the socket is served, not reset. One system call;
+/// a runtime's cached readiness is not enough, as it learns of bytes only
+/// when its driver next polls.
+pub(crate) fn input_waiting(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        recv_with(fd, &mut byte, RecvFlags::DONTWAIT | RecvFlags::PEEK),
+        Ok(Some(n)) if n > 0
+    )
+}
+
+#[inline]
+fn recv_with(
+    fd: BorrowedFd<'_>,
+    buf: &mut [MaybeUninit<u8>],
+    flags: RecvFlags,
+) -> io::Result<Option<usize>> {
     loop {
-        match rustix::net::recv(fd, &mut *buf, RecvFlags::DONTWAIT) {
+        match rustix::net::recv(fd, &mut *buf, flags) {
             Ok(((filled, _), _)) => return Ok(Some(filled.len())),
             Err(e) => match would_block(e) {
                 Some(done) => return done,
@@ -93,6 +117,23 @@ mod tests {
         assert_eq!(got, b"ping");
         drop(b);
         assert_eq!(recv(a.as_fd(), &mut buf).unwrap(), Some(0));
+    }
+
+    #[test]
+    fn input_waiting_sees_bytes_without_taking_them_and_not_the_end() {
+        let (a, mut b) = pair();
+        assert!(!input_waiting(a.as_fd()));
+        b.write_all(b"GET").unwrap();
+        assert!(input_waiting(a.as_fd()));
+        assert!(input_waiting(a.as_fd()), "a peek takes nothing");
+        let mut buf = [MaybeUninit::new(0u8); 16];
+        assert_eq!(recv(a.as_fd(), &mut buf).unwrap(), Some(3));
+        assert!(!input_waiting(a.as_fd()));
+        drop(b);
+        assert!(
+            !input_waiting(a.as_fd()),
+            "the end of the stream is no input"
+        );
     }
 
     #[test]

@@ -68,6 +68,19 @@ pub(crate) trait Parkable: Transport {
         None
     }
 
+    /// Whether bytes wait unread in the socket, asked of the kernel
+    /// ([`sys::input_waiting`](crate::conn::sys::input_waiting), one
+    /// `recv` with `MSG_PEEK`), not of the runtime's readiness, which lags
+    /// until its driver polls: graceful shutdown asks before it closes an
+    /// idle connection, so that a request already received is served.
+    /// False without a socket of ours (a custom transport).
+    fn input_waiting(&self) -> bool {
+        self.lot_fd().is_some_and(|fd| {
+            // SAFETY: `fd` is this stream's socket, open while `self` lives.
+            crate::conn::sys::input_waiting(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+        })
+    }
+
     /// Whether an idle connection should be parked at once instead of after
     /// `park_idle_after`: true for a socket woken from the parking lot that
     /// served its message without ever having to wait, which is what a

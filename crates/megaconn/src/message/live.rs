@@ -3,7 +3,8 @@
 //! connection ends: closed by the protocol ([`Live::close`]), parked (the
 //! state moves to the side table, [`Live::take`]) or dropped (a forced
 //! shutdown drops the task: `on_close` then says
-//! [`CloseReason::Shutdown`]). Every per-message protocol (framed TCP,
+//! [`CloseReason::Shutdown`]; a panic unwinding through it,
+//! [`CloseReason::Panic`]). Every per-message protocol (framed TCP,
 //! WebSocket) needs exactly this, so it lives here once.
 
 use std::rc::Rc;
@@ -106,6 +107,6 @@ impl<'h, H, S> Live<'h, H, S> {
 
 impl<H, S> Drop for Live<'_, H, S> {
     fn drop(&mut self) {
-        self.end(CloseReason::Shutdown);
+        self.end(crate::conn::connection::dropped_reason());
     }
 }

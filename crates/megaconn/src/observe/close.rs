@@ -243,11 +243,16 @@ impl CloseReason {
 
     /// Closes that may leave unread bytes in the socket: after our last
     /// answer we half-close and read until the client closes, or a reset
-    /// would destroy the answer before the client read it.
+    /// would destroy the answer before the client read it. Graceful
+    /// shutdown closes idle connections whose client may be sending its
+    /// next request right then: read and dropped, it is not answered with a
+    /// reset (the client sees the end of the stream, which HTTP clients
+    /// take for an idle connection closed and retry on another).
     pub(crate) fn needs_linger(self) -> bool {
         matches!(
             self,
-            CloseReason::Protocol(_)
+            CloseReason::Shutdown
+                | CloseReason::Protocol(_)
                 | CloseReason::UnreadBody
                 | CloseReason::HeaderTimeout
                 | CloseReason::ReadTimeout

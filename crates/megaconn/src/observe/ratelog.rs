@@ -4,9 +4,10 @@
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
 //! framed TCP frame or line over its limit, a hub message dropped at a full
 //! queue, a framed or WebSocket (native or `axum_ws`) peer or an HTTP/1.1
-//! client that stopped reading, a TLS handshake that timed out or failed, a TLS peer over the
-//! record buffer's limit or in breach of the protocol after its handshake,
-//! a response body that failed mid-stream. The limits' lines name the
+//! client that stopped reading, a TLS handshake that timed out or failed, a
+//! TLS peer over the record buffer's limit or in breach of the protocol
+//! after its handshake, a response body that failed mid-stream, a panic
+//! caught. The limits' lines name the
 //! setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
@@ -131,14 +132,22 @@ pub(crate) enum Flood {
     /// An HTTP/1.1 connection closed because its client took none of our
     /// response's bytes in time (`write_timeout` or `write_stall_timeout`).
     Http1WriteTimeout,
+    /// A panic caught (a handler's, a response body's, one that escaped
+    /// the protocols' guards): what megaconn did about it. A peer can make
+    /// a buggy handler panic at will; `megaconn_panics_total` counts every one.
+    Panic,
+    /// A panic on a worker thread, as [`install_panic_hook`] reports it
+    /// (its message and where): a kind of its own, so that the line saying
+    /// what was done is not held back by the one saying what happened.
+    PanicReport,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 21;
+const KINDS: usize = 23;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http1WriteTimeout as usize == KINDS - 1);
+const _: () = assert!(Flood::PanicReport as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
@@ -149,6 +158,44 @@ thread_local! {
 /// Logs one event of `kind` through this worker's limiter for it.
 pub(crate) fn log(kind: Flood, emit: impl FnOnce(u64)) {
     LOGS.with(|logs| logs[kind as usize].log(emit));
+}
+
+/// Logs a caught panic: `what` panicked and what was done (an error line,
+/// with the panic's message when known), held to one per interval per
+/// worker like any flood.
+pub(crate) fn panicked(what: &'static str, panic: Option<&str>) {
+    log(Flood::Panic, |suppressed| match panic {
+        Some(panic) => tracing::error!(panic, suppressed, "{what}"),
+        None => tracing::error!(suppressed, "{what}"),
+    });
+}
+
+/// The name every worker thread's name starts with.
+pub(crate) const WORKER_THREAD: &str = "megaconn-worker-";
+
+/// Installs a process-wide panic hook under which a panic on a megaconn
+/// worker thread is reported by one `tracing` error line (the panic's
+/// message and location; JSON under a JSON subscriber) at most once per
+/// 5 s per worker, with `suppressed` counting the ones held back, instead
+/// of the standard hook's lines on stderr: a peer that can make a handler
+/// panic could otherwise write them at will (1,000 panics were 4,000 lines,
+/// not JSON). megaconn catches these panics and the worker serves on;
+/// `megaconn_panics_total` counts every one. Panics on any other thread go
+/// to the hook that was installed before. Call it once, at startup, after
+/// setting up logging (`megaconn serve` does).
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let on_worker = std::thread::current()
+            .name()
+            .is_some_and(|name| name.starts_with(WORKER_THREAD));
+        if !on_worker {
+            return previous(info);
+        }
+        log(Flood::PanicReport, |suppressed| {
+            tracing::error!(panic = %info, suppressed, "a worker thread panicked");
+        });
+    }));
 }
 
 /// A peer's frame, message or line over a limit, for its log line.

@@ -69,6 +69,9 @@ pub(crate) struct LoopState {
     pub waiting: std::sync::atomic::AtomicBool,
     /// Set by the watchdog to ask the tick task for a tick.
     pub asked: std::sync::atomic::AtomicBool,
+    /// The worker finished its drain: its loop is gone, not stalled (no
+    /// tick answers any more), and the watchdog looks at it no longer.
+    pub done: std::sync::atomic::AtomicBool,
     /// The tick task's waker.
     pub tick_waker: futures_util::task::AtomicWaker,
 }

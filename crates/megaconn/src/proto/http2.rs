@@ -107,6 +107,7 @@ use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, CountedIo};
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
+use crate::observe::ratelog;
 use crate::observe::stats::{incr, IdleMark};
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
@@ -790,9 +791,9 @@ where
         }
         Some(Err(panic)) => {
             incr(&ctx.stats.panics);
-            tracing::error!(
-                panic = panic_message(&panic),
-                "handler panicked; answering 500"
+            ratelog::panicked(
+                "handler panicked; answering 500",
+                Some(panic_message(&panic)),
             );
             record.error(ErrorClass::Panic);
             send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
@@ -1102,9 +1103,9 @@ where
         let frame = match frame {
             Err(end) => return end.finish(&mut send, record, ctx),
             Ok(Err(panic)) => {
-                tracing::error!(
-                    panic = panic_message(&panic),
-                    "response body panicked; resetting the stream"
+                ratelog::panicked(
+                    "response body panicked; resetting the stream",
+                    Some(panic_message(&panic)),
                 );
                 record.error(ErrorClass::Panic);
                 send.send_reset(Reason::INTERNAL_ERROR);

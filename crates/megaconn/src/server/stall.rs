@@ -9,6 +9,8 @@
 //! loop. When a worker has been away from its loop for `stall_threshold`,
 //! it is stalled, which is logged once per stall (with the connections it
 //! was handling, when tracked) and counted in `megaconn_worker_stalls_total`.
+//! A worker whose graceful drain finished is no longer looked at: its loop
+//! ended while others may still drain.
 //!
 //! What it costs an idle server: nothing. Each worker's runtime reports
 //! its own waits for events ([`hooks`]): a worker waiting is not stalled,
@@ -188,6 +190,12 @@ pub(crate) fn watch(
                 let mut quiet = true;
                 for (index, (worker, seen)) in workers.iter().zip(seen.iter_mut()).enumerate() {
                     let state = &worker.stall;
+                    // A worker whose drain finished has no loop to come
+                    // back to: quiet, not stalled, for as long as the
+                    // others drain.
+                    if state.done.load(SeqCst) {
+                        continue;
+                    }
                     let ticks = state.ticks.load(SeqCst);
                     match look(seen, ticks, state.waiting.load(Relaxed), now, threshold) {
                         Look::Quiet => {}
@@ -243,7 +251,11 @@ fn report(worker: &WorkerStats, registry: Option<&Arc<Registry>>, index: usize, 
     incr(&worker.stalls);
     let handling = registry
         .map(|r| describe_handling(r, index))
-        .unwrap_or_else(|| "turn on track_connections to see which".into());
+        .unwrap_or_else(|| {
+            "turn on connection tracking to see which (Builder::track_connections, \
+             serve --debug-connections)"
+                .into()
+        });
     tracing::warn!(
         worker = index,
         stalled_ms = away.as_millis() as u64,

@@ -34,6 +34,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::handover::{self, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::{self, LotFds, ParkingLot, Respawn};
+use crate::conn::shutdown::IDLE_GRACE;
 use crate::conn::woken::poll_once;
 use crate::conn::Incoming;
 use crate::error::Error;
@@ -137,7 +138,10 @@ where
             false => (None, None),
         };
     let thread = std::thread::Builder::new()
-        .name(format!("megaconn-worker-{worker}"))
+        .name(format!(
+            "{}{worker}",
+            crate::observe::ratelog::WORKER_THREAD
+        ))
         .spawn(move || {
             if let Some(dropped) = panic {
                 drop(listeners);
@@ -430,7 +434,10 @@ impl<F: std::future::Future<Output = ()>> std::future::Future for CatchPanic<F> 
                 if let Some(ctx) = crate::conn::pool::this_worker() {
                     incr(&ctx.stats.panics);
                 }
-                tracing::error!("serving a connection panicked; closing it");
+                crate::observe::ratelog::panicked(
+                    "serving a connection panicked; closing it",
+                    None,
+                );
                 crate::conn::connection::dropping_after_panic(|| this.serve.set(None));
                 Poll::Ready(())
             }
@@ -604,8 +611,9 @@ where
         // Idle connections still waiting as tasks park first, so that they
         // move too: woken, each parks on its next poll; a few turns of the
         // loop let them all run. HTTP/2 (over TLS or not) cannot park and
-        // stays an idle task; HTTPS/1.1 parks, but its session cannot move
-        // with the socket, so it stays in the lot. Both close below.
+        // stays an idle task; so does HTTPS/1.1, whose session cannot move
+        // with the socket (parked, it would be closed at once below, not
+        // given shutdown's idle grace). Both close below.
         ctx.shutdown.park_all_idle();
         // Bounded (~200 ms): idle connections that cannot park never leave.
         for turn in 0..200 {
@@ -641,16 +649,29 @@ where
     let open = tracker.len();
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
     match config.shutdown_drain_rate {
-        None => ctx.shutdown.start(),
+        None => {
+            // Idle HTTP/1.1 tasks are closed a grace later: a busy client's
+            // next request is on its way (it read our keep-alive answer),
+            // and closing under it loses it; within the grace it is served,
+            // with `Connection: close` (see `IDLE_GRACE`).
+            ctx.shutdown.begin();
+            let grace = IDLE_GRACE.min(config.shutdown_timeout / 2);
+            let ctx = ctx.clone();
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(grace).await;
+                ctx.shutdown.wake_watchers(usize::MAX);
+            });
+        }
         Some(rate) => {
             ctx.shutdown.begin();
             tokio::task::spawn_local(drain_paced(ctx.clone(), rate));
         }
     }
     if tokio::time::timeout_at(deadline, parking).await.is_err() {
-        // The paced drain did not finish in time: the rest close at once.
+        // The paced drain did not finish in time: the rest close at once
+        // (a request waiting in one is not served now: the deadline is here).
         if let Some(lot) = &ctx.park {
-            lot.close_all();
+            lot.close_all_now();
         }
         ctx.shutdown.start();
     }
@@ -660,6 +681,12 @@ where
         .drain_pending
         .store(0, std::sync::atomic::Ordering::Relaxed);
     if let Some(ticking) = ticking {
+        // Before its tick goes: the watchdog must not take the end of the
+        // loop for a stall while other workers still drain.
+        ctx.stats
+            .stall
+            .done
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         ticking.abort();
     }
     if let Some(lot) = &ctx.park {

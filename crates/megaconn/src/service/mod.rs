@@ -151,9 +151,9 @@ pub(crate) fn call<S: HttpService>(
         Ok(future) => (Some(future), span),
         Err(panic) => {
             crate::observe::stats::incr(&ctx.stats.panics);
-            tracing::error!(
-                panic = panic_message(&panic),
-                "handler panicked; answering 500"
+            crate::observe::ratelog::panicked(
+                "handler panicked; answering 500",
+                Some(panic_message(&panic)),
             );
             span.error(ErrorClass::Panic);
             (None, span)

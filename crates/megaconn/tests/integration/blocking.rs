@@ -186,3 +186,56 @@ async fn serve_returns_at_the_deadline_while_blocking_work_still_runs() {
     release.send(()).unwrap();
     let _ = request.await;
 }
+
+/// A worker whose graceful drain finished while another still drains a
+/// slow request is done, not stalled: no stall is reported. (One was, at
+/// every such drain: the watchdog kept looking at the finished worker,
+/// whose loop no longer answered, and counted it in
+/// `megaconn_worker_stalls_total`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_done_draining_is_not_reported_as_a_stall() {
+    const THRESHOLD: Duration = Duration::from_millis(100);
+    let (started_tx, started) = oneshot::channel::<()>();
+    let (release, released) = oneshot::channel::<()>();
+    let slow = Arc::new(Mutex::new(Some((started_tx, released))));
+    let service = tower::service_fn(move |_req: Request<Body>| {
+        let slow = slow.lock().unwrap().take();
+        async move {
+            // Waits (without blocking its worker) until the test lets it go.
+            if let Some((started, released)) = slow {
+                let _ = started.send(());
+                let _ = tokio::time::timeout(SAFETY, released).await;
+            }
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("slow"))))
+        }
+    });
+    let builder = megaconn::Server::builder()
+        .workers(2)
+        .stall_threshold(Some(THRESHOLD))
+        .listen_on("127.0.0.1:0".parse().unwrap());
+    let server = common::AppServer::start(builder, service);
+    let handle = server.handle.clone();
+    let request = tokio::spawn(get(server.addrs[0], "/slow"));
+    tokio::time::timeout(SAFETY, started)
+        .await
+        .expect("the handler runs")
+        .unwrap();
+    let before = handle.stats().worker_stalls;
+    handle.shutdown();
+    // The other worker finishes its drain at once; this one waits for the
+    // request. No signal says "not reported": the watchdog's looks over
+    // five thresholds (a stall was reported within 1.25).
+    tokio::time::sleep(5 * THRESHOLD).await;
+    release.send(()).unwrap();
+    assert_eq!(request.await.unwrap().status, 200);
+    tokio::time::timeout(SAFETY, server.task)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        handle.stats().worker_stalls,
+        before,
+        "a finished drain reported as a stall"
+    );
+}

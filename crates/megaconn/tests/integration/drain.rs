@@ -645,3 +645,196 @@ async fn a_connection_counted_forced_got_no_answer() {
         "{answered} of {LATE} answered: {summary:?}"
     );
 }
+
+/// How a test holds the worker's thread at the start of shutdown: a
+/// handler that waits on [`megaconn::Draining`], says so, and once
+/// shutdown began blocks its worker (a `std` channel) until the test is
+/// done; meanwhile the runtime polls nothing, so what reaches a socket is
+/// in the kernel only, unknown to the worker's cached readiness.
+#[derive(Clone)]
+struct Hold {
+    waiting: tokio::sync::mpsc::UnboundedSender<()>,
+    began: tokio::sync::mpsc::UnboundedSender<()>,
+    done: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl Hold {
+    async fn serve(
+        self,
+        req: http::Request<megaconn::Body>,
+    ) -> Result<http::Response<common::TestBody>, std::convert::Infallible> {
+        if req.uri().path() == "/hold" {
+            let draining = megaconn::Draining::current().expect("served on a megaconn worker");
+            let _ = self.waiting.send(());
+            draining.started().await;
+            let _ = self.began.send(());
+            // Blocks the worker's thread, on purpose (bounded).
+            let _ = self.done.lock().unwrap().recv_timeout(common::SAFETY);
+        }
+        Ok(common::full(http::StatusCode::OK, "ok"))
+    }
+}
+
+/// Waits until the peer's kernel acknowledged every byte written to `s`
+/// (`SIOCOUTQ` is 0): they are in the server's socket buffer.
+async fn acknowledged(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + common::SAFETY;
+    loop {
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: a valid socket and a pointer to an int, as SIOCOUTQ takes.
+        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
+        assert_eq!(rc, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+        if unacked == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unacked} bytes never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A keep-alive connection idle as a task (`parked` false) or in the
+/// parking lot, whose next request reaches its socket just as graceful
+/// shutdown begins, before the worker has polled for it: the request is
+/// answered, with `Connection: close`, rather than the socket closed with
+/// it unread (a reset: the client had no way to know). Held by [`Hold`]:
+/// the worker's thread blocked from the start of shutdown until the
+/// request is in the server's socket buffer.
+async fn a_request_received_as_shutdown_begins_is_answered(parked: bool) {
+    let (waiting, mut waiting_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (began, mut began_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (done, done_rx) = std::sync::mpsc::channel();
+    let hold = Hold {
+        waiting,
+        began,
+        done: std::sync::Arc::new(std::sync::Mutex::new(done_rx)),
+    };
+    let park_after = parked.then_some(Duration::from_millis(20));
+    let builder = with_shutdown_timeout(common::SAFETY / 2)
+        .park_idle_after(park_after)
+        .listen_on("127.0.0.1:0".parse().unwrap());
+    let server = common::AppServer::start(
+        builder,
+        tower::service_fn(move |req| hold.clone().serve(req)),
+    );
+    let get = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut idle = sent(&server, get).await;
+    assert_eq!(read_response(&mut idle).await.status, 200);
+    common::wait_stats(&server.handle, "the connection idle", |s| {
+        s.connections_idle == 1 && s.connections_parked == i64::from(parked)
+    })
+    .await;
+    let mut holder = sent(&server, b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    waiting_rx.recv().await.expect("the handler waits");
+    let shutdown_at = Instant::now();
+    server.handle.shutdown();
+    began_rx.recv().await.expect("shutdown began");
+    idle.write_all(get).await.unwrap();
+    acknowledged(&idle).await;
+    done.send(()).unwrap();
+    let answer = read_response(&mut idle).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(read_to_close(&mut idle).await.is_empty());
+    let held = read_response(&mut holder).await;
+    assert_eq!(held.header("connection"), Some("close"));
+    stopped_soon(server, shutdown_at).await;
+}
+
+#[tokio::test]
+async fn a_request_received_as_shutdown_begins_is_answered_on_an_idle_task() {
+    a_request_received_as_shutdown_begins_is_answered(false).await;
+}
+
+#[tokio::test]
+async fn a_request_received_as_shutdown_begins_is_answered_on_a_parked_connection() {
+    a_request_received_as_shutdown_begins_is_answered(true).await;
+}
+
+/// Sends requests back to back on `s` until an answer says `Connection:
+/// close`, counting each answer; panics if the connection ends before one.
+async fn ask_until_told_to_close<S>(mut s: S, answered: &std::sync::atomic::AtomicUsize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut s).await;
+        assert_eq!(answer.status, 200);
+        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if answer.header("connection") == Some("close") {
+            return;
+        }
+    }
+}
+
+/// Busy keep-alive clients (over TLS with `tls`) as graceful shutdown
+/// begins (after an upgrade asked for the parked connections, with
+/// `hand_over`): every request sent is answered, the last answer of each
+/// saying `Connection: close`.
+async fn busy_clients_lose_no_request(tls: Option<common::tls::Ca>, hand_over: bool) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const CLIENTS: usize = 20;
+    let mut builder = with_shutdown_timeout(common::SAFETY / 2);
+    if let Some(ca) = &tls {
+        let leaf = ca.leaf(&["localhost"]);
+        let config =
+            megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+                .unwrap();
+        builder = builder.tls(config);
+    }
+    let server = TestServer::start(builder).await;
+    let client_tls = tls.as_ref().map(|ca| ca.client(&[b"http/1.1"]));
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (addr, answered, client_tls) = (server.addr, answered.clone(), client_tls.clone());
+            tokio::spawn(async move {
+                match client_tls {
+                    Some(config) => {
+                        let s = common::tls::connect(addr, config, "localhost").await;
+                        ask_until_told_to_close(s, &answered).await;
+                    }
+                    None => {
+                        let s = TcpStream::connect(addr).await.unwrap();
+                        ask_until_told_to_close(s, &answered).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + common::SAFETY;
+    while answered.load(Ordering::Relaxed) < CLIENTS * 20 {
+        assert!(Instant::now() < deadline, "the clients never got going");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _handed = hand_over.then(|| server.handle.hand_over_parked());
+    server.handle.shutdown();
+    for client in clients {
+        client.await.expect("no request lost");
+    }
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0, "{summary:?}");
+}
+
+/// Keep-alive clients sending requests back to back as graceful shutdown
+/// begins: none loses a request. (Before, shutdown closed each connection
+/// that was between two requests, under the next one already on its way:
+/// every client lost one, reset or cut off.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_keep_alive_clients_lose_no_request_at_shutdown() {
+    busy_clients_lose_no_request(None, false).await;
+}
+
+/// The same over TLS through an upgrade's shutdown: HTTPS/1.1 cannot move
+/// to the next process, and parked for the hand-over it was closed at once
+/// under each busy client's next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_tls_clients_lose_no_request_at_an_upgrade() {
+    busy_clients_lose_no_request(Some(common::tls::Ca::new()), true).await;
+}

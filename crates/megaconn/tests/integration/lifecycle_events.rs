@@ -570,3 +570,34 @@ async fn a_panic_outside_the_handler_guards_closes_as_panic() {
     }
     assert!(server.stop().await, "the server stops");
 }
+
+/// The same panic over TLS: the connection is served by an `async fn`
+/// (`serve_tls`) that holds its accounts, and drops them as the panic
+/// unwinds through it, before the panic is caught. It closes as `Panic`
+/// all the same (it was counted `Shutdown`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_on_a_tls_connection_closes_as_panic() {
+    use tokio::io::AsyncReadExt;
+    let ca = common::tls::Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let tls =
+        megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let (builder, mut events) = hooked(no_timeouts().tls(tls));
+    let app = tower::service_fn(|req: http::Request<megaconn::Body>| async move {
+        let body = PanickySizeHint(req.uri().path() != "/");
+        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    });
+    let server = common::AppServer::start(builder.listen_on("127.0.0.1:0".parse().unwrap()), app);
+    let mut s = common::tls::connect(server.addrs[0], ca.client(&[b"http/1.1"]), "localhost").await;
+    s.write_all(b"GET /panic HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(common::SAFETY, s.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection");
+    assert_eq!(events.next_close().await.reason, CloseReason::Panic);
+    assert_eq!(server.handle.stats().panics, 1);
+    assert_eq!(common::closed_as(&server.handle.stats(), "panic"), 1);
+    assert!(server.stop().await, "the server stops");
+}

@@ -292,7 +292,10 @@ pub(crate) async fn serve<H: FramedHandler>(
                     Err(_panic) => {
                         give_back(&ctx, &mut buf);
                         incr(&ctx.stats.panics);
-                        tracing::error!("a framed handler panicked; closing its connection");
+                        crate::observe::ratelog::panicked(
+                            "a framed handler panicked; closing its connection",
+                            None,
+                        );
                         return Ended::Close(live.close(CloseReason::Panic));
                     }
                 }

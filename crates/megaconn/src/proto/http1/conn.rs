@@ -437,7 +437,7 @@ enum HeadRead {
     Error(io::Error),
 }
 
-impl<T: Transport> ConnIo<T> {
+impl<T: Parkable> ConnIo<T> {
     /// Waits for the first bytes of the next request without holding a buffer
     /// (on transports that report readiness), then reads them.
     ///
@@ -449,7 +449,8 @@ impl<T: Transport> ConnIo<T> {
     /// spares new connections: its client connected just before the
     /// listener stopped (an upgrade hands the listener on at that moment)
     /// and its request is on the way. `parkable`: an idle connection parks
-    /// when the worker asks every idle one to (an upgrade hands the lot over).
+    /// when the worker asks every idle one to (an upgrade hands the lot over),
+    /// unless it speaks TLS, which cannot move.
     async fn wait_for_bytes(
         &mut self,
         deadline: Option<Instant>,
@@ -496,10 +497,20 @@ impl<T: Transport> ConnIo<T> {
                 // or the connection would wait holding it.
                 Poll::Pending => self.buffers.release(),
             }
-            if idle && parkable && ctx.shutdown.parking_all() {
+            // Not over TLS: its session cannot move with the socket, so
+            // parked it would only be closed, at once, under a busy
+            // client's next request; as a task it gets shutdown's idle
+            // grace (`IDLE_GRACE`), and that request is served.
+            if idle && parkable && !T::SECURE && ctx.shutdown.parking_all() {
                 return Poll::Ready(Waited::ParkNow);
             }
-            if idle && ctx.shutdown.is_started() {
+            // The read above may have found nothing only because the
+            // runtime has not polled its driver since the bytes came (the
+            // shutdown wakes every idle connection in one turn): the
+            // kernel is asked before closing, or a request already in the
+            // socket would be reset unanswered. With bytes there, the
+            // wait goes on; the runtime's readiness brings them.
+            if idle && ctx.shutdown.is_started() && !self.io.input_waiting() {
                 return Poll::Ready(Waited::Shutdown);
             }
             if !ctx

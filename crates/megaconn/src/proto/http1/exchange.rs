@@ -333,9 +333,9 @@ where
         }
         Err(panic) => {
             incr(&this.conn.ctx.stats.panics);
-            tracing::error!(
-                panic = panic_message(&panic),
-                "handler panicked; answering 500"
+            ratelog::panicked(
+                "handler panicked; answering 500",
+                Some(panic_message(&panic)),
             );
             Err(fail_before_response(
                 this,
@@ -730,9 +730,9 @@ where
             Ok(Poll::Ready(frame)) => frame,
             Err(panic) => {
                 incr(&this.conn.ctx.stats.panics);
-                tracing::error!(
-                    panic = panic_message(&panic),
-                    "response body panicked; closing"
+                ratelog::panicked(
+                    "response body panicked; closing",
+                    Some(panic_message(&panic)),
                 );
                 return Err(Outcome::Close(CloseReason::Panic));
             }

@@ -516,7 +516,10 @@ async fn on_event<H: WebSocketHandler>(
                 Ok(None) => {}
                 Err(_panic) => {
                     incr(&conn.ctx.stats.panics);
-                    tracing::error!("a WebSocket handler panicked; closing its connection");
+                    crate::observe::ratelog::panicked(
+                        "a WebSocket handler panicked; closing its connection",
+                        None,
+                    );
                     return Next::Close(CloseReason::Panic, Some((1011, String::new())));
                 }
             }
