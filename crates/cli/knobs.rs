@@ -527,7 +527,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "DURATION",
         shape: Shape::One,
         help: "Framed TCP and WebSockets without a heartbeat timeout: close a connection whose peer took none of our bytes for this long; off disables.",
-        details: "A peer that sends requests and never reads the replies otherwise holds its connection (a task and a buffer) for good. The clock starts again whenever a write of ours makes progress and, when it runs out, if the kernel says the peer acknowledged bytes meanwhile: a slow but steady reader is not cut off, and one that stops taking bytes is closed one to two bounds after its last. With --heartbeat-timeout (a WebSocket route's heartbeat timeout) that bounds the stall instead; --write-timeout bounds each whole write instead of either. Close reason write_timeout, counted in megaconn_timeouts_total.",
+        details: "A peer that sends requests and never reads the replies otherwise holds its connection (a task and a buffer) for good. The clock starts again whenever a write of ours makes progress and, when it runs out, if the kernel says the peer acknowledged bytes meanwhile: a slow but steady reader is not cut off, and one that stops taking bytes is closed one to two bounds after its last. With --heartbeat-timeout (a WebSocket route's heartbeat timeout) that bounds the stall instead; --write-timeout bounds each whole write instead of either. Close reason write_timeout, counted in megaconn_timeouts_total. HTTP/2 (with --write-timeout off): a stream whose client gives its response no room in its flow-control windows for this long is reset (RST_STREAM CANCEL), also counted.",
         default: "60s",
         example: "5m",
         parse: duration_or_off,

@@ -112,14 +112,17 @@ pub(crate) enum Flood {
     /// our bytes in time (`write_timeout` or `write_stall_timeout`).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     AxumWsWriteTimeout,
+    /// An HTTP/2 stream reset because its client gave its response no room
+    /// (no window) for `write_stall_timeout`.
+    Http2WriteStall,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 15;
+const KINDS: usize = 16;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::AxumWsWriteTimeout as usize == KINDS - 1);
+const _: () = assert!(Flood::Http2WriteStall as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

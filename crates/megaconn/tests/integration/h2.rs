@@ -1279,6 +1279,17 @@ async fn read_timeout_fails_a_stalled_request_body() {
     server.stop().await;
 }
 
+/// Asks `client` for `/big` (1 MiB); its answer's head says 200; returns
+/// its body, unread.
+async fn get_big(client: &mut h2::client::SendRequest<Bytes>) -> h2::RecvStream {
+    let (resp, _) = client
+        .send_request(Request::get("http://t/big").body(()).unwrap(), true)
+        .unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body()
+}
+
 /// `write_timeout` bounds an HTTP/2 response body from when the handler
 /// answered, as on HTTP/1.1: a client that stops opening its window (never
 /// releases what it received) gets `RST_STREAM(INTERNAL_ERROR)`, as from
@@ -1288,12 +1299,7 @@ async fn write_timeout_resets_a_stream_whose_client_stops_reading() {
     let server =
         start(megaconn::Server::builder().write_timeout(Some(Duration::from_millis(100)))).await;
     let mut client = h2c(server.addr).await.ready().await.unwrap();
-    let (resp, _) = client
-        .send_request(Request::get("http://t/big").body(()).unwrap(), true)
-        .unwrap();
-    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let mut body = get_big(&mut client).await;
     let mut received = 0usize;
     let reset = loop {
         // Read what fits in the first window, never giving it back.
@@ -1306,6 +1312,77 @@ async fn write_timeout_resets_a_stream_whose_client_stops_reading() {
     assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR));
     assert!(received < 1 << 20, "{received}");
     assert_eq!(server.handle.stats().timeouts, 1);
+    server.stop().await;
+}
+
+/// With `write_timeout` off, `write_stall_timeout` bounds a wait for room
+/// in the client's windows: a client that keeps its stream's window shut
+/// (`SETTINGS_INITIAL_WINDOW_SIZE` 0, never a `WINDOW_UPDATE`) gets
+/// `RST_STREAM(CANCEL)`, counted as a timeout, and the connection, its
+/// stream gone, closes by its idle timeout. Unbounded, the stream (and
+/// with it the connection, whose idle timer is off while a stream is open)
+/// was held for good.
+#[tokio::test]
+async fn write_stall_timeout_resets_a_stream_whose_client_never_opens_its_window() {
+    let (builder, mut events) = event_log(
+        megaconn::Server::builder()
+            .write_stall_timeout(Some(Duration::from_millis(300)))
+            .idle_timeout(Some(Duration::from_millis(300))),
+    );
+    let server = start(builder).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut body = get_big(&mut client).await;
+    match tokio::time::timeout(SAFETY, body.data()).await {
+        Ok(Some(Err(e))) => assert_eq!(e.reason(), Some(h2::Reason::CANCEL), "{e}"),
+        Ok(other) => panic!("data through a shut window: {other:?}"),
+        Err(_) => panic!("the stream was never reset"),
+    }
+    assert_eq!(server.handle.stats().timeouts, 1);
+    // The client keeps its handle (dropped, h2 would close the connection
+    // itself): the idle timeout closes it.
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::IdleTimeout
+    );
+    let _ = tokio::time::timeout(SAFETY, conn).await.expect("closed");
+    drop(client);
+    server.stop().await;
+}
+
+/// A client that opens its window slowly but steadily is not cut by
+/// `write_stall_timeout`, though the whole response takes longer than it:
+/// each grant of room starts the bound again.
+#[tokio::test]
+async fn write_stall_timeout_spares_a_client_that_opens_its_window_slowly() {
+    let server =
+        start(megaconn::Server::builder().write_stall_timeout(Some(Duration::from_millis(300))))
+            .await;
+    let mut client = h2c(server.addr).await.ready().await.unwrap();
+    let mut body = get_big(&mut client).await;
+    let began = std::time::Instant::now();
+    let mut received = 0;
+    while let Some(chunk) = tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
+        let chunk = chunk.expect("not reset");
+        received += chunk.len();
+        // The pace of a slow reader: each frame (16 KiB) given back 15 ms
+        // after it came, about 1 s for the whole MiB.
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    assert_eq!(received, 1 << 20);
+    assert!(
+        began.elapsed() > Duration::from_millis(300),
+        "the response took longer than the bound: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(server.handle.stats().timeouts, 0);
     server.stop().await;
 }
 
