@@ -115,14 +115,17 @@ pub(crate) enum Flood {
     /// An HTTP/2 stream reset because its client gave its response no room
     /// (no window) for `write_stall_timeout`.
     Http2WriteStall,
+    /// An HTTP/2 request body whose read failed because its client sent no
+    /// DATA for `idle_timeout` (with `read_timeout` off).
+    Http2BodyStall,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 16;
+const KINDS: usize = 17;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2WriteStall as usize == KINDS - 1);
+const _: () = assert!(Flood::Http2BodyStall as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -40,7 +40,9 @@
 //! 0 and no `WINDOW_UPDATE`) would hold the stream, and with it the
 //! connection (not idle while a stream is open), for good: a wait for room
 //! is bounded by `write_stall_timeout` when `write_timeout` is off
-//! ([`stall_bound`]), and the stream reset with `CANCEL`.
+//! ([`stall_bound`]), and the stream reset with `CANCEL`. So is a
+//! handler's wait for request DATA that does not come, by `idle_timeout`
+//! when `read_timeout` is off (`RecvBody::stalled`).
 //!
 //! CONTINUATION floods (CVE-2024-27316 class) are h2's to stop, in its frame
 //! decoder (`codec/framed_read.rs` in h2 0.4): a header block may have at
@@ -626,7 +628,7 @@ fn prepare<F>(
             recv,
             content_length,
             limit,
-            ctx.config.read_timeout,
+            (ctx.config.read_timeout, ctx.config.idle_timeout),
             flood.clone(),
             own,
         );

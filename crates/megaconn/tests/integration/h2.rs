@@ -1248,6 +1248,23 @@ async fn text_of(resp: Response<h2::RecvStream>) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
+/// Posts to `path` a request announcing a body of 1,000 bytes and sending
+/// none (its stream kept open until the answer); returns the answer.
+async fn post_no_data(
+    client: &mut h2::client::SendRequest<Bytes>,
+    path: &str,
+) -> Response<h2::RecvStream> {
+    let req = Request::post(format!("http://t{path}"))
+        .header("content-length", "1000")
+        .body(())
+        .unwrap();
+    let (resp, _send) = client.send_request(req, false).unwrap();
+    tokio::time::timeout(SAFETY, resp)
+        .await
+        .expect("the body's read was never cut")
+        .unwrap()
+}
+
 /// `read_timeout` bounds an HTTP/2 request body as it does HTTP/1.1's: a
 /// client that sends the head and then no DATA makes the handler's read fail
 /// (`/frames` answers 400 with the error), counted as a timeout. Unbounded,
@@ -1257,9 +1274,7 @@ async fn read_timeout_fails_a_stalled_request_body() {
     let server =
         start(megaconn::Server::builder().read_timeout(Some(Duration::from_millis(100)))).await;
     let mut client = h2c(server.addr).await.ready().await.unwrap();
-    let req = Request::post("http://t/frames").body(()).unwrap();
-    let (resp, _send) = client.send_request(req, false).unwrap();
-    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    let resp = post_no_data(&mut client, "/frames").await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         text_of(resp).await,
@@ -1269,13 +1284,56 @@ async fn read_timeout_fails_a_stalled_request_body() {
 
     // A reader that goes on after the error finds the body's end, instead
     // of waiting for the client that stalled.
-    let req = Request::post("http://t/read-on").body(()).unwrap();
-    let (resp, _send) = client.send_request(req, false).unwrap();
-    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    let resp = post_no_data(&mut client, "/read-on").await;
     assert_eq!(
         text_of(resp).await,
         "errors: [\"request body read timed out\"]"
     );
+    server.stop().await;
+}
+
+/// With `read_timeout` off, `idle_timeout` bounds a handler's wait for
+/// request DATA: a client that sends a head announcing a body and then no
+/// DATA makes the read fail (`/frames` answers 400 with the error), counted
+/// as a timeout. Unbounded, the stream, and its connection (not idle while
+/// a stream is open), were held for good.
+#[tokio::test]
+async fn idle_timeout_fails_a_request_body_that_never_comes() {
+    let server =
+        start(megaconn::Server::builder().idle_timeout(Some(Duration::from_millis(300)))).await;
+    let mut client = h2c(server.addr).await.ready().await.unwrap();
+    let resp = post_no_data(&mut client, "/frames").await;
+    // Read at once: the idle timer, which counts too, starts only now
+    // that the stream has ended.
+    assert_eq!(server.handle.stats().timeouts, 1);
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        text_of(resp).await,
+        "body error: request body read timed out"
+    );
+    server.stop().await;
+}
+
+/// A slow but steady upload, one small DATA frame every 100 ms for longer
+/// than `idle_timeout` (300 ms), is not cut: each frame restarts the bound.
+#[tokio::test]
+async fn idle_timeout_spares_a_slow_but_steady_upload() {
+    let server =
+        start(megaconn::Server::builder().idle_timeout(Some(Duration::from_millis(300)))).await;
+    let mut client = h2c(server.addr).await.ready().await.unwrap();
+    let req = Request::post("http://t/frames").body(()).unwrap();
+    let (resp, mut send) = client.send_request(req, false).unwrap();
+    let frames = 10;
+    for i in 0..frames {
+        // The pace of a slow uploader (not a synchronisation).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send.send_data(Bytes::from_static(b"0123456789"), i + 1 == frames)
+            .unwrap();
+    }
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(text_of(resp).await.contains("bytes=100 "));
+    assert_eq!(server.handle.stats().timeouts, 0);
     server.stop().await;
 }
 
