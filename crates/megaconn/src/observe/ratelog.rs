@@ -118,14 +118,17 @@ pub(crate) enum Flood {
     /// An HTTP/2 request body whose read failed because its client sent no
     /// DATA for `idle_timeout` (with `read_timeout` off).
     Http2BodyStall,
+    /// An HTTP/2 connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` (rapid
+    /// reset, small-DATA flood, or h2's own guards).
+    Http2Calm,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 17;
+const KINDS: usize = 18;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2BodyStall as usize == KINDS - 1);
+const _: () = assert!(Flood::Http2Calm as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

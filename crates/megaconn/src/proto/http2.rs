@@ -302,10 +302,9 @@ where
                 let mut ended = Some(end);
                 while let Some(end) = ended {
                     if resets.record(end) {
-                        tracing::debug!("client cancels streams faster than it completes them; GOAWAY");
                         conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                         going_away = true;
-                        reason = calmed(&ctx);
+                        reason = calmed(&ctx, &"the client cancels streams faster than it completes them (rapid reset)");
                     }
                     ended = poll_fn(|cx| match streams.poll_next_unpin(cx) {
                         Poll::Ready(end) => Poll::Ready(end),
@@ -330,13 +329,11 @@ where
                 }
             }
             () = flood.tripped(), if !going_away => {
-                tracing::debug!(
-                    allowance = SMALL_DATA_FRAME_ALLOWANCE,
-                    "client slices request bodies into tiny DATA frames (small-DATA flood); GOAWAY"
-                );
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 going_away = true;
-                reason = calmed(&ctx);
+                reason = calmed(&ctx, &format_args!(
+                    "the client slices request bodies into tiny DATA frames, past {SMALL_DATA_FRAME_ALLOWANCE} (small-DATA flood)"
+                ));
             }
             () = &mut timer, if timer_armed => {
                 if going_away {
@@ -483,7 +480,9 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReaso
     tracing::debug!(error = %e, "HTTP/2 connection error");
     if e.is_go_away() && e.is_library() {
         if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
-            return calmed(ctx);
+            // h2's own guard: its error names the cause in its debug data
+            // where h2 gives one (`too_many_data_frames`, say).
+            return calmed(ctx, e);
         }
         incr(&ctx.stats.protocol_errors);
     }
@@ -494,10 +493,18 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReaso
 
 /// Counts a connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for abuse,
 /// by our guards (rapid reset, small-DATA flood) or h2's: a protocol error
-/// and an `h2_enhance_your_calm` limit hit. Returns its close reason.
-fn calmed(ctx: &WorkerContext) -> CloseReason {
+/// and an `h2_enhance_your_calm` limit hit, and a line naming `cause`
+/// (at most one per 5 s per worker: a client can repeat it at will, and
+/// the counters have them all). Returns its close reason.
+fn calmed(ctx: &WorkerContext, cause: &dyn std::fmt::Display) -> CloseReason {
     incr(&ctx.stats.protocol_errors);
     LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
+    ratelog::log(Flood::Http2Calm, |suppressed| {
+        tracing::info!(
+            suppressed,
+            "HTTP/2 connection closed with GOAWAY(ENHANCE_YOUR_CALM): {cause}"
+        )
+    });
     CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
 }
 
