@@ -69,7 +69,7 @@ parked_all() { local p; p=$(metric megaconn_connections_parked); [ "${p:-0}" -ge
 
 serve 0
 old=$SERVED
-wait_for "the server" grep -q "serving on" "$OUT/gen0.log"
+wait_for "the server" grep -q "^megaconn serving on" "$OUT/gen0.log"
 ramp=$(( N / 10 < 1000 ? 1000 : N / 10 ))
 # Enough time for the ramp, the upgrades and their drains.
 hold_secs=$(( N / ramp + 30 + UPGRADES * 15 ))
@@ -84,12 +84,10 @@ echo "held: $(metric megaconn_connections_open) open, $(metric megaconn_connecti
 for gen in $(seq 1 "$UPGRADES"); do
   serve "$gen" --upgrade
   new=$SERVED
-  if [ "$PROCESSES" -eq 1 ]; then
-    wait_for "gen $gen" grep -q "upgrade done" "$OUT/gen$gen.log"
-    grep "upgrade done" "$OUT/gen$gen.log"
-  else
-    wait_for "gen $gen workers" grep -q "worker process $((PROCESSES - 1)) pid" "$OUT/gen$gen.log"
-  fi
+  # One process and a supervisor (once every worker process took over)
+  # alike say it.
+  wait_for "gen $gen" grep -q "^megaconn upgrade done" "$OUT/gen$gen.log"
+  grep "^megaconn upgrade done" "$OUT/gen$gen.log"
   # The old generation drains and exits on its own.
   wait_for "gen $((gen - 1)) to exit" bash -c "! kill -0 $old 2>/dev/null"
   grep -h "handed over; draining" "$OUT/gen$((gen - 1)).log" | sed -e 's/^.*upgrade: //' -e "s/^/  gen $((gen - 1)): /" || true

@@ -3,7 +3,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text of the main server ([`megaconn::metrics`]) |
+//! | `GET /metrics` | OpenMetrics text of the main server ([`megaconn::metrics`]), served as `application/openmetrics-text` |
 //! | `GET /debug/runtime` | JSON: per-worker connections, idle, buffers, requests |
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of the whole process for N s (1..=60, default 30), gzipped pprof protobuf; `&format=svg` for a flame graph; one at a time (409 while one runs) |
 //! | `POST /publish?topic=T` | the body (at most 64 KiB) to topic `T`'s subscribers; `topic=*`: to every message connection. 503 when no worker took it, saying why (their hub queues are full, or the server is not serving: not yet, or no more) |
@@ -21,6 +21,9 @@
 //! It listens on 127.0.0.1:9090 unless told otherwise (`--admin ADDR`,
 //! `admin = "ADDR"`, `off` disables) and stops with the main server. Keep it
 //! on a loopback or otherwise private address: it has no authentication.
+//! Requests a browser makes for another site (a foreign `Origin`, or a
+//! `Host` that is a DNS name other than localhost) are refused with 403
+//! (`admin_guard.rs`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,6 +40,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use megaconn::{Body, ServerHandle};
 
+use crate::admin_guard::SameSite;
 use crate::fanout::{self, Fanout, Publisher, Topic};
 use crate::shared_stats::SharedStats;
 
@@ -182,13 +186,19 @@ impl Bound {
     pub fn start(self, source: Source) -> Result<Started, megaconn::Error> {
         let started = Instant::now();
         let server = self.0;
+        let own = server.local_addr();
         let started = match source {
-            Source::Server(main, publisher) => server.start(AdminService {
-                main,
-                publisher,
-                started,
-            })?,
-            Source::Processes(shared, fanout) => server.start(ProcessesAdmin { shared, fanout })?,
+            Source::Server(main, publisher) => server.start(SameSite::new(
+                AdminService {
+                    main,
+                    publisher,
+                    started,
+                },
+                own,
+            ))?,
+            Source::Processes(shared, fanout) => {
+                server.start(SameSite::new(ProcessesAdmin { shared, fanout }, own))?
+            }
         };
         Ok(Started(started))
     }
@@ -262,11 +272,7 @@ impl ProcessesAdmin {
                 StatusCode::OK,
                 "megaconn admin (supervisor: totals of every worker process)\n\n/metrics\n/debug/runtime\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
             ),
-            "/metrics" => respond(
-                StatusCode::OK,
-                megaconn::metrics::TEXT_CONTENT_TYPE,
-                self.shared.render_prometheus(self.fanout.counts()),
-            ),
+            "/metrics" => metrics(self.shared.render_prometheus(self.fanout.counts())),
             "/debug/runtime" => {
                 let t = self.shared.total();
                 let body = serde_json::json!({
@@ -298,8 +304,10 @@ struct AdminService {
     started: Instant,
 }
 
-type AdminBody = Full<Bytes>;
-type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<AdminBody>, Infallible>>>>;
+/// The admin routes' response body.
+pub type AdminBody = Full<Bytes>;
+/// The admin routes' response future.
+pub type AdminFuture = Pin<Box<dyn Future<Output = Result<Response<AdminBody>, Infallible>>>>;
 
 impl tower::Service<Request<Body>> for AdminService {
     type Response = Response<AdminBody>;
@@ -335,25 +343,12 @@ impl AdminService {
                 StatusCode::OK,
                 "megaconn admin\n\n/metrics\n/debug/runtime\n/debug/connections?offset=0&limit=100[&format=text]\n/debug/pprof/profile?seconds=30[&format=svg]\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
             ),
-            "/metrics" => self.metrics(&req),
+            "/metrics" => metrics(self.main.render_metrics()),
             "/debug/runtime" => self.runtime(),
             "/debug/connections" => self.connections(query),
             "/debug/pprof/profile" => profile(query).await,
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
-    }
-
-    fn metrics(&self, req: &Request<Body>) -> Response<AdminBody> {
-        let openmetrics = req.headers().get_all(header::ACCEPT).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.contains("application/openmetrics-text"))
-        });
-        let content_type = if openmetrics {
-            megaconn::metrics::OPENMETRICS_CONTENT_TYPE
-        } else {
-            megaconn::metrics::TEXT_CONTENT_TYPE
-        };
-        respond(StatusCode::OK, content_type, self.main.render_metrics())
     }
 
     /// Live connections, paginated (at most [`MAX_CONNECTIONS_PAGE`] a page),
@@ -672,7 +667,19 @@ fn profile_params(query: &str) -> Result<(u64, ProfileFormat), String> {
     Ok((seconds, format))
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
+/// A `/metrics` answer: `body` is OpenMetrics text (prometheus-client's
+/// encoding, in either mode), so it is labelled so whatever the scraper's
+/// `Accept` says (see [`megaconn::metrics::OPENMETRICS_CONTENT_TYPE`]).
+fn metrics(body: String) -> Response<AdminBody> {
+    respond(
+        StatusCode::OK,
+        megaconn::metrics::OPENMETRICS_CONTENT_TYPE,
+        body,
+    )
+}
+
+/// A plain-text answer.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
     respond(status, "text/plain; charset=utf-8", body)
 }
 

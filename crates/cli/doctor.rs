@@ -21,6 +21,13 @@ pub const MEGACONN_BYTES_PER_CONNECTION: u64 = 100;
 /// `FD_HEADROOM`): listeners, logs, DNS, admin connections.
 pub const FD_HEADROOM: u64 = 256;
 
+/// The largest `fs.nr_open` the kernel takes (`sysctl_nr_open_max` on 64-bit
+/// Linux): no process can have more open files, so no one process can
+/// hold more connections than this less [`FD_HEADROOM`]; past it, split
+/// them over processes (`--processes`). `doctor` used to suggest values
+/// the kernel refuses (`fs.nr_open=137438953472` for 10^11).
+pub const NR_OPEN_MAX: u64 = 1_073_741_816;
+
 /// The help after the flags: what each check reads and why.
 pub const CHECKS_HELP: &str = "\
 Checks (each reads a kernel limit and compares it with what N connections need):
@@ -208,10 +215,12 @@ fn cgroup_room(max: &str, current: &str) -> Option<u64> {
 }
 
 /// The `LimitNOFILE=` value for N connections: N plus headroom, rounded up to
-/// a power of two (1,000,000 → 1048576).
+/// a power of two (1,000,000 → 1048576), at most [`NR_OPEN_MAX`].
 pub fn nofile_for(n: u64) -> u64 {
     let need = n.saturating_add(FD_HEADROOM);
-    need.checked_next_power_of_two().unwrap_or(need)
+    need.checked_next_power_of_two()
+        .unwrap_or(need)
+        .min(NR_OPEN_MAX)
 }
 
 /// Memory N connections need: kernel + megaconn.
@@ -248,6 +257,14 @@ pub fn checks(host: &Host, n: u64) -> Vec<Check> {
     let (status, fix, sysctl) = match host.nr_open {
         None => (Status::Skip, None, None),
         Some(v) if v >= need_fds => (Status::Ok, None, None),
+        Some(_) if need_fds > NR_OPEN_MAX => (
+            Status::Fail,
+            Some(format!(
+                "more than one process can have: the kernel takes fs.nr_open up to {NR_OPEN_MAX} (`sysctl fs.nr_open={NR_OPEN_MAX}`, capped there); split over processes: `megaconn serve --processes {}`",
+                need_fds.div_ceil(NR_OPEN_MAX - FD_HEADROOM)
+            )),
+            Some(("fs.nr_open", NR_OPEN_MAX.to_string())),
+        ),
         Some(_) => (
             Status::Fail,
             Some(format!(

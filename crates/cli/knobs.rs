@@ -526,8 +526,8 @@ pub static KNOBS: &[Knob] = &[
         name: "write-stall-timeout",
         value_name: "DURATION",
         shape: Shape::One,
-        help: "Framed TCP and WebSockets without a heartbeat timeout: close a connection whose peer took none of our bytes for this long; off disables.",
-        details: "A peer that sends requests and never reads the replies otherwise holds its connection (a task and a buffer) for good. The clock starts again whenever a write of ours makes progress and, when it runs out, if the kernel says the peer acknowledged bytes meanwhile: a slow but steady reader is not cut off, and one that stops taking bytes is closed one to two bounds after its last. With --heartbeat-timeout (a WebSocket route's heartbeat timeout) that bounds the stall instead; --write-timeout bounds each whole write instead of either. Close reason write_timeout, counted in megaconn_timeouts_total. HTTP/2 (with --write-timeout off): a stream whose client gives its response no room in its flow-control windows for this long is reset (RST_STREAM CANCEL), also counted.",
+        help: "HTTP/1.1 responses (HTTP/2: per stream), and framed TCP and WebSockets without a heartbeat timeout: close a connection whose peer took none of our bytes for this long; off disables.",
+        details: "A peer that sends requests and never reads the replies (an HTTP/1.1 client that asks for a large response and never reads it) otherwise holds its connection (a task, its buffers and the kernel's send buffer) for good; nginx's send_timeout is the same bound. The clock starts again whenever a write of ours makes progress and, when it runs out, if the kernel says the peer acknowledged bytes meanwhile: a slow but steady reader is not cut off, and one that stops taking bytes is closed one to two bounds after its last. With --heartbeat-timeout (a WebSocket route's heartbeat timeout) that bounds the stall instead; --write-timeout bounds each whole write instead of either. Close reason write_timeout, counted in megaconn_timeouts_total. HTTP/2 (with --write-timeout off): a stream whose client gives its response no room in its flow-control windows for this long is reset (RST_STREAM CANCEL), also counted.",
         default: "60s",
         example: "5m",
         parse: duration_or_off,
@@ -976,7 +976,8 @@ pub static KNOBS: &[Knob] = &[
         shape: Shape::One,
         help: "Trace requests with OpenTelemetry: a span per request, sent to this OTLP collector.",
         details: "gRPC: http://HOST:4317; HTTP/protobuf (with --otel-protocol http/protobuf): \
-                  http://HOST:4318/v1/traces. Tracing is also on when OTEL_EXPORTER_OTLP_ENDPOINT \
+                  http://HOST:4318/v1/traces (or http://HOST:4318: a URL with no path gets /v1/traces, as \
+                  OTEL_EXPORTER_OTLP_ENDPOINT does). Tracing is also on when OTEL_EXPORTER_OTLP_ENDPOINT \
                   or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (OTEL_SDK_DISABLED=true or \
                   OTEL_TRACES_EXPORTER=none turn it off); the other standard variables \
                   (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER and _ARG, OTEL_BSP_*, \

@@ -27,7 +27,15 @@ pub enum LogFormat {
 
 /// Installs the global subscriber.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A `RUST_LOG` that does not parse falls back to `info`, and says so
+    // once the subscriber is up (it used to fall back in silence).
+    let mut bad = None;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|e| {
+        if let Ok(value) = std::env::var(EnvFilter::DEFAULT_ENV) {
+            bad = Some((value, e));
+        }
+        EnvFilter::new("info")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -40,5 +48,8 @@ pub fn init(format: LogFormat) {
             .with(panic)
             .init(),
         LogFormat::Json => builder.json().finish().with(panic).init(),
+    }
+    if let Some((value, error)) = bad {
+        tracing::warn!(RUST_LOG = %value, %error, "RUST_LOG is not a valid filter (e.g. info, megaconn=debug,warn); logging at info");
     }
 }

@@ -7,6 +7,8 @@
 
 mod activation;
 mod admin;
+mod admin_guard;
+mod announce;
 mod demo;
 mod doctor;
 mod fanout;

@@ -70,7 +70,7 @@ impl clap::Args for ServeArgs {
                 .long("upgrade")
                 .action(clap::ArgAction::SetTrue)
                 .help("Take over from the server running on --upgrade-socket: its listening sockets and parked connections; it then drains and exits.")
-                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused, idle clients do not reconnect, and a new process that fails before it says it is ready has taken no connection on the sockets it took over (the old one serves on; an address the old one did not have, another --admin say, it binds afresh before). It says it is ready only once everything that can fail is done (its runtimes, parking lots and worker threads made, its listening sockets registered with them): from then on it serves, whatever happens. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade: that line, not `megaconn serving on` (printed before it is ready, while it serves nothing yet), is the signal that it serves. With --processes, each worker process takes over from the old one of the same index."),
+                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused, idle clients do not reconnect, and a new process that fails before it says it is ready has taken no connection on the sockets it took over (the old one serves on; an address the old one did not have, another --admin say, it binds afresh before). It says it is ready only once everything that can fail is done (its runtimes, parking lots and worker threads made, its listening sockets registered with them): from then on it serves, whatever happens. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade: that line, not `megaconn serving on` (printed before it is ready, while it serves nothing yet), is the signal that it serves. With --processes, each worker process takes over from the old one of the same index, and the supervisor prints `megaconn upgrade done: ...` once they all have."),
         )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
@@ -222,6 +222,14 @@ fn resolve_with(
         upgrade_socket,
     } = settings;
     let otel = otel_config(otel, |name| std::env::var(name).ok())?;
+    if accept_burst.is_some() && accept_rate.is_none() {
+        // It used to be dropped without a word: no limit applied.
+        return Err(UsageError(
+            "accept_burst (--accept-burst) is the burst of accept_rate, which is not set: \
+             set accept_rate (--accept-rate, connections per second) too, or drop accept_burst"
+                .into(),
+        ));
+    }
     if listen.is_empty() && tls_listen.is_empty() && tcp_listen.is_empty() && inherited.is_empty() {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
     }
@@ -467,16 +475,7 @@ pub fn listen_urls(server: &megaconn::Server) -> Vec<String> {
     server
         .local_addrs()
         .iter()
-        .map(|&a| {
-            let scheme = if server.is_framed(a) {
-                "tcp"
-            } else if server.is_tls(a) {
-                "https"
-            } else {
-                "http"
-            };
-            format!("{scheme}://{a}")
-        })
+        .map(|&a| crate::announce::listen_url(a, server.is_framed(a), server.is_tls(a)))
         .collect()
 }
 
@@ -535,11 +534,13 @@ async fn serve(
     // Said once the server has started (its sockets listen then, a worker
     // process's too: a supervisor counts a worker process that said it as
     // serving), and before it is told to run.
-    let serving = format!(
-        "megaconn serving on {} ({} workers, max_connections {})",
-        listen_urls(&server).join(", "),
-        server.workers(),
-        server.max_connections()
+    let serving = crate::announce::serving_line(
+        &listen_urls(&server),
+        format_args!(
+            "{} workers, max_connections {}",
+            server.workers(),
+            server.max_connections()
+        ),
     );
     // Stops when dropped, after the main server, or at an upgrade's
     // hand-over (the new process serves it then). Worker processes of a
@@ -635,8 +636,6 @@ async fn serve(
     // later and later, up to PUBLISH_QUIET_MAX.
     let mut publish = std::pin::pin!(tokio::time::sleep(PUBLISH_EVERY));
     let (mut published, mut publish_gap) = (None, PUBLISH_EVERY);
-    // A SIGTERM or SIGINT came already: the next one exits at once.
-    let mut signalled = false;
     let summary = loop {
         tokio::select! {
             summary = &mut serving => break summary,
@@ -718,7 +717,7 @@ async fn serve(
                 }
                 publish.as_mut().reset(tokio::time::Instant::now() + publish_gap);
             }
-            name = signals.next() => {
+            (name, ask) = signals.next() => {
                 // A worker process leaves forcing to its supervisor: under
                 // systemd the same SIGTERM reaches it twice (from the unit's
                 // cgroup and forwarded by the supervisor).
@@ -727,19 +726,23 @@ async fn serve(
                 // upgrade handed this process's work over, it is already
                 // draining, and the operator's one SIGTERM to the old
                 // process must not cut the drain (or the hand-over) short.
-                if signalled && shared.is_some() {
-                    continue;
+                match ask {
+                    Ask::Repeat | Ask::Force if shared.is_some() => continue,
+                    Ask::Repeat => {
+                        log_repeat(name);
+                        continue;
+                    }
+                    Ask::Force => {
+                        eprintln!("megaconn: second {name}: exiting now");
+                        std::process::exit(1);
+                    }
+                    Ask::Drain => {}
                 }
-                if signalled {
-                    eprintln!("megaconn: second {name}: exiting now");
-                    std::process::exit(1);
-                }
-                signalled = true;
                 if handle.is_shutting_down() {
-                    tracing::info!(signal = name, "already draining; send it again to exit at once");
+                    tracing::info!(signal = name, "already draining; send it again, a second or more later, to exit at once");
                     continue;
                 }
-                tracing::info!(signal = name, "shutting down gracefully (send it again to exit at once)");
+                tracing::info!(signal = name, "shutting down gracefully (send it again, a second or more later, to exit at once)");
                 handle.shutdown();
             }
         }
@@ -840,10 +843,42 @@ pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }
 
+/// A SIGINT or SIGTERM this soon after the first is that one delivered
+/// again, not an operator asking twice: GNU `timeout` signals its child,
+/// then the child's whole process group; Ctrl-C in a shell and systemd's
+/// `KillMode=` reach every process of a group or cgroup, a supervisor
+/// included, which forwards it too. It used to force an exit (`timeout 10
+/// megaconn serve` skipped the drain).
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(1);
+
+/// What a SIGINT or SIGTERM asks for, by when it came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// The first: drain gracefully.
+    Drain,
+    /// Within [`REPEAT_WINDOW`] of the first: the first again; ignored.
+    Repeat,
+    /// Later: stop at once.
+    Force,
+}
+
+impl Ask {
+    /// What a signal at `now` asks for, the first having come at `first`.
+    fn of(first: Option<std::time::Instant>, now: std::time::Instant) -> Ask {
+        match first {
+            None => Ask::Drain,
+            Some(first) if now.saturating_duration_since(first) < REPEAT_WINDOW => Ask::Repeat,
+            Some(_) => Ask::Force,
+        }
+    }
+}
+
 /// SIGINT and SIGTERM as one stream.
 pub struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    /// When the first came.
+    first: Option<std::time::Instant>,
 }
 
 impl Signals {
@@ -853,22 +888,47 @@ impl Signals {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            first: None,
         })
     }
 
-    /// The next signal's name.
-    pub async fn next(&mut self) -> &'static str {
-        tokio::select! {
+    /// The next signal's name, and what it asks for.
+    pub async fn next(&mut self) -> (&'static str, Ask) {
+        let name = tokio::select! {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
-        }
+        };
+        let now = std::time::Instant::now();
+        let ask = Ask::of(self.first, now);
+        self.first.get_or_insert(now);
+        (name, ask)
     }
+}
+
+/// Logs a signal that came again within [`REPEAT_WINDOW`] of the first.
+pub fn log_repeat(name: &str) {
+    tracing::info!(
+        signal = name,
+        "the same signal again within {REPEAT_WINDOW:?} of the first (as from GNU timeout, a process group or a cgroup): ignored; send it again later to stop at once"
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// The first signal drains, one within the window repeats it, one
+    /// later forces.
+    #[test]
+    fn a_signal_asks_by_when_it_came() {
+        let first = std::time::Instant::now();
+        assert_eq!(Ask::of(None, first), Ask::Drain);
+        assert_eq!(Ask::of(Some(first), first), Ask::Repeat);
+        let soon = first + REPEAT_WINDOW - Duration::from_millis(1);
+        assert_eq!(Ask::of(Some(first), soon), Ask::Repeat);
+        assert_eq!(Ask::of(Some(first), first + REPEAT_WINDOW), Ask::Force);
+    }
 
     #[derive(Parser)]
     struct Wrapper {

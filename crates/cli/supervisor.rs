@@ -21,6 +21,10 @@
 //! socket (`--upgrade-socket` plus `.k`), listening sockets and parked
 //! connections included; an old worker that handed over exits after its
 //! drain and is not restarted, and the old supervisor exits once all have.
+//! The new supervisor says so as one process taking over does (`megaconn
+//! upgrade done`, `announce.rs`) once each of its worker processes took
+//! over, or is restarting, starting afresh or given up (then `but not all
+//! of it`).
 //! Slot by slot: the old supervisor goes on restarting a worker process that
 //! dies before it handed over, during the upgrade and after it (when the
 //! new worker process of its index was given up, below), so that its share
@@ -71,8 +75,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::admin;
+use crate::announce::Moved;
 use crate::fanout::{self, Fanout};
-use crate::serve::{self, ServeArgs, Signals};
+use crate::serve::{self, Ask, ServeArgs, Signals};
 use crate::shared_stats::{SharedStats, FD_ENV};
 use crate::upgrade;
 use crate::UsageError;
@@ -103,7 +108,9 @@ fn backoff(failures: u32) -> Duration {
 }
 
 enum Event {
-    Ready(usize),
+    /// The worker process serves; taking over, what it took over (`None`:
+    /// not all of it, see its messages).
+    Ready(usize, Option<Moved>),
     /// The worker process handed its sockets to a newer one (an upgrade).
     HandedOver(usize),
     Exited(usize, Option<i32>),
@@ -174,6 +181,8 @@ struct Worker {
     /// Its current process said it serves (with `take_over`: that it took
     /// over).
     ready: bool,
+    /// What it took over, when it took over in full.
+    moved: Option<Moved>,
     /// One of its processes served its slot (said so), in this supervisor's
     /// lifetime: a restart that then finds the slot taken yields it to a
     /// newer process; one that never served takes over (see `Event::Exited`).
@@ -196,6 +205,7 @@ impl Worker {
             retired: false,
             take_over,
             ready: false,
+            moved: None,
             served: false,
             ready_by: None,
             restart_at: None,
@@ -207,6 +217,7 @@ impl Worker {
         self.process = Some(process);
         self.running = true;
         self.ready = false;
+        self.moved = None;
         self.started = now;
         self.ready_by = Some(now + READY_TIMEOUT);
     }
@@ -226,6 +237,7 @@ impl Worker {
         self.process = None;
         self.running = false;
         self.ready = false;
+        self.moved = None;
         self.ready_by = None;
     }
 
@@ -285,6 +297,68 @@ impl Worker {
     }
 }
 
+/// What the supervisor says once its worker processes serve.
+struct Announce {
+    /// Its listeners, as URLs.
+    urls: Vec<String>,
+    /// `--upgrade-socket` (worker process k's is this plus `.k`).
+    next_upgrade: std::path::PathBuf,
+    /// When it started: an upgrade's time is counted from there.
+    started: Instant,
+}
+
+impl Announce {
+    /// Says that the supervisor serves (as one process says it, with
+    /// schemes) and each worker process's pid; `upgrade`: then, as one
+    /// process taking over says it, that the upgrade is done (every worker
+    /// process took over) or only partly (some restart to take over, start
+    /// afresh, or were given up: their lines follow or came above).
+    fn say(&self, workers: &[Worker], upgrade: bool) {
+        crate::say!(
+            "{}",
+            crate::announce::serving_line(
+                &self.urls,
+                format_args!(
+                    "{} worker processes; supervisor pid {}",
+                    workers.len(),
+                    std::process::id()
+                )
+            )
+        );
+        for (i, w) in workers.iter().enumerate() {
+            match w.pid() {
+                Some(pid) => crate::say!("worker process {i} pid {pid}"),
+                None if w.retired => crate::say!("worker process {i} given up"),
+                // Announced as restarted once it is (not as pid 0).
+                None => crate::say!("worker process {i} restarting"),
+            }
+        }
+        if !upgrade {
+            return;
+        }
+        let moved: Vec<Moved> = workers.iter().filter_map(|w| w.moved).collect();
+        let line = if moved.len() == workers.len() {
+            let total = moved.iter().fold(Moved::default(), |t, m| Moved {
+                sockets: t.sockets + m.sockets,
+                parked: t.parked + m.parked,
+            });
+            total.done_line(
+                self.started.elapsed(),
+                &format!(" by {} worker processes", workers.len()),
+                &self.next_upgrade,
+            )
+        } else {
+            crate::announce::partly_done_line(format_args!(
+                "{} of {} worker processes took over in full; next upgrade on {}",
+                moved.len(),
+                workers.len(),
+                self.next_upgrade.display()
+            ))
+        };
+        crate::say!("{line}");
+    }
+}
+
 /// Runs the supervisor. `argv` are the arguments after `serve`, passed on to
 /// every worker process unchanged.
 pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Result<()> {
@@ -298,16 +372,31 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
     }
     // Fail now, in one place, if an address is taken or a knob is wrong
     // (taking over, the old worker processes hold the addresses).
-    let addrs = if args.upgrade {
-        resolved.addrs.iter().map(|a| a.to_string()).collect()
-    } else {
-        let probe = resolved
+    if !args.upgrade {
+        // Its connection limit is each worker process's share, checked
+        // there (the whole one may be past this process's open files).
+        resolved
             .builder
             .clone()
             .workers(1)
+            .max_connections(1)
             .listen()
             .map_err(serve::listen_error)?;
-        serve::listen_urls(&probe)
+    }
+    // Known without binding, so said alike after an upgrade.
+    let b = &resolved.builder;
+    let announce = Announce {
+        urls: resolved
+            .addrs
+            .iter()
+            .map(|&a| crate::announce::listen_url(a, b.is_framed(a), b.is_tls(a)))
+            .collect(),
+        next_upgrade: serve::upgrade_socket(
+            resolved.upgrade_socket.as_ref(),
+            resolved.addrs.first().copied(),
+            None,
+        ),
+        started: Instant::now(),
     };
     let shared =
         Arc::new(SharedStats::create(processes).context("cannot create the shared counter block")?);
@@ -320,7 +409,7 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
         let fanout = Fanout::new(processes);
         let source = admin::Source::Processes(shared.clone(), fanout.clone());
         let _admin = admin::start(resolved.admin, source)?;
-        supervise(argv, processes, &shared, &fanout, addrs).await
+        supervise(argv, processes, &shared, &fanout, announce).await
     })
 }
 
@@ -329,7 +418,7 @@ async fn supervise(
     processes: usize,
     shared: &SharedStats,
     fanout: &Arc<Fanout>,
-    addrs: Vec<String>,
+    announce: Announce,
 ) -> anyhow::Result<()> {
     let mut signals = Signals::new().context("cannot install signal handlers")?;
     let mut hangups = serve::hangups().context("cannot install the SIGHUP handler")?;
@@ -387,19 +476,7 @@ async fn supervise(
         {
             announced = true;
             committed = true;
-            crate::say!(
-                "megaconn serving on {} ({processes} worker processes; supervisor pid {})",
-                addrs.join(", "),
-                std::process::id()
-            );
-            for (i, w) in workers.iter().enumerate() {
-                match w.pid() {
-                    Some(pid) => crate::say!("worker process {i} pid {pid}"),
-                    None if w.retired => crate::say!("worker process {i} given up"),
-                    // Announced as restarted once it is (not as pid 0).
-                    None => crate::say!("worker process {i} restarting"),
-                }
-            }
+            announce.say(&workers, upgrade);
         }
         if stopping && workers.iter().all(|w| !w.running) {
             break;
@@ -411,9 +488,10 @@ async fn supervise(
             .min();
         tokio::select! {
             event = rx.recv() => match event {
-                Some(Event::Ready(i)) => {
+                Some(Event::Ready(i, moved)) => {
                     let w = &mut workers[i];
                     w.ready = true;
+                    w.moved = if w.take_over { moved } else { None };
                     w.served = true;
                     w.ready_by = None;
                     if w.take_over {
@@ -518,17 +596,24 @@ async fn supervise(
                 tracing::info!("SIGHUP: passing it to every worker process");
                 stop_all(&workers, libc::SIGHUP);
             }
-            name = signals.next() => {
+            (name, ask) = signals.next() => {
                 if !announced {
                     stop_all(&workers, libc::SIGTERM);
                     anyhow::bail!("{name} during start-up");
                 }
-                if stopping {
-                    eprintln!("megaconn: second {name}: killing worker processes");
-                    stop_all(&workers, libc::SIGKILL);
-                    std::process::exit(1);
+                match ask {
+                    Ask::Repeat => {
+                        serve::log_repeat(name);
+                        continue;
+                    }
+                    Ask::Force => {
+                        eprintln!("megaconn: second {name}: killing worker processes");
+                        stop_all(&workers, libc::SIGKILL);
+                        std::process::exit(1);
+                    }
+                    Ask::Drain => {}
                 }
-                tracing::info!(signal = name, "draining every worker process (send it again to stop at once)");
+                tracing::info!(signal = name, "draining every worker process (send it again, a second or more later, to stop at once)");
                 stopping = true;
                 workers.iter_mut().for_each(|w| w.restart_at = None);
                 stop_all(&workers, libc::SIGTERM);
@@ -596,9 +681,9 @@ fn start(
 ) -> anyhow::Result<Process> {
     let upgrade = take_over && argv.iter().any(|a| a == "--upgrade");
     let ready_line = if upgrade {
-        "megaconn upgrade done"
+        crate::announce::UPGRADE_DONE
     } else {
-        "megaconn serving on"
+        crate::announce::SERVING_ON
     };
     let channel = fanout
         .attach(index)
@@ -634,7 +719,7 @@ fn start(
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.starts_with(ready_line) {
-                    let _ = events.send(Event::Ready(index));
+                    let _ = events.send(Event::Ready(index, Moved::parse(&line)));
                 }
                 if line.starts_with("megaconn handed over") {
                     let _ = events.send(Event::HandedOver(index));

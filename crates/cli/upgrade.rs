@@ -64,6 +64,8 @@ use anyhow::{bail, Context as _};
 use megaconn::{ParkedConnection, ParkedState, ServerHandle};
 use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
+use crate::announce::{partly_done_line, Moved};
+
 /// Most descriptors one `SCM_RIGHTS` message may carry (Linux's `SCM_MAX_FD`).
 const MAX_FDS: usize = 253;
 
@@ -1253,21 +1255,22 @@ impl TakeOver {
             // A supervisor counts this process ready on either line
             // (it serves the listeners it took over), and would
             // otherwise kill it at its start-up deadline.
-            match (&parked, &control) {
-                (Ok(parked), Ok(_)) => crate::say!(
-                    "megaconn upgrade done: took over {taken} listening sockets and {parked} parked connections in {} ms; next upgrade on {}",
-                    started.elapsed().as_millis(),
+            let line = match (&parked, &control) {
+                (Ok(parked), Ok(_)) => Moved {
+                    sockets: taken,
+                    parked: *parked,
+                }
+                .done_line(started.elapsed(), "", &path),
+                (_, Ok(_)) => partly_done_line(format_args!(
+                    "serving without the parked connections; next upgrade on {}",
                     path.display()
-                ),
-                (_, Ok(_)) => crate::say!(
-                    "megaconn upgrade done, but not all of it (see the error above): serving without the parked connections; next upgrade on {}",
+                )),
+                (_, Err(_)) => partly_done_line(format_args!(
+                    "serving; no next upgrade until the control socket {} is bound (trying again)",
                     path.display()
-                ),
-                (_, Err(_)) => crate::say!(
-                    "megaconn upgrade done, but not all of it (see the error above): serving; no next upgrade until the control socket {} is bound (trying again)",
-                    path.display()
-                ),
-            }
+                )),
+            };
+            crate::say!("{line}");
             let _ = ready.send(control);
         })
         .context("upgrade: cannot start a thread to take over the parked connections (the old process serves on)")?;

@@ -75,11 +75,18 @@ impl Served {
     /// The whole answer (head and body) of the admin listener to
     /// `POST path` with `body`.
     fn post(&self, path: &str, body: &str) -> String {
+        let own = format!("Host: {}\r\n", self.admin);
+        self.post_with(path, &own, body)
+    }
+
+    /// As [`Served::post`], with the header lines `headers` (each ending
+    /// in CRLF; a `Host` among them) as a browser would send them.
+    fn post_with(&self, path: &str, headers: &str, body: &str) -> String {
         let mut s = TcpStream::connect(&self.admin).unwrap();
         s.set_read_timeout(Some(SAFETY)).unwrap();
         write!(
             s,
-            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
@@ -117,11 +124,16 @@ impl Fetched {
 
 /// One `GET` on a fresh connection (`Connection: close`), read to the end.
 fn get(addr: &str, target: &str) -> Fetched {
+    get_with(addr, target, &format!("Host: {addr}\r\n"))
+}
+
+/// As [`get`], with the header lines `headers` (a `Host` among them).
+fn get_with(addr: &str, target: &str, headers: &str) -> Fetched {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(SAFETY)).unwrap();
     write!(
         s,
-        "GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        "GET {target} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -156,14 +168,26 @@ fn get(addr: &str, target: &str) -> Fetched {
     f
 }
 
+/// A `/metrics` answer says what its body is: OpenMetrics text (it ends
+/// with `# EOF`, its counters are typed `# TYPE x counter` over `x_total`
+/// samples) under the OpenMetrics content type. It used to say
+/// `text/plain; version=0.0.4`, whose parsers took every counter as untyped.
+fn assert_openmetrics(m: &Fetched) {
+    assert!(m.text().ends_with("# EOF\n"), "{}", m.text());
+    assert!(m
+        .text()
+        .contains("# TYPE megaconn_connections_accepted counter\n"));
+    assert_eq!(
+        m.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+}
+
 /// `megaconn_requests_total{method, status_class}` parsed from `/metrics`.
 fn requests_total(admin: &str, method: &str, class: &str) -> f64 {
     let m = get(admin, "/metrics");
     assert_eq!(m.status, 200);
-    assert_eq!(
-        m.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
-    );
+    assert_openmetrics(&m);
     let scrape =
         prometheus_parse::Scrape::parse(m.text().lines().map(|l| Ok(l.to_owned()))).unwrap();
     assert!(
@@ -437,5 +461,58 @@ fn a_publish_dropped_at_a_full_hub_queue_is_not_answered_published() {
     let line = conn.next_line();
     assert!(line.starts_with("error: not delivered"), "{line}");
     assert!(line.contains("hub queues are full"), "{line}");
+    served.stop();
+}
+
+/// A web page open in a browser on the host cannot use the admin listener
+/// (it has no authentication): a cross-site `POST /broadcast` (a "simple"
+/// request, sent without a CORS preflight) is refused with 403 and why,
+/// and reaches no connection; a DNS-rebinding page (a name of its own that
+/// resolves to 127.0.0.1) cannot read `/metrics`. Its own origin, a
+/// loopback name, and clients that send no `Origin` (curl, Prometheus)
+/// are served. Both cross-site requests used to be answered 200.
+#[test]
+fn cross_site_requests_to_the_admin_listener_are_refused() {
+    let served = Served::start(&DEMO);
+    let port = served.admin.rsplit(':').next().unwrap().to_string();
+    let mut conn = served.connect_demo();
+    conn.send("SUB news");
+    assert_eq!(conn.next_line(), "subscribed: news");
+    for headers in [
+        // A page at attacker.example, rebound to 127.0.0.1.
+        "Host: attacker.example:9090\r\nOrigin: http://attacker.example\r\n".to_string(),
+        // A page at attacker.example posting to http://127.0.0.1:PORT.
+        format!(
+            "Host: {}\r\nOrigin: http://attacker.example\r\n",
+            served.admin
+        ),
+        // Another local site is another origin.
+        format!(
+            "Host: {}\r\nOrigin: http://localhost:3000\r\n",
+            served.admin
+        ),
+    ] {
+        let answer = served.post_with(
+            "/broadcast",
+            &format!("{headers}Content-Type: text/plain\r\n"),
+            "from a web page",
+        );
+        assert!(answer.starts_with("HTTP/1.1 403"), "{headers}: {answer}");
+        assert!(answer.contains("refused: "), "{answer}");
+    }
+    let rebound = get_with(&served.admin, "/metrics", "Host: attacker.example:9090\r\n");
+    assert_eq!(rebound.status, 403);
+    assert!(
+        rebound.text().contains("DNS rebinding"),
+        "{}",
+        rebound.text()
+    );
+    // Its own origin, by a loopback name.
+    let own = format!("Host: localhost:{port}\r\nOrigin: http://localhost:{port}\r\n");
+    let answer = served.post_with("/broadcast", &own, "from the admin page");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // None of the refused ones reached the connection: this comes first.
+    assert_eq!(conn.next_line(), "from the admin page");
+    assert_eq!(get(&served.admin, "/metrics").status, 200);
     served.stop();
 }

@@ -150,3 +150,25 @@ fn help_explains_every_check() {
         assert!(help.contains(words), "--help lacks {words}");
     }
 }
+
+/// Past what one process can have, `fs.nr_open` and `LimitNOFILE=` are
+/// capped at the kernel's maximum (1073741816), and the fix says to split
+/// over processes. It used to suggest `fs.nr_open=137438953472`, which the
+/// kernel refuses.
+#[test]
+fn open_file_fixes_stay_within_the_kernel_maximum() {
+    let (_, report) = json(&["--json", "--connections", "99999999999"]);
+    let nr_open = check(&report, "nr_open");
+    if nr_open["status"] == "skip" {
+        eprintln!("skipped: no /proc/sys/fs/nr_open here");
+        return;
+    }
+    let fix = nr_open["fix"].as_str().unwrap();
+    assert!(fix.contains("fs.nr_open=1073741816"), "{fix}");
+    assert!(fix.contains("--processes 94"), "{fix}");
+    let out = doctor(&["--connections", "99999999999"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("fs.nr_open = 1073741816\n"), "{stdout}");
+    assert!(stdout.contains("LimitNOFILE=1073741816"), "{stdout}");
+    assert!(!stdout.contains("137438953472"), "{stdout}");
+}

@@ -24,7 +24,7 @@ fn get(addr: &str, path: &str) -> String {
             s.set_read_timeout(Some(common::CHILD_SAFETY))?;
             write!(
                 s,
-                "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
             )?;
             let mut out = String::new();
             s.read_to_string(&mut out)?;
@@ -216,6 +216,43 @@ fn sigterm_drains_every_worker_process_and_reports_totals() {
     );
 }
 
+/// A SIGTERM that reaches the supervisor again within a second of the first
+/// (GNU `timeout` signals its child, then the child's process group; a
+/// shell's Ctrl-C and systemd reach the whole group too) does not kill the
+/// worker processes: the request in flight (`/sleep?ms=3000`) is answered,
+/// and the supervisor exits 0. It used to SIGKILL them at the second signal
+/// and exit 1, the request unanswered.
+#[test]
+fn a_sigterm_repeated_within_a_second_still_drains_every_worker_process() {
+    let mut sup = Supervisor::start(2);
+    let addr = sup.addr.clone();
+    let sleeping = std::thread::spawn(move || get(&addr, "/sleep?ms=3000"));
+    // Its worker process took the connection (worker processes publish
+    // their counters once a second); the request came in the same write.
+    let deadline = std::time::Instant::now() + common::CHILD_SAFETY;
+    while metric(&get(&sup.admin, "/metrics"), "megaconn_connections_open") != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "never open");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sup.signal(libc::SIGTERM);
+    // It passed the first on: every worker process stopped listening.
+    let deadline = std::time::Instant::now() + common::CHILD_SAFETY;
+    while TcpStream::connect(&sup.addr).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still listening");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    sup.signal(libc::SIGTERM);
+    let answer = sleeping.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(sup.child.wait().code(), Some(0));
+    let rest = sup.lines.rest();
+    assert!(
+        rest.last()
+            .is_some_and(|l| l.starts_with("megaconn stopped")),
+        "{rest:?}"
+    );
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -261,6 +298,16 @@ fn the_supervisor_admin_serves_whole_server_totals() {
         .filter(|l| l.starts_with("megaconn_process_connections{"))
         .count();
     assert_eq!(per_process, 3, "{text}");
+    // The body is OpenMetrics, and so is its content type (it used to say
+    // `text/plain; version=0.0.4`, whose parsers took its counters as
+    // untyped).
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.lines().any(|l| l.trim_end().eq_ignore_ascii_case(
+            "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+        )),
+        "{text}"
+    );
     drop(held);
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.child.wait().code(), Some(0));
@@ -337,11 +384,16 @@ fn on_every_process(addr: &str, pids: &[i32], topic: &str) -> Vec<(Framed, i32)>
 
 /// A POST to the admin listener; the status line and the body.
 fn post(admin: &str, path_and_query: &str, body: &[u8]) -> (String, String) {
+    post_with(admin, path_and_query, &format!("Host: {admin}\r\n"), body)
+}
+
+/// As [`post`], with the header lines `headers` (a `Host` among them).
+fn post_with(admin: &str, path_and_query: &str, headers: &str, body: &[u8]) -> (String, String) {
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(common::CHILD_SAFETY)).unwrap();
     write!(
         s,
-        "POST {path_and_query} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path_and_query} HTTP/1.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -398,6 +450,11 @@ fn a_publish_in_one_worker_process_reaches_every_worker_process() {
 fn the_supervisor_admin_publishes_to_every_worker_process() {
     let (mut sup, tcp) = start_framed(2);
     let mut conns = on_every_process(&tcp, &sup.worker_pids, "news");
+    // A web page's cross-site broadcast is refused, and reaches nobody (the
+    // next line every connection gets is the first publish below).
+    let cross_site = format!("Host: {}\r\nOrigin: http://attacker.example\r\n", sup.admin);
+    let (status, body) = post_with(&sup.admin, "/broadcast", &cross_site, b"from a web page");
+    assert!(status.contains(" 403 "), "{status} {body}");
     for (route, payload) in [
         ("/publish?topic=news", "admin to news"),
         ("/publish?topic=*", "admin to all"),

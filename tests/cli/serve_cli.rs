@@ -60,7 +60,7 @@ fn get_once(addr: &str, path: &str) -> String {
     s.set_read_timeout(Some(SAFETY)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -93,6 +93,54 @@ fn a_typo_in_the_config_file_exits_2_naming_the_key() {
     let (status, err) = run_to_exit(megaconn().args(["serve", "--config", path.to_str().unwrap()]));
     assert_eq!(status.code(), Some(2));
     assert!(err.contains("idle_timout"), "{err}");
+}
+
+/// `accept_burst` without `accept_rate` is an error naming the fix; it used
+/// to be dropped without a word (no limit applied).
+#[test]
+fn accept_burst_without_accept_rate_exits_2_naming_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("megaconn.toml");
+    std::fs::write(&path, "accept_burst = 10\n").unwrap();
+    let (status, err) = run_to_exit(megaconn().args(["serve", "--config", path.to_str().unwrap()]));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("set accept_rate"), "{err}");
+    let (status, err) = run_to_exit(megaconn().args(["serve", "--accept-burst", "10"]));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--accept-rate"), "{err}");
+}
+
+/// A `max_connections` past the open-file limit is warned about at start
+/// (here under a limit of 512): accepts past it fail. It used to be taken
+/// in silence.
+#[test]
+fn max_connections_above_the_open_file_limit_is_warned_about() {
+    let mut cmd = Serving::serve_command("off", &["--max-connections", "100000"]);
+    // SAFETY: setrlimit(2) only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let limit = libc::rlimit {
+                rlim_cur: 512,
+                rlim_max: 512,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let line = Serving::spawn(&mut cmd).wait_for_log("max_connections is above");
+    assert!(line.contains("open_file_limit=512"), "{line}");
+}
+
+/// A `RUST_LOG` that is not a filter is warned about (logging goes on at
+/// info); it used to fall back in silence.
+#[test]
+fn a_bad_rust_log_is_warned_about() {
+    let mut cmd = Serving::serve_command("off", &[]);
+    cmd.env("RUST_LOG", "megaconn=loudest");
+    let line = Serving::spawn(&mut cmd).wait_for_log("RUST_LOG is not a valid filter");
+    assert!(line.contains("megaconn=loudest"), "{line}");
 }
 
 #[test]
@@ -493,6 +541,60 @@ fn ws_open(addr: &str, path: &str, first: &[u8]) -> TcpStream {
 
 /// A masked text frame "hi" (mask 1 2 3 4).
 const HI: [u8; 8] = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+
+/// A server (one worker, an admin listener) with a request in flight:
+/// `GET /sleep?ms=3000`, sent on a thread, whose whole answer the handle
+/// returns. Waits until the admin's `/metrics` counts it in flight.
+fn with_a_request_in_flight() -> (Serving, std::thread::JoinHandle<String>) {
+    let server = Serving::serve_admin("127.0.0.1:0", &[]);
+    let admin_line = server.stdout.expect_line();
+    let admin = admin_line
+        .strip_prefix("megaconn admin on http://")
+        .unwrap_or_else(|| panic!("{admin_line}"))
+        .to_string();
+    let addr = server.addr("http");
+    let sleeping = std::thread::spawn(move || get_once(&addr, "/sleep?ms=3000"));
+    let deadline = std::time::Instant::now() + SAFETY;
+    while !get_once(&admin, "/metrics").contains("\nmegaconn_requests_in_flight 1\n") {
+        assert!(std::time::Instant::now() < deadline, "never in flight");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (server, sleeping)
+}
+
+/// A SIGTERM that comes again within a second of the first is the same
+/// request delivered twice (GNU `timeout` signals its child, then the
+/// child's process group), and does not cut the drain short: the request
+/// in flight is answered, and the server exits 0. It used to exit at once
+/// (`second SIGTERM: exiting now`, 1), the request unanswered.
+#[test]
+fn a_sigterm_repeated_within_a_second_does_not_cut_the_drain_short() {
+    let (mut server, sleeping) = with_a_request_in_flight();
+    server.child.signal(libc::SIGTERM);
+    server.wait_for_log("shutting down gracefully");
+    server.child.signal(libc::SIGTERM);
+    server.wait_for_log("the same signal again");
+    let answer = sleeping.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(server.child.wait().code(), Some(0));
+}
+
+/// A SIGTERM a second or more after the first still exits at once (1),
+/// the request in flight unanswered.
+#[test]
+fn a_sigterm_a_second_after_the_first_exits_at_once() {
+    let (mut server, sleeping) = with_a_request_in_flight();
+    server.child.signal(libc::SIGTERM);
+    server.wait_for_log("shutting down gracefully");
+    // The rule is about time: past the window (1 s), with a margin, well
+    // before the request's 3 s are over.
+    std::thread::sleep(Duration::from_millis(1300));
+    server.child.signal(libc::SIGTERM);
+    assert_eq!(server.child.wait().code(), Some(1));
+    // Closed unanswered (or reset: the thread's read then failed).
+    let answer = sleeping.join().unwrap_or_default();
+    assert!(answer.is_empty(), "{answer}");
+}
 
 #[test]
 fn the_ws_route_echoes_a_websocket_message() {

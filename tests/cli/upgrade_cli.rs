@@ -488,6 +488,8 @@ fn supervisor_command(n: usize, addr: &str, socket: &Path, stderr: Stdio) -> Com
 fn announced(lines: &Lines) -> Vec<i32> {
     let first = lines.expect_line();
     assert!(first.contains("2 worker processes"), "{first}");
+    // As one process says it: with the scheme.
+    assert!(first.starts_with("megaconn serving on http://"), "{first}");
     (0..2)
         .map(|i| {
             let line = lines.expect_line();
@@ -497,6 +499,15 @@ fn announced(lines: &Lines) -> Vec<i32> {
             rest.strip_prefix("pid ").map_or(0, |p| p.parse().unwrap())
         })
         .collect()
+}
+
+/// Waits for a supervisor's announcement after an upgrade (`--upgrade`):
+/// as [`announced`], then its `megaconn upgrade done` line, returned.
+fn announced_upgrade(lines: &Lines) -> (Vec<i32>, String) {
+    let pids = announced(lines);
+    let done = lines.expect_line();
+    assert!(done.starts_with("megaconn upgrade done"), "{done}");
+    (pids, done)
 }
 
 /// Waits for the old supervisor to exit cleanly once all its worker
@@ -524,13 +535,27 @@ fn a_supervisor_upgrades_worker_process_by_worker_process() {
         let mut child =
             ChildGuard::spawn(&mut supervisor_command(n, &addr, &socket, Stdio::null()));
         let lines = Lines::new(child.child().stdout.take().unwrap());
-        announced(&lines);
         (child, lines)
     };
     let (old, old_lines) = supervisor(0);
+    announced(&old_lines);
     drop(port);
     assert_eq!(served_by(&addr), "gen0");
-    let (mut new, _new_lines) = supervisor(1);
+    let (mut new, new_lines) = supervisor(1);
+    // It says what one process taking over says, once both of its worker
+    // processes took over (one listening socket each). It used to say
+    // nothing of the kind: scripts waited for `megaconn upgrade done` in
+    // vain.
+    let (_, done) = announced_upgrade(&new_lines);
+    assert!(
+        done.starts_with(
+            "megaconn upgrade done: took over 2 listening sockets and 0 parked connections in "
+        ) && done.ends_with(&format!(
+            " ms by 2 worker processes; next upgrade on {}",
+            socket.display()
+        )),
+        "{done}"
+    );
     // The old supervisor stops once both its workers handed over and drained.
     old_supervisor_finishes(old, old_lines);
     for _ in 0..10 {
@@ -758,7 +783,7 @@ fn a_worker_process_dying_while_another_starts_is_restarted_at_once() {
         .expect_err("worker process 1 still waits");
     assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
     drop(up.held);
-    let pids = announced(&up.new.lines);
+    let pids = announced_upgrade(&up.new.lines).0;
     assert!(pids[0] != 0 && pids[0] != up.first, "{pids:?}");
     old_supervisor_finishes(up.old, up.old_lines);
     only_the_new_generation_serves(&up.addr, up.new);
@@ -825,8 +850,13 @@ fn given_up() -> HalfUpgraded {
         let expected = format!("attempts={} retry_in_ms={}", n + 1, 100 << n);
         assert!(line.contains(&expected), "{expected}: {line}");
     }
-    let pids = announced(&up.new.lines);
+    let (pids, done) = announced_upgrade(&up.new.lines);
     assert_eq!(pids[1], 0, "worker process 1 was restarting then");
+    assert!(
+        done.starts_with("megaconn upgrade done, but not all of it")
+            && done.contains(": 1 of 2 worker processes took over in full;"),
+        "{done}"
+    );
     let line = up.new.lines.expect_line();
     assert!(
         line.starts_with("worker process 1 gave up taking over")
@@ -849,7 +879,7 @@ fn upgrade_both_supervisors(
     let socket = dir.join("upgrade.sock");
     let mut next = ChildGuard::spawn(&mut supervisor_command(2, addr, &socket, Stdio::null()));
     let next_lines = Lines::new(next.child().stdout.take().unwrap());
-    announced(&next_lines);
+    announced_upgrade(&next_lines);
     old_supervisor_finishes(old, old_lines);
     let mut new_child = new.child;
     let rest = new.lines.rest();
@@ -929,7 +959,7 @@ fn a_worker_process_with_no_old_one_left_starts_afresh() {
     drop(up.held);
     up.new
         .wait_for_log("found no old worker process to take over from", 1);
-    let pids = announced(&up.new.lines);
+    let pids = announced_upgrade(&up.new.lines).0;
     assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
     let line = up.new.lines.expect_line();
     assert!(
@@ -1005,7 +1035,7 @@ fn an_old_restart_and_a_fresh_new_worker_process_race(new_first: bool) {
     drop(hold_second);
     new.wait_for_log("found no old worker process to take over from", 1);
     let (fresh, hold_fresh) = slot_gate.next();
-    let pids = announced(&new.lines);
+    let pids = announced_upgrade(&new.lines).0;
     assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
     if new_first {
         drop(hold_fresh);
@@ -1048,7 +1078,7 @@ fn get(addr: &str, path: &str) -> String {
     s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -1114,7 +1144,7 @@ fn a_worker_process_that_could_not_bind_its_control_socket_binds_it_again() {
     failing.write_all(b"fail\n").unwrap();
     drop(failing);
     // It serves what it took over, and says so.
-    let pids = announced(&new_lines);
+    let pids = announced_upgrade(&new_lines).0;
     assert_eq!(pids[1], pid);
     old_supervisor_finishes(old, old_lines);
     // It binds the control socket again, after its back-off.
@@ -1137,7 +1167,7 @@ fn next_generation_takes_over_both_slots(
 ) {
     let mut next = ChildGuard::spawn(&mut supervisor_command(n, addr, socket, Stdio::null()));
     let next_lines = Lines::new(next.child().stdout.take().unwrap());
-    let pids = announced(&next_lines);
+    let pids = announced_upgrade(&next_lines).0;
     assert!(pids.iter().all(|&p| p != 0), "{pids:?}");
     old_supervisor_finishes(old, old_lines);
     serves_alone(addr, n, next);
@@ -1167,7 +1197,7 @@ fn a_restart_of_an_upgraded_supervisor_yields_its_slot_to_the_next_generation() 
     cmd.env(SLOT_GATE.0, SLOT_GATE.1)
         .env("MEGACONN_TEST_HANDED_GATE", "1");
     let (gen1, gen1_lines, gen1_log) = Log::spawn(&mut cmd);
-    let gen1_pids = announced(&gen1_lines);
+    let gen1_pids = announced_upgrade(&gen1_lines).0;
     old_supervisor_finishes(gen0, gen0_lines);
     let handed_gate = Gate::at(&socket, ".0.handed.gate");
     let slot_gate = Gate::slot(&socket, 1);
@@ -1195,7 +1225,7 @@ fn a_restart_of_an_upgraded_supervisor_yields_its_slot_to_the_next_generation() 
     drop(hold_second);
     gen2_log.wait_for("found no old worker process to take over from", 1);
     let (fresh, hold_fresh) = slot_gate.next();
-    let pids = announced(&gen2_lines);
+    let pids = announced_upgrade(&gen2_lines).0;
     assert_eq!(pids[1], 0, "worker process 1 is announced as restarting");
     drop(hold_fresh);
     let line = gen2_lines.expect_line();
@@ -1526,11 +1556,13 @@ fn a_new_process_that_fails_before_ready_takes_no_connection() {
     // Each answer on a connection says who served it: the main listener's
     // its `server` header, the admin listener's its pid.
     let ask = |c: &mut BufReader<TcpStream>, path: &str| {
-        write!(c.get_mut(), "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
-            .and_then(|()| read_response(c))
-            .unwrap_or_else(|e| {
-                panic!("{path}: a connection opened during the attempt is lost: {e}")
-            })
+        // A loopback name: the admin listener refuses other names.
+        write!(
+            c.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        .and_then(|()| read_response(c))
+        .unwrap_or_else(|e| panic!("{path}: a connection opened during the attempt is lost: {e}"))
     };
     let by_old = |c: &mut BufReader<TcpStream>, path: &str| {
         let answer = ask(c, path);
@@ -1629,7 +1661,7 @@ fn a_worker_process_whose_hand_over_panics_after_ready_is_not_restarted() {
     panicking.write_all(b"panic\n").unwrap();
     drop((panicking, gate));
     old.log.wait_for("handed over to a newer one", 0);
-    announced(&new_lines);
+    announced_upgrade(&new_lines);
     old_supervisor_finishes(old.child, old.lines);
     // The old supervisor exited: its log is whole. (Each worker process's
     // hand-over line says "not restarted": only the restarts' own lines.)

@@ -248,8 +248,9 @@ impl Lines {
 pub struct Serving {
     /// The server process.
     pub child: ChildGuard,
-    /// Keeps reading stdout, so the server never blocks on a full pipe.
-    _stdout: Lines,
+    /// Keeps reading stdout, so the server never blocks on a full pipe;
+    /// the lines after the banner.
+    pub stdout: Lines,
     /// The URLs of the start-up banner.
     pub urls: Vec<String>,
     stderr: mpsc::Receiver<String>,
@@ -258,12 +259,13 @@ pub struct Serving {
 impl Serving {
     /// Starts `megaconn ARGS…` and waits for its banner.
     pub fn start(args: &[&str]) -> Serving {
-        let mut child = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_megaconn"))
-                .args(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        );
+        Serving::spawn(Command::new(env!("CARGO_BIN_EXE_megaconn")).args(args))
+    }
+
+    /// Starts `cmd` (a `megaconn serve`, with an environment or limits of
+    /// the test's) and waits for its banner.
+    pub fn spawn(cmd: &mut Command) -> Serving {
+        let mut child = ChildGuard::spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
         let (tx, stderr) = mpsc::channel();
         let err = BufReader::new(child.child().stderr.take().unwrap());
         std::thread::spawn(move || {
@@ -286,7 +288,7 @@ impl Serving {
             .collect();
         Serving {
             child,
-            _stdout: stdout,
+            stdout,
             urls,
             stderr,
         }
@@ -295,16 +297,29 @@ impl Serving {
     /// Starts `serve --listen 127.0.0.1:0 --workers 1 --admin off ARGS…`:
     /// one worker on an ephemeral port, no admin listener.
     pub fn serve(args: &[&str]) -> Serving {
-        let base = [
+        Serving::serve_admin("off", args)
+    }
+
+    /// As [`Serving::serve`], with the admin listener at `admin`.
+    pub fn serve_admin(admin: &str, args: &[&str]) -> Serving {
+        Serving::spawn(&mut Serving::serve_command(admin, args))
+    }
+
+    /// The command [`Serving::serve_admin`] runs, for a test to add an
+    /// environment or limits to ([`Serving::spawn`] it then).
+    pub fn serve_command(admin: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
+        cmd.args([
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--workers",
             "1",
             "--admin",
-            "off",
-        ];
-        Serving::start(&[&base[..], args].concat())
+            admin,
+        ])
+        .args(args);
+        cmd
     }
 
     /// The address of the banner URL with `scheme`.

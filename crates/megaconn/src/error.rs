@@ -1,5 +1,6 @@
 //! Typed errors: [`Error`] for setting up and running a server, [`BodyError`] for
-//! reading a request body. Messages say what to do about it.
+//! reading a request body, [`TlsFailure`] for a TLS peer that broke the
+//! protocol. Messages say what to do about it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -110,4 +111,42 @@ pub enum BodyError {
     /// The server stopped reading the body (the request timed out).
     #[error("request body read timed out")]
     TimedOut,
+}
+
+/// A TLS peer broke the protocol: what the TLS stream (`conn/tls_io.rs`)
+/// fails with, inside an `io::Error` of kind `InvalidData`, so that the
+/// protocol above it, which sees only `io::Error`s, closes the connection
+/// as a protocol error and not as a socket error (`CloseReason::io`). The
+/// stream fails with `InvalidData` for nothing else, and a socket never
+/// does: HTTP/2, whose h2 keeps an I/O error's kind and text but not its
+/// type, goes by the kind.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TlsFailure {
+    /// rustls rejected a record or a message (a bad record, a message out
+    /// of place, a 33rd KeyUpdate request in a row); the alert it queued,
+    /// if any, was sent.
+    #[error("TLS: {0}")]
+    Rejected(#[from] rustls::Error),
+    /// The peer's records held `held` bytes without completing a message:
+    /// more than `limit`, what one connection may make us buffer.
+    #[error("TLS: the peer sent {held} bytes of records without completing a message (limit {limit} bytes)")]
+    TooMuchBuffered {
+        /// The bytes buffered.
+        held: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl TlsFailure {
+    /// The failure inside `e`, if `e` carries one.
+    pub(crate) fn of(e: &io::Error) -> Option<&TlsFailure> {
+        e.get_ref()?.downcast_ref()
+    }
+}
+
+impl From<TlsFailure> for io::Error {
+    fn from(e: TlsFailure) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
 }

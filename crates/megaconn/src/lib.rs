@@ -102,7 +102,8 @@
 //!                                                  registry.rs the live list
 //!                                                     (/debug/connections);
 //!                                                     by_id.rs its ids in
-//!                                                     order (one vector)
+//!                                                     order (one vector in
+//!                                                     chunks, chunks.rs)
 //!                                                  trace.rs   the request path's
 //!                                                     tracing hook (one branch)
 //!                                                  otel/      OpenTelemetry (the

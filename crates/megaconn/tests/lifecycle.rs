@@ -736,3 +736,58 @@ fn a_pending_hand_over_ends_when_a_server_dropped_unrun_loses_a_worker() {
     assert_eq!(batches, 1, "only the live worker's batch comes");
     drop(handle);
 }
+
+/// TLS at its front door logs as the limits do, one line per kind per
+/// interval at INFO: a handshake not done within its timeout, one that
+/// failed, one over the record buffer's limit (a ClientHello in tiny
+/// records), and a peer that broke the protocol after its handshake (a
+/// record that does not decrypt). They logged nothing but debug lines, or
+/// nothing at all.
+#[tokio::test]
+async fn tls_timeouts_failures_and_protocol_errors_log_one_line_each() {
+    use common::tls::{connect, http1_get, tiny_record_hello, Ca};
+    capture_log();
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let tls = megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .unwrap()
+        .handshake_timeout(Some(Duration::from_millis(200)));
+    let server = TestServer::start(megaconn::Server::builder().workers(1).tls(tls)).await;
+    let lines = [
+        "TLS handshake not done within TlsConfig::handshake_timeout; closing the connection suppressed=0",
+        "TLS handshake failed; closing the connection suppressed=0",
+        "TLS handshake over the TLS record buffer's limit; closing the connection suppressed=0",
+        "TLS peer broke the protocol; closing it suppressed=0",
+    ];
+    // Silent until the timeout.
+    let mut silent = server.connect().await;
+    assert_eq!(read_to_close(&mut silent).await, b"");
+    wait_for_warning(lines[0]).await;
+    // Plain HTTP to the TLS port.
+    let mut plain = server.connect().await;
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    read_to_close(&mut plain).await;
+    wait_for_warning(lines[1]).await;
+    // 64 KiB of 1-byte records.
+    let mut tiny = server.connect().await;
+    tiny.write_all(&tiny_record_hello(64 * 1024)).await.unwrap();
+    read_to_close(&mut tiny).await;
+    wait_for_warning(lines[2]).await;
+    // After the handshake, a record whose tag does not check.
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    let (tcp, session) = tls.get_mut();
+    let mut record = common::tls::sealed_get(session);
+    *record.last_mut().unwrap() ^= 1;
+    tcp.write_all(&record).await.unwrap();
+    wait_for_warning(lines[3]).await;
+    let logged = LOGGED.lock().unwrap().clone();
+    for line in lines {
+        assert!(
+            logged.iter().any(|l| l == line),
+            "no {line:?} in {logged:?}"
+        );
+    }
+    drop(tls);
+    server.stop().await;
+}

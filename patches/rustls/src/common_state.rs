@@ -208,8 +208,12 @@ impl CommonState {
                 Side::Server => HandshakeType::ClientHello,
             };
             if msg.is_handshake_type(reject_ty) {
-                self.temper_counters
-                    .received_renegotiation_request()?;
+                if let Err(e) = self
+                    .temper_counters
+                    .received_renegotiation_request()
+                {
+                    return Err(self.send_fatal_alert(AlertDescription::UnexpectedMessage, e));
+                }
                 self.send_warning_alert(AlertDescription::NoRenegotiation);
                 return Ok(state);
             }
@@ -770,8 +774,12 @@ impl CommonState {
         &mut self,
         key_update_request: &KeyUpdateRequest,
     ) -> Result<bool, Error> {
-        self.temper_counters
-            .received_key_update_request()?;
+        if let Err(e) = self
+            .temper_counters
+            .received_key_update_request()
+        {
+            return Err(self.send_fatal_alert(AlertDescription::UnexpectedMessage, e));
+        }
 
         match key_update_request {
             KeyUpdateRequest::UpdateNotRequested => Ok(false),

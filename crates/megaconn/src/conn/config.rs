@@ -279,6 +279,23 @@ pub(crate) fn default_max_connections() -> usize {
     limit.saturating_sub(FD_HEADROOM).max(16)
 }
 
+/// A configured connection limit `n`, checked against the open-file limit
+/// (raised to its hard cap first, as for the default): a limit above it less
+/// [`FD_HEADROOM`] is kept, and a warning says what will happen. It used to
+/// be taken in silence, and the soft limit left unraised.
+pub(crate) fn checked_max_connections(n: usize) -> usize {
+    let files = raise_nofile_limit();
+    let room = files.saturating_sub(FD_HEADROOM);
+    if n > room {
+        tracing::warn!(
+            max_connections = n,
+            open_file_limit = files,
+            "max_connections is above what the open-file limit allows: past about {room} connections accepts fail (EMFILE, counted in megaconn_accept_errors_total); raise the limit (ulimit -n, LimitNOFILE= under systemd) or lower max_connections"
+        );
+    }
+    n
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (as Go's runtime does) and
 /// returns the resulting soft limit.
 pub(crate) fn raise_nofile_limit() -> usize {

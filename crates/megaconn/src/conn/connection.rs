@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::conn::limit::ConnectionSlot;
-use crate::observe::close::CloseReason;
+use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{ConnTrack, DetachedTrack};
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
@@ -185,6 +185,11 @@ impl<K: CloseTrack> Connection<K> {
         drop(slot);
         gauge(&stats.connections_open, -1);
         incr(&stats.closed);
+        // The TLS stream fails for its peer's protocol error under whichever
+        // protocol runs on it, and every one of them closes here.
+        if reason == CloseReason::Protocol(ProtocolDetail::Tls) {
+            incr(&stats.protocol_errors);
+        }
         stats.connection_closed(reason);
         if let Some(track) = track {
             track.close(reason, &stats);

@@ -14,6 +14,7 @@ use crate::conn::pool::BufferPool;
 use crate::conn::shutdown::LocalShutdown;
 use crate::conn::tls_io::ParkedSessions;
 use crate::observe::close::CloseReason;
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::registry::Registry;
 use crate::observe::stats::{incr, StatsSource, WorkerStats};
 
@@ -175,11 +176,21 @@ impl WorkerContext {
             r = bounded => match r {
                 None => {
                     incr(&self.stats.timeouts);
-                    let knob = match timed_out {
-                        CloseReason::TlsHandshakeTimeout => "TlsConfig::handshake_timeout",
-                        _ => "read_header_timeout",
-                    };
-                    tracing::debug!(reason = %timed_out, "handshake not done within {knob}; closing the connection");
+                    // A TLS handshake's, logged (limited) as the limits are:
+                    // a peer holding handshakes open is what an operator
+                    // looks for. HTTP/2's stays at debug, as HTTP/1.1's
+                    // `read_header_timeout` does.
+                    if timed_out == CloseReason::TlsHandshakeTimeout {
+                        ratelog::log(Flood::TlsHandshakeTimeout, |suppressed| {
+                            tracing::info!(
+                                ?timeout,
+                                suppressed,
+                                "TLS handshake not done within TlsConfig::handshake_timeout; closing the connection"
+                            )
+                        });
+                    } else {
+                        tracing::debug!(reason = %timed_out, "handshake not done within read_header_timeout; closing the connection");
+                    }
                     Err(timed_out)
                 }
                 Some(Err(e)) => Err(failed(e)),

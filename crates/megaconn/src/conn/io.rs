@@ -4,7 +4,7 @@
 //! its own reading on top (HTTP/1.1's head reader is in `proto/http1/conn.rs`,
 //! an `impl` of this type there).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
-use crate::conn::transport::Transport;
+use crate::conn::transport::{Parkable, Transport};
 use crate::conn::ConnInfo;
 use crate::observe::clock::LazyDeadline;
 use crate::observe::close::CloseReason;
@@ -29,9 +30,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How much a lingering close reads and discards before giving up.
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// How a write of a persistent protocol (WebSocket, framed) that has to
-/// wait is bounded, resolved from the settings ([`WriteLimit::resolve`]):
-/// one rule for both protocols.
+/// How a write that has to wait is bounded, resolved from the settings
+/// ([`WriteLimit::resolve`]): one rule for every protocol (WebSocket,
+/// framed, an HTTP/1.1 response).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WriteLimit {
     /// The bound (`None`: unbounded).
@@ -54,19 +55,20 @@ impl WriteLimit {
     /// With `write_timeout` set, the whole write's time, as for an HTTP
     /// response (Go's `WriteTimeout`). With it off, a stall, the time the
     /// peer takes *none* of our bytes: bounded by the protocol's
-    /// `heartbeat` timeout (its value and setting) when it has one, as a
-    /// peer that stopped reading is as gone as one that stopped sending;
-    /// else by `write_stall` (`Builder::write_stall_timeout`). A slow peer
-    /// still reading a large backlog is not cut off by either.
+    /// `heartbeat` timeout (its value and the setting's name) when it has
+    /// one, as a peer that stopped reading is as gone as one that stopped
+    /// sending; else (no heartbeat, or a protocol without one: `None`) by
+    /// `write_stall` (`Builder::write_stall_timeout`). A slow peer still
+    /// reading a large backlog is not cut off by either.
     pub(crate) fn resolve(
         write_timeout: Option<Duration>,
-        heartbeat: (Option<Duration>, &'static str),
+        heartbeat: Option<(Duration, &'static str)>,
         write_stall: Option<Duration>,
     ) -> WriteLimit {
         let (timeout, stall, setting) = match (write_timeout, heartbeat) {
             (Some(whole), _) => (Some(whole), false, "Builder::write_timeout"),
-            (None, (Some(heartbeat), setting)) => (Some(heartbeat), true, setting),
-            (None, (None, _)) => (write_stall, true, "Builder::write_stall_timeout"),
+            (None, Some((heartbeat, setting))) => (Some(heartbeat), true, setting),
+            (None, None) => (write_stall, true, "Builder::write_stall_timeout"),
         };
         WriteLimit {
             timeout,
@@ -74,6 +76,19 @@ impl WriteLimit {
             setting,
         }
     }
+}
+
+/// Whose writes [`ConnIo::poll_flush_bounded`] bounds: how their
+/// [`WriteLimit`] is resolved from the settings (only once a write has to
+/// wait), and how a bound that passes is logged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Writes {
+    /// The bound, from the settings.
+    pub(crate) limit: fn(&Config) -> WriteLimit,
+    /// The log line's kind (rate-limited per kind).
+    pub(crate) kind: Flood,
+    /// The peer, as the log line names it (e.g. `an HTTP/1.1 client`).
+    pub(crate) peer: &'static str,
 }
 
 /// A [`WriteLimit`] running: made only when a write has to wait.
@@ -276,7 +291,16 @@ impl<T: Transport> ConnIo<T> {
     /// body delimited by the close reads as complete, except after an
     /// answer that failed midway, which must read as truncated (its socket
     /// is shut without one). Cleartext shuts its socket only to linger.
+    /// After [`CloseReason::WriteTimeout`] what is left unwritten is
+    /// dropped: the peer that did not take it in time would not take it
+    /// now, and the flush would only hold the connection `CLOSE_TIMEOUT`
+    /// longer.
     pub(crate) async fn close(&mut self, reason: CloseReason) {
+        if reason == CloseReason::WriteTimeout {
+            if let Some(wbuf) = self.buffers.wbuf.as_mut() {
+                wbuf.clear();
+            }
+        }
         let linger = reason.needs_linger() || self.rbuf_len() > 0;
         let notify = T::SECURE && reason.says_close_notify();
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -301,6 +325,108 @@ impl<T: Transport> ConnIo<T> {
         })
         .await;
     }
+}
+
+impl<T: Parkable> ConnIo<T> {
+    /// Writes the whole write buffer, as [`poll_flush`](Self::poll_flush),
+    /// with a write that has to wait bounded ([`WriteBound`], by `writes`'
+    /// limit): the bound is made in `bound` the first time the write waits
+    /// and kept there across polls; dropped once all is written, so that
+    /// the next wait starts a bound of its own. A write the socket takes at
+    /// once costs no bound, no clock and no `getsockopt`. `Err`: the close
+    /// reason, [`CloseReason::WriteTimeout`] once the bound passed (counted
+    /// and logged as `writes` says). Boxed, the bound costs its owner one
+    /// word while no write waits. (Always inlined: the keep-alive path's
+    /// every response goes through it, and as a call of its own, which it
+    /// was with two callers, it cost 28 instructions a request more than
+    /// the plain flush, `bench/lower-bound.sh`.)
+    #[inline(always)]
+    pub(crate) fn poll_flush_bounded(
+        &mut self,
+        cx: &mut Context<'_>,
+        bound: &mut Option<Box<WriteBound>>,
+        writes: &Writes,
+    ) -> Poll<Result<(), CloseReason>> {
+        let before = self.wbuf_len();
+        match self.poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                if bound.is_some() {
+                    drop_bound(bound);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(CloseReason::io(&e))),
+            Poll::Pending => self.poll_write_bound(cx, bound, writes, self.wbuf_len() < before),
+        }
+    }
+
+    /// The slow path of [`poll_flush_bounded`](Self::poll_flush_bounded),
+    /// apart so that the path of a write taken at once stays small enough
+    /// to inline (the keep-alive path's every response goes through it).
+    #[inline(never)]
+    fn poll_write_bound(
+        &mut self,
+        cx: &mut Context<'_>,
+        bound: &mut Option<Box<WriteBound>>,
+        writes: &Writes,
+        progressed: bool,
+    ) -> Poll<Result<(), CloseReason>> {
+        let bound = bound.get_or_insert_with(|| {
+            let limit = (writes.limit)(&self.ctx.config);
+            Box::new(WriteBound::new(limit, self.io.lot_fd()))
+        });
+        if bound.poll_passed(cx, progressed) {
+            bound.passed(Some(&self.ctx.stats), writes.kind, writes.peer);
+            return Poll::Ready(Err(CloseReason::WriteTimeout));
+        }
+        Poll::Pending
+    }
+
+    /// Writes what is buffered, if anything, bounded as
+    /// [`poll_flush_bounded`](Self::poll_flush_bounded) says.
+    pub(crate) fn flush_bounded<'a>(&'a mut self, writes: &'a Writes) -> FlushBounded<'a, T> {
+        FlushBounded {
+            empty: self.wbuf_len() == 0,
+            conn: self,
+            writes,
+            bound: None,
+        }
+    }
+}
+
+/// The future of [`ConnIo::flush_bounded`]: a type of its own, not an
+/// `async fn` or a `poll_fn`, so that its poll can be inlined where it is
+/// awaited (the keep-alive path's every response goes through it): the
+/// compiler inlined neither of those, +50 to +77 instructions a request
+/// against the plain flush, `bench/lower-bound.sh`.
+pub(crate) struct FlushBounded<'a, T> {
+    conn: &'a mut ConnIo<T>,
+    writes: &'a Writes,
+    bound: Option<Box<WriteBound>>,
+    /// Nothing to write: ready at once, no flush of the stream.
+    empty: bool,
+}
+
+impl<T: Parkable> Future for FlushBounded<'_, T> {
+    type Output = Result<(), CloseReason>;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.empty {
+            return Poll::Ready(Ok(()));
+        }
+        this.conn
+            .poll_flush_bounded(cx, &mut this.bound, this.writes)
+    }
+}
+
+/// Drops a write's bound, apart: its drop (a timer's deregistration) is
+/// too large to inline into the path of a write the socket takes at once,
+/// where it would keep the flush from being inlined where it is awaited.
+#[inline(never)]
+fn drop_bound(bound: &mut Option<Box<WriteBound>>) {
+    *bound = None;
 }
 
 /// A connection's read and write buffers; whatever it holds goes back to the
@@ -387,7 +513,7 @@ mod tests {
 
     /// A stall bound of `timeout` (by a heartbeat timeout) on `socket`.
     fn stall(timeout: Duration, socket: Option<RawFd>) -> WriteBound {
-        let heartbeat = (Some(timeout), "a heartbeat");
+        let heartbeat = Some((timeout, "a heartbeat"));
         WriteBound::new(WriteLimit::resolve(None, heartbeat, None), socket)
     }
 
@@ -403,7 +529,7 @@ mod tests {
             stall,
             setting,
         };
-        let heartbeat = |t| (t, "Route::heartbeat_timeout");
+        let heartbeat = |t: Option<Duration>| t.map(|t| (t, "Route::heartbeat_timeout"));
         assert_eq!(
             WriteLimit::resolve(one, heartbeat(two), three),
             limit(one, false, "Builder::write_timeout")
@@ -438,7 +564,7 @@ mod tests {
         // write_timeout counts the whole write, progress or not.
         let whole = WriteLimit::resolve(
             Some(Duration::from_secs(1)),
-            (Some(Duration::from_secs(60)), "a heartbeat"),
+            Some((Duration::from_secs(60), "a heartbeat")),
             None,
         );
         let mut total = WriteBound::new(whole, None);
@@ -448,7 +574,7 @@ mod tests {
         tokio::time::advance(step).await;
         assert!(passed(&mut total, true), "1.2 s since the write began");
         // Neither: unbounded.
-        let off = WriteLimit::resolve(None, (None, "a heartbeat"), None);
+        let off = WriteLimit::resolve(None, None, None);
         let mut none = WriteBound::new(off, None);
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert!(!passed(&mut none, false));

@@ -32,7 +32,10 @@ use tokio::net::TcpStream;
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::tls_io::TlsIo;
+use crate::error::TlsFailure;
 use crate::observe::close::{client_left, CloseReason};
+use crate::observe::limits::LimitHit;
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::incr;
 
 /// Default time a client has to complete the TLS handshake after connecting.
@@ -453,8 +456,24 @@ pub(crate) async fn handshake(
         if client_left(&e) {
             return CloseReason::ClientClosed;
         }
-        tracing::debug!(error = %e, "TLS handshake failed");
         incr(&ctx.stats.protocol_errors);
+        // A ClientHello in tiny records, over what a stream buffers, has a
+        // label and a log kind of its own: a flood of them must not hide
+        // other failures' lines, nor theirs it.
+        let (kind, what) = match TlsFailure::of(&e) {
+            Some(TlsFailure::TooMuchBuffered { .. }) => {
+                LimitHit::TlsHandshakeBuffer.count(&ctx.stats);
+                (
+                    Flood::TlsTooMuchBuffered,
+                    "over the TLS record buffer's limit",
+                )
+            }
+            _ => (Flood::TlsHandshakeFailed, "failed"),
+        };
+        ratelog::log(
+            kind,
+            |suppressed| tracing::info!(error = %e, suppressed, "TLS handshake {what}; closing the connection"),
+        );
         CloseReason::TlsHandshakeFailed
     };
     let mut tls =

@@ -7,7 +7,15 @@
 //! from the socket, the ciphertext waiting to be sent and decrypted bytes
 //! the reader has not taken yet sit in buffers from the worker's pool
 //! (`pool::take_local`) that go back as soon as they are empty. An idle
-//! connection is its socket and the boxed session.
+//! connection is its socket and the boxed session. What a peer can make a
+//! stream hold is bounded: at most [`MAX_BUFFERED`] (64 KiB) of ciphertext
+//! that does not complete a message yet.
+//!
+//! A peer that breaks the protocol (rustls rejects its record or message,
+//! or it goes past that bound) fails the stream with a [`TlsFailure`]; the
+//! alert rustls queued (or, past the bound before our ServerHello, a
+//! `decode_error`) is the last thing sent, and the connection closes as a
+//! protocol error (`tls_handshake_failed` during the handshake).
 //!
 //! Parking (`TlsIo::into_parked_parts`) splits a stream into the bare socket,
 //! which the parking lot keeps, and a [`ParkedTls`] (the session, and the
@@ -31,7 +39,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
@@ -42,6 +50,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::conn::pool::{give_local, take_local, BUFFER_CAPACITY};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
+use crate::error::TlsFailure;
+use crate::observe::ratelog::{self, Flood};
 
 /// Plaintext taken per `poll_write`: four full records. Bounds the
 /// ciphertext a write buffers before it is sent.
@@ -49,6 +59,27 @@ const MAX_WRITE: usize = 4 * 16 * 1024;
 
 /// Free room kept in the incoming buffer for one socket read.
 const READ_ROOM: usize = 4 * 1024;
+
+/// Most ciphertext a stream holds while it waits for the rest of a record or
+/// of a handshake message; a peer whose records go past it fails the stream
+/// ([`TlsFailure::TooMuchBuffered`]). rustls' unbuffered API keeps every
+/// record of a handshake message in our buffer until the message is whole,
+/// so a 64 KiB ClientHello cut into 1-byte records held 6 bytes per byte
+/// (384 KiB per connection, for the whole handshake timeout). 64 KiB is the
+/// limit rustls' own buffered API sets while it joins a handshake message
+/// (`DeframerVecBuffer::prepare_read`, `MAX_HANDSHAKE_SIZE`): a client any
+/// rustls server takes gets through. A real ClientHello is under 2 KB (4 KB
+/// with a post-quantum key share), in one record; after the handshake a
+/// stream holds at most one record (under 18.5 KB) between reads. It is
+/// also where the pool's 8 KiB buffers land when they double, so the
+/// buffer never grows past it.
+pub(crate) const MAX_BUFFERED: usize = 64 * 1024;
+
+/// A fatal `decode_error` alert in a plaintext record, for a peer that
+/// overran [`MAX_BUFFERED`] before the server spoke: the alert rustls sends
+/// for a handshake message over its own 64 KiB limit
+/// (`InvalidMessage::HandshakePayloadTooLarge`).
+const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
 
 /// A TLS connection's session, boxed (it is about 1 KB, and moves between
 /// the stream, the parked table and the handshake).
@@ -64,8 +95,12 @@ pub(crate) struct TlsIo<S> {
     peer_closed: bool,
     /// The socket reached end of stream (without `close_notify`).
     eof: bool,
-    /// Our `close_notify` is queued.
+    /// Our `close_notify` is queued, or a fatal alert: nothing more goes out.
     closing: bool,
+    /// The peer broke the protocol ([`TlsFailure`]): the stream failed and
+    /// reads fail at once (a lingering close reads no further, and the
+    /// failure is not logged twice).
+    failed: bool,
     /// The handshake read a byte: a peer that closes before one never
     /// began it (see [`TlsIo::poll_handshake`]).
     began: bool,
@@ -215,8 +250,68 @@ enum Step {
     Closed,
 }
 
+/// An error of ours in driving rustls (a record we could not encode): not
+/// the peer's doing, so not `InvalidData`, which is [`TlsFailure`]'s alone.
 fn tls_error(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
+    io::Error::other(e)
+}
+
+/// The stream fails for the peer's protocol error `e`. Logged here (limited)
+/// once the handshake is done, the one place that still knows what the
+/// error was for every protocol above (HTTP/2 keeps only its text); a
+/// handshake's failure is logged by the handshake (`tls::handshake`).
+fn peer_failed(e: TlsFailure, handshaking: bool) -> io::Error {
+    if !handshaking {
+        let kind = match e {
+            TlsFailure::TooMuchBuffered { .. } => Flood::TlsTooMuchBuffered,
+            TlsFailure::Rejected(_) => Flood::TlsProtocolError,
+        };
+        ratelog::log(
+            kind,
+            |suppressed| tracing::info!(error = %e, suppressed, "TLS peer broke the protocol; closing it"),
+        );
+    }
+    e.into()
+}
+
+/// rustls rejected what the peer sent (`e`) in `buf`: the stream `failed`,
+/// and the alert rustls queued saying why (a handshake failure, a bad
+/// record) goes to `outgoing`, as the last thing the stream sends
+/// (`closing`): rustls would go on encrypting, but neither data nor a
+/// `close_notify` may follow a fatal alert.
+///
+/// The alert may stand behind records queued before it (the
+/// `no_application_protocol` alert does): each call hands one out before
+/// it reads any input, as long as some are queued (`wants_write`). Only
+/// that long, and over the same buffer: rustls still counts the bytes it
+/// took from `buf` before failing and slices past them (an empty buffer
+/// panicked the connection), and a call with nothing queued would read
+/// those records again and fail again (a second fatal alert).
+fn rejected(
+    session: &mut Session,
+    buf: &mut [u8],
+    outgoing: &mut Option<BytesMut>,
+    [closing, failed]: [&mut bool; 2],
+    e: rustls::Error,
+) -> io::Error {
+    *closing = true;
+    *failed = true;
+    let out = outgoing.get_or_insert_with(take_local);
+    while session.wants_write() {
+        match session.process_tls_records(buf).state {
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                if let Err(e) = encode_onto(&mut encode, out) {
+                    return e;
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+            _ => break,
+        }
+    }
+    if out.is_empty() {
+        give_local(outgoing.take().expect("just set"));
+    }
+    peer_failed(e.into(), session.is_handshaking())
 }
 
 /// Appends `n` zeroed bytes to `buf` and returns them, for rustls to write
@@ -265,6 +360,7 @@ impl<S> TlsIo<S> {
             peer_closed: false,
             eof: false,
             closing: false,
+            failed: false,
             began: false,
         }
     }
@@ -290,6 +386,7 @@ impl<S> TlsIo<S> {
             peer_closed,
             eof,
             closing,
+            failed,
             began,
         } = self;
         TlsIo {
@@ -299,6 +396,7 @@ impl<S> TlsIo<S> {
             peer_closed,
             eof,
             closing,
+            failed,
             began,
         }
     }
@@ -331,6 +429,8 @@ impl<S> TlsIo<S> {
                     plain,
                 },
             peer_closed,
+            closing,
+            failed,
             ..
         } = self;
         // Records decrypted or data encrypted this round (see below).
@@ -346,27 +446,19 @@ impl<S> TlsIo<S> {
             let UnbufferedStatus { mut discard, state } = session.process_tls_records(buf);
             let state = match state {
                 Ok(state) => state,
-                Err(e) => {
-                    // rustls queued an alert saying why (a handshake
-                    // failure, a bad record): the next call hands it out,
-                    // before it reads any input. Only one call, and over
-                    // the same buffer: rustls still counts the bytes it
-                    // took from it before failing and slices past them (an
-                    // empty buffer panicked), and a second call would read
-                    // those records again and fail again (a second fatal
-                    // alert). A fatal alert is one record.
-                    if let Ok(ConnectionState::EncodeTlsData(mut encode)) =
-                        session.process_tls_records(buf).state
-                    {
-                        encode_onto(&mut encode, outgoing.get_or_insert_with(take_local))?;
-                    }
-                    return Err(tls_error(e));
-                }
+                Err(e) => return Err(rejected(session, buf, outgoing, [closing, failed], e)),
             };
             let done = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
+                    let mut bad_record = None;
                     while let Some(record) = traffic.next_record() {
-                        let record = record.map_err(tls_error)?;
+                        let record = match record {
+                            Ok(record) => record,
+                            Err(e) => {
+                                bad_record = Some(e);
+                                break;
+                            }
+                        };
                         discard += record.discard;
                         let mut payload = record.payload;
                         if let Some(sink) = sink.as_deref_mut() {
@@ -379,6 +471,9 @@ impl<S> TlsIo<S> {
                                 .get_or_insert_with(take_local)
                                 .extend_from_slice(payload);
                         }
+                    }
+                    if let Some(e) = bad_record {
+                        return Err(rejected(session, buf, outgoing, [closing, failed], e));
                     }
                     moved = true;
                     None
@@ -425,12 +520,7 @@ impl<S> TlsIo<S> {
                 ConnectionState::Closed => Some(Step::Closed),
                 ConnectionState::BlockedHandshake => Some(Step::Blocked),
                 // Early data is never enabled (`max_early_data_size` is 0).
-                other => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("unexpected TLS state {other:?}"),
-                    ))
-                }
+                other => return Err(io::Error::other(format!("unexpected TLS state {other:?}"))),
             };
             if discard > 0 {
                 if let Some(b) = incoming.as_mut() {
@@ -521,11 +611,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
     /// than copying the few hundred bytes of a request's records does.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if let Some(incoming) = self.bufs.incoming.as_mut() {
-            // The head of a record waits: the rest goes after it.
-            if incoming.capacity() - incoming.len() < READ_ROOM {
-                incoming.reserve(READ_ROOM);
+            // The head of a record (or of a handshake message) waits: the
+            // rest goes after it, up to `MAX_BUFFERED`.
+            let room = MAX_BUFFERED.saturating_sub(incoming.len());
+            if room == 0 {
+                let held = incoming.len();
+                return Poll::Ready(Err(self.overrun(cx, held)));
             }
-            return tokio_util::io::poll_read_buf(Pin::new(&mut self.sock), cx, incoming);
+            let want = room.min(READ_ROOM);
+            if incoming.capacity() - incoming.len() < want {
+                incoming.reserve(want);
+            }
+            let mut limited = (&mut *incoming).limit(room);
+            return tokio_util::io::poll_read_buf(Pin::new(&mut self.sock), cx, &mut limited);
         }
         // As much as a fresh pool buffer would take in one read; not
         // initialised (the socket's `poll_read` writes, never reads, it).
@@ -539,6 +637,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
             self.bufs.incoming = Some(incoming);
         }
         Poll::Ready(Ok(got.len()))
+    }
+
+    /// The peer's records went past [`MAX_BUFFERED`] (`held` bytes) without
+    /// completing a message: the stream fails. Before our ServerHello,
+    /// records are plaintext, so a `decode_error` alert says why; after it
+    /// an alert needs the session's keys, which rustls' API lends for data
+    /// and `close_notify` only, so the stream just closes.
+    fn overrun(&mut self, cx: &mut Context<'_>, held: usize) -> io::Error {
+        if self.session.protocol_version().is_none() && !self.closing {
+            self.bufs
+                .outgoing
+                .get_or_insert_with(take_local)
+                .extend_from_slice(&DECODE_ERROR_ALERT);
+            let _ = self.poll_send(cx);
+        }
+        self.closing = true;
+        self.failed = true;
+        let failure = TlsFailure::TooMuchBuffered {
+            held,
+            limit: MAX_BUFFERED,
+        };
+        peer_failed(failure, self.session.is_handshaking())
     }
 
     /// Drives the handshake until it is complete (the client's Finished
@@ -582,6 +702,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
         cx: &mut Context<'_>,
         mut sink: Option<&mut ReadBuf<'_>>,
     ) -> Poll<io::Result<()>> {
+        if self.failed {
+            return Poll::Ready(Err(io::Error::other("the TLS session failed")));
+        }
         loop {
             // With no ciphertext buffered and nothing queued to send, the
             // session has nothing to say: every earlier call ran it until it

@@ -79,11 +79,12 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
 pub const DEFAULT_HUB_QUEUE: usize = 65_536;
 
 /// Default [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
-/// of framed and WebSocket connections that have no heartbeat timeout: 60 s.
-/// A write the peer takes none of our bytes of for that long closes the
-/// connection (nginx's `send_timeout`, the same bound between two
-/// successful writes). Without it a peer that sends requests and never
-/// reads the replies holds its task and a pooled buffer for good.
+/// of HTTP/1.1 responses and of framed and WebSocket connections that have
+/// no heartbeat timeout: 60 s. A write the peer takes none of our bytes of
+/// for that long closes the connection (nginx's `send_timeout`, the same
+/// bound between two successful writes). Without it a peer that sends
+/// requests and never reads the replies holds its task and its buffers for
+/// good.
 pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default `message_timeout` of the message protocols
@@ -112,8 +113,8 @@ pub(crate) struct MessageSettings {
     /// How many connections each worker reaches per second with one
     /// message of the hub (`None`: as fast as it can, a slice at a time).
     pub delivery_rate: Option<f64>,
-    /// Without a heartbeat timeout, how long a write may go with the peer
-    /// taking none of our bytes (`None`: unbounded).
+    /// Without a heartbeat timeout (HTTP/1.1 has none), how long a write
+    /// may go with the peer taking none of our bytes (`None`: unbounded).
     pub write_stall_timeout: Option<Duration>,
 }
 
@@ -149,7 +150,7 @@ impl MessageSettings {
     pub(crate) fn upgraded_write_limit(config: &Config) -> WriteLimit {
         WriteLimit::resolve(
             config.write_timeout,
-            (None, "no heartbeat"),
+            None,
             MessageSettings::write_stall_timeout(config),
         )
     }

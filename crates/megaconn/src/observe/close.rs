@@ -12,6 +12,8 @@ use std::io;
 
 use http::StatusCode;
 
+use crate::error::TlsFailure;
+
 /// Why a connection closed. Reported exactly once per connection, by the one
 /// place that counts closes (the connection core's `Connection::close`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +47,10 @@ pub enum CloseReason {
     /// The request did not complete within `read_timeout`.
     ReadTimeout,
     /// The response did not complete within `write_timeout`; on a native
-    /// WebSocket or framed connection, a write did not (with `write_timeout`
-    /// off: the peer took nothing for the heartbeat timeout or, without
-    /// one, `write_stall_timeout`).
+    /// WebSocket or framed connection, a write did not. With
+    /// `write_timeout` off: the peer took none of our bytes for the
+    /// heartbeat timeout or, without one (HTTP/1.1 has none),
+    /// `write_stall_timeout`.
     WriteTimeout,
     /// The TLS handshake did not complete within its timeout.
     TlsHandshakeTimeout,
@@ -100,6 +103,13 @@ pub enum ProtocolDetail {
     /// WebSocket: the close code sent (1002 protocol error, 1007 bad UTF-8,
     /// 1009 too large).
     WebSocket(u16),
+    /// TLS, after the handshake: the peer broke the protocol (rustls
+    /// rejected a record or a message, such as a 33rd KeyUpdate request in a
+    /// row, or its records held more than 64 KiB without completing a
+    /// message). The alert rustls queued went out, and no `close_notify`
+    /// after it. Counted in `protocol_errors`. (A failure during the
+    /// handshake is [`CloseReason::TlsHandshakeFailed`].)
+    Tls,
 }
 
 /// How a framed connection broke its framing (see
@@ -146,8 +156,12 @@ pub(crate) fn client_left(e: &io::Error) -> bool {
 }
 
 impl CloseReason {
-    /// A close for a socket error.
+    /// A close for a socket error, or for the TLS peer's protocol error that
+    /// the TLS stream failed with ([`TlsFailure`]).
     pub(crate) fn io(e: &io::Error) -> CloseReason {
+        if TlsFailure::of(e).is_some() {
+            return CloseReason::Protocol(ProtocolDetail::Tls);
+        }
         CloseReason::Io(e.kind())
     }
 
@@ -246,11 +260,15 @@ impl CloseReason {
 impl CloseReason {
     /// Closes whose last answer may be incomplete: the peer must not take
     /// the end of the stream for the end of the answer (over TLS, no
-    /// `close_notify`).
+    /// `close_notify`). A TLS protocol error too: its alert was the last
+    /// word, and a `close_notify` after it would say an orderly close.
     pub(crate) fn truncates(self) -> bool {
         matches!(
             self,
-            CloseReason::ServerError | CloseReason::Panic | CloseReason::WriteTimeout
+            CloseReason::ServerError
+                | CloseReason::Panic
+                | CloseReason::WriteTimeout
+                | CloseReason::Protocol(ProtocolDetail::Tls)
         )
     }
 
@@ -296,6 +314,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Protocol(ProtocolDetail::WebSocket(code)) => {
                 write!(f, "protocol error (WebSocket close {code})")
             }
+            CloseReason::Protocol(ProtocolDetail::Tls) => f.write_str("protocol error (TLS)"),
         }
     }
 }

@@ -40,11 +40,15 @@ pub(crate) enum LimitHit {
     /// A message of the hub dropped at a worker's full queue
     /// (`Builder::hub_queue`); no connection is closed.
     HubQueue,
+    /// A TLS handshake failed for records that held more than the TLS
+    /// stream buffers (64 KiB) without completing a message: a ClientHello
+    /// cut into tiny records.
+    TlsHandshakeBuffer,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::HubQueue as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::TlsHandshakeBuffer as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -61,6 +65,7 @@ impl LimitHit {
         "framed_max_line_bytes",
         "framed_malformed",
         "hub_queue",
+        "tls_handshake_buffer",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -88,9 +93,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::HubQueue.count(&stats);
+        LimitHit::TlsHandshakeBuffer.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::HubQueue as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::TlsHandshakeBuffer as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

@@ -74,8 +74,10 @@
 //! queues (bounded by `Builder::hub_queue`; a message over the bound is
 //! dropped and counted in `megaconn_limit_hits_total{limit="hub_queue"}`).
 //!
-//! The body is OpenMetrics text (it ends with `# EOF`), which Prometheus also
-//! reads when served as `text/plain; version=0.0.4`.
+//! The body is OpenMetrics text (it ends with `# EOF`): serve it as
+//! [`OPENMETRICS_CONTENT_TYPE`]. Labelled `text/plain; version=0.0.4` it
+//! fails `promtool check metrics`, and 0.0.4 parsers take its counters as
+//! untyped.
 
 use std::fmt;
 use std::io;
@@ -706,9 +708,10 @@ impl RequestStats {
     }
 }
 
-/// Renders `stats` as Prometheus text (the OpenMetrics text format, which
-/// Prometheus reads under either content type). See the [module docs](self)
-/// for the metric names.
+/// Renders `stats` as Prometheus text in the OpenMetrics format (what
+/// `prometheus-client` encodes: `# TYPE x counter` for `x_total` samples,
+/// `# UNIT`, a closing `# EOF`); serve it as [`OPENMETRICS_CONTENT_TYPE`].
+/// See the [module docs](self) for the metric names.
 ///
 /// ```
 /// let text = megaconn::metrics::render(&megaconn::ServerStats::default());
@@ -724,14 +727,14 @@ pub fn render(stats: &ServerStats) -> String {
     out
 }
 
-/// The content type for [`render`]'s output when the scraper asked for
-/// OpenMetrics (`Accept: application/openmetrics-text`).
+/// The content type of [`render`]'s output, whatever the scraper asked
+/// for. There is deliberately no `text/plain; version=0.0.4` variant: the
+/// body is OpenMetrics either way, and a 0.0.4 parser (`promtool check
+/// metrics`, Telegraf, Datadog, Python's `prometheus_client`) reading
+/// `# TYPE x counter` over `x_total` samples takes every counter as
+/// untyped. Prometheus itself reads this type.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The classic Prometheus text content type, for scrapers that did not ask for
-/// OpenMetrics.
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A snapshot registered as a collector, encoded once per scrape.
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 //! import nothing from the layers above.
 
 pub(crate) mod by_id;
+pub(crate) mod chunks;
 pub(crate) mod clock;
 pub(crate) mod close;
 pub(crate) mod lifecycle;

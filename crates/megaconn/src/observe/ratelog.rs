@@ -3,8 +3,10 @@
 //! a socket the kernel will not watch, an upgrade no handler took, a
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
 //! framed TCP frame or line over its limit, a hub message dropped at a full
-//! queue, a framed or WebSocket (native or `axum_ws`) peer that stopped
-//! reading. The limits' lines name the
+//! queue, a framed or WebSocket (native or `axum_ws`) peer or an HTTP/1.1
+//! client that stopped reading, a TLS handshake that timed out or failed, a TLS peer over the
+//! record buffer's limit or in breach of the protocol after its handshake,
+//! a response body that failed mid-stream. The limits' lines name the
 //! setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
@@ -112,6 +114,23 @@ pub(crate) enum Flood {
     /// our bytes in time (`write_timeout` or `write_stall_timeout`).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     AxumWsWriteTimeout,
+    /// A TLS handshake not done within `TlsConfig::handshake_timeout`.
+    TlsHandshakeTimeout,
+    /// A TLS handshake that failed (a bad ClientHello, no shared cipher
+    /// suite, plain HTTP sent to a TLS port, ...).
+    TlsHandshakeFailed,
+    /// A TLS peer whose records held more than the stream buffers
+    /// (`tls_io::MAX_BUFFERED`) without completing a message.
+    TlsTooMuchBuffered,
+    /// A TLS peer that broke the protocol after its handshake (rustls
+    /// rejected a record or a message).
+    TlsProtocolError,
+    /// An HTTP/1 response body that failed mid-stream on its own (not
+    /// because the request's body failed): the service's error.
+    ResponseBodyFailed,
+    /// An HTTP/1.1 connection closed because its client took none of our
+    /// response's bytes in time (`write_timeout` or `write_stall_timeout`).
+    Http1WriteTimeout,
     /// An HTTP/2 stream reset because its client gave its response no room
     /// (no window) for `write_stall_timeout`.
     Http2WriteStall,
@@ -124,7 +143,7 @@ pub(crate) enum Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 18;
+const KINDS: usize = 24;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.

@@ -472,6 +472,12 @@ where
 /// response ([`CloseReason::ClientClosed`]).
 fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReason {
     if let Some(io) = e.get_io() {
+        // h2 kept the TLS stream's error's kind, not its type: only that
+        // stream fails with `InvalidData` (`TlsFailure`), for the peer's
+        // protocol error, which it logged; counted where the close is.
+        if io.kind() == std::io::ErrorKind::InvalidData {
+            return CloseReason::Protocol(ProtocolDetail::Tls);
+        }
         return CloseReason::io_between(io, between);
     }
     if e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR) {

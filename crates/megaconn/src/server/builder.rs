@@ -566,6 +566,16 @@ pub struct ShutdownSummary {
 }
 
 impl Builder {
+    /// Whether connections to `addr`, one of the addresses added, will be
+    /// served over TLS: as [`Server::is_tls`], known before anything is
+    /// bound (a supervisor of worker processes prints its workers' URLs
+    /// while the ports are another generation's).
+    pub fn is_tls(&self, addr: SocketAddr) -> bool {
+        crate::conn::tls::tls_for_local(&self.config, addr).is_some()
+    }
+}
+
+impl Builder {
     /// Adds a listen address (IPv4 or IPv6). May be called several times.
     pub fn listen_on(mut self, addr: SocketAddr) -> Builder {
         self.config.addrs.push(addr);
@@ -603,11 +613,15 @@ impl Builder {
     /// the client sends a body it announced with `Expect: 100-continue`
     /// waits on that body, which `read_timeout` bounds).
     /// Past it an HTTP/1.1 connection closes and an HTTP/2 stream is reset
-    /// (`INTERNAL_ERROR`, as Go's server does). On the native WebSocket
-    /// route ([`WebSocketRoute`](crate::WebSocketRoute)) and framed
-    /// connections it bounds each write, and when it is off their heartbeat
-    /// timeout, else [`write_stall_timeout`](Builder::write_stall_timeout),
-    /// bounds a stall: a peer that stops reading is closed as
+    /// (`INTERNAL_ERROR`, as Go's server does). On HTTP/1.1 the bytes still
+    /// buffered when the response's body has ended are written after it,
+    /// bounded the same way from when that write has to wait. On the
+    /// native WebSocket route ([`WebSocketRoute`](crate::WebSocketRoute))
+    /// and framed connections it bounds each write. When it is off,
+    /// [`write_stall_timeout`](Builder::write_stall_timeout) (or a
+    /// WebSocket route's or framed connection's heartbeat timeout) bounds a
+    /// stall of an HTTP/1.1 response's or a message connection's write: a
+    /// peer that stops reading is closed as
     /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout).
     /// A `megaconn::axum_ws` socket's sends are bounded the same way (it
     /// has no heartbeat: this, else `write_stall_timeout`), where axum's
@@ -742,7 +756,9 @@ impl Builder {
 
     /// Most concurrent connections over all workers. At the limit the server
     /// stops accepting (new connections wait in the backlog) until one closes.
-    /// Default: the open-file limit (raised to its hard cap) minus 256.
+    /// Default: the open-file limit (raised to its hard cap) minus 256. A
+    /// limit above that is kept, with a warning at [`listen`](Builder::listen):
+    /// accepts past the open-file limit fail (`EMFILE`).
     pub fn max_connections(mut self, n: usize) -> Builder {
         self.config.max_connections = Some(n);
         self
@@ -978,9 +994,10 @@ impl Builder {
         // The server's own duplicates only: the builder keeps no socket open.
         config.adopted.clear();
         config.addrs.clone_from(&local_addrs);
-        let max_connections = config
-            .max_connections
-            .unwrap_or_else(config::default_max_connections);
+        let max_connections = match config.max_connections {
+            Some(n) => config::checked_max_connections(n),
+            None => config::default_max_connections(),
+        };
         let registries: Arc<[Arc<crate::observe::registry::Registry>]> = if config.track_connections
         {
             (0..config.workers).map(|_| Arc::default()).collect()
@@ -1051,7 +1068,8 @@ impl Builder {
     /// Whether cleartext connections that start with the HTTP/2 preface are
     /// served as HTTP/2 (h2c with prior knowledge, as `curl
     /// --http2-prior-knowledge` and gRPC clients do). Default: true. Off, they
-    /// get `505` like any other unsupported version.
+    /// get `505` like any other unsupported version, as does the preface
+    /// over TLS, where only ALPN's `h2` chooses HTTP/2 (RFC 9113 §3.3).
     pub fn http2_prior_knowledge(mut self, on: bool) -> Builder {
         self.config.http2.prior_knowledge = on;
         self

@@ -45,7 +45,6 @@ use crate::conn::{ConnInfo, Incoming, ProtoTag, Wake};
 use crate::message::MessageSettings;
 use crate::observe::close::{client_left, CloseReason};
 use crate::observe::ratelog;
-use crate::observe::stats::incr;
 use crate::proto::{self, http1, http2, Ended, HandOver};
 use crate::service::upgrade::{self, Upgraded};
 use crate::service::HttpService;
@@ -323,13 +322,11 @@ async fn serve_tls_woken<S>(
             };
             park(io, parking, &ctx, conn);
         }
-        // A reset is the client leaving, not a TLS error.
+        // A reset is the client leaving, not a TLS error. A TLS error (the
+        // peer's) was logged by the stream and closes as a protocol error,
+        // counted by the close; another is the socket's.
         Err(e) if client_left(&e) => conn.close(CloseReason::ClientClosed),
-        Err(e) => {
-            tracing::debug!(error = %e, "TLS error on a woken connection");
-            incr(&ctx.stats.protocol_errors);
-            conn.close(CloseReason::io(&e));
-        }
+        Err(e) => conn.close(CloseReason::io(&e)),
     }
 }
 

@@ -142,6 +142,15 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// Whether connections to `addr`, one of the addresses added, will
+    /// speak a framed protocol: as [`Server::is_framed`], known before
+    /// anything is bound.
+    pub fn is_framed(&self, addr: SocketAddr) -> bool {
+        crate::proto::framed::accepted_on(&self.config, addr).is_some()
+    }
+}
+
 impl Server {
     /// Whether connections to `addr`, one of
     /// [`local_addrs`](Server::local_addrs), speak a framed protocol (for

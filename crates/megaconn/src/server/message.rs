@@ -4,7 +4,7 @@
 //! the pace of the hub's deliveries, and how long a write may stall.
 //! Protocol-neutral: they apply to every message protocol's connections
 //! (framed TCP; the write stall bound WebSocket's too, native and
-//! `axum_ws`).
+//! `axum_ws`, and HTTP/1.1 responses').
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,8 +66,8 @@ impl Builder {
         self
     }
 
-    /// Framed and WebSocket connections without a heartbeat timeout
-    /// ([`Builder::heartbeat_timeout`],
+    /// HTTP/1.1 responses, and framed and WebSocket connections without a
+    /// heartbeat timeout ([`Builder::heartbeat_timeout`],
     /// [`WebSocketRoute::heartbeat_timeout`](crate::WebSocketRoute::heartbeat_timeout);
     /// a `megaconn::axum_ws` socket has none):
     /// how long a write may wait with the peer taking none of our bytes;
@@ -76,9 +76,11 @@ impl Builder {
     /// (counted in `megaconn_timeouts_total` and by close reason, logged at
     /// most once per 5 s per worker and protocol; an `axum_ws` socket's
     /// send fails with the timeout as its error). Without it a peer that
-    /// sends requests and never reads the replies holds its task and a
-    /// pooled buffer for good, and holds a graceful shutdown until
-    /// `shutdown_timeout`.
+    /// sends requests and never reads the replies (an HTTP/1.1 client that
+    /// asks for a large response and never reads it) holds its task, its
+    /// buffers and the kernel's send buffer for good, and holds a graceful
+    /// shutdown until `shutdown_timeout`. (nginx's `send_timeout`, 60 s by
+    /// default, is the same bound.)
     ///
     /// A slow reader of a large backlog is not cut off: the bound starts
     /// again whenever a write of ours makes progress, and, when it passes,
@@ -86,9 +88,10 @@ impl Builder {
     /// (`TCP_INFO`, one `getsockopt` per bound that passes). A peer that
     /// stops taking bytes is closed one to two bounds after its last.
     ///
-    /// With a heartbeat timeout, that bounds the stall instead;
-    /// [`write_timeout`](Builder::write_timeout), when set, bounds each
-    /// whole write instead of either.
+    /// With a heartbeat timeout (HTTP/1.1 has none), that bounds the stall
+    /// instead; [`write_timeout`](Builder::write_timeout), when set, bounds
+    /// each whole write instead of either (an HTTP/1.1 response's from its
+    /// head).
     ///
     /// An HTTP/2 response (with `write_timeout` off) is bounded by it too,
     /// per stream: a wait for room in the client's flow-control windows

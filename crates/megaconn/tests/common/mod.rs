@@ -44,7 +44,8 @@ pub enum Event {
 /// The test app. Routes:
 /// `/` hello · `/echo` stream the body back · `/collect` read the whole body
 /// (400 on a body error) · `/ignore-body` answer without reading ·
-/// `/status/N` empty response with status N · `/chunked` body of unknown length ·
+/// `/status/N` empty response with status N · `/big/N` N bytes, one frame ·
+/// `/chunked` body of unknown length ·
 /// `/panic` sync panic · `/panic-async` panic inside the future ·
 /// `/wait` block until `release` is notified · `/forever-body` a body that never
 /// ends · `/failing-body` a body that fails after one chunk · `/upgrade` 101 then echo raw bytes
@@ -143,6 +144,10 @@ impl tower::Service<Request<Body>> for TestApp {
                         header::HeaderValue::from_static("0"),
                     );
                     r
+                }
+                p if p.starts_with("/big/") => {
+                    let n: usize = p["/big/".len()..].parse().unwrap();
+                    full(StatusCode::OK, vec![b'x'; n])
                 }
                 "/chunked" => {
                     let chunks = ["one,", "two,", "three"]

@@ -124,3 +124,38 @@ pub fn write_pair(dir: &Path, leaf: &Leaf) -> (std::path::PathBuf, std::path::Pa
     std::fs::write(&key, &leaf.key_pem).unwrap();
     (cert, key)
 }
+
+/// `message` in handshake records of one byte each: 6 bytes on the wire
+/// per byte of it.
+pub fn one_byte_records(message: &[u8]) -> Vec<u8> {
+    message
+        .iter()
+        .flat_map(|&b| [0x16, 0x03, 0x01, 0x00, 0x01, b])
+        .collect()
+}
+
+/// The first `wire` bytes of a ClientHello promising 65,000 bytes (under
+/// rustls' 65,535 limit) sent in 1-byte records: a handshake that makes the
+/// server buffer all of them without ever completing a message.
+pub fn tiny_record_hello(wire: usize) -> Vec<u8> {
+    let mut message = vec![0x01, 0x00, 0xfd, 0xe8];
+    message.resize(4 + 65_000, 0);
+    let mut records = one_byte_records(&message);
+    records.truncate(wire);
+    records
+}
+
+/// A GET request encrypted by the client's `session` into the records to
+/// send, by hand: a test then sends them whole, cut or altered.
+pub fn sealed_get(session: &mut rustls::ClientConnection) -> Vec<u8> {
+    std::io::Write::write_all(
+        &mut session.writer(),
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .unwrap();
+    let mut records = Vec::new();
+    while session.wants_write() {
+        session.write_tls(&mut records).unwrap();
+    }
+    records
+}

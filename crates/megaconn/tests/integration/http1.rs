@@ -766,3 +766,120 @@ async fn absolute_form_authority_replaces_host() {
     }
     server.stop().await;
 }
+
+/// A handler streaming back a request body the client broke (a bad chunk
+/// size, or more than `max_body_bytes`): its response body fails because
+/// the request's did. That is the client's doing, counted and logged (rate
+/// limited) when the request body failed: the connection closes for that
+/// reason, not as a server error with a warning per request (a peer could
+/// flood the log with them).
+#[tokio::test]
+async fn a_response_body_failing_with_the_request_body_is_not_a_server_error() {
+    let server =
+        TestServer::start(megaconn::Server::builder().workers(1).max_body_bytes(1024)).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+    )
+    .await
+    .unwrap();
+    read_to_close(&mut s).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut request = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4096\r\n\r\n".to_vec();
+    request.resize(request.len() + 4096, b'x');
+    s.write_all(&request).await.unwrap();
+    read_to_close(&mut s).await;
+    server.wait_stats("both closed", |s| s.closed == 2).await;
+    let stats = server.handle.stats();
+    assert_eq!(common::closed_as(&stats, "server_error"), 0, "{stats:?}");
+    assert_eq!(stats.protocol_errors, 2, "{stats:?}");
+    server.stop().await;
+}
+
+/// The write stall bound of the tests below: long against a steady
+/// reader's 10 ms between reads.
+const STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// More than the kernel holds of a response (`tcp_wmem`'s 4 MiB and a
+/// small receive buffer): the write lasts the whole test.
+const LARGE: usize = 8 << 20;
+
+/// A server whose HTTP/1.1 response writes stall for [`STALL_BOUND`] at
+/// most (the test app, `write_timeout` off).
+async fn stall_bounded() -> TestServer {
+    TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_body_bytes(LARGE as u64)
+            .write_stall_timeout(Some(STALL_BOUND)),
+    )
+    .await
+}
+
+/// A connection with a small receive buffer (4 KiB asked), so that the
+/// response backs up soon.
+async fn small_window(server: &TestServer, recv_buffer: u32) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(recv_buffer).unwrap();
+    socket.connect(server.addr).await.unwrap()
+}
+
+/// A client that asks for a large response and never reads it is closed
+/// once the response's write has stalled for `write_stall_timeout`,
+/// counted as a timeout and by close reason (`write_timeout`): both where
+/// the connection writes what an exchange left (a body of one frame,
+/// `/big`) and where the exchange writes while the body streams (`/echo`
+/// of a large upload, which the server stops reading once its write
+/// waits). Before, both waited for good, each holding its task, its
+/// buffers and the kernel's send buffer (nginx closes such a client after
+/// `send_timeout`, 60 s).
+#[tokio::test]
+async fn a_client_that_never_reads_its_response_is_closed_when_the_write_stalls() {
+    let server = stall_bounded().await;
+    let began = tokio::time::Instant::now();
+    let mut big = small_window(&server, 4096).await;
+    big.write_all(format!("GET /big/{LARGE} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let echo = small_window(&server, 4096).await;
+    let (_unread, mut write) = echo.into_split();
+    let uploader = tokio::spawn(async move {
+        let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {LARGE}\r\n\r\n");
+        write.write_all(head.as_bytes()).await.unwrap();
+        // Fails once the server closes the connection.
+        let _ = write.write_all(&vec![b'y'; LARGE]).await;
+    });
+    server
+        .wait_stats("both closed", |s| {
+            s.connections_open == 0 && common::closed_as(s, "write_timeout") == 2
+        })
+        .await;
+    assert!(began.elapsed() >= STALL_BOUND, "{:?}", began.elapsed());
+    assert_eq!(server.handle.stats().timeouts, 2);
+    uploader.abort();
+    server.assert_healthy().await;
+    drop(big);
+    assert_eq!(server.stop().await.forced, 0);
+}
+
+/// A client that reads its large response slowly but steadily (1 KiB every
+/// 10 ms, for three bounds) is not cut off by the write stall bound: the
+/// bytes it takes restart it, as the kernel's count of acknowledged bytes
+/// shows when the bound passes (tokio writes again only once a third of
+/// the send buffer, which autotunes to megabytes, has drained: not within
+/// a bound at this pace).
+#[tokio::test]
+async fn a_client_reading_its_response_slowly_but_steadily_is_not_cut_off() {
+    let server = stall_bounded().await;
+    let mut s = small_window(&server, 16 << 10).await;
+    s.write_all(format!("GET /big/{LARGE} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let read = common::read_steadily(&mut s, 3 * STALL_BOUND).await;
+    let stats = server.handle.stats();
+    assert!(read.is_ok(), "closed after {read:?} bytes: {stats:?}");
+    assert_eq!(stats.timeouts, 0);
+    assert_eq!(stats.connections_open, 1, "still open");
+    drop(s);
+    server.stop().await;
+}

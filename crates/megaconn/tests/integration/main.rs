@@ -47,6 +47,7 @@ mod scripted;
 mod start;
 mod timeouts;
 mod tls;
+mod tls_abuse;
 mod tls_close;
 mod tls_listeners;
 mod tls_park;

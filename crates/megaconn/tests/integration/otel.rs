@@ -503,6 +503,26 @@ async fn spans_reach_a_grpc_collector_from_h1_and_h2_with_their_error_classes() 
     rx.handle.shutdown();
 }
 
+/// An OTLP/HTTP endpoint given without a path (`http://collector:4318`, as
+/// in `OTEL_EXPORTER_OTLP_ENDPOINT`) gets `/v1/traces`, as the variable
+/// does: the spans reach the collector. They used to be posted to `/`.
+#[tokio::test]
+async fn an_http_endpoint_without_a_path_posts_to_v1_traces() {
+    let mut rx = receiver(Protocol::HttpProtobuf).await;
+    let base = rx.endpoint.trim_end_matches("/v1/traces").to_string();
+    let server = traced(
+        OtlpConfig::default()
+            .endpoint(base)
+            .protocol(Protocol::HttpProtobuf),
+        Builder::default(),
+    )
+    .await;
+    assert_eq!(h1(server.addr, &get_h1("/users/1", "")).await, 200);
+    let (span, _) = rx.request_span("/users/1").await;
+    assert_request(&span, 200, "1.1", None);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn spans_reach_an_http_collector_sampled_by_their_parent_and_timeouts_are_classed() {
     let mut rx = receiver(Protocol::HttpProtobuf).await;

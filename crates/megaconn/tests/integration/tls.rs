@@ -413,3 +413,34 @@ async fn a_key_update_from_an_idle_client_is_not_mistaken_for_eof() {
     wait_stats(&server, "closed", |s| s.connections_open == 0).await;
     server.stop().await;
 }
+
+/// Over TLS, HTTP/2 is what ALPN chooses: a client that agreed on http/1.1
+/// (or on nothing) and then sends the HTTP/2 preface gets HTTP/1.1's answer
+/// to `PRI * HTTP/2.0`, not HTTP/2's SETTINGS. Prior knowledge is for
+/// cleartext (RFC 9113 §3.3; nginx answers 400), and an operator who leaves
+/// `h2` out of `TlsConfig::alpn_protocols` turns HTTP/2 off. (Before, the
+/// preface was served as h2c over TLS.)
+#[tokio::test]
+async fn the_http2_preface_is_refused_over_tls_unless_alpn_chose_h2() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let server =
+        start(TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap())
+            .await;
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let mut tls = connect(server.addr, ca.client(alpn), "localhost").await;
+        // The preface and an empty SETTINGS frame, as an h2c client sends.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        // As long as a status line, and as long as HTTP/2's first frame
+        // (a SETTINGS header and at least one setting).
+        let mut got = [0u8; 12];
+        tokio::time::timeout(SAFETY, tls.read_exact(&mut got))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(&got, b"HTTP/1.1 505", "ALPN {alpn:?}");
+    }
+    server.stop().await;
+}

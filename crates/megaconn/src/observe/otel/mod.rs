@@ -308,8 +308,9 @@ impl OtlpConfig {
     }
 
     /// The collector's URL, e.g. `http://127.0.0.1:4317` (gRPC) or
-    /// `http://127.0.0.1:4318/v1/traces` (HTTP: the full URL). Default: the
-    /// exporter's (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+    /// `http://127.0.0.1:4318/v1/traces` (HTTP: the full URL; one with no
+    /// path gets `/v1/traces`, as `OTEL_EXPORTER_OTLP_ENDPOINT` does).
+    /// Default: the exporter's (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else localhost on the protocol's port).
     pub fn endpoint(mut self, url: impl Into<String>) -> OtlpConfig {
         self.endpoint = Some(url.into());
@@ -452,7 +453,7 @@ impl Tracing {
                         b = b.with_timeout(t);
                     }
                     if let Some(url) = &build_config.endpoint {
-                        b = b.with_endpoint(url.clone());
+                        b = b.with_endpoint(http_traces_url(url));
                     }
                     b.build()
                 }
@@ -563,9 +564,33 @@ impl HttpRoute {
     }
 }
 
+/// The OTLP/HTTP URL to post spans to: `url`, with `/v1/traces` added when
+/// it has no path (`http://collector:4318`). The exporter posts to a URL
+/// given in code as it is, to `/` there, which collectors answer 404, while
+/// the same URL in `OTEL_EXPORTER_OTLP_ENDPOINT` gets the signal's path; an
+/// endpoint said either way now reaches the same place. A URL with a path
+/// (`/v1/traces`, a proxy's prefix) is kept.
+fn http_traces_url(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) if uri.path() == "/" && uri.query().is_none() => {
+            format!("{}/v1/traces", url.trim_end_matches('/'))
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http_url_without_a_path_gets_the_traces_path() {
+        assert_eq!(http_traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(http_traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        for kept in ["http://c:4318/v1/traces", "https://c/otlp/v1/traces"] {
+            assert_eq!(http_traces_url(kept), kept);
+        }
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: std::collections::HashMap<String, String> = pairs

@@ -129,7 +129,7 @@ pub(crate) fn write_limit(config: &Config) -> WriteLimit {
     let heartbeat = settings(config).and_then(|s| s.heartbeat_timeout);
     WriteLimit::resolve(
         config.write_timeout,
-        (heartbeat, "Builder::heartbeat_timeout"),
+        heartbeat.map(|t| (t, "Builder::heartbeat_timeout")),
         MessageSettings::write_stall_timeout(config),
     )
 }

@@ -19,7 +19,7 @@ use http::{Method, Request, StatusCode};
 use tokio::time::{Instant, Sleep};
 
 use super::decode::Decoder;
-use super::exchange::{Continue, Exchange, ExchangeSetup};
+use super::exchange::{Continue, Exchange, ExchangeSetup, WRITES};
 use super::head::{self, BodyFraming};
 use super::{encode, CloseReason, Outcome};
 use crate::conn::context::WorkerContext;
@@ -146,8 +146,8 @@ where
     let mut first = true;
     loop {
         if conn.buffers.rbuf_len() == 0 {
-            if let Err(e) = conn.flush().await {
-                return Ended::Close(CloseReason::io(&e));
+            if let Err(reason) = conn.flush_bounded(&WRITES).await {
+                return Ended::Close(reason);
             }
             conn.buffers.release();
             // One clock read for both deadlines.
@@ -259,9 +259,13 @@ where
             Outcome::KeepAlive => {}
             Outcome::Close(reason) => return Ended::Close(reason),
             // HTTP/2 with prior knowledge (h2c): its preface reads as a request
-            // line of version 2.0. h2.rs takes the connection over.
+            // line of version 2.0. h2.rs takes the connection over. Only in
+            // cleartext: over TLS, HTTP/2 is what ALPN chose (RFC 9113
+            // §3.3), and here it chose http/1.1 or nothing, so an operator
+            // who leaves `h2` out of `TlsConfig::alpn_protocols` serves none.
             Outcome::Rejected(_)
                 if first
+                    && !T::SECURE
                     && conn.ctx.config.http2.prior_knowledge
                     && proto::is_h2_preface(conn.rbuf_and_io().0) =>
             {
@@ -279,8 +283,8 @@ where
                 return Ended::Close(CloseReason::status(rejection.status));
             }
             Outcome::Upgrade(tx, native) => {
-                if let Err(e) = conn.flush().await {
-                    return Ended::Close(CloseReason::io(&e));
+                if let Err(reason) = conn.flush_bounded(&WRITES).await {
+                    return Ended::Close(reason);
                 }
                 return Ended::Upgrade(tx, native);
             }
@@ -309,7 +313,7 @@ fn answer_unserved<T: Transport>(conn: &mut ConnIo<T>, status: StatusCode, reaso
 /// hands the request to the service and drives the exchange to its end.
 async fn exchange<T, S>(conn: &mut ConnIo<T>, service: &mut S, end: HeadEnd) -> Outcome
 where
-    T: Transport,
+    T: Parkable,
     S: HttpService,
 {
     let limits = conn.ctx.limits;

@@ -38,9 +38,11 @@ use tokio::time::Sleep;
 use super::decode::{Decoded, Decoder};
 use super::encode::{self, EncodeError, Encoder, HeadContext};
 use super::{CloseReason, Outcome};
-use crate::conn::io::{read_more, ConnIo};
-use crate::conn::transport::Transport;
+use crate::conn::config::Config;
+use crate::conn::io::{read_more, ConnIo, WriteBound, WriteLimit, Writes};
+use crate::conn::transport::{Parkable, Transport};
 use crate::error::BodyError;
+use crate::message::MessageSettings;
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::ratelog::{self, Flood};
@@ -56,6 +58,28 @@ const MAX_BODY_CHUNK: usize = 64 * 1024;
 
 /// The writer stops pulling response frames once this much is buffered.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// How a response write that has to wait is bounded, here and when the
+/// connection writes what the exchange left (`conn.rs`): by
+/// `write_timeout`, the whole write, else by `write_stall_timeout`, a
+/// stall (HTTP/1.1 has no heartbeat), the rule WebSocket and framed
+/// writes follow ([`WriteLimit::resolve`]). A client that asks for a large
+/// response and never reads it would otherwise hold its connection, its
+/// task and the response's buffers for good. (Within the exchange,
+/// `write_timeout` also runs from the head: see `write_head`.)
+pub(super) const WRITES: Writes = Writes {
+    limit: response_write_limit,
+    kind: Flood::Http1WriteTimeout,
+    peer: "an HTTP/1.1 client",
+};
+
+fn response_write_limit(config: &Config) -> WriteLimit {
+    WriteLimit::resolve(
+        config.write_timeout,
+        None,
+        MessageSettings::write_stall_timeout(config),
+    )
+}
 
 /// Where `Expect: 100-continue` stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +132,9 @@ pin_project_lite::pin_project! {
         #[pin]
         deadline: Option<Sleep>,
         deadline_kind: DeadlineKind,
+        // The bound of a response write that waits (`WRITES`), made only
+        // then: one word while none does.
+        write_bound: Option<Box<WriteBound>>,
         setup: ExchangeSetup,
         body_bytes: u64,
         drained: u64,
@@ -151,6 +178,7 @@ where
             body: None,
             deadline,
             deadline_kind: DeadlineKind::Read,
+            write_bound: None,
             setup,
             body_bytes: 0,
             drained: 0,
@@ -186,7 +214,7 @@ type Step = Result<bool, Outcome>;
 
 impl<T, F, B, E> Future for Exchange<'_, T, F, B>
 where
-    T: Transport,
+    T: Parkable,
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
     B: HttpBody<Data = Bytes>,
@@ -569,6 +597,34 @@ fn body_done<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
 }
 
 /// Stops reading the body: the handler sees `error`, the connection closes.
+/// Why the connection closes when the response body failed mid-stream.
+///
+/// When the request's body failed first (`close_reason` set) and the
+/// response's error comes from it (a handler streaming back an upload the
+/// client framed wrong, broke off or made larger than `max_body_bytes`),
+/// the client did it: that was counted and logged, rate-limited, when the
+/// request body failed, and the close keeps that reason. Otherwise the
+/// service's own body failed, a server error, logged at warn, rate-limited
+/// too: a peer can make a handler's body fail request after request.
+fn response_body_failed(close_reason: &Option<CloseReason>, e: &BoxError) -> CloseReason {
+    let source: &(dyn std::error::Error + 'static) = &**e;
+    let from_request = std::iter::successors(Some(source), |e| e.source())
+        .any(|e| e.is::<BodyError>() || e.is::<http_body_util::LengthLimitError>());
+    match close_reason {
+        Some(reason) if from_request => {
+            tracing::debug!(error = %e, "response body failed with the request body; closing");
+            *reason
+        }
+        _ => {
+            ratelog::log(
+                Flood::ResponseBodyFailed,
+                |suppressed| tracing::warn!(error = %e, suppressed, "response body failed mid-stream; closing"),
+            );
+            CloseReason::ServerError
+        }
+    }
+}
+
 fn give_up_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, error: BodyError) {
     body_done(this);
     this.setup.keep_alive = false;
@@ -713,8 +769,7 @@ where
             },
             Some(Err(e)) => {
                 let e: BoxError = e.into();
-                tracing::warn!(error = %e, "response body failed mid-stream; closing");
-                return Err(Outcome::Close(CloseReason::ServerError));
+                return Err(Outcome::Close(response_body_failed(this.close_reason, &e)));
             }
         };
         if let Err(e @ (EncodeError::TooLong | EncodeError::TooShort)) = result {
@@ -725,21 +780,22 @@ where
     Ok(progress)
 }
 
-/// Pushes buffered response bytes to the socket while the exchange runs. What is
-/// left when it ends is written by the connection, which can batch it with the
-/// responses to pipelined requests.
+/// Pushes buffered response bytes to the socket while the exchange runs,
+/// bounded when a write has to wait ([`WRITES`]). What is left when it ends
+/// is written by the connection, which can batch it with the responses to
+/// pipelined requests.
 fn poll_write<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
-    T: Transport,
+    T: Parkable,
 {
     let exchange_done =
         this.handler.is_none() && *this.response_done && this.setup.decoder.is_none();
     if exchange_done || this.conn.wbuf_len() == 0 {
         return Ok(false);
     }
-    match this.conn.poll_flush(cx) {
+    match this.conn.poll_flush_bounded(cx, this.write_bound, &WRITES) {
         Poll::Ready(Ok(())) => Ok(true),
-        Poll::Ready(Err(e)) => Err(Outcome::Close(CloseReason::io(&e))),
+        Poll::Ready(Err(reason)) => Err(Outcome::Close(reason)),
         Poll::Pending => Ok(false),
     }
 }

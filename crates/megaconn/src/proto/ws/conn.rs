@@ -197,11 +197,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     Err(e) if crate::observe::close::client_left(&e) => {
                         return Ended::Close(live.close(CloseReason::ClientClosed));
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "TLS error on a woken WebSocket");
-                        incr(&ctx.stats.protocol_errors);
-                        return Ended::Close(live.close(CloseReason::io(&e)));
-                    }
+                    // A TLS error (the peer's) was logged by the stream and
+                    // closes as a protocol error, counted by the close.
+                    Err(e) => return Ended::Close(live.close(CloseReason::io(&e))),
                 }
             }
             (live, session)
@@ -457,7 +455,7 @@ async fn flush(
     let config = &conn.ctx.config;
     let limit = WriteLimit::resolve(
         config.write_timeout,
-        (heartbeat, "WebSocketRoute::heartbeat_timeout"),
+        heartbeat.map(|t| (t, "WebSocketRoute::heartbeat_timeout")),
         MessageSettings::write_stall_timeout(config),
     );
     // The socket's descriptor, unless it is a caller's own transport (-1).

@@ -47,7 +47,8 @@
 //! and 144 of the upgraded connection, the 144 grown from 32 since its
 //! boxed socket took the connection's place in the shutdown drain, 48
 //! bytes, and its sends' bound, 56: the resolved limit, the descriptor
-//! for the peer's progress, the bound of a send under way), against
+//! for the peer's progress, the bound of a send under way; 136 requested,
+//! 144 in malloc's size classes), against
 //! 132,521 for axum's own socket, whose tungstenite keeps its 128 KiB read
 //! buffer (zero-filled on every read, so resident). `bench/WS.md` has the
 //! commands, and RSS beside the peers.

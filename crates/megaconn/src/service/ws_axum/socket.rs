@@ -64,10 +64,14 @@ use crate::service::upgrade::Upgraded;
 /// seen in the bytes the kernel says it acknowledged). Past the bound the
 /// send fails with an `axum::Error` whose source is an `io::Error` of kind
 /// `TimedOut`, counted in `megaconn_timeouts_total` and logged (at most
-/// once per 5 s per worker); the socket is then closed for good (sends and
+/// once per 5 s per thread); the socket is then closed for good (sends and
 /// receives fail, its close is counted as `write_timeout`), as the native
 /// route closes its connection. Without it a peer that stops reading held
-/// the handler's task and its queued bytes until the peer went.
+/// the handler's task and its queued bytes until the peer went. A send
+/// the caller gives up on (a `timeout` or `select!` around it) leaves its
+/// bytes queued and its bound running: the next send continues that write,
+/// so with `write_timeout` set it may fail at the old deadline, as the
+/// queued bytes are still the same write.
 pub struct WebSocket {
     io: Upgraded,
     /// tungstenite's state machine while a message is under way; `None`

@@ -1,0 +1,110 @@
+//! The lines `megaconn serve` prints on stdout for scripts, process managers
+//! and its own supervisor to wait for, written here only, so that one
+//! process and a supervisor of worker processes (`--processes`) say them
+//! alike:
+//!
+//! | line | said |
+//! |---|---|
+//! | `megaconn serving on URL, URL (…)` | once its listeners listen (taking over: before it serves, see below) |
+//! | `megaconn upgrade done: took over …` | `serve --upgrade`: it serves, and a next upgrade may come (deploy/README.md) |
+//! | `megaconn upgrade done, but not all of it …` | as above, with something missing, said above it |
+//!
+//! A supervisor reads its worker processes' lines (by these prefixes) to
+//! know when each serves, and says its own once every one does. It used to
+//! say only `megaconn serving on ADDR` (no scheme) after an upgrade, never
+//! `megaconn upgrade done`, which deploy scripts wait for.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The start of the line that says a process serves its listeners.
+pub const SERVING_ON: &str = "megaconn serving on";
+
+/// The start of the line that says a process taking over (`serve
+/// --upgrade`) serves: the old one has stopped accepting and handed its
+/// parked connections over. What deploy scripts wait for.
+pub const UPGRADE_DONE: &str = "megaconn upgrade done";
+
+/// How a listener is addressed: `tcp://` for a framed one, `https://` for
+/// TLS, else `http://`.
+pub fn listen_url(addr: SocketAddr, framed: bool, tls: bool) -> String {
+    let scheme = if framed {
+        "tcp"
+    } else if tls {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{addr}")
+}
+
+/// `megaconn serving on URL, URL (details)`.
+pub fn serving_line(urls: &[String], details: fmt::Arguments<'_>) -> String {
+    format!("{SERVING_ON} {} ({details})", urls.join(", "))
+}
+
+/// What an upgrade took over, as `megaconn upgrade done` says it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Listening sockets.
+    pub sockets: usize,
+    /// Parked (idle) connections.
+    pub parked: usize,
+}
+
+impl Moved {
+    /// The line for an upgrade done in full: `self` moved in `elapsed`,
+    /// `by` says by whom when not one process (` by 3 worker processes`),
+    /// `next` is the `--upgrade-socket` of the next upgrade.
+    pub fn done_line(self, elapsed: Duration, by: &str, next: &Path) -> String {
+        format!(
+            "{UPGRADE_DONE}: took over {} listening sockets and {} parked connections in {} ms{by}; next upgrade on {}",
+            self.sockets,
+            self.parked,
+            elapsed.as_millis(),
+            next.display()
+        )
+    }
+
+    /// What a [`done_line`](Moved::done_line) says was moved; `None` for any
+    /// other line (a partly done upgrade's among them).
+    pub fn parse(line: &str) -> Option<Moved> {
+        let rest = line
+            .strip_prefix(UPGRADE_DONE)?
+            .strip_prefix(": took over ")?;
+        let (sockets, rest) = rest.split_once(" listening sockets and ")?;
+        let (parked, _) = rest.split_once(" parked connections in ")?;
+        Some(Moved {
+            sockets: sockets.parse().ok()?,
+            parked: parked.parse().ok()?,
+        })
+    }
+}
+
+/// The line for an upgrade done, but not in full: `what` it serves, and
+/// without what (the error is logged above it).
+pub fn partly_done_line(what: fmt::Arguments<'_>) -> String {
+    format!("{UPGRADE_DONE}, but not all of it (see the error above): {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A supervisor adds up its worker processes' figures from their lines.
+    #[test]
+    fn a_done_line_parses_back() {
+        let moved = Moved {
+            sockets: 3,
+            parked: 15_000,
+        };
+        let line = moved.done_line(Duration::from_millis(42), "", Path::new("/run/m.sock"));
+        assert!(line.starts_with(UPGRADE_DONE), "{line}");
+        assert_eq!(Moved::parse(&line), Some(moved));
+        let partly = partly_done_line(format_args!("serving"));
+        assert!(partly.starts_with(UPGRADE_DONE), "{partly}");
+        assert_eq!(Moved::parse(&partly), None);
+    }
+}

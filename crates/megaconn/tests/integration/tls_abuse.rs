@@ -1,0 +1,211 @@
+//! TLS peers that overrun a limit or break the protocol, against a real
+//! server: a ClientHello cut into tiny records fails at the 64 KiB a TLS
+//! stream buffers, with a `decode_error` alert, as a handshake failure with
+//! a limit label of its own (a real one cut as finely still completes);
+//! after the handshake, a record that does not decrypt (under HTTP/1.1 and
+//! HTTP/2) and a flood of KeyUpdate requests each get an alert and close as
+//! a protocol error (`protocol_error`, counted), not as an I/O error.
+
+use std::io::{Read, Write};
+
+use megaconn::{CloseReason, ProtocolDetail, TlsConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common;
+
+use common::modes::{hooked, Events};
+use common::tls::{connect, http1_get, one_byte_records, sealed_get, tiny_record_hello, Ca};
+use common::{closed_as, TestServer, SAFETY};
+
+/// The most ciphertext a TLS stream buffers (`tls_io::MAX_BUFFERED`).
+const MAX_BUFFERED: usize = 64 * 1024;
+
+/// A fatal `decode_error` alert, in the clear.
+const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
+
+/// A TLS server with the test app and no handshake timeout: a server that
+/// buffered on would hold the client until the test's `SAFETY` bound, not
+/// close it at the default 10 s as if the limit had.
+async fn tls_server(ca: &Ca) -> (TestServer, Events) {
+    let leaf = ca.leaf(&["localhost"]);
+    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .unwrap()
+        .handshake_timeout(None);
+    let (builder, events) = hooked(megaconn::Server::builder().workers(1).tls(tls));
+    (TestServer::start(builder).await, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_in_tiny_records_fails_at_the_buffer_limit_with_an_alert() {
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    // Exactly the limit: the server reads all of it, so its close is a FIN
+    // after the alert, not a reset that could destroy the alert.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&tiny_record_hello(MAX_BUFFERED))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(SAFETY, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server closes at the limit")
+        .unwrap();
+    assert_eq!(answer, DECODE_ERROR_ALERT);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::TlsHandshakeFailed, "{closed:?}");
+    let stats = server.handle.stats();
+    assert!(
+        stats.limit_hits.contains(&("tls_handshake_buffer", 1)),
+        "{:?}",
+        stats.limit_hits
+    );
+    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
+    let metrics = server.handle.render_metrics();
+    let metric = "megaconn_limit_hits_total{limit=\"tls_handshake_buffer\"} 1";
+    assert!(metrics.lines().any(|l| l == metric), "{metrics}");
+    server.stop().await;
+}
+
+/// The limit leaves room: a real client's ClientHello, re-cut into 1-byte
+/// records (six times its size on the wire), completes its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_client_hello_in_one_byte_records_completes() {
+    let ca = Ca::new();
+    let (server, _events) = tls_server(&ca).await;
+    let (addr, config) = (server.addr, ca.client(&[b"http/1.1"]));
+    let response = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(SAFETY)).unwrap();
+        let name = "localhost".try_into().unwrap();
+        let mut client = rustls::ClientConnection::new(config, name).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        let length = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
+        assert_eq!((hello[0], hello.len()), (0x16, 5 + length), "one record");
+        let wire = one_byte_records(&hello[5..]);
+        assert!(wire.len() < MAX_BUFFERED, "{} bytes", wire.len());
+        tcp.write_all(&wire).unwrap();
+        while client.is_handshaking() {
+            client
+                .complete_io(&mut tcp)
+                .expect("the handshake completes");
+        }
+        let mut tls = rustls::Stream::new(&mut client, &mut tcp);
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = Vec::new();
+        let _ = tls.read_to_end(&mut response);
+        response
+    })
+    .await
+    .unwrap();
+    let head = String::from_utf8_lossy(&response);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    server.stop().await;
+}
+
+/// After the handshake, a record whose tag does not check: rustls'
+/// `bad_record_mac` alert reaches the client, and the close is a TLS
+/// protocol error, counted, not an I/O error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_decrypt_gets_the_alert_and_is_a_protocol_error() {
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    send_a_bad_record(&mut tls).await;
+    assert_protocol_error_close(&server, &mut events).await;
+    server.stop().await;
+}
+
+/// Sends a request's record with its last byte (the tag's) flipped, and
+/// reads until the server's `bad_record_mac` alert.
+async fn send_a_bad_record(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) {
+    let (tcp, session) = tls.get_mut();
+    let mut record = sealed_get(session);
+    *record.last_mut().unwrap() ^= 1;
+    tcp.write_all(&record).await.unwrap();
+    assert_alert(tls, rustls::AlertDescription::BadRecordMac).await;
+}
+
+/// The same under HTTP/2 once its handshake is done: h2 then keeps an I/O
+/// error's kind and text, not its type, and the close still says TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_decrypt_is_a_protocol_error_under_http2() {
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    let mut tls = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The preface and an empty SETTINGS frame; the server's SETTINGS come
+    // once its h2 handshake is done.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let mut settings = [0u8; 9];
+    tokio::time::timeout(SAFETY, tls.read_exact(&mut settings))
+        .await
+        .expect("the server's SETTINGS")
+        .unwrap();
+    assert_eq!(settings[3], 0x04, "a SETTINGS frame: {settings:?}");
+    send_a_bad_record(&mut tls).await;
+    assert_protocol_error_close(&server, &mut events).await;
+    server.stop().await;
+}
+
+/// rustls takes 32 KeyUpdate requests in a row with no application data
+/// between them; the 33rd fails the session: the client hears why
+/// (`unexpected_message`, patches/README.md: rustls sent no alert), and the
+/// close is a TLS protocol error, counted, not the I/O error it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_key_update_requests_is_cut_as_a_protocol_error() {
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    let client = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
+    let mut tls = connect(server.addr, client, "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    for _ in 0..40 {
+        tls.get_mut().1.refresh_traffic_keys().unwrap();
+    }
+    tls.flush().await.unwrap();
+    assert_alert(&mut tls, rustls::AlertDescription::UnexpectedMessage).await;
+    assert_protocol_error_close(&server, &mut events).await;
+    server.stop().await;
+}
+
+/// The client reads until the server's fatal alert `alert` (what the
+/// server answered before it, such as KeyUpdates, is taken on the way).
+async fn assert_alert(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    alert: rustls::AlertDescription,
+) {
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(SAFETY, tls.read_to_end(&mut rest))
+        .await
+        .expect("the server answers");
+    let error = read.expect_err("an alert, not an end");
+    let received = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>());
+    assert_eq!(
+        received,
+        Some(&rustls::Error::AlertReceived(alert)),
+        "{error:?}"
+    );
+}
+
+/// The next close is a TLS protocol error, the only one so far, counted in
+/// `protocol_errors` and as `protocol_error`, not `io_error`.
+async fn assert_protocol_error_close(server: &TestServer, events: &mut Events) {
+    let closed = events.next_close().await;
+    assert_eq!(
+        closed.reason,
+        CloseReason::Protocol(ProtocolDetail::Tls),
+        "{closed:?}"
+    );
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
+    assert_eq!(closed_as(&stats, "protocol_error"), 1, "{stats:?}");
+    assert_eq!(closed_as(&stats, "io_error"), 0, "{stats:?}");
+}
