@@ -561,6 +561,33 @@ where
         .expect("a message")
 }
 
+/// A connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` says so at INFO,
+/// with the cause: here a client that opens streams and cancels each while
+/// its handler waits (rapid reset), until the server sends the GOAWAY
+/// (ours after 100 such cancels, or h2's after 20 cancelled before they
+/// were accepted: either is logged). Before, only a debug line said it.
+#[tokio::test]
+async fn a_goaway_enhance_your_calm_is_logged_with_its_cause() {
+    capture_log();
+    let server = TestServer::start(megaconn::Server::builder().workers(1)).await;
+    let mut client = common::h2c(server.addr).await;
+    // Bounded: far more than either guard allows.
+    for _ in 0..2_000 {
+        client = match client.ready().await {
+            Ok(client) => client,
+            Err(_) => break,
+        };
+        let request = http::Request::get(server.url("/wait")).body(()).unwrap();
+        let Ok((response, _)) = client.send_request(request, true) else {
+            break;
+        };
+        // Dropped: the client resets the stream (CANCEL).
+        drop(response);
+    }
+    wait_for_warning("HTTP/2 connection closed with GOAWAY(ENHANCE_YOUR_CALM): ").await;
+    server.stop().await;
+}
+
 /// A native WebSocket past its limits, as an `axum_ws` socket
 /// (`ws_axum.rs`): a frame over `max_frame_bytes` or a message over
 /// `max_message_bytes` closes with 1009 and a reason naming the limit, is

@@ -143,9 +143,10 @@ impl MessageSettings {
     }
 
     /// How the writes of an upgraded connection that speaks WebSocket
-    /// through `axum_ws` are bounded: by the native protocols' rule
-    /// ([`WriteLimit::resolve`]), with no heartbeat (the socket has none of
-    /// its own), so `write_timeout`, else `write_stall_timeout`.
+    /// through `axum_ws`, and an HTTP/2 stream's waits for room, are
+    /// bounded: by the native protocols' rule ([`WriteLimit::resolve`]),
+    /// with no heartbeat (neither has one of its own), so `write_timeout`,
+    /// else `write_stall_timeout`.
     pub(crate) fn upgraded_write_limit(config: &Config) -> WriteLimit {
         WriteLimit::resolve(
             config.write_timeout,

@@ -36,6 +36,14 @@
 //! `GOAWAY(ENHANCE_YOUR_CALM)`. Streams reset after their head (a watch or
 //! download cancelled mid-body) are ordinary and not counted.
 //!
+//! A client that keeps a stream's window shut (`SETTINGS_INITIAL_WINDOW_SIZE`
+//! 0 and no `WINDOW_UPDATE`) would hold the stream, and with it the
+//! connection (not idle while a stream is open), for good: a wait for room
+//! is bounded by `write_stall_timeout` when `write_timeout` is off
+//! ([`stall_bound`]), and the stream reset with `CANCEL`. So is a
+//! handler's wait for request DATA that does not come, by `idle_timeout`
+//! when `read_timeout` is off (`RecvBody::stalled`).
+//!
 //! CONTINUATION floods (CVE-2024-27316 class) are h2's to stop, in its frame
 //! decoder (`codec/framed_read.rs` in h2 0.4): a header block may have at
 //! most `max_header_list_size / max_frame_size` CONTINUATION frames plus a
@@ -100,6 +108,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::conn::config::Http2Config;
 use crate::conn::context::WorkerContext;
+use crate::conn::io::WriteBound;
 use crate::conn::ConnInfo;
 use crate::message::MessageSettings;
 use crate::observe::clock::LazyDeadline;
@@ -107,7 +116,7 @@ use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, CountedIo};
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
-use crate::observe::ratelog;
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, IdleMark};
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
@@ -292,11 +301,13 @@ where
                 // of one for all the responses ready together.
                 let mut ended = Some(end);
                 while let Some(end) = ended {
-                    if resets.record(end) {
-                        tracing::debug!("client cancels streams faster than it completes them; GOAWAY");
+                    // Once (the guard says so for every later end while
+                    // resets outnumber completions: the streams ending in
+                    // this batch or after the GOAWAY are not new floods).
+                    if resets.record(end) && !going_away {
                         conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                         going_away = true;
-                        reason = calmed(&ctx);
+                        reason = calmed(&ctx, &"the client cancels streams faster than it completes them (rapid reset)");
                     }
                     ended = poll_fn(|cx| match streams.poll_next_unpin(cx) {
                         Poll::Ready(end) => Poll::Ready(end),
@@ -321,13 +332,11 @@ where
                 }
             }
             () = flood.tripped(), if !going_away => {
-                tracing::debug!(
-                    allowance = SMALL_DATA_FRAME_ALLOWANCE,
-                    "client slices request bodies into tiny DATA frames (small-DATA flood); GOAWAY"
-                );
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 going_away = true;
-                reason = calmed(&ctx);
+                reason = calmed(&ctx, &format_args!(
+                    "the client slices request bodies into tiny DATA frames, past {SMALL_DATA_FRAME_ALLOWANCE} (small-DATA flood)"
+                ));
             }
             () = &mut timer, if timer_armed => {
                 if going_away {
@@ -480,7 +489,9 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReaso
     tracing::debug!(error = %e, "HTTP/2 connection error");
     if e.is_go_away() && e.is_library() {
         if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
-            return calmed(ctx);
+            // h2's own guard: its error names the cause in its debug data
+            // where h2 gives one (`too_many_data_frames`, say).
+            return calmed(ctx, e);
         }
         incr(&ctx.stats.protocol_errors);
     }
@@ -491,10 +502,18 @@ fn close_reason(e: &h2::Error, ctx: &WorkerContext, between: bool) -> CloseReaso
 
 /// Counts a connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for abuse,
 /// by our guards (rapid reset, small-DATA flood) or h2's: a protocol error
-/// and an `h2_enhance_your_calm` limit hit. Returns its close reason.
-fn calmed(ctx: &WorkerContext) -> CloseReason {
+/// and an `h2_enhance_your_calm` limit hit, and a line naming `cause`
+/// (at most one per 5 s per worker: a client can repeat it at will, and
+/// the counters have them all). Returns its close reason.
+fn calmed(ctx: &WorkerContext, cause: &dyn std::fmt::Display) -> CloseReason {
     incr(&ctx.stats.protocol_errors);
     LimitHit::H2EnhanceYourCalm.count(&ctx.stats);
+    ratelog::log(Flood::Http2Calm, |suppressed| {
+        tracing::info!(
+            suppressed,
+            "HTTP/2 connection closed with GOAWAY(ENHANCE_YOUR_CALM): {cause}"
+        )
+    });
     CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
 }
 
@@ -625,7 +644,7 @@ fn prepare<F>(
             recv,
             content_length,
             limit,
-            ctx.config.read_timeout,
+            (ctx.config.read_timeout, ctx.config.idle_timeout),
             flood.clone(),
             own,
         );
@@ -851,7 +870,8 @@ where
     }
     // write_timeout bounds the body from when the handler answered, as on
     // HTTP/1.1: a client that stops taking it (no WINDOW_UPDATE) gets
-    // RST_STREAM(INTERNAL_ERROR), as Go's server sends.
+    // RST_STREAM(INTERNAL_ERROR), as Go's server sends. With it off,
+    // write_stall_timeout bounds each wait for room (`stall_bound`).
     let length = match framing {
         Framing::Length(n) => Some(n),
         Framing::Bodiless | Framing::Open => None,
@@ -1054,7 +1074,8 @@ fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, record: &mu
 /// Streams the response body: polls the body first, then reserves room for
 /// the frame it gave and hands h2 no more of it than the capacity granted,
 /// stops when the client resets the stream, and resets it when
-/// `write_timeout` passes first.
+/// `write_timeout` passes first, or, with it off, when a wait for room
+/// outlasts `write_stall_timeout` ([`stall_bound`]).
 ///
 /// Why the body comes first (hyper #4003, fixed as here in hyper 1.12):
 /// capacity reserved before there is data to send is taken from the
@@ -1162,11 +1183,15 @@ where
                         // only when that is nothing.
                         let mut granted = send.capacity();
                         if granted == 0 {
-                            granted =
-                                match poll_fn(|cx| poll_room(&mut send, &mut deadline, cx)).await {
-                                    Ok(n) => n,
-                                    Err(end) => return end.finish(&mut send, record, ctx),
-                                };
+                            let mut stall = stall_bound(ctx);
+                            granted = match poll_fn(|cx| {
+                                poll_room(&mut send, &mut deadline, &mut stall, cx)
+                            })
+                            .await
+                            {
+                                Ok(n) => n,
+                                Err(end) => return end.finish(&mut send, record, ctx),
+                            };
                         }
                         let chunk = data.split_to(granted.min(reserved).min(data.len()));
                         reserved -= chunk.len();
@@ -1221,6 +1246,9 @@ enum Stalled {
     Reset,
     /// `write_timeout` passed.
     TimedOut,
+    /// h2 granted the stream no room for `write_stall_timeout`
+    /// ([`stall_bound`]).
+    Stuck,
 }
 
 impl Stalled {
@@ -1241,19 +1269,62 @@ impl Stalled {
                 send.send_reset(Reason::INTERNAL_ERROR);
                 StreamEnd::Done
             }
+            Stalled::Stuck => {
+                incr(&ctx.stats.timeouts);
+                record.error(ErrorClass::Timeout);
+                ratelog::log(Flood::Http2WriteStall, |suppressed| {
+                    tracing::info!(
+                        timeout = ?MessageSettings::write_stall_timeout(&ctx.config),
+                        suppressed,
+                        "an HTTP/2 client gave a response no room for write_stall_timeout; resetting its stream (CANCEL)"
+                    )
+                });
+                // CANCEL (RFC 9113 §7: the stream is no longer needed):
+                // the client broke no rule (a window it keeps shut is
+                // allowed), so not a FLOW_CONTROL_ERROR, and nothing
+                // failed here, so not the INTERNAL_ERROR of a whole
+                // response's `write_timeout` (Go's code), which would
+                // send the client's developer looking for a server bug.
+                send.send_reset(Reason::CANCEL);
+                StreamEnd::Done
+            }
         }
     }
 }
 
-/// Waits for capacity while h2 has granted none, until `deadline`.
+/// The bound of one wait for room in the client's windows, made when the
+/// wait begins (a body h2 has room for costs none): with `write_timeout`
+/// off, `write_stall_timeout` (60 s by default), the rule of every
+/// protocol's writes ([`WriteLimit::resolve`](crate::conn::io::WriteLimit),
+/// with no heartbeat, as for an upgraded stream). The stall is measured by
+/// what h2 grants this stream, not by the socket's progress: the
+/// connection is shared, and its other streams may be read while this
+/// one's window stays shut. A grant ends the wait, so the next wait's bound
+/// starts afresh: a client that opens its window slowly but steadily is
+/// never cut; one that keeps it shut (`SETTINGS_INITIAL_WINDOW_SIZE` 0 and
+/// no `WINDOW_UPDATE`) would otherwise hold the stream, its handler and
+/// its body for good, and keep the connection from its idle timeout. With
+/// `write_timeout` set, it bounds the whole response instead (`deadline`
+/// in `send_body`), and this is `None`.
+fn stall_bound(ctx: &WorkerContext) -> Option<WriteBound> {
+    let limit = MessageSettings::upgraded_write_limit(&ctx.config);
+    (limit.stall && limit.timeout.is_some()).then(|| WriteBound::new(limit, None))
+}
+
+/// Waits for capacity while h2 has granted none, until `deadline` (the
+/// whole response's) or `stall` (this wait's) passes.
 fn poll_room(
     send: &mut SendStream<Bytes>,
     deadline: &mut LazyDeadline,
+    stall: &mut Option<WriteBound>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<usize, Stalled>> {
     loop {
         return match send.poll_capacity(cx) {
             Poll::Pending if deadline.poll_passed(cx) => Poll::Ready(Err(Stalled::TimedOut)),
+            Poll::Pending if stall.as_mut().is_some_and(|b| b.poll_passed(cx, false)) => {
+                Poll::Ready(Err(Stalled::Stuck))
+            }
             Poll::Pending => Poll::Pending,
             // Polled again: Pending while there is none (waker registered).
             Poll::Ready(Some(Ok(0))) => continue,

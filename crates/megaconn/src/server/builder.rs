@@ -600,8 +600,9 @@ impl Builder {
     /// Time allowed to receive the request body, from when the head arrived.
     /// Past it an HTTP/1.1 request gets `408` and its connection closes; an
     /// HTTP/2 handler's body read fails with [`BodyError::TimedOut`](crate::BodyError::TimedOut).
-    /// Default: none (uploads may be slow; bound them with `max_body_bytes`).
-    /// `None` (or zero) disables.
+    /// Default: none (uploads may be slow; bound them with `max_body_bytes`;
+    /// with it off, an HTTP/2 body whose DATA stops coming is bounded by
+    /// [`idle_timeout`](Builder::idle_timeout)). `None` (or zero) disables.
     pub fn read_timeout(mut self, t: Option<Duration>) -> Builder {
         self.config.read_timeout = zero_is_off(t);
         self
@@ -635,6 +636,19 @@ impl Builder {
     /// How long a keep-alive connection may wait for its next request. Default:
     /// 60 s. `None` (or zero) disables (connections stay until the client
     /// closes).
+    ///
+    /// On HTTP/2, with [`read_timeout`](Builder::read_timeout) off, it also
+    /// bounds a handler's wait for request DATA that does not come: the
+    /// read fails with [`BodyError::TimedOut`](crate::BodyError::TimedOut)
+    /// (counted in `megaconn_timeouts_total`, logged at most once per 5 s
+    /// per worker), as nginx resets such a stream after
+    /// `client_body_timeout` (60 s). A stream waiting on its client keeps
+    /// the connection from its idle timeout, so without it 250 streams a
+    /// connection whose bodies never come were held for good. Each DATA
+    /// frame starts the bound again (checked when it passes: a client is
+    /// cut one to two bounds after its last frame), so a slow but steady
+    /// upload is not cut; a gRPC streaming call whose client sends nothing
+    /// for that long is.
     pub fn idle_timeout(mut self, t: Option<Duration>) -> Builder {
         self.config.idle_timeout = zero_is_off(t);
         self

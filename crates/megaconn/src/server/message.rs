@@ -91,7 +91,16 @@ impl Builder {
     /// With a heartbeat timeout (HTTP/1.1 has none), that bounds the stall
     /// instead; [`write_timeout`](Builder::write_timeout), when set, bounds
     /// each whole write instead of either (an HTTP/1.1 response's from its
-    /// head). `None` or zero: unbounded. Default
+    /// head).
+    ///
+    /// An HTTP/2 response (with `write_timeout` off) is bounded by it too,
+    /// per stream: a wait for room in the client's flow-control windows
+    /// that h2 grants none of for this long resets the stream
+    /// (`RST_STREAM(CANCEL)`, counted in `megaconn_timeouts_total`, logged
+    /// at most once per 5 s per worker); each grant starts the bound again.
+    /// Without it a client that keeps its windows shut holds each stream,
+    /// its handler and its response for good, and its connection, which is
+    /// not idle while a stream is open. `None` or zero: unbounded. Default
     /// [`DEFAULT_WRITE_STALL_TIMEOUT`](crate::DEFAULT_WRITE_STALL_TIMEOUT)
     /// (60 s).
     pub fn write_stall_timeout(mut self, t: Option<Duration>) -> Builder {

@@ -10,6 +10,7 @@ use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -202,6 +203,12 @@ pub(crate) struct RecvBody {
     /// `read_timeout`, from when the request's head arrived: the whole body
     /// must have arrived by then (as on HTTP/1.1).
     deadline: LazyDeadline,
+    /// With `read_timeout` off, `idle_timeout`: how long a reader may wait
+    /// for DATA that does not come ([`stalled`](Self::stalled)).
+    stall_after: Option<Duration>,
+    /// That bound, made when the reader first waits, and `received` when
+    /// it (re)started.
+    stall: Option<(LazyDeadline, u64)>,
     /// An error was returned: the body ends there (a reader that goes on
     /// must not wait for a client that stalled, or for the rest of an
     /// upload refused as too large).
@@ -210,13 +217,14 @@ pub(crate) struct RecvBody {
 
 impl RecvBody {
     /// A body of `stream` under the connection's `flood` guard, `limit`
-    /// bytes at most, complete within `read_timeout` from now, that leaves
-    /// the count of its bytes in `tally`, if given.
+    /// bytes at most, complete within `read_timeout` from now (with it
+    /// off, a reader waits for DATA no longer than `idle_timeout`), that
+    /// leaves the count of its bytes in `tally`, if given.
     pub(crate) fn new(
         stream: RecvStream,
         content_length: Option<u64>,
         limit: u64,
-        read_timeout: Option<std::time::Duration>,
+        (read_timeout, idle_timeout): (Option<Duration>, Option<Duration>),
         flood: Arc<DataFloodGuard>,
         tally: Option<Arc<BodyBytes>>,
     ) -> RecvBody {
@@ -229,8 +237,60 @@ impl RecvBody {
             limit,
             flood,
             deadline: LazyDeadline::after(read_timeout),
+            stall_after: idle_timeout.filter(|_| read_timeout.is_none()),
+            stall: None,
             failed: false,
         }
+    }
+
+    /// Whether the reader, waiting now, has waited for DATA `stall_after`
+    /// with none coming; else the task is woken when it would have. The
+    /// bound is made when the reader first waits (a body whose DATA is
+    /// there when read costs none) and nothing is done per frame: when it
+    /// passes, bytes taken in since it (re)started restart it. So a client
+    /// that sends nothing more is cut one to two bounds after its last
+    /// DATA (one, if it never sent any), as a peer that stops reading is
+    /// by `write_stall_timeout`; a slow but steady upload is not. Why a
+    /// default bound: a handler waiting on a body holds its stream open,
+    /// and an open stream keeps the connection from its idle timeout, so
+    /// 250 streams a connection whose bodies never come were held for
+    /// good (nginx resets such a stream after `client_body_timeout`, 60 s
+    /// between two reads). `idle_timeout` is that bound here: the client
+    /// is idle on the stream, and its connection would have been closed
+    /// after as long with no stream open. The price: a gRPC client- or
+    /// bidi-streaming call whose client sends nothing for that long is
+    /// cut too (as behind nginx), unless `read_timeout` is set or
+    /// `idle_timeout` raised.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(after) = self.stall_after else {
+            return false;
+        };
+        let received = self.received;
+        let (bound, mark) = self
+            .stall
+            .get_or_insert_with(|| (LazyDeadline::after(Some(after)), received));
+        while bound.poll_passed(cx) {
+            if *mark == received {
+                return true;
+            }
+            *mark = received;
+            bound.restart(after);
+        }
+        false
+    }
+
+    /// Ends the body: the client sent no DATA for `idle_timeout` while the
+    /// reader waited ([`stalled`](Self::stalled)).
+    fn stall_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        ratelog::log(Flood::Http2BodyStall, |suppressed| {
+            tracing::info!(
+                idle_timeout = ?self.stall_after,
+                suppressed,
+                "an HTTP/2 request body sent no DATA for idle_timeout; failing its read"
+            )
+        });
+        incr(&self.flood.stats.timeouts);
+        self.fail(BodyError::TimedOut)
     }
 
     /// Ends the body with `error`.
@@ -262,6 +322,7 @@ impl RecvBody {
             // body makes its reader wait, or when a frame comes after it.
             let polled = match self.stream.poll_data(cx) {
                 Poll::Pending if self.deadline.poll_passed(cx) => return self.time_out(),
+                Poll::Pending if self.stalled(cx) => return self.stall_out(),
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(polled) => polled,
             };

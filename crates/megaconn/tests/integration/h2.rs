@@ -1248,6 +1248,23 @@ async fn text_of(resp: Response<h2::RecvStream>) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
+/// Posts to `path` a request announcing a body of 1,000 bytes and sending
+/// none (its stream kept open until the answer); returns the answer.
+async fn post_no_data(
+    client: &mut h2::client::SendRequest<Bytes>,
+    path: &str,
+) -> Response<h2::RecvStream> {
+    let req = Request::post(format!("http://t{path}"))
+        .header("content-length", "1000")
+        .body(())
+        .unwrap();
+    let (resp, _send) = client.send_request(req, false).unwrap();
+    tokio::time::timeout(SAFETY, resp)
+        .await
+        .expect("the body's read was never cut")
+        .unwrap()
+}
+
 /// `read_timeout` bounds an HTTP/2 request body as it does HTTP/1.1's: a
 /// client that sends the head and then no DATA makes the handler's read fail
 /// (`/frames` answers 400 with the error), counted as a timeout. Unbounded,
@@ -1257,9 +1274,7 @@ async fn read_timeout_fails_a_stalled_request_body() {
     let server =
         start(megaconn::Server::builder().read_timeout(Some(Duration::from_millis(100)))).await;
     let mut client = h2c(server.addr).await.ready().await.unwrap();
-    let req = Request::post("http://t/frames").body(()).unwrap();
-    let (resp, _send) = client.send_request(req, false).unwrap();
-    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    let resp = post_no_data(&mut client, "/frames").await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         text_of(resp).await,
@@ -1269,14 +1284,68 @@ async fn read_timeout_fails_a_stalled_request_body() {
 
     // A reader that goes on after the error finds the body's end, instead
     // of waiting for the client that stalled.
-    let req = Request::post("http://t/read-on").body(()).unwrap();
-    let (resp, _send) = client.send_request(req, false).unwrap();
-    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    let resp = post_no_data(&mut client, "/read-on").await;
     assert_eq!(
         text_of(resp).await,
         "errors: [\"request body read timed out\"]"
     );
     server.stop().await;
+}
+
+/// With `read_timeout` off, `idle_timeout` bounds a handler's wait for
+/// request DATA: a client that sends a head announcing a body and then no
+/// DATA makes the read fail (`/frames` answers 400 with the error), counted
+/// as a timeout. Unbounded, the stream, and its connection (not idle while
+/// a stream is open), were held for good.
+#[tokio::test]
+async fn idle_timeout_fails_a_request_body_that_never_comes() {
+    let server =
+        start(megaconn::Server::builder().idle_timeout(Some(Duration::from_millis(300)))).await;
+    let mut client = h2c(server.addr).await.ready().await.unwrap();
+    let resp = post_no_data(&mut client, "/frames").await;
+    // Read at once: the idle timer, which counts too, starts only now
+    // that the stream has ended.
+    assert_eq!(server.handle.stats().timeouts, 1);
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        text_of(resp).await,
+        "body error: request body read timed out"
+    );
+    server.stop().await;
+}
+
+/// A slow but steady upload, one small DATA frame every 100 ms for longer
+/// than `idle_timeout` (300 ms), is not cut: each frame restarts the bound.
+#[tokio::test]
+async fn idle_timeout_spares_a_slow_but_steady_upload() {
+    let server =
+        start(megaconn::Server::builder().idle_timeout(Some(Duration::from_millis(300)))).await;
+    let mut client = h2c(server.addr).await.ready().await.unwrap();
+    let req = Request::post("http://t/frames").body(()).unwrap();
+    let (resp, mut send) = client.send_request(req, false).unwrap();
+    let frames = 10;
+    for i in 0..frames {
+        // The pace of a slow uploader (not a synchronisation).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send.send_data(Bytes::from_static(b"0123456789"), i + 1 == frames)
+            .unwrap();
+    }
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(text_of(resp).await.contains("bytes=100 "));
+    assert_eq!(server.handle.stats().timeouts, 0);
+    server.stop().await;
+}
+
+/// Asks `client` for `/big` (1 MiB); its answer's head says 200; returns
+/// its body, unread.
+async fn get_big(client: &mut h2::client::SendRequest<Bytes>) -> h2::RecvStream {
+    let (resp, _) = client
+        .send_request(Request::get("http://t/big").body(()).unwrap(), true)
+        .unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body()
 }
 
 /// `write_timeout` bounds an HTTP/2 response body from when the handler
@@ -1288,12 +1357,7 @@ async fn write_timeout_resets_a_stream_whose_client_stops_reading() {
     let server =
         start(megaconn::Server::builder().write_timeout(Some(Duration::from_millis(100)))).await;
     let mut client = h2c(server.addr).await.ready().await.unwrap();
-    let (resp, _) = client
-        .send_request(Request::get("http://t/big").body(()).unwrap(), true)
-        .unwrap();
-    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let mut body = get_big(&mut client).await;
     let mut received = 0usize;
     let reset = loop {
         // Read what fits in the first window, never giving it back.
@@ -1306,6 +1370,77 @@ async fn write_timeout_resets_a_stream_whose_client_stops_reading() {
     assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR));
     assert!(received < 1 << 20, "{received}");
     assert_eq!(server.handle.stats().timeouts, 1);
+    server.stop().await;
+}
+
+/// With `write_timeout` off, `write_stall_timeout` bounds a wait for room
+/// in the client's windows: a client that keeps its stream's window shut
+/// (`SETTINGS_INITIAL_WINDOW_SIZE` 0, never a `WINDOW_UPDATE`) gets
+/// `RST_STREAM(CANCEL)`, counted as a timeout, and the connection, its
+/// stream gone, closes by its idle timeout. Unbounded, the stream (and
+/// with it the connection, whose idle timer is off while a stream is open)
+/// was held for good.
+#[tokio::test]
+async fn write_stall_timeout_resets_a_stream_whose_client_never_opens_its_window() {
+    let (builder, mut events) = event_log(
+        megaconn::Server::builder()
+            .write_stall_timeout(Some(Duration::from_millis(300)))
+            .idle_timeout(Some(Duration::from_millis(300))),
+    );
+    let server = start(builder).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut body = get_big(&mut client).await;
+    match tokio::time::timeout(SAFETY, body.data()).await {
+        Ok(Some(Err(e))) => assert_eq!(e.reason(), Some(h2::Reason::CANCEL), "{e}"),
+        Ok(other) => panic!("data through a shut window: {other:?}"),
+        Err(_) => panic!("the stream was never reset"),
+    }
+    assert_eq!(server.handle.stats().timeouts, 1);
+    // The client keeps its handle (dropped, h2 would close the connection
+    // itself): the idle timeout closes it.
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::IdleTimeout
+    );
+    let _ = tokio::time::timeout(SAFETY, conn).await.expect("closed");
+    drop(client);
+    server.stop().await;
+}
+
+/// A client that opens its window slowly but steadily is not cut by
+/// `write_stall_timeout`, though the whole response takes longer than it:
+/// each grant of room starts the bound again.
+#[tokio::test]
+async fn write_stall_timeout_spares_a_client_that_opens_its_window_slowly() {
+    let server =
+        start(megaconn::Server::builder().write_stall_timeout(Some(Duration::from_millis(300))))
+            .await;
+    let mut client = h2c(server.addr).await.ready().await.unwrap();
+    let mut body = get_big(&mut client).await;
+    let began = std::time::Instant::now();
+    let mut received = 0;
+    while let Some(chunk) = tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
+        let chunk = chunk.expect("not reset");
+        received += chunk.len();
+        // The pace of a slow reader: each frame (16 KiB) given back 15 ms
+        // after it came, about 1 s for the whole MiB.
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    assert_eq!(received, 1 << 20);
+    assert!(
+        began.elapsed() > Duration::from_millis(300),
+        "the response took longer than the bound: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(server.handle.stats().timeouts, 0);
     server.stop().await;
 }
 
