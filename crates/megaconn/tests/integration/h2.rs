@@ -455,6 +455,51 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A rapid reset is counted once: the guard keeps saying "flood" for every
+/// stream that ends after it tripped (the rest of the batch, those after
+/// the GOAWAY), and those are not new floods. The streams are accepted
+/// first (so h2's own count of streams reset before their accept stays
+/// quiet and ours trips), then all reset in one write.
+#[tokio::test]
+async fn a_rapid_reset_is_counted_once() {
+    let (builder, mut events) = event_log(megaconn::Server::builder());
+    let server = start(builder).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let streams = megaconn::RAPID_RESET_LIMIT as u32 + 50;
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    let block = [
+        0x82, 0x86, 0x04, 5, b'/', b'h', b'a', b'n', b'g', 0x01, 1, b'a',
+    ];
+    for i in 0..streams {
+        opening.extend(frame(0x1, 0x5, 2 * i + 1, &block)); // HEADERS, END_STREAM|END_HEADERS
+    }
+    tcp.write_all(&opening).await.unwrap();
+    common::wait_stats(&server.handle, "every stream's handler called", |s| {
+        s.request_metrics.in_flight == i64::from(streams)
+    })
+    .await;
+    let mut resets = Vec::new();
+    for i in 0..streams {
+        resets.extend(frame(0x3, 0, 2 * i + 1, &8u32.to_be_bytes())); // RST_STREAM(CANCEL)
+    }
+    tcp.write_all(&resets).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(SAFETY, tcp.read_to_end(&mut rest)).await;
+    assert_eq!(
+        close_reason(&mut events).await,
+        megaconn::CloseReason::Protocol(megaconn::ProtocolDetail::Http2(0xb))
+    );
+    let stats = server.handle.stats();
+    let calm = stats
+        .limit_hits
+        .iter()
+        .find(|(label, _)| *label == "h2_enhance_your_calm")
+        .map(|(_, n)| *n);
+    assert_eq!((calm, stats.protocol_errors), (Some(1), 1), "{stats:?}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn rapid_reset_gets_goaway_and_the_server_stays_healthy() {
     let (builder, mut events) = event_log(megaconn::Server::builder());
