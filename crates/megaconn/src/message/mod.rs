@@ -142,12 +142,12 @@ impl MessageSettings {
             .map_or(Some(DEFAULT_WRITE_STALL_TIMEOUT), |s| s.write_stall_timeout)
     }
 
-    /// How the writes of an upgraded connection that speaks WebSocket
-    /// through `axum_ws`, and an HTTP/2 stream's waits for room, are
-    /// bounded: by the native protocols' rule ([`WriteLimit::resolve`]),
-    /// with no heartbeat (neither has one of its own), so `write_timeout`,
-    /// else `write_stall_timeout`.
-    pub(crate) fn upgraded_write_limit(config: &Config) -> WriteLimit {
+    /// How the writes of a protocol without a heartbeat of its own are
+    /// bounded (HTTP/1.1 responses, an HTTP/2 stream's waits for room, an
+    /// upgraded connection speaking WebSocket through `axum_ws`): by the
+    /// native protocols' rule ([`WriteLimit::resolve`]) with no heartbeat,
+    /// so `write_timeout`, else `write_stall_timeout`.
+    pub(crate) fn write_limit_without_heartbeat(config: &Config) -> WriteLimit {
         WriteLimit::resolve(
             config.write_timeout,
             None,

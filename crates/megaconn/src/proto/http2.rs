@@ -917,7 +917,10 @@ async fn open_tunnel(
     // No socket for the peer's progress: the connection's acknowledged
     // bytes count the other streams' too (our writes show the stream's).
     let upgraded = Upgraded::on_stream(io, ctx.stats.clone(), ctx.upgrade_drain(false))
-        .with_write_limit(MessageSettings::upgraded_write_limit(&ctx.config), None);
+        .with_write_limit(
+            MessageSettings::write_limit_without_heartbeat(&ctx.config),
+            None,
+        );
     upgrade::hand_over(tunnel.tx, upgraded);
     let _ = done.await;
     StreamEnd::Done
@@ -1307,7 +1310,7 @@ impl Stalled {
 /// `write_timeout` set, it bounds the whole response instead (`deadline`
 /// in `send_body`), and this is `None`.
 fn stall_bound(ctx: &WorkerContext) -> Option<WriteBound> {
-    let limit = MessageSettings::upgraded_write_limit(&ctx.config);
+    let limit = MessageSettings::write_limit_without_heartbeat(&ctx.config);
     (limit.stall && limit.timeout.is_some()).then(|| WriteBound::new(limit, None))
 }
 

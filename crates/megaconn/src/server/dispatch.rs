@@ -450,8 +450,10 @@ async fn hand_over_http1<T, S>(
             // keep it on a task of its own, which the drain cannot see).
             let drain = Some(ctx.upgrade_drain(true));
             let socket = io.lot_fd();
-            let upgraded = Upgraded::new(io, read_ahead, conn.into_send(), drain)
-                .with_write_limit(MessageSettings::upgraded_write_limit(&ctx.config), socket);
+            let upgraded = Upgraded::new(io, read_ahead, conn.into_send(), drain).with_write_limit(
+                MessageSettings::write_limit_without_heartbeat(&ctx.config),
+                socket,
+            );
             upgrade::hand_over(tx, upgraded);
         }
         HandOver::Native { io, read_ahead, to } => {
@@ -489,7 +491,10 @@ where
             // A caller's transport: no TCP socket of ours to ask about
             // the peer's progress (our writes show it).
             let upgraded = Upgraded::new(io, read_ahead, SendConnection::closed(), None)
-                .with_write_limit(MessageSettings::upgraded_write_limit(&ctx.config), None);
+                .with_write_limit(
+                    MessageSettings::write_limit_without_heartbeat(&ctx.config),
+                    None,
+                );
             upgrade::hand_over(tx, upgraded);
         }
         Ended::HandOver(HandOver::Native { io, read_ahead, to }) => {

@@ -186,7 +186,7 @@ impl Upgraded {
     }
 
     /// Bounds the writes of an `axum_ws` socket on this connection by
-    /// `limit` (`MessageSettings::upgraded_write_limit`), the peer's
+    /// `limit` (`MessageSettings::write_limit_without_heartbeat`), the peer's
     /// progress seen on TCP socket `socket` too ([`WriteBound`]). A raw
     /// upgraded socket's writes stay unbounded: only `axum_ws` asks
     /// ([`Upgraded::poll_write_bound`]).

@@ -38,8 +38,7 @@ use tokio::time::Sleep;
 use super::decode::{Decoded, Decoder};
 use super::encode::{self, EncodeError, Encoder, HeadContext};
 use super::{CloseReason, Outcome};
-use crate::conn::config::Config;
-use crate::conn::io::{read_more, ConnIo, WriteBound, WriteLimit, Writes};
+use crate::conn::io::{read_more, ConnIo, WriteBound, Writes};
 use crate::conn::transport::{Parkable, Transport};
 use crate::error::BodyError;
 use crate::message::MessageSettings;
@@ -68,18 +67,10 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// task and the response's buffers for good. (Within the exchange,
 /// `write_timeout` also runs from the head: see `write_head`.)
 pub(super) const WRITES: Writes = Writes {
-    limit: response_write_limit,
+    limit: MessageSettings::write_limit_without_heartbeat,
     kind: Flood::Http1WriteTimeout,
     peer: "an HTTP/1.1 client",
 };
-
-fn response_write_limit(config: &Config) -> WriteLimit {
-    WriteLimit::resolve(
-        config.write_timeout,
-        None,
-        MessageSettings::write_stall_timeout(config),
-    )
-}
 
 /// Where `Expect: 100-continue` stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
