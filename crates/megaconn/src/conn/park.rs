@@ -168,6 +168,11 @@ struct Slot {
 }
 
 impl Slot {
+    /// Whether a parked socket holds it (not [`ABSENT`], not [`AWAKE`]).
+    fn is_parked(self) -> bool {
+        self.deadline != ABSENT && self.deadline != AWAKE
+    }
+
     fn proto(self) -> u8 {
         self.mark as u8
     }
@@ -689,11 +694,11 @@ impl ParkingLot {
     /// the epoll set; [`AWAKE`] for one being woken). The caller owns the fd.
     fn unpark(&self, fd: RawFd, to: u32) -> Option<OwnedFd> {
         let mut slots = self.slots.borrow_mut();
-        let slot = &mut slots.get_mut(fd as usize)?.deadline;
-        if *slot == ABSENT || *slot == AWAKE {
+        let slot = slots.get_mut(fd as usize)?;
+        if !slot.is_parked() {
             return None;
         }
-        *slot = to;
+        slot.deadline = to;
         drop(slots);
         self.parked.set(self.parked.get() - 1);
         gauge(&self.stats.connections_parked, -1);
@@ -983,8 +988,7 @@ impl ParkingLot {
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| {
-                    s.deadline != ABSENT
-                        && s.deadline != AWAKE
+                    s.is_parked()
                         && s.proto() & WAKE_AT_DEADLINE == 0
                         && portable(ProtoTag(s.proto()))
                 })
@@ -1036,7 +1040,7 @@ impl ParkingLot {
             .borrow()
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.deadline != ABSENT && s.deadline != AWAKE)
+            .filter(|(_, s)| s.is_parked())
             .map(|(fd, _)| fd as RawFd)
             .collect()
     }
@@ -1058,7 +1062,7 @@ impl ParkingLot {
             .slots
             .borrow()
             .get(fd as usize)
-            .is_some_and(|s| s.deadline != ABSENT && s.deadline != AWAKE);
+            .is_some_and(|s| s.is_parked());
         if !parked {
             return false;
         }
