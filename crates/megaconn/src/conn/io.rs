@@ -149,23 +149,8 @@ impl WriteBound {
         if progressed && stall {
             self.deadline.restart(timeout);
         }
-        while self.deadline.poll_passed(cx) {
-            if !self.peer_took_some() {
-                return true;
-            }
-            self.deadline.restart(timeout);
-        }
-        false
-    }
-
-    /// Whether the peer acknowledged bytes since the bound (re)started, by
-    /// the kernel's count; notes the count for the next time.
-    fn peer_took_some(&mut self) -> bool {
-        let (Some(socket), Some(before)) = (self.socket, self.acked) else {
-            return false;
-        };
-        self.acked = bytes_acked(socket);
-        self.acked.is_some_and(|now| now > before)
+        let (deadline, socket, acked) = (&mut self.deadline, self.socket, &mut self.acked);
+        deadline.poll_stalled(cx, timeout, || peer_took_some(socket, acked))
     }
 
     /// Counts the bound's passing as a timeout (`megaconn_timeouts_total`,
@@ -185,6 +170,16 @@ impl WriteBound {
             )
         });
     }
+}
+
+/// Whether the peer on `socket` acknowledged bytes since `acked` was noted,
+/// by the kernel's count; notes the count for the next time.
+fn peer_took_some(socket: Option<RawFd>, acked: &mut Option<u64>) -> bool {
+    let (Some(socket), Some(before)) = (socket, *acked) else {
+        return false;
+    };
+    *acked = bytes_acked(socket);
+    acked.is_some_and(|now| now > before)
 }
 
 /// How many bytes the peer of TCP socket `fd` has acknowledged, by the

@@ -121,6 +121,25 @@ impl LazyDeadline {
         timer.as_mut().poll(cx).is_ready()
     }
 
+    /// A stall bound: true once the deadline passed with no progress since
+    /// it (re)started, as `progressed` says when asked (only when it
+    /// passes: nothing is checked per read or write); progress restarts it
+    /// `timeout` from then. Else the task is woken when it would pass.
+    pub(crate) fn poll_stalled(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        timeout: std::time::Duration,
+        mut progressed: impl FnMut() -> bool,
+    ) -> bool {
+        while self.poll_passed(cx) {
+            if !progressed() {
+                return true;
+            }
+            self.restart(timeout);
+        }
+        false
+    }
+
     /// The deadline moved to `timeout` from now, keeping its timer if it has
     /// one (a write that made progress starts its bound again).
     pub(crate) fn restart(&mut self, timeout: std::time::Duration) {

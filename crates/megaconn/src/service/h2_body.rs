@@ -269,14 +269,7 @@ impl RecvBody {
         let (bound, mark) = self
             .stall
             .get_or_insert_with(|| (LazyDeadline::after(Some(after)), received));
-        while bound.poll_passed(cx) {
-            if *mark == received {
-                return true;
-            }
-            *mark = received;
-            bound.restart(after);
-        }
-        false
+        bound.poll_stalled(cx, after, || std::mem::replace(mark, received) != received)
     }
 
     /// Ends the body: the client sent no DATA for `idle_timeout` while the
