@@ -23,6 +23,12 @@ const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
 const MAX_FIELDS_HINT: usize = 64;
 
+/// The read buffer allocated before reading: tokio-util's `FramedRead`
+/// initial capacity (which it allocates once and keeps). `poll_next` gives
+/// the buffer back when a read is pending with nothing buffered, so an idle
+/// connection holds none.
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 #[derive(Debug)]
 pub struct FramedRead<T> {
     inner: InnerFramedRead<T, LengthDelimitedCodec>,
@@ -439,10 +445,26 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
-            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(bytes)) => bytes,
-                Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
-                None => return Poll::Ready(None),
+            if self.inner.read_buffer().capacity() == 0 {
+                // Released while idle (or used up): allocate it as
+                // tokio-util's `FramedRead` does, so reads stay full-sized
+                // (its `reserve(1)` alone would grow an empty buffer from a
+                // few bytes).
+                *self.inner.read_buffer_mut() = BytesMut::with_capacity(READ_BUFFER_CAPACITY);
+            }
+            let bytes = match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => bytes,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(map_err(e)))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    // The read is pending: with no partial frame buffered,
+                    // give the buffer back (frames split off it keep their
+                    // own reference to the bytes).
+                    if self.inner.read_buffer().is_empty() {
+                        *self.inner.read_buffer_mut() = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
             };
 
             tracing::trace!(read.bytes = bytes.len());

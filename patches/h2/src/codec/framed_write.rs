@@ -35,6 +35,10 @@ struct Encoder<B> {
 
     /// Write buffer
     ///
+    /// Allocated (`DEFAULT_BUFFER_CAPACITY`) when a frame is buffered and
+    /// released when a flush has written it all, so an idle connection
+    /// holds none.
+    ///
     /// TODO: Should this be a ring buffer?
     buf: Cursor<BytesMut>,
 
@@ -93,7 +97,7 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -169,6 +173,10 @@ where
             }
         }
 
+        // Everything buffered has been written: give the buffer back, so an
+        // idle connection keeps no write buffer. `buffer` allocates it again.
+        self.encoder.release_buffer();
+
         tracing::trace!("flushing buffer");
         // Flush the upstream
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
@@ -220,9 +228,19 @@ where
         }
     }
 
+    /// Drops the (empty) write buffer's allocation.
+    fn release_buffer(&mut self) {
+        debug_assert!(!self.buf.has_remaining());
+        self.buf = Cursor::new(BytesMut::new());
+    }
+
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        if self.buf.get_ref().capacity() == 0 {
+            // Released by the last flush (or never allocated).
+            *self.buf.get_mut() = BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +325,11 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // A released buffer (no allocation) has room: `buffer` allocates
+        // `DEFAULT_BUFFER_CAPACITY` before encoding into it.
+        let buf = self.buf.get_ref();
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (buf.capacity() == 0 || buf.capacity() - buf.len() >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

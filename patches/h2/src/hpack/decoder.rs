@@ -158,7 +158,10 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // Empty: Huffman decoding reserves what each string needs, so an
+            // idle connection keeps no scratch and the header table's entries
+            // don't pin a shared 4 KiB block.
+            buffer: BytesMut::new(),
         }
     }
 
