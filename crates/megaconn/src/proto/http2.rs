@@ -1478,6 +1478,9 @@ mod size_guard {
     /// the handshake and the stream start were boxed. The bound adds ~20%.
     /// Since a stream starts without an await (`poll_turn`; a request waits
     /// in a box only while the service is not ready): 2,496 (2,448 before).
+    /// 2,600 by 2026-12-05 on h2 0.4.20; 2,608 on h2 0.4.21, whose
+    /// `FramedRead` (inline in its `Connection`) gained a `usize`, the
+    /// header-count hint (`patches/README.md`).
     #[test]
     fn the_http2_connection_future_stays_small() {
         fn h2_future(
@@ -1489,7 +1492,7 @@ mod size_guard {
         }
         let size = size_of_future(h2_future);
         eprintln!("HTTP/2 connection future: {size} bytes");
-        assert!(size <= 2600, "the HTTP/2 connection future is {size} bytes");
+        assert!(size <= 2608, "the HTTP/2 connection future is {size} bytes");
     }
 }
 
