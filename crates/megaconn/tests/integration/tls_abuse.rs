@@ -1,7 +1,8 @@
 //! TLS peers that overrun a limit or break the protocol, against a real
 //! server: a ClientHello cut into tiny records fails at the 64 KiB a TLS
 //! stream buffers, with a `decode_error` alert, as a handshake failure with
-//! a limit label of its own (a real one cut as finely still completes);
+//! a limit label of its own (a real one cut as finely still completes), and
+//! so does a TLS 1.2 ClientKeyExchange, after our ServerHello;
 //! after the handshake, a record that does not decrypt (under HTTP/1.1 and
 //! HTTP/2) and a flood of KeyUpdate requests each get an alert and close as
 //! a protocol error (`protocol_error`, counted), not as an I/O error.
@@ -15,7 +16,10 @@ use tokio::net::TcpStream;
 use crate::common;
 
 use common::modes::{hooked, Events};
-use common::tls::{connect, http1_get, one_byte_records, sealed_get, tiny_record_hello, Ca};
+use common::tls::{
+    blocking_client, connect, http1_get, one_byte_records, sealed_get, tiny_record_hello,
+    tiny_record_message, Ca,
+};
 use common::{closed_as, TestServer, SAFETY};
 
 /// The most ciphertext a TLS stream buffers (`tls_io::MAX_BUFFERED`).
@@ -51,6 +55,55 @@ async fn a_client_hello_in_tiny_records_fails_at_the_buffer_limit_with_an_alert(
         .await
         .expect("the server closes at the limit")
         .unwrap();
+    assert_closed_at_the_limit(&server, &mut events, &answer).await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
+    let metrics = server.handle.render_metrics();
+    let metric = "megaconn_limit_hits_total{limit=\"tls_handshake_buffer\"} 1";
+    assert!(metrics.lines().any(|l| l == metric), "{metrics}");
+    server.stop().await;
+}
+
+/// The same limit in a full TLS 1.2 handshake after our ServerHello (a
+/// ClientKeyExchange cut into tiny records): our records are plaintext
+/// until that handshake completes, so the `decode_error` alert is ours to
+/// write, and the client gets it (it got nothing: only a handshake before
+/// our ServerHello had its alert). After a TLS 1.3 ServerHello every record
+/// of ours is encrypted, and rustls' API cannot send one
+/// (`tls_io::alert_in_the_clear`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_client_key_exchange_in_tiny_records_fails_at_the_limit_with_an_alert() {
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    let addr = server.addr;
+    let config = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS12]);
+    let answer = tokio::task::spawn_blocking(move || {
+        let (mut tcp, mut client) = blocking_client(addr, config);
+        client.write_tls(&mut tcp).unwrap();
+        // The server's flight, to its ServerHelloDone: the client's turn.
+        while !client.wants_write() {
+            client.read_tls(&mut tcp).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        let version = client.protocol_version();
+        assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
+        // A ClientKeyExchange (16) promising 65,000 bytes, to the limit.
+        tcp.write_all(&tiny_record_message(0x10, MAX_BUFFERED))
+            .unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer)
+            .expect("the server closes at the limit");
+        answer
+    })
+    .await
+    .unwrap();
+    assert_closed_at_the_limit(&server, &mut events, &answer).await;
+    server.stop().await;
+}
+
+/// The server's `answer` was the `decode_error` alert, and its next close
+/// a failed handshake at the limit, counted under its label.
+async fn assert_closed_at_the_limit(server: &TestServer, events: &mut Events, answer: &[u8]) {
     assert_eq!(answer, DECODE_ERROR_ALERT);
     let closed = events.next_close().await;
     assert_eq!(closed.reason, CloseReason::TlsHandshakeFailed, "{closed:?}");
@@ -60,11 +113,6 @@ async fn a_client_hello_in_tiny_records_fails_at_the_buffer_limit_with_an_alert(
         "{:?}",
         stats.limit_hits
     );
-    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
-    let metrics = server.handle.render_metrics();
-    let metric = "megaconn_limit_hits_total{limit=\"tls_handshake_buffer\"} 1";
-    assert!(metrics.lines().any(|l| l == metric), "{metrics}");
-    server.stop().await;
 }
 
 /// The limit leaves room: a real client's ClientHello, re-cut into 1-byte
@@ -75,10 +123,7 @@ async fn a_real_client_hello_in_one_byte_records_completes() {
     let (server, _events) = tls_server(&ca).await;
     let (addr, config) = (server.addr, ca.client(&[b"http/1.1"]));
     let response = tokio::task::spawn_blocking(move || {
-        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-        tcp.set_read_timeout(Some(SAFETY)).unwrap();
-        let name = "localhost".try_into().unwrap();
-        let mut client = rustls::ClientConnection::new(config, name).unwrap();
+        let (mut tcp, mut client) = blocking_client(addr, config);
         let mut hello = Vec::new();
         client.write_tls(&mut hello).unwrap();
         let length = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
