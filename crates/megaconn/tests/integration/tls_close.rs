@@ -286,6 +286,38 @@ fn first_record_end(records: &[u8]) -> Option<usize> {
     Some(5 + usize::from(u16::from_be_bytes([length[0], length[1]])))
 }
 
+/// A `close_notify` with bytes after it in the same segment (here a record
+/// that would not decrypt): the bytes are not read (RFC 8446 §6.1: data
+/// after a closure alert is ignored), the close is the client's, answered
+/// with our `close_notify` (a clean end for the client), and nothing counts
+/// as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_notify_with_bytes_after_it_is_a_client_close() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    let (tcp, session) = tls.get_mut();
+    session.send_close_notify();
+    let mut wire = Vec::new();
+    while session.wants_write() {
+        session.write_tls(&mut wire).unwrap();
+    }
+    wire.extend_from_slice(b"\x17\x03\x03\x00\x05hello");
+    tcp.write_all(&wire).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(SAFETY, tls.read_to_end(&mut rest))
+        .await
+        .expect("the server closes")
+        .expect("a clean end: the server's close_notify");
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    server.stop().await;
+}
+
 /// Handshake records whose message rustls refuses after taking their bytes
 /// close the connection as a failed handshake, counted, with no panic:
 /// fetching the alert once panicked the connection (the follow-up call
