@@ -223,61 +223,75 @@ async fn a_client_that_distrusts_our_certificate_is_a_client_close_counted_by_it
     server.stop().await;
 }
 
-/// After the handshake too: a client that finds our record bad (here one
-/// of our session tickets, altered on its way) ends the connection with a
-/// fatal `bad_record_mac`. Between requests that is the client leaving, as
-/// a reset then is, counted under the alert's name; it was a protocol
-/// error.
+/// After the handshake too: a client that finds a record of ours bad (here
+/// one altered on its way) ends the connection with a fatal
+/// `bad_record_mac`. With no request under way that is the client leaving,
+/// as a reset then is, counted under the alert's name, under HTTP/1.1 and
+/// HTTP/2 (whose h2 keeps only the error's kind); it was a protocol error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_alert_after_the_handshake_is_a_client_close() {
     let ca = Ca::new();
     let leaf = ca.leaf(&["localhost"]);
     let (server, mut events) = tls_server(&leaf, |b| b).await;
+    // HTTP/1.1: the first record after the handshake (a session ticket).
     let config = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
-    let addr = server.addr;
-    let client = tokio::task::spawn_blocking(move || {
-        let (mut tcp, mut client) = blocking_client(addr, config);
-        while client.is_handshaking() {
-            client.complete_io(&mut tcp).unwrap();
-        }
-        while client.wants_write() {
-            client.write_tls(&mut tcp).unwrap();
-        }
-        // The server's first record after its handshake (a session
-        // ticket), whole, with its tag's last byte flipped.
-        let mut records = Vec::new();
-        let end = loop {
-            match first_record_end(&records) {
-                Some(end) if end <= records.len() => break end,
-                _ => {}
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tcp.read(&mut chunk).unwrap();
-            assert!(n > 0, "the server closed");
-            records.extend_from_slice(&chunk[..n]);
-        };
-        records[end - 1] ^= 1;
-        client.read_tls(&mut &records[..]).unwrap();
-        let error = client.process_new_packets().expect_err("a bad record");
-        assert_eq!(error, rustls::Error::DecryptError);
-        while client.wants_write() {
-            client.write_tls(&mut tcp).unwrap();
-        }
-        tcp
-    })
-    .await
-    .unwrap();
+    let mut tls = connect(server.addr, config, "localhost").await;
+    answer_a_bad_record(&mut tls).await;
     let closed = events.next_close().await;
-    drop(client);
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    // HTTP/2, its connection set up: the answer to a PING (or the ACK of
+    // the client's SETTINGS, if the client has not read it yet).
+    let mut tls = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let mut settings = [0u8; 9];
+    tokio::time::timeout(SAFETY, tls.read_exact(&mut settings))
+        .await
+        .expect("the server's SETTINGS")
+        .unwrap();
+    tls.write_all(b"\0\0\x08\x06\0\0\0\0\0ping-ack")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    answer_a_bad_record(&mut tls).await;
+    let closed = events.next_close().await;
     assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
     let stats = server.handle.stats();
     assert_eq!(stats.protocol_errors, 0, "{stats:?}");
     assert!(
-        stats.tls_alerts_received.contains(&("bad_record_mac", 1)),
+        stats.tls_alerts_received.contains(&("bad_record_mac", 2)),
         "{:?}",
         stats.tls_alerts_received
     );
     server.stop().await;
+}
+
+/// Makes `tls`'s client end its connection with a fatal `bad_record_mac`,
+/// as it does for a record of ours that does not decrypt: the server's
+/// next record, read off the socket, has its tag altered before the
+/// client's session reads it, and the alert it queues is sent.
+async fn answer_a_bad_record(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) {
+    let (tcp, session) = tls.get_mut();
+    let mut records = Vec::new();
+    let end = loop {
+        match first_record_end(&records) {
+            Some(end) if end <= records.len() => break end,
+            _ => {}
+        }
+        let read = tokio::time::timeout(SAFETY, tcp.read_buf(&mut records)).await;
+        assert!(read.expect("a record in time").unwrap() > 0, "closed");
+    };
+    records[end - 1] ^= 1;
+    session.read_tls(&mut &records[..end]).unwrap();
+    let error = session.process_new_packets().expect_err("a bad record");
+    assert_eq!(error, rustls::Error::DecryptError);
+    let mut alert = Vec::new();
+    while session.wants_write() {
+        session.write_tls(&mut alert).unwrap();
+    }
+    tcp.write_all(&alert).await.unwrap();
 }
 
 /// Where the first TLS record of `records` ends, once its header is there.
