@@ -110,6 +110,22 @@ pub async fn connect(
         .expect("handshake succeeds")
 }
 
+/// Sets up HTTP/2 on `tls` (ALPN `h2`): the preface and an empty SETTINGS
+/// frame, then the header of the server's SETTINGS, which come once its h2
+/// handshake is done (their payload is left unread).
+pub async fn h2_settings_exchanged<S: AsyncRead + AsyncWrite + Unpin>(tls: &mut S) {
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let mut settings = [0u8; 9];
+    tokio::time::timeout(SAFETY, tls.read_exact(&mut settings))
+        .await
+        .expect("the server's SETTINGS")
+        .unwrap();
+    assert_eq!(settings[3], 0x04, "a SETTINGS frame: {settings:?}");
+}
+
 /// One HTTP/1.1 GET on a kept-alive stream; returns status line and body.
 pub async fn http1_get<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) -> (String, String) {
     io.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")

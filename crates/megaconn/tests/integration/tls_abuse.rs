@@ -21,8 +21,8 @@ use crate::common;
 
 use common::modes::{hooked, Events};
 use common::tls::{
-    blocking_client, connect, http1_get, one_byte_records, sealed_get, tiny_record_hello,
-    tiny_record_message, Ca,
+    blocking_client, connect, h2_settings_exchanged, http1_get, one_byte_records, sealed_get,
+    tiny_record_hello, tiny_record_message, Ca,
 };
 use common::{closed_as, TestServer, SAFETY};
 
@@ -374,18 +374,7 @@ async fn a_record_that_does_not_decrypt_is_a_protocol_error_under_http2() {
     let (server, mut events) = tls_server(&ca).await;
     let mut tls = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    // The preface and an empty SETTINGS frame; the server's SETTINGS come
-    // once its h2 handshake is done.
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
-    tls.flush().await.unwrap();
-    let mut settings = [0u8; 9];
-    tokio::time::timeout(SAFETY, tls.read_exact(&mut settings))
-        .await
-        .expect("the server's SETTINGS")
-        .unwrap();
-    assert_eq!(settings[3], 0x04, "a SETTINGS frame: {settings:?}");
+    h2_settings_exchanged(&mut tls).await;
     send_a_bad_record(&mut tls).await;
     assert_protocol_error_close(&server, &mut events).await;
     server.stop().await;

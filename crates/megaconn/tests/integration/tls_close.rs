@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 use crate::common;
 
 use common::modes::{hooked, Events};
-use common::tls::{blocking_client, connect, http1_get, Ca, Leaf};
+use common::tls::{blocking_client, connect, h2_settings_exchanged, http1_get, Ca, Leaf};
 use common::{closed_as, try_parse_response, RawResponse, TestServer, SAFETY};
 
 /// A TLS server with the test app (no parking); `configure` adds settings.
@@ -242,15 +242,7 @@ async fn a_client_alert_after_the_handshake_is_a_client_close() {
     // HTTP/2, its connection set up: the answer to a PING (or the ACK of
     // the client's SETTINGS, if the client has not read it yet).
     let mut tls = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
-    tls.flush().await.unwrap();
-    let mut settings = [0u8; 9];
-    tokio::time::timeout(SAFETY, tls.read_exact(&mut settings))
-        .await
-        .expect("the server's SETTINGS")
-        .unwrap();
+    h2_settings_exchanged(&mut tls).await;
     tls.write_all(b"\0\0\x08\x06\0\0\0\0\0ping-ack")
         .await
         .unwrap();
