@@ -334,9 +334,9 @@ fn rejected(
 /// whose user gave up (`user_canceled`), not a protocol error: the stream
 /// fails with `ConnectionAborted`, which the layers above count as a reset
 /// (`client_closed`, or an I/O error midway through a request), in the
-/// handshake as after it. Where the alert's name is kept: counted under it
-/// in the worker's stats (`megaconn_tls_alerts_received_total{alert}`)
-/// and logged, limited, with it (after a certificate rollout this is what
+/// handshake as after it. The alert's name is kept here: counted under it
+/// in the worker's stats (`megaconn_tls_alerts_received_total{alert}`),
+/// and logged with it, limited (after a certificate rollout this is what
 /// says clients reject the new one).
 fn peer_alert(alert: rustls::AlertDescription) -> io::Error {
     let code = u8::from(alert);
@@ -366,8 +366,9 @@ fn peer_alert(alert: rustls::AlertDescription) -> io::Error {
 /// - before our ServerHello (no version agreed);
 /// - TLS 1.3, after a HelloRetryRequest, until the second ClientHello (no
 ///   key exchange completed: it completes just before the ServerHello,
-///   from which on every record is encrypted, RFC 8446 §5; a plaintext
-///   alert then is one a client rejects, rustls' `bad_record_mac`);
+///   from which on every record is encrypted, RFC 8446 §5: a client that
+///   read our encrypted flight takes a plaintext alert for a record that
+///   does not decrypt);
 /// - TLS 1.2, a full handshake until it completes: our ChangeCipherSpec,
 ///   the first record we encrypt, goes out after the client's Finished,
 ///   which completes it (a resumed one sends it with the ServerHello).
