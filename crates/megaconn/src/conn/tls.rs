@@ -453,6 +453,9 @@ pub(crate) async fn handshake(
 ) -> Result<ServerTls, CloseReason> {
     let timeout = live.handshake_timeout;
     let failed = |e: std::io::Error| {
+        // The client left: a reset, a close before or during the handshake,
+        // or a fatal alert of its own (which the stream counted by name and
+        // logged): its decision, not a protocol error.
         if client_left(&e) {
             return CloseReason::ClientClosed;
         }

@@ -13,9 +13,18 @@
 //!
 //! A peer that breaks the protocol (rustls rejects its record or message,
 //! or it goes past that bound) fails the stream with a [`TlsFailure`]; the
-//! alert rustls queued (or, past the bound before our ServerHello, a
-//! `decode_error`) is the last thing sent, and the connection closes as a
-//! protocol error (`tls_handshake_failed` during the handshake).
+//! alert rustls queued (or, past the bound while our records are still
+//! plaintext, a `decode_error`: see [`alert_in_the_clear`]) is the last
+//! thing sent, and the connection closes as a protocol error
+//! (`tls_handshake_failed` during the handshake).
+//!
+//! A peer that ends the stream itself is no protocol error, whatever the
+//! phase: its fatal alert (it does not trust our certificate, its user
+//! gave up) fails the stream with `ConnectionAborted`, as a reset does,
+//! counted by the alert's name ([`peer_alert`]), and so does its end of
+//! stream in the middle of the handshake: both close as the client
+//! leaving (`client_closed`; midway through a request an I/O error, as a
+//! reset is).
 //!
 //! Parking (`TlsIo::into_parked_parts`) splits a stream into the bare socket,
 //! which the parking lot keeps, and a [`ParkedTls`] (the session, and the
@@ -47,10 +56,11 @@ use rustls::unbuffered::{
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::conn::pool::{give_local, take_local, BUFFER_CAPACITY};
+use crate::conn::pool::{give_local, take_local, this_worker, BUFFER_CAPACITY};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::error::TlsFailure;
+use crate::observe::alerts;
 use crate::observe::ratelog::{self, Flood};
 
 /// Plaintext taken per `poll_write`: four full records. Bounds the
@@ -76,9 +86,9 @@ const READ_ROOM: usize = 4 * 1024;
 pub(crate) const MAX_BUFFERED: usize = 64 * 1024;
 
 /// A fatal `decode_error` alert in a plaintext record, for a peer that
-/// overran [`MAX_BUFFERED`] before the server spoke: the alert rustls sends
-/// for a handshake message over its own 64 KiB limit
-/// (`InvalidMessage::HandshakePayloadTooLarge`).
+/// overran [`MAX_BUFFERED`] while our records are plaintext
+/// ([`alert_in_the_clear`]): the alert rustls sends for a handshake message
+/// over its own 64 KiB limit (`InvalidMessage::HandshakePayloadTooLarge`).
 const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
 
 /// A TLS connection's session, boxed (it is about 1 KB, and moves between
@@ -311,7 +321,74 @@ fn rejected(
     if out.is_empty() {
         give_local(outgoing.take().expect("just set"));
     }
-    peer_failed(e.into(), session.is_handshaking())
+    match e {
+        rustls::Error::AlertReceived(alert) => peer_alert(alert),
+        e => peer_failed(e.into(), session.is_handshaking()),
+    }
+}
+
+/// The peer ended the stream with alert `alert`: a fatal one, or a warning
+/// TLS 1.3 does not allow, which rustls answered with `decode_error`
+/// (sent by [`rejected`]). It is the peer's decision, such as a client that
+/// does not trust our certificate (`unknown_ca`, `bad_certificate`) or
+/// whose user gave up (`user_canceled`), not a protocol error: the stream
+/// fails with `ConnectionAborted`, which the layers above count as a reset
+/// (`client_closed`, or an I/O error midway through a request), in the
+/// handshake as after it. The alert's name is kept here: counted under it
+/// in the worker's stats (`megaconn_tls_alerts_received_total{alert}`),
+/// and logged with it, limited (after a certificate rollout this is what
+/// says clients reject the new one).
+fn peer_alert(alert: rustls::AlertDescription) -> io::Error {
+    let code = u8::from(alert);
+    if let Some(worker) = this_worker() {
+        alerts::count(code, &worker.stats);
+    }
+    let name = alerts::label(code);
+    ratelog::log(Flood::TlsAlertReceived, |suppressed| {
+        tracing::info!(
+            alert = name,
+            code,
+            suppressed,
+            "TLS peer ended its connection with an alert"
+        )
+    });
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        rustls::Error::AlertReceived(alert),
+    )
+}
+
+/// Whether an alert of ours goes in a plaintext record now, as
+/// [`MAX_BUFFERED`]'s `decode_error` does. rustls' API lends the session's
+/// keys for data and `close_notify` only, so an alert is ours to write only
+/// while our records are not encrypted yet:
+///
+/// - before our ServerHello (no version agreed);
+/// - TLS 1.3, after a HelloRetryRequest, until the second ClientHello (no
+///   key exchange completed: it completes just before the ServerHello,
+///   from which on every record is encrypted, RFC 8446 §5: a client that
+///   read our encrypted flight takes a plaintext alert for a record that
+///   does not decrypt);
+/// - TLS 1.2, a full handshake until it completes: our ChangeCipherSpec,
+///   the first record we encrypt, goes out after the client's Finished,
+///   which completes it (a resumed one sends it with the ServerHello).
+///
+/// Past those points the stream closes without one. rustls would have to
+/// queue it, encrypted under its keys: with a call such as
+/// `send_fatal_alert(AlertDescription)` on its unbuffered connection, or by
+/// bounding what its handshake deframer holds of a message's records
+/// itself, as its buffered API does (64 KiB, `HandshakePayloadTooLarge`,
+/// `decode_error`); rustls 0.23 has neither.
+fn alert_in_the_clear(session: &Session) -> bool {
+    use rustls::{HandshakeKind, ProtocolVersion};
+    match session.protocol_version() {
+        None => true,
+        Some(ProtocolVersion::TLSv1_3) => session.negotiated_key_exchange_group().is_none(),
+        Some(ProtocolVersion::TLSv1_2) => {
+            session.is_handshaking() && session.handshake_kind() == Some(HandshakeKind::Full)
+        }
+        Some(_) => false,
+    }
 }
 
 /// Appends `n` zeroed bytes to `buf` and returns them, for rustls to write
@@ -640,12 +717,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
     }
 
     /// The peer's records went past [`MAX_BUFFERED`] (`held` bytes) without
-    /// completing a message: the stream fails. Before our ServerHello,
-    /// records are plaintext, so a `decode_error` alert says why; after it
-    /// an alert needs the session's keys, which rustls' API lends for data
-    /// and `close_notify` only, so the stream just closes.
+    /// completing a message: the stream fails. While our records are
+    /// plaintext ([`alert_in_the_clear`]) a `decode_error` alert says why;
+    /// once they are encrypted an alert needs the session's keys, which
+    /// rustls' API lends for data and `close_notify` only, so the stream
+    /// just closes.
     fn overrun(&mut self, cx: &mut Context<'_>, held: usize) -> io::Error {
-        if self.session.protocol_version().is_none() && !self.closing {
+        if alert_in_the_clear(&self.session) && !self.closing {
             self.bufs
                 .outgoing
                 .get_or_insert_with(take_local)
@@ -664,7 +742,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
     /// Drives the handshake until it is complete (the client's Finished
     /// read, our last flight sent). A peer that closes before its first
     /// byte (a TCP health check, a port scan) fails it with
-    /// `ConnectionAborted`, not `UnexpectedEof`: it never began one.
+    /// `ConnectionAborted`, not `UnexpectedEof`: it never began one. So
+    /// does one that closes in the middle of it (a client that gave up, a
+    /// scanner that came for our certificate): it left, as one that resets
+    /// or sends an alert then does; a handshake carries no data a close
+    /// could truncate.
     pub(crate) fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let step = self.process_or_alert(cx, None)?;
@@ -682,13 +764,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
             match self.poll_recv(cx)? {
-                Poll::Ready(0) if !self.began => {
+                Poll::Ready(0) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
-                        "the peer closed before its ClientHello",
+                        if self.began {
+                            "the peer closed in the middle of the TLS handshake"
+                        } else {
+                            "the peer closed before its ClientHello"
+                        },
                     )))
                 }
-                Poll::Ready(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                 Poll::Ready(_) => self.began = true,
                 Poll::Pending => return Poll::Pending,
             }

@@ -19,11 +19,14 @@ use crate::error::TlsFailure;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// The client closed its side, or left before its TLS handshake, or
-    /// reset the connection while no request or message of its was under
-    /// way (HTTP/1.1 between requests, HTTP/2 with no stream open, WebSocket
-    /// and framed between messages): a dropped keep-alive connection, parked
-    /// or not.
+    /// The client closed its side, or left before or during its TLS
+    /// handshake, or reset the connection while no request or message of
+    /// its was under way (HTTP/1.1 between requests, HTTP/2 with no stream
+    /// open, WebSocket and framed between messages): a dropped keep-alive
+    /// connection, parked or not. Over TLS a fatal alert from the client
+    /// counts as a reset does (here, or midway through a request
+    /// [`CloseReason::Io`]): its decision, such as not trusting our
+    /// certificate; `megaconn_tls_alerts_received_total{alert}` says which.
     ///
     /// For HTTP/2, "no stream open" counts h2's streams too: no request
     /// accepted whose handler or response is still running, none h2 opened
@@ -108,7 +111,8 @@ pub enum ProtocolDetail {
     /// row, or its records held more than 64 KiB without completing a
     /// message). The alert rustls queued went out, and no `close_notify`
     /// after it. Counted in `protocol_errors`. (A failure during the
-    /// handshake is [`CloseReason::TlsHandshakeFailed`].)
+    /// handshake is [`CloseReason::TlsHandshakeFailed`]; a fatal alert from
+    /// the peer is no protocol error: see [`CloseReason::ClientClosed`].)
     Tls,
 }
 
@@ -147,9 +151,10 @@ impl From<StatusCode> for ProtocolDetail {
 
 /// Whether socket error `e` is the client leaving, not a failure: a reset
 /// (an RST on a parked connection, a health check that resets), an abort, a
-/// pipe it broke. Over TLS also any time before or between records (a close
-/// before its ClientHello, `TlsIo::poll_handshake`); in the clear between
-/// requests or messages ([`CloseReason::io_between`]).
+/// pipe it broke. Over TLS also a close before or during its handshake
+/// (`TlsIo::poll_handshake`) and a fatal alert at any time (the TLS stream
+/// fails with `ConnectionAborted` for both); in the clear between requests
+/// or messages ([`CloseReason::io_between`]).
 pub(crate) fn client_left(e: &io::Error) -> bool {
     use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
     matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)

@@ -46,6 +46,7 @@
 //! | `megaconn_protocol_errors_total` | counter | |
 //! | `megaconn_accept_errors_total` | counter | `errno` |
 //! | `megaconn_connections_rejected_total` | counter | `limit` (`accept_rate`, `per_ip`) |
+//! | `megaconn_tls_alerts_received_total` | counter | `alert` (`unknown_ca`, `bad_certificate`, …, `other`) |
 //! | `megaconn_worker_connections` | gauge | `worker` |
 //! | `megaconn_buffers_checked_out` | gauge | |
 //! | `megaconn_buffers_pooled` | gauge | |
@@ -864,6 +865,13 @@ impl Collector for Snapshot {
             "Times a limit or a malformed message cut something short, by which: a request refused, a connection closed (what closed{protocol_error} does not tell), or a hub message dropped at a full worker queue (hub_queue).",
             "limit",
             s.limit_hits.iter().copied(),
+        )?;
+        labelled(
+            &mut e,
+            "tls_alerts_received",
+            "Fatal TLS alerts clients ended connections with, by alert (unknown_ca or bad_certificate: the client does not accept our certificate). The client's decision: such closes count as closed{client_closed}, not as protocol errors.",
+            "alert",
+            s.tls_alerts_received.iter().copied(),
         )?;
         {
             let mut m = e.encode_descriptor(

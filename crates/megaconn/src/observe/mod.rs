@@ -2,6 +2,7 @@
 //! metrics and lifecycle events. Everything below counts into these; they
 //! import nothing from the layers above.
 
+pub(crate) mod alerts;
 pub(crate) mod by_id;
 pub(crate) mod chunks;
 pub(crate) mod clock;

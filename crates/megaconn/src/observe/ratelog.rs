@@ -126,6 +126,10 @@ pub(crate) enum Flood {
     /// A TLS peer that broke the protocol after its handshake (rustls
     /// rejected a record or a message).
     TlsProtocolError,
+    /// A TLS peer that ended its connection with a fatal alert (it does
+    /// not trust our certificate, it gave up): its decision, not a failure
+    /// of ours, but what an operator looks for after a certificate rollout.
+    TlsAlertReceived,
     /// An HTTP/1 response body that failed mid-stream on its own (not
     /// because the request's body failed): the service's error.
     ResponseBodyFailed,
@@ -152,7 +156,7 @@ pub(crate) enum Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 26;
+const KINDS: usize = 27;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.

@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::observe::alerts::{self, AlertCounters};
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{RequestCounters, RequestStats};
 
@@ -51,6 +52,9 @@ pub(crate) struct WorkerStats {
     /// Requests refused, connections closed and hub messages dropped, by
     /// the limit that did it (indexed by [`LimitHit`]).
     pub limit_hits: [AtomicU64; LimitHit::COUNT],
+    /// TLS alerts peers ended connections with, by description (indexed as
+    /// `alerts::labels`).
+    pub tls_alerts: AlertCounters,
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
     /// Message protocols' counters (framed TCP, WebSocket).
@@ -332,6 +336,12 @@ pub struct ServerStats {
     /// (`hub_queue`) by a limit, by the limit's label (`max_header_bytes`,
     /// `max_body_bytes`, ...; every label, zero or not), as `megaconn_limit_hits_total{limit}` shows them.
     pub limit_hits: Vec<(&'static str, u64)>,
+    /// Fatal TLS alerts peers ended connections with (closed as
+    /// `client_closed`: the peer's decision), by the alert's name
+    /// (`unknown_ca`, `bad_certificate`, `user_canceled`, ...; `other` for
+    /// a code RFC 8446 does not list; every label, zero or not), as
+    /// `megaconn_tls_alerts_received_total{alert}` shows them.
+    pub tls_alerts_received: Vec<(&'static str, u64)>,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
@@ -360,10 +370,18 @@ pub struct OtelStats {
     pub spans_queued: u64,
 }
 
+/// Adds a worker's array of counters to the sums, slot by slot.
+fn add_up(sums: &mut [u64], counters: &[AtomicU64]) {
+    for (sum, c) in sums.iter_mut().zip(counters) {
+        *sum += c.load(Relaxed);
+    }
+}
+
 impl ServerStats {
     pub(crate) fn sum(workers: &[Arc<WorkerStats>]) -> ServerStats {
         let mut s = ServerStats::default();
         let mut limit_hits = [0u64; LimitHit::COUNT];
+        let mut tls_alerts = [0u64; alerts::COUNT];
         for w in workers {
             let open = w.connections_open.load(Relaxed);
             s.connections_open += open;
@@ -395,11 +413,11 @@ impl ServerStats {
             s.adopted += w.adopted.load(Relaxed);
             s.aged_out += w.aged_out.load(Relaxed);
             s.shutdown_drain_pending += w.drain_pending.load(Relaxed);
-            for (sum, c) in limit_hits.iter_mut().zip(&w.limit_hits) {
-                *sum += c.load(Relaxed);
-            }
+            add_up(&mut limit_hits, &w.limit_hits);
+            add_up(&mut tls_alerts, &w.tls_alerts);
         }
         s.limit_hits = LimitHit::LABELS.iter().copied().zip(limit_hits).collect();
+        s.tls_alerts_received = alerts::labels().zip(tls_alerts).collect();
         s.request_metrics = RequestStats::sum(workers);
         s
     }

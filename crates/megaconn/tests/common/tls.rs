@@ -30,7 +30,21 @@ pub struct Leaf {
 
 impl Ca {
     pub fn new() -> Ca {
+        Ca::with_params(CertificateParams::new(Vec::<String>::new()).unwrap())
+    }
+
+    /// A CA of its own name: a client that trusts it does not take a
+    /// [`Ca::new`] one's certificates for its (it does not know their
+    /// issuer), where two CAs of the default name fail on a signature.
+    pub fn named(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        Ca::with_params(params)
+    }
+
+    fn with_params(mut params: CertificateParams) -> Ca {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
@@ -71,6 +85,18 @@ impl Ca {
     }
 }
 
+/// A blocking socket to `addr` (reads bounded by `SAFETY`) and a rustls
+/// client for `localhost` on it, driven by hand: nothing sent yet.
+pub fn blocking_client(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> (std::net::TcpStream, rustls::ClientConnection) {
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(SAFETY)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    (tcp, rustls::ClientConnection::new(config, name).unwrap())
+}
+
 pub async fn connect(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
@@ -82,6 +108,22 @@ pub async fn connect(
         .await
         .expect("handshake in time")
         .expect("handshake succeeds")
+}
+
+/// Sets up HTTP/2 on `tls` (ALPN `h2`): the preface and an empty SETTINGS
+/// frame, then the header of the server's SETTINGS, which come once its h2
+/// handshake is done (their payload is left unread).
+pub async fn h2_settings_exchanged<S: AsyncRead + AsyncWrite + Unpin>(tls: &mut S) {
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let mut settings = [0u8; 9];
+    tokio::time::timeout(SAFETY, tls.read_exact(&mut settings))
+        .await
+        .expect("the server's SETTINGS")
+        .unwrap();
+    assert_eq!(settings[3], 0x04, "a SETTINGS frame: {settings:?}");
 }
 
 /// One HTTP/1.1 GET on a kept-alive stream; returns status line and body.
@@ -138,7 +180,13 @@ pub fn one_byte_records(message: &[u8]) -> Vec<u8> {
 /// rustls' 65,535 limit) sent in 1-byte records: a handshake that makes the
 /// server buffer all of them without ever completing a message.
 pub fn tiny_record_hello(wire: usize) -> Vec<u8> {
-    let mut message = vec![0x01, 0x00, 0xfd, 0xe8];
+    tiny_record_message(0x01, wire)
+}
+
+/// The first `wire` bytes of a handshake message of type `kind` promising
+/// 65,000 bytes, in plaintext 1-byte records (see [`tiny_record_hello`]).
+pub fn tiny_record_message(kind: u8, wire: usize) -> Vec<u8> {
+    let mut message = vec![kind, 0x00, 0xfd, 0xe8];
     message.resize(4 + 65_000, 0);
     let mut records = one_byte_records(&message);
     records.truncate(wire);

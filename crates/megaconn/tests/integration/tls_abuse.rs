@@ -1,12 +1,17 @@
 //! TLS peers that overrun a limit or break the protocol, against a real
 //! server: a ClientHello cut into tiny records fails at the 64 KiB a TLS
 //! stream buffers, with a `decode_error` alert, as a handshake failure with
-//! a limit label of its own (a real one cut as finely still completes);
+//! a limit label of its own (a real one cut as finely still completes), and
+//! so do a TLS 1.2 ClientKeyExchange after our ServerHello and a second
+//! ClientHello after a HelloRetryRequest (our records still plaintext);
+//! once ours are encrypted the limit closes without an alert (rustls' API
+//! cannot send one); a record header announcing too much is refused at once;
 //! after the handshake, a record that does not decrypt (under HTTP/1.1 and
 //! HTTP/2) and a flood of KeyUpdate requests each get an alert and close as
 //! a protocol error (`protocol_error`, counted), not as an I/O error.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use megaconn::{CloseReason, ProtocolDetail, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,7 +20,10 @@ use tokio::net::TcpStream;
 use crate::common;
 
 use common::modes::{hooked, Events};
-use common::tls::{connect, http1_get, one_byte_records, sealed_get, tiny_record_hello, Ca};
+use common::tls::{
+    blocking_client, connect, h2_settings_exchanged, http1_get, one_byte_records, sealed_get,
+    tiny_record_hello, tiny_record_message, Ca,
+};
 use common::{closed_as, TestServer, SAFETY};
 
 /// The most ciphertext a TLS stream buffers (`tls_io::MAX_BUFFERED`).
@@ -51,6 +59,70 @@ async fn a_client_hello_in_tiny_records_fails_at_the_buffer_limit_with_an_alert(
         .await
         .expect("the server closes at the limit")
         .unwrap();
+    assert_closed_at_the_limit(&server, &mut events, &answer).await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
+    let metrics = server.handle.render_metrics();
+    let metric = "megaconn_limit_hits_total{limit=\"tls_handshake_buffer\"} 1";
+    assert!(metrics.lines().any(|l| l == metric), "{metrics}");
+    server.stop().await;
+}
+
+/// Sends a ClientHello of `config`'s client and reads the server's answer
+/// until it is the client's turn (the client then passes `check`); sends
+/// `records` instead of what the client would, and returns what the server
+/// answers to them until it closes.
+async fn on_our_turn(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    records: Vec<u8>,
+    check: impl FnOnce(&rustls::ClientConnection) + Send + 'static,
+) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || {
+        let (mut tcp, mut client) = blocking_client(addr, config);
+        client.write_tls(&mut tcp).unwrap();
+        while !client.wants_write() {
+            client.read_tls(&mut tcp).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        check(&client);
+        tcp.write_all(&records).unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer)
+            .expect("the server closes at the limit");
+        answer
+    })
+    .await
+    .unwrap()
+}
+
+/// The same limit in a full TLS 1.2 handshake after our ServerHello (a
+/// ClientKeyExchange cut into tiny records): our records are plaintext
+/// until that handshake completes, so the `decode_error` alert is ours to
+/// write, and the client gets it (it got nothing: only a handshake before
+/// our ServerHello had its alert). After a TLS 1.3 ServerHello every record
+/// of ours is encrypted, and rustls' API cannot send one
+/// (`tls_io::alert_in_the_clear`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls12_client_key_exchange_in_tiny_records_fails_at_the_limit_with_an_alert() {
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    let config = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS12]);
+    // After the server's flight (to its ServerHelloDone), a ClientKeyExchange
+    // (16) promising 65,000 bytes, to the limit.
+    let records = tiny_record_message(0x10, MAX_BUFFERED);
+    let answer = on_our_turn(server.addr, config, records, |client| {
+        let version = client.protocol_version();
+        assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
+    })
+    .await;
+    assert_closed_at_the_limit(&server, &mut events, &answer).await;
+    server.stop().await;
+}
+
+/// The server's `answer` was the `decode_error` alert, and its next close
+/// a failed handshake at the limit, counted under its label.
+async fn assert_closed_at_the_limit(server: &TestServer, events: &mut Events, answer: &[u8]) {
     assert_eq!(answer, DECODE_ERROR_ALERT);
     let closed = events.next_close().await;
     assert_eq!(closed.reason, CloseReason::TlsHandshakeFailed, "{closed:?}");
@@ -60,11 +132,139 @@ async fn a_client_hello_in_tiny_records_fails_at_the_buffer_limit_with_an_alert(
         "{:?}",
         stats.limit_hits
     );
-    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
-    let metrics = server.handle.render_metrics();
-    let metric = "megaconn_limit_hits_total{limit=\"tls_handshake_buffer\"} 1";
-    assert!(metrics.lines().any(|l| l == metric), "{metrics}");
+}
+
+/// In TLS 1.3 after a HelloRetryRequest, our records stay plaintext until
+/// the second ClientHello: a second ClientHello cut into tiny records gets
+/// the `decode_error` alert too (it got none: a version was agreed). The
+/// client offers a key share for a group the server lacks (secp521r1) and
+/// supports x25519, so the server asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_hello_in_tiny_records_fails_at_the_limit_with_an_alert() {
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![&Unsupported, rustls::crypto::ring::kx_group::X25519];
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let records = tiny_record_hello(MAX_BUFFERED);
+    let answer = on_our_turn(server.addr, Arc::new(config), records, |client| {
+        let kind = client.handshake_kind();
+        assert_eq!(kind, Some(rustls::HandshakeKind::FullWithHelloRetryRequest));
+    })
+    .await;
+    // The ChangeCipherSpec the server sends after its HelloRetryRequest
+    // (middlebox compatibility), if the client did not read it.
+    let ccs = [0x14, 0x03, 0x03, 0x00, 0x01, 0x01];
+    let answer = answer.strip_prefix(&ccs[..]).unwrap_or(&answer);
+    assert_closed_at_the_limit(&server, &mut events, answer).await;
     server.stop().await;
+}
+
+/// After the handshake the same limit (a handshake message that never
+/// completes, a byte per encrypted record) closes the connection as a
+/// protocol error with no alert: our records are encrypted, and rustls'
+/// API lends the session's keys for data and `close_notify` only. The
+/// client reads encrypted records (its session tickets), then the end: no
+/// plaintext alert, which it would have to reject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_records_after_the_handshake_close_at_the_limit_without_a_plaintext_alert() {
+    use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![suite];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.enable_secret_extraction = true;
+    let addr = server.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let (mut tcp, mut client) = blocking_client(addr, Arc::new(config));
+        while client.is_handshaking() {
+            client.complete_io(&mut tcp).unwrap();
+        }
+        while client.wants_write() {
+            client.write_tls(&mut tcp).unwrap();
+        }
+        let (seq, secrets) = client.dangerous_extract_secrets().unwrap().tx;
+        let rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv } = secrets else {
+            panic!("the suite is AES-128-GCM");
+        };
+        let mut sealer = suite.tls13().unwrap().aead_alg.encrypter(key, iv);
+        // A KeyUpdate (24) promising 65,000 bytes, to the limit.
+        let mut message = vec![0x18, 0x00, 0xfd, 0xe8];
+        message.resize(4 + 65_000, 0);
+        let mut wire = Vec::new();
+        for (seq, byte) in (seq..).zip(&message) {
+            if wire.len() >= MAX_BUFFERED {
+                break;
+            }
+            let plain = OutboundPlainMessage {
+                typ: rustls::ContentType::Handshake,
+                version: rustls::ProtocolVersion::TLSv1_2,
+                payload: OutboundChunks::Single(std::slice::from_ref(byte)),
+            };
+            wire.extend(sealer.encrypt(plain, seq).unwrap().encode());
+        }
+        wire.truncate(MAX_BUFFERED);
+        tcp.write_all(&wire).unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer)
+            .expect("the server closes at the limit");
+        answer
+    })
+    .await
+    .unwrap();
+    let mut rest = &answer[..];
+    while let Some(&[kind, _, _, high, low]) = rest.get(..5) {
+        assert_eq!(kind, 0x17, "only encrypted records: {answer:02x?}");
+        rest = &rest[5 + usize::from(u16::from_be_bytes([high, low]))..];
+    }
+    assert!(rest.is_empty(), "whole records: {answer:02x?}");
+    let closed = events.next_close().await;
+    assert_eq!(
+        closed.reason,
+        CloseReason::Protocol(ProtocolDetail::Tls),
+        "{closed:?}"
+    );
+    server.stop().await;
+}
+
+/// A key exchange group the server does not support, offered first.
+#[derive(Debug)]
+struct Unsupported;
+
+impl rustls::crypto::SupportedKxGroup for Unsupported {
+    fn start(&self) -> Result<Box<dyn rustls::crypto::ActiveKeyExchange>, rustls::Error> {
+        Ok(Box::new(Unsupported))
+    }
+
+    fn name(&self) -> rustls::NamedGroup {
+        rustls::NamedGroup::secp521r1
+    }
+}
+
+impl rustls::crypto::ActiveKeyExchange for Unsupported {
+    fn complete(self: Box<Self>, _: &[u8]) -> Result<rustls::crypto::SharedSecret, rustls::Error> {
+        unreachable!("the server asks for another group")
+    }
+
+    fn pub_key(&self) -> &[u8] {
+        &[4; 133]
+    }
+
+    fn group(&self) -> rustls::NamedGroup {
+        rustls::NamedGroup::secp521r1
+    }
 }
 
 /// The limit leaves room: a real client's ClientHello, re-cut into 1-byte
@@ -75,10 +275,7 @@ async fn a_real_client_hello_in_one_byte_records_completes() {
     let (server, _events) = tls_server(&ca).await;
     let (addr, config) = (server.addr, ca.client(&[b"http/1.1"]));
     let response = tokio::task::spawn_blocking(move || {
-        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-        tcp.set_read_timeout(Some(SAFETY)).unwrap();
-        let name = "localhost".try_into().unwrap();
-        let mut client = rustls::ClientConnection::new(config, name).unwrap();
+        let (mut tcp, mut client) = blocking_client(addr, config);
         let mut hello = Vec::new();
         client.write_tls(&mut hello).unwrap();
         let length = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
@@ -102,6 +299,46 @@ async fn a_real_client_hello_in_one_byte_records_completes() {
     .unwrap();
     let head = String::from_utf8_lossy(&response);
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    server.stop().await;
+}
+
+/// A record header that announces more than a record may hold (65,535
+/// bytes, over TLS' 16 KiB + 2,048) is refused on its 5 bytes, before any
+/// body: rustls' `decode_error`, in the clear before the handshake (a
+/// failed handshake) and encrypted after it (a protocol error); nothing is
+/// buffered waiting for the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_header_announcing_too_much_is_refused_at_once() {
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff])
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(SAFETY, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server closes without waiting for the body")
+        .unwrap();
+    assert_eq!(answer, DECODE_ERROR_ALERT);
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::TlsHandshakeFailed, "{closed:?}");
+
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    tls.get_mut()
+        .0
+        .write_all(&[0x17, 0x03, 0x03, 0xff, 0xff])
+        .await
+        .unwrap();
+    assert_alert(&mut tls, rustls::AlertDescription::DecodeError).await;
+    let closed = events.next_close().await;
+    assert_eq!(
+        closed.reason,
+        CloseReason::Protocol(ProtocolDetail::Tls),
+        "{closed:?}"
+    );
+    assert_eq!(server.handle.stats().protocol_errors, 2);
     server.stop().await;
 }
 
@@ -137,18 +374,7 @@ async fn a_record_that_does_not_decrypt_is_a_protocol_error_under_http2() {
     let (server, mut events) = tls_server(&ca).await;
     let mut tls = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    // The preface and an empty SETTINGS frame; the server's SETTINGS come
-    // once its h2 handshake is done.
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
-    tls.flush().await.unwrap();
-    let mut settings = [0u8; 9];
-    tokio::time::timeout(SAFETY, tls.read_exact(&mut settings))
-        .await
-        .expect("the server's SETTINGS")
-        .unwrap();
-    assert_eq!(settings[3], 0x04, "a SETTINGS frame: {settings:?}");
+    h2_settings_exchanged(&mut tls).await;
     send_a_bad_record(&mut tls).await;
     assert_protocol_error_close(&server, &mut events).await;
     server.stop().await;

@@ -1,21 +1,24 @@
 //! How TLS connections end, against a real server with a rustls client: a
 //! handshake in progress at graceful shutdown completes and its first
 //! request is served (as a new cleartext connection's is); a client that
-//! resets or leaves before its ClientHello closed, it broke no protocol;
-//! our closes say `close_notify` after a whole answer and not after one
+//! resets or leaves before its ClientHello or in the middle of its
+//! handshake closed, it broke no protocol, and so did one that ended with a
+//! fatal alert (its decision: counted by the alert's name); our closes say `close_notify` after a whole answer and not after one
 //! that failed midway; a close with bytes left unread lingers.
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
 use megaconn::{CloseReason, TlsConfig};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::common;
 
 use common::modes::{hooked, Events};
-use common::tls::{connect, http1_get, Ca, Leaf};
+use common::tls::{blocking_client, connect, h2_settings_exchanged, http1_get, Ca, Leaf};
 use common::{closed_as, try_parse_response, RawResponse, TestServer, SAFETY};
 
 /// A TLS server with the test app (no parking); `configure` adds settings.
@@ -53,10 +56,7 @@ async fn a_handshake_in_progress_at_shutdown_completes_and_is_served() {
     let mut idle = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
     assert_eq!(http1_get(&mut idle).await.0, "HTTP/1.1 200 OK");
     // A client driven by hand: its ClientHello sent, the rest held back.
-    let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
-    tcp.set_read_timeout(Some(SAFETY)).unwrap();
-    let name = "localhost".try_into().unwrap();
-    let mut client = rustls::ClientConnection::new(ca.client(&[b"http/1.1"]), name).unwrap();
+    let (mut tcp, mut client) = blocking_client(server.addr, ca.client(&[b"http/1.1"]));
     client.write_tls(&mut tcp).unwrap();
     server
         .wait_stats("both accepted", |s| {
@@ -139,6 +139,188 @@ async fn a_client_that_leaves_before_its_client_hello_is_a_client_close() {
     let closed = events.next_close().await;
     assert_eq!(closed.reason, CloseReason::TlsHandshakeFailed, "{closed:?}");
     assert_eq!(server.handle.stats().protocol_errors, 1);
+    server.stop().await;
+}
+
+/// A client that closes in the middle of its handshake (here once it read
+/// our whole flight, before its Finished: a scanner that came for our
+/// certificate, a client that gave up without an alert) left, as one that
+/// resets then does; a handshake carries no data a close could truncate.
+/// It was a failed handshake, counted as a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_in_the_middle_of_its_handshake_is_a_client_close() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    let config = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        let (mut tcp, mut client) = blocking_client(addr, config);
+        client.write_tls(&mut tcp).unwrap();
+        // All of the server's flight is read (so that the close is a FIN,
+        // not a reset for unread bytes); the client's Finished stays unsent.
+        while client.is_handshaking() {
+            client.read_tls(&mut tcp).unwrap();
+            client.process_new_packets().unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    assert_eq!(closed_as(&stats, "tls_handshake_failed"), 0, "{stats:?}");
+    server.stop().await;
+}
+
+/// A client that does not trust our certificate (it knows another CA)
+/// says so with a fatal alert (rustls sends `unknown_ca`) and leaves: its
+/// decision, closed as the client leaving and counted under the alert's
+/// name, under TLS 1.3 and TLS 1.2. It was a failed handshake counted as a
+/// protocol error, and nothing said which alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_distrusts_our_certificate_is_a_client_close_counted_by_its_alert() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    let stranger = Ca::named("another CA");
+    let versions: [&'static rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+    for (n, version) in (1..).zip(versions) {
+        let config = stranger.client_versions(&[b"http/1.1"], &[version]);
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let handshake = TlsConnector::from(config).connect(name, tcp);
+        let error = tokio::time::timeout(SAFETY, handshake)
+            .await
+            .expect("the client decides in time")
+            .expect_err("the client does not trust our certificate");
+        let why = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>());
+        assert_eq!(
+            why,
+            Some(&rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            )),
+            "{error:?}"
+        );
+        let closed = events.next_close().await;
+        assert_eq!(closed.reason, CloseReason::ClientClosed, "{version:?}");
+        let stats = server.handle.stats();
+        assert_eq!(stats.protocol_errors, 0, "{version:?}: {stats:?}");
+        assert_eq!(closed_as(&stats, "tls_handshake_failed"), 0, "{stats:?}");
+        assert!(
+            stats.tls_alerts_received.contains(&("unknown_ca", n)),
+            "{version:?}: {:?}",
+            stats.tls_alerts_received
+        );
+    }
+    let metrics = server.handle.render_metrics();
+    let metric = "megaconn_tls_alerts_received_total{alert=\"unknown_ca\"} 2";
+    assert!(metrics.lines().any(|l| l == metric), "{metrics}");
+    server.stop().await;
+}
+
+/// After the handshake too: a client that finds a record of ours bad (here
+/// one altered on its way) ends the connection with a fatal
+/// `bad_record_mac`. With no request under way that is the client leaving,
+/// as a reset then is, counted under the alert's name, under HTTP/1.1 and
+/// HTTP/2 (whose h2 keeps only the error's kind); it was a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_alert_after_the_handshake_is_a_client_close() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    // HTTP/1.1: the first record after the handshake (a session ticket).
+    let config = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
+    let mut tls = connect(server.addr, config, "localhost").await;
+    answer_a_bad_record(&mut tls).await;
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    // HTTP/2, its connection set up: the answer to a PING (or the ACK of
+    // the client's SETTINGS, if the client has not read it yet).
+    let mut tls = connect(server.addr, ca.client(&[b"h2"]), "localhost").await;
+    h2_settings_exchanged(&mut tls).await;
+    tls.write_all(b"\0\0\x08\x06\0\0\0\0\0ping-ack")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    answer_a_bad_record(&mut tls).await;
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    assert!(
+        stats.tls_alerts_received.contains(&("bad_record_mac", 2)),
+        "{:?}",
+        stats.tls_alerts_received
+    );
+    server.stop().await;
+}
+
+/// Makes `tls`'s client end its connection with a fatal `bad_record_mac`,
+/// as it does for a record of ours that does not decrypt: the server's
+/// next record, read off the socket, has its tag altered before the
+/// client's session reads it, and the alert it queues is sent.
+async fn answer_a_bad_record(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) {
+    let (tcp, session) = tls.get_mut();
+    let mut records = Vec::new();
+    let end = loop {
+        match first_record_end(&records) {
+            Some(end) if end <= records.len() => break end,
+            _ => {}
+        }
+        let read = tokio::time::timeout(SAFETY, tcp.read_buf(&mut records)).await;
+        assert!(read.expect("a record in time").unwrap() > 0, "closed");
+    };
+    records[end - 1] ^= 1;
+    session.read_tls(&mut &records[..end]).unwrap();
+    let error = session.process_new_packets().expect_err("a bad record");
+    assert_eq!(error, rustls::Error::DecryptError);
+    let mut alert = Vec::new();
+    while session.wants_write() {
+        session.write_tls(&mut alert).unwrap();
+    }
+    tcp.write_all(&alert).await.unwrap();
+}
+
+/// Where the first TLS record of `records` ends, once its header is there.
+fn first_record_end(records: &[u8]) -> Option<usize> {
+    let length = records.get(3..5)?;
+    Some(5 + usize::from(u16::from_be_bytes([length[0], length[1]])))
+}
+
+/// A `close_notify` with bytes after it in the same segment (here a record
+/// that would not decrypt): the bytes are not read (RFC 8446 §6.1: data
+/// after a closure alert is ignored), the close is the client's, answered
+/// with our `close_notify` (a clean end for the client), and nothing counts
+/// as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_notify_with_bytes_after_it_is_a_client_close() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, mut events) = tls_server(&leaf, |b| b).await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
+    let (tcp, session) = tls.get_mut();
+    session.send_close_notify();
+    let mut wire = Vec::new();
+    while session.wants_write() {
+        session.write_tls(&mut wire).unwrap();
+    }
+    wire.extend_from_slice(b"\x17\x03\x03\x00\x05hello");
+    tcp.write_all(&wire).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(SAFETY, tls.read_to_end(&mut rest))
+        .await
+        .expect("the server closes")
+        .expect("a clean end: the server's close_notify");
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
     server.stop().await;
 }
 
