@@ -613,9 +613,9 @@ impl Builder {
     /// the client sends a body it announced with `Expect: 100-continue`
     /// waits on that body, which `read_timeout` bounds).
     /// Past it an HTTP/1.1 connection closes and an HTTP/2 stream is reset
-    /// (`INTERNAL_ERROR`, as Go's server does). On HTTP/1.1 the bytes still
-    /// buffered when the response's body has ended are written after it,
-    /// bounded the same way from when that write has to wait. On the
+    /// (`INTERNAL_ERROR`, as Go's server does). On HTTP/1.1 it bounds the
+    /// response to its last byte written (answers to pipelined requests
+    /// then go out one by one, not batched). On the
     /// native WebSocket route ([`WebSocketRoute`](crate::WebSocketRoute))
     /// and framed connections it bounds each write. When it is off,
     /// [`write_stall_timeout`](Builder::write_stall_timeout) (or a

@@ -231,6 +231,33 @@ fn serve_late_body(
     (client, task)
 }
 
+/// `write_timeout` bounds an HTTP/1.1 response to its last byte: a body
+/// that ends at 4 s, when the client (which reads nothing) has left room
+/// for all but 32 KiB of it, closes the connection at 5 s, from the head.
+/// Before, the exchange ended with those bytes buffered and the connection
+/// wrote them under a bound of its own, from then: closed at 9 s (up to
+/// twice `write_timeout`).
+#[tokio::test(start_paused = true)]
+async fn write_timeout_bounds_a_response_to_its_last_byte() {
+    local()
+        .run_until(async {
+            let start = Instant::now();
+            let builder = megaconn::Server::builder().write_timeout(Some(Duration::from_secs(5)));
+            let (mut c, task) = serve_late_body(builder, Duration::from_secs(4), PIPE + (32 << 10));
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(3600), task)
+                .await
+                .expect("the connection closed")
+                .unwrap();
+            let took = start.elapsed();
+            assert!(took >= Duration::from_secs(5), "{took:?}");
+            assert!(took < Duration::from_secs(6), "{took:?}");
+        })
+        .await;
+}
+
 /// The answers to earlier pipelined requests, written while the next
 /// request's head arrives in pieces, are bounded as any response's write
 /// (`write_stall_timeout` here): a client that pipelines a second request

@@ -68,7 +68,8 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// writes follow ([`WriteLimit::resolve`]). A client that asks for a large
 /// response and never reads it would otherwise hold its connection, its
 /// task and the response's buffers for good. (Within the exchange,
-/// `write_timeout` also runs from the head: see `write_head`.)
+/// `write_timeout` also runs from the head, to the response's last byte:
+/// see `write_head` and `writes_its_rest`.)
 pub(super) const WRITES: Writes = Writes {
     limit: MessageSettings::write_limit_without_heartbeat,
     kind: Flood::Http1WriteTimeout,
@@ -273,7 +274,11 @@ where
                 Ok(progress) => progress,
                 Err(outcome) => return Poll::Ready(ended_early(&mut this, outcome)),
             };
-            if this.handler.is_none() && *this.response_done && this.setup.decoder.is_none() {
+            if this.handler.is_none()
+                && *this.response_done
+                && this.setup.decoder.is_none()
+                && !writes_its_rest(&this)
+            {
                 return Poll::Ready(finished(&mut this));
             }
             // Only when everything else waits do we read ahead for a hang-up: a
@@ -900,7 +905,7 @@ where
 {
     let exchange_done =
         this.handler.is_none() && *this.response_done && this.setup.decoder.is_none();
-    if exchange_done || this.conn.wbuf_len() == 0 {
+    if (exchange_done && !writes_its_rest(this)) || this.conn.wbuf_len() == 0 {
         return Ok(false);
     }
     match this.conn.poll_flush_bounded(cx, this.write_bound, &WRITES) {
@@ -908,6 +913,18 @@ where
         Poll::Ready(Err(reason)) => Err(Outcome::Close(reason)),
         Poll::Pending => Ok(false),
     }
+}
+
+/// Whether the exchange, its response done, writes what it buffered
+/// itself before it ends: while `write_timeout` runs (from the response's
+/// head), so that it bounds the whole response. Left to the connection, as
+/// it is otherwise (where it goes out with the answers to pipelined
+/// requests), the rest would get a bound of its own, and a response could
+/// take up to twice `write_timeout`. (The price, with `write_timeout` set:
+/// answers to pipelined requests are written one by one, not batched.)
+#[inline]
+fn writes_its_rest<T, F, B>(this: &Proj<'_, '_, T, F, B>) -> bool {
+    *this.deadline_kind == DeadlineKind::Write && this.conn.wbuf_len() > 0
 }
 
 /// Turns a poll of an IO result into `Ok(None)` for pending, `Ok(Some(n))`, or
