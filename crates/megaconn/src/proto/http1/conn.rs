@@ -372,7 +372,6 @@ where
         head.method == Method::HEAD,
         head.method == Method::CONNECT,
     );
-    let read_timeout = config.read_timeout;
 
     let mut request = Request::new(body);
     *request.method_mut() = head.method;
@@ -411,7 +410,6 @@ where
         expect,
         upgrade,
         te_trailers: head.te_trailers,
-        read_timeout,
         access,
         span,
     };

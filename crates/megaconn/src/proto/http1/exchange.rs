@@ -29,7 +29,6 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::future::CatchUnwind;
@@ -69,7 +68,7 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// response and never reads it would otherwise hold its connection, its
 /// task and the response's buffers for good. (Within the exchange,
 /// `write_timeout` also runs from the head, to the response's last byte:
-/// see `write_head` and `writes_its_rest`.)
+/// see `write_head` and `write_rest`.)
 pub(super) const WRITES: Writes = Writes {
     limit: MessageSettings::write_limit_without_heartbeat,
     kind: Flood::Http1WriteTimeout,
@@ -140,7 +139,6 @@ pub(crate) struct ExchangeSetup {
     pub upgrade: Option<UpgradeSender>,
     /// The request said `TE: trailers`: response trailers may be sent.
     pub te_trailers: bool,
-    pub read_timeout: Option<Duration>,
     /// The access-log line, when the log is on.
     pub access: Option<Box<AccessLine>>,
     /// The request's span, if it is traced.
@@ -195,7 +193,7 @@ where
     #[inline(always)]
     pub(crate) fn new(conn: &'c mut ConnIo<T>, handler: F, mut setup: ExchangeSetup) -> Self {
         use futures_util::FutureExt;
-        let deadline = match (&setup.decoder, setup.read_timeout) {
+        let deadline = match (&setup.decoder, conn.ctx.config.read_timeout) {
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
         };
@@ -274,11 +272,18 @@ where
                 Ok(progress) => progress,
                 Err(outcome) => return Poll::Ready(ended_early(&mut this, outcome)),
             };
-            if this.handler.is_none()
-                && *this.response_done
-                && this.setup.decoder.is_none()
-                && !writes_its_rest(&this)
-            {
+            if this.handler.is_none() && *this.response_done && this.setup.decoder.is_none() {
+                if *this.deadline_kind == DeadlineKind::Write {
+                    // What is still buffered is written here, under
+                    // `write_timeout` (see `write_rest`).
+                    match write_rest(&mut this, cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(outcome)) => {
+                            return Poll::Ready(ended_early(&mut this, outcome))
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
                 return Poll::Ready(finished(&mut this));
             }
             // Only when everything else waits do we read ahead for a hang-up: a
@@ -660,7 +665,8 @@ where
 /// that wait (a timeout of its own), keeping the body, has not polled it
 /// since and is not waiting; one that still waits polls it again.
 fn body_stalled<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> bool {
-    let (None, Some(after)) = (this.setup.read_timeout, this.conn.ctx.config.idle_timeout) else {
+    let config = &this.conn.ctx.config;
+    let (None, Some(after)) = (config.read_timeout, config.idle_timeout) else {
         return false;
     };
     let waiting = match this.setup.body_tx.as_mut() {
@@ -905,7 +911,7 @@ where
 {
     let exchange_done =
         this.handler.is_none() && *this.response_done && this.setup.decoder.is_none();
-    if (exchange_done && !writes_its_rest(this)) || this.conn.wbuf_len() == 0 {
+    if exchange_done || this.conn.wbuf_len() == 0 {
         return Ok(false);
     }
     match this.conn.poll_flush_bounded(cx, this.write_bound, &WRITES) {
@@ -915,16 +921,28 @@ where
     }
 }
 
-/// Whether the exchange, its response done, writes what it buffered
-/// itself before it ends: while `write_timeout` runs (from the response's
-/// head), so that it bounds the whole response. Left to the connection, as
-/// it is otherwise (where it goes out with the answers to pipelined
-/// requests), the rest would get a bound of its own, and a response could
-/// take up to twice `write_timeout`. (The price, with `write_timeout` set:
-/// answers to pipelined requests are written one by one, not batched.)
-#[inline]
-fn writes_its_rest<T, F, B>(this: &Proj<'_, '_, T, F, B>) -> bool {
-    *this.deadline_kind == DeadlineKind::Write && this.conn.wbuf_len() > 0
+/// Writes what the exchange, its response done, still buffered, while
+/// `write_timeout` runs (from the response's head), so that it bounds the
+/// whole response. Left to the connection, as it is otherwise (where it
+/// goes out with the answers to pipelined requests), the rest would get a
+/// bound of its own, and a response could take up to twice
+/// `write_timeout`. (The price, with `write_timeout` set: answers to
+/// pipelined requests are written one by one, not batched.) The exchange's
+/// deadline, polled first in each turn of its loop, closes the connection
+/// when it passes.
+fn write_rest<T, F, B>(
+    this: &mut Proj<'_, '_, T, F, B>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Outcome>>
+where
+    T: Parkable,
+{
+    if this.conn.wbuf_len() == 0 {
+        return Poll::Ready(Ok(()));
+    }
+    this.conn
+        .poll_flush_bounded(cx, this.write_bound, &WRITES)
+        .map_err(Outcome::Close)
 }
 
 /// Turns a poll of an IO result into `Ok(None)` for pending, `Ok(Some(n))`, or
