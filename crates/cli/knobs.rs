@@ -625,7 +625,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "DURATION",
         shape: Shape::One,
         help: "Keep-alive wait for the next request; off disables.",
-        details: "On HTTP/2, with --read-timeout off, also how long a handler's body read may wait for DATA that does not come (the read fails; counted in megaconn_timeouts_total).",
+        details: "With --read-timeout off, also how long a handler's body read may wait for bytes that do not come (the read fails, HTTP/1.1 answers 408 and closes; counted in megaconn_timeouts_total).",
         default: "60s",
         example: "5m",
         parse: duration_or_off,

@@ -47,7 +47,10 @@ pub enum CloseReason {
     /// The request head did not complete within `read_header_timeout` (or
     /// the HTTP/2 handshake within it).
     HeaderTimeout,
-    /// The request did not complete within `read_timeout`.
+    /// The request did not complete within `read_timeout`; or, with it
+    /// off, an HTTP/1.1 request body sent nothing for `idle_timeout` while
+    /// it was awaited (its handler waited for it, or the server drained
+    /// what the handler left unread).
     ReadTimeout,
     /// The response did not complete within `write_timeout`; on a native
     /// WebSocket or framed connection, a write did not. With

@@ -7,8 +7,8 @@
 //! client that stopped reading, a TLS handshake that timed out or failed, a
 //! TLS peer over the record buffer's limit or in breach of the protocol
 //! after its handshake, a response body that failed mid-stream, a panic
-//! caught, an HTTP/2 stream whose client gave it no room or no body, an
-//! HTTP/2 connection calmed. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
+//! caught, an HTTP/2 stream whose client gave it no room, a request body
+//! that stopped coming (HTTP/1.1 or HTTP/2), an HTTP/2 connection calmed. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
@@ -147,9 +147,11 @@ pub(crate) enum Flood {
     /// An HTTP/2 stream reset because its client gave its response no room
     /// (no window) for `write_stall_timeout`.
     Http2WriteStall,
-    /// An HTTP/2 request body whose read failed because its client sent no
-    /// DATA for `idle_timeout` (with `read_timeout` off).
-    Http2BodyStall,
+    /// A request body whose client sent nothing for `idle_timeout` (with
+    /// `read_timeout` off) while its handler waited: an HTTP/2 stream's
+    /// read fails, an HTTP/1.1 connection closes (both protocols: one
+    /// setting).
+    BodyStall,
     /// An HTTP/2 connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` (rapid
     /// reset, small-DATA flood, or h2's own guards).
     Http2Calm,

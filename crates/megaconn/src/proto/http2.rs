@@ -42,7 +42,8 @@
 //! is bounded by `write_stall_timeout` when `write_timeout` is off
 //! ([`stall_bound`]), and the stream reset with `CANCEL`. So is a
 //! handler's wait for request DATA that does not come, by `idle_timeout`
-//! when `read_timeout` is off (`RecvBody::stalled`).
+//! when `read_timeout` is off (`RecvBody::stalled`; HTTP/1.1's is
+//! `exchange::body_stalled`).
 //!
 //! CONTINUATION floods (CVE-2024-27316 class) are h2's to stop, in its frame
 //! decoder (`codec/framed_read.rs` in h2 0.4): a header block may have at

@@ -601,7 +601,7 @@ impl Builder {
     /// Past it an HTTP/1.1 request gets `408` and its connection closes; an
     /// HTTP/2 handler's body read fails with [`BodyError::TimedOut`](crate::BodyError::TimedOut).
     /// Default: none (uploads may be slow; bound them with `max_body_bytes`;
-    /// with it off, an HTTP/2 body whose DATA stops coming is bounded by
+    /// with it off, a body that stops coming is bounded by
     /// [`idle_timeout`](Builder::idle_timeout)). `None` (or zero) disables.
     pub fn read_timeout(mut self, t: Option<Duration>) -> Builder {
         self.config.read_timeout = zero_is_off(t);
@@ -613,9 +613,9 @@ impl Builder {
     /// the client sends a body it announced with `Expect: 100-continue`
     /// waits on that body, which `read_timeout` bounds).
     /// Past it an HTTP/1.1 connection closes and an HTTP/2 stream is reset
-    /// (`INTERNAL_ERROR`, as Go's server does). On HTTP/1.1 the bytes still
-    /// buffered when the response's body has ended are written after it,
-    /// bounded the same way from when that write has to wait. On the
+    /// (`INTERNAL_ERROR`, as Go's server does). On HTTP/1.1 it bounds the
+    /// response to its last byte written (answers to pipelined requests
+    /// then go out one by one, not batched). On the
     /// native WebSocket route ([`WebSocketRoute`](crate::WebSocketRoute))
     /// and framed connections it bounds each write. When it is off,
     /// [`write_stall_timeout`](Builder::write_stall_timeout) (or a
@@ -637,18 +637,25 @@ impl Builder {
     /// 60 s. `None` (or zero) disables (connections stay until the client
     /// closes).
     ///
-    /// On HTTP/2, with [`read_timeout`](Builder::read_timeout) off, it also
-    /// bounds a handler's wait for request DATA that does not come: the
-    /// read fails with [`BodyError::TimedOut`](crate::BodyError::TimedOut)
-    /// (counted in `megaconn_timeouts_total`, logged at most once per 5 s
-    /// per worker), as nginx resets such a stream after
-    /// `client_body_timeout` (60 s). A stream waiting on its client keeps
-    /// the connection from its idle timeout, so without it 250 streams a
-    /// connection whose bodies never come were held for good. Each DATA
-    /// frame starts the bound again (checked when it passes: a client is
-    /// cut one to two bounds after its last frame), so a slow but steady
-    /// upload is not cut; a gRPC streaming call whose client sends nothing
-    /// for that long is.
+    /// With [`read_timeout`](Builder::read_timeout) off, it also bounds a
+    /// handler's wait for request body bytes that do not come, as nginx's
+    /// `client_body_timeout` (60 s) does: on HTTP/2 the read fails with
+    /// [`BodyError::TimedOut`](crate::BodyError::TimedOut) (nginx resets
+    /// the stream); on HTTP/1.1 it fails too, the request is answered
+    /// `408` if its response has not begun, and the connection closes
+    /// ([`CloseReason::ReadTimeout`](crate::CloseReason::ReadTimeout), as
+    /// after nginx's `408`). Either is counted in `megaconn_timeouts_total`
+    /// and logged at most once per 5 s per worker. A request waiting on its
+    /// client keeps the connection from its idle timeout, so without it a
+    /// client that announced a body and sent none (or half) held an
+    /// HTTP/1.1 connection, or 250 HTTP/2 streams a connection, for good.
+    /// Only a wait counts: a handler that stops reading the body (it keeps
+    /// it and does something else) is not cut; an HTTP/1.1 body the handler
+    /// left unread is drained under the same bound once its response is
+    /// done. Each byte (on HTTP/2, each DATA frame) starts the bound again
+    /// (checked when it passes: a client is cut one to two bounds after its
+    /// last byte), so a slow but steady upload is not cut; a gRPC
+    /// streaming call whose client sends nothing for that long is.
     pub fn idle_timeout(mut self, t: Option<Duration>) -> Builder {
         self.config.idle_timeout = zero_is_off(t);
         self

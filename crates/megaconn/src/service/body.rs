@@ -243,6 +243,31 @@ impl BodySender {
         Poll::Pending
     }
 
+    /// Whether the handler waits for the body now: its last poll found the
+    /// slot empty and nothing was handed to it since. Not waiting, it has
+    /// stopped reading for now (it polls again when it wants more); its
+    /// next wait then wakes the connection (`cx`), so that the connection
+    /// learns of it while it waits on the socket.
+    pub(crate) fn poll_awaited(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut state = self.shared.lock();
+        if !state
+            .tx_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.tx_waker = Some(cx.waker().clone());
+        }
+        state.rx_waker.is_some() && state.item.is_none()
+    }
+
+    /// Wakes the handler's last wait for the body: a handler that still
+    /// waits polls it again, and shows it ([`poll_awaited`](Self::poll_awaited)
+    /// is true again); one that gave up that wait (it stopped awaiting the
+    /// body, and kept it) does not, and is then no longer taken for waiting.
+    pub(crate) fn ask_again(&mut self) {
+        wake(&mut self.shared.lock().rx_waker);
+    }
+
     /// Hands one data chunk to the handler. Call only after `Demand::Ready`.
     pub(crate) fn send_data(&mut self, data: Bytes) {
         self.put(Ok(Frame::data(data)));
@@ -287,6 +312,7 @@ mod tests {
     use super::*;
     use http_body::Body as _;
     use http_body_util::BodyExt;
+    use std::sync::atomic::Ordering::Relaxed;
 
     #[tokio::test]
     async fn chunks_arrive_in_order_and_demand_follows_polls() {
@@ -307,6 +333,43 @@ mod tests {
         tx.finish(None);
         let rest = body.collect().await.unwrap().to_bytes();
         assert_eq!(rest, "def");
+    }
+
+    /// The handler waits from a poll that found nothing until something is
+    /// handed to it; a wait it gave up (its poll not repeated when asked
+    /// again) is no wait; its next wait wakes the connection.
+    #[test]
+    fn a_wait_lasts_from_an_empty_poll_until_the_handler_is_handed_something() {
+        let (mut tx, mut body) = Body::channel(None);
+        let woken = std::sync::Arc::new(Woken::default());
+        let conn = Waker::from(woken.clone());
+        let mut conn_cx = Context::from_waker(&conn);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(!tx.poll_awaited(&mut conn_cx), "not polled yet");
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(woken.0.swap(false, Relaxed), "the wait woke the connection");
+        assert!(tx.poll_awaited(&mut conn_cx));
+        tx.send_data(Bytes::from_static(b"a"));
+        assert!(!tx.poll_awaited(&mut conn_cx), "handed a chunk");
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_ready());
+        assert!(!tx.poll_awaited(&mut conn_cx), "busy with it");
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(woken.0.swap(false, Relaxed));
+        assert!(tx.poll_awaited(&mut conn_cx), "waits again");
+        tx.ask_again();
+        assert!(!tx.poll_awaited(&mut conn_cx), "gave that wait up");
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(tx.poll_awaited(&mut conn_cx), "still waiting");
+    }
+
+    /// Notes that it was woken.
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Relaxed);
+        }
     }
 
     #[tokio::test]

@@ -275,7 +275,7 @@ impl RecvBody {
     /// Ends the body: the client sent no DATA for `idle_timeout` while the
     /// reader waited ([`stalled`](Self::stalled)).
     fn stall_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        ratelog::log(Flood::Http2BodyStall, |suppressed| {
+        ratelog::log(Flood::BodyStall, |suppressed| {
             tracing::info!(
                 idle_timeout = ?self.stall_after,
                 suppressed,

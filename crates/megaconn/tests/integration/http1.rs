@@ -323,6 +323,9 @@ async fn header_values_kept_by_a_handler_stay_intact_across_later_requests() {
 /// then takes a second) · `/echo` · `/pending-body` (the head at once, the
 /// body when `release` is notified) · `/103` · `/x-then-echo` (a chunk, then
 /// the request body) · `/trailers` · `/host` (the Host the handler saw) ·
+/// `/read-then-hold` (reads the body until it pauses for 50 ms, gives up
+/// that wait and keeps the body, unread, until `release`; answers the
+/// bytes it read) ·
 /// `CONNECT` (200 and an echo tunnel; a body of unknown length to
 /// `chunked.example`).
 struct Review {
@@ -402,6 +405,19 @@ impl Review {
                             // longer than read_timeout after the body is in.
                             tokio::time::sleep(SLOW_HANDLER).await;
                             full(StatusCode::OK, n.to_string())
+                        }
+                        "/read-then-hold" => {
+                            let mut body = req.into_body();
+                            let mut read = 0;
+                            let pause = std::time::Duration::from_millis(50);
+                            while let Ok(Some(Ok(frame))) =
+                                tokio::time::timeout(pause, body.frame()).await
+                            {
+                                read += frame.into_data().map_or(0, |d| d.len());
+                            }
+                            release.notified().await;
+                            drop(body);
+                            full(StatusCode::OK, read.to_string())
                         }
                         "/echo" => Response::new(
                             req.into_body()
@@ -611,14 +627,8 @@ async fn write_timeout_does_not_run_while_the_head_waits_for_the_body() {
     let interim = read_response_buffered(&mut s, &mut buf, false).await;
     assert_eq!(interim.status, 100);
     // Nothing more may come while we hold the body back, well past the
-    // write timeout (the only outcome here is the wait running out).
-    let mut chunk = [0u8; 256];
-    let waited = tokio::time::timeout(write_timeout * 3, s.read(&mut chunk)).await;
-    assert!(
-        waited.is_err(),
-        "the server answered a held-back body: {:?}",
-        waited.map(|n| String::from_utf8_lossy(&chunk[..n.unwrap_or(0)]).into_owned())
-    );
+    // write timeout.
+    assert_nothing_comes(&mut s, write_timeout * 3).await;
     s.write_all(b"ping").await.unwrap();
     let r = read_response_buffered(&mut s, &mut buf, false).await;
     assert_eq!(r.status, 200);
@@ -881,5 +891,122 @@ async fn a_client_reading_its_response_slowly_but_steadily_is_not_cut_off() {
     assert_eq!(stats.timeouts, 0);
     assert_eq!(stats.connections_open, 1, "still open");
     drop(s);
+    server.stop().await;
+}
+
+/// The bound of a handler's wait for request body bytes in the tests
+/// below (`idle_timeout`, with `read_timeout` off as by default).
+const BODY_STALL: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// A server whose handlers' waits for body bytes are bounded by
+/// [`BODY_STALL`] (the test app).
+async fn body_stall_bounded() -> TestServer {
+    let builder = megaconn::Server::builder().workers(1);
+    TestServer::start(builder.idle_timeout(Some(BODY_STALL))).await
+}
+
+/// Asserts that nothing comes on `s` (no byte, no close) for `lasting`:
+/// the only outcome here is the wait running out.
+async fn assert_nothing_comes(s: &mut tokio::net::TcpStream, lasting: std::time::Duration) {
+    let mut chunk = [0u8; 256];
+    let waited = tokio::time::timeout(lasting, s.read(&mut chunk)).await;
+    assert!(
+        waited.is_err(),
+        "the server answered or closed: {:?}",
+        waited.map(|n| String::from_utf8_lossy(&chunk[..n.unwrap_or(0)]).into_owned())
+    );
+}
+
+/// With `read_timeout` off, `idle_timeout` bounds a handler's wait for
+/// request body bytes that do not come, as nginx's `client_body_timeout`:
+/// a client that sends a head announcing a body and then nothing, or half
+/// a chunked body and then nothing, gets `408` and the connection closes,
+/// counted as a timeout (close reason `read_timeout`). Before, the
+/// connection and its task waited for good (`read_timeout` is off by
+/// default, and a connection mid-request is not idle).
+#[tokio::test]
+async fn idle_timeout_fails_a_request_body_that_never_comes() {
+    let server = body_stall_bounded().await;
+    for request in [
+        "POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n",
+        "POST /collect HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    ] {
+        let mut s = server.connect().await;
+        s.write_all(request.as_bytes()).await.unwrap();
+        let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 408 "), "{request}: {raw}");
+        assert!(raw.contains("idle_timeout"), "{raw}");
+    }
+    server
+        .wait_stats("both closed", |s| common::closed_as(s, "read_timeout") == 2)
+        .await;
+    assert_eq!(server.handle.stats().timeouts, 2);
+    server.assert_healthy().await;
+    server.stop().await;
+}
+
+/// A slow but steady upload, 10 bytes every 100 ms for over three times
+/// `idle_timeout`, is not cut: each byte received restarts the bound.
+#[tokio::test]
+async fn idle_timeout_spares_a_slow_but_steady_upload() {
+    let server = body_stall_bounded().await;
+    let mut s = server.connect().await;
+    let mut request = b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n".to_vec();
+    let head = request.len();
+    request.resize(head + 100, b'u');
+    let cuts: Vec<usize> = (1..10).map(|i| head + 10 * i).collect();
+    // The pace of a slow uploader (not a synchronisation).
+    common::write_in_pieces(&mut s, &request, &cuts, BODY_STALL / 3).await;
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"100");
+    assert_eq!(server.handle.stats().timeouts, 0);
+    server.stop().await;
+}
+
+/// Only a wait for body bytes is bounded: a handler that read what came,
+/// gave up its wait for more (a timeout of its own) and holds the body
+/// while it does something else is not cut, however long the client sends
+/// nothing; it answers when it is done.
+#[tokio::test]
+async fn idle_timeout_spares_a_handler_that_stops_reading() {
+    let server = Review::start(megaconn::Server::builder().idle_timeout(Some(BODY_STALL))).await;
+    let mut s = server.connect().await;
+    s.write_all(
+        b"POST /read-then-hold HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    // Nothing may come, for well over the bound.
+    assert_nothing_comes(&mut s, BODY_STALL * 4).await;
+    assert_eq!(server.handle.stats().timeouts, 0);
+    server.release.notify_one();
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"10");
+    drop(s);
+    server.stop().await;
+}
+
+/// A body the handler left unread is drained after its response, so that
+/// the connection can serve the next request; a client that announced one
+/// and never sends it had the connection wait for good. Now the drain is
+/// bounded as a handler's wait would be: the connection closes after
+/// `idle_timeout` (no `408`: the response went out).
+#[tokio::test]
+async fn idle_timeout_closes_a_connection_whose_unread_body_never_comes() {
+    let server = body_stall_bounded().await;
+    let mut s = server.connect().await;
+    s.write_all(b"POST /ignore-body HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.status, 200);
+    // Then nothing: closed.
+    assert!(read_to_close(&mut s).await.is_empty());
+    drop(s);
+    server
+        .wait_stats("closed", |s| common::closed_as(s, "read_timeout") == 1)
+        .await;
+    assert_eq!(server.handle.stats().timeouts, 1);
     server.stop().await;
 }

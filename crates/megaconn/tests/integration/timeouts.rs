@@ -200,3 +200,92 @@ async fn write_timeout_bounds_a_response_that_never_ends() {
         })
         .await;
 }
+
+/// The in-memory stream's capacity in the tests below: what the "kernel"
+/// takes of a response the client does not read.
+const PIPE: usize = 64 * 1024;
+
+/// Serves one connection over a pipe of [`PIPE`] bytes with `builder`'s
+/// settings and a service whose response body is `rest` bytes, after
+/// `after`; returns the client end and the server's task (ended when the
+/// connection closed).
+fn serve_late_body(
+    builder: megaconn::Builder,
+    after: Duration,
+    rest: usize,
+) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+    use http_body_util::StreamBody;
+    let (client, server_end) = tokio::io::duplex(PIPE);
+    let app = tower::service_fn(move |_: http::Request<megaconn::Body>| async move {
+        let body = futures_util::stream::once(async move {
+            tokio::time::sleep(after).await;
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(vec![
+                b'x';
+                rest
+            ])))
+        });
+        Ok::<_, std::convert::Infallible>(http::Response::new(StreamBody::new(body)))
+    });
+    let task =
+        tokio::task::spawn_local(async move { builder.serve_connection(server_end, app).await });
+    (client, task)
+}
+
+/// `write_timeout` bounds an HTTP/1.1 response to its last byte: a body
+/// that ends at 4 s, when the client (which reads nothing) has left room
+/// for all but 32 KiB of it, closes the connection at 5 s, from the head.
+/// Before, the exchange ended with those bytes buffered and the connection
+/// wrote them under a bound of its own, from then: closed at 9 s (up to
+/// twice `write_timeout`).
+#[tokio::test(start_paused = true)]
+async fn write_timeout_bounds_a_response_to_its_last_byte() {
+    local()
+        .run_until(async {
+            let start = Instant::now();
+            let builder = megaconn::Server::builder().write_timeout(Some(Duration::from_secs(5)));
+            let (mut c, task) = serve_late_body(builder, Duration::from_secs(4), PIPE + (32 << 10));
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(3600), task)
+                .await
+                .expect("the connection closed")
+                .unwrap();
+            let took = start.elapsed();
+            assert!(took >= Duration::from_secs(5), "{took:?}");
+            assert!(took < Duration::from_secs(6), "{took:?}");
+        })
+        .await;
+}
+
+/// The answers to earlier pipelined requests, written while the next
+/// request's head arrives in pieces, are bounded as any response's write
+/// (`write_stall_timeout` here): a client that pipelines a second request
+/// after one whose answer it never reads, and sends only part of that
+/// second head, is closed. Before, that write was bounded only by
+/// `read_header_timeout`, and with it off held the connection for good.
+#[tokio::test(start_paused = true)]
+async fn a_pipelined_answer_is_bounded_while_the_next_head_comes() {
+    local()
+        .run_until(async {
+            let stall = Duration::from_secs(2);
+            let builder = megaconn::Server::builder()
+                .read_header_timeout(None)
+                .write_stall_timeout(Some(stall));
+            let (mut c, task) = serve_late_body(builder, Duration::ZERO, PIPE + (32 << 10));
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHo")
+                .await
+                .unwrap();
+            let start = Instant::now();
+            tokio::time::timeout(Duration::from_secs(3600), task)
+                .await
+                .expect("the connection closed")
+                .unwrap();
+            // Closed at `stall`, then a lingering close over the partial
+            // head it read: up to 2 s for the client's end of the stream.
+            let took = start.elapsed();
+            let linger = Duration::from_secs(2);
+            assert!(took >= stall && took <= stall + linger, "{took:?}");
+        })
+        .await;
+}

@@ -244,6 +244,7 @@ where
                 return Ended::Close(header_timed_out());
             }
             HeadRead::Error(e) => return Ended::Close(CloseReason::io(&e)),
+            HeadRead::Unwritten(reason) => return Ended::Close(reason),
         };
 
         // Boxed: the request and the whole exchange live here only while it runs,
@@ -371,7 +372,6 @@ where
         head.method == Method::HEAD,
         head.method == Method::CONNECT,
     );
-    let read_timeout = config.read_timeout;
 
     let mut request = Request::new(body);
     *request.method_mut() = head.method;
@@ -410,7 +410,6 @@ where
         expect,
         upgrade,
         te_trailers: head.te_trailers,
-        read_timeout,
         access,
         span,
     };
@@ -435,6 +434,11 @@ enum HeadRead {
     Closed,
     TimedOut,
     Error(io::Error),
+    /// The answers to earlier pipelined requests could not be written
+    /// while the head came: the write failed, or its bound passed
+    /// ([`WRITES`]; a client that stops reading them must not be held
+    /// until `read_header_timeout`, or for good with it off).
+    Unwritten(CloseReason),
 }
 
 impl<T: Parkable> ConnIo<T> {
@@ -540,7 +544,9 @@ impl<T: Parkable> ConnIo<T> {
         mut timer: Pin<&mut Option<Sleep>>,
         timer_waker: &mut bool,
     ) -> HeadRead {
-        let limits = self.ctx.limits;
+        // Only the one limit is kept: this future's state is part of every
+        // connection's (`size_guard`).
+        let max_header_bytes = self.ctx.limits.max_header_bytes;
         let mut deadline = match clock {
             HeaderClock::At(at) => Some(at),
             HeaderClock::After(_) | HeaderClock::Off => None,
@@ -549,6 +555,7 @@ impl<T: Parkable> ConnIo<T> {
         // every read would let a client that sends one byte at a time make us
         // scan the head quadratically.
         let mut searched: usize = 0;
+        let mut write_bound = None;
         poll_fn(|cx| loop {
             let (rbuf, _) = self.rbuf_and_io();
             // Empty lines before a request line are ignored (RFC 9112 §2.2);
@@ -560,13 +567,16 @@ impl<T: Parkable> ConnIo<T> {
                 searched = searched.saturating_sub(n);
             }
             let end = head::find_end(rbuf, &mut searched);
-            if end.is_some() || rbuf.len() >= limits.max_header_bytes {
+            if end.is_some() || rbuf.len() >= max_header_bytes {
                 return Poll::Ready(HeadRead::Whole(HeadEnd(end)));
             }
-            // Responses to earlier pipelined requests go out before we block.
+            // Responses to earlier pipelined requests go out before we block,
+            // bounded as any response's write.
             if self.wbuf_len() > 0 {
-                if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
-                    return Poll::Ready(HeadRead::Error(e));
+                if let Poll::Ready(Err(reason)) =
+                    self.poll_flush_bounded(cx, &mut write_bound, &WRITES)
+                {
+                    return Poll::Ready(HeadRead::Unwritten(reason));
                 }
             }
             let (rbuf, io) = self.rbuf_and_io();

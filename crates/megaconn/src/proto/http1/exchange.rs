@@ -18,16 +18,17 @@
 //! `100 Continue` goes out); the writer frames response bytes into the write
 //! buffer and pushes them while the exchange runs; when the body is done the
 //! pump keeps one eye on the socket so a client that hangs up cancels the
-//! handler. [`Exchange::poll`] runs the three steps in a loop until none makes
-//! progress. The whole exchange (handler future and response body inline) is
-//! boxed by the caller, so an idle connection's future stays small.
+//! handler. A handler's wait for body bytes that do not come is bounded
+//! ([`BodyStall`]). [`Exchange::poll`] runs the three steps in a loop until
+//! none makes progress. The whole exchange (handler future and response
+//! body inline) is boxed by the caller, so an idle connection's future
+//! stays small.
 
 use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::future::CatchUnwind;
@@ -42,6 +43,7 @@ use crate::conn::io::{read_more, ConnIo, WriteBound, Writes};
 use crate::conn::transport::{Parkable, Transport};
 use crate::error::BodyError;
 use crate::message::MessageSettings;
+use crate::observe::clock::LazyDeadline;
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::ratelog::{self, Flood};
@@ -65,7 +67,8 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// writes follow ([`WriteLimit::resolve`]). A client that asks for a large
 /// response and never reads it would otherwise hold its connection, its
 /// task and the response's buffers for good. (Within the exchange,
-/// `write_timeout` also runs from the head: see `write_head`.)
+/// `write_timeout` also runs from the head, to the response's last byte:
+/// see `write_head` and `write_rest`.)
 pub(super) const WRITES: Writes = Writes {
     limit: MessageSettings::write_limit_without_heartbeat,
     kind: Flood::Http1WriteTimeout,
@@ -83,11 +86,43 @@ pub(crate) enum Continue {
     Sent,
 }
 
-/// Which timeout the exchange's deadline stands for.
+/// Which timeout passed: the exchange's deadline's (`Read`, `Write`) or
+/// its handler's wait for body bytes ([`BodyStall`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DeadlineKind {
     Read,
     Write,
+    BodyStall,
+}
+
+/// A handler's wait for request body bytes that the socket does not have,
+/// bounded, with `read_timeout` off, by `idle_timeout` ([`body_stalled`]).
+///
+/// Why a default bound: a handler waiting on a body holds its connection
+/// and its task, and a connection under way is not idle, so a client that
+/// sent a head announcing a body (or half of one) and then nothing held
+/// both for good. nginx answers `408` after `client_body_timeout` (60 s
+/// between two reads); `idle_timeout` is that bound here, as on HTTP/2
+/// (`service/h2_body.rs`): the client is idle mid-request, and its
+/// connection would have been closed after as long between requests.
+///
+/// Made only when the handler waits and the socket has nothing (a body
+/// whose bytes are there when read costs none, a request without a body
+/// nothing at all), dropped when the handler is found not waiting: a
+/// handler that stopped reading (it holds the body and does something
+/// else) is never cut by it. (A body the handler dropped unread is drained
+/// under the same bound once the handler and its response are done.)
+/// Nothing is done per read: when the bound passes, body bytes received
+/// since it (re)started restart it, so a client is cut one to two bounds
+/// after its last byte, and a slow but steady upload is not.
+#[derive(Debug)]
+struct BodyStall {
+    bound: LazyDeadline,
+    /// The exchange's `body_bytes` when the bound (re)started.
+    received: u64,
+    /// The bound passed with no bytes, and the handler's wait was woken
+    /// to see whether it still waits ([`BodySender::ask_again`]).
+    asked: bool,
 }
 
 /// The per-request facts the exchange needs from the request head.
@@ -104,7 +139,6 @@ pub(crate) struct ExchangeSetup {
     pub upgrade: Option<UpgradeSender>,
     /// The request said `TE: trailers`: response trailers may be sent.
     pub te_trailers: bool,
-    pub read_timeout: Option<Duration>,
     /// The access-log line, when the log is on.
     pub access: Option<Box<AccessLine>>,
     /// The request's span, if it is traced.
@@ -126,6 +160,9 @@ pin_project_lite::pin_project! {
         // The bound of a response write that waits (`WRITES`), made only
         // then: one word while none does.
         write_bound: Option<Box<WriteBound>>,
+        // The bound of the handler's wait for body bytes (`BodyStall`),
+        // made only then: one word while it does not wait.
+        body_stall: Option<Box<BodyStall>>,
         setup: ExchangeSetup,
         body_bytes: u64,
         drained: u64,
@@ -156,7 +193,7 @@ where
     #[inline(always)]
     pub(crate) fn new(conn: &'c mut ConnIo<T>, handler: F, mut setup: ExchangeSetup) -> Self {
         use futures_util::FutureExt;
-        let deadline = match (&setup.decoder, setup.read_timeout) {
+        let deadline = match (&setup.decoder, conn.ctx.config.read_timeout) {
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
         };
@@ -170,6 +207,7 @@ where
             deadline,
             deadline_kind: DeadlineKind::Read,
             write_bound: None,
+            body_stall: None,
             setup,
             body_bytes: 0,
             drained: 0,
@@ -219,7 +257,8 @@ where
             if let Some(deadline) = this.deadline.as_mut().as_pin_mut() {
                 if deadline.poll(cx).is_ready() {
                     this.record.error(ErrorClass::Timeout);
-                    return Poll::Ready(timed_out(&mut this));
+                    let kind = *this.deadline_kind;
+                    return Poll::Ready(timed_out(&mut this, kind));
                 }
             }
             let mut step = || -> Step {
@@ -234,6 +273,17 @@ where
                 Err(outcome) => return Poll::Ready(ended_early(&mut this, outcome)),
             };
             if this.handler.is_none() && *this.response_done && this.setup.decoder.is_none() {
+                if *this.deadline_kind == DeadlineKind::Write {
+                    // What is still buffered is written here, under
+                    // `write_timeout` (see `write_rest`).
+                    match write_rest(&mut this, cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(outcome)) => {
+                            return Poll::Ready(ended_early(&mut this, outcome))
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
                 return Poll::Ready(finished(&mut this));
             }
             // Only when everything else waits do we read ahead for a hang-up: a
@@ -273,24 +323,45 @@ fn ended_early<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, outcome: Outcome) -> O
     outcome
 }
 
-fn timed_out<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
+/// `kind` passed: the handler's body read fails, a response not begun is
+/// a `408`, and the connection closes. (A body that stalls is a read
+/// timeout too, of the request's phase, whichever setting bounded it.)
+fn timed_out<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: DeadlineKind) -> Outcome {
     let stats = &this.conn.ctx.stats;
     incr(&stats.timeouts);
-    let (reason, knob) = match this.deadline_kind {
-        DeadlineKind::Read => (CloseReason::ReadTimeout, "read_timeout"),
-        DeadlineKind::Write => (CloseReason::WriteTimeout, "write_timeout"),
+    let (reason, knob, answer) = match kind {
+        DeadlineKind::Read => (
+            CloseReason::ReadTimeout,
+            "read_timeout",
+            "the request was not received within read_timeout",
+        ),
+        // Runs from the response's head: no `408` after it.
+        DeadlineKind::Write => (CloseReason::WriteTimeout, "write_timeout", ""),
+        DeadlineKind::BodyStall => (
+            CloseReason::ReadTimeout,
+            "idle_timeout",
+            "the request body sent nothing within idle_timeout",
+        ),
     };
     if let Some(tx) = this.setup.body_tx.take() {
         tx.fail(BodyError::TimedOut);
     }
-    tracing::debug!(%reason, "{knob} passed; closing the connection");
+    if kind == DeadlineKind::BodyStall {
+        // A client can stall a body at will: the line is rate-limited.
+        ratelog::log(Flood::BodyStall, |suppressed| {
+            tracing::info!(
+                idle_timeout = ?this.conn.ctx.config.idle_timeout,
+                suppressed,
+                "an HTTP/1.1 request body sent nothing for idle_timeout while it was \
+                 awaited; closing the connection"
+            )
+        });
+    } else {
+        tracing::debug!(%reason, "{knob} passed; closing the connection");
+    }
     if this.encoder.is_none() {
         this.record.status(StatusCode::REQUEST_TIMEOUT);
-        encode::encode_error(
-            this.conn.wbuf(),
-            StatusCode::REQUEST_TIMEOUT,
-            "the request was not received within read_timeout",
-        );
+        encode::encode_error(this.conn.wbuf(), StatusCode::REQUEST_TIMEOUT, answer);
     }
     Outcome::Close(reason)
 }
@@ -552,6 +623,9 @@ where
                 return Ok(true);
             }
             Ok(Decoded::NeedMore) => match ready_or_pending(read_more(io, rbuf, cx))? {
+                None if body_stalled(this, cx) => {
+                    return Err(timed_out(this, DeadlineKind::BodyStall));
+                }
                 None => return Ok(false),
                 Some(0) => {
                     give_up_body(this, BodyError::Incomplete);
@@ -578,13 +652,66 @@ where
     }
 }
 
+/// Whether the handler, waiting for body bytes the socket does not have,
+/// has waited `idle_timeout` with none coming ([`BodyStall`]); else the
+/// task is woken when it would have. Only with `read_timeout` off, which
+/// otherwise bounds the whole body. A body the handler left unread is
+/// drained by the exchange, which, once the handler and its response are
+/// done, has nothing else to wait for: its wait is bounded the same way.
+///
+/// A bound that passes with no bytes first wakes the handler's wait
+/// ([`BodySender::ask_again`]) and looks again at the next poll (this task
+/// is woken for it): a handler that polled the body once and then gave up
+/// that wait (a timeout of its own), keeping the body, has not polled it
+/// since and is not waiting; one that still waits polls it again.
+fn body_stalled<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> bool {
+    let config = &this.conn.ctx.config;
+    let (None, Some(after)) = (config.read_timeout, config.idle_timeout) else {
+        return false;
+    };
+    let waiting = match this.setup.body_tx.as_mut() {
+        Some(tx) => tx.poll_awaited(cx),
+        None => this.handler.is_none() && *this.response_done,
+    };
+    if !waiting {
+        *this.body_stall = None;
+        return false;
+    }
+    let received = *this.body_bytes + *this.drained;
+    let stall = this.body_stall.get_or_insert_with(|| {
+        Box::new(BodyStall {
+            bound: LazyDeadline::after(Some(after)),
+            received,
+            asked: false,
+        })
+    });
+    let mark = &mut stall.received;
+    if !stall
+        .bound
+        .poll_stalled(cx, after, || std::mem::replace(mark, received) != received)
+    {
+        stall.asked = false;
+        return false;
+    }
+    if let Some(tx) = this.setup.body_tx.as_mut() {
+        if !std::mem::replace(&mut stall.asked, true) {
+            tx.ask_again();
+            cx.waker().wake_by_ref();
+            return false;
+        }
+    }
+    true
+}
+
 /// Nothing more of the request is read: `read_timeout`, which bounds only
-/// that, stops (a handler slower than it, after the body, is not a 408).
+/// that, stops (a handler slower than it, after the body, is not a 408),
+/// and so does the bound of the handler's wait for it.
 fn body_done<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
     this.setup.decoder = None;
     if *this.deadline_kind == DeadlineKind::Read {
         this.deadline.set(None);
     }
+    *this.body_stall = None;
 }
 
 /// Stops reading the body: the handler sees `error`, the connection closes.
@@ -657,6 +784,9 @@ where
                 return Ok(true);
             }
             Ok(Decoded::NeedMore) => match ready_or_pending(read_more(io, rbuf, cx))? {
+                None if body_stalled(this, cx) => {
+                    return Err(timed_out(this, DeadlineKind::BodyStall));
+                }
                 None => return Ok(progress),
                 Some(0) => {
                     give_up_body(this, BodyError::Incomplete);
@@ -789,6 +919,30 @@ where
         Poll::Ready(Err(reason)) => Err(Outcome::Close(reason)),
         Poll::Pending => Ok(false),
     }
+}
+
+/// Writes what the exchange, its response done, still buffered, while
+/// `write_timeout` runs (from the response's head), so that it bounds the
+/// whole response. Left to the connection, as it is otherwise (where it
+/// goes out with the answers to pipelined requests), the rest would get a
+/// bound of its own, and a response could take up to twice
+/// `write_timeout`. (The price, with `write_timeout` set: answers to
+/// pipelined requests are written one by one, not batched.) The exchange's
+/// deadline, polled first in each turn of its loop, closes the connection
+/// when it passes.
+fn write_rest<T, F, B>(
+    this: &mut Proj<'_, '_, T, F, B>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Outcome>>
+where
+    T: Parkable,
+{
+    if this.conn.wbuf_len() == 0 {
+        return Poll::Ready(Ok(()));
+    }
+    this.conn
+        .poll_flush_bounded(cx, this.write_bound, &WRITES)
+        .map_err(Outcome::Close)
 }
 
 /// Turns a poll of an IO result into `Ok(None)` for pending, `Ok(Some(n))`, or
