@@ -19,7 +19,7 @@ use http::{Method, Request, StatusCode};
 use tokio::time::{Instant, Sleep};
 
 use super::decode::Decoder;
-use super::exchange::{Continue, Exchange, ExchangeSetup, WRITES};
+use super::exchange::{Continue, Exchange, ExchangeSetup, WRITES, WRITE_HIGH_WATER};
 use super::head::{self, BodyFraming};
 use super::{encode, CloseReason, Outcome};
 use crate::conn::context::WorkerContext;
@@ -256,7 +256,23 @@ where
         // request (−146 instructions a request, callgrind).
         let ctx = conn.ctx.clone();
         match ctx.blocks.pin_with(|| exchange(conn, service, end)).await {
-            Outcome::KeepAlive => {}
+            // The answers to pipelined requests wait in the write buffer,
+            // to go out together, while their requests are read from the
+            // read buffer (the flush above waits for it to empty). Past
+            // the exchange's high-water mark they are written, bounded as
+            // any response ([`WRITES`]), before the next request is read:
+            // an answer without a body (HEAD, 204, 304) never meets that
+            // mark in the exchange, so a client that pipelined such
+            // requests without reading grew the buffer without limit, and
+            // with writes ending mid-request it never met the flush above
+            // or its bound either (+65 MB in 14 s from two clients).
+            Outcome::KeepAlive => {
+                if conn.wbuf_len() >= WRITE_HIGH_WATER {
+                    if let Err(reason) = conn.flush_bounded(&WRITES).await {
+                        return Ended::Close(reason);
+                    }
+                }
+            }
             Outcome::Close(reason) => return Ended::Close(reason),
             // HTTP/2 with prior knowledge (h2c): its preface reads as a request
             // line of version 2.0. h2.rs takes the connection over. Only in
