@@ -317,7 +317,8 @@ async fn header_values_kept_by_a_handler_stay_intact_across_later_requests() {
 }
 
 /// A server for the tests below, whose handlers do what the test app's
-/// cannot: set their own `Connection`, answer `CONNECT`, send trailers.
+/// cannot: set their own `Connection`, answer `CONNECT`, send trailers,
+/// name a request's (`/request-trailers`: the body's trailer fields, sorted).
 /// Routes: `/conn-close` (`Connection: x-hop, close`) · `/conn-upgrade`
 /// (426 with `Connection: upgrade`) · `/slow-after-body` (reads the body,
 /// then takes a second) · `/echo` · `/pending-body` (the head at once, the
@@ -470,6 +471,16 @@ impl Review {
                                 host.map(|h| Bytes::copy_from_slice(h.as_bytes()))
                                     .unwrap_or_default(),
                             )
+                        }
+                        "/request-trailers" => {
+                            let body = req.into_body().collect().await.unwrap();
+                            let mut names: Vec<String> = body
+                                .trailers()
+                                .into_iter()
+                                .flat_map(|t| t.keys().map(|n| n.to_string()))
+                                .collect();
+                            names.sort();
+                            full(StatusCode::OK, names.join(","))
                         }
                         _ => full(StatusCode::NOT_FOUND, "not found"),
                     };
@@ -743,6 +754,38 @@ async fn trailers_only_when_asked_declared_and_never_forbidden_fields() {
         let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
         let want = format!("\r\n\r\n2\r\nhi\r\n{end}");
         assert!(raw.ends_with(&want), "{request}: {raw}");
+    }
+    server.stop().await;
+}
+
+/// Request trailers reach the handler without the fields a trailer must
+/// not carry (RFC 9110 §6.5.1: framing, routing, ...), as responses send
+/// none: dropped, as the RFC allows. Before, a `Content-Length`,
+/// `Transfer-Encoding` or `Host` sent after the body was handed over, to a
+/// handler that might merge it into the head.
+#[tokio::test]
+async fn request_trailers_reach_the_handler_without_forbidden_fields() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    for (trailers, seen) in [
+        (
+            "X-Checksum: abc\r\nContent-Length: 99\r\nTransfer-Encoding: gzip\r\n\
+             Host: evil.example\r\nX-Other: 1\r\n",
+            "x-checksum,x-other",
+        ),
+        ("Content-Length: 1\r\nHost: evil.example\r\n", ""),
+    ] {
+        let mut s = server.connect().await;
+        let request = format!(
+            "POST /request-trailers HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n2\r\nhi\r\n0\r\n{trailers}\r\n"
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+        assert!(
+            raw.ends_with(&format!("\r\n\r\n{seen}")),
+            "{trailers}: {raw}"
+        );
     }
     server.stop().await;
 }
