@@ -530,6 +530,45 @@ async fn a_thousand_bodies_over_the_limit_log_one_line_per_interval() {
     );
 }
 
+/// A refused request head is logged at INFO, naming the status, why and
+/// the peer, one line per interval per worker however many a peer sends
+/// (ratelog's `RefusedHead`). Before, only at debug: counted, but an
+/// operator saw no line.
+#[tokio::test]
+async fn refused_request_heads_log_status_reason_and_peer_once_per_interval() {
+    const LINE: &str = "refused a request head from";
+    const REFUSALS: usize = 50;
+    capture_log();
+    let server = TestServer::start(megaconn::Server::builder().workers(1).max_headers(2)).await;
+    let started = std::time::Instant::now();
+    let mut peers = Vec::new();
+    for _ in 0..REFUSALS {
+        let mut s = server.connect().await;
+        peers.push(s.local_addr().unwrap().to_string());
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\n\r\n")
+            .await
+            .unwrap();
+        let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 431 "), "{raw}");
+    }
+    wait_for_warning(&format!(
+        "{LINE} {}: 431 Request Header Fields Too Large (more than max_headers request headers)",
+        peers[0]
+    ))
+    .await;
+    server.stop().await;
+    // Every refusal happened within `elapsed`, and lines are at least 5 s
+    // (ratelog's LOG_INTERVAL) apart.
+    let elapsed = started.elapsed();
+    let most = 1 + (elapsed.as_secs() / 5) as usize;
+    let logged = LOGGED.lock().unwrap();
+    let ours = logged
+        .iter()
+        .filter(|m| m.contains(LINE) && peers.iter().any(|p| m.contains(&format!(" {p}:"))))
+        .count();
+    assert!(ours <= most, "{ours} lines in {elapsed:?} (at most {most})");
+}
+
 /// Echoes each WebSocket message.
 struct WsEcho;
 

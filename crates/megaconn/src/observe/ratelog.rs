@@ -1,5 +1,6 @@
 //! Log lines a peer can repeat at will, held to one per interval per kind
-//! per worker: a request over a limit, a malformed body, a slow consumer,
+//! per worker: a request over a limit, a malformed body, a refused request
+//! head, a slow consumer,
 //! a socket the kernel will not watch, an upgrade no handler took, a
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
 //! framed TCP frame or line over its limit, a hub message dropped at a full
@@ -65,6 +66,9 @@ pub(crate) enum Flood {
     BodyTooLarge,
     /// A malformed chunked request body.
     MalformedBody,
+    /// An HTTP/1.1 request head refused before any service saw it (400,
+    /// 414, 417, 431, 505): answered and closed.
+    RefusedHead,
     /// A connection closed as a slow consumer (queue or socket buffer full).
     SlowConsumer,
     /// A socket the kernel would not watch (`epoll_ctl` failed).

@@ -317,7 +317,8 @@ async fn header_values_kept_by_a_handler_stay_intact_across_later_requests() {
 }
 
 /// A server for the tests below, whose handlers do what the test app's
-/// cannot: set their own `Connection`, answer `CONNECT`, send trailers.
+/// cannot: set their own `Connection`, answer `CONNECT`, send trailers,
+/// name a request's (`/request-trailers`: the body's trailer fields, sorted).
 /// Routes: `/conn-close` (`Connection: x-hop, close`) · `/conn-upgrade`
 /// (426 with `Connection: upgrade`) · `/slow-after-body` (reads the body,
 /// then takes a second) · `/echo` · `/pending-body` (the head at once, the
@@ -486,6 +487,16 @@ impl Review {
                                 host.map(|h| Bytes::copy_from_slice(h.as_bytes()))
                                     .unwrap_or_default(),
                             )
+                        }
+                        "/request-trailers" => {
+                            let body = req.into_body().collect().await.unwrap();
+                            let mut names: Vec<String> = body
+                                .trailers()
+                                .into_iter()
+                                .flat_map(|t| t.keys().map(|n| n.to_string()))
+                                .collect();
+                            names.sort();
+                            full(StatusCode::OK, names.join(","))
                         }
                         _ => full(StatusCode::NOT_FOUND, "not found"),
                     };
@@ -757,6 +768,38 @@ async fn trailers_only_when_asked_declared_and_never_forbidden_fields() {
     server.stop().await;
 }
 
+/// Request trailers reach the handler without the fields a trailer must
+/// not carry (RFC 9110 §6.5.1: framing, routing, ...), as responses send
+/// none: dropped, as the RFC allows. Before, a `Content-Length`,
+/// `Transfer-Encoding` or `Host` sent after the body was handed over, to a
+/// handler that might merge it into the head.
+#[tokio::test]
+async fn request_trailers_reach_the_handler_without_forbidden_fields() {
+    let server = Review::start(megaconn::Server::builder()).await;
+    for (trailers, seen) in [
+        (
+            "X-Checksum: abc\r\nContent-Length: 99\r\nTransfer-Encoding: gzip\r\n\
+             Host: evil.example\r\nX-Other: 1\r\n",
+            "x-checksum,x-other",
+        ),
+        ("Content-Length: 1\r\nHost: evil.example\r\n", ""),
+    ] {
+        let mut s = server.connect().await;
+        let request = format!(
+            "POST /request-trailers HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n2\r\nhi\r\n0\r\n{trailers}\r\n"
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 200 "), "{raw}");
+        assert!(
+            raw.ends_with(&format!("\r\n\r\n{seen}")),
+            "{trailers}: {raw}"
+        );
+    }
+    server.stop().await;
+}
+
 /// An absolute-form target's authority is the request's host: the Host
 /// header is ignored and replaced (RFC 9112 §3.2.2), userinfo left out.
 #[tokio::test]
@@ -870,6 +913,123 @@ async fn a_client_that_never_reads_its_response_is_closed_when_the_write_stalls(
     server.assert_healthy().await;
     drop(big);
     assert_eq!(server.stop().await.forced, 0);
+}
+
+/// A client that pipelines bodiless requests (HEAD) and never reads the
+/// answers is held back, its answers unwritten past the exchange's
+/// high-water mark (64 KiB) before the next request is read, and closed
+/// once that write has stalled for `write_stall_timeout`, counted as a
+/// timeout, as a large response is. Its writes end mid-request, so the
+/// server never finds its read buffer empty. Before, it read and answered
+/// every request into its write buffer, which grew without limit (the
+/// exchange's mark held back only response bodies) and whose writes had
+/// no bound: all 200,000 answered (~26 MB held) and the connection open.
+#[tokio::test]
+async fn pipelined_heads_never_read_are_held_back_and_closed_when_the_write_stalls() {
+    const STALL: std::time::Duration = std::time::Duration::from_secs(1);
+    const HEAD: &[u8] = b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n";
+    const SENT: usize = 200_000;
+    // 36 requests (1,008 bytes) a write, each write CUT bytes into a request.
+    const PER_WRITE: usize = 36 * HEAD.len();
+    const CUT: usize = 10;
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .write_stall_timeout(Some(STALL))
+            // The kernel holds 128 KiB of answers (twice this), not the
+            // megabytes it autotunes to.
+            .send_buffer_size(Some(64 << 10)),
+    )
+    .await;
+    let began = tokio::time::Instant::now();
+    let client = small_window(&server, 4096).await;
+    // Each write goes at once, not held for the last one's ACK (Nagle).
+    client.set_nodelay(true).unwrap();
+    let (_unread, mut write) = client.into_split();
+    let open = |s: &megaconn::ServerStats| s.connections_open > 0;
+    server.wait_stats("accepted", open).await;
+    let mut stream = HEAD.repeat(SENT);
+    stream.extend_from_slice(&HEAD[..CUT]);
+    write.write_all(&stream[..CUT]).await.unwrap();
+    let mut at = CUT;
+    while at < stream.len() {
+        let end = (at + PER_WRITE).min(stream.len());
+        if write.write_all(&stream[at..end]).await.is_err() {
+            break;
+        }
+        at = end;
+        // The next write waits until the server has answered every whole
+        // request so far (or closed): each of its reads then ends where a
+        // write did, mid-request. (A read that happened to end with a
+        // request would let the flush between requests, which was
+        // bounded, run.)
+        let whole = (at / HEAD.len()) as u64;
+        let mut stats = server.handle.stats();
+        while stats.requests < whole && open(&stats) {
+            tokio::task::yield_now().await;
+            stats = server.handle.stats();
+        }
+        if !open(&stats) {
+            break;
+        }
+    }
+    server
+        .wait_stats("closed", |s| {
+            !open(s) && common::closed_as(s, "write_timeout") == 1
+        })
+        .await;
+    let stats = server.handle.stats();
+    assert!(began.elapsed() >= STALL, "{:?}", began.elapsed());
+    assert_eq!(stats.timeouts, 1, "{stats:?}");
+    // Held back: answers up to the mark and what the kernel holds (~1,500
+    // of ~130 bytes), closed while the client still sent.
+    assert!(at < stream.len(), "all sent");
+    assert!(
+        stats.requests < 10_000,
+        "{} of {SENT} requests answered",
+        stats.requests
+    );
+    server.assert_healthy().await;
+    assert_eq!(server.stop().await.forced, 0);
+}
+
+/// 20,000 requests pipelined in one write, GETs and HEADs in turn, are all
+/// answered in order to a client that reads as it writes: holding the
+/// answers back once they pass the high-water mark, until the client takes
+/// them, loses and reorders none.
+#[tokio::test]
+async fn twenty_thousand_pipelined_requests_are_answered_in_order() {
+    const N: usize = 20_000;
+    let server = TestServer::default().await;
+    let (mut read, mut write) = server.connect().await.into_split();
+    let requests: Vec<u8> = (0..N)
+        .flat_map(|i| {
+            let method = if i % 2 == 0 { "GET" } else { "HEAD" };
+            format!("{method} /big/{} HTTP/1.1\r\nHost: t\r\n\r\n", i % 100).into_bytes()
+        })
+        .collect();
+    let writer = tokio::spawn(async move {
+        write.write_all(&requests).await.unwrap();
+        write
+    });
+    let mut buf = Vec::new();
+    for i in 0..N {
+        let head = i % 2 == 1;
+        let r = read_response_buffered(&mut read, &mut buf, head).await;
+        assert_eq!(r.status, 200, "response {i}");
+        let length = (i % 100).to_string();
+        assert_eq!(
+            r.header("content-length"),
+            Some(length.as_str()),
+            "response {i}"
+        );
+        let body = if head { 0 } else { i % 100 };
+        assert_eq!(r.body.len(), body, "response {i}");
+    }
+    assert!(buf.is_empty(), "{} bytes more", buf.len());
+    drop(writer.await.unwrap());
+    assert_eq!(server.handle.stats().requests, N as u64);
+    server.stop().await;
 }
 
 /// A client that reads its large response slowly but steadily (1 KiB every

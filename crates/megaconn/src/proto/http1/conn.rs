@@ -9,6 +9,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -19,7 +20,7 @@ use http::{Method, Request, StatusCode};
 use tokio::time::{Instant, Sleep};
 
 use super::decode::Decoder;
-use super::exchange::{Continue, Exchange, ExchangeSetup, WRITES};
+use super::exchange::{Continue, Exchange, ExchangeSetup, WRITES, WRITE_HIGH_WATER};
 use super::head::{self, BodyFraming};
 use super::{encode, CloseReason, Outcome};
 use crate::conn::context::WorkerContext;
@@ -28,6 +29,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::ConnInfo;
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, incr_own, IdleOwn};
 use crate::proto::{self, HandOver};
 use crate::service::body::Body;
@@ -257,7 +259,23 @@ where
         // request (−146 instructions a request, callgrind).
         let ctx = conn.ctx.clone();
         match ctx.blocks.pin_with(|| exchange(conn, service, end)).await {
-            Outcome::KeepAlive => {}
+            // The answers to pipelined requests wait in the write buffer,
+            // to go out together, while their requests are read from the
+            // read buffer (the flush above waits for it to empty). Past
+            // the exchange's high-water mark they are written, bounded as
+            // any response ([`WRITES`]), before the next request is read:
+            // an answer without a body (HEAD, 204, 304) never meets that
+            // mark in the exchange, so a client that pipelined such
+            // requests without reading grew the buffer without limit, and
+            // with writes ending mid-request it never met the flush above
+            // or its bound either (+65 MB in 14 s from two clients).
+            Outcome::KeepAlive => {
+                if conn.wbuf_len() >= WRITE_HIGH_WATER {
+                    if let Err(reason) = conn.flush_bounded(&WRITES).await {
+                        return Ended::Close(reason);
+                    }
+                }
+            }
             Outcome::Close(reason) => return Ended::Close(reason),
             // HTTP/2 with prior knowledge (h2c): its preface reads as a request
             // line of version 2.0. h2.rs takes the connection over. Only in
@@ -275,11 +293,7 @@ where
             Outcome::Rejected(rejection) => {
                 incr(&conn.ctx.stats.protocol_errors);
                 rejection.limit().count(&conn.ctx.stats);
-                tracing::debug!(
-                    status = rejection.status.as_u16(),
-                    reason = rejection.reason,
-                    "rejected request"
-                );
+                log_refused(conn, rejection);
                 answer_unserved(conn, rejection.status, rejection.reason);
                 return Ended::Close(CloseReason::status(rejection.status));
             }
@@ -308,6 +322,41 @@ fn answer_unserved<T: Transport>(conn: &mut ConnIo<T>, status: StatusCode, reaso
     let mut record = RequestRecord::untimed(conn.ctx.stats_source(), method).logged(access);
     record.status(status);
     encode::encode_error(conn.buffers.wbuf(), status, reason);
+}
+
+/// Logs a refused request head at INFO, held to one line per interval per
+/// worker ([`Flood::RefusedHead`]: a peer can send them at will), naming
+/// the status, why, and the peer: at debug only, an operator saw the
+/// refusals counted (`megaconn_limit_hits_total`, the close reasons) but
+/// not who sent them or what was wrong.
+fn log_refused<T: Parkable>(conn: &ConnIo<T>, rejection: head::Rejection) {
+    ratelog::log(Flood::RefusedHead, |suppressed| {
+        // Asked of the socket only for a line that goes out.
+        let peer = peer_of(conn).map_or_else(|| "-".to_string(), |p| p.to_string());
+        tracing::info!(
+            suppressed,
+            "refused a request head from {peer}: {} ({}); answered and closing",
+            rejection.status,
+            rejection.reason
+        );
+    });
+}
+
+/// The client's address: kept with the connection (`connect_info`) or
+/// its lifecycle track when either is on, else asked of its socket (two
+/// system calls: for a log line, not per request). `None` for a stream
+/// that is no socket of ours.
+fn peer_of<T: Parkable>(conn: &ConnIo<T>) -> Option<SocketAddr> {
+    if let Some(info) = conn.info.as_deref() {
+        return Some(info.peer);
+    }
+    if let (_, Some(peer)) = lifecycle::current_id_and_peer() {
+        return Some(peer);
+    }
+    let fd = conn.io.lot_fd()?;
+    // SAFETY: `fd` is this connection's socket, open while `conn` lives.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    ConnInfo::of(&socket).map(|info| info.peer)
 }
 
 /// Parses the request head that ends at `end` (see [`HeadRead::Whole`]),

@@ -8,6 +8,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
+use super::encode::NOT_TRAILERS;
+
 /// Longest chunk-size line accepted (size, extensions, CRLF).
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -336,10 +338,18 @@ fn decode_trailers(
                     .map_err(|_| "invalid trailer name")?;
                 let value =
                     HeaderValue::from_bytes(h.value).map_err(|_| "invalid trailer value")?;
-                map.append(name, value);
+                // Fields a trailer must not carry (framing, routing, ...)
+                // are dropped, as RFC 9110 §6.5.1 allows, and as responses
+                // leave them out: a handler that merges trailers into the
+                // head would otherwise take a `Content-Length` or `Host`
+                // the client slipped in after the body.
+                if !NOT_TRAILERS.contains(&name) {
+                    map.append(name, value);
+                }
             }
             buf.advance(len);
-            Ok(Decoded::End(Some(map)))
+            // None left: as a section with no fields.
+            Ok(Decoded::End(Some(map).filter(|map| !map.is_empty())))
         }
         Err(httparse::Error::TooManyHeaders) => Err("too many trailers"),
         // Ending elsewhere than the empty line, or not at all: the two

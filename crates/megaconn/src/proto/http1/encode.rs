@@ -333,8 +333,9 @@ pub(crate) fn declared_trailers(headers: &HeaderMap) -> Option<Box<[HeaderName]>
 
 /// Fields a trailer must not carry (RFC 9110 §6.5.1: framing, routing,
 /// authentication, how to process the content; hyper's list, and the
-/// connection's own fields): left out of the trailers sent.
-const NOT_TRAILERS: [HeaderName; 15] = [
+/// connection's own fields): left out of the trailers sent, and of those
+/// received (`decode.rs`).
+pub(super) const NOT_TRAILERS: [HeaderName; 15] = [
     header::AUTHORIZATION,
     header::CACHE_CONTROL,
     header::CONNECTION,

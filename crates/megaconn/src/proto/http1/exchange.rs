@@ -57,8 +57,10 @@ use crate::BoxError;
 /// Largest body chunk handed to the handler at once.
 const MAX_BODY_CHUNK: usize = 64 * 1024;
 
-/// The writer stops pulling response frames once this much is buffered.
-const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// The writer stops pulling response frames once this much is buffered;
+/// past it, the connection writes the answers to pipelined requests before
+/// it reads the next (`conn.rs`).
+pub(super) const WRITE_HIGH_WATER: usize = 64 * 1024;
 
 /// How a response write that has to wait is bounded, here and when the
 /// connection writes what the exchange left (`conn.rs`): by
