@@ -166,6 +166,7 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 /// | `PUB …` that cannot cross processes (over 64 KiB) | `error: <why>` |
 /// | `PUB …` no worker took (full hub queues, or the server is stopping) | `error: not delivered by this process: <why>` |
 /// | anything else | `echo: <message>` |
+/// | anything else, too long to echo in this framing | `error: too long to echo` |
 ///
 /// Publishes reach every connection of the server: with `--processes N`,
 /// those of the other worker processes too (through the supervisor).
@@ -173,7 +174,15 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 pub struct FramedDemo {
     /// How `PUB` publishes.
     pub publisher: Publisher,
+    /// The largest reply the listener's framing carries
+    /// ([`megaconn::Framing::max_reply_bytes`]): an echo over it is
+    /// answered `error:` (a reply that cannot be framed would close the
+    /// connection as the handler's error).
+    pub max_reply: usize,
 }
+
+/// What the framed demo's echo puts before the message.
+const ECHO: &[u8] = b"echo: ";
 
 impl megaconn::FramedHandler for FramedDemo {
     type State = ();
@@ -211,8 +220,11 @@ impl megaconn::FramedHandler for FramedDemo {
                 }
             });
         }
-        let mut reply = Vec::with_capacity(6 + frame.len());
-        reply.extend_from_slice(b"echo: ");
+        if ECHO.len() + frame.len() > self.max_reply {
+            return Some(Bytes::from_static(b"error: too long to echo"));
+        }
+        let mut reply = Vec::with_capacity(ECHO.len() + frame.len());
+        reply.extend_from_slice(ECHO);
         reply.extend_from_slice(&frame);
         Some(reply.into())
     }

@@ -116,6 +116,9 @@ pub struct Resolved {
     pub upgrade_socket: Option<PathBuf>,
     /// `--ws-ping-interval` and `--message-timeout` for the demo's WebSockets.
     pub demo_ws: crate::demo::DemoWs,
+    /// The largest reply the framed listeners' framing can carry, so that
+    /// the framed demo answers `error:` instead of an echo it cannot frame.
+    pub framed_max_reply: usize,
 }
 
 /// The upgrade control socket: `--upgrade-socket` or the default for the
@@ -279,6 +282,7 @@ fn resolve_with(
         otel,
         upgrade_socket,
         demo_ws,
+        framed_max_reply: framing.max_reply_bytes(),
         admin,
         tls,
         builder: b,
@@ -499,6 +503,7 @@ async fn serve(
         otel,
         upgrade_socket: explicit_socket,
         demo_ws,
+        framed_max_reply,
         ..
     } = resolved;
     let tracing = match otel {
@@ -574,6 +579,7 @@ async fn serve(
     let app = Demo::new(handle.clone(), publisher.clone(), demo_ws);
     let framed = crate::demo::FramedDemo {
         publisher: publisher.clone(),
+        max_reply: framed_max_reply,
     };
     crate::upgrade::before_start(&control_path);
     // Dropped on an error below, it stops its workers unserved.

@@ -470,6 +470,18 @@ fn expect(s: &mut TcpStream, want: &[u8]) {
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
 }
 
+/// The framed listener's address in the serving line.
+fn tcp_addr(first: &str) -> String {
+    first
+        .split("tcp://")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no tcp:// address in {first:?}"))
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 /// `serve --tcp-listen`: the framed line demo answers as `nc` would see it
 /// (`PING` -> `PONG`, `SUB`/`PUB` reach subscribers and everyone, anything
 /// else echoed), beside HTTP, and drains on SIGTERM.
@@ -484,14 +496,7 @@ fn tcp_listen_serves_the_framed_line_demo() {
     );
     let stdout = Lines::new(child.child().stdout.take().unwrap());
     let first = stdout.expect_line();
-    let tcp = first
-        .split("tcp://")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no tcp:// address in {first:?}"))
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .next()
-        .unwrap()
-        .to_string();
+    let tcp = tcp_addr(&first);
     assert!(first.contains("http://127.0.0.1:"), "{first}");
 
     let mut s = TcpStream::connect(&tcp).unwrap();
@@ -511,6 +516,34 @@ fn tcp_listen_serves_the_framed_line_demo() {
     expect(&mut s, b"published\nto all\n");
     expect(&mut sub, b"to all\n");
 
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}
+
+/// The framed demo answers `error:` to a message whose echo its framing
+/// cannot carry (a 1-byte length header: 250 bytes echoed are 256), and the
+/// connection serves on. It used to close the connection as a server error,
+/// with an unlimited warning per such message.
+#[test]
+fn the_framed_demo_answers_an_error_to_what_it_cannot_echo() {
+    let mut child = ChildGuard::spawn(
+        megaconn()
+            .args(["serve", "--workers", "1", "--admin", "off"])
+            .args(["--listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"])
+            .args(["--tcp-framing", "u8"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let stdout = Lines::new(child.child().stdout.take().unwrap());
+    let first = stdout.expect_line();
+    let tcp = tcp_addr(&first);
+    let frame = |body: &[u8]| [&[body.len() as u8][..], body].concat();
+    let mut s = TcpStream::connect(&tcp).unwrap();
+    s.set_read_timeout(Some(SAFETY)).unwrap();
+    s.write_all(&frame(&[b'x'; 250])).unwrap();
+    expect(&mut s, &frame(b"error: too long to echo"));
+    s.write_all(&frame(b"PING")).unwrap();
+    expect(&mut s, &frame(b"PONG"));
     child.signal(libc::SIGTERM);
     assert!(child.wait().success());
 }

@@ -9,7 +9,8 @@
 //! TLS peer over the record buffer's limit or in breach of the protocol
 //! after its handshake, a response body that failed mid-stream, a panic
 //! caught, an HTTP/2 stream whose client gave it no room, a request body
-//! that stopped coming (HTTP/1.1 or HTTP/2), an HTTP/2 connection calmed. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
+//! that stopped coming (HTTP/1.1 or HTTP/2), an HTTP/2 connection calmed, a
+//! framed reply that cannot be framed. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
@@ -73,8 +74,10 @@ pub(crate) enum Flood {
     SlowConsumer,
     /// A socket the kernel would not watch (`epoll_ctl` failed).
     CannotWatch,
-    /// A handler switched protocols without waiting on `OnUpgrade` (each
-    /// such request a peer sends logs it).
+    /// A handler switched protocols without waiting on `OnUpgrade`, or
+    /// answered an upgrade request `426` the way axum's own WebSocket
+    /// extractor does under megaconn (each such request a peer sends logs
+    /// it; one kind, as both lines give the same remedy).
     UnclaimedUpgrade,
     /// A native WebSocket closed with 1009 for a frame over
     /// `WebSocketRoute::max_frame_bytes`. The WebSocket kinds, native or
@@ -159,14 +162,18 @@ pub(crate) enum Flood {
     /// An HTTP/2 connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` (rapid
     /// reset, small-DATA flood, or h2's own guards).
     Http2Calm,
+    /// A framed TCP connection closed because its handler's reply could
+    /// not be framed (over `Framing::max_reply_bytes`): the handler's bug,
+    /// but one a peer may trigger at will (an echo of a frame at the limit).
+    FramedReplyUnframable,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 27;
+const KINDS: usize = 28;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2Calm as usize == KINDS - 1);
+const _: () = assert!(Flood::FramedReplyUnframable as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -444,6 +444,13 @@ impl std::fmt::Debug for NativeUpgrade {
     }
 }
 
+/// A response extension the native WebSocket route puts on the `4xx` it
+/// refuses a handshake with: the HTTP/1.1 engine then knows a `426` to an
+/// upgrade request is the route's answer to a bad handshake, not axum's
+/// extractor failing under megaconn (whose hint it would log).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NativeRefusal;
+
 /// The connection's end: hands the IO over.
 pub(crate) type UpgradeSender = oneshot::Sender<Upgraded>;
 

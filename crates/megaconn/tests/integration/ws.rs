@@ -1165,6 +1165,31 @@ async fn malformed_handshakes_get_their_status_and_reason() {
     server.stop().await;
 }
 
+/// A handshake declaring a body it never sends was answered `101` and then
+/// held while the engine waited for that body (no bound by default): now
+/// `400` and the connection closes, the body unread.
+#[tokio::test]
+async fn a_handshake_that_declares_a_body_is_refused_and_closed() {
+    let server = Ws::start(Server::builder(), |r| r).await;
+    for declares in ["Content-Length: 100\r\n", "Transfer-Encoding: chunked\r\n"] {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(&handshake(declares)).await.unwrap();
+        let response = common::read_response(&mut s).await;
+        let body = String::from_utf8_lossy(&response.body);
+        assert_eq!(response.status, 400, "{declares}: {body}");
+        assert!(body.contains("no body"), "{body:?}");
+        assert_eq!(response.header("connection"), Some("close"));
+        // Closed by the server, with the declared body never sent.
+        let mut rest = Vec::new();
+        tokio::time::timeout(SAFETY, s.read_to_end(&mut rest))
+            .await
+            .expect("the server closes the connection")
+            .ok();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
     let mut server = Ws::start(

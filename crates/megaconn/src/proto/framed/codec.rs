@@ -152,6 +152,22 @@ impl Framing {
         self
     }
 
+    /// The largest reply a handler may send: length-prefixed,
+    /// [`max_frame_bytes`](Framing::max_frame_bytes) clipped to what the
+    /// header can say (a larger reply cannot be framed: the connection
+    /// closes as the handler's error); lines, no limit (`usize::MAX`).
+    pub fn max_reply_bytes(&self) -> usize {
+        match self.kind {
+            Kind::Length {
+                header_bytes,
+                adjustment,
+                max_frame_bytes,
+                ..
+            } => header_max(header_bytes, adjustment).min(max_frame_bytes as u64) as usize,
+            Kind::Lines { .. } => usize::MAX,
+        }
+    }
+
     /// A fresh codec for one awake connection.
     pub(crate) fn codec(&self) -> FrameCodec {
         let inner = match self.kind {
@@ -171,13 +187,7 @@ impl Framing {
                 } else {
                     builder.little_endian();
                 }
-                // The largest header value accepted: as tokio-util's encoder
-                // clips it, to what the header can express (adjusted).
-                let expressible = match header_bytes {
-                    8 => u64::MAX,
-                    n => (1u64 << (8 * n)) - 1,
-                };
-                let header_max = expressible.saturating_add_signed(adjustment as i64);
+                let header_max = header_max(header_bytes, adjustment);
                 // What a frame over `max` is over, for the log line: raising
                 // `max_frame_bytes` does nothing past the header's reach.
                 let setting = if header_max < max_frame_bytes as u64 {
@@ -213,6 +223,16 @@ impl Framing {
         };
         FrameCodec { inner }
     }
+}
+
+/// The largest body length a length header of `header_bytes` can say
+/// (with its adjustment), as tokio-util's encoder and our decoder clip it.
+fn header_max(header_bytes: usize, adjustment: isize) -> u64 {
+    let expressible = match header_bytes {
+        8 => u64::MAX,
+        n => (1u64 << (8 * n)) - 1,
+    };
+    expressible.saturating_add_signed(adjustment as i64)
 }
 
 /// One awake connection's decoder and encoder. Dropped when the connection

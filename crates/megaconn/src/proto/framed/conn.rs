@@ -704,8 +704,17 @@ async fn flush(
     for frame in frames {
         if let Err(error) = codec.encode(frame, &mut out) {
             // The handler's bug, not the peer's: the frame cannot be sent
-            // as this listener frames.
-            tracing::warn!(%error, "a framed reply cannot be framed; closing the connection");
+            // as this listener frames. Held to a line per interval: a peer
+            // may be able to make the handler do it at will (an echo of a
+            // frame at the limit).
+            ratelog::log(Flood::FramedReplyUnframable, |suppressed| {
+                tracing::warn!(
+                    %error,
+                    suppressed,
+                    "a framed reply cannot be framed (over Framing::max_reply_bytes); \
+                     closing the connection"
+                );
+            });
             ctx.pool.give(out);
             return Err(CloseReason::ServerError);
         }

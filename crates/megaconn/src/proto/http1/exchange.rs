@@ -444,9 +444,24 @@ where
     }
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
         || (this.setup.is_connect && parts.status.is_success());
+    // Not for the native route's own refusals (a bad handshake's `426`),
+    // and held to one line per interval: a peer can send such requests at
+    // will.
     #[cfg(feature = "axum")]
-    if parts.status == StatusCode::UPGRADE_REQUIRED && this.setup.upgrade.is_some() {
-        tracing::warn!("{}", crate::service::ws_axum::WRONG_EXTRACTOR_HINT);
+    if parts.status == StatusCode::UPGRADE_REQUIRED
+        && this.setup.upgrade.is_some()
+        && parts
+            .extensions
+            .get::<crate::service::upgrade::NativeRefusal>()
+            .is_none()
+    {
+        ratelog::log(Flood::UnclaimedUpgrade, |suppressed| {
+            tracing::warn!(
+                suppressed,
+                "{}",
+                crate::service::ws_axum::WRONG_EXTRACTOR_HINT
+            );
+        });
     }
     if switching {
         match this.setup.upgrade.take() {
@@ -762,6 +777,15 @@ fn drain_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -
 where
     T: Transport,
 {
+    // Answered, and nothing after this answer will be read here (its
+    // `Connection: close`, an HTTP/1.0 client's): a body nobody reads is
+    // not worth waiting for, and a client that declared one and never
+    // sends it would hold the connection. The close reads away what came
+    // for a moment, so the client sees the answer, not a reset.
+    if *this.response_done && !this.setup.keep_alive {
+        body_done(this);
+        return Ok(true);
+    }
     let max_drain = this.conn.ctx.config.max_drain_bytes;
     let mut progress = false;
     loop {

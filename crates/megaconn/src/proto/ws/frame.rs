@@ -272,6 +272,14 @@ impl Decoder {
                 return Err(Violation::Protocol("control frame over 125 bytes"));
             }
         }
+        // RFC 6455 §5.2: "the most significant bit MUST be 0" of a 64-bit
+        // length. Checked before the limit, so that such a frame closes
+        // with 1002 (the peer broke the protocol), not 1009 and a limit hit.
+        if length >> 63 != 0 {
+            return Err(Violation::Protocol(
+                "64-bit frame length with its most significant bit set",
+            ));
+        }
         if length > limits.max_frame_bytes as u64 {
             return Err(Violation::TooBig(TooBig {
                 frame: true,
@@ -638,6 +646,11 @@ mod tests {
             (client(0x88, &[3, 0xED]), 1002), // close code 1005
             (client(0x88, &[0x03, 0xE8, 0xff]), 1007),
             ([client(0x01, b"a"), client(0x01, b"b")].concat(), 1002),
+            // A 64-bit length with its top bit set (only the header sent).
+            (
+                [&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 5][..], &[0; 4]].concat(),
+                1002,
+            ),
         ];
         for (bytes, code) in cases {
             let got = decode_all(&bytes).unwrap_err();

@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 
 use super::deflate::{self, Deflate};
+use crate::service::upgrade::NativeRefusal;
 
 /// The origin hook: judges the `Origin` header (`None`: not sent).
 pub(crate) type OriginFn = dyn Fn(Option<&HeaderValue>) -> bool + Send + Sync;
@@ -17,11 +18,17 @@ pub(crate) type OriginFn = dyn Fn(Option<&HeaderValue>) -> bool + Send + Sync;
 pub(crate) struct Rejection {
     pub status: StatusCode,
     pub reason: &'static str,
+    /// Whether the answer closes the connection (`Connection: close`).
+    close: bool,
 }
 
 impl Rejection {
     fn new(status: StatusCode, reason: &'static str) -> Rejection {
-        Rejection { status, reason }
+        Rejection {
+            status,
+            reason,
+            close: false,
+        }
     }
 
     /// The response: the reason as a plain-text body, and the headers that
@@ -29,11 +36,15 @@ impl Rejection {
     pub(crate) fn response(self) -> Response<String> {
         let mut response = Response::new(format!("{}\n", self.reason));
         *response.status_mut() = self.status;
+        response.extensions_mut().insert(NativeRefusal);
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.status == StatusCode::UPGRADE_REQUIRED {
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             headers.insert(
@@ -117,6 +128,26 @@ pub(crate) fn check<B>(
             StatusCode::BAD_REQUEST,
             "a WebSocket handshake is a GET request",
         ));
+    }
+    // A handshake has no body (RFC 6455 §4.1 gives it none). One that
+    // declares a body is refused and its connection closed: the engine
+    // would otherwise read that body before switching, so a client that
+    // never sends it would hold the connection with its `101` promised
+    // and no bound but `read_timeout` (off by default). Closing also spares
+    // reading a body nobody wants.
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
+    {
+        return Err(Rejection {
+            close: true,
+            ..Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "a WebSocket handshake carries no body: send no `Content-Length` or \
+                 `Transfer-Encoding`",
+            )
+        });
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
         return Err(Rejection::new(
