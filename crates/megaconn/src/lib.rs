@@ -170,6 +170,7 @@ pub use proto::ws::{
 pub use server::builder::{
     Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary, Started,
 };
+pub use server::stall::LoopWakes;
 pub use service::body::Body;
 pub use service::draining::Draining;
 pub use service::upgrade::{OnUpgrade, Upgraded};

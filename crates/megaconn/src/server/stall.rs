@@ -23,6 +23,13 @@
 //! ~20 wake-ups per second of an idle worker process with its publisher,
 //! 0.3 % of a core for five idle processes, and a fifth of a worker's
 //! wake-ups at 200,000 connections with 30 s heartbeats; bench/HEARTBEAT.md.)
+//!
+//! What it sees is also told ([`LoopWakes`], from
+//! [`ServerHandle::loop_wakes`](crate::ServerHandle::loop_wakes)): each
+//! look that finds a worker awake or woken, and each wake-up of a sleeping
+//! watchdog, is a sign that counters may have moved. A reader that copies
+//! them elsewhere (`serve --processes`' worker processes) waits for that
+//! sign instead of polling an idle server, at no cost per request.
 
 use std::future::poll_fn;
 use std::sync::atomic::AtomicBool;
@@ -40,6 +47,43 @@ use crate::ConnectionState;
 /// the threshold: four looks per threshold, so a stall is seen within
 /// 1.25× it.
 const LOOKS_PER_THRESHOLD: u32 = 4;
+
+/// The watchdog's signs of work, made with the server's handle (so that a
+/// [`LoopWakes`] can be had before the server starts): bumped by each look
+/// that finds a worker awake or woken since the last, and by each wake-up
+/// of a sleeping watchdog.
+pub(crate) type WakeSignal = Arc<tokio::sync::watch::Sender<()>>;
+
+/// Tells when a server's workers woke to do something (a connection, a
+/// request, a timer), as its stall detector sees them: for a reader of
+/// [`ServerHandle::stats`](crate::ServerHandle::stats) that copies them
+/// elsewhere only when they may have changed, so that an idle server is
+/// not woken to find them unchanged. Got from
+/// [`ServerHandle::loop_wakes`](crate::ServerHandle::loop_wakes).
+#[derive(Debug, Clone)]
+pub struct LoopWakes(tokio::sync::watch::Receiver<()>);
+
+impl LoopWakes {
+    pub(crate) fn new(signal: &WakeSignal) -> LoopWakes {
+        LoopWakes(signal.subscribe())
+    }
+
+    /// Resolves once a worker's loop was seen awake or woken since this
+    /// last resolved (or since this was made). Every counter moves on a
+    /// worker that is awake, so a change made after a look at the
+    /// counters resolves this within a quarter of the stall threshold
+    /// (the watchdog's looks); one made just before it may resolve it at
+    /// once. While workers keep waking this resolves at most once per
+    /// look. Cancel-safe.
+    pub async fn woken(&mut self) {
+        // The sender lives in the server's handle, which `self` came from
+        // and which outlives neither: an error (it was dropped) is never
+        // seen while the handle lives; past that, nothing wakes any more.
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 /// What the workers' runtimes and the watchdog share.
 #[derive(Debug, Default)]
@@ -168,6 +212,7 @@ pub(crate) fn watch(
     registries: Arc<[Arc<Registry>]>,
     threshold: Duration,
     alarm: Arc<Alarm>,
+    wakes: WakeSignal,
 ) -> std::io::Result<Watchdog> {
     let guard = Watchdog(alarm.clone());
     std::thread::Builder::new()
@@ -211,8 +256,13 @@ pub(crate) fn watch(
                         }
                     }
                 }
-                if quiet {
+                if !quiet {
+                    wakes.send_replace(());
+                } else {
                     sleep_until_a_worker_wakes(&alarm, &workers, &seen);
+                    if !alarm.stop.load(SeqCst) {
+                        wakes.send_replace(());
+                    }
                     // Counted from the wake-up that woke this thread: a
                     // worker that then goes back to waiting (a heartbeat
                     // served in microseconds) is quiet at the next look, and
@@ -331,7 +381,9 @@ mod tests {
         let runtime = builder.build().unwrap();
         let workers: Arc<[Arc<WorkerStats>]> = Arc::from(vec![stats.clone()]);
         let registries: Arc<[Arc<Registry>]> = Arc::from(Vec::new());
-        let watchdog = watch(workers, registries, T, alarm.clone()).unwrap();
+        let wakes: WakeSignal = Arc::new(tokio::sync::watch::channel(()).0);
+        let loop_wakes = LoopWakes::new(&wakes);
+        let watchdog = watch(workers, registries, T, alarm.clone(), wakes).unwrap();
         let ticking = runtime.spawn(tick(stats.clone()));
         runtime.block_on(async {
             let before = stats.stall.ticks.load(SeqCst);
@@ -361,6 +413,8 @@ mod tests {
                 tokio::time::sleep(T).await;
             }
         });
+        // The watchdog saw the busy loop, and said so.
+        assert!(loop_wakes.0.has_changed().unwrap());
         ticking.abort();
         drop(watchdog);
     }
