@@ -109,7 +109,8 @@
 //!                                                  otel/      OpenTelemetry (the
 //!                                                     `otel` feature): span.rs a
 //!                                                     request's span, export.rs
-//!                                                     the bounded OTLP queue
+//!                                                     the bounded OTLP queue,
+//!                                                     resource.rs who sent it
 //! ```
 //!
 //! # Idle connections cost almost nothing
