@@ -13,10 +13,10 @@
 //! take a dip for a counter reset). What a worker process counted after its
 //! last copy is lost if it is killed (SIGKILL, the OOM killer); any other
 //! exit copies last. While its counters move it copies them every
-//! [`PUBLISH_EVERY`]; idle, it waits for its workers to wake
-//! ([`megaconn::LoopWakes`]) and copies [`PUBLISH_EVERY`] after. So a kill
-//! loses at most the last ~1.25 s of counts ([`PUBLISH_EVERY`] plus a
-//! quarter of the stall threshold, the watchdog's looks).
+//! [`PUBLISH_EVERY`]; idle, it looks again at each sign of work from its
+//! stall watchdog ([`megaconn::LoopWakes`]), which comes within a quarter
+//! of the stall threshold (250 ms) of any change. So a kill loses at most
+//! the last second of counts.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -231,10 +231,10 @@ pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// A worker process's copies of its server's counters into its slot: every
 /// [`PUBLISH_EVERY`] while they change; once a look finds them unchanged,
-/// not until a worker of its server wakes ([`LoopWakes`]), so an idle
-/// process is not woken to find them unchanged again. (They used to be
-/// looked at again 2, 4, then every 8 s: up to 8 s of counts were lost
-/// when a process was killed after a quiet spell.)
+/// at each sign of work of its server ([`LoopWakes`]), so an idle process
+/// is not woken to find them unchanged again but by its own workers'
+/// wake-ups. (They used to be looked at again 2, 4, then every 8 s: up to
+/// 8 s of counts were lost when a process was killed after a quiet spell.)
 pub struct Publishing {
     slot: usize,
     block: SharedStats,
@@ -244,7 +244,7 @@ pub struct Publishing {
     /// `None` when the server has no stall detector (the CLI always has
     /// one): then it looks every [`PUBLISH_EVERY`], changed or not.
     wakes: Option<LoopWakes>,
-    /// The last look found nothing new: the next waits for a wake-up.
+    /// The last look found nothing new: the next waits for a sign of work.
     idle: bool,
     next: Pin<Box<tokio::time::Sleep>>,
 }
@@ -266,19 +266,13 @@ impl Publishing {
     }
 
     /// Resolves when the next look is due: [`PUBLISH_EVERY`] after the
-    /// last one, or, after one that found nothing new, after the next
-    /// wake-up of a worker. Cancel-safe.
+    /// last one, or, after one that found nothing new, at the next sign of
+    /// work. Cancel-safe.
     pub async fn due(&mut self) {
-        if self.idle {
-            if let Some(wakes) = &mut self.wakes {
-                wakes.woken().await;
-            }
-            self.idle = false;
-            self.next
-                .as_mut()
-                .reset(tokio::time::Instant::now() + PUBLISH_EVERY);
+        match &mut self.wakes {
+            Some(wakes) if self.idle => wakes.woken().await,
+            _ => self.next.as_mut().await,
         }
-        self.next.as_mut().await;
     }
 
     /// Looks at the counters, copies them if they changed, and sets the
@@ -292,9 +286,11 @@ impl Publishing {
             self.published = Some(stats);
         }
         self.block.publish_uplink_dropped(self.slot, uplink_dropped);
-        self.next
-            .as_mut()
-            .reset(tokio::time::Instant::now() + PUBLISH_EVERY);
+        if !self.idle {
+            self.next
+                .as_mut()
+                .reset(tokio::time::Instant::now() + PUBLISH_EVERY);
+        }
     }
 
     /// The last copy, as the process exits.

@@ -553,7 +553,7 @@ impl RequestsTotal {
 
 /// A worker process killed (SIGKILL, as by the OOM killer) keeps in the
 /// supervisor's totals what it counted: a worker process copies its
-/// counters to the supervisor within about 1.25 s of counting them, after a
+/// counters to the supervisor within a second of counting them, after a
 /// quiet spell too, and a dead one's last copy stays in the totals, which
 /// never go backwards (checked at every scrape). After a quiet spell the
 /// copies used to come 2, 4, then 8 s apart: requests made after one
@@ -561,7 +561,7 @@ impl RequestsTotal {
 #[test]
 fn a_killed_worker_process_keeps_its_counts_and_the_totals_never_go_backwards() {
     const REQUESTS: f64 = 20.0;
-    // The documented bound (1.25 s: README, worker processes), with room
+    // The documented bound (1 s: README, worker processes), with room
     // for a loaded machine; well under the 8 s it used to take.
     const BOUND: std::time::Duration = std::time::Duration::from_secs(3);
     let mut sup = Supervisor::start(2);

@@ -26,10 +26,11 @@
 //!
 //! What it sees is also told ([`LoopWakes`], from
 //! [`ServerHandle::loop_wakes`](crate::ServerHandle::loop_wakes)): each
-//! look that finds a worker awake or woken, and each wake-up of a sleeping
-//! watchdog, is a sign that counters may have moved. A reader that copies
-//! them elsewhere (`serve --processes`' worker processes) waits for that
-//! sign instead of polling an idle server, at no cost per request.
+//! look that finds a worker awake or woken since the last, and the first
+//! look after the watchdog slept, is a sign that counters may have moved.
+//! A reader that copies them elsewhere (`serve --processes`' worker
+//! processes) waits for that sign instead of polling an idle server, at no
+//! cost per request.
 
 use std::future::poll_fn;
 use std::sync::atomic::AtomicBool;
@@ -50,8 +51,8 @@ const LOOKS_PER_THRESHOLD: u32 = 4;
 
 /// The watchdog's signs of work, made with the server's handle (so that a
 /// [`LoopWakes`] can be had before the server starts): bumped by each look
-/// that finds a worker awake or woken since the last, and by each wake-up
-/// of a sleeping watchdog.
+/// that finds a worker awake or woken since the last, and by the first
+/// look after the watchdog slept.
 pub(crate) type WakeSignal = Arc<tokio::sync::watch::Sender<()>>;
 
 /// Tells when a server's workers woke to do something (a connection, a
@@ -68,13 +69,17 @@ impl LoopWakes {
         LoopWakes(signal.subscribe())
     }
 
-    /// Resolves once a worker's loop was seen awake or woken since this
-    /// last resolved (or since this was made). Every counter moves on a
-    /// worker that is awake, so a change made after a look at the
-    /// counters resolves this within a quarter of the stall threshold
-    /// (the watchdog's looks); one made just before it may resolve it at
-    /// once. While workers keep waking this resolves at most once per
-    /// look. Cancel-safe.
+    /// Resolves at the watchdog's next sign of work since this last
+    /// resolved (or since this was made): a look (every quarter of the
+    /// stall threshold while any worker is awake) that found a worker
+    /// awake or woken since the last one, or the first look after the
+    /// watchdog slept, a quarter threshold after the wake-up that woke
+    /// it. Every counter moves on a worker that is awake, so each change
+    /// is followed by a sign within a quarter of the stall threshold
+    /// (250 ms by default): a reader that looks at the counters each time
+    /// this resolves misses none for longer. An idle server's own
+    /// wake-ups (a parking lot's sweep, every 10 s at most) resolve it
+    /// once each. Cancel-safe.
     pub async fn woken(&mut self) {
         // The sender lives in the server's handle, which `self` came from
         // and which outlives neither: an error (it was dropped) is never
@@ -229,6 +234,10 @@ pub(crate) fn watch(
                     reported: false,
                 })
                 .collect();
+            // The first look after a sleep tells `wakes` even if all is
+            // quiet again: what the worker that woke this thread did then
+            // happened since, and nothing else would tell of it.
+            let mut slept = false;
             while !alarm.stop.load(SeqCst) {
                 std::thread::park_timeout(every);
                 let now = Instant::now();
@@ -256,13 +265,12 @@ pub(crate) fn watch(
                         }
                     }
                 }
-                if !quiet {
+                if !quiet || slept {
                     wakes.send_replace(());
-                } else {
+                }
+                slept = quiet;
+                if quiet {
                     sleep_until_a_worker_wakes(&alarm, &workers, &seen);
-                    if !alarm.stop.load(SeqCst) {
-                        wakes.send_replace(());
-                    }
                     // Counted from the wake-up that woke this thread: a
                     // worker that then goes back to waiting (a heartbeat
                     // served in microseconds) is quiet at the next look, and
