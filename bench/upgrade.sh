@@ -35,7 +35,14 @@ ulimit -n 20000
 SOCK="$OUT/upgrade.sock"
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+# Waits for them too: a server drains its connections before it exits
+# (within --shutdown-timeout), holding the port meanwhile, and a next run
+# started at once found it in use ("cannot listen on ...: the address is
+# already in use").
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
 trap cleanup EXIT
 
 SERVED=""  # the pid serve() started

@@ -9,7 +9,7 @@
 //! | `GET /readyz` | `ready`, or `503` once shutdown began |
 //! | `GET /sleep?ms=N` | waits N ms (at most 10 s), then answers |
 //! | `GET /ws` | WebSocket echo on the native engine ([`WsEcho`]; idle ones park) |
-//! | `GET /ws/chat` | WebSocket chat ([`WsChat`]): a message from one goes to every client |
+//! | `GET /ws/chat` | WebSocket chat ([`WsChat`]): a message from one goes to every client; at most [`CHAT_MAX_MESSAGE`] bytes each |
 //!
 //! And on `--tcp-listen` addresses, [`FramedDemo`]: `PING` is answered `PONG`,
 //! `PID` with the serving process's id, `SUB topic` / `PUB topic text` /
@@ -32,6 +32,21 @@ use crate::fanout::{PublishError, Publisher, Topic};
 
 /// Longest `/sleep` allowed.
 const MAX_SLEEP: Duration = Duration::from_secs(10);
+
+/// The topic every `/ws/chat` client joins.
+const CHAT_TOPIC: &str = "chat";
+
+/// The largest `/ws/chat` message (65,530 bytes); a larger one closes the
+/// connection with 1009 (Message Too Big), as soon as its frame header
+/// says so. A chat message is a line of text, and this is what one
+/// publish carries between the worker processes of `--processes`: a
+/// larger message was accepted and then dropped there, heard by no one
+/// (logged "chat message not published"). The route's default, 16 MiB
+/// (`megaconn::DEFAULT_WS_MAX_MESSAGE_BYTES`), is for a library route
+/// that knows nothing of its messages: a public endpoint sets what its
+/// messages need, since a connection in the middle of a message holds
+/// all of it in memory until its last byte.
+pub const CHAT_MAX_MESSAGE: usize = crate::fanout::max_payload(CHAT_TOPIC);
 
 /// The knobs of the demo's WebSocket routes (`None`: the library's
 /// default, `Some(None)`: off).
@@ -61,7 +76,7 @@ impl Demo {
     pub fn new(handle: ServerHandle, publisher: Publisher, knobs: DemoWs) -> Demo {
         let (mut ws, mut chat) = (
             WebSocketRoute::new(WsEcho),
-            WebSocketRoute::new(WsChat { publisher }),
+            WebSocketRoute::new(WsChat { publisher }).max_message_bytes(CHAT_MAX_MESSAGE),
         );
         if let Some(every) = knobs.ping_interval {
             ws = ws.ping_interval(every);
@@ -254,13 +269,13 @@ impl WebSocketHandler for WsChat {
     type State = ();
 
     fn on_open(&self, _: &mut (), session: &WsSession) {
-        session.subscribe("chat");
+        session.subscribe(CHAT_TOPIC);
     }
 
     async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
         if let WsMessage::Text(text) = message {
             let text = Bytes::copy_from_slice(text.as_bytes());
-            match self.publisher.publish(Topic::Named("chat"), text) {
+            match self.publisher.publish(Topic::Named(CHAT_TOPIC), text) {
                 // The hub counted and logged a full queue's drop
                 // (rate-limited); a line per chat message here would flood
                 // the log. (Not serving, it runs no handler.)

@@ -46,6 +46,15 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Longest topic name that can cross processes (its length is one byte).
 pub const MAX_TOPIC: usize = u8::MAX as usize;
 
+/// A channel message's header: its kind, and its topic name's length.
+const HEADER: usize = 2;
+
+/// The largest payload a publish to `topic` may carry between processes:
+/// [`MAX_MESSAGE`] less the header and the topic's name.
+pub const fn max_payload(topic: &str) -> usize {
+    MAX_MESSAGE - HEADER - topic.len()
+}
+
 /// Messages that may wait for one channel's socket before new ones are
 /// dropped for it.
 pub const QUEUE: usize = 1024;
@@ -126,7 +135,7 @@ pub fn encode(topic: Topic<'_>, payload: &[u8]) -> Result<Bytes, PublishError> {
     if name.len() > MAX_TOPIC {
         return Err(PublishError::TopicTooLong(name.len()));
     }
-    let bytes = 2 + name.len() + payload.len();
+    let bytes = HEADER + name.len() + payload.len();
     if bytes > MAX_MESSAGE {
         return Err(PublishError::TooLarge {
             bytes,

@@ -14,7 +14,7 @@ use crate::demo::Demo;
 use crate::fanout::Publisher;
 use crate::knobs;
 use crate::logging::{self, LogFormat};
-use crate::shared_stats::SharedStats;
+use crate::shared_stats::{Publishing, SharedStats};
 use crate::UsageError;
 
 /// The address `serve` listens on when none is given.
@@ -638,10 +638,7 @@ async fn serve(
         upgraded.send();
     }
     tokio::pin!(serving);
-    // Counters unchanged since the last copy (an idle process): look again
-    // later and later, up to PUBLISH_QUIET_MAX.
-    let mut publish = std::pin::pin!(tokio::time::sleep(PUBLISH_EVERY));
-    let (mut published, mut publish_gap) = (None, PUBLISH_EVERY);
+    let mut publishing = shared.map(|(slot, block)| Publishing::new(slot, block, handle.clone()));
     let summary = loop {
         tokio::select! {
             summary = &mut serving => break summary,
@@ -710,18 +707,10 @@ async fn serve(
                     }
                 }
             }
-            () = publish.as_mut(), if shared.is_some() => {
-                if let Some((slot, block)) = &shared {
-                    let stats = handle.stats();
-                    if published.as_ref() == Some(&stats) {
-                        publish_gap = (publish_gap * 2).min(PUBLISH_QUIET_MAX);
-                    } else {
-                        block.publish(*slot, &stats);
-                        (published, publish_gap) = (Some(stats), PUBLISH_EVERY);
-                    }
-                    block.publish_uplink_dropped(*slot, publisher.uplink_dropped());
+            () = async { publishing.as_mut().expect("guarded").due().await }, if publishing.is_some() => {
+                if let Some(publishing) = &mut publishing {
+                    publishing.look(publisher.uplink_dropped());
                 }
-                publish.as_mut().reset(tokio::time::Instant::now() + publish_gap);
             }
             (name, ask) = signals.next() => {
                 // A worker process leaves forcing to its supervisor: under
@@ -733,7 +722,7 @@ async fn serve(
                 // draining, and the operator's one SIGTERM to the old
                 // process must not cut the drain (or the hand-over) short.
                 match ask {
-                    Ask::Repeat | Ask::Force if shared.is_some() => continue,
+                    Ask::Repeat | Ask::Force if publishing.is_some() => continue,
                     Ask::Repeat => {
                         log_repeat(name);
                         continue;
@@ -753,8 +742,8 @@ async fn serve(
             }
         }
     };
-    if let Some((slot, block)) = &shared {
-        block.publish(*slot, &handle.stats());
+    if let Some(publishing) = &publishing {
+        publishing.last();
     }
     if let Some(tracing) = tracing {
         // Sends the last spans (waits up to the export timeout).
@@ -831,18 +820,6 @@ impl Rebind {
         self.at = Some(Box::pin(tokio::time::sleep(delay)));
     }
 }
-
-/// How often a worker process copies its counters to the shared block, so
-/// how far the supervisor's `/metrics` may lag (Prometheus scrapes every
-/// 15 s or so). Each look wakes the process twice (tokio's timer wheel
-/// reaches a deadline past 64 ms in two steps): at 250 ms that was 8 of the
-/// ~20 wake-ups per second of an idle worker process (bench/HEARTBEAT.md).
-const PUBLISH_EVERY: Duration = Duration::from_secs(1);
-
-/// The longest gap between looks while the counters stay unchanged (the
-/// gap doubles from [`PUBLISH_EVERY`] on each unchanged look): the lag of
-/// the first change after a quiet spell.
-const PUBLISH_QUIET_MAX: Duration = Duration::from_secs(8);
 
 /// SIGHUP, which reloads the TLS certificate (and no longer ends the process).
 pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {

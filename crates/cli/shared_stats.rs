@@ -3,15 +3,29 @@
 //!
 //! The supervisor creates the block (a `memfd`, inherited by its children) and
 //! names its descriptor in `MEGACONN_STATS_FD`; each worker process copies its
-//! own counters into its slot a few times a second. Any reader (the supervisor's
+//! own counters into its slot ([`Publishing`]). Any reader (the supervisor's
 //! admin `/metrics` and its summary) adds the slots up, so totals are for the
 //! whole server, not for whichever process answered.
+//!
+//! A worker process that exits keeps its counters in the totals: the
+//! supervisor moves its slot's last copy to the retired totals, under a lock
+//! that readers take too, so a total never goes backwards (Prometheus would
+//! take a dip for a counter reset). What a worker process counted after its
+//! last copy is lost if it is killed (SIGKILL, the OOM killer); any other
+//! exit copies last. While its counters move it copies them every
+//! [`PUBLISH_EVERY`]; idle, it looks again at each sign of work from its
+//! stall watchdog ([`megaconn::LoopWakes`]), which comes within a quarter
+//! of the stall threshold (250 ms) of any change. So a kill loses at most
+//! the last second of counts.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use megaconn::ServerStats;
+use megaconn::{LoopWakes, ServerHandle, ServerStats};
 
 use crate::fanout::FanoutCounts;
 use prometheus_client::collector::Collector;
@@ -40,6 +54,10 @@ pub struct SharedStats {
     fd: OwnedFd,
     /// Counters of processes that exited (kept by the supervisor only).
     retired: [AtomicI64; FIELDS],
+    /// Held while a slot's counters move to `retired`, and while they are
+    /// summed: a sum between the two halves of the move would miss them,
+    /// and a total would go backwards for one scrape.
+    moving: Mutex<()>,
 }
 
 impl std::fmt::Debug for SharedStats {
@@ -104,6 +122,7 @@ impl SharedStats {
             slots,
             fd,
             retired: Default::default(),
+            moving: Mutex::new(()),
         })
     }
 
@@ -146,6 +165,7 @@ impl SharedStats {
 
     /// Publishes dropped on their way up to the supervisor, every process.
     pub fn uplink_dropped_total(&self) -> u64 {
+        let _moving = self.moving();
         let live: i64 = (0..self.slots)
             .map(|slot| self.field(slot, UPLINK_DROPPED).load(Relaxed))
             .sum();
@@ -156,6 +176,7 @@ impl SharedStats {
     /// totals (they still count for the whole server), its gauges go to zero
     /// (its connections closed with it), and the slot is free for a new process.
     pub fn retire(&self, slot: usize) {
+        let _moving = self.moving();
         for (i, retired) in self.retired.iter().enumerate() {
             let v = self.field(slot, i).swap(0, Relaxed);
             if i >= FIRST_COUNTER {
@@ -164,8 +185,14 @@ impl SharedStats {
         }
     }
 
+    fn moving(&self) -> MutexGuard<'_, ()> {
+        // Nothing panics under it; a poisoned lock guards nothing broken.
+        self.moving.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The sum over every process, live and retired.
     pub fn total(&self) -> ServerStats {
+        let _moving = self.moving();
         let mut t = ServerStats::default();
         let r = |i: usize| self.retired[i].load(Relaxed) as u64;
         t.accepted = r(3);
@@ -190,6 +217,85 @@ impl SharedStats {
             t.connections_per_worker.push(f(0));
         }
         t
+    }
+}
+
+/// How often a worker process copies its counters to the shared block
+/// while they change, so how far the supervisor's `/metrics` may lag
+/// (Prometheus scrapes every 15 s or so), and about what a killed worker
+/// process loses (see the module doc). Each look wakes the process twice
+/// (tokio's timer wheel reaches a deadline past 64 ms in two steps): at
+/// 250 ms that was 8 of the ~20 wake-ups per second of an idle worker
+/// process (bench/HEARTBEAT.md).
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// A worker process's copies of its server's counters into its slot: every
+/// [`PUBLISH_EVERY`] while they change; once a look finds them unchanged,
+/// at each sign of work of its server ([`LoopWakes`]), so an idle process
+/// is not woken to find them unchanged again but by its own workers'
+/// wake-ups. (They used to be looked at again 2, 4, then every 8 s: up to
+/// 8 s of counts were lost when a process was killed after a quiet spell.)
+pub struct Publishing {
+    slot: usize,
+    block: SharedStats,
+    handle: ServerHandle,
+    /// What the slot holds (`None`: nothing yet).
+    published: Option<ServerStats>,
+    /// `None` when the server has no stall detector (the CLI always has
+    /// one): then it looks every [`PUBLISH_EVERY`], changed or not.
+    wakes: Option<LoopWakes>,
+    /// The last look found nothing new: the next waits for a sign of work.
+    idle: bool,
+    next: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Publishing {
+    /// Copies `handle`'s counters into `slot` of `block`, from
+    /// [`PUBLISH_EVERY`] from now, each time [`Publishing::due`] resolves
+    /// and [`Publishing::look`] is called.
+    pub fn new(slot: usize, block: SharedStats, handle: ServerHandle) -> Publishing {
+        Publishing {
+            slot,
+            block,
+            wakes: handle.loop_wakes(),
+            handle,
+            published: None,
+            idle: false,
+            next: Box::pin(tokio::time::sleep(PUBLISH_EVERY)),
+        }
+    }
+
+    /// Resolves when the next look is due: [`PUBLISH_EVERY`] after the
+    /// last one, or, after one that found nothing new, at the next sign of
+    /// work. Cancel-safe.
+    pub async fn due(&mut self) {
+        match &mut self.wakes {
+            Some(wakes) if self.idle => wakes.woken().await,
+            _ => self.next.as_mut().await,
+        }
+    }
+
+    /// Looks at the counters, copies them if they changed, and sets the
+    /// next look; `uplink_dropped`: the process's publishes dropped on
+    /// their way to the supervisor (fanout.rs), copied each time.
+    pub fn look(&mut self, uplink_dropped: u64) {
+        let stats = self.handle.stats();
+        self.idle = self.published.as_ref() == Some(&stats) && self.wakes.is_some();
+        if self.published.as_ref() != Some(&stats) {
+            self.block.publish(self.slot, &stats);
+            self.published = Some(stats);
+        }
+        self.block.publish_uplink_dropped(self.slot, uplink_dropped);
+        if !self.idle {
+            self.next
+                .as_mut()
+                .reset(tokio::time::Instant::now() + PUBLISH_EVERY);
+        }
+    }
+
+    /// The last copy, as the process exits.
+    pub fn last(&self) {
+        self.block.publish(self.slot, &self.handle.stats());
     }
 }
 
@@ -332,6 +438,37 @@ impl Drop for SharedStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A total read while a slot retires counts the slot's counters once:
+    /// before the move or after it, never in neither place. Without the
+    /// lock, a sum that read the retired totals before a move and the slot
+    /// after it went backwards by the slot's counts for one scrape.
+    #[test]
+    fn a_total_never_goes_backwards_while_a_slot_retires() {
+        let shared = std::sync::Arc::new(SharedStats::create(1).unwrap());
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (shared, done) = (shared.clone(), done.clone());
+            std::thread::spawn(move || {
+                let (mut last, mut reads) = (0, 0u64);
+                while !done.load(Relaxed) {
+                    let now = shared.total().requests;
+                    assert!(now >= last, "went backwards: {last} to {now}");
+                    (last, reads) = (now, reads + 1);
+                }
+                reads
+            })
+        };
+        let mut s = ServerStats::default();
+        s.requests = 1;
+        for _ in 0..200_000 {
+            shared.publish(0, &s);
+            shared.retire(0);
+        }
+        done.store(true, Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        assert_eq!(shared.total().requests, 200_000);
+    }
 
     #[test]
     fn slots_add_up() {

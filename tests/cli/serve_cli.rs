@@ -678,3 +678,50 @@ fn the_ws_chat_route_sends_a_message_to_every_client() {
     child.signal(libc::SIGTERM);
     assert!(child.wait().success());
 }
+
+/// A masked text frame of `len` bytes of `x` (mask 0: the payload as is).
+fn ws_text_frame(len: usize) -> Vec<u8> {
+    let mut frame = vec![0x81];
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else if len <= usize::from(u16::MAX) {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        frame.push(0x80 | 127);
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(&[0; 4]);
+    frame.resize(frame.len() + len, b'x');
+    frame
+}
+
+/// `/ws/chat` takes a message as large as one publish carries between
+/// worker processes (65,530 bytes), and closes with 1009 (Message Too Big)
+/// at one byte more, from the frame's header. It took the route's default,
+/// 16 MiB: the larger message was heard here (one process) and dropped
+/// between worker processes.
+#[test]
+fn the_ws_chat_route_takes_a_chat_sized_message_and_no_more() {
+    const MAX: usize = 65_530;
+    let (mut child, _stdout, addr) = start_serve(&["--admin", "off"]);
+    let mut s = ws_open(&addr, "/ws/chat", &[]);
+    s.write_all(&ws_text_frame(MAX)).unwrap();
+    // Heard back (the sender is a client of the chat too).
+    let mut head = [0; 4];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[..2], [0x81, 126], "{head:?}");
+    assert_eq!(usize::from(u16::from_be_bytes([head[2], head[3]])), MAX);
+    let mut payload = vec![0; MAX];
+    s.read_exact(&mut payload).unwrap();
+    // One byte more: the header alone is refused.
+    let frame = ws_text_frame(MAX + 1);
+    s.write_all(&frame[..8]).unwrap();
+    let mut close = [0; 4];
+    s.read_exact(&mut close).unwrap();
+    assert_eq!(close[0], 0x88, "a close frame: {close:?}");
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1009, "{close:?}");
+    drop(s);
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}

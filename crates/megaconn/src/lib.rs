@@ -109,7 +109,8 @@
 //!                                                  otel/      OpenTelemetry (the
 //!                                                     `otel` feature): span.rs a
 //!                                                     request's span, export.rs
-//!                                                     the bounded OTLP queue
+//!                                                     the bounded OTLP queue,
+//!                                                     resource.rs who sent it
 //! ```
 //!
 //! # Idle connections cost almost nothing
@@ -170,6 +171,7 @@ pub use proto::ws::{
 pub use server::builder::{
     Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary, Started,
 };
+pub use server::stall::LoopWakes;
 pub use service::body::Body;
 pub use service::draining::Draining;
 pub use service::upgrade::{OnUpgrade, Upgraded};

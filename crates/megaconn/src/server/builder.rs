@@ -223,6 +223,7 @@ impl Server {
                     handle.registries.clone(),
                     threshold,
                     alarm,
+                    handle.wakes.clone().expect("made with a stall threshold"),
                 )
                 .map_err(|source| Error::Thread {
                     name: crate::server::stall::THREAD_NAME,
@@ -415,6 +416,9 @@ pub struct ServerHandle {
     pub(crate) hand_over: HandOverSlot,
     /// Per worker: where parked connections from another process go.
     adopt: Arc<[mpsc::UnboundedSender<Vec<ParkedConnection>>]>,
+    /// The stall detector's signs of work ([`ServerHandle::loop_wakes`]);
+    /// `None` without one.
+    wakes: Option<crate::server::stall::WakeSignal>,
 }
 
 /// Where workers hand their parked connections at shutdown; `None`: they
@@ -512,6 +516,19 @@ impl ServerHandle {
         let mut stats = ServerStats::sum(&self.workers);
         stats.otel = crate::observe::trace::export_stats(&self.tracing);
         stats
+    }
+
+    /// When the workers woke to do something, as the stall detector sees
+    /// them: a reader that copies [`stats`](ServerHandle::stats)
+    /// elsewhere waits for [`LoopWakes::woken`](crate::LoopWakes::woken)
+    /// after a look that found them unchanged, instead of looking again
+    /// and again at an idle server. `None` when the server has no stall
+    /// detector ([`Builder::stall_threshold`] off), which is what watches
+    /// the workers' loops.
+    pub fn loop_wakes(&self) -> Option<crate::LoopWakes> {
+        self.wakes
+            .as_ref()
+            .map(crate::server::stall::LoopWakes::new)
     }
 
     /// The server's metrics as Prometheus text: a snapshot summed over workers,
@@ -1015,6 +1032,9 @@ impl Builder {
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
         let (shutdown_tx, _) = watch::channel(false);
+        let wakes = config
+            .stall_threshold
+            .map(|_| Arc::new(watch::channel(()).0));
         let tracing = config.tracing.clone();
         let (adopt_tx, adopt): (Vec<_>, Vec<_>) = (0..config.workers)
             .map(|_| mpsc::unbounded_channel())
@@ -1033,6 +1053,7 @@ impl Builder {
                 sockets: Arc::new(std::sync::Mutex::new(sockets)),
                 hand_over: HandOverSlot::default(),
                 adopt: adopt_tx.into(),
+                wakes,
             },
         })
     }

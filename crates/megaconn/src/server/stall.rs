@@ -23,6 +23,14 @@
 //! ~20 wake-ups per second of an idle worker process with its publisher,
 //! 0.3 % of a core for five idle processes, and a fifth of a worker's
 //! wake-ups at 200,000 connections with 30 s heartbeats; bench/HEARTBEAT.md.)
+//!
+//! What it sees is also told ([`LoopWakes`], from
+//! [`ServerHandle::loop_wakes`](crate::ServerHandle::loop_wakes)): each
+//! look that finds a worker awake or woken since the last, and the first
+//! look after the watchdog slept, is a sign that counters may have moved.
+//! A reader that copies them elsewhere (`serve --processes`' worker
+//! processes) waits for that sign instead of polling an idle server, at no
+//! cost per request.
 
 use std::future::poll_fn;
 use std::sync::atomic::AtomicBool;
@@ -40,6 +48,47 @@ use crate::ConnectionState;
 /// the threshold: four looks per threshold, so a stall is seen within
 /// 1.25× it.
 const LOOKS_PER_THRESHOLD: u32 = 4;
+
+/// The watchdog's signs of work, made with the server's handle (so that a
+/// [`LoopWakes`] can be had before the server starts): bumped by each look
+/// that finds a worker awake or woken since the last, and by the first
+/// look after the watchdog slept.
+pub(crate) type WakeSignal = Arc<tokio::sync::watch::Sender<()>>;
+
+/// Tells when a server's workers woke to do something (a connection, a
+/// request, a timer), as its stall detector sees them: for a reader of
+/// [`ServerHandle::stats`](crate::ServerHandle::stats) that copies them
+/// elsewhere only when they may have changed, so that an idle server is
+/// not woken to find them unchanged. Got from
+/// [`ServerHandle::loop_wakes`](crate::ServerHandle::loop_wakes).
+#[derive(Debug, Clone)]
+pub struct LoopWakes(tokio::sync::watch::Receiver<()>);
+
+impl LoopWakes {
+    pub(crate) fn new(signal: &WakeSignal) -> LoopWakes {
+        LoopWakes(signal.subscribe())
+    }
+
+    /// Resolves at the watchdog's next sign of work since this last
+    /// resolved (or since this was made): a look (every quarter of the
+    /// stall threshold while any worker is awake) that found a worker
+    /// awake or woken since the last one, or the first look after the
+    /// watchdog slept, a quarter threshold after the wake-up that woke
+    /// it. Every counter moves on a worker that is awake, so each change
+    /// is followed by a sign within a quarter of the stall threshold
+    /// (250 ms by default): a reader that looks at the counters each time
+    /// this resolves misses none for longer. An idle server's own
+    /// wake-ups (a parking lot's sweep, every 10 s at most) resolve it
+    /// once each. Cancel-safe.
+    pub async fn woken(&mut self) {
+        // The sender lives in the server's handle, which `self` came from
+        // and which outlives neither: an error (it was dropped) is never
+        // seen while the handle lives; past that, nothing wakes any more.
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 /// What the workers' runtimes and the watchdog share.
 #[derive(Debug, Default)]
@@ -168,6 +217,7 @@ pub(crate) fn watch(
     registries: Arc<[Arc<Registry>]>,
     threshold: Duration,
     alarm: Arc<Alarm>,
+    wakes: WakeSignal,
 ) -> std::io::Result<Watchdog> {
     let guard = Watchdog(alarm.clone());
     std::thread::Builder::new()
@@ -184,6 +234,10 @@ pub(crate) fn watch(
                     reported: false,
                 })
                 .collect();
+            // The first look after a sleep tells `wakes` even if all is
+            // quiet again: what the worker that woke this thread did then
+            // happened since, and nothing else would tell of it.
+            let mut slept = false;
             while !alarm.stop.load(SeqCst) {
                 std::thread::park_timeout(every);
                 let now = Instant::now();
@@ -211,6 +265,10 @@ pub(crate) fn watch(
                         }
                     }
                 }
+                if !quiet || slept {
+                    wakes.send_replace(());
+                }
+                slept = quiet;
                 if quiet {
                     sleep_until_a_worker_wakes(&alarm, &workers, &seen);
                     // Counted from the wake-up that woke this thread: a
@@ -331,7 +389,9 @@ mod tests {
         let runtime = builder.build().unwrap();
         let workers: Arc<[Arc<WorkerStats>]> = Arc::from(vec![stats.clone()]);
         let registries: Arc<[Arc<Registry>]> = Arc::from(Vec::new());
-        let watchdog = watch(workers, registries, T, alarm.clone()).unwrap();
+        let wakes: WakeSignal = Arc::new(tokio::sync::watch::channel(()).0);
+        let loop_wakes = LoopWakes::new(&wakes);
+        let watchdog = watch(workers, registries, T, alarm.clone(), wakes).unwrap();
         let ticking = runtime.spawn(tick(stats.clone()));
         runtime.block_on(async {
             let before = stats.stall.ticks.load(SeqCst);
@@ -361,6 +421,8 @@ mod tests {
                 tokio::time::sleep(T).await;
             }
         });
+        // The watchdog saw the busy loop, and said so.
+        assert!(loop_wakes.0.has_changed().unwrap());
         ticking.abort();
         drop(watchdog);
     }

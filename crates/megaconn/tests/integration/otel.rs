@@ -10,7 +10,9 @@
 //! `MatchedPath`, the parent from a `traceparent` (and its `tracestate`), a
 //! handler's own span joining the trace, every error class (client error,
 //! server error, panic, client gone, timeout) over HTTP/1.1 and HTTP/2,
-//! parent-based sampling, and a dead collector that must not slow requests.
+//! parent-based sampling, a dead collector that must not slow requests, and
+//! the resource's `service.instance.id` (one per process: checked in child
+//! processes of this test binary, as the environment is the process's).
 
 use crate::common;
 
@@ -35,6 +37,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -52,25 +55,30 @@ const PARENT_SPAN: &str = "00f067aa0ba902b7";
 // ---------------------------------------------------------------- receiver
 
 /// An OTLP receiver on 127.0.0.1:0: every span it is sent comes out of
-/// `spans`.
+/// `spans`, with its resource's attributes.
 struct Receiver {
     endpoint: String,
-    spans: mpsc::UnboundedReceiver<Span>,
+    spans: mpsc::UnboundedReceiver<(Span, Vec<KeyValue>)>,
+    /// The resource attributes of the last span [`Receiver::next`] gave.
+    resource: Vec<KeyValue>,
     handle: ServerHandle,
 }
 
-fn flatten(request: ExportTraceServiceRequest, tx: &mpsc::UnboundedSender<Span>) {
+type SpanSender = mpsc::UnboundedSender<(Span, Vec<KeyValue>)>;
+
+fn flatten(request: ExportTraceServiceRequest, tx: &SpanSender) {
     for resource in request.resource_spans {
+        let attributes = resource.resource.map(|r| r.attributes).unwrap_or_default();
         for scope in resource.scope_spans {
             for span in scope.spans {
-                let _ = tx.send(span);
+                let _ = tx.send((span, attributes.clone()));
             }
         }
     }
 }
 
 /// The collector's gRPC service.
-struct Grpc(mpsc::UnboundedSender<Span>);
+struct Grpc(SpanSender);
 
 #[tonic::async_trait]
 impl TraceService for Grpc {
@@ -124,16 +132,20 @@ async fn receiver(protocol: Protocol) -> Receiver {
     Receiver {
         endpoint,
         spans,
+        resource: Vec::new(),
         handle,
     }
 }
 
 impl Receiver {
+    /// The next span; its resource's attributes go to `self.resource`.
     async fn next(&mut self) -> Span {
-        tokio::time::timeout(SAFETY, self.spans.recv())
+        let (span, resource) = tokio::time::timeout(SAFETY, self.spans.recv())
             .await
             .expect("timed out waiting for a span at the receiver")
-            .expect("receiver gone")
+            .expect("receiver gone");
+        self.resource = resource;
+        span
     }
 
     /// The next spans until one has `url.path` = `path`; the others (the
@@ -153,7 +165,11 @@ impl Receiver {
 // ---------------------------------------------------------------- span reading
 
 fn value<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
-    span.attributes
+    attribute(&span.attributes, key)
+}
+
+fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attributes
         .iter()
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref())
@@ -161,7 +177,11 @@ fn value<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
 }
 
 fn text(span: &Span, key: &str) -> Option<String> {
-    match value(span, key) {
+    attribute_text(&span.attributes, key)
+}
+
+fn attribute_text(attributes: &[KeyValue], key: &str) -> Option<String> {
+    match attribute(attributes, key) {
         Some(Value::StringValue(s)) => Some(s.clone()),
         _ => None,
     }
@@ -629,4 +649,113 @@ async fn a_dead_collector_never_blocks_a_request_and_drops_are_counted() {
     // until the process ends, which is the point.
     server.handle.shutdown();
     drop(dead);
+}
+
+/// Each process's spans carry a `service.instance.id` of their own (the
+/// semantic conventions' unique id of a service instance): a random UUID,
+/// the same for every span of a process, different in another process (two
+/// worker processes of `serve --processes`, or a process and its restart);
+/// and `OTEL_RESOURCE_ATTRIBUTES` overrides it, as it does any resource
+/// attribute. Each process here is this test binary running
+/// [`resource_of_this_process`] alone, with its own environment. The spans
+/// used to carry no `service.instance.id`.
+#[test]
+fn each_process_has_its_own_service_instance_id_which_the_environment_overrides() {
+    let run = |resource_attributes: Option<&str>| -> Vec<(String, String)> {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args([
+            "otel::resource_of_this_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        child.env_remove("OTEL_RESOURCE_ATTRIBUTES");
+        child.env_remove("OTEL_SERVICE_NAME");
+        if let Some(value) = resource_attributes {
+            child.env("OTEL_RESOURCE_ATTRIBUTES", value);
+        }
+        let out = child.output().expect("the test binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            // Not at the start of a line: the harness's `test ... ` may
+            // come first.
+            .filter_map(|l| Some(l.split_once(RESOURCE_LINE)?.1))
+            .map(|l| {
+                let (key, value) = l.split_once('=').expect("key=value");
+                (key.to_string(), value.to_string())
+            })
+            .collect()
+    };
+    let instance = |resource: &[(String, String)]| -> String {
+        let ids: Vec<&String> = resource
+            .iter()
+            .filter(|(k, _)| k == "service.instance.id")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(ids.len(), 1, "one service.instance.id: {resource:?}");
+        ids[0].clone()
+    };
+    let first = run(None);
+    let id = instance(&first);
+    let groups: Vec<usize> = id.split('-').map(str::len).collect();
+    assert_eq!(groups, [8, 4, 4, 4, 12], "a UUID: {id}");
+    assert!(id.as_bytes()[14] == b'4', "version 4: {id}");
+    assert!(
+        first.contains(&("service.name".into(), "instance-test".into())),
+        "{first:?}"
+    );
+    let second = instance(&run(None));
+    assert_ne!(id, second, "another process, another instance");
+    let set = run(Some(
+        "service.instance.id=pod-7,deployment.environment=test",
+    ));
+    assert_eq!(instance(&set), "pod-7", "{set:?}");
+    assert!(
+        set.contains(&("deployment.environment".into(), "test".into())),
+        "{set:?}"
+    );
+}
+
+/// What [`resource_of_this_process`] prints before each resource attribute.
+const RESOURCE_LINE: &str = "resource attribute: ";
+
+/// Two requests' spans, through one tracing pipeline and then another of
+/// the same process, reach a collector; prints their resource's attributes
+/// (one line each, [`RESOURCE_LINE`]) once both say the same. Run alone by
+/// the test above, in a process of its own.
+#[tokio::test]
+#[ignore = "run by each_process_has_its_own_service_instance_id_..., in a process of its own"]
+async fn resource_of_this_process() {
+    let mut rx = receiver(Protocol::Grpc).await;
+    let mut resources = Vec::new();
+    for path in ["/users/1", "/users/2"] {
+        let server = traced(
+            OtlpConfig::default()
+                .endpoint(rx.endpoint.clone())
+                .protocol(Protocol::Grpc)
+                .service_name("instance-test"),
+            Builder::default(),
+        )
+        .await;
+        assert_eq!(h1(server.addr, &get_h1(path, "")).await, 200);
+        rx.request_span(path).await;
+        resources.push(std::mem::take(&mut rx.resource));
+        server.stop().await;
+    }
+    let id = |r: &[KeyValue]| attribute_text(r, "service.instance.id");
+    assert!(id(&resources[0]).is_some(), "{:?}", resources[0]);
+    assert_eq!(id(&resources[0]), id(&resources[1]), "one id per process");
+    for kv in &resources[0] {
+        if let Some(Value::StringValue(v)) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            println!("{RESOURCE_LINE}{}={v}", kv.key);
+        }
+    }
+    rx.handle.shutdown();
 }

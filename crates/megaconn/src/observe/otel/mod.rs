@@ -39,6 +39,10 @@
 //!   `url.scheme`, `url.path`, `network.protocol.version`,
 //!   `http.response.status_code`, `http.route` and `error.type`. Its parent
 //!   is the request's `traceparent` (and its `tracestate` is kept).
+//! * **A resource** saying who sent it: `service.name` and
+//!   `service.instance.id`, a random UUID per process (so that worker
+//!   processes and restarts can be told apart), which
+//!   `OTEL_RESOURCE_ATTRIBUTES` may override (`resource.rs`).
 //! * **An error class** in `megaconn.error.class`: `client_error` (4xx),
 //!   `server_error` (5xx), `timeout` (`read_timeout`/`write_timeout`),
 //!   `panic`, `client_gone` (closed or reset before the response was
@@ -115,6 +119,7 @@ pub use opentelemetry;
 pub use opentelemetry_sdk;
 
 mod export;
+mod resource;
 pub(crate) mod span;
 
 use export::{ExportStats, QueueProcessor, Shared};
@@ -462,11 +467,7 @@ impl Tracing {
         };
         let stats = Arc::new(ExportStats::default());
         let processor = Arc::new(QueueProcessor::start(build, &config, stats.clone())?);
-        let mut resource = opentelemetry_sdk::Resource::builder();
-        if let Some(name) = &config.service_name {
-            resource = resource.with_service_name(name.clone());
-        }
-        let resource = resource.build();
+        let resource = resource::resource(config.service_name.as_deref());
         // Two providers on one export queue. The request spans' provider
         // samples everything it is given: the decision was made before the
         // span was built (span.rs). The application's provider samples as
