@@ -175,6 +175,7 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 /// | `PING` | `PONG` |
 /// | `PID` | `pid <id>`: the process serving this connection (which worker process, with `--processes`) |
 /// | `SUB topic` | `subscribed: topic` (publishes to `topic` reach this connection) |
+/// | `SUB topic` past `--max-subscriptions` | `error: <why>` (the connection stays open) |
 /// | `UNSUB topic` | `unsubscribed: topic` |
 /// | `PUB topic text` | `published` (`text` goes to `topic`'s subscribers) |
 /// | `PUB * text` | `published` (`text` goes to every connection: a broadcast) |
@@ -216,10 +217,10 @@ impl megaconn::FramedHandler for FramedDemo {
         }
         if let Some(command) = demo_command(&frame) {
             return Some(match command {
-                Command::Sub(topic) => {
-                    session.subscribe(topic);
-                    format!("subscribed: {topic}").into()
-                }
+                Command::Sub(topic) => match session.subscribe(topic) {
+                    Ok(()) => format!("subscribed: {topic}").into(),
+                    Err(e) => format!("error: {e}").into(),
+                },
                 Command::Unsub(topic) => {
                     session.unsubscribe(topic);
                     format!("unsubscribed: {topic}").into()
@@ -269,7 +270,9 @@ impl WebSocketHandler for WsChat {
     type State = ();
 
     fn on_open(&self, _: &mut (), session: &WsSession) {
-        session.subscribe(CHAT_TOPIC);
+        // Refused only with --max-subscriptions 0, which the server counted
+        // and logged: the client then only sends.
+        let _ = session.subscribe(CHAT_TOPIC);
     }
 
     async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {

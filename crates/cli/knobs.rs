@@ -574,6 +574,34 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "hub-queue-bytes",
+        value_name: "SIZE",
+        shape: Shape::One,
+        help: "Framed TCP and WebSocket: bytes of hub messages (payloads and entries) that may wait for each worker to deliver them.",
+        details: "Bounds the memory of --hub-queue's messages: a message that would take its worker's queue past it is dropped for that worker and counted as --hub-queue's are (megaconn_limit_hits_total{limit=\"hub_queue\"}); one larger than the bound still goes into an empty queue, alone. A publish counts its payload in each worker's queue. Per worker thread (and per worker process with --processes).",
+        default: "32MiB",
+        example: "4MiB",
+        parse: size,
+        apply: |v, s| {
+            let n = usize::try_from(v.bytes()).map_err(|_| "too large".to_string())?;
+            s.builder(|b| b.hub_queue_bytes(n))
+        },
+    },
+    Knob {
+        name: "max-subscriptions",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Framed TCP and WebSocket: the most topics one connection may subscribe to.",
+        details: "A subscription to a new topic past it is refused (the demo answers `error: ...`; the connection stays open), counted in megaconn_limit_hits_total{limit=\"max_subscriptions\"} and logged. Each subscription holds about 250 bytes of its worker's memory while the connection is open, parked or not. 0 refuses every subscription.",
+        default: "1024",
+        example: "64",
+        parse: count,
+        apply: |v, s| {
+            let n = v.count()?;
+            s.builder(|b| b.max_subscriptions(n))
+        },
+    },
+    Knob {
         name: "workers",
         value_name: "N",
         shape: Shape::One,
@@ -1210,6 +1238,14 @@ mod tests {
         assert_eq!(
             default("hub-queue"),
             megaconn::DEFAULT_HUB_QUEUE.to_string()
+        );
+        assert_eq!(
+            default("max-subscriptions"),
+            megaconn::DEFAULT_MAX_SUBSCRIPTIONS.to_string()
+        );
+        assert_eq!(
+            units::parse_size(default("hub-queue-bytes")),
+            Ok(megaconn::DEFAULT_HUB_QUEUE_BYTES as u64)
         );
         assert!(dbg.contains("shutdown_timeout: 30s,"), "{dbg}");
         assert_eq!(default("shutdown-timeout"), "30s");

@@ -36,7 +36,8 @@
 //!                          listener kind -> TLS + ALPN -> h2c preface -> protocol,
 //!                          and what a protocol's Close / Park / HandOver means
 //!             framed.rs    the framed protocol's knobs on Builder / Server
-//!             message.rs   the message layer's: Server::hub, outbound_queue
+//!             message.rs   the message layer's: Server::hub, outbound_queue,
+//!                          hub_queue(_bytes), max_subscriptions
 //!             stall.rs     the stall detector: a watchdog thread that sees a
 //!                          worker's event loop stay away (a blocking handler)
 //!     |
@@ -59,6 +60,8 @@
 //!                          broadcast; bounded outbound queues (Inbox)
 //!             session.rs   Session: a connection as its handler sees it
 //!             table.rs     per-worker side table of parked connections' states
+//!             topics.rs    each topic's subscribers, each connection's topics
+//!                          (at most max_subscriptions)
 //!             wake.rs      what a woken connection checks first (behind,
 //!                          heartbeat deadline, the server's heartbeat)
 //!             wire.rs      how a protocol frames a message; framed once per wire
@@ -151,7 +154,8 @@ pub use conn::transport::Transport;
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
 pub use message::{
-    ConnectionId, Hub, HubError, Session, DEFAULT_HUB_QUEUE, DEFAULT_MESSAGE_TIMEOUT,
+    ConnectionId, Hub, HubError, Session, SubscribeError, DEFAULT_HUB_QUEUE,
+    DEFAULT_HUB_QUEUE_BYTES, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MESSAGE_TIMEOUT,
     DEFAULT_OUTBOUND_QUEUE, DEFAULT_WRITE_STALL_TIMEOUT,
 };
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};

@@ -18,9 +18,11 @@
 //! A message to a connection that has closed (its id is stale, even if its
 //! descriptor was reused) is dropped.
 //!
-//! Each worker's queue of messages its pump has not taken yet is bounded
-//! (`Builder::hub_queue`). A message that finds it full is dropped for that
-//! worker, not waited for: the hub's calls are synchronous and made from
+//! Each worker's queue of messages its pump has not taken yet is bounded,
+//! in messages (`Builder::hub_queue`) and in bytes, payloads and entries
+//! (`Builder::hub_queue_bytes`: a count alone let large payloads behind a
+//! slow delivery hold hundreds of MiB). A message that finds either bound
+//! reached is dropped for that worker, not waited for: the hub's calls are synchronous and made from
 //! handlers on the worker threads themselves, whose pump cannot drain while
 //! its thread waits; and delivery is best-effort already (a closed or slow
 //! connection loses its messages). Dropping the newest keeps the queued
@@ -43,8 +45,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -105,6 +107,19 @@ pub(crate) enum Push {
     All(Bytes),
 }
 
+impl Push {
+    /// What the message holds in a worker's queue, for its bound in bytes:
+    /// its entry and its payload (and topic), counted whole in each queue
+    /// it is in, though the workers a publish goes to share one copy.
+    fn queued_bytes(&self) -> i64 {
+        let held = match self {
+            Push::To(_, payload) | Push::All(payload) => payload.len(),
+            Push::Topic(topic, payload) => topic.len() + payload.len(),
+        };
+        i64::try_from(std::mem::size_of::<Push>() + held).unwrap_or(i64::MAX)
+    }
+}
+
 /// Why the [`Hub`] did not take a message. Its calls return at once, so
 /// none of these is waited out: the message is not queued, and nothing
 /// will deliver it.
@@ -123,11 +138,12 @@ pub enum HubError {
     #[error("the server has stopped (or was dropped without serving): no worker takes messages")]
     Stopped,
     /// The worker's queue of hub messages is full
-    /// ([`Builder::hub_queue`](crate::Builder::hub_queue)): the message is
-    /// dropped for it, counted in
+    /// ([`Builder::hub_queue`](crate::Builder::hub_queue) messages, or
+    /// [`Builder::hub_queue_bytes`](crate::Builder::hub_queue_bytes)): the
+    /// message is dropped for it, counted in
     /// `megaconn_limit_hits_total{limit="hub_queue"}` and logged. For a
     /// publish or broadcast: every worker's queue was full.
-    #[error("the workers' hub queues are full: messages come faster than they are delivered (raise Builder::hub_queue for bursts, Builder::delivery_rate for a steady excess, or send less)")]
+    #[error("the workers' hub queues are full: messages come faster than they are delivered (raise Builder::hub_queue or hub_queue_bytes for bursts, Builder::delivery_rate for a steady excess, or send less)")]
     QueueFull,
     /// The [`ConnectionId`] names a worker this server does not have: it
     /// came from another server.
@@ -161,6 +177,8 @@ pub(crate) struct HubInner {
     lanes: Vec<Lane>,
     /// The bound of each lane's queue, in messages.
     limit: i64,
+    /// The bound of each lane's queue, in bytes ([`Push::queued_bytes`]).
+    limit_bytes: i64,
 }
 
 /// The hub as the server's configuration holds it: its channels, and the
@@ -183,6 +201,8 @@ pub(crate) struct HubChannels {
 pub(crate) struct HubQueue {
     rx: mpsc::UnboundedReceiver<Push>,
     stats: Arc<WorkerStats>,
+    /// The bytes in the queue (the lane's count).
+    bytes: Arc<AtomicI64>,
 }
 
 impl HubQueue {
@@ -190,16 +210,23 @@ impl HubQueue {
     /// the hub is gone.
     pub(crate) async fn next(&mut self) -> Option<Push> {
         let push = self.rx.recv().await?;
-        taken(&self.stats);
+        self.taken(&push);
         Some(push)
+    }
+
+    /// The pump took `push` from the queue (or dropped it at the worker's
+    /// end): its room is free again.
+    fn taken(&self, push: &Push) {
+        self.stats.messages.hub_queued.fetch_sub(1, Relaxed);
+        self.bytes.fetch_sub(push.queued_bytes(), Relaxed);
     }
 }
 
 impl Drop for HubQueue {
     fn drop(&mut self) {
         self.rx.close();
-        while self.rx.try_recv().is_ok() {
-            taken(&self.stats);
+        while let Ok(push) = self.rx.try_recv() {
+            self.taken(&push);
         }
     }
 }
@@ -212,33 +239,49 @@ impl Drop for HubQueue {
 struct Lane {
     sender: mpsc::UnboundedSender<Push>,
     stats: Arc<WorkerStats>,
+    /// The bytes in the queue ([`Push::queued_bytes`]), shared with the
+    /// worker's end, which gives them back.
+    bytes: Arc<AtomicI64>,
     /// Set once the worker took its end of the channel: it serves.
     serving: AtomicBool,
 }
 
 impl HubChannels {
     /// The channels to the workers whose counters are `workers`, each
-    /// holding at most `limit` messages (at least one).
-    pub(crate) fn new(workers: &[Arc<WorkerStats>], limit: usize) -> HubChannels {
+    /// holding at most `limit` messages (at least one) and `limit_bytes`
+    /// bytes (but always one message, however large).
+    pub(crate) fn new(
+        workers: &[Arc<WorkerStats>],
+        limit: usize,
+        limit_bytes: usize,
+    ) -> HubChannels {
         let (lanes, ends) = workers
             .iter()
             .map(|stats| {
                 let (sender, rx) = mpsc::unbounded_channel();
+                let bytes = Arc::new(AtomicI64::new(0));
                 let lane = Lane {
                     sender,
                     stats: stats.clone(),
+                    bytes: bytes.clone(),
                     serving: AtomicBool::new(false),
                 };
                 let end = HubQueue {
                     rx,
                     stats: stats.clone(),
+                    bytes,
                 };
                 (lane, Mutex::new(Some(end)))
             })
             .unzip();
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let limit_bytes = i64::try_from(limit_bytes).unwrap_or(i64::MAX);
         HubChannels {
-            hub: Arc::new(HubInner { lanes, limit }),
+            hub: Arc::new(HubInner {
+                lanes,
+                limit,
+                limit_bytes,
+            }),
             ends,
         }
     }
@@ -269,16 +312,30 @@ impl HubInner {
             });
         }
         let queued = &lane.stats.messages.hub_queued;
+        let cost = push.queued_bytes();
         // Room is taken before the send, so the pump, which gives it back
-        // when it takes a message, never sees the gauge below zero.
+        // when it takes a message, never sees the gauge below zero. A
+        // message larger than the byte bound still goes into an empty
+        // queue, alone: else a bound set below one message refused all.
         let room = queued.fetch_update(Relaxed, Relaxed, |n| (n < self.limit).then_some(n + 1));
-        if room.is_err() {
+        let bytes = room.and_then(|_| {
+            let fits = |n: i64| n == 0 || n.saturating_add(cost) <= self.limit_bytes;
+            let taken = lane.bytes.fetch_update(Relaxed, Relaxed, |n| {
+                fits(n).then_some(n.saturating_add(cost))
+            });
+            if taken.is_err() {
+                queued.fetch_sub(1, Relaxed);
+            }
+            taken
+        });
+        if bytes.is_err() {
             LimitHit::HubQueue.count(&lane.stats);
             ratelog::log(Flood::HubQueueFull, |suppressed| {
                 tracing::warn!(
                     limit = self.limit,
+                    limit_bytes = self.limit_bytes,
                     suppressed,
-                    "a worker's hub queue is full; dropping the message for its connections (messages come faster than the worker delivers them: raise Builder::hub_queue for bursts; a steady excess needs fewer messages or a higher Builder::delivery_rate)"
+                    "a worker's hub queue is full; dropping the message for its connections (messages come faster than the worker delivers them: raise Builder::hub_queue or hub_queue_bytes for bursts; a steady excess needs fewer messages or a higher Builder::delivery_rate)"
                 )
             });
             return Err(HubError::QueueFull);
@@ -286,16 +343,11 @@ impl HubInner {
         if lane.sender.send(push).is_err() {
             // The worker's pump ended: the server stopped.
             queued.fetch_sub(1, Relaxed);
+            lane.bytes.fetch_sub(cost, Relaxed);
             return Err(HubError::Stopped);
         }
         Ok(())
     }
-}
-
-/// The pump took a message from worker `stats`' queue (or dropped it at the
-/// worker's end): its room is free again.
-fn taken(stats: &WorkerStats) {
-    stats.messages.hub_queued.fetch_sub(1, Relaxed);
 }
 
 impl Hub {

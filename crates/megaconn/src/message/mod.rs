@@ -12,6 +12,9 @@
 //!   of the close exactly once
 //! - `session.rs` [`Session`]: a connection as its handler sees it (replies,
 //!   topics, close)
+//! - `topics.rs`  `Topics`: each topic's subscribers and each connection's
+//!   topics, at most `max_subscriptions` a connection
+//!   ([`SubscribeError`])
 //! - `table.rs`   the side table of parked connections' states, per worker
 //!   and protocol, with delivery straight to parked sockets
 //! - `wake.rs`    `resume`: what a woken connection checks first (behind,
@@ -51,6 +54,7 @@ pub(crate) mod hub;
 pub(crate) mod live;
 pub(crate) mod session;
 pub(crate) mod table;
+pub(crate) mod topics;
 pub(crate) mod wake;
 pub(crate) mod wire;
 pub(crate) mod worker;
@@ -63,6 +67,7 @@ use crate::conn::io::WriteLimit;
 
 pub use hub::{ConnectionId, Hub, HubError};
 pub use session::Session;
+pub use topics::{SubscribeError, DEFAULT_MAX_SUBSCRIPTIONS};
 
 /// Default bound of an awake connection's outbound queue: 256 messages.
 /// A push that finds it full closes the connection as a slow consumer.
@@ -74,9 +79,20 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
 /// connections of a worker, or for a publish every millisecond behind a
 /// broadcast that takes a minute. An entry is 56 bytes besides its payload
 /// (which the workers a publish goes to share), so a full queue holds
-/// 3.5 MiB of entries. A message over it is dropped and counted
-/// (`megaconn_limit_hits_total{limit="hub_queue"}`).
+/// 3.5 MiB of entries; the payloads are bounded apart, by
+/// [`DEFAULT_HUB_QUEUE_BYTES`]. A message over either bound is dropped and
+/// counted (`megaconn_limit_hits_total{limit="hub_queue"}`).
 pub const DEFAULT_HUB_QUEUE: usize = 65_536;
+
+/// Default bound of the bytes in each worker's queue of [`Hub`] messages
+/// ([`Builder::hub_queue_bytes`](crate::Builder::hub_queue_bytes)): 32 MiB,
+/// payloads and entries. The count bound alone let a worker queue 65,536
+/// messages of any size: 8 KiB ones held 512 MiB per worker (20,000 of
+/// them behind a slow delivery rate grew the server by 155 MiB). 32 MiB
+/// holds a full queue of the default 65,536 messages of up to ~450 bytes,
+/// or 512 of the 64 KiB the CLI's admin publish and its supervisor's fan-out
+/// take at most; larger messages queue fewer.
+pub const DEFAULT_HUB_QUEUE_BYTES: usize = 32 << 20;
 
 /// Default [`Builder::write_stall_timeout`](crate::Builder::write_stall_timeout)
 /// of HTTP/1.1 responses and of framed and WebSocket connections that have
@@ -110,6 +126,10 @@ pub(crate) struct MessageSettings {
     pub outbound_queue: usize,
     /// The bound of each worker's queue of hub messages, in messages.
     pub hub_queue: usize,
+    /// The bound of each worker's queue of hub messages, in bytes.
+    pub hub_queue_bytes: usize,
+    /// The most topics one connection may subscribe to.
+    pub max_subscriptions: usize,
     /// How many connections each worker reaches per second with one
     /// message of the hub (`None`: as fast as it can, a slice at a time).
     pub delivery_rate: Option<f64>,
@@ -124,6 +144,8 @@ impl Default for MessageSettings {
             hub: None,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             hub_queue: DEFAULT_HUB_QUEUE,
+            hub_queue_bytes: DEFAULT_HUB_QUEUE_BYTES,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             delivery_rate: None,
             write_stall_timeout: Some(DEFAULT_WRITE_STALL_TIMEOUT),
         }

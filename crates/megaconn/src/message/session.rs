@@ -7,6 +7,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::message::hub::ConnectionId;
+use crate::message::topics::SubscribeError;
 use crate::message::worker::Local;
 
 /// A connection as its handler sees it while handling one message: where
@@ -55,8 +56,16 @@ impl Session {
     /// [`Hub::publish`](crate::Hub::publish) reach it from now on, parked
     /// or awake, until it unsubscribes or closes. Subscribing twice is
     /// subscribing once.
-    pub fn subscribe(&self, topic: &str) {
-        self.local.subscribe(self.id, topic);
+    ///
+    /// A connection holds at most
+    /// [`Builder::max_subscriptions`](crate::Builder::max_subscriptions)
+    /// topics (default 1,024): a new topic past that is refused with
+    /// [`SubscribeError::TooMany`], counted in
+    /// `megaconn_limit_hits_total{limit="max_subscriptions"}` and logged
+    /// (rate-limited); the connection stays open, subscribed as before,
+    /// and the handler decides what its peer hears.
+    pub fn subscribe(&self, topic: &str) -> Result<(), SubscribeError> {
+        self.local.subscribe(self.id, topic)
     }
 
     /// Unsubscribes this connection from `topic` (no effect if it was not

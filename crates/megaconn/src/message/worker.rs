@@ -4,9 +4,10 @@
 //! protocol's side table of parked states, and the pump that delivers the
 //! [`Hub`](crate::Hub)'s messages on this worker's thread.
 //!
-//! Subscriptions live here, not with the connection, so they hold across
-//! park and wake at no cost to connections that do not subscribe; they go
-//! when the protocol reports the connection closed ([`Local::closed`]).
+//! Subscriptions live here (`topics.rs`), not with the connection, so
+//! they hold across park and wake at no cost to connections that do not
+//! subscribe; they go when the protocol reports the connection closed
+//! ([`Local::closed`]).
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -24,12 +25,12 @@ use crate::message::hub::{
     ConnectionId, Delivered, Generation, HubQueue, Inbox, Push, GENERATION_BITS, GENERATION_MASK,
 };
 use crate::message::table::{ParkedSet, SendParked, SideTable};
+use crate::message::topics::{SubscribeError, Topics};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::message::MessageSettings;
+use crate::observe::limits::LimitHit;
+use crate::observe::ratelog::{self, Flood, OverLimit};
 use crate::observe::stats::{gauge_own, incr, WorkerStats};
-
-/// A subscribing connection's generation and topics.
-type Subscribed = (Generation, Vec<Rc<str>>);
 
 /// A protocol's side table: typed (for the protocol) and as a delivery
 /// target (for the pump).
@@ -48,10 +49,8 @@ pub(crate) struct Local {
     next_generation: Cell<Generation>,
     /// Awake connections' outbound queues, with their generation.
     awake: RefCell<HashMap<RawFd, (Generation, Rc<Inbox>)>>,
-    /// Each topic's subscribers (fd -> generation).
-    topics: RefCell<HashMap<Rc<str>, HashMap<RawFd, Generation>>>,
-    /// Each subscribing connection's topics, for its close.
-    subscriptions: RefCell<HashMap<RawFd, Subscribed>>,
+    /// Topic subscriptions, both ways.
+    topics: RefCell<Topics>,
     wires: RefCell<Vec<Rc<dyn Wire>>>,
     /// Each protocol's side table.
     tables: RefCell<Vec<Table>>,
@@ -76,8 +75,7 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 delivery_rate: settings.delivery_rate,
                 next_generation: Cell::new(0),
                 awake: RefCell::default(),
-                topics: RefCell::default(),
-                subscriptions: RefCell::default(),
+                topics: RefCell::new(Topics::new(settings.max_subscriptions)),
                 wires: RefCell::default(),
                 tables: RefCell::default(),
             });
@@ -176,71 +174,33 @@ impl Local {
         })
     }
 
-    /// Subscribes connection `id` to `topic` (again: no change).
-    pub(crate) fn subscribe(&self, id: ConnectionId, topic: &str) {
-        let mut topics = self.topics.borrow_mut();
-        let key: Rc<str> = match topics.get_key_value(topic) {
-            Some((key, _)) => key.clone(),
-            None => Rc::from(topic),
-        };
-        topics
-            .entry(key.clone())
-            .or_default()
-            .insert(id.fd(), id.generation());
-        let mut subscriptions = self.subscriptions.borrow_mut();
-        let (generation, mine) = subscriptions
-            .entry(id.fd())
-            .or_insert_with(|| (id.generation(), Vec::new()));
-        if *generation != id.generation() {
-            // A stale entry of a closed connection on the same descriptor.
-            *generation = id.generation();
-            mine.clear();
+    /// Subscribes connection `id` to `topic` (again: no change), unless it
+    /// holds `max_subscriptions` topics already: refused, counted and
+    /// logged.
+    pub(crate) fn subscribe(&self, id: ConnectionId, topic: &str) -> Result<(), SubscribeError> {
+        let subscribed = self.topics.borrow_mut().subscribe(id, topic);
+        if let Err(SubscribeError::TooMany { limit }) = subscribed {
+            LimitHit::MaxSubscriptions.count(&self.stats);
+            let over = OverLimit {
+                kind: Flood::TooManySubscriptions,
+                what: "a connection's subscription",
+                setting: "Builder::max_subscriptions",
+                size: None,
+                limit: limit as u64,
+            };
+            ratelog::over_limit(over, "refused (its handler gets SubscribeError::TooMany)");
         }
-        if !mine.contains(&key) {
-            mine.push(key);
-        }
+        subscribed
     }
 
     /// Unsubscribes connection `id` from `topic` (not subscribed: no change).
     pub(crate) fn unsubscribe(&self, id: ConnectionId, topic: &str) {
-        let mut subscriptions = self.subscriptions.borrow_mut();
-        if let Some((generation, mine)) = subscriptions.get_mut(&id.fd()) {
-            if *generation == id.generation() {
-                mine.retain(|t| &**t != topic);
-                if mine.is_empty() {
-                    subscriptions.remove(&id.fd());
-                }
-            }
-        }
-        self.leave(topic, id);
+        self.topics.borrow_mut().unsubscribe(id, topic);
     }
 
     /// Connection `id` closed: it leaves its topics.
     pub(crate) fn closed(&self, id: ConnectionId) {
-        let mine = {
-            let mut subscriptions = self.subscriptions.borrow_mut();
-            match subscriptions.get(&id.fd()) {
-                Some((generation, _)) if *generation == id.generation() => {
-                    subscriptions.remove(&id.fd()).map(|(_, t)| t)
-                }
-                _ => None,
-            }
-        };
-        for topic in mine.unwrap_or_default() {
-            self.leave(&topic, id);
-        }
-    }
-
-    fn leave(&self, topic: &str, id: ConnectionId) {
-        let mut topics = self.topics.borrow_mut();
-        if let Some(members) = topics.get_mut(topic) {
-            if members.get(&id.fd()) == Some(&id.generation()) {
-                members.remove(&id.fd());
-            }
-            if members.is_empty() {
-                topics.remove(topic);
-            }
-        }
+        self.topics.borrow_mut().closed(id);
     }
 
     /// Who one message from the hub goes to, taken when the pump gets to
@@ -252,10 +212,7 @@ impl Local {
                 payload,
             ),
             Push::Topic(topic, payload) => {
-                let members = match self.topics.borrow().get(&*topic) {
-                    Some(members) => members.iter().map(|(&fd, &g)| (fd, g)).collect(),
-                    None => Vec::new(),
-                };
+                let members = self.topics.borrow().members(&topic);
                 (Recipients::Listed(members.into_iter()), payload)
             }
             Push::All(payload) => {
@@ -606,6 +563,7 @@ mod tests {
         let channels = Arc::new(crate::message::hub::HubChannels::new(
             std::slice::from_ref(&stats),
             16,
+            1 << 20,
         ));
         let hub = channels.hub();
         let mut config = crate::conn::config::Config::default();

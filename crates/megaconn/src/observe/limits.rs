@@ -1,5 +1,5 @@
-//! Which limit refused a request, closed a connection or (`hub_queue`)
-//! dropped a hub message, as a fixed set of labels (`limit` of
+//! Which limit refused a request, closed a connection, (`hub_queue`)
+//! dropped a hub message or (`max_subscriptions`) refused a subscription, as a fixed set of labels (`limit` of
 //! `megaconn_limit_hits_total`): the close reasons say only
 //! `protocol_error` for the ones that close. Counted on the rejection path
 //! only, one relaxed increment in the worker's array.
@@ -40,6 +40,9 @@ pub(crate) enum LimitHit {
     /// A message of the hub dropped at a worker's full queue
     /// (`Builder::hub_queue`); no connection is closed.
     HubQueue,
+    /// A subscription refused: the connection held
+    /// `Builder::max_subscriptions` topics already; it stays open.
+    MaxSubscriptions,
     /// A TLS handshake failed for records that held more than the TLS
     /// stream buffers (64 KiB) without completing a message: a ClientHello
     /// cut into tiny records.
@@ -65,6 +68,7 @@ impl LimitHit {
         "framed_max_line_bytes",
         "framed_malformed",
         "hub_queue",
+        "max_subscriptions",
         "tls_handshake_buffer",
     ];
 

@@ -72,8 +72,8 @@
 //! way has yet to reach (it is delivered a slice at a time, so the workers
 //! keep answering heartbeats meanwhile): 0 once every delivery is done;
 //! `hub_queued` is how many hub messages wait behind it in the workers'
-//! queues (bounded by `Builder::hub_queue`; a message over the bound is
-//! dropped and counted in `megaconn_limit_hits_total{limit="hub_queue"}`).
+//! queues (bounded by `Builder::hub_queue` and `hub_queue_bytes`; a
+//! message over either bound is dropped and counted in `megaconn_limit_hits_total{limit="hub_queue"}`).
 //!
 //! The body is OpenMetrics text (it ends with `# EOF`): serve it as
 //! [`OPENMETRICS_CONTENT_TYPE`]. Labelled `text/plain; version=0.0.4` it
@@ -862,7 +862,7 @@ impl Collector for Snapshot {
         labelled(
             &mut e,
             "limit_hits",
-            "Times a limit or a malformed message cut something short, by which: a request refused, a connection closed (what closed{protocol_error} does not tell), or a hub message dropped at a full worker queue (hub_queue).",
+            "Times a limit or a malformed message cut something short, by which: a request refused, a connection closed (what closed{protocol_error} does not tell), a hub message dropped at a full worker queue (hub_queue), or a subscription refused to a connection at its bound (max_subscriptions).",
             "limit",
             s.limit_hits.iter().copied(),
         )?;
@@ -1068,7 +1068,7 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
     gauge(
         e,
         "message_hub_queued",
-        "Hub messages waiting in the workers' queues for delivery (each bounded by hub_queue).",
+        "Hub messages waiting in the workers' queues for delivery (each bounded by hub_queue and hub_queue_bytes).",
         i64::try_from(m.hub_queued).unwrap_or(i64::MAX),
     )?;
     Ok(())

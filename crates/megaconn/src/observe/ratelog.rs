@@ -4,7 +4,7 @@
 //! a socket the kernel will not watch, an upgrade no handler took, a
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
 //! framed TCP frame or line over its limit, a hub message dropped at a full
-//! queue, a framed or WebSocket (native or `axum_ws`) peer or an HTTP/1.1
+//! queue, a subscription over a connection's bound, a framed or WebSocket (native or `axum_ws`) peer or an HTTP/1.1
 //! client that stopped reading, a TLS handshake that timed out or failed, a
 //! TLS peer over the record buffer's limit or in breach of the protocol
 //! after its handshake, a response body that failed mid-stream, a panic
@@ -109,6 +109,9 @@ pub(crate) enum Flood {
     /// Logged on the thread that published it, which may be no worker's:
     /// each thread has its own limiter.
     HubQueueFull,
+    /// A subscription refused: the connection held
+    /// `Builder::max_subscriptions` topics already.
+    TooManySubscriptions,
     /// A framed TCP connection closed because its peer took none of our
     /// bytes in time (`write_timeout`, the heartbeat timeout or
     /// `write_stall_timeout`). A kind per protocol, as their heartbeat
@@ -169,7 +172,7 @@ pub(crate) enum Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 29;
+const KINDS: usize = 30;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.

@@ -332,8 +332,8 @@ pub struct ServerStats {
     /// Idle connections a paced shutdown (`shutdown_drain_rate`) has still
     /// to close.
     pub shutdown_drain_pending: i64,
-    /// Requests refused, connections closed and hub messages dropped
-    /// (`hub_queue`) by a limit, by the limit's label (`max_header_bytes`,
+    /// Requests refused, connections closed, hub messages dropped
+    /// (`hub_queue`) and subscriptions refused (`max_subscriptions`) by a limit, by the limit's label (`max_header_bytes`,
     /// `max_body_bytes`, ...; every label, zero or not), as `megaconn_limit_hits_total{limit}` shows them.
     pub limit_hits: Vec<(&'static str, u64)>,
     /// Fatal TLS alerts peers ended connections with (closed as

@@ -1,7 +1,8 @@
 //! The message layer's public knobs: the [`Hub`] of a server (push,
 //! publish, broadcast to message connections), the bound of each
 //! connection's outbound queue and of each worker's queue of hub messages,
-//! the pace of the hub's deliveries, and how long a write may stall.
+//! the pace of the hub's deliveries, how many topics a connection may
+//! subscribe to, and how long a write may stall.
 //! Protocol-neutral: they apply to every message protocol's connections
 //! (framed TCP; the write stall bound WebSocket's too, native and
 //! `axum_ws`, and HTTP/1.1 responses').
@@ -66,6 +67,43 @@ impl Builder {
         self
     }
 
+    /// Message connections: how many bytes of [`Hub`] messages may wait for
+    /// each worker to deliver them, counting each message's payload (and
+    /// topic) and its 56-byte entry, as [`hub_queue`](Builder::hub_queue)
+    /// counts messages. A message that would take the queue past it is
+    /// dropped for that worker as one over `hub_queue` is (counted in
+    /// `megaconn_limit_hits_total{limit="hub_queue"}`, logged,
+    /// [`HubError::QueueFull`](crate::HubError::QueueFull)); a message
+    /// larger than the bound still goes into an empty queue, alone. A
+    /// publish or broadcast counts its payload in each worker's queue,
+    /// though they share one copy: the bound is on what one worker can be
+    /// made to hold. Without it a full queue of 65,536 messages of 8 KiB
+    /// held 512 MiB per worker. Ask for the [`Hub`] after setting it.
+    /// Default [`DEFAULT_HUB_QUEUE_BYTES`](crate::DEFAULT_HUB_QUEUE_BYTES)
+    /// (32 MiB).
+    pub fn hub_queue_bytes(mut self, bytes: usize) -> Builder {
+        MessageSettings::update(&mut self.config, |s| s.hub_queue_bytes = bytes);
+        self
+    }
+
+    /// Message connections (framed, WebSocket): the most topics one
+    /// connection may be subscribed to at once. A subscription to a new
+    /// topic past it is refused:
+    /// [`Session::subscribe`](crate::Session::subscribe) returns
+    /// [`SubscribeError::TooMany`](crate::SubscribeError::TooMany), counted
+    /// in `megaconn_limit_hits_total{limit="max_subscriptions"}` and logged
+    /// (at most once per 5 s per worker); the connection stays open with
+    /// the topics it has. Each subscription holds about 250 bytes of its
+    /// worker's memory for as long as the connection is open, parked or
+    /// not: without a bound a peer that sent 80,000 `SUB`s held 20 MB.
+    /// Zero refuses every subscription. Default
+    /// [`DEFAULT_MAX_SUBSCRIPTIONS`](crate::DEFAULT_MAX_SUBSCRIPTIONS)
+    /// (1,024).
+    pub fn max_subscriptions(mut self, topics: usize) -> Builder {
+        MessageSettings::update(&mut self.config, |s| s.max_subscriptions = topics);
+        self
+    }
+
     /// HTTP/1.1 responses, and framed and WebSocket connections without a
     /// heartbeat timeout ([`Builder::heartbeat_timeout`],
     /// [`WebSocketRoute::heartbeat_timeout`](crate::WebSocketRoute::heartbeat_timeout);
@@ -125,9 +163,9 @@ impl Server {
         let workers = self.handle().worker_stats().to_vec();
         let config = Arc::make_mut(&mut self.config);
         MessageSettings::update(config, |s| {
-            let limit = s.hub_queue;
+            let (limit, limit_bytes) = (s.hub_queue, s.hub_queue_bytes);
             s.hub
-                .get_or_insert_with(|| Arc::new(HubChannels::new(&workers, limit)));
+                .get_or_insert_with(|| Arc::new(HubChannels::new(&workers, limit, limit_bytes)));
         });
         MessageSettings::of(&self.config)
             .and_then(|s| s.hub.as_ref())

@@ -64,8 +64,10 @@ impl FramedHandler for Probe {
                 Some(Bytes::from("waited"))
             }
             f if f.starts_with(b"sub ") => {
-                session.subscribe(std::str::from_utf8(&f[4..]).unwrap());
-                Some(Bytes::from("ok"))
+                match session.subscribe(std::str::from_utf8(&f[4..]).unwrap()) {
+                    Ok(()) => Some(Bytes::from("ok")),
+                    Err(e) => Some(Bytes::from(format!("refused: {e}"))),
+                }
             }
             f if f.starts_with(b"unsub ") => {
                 session.unsubscribe(std::str::from_utf8(&f[6..]).unwrap());

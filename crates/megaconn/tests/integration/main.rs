@@ -38,6 +38,7 @@ mod layers;
 mod lifecycle_events;
 mod limits;
 mod malformed;
+mod message_bounds;
 mod metrics;
 mod modes;
 #[cfg(feature = "otel")]

@@ -58,7 +58,9 @@ impl WebSocketHandler for Probe {
         match message.as_bytes() {
             b"count" => Some(seen.to_string().into()),
             b"join" => {
-                session.subscribe("room");
+                session
+                    .subscribe("room")
+                    .expect("one topic, under the bound");
                 Some("joined".into())
             }
             b"bye" => {

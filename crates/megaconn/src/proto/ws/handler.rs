@@ -113,9 +113,13 @@ impl WsSession {
 
     /// Subscribes this connection to `topic`: what
     /// [`Hub::publish`](crate::Hub::publish) sends to it reaches this
-    /// connection, parked or awake, until it unsubscribes or closes.
-    pub fn subscribe(&self, topic: &str) {
-        self.inner.subscribe(topic);
+    /// connection, parked or awake, until it unsubscribes or closes. A
+    /// new topic past
+    /// [`Builder::max_subscriptions`](crate::Builder::max_subscriptions) is
+    /// refused, the connection left open
+    /// ([`Session::subscribe`](crate::Session::subscribe)).
+    pub fn subscribe(&self, topic: &str) -> Result<(), crate::SubscribeError> {
+        self.inner.subscribe(topic)
     }
 
     /// Unsubscribes this connection from `topic`.

@@ -1,0 +1,226 @@
+//! What one peer or one publisher can make a worker hold for the message
+//! connections, over real sockets: the topics a connection subscribes to
+//! (`Builder::max_subscriptions`), and the bytes of hub messages waiting
+//! for a worker (`Builder::hub_queue_bytes`). Each bound refuses, counts
+//! (`megaconn_limit_hits_total`) and leaves the connection serving. Every
+//! wait is bounded and waits on a byte or a counter.
+
+use crate::common::SAFETY;
+
+use bytes::Bytes;
+use megaconn::{
+    Builder, FramedHandler, Framing, Hub, HubError, Server, ServerHandle, ServerStats, Session,
+    ShutdownSummary, SubscribeError,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Lines: `sub T` answers `ok`, or `refused: <why>`; `unsub T` answers
+/// `ok`; anything else is echoed.
+struct Subscriber;
+
+impl FramedHandler for Subscriber {
+    type State = ();
+
+    async fn on_message(&self, _: &mut (), frame: Bytes, session: &Session) -> Option<Bytes> {
+        let line = std::str::from_utf8(&frame).expect("UTF-8 lines");
+        let answer = match line.split_once(' ') {
+            Some(("sub", topic)) => match session.subscribe(topic) {
+                Ok(()) => "ok".to_string(),
+                Err(e @ SubscribeError::TooMany { .. }) => format!("refused: {e}"),
+                Err(e) => format!("other: {e}"),
+            },
+            Some(("unsub", topic)) => {
+                session.unsubscribe(topic);
+                "ok".to_string()
+            }
+            _ => return Some(frame),
+        };
+        Some(answer.into())
+    }
+}
+
+/// A one-worker line server running [`Subscriber`], stopped on drop.
+struct Lines {
+    addr: std::net::SocketAddr,
+    handle: ServerHandle,
+    hub: Hub,
+    task: Option<tokio::task::JoinHandle<ShutdownSummary>>,
+}
+
+impl Lines {
+    async fn start(builder: Builder) -> Lines {
+        let mut server = builder
+            .workers(1)
+            .park_idle_after(None)
+            .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+            .listen()
+            .expect("server binds");
+        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
+        // Run here, not in the task: the hub takes messages once the
+        // server runs, which the tests' first publishes must not race.
+        let running = server.start_framed(Subscriber).expect("starts").run();
+        Lines {
+            addr,
+            handle,
+            hub,
+            task: Some(tokio::spawn(running)),
+        }
+    }
+
+    async fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).await.expect("connect");
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    fn limit_hits(&self, label: &str) -> u64 {
+        let stats = self.handle.stats();
+        let hit = stats.limit_hits.iter().find(|(l, _)| *l == label);
+        hit.expect("a limit of that label").1
+    }
+
+    async fn stop(mut self) -> ShutdownSummary {
+        self.handle.shutdown();
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(SAFETY, task)
+            .await
+            .expect("server stops")
+            .expect("server task")
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+/// Sends `line` and reads one line back (bounded).
+async fn ask(s: &mut TcpStream, line: &str) -> String {
+    s.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    read_line(s).await
+}
+
+/// Reads one line (bounded), without its `\n`.
+async fn read_line(s: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while tokio::time::timeout(SAFETY, s.read_exact(&mut byte))
+        .await
+        .expect("timed out reading a line")
+        .is_ok()
+    {
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// A connection holds at most `max_subscriptions` topics: the next new one
+/// is refused with `SubscribeError::TooMany`, counted and shown in the
+/// metrics; the connection keeps its topics and serves on, a topic it
+/// holds can be subscribed again, and one it leaves makes room. (Before,
+/// there was no bound: a peer could subscribe to any number of topics,
+/// each ~250 bytes held for the life of the connection, and each subscribe
+/// scanned the connection's list: 80,000 cost 18 s of worker CPU.)
+#[tokio::test]
+async fn a_subscription_past_the_bound_is_refused_counted_and_the_connection_serves_on() {
+    let server = Lines::start(Server::builder().max_subscriptions(3)).await;
+    let mut s = server.connect().await;
+    for topic in ["a", "b", "c"] {
+        assert_eq!(ask(&mut s, &format!("sub {topic}")).await, "ok");
+    }
+    let refused = ask(&mut s, "sub d").await;
+    assert!(
+        refused.starts_with("refused: ") && refused.contains("3 subscriptions"),
+        "{refused}"
+    );
+    assert_eq!(server.limit_hits("max_subscriptions"), 1);
+    assert!(server
+        .handle
+        .render_metrics()
+        .contains("megaconn_limit_hits_total{limit=\"max_subscriptions\"} 1"));
+    // Still open, still subscribed to its three, and not to the fourth.
+    assert_eq!(ask(&mut s, "still there?").await, "still there?");
+    assert_eq!(server.hub.publish("d", "not for you"), Ok(()));
+    assert_eq!(server.hub.publish("c", "for you"), Ok(()));
+    assert_eq!(read_line(&mut s).await, "for you");
+    // A topic it holds is no new subscription; one it leaves makes room.
+    assert_eq!(ask(&mut s, "sub a").await, "ok");
+    assert_eq!(ask(&mut s, "unsub b").await, "ok");
+    assert_eq!(ask(&mut s, "sub d").await, "ok");
+    assert_eq!(server.limit_hits("max_subscriptions"), 1);
+    assert_eq!(server.hub.publish("b", "left"), Ok(()));
+    assert_eq!(server.hub.publish("d", "joined"), Ok(()));
+    assert_eq!(read_line(&mut s).await, "joined");
+    // The bound is per connection: another one has its own three.
+    let mut other = server.connect().await;
+    for topic in ["x", "y", "z"] {
+        assert_eq!(ask(&mut other, &format!("sub {topic}")).await, "ok");
+    }
+    server.stop().await;
+}
+
+/// Large messages behind a slow delivery: each worker's hub queue is
+/// bounded in bytes too (32 MiB by default, payload and entry), so of a
+/// hundred 1 MiB broadcasts 31 wait and the rest are refused, counted as
+/// `hub_queue` limit hits; the `hub_queued` gauge shows the 31, and after
+/// the worker stops, nothing. (Before, only the count of messages was
+/// bounded, 65,536: all hundred were queued, and 8 KiB messages could hold
+/// 512 MiB per worker.) The pump is held as in the count bound's test: a
+/// delivery rate so low that after its first slice (the one connection)
+/// it waits over a quarter of an hour.
+#[tokio::test]
+async fn large_hub_messages_over_the_byte_bound_are_refused_and_counted() {
+    let server = Lines::start(Server::builder().delivery_rate(Some(0.001))).await;
+    let mut s = server.connect().await;
+    assert_eq!(ask(&mut s, "hello").await, "hello");
+    assert_eq!(server.hub.broadcast("first"), Ok(()));
+    assert_eq!(read_line(&mut s).await, "first");
+    // One payload, shared by every message: the test holds 1 MiB, the
+    // queue counts each message's.
+    let payload = Bytes::from(vec![b'x'; 1 << 20]);
+    let taken = (0..100)
+        .filter(|_| server.hub.broadcast(payload.clone()).is_ok())
+        .count();
+    let fit = megaconn::DEFAULT_HUB_QUEUE_BYTES / ((1 << 20) + 56);
+    assert_eq!((taken, fit), (31, 31));
+    let stats: ServerStats = server.handle.stats();
+    assert_eq!(stats.messages.hub_queued, 31, "{stats:?}");
+    assert_eq!(server.limit_hits("hub_queue"), 69);
+    assert_eq!(
+        server.hub.publish("t", payload.clone()),
+        Err(HubError::QueueFull)
+    );
+    // Small messages still fit in what is left.
+    assert_eq!(server.hub.publish("t", "small"), Ok(()));
+    let handle = server.handle.clone();
+    server.stop().await;
+    assert_eq!(handle.stats().messages.hub_queued, 0);
+}
+
+/// With a byte bound below one message, a message still goes into an
+/// empty queue, alone (else such a bound refused every large message).
+#[tokio::test]
+async fn a_message_larger_than_the_byte_bound_goes_alone() {
+    let server = Lines::start(
+        Server::builder()
+            .delivery_rate(Some(0.001))
+            .hub_queue_bytes(1000),
+    )
+    .await;
+    let mut s = server.connect().await;
+    assert_eq!(ask(&mut s, "hello").await, "hello");
+    assert_eq!(server.hub.broadcast("first"), Ok(()));
+    assert_eq!(read_line(&mut s).await, "first");
+    let big = Bytes::from(vec![b'y'; 4096]);
+    assert_eq!(server.hub.broadcast(big.clone()), Ok(()));
+    assert_eq!(server.hub.broadcast("small"), Err(HubError::QueueFull));
+    assert_eq!(server.hub.broadcast(big), Err(HubError::QueueFull));
+    assert_eq!(server.limit_hits("hub_queue"), 2);
+    assert_eq!(server.handle.stats().messages.hub_queued, 1);
+    server.stop().await;
+}
