@@ -248,16 +248,23 @@ impl BodySender {
     /// stopped reading for now (it polls again when it wants more); its
     /// next wait then wakes the connection (`cx`), so that the connection
     /// learns of it while it waits on the socket.
+    ///
+    /// Waiting, the connection is not registered: each poll of an empty
+    /// slot wakes the connection, and a handler polled in the connection's
+    /// own task would then wake it at every turn, a spin at 100 % CPU until
+    /// the bound passed (the bound's timer wakes the connection instead).
     pub(crate) fn poll_awaited(&mut self, cx: &mut Context<'_>) -> bool {
         let mut state = self.shared.lock();
-        if !state
-            .tx_waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
+        let waiting = state.rx_waker.is_some() && state.item.is_none();
+        if !waiting
+            && !state
+                .tx_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
         {
             state.tx_waker = Some(cx.waker().clone());
         }
-        state.rx_waker.is_some() && state.item.is_none()
+        waiting
     }
 
     /// Wakes the handler's last wait for the body: a handler that still

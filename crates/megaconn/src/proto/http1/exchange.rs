@@ -784,6 +784,9 @@ where
     // for a moment, so the client sees the answer, not a reset.
     if *this.response_done && !this.setup.keep_alive {
         body_done(this);
+        // A reason that lingers: the body may still be on its way, and a
+        // close with unread bytes would reset the answer.
+        this.close_reason.get_or_insert(CloseReason::UnreadBody);
         return Ok(true);
     }
     let max_drain = this.conn.ctx.config.max_drain_bytes;

@@ -129,6 +129,12 @@ pub(crate) fn check<B>(
             "a WebSocket handshake is a GET request",
         ));
     }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket handshake needs `Connection: upgrade`",
+        ));
+    }
     // A handshake has no body (RFC 6455 §4.1 gives it none). One that
     // declares a body is refused and its connection closed: the engine
     // would otherwise read that body before switching, so a client that
@@ -148,12 +154,6 @@ pub(crate) fn check<B>(
                  `Transfer-Encoding`",
             )
         });
-    }
-    if !has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
-            "a WebSocket handshake needs `Connection: upgrade`",
-        ));
     }
     let versions = headers.get_all(header::SEC_WEBSOCKET_VERSION);
     if versions
