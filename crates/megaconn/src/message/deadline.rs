@@ -8,13 +8,36 @@
 //! then would keep a task and a buffer for good (slowloris). So a message
 //! gets a time of its own, from its first byte seen to its end, not
 //! restarted by its bytes (as `read_header_timeout` bounds an HTTP head).
+//!
+//! A message's end does not always bring the connection back between
+//! messages: the next one may have begun in the same read. Its time then
+//! starts afresh only if the peer brought at least [`RENEW_AFTER_BYTES`]
+//! since the time last started. Else a peer that, every round of just
+//! under the timeout, ends the message begun and begins the next (6 bytes
+//! a round on a WebSocket, 2 on a line) kept a task and its buffers for good
+//! (12 KB a connection where a parked one costs tens of bytes), each
+//! message whole within its time; and without the renewal a peer streaming
+//! messages back to back, which a read seldom catches between two (an
+//! upload over a slow link: segments do not end where messages do), would
+//! be closed however fast it sent. So a connection stays in the middle of
+//! messages past `message_timeout` only by bringing a read buffer's worth
+//! (8 KiB) within each timeout: at the default 60 s a floor of 137 B/s
+//! (Kestrel's `MinRequestBodyDataRate` asks 240 B/s), which only a peer
+//! that never lets its messages end between reads has to meet.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::conn::pool::BUFFER_CAPACITY;
 use crate::observe::close::CloseReason;
 use crate::observe::stats::{incr, WorkerStats};
+
+/// How many bytes a peer must have sent since its message's time started
+/// for the next message, begun in the same read as one's end, to get a
+/// time of its own (the module doc): one pooled read buffer, what such a
+/// connection holds.
+pub(crate) const RENEW_AFTER_BYTES: usize = BUFFER_CAPACITY;
 
 /// The bound on one message in progress: off between messages, started
 /// when the connection is first seen in the middle of one.
@@ -22,12 +45,23 @@ use crate::observe::stats::{incr, WorkerStats};
 pub(crate) struct MessageDeadline {
     timeout: Option<Duration>,
     at: Option<Instant>,
+    /// Bytes read since `at` was last off.
+    read: usize,
 }
 
 impl MessageDeadline {
     /// A connection's bound, `timeout` per message (`None`: unbounded).
     pub(crate) fn new(timeout: Option<Duration>) -> MessageDeadline {
-        MessageDeadline { timeout, at: None }
+        MessageDeadline {
+            timeout,
+            at: None,
+            read: 0,
+        }
+    }
+
+    /// `n` bytes were read.
+    pub(crate) fn read(&mut self, n: usize) {
+        self.read = self.read.saturating_add(n);
     }
 
     /// Notes where the connection stands after reading and decoding:
@@ -37,18 +71,25 @@ impl MessageDeadline {
     /// message connection, and nearly all of them are between messages.
     pub(crate) fn track(&mut self, between: bool, now: impl FnOnce() -> Instant) {
         if between {
-            self.at = None;
+            self.off();
         } else if self.at.is_none() {
             self.at = self.timeout.map(|t| now() + t);
         }
     }
 
     /// A message ended (decoded whole): the next one, even if its first
-    /// bytes came with this one's last, gets its own time. (Else a peer
-    /// streaming messages back to back, never caught between two, would be
-    /// closed however fast it sent.)
+    /// bytes came with this one's last, gets its own time, once the peer
+    /// brought [`RENEW_AFTER_BYTES`] since the time started; before that
+    /// the time runs on (the module doc says why both).
     pub(crate) fn ended(&mut self) {
+        if self.read >= RENEW_AFTER_BYTES {
+            self.off();
+        }
+    }
+
+    fn off(&mut self) {
         self.at = None;
+        self.read = 0;
     }
 
     /// When the message in progress must be complete by, if one is.
@@ -96,10 +137,29 @@ mod tests {
         assert!(!deadline.passed(now + 2 * second));
         deadline.track(false, || now + 2 * second);
         assert_eq!(deadline.at(), Some(now + 3 * second));
-        // One ended and the next began in the same read: a fresh time.
+        // One ended and the next began in the same read, a few bytes
+        // since the time started: the time runs on.
+        deadline.read(6);
+        deadline.ended();
+        deadline.track(false, || now + 3 * second);
+        assert_eq!(deadline.at(), Some(now + 3 * second));
+        // A read buffer's worth since: a fresh time.
+        deadline.read(RENEW_AFTER_BYTES - 6);
         deadline.ended();
         deadline.track(false, || now + 3 * second);
         assert_eq!(deadline.at(), Some(now + 4 * second));
+        // Counted from there, not from the first time.
+        deadline.read(RENEW_AFTER_BYTES - 1);
+        deadline.ended();
+        deadline.track(false, || now + 4 * second);
+        assert_eq!(deadline.at(), Some(now + 4 * second));
+        // Between messages: off, and the count starts over.
+        deadline.track(true, || now + 4 * second);
+        deadline.track(false, || now + 5 * second);
+        deadline.read(1);
+        deadline.ended();
+        deadline.track(false, || now + 5 * second);
+        assert_eq!(deadline.at(), Some(now + 6 * second));
         // Off: never bounded.
         let mut off = MessageDeadline::new(crate::conn::config::zero_is_off(Some(Duration::ZERO)));
         off.track(false, || now);

@@ -101,7 +101,11 @@ impl Builder {
     /// A connection in the middle of a frame cannot park, and the
     /// [`heartbeat_timeout`](Builder::heartbeat_timeout), restarted by every
     /// byte (and off by default), does not bound a peer that trickles one
-    /// (slowloris). Between frames it does not apply.
+    /// (slowloris). Between frames it does not apply. A frame that begins
+    /// in the same read as one ends gets a time of its own only once the
+    /// peer brought 8 KiB since the time started; else the time runs on, so
+    /// a peer that never lets the connection get back between frames must
+    /// bring 8 KiB per timeout (137 B/s at the default).
     /// [`read_timeout`](Builder::read_timeout) is HTTP's and does not apply
     /// to framed connections. `None` or zero: unbounded. Default
     /// [`DEFAULT_MESSAGE_TIMEOUT`](crate::DEFAULT_MESSAGE_TIMEOUT) (60 s).

@@ -649,6 +649,40 @@ where
     }
 }
 
+/// A peer that never gets back between messages: writes `first` (a
+/// message begun), then `round` every `every` (each ends the message begun
+/// and begins the next), until `ended` completes, which it returns. Panics
+/// if it has not within `rounds` rounds (and one more `every`). Write
+/// errors (the server hung up) stop the rounds, not the wait.
+pub async fn in_rounds_until<W, T>(
+    w: &mut W,
+    (first, round): (&[u8], &[u8]),
+    every: Duration,
+    rounds: usize,
+    ended: impl Future<Output = T>,
+) -> T
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut ended = std::pin::pin!(ended);
+    let mut open = w.write_all(first).await.is_ok();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    for _ in 0..rounds {
+        tokio::select! {
+            out = &mut ended => return out,
+            _ = tick.tick() => {
+                if open {
+                    open = w.write_all(round).await.is_ok();
+                }
+            }
+        }
+    }
+    tokio::time::timeout(every, ended)
+        .await
+        .unwrap_or_else(|_| panic!("still open after {rounds} rounds of {every:?}"))
+}
+
 /// An h2c client (prior knowledge) on a fresh connection.
 pub async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     h2c_from(addr).await.0

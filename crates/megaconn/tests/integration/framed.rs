@@ -532,19 +532,25 @@ async fn a_silent_peer_is_closed_by_the_heartbeat_timeout() {
     parked.stop().await;
 }
 
+/// A server framing with `framing` whose frames must be whole within
+/// 300 ms (and whose heartbeat does not end a peer first).
+async fn message_timeout_server(framing: Framing) -> Framed {
+    Framed::start(
+        Server::builder()
+            .heartbeat_timeout(Some(Duration::from_secs(600)))
+            .message_timeout(Some(Duration::from_millis(300))),
+        framing,
+    )
+    .await
+}
+
 /// A peer that begins a frame and then sends a byte now and then, each
 /// well within the heartbeat timeout, is closed at the message timeout:
 /// the heartbeat (restarted by every byte, and off by default) held it, a
 /// task and a read buffer, for as long as the bytes came.
 #[tokio::test]
 async fn a_frame_trickled_a_byte_at_a_time_is_closed_at_the_message_timeout() {
-    let mut server = Framed::start(
-        Server::builder()
-            .heartbeat_timeout(Some(Duration::from_secs(600)))
-            .message_timeout(Some(Duration::from_millis(300))),
-        Framing::length_prefixed(4),
-    )
-    .await;
+    let mut server = message_timeout_server(Framing::length_prefixed(4)).await;
     let mut s = server.connect().await;
     let whole = frame(&[7; 1000]);
     s.write_all(&whole[..10]).await.unwrap();
@@ -595,10 +601,12 @@ async fn a_header_announcing_a_huge_frame_does_not_reserve_it() {
 }
 
 /// A peer that sends slowly, every line cut in two by a pause, is served
-/// as long as each line is whole within the message timeout, however long
-/// it goes on: the next line's time starts with its own first byte, also
-/// when it came with the last one's end (the connection is never between
-/// frames here).
+/// as long as each line is whole within the message timeout and it brings
+/// a read buffer's worth (8 KiB) within each, however long it goes on: the
+/// next line's time starts afresh at the end of one, also when its first
+/// bytes came with that end (the connection is never between frames here:
+/// as an upload over a slow link, whose segments do not end where lines
+/// do).
 #[tokio::test]
 async fn a_slow_sender_is_served_while_each_frame_is_whole_in_time() {
     let bound = Duration::from_secs(2);
@@ -611,18 +619,43 @@ async fn a_slow_sender_is_served_while_each_frame_is_whole_in_time() {
     )
     .await;
     let mut s = server.connect().await;
-    // Enough lines that the whole takes longer than the bound.
+    // Enough lines that the whole takes longer than the bound; 1,001 bytes
+    // a pause: 20 KB within each bound.
     let rounds = 2 * (bound.as_millis() / pause.as_millis()) as usize;
-    let bytes = b"count\n".repeat(rounds);
-    let cuts: Vec<usize> = (0..rounds).map(|i| i * 6 + 3).collect();
+    let line = [&[b'x'; 1000][..], b"\n"].concat();
+    let bytes = line.repeat(rounds);
+    let cuts: Vec<usize> = (0..rounds).map(|i| i * line.len() + 500).collect();
     let started = tokio::time::Instant::now();
     common::write_in_pieces(&mut s, &bytes, &cuts, pause).await;
     assert!(started.elapsed() > bound, "the test outlasts the bound");
-    let replies: String = (1..=rounds).map(|n| format!("{n}\n")).collect();
-    assert_eq!(read_exact(&mut s, replies.len()).await, replies.as_bytes());
+    assert_eq!(read_exact(&mut s, bytes.len()).await, bytes);
     drop(s);
     let closed = server.next_close().await;
     assert_eq!(closed, (rounds as u64, CloseReason::ClientClosed));
+    server.stop().await;
+}
+
+/// A peer that, every round, ends the line it began and begins the next
+/// (2 bytes) is closed at the message timeout: each line was whole within
+/// its time, but the connection never got back between frames, so it
+/// never parked, and held a task and a pooled buffer for as long as the
+/// rounds came. Bringing 2 bytes a round, its time ran on.
+#[tokio::test]
+async fn a_peer_that_never_gets_back_between_frames_is_closed_at_the_message_timeout() {
+    let mut server = message_timeout_server(Framing::lines()).await;
+    let mut s = server.connect().await;
+    let (mut from, mut to) = s.split();
+    let mut echoes = Vec::new();
+    // A reset counts as closed too.
+    let closed = from.read_to_end(&mut echoes);
+    let pause = Duration::from_millis(100);
+    let _ = common::in_rounds_until(&mut to, (b"y", b"\ny"), pause, 20, closed).await;
+    let (_, reason) = server.next_close().await;
+    assert_eq!(reason, CloseReason::MessageTimeout);
+    server
+        .wait_stats("counted", |s| s.connections_open == 0)
+        .await;
+    assert_eq!(server.closed_with("message_timeout"), 1);
     server.stop().await;
 }
 

@@ -256,6 +256,17 @@ async fn read_close_code(s: &mut TcpStream) -> u16 {
     }
 }
 
+/// The server closes the TCP connection, cleanly, with nothing more sent
+/// (bounded).
+async fn hangs_up(s: &mut TcpStream) {
+    let mut rest = Vec::new();
+    tokio::time::timeout(SAFETY, s.read_to_end(&mut rest))
+        .await
+        .expect("hung up in time")
+        .expect("a clean close");
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
 /// The next `n` messages the client reads are pings (tungstenite queues
 /// their pongs, sent with its next read or write).
 async fn expect_pings<S>(client: &mut WebSocketStream<S>, n: usize)
@@ -389,12 +400,8 @@ async fn a_close_frame_already_read_answers_our_close() {
     assert_eq!(read_frame(&mut s).await, (0x81, b"bye".to_vec()));
     let (first, payload) = read_frame(&mut s).await;
     assert_eq!((first, &payload[..2]), (0x88, &4000u16.to_be_bytes()[..]));
-    let mut rest = Vec::new();
-    tokio::time::timeout(SAFETY, s.read_to_end(&mut rest))
-        .await
-        .expect("closed without waiting for close_timeout")
-        .expect("a clean close");
-    assert!(rest.is_empty(), "{rest:?}");
+    // Without waiting for close_timeout.
+    hangs_up(&mut s).await;
     assert_eq!(server.next_close().await, (1, CloseReason::ServerClosed));
     server.stop().await;
 }
@@ -508,12 +515,7 @@ async fn a_peer_that_never_answers_our_close_is_hung_up_after_close_timeout() {
     let (first, payload) = read_frame(&mut s).await;
     assert_eq!((first, &payload[..2]), (0x88, &4000u16.to_be_bytes()[..]));
     // No answer: the server closes the TCP connection by itself.
-    let mut rest = Vec::new();
-    tokio::time::timeout(SAFETY, s.read_to_end(&mut rest))
-        .await
-        .expect("hung up in time")
-        .expect("a clean close");
-    assert!(rest.is_empty(), "{rest:?}");
+    hangs_up(&mut s).await;
     assert_eq!(server.next_close().await, (1, CloseReason::ServerClosed));
     server.stop().await;
 }
@@ -529,15 +531,7 @@ fn closed_as(server: &Ws, reason: &str) -> u64 {
 /// buffer) for as long as the bytes came.
 #[tokio::test]
 async fn a_message_trickled_a_byte_at_a_time_is_closed_at_the_message_timeout() {
-    let mut server = Ws::start(Server::builder(), |r| {
-        r.ping_interval(None)
-            .heartbeat_timeout(Some(Duration::from_secs(600)))
-            .message_timeout(Some(Duration::from_millis(300)))
-            // Our close frame would read as more of the unfinished one: the
-            // server hangs up after this.
-            .close_timeout(Duration::from_millis(100))
-    })
-    .await;
+    let server = message_timeout_server().await;
     let mut s = server.raw().await;
     // A binary frame of 1,000 bytes: its header and a few of them, then the
     // rest a byte at a time (never all of it).
@@ -546,8 +540,32 @@ async fn a_message_trickled_a_byte_at_a_time_is_closed_at_the_message_timeout() 
     let (mut from, mut to) = s.split();
     let rest = &frame[20..frame.len() - 1];
     let (first, payload) = common::trickle_until(&mut to, rest, read_frame(&mut from)).await;
-    assert_eq!((first, &payload[..2]), (0x88, &1008u16.to_be_bytes()[..]));
-    assert_eq!(server.next_close().await, (0, CloseReason::MessageTimeout));
+    assert_eq!(first, 0x88);
+    closed_at_the_message_timeout(server, &payload, 0).await;
+}
+
+/// A server whose messages must be whole within 300 ms (and whose heartbeat
+/// does not end a peer first).
+async fn message_timeout_server() -> Ws {
+    Ws::start(Server::builder(), |r| {
+        r.ping_interval(None)
+            .heartbeat_timeout(Some(Duration::from_secs(600)))
+            .message_timeout(Some(Duration::from_millis(300)))
+            // Our close frame would read as more of the unfinished one: the
+            // server hangs up after this.
+            .close_timeout(Duration::from_millis(100))
+    })
+    .await
+}
+
+/// The close the peer read (`payload`) was 1008, and the server counted a
+/// message timeout, after `seen` messages; then stops it.
+async fn closed_at_the_message_timeout(mut server: Ws, payload: &[u8], seen: u64) {
+    assert_eq!(payload[..2], 1008u16.to_be_bytes());
+    assert_eq!(
+        server.next_close().await,
+        (seen, CloseReason::MessageTimeout)
+    );
     server
         .wait_stats("counted", |s| s.connections_open == 0)
         .await;
@@ -557,11 +575,13 @@ async fn a_message_trickled_a_byte_at_a_time_is_closed_at_the_message_timeout() 
 }
 
 /// A client that sends slowly, every message cut in two by a pause, is
-/// served as long as each message is whole within the message timeout,
-/// however long it goes on: the next message's time starts with its own
-/// first byte, also when it came with the last one's end (the connection is
-/// never between messages here). One of them is fragmented, with a ping
-/// between its fragments.
+/// served as long as each message is whole within the message timeout and
+/// it brings a read buffer's worth (8 KiB) within each, however long it
+/// goes on: the next message's time starts afresh at the end of one, also
+/// when its first bytes came with that end (the connection is never between
+/// messages here: as an upload over a slow link, whose segments do not end
+/// where messages do). One of them is fragmented, with a ping between its
+/// fragments.
 #[tokio::test]
 async fn a_slow_sender_is_served_while_each_message_is_whole_in_time() {
     let bound = Duration::from_secs(2);
@@ -573,7 +593,8 @@ async fn a_slow_sender_is_served_while_each_message_is_whole_in_time() {
     })
     .await;
     let mut s = server.raw().await;
-    let count = client_frame(0x81, b"count", true);
+    // 1,006 bytes a pause: 20 KB within each bound.
+    let message = client_frame(0x82, &[7; 1000], true);
     let mut bytes = [
         client_frame(0x01, b"cou", true),
         client_frame(0x89, b"mid", true),
@@ -584,19 +605,67 @@ async fn a_slow_sender_is_served_while_each_message_is_whole_in_time() {
     // Enough messages that the whole takes longer than the bound.
     let rounds = 2 * (bound.as_millis() / pause.as_millis()) as usize;
     for _ in 0..rounds {
-        cuts.push(bytes.len() + count.len() / 2);
-        bytes.extend_from_slice(&count);
+        cuts.push(bytes.len() + message.len() / 2);
+        bytes.extend_from_slice(&message);
     }
     let started = tokio::time::Instant::now();
     common::write_in_pieces(&mut s, &bytes, &cuts, pause).await;
     assert!(started.elapsed() > bound, "the test outlasts the bound");
     assert_eq!(read_frame(&mut s).await, (0x8a, b"mid".to_vec()));
-    for n in 1..=rounds + 1 {
-        assert_eq!(read_frame(&mut s).await, (0x81, n.to_string().into_bytes()));
+    assert_eq!(read_frame(&mut s).await, (0x81, b"1".to_vec()));
+    for _ in 0..rounds {
+        assert_eq!(read_frame(&mut s).await, (0x82, vec![7; 1000]));
     }
     drop(s);
     let closed = server.next_close().await;
     assert_eq!(closed, (rounds as u64 + 1, CloseReason::ClientClosed));
+    server.stop().await;
+}
+
+/// A client that, every round, ends the message it began and begins the
+/// next (6 bytes: the rest of an empty frame, the first byte of a ping) is
+/// closed with 1008 at the message timeout: each message was whole within
+/// its time, but the connection never got back between messages, so it
+/// never parked, and held a task and two pooled buffers for as long as the
+/// rounds came (12 KB a connection, at a round every 55 s with the default
+/// timeout of 60 s). Bringing 6 bytes a round, its time ran on.
+#[tokio::test]
+async fn a_peer_that_never_gets_back_between_messages_is_closed_at_the_message_timeout() {
+    let server = message_timeout_server().await;
+    let mut s = server.raw().await;
+    let (mut from, mut to) = s.split();
+    let closed = async {
+        loop {
+            match read_frame(&mut from).await {
+                (0x88, payload) => return payload,
+                // The empty text echoed, the pongs.
+                (0x81 | 0x8a, payload) => assert!(payload.is_empty()),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let begun_and_ended = (&b"\x81"[..], &b"\x80\0\0\0\0\x89"[..]);
+    let pause = Duration::from_millis(100);
+    let payload = common::in_rounds_until(&mut to, begun_and_ended, pause, 20, closed).await;
+    // The empty text was the one message.
+    closed_at_the_message_timeout(server, &payload, 1).await;
+}
+
+/// In the middle of a message a WebSocket holds the read buffer with its
+/// part, and not the write buffer once the pong went: it held both, given
+/// back only between messages.
+#[tokio::test]
+async fn in_the_middle_of_a_message_a_websocket_holds_one_buffer() {
+    let server = Ws::start(Server::builder(), |r| r.ping_interval(None)).await;
+    let mut s = server.raw().await;
+    // A ping, and the first byte of the next.
+    s.write_all(b"\x89\x80\0\0\0\0\x89").await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (0x8a, vec![]));
+    server
+        .wait_stats("one buffer", |s| s.buffers_checked_out == 1)
+        .await;
+    // (The shutdown would wait for the message.)
+    drop(s);
     server.stop().await;
 }
 
@@ -783,25 +852,38 @@ async fn a_ping_to_a_parked_websocket_wakes_it_once_and_it_parks_again_at_once()
     server.stop().await;
 }
 
+/// A peer silent past its heartbeat timeout, parked (woken by the timer)
+/// or awake, gets a close frame 1011 and then the TCP close, its answer not
+/// awaited: it got the TCP close alone, which a client that still hears us
+/// (a half-open path, a stalled reader) reports as 1006, abnormal closure.
 #[tokio::test]
-async fn a_silent_parked_peer_is_closed_at_the_heartbeat_timeout() {
-    let mut server = Ws::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        |r| {
+async fn a_silent_peer_gets_a_1011_then_the_close_at_the_heartbeat_timeout() {
+    for park in [Some(PARK_IDLE_AFTER), None] {
+        let mut server = Ws::start(Server::builder().park_idle_after(park), |r| {
             r.ping_interval(None)
                 .heartbeat_timeout(Some(Duration::from_secs(1)))
-        },
-    )
-    .await;
-    let _s = server.raw().await;
-    // The monotonic count, not the gauge: the gauge is 1 only until the
-    // heartbeat timeout closes it, a window a starved poll can miss.
-    server.wait_stats("parked", |s| s.parks >= 1).await;
-    assert_eq!(
-        server.next_close().await,
-        (0, CloseReason::HeartbeatTimeout)
-    );
-    server.stop().await;
+                // Our close is not a handshake here: not waited for.
+                .close_timeout(Duration::from_secs(600))
+        })
+        .await;
+        let mut s = server.raw().await;
+        if park.is_some() {
+            // The monotonic count, not the gauge: the gauge is 1 only until
+            // the heartbeat timeout closes it, a window a starved poll can
+            // miss.
+            server.wait_stats("parked", |s| s.parks >= 1).await;
+        }
+        let (first, payload) = read_frame(&mut s).await;
+        assert_eq!(first, 0x88, "{park:?}");
+        assert_eq!(payload[..2], 1011u16.to_be_bytes(), "{park:?}");
+        assert_eq!(&payload[2..], b"heartbeat timeout");
+        assert_eq!(
+            server.next_close().await,
+            (0, CloseReason::HeartbeatTimeout)
+        );
+        hangs_up(&mut s).await;
+        server.stop().await;
+    }
 }
 
 /// A peer that sends but never reads: the echoes fill the socket buffers and
@@ -1579,7 +1661,7 @@ async fn a_silent_parked_websocket_over_tls_is_closed_at_the_heartbeat_timeout()
             .heartbeat_timeout(Some(Duration::from_secs(1)))
     })
     .await;
-    let _client = server.tls_client(&ca).await;
+    let mut client = server.tls_client(&ca).await;
     // The monotonic count, not the gauge: the gauge is 1 only until the
     // heartbeat timeout closes it, a window a starved poll can miss.
     server.wait_stats("parked", |s| s.parks >= 1).await;
@@ -1587,6 +1669,11 @@ async fn a_silent_parked_websocket_over_tls_is_closed_at_the_heartbeat_timeout()
         server.next_close().await,
         (0, CloseReason::HeartbeatTimeout)
     );
+    // Told why, encrypted.
+    match next_data(&mut client).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Error),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
     server
         .wait_stats("closed", |s| {
             s.connections_open == 0 && s.connections_parked == 0

@@ -19,8 +19,9 @@
 //! A connection in the middle of a frame never parks: it stays a task until
 //! the frame completes, the heartbeat timeout passes, `message_timeout`
 //! passes since the frame's first byte (`MessageTimeout`; the heartbeat,
-//! restarted by every byte, does not bound a peer that trickles them), or
-//! the peer goes away.
+//! restarted by every byte, does not bound a peer that trickles them; nor
+//! does the end of the frame before if it came in the same read, unless
+//! 8 KiB came meanwhile: `message/deadline.rs`), or the peer goes away.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -495,6 +496,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 unread_wake = false;
                 lifecycle::count_in(n);
                 add(&counters.bytes_in, n as u64);
+                message.read(n);
                 due = heartbeat.map(|t| Instant::now() + t);
                 continue;
             }

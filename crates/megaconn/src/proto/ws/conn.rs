@@ -22,7 +22,11 @@
 //! In the middle of a message (its fragments so far, part of a frame, or
 //! over TLS part of a record) a connection does not park: it reads on,
 //! bounded by the heartbeat and by `message_timeout` from the message's
-//! first byte seen (1008, `MessageTimeout`), which its bytes do not restart.
+//! first byte seen (1008, `MessageTimeout`), which its bytes do not restart,
+//! nor the end of the one before if it began in the same read, unless 8 KiB
+//! came meanwhile (`message/deadline.rs`). Silent past its heartbeat
+//! timeout, a peer gets a close 1011 if its socket takes it at once, and
+//! the TCP close, its answer not awaited.
 //!
 //! The server's close: a close frame, then the peer's close frame awaited
 //! for `close_timeout` (what else it sends meanwhile is dropped), then the
@@ -60,7 +64,9 @@ use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
 use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
 use crate::proto::ws::route::Route;
-use crate::proto::ws::{parked_fd, Start, Tables, WsIo, WsParked, GOING_AWAY, POLICY_VIOLATION};
+use crate::proto::ws::{
+    parked_fd, Start, Tables, WsIo, WsParked, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION,
+};
 use crate::proto::{earliest, until, Ended};
 
 /// The setting a WebSocket's heartbeat timeout comes from, for its log line.
@@ -180,7 +186,10 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                         frame::encode(conn.wbuf(), Out::Ping, b"");
                     }
                 }
-                Err(reason) => return Ended::Close(live.close(reason)),
+                Err(reason) => {
+                    last_word(&mut conn, reason);
+                    return Ended::Close(live.close(reason));
+                }
             }
             // Over TLS, bytes that woke it are decrypted first: TLS
             // housekeeping alone (a KeyUpdate) is answered and counts as
@@ -261,9 +270,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         if let Err(close) = flush(&mut conn, settings.heartbeat_timeout, awake.as_ref()).await {
             break 'serve close;
         }
+        // Buffers left empty go back to the pool, also in the middle of a
+        // message (the write buffer after a pong or a reply; the read
+        // buffer when the decoder took all it held): a peer that keeps one
+        // begun held both, for as long as its message had time.
+        conn.buffers.release();
         let mut park_at = None;
         if between {
-            conn.buffers.release();
             if ctx.shutdown.is_started() {
                 break 'serve going_away();
             }
@@ -378,6 +391,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             Ok(Some(Ok(n))) => {
                 unread_wake = false;
                 add(&counters.bytes_in, n as u64);
+                message.read(n);
                 let now = Instant::now();
                 due = settings.heartbeat_timeout.map(|t| now + t);
                 // A peer just heard from needs no ping for a while: pings go
@@ -426,7 +440,10 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             .await;
             CloseReason::ServerClosed
         }
-        None => reason,
+        None => {
+            last_word(&mut conn, reason);
+            reason
+        }
     };
     Box::pin(conn.close(io_reason)).await;
     Ended::Close(live.close(reason))
@@ -520,7 +537,7 @@ async fn on_event<H: WebSocketHandler>(
                         "a WebSocket handler panicked; closing its connection",
                         None,
                     );
-                    return Next::Close(CloseReason::Panic, Some((1011, String::new())));
+                    return Next::Close(CloseReason::Panic, Some((INTERNAL_ERROR, String::new())));
                 }
             }
             if let Some(close) = queued(conn, session, codec) {
@@ -611,6 +628,26 @@ async fn close_handshake(
         }
     })
     .await;
+}
+
+/// Tells a peer closed without a close handshake why, when it has to:
+/// silent past its heartbeat timeout, it gets a close frame 1011 (see
+/// [`INTERNAL_ERROR`]), if the socket takes it at once, and its answer is
+/// not awaited (it has not answered our pings). Without it a client that
+/// still hears us (a half-open path, a stalled reader) saw the TCP close
+/// alone: 1006, abnormal closure.
+fn last_word(conn: &mut ConnIo<WsIo>, reason: CloseReason) {
+    if reason != CloseReason::HeartbeatTimeout {
+        return;
+    }
+    frame::encode_close(conn.wbuf(), INTERNAL_ERROR, "heartbeat timeout");
+    if poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx)))).is_pending() {
+        // The rest would make the TCP close wait for a peer that does not
+        // read.
+        if let Some(wbuf) = conn.buffers.wbuf.as_mut() {
+            wbuf.clear();
+        }
+    }
 }
 
 /// Gives the socket up for parking, its state kept in the side table (and

@@ -40,8 +40,9 @@ use super::deflate::{Codec, Deflate, InflateError};
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{Flood, OverLimit};
 
-/// How much room a frame still arriving is given at a time, past what is in
-/// hand: enough for a few reads, never what a header alone announces.
+/// The most room a frame still arriving is given at a time, past what is
+/// in hand (as much again as has come, up to this): enough for a few reads,
+/// never what a header alone announces.
 const RESERVE_AHEAD: usize = 64 * 1024;
 
 /// A message as the server's handler sees it, and sends it.
@@ -306,10 +307,15 @@ impl Decoder {
         }
         let wanted = header_len.saturating_add(length);
         if buf.len() < wanted {
-            // The payload is not all here: make room for the next of it. Only
-            // RESERVE_AHEAD at a time, as bytes arrive: the length is the
-            // peer's word, and a header alone must not cost its memory.
-            buf.reserve((wanted - buf.len()).min(RESERVE_AHEAD));
+            // The payload is not all here: make room for the next of it, as
+            // much as has come so far, at most RESERVE_AHEAD at a time: the
+            // length is the peer's word, and a header alone must not cost
+            // its memory. (Room for RESERVE_AHEAD at the header moved a
+            // woken WebSocket's 8 KiB pooled buffer to 72 KiB: +8 KB
+            // resident a connection holding one header, until its message
+            // timeout; growing as bytes come, it doubles as a Vec does.)
+            let ahead = buf.len().min(RESERVE_AHEAD);
+            buf.reserve((wanted - buf.len()).min(ahead));
             return Ok(Step::NeedMore);
         }
         buf.advance(header_len);
@@ -743,6 +749,26 @@ mod tests {
         assert_eq!(decoder.decode(&mut buf, limits), Ok(None));
         assert_eq!(buf.len(), header.len(), "nothing consumed");
         assert!(buf.capacity() <= 2 * RESERVE_AHEAD, "{}", buf.capacity());
+    }
+
+    /// A header announcing 16 MiB, in a connection's pooled read buffer,
+    /// leaves the buffer as it is: room for the payload comes with the
+    /// payload (it was RESERVE_AHEAD at once: 8 KiB became 72).
+    #[test]
+    fn a_header_alone_does_not_grow_a_pooled_buffer() {
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(16u64 << 20).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        let mut buf = BytesMut::with_capacity(crate::conn::pool::BUFFER_CAPACITY);
+        buf.extend_from_slice(&header);
+        buf.extend_from_slice(&[0; 100]);
+        let capacity = buf.capacity();
+        let limits = Limits {
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 16 << 20,
+        };
+        assert_eq!(Decoder::default().decode(&mut buf, limits), Ok(None));
+        assert_eq!(buf.capacity(), capacity);
     }
 
     /// A frame much larger than RESERVE_AHEAD, arriving in reads of 16 KiB,

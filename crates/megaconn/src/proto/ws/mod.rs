@@ -92,6 +92,14 @@ use handler::{ErasedRoute, LocalFuture};
 /// The close code sent at shutdown (RFC 6455 §7.4.1: going away).
 pub(crate) const GOING_AWAY: u16 = 1001;
 
+/// The close code sent when the server cannot go on (RFC 6455 §7.4.1:
+/// "an unexpected condition that prevented it from fulfilling the
+/// request"): a handler that panicked, and a peer silent past its heartbeat
+/// timeout, as python-websockets closes on a keepalive ping timeout (not
+/// 1001, going away, which is our shutdown's: a client can tell "the
+/// server restarts" from "we did not hear you").
+pub(crate) const INTERNAL_ERROR: u16 = 1011;
+
 /// The close code sent when a message took longer than `message_timeout`
 /// (RFC 6455 §7.4.1: policy violation, "a message that violates its
 /// policy"; not 1002, as the frames themselves broke no rule).
