@@ -538,7 +538,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "DURATION",
         shape: Shape::One,
         help: "Framed TCP and the demo's WebSockets: how long one message may take from its first byte to its last; off disables.",
-        details: "Bounds a peer that begins a frame (a WebSocket message, with its fragments) and then trickles it: its bytes do not restart the clock, and a connection in the middle of a message holds a read buffer and cannot park. Past it a WebSocket gets close 1008 and framed TCP is closed (close reason message_timeout, counted in megaconn_timeouts_total). A 16 MiB WebSocket message needs about 280 KB/s to finish in 60 s: raise it for larger, slower uploads.",
+        details: "Bounds a peer that begins a frame (a WebSocket message, with its fragments) and then trickles it: its bytes do not restart the clock, and a connection in the middle of a message holds a read buffer and cannot park. Past it a WebSocket gets close 1008 and framed TCP is closed (close reason message_timeout, counted in megaconn_timeouts_total). A message begun in the same read as one ends keeps the earlier one's time unless the peer brought 8 KiB, or 137 B/s, since it started. A 16 MiB WebSocket message needs about 280 KB/s to finish in 60 s: raise it for larger, slower uploads.",
         default: "60s",
         example: "5m",
         parse: duration_or_off,

@@ -20,10 +20,17 @@
 //! messages back to back, which a read seldom catches between two (an
 //! upload over a slow link: segments do not end where messages do), would
 //! be closed however fast it sent. So a connection stays in the middle of
-//! messages past `message_timeout` only by bringing a read buffer's worth
-//! (8 KiB) within each timeout: at the default 60 s a floor of 137 B/s
-//! (Kestrel's `MinRequestBodyDataRate` asks 240 B/s), which only a peer
-//! that never lets its messages end between reads has to meet.
+//! messages past `message_timeout` only by bringing, since its time last
+//! started, a read buffer's worth (8 KiB) or [`MIN_RATE`] (137 B/s) over
+//! the time that passed, whichever is less: a floor of 137 B/s whatever
+//! the timeout (8 KiB per timeout alone was 137 B/s at the default 60 s
+//! but 4 KB/s at 2 s, which cut honest slow senders; Kestrel's
+//! `MinRequestBodyDataRate` asks 240 B/s), which only a peer that never
+//! lets its messages end between reads has to meet.
+//!
+//! A message whose time is not renewed keeps the time that started
+//! earlier, so it has less than `message_timeout` of its own, handler time
+//! between the two included.
 
 use std::time::Duration;
 
@@ -38,6 +45,11 @@ use crate::observe::stats::{incr, WorkerStats};
 /// time of its own (the module doc): one pooled read buffer, what such a
 /// connection holds.
 pub(crate) const RENEW_AFTER_BYTES: usize = BUFFER_CAPACITY;
+
+/// Bytes per second since its time started that also renew a message's
+/// time (the module doc): [`RENEW_AFTER_BYTES`] over the default 60 s
+/// `message_timeout`, a floor that does not rise as the timeout shrinks.
+pub(crate) const MIN_RATE: u64 = 137;
 
 /// The bound on one message in progress: off between messages, started
 /// when the connection is first seen in the middle of one.
@@ -77,12 +89,22 @@ impl MessageDeadline {
         }
     }
 
-    /// A message ended (decoded whole): the next one, even if its first
-    /// bytes came with this one's last, gets its own time, once the peer
-    /// brought [`RENEW_AFTER_BYTES`] since the time started; before that
-    /// the time runs on (the module doc says why both).
-    pub(crate) fn ended(&mut self) {
+    /// A message ended (decoded whole) at `now`: the next one, even if
+    /// its first bytes came with this one's last, gets its own time, once
+    /// the peer brought [`RENEW_AFTER_BYTES`], or [`MIN_RATE`] over the
+    /// time passed, since the time started; before that the time runs on
+    /// (the module doc says why both). `now` is read only when the bytes
+    /// alone do not renew it.
+    pub(crate) fn ended(&mut self, now: impl FnOnce() -> Instant) {
         if self.read >= RENEW_AFTER_BYTES {
+            self.off();
+            return;
+        }
+        let (Some(at), Some(timeout)) = (self.at, self.timeout) else {
+            return;
+        };
+        let since = now().saturating_duration_since(at - timeout);
+        if self.read as u128 * 1000 >= u128::from(MIN_RATE) * since.as_millis() {
             self.off();
         }
     }
@@ -138,27 +160,34 @@ mod tests {
         deadline.track(false, || now + 2 * second);
         assert_eq!(deadline.at(), Some(now + 3 * second));
         // One ended and the next began in the same read, a few bytes
-        // since the time started: the time runs on.
+        // since the time started 0.9 s ago (under 137 B/s): the time runs on.
+        let later = |ms: u64| now + Duration::from_millis(ms);
         deadline.read(6);
-        deadline.ended();
-        deadline.track(false, || now + 3 * second);
+        deadline.ended(|| later(2900));
+        deadline.track(false, || later(2900));
         assert_eq!(deadline.at(), Some(now + 3 * second));
         // A read buffer's worth since: a fresh time.
         deadline.read(RENEW_AFTER_BYTES - 6);
-        deadline.ended();
+        deadline.ended(|| later(2950));
         deadline.track(false, || now + 3 * second);
         assert_eq!(deadline.at(), Some(now + 4 * second));
-        // Counted from there, not from the first time.
-        deadline.read(RENEW_AFTER_BYTES - 1);
-        deadline.ended();
-        deadline.track(false, || now + 4 * second);
+        // Counted from there, not from the first time: 100 bytes in 0.99 s
+        // is under 137 B/s, 150 is over.
+        deadline.read(100);
+        deadline.ended(|| later(3990));
+        deadline.track(false, || later(3990));
         assert_eq!(deadline.at(), Some(now + 4 * second));
-        // Between messages: off, and the count starts over.
-        deadline.track(true, || now + 4 * second);
+        deadline.read(50);
+        deadline.ended(|| later(3990));
+        deadline.track(false, || later(3990));
+        assert_eq!(deadline.at(), Some(later(4990)));
+        // Between messages: off, and the count starts over (else the 150
+        // bytes before would renew what one byte in 0.5 s does not).
+        deadline.track(true, || now + 5 * second);
         deadline.track(false, || now + 5 * second);
         deadline.read(1);
-        deadline.ended();
-        deadline.track(false, || now + 5 * second);
+        deadline.ended(|| later(5500));
+        deadline.track(false, || later(5500));
         assert_eq!(deadline.at(), Some(now + 6 * second));
         // Off: never bounded.
         let mut off = MessageDeadline::new(crate::conn::config::zero_is_off(Some(Duration::ZERO)));

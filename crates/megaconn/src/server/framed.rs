@@ -103,9 +103,10 @@ impl Builder {
     /// byte (and off by default), does not bound a peer that trickles one
     /// (slowloris). Between frames it does not apply. A frame that begins
     /// in the same read as one ends gets a time of its own only once the
-    /// peer brought 8 KiB since the time started; else the time runs on, so
-    /// a peer that never lets the connection get back between frames must
-    /// bring 8 KiB per timeout (137 B/s at the default).
+    /// peer brought 8 KiB, or 137 B/s over the time passed, since the time
+    /// started; else the time runs on, so a peer that never lets the
+    /// connection get back between frames must bring 137 B/s (or 8 KiB per
+    /// timeout), whatever the timeout.
     /// [`read_timeout`](Builder::read_timeout) is HTTP's and does not apply
     /// to framed connections. `None` or zero: unbounded. Default
     /// [`DEFAULT_MESSAGE_TIMEOUT`](crate::DEFAULT_MESSAGE_TIMEOUT) (60 s).

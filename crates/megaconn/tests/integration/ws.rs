@@ -622,6 +622,43 @@ async fn a_slow_sender_is_served_while_each_message_is_whole_in_time() {
     server.stop().await;
 }
 
+/// The same at a short message timeout and a slow pace: small messages,
+/// each cut in two by a pause, 600 B/s in all, never between messages. The
+/// first renewal rule (8 KiB per timeout) asked 8 KB/s of it at a 1 s
+/// timeout and closed it at the first; it brings more than 137 B/s, the
+/// floor at any timeout, and is served for three timeouts and more.
+#[tokio::test]
+async fn a_slow_sender_of_small_messages_is_served_at_a_short_message_timeout() {
+    let bound = Duration::from_secs(1);
+    let pause = Duration::from_millis(100);
+    let mut server = Ws::start(Server::builder().park_idle_after(None), |r| {
+        r.ping_interval(None)
+            .heartbeat_timeout(Some(Duration::from_secs(600)))
+            .message_timeout(Some(bound))
+    })
+    .await;
+    let mut s = server.raw().await;
+    // 60 bytes a pause.
+    let message = client_frame(0x82, &[7; 54], true);
+    let rounds = 3 * (bound.as_millis() / pause.as_millis()) as usize;
+    let mut bytes = Vec::new();
+    let mut cuts = Vec::new();
+    for _ in 0..rounds {
+        cuts.push(bytes.len() + message.len() / 2);
+        bytes.extend_from_slice(&message);
+    }
+    let started = tokio::time::Instant::now();
+    common::write_in_pieces(&mut s, &bytes, &cuts, pause).await;
+    assert!(started.elapsed() > 2 * bound, "the test outlasts the bound");
+    for _ in 0..rounds {
+        assert_eq!(read_frame(&mut s).await, (0x82, vec![7; 54]));
+    }
+    drop(s);
+    let closed = server.next_close().await;
+    assert_eq!(closed, (rounds as u64, CloseReason::ClientClosed));
+    server.stop().await;
+}
+
 /// A client that, every round, ends the message it began and begins the
 /// next (6 bytes: the rest of an empty frame, the first byte of a ping) is
 /// closed with 1008 at the message timeout: each message was whole within

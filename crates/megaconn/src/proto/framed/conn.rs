@@ -279,7 +279,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                         return Ended::Close(live.close(reason));
                     }
                 };
-                message.ended();
+                message.ended(Instant::now);
                 lifecycle::count_request();
                 incr(&counters.frames_in);
                 lifecycle::set_state(ConnectionState::Handling);

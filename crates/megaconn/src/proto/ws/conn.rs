@@ -234,7 +234,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // A message (or a control frame outside one) ended: the next
             // one's time starts with its own first byte.
             if decoder.between_messages() {
-                message.ended();
+                message.ended(Instant::now);
             }
             match on_event(&mut conn, &mut live, &session, codec, event).await {
                 Next::Go => {}

@@ -278,10 +278,10 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// it says so ([`Transport::holds_partial_input`](crate::Transport::holds_partial_input));
     /// else only the heartbeat bounds that. Between messages it does not
     /// apply. A message that begins in the same read as one ends gets a
-    /// time of its own only once the client brought 8 KiB since the time
-    /// started; else the time runs on, so a client that never lets the
-    /// connection get back between messages must bring 8 KiB per timeout
-    /// (137 B/s at the default).
+    /// time of its own only once the client brought 8 KiB, or 137 B/s over
+    /// the time passed, since the time started; else the time runs on, so a
+    /// client that never lets the connection get back between messages must
+    /// bring 137 B/s (or 8 KiB per timeout), whatever the timeout.
     /// [`Builder::read_timeout`](crate::Builder::read_timeout) is HTTP's
     /// and does not apply to WebSocket messages. `None` or zero: unbounded.
     /// Default [`DEFAULT_MESSAGE_TIMEOUT`] (60 s).
