@@ -8,7 +8,7 @@
 //! TLS peer over the record buffer's limit or in breach of the protocol
 //! after its handshake, a response body that failed mid-stream, a panic
 //! caught, an HTTP/2 stream whose client gave it no room or no body, an
-//! HTTP/2 connection calmed. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
+//! HTTP/2 connection calmed, idle connections evicted at `max_connections`. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
@@ -149,14 +149,18 @@ pub(crate) enum Flood {
     /// An HTTP/2 connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` (rapid
     /// reset, small-DATA flood, or h2's own guards).
     Http2Calm,
+    /// Idle keep-alive connections closed at `max_connections` to let new
+    /// ones in (`CloseReason::Evicted`): one line per interval, naming the
+    /// setting to raise.
+    Evicted,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 26;
+const KINDS: usize = 27;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2Calm as usize == KINDS - 1);
+const _: () = assert!(Flood::Evicted as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
