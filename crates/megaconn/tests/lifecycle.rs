@@ -40,13 +40,7 @@ async fn a_panicking_handler_gets_500_and_the_server_lives() {
 async fn client_disconnect_cancels_the_handler() {
     let mut server = TestServer::default().await;
     let mut s = server.connect().await;
-    s.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        server.probe.next_event().await,
-        Event::Started("/wait".into())
-    );
+    server.start_waiting(&mut s).await;
     drop(s);
     assert_eq!(
         server.probe.next_event().await,
@@ -70,13 +64,7 @@ async fn graceful_shutdown_finishes_in_flight_and_closes_idle() {
     read_response(&mut idle).await;
     // An in-flight request.
     let mut busy = server.connect().await;
-    busy.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        server.probe.next_event().await,
-        Event::Started("/wait".into())
-    );
+    server.start_waiting(&mut busy).await;
 
     server.handle.shutdown();
     // The idle connection is closed at once, without a response.
@@ -102,13 +90,7 @@ async fn shutdown_deadline_forces_stuck_connections() {
     )
     .await;
     let mut busy = server.connect().await;
-    busy.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        server.probe.next_event().await,
-        Event::Started("/wait".into())
-    );
+    server.start_waiting(&mut busy).await;
     let summary = server.stop().await;
     assert_eq!(summary.forced, 1);
     // The forced connection is closed without a response.

@@ -1,7 +1,9 @@
 //! The accept loop of one worker listener.
 //!
 //! When a connection is waiting on its listener, it takes a slot from the
-//! server-wide connection limit and accepts it; at the limit it stops
+//! server-wide connection limit and accepts it. At the limit the worker's
+//! parking lot closes idle keep-alive connections to make room, longest
+//! idle first (as nginx reuses them); with none to close, it stops
 //! accepting (connections wait in the kernel backlog) until a connection
 //! closes. An idle acceptor holds no slot. Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`)
 //! make it back off with a growing, capped delay and log at most once per
@@ -30,10 +32,10 @@ use crate::conn::context::WorkerContext;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::Respawn;
 use crate::conn::socket::configure_accepted;
-use crate::conn::{ConnInfo, Incoming};
+use crate::conn::{ConnInfo, Incoming, ProtoTag};
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::ConnTrack;
-use crate::observe::ratelog::RateLimitedLog;
+use crate::observe::ratelog::{self, Flood, RateLimitedLog};
 use crate::observe::stats::incr;
 
 /// First back-off delay after a resource error.
@@ -41,11 +43,18 @@ const BACKOFF_START: Duration = Duration::from_millis(5);
 /// Longest back-off delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// At the limit with nothing of this worker's to evict, how often to look
+/// again while waiting for a slot: its idle connections park within
+/// `park_idle_after`, and a connection of another worker that closes frees
+/// a slot without any wake-up here being needed.
+const EVICT_RETRY: Duration = Duration::from_millis(100);
+
 pub(crate) async fn accept_loop(
     listener: AsyncFd<TcpListener>,
     ctx: Rc<WorkerContext>,
     spawn_connection: Respawn,
     limit: ConnectionLimit,
+    evictable: fn(ProtoTag) -> bool,
 ) {
     let mut backoff = BACKOFF_START;
     let at_limit_log = RateLimitedLog::default();
@@ -79,15 +88,7 @@ pub(crate) async fn accept_loop(
                     }
                     None => {
                         incr(&ctx.stats.accept_waits_at_limit);
-                        at_limit_log.log(|suppressed| {
-                            tracing::warn!(
-                                worker = ctx.index,
-                                max_connections = limit.max(),
-                                suppressed,
-                                "at max_connections: not accepting until a connection closes"
-                            )
-                        });
-                        limit.acquire().await
+                        slot_at_limit(&limit, &ctx, evictable, &at_limit_log).await
                     }
                 };
                 match ready.try_io(|l| accept4(l.get_ref())) {
@@ -176,6 +177,52 @@ pub(crate) async fn accept_loop(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
+        }
+    }
+}
+
+/// A slot for a connection waiting on the listener at `max_connections`:
+/// this worker's parking lot closes idle connections for it, longest idle
+/// first (`ParkingLot::evict`), as nginx reuses idle keep-alive
+/// connections; the alternative, waiting until one closes by itself, let a
+/// server full of idle keep-alive clients lock every new one out until
+/// `idle_timeout`. Without a lot, or with none of its connections evictable
+/// (all busy, or idle as tasks, or another worker's), it waits, looking
+/// again every [`EVICT_RETRY`].
+async fn slot_at_limit(
+    limit: &ConnectionLimit,
+    ctx: &WorkerContext,
+    evictable: fn(ProtoTag) -> bool,
+    at_limit_log: &RateLimitedLog,
+) -> crate::conn::limit::ConnectionSlot {
+    loop {
+        let evicted = ctx.park.as_ref().map_or(0, |lot| lot.evict(evictable));
+        if evicted > 0 {
+            ratelog::log(Flood::Evicted, |suppressed| {
+                tracing::warn!(
+                    worker = ctx.index,
+                    max_connections = limit.max(),
+                    evicted,
+                    suppressed,
+                    "at max_connections: closed idle keep-alive connections for new ones (raise max_connections)"
+                )
+            });
+        } else {
+            at_limit_log.log(|suppressed| {
+                tracing::warn!(
+                    worker = ctx.index,
+                    max_connections = limit.max(),
+                    suppressed,
+                    "at max_connections, nothing idle to close: not accepting until a connection closes"
+                )
+            });
+        }
+        // The slots just freed go to the waiters in order: this one's, or
+        // another worker's acceptor's, which then accepts as well.
+        tokio::select! {
+            biased;
+            slot = limit.acquire() => return slot,
+            () = tokio::time::sleep(EVICT_RETRY), if ctx.park.is_some() => {}
         }
     }
 }

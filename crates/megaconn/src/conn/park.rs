@@ -122,6 +122,10 @@ const PARKED_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as
 /// deadline past 64 ms in two steps.)
 const QUIET_SWEEP: Duration = Duration::from_secs(10);
 
+/// The most parked connections one [`ParkingLot::evict`] closes (nginx's
+/// `ngx_drain_connections` closes up to 32 reusable ones at a time).
+const EVICT_MAX: usize = 32;
+
 /// The per-descriptor arrays grow to the next multiple of this.
 const GROW_BY: usize = 1024;
 
@@ -142,6 +146,15 @@ const TRIM_AFTER_BURST: usize = 64;
 /// connection instead of closing it as idle.
 const WAKE_AT_DEADLINE: u8 = 0x80;
 
+/// Per-fd flag (in the slot's protocol byte): parked straight after serving
+/// a wake-up, so its stamp says when a wake-up was served (hot/cold
+/// detection); without it the stamp only says when it parked (shutdown's
+/// grace, [`ParkingLot::close_all`]).
+const PARKED_AT_ONCE: u8 = 0x40;
+
+/// The flags of a slot's protocol byte; the protocol's tag is the rest.
+const FLAGS: u8 = WAKE_AT_DEADLINE | PARKED_AT_ONCE;
+
 /// The resolution of a slot's parked-at stamp, in milliseconds: 24 bits of
 /// 4 ms wrap every ~18.6 hours, and only differences below `hot_within`
 /// (seconds) are ever taken.
@@ -159,11 +172,12 @@ struct Slot {
     /// [`ABSENT`], [`AWAKE`], [`NO_DEADLINE`], or the idle deadline's
     /// second + 1 (counted from `epoch`).
     deadline: u32,
-    /// Low byte: the protocol it resumes in (`ProtoTag`, low 7 bits) and
-    /// [`WAKE_AT_DEADLINE`]. High 24 bits: when it was parked straight after
-    /// serving a wake-up (a [`ParkingLot::stamp_now`], never 0); 0 when it
-    /// was parked after idling as a task. To tell, on wake-up, a
-    /// connection that turned busy from a cold one.
+    /// Low byte: the protocol it resumes in (`ProtoTag`, low 6 bits),
+    /// [`WAKE_AT_DEADLINE`] and [`PARKED_AT_ONCE`]. High 24 bits: when it
+    /// was parked (a [`ParkingLot::stamp_now`], never 0): with
+    /// [`PARKED_AT_ONCE`], to tell, on wake-up, a connection that turned
+    /// busy from a cold one; for every connection, to give one that parked
+    /// just before a graceful shutdown the grace of an idle task.
     mark: u32,
 }
 
@@ -178,11 +192,21 @@ impl Slot {
     }
 
     fn tag(self) -> ProtoTag {
-        ProtoTag(self.proto() & !WAKE_AT_DEADLINE)
+        ProtoTag(self.proto() & !FLAGS)
     }
 
     fn parked_at(self) -> u32 {
         self.mark >> 8
+    }
+
+    /// When it parked straight after serving a wake-up; 0 if it parked
+    /// after idling as a task (never hot).
+    fn served_wake_at(self) -> u32 {
+        if self.proto() & PARKED_AT_ONCE != 0 {
+            self.parked_at()
+        } else {
+            0
+        }
     }
 }
 
@@ -531,12 +555,16 @@ impl ParkingLot {
             self.next_due.set(deadline);
             self.move_sweep();
         }
-        let stamp = if at_once { self.stamp_now() } else { 0 };
-        let flags = if at_deadline == AtDeadline::Wake {
+        debug_assert_eq!(proto.0 & FLAGS, 0, "a protocol tag fits in 6 bits");
+        let stamp = self.stamp_now();
+        let mut flags = if at_deadline == AtDeadline::Wake {
             WAKE_AT_DEADLINE
         } else {
             0
         };
+        if at_once {
+            flags |= PARKED_AT_ONCE;
+        }
         let mut slots = self.slots.borrow_mut();
         if slots.len() <= idx {
             // Grown in steps of GROW_BY, not doubled: the array is 8 bytes
@@ -550,7 +578,7 @@ impl ParkingLot {
         }
         slots[idx] = Slot {
             deadline,
-            mark: stamp << 8 | u32::from((proto.0 & !WAKE_AT_DEADLINE) | flags),
+            mark: stamp << 8 | u32::from((proto.0 & !FLAGS) | flags),
         };
         drop(slots);
         let ParkedAccounts { track, ip } = conn.park();
@@ -766,7 +794,7 @@ impl ParkingLot {
     /// Hands a parked socket that woke up back to its protocol.
     fn wake(&self, fd: RawFd, socket: OwnedFd, wake: Wake, respawn: &Respawn) {
         let slot = self.slots.borrow()[fd as usize];
-        let hot = is_hot(slot.parked_at(), self.stamp_now(), self.hot_within);
+        let hot = is_hot(slot.served_wake_at(), self.stamp_now(), self.hot_within);
         let proto = slot.tag();
         incr(if hot {
             &self.stats.wakes_hot
@@ -988,11 +1016,9 @@ impl ParkingLot {
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| {
-                    s.is_parked()
-                        && s.proto() & WAKE_AT_DEADLINE == 0
-                        && portable(ProtoTag(s.proto()))
+                    s.is_parked() && s.proto() & WAKE_AT_DEADLINE == 0 && portable(s.tag())
                 })
-                .map(|(fd, s)| (fd as RawFd, s.deadline, s.proto()))
+                .map(|(fd, s)| (fd as RawFd, s.deadline, s.tag().0))
                 .collect()
         };
         let mut out = Vec::with_capacity(chosen.len());
@@ -1014,6 +1040,48 @@ impl ParkingLot {
         out
     }
 
+    /// Closes parked connections to make room for new ones at
+    /// `max_connections` (`accept.rs`), as nginx reuses idle keep-alive
+    /// connections: up to an eighth of those parked here, at least one, at
+    /// most [`EVICT_MAX`] (nginx's numbers), of the protocols `evictable`
+    /// accepts (HTTP/1.1 keep-alive, whose clients reconnect on a closed idle
+    /// connection), longest idle first: earliest idle deadline, which the
+    /// protocol sets at the end of the connection's last exchange, so no
+    /// stamp is added to the slot for it. Never one with a timer
+    /// ([`AtDeadline::Wake`]), nor one whose next request already reached
+    /// its socket (one `MSG_PEEK` per candidate, asked only here): that one
+    /// is about to be served. Returns how many it closed
+    /// (`CloseReason::Evicted`).
+    ///
+    /// One walk of the slot array (~1 ms per million descriptors), only
+    /// while a connection waits at the limit.
+    pub(crate) fn evict(&self, evictable: fn(ProtoTag) -> bool) -> usize {
+        let want = (self.parked.get() / 8).clamp(1, EVICT_MAX);
+        // The `want` earliest deadlines: a max-heap holding at most `want`.
+        let mut oldest = std::collections::BinaryHeap::with_capacity(want + 1);
+        for (fd, slot) in self.slots.borrow().iter().enumerate() {
+            if slot.is_parked() && slot.proto() & WAKE_AT_DEADLINE == 0 && evictable(slot.tag()) {
+                oldest.push((slot.deadline, fd as RawFd));
+                if oldest.len() > want {
+                    oldest.pop();
+                }
+            }
+        }
+        let mut evicted = 0;
+        for (_, fd) in oldest.into_sorted_vec() {
+            // SAFETY: the lot owns `fd` while it is parked (chosen above,
+            // and nothing ran since).
+            if crate::conn::sys::input_waiting(unsafe { BorrowedFd::borrow_raw(fd) }) {
+                continue;
+            }
+            if let Some(socket) = self.unpark(fd, ABSENT) {
+                self.closed(&socket, CloseReason::Evicted);
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
     /// Graceful shutdown of every parked socket ([`close_parked`](ParkingLot::close_parked)
     /// each: closed, or woken if a request waits). Returns how many left the lot.
     pub(crate) fn close_all(&self) -> usize {
@@ -1021,6 +1089,28 @@ impl ParkingLot {
             .into_iter()
             .filter(|&fd| self.close_parked(fd))
             .count()
+    }
+
+    /// Graceful shutdown of the parked sockets that parked more than
+    /// `grace` ago ([`close_parked`](ParkingLot::close_parked) each); the
+    /// others get the grace an idle task gets (`IDLE_GRACE`), then
+    /// [`close_all`](ParkingLot::close_all). A connection parks straight
+    /// after its first answer (and after a cold wake-up's), so a busy
+    /// client's next request, sent as it read that answer, was on its way
+    /// when the shutdown closed its connection under it: it saw the end of
+    /// the stream. Returns how many are left for later.
+    pub(crate) fn close_all_but_recent(&self, grace: Duration) -> usize {
+        let now = self.stamp_now();
+        let within = (grace.as_millis() / u128::from(STAMP_MS)) as u32 + 1;
+        let (recent, old): (Vec<RawFd>, Vec<RawFd>) =
+            self.parked_fds().into_iter().partition(|&fd| {
+                let parked_at = self.slots.borrow()[fd as usize].parked_at();
+                now.wrapping_sub(parked_at) & STAMP_MASK < within
+            });
+        for fd in old {
+            self.close_parked(fd);
+        }
+        recent.len()
     }
 
     /// Closes every parked socket as it is, bytes waiting or not: at the
@@ -1154,6 +1244,11 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     // at a time; the lot keeps serving the ones that wake meanwhile (their
     // answer says `Connection: close`) until it is empty.
     let mut draining = false;
+    // Without one, connections that parked within the idle grace get it
+    // (`close_all_but_recent`): the lot serves them meanwhile, then closes
+    // what is left at `grace_end`.
+    let mut graced = false;
+    let mut grace_end = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     // Pinned once: a fresh `wait()` per turn would join and leave the
     // `Notify`'s waiter list (a lock each way) on every wake-up of the lot,
     // which at a million connections is every few heartbeats.
@@ -1164,20 +1259,29 @@ pub(crate) async fn run(ctx: Rc<WorkerContext>) {
     let mut unmute = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     let mut last_turn: Option<Instant> = None;
     loop {
-        if draining && lot.len() == 0 {
+        if (draining || graced) && lot.len() == 0 {
             return;
         }
         tokio::select! {
             biased;
-            () = shutdown.as_mut(), if !draining => {
+            () = shutdown.as_mut(), if !draining && !graced => {
                 if ctx.config.shutdown_drain_rate.is_none() {
-                    lot.close_all();
-                    return;
+                    let grace = crate::conn::shutdown::idle_grace(&ctx.config);
+                    if lot.close_all_but_recent(grace) == 0 {
+                        return;
+                    }
+                    graced = true;
+                    grace_end.as_mut().reset(Instant::now() + grace);
+                    continue;
                 }
                 draining = true;
                 // The paced drain closes parked connections from its own
                 // task: look every second whether the lot is empty.
                 sweep.as_mut().reset(Instant::now() + Duration::from_secs(1));
+            }
+            () = grace_end.as_mut(), if graced => {
+                lot.close_all();
+                return;
             }
             () = unmute.as_mut(), if muted => {
                 muted = false;
@@ -1933,6 +2037,12 @@ pub(super) mod tests {
         }
         assert_eq!(stats.timeouts.load(Relaxed), 1, "swept between full turns");
         ctx.shutdown.start();
+        // They all parked just now: shutdown's idle grace, which paused
+        // time never reaches by itself (the lot's turns, always full, never
+        // leave the runtime idle).
+        while !running.is_finished() {
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
         running.await.unwrap();
     }
 

@@ -3,8 +3,9 @@
 //! `Connection: close`), and force-close what is left at the deadline. Idle
 //! means nothing received: the kernel is asked before an idle connection is
 //! closed, and one whose request already reached its socket is served. HTTP/1.1
-//! connections idle as tasks (busy recently) close after [`IDLE_GRACE`], parked
-//! ones at once.
+//! connections idle as tasks (busy recently), and parked ones that parked
+//! within it (straight after an answer), close after [`IDLE_GRACE`]; other
+//! parked ones at once.
 //!
 //! Across threads the signal is a `watch` channel owned by the server; inside a
 //! worker it is a [`LocalShutdown`] flag plus a `Notify`, so a connection waiting
@@ -35,10 +36,20 @@ use tokio::sync::Notify;
 /// next request as soon as it has read our last answer, which said
 /// keep-alive, and a close at that moment loses the request (the client
 /// sees the connection end under it, or a reset). Within the grace it is
-/// served, its answer saying `Connection: close`. Parked connections (cold)
-/// close at once, unless a request already waits in them. The price: a
-/// drain with idle tasks lasts this much longer.
+/// served, its answer saying `Connection: close`. So is a connection that
+/// parked within the grace (a new one parks straight after its first
+/// answer, a cold one after the answer to its wake-up). Parked connections
+/// parked longer ago (cold) close at once, unless a request already waits
+/// in them. The price: a drain with idle tasks, or connections that just
+/// parked, lasts this much longer.
 pub(crate) const IDLE_GRACE: Duration = Duration::from_millis(500);
+
+/// [`IDLE_GRACE`] as a server with `config` gives it: at most half its
+/// `shutdown_timeout`. Idle tasks get it, and parked connections that
+/// parked within it (straight after an answer: `ParkingLot::close_all_but_recent`).
+pub(crate) fn idle_grace(config: &crate::conn::config::Config) -> Duration {
+    IDLE_GRACE.min(config.shutdown_timeout / 2)
+}
 
 /// A worker's view of shutdown.
 #[derive(Debug, Default)]

@@ -93,6 +93,13 @@ pub enum CloseReason {
     /// did not complete it within `message_timeout` (a WebSocket is closed
     /// with 1008).
     MessageTimeout,
+    /// Idle (parked) between requests, closed at `max_connections` to make
+    /// room for a new connection waiting to be accepted, longest idle
+    /// first, as nginx reuses idle keep-alive connections. HTTP/1.1 only
+    /// (clients retry a request on an idle connection that closed); never
+    /// a connection with a request under way, or one whose next request
+    /// already reached its socket.
+    Evicted,
 }
 
 /// What a protocol said when it closed a connection for a protocol error.
@@ -192,7 +199,7 @@ impl CloseReason {
     }
 
     /// How many metric labels there are (see [`CloseReason::LABELS`]).
-    pub(crate) const COUNT: usize = 19;
+    pub(crate) const COUNT: usize = 20;
 
     /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
     /// [`CloseReason::index`].
@@ -216,6 +223,7 @@ impl CloseReason {
         "slow_consumer",
         "handed_over",
         "message_timeout",
+        "evicted",
     ];
 
     /// This reason's position in [`CloseReason::LABELS`] and in the worker's
@@ -241,6 +249,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 16,
             CloseReason::HandedOver => 17,
             CloseReason::MessageTimeout => 18,
+            CloseReason::Evicted => 19,
         }
     }
 
@@ -321,6 +330,7 @@ impl fmt::Display for CloseReason {
             CloseReason::SlowConsumer => f.write_str("slow consumer"),
             CloseReason::HandedOver => f.write_str("handed over to the next process"),
             CloseReason::MessageTimeout => f.write_str("message timeout"),
+            CloseReason::Evicted => f.write_str("evicted at max_connections"),
             CloseReason::Protocol(ProtocolDetail::Framing(error)) => {
                 write!(f, "protocol error ({error})")
             }
@@ -360,6 +370,7 @@ mod tests {
             CloseReason::SlowConsumer,
             CloseReason::HandedOver,
             CloseReason::MessageTimeout,
+            CloseReason::Evicted,
         ];
         let mut seen: Vec<usize> = all.iter().map(|r| r.index()).collect();
         seen.sort_unstable();

@@ -10,7 +10,8 @@
 //! after its handshake, a response body that failed mid-stream, a panic
 //! caught, an HTTP/2 stream whose client gave it no room, a request body
 //! that stopped coming (HTTP/1.1 or HTTP/2), an HTTP/2 connection calmed, a
-//! framed reply that cannot be framed. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
+//! framed reply that cannot be framed, idle connections evicted at
+//! `max_connections`. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
@@ -169,14 +170,18 @@ pub(crate) enum Flood {
     /// not be framed (over `Framing::max_reply_bytes`): the handler's bug,
     /// but one a peer may trigger at will (an echo of a frame at the limit).
     FramedReplyUnframable,
+    /// Idle keep-alive connections closed at `max_connections` to let new
+    /// ones in (`CloseReason::Evicted`): one line per interval, naming the
+    /// setting to raise.
+    Evicted,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 30;
+const KINDS: usize = 31;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::FramedReplyUnframable as usize == KINDS - 1);
+const _: () = assert!(Flood::Evicted as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

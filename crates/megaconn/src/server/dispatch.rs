@@ -233,6 +233,15 @@ pub(crate) fn portable(tag: ProtoTag) -> bool {
     tag == proto::HTTP1
 }
 
+/// Whether a parked connection of protocol `tag` may be closed to make room
+/// for a new one at `max_connections` (`ParkingLot::evict`): HTTP/1.1 in the
+/// clear or over TLS, whose clients take a closed idle keep-alive
+/// connection for what it is and reconnect. Not a message protocol's
+/// (framed, WebSocket): its peer holds the connection open on purpose.
+pub(crate) fn evictable(tag: ProtoTag) -> bool {
+    tag == proto::HTTP1 || tag == proto::HTTP1_TLS
+}
+
 async fn serve_tls<S>(
     stream: TcpStream,
     mut service: S,

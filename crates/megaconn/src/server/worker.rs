@@ -34,7 +34,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::handover::{self, ParkedConnection};
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::{self, LotFds, ParkingLot, Respawn};
-use crate::conn::shutdown::IDLE_GRACE;
+use crate::conn::shutdown::idle_grace;
 use crate::conn::woken::poll_once;
 use crate::conn::Incoming;
 use crate::error::Error;
@@ -582,6 +582,7 @@ where
                     ctx.clone(),
                     spawn_connection.clone(),
                     limit.clone(),
+                    dispatch::evictable,
                 ),
             )
         })
@@ -653,9 +654,9 @@ where
             // Idle HTTP/1.1 tasks are closed a grace later: a busy client's
             // next request is on its way (it read our keep-alive answer),
             // and closing under it loses it; within the grace it is served,
-            // with `Connection: close` (see `IDLE_GRACE`).
+            // with `Connection: close` (see `conn::shutdown::IDLE_GRACE`).
             ctx.shutdown.begin();
-            let grace = IDLE_GRACE.min(config.shutdown_timeout / 2);
+            let grace = idle_grace(&config);
             let ctx = ctx.clone();
             tokio::task::spawn_local(async move {
                 tokio::time::sleep(grace).await;

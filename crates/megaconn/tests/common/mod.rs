@@ -430,6 +430,18 @@ impl TestServer {
             .expect("serve result")
     }
 
+    /// Sends `GET /wait` on `s` and waits until its handler has started:
+    /// a connection with a request under way, until `probe.release`.
+    pub async fn start_waiting(&mut self, s: &mut TcpStream) {
+        s.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            self.probe.next_event().await,
+            Event::Started("/wait".into())
+        );
+    }
+
     /// Waits (bounded) until the server's counters satisfy `cond`.
     pub async fn wait_stats(&self, what: &str, cond: impl Fn(&megaconn::ServerStats) -> bool) {
         wait_stats(&self.handle, what, cond).await;

@@ -288,13 +288,7 @@ async fn live_connections_are_listed_with_their_state() {
         read_response(&mut idle).await;
     }
     let mut busy = server.connect().await;
-    busy.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        server.probe.next_event().await,
-        common::Event::Started("/wait".into())
-    );
+    server.start_waiting(&mut busy).await;
     server
         .wait_stats("one idle", |s| s.connections_idle == 1)
         .await;

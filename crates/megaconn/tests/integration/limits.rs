@@ -163,3 +163,98 @@ async fn an_idle_acceptor_holds_no_connection_slot() {
     drop((first, second));
     assert!(server.stop().await, "the server stops");
 }
+
+/// At `max_connections`, idle keep-alive connections make room for new
+/// ones, longest idle first, as nginx reuses them ("worker_connections are
+/// not enough, reusing connections"). The acceptor used to wait for a
+/// connection to close by itself: with every slot held by a parked
+/// keep-alive client, a new client waited until `idle_timeout`, or for
+/// ever without one.
+#[tokio::test]
+async fn at_the_limit_idle_keep_alive_connections_make_room_for_new_ones() {
+    const LIMIT: usize = 10;
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connections(LIMIT)
+            .park_idle_after(Some(std::time::Duration::from_millis(20))),
+    )
+    .await;
+    let mut idle = Vec::new();
+    for i in 0..LIMIT {
+        let mut s = server.connect().await;
+        assert!(served(&mut s).await);
+        idle.push(s);
+        server
+            .wait_stats("parked", |s| s.connections_parked == i as i64 + 1)
+            .await;
+    }
+    let mut newcomer = server.connect().await;
+    let answered = tokio::time::timeout(common::SAFETY, served(&mut newcomer)).await;
+    assert!(
+        answered.is_ok_and(|ok| ok),
+        "a new client at the limit was not served: {:?}",
+        server.handle.stats()
+    );
+    let stats = server.handle.stats();
+    assert!(stats.accept_waits_at_limit >= 1, "{stats:?}");
+    assert!(common::closed_as(&stats, "evicted") >= 1, "{stats:?}");
+    // Longest idle first: the first client's connection went.
+    assert!(read_to_close(&mut idle[0]).await.is_empty());
+    let metrics = server.handle.render_metrics();
+    assert!(
+        metrics.contains(r#"megaconn_connections_closed_total{reason="evicted"}"#),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+/// A connection with a request under way is never closed to make room: at
+/// `max_connections(1)` with its one connection waiting on its handler, a
+/// new client waits; once the answer is out and the connection idles
+/// (parked), it makes room, and the new client is served.
+#[tokio::test]
+async fn at_the_limit_a_connection_mid_request_is_never_evicted() {
+    let mut server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connections(1)
+            .park_idle_after(Some(std::time::Duration::from_millis(20))),
+    )
+    .await;
+    let mut busy = server.connect().await;
+    server.start_waiting(&mut busy).await;
+    let newcomer = tokio::spawn({
+        let addr = server.addr;
+        async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            served(&mut s).await
+        }
+    });
+    server
+        .wait_stats("the acceptor at the limit", |s| {
+            s.accept_waits_at_limit >= 1
+        })
+        .await;
+    // An observation window, not a synchronisation: the acceptor looks for
+    // an idle connection to close every 100 ms while it waits.
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    let stats = server.handle.stats();
+    assert_eq!(common::closed_as(&stats, "evicted"), 0, "{stats:?}");
+    assert!(!newcomer.is_finished(), "served past the limit: {stats:?}");
+    server.probe.release.notify_one();
+    let answer = read_response(&mut busy).await;
+    assert_eq!(answer.status, 200, "the request under way was answered");
+    let served_newcomer = tokio::time::timeout(common::SAFETY, newcomer).await;
+    assert!(
+        matches!(served_newcomer, Ok(Ok(true))),
+        "{:?}",
+        server.handle.stats()
+    );
+    assert_eq!(common::closed_as(&server.handle.stats(), "evicted"), 1);
+    assert!(
+        read_to_close(&mut busy).await.is_empty(),
+        "evicted once idle"
+    );
+    server.stop().await;
+}

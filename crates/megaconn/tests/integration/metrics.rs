@@ -316,13 +316,7 @@ async fn requests_refused_by_a_limit_are_counted_by_limit_and_status() {
 async fn in_flight_and_cancelled_requests() {
     let mut server = TestServer::default().await;
     let mut s = server.connect().await;
-    s.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        server.probe.next_event().await,
-        Event::Started("/wait".into())
-    );
+    server.start_waiting(&mut s).await;
     let m = Metrics::parse(server.handle.render_metrics());
     assert_eq!(m.get("megaconn_requests_in_flight", &[]), 1.0);
     assert_eq!(

@@ -103,7 +103,12 @@ async fn shutdown_closes_parked_connections_and_frees_their_slots() {
         .wait_stats("both parked", |s| s.connections_parked == 2)
         .await;
     // Parked connections keep their slots: closing one lets a third in.
+    // (Waited for: a third that came first would make room by closing b,
+    // the other idle one, `limits.rs`.)
     drop(a);
+    server
+        .wait_stats("a closed", |s| s.connections_open == 1)
+        .await;
     let mut c = server.connect().await;
     c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
@@ -297,13 +302,7 @@ async fn bytes_that_come_while_a_woken_connection_is_served_are_answered() {
     get_then_park(&server, &mut s, 1).await;
     let_it_go_cold(&server).await;
     let before = server.handle.stats();
-    s.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        server.probe.next_event().await,
-        common::Event::Started("/wait".into())
-    );
+    server.start_waiting(&mut s).await;
     s.write_all(b"GET /status/201 HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
@@ -418,13 +417,7 @@ async fn a_woken_handler_that_waits_becomes_a_task_and_answers() {
     let mut s = server.connect().await;
     get_then_park(&server, &mut s, 1).await;
     let before = server.handle.stats();
-    s.write_all(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        server.probe.next_event().await,
-        common::Event::Started("/wait".into())
-    );
+    server.start_waiting(&mut s).await;
     server.probe.release.notify_one();
     assert_eq!(read_response(&mut s).await.body, b"released");
     server
@@ -655,5 +648,90 @@ async fn a_connection_parked_between_requests_is_retired_at_its_age() {
         .await
         .expect("retired within SAFETY");
     assert_eq!(server.handle.stats().aged_out, 1);
+    server.stop().await;
+}
+
+/// A connection that parked straight after its first answer (a new one
+/// does) gets graceful shutdown's idle grace, as an idle task does: its
+/// next request, sent 100 ms after the shutdown began, is answered, with
+/// `Connection: close`. The lot closed every parked connection at once,
+/// and the client saw the end of the stream instead of an answer.
+#[tokio::test]
+async fn a_connection_parked_just_before_shutdown_gets_the_idle_grace() {
+    let server = TestServer::start(megaconn::Server::builder().workers(1)).await;
+    let mut s = server.connect().await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.status, 200);
+    server
+        .wait_stats("parked after its first answer", |st| {
+            st.connections_parked == 1
+        })
+        .await;
+    server.handle.shutdown();
+    // The client's pace, not a synchronisation: its next request comes
+    // as a busy client's would, well within the grace (500 ms).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let answer = String::from_utf8(read_to_close(&mut s).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer:?}"
+    );
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 0);
+}
+
+/// At a header timeout, a connection that never sent a byte closes at once
+/// (nothing read, nothing answered: nothing to linger for), where it
+/// lingered for two seconds; and one whose close lingers (a partial head,
+/// answered 408) waits for its client holding no read buffer. Before,
+/// every lingering close held a pooled 8 KiB buffer for the whole linger:
+/// here 2 × 100 of them.
+#[tokio::test]
+async fn closes_after_a_header_timeout_hold_no_buffer_and_silent_ones_do_not_linger() {
+    const N: usize = 100;
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .read_header_timeout(Some(Duration::from_millis(200))),
+    )
+    .await;
+    let mut silent = Vec::new();
+    let mut partial = Vec::new();
+    for _ in 0..N {
+        silent.push(server.connect().await);
+        let mut p = server.connect().await;
+        p.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        partial.push(p);
+    }
+    let start = tokio::time::Instant::now();
+    for s in &mut silent {
+        assert!(read_to_close(s).await.is_empty());
+    }
+    for p in &mut partial {
+        let answer = read_to_close(p).await;
+        assert!(answer.starts_with(b"HTTP/1.1 408"), "{answer:?}");
+    }
+    // Every client holds its end open: the partial ones linger (up to
+    // 2 s), the silent ones must not.
+    server
+        .wait_stats("the silent connections closed", |s| {
+            s.connections_open <= N as i64
+        })
+        .await;
+    let closed_in = start.elapsed();
+    let stats = server.handle.stats();
+    assert!(
+        stats.buffers_checked_out <= 8,
+        "lingering closes hold buffers: {stats:?}"
+    );
+    assert!(
+        closed_in < Duration::from_millis(1500),
+        "silent connections lingered: closed after {closed_in:?}"
+    );
+    drop((silent, partial));
     server.stop().await;
 }

@@ -75,7 +75,7 @@ where
     let ended = match run(&mut conn, &mut service).await {
         Ended::Close(reason) => {
             tracing::trace!(%reason, "connection closed");
-            Box::pin(conn.close(reason)).await;
+            Box::pin(conn.close_unless_unheard(reason)).await;
             proto::Ended::Close(reason)
         }
         Ended::Upgrade(tx, native) => {
