@@ -558,6 +558,17 @@ async fn message_timeout_server() -> Ws {
     .await
 }
 
+/// A server for slow senders: nothing parks, no pings, a long heartbeat,
+/// `bound` per message.
+async fn slow_sender_server(bound: Duration) -> Ws {
+    Ws::start(Server::builder().park_idle_after(None), |r| {
+        r.ping_interval(None)
+            .heartbeat_timeout(Some(Duration::from_secs(600)))
+            .message_timeout(Some(bound))
+    })
+    .await
+}
+
 /// The close the peer read (`payload`) was 1008, and the server counted a
 /// message timeout, after `seen` messages; then stops it.
 async fn closed_at_the_message_timeout(mut server: Ws, payload: &[u8], seen: u64) {
@@ -586,12 +597,7 @@ async fn closed_at_the_message_timeout(mut server: Ws, payload: &[u8], seen: u64
 async fn a_slow_sender_is_served_while_each_message_is_whole_in_time() {
     let bound = Duration::from_secs(2);
     let pause = Duration::from_millis(100);
-    let mut server = Ws::start(Server::builder().park_idle_after(None), |r| {
-        r.ping_interval(None)
-            .heartbeat_timeout(Some(Duration::from_secs(600)))
-            .message_timeout(Some(bound))
-    })
-    .await;
+    let mut server = slow_sender_server(bound).await;
     let mut s = server.raw().await;
     // 1,006 bytes a pause: 20 KB within each bound.
     let message = client_frame(0x82, &[7; 1000], true);
@@ -631,12 +637,7 @@ async fn a_slow_sender_is_served_while_each_message_is_whole_in_time() {
 async fn a_slow_sender_of_small_messages_is_served_at_a_short_message_timeout() {
     let bound = Duration::from_secs(1);
     let pause = Duration::from_millis(100);
-    let mut server = Ws::start(Server::builder().park_idle_after(None), |r| {
-        r.ping_interval(None)
-            .heartbeat_timeout(Some(Duration::from_secs(600)))
-            .message_timeout(Some(bound))
-    })
-    .await;
+    let mut server = slow_sender_server(bound).await;
     let mut s = server.raw().await;
     // 60 bytes a pause.
     let message = client_frame(0x82, &[7; 54], true);
