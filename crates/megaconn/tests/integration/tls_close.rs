@@ -21,6 +21,16 @@ use common::modes::{hooked, Events};
 use common::tls::{blocking_client, connect, h2_settings_exchanged, http1_get, Ca, Leaf};
 use common::{closed_as, try_parse_response, RawResponse, TestServer, SAFETY};
 
+/// The next close is the client's (`client_closed`) and nothing was counted
+/// as a protocol error; returns the counters then.
+async fn closed_by_the_client(events: &mut Events, server: &TestServer) -> megaconn::ServerStats {
+    let closed = events.next_close().await;
+    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
+    let stats = server.handle.stats();
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    stats
+}
+
 /// A TLS server with the test app (no parking); `configure` adds settings.
 async fn tls_server(
     leaf: &Leaf,
@@ -105,10 +115,7 @@ async fn a_reset_of_a_parked_https_connection_is_a_client_close() {
         .await;
     tls.get_ref().0.set_zero_linger().unwrap();
     drop(tls);
-    let closed = events.next_close().await;
-    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
-    let stats = server.handle.stats();
-    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    closed_by_the_client(&mut events, &server).await;
     server.stop().await;
 }
 
@@ -128,10 +135,7 @@ async fn a_client_that_leaves_before_its_client_hello_is_a_client_close() {
     server.wait_stats("accepted", |s| s.accepted == 2).await;
     tcp.set_zero_linger().unwrap();
     drop(tcp);
-    let closed = events.next_close().await;
-    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
-    let stats = server.handle.stats();
-    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    let stats = closed_by_the_client(&mut events, &server).await;
     assert_eq!(closed_as(&stats, "tls_handshake_failed"), 0, "{stats:?}");
     // A byte that is not TLS still fails the handshake, counted.
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
@@ -166,10 +170,7 @@ async fn a_client_that_leaves_in_the_middle_of_its_handshake_is_a_client_close()
     })
     .await
     .unwrap();
-    let closed = events.next_close().await;
-    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
-    let stats = server.handle.stats();
-    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    let stats = closed_by_the_client(&mut events, &server).await;
     assert_eq!(closed_as(&stats, "tls_handshake_failed"), 0, "{stats:?}");
     server.stop().await;
 }
@@ -248,10 +249,7 @@ async fn a_client_alert_after_the_handshake_is_a_client_close() {
         .unwrap();
     tls.flush().await.unwrap();
     answer_a_bad_record(&mut tls).await;
-    let closed = events.next_close().await;
-    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
-    let stats = server.handle.stats();
-    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    let stats = closed_by_the_client(&mut events, &server).await;
     assert!(
         stats.tls_alerts_received.contains(&("bad_record_mac", 2)),
         "{:?}",
@@ -317,10 +315,7 @@ async fn a_close_notify_with_bytes_after_it_is_a_client_close() {
         .await
         .expect("the server closes")
         .expect("a clean end: the server's close_notify");
-    let closed = events.next_close().await;
-    assert_eq!(closed.reason, CloseReason::ClientClosed, "{closed:?}");
-    let stats = server.handle.stats();
-    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    closed_by_the_client(&mut events, &server).await;
     server.stop().await;
 }
 
