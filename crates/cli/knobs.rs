@@ -768,7 +768,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "N",
         shape: Shape::One,
         help: "Most concurrent connections.",
-        details: "At the limit the server stops accepting until one closes. For the whole server: with --processes P each worker process takes N/P (rounded up); the default is per process.",
+        details: "At the limit idle HTTP/1.1 keep-alive connections are closed to make room, longest idle first (on any worker); with none, the server stops accepting until one closes. For the whole server: with --processes P each worker process takes N/P (rounded up) and makes room among its own connections only; the default is per process.",
         default: "the open-file limit minus 256",
         example: "1000000",
         parse: count,
