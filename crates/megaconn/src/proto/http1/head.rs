@@ -787,8 +787,12 @@ mod tests {
         let mut searched = 0;
         let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
         assert_eq!(find_end(&buf, &mut searched), None);
+        // The next search starts where an empty line could have begun, not
+        // at the start again.
+        assert_eq!(searched, buf.len() - 2);
         buf.extend_from_slice(b"\r");
         assert_eq!(find_end(&buf, &mut searched), None);
+        assert_eq!(searched, buf.len() - 2);
         buf.extend_from_slice(b"\n");
         assert_eq!(find_end(&buf, &mut searched), Some(buf.len()));
         assert_eq!(find_end(b"GET / HTTP/1.0\n\nGET", &mut 0), Some(16));
