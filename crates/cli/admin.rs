@@ -18,6 +18,10 @@
 //! worker's full hub queue happens later, in that process, where it is
 //! counted (`megaconn_limit_hits_total{limit="hub_queue"}`) and logged.
 //!
+//! It answers while the main server is out of file descriptors: the main
+//! listeners' accepts stop `fd_reserve` (32) short of the open-file limit,
+//! and this server's may use those (`Builder::fd_reserve`).
+//!
 //! It listens on 127.0.0.1:9090 unless told otherwise (`--admin ADDR`,
 //! `admin = "ADDR"`, `off` disables) and stops with the main server. Keep it
 //! on a loopback or otherwise private address: it has no authentication.
@@ -136,6 +140,10 @@ pub fn bind(
         .adopt_listeners(adopt)
         .workers(1)
         .max_connections(64)
+        // The descriptors the main server's accepts leave free are for this
+        // one: `/metrics` answers while the main listeners are out of
+        // descriptors (`EMFILE`), which is when the operator looks.
+        .fd_reserve(0)
         .idle_timeout(Some(Duration::from_secs(30)))
         .shutdown_timeout(Duration::from_secs(1))
         // Profiles take up to a minute to answer; their clients wait.

@@ -768,7 +768,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "N",
         shape: Shape::One,
         help: "Most concurrent connections.",
-        details: "At the limit a worker with a connection waiting closes its longest-idle parked HTTP/1.1 keep-alive connections to make room (counted in megaconn_connections_closed_total{reason=\"evicted\"}); with none to close it stops accepting until one closes. For the whole server: with --processes P each worker process takes N/P (rounded up); the default is per process.",
+        details: "At the limit a worker with a connection waiting closes its longest-idle parked HTTP/1.1 keep-alive connections to make room, or, with none of its own, has another worker close some of its own (counted in megaconn_connections_closed_total{reason=\"evicted\"}); with none anywhere it stops accepting until one closes. For the whole server: with --processes P each worker process takes N/P (rounded up) and makes room among its own connections only; the default is per process.",
         default: "the open-file limit minus 256",
         example: "1000000",
         parse: count,

@@ -12,6 +12,7 @@ mod common;
 
 mod activation_cli;
 mod admin_cli;
+mod admin_fds_cli;
 mod doctor_cli;
 mod flags_cli;
 mod hold_cli;

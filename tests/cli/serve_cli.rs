@@ -116,19 +116,7 @@ fn accept_burst_without_accept_rate_exits_2_naming_the_fix() {
 #[test]
 fn max_connections_above_the_open_file_limit_is_warned_about() {
     let mut cmd = Serving::serve_command("off", &["--max-connections", "100000"]);
-    // SAFETY: setrlimit(2) only, between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            let limit = libc::rlimit {
-                rlim_cur: 512,
-                rlim_max: 512,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    Serving::limit_open_files(&mut cmd, 512);
     let line = Serving::spawn(&mut cmd).wait_for_log("max_connections is above");
     assert!(line.contains("open_file_limit=512"), "{line}");
 }
@@ -580,11 +568,7 @@ const HI: [u8; 8] = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
 /// returns. Waits until the admin's `/metrics` counts it in flight.
 fn with_a_request_in_flight() -> (Serving, std::thread::JoinHandle<String>) {
     let server = Serving::serve_admin("127.0.0.1:0", &[]);
-    let admin_line = server.stdout.expect_line();
-    let admin = admin_line
-        .strip_prefix("megaconn admin on http://")
-        .unwrap_or_else(|| panic!("{admin_line}"))
-        .to_string();
+    let admin = server.admin_addr();
     let addr = server.addr("http");
     let sleeping = std::thread::spawn(move || get_once(&addr, "/sleep?ms=3000"));
     let deadline = std::time::Instant::now() + SAFETY;

@@ -322,6 +322,33 @@ impl Serving {
         cmd
     }
 
+    /// Lowers the open-file limit (soft and hard) of the process `cmd`
+    /// starts to `files`, not the test's own.
+    pub fn limit_open_files(cmd: &mut Command, files: u64) {
+        // SAFETY: setrlimit(2) only, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+                let limit = libc::rlimit {
+                    rlim_cur: files,
+                    rlim_max: files,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// The admin listener's address, from the line after the banner
+    /// (`megaconn admin on http://ADDR`; a server started with one).
+    pub fn admin_addr(&self) -> String {
+        let line = self.stdout.expect_line();
+        line.strip_prefix("megaconn admin on http://")
+            .unwrap_or_else(|| panic!("no admin address: {line:?}"))
+            .to_string()
+    }
+
     /// The address of the banner URL with `scheme`.
     pub fn addr(&self, scheme: &str) -> String {
         let prefix = format!("{scheme}://");

@@ -80,8 +80,9 @@
 //!  conn/      connection.rs  one connection's accounts: slot, counters, track;
 //!                            close() is the one place a close is counted
 //!             accept.rs    the accept loop under the limits (limit.rs,
-//!                          admission.rs), socket options (socket.rs); sockets
-//!                          accepted bare, not registered with tokio
+//!                          admission.rs, fd_reserve.rs), socket options
+//!                          (socket.rs); sockets accepted bare, not
+//!                          registered with tokio
 //!             park.rs      the parking lot: idle connections of any protocol
 //!                          leave tokio (a deadline word + a protocol tag per fd)
 //!             handover.rs  parked connections moving to the next process
@@ -141,12 +142,13 @@ mod service;
 #[doc(hidden)]
 pub use conn::config::WorkerStartFailure;
 pub use conn::config::{
-    AcceptRate, KeepaliveConfig, DEFAULT_BACKLOG, DEFAULT_HTTP2_CONNECTION_WINDOW,
-    DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
-    DEFAULT_HTTP2_MAX_FRAME_SIZE, DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE, DEFAULT_HTTP2_STREAM_WINDOW,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DRAIN_BYTES, DEFAULT_MAX_HEADERS,
-    DEFAULT_MAX_HEADER_BYTES, DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALL_THRESHOLD, FD_HEADROOM,
+    AcceptRate, KeepaliveConfig, DEFAULT_BACKLOG, DEFAULT_FD_RESERVE,
+    DEFAULT_HTTP2_CONNECTION_WINDOW, DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, DEFAULT_HTTP2_MAX_FRAME_SIZE,
+    DEFAULT_HTTP2_MAX_HEADER_LIST_SIZE, DEFAULT_HTTP2_STREAM_WINDOW, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DRAIN_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_PARK_IDLE_AFTER, DEFAULT_READ_HEADER_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_STALL_THRESHOLD, FD_HEADROOM,
 };
 pub use conn::handover::{ParkedConnection, ParkedState};
 pub use conn::tls::{TlsConfig, TlsError, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TLS_SESSION_CACHE_SIZE};

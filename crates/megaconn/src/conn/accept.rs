@@ -3,11 +3,24 @@
 //! When a connection is waiting on its listener, it takes a slot from the
 //! server-wide connection limit and accepts it. At the limit the worker's
 //! parking lot closes idle keep-alive connections to make room, longest
-//! idle first (as nginx reuses them); with none to close, it stops
-//! accepting (connections wait in the kernel backlog) until a connection
-//! closes. An idle acceptor holds no slot. Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`)
-//! make it back off with a growing, capped delay and log at most once per
-//! interval: never spin, never exit.
+//! idle first (as nginx reuses them); with none of its own to close (all
+//! its connections busy), it asks another worker's lot to
+//! ([`evict_when_asked`]): the limit is the whole server's, and a worker
+//! that only waited locked newcomers out while another held thousands of
+//! idle ones. With none anywhere, it stops accepting (connections wait in
+//! the kernel backlog) until a connection closes. An idle acceptor holds
+//! no slot.
+//!
+//! Under `serve --processes P` each worker process has its own limit (its
+//! share of the whole, `max_connections / P`) and makes room among its own
+//! connections only, as nginx's `worker_connections` is per worker process:
+//! one process full of busy connections does not take idle ones from
+//! another.
+//!
+//! Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`), and a
+//! connection accepted into the descriptors kept free for the rest of the
+//! process (`fd_reserve.rs`), make it back off with a growing, capped delay
+//! and log at most once per interval: never spin, never exit.
 //!
 //! Sockets are accepted bare (`accept4`, non-blocking), not registered with
 //! the runtime: cleartext HTTP/1.1 reads its opening request straight from
@@ -29,6 +42,7 @@ use tokio::time::Instant;
 use crate::conn::admission::{Refusal, TokenBucket};
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
+use crate::conn::fd_reserve::FdLine;
 use crate::conn::limit::ConnectionLimit;
 use crate::conn::park::Respawn;
 use crate::conn::socket::configure_accepted;
@@ -44,9 +58,10 @@ const BACKOFF_START: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// At the limit with nothing of this worker's to evict, how often to look
-/// again while waiting for a slot: its idle connections park within
-/// `park_idle_after`, and a connection of another worker that closes frees
-/// a slot without any wake-up here being needed.
+/// (and ask another worker) again while waiting for a slot: its idle
+/// connections park within `park_idle_after`, and a connection of another
+/// worker that closes, or that another worker evicts, frees a slot without
+/// any wake-up here being needed.
 const EVICT_RETRY: Duration = Duration::from_millis(100);
 
 pub(crate) async fn accept_loop(
@@ -70,6 +85,7 @@ pub(crate) async fn accept_loop(
         )
     });
     let local = crate::conn::socket::addr_of(listener.get_ref());
+    let mut fd_line = FdLine::new(ctx.config.fd_reserve);
     loop {
         // A connection first, then a slot for it: a slot taken before the
         // wait sat idle with this acceptor while a connection queued on
@@ -92,6 +108,11 @@ pub(crate) async fn accept_loop(
                     }
                 };
                 match ready.try_io(|l| accept4(l.get_ref())) {
+                    // Into the reserve: closed (dropped) here, and taken
+                    // for what it is, the process out of descriptors.
+                    Ok(Ok((socket, _))) if fd_line.crossed(socket.as_raw_fd()) => {
+                        Err(io::Error::from_raw_os_error(libc::EMFILE))
+                    }
                     Ok(accepted) => accepted.map(|a| (a, held)),
                     // Taken by now (another process on a shared socket, or
                     // a connection reset in the queue): readiness cleared,
@@ -170,6 +191,7 @@ pub(crate) async fn accept_loop(
                         worker = ctx.index,
                         error = %e,
                         retry_in_ms = backoff.as_millis() as u64,
+                        fd_reserve = ctx.config.fd_reserve,
                         suppressed,
                         "accept failed; backing off (raise the open-file limit or lower max_connections)"
                     )
@@ -186,36 +208,37 @@ pub(crate) async fn accept_loop(
 /// first (`ParkingLot::evict`), as nginx reuses idle keep-alive
 /// connections; the alternative, waiting until one closes by itself, let a
 /// server full of idle keep-alive clients lock every new one out until
-/// `idle_timeout`. Without a lot, or with none of its connections evictable
-/// (all busy, or idle as tasks, or another worker's), it waits, looking
-/// again every [`EVICT_RETRY`].
+/// `idle_timeout`. With none of its own evictable (all busy, or idle as
+/// tasks, or of a message protocol), it asks another worker's lot, in
+/// turn ([`ConnectionLimit::ask_to_evict`]). Without lots (parking off) it
+/// waits; with them it looks again every [`EVICT_RETRY`].
 async fn slot_at_limit(
     limit: &ConnectionLimit,
     ctx: &WorkerContext,
     evictable: fn(ProtoTag) -> bool,
     at_limit_log: &RateLimitedLog,
 ) -> crate::conn::limit::ConnectionSlot {
+    let mut asked_last = ctx.index;
     loop {
-        let evicted = ctx.park.as_ref().map_or(0, |lot| lot.evict(evictable));
-        if evicted > 0 {
-            ratelog::log(Flood::Evicted, |suppressed| {
-                tracing::warn!(
-                    worker = ctx.index,
-                    max_connections = limit.max(),
-                    evicted,
-                    suppressed,
-                    "at max_connections: closed idle keep-alive connections for new ones (raise max_connections)"
-                )
-            });
+        if let Some(lot) = &ctx.park {
+            match lot.evict(evictable) {
+                0 => {
+                    let asked = limit.ask_to_evict(ctx.index, &mut asked_last);
+                    at_limit_log.log(|suppressed| match asked {
+                        Some(other) => tracing::warn!(
+                            worker = ctx.index,
+                            max_connections = limit.max(),
+                            asked_worker = other,
+                            suppressed,
+                            "at max_connections, nothing idle of this worker's to close: asked another worker to close idle keep-alive connections"
+                        ),
+                        None => nothing_idle(ctx, limit, suppressed),
+                    });
+                }
+                evicted => log_evicted(ctx, limit, evicted, false),
+            }
         } else {
-            at_limit_log.log(|suppressed| {
-                tracing::warn!(
-                    worker = ctx.index,
-                    max_connections = limit.max(),
-                    suppressed,
-                    "at max_connections, nothing idle to close: not accepting until a connection closes"
-                )
-            });
+            at_limit_log.log(|suppressed| nothing_idle(ctx, limit, suppressed));
         }
         // The slots just freed go to the waiters in order: this one's, or
         // another worker's acceptor's, which then accepts as well.
@@ -225,6 +248,58 @@ async fn slot_at_limit(
             () = tokio::time::sleep(EVICT_RETRY), if ctx.park.is_some() => {}
         }
     }
+}
+
+/// Answers the other workers' asks ([`ConnectionLimit::ask_to_evict`]):
+/// while the server is still at the limit when one comes, this worker's
+/// lot closes idle keep-alive connections for the connection waiting on
+/// the other worker's listener, as it would for one on its own. A task of
+/// its own, asleep but for the asks: nothing on the request path, and a
+/// cross-thread wake-up only while a connection waits at the limit.
+pub(crate) async fn evict_when_asked(
+    ctx: Rc<WorkerContext>,
+    limit: ConnectionLimit,
+    evictable: fn(ProtoTag) -> bool,
+) {
+    let Some(lot) = ctx.park.as_ref() else {
+        return;
+    };
+    loop {
+        limit.asked_to_evict(ctx.index).await;
+        // A slot came free since (a connection closed): the waiter takes it.
+        if !limit.is_full() {
+            continue;
+        }
+        let evicted = lot.evict(evictable);
+        if evicted > 0 {
+            log_evicted(&ctx, &limit, evicted, true);
+        }
+    }
+}
+
+/// Logs (limited) idle connections evicted at the limit; `for_another`: for
+/// a connection waiting on another worker's listener.
+fn log_evicted(ctx: &WorkerContext, limit: &ConnectionLimit, evicted: usize, for_another: bool) {
+    ratelog::log(Flood::Evicted, |suppressed| {
+        tracing::warn!(
+            worker = ctx.index,
+            max_connections = limit.max(),
+            evicted,
+            for_another_worker = for_another,
+            suppressed,
+            "at max_connections: closed idle keep-alive connections for new ones (raise max_connections)"
+        )
+    });
+}
+
+/// At the limit with nothing idle anywhere to close.
+fn nothing_idle(ctx: &WorkerContext, limit: &ConnectionLimit, suppressed: u64) {
+    tracing::warn!(
+        worker = ctx.index,
+        max_connections = limit.max(),
+        suppressed,
+        "at max_connections, nothing idle to close: not accepting until a connection closes"
+    )
 }
 
 /// Whether a connection is queued on `listener` now (`poll`, no wait; a

@@ -78,6 +78,13 @@ pub const DEFAULT_BACKLOG: u32 = 4096;
 /// `max_connections`, for log files, DNS, admin connections and the like.
 pub const FD_HEADROOM: usize = 256;
 
+/// Descriptors the accepts leave free below the open-file limit by default
+/// (`Builder::fd_reserve`): room for the admin listener's connections (a
+/// scrape or two), a log file, a DNS lookup or a certificate re-read while
+/// the connections have taken the rest. Far inside [`FD_HEADROOM`], so a
+/// server at its default `max_connections` never reaches it.
+pub const DEFAULT_FD_RESERVE: usize = 32;
+
 /// Default for how many streams a client may have open at once on one
 /// connection (`SETTINGS_MAX_CONCURRENT_STREAMS`). 250, as in Go's server:
 /// enough for any browser or gRPC client, and it bounds the handlers one
@@ -161,6 +168,9 @@ pub(crate) struct Config {
     pub max_connections: Option<usize>,
     pub accept_rate: Option<AcceptRate>,
     pub max_connections_per_ip: Option<u32>,
+    /// Descriptors the accepts leave free below the open-file limit
+    /// (`fd_reserve.rs`); 0: none.
+    pub fd_reserve: usize,
     pub keep_alive: bool,
     pub server_header: Option<http::HeaderValue>,
     pub backlog: u32,
@@ -236,6 +246,7 @@ impl Default for Config {
             max_connections: None,
             accept_rate: None,
             max_connections_per_ip: None,
+            fd_reserve: DEFAULT_FD_RESERVE,
             keep_alive: true,
             server_header: None,
             backlog: DEFAULT_BACKLOG,
@@ -299,26 +310,35 @@ pub(crate) fn checked_max_connections(n: usize) -> usize {
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (as Go's runtime does) and
 /// returns the resulting soft limit.
 pub(crate) fn raise_nofile_limit() -> usize {
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
+    let Some(mut lim) = nofile() else {
+        return 1024;
+    };
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
         }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
     }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// The soft open-file limit now, as it is (`None` if it cannot be read).
+pub(crate) fn open_file_limit() -> Option<usize> {
+    nofile().map(|lim| usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX))
+}
+
+/// `RLIMIT_NOFILE`, soft and hard.
+fn nofile() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
 }
 
 /// The limits that apply while parsing a head.

@@ -9,14 +9,21 @@
 //! the client IP that [`ConnectionSlot::detach`] returns: reading it back from
 //! the socket would fail (`ENOTCONN`) once the peer has reset it, and the
 //! IP's place would never be given back.
+//!
+//! The limit is the whole server's, so the room for a new connection may be
+//! in another worker's parking lot: a worker whose own lot has nothing to
+//! evict at the limit asks another one's ([`ConnectionLimit::ask_to_evict`],
+//! `accept.rs`), through a `Notify` per worker that only eviction touches.
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::conn::admission::PerIpLimit;
+use crate::observe::stats::WorkerStats;
 
 /// Shared by every worker's acceptor.
 #[derive(Debug, Clone)]
@@ -24,6 +31,17 @@ pub(crate) struct ConnectionLimit {
     slots: Arc<Semaphore>,
     per_ip: Option<Arc<PerIpLimit>>,
     max: usize,
+    /// The workers, for one to ask another to evict (`None`: one worker
+    /// alone, or a limit made outside a server).
+    evictors: Option<Arc<[Evictor]>>,
+}
+
+/// A worker as another one at the limit sees it: how to ask it to evict,
+/// and its counters, whose parked gauge says whether asking can help.
+#[derive(Debug)]
+struct Evictor {
+    asked: Notify,
+    stats: Arc<WorkerStats>,
 }
 
 /// One connection's claim on the limits; dropping it frees them.
@@ -39,6 +57,56 @@ impl ConnectionLimit {
             slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             per_ip: per_ip.map(|n| Arc::new(PerIpLimit::new(n))),
             max,
+            evictors: None,
+        }
+    }
+
+    /// The same limit, shared by the workers whose counters are `workers`
+    /// (by index), which may ask one another to evict
+    /// ([`ask_to_evict`](ConnectionLimit::ask_to_evict)).
+    pub(crate) fn shared_by(mut self, workers: &[Arc<WorkerStats>]) -> ConnectionLimit {
+        self.evictors = (workers.len() > 1).then(|| {
+            workers
+                .iter()
+                .map(|stats| Evictor {
+                    asked: Notify::new(),
+                    stats: stats.clone(),
+                })
+                .collect()
+        });
+        self
+    }
+
+    /// Whether every slot is taken.
+    pub(crate) fn is_full(&self) -> bool {
+        self.slots.available_permits() == 0
+    }
+
+    /// At the limit, with nothing of its own to evict: worker `me` asks the
+    /// next worker after `*asked_last` that has connections parked to
+    /// close some of its idle ones ([`asked_to_evict`](ConnectionLimit::asked_to_evict)),
+    /// and returns which it asked (`None`: no other worker has any parked).
+    /// In turn, so that one whose parked connections cannot be evicted
+    /// (message protocols, timers) does not keep the others from being
+    /// asked. One atomic load per worker, only while a connection waits at
+    /// the limit.
+    pub(crate) fn ask_to_evict(&self, me: usize, asked_last: &mut usize) -> Option<usize> {
+        let evictors = self.evictors.as_ref()?;
+        let n = evictors.len();
+        let next = (1..=n)
+            .map(|step| (*asked_last + step) % n)
+            .find(|&w| w != me && evictors[w].stats.connections_parked.load(Relaxed) > 0)?;
+        *asked_last = next;
+        evictors[next].asked.notify_one();
+        Some(next)
+    }
+
+    /// Waits until another worker asks worker `me` to evict (for ever
+    /// without other workers). Asks made while nobody waits are kept as one.
+    pub(crate) async fn asked_to_evict(&self, me: usize) {
+        match self.evictors.as_ref().and_then(|e| e.get(me)) {
+            Some(evictor) => evictor.asked.notified().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -124,5 +192,38 @@ impl Drop for ConnectionSlot {
                 per_ip.release(*ip);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker asks the others in turn, skipping itself and those with
+    /// nothing parked, and asks none when no other has any.
+    #[tokio::test]
+    async fn a_worker_asks_the_others_with_parked_connections_in_turn() {
+        let workers: Vec<Arc<WorkerStats>> = (0..4).map(|_| Arc::default()).collect();
+        let limit = ConnectionLimit::new(1, None).shared_by(&workers);
+        let mut asked_last = 0;
+        assert_eq!(limit.ask_to_evict(0, &mut asked_last), None);
+        for (w, parked) in [(0, 5), (1, 1), (3, 2)] {
+            workers[w].connections_parked.store(parked, Relaxed);
+        }
+        let asked: Vec<_> = (0..3)
+            .map(|_| limit.ask_to_evict(0, &mut asked_last))
+            .collect();
+        assert_eq!(asked, [Some(1), Some(3), Some(1)]);
+        // The ask waits for the asked worker, kept while it did not wait.
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_secs(5), limit.asked_to_evict(1));
+        assert!(waited.await.is_ok(), "worker 1 hears it was asked");
+        assert!(
+            ConnectionLimit::new(1, None)
+                .shared_by(&workers[..1])
+                .ask_to_evict(0, &mut 0)
+                .is_none(),
+            "one worker alone has no one to ask"
+        );
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod blocks;
 pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod context;
+pub(crate) mod fd_reserve;
 pub(crate) mod handover;
 pub(crate) mod io;
 pub(crate) mod limit;

@@ -179,7 +179,8 @@ impl Server {
             adopt,
             ..
         } = self;
-        let limit = ConnectionLimit::new(max_connections, config.max_connections_per_ip);
+        let limit = ConnectionLimit::new(max_connections, config.max_connections_per_ip)
+            .shared_by(&handle.workers);
         // Opened by `run`: before it, nothing would deliver a message.
         let hub = crate::message::MessageSettings::of(&config)
             .and_then(|s| s.hub.as_ref())
@@ -778,8 +779,11 @@ impl Builder {
         self
     }
 
-    /// Most concurrent connections over all workers. At the limit the server
-    /// stops accepting (new connections wait in the backlog) until one closes.
+    /// Most concurrent connections over all workers. At the limit, idle
+    /// HTTP/1.1 keep-alive connections are closed to make room, longest
+    /// idle first (the waiting connection's worker closes its own, or asks
+    /// another worker to close its own); with none, the server stops
+    /// accepting (new connections wait in the backlog) until one closes.
     /// Default: the open-file limit (raised to its hard cap) minus 256. A
     /// limit above that is kept, with a warning at [`listen`](Builder::listen):
     /// accepts past the open-file limit fail (`EMFILE`).
@@ -803,6 +807,19 @@ impl Builder {
     /// Default: none.
     pub fn max_connections_per_ip(mut self, n: Option<u32>) -> Builder {
         self.config.max_connections_per_ip = n;
+        self
+    }
+
+    /// Descriptors the accepts leave free below the open-file limit, for
+    /// what else the process opens: an admin server's connections (build
+    /// that one with `fd_reserve(0)`, so that it may use them), log files,
+    /// DNS lookups. A connection accepted into them is closed at once,
+    /// counted as an `EMFILE` accept error and logged, as when the process
+    /// is out of descriptors. Default: [`DEFAULT_FD_RESERVE`](crate::DEFAULT_FD_RESERVE)
+    /// (32), far inside the default `max_connections`' headroom; 0 accepts
+    /// up to the limit.
+    pub fn fd_reserve(mut self, n: usize) -> Builder {
+        self.config.fd_reserve = n;
         self
     }
 

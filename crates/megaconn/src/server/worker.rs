@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
-use crate::conn::accept::accept_loop;
+use crate::conn::accept::{accept_loop, evict_when_asked};
 use crate::conn::config::{Config, WorkerStartFailure};
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
@@ -571,6 +571,15 @@ where
             }
         })
     });
+    // Another worker at the limit with nothing idle of its own may ask
+    // this one's lot to make room (`accept.rs`).
+    let evicting = going.then(|| {
+        spawn_loop(
+            "eviction for other workers",
+            index,
+            evict_when_asked(ctx.clone(), limit.clone(), dispatch::evictable),
+        )
+    });
     let acceptors: Vec<_> = registered
         .into_iter()
         .map(|listener| {
@@ -601,6 +610,9 @@ where
     }
     if let Some(adopting) = adopting {
         adopting.abort();
+    }
+    if let Some(evicting) = evicting {
+        evicting.abort();
     }
     // An upgrade: the parked connections that can move go to the next
     // process before the rest are closed.

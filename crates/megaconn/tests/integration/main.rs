@@ -44,6 +44,7 @@ mod modes;
 #[cfg(feature = "otel")]
 mod otel;
 mod park;
+mod park_evict;
 mod scripted;
 mod start;
 mod timeouts;

@@ -1,0 +1,77 @@
+//! The descriptors a server's accepts leave free: the last few below the
+//! open-file limit (`Builder::fd_reserve`).
+//!
+//! A process out of descriptors fails every accept with `EMFILE`, its
+//! admin listener's too: `/metrics`, which would show the operator what is
+//! happening, went unanswered for as long as the flood lasted. So the main
+//! listeners stop [`DEFAULT_FD_RESERVE`](crate::DEFAULT_FD_RESERVE) short
+//! of the limit, and whatever else the process opens (the admin listener's
+//! connections, built with `fd_reserve(0)`, a log file, a DNS lookup, a
+//! certificate re-read) still finds room.
+//!
+//! Checked on the descriptor an accept returns, not counted: the kernel
+//! hands out the lowest free number, so a connection that lands at or
+//! above `limit - reserve` means every number below it is taken. One
+//! comparison per accept, and nothing per connection. A connection that
+//! lands there is closed at once (as nginx closes one it has no room for)
+//! and counted and logged as an `EMFILE`, with the same back-off: the
+//! process is out of descriptors but for its reserve. (Closing it, not
+//! keeping it queued: the accept took it off the queue already.)
+
+use std::os::fd::RawFd;
+
+/// Where one acceptor's connections stop: descriptor numbers from `line`
+/// up are the reserve's.
+#[derive(Debug)]
+pub(crate) struct FdLine {
+    reserve: usize,
+    line: usize,
+}
+
+impl FdLine {
+    /// `reserve` descriptors below the open-file limit now.
+    pub(crate) fn new(reserve: usize) -> FdLine {
+        FdLine {
+            reserve,
+            line: line(reserve),
+        }
+    }
+
+    /// Whether an accepted connection on `fd` is in the reserve. The limit
+    /// is read again first (`prlimit` may have raised it since), only when
+    /// the number crossed the line as last read.
+    pub(crate) fn crossed(&mut self, fd: RawFd) -> bool {
+        let fd = usize::try_from(fd).unwrap_or(usize::MAX);
+        if fd < self.line {
+            return false;
+        }
+        self.line = line(self.reserve);
+        fd >= self.line
+    }
+}
+
+/// The first descriptor of the reserve: `usize::MAX` (never crossed) with
+/// no reserve, or when the limit cannot be read.
+fn line(reserve: usize) -> usize {
+    if reserve == 0 {
+        return usize::MAX;
+    }
+    crate::conn::config::open_file_limit().map_or(usize::MAX, |limit| limit.saturating_sub(reserve))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_descriptors_below_the_limit_are_the_reserve() {
+        let limit = crate::conn::config::open_file_limit().expect("RLIMIT_NOFILE reads");
+        let mut line = FdLine::new(8);
+        assert!(!line.crossed(0));
+        assert!(!line.crossed((limit - 9) as RawFd));
+        assert!(line.crossed((limit - 8) as RawFd));
+        assert!(line.crossed((limit - 1) as RawFd));
+        let mut none = FdLine::new(0);
+        assert!(!none.crossed((limit - 1) as RawFd), "0: no reserve");
+    }
+}
