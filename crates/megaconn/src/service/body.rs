@@ -214,6 +214,14 @@ fn wake(waker: &mut Option<Waker>) {
     }
 }
 
+/// Keeps `cx`'s waker in `slot`, not cloning it when the one there wakes
+/// the same task already (the connection asks at every turn).
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
+    }
+}
+
 /// What the connection learns when it asks whether to read more body.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Demand {
@@ -256,13 +264,8 @@ impl BodySender {
     pub(crate) fn poll_awaited(&mut self, cx: &mut Context<'_>) -> bool {
         let mut state = self.shared.lock();
         let waiting = state.rx_waker.is_some() && state.item.is_none();
-        if !waiting
-            && !state
-                .tx_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            state.tx_waker = Some(cx.waker().clone());
+        if !waiting {
+            register(&mut state.tx_waker, cx);
         }
         waiting
     }
@@ -271,8 +274,13 @@ impl BodySender {
     /// waits polls it again, and shows it ([`poll_awaited`](Self::poll_awaited)
     /// is true again); one that gave up that wait (it stopped awaiting the
     /// body, and kept it) does not, and is then no longer taken for waiting.
-    pub(crate) fn ask_again(&mut self) {
-        wake(&mut self.shared.lock().rx_waker);
+    /// The answer wakes the connection (`cx`), which matters when the body
+    /// is read in a task of its own: that poll comes after the
+    /// connection's own next one, maybe on another thread.
+    pub(crate) fn ask_again(&mut self, cx: &mut Context<'_>) {
+        let mut state = self.shared.lock();
+        wake(&mut state.rx_waker);
+        register(&mut state.tx_waker, cx);
     }
 
     /// Hands one data chunk to the handler. Call only after `Demand::Ready`.
@@ -363,9 +371,13 @@ mod tests {
         assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
         assert!(woken.0.swap(false, Relaxed));
         assert!(tx.poll_awaited(&mut conn_cx), "waits again");
-        tx.ask_again();
+        tx.ask_again(&mut conn_cx);
         assert!(!tx.poll_awaited(&mut conn_cx), "gave that wait up");
         assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert!(
+            woken.0.swap(false, Relaxed),
+            "the answer woke the connection"
+        );
         assert!(tx.poll_awaited(&mut conn_cx), "still waiting");
     }
 

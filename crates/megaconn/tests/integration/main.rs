@@ -34,6 +34,7 @@ mod fuzz_ws;
 mod h2;
 mod head_304;
 mod http1;
+mod http1_body;
 mod layers;
 mod lifecycle_events;
 mod limits;

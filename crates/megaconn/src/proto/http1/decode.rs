@@ -3,6 +3,15 @@
 //! The decoder works on the connection's read buffer and yields one event at a
 //! time; data is copied out so the buffer can go back to the pool the moment the
 //! exchange ends (a shared `Bytes` slice would pin the whole buffer).
+//!
+//! What a peer can make it hold or do, each bounded: a chunk-size line is at
+//! most [`MAX_CHUNK_LINE`] bytes and is scanned once however it is cut;
+//! extensions total at most [`MAX_CHUNK_EXTENSION_BYTES`] per body; trailers
+//! at most [`MAX_TRAILERS`] fields in `max_trailer_bytes`, scanned once;
+//! tiny chunks that come together are handed on as one piece of data (up to
+//! the caller's `max_chunk`), not one each: a handler that collects the body
+//! keeps every piece, and a body of one-byte chunks cost ~64 bytes of memory
+//! per byte of data.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -50,8 +59,9 @@ pub(crate) enum Decoder {
 /// Where a chunked decoder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ChunkState {
-    /// Expecting a chunk-size line.
-    Size,
+    /// Expecting a chunk-size line; `searched` bytes of it have been looked
+    /// through for its end already.
+    Size { searched: usize },
     /// Inside chunk data with this many bytes left.
     Data(u64),
     /// Expecting the CRLF after chunk data.
@@ -68,7 +78,7 @@ impl Decoder {
 
     pub(crate) fn chunked(max_trailer_bytes: usize) -> Decoder {
         Decoder::Chunked {
-            state: ChunkState::Size,
+            state: ChunkState::Size { searched: 0 },
             extension_bytes: 0,
             max_trailer_bytes,
         }
@@ -96,51 +106,89 @@ impl Decoder {
                 state,
                 extension_bytes,
                 max_trailer_bytes,
-            } => loop {
-                match *state {
-                    ChunkState::Size => {
-                        let Some(line_len) = find_crlf(buf, MAX_CHUNK_LINE)? else {
-                            return Ok(Decoded::NeedMore);
-                        };
-                        let (size, ext) = parse_size_line(&buf[..line_len])?;
-                        *extension_bytes += ext;
-                        if *extension_bytes > MAX_CHUNK_EXTENSION_BYTES {
-                            return Err("too many chunk extension bytes");
-                        }
-                        buf.advance(line_len + 2);
-                        *state = if size == 0 {
-                            ChunkState::Trailers { searched: 0 }
-                        } else {
-                            ChunkState::Data(size)
-                        };
-                    }
-                    ChunkState::Data(left) => {
-                        if buf.is_empty() {
-                            return Ok(Decoded::NeedMore);
-                        }
-                        let n = left.min(buf.len() as u64).min(max_chunk as u64) as usize;
-                        *state = if n as u64 == left {
-                            ChunkState::DataEnd
-                        } else {
-                            ChunkState::Data(left - n as u64)
-                        };
-                        return Ok(Decoded::Data(take(buf, n)));
-                    }
-                    ChunkState::DataEnd => {
-                        if buf.len() < 2 {
-                            return Ok(Decoded::NeedMore);
-                        }
-                        if &buf[..2] != b"\r\n" {
-                            return Err("chunk data not followed by CRLF");
-                        }
-                        buf.advance(2);
-                        *state = ChunkState::Size;
-                    }
-                    ChunkState::Trailers { ref mut searched } => {
-                        return decode_trailers(buf, *max_trailer_bytes, searched);
-                    }
+            } => {
+                let mut data = BytesMut::new();
+                let next = decode_chunked(
+                    state,
+                    extension_bytes,
+                    *max_trailer_bytes,
+                    buf,
+                    max_chunk,
+                    &mut data,
+                );
+                // Data first: what stopped the decoding (a need for more
+                // bytes, the end, an error) is met again at the next call,
+                // which starts where this one stopped.
+                if data.is_empty() {
+                    next
+                } else {
+                    Ok(Decoded::Data(data.freeze()))
                 }
-            },
+            }
+        }
+    }
+}
+
+/// Decodes chunks out of `buf` into `data` until it holds `max_chunk`
+/// bytes or something else than data comes (returned: more bytes needed,
+/// the end, an error), which then leaves `state` and `buf` as they were
+/// before it. (What `data` holds is returned first, by the caller.)
+fn decode_chunked(
+    state: &mut ChunkState,
+    extension_bytes: &mut usize,
+    max_trailer_bytes: usize,
+    buf: &mut BytesMut,
+    max_chunk: usize,
+    data: &mut BytesMut,
+) -> Result<Decoded, DecodeError> {
+    loop {
+        match *state {
+            ChunkState::Size { ref mut searched } => {
+                let Some(line_len) = find_crlf(buf, MAX_CHUNK_LINE, searched)? else {
+                    return Ok(Decoded::NeedMore);
+                };
+                let (size, ext) = parse_size_line(&buf[..line_len])?;
+                if *extension_bytes + ext > MAX_CHUNK_EXTENSION_BYTES {
+                    return Err("too many chunk extension bytes");
+                }
+                *extension_bytes += ext;
+                buf.advance(line_len + 2);
+                *state = if size == 0 {
+                    ChunkState::Trailers { searched: 0 }
+                } else {
+                    ChunkState::Data(size)
+                };
+            }
+            ChunkState::Data(left) => {
+                let room = max_chunk - data.len();
+                if buf.is_empty() || room == 0 {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = left.min(buf.len() as u64).min(room as u64) as usize;
+                data.extend_from_slice(&buf[..n]);
+                buf.advance(n);
+                *state = if n as u64 == left {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(left - n as u64)
+                };
+            }
+            ChunkState::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Decoded::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err("chunk data not followed by CRLF");
+                }
+                buf.advance(2);
+                *state = ChunkState::Size { searched: 0 };
+            }
+            // Data first: trailers end the body (their event would take
+            // the place of the data's).
+            ChunkState::Trailers { .. } if !data.is_empty() => return Ok(Decoded::NeedMore),
+            ChunkState::Trailers { ref mut searched } => {
+                return decode_trailers(buf, max_trailer_bytes, searched);
+            }
         }
     }
 }
@@ -151,15 +199,26 @@ fn take(buf: &mut BytesMut, n: usize) -> Bytes {
     data
 }
 
-/// The length of the line before the first CRLF, if the buffer has one. A bare
-/// LF is refused: lenient line endings are a smuggling vector.
-fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, DecodeError> {
-    match buf.iter().take(max).position(|b| *b == b'\n') {
+/// The length of the line before the first CRLF in the first `max` bytes,
+/// if the buffer has one, looking only at what came after `searched` and
+/// moving `searched` on: a line sent a byte at a time is scanned once, not
+/// once per read (up to `max` bytes each time, quadratic CPU for the
+/// sender's bytes). A bare LF is refused: lenient line endings are a
+/// smuggling vector.
+fn find_crlf(buf: &[u8], max: usize, searched: &mut usize) -> Result<Option<usize>, DecodeError> {
+    let window = &buf[..buf.len().min(max)];
+    let start = (*searched).min(window.len());
+    #[cfg(test)]
+    LINE_BYTES_SCANNED.with(|n| n.set(n.get() + window.len() - start));
+    match memchr::memchr(b'\n', &window[start..]).map(|i| start + i) {
         Some(0) => Err("bare LF in chunked body"),
         Some(i) if buf[i - 1] == b'\r' => Ok(Some(i - 1)),
         Some(_) => Err("bare LF in chunked body"),
         None if buf.len() >= max => Err("chunk size line too long"),
-        None => Ok(None),
+        None => {
+            *searched = window.len();
+            Ok(None)
+        }
     }
 }
 
@@ -303,6 +362,9 @@ fn find_trailers_end(buf: &[u8], searched: &mut usize) -> Result<Option<usize>, 
 thread_local! {
     /// Counts httparse runs over trailers, for the test that they stay one.
     static TRAILER_PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Counts the bytes looked through for the end of size lines, for the
+    /// test that each is looked through once.
+    static LINE_BYTES_SCANNED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn decode_trailers(
@@ -440,6 +502,67 @@ mod tests {
         assert_eq!(got["x-t29"], "v".repeat(500));
         assert!(buf.is_empty());
         assert_eq!(TRAILER_PARSES.with(|n| n.get()), 1);
+    }
+
+    /// A size line sent a byte at a time (up to 4 KiB of it: leading zeros
+    /// and extensions) is looked through once: it was looked through whole
+    /// at every read, quadratic CPU for the sender's bytes (8 MiB of bytes
+    /// scanned for this 4 KiB line).
+    #[test]
+    fn a_size_line_a_byte_at_a_time_is_scanned_once() {
+        let line = format!("{}5;{}\r\n", "0".repeat(2000), "e".repeat(2000));
+        let input = format!("{line}hello\r\n0\r\n\r\n");
+        let mut d = Decoder::chunked(1024);
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        LINE_BYTES_SCANNED.with(|n| n.set(0));
+        for &b in input.as_bytes() {
+            buf.extend_from_slice(&[b]);
+            while let Decoded::Data(x) = d.decode(&mut buf, 64).unwrap() {
+                body.extend_from_slice(&x);
+            }
+        }
+        assert_eq!(body, b"hello");
+        let scanned = LINE_BYTES_SCANNED.with(|n| n.get());
+        assert!(scanned < 2 * input.len(), "{scanned} bytes scanned");
+    }
+
+    /// Tiny chunks that are in the buffer together are handed on as one
+    /// piece of data: a handler that collects the body keeps each piece
+    /// (a `Bytes` and its allocation), and 16 MiB (`max_body_bytes`) of
+    /// one-byte chunks were 16 Mi pieces, ~1 GiB, for 96 MiB sent. Cut at
+    /// `max_chunk`, and still cut where the bytes stop (more data is not
+    /// waited for).
+    #[test]
+    fn tiny_chunks_that_come_together_are_one_piece_of_data() {
+        let mut input = "1\r\nx\r\n".repeat(1000);
+        input.push_str("0\r\nX-T: 1\r\n\r\n");
+        let mut d = Decoder::chunked(1024);
+        let mut buf = BytesMut::from(input.as_bytes());
+        let mut pieces = Vec::new();
+        let trailers = loop {
+            match d.decode(&mut buf, 256).unwrap() {
+                Decoded::Data(x) => pieces.push(x.len()),
+                Decoded::End(t) => break t,
+                Decoded::NeedMore => panic!("all of it is there"),
+            }
+        };
+        assert_eq!(pieces, [256, 256, 256, 232]);
+        assert_eq!(trailers.unwrap()["x-t"], "1");
+        // Where the bytes stop, what came is handed on.
+        let mut d = Decoder::chunked(1024);
+        let mut buf = BytesMut::from(&b"1\r\na\r\n2\r\nbc\r\n3\r\nd"[..]);
+        assert_eq!(
+            d.decode(&mut buf, 64).unwrap(),
+            Decoded::Data(Bytes::from_static(b"abcd"))
+        );
+        assert_eq!(d.decode(&mut buf, 64).unwrap(), Decoded::NeedMore);
+        buf.extend_from_slice(b"ef\r\n0\r\n\r\n");
+        assert_eq!(
+            d.decode(&mut buf, 64).unwrap(),
+            Decoded::Data(Bytes::from_static(b"ef"))
+        );
+        assert_eq!(d.decode(&mut buf, 64).unwrap(), Decoded::End(None));
     }
 
     /// Each bad input is a complete chunked body except for its bad bytes; its

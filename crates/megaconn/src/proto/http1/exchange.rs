@@ -114,16 +114,29 @@ enum DeadlineKind {
 /// handler that stopped reading (it holds the body and does something
 /// else) is never cut by it. (A body the handler dropped unread is drained
 /// under the same bound once the handler and its response are done.)
-/// Nothing is done per read: when the bound passes, body bytes received
-/// since it (re)started restart it, so a client is cut one to two bounds
-/// after its last byte, and a slow but steady upload is not.
+/// Nothing is done per read but setting a flag while it exists: when the
+/// bound passes, any bytes of the body received since it (re)started
+/// restart it, so a client is cut one to two bounds after its last byte,
+/// and a slow but steady upload is not.
+///
+/// Any bytes, not only the body's data: a chunked body's framing (size
+/// lines, their extensions, the CRLFs, trailers) is the body too, and an
+/// honest client whose size line or trailers come slowly was cut while it
+/// sent them. What a client pays to hold the connection is the same
+/// either way, a byte per bound at least; and framing cannot stand in for
+/// data for long: a size line is at most 4 KiB (then data follows, or the
+/// end), extensions at most 16 KiB per body, trailers at most
+/// `max_header_bytes` (`decode.rs`), so the framing between two data
+/// bytes is at most one size line and a CRLF, and the data is bounded by
+/// `max_body_bytes`. (A bound on the whole body is `read_timeout`'s.)
 #[derive(Debug)]
 struct BodyStall {
     bound: LazyDeadline,
-    /// The exchange's `body_bytes` when the bound (re)started.
-    received: u64,
+    /// Bytes of the body were read since the bound (re)started.
+    progressed: bool,
     /// The bound passed with no bytes, and the handler's wait was woken
-    /// to see whether it still waits ([`BodySender::ask_again`]).
+    /// to see whether it still waits ([`BodySender::ask_again`]); its
+    /// answer, a poll of the body, is awaited for one more bound.
     asked: bool,
 }
 
@@ -573,7 +586,9 @@ where
         match tx.poll_demand(cx) {
             Poll::Pending => return Ok(false),
             Poll::Ready(Demand::Gone) => {
+                // What is left is drained, under a bound of its own.
                 this.setup.body_tx = None;
+                *this.body_stall = None;
                 return Ok(true);
             }
             Poll::Ready(Demand::Ready) => {}
@@ -649,7 +664,7 @@ where
                     *this.close_reason = Some(CloseReason::ClientClosed);
                     return Ok(true);
                 }
-                Some(_) => continue,
+                Some(_) => body_progressed(this),
             },
             Err(why) => {
                 ratelog::log(Flood::MalformedBody, |suppressed| {
@@ -677,10 +692,15 @@ where
 /// done, has nothing else to wait for: its wait is bounded the same way.
 ///
 /// A bound that passes with no bytes first wakes the handler's wait
-/// ([`BodySender::ask_again`]) and looks again at the next poll (this task
-/// is woken for it): a handler that polled the body once and then gave up
-/// that wait (a timeout of its own), keeping the body, has not polled it
-/// since and is not waiting; one that still waits polls it again.
+/// ([`BodySender::ask_again`]) and then awaits its answer: a handler that
+/// still waits polls the body again (in this task or in its own, which
+/// wakes this one), and is cut then; one that polled the body once and
+/// then gave up that wait (a timeout of its own), keeping the body, does
+/// not, and after one more bound without an answer it is taken for not
+/// waiting. (The answer used to be looked for at this task's next poll
+/// only: a body read in a task of its own had not polled again yet, so
+/// its wait was taken for given up, and the bound started over, at every
+/// pass: such a body was never cut.)
 fn body_stalled<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> bool {
     let config = &this.conn.ctx.config;
     let (None, Some(after)) = (config.read_timeout, config.idle_timeout) else {
@@ -690,34 +710,60 @@ fn body_stalled<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>)
         Some(tx) => tx.poll_awaited(cx),
         None => this.handler.is_none() && *this.response_done,
     };
-    if !waiting {
+    let asked = this.body_stall.as_ref().is_some_and(|stall| stall.asked);
+    if !waiting && !asked {
         *this.body_stall = None;
         return false;
     }
-    let received = *this.body_bytes + *this.drained;
     let stall = this.body_stall.get_or_insert_with(|| {
         Box::new(BodyStall {
             bound: LazyDeadline::after(Some(after)),
-            received,
+            progressed: false,
             asked: false,
         })
     });
-    let mark = &mut stall.received;
-    if !stall
-        .bound
-        .poll_stalled(cx, after, || std::mem::replace(mark, received) != received)
-    {
-        stall.asked = false;
-        return false;
-    }
-    if let Some(tx) = this.setup.body_tx.as_mut() {
-        if !std::mem::replace(&mut stall.asked, true) {
-            tx.ask_again();
-            cx.waker().wake_by_ref();
+    if stall.asked {
+        if waiting && !stall.progressed {
+            // Woken, the handler still waits, and nothing came.
+            return true;
+        }
+        if !stall.progressed && !stall.bound.poll_passed(cx) {
             return false;
         }
+        // Bytes came since (a new wait), or no answer within a bound (the
+        // wait was given up).
+        stall.asked = false;
+        if !waiting {
+            *this.body_stall = None;
+            return false;
+        }
+        stall.progressed = false;
+        stall.bound.restart(after);
     }
-    true
+    let progressed = &mut stall.progressed;
+    if !stall
+        .bound
+        .poll_stalled(cx, after, || std::mem::take(progressed))
+    {
+        return false;
+    }
+    let Some(tx) = this.setup.body_tx.as_mut() else {
+        return true;
+    };
+    tx.ask_again(cx);
+    stall.asked = true;
+    stall.bound.restart(after);
+    // Arms the timer of the wait for an answer.
+    let _ = stall.bound.poll_passed(cx);
+    false
+}
+
+/// Bytes of the body came: a bound of the handler's wait, if one runs,
+/// starts again when it would pass ([`BodyStall`]).
+fn body_progressed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
+    if let Some(stall) = this.body_stall.as_deref_mut() {
+        stall.progressed = true;
+    }
 }
 
 /// Nothing more of the request is read: `read_timeout`, which bounds only
@@ -822,7 +868,10 @@ where
                     *this.close_reason = Some(CloseReason::ClientClosed);
                     return Ok(true);
                 }
-                Some(_) => progress = true,
+                Some(_) => {
+                    body_progressed(this);
+                    progress = true;
+                }
             },
             Err(_) => {
                 give_up_body(this, BodyError::Incomplete);
