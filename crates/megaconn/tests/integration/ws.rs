@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -545,17 +546,82 @@ async fn a_message_trickled_a_byte_at_a_time_is_closed_at_the_message_timeout() 
 }
 
 /// A server whose messages must be whole within 300 ms (and whose heartbeat
-/// does not end a peer first).
-async fn message_timeout_server() -> Ws {
+/// does not end a peer first), and which waits for the peer's close for
+/// `close_timeout`.
+async fn message_timeout_server_closing_in(close_timeout: Duration) -> Ws {
     Ws::start(Server::builder(), |r| {
         r.ping_interval(None)
             .heartbeat_timeout(Some(Duration::from_secs(600)))
             .message_timeout(Some(Duration::from_millis(300)))
-            // Our close frame would read as more of the unfinished one: the
-            // server hangs up after this.
-            .close_timeout(Duration::from_millis(100))
+            .close_timeout(close_timeout)
     })
     .await
+}
+
+/// [`message_timeout_server_closing_in`] 100 ms: these peers do not answer
+/// our close.
+async fn message_timeout_server() -> Ws {
+    message_timeout_server_closing_in(Duration::from_millis(100)).await
+}
+
+/// A server closing at the message timeout that waits long for the peer's
+/// close, and a raw client stalled after the first 20 bytes of a binary
+/// frame of `len` bytes; and that frame.
+async fn stalled_in_a_frame(len: usize) -> (Ws, TcpStream, Vec<u8>) {
+    let server = message_timeout_server_closing_in(SAFETY * 3).await;
+    let mut s = server.raw().await;
+    let frame = client_frame(0x82, &vec![7; len], true);
+    s.write_all(&frame[..20]).await.unwrap();
+    (server, s, frame)
+}
+
+/// A client that stalls in the middle of a frame and, closed at the
+/// message timeout, answers our close at once, dropping its frame (its
+/// WebSocket library, tungstenite here, took the stream over after the
+/// frame's first part was written raw): its close ends the handshake at
+/// once. It was read as more of the unfinished frame's payload, and the
+/// server waited the whole `close_timeout` (here longer than the test's
+/// bound) holding its buffers.
+#[tokio::test]
+async fn a_close_answered_in_the_middle_of_a_frame_ends_the_handshake_at_once() {
+    let (mut server, s, _) = stalled_in_a_frame(1000).await;
+    let mut client = WebSocketStream::from_raw_socket(s, Role::Client, None).await;
+    match next_data(&mut client).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Policy),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // tungstenite answers the close; then the server hangs up.
+    assert!(tokio::time::timeout(SAFETY, client.next())
+        .await
+        .expect("the server hangs up in time")
+        .is_none());
+    assert_eq!(server.next_close().await, (0, CloseReason::MessageTimeout));
+    server.stop().await;
+}
+
+/// Closed at the message timeout in the middle of a frame, a client that
+/// finishes the frame and then answers (as a WebSocket library does) ends
+/// the handshake as soon as its close comes, the rest of the frame passed
+/// by and not gathered; meanwhile the server holds no buffer. It held the
+/// read buffer with the frame's beginning and the write buffer for the
+/// whole wait, and gathered the frame's rest.
+#[tokio::test]
+async fn waiting_for_the_close_after_a_cut_frame_holds_no_buffer() {
+    let (mut server, mut s, frame) = stalled_in_a_frame(60_000).await;
+    let (first, payload) = read_frame(&mut s).await;
+    assert_eq!((first, &payload[..2]), (0x88, &1008u16.to_be_bytes()[..]));
+    server
+        .wait_stats("waiting for our close, holding no buffer", |s| {
+            s.connections_open == 1 && s.buffers_checked_out == 0
+        })
+        .await;
+    let answer = client_frame(0x88, &payload[..2], true);
+    s.write_all(&[&frame[20..], &answer[..]].concat())
+        .await
+        .unwrap();
+    hangs_up(&mut s).await;
+    assert_eq!(server.next_close().await, (0, CloseReason::MessageTimeout));
+    server.stop().await;
 }
 
 /// A server for slow senders: nothing parks, no pings, a long heartbeat,
