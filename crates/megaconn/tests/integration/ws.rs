@@ -990,6 +990,48 @@ async fn a_silent_peer_gets_a_1011_then_the_close_at_the_heartbeat_timeout() {
     }
 }
 
+/// The heartbeat timeout's close 1011 goes out whole or not at all: a
+/// stream that takes only part of it at once gets the rest within the
+/// close's bound (its reader comes back late here). The rest was dropped:
+/// the client read a frame cut short, then the end of the stream. (On a
+/// stream of 1 KiB: a TCP socket takes so few bytes in part only by chance.)
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_close_a_stream_takes_in_part_goes_out_whole() {
+    const ROOM: usize = 1024;
+    let (client_end, server_end) = tokio::io::duplex(ROOM);
+    let (closes, _) = mpsc::unbounded_channel();
+    let (opens, _) = mpsc::unbounded_channel();
+    let route = WebSocketRoute::new(Probe { closes, opens })
+        .ping_interval(None)
+        .heartbeat_timeout(Some(Duration::from_secs(1)));
+    let app = axum::Router::new().route_service("/ws", route);
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            tokio::task::spawn_local(async move {
+                Server::builder().serve_connection(server_end, app).await
+            });
+            let (mut client, _) = tokio_tungstenite::client_async("ws://t/ws", client_end)
+                .await
+                .expect("handshake");
+            // An echo (4 bytes of header) that leaves the stream 10 bytes
+            // of room, unread: of the close's 21 bytes it takes 10.
+            let echoed = vec![7u8; ROOM - 4 - 10];
+            client.send(Message::binary(echoed.clone())).await.unwrap();
+            // Past the heartbeat timeout, within the close's bound (2 s).
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(next_data(&mut client).await, Message::binary(echoed));
+            match next_data(&mut client).await {
+                Message::Close(Some(frame)) => {
+                    assert_eq!(frame.code, CloseCode::Error);
+                    assert_eq!(frame.reason, "heartbeat timeout");
+                }
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        })
+        .await;
+}
+
 /// A peer that sends but never reads: the echoes fill the socket buffers and
 /// the server's write waits. The wait is bounded (here by `write_timeout`,
 /// else by the heartbeat timeout), so the connection is closed as

@@ -179,18 +179,25 @@ fn lone_close(read: &[u8]) -> bool {
 
 /// Tells a peer closed without a close handshake why, when it has to:
 /// silent past its heartbeat timeout, it gets a close frame 1011 (see
-/// [`INTERNAL_ERROR`]), if the socket takes it at once, and its answer is
-/// not awaited (it has not answered our pings). Without it a client that
-/// still hears us (a half-open path, a stalled reader) saw the TCP close
-/// alone: 1006, abnormal closure.
+/// [`INTERNAL_ERROR`]), and its answer is not awaited (it has not answered
+/// our pings). Without it a client that still hears us (a half-open path, a
+/// stalled reader) saw the TCP close alone: 1006, abnormal closure.
+///
+/// All or nothing: if the socket takes none of the frame at once, none is
+/// sent (waiting would make the TCP close wait for a peer that does not
+/// read); if it takes part, the rest (a few bytes: a close frame is at most
+/// 127) stays in the write buffer, and the connection's close writes it
+/// within its bound, as it does over TLS, where the stream took the frame
+/// whole and its close sends it. It dropped the rest: the peer read a frame
+/// cut short, a protocol error, where it should have read why.
 pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason) {
     if reason != CloseReason::HeartbeatTimeout {
         return;
     }
     frame::encode_close(conn.wbuf(), INTERNAL_ERROR, "heartbeat timeout");
-    if poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx)))).is_pending() {
-        // The rest would make the TCP close wait for a peer that does not
-        // read.
+    let queued = conn.wbuf_len();
+    let flushed = poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx))));
+    if flushed.is_pending() && conn.wbuf_len() == queued {
         if let Some(wbuf) = conn.buffers.wbuf.as_mut() {
             wbuf.clear();
         }

@@ -25,8 +25,8 @@
 //! first byte seen (1008, `MessageTimeout`), which its bytes do not restart,
 //! nor the end of the one before if it began in the same read, unless 8 KiB
 //! came meanwhile (`message/deadline.rs`). Silent past its heartbeat
-//! timeout, a peer gets a close 1011 if its socket takes it at once, and
-//! the TCP close, its answer not awaited.
+//! timeout, a peer gets a close 1011 if its socket takes some of it at
+//! once (then all of it), and the TCP close, its answer not awaited.
 //!
 //! The server's close: a close frame, then the peer's close frame awaited
 //! for `close_timeout` (what else it sends meanwhile is passed by its frame
