@@ -773,6 +773,79 @@ async fn in_the_middle_of_a_message_a_websocket_holds_one_buffer() {
     server.stop().await;
 }
 
+/// Answers each message with how many reallocations its worker thread
+/// made since the connection opened, or since its last answer.
+struct CountsReallocations;
+
+impl WebSocketHandler for CountsReallocations {
+    type State = u64;
+
+    fn on_open(&self, since: &mut u64, _: &WsSession) {
+        *since = crate::reallocations_on_this_thread();
+    }
+
+    async fn on_message(&self, since: &mut u64, _: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        let now = crate::reallocations_on_this_thread();
+        let made = now - std::mem::replace(since, now);
+        Some(made.to_string().into())
+    }
+}
+
+/// A message of 1 MiB fragments, each read whole before the next comes (a
+/// ping after each, its pong awaited), grows its buffers as one growing
+/// `Vec` does: the read buffer, grown for the first fragment, is kept for
+/// the next while the message lasts. Given back at each fragment's end, it
+/// was freed (the pool keeps none over 64 KiB) and the next fragment grew
+/// one again from 8 KiB: 8 fragments, 67 reallocations where 11 do.
+#[tokio::test]
+async fn a_message_of_large_fragments_grows_its_buffers_amortised() {
+    const FRAGMENT: usize = 1 << 20;
+    const FRAGMENTS: usize = 8;
+    let route = WebSocketRoute::new(CountsReallocations)
+        .max_frame_bytes(FRAGMENT)
+        .max_message_bytes(FRAGMENT * FRAGMENTS);
+    let builder = Server::builder()
+        .workers(1)
+        .park_idle_after(None)
+        .listen_on("127.0.0.1:0".parse().unwrap());
+    let server = common::AppServer::start(builder, axum::Router::new().route_service("/ws", route));
+    let mut s = TcpStream::connect(server.addrs[0]).await.unwrap();
+    s.write_all(&handshake("")).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
+    let fragment = vec![7u8; FRAGMENT];
+    for i in 0..FRAGMENTS {
+        let opcode = match i {
+            0 => 0x02,
+            i if i + 1 == FRAGMENTS => 0x80,
+            _ => 0x00,
+        };
+        s.write_all(&big_client_frame(opcode, &fragment))
+            .await
+            .unwrap();
+        if i + 1 < FRAGMENTS {
+            s.write_all(&client_frame(0x89, b"", true)).await.unwrap();
+            assert_eq!(read_frame(&mut s).await, (0x8a, vec![]));
+        }
+    }
+    let (first, made) = read_frame(&mut s).await;
+    assert_eq!(first, 0x81);
+    let made: u64 = std::str::from_utf8(&made).unwrap().parse().unwrap();
+    // The read buffer's doublings from 8 KiB to 1 MiB, once, and the
+    // message's from 1 MiB to 8: a few more for the handshake's leftovers.
+    assert!(made <= 30, "{made} reallocations");
+    drop(s);
+    assert!(server.stop().await);
+}
+
+/// A masked client frame of any length (zero mask: the payload as it is).
+fn big_client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![first, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
 #[tokio::test]
 async fn a_message_over_the_limit_closes_with_1009_and_counts() {
     let mut server = Ws::start(Server::builder(), |r| r.max_message_bytes(1000)).await;

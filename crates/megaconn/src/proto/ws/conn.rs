@@ -41,12 +41,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 
+use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::io::{read_more, ConnIo, WriteBound, WriteLimit};
+use crate::conn::pool::{BUFFER_CAPACITY, MAX_POOLED_CAPACITY};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::message::deadline::MessageDeadline;
@@ -275,8 +277,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         // Buffers left empty go back to the pool, also in the middle of a
         // message (the write buffer after a pong or a reply; the read
         // buffer when the decoder took all it held): a peer that keeps one
-        // begun held both, for as long as its message had time.
+        // begun held both, for as long as its message had time. But not,
+        // in the middle of one, a read buffer a large frame grew.
+        let grown = (!between).then(|| kept_grown(&mut conn)).flatten();
         conn.buffers.release();
+        if grown.is_some() {
+            conn.buffers.rbuf = grown;
+        }
         let mut park_at = None;
         if between {
             if ctx.shutdown.is_started() {
@@ -499,6 +506,23 @@ async fn flush(
         Poll::Pending
     })
     .await
+}
+
+/// The read buffer, empty, if a frame grew it past what the pool keeps:
+/// in the middle of a message it is kept for the next frames (given back,
+/// the pool freed it, and the next large frame grew one again from 8 KiB:
+/// a message of 8 fragments of 1 MiB, each read whole, cost 67
+/// reallocations where 11 do). It is at most `max_frame_bytes`, which a
+/// frame arriving could hold anyway, and goes between messages.
+fn kept_grown(conn: &mut ConnIo<WsIo>) -> Option<BytesMut> {
+    conn.buffers.rbuf.take_if(|rbuf| {
+        // Its room back from where reading left it (no copy: it is empty),
+        // to see how large it is.
+        rbuf.is_empty() && {
+            rbuf.reserve(BUFFER_CAPACITY);
+            rbuf.capacity() > MAX_POOLED_CAPACITY
+        }
+    })
 }
 
 /// Acts on one decoded event.
