@@ -15,7 +15,9 @@
 //! binary before: nothing here touches process-wide state (environment,
 //! rlimits, global subscribers), and each test starts its own server on
 //! `127.0.0.1:0`. The one process-wide thing is the allocator, which notes
-//! the largest single allocation ([`largest_allocation`]) and changes nothing. Run one subject with a filter, e.g.
+//! the largest single allocation ([`largest_allocation`]) and counts each
+//! thread's reallocations ([`reallocations_on_this_thread`]), and changes
+//! nothing. Run one subject with a filter, e.g.
 //! `cargo test -p megaconn --test integration park::`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -79,6 +81,18 @@ pub(crate) fn largest_allocation() -> usize {
     LARGEST.load(Relaxed)
 }
 
+thread_local! {
+    /// Reallocations made on this thread (a `const` cell: reading it in
+    /// the allocator allocates nothing).
+    static REALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many reallocations this thread has made so far (a server's handler
+/// reads its worker's: tests in parallel run on other threads).
+pub(crate) fn reallocations_on_this_thread() -> u64 {
+    REALLOCATIONS.get()
+}
+
 // SAFETY: every call is passed on to `System` unchanged.
 unsafe impl GlobalAlloc for NotesLargest {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -95,6 +109,8 @@ unsafe impl GlobalAlloc for NotesLargest {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        // (Not after the thread's locals are gone.)
+        let _ = REALLOCATIONS.try_with(|n| n.set(n.get() + 1));
         // SAFETY: the caller's contract, passed on.
         unsafe { System.realloc(ptr, layout, new_size) }
     }

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -545,17 +546,82 @@ async fn a_message_trickled_a_byte_at_a_time_is_closed_at_the_message_timeout() 
 }
 
 /// A server whose messages must be whole within 300 ms (and whose heartbeat
-/// does not end a peer first).
-async fn message_timeout_server() -> Ws {
+/// does not end a peer first), and which waits for the peer's close for
+/// `close_timeout`.
+async fn message_timeout_server_closing_in(close_timeout: Duration) -> Ws {
     Ws::start(Server::builder(), |r| {
         r.ping_interval(None)
             .heartbeat_timeout(Some(Duration::from_secs(600)))
             .message_timeout(Some(Duration::from_millis(300)))
-            // Our close frame would read as more of the unfinished one: the
-            // server hangs up after this.
-            .close_timeout(Duration::from_millis(100))
+            .close_timeout(close_timeout)
     })
     .await
+}
+
+/// [`message_timeout_server_closing_in`] 100 ms: these peers do not answer
+/// our close.
+async fn message_timeout_server() -> Ws {
+    message_timeout_server_closing_in(Duration::from_millis(100)).await
+}
+
+/// A server closing at the message timeout that waits long for the peer's
+/// close, and a raw client stalled after the first 20 bytes of a binary
+/// frame of `len` bytes; and that frame.
+async fn stalled_in_a_frame(len: usize) -> (Ws, TcpStream, Vec<u8>) {
+    let server = message_timeout_server_closing_in(SAFETY * 3).await;
+    let mut s = server.raw().await;
+    let frame = client_frame(0x82, &vec![7; len], true);
+    s.write_all(&frame[..20]).await.unwrap();
+    (server, s, frame)
+}
+
+/// A client that stalls in the middle of a frame and, closed at the
+/// message timeout, answers our close at once, dropping its frame (its
+/// WebSocket library, tungstenite here, took the stream over after the
+/// frame's first part was written raw): its close ends the handshake at
+/// once. It was read as more of the unfinished frame's payload, and the
+/// server waited the whole `close_timeout` (here longer than the test's
+/// bound) holding its buffers.
+#[tokio::test]
+async fn a_close_answered_in_the_middle_of_a_frame_ends_the_handshake_at_once() {
+    let (mut server, s, _) = stalled_in_a_frame(1000).await;
+    let mut client = WebSocketStream::from_raw_socket(s, Role::Client, None).await;
+    match next_data(&mut client).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Policy),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // tungstenite answers the close; then the server hangs up.
+    assert!(tokio::time::timeout(SAFETY, client.next())
+        .await
+        .expect("the server hangs up in time")
+        .is_none());
+    assert_eq!(server.next_close().await, (0, CloseReason::MessageTimeout));
+    server.stop().await;
+}
+
+/// Closed at the message timeout in the middle of a frame, a client that
+/// finishes the frame and then answers (as a WebSocket library does) ends
+/// the handshake as soon as its close comes, the rest of the frame passed
+/// by and not gathered; meanwhile the server holds no buffer. It held the
+/// read buffer with the frame's beginning and the write buffer for the
+/// whole wait, and gathered the frame's rest.
+#[tokio::test]
+async fn waiting_for_the_close_after_a_cut_frame_holds_no_buffer() {
+    let (mut server, mut s, frame) = stalled_in_a_frame(60_000).await;
+    let (first, payload) = read_frame(&mut s).await;
+    assert_eq!((first, &payload[..2]), (0x88, &1008u16.to_be_bytes()[..]));
+    server
+        .wait_stats("waiting for our close, holding no buffer", |s| {
+            s.connections_open == 1 && s.buffers_checked_out == 0
+        })
+        .await;
+    let answer = client_frame(0x88, &payload[..2], true);
+    s.write_all(&[&frame[20..], &answer[..]].concat())
+        .await
+        .unwrap();
+    hangs_up(&mut s).await;
+    assert_eq!(server.next_close().await, (0, CloseReason::MessageTimeout));
+    server.stop().await;
 }
 
 /// A server for slow senders: nothing parks, no pings, a long heartbeat,
@@ -705,6 +771,79 @@ async fn in_the_middle_of_a_message_a_websocket_holds_one_buffer() {
     // (The shutdown would wait for the message.)
     drop(s);
     server.stop().await;
+}
+
+/// Answers each message with how many reallocations its worker thread
+/// made since the connection opened, or since its last answer.
+struct CountsReallocations;
+
+impl WebSocketHandler for CountsReallocations {
+    type State = u64;
+
+    fn on_open(&self, since: &mut u64, _: &WsSession) {
+        *since = crate::reallocations_on_this_thread();
+    }
+
+    async fn on_message(&self, since: &mut u64, _: WsMessage, _: &WsSession) -> Option<WsMessage> {
+        let now = crate::reallocations_on_this_thread();
+        let made = now - std::mem::replace(since, now);
+        Some(made.to_string().into())
+    }
+}
+
+/// A message of 1 MiB fragments, each read whole before the next comes (a
+/// ping after each, its pong awaited), grows its buffers as one growing
+/// `Vec` does: the read buffer, grown for the first fragment, is kept for
+/// the next while the message lasts. Given back at each fragment's end, it
+/// was freed (the pool keeps none over 64 KiB) and the next fragment grew
+/// one again from 8 KiB: 8 fragments, 67 reallocations where 11 do.
+#[tokio::test]
+async fn a_message_of_large_fragments_grows_its_buffers_amortised() {
+    const FRAGMENT: usize = 1 << 20;
+    const FRAGMENTS: usize = 8;
+    let route = WebSocketRoute::new(CountsReallocations)
+        .max_frame_bytes(FRAGMENT)
+        .max_message_bytes(FRAGMENT * FRAGMENTS);
+    let builder = Server::builder()
+        .workers(1)
+        .park_idle_after(None)
+        .listen_on("127.0.0.1:0".parse().unwrap());
+    let server = common::AppServer::start(builder, axum::Router::new().route_service("/ws", route));
+    let mut s = TcpStream::connect(server.addrs[0]).await.unwrap();
+    s.write_all(&handshake("")).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101 "));
+    let fragment = vec![7u8; FRAGMENT];
+    for i in 0..FRAGMENTS {
+        let opcode = match i {
+            0 => 0x02,
+            i if i + 1 == FRAGMENTS => 0x80,
+            _ => 0x00,
+        };
+        s.write_all(&big_client_frame(opcode, &fragment))
+            .await
+            .unwrap();
+        if i + 1 < FRAGMENTS {
+            s.write_all(&client_frame(0x89, b"", true)).await.unwrap();
+            assert_eq!(read_frame(&mut s).await, (0x8a, vec![]));
+        }
+    }
+    let (first, made) = read_frame(&mut s).await;
+    assert_eq!(first, 0x81);
+    let made: u64 = std::str::from_utf8(&made).unwrap().parse().unwrap();
+    // The read buffer's doublings from 8 KiB to 1 MiB, once, and the
+    // message's from 1 MiB to 8: a few more for the handshake's leftovers.
+    assert!(made <= 30, "{made} reallocations");
+    drop(s);
+    assert!(server.stop().await);
+}
+
+/// A masked client frame of any length (zero mask: the payload as it is).
+fn big_client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![first, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(payload);
+    frame
 }
 
 #[tokio::test]
@@ -922,6 +1061,48 @@ async fn a_silent_peer_gets_a_1011_then_the_close_at_the_heartbeat_timeout() {
         hangs_up(&mut s).await;
         server.stop().await;
     }
+}
+
+/// The heartbeat timeout's close 1011 goes out whole or not at all: a
+/// stream that takes only part of it at once gets the rest within the
+/// close's bound (its reader comes back late here). The rest was dropped:
+/// the client read a frame cut short, then the end of the stream. (On a
+/// stream of 1 KiB: a TCP socket takes so few bytes in part only by chance.)
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_close_a_stream_takes_in_part_goes_out_whole() {
+    const ROOM: usize = 1024;
+    let (client_end, server_end) = tokio::io::duplex(ROOM);
+    let (closes, _) = mpsc::unbounded_channel();
+    let (opens, _) = mpsc::unbounded_channel();
+    let route = WebSocketRoute::new(Probe { closes, opens })
+        .ping_interval(None)
+        .heartbeat_timeout(Some(Duration::from_secs(1)));
+    let app = axum::Router::new().route_service("/ws", route);
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            tokio::task::spawn_local(async move {
+                Server::builder().serve_connection(server_end, app).await
+            });
+            let (mut client, _) = tokio_tungstenite::client_async("ws://t/ws", client_end)
+                .await
+                .expect("handshake");
+            // An echo (4 bytes of header) that leaves the stream 10 bytes
+            // of room, unread: of the close's 21 bytes it takes 10.
+            let echoed = vec![7u8; ROOM - 4 - 10];
+            client.send(Message::binary(echoed.clone())).await.unwrap();
+            // Past the heartbeat timeout, within the close's bound (2 s).
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(next_data(&mut client).await, Message::binary(echoed));
+            match next_data(&mut client).await {
+                Message::Close(Some(frame)) => {
+                    assert_eq!(frame.code, CloseCode::Error);
+                    assert_eq!(frame.reason, "heartbeat timeout");
+                }
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        })
+        .await;
 }
 
 /// A peer that sends but never reads: the echoes fill the socket buffers and

@@ -25,12 +25,13 @@
 //! first byte seen (1008, `MessageTimeout`), which its bytes do not restart,
 //! nor the end of the one before if it began in the same read, unless 8 KiB
 //! came meanwhile (`message/deadline.rs`). Silent past its heartbeat
-//! timeout, a peer gets a close 1011 if its socket takes it at once, and
-//! the TCP close, its answer not awaited.
+//! timeout, a peer gets a close 1011 if its socket takes some of it at
+//! once (then all of it), and the TCP close, its answer not awaited.
 //!
 //! The server's close: a close frame, then the peer's close frame awaited
-//! for `close_timeout` (what else it sends meanwhile is dropped), then the
-//! TCP close (the server closes first, RFC 6455 §7.1.1).
+//! for `close_timeout` (what else it sends meanwhile is passed by its frame
+//! headers, holding no buffer), then the TCP close (the server closes
+//! first, RFC 6455 §7.1.1): `closing.rs`.
 
 use std::future::{poll_fn, Future};
 use std::os::fd::AsRawFd;
@@ -40,12 +41,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 
+use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::io::{read_more, ConnIo, WriteBound, WriteLimit};
+use crate::conn::pool::{BUFFER_CAPACITY, MAX_POOLED_CAPACITY};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::message::deadline::MessageDeadline;
@@ -60,6 +63,7 @@ use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr};
+use crate::proto::ws::closing::{close_handshake, last_word};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
 use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
@@ -273,8 +277,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         // Buffers left empty go back to the pool, also in the middle of a
         // message (the write buffer after a pong or a reply; the read
         // buffer when the decoder took all it held): a peer that keeps one
-        // begun held both, for as long as its message had time.
+        // begun held both, for as long as its message had time. But not,
+        // in the middle of one, a read buffer a large frame grew.
+        let grown = (!between).then(|| kept_grown(&mut conn)).flatten();
         conn.buffers.release();
+        if grown.is_some() {
+            conn.buffers.rbuf = grown;
+        }
         let mut park_at = None;
         if between {
             if ctx.shutdown.is_started() {
@@ -427,16 +436,15 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let io_reason = match ours {
         Some((code, why)) => {
             // After a violation the peer's next bytes are the rest of what
-            // broke the protocol: they are not decoded, only read away.
-            let decoder = (!matches!(reason, CloseReason::Protocol(_))).then_some(&mut decoder);
-            let limits = settings.limits;
-            close_handshake(
+            // broke the protocol: not frames to look for its close in.
+            let find_close = !matches!(reason, CloseReason::Protocol(_));
+            let timeout = settings.close_timeout;
+            Box::pin(close_handshake(
                 &mut conn,
                 (code, &why),
-                settings.close_timeout,
-                decoder,
-                limits,
-            )
+                timeout,
+                find_close,
+            ))
             .await;
             CloseReason::ServerClosed
         }
@@ -498,6 +506,23 @@ async fn flush(
         Poll::Pending
     })
     .await
+}
+
+/// The read buffer, empty, if a frame grew it past what the pool keeps:
+/// in the middle of a message it is kept for the next frames (given back,
+/// the pool freed it, and the next large frame grew one again from 8 KiB:
+/// a message of 8 fragments of 1 MiB, each read whole, cost 67
+/// reallocations where 11 do). It is at most `max_frame_bytes`, which a
+/// frame arriving could hold anyway, and goes between messages.
+fn kept_grown(conn: &mut ConnIo<WsIo>) -> Option<BytesMut> {
+    conn.buffers.rbuf.take_if(|rbuf| {
+        // Its room back from where reading left it (no copy: it is empty),
+        // to see how large it is.
+        rbuf.is_empty() && {
+            rbuf.reserve(BUFFER_CAPACITY);
+            rbuf.capacity() > MAX_POOLED_CAPACITY
+        }
+    })
 }
 
 /// Acts on one decoded event.
@@ -587,67 +612,6 @@ fn violated(ctx: &WorkerContext, violation: Violation) -> Next {
         CloseReason::Protocol(ProtocolDetail::WebSocket(code)),
         Some((code, violation.reason().to_owned())),
     )
-}
-
-/// Sends our close frame and waits up to `timeout` for the peer's, reading
-/// on with the connection's own `decoder` (its permessage-deflate state; a
-/// close frame already read counts), other frames dropped. Without a
-/// decoder (after a violation), or once the peer's bytes break the
-/// protocol, it only reads them away until the peer closes: the lingering
-/// close that keeps our close frame from being destroyed by a reset.
-async fn close_handshake(
-    conn: &mut ConnIo<WsIo>,
-    (code, reason): (u16, &str),
-    timeout: std::time::Duration,
-    mut decoder: Option<&mut Decoder>,
-    limits: frame::Limits,
-) {
-    frame::encode_close(conn.wbuf(), code, reason);
-    let _ = tokio::time::timeout(timeout, async {
-        conn.flush().await?;
-        loop {
-            let (rbuf, io) = conn.rbuf_and_io();
-            match decoder.as_deref_mut() {
-                Some(d) => loop {
-                    match d.decode(rbuf, limits) {
-                        Ok(Some(Event::Close(_))) => return Ok::<(), std::io::Error>(()),
-                        Ok(Some(_)) => continue,
-                        Ok(None) => break,
-                        Err(_) => {
-                            decoder = None;
-                            rbuf.clear();
-                            break;
-                        }
-                    }
-                },
-                None => rbuf.clear(),
-            }
-            if poll_fn(|cx| read_more(io, rbuf, cx)).await? == 0 {
-                return Ok(());
-            }
-        }
-    })
-    .await;
-}
-
-/// Tells a peer closed without a close handshake why, when it has to:
-/// silent past its heartbeat timeout, it gets a close frame 1011 (see
-/// [`INTERNAL_ERROR`]), if the socket takes it at once, and its answer is
-/// not awaited (it has not answered our pings). Without it a client that
-/// still hears us (a half-open path, a stalled reader) saw the TCP close
-/// alone: 1006, abnormal closure.
-fn last_word(conn: &mut ConnIo<WsIo>, reason: CloseReason) {
-    if reason != CloseReason::HeartbeatTimeout {
-        return;
-    }
-    frame::encode_close(conn.wbuf(), INTERNAL_ERROR, "heartbeat timeout");
-    if poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx)))).is_pending() {
-        // The rest would make the TCP close wait for a peer that does not
-        // read.
-        if let Some(wbuf) = conn.buffers.wbuf.as_mut() {
-            wbuf.clear();
-        }
-    }
 }
 
 /// Gives the socket up for parking, its state kept in the side table (and

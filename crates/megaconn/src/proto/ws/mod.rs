@@ -42,8 +42,10 @@
 //! - `handshake.rs` the opening handshake's checks and answers
 //! - `route.rs`     [`WebSocketRoute`]: the tower service users mount
 //! - `handler.rs`   [`WebSocketHandler`], [`WsSession`]: the message API
-//! - `conn.rs`      one awake connection's loop, the close handshake
+//! - `conn.rs`      one awake connection's loop
+//! - `closing.rs`   the close handshake, the heartbeat timeout's last word
 
+pub(crate) mod closing;
 pub(crate) mod conn;
 pub(crate) mod deflate;
 pub(crate) mod frame;

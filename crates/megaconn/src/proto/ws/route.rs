@@ -257,7 +257,11 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     }
 
     /// How long to wait for the peer's close frame after the server sent
-    /// its own (then the connection closes anyway). Default 5 s.
+    /// its own (then the connection closes anyway). What the peer sends
+    /// before its close (the rest of a frame, of a message) is passed by
+    /// its frame headers and dropped, and a read that is one whole close
+    /// frame is its close, also in the middle of a frame our close cut; the
+    /// connection holds no buffer while it waits. Default 5 s.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.settings().close_timeout = timeout;
         self

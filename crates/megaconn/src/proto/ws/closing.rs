@@ -1,0 +1,284 @@
+//! The end of a WebSocket: the server's close handshake, and the last word
+//! to a peer closed without one.
+//!
+//! After our close frame the peer's is awaited for `close_timeout`, then
+//! the server closes the TCP connection (it closes first, RFC 6455
+//! §7.1.1). Finding the peer's close takes frame headers only: what the
+//! peer sends before it (the rest of a frame our close cut, more of its
+//! message) is counted off as it passes, never gathered, inflated or
+//! checked ([`Scan`]). So a connection waiting for its peer's close holds
+//! no pooled buffer: it takes one for each read and gives it back before it
+//! waits again. (It kept the connection's decoder going: the read buffer
+//! held the unfinished frame, then grew to hold all of its rest, up to
+//! `max_frame_bytes`, and the message gathered so far stayed, for the
+//! whole wait.)
+//!
+//! A peer may also drop the frame our close cut and answer at once (a
+//! client that stalled in the middle of a frame, written raw before its
+//! WebSocket library took the stream over): its close comes where the rest
+//! of the frame would, and counting it off as payload waited the whole
+//! `close_timeout` for a rest that never came. So a read that is one whole,
+//! valid client close frame and nothing else is taken for the peer's close
+//! too ([`lone_close`]). An honest peer's payload passes for one only if a
+//! read holds exactly such a frame's bytes, a valid close code among them;
+//! and were it taken so, the close would only end early a connection that
+//! is closing anyway.
+
+use std::future::poll_fn;
+use std::pin::pin;
+use std::task::{ready, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use crate::conn::io::{read_more, ConnIo};
+use crate::conn::transport::Transport;
+use crate::conn::woken::poll_once;
+use crate::observe::close::CloseReason;
+use crate::proto::ws::frame::{self, Decoder, Event, Limits};
+use crate::proto::ws::INTERNAL_ERROR;
+
+/// The longest frame header: 2 bytes, a 64-bit length and a mask.
+const MAX_HEADER: usize = 2 + 8 + 4;
+
+/// The longest client close frame: a masked header and 125 bytes.
+const MAX_CLOSE_FRAME: usize = 2 + 4 + 125;
+
+/// Sends our close frame and waits up to `timeout` for the peer's. With
+/// `find_close`, its frames are passed by their headers until its close
+/// ([`Scan`], from what was read before: a close frame already read
+/// counts), or a read that is a lone close frame ([`lone_close`]). Without
+/// it (after a violation: the peer's next bytes are the rest of what broke
+/// the protocol, not frames to trust), it only reads them away until the
+/// peer closes: the lingering close that keeps our close frame from being
+/// destroyed by a reset. Either way it holds no buffer while it waits.
+pub(crate) async fn close_handshake<T: Transport>(
+    conn: &mut ConnIo<T>,
+    (code, reason): (u16, &str),
+    timeout: Duration,
+    find_close: bool,
+) {
+    frame::encode_close(conn.wbuf(), code, reason);
+    let _ = tokio::time::timeout(timeout, async {
+        conn.flush().await?;
+        let mut scan = find_close.then(Scan::default);
+        // What was read before our close: whole frames, and the beginning
+        // of one.
+        if let (Some(scan), Some(rbuf)) = (scan.as_mut(), conn.buffers.rbuf.as_ref()) {
+            if scan.passed_close(rbuf) {
+                return Ok(());
+            }
+        }
+        if let Some(rbuf) = conn.buffers.rbuf.as_mut() {
+            rbuf.clear();
+        }
+        conn.buffers.release();
+        poll_fn(|cx| loop {
+            ready!(conn.io.poll_read_ready(cx))?;
+            let (rbuf, io) = conn.rbuf_and_io();
+            let read = read_more(io, rbuf, cx);
+            let closed = scan
+                .as_mut()
+                .is_some_and(|scan| lone_close(rbuf) || scan.passed_close(rbuf));
+            rbuf.clear();
+            conn.buffers.release();
+            if ready!(read)? == 0 || closed {
+                return Poll::Ready(Ok::<(), std::io::Error>(()));
+            }
+        })
+        .await
+    })
+    .await;
+}
+
+/// Where the peer's stream stands, frame by frame, read by headers alone:
+/// the header begun, and how much of the current frame's payload is still
+/// to pass. It keeps at most a header (14 bytes), never a payload.
+#[derive(Debug, Default)]
+struct Scan {
+    /// The next frame's header, as much of it as came.
+    head: [u8; MAX_HEADER],
+    head_len: usize,
+    /// Payload bytes of the current frame still to pass.
+    left: u64,
+    /// The current frame is a close: once it passed, the peer has closed.
+    close: bool,
+}
+
+impl Scan {
+    /// Passes `bytes`, the next of the peer's stream; true once its close
+    /// frame has passed whole.
+    fn passed_close(&mut self, mut bytes: &[u8]) -> bool {
+        loop {
+            let n = usize::try_from(self.left).map_or(bytes.len(), |left| left.min(bytes.len()));
+            self.left -= n as u64;
+            bytes = &bytes[n..];
+            if self.left > 0 {
+                return false;
+            }
+            if self.close {
+                return true;
+            }
+            match self.header(&mut bytes) {
+                Some((close, length)) => (self.close, self.left) = (close, length),
+                None => return false,
+            }
+        }
+    }
+
+    /// Takes the next header's bytes from `bytes`; once it is whole,
+    /// whether it begins a close frame, and its payload's length.
+    fn header(&mut self, bytes: &mut &[u8]) -> Option<(bool, u64)> {
+        while self.head_len < header_len(&self.head[..self.head_len]) {
+            let (&byte, rest) = bytes.split_first()?;
+            self.head[self.head_len] = byte;
+            self.head_len += 1;
+            *bytes = rest;
+        }
+        let head = &self.head[..self.head_len];
+        self.head_len = 0;
+        let length = match head[1] & 0x7f {
+            126 => u64::from(u16::from_be_bytes([head[2], head[3]])),
+            127 => u64::from_be_bytes(head[2..10].try_into().expect("8 bytes")),
+            n => u64::from(n),
+        };
+        Some((head[0] & 0x0f == 0x8, length))
+    }
+}
+
+/// How long the frame header that begins with `head` is (RFC 6455 §5.2):
+/// its second byte says how many bytes of length follow, and whether a
+/// mask does; before it comes, at least 2.
+fn header_len(head: &[u8]) -> usize {
+    let Some(&second) = head.get(1) else { return 2 };
+    let length = match second & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let mask = if second & 0x80 != 0 { 4 } else { 0 };
+    2 + length + mask
+}
+
+/// Whether `read` is one whole, valid client close frame (masked, final, a
+/// code a peer may send and a UTF-8 reason) and nothing else: a peer's
+/// close, wherever its stream stood (the module doc says why). Decoded by
+/// the connection's own rules, on the rare read that begins like one.
+fn lone_close(read: &[u8]) -> bool {
+    if read.first() != Some(&0x88) || read.len() > MAX_CLOSE_FRAME {
+        return false;
+    }
+    let limits = Limits {
+        max_frame_bytes: 125,
+        max_message_bytes: 125,
+    };
+    let mut buf = BytesMut::from(read);
+    let decoded = Decoder::default().decode(&mut buf, limits);
+    matches!(decoded, Ok(Some(Event::Close(_)))) && buf.is_empty()
+}
+
+/// Tells a peer closed without a close handshake why, when it has to:
+/// silent past its heartbeat timeout, it gets a close frame 1011 (see
+/// [`INTERNAL_ERROR`]), and its answer is not awaited (it has not answered
+/// our pings). Without it a client that still hears us (a half-open path, a
+/// stalled reader) saw the TCP close alone: 1006, abnormal closure.
+///
+/// All or nothing: if the socket takes none of the frame at once, none is
+/// sent (waiting would make the TCP close wait for a peer that does not
+/// read); if it takes part, the rest (a few bytes: a close frame is at most
+/// 127) stays in the write buffer, and the connection's close writes it
+/// within its bound, as it does over TLS, where the stream took the frame
+/// whole and its close sends it. It dropped the rest: the peer read a frame
+/// cut short, a protocol error, where it should have read why.
+pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason) {
+    if reason != CloseReason::HeartbeatTimeout {
+        return;
+    }
+    frame::encode_close(conn.wbuf(), INTERNAL_ERROR, "heartbeat timeout");
+    let queued = conn.wbuf_len();
+    let flushed = poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx))));
+    if flushed.is_pending() && conn.wbuf_len() == queued {
+        if let Some(wbuf) = conn.buffers.wbuf.as_mut() {
+            wbuf.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame (the mask is zero: the payload as it is).
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        match payload.len() {
+            n @ 0..126 => out.push(0x80 | n as u8),
+            n @ 126..65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn close() -> Vec<u8> {
+        frame(0x88, &1000u16.to_be_bytes())
+    }
+
+    /// Frames of every header length, then a close, fed whole or a byte at
+    /// a time: the close is found where it ends, not before.
+    #[test]
+    fn a_scan_finds_the_close_after_frames_of_every_header_length() {
+        let stream = [
+            frame(0x02, &[7; 70_000]),
+            frame(0x89, b"ping"),
+            frame(0x00, &[7; 300]),
+            frame(0x80, b""),
+            close(),
+        ]
+        .concat();
+        let mut whole = Scan::default();
+        assert!(whole.passed_close(&stream));
+        let mut bytewise = Scan::default();
+        for (i, byte) in stream.iter().enumerate() {
+            let found = bytewise.passed_close(std::slice::from_ref(byte));
+            assert_eq!(found, i == stream.len() - 1, "at byte {i}");
+        }
+    }
+
+    /// The rest of a frame begun before (its header already passed) is
+    /// counted off, whatever it holds: a close frame's bytes in the payload
+    /// are payload.
+    #[test]
+    fn a_close_inside_a_payload_is_payload() {
+        let inner = close();
+        let outer = frame(0x82, &[&inner[..], &[1; 50]].concat());
+        let (head, payload) = outer.split_at(outer.len() - inner.len() - 50);
+        let mut scan = Scan::default();
+        assert!(!scan.passed_close(head));
+        assert!(!scan.passed_close(payload));
+        assert!(scan.passed_close(&close()));
+    }
+
+    #[test]
+    fn a_lone_close_is_one_whole_valid_close_frame_and_nothing_else() {
+        assert!(lone_close(&close()));
+        assert!(lone_close(&frame(0x88, b"")));
+        assert!(lone_close(&frame(
+            0x88,
+            &[&[0x03, 0xE8][..], b"bye"].concat()
+        )));
+        // Cut, followed by more, unmasked, an invalid code, not a close.
+        assert!(!lone_close(&close()[..5]));
+        assert!(!lone_close(&[close(), vec![0]].concat()));
+        assert!(!lone_close(&[0x88, 0x02, 0x03, 0xE8]));
+        assert!(!lone_close(&frame(0x88, &1005u16.to_be_bytes())));
+        assert!(!lone_close(&frame(0x89, b"")));
+    }
+}
