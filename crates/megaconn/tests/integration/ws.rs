@@ -1339,6 +1339,16 @@ async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
         Ok(())
     );
     assert_eq!(next_data(&mut a).await, Message::binary(vec![0xff, 0]));
+    // A binary protocol's bytes that happen to be ASCII: binary when asked
+    // (they went as text, the hub picking by the bytes).
+    assert_eq!(server.hub.send_binary(a_id, "ascii"), Ok(()));
+    assert_eq!(next_data(&mut a).await, Message::binary(b"ascii".to_vec()));
+    assert_eq!(server.hub.publish_binary("room", "room"), Ok(()));
+    assert_eq!(server.hub.broadcast_binary("all"), Ok(()));
+    for client in [&mut a, &mut b] {
+        assert_eq!(next_data(client).await, Message::binary(b"room".to_vec()));
+        assert_eq!(next_data(client).await, Message::binary(b"all".to_vec()));
+    }
     // To the topic, and to all.
     assert_eq!(server.hub.publish("room", "to the room"), Ok(()));
     assert_eq!(server.hub.broadcast("to all"), Ok(()));
@@ -1353,6 +1363,8 @@ async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
     // An awake connection (it just answered) gets pushes through its queue.
     assert_eq!(server.hub.send(a_id, "awake"), Ok(()));
     assert_eq!(next_data(&mut a).await, Message::text("awake"));
+    assert_eq!(server.hub.send_binary(a_id, "awake"), Ok(()));
+    assert_eq!(next_data(&mut a).await, Message::binary(b"awake".to_vec()));
     // A closed connection leaves its topic: a publish reaches only b.
     a.close(None).await.unwrap();
     assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
@@ -2324,40 +2336,4 @@ async fn part_of_a_record_on_a_callers_tls_stream_must_be_whole_within_the_messa
             assert_eq!(closed, Some((0, CloseReason::MessageTimeout)));
         })
         .await;
-}
-
-/// A binary protocol's pushes whose bytes happened to be UTF-8 went out as
-/// text messages (the hub picked by the bytes): `send_binary`,
-/// `publish_binary` and `broadcast_binary` send binary whatever the bytes,
-/// to parked and awake WebSockets; the plain calls still pick by UTF-8.
-#[tokio::test]
-async fn binary_pushes_arrive_binary_even_when_their_bytes_are_ascii() {
-    let mut server = Ws::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        |r| r,
-    )
-    .await;
-    let mut a = server.client().await;
-    let a_id = server.next_open().await;
-    a.send(Message::text("join")).await.unwrap();
-    assert_eq!(next_data(&mut a).await, Message::text("joined"));
-    server
-        .wait_stats("parked", |s| s.connections_parked == 1)
-        .await;
-    assert_eq!(server.hub.send_binary(a_id, "ascii"), Ok(()));
-    assert_eq!(next_data(&mut a).await, Message::binary(b"ascii".to_vec()));
-    assert_eq!(server.hub.publish_binary("room", "room"), Ok(()));
-    assert_eq!(next_data(&mut a).await, Message::binary(b"room".to_vec()));
-    assert_eq!(server.hub.broadcast_binary("all"), Ok(()));
-    assert_eq!(next_data(&mut a).await, Message::binary(b"all".to_vec()));
-    assert_eq!(server.hub.send(a_id, "text"), Ok(()));
-    assert_eq!(next_data(&mut a).await, Message::text("text"));
-    // Awake (it just answered): through its outbound queue.
-    a.send(Message::text("count")).await.unwrap();
-    assert_eq!(next_data(&mut a).await, Message::text("2"));
-    assert_eq!(server.hub.send_binary(a_id, "awake"), Ok(()));
-    assert_eq!(next_data(&mut a).await, Message::binary(b"awake".to_vec()));
-    drop(a);
-    server.next_close().await;
-    server.stop().await;
 }
