@@ -13,6 +13,14 @@ use axum::Router;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    // megaconn logs through `tracing`: without a subscriber its warnings
+    // (a slow consumer closed, a hub message dropped, a limit hit) go
+    // nowhere. `RUST_LOG` filters; `info` by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let app = Router::new()
         .route("/", get(|| async { "Hello, World!" }))
         .route(

@@ -14,6 +14,14 @@ use megaconn::{Body, Server};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    // megaconn logs through `tracing`: without a subscriber its warnings
+    // (a slow consumer closed, a hub message dropped, a limit hit) go
+    // nowhere. `RUST_LOG` filters; `info` by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let hello = tower::service_fn(|req: http::Request<Body>| async move {
         let text = format!("Hello from megaconn! You asked for {}\n", req.uri().path());
         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(text))))

@@ -468,6 +468,12 @@ fn is_publish(req: &Request<Body>) -> bool {
 /// `POST /publish?topic=T` (`T` = `*`: everyone) and `POST /broadcast`: reads
 /// the body (at most [`fanout::MAX_MESSAGE`] bytes, else 413) and hands it
 /// to `send`, whose text is the answer.
+///
+/// `200` means a worker took the message, not that it could be framed for
+/// anyone: framing happens on each worker, per connection, after the hub's
+/// call returned (subscribers of one topic may be on framings that differ,
+/// and on other processes). What could not be framed is counted in
+/// `megaconn_limit_hits_total{limit="push_unframable"}` and logged.
 async fn publish(
     req: Request<Body>,
     send: impl FnOnce(Topic<'_>, Bytes) -> Result<String, fanout::PublishError>,

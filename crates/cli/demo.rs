@@ -28,7 +28,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either as EitherBody, Full};
 use megaconn::{Body, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
 
-use crate::fanout::{PublishError, Publisher, Topic};
+use crate::fanout::{PublishError, Publisher, SendAs, Topic};
 
 /// Longest `/sleep` allowed.
 const MAX_SLEEP: Duration = Duration::from_secs(10);
@@ -259,8 +259,8 @@ impl WebSocketHandler for WsEcho {
 }
 
 /// The WebSocket chat at `/ws/chat`: every client joins topic `chat`, and a
-/// text message from one is published to all of them (the sender too),
-/// parked or awake.
+/// message from one is published to all of them (the sender too), parked or
+/// awake, text as text and binary as binary.
 #[derive(Debug, Clone)]
 pub struct WsChat {
     publisher: Publisher,
@@ -276,15 +276,21 @@ impl WebSocketHandler for WsChat {
     }
 
     async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
-        if let WsMessage::Text(text) = message {
-            let text = Bytes::copy_from_slice(text.as_bytes());
-            match self.publisher.publish(Topic::Named(CHAT_TOPIC), text) {
-                // The hub counted and logged a full queue's drop
-                // (rate-limited); a line per chat message here would flood
-                // the log. (Not serving, it runs no handler.)
-                Ok(()) | Err(PublishError::NotQueued(_)) => {}
-                Err(e) => tracing::warn!(error = %e, "chat message not published"),
-            }
+        // Binary relayed as binary (it was dropped: the README promises
+        // every client hears every message).
+        let (bytes, body) = match message {
+            WsMessage::Text(text) => (Bytes::copy_from_slice(text.as_bytes()), SendAs::Auto),
+            WsMessage::Binary(bytes) => (bytes, SendAs::Binary),
+        };
+        match self
+            .publisher
+            .publish_as(Topic::Named(CHAT_TOPIC), bytes, body)
+        {
+            // The hub counted and logged a full queue's drop
+            // (rate-limited); a line per chat message here would flood
+            // the log. (Not serving, it runs no handler.)
+            Ok(()) | Err(PublishError::NotQueued(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "chat message not published"),
         }
         None
     }

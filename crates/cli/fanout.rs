@@ -63,6 +63,20 @@ pub const QUEUE: usize = 1024;
 const KIND_TOPIC: u8 = b'T';
 /// Header byte: to every message connection (a broadcast).
 const KIND_ALL: u8 = b'A';
+/// Set in the header byte (`t`, `a`): binary to WebSockets, whatever the
+/// bytes ([`SendAs::Binary`]).
+const BINARY: u8 = 0x20;
+
+/// How a publish goes to WebSockets (framed connections get the bytes
+/// either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendAs {
+    /// Text when the bytes are UTF-8, else binary ([`megaconn::Hub::publish`]).
+    Auto,
+    /// Binary whatever the bytes ([`megaconn::Hub::publish_binary`]): a
+    /// binary WebSocket message relayed stays binary.
+    Binary,
+}
 
 /// Where a publish goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +142,11 @@ pub struct Malformed;
 
 /// One publish as a channel message.
 pub fn encode(topic: Topic<'_>, payload: &[u8]) -> Result<Bytes, PublishError> {
+    encode_as(topic, payload, SendAs::Auto)
+}
+
+/// [`encode`], sent to WebSockets as `body` says.
+pub fn encode_as(topic: Topic<'_>, payload: &[u8], body: SendAs) -> Result<Bytes, PublishError> {
     let name = match topic {
         Topic::All => "",
         Topic::Named(name) => name,
@@ -143,10 +162,14 @@ pub fn encode(topic: Topic<'_>, payload: &[u8]) -> Result<Bytes, PublishError> {
         });
     }
     let mut out = BytesMut::with_capacity(bytes);
-    out.put_u8(if topic == Topic::All {
+    let kind = if topic == Topic::All {
         KIND_ALL
     } else {
         KIND_TOPIC
+    };
+    out.put_u8(match body {
+        SendAs::Auto => kind,
+        SendAs::Binary => kind | BINARY,
     });
     out.put_u8(name.len() as u8);
     out.put_slice(name.as_bytes());
@@ -157,6 +180,11 @@ pub fn encode(topic: Topic<'_>, payload: &[u8]) -> Result<Bytes, PublishError> {
 /// A channel message read back: where it goes and its payload (a slice of
 /// `message`, not a copy).
 pub fn decode(message: &Bytes) -> Result<(Topic<'_>, Bytes), Malformed> {
+    decode_as(message).map(|(topic, payload, _)| (topic, payload))
+}
+
+/// [`decode`], with how the publish goes to WebSockets.
+pub fn decode_as(message: &Bytes) -> Result<(Topic<'_>, Bytes, SendAs), Malformed> {
     let [kind, len, rest @ ..] = &message[..] else {
         return Err(Malformed);
     };
@@ -164,23 +192,29 @@ pub fn decode(message: &Bytes) -> Result<(Topic<'_>, Bytes), Malformed> {
     if rest.len() < len || message.len() > MAX_MESSAGE {
         return Err(Malformed);
     }
-    let topic = match *kind {
+    let (kind, body) = match *kind {
+        k if k & BINARY != 0 => (k & !BINARY, SendAs::Binary),
+        k => (k, SendAs::Auto),
+    };
+    let topic = match kind {
         KIND_ALL if len == 0 => Topic::All,
         KIND_TOPIC if len > 0 => {
             Topic::Named(std::str::from_utf8(&rest[..len]).map_err(|_| Malformed)?)
         }
         _ => return Err(Malformed),
     };
-    Ok((topic, message.slice(2 + len..)))
+    Ok((topic, message.slice(2 + len..), body))
 }
 
 /// Delivers a publish to the connections of this process: why not when
 /// no worker took it (their hub queues were full, which the hub counted
 /// and logged, or the server is not serving).
-fn deliver(hub: &Hub, topic: Topic<'_>, payload: Bytes) -> Result<(), PublishError> {
-    match topic {
-        Topic::All => hub.broadcast(payload),
-        Topic::Named(name) => hub.publish(name, payload),
+fn deliver(hub: &Hub, topic: Topic<'_>, payload: Bytes, body: SendAs) -> Result<(), PublishError> {
+    match (topic, body) {
+        (Topic::All, SendAs::Auto) => hub.broadcast(payload),
+        (Topic::All, SendAs::Binary) => hub.broadcast_binary(payload),
+        (Topic::Named(name), SendAs::Auto) => hub.publish(name, payload),
+        (Topic::Named(name), SendAs::Binary) => hub.publish_binary(name, payload),
     }
     .map_err(PublishError::NotQueued)
 }
@@ -387,12 +421,12 @@ impl Publisher {
             // Ends when the supervisor is gone (this process follows it).
             while let Ok(n) = socket.recv(&mut buf).await {
                 let message = Bytes::copy_from_slice(&buf[..n]);
-                match decode(&message) {
+                match decode_as(&message) {
                     // Not taken (full hub queues, or the server not
                     // serving): the hub counted and logged a full queue;
                     // nobody here is waiting for an answer.
-                    Ok((topic, payload)) => {
-                        let _ = deliver(&down, topic, payload);
+                    Ok((topic, payload, body)) => {
+                        let _ = deliver(&down, topic, payload, body);
                     }
                     Err(e) => tracing::warn!(bytes = n, "{e}; dropped"),
                 }
@@ -411,13 +445,23 @@ impl Publisher {
     /// processes (counted, logged). [`PublishError::NotQueued`] when no
     /// worker of this process took it (it still went up to the supervisor).
     pub fn publish(&self, topic: Topic<'_>, payload: Bytes) -> Result<(), PublishError> {
+        self.publish_as(topic, payload, SendAs::Auto)
+    }
+
+    /// [`Publisher::publish`], sent to WebSockets as `body` says.
+    pub fn publish_as(
+        &self,
+        topic: Topic<'_>,
+        payload: Bytes,
+        body: SendAs,
+    ) -> Result<(), PublishError> {
         let Some(uplink) = &self.uplink else {
-            return deliver(&self.hub, topic, payload);
+            return deliver(&self.hub, topic, payload, body);
         };
         // Checked first, so a publish too large to cross processes reaches
         // no one rather than only this process's connections.
-        let message = encode(topic, &payload)?;
-        let here = deliver(&self.hub, topic, payload);
+        let message = encode_as(topic, &payload, body)?;
+        let here = deliver(&self.hub, topic, payload, body);
         match uplink.try_send(message) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -470,6 +514,18 @@ mod tests {
         );
         let m = encode(Topic::All, b"").unwrap();
         assert_eq!(decode(&m).unwrap(), (Topic::All, Bytes::new()));
+        // Binary stays binary across processes.
+        let m = encode_as(Topic::Named("chat"), b"hi", SendAs::Binary).unwrap();
+        assert_eq!(
+            decode_as(&m).unwrap(),
+            (
+                Topic::Named("chat"),
+                Bytes::from_static(b"hi"),
+                SendAs::Binary
+            )
+        );
+        let m = encode(Topic::All, b"hi").unwrap();
+        assert_eq!(decode_as(&m).unwrap().2, SendAs::Auto);
     }
 
     #[test]

@@ -663,6 +663,28 @@ fn the_ws_chat_route_sends_a_message_to_every_client() {
     assert!(child.wait().success());
 }
 
+/// A binary message to `/ws/chat` was dropped (only text was published),
+/// though every client is to hear every message: now every client hears it,
+/// as binary, even when its bytes are ASCII.
+#[test]
+fn the_ws_chat_route_relays_binary_messages_as_binary() {
+    let (mut child, _stdout, addr) = start_serve(&["--admin", "off"]);
+    let mut listener = ws_open(&addr, "/ws/chat", &[]);
+    let mut speaker = ws_open(&addr, "/ws/chat", &[]);
+    // A masked binary frame (mask 0), "hi".
+    speaker
+        .write_all(&[0x82, 0x80 | 2, 0, 0, 0, 0, b'h', b'i'])
+        .unwrap();
+    for s in [&mut listener, &mut speaker] {
+        let mut frame = [0; 4];
+        s.read_exact(&mut frame).unwrap();
+        assert_eq!(frame, [0x82, 2, b'h', b'i']);
+    }
+    drop((listener, speaker));
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}
+
 /// A masked text frame of `len` bytes of `x` (mask 0: the payload as is).
 fn ws_text_frame(len: usize) -> Vec<u8> {
     let mut frame = vec![0x81];

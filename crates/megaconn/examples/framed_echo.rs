@@ -45,6 +45,14 @@ impl FramedHandler for Echo {
 
 #[tokio::main]
 async fn main() -> Result<(), megaconn::Error> {
+    // megaconn logs through `tracing`: without a subscriber its warnings
+    // (a slow consumer closed, a hub message dropped, a limit hit) go
+    // nowhere. `RUST_LOG` filters; `info` by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let mut args = std::env::args().skip(1);
     let lines = args.next().unwrap_or_else(|| "127.0.0.1:7000".into());
     let frames = args.next().unwrap_or_else(|| "127.0.0.1:7001".into());

@@ -65,6 +65,14 @@ async fn chat_member(mut socket: WebSocket, tx: broadcast::Sender<Utf8Bytes>) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), megaconn::BoxError> {
+    // megaconn logs through `tracing`: without a subscriber its warnings
+    // (a slow consumer closed, a hub message dropped, a limit hit) go
+    // nowhere. `RUST_LOG` filters; `info` by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let mut listen = "127.0.0.1:8093".to_string();
     let mut workers = 1usize;
     let mut args = std::env::args().skip(1);

@@ -20,6 +20,14 @@ use megaconn::axum_ws::{Message, WebSocket, WebSocketUpgrade};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), megaconn::BoxError> {
+    // megaconn logs through `tracing`: without a subscriber its warnings
+    // (a slow consumer closed, a hub message dropped, a limit hit) go
+    // nowhere. `RUST_LOG` filters; `info` by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let server = megaconn::Server::bind("127.0.0.1:3000".parse()?).listen()?;
     println!("listening on {}", server.local_addr());
     server

@@ -18,6 +18,20 @@
 //! A message to a connection that has closed (its id is stale, even if its
 //! descriptor was reused) is dropped.
 //!
+//! A message a connection's wire cannot frame (over a framed listener's
+//! `Framing::max_frame_bytes`, which bounds what is pushed as well as what
+//! the peer sends: one number for both directions of a symmetric protocol;
+//! a line ending or bytes not UTF-8 on a lines listener) is dropped for that
+//! connection, counted (`megaconn_limit_hits_total{limit="push_unframable"}`,
+//! one per connection) and logged as a warning, rate-limited. The hub's call
+//! cannot refuse it: an id does not say which listener its connection came
+//! in on, a publish goes to connections of several framings, and the wires
+//! live on the workers (`wire.rs`), which frame when they deliver.
+//!
+//! To a WebSocket, a message goes as text when its bytes are UTF-8 and as
+//! binary otherwise (`Kind::Auto`); the `*_binary` calls always send
+//! binary (`Kind::Binary`).
+//!
 //! Each worker's queue of messages its pump has not taken yet is bounded,
 //! in messages (`Builder::hub_queue`) and in bytes, payloads and entries
 //! (`Builder::hub_queue_bytes`: a count alone let large payloads behind a
@@ -96,15 +110,28 @@ pub struct Hub {
     inner: Arc<HubInner>,
 }
 
-/// One message on its way to a worker's connections.
+/// One message on its way to a worker's connections. The [`Kind`] sits in
+/// each variant, not in a struct with the payload: beside the tag it takes
+/// no room (a struct would pad it to 8 bytes: 64 a message, not 56).
 #[derive(Debug)]
 pub(crate) enum Push {
     /// To one connection.
-    To(ConnectionId, Bytes),
+    To(ConnectionId, Bytes, Kind),
     /// To the subscribers of a topic.
-    Topic(Arc<str>, Bytes),
+    Topic(Arc<str>, Bytes, Kind),
     /// To every message connection.
-    All(Bytes),
+    All(Bytes, Kind),
+}
+
+/// How a pushed message goes to a WebSocket (other wires frame bytes as
+/// bytes and ignore it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A text message if the bytes are UTF-8, else a binary one
+    /// ([`Hub::send`], [`Hub::publish`], [`Hub::broadcast`]).
+    Auto,
+    /// A binary message, whatever the bytes ([`Hub::send_binary`], ...).
+    Binary,
 }
 
 impl Push {
@@ -113,8 +140,8 @@ impl Push {
     /// it is in, though the workers a publish goes to share one copy.
     fn queued_bytes(&self) -> i64 {
         let held = match self {
-            Push::To(_, payload) | Push::All(payload) => payload.len(),
-            Push::Topic(topic, payload) => topic.len() + payload.len(),
+            Push::To(_, payload, _) | Push::All(payload, _) => payload.len(),
+            Push::Topic(topic, payload, _) => topic.len() + payload.len(),
         };
         i64::try_from(std::mem::size_of::<Push>() + held).unwrap_or(i64::MAX)
     }
@@ -367,31 +394,77 @@ impl Hub {
     /// [`Builder::hub_queue`](crate::Builder::hub_queue), where the message
     /// is dropped and counted). Delivery is best-effort: a connection that
     /// closed meanwhile drops it.
+    ///
+    /// To a WebSocket, the message goes as a text message when its bytes
+    /// are UTF-8 and as a binary one otherwise: a binary protocol whose
+    /// bytes happen to be ASCII uses [`send_binary`](Hub::send_binary).
+    ///
+    /// A message the connection's framing cannot carry (over a framed
+    /// listener's [`Framing::max_reply_bytes`](crate::Framing::max_reply_bytes),
+    /// a line ending or bytes not UTF-8 on a lines listener) is dropped when
+    /// its worker gets to it, counted in
+    /// `megaconn_limit_hits_total{limit="push_unframable"}` and logged
+    /// (a warning, rate-limited). The hub cannot refuse it here: an id does
+    /// not say which listener (or protocol) its connection came in on, and
+    /// the framings live on the workers.
     pub fn send(&self, to: ConnectionId, message: impl Into<Bytes>) -> Result<(), HubError> {
+        self.send_as(to, message.into(), Kind::Auto)
+    }
+
+    /// [`send`](Hub::send), as a binary message to a WebSocket whatever the
+    /// bytes (to a framed connection, the same as `send`).
+    pub fn send_binary(&self, to: ConnectionId, message: impl Into<Bytes>) -> Result<(), HubError> {
+        self.send_as(to, message.into(), Kind::Binary)
+    }
+
+    fn send_as(&self, to: ConnectionId, message: Bytes, kind: Kind) -> Result<(), HubError> {
         let Some(lane) = self.inner.lanes.get(to.worker as usize) else {
             return Err(HubError::OtherServer);
         };
-        self.inner.offer(lane, Push::To(to, message.into()))
+        self.inner.offer(lane, Push::To(to, message, kind))
     }
 
     /// Sends `message` to every connection subscribed to `topic` (with
-    /// [`Session::subscribe`](crate::Session::subscribe)), on every worker.
-    /// Returns at once: `Ok` when at least one worker queued it; else why
-    /// none did ([`HubError`]: the server is not serving yet or has
-    /// stopped, or every worker's queue is full,
+    /// [`Session::subscribe`](crate::Session::subscribe)), on every worker,
+    /// framed and WebSocket alike: topics are the server's, shared by all
+    /// its message protocols. Returns at once: `Ok` when at least one
+    /// worker queued it; else why none did ([`HubError`]: the server is not
+    /// serving yet or has stopped, or every worker's queue is full,
     /// [`Builder::hub_queue`](crate::Builder::hub_queue)). A worker whose
     /// queue is full drops it, counted, and its subscribers miss it.
+    ///
+    /// Text or binary to a WebSocket, and a message some connections'
+    /// framing cannot carry: as for [`send`](Hub::send) (those connections
+    /// miss it, counted per connection; the others get it).
     pub fn publish(&self, topic: &str, message: impl Into<Bytes>) -> Result<(), HubError> {
-        let (topic, message): (Arc<str>, Bytes) = (topic.into(), message.into());
-        self.to_every_worker(|| Push::Topic(topic.clone(), message.clone()))
+        self.publish_as(topic, message.into(), Kind::Auto)
+    }
+
+    /// [`publish`](Hub::publish), as a binary message to WebSockets whatever
+    /// the bytes.
+    pub fn publish_binary(&self, topic: &str, message: impl Into<Bytes>) -> Result<(), HubError> {
+        self.publish_as(topic, message.into(), Kind::Binary)
+    }
+
+    fn publish_as(&self, topic: &str, message: Bytes, kind: Kind) -> Result<(), HubError> {
+        let topic: Arc<str> = topic.into();
+        self.to_every_worker(|| Push::Topic(topic.clone(), message.clone(), kind))
     }
 
     /// Sends `message` to every message connection of the server, parked or
-    /// awake. Returns at once; `Ok` and the errors as for
+    /// awake, framed and WebSocket alike. Returns at once; `Ok`, the errors,
+    /// text or binary and unframable messages as for
     /// [`publish`](Hub::publish).
     pub fn broadcast(&self, message: impl Into<Bytes>) -> Result<(), HubError> {
         let message: Bytes = message.into();
-        self.to_every_worker(|| Push::All(message.clone()))
+        self.to_every_worker(|| Push::All(message.clone(), Kind::Auto))
+    }
+
+    /// [`broadcast`](Hub::broadcast), as a binary message to WebSockets
+    /// whatever the bytes.
+    pub fn broadcast_binary(&self, message: impl Into<Bytes>) -> Result<(), HubError> {
+        let message: Bytes = message.into();
+        self.to_every_worker(|| Push::All(message.clone(), Kind::Binary))
     }
 
     fn to_every_worker(&self, push: impl Fn() -> Push) -> Result<(), HubError> {

@@ -7,7 +7,9 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::message::hub::Kind;
 use crate::observe::close::FramingError;
+use crate::observe::ratelog::{self, Flood};
 
 /// How one kind of connection frames an outgoing message. A protocol
 /// registers one per wire format it speaks on a worker (framed TCP: one per
@@ -17,6 +19,13 @@ pub(crate) trait Wire {
     /// framed this way (longer than the header can say, a line holding a
     /// line ending, ...): then those connections do not get it.
     fn encode(&self, payload: &Bytes, out: &mut BytesMut) -> Result<(), FramingError>;
+
+    /// [`Wire::encode`] for a message pushed as binary
+    /// ([`Hub::send_binary`](crate::Hub::send_binary), ...): only a wire
+    /// that tells text from binary (WebSocket) frames it otherwise.
+    fn encode_binary(&self, payload: &Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
+        self.encode(payload, out)
+    }
 }
 
 /// A registered [`Wire`], by its position in the worker's list.
@@ -26,38 +35,64 @@ pub(crate) type WireId = u16;
 /// same bytes (reference-counted, not copied) written to each connection.
 pub(crate) struct Encoded {
     payload: Bytes,
+    kind: Kind,
+    /// Connections that did not get it: their wire could not frame it.
+    pub(crate) unframable: u64,
     /// By wire id: not yet framed (`None`), or framed (`Some`, `None` when
     /// it could not be).
     framed: Vec<Option<Option<Bytes>>>,
 }
 
 impl Encoded {
-    pub(crate) fn new(payload: Bytes) -> Encoded {
+    pub(crate) fn new(payload: Bytes, kind: Kind) -> Encoded {
         Encoded {
             payload,
+            kind,
+            unframable: 0,
             framed: Vec::new(),
         }
     }
 
     /// The message as `wire` frames it (framed on first use), or `None` if it
-    /// cannot be framed so.
+    /// cannot be framed so: then the connection asking misses it, counted in
+    /// [`Encoded::unframable`] (its worker adds them to
+    /// `megaconn_limit_hits_total{limit="push_unframable"}`), and the first
+    /// failure per wire is logged, rate-limited: a warning, as the sender
+    /// was told `Ok` and its message reaches some connections or none.
     pub(crate) fn on(&mut self, wires: &[Rc<dyn Wire>], wire: WireId) -> Option<Bytes> {
         let i = usize::from(wire);
         if self.framed.len() <= i {
             self.framed.resize(i + 1, None);
         }
-        self.framed[i]
+        let (payload, kind) = (&self.payload, self.kind);
+        let framed = self.framed[i]
             .get_or_insert_with(|| {
                 let mut out = BytesMut::new();
-                match wires.get(i)?.encode(&self.payload, &mut out) {
+                let wire = wires.get(i)?;
+                let framed = match kind {
+                    Kind::Auto => wire.encode(payload, &mut out),
+                    Kind::Binary => wire.encode_binary(payload, &mut out),
+                };
+                match framed {
                     Ok(()) => Some(out.freeze()),
                     Err(error) => {
-                        tracing::debug!(%error, "a pushed message cannot be framed for some connections; they do not get it");
+                        ratelog::log(Flood::PushUnframable, |suppressed| {
+                            tracing::warn!(
+                                %error,
+                                bytes = payload.len(),
+                                suppressed,
+                                "a hub message cannot be framed for some connections (over their listener's Framing::max_frame_bytes, or a line ending or bytes not UTF-8 on a lines listener); they do not get it: send what their framing carries, or raise max_frame_bytes"
+                            )
+                        });
                         None
                     }
                 }
             })
-            .clone()
+            .clone();
+        if framed.is_none() {
+            self.unframable += 1;
+        }
+        framed
     }
 }
 
@@ -86,7 +121,7 @@ mod tests {
         let a = Rc::new(Counting(Cell::new(0), b'a'));
         let b = Rc::new(Counting(Cell::new(0), b'b'));
         let wires: Vec<Rc<dyn Wire>> = vec![a.clone(), b.clone()];
-        let mut msg = Encoded::new(Bytes::from_static(b"hi"));
+        let mut msg = Encoded::new(Bytes::from_static(b"hi"), Kind::Auto);
         for _ in 0..1000 {
             assert_eq!(msg.on(&wires, 0).as_deref(), Some(&b"ahi"[..]));
             assert_eq!(msg.on(&wires, 1).as_deref(), Some(&b"bhi"[..]));
@@ -98,10 +133,12 @@ mod tests {
             msg.on(&wires, 0).unwrap().as_ptr()
         );
         // Unframeable, once; an unknown wire gets nothing.
-        let mut long = Encoded::new(Bytes::from_static(b"too long"));
+        let mut long = Encoded::new(Bytes::from_static(b"too long"), Kind::Auto);
         assert_eq!(long.on(&wires, 0), None);
         assert_eq!(long.on(&wires, 0), None);
         assert_eq!(a.0.get(), 2);
         assert_eq!(long.on(&wires, 7), None);
+        // Each connection that missed it is counted.
+        assert_eq!(long.unframable, 3);
     }
 }

@@ -17,8 +17,6 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
 use crate::message::hub::{
@@ -205,17 +203,20 @@ impl Local {
 
     /// Who one message from the hub goes to, taken when the pump gets to
     /// it, with its payload.
-    fn recipients(&self, push: Push) -> (Recipients, Bytes) {
+    fn recipients(&self, push: Push) -> (Recipients, Encoded) {
         match push {
-            Push::To(to, payload) => (
+            Push::To(to, payload, kind) => (
                 Recipients::Listed(vec![(to.fd(), to.generation())].into_iter()),
-                payload,
+                Encoded::new(payload, kind),
             ),
-            Push::Topic(topic, payload) => {
+            Push::Topic(topic, payload, kind) => {
                 let members = self.topics.borrow().members(&topic);
-                (Recipients::Listed(members.into_iter()), payload)
+                (
+                    Recipients::Listed(members.into_iter()),
+                    Encoded::new(payload, kind),
+                )
             }
-            Push::All(payload) => {
+            Push::All(payload, kind) => {
                 let awake_end = self.awake.borrow().keys().max().map_or(0, |&fd| fd + 1);
                 let end = self
                     .parked_sets()
@@ -227,7 +228,7 @@ impl Local {
                     end,
                     issued: self.next_generation.get(),
                 };
-                (every, payload)
+                (every, Encoded::new(payload, kind))
             }
         }
     }
@@ -260,8 +261,7 @@ impl Local {
     /// it is now (or not at all, closed). The next message waits until this
     /// one is delivered, so a connection gets its messages in order.
     async fn deliver(&self, push: Push) {
-        let (mut recipients, payload) = self.recipients(push);
-        let mut msg = Encoded::new(payload);
+        let (mut recipients, mut msg) = self.recipients(push);
         // A protocol's table exists before any of its connections does.
         let sets = self.parked_sets();
         let pending = &self.stats.messages.deliveries_pending;
@@ -287,6 +287,9 @@ impl Local {
         // A broadcast's count was an estimate: what it did not reach is not
         // pending any more either.
         gauge_own(pending, -owed.max(0));
+        // Told `Ok`, the sender learns of connections its message could
+        // not be framed for only here (`Encoded::on` logged it).
+        LimitHit::PushUnframable.count_n(&self.stats, msg.unframable);
     }
 
     /// Delivers to one connection, awake or parked, if it is still open.

@@ -4,7 +4,7 @@
 //! `protocol_error` for the ones that close. Counted on the rejection path
 //! only, one relaxed increment in the worker's array.
 
-use crate::observe::stats::{incr, WorkerStats};
+use crate::observe::stats::{add, incr, WorkerStats};
 
 /// A limit (or a check a request failed) that refused a request, closed
 /// a connection or dropped a hub message.
@@ -47,11 +47,16 @@ pub(crate) enum LimitHit {
     /// stream buffers (64 KiB) without completing a message: a ClientHello
     /// cut into tiny records.
     TlsHandshakeBuffer,
+    /// A hub message a connection's wire cannot frame (over its listener's
+    /// `Framing::max_frame_bytes`, a line ending or bytes not UTF-8 on a
+    /// lines listener): that connection misses it, one hit each; it stays
+    /// open.
+    PushUnframable,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::TlsHandshakeBuffer as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::PushUnframable as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -70,11 +75,17 @@ impl LimitHit {
         "hub_queue",
         "max_subscriptions",
         "tls_handshake_buffer",
+        "push_unframable",
     ];
 
     /// Counts one hit in the worker's counters.
     pub(crate) fn count(self, stats: &WorkerStats) {
         incr(&stats.limit_hits[self as usize]);
+    }
+
+    /// Counts `n` hits at once (a message many connections missed).
+    pub(crate) fn count_n(self, stats: &WorkerStats, n: u64) {
+        add(&stats.limit_hits[self as usize], n);
     }
 }
 
@@ -97,9 +108,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::TlsHandshakeBuffer.count(&stats);
+        LimitHit::PushUnframable.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::TlsHandshakeBuffer as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::PushUnframable as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

@@ -11,7 +11,7 @@
 //! caught, an HTTP/2 stream whose client gave it no room, a request body
 //! that stopped coming (HTTP/1.1 or HTTP/2), an HTTP/2 connection calmed, a
 //! framed reply that cannot be framed, idle connections evicted at
-//! `max_connections`. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
+//! `max_connections`, a hub message some connections cannot be sent. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
@@ -174,14 +174,18 @@ pub(crate) enum Flood {
     /// ones in (`CloseReason::Evicted`): one line per interval, naming the
     /// setting to raise.
     Evicted,
+    /// A hub message its connections' wire cannot frame (over a framed
+    /// listener's `Framing::max_frame_bytes`, a line ending or bytes not
+    /// UTF-8 on a lines listener): dropped for them.
+    PushUnframable,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 31;
+const KINDS: usize = 32;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Evicted as usize == KINDS - 1);
+const _: () = assert!(Flood::PushUnframable as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -1782,3 +1782,66 @@ fn a_hub_of_a_server_dropped_without_serving_says_it_stopped() {
     assert_eq!(hub.publish("news", "x"), Err(HubError::Stopped));
     assert_eq!(handle.stats().messages.hub_queued, 0);
 }
+
+/// A push the connection's framing cannot carry (over `max_frame_bytes`,
+/// by id, parked and awake; a line ending on a lines listener, by topic)
+/// was dropped with a debug line only and no count: the sender got `Ok`
+/// and nothing told anyone. Now each connection that missed it is counted
+/// (`push_unframable`), and the next push that fits still arrives.
+#[tokio::test]
+async fn a_push_the_framing_cannot_carry_is_counted_not_silently_dropped() {
+    const MAX: usize = 64 << 10;
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::length_prefixed(4).max_frame_bytes(MAX),
+    )
+    .await;
+    let unframable = |s: &ServerStats| limit_hits(s, "push_unframable");
+    // Parked.
+    let mut parked = server.connect().await;
+    let parked_id = server.next_open().await;
+    parked.write_all(&frame(b"sub fw")).await.unwrap();
+    assert_eq!(read_frame(&mut parked).await, b"ok");
+    server
+        .wait_stats("one parked", |s| s.connections_parked == 1)
+        .await;
+    assert_eq!(server.hub.send(parked_id, vec![1u8; MAX + 1]), Ok(()));
+    server
+        .wait_stats("counted for the parked one", |s| unframable(s) == 1)
+        .await;
+    assert_eq!(server.hub.send(parked_id, vec![2u8; MAX]), Ok(()));
+    assert_eq!(read_frame(&mut parked).await, vec![2u8; MAX]);
+    // Awake (in its handler): by topic, with the parked one.
+    let mut busy = server.connect().await;
+    server.next_open().await;
+    busy.write_all(&frame(b"sub fw")).await.unwrap();
+    assert_eq!(read_frame(&mut busy).await, b"ok");
+    busy.write_all(&frame(b"wait")).await.unwrap();
+    server.next_busy().await;
+    assert_eq!(server.hub.publish("fw", vec![3u8; MAX + 1]), Ok(()));
+    server
+        .wait_stats("counted for both", |s| unframable(s) == 3)
+        .await;
+    assert_eq!(server.hub.publish("fw", "fits"), Ok(()));
+    assert_eq!(read_frame(&mut parked).await, b"fits");
+    server.gate.add_permits(1);
+    assert_eq!(read_frame(&mut busy).await, b"waited");
+    assert_eq!(read_frame(&mut busy).await, b"fits");
+    assert_eq!(server.handle.stats().messages.queue_drops, 0);
+    server.stop().await;
+
+    // A lines listener: a line ending or bytes not UTF-8 cannot be a line.
+    let mut server = Framed::start(Server::builder(), Framing::lines()).await;
+    let mut sub = server.connect().await;
+    server.next_open().await;
+    sub.write_all(b"sub news\n").await.unwrap();
+    assert_eq!(read_exact(&mut sub, 3).await, b"ok\n");
+    assert_eq!(server.hub.publish("news", "a\nb"), Ok(()));
+    assert_eq!(server.hub.publish("news", vec![0xffu8, b'x']), Ok(()));
+    assert_eq!(server.hub.publish("news", "c"), Ok(()));
+    assert_eq!(read_exact(&mut sub, 2).await, b"c\n");
+    server
+        .wait_stats("both counted", |s| unframable(s) == 2)
+        .await;
+    server.stop().await;
+}

@@ -1520,6 +1520,16 @@ async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
         Ok(())
     );
     assert_eq!(next_data(&mut a).await, Message::binary(vec![0xff, 0]));
+    // A binary protocol's bytes that happen to be ASCII: binary when asked
+    // (they went as text, the hub picking by the bytes).
+    assert_eq!(server.hub.send_binary(a_id, "ascii"), Ok(()));
+    assert_eq!(next_data(&mut a).await, Message::binary(b"ascii".to_vec()));
+    assert_eq!(server.hub.publish_binary("room", "room"), Ok(()));
+    assert_eq!(server.hub.broadcast_binary("all"), Ok(()));
+    for client in [&mut a, &mut b] {
+        assert_eq!(next_data(client).await, Message::binary(b"room".to_vec()));
+        assert_eq!(next_data(client).await, Message::binary(b"all".to_vec()));
+    }
     // To the topic, and to all.
     assert_eq!(server.hub.publish("room", "to the room"), Ok(()));
     assert_eq!(server.hub.broadcast("to all"), Ok(()));
@@ -1534,6 +1544,8 @@ async fn pushes_reach_parked_and_awake_websockets_by_id_topic_and_broadcast() {
     // An awake connection (it just answered) gets pushes through its queue.
     assert_eq!(server.hub.send(a_id, "awake"), Ok(()));
     assert_eq!(next_data(&mut a).await, Message::text("awake"));
+    assert_eq!(server.hub.send_binary(a_id, "awake"), Ok(()));
+    assert_eq!(next_data(&mut a).await, Message::binary(b"awake".to_vec()));
     // A closed connection leaves its topic: a publish reaches only b.
     a.close(None).await.unwrap();
     assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));

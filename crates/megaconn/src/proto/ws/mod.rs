@@ -341,6 +341,11 @@ impl Wire for PushWire {
         frame::encode(out, opcode, payload);
         Ok(())
     }
+
+    fn encode_binary(&self, payload: &Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
+        frame::encode(out, frame::Out::Binary, payload);
+        Ok(())
+    }
 }
 
 /// This worker's message state, kinds of parked WebSockets and
