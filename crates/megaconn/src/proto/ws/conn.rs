@@ -66,6 +66,7 @@ use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
 use crate::proto::ws::route::Route;
 use crate::proto::ws::{
     parked_fd, Start, Tables, WsIo, WsParked, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
 };
 use crate::proto::{earliest, until, Ended};
 
@@ -123,7 +124,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let mut conn = ConnIo::new(io, ctx.clone());
     // permessage-deflate, as the handshake agreed (kept across parking).
     let deflate = match start {
-        Start::Upgraded(_, deflate) | Start::Woken(_, deflate) => deflate,
+        Start::Upgraded(_, deflate, _) | Start::Woken(_, deflate) => deflate,
     };
     let codec = deflate.map(|d| (&*tables.codec, d));
     // A socket woken because it is readable goes back to the lot only after
@@ -143,7 +144,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // `park_idle_after`): this wake parks as a cold one would.
     let mut pinged = false;
     let (mut live, session) = match start {
-        Start::Upgraded(read_ahead, _) => {
+        Start::Upgraded(read_ahead, _, opened) => {
             if !read_ahead.is_empty() {
                 conn.rbuf_and_io().0.extend_from_slice(&read_ahead);
             }
@@ -151,8 +152,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let session = WsSession::new(Session::new(id, tables.local.clone()));
             let mut live = Live::new(
                 &route.handler,
-                H::on_close,
-                H::State::default(),
+                H::on_close_with_id,
+                // The upgrade hook's state (of this route: its type).
+                opened
+                    .and_then(|state| state.downcast::<H::State>().ok())
+                    .map_or_else(H::State::default, |state| *state),
                 id,
                 &tables.local,
             );
@@ -170,7 +174,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let id = tables.local.id(fd, parked.generation);
             let timers = parked.timers();
             let session = WsSession::new(Session::new(id, tables.local.clone()));
-            let live = Live::new(&route.handler, H::on_close, parked.state, id, &tables.local);
+            let live = Live::new(
+                &route.handler,
+                H::on_close_with_id,
+                parked.state,
+                id,
+                &tables.local,
+            );
             match crate::message::wake::resume(
                 timers,
                 wake,
@@ -632,15 +642,18 @@ async fn close_handshake(
 
 /// Tells a peer closed without a close handshake why, when it has to:
 /// silent past its heartbeat timeout, it gets a close frame 1011 (see
-/// [`INTERNAL_ERROR`]), if the socket takes it at once, and its answer is
-/// not awaited (it has not answered our pings). Without it a client that
-/// still hears us (a half-open path, a stalled reader) saw the TCP close
-/// alone: 1006, abnormal closure.
+/// [`INTERNAL_ERROR`]); behind on what we send (its push queue
+/// overflowed), a 1013 (see [`TRY_AGAIN_LATER`]); if the socket takes it
+/// at once, and its answer is not awaited (it has not answered our pings,
+/// or does not read). Without it a client that still hears us (a half-open
+/// path, a stalled reader) saw the TCP close alone: 1006, abnormal closure.
 fn last_word(conn: &mut ConnIo<WsIo>, reason: CloseReason) {
-    if reason != CloseReason::HeartbeatTimeout {
-        return;
-    }
-    frame::encode_close(conn.wbuf(), INTERNAL_ERROR, "heartbeat timeout");
+    let (code, why) = match reason {
+        CloseReason::HeartbeatTimeout => (INTERNAL_ERROR, "heartbeat timeout"),
+        CloseReason::SlowConsumer => (TRY_AGAIN_LATER, "slow consumer"),
+        _ => return,
+    };
+    frame::encode_close(conn.wbuf(), code, why);
     if poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx)))).is_pending() {
         // The rest would make the TCP close wait for a peer that does not
         // read.
