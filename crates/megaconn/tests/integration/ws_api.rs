@@ -2,25 +2,27 @@
 //! with tungstenite's client (and raw bytes for what a client hides): the
 //! upgrade hook that gives a connection its state from the request (path,
 //! query, peer address) or refuses it before the `101`; the id a handler
-//! hears at the close; the close frame a slow consumer gets; a
-//! [`ConnectionId`] kept as a number and back. Every wait is bounded and
-//! waits on a condition.
+//! hears at the close (awake or parked; and a framed handler's); the close
+//! frame a slow consumer gets; a [`ConnectionId`] kept as a number and
+//! back. Every wait is bounded and waits on a condition.
 
 use crate::common;
 use crate::ws::next_data;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::Path;
 use axum::RequestPartsExt;
+use bytes::Bytes;
 use common::SAFETY;
 use futures_util::SinkExt;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use megaconn::{
-    Builder, CloseReason, ConnInfo, ConnectionId, Hub, Server, ServerHandle, ShutdownSummary,
-    WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Builder, CloseReason, ConnInfo, ConnectionId, FramedHandler, Framing, Hub, Server,
+    ServerHandle, Session, ShutdownSummary, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -244,6 +246,78 @@ async fn on_close_with_id_gets_the_connections_id() {
     let (closed, _, _) = ChatServer::next(&mut server.closes, "on_close").await;
     assert_eq!(closed, a);
     server.stop().await;
+}
+
+/// A parked WebSocket the lot closes (shutdown) is told its id too: its id
+/// is rebuilt from the side table's generation, not kept.
+#[tokio::test]
+async fn on_close_with_id_gets_a_parked_connections_id() {
+    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let mut server = ChatServer::start(builder).await;
+    let _client = server.client("/chat/a?token=good").await;
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
+    server.handle.shutdown();
+    let (closed, state, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!((closed, state.as_str()), (id, "a from 127.0.0.1"));
+    assert_eq!(reason, CloseReason::Shutdown);
+    server.stop().await;
+}
+
+/// A framed handler that reports ids: at the open, and at the close through
+/// `on_close_with_id`.
+struct FramedIds {
+    opens: mpsc::UnboundedSender<ConnectionId>,
+    closes: mpsc::UnboundedSender<ConnectionId>,
+}
+
+impl FramedHandler for FramedIds {
+    type State = ();
+
+    fn on_open(&self, _: &mut (), session: &Session) {
+        let _ = self.opens.send(session.id());
+    }
+
+    async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
+        Some(frame)
+    }
+
+    fn on_close_with_id(&self, id: ConnectionId, _: (), _: CloseReason) {
+        let _ = self.closes.send(id);
+    }
+}
+
+/// The framed protocol's `on_close_with_id` hears the closed connection's
+/// id, the one its `on_open` saw.
+#[tokio::test]
+async fn a_framed_handlers_on_close_with_id_gets_the_connections_id() {
+    let server = Server::builder()
+        .workers(1)
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+        .listen()
+        .expect("server binds");
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let (opened, mut opens) = mpsc::unbounded_channel();
+    let (closed, mut closes) = mpsc::unbounded_channel();
+    let handler = FramedIds {
+        opens: opened,
+        closes: closed,
+    };
+    let running = server.start_framed(handler).expect("server starts").run();
+    let task = tokio::spawn(running);
+    let first = TcpStream::connect(addr).await.unwrap();
+    let a = ChatServer::next(&mut opens, "on_open").await;
+    let second = TcpStream::connect(addr).await.unwrap();
+    let b = ChatServer::next(&mut opens, "on_open").await;
+    drop(second);
+    assert_eq!(ChatServer::next(&mut closes, "on_close").await, b);
+    drop(first);
+    assert_eq!(ChatServer::next(&mut closes, "on_close").await, a);
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .expect("server task");
 }
 
 /// A connection whose outbound queue overflows while its handler is busy is
