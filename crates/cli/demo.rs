@@ -136,7 +136,9 @@ fn route<H: WebSocketHandler>(
     ws: &mut WebSocketRoute<H>,
     req: Request<Body>,
 ) -> Response<DemoBody> {
-    let Ok(response) = tower::Service::call(ws, req).into_inner();
+    // Only an `on_upgrade` hook makes a route's answer wait: these have none.
+    let answered = futures_util::FutureExt::now_or_never(tower::Service::call(ws, req));
+    let Ok(response) = answered.expect("a WebSocketRoute without on_upgrade answers at once");
     response.map(|body| EitherBody::Left(Full::new(Bytes::from(body))))
 }
 

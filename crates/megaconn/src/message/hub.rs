@@ -98,6 +98,57 @@ pub(crate) const GENERATION_BITS: u32 = 46;
 /// The largest [`Generation`].
 pub(crate) const GENERATION_MASK: Generation = (1 << GENERATION_BITS) - 1;
 
+impl ConnectionId {
+    /// The id as one number, to keep outside the process (a presence entry
+    /// in Redis, a log field): worker, descriptor, generation and a tag of
+    /// this process, so [`from_u128`](ConnectionId::from_u128) gives the
+    /// same id back in this process. Kept after its connection closed, it
+    /// names no one, as the id itself does (its generation is not reused
+    /// for 2^46 connections).
+    ///
+    /// Generations count from 1 in each process, so an id of an earlier
+    /// run (or of another of `--processes`) would name whichever connection
+    /// of this one has the same descriptor and generation: the tag, drawn
+    /// at random once per process (18 bits), makes `from_u128` refuse such
+    /// a number but once in 262,144 runs. It is an address, not a secret:
+    /// do not let a client name the connection to push to.
+    pub fn as_u128(self) -> u128 {
+        (u128::from(self.worker) << 96)
+            | (u128::from(self.fd as u32) << 64)
+            | (u128::from(process_tag()) << GENERATION_BITS)
+            | u128::from(self.generation)
+    }
+
+    /// The id [`as_u128`](ConnectionId::as_u128) gave in this process;
+    /// `None` for any other number (one of another process, or of none).
+    pub fn from_u128(n: u128) -> Option<ConnectionId> {
+        let low = n as u64;
+        (low >> GENERATION_BITS == process_tag()).then_some(ConnectionId {
+            worker: (n >> 96) as u32,
+            fd: (n >> 64) as u32 as RawFd,
+            generation: low & GENERATION_MASK,
+        })
+    }
+}
+
+/// This process's tag in [`ConnectionId::as_u128`]: the bits of a `u64`
+/// above a generation's, random per process (std's hasher keys are).
+fn process_tag() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TAG.get_or_init(|| {
+        let random = std::hash::RandomState::new().build_hasher().finish();
+        random >> GENERATION_BITS
+    })
+}
+
+/// `worker:descriptor:generation`, e.g. `1:17:4521`, for logs.
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.worker, self.fd, self.generation)
+    }
+}
+
 /// Sends messages to connections by id, topic or to all, from any task or
 /// thread. Get it from [`Server::hub`](crate::Server::hub); clones share it.
 ///

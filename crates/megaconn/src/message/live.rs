@@ -13,9 +13,9 @@ use crate::message::hub::ConnectionId;
 use crate::message::worker::Local;
 use crate::observe::close::CloseReason;
 
-/// A handler's close callback: `FramedHandler::on_close`,
-/// `WebSocketHandler::on_close`, as a plain function of the handler.
-pub(crate) type OnClose<H, S> = fn(&H, S, CloseReason);
+/// A handler's close callback: `FramedHandler::on_close_with_id`,
+/// `WebSocketHandler::on_close_with_id`, as a plain function of the handler.
+pub(crate) type OnClose<H, S> = fn(&H, ConnectionId, S, CloseReason);
 
 /// One awake connection's state and what must happen when it ends.
 pub(crate) struct Live<'h, H, S> {
@@ -93,9 +93,9 @@ impl<'h, H, S> Live<'h, H, S> {
     fn end(&mut self, reason: CloseReason) {
         if let Some(state) = self.state.take() {
             self.local.closed(self.id);
-            let (handler, on_close) = (self.handler, self.on_close);
+            let (handler, on_close, id) = (self.handler, self.on_close, self.id);
             let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                on_close(handler, state, reason)
+                on_close(handler, id, state, reason)
             }));
             if closed.is_err() {
                 crate::observe::stats::incr(&self.local.stats().panics);

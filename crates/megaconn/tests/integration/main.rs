@@ -58,6 +58,7 @@ mod tls_listeners;
 mod tls_park;
 mod tonic;
 mod ws;
+mod ws_api;
 mod ws_h2;
 
 /// The system allocator, noting the largest allocation it was asked for.

@@ -285,7 +285,7 @@ where
 }
 
 /// The next message the client reads that is not a ping or pong.
-async fn next_data<S>(client: &mut WebSocketStream<S>) -> Message
+pub(crate) async fn next_data<S>(client: &mut WebSocketStream<S>) -> Message
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {

@@ -210,7 +210,13 @@ pub(crate) async fn serve<H: FramedHandler>(
         Start::Accepted => {
             let id = local.new_id(fd);
             let session = Session::new(id, local.clone());
-            let mut live = Live::new(handler, H::on_close, H::State::default(), id, &local);
+            let mut live = Live::new(
+                handler,
+                H::on_close_with_id,
+                H::State::default(),
+                id,
+                &local,
+            );
             if let Err(reason) = live.open(|h, state| h.on_open(state, &session)) {
                 return Ended::Close(live.close(reason));
             }
@@ -224,7 +230,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             let id = local.id(fd, parked.generation);
             let timers = parked.timers();
             let session = Session::new(id, local.clone());
-            let live = Live::new(handler, H::on_close, parked.state, id, &local);
+            let live = Live::new(handler, H::on_close_with_id, parked.state, id, &local);
             let every = send_heartbeats.as_ref().map(|(every, _)| *every);
             match resume(timers, wake, now, due, every, counters) {
                 Ok(resumed) => {

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::conn::context::WorkerContext;
+use crate::message::hub::ConnectionId;
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::observe::close::CloseReason;
@@ -81,6 +82,15 @@ pub trait FramedHandler: Send + Sync + 'static {
     fn on_close(&self, state: Self::State, reason: CloseReason) {
         let _ = (state, reason);
     }
+
+    /// [`on_close`](FramedHandler::on_close) with the connection's id (the
+    /// one [`Session::id`] gave), to drop it from an application's own map
+    /// of ids without keeping a copy of it in every state. The server calls
+    /// this one; by default it calls `on_close`: implement one of the two.
+    fn on_close_with_id(&self, id: ConnectionId, state: Self::State, reason: CloseReason) {
+        let _ = id;
+        self.on_close(state, reason);
+    }
 }
 
 /// A boxed connection future: framed connections are boxed so the
@@ -135,7 +145,7 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
             // is caught, counted and logged instead of unwinding through the
             // parking lot's turn and killing the worker thread.
             let id = local.id(fd, parked.generation);
-            Live::new(&self.0, H::on_close, parked.state, id, &local).close(reason);
+            Live::new(&self.0, H::on_close_with_id, parked.state, id, &local).close(reason);
         }
     }
 

@@ -36,7 +36,7 @@ use crate::conn::transport::Transport;
 use crate::conn::woken::poll_once;
 use crate::observe::close::CloseReason;
 use crate::proto::ws::frame::{self, Decoder, Event, Limits};
-use crate::proto::ws::INTERNAL_ERROR;
+use crate::proto::ws::{INTERNAL_ERROR, TRY_AGAIN_LATER};
 
 /// The longest frame header: 2 bytes, a 64-bit length and a mask.
 const MAX_HEADER: usize = 2 + 8 + 4;
@@ -179,8 +179,9 @@ fn lone_close(read: &[u8]) -> bool {
 
 /// Tells a peer closed without a close handshake why, when it has to:
 /// silent past its heartbeat timeout, it gets a close frame 1011 (see
-/// [`INTERNAL_ERROR`]), and its answer is not awaited (it has not answered
-/// our pings). Without it a client that still hears us (a half-open path, a
+/// [`INTERNAL_ERROR`]); behind on what we send (its push queue
+/// overflowed), a 1013 (see [`TRY_AGAIN_LATER`]); its answer is not
+/// awaited (it has not answered our pings, or does not read). Without it a client that still hears us (a half-open path, a
 /// stalled reader) saw the TCP close alone: 1006, abnormal closure.
 ///
 /// All or nothing: if the socket takes none of the frame at once, none is
@@ -191,10 +192,12 @@ fn lone_close(read: &[u8]) -> bool {
 /// whole and its close sends it. It dropped the rest: the peer read a frame
 /// cut short, a protocol error, where it should have read why.
 pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason) {
-    if reason != CloseReason::HeartbeatTimeout {
-        return;
-    }
-    frame::encode_close(conn.wbuf(), INTERNAL_ERROR, "heartbeat timeout");
+    let (code, why) = match reason {
+        CloseReason::HeartbeatTimeout => (INTERNAL_ERROR, "heartbeat timeout"),
+        CloseReason::SlowConsumer => (TRY_AGAIN_LATER, "slow consumer"),
+        _ => return,
+    };
+    frame::encode_close(conn.wbuf(), code, why);
     let queued = conn.wbuf_len();
     let flushed = poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx))));
     if flushed.is_pending() && conn.wbuf_len() == queued {

@@ -127,7 +127,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let mut conn = ConnIo::new(io, ctx.clone());
     // permessage-deflate, as the handshake agreed (kept across parking).
     let deflate = match start {
-        Start::Upgraded(_, deflate) | Start::Woken(_, deflate) => deflate,
+        Start::Upgraded(_, deflate, _) | Start::Woken(_, deflate) => deflate,
     };
     let codec = deflate.map(|d| (&*tables.codec, d));
     // A socket woken because it is readable goes back to the lot only after
@@ -147,7 +147,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     // `park_idle_after`): this wake parks as a cold one would.
     let mut pinged = false;
     let (mut live, session) = match start {
-        Start::Upgraded(read_ahead, _) => {
+        Start::Upgraded(read_ahead, _, opened) => {
             if !read_ahead.is_empty() {
                 conn.rbuf_and_io().0.extend_from_slice(&read_ahead);
             }
@@ -155,8 +155,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let session = WsSession::new(Session::new(id, tables.local.clone()));
             let mut live = Live::new(
                 &route.handler,
-                H::on_close,
-                H::State::default(),
+                H::on_close_with_id,
+                // The upgrade hook's state (of this route: its type).
+                opened
+                    .and_then(|state| state.downcast::<H::State>().ok())
+                    .map_or_else(H::State::default, |state| *state),
                 id,
                 &tables.local,
             );
@@ -174,7 +177,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let id = tables.local.id(fd, parked.generation);
             let timers = parked.timers();
             let session = WsSession::new(Session::new(id, tables.local.clone()));
-            let live = Live::new(&route.handler, H::on_close, parked.state, id, &tables.local);
+            let live = Live::new(
+                &route.handler,
+                H::on_close_with_id,
+                parked.state,
+                id,
+                &tables.local,
+            );
             match crate::message::wake::resume(
                 timers,
                 wake,

@@ -78,6 +78,16 @@ pub trait WebSocketHandler: Send + Sync + 'static {
     fn on_close(&self, state: Self::State, reason: CloseReason) {
         let _ = (state, reason);
     }
+
+    /// [`on_close`](WebSocketHandler::on_close) with the connection's id
+    /// (the one [`WsSession::id`] gave), to drop it from an application's
+    /// own map of ids (nick to id, device to id) without keeping a copy of
+    /// it in every state. The server calls this one; by default it calls
+    /// `on_close`: implement one of the two.
+    fn on_close_with_id(&self, id: ConnectionId, state: Self::State, reason: CloseReason) {
+        let _ = id;
+        self.on_close(state, reason);
+    }
 }
 
 /// A WebSocket as its handler sees it while handling one message: its id
@@ -212,7 +222,14 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
         // topics, and a panic in `on_close` is caught, counted and logged,
         // so the caller still sends the 1001 (and the lot's turn goes on).
         let id = tables.local.id(fd, parked.generation);
-        Live::new(&self.handler, H::on_close, parked.state, id, &tables.local).close(reason);
+        Live::new(
+            &self.handler,
+            H::on_close_with_id,
+            parked.state,
+            id,
+            &tables.local,
+        )
+        .close(reason);
         reason == CloseReason::Shutdown && !parked.behind
     }
 }

@@ -107,11 +107,23 @@ pub(crate) const INTERNAL_ERROR: u16 = 1011;
 /// policy"; not 1002, as the frames themselves broke no rule).
 pub(crate) const POLICY_VIOLATION: u16 = 1008;
 
-/// What a [`NativeUpgrade`] carries for this protocol: the route, and
-/// whether the handshake agreed to permessage-deflate.
+/// The close code sent to a slow consumer, whose push queue overflowed
+/// (RFC 6455 §7.4.1 via the IANA registry: 1013, try again later, "a
+/// temporary condition"). Not 1008 (policy violation): that says the peer
+/// broke a rule (we send it for a message over its time), which clients
+/// take as final; a slow consumer sent nothing wrong, it fell behind (a
+/// congested link, a busy tab), and reconnecting after a while is the
+/// right answer, which 1013 asks for.
+pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
+
+/// What a [`NativeUpgrade`] carries for this protocol: the route, whether
+/// the handshake agreed to permessage-deflate, and the state the route's
+/// upgrade hook gave (taken once, when the connection opens; behind a
+/// mutex only because the `101`'s extensions must be `Sync`).
 pub(crate) struct RouteRef {
     pub route: Arc<dyn ErasedRoute>,
     pub deflate: Option<Deflate>,
+    pub state: std::sync::Mutex<Option<route::UpgradeState>>,
 }
 
 /// A WebSocket's socket: a parkable one ([`WsSocket`]), or any other
@@ -219,8 +231,9 @@ pub(crate) fn parked_fd(io: &WsIo) -> RawFd {
 /// How a WebSocket comes to be served.
 pub(crate) enum Start {
     /// Just upgraded: bytes the client sent after its handshake, a fresh
-    /// state, `on_open`; permessage-deflate if the handshake agreed to it.
-    Upgraded(Bytes, Option<Deflate>),
+    /// state, `on_open`; permessage-deflate if the handshake agreed to it;
+    /// the state the route's upgrade hook gave (else `State::default()`).
+    Upgraded(Bytes, Option<Deflate>, Option<route::UpgradeState>),
     /// Woken from the parking lot: its state waits in its route's side
     /// table (taken by the typed code, which knows the state's type), with
     /// the permessage-deflate terms it parked with.
@@ -455,7 +468,8 @@ where
         Ok(socket) => Either::Left(socket),
         Err(io) => Either::Right(io),
     };
-    let start = Start::Upgraded(read_ahead, route.deflate);
+    let state = route.state.lock().ok().and_then(|mut state| state.take());
+    let start = Start::Upgraded(read_ahead, route.deflate, state);
     route.route.clone().serve(io, ctx, start)
 }
 

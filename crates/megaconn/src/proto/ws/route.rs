@@ -8,11 +8,15 @@
 //! to the dispatcher and this protocol, not to a task; or `400`/`403`/`426`
 //! with the reason.
 
+use std::any::Any;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, Either, FutureExt};
+use http::request::Parts;
 use http::{HeaderValue, Request, Response};
 use tower_service::Service;
 
@@ -20,7 +24,7 @@ use crate::message::DEFAULT_MESSAGE_TIMEOUT;
 use crate::proto::ws::frame::Limits;
 use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler};
 use crate::proto::ws::{handshake, RouteRef};
-use crate::service::upgrade::NativeUpgrade;
+use crate::service::upgrade::{NativeRefusal, NativeUpgrade};
 
 /// Default [`WebSocketRoute::max_message_bytes`]: 16 MiB (tungstenite's
 /// frame default; large enough for the Autobahn cases' 16 MiB messages).
@@ -123,10 +127,22 @@ pub(crate) struct Settings {
     pub message_timeout: Option<Duration>,
     /// permessage-deflate on offer.
     pub deflate: bool,
+    /// [`WebSocketRoute::on_upgrade`]'s hook, its state erased.
+    pub upgrade: Option<Box<UpgradeHook>>,
 }
 
 /// The origin hook.
 pub(crate) type OriginCheck = Box<handshake::OriginFn>;
+
+/// A handshake's state as it travels to the connection: boxed (for a
+/// handshake's time; a state of size 0 allocates nothing) and `Send`, as
+/// the `101`'s extensions must be.
+pub(crate) type UpgradeState = Box<dyn Any + Send>;
+
+/// [`WebSocketRoute::on_upgrade`]'s hook with the handler's state type
+/// erased.
+pub(crate) type UpgradeHook =
+    dyn Fn(Parts) -> BoxFuture<'static, Result<UpgradeState, Response<String>>> + Send + Sync;
 
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,6 +155,7 @@ impl std::fmt::Debug for Settings {
             .field("close_timeout", &self.close_timeout)
             .field("message_timeout", &self.message_timeout)
             .field("deflate", &self.deflate)
+            .field("upgrade", &self.upgrade.is_some())
             .finish()
     }
 }
@@ -162,6 +179,7 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
                     close_timeout: DEFAULT_WS_CLOSE_TIMEOUT,
                     message_timeout: Some(DEFAULT_MESSAGE_TIMEOUT),
                     deflate: false,
+                    upgrade: None,
                 },
             }),
         }
@@ -307,6 +325,68 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
         self.settings().deflate = on;
         self
     }
+
+    /// Runs `hook` at each handshake the route accepts, before the `101`,
+    /// with the request's head (method, URI with its query, headers, and
+    /// extensions: the peer's address as [`ConnInfo`](crate::ConnInfo) with
+    /// [`Builder::connect_info`](crate::Builder::connect_info), axum's path
+    /// parameters for `axum::extract::Path`, what middleware put there): it gives the connection's first
+    /// [`State`](WebSocketHandler::State) (then `on_open` runs with it), or
+    /// the answer that refuses it (a `401`, a `403`, a `404` for a room
+    /// that does not exist), written instead of the `101`. Without a hook
+    /// every connection starts with `State::default()`.
+    ///
+    /// The hook is async (a token looked up elsewhere); the connection
+    /// waits for it as any request waits for its handler (bound it as you
+    /// bound those, e.g. with tower's timeout layer).
+    /// What it returns is all a connection keeps of its request: the state
+    /// (hence `Send`, as it travels with the `101`).
+    ///
+    /// ```no_run
+    /// use http::{request::Parts, Response, StatusCode};
+    /// use megaconn::{WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
+    ///
+    /// /// A chat room's member: the room, from `?room=`.
+    /// struct Chat;
+    /// impl WebSocketHandler for Chat {
+    ///     type State = String;
+    ///     fn on_open(&self, room: &mut String, session: &WsSession) {
+    ///         let _ = session.subscribe(room);
+    ///     }
+    ///     async fn on_message(&self, _: &mut String, m: WsMessage, _: &WsSession) -> Option<WsMessage> {
+    ///         Some(m)
+    ///     }
+    /// }
+    ///
+    /// let route = WebSocketRoute::new(Chat).on_upgrade(|head: Parts| async move {
+    ///     let query = head.uri.query().unwrap_or_default();
+    ///     if !query.split('&').any(|kv| kv == "token=let-me-in") {
+    ///         let mut refused = Response::new("bad token\n".to_owned());
+    ///         *refused.status_mut() = StatusCode::UNAUTHORIZED;
+    ///         return Err(refused);
+    ///     }
+    ///     let room = query.split('&').find_map(|kv| kv.strip_prefix("room="));
+    ///     Ok(room.unwrap_or("lobby").to_owned())
+    /// });
+    /// let app: axum::Router = axum::Router::new().route_service("/chat", route);
+    /// ```
+    pub fn on_upgrade<F, Fut>(mut self, hook: F) -> Self
+    where
+        H::State: Send,
+        F: Fn(Parts) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<H::State, Response<String>>> + Send + 'static,
+    {
+        // The refusal is a whole response (136 B): once per handshake the
+        // hook refuses, not worth a box in the user's signature.
+        #[allow(clippy::result_large_err)]
+        let erased = move |head| {
+            hook(head)
+                .map(|opened| opened.map(|state| Box::new(state) as UpgradeState))
+                .boxed()
+        };
+        self.settings().upgrade = Some(Box::new(erased));
+        self
+    }
 }
 
 impl<H: WebSocketHandler> WebSocketRoute<H> {
@@ -321,7 +401,12 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
 impl<H: WebSocketHandler, B> Service<Request<B>> for WebSocketRoute<H> {
     type Response = Response<String>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+    /// Ready at once, unless an [`on_upgrade`](WebSocketRoute::on_upgrade)
+    /// hook runs.
+    type Future = Either<
+        std::future::Ready<Result<Response<String>, Infallible>>,
+        BoxFuture<'static, Result<Response<String>, Infallible>>,
+    >;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -335,27 +420,56 @@ impl<H: WebSocketHandler, B> Service<Request<B>> for WebSocketRoute<H> {
             settings.origin.as_deref(),
             settings.deflate,
         );
-        let response = match checked {
-            Ok(accepted) => {
-                let mut response = accepted.response();
-                let route: Arc<dyn ErasedRoute> = self.route.clone();
-                let deflate = accepted.deflate.map(|(deflate, _)| deflate);
-                response
-                    .extensions_mut()
-                    .insert(NativeUpgrade(Arc::new(RouteRef { route, deflate })));
-                response
-            }
+        let accepted = match checked {
+            Ok(accepted) => accepted,
             Err(rejection) => {
                 tracing::debug!(
                     status = rejection.status.as_u16(),
                     reason = rejection.reason,
                     "WebSocket handshake refused"
                 );
-                rejection.response()
+                return Either::Left(std::future::ready(Ok(rejection.response())));
             }
         };
-        std::future::ready(Ok(response))
+        let route: Arc<dyn ErasedRoute> = self.route.clone();
+        let Some(hook) = &settings.upgrade else {
+            return Either::Left(std::future::ready(Ok(upgraded(&accepted, route, None))));
+        };
+        let opened = hook(request.into_parts().0);
+        Either::Right(Box::pin(async move {
+            Ok(match opened.await {
+                Ok(state) => upgraded(&accepted, route, Some(state)),
+                Err(mut refused) => {
+                    tracing::debug!(
+                        status = refused.status().as_u16(),
+                        "WebSocket handshake refused by WebSocketRoute::on_upgrade"
+                    );
+                    refused.extensions_mut().insert(NativeRefusal);
+                    refused
+                }
+            })
+        }))
     }
+}
+
+/// The `101` for an accepted handshake, marked for the engine to hand the
+/// socket to `route` (with the state the upgrade hook gave, if any).
+fn upgraded(
+    accepted: &handshake::Accepted,
+    route: Arc<dyn ErasedRoute>,
+    state: Option<UpgradeState>,
+) -> Response<String> {
+    let mut response = accepted.response();
+    let deflate = accepted.deflate.as_ref().map(|(deflate, _)| *deflate);
+    let state = Mutex::new(state);
+    response
+        .extensions_mut()
+        .insert(NativeUpgrade(Arc::new(RouteRef {
+            route,
+            deflate,
+            state,
+        })));
+    response
 }
 
 #[cfg(test)]

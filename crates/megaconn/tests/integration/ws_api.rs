@@ -1,0 +1,379 @@
+//! The native WebSocket API's reach beyond one message, over real sockets
+//! with tungstenite's client (and raw bytes for what a client hides): the
+//! upgrade hook that gives a connection its state from the request (path,
+//! query, peer address) or refuses it before the `101`; the id a handler
+//! hears at the close (awake or parked; and a framed handler's); the close
+//! frame a slow consumer gets; a [`ConnectionId`] kept as a number and
+//! back. Every wait is bounded and waits on a condition.
+
+use crate::common;
+use crate::ws::next_data;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Path;
+use axum::RequestPartsExt;
+use bytes::Bytes;
+use common::SAFETY;
+use futures_util::SinkExt;
+use http::request::Parts;
+use http::{Response, StatusCode};
+use megaconn::{
+    Builder, CloseReason, ConnInfo, ConnectionId, FramedHandler, Framing, Hub, Server,
+    ServerHandle, Session, ShutdownSummary, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A chat member: its state is what the upgrade hook made of the request
+/// (`room from peer-ip`). `who` is answered with the state; `wait` reports
+/// it is busy and waits for a permit of the gate, then answers `waited`;
+/// anything else is echoed. Opens report the id, closes the id, the state
+/// and the reason (through `on_close_with_id` only).
+struct Chat {
+    opens: mpsc::UnboundedSender<ConnectionId>,
+    closes: mpsc::UnboundedSender<(ConnectionId, String, CloseReason)>,
+    busy: mpsc::UnboundedSender<()>,
+    gate: Arc<Semaphore>,
+}
+
+impl WebSocketHandler for Chat {
+    type State = String;
+
+    fn on_open(&self, _: &mut String, session: &WsSession) {
+        let _ = self.opens.send(session.id());
+    }
+
+    async fn on_message(
+        &self,
+        state: &mut String,
+        message: WsMessage,
+        _: &WsSession,
+    ) -> Option<WsMessage> {
+        match message.as_bytes() {
+            b"who" => Some(state.clone().into()),
+            b"wait" => {
+                let _ = self.busy.send(());
+                self.gate.acquire().await.expect("gate open").forget();
+                Some("waited".into())
+            }
+            _ => Some(message),
+        }
+    }
+
+    fn on_close_with_id(&self, id: ConnectionId, state: String, reason: CloseReason) {
+        let _ = self.closes.send((id, state, reason));
+    }
+}
+
+/// The upgrade hook: `?token=good` or 401; the room from the path (axum's
+/// `Path`), the peer's address from megaconn's `ConnInfo`
+/// (`Builder::connect_info`). (The refusal is a whole response, once per
+/// refused handshake.)
+#[allow(clippy::result_large_err)]
+async fn admit(mut head: Parts) -> Result<String, Response<String>> {
+    if head.uri.query() != Some("token=good") {
+        let mut refused = Response::new("bad token\n".to_owned());
+        *refused.status_mut() = StatusCode::UNAUTHORIZED;
+        return Err(refused);
+    }
+    let Path(room) = head
+        .extract::<Path<String>>()
+        .await
+        .map_err(|_| Response::new("no room\n".to_owned()))?;
+    let peer = head.extensions.get::<ConnInfo>().expect("a peer").peer;
+    Ok(format!("{room} from {}", peer.ip()))
+}
+
+/// A server on 127.0.0.1:0, one worker, serving [`Chat`] at `/chat/{room}`
+/// with the [`admit`] hook.
+struct ChatServer {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    hub: Hub,
+    opens: mpsc::UnboundedReceiver<ConnectionId>,
+    closes: mpsc::UnboundedReceiver<(ConnectionId, String, CloseReason)>,
+    busy: mpsc::UnboundedReceiver<()>,
+    gate: Arc<Semaphore>,
+    task: tokio::task::JoinHandle<ShutdownSummary>,
+}
+
+impl ChatServer {
+    async fn start(builder: Builder) -> ChatServer {
+        let mut server = builder
+            .connect_info(true)
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap())
+            .listen()
+            .expect("server binds");
+        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
+        let (opened, opens) = mpsc::unbounded_channel();
+        let (closed, closes) = mpsc::unbounded_channel();
+        let (was_busy, busy) = mpsc::unbounded_channel();
+        let gate = Arc::new(Semaphore::new(0));
+        let chat = Chat {
+            opens: opened,
+            closes: closed,
+            busy: was_busy,
+            gate: gate.clone(),
+        };
+        let route = WebSocketRoute::new(chat).on_upgrade(admit);
+        let app = axum::Router::new().route_service("/chat/{room}", route);
+        let running = server.start(app).expect("server starts").run();
+        let task = tokio::spawn(running);
+        ChatServer {
+            addr,
+            handle,
+            hub,
+            opens,
+            closes,
+            busy,
+            gate,
+            task,
+        }
+    }
+
+    async fn client(&self, path: &str) -> Client {
+        let url = format!("ws://{}{path}", self.addr);
+        let (client, response) =
+            tokio::time::timeout(SAFETY, tokio_tungstenite::connect_async(url))
+                .await
+                .expect("handshake in time")
+                .expect("handshake");
+        assert_eq!(response.status(), 101);
+        client
+    }
+
+    async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
+        tokio::time::timeout(SAFETY, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("handler gone")
+    }
+
+    async fn stop(self) -> ShutdownSummary {
+        self.handle.shutdown();
+        tokio::time::timeout(SAFETY, self.task)
+            .await
+            .expect("server stops")
+            .expect("server task")
+    }
+}
+
+/// The route's state comes from the request: the room from the path, the
+/// token from the query, the peer's address; two rooms, two states. Before
+/// the hook, a native handler saw nothing of its request (every state was
+/// `State::default()`), so `/chat/{room}` or `?token=` could not be served.
+#[tokio::test]
+async fn the_upgrade_hook_gives_each_connection_its_state_from_the_request() {
+    let mut server = ChatServer::start(Server::builder()).await;
+    let mut red = server.client("/chat/red?token=good").await;
+    let mut blue = server.client("/chat/blue?token=good").await;
+    for (client, want) in [(&mut red, "red"), (&mut blue, "blue")] {
+        client.send(Message::text("who")).await.unwrap();
+        assert_eq!(
+            next_data(client).await,
+            Message::text(format!("{want} from 127.0.0.1"))
+        );
+    }
+    red.close(None).await.unwrap();
+    let (_, state, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(
+        (state.as_str(), reason),
+        ("red from 127.0.0.1", CloseReason::ClientClosed)
+    );
+    server.stop().await;
+}
+
+/// A refused handshake gets the hook's answer, not a `101`, and no
+/// connection opens.
+#[tokio::test]
+async fn a_handshake_the_hook_refuses_gets_its_answer_and_no_101() {
+    let mut server = ChatServer::start(Server::builder()).await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"GET /chat/red?token=bad HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0; 12];
+    tokio::time::timeout(SAFETY, s.read_exact(&mut head))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(head, b"HTTP/1.1 401");
+    // tungstenite's client sees the refusal too.
+    let url = format!("ws://{}/chat/red", server.addr);
+    let refused = tokio_tungstenite::connect_async(url).await.unwrap_err();
+    assert!(
+        matches!(&refused, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401),
+        "{refused:?}"
+    );
+    // A good one opens: the first open is it, so the refused ones opened none.
+    let good = server.client("/chat/red?token=good").await;
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    assert!(server.opens.try_recv().is_err());
+    drop(good);
+    let (closed, _, _) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(closed, id);
+    server.stop().await;
+}
+
+/// `on_close_with_id` hears the id `on_open` saw, so an application's map
+/// of ids needs no copy of the id in each state.
+#[tokio::test]
+async fn on_close_with_id_gets_the_connections_id() {
+    let mut server = ChatServer::start(Server::builder()).await;
+    let mut first = server.client("/chat/a?token=good").await;
+    let a = ChatServer::next(&mut server.opens, "on_open").await;
+    let second = server.client("/chat/b?token=good").await;
+    let b = ChatServer::next(&mut server.opens, "on_open").await;
+    assert_ne!(a, b);
+    drop(second);
+    let (closed, state, _) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!((closed, state.as_str()), (b, "b from 127.0.0.1"));
+    first.close(None).await.unwrap();
+    let (closed, _, _) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(closed, a);
+    server.stop().await;
+}
+
+/// A parked WebSocket the lot closes (shutdown) is told its id too: its id
+/// is rebuilt from the side table's generation, not kept.
+#[tokio::test]
+async fn on_close_with_id_gets_a_parked_connections_id() {
+    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let mut server = ChatServer::start(builder).await;
+    let _client = server.client("/chat/a?token=good").await;
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
+    server.handle.shutdown();
+    let (closed, state, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!((closed, state.as_str()), (id, "a from 127.0.0.1"));
+    assert_eq!(reason, CloseReason::Shutdown);
+    server.stop().await;
+}
+
+/// A framed handler that reports ids: at the open, and at the close through
+/// `on_close_with_id`.
+struct FramedIds {
+    opens: mpsc::UnboundedSender<ConnectionId>,
+    closes: mpsc::UnboundedSender<ConnectionId>,
+}
+
+impl FramedHandler for FramedIds {
+    type State = ();
+
+    fn on_open(&self, _: &mut (), session: &Session) {
+        let _ = self.opens.send(session.id());
+    }
+
+    async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
+        Some(frame)
+    }
+
+    fn on_close_with_id(&self, id: ConnectionId, _: (), _: CloseReason) {
+        let _ = self.closes.send(id);
+    }
+}
+
+/// The framed protocol's `on_close_with_id` hears the closed connection's
+/// id, the one its `on_open` saw.
+#[tokio::test]
+async fn a_framed_handlers_on_close_with_id_gets_the_connections_id() {
+    let server = Server::builder()
+        .workers(1)
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+        .listen()
+        .expect("server binds");
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let (opened, mut opens) = mpsc::unbounded_channel();
+    let (closed, mut closes) = mpsc::unbounded_channel();
+    let handler = FramedIds {
+        opens: opened,
+        closes: closed,
+    };
+    let running = server.start_framed(handler).expect("server starts").run();
+    let task = tokio::spawn(running);
+    let first = TcpStream::connect(addr).await.unwrap();
+    let a = ChatServer::next(&mut opens, "on_open").await;
+    let second = TcpStream::connect(addr).await.unwrap();
+    let b = ChatServer::next(&mut opens, "on_open").await;
+    drop(second);
+    assert_eq!(ChatServer::next(&mut closes, "on_close").await, b);
+    drop(first);
+    assert_eq!(ChatServer::next(&mut closes, "on_close").await, a);
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .expect("server task");
+}
+
+/// A connection whose outbound queue overflows while its handler is busy is
+/// closed as a slow consumer with a close frame 1013 (try again later) when
+/// its socket takes one at once: it got the TCP close alone, which a client
+/// reports as 1006 (abnormal closure).
+#[tokio::test]
+async fn a_slow_consumer_gets_a_1013() {
+    let mut server =
+        ChatServer::start(Server::builder().park_idle_after(None).outbound_queue(3)).await;
+    let mut client = server.client("/chat/a?token=good").await;
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    client.send(Message::text("wait")).await.unwrap();
+    ChatServer::next(&mut server.busy, "the handler busy").await;
+    // Three fit in the queue, the fourth does not.
+    for i in 0..4 {
+        assert_eq!(server.hub.send(id, format!("push {i}")), Ok(()));
+    }
+    common::wait_stats(&server.handle, "a queue drop", |s| {
+        s.messages.queue_drops == 1
+    })
+    .await;
+    server.gate.add_permits(1);
+    assert_eq!(next_data(&mut client).await, Message::text("waited"));
+    let Message::Close(Some(close)) = next_data(&mut client).await else {
+        panic!("a close frame");
+    };
+    assert_eq!(close.code, CloseCode::Again);
+    assert_eq!(close.reason.as_str(), "slow consumer");
+    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(reason, CloseReason::SlowConsumer);
+    server.stop().await;
+}
+
+/// A `ConnectionId` kept as a number gives the same id back (a push by it
+/// arrives) and shows as `worker:descriptor:generation`; a number of
+/// another process (another tag) or of no id gives none.
+#[tokio::test]
+async fn a_connection_id_round_trips_through_u128() {
+    let mut server = ChatServer::start(Server::builder()).await;
+    let mut client = server.client("/chat/a?token=good").await;
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    let n = id.as_u128();
+    let back = ConnectionId::from_u128(n).expect("this process's number");
+    assert_eq!(back, id);
+    assert_eq!(server.hub.send(back, "by number"), Ok(()));
+    assert_eq!(next_data(&mut client).await, Message::text("by number"));
+    let shown = id.to_string();
+    let parts: Vec<&str> = shown.split(':').collect();
+    assert_eq!(parts.len(), 3, "{shown}");
+    assert_eq!(parts[0], "0", "one worker: {shown}");
+    assert_eq!(
+        u128::from(parts[2].parse::<u64>().unwrap()),
+        n & ((1 << 46) - 1)
+    );
+    // Another process's tag (bits 46-63 of the low word), or none at all.
+    assert_eq!(ConnectionId::from_u128(n ^ (1 << 46)), None);
+    server.stop().await;
+}
