@@ -515,6 +515,9 @@ pub(crate) enum Delivered {
     Behind,
     /// Not a parked connection of that generation (or not framable for it).
     NotParked,
+    /// Another connection holds the descriptor now: the one sought has
+    /// closed (a descriptor names one open socket at a time).
+    Replaced,
 }
 
 /// What a non-blocking write to a parked socket did.

@@ -13,7 +13,6 @@
 //! for a reply meanwhile.) Only connections that subscribe have an entry:
 //! a parked connection that does not keeps nothing here.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -118,16 +117,19 @@ impl Topics {
             return Ok(());
         }
         let known = known.map(|(key, _)| key.clone());
+        if let Some(stale) = self.connections.get(&fd).map(|c| c.generation) {
+            if stale != generation {
+                // An entry of a connection that closed on this descriptor
+                // and was never reported closed: it leaves its topics now.
+                // (Clearing only its list left its entries in every topic
+                // it held, each topic kept alive by them for good.)
+                self.forget(fd);
+            }
+        }
         let mine = self.connections.entry(fd).or_insert_with(|| Subscribed {
             generation,
             topics: Vec::new(),
         });
-        if mine.generation != generation {
-            // A stale entry of a closed connection on the same descriptor
-            // (its subscribers' generations tell them apart).
-            mine.generation = generation;
-            mine.topics.clear();
-        }
         if mine.topics.len() >= self.limit {
             if mine.topics.is_empty() {
                 self.connections.remove(&fd);
@@ -174,17 +176,28 @@ impl Topics {
         }
     }
 
-    /// Connection `id` closed: it leaves its topics.
+    /// Connection `id` closed: it leaves its topics. (Also what a delivery
+    /// calls when it finds a subscriber's descriptor held by another
+    /// connection: one never reported closed, `worker.rs`.)
     pub(crate) fn closed(&mut self, id: ConnectionId) {
         let (fd, generation) = (id.fd(), id.generation());
-        let Entry::Occupied(mine) = self.connections.entry(fd) else {
+        if self
+            .connections
+            .get(&fd)
+            .is_some_and(|mine| mine.generation == generation)
+        {
+            self.forget(fd);
+        }
+    }
+
+    /// The connection subscribed at `fd`, whatever its generation, leaves
+    /// every topic it holds.
+    fn forget(&mut self, fd: RawFd) {
+        let Some(mine) = self.connections.remove(&fd) else {
             return;
         };
-        if mine.get().generation != generation {
-            return;
-        }
-        for topic in mine.remove().topics {
-            self.leave(&topic, fd, generation);
+        for topic in mine.topics {
+            self.leave(&topic, fd, mine.generation);
         }
     }
 
@@ -315,19 +328,47 @@ mod tests {
     }
 
     /// A connection that was never reported closed, its descriptor reused:
-    /// the new one starts with no topics, and the old one's subscriptions
-    /// reach no one of the new.
+    /// the new one starts with no topics, and the old one leaves every
+    /// topic it held as soon as the new one subscribes (before, only its
+    /// list was cleared: its entries stayed in each of its topics, and kept
+    /// each topic alive, for the life of the worker).
     #[test]
-    fn a_stale_entry_is_replaced() {
-        let mut topics = Topics::new(1);
+    fn a_stale_entry_leaves_its_topics_when_its_descriptor_subscribes() {
+        let mut topics = Topics::new(2);
         assert_eq!(topics.subscribe(id(4, 1), "old"), Ok(()));
+        assert_eq!(topics.subscribe(id(4, 1), "shared"), Ok(()));
+        assert_eq!(topics.subscribe(id(8, 3), "shared"), Ok(()));
         assert_eq!(topics.subscribe(id(4, 2), "new"), Ok(()), "not counted");
         assert_eq!(members(&topics, "new"), [(4, 2)]);
-        assert_eq!(members(&topics, "old"), [(4, 1)]);
+        assert!(topics.members("old").is_empty(), "the stale entry left");
+        assert!(!topics.members.contains_key("old"), "and its topic went");
+        assert_eq!(members(&topics, "shared"), [(8, 3)]);
+        check_slots(&topics, 4);
         topics.unsubscribe(id(4, 2), "old");
-        assert_eq!(members(&topics, "old"), [(4, 1)]);
+        topics.closed(id(4, 1));
+        assert_eq!(
+            members(&topics, "new"),
+            [(4, 2)],
+            "a stale close: no change"
+        );
         topics.closed(id(4, 2));
-        assert!(topics.members("new").is_empty());
+        topics.closed(id(8, 3));
+        assert!(topics.members.is_empty() && topics.connections.is_empty());
+    }
+
+    /// A thousand connections on one descriptor, each closed without a
+    /// report, each on a topic of its own: what the worker holds stays one
+    /// connection's (before, a topic per stale connection piled up).
+    #[test]
+    fn unreported_closes_on_a_reused_descriptor_do_not_pile_up() {
+        let mut topics = Topics::new(4);
+        for generation in 1..=1000 {
+            let topic = format!("room-{generation}");
+            assert_eq!(topics.subscribe(id(5, generation), &topic), Ok(()));
+            assert_eq!(topics.subscribe(id(5, generation), "lobby"), Ok(()));
+        }
+        assert_eq!(topics.members.len(), 2, "{:?}", topics.members.keys());
+        assert_eq!(members(&topics, "lobby"), [(5, 1000)]);
     }
 
     /// Random subscribes and unsubscribes keep the list and the slots in

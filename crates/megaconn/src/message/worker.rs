@@ -276,7 +276,12 @@ impl Local {
                 return Step::Skipped;
             };
             let wires = self.wires.borrow();
-            self.deliver_one(fd, generation, &mut msg, &wires, &sets);
+            if self.deliver_one(fd, generation, &mut msg, &wires, &sets) == Delivered::Replaced {
+                // A subscriber that closed without its close reaching its
+                // topics (`Topics`): it leaves them now, each stale entry
+                // once, instead of staying in them for good.
+                self.topics.borrow_mut().closed(self.id(fd, generation));
+            }
             if owed > 0 {
                 owed -= 1;
                 gauge_own(pending, -1);
@@ -289,7 +294,9 @@ impl Local {
         gauge_own(pending, -owed.max(0));
     }
 
-    /// Delivers to one connection, awake or parked, if it is still open.
+    /// Delivers to one connection, awake or parked, if it is still open;
+    /// what it found at its descriptor ([`Delivered::Replaced`]: another
+    /// connection, so this one has closed).
     fn deliver_one(
         &self,
         fd: RawFd,
@@ -297,23 +304,23 @@ impl Local {
         msg: &mut Encoded,
         wires: &[Rc<dyn Wire>],
         sets: &[Rc<dyn ParkedSet>],
-    ) {
-        let inbox = self
-            .awake
-            .borrow()
-            .get(&fd)
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, inbox)| inbox.clone());
+    ) -> Delivered {
+        let inbox = match self.awake.borrow().get(&fd) {
+            Some((g, inbox)) if *g == generation => Some(inbox.clone()),
+            Some(_) => return Delivered::Replaced,
+            None => None,
+        };
         if let Some(inbox) = inbox {
             self.queue(&inbox, msg, wires);
-            return;
+            return Delivered::Sent;
         }
         for table in sets {
             let delivered = table.deliver(fd, generation, msg, wires, &self.stats.messages);
             if delivered != Delivered::NotParked {
-                return;
+                return delivered;
             }
         }
+        Delivered::NotParked
     }
 
     /// Every protocol's side table, as delivery targets (a copy of the list,
@@ -590,6 +597,63 @@ mod tests {
         // And the hub knows the worker is gone.
         assert_eq!(hub.broadcast("after"), Err(HubError::Stopped));
         assert_eq!(stats.messages.hub_queued.load(Relaxed), 0);
+    }
+
+    /// Frames a pushed message as it is (for tests).
+    struct Plain;
+
+    impl Wire for Plain {
+        fn encode(
+            &self,
+            payload: &Bytes,
+            out: &mut bytes::BytesMut,
+        ) -> Result<(), crate::observe::close::FramingError> {
+            out.extend_from_slice(payload);
+            Ok(())
+        }
+    }
+
+    /// A publish that finds a subscriber's descriptor held by another
+    /// connection (the subscriber closed, and its close never reached its
+    /// topics) takes the stale entry out of every topic it held: the next
+    /// publish does not look at it again, and its topics do not keep it.
+    /// The new connection on the descriptor gets nothing of the old one's.
+    #[tokio::test]
+    async fn a_publish_removes_a_subscriber_whose_descriptor_was_reused() {
+        let stats = Arc::new(WorkerStats::default());
+        let channels = Arc::new(crate::message::hub::HubChannels::new(
+            std::slice::from_ref(&stats),
+            16,
+            1 << 20,
+        ));
+        let mut config = crate::conn::config::Config::default();
+        crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(channels));
+        let ctx = WorkerContext::new(0, Arc::new(config), stats, None);
+        let set = tokio::task::LocalSet::new();
+        set.run_until(async {
+            let local = local(&ctx);
+            let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
+            let wire = table.wire(0);
+            let (stale, other) = (local.new_id(50), local.new_id(51));
+            for topic in ["news", "sport"] {
+                assert_eq!(local.subscribe(stale, topic), Ok(()));
+            }
+            assert_eq!(local.subscribe(other, "news"), Ok(()));
+            // `stale` closed unreported; a new connection has its descriptor.
+            let new = local.new_id(50);
+            let (new_awake, other_awake) = (local.awake(new, wire), local.awake(other, wire));
+            let (new_awake, other_awake) = (new_awake.unwrap(), other_awake.unwrap());
+            local.deliver(Push::Topic("news".into(), "hi".into())).await;
+            assert_eq!(other_awake.inbox.take().unwrap().len(), 1);
+            assert!(new_awake.inbox.is_empty(), "not the old one's message");
+            let topics = local.topics.borrow();
+            assert_eq!(topics.members("news"), [(51, other.generation())]);
+            assert!(
+                topics.members("sport").is_empty(),
+                "gone from all its topics"
+            );
+        })
+        .await;
     }
 
     /// A delivery to 3000 connections lets another task (a heartbeat's)
