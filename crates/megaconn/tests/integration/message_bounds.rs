@@ -68,6 +68,19 @@ impl Lines {
         }
     }
 
+    /// A server whose pump is held: its delivery rate is so low that
+    /// after the first slice of a broadcast (its one connection, returned)
+    /// it waits over a quarter of an hour, so what the hub takes next stays
+    /// queued.
+    async fn held(builder: Builder) -> (Lines, TcpStream) {
+        let server = Lines::start(builder.delivery_rate(Some(0.001))).await;
+        let mut s = server.connect().await;
+        assert_eq!(ask(&mut s, "hello").await, "hello");
+        assert_eq!(server.hub.broadcast("first"), Ok(()));
+        assert_eq!(read_line(&mut s).await, "first");
+        (server, s)
+    }
+
     async fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr).await.expect("connect");
         s.set_nodelay(true).unwrap();
@@ -170,16 +183,10 @@ async fn a_subscription_past_the_bound_is_refused_counted_and_the_connection_ser
 /// `hub_queue` limit hits; the `hub_queued` gauge shows the 31, and after
 /// the worker stops, nothing. (Before, only the count of messages was
 /// bounded, 65,536: all hundred were queued, and 8 KiB messages could hold
-/// 512 MiB per worker.) The pump is held as in the count bound's test: a
-/// delivery rate so low that after its first slice (the one connection)
-/// it waits over a quarter of an hour.
+/// 512 MiB per worker.) The pump is held ([`Lines::held`]).
 #[tokio::test]
 async fn large_hub_messages_over_the_byte_bound_are_refused_and_counted() {
-    let server = Lines::start(Server::builder().delivery_rate(Some(0.001))).await;
-    let mut s = server.connect().await;
-    assert_eq!(ask(&mut s, "hello").await, "hello");
-    assert_eq!(server.hub.broadcast("first"), Ok(()));
-    assert_eq!(read_line(&mut s).await, "first");
+    let (server, _s) = Lines::held(Server::builder()).await;
     // One payload, shared by every message: the test holds 1 MiB, the
     // queue counts each message's.
     let payload = Bytes::from(vec![b'x'; 1 << 20]);
@@ -206,16 +213,7 @@ async fn large_hub_messages_over_the_byte_bound_are_refused_and_counted() {
 /// empty queue, alone (else such a bound refused every large message).
 #[tokio::test]
 async fn a_message_larger_than_the_byte_bound_goes_alone() {
-    let server = Lines::start(
-        Server::builder()
-            .delivery_rate(Some(0.001))
-            .hub_queue_bytes(1000),
-    )
-    .await;
-    let mut s = server.connect().await;
-    assert_eq!(ask(&mut s, "hello").await, "hello");
-    assert_eq!(server.hub.broadcast("first"), Ok(()));
-    assert_eq!(read_line(&mut s).await, "first");
+    let (server, _s) = Lines::held(Server::builder().hub_queue_bytes(1000)).await;
     let big = Bytes::from(vec![b'y'; 4096]);
     assert_eq!(server.hub.broadcast(big.clone()), Ok(()));
     assert_eq!(server.hub.broadcast("small"), Err(HubError::QueueFull));
@@ -223,4 +221,40 @@ async fn a_message_larger_than_the_byte_bound_goes_alone() {
     assert_eq!(server.limit_hits("hub_queue"), 2);
     assert_eq!(server.handle.stats().messages.hub_queued, 1);
     server.stop().await;
+}
+
+/// While a slow delivery holds messages in the worker's queue, the metrics
+/// (the body of `/metrics`) show how full the queue is, in messages and in
+/// bytes: each message's payload, its topic for a publish, and its 56-byte
+/// entry, what `Builder::hub_queue_bytes` bounds. Both gauges are back to
+/// 0 once the worker stops. (Before, only the count was shown: a queue
+/// near its byte bound, which refuses messages while the count looks
+/// low, could not be seen.) The pump is held ([`Lines::held`]).
+#[tokio::test]
+async fn the_bytes_a_slow_delivery_holds_queued_are_a_gauge() {
+    let (server, _s) = Lines::held(Server::builder()).await;
+    let payload = Bytes::from(vec![b'x'; 1000]);
+    for _ in 0..3 {
+        assert_eq!(server.hub.broadcast(payload.clone()), Ok(()));
+    }
+    assert_eq!(server.hub.publish("topic", payload.clone()), Ok(()));
+    let bytes = 3 * (56 + 1000) + (56 + "topic".len() + 1000);
+    let metrics = server.handle.render_metrics();
+    for line in [
+        "megaconn_message_hub_queued 4\n".to_string(),
+        format!("megaconn_message_hub_queued_bytes {bytes}\n"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    assert_eq!(
+        server.handle.stats().messages.hub_queued_bytes,
+        bytes as u64
+    );
+    let handle = server.handle.clone();
+    server.stop().await;
+    let stats = handle.stats().messages;
+    assert_eq!((stats.hub_queued, stats.hub_queued_bytes), (0, 0));
+    assert!(handle
+        .render_metrics()
+        .contains("megaconn_message_hub_queued_bytes 0\n"));
 }
