@@ -75,7 +75,10 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 delivery_rate: settings.delivery_rate,
                 next_generation: Cell::new(0),
                 awake: RefCell::default(),
-                topics: RefCell::new(Topics::new(settings.max_subscriptions)),
+                topics: RefCell::new(Topics::new(
+                    settings.max_subscriptions,
+                    settings.max_topic_bytes,
+                )),
                 wires: RefCell::default(),
                 tables: RefCell::default(),
             });
@@ -175,21 +178,39 @@ impl Local {
     }
 
     /// Subscribes connection `id` to `topic` (again: no change), unless it
-    /// holds `max_subscriptions` topics already: refused, counted and
-    /// logged.
+    /// holds `max_subscriptions` topics already or the name is over
+    /// `max_topic_bytes`: refused, counted and logged.
     pub(crate) fn subscribe(&self, id: ConnectionId, topic: &str) -> Result<(), SubscribeError> {
         let subscribed = self.topics.borrow_mut().subscribe(id, topic);
-        if let Err(SubscribeError::TooMany { limit }) = subscribed {
-            LimitHit::MaxSubscriptions.count(&self.stats);
-            let over = OverLimit {
-                kind: Flood::TooManySubscriptions,
-                what: "a connection's subscription",
-                setting: "Builder::max_subscriptions",
-                size: None,
-                limit: limit as u64,
-            };
-            ratelog::over_limit(over, "refused (its handler gets SubscribeError::TooMany)");
-        }
+        let Err(refused) = subscribed else {
+            return subscribed;
+        };
+        let (hit, over, then) = match refused {
+            SubscribeError::TooMany { limit } => (
+                LimitHit::MaxSubscriptions,
+                OverLimit {
+                    kind: Flood::TooManySubscriptions,
+                    what: "a connection's subscription",
+                    setting: "Builder::max_subscriptions",
+                    size: None,
+                    limit: limit as u64,
+                },
+                "refused (its handler gets SubscribeError::TooMany)",
+            ),
+            SubscribeError::TopicTooLong { limit } => (
+                LimitHit::MaxTopicBytes,
+                OverLimit {
+                    kind: Flood::TooManySubscriptions,
+                    what: "a subscription's topic name",
+                    setting: "Builder::max_topic_bytes",
+                    size: Some(topic.len() as u64),
+                    limit: limit as u64,
+                },
+                "refused (its handler gets SubscribeError::TopicTooLong)",
+            ),
+        };
+        hit.count(&self.stats);
+        ratelog::over_limit(over, then);
         subscribed
     }
 

@@ -865,7 +865,7 @@ impl Collector for Snapshot {
         labelled(
             &mut e,
             "limit_hits",
-            "Times a limit or a malformed message cut something short, by which: a request refused, a connection closed (what closed{protocol_error} does not tell), a hub message dropped at a full worker queue (hub_queue), or a subscription refused to a connection at its bound (max_subscriptions).",
+            "Times a limit or a malformed message cut something short, by which: a request refused, a connection closed (what closed{protocol_error} does not tell), a hub message dropped at a full worker queue (hub_queue), or a subscription refused to a connection at its bound (max_subscriptions) or to a topic name over its bound (max_topic_bytes).",
             "limit",
             s.limit_hits.iter().copied(),
         )?;

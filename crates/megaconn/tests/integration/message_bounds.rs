@@ -1,6 +1,7 @@
 //! What one peer or one publisher can make a worker hold for the message
 //! connections, over real sockets: the topics a connection subscribes to
-//! (`Builder::max_subscriptions`), and the bytes of hub messages waiting
+//! (`Builder::max_subscriptions`) and their names
+//! (`Builder::max_topic_bytes`), and the bytes of hub messages waiting
 //! for a worker (`Builder::hub_queue_bytes`). Each bound refuses, counts
 //! (`megaconn_limit_hits_total`) and leaves the connection serving. Every
 //! wait is bounded and waits on a byte or a counter.
@@ -28,6 +29,7 @@ impl FramedHandler for Subscriber {
             Some(("sub", topic)) => match session.subscribe(topic) {
                 Ok(()) => "ok".to_string(),
                 Err(e @ SubscribeError::TooMany { .. }) => format!("refused: {e}"),
+                Err(e @ SubscribeError::TopicTooLong { .. }) => format!("too long: {e}"),
                 Err(e) => format!("other: {e}"),
             },
             Some(("unsub", topic)) => {
@@ -174,6 +176,42 @@ async fn a_subscription_past_the_bound_is_refused_counted_and_the_connection_ser
     for topic in ["x", "y", "z"] {
         assert_eq!(ask(&mut other, &format!("sub {topic}")).await, "ok");
     }
+    server.stop().await;
+}
+
+/// A topic's name is at most `max_topic_bytes` (256 by default): a longer
+/// one is refused with `SubscribeError::TopicTooLong`, counted and shown in
+/// the metrics; the connection stays open with its topics, and one at the
+/// bound is taken and delivered to. (Before, any name a peer's message
+/// could carry was kept while the connection was open: 1,024 of them, each
+/// as long as the listener's longest message, parked at no cost to it.)
+#[tokio::test]
+async fn a_topic_name_over_the_bound_is_refused_counted_and_the_connection_serves_on() {
+    assert_eq!(megaconn::DEFAULT_MAX_TOPIC_BYTES, 256);
+    let server = Lines::start(Server::builder()).await;
+    let mut s = server.connect().await;
+    let (at, over) = ("t".repeat(256), "t".repeat(257));
+    assert_eq!(ask(&mut s, &format!("sub {at}")).await, "ok");
+    let refused = ask(&mut s, &format!("sub {over}")).await;
+    assert!(
+        refused.starts_with("too long: ") && refused.contains("over 256 bytes"),
+        "{refused}"
+    );
+    assert_eq!(server.limit_hits("max_topic_bytes"), 1);
+    assert_eq!(server.limit_hits("max_subscriptions"), 0);
+    assert!(server
+        .handle
+        .render_metrics()
+        .contains("megaconn_limit_hits_total{limit=\"max_topic_bytes\"} 1"));
+    assert_eq!(server.hub.publish(&over, "not for you"), Ok(()));
+    assert_eq!(server.hub.publish(&at, "for you"), Ok(()));
+    assert_eq!(read_line(&mut s).await, "for you");
+    // A bound set lower holds for every connection.
+    let low = Lines::start(Server::builder().max_topic_bytes(3)).await;
+    let mut s = low.connect().await;
+    assert_eq!(ask(&mut s, "sub abc").await, "ok");
+    assert!(ask(&mut s, "sub abcd").await.contains("over 3 bytes"));
+    low.stop().await;
     server.stop().await;
 }
 
