@@ -31,8 +31,8 @@ use crate::message::hub::{ConnectionId, Generation};
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
 
 /// Default [`Builder::max_topic_bytes`](crate::Builder::max_topic_bytes):
-/// a topic's name is at most 256 bytes (AWS IoT Core's bound on its
-/// topics). A subscription keeps its topic's name for as long as the
+/// a topic's name is at most 256 bytes, room for a room's, a device's or
+/// a feed's name with its path. A subscription keeps its topic's name for as long as the
 /// connection is open, parked or awake, so without a bound
 /// `max_subscriptions` bounded the count and not the bytes: a peer of the
 /// demo's line listener that subscribed to 1,024 names of 8,000 bytes (its
