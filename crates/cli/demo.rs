@@ -177,7 +177,7 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 /// | `PING` | `PONG` |
 /// | `PID` | `pid <id>`: the process serving this connection (which worker process, with `--processes`) |
 /// | `SUB topic` | `subscribed: topic` (publishes to `topic` reach this connection) |
-/// | `SUB topic` past `--max-subscriptions` | `error: <why>` (the connection stays open) |
+/// | `SUB topic` past `--max-subscriptions`, or a name over `--max-topic-bytes` | `error: <why>` (the connection stays open) |
 /// | `UNSUB topic` | `unsubscribed: topic` |
 /// | `PUB topic text` | `published` (`text` goes to `topic`'s subscribers) |
 /// | `PUB * text` | `published` (`text` goes to every connection: a broadcast) |

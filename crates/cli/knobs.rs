@@ -377,6 +377,11 @@ impl Value {
         }
     }
 
+    /// A size, for a setting the library takes as a `usize`.
+    fn bytes_usize(self) -> Result<usize, String> {
+        usize::try_from(self.bytes()).map_err(|_| "too large".to_string())
+    }
+
     fn count<T: TryFrom<u64>>(self) -> Result<T, String> {
         match self {
             Value::Count(n) => T::try_from(n).map_err(|_| format!("{n} is too large")),
@@ -583,7 +588,7 @@ pub static KNOBS: &[Knob] = &[
         example: "4MiB",
         parse: size,
         apply: |v, s| {
-            let n = usize::try_from(v.bytes()).map_err(|_| "too large".to_string())?;
+            let n = v.bytes_usize()?;
             s.builder(|b| b.hub_queue_bytes(n))
         },
     },
@@ -599,6 +604,20 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| {
             let n = v.count()?;
             s.builder(|b| b.max_subscriptions(n))
+        },
+    },
+    Knob {
+        name: "max-topic-bytes",
+        value_name: "SIZE",
+        shape: Shape::One,
+        help: "Framed TCP and WebSocket: the longest topic name a connection may subscribe to.",
+        details: "A subscription to a longer name is refused (the demo answers `error: ...`; the connection stays open), counted in megaconn_limit_hits_total{limit=\"max_topic_bytes\"} and logged. A subscription keeps its topic's name while the connection is open, parked or not: without the bound 1,024 names of 8,000 bytes held 8 MiB per connection.",
+        default: "256B",
+        example: "1KiB",
+        parse: size,
+        apply: |v, s| {
+            let n = v.bytes_usize()?;
+            s.builder(|b| b.max_topic_bytes(n))
         },
     },
     Knob {
@@ -731,7 +750,7 @@ pub static KNOBS: &[Knob] = &[
         example: "16KiB",
         parse: size,
         apply: |v, s| {
-            let n = usize::try_from(v.bytes()).map_err(|_| "too large".to_string())?;
+            let n = v.bytes_usize()?;
             s.builder(|b| b.max_header_bytes(n))
         },
     },
@@ -1242,6 +1261,10 @@ mod tests {
         assert_eq!(
             default("max-subscriptions"),
             megaconn::DEFAULT_MAX_SUBSCRIPTIONS.to_string()
+        );
+        assert_eq!(
+            units::parse_size(default("max-topic-bytes")),
+            Ok(megaconn::DEFAULT_MAX_TOPIC_BYTES as u64)
         );
         assert_eq!(
             units::parse_size(default("hub-queue-bytes")),

@@ -37,7 +37,8 @@
 //!                          and what a protocol's Close / Park / HandOver means
 //!             framed.rs    the framed protocol's knobs on Builder / Server
 //!             message.rs   the message layer's: Server::hub, outbound_queue,
-//!                          hub_queue(_bytes), max_subscriptions
+//!                          hub_queue(_bytes), max_subscriptions,
+//!                          max_topic_bytes
 //!             stall.rs     the stall detector: a watchdog thread that sees a
 //!                          worker's event loop stay away (a blocking handler)
 //!     |
@@ -61,7 +62,7 @@
 //!             session.rs   Session: a connection as its handler sees it
 //!             table.rs     per-worker side table of parked connections' states
 //!             topics.rs    each topic's subscribers, each connection's topics
-//!                          (at most max_subscriptions)
+//!                          (at most max_subscriptions, of max_topic_bytes)
 //!             wake.rs      what a woken connection checks first (behind,
 //!                          heartbeat deadline, the server's heartbeat)
 //!             wire.rs      how a protocol frames a message; framed once per wire
@@ -157,8 +158,8 @@ pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
 pub use message::{
     ConnectionId, Hub, HubError, Session, SubscribeError, DEFAULT_HUB_QUEUE,
-    DEFAULT_HUB_QUEUE_BYTES, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MESSAGE_TIMEOUT,
-    DEFAULT_OUTBOUND_QUEUE, DEFAULT_WRITE_STALL_TIMEOUT,
+    DEFAULT_HUB_QUEUE_BYTES, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES,
+    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE, DEFAULT_WRITE_STALL_TIMEOUT,
 };
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};

@@ -42,7 +42,9 @@
 //! connection loses its messages). Dropping the newest keeps the queued
 //! ones in order. Each drop is counted
 //! (`megaconn_limit_hits_total{limit="hub_queue"}`) and logged (rate
-//! limited); the queue's length is the `megaconn_message_hub_queued` gauge.
+//! limited); the queue's length is the `megaconn_message_hub_queued` gauge,
+//! its bytes `megaconn_message_hub_queued_bytes` (each summed over the
+//! workers).
 //!
 //! The hub takes messages while the server runs: from
 //! [`Started::run`](crate::Started::run) (which `serve` calls), as the
@@ -59,8 +61,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -274,13 +276,11 @@ pub(crate) struct HubChannels {
 /// A worker's end of its hub channel. However it goes (its pump's task
 /// dropped when the worker stops, even before its first poll; or never
 /// taken, the server dropped or its start failed), what is left in it will
-/// never be delivered: it leaves the `hub_queued` gauge too.
+/// never be delivered: it leaves the `hub_queued` gauges too.
 #[derive(Debug)]
 pub(crate) struct HubQueue {
     rx: mpsc::UnboundedReceiver<Push>,
     stats: Arc<WorkerStats>,
-    /// The bytes in the queue (the lane's count).
-    bytes: Arc<AtomicI64>,
 }
 
 impl HubQueue {
@@ -295,8 +295,11 @@ impl HubQueue {
     /// The pump took `push` from the queue (or dropped it at the worker's
     /// end): its room is free again.
     fn taken(&self, push: &Push) {
-        self.stats.messages.hub_queued.fetch_sub(1, Relaxed);
-        self.bytes.fetch_sub(push.queued_bytes(), Relaxed);
+        let queued = &self.stats.messages;
+        queued.hub_queued.fetch_sub(1, Relaxed);
+        queued
+            .hub_queued_bytes
+            .fetch_sub(push.queued_bytes(), Relaxed);
     }
 }
 
@@ -310,16 +313,15 @@ impl Drop for HubQueue {
 }
 
 /// The way to one worker: its channel and its counters, whose
-/// `hub_queued` gauge is also what bounds the channel (the channel itself
-/// is unbounded: a bounded tokio channel would keep a second count of the
-/// same messages, one the metrics cannot read).
+/// `hub_queued` and `hub_queued_bytes` gauges are also what bounds the
+/// channel (the channel itself is unbounded: a bounded tokio channel would
+/// keep a second count of the same messages, one the metrics cannot read).
+/// So the gauges cost the publish path nothing of their own: they are the
+/// bound's counts, which a scrape sums over the workers.
 #[derive(Debug)]
 struct Lane {
     sender: mpsc::UnboundedSender<Push>,
     stats: Arc<WorkerStats>,
-    /// The bytes in the queue ([`Push::queued_bytes`]), shared with the
-    /// worker's end, which gives them back.
-    bytes: Arc<AtomicI64>,
     /// Set once the worker took its end of the channel: it serves.
     serving: AtomicBool,
 }
@@ -337,17 +339,14 @@ impl HubChannels {
             .iter()
             .map(|stats| {
                 let (sender, rx) = mpsc::unbounded_channel();
-                let bytes = Arc::new(AtomicI64::new(0));
                 let lane = Lane {
                     sender,
                     stats: stats.clone(),
-                    bytes: bytes.clone(),
                     serving: AtomicBool::new(false),
                 };
                 let end = HubQueue {
                     rx,
                     stats: stats.clone(),
-                    bytes,
                 };
                 (lane, Mutex::new(Some(end)))
             })
@@ -389,16 +388,19 @@ impl HubInner {
                 HubError::NotServing
             });
         }
-        let queued = &lane.stats.messages.hub_queued;
+        let (queued, bytes) = (
+            &lane.stats.messages.hub_queued,
+            &lane.stats.messages.hub_queued_bytes,
+        );
         let cost = push.queued_bytes();
         // Room is taken before the send, so the pump, which gives it back
         // when it takes a message, never sees the gauge below zero. A
         // message larger than the byte bound still goes into an empty
         // queue, alone: else a bound set below one message refused all.
         let room = queued.fetch_update(Relaxed, Relaxed, |n| (n < self.limit).then_some(n + 1));
-        let bytes = room.and_then(|_| {
+        let taken = room.and_then(|_| {
             let fits = |n: i64| n == 0 || n.saturating_add(cost) <= self.limit_bytes;
-            let taken = lane.bytes.fetch_update(Relaxed, Relaxed, |n| {
+            let taken = bytes.fetch_update(Relaxed, Relaxed, |n| {
                 fits(n).then_some(n.saturating_add(cost))
             });
             if taken.is_err() {
@@ -406,7 +408,7 @@ impl HubInner {
             }
             taken
         });
-        if bytes.is_err() {
+        if taken.is_err() {
             LimitHit::HubQueue.count(&lane.stats);
             ratelog::log(Flood::HubQueueFull, |suppressed| {
                 tracing::warn!(
@@ -421,7 +423,7 @@ impl HubInner {
         if lane.sender.send(push).is_err() {
             // The worker's pump ended: the server stopped.
             queued.fetch_sub(1, Relaxed);
-            lane.bytes.fetch_sub(cost, Relaxed);
+            bytes.fetch_sub(cost, Relaxed);
             return Err(HubError::Stopped);
         }
         Ok(())
@@ -639,6 +641,9 @@ pub(crate) enum Delivered {
     Behind,
     /// Not a parked connection of that generation (or not framable for it).
     NotParked,
+    /// Another connection holds the descriptor now: the one sought has
+    /// closed (a descriptor names one open socket at a time).
+    Replaced,
 }
 
 /// What a non-blocking write to a parked socket did.

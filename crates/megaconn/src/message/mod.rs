@@ -13,8 +13,8 @@
 //! - `session.rs` [`Session`]: a connection as its handler sees it (replies,
 //!   topics, close)
 //! - `topics.rs`  `Topics`: each topic's subscribers and each connection's
-//!   topics, at most `max_subscriptions` a connection
-//!   ([`SubscribeError`])
+//!   topics, at most `max_subscriptions` a connection, of names of at most
+//!   `max_topic_bytes` ([`SubscribeError`])
 //! - `table.rs`   the side table of parked connections' states, per worker
 //!   and protocol, with delivery straight to parked sockets
 //! - `wake.rs`    `resume`: what a woken connection checks first (behind,
@@ -67,7 +67,7 @@ use crate::conn::io::WriteLimit;
 
 pub use hub::{ConnectionId, Hub, HubError};
 pub use session::Session;
-pub use topics::{SubscribeError, DEFAULT_MAX_SUBSCRIPTIONS};
+pub use topics::{SubscribeError, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES};
 
 /// Default bound of an awake connection's outbound queue: 256 messages.
 /// A push that finds it full closes the connection as a slow consumer.
@@ -130,6 +130,8 @@ pub(crate) struct MessageSettings {
     pub hub_queue_bytes: usize,
     /// The most topics one connection may subscribe to.
     pub max_subscriptions: usize,
+    /// The longest topic name a connection may subscribe to, in bytes.
+    pub max_topic_bytes: usize,
     /// How many connections each worker reaches per second with one
     /// message of the hub (`None`: as fast as it can, a slice at a time).
     pub delivery_rate: Option<f64>,
@@ -146,6 +148,7 @@ impl Default for MessageSettings {
             hub_queue: DEFAULT_HUB_QUEUE,
             hub_queue_bytes: DEFAULT_HUB_QUEUE_BYTES,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_topic_bytes: DEFAULT_MAX_TOPIC_BYTES,
             delivery_rate: None,
             write_stall_timeout: Some(DEFAULT_WRITE_STALL_TIMEOUT),
         }

@@ -63,7 +63,10 @@ impl Session {
     /// [`SubscribeError::TooMany`], counted in
     /// `megaconn_limit_hits_total{limit="max_subscriptions"}` and logged
     /// (rate-limited); the connection stays open, subscribed as before,
-    /// and the handler decides what its peer hears.
+    /// and the handler decides what its peer hears. So is a topic whose
+    /// name is over
+    /// [`Builder::max_topic_bytes`](crate::Builder::max_topic_bytes)
+    /// (default 256 bytes), with [`SubscribeError::TopicTooLong`].
     pub fn subscribe(&self, topic: &str) -> Result<(), SubscribeError> {
         self.local.subscribe(self.id, topic)
     }

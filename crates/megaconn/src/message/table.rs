@@ -259,6 +259,7 @@ impl<S> ParkedSet for SideTable<S> {
                 wires,
                 counters,
             ),
+            Some(Some(_)) => Delivered::Replaced,
             _ => Delivered::NotParked,
         }
     }

@@ -1,8 +1,10 @@
 //! One worker's topic subscriptions ([`Topics`]): each topic's subscribers,
 //! for a publish, and each subscribing connection's topics, for its close;
-//! with the bound on how many one connection holds
+//! with the bounds on how many one connection holds
 //! ([`Builder::max_subscriptions`](crate::Builder::max_subscriptions)) and
-//! the error a subscription over it returns ([`SubscribeError`]).
+//! on a topic's name
+//! ([`Builder::max_topic_bytes`](crate::Builder::max_topic_bytes)), and
+//! the error a subscription over one returns ([`SubscribeError`]).
 //!
 //! Every operation is a few hash lookups, whatever the number of topics:
 //! a repeat is found in the topic's own subscribers, and a subscriber keeps
@@ -13,7 +15,6 @@
 //! for a reply meanwhile.) Only connections that subscribe have an entry:
 //! a parked connection that does not keeps nothing here.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -28,6 +29,18 @@ use crate::message::hub::{ConnectionId, Generation};
 /// Ample for a client that follows its rooms, devices or feeds; an
 /// application that gives a connection thousands of topics raises it.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
+
+/// Default [`Builder::max_topic_bytes`](crate::Builder::max_topic_bytes):
+/// a topic's name is at most 256 bytes, room for a room's, a device's or
+/// a feed's name with its path. A subscription keeps its topic's name for as long as the
+/// connection is open, parked or awake, so without a bound
+/// `max_subscriptions` bounded the count and not the bytes: a peer of the
+/// demo's line listener that subscribed to 1,024 names of 8,000 bytes (its
+/// longest line) held 8 MiB of the worker's memory per connection while it
+/// sat parked; over a length-prefixed listener (64 KiB frames) or a
+/// WebSocket (16 MiB messages) it could hold 64 MiB and more. With it a
+/// connection at both bounds holds about a quarter of a MiB of names.
+pub const DEFAULT_MAX_TOPIC_BYTES: usize = 256;
 
 /// Why [`Session::subscribe`](crate::Session::subscribe) (or
 /// [`WsSession::subscribe`](crate::WsSession::subscribe)) did not subscribe
@@ -45,6 +58,17 @@ pub enum SubscribeError {
     #[error("this connection holds {limit} subscriptions, the most Builder::max_subscriptions allows: unsubscribe from one first")]
     TooMany {
         /// The bound.
+        limit: usize,
+    },
+    /// The topic's name is longer than `limit` bytes, the most
+    /// [`Builder::max_topic_bytes`](crate::Builder::max_topic_bytes)
+    /// allows. Counted in
+    /// `megaconn_limit_hits_total{limit="max_topic_bytes"}` and logged (at
+    /// most once per 5 s per worker, with the subscriptions refused at
+    /// `max_subscriptions`).
+    #[error("the topic's name is over {limit} bytes, the most Builder::max_topic_bytes allows")]
+    TopicTooLong {
+        /// The bound, in bytes.
         limit: usize,
     },
 }
@@ -92,42 +116,53 @@ pub(crate) struct Topics {
     connections: HashMap<RawFd, Subscribed>,
     /// The most topics one connection may hold.
     limit: usize,
+    /// The longest topic name a connection may subscribe to, in bytes.
+    max_topic_bytes: usize,
 }
 
 impl Topics {
     /// No subscriptions yet; at most `limit` per connection (and at most
-    /// `u32::MAX`, what a slot counts to).
-    pub(crate) fn new(limit: usize) -> Topics {
+    /// `u32::MAX`, what a slot counts to), to topics of at most
+    /// `max_topic_bytes` bytes.
+    pub(crate) fn new(limit: usize, max_topic_bytes: usize) -> Topics {
         Topics {
             members: HashMap::new(),
             connections: HashMap::new(),
             limit: limit.min(u32::MAX as usize),
+            max_topic_bytes,
         }
     }
 
     /// Subscribes connection `id` to `topic` (again: no change), unless it
-    /// holds the most topics allowed.
+    /// holds the most topics allowed or the name is too long.
     pub(crate) fn subscribe(
         &mut self,
         id: ConnectionId,
         topic: &str,
     ) -> Result<(), SubscribeError> {
+        if topic.len() > self.max_topic_bytes {
+            let limit = self.max_topic_bytes;
+            return Err(SubscribeError::TopicTooLong { limit });
+        }
         let (fd, generation) = (id.fd(), id.generation());
         let known = self.members.get_key_value(topic);
         if known.is_some_and(|(_, members)| is_member(members, fd, generation)) {
             return Ok(());
         }
         let known = known.map(|(key, _)| key.clone());
+        if let Some(stale) = self.connections.get(&fd).map(|c| c.generation) {
+            if stale != generation {
+                // An entry of a connection that closed on this descriptor
+                // and was never reported closed: it leaves its topics now.
+                // (Clearing only its list left its entries in every topic
+                // it held, each topic kept alive by them for good.)
+                self.forget(fd);
+            }
+        }
         let mine = self.connections.entry(fd).or_insert_with(|| Subscribed {
             generation,
             topics: Vec::new(),
         });
-        if mine.generation != generation {
-            // A stale entry of a closed connection on the same descriptor
-            // (its subscribers' generations tell them apart).
-            mine.generation = generation;
-            mine.topics.clear();
-        }
         if mine.topics.len() >= self.limit {
             if mine.topics.is_empty() {
                 self.connections.remove(&fd);
@@ -174,17 +209,28 @@ impl Topics {
         }
     }
 
-    /// Connection `id` closed: it leaves its topics.
+    /// Connection `id` closed: it leaves its topics. (Also what a delivery
+    /// calls when it finds a subscriber's descriptor held by another
+    /// connection: one never reported closed, `worker.rs`.)
     pub(crate) fn closed(&mut self, id: ConnectionId) {
         let (fd, generation) = (id.fd(), id.generation());
-        let Entry::Occupied(mine) = self.connections.entry(fd) else {
+        if self
+            .connections
+            .get(&fd)
+            .is_some_and(|mine| mine.generation == generation)
+        {
+            self.forget(fd);
+        }
+    }
+
+    /// The connection subscribed at `fd`, whatever its generation, leaves
+    /// every topic it holds.
+    fn forget(&mut self, fd: RawFd) {
+        let Some(mine) = self.connections.remove(&fd) else {
             return;
         };
-        if mine.get().generation != generation {
-            return;
-        }
-        for topic in mine.remove().topics {
-            self.leave(&topic, fd, generation);
+        for topic in mine.topics {
+            self.leave(&topic, fd, mine.generation);
         }
     }
 
@@ -264,7 +310,7 @@ mod tests {
 
     #[test]
     fn subscribe_repeat_unsubscribe_and_close() {
-        let mut topics = Topics::new(8);
+        let mut topics = Topics::new(8, usize::MAX);
         let (a, b) = (id(5, 1), id(6, 2));
         assert_eq!(topics.subscribe(a, "news"), Ok(()));
         assert_eq!(topics.subscribe(a, "news"), Ok(()), "a repeat");
@@ -295,7 +341,7 @@ mod tests {
     /// held already is still no error; one unsubscribed makes room.
     #[test]
     fn the_bound_refuses_new_topics_only() {
-        let mut topics = Topics::new(2);
+        let mut topics = Topics::new(2, usize::MAX);
         let a = id(3, 1);
         assert_eq!(topics.subscribe(a, "x"), Ok(()));
         assert_eq!(topics.subscribe(a, "y"), Ok(()));
@@ -309,32 +355,75 @@ mod tests {
         assert_eq!(topics.subscribe(a, "z"), Ok(()));
         check_slots(&topics, 3);
         // Bound zero: nothing at all, and no entry for the connection.
-        let mut none = Topics::new(0);
+        let mut none = Topics::new(0, usize::MAX);
         assert!(none.subscribe(a, "x").is_err());
         assert!(none.connections.is_empty() && none.members.is_empty());
     }
 
-    /// A connection that was never reported closed, its descriptor reused:
-    /// the new one starts with no topics, and the old one's subscriptions
-    /// reach no one of the new.
+    /// A name over the bound is refused and nothing changes, whether the
+    /// topic has subscribers or not; one at the bound is taken.
     #[test]
-    fn a_stale_entry_is_replaced() {
-        let mut topics = Topics::new(1);
+    fn a_topic_name_over_the_bound_is_refused() {
+        let mut topics = Topics::new(8, 5);
+        let (a, b) = (id(3, 1), id(4, 2));
+        assert_eq!(topics.subscribe(a, "12345"), Ok(()));
+        let too_long = Err(SubscribeError::TopicTooLong { limit: 5 });
+        assert_eq!(topics.subscribe(a, "123456"), too_long);
+        assert_eq!(topics.subscribe(b, "123456"), too_long);
+        assert!(topics.members("123456").is_empty());
+        assert_eq!(topics.connections[&3].topics.len(), 1);
+        assert!(!topics.connections.contains_key(&4), "no entry left behind");
+    }
+
+    /// A connection that was never reported closed, its descriptor reused:
+    /// the new one starts with no topics, and the old one leaves every
+    /// topic it held as soon as the new one subscribes (before, only its
+    /// list was cleared: its entries stayed in each of its topics, and kept
+    /// each topic alive, for the life of the worker).
+    #[test]
+    fn a_stale_entry_leaves_its_topics_when_its_descriptor_subscribes() {
+        let mut topics = Topics::new(2, usize::MAX);
         assert_eq!(topics.subscribe(id(4, 1), "old"), Ok(()));
+        assert_eq!(topics.subscribe(id(4, 1), "shared"), Ok(()));
+        assert_eq!(topics.subscribe(id(8, 3), "shared"), Ok(()));
         assert_eq!(topics.subscribe(id(4, 2), "new"), Ok(()), "not counted");
         assert_eq!(members(&topics, "new"), [(4, 2)]);
-        assert_eq!(members(&topics, "old"), [(4, 1)]);
+        assert!(topics.members("old").is_empty(), "the stale entry left");
+        assert!(!topics.members.contains_key("old"), "and its topic went");
+        assert_eq!(members(&topics, "shared"), [(8, 3)]);
+        check_slots(&topics, 4);
         topics.unsubscribe(id(4, 2), "old");
-        assert_eq!(members(&topics, "old"), [(4, 1)]);
+        topics.closed(id(4, 1));
+        assert_eq!(
+            members(&topics, "new"),
+            [(4, 2)],
+            "a stale close: no change"
+        );
         topics.closed(id(4, 2));
-        assert!(topics.members("new").is_empty());
+        topics.closed(id(8, 3));
+        assert!(topics.members.is_empty() && topics.connections.is_empty());
+    }
+
+    /// A thousand connections on one descriptor, each closed without a
+    /// report, each on a topic of its own: what the worker holds stays one
+    /// connection's (before, a topic per stale connection piled up).
+    #[test]
+    fn unreported_closes_on_a_reused_descriptor_do_not_pile_up() {
+        let mut topics = Topics::new(4, usize::MAX);
+        for generation in 1..=1000 {
+            let topic = format!("room-{generation}");
+            assert_eq!(topics.subscribe(id(5, generation), &topic), Ok(()));
+            assert_eq!(topics.subscribe(id(5, generation), "lobby"), Ok(()));
+        }
+        assert_eq!(topics.members.len(), 2, "{:?}", topics.members.keys());
+        assert_eq!(members(&topics, "lobby"), [(5, 1000)]);
     }
 
     /// Random subscribes and unsubscribes keep the list and the slots in
     /// step.
     #[test]
     fn slots_follow_every_swap() {
-        let mut topics = Topics::new(usize::MAX);
+        let mut topics = Topics::new(usize::MAX, usize::MAX);
         let a = id(9, 1);
         let mut state: u32 = 12345;
         for _ in 0..5_000 {
@@ -360,7 +449,7 @@ mod tests {
         const N: usize = 200_000;
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut topics = Topics::new(usize::MAX);
+            let mut topics = Topics::new(usize::MAX, usize::MAX);
             let a = id(7, 1);
             let names: Vec<String> = (0..N).map(|i| format!("topic-{i:08}")).collect();
             for name in names.iter().chain(&names) {

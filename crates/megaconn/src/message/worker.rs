@@ -73,7 +73,10 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 delivery_rate: settings.delivery_rate,
                 next_generation: Cell::new(0),
                 awake: RefCell::default(),
-                topics: RefCell::new(Topics::new(settings.max_subscriptions)),
+                topics: RefCell::new(Topics::new(
+                    settings.max_subscriptions,
+                    settings.max_topic_bytes,
+                )),
                 wires: RefCell::default(),
                 tables: RefCell::default(),
             });
@@ -173,21 +176,39 @@ impl Local {
     }
 
     /// Subscribes connection `id` to `topic` (again: no change), unless it
-    /// holds `max_subscriptions` topics already: refused, counted and
-    /// logged.
+    /// holds `max_subscriptions` topics already or the name is over
+    /// `max_topic_bytes`: refused, counted and logged.
     pub(crate) fn subscribe(&self, id: ConnectionId, topic: &str) -> Result<(), SubscribeError> {
         let subscribed = self.topics.borrow_mut().subscribe(id, topic);
-        if let Err(SubscribeError::TooMany { limit }) = subscribed {
-            LimitHit::MaxSubscriptions.count(&self.stats);
-            let over = OverLimit {
-                kind: Flood::TooManySubscriptions,
-                what: "a connection's subscription",
-                setting: "Builder::max_subscriptions",
-                size: None,
-                limit: limit as u64,
-            };
-            ratelog::over_limit(over, "refused (its handler gets SubscribeError::TooMany)");
-        }
+        let Err(refused) = subscribed else {
+            return subscribed;
+        };
+        let (hit, over, then) = match refused {
+            SubscribeError::TooMany { limit } => (
+                LimitHit::MaxSubscriptions,
+                OverLimit {
+                    kind: Flood::TooManySubscriptions,
+                    what: "a connection's subscription",
+                    setting: "Builder::max_subscriptions",
+                    size: None,
+                    limit: limit as u64,
+                },
+                "refused (its handler gets SubscribeError::TooMany)",
+            ),
+            SubscribeError::TopicTooLong { limit } => (
+                LimitHit::MaxTopicBytes,
+                OverLimit {
+                    kind: Flood::TooManySubscriptions,
+                    what: "a subscription's topic name",
+                    setting: "Builder::max_topic_bytes",
+                    size: Some(topic.len() as u64),
+                    limit: limit as u64,
+                },
+                "refused (its handler gets SubscribeError::TopicTooLong)",
+            ),
+        };
+        hit.count(&self.stats);
+        ratelog::over_limit(over, then);
         subscribed
     }
 
@@ -276,7 +297,12 @@ impl Local {
                 return Step::Skipped;
             };
             let wires = self.wires.borrow();
-            self.deliver_one(fd, generation, &mut msg, &wires, &sets);
+            if self.deliver_one(fd, generation, &mut msg, &wires, &sets) == Delivered::Replaced {
+                // A subscriber that closed without its close reaching its
+                // topics (`Topics`): it leaves them now, each stale entry
+                // once, instead of staying in them for good.
+                self.topics.borrow_mut().closed(self.id(fd, generation));
+            }
             if owed > 0 {
                 owed -= 1;
                 gauge_own(pending, -1);
@@ -292,7 +318,9 @@ impl Local {
         LimitHit::PushUnframable.count_n(&self.stats, msg.unframable);
     }
 
-    /// Delivers to one connection, awake or parked, if it is still open.
+    /// Delivers to one connection, awake or parked, if it is still open;
+    /// what it found at its descriptor ([`Delivered::Replaced`]: another
+    /// connection, so this one has closed).
     fn deliver_one(
         &self,
         fd: RawFd,
@@ -300,23 +328,23 @@ impl Local {
         msg: &mut Encoded,
         wires: &[Rc<dyn Wire>],
         sets: &[Rc<dyn ParkedSet>],
-    ) {
-        let inbox = self
-            .awake
-            .borrow()
-            .get(&fd)
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, inbox)| inbox.clone());
+    ) -> Delivered {
+        let inbox = match self.awake.borrow().get(&fd) {
+            Some((g, inbox)) if *g == generation => Some(inbox.clone()),
+            Some(_) => return Delivered::Replaced,
+            None => None,
+        };
         if let Some(inbox) = inbox {
             self.queue(&inbox, msg, wires);
-            return;
+            return Delivered::Sent;
         }
         for table in sets {
             let delivered = table.deliver(fd, generation, msg, wires, &self.stats.messages);
             if delivered != Delivered::NotParked {
-                return;
+                return delivered;
             }
         }
+        Delivered::NotParked
     }
 
     /// Every protocol's side table, as delivery targets (a copy of the list,
@@ -593,6 +621,69 @@ mod tests {
         // And the hub knows the worker is gone.
         assert_eq!(hub.broadcast("after"), Err(HubError::Stopped));
         assert_eq!(stats.messages.hub_queued.load(Relaxed), 0);
+    }
+
+    /// Frames a pushed message as it is (for tests).
+    struct Plain;
+
+    impl Wire for Plain {
+        fn encode(
+            &self,
+            payload: &bytes::Bytes,
+            out: &mut bytes::BytesMut,
+        ) -> Result<(), crate::observe::close::FramingError> {
+            out.extend_from_slice(payload);
+            Ok(())
+        }
+    }
+
+    /// A publish that finds a subscriber's descriptor held by another
+    /// connection (the subscriber closed, and its close never reached its
+    /// topics) takes the stale entry out of every topic it held: the next
+    /// publish does not look at it again, and its topics do not keep it.
+    /// The new connection on the descriptor gets nothing of the old one's.
+    #[tokio::test]
+    async fn a_publish_removes_a_subscriber_whose_descriptor_was_reused() {
+        let stats = Arc::new(WorkerStats::default());
+        let channels = Arc::new(crate::message::hub::HubChannels::new(
+            std::slice::from_ref(&stats),
+            16,
+            1 << 20,
+        ));
+        let mut config = crate::conn::config::Config::default();
+        crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(channels));
+        let ctx = WorkerContext::new(0, Arc::new(config), stats, None);
+        let set = tokio::task::LocalSet::new();
+        set.run_until(async {
+            let local = local(&ctx);
+            let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
+            let wire = table.wire(0);
+            let (stale, other) = (local.new_id(50), local.new_id(51));
+            for topic in ["news", "sport"] {
+                assert_eq!(local.subscribe(stale, topic), Ok(()));
+            }
+            assert_eq!(local.subscribe(other, "news"), Ok(()));
+            // `stale` closed unreported; a new connection has its descriptor.
+            let new = local.new_id(50);
+            let (new_awake, other_awake) = (local.awake(new, wire), local.awake(other, wire));
+            let (new_awake, other_awake) = (new_awake.unwrap(), other_awake.unwrap());
+            local
+                .deliver(Push::Topic(
+                    "news".into(),
+                    "hi".into(),
+                    crate::message::hub::Kind::Auto,
+                ))
+                .await;
+            assert_eq!(other_awake.inbox.take().unwrap().len(), 1);
+            assert!(new_awake.inbox.is_empty(), "not the old one's message");
+            let topics = local.topics.borrow();
+            assert_eq!(topics.members("news"), [(51, other.generation())]);
+            assert!(
+                topics.members("sport").is_empty(),
+                "gone from all its topics"
+            );
+        })
+        .await;
     }
 
     /// A delivery to 3000 connections lets another task (a heartbeat's)

@@ -1,5 +1,5 @@
 //! Which limit refused a request, closed a connection, (`hub_queue`)
-//! dropped a hub message or (`max_subscriptions`) refused a subscription, as a fixed set of labels (`limit` of
+//! dropped a hub message or (`max_subscriptions`, `max_topic_bytes`) refused a subscription, as a fixed set of labels (`limit` of
 //! `megaconn_limit_hits_total`): the close reasons say only
 //! `protocol_error` for the ones that close. Counted on the rejection path
 //! only, one relaxed increment in the worker's array.
@@ -43,6 +43,9 @@ pub(crate) enum LimitHit {
     /// A subscription refused: the connection held
     /// `Builder::max_subscriptions` topics already; it stays open.
     MaxSubscriptions,
+    /// A subscription refused: the topic's name was over
+    /// `Builder::max_topic_bytes`; the connection stays open.
+    MaxTopicBytes,
     /// A TLS handshake failed for records that held more than the TLS
     /// stream buffers (64 KiB) without completing a message: a ClientHello
     /// cut into tiny records.
@@ -74,6 +77,7 @@ impl LimitHit {
         "framed_malformed",
         "hub_queue",
         "max_subscriptions",
+        "max_topic_bytes",
         "tls_handshake_buffer",
         "push_unframable",
     ];

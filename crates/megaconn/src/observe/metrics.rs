@@ -63,6 +63,7 @@
 //! | `megaconn_message_hub_messages_total` | counter | |
 //! | `megaconn_message_deliveries_pending` | gauge | |
 //! | `megaconn_message_hub_queued` | gauge | |
+//! | `megaconn_message_hub_queued_bytes` | gauge | |
 //!
 //! The `message_` series count message protocols' connections (framed TCP):
 //! frames (messages) and their bytes with headers, hub deliveries, pushes
@@ -73,7 +74,9 @@
 //! keep answering heartbeats meanwhile): 0 once every delivery is done;
 //! `hub_queued` is how many hub messages wait behind it in the workers'
 //! queues (bounded by `Builder::hub_queue` and `hub_queue_bytes`; a
-//! message over either bound is dropped and counted in `megaconn_limit_hits_total{limit="hub_queue"}`).
+//! message over either bound is dropped and counted in `megaconn_limit_hits_total{limit="hub_queue"}`),
+//! `hub_queued_bytes` what they hold (payloads and 56-byte entries, per
+//! worker queue), to read against `hub_queue_bytes` times the workers.
 //!
 //! The body is OpenMetrics text (it ends with `# EOF`): serve it as
 //! [`OPENMETRICS_CONTENT_TYPE`]. Labelled `text/plain; version=0.0.4` it
@@ -862,7 +865,7 @@ impl Collector for Snapshot {
         labelled(
             &mut e,
             "limit_hits",
-            "Times a limit or a malformed message cut something short, by which: a request refused, a connection closed (what closed{protocol_error} does not tell), a hub message dropped at a full worker queue (hub_queue), or a subscription refused to a connection at its bound (max_subscriptions).",
+            "Times a limit or a malformed message cut something short, by which: a request refused, a connection closed (what closed{protocol_error} does not tell), a hub message dropped at a full worker queue (hub_queue), or a subscription refused to a connection at its bound (max_subscriptions) or to a topic name over its bound (max_topic_bytes).",
             "limit",
             s.limit_hits.iter().copied(),
         )?;
@@ -1070,6 +1073,12 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
         "message_hub_queued",
         "Hub messages waiting in the workers' queues for delivery (each bounded by hub_queue and hub_queue_bytes).",
         i64::try_from(m.hub_queued).unwrap_or(i64::MAX),
+    )?;
+    gauge(
+        e,
+        "message_hub_queued_bytes",
+        "Bytes of the hub messages waiting in the workers' queues, payloads and entries (each queue bounded by hub_queue_bytes).",
+        i64::try_from(m.hub_queued_bytes).unwrap_or(i64::MAX),
     )?;
     Ok(())
 }

@@ -111,7 +111,9 @@ pub(crate) enum Flood {
     /// each thread has its own limiter.
     HubQueueFull,
     /// A subscription refused: the connection held
-    /// `Builder::max_subscriptions` topics already.
+    /// `Builder::max_subscriptions` topics already, or the topic's name was
+    /// over `Builder::max_topic_bytes` (one kind: both are a peer's
+    /// subscriptions, and the line names the setting).
     TooManySubscriptions,
     /// A framed TCP connection closed because its peer took none of our
     /// bytes in time (`write_timeout`, the heartbeat timeout or

@@ -100,6 +100,9 @@ pub(crate) struct MessageCounters {
     /// moved by the publishing threads and the pump; it also bounds the
     /// queue, `message/hub.rs`).
     pub hub_queued: AtomicI64,
+    /// The bytes of those messages, payloads and entries (a gauge that
+    /// bounds the queue too, `Builder::hub_queue_bytes`).
+    pub hub_queued_bytes: AtomicI64,
 }
 
 /// Message protocols' counters (framed TCP; WebSocket), summed over workers.
@@ -135,6 +138,10 @@ pub struct MessageStats {
     /// delivery (each queue is bounded by `Builder::hub_queue`; a message
     /// over it is dropped and counted as the `hub_queue` limit hit).
     pub hub_queued: u64,
+    /// What those messages hold, in bytes: payloads (and topics) and each
+    /// message's 56-byte entry, counted once per worker queue a message is
+    /// in (each queue is bounded by `Builder::hub_queue_bytes`).
+    pub hub_queued_bytes: u64,
 }
 
 impl MessageStats {
@@ -150,6 +157,7 @@ impl MessageStats {
         self.hub_messages += c.hub_messages.load(Relaxed);
         self.deliveries_pending += c.deliveries_pending.load(Relaxed).max(0) as u64;
         self.hub_queued += c.hub_queued.load(Relaxed).max(0) as u64;
+        self.hub_queued_bytes += c.hub_queued_bytes.load(Relaxed).max(0) as u64;
     }
 }
 

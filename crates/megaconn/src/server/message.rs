@@ -104,6 +104,24 @@ impl Builder {
         self
     }
 
+    /// Message connections (framed, WebSocket): the longest topic name, in
+    /// bytes, a connection may subscribe to. A longer one is refused:
+    /// [`Session::subscribe`](crate::Session::subscribe) returns
+    /// [`SubscribeError::TopicTooLong`](crate::SubscribeError::TopicTooLong),
+    /// counted in `megaconn_limit_hits_total{limit="max_topic_bytes"}` and
+    /// logged (at most once per 5 s per worker); the connection stays open.
+    /// A subscription keeps its topic's name while the connection is open,
+    /// parked or not (a name several connections hold is kept once), so
+    /// with [`max_subscriptions`](Builder::max_subscriptions) this bounds
+    /// what one connection's topics hold: without it a peer's 1,024 names
+    /// of its longest message were kept. Publishing to a longer topic is
+    /// not refused (it has no subscribers). Default
+    /// [`DEFAULT_MAX_TOPIC_BYTES`](crate::DEFAULT_MAX_TOPIC_BYTES) (256).
+    pub fn max_topic_bytes(mut self, bytes: usize) -> Builder {
+        MessageSettings::update(&mut self.config, |s| s.max_topic_bytes = bytes);
+        self
+    }
+
     /// HTTP/1.1 responses, and framed and WebSocket connections without a
     /// heartbeat timeout ([`Builder::heartbeat_timeout`],
     /// [`WebSocketRoute::heartbeat_timeout`](crate::WebSocketRoute::heartbeat_timeout);

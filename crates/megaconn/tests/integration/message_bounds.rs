@@ -1,6 +1,7 @@
 //! What one peer or one publisher can make a worker hold for the message
 //! connections, over real sockets: the topics a connection subscribes to
-//! (`Builder::max_subscriptions`), and the bytes of hub messages waiting
+//! (`Builder::max_subscriptions`) and their names
+//! (`Builder::max_topic_bytes`), and the bytes of hub messages waiting
 //! for a worker (`Builder::hub_queue_bytes`). Each bound refuses, counts
 //! (`megaconn_limit_hits_total`) and leaves the connection serving. Every
 //! wait is bounded and waits on a byte or a counter.
@@ -28,6 +29,7 @@ impl FramedHandler for Subscriber {
             Some(("sub", topic)) => match session.subscribe(topic) {
                 Ok(()) => "ok".to_string(),
                 Err(e @ SubscribeError::TooMany { .. }) => format!("refused: {e}"),
+                Err(e @ SubscribeError::TopicTooLong { .. }) => format!("too long: {e}"),
                 Err(e) => format!("other: {e}"),
             },
             Some(("unsub", topic)) => {
@@ -66,6 +68,19 @@ impl Lines {
             hub,
             task: Some(tokio::spawn(running)),
         }
+    }
+
+    /// A server whose pump is held: its delivery rate is so low that
+    /// after the first slice of a broadcast (its one connection, returned)
+    /// it waits over a quarter of an hour, so what the hub takes next stays
+    /// queued.
+    async fn held(builder: Builder) -> (Lines, TcpStream) {
+        let server = Lines::start(builder.delivery_rate(Some(0.001))).await;
+        let mut s = server.connect().await;
+        assert_eq!(ask(&mut s, "hello").await, "hello");
+        assert_eq!(server.hub.broadcast("first"), Ok(()));
+        assert_eq!(read_line(&mut s).await, "first");
+        (server, s)
     }
 
     async fn connect(&self) -> TcpStream {
@@ -164,22 +179,52 @@ async fn a_subscription_past_the_bound_is_refused_counted_and_the_connection_ser
     server.stop().await;
 }
 
+/// A topic's name is at most `max_topic_bytes` (256 by default): a longer
+/// one is refused with `SubscribeError::TopicTooLong`, counted and shown in
+/// the metrics; the connection stays open with its topics, and one at the
+/// bound is taken and delivered to. (Before, any name a peer's message
+/// could carry was kept while the connection was open: 1,024 of them, each
+/// as long as the listener's longest message, parked at no cost to it.)
+#[tokio::test]
+async fn a_topic_name_over_the_bound_is_refused_counted_and_the_connection_serves_on() {
+    assert_eq!(megaconn::DEFAULT_MAX_TOPIC_BYTES, 256);
+    let server = Lines::start(Server::builder()).await;
+    let mut s = server.connect().await;
+    let (at, over) = ("t".repeat(256), "t".repeat(257));
+    assert_eq!(ask(&mut s, &format!("sub {at}")).await, "ok");
+    let refused = ask(&mut s, &format!("sub {over}")).await;
+    assert!(
+        refused.starts_with("too long: ") && refused.contains("over 256 bytes"),
+        "{refused}"
+    );
+    assert_eq!(server.limit_hits("max_topic_bytes"), 1);
+    assert_eq!(server.limit_hits("max_subscriptions"), 0);
+    assert!(server
+        .handle
+        .render_metrics()
+        .contains("megaconn_limit_hits_total{limit=\"max_topic_bytes\"} 1"));
+    assert_eq!(server.hub.publish(&over, "not for you"), Ok(()));
+    assert_eq!(server.hub.publish(&at, "for you"), Ok(()));
+    assert_eq!(read_line(&mut s).await, "for you");
+    // A bound set lower holds for every connection.
+    let low = Lines::start(Server::builder().max_topic_bytes(3)).await;
+    let mut s = low.connect().await;
+    assert_eq!(ask(&mut s, "sub abc").await, "ok");
+    assert!(ask(&mut s, "sub abcd").await.contains("over 3 bytes"));
+    low.stop().await;
+    server.stop().await;
+}
+
 /// Large messages behind a slow delivery: each worker's hub queue is
 /// bounded in bytes too (32 MiB by default, payload and entry), so of a
 /// hundred 1 MiB broadcasts 31 wait and the rest are refused, counted as
 /// `hub_queue` limit hits; the `hub_queued` gauge shows the 31, and after
 /// the worker stops, nothing. (Before, only the count of messages was
 /// bounded, 65,536: all hundred were queued, and 8 KiB messages could hold
-/// 512 MiB per worker.) The pump is held as in the count bound's test: a
-/// delivery rate so low that after its first slice (the one connection)
-/// it waits over a quarter of an hour.
+/// 512 MiB per worker.) The pump is held ([`Lines::held`]).
 #[tokio::test]
 async fn large_hub_messages_over_the_byte_bound_are_refused_and_counted() {
-    let server = Lines::start(Server::builder().delivery_rate(Some(0.001))).await;
-    let mut s = server.connect().await;
-    assert_eq!(ask(&mut s, "hello").await, "hello");
-    assert_eq!(server.hub.broadcast("first"), Ok(()));
-    assert_eq!(read_line(&mut s).await, "first");
+    let (server, _s) = Lines::held(Server::builder()).await;
     // One payload, shared by every message: the test holds 1 MiB, the
     // queue counts each message's.
     let payload = Bytes::from(vec![b'x'; 1 << 20]);
@@ -206,16 +251,7 @@ async fn large_hub_messages_over_the_byte_bound_are_refused_and_counted() {
 /// empty queue, alone (else such a bound refused every large message).
 #[tokio::test]
 async fn a_message_larger_than_the_byte_bound_goes_alone() {
-    let server = Lines::start(
-        Server::builder()
-            .delivery_rate(Some(0.001))
-            .hub_queue_bytes(1000),
-    )
-    .await;
-    let mut s = server.connect().await;
-    assert_eq!(ask(&mut s, "hello").await, "hello");
-    assert_eq!(server.hub.broadcast("first"), Ok(()));
-    assert_eq!(read_line(&mut s).await, "first");
+    let (server, _s) = Lines::held(Server::builder().hub_queue_bytes(1000)).await;
     let big = Bytes::from(vec![b'y'; 4096]);
     assert_eq!(server.hub.broadcast(big.clone()), Ok(()));
     assert_eq!(server.hub.broadcast("small"), Err(HubError::QueueFull));
@@ -223,4 +259,40 @@ async fn a_message_larger_than_the_byte_bound_goes_alone() {
     assert_eq!(server.limit_hits("hub_queue"), 2);
     assert_eq!(server.handle.stats().messages.hub_queued, 1);
     server.stop().await;
+}
+
+/// While a slow delivery holds messages in the worker's queue, the metrics
+/// (the body of `/metrics`) show how full the queue is, in messages and in
+/// bytes: each message's payload, its topic for a publish, and its 56-byte
+/// entry, what `Builder::hub_queue_bytes` bounds. Both gauges are back to
+/// 0 once the worker stops. (Before, only the count was shown: a queue
+/// near its byte bound, which refuses messages while the count looks
+/// low, could not be seen.) The pump is held ([`Lines::held`]).
+#[tokio::test]
+async fn the_bytes_a_slow_delivery_holds_queued_are_a_gauge() {
+    let (server, _s) = Lines::held(Server::builder()).await;
+    let payload = Bytes::from(vec![b'x'; 1000]);
+    for _ in 0..3 {
+        assert_eq!(server.hub.broadcast(payload.clone()), Ok(()));
+    }
+    assert_eq!(server.hub.publish("topic", payload.clone()), Ok(()));
+    let bytes = 3 * (56 + 1000) + (56 + "topic".len() + 1000);
+    let metrics = server.handle.render_metrics();
+    for line in [
+        "megaconn_message_hub_queued 4\n".to_string(),
+        format!("megaconn_message_hub_queued_bytes {bytes}\n"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    assert_eq!(
+        server.handle.stats().messages.hub_queued_bytes,
+        bytes as u64
+    );
+    let handle = server.handle.clone();
+    server.stop().await;
+    let stats = handle.stats().messages;
+    assert_eq!((stats.hub_queued, stats.hub_queued_bytes), (0, 0));
+    assert!(handle
+        .render_metrics()
+        .contains("megaconn_message_hub_queued_bytes 0\n"));
 }
