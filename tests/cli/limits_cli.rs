@@ -118,3 +118,46 @@ fn a_rapid_reset_flood_writes_one_line_not_one_per_connection() {
     let h2_lines = lines.iter().filter(|l| l.contains("h2::")).count();
     assert_eq!(h2_lines, 2, "{lines:#?}");
 }
+
+/// `megaconn serve ARGS…` (no admin listener) exits 2; returns its stderr.
+fn refused(args: &[&str]) -> String {
+    let (status, err) = run_to_exit(megaconn().args(["serve", "--admin", "off"]).args(args));
+    assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+    err
+}
+
+/// `--FLAG VALUE`, then `FLAG_KEY = VALUE` in a config file, exits 2 with
+/// an error that starts with where the value came from, then `error`.
+fn refused_by_flag_and_key(flag: &str, value: &str, error: &str) {
+    let err = refused(&[&format!("--{flag}"), value]);
+    assert!(err.contains(&format!("--{flag}: {error}")), "{err}");
+    let key = flag.replace('-', "_");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("megaconn.toml");
+    std::fs::write(&path, format!("{key} = {value}\n")).unwrap();
+    let err = refused(&["--config", path.to_str().unwrap()]);
+    assert!(err.contains(&format!("key `{key}`: {error}")), "{err}");
+}
+
+/// `--max-connections-per-ip 0` (and `max_connections_per_ip = 0`) is
+/// refused, saying how to have no limit: the library takes 0 as 1, so it
+/// used to serve one connection per IP in silence.
+#[test]
+fn max_connections_per_ip_0_is_refused_saying_what_to_do() {
+    refused_by_flag_and_key(
+        "max-connections-per-ip",
+        "0",
+        "must be at least 1 (leave it out for no per-IP limit)",
+    );
+}
+
+/// A value a setting cannot hold names the flag or the key it was given
+/// as; it used to say only `5000000000 is too large`.
+#[test]
+fn a_value_too_large_names_its_flag_or_key() {
+    refused_by_flag_and_key(
+        "max-connections-per-ip",
+        "5000000000",
+        "5000000000 is too large",
+    );
+}
