@@ -740,7 +740,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "N",
         shape: Shape::One,
         help: "Most request headers (431 above).",
-        details: "",
+        details: "At most 512. HTTP/1.1 and HTTP/2 (pseudo-headers such as :path not counted); counted in megaconn_limit_hits_total{limit=\"max_headers\"}.",
         default: "100",
         example: "50",
         parse: count,
