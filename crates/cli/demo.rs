@@ -185,6 +185,7 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 /// | `PUB …` no worker took (full hub queues, or the server is stopping) | `error: not delivered by this process: <why>` |
 /// | anything else | `echo: <message>` |
 /// | anything else, too long to echo in this framing | `error: too long to echo` |
+/// | a line over 8 KiB (a frame over 64 KiB, a bad length header, not UTF-8) | `error: line too long; closing` (`frame too large`, …), then the close |
 ///
 /// Publishes reach every connection of the server: with `--processes N`,
 /// those of the other worker processes too (through the supervisor).
@@ -245,6 +246,12 @@ impl megaconn::FramedHandler for FramedDemo {
         reply.extend_from_slice(ECHO);
         reply.extend_from_slice(&frame);
         Some(reply.into())
+    }
+
+    /// Says why before the close, as the demo's other refusals do: `nc`
+    /// otherwise shows the connection ending and nothing more.
+    fn on_framing_error(&self, _: &mut (), error: megaconn::FramingError) -> Option<Bytes> {
+        Some(format!("error: {error}; closing").into())
     }
 }
 

@@ -425,9 +425,10 @@ impl Value {
     }
 }
 
-fn at_least_one(n: usize, what: &str) -> Result<usize, String> {
-    if n == 0 {
-        return Err(format!("{what} must be at least 1"));
+/// `n`, refused when 0 (the error is the knob's: [`apply`] names it).
+fn at_least_one<T: Default + PartialEq>(n: T) -> Result<T, String> {
+    if n == T::default() {
+        return Err("must be at least 1".to_string());
     }
     Ok(n)
 }
@@ -574,7 +575,7 @@ pub static KNOBS: &[Knob] = &[
         example: "1024",
         parse: count,
         apply: |v, s| {
-            let n = at_least_one(v.count()?, "hub_queue")?;
+            let n = at_least_one(v.count()?)?;
             s.builder(|b| b.hub_queue(n))
         },
     },
@@ -630,7 +631,7 @@ pub static KNOBS: &[Knob] = &[
         example: "7",
         parse: count,
         apply: |v, s| {
-            let n = at_least_one(v.count()?, "workers")?;
+            let n = at_least_one(v.count()?)?;
             s.builder(|b| b.workers(n))
         },
     },
@@ -724,8 +725,7 @@ pub static KNOBS: &[Knob] = &[
         example: "10000",
         parse: count,
         apply: |v, s| {
-            let n = at_least_one(v.count()?, "shutdown_drain_rate")?;
-            let n = u32::try_from(n).map_err(|_| "too large".to_string())?;
+            let n = at_least_one(v.count::<u32>()?)?;
             s.builder(|b| b.shutdown_drain_rate(Some(n)))
         },
     },
@@ -759,7 +759,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "N",
         shape: Shape::One,
         help: "Most request headers (431 above).",
-        details: "",
+        details: "At most 512. HTTP/1.1 and HTTP/2 (pseudo-headers such as :path not counted); counted in megaconn_limit_hits_total{limit=\"max_headers\"}.",
         default: "100",
         example: "50",
         parse: count,
@@ -792,7 +792,7 @@ pub static KNOBS: &[Knob] = &[
         example: "1000000",
         parse: count,
         apply: |v, s| {
-            s.max_connections = Some(at_least_one(v.count()?, "max_connections")?);
+            s.max_connections = Some(at_least_one(v.count()?)?);
             Ok(())
         },
     },
@@ -846,12 +846,15 @@ pub static KNOBS: &[Knob] = &[
         value_name: "N",
         shape: Shape::One,
         help: "Most concurrent connections per client IP (IPv6: per /64).",
-        details: "Per process: with --processes P the kernel spreads one IP's connections over the processes (SO_REUSEPORT), so it may hold up to P times N.",
+        details: "At least 1 (leave it out for no limit). Per process: with --processes P the kernel spreads one IP's connections over the processes (SO_REUSEPORT), so it may hold up to P times N.",
         default: "unlimited",
         example: "1000",
         parse: count,
         apply: |v, s| {
-            let n = v.count()?;
+            // The library takes 0 as 1 (a limit that let nothing in would
+            // only ever be a mistake); said here rather than done in silence.
+            let n = at_least_one(v.count::<u32>()?)
+                .map_err(|e| format!("{e} (leave it out for no per-IP limit)"))?;
             s.builder(|b| b.max_connections_per_ip(Some(n)))
         },
     },
@@ -1013,7 +1016,7 @@ pub static KNOBS: &[Knob] = &[
         example: "4",
         parse: count,
         apply: |v, s| {
-            s.processes = Some(at_least_one(v.count()?, "processes")?);
+            s.processes = Some(at_least_one(v.count()?)?);
             Ok(())
         },
     },
@@ -1091,7 +1094,7 @@ pub static KNOBS: &[Knob] = &[
         example: "8192",
         parse: count,
         apply: |v, s| {
-            s.otel.max_queue_spans = Some(at_least_one(v.count()?, "otel-max-queue-spans")?);
+            s.otel.max_queue_spans = Some(at_least_one(v.count()?)?);
             Ok(())
         },
     },
@@ -1142,13 +1145,19 @@ pub fn from_matches(m: &ArgMatches) -> Values {
         .collect()
 }
 
-/// Applies flag values over file values over defaults.
+/// Applies flag values over file values over defaults. A value refused
+/// here (`0`, a count too large for its setting) is an error naming where
+/// it came from, `--flag` or the file's key, as a value that does not
+/// parse is.
 pub fn apply(flags: &Values, file: &Values) -> Result<Settings, String> {
     let mut settings = Settings::default();
     for knob in KNOBS {
-        if let Some(v) = flags.get(knob.name).or_else(|| file.get(knob.name)) {
-            (knob.apply)(v.clone(), &mut settings)?;
-        }
+        let (v, from) = match (flags.get(knob.name), file.get(knob.name)) {
+            (Some(v), _) => (v, format!("--{}", knob.name)),
+            (None, Some(v)) => (v, format!("key `{}`", knob.key())),
+            (None, None) => continue,
+        };
+        (knob.apply)(v.clone(), &mut settings).map_err(|e| format!("{from}: {e}"))?;
     }
     Ok(settings)
 }
@@ -1228,50 +1237,168 @@ mod tests {
         }
     }
 
-    /// The defaults `--help` states are the library's, where it exports them.
+    /// Every default `--help` states is what the server does without the
+    /// knob: the library's constant where it exports one, the builder's
+    /// setting (or the CLI's) where the default is "off" or "unlimited". A
+    /// knob with no check here fails the test, so a default cannot drift
+    /// from its help (12 of 46 were checked).
     #[test]
     fn help_defaults_are_the_library_defaults() {
-        let default = |name: &str| KNOBS.iter().find(|k| k.name == name).unwrap().default;
-        for (name, value) in [
-            ("idle-timeout", megaconn::DEFAULT_IDLE_TIMEOUT),
-            ("park-after", megaconn::DEFAULT_PARK_IDLE_AFTER),
-            ("read-header-timeout", megaconn::DEFAULT_READ_HEADER_TIMEOUT),
-            ("write-stall-timeout", megaconn::DEFAULT_WRITE_STALL_TIMEOUT),
-        ] {
-            assert_eq!(units::parse_duration(default(name)), Ok(value), "--{name}");
+        let unset = format!("{:#?}", apply(&Values::new(), &Values::new()).unwrap());
+        let otel = format!("{:?}", megaconn::otel::OtlpConfig::default());
+        let duration = |text: &str| units::parse_duration(text).unwrap();
+        let size = |text: &str| units::parse_size(text).unwrap();
+        // The first word, before an "(or OTEL_…)".
+        let first = |text: &'static str| text.split_whitespace().next().unwrap();
+        // Without the knob, the setting it sets is in this state (`Debug`).
+        let left = |field: &str| assert!(unset.contains(field), "{field} not in {unset}");
+        for knob in KNOBS {
+            let (name, text) = (knob.name, knob.default);
+            match name {
+                "idle-timeout" => assert_eq!(duration(text), megaconn::DEFAULT_IDLE_TIMEOUT),
+                "park-after" => assert_eq!(duration(text), megaconn::DEFAULT_PARK_IDLE_AFTER),
+                "read-header-timeout" => {
+                    assert_eq!(duration(text), megaconn::DEFAULT_READ_HEADER_TIMEOUT)
+                }
+                "write-stall-timeout" => {
+                    assert_eq!(duration(text), megaconn::DEFAULT_WRITE_STALL_TIMEOUT)
+                }
+                "message-timeout" => {
+                    assert_eq!(duration(text), megaconn::DEFAULT_MESSAGE_TIMEOUT);
+                    left("message_timeout: None,");
+                }
+                "shutdown-timeout" => {
+                    assert_eq!(duration(text), megaconn::DEFAULT_SHUTDOWN_TIMEOUT);
+                    left(&format!("shutdown_timeout: {text},"));
+                }
+                "ws-ping-interval" => {
+                    let every = megaconn::DEFAULT_WS_PING_INTERVAL;
+                    assert_eq!(duration(text), every);
+                    // "A peer silent for 2.5 × this is closed (…; 75 s at
+                    // the default)".
+                    let per_ping = megaconn::HEARTBEAT_TIMEOUT_PER_PING;
+                    let timeout = megaconn::DEFAULT_WS_HEARTBEAT_TIMEOUT;
+                    let secs = timeout.as_secs();
+                    assert!(knob.details.contains(&format!("{per_ping} × this")));
+                    assert!(knob.details.contains(&format!("{secs} s at the default")));
+                    assert_eq!(every.mul_f64(per_ping), timeout);
+                    // The demo's routes keep the library's default.
+                    left("ping_interval: None,");
+                }
+                "max-header-bytes" => {
+                    assert_eq!(size(text), megaconn::DEFAULT_MAX_HEADER_BYTES as u64)
+                }
+                "max-headers" => assert_eq!(size(text), megaconn::DEFAULT_MAX_HEADERS as u64),
+                "max-body-bytes" => assert_eq!(size(text), megaconn::DEFAULT_MAX_BODY_BYTES),
+                "backlog" => assert_eq!(size(text), u64::from(megaconn::DEFAULT_BACKLOG)),
+                "hub-queue" => assert_eq!(size(text), megaconn::DEFAULT_HUB_QUEUE as u64),
+                "hub-queue-bytes" => {
+                    assert_eq!(size(text), megaconn::DEFAULT_HUB_QUEUE_BYTES as u64)
+                }
+                "max-topic-bytes" => {
+                    assert_eq!(size(text), megaconn::DEFAULT_MAX_TOPIC_BYTES as u64)
+                }
+                "max-subscriptions" => {
+                    assert_eq!(size(text), megaconn::DEFAULT_MAX_SUBSCRIPTIONS as u64)
+                }
+                "otel-max-queue-spans" => {
+                    let n = megaconn::otel::DEFAULT_MAX_QUEUE_SPANS;
+                    assert_eq!(size(first(text)), n as u64);
+                    left("max_queue_spans: None,");
+                }
+                "max-connections" => {
+                    let headroom = megaconn::FD_HEADROOM;
+                    assert_eq!(text, format!("the open-file limit minus {headroom}"));
+                    left("max_connections: None,");
+                }
+                "workers" => {
+                    let cpus = std::thread::available_parallelism().unwrap();
+                    assert_eq!(text, "the number of CPUs");
+                    left(&format!("workers: {cpus},"));
+                }
+                "listen" => assert!(text.starts_with(crate::serve::DEFAULT_LISTEN)),
+                "admin" => assert_eq!(text, admin::DEFAULT_ADMIN),
+                "upgrade-socket" => {
+                    let path = default_upgrade_socket(Some("127.0.0.1:7".parse().unwrap()));
+                    assert!(path.ends_with("megaconn-7.upgrade.sock"), "{path:?}");
+                    assert!(text.contains("megaconn-PORT.upgrade.sock"), "{text}");
+                    left("upgrade_socket: None,");
+                }
+                "otel-protocol" => {
+                    assert_eq!(first(text), "grpc");
+                    assert!(otel.contains("protocol: Grpc,"), "{otel}");
+                }
+                "otel-sample-ratio" => {
+                    assert_eq!(first(text), "1");
+                    assert!(otel.contains("sample_ratio: 1.0,"), "{otel}");
+                }
+                // Resolved in `serve.rs` when unset.
+                "tcp-framing" => (assert_eq!(text, "lines"), left("tcp_framing: None,")).1,
+                "log-format" => (assert_eq!(text, "human"), left("log_format: None,")).1,
+                "processes" => {
+                    (
+                        assert_eq!(text, "1 (no supervisor)"),
+                        left("processes: None,"),
+                    )
+                        .1
+                }
+                "otel-service-name" => {
+                    (
+                        assert_eq!(first(text), "megaconn"),
+                        left("service_name: None,"),
+                    )
+                        .1
+                }
+                // Off unless given: the setting is unset without the knob.
+                "read-timeout" => (assert_eq!(text, "off"), left("read_timeout: None,")).1,
+                "write-timeout" => (assert_eq!(text, "off"), left("write_timeout: None,")).1,
+                "park-wake-batch" => (assert_eq!(text, "off"), left("park_wake_batch: 0ns,")).1,
+                "max-connection-age" => {
+                    (assert_eq!(text, "off"), left("max_connection_age: None,")).1
+                }
+                "shutdown-drain-rate" => {
+                    (
+                        assert_eq!(text, "unlimited"),
+                        left("shutdown_drain_rate: None,"),
+                    )
+                        .1
+                }
+                "max-connections-per-ip" => {
+                    (
+                        assert_eq!(text, "unlimited"),
+                        left("max_connections_per_ip: None,"),
+                    )
+                        .1
+                }
+                "accept-rate" => (assert_eq!(text, "unlimited"), left("accept_rate: None,")).1,
+                "accept-burst" => {
+                    (
+                        assert_eq!(text, "one second's worth"),
+                        left("accept_burst: None,"),
+                    )
+                        .1
+                }
+                "server-header" => (assert_eq!(text, "none"), left("server_header: None,")).1,
+                "no-keep-alive" => (assert_eq!(text, "keep-alive on"), left("keep_alive: true,")).1,
+                "debug-connections" => {
+                    (assert_eq!(text, "off"), left("track_connections: false,")).1
+                }
+                "access-log" => (assert_eq!(text, "off"), left("access_log: false,")).1,
+                "tls-listen" => (assert_eq!(text, "none"), left("tls_listen: [],")).1,
+                "tcp-listen" => (assert_eq!(text, "none"), left("tcp_listen: [],")).1,
+                "tls-cert" => (assert_eq!(text, "cleartext"), left("tls_cert: None,")).1,
+                "tls-key" => (assert_eq!(text, "none"), left("tls_key: None,")).1,
+                "self-signed" => (assert_eq!(text, "off"), left("self_signed: false,")).1,
+                "otel-endpoint" => (assert_eq!(text, "off"), left("endpoint: None,")).1,
+                // The message settings are unset (the library's defaults:
+                // no heartbeat timeout, no delivery rate) without either.
+                "heartbeat-timeout" | "delivery-rate" => {
+                    assert!(matches!(text, "off" | "unlimited"), "--{name} {text}");
+                    left("message: None,");
+                }
+                _ => panic!("--{name}: its default ({text}) is checked against nothing"),
+            }
         }
-        let dbg = format!("{:?}", Builder::default());
-        for (name, field) in [
-            ("max-header-bytes", "max_header_bytes"),
-            ("max-body-bytes", "max_body_bytes"),
-            ("max-headers", "max_headers"),
-            ("backlog", "backlog"),
-        ] {
-            let text = default(name);
-            let n = units::parse_size(text).unwrap();
-            assert!(
-                dbg.contains(&format!("{field}: {n},")),
-                "--{name} {text}: {dbg}"
-            );
-        }
-        assert_eq!(
-            default("hub-queue"),
-            megaconn::DEFAULT_HUB_QUEUE.to_string()
-        );
-        assert_eq!(
-            default("max-subscriptions"),
-            megaconn::DEFAULT_MAX_SUBSCRIPTIONS.to_string()
-        );
-        assert_eq!(
-            units::parse_size(default("max-topic-bytes")),
-            Ok(megaconn::DEFAULT_MAX_TOPIC_BYTES as u64)
-        );
-        assert_eq!(
-            units::parse_size(default("hub-queue-bytes")),
-            Ok(megaconn::DEFAULT_HUB_QUEUE_BYTES as u64)
-        );
-        assert!(dbg.contains("shutdown_timeout: 30s,"), "{dbg}");
-        assert_eq!(default("shutdown-timeout"), "30s");
     }
 
     #[test]
@@ -1391,7 +1518,7 @@ mod tests {
                 Ok(v) => assert_eq!(text, "listen = \"127.0.0.1:1\"", "{v:?}"),
             }
         }
-        let e = apply(&parse_file("workers = 0").unwrap(), &Values::new()).unwrap_err();
-        assert!(e.contains("workers must be at least 1"), "{e}");
+        let e = apply(&Values::new(), &parse_file("workers = 0").unwrap()).unwrap_err();
+        assert_eq!(e, "key `workers`: must be at least 1");
     }
 }

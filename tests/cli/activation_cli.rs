@@ -156,7 +156,7 @@ fn variables_meant_for_another_process_are_ignored() {
     // Past socket activation (not for this process) to the knob error.
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("workers must be at least 1"), "{err}");
+    assert!(err.contains("--workers: must be at least 1"), "{err}");
 }
 
 /// Needs `systemd-socket-activate` (Debian's `systemd` package); where it is

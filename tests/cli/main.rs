@@ -16,6 +16,7 @@ mod admin_fds_cli;
 mod doctor_cli;
 mod flags_cli;
 mod hold_cli;
+mod limits_cli;
 mod processes;
 mod serve_cli;
 mod upgrade_cli;

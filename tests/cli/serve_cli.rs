@@ -470,22 +470,30 @@ fn tcp_addr(first: &str) -> String {
         .to_string()
 }
 
-/// `serve --tcp-listen`: the framed line demo answers as `nc` would see it
-/// (`PING` -> `PONG`, `SUB`/`PUB` reach subscribers and everyone, anything
-/// else echoed), beside HTTP, and drains on SIGTERM.
-#[test]
-fn tcp_listen_serves_the_framed_line_demo() {
+/// Starts `serve` with HTTP and the framed demo on ephemeral ports (and
+/// `extra`); returns the child, its stdout after the banner, and the framed
+/// listener's address.
+fn framed_demo(extra: &[&str]) -> (ChildGuard, Lines, String) {
     let mut child = ChildGuard::spawn(
         megaconn()
             .args(["serve", "--workers", "1", "--admin", "off"])
             .args(["--listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
     let stdout = Lines::new(child.child().stdout.take().unwrap());
     let first = stdout.expect_line();
-    let tcp = tcp_addr(&first);
     assert!(first.contains("http://127.0.0.1:"), "{first}");
+    (child, stdout, tcp_addr(&first))
+}
+
+/// `serve --tcp-listen`: the framed line demo answers as `nc` would see it
+/// (`PING` -> `PONG`, `SUB`/`PUB` reach subscribers and everyone, anything
+/// else echoed), beside HTTP, and drains on SIGTERM.
+#[test]
+fn tcp_listen_serves_the_framed_line_demo() {
+    let (mut child, _stdout, tcp) = framed_demo(&[]);
 
     let mut s = TcpStream::connect(&tcp).unwrap();
     s.set_read_timeout(Some(SAFETY)).unwrap();
@@ -514,17 +522,7 @@ fn tcp_listen_serves_the_framed_line_demo() {
 /// with an unlimited warning per such message.
 #[test]
 fn the_framed_demo_answers_an_error_to_what_it_cannot_echo() {
-    let mut child = ChildGuard::spawn(
-        megaconn()
-            .args(["serve", "--workers", "1", "--admin", "off"])
-            .args(["--listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0"])
-            .args(["--tcp-framing", "u8"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let stdout = Lines::new(child.child().stdout.take().unwrap());
-    let first = stdout.expect_line();
-    let tcp = tcp_addr(&first);
+    let (mut child, _stdout, tcp) = framed_demo(&["--tcp-framing", "u8"]);
     let frame = |body: &[u8]| [&[body.len() as u8][..], body].concat();
     let mut s = TcpStream::connect(&tcp).unwrap();
     s.set_read_timeout(Some(SAFETY)).unwrap();
@@ -532,6 +530,25 @@ fn the_framed_demo_answers_an_error_to_what_it_cannot_echo() {
     expect(&mut s, &frame(b"error: too long to echo"));
     s.write_all(&frame(b"PING")).unwrap();
     expect(&mut s, &frame(b"PONG"));
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}
+
+/// A line over the framed demo's 8 KiB limit gets an `error:` line before
+/// the close, as the demo's other refusals do; the peer used to see the
+/// close alone.
+#[test]
+fn the_framed_demo_says_why_before_closing_a_line_too_long() {
+    let (mut child, _stdout, tcp) = framed_demo(&[]);
+    let mut s = TcpStream::connect(&tcp).unwrap();
+    s.set_read_timeout(Some(SAFETY)).unwrap();
+    let mut line = b"PING\n".to_vec();
+    line.extend(std::iter::repeat_n(b'x', 9000));
+    line.push(b'\n');
+    s.write_all(&line).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "PONG\nerror: line too long; closing\n");
     child.signal(libc::SIGTERM);
     assert!(child.wait().success());
 }

@@ -557,6 +557,30 @@ async fn refused_request_heads_log_status_reason_and_peer_once_per_interval() {
     assert!(ours <= most, "{ours} lines in {elapsed:?} (at most {most})");
 }
 
+/// An HTTP/2 request refused before any handler (413: a Content-Length
+/// over `max_body_bytes`) logs HTTP/1.1's line for a refused head, at INFO
+/// and limited with it (`RefusedHead`), naming the status, why and the
+/// peer. It was logged at debug only: counted, with no line.
+#[tokio::test]
+async fn a_refused_http2_request_logs_the_refused_head_line() {
+    capture_log();
+    let server = TestServer::start(megaconn::Server::builder().workers(1).max_body_bytes(10)).await;
+    let (client, peer) = common::h2c_from(server.addr).await;
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post("http://t/echo")
+        .header("content-length", "100")
+        .body(())
+        .unwrap();
+    let (resp, _body) = client.send_request(req, false).unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    wait_for_warning(&format!(
+        "refused a request head from {peer}: 413 Payload Too Large (Content-Length exceeds max_body_bytes); answered, HTTP/2 stream ended"
+    ))
+    .await;
+    server.stop().await;
+}
+
 /// Echoes each WebSocket message.
 struct WsEcho;
 

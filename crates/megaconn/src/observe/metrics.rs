@@ -44,6 +44,7 @@
 //! | `megaconn_handler_cancelled_total` | counter | |
 //! | `megaconn_timeouts_total` | counter | |
 //! | `megaconn_protocol_errors_total` | counter | |
+//! | `megaconn_limit_hits_total` | counter | `limit` (`max_header_bytes`, `max_headers`, `max_body_bytes`, …: `limits::LimitHit::LABELS`, every one always present) |
 //! | `megaconn_accept_errors_total` | counter | `errno` |
 //! | `megaconn_connections_rejected_total` | counter | `limit` (`accept_rate`, `per_ip`) |
 //! | `megaconn_tls_alerts_received_total` | counter | `alert` (`unknown_ca`, `bad_certificate`, …, `other`) |

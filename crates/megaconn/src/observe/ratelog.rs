@@ -68,8 +68,10 @@ pub(crate) enum Flood {
     BodyTooLarge,
     /// A malformed chunked request body.
     MalformedBody,
-    /// An HTTP/1.1 request head refused before any service saw it (400,
-    /// 414, 417, 431, 505): answered and closed.
+    /// A request head refused before any service saw it: HTTP/1.1's (400,
+    /// 413, 414, 417, 431, 505: answered and closed) and HTTP/2's (413 by
+    /// Content-Length, 431 past `max_headers`: answered, the stream
+    /// ended). One kind: the same refusals, whichever protocol carried them.
     RefusedHead,
     /// A connection closed as a slow consumer (queue or socket buffer full).
     SlowConsumer,
@@ -265,6 +267,25 @@ pub(crate) fn over_limit(over: OverLimit, then: &str) {
             over.what,
             over.setting
         )
+    });
+}
+
+/// Logs a request head refused before any service saw it at INFO, held to
+/// one line per interval per worker ([`Flood::RefusedHead`]: a peer can send
+/// them at will), naming the status, why (`reason`, which names the
+/// setting), the peer (`-` when unknown) and `then`, what was done.
+pub(crate) fn refused_head(
+    peer: Option<std::net::SocketAddr>,
+    status: http::StatusCode,
+    reason: &str,
+    then: &str,
+) {
+    log(Flood::RefusedHead, |suppressed| {
+        let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        tracing::info!(
+            suppressed,
+            "refused a request head from {peer}: {status} ({reason}); {then}"
+        );
     });
 }
 

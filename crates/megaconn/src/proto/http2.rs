@@ -65,6 +65,16 @@
 //! as request bodies read them and closes the connection with
 //! `GOAWAY(ENHANCE_YOUR_CALM)` past an allowance.
 //!
+//! A request is refused before any service sees it, as HTTP/1.1 refuses a
+//! head, for the same two limits (with HTTP/1.1's reasons, its limit hits
+//! and its rate-limited line, `ratelog::refused_head`): `431` for more
+//! header fields than `max_headers`, `413` for a Content-Length over
+//! `max_body_bytes`; the stream ends, the connection serves on. Two limits
+//! are h2's alone, enforced before a stream reaches us and **uncounted**
+//! (h2 exposes no hook; the setters' docs and the README say so): a header
+//! list over `http2_max_header_list_size` (h2 answers `431`) and a stream
+//! past `http2_max_concurrent_streams` (`RST_STREAM(REFUSED_STREAM)`).
+//!
 //! What a stream counts (`RequestRecord`: `requests_total`, the access
 //! line), and when:
 //!
@@ -179,7 +189,6 @@ where
     S: HttpService,
 {
     let cfg = ctx.config.http2;
-    let info = info.filter(|_| ctx.config.connect_info);
     // Bytes in and out count into the connection's lifecycle event, as on
     // HTTP/1.1 (plaintext, after TLS).
     let io = CountedIo::new(io);
@@ -591,7 +600,50 @@ impl Drop for StreamRecord {
 /// only while it waits (a ready service, the usual case, never makes one).
 type Waiting = Box<(Prepared, SendResponse<Bytes>)>;
 
-/// Builds the request of a new stream, or answers it at once (413).
+/// A new stream's request refused before any service sees it, as HTTP/1.1
+/// refuses a head (with the same reasons, which name the setting): its
+/// status, why, and the limit it went over.
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    limit: LimitHit,
+}
+
+/// A body declared (Content-Length) over `max_body_bytes`.
+const BODY_TOO_LARGE: Refusal = Refusal {
+    status: StatusCode::PAYLOAD_TOO_LARGE,
+    reason: "Content-Length exceeds max_body_bytes",
+    limit: LimitHit::MaxBodyBytes,
+};
+
+/// More header fields than `max_headers` (pseudo-headers not counted). h2
+/// bounds only their bytes (`http2_max_header_list_size`): without this,
+/// 300 fields under 64 KiB were served where HTTP/1.1 answers 431 at 101.
+const TOO_MANY_HEADERS: Refusal = Refusal {
+    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    reason: "more than max_headers request headers",
+    limit: LimitHit::MaxHeaders,
+};
+
+/// What refuses a request with `headers` (a body of `content_length`
+/// declared), if anything does.
+fn refusal(
+    headers: &HeaderMap,
+    content_length: Option<u64>,
+    ctx: &WorkerContext,
+) -> Option<Refusal> {
+    if headers.len() > ctx.config.max_headers {
+        return Some(TOO_MANY_HEADERS);
+    }
+    content_length
+        .is_some_and(|n| n > ctx.config.max_body_bytes)
+        .then_some(BODY_TOO_LARGE)
+}
+
+/// Builds the request of a new stream, or answers it at once (413, 431).
+/// `info`: the connection's, whether or not the request is to carry it
+/// (`connect_info`): its peer names who sent a refused request.
 fn prepare<F>(
     request: Request<RecvStream>,
     ctx: &Rc<WorkerContext>,
@@ -610,16 +662,23 @@ fn prepare<F>(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if content_length.is_some_and(|n| n > limit) {
-        tracing::debug!(
-            limit,
-            "HTTP/2 request body declared over max_body_bytes; 413"
-        );
+    if let Some(refused) = refusal(&parts.headers, content_length, ctx) {
         incr(&ctx.stats.protocol_errors);
-        LimitHit::MaxBodyBytes.count(&ctx.stats);
+        refused.limit.count(&ctx.stats);
+        // Logged as HTTP/1.1 logs a refused head (at INFO, limited): it
+        // was at debug only, counted but with no line naming who sent it.
+        let peer = info
+            .map(|i| i.peer)
+            .or_else(|| lifecycle::current_id_and_peer().1);
+        ratelog::refused_head(
+            peer,
+            refused.status,
+            refused.reason,
+            "answered, HTTP/2 stream ended",
+        );
         let access = AccessLine::of(ctx.config.access_log, &parts.method, &parts.uri);
         return Err(Start::Failed(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            refused.status,
             RequestRecord::untimed(ctx.stats_source(), method).logged(access),
             Some(recv),
         ));
@@ -652,7 +711,7 @@ fn prepare<F>(
         (Body::h2(body), None, Some(tally))
     };
     let mut request = Request::from_parts(parts, body);
-    if let Some(info) = info {
+    if let Some(info) = info.filter(|_| ctx.config.connect_info) {
         crate::service::insert_conn_info(request.extensions_mut(), info);
     }
     // As an HTTP/1.1 upgrade request does, a CONNECT carries the handle

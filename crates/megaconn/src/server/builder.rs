@@ -758,7 +758,11 @@ impl Builder {
         self
     }
 
-    /// Most request headers; more gets `431`. Default: 100; at most 512.
+    /// Most request headers; more gets `431`, over HTTP/1.1 (the connection
+    /// then closes) and HTTP/2 (the stream ends; pseudo-headers such as
+    /// `:path` not counted), counted as
+    /// `megaconn_limit_hits_total{limit="max_headers"}`. Default: 100; at
+    /// most 512.
     pub fn max_headers(mut self, n: usize) -> Builder {
         self.config.max_headers = n;
         self
@@ -1122,6 +1126,12 @@ impl Builder {
 
     /// Most streams a client may have open at once on one connection.
     /// Default: 250 ([`DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`](crate::DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS)).
+    ///
+    /// The `h2` crate enforces it: a stream past it is reset with
+    /// `RST_STREAM(REFUSED_STREAM)` (RFC 9113 §5.1.2; the client may retry
+    /// it) before megaconn sees it, so it is **not counted** in any metric
+    /// nor logged (h2 exposes no hook for it). Clients that honour the
+    /// setting (browsers, curl, gRPC) queue their requests instead.
     pub fn http2_max_concurrent_streams(mut self, n: u32) -> Builder {
         self.config.http2.max_concurrent_streams = n;
         self
@@ -1150,6 +1160,13 @@ impl Builder {
 
     /// Largest decoded request header list, in bytes (RFC 9113's accounting:
     /// names, values and 32 bytes per field). Default: 64 KiB.
+    ///
+    /// The `h2` crate enforces it: a request over it is answered `431` by h2
+    /// itself before megaconn sees it, so it is **not counted** (no
+    /// `megaconn_requests_total`, no `megaconn_limit_hits_total`, no access
+    /// line) nor logged (h2 exposes no hook for it). One far over it (four
+    /// times, as it decodes) ends the connection with
+    /// `GOAWAY(ENHANCE_YOUR_CALM)`, which is counted (`h2_enhance_your_calm`).
     pub fn http2_max_header_list_size(mut self, n: u32) -> Builder {
         self.config.http2.max_header_list_size = n;
         self

@@ -442,8 +442,16 @@ async fn hand_over_http1<T, S>(
             read_ahead,
             info,
         } => {
+            // The addresses HTTP/1.1 kept only with `connect_info`, read
+            // off the socket otherwise (two syscalls per h2c connection, as
+            // a TLS accept makes for every one): HTTP/2's refused-request
+            // line names the peer, as HTTP/1.1's does.
+            let info = info.map(|i| *i).or_else(|| {
+                let fd = io.lot_fd()?;
+                // SAFETY: `fd` is `io`'s socket, open while `io` lives.
+                ConnInfo::of(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+            });
             let io = Rewind { io, read_ahead };
-            let info = info.map(|i| *i);
             // Its age counted from the upgrade: the hand-over does not
             // carry HTTP/1.1's.
             let retire_at = ctx.retire_at();

@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Upper bound for any single wait: reached only when a test fails.
-const SAFETY: Duration = Duration::from_secs(20);
+pub(super) const SAFETY: Duration = Duration::from_secs(20);
 
 type TestBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -199,14 +199,14 @@ struct Shared {
     gate: tokio::sync::Semaphore,
 }
 
-struct Running {
-    addr: SocketAddr,
+pub(super) struct Running {
+    pub(super) addr: SocketAddr,
     shared: Arc<Shared>,
-    handle: ServerHandle,
+    pub(super) handle: ServerHandle,
     task: ServeTask,
 }
 
-async fn start(builder: Builder) -> Running {
+pub(super) async fn start(builder: Builder) -> Running {
     let shared = Arc::new(Shared {
         together: tokio::sync::Barrier::new(8),
         gate: tokio::sync::Semaphore::new(0),
@@ -243,7 +243,7 @@ where
 }
 
 impl Running {
-    async fn stop(self) -> ShutdownSummary {
+    pub(super) async fn stop(self) -> ShutdownSummary {
         self.handle.shutdown();
         tokio::time::timeout(SAFETY, self.task)
             .await
@@ -447,7 +447,7 @@ async fn graceful_shutdown_sends_goaway_and_lets_open_streams_finish() {
 }
 
 /// One HTTP/2 frame header plus payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
     f.extend_from_slice(&stream.to_be_bytes());
@@ -587,16 +587,16 @@ async fn rapid_reset_gets_goaway_and_the_server_stays_healthy() {
 
 /// A frame read off the wire by [`RawH2`].
 #[derive(Debug)]
-struct RawFrame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
+pub(super) struct RawFrame {
+    pub(super) kind: u8,
+    pub(super) flags: u8,
+    pub(super) stream: u32,
+    pub(super) payload: Vec<u8>,
 }
 
 const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
+pub(super) const HEADERS: u8 = 0x1;
+pub(super) const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const ACK: u8 = 0x1;
@@ -605,7 +605,7 @@ const END_STREAM: u8 = 0x1;
 /// A scripted HTTP/2 client on a real socket: it writes frames by hand and
 /// reads the server's, so a test decides what it answers (or refuses to).
 /// Over TCP by default; over an in-memory stream for the paused-time tests.
-struct RawH2<T = TcpStream> {
+pub(super) struct RawH2<T = TcpStream> {
     tcp: T,
     buf: Vec<u8>,
 }
@@ -613,7 +613,7 @@ struct RawH2<T = TcpStream> {
 impl RawH2 {
     /// Connects and sends the preface and an empty SETTINGS frame, plus
     /// `then` in the same write.
-    async fn connect(addr: SocketAddr, then: &[u8]) -> RawH2 {
+    pub(super) async fn connect(addr: SocketAddr, then: &[u8]) -> RawH2 {
         RawH2::over(TcpStream::connect(addr).await.unwrap(), then).await
     }
 }
@@ -633,7 +633,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
     }
 
     /// The next frame, or `None` once the server closed the connection.
-    async fn next_frame(&mut self) -> Option<RawFrame> {
+    pub(super) async fn next_frame(&mut self) -> Option<RawFrame> {
         tokio::time::timeout(SAFETY, async {
             loop {
                 if self.buf.len() >= 9 {
@@ -680,7 +680,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
     }
 
     /// Acknowledges the server's SETTINGS; true if `f` was one.
-    async fn ack_settings(&mut self, f: &RawFrame) -> bool {
+    pub(super) async fn ack_settings(&mut self, f: &RawFrame) -> bool {
         if f.kind == SETTINGS && f.flags & ACK == 0 {
             self.send(&frame(SETTINGS, ACK, 0, &[])).await;
             return true;

@@ -406,3 +406,30 @@ fn an_idle_server_renders_every_family() {
     }
     Metrics::parse(text);
 }
+
+/// Every family the exporter writes has its row in `observe/metrics.rs`'s
+/// module-doc table (`megaconn_limit_hits_total` had none).
+#[test]
+fn every_family_rendered_is_in_the_module_doc_table() {
+    const SOURCE: &str = include_str!("../../src/observe/metrics.rs");
+    let table: Vec<&str> = SOURCE
+        .lines()
+        .take_while(|l| l.starts_with("//!"))
+        .filter(|l| l.starts_with("//! | `megaconn_"))
+        .collect();
+    let text = megaconn::metrics::render(&megaconn::ServerStats::default());
+    let families = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next());
+    let mut seen = 0;
+    for family in families {
+        let row = |name: &str| table.iter().any(|r| r.contains(&format!("| `{name}` |")));
+        assert!(
+            row(family) || row(&format!("{family}_total")),
+            "{family} has no row in the module doc of observe/metrics.rs"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 30, "only {seen} families rendered:\n{text}");
+}

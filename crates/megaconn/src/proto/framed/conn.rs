@@ -273,37 +273,46 @@ pub(crate) async fn serve<H: FramedHandler>(
         // Every whole frame read so far, in order.
         if let Some(b) = buf.as_mut() {
             loop {
+                // A framing error closes the connection, after the
+                // handler's last word if it has one (sent by the flush
+                // below, best effort, bounded as every write).
+                let mut broke = None;
                 let frame = match codec.decode(b) {
-                    Ok(Some(frame)) => frame,
+                    Ok(Some(frame)) => Some(frame),
                     Ok(None) => break,
                     Err(error) => {
                         incr(&ctx.stats.protocol_errors);
                         LimitHit::from(error).count(&ctx.stats);
                         log_framing_error(error, codec.over_limit(error, b));
-                        give_back(&ctx, &mut buf);
-                        let reason = CloseReason::Protocol(ProtocolDetail::Framing(error));
-                        return Ended::Close(live.close(reason));
+                        if let Some(last) = last_word(handler, live.state(), error, &ctx) {
+                            session.send(last);
+                        }
+                        broke = Some(CloseReason::Protocol(ProtocolDetail::Framing(error)));
+                        None
                     }
                 };
-                message.ended(Instant::now);
-                lifecycle::count_request();
-                incr(&counters.frames_in);
-                lifecycle::set_state(ConnectionState::Handling);
-                // A panicking handler closes its connection, not the worker.
-                let handled = AssertUnwindSafe(handler.on_message(live.state(), frame, &session))
-                    .catch_unwind()
-                    .await;
-                match handled {
-                    Ok(Some(reply)) => session.send(reply),
-                    Ok(None) => {}
-                    Err(_panic) => {
-                        give_back(&ctx, &mut buf);
-                        incr(&ctx.stats.panics);
-                        crate::observe::ratelog::panicked(
-                            "a framed handler panicked; closing its connection",
-                            None,
-                        );
-                        return Ended::Close(live.close(CloseReason::Panic));
+                if let Some(frame) = frame {
+                    message.ended(Instant::now);
+                    lifecycle::count_request();
+                    incr(&counters.frames_in);
+                    lifecycle::set_state(ConnectionState::Handling);
+                    // A panicking handler closes its connection, not the worker.
+                    let handled =
+                        AssertUnwindSafe(handler.on_message(live.state(), frame, &session))
+                            .catch_unwind()
+                            .await;
+                    match handled {
+                        Ok(Some(reply)) => session.send(reply),
+                        Ok(None) => {}
+                        Err(_panic) => {
+                            give_back(&ctx, &mut buf);
+                            incr(&ctx.stats.panics);
+                            crate::observe::ratelog::panicked(
+                                "a framed handler panicked; closing its connection",
+                                None,
+                            );
+                            return Ended::Close(live.close(CloseReason::Panic));
+                        }
                     }
                 }
                 let flushed = flush(
@@ -315,6 +324,10 @@ pub(crate) async fn serve<H: FramedHandler>(
                     inbox.as_ref(),
                 )
                 .await;
+                if let Some(reason) = broke {
+                    give_back(&ctx, &mut buf);
+                    return Ended::Close(live.close(reason));
+                }
                 if let Err(reason) = flushed {
                     give_back(&ctx, &mut buf);
                     return Ended::Close(live.close(reason));
@@ -618,6 +631,27 @@ fn log_framing_error(error: FramingError, over: Option<OverLimit>) {
         Some(over) => ratelog::over_limit(over, "closing"),
         None => tracing::debug!(%error, "framing error; closing"),
     }
+}
+
+/// The handler's last frame to a peer that broke the framing
+/// ([`FramedHandler::on_framing_error`]); a panic in it is caught, counted
+/// and logged (limited), and gives none.
+fn last_word<H: FramedHandler>(
+    handler: &H,
+    state: &mut H::State,
+    error: FramingError,
+    ctx: &WorkerContext,
+) -> Option<Bytes> {
+    let called =
+        std::panic::catch_unwind(AssertUnwindSafe(|| handler.on_framing_error(state, error)));
+    called.unwrap_or_else(|_panic| {
+        incr(&ctx.stats.panics);
+        ratelog::panicked(
+            "a framed handler's on_framing_error panicked; closing its connection",
+            None,
+        );
+        None
+    })
 }
 
 /// Returns the read buffer, if any, to the pool.

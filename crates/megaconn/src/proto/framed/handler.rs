@@ -19,7 +19,7 @@ use crate::conn::context::WorkerContext;
 use crate::message::hub::ConnectionId;
 use crate::message::live::Live;
 use crate::message::session::Session;
-use crate::observe::close::CloseReason;
+use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::framed::codec::Framing;
 use crate::proto::framed::conn::{self, FramedIo, Start};
 use crate::proto::framed::{goodbye_parked, side_table};
@@ -75,6 +75,19 @@ pub trait FramedHandler: Send + Sync + 'static {
         frame: Bytes,
         session: &Session,
     ) -> impl Future<Output = Option<Bytes>>;
+
+    /// The peer broke the framing: a line over
+    /// [`Framing::max_line_bytes`](crate::Framing::max_line_bytes), a frame
+    /// over [`max_frame_bytes`](crate::Framing::max_frame_bytes), a bad
+    /// length header or a line not UTF-8. The connection closes
+    /// (`on_close` then hears `CloseReason::Protocol(ProtocolDetail::Framing(error))`)
+    /// after writing the frame returned here, if any, as a last word the
+    /// peer can read (an `error: …` line, say); otherwise the peer sees the
+    /// close alone and cannot tell why. Default: none.
+    fn on_framing_error(&self, state: &mut Self::State, error: FramingError) -> Option<Bytes> {
+        let _ = (state, error);
+        None
+    }
 
     /// The connection closed, for `reason` (the peer hung up, a framing
     /// error, the heartbeat timeout, shutdown, ...). Called exactly once per

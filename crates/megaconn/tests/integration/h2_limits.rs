@@ -1,0 +1,119 @@
+//! HTTP/2's request limits on the wire, with the `h2` crate's client and a
+//! scripted raw client (`h2.rs`'s [`RawH2`]): `max_headers`, which megaconn
+//! applies as on HTTP/1.1, and the two limits h2 enforces itself, uncounted
+//! (h2 exposes neither): `http2_max_header_list_size` (h2 answers 431) and
+//! `http2_max_concurrent_streams` (`RST_STREAM(REFUSED_STREAM)`).
+
+use crate::common;
+
+use http::{Request, StatusCode};
+use megaconn::{Builder, ServerStats};
+
+use super::h2::{frame, start, RawH2, Running, HEADERS, SAFETY, SETTINGS};
+
+/// `GET /` with `fields` header fields `x-N: v` on a fresh connection of
+/// `server`'s; its status, then a plain `GET /`'s on the same connection
+/// (a refused request does not end the connection).
+async fn get_with_fields(server: &Running, fields: usize, value: &str) -> (StatusCode, StatusCode) {
+    let mut client = common::h2c(server.addr).await;
+    let mut statuses = Vec::new();
+    for n in [fields, 0] {
+        let mut req = Request::get("http://t/");
+        for i in 0..n {
+            req = req.header(format!("x-{i}"), value);
+        }
+        let mut ready = client.clone().ready().await.unwrap();
+        let (resp, _) = ready.send_request(req.body(()).unwrap(), true).unwrap();
+        let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+        statuses.push(resp.status());
+        client = ready;
+    }
+    (statuses[0], statuses[1])
+}
+
+/// `label`'s count in `megaconn_limit_hits_total`.
+fn limit_hits(stats: &ServerStats, label: &str) -> u64 {
+    let hit = stats.limit_hits.iter().find(|(l, _)| *l == label);
+    hit.map_or(0, |(_, n)| *n)
+}
+
+/// `max_headers` applies to HTTP/2 requests as to HTTP/1.1 ones: 431 past
+/// it, counted as `limit_hits{max_headers}` (and a protocol error); the
+/// connection serves on. HTTP/2 served 300 fields where HTTP/1.1 answered
+/// 431 at 101.
+#[tokio::test]
+async fn max_headers_applies_to_http2_requests() {
+    let server = start(megaconn::Server::builder().max_headers(20)).await;
+    let at = get_with_fields(&server, 20, "v").await;
+    assert_eq!(at, (StatusCode::OK, StatusCode::OK));
+    let over = get_with_fields(&server, 21, "v").await;
+    assert_eq!(
+        over,
+        (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, StatusCode::OK)
+    );
+    let stats = server.handle.stats();
+    assert_eq!(limit_hits(&stats, "max_headers"), 1, "{stats:?}");
+    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
+    server.stop().await;
+}
+
+/// A header list over `http2_max_header_list_size` is answered 431 by h2
+/// itself (RFC 9113 §10.5.1), before megaconn sees the request: the
+/// connection serves on, and nothing counts it (h2 exposes no hook; the
+/// setting's docs say so).
+#[tokio::test]
+async fn a_header_list_over_its_limit_gets_431_from_h2() {
+    let server = start(Builder::default().http2_max_header_list_size(4096)).await;
+    let value = "v".repeat(1000);
+    let (under, _) = get_with_fields(&server, 3, &value).await;
+    assert_eq!(under, StatusCode::OK);
+    let over = get_with_fields(&server, 5, &value).await;
+    assert_eq!(
+        over,
+        (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, StatusCode::OK)
+    );
+    let stats = server.handle.stats();
+    assert!(stats.limit_hits.iter().all(|(_, n)| *n == 0), "{stats:?}");
+    server.stop().await;
+}
+
+/// Streams opened past `http2_max_concurrent_streams` are refused by h2
+/// with `RST_STREAM(REFUSED_STREAM)` (RFC 9113 §5.1.2: the client may
+/// retry them), while the streams within it run; nothing counts them (h2
+/// exposes no hook).
+#[tokio::test]
+async fn streams_past_max_concurrent_streams_are_refused() {
+    const RST_STREAM: u8 = 0x3;
+    const REFUSED_STREAM: u32 = 0x7;
+    let server = start(Builder::default().http2_max_concurrent_streams(2)).await;
+    // HPACK: GET, http, :path /hang (a literal), :authority a.
+    let hang = [
+        0x82, 0x86, 0x04, 5, b'/', b'h', b'a', b'n', b'g', 0x01, 1, b'a',
+    ];
+    let mut opening = Vec::new();
+    for stream in [1, 3, 5, 7] {
+        // HEADERS with END_STREAM and END_HEADERS.
+        opening.extend(frame(HEADERS, 0x5, stream, &hang));
+    }
+    let mut raw = RawH2::connect(server.addr, &opening).await;
+    let mut refused = Vec::new();
+    while refused.len() < 2 {
+        let f = raw.next_frame().await.expect("two resets before a close");
+        if raw.ack_settings(&f).await || f.kind == SETTINGS {
+            continue;
+        }
+        assert_eq!(f.kind, RST_STREAM, "{f:?}");
+        let code = u32::from_be_bytes(f.payload[..4].try_into().unwrap());
+        refused.push((f.stream, code));
+    }
+    assert_eq!(refused, [(5, REFUSED_STREAM), (7, REFUSED_STREAM)]);
+    // The two within the limit run (`/hang`: until the connection goes).
+    common::wait_stats(&server.handle, "two handlers running", |s| {
+        s.request_metrics.in_flight == 2
+    })
+    .await;
+    let stats = server.handle.stats();
+    assert!(stats.limit_hits.iter().all(|(_, n)| *n == 0), "{stats:?}");
+    drop(raw);
+    server.stop().await;
+}
