@@ -545,16 +545,78 @@ async fn refused_request_heads_log_status_reason_and_peer_once_per_interval() {
     ))
     .await;
     server.stop().await;
-    // Every refusal happened within `elapsed`, and lines are at least 5 s
-    // (ratelog's LOG_INTERVAL) apart.
+    assert_one_line_per_interval(started, LINE, &peers, ":");
+}
+
+/// Asserts that the lines containing `line` and naming one of `peers`
+/// (followed by `after`) came at most one per 5 s (ratelog's
+/// LOG_INTERVAL) since `started`, when the events began: lines are at
+/// least that far apart.
+fn assert_one_line_per_interval(
+    started: std::time::Instant,
+    line: &str,
+    peers: &[String],
+    after: &str,
+) {
     let elapsed = started.elapsed();
     let most = 1 + (elapsed.as_secs() / 5) as usize;
     let logged = LOGGED.lock().unwrap();
     let ours = logged
         .iter()
-        .filter(|m| m.contains(LINE) && peers.iter().any(|p| m.contains(&format!(" {p}:"))))
+        .filter(|m| m.contains(line) && peers.iter().any(|p| m.contains(&format!(" {p}{after}"))))
         .count();
-    assert!(ours <= most, "{ours} lines in {elapsed:?} (at most {most})");
+    assert!(
+        ours <= most,
+        "{line}: {ours} lines in {elapsed:?} (at most {most})"
+    );
+}
+
+/// A request head or a request that does not come whole within its
+/// timeout (`read_header_timeout`, `read_timeout`: a slowloris) is logged
+/// at INFO, naming the setting and the peer, one line per interval per
+/// worker and setting. Before, only at debug: an operator saw
+/// `closed{header_timeout}` and `closed{read_timeout}` counted, but no
+/// line, nor who.
+#[tokio::test]
+async fn requests_that_time_out_log_the_setting_and_peer_once_per_interval() {
+    const SLOW: usize = 20;
+    capture_log();
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .read_header_timeout(Some(Duration::from_millis(100)))
+            .read_timeout(Some(Duration::from_millis(100))),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut peers = Vec::new();
+    for i in 0..SLOW {
+        let mut s = server.connect().await;
+        peers.push(s.local_addr().unwrap().to_string());
+        // Half of them a head that never ends, half a body that never does.
+        let slow: &[u8] = if i % 2 == 0 {
+            b"GET / HTTP/1.1\r\nHost: t\r\n"
+        } else {
+            b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc"
+        };
+        s.write_all(slow).await.unwrap();
+        let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 408 "), "{raw}");
+    }
+    wait_for_warning(&format!(
+        "no whole request head from {} within read_header_timeout",
+        peers[0]
+    ))
+    .await;
+    wait_for_warning(&format!(
+        "an HTTP/1.1 request from {} did not complete within read_timeout",
+        peers[1]
+    ))
+    .await;
+    server.stop().await;
+    for line in ["within read_header_timeout", "within read_timeout"] {
+        assert_one_line_per_interval(started, line, &peers, " ");
+    }
 }
 
 /// An HTTP/2 request refused before any handler (413: a Content-Length

@@ -77,13 +77,11 @@ pub(crate) async fn accept_loop(
     let rate_log = RateLimitedLog::default();
     let per_ip_log = RateLimitedLog::default();
     // Each worker enforces its share of the server's accept rate.
-    let workers = ctx.config.workers.max(1);
-    let mut accept_rate = ctx.config.accept_rate.map(|r| {
-        TokenBucket::new(
-            r.per_second / workers as f64,
-            (r.burst / workers as u32).max(1),
-        )
-    });
+    let workers = ctx.config.workers;
+    let mut accept_rate = ctx
+        .config
+        .accept_rate
+        .map(|r| TokenBucket::share(r, workers, ctx.index));
     let local = crate::conn::socket::addr_of(listener.get_ref());
     let mut fd_line = FdLine::new(ctx.config.fd_reserve);
     loop {

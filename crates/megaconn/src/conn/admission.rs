@@ -14,6 +14,8 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
+use crate::conn::config::AcceptRate;
+
 /// A token bucket: `rate` connections per second, bursts up to `burst`.
 #[derive(Debug)]
 pub(crate) struct TokenBucket {
@@ -33,6 +35,24 @@ impl TokenBucket {
             tokens: burst,
             last: Instant::now(),
         }
+    }
+
+    /// Worker `index`'s share of the server's `rate` over `workers`
+    /// workers: the rate divided evenly, and the burst too, the remainder
+    /// going one each to the first workers, so that the shares add up to
+    /// the burst exactly (each worker's used to be the quotient, rounded
+    /// down: a burst of 3 on 2 workers let 2 in). At least 1 each, or a
+    /// worker would refuse every connection the kernel hands it: a burst
+    /// below the worker count admits one per worker. Exact below it would
+    /// take a bucket the workers share, a cross-thread atomic per accept
+    /// (and shared memory across `serve --processes`), for a setting that
+    /// makes little sense: a burst is meant to be many connections.
+    pub(crate) fn share(rate: AcceptRate, workers: usize, index: usize) -> TokenBucket {
+        let workers = workers.max(1) as u32;
+        let index = index as u32;
+        let (each, rest) = (rate.burst / workers, rate.burst % workers);
+        let burst = each + u32::from(index < rest);
+        TokenBucket::new(rate.per_second / f64::from(workers), burst.max(1))
     }
 
     /// Takes one token if there is one.

@@ -5,7 +5,8 @@
 //! WebSocket frame or message over its limit (native or `axum_ws`), a
 //! framed TCP frame or line over its limit, a hub message dropped at a full
 //! queue, a subscription over a connection's bound, a framed or WebSocket (native or `axum_ws`) peer or an HTTP/1.1
-//! client that stopped reading, a TLS handshake that timed out or failed, a
+//! client that stopped reading, an HTTP/1.1 request head or request that
+//! did not come within its timeout, a TLS handshake that timed out or failed, a
 //! TLS peer over the record buffer's limit or in breach of the protocol
 //! after its handshake, a response body that failed mid-stream, a panic
 //! caught, an HTTP/2 stream whose client gave it no room, a request body
@@ -151,6 +152,13 @@ pub(crate) enum Flood {
     /// An HTTP/1.1 connection closed because its client took none of our
     /// response's bytes in time (`write_timeout` or `write_stall_timeout`).
     Http1WriteTimeout,
+    /// An HTTP/1.1 connection closed because its request head did not
+    /// come whole within `read_header_timeout` (a slowloris, or a client
+    /// that connected and sent nothing).
+    Http1HeaderTimeout,
+    /// An HTTP/1.1 connection closed because its request did not come
+    /// whole within `read_timeout`.
+    Http1ReadTimeout,
     /// A panic caught (a handler's, a response body's, one that escaped
     /// the protocols' guards): what megaconn did about it. A peer can make
     /// a buggy handler panic at will; `megaconn_panics_total` counts every one.
@@ -185,7 +193,7 @@ pub(crate) enum Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 32;
+const KINDS: usize = 34;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.

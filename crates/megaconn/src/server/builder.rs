@@ -670,7 +670,9 @@ impl Builder {
     /// Only a wait counts: a handler that stops reading the body (it keeps
     /// it and does something else) is not cut; an HTTP/1.1 body the handler
     /// left unread is drained under the same bound once its response is
-    /// done. Each byte (on HTTP/2, each DATA frame) starts the bound again
+    /// done. Each byte (of a chunked HTTP/1.1 body, its framing too: size
+    /// lines, their extensions, CRLFs and trailers; on HTTP/2, each DATA
+    /// frame) starts the bound again
     /// (checked when it passes: a client is cut one to two bounds after its
     /// last byte), so a slow but steady upload is not cut; a gRPC
     /// streaming call whose client sends nothing for that long is.
@@ -800,6 +802,20 @@ impl Builder {
     /// [`AcceptRate`]). Over the rate a connection is closed right after accept,
     /// counted (`ServerStats::rejected_accept_rate`) and logged at most once per
     /// interval. Default: none.
+    ///
+    /// Each of the W [`workers`](Builder::workers) has a bucket of its own
+    /// (no lock shared on the accept path): refilled at `per_second / W`,
+    /// holding `burst / W` tokens, the remainder one more each for the
+    /// first workers, so the buckets hold `burst` together; but at least 1
+    /// each, so a burst below W admits W at once (a burst of 1 on 2
+    /// workers admits 2). The kernel hands a connection to a worker by a
+    /// hash of its addresses, so a burst that all lands on one worker is
+    /// held to that worker's share. (`serve --processes P` gives each
+    /// process `burst / P` first, rounded up, at least 1; its workers split
+    /// that.) Exact below W would take a bucket the workers share, an
+    /// atomic operation across threads per accept (and shared memory
+    /// across processes), for a setting that makes sense only as many
+    /// connections.
     pub fn accept_rate(mut self, rate: Option<AcceptRate>) -> Builder {
         self.config.accept_rate = rate;
         self

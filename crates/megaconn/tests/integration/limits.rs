@@ -258,3 +258,32 @@ async fn at_the_limit_a_connection_mid_request_is_never_evicted() {
     );
     server.stop().await;
 }
+
+/// The burst is split over the workers exactly: a burst of 3 on 2 workers
+/// admits 3 at once (2 on one worker, 1 on the other), not 2 (each
+/// worker's share was the quotient rounded down, 1). Forty connections
+/// reach both workers (the kernel spreads them by a hash of their
+/// addresses; one getting fewer than 2 of 40 has a chance of ~1 in 10^10),
+/// so each worker uses its whole share.
+#[tokio::test]
+async fn the_accept_burst_is_split_over_the_workers_exactly() {
+    const CONNECTIONS: u64 = 40;
+    let server = TestServer::start(megaconn::Server::builder().workers(2).accept_rate(Some(
+        AcceptRate {
+            per_second: 0.001,
+            burst: 3,
+        },
+    )))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        held.push(server.connect().await);
+    }
+    server
+        .wait_stats("every connection accepted", |s| s.accepted == CONNECTIONS)
+        .await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.rejected_accept_rate, CONNECTIONS - 3, "{stats:?}");
+    drop(held);
+    server.stop().await;
+}

@@ -371,3 +371,82 @@ async fn strict_but_not_too_strict() {
     }
     server.stop().await;
 }
+
+/// A chunked body that breaks its framing's limits (a size line over
+/// 4 KiB, extensions over 16 KiB, more than 32 trailers) is counted and
+/// logged as malformed whether the handler reads it or leaves it to be
+/// drained: `POST /ignore-body` answers without reading, and the drain
+/// that met the error gave the body up silently, closing as `unread_body`
+/// with no `protocol_errors` and no `limit_hits{malformed_request}` (the
+/// same bytes to a handler that reads were both).
+#[tokio::test]
+async fn a_malformed_chunked_body_nobody_reads_is_counted_as_malformed() {
+    let server = TestServer::default().await;
+    let extension = format!(";e={}", "v".repeat(3000));
+    let trailers: String = (0..40).map(|i| format!("T{i}: v\r\n")).collect();
+    let bodies = [
+        format!("1;{}\r\na\r\n0\r\n\r\n", "x".repeat(5000)),
+        format!("{}0\r\n\r\n", format!("1{extension}\r\na\r\n").repeat(7)),
+        format!("1\r\na\r\n0\r\n{trailers}\r\n"),
+    ];
+    for body in &bodies {
+        let mut s = server.connect().await;
+        let request = format!(
+            "POST /ignore-body HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let out = read_to_close(&mut s).await;
+        assert!(
+            out.starts_with(b"HTTP/1.1 200 ") && out.ends_with(b"ignored"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    server
+        .wait_stats("3 closed", |s| s.closed == bodies.len() as u64)
+        .await;
+    let stats = server.handle.stats();
+    assert_eq!(common::closed_as(&stats, "protocol_error"), 3, "{stats:?}");
+    assert_eq!(common::closed_as(&stats, "unread_body"), 0, "{stats:?}");
+    assert_eq!(stats.protocol_errors, 3, "{stats:?}");
+    assert!(
+        stats.limit_hits.contains(&("malformed_request", 3)),
+        "{stats:?}"
+    );
+    server.stop().await;
+}
+
+/// A chunked body over `max_body_bytes` ends as one over it by its
+/// Content-Length does: answered `413` when no answer has begun (here
+/// `/collect`, which reads the whole body first; it answered the body
+/// read's error itself, a `400`), and closed as `protocol_error` either
+/// way, also when the answer had begun (`/echo`, whose `200` is then cut);
+/// both closed as `unread_body`, a reason that did not say the limit.
+#[tokio::test]
+async fn a_chunked_body_over_max_body_bytes_is_a_413_and_closes_as_the_limit() {
+    let server = TestServer::start(megaconn::Server::builder().max_body_bytes(16)).await;
+    let body = format!("20\r\n{}\r\n0\r\n\r\n", "x".repeat(32));
+    let mut answers = Vec::new();
+    for path in ["/collect", "/echo"] {
+        let mut s = server.connect().await;
+        let request =
+            format!("POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        s.write_all(request.as_bytes()).await.unwrap();
+        answers.push(String::from_utf8(read_to_close(&mut s).await).unwrap());
+    }
+    assert!(
+        answers[0].starts_with("HTTP/1.1 413 ") && answers[0].contains("max_body_bytes"),
+        "{}",
+        answers[0]
+    );
+    assert!(answers[1].starts_with("HTTP/1.1 200 "), "{}", answers[1]);
+    server.wait_stats("2 closed", |s| s.closed == 2).await;
+    let stats = server.handle.stats();
+    assert_eq!(common::closed_as(&stats, "protocol_error"), 2, "{stats:?}");
+    assert_eq!(common::closed_as(&stats, "unread_body"), 0, "{stats:?}");
+    assert!(
+        stats.limit_hits.contains(&("max_body_bytes", 2)),
+        "{stats:?}"
+    );
+    server.stop().await;
+}

@@ -203,7 +203,7 @@ where
                 Waited::TimedOut => {
                     incr(&conn.ctx.stats.timeouts);
                     let reason = if first {
-                        header_timed_out()
+                        header_timed_out(conn)
                     } else {
                         CloseReason::IdleTimeout
                     };
@@ -243,7 +243,7 @@ where
                         "the request head was not received within read_header_timeout",
                     );
                 }
-                return Ended::Close(header_timed_out());
+                return Ended::Close(header_timed_out(conn));
             }
             HeadRead::Error(e) => return Ended::Close(CloseReason::io(&e)),
             HeadRead::Unwritten(reason) => return Ended::Close(reason),
@@ -331,15 +331,20 @@ fn answer_unserved<T: Transport>(conn: &mut ConnIo<T>, status: StatusCode, reaso
 /// not who sent them or what was wrong.
 fn log_refused<T: Parkable>(conn: &ConnIo<T>, rejection: head::Rejection) {
     ratelog::log(Flood::RefusedHead, |suppressed| {
-        // Asked of the socket only for a line that goes out.
-        let peer = peer_of(conn).map_or_else(|| "-".to_string(), |p| p.to_string());
         tracing::info!(
             suppressed,
-            "refused a request head from {peer}: {} ({}); answered and closing",
+            "refused a request head from {}: {} ({}); answered and closing",
+            peer_name(conn),
             rejection.status,
             rejection.reason
         );
     });
+}
+
+/// The client's address for a log line, `-` if unknown ([`peer_of`]):
+/// asked of the socket only for a line that goes out.
+pub(super) fn peer_name<T: Parkable>(conn: &ConnIo<T>) -> String {
+    peer_of(conn).map_or_else(|| "-".to_string(), |p| p.to_string())
 }
 
 /// The client's address: kept with the connection (`connect_info`) or
@@ -747,9 +752,19 @@ fn poll_timer(
     }
 }
 /// A request head that did not come within `read_header_timeout`: logged
-/// (the setting named) and its close reason.
-fn header_timed_out() -> CloseReason {
-    tracing::debug!("no whole request head within read_header_timeout; closing the connection");
+/// at INFO, the setting and the peer named, one line per interval per
+/// worker ([`Flood::Http1HeaderTimeout`]: a peer can let heads time out at
+/// will, a slowloris does), and its close reason. At debug only, an
+/// operator saw `closed{header_timeout}` counted but not from whom.
+fn header_timed_out<T: Parkable>(conn: &ConnIo<T>) -> CloseReason {
+    ratelog::log(Flood::Http1HeaderTimeout, |suppressed| {
+        tracing::info!(
+            read_header_timeout = ?conn.ctx.config.read_header_timeout,
+            suppressed,
+            "no whole request head from {} within read_header_timeout; closing the connection",
+            peer_name(conn)
+        )
+    });
     CloseReason::HeaderTimeout
 }
 

@@ -341,7 +341,7 @@ fn ended_early<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, outcome: Outcome) -> O
 /// `kind` passed: the handler's body read fails, a response not begun is
 /// a `408`, and the connection closes. (A body that stalls is a read
 /// timeout too, of the request's phase, whichever setting bounded it.)
-fn timed_out<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: DeadlineKind) -> Outcome {
+fn timed_out<T: Parkable, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: DeadlineKind) -> Outcome {
     let stats = &this.conn.ctx.stats;
     incr(&stats.timeouts);
     let (reason, knob, answer) = match kind {
@@ -361,24 +361,41 @@ fn timed_out<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: DeadlineKind) -> O
     if let Some(tx) = this.setup.body_tx.take() {
         tx.fail(BodyError::TimedOut);
     }
-    if kind == DeadlineKind::BodyStall {
+    match kind {
         // A client can stall a body at will: the line is rate-limited.
-        ratelog::log(Flood::BodyStall, |suppressed| {
+        DeadlineKind::BodyStall => ratelog::log(Flood::BodyStall, |suppressed| {
             tracing::info!(
                 idle_timeout = ?this.conn.ctx.config.idle_timeout,
                 suppressed,
                 "an HTTP/1.1 request body sent nothing for idle_timeout while it was \
                  awaited; closing the connection"
             )
-        });
-    } else {
-        tracing::debug!(%reason, "{knob} passed; closing the connection");
+        }),
+        // So is a slow request (a slowloris): at debug only, an operator
+        // saw `closed{read_timeout}` counted but not from whom.
+        DeadlineKind::Read => ratelog::log(Flood::Http1ReadTimeout, |suppressed| {
+            tracing::info!(
+                read_timeout = ?this.conn.ctx.config.read_timeout,
+                suppressed,
+                "an HTTP/1.1 request from {} did not complete within read_timeout; \
+                 closing the connection",
+                super::conn::peer_name(this.conn)
+            )
+        }),
+        // A write that waits logs its own line, limited (`WRITES`).
+        DeadlineKind::Write => tracing::debug!(%reason, "{knob} passed; closing the connection"),
     }
     if this.encoder.is_none() {
-        this.record.status(StatusCode::REQUEST_TIMEOUT);
-        encode::encode_error(this.conn.wbuf(), StatusCode::REQUEST_TIMEOUT, answer);
+        answer_error(this, StatusCode::REQUEST_TIMEOUT, answer);
     }
     Outcome::Close(reason)
+}
+
+/// Answers `status` (with `reason` in its body) in place of the handler's
+/// answer, which has not begun; the connection closes after it.
+fn answer_error<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: StatusCode, reason: &str) {
+    this.record.status(status);
+    encode::encode_error(this.conn.wbuf(), status, reason);
 }
 
 /// Polls the handler; when it answers, writes the response head.
@@ -429,8 +446,7 @@ fn fail_before_response<T, F, B>(
     reason: &'static str,
     close: CloseReason,
 ) -> Outcome {
-    this.record.status(StatusCode::INTERNAL_SERVER_ERROR);
-    encode::encode_error(this.conn.wbuf(), StatusCode::INTERNAL_SERVER_ERROR, reason);
+    answer_error(this, StatusCode::INTERNAL_SERVER_ERROR, reason);
     Outcome::Close(close)
 }
 
@@ -577,7 +593,7 @@ fn write_head<T, F, B>(
 /// handler left unread; once the body is done, watches for the client hanging up.
 fn poll_request_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
-    T: Transport,
+    T: Parkable,
 {
     if this.setup.decoder.is_none() {
         return Ok(false);
@@ -616,7 +632,7 @@ where
 /// Decodes one event for the handler, reading from the socket if needed.
 fn feed_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
-    T: Transport,
+    T: Parkable,
 {
     let max_body = this.conn.ctx.config.max_body_bytes;
     loop {
@@ -629,19 +645,9 @@ where
                 this.record.request_bytes(data.len());
                 let tx = this.setup.body_tx.as_mut().expect("checked by caller");
                 if *this.body_bytes > max_body {
-                    ratelog::log(Flood::BodyTooLarge, |suppressed| {
-                        tracing::info!(
-                            limit = max_body,
-                            suppressed,
-                            "request body over max_body_bytes; closing after the response"
-                        )
-                    });
-                    incr(&this.conn.ctx.stats.protocol_errors);
-                    LimitHit::MaxBodyBytes.count(&this.conn.ctx.stats);
-                    give_up_body(this, BodyError::TooLarge { limit: max_body });
-                } else {
-                    tx.send_data(data);
+                    return body_too_large(this, max_body);
                 }
+                tx.send_data(data);
                 return Ok(true);
             }
             Ok(Decoded::End(trailers)) => {
@@ -667,21 +673,64 @@ where
                 Some(_) => body_progressed(this),
             },
             Err(why) => {
-                ratelog::log(Flood::MalformedBody, |suppressed| {
-                    tracing::info!(
-                        reason = why,
-                        suppressed,
-                        "malformed request body; closing after the response"
-                    )
-                });
-                incr(&this.conn.ctx.stats.protocol_errors);
-                LimitHit::MalformedRequest.count(&this.conn.ctx.stats);
-                give_up_body(this, BodyError::Malformed(why));
-                *this.close_reason = Some(CloseReason::status(StatusCode::BAD_REQUEST));
+                body_malformed(this, why);
                 return Ok(true);
             }
         }
     }
+}
+
+/// The request body went over `max_body_bytes` (`limit`) as it came (a
+/// chunked one; a Content-Length over it is refused with the head,
+/// `head.rs`). Counted and logged as that one, and it closes with the same
+/// reason (`protocol_error`, with a `413`): before no answer had started,
+/// the handler's answer went out (a `200`, whose echoed body was then cut)
+/// and the close said `unread_body`. With no answer begun, the answer is a
+/// `413`, as for the Content-Length, and the handler is dropped; once one
+/// has begun, the handler's body read fails and the connection closes
+/// after it.
+fn body_too_large<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, limit: u64) -> Step {
+    ratelog::log(Flood::BodyTooLarge, |suppressed| {
+        tracing::info!(
+            limit,
+            suppressed,
+            "request body over max_body_bytes; closing after the response"
+        )
+    });
+    incr(&this.conn.ctx.stats.protocol_errors);
+    LimitHit::MaxBodyBytes.count(&this.conn.ctx.stats);
+    let status = StatusCode::PAYLOAD_TOO_LARGE;
+    if this.encoder.is_none() {
+        body_done(this);
+        if let Some(tx) = this.setup.body_tx.take() {
+            tx.fail(BodyError::TooLarge { limit });
+        }
+        answer_error(this, status, "the request body exceeds max_body_bytes");
+        return Err(Outcome::Close(CloseReason::status(status)));
+    }
+    give_up_body(this, BodyError::TooLarge { limit });
+    *this.close_reason = Some(CloseReason::status(status));
+    Ok(true)
+}
+
+/// The request body broke its chunked framing (`why`), whether the handler
+/// reads it or the exchange drains what it left unread: counted
+/// (`protocol_errors`, `limit_hits{malformed_request}`), logged
+/// (rate-limited), and the connection closes after the response. A body
+/// drained was given up silently, closing as `unread_body`: the same
+/// bytes were seen or not as the handler read its body or not.
+fn body_malformed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, why: &'static str) {
+    ratelog::log(Flood::MalformedBody, |suppressed| {
+        tracing::info!(
+            reason = why,
+            suppressed,
+            "malformed request body; closing after the response"
+        )
+    });
+    incr(&this.conn.ctx.stats.protocol_errors);
+    LimitHit::MalformedRequest.count(&this.conn.ctx.stats);
+    give_up_body(this, BodyError::Malformed(why));
+    *this.close_reason = Some(CloseReason::status(StatusCode::BAD_REQUEST));
 }
 
 /// Whether the handler, waiting for body bytes the socket does not have,
@@ -821,7 +870,7 @@ fn give_up_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, error: BodyError) {
 /// so the next request on the connection starts in the right place.
 fn drain_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
-    T: Transport,
+    T: Parkable,
 {
     // Answered, and nothing after this answer will be read here (its
     // `Connection: close`, an HTTP/1.0 client's): a body nobody reads is
@@ -873,8 +922,8 @@ where
                     progress = true;
                 }
             },
-            Err(_) => {
-                give_up_body(this, BodyError::Incomplete);
+            Err(why) => {
+                body_malformed(this, why);
                 return Ok(true);
             }
         }
