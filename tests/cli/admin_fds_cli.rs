@@ -55,3 +55,27 @@ fn metrics_answer_while_the_main_listeners_are_out_of_descriptors() {
     assert!(emfile >= 1, "{answer}");
     drop(flood);
 }
+
+/// Under a small open-file limit the reserve shrinks to a quarter of what
+/// is free: at `ulimit -n 40` a whole reserve of 32 lay below the
+/// descriptors the server already had open, and every connection was
+/// closed as it was accepted.
+#[test]
+fn a_small_open_file_limit_still_serves() {
+    let mut cmd = Serving::serve_command("127.0.0.1:0", &[]);
+    Serving::limit_open_files(&mut cmd, 40);
+    let serving = Serving::spawn(&mut cmd);
+    let main = serving.addr("http");
+    let mut s = TcpStream::connect(&main).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {main}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    if let Err(e) = s.read_to_string(&mut answer) {
+        panic!("no answer under a limit of 40 files ({e}): {answer:?}");
+    }
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -17,6 +17,11 @@
 //! and counted and logged as an `EMFILE`, with the same back-off: the
 //! process is out of descriptors but for its reserve. (Closing it, not
 //! keeping it queued: the accept took it off the queue already.)
+//!
+//! The reserve is at most a quarter of the descriptors the process had
+//! free when its acceptor started: under a small open-file limit (`ulimit
+//! -n 48` with two workers leaves ~14 free), a full reserve would lie below
+//! the descriptors already open, and every accept would land in it.
 
 use std::os::fd::RawFd;
 
@@ -25,15 +30,21 @@ use std::os::fd::RawFd;
 #[derive(Debug)]
 pub(crate) struct FdLine {
     reserve: usize,
+    /// The lowest free descriptor when the acceptor started: what the
+    /// process had open before any connection.
+    base: usize,
     line: usize,
 }
 
 impl FdLine {
-    /// `reserve` descriptors below the open-file limit now.
+    /// `reserve` descriptors below the open-file limit now (at most a
+    /// quarter of those still free).
     pub(crate) fn new(reserve: usize) -> FdLine {
+        let base = if reserve == 0 { 0 } else { lowest_free() };
         FdLine {
             reserve,
-            line: line(reserve),
+            base,
+            line: line(reserve, base),
         }
     }
 
@@ -45,18 +56,28 @@ impl FdLine {
         if fd < self.line {
             return false;
         }
-        self.line = line(self.reserve);
+        self.line = line(self.reserve, self.base);
         fd >= self.line
     }
 }
 
 /// The first descriptor of the reserve: `usize::MAX` (never crossed) with
-/// no reserve, or when the limit cannot be read.
-fn line(reserve: usize) -> usize {
+/// no reserve, or when the limit cannot be read. `base`: see
+/// [`FdLine::base`].
+fn line(reserve: usize, base: usize) -> usize {
     if reserve == 0 {
         return usize::MAX;
     }
-    crate::conn::config::open_file_limit().map_or(usize::MAX, |limit| limit.saturating_sub(reserve))
+    crate::conn::config::open_file_limit().map_or(usize::MAX, |limit| {
+        limit.saturating_sub(reserve.min(limit.saturating_sub(base) / 4))
+    })
+}
+
+/// The lowest descriptor number free now (the kernel hands it to the next
+/// open); 0 if none can be opened (the reserve then counts from 0).
+fn lowest_free() -> usize {
+    use std::os::fd::AsRawFd;
+    std::fs::File::open("/dev/null").map_or(0, |f| usize::try_from(f.as_raw_fd()).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -73,5 +94,20 @@ mod tests {
         assert!(line.crossed((limit - 1) as RawFd));
         let mut none = FdLine::new(0);
         assert!(!none.crossed((limit - 1) as RawFd), "0: no reserve");
+    }
+
+    /// With few descriptors free, the reserve shrinks to a quarter of them:
+    /// it never takes the room the connections would have had.
+    #[test]
+    fn the_reserve_is_at_most_a_quarter_of_the_free_descriptors() {
+        let limit = crate::conn::config::open_file_limit().expect("RLIMIT_NOFILE reads");
+        // As if 40 descriptors were free when the acceptor started.
+        let mut line = FdLine {
+            reserve: 32,
+            base: limit - 40,
+            line: 0,
+        };
+        assert!(!line.crossed((limit - 11) as RawFd));
+        assert!(line.crossed((limit - 10) as RawFd));
     }
 }
