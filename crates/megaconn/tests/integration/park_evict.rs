@@ -132,8 +132,14 @@ async fn at_the_limit_a_worker_with_nothing_idle_has_another_workers_lot_make_ro
     );
     assert!(stats.accept_waits_at_limit >= 1, "{stats:?}");
     assert_eq!(common::closed_as(&stats, "evicted"), 1, "{stats:?}");
-    // Longest idle first, on the other worker.
-    assert!(read_to_close(&mut idle[0]).await.is_empty());
+    // One of the other worker's idle ones (longest idle first, but by the
+    // idle deadline's 4 ms tick, then the descriptor: two that parked in
+    // the same tick may go in either order).
+    let (first, second) = idle.split_at_mut(1);
+    tokio::select! {
+        rest = read_to_close(&mut first[0]) => assert!(rest.is_empty()),
+        rest = read_to_close(&mut second[0]) => assert!(rest.is_empty()),
+    }
 
     // The busy ones were never touched.
     release.send(true).unwrap();
