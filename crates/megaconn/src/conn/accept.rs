@@ -217,6 +217,7 @@ async fn slot_at_limit(
     at_limit_log: &RateLimitedLog,
 ) -> crate::conn::limit::ConnectionSlot {
     let mut asked_last = ctx.index;
+    let _waiting = limit.wait_at_limit();
     loop {
         if let Some(lot) = &ctx.park {
             match lot.evict(evictable) {
@@ -264,8 +265,9 @@ pub(crate) async fn evict_when_asked(
     };
     loop {
         limit.asked_to_evict(ctx.index).await;
-        // A slot came free since (a connection closed): the waiter takes it.
-        if !limit.is_full() {
+        // A slot came free since (a connection closed), or the asker got
+        // one another way and waits no more: nothing to make room for.
+        if !limit.someone_waits() {
             continue;
         }
         let evicted = lot.evict(evictable);

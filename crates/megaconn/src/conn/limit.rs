@@ -17,6 +17,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -34,6 +35,20 @@ pub(crate) struct ConnectionLimit {
     /// The workers, for one to ask another to evict (`None`: one worker
     /// alone, or a limit made outside a server).
     evictors: Option<Arc<[Evictor]>>,
+    /// Acceptors waiting at the limit now ([`WaitingAtLimit`]): an ask
+    /// answered after its asker got a slot another way (a close) must not
+    /// evict for nobody.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// An acceptor waiting at the limit, counted while it lives.
+#[derive(Debug)]
+pub(crate) struct WaitingAtLimit(Arc<AtomicUsize>);
+
+impl Drop for WaitingAtLimit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// A worker as another one at the limit sees it: how to ask it to evict,
@@ -58,6 +73,7 @@ impl ConnectionLimit {
             per_ip: per_ip.map(|n| Arc::new(PerIpLimit::new(n))),
             max,
             evictors: None,
+            waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -80,6 +96,18 @@ impl ConnectionLimit {
     /// Whether every slot is taken.
     pub(crate) fn is_full(&self) -> bool {
         self.slots.available_permits() == 0
+    }
+
+    /// Counts an acceptor as waiting at the limit until the guard drops.
+    pub(crate) fn wait_at_limit(&self) -> WaitingAtLimit {
+        self.waiting.fetch_add(1, Relaxed);
+        WaitingAtLimit(self.waiting.clone())
+    }
+
+    /// Whether the limit is full and an acceptor waits at it: the only
+    /// time an ask to evict is worth answering.
+    pub(crate) fn someone_waits(&self) -> bool {
+        self.is_full() && self.waiting.load(Relaxed) > 0
     }
 
     /// At the limit, with nothing of its own to evict: worker `me` asks the
