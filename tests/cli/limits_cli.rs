@@ -60,18 +60,8 @@ fn rapid_reset(addr: &str) {
 /// unset), sends `connections` rapid-reset connections, stops it and
 /// returns its log (stderr) lines.
 fn log_under_rapid_reset(rust_log: Option<&str>, connections: usize) -> Vec<String> {
-    let mut cmd = megaconn();
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--admin",
-        "off",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = crate::common::Serving::serve_command("off", &[]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     match rust_log {
         Some(filter) => cmd.env("RUST_LOG", filter),
         None => cmd.env_remove("RUST_LOG"),
