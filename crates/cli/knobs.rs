@@ -612,8 +612,8 @@ pub static KNOBS: &[Knob] = &[
         value_name: "SIZE",
         shape: Shape::One,
         help: "Framed TCP and WebSocket: the longest topic name a connection may subscribe to.",
-        details: "A subscription to a longer name is refused (the demo answers `error: ...`; the connection stays open), counted in megaconn_limit_hits_total{limit=\"max_topic_bytes\"} and logged. A subscription keeps its topic's name while the connection is open, parked or not: without the bound 1,024 names of 8,000 bytes held 8 MiB per connection.",
-        default: "256B",
+        details: "A subscription to a longer name is refused (the demo answers `error: ...`; the connection stays open), counted in megaconn_limit_hits_total{limit=\"max_topic_bytes\"} and logged. A subscription keeps its topic's name while the connection is open, parked or not: without the bound 1,024 names of 8,000 bytes held 8 MiB per connection. With --processes above 1, names over 255 bytes cannot cross between processes: such a publish is refused, so keep it at 255 or below.",
+        default: "255B",
         example: "1KiB",
         parse: size,
         apply: |v, s| {

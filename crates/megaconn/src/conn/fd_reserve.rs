@@ -30,8 +30,8 @@ use std::os::fd::RawFd;
 #[derive(Debug)]
 pub(crate) struct FdLine {
     reserve: usize,
-    /// The lowest free descriptor when the acceptor started: what the
-    /// process had open before any connection.
+    /// The descriptors open when the acceptor started: what the process
+    /// had before any connection.
     base: usize,
     line: usize,
 }
@@ -40,7 +40,7 @@ impl FdLine {
     /// `reserve` descriptors below the open-file limit now (at most a
     /// quarter of those still free).
     pub(crate) fn new(reserve: usize) -> FdLine {
-        let base = if reserve == 0 { 0 } else { lowest_free() };
+        let base = if reserve == 0 { 0 } else { open_now() };
         FdLine {
             reserve,
             base,
@@ -73,11 +73,18 @@ fn line(reserve: usize, base: usize) -> usize {
     })
 }
 
-/// The lowest descriptor number free now (the kernel hands it to the next
-/// open); 0 if none can be opened (the reserve then counts from 0).
-fn lowest_free() -> usize {
+/// How many descriptors the process has open now (`/proc/self/fd`; without
+/// it, the lowest free number, which the kernel hands to the next open);
+/// 0 if neither can be read (the reserve is then whole).
+fn open_now() -> usize {
     use std::os::fd::AsRawFd;
-    std::fs::File::open("/dev/null").map_or(0, |f| usize::try_from(f.as_raw_fd()).unwrap_or(0))
+    std::fs::read_dir("/proc/self/fd").map_or_else(
+        |_| {
+            std::fs::File::open("/dev/null")
+                .map_or(0, |f| usize::try_from(f.as_raw_fd()).unwrap_or(0))
+        },
+        |entries| entries.count(),
+    )
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ impl Session {
     /// and the handler decides what its peer hears. So is a topic whose
     /// name is over
     /// [`Builder::max_topic_bytes`](crate::Builder::max_topic_bytes)
-    /// (default 256 bytes), with [`SubscribeError::TopicTooLong`].
+    /// (default 255 bytes), with [`SubscribeError::TopicTooLong`].
     pub fn subscribe(&self, topic: &str) -> Result<(), SubscribeError> {
         self.local.subscribe(self.id, topic)
     }

@@ -31,8 +31,11 @@ use crate::message::hub::{ConnectionId, Generation};
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
 
 /// Default [`Builder::max_topic_bytes`](crate::Builder::max_topic_bytes):
-/// a topic's name is at most 256 bytes, room for a room's, a device's or
-/// a feed's name with its path. A subscription keeps its topic's name for as long as the
+/// a topic's name is at most 255 bytes, room for a room's, a device's or
+/// a feed's name with its path (and the most a topic can carry between
+/// `megaconn serve --processes` worker processes, whose messages give it
+/// one length byte: a name the subscription took but the processes' fan-out
+/// could not carry would be heard by no one). A subscription keeps its topic's name for as long as the
 /// connection is open, parked or awake, so without a bound
 /// `max_subscriptions` bounded the count and not the bytes: a peer of the
 /// demo's line listener that subscribed to 1,024 names of 8,000 bytes (its
@@ -40,7 +43,7 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
 /// sat parked; over a length-prefixed listener (64 KiB frames) or a
 /// WebSocket (16 MiB messages) it could hold 64 MiB and more. With it a
 /// connection at both bounds holds about a quarter of a MiB of names.
-pub const DEFAULT_MAX_TOPIC_BYTES: usize = 256;
+pub const DEFAULT_MAX_TOPIC_BYTES: usize = 255;
 
 /// Why [`Session::subscribe`](crate::Session::subscribe) (or
 /// [`WsSession::subscribe`](crate::WsSession::subscribe)) did not subscribe

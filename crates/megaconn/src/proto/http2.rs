@@ -617,7 +617,8 @@ const BODY_TOO_LARGE: Refusal = Refusal {
     limit: LimitHit::MaxBodyBytes,
 };
 
-/// More header fields than `max_headers` (pseudo-headers not counted). h2
+/// More header fields than `max_headers` (pseudo-headers not counted, the
+/// `cookie` fields counted as one). h2
 /// bounds only their bytes (`http2_max_header_list_size`): without this,
 /// 300 fields under 64 KiB were served where HTTP/1.1 answers 431 at 101.
 const TOO_MANY_HEADERS: Refusal = Refusal {
@@ -633,7 +634,11 @@ fn refusal(
     content_length: Option<u64>,
     ctx: &WorkerContext,
 ) -> Option<Refusal> {
-    if headers.len() > ctx.config.max_headers {
+    // Cookies count as one field, as the one `Cookie` line HTTP/1.1 sends:
+    // HTTP/2 clients may split it into one field per cookie (RFC 9113
+    // §8.2.3), and h2 does not join them back.
+    let cookies = headers.get_all(header::COOKIE).iter().count();
+    if headers.len() - cookies + usize::from(cookies > 0) > ctx.config.max_headers {
         return Some(TOO_MANY_HEADERS);
     }
     content_length

@@ -116,7 +116,7 @@ impl Builder {
     /// what one connection's topics hold: without it a peer's 1,024 names
     /// of its longest message were kept. Publishing to a longer topic is
     /// not refused (it has no subscribers). Default
-    /// [`DEFAULT_MAX_TOPIC_BYTES`](crate::DEFAULT_MAX_TOPIC_BYTES) (256).
+    /// [`DEFAULT_MAX_TOPIC_BYTES`](crate::DEFAULT_MAX_TOPIC_BYTES) (255).
     pub fn max_topic_bytes(mut self, bytes: usize) -> Builder {
         MessageSettings::update(&mut self.config, |s| s.max_topic_bytes = bytes);
         self

@@ -117,3 +117,26 @@ async fn streams_past_max_concurrent_streams_are_refused() {
     drop(raw);
     server.stop().await;
 }
+
+/// HTTP/2 clients may send each cookie as a field of its own (RFC 9113
+/// §8.2.3), where HTTP/1.1 sends one `Cookie` line: the cookies count as
+/// one field toward `max_headers`. Counted one by one, 150 cookies were a
+/// 431 over HTTP/2 that HTTP/1.1 served.
+#[tokio::test]
+async fn split_cookies_count_as_one_header_toward_max_headers() {
+    let server = start(megaconn::Server::builder().max_headers(20)).await;
+    let mut client = common::h2c(server.addr).await;
+    let mut req = Request::get("http://t/");
+    for i in 0..150 {
+        req = req.header("cookie", format!("c{i}=v"));
+    }
+    let mut ready = client.clone().ready().await.unwrap();
+    let (resp, _) = ready.send_request(req.body(()).unwrap(), true).unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    client = ready;
+    drop(client);
+    let stats = server.handle.stats();
+    assert_eq!(limit_hits(&stats, "max_headers"), 0, "{stats:?}");
+    server.stop().await;
+}
