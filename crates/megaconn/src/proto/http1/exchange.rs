@@ -683,12 +683,12 @@ where
 /// The request body went over `max_body_bytes` (`limit`) as it came (a
 /// chunked one; a Content-Length over it is refused with the head,
 /// `head.rs`). Counted and logged as that one, and it closes with the same
-/// reason (`protocol_error`, with a `413`): before no answer had started,
-/// the handler's answer went out (a `200`, whose echoed body was then cut)
-/// and the close said `unread_body`. With no answer begun, the answer is a
-/// `413`, as for the Content-Length, and the handler is dropped; once one
-/// has begun, the handler's body read fails and the connection closes
-/// after it.
+/// reason (`protocol_error`, with a `413`; it said `unread_body`). The
+/// handler's body read fails ([`BodyError::TooLarge`], axum's
+/// `LengthLimitError` one `source()` deeper) and the handler answers, as
+/// under `axum::serve` (an app that streams an upload to a file answers
+/// its own `413`: replacing it with megaconn's broke that drop-in); the
+/// connection closes after the answer.
 fn body_too_large<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, limit: u64) -> Step {
     ratelog::log(Flood::BodyTooLarge, |suppressed| {
         tracing::info!(
@@ -699,17 +699,8 @@ fn body_too_large<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, limit: u64) -> Step
     });
     incr(&this.conn.ctx.stats.protocol_errors);
     LimitHit::MaxBodyBytes.count(&this.conn.ctx.stats);
-    let status = StatusCode::PAYLOAD_TOO_LARGE;
-    if this.encoder.is_none() {
-        body_done(this);
-        if let Some(tx) = this.setup.body_tx.take() {
-            tx.fail(BodyError::TooLarge { limit });
-        }
-        answer_error(this, status, "the request body exceeds max_body_bytes");
-        return Err(Outcome::Close(CloseReason::status(status)));
-    }
     give_up_body(this, BodyError::TooLarge { limit });
-    *this.close_reason = Some(CloseReason::status(status));
+    *this.close_reason = Some(CloseReason::status(StatusCode::PAYLOAD_TOO_LARGE));
     Ok(true)
 }
 
