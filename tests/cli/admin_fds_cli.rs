@@ -33,18 +33,7 @@ fn metrics_answer_while_the_main_listeners_are_out_of_descriptors() {
     let line = serving.wait_for_log("accept failed; backing off");
     assert!(line.contains("Too many open files"), "{line}");
 
-    let mut s = TcpStream::connect(&admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    if let Err(e) = s.read_to_string(&mut answer) {
-        panic!("no /metrics answer while out of descriptors ({e}): {answer:?}");
-    }
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = get(&admin, "/metrics", "while out of descriptors");
     let emfile: u64 = answer
         .lines()
         .find_map(|l| l.strip_prefix(r#"megaconn_accept_errors_total{errno="EMFILE"} "#))
@@ -66,16 +55,23 @@ fn a_small_open_file_limit_still_serves() {
     Serving::limit_open_files(&mut cmd, 40);
     let serving = Serving::spawn(&mut cmd);
     let main = serving.addr("http");
-    let mut s = TcpStream::connect(&main).unwrap();
+    get(&main, "/", "under a limit of 40 files");
+}
+
+/// `GET path` on a connection of its own to `addr`: the whole answer, a
+/// `200` (`when` says when, if none comes within 10 s or it is another).
+fn get(addr: &str, path: &str, when: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET / HTTP/1.1\r\nHost: {main}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();
     if let Err(e) = s.read_to_string(&mut answer) {
-        panic!("no answer under a limit of 40 files ({e}): {answer:?}");
+        panic!("no answer to {path} {when} ({e}): {answer:?}");
     }
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{when}: {answer}");
+    answer
 }
