@@ -13,9 +13,9 @@
 //!
 //! A peer that breaks the protocol (rustls rejects its record or message,
 //! or it goes past that bound) fails the stream with a [`TlsFailure`]; the
-//! alert rustls queued (or, past the bound while our records are still
-//! plaintext, a `decode_error`: see [`alert_in_the_clear`]) is the last
-//! thing sent, and the connection closes as a protocol error
+//! alert rustls queued (past the bound, a `decode_error`: see
+//! [`TlsIo::overrun`]), in the clear or encrypted as our records are then,
+//! is the last thing sent, and the connection closes as a protocol error
 //! (`tls_handshake_failed` during the handshake).
 //!
 //! A peer that ends the stream itself is no protocol error, whatever the
@@ -85,11 +85,11 @@ const READ_ROOM: usize = 4 * 1024;
 /// buffer never grows past it.
 pub(crate) const MAX_BUFFERED: usize = 64 * 1024;
 
-/// A fatal `decode_error` alert in a plaintext record, for a peer that
-/// overran [`MAX_BUFFERED`] while our records are plaintext
-/// ([`alert_in_the_clear`]): the alert rustls sends for a handshake message
-/// over its own 64 KiB limit (`InvalidMessage::HandshakePayloadTooLarge`).
-const DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 50];
+/// A byte no TLS record starts with (content type 255): what the bytes
+/// rustls has not taken yet are made of when a peer goes past
+/// [`MAX_BUFFERED`], so that rustls queues its `decode_error` alert
+/// ([`TlsIo::overrun`]).
+const NO_RECORD: u8 = 0xff;
 
 /// A TLS connection's session, boxed (it is about 1 KB, and moves between
 /// the stream, the parked table and the handshake).
@@ -306,14 +306,26 @@ fn rejected(
 ) -> io::Error {
     *closing = true;
     *failed = true;
+    if let Err(e) = take_queued(session, buf, outgoing) {
+        return e;
+    }
+    match e {
+        rustls::Error::AlertReceived(alert) => peer_alert(alert),
+        e => peer_failed(e.into(), session.is_handshaking()),
+    }
+}
+
+/// Moves the records rustls queued when it failed over `buf` (its alert,
+/// and any records queued before it) to `outgoing` (see [`rejected`]).
+fn take_queued(
+    session: &mut Session,
+    buf: &mut [u8],
+    outgoing: &mut Option<BytesMut>,
+) -> io::Result<()> {
     let out = outgoing.get_or_insert_with(take_local);
     while session.wants_write() {
         match session.process_tls_records(buf).state {
-            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                if let Err(e) = encode_onto(&mut encode, out) {
-                    return e;
-                }
-            }
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => encode_onto(&mut encode, out)?,
             Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
             _ => break,
         }
@@ -321,10 +333,7 @@ fn rejected(
     if out.is_empty() {
         give_local(outgoing.take().expect("just set"));
     }
-    match e {
-        rustls::Error::AlertReceived(alert) => peer_alert(alert),
-        e => peer_failed(e.into(), session.is_handshaking()),
-    }
+    Ok(())
 }
 
 /// The peer ended the stream with alert `alert`: a fatal one, or a warning
@@ -356,39 +365,6 @@ fn peer_alert(alert: rustls::AlertDescription) -> io::Error {
         io::ErrorKind::ConnectionAborted,
         rustls::Error::AlertReceived(alert),
     )
-}
-
-/// Whether an alert of ours goes in a plaintext record now, as
-/// [`MAX_BUFFERED`]'s `decode_error` does. rustls' API lends the session's
-/// keys for data and `close_notify` only, so an alert is ours to write only
-/// while our records are not encrypted yet:
-///
-/// - before our ServerHello (no version agreed);
-/// - TLS 1.3, after a HelloRetryRequest, until the second ClientHello (no
-///   key exchange completed: it completes just before the ServerHello,
-///   from which on every record is encrypted, RFC 8446 §5: a client that
-///   read our encrypted flight takes a plaintext alert for a record that
-///   does not decrypt);
-/// - TLS 1.2, a full handshake until it completes: our ChangeCipherSpec,
-///   the first record we encrypt, goes out after the client's Finished,
-///   which completes it (a resumed one sends it with the ServerHello).
-///
-/// Past those points the stream closes without one. rustls would have to
-/// queue it, encrypted under its keys: with a call such as
-/// `send_fatal_alert(AlertDescription)` on its unbuffered connection, or by
-/// bounding what its handshake deframer holds of a message's records
-/// itself, as its buffered API does (64 KiB, `HandshakePayloadTooLarge`,
-/// `decode_error`); rustls 0.23 has neither.
-fn alert_in_the_clear(session: &Session) -> bool {
-    use rustls::{HandshakeKind, ProtocolVersion};
-    match session.protocol_version() {
-        None => true,
-        Some(ProtocolVersion::TLSv1_3) => session.negotiated_key_exchange_group().is_none(),
-        Some(ProtocolVersion::TLSv1_2) => {
-            session.is_handshaking() && session.handshake_kind() == Some(HandshakeKind::Full)
-        }
-        Some(_) => false,
-    }
 }
 
 /// Appends `n` zeroed bytes to `buf` and returns them, for rustls to write
@@ -717,18 +693,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
     }
 
     /// The peer's records went past [`MAX_BUFFERED`] (`held` bytes) without
-    /// completing a message: the stream fails. While our records are
-    /// plaintext ([`alert_in_the_clear`]) a `decode_error` alert says why;
-    /// once they are encrypted an alert needs the session's keys, which
-    /// rustls' API lends for data and `close_notify` only, so the stream
-    /// just closes.
+    /// completing a message: the stream fails, after a fatal `decode_error`
+    /// alert (RFC 8446 §6.2: a message whose length could not be taken;
+    /// `record_overflow` is for a record over 2^14 + 256 bytes, which these
+    /// are not). The alert is rustls' own, so it goes in the clear or
+    /// encrypted as our records are then: in the clear before our
+    /// ServerHello (and, in a full TLS 1.2 handshake, until our
+    /// ChangeCipherSpec), encrypted after a TLS 1.3 one, from which on a
+    /// client takes no plaintext alert (RFC 8446 §5, §6), under the keys of
+    /// our last records, which the client read.
+    ///
+    /// rustls 0.23's unbuffered API has no call to queue an alert (it lends
+    /// the keys for data and `close_notify` only), and its own limit on a
+    /// handshake message (64 KiB, `HandshakePayloadTooLarge`) sends none. So
+    /// rustls is made to reject input of its own: all of `incoming` is
+    /// overwritten with [`NO_RECORD`], and one more is appended. rustls
+    /// resumes after the records it took (their bytes hold the message that
+    /// never completed; none is ready, or it would not have waited for
+    /// more), where the head of a record or nothing was, and reads a record
+    /// of no known type: it fails with `InvalidContentType`, which it
+    /// answers with `decode_error` (`handle_deframe_error`), and reads
+    /// nothing more (the failure ends the session).
     fn overrun(&mut self, cx: &mut Context<'_>, held: usize) -> io::Error {
-        if alert_in_the_clear(&self.session) && !self.closing {
-            self.bufs
-                .outgoing
-                .get_or_insert_with(take_local)
-                .extend_from_slice(&DECODE_ERROR_ALERT);
-            let _ = self.poll_send(cx);
+        if let (false, Some(incoming)) = (self.closing, self.bufs.incoming.as_mut()) {
+            incoming.fill(NO_RECORD);
+            incoming.put_u8(NO_RECORD);
+            let buf = &mut incoming[..];
+            let refused = self.session.process_tls_records(buf).state.is_err();
+            // A record we could not encode leaves the close without it.
+            if refused && take_queued(&mut self.session, buf, &mut self.bufs.outgoing).is_ok() {
+                let _ = self.poll_send(cx);
+            }
         }
         self.closing = true;
         self.failed = true;

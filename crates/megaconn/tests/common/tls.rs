@@ -97,6 +97,22 @@ pub fn blocking_client(
     (tcp, rustls::ClientConnection::new(config, name).unwrap())
 }
 
+/// A [`blocking_client`] (TLS 1.3) that sent its ClientHello and read the
+/// server's whole flight, to its Finished: the client's own Finished is
+/// queued, unsent.
+pub fn through_server_flight(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> (std::net::TcpStream, rustls::ClientConnection) {
+    let (mut tcp, mut client) = blocking_client(addr, config);
+    client.write_tls(&mut tcp).unwrap();
+    while client.is_handshaking() {
+        client.read_tls(&mut tcp).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    (tcp, client)
+}
+
 pub async fn connect(
     addr: SocketAddr,
     config: Arc<ClientConfig>,

@@ -4,8 +4,9 @@
 //! a limit label of its own (a real one cut as finely still completes), and
 //! so do a TLS 1.2 ClientKeyExchange after our ServerHello and a second
 //! ClientHello after a HelloRetryRequest (our records still plaintext);
-//! once ours are encrypted the limit closes without an alert (rustls' API
-//! cannot send one); a record header announcing too much is refused at once;
+//! once ours are encrypted (a message after a TLS 1.3 ServerHello, or after
+//! the handshake) the alert is encrypted, and the client reads it; a record
+//! header announcing too much is refused at once;
 //! after the handshake, a record that does not decrypt (under HTTP/1.1 and
 //! HTTP/2) and a flood of KeyUpdate requests each get an alert and close as
 //! a protocol error (`protocol_error`, counted), not as an I/O error.
@@ -22,7 +23,7 @@ use crate::common;
 use common::modes::{hooked, Events};
 use common::tls::{
     blocking_client, connect, h2_settings_exchanged, http1_get, one_byte_records, sealed_get,
-    tiny_record_hello, tiny_record_message, Ca,
+    through_server_flight, tiny_record_hello, tiny_record_message, Ca,
 };
 use common::{closed_as, TestServer, SAFETY};
 
@@ -98,11 +99,9 @@ async fn on_our_turn(
 
 /// The same limit in a full TLS 1.2 handshake after our ServerHello (a
 /// ClientKeyExchange cut into tiny records): our records are plaintext
-/// until that handshake completes, so the `decode_error` alert is ours to
-/// write, and the client gets it (it got nothing: only a handshake before
-/// our ServerHello had its alert). After a TLS 1.3 ServerHello every record
-/// of ours is encrypted, and rustls' API cannot send one
-/// (`tls_io::alert_in_the_clear`).
+/// until that handshake completes, so the `decode_error` alert goes in the
+/// clear (it got nothing: only a handshake before our ServerHello had its
+/// alert).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls12_client_key_exchange_in_tiny_records_fails_at_the_limit_with_an_alert() {
     let ca = Ca::new();
@@ -124,6 +123,12 @@ async fn a_tls12_client_key_exchange_in_tiny_records_fails_at_the_limit_with_an_
 /// a failed handshake at the limit, counted under its label.
 async fn assert_closed_at_the_limit(server: &TestServer, events: &mut Events, answer: &[u8]) {
     assert_eq!(answer, DECODE_ERROR_ALERT);
+    assert_handshake_closed_at_the_limit(server, events).await;
+}
+
+/// The server's next close was a failed handshake at the limit, counted
+/// under its label.
+async fn assert_handshake_closed_at_the_limit(server: &TestServer, events: &mut Events) {
     let closed = events.next_close().await;
     assert_eq!(closed.reason, CloseReason::TlsHandshakeFailed, "{closed:?}");
     let stats = server.handle.stats();
@@ -164,72 +169,36 @@ async fn a_second_client_hello_in_tiny_records_fails_at_the_limit_with_an_alert(
     server.stop().await;
 }
 
-/// After the handshake the same limit (a handshake message that never
-/// completes, a byte per encrypted record) closes the connection as a
-/// protocol error with no alert: our records are encrypted, and rustls'
-/// API lends the session's keys for data and `close_notify` only. The
-/// client reads encrypted records (its session tickets), then the end: no
-/// plaintext alert, which it would have to reject.
+/// After a TLS 1.3 ServerHello the same limit (a message in place of the
+/// client's Finished, a byte per record under the client's handshake keys:
+/// a Certificate, which megaconn never asks for) gets the `decode_error`
+/// alert, encrypted as our records are from then on, and the client reads
+/// it; the close is a failed handshake at the limit. It got no alert:
+/// rustls' unbuffered API has no call to queue one under its keys
+/// (`TlsIo::overrun` makes rustls reject input of its own instead). A
+/// client library sends no such message of itself, so its records are
+/// sealed here with the secret the client logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiny_records_after_the_handshake_close_at_the_limit_without_a_plaintext_alert() {
-    use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+async fn a_tls13_message_after_our_server_hello_in_tiny_records_gets_an_encrypted_alert() {
     let ca = Ca::new();
     let (server, mut events) = tls_server(&ca).await;
-    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider.cipher_suites = vec![suite];
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.enable_secret_extraction = true;
-    let addr = server.addr;
-    let answer = tokio::task::spawn_blocking(move || {
-        let (mut tcp, mut client) = blocking_client(addr, Arc::new(config));
-        while client.is_handshaking() {
-            client.complete_io(&mut tcp).unwrap();
-        }
-        while client.wants_write() {
-            client.write_tls(&mut tcp).unwrap();
-        }
-        let (seq, secrets) = client.dangerous_extract_secrets().unwrap().tx;
-        let rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv } = secrets else {
-            panic!("the suite is AES-128-GCM");
-        };
-        let mut sealer = suite.tls13().unwrap().aead_alg.encrypter(key, iv);
-        // A KeyUpdate (24) promising 65,000 bytes, to the limit.
-        let mut message = vec![0x18, 0x00, 0xfd, 0xe8];
-        message.resize(4 + 65_000, 0);
-        let mut wire = Vec::new();
-        for (seq, byte) in (seq..).zip(&message) {
-            if wire.len() >= MAX_BUFFERED {
-                break;
-            }
-            let plain = OutboundPlainMessage {
-                typ: rustls::ContentType::Handshake,
-                version: rustls::ProtocolVersion::TLSv1_2,
-                payload: OutboundChunks::Single(std::slice::from_ref(byte)),
-            };
-            wire.extend(sealer.encrypt(plain, seq).unwrap().encode());
-        }
-        wire.truncate(MAX_BUFFERED);
-        tcp.write_all(&wire).unwrap();
-        let mut answer = Vec::new();
-        tcp.read_to_end(&mut answer)
-            .expect("the server closes at the limit");
-        answer
-    })
-    .await
-    .unwrap();
-    let mut rest = &answer[..];
-    while let Some(&[kind, _, _, high, low]) = rest.get(..5) {
-        assert_eq!(kind, 0x17, "only encrypted records: {answer:02x?}");
-        rest = &rest[5 + usize::from(u16::from_be_bytes([high, low]))..];
-    }
-    assert!(rest.is_empty(), "whole records: {answer:02x?}");
+    let alert = sealed_tiny_records_sent(&server, &ca, Sealed::InsteadOfFinished).await;
+    assert_eq!(alert, Some(rustls::AlertDescription::DecodeError));
+    assert_handshake_closed_at_the_limit(&server, &mut events).await;
+    server.stop().await;
+}
+
+/// After the handshake the same limit (a KeyUpdate that never completes,
+/// a byte per record) closes the connection as a protocol error, after the
+/// `decode_error` alert, encrypted, which the client reads after its
+/// session tickets. It got none (and a plaintext one it would have had to
+/// reject).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_records_after_the_handshake_close_at_the_limit_with_an_encrypted_alert() {
+    let ca = Ca::new();
+    let (server, mut events) = tls_server(&ca).await;
+    let alert = sealed_tiny_records_sent(&server, &ca, Sealed::AfterHandshake).await;
+    assert_eq!(alert, Some(rustls::AlertDescription::DecodeError));
     let closed = events.next_close().await;
     assert_eq!(
         closed.reason,
@@ -237,6 +206,138 @@ async fn tiny_records_after_the_handshake_close_at_the_limit_without_a_plaintext
         "{closed:?}"
     );
     server.stop().await;
+}
+
+/// Where a sealing client sends its handshake message in tiny records.
+#[derive(Debug, Clone, Copy)]
+enum Sealed {
+    /// In place of its Finished, under its handshake keys: a Certificate
+    /// (11), which megaconn never asks for.
+    InsteadOfFinished,
+    /// After its Finished, under its first application keys: a KeyUpdate
+    /// (24).
+    AfterHandshake,
+}
+
+/// A [`sealing_client`] reads our whole flight, to our Finished, and sends
+/// a handshake message in tiny records ([`sealed_tiny_records`]) where
+/// `sealed` says: what it makes of all the server sends until it closes,
+/// the alert it received, if any.
+async fn sealed_tiny_records_sent(
+    server: &TestServer,
+    ca: &Ca,
+    sealed: Sealed,
+) -> Option<rustls::AlertDescription> {
+    let (addr, log) = (server.addr, Arc::new(Secrets::default()));
+    let config = sealing_client(ca, log.clone());
+    tokio::task::spawn_blocking(move || {
+        let (mut tcp, mut client) = through_server_flight(addr, config);
+        let (label, kind) = match sealed {
+            Sealed::InsteadOfFinished => ("CLIENT_HANDSHAKE_TRAFFIC_SECRET", 0x0b),
+            Sealed::AfterHandshake => {
+                while client.wants_write() {
+                    client.write_tls(&mut tcp).unwrap();
+                }
+                ("CLIENT_TRAFFIC_SECRET_0", 0x18)
+            }
+        };
+        tcp.write_all(&sealed_tiny_records(kind, &log.get(label)))
+            .unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer)
+            .expect("the server closes at the limit");
+        let mut rest = &answer[..];
+        while !rest.is_empty() {
+            client.read_tls(&mut rest).unwrap();
+            match client.process_new_packets() {
+                Err(rustls::Error::AlertReceived(alert)) => return Some(alert),
+                Err(e) => panic!("the client rejects the answer: {e}"),
+                Ok(_) => {}
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+}
+
+/// The suite the sealing client speaks: ChaCha20-Poly1305, whose 32-byte
+/// key rustls' `AeadKey` takes as it is.
+const SEALING_SUITE: rustls::SupportedCipherSuite =
+    rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256;
+
+/// A client's secrets by their key-log label (`CLIENT_TRAFFIC_SECRET_0`).
+#[derive(Debug, Default)]
+struct Secrets(std::sync::Mutex<Vec<(String, Vec<u8>)>>);
+
+impl rustls::KeyLog for Secrets {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        let mut secrets = self.0.lock().unwrap();
+        secrets.push((label.to_owned(), secret.to_vec()));
+    }
+}
+
+impl Secrets {
+    fn get(&self, label: &str) -> Vec<u8> {
+        let secrets = self.0.lock().unwrap();
+        let found = secrets.iter().find(|(l, _)| l == label);
+        found.unwrap_or_else(|| panic!("{label} logged")).1.clone()
+    }
+}
+
+/// A TLS 1.3 client of [`SEALING_SUITE`] trusting `ca`, its secrets
+/// logged to `log`.
+fn sealing_client(ca: &Ca, log: Arc<Secrets>) -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![SEALING_SUITE];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.key_log = log;
+    Arc::new(config)
+}
+
+/// The first [`MAX_BUFFERED`] bytes of a handshake message of type `kind`
+/// promising 65,000 bytes, a byte per record, sealed from sequence 0 under
+/// the client's traffic `secret` (its key and IV by HKDF-Expand-Label,
+/// RFC 8446 §7.3): a message the server buffers and never completes.
+fn sealed_tiny_records(kind: u8, secret: &[u8]) -> Vec<u8> {
+    use rustls::crypto::cipher::{AeadKey, Iv, OutboundChunks, OutboundPlainMessage};
+    let suite = SEALING_SUITE.tls13().unwrap();
+    let prk = rustls::crypto::tls13::OkmBlock::new(secret);
+    let expander = suite.hkdf_provider.expander_for_okm(&prk);
+    let expand_label = |label: &[u8], out: &mut [u8]| {
+        let length = u16::try_from(out.len()).unwrap().to_be_bytes();
+        let label_length = [u8::try_from(6 + label.len()).unwrap()];
+        let info: [&[u8]; 5] = [&length, &label_length, b"tls13 ", label, &[0]];
+        expander.expand_slice(&info, out).unwrap();
+    };
+    let (mut key, mut iv) = ([0u8; 32], [0u8; 12]);
+    expand_label(b"key", &mut key);
+    expand_label(b"iv", &mut iv);
+    let mut sealer = suite.aead_alg.encrypter(AeadKey::from(key), Iv::new(iv));
+    let mut message = vec![kind, 0x00, 0xfd, 0xe8];
+    message.resize(4 + 65_000, 0);
+    let mut wire = Vec::new();
+    for (seq, byte) in (0..).zip(&message) {
+        if wire.len() >= MAX_BUFFERED {
+            break;
+        }
+        let plain = OutboundPlainMessage {
+            typ: rustls::ContentType::Handshake,
+            version: rustls::ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::Single(std::slice::from_ref(byte)),
+        };
+        wire.extend(sealer.encrypt(plain, seq).unwrap().encode());
+    }
+    // Exactly the limit: the server reads all of it, so its close is a FIN
+    // after the alert, not a reset that could destroy the alert.
+    wire.truncate(MAX_BUFFERED);
+    wire
 }
 
 /// A key exchange group the server does not support, offered first.

@@ -18,7 +18,9 @@ use tokio_rustls::TlsConnector;
 use crate::common;
 
 use common::modes::{hooked, Events};
-use common::tls::{blocking_client, connect, h2_settings_exchanged, http1_get, Ca, Leaf};
+use common::tls::{
+    blocking_client, connect, h2_settings_exchanged, http1_get, through_server_flight, Ca, Leaf,
+};
 use common::{closed_as, try_parse_response, RawResponse, TestServer, SAFETY};
 
 /// The next close is the client's (`client_closed`) and nothing was counted
@@ -159,14 +161,9 @@ async fn a_client_that_leaves_in_the_middle_of_its_handshake_is_a_client_close()
     let config = ca.client_versions(&[b"http/1.1"], &[&rustls::version::TLS13]);
     let addr = server.addr;
     tokio::task::spawn_blocking(move || {
-        let (mut tcp, mut client) = blocking_client(addr, config);
-        client.write_tls(&mut tcp).unwrap();
         // All of the server's flight is read (so that the close is a FIN,
         // not a reset for unread bytes); the client's Finished stays unsent.
-        while client.is_handshaking() {
-            client.read_tls(&mut tcp).unwrap();
-            client.process_new_packets().unwrap();
-        }
+        drop(through_server_flight(addr, config));
     })
     .await
     .unwrap();
