@@ -81,7 +81,8 @@ pub(crate) enum Flood {
     /// A handler switched protocols without waiting on `OnUpgrade`, or
     /// answered an upgrade request `426` the way axum's own WebSocket
     /// extractor does under megaconn (each such request a peer sends logs
-    /// it; one kind, as both lines give the same remedy).
+    /// it; one kind, as both lines give the same remedy), or a
+    /// `WebSocketRoute::on_upgrade` hook refused with a `1xx` (answered 500).
     UnclaimedUpgrade,
     /// A native WebSocket closed with 1009 for a frame over
     /// `WebSocketRoute::max_frame_bytes`. The WebSocket kinds, native or

@@ -74,12 +74,17 @@ impl WebSocketHandler for Chat {
     }
 }
 
-/// The upgrade hook: `?token=good` or 401; the room from the path (axum's
-/// `Path`), the peer's address from megaconn's `ConnInfo`
-/// (`Builder::connect_info`). (The refusal is a whole response, once per
-/// refused handshake.)
+/// The upgrade hook: `?token=good` or 401 (`?token=interim`: a `101`, an
+/// application's mistake); the room from the path (axum's `Path`), the
+/// peer's address from megaconn's `ConnInfo` (`Builder::connect_info`).
+/// (The refusal is a whole response, once per refused handshake.)
 #[allow(clippy::result_large_err)]
 async fn admit(mut head: Parts) -> Result<String, Response<String>> {
+    if head.uri.query() == Some("token=interim") {
+        let mut refused = Response::new("switch to nothing\n".to_owned());
+        *refused.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        return Err(refused);
+    }
     if head.uri.query() != Some("token=good") {
         let mut refused = Response::new("bad token\n".to_owned());
         *refused.status_mut() = StatusCode::UNAUTHORIZED;
@@ -152,6 +157,18 @@ impl ChatServer {
         client
     }
 
+    /// The status tungstenite's client is refused with at `path`.
+    async fn refused(&self, path: &str) -> u16 {
+        let url = format!("ws://{}{path}", self.addr);
+        let connected = tokio::time::timeout(SAFETY, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("an answer in time");
+        match connected.map(|(_, response)| response) {
+            Err(tokio_tungstenite::tungstenite::Error::Http(refusal)) => refusal.status().as_u16(),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
     async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
         tokio::time::timeout(SAFETY, rx.recv())
             .await
@@ -213,12 +230,7 @@ async fn a_handshake_the_hook_refuses_gets_its_answer_and_no_101() {
         .unwrap();
     assert_eq!(head, b"HTTP/1.1 401");
     // tungstenite's client sees the refusal too.
-    let url = format!("ws://{}/chat/red", server.addr);
-    let refused = tokio_tungstenite::connect_async(url).await.unwrap_err();
-    assert!(
-        matches!(&refused, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401),
-        "{refused:?}"
-    );
+    assert_eq!(server.refused("/chat/red").await, 401);
     // A good one opens: the first open is it, so the refused ones opened none.
     let good = server.client("/chat/red?token=good").await;
     let id = ChatServer::next(&mut server.opens, "on_open").await;
@@ -226,6 +238,33 @@ async fn a_handshake_the_hook_refuses_gets_its_answer_and_no_101() {
     drop(good);
     let (closed, _, _) = ChatServer::next(&mut server.closes, "on_close").await;
     assert_eq!(closed, id);
+    server.stop().await;
+}
+
+/// A hook that refuses with a `101` (no handshake headers: a switch to
+/// nothing) gets the client a `500` with its whole (empty) body, on a
+/// connection that serves on, and no connection opens. The `101` was
+/// written, with nothing after it but the close, and the server logged a
+/// handler that used hyper's upgrade; a `100` would have left the client
+/// waiting.
+#[tokio::test]
+async fn a_hook_refusing_with_a_101_gets_the_client_a_500() {
+    let mut server = ChatServer::start(Server::builder()).await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let handshake = b"GET /chat/red?token=interim HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    for _ in 0..2 {
+        s.write_all(handshake).await.unwrap();
+        let answer = common::read_response(&mut s).await;
+        assert_eq!((answer.status, answer.body.as_slice()), (500, &b""[..]));
+    }
+    // tungstenite's client sees the 500 too.
+    assert_eq!(server.refused("/chat/red?token=interim").await, 500);
+    let good = server.client("/chat/red?token=good").await;
+    ChatServer::next(&mut server.opens, "on_open").await;
+    assert!(server.opens.try_recv().is_err(), "the refused ones opened");
+    drop(good);
     server.stop().await;
 }
 

@@ -6,7 +6,8 @@
 //! It checks the handshake and answers: `101` with a [`NativeUpgrade`]
 //! marking the response, which makes the HTTP/1.1 engine hand the socket
 //! to the dispatcher and this protocol, not to a task; or `400`/`403`/`426`
-//! with the reason.
+//! with the reason; or the upgrade hook's refusal (`500` for one with an
+//! informational status, which refuses nothing).
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -17,10 +18,11 @@ use std::time::Duration;
 
 use futures_util::future::{BoxFuture, Either, FutureExt};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 use tower_service::Service;
 
 use crate::message::DEFAULT_MESSAGE_TIMEOUT;
+use crate::observe::ratelog::{self, Flood};
 use crate::proto::ws::frame::Limits;
 use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler};
 use crate::proto::ws::{handshake, RouteRef};
@@ -333,8 +335,10 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// parameters for `axum::extract::Path`, what middleware put there): it gives the connection's first
     /// [`State`](WebSocketHandler::State) (then `on_open` runs with it), or
     /// the answer that refuses it (a `401`, a `403`, a `404` for a room
-    /// that does not exist), written instead of the `101`. Without a hook
-    /// every connection starts with `State::default()`.
+    /// that does not exist), written instead of the `101`; a refusal with an
+    /// informational status (`1xx`, such as a `101`) refuses nothing and is
+    /// answered `500`, logged (at most once per 5 s). Without a hook every
+    /// connection starts with `State::default()`.
     ///
     /// The hook is async (a token looked up elsewhere); the connection
     /// waits for it as any request waits for its handler (bound it as you
@@ -439,17 +443,46 @@ impl<H: WebSocketHandler, B> Service<Request<B>> for WebSocketRoute<H> {
         Either::Right(Box::pin(async move {
             Ok(match opened.await {
                 Ok(state) => upgraded(&accepted, route, Some(state)),
-                Err(mut refused) => {
-                    tracing::debug!(
-                        status = refused.status().as_u16(),
-                        "WebSocket handshake refused by WebSocketRoute::on_upgrade"
-                    );
-                    refused.extensions_mut().insert(NativeRefusal);
-                    refused
-                }
+                Err(refused) => refusal(refused),
             })
         }))
     }
+}
+
+/// The answer for a handshake the upgrade hook refused with `refused`.
+///
+/// An informational (`1xx`) status refuses nothing: a `101` without the
+/// handshake's headers switches to nothing (under megaconn it went to the
+/// engine as an upgrade nobody took: logged as a handler that used
+/// hyper's upgrade, then closed; under hyper it is written as it is), and
+/// after a `100` a client waits for a final answer that never comes. So it
+/// becomes a `500` with no body, as hyper and megaconn's HTTP/1.1 engine
+/// answer a handler's `1xx`, and the line says what the application did
+/// wrong: at most one per interval, as each handshake a peer sends repeats
+/// it (the kind of a handler's other misused upgrades).
+fn refusal(mut refused: Response<String>) -> Response<String> {
+    let status = refused.status();
+    if status.is_informational() {
+        ratelog::log(Flood::UnclaimedUpgrade, |suppressed| {
+            tracing::warn!(
+                status = status.as_u16(),
+                suppressed,
+                "WebSocketRoute::on_upgrade's hook refused a handshake with an informational \
+                 (1xx) status, which refuses nothing (a 101 is no switch without the \
+                 handshake, and a client waits on past a 100); answering 500. Refuse with a \
+                 final status (such as 401, 403 or 404), or accept with Ok(state)"
+            );
+        });
+        refused = Response::new(String::new());
+        *refused.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    } else {
+        tracing::debug!(
+            status = status.as_u16(),
+            "WebSocket handshake refused by WebSocketRoute::on_upgrade"
+        );
+    }
+    refused.extensions_mut().insert(NativeRefusal);
+    refused
 }
 
 /// The `101` for an accepted handshake, marked for the engine to hand the
