@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::conn::admission::PerIpLimit;
+use crate::conn::admission::{AcceptRateLimit, PerIpLimit};
+use crate::conn::config::AcceptRate;
 use crate::observe::stats::WorkerStats;
 
 /// Shared by every worker's acceptor.
@@ -31,6 +32,7 @@ use crate::observe::stats::WorkerStats;
 pub(crate) struct ConnectionLimit {
     slots: Arc<Semaphore>,
     per_ip: Option<Arc<PerIpLimit>>,
+    accept_rate: Option<Arc<AcceptRateLimit>>,
     max: usize,
     /// The workers, for one to ask another to evict (`None`: one worker
     /// alone, or a limit made outside a server).
@@ -71,6 +73,7 @@ impl ConnectionLimit {
         ConnectionLimit {
             slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             per_ip: per_ip.map(|n| Arc::new(PerIpLimit::new(n))),
+            accept_rate: None,
             max,
             evictors: None,
             waiting: Arc::new(AtomicUsize::new(0)),
@@ -91,6 +94,22 @@ impl ConnectionLimit {
                 .collect()
         });
         self
+    }
+
+    /// The same limit, with the server's accept rate (if any) split over
+    /// its `workers` ([`AcceptRateLimit`]).
+    pub(crate) fn with_accept_rate(
+        mut self,
+        rate: Option<AcceptRate>,
+        workers: usize,
+    ) -> ConnectionLimit {
+        self.accept_rate = rate.map(|r| Arc::new(AcceptRateLimit::new(r, workers)));
+        self
+    }
+
+    /// The accept rate, if there is one.
+    pub(crate) fn accept_rate(&self) -> Option<&AcceptRateLimit> {
+        self.accept_rate.as_deref()
     }
 
     /// Whether every slot is taken.
