@@ -44,6 +44,26 @@ pub(crate) struct ConnectionLimit {
 }
 
 /// An acceptor waiting at the limit, counted while it lives.
+///
+/// One race is left, narrow and bounded. The semaphore hands a freed
+/// permit straight to the waiter queued on it (`acquire`) and wakes its
+/// task; until that task runs and drops this guard, the limit still reads
+/// full (`available_permits() == 0`, the permit being the waiter's) with
+/// a waiter counted. An ask this acceptor made before (to another worker,
+/// [`ConnectionLimit::ask_to_evict`]) that is answered in that window
+/// ([`ConnectionLimit::someone_waits`] true) closes one batch of that
+/// worker's idle keep-alive connections (at most `EVICT_MAX`, 32) for a
+/// connection that already has its slot. The window is the waiter's
+/// wake-up latency (microseconds on an idle worker, up to one turn of its
+/// runtime on a busy one), and it needs a close anywhere to free a slot
+/// between an ask and its answer; what it costs is idle keep-alive
+/// connections closed early, whose clients reconnect, and the slots they
+/// free stay free for the next connections. Closing it would mean not
+/// queuing on the semaphore at all (a waiter that takes a visible permit
+/// itself, `try_acquire` on a wake-up, uncounting itself first): every
+/// connection's close would then have to wake waiters itself, a shared
+/// load and a fence on the close path of every connection against the
+/// lost wake-up, for a race that only ever closes idle connections early.
 #[derive(Debug)]
 pub(crate) struct WaitingAtLimit(Arc<AtomicUsize>);
 
