@@ -17,6 +17,12 @@
 //! one process full of busy connections does not take idle ones from
 //! another.
 //!
+//! Over the accept rate or the per-IP limit (`admission.rs`) a connection
+//! is refused right after accept: answered if its listener's protocol can
+//! say it without a handshake (a cleartext HTTP listener's `503`, which the
+//! server makes once per listener, `server/dispatch.rs`), then closed; the
+//! loop keeps nothing of it and never waits on it.
+//!
 //! Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`), and a
 //! connection accepted into the descriptors kept free for the rest of the
 //! process (`fd_reserve.rs`), make it back off with a growing, capped delay
@@ -39,7 +45,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
-use crate::conn::admission::{Refusal, TokenBucket};
+use crate::conn::admission::{refuse, Refusal, RefusalAnswer, PER_IP_RETRY_AFTER_SECS};
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
 use crate::conn::fd_reserve::FdLine;
@@ -70,19 +76,19 @@ pub(crate) async fn accept_loop(
     spawn_connection: Respawn,
     limit: ConnectionLimit,
     evictable: fn(ProtoTag) -> bool,
+    answer: RefusalAnswer,
 ) {
     let mut backoff = BACKOFF_START;
     let at_limit_log = RateLimitedLog::default();
     let error_log = RateLimitedLog::default();
     let rate_log = RateLimitedLog::default();
     let per_ip_log = RateLimitedLog::default();
-    // Each worker enforces its share of the server's accept rate.
-    let workers = ctx.config.workers;
-    let mut accept_rate = ctx
-        .config
-        .accept_rate
-        .map(|r| TokenBucket::share(r, workers, ctx.index));
     let local = crate::conn::socket::addr_of(listener.get_ref());
+    // What a refused client is told on this listener, made once.
+    let per_ip_answer = answer(&ctx.config, local, PER_IP_RETRY_AFTER_SECS);
+    let rate_answer = limit
+        .accept_rate()
+        .and_then(|r| answer(&ctx.config, local, r.retry_after_secs(ctx.index)));
     let mut fd_line = FdLine::new(ctx.config.fd_reserve);
     loop {
         // A connection first, then a slot for it: a slot taken before the
@@ -136,9 +142,9 @@ pub(crate) async fn accept_loop(
                         &ctx.stats,
                     )
                 });
-                let refusal = if !accept_rate
-                    .as_mut()
-                    .is_none_or(|b| b.try_take(Instant::now()))
+                let refusal = if !limit
+                    .accept_rate()
+                    .is_none_or(|r| r.try_take(ctx.index, Instant::now()))
                 {
                     Some(Refusal::AcceptRate)
                 } else if !limit.admit_ip(&mut held, peer.ip()) {
@@ -148,13 +154,18 @@ pub(crate) async fn accept_loop(
                 };
                 let conn = Connection::open(held, ctx.stats.clone(), track);
                 if let Some(refusal) = refusal {
-                    // Closed at once, counted like any close.
-                    drop(socket);
-                    let (counter, log) = match refusal {
-                        Refusal::AcceptRate => (&ctx.stats.rejected_accept_rate, &rate_log),
-                        Refusal::PerIp => (&ctx.stats.rejected_per_ip, &per_ip_log),
+                    // Answered (if the listener's protocol can say it,
+                    // `admission::refuse`) and closed at once, counted
+                    // like any close.
+                    let (counter, log, answer) = match refusal {
+                        Refusal::AcceptRate => {
+                            (&ctx.stats.rejected_accept_rate, &rate_log, &rate_answer)
+                        }
+                        Refusal::PerIp => (&ctx.stats.rejected_per_ip, &per_ip_log, &per_ip_answer),
                     };
+                    // Counted before the client can read the answer.
                     incr(counter);
+                    refuse(socket, answer.as_deref());
                     conn.close(CloseReason::Limit);
                     log.log(|suppressed| {
                         tracing::warn!(

@@ -2,19 +2,24 @@
 //! per-client-IP concurrent connection limit (IPv6 counted per /64, since one
 //! client usually owns a whole /64).
 //!
-//! Over a limit, a connection is closed right after accept, counted under the
-//! limit's name and logged at most once per interval (see `accept.rs`). The
-//! per-IP table holds only IPs that have connections now, a few dozen bytes
-//! each; a million connections from a handful of addresses cost a handful of
-//! entries.
+//! Over a limit, a connection is refused right after accept ([`refuse`]):
+//! told so in its listener's protocol if it has a way to say it without
+//! a handshake (a cleartext HTTP listener answers `503`; the server
+//! decides which, `server/dispatch.rs`), closed, counted under the
+//! limit's name and logged at most once per interval (see `accept.rs`).
+//! The per-IP table holds only IPs that have connections now, a few dozen
+//! bytes each; a million connections from a handful of addresses cost a
+//! handful of entries.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::conn::config::AcceptRate;
+use crate::conn::config::{AcceptRate, Config};
 
 /// A token bucket: `rate` connections per second, bursts up to `burst`.
 #[derive(Debug)]
@@ -37,24 +42,6 @@ impl TokenBucket {
         }
     }
 
-    /// Worker `index`'s share of the server's `rate` over `workers`
-    /// workers: the rate divided evenly, and the burst too, the remainder
-    /// going one each to the first workers, so that the shares add up to
-    /// the burst exactly (each worker's used to be the quotient, rounded
-    /// down: a burst of 3 on 2 workers let 2 in). At least 1 each, or a
-    /// worker would refuse every connection the kernel hands it: a burst
-    /// below the worker count admits one per worker. Exact below it would
-    /// take a bucket the workers share, a cross-thread atomic per accept
-    /// (and shared memory across `serve --processes`), for a setting that
-    /// makes little sense: a burst is meant to be many connections.
-    pub(crate) fn share(rate: AcceptRate, workers: usize, index: usize) -> TokenBucket {
-        let workers = workers.max(1) as u32;
-        let index = index as u32;
-        let (each, rest) = (rate.burst / workers, rate.burst % workers);
-        let burst = each + u32::from(index < rest);
-        TokenBucket::new(rate.per_second / f64::from(workers), burst.max(1))
-    }
-
     /// Takes one token if there is one.
     pub(crate) fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last);
@@ -68,10 +55,85 @@ impl TokenBucket {
         }
     }
 
+    /// How long an empty bucket takes to hold one token again.
+    fn refill_one(&self) -> Duration {
+        Duration::try_from_secs_f64(1.0 / self.rate).unwrap_or(Duration::MAX)
+    }
+
     /// How long until the next token.
     #[cfg(test)]
     fn until_next(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    }
+}
+
+/// The server's accept rate, split over its W workers without a lock
+/// shared on the accept path where the split can be exact: with a burst of
+/// at least W, each worker has a bucket of its own, refilled at `rate / W`
+/// and holding `burst / W` tokens, the remainder one more each for the
+/// first workers (so the buckets hold the burst together; the quotient
+/// rounded down let a burst of 3 on 2 workers admit 2). Below W an even
+/// split would give some workers no token at all, and such a worker
+/// refuses every connection the kernel hands it, even the first after a
+/// quiet hour; one each (as it was) admitted W where the burst said fewer
+/// (a burst of 1 on 2 workers admitted 2). So below W the workers take
+/// from one bucket: exact, for a lock shared across threads per accept in
+/// that setting only. A worker's listeners (several addresses) take from
+/// its one bucket: each used to have a bucket of the worker's share, and
+/// two addresses admitted twice the rate.
+#[derive(Debug)]
+pub(crate) struct AcceptRateLimit {
+    /// One per worker, or one for all (below W).
+    buckets: Box<[Padded]>,
+}
+
+/// A bucket on a cache line of its own: one worker's accepts do not
+/// invalidate its neighbour's.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded(Mutex<TokenBucket>);
+
+impl AcceptRateLimit {
+    pub(crate) fn new(rate: AcceptRate, workers: usize) -> AcceptRateLimit {
+        let workers = workers.max(1) as u32;
+        let buckets = if rate.burst < workers {
+            vec![TokenBucket::new(rate.per_second, rate.burst)]
+        } else {
+            let (each, rest) = (rate.burst / workers, rate.burst % workers);
+            (0..workers)
+                .map(|w| {
+                    let burst = each + u32::from(w < rest);
+                    TokenBucket::new(rate.per_second / f64::from(workers), burst)
+                })
+                .collect()
+        };
+        AcceptRateLimit {
+            buckets: buckets.into_iter().map(|b| Padded(Mutex::new(b))).collect(),
+        }
+    }
+
+    fn bucket(&self, worker: usize) -> std::sync::MutexGuard<'_, TokenBucket> {
+        let Padded(bucket) = &self.buckets[worker % self.buckets.len()];
+        bucket.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a token for a connection accepted by `worker`, if there is one.
+    pub(crate) fn try_take(&self, worker: usize, now: Instant) -> bool {
+        self.bucket(worker).try_take(now)
+    }
+
+    /// How long a refused client should wait before trying again, in
+    /// whole seconds (HTTP's `Retry-After`): the time `worker`'s bucket
+    /// takes to hold one token again, at least 1. Never 0: that says
+    /// "now", and a client retrying at once only meets the empty bucket
+    /// again. A second is also the rate's own unit: by then the server
+    /// has admitted a second's worth more.
+    pub(crate) fn retry_after_secs(&self, worker: usize) -> u64 {
+        self.bucket(worker)
+            .refill_one()
+            .as_secs_f64()
+            .ceil()
+            .max(1.0) as u64
     }
 }
 
@@ -148,6 +210,76 @@ pub(crate) enum Refusal {
     PerIp,
 }
 
+/// What a client refused on the listener at an address is told, made by
+/// the server, which knows the listener's protocol (`server/dispatch.rs`):
+/// the bytes of the answer for a `Retry-After` of that many seconds, or
+/// `None` to close without a word (a TLS listener, whose client expects a
+/// handshake; a framed one, whose protocol has no refusal).
+pub(crate) type RefusalAnswer = fn(&Config, SocketAddr, u64) -> Option<Box<[u8]>>;
+
+/// `Retry-After` of a client refused by the per-IP limit: a place comes
+/// back when one of its own connections closes, which the server cannot
+/// foresee; 1 s is the shortest wait the header says other than 0 ("at
+/// once"), which would have a client that retries loop against the limit.
+pub(crate) const PER_IP_RETRY_AFTER_SECS: u64 = 1;
+
+/// Most bytes of a refused client's request discarded before the close
+/// ([`refuse`]): a request head's worth, many times over.
+const DISCARD_MAX: usize = 64 * 1024;
+
+/// Refuses an accepted connection: sends `answer`, if any, then closes it.
+/// One non-blocking `send` on the fresh socket (its send buffer is empty,
+/// so a short answer goes whole); if it would block or fails, the close
+/// alone. Nothing waits and nothing is kept: the descriptor is closed
+/// before this returns, and the kernel alone sees the answer out.
+///
+/// The order keeps the answer from being reset away: the write side is
+/// shut first, so our FIN follows the answer at once; then what the
+/// client sent so far (its request) is discarded, since closing a socket
+/// with unread bytes in its receive queue sends an RST instead of a FIN
+/// (`tcp_close`) and drops what of the answer is still queued. Bytes that
+/// arrive after the close still draw an RST, but behind the answer and the
+/// FIN, which a Linux client reads first. Measured (2026-12-05, loopback,
+/// a debug build, 100 curl and 100 Python `http.client` requests over the
+/// per-IP limit, in a network namespace of their own for `nstat`): every
+/// one read the `503` either way, but closing straight after the send
+/// reset 192–194 of 200 (`TcpExtTCPAbortOnClose`: the request had come
+/// in by the accept), shutting the write side first 23–36, and with the
+/// discard 0 (6–10 RSTs for bytes that came after the close). A Linux
+/// client keeps what it received before an RST; a Windows one drops it.
+/// A client still sending a large body when the answer comes sees its
+/// send fail (a broken pipe) whatever the order: only a lingering close,
+/// which holds the socket, would spare it that.
+pub(crate) fn refuse(socket: OwnedFd, answer: Option<&[u8]>) {
+    let Some(answer) = answer else {
+        return;
+    };
+    let fd = socket.as_raw_fd();
+    // SAFETY: a send from a live buffer of its length on our descriptor.
+    let sent = unsafe {
+        libc::send(
+            fd,
+            answer.as_ptr().cast(),
+            answer.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if usize::try_from(sent) != Ok(answer.len()) {
+        return;
+    }
+    // SAFETY: plain calls on our descriptor. With MSG_TRUNC, TCP discards
+    // the bytes without writing to the buffer (tcp(7)): none is passed.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+        libc::recv(
+            fd,
+            std::ptr::null_mut(),
+            DISCARD_MAX,
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+        );
+    }
+}
+
 impl Refusal {
     /// The setting that refused it, for the log line (the operator's next
     /// step is to raise it).
@@ -173,6 +305,33 @@ mod tests {
         tokio::time::advance(std::time::Duration::from_millis(100)).await;
         assert!(b.try_take(Instant::now()));
         assert!(!b.try_take(Instant::now()));
+    }
+
+    /// At least W tokens of burst: a bucket per worker, the remainder one
+    /// more each for the first; below W, one bucket for all, exact.
+    #[tokio::test(start_paused = true)]
+    async fn the_accept_rate_splits_over_the_workers_only_when_it_can() {
+        let now = Instant::now();
+        let rate = |burst| AcceptRate {
+            per_second: 4.0,
+            burst,
+        };
+        let split = AcceptRateLimit::new(rate(5), 2);
+        let taken = |l: &AcceptRateLimit, w| (0..10).filter(|_| l.try_take(w, now)).count();
+        assert_eq!((taken(&split, 0), taken(&split, 1)), (3, 2));
+        // Each refills at 2 a second: a token in 1 s, said as 1.
+        assert_eq!(split.retry_after_secs(0), 1);
+        let shared = AcceptRateLimit::new(rate(1), 2);
+        assert_eq!(taken(&shared, 1), 1);
+        assert_eq!(taken(&shared, 0), 0, "the one token went to worker 1");
+        let slow = AcceptRateLimit::new(
+            AcceptRate {
+                per_second: 0.1,
+                burst: 4,
+            },
+            2,
+        );
+        assert_eq!(slow.retry_after_secs(1), 20, "0.05 a second each");
     }
 
     #[test]

@@ -123,7 +123,9 @@ pub struct KeepaliveConfig {
 
 /// An accept-rate limit: a token bucket refilled at `per_second`, holding at
 /// most `burst` tokens. Each worker gets an equal share (the kernel spreads
-/// connections evenly across workers), so no lock is shared.
+/// connections evenly across workers), so no lock is shared, unless the
+/// burst is below the worker count: then they share one bucket
+/// ([`Builder::accept_rate`](crate::Builder::accept_rate)).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AcceptRate {
     /// Sustained new connections per second, for the whole server.

@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::conn::admission::PerIpLimit;
+use crate::conn::admission::{AcceptRateLimit, PerIpLimit};
+use crate::conn::config::AcceptRate;
 use crate::observe::stats::WorkerStats;
 
 /// Shared by every worker's acceptor.
@@ -31,6 +32,7 @@ use crate::observe::stats::WorkerStats;
 pub(crate) struct ConnectionLimit {
     slots: Arc<Semaphore>,
     per_ip: Option<Arc<PerIpLimit>>,
+    accept_rate: Option<Arc<AcceptRateLimit>>,
     max: usize,
     /// The workers, for one to ask another to evict (`None`: one worker
     /// alone, or a limit made outside a server).
@@ -42,6 +44,26 @@ pub(crate) struct ConnectionLimit {
 }
 
 /// An acceptor waiting at the limit, counted while it lives.
+///
+/// One race is left, narrow and bounded. The semaphore hands a freed
+/// permit straight to the waiter queued on it (`acquire`) and wakes its
+/// task; until that task runs and drops this guard, the limit still reads
+/// full (`available_permits() == 0`, the permit being the waiter's) with
+/// a waiter counted. An ask this acceptor made before (to another worker,
+/// [`ConnectionLimit::ask_to_evict`]) that is answered in that window
+/// ([`ConnectionLimit::someone_waits`] true) closes one batch of that
+/// worker's idle keep-alive connections (at most `EVICT_MAX`, 32) for a
+/// connection that already has its slot. The window is the waiter's
+/// wake-up latency (microseconds on an idle worker, up to one turn of its
+/// runtime on a busy one), and it needs a close anywhere to free a slot
+/// between an ask and its answer; what it costs is idle keep-alive
+/// connections closed early, whose clients reconnect, and the slots they
+/// free stay free for the next connections. Closing it would mean not
+/// queuing on the semaphore at all (a waiter that takes a visible permit
+/// itself, `try_acquire` on a wake-up, uncounting itself first): every
+/// connection's close would then have to wake waiters itself, a shared
+/// load and a fence on the close path of every connection against the
+/// lost wake-up, for a race that only ever closes idle connections early.
 #[derive(Debug)]
 pub(crate) struct WaitingAtLimit(Arc<AtomicUsize>);
 
@@ -71,6 +93,7 @@ impl ConnectionLimit {
         ConnectionLimit {
             slots: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             per_ip: per_ip.map(|n| Arc::new(PerIpLimit::new(n))),
+            accept_rate: None,
             max,
             evictors: None,
             waiting: Arc::new(AtomicUsize::new(0)),
@@ -91,6 +114,22 @@ impl ConnectionLimit {
                 .collect()
         });
         self
+    }
+
+    /// The same limit, with the server's accept rate (if any) split over
+    /// its `workers` ([`AcceptRateLimit`]).
+    pub(crate) fn with_accept_rate(
+        mut self,
+        rate: Option<AcceptRate>,
+        workers: usize,
+    ) -> ConnectionLimit {
+        self.accept_rate = rate.map(|r| Arc::new(AcceptRateLimit::new(r, workers)));
+        self
+    }
+
+    /// The accept rate, if there is one.
+    pub(crate) fn accept_rate(&self) -> Option<&AcceptRateLimit> {
+        self.accept_rate.as_deref()
     }
 
     /// Whether every slot is taken.

@@ -180,6 +180,7 @@ impl Server {
             ..
         } = self;
         let limit = ConnectionLimit::new(max_connections, config.max_connections_per_ip)
+            .with_accept_rate(config.accept_rate, config.workers)
             .shared_by(&handle.workers);
         // Opened by `run`: before it, nothing would deliver a message.
         let hub = crate::message::MessageSettings::of(&config)
@@ -799,30 +800,34 @@ impl Builder {
     }
 
     /// Limits how fast new connections are admitted (a token bucket; see
-    /// [`AcceptRate`]). Over the rate a connection is closed right after accept,
-    /// counted (`ServerStats::rejected_accept_rate`) and logged at most once per
-    /// interval. Default: none.
+    /// [`AcceptRate`]). Over the rate a connection is refused right after
+    /// accept: on a cleartext HTTP listener answered `503 Service
+    /// Unavailable` with `Retry-After` (the seconds a worker's bucket takes
+    /// to refill one token, at least 1), on a TLS or framed listener closed
+    /// without an answer; counted (`ServerStats::rejected_accept_rate`) and
+    /// logged at most once per interval. Default: none.
     ///
-    /// Each of the W [`workers`](Builder::workers) has a bucket of its own
-    /// (no lock shared on the accept path): refilled at `per_second / W`,
-    /// holding `burst / W` tokens, the remainder one more each for the
-    /// first workers, so the buckets hold `burst` together; but at least 1
-    /// each, so a burst below W admits W at once (a burst of 1 on 2
-    /// workers admits 2). The kernel hands a connection to a worker by a
+    /// With a burst of at least the W [`workers`](Builder::workers), each
+    /// has a bucket of its own (no lock shared on the accept path),
+    /// refilled at `per_second / W` and holding `burst / W` tokens, the
+    /// remainder one more each for the first workers, so the buckets hold
+    /// `burst` together; the kernel hands a connection to a worker by a
     /// hash of its addresses, so a burst that all lands on one worker is
-    /// held to that worker's share. (`serve --processes P` gives each
-    /// process `burst / P` first, rounded up, at least 1; its workers split
-    /// that.) Exact below W would take a bucket the workers share, an
-    /// atomic operation across threads per accept (and shared memory
-    /// across processes), for a setting that makes sense only as many
-    /// connections.
+    /// held to that worker's share. Below W the workers take from one
+    /// bucket (a lock shared across threads per accept, in that setting
+    /// only): a split would leave some workers no token, refusing every
+    /// connection the kernel gave them. A worker's listeners share its
+    /// bucket. (`serve --processes P` gives each process `burst / P` first,
+    /// rounded up, at least 1; its workers split that.)
     pub fn accept_rate(mut self, rate: Option<AcceptRate>) -> Builder {
         self.config.accept_rate = rate;
         self
     }
 
     /// Most concurrent connections from one client IP (IPv6: one /64). Over it
-    /// a connection is closed right after accept, counted
+    /// a connection is refused right after accept: on a cleartext HTTP
+    /// listener answered `503 Service Unavailable` with `Retry-After: 1`, on
+    /// a TLS or framed listener closed without an answer; counted
     /// (`ServerStats::rejected_per_ip`) and logged at most once per interval.
     /// Default: none.
     pub fn max_connections_per_ip(mut self, n: Option<u32>) -> Builder {

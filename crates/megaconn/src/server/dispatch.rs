@@ -27,12 +27,14 @@
 //! Protocols never call the lot or each other; only this module does.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use futures_util::future::{Either, FutureExt};
 use tokio::net::TcpStream;
 
+use crate::conn::config::Config;
 use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;
 use crate::conn::park::{AtDeadline, OnParkedClose, Parking};
@@ -240,6 +242,39 @@ pub(crate) fn portable(tag: ProtoTag) -> bool {
 /// (framed, WebSocket): its peer holds the connection open on purpose.
 pub(crate) fn evictable(tag: ProtoTag) -> bool {
     tag == proto::HTTP1 || tag == proto::HTTP1_TLS
+}
+
+/// What a client refused by an admission limit (`--max-connections-per-ip`,
+/// `--accept-rate`) on the listener at `local` is told before the close
+/// (`admission::refuse`), with a `Retry-After` of `retry_after` seconds.
+/// A cleartext HTTP listener answers `503 Service Unavailable`, as nginx's
+/// `limit_conn` does: a browser shows it, a load balancer or a client that
+/// retries sees an overloaded server and when to come back, where a bare
+/// close read as "connection reset" and was retried blindly. Its WebSocket
+/// clients too: their opening handshake is an HTTP/1.1 request, and a
+/// `503` fails it as any non-`101` does. An HTTP/2 client with prior
+/// knowledge reads it as a protocol error, no worse than the close.
+/// A TLS listener closes without a word: its client expects a handshake,
+/// and plaintext would be garbage to it (an alert would need one half
+/// begun). A framed listener too: its protocol is the handler's, with no
+/// refusal the server could speak.
+pub(crate) fn refusal_answer(
+    config: &Config,
+    local: SocketAddr,
+    retry_after: u64,
+) -> Option<Box<[u8]>> {
+    if proto::framed::accepted_on(config, local).is_some()
+        || tls::tls_for_local(config, local).is_some()
+    {
+        return None;
+    }
+    Some(
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    )
 }
 
 async fn serve_tls<S>(

@@ -592,6 +592,7 @@ where
                     spawn_connection.clone(),
                     limit.clone(),
                     dispatch::evictable,
+                    dispatch::refusal_answer,
                 ),
             )
         })

@@ -38,7 +38,8 @@ pub enum Mode {
 pub const ALL: [Mode; 4] = [Mode::H1, Mode::H1Tls, Mode::H2c, Mode::H2Tls];
 
 impl Mode {
-    fn tls(self) -> bool {
+    /// Whether the mode runs over TLS.
+    pub fn tls(self) -> bool {
         matches!(self, Mode::H1Tls | Mode::H2Tls)
     }
 

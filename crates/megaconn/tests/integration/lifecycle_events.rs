@@ -221,7 +221,9 @@ async fn limits_parking_and_shutdown_are_reported() {
         .wait_stats("parked", |s| s.connections_parked == 1)
         .await;
     let mut second = server.connect().await;
-    assert!(read_to_close(&mut second).await.is_empty());
+    assert!(read_to_close(&mut second)
+        .await
+        .starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
     assert_eq!(events.next_close().await.reason, CloseReason::Limit);
 
     // The client hangs up on the parked connection: noticed, count intact.

@@ -1,6 +1,7 @@
 //! Admission limits with real sockets: over the per-IP or accept-rate limit a
-//! connection is closed at once and counted under the limit's name; under them
-//! nothing is refused.
+//! connection is answered `503` (on a cleartext HTTP listener; on a TLS one
+//! closed without a word), closed at once and counted under the limit's
+//! name; under them nothing is refused.
 
 use crate::common;
 
@@ -8,8 +9,37 @@ use std::net::SocketAddr;
 
 use common::{read_response, read_to_close, TestServer};
 use megaconn::AcceptRate;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+/// A refused client's answer on a cleartext HTTP listener, whole.
+fn refusal(retry_after: u64) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Sends a request on a refused connection and reads what comes back until
+/// the server's close: the bytes, and how the stream ended (`Ok` for a FIN,
+/// the error for a reset).
+async fn refused_answer(s: &mut TcpStream) -> (Vec<u8>, std::io::Result<()>) {
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let mut out = Vec::new();
+    let end = tokio::time::timeout(common::SAFETY, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the server did not close the refused connection");
+    (out, end)
+}
 
 async fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
@@ -42,10 +72,10 @@ async fn per_ip_limit_refuses_the_extra_connection_only() {
     );
 
     let mut c = connect_from("127.0.0.1", server.addr).await;
-    let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    assert!(
-        read_to_close(&mut c).await.is_empty(),
-        "refused without a response"
+    let (answer, _) = refused_answer(&mut c).await;
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        String::from_utf8_lossy(&refusal(1))
     );
     server
         .wait_stats("one per-IP refusal", |s| s.rejected_per_ip == 1)
@@ -119,8 +149,13 @@ async fn accept_rate_limit_refuses_past_the_burst() {
     let mut b = server.connect().await;
     assert!(served(&mut a).await && served(&mut b).await);
     let mut c = server.connect().await;
-    let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    assert!(read_to_close(&mut c).await.is_empty());
+    // Retry-After: the time the bucket takes to refill one token, 1,000 s
+    // at 0.001 a second.
+    let (answer, _) = refused_answer(&mut c).await;
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        String::from_utf8_lossy(&refusal(1000))
+    );
     server
         .wait_stats("one accept-rate refusal", |s| s.rejected_accept_rate == 1)
         .await;
@@ -275,21 +310,21 @@ async fn at_the_limit_a_connection_mid_request_is_never_evicted() {
     server.stop().await;
 }
 
-/// The burst is split over the workers exactly: a burst of 3 on 2 workers
-/// admits 3 at once (2 on one worker, 1 on the other), not 2 (each
-/// worker's share was the quotient rounded down, 1). Forty connections
-/// reach both workers (the kernel spreads them by a hash of their
-/// addresses; one getting fewer than 2 of 40 has a chance of ~1 in 10^10),
-/// so each worker uses its whole share.
-#[tokio::test]
-async fn the_accept_burst_is_split_over_the_workers_exactly() {
+/// Connections to a server of `workers` workers at a (practically) zero
+/// accept rate and `burst`: how many were admitted at once. Forty
+/// connections reach every one of two workers (the kernel spreads them by
+/// a hash of their addresses; one getting fewer than 2 of 40 has a chance
+/// of ~1 in 10^10), so each worker uses its whole share.
+async fn admitted_of_a_burst(workers: usize, burst: u32) -> u64 {
     const CONNECTIONS: u64 = 40;
-    let server = TestServer::start(megaconn::Server::builder().workers(2).accept_rate(Some(
-        AcceptRate {
-            per_second: 0.001,
-            burst: 3,
-        },
-    )))
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(workers)
+            .accept_rate(Some(AcceptRate {
+                per_second: 0.001,
+                burst,
+            })),
+    )
     .await;
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -298,8 +333,88 @@ async fn the_accept_burst_is_split_over_the_workers_exactly() {
     server
         .wait_stats("every connection accepted", |s| s.accepted == CONNECTIONS)
         .await;
-    let stats = server.handle.stats();
-    assert_eq!(stats.rejected_accept_rate, CONNECTIONS - 3, "{stats:?}");
+    let admitted = CONNECTIONS - server.handle.stats().rejected_accept_rate;
     drop(held);
     server.stop().await;
+    admitted
+}
+
+/// The burst is split over the workers exactly: a burst of 3 on 2 workers
+/// admits 3 at once (2 on one worker, 1 on the other), not 2 (each
+/// worker's share was the quotient rounded down, 1).
+#[tokio::test]
+async fn the_accept_burst_is_split_over_the_workers_exactly() {
+    assert_eq!(admitted_of_a_burst(2, 3).await, 3);
+}
+
+/// A burst below the worker count is exact: a burst of 1 on 2 workers
+/// admits 1 at once. Each worker's share used to be at least 1, so it
+/// admitted 2.
+#[tokio::test]
+async fn a_burst_below_the_worker_count_is_exact() {
+    assert_eq!(admitted_of_a_burst(2, 1).await, 1);
+}
+
+/// A refused client reads the `503` and then the server's FIN, not an RST.
+/// With `TCP_DEFER_ACCEPT` the request is in the socket's receive queue
+/// when it is accepted, and closing a socket with unread bytes sends an
+/// RST (Linux `tcp_close`), which a client may take for a reset before it
+/// reads the answer (a Windows one drops what it received). The refusal
+/// used to close at once: an RST every time in this setting.
+#[tokio::test]
+async fn a_refused_client_reads_the_503_and_then_a_clean_close() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .defer_accept(Some(std::time::Duration::from_secs(5)))
+            .max_connections_per_ip(Some(1)),
+    )
+    .await;
+    let mut first = server.connect().await;
+    assert!(served(&mut first).await);
+    for round in 0..20 {
+        let mut refused = server.connect().await;
+        let (answer, end) = refused_answer(&mut refused).await;
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            String::from_utf8_lossy(&refusal(1)),
+            "round {round}"
+        );
+        assert!(end.is_ok(), "round {round}: the refusal ended in {end:?}");
+    }
+    server
+        .wait_stats("twenty refusals", |s| s.rejected_per_ip == 20)
+        .await;
+    server.stop().await;
+}
+
+/// A worker listening on two addresses takes from one bucket: a burst of 2
+/// admits 2 over both. Each listener's accept loop used to have a bucket of
+/// the worker's share, so two addresses admitted twice the burst (and the
+/// rate).
+#[tokio::test]
+async fn a_workers_listeners_share_its_accept_rate() {
+    let (app, _probe) = common::test_app();
+    let server = common::AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .accept_rate(Some(AcceptRate {
+                per_second: 0.001,
+                burst: 2,
+            }))
+            .listen_on("127.0.0.1:0".parse().unwrap())
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        app,
+    );
+    let (addrs, handle) = (&server.addrs, &server.handle);
+    let mut statuses = Vec::new();
+    for addr in [addrs[0], addrs[1], addrs[0], addrs[1]] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        statuses.push(read_response(&mut s).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 503, 503], "{:?}", handle.stats());
+    assert!(server.stop().await, "the server stops");
 }
