@@ -627,19 +627,91 @@ async fn requests_that_time_out_log_the_setting_and_peer_once_per_interval() {
 async fn a_refused_http2_request_logs_the_refused_head_line() {
     capture_log();
     let server = TestServer::start(megaconn::Server::builder().workers(1).max_body_bytes(10)).await;
-    let (client, peer) = common::h2c_from(server.addr).await;
-    let mut client = client.ready().await.unwrap();
     let req = http::Request::post("http://t/echo")
         .header("content-length", "100")
         .body(())
         .unwrap();
-    let (resp, _body) = client.send_request(req, false).unwrap();
-    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
-    assert_eq!(resp.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    let peer = h2c_answered(&server, req, false, http::StatusCode::PAYLOAD_TOO_LARGE).await;
     wait_for_warning(&format!(
         "refused a request head from {peer}: 413 Payload Too Large (Content-Length exceeds max_body_bytes); answered, HTTP/2 stream ended"
     ))
     .await;
+    server.stop().await;
+}
+
+/// Sends `req` (its stream ended with the head if `end`) on a fresh h2c
+/// connection to `server` and asserts the answer's `status`; returns the
+/// client's address, the peer the server's lines name.
+async fn h2c_answered(
+    server: &TestServer,
+    req: http::Request<()>,
+    end: bool,
+    status: http::StatusCode,
+) -> std::net::SocketAddr {
+    let (client, peer) = common::h2c_from(server.addr).await;
+    let mut client = client.ready().await.unwrap();
+    // The body's handle is kept until the answer: dropped, it would reset
+    // a stream not ended.
+    let (resp, _body) = client.send_request(req, end).unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), status);
+    peer
+}
+
+/// A header list over `http2_max_header_list_size`, which h2 answers 431
+/// itself, logs the refused head's line too, naming the peer (read off the
+/// socket only then: no `connect_info`). Before, h2's 431 had no line at
+/// all (nor a count: `h2_limits.rs`).
+#[tokio::test]
+async fn an_http2_header_list_over_its_limit_logs_the_refused_head_line() {
+    capture_log();
+    let builder = megaconn::Server::builder()
+        .workers(1)
+        .http2_max_header_list_size(4096);
+    let server = TestServer::start(builder).await;
+    let mut req = http::Request::get("http://t/");
+    for i in 0..5 {
+        req = req.header(format!("x-{i}"), "v".repeat(1000));
+    }
+    let status = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    let peer = h2c_answered(&server, req.body(()).unwrap(), true, status).await;
+    wait_for_warning(&format!(
+        "refused a request head from {peer}: 431 Request Header Fields Too Large (header list over http2_max_header_list_size); answered by h2, HTTP/2 stream ended"
+    ))
+    .await;
+    server.stop().await;
+}
+
+/// Streams opened past `http2_max_concurrent_streams`, which h2 refuses
+/// itself (`RST_STREAM(REFUSED_STREAM)`), log a line naming the peer and
+/// the setting. Before, no line (nor a count: `h2_limits.rs`).
+#[tokio::test]
+async fn http2_streams_past_max_concurrent_streams_log_a_line() {
+    capture_log();
+    let builder = megaconn::Server::builder()
+        .workers(1)
+        .http2_max_concurrent_streams(2);
+    let server = TestServer::start(builder).await;
+    let mut s = server.connect().await;
+    let peer = s.local_addr().unwrap();
+    // The preface, an empty SETTINGS frame, then four streams in the same
+    // write: HEADERS (END_STREAM, END_HEADERS) of `GET /wait` (HPACK:
+    // GET, http, :path "/wait" as a literal, :authority "a"), whose
+    // handlers wait: h2 takes two and refuses 5 and 7.
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    let wait = [
+        0x82, 0x86, 0x04, 5, b'/', b'w', b'a', b'i', b't', 0x01, 1, b'a',
+    ];
+    for stream in [1, 3, 5, 7] {
+        bytes.extend_from_slice(&[0, 0, wait.len() as u8, 0x1, 0x5, 0, 0, 0, stream]);
+        bytes.extend_from_slice(&wait);
+    }
+    s.write_all(&bytes).await.unwrap();
+    wait_for_warning(&format!(
+        "refused an HTTP/2 stream from {peer} past http2_max_concurrent_streams: RST_STREAM(REFUSED_STREAM), the client may retry it"
+    ))
+    .await;
+    drop(s);
     server.stop().await;
 }
 

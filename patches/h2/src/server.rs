@@ -564,6 +564,22 @@ where
         self.connection.has_streams()
     }
 
+    /// Returns how many streams this connection refused, with
+    /// `RST_STREAM(REFUSED_STREAM)`, for opening past the
+    /// [`Builder::max_concurrent_streams`] limit, over its life. They are
+    /// never returned by `accept`.
+    pub fn refused_streams(&self) -> u64 {
+        self.connection.refused_streams()
+    }
+
+    /// Returns how many requests this connection answered with `431 Request
+    /// Header Fields Too Large` itself, for a header list over the
+    /// [`Builder::max_header_list_size`] limit, over its life. They are
+    /// never returned by `accept`.
+    pub fn oversized_header_lists(&self) -> u64 {
+        self.connection.oversized_header_lists()
+    }
+
     /// Returns the maximum number of concurrent streams that may be initiated
     /// by the server on this connection.
     ///

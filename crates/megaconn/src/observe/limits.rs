@@ -55,11 +55,17 @@ pub(crate) enum LimitHit {
     /// lines listener): that connection misses it, one hit each; it stays
     /// open.
     PushUnframable,
+    /// HTTP/2 `431`, answered by h2 itself: a request's header list over
+    /// `http2_max_header_list_size`.
+    Http2MaxHeaderListSize,
+    /// HTTP/2 `RST_STREAM(REFUSED_STREAM)`, sent by h2 itself: a stream
+    /// opened past `http2_max_concurrent_streams`; the connection serves on.
+    Http2MaxConcurrentStreams,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::PushUnframable as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2MaxConcurrentStreams as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -80,6 +86,8 @@ impl LimitHit {
         "max_topic_bytes",
         "tls_handshake_buffer",
         "push_unframable",
+        "http2_max_header_list_size",
+        "http2_max_concurrent_streams",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -112,9 +120,12 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::PushUnframable.count(&stats);
+        LimitHit::Http2MaxConcurrentStreams.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::PushUnframable as usize, LimitHit::COUNT - 1);
+        assert_eq!(
+            LimitHit::Http2MaxConcurrentStreams as usize,
+            LimitHit::COUNT - 1
+        );
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

@@ -12,7 +12,8 @@
 //! caught, an HTTP/2 stream whose client gave it no room, a request body
 //! that stopped coming (HTTP/1.1 or HTTP/2), an HTTP/2 connection calmed, a
 //! framed reply that cannot be framed, idle connections evicted at
-//! `max_connections`, a hub message some connections cannot be sent. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
+//! `max_connections`, a hub message some connections cannot be sent, an
+//! HTTP/2 stream refused past `http2_max_concurrent_streams`. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
@@ -71,8 +72,9 @@ pub(crate) enum Flood {
     MalformedBody,
     /// A request head refused before any service saw it: HTTP/1.1's (400,
     /// 413, 414, 417, 431, 505: answered and closed) and HTTP/2's (413 by
-    /// Content-Length, 431 past `max_headers`: answered, the stream
-    /// ended). One kind: the same refusals, whichever protocol carried them.
+    /// Content-Length, 431 past `max_headers` or, h2's own, past
+    /// `http2_max_header_list_size`: answered, the stream ended). One
+    /// kind: the same refusals, whichever protocol carried them.
     RefusedHead,
     /// A connection closed as a slow consumer (queue or socket buffer full).
     SlowConsumer,
@@ -191,14 +193,19 @@ pub(crate) enum Flood {
     /// listener's `Framing::max_frame_bytes`, a line ending or bytes not
     /// UTF-8 on a lines listener): dropped for them.
     PushUnframable,
+    /// An HTTP/2 stream h2 refused (`RST_STREAM(REFUSED_STREAM)`) for
+    /// opening past `http2_max_concurrent_streams`. (h2's other refusal,
+    /// `431` for a header list over `http2_max_header_list_size`, is a
+    /// [`RefusedHead`](Flood::RefusedHead).)
+    Http2RefusedStream,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 34;
+const KINDS: usize = 35;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::PushUnframable as usize == KINDS - 1);
+const _: () = assert!(Flood::Http2RefusedStream as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
@@ -282,20 +289,26 @@ pub(crate) fn over_limit(over: OverLimit, then: &str) {
 /// Logs a request head refused before any service saw it at INFO, held to
 /// one line per interval per worker ([`Flood::RefusedHead`]: a peer can send
 /// them at will), naming the status, why (`reason`, which names the
-/// setting), the peer (`-` when unknown) and `then`, what was done.
+/// setting), the peer (`-` when unknown) and `then`, what was done. `peer`
+/// is asked only for a line that goes out (it may cost a system call).
 pub(crate) fn refused_head(
-    peer: Option<std::net::SocketAddr>,
+    peer: impl FnOnce() -> Option<std::net::SocketAddr>,
     status: http::StatusCode,
     reason: &str,
     then: &str,
 ) {
     log(Flood::RefusedHead, |suppressed| {
-        let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        let peer = peer_name(peer());
         tracing::info!(
             suppressed,
             "refused a request head from {peer}: {status} ({reason}); {then}"
         );
     });
+}
+
+/// A peer's address for a log line, `-` when unknown.
+pub(crate) fn peer_name(peer: Option<std::net::SocketAddr>) -> String {
+    peer.map_or_else(|| "-".to_string(), |p| p.to_string())
 }
 
 /// Logs (limited) that a connection's socket could not be added to an epoll

@@ -70,10 +70,15 @@
 //! and its rate-limited line, `ratelog::refused_head`): `431` for more
 //! header fields than `max_headers`, `413` for a Content-Length over
 //! `max_body_bytes`; the stream ends, the connection serves on. Two limits
-//! are h2's alone, enforced before a stream reaches us and **uncounted**
-//! (h2 exposes no hook; the setters' docs and the README say so): a header
-//! list over `http2_max_header_list_size` (h2 answers `431`) and a stream
-//! past `http2_max_concurrent_streams` (`RST_STREAM(REFUSED_STREAM)`).
+//! are h2's alone, enforced before a stream reaches us: a header list over
+//! `http2_max_header_list_size` (h2 answers `431`) and a stream past
+//! `http2_max_concurrent_streams` (`RST_STREAM(REFUSED_STREAM)`). Our h2
+//! patch counts both on the connection (`refused_streams`,
+//! `oversized_header_lists`; `patches/README.md`), and each poll of the
+//! connection counts and logs what is new ([`H2Refusals`]): limit hits
+//! named after the settings, the 431 also a protocol error and the refused
+//! head's line, the refused stream a line of its own. Neither reaches the
+//! service: no `requests_total`, no access line.
 //!
 //! What a stream counts (`RequestRecord`: `requests_total`, the access
 //! line), and when:
@@ -99,7 +104,9 @@
 //! only the connection's bytes (`ConnectionEvent::Closed`) have those.
 
 use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -175,13 +182,14 @@ fn h2_builder(cfg: &Http2Config) -> h2::server::Builder {
 }
 
 /// Serves HTTP/2 on `io` until the connection closes; returns why it closed.
+/// `addrs`: what is known of its addresses, or where to ask.
 /// `retire_at`: when it is to go away for its age (`max_connection_age`,
 /// drawn once per connection by the caller; `None`: the option is off).
 pub(crate) async fn serve<I, S>(
     io: I,
     service: &mut S,
     ctx: Rc<WorkerContext>,
-    info: Option<ConnInfo>,
+    addrs: Addrs,
     retire_at: Option<Instant>,
 ) -> CloseReason
 where
@@ -227,6 +235,7 @@ where
     // and had nothing for us: see `poll_turn`.
     let mut h2_busy = false;
     let flood = Arc::new(DataFloodGuard::new(ctx.stats.clone()));
+    let mut refusals = H2Refusals::default();
     let mut reason = CloseReason::ClientClosed;
     loop {
         // Fixed for this round: a stream that ends ends the round.
@@ -255,8 +264,13 @@ where
             // One poll for the connection and the service together (both
             // need this task's context, and the service `&mut`): see
             // `poll_turn`. Its handler does not await, so a new stream's
-            // request is never kept in this future.
-            turn = poll_fn(|cx| poll_turn(&mut conn, service, waiting.is_some(), streams_open, &mut h2_busy, &ctx, &flood, info, cx)) => {
+            // request is never kept in this future. What h2 refused on its
+            // own in that poll is counted right after it.
+            turn = poll_fn(|cx| {
+                let turn = poll_turn(&mut conn, service, waiting.is_some(), streams_open, &mut h2_busy, &ctx, &flood, &addrs, cx);
+                refusals.count(&conn, &ctx, &addrs);
+                turn
+            }) => {
                 let start = match turn {
                     Turn::Closed(None) => break,
                     Turn::Closed(Some(e)) => {
@@ -423,7 +437,7 @@ fn poll_turn<I, S>(
     h2_busy: &mut bool,
     ctx: &Rc<WorkerContext>,
     flood: &Arc<DataFloodGuard>,
-    info: Option<ConnInfo>,
+    addrs: &Addrs,
     cx: &mut Context<'_>,
 ) -> Poll<Turn<S>>
 where
@@ -448,7 +462,7 @@ where
     Poll::Ready(match std::task::ready!(accepted) {
         None => Turn::Closed(None),
         Some(Err(e)) => Turn::Closed(Some(e)),
-        Some(Ok((request, respond))) => match prepare(request, ctx, flood, info) {
+        Some(Ok((request, respond))) => match prepare(request, ctx, flood, addrs) {
             Ok(prepared) => Turn::New(prepared, respond, service.poll_ready(cx)),
             Err(answered) => Turn::Answered(answered, respond),
         },
@@ -525,6 +539,115 @@ fn calmed(ctx: &WorkerContext, cause: &dyn std::fmt::Display) -> CloseReason {
         )
     });
     CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
+}
+
+/// A connection's addresses as far as megaconn kept them, and where to ask
+/// for its peer's otherwise: what requests carry (`connect_info`) and what
+/// the lines that name the peer say.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Addrs {
+    /// Kept since the accept: always over TLS, on h2c with `connect_info`
+    /// (HTTP/1.1 keeps them only then).
+    info: Option<ConnInfo>,
+    /// The socket to ask for the peer's address when a line names it and
+    /// nothing kept it: read then (one `getpeername`, for a line that goes
+    /// out), not at every h2c hand-over for a line that may never come.
+    socket: Option<RawFd>,
+}
+
+impl Addrs {
+    /// The addresses kept, if any, and no socket to ask.
+    pub(crate) fn kept(info: Option<ConnInfo>) -> Addrs {
+        Addrs { info, socket: None }
+    }
+
+    /// The addresses kept, if any, and `socket` to ask for the peer's.
+    ///
+    /// # Safety
+    ///
+    /// `socket` must stay open while the [`serve`] given these addresses
+    /// runs: the socket of the `io` it serves, which it owns until it
+    /// returns (nothing keeps an `Addrs` past it).
+    pub(crate) unsafe fn with_socket(info: Option<ConnInfo>, socket: Option<RawFd>) -> Addrs {
+        Addrs { info, socket }
+    }
+
+    /// The peer, for a log line: as kept, else the connection's lifecycle
+    /// track's (with a connection hook or the registry), else asked of the
+    /// socket, as HTTP/1.1 finds it (`http1::conn::peer_of`). `None` for a
+    /// transport that is no socket of ours.
+    fn peer(&self) -> Option<SocketAddr> {
+        if let Some(info) = self.info {
+            return Some(info.peer);
+        }
+        if let (_, Some(peer)) = lifecycle::current_id_and_peer() {
+            return Some(peer);
+        }
+        // SAFETY: open while `serve` runs (`with_socket`'s contract), and
+        // this is only called from within it.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.socket?) };
+        socket2::SockRef::from(&socket)
+            .peer_addr()
+            .ok()?
+            .as_socket()
+    }
+}
+
+/// What h2 refused on its own, before a stream reached us, as far as
+/// counted: the two counts our h2 patch keeps per connection
+/// (`patches/README.md`, "What changed").
+#[derive(Debug, Default)]
+struct H2Refusals {
+    /// Streams reset with `REFUSED_STREAM`, past `http2_max_concurrent_streams`.
+    streams: u64,
+    /// Requests h2 answered `431`, a header list over `http2_max_header_list_size`.
+    header_lists: u64,
+}
+
+impl H2Refusals {
+    /// Counts and logs what `conn` refused since the last look (called
+    /// after each poll of it, which is when h2 reads frames): a limit hit
+    /// each, named after the setting; a 431 also a protocol error and a
+    /// refused head's line, as megaconn's own 431 for `max_headers` is; a
+    /// refused stream a line of its own, not a protocol error (the client
+    /// may retry it, and one that opened streams before our SETTINGS
+    /// reached it did nothing wrong). Lines at INFO, limited per kind.
+    fn count<I>(
+        &mut self,
+        conn: &h2::server::Connection<I, Bytes>,
+        ctx: &WorkerContext,
+        addrs: &Addrs,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (streams, header_lists) = (conn.refused_streams(), conn.oversized_header_lists());
+        if (streams, header_lists) == (self.streams, self.header_lists) {
+            return;
+        }
+        for _ in self.header_lists..header_lists {
+            incr(&ctx.stats.protocol_errors);
+            LimitHit::Http2MaxHeaderListSize.count(&ctx.stats);
+            ratelog::refused_head(
+                || addrs.peer(),
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header list over http2_max_header_list_size",
+                "answered by h2, HTTP/2 stream ended",
+            );
+        }
+        for _ in self.streams..streams {
+            LimitHit::Http2MaxConcurrentStreams.count(&ctx.stats);
+            ratelog::log(Flood::Http2RefusedStream, |suppressed| {
+                let peer = ratelog::peer_name(addrs.peer());
+                tracing::info!(
+                    limit = ctx.config.http2.max_concurrent_streams,
+                    suppressed,
+                    "refused an HTTP/2 stream from {peer} past http2_max_concurrent_streams: \
+                     RST_STREAM(REFUSED_STREAM), the client may retry it"
+                );
+            });
+        }
+        (self.streams, self.header_lists) = (streams, header_lists);
+    }
 }
 
 /// What happened to the handler call of a new stream.
@@ -647,13 +770,13 @@ fn refusal(
 }
 
 /// Builds the request of a new stream, or answers it at once (413, 431).
-/// `info`: the connection's, whether or not the request is to carry it
+/// `addrs`: the connection's, whether or not the request is to carry them
 /// (`connect_info`): its peer names who sent a refused request.
 fn prepare<F>(
     request: Request<RecvStream>,
     ctx: &Rc<WorkerContext>,
     flood: &Arc<DataFloodGuard>,
-    info: Option<ConnInfo>,
+    addrs: &Addrs,
 ) -> Result<Prepared, Start<F>> {
     incr(&ctx.stats.requests);
     lifecycle::count_request();
@@ -672,11 +795,8 @@ fn prepare<F>(
         refused.limit.count(&ctx.stats);
         // Logged as HTTP/1.1 logs a refused head (at INFO, limited): it
         // was at debug only, counted but with no line naming who sent it.
-        let peer = info
-            .map(|i| i.peer)
-            .or_else(|| lifecycle::current_id_and_peer().1);
         ratelog::refused_head(
-            peer,
+            || addrs.peer(),
             refused.status,
             refused.reason,
             "answered, HTTP/2 stream ended",
@@ -716,7 +836,7 @@ fn prepare<F>(
         (Body::h2(body), None, Some(tally))
     };
     let mut request = Request::from_parts(parts, body);
-    if let Some(info) = info.filter(|_| ctx.config.connect_info) {
+    if let Some(info) = addrs.info.filter(|_| ctx.config.connect_info) {
         crate::service::insert_conn_info(request.extensions_mut(), info);
     }
     // As an HTTP/1.1 upgrade request does, a CONNECT carries the handle
@@ -1545,7 +1665,11 @@ mod size_guard {
     /// in a box only while the service is not ready): 2,496 (2,448 before).
     /// 2,600 by 2026-12-05 on h2 0.4.20; 2,608 on h2 0.4.21, whose
     /// `FramedRead` (inline in its `Connection`) gained a `usize`, the
-    /// header-count hint (`patches/README.md`).
+    /// header-count hint (`patches/README.md`). 2,664 since h2's own
+    /// refusals are counted: h2's `Connection` keeps two `u64` counts (our
+    /// patch), [`H2Refusals`] what was last seen of them, [`Addrs`] the
+    /// socket to ask for the peer (8 bytes, where the hand-over used to
+    /// read both addresses), the poll closure one more reference.
     #[test]
     fn the_http2_connection_future_stays_small() {
         fn h2_future(
@@ -1553,11 +1677,11 @@ mod size_guard {
             service: &'static mut Svc,
             ctx: Rc<WorkerContext>,
         ) -> impl Future<Output = CloseReason> {
-            serve(io, service, ctx, None, None)
+            serve(io, service, ctx, Addrs::kept(None), None)
         }
         let size = size_of_future(h2_future);
         eprintln!("HTTP/2 connection future: {size} bytes");
-        assert!(size <= 2608, "the HTTP/2 connection future is {size} bytes");
+        assert!(size <= 2664, "the HTTP/2 connection future is {size} bytes");
     }
 }
 

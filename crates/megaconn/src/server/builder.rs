@@ -1150,9 +1150,11 @@ impl Builder {
     ///
     /// The `h2` crate enforces it: a stream past it is reset with
     /// `RST_STREAM(REFUSED_STREAM)` (RFC 9113 §5.1.2; the client may retry
-    /// it) before megaconn sees it, so it is **not counted** in any metric
-    /// nor logged (h2 exposes no hook for it). Clients that honour the
-    /// setting (browsers, curl, gRPC) queue their requests instead.
+    /// it) before any service sees it. Each is counted in
+    /// `megaconn_limit_hits_total{limit="http2_max_concurrent_streams"}`
+    /// (not as a protocol error) and logged at INFO, naming the peer, at
+    /// most once per 5 s per worker. Clients that honour the setting
+    /// (browsers, curl, gRPC) queue their requests instead.
     pub fn http2_max_concurrent_streams(mut self, n: u32) -> Builder {
         self.config.http2.max_concurrent_streams = n;
         self
@@ -1183,11 +1185,13 @@ impl Builder {
     /// names, values and 32 bytes per field). Default: 64 KiB.
     ///
     /// The `h2` crate enforces it: a request over it is answered `431` by h2
-    /// itself before megaconn sees it, so it is **not counted** (no
-    /// `megaconn_requests_total`, no `megaconn_limit_hits_total`, no access
-    /// line) nor logged (h2 exposes no hook for it). One far over it (four
-    /// times, as it decodes) ends the connection with
-    /// `GOAWAY(ENHANCE_YOUR_CALM)`, which is counted (`h2_enhance_your_calm`).
+    /// itself before any service sees it. It is counted in
+    /// `megaconn_limit_hits_total{limit="http2_max_header_list_size"}` and
+    /// `megaconn_protocol_errors_total`, and logged as a refused request
+    /// head (at INFO, naming the peer, at most once per 5 s per worker), but
+    /// it is no request: no `megaconn_requests_total`, no access line. One
+    /// far over it (four times, as it decodes) ends the connection with
+    /// `GOAWAY(ENHANCE_YOUR_CALM)`, counted as `h2_enhance_your_calm`.
     pub fn http2_max_header_list_size(mut self, n: u32) -> Builder {
         self.config.http2.max_header_list_size = n;
         self

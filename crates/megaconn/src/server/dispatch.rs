@@ -298,7 +298,8 @@ async fn serve_tls<S>(
     if stream.alpn_protocol() == Some(b"h2") {
         // Boxed: HTTP/2 state (2 KB of ours, h2's own buffers on top) is
         // for HTTP/2 connections only; HTTP/1.1 ones should not carry its size.
-        let serving = http2::serve(stream, &mut service, ctx.clone(), Some(info), retire_at);
+        let addrs = http2::Addrs::kept(Some(info));
+        let serving = http2::serve(stream, &mut service, ctx.clone(), addrs, retire_at);
         let reason = Box::pin(serving).await;
         conn.close(reason);
     } else {
@@ -477,21 +478,26 @@ async fn hand_over_http1<T, S>(
             read_ahead,
             info,
         } => {
-            // The addresses HTTP/1.1 kept only with `connect_info`, read
-            // off the socket otherwise (two syscalls per h2c connection, as
-            // a TLS accept makes for every one): HTTP/2's refused-request
-            // line names the peer, as HTTP/1.1's does.
-            let info = info.map(|i| *i).or_else(|| {
-                let fd = io.lot_fd()?;
-                // SAFETY: `fd` is `io`'s socket, open while `io` lives.
-                ConnInfo::of(&unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
-            });
+            // The addresses HTTP/1.1 kept (only with `connect_info`), else
+            // the socket, which HTTP/2 asks for the peer only for a line
+            // that names it (a refused request), as HTTP/1.1 does: read
+            // here, it cost two syscalls per h2c connection.
+            let socket = io.lot_fd();
+            // SAFETY: `socket` is `io`'s, which `http2::serve` owns (inside
+            // the `Rewind`) until it returns.
+            let addrs = unsafe { http2::Addrs::with_socket(info.map(|i| *i), socket) };
             let io = Rewind { io, read_ahead };
             // Its age counted from the upgrade: the hand-over does not
             // carry HTTP/1.1's.
             let retire_at = ctx.retire_at();
-            let reason =
-                Box::pin(http2::serve(io, &mut service, ctx.clone(), info, retire_at)).await;
+            let reason = Box::pin(http2::serve(
+                io,
+                &mut service,
+                ctx.clone(),
+                addrs,
+                retire_at,
+            ))
+            .await;
             conn.close(reason);
         }
         HandOver::Upgrade { io, read_ahead, tx } => {
@@ -537,7 +543,14 @@ where
         Ended::HandOver(HandOver::H2c { io, read_ahead, .. }) => {
             let io = Rewind { io, read_ahead };
             let retire_at = ctx.retire_at();
-            Box::pin(http2::serve(io, &mut service, ctx, None, retire_at)).await;
+            Box::pin(http2::serve(
+                io,
+                &mut service,
+                ctx,
+                http2::Addrs::kept(None),
+                retire_at,
+            ))
+            .await;
         }
         Ended::HandOver(HandOver::Upgrade { io, read_ahead, tx }) => {
             // A caller's transport: no TCP socket of ours to ask about

@@ -1,8 +1,10 @@
 //! HTTP/2's request limits on the wire, with the `h2` crate's client and a
 //! scripted raw client (`h2.rs`'s [`RawH2`]): `max_headers`, which megaconn
-//! applies as on HTTP/1.1, and the two limits h2 enforces itself, uncounted
-//! (h2 exposes neither): `http2_max_header_list_size` (h2 answers 431) and
-//! `http2_max_concurrent_streams` (`RST_STREAM(REFUSED_STREAM)`).
+//! applies as on HTTP/1.1, and the two limits h2 enforces itself, which
+//! megaconn counts from our h2 patch's counters: `http2_max_header_list_size`
+//! (h2 answers 431) and `http2_max_concurrent_streams`
+//! (`RST_STREAM(REFUSED_STREAM)`). Their log lines are asserted in the
+//! `lifecycle` test binary, which captures the log.
 
 use crate::common;
 
@@ -59,8 +61,9 @@ async fn max_headers_applies_to_http2_requests() {
 
 /// A header list over `http2_max_header_list_size` is answered 431 by h2
 /// itself (RFC 9113 §10.5.1), before megaconn sees the request: the
-/// connection serves on, and nothing counts it (h2 exposes no hook; the
-/// setting's docs say so).
+/// connection serves on, and it counts as `limit_hits{http2_max_header_list_size}`
+/// and a protocol error, as megaconn's own 431 does. Before, nothing
+/// counted it (h2 exposed no counter).
 #[tokio::test]
 async fn a_header_list_over_its_limit_gets_431_from_h2() {
     let server = start(Builder::default().http2_max_header_list_size(4096)).await;
@@ -73,14 +76,21 @@ async fn a_header_list_over_its_limit_gets_431_from_h2() {
         (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, StatusCode::OK)
     );
     let stats = server.handle.stats();
-    assert!(stats.limit_hits.iter().all(|(_, n)| *n == 0), "{stats:?}");
+    assert_eq!(
+        limit_hits(&stats, "http2_max_header_list_size"),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(stats.limit_hits.iter().map(|(_, n)| n).sum::<u64>(), 1);
+    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
     server.stop().await;
 }
 
 /// Streams opened past `http2_max_concurrent_streams` are refused by h2
 /// with `RST_STREAM(REFUSED_STREAM)` (RFC 9113 §5.1.2: the client may
-/// retry them), while the streams within it run; nothing counts them (h2
-/// exposes no hook).
+/// retry them), while the streams within it run; each counts as
+/// `limit_hits{http2_max_concurrent_streams}`, not as a protocol error.
+/// Before, nothing counted them (h2 exposed no counter).
 #[tokio::test]
 async fn streams_past_max_concurrent_streams_are_refused() {
     const RST_STREAM: u8 = 0x3;
@@ -112,8 +122,15 @@ async fn streams_past_max_concurrent_streams_are_refused() {
         s.request_metrics.in_flight == 2
     })
     .await;
+    // Counted right after the poll that sent the resets: by the time they
+    // arrived, or a moment later.
+    common::wait_stats(&server.handle, "two refusals counted", |s| {
+        limit_hits(s, "http2_max_concurrent_streams") == 2
+    })
+    .await;
     let stats = server.handle.stats();
-    assert!(stats.limit_hits.iter().all(|(_, n)| *n == 0), "{stats:?}");
+    assert_eq!(stats.limit_hits.iter().map(|(_, n)| n).sum::<u64>(), 2);
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
     drop(raw);
     server.stop().await;
 }

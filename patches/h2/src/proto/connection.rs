@@ -48,6 +48,11 @@ where
     /// A refused stream to reset before receiving another frame.
     pending_refusal: Option<StreamId>,
 
+    /// Streams reset with REFUSED_STREAM, and requests answered 431 for
+    /// their header list, over the connection's life.
+    refused_streams: u64,
+    oversized_header_lists: u64,
+
     /// Ping/pong handler
     ping_pong: PingPong,
 
@@ -172,6 +177,8 @@ where
                 error: None,
                 go_away: GoAway::new(),
                 pending_refusal: None,
+                refused_streams: 0,
+                oversized_header_lists: 0,
                 ping_pong: PingPong::new(),
                 settings: Settings::new(config.settings),
                 streams,
@@ -242,6 +249,7 @@ where
                 .buffer(frame::Reset::new(id, Reason::REFUSED_STREAM).into())
                 .expect("invalid RST_STREAM frame");
             self.inner.pending_refusal = None;
+            self.inner.refused_streams += 1;
         }
 
         Poll::Ready(Ok(()))
@@ -432,6 +440,7 @@ where
                     debug_assert!(self.inner.pending_refusal.is_none());
                     self.inner.pending_refusal = Some(id);
                 }
+                ReceivedFrame::Oversize => self.inner.oversized_header_lists += 1,
                 ReceivedFrame::Continue => (),
                 ReceivedFrame::Done => {
                     return Poll::Ready(Ok(()));
@@ -597,6 +606,7 @@ where
                 match self.streams.recv_headers(frame)? {
                     streams::RecvOutcome::Processed => (),
                     streams::RecvOutcome::Refused(id) => return Ok(ReceivedFrame::Refused(id)),
+                    streams::RecvOutcome::Oversize => return Ok(ReceivedFrame::Oversize),
                 }
             }
             Some(Data(frame)) => {
@@ -612,6 +622,7 @@ where
                 match self.streams.recv_push_promise(frame)? {
                     streams::RecvOutcome::Processed => (),
                     streams::RecvOutcome::Refused(id) => return Ok(ReceivedFrame::Refused(id)),
+                    streams::RecvOutcome::Oversize => return Ok(ReceivedFrame::Oversize),
                 }
             }
             Some(Settings(frame)) => {
@@ -660,6 +671,7 @@ where
 
 enum ReceivedFrame {
     Refused(StreamId),
+    Oversize,
     Settings(frame::Settings),
     Continue,
     Done,
@@ -682,6 +694,14 @@ where
 {
     pub fn next_incoming(&mut self) -> Option<StreamRef<B>> {
         self.inner.streams.next_incoming()
+    }
+
+    pub fn refused_streams(&self) -> u64 {
+        self.inner.refused_streams
+    }
+
+    pub fn oversized_header_lists(&self) -> u64 {
+        self.inner.oversized_header_lists
     }
 
     // Graceful shutdown only makes sense for server peers.

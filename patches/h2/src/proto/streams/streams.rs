@@ -56,6 +56,9 @@ pub(crate) enum RecvOutcome {
     Processed,
     /// The connection must send REFUSED_STREAM for this stream ID.
     Refused(StreamId),
+    /// The request was answered `431`: its header list was over
+    /// SETTINGS_MAX_HEADER_LIST_SIZE (server only).
+    Oversize,
 }
 
 /// Reference to the stream state
@@ -541,6 +544,7 @@ impl Inner {
         }
 
         let actions = &mut self.actions;
+        let mut oversize = false;
 
         self.counts.transition(stream, |counts, stream| {
             tracing::trace!(
@@ -574,6 +578,7 @@ impl Inner {
                                 &mut actions.task);
 
                             actions.recv.enqueue_reset_expiration(stream, counts);
+                            oversize = true;
 
                             Ok(())
                         } else {
@@ -596,7 +601,11 @@ impl Inner {
             actions.reset_on_recv_stream_err_deferred(send_buffer, stream, counts, res)
         })?;
 
-        Ok(RecvOutcome::Processed)
+        Ok(if oversize {
+            RecvOutcome::Oversize
+        } else {
+            RecvOutcome::Processed
+        })
     }
 
     fn recv_data<B>(
