@@ -41,8 +41,9 @@ pub(crate) struct HeadContext {
     pub request_method_is_head: bool,
     pub request_version: Version,
     pub keep_alive: bool,
-    /// The exact body length, if known (from the handler's header or the body's
-    /// size hint).
+    /// The body's exact length by its size hint, if known. The handler's own
+    /// `Content-Length`, when valid, takes precedence: [`encode_head`] finds
+    /// it as it writes the headers.
     pub body_length: Option<u64>,
     /// The connection changes protocol after this head: a 101, or a 2xx to
     /// `CONNECT` (a tunnel, RFC 9110 §9.3.6). No body, so no framing
@@ -65,26 +66,25 @@ pub(crate) fn encode_head(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let encoder = if forbids_body || ctx.request_method_is_head {
-        Encoder::NoBody
-    } else if let Some(n) = ctx.body_length {
-        Encoder::Length { remaining: n }
-    } else if ctx.request_version == Version::HTTP_11 {
-        Encoder::Chunked
-    } else {
-        keep_alive = false;
-        Encoder::CloseDelimited
-    };
 
     dst.reserve(128 + headers.len() * 32);
     put_status_line(dst, status);
 
     let mut has_date = false;
     let mut has_server = false;
+    // The handler's `Content-Length`, the first one if it is valid: noted
+    // here, as the headers go by, rather than looked for apart (~45
+    // user-space instructions a response; bench/CPU-PER-REQUEST.md,
+    // session 37).
+    let mut user_set = None;
+    let mut length_seen = false;
     for (name, value) in headers {
         // Framing is ours: the handler's values could contradict what we
         // actually send.
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            if name == header::CONTENT_LENGTH && !std::mem::replace(&mut length_seen, true) {
+                user_set = length_of(value);
+            }
             continue;
         }
         if name == header::CONNECTION {
@@ -101,6 +101,17 @@ pub(crate) fn encode_head(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         put_header(dst, b"connection", b"upgrade");
     }
+    let body_length = user_set.or(ctx.body_length);
+    let encoder = if forbids_body || ctx.request_method_is_head {
+        Encoder::NoBody
+    } else if let Some(n) = body_length {
+        Encoder::Length { remaining: n }
+    } else if ctx.request_version == Version::HTTP_11 {
+        Encoder::Chunked
+    } else {
+        keep_alive = false;
+        Encoder::CloseDelimited
+    };
     match encoder {
         Encoder::Length { remaining } => put_content_length(dst, remaining),
         Encoder::Chunked => dst.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -114,9 +125,8 @@ pub(crate) fn encode_head(
             // 304: the same but never 0, which for a 304 is only ever the
             // empty body's length (axum adds that header too); hyper drops it
             // as well.
-            let user_set = content_length(headers);
             let advertised = if status == StatusCode::NOT_MODIFIED {
-                user_set.or(ctx.body_length).filter(|n| *n > 0)
+                body_length.filter(|n| *n > 0)
             } else {
                 user_set.or(ctx.body_length.filter(|n| *n > 0))
             };
@@ -168,19 +178,9 @@ fn put_connection_options(dst: &mut BytesMut, value: &[u8]) -> bool {
     close
 }
 
-/// The `Content-Length` a handler set, if it set a valid one.
-///
-/// A response carries a few headers: looking at each costs less than
-/// hashing the name for `HeaderMap::get` (~80 instructions a response).
-pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let value = if headers.len() <= 8 {
-        headers
-            .iter()
-            .find_map(|(name, value)| (name == header::CONTENT_LENGTH).then_some(value))
-    } else {
-        headers.get(header::CONTENT_LENGTH)
-    };
-    value?.to_str().ok()?.parse().ok()
+/// The length a handler's `Content-Length` value says, if it is valid.
+fn length_of(value: &HeaderValue) -> Option<u64> {
+    value.to_str().ok()?.parse().ok()
 }
 
 /// `HTTP/1.1 <code> <reason>\r\n`: one copy for the common statuses.
@@ -430,6 +430,59 @@ mod tests {
         assert_eq!(enc, Encoder::Chunked);
     }
 
+    /// The head of a `200` to a keep-alive HTTP/1.1 GET whose handler set
+    /// `headers` (and `date: today`, for a head that does not change) and
+    /// whose body's size hint is `hint`: its text, encoder and keep-alive.
+    fn ok_keep_alive(mut headers: HeaderMap, hint: Option<u64>) -> (String, Encoder, bool) {
+        headers.insert(header::DATE, HeaderValue::from_static("today"));
+        let mut dst = BytesMut::new();
+        let (enc, keep_alive) = encode_head(
+            &mut dst,
+            StatusCode::OK,
+            &headers,
+            HeadContext {
+                request_method_is_head: false,
+                request_version: Version::HTTP_11,
+                keep_alive: true,
+                body_length: hint,
+                switching: false,
+            },
+            None,
+        );
+        (String::from_utf8(dst.to_vec()).unwrap(), enc, keep_alive)
+    }
+
+    /// The handler's first `Content-Length`, when valid, frames the body
+    /// over the body's size hint (`encode_head` finds it as it writes the
+    /// headers); an invalid one leaves the size hint.
+    #[test]
+    fn the_handlers_content_length_takes_precedence_over_the_size_hint() {
+        let encode = |values: &[&'static str], hint: Option<u64>| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            let (text, enc, _) = ok_keep_alive(headers, hint);
+            (text, enc)
+        };
+        let (text, enc) = encode(&["7"], Some(5));
+        assert_eq!(enc, Encoder::Length { remaining: 7 });
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ndate: today\r\ncontent-length: 7\r\n\r\n"
+        );
+        assert_eq!(encode(&["7"], None).1, Encoder::Length { remaining: 7 });
+        assert_eq!(
+            encode(&["7", "9"], None).1,
+            Encoder::Length { remaining: 7 }
+        );
+        assert_eq!(
+            encode(&["x", "9"], Some(5)).1,
+            Encoder::Length { remaining: 5 }
+        );
+        assert_eq!(encode(&["x"], None).1, Encoder::Chunked);
+    }
+
     #[test]
     fn http10_unknown_length_closes() {
         let (text, enc, ka) = head(200, Version::HTTP_10, None, false);
@@ -531,24 +584,9 @@ mod tests {
     #[test]
     fn handler_connection_options() {
         let encode = |value: &'static str| {
-            let mut dst = BytesMut::new();
             let mut headers = HeaderMap::new();
             headers.insert(header::CONNECTION, HeaderValue::from_static(value));
-            headers.insert(header::DATE, HeaderValue::from_static("today"));
-            let (_, keep_alive) = encode_head(
-                &mut dst,
-                StatusCode::OK,
-                &headers,
-                HeadContext {
-                    request_method_is_head: false,
-                    request_version: Version::HTTP_11,
-                    keep_alive: true,
-                    body_length: Some(0),
-                    switching: false,
-                },
-                None,
-            );
-            let text = String::from_utf8(dst.to_vec()).unwrap();
+            let (text, _, keep_alive) = ok_keep_alive(headers, Some(0));
             let options: Vec<String> = text
                 .lines()
                 .filter_map(|l| l.strip_prefix("connection: "))

@@ -508,7 +508,8 @@ where
             }
         }
     }
-    let body_length = encode::content_length(&parts.headers).or_else(|| body.size_hint().exact());
+    // (The handler's `Content-Length` takes precedence: `encode_head`.)
+    let body_length = body.size_hint().exact();
     let has_body = !(this.setup.is_head
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
