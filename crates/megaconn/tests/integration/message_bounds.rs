@@ -299,8 +299,8 @@ async fn the_bytes_a_slow_delivery_holds_queued_are_a_gauge() {
 
 /// By default a connection holds at most 128 topics
 /// (`DEFAULT_MAX_SUBSCRIPTIONS`): the 129th is refused, counted, and the
-/// connection serves on. At 1,024, the default before, with 250-byte names,
-/// 1,000 peers held 345 MB of a release server (344 B a subscription),
+/// connection serves on. At 1,024, the default before, 1,000 peers that
+/// subscribed to that many 250-byte names held 353 MB of a release server,
 /// for as long as they stayed connected: a framed connection has no
 /// heartbeat timeout by default.
 #[tokio::test]
