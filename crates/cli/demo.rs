@@ -8,7 +8,7 @@
 //! | `GET /healthz` | `ok` |
 //! | `GET /readyz` | `ready`, or `503` once shutdown began |
 //! | `GET /sleep?ms=N` | waits N ms (at most 10 s), then answers |
-//! | `GET /ws` | WebSocket echo on the native engine ([`WsEcho`]; idle ones park) |
+//! | `GET /ws` | WebSocket echo on the native engine ([`WsEcho`]; idle ones park); at most [`ECHO_MAX_MESSAGE`] bytes a message |
 //! | `GET /ws/chat` | WebSocket chat ([`WsChat`]): a message from one goes to every client; at most [`CHAT_MAX_MESSAGE`] bytes each |
 //!
 //! And on `--tcp-listen` addresses, [`FramedDemo`]: `PING` is answered `PONG`,
@@ -41,12 +41,26 @@ const CHAT_TOPIC: &str = "chat";
 /// says so. A chat message is a line of text, and this is what one
 /// publish carries between the worker processes of `--processes`: a
 /// larger message was accepted and then dropped there, heard by no one
-/// (logged "chat message not published"). The route's default, 16 MiB
+/// (logged "chat message not published"). The route's default, 1 MiB
 /// (`megaconn::DEFAULT_WS_MAX_MESSAGE_BYTES`), is for a library route
 /// that knows nothing of its messages: a public endpoint sets what its
 /// messages need, since a connection in the middle of a message holds
 /// all of it in memory until its last byte.
 pub const CHAT_MAX_MESSAGE: usize = crate::fanout::max_payload(CHAT_TOPIC);
+
+/// The largest `/ws` message (64 KiB, as the chat's, give or take the
+/// chat's topic); a larger one closes the connection with 1009 from its
+/// frame header. The echo holds a message whole until its last byte and
+/// then its reply until the client reads it: with the route's default
+/// (16 MiB then) a client that sent 16 MiB messages and read nothing held
+/// 37 MB of the server per connection until its heartbeat timeout (75 s),
+/// and 100 clients each 16 MiB into a message held 890 MB. At 64 KiB
+/// those two held 108 KB and 17 KB a connection (closed with 1009 at the
+/// first header over it), and 100 clients that sent 64 messages of
+/// 65,000 bytes each and read nothing held 142 KB a connection (debug
+/// build; the kernel's buffers besides, the send buffer's bounded by
+/// `Builder::message_send_buffer_size`).
+pub const ECHO_MAX_MESSAGE: usize = 64 << 10;
 
 /// The knobs of the demo's WebSocket routes (`None`: the library's
 /// default, `Some(None)`: off).
@@ -75,7 +89,7 @@ impl Demo {
     /// through `publisher`; its WebSocket routes take `knobs`.
     pub fn new(handle: ServerHandle, publisher: Publisher, knobs: DemoWs) -> Demo {
         let (mut ws, mut chat) = (
-            WebSocketRoute::new(WsEcho),
+            WebSocketRoute::new(WsEcho).max_message_bytes(ECHO_MAX_MESSAGE),
             WebSocketRoute::new(WsChat { publisher }).max_message_bytes(CHAT_MAX_MESSAGE),
         );
         if let Some(every) = knobs.ping_interval {

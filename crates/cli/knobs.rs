@@ -544,7 +544,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "DURATION",
         shape: Shape::One,
         help: "Framed TCP and the demo's WebSockets: how long one message may take from its first byte to its last; off disables.",
-        details: "Bounds a peer that begins a frame (a WebSocket message, with its fragments) and then trickles it: its bytes do not restart the clock, and a connection in the middle of a message holds a read buffer and cannot park. Past it a WebSocket gets close 1008 and framed TCP is closed (close reason message_timeout, counted in megaconn_timeouts_total). A message begun in the same read as one ends keeps the earlier one's time unless the peer brought 8 KiB, or 137 B/s, since it started. A 16 MiB WebSocket message needs about 280 KB/s to finish in 60 s: raise it for larger, slower uploads.",
+        details: "Bounds a peer that begins a frame (a WebSocket message, with its fragments) and then trickles it: its bytes do not restart the clock, and a connection in the middle of a message holds a read buffer and cannot park. Past it a WebSocket gets close 1008 and framed TCP is closed (close reason message_timeout, counted in megaconn_timeouts_total). A message begun in the same read as one ends keeps the earlier one's time unless the peer brought 8 KiB, or 137 B/s, since it started. A 1 MiB WebSocket message (the library's default bound; the demo's routes take 64 KiB) needs about 17.5 KB/s to finish in 60 s: raise it for larger, slower uploads.",
         default: "60s",
         example: "5m",
         parse: duration_or_off,
@@ -599,8 +599,8 @@ pub static KNOBS: &[Knob] = &[
         shape: Shape::One,
         help: "Framed TCP and WebSocket: the most topics one connection may subscribe to.",
         details: "A subscription to a new topic past it is refused (the demo answers `error: ...`; the connection stays open), counted in megaconn_limit_hits_total{limit=\"max_subscriptions\"} and logged. Each subscription holds about 270 bytes of its worker's memory while the connection is open, parked or not (bench/subscribe-memory.sh). 0 refuses every subscription.",
-        default: "1024",
-        example: "64",
+        default: "128",
+        example: "1024",
         parse: count,
         apply: |v, s| {
             let n = v.count()?;
@@ -619,6 +619,20 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| {
             let n = v.bytes_usize()?;
             s.builder(|b| b.max_topic_bytes(n))
+        },
+    },
+    Knob {
+        name: "message-send-buffer",
+        value_name: "SIZE",
+        shape: Shape::One,
+        help: "Framed TCP and WebSocket: each connection's kernel send buffer (SO_SNDBUF, which Linux doubles); 0 leaves the kernel's autotuning.",
+        details: "Bounds what the kernel holds for a peer that stops reading: once its buffer is full a publish closes it as a slow consumer (close reason slow_consumer). With the autotuning each socket took up to tcp_wmem's maximum (4 MiB by default) first: 1,000 /ws/chat clients that read nothing held 2.3 GB of kernel memory for 6 MB published. Raise it for peers that are only bursty, or far away and streaming fast (a connection moves about twice this per round trip).",
+        default: "256KiB",
+        example: "1MiB",
+        parse: size,
+        apply: |v, s| {
+            let n = v.bytes_usize()?;
+            s.builder(|b| b.message_send_buffer_size((n > 0).then_some(n)))
         },
     },
     Knob {
@@ -1300,6 +1314,9 @@ mod tests {
                 }
                 "max-subscriptions" => {
                     assert_eq!(size(text), megaconn::DEFAULT_MAX_SUBSCRIPTIONS as u64)
+                }
+                "message-send-buffer" => {
+                    assert_eq!(size(text), megaconn::DEFAULT_MESSAGE_SEND_BUFFER as u64)
                 }
                 "otel-max-queue-spans" => {
                     let n = megaconn::otel::DEFAULT_MAX_QUEUE_SPANS;

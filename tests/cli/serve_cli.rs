@@ -721,6 +721,43 @@ fn ws_text_frame(len: usize) -> Vec<u8> {
     frame
 }
 
+/// Sends `path` of a demo at `addr` a text message of `max` bytes and reads
+/// it back whole (`/ws` echoes it; the sender of a `/ws/chat` message is a
+/// client of the chat too), then the header alone of one of `max + 1`
+/// bytes: a close 1009 (Message Too Big) comes at once, from the header.
+fn takes_a_message_of_no_more_than(addr: &str, path: &str, max: usize) {
+    let mut s = ws_open(addr, path, &[]);
+    s.write_all(&ws_text_frame(max)).unwrap();
+    let mut head = [0; 2];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x81, "{path}: a text frame: {head:?}");
+    // The length's extension: 2 bytes after 126, 8 after 127.
+    let mut length = [0; 8];
+    let extension = match head[1] {
+        126 => 6,
+        127 => 0,
+        n => {
+            length[7] = n;
+            8
+        }
+    };
+    s.read_exact(&mut length[extension..]).unwrap();
+    assert_eq!(u64::from_be_bytes(length), max as u64, "{path}");
+    let mut payload = vec![0; max];
+    s.read_exact(&mut payload).unwrap();
+    let frame = ws_text_frame(max + 1);
+    let header = if max < usize::from(u16::MAX) { 8 } else { 14 };
+    s.write_all(&frame[..header]).unwrap();
+    let mut close = [0; 4];
+    s.read_exact(&mut close).unwrap();
+    assert_eq!(close[0], 0x88, "{path}: a close frame: {close:?}");
+    assert_eq!(
+        u16::from_be_bytes([close[2], close[3]]),
+        1009,
+        "{path}: {close:?}"
+    );
+}
+
 /// `/ws/chat` takes a message as large as one publish carries between
 /// worker processes (65,530 bytes), and closes with 1009 (Message Too Big)
 /// at one byte more, from the frame's header. It took the route's default,
@@ -728,25 +765,20 @@ fn ws_text_frame(len: usize) -> Vec<u8> {
 /// between worker processes.
 #[test]
 fn the_ws_chat_route_takes_a_chat_sized_message_and_no_more() {
-    const MAX: usize = 65_530;
     let (mut child, _stdout, addr) = start_serve(&["--admin", "off"]);
-    let mut s = ws_open(&addr, "/ws/chat", &[]);
-    s.write_all(&ws_text_frame(MAX)).unwrap();
-    // Heard back (the sender is a client of the chat too).
-    let mut head = [0; 4];
-    s.read_exact(&mut head).unwrap();
-    assert_eq!(head[..2], [0x81, 126], "{head:?}");
-    assert_eq!(usize::from(u16::from_be_bytes([head[2], head[3]])), MAX);
-    let mut payload = vec![0; MAX];
-    s.read_exact(&mut payload).unwrap();
-    // One byte more: the header alone is refused.
-    let frame = ws_text_frame(MAX + 1);
-    s.write_all(&frame[..8]).unwrap();
-    let mut close = [0; 4];
-    s.read_exact(&mut close).unwrap();
-    assert_eq!(close[0], 0x88, "a close frame: {close:?}");
-    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1009, "{close:?}");
-    drop(s);
+    takes_a_message_of_no_more_than(&addr, "/ws/chat", 65_530);
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}
+
+/// `/ws` echoes a message of 64 KiB and closes with 1009 at one byte more,
+/// from the frame's header. It took the route's default, 16 MiB then: a
+/// client that sent 16 MiB messages and read none of the echoes held 37 MB
+/// of the server per connection until its heartbeat timeout.
+#[test]
+fn the_ws_echo_route_takes_a_64_kib_message_and_no_more() {
+    let (mut child, _stdout, addr) = start_serve(&["--admin", "off"]);
+    takes_a_message_of_no_more_than(&addr, "/ws", 64 << 10);
     child.signal(libc::SIGTERM);
     assert!(child.wait().success());
 }

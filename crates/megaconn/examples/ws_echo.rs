@@ -38,7 +38,11 @@ async fn main() -> Result<(), megaconn::Error> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9001".into());
-    let route = WebSocketRoute::new(Echo).permessage_deflate(true);
+    // The Autobahn cases of section 9 send messages of up to 16 MiB; the
+    // route's default bound is 1 MiB (`DEFAULT_WS_MAX_MESSAGE_BYTES`).
+    let route = WebSocketRoute::new(Echo)
+        .permessage_deflate(true)
+        .max_message_bytes(16 << 20);
     let app = axum::Router::new().fallback_service(route);
     let server = Server::builder()
         .listen_on(addr.parse().expect("ADDR is host:port"))

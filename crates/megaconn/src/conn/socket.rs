@@ -32,6 +32,26 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use crate::conn::config::Config;
 use crate::error::Error;
 
+/// Gives message connection `fd` (a native WebSocket at its upgrade, a
+/// framed one at accept) its `SO_SNDBUF`,
+/// [`Builder::message_send_buffer_size`](crate::Builder::message_send_buffer_size):
+/// set per connection, not on the listener, since the same listener's
+/// HTTP responses keep the kernel's autotuning. A failure leaves the
+/// socket as it was (it still works; its kernel queue is just unbounded),
+/// logged at debug level: it cannot fail on a socket of ours short of a
+/// kernel without the option.
+pub(crate) fn bound_message_send_buffer(fd: std::os::fd::RawFd, config: &Config) {
+    let Some(size) = config.message_send_buffer_size else {
+        return;
+    };
+    // SAFETY: `fd` is the connection's socket, open while its caller holds
+    // the connection; the borrow ends with this call.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    if let Err(e) = SockRef::from(&socket).set_send_buffer_size(size) {
+        tracing::debug!(error = %e, "cannot set a message connection's SO_SNDBUF");
+    }
+}
+
 /// What [`bind_all`] made.
 pub(crate) struct Bound {
     /// `per_worker[w]` holds worker `w`'s listeners, in address order (an

@@ -111,8 +111,8 @@ pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// the middle of a message cannot park (it holds a task and a pooled
 /// buffer), and its heartbeat, which each byte restarts, does not bound a
 /// peer that trickles one. Generous for any real message: a framed one is
-/// capped at 64 KiB by default, and a WebSocket one of the default 16 MiB
-/// cap needs 280 KB/s to make it (raise it for larger, slower uploads).
+/// capped at 64 KiB by default, and a WebSocket one of the default 1 MiB
+/// cap needs 17.5 KB/s to make it (raise it for larger, slower uploads).
 pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The message layer's settings, kept in the server's configuration as an

@@ -59,7 +59,7 @@ impl Session {
     ///
     /// A connection holds at most
     /// [`Builder::max_subscriptions`](crate::Builder::max_subscriptions)
-    /// topics (default 1,024): a new topic past that is refused with
+    /// topics (default 128): a new topic past that is refused with
     /// [`SubscribeError::TooMany`], counted in
     /// `megaconn_limit_hits_total{limit="max_subscriptions"}` and logged
     /// (rate-limited); the connection stays open, subscribed as before,

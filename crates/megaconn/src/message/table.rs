@@ -316,7 +316,7 @@ fn send_parked<S>(
     ratelog::log(Flood::SlowConsumer, |suppressed| {
         tracing::info!(
             suppressed,
-            "a parked connection's socket buffer is full; closing it as a slow consumer (raise Builder::send_buffer_size if its peer is only bursty)"
+            "a parked connection's socket buffer is full; closing it as a slow consumer (raise Builder::message_send_buffer_size if its peer is only bursty)"
         )
     });
     stored.set_behind();

@@ -22,13 +22,19 @@ use std::rc::Rc;
 use crate::message::hub::{ConnectionId, Generation};
 
 /// Default [`Builder::max_subscriptions`](crate::Builder::max_subscriptions):
-/// 1,024 topics per connection. Each costs the worker about 250 bytes
-/// (the topic's name and its entries in two maps) while the connection is
-/// open, parked or awake: a quarter of a MiB for a connection at the bound,
-/// where without one a peer that subscribed to 80,000 topics held 20 MB.
-/// Ample for a client that follows its rooms, devices or feeds; an
-/// application that gives a connection thousands of topics raises it.
-pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
+/// 128 topics per connection. Each costs the worker about 270 bytes with a
+/// short name, 340 with one of [`DEFAULT_MAX_TOPIC_BYTES`] (the name and
+/// its entries in two maps), while the connection is open, parked or
+/// awake, and a framed connection has no heartbeat timeout by default: at
+/// 1,024, the default before, 1,000 peers that subscribed to that many
+/// 250-byte names held 353 MB of a release server (353 KB each, against
+/// ~100 B for an idle connection), for as long as they stayed connected;
+/// at 128, 300 such peers held 78 KB each, 536 KB at 1,024 (a debug
+/// build, the replies they did not read included).
+/// 128 is ample for a client that follows its rooms, devices or feeds
+/// (AWS IoT Core allows 50 per connection); an application that gives a
+/// connection hundreds of topics raises it.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 128;
 
 /// Default [`Builder::max_topic_bytes`](crate::Builder::max_topic_bytes):
 /// a topic's name is at most 255 bytes, room for a room's, a device's or

@@ -983,9 +983,34 @@ impl Builder {
         self
     }
 
-    /// `SO_SNDBUF` in bytes. Default: the kernel's (autotuned).
+    /// `SO_SNDBUF` in bytes. Default: the kernel's (autotuned). Message
+    /// connections get [`message_send_buffer_size`](Builder::message_send_buffer_size)
+    /// instead, unless that is `None`.
     pub fn send_buffer_size(mut self, n: Option<usize>) -> Builder {
         self.config.send_buffer_size = n;
+        self
+    }
+
+    /// `SO_SNDBUF` in bytes of each message connection: a native WebSocket
+    /// ([`WebSocketRoute`](crate::WebSocketRoute)) from its upgrade, a
+    /// framed TCP one from its accept (one `setsockopt`; Linux doubles the
+    /// value and caps it at `net.core.wmem_max`). It bounds what the
+    /// kernel holds for a peer that stops reading: a push to a parked
+    /// connection whose buffer is full closes it as
+    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer), and
+    /// an awake one's writes wait while its
+    /// [`outbound_queue`](Builder::outbound_queue) fills. With the kernel's
+    /// autotuning a socket took up to 4 MiB (`tcp_wmem`'s maximum) before
+    /// that: a thousand subscribers that read nothing held 2.3 GB of kernel
+    /// memory for 6 MB published. A peer that is only bursty, or one far
+    /// away that must stream fast (one connection moves at most about
+    /// twice this per round trip), needs more. `None` leaves the socket
+    /// as accepted: [`send_buffer_size`](Builder::send_buffer_size), else
+    /// the kernel's autotuning. Default
+    /// [`DEFAULT_MESSAGE_SEND_BUFFER`](crate::DEFAULT_MESSAGE_SEND_BUFFER)
+    /// (256 KiB).
+    pub fn message_send_buffer_size(mut self, n: Option<usize>) -> Builder {
+        self.config.message_send_buffer_size = n;
         self
     }
 

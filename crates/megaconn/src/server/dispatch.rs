@@ -39,6 +39,7 @@ use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;
 use crate::conn::park::{AtDeadline, OnParkedClose, Parking};
 use crate::conn::rewind::Rewind;
+use crate::conn::socket;
 use crate::conn::tls::{self, Live};
 use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::transport::{Foreign, Parkable, Transport};
@@ -95,6 +96,8 @@ where
             };
             match kind {
                 Accepted::Framed(listener) => {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+                    socket::bound_message_send_buffer(fd, &ctx.config);
                     let framed = proto::framed::serve_accepted(stream, ctx.clone(), listener);
                     Either::Right(Either::Right(
                         finish_messages(framed, proto::FRAMED, ctx, conn).boxed_local(),
@@ -516,6 +519,9 @@ async fn hand_over_http1<T, S>(
         }
         HandOver::Native { io, read_ahead, to } => {
             ctx.stats.connection_upgraded();
+            if let Some(fd) = io.lot_fd() {
+                socket::bound_message_send_buffer(fd, &ctx.config);
+            }
             let ws = proto::ws::serve_upgraded(io, read_ahead, to, ctx.clone());
             // Upgraded over TLS, it parks with its session.
             let ws_tag = if tag == proto::HTTP1_TLS {

@@ -98,7 +98,7 @@ impl Builder {
     /// not: without a bound a peer that sent 80,000 `SUB`s held 20 MB.
     /// Zero refuses every subscription. Default
     /// [`DEFAULT_MAX_SUBSCRIPTIONS`](crate::DEFAULT_MAX_SUBSCRIPTIONS)
-    /// (1,024).
+    /// (128; 1,024 before).
     pub fn max_subscriptions(mut self, topics: usize) -> Builder {
         MessageSettings::update(&mut self.config, |s| s.max_subscriptions = topics);
         self

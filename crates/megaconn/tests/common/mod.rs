@@ -336,6 +336,39 @@ pub async fn read_steadily_while_open<R: AsyncRead + Unpin>(
     assert_eq!(handle.stats().timeouts, 0);
 }
 
+/// The `SO_SNDBUF` of the server's end of `client`'s connection, read off
+/// this process's own descriptors (the server runs in the test): the
+/// socket whose local address is `client`'s peer and whose peer is
+/// `client`. Only read-only calls on descriptors borrowed for an instant,
+/// matched by both addresses, so other tests' sockets opening and closing
+/// meanwhile cannot be mistaken for it.
+pub fn server_send_buffer(client: &TcpStream) -> usize {
+    use std::os::fd::BorrowedFd;
+    let (ours, theirs) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap();
+    let fd = fds
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&fd| {
+            // SAFETY: borrowed for these two read-only calls; a descriptor
+            // closed meanwhile fails them.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            let addr = |a: std::io::Result<socket2::SockAddr>| a.ok()?.as_socket();
+            addr(socket.local_addr()) == Some(theirs) && addr(socket.peer_addr()) == Some(ours)
+        })
+        .expect("the server's end of the connection");
+    // SAFETY: as above.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).send_buffer_size().unwrap()
+}
+
+/// What the kernel makes of `SO_SNDBUF` set to `n`: capped at
+/// `net.core.wmem_max`, then doubled (Linux's room for its bookkeeping).
+pub fn kernel_send_buffer(n: usize) -> usize {
+    let max = std::fs::read_to_string("/proc/sys/net/core/wmem_max").unwrap();
+    2 * n.min(max.trim().parse().unwrap())
+}
+
 /// Resets `s`: an RST (SO_LINGER 0, then close), as a load balancer or a
 /// killed process sends.
 pub fn reset(s: TcpStream) {

@@ -296,3 +296,50 @@ async fn the_bytes_a_slow_delivery_holds_queued_are_a_gauge() {
         .render_metrics()
         .contains("megaconn_message_hub_queued_bytes 0\n"));
 }
+
+/// By default a connection holds at most 128 topics
+/// (`DEFAULT_MAX_SUBSCRIPTIONS`): the 129th is refused, counted, and the
+/// connection serves on. At 1,024, the default before, 1,000 peers that
+/// subscribed to that many 250-byte names held 353 MB of a release server,
+/// for as long as they stayed connected: a framed connection has no
+/// heartbeat timeout by default.
+#[tokio::test]
+async fn by_default_a_connection_holds_at_most_128_topics() {
+    assert_eq!(megaconn::DEFAULT_MAX_SUBSCRIPTIONS, 128);
+    let server = Lines::start(Server::builder()).await;
+    let mut s = server.connect().await;
+    for topic in 0..128 {
+        assert_eq!(ask(&mut s, &format!("sub {topic}")).await, "ok");
+    }
+    let refused = ask(&mut s, "sub 128").await;
+    assert!(
+        refused.starts_with("refused: ") && refused.contains("128 subscriptions"),
+        "{refused}"
+    );
+    assert_eq!(server.limit_hits("max_subscriptions"), 1);
+    assert_eq!(ask(&mut s, "still there?").await, "still there?");
+    server.stop().await;
+}
+
+/// A framed connection's socket gets `Builder::message_send_buffer_size`
+/// (256 KiB by default, which the kernel doubles) at accept, as a native
+/// WebSocket's at its upgrade: what the kernel holds for a peer that stops
+/// reading is bounded, and a push past it closes the peer as a slow
+/// consumer (before, the socket autotuned up to `tcp_wmem`'s 4 MiB first).
+#[tokio::test]
+async fn a_framed_connection_gets_the_message_send_buffer_at_accept() {
+    use crate::common::{kernel_send_buffer, server_send_buffer};
+    for (builder, set) in [
+        (Server::builder(), megaconn::DEFAULT_MESSAGE_SEND_BUFFER),
+        (
+            Server::builder().message_send_buffer_size(Some(64 << 10)),
+            64 << 10,
+        ),
+    ] {
+        let server = Lines::start(builder).await;
+        let mut s = server.connect().await;
+        assert_eq!(ask(&mut s, "hello").await, "hello");
+        assert_eq!(server_send_buffer(&s), kernel_send_buffer(set));
+        server.stop().await;
+    }
+}

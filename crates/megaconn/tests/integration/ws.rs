@@ -846,6 +846,69 @@ fn big_client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// A route with the defaults echoes a message of 1 MiB
+/// (`DEFAULT_WS_MAX_MESSAGE_BYTES`) and refuses one byte more with 1009
+/// from the frame's header, before a byte of its payload, counted as a
+/// message over its limit. The default was 16 MiB: a client that sent
+/// 16 MiB messages and read none of the echoes held 37 MB of a release
+/// server per connection until its heartbeat timeout.
+#[tokio::test]
+async fn a_default_route_takes_a_1_mib_message_and_refuses_one_byte_more_from_its_header() {
+    const MAX: usize = 1 << 20;
+    assert_eq!(megaconn::DEFAULT_WS_MAX_MESSAGE_BYTES, MAX);
+    let mut server = Ws::default().await;
+    let mut s = server.raw().await;
+    let message = vec![7; MAX];
+    s.write_all(&big_client_frame(0x82, &message))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s).await, (0x82, message));
+    let over = big_client_frame(0x82, &[]);
+    let over = [&over[..2], &(MAX as u64 + 1).to_be_bytes(), &over[10..]].concat();
+    s.write_all(&over).await.unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1009);
+    assert_eq!(
+        server.next_close().await,
+        (1, CloseReason::Protocol(ProtocolDetail::WebSocket(1009)))
+    );
+    common::assert_ws_limit_hits(&server.handle, "the default", [1, 0]);
+    server.stop().await;
+}
+
+/// A native WebSocket's socket gets `Builder::message_send_buffer_size`
+/// (256 KiB by default, which the kernel doubles) at its upgrade, so the
+/// kernel holds about half a MiB at most for a peer that stops reading
+/// before a push finds its socket full and closes it as a slow consumer;
+/// an HTTP/1.1 connection of the same listener keeps the kernel's
+/// autotuning, and `None` leaves a WebSocket's so too. (Before, every
+/// socket autotuned up to `tcp_wmem`'s 4 MiB: 1,000 `/ws/chat` clients
+/// that read nothing held 2.3 GB of the kernel's memory for 6 MB
+/// published.)
+#[tokio::test]
+async fn a_websocket_gets_the_message_send_buffer_at_its_upgrade() {
+    let bounded = common::kernel_send_buffer(megaconn::DEFAULT_MESSAGE_SEND_BUFFER);
+    for (builder, set) in [
+        (Server::builder(), true),
+        (Server::builder().message_send_buffer_size(None), false),
+    ] {
+        let server = Ws::start(builder, |r| r).await;
+        let mut http = TcpStream::connect(server.addr).await.unwrap();
+        http.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(common::read_response(&mut http).await.status, 200);
+        let mut ws = server.raw().await;
+        // Echoed: served as a WebSocket, past its upgrade.
+        ws.write_all(&client_frame(0x81, b"hi", true))
+            .await
+            .unwrap();
+        assert_eq!(read_frame(&mut ws).await, (0x81, b"hi".to_vec()));
+        assert_eq!(common::server_send_buffer(&ws) == bounded, set, "{set}");
+        assert_ne!(common::server_send_buffer(&http), bounded);
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_message_over_the_limit_closes_with_1009_and_counts() {
     let mut server = Ws::start(Server::builder(), |r| r.max_message_bytes(1000)).await;

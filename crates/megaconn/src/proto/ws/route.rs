@@ -28,11 +28,23 @@ use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler};
 use crate::proto::ws::{handshake, RouteRef};
 use crate::service::upgrade::{NativeRefusal, NativeUpgrade};
 
-/// Default [`WebSocketRoute::max_message_bytes`]: 16 MiB (tungstenite's
-/// frame default; large enough for the Autobahn cases' 16 MiB messages).
-pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Default [`WebSocketRoute::max_message_bytes`]: 1 MiB. A message is held
+/// whole until its last byte, and the handler's answer to it is written
+/// whole, so this is what one peer can make its connection hold twice
+/// over. It was 16 MiB (tungstenite's frame default): a peer that sent
+/// 16 MiB echo messages and never read the replies held 37 MB of a
+/// release server's memory per connection until its heartbeat timeout,
+/// and 100 peers each 16 MiB into one message held 890 MB. 1 MiB is
+/// Socket.IO's default (`maxHttpBufferSize`), between uWebSockets' 16 KiB
+/// and tungstenite's 64 MiB; a route whose messages are small (a chat, a
+/// feed) sets what they need, one that takes uploads raises it.
+pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 1 << 20;
 
-/// Default [`WebSocketRoute::max_frame_bytes`]: 16 MiB.
+/// Default [`WebSocketRoute::max_frame_bytes`]: 16 MiB. A data frame is
+/// part of a message, whose size is checked from the frame's header too,
+/// so with the default [`DEFAULT_WS_MAX_MESSAGE_BYTES`] that bound comes
+/// first; a route that raises `max_message_bytes` need not raise this
+/// below 16 MiB.
 pub const DEFAULT_WS_MAX_FRAME_BYTES: usize = 16 << 20;
 
 /// Default [`WebSocketRoute::ping_interval`]: 30 s, the interval the idle
@@ -195,7 +207,10 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
 
     /// The largest message (all its fragments together) a client may send;
     /// a larger one closes the connection with 1009, counted in
-    /// `megaconn_limit_hits_total{limit="ws_message_too_big"}`. Default 16 MiB.
+    /// `megaconn_limit_hits_total{limit="ws_message_too_big"}`. Checked
+    /// from each frame's header (its length and what came before it), so
+    /// the bytes of a refused message are never read. Default
+    /// [`DEFAULT_WS_MAX_MESSAGE_BYTES`] (1 MiB; 16 MiB before).
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.settings().limits.max_message_bytes = bytes;
         self
