@@ -66,7 +66,7 @@ use crate::observe::stats::{add, incr};
 use crate::proto::ws::closing::{close_handshake, last_word};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
-use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
+use crate::proto::ws::handler::{sendable_close_code, ErasedRoute, WebSocketHandler, WsSession};
 use crate::proto::ws::route::Route;
 use crate::proto::ws::{
     parked_fd, Start, Tables, WsIo, WsParked, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION,
@@ -210,7 +210,14 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // read too, but is a message begun: it is read on as a task,
             // under `message_timeout` (as HTTP/1.1 over TLS serves one
             // under `read_header_timeout`).
-            if let (true, Either::Left(Either::Right(tls))) = (wake.readable(), &mut conn.io) {
+            // Woken to close for the hub (`Hub::close`: its read side was
+            // shut) it reads nothing: the loop's first look at its inbox
+            // closes it, and a TLS read would only find the end of the
+            // stream and take it for the client leaving.
+            let kicked = tables.local.is_kicked(id);
+            if let (true, false, Either::Left(Either::Right(tls))) =
+                (wake.readable(), kicked, &mut conn.io)
+            {
                 match tls.poll_prefetch() {
                     Ok(true) => {}
                     Ok(false) => unread_wake = false,
@@ -277,6 +284,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     }
                 }
                 Err(Overflowed) => break 'serve Next::Close(CloseReason::SlowConsumer, None),
+            }
+            // Closed for the hub, after what was pushed before: its close
+            // frame follows them.
+            if let Some(kick) = awake.inbox.kicked() {
+                add(&counters.bytes_out, conn.wbuf_len() as u64);
+                let code = sendable_close_code(kick.code, "Hub::close_with");
+                break 'serve Next::Close(CloseReason::Kicked, Some((code, kick.reason())));
             }
         }
         add(&counters.bytes_out, conn.wbuf_len() as u64);
