@@ -191,6 +191,20 @@ fn lone_close(read: &[u8]) -> bool {
 /// within its bound, as it does over TLS, where the stream took the frame
 /// whole and its close sends it. It dropped the rest: the peer read a frame
 /// cut short, a protocol error, where it should have read why.
+///
+/// A slow consumer's 1013 goes behind what is still unwritten in the write
+/// buffer (its backlog), so the peer reads it only after that, if the close
+/// bound lets it. It cannot go ahead of it: a frame cannot be cut into, and
+/// the buffer's front is usually the rest of a frame the socket took part
+/// of, whose beginning (and so its end) the buffer no longer holds. Sending
+/// it only into an empty buffer was tried: a slow consumer's buffer is
+/// never empty, so it never went out. The correct version needs the frame
+/// ends of each flush, found by walking the frame headers before its first
+/// write (the buffer starts at a frame boundary then: every flush runs
+/// until it is empty or the connection closes); at the close, the whole
+/// frames not begun would be dropped and the 1013 put after the rest of the
+/// one under way. Not done: it is a walk per flush on the hot path, for a
+/// close frame to a peer that is not reading.
 pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason) {
     let (code, why) = match reason {
         CloseReason::HeartbeatTimeout => (INTERNAL_ERROR, "heartbeat timeout"),
