@@ -18,6 +18,11 @@
 //! A message to a connection that has closed (its id is stale, even if its
 //! descriptor was reused) is dropped.
 //!
+//! [`Hub::close`] travels the same way, so it comes after what was pushed
+//! before it: an awake connection's inbox takes it behind its queue; a
+//! parked one is woken to close (its socket's read side shut: the lot sees
+//! a hang-up), the close waiting in its worker's state, not in its slot.
+//!
 //! A message a connection's wire cannot frame (over a framed listener's
 //! `Framing::max_frame_bytes`, which bounds what is pushed as well as what
 //! the peer sends: one number for both directions of a symmetric protocol;

@@ -10,6 +10,7 @@
 //!        v
 //!   +-> read (pooled buffer) -> decode -> ping: pong | message: on_message
 //!   |                                  | close: echo it, close
+//!   |        Hub::close (in the inbox) -> close 1008 (or the caller's code)
 //!   |                                  | violation: close 1002/1007/1009
 //!   |               between messages, buffers given back to the pool
 //!   |                                  v
