@@ -359,6 +359,62 @@ async fn a_slow_consumer_gets_a_1013() {
     server.stop().await;
 }
 
+/// A slow consumer closed while a write to it is stuck gets its 1013
+/// right after the frame under way, not behind the frames queued after it
+/// (the backlog goes): here the peer reads the reply, the first push, then
+/// the close, never the second push. Appended behind the backlog, the 1013
+/// went only if the socket took some of it at once; a full socket (what a
+/// slow consumer has) dropped it with the backlog, and the peer saw a
+/// frame cut short and the TCP close.
+#[tokio::test]
+async fn a_stuck_slow_consumer_gets_its_1013_after_the_frame_under_way() {
+    let builder = Server::builder()
+        .park_idle_after(None)
+        .outbound_queue(2)
+        .send_buffer_size(Some(4096));
+    let mut server = ChatServer::start(builder).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("ws://{}/chat/a?token=good", server.addr);
+    let (mut client, _) =
+        tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    // Two large pushes wait in the queue while the handler is busy; its
+    // reply and both go into one write, which the peer (not reading) stops.
+    client.send(Message::text("wait")).await.unwrap();
+    ChatServer::next(&mut server.busy, "the handler busy").await;
+    let (first, second) = (vec![1u8; 1 << 20], vec![2u8; 1 << 20]);
+    assert_eq!(server.hub.send_binary(id, first.clone()), Ok(()));
+    assert_eq!(server.hub.send_binary(id, second), Ok(()));
+    common::wait_stats(&server.handle, "both queued", |s| s.messages.pushes == 2).await;
+    server.gate.add_permits(1);
+    common::wait_stats(&server.handle, "the reply and both pushes written", |s| {
+        s.messages.frames_out == 3
+    })
+    .await;
+    // Three more while the write is stuck: the third overflows the queue.
+    for i in 0..3 {
+        assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
+    }
+    common::wait_stats(&server.handle, "a queue drop", |s| {
+        s.messages.queue_drops == 1
+    })
+    .await;
+    assert_eq!(next_data(&mut client).await, Message::text("waited"));
+    assert_eq!(next_data(&mut client).await, Message::binary(first));
+    let Message::Close(Some(close)) = next_data(&mut client).await else {
+        panic!("a close frame");
+    };
+    assert_eq!(close.code, CloseCode::Again);
+    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(reason, CloseReason::SlowConsumer);
+    server.stop().await;
+}
+
 /// A `ConnectionId` kept as a number gives the same id back (a push by it
 /// arrives) and shows as `worker:descriptor:generation`; a number of
 /// another process (another tag) or of no id gives none.

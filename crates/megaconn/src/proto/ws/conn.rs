@@ -64,7 +64,7 @@ use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr};
-use crate::proto::ws::closing::{close_handshake, last_word};
+use crate::proto::ws::closing::{close_handshake, last_word, FrameEnds};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
 use crate::proto::ws::handler::{sendable_close_code, ErasedRoute, WebSocketHandler, WsSession};
@@ -242,6 +242,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         .awake(session.id(), tables.table::<H::State>().wire(0));
     let mut decoder = Decoder::with_deflate(deflate.map(|_| tables.codec.clone()));
     let mut message = MessageDeadline::new(settings.message_timeout);
+    let mut frame_ends = FrameEnds::default();
     let next = 'serve: loop {
         // Every frame whole in the buffer, in order.
         while conn.rbuf_len() > 0 {
@@ -295,7 +296,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             }
         }
         add(&counters.bytes_out, conn.wbuf_len() as u64);
-        if let Err(close) = flush(&mut conn, settings.heartbeat_timeout, awake.as_ref()).await {
+        let flushed = flush(
+            &mut conn,
+            settings.heartbeat_timeout,
+            awake.as_ref(),
+            &mut frame_ends,
+        );
+        if let Err(close) = flushed.await {
             break 'serve close;
         }
         // Buffers left empty go back to the pool, also in the middle of a
@@ -492,10 +499,16 @@ async fn flush(
     conn: &mut ConnIo<WsIo>,
     heartbeat: Option<std::time::Duration>,
     awake: Option<&Awake>,
+    frame_ends: &mut FrameEnds,
 ) -> Result<(), Next> {
     let io_error = |e: std::io::Error| Next::Close(CloseReason::io(&e), None);
     if conn.wbuf_len() == 0 {
         return Ok(());
+    }
+    // Only a push queue can overflow (with a hub): then the frames not
+    // begun give way to the 1013 (`last_word`).
+    if awake.is_some() {
+        frame_ends.note(conn.wbuf());
     }
     if let Poll::Ready(flushed) = poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx)))) {
         return flushed.map_err(io_error);
@@ -517,6 +530,10 @@ async fn flush(
             return Poll::Ready(flushed.map_err(io_error));
         }
         if overflowed.as_mut().poll(cx).is_ready() {
+            // The rest of the frame under way goes, then the 1013; the
+            // backlog behind it would only hold the close back.
+            let rest = frame_ends.rest_of_frame(conn.wbuf_len());
+            conn.wbuf().truncate(rest);
             return Poll::Ready(Err(Next::Close(CloseReason::SlowConsumer, None)));
         }
         if bound.poll_passed(cx, conn.wbuf_len() < before) {
