@@ -18,6 +18,11 @@
 //! A message to a connection that has closed (its id is stale, even if its
 //! descriptor was reused) is dropped.
 //!
+//! [`Hub::close`] travels the same way, so it comes after what was pushed
+//! before it: an awake connection's inbox takes it behind its queue; a
+//! parked one is woken to close (its socket's read side shut: the lot sees
+//! a hang-up), the close waiting in its worker's state, not in its slot.
+//!
 //! A message a connection's wire cannot frame (over a framed listener's
 //! `Framing::max_frame_bytes`, which bounds what is pushed as well as what
 //! the peer sends: one number for both directions of a symmetric protocol;
@@ -174,6 +179,9 @@ pub(crate) enum Push {
     Topic(Arc<str>, Bytes, Kind),
     /// To every message connection.
     All(Bytes, Kind),
+    /// Close one connection ([`Hub::close`]): after what was pushed to it
+    /// before, with this WebSocket close code and reason.
+    Close(ConnectionId, u16, Bytes),
 }
 
 /// How a pushed message goes to a WebSocket (other wires frame bytes as
@@ -193,7 +201,9 @@ impl Push {
     /// it is in, though the workers a publish goes to share one copy.
     fn queued_bytes(&self) -> i64 {
         let held = match self {
-            Push::To(_, payload, _) | Push::All(payload, _) => payload.len(),
+            Push::To(_, payload, _) | Push::All(payload, _) | Push::Close(_, _, payload) => {
+                payload.len()
+            }
             Push::Topic(topic, payload, _) => topic.len() + payload.len(),
         };
         i64::try_from(std::mem::size_of::<Push>() + held).unwrap_or(i64::MAX)
@@ -471,10 +481,46 @@ impl Hub {
     }
 
     fn send_as(&self, to: ConnectionId, message: Bytes, kind: Kind) -> Result<(), HubError> {
+        self.to_worker_of(to, Push::To(to, message, kind))
+    }
+
+    /// Closes connection `id` from outside its handler (a gateway revoking
+    /// a device's token, a ban): what was pushed to it before goes out
+    /// first, then a WebSocket gets a close frame 1008 (policy violation)
+    /// and the close handshake, a framed connection the TCP close. Its
+    /// handler's `on_close_with_id` runs once, with
+    /// [`CloseReason::Kicked`](crate::CloseReason::Kicked) (counted as
+    /// `megaconn_connections_closed_total{reason="kicked"}`). Parked or
+    /// awake alike: a parked one is woken to close (its read side is shut,
+    /// so the close handshake does not wait for the peer's answer).
+    ///
+    /// Returns at once, with the errors of [`send`](Hub::send); like a
+    /// send, `Ok` for an id whose connection has closed meanwhile (it
+    /// names no one: nothing happens). Pushes that reach the worker after
+    /// the close are dropped for that connection.
+    pub fn close(&self, id: ConnectionId) -> Result<(), HubError> {
+        self.close_with(id, POLICY_VIOLATION, "")
+    }
+
+    /// [`close`](Hub::close) with the WebSocket close code and reason to
+    /// send (a framed connection hears neither): an application's code
+    /// (3000-4999) or a registered one a server may send (1000-1003,
+    /// 1007-1014), as [`WsSession::close_with`](crate::WsSession::close_with)
+    /// takes; any other is logged and sent as 1011, when the connection
+    /// closes. The reason is cut to 123 bytes (at a character boundary),
+    /// what a close frame holds (it takes its full size in the worker's
+    /// hub queue until then).
+    pub fn close_with(&self, id: ConnectionId, code: u16, reason: &str) -> Result<(), HubError> {
+        let reason = Bytes::copy_from_slice(reason.as_bytes());
+        self.to_worker_of(id, Push::Close(id, code, reason))
+    }
+
+    /// Queues `push` for the worker of connection `to`.
+    fn to_worker_of(&self, to: ConnectionId, push: Push) -> Result<(), HubError> {
         let Some(lane) = self.inner.lanes.get(to.worker as usize) else {
             return Err(HubError::OtherServer);
         };
-        self.inner.offer(lane, Push::To(to, message, kind))
+        self.inner.offer(lane, push)
     }
 
     /// Sends `message` to every connection subscribed to `topic` (with
@@ -536,6 +582,26 @@ impl Hub {
     }
 }
 
+/// The close code [`Hub::close`] sends a WebSocket (RFC 6455 §7.4.1:
+/// policy violation, "a generic status code ... when there is no other
+/// more suitable": a revoked token, a ban).
+const POLICY_VIOLATION: u16 = 1008;
+
+/// A close asked for through [`Hub::close`]: the WebSocket close code and
+/// reason (a framed connection closes without either).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Kick {
+    pub code: u16,
+    pub reason: Bytes,
+}
+
+impl Kick {
+    /// The reason as text (it was a `&str` when the hub took it).
+    pub(crate) fn reason(&self) -> String {
+        String::from_utf8_lossy(&self.reason).into_owned()
+    }
+}
+
 /// An awake connection's outbound queue: messages pushed to it, framed for
 /// its wire, waiting to be written between the peer's frames. Bounded by
 /// the server's `outbound_queue`.
@@ -548,6 +614,9 @@ pub(crate) struct Inbox {
     /// A push found the queue full: the connection is closed as a slow
     /// consumer at its next look.
     overflowed: Cell<bool>,
+    /// [`Hub::close`] reached it: the connection closes once the queue
+    /// before it is written; nothing is queued after it.
+    kicked: RefCell<Option<Kick>>,
 }
 
 /// The outbound queue overflowed: close the connection as a slow consumer.
@@ -561,7 +630,27 @@ impl Inbox {
             queue: RefCell::default(),
             notify: Notify::new(),
             overflowed: Cell::new(false),
+            kicked: RefCell::default(),
         }
+    }
+
+    /// Closes the connection once what is queued now is written
+    /// ([`Hub::close`]); wakes it.
+    pub(crate) fn kick(&self, kick: Kick) {
+        self.kicked.borrow_mut().get_or_insert(kick);
+        self.notify.notify_one();
+    }
+
+    /// Whether [`Hub::close`] reached this connection (nothing more is
+    /// queued for it).
+    pub(crate) fn is_kicked(&self) -> bool {
+        self.kicked.borrow().is_some()
+    }
+
+    /// The close [`Hub::close`] asked for, once the queue before it was
+    /// taken ([`Inbox::take`]): the connection closes with it.
+    pub(crate) fn kicked(&self) -> Option<Kick> {
+        self.kicked.borrow().clone()
     }
 
     /// Queues framed bytes unless the queue holds `limit` already; false
@@ -593,9 +682,10 @@ impl Inbox {
         Ok(self.queue.borrow_mut().drain(..).collect())
     }
 
-    /// True when nothing waits (and there is no overflow to act on).
+    /// True when nothing waits (and there is no overflow or close to act
+    /// on).
     pub(crate) fn is_empty(&self) -> bool {
-        !self.overflowed.get() && self.queue.borrow().is_empty()
+        !self.overflowed.get() && self.queue.borrow().is_empty() && !self.is_kicked()
     }
 
     /// Resolves when something was pushed (or the queue overflowed).
@@ -680,6 +770,17 @@ pub(crate) fn hang_up(fd: RawFd) {
     // SAFETY: as in `send_all_now`; shutdown takes no memory arguments.
     unsafe {
         libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+/// Wakes a parked socket to close (`Hub::close`): its read side shut, the
+/// parking lot sees a hang-up and hands it to its protocol, which can still
+/// write (a WebSocket's close frame). Reads give the end of the stream from
+/// here on, so the close handshake does not wait for the peer's answer.
+pub(crate) fn wake_to_close(fd: RawFd) {
+    // SAFETY: as in `send_all_now`; shutdown takes no memory arguments.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RD);
     }
 }
 

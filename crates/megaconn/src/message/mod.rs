@@ -39,7 +39,9 @@
 //!    handler, and while awake `Local::awake(id, wire)`, whose inbox it
 //!    drains between messages (`Inbox::take`: the framed bytes to write, or
 //!    `Overflowed`, which it closes as `CloseReason::SlowConsumer`) and
-//!    whose `pushed()` it awaits beside the socket;
+//!    whose `pushed()` it awaits beside the socket; once `Inbox::kicked`
+//!    says [`Hub::close`] reached it, it writes what it took and closes as
+//!    `CloseReason::Kicked` (a parked one is woken for it: `worker.rs`);
 //! 4. parks with `SideTable::put(fd, Parked { .. })`, wakes with `take(fd)`;
 //!    when the parking lot closes a parked socket itself it `take`s the
 //!    state too;

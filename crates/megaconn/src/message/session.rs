@@ -2,6 +2,8 @@
 //! one message: its id, the frames it sends, its topics, a close.
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -75,6 +77,25 @@ impl Session {
     /// subscribed).
     pub fn unsubscribe(&self, topic: &str) {
         self.local.unsubscribe(self.id, topic);
+    }
+
+    /// The peer's address, read from the socket when asked (one
+    /// `getpeername`: nothing is kept per connection, parked or awake). The
+    /// address of whoever connected: behind a proxy or load balancer, that
+    /// one. `None` when there is no socket to ask (a WebSocket on a
+    /// transport of the caller's own), or once the peer has reset the
+    /// connection.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        // No socket (-1: a caller's own transport never parks, and its id
+        // only has to be unique).
+        if self.id.fd() < 0 {
+            return None;
+        }
+        // SAFETY: a session lives while its handler is called on the awake
+        // connection, whose task owns the socket `id` names: it is open.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.id.fd()) };
+        let peer = socket2::SockRef::from(&socket).peer_addr().ok()?;
+        peer.as_socket()
     }
 
     /// Closes the connection once the queued frames are written (reported as

@@ -38,6 +38,11 @@ pub(crate) struct Encoded {
     kind: Kind,
     /// Connections that did not get it: their wire could not frame it.
     pub(crate) unframable: u64,
+    /// Connections that did not get it because their wire id names no wire
+    /// of this worker: a bug of the server's, not a message their framing
+    /// cannot carry, so not counted with [`Encoded::unframable`] (it was,
+    /// and `push_unframable` told the operator to raise `max_frame_bytes`).
+    pub(crate) no_wire: u64,
     /// By wire id: not yet framed (`None`), or framed (`Some`, `None` when
     /// it could not be).
     framed: Vec<Option<Option<Bytes>>>,
@@ -49,6 +54,7 @@ impl Encoded {
             payload,
             kind,
             unframable: 0,
+            no_wire: 0,
             framed: Vec::new(),
         }
     }
@@ -61,6 +67,20 @@ impl Encoded {
     /// was told `Ok` and its message reaches some connections or none.
     pub(crate) fn on(&mut self, wires: &[Rc<dyn Wire>], wire: WireId) -> Option<Bytes> {
         let i = usize::from(wire);
+        if i >= wires.len() {
+            self.no_wire += 1;
+            if self.no_wire == 1 {
+                ratelog::log(Flood::PushUnframable, |suppressed| {
+                    tracing::error!(
+                        wire,
+                        wires = wires.len(),
+                        suppressed,
+                        "a hub message is for connections of a wire format this worker does not have (a bug of the server's); they do not get it"
+                    )
+                });
+            }
+            return None;
+        }
         if self.framed.len() <= i {
             self.framed.resize(i + 1, None);
         }
@@ -68,7 +88,7 @@ impl Encoded {
         let framed = self.framed[i]
             .get_or_insert_with(|| {
                 let mut out = BytesMut::new();
-                let wire = wires.get(i)?;
+                let wire = &wires[i];
                 let framed = match kind {
                     Kind::Auto => wire.encode(payload, &mut out),
                     Kind::Binary => wire.encode_binary(payload, &mut out),
@@ -138,7 +158,11 @@ mod tests {
         assert_eq!(long.on(&wires, 0), None);
         assert_eq!(a.0.get(), 2);
         assert_eq!(long.on(&wires, 7), None);
-        // Each connection that missed it is counted.
-        assert_eq!(long.unframable, 3);
+        // Each connection that missed it is counted, as unframable only if
+        // its wire refused it (the unknown wire was counted with them).
+        assert_eq!((long.unframable, long.no_wire), (2, 1));
+        let mut short = Encoded::new(Bytes::from_static(b"hi"), Kind::Auto);
+        assert_eq!(short.on(&wires, WireId::MAX), None);
+        assert_eq!((short.unframable, short.no_wire), (0, 1));
     }
 }

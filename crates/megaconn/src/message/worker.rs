@@ -20,7 +20,8 @@ use std::time::Duration;
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
 use crate::message::hub::{
-    ConnectionId, Delivered, Generation, HubQueue, Inbox, Push, GENERATION_BITS, GENERATION_MASK,
+    self, ConnectionId, Delivered, Generation, HubQueue, Inbox, Kick, Push, GENERATION_BITS,
+    GENERATION_MASK,
 };
 use crate::message::table::{ParkedSet, SendParked, SideTable};
 use crate::message::topics::{SubscribeError, Topics};
@@ -52,6 +53,11 @@ pub(crate) struct Local {
     wires: RefCell<Vec<Rc<dyn Wire>>>,
     /// Each protocol's side table.
     tables: RefCell<Vec<Table>>,
+    /// Parked connections [`Hub::close`](crate::Hub::close) reached, by
+    /// descriptor, until they wake (at once: their read side was shut) and
+    /// take their close into their inbox ([`Local::awake`]). Kept here, not
+    /// in the side-table slot, so a parked connection pays nothing for it.
+    kicks: RefCell<HashMap<RawFd, (Generation, Kick)>>,
 }
 
 /// This worker's message state, made on first use (which starts the hub's
@@ -79,6 +85,7 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 )),
                 wires: RefCell::default(),
                 tables: RefCell::default(),
+                kicks: RefCell::default(),
             });
             if let Some(queue) = settings.hub.and_then(|hub| hub.take_end(ctx.index)) {
                 // A pump dropped before its first poll (the worker stopped
@@ -165,6 +172,11 @@ impl Local {
             return None;
         }
         let inbox = Rc::new(Inbox::new(wire));
+        // Woken to close (`Local::kick`): the close waits in its inbox, as
+        // an awake connection's does.
+        if let Some(kick) = self.take_kick(id) {
+            inbox.kick(kick);
+        }
         self.awake
             .borrow_mut()
             .insert(id.fd(), (id.generation(), inbox.clone()));
@@ -217,9 +229,59 @@ impl Local {
         self.topics.borrow_mut().unsubscribe(id, topic);
     }
 
-    /// Connection `id` closed: it leaves its topics.
+    /// Connection `id` closed: it leaves its topics (and a close the hub
+    /// asked for that it did not wake to take).
     pub(crate) fn closed(&self, id: ConnectionId) {
         self.topics.borrow_mut().closed(id);
+        self.take_kick(id);
+    }
+
+    /// Whether [`Hub::close`](crate::Hub::close) reached parked connection
+    /// `id`, which has not woken to take it yet.
+    pub(crate) fn is_kicked(&self, id: ConnectionId) -> bool {
+        let kicks = self.kicks.borrow();
+        !kicks.is_empty()
+            && kicks
+                .get(&id.fd())
+                .is_some_and(|(g, _)| *g == id.generation())
+    }
+
+    /// The close the hub asked for connection `id` while it was parked, taken.
+    fn take_kick(&self, id: ConnectionId) -> Option<Kick> {
+        let mut kicks = self.kicks.borrow_mut();
+        if kicks.is_empty() {
+            return None;
+        }
+        match kicks.get(&id.fd()) {
+            Some((g, _)) if *g == id.generation() => kicks.remove(&id.fd()).map(|(_, kick)| kick),
+            _ => None,
+        }
+    }
+
+    /// Closes connection `id` for the hub ([`Push::Close`]): awake, its
+    /// inbox takes the close behind what is queued; parked, the close waits
+    /// here and its read side is shut, which wakes it (a hang-up, to the
+    /// lot) to take it and close, writing to the socket as it does (a
+    /// WebSocket's close frame). Closed already: nothing.
+    fn kick(&self, id: ConnectionId, kick: Kick) {
+        let (fd, generation) = (id.fd(), id.generation());
+        let inbox = match self.awake.borrow().get(&fd) {
+            Some((g, inbox)) if *g == generation => Some(inbox.clone()),
+            Some(_) => return,
+            None => None,
+        };
+        if let Some(inbox) = inbox {
+            inbox.kick(kick);
+            return;
+        }
+        let parked = self.parked_sets();
+        if parked
+            .iter()
+            .any(|set| set.generation(fd) == Some(generation))
+        {
+            self.kicks.borrow_mut().insert(fd, (generation, kick));
+            hub::wake_to_close(fd);
+        }
     }
 
     /// Who one message from the hub goes to, taken when the pump gets to
@@ -251,6 +313,7 @@ impl Local {
                 };
                 (every, Encoded::new(payload, kind))
             }
+            Push::Close(..) => unreachable!("`deliver` closes, it has no recipients"),
         }
     }
 
@@ -282,6 +345,10 @@ impl Local {
     /// it is now (or not at all, closed). The next message waits until this
     /// one is delivered, so a connection gets its messages in order.
     async fn deliver(&self, push: Push) {
+        let push = match push {
+            Push::Close(id, code, reason) => return self.kick(id, Kick { code, reason }),
+            push => push,
+        };
         let (mut recipients, mut msg) = self.recipients(push);
         // A protocol's table exists before any of its connections does.
         let sets = self.parked_sets();
@@ -338,6 +405,10 @@ impl Local {
             self.queue(&inbox, msg, wires);
             return Delivered::Sent;
         }
+        // Closing for the hub: what comes after the close is not written.
+        if self.is_kicked(self.id(fd, generation)) {
+            return Delivered::NotParked;
+        }
         for table in sets {
             let delivered = table.deliver(fd, generation, msg, wires, &self.stats.messages);
             if delivered != Delivered::NotParked {
@@ -356,6 +427,10 @@ impl Local {
 
     /// Puts a message on an awake connection's outbound queue.
     fn queue(&self, inbox: &Inbox, msg: &mut Encoded, wires: &[Rc<dyn Wire>]) {
+        // Closing for the hub: what comes after the close is not written.
+        if inbox.is_kicked() {
+            return;
+        }
         let Some(framed) = msg.on(wires, inbox.wire) else {
             return;
         };

@@ -100,6 +100,11 @@ pub enum CloseReason {
     /// a connection with a request under way, or one whose next request
     /// already reached its socket.
     Evicted,
+    /// A message connection (framed, WebSocket) closed from outside its
+    /// handler, by [`Hub::close`](crate::Hub::close) (a revoked token, a
+    /// ban): after what was pushed to it before, a WebSocket with a close
+    /// frame (1008 unless the caller chose another code).
+    Kicked,
 }
 
 /// What a protocol said when it closed a connection for a protocol error.
@@ -199,7 +204,7 @@ impl CloseReason {
     }
 
     /// How many metric labels there are (see [`CloseReason::LABELS`]).
-    pub(crate) const COUNT: usize = 20;
+    pub(crate) const COUNT: usize = 21;
 
     /// Metric labels (`reason` of `megaconn_connections_closed_total`), by
     /// [`CloseReason::index`].
@@ -224,6 +229,7 @@ impl CloseReason {
         "handed_over",
         "message_timeout",
         "evicted",
+        "kicked",
     ];
 
     /// This reason's position in [`CloseReason::LABELS`] and in the worker's
@@ -250,6 +256,7 @@ impl CloseReason {
             CloseReason::HandedOver => 17,
             CloseReason::MessageTimeout => 18,
             CloseReason::Evicted => 19,
+            CloseReason::Kicked => 20,
         }
     }
 
@@ -331,6 +338,7 @@ impl fmt::Display for CloseReason {
             CloseReason::HandedOver => f.write_str("handed over to the next process"),
             CloseReason::MessageTimeout => f.write_str("message timeout"),
             CloseReason::Evicted => f.write_str("evicted at max_connections"),
+            CloseReason::Kicked => f.write_str("closed through the hub (Hub::close)"),
             CloseReason::Protocol(ProtocolDetail::Framing(error)) => {
                 write!(f, "protocol error ({error})")
             }
@@ -371,6 +379,7 @@ mod tests {
             CloseReason::HandedOver,
             CloseReason::MessageTimeout,
             CloseReason::Evicted,
+            CloseReason::Kicked,
         ];
         let mut seen: Vec<usize> = all.iter().map(|r| r.index()).collect();
         seen.sort_unstable();

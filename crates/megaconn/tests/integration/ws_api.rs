@@ -34,7 +34,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A chat member: its state is what the upgrade hook made of the request
-/// (`room from peer-ip`). `who` is answered with the state; `wait` reports
+/// (`room from peer-ip`). `who` is answered with the state, `peer` with
+/// the session's peer address (`Some(ip:port)`); `wait` reports
 /// it is busy and waits for a permit of the gate, then answers `waited`;
 /// anything else is echoed. Opens report the id, closes the id, the state
 /// and the reason (through `on_close_with_id` only).
@@ -56,10 +57,11 @@ impl WebSocketHandler for Chat {
         &self,
         state: &mut String,
         message: WsMessage,
-        _: &WsSession,
+        session: &WsSession,
     ) -> Option<WsMessage> {
         match message.as_bytes() {
             b"who" => Some(state.clone().into()),
+            b"peer" => Some(format!("{:?}", session.peer_addr()).into()),
             b"wait" => {
                 let _ = self.busy.send(());
                 self.gate.acquire().await.expect("gate open").forget();
@@ -307,7 +309,7 @@ async fn on_close_with_id_gets_a_parked_connections_id() {
 /// `on_close_with_id`.
 struct FramedIds {
     opens: mpsc::UnboundedSender<ConnectionId>,
-    closes: mpsc::UnboundedSender<ConnectionId>,
+    closes: mpsc::UnboundedSender<(ConnectionId, CloseReason)>,
 }
 
 impl FramedHandler for FramedIds {
@@ -317,12 +319,17 @@ impl FramedHandler for FramedIds {
         let _ = self.opens.send(session.id());
     }
 
-    async fn on_message(&self, _: &mut (), frame: Bytes, _: &Session) -> Option<Bytes> {
-        Some(frame)
+    /// `peer` is answered with the session's peer address, anything else
+    /// echoed.
+    async fn on_message(&self, _: &mut (), frame: Bytes, session: &Session) -> Option<Bytes> {
+        match &frame[..] {
+            b"peer" => Some(format!("{:?}", session.peer_addr()).into()),
+            _ => Some(frame),
+        }
     }
 
-    fn on_close_with_id(&self, id: ConnectionId, _: (), _: CloseReason) {
-        let _ = self.closes.send(id);
+    fn on_close_with_id(&self, id: ConnectionId, _: (), reason: CloseReason) {
+        let _ = self.closes.send((id, reason));
     }
 }
 
@@ -349,9 +356,9 @@ async fn a_framed_handlers_on_close_with_id_gets_the_connections_id() {
     let second = TcpStream::connect(addr).await.unwrap();
     let b = ChatServer::next(&mut opens, "on_open").await;
     drop(second);
-    assert_eq!(ChatServer::next(&mut closes, "on_close").await, b);
+    assert_eq!(ChatServer::next(&mut closes, "on_close").await.0, b);
     drop(first);
-    assert_eq!(ChatServer::next(&mut closes, "on_close").await, a);
+    assert_eq!(ChatServer::next(&mut closes, "on_close").await.0, a);
     handle.shutdown();
     tokio::time::timeout(SAFETY, task)
         .await
@@ -391,6 +398,62 @@ async fn a_slow_consumer_gets_a_1013() {
     server.stop().await;
 }
 
+/// A slow consumer closed while a write to it is stuck gets its 1013
+/// right after the frame under way, not behind the frames queued after it
+/// (the backlog goes): here the peer reads the reply, the first push, then
+/// the close, never the second push. Appended behind the backlog, the 1013
+/// went only if the socket took some of it at once; a full socket (what a
+/// slow consumer has) dropped it with the backlog, and the peer saw a
+/// frame cut short and the TCP close.
+#[tokio::test]
+async fn a_stuck_slow_consumer_gets_its_1013_after_the_frame_under_way() {
+    let builder = Server::builder()
+        .park_idle_after(None)
+        .outbound_queue(2)
+        .send_buffer_size(Some(4096));
+    let mut server = ChatServer::start(builder).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("ws://{}/chat/a?token=good", server.addr);
+    let (mut client, _) =
+        tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    // Two large pushes wait in the queue while the handler is busy; its
+    // reply and both go into one write, which the peer (not reading) stops.
+    client.send(Message::text("wait")).await.unwrap();
+    ChatServer::next(&mut server.busy, "the handler busy").await;
+    let (first, second) = (vec![1u8; 1 << 20], vec![2u8; 1 << 20]);
+    assert_eq!(server.hub.send_binary(id, first.clone()), Ok(()));
+    assert_eq!(server.hub.send_binary(id, second), Ok(()));
+    common::wait_stats(&server.handle, "both queued", |s| s.messages.pushes == 2).await;
+    server.gate.add_permits(1);
+    common::wait_stats(&server.handle, "the reply and both pushes written", |s| {
+        s.messages.frames_out == 3
+    })
+    .await;
+    // Three more while the write is stuck: the third overflows the queue.
+    for i in 0..3 {
+        assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
+    }
+    common::wait_stats(&server.handle, "a queue drop", |s| {
+        s.messages.queue_drops == 1
+    })
+    .await;
+    assert_eq!(next_data(&mut client).await, Message::text("waited"));
+    assert_eq!(next_data(&mut client).await, Message::binary(first));
+    let Message::Close(Some(close)) = next_data(&mut client).await else {
+        panic!("a close frame");
+    };
+    assert_eq!(close.code, CloseCode::Again);
+    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(reason, CloseReason::SlowConsumer);
+    server.stop().await;
+}
+
 /// A `ConnectionId` kept as a number gives the same id back (a push by it
 /// arrives) and shows as `worker:descriptor:generation`; a number of
 /// another process (another tag) or of no id gives none.
@@ -414,5 +477,188 @@ async fn a_connection_id_round_trips_through_u128() {
     );
     // Another process's tag (bits 46-63 of the low word), or none at all.
     assert_eq!(ConnectionId::from_u128(n ^ (1 << 46)), None);
+    server.stop().await;
+}
+
+/// `Hub::close` closes a WebSocket from outside its handler, parked or
+/// awake: what was pushed to it before arrives first, then a close frame
+/// (1008 by default, the caller's code and reason with `close_with`); its
+/// handler hears `CloseReason::Kicked` once, and the close is counted as
+/// `kicked`. Before it only the handler's own `WsSession::close` could.
+#[tokio::test]
+async fn hub_close_closes_a_websocket_parked_or_awake_after_its_pushes() {
+    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let mut server = ChatServer::start(builder).await;
+    // Parked.
+    let mut parked = server.client("/chat/a?token=good").await;
+    let a = ChatServer::next(&mut server.opens, "on_open").await;
+    common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
+    assert_eq!(server.hub.send(a, "before the close"), Ok(()));
+    assert_eq!(server.hub.close(a), Ok(()));
+    assert_eq!(server.hub.send(a, "after the close"), Ok(()));
+    assert_eq!(
+        next_data(&mut parked).await,
+        Message::text("before the close")
+    );
+    let Message::Close(Some(close)) = next_data(&mut parked).await else {
+        panic!("a close frame");
+    };
+    assert_eq!(close.code, CloseCode::Policy);
+    let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!((closed, reason), (a, CloseReason::Kicked));
+    // Awake (busy in its handler): the close waits for it, behind the push.
+    let mut awake = server.client("/chat/b?token=good").await;
+    let b = ChatServer::next(&mut server.opens, "on_open").await;
+    awake.send(Message::text("wait")).await.unwrap();
+    ChatServer::next(&mut server.busy, "the handler busy").await;
+    assert_eq!(server.hub.send(b, "pushed"), Ok(()));
+    assert_eq!(server.hub.close_with(b, 4003, "banned"), Ok(()));
+    common::wait_stats(&server.handle, "the close taken", |s| {
+        s.messages.hub_messages == 5
+    })
+    .await;
+    server.gate.add_permits(1);
+    assert_eq!(next_data(&mut awake).await, Message::text("waited"));
+    assert_eq!(next_data(&mut awake).await, Message::text("pushed"));
+    let Message::Close(Some(close)) = next_data(&mut awake).await else {
+        panic!("a close frame");
+    };
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4003, "banned")
+    );
+    let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!((closed, reason), (b, CloseReason::Kicked));
+    common::wait_stats(&server.handle, "two kicked", |s| {
+        common::closed_as(s, "kicked") == 2
+    })
+    .await;
+    // A closed connection's id names no one: Ok, as a send's; an id of a
+    // worker this server does not have, refused as a send's.
+    assert_eq!(server.hub.close(a), Ok(()));
+    let elsewhere = ConnectionId::from_u128(a.as_u128() | 7 << 96).expect("this process's tag");
+    assert_eq!(
+        server.hub.close(elsewhere),
+        Err(megaconn::HubError::OtherServer)
+    );
+    // Each handler heard its close once.
+    let mut closes = std::mem::replace(&mut server.closes, mpsc::unbounded_channel().1);
+    server.stop().await;
+    assert!(closes.try_recv().is_err(), "on_close ran again");
+}
+
+/// `Session::peer_addr` and `WsSession::peer_addr` give the client's
+/// address, also after the connection parked and woke (read off the
+/// socket when asked: nothing kept per parked connection). Handlers had no
+/// way to learn it but the upgrade request's `ConnInfo`.
+#[tokio::test]
+async fn a_session_knows_its_peer_address_after_a_park() {
+    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let server = ChatServer::start(builder).await;
+    let mut client = server.client("/chat/a?token=good").await;
+    let MaybeTlsStream::Plain(tcp) = client.get_ref() else {
+        panic!("cleartext");
+    };
+    let ours = tcp.local_addr().unwrap();
+    common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
+    client.send(Message::text("peer")).await.unwrap();
+    assert_eq!(
+        next_data(&mut client).await,
+        Message::text(format!("Some({ours})"))
+    );
+    server.stop().await;
+}
+
+/// A framed server on 127.0.0.1:0 (lines, one worker, parking after 50 ms)
+/// serving [`FramedIds`]: its handle, hub, address, the ids opened and the
+/// closes, and its task.
+struct FramedIdServer {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    hub: Hub,
+    opens: mpsc::UnboundedReceiver<ConnectionId>,
+    closes: mpsc::UnboundedReceiver<(ConnectionId, CloseReason)>,
+    task: tokio::task::JoinHandle<ShutdownSummary>,
+}
+
+impl FramedIdServer {
+    fn start() -> FramedIdServer {
+        let mut server = Server::builder()
+            .workers(1)
+            .park_idle_after(Some(Duration::from_millis(50)))
+            .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::lines())
+            .listen()
+            .expect("server binds");
+        let (addr, handle, hub) = (server.local_addr(), server.handle(), server.hub());
+        let (opened, opens) = mpsc::unbounded_channel();
+        let (closed, closes) = mpsc::unbounded_channel();
+        let handler = FramedIds {
+            opens: opened,
+            closes: closed,
+        };
+        let running = server.start_framed(handler).expect("server starts").run();
+        FramedIdServer {
+            addr,
+            handle,
+            hub,
+            opens,
+            closes,
+            task: tokio::spawn(running),
+        }
+    }
+
+    async fn stop(self) {
+        self.handle.shutdown();
+        tokio::time::timeout(SAFETY, self.task)
+            .await
+            .expect("server stops")
+            .expect("server task");
+    }
+}
+
+/// `Hub::close` closes a parked framed connection: it wakes, what was
+/// pushed before is written, then the TCP close; its handler hears
+/// `Kicked` once; a push after the close is not written.
+#[tokio::test]
+async fn hub_close_closes_a_parked_framed_connection_after_its_pushes() {
+    let mut server = FramedIdServer::start();
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
+    assert_eq!(server.hub.send(id, "before the close"), Ok(()));
+    assert_eq!(server.hub.close(id), Ok(()));
+    assert_eq!(server.hub.send(id, "after the close"), Ok(()));
+    let mut got = Vec::new();
+    tokio::time::timeout(SAFETY, client.read_to_end(&mut got))
+        .await
+        .expect("closed in time")
+        .expect("a clean close");
+    assert_eq!(got, b"before the close\n");
+    let closed = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(closed, (id, CloseReason::Kicked));
+    common::wait_stats(&server.handle, "kicked", |s| {
+        common::closed_as(s, "kicked") == 1
+    })
+    .await;
+    let mut closes = std::mem::replace(&mut server.closes, mpsc::unbounded_channel().1);
+    server.stop().await;
+    assert!(closes.try_recv().is_err(), "on_close ran again");
+}
+
+/// A framed session's peer address, after a park.
+#[tokio::test]
+async fn a_framed_session_knows_its_peer_address() {
+    let server = FramedIdServer::start();
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    let ours = client.local_addr().unwrap();
+    common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
+    client.write_all(b"peer\n").await.unwrap();
+    let want = format!("Some({ours})\n");
+    let mut got = vec![0; want.len()];
+    tokio::time::timeout(SAFETY, client.read_exact(&mut got))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(String::from_utf8(got).unwrap(), want);
     server.stop().await;
 }

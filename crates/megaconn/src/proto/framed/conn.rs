@@ -362,6 +362,11 @@ pub(crate) async fn serve<H: FramedHandler>(
                 give_back(&ctx, &mut buf);
                 return Ended::Close(live.close(reason));
             }
+            // Closed for the hub, once what was pushed before is written.
+            if inbox.inbox.is_kicked() {
+                give_back(&ctx, &mut buf);
+                return Ended::Close(live.close(CloseReason::Kicked));
+            }
         }
         // When to park if nothing comes (between frames only).
         let mut park_at = None;

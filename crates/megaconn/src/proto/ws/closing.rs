@@ -137,12 +137,69 @@ impl Scan {
         }
         let head = &self.head[..self.head_len];
         self.head_len = 0;
-        let length = match head[1] & 0x7f {
-            126 => u64::from(u16::from_be_bytes([head[2], head[3]])),
-            127 => u64::from_be_bytes(head[2..10].try_into().expect("8 bytes")),
-            n => u64::from(n),
-        };
-        Some((head[0] & 0x0f == 0x8, length))
+        Some((head[0] & 0x0f == 0x8, payload_len(head)))
+    }
+}
+
+/// The payload length a whole frame header says (RFC 6455 §5.2).
+fn payload_len(head: &[u8]) -> u64 {
+    match head[1] & 0x7f {
+        126 => u64::from(u16::from_be_bytes([head[2], head[3]])),
+        127 => u64::from_be_bytes(head[2..10].try_into().expect("8 bytes")),
+        n => u64::from(n),
+    }
+}
+
+/// Where the frames of a write buffer end, noted before a flush begins
+/// (the buffer starts at a frame boundary then: every flush runs until it
+/// is empty or the connection closes), so that a slow consumer's 1013 can
+/// go right after the frame under way instead of behind the whole backlog
+/// ([`FrameEnds::rest_of_frame`]). A buffer of one frame (most flushes: a
+/// pong, a reply, a push) keeps no list.
+#[derive(Debug, Default)]
+pub(crate) struct FrameEnds {
+    /// The buffer's length when the flush began.
+    started: usize,
+    /// The ends of its frames, when there are more than one.
+    ends: Vec<usize>,
+}
+
+impl FrameEnds {
+    /// Notes the frames of `wbuf` (our own, whole), about to be flushed.
+    pub(crate) fn note(&mut self, wbuf: &[u8]) {
+        self.started = wbuf.len();
+        self.ends.clear();
+        let mut at = 0;
+        while at < wbuf.len() {
+            let head = &wbuf[at..];
+            let whole = header_len(head);
+            if head.len() < whole {
+                break;
+            }
+            let payload = usize::try_from(payload_len(head)).unwrap_or(usize::MAX);
+            at = at.saturating_add(whole).saturating_add(payload);
+            if at >= wbuf.len() && self.ends.is_empty() {
+                return;
+            }
+            self.ends.push(at.min(wbuf.len()));
+        }
+    }
+
+    /// Of the `left` bytes still unwritten, how many are the rest of the
+    /// frame the socket took part of (0 when it stopped between frames):
+    /// what must still go before another frame can.
+    pub(crate) fn rest_of_frame(&self, left: usize) -> usize {
+        let written = self.started.saturating_sub(left);
+        if written == 0 {
+            return 0;
+        }
+        let end = self
+            .ends
+            .iter()
+            .copied()
+            .find(|&end| end >= written)
+            .unwrap_or(self.started);
+        end - written
     }
 }
 
@@ -191,6 +248,17 @@ fn lone_close(read: &[u8]) -> bool {
 /// within its bound, as it does over TLS, where the stream took the frame
 /// whole and its close sends it. It dropped the rest: the peer read a frame
 /// cut short, a protocol error, where it should have read why.
+///
+/// Except for a slow consumer: it reads, slowly, and its socket is full
+/// when it is closed, so the frame would never go at once. Its 1013 goes
+/// right after the frame under way (a frame cannot be cut into): a write
+/// that was stuck dropped the frames not begun ([`FrameEnds`]), and the
+/// connection's close writes the rest and the 1013 within its bound (2 s),
+/// as it writes any last answer. Appended behind the whole backlog, the
+/// 1013 reached the peer only if the peer read it all within that bound,
+/// and not at all when the socket took nothing at once (then the backlog
+/// and the 1013 were dropped together); sent only into an empty buffer
+/// (tried), it never went: a slow consumer's buffer is never empty.
 pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason) {
     let (code, why) = match reason {
         CloseReason::HeartbeatTimeout => (INTERNAL_ERROR, "heartbeat timeout"),
@@ -200,7 +268,8 @@ pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason)
     frame::encode_close(conn.wbuf(), code, why);
     let queued = conn.wbuf_len();
     let flushed = poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx))));
-    if flushed.is_pending() && conn.wbuf_len() == queued {
+    let all_or_nothing = reason != CloseReason::SlowConsumer;
+    if all_or_nothing && flushed.is_pending() && conn.wbuf_len() == queued {
         if let Some(wbuf) = conn.buffers.wbuf.as_mut() {
             wbuf.clear();
         }
@@ -267,6 +336,45 @@ mod tests {
         assert!(!scan.passed_close(head));
         assert!(!scan.passed_close(payload));
         assert!(scan.passed_close(&close()));
+    }
+
+    /// A server frame (unmasked) of `n` payload bytes.
+    fn ours(n: usize) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        frame::encode(&mut out, frame::Out::Binary, &vec![7; n]);
+        out.to_vec()
+    }
+
+    /// The rest of the frame under way, for every header length: nothing
+    /// before the first byte went or between frames, else up to its end.
+    #[test]
+    fn the_rest_of_the_frame_under_way() {
+        let frames = [ours(10), ours(300), ours(70_000), ours(0)];
+        let wbuf = frames.concat();
+        let mut ends = FrameEnds::default();
+        ends.note(&wbuf);
+        let total = wbuf.len();
+        let (a, b, c) = (12, 12 + 304, 12 + 304 + 70_010);
+        assert_eq!(ends.ends, [a, b, c, total]);
+        for (written, rest) in [
+            (0, 0),
+            (5, a - 5),
+            (a, 0),
+            (a + 1, b - a - 1),
+            (c - 1, 1),
+            (c, 0),
+        ] {
+            assert_eq!(
+                ends.rest_of_frame(total - written),
+                rest,
+                "{written} written"
+            );
+        }
+        // One frame keeps no list.
+        ends.note(&ours(100_000));
+        assert!(ends.ends.is_empty());
+        assert_eq!(ends.rest_of_frame(100_010 - 7), 100_010 - 7);
+        assert_eq!(ends.rest_of_frame(100_010), 0);
     }
 
     #[test]

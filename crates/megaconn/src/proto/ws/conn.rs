@@ -10,6 +10,7 @@
 //!        v
 //!   +-> read (pooled buffer) -> decode -> ping: pong | message: on_message
 //!   |                                  | close: echo it, close
+//!   |        Hub::close (in the inbox) -> close 1008 (or the caller's code)
 //!   |                                  | violation: close 1002/1007/1009
 //!   |               between messages, buffers given back to the pool
 //!   |                                  v
@@ -63,10 +64,10 @@ use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr};
-use crate::proto::ws::closing::{close_handshake, last_word};
+use crate::proto::ws::closing::{close_handshake, last_word, FrameEnds};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
-use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
+use crate::proto::ws::handler::{sendable_close_code, ErasedRoute, WebSocketHandler, WsSession};
 use crate::proto::ws::route::Route;
 use crate::proto::ws::{
     parked_fd, Start, Tables, WsIo, WsParked, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION,
@@ -210,7 +211,14 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // read too, but is a message begun: it is read on as a task,
             // under `message_timeout` (as HTTP/1.1 over TLS serves one
             // under `read_header_timeout`).
-            if let (true, Either::Left(Either::Right(tls))) = (wake.readable(), &mut conn.io) {
+            // Woken to close for the hub (`Hub::close`: its read side was
+            // shut) it reads nothing: the loop's first look at its inbox
+            // closes it, and a TLS read would only find the end of the
+            // stream and take it for the client leaving.
+            let kicked = tables.local.is_kicked(id);
+            if let (true, false, Either::Left(Either::Right(tls))) =
+                (wake.readable(), kicked, &mut conn.io)
+            {
                 match tls.poll_prefetch() {
                     Ok(true) => {}
                     Ok(false) => unread_wake = false,
@@ -234,6 +242,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         .awake(session.id(), tables.table::<H::State>().wire(0));
     let mut decoder = Decoder::with_deflate(deflate.map(|_| tables.codec.clone()));
     let mut message = MessageDeadline::new(settings.message_timeout);
+    let mut frame_ends = FrameEnds::default();
     let next = 'serve: loop {
         // Every frame whole in the buffer, in order.
         while conn.rbuf_len() > 0 {
@@ -278,9 +287,22 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 }
                 Err(Overflowed) => break 'serve Next::Close(CloseReason::SlowConsumer, None),
             }
+            // Closed for the hub, after what was pushed before: its close
+            // frame follows them.
+            if let Some(kick) = awake.inbox.kicked() {
+                add(&counters.bytes_out, conn.wbuf_len() as u64);
+                let code = sendable_close_code(kick.code, "Hub::close_with");
+                break 'serve Next::Close(CloseReason::Kicked, Some((code, kick.reason())));
+            }
         }
         add(&counters.bytes_out, conn.wbuf_len() as u64);
-        if let Err(close) = flush(&mut conn, settings.heartbeat_timeout, awake.as_ref()).await {
+        let flushed = flush(
+            &mut conn,
+            settings.heartbeat_timeout,
+            awake.as_ref(),
+            &mut frame_ends,
+        );
+        if let Err(close) = flushed.await {
             break 'serve close;
         }
         // Buffers left empty go back to the pool, also in the middle of a
@@ -477,10 +499,16 @@ async fn flush(
     conn: &mut ConnIo<WsIo>,
     heartbeat: Option<std::time::Duration>,
     awake: Option<&Awake>,
+    frame_ends: &mut FrameEnds,
 ) -> Result<(), Next> {
     let io_error = |e: std::io::Error| Next::Close(CloseReason::io(&e), None);
     if conn.wbuf_len() == 0 {
         return Ok(());
+    }
+    // Only a push queue can overflow (with a hub): then the frames not
+    // begun give way to the 1013 (`last_word`).
+    if awake.is_some() {
+        frame_ends.note(conn.wbuf());
     }
     if let Poll::Ready(flushed) = poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx)))) {
         return flushed.map_err(io_error);
@@ -502,6 +530,10 @@ async fn flush(
             return Poll::Ready(flushed.map_err(io_error));
         }
         if overflowed.as_mut().poll(cx).is_ready() {
+            // The rest of the frame under way goes, then the 1013; the
+            // backlog behind it would only hold the close back.
+            let rest = frame_ends.rest_of_frame(conn.wbuf_len());
+            conn.wbuf().truncate(rest);
             return Poll::Ready(Err(Next::Close(CloseReason::SlowConsumer, None)));
         }
         if bound.poll_passed(cx, conn.wbuf_len() < before) {

@@ -151,16 +151,18 @@ impl WsSession {
     /// invalid) is logged and sent as 1011 (internal error): a client would
     /// take it for a protocol violation.
     pub fn close_with(&self, code: u16, reason: &str) {
-        let code = if frame::peer_may_send(code) {
-            code
-        } else {
-            tracing::warn!(
-                code,
-                "WsSession::close_with: this close code may not be sent (RFC 6455 §7.4); sending 1011 instead (use 1000-1003, 1007-1014 or 3000-4999)"
-            );
-            1011
-        };
+        let code = sendable_close_code(code, "WsSession::close_with");
         *self.closing.borrow_mut() = Some((code, reason.to_owned()));
+    }
+
+    /// The peer's address, read from the socket when asked (one
+    /// `getpeername`: nothing is kept per connection, parked or awake). The
+    /// address of whoever connected: behind a proxy, the proxy (its
+    /// forwarded header reaches the route's upgrade hook). `None` on a
+    /// transport of the caller's own, which has no socket to ask, or once
+    /// the peer has reset the connection.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.peer_addr()
     }
 
     /// The messages queued so far, taken.
@@ -172,6 +174,21 @@ impl WsSession {
     pub(crate) fn take_closing(&self) -> Option<(u16, String)> {
         self.closing.borrow_mut().take()
     }
+}
+
+/// `code` if a server may send it in a close frame; else 1011 (internal
+/// error), logged naming `call` (RFC 6455 §7.4.1: 1004-1006 and 1015 are
+/// never sent, 0-999 and 1016-2999 are invalid: a client would take them
+/// for a protocol violation).
+pub(crate) fn sendable_close_code(code: u16, call: &'static str) -> u16 {
+    if frame::peer_may_send(code) {
+        return code;
+    }
+    tracing::warn!(
+        code,
+        "{call}: this close code may not be sent (RFC 6455 §7.4); sending 1011 instead (use 1000-1003, 1007-1014 or 3000-4999)"
+    );
+    1011
 }
 
 /// A boxed connection future: the dispatcher's future does not grow by a
