@@ -819,4 +819,94 @@ mod tests {
     fn a_three_byte_header_is_refused() {
         let _ = Framing::length_prefixed(3);
     }
+
+    /// The default line limit is `DEFAULT_MAX_LINE_BYTES` (8 KiB), as
+    /// documented: a line that long passes, one byte more fails.
+    #[test]
+    fn the_default_line_limit_is_8_kib() {
+        let line = |n: usize| [vec![b'x'; n], b"\n".to_vec()].concat();
+        let got = decode_in_pieces(Framing::lines(), &line(8 * 1024), &[]).unwrap();
+        assert_eq!(got, vec![Bytes::from(vec![b'x'; 8 * 1024])]);
+        assert_eq!(
+            decode_in_pieces(Framing::lines(), &line(8 * 1024 + 1), &[]),
+            Err(FramingError::LineTooLong)
+        );
+    }
+
+    /// The largest reply is `max_frame_bytes` clipped to what the header
+    /// can say after its adjustment; lines have none.
+    #[test]
+    fn the_largest_reply_is_what_the_header_and_the_limit_both_allow() {
+        let cases = [
+            (Framing::length_prefixed(2), 65_535),
+            (Framing::length_prefixed(4), DEFAULT_MAX_FRAME_BYTES),
+            (Framing::length_prefixed(1).max_frame_bytes(1000), 255),
+            (
+                Framing::length_prefixed(2)
+                    .length_adjustment(-2)
+                    .max_frame_bytes(1 << 20),
+                65_533,
+            ),
+            (Framing::length_prefixed(8).max_frame_bytes(7), 7),
+            (Framing::lines().max_line_bytes(10), usize::MAX),
+        ];
+        for (framing, want) in cases {
+            assert_eq!(framing.max_reply_bytes(), want, "{framing:?}");
+        }
+    }
+
+    /// A frame over a limit names `max_frame_bytes` when that is the limit,
+    /// also when the header's reach is exactly as far; else the header, by
+    /// its width.
+    #[test]
+    fn a_frame_over_the_limit_names_the_header_by_its_width() {
+        let setting = |framing: Framing, header: &[u8]| {
+            let mut codec = framing.codec();
+            let error = codec.decode(&mut BytesMut::from(header)).unwrap_err();
+            codec.over_limit(error, header).map(|over| over.setting)
+        };
+        // The header says at most 254 after the adjustment: the same.
+        let framing = Framing::length_prefixed(1)
+            .length_adjustment(-1)
+            .max_frame_bytes(254);
+        assert_eq!(setting(framing, &[255]), Some("Framing::max_frame_bytes"));
+        for (width, header) in [(1, &[255u8][..]), (2, &[255, 255]), (4, &[255; 4])] {
+            let framing = Framing::length_prefixed(width)
+                .length_adjustment(-1)
+                .max_frame_bytes(usize::MAX);
+            assert_eq!(
+                setting(framing, header),
+                Some(header_setting(width)),
+                "{width}"
+            );
+            assert!(header_setting(width).contains(&format!("{width}-byte")));
+        }
+    }
+
+    /// A frame still arriving gets room as its bytes come: at least
+    /// `RESERVE_AT_LEAST` past a header alone (or what is missing, if less),
+    /// none more when the rest fits the buffer it is in, and room for the
+    /// rest when it does not and is no more than what came.
+    #[test]
+    fn a_frame_still_arriving_gets_room_for_the_rest() {
+        let framing = Framing::length_prefixed(4).max_frame_bytes(1 << 20);
+        // A header alone, in a buffer of just its size.
+        let mut buf = BytesMut::from(&b"\x00\x01\x00\x00"[..]);
+        let mut codec = framing.codec();
+        assert_eq!(codec.decode(&mut buf), Ok(None));
+        // 4 KiB written out: the test is of `RESERVE_AT_LEAST`'s value too.
+        assert!(buf.capacity() >= 4 * 1024, "{}", buf.capacity());
+        let wire = encode_all(framing, &[&[9; 1000]]);
+        // The rest fits: the buffer stays as it is (less the header
+        // consumed at its front).
+        let mut buf = BytesMut::with_capacity(wire.len());
+        buf.extend_from_slice(&wire[..600]);
+        assert_eq!(framing.codec().decode(&mut buf), Ok(None));
+        assert_eq!(buf.capacity(), 1000);
+        // It does not: room for the 404 bytes missing (less than came).
+        let mut buf = BytesMut::with_capacity(700);
+        buf.extend_from_slice(&wire[..600]);
+        assert_eq!(framing.codec().decode(&mut buf), Ok(None));
+        assert!(buf.capacity() >= 1000, "{}", buf.capacity());
+    }
 }

@@ -570,7 +570,7 @@ mod tests {
     /// must be the expected one, not "incomplete").
     #[test]
     fn chunked_errors() {
-        let cases: [(&[u8], &[u8], DecodeError); 16] = [
+        let cases: [(&[u8], &[u8], DecodeError); 17] = [
             (
                 b"zz\r\nabc\r\n0\r\n\r\n",
                 b"3\r\nabc\r\n0\r\n\r\n",
@@ -599,6 +599,12 @@ mod tests {
             (
                 b"-3\r\nabc\r\n0\r\n\r\n",
                 b"3\r\nabc\r\n0\r\n\r\n",
+                "invalid chunk size",
+            ),
+            // A word after the size, where only an extension may come.
+            (
+                b"5 x\r\nhello\r\n0\r\n\r\n",
+                b"5 ;x\r\nhello\r\n0\r\n\r\n",
                 "invalid chunk size",
             ),
             (
@@ -680,6 +686,8 @@ mod tests {
             b"5;a=\"\"\r\nhello\r\n0\r\n\r\n",
             b"5;a=\"\xff\"\r\nhello\r\n0;last\r\n\r\n",
             b"5 \r\nhello\r\n0\r\n\r\n",
+            // A tab in a quoted string, and a tab and a space quoted.
+            b"5;a=\"x\ty\\\t\\ \"\r\nhello\r\n0\r\n\r\n",
         ] {
             let mut d = Decoder::chunked(1024);
             let (body, _) = decode_all(&mut d, ok)
@@ -848,5 +856,118 @@ mod tests {
         );
         assert_eq!(d.decode(&mut buf, 64).unwrap(), Decoded::End(None));
         assert_eq!(&buf[..], b"GET");
+    }
+
+    /// Chunk extensions count over the whole body, up to
+    /// `MAX_CHUNK_EXTENSION_BYTES` inclusive: spread over chunks that are
+    /// each well within a line's limit, the body passes at the limit and
+    /// fails one byte past it.
+    #[test]
+    fn chunk_extensions_are_limited_over_the_whole_body() {
+        let body = |last_ext: usize| {
+            // Each line's extension is ";" and its run of `e`s.
+            let line = |ext: usize| format!("1;{}\r\nx\r\n", "e".repeat(ext - 1));
+            let mut input: String = (0..4).map(|_| line(4000)).collect();
+            input.push_str(&line(last_ext));
+            input.push_str("0\r\n\r\n");
+            input
+        };
+        let at_limit = body(MAX_CHUNK_EXTENSION_BYTES - 4 * 4000);
+        let (got, _) = decode_all(&mut Decoder::chunked(1024), at_limit.as_bytes()).unwrap();
+        assert_eq!(got, b"xxxxx");
+        let over = body(MAX_CHUNK_EXTENSION_BYTES - 4 * 4000 + 1);
+        assert_eq!(
+            decode_all(&mut Decoder::chunked(1024), over.as_bytes()),
+            Err("too many chunk extension bytes")
+        );
+    }
+
+    /// A size line may be `MAX_CHUNK_LINE` bytes with its CRLF; that many
+    /// bytes without a line end fail at once (one fewer waits for more).
+    #[test]
+    fn a_size_line_is_limited() {
+        let longest = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE - 4));
+        let (got, _) = decode_all(&mut Decoder::chunked(1024), longest.as_bytes()).unwrap();
+        assert_eq!(got, b"x");
+        let unended = format!("1;{}", "e".repeat(MAX_CHUNK_LINE - 2));
+        let mut buf = BytesMut::from(&unended.as_bytes()[..MAX_CHUNK_LINE - 1]);
+        assert_eq!(
+            Decoder::chunked(1024).decode(&mut buf, 64),
+            Ok(Decoded::NeedMore)
+        );
+        let mut buf = BytesMut::from(unended.as_bytes());
+        assert_eq!(
+            Decoder::chunked(1024).decode(&mut buf, 64),
+            Err("chunk size line too long")
+        );
+    }
+
+    /// A chunk size is at most 16 significant hex digits (a `u64`), however
+    /// many leading zeros come first.
+    #[test]
+    fn sixteen_significant_hex_digits_fit_and_seventeen_do_not() {
+        assert_eq!(parse_size_line(b"ffffffffffffffff"), Ok((u64::MAX, 0)));
+        assert_eq!(parse_size_line(b"0000000000000000001A"), Ok((26, 0)));
+        assert_eq!(
+            parse_size_line(b"10000000000000000"),
+            Err("chunk size overflows")
+        );
+    }
+
+    /// The trailer section is at most `max_trailer_bytes`, its final CRLF
+    /// included: refused past that as soon as that much came without its
+    /// end, and at most `MAX_TRAILERS` fields.
+    #[test]
+    fn trailers_are_limited() {
+        // 12 bytes, then the empty line: 14 in all.
+        let section = b"X-A: 12345\r\n\r\n";
+        let input = [&b"0\r\n"[..], section].concat();
+        let (_, trailers) = decode_all(&mut Decoder::chunked(14), &input).unwrap();
+        assert_eq!(trailers.unwrap()["x-a"], "12345");
+        assert_eq!(
+            decode_all(&mut Decoder::chunked(13), &input),
+            Err("trailers too large")
+        );
+        // Without the empty line yet: 12 bytes wait under a limit of 12,
+        // and are refused under 11.
+        let unended = &input[..input.len() - 2];
+        let mut buf = BytesMut::from(unended);
+        assert_eq!(
+            Decoder::chunked(12).decode(&mut buf, 64),
+            Ok(Decoded::NeedMore)
+        );
+        let mut buf = BytesMut::from(unended);
+        assert_eq!(
+            Decoder::chunked(11).decode(&mut buf, 64),
+            Err("trailers too large")
+        );
+        let fields = |n: usize| {
+            let fields: String = (0..n).map(|i| format!("X-T{i}: 1\r\n")).collect();
+            format!("0\r\n{fields}\r\n")
+        };
+        let (_, trailers) =
+            decode_all(&mut Decoder::chunked(1024), fields(MAX_TRAILERS).as_bytes()).unwrap();
+        assert_eq!(trailers.unwrap().len(), MAX_TRAILERS);
+        assert_eq!(
+            decode_all(
+                &mut Decoder::chunked(1024),
+                fields(MAX_TRAILERS + 1).as_bytes()
+            ),
+            Err("too many trailers")
+        );
+    }
+
+    /// The decoder takes all it can: a whole chunk and its CRLF leave
+    /// nothing in the buffer (the read buffer is empty between chunks).
+    #[test]
+    fn a_whole_chunk_leaves_nothing_behind() {
+        let mut d = Decoder::chunked(1024);
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n"[..]);
+        assert_eq!(
+            d.decode(&mut buf, 64),
+            Ok(Decoded::Data(Bytes::from_static(b"abc")))
+        );
+        assert!(buf.is_empty(), "{buf:?} left");
+        assert_eq!(d.decode(&mut buf, 64), Ok(Decoded::NeedMore));
     }
 }

@@ -802,4 +802,147 @@ mod tests {
         encode_close(&mut out, 1001, &"é".repeat(100));
         assert_eq!(out.len(), 2 + 125 - 1, "cut at a character boundary");
     }
+
+    /// RSV2 and RSV3 each fail the connection on their own (no extension
+    /// defines them), and RSV1 does on a control frame or a continuation even
+    /// when permessage-deflate was agreed (it marks a message's first frame).
+    #[test]
+    fn reserved_bits_are_refused_one_by_one() {
+        for first in [0xA1, 0x91] {
+            assert_eq!(
+                decode_all(&client(first, b"a")),
+                Err(Violation::Protocol("reserved bit set without an extension")),
+                "{first:#x}"
+            );
+        }
+        let rsv1_misplaced = [
+            client(0xC9, b"p"),
+            [client(0x01, b"a"), client(0xC0, b"b")].concat(),
+        ];
+        for bytes in rsv1_misplaced {
+            let mut decoder = Decoder::with_deflate(Some(Rc::new(Codec::default())));
+            let mut buf = BytesMut::from(&bytes[..]);
+            assert_eq!(
+                decoder.decode(&mut buf, LIMITS),
+                Err(Violation::Protocol(
+                    "RSV1 on a control frame or a continuation"
+                )),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    /// Each limit is inclusive: a control frame of 125 bytes, a frame of
+    /// `max_frame_bytes` and a message of `max_message_bytes` all pass.
+    #[test]
+    fn limits_are_inclusive() {
+        assert_eq!(
+            decode_all(&client(0x89, &[9; 125])),
+            Ok(vec![Event::Ping(Bytes::from(vec![9; 125]))])
+        );
+        let limits = Limits {
+            max_frame_bytes: 100,
+            max_message_bytes: 150,
+        };
+        let mut bytes = client(0x02, &[1; 100]);
+        bytes.extend(client(0x80, &[2; 50]));
+        let mut buf = BytesMut::from(&bytes[..]);
+        let want = [vec![1; 100], vec![2; 50]].concat();
+        assert_eq!(
+            Decoder::default().decode(&mut buf, limits),
+            Ok(Some(Event::Message(WsMessage::Binary(want.into()))))
+        );
+    }
+
+    /// Only text is checked for UTF-8: a fragmented binary message of bytes
+    /// that are not UTF-8 passes whole.
+    #[test]
+    fn fragmented_binary_is_not_checked_for_utf8() {
+        let mut bytes = client(0x02, &[0xff, 0xc3]);
+        bytes.extend(client(0x00, &[0xfe]));
+        bytes.extend(client(0x80, &[0x80, 0xff]));
+        assert_eq!(
+            decode_all(&bytes),
+            Ok(vec![Event::Message(WsMessage::Binary(Bytes::from_static(
+                &[0xff, 0xc3, 0xfe, 0x80, 0xff]
+            )))])
+        );
+    }
+
+    /// A bad byte in a continuation fails as soon as that fragment comes,
+    /// not at the end of the message (the last fragment never comes here),
+    /// and a bad last fragment fails the message.
+    #[test]
+    fn a_bad_byte_in_a_continuation_fails_at_once() {
+        let mut bytes = client(0x01, b"ok");
+        bytes.extend(client(0x00, &[b'a', 0xff]));
+        assert_eq!(decode_all(&bytes), Err(Violation::BadUtf8));
+        let mut bytes = client(0x01, b"ok");
+        bytes.extend(client(0x80, &[0xff]));
+        assert_eq!(decode_all(&bytes), Err(Violation::BadUtf8));
+    }
+
+    /// A character cut at the end of each of several fragments: how far the
+    /// text is known valid moves on fragment by fragment (past whole
+    /// characters that came after an earlier cut one), and the message is
+    /// whole at the end.
+    #[test]
+    fn characters_cut_in_several_fragments() {
+        let mut bytes = client(0x01, b"ab\xe2");
+        bytes.extend(client(0x00, b"\x82\xacxyz\xe2"));
+        bytes.extend(client(0x00, b"\x82"));
+        bytes.extend(client(0x80, b"\xac!"));
+        assert_eq!(
+            decode_all(&bytes),
+            Ok(vec![Event::Message(WsMessage::from("ab€xyz€!"))])
+        );
+    }
+
+    /// A close frame with nothing, and one with a code and a reason.
+    #[test]
+    fn close_frames_give_their_code_and_reason() {
+        assert_eq!(decode_all(&client(0x88, b"")), Ok(vec![Event::Close(None)]));
+        assert_eq!(
+            decode_all(&client(0x88, b"\x03\xe8bye")),
+            Ok(vec![Event::Close(Some((
+                1000,
+                Utf8Bytes::from_static("bye")
+            )))])
+        );
+    }
+
+    /// The decoder is between messages until a fragmented message starts,
+    /// and again once it ends (only then may the connection park).
+    #[test]
+    fn between_messages_only_outside_a_fragmented_message() {
+        let mut decoder = Decoder::default();
+        assert!(decoder.between_messages());
+        let mut buf = BytesMut::from(&client(0x01, b"he")[..]);
+        assert_eq!(decoder.decode(&mut buf, LIMITS), Ok(None));
+        assert!(!decoder.between_messages());
+        buf.extend_from_slice(&client(0x80, b"y"));
+        assert_eq!(
+            decoder.decode(&mut buf, LIMITS),
+            Ok(Some(Event::Message(WsMessage::from("hey"))))
+        );
+        assert!(decoder.between_messages());
+    }
+
+    /// A frame still arriving gets room for what is missing, up to as much
+    /// as came: none more when it fits in the buffer it is in, and at least
+    /// that when it does not (so the next read need not grow it again).
+    #[test]
+    fn a_frame_still_arriving_gets_room_for_the_rest() {
+        let bytes = client(0x82, &[5; 1000]);
+        // Fits: the buffer is the frame's size, and 600 bytes are in.
+        let mut buf = BytesMut::with_capacity(bytes.len());
+        buf.extend_from_slice(&bytes[..600]);
+        assert_eq!(Decoder::default().decode(&mut buf, LIMITS), Ok(None));
+        assert_eq!(buf.capacity(), bytes.len());
+        // Does not fit: room for the 400 missing bytes.
+        let mut buf = BytesMut::with_capacity(700);
+        buf.extend_from_slice(&bytes[..600]);
+        assert_eq!(Decoder::default().decode(&mut buf, LIMITS), Ok(None));
+        assert!(buf.capacity() >= bytes.len(), "{}", buf.capacity());
+    }
 }
