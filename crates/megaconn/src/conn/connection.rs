@@ -182,7 +182,6 @@ impl<K: CloseTrack> Connection<K> {
         let Some(Open { slot, stats, track }) = self.open.take() else {
             return;
         };
-        drop(slot);
         gauge(&stats.connections_open, -1);
         incr(&stats.closed);
         // The TLS stream fails for its peer's protocol error under whichever
@@ -191,6 +190,11 @@ impl<K: CloseTrack> Connection<K> {
             incr(&stats.protocol_errors);
         }
         stats.connection_closed(reason);
+        // The slot goes only once the close is counted: a newcomer the freed
+        // slot admits (on another worker's thread, maybe) is served after
+        // the counters show why there was room (an eviction's `evicted`),
+        // never before. Before the lifecycle hook, which may take its time.
+        drop(slot);
         if let Some(track) = track {
             track.close(reason, &stats);
         }
