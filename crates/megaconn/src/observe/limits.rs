@@ -55,11 +55,15 @@ pub(crate) enum LimitHit {
     /// lines listener): that connection misses it, one hit each; it stays
     /// open.
     PushUnframable,
+    /// HTTP/2: a connection reached `http2_max_stalled_streams` streams
+    /// waiting for the client's window; it takes no new stream meanwhile
+    /// (counted once each time it reaches it).
+    Http2MaxStalledStreams,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::PushUnframable as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2MaxStalledStreams as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -80,6 +84,7 @@ impl LimitHit {
         "max_topic_bytes",
         "tls_handshake_buffer",
         "push_unframable",
+        "http2_max_stalled_streams",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -112,9 +117,12 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::PushUnframable.count(&stats);
+        LimitHit::Http2MaxStalledStreams.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::PushUnframable as usize, LimitHit::COUNT - 1);
+        assert_eq!(
+            LimitHit::Http2MaxStalledStreams as usize,
+            LimitHit::COUNT - 1
+        );
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

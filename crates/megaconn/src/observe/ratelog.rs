@@ -190,14 +190,17 @@ pub(crate) enum Flood {
     /// listener's `Framing::max_frame_bytes`, a line ending or bytes not
     /// UTF-8 on a lines listener): dropped for them.
     PushUnframable,
+    /// An HTTP/2 connection reached `http2_max_stalled_streams` responses
+    /// waiting for room in its client's flow-control windows.
+    Http2StalledStreams,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 34;
+const KINDS: usize = 35;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::PushUnframable as usize == KINDS - 1);
+const _: () = assert!(Flood::Http2StalledStreams as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
