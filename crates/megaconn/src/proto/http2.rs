@@ -45,6 +45,12 @@
 //! when `read_timeout` is off (`RecvBody::stalled`; HTTP/1.1's is
 //! `exchange::body_stalled`).
 //!
+//! How many such streams a connection may hold is bounded too: past
+//! `http2_max_stalled_streams` streams waiting for their first room, the
+//! connection takes no new stream until one gets room or ends (`stall.rs`,
+//! [`StallGate`]); a client that keeps its windows shut holds that many
+//! exchanges, not `http2_max_concurrent_streams` (CVE-2019-9517 class).
+//!
 //! CONTINUATION floods (CVE-2024-27316 class) are h2's to stop, in its frame
 //! decoder (`codec/framed_read.rs` in h2 0.4): a header block may have at
 //! most `max_header_list_size / max_frame_size` CONTINUATION frames plus a

@@ -1156,7 +1156,7 @@ impl Builder {
     /// Most streams of one connection whose response may wait for the
     /// client's flow-control window before the first byte of its body.
     /// Default: 32 ([`DEFAULT_HTTP2_MAX_STALLED_STREAMS`](crate::DEFAULT_HTTP2_MAX_STALLED_STREAMS));
-    /// `None` turns it off.
+    /// `None` or 0 turns it off.
     ///
     /// A client may keep its windows shut (`SETTINGS_INITIAL_WINDOW_SIZE` 0,
     /// no `WINDOW_UPDATE`, CVE-2019-9517's "internal data buffering"): each
@@ -1171,7 +1171,7 @@ impl Builder {
     /// and logged at INFO (at most one line per 5 s per worker). A stream
     /// that sent part of its body does not count (a download in progress).
     pub fn http2_max_stalled_streams(mut self, n: Option<u32>) -> Builder {
-        self.config.http2.max_stalled_streams = n;
+        self.config.http2.max_stalled_streams = n.filter(|&n| n > 0);
         self
     }
 
