@@ -1629,7 +1629,8 @@ mod size_guard {
     /// keeping its window shut held that per stream for
     /// `write_stall_timeout` (the memory audit's H1). 1,640 with the
     /// handler's future boxed and what the head's steps borrowed scoped
-    /// (most of the rest is `send_body`'s, 912).
+    /// (most of the rest is `send_body`'s, 912); 1,664 with the features
+    /// the workspace's test build turns on.
     #[test]
     fn the_http2_stream_future_stays_small() {
         type DemoBody = http_body_util::Either<http_body_util::Full<Bytes>, Body>;
@@ -1663,7 +1664,7 @@ mod size_guard {
         }
         let size = size_of_stream(stream);
         eprintln!("HTTP/2 stream future: {size} bytes");
-        assert!(size <= 1640, "the HTTP/2 stream future is {size} bytes");
+        assert!(size <= 1664, "the HTTP/2 stream future is {size} bytes");
     }
 }
 
