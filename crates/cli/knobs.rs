@@ -540,6 +540,20 @@ pub static KNOBS: &[Knob] = &[
         apply: |v, s| s.builder(|b| b.write_stall_timeout(v.duration())),
     },
     Knob {
+        name: "http2-max-stalled-streams",
+        value_name: "N",
+        shape: Shape::One,
+        help: "HTTP/2: the most streams of one connection whose response may wait for the client's flow-control window before its first byte; 0 disables.",
+        details: "A client may keep its windows shut (SETTINGS_INITIAL_WINDOW_SIZE 0, no WINDOW_UPDATE: CVE-2019-9517's internal data buffering); each stream whose response it will not take then holds its exchange until --write-stall-timeout resets it (~1 MB a connection at 250 streams before this limit). Past it the connection takes no new stream until one of them gets room or ends: its next requests wait unprocessed (nothing is reset; a client whose downloads wait for its own small window only sees its next requests wait for it too). Counted in megaconn_limit_hits_total{limit=\"http2_max_stalled_streams\"} once each time a connection reaches it, and logged.",
+        default: "32",
+        example: "8",
+        parse: count,
+        apply: |v, s| {
+            let n = v.count::<u32>()?;
+            s.builder(|b| b.http2_max_stalled_streams(Some(n)))
+        },
+    },
+    Knob {
         name: "message-timeout",
         value_name: "DURATION",
         shape: Shape::One,
@@ -1317,6 +1331,13 @@ mod tests {
                 }
                 "message-send-buffer" => {
                     assert_eq!(size(text), megaconn::DEFAULT_MESSAGE_SEND_BUFFER as u64)
+                }
+                "http2-max-stalled-streams" => {
+                    let n = megaconn::DEFAULT_HTTP2_MAX_STALLED_STREAMS;
+                    assert_eq!(size(text), u64::from(n));
+                    // On when the knob is left out (`{:#?}` puts the
+                    // number on a line of its own).
+                    left("max_stalled_streams: Some(");
                 }
                 "otel-max-queue-spans" => {
                     let n = megaconn::otel::DEFAULT_MAX_QUEUE_SPANS;

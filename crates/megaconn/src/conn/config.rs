@@ -108,6 +108,17 @@ pub const DEFAULT_FD_RESERVE: usize = 32;
 /// connection can run.
 pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 250;
 
+/// Default for how many of a connection's streams may wait for the client's
+/// flow-control window before the first byte of their response body
+/// (`Builder::http2_max_stalled_streams`). Past it the connection takes no
+/// new stream until one gets room or ends: a client that keeps its windows
+/// shut holds 32 exchanges, not `http2_max_concurrent_streams` (250), each
+/// for `write_stall_timeout`. 32: no browser, curl or gRPC client opens
+/// windows that small (they start at 64 KiB to 15 MiB); a client whose many
+/// downloads share a small connection window only sees its next requests
+/// wait for that window, not fail.
+pub const DEFAULT_HTTP2_MAX_STALLED_STREAMS: u32 = 32;
+
 /// Default per-stream receive window: how much request body a client may send
 /// ahead of the handler reading it (256 KiB).
 pub const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
@@ -377,6 +388,9 @@ pub(crate) struct HeadLimits {
 pub(crate) struct Http2Config {
     pub prior_knowledge: bool,
     pub max_concurrent_streams: u32,
+    /// Streams that may wait for their first room (`proto/http2/stall.rs`);
+    /// `None`: no limit.
+    pub max_stalled_streams: Option<u32>,
     pub stream_window: u32,
     pub connection_window: u32,
     pub max_frame_size: u32,
@@ -393,6 +407,7 @@ impl Default for Http2Config {
         Http2Config {
             prior_knowledge: true,
             max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+            max_stalled_streams: Some(DEFAULT_HTTP2_MAX_STALLED_STREAMS),
             stream_window: DEFAULT_HTTP2_STREAM_WINDOW,
             connection_window: DEFAULT_HTTP2_CONNECTION_WINDOW,
             max_frame_size: DEFAULT_HTTP2_MAX_FRAME_SIZE,

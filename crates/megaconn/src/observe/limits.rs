@@ -61,11 +61,15 @@ pub(crate) enum LimitHit {
     /// HTTP/2 `RST_STREAM(REFUSED_STREAM)`, sent by h2 itself: a stream
     /// opened past `http2_max_concurrent_streams`; the connection serves on.
     Http2MaxConcurrentStreams,
+    /// HTTP/2: a connection reached `http2_max_stalled_streams` streams
+    /// waiting for the client's window; it takes no new stream meanwhile
+    /// (counted once each time it reaches it).
+    Http2MaxStalledStreams,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2MaxConcurrentStreams as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2MaxStalledStreams as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -88,6 +92,7 @@ impl LimitHit {
         "push_unframable",
         "http2_max_header_list_size",
         "http2_max_concurrent_streams",
+        "http2_max_stalled_streams",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -120,10 +125,10 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2MaxConcurrentStreams.count(&stats);
+        LimitHit::Http2MaxStalledStreams.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
         assert_eq!(
-            LimitHit::Http2MaxConcurrentStreams as usize,
+            LimitHit::Http2MaxStalledStreams as usize,
             LimitHit::COUNT - 1
         );
         let hits: Vec<u64> = stats

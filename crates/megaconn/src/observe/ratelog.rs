@@ -198,14 +198,17 @@ pub(crate) enum Flood {
     /// `431` for a header list over `http2_max_header_list_size`, is a
     /// [`RefusedHead`](Flood::RefusedHead).)
     Http2RefusedStream,
+    /// An HTTP/2 connection reached `http2_max_stalled_streams` responses
+    /// waiting for room in its client's flow-control windows.
+    Http2StalledStreams,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 35;
+const KINDS: usize = 36;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2RefusedStream as usize == KINDS - 1);
+const _: () = assert!(Flood::Http2StalledStreams as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -1185,6 +1185,28 @@ impl Builder {
         self
     }
 
+    /// Most streams of one connection whose response may wait for the
+    /// client's flow-control window before the first byte of its body.
+    /// Default: 32 ([`DEFAULT_HTTP2_MAX_STALLED_STREAMS`](crate::DEFAULT_HTTP2_MAX_STALLED_STREAMS));
+    /// `None` or 0 turns it off.
+    ///
+    /// A client may keep its windows shut (`SETTINGS_INITIAL_WINDOW_SIZE` 0,
+    /// no `WINDOW_UPDATE`, CVE-2019-9517's "internal data buffering"): each
+    /// stream whose response it will not take holds its exchange until
+    /// [`write_stall_timeout`](Builder::write_stall_timeout) resets it.
+    /// Past this many, the connection takes no new stream until one of them
+    /// gets room or ends: its next requests wait unprocessed in h2's queue
+    /// (bounded by [`http2_max_concurrent_streams`](Builder::http2_max_concurrent_streams)),
+    /// nothing is reset, and the connection is still served (its window
+    /// updates, pings, resets). Counted once each time a connection
+    /// reaches it, in `megaconn_limit_hits_total{limit="http2_max_stalled_streams"}`,
+    /// and logged at INFO (at most one line per 5 s per worker). A stream
+    /// that sent part of its body does not count (a download in progress).
+    pub fn http2_max_stalled_streams(mut self, n: Option<u32>) -> Builder {
+        self.config.http2.max_stalled_streams = n.filter(|&n| n > 0);
+        self
+    }
+
     /// Per-stream receive window in bytes: request body a client may send
     /// before the handler reads it. Default: 256 KiB. At most 2^31 - 1.
     pub fn http2_initial_stream_window_size(mut self, n: u32) -> Builder {

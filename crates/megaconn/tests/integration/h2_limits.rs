@@ -157,3 +157,60 @@ async fn split_cookies_count_as_one_header_toward_max_headers() {
     assert_eq!(limit_hits(&stats, "max_headers"), 0, "{stats:?}");
     server.stop().await;
 }
+
+/// A client that keeps its windows shut (`SETTINGS_INITIAL_WINDOW_SIZE` 0,
+/// never a `WINDOW_UPDATE`) gets the heads of `http2_max_stalled_streams`
+/// responses and no more: the connection takes no new stream while that
+/// many wait for their first room, counted once
+/// (`limit_hits{http2_max_stalled_streams}`); a stalled stream that ends
+/// lets the next one in. Before the limit, every stream the client opened
+/// (250 by default) held its exchange, ~4.4 KB each, for
+/// `write_stall_timeout` (the memory audit's H1: ~1 MB a connection).
+#[tokio::test]
+async fn streams_waiting_for_a_shut_window_are_bounded() {
+    const LIMIT: usize = 4;
+    let server = start(Builder::default().http2_max_stalled_streams(Some(LIMIT as u32))).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut pending = Vec::new();
+    for _ in 0..LIMIT + 3 {
+        let request = Request::get("http://t/").body(()).unwrap();
+        let (resp, _) = client.send_request(request, true).unwrap();
+        pending.push(Box::pin(resp));
+    }
+    // The first LIMIT are answered (a head needs no window), their bodies
+    // held back by the client's window.
+    let mut bodies = Vec::new();
+    for resp in pending.drain(..LIMIT) {
+        let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        bodies.push(resp.into_body());
+    }
+    // The next is not taken while they wait (nothing would tell us it is
+    // not coming: a bounded wait).
+    let mut next = pending.remove(0);
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), next.as_mut()).await;
+    assert!(
+        early.is_err(),
+        "a stream past the limit was answered: {early:?}"
+    );
+    let stats = server.handle.stats();
+    assert_eq!(
+        limit_hits(&stats, "http2_max_stalled_streams"),
+        1,
+        "{stats:?}"
+    );
+    // One stalled stream ends (the client resets it): the next is taken.
+    drop(bodies.pop());
+    let resp = tokio::time::timeout(SAFETY, next).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop((bodies, resp, pending, client));
+    let _ = tokio::time::timeout(SAFETY, conn).await;
+    server.stop().await;
+}
