@@ -128,14 +128,20 @@ impl AcceptRateLimit {
     /// "now", and a client retrying at once only meets the empty bucket
     /// again. A second is also the rate's own unit: by then the server
     /// has admitted a second's worth more.
+    /// At most an hour: a rate of 0 (or one a library caller set to
+    /// nonsense, `AcceptRate::per_second` being a public `f64`) would
+    /// otherwise say `Retry-After: 18446744073709551615`.
     pub(crate) fn retry_after_secs(&self, worker: usize) -> u64 {
         self.bucket(worker)
             .refill_one()
             .as_secs_f64()
             .ceil()
-            .max(1.0) as u64
+            .clamp(1.0, MAX_RETRY_AFTER_SECS) as u64
     }
 }
+
+/// The longest `Retry-After` a refusal says, in seconds.
+const MAX_RETRY_AFTER_SECS: f64 = 3600.0;
 
 /// Shards of the per-IP table: a worker locks one shard for one insert.
 const SHARDS: usize = 64;
@@ -332,6 +338,17 @@ mod tests {
             2,
         );
         assert_eq!(slow.retry_after_secs(1), 20, "0.05 a second each");
+        // A rate of nothing (a library caller's) says an hour, not u64::MAX.
+        for per_second in [0.0, -1.0, f64::NAN] {
+            let never = AcceptRateLimit::new(
+                AcceptRate {
+                    per_second,
+                    burst: 4,
+                },
+                2,
+            );
+            assert_eq!(never.retry_after_secs(0), 3600, "{per_second}");
+        }
     }
 
     #[test]

@@ -329,7 +329,11 @@ impl<T: Transport> ConnIo<T> {
             CLOSE_TIMEOUT
         };
         let _ = tokio::time::timeout(bound, async {
-            self.flush().await?;
+            // The stream's own flush too, even with nothing buffered here:
+            // a TLS stream may hold the sealed tail of what this buffer
+            // already gave it (a WebSocket's last frame and close), which
+            // only its flush writes.
+            poll_fn(|cx| self.poll_flush(cx)).await?;
             if linger && reason.truncates() {
                 poll_fn(|cx| self.io.poll_shutdown_truncated(cx)).await?;
             } else if linger || notify {

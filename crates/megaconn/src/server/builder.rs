@@ -993,8 +993,9 @@ impl Builder {
 
     /// `SO_SNDBUF` in bytes of each message connection: a native WebSocket
     /// ([`WebSocketRoute`](crate::WebSocketRoute)) from its upgrade, a
-    /// framed TCP one from its accept (one `setsockopt`; Linux doubles the
-    /// value and caps it at `net.core.wmem_max`). It bounds what the
+    /// framed TCP one from its accept (one `setsockopt`; Linux caps the value
+    /// at `net.core.wmem_max`, then doubles it: on a stock kernel, 212,992,
+    /// the default 256 KiB gives 416 KiB, and more needs that sysctl raised). It bounds what the
     /// kernel holds for a peer that stops reading: a push to a parked
     /// connection whose buffer is full closes it as
     /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer), and
