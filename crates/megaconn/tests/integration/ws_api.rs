@@ -407,20 +407,67 @@ async fn a_slow_consumer_gets_a_1013() {
 /// frame cut short and the TCP close.
 #[tokio::test]
 async fn a_stuck_slow_consumer_gets_its_1013_after_the_frame_under_way() {
-    let builder = Server::builder()
+    stuck_slow_consumer_gets_its_1013(None).await;
+}
+
+/// The same over wss://: the close's flush must also write what the TLS
+/// stream sealed of the frame under way and the 1013 (with the write
+/// buffer already empty, it was dropped with the socket: the client read
+/// a cut frame and the end of the stream).
+#[tokio::test]
+async fn over_tls_a_stuck_slow_consumer_gets_its_1013_after_the_frame_under_way() {
+    stuck_slow_consumer_gets_its_1013(Some(common::tls::Ca::new())).await;
+}
+
+async fn stuck_slow_consumer_gets_its_1013(tls: Option<common::tls::Ca>) {
+    let mut builder = Server::builder()
         .park_idle_after(None)
         .outbound_queue(2)
         .send_buffer_size(Some(4096));
+    if let Some(ca) = &tls {
+        let leaf = ca.leaf(&["localhost"]);
+        builder = builder.tls(
+            megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+                .unwrap(),
+        );
+    }
     let mut server = ChatServer::start(builder).await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
-    let url = format!("ws://{}/chat/a?token=good", server.addr);
-    let (mut client, _) =
-        tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
-            .await
-            .expect("handshake in time")
-            .expect("handshake");
+    match tls {
+        None => {
+            let url = format!("ws://{}/chat/a?token=good", server.addr);
+            let (client, _) =
+                tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
+                    .await
+                    .expect("handshake in time")
+                    .expect("handshake");
+            stuck_then_1013(&mut server, client).await;
+        }
+        Some(ca) => {
+            let config = ca.client(&[b"http/1.1"]);
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .expect("TLS handshake");
+            let url = "wss://localhost/chat/a?token=good";
+            let (client, _) =
+                tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
+                    .await
+                    .expect("handshake in time")
+                    .expect("handshake");
+            stuck_then_1013(&mut server, client).await;
+        }
+    }
+    server.stop().await;
+}
+
+async fn stuck_then_1013<S>(server: &mut ChatServer, mut client: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let id = ChatServer::next(&mut server.opens, "on_open").await;
     // Two large pushes wait in the queue while the handler is busy; its
     // reply and both go into one write, which the peer (not reading) stops.
@@ -451,7 +498,6 @@ async fn a_stuck_slow_consumer_gets_its_1013_after_the_frame_under_way() {
     assert_eq!(close.code, CloseCode::Again);
     let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
     assert_eq!(reason, CloseReason::SlowConsumer);
-    server.stop().await;
 }
 
 /// A `ConnectionId` kept as a number gives the same id back (a push by it
