@@ -438,12 +438,7 @@ async fn stuck_slow_consumer_gets_its_1013(tls: Option<common::tls::Ca>) {
     match tls {
         None => {
             let url = format!("ws://{}/chat/a?token=good", server.addr);
-            let (client, _) =
-                tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
-                    .await
-                    .expect("handshake in time")
-                    .expect("handshake");
-            stuck_then_1013(&mut server, client).await;
+            stuck_then_1013(&mut server, &url, stream).await;
         }
         Some(ca) => {
             let config = ca.client(&[b"http/1.1"]);
@@ -452,22 +447,23 @@ async fn stuck_slow_consumer_gets_its_1013(tls: Option<common::tls::Ca>) {
                 .connect(name, stream)
                 .await
                 .expect("TLS handshake");
-            let url = "wss://localhost/chat/a?token=good";
-            let (client, _) =
-                tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
-                    .await
-                    .expect("handshake in time")
-                    .expect("handshake");
-            stuck_then_1013(&mut server, client).await;
+            stuck_then_1013(&mut server, "wss://localhost/chat/a?token=good", stream).await;
         }
     }
     server.stop().await;
 }
 
-async fn stuck_then_1013<S>(server: &mut ChatServer, mut client: WebSocketStream<S>)
+/// Opens the WebSocket on `stream` (`url` names it), then gets the server
+/// stuck writing to it and checks what the slow consumer reads.
+async fn stuck_then_1013<S>(server: &mut ChatServer, url: &str, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let (mut client, _) =
+        tokio::time::timeout(SAFETY, tokio_tungstenite::client_async(url, stream))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
     let id = ChatServer::next(&mut server.opens, "on_open").await;
     // Two large pushes wait in the queue while the handler is busy; its
     // reply and both go into one write, which the peer (not reading) stops.
