@@ -27,10 +27,12 @@
 #      READY once each has sent all it meant to, stalled (no progress for
 #      STALL s: the server stopped reading or its windows stayed shut) or
 #      was closed;
-#   3. SETTLE s later: RSS and PSS again, and the kernel's memory for the
-#      server's own sockets on the port (`ss -tm`: Σ rmem_alloc + wmem_queued
-#      over every non-listening socket with source 127.0.0.1:PORT, closed
-#      ones still flushing included) and how many are still established;
+#   3. SETTLE s later, and once the server's PSS has stopped moving (less
+#      than 1% of its growth in a second, at most SETTLE_MAX s): RSS and
+#      PSS again, and the kernel's memory for the server's own sockets on
+#      the port (`ss -tm`: Σ rmem_alloc + wmem_queued over every
+#      non-listening socket with source 127.0.0.1:PORT, closing ones still
+#      flushing included), how many are open and how many established;
 #   4. closes the attacker's connections (RST), waits (bounded) until the
 #      server has none, and reads RSS again (is the memory given back?).
 # Per row: Δ RSS and Δ PSS per connection, the kernel bytes per connection,
@@ -58,7 +60,7 @@
 #   BUDGET (1073741824: bytes all of one mode's connections may try to send),
 #   HEAD_BYTES (61440), H2_STREAMS (250), POST_STREAMS (8), POST_BYTES
 #   (262144), FLOOD_BYTES (262144), WS_BIG_BYTES (16777216), WS_ECHO_MSGS
-#   (32), CHAT_MSGS (12), MSG_BYTES (60000), STALL (1), SETTLE (2),
+#   (32), CHAT_MSGS (12), MSG_BYTES (60000), STALL (3), SETTLE (2), SETTLE_MAX (15),
 #   ATTACK_SECS (30), PORT (first free from 24100), MEGACONN (binary),
 #   MEGACONN_AXUM (the example's binary), SERVER_CPU (1), LOAD_CPU (0).
 # Output: bench/out/attack-memory-<stamp>/ (runs.jsonl, client and server
@@ -74,7 +76,7 @@ MEGACONN_ASKED="$MEGACONN_USER"
 # The knobs the caller set (in the environment), for the command
 # line under the table.
 KNOBS="BENCH_SKIP_BUILD N MODES HTTP_SERVERS WS_SERVERS BUDGET HEAD_BYTES H2_STREAMS POST_STREAMS
-  POST_BYTES FLOOD_BYTES WS_BIG_BYTES WS_ECHO_MSGS CHAT_MSGS MSG_BYTES STALL SETTLE ATTACK_SECS SOURCE
+  POST_BYTES FLOOD_BYTES WS_BIG_BYTES WS_ECHO_MSGS CHAT_MSGS MSG_BYTES STALL SETTLE SETTLE_MAX ATTACK_SECS SOURCE
   PORT SERVER_CPU LOAD_CPU MEGACONN_SERVE_ARGS MEGACONN_AXUM"
 SET_KNOBS=()
 for v in $KNOBS; do printenv "$v" >/dev/null && SET_KNOBS+=("$v"); done
@@ -93,8 +95,9 @@ WS_BIG_BYTES="${WS_BIG_BYTES:-16777216}"
 WS_ECHO_MSGS="${WS_ECHO_MSGS:-32}"
 CHAT_MSGS="${CHAT_MSGS:-12}"
 MSG_BYTES="${MSG_BYTES:-60000}"
-STALL="${STALL:-1}"
+STALL="${STALL:-3}"
 SETTLE="${SETTLE:-2}"
+SETTLE_MAX="${SETTLE_MAX:-15}"
 ATTACK_SECS="${ATTACK_SECS:-30}"
 GO_H2C="$BENCH_DIR/peers/go-h2c/target/go-h2c"
 GO_WS="$BENCH_DIR/peers/go-ws/target/go-ws"
@@ -116,17 +119,17 @@ attack_cleanup() {
 trap attack_cleanup EXIT
 trap 'exit 130' INT TERM
 
-attack_install_deps() {
+attack_install_deps() { # Debian's packages whose file is missing
   [[ "${BENCH_SKIP_INSTALL:-0}" == 1 ]] && return 0
-  local missing=()
-  [[ -d /usr/share/gocode/src/github.com/gorilla/websocket ]] || missing+=(golang-github-gorilla-websocket-dev)
-  [[ -d /usr/share/gocode/src/golang.org/x/net/http2/h2c ]] || missing+=(golang-golang-x-net-dev)
-  command -v python3 >/dev/null 2>&1 || missing+=(python3)
-  if ((${#missing[@]})); then
-    log "installing: ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  local need=() pair
+  for pair in /usr/share/gocode/src/github.com/gorilla/websocket:golang-github-gorilla-websocket-dev \
+    /usr/share/gocode/src/golang.org/x/net/http2/h2c:golang-golang-x-net-dev /usr/bin/python3:python3; do
+    [[ -e ${pair%%:*} ]] || need+=("${pair#*:}")
+  done
+  ((${#need[@]})) || return 0
+  log "installing: ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 }
 
 attack_build() {
@@ -282,8 +285,21 @@ run_one() { # MODE SERVER
     server_stop
     return 1
   fi
+  # SETTLE s, then until the server's PSS moves less than 1% of its growth
+  # (at least 256 KiB) in a second, at most SETTLE_MAX s: a server still
+  # working through what it was sent (Go's goroutines on a busy machine) is
+  # measured once it is done.
   bench_sleep "$SETTLE"
+  local prev settled=$SETTLE
   read -r rss1 pss1 < <(server_rss_pss)
+  for ((i = 0; i < SETTLE_MAX - SETTLE; i++)); do
+    prev=$pss1
+    bench_sleep 1
+    settled=$((settled + 1))
+    read -r rss1 pss1 < <(server_rss_pss)
+    awk -v a="$prev" -v b="$pss1" -v z="$pss0" 'BEGIN { d = b - a; if (d < 0) d = -d; g = (b - z) / 100; if (g < 0) g = -g;
+      exit !(d <= (g > 262144 ? g : 262144)) }' && break
+  done
   read -r socks est kbytes < <(server_sockets)
   kill_ours TERM attack_client "$CLIENT_PID"
   wait "$CLIENT_PID" 2>/dev/null || true
@@ -295,10 +311,10 @@ run_one() { # MODE SERVER
   jq -cn --arg mode "$mode" --arg server "$server" --argjson n "$n" \
     --argjson rss0 "$rss0" --argjson pss0 "$pss0" --argjson rss1 "$rss1" --argjson pss1 "$pss1" \
     --argjson rss2 "$rss2" --argjson pss2 "$pss2" --argjson socks "$socks" --argjson est "$est" \
-    --argjson kbytes "$kbytes" --argjson secs "$((SECONDS - t0))" \
+    --argjson kbytes "$kbytes" --argjson secs "$((SECONDS - t0))" --argjson settled "$settled" \
     --argjson c "$(sed -n 's/^DONE //p' "$base.client.out" | grep . || echo '{"opened": 0, "sent_bytes_at_end": 0}')" \
     '($c.opened) as $o | ($c.sent_bytes_at_end) as $sent
-     | {mode: $mode, server: $server, n: $n, opened: $o, client: $c, secs: $secs,
+     | {mode: $mode, server: $server, n: $n, opened: $o, client: $c, secs: $secs, settle_secs: $settled,
         rss_before: $rss0, pss_before: $pss0, rss_held: $rss1, pss_held: $pss1,
         rss_after_close: $rss2, pss_after_close: $pss2,
         server_sockets: $socks, established: $est, kernel_bytes: $kbytes,
@@ -309,7 +325,7 @@ run_one() { # MODE SERVER
         sent_per_conn: (if $o > 0 then $sent / $o else null end),
         held_per_sent: (if $sent > 0 then (($pss1 - $pss0) + $kbytes) / $sent else null end),
         rss_after_close_per_conn: (if $o > 0 then ($rss2 - $rss0) / $o else null end)}' >>"$RUNS"
-  log "$(tail -1 "$RUNS" | jq -r '"\(.mode) \(.server): \(.opened) open, \(.rss_per_conn | round) B RSS / \(.pss_per_conn | round) B PSS / \(.kernel_per_conn | round) B kernel per conn, sent \(.sent_per_conn | round) B per conn, \(.established) still established"')"
+  log "$(tail -1 "$RUNS" | jq -r '"\(.mode) \(.server): \(.opened) open, \(.rss_per_conn | round) B RSS / \(.pss_per_conn | round) B PSS / \(.kernel_per_conn | round) B kernel per conn, sent \(.sent_per_conn | round) B per conn, \(.server_sockets) server sockets (\(.established) established), measured after \(.settle_secs) s"')"
 }
 
 attack_install_deps
@@ -323,7 +339,10 @@ RES_DIR="$OUT_DIR/attack-memory-$STAMP"
 mkdir -p "$RES_DIR"
 RUNS="$RES_DIR/runs.jsonl"
 : >"$RUNS"
-VERSION="$(cat "$MEGACONN.version" 2>/dev/null || (cd "$REPO_ROOT" && git describe --always --dirty 2>/dev/null) || echo '?')"
+# The build: lib.sh's snapshot records git describe of the tree it built;
+# a binary given in MEGACONN is named by its path; both by a hash prefix.
+VERSION="$(cat "$MEGACONN.version" 2>/dev/null || echo "$MEGACONN_ASKED")"
+VERSION+=" (sha256 $(sha256sum "$MEGACONN" | cut -c1-12); ws_axum_echo sha256 $(sha256sum "$MEGACONN_AXUM" 2>/dev/null | cut -c1-12))"
 log "results in $RES_DIR; modes: $MODES"
 
 t_start=$SECONDS
@@ -343,15 +362,15 @@ elapsed=$((SECONDS - t_start))
 {
   echo "### What an attacker makes each server hold ($N connections a mode, fewer where BUDGET caps them; each server alone, fresh, one worker, core $SERVER_CPU)"
   echo
-  echo "| attack | server | connections | sent per conn | Δ RSS per conn | **Δ PSS per conn** | kernel per conn (server sockets) | **held / sent** | still established | RSS per conn after close |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| attack | server | connections | sent per conn | Δ RSS per conn | **Δ PSS per conn** | kernel per conn (server sockets) | **held / sent** | server sockets open (established) | measured after | RSS per conn after close |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   jq -rs "$BENCH_JQ_DEFS"'
     def b: if . == null then "—" elif (. | fabs) >= 1048576 then ((. / 1048576 * 100 | round) / 100 | tostring) + " MiB"
       elif (. | fabs) >= 10240 then ((. / 1024 * 10 | round) / 10 | tostring) + " KiB" else (. | round | tostring) + " B" end;
     def ratio: if . == null then "—" elif . >= 100 then (. | round | tostring) + "×" else ((. * 1000 | round) / 1000 | tostring) end;
-    .[] | "| \(.mode) | \(.server) | \(.opened)/\(.n) | \(.sent_per_conn | b) | \(.rss_per_conn | b) | \(.pss_per_conn | b) | \(.kernel_per_conn | b) | \(.held_per_sent | ratio) | \(.established) | \(.rss_after_close_per_conn | b) |"' "$RUNS"
+    .[] | "| \(.mode) | \(.server) | \(.opened)/\(.n) | \(.sent_per_conn | b) | \(.rss_per_conn | b) | \(.pss_per_conn | b) | \(.kernel_per_conn | b) | \(.held_per_sent | ratio) | \(.server_sockets) (\(.established)) | \(.settle_secs) s | \(.rss_after_close_per_conn | b) |"' "$RUNS"
   echo
-  echo "Per connection: (value SETTLE=$SETTLE s after the attacker said READY − value before the first connection) / connections opened. RSS, PSS: /proc/PID/smaps_rollup summed over the server's worker processes (nginx: its worker). Kernel: Σ rmem_alloc + wmem_queued (\`ss -tm\`) over the server's own sockets on the port (closed ones still flushing included), the client's not counted (its sockets that read nothing have SO_RCVBUF 4096, so what the server sends stays on its side). Sent: bytes of the attacker's that the server's kernel acknowledged (TCP_INFO tcpi_bytes_acked summed over its connections, read just after the measurement; handshakes included; ws-chat: the subscribers' handshakes and the publisher's $CHAT_MSGS × $MSG_BYTES). held / sent = (Δ PSS + kernel) / sent (above 1: the server holds more than it was sent, e.g. one publish fanned out). Still established: the server's sockets in ESTAB at the measurement (the rest it had closed). RSS after close: once the attacker reset every connection and the server's sockets were gone."
+  echo "Per connection: (value once the server settled − value before the first connection) / connections opened; settled: $SETTLE s after the attacker said READY (each connection sent all, stalled or was closed), then once its PSS moved less than 1% of its growth (at least 256 KiB) in a second, at most $SETTLE_MAX s ("measured after"). RSS, PSS: /proc/PID/smaps_rollup summed over the server's worker processes (nginx: its worker). Kernel: Σ rmem_alloc + wmem_queued (\`ss -tm\`) over the server's own sockets on the port (closed ones still flushing included), the client's not counted (its sockets that read nothing have SO_RCVBUF 4096, so what the server sends stays on its side). Sent: bytes of the attacker's that the server's kernel acknowledged (TCP_INFO tcpi_bytes_acked summed over its connections, read just after the measurement; handshakes included; ws-chat: the subscribers' handshakes and the publisher's $CHAT_MSGS × $MSG_BYTES). held / sent = (Δ PSS + kernel) / sent (above 1: the server holds more than it was sent, e.g. one publish fanned out). Server sockets open: the server's sockets on the port not yet closed for good at the measurement (ESTAB, and closing ones: FIN-WAIT, CLOSING, LAST-ACK; nginx's lingering close keeps a refused client's for a while), of them established in brackets. RSS after close: once the attacker reset every connection and the server's sockets were gone."
   echo
   echo "_attack-memory.sh: megaconn $VERSION; N=$N BUDGET=$BUDGET HEAD_BYTES=$HEAD_BYTES H2_STREAMS=$H2_STREAMS POST_STREAMS=$POST_STREAMS POST_BYTES=$POST_BYTES FLOOD_BYTES=$FLOOD_BYTES WS_BIG_BYTES=$WS_BIG_BYTES WS_ECHO_MSGS=$WS_ECHO_MSGS CHAT_MSGS=$CHAT_MSGS MSG_BYTES=$MSG_BYTES STALL=$STALL SETTLE=$SETTLE; run time ${elapsed}s; $(date -u '+%Y-%m-%d %H:%M UTC'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg); raw JSON: bench/out/attack-memory-$STAMP/_"
   echo

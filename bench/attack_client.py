@@ -392,15 +392,14 @@ async def attack(args, conn, reader):
                 if not await conn.flush(stall):
                     break
         return task
-    if mode == "ws-big":
-        await ws_handshake(reader, conn, "/ws")
+    if mode.startswith("ws-"):
+        await ws_handshake(reader, conn, "/ws/chat" if mode == "ws-chat" else "/ws")
         conn.stop_reading()
+    if mode == "ws-big":
         conn.write(ws_header(0x2, args.body_bytes))
         await send_bulk(conn, args.body_bytes, 256 << 10, stall)
         return None
     if mode == "ws-echo":
-        await ws_handshake(reader, conn, "/ws")
-        conn.stop_reading()
         msg = ws_header(0x2, args.msg_bytes) + b"x" * args.msg_bytes
         for _ in range(args.messages):
             conn.write(msg)
@@ -408,8 +407,6 @@ async def attack(args, conn, reader):
                 break
         return None
     if mode == "ws-chat":
-        await ws_handshake(reader, conn, "/ws/chat")
-        conn.stop_reading()
         return None
     raise SystemExit("unknown mode " + mode)
 
