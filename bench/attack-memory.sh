@@ -75,7 +75,7 @@ set -euo pipefail
 MEGACONN_ASKED="$MEGACONN_USER"
 # The knobs the caller set (in the environment), for the command
 # line under the table.
-KNOBS="BENCH_SKIP_BUILD N MODES HTTP_SERVERS WS_SERVERS BUDGET HEAD_BYTES H2_STREAMS POST_STREAMS
+KNOBS="BENCH_SKIP_INSTALL BENCH_SKIP_BUILD N MODES HTTP_SERVERS WS_SERVERS BUDGET HEAD_BYTES H2_STREAMS POST_STREAMS
   POST_BYTES FLOOD_BYTES WS_BIG_BYTES WS_ECHO_MSGS CHAT_MSGS MSG_BYTES STALL SETTLE SETTLE_MAX ATTACK_SECS SOURCE
   PORT SERVER_CPU LOAD_CPU MEGACONN_SERVE_ARGS MEGACONN_AXUM"
 SET_KNOBS=()
@@ -342,15 +342,16 @@ RUNS="$RES_DIR/runs.jsonl"
 # The build: lib.sh's snapshot records git describe of the tree it built;
 # a binary given in MEGACONN is named by its path; both by a hash prefix.
 VERSION="$(cat "$MEGACONN.version" 2>/dev/null || echo "$MEGACONN_ASKED")"
-VERSION+=" (sha256 $(sha256sum "$MEGACONN" | cut -c1-12); ws_axum_echo sha256 $(sha256sum "$MEGACONN_AXUM" 2>/dev/null | cut -c1-12))"
+sha12() { { sha256sum "$1" 2>/dev/null || echo "(none)"; } | cut -c1-12; }
+VERSION+=" (sha256 $(sha12 "$MEGACONN"); ws_axum_echo sha256 $(sha12 "$MEGACONN_AXUM"))"
 log "results in $RES_DIR; modes: $MODES"
 
 t_start=$SECONDS
 expected=()
 for mode in $MODES; do
-  servers="$HTTP_SERVERS"
-  [[ $mode == ws-* ]] && servers="$WS_SERVERS"
-  for server in $servers; do
+  mode_servers="$HTTP_SERVERS"
+  [[ $mode == ws-* ]] && mode_servers="$WS_SERVERS"
+  for server in $mode_servers; do
     [[ $server == nginx && $mode == ws-* ]] && continue
     expected+=("$mode/$server")
     log "== $mode: $server"
