@@ -34,7 +34,9 @@
 #      non-listening socket with source 127.0.0.1:PORT, closing ones still
 #      flushing included), how many are open and how many established;
 #   4. closes the attacker's connections (RST), waits (bounded) until the
-#      server has none, and reads RSS again (is the memory given back?).
+#      server has none, and reads RSS again (is the memory given back?),
+#      each second until it is within 1 MiB of the baseline, at most
+#      AFTER_CLOSE_MAX s.
 # Per row: Δ RSS and Δ PSS per connection, the kernel bytes per connection,
 # the bytes the attacker sent (those the server's kernel acknowledged,
 # TCP_INFO's tcpi_bytes_acked, read right after the measurement), and
@@ -61,6 +63,7 @@
 #   HEAD_BYTES (61440), H2_STREAMS (250), POST_STREAMS (8), POST_BYTES
 #   (262144), FLOOD_BYTES (262144), WS_BIG_BYTES (16777216), WS_ECHO_MSGS
 #   (32), CHAT_MSGS (12), MSG_BYTES (60000), STALL (3), SETTLE (2), SETTLE_MAX (15),
+#   AFTER_CLOSE_MAX (25: seconds to wait for the memory to come back),
 #   ATTACK_SECS (30), PORT (first free from 24100), MEGACONN (binary),
 #   MEGACONN_AXUM (the example's binary), SERVER_CPU (1), LOAD_CPU (0).
 # Output: bench/out/attack-memory-<stamp>/ (runs.jsonl, client and server
@@ -98,6 +101,7 @@ MSG_BYTES="${MSG_BYTES:-60000}"
 STALL="${STALL:-3}"
 SETTLE="${SETTLE:-2}"
 SETTLE_MAX="${SETTLE_MAX:-15}"
+AFTER_CLOSE_MAX="${AFTER_CLOSE_MAX:-25}"
 ATTACK_SECS="${ATTACK_SECS:-30}"
 GO_H2C="$BENCH_DIR/peers/go-h2c/target/go-h2c"
 GO_WS="$BENCH_DIR/peers/go-ws/target/go-ws"
@@ -305,8 +309,17 @@ run_one() { # MODE SERVER
   wait "$CLIENT_PID" 2>/dev/null || true
   CLIENT_PID=""
   wait_no_sockets || log "WARNING: $mode $server: sockets left on the port after the client closed"
-  sleep 0.5
-  read -r rss2 pss2 < <(server_rss_pss)
+  # The memory a server gives back comes later than its sockets go: megaconn's
+  # parking lot trims the heap at its second quiet sweep (up to ~20 s after a
+  # burst: conn/park.rs QUIET_SWEEP). Every server gets the same bounded wait,
+  # ended early once its RSS is back within 1 MiB of the baseline.
+  local waited=0
+  while :; do
+    read -r rss2 pss2 < <(server_rss_pss)
+    ((rss2 - rss0 > 1048576 && waited < AFTER_CLOSE_MAX)) || break
+    bench_sleep 1
+    waited=$((waited + 1))
+  done
   server_stop
   jq -cn --arg mode "$mode" --arg server "$server" --argjson n "$n" \
     --argjson rss0 "$rss0" --argjson pss0 "$pss0" --argjson rss1 "$rss1" --argjson pss1 "$pss1" \
@@ -371,7 +384,7 @@ elapsed=$((SECONDS - t_start))
     def ratio: if . == null then "—" elif . >= 100 then (. | round | tostring) + "×" else ((. * 1000 | round) / 1000 | tostring) end;
     .[] | "| \(.mode) | \(.server) | \(.opened)/\(.n) | \(.sent_per_conn | b) | \(.rss_per_conn | b) | \(.pss_per_conn | b) | \(.kernel_per_conn | b) | \(.held_per_sent | ratio) | \(.server_sockets) (\(.established)) | \(.settle_secs) s | \(.rss_after_close_per_conn | b) |"' "$RUNS"
   echo
-  echo "Per connection: (value once the server settled − value before the first connection) / connections opened; settled: $SETTLE s after the attacker said READY (each connection sent all, stalled or was closed), then once its PSS moved less than 1% of its growth (at least 256 KiB) in a second, at most $SETTLE_MAX s ("measured after"). RSS, PSS: /proc/PID/smaps_rollup summed over the server's worker processes (nginx: its worker). Kernel: Σ rmem_alloc + wmem_queued (\`ss -tm\`) over the server's own sockets on the port (closed ones still flushing included), the client's not counted (its sockets that read nothing have SO_RCVBUF 4096, so what the server sends stays on its side). Sent: bytes of the attacker's that the server's kernel acknowledged (TCP_INFO tcpi_bytes_acked summed over its connections, read just after the measurement; handshakes included; ws-chat: the subscribers' handshakes and the publisher's $CHAT_MSGS × $MSG_BYTES). held / sent = (Δ PSS + kernel) / sent (above 1: the server holds more than it was sent, e.g. one publish fanned out). Server sockets open: the server's sockets on the port not yet closed for good at the measurement (ESTAB, and closing ones: FIN-WAIT, CLOSING, LAST-ACK; nginx's lingering close keeps a refused client's for a while), of them established in brackets. RSS after close: once the attacker reset every connection and the server's sockets were gone."
+  echo "Per connection: (value once the server settled − value before the first connection) / connections opened; settled: $SETTLE s after the attacker said READY (each connection sent all, stalled or was closed), then once its PSS moved less than 1% of its growth (at least 256 KiB) in a second, at most $SETTLE_MAX s ("measured after"). RSS, PSS: /proc/PID/smaps_rollup summed over the server's worker processes (nginx: its worker). Kernel: Σ rmem_alloc + wmem_queued (\`ss -tm\`) over the server's own sockets on the port (closed ones still flushing included), the client's not counted (its sockets that read nothing have SO_RCVBUF 4096, so what the server sends stays on its side). Sent: bytes of the attacker's that the server's kernel acknowledged (TCP_INFO tcpi_bytes_acked summed over its connections, read just after the measurement; handshakes included; ws-chat: the subscribers' handshakes and the publisher's $CHAT_MSGS × $MSG_BYTES). held / sent = (Δ PSS + kernel) / sent (above 1: the server holds more than it was sent, e.g. one publish fanned out). Server sockets open: the server's sockets on the port not yet closed for good at the measurement (ESTAB, and closing ones: FIN-WAIT, CLOSING, LAST-ACK; nginx's lingering close keeps a refused client's for a while), of them established in brackets. RSS after close: once the attacker reset every connection and the server's sockets were gone, and its RSS was back within 1 MiB of the baseline or $AFTER_CLOSE_MAX s had passed (megaconn trims its heap at the parking lot's second quiet sweep, up to ~20 s after a burst)."
   echo
   echo "_attack-memory.sh: megaconn $VERSION; N=$N BUDGET=$BUDGET HEAD_BYTES=$HEAD_BYTES H2_STREAMS=$H2_STREAMS POST_STREAMS=$POST_STREAMS POST_BYTES=$POST_BYTES FLOOD_BYTES=$FLOOD_BYTES WS_BIG_BYTES=$WS_BIG_BYTES WS_ECHO_MSGS=$WS_ECHO_MSGS CHAT_MSGS=$CHAT_MSGS MSG_BYTES=$MSG_BYTES STALL=$STALL SETTLE=$SETTLE; run time ${elapsed}s; $(date -u '+%Y-%m-%d %H:%M UTC'); load average at the end $(cut -d' ' -f1-3 /proc/loadavg); raw JSON: bench/out/attack-memory-$STAMP/_"
   echo
