@@ -19,8 +19,9 @@
 //!
 //! Over the accept rate or the per-IP limit (`admission.rs`) a connection
 //! is refused right after accept: answered if its listener's protocol can
-//! say it without a handshake (a cleartext HTTP listener's `503`, which the
-//! server makes once per listener, `server/dispatch.rs`), then closed; the
+//! say it without a handshake (a cleartext HTTP listener's `503`, or its
+//! `GOAWAY` for a client whose HTTP/2 preface is already there; the server
+//! makes both once per listener, `server/dispatch.rs`), then closed; the
 //! loop keeps nothing of it and never waits on it.
 //!
 //! Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`), and a
@@ -165,7 +166,7 @@ pub(crate) async fn accept_loop(
                     };
                     // Counted before the client can read the answer.
                     incr(counter);
-                    refuse(socket, answer.as_deref());
+                    refuse(socket, answer.as_ref());
                     conn.close(CloseReason::Limit);
                     log.log(|suppressed| {
                         tracing::warn!(

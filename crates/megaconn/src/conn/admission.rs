@@ -4,8 +4,9 @@
 //!
 //! Over a limit, a connection is refused right after accept ([`refuse`]):
 //! told so in its listener's protocol if it has a way to say it without
-//! a handshake (a cleartext HTTP listener answers `503`; the server
-//! decides which, `server/dispatch.rs`), closed, counted under the
+//! a handshake (a cleartext HTTP listener answers `503`, or a `GOAWAY` to
+//! a client whose first bytes, already there, are HTTP/2's preface; the
+//! server decides which, `server/dispatch.rs`), closed, counted under the
 //! limit's name and logged at most once per interval (see `accept.rs`).
 //! The per-IP table holds only IPs that have connections now, a few dozen
 //! bytes each; a million connections from a handful of addresses cost a
@@ -218,10 +219,28 @@ pub(crate) enum Refusal {
 
 /// What a client refused on the listener at an address is told, made by
 /// the server, which knows the listener's protocol (`server/dispatch.rs`):
-/// the bytes of the answer for a `Retry-After` of that many seconds, or
-/// `None` to close without a word (a TLS listener, whose client expects a
-/// handshake; a framed one, whose protocol has no refusal).
-pub(crate) type RefusalAnswer = fn(&Config, SocketAddr, u64) -> Option<Box<[u8]>>;
+/// the answer for a `Retry-After` of that many seconds, or `None` to close
+/// without a word (a TLS listener, whose client expects a handshake; a
+/// framed one, whose protocol has no refusal).
+pub(crate) type RefusalAnswer = fn(&Config, SocketAddr, u64) -> Option<Answer>;
+
+/// The bytes a refused client is sent ([`refuse`]), made once per listener.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// Sent unless `by_opening` applies (HTTP/1.1's `503`).
+    pub(crate) bytes: Box<[u8]>,
+    /// Sent instead to a client whose first bytes, already received when
+    /// it is refused, begin with the first slice: an HTTP/2 client with
+    /// prior knowledge (its preface's first line), which reads a `503` as
+    /// a protocol error, is sent a `GOAWAY`. A client whose first bytes
+    /// have not arrived (or not that many of them) gets `bytes`: nothing
+    /// waits for them.
+    pub(crate) by_opening: Option<(&'static [u8], Box<[u8]>)>,
+}
+
+/// The longest opening [`Answer::by_opening`] may look for (read into the
+/// stack).
+const OPENING_MAX: usize = 32;
 
 /// `Retry-After` of a client refused by the per-IP limit: a place comes
 /// back when one of its own connections closes, which the server cannot
@@ -238,6 +257,15 @@ const DISCARD_MAX: usize = 64 * 1024;
 /// so a short answer goes whole); if it would block or fails, the close
 /// alone. Nothing waits and nothing is kept: the descriptor is closed
 /// before this returns, and the kernel alone sees the answer out.
+///
+/// Which answer ([`Answer::by_opening`]): when the answer has one for a
+/// given opening, one non-blocking `recv` first reads as many bytes as
+/// that opening has, if the client's first bytes are already here (with
+/// `TCP_DEFER_ACCEPT` they always are; without it a client that writes at
+/// once usually wins the race to the accept, but not always, and then
+/// gets `bytes`). Read, not peeked: everything the client sent is
+/// discarded below anyway, so the look costs the refusal one `recv` and
+/// nothing more.
 ///
 /// The order keeps the answer from being reset away: the write side is
 /// shut first, so our FIN follows the answer at once; then what the
@@ -256,11 +284,15 @@ const DISCARD_MAX: usize = 64 * 1024;
 /// A client still sending a large body when the answer comes sees its
 /// send fail (a broken pipe) whatever the order: only a lingering close,
 /// which holds the socket, would spare it that.
-pub(crate) fn refuse(socket: OwnedFd, answer: Option<&[u8]>) {
+pub(crate) fn refuse(socket: OwnedFd, answer: Option<&Answer>) {
     let Some(answer) = answer else {
         return;
     };
     let fd = socket.as_raw_fd();
+    let answer = match &answer.by_opening {
+        Some((opening, other)) if opens_with(fd, opening) => other,
+        _ => &answer.bytes,
+    };
     // SAFETY: a send from a live buffer of its length on our descriptor.
     let sent = unsafe {
         libc::send(
@@ -284,6 +316,18 @@ pub(crate) fn refuse(socket: OwnedFd, answer: Option<&[u8]>) {
             libc::MSG_DONTWAIT | libc::MSG_TRUNC,
         );
     }
+}
+
+/// Whether the first bytes received on `fd` are `opening`, read without
+/// waiting (and so taken off the socket: [`refuse`] discards them anyway).
+/// Fewer bytes than `opening` has, or none yet, say no.
+fn opens_with(fd: std::os::fd::RawFd, opening: &[u8]) -> bool {
+    let mut first = [0u8; OPENING_MAX];
+    let len = opening.len().min(OPENING_MAX);
+    // SAFETY: a recv into a live stack buffer of at least `len` bytes, on
+    // our descriptor, that never blocks.
+    let read = unsafe { libc::recv(fd, first.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+    usize::try_from(read) == Ok(opening.len()) && first[..len] == *opening
 }
 
 impl Refusal {

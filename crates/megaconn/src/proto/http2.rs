@@ -84,7 +84,10 @@
 //! connection counts and logs what is new ([`H2Refusals`]): limit hits
 //! named after the settings, the 431 also a protocol error and the refused
 //! head's line, the refused stream a line of its own. Neither reaches the
-//! service: no `requests_total`, no access line.
+//! service. The 431 is a request all the same, as HTTP/1.1's refused head
+//! is: counted in `requests_total` (its method unread: h2 keeps nothing of
+//! the head) with an access line (`-` for its method and path); the
+//! refused stream is not (nothing was processed; the client retries it).
 //!
 //! What a stream counts (`RequestRecord`: `requests_total`, the access
 //! line), and when:
@@ -505,6 +508,44 @@ where
     closed
 }
 
+/// What an HTTP/2 client with prior knowledge is sent when an admission
+/// limit (`--max-connections-per-ip`, `--accept-rate`) refuses its
+/// connection at accept (`conn/admission.rs`, `server/dispatch.rs`), in
+/// place of HTTP/1.1's `503`, which it read as a protocol error: the
+/// server's connection preface, an empty SETTINGS frame (RFC 9113 §3.4:
+/// the first frame the server sends; a GOAWAY without it is itself a
+/// protocol error to the client), then `GOAWAY` with last-stream-id 0,
+/// which says no stream was processed, so every request the client sent
+/// or had meant to send is safe to retry (§6.8, §8.7).
+///
+/// Its code is `ENHANCE_YOUR_CALM` (§7: "the peer is exhibiting a
+/// behavior that might be generating excessive load"), for both limits:
+/// too many connections from its address, or too many new connections at
+/// once, which it is one of. `REFUSED_STREAM` says the same of one stream
+/// (§8.7), and a code of a stream has no defined meaning on a connection
+/// (§7); what it would add, nothing processed, the last-stream-id 0
+/// already says. `NO_ERROR` is a graceful shutdown: a client would
+/// reconnect at once, into the same limit. The debug data says how long
+/// to wait, HTTP/1.1's `Retry-After`, for whoever reads it (HTTP/2 has no
+/// field for it at the connection's level).
+pub(crate) fn refused_at_accept(retry_after: u64) -> Box<[u8]> {
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    let debug = format!("connection refused; retry after {retry_after} s");
+    let mut out = Vec::with_capacity(9 + 9 + 8 + debug.len());
+    // A frame's head: 24-bit length, type, flags (none), stream 0.
+    let head = |out: &mut Vec<u8>, kind: u8, len: usize| {
+        out.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
+    };
+    head(&mut out, SETTINGS, 0);
+    head(&mut out, GOAWAY, 8 + debug.len());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&u32::from(Reason::ENHANCE_YOUR_CALM).to_be_bytes());
+    out.extend_from_slice(debug.as_bytes());
+    out.into_boxed_slice()
+}
+
 /// The HTTP/2 handshake (the client's preface and SETTINGS, ours sent),
 /// bounded by `read_header_timeout` and cut short by shutdown.
 async fn handshake<I>(
@@ -631,7 +672,10 @@ impl Addrs {
 
 /// What h2 refused on its own, before a stream reached us, as far as
 /// counted: the two counts our h2 patch keeps per connection
-/// (`patches/README.md`, "What changed").
+/// (`patches/README.md`, "What changed"). A 431 is a request (a record:
+/// `requests_total`, the access line), as HTTP/1.1's refused head is; a
+/// refused stream is not, as no request was processed (the client retries
+/// it).
 #[derive(Debug, Default)]
 struct H2Refusals {
     /// Streams reset with `REFUSED_STREAM`, past `http2_max_concurrent_streams`.
@@ -651,7 +695,7 @@ impl H2Refusals {
     fn count<I>(
         &mut self,
         conn: &h2::server::Connection<I, Bytes>,
-        ctx: &WorkerContext,
+        ctx: &Rc<WorkerContext>,
         addrs: &Addrs,
     ) where
         I: AsyncRead + AsyncWrite + Unpin,
@@ -669,6 +713,17 @@ impl H2Refusals {
                 "header list over http2_max_header_list_size",
                 "answered by h2, HTTP/2 stream ended",
             );
+            // A request, as HTTP/1.1's refused head is (`answer_unserved`):
+            // counted in requests_total with its 431, and its access line.
+            // h2 keeps nothing of the head it refused, so the method and
+            // path are unread, as for an HTTP/1.1 head that did not parse.
+            let access = ctx
+                .config
+                .access_log
+                .then(|| AccessLine::partial(None, None));
+            let mut record =
+                RequestRecord::untimed(ctx.stats_source(), MethodLabel::UNREAD).logged(access);
+            record.status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         }
         for _ in self.streams..streams {
             LimitHit::Http2MaxConcurrentStreams.count(&ctx.stats);

@@ -92,7 +92,7 @@ pub(crate) enum HandOver<T> {
 
 /// The client's first line when it speaks HTTP/2 from the start (h2c prior
 /// knowledge). The whole preface is this plus `SM\r\n\r\n`; h2 checks that.
-const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
+pub(crate) const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 
 /// True when a connection's first bytes are the HTTP/2 preface.
 pub(crate) fn is_h2_preface(first_bytes: &[u8]) -> bool {

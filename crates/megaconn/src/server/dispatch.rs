@@ -34,6 +34,7 @@ use std::sync::Arc;
 use futures_util::future::{Either, FutureExt};
 use tokio::net::TcpStream;
 
+use crate::conn::admission::Answer;
 use crate::conn::config::Config;
 use crate::conn::connection::{Connection, SendConnection};
 use crate::conn::context::WorkerContext;
@@ -256,7 +257,11 @@ pub(crate) fn evictable(tag: ProtoTag) -> bool {
 /// close read as "connection reset" and was retried blindly. Its WebSocket
 /// clients too: their opening handshake is an HTTP/1.1 request, and a
 /// `503` fails it as any non-`101` does. An HTTP/2 client with prior
-/// knowledge reads it as a protocol error, no worse than the close.
+/// knowledge (h2c, when `http2_prior_knowledge` is on) whose preface is
+/// already there when it is refused gets HTTP/2's refusal instead, a
+/// `GOAWAY` that says no stream was processed (`http2::refused_at_accept`):
+/// it read the `503` as a protocol error. One whose preface has not
+/// arrived yet gets the `503`: nothing waits for it (`admission::refuse`).
 /// A TLS listener closes without a word: its client expects a handshake,
 /// and plaintext would be garbage to it (an alert would need one half
 /// begun). A framed listener too: its protocol is the handler's, with no
@@ -265,19 +270,25 @@ pub(crate) fn refusal_answer(
     config: &Config,
     local: SocketAddr,
     retry_after: u64,
-) -> Option<Box<[u8]>> {
+) -> Option<Answer> {
     if proto::framed::accepted_on(config, local).is_some()
         || tls::tls_for_local(config, local).is_some()
     {
         return None;
     }
-    Some(
-        format!(
-            "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\n\r\n"
+    let bytes = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let by_opening = config.http2.prior_knowledge.then(|| {
+        (
+            proto::H2_PREFACE_HEAD,
+            http2::refused_at_accept(retry_after),
         )
-        .into_bytes()
-        .into_boxed_slice(),
-    )
+    });
+    Some(Answer {
+        bytes: bytes.into_bytes().into_boxed_slice(),
+        by_opening,
+    })
 }
 
 async fn serve_tls<S>(

@@ -214,3 +214,77 @@ async fn streams_waiting_for_a_shut_window_are_bounded() {
     let _ = tokio::time::timeout(SAFETY, conn).await;
     server.stop().await;
 }
+
+/// A response header value that counts its drop.
+struct DropCount(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl AsRef<[u8]> for DropCount {
+    fn as_ref(&self) -> &[u8] {
+        b"kept"
+    }
+}
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A response head that went out is not kept while its body waits for the
+/// client's window: h2 drops its `HeaderMap` as it encodes the HEADERS
+/// frame, before the client can read it, so by the time the client has a
+/// stalled stream's head the map is gone. Session 37's memory audit read
+/// 640 live maps of 656 B (20 connections × 32 stalled streams) in
+/// heaptrack's peak view; the peak was the burst, when every connection's
+/// heads were built and none written yet: the heap of the same run killed
+/// mid-stall held none (heaptrack's leaked view, 2026-12-05; the commands
+/// are in this test's commit message). The handler is shaped as the demo's `GET /`
+/// (the response built in `call`, a `Ready` future). Passes on the code
+/// before as after: a guard, not a fix.
+#[tokio::test]
+async fn a_sent_response_head_is_not_kept_while_its_body_waits() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const STALLED: usize = 4;
+    let dropped = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = dropped.clone();
+    let app = tower::service_fn(move |_req: Request<megaconn::Body>| {
+        let owner = bytes::Bytes::from_owner(DropCount(counter.clone()));
+        let mut value = http::HeaderValue::from_maybe_shared(owner).unwrap();
+        // Never indexed by HPACK: h2's table keeps no copy of it.
+        value.set_sensitive(true);
+        let body = http_body_util::Full::new(bytes::Bytes::from_static(b"body"));
+        let mut response = http::Response::new(body);
+        response.headers_mut().insert("x-probe", value);
+        std::future::ready(Ok::<_, std::convert::Infallible>(response))
+    });
+    let server = common::AppServer::start(
+        Builder::default()
+            .workers(1)
+            .http2_max_stalled_streams(Some(STALLED as u32))
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        app,
+    );
+    let tcp = tokio::net::TcpStream::connect(server.addrs[0])
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        let request = Request::get("http://t/").body(()).unwrap();
+        let (resp, _) = client.send_request(request, true).unwrap();
+        let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+        assert_eq!(resp.headers()["x-probe"], "kept");
+        // Its body waits for the window the client never opens.
+        stalled.push(resp.into_body());
+    }
+    assert_eq!(dropped.load(Ordering::SeqCst), STALLED);
+    drop((stalled, client));
+    conn.abort();
+    assert!(server.stop().await, "the server stops");
+}

@@ -418,3 +418,84 @@ async fn a_workers_listeners_share_its_accept_rate() {
     assert_eq!(statuses, [200, 200, 503, 503], "{:?}", handle.stats());
     assert!(server.stop().await, "the server stops");
 }
+
+/// What an HTTP/2 client with prior knowledge (the `h2` crate's) makes of
+/// a refusal at accept: how its connection ended, and its request's error.
+async fn h2c_refused(addr: SocketAddr) -> (h2::Error, h2::Error) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    // The GOAWAY may be read before the request goes out or after: either
+    // way its error is the connection's.
+    let request = http::Request::get("http://t/").body(()).unwrap();
+    let failed = match client.ready().await {
+        Ok(mut ready) => match ready.send_request(request, true) {
+            Ok((response, _)) => tokio::time::timeout(common::SAFETY, response)
+                .await
+                .expect("the refused request ends")
+                .expect_err("a refused request has no response"),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    let ended = tokio::time::timeout(common::SAFETY, conn)
+        .await
+        .expect("the refused connection ends")
+        .unwrap()
+        .expect_err("the connection ends with the server's GOAWAY");
+    (ended, failed)
+}
+
+/// Asserts that `e` is the server's `GOAWAY(ENHANCE_YOUR_CALM)`.
+fn assert_calm_goaway(e: &h2::Error, what: &str) {
+    assert!(
+        e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{what}: {e:?}"
+    );
+}
+
+/// An HTTP/2 client with prior knowledge refused at accept (per IP, then
+/// accept rate) is told so in HTTP/2: the server's SETTINGS, then
+/// `GOAWAY(ENHANCE_YOUR_CALM)` with last-stream-id 0 (nothing processed:
+/// safe to retry), which the `h2` client reports as the server's GOAWAY
+/// for its connection and its request. With `TCP_DEFER_ACCEPT` its
+/// preface is there when the connection is accepted (without it, one that
+/// has not arrived yet gets the `503`). It was sent HTTP/1.1's `503`,
+/// which is no HTTP/2 frame: the client's connection ended in an I/O
+/// error (a broken pipe), its request with it, and nothing told it that
+/// the request was safe to retry.
+#[tokio::test]
+async fn an_http2_client_refused_at_accept_reads_a_goaway() {
+    let deferred = || {
+        megaconn::Server::builder()
+            .workers(1)
+            .defer_accept(Some(std::time::Duration::from_secs(5)))
+    };
+    let per_ip = deferred().max_connections_per_ip(Some(1));
+    let rate = deferred().accept_rate(Some(AcceptRate {
+        per_second: 0.001,
+        burst: 1,
+    }));
+    for (what, builder) in [("per IP", per_ip), ("accept rate", rate)] {
+        let server = TestServer::start(builder).await;
+        let mut first = server.connect().await;
+        assert!(served(&mut first).await);
+        let (ended, failed) = h2c_refused(server.addr).await;
+        assert_calm_goaway(&ended, &format!("{what}: the connection"));
+        assert_calm_goaway(&failed, &format!("{what}: the request"));
+        server
+            .wait_stats("one refusal", |s| {
+                s.rejected_per_ip + s.rejected_accept_rate == 1
+            })
+            .await;
+        // An HTTP/1.1 client on the same listener still reads the 503.
+        let mut refused = server.connect().await;
+        let (answer, _) = refused_answer(&mut refused).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"),
+            "{what}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        server.stop().await;
+    }
+}

@@ -214,30 +214,67 @@ async fn a_request_head_not_whole_in_time_has_its_408_line() {
     );
 }
 
+/// Sends `request` (its body, if it has one, left open: `end` false) on an
+/// h2c connection to a server of `builder`'s with the access log on, then
+/// stops the server: the status, the client's address (its lines' peer),
+/// and the server's handle.
+async fn h2c_one_request(
+    builder: megaconn::Builder,
+    request: http::Request<()>,
+    end: bool,
+) -> (u16, SocketAddr, megaconn::ServerHandle) {
+    let s = modes::Mode::H2c
+        .server(builder.workers(1).access_log(true))
+        .await;
+    let (send, peer) = h2c_from(s.server.addr).await;
+    let (status, _) = h2_exchange(&send, request, b"", end).await;
+    drop(send);
+    let handle = s.server.handle.clone();
+    s.server.stop().await;
+    (status, peer, handle)
+}
+
 /// A request body declared over `max_body_bytes` is answered 413 before
 /// any handler runs, on HTTP/2 as on HTTP/1.1 (above): its line has the
 /// 413.
 #[tokio::test]
 async fn an_http2_body_declared_too_large_has_its_413_line() {
     capture_log();
-    let s = modes::Mode::H2c
-        .server(
-            megaconn::Server::builder()
-                .workers(1)
-                .access_log(true)
-                .max_body_bytes(1 << 20),
-        )
-        .await;
-    let (send, peer) = h2c_from(s.server.addr).await;
     let request = http::Request::post("http://localhost/collect")
         .header(http::header::CONTENT_LENGTH, "2000000")
         .body(())
         .unwrap();
-    let (status, _) = h2_exchange(&send, request, b"", false).await;
+    let builder = megaconn::Server::builder().max_body_bytes(1 << 20);
+    let (status, peer, _) = h2c_one_request(builder, request, false).await;
     assert_eq!(status, 413);
-    drop(send);
-    s.server.stop().await;
     assert_one_line(peer, &["status=413", "method=POST", "path=/collect"], "h2c");
+}
+
+/// A header list over `http2_max_header_list_size`, which h2 answers 431
+/// itself before megaconn sees the request, has its line as HTTP/1.1's
+/// refused head has: `-` for the method and path (h2 keeps nothing of the
+/// head it refused), and it counts in `requests_total` (method `other`,
+/// `4xx`). It had neither: only the limit hit and the refused head's line
+/// counted it.
+#[tokio::test]
+async fn an_http2_header_list_over_its_limit_has_its_431_line() {
+    capture_log();
+    let request = http::Request::get("http://localhost/big")
+        .header("x-fill", "f".repeat(5000))
+        .body(())
+        .unwrap();
+    let builder = megaconn::Server::builder().http2_max_header_list_size(4096);
+    let (status, peer, handle) = h2c_one_request(builder, request, true).await;
+    assert_eq!(status, 431);
+    assert_one_line(peer, &["status=431", "method=-", "path=-"], "h2c");
+    let counted: Vec<_> = handle
+        .stats()
+        .request_metrics
+        .by_method_status
+        .iter()
+        .map(|c| (c.method, c.status_class, c.count))
+        .collect();
+    assert_eq!(counted, [("other", "4xx", 1)]);
 }
 
 /// A service that is never ready: every request is answered 503 before a
