@@ -103,16 +103,20 @@ pub const FD_HEADROOM: usize = 256;
 pub const DEFAULT_FD_RESERVE: usize = 32;
 
 /// Default for how many streams a client may have open at once on one
-/// connection (`SETTINGS_MAX_CONCURRENT_STREAMS`). 250, as in Go's server:
-/// enough for any browser or gRPC client, and it bounds the handlers one
-/// connection can run.
-pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 250;
+/// connection (`SETTINGS_MAX_CONCURRENT_STREAMS`). 128, as nginx's (hyper's
+/// 200, Go's 250): above RFC 9113's advice of at least 100 and what browsers
+/// use, and it bounds what one connection can make h2 keep: each stream
+/// opened and queued behind a shut window holds ~690 B in h2's slabs, which
+/// never shrink while the connection lives (250 streams: ~280 KB a
+/// connection, 128: ~196 KB, `bench/ATTACK-MEMORY.md`). A client wanting more
+/// long-lived streams at once queues the rest on its side.
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
 
 /// Default for how many of a connection's streams may wait for the client's
 /// flow-control window before the first byte of their response body
 /// (`Builder::http2_max_stalled_streams`). Past it the connection takes no
 /// new stream until one gets room or ends: a client that keeps its windows
-/// shut holds 32 exchanges, not `http2_max_concurrent_streams` (250), each
+/// shut holds 32 exchanges, not `http2_max_concurrent_streams` (128), each
 /// for `write_stall_timeout`. 32: no browser, curl or gRPC client opens
 /// windows that small (they start at 64 KiB to 15 MiB); a client whose many
 /// downloads share a small connection window only sees its next requests

@@ -667,7 +667,7 @@ impl Builder {
     /// and logged at most once per 5 s per worker. A request waiting on its
     /// client keeps the connection from its idle timeout, so without it a
     /// client that announced a body and sent none (or half) held an
-    /// HTTP/1.1 connection, or 250 HTTP/2 streams a connection, for good.
+    /// HTTP/1.1 connection, or 128 HTTP/2 streams a connection, for good.
     /// Only a wait counts: a handler that stops reading the body (it keeps
     /// it and does something else) is not cut; an HTTP/1.1 body the handler
     /// left unread is drained under the same bound once its response is
@@ -1172,7 +1172,7 @@ impl Builder {
     }
 
     /// Most streams a client may have open at once on one connection.
-    /// Default: 250 ([`DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`](crate::DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS)).
+    /// Default: 128 ([`DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`](crate::DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS)).
     ///
     /// The `h2` crate enforces it: a stream past it is reset with
     /// `RST_STREAM(REFUSED_STREAM)` (RFC 9113 §5.1.2; the client may retry

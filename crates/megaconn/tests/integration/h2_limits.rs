@@ -164,7 +164,7 @@ async fn split_cookies_count_as_one_header_toward_max_headers() {
 /// many wait for their first room, counted once
 /// (`limit_hits{http2_max_stalled_streams}`); a stalled stream that ends
 /// lets the next one in. Before the limit, every stream the client opened
-/// (250 by default) held its exchange, ~4.4 KB each, for
+/// (250, the default then) held its exchange, ~4.4 KB each, for
 /// `write_stall_timeout` (the memory audit's H1: ~1 MB a connection).
 #[tokio::test]
 async fn streams_waiting_for_a_shut_window_are_bounded() {
