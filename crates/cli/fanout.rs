@@ -19,7 +19,11 @@
 //! (`megaconn_publish_dropped_total`) and logged. A worker process that dies
 //! loses its channel with it; its replacement gets a new one. The same bound
 //! applies to a worker's channel up to the supervisor (its drops are counted
-//! in `megaconn_publish_uplink_dropped_total`).
+//! in `megaconn_publish_uplink_dropped_total`). A message that cannot be
+//! read is dropped and counted on either side
+//! (`megaconn_publish_rejected_total` for the supervisor's,
+//! `megaconn_publish_downlink_rejected_total` for the worker processes'),
+//! and logged at the first, second, fourth... of each ([`note`]).
 //!
 //! All of this stays in the command-line tool: the library's hub is per
 //! process by design, and the supervisor that owns the processes lives here.
@@ -236,16 +240,37 @@ fn queued_sender(socket: Arc<UnixDatagram>, peer: &'static str) -> mpsc::Sender<
     tx
 }
 
-/// Counts a drop and logs it: the first, then every power of two (a flood
-/// of drops must not become a flood of log lines).
-fn note_drop(counter: &AtomicU64, what: &'static str) {
+/// Counts an event in `counter` and logs it with `log` (given the count so
+/// far): the first, then every power of two (a flood of drops or of bad
+/// messages must not become a flood of log lines).
+fn note(counter: &AtomicU64, log: impl FnOnce(u64)) {
     let n = counter.fetch_add(1, Relaxed) + 1;
     if n.is_power_of_two() {
+        log(n);
+    }
+}
+
+/// Counts a message dropped at a full channel queue, and logs it ([`note`]).
+fn note_drop(counter: &AtomicU64, what: &'static str) {
+    note(counter, |n| {
         tracing::warn!(
             dropped_total = n,
             "{what}: publish channel queue full ({QUEUE} messages), message dropped (logged at the 1st, 2nd, 4th... drop)"
-        );
-    }
+        )
+    });
+}
+
+/// Counts a channel message of `bytes` bytes from `from` that could not be
+/// read (dropped), and logs it ([`note`]): a bug, or another program
+/// writing to the channel, must not flood the log.
+fn note_malformed(counter: &AtomicU64, from: &'static str, bytes: usize) {
+    note(counter, |n| {
+        tracing::warn!(
+            bytes,
+            rejected_total = n,
+            "a malformed publish message from {from} on its channel; dropped (logged at the 1st, 2nd, 4th... one)"
+        )
+    });
 }
 
 /// The supervisor's side: one channel per worker process.
@@ -312,12 +337,7 @@ impl Fanout {
                 let Some(this) = this.upgrade() else { return };
                 let message = Bytes::copy_from_slice(&buf[..n]);
                 if decode(&message).is_err() {
-                    this.rejected.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        worker = index,
-                        bytes = n,
-                        "malformed publish from a worker process; dropped"
-                    );
+                    note_malformed(&this.rejected, "a worker process", n);
                     continue;
                 }
                 this.send(Some(index), &message);
@@ -397,6 +417,19 @@ pub struct Publisher {
     hub: Hub,
     uplink: Option<mpsc::Sender<Bytes>>,
     dropped: Arc<AtomicU64>,
+    /// Messages from the supervisor that could not be read (dropped).
+    rejected: Arc<AtomicU64>,
+}
+
+/// A worker process's counters of its publish channel, copied to the
+/// supervisor's `/metrics` through the shared stats block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelCounts {
+    /// Publishes dropped on their way up to the supervisor (the channel's
+    /// queue was full).
+    pub uplink_dropped: u64,
+    /// Malformed messages from the supervisor (dropped).
+    pub rejected: u64,
 }
 
 impl Publisher {
@@ -406,6 +439,7 @@ impl Publisher {
             hub,
             uplink: None,
             dropped: Arc::default(),
+            rejected: Arc::default(),
         }
     }
 
@@ -416,6 +450,8 @@ impl Publisher {
         let Channel(socket) = channel;
         let uplink = queued_sender(socket.clone(), "supervisor");
         let down = hub.clone();
+        let rejected = Arc::<AtomicU64>::default();
+        let malformed = rejected.clone();
         tokio::spawn(async move {
             let mut buf = vec![0; MAX_MESSAGE + 1];
             // Ends when the supervisor is gone (this process follows it).
@@ -428,7 +464,7 @@ impl Publisher {
                     Ok((topic, payload, body)) => {
                         let _ = deliver(&down, topic, payload, body);
                     }
-                    Err(e) => tracing::warn!(bytes = n, "{e}; dropped"),
+                    Err(Malformed) => note_malformed(&malformed, "the supervisor", n),
                 }
             }
         });
@@ -436,6 +472,7 @@ impl Publisher {
             hub,
             uplink: Some(uplink),
             dropped: Arc::default(),
+            rejected,
         }
     }
 
@@ -471,10 +508,14 @@ impl Publisher {
         here
     }
 
-    /// Messages this process could not send up to the supervisor (its queue
-    /// was full).
-    pub fn uplink_dropped(&self) -> u64 {
-        self.dropped.load(Relaxed)
+    /// This process's channel counters: messages it could not send up to
+    /// the supervisor (its queue was full), and malformed ones that came
+    /// down.
+    pub fn counts(&self) -> ChannelCounts {
+        ChannelCounts {
+            uplink_dropped: self.dropped.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+        }
     }
 }
 
