@@ -584,6 +584,87 @@ mod tests {
         );
     }
 
+    /// Counts the warnings whose message mentions "malformed".
+    struct MalformedLines(Arc<AtomicU64>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for MalformedLines {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Message(bool);
+            impl tracing::field::Visit for Message {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    if f.name() == "message" {
+                        self.0 |= format!("{v:?}").contains("malformed");
+                    }
+                }
+            }
+            let mut message = Message(false);
+            event.record(&mut message);
+            if message.0 && *event.metadata().level() == tracing::Level::WARN {
+                self.0.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Waits (bounded) until `count` says `n`.
+    async fn counted(what: &str, n: u64, count: impl Fn() -> u64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while count() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {}",
+                count()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert_eq!(count(), n, "{what}");
+    }
+
+    /// 100 malformed channel messages each way, from a real socket pair:
+    /// each side counts all of them (the worker processes' side counted
+    /// none: now `megaconn_publish_downlink_rejected_total`), and logs the
+    /// 1st, 2nd, 4th ... 64th, 7 lines, not 100 (each side logged every
+    /// one).
+    #[tokio::test]
+    async fn malformed_channel_messages_are_counted_and_logged_sparingly() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let lines = Arc::new(AtomicU64::new(0));
+        let subscriber = tracing_subscriber::registry().with(MalformedLines(lines.clone()));
+        // (This test's runtime runs every task on this thread.)
+        let _log = tracing::subscriber::set_default(subscriber);
+        let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
+            .workers(1)
+            .listen()
+            .unwrap()
+            .hub();
+        // A worker process's side: the supervisor's end is `supervisor`.
+        let (supervisor, worker) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let publisher = Publisher::worker(server, Channel::open(worker.into()).unwrap());
+        for _ in 0..100 {
+            supervisor.send(b"X\x00").unwrap();
+        }
+        counted("rejected from the supervisor", 100, || {
+            publisher.counts().rejected
+        })
+        .await;
+        assert_eq!(lines.load(Relaxed), 7);
+        // The supervisor's side: worker process 0 sends them.
+        let fanout = Fanout::new(1);
+        let worker = std::os::unix::net::UnixDatagram::from(fanout.attach(0).unwrap());
+        for _ in 0..100 {
+            worker.send(b"T\x05ab").unwrap();
+        }
+        counted("rejected from a worker process", 100, || {
+            fanout.counts().rejected
+        })
+        .await;
+        assert_eq!(lines.load(Relaxed), 14);
+        assert_eq!(fanout.counts().forwarded, 0);
+    }
+
     #[test]
     fn malformed_messages_are_refused() {
         for bad in [
