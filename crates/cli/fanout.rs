@@ -19,7 +19,11 @@
 //! (`megaconn_publish_dropped_total`) and logged. A worker process that dies
 //! loses its channel with it; its replacement gets a new one. The same bound
 //! applies to a worker's channel up to the supervisor (its drops are counted
-//! in `megaconn_publish_uplink_dropped_total`).
+//! in `megaconn_publish_uplink_dropped_total`). A message that cannot be
+//! read is dropped and counted on either side
+//! (`megaconn_publish_rejected_total` for the supervisor's,
+//! `megaconn_publish_downlink_rejected_total` for the worker processes'),
+//! and logged at the first, second, fourth... of each ([`note`]).
 //!
 //! All of this stays in the command-line tool: the library's hub is per
 //! process by design, and the supervisor that owns the processes lives here.
@@ -236,16 +240,37 @@ fn queued_sender(socket: Arc<UnixDatagram>, peer: &'static str) -> mpsc::Sender<
     tx
 }
 
-/// Counts a drop and logs it: the first, then every power of two (a flood
-/// of drops must not become a flood of log lines).
-fn note_drop(counter: &AtomicU64, what: &'static str) {
+/// Counts an event in `counter` and logs it with `log` (given the count so
+/// far): the first, then every power of two (a flood of drops or of bad
+/// messages must not become a flood of log lines).
+fn note(counter: &AtomicU64, log: impl FnOnce(u64)) {
     let n = counter.fetch_add(1, Relaxed) + 1;
     if n.is_power_of_two() {
+        log(n);
+    }
+}
+
+/// Counts a message dropped at a full channel queue, and logs it ([`note`]).
+fn note_drop(counter: &AtomicU64, what: &'static str) {
+    note(counter, |n| {
         tracing::warn!(
             dropped_total = n,
             "{what}: publish channel queue full ({QUEUE} messages), message dropped (logged at the 1st, 2nd, 4th... drop)"
-        );
-    }
+        )
+    });
+}
+
+/// Counts a channel message of `bytes` bytes from `from` that could not be
+/// read (dropped), and logs it ([`note`]): a bug, or another program
+/// writing to the channel, must not flood the log.
+fn note_malformed(counter: &AtomicU64, from: &'static str, bytes: usize) {
+    note(counter, |n| {
+        tracing::warn!(
+            bytes,
+            rejected_total = n,
+            "a malformed publish message from {from} on its channel; dropped (logged at the 1st, 2nd, 4th... one)"
+        )
+    });
 }
 
 /// The supervisor's side: one channel per worker process.
@@ -312,12 +337,7 @@ impl Fanout {
                 let Some(this) = this.upgrade() else { return };
                 let message = Bytes::copy_from_slice(&buf[..n]);
                 if decode(&message).is_err() {
-                    this.rejected.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        worker = index,
-                        bytes = n,
-                        "malformed publish from a worker process; dropped"
-                    );
+                    note_malformed(&this.rejected, "a worker process", n);
                     continue;
                 }
                 this.send(Some(index), &message);
@@ -397,6 +417,19 @@ pub struct Publisher {
     hub: Hub,
     uplink: Option<mpsc::Sender<Bytes>>,
     dropped: Arc<AtomicU64>,
+    /// Messages from the supervisor that could not be read (dropped).
+    rejected: Arc<AtomicU64>,
+}
+
+/// A worker process's counters of its publish channel, copied to the
+/// supervisor's `/metrics` through the shared stats block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelCounts {
+    /// Publishes dropped on their way up to the supervisor (the channel's
+    /// queue was full).
+    pub uplink_dropped: u64,
+    /// Malformed messages from the supervisor (dropped).
+    pub rejected: u64,
 }
 
 impl Publisher {
@@ -406,6 +439,7 @@ impl Publisher {
             hub,
             uplink: None,
             dropped: Arc::default(),
+            rejected: Arc::default(),
         }
     }
 
@@ -416,6 +450,8 @@ impl Publisher {
         let Channel(socket) = channel;
         let uplink = queued_sender(socket.clone(), "supervisor");
         let down = hub.clone();
+        let rejected = Arc::<AtomicU64>::default();
+        let malformed = rejected.clone();
         tokio::spawn(async move {
             let mut buf = vec![0; MAX_MESSAGE + 1];
             // Ends when the supervisor is gone (this process follows it).
@@ -428,7 +464,7 @@ impl Publisher {
                     Ok((topic, payload, body)) => {
                         let _ = deliver(&down, topic, payload, body);
                     }
-                    Err(e) => tracing::warn!(bytes = n, "{e}; dropped"),
+                    Err(Malformed) => note_malformed(&malformed, "the supervisor", n),
                 }
             }
         });
@@ -436,6 +472,7 @@ impl Publisher {
             hub,
             uplink: Some(uplink),
             dropped: Arc::default(),
+            rejected,
         }
     }
 
@@ -471,10 +508,14 @@ impl Publisher {
         here
     }
 
-    /// Messages this process could not send up to the supervisor (its queue
-    /// was full).
-    pub fn uplink_dropped(&self) -> u64 {
-        self.dropped.load(Relaxed)
+    /// This process's channel counters: messages it could not send up to
+    /// the supervisor (its queue was full), and malformed ones that came
+    /// down.
+    pub fn counts(&self) -> ChannelCounts {
+        ChannelCounts {
+            uplink_dropped: self.dropped.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+        }
     }
 }
 
@@ -541,6 +582,87 @@ mod tests {
             encode(Topic::Named(&long), b"x"),
             Err(PublishError::TopicTooLong(MAX_TOPIC + 1))
         );
+    }
+
+    /// Counts the warnings whose message mentions "malformed".
+    struct MalformedLines(Arc<AtomicU64>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for MalformedLines {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Message(bool);
+            impl tracing::field::Visit for Message {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    if f.name() == "message" {
+                        self.0 |= format!("{v:?}").contains("malformed");
+                    }
+                }
+            }
+            let mut message = Message(false);
+            event.record(&mut message);
+            if message.0 && *event.metadata().level() == tracing::Level::WARN {
+                self.0.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Waits (bounded) until `count` says `n`.
+    async fn counted(what: &str, n: u64, count: impl Fn() -> u64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while count() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {}",
+                count()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert_eq!(count(), n, "{what}");
+    }
+
+    /// 100 malformed channel messages each way, from a real socket pair:
+    /// each side counts all of them (the worker processes' side counted
+    /// none: now `megaconn_publish_downlink_rejected_total`), and logs the
+    /// 1st, 2nd, 4th ... 64th, 7 lines, not 100 (each side logged every
+    /// one).
+    #[tokio::test]
+    async fn malformed_channel_messages_are_counted_and_logged_sparingly() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let lines = Arc::new(AtomicU64::new(0));
+        let subscriber = tracing_subscriber::registry().with(MalformedLines(lines.clone()));
+        // (This test's runtime runs every task on this thread.)
+        let _log = tracing::subscriber::set_default(subscriber);
+        let server = megaconn::Server::bind("127.0.0.1:0".parse().unwrap())
+            .workers(1)
+            .listen()
+            .unwrap()
+            .hub();
+        // A worker process's side: the supervisor's end is `supervisor`.
+        let (supervisor, worker) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let publisher = Publisher::worker(server, Channel::open(worker.into()).unwrap());
+        for _ in 0..100 {
+            supervisor.send(b"X\x00").unwrap();
+        }
+        counted("rejected from the supervisor", 100, || {
+            publisher.counts().rejected
+        })
+        .await;
+        assert_eq!(lines.load(Relaxed), 7);
+        // The supervisor's side: worker process 0 sends them.
+        let fanout = Fanout::new(1);
+        let worker = std::os::unix::net::UnixDatagram::from(fanout.attach(0).unwrap());
+        for _ in 0..100 {
+            worker.send(b"T\x05ab").unwrap();
+        }
+        counted("rejected from a worker process", 100, || {
+            fanout.counts().rejected
+        })
+        .await;
+        assert_eq!(lines.load(Relaxed), 14);
+        assert_eq!(fanout.counts().forwarded, 0);
     }
 
     #[test]

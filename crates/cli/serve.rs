@@ -709,7 +709,7 @@ async fn serve(
             }
             () = async { publishing.as_mut().expect("guarded").due().await }, if publishing.is_some() => {
                 if let Some(publishing) = &mut publishing {
-                    publishing.look(publisher.uplink_dropped());
+                    publishing.look(publisher.counts());
                 }
             }
             (name, ask) = signals.next() => {

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use megaconn::{LoopWakes, ServerHandle, ServerStats};
 
-use crate::fanout::FanoutCounts;
+use crate::fanout::{ChannelCounts, FanoutCounts};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -36,11 +36,14 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// Values copied per process: three gauges, then counters (see `publish`),
-/// the last one [`UPLINK_DROPPED`].
-const FIELDS: usize = 11;
+/// the last ones [`UPLINK_DROPPED`] and [`DOWNLINK_REJECTED`].
+const FIELDS: usize = 12;
 /// Index of the publishes a worker process dropped on their way up to the
-/// supervisor (fanout.rs), set by `publish_uplink_dropped`.
+/// supervisor (fanout.rs), set by `publish_channel`.
 const UPLINK_DROPPED: usize = 10;
+/// Index of the malformed messages a worker process got from the
+/// supervisor (fanout.rs), set by `publish_channel`.
+const DOWNLINK_REJECTED: usize = 11;
 /// Index of the first counter (the values before it are gauges).
 const FIRST_COUNTER: usize = 3;
 
@@ -156,20 +159,29 @@ impl SharedStats {
         }
     }
 
-    /// Writes how many publishes a worker process dropped on their way up
-    /// to the supervisor (its channel's queue was full).
-    pub fn publish_uplink_dropped(&self, slot: usize, dropped: u64) {
+    /// Writes a worker process's publish channel counters: the publishes
+    /// it dropped on their way up to the supervisor (its channel's queue
+    /// was full), and the malformed messages that came down.
+    pub fn publish_channel(&self, slot: usize, counts: ChannelCounts) {
         self.field(slot, UPLINK_DROPPED)
-            .store(dropped as i64, Relaxed);
+            .store(counts.uplink_dropped as i64, Relaxed);
+        self.field(slot, DOWNLINK_REJECTED)
+            .store(counts.rejected as i64, Relaxed);
     }
 
-    /// Publishes dropped on their way up to the supervisor, every process.
-    pub fn uplink_dropped_total(&self) -> u64 {
+    /// The publish channel counters of every process, live and retired.
+    pub fn channel_totals(&self) -> ChannelCounts {
         let _moving = self.moving();
-        let live: i64 = (0..self.slots)
-            .map(|slot| self.field(slot, UPLINK_DROPPED).load(Relaxed))
-            .sum();
-        (live + self.retired[UPLINK_DROPPED].load(Relaxed)) as u64
+        let sum = |field: usize| {
+            let live: i64 = (0..self.slots)
+                .map(|slot| self.field(slot, field).load(Relaxed))
+                .sum();
+            (live + self.retired[field].load(Relaxed)) as u64
+        };
+        ChannelCounts {
+            uplink_dropped: sum(UPLINK_DROPPED),
+            rejected: sum(DOWNLINK_REJECTED),
+        }
     }
 
     /// Retires a slot whose process exited: its counters move to the retired
@@ -276,16 +288,16 @@ impl Publishing {
     }
 
     /// Looks at the counters, copies them if they changed, and sets the
-    /// next look; `uplink_dropped`: the process's publishes dropped on
-    /// their way to the supervisor (fanout.rs), copied each time.
-    pub fn look(&mut self, uplink_dropped: u64) {
+    /// next look; `channel`: the process's publish channel counters
+    /// (fanout.rs), copied each time.
+    pub fn look(&mut self, channel: ChannelCounts) {
         let stats = self.handle.stats();
         self.idle = self.published.as_ref() == Some(&stats) && self.wakes.is_some();
         if self.published.as_ref() != Some(&stats) {
             self.block.publish(self.slot, &stats);
             self.published = Some(stats);
         }
-        self.block.publish_uplink_dropped(self.slot, uplink_dropped);
+        self.block.publish_channel(self.slot, channel);
         if !self.idle {
             self.next
                 .as_mut()
@@ -311,7 +323,7 @@ impl SharedStats {
         registry.register_collector(Box::new(Totals {
             stats: self.total(),
             fanout,
-            uplink_dropped: self.uplink_dropped_total(),
+            channel: self.channel_totals(),
         }));
         let mut out = String::with_capacity(2048);
         prometheus_client::encoding::text::encode(&mut out, &registry)
@@ -325,7 +337,7 @@ impl SharedStats {
 struct Totals {
     stats: ServerStats,
     fanout: FanoutCounts,
-    uplink_dropped: u64,
+    channel: ChannelCounts,
 }
 
 impl Collector for Totals {
@@ -402,7 +414,12 @@ impl Collector for Totals {
             (
                 "publish_uplink_dropped",
                 "Publishes a worker process dropped on their way to the supervisor (its channel queue was full).",
-                self.uplink_dropped,
+                self.channel.uplink_dropped,
+            ),
+            (
+                "publish_downlink_rejected",
+                "Malformed publish messages a worker process got from the supervisor (dropped).",
+                self.channel.rejected,
             ),
         ];
         for (name, help, v) in counters {
@@ -485,7 +502,13 @@ mod tests {
         let t = shared.total();
         assert_eq!(t.accepted, 10, "a retired process's counters still count");
         assert_eq!(t.connections_open, 2, "its connections do not");
-        shared.publish_uplink_dropped(1, 3);
+        shared.publish_channel(
+            1,
+            ChannelCounts {
+                uplink_dropped: 3,
+                rejected: 2,
+            },
+        );
         shared.retire(1);
         let fanout = FanoutCounts {
             forwarded: 7,
@@ -498,6 +521,10 @@ mod tests {
         );
         assert!(
             text.contains("megaconn_publish_uplink_dropped_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("megaconn_publish_downlink_rejected_total 2\n"),
             "{text}"
         );
         assert!(

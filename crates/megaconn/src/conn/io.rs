@@ -24,8 +24,10 @@ use crate::observe::lifecycle;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
 
-/// How long closing may take to flush a last response and linger.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long closing may take to flush a last response and linger (also
+/// how long a message connection woken to close as a slow consumer may
+/// take to write the rest of a push, `message/wake.rs`).
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a close at graceful shutdown may linger (of an idle
 /// connection, whose client may be sending as we close): a request it sent

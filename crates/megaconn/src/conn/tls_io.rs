@@ -625,6 +625,21 @@ impl<S> TlsIo<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> TlsIo<S> {
+    /// Writes `records` this stream's session sealed while it was parked
+    /// (a push the socket took part of) straight to the socket: they come
+    /// before anything it encrypts now, so they go while it holds none of
+    /// its own (a stream just resumed, before its first write).
+    pub(crate) fn poll_write_sealed(
+        &mut self,
+        cx: &mut Context<'_>,
+        records: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        debug_assert!(self.bufs.outgoing.is_none(), "records of its own wait");
+        Pin::new(&mut self.sock).poll_write(cx, records)
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
     /// [`TlsIo::process`]; on an error, the alert rustls queued goes out
     /// (best effort) before the error is returned.

@@ -13,7 +13,10 @@
 //! - parked: the message is written straight to the socket, one `send`, and
 //!   the connection stays parked (no task, no buffer kept). If the socket
 //!   cannot take the whole message at once the peer is not reading: the
-//!   connection is closed as a slow consumer.
+//!   connection is closed as a slow consumer, as an awake one is: woken
+//!   (its read side shut), it writes the rest of the frame the socket took
+//!   part of (kept by its worker meanwhile, not in its slot: `worker.rs`),
+//!   then a WebSocket's close 1013, within the close's bound.
 //!
 //! A message to a connection that has closed (its id is stale, even if its
 //! descriptor was reused) is dropped.
@@ -239,6 +242,14 @@ pub enum HubError {
     /// came from another server.
     #[error("the connection id is from another server (it names a worker this one does not have)")]
     OtherServer,
+    /// [`Hub::close_with`] was given a close code no close frame may
+    /// carry (RFC 6455 §7.4: 1004-1006 and 1015 are never sent, 0-999 and
+    /// 1016-2999 are invalid): nothing is queued, the connection stays
+    /// open.
+    #[error(
+        "close code {0} may not be sent (RFC 6455 §7.4): use 1000-1003, 1007-1014 or 3000-4999"
+    )]
+    CloseCode(u16),
 }
 
 impl HubError {
@@ -251,6 +262,8 @@ impl HubError {
             HubError::Stopped => 1,
             HubError::QueueFull => 2,
             HubError::OtherServer => 3,
+            // (Refused before any worker is tried: never ranked.)
+            HubError::CloseCode(_) => 4,
         };
         if rank(other) > rank(self) {
             other
@@ -506,12 +519,15 @@ impl Hub {
     /// send (a framed connection hears neither): an application's code
     /// (3000-4999) or a registered one a server may send (1000-1003,
     /// 1007-1014), as [`WsSession::close_with`](crate::WsSession::close_with)
-    /// takes; any other is logged and sent as 1011, when the connection
-    /// closes. The reason is cut to 123 bytes (at a character boundary),
-    /// what a close frame holds (it takes its full size in the worker's
-    /// hub queue until then).
+    /// takes. Any other is refused here, [`HubError::CloseCode`], and
+    /// nothing is queued: the connection stays open. The reason is cut to
+    /// 123 bytes (at a character boundary), what a close frame holds, when
+    /// the hub takes it: the worker's hub queue holds no more of it.
     pub fn close_with(&self, id: ConnectionId, code: u16, reason: &str) -> Result<(), HubError> {
-        let reason = Bytes::copy_from_slice(reason.as_bytes());
+        if !close_code_may_be_sent(code) {
+            return Err(HubError::CloseCode(code));
+        }
+        let reason = Bytes::copy_from_slice(close_reason(reason).as_bytes());
         self.to_worker_of(id, Push::Close(id, code, reason))
     }
 
@@ -580,6 +596,28 @@ impl Hub {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether a close code may appear in a close frame (RFC 6455 §7.4.1,
+/// §7.4.2): the registered ones except 1004-1006 and 1015 (never sent),
+/// and 3000-4999. The same rule holds for both ends. (Here, below the
+/// protocols, as [`Hub::close_with`] checks it too.)
+pub(crate) fn close_code_may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The most of a close reason a close frame carries: its payload is at
+/// most 125 bytes (RFC 6455 §5.5), 2 of them the code.
+pub(crate) const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason` cut to [`MAX_CLOSE_REASON`] bytes at a character boundary (a
+/// close frame's reason must be UTF-8, §5.5.1).
+pub(crate) fn close_reason(reason: &str) -> &str {
+    let mut cut = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &reason[..cut]
 }
 
 /// The close code [`Hub::close`] sends a WebSocket (RFC 6455 §7.4.1:
@@ -723,11 +761,16 @@ impl ConnectionId {
 }
 
 /// What a push to a parked connection did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Delivered {
     /// Written whole.
     Sent,
-    /// The socket took less than the message: the peer is behind.
+    /// The socket took less than the message, just now: the peer is behind,
+    /// and the connection is to be woken to close as a slow consumer, after
+    /// these bytes (the rest of the frame the socket took part of; over TLS,
+    /// the records sealed for it), if any.
+    Overflowed(Option<Bytes>),
+    /// A push found it behind already: nothing was written.
     Behind,
     /// Not a parked connection of that generation (or not framable for it).
     NotParked,
@@ -741,8 +784,9 @@ pub(crate) enum Delivered {
 pub(crate) enum SendNow {
     /// All the bytes went.
     Sent,
-    /// The socket buffer took less than all (or nothing): the peer is behind.
-    Full,
+    /// The socket buffer took less than all (`taken` bytes, maybe none):
+    /// the peer is behind.
+    Full { taken: usize },
     /// The connection is broken (the peer reset or closed it); the parking
     /// lot sees that as a hang-up and wakes it to be closed.
     Broken,
@@ -759,24 +803,19 @@ pub(crate) fn send_all_now(fd: RawFd, bytes: &[u8]) -> SendNow {
     let socket = unsafe { BorrowedFd::borrow_raw(fd) };
     match crate::conn::sys::send(socket, bytes) {
         Ok(Some(n)) if n == bytes.len() => SendNow::Sent,
-        Ok(_) => SendNow::Full,
+        Ok(taken) => SendNow::Full {
+            taken: taken.unwrap_or(0),
+        },
         Err(_) => SendNow::Broken,
     }
 }
 
-/// Makes a parked socket wake its connection at once (readable: hung up),
-/// so the protocol closes it through the usual path.
-pub(crate) fn hang_up(fd: RawFd) {
-    // SAFETY: as in `send_all_now`; shutdown takes no memory arguments.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-    }
-}
-
-/// Wakes a parked socket to close (`Hub::close`): its read side shut, the
-/// parking lot sees a hang-up and hands it to its protocol, which can still
-/// write (a WebSocket's close frame). Reads give the end of the stream from
-/// here on, so the close handshake does not wait for the peer's answer.
+/// Wakes a parked socket to close ([`Hub::close`], or a push that found it
+/// full): its read side shut, the parking lot sees a hang-up and hands it
+/// to its protocol, which can still write (the rest of a frame, a
+/// WebSocket's close frame). Reads give the end of the stream from here on,
+/// so the close does not wait for the peer's answer. (Both sides shut, a
+/// slow consumer's frame under way was cut and its close frame never went.)
 pub(crate) fn wake_to_close(fd: RawFd) {
     // SAFETY: as in `send_all_now`; shutdown takes no memory arguments.
     unsafe {
@@ -787,11 +826,60 @@ pub(crate) fn wake_to_close(fd: RawFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     /// A queued message is 56 bytes besides its payload, as
     /// `DEFAULT_HUB_QUEUE`'s doc says (3.5 MiB for a full default queue).
     #[test]
     fn a_queued_message_is_56_bytes() {
         assert_eq!(std::mem::size_of::<Push>(), 56);
+    }
+
+    /// A serving hub of one worker, and that worker's counters.
+    fn serving() -> (Hub, Arc<WorkerStats>, Arc<HubChannels>) {
+        let stats = Arc::new(WorkerStats::default());
+        let channels = Arc::new(HubChannels::new(std::slice::from_ref(&stats), 16, 1 << 20));
+        let hub = channels.hub();
+        hub.open();
+        (hub, stats, channels)
+    }
+
+    /// `close_with` refuses a code no close frame may carry, at the call:
+    /// nothing is queued (it was queued, and logged on the worker, a line
+    /// per call, and the connection closed with 1011 instead).
+    #[test]
+    fn close_with_refuses_a_code_that_may_not_be_sent() {
+        let (hub, stats, _channels) = serving();
+        let id = ConnectionId::new(0, 7, 1);
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
+            assert_eq!(
+                hub.close_with(id, code, "x"),
+                Err(HubError::CloseCode(code)),
+                "{code}"
+            );
+        }
+        assert_eq!(stats.messages.hub_queued.load(Relaxed), 0);
+        for code in [1000, 1003, 1007, 1014, 3000, 4999] {
+            assert_eq!(hub.close_with(id, code, ""), Ok(()), "{code}");
+        }
+        assert_eq!(stats.messages.hub_queued.load(Relaxed), 6);
+    }
+
+    /// `close_with`'s reason is cut to what a close frame holds (123
+    /// bytes, at a character boundary) when the hub takes it: the worker's
+    /// queue holds no more of it (a 1 MiB reason held 1 MiB until sent).
+    #[test]
+    fn close_with_keeps_at_most_a_close_frames_reason() {
+        let (hub, stats, _channels) = serving();
+        let id = ConnectionId::new(0, 7, 1);
+        let entry = std::mem::size_of::<Push>() as i64;
+        // 2-byte characters: 123 bytes would cut the 62nd in two.
+        let long = "é".repeat(1 << 19);
+        assert_eq!(hub.close_with(id, 4000, &long), Ok(()));
+        let queued = stats.messages.hub_queued_bytes.load(Relaxed);
+        assert_eq!(queued, entry + 122);
+        assert_eq!(close_reason(&long), "é".repeat(61));
+        assert_eq!(close_reason("short"), "short");
+        assert_eq!(close_reason(&"a".repeat(200)).len(), MAX_CLOSE_REASON);
     }
 }

@@ -44,7 +44,10 @@
 //!    `CloseReason::Kicked` (a parked one is woken for it: `worker.rs`);
 //! 4. parks with `SideTable::put(fd, Parked { .. })`, wakes with `take(fd)`;
 //!    when the parking lot closes a parked socket itself it `take`s the
-//!    state too;
+//!    state too; woken behind (a push its socket could not take whole:
+//!    `wake::resume` says `SlowConsumer`), it writes what
+//!    `Local::take_unsent` gives, raw on its socket, before anything else
+//!    (`wake::write_unsent`), then closes;
 //! 5. on every close calls `Local::closed(id)` (the connection leaves its
 //!    topics).
 //!

@@ -17,6 +17,8 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::message::hub::{self, Delivered, Generation, SendNow, GENERATION_BITS};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::observe::ratelog::{self, Flood};
@@ -95,7 +97,34 @@ const MAX_TIMER_AHEAD: Duration = Duration::from_secs(24 * 24 * 3600);
 pub(crate) type SendParked = Rc<SendFn>;
 
 /// Writes framed bytes to parked socket `fd` (see [`SendParked`]).
-pub(crate) type SendFn = dyn Fn(RawFd, &[u8]) -> SendNow;
+pub(crate) type SendFn = dyn Fn(RawFd, &Bytes) -> Pushed;
+
+/// What writing a push to a parked socket did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// All of it went.
+    Sent,
+    /// The socket did not take all of it: the peer is behind. With what
+    /// must still go before anything else may: the rest of the frame when
+    /// the socket took part of it (a frame cannot be cut into), and over
+    /// TLS every record sealed for it, taken or not (the session's sequence
+    /// moved past them).
+    Behind(Option<Bytes>),
+    /// The connection is broken (see [`SendNow::Broken`]).
+    Broken,
+}
+
+impl Pushed {
+    /// How a `send` of `bytes` as they are went.
+    pub(crate) fn of(sent: SendNow, bytes: &Bytes) -> Pushed {
+        match sent {
+            SendNow::Sent => Pushed::Sent,
+            SendNow::Full { taken: 0 } => Pushed::Behind(None),
+            SendNow::Full { taken } => Pushed::Behind(Some(bytes.slice(taken..))),
+            SendNow::Broken => Pushed::Broken,
+        }
+    }
+}
 
 /// How many slots the table grows by at least (not doubling: at a million
 /// connections a doubled vector would be up to half empty).
@@ -280,9 +309,11 @@ impl<S> ParkedSet for SideTable<S> {
 }
 
 /// Writes a message straight to one parked socket, framed for its wire. A
-/// socket that cannot take it whole is hung up, to be closed as a slow
-/// consumer when it wakes. (Bytes pushed to a parked connection are not in
-/// its lifecycle counts: it has no current track while parked.)
+/// socket that cannot take it whole is marked behind, to be closed as a
+/// slow consumer when it wakes, which the caller makes it do at once
+/// ([`Delivered::Overflowed`], with what the socket did not take). (Bytes
+/// pushed to a parked connection are not in its lifecycle counts: it has no
+/// current track while parked.)
 fn send_parked<S>(
     fd: RawFd,
     stored: &mut Stored<S>,
@@ -299,19 +330,19 @@ fn send_parked<S>(
     };
     let sent = match send {
         Some(send) => send(fd, &bytes),
-        None => hub::send_all_now(fd, &bytes),
+        None => Pushed::of(hub::send_all_now(fd, &bytes), &bytes),
     };
-    match sent {
-        SendNow::Sent => {
+    let unsent = match sent {
+        Pushed::Sent => {
             incr(&counters.pushes);
             incr(&counters.frames_out);
             add(&counters.bytes_out, bytes.len() as u64);
             return Delivered::Sent;
         }
         // The peer is gone; its hang-up wakes it to be closed as such.
-        SendNow::Broken => return Delivered::NotParked,
-        SendNow::Full => {}
-    }
+        Pushed::Broken => return Delivered::NotParked,
+        Pushed::Behind(unsent) => unsent,
+    };
     incr(&counters.queue_drops);
     ratelog::log(Flood::SlowConsumer, |suppressed| {
         tracing::info!(
@@ -320,8 +351,7 @@ fn send_parked<S>(
         )
     });
     stored.set_behind();
-    hub::hang_up(fd);
-    Delivered::Behind
+    Delivered::Overflowed(unsent)
 }
 
 #[cfg(test)]

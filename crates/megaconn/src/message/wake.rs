@@ -3,16 +3,21 @@
 //! WebSocket, so they live here once.
 //!
 //! - a push found its socket full while parked (`behind`): it is closed as
-//!   a slow consumer;
+//!   a slow consumer, after the rest of that push's frame if the socket
+//!   took part of it ([`write_unsent`]);
 //! - a timer woke it and the peer's heartbeat deadline has passed: closed
 //!   for the heartbeat timeout;
 //! - the server's own heartbeat (a frame, a ping) is due: the protocol
 //!   sends it, in its own format.
 
+use std::future::poll_fn;
+use std::io;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::conn::io::CLOSE_TIMEOUT;
 use crate::conn::Wake;
 use crate::message::table::Parked;
 use crate::observe::close::CloseReason;
@@ -90,6 +95,34 @@ pub(crate) fn resume(
         }
     }
     Ok(resumed)
+}
+
+/// Writes what the socket of a parked connection did not take of the push
+/// that found it full (`Local::take_unsent`) with `poll_write`, raw on the
+/// socket (under any TLS stream: it is the rest of a frame, or records
+/// sealed already), within [`CLOSE_TIMEOUT`], the bound of a close's last
+/// writes: whether all of it went. A slow consumer that still reads gets
+/// the frame whole, and then its close (a WebSocket's 1013); one that does
+/// not is closed when the bound passes, its frame cut, as an awake one's
+/// would be after its close's bound. (Its socket was shut at once instead:
+/// every slow consumer read a frame cut short, and no close frame.)
+pub(crate) async fn write_unsent(
+    unsent: &[u8],
+    mut poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
+) -> bool {
+    let mut at = 0;
+    let writing = poll_fn(|cx| {
+        while at < unsent.len() {
+            match ready!(poll_write(cx, &unsent[at..])) {
+                Ok(0) | Err(_) => return Poll::Ready(false),
+                Ok(n) => at += n,
+            }
+        }
+        Poll::Ready(true)
+    });
+    tokio::time::timeout(CLOSE_TIMEOUT, writing)
+        .await
+        .unwrap_or(false)
 }
 
 /// Counts a peer that sent nothing within its heartbeat timeout, logs which

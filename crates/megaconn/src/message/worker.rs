@@ -17,6 +17,8 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
 use crate::message::hub::{
@@ -53,11 +55,60 @@ pub(crate) struct Local {
     wires: RefCell<Vec<Rc<dyn Wire>>>,
     /// Each protocol's side table.
     tables: RefCell<Vec<Table>>,
-    /// Parked connections [`Hub::close`](crate::Hub::close) reached, by
-    /// descriptor, until they wake (at once: their read side was shut) and
-    /// take their close into their inbox ([`Local::awake`]). Kept here, not
-    /// in the side-table slot, so a parked connection pays nothing for it.
-    kicks: RefCell<HashMap<RawFd, (Generation, Kick)>>,
+    /// Parked connections [`Hub::close`](crate::Hub::close) reached, until
+    /// they wake (at once: their read side was shut) and take their close
+    /// into their inbox ([`Local::awake`]).
+    kicks: ForParked<Kick>,
+    /// Parked connections a push found behind, with what of it the socket
+    /// did not take (the rest of the frame it took part of; over TLS, the
+    /// records sealed for it), until they wake (at once: their read side
+    /// was shut) to write it and close as slow consumers
+    /// ([`Local::take_unsent`]).
+    unsent: ForParked<Bytes>,
+}
+
+/// Something kept for parked connections woken to close, by descriptor,
+/// with the generation of the connection it is for, until that connection
+/// wakes and takes it (or closes). Kept beside the side table, not in its
+/// slots, so a parked connection pays nothing for it; it is empty but for
+/// the moment between a close's cause and its wake-up.
+struct ForParked<T>(RefCell<HashMap<RawFd, (Generation, T)>>);
+
+impl<T> Default for ForParked<T> {
+    fn default() -> Self {
+        ForParked(RefCell::default())
+    }
+}
+
+impl<T> ForParked<T> {
+    /// Keeps `value` for connection `id` (replacing one kept for it, or for
+    /// a connection that had its descriptor).
+    fn put(&self, id: ConnectionId, value: T) {
+        self.0
+            .borrow_mut()
+            .insert(id.fd(), (id.generation(), value));
+    }
+
+    /// Whether something is kept for connection `id`.
+    fn holds(&self, id: ConnectionId) -> bool {
+        let kept = self.0.borrow();
+        !kept.is_empty()
+            && kept
+                .get(&id.fd())
+                .is_some_and(|(g, _)| *g == id.generation())
+    }
+
+    /// What is kept for connection `id`, taken.
+    fn take(&self, id: ConnectionId) -> Option<T> {
+        let mut kept = self.0.borrow_mut();
+        if kept.is_empty() {
+            return None;
+        }
+        match kept.get(&id.fd()) {
+            Some((g, _)) if *g == id.generation() => kept.remove(&id.fd()).map(|(_, v)| v),
+            _ => None,
+        }
+    }
 }
 
 /// This worker's message state, made on first use (which starts the hub's
@@ -85,7 +136,8 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 )),
                 wires: RefCell::default(),
                 tables: RefCell::default(),
-                kicks: RefCell::default(),
+                kicks: ForParked::default(),
+                unsent: ForParked::default(),
             });
             if let Some(queue) = settings.hub.and_then(|hub| hub.take_end(ctx.index)) {
                 // A pump dropped before its first poll (the worker stopped
@@ -174,7 +226,7 @@ impl Local {
         let inbox = Rc::new(Inbox::new(wire));
         // Woken to close (`Local::kick`): the close waits in its inbox, as
         // an awake connection's does.
-        if let Some(kick) = self.take_kick(id) {
+        if let Some(kick) = self.kicks.take(id) {
             inbox.kick(kick);
         }
         self.awake
@@ -230,32 +282,40 @@ impl Local {
     }
 
     /// Connection `id` closed: it leaves its topics (and a close the hub
-    /// asked for that it did not wake to take).
+    /// asked for, or the rest of a push, that it did not wake to take).
     pub(crate) fn closed(&self, id: ConnectionId) {
         self.topics.borrow_mut().closed(id);
-        self.take_kick(id);
+        self.kicks.take(id);
+        self.unsent.take(id);
     }
 
     /// Whether [`Hub::close`](crate::Hub::close) reached parked connection
     /// `id`, which has not woken to take it yet.
     pub(crate) fn is_kicked(&self, id: ConnectionId) -> bool {
-        let kicks = self.kicks.borrow();
-        !kicks.is_empty()
-            && kicks
-                .get(&id.fd())
-                .is_some_and(|(g, _)| *g == id.generation())
+        self.kicks.holds(id)
     }
 
-    /// The close the hub asked for connection `id` while it was parked, taken.
-    fn take_kick(&self, id: ConnectionId) -> Option<Kick> {
-        let mut kicks = self.kicks.borrow_mut();
-        if kicks.is_empty() {
-            return None;
+    /// What parked connection `id`'s socket did not take of the push that
+    /// found it full, taken: the woken connection writes it first, raw on
+    /// its socket (the rest of a frame, or over TLS of the records sealed
+    /// for it), then closes as a slow consumer. `None` when the socket took
+    /// none of it (over cleartext: nothing of the frame went, so nothing
+    /// is owed).
+    pub(crate) fn take_unsent(&self, id: ConnectionId) -> Option<Bytes> {
+        self.unsent.take(id)
+    }
+
+    /// A push found parked connection `id` behind ([`Delivered::Overflowed`]):
+    /// what its socket did not take waits here, and its read side is shut,
+    /// which wakes it (a hang-up, to the lot) to write it and close as a
+    /// slow consumer, as [`Hub::close`](crate::Hub::close) wakes one to
+    /// close. Called right after the side table found it parked with that
+    /// generation, on this thread: the socket is that connection's.
+    fn overflowed(&self, id: ConnectionId, unsent: Option<Bytes>) {
+        if let Some(unsent) = unsent {
+            self.unsent.put(id, unsent);
         }
-        match kicks.get(&id.fd()) {
-            Some((g, _)) if *g == id.generation() => kicks.remove(&id.fd()).map(|(_, kick)| kick),
-            _ => None,
-        }
+        hub::wake_to_close(id.fd());
     }
 
     /// Closes connection `id` for the hub ([`Push::Close`]): awake, its
@@ -279,7 +339,7 @@ impl Local {
             .iter()
             .any(|set| set.generation(fd) == Some(generation))
         {
-            self.kicks.borrow_mut().insert(fd, (generation, kick));
+            self.kicks.put(id, kick);
             hub::wake_to_close(fd);
         }
     }
@@ -410,9 +470,13 @@ impl Local {
             return Delivered::NotParked;
         }
         for table in sets {
-            let delivered = table.deliver(fd, generation, msg, wires, &self.stats.messages);
-            if delivered != Delivered::NotParked {
-                return delivered;
+            match table.deliver(fd, generation, msg, wires, &self.stats.messages) {
+                Delivered::NotParked => {}
+                Delivered::Overflowed(unsent) => {
+                    self.overflowed(self.id(fd, generation), unsent);
+                    return Delivered::Behind;
+                }
+                delivered => return delivered,
             }
         }
         Delivered::NotParked

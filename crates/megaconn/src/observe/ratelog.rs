@@ -201,14 +201,18 @@ pub(crate) enum Flood {
     /// An HTTP/2 connection reached `http2_max_stalled_streams` responses
     /// waiting for room in its client's flow-control windows.
     Http2StalledStreams,
+    /// A handler's `WsSession::close_with` named a close code no close
+    /// frame may carry (sent as 1011 instead): a handler may pass on a
+    /// code its peer chose. (`Hub::close_with` refuses one at the call.)
+    BadCloseCode,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 36;
+const KINDS: usize = 37;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2StalledStreams as usize == KINDS - 1);
+const _: () = assert!(Flood::BadCloseCode as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

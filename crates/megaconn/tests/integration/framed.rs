@@ -1079,6 +1079,38 @@ async fn publish_and_broadcast_reach_parked_and_busy_connections() {
     server.stop().await;
 }
 
+/// A parked peer that does not read gets a push its socket cannot take
+/// whole: what it reads ends on a frame boundary (that frame whole, then
+/// the close), as a framed protocol has no close frame to say why. The
+/// push is written from the hub with no task to finish it: the socket was
+/// shut at once, and the peer read a frame cut short.
+#[tokio::test]
+async fn a_parked_slow_consumer_reads_whole_frames_to_the_close() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+        Framing::length_prefixed(4).max_frame_bytes(8 << 20),
+    )
+    .await;
+    let mut s = server.connect().await;
+    let id = server.next_open().await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    assert_eq!(server.hub.send(id, "first"), Ok(()));
+    // More than the socket's buffers take at once (the message send
+    // buffer's 512 KiB, and what the client's takes).
+    let big = vec![7u8; 4 << 20];
+    assert_eq!(server.hub.send(id, big.clone()), Ok(()));
+    server
+        .wait_stats("the push found it full", |s| s.messages.queue_drops == 1)
+        .await;
+    let all = read_to_close(&mut s).await;
+    assert_eq!(all.len(), 9 + 4 + big.len(), "whole frames");
+    assert!(all == [frame(b"first"), frame(&big)].concat());
+    assert_eq!(server.next_close().await, (0, CloseReason::SlowConsumer));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_busy_connection_whose_outbound_queue_overflows_is_closed_as_a_slow_consumer() {
     let mut server = Framed::start(

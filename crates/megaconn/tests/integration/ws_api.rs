@@ -407,7 +407,7 @@ async fn a_slow_consumer_gets_a_1013() {
 /// frame cut short and the TCP close.
 #[tokio::test]
 async fn a_stuck_slow_consumer_gets_its_1013_after_the_frame_under_way() {
-    stuck_slow_consumer_gets_its_1013(None).await;
+    slow_consumer_gets_its_1013(None, Slow::Stuck).await;
 }
 
 /// The same over wss://: the close's flush must also write what the TLS
@@ -416,14 +416,45 @@ async fn a_stuck_slow_consumer_gets_its_1013_after_the_frame_under_way() {
 /// a cut frame and the end of the stream).
 #[tokio::test]
 async fn over_tls_a_stuck_slow_consumer_gets_its_1013_after_the_frame_under_way() {
-    stuck_slow_consumer_gets_its_1013(Some(common::tls::Ca::new())).await;
+    slow_consumer_gets_its_1013(Some(common::tls::Ca::new()), Slow::Stuck).await;
 }
 
-async fn stuck_slow_consumer_gets_its_1013(tls: Option<common::tls::Ca>) {
-    let mut builder = Server::builder()
-        .park_idle_after(None)
-        .outbound_queue(2)
-        .send_buffer_size(Some(4096));
+/// A parked WebSocket that does not read gets a push its socket cannot
+/// take whole: it reads the frames before it, that one whole, then a close
+/// 1013, as an awake slow consumer does. The push is written from the hub
+/// with no task to finish it: the socket was shut both ways at once, and
+/// the client read a frame cut short and the end of the stream (1006).
+#[tokio::test]
+async fn a_parked_slow_consumer_gets_its_1013_after_the_frame_under_way() {
+    slow_consumer_gets_its_1013(None, Slow::Parked).await;
+}
+
+/// The same over wss://: the records sealed for the push that the socket
+/// did not take go first, then the 1013 (sealed after them: without them
+/// the client could read no later record).
+#[tokio::test]
+async fn over_tls_a_parked_slow_consumer_gets_its_1013_after_the_frame_under_way() {
+    slow_consumer_gets_its_1013(Some(common::tls::Ca::new()), Slow::Parked).await;
+}
+
+/// How a slow consumer falls behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slow {
+    /// Awake, its write stuck while its push queue overflows.
+    Stuck,
+    /// Parked, a push its socket cannot take whole.
+    Parked,
+}
+
+async fn slow_consumer_gets_its_1013(tls: Option<common::tls::Ca>, slow: Slow) {
+    let mut builder = match slow {
+        Slow::Stuck => Server::builder()
+            .park_idle_after(None)
+            .outbound_queue(2)
+            .send_buffer_size(Some(4096)),
+        // (A WebSocket's socket gets the message send buffer, 256 KiB.)
+        Slow::Parked => Server::builder().park_idle_after(Some(Duration::from_millis(50))),
+    };
     if let Some(ca) = &tls {
         let leaf = ca.leaf(&["localhost"]);
         builder = builder.tls(
@@ -438,7 +469,7 @@ async fn stuck_slow_consumer_gets_its_1013(tls: Option<common::tls::Ca>) {
     match tls {
         None => {
             let url = format!("ws://{}/chat/a?token=good", server.addr);
-            stuck_then_1013(&mut server, &url, stream).await;
+            behind_then_1013(&mut server, &url, stream, slow).await;
         }
         Some(ca) => {
             let config = ca.client(&[b"http/1.1"]);
@@ -447,15 +478,17 @@ async fn stuck_slow_consumer_gets_its_1013(tls: Option<common::tls::Ca>) {
                 .connect(name, stream)
                 .await
                 .expect("TLS handshake");
-            stuck_then_1013(&mut server, "wss://localhost/chat/a?token=good", stream).await;
+            let url = "wss://localhost/chat/a?token=good";
+            behind_then_1013(&mut server, url, stream, slow).await;
         }
     }
     server.stop().await;
 }
 
-/// Opens the WebSocket on `stream` (`url` names it), then gets the server
-/// stuck writing to it and checks what the slow consumer reads.
-async fn stuck_then_1013<S>(server: &mut ChatServer, url: &str, stream: S)
+/// Opens the WebSocket on `stream` (`url` names it), gets it behind as
+/// `slow` says, and checks what the slow consumer reads: whole frames, then
+/// a close 1013.
+async fn behind_then_1013<S>(server: &mut ChatServer, url: &str, stream: S, slow: Slow)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -465,6 +498,49 @@ where
             .expect("handshake in time")
             .expect("handshake");
     let id = ChatServer::next(&mut server.opens, "on_open").await;
+    match slow {
+        Slow::Stuck => stuck(server, &mut client, id).await,
+        Slow::Parked => parked_behind(server, &mut client, id).await,
+    }
+    let Message::Close(Some(close)) = next_data(&mut client).await else {
+        panic!("a close frame");
+    };
+    assert_eq!(close.code, CloseCode::Again);
+    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(reason, CloseReason::SlowConsumer);
+}
+
+/// Parks `client`'s connection, then pushes it a frame its socket takes
+/// and one it cannot take whole (the client reads nothing meanwhile); the
+/// client reads both whole.
+async fn parked_behind<S>(
+    server: &mut ChatServer,
+    client: &mut WebSocketStream<S>,
+    id: ConnectionId,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
+    assert_eq!(server.hub.send(id, "first"), Ok(()));
+    // More than the socket's buffers (the server's 512 KiB, the client's
+    // 8 KiB) take at once.
+    let big = vec![7u8; 2 << 20];
+    assert_eq!(server.hub.send_binary(id, big.clone()), Ok(()));
+    common::wait_stats(&server.handle, "the push found it full", |s| {
+        s.messages.queue_drops == 1
+    })
+    .await;
+    assert_eq!(next_data(client).await, Message::text("first"));
+    assert_eq!(next_data(client).await, Message::binary(big));
+}
+
+/// Gets the server stuck writing to `client` while pushes overflow its
+/// queue; the client reads the reply and the first push whole (the frame
+/// under way), never the second.
+async fn stuck<S>(server: &mut ChatServer, client: &mut WebSocketStream<S>, id: ConnectionId)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     // Two large pushes wait in the queue while the handler is busy; its
     // reply and both go into one write, which the peer (not reading) stops.
     client.send(Message::text("wait")).await.unwrap();
@@ -486,14 +562,8 @@ where
         s.messages.queue_drops == 1
     })
     .await;
-    assert_eq!(next_data(&mut client).await, Message::text("waited"));
-    assert_eq!(next_data(&mut client).await, Message::binary(first));
-    let Message::Close(Some(close)) = next_data(&mut client).await else {
-        panic!("a close frame");
-    };
-    assert_eq!(close.code, CloseCode::Again);
-    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
-    assert_eq!(reason, CloseReason::SlowConsumer);
+    assert_eq!(next_data(client).await, Message::text("waited"));
+    assert_eq!(next_data(client).await, Message::binary(first));
 }
 
 /// A `ConnectionId` kept as a number gives the same id back (a push by it
@@ -587,6 +657,37 @@ async fn hub_close_closes_a_websocket_parked_or_awake_after_its_pushes() {
     let mut closes = std::mem::replace(&mut server.closes, mpsc::unbounded_channel().1);
     server.stop().await;
     assert!(closes.try_recv().is_err(), "on_close ran again");
+}
+
+/// `Hub::close_with` refuses a code no close frame may carry when it is
+/// called, and the connection stays open (it was taken, logged on the
+/// worker a line per call, and the connection closed with 1011); a long
+/// reason arrives cut to 123 bytes at a character boundary.
+#[tokio::test]
+async fn hub_close_with_refuses_a_bad_code_and_cuts_a_long_reason() {
+    let mut server = ChatServer::start(Server::builder().park_idle_after(None)).await;
+    let mut client = server.client("/chat/a?token=good").await;
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    assert_eq!(
+        server.hub.close_with(id, 1005, "no status"),
+        Err(megaconn::HubError::CloseCode(1005))
+    );
+    client.send(Message::text("who")).await.unwrap();
+    assert_eq!(
+        next_data(&mut client).await,
+        Message::text("a from 127.0.0.1")
+    );
+    // 2-byte characters: 123 bytes would end inside the 62nd.
+    let long = "é".repeat(100);
+    assert_eq!(server.hub.close_with(id, 4001, &long), Ok(()));
+    let Message::Close(Some(close)) = next_data(&mut client).await else {
+        panic!("a close frame");
+    };
+    assert_eq!(u16::from(close.code), 4001);
+    assert_eq!(close.reason.as_str(), "é".repeat(61));
+    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(reason, CloseReason::Kicked);
+    server.stop().await;
 }
 
 /// `Session::peer_addr` and `WsSession::peer_addr` give the client's

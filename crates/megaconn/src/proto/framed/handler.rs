@@ -150,7 +150,9 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
     fn parked_closed(&self, ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
         let (local, table) = side_table::<H::State>(ctx);
         if let Some(parked) = table.take(fd) {
-            if reason == CloseReason::Shutdown {
+            // Not after a push the socket took part of (its rest is owed
+            // first): the goodbye would land inside that frame.
+            if reason == CloseReason::Shutdown && !parked.behind {
                 goodbye_parked(&ctx.config, fd, parked.variant);
             }
             // Through `Live`, as an awake connection's close (and a parked

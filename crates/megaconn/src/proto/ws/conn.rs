@@ -57,7 +57,7 @@ use crate::message::hub::Overflowed;
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
-use crate::message::wake::heartbeat_timed_out;
+use crate::message::wake::{heartbeat_timed_out, write_unsent};
 use crate::message::worker::Awake;
 use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
@@ -67,10 +67,11 @@ use crate::observe::stats::{add, incr};
 use crate::proto::ws::closing::{close_handshake, last_word, FrameEnds};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
-use crate::proto::ws::handler::{sendable_close_code, ErasedRoute, WebSocketHandler, WsSession};
+use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
 use crate::proto::ws::route::Route;
 use crate::proto::ws::{
-    parked_fd, Start, Tables, WsIo, WsParked, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION,
+    parked_fd, poll_write_unsent, Start, Tables, WsIo, WsParked, GOING_AWAY, INTERNAL_ERROR,
+    POLICY_VIOLATION,
 };
 use crate::proto::{earliest, until, Ended};
 
@@ -201,7 +202,22 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     }
                 }
                 Err(reason) => {
-                    last_word(&mut conn, reason);
+                    // Behind: the rest of the frame the socket took part
+                    // of goes first (a frame cannot be cut into), then the
+                    // 1013, within the close's bound, as an awake slow
+                    // consumer's does.
+                    let unsent = tables.local.take_unsent(id);
+                    let whole = match unsent {
+                        Some(unsent) => {
+                            let io = &mut conn.io;
+                            write_unsent(&unsent, |cx, b| poll_write_unsent(io, cx, b)).await
+                        }
+                        None => true,
+                    };
+                    if whole {
+                        last_word(&mut conn, reason);
+                    }
+                    Box::pin(conn.close(reason)).await;
                     return Ended::Close(live.close(reason));
                 }
             }
@@ -291,8 +307,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // frame follows them.
             if let Some(kick) = awake.inbox.kicked() {
                 add(&counters.bytes_out, conn.wbuf_len() as u64);
-                let code = sendable_close_code(kick.code, "Hub::close_with");
-                break 'serve Next::Close(CloseReason::Kicked, Some((code, kick.reason())));
+                // (`Hub::close_with` took only a code that may be sent.)
+                break 'serve Next::Close(CloseReason::Kicked, Some((kick.code, kick.reason())));
             }
         }
         add(&counters.bytes_out, conn.wbuf_len() as u64);

@@ -468,9 +468,10 @@ fn close_payload(payload: Bytes) -> Result<Event, Violation> {
 
 /// Whether a close code may appear in a close frame (§7.4.1, §7.4.2): the
 /// registered ones except 1004-1006 and 1015 (never sent), and 3000-4999.
-/// The same rule holds for both ends.
+/// The same rule holds for both ends (the message layer's, which the hub
+/// checks too).
 pub(crate) fn peer_may_send(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    crate::message::hub::close_code_may_be_sent(code)
 }
 
 /// Undoes the client's mask (§5.3), in place.
@@ -552,13 +553,10 @@ pub(crate) fn encode_message(
 /// Appends a close frame with `code` and `reason` (cut to fit 125 bytes
 /// at a character boundary).
 pub(crate) fn encode_close(out: &mut BytesMut, code: u16, reason: &str) {
-    let mut cut = reason.len().min(123);
-    while !reason.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let mut payload = Vec::with_capacity(2 + cut);
+    let reason = crate::message::hub::close_reason(reason);
+    let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..cut]);
+    payload.extend_from_slice(reason.as_bytes());
     encode(out, Out::Close, &payload);
 }
 

@@ -19,6 +19,7 @@ use crate::message::hub::ConnectionId;
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::observe::close::CloseReason;
+use crate::observe::ratelog::{self, Flood};
 use crate::proto::ws::frame::{self, WsMessage};
 use crate::proto::ws::{conn, Start, Tables, WsIo, WsParked};
 use crate::proto::Ended;
@@ -151,7 +152,7 @@ impl WsSession {
     /// invalid) is logged and sent as 1011 (internal error): a client would
     /// take it for a protocol violation.
     pub fn close_with(&self, code: u16, reason: &str) {
-        let code = sendable_close_code(code, "WsSession::close_with");
+        let code = sendable_close_code(code);
         *self.closing.borrow_mut() = Some((code, reason.to_owned()));
     }
 
@@ -177,17 +178,23 @@ impl WsSession {
 }
 
 /// `code` if a server may send it in a close frame; else 1011 (internal
-/// error), logged naming `call` (RFC 6455 §7.4.1: 1004-1006 and 1015 are
+/// error), logged (RFC 6455 §7.4.1: 1004-1006 and 1015 are
 /// never sent, 0-999 and 1016-2999 are invalid: a client would take them
 /// for a protocol violation).
-pub(crate) fn sendable_close_code(code: u16, call: &'static str) -> u16 {
+///
+/// Logged at most once per interval per worker ([`Flood::BadCloseCode`]):
+/// a handler may pass on a code its peer chose, as often as the peer likes.
+fn sendable_close_code(code: u16) -> u16 {
     if frame::peer_may_send(code) {
         return code;
     }
-    tracing::warn!(
-        code,
-        "{call}: this close code may not be sent (RFC 6455 §7.4); sending 1011 instead (use 1000-1003, 1007-1014 or 3000-4999)"
-    );
+    ratelog::log(Flood::BadCloseCode, |suppressed| {
+        tracing::warn!(
+            code,
+            suppressed,
+            "WsSession::close_with: this close code may not be sent (RFC 6455 §7.4); sending 1011 instead (use 1000-1003, 1007-1014 or 3000-4999)"
+        )
+    });
     1011
 }
 

@@ -73,7 +73,7 @@ use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
 use crate::message::hub::SendNow;
-use crate::message::table::{Parked, SendParked, SideTable};
+use crate::message::table::{Parked, Pushed, SendParked, SideTable};
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
 use crate::observe::close::{CloseReason, FramingError};
@@ -438,14 +438,41 @@ impl Tables {
 
 /// How pushes reach a parked WebSocket over TLS: the frame encrypted with
 /// its parked session (which stays parked), one `send` of the records. The
-/// frame is encoded once for all; the encryption is per connection.
+/// frame is encoded once for all; the encryption is per connection. A
+/// socket that does not take them all leaves every record it did not take
+/// to be written when the connection wakes, even with none taken: the
+/// session's sequence moved past them, so no later record (its 1013) could
+/// be read without them.
 fn sealed(sessions: ParkedSessions) -> SendParked {
     Rc::new(move |fd, frame| match sessions.seal(fd, frame) {
-        Some(records) => message::hub::send_all_now(fd, &records),
+        Some(records) => {
+            let records = Bytes::from(records);
+            match message::hub::send_all_now(fd, &records) {
+                SendNow::Full { taken } => Pushed::Behind(Some(records.slice(taken..))),
+                sent => Pushed::of(sent, &records),
+            }
+        }
         // No session that can send (it is closing): nothing is written,
         // and the connection's own wake-up finds out why.
-        None => SendNow::Broken,
+        None => Pushed::Broken,
     })
+}
+
+/// Writes `bytes` raw on a woken WebSocket's socket, under its TLS stream
+/// if it has one: what a push left unsent while it was parked (the rest of
+/// a frame, or records its session sealed), before anything else is
+/// written (`message::wake::write_unsent`). A transport that never parks
+/// has none.
+pub(crate) fn poll_write_unsent(
+    io: &mut WsIo,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+) -> Poll<io::Result<usize>> {
+    match io {
+        Either::Left(Either::Left(s)) => std::pin::Pin::new(s).poll_write(cx, bytes),
+        Either::Left(Either::Right(s)) => s.poll_write_sealed(cx, bytes),
+        Either::Right(_) => Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
+    }
 }
 
 /// Serves a connection the HTTP/1.1 engine handed over after a native `101`.
