@@ -83,10 +83,10 @@ use crate::observe::stats::WorkerStats;
 
 /// Identifies one message connection for [`Hub::send`], from
 /// [`Session::id`](crate::Session::id). A closed connection's id names no
-/// other connection until its worker has accepted 2^46 more (70 million
-/// million: over two years at a million new connections a second on one
-/// worker), so an id an application kept after its connection closed
-/// reaches no one.
+/// other connection, of this server or another in the process, until the
+/// process has accepted 2^46 more (70 million million: over two years at a
+/// million new connections a second), so an id an application kept after
+/// its connection closed reaches no one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnectionId {
     worker: u32,
@@ -94,9 +94,10 @@ pub struct ConnectionId {
     generation: Generation,
 }
 
-/// Which of its worker's connections a connection is, counted from 1 when
-/// the worker starts and wrapping at [`GENERATION_BITS`] bits: the id tells
-/// connections apart that had the same descriptor.
+/// Which of the process's connections a connection is, counted from 1 in
+/// blocks each worker of each server takes in turn (`worker.rs`), wrapping
+/// at [`GENERATION_BITS`] bits: the id tells connections apart that had the
+/// same descriptor.
 pub(crate) type Generation = u64;
 
 /// The bits of a [`Generation`]: as many as a parked connection's 16-byte

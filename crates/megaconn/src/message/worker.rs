@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +48,10 @@ pub(crate) struct Local {
     has_hub: bool,
     /// Connections reached per second with one hub message (`None`: no limit).
     delivery_rate: Option<f64>,
+    /// The last generation issued (0 before the first).
     next_generation: Cell<Generation>,
+    /// Generations left in the block the worker took ([`GENERATION_BLOCK`]).
+    block_left: Cell<Generation>,
     /// Awake connections' outbound queues, with their generation.
     awake: RefCell<HashMap<RawFd, (Generation, Rc<Inbox>)>>,
     /// Topic subscriptions, both ways.
@@ -111,6 +115,23 @@ impl<T> ForParked<T> {
     }
 }
 
+/// How many generations a worker takes from [`NEXT_BLOCK`] at a time: one
+/// shared atomic per thousand connections, not per connection.
+const GENERATION_BLOCK: Generation = 1 << 10;
+
+/// The first generation of the next block, for every worker of every
+/// server in this process: a [`ConnectionId`] is worker, descriptor and
+/// generation, and with each worker counting its own from 1, the first
+/// connections of two servers' workers of the same index had the same
+/// generation, and one accepted on the descriptor the other had closed the
+/// same id (a map of ids kept across both servers, or the number
+/// [`ConnectionId::as_u128`] gave, took them for one). Blocks are taken in
+/// order, so each worker's generations still grow (a broadcast tells the
+/// connections it owes by them, `Recipients::Every`); from 1, so that 0
+/// is "none issued yet". [`GENERATION_BLOCK`] divides 2^46: a block never
+/// straddles the wrap.
+static NEXT_BLOCK: AtomicU64 = AtomicU64::new(1);
+
 /// This worker's message state, made on first use (which starts the hub's
 /// pump for this worker, if the server has a hub: the worker makes it at
 /// its start then, `server/worker.rs`). Call from a task on the worker's
@@ -129,6 +150,7 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 has_hub: settings.hub.is_some(),
                 delivery_rate: settings.delivery_rate,
                 next_generation: Cell::new(0),
+                block_left: Cell::new(0),
                 awake: RefCell::default(),
                 topics: RefCell::new(Topics::new(
                     settings.max_subscriptions,
@@ -158,9 +180,19 @@ impl Local {
         &self.stats
     }
 
-    /// A fresh id for a connection accepted on this worker.
+    /// A fresh id for a connection accepted on this worker: the next
+    /// generation of the worker's block, or the first of a new one.
     pub(crate) fn new_id(&self, fd: RawFd) -> ConnectionId {
-        let generation = self.next_generation.get().wrapping_add(1) & GENERATION_MASK;
+        let generation = match self.block_left.get() {
+            0 => {
+                self.block_left.set(GENERATION_BLOCK - 1);
+                NEXT_BLOCK.fetch_add(GENERATION_BLOCK, Ordering::Relaxed) & GENERATION_MASK
+            }
+            left => {
+                self.block_left.set(left - 1);
+                self.next_generation.get().wrapping_add(1) & GENERATION_MASK
+            }
+        };
         self.next_generation.set(generation);
         ConnectionId::new(self.worker, fd, generation)
     }

@@ -111,7 +111,13 @@ pub enum CloseReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProtocolDetail {
-    /// HTTP/1.1: the error status that was sent before closing.
+    /// HTTP/1.1: the status of the response sent before closing: megaconn's
+    /// own error answer to a request head it refused (`400`, `413`, `414`,
+    /// `431`, `505`), or, when a request body broke its chunked framing or
+    /// went over `max_body_bytes`, the handler's answer, whatever it was (a
+    /// handler that did not read the body may have answered `200` before
+    /// the server, draining it, found it malformed). `limit_hits` says
+    /// which limit it was.
     Status(StatusCode),
     /// HTTP/2: the error code of the `GOAWAY` that was sent
     /// (`0xb` is `ENHANCE_YOUR_CALM`: abuse, such as rapid reset or a flood).
@@ -201,6 +207,23 @@ impl CloseReason {
     /// A protocol-error close that answered `status` (HTTP/1.1).
     pub(crate) fn status(status: StatusCode) -> CloseReason {
         CloseReason::Protocol(ProtocolDetail::Status(status))
+    }
+
+    /// This reason as the exchange that closes with it ends, having sent a
+    /// response of status `sent` (`None`: none went out): an HTTP/1.1
+    /// protocol error carries the status that went out, not the one its
+    /// cause would have called for. A request body found malformed or too
+    /// large is the handler's to answer (it reads the body, or it answered
+    /// without reading it and the server drained it after): a `413` or
+    /// `400` recorded then was never sent, and the close said a status the
+    /// client, the access line and `requests_total` did not see.
+    pub(crate) fn answered(self, sent: Option<StatusCode>) -> CloseReason {
+        match (self, sent) {
+            (CloseReason::Protocol(ProtocolDetail::Status(_)), Some(sent)) => {
+                CloseReason::status(sent)
+            }
+            _ => self,
+        }
     }
 
     /// How many metric labels there are (see [`CloseReason::LABELS`]).

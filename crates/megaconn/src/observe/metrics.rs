@@ -426,6 +426,12 @@ impl RequestRecord {
         self.status = (status.as_u16() / 100).clamp(1, 5) as u8 - 1;
     }
 
+    /// The status of the response head that went out, if one did.
+    #[inline]
+    pub(crate) fn sent(&self) -> Option<StatusCode> {
+        StatusCode::from_u16(self.code).ok()
+    }
+
     /// Counts request body bytes received.
     #[inline]
     pub(crate) fn request_bytes(&mut self, n: usize) {

@@ -1308,6 +1308,37 @@ async fn broadcasts_before_any_connection_are_not_kept_for_the_first_one() {
     server.stop().await;
 }
 
+/// Two servers in one process hand out different ids, and not only by the
+/// descriptor, which the kernel reuses (here the first server's connection
+/// closes before the second's is accepted, which then often gets the same
+/// one): `worker:descriptor:generation` differ apart from the descriptor.
+/// Each worker counted its generations from 1, so the first connection of
+/// each server's worker 0 had the same worker and generation, and on the
+/// same descriptor the same id (and the same `as_u128`): an app's map of
+/// ids across both servers took them for one connection.
+#[tokio::test]
+async fn two_servers_in_one_process_never_hand_out_the_same_id() {
+    let mut first = Framed::start(Server::builder(), Framing::lines()).await;
+    let mut second = Framed::start(Server::builder(), Framing::lines()).await;
+    let s = first.connect().await;
+    let a = first.next_open().await;
+    drop(s);
+    first.next_close().await;
+    let _s = second.connect().await;
+    let b = second.next_open().await;
+    assert_ne!(a, b);
+    assert_ne!(a.as_u128(), b.as_u128());
+    // `worker:descriptor:generation`, without the descriptor.
+    let apart_from_fd = |id: ConnectionId| {
+        let shown = id.to_string();
+        let parts: Vec<&str> = shown.split(':').collect();
+        format!("{}:{}", parts[0], parts[2])
+    };
+    assert_ne!(apart_from_fd(a), apart_from_fd(b), "{a} and {b}");
+    first.stop().await;
+    second.stop().await;
+}
+
 /// A push reaches a peer that is in the middle of sending a frame (a slow
 /// upload): our frames do not interleave with its. It used to wait until
 /// the peer's frame was whole, and pushes piled up meanwhile.

@@ -145,6 +145,59 @@ async fn each_close_reason_is_reported_once() {
     assert!(events.all_closed(), "every open connection was closed");
 }
 
+/// A request body found malformed or over `max_body_bytes` closes as
+/// `protocol_error` with the status the client was sent, the one the
+/// access line and `requests_total` count: `/ignore-body` answers `200`
+/// without reading and the server, draining the body after it, meets a bad
+/// chunk size (the close said a `400` no one was sent); `/collect` reads a
+/// body over the limit and answers `400` itself (the close said `413`);
+/// `/echo` had begun its `200` when the limit cut the body it streams back
+/// (`413` too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_error_closes_with_the_status_that_was_sent() {
+    let (builder, mut events) = hooked(no_timeouts().max_body_bytes(16));
+    let server = TestServer::start(builder).await;
+    let over = format!("20\r\n{}\r\n0\r\n\r\n", "x".repeat(32));
+    let cases = [
+        ("/ignore-body", "zz\r\nabc\r\n0\r\n\r\n", 200),
+        ("/collect", over.as_str(), 400),
+        ("/echo", over.as_str(), 200),
+    ];
+    for (path, body, status) in cases {
+        let mut s = server.connect().await;
+        let request =
+            format!("POST {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let answer = String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{path}: {answer}"
+        );
+        drop(s);
+        assert_eq!(
+            events.next_close().await.reason,
+            CloseReason::Protocol(megaconn::ProtocolDetail::Status(
+                http::StatusCode::from_u16(status).unwrap()
+            )),
+            "{path}"
+        );
+    }
+    server
+        .wait_stats("3 closed", |s| common::closed_as(s, "protocol_error") == 3)
+        .await;
+    let stats = server.handle.stats();
+    assert!(
+        stats.limit_hits.contains(&("malformed_request", 1)),
+        "{stats:?}"
+    );
+    assert!(
+        stats.limit_hits.contains(&("max_body_bytes", 2)),
+        "{stats:?}"
+    );
+    server.stop().await;
+    assert!(events.all_closed(), "every open connection was closed");
+}
+
 /// Each timeout's close reason, each on a server where it is the only timer:
 /// whenever it fires, no other timeout can have closed the connection first.
 /// (The short timeouts only make the test quick; the order of events does

@@ -431,7 +431,13 @@ where
     // rather than dropped: their drop glue, run for nothing, took ~80
     // user-space instructions a request (callgrind, bench/CPU-PER-REQUEST.md,
     // session 37).
-    std::mem::forget(std::mem::replace(request.uri_mut(), head.uri));
+    let default_uri = std::mem::replace(request.uri_mut(), head.uri);
+    // `== "/"`: no scheme, no authority, the path `/` and no query, i.e.
+    // `Uri::default()`, which holds no heap memory (http 1.x: no scheme, an
+    // empty `Bytes`, a static `/`); a `Request::new` that put anything else
+    // there would leak it.
+    debug_assert_eq!(default_uri, "/");
+    std::mem::forget(default_uri);
     *request.version_mut() = head.version;
     let unallocated = std::mem::replace(request.headers_mut(), head.headers);
     debug_assert_eq!(unallocated.capacity(), 0);

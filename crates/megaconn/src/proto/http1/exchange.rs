@@ -325,14 +325,16 @@ fn finished<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
     if this.setup.keep_alive {
         Outcome::KeepAlive
     } else {
-        Outcome::Close(this.close_reason.unwrap_or(CloseReason::ServerClosed))
+        let reason = this.close_reason.unwrap_or(CloseReason::ServerClosed);
+        Outcome::Close(reason.answered(this.record.sent()))
     }
 }
 
 /// An exchange cut short: its close reason is the request's error class
 /// (panic, timeout, client gone), for its span.
-fn ended_early<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, outcome: Outcome) -> Outcome {
-    if let Outcome::Close(reason) = &outcome {
+fn ended_early<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, mut outcome: Outcome) -> Outcome {
+    if let Outcome::Close(reason) = &mut outcome {
+        *reason = reason.answered(this.record.sent());
         this.record.closed(reason);
     }
     outcome
@@ -684,7 +686,8 @@ where
 /// The request body went over `max_body_bytes` (`limit`) as it came (a
 /// chunked one; a Content-Length over it is refused with the head,
 /// `head.rs`). Counted and logged as that one, and it closes with the same
-/// reason (`protocol_error`, with a `413`; it said `unread_body`). The
+/// reason (`protocol_error`; it said `unread_body`), whose status is the
+/// one the handler answered ([`CloseReason::answered`]). The
 /// handler's body read fails ([`BodyError::TooLarge`], axum's
 /// `LengthLimitError` one `source()` deeper) and the handler answers, as
 /// under `axum::serve` (an app that streams an upload to a file answers
@@ -708,9 +711,12 @@ fn body_too_large<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, limit: u64) -> Step
 /// The request body broke its chunked framing (`why`), whether the handler
 /// reads it or the exchange drains what it left unread: counted
 /// (`protocol_errors`, `limit_hits{malformed_request}`), logged
-/// (rate-limited), and the connection closes after the response. A body
-/// drained was given up silently, closing as `unread_body`: the same
-/// bytes were seen or not as the handler read its body or not.
+/// (rate-limited), and the connection closes after the response, as
+/// `protocol_error` with that response's status ([`CloseReason::answered`]:
+/// a handler that answered `200` without reading closed as a `400` no one
+/// was sent). A body drained was given up silently, closing as
+/// `unread_body`: the same bytes were seen or not as the handler read its
+/// body or not.
 fn body_malformed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, why: &'static str) {
     ratelog::log(Flood::MalformedBody, |suppressed| {
         tracing::info!(
