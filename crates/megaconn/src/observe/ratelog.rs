@@ -201,14 +201,17 @@ pub(crate) enum Flood {
     /// An HTTP/2 connection reached `http2_max_stalled_streams` responses
     /// waiting for room in its client's flow-control windows.
     Http2StalledStreams,
+    /// A publish refused by `PublishRate::allow`: a connection published
+    /// past its burst.
+    PublishRate,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 36;
+const KINDS: usize = 37;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2StalledStreams as usize == KINDS - 1);
+const _: () = assert!(Flood::PublishRate as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
