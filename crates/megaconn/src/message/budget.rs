@@ -97,8 +97,8 @@ impl PublishRate {
     /// The GCRA terms: the nanoseconds a publish costs and how far ahead
     /// of now a connection's arrival time may run (the burst's room).
     fn terms(&self) -> Terms {
-        // `as` saturates: a rate of 0 (or negative, NaN: an interval of
-        // +inf, or NaN taken as 0 below) refills nothing.
+        // A rate not positive (0, negative, NaN) refills nothing; `as`
+        // saturates a tiny one to u64::MAX as well.
         let interval = if self.per_second > 0.0 {
             ((1e9 / self.per_second) as u64).max(1)
         } else {
