@@ -15,6 +15,13 @@
 //! `PID` with the serving process's id, `SUB topic` / `PUB topic text` /
 //! `PUB * text` subscribe, publish and broadcast (to every worker process of
 //! `--processes`, through fanout.rs), any other message `echo: <message>`.
+//!
+//! A publish costs the server O(subscribers) (a broadcast, O(connections)),
+//! so each connection's publishes, `PUB` and `/ws/chat` messages alike, are
+//! held to `--publish-rate` a second with a burst of `--publish-burst`
+//! ([`megaconn::PublishRate`]); past it `PUB` is answered
+//! `error: publish rate; slow down` and a chat message is dropped, the
+//! connection open either way.
 
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
@@ -26,7 +33,9 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either as EitherBody, Full};
-use megaconn::{Body, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
+use megaconn::{
+    Body, PublishRate, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+};
 
 use crate::fanout::{PublishError, Publisher, SendAs, Topic};
 
@@ -63,9 +72,12 @@ pub const CHAT_MAX_MESSAGE: usize = crate::fanout::max_payload(CHAT_TOPIC);
 pub const ECHO_MAX_MESSAGE: usize = 64 << 10;
 
 /// The knobs of the demo's WebSocket routes (`None`: the library's
-/// default, `Some(None)`: off).
+/// default, `Some(None)`: off), and its publish rate (framed `PUB` and
+/// `/ws/chat` alike).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DemoWs {
+    /// `--publish-rate` and `--publish-burst`: each connection's publishes.
+    pub publish: PublishRate,
     /// `--ws-ping-interval`.
     pub ping_interval: Option<Option<Duration>>,
     /// `--message-timeout`.
@@ -90,7 +102,11 @@ impl Demo {
     pub fn new(handle: ServerHandle, publisher: Publisher, knobs: DemoWs) -> Demo {
         let (mut ws, mut chat) = (
             WebSocketRoute::new(WsEcho).max_message_bytes(ECHO_MAX_MESSAGE),
-            WebSocketRoute::new(WsChat { publisher }).max_message_bytes(CHAT_MAX_MESSAGE),
+            WebSocketRoute::new(WsChat {
+                publisher,
+                publish_rate: knobs.publish,
+            })
+            .max_message_bytes(CHAT_MAX_MESSAGE),
         );
         if let Some(every) = knobs.ping_interval {
             ws = ws.ping_interval(every);
@@ -195,6 +211,7 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 /// | `UNSUB topic` | `unsubscribed: topic` |
 /// | `PUB topic text` | `published` (`text` goes to `topic`'s subscribers) |
 /// | `PUB * text` | `published` (`text` goes to every connection: a broadcast) |
+/// | `PUB …` past the connection's `--publish-rate` (burst `--publish-burst`) | `error: publish rate; slow down` (not published; the connection stays open) |
 /// | `PUB …` that cannot cross processes (over 64 KiB) | `error: <why>` |
 /// | `PUB …` no worker took (full hub queues, or the server is stopping) | `error: not delivered by this process: <why>` |
 /// | anything else | `echo: <message>` |
@@ -207,6 +224,11 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 pub struct FramedDemo {
     /// How `PUB` publishes.
     pub publisher: Publisher,
+    /// How many `PUB`s each connection may make: a publish costs the
+    /// server a delivery per subscriber (~5 µs each to parked ones), so an
+    /// unbounded `PUB *` loop made it spend CPU in proportion to its
+    /// connections on every 8-byte line.
+    pub publish_rate: PublishRate,
     /// The largest reply the listener's framing carries
     /// ([`megaconn::Framing::max_reply_bytes`]): an echo over it is
     /// answered `error:` (a reply that cannot be framed would close the
@@ -216,6 +238,9 @@ pub struct FramedDemo {
 
 /// What the framed demo's echo puts before the message.
 const ECHO: &[u8] = b"echo: ";
+
+/// The framed demo's answer to a `PUB` past the connection's publish rate.
+const PUBLISH_RATE_REFUSED: &[u8] = b"error: publish rate; slow down";
 
 impl megaconn::FramedHandler for FramedDemo {
     type State = ();
@@ -241,6 +266,9 @@ impl megaconn::FramedHandler for FramedDemo {
                 Command::Unsub(topic) => {
                     session.unsubscribe(topic);
                     format!("unsubscribed: {topic}").into()
+                }
+                Command::Pub(..) if !self.publish_rate.allow(session.id()) => {
+                    Bytes::from_static(PUBLISH_RATE_REFUSED)
                 }
                 Command::Pub(topic, text) => {
                     match self
@@ -284,9 +312,19 @@ impl WebSocketHandler for WsEcho {
 /// The WebSocket chat at `/ws/chat`: every client joins topic `chat`, and a
 /// message from one is published to all of them (the sender too), parked or
 /// awake, text as text and binary as binary.
+///
+/// A message past the connection's publish rate is dropped (counted and
+/// logged by [`PublishRate::allow`]), the connection left open: a chat
+/// client has no channel for an error but the chat itself, where a reply
+/// would read as a message, and its own message not coming back is what
+/// it sees. Not closed (1008), even for a long flood: a refused message
+/// costs the server what an echo on `/ws` does (a read and a parse), not
+/// the fan-out the rate bounds, so a close would spare no CPU, and a
+/// person whose paste ran over the burst would lose the connection.
 #[derive(Debug, Clone)]
 pub struct WsChat {
     publisher: Publisher,
+    publish_rate: PublishRate,
 }
 
 impl WebSocketHandler for WsChat {
@@ -298,7 +336,15 @@ impl WebSocketHandler for WsChat {
         let _ = session.subscribe(CHAT_TOPIC);
     }
 
-    async fn on_message(&self, _: &mut (), message: WsMessage, _: &WsSession) -> Option<WsMessage> {
+    async fn on_message(
+        &self,
+        _: &mut (),
+        message: WsMessage,
+        session: &WsSession,
+    ) -> Option<WsMessage> {
+        if !self.publish_rate.allow(session.id()) {
+            return None;
+        }
         // Binary relayed as binary (it was dropped: the README promises
         // every client hears every message).
         let (bytes, body) = match message {

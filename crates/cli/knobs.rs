@@ -518,6 +518,34 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "publish-rate",
+        value_name: "PER_SECOND",
+        shape: Shape::One,
+        help: "The demo's PUB (framed TCP) and /ws/chat: publishes a second each connection may make (token bucket, burst --publish-burst).",
+        details: "A publish costs the server a delivery per subscriber (a broadcast, per connection: ~5 us each to a parked one), so one connection publishing at will made it spend CPU in proportion to its audience on every line. Past it PUB is answered `error: publish rate; slow down` and a chat message is dropped; the connection stays open; counted in megaconn_limit_hits_total{limit=\"publish_rate\"} and logged. Per connection (megaconn::PublishRate).",
+        default: "10",
+        example: "100",
+        parse: rate,
+        apply: |v, s| {
+            s.demo_ws.publish.per_second = v.ratio();
+            Ok(())
+        },
+    },
+    Knob {
+        name: "publish-burst",
+        value_name: "N",
+        shape: Shape::One,
+        help: "Burst allowed by --publish-rate: publishes a connection may make at once after a quiet spell.",
+        details: "",
+        default: "20",
+        example: "100",
+        parse: count,
+        apply: |v, s| {
+            s.demo_ws.publish.burst = at_least_one(v.count::<u32>()?)?;
+            Ok(())
+        },
+    },
+    Knob {
         name: "heartbeat-timeout",
         value_name: "DURATION",
         shape: Shape::One,
@@ -1325,6 +1353,17 @@ mod tests {
                 }
                 "max-topic-bytes" => {
                     assert_eq!(size(text), megaconn::DEFAULT_MAX_TOPIC_BYTES as u64)
+                }
+                "publish-rate" => {
+                    assert_eq!(text.parse::<f64>().unwrap(), megaconn::DEFAULT_PUBLISH_RATE);
+                    left(&format!(
+                        "per_second: {:?},",
+                        megaconn::DEFAULT_PUBLISH_RATE
+                    ));
+                }
+                "publish-burst" => {
+                    assert_eq!(size(text), u64::from(megaconn::DEFAULT_PUBLISH_BURST));
+                    left(&format!("burst: {},", megaconn::DEFAULT_PUBLISH_BURST));
                 }
                 "max-subscriptions" => {
                     assert_eq!(size(text), megaconn::DEFAULT_MAX_SUBSCRIPTIONS as u64)

@@ -579,6 +579,7 @@ async fn serve(
     let app = Demo::new(handle.clone(), publisher.clone(), demo_ws);
     let framed = crate::demo::FramedDemo {
         publisher: publisher.clone(),
+        publish_rate: demo_ws.publish,
         max_reply: framed_max_reply,
     };
     crate::upgrade::before_start(&control_path);

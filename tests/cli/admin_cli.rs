@@ -185,6 +185,16 @@ fn assert_openmetrics(m: &Fetched) {
 
 /// `megaconn_requests_total{method, status_class}` parsed from `/metrics`.
 fn requests_total(admin: &str, method: &str, class: &str) -> f64 {
+    counter(
+        admin,
+        "megaconn_requests_total",
+        &[("method", method), ("status_class", class)],
+    )
+}
+
+/// The counter `metric` with the labels `labels`, parsed from `/metrics`
+/// (0 when absent).
+fn counter(admin: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     let m = get(admin, "/metrics");
     assert_eq!(m.status, 200);
     assert_openmetrics(&m);
@@ -202,9 +212,10 @@ fn requests_total(admin: &str, method: &str, class: &str) -> f64 {
         .samples
         .iter()
         .find(|s| {
-            s.metric == "megaconn_requests_total"
-                && s.labels.get("method") == Some(method)
-                && s.labels.get("status_class") == Some(class)
+            s.metric == metric
+                && labels
+                    .iter()
+                    .all(|(name, value)| s.labels.get(name) == Some(value))
         })
         .map_or(0.0, |s| match s.value {
             prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
@@ -411,6 +422,57 @@ impl DemoLine {
         self.0.read_line(&mut line).unwrap();
         line.trim_end().to_string()
     }
+}
+
+/// A framed demo connection that publishes past `--publish-rate` (here a
+/// burst of 3, then one a thousand seconds) has its next `PUB` refused
+/// with `error: publish rate; slow down`, counted in
+/// `limit_hits{limit="publish_rate"}`, not delivered, and serves on; the
+/// publishes within its burst all reach the subscriber. Each `PUB` used
+/// to publish, whatever the rate: a loop of `PUB * x` made the server
+/// spend ~5 µs a connection on every 8-byte line.
+#[test]
+fn a_framed_pub_past_the_publish_rate_is_refused_and_counted() {
+    let args = [
+        &DEMO[..],
+        &["--publish-rate", "0.001", "--publish-burst", "3"],
+    ]
+    .concat();
+    let served = Served::start(&args);
+    let publish_rate = || {
+        counter(
+            &served.admin,
+            "megaconn_limit_hits_total",
+            &[("limit", "publish_rate")],
+        )
+    };
+    let mut sub = served.connect_demo();
+    sub.send("SUB news");
+    assert_eq!(sub.next_line(), "subscribed: news");
+    let mut publisher = served.connect_demo();
+    for n in 1..=3 {
+        publisher.send(&format!("PUB news m{n}"));
+        assert_eq!(publisher.next_line(), "published");
+        assert_eq!(sub.next_line(), format!("m{n}"));
+    }
+    assert_eq!(publish_rate(), 0.0);
+    publisher.send("PUB news m4");
+    assert_eq!(publisher.next_line(), "error: publish rate; slow down");
+    assert_eq!(publish_rate(), 1.0);
+    // Not published: what the subscriber hears next is the admin's
+    // publish, queued after where m4 would have been (one worker: one
+    // queue, in order).
+    let answer = served.post("/publish?topic=news", "after m4");
+    assert!(answer.ends_with("published\n"), "{answer}");
+    assert_eq!(sub.next_line(), "after m4");
+    // The connection stays open and answers; other connections' budgets
+    // are their own.
+    publisher.send("PING");
+    assert_eq!(publisher.next_line(), "PONG");
+    sub.send("PUB news from sub");
+    assert_eq!(sub.next_line(), "published");
+    assert_eq!(sub.next_line(), "from sub");
+    served.stop();
 }
 
 /// `POST /publish` and `/broadcast` on a single process's admin listener

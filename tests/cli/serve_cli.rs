@@ -682,6 +682,40 @@ fn the_ws_chat_route_sends_a_message_to_every_client() {
     assert!(child.wait().success());
 }
 
+/// A `/ws/chat` message past `--publish-rate` (here a burst of 2) is
+/// dropped, not relayed, and the connection stays open: the third `hi`
+/// reaches no one, and what the listener hears next is another client's
+/// message. Every message used to be published, whatever the rate.
+#[test]
+fn a_ws_chat_message_past_the_publish_rate_is_dropped() {
+    let rate = ["--publish-rate", "0.001", "--publish-burst", "2"];
+    let (mut child, _stdout, addr) = start_serve(&[&["--admin", "off"][..], &rate].concat());
+    let mut listener = ws_open(&addr, "/ws/chat", &[]);
+    let mut speaker = ws_open(&addr, "/ws/chat", &[]);
+    // Three messages, then a ping: once its pong is back, the third has
+    // been handled (a connection's frames are handled in order).
+    speaker.write_all(&[HI, HI, HI].concat()).unwrap();
+    speaker.write_all(&[0x89, 0x80, 0, 0, 0, 0]).unwrap();
+    let mut frames = [0; 4 * 2 + 2];
+    speaker.read_exact(&mut frames).unwrap();
+    assert_eq!(frames, [0x81, 2, b'h', b'i', 0x81, 2, b'h', b'i', 0x8a, 0]);
+    let mut two = [0; 8];
+    listener.read_exact(&mut two).unwrap();
+    assert_eq!(two, [0x81, 2, b'h', b'i', 0x81, 2, b'h', b'i']);
+    // Another client's message is published after where the third would
+    // have been (one worker: its hub queue is in order).
+    let mut other = ws_open(&addr, "/ws/chat", &[]);
+    other
+        .write_all(&[0x81, 0x82, 0, 0, 0, 0, b'y', b'o'])
+        .unwrap();
+    let mut next = [0; 4];
+    listener.read_exact(&mut next).unwrap();
+    assert_eq!(next, [0x81, 2, b'y', b'o']);
+    drop((listener, speaker, other));
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}
+
 /// A binary message to `/ws/chat` was dropped (only text was published),
 /// though every client is to hear every message: now every client hears it,
 /// as binary, even when its bytes are ASCII.

@@ -3,6 +3,8 @@
 //! `proto/`: protocols (framed TCP; WebSocket next) import it, it imports
 //! no protocol.
 //!
+//! - `budget.rs`   [`PublishRate`]: each connection's budget of publishes
+//!   (a publish costs O(subscribers)), kept per worker by connection id
 //! - `deadline.rs` `MessageDeadline`: the bound on a message in progress
 //!   (`message_timeout`)
 //! - `hub.rs`     [`Hub`]: push by [`ConnectionId`], publish to a topic,
@@ -54,6 +56,7 @@
 //! The hub then reaches its connections with no protocol code: awake ones
 //! through their inbox, parked ones with one `send` of bytes framed once.
 
+pub(crate) mod budget;
 pub(crate) mod deadline;
 pub(crate) mod hub;
 pub(crate) mod live;
@@ -70,6 +73,7 @@ use std::time::Duration;
 use crate::conn::config::Config;
 use crate::conn::io::WriteLimit;
 
+pub use budget::{PublishRate, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE};
 pub use hub::{ConnectionId, Hub, HubError};
 pub use session::Session;
 pub use topics::{SubscribeError, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES};

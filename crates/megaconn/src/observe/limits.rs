@@ -1,5 +1,5 @@
 //! Which limit refused a request, closed a connection, (`hub_queue`)
-//! dropped a hub message or (`max_subscriptions`, `max_topic_bytes`) refused a subscription, as a fixed set of labels (`limit` of
+//! dropped a hub message, (`max_subscriptions`, `max_topic_bytes`) refused a subscription or (`publish_rate`) a publish, as a fixed set of labels (`limit` of
 //! `megaconn_limit_hits_total`): the close reasons say only
 //! `protocol_error` for the ones that close. Counted on the rejection path
 //! only, one relaxed increment in the worker's array.
@@ -65,11 +65,15 @@ pub(crate) enum LimitHit {
     /// waiting for the client's window; it takes no new stream meanwhile
     /// (counted once each time it reaches it).
     Http2MaxStalledStreams,
+    /// A publish refused: the connection had published its
+    /// `PublishRate`'s burst and its bucket had not refilled one since
+    /// (the application asked `PublishRate::allow`); it stays open.
+    PublishRate,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2MaxStalledStreams as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::PublishRate as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -93,6 +97,7 @@ impl LimitHit {
         "http2_max_header_list_size",
         "http2_max_concurrent_streams",
         "http2_max_stalled_streams",
+        "publish_rate",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -125,12 +130,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2MaxStalledStreams.count(&stats);
+        LimitHit::PublishRate.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(
-            LimitHit::Http2MaxStalledStreams as usize,
-            LimitHit::COUNT - 1
-        );
+        assert_eq!(LimitHit::PublishRate as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

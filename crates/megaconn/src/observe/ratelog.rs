@@ -205,14 +205,17 @@ pub(crate) enum Flood {
     /// frame may carry (sent as 1011 instead): a handler may pass on a
     /// code its peer chose. (`Hub::close_with` refuses one at the call.)
     BadCloseCode,
+    /// A publish refused by `PublishRate::allow`: a connection published
+    /// past its burst.
+    PublishRate,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 37;
+const KINDS: usize = 38;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::BadCloseCode as usize == KINDS - 1);
+const _: () = assert!(Flood::PublishRate as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
