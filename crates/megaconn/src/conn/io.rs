@@ -334,8 +334,11 @@ impl<T: Transport> ConnIo<T> {
             // The stream's own flush too, even with nothing buffered here:
             // a TLS stream may hold the sealed tail of what this buffer
             // already gave it (a WebSocket's last frame and close), which
-            // only its flush writes.
-            poll_fn(|cx| self.poll_flush(cx)).await?;
+            // only its flush writes. Not after a write timeout: that tail
+            // is what the peer did not take in time (see above).
+            if reason != CloseReason::WriteTimeout {
+                poll_fn(|cx| self.poll_flush(cx)).await?;
+            }
             if linger && reason.truncates() {
                 poll_fn(|cx| self.io.poll_shutdown_truncated(cx)).await?;
             } else if linger || notify {
