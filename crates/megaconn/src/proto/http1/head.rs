@@ -903,6 +903,13 @@ mod tests {
             "x-other",
             "Hos",
             "hostx",
+            // The known names' lengths, other names.
+            "date",
+            "pragma",
+            "keep-alive",
+            "x-request-id",
+            "x-custom-field",
+            "accept-language",
         ] {
             let expected = HeaderName::from_bytes(raw.as_bytes()).unwrap();
             assert_eq!(header_name(raw.as_bytes()).unwrap(), expected, "{raw}");
@@ -1054,5 +1061,212 @@ mod tests {
         assert!(!h10.wants_upgrade, "RFC 9110 §7.8: ignored in HTTP/1.0");
         // CONNECT is an upgrade in any version.
         assert!(parse_ok("CONNECT a:443 HTTP/1.0\r\n\r\n").wants_upgrade);
+    }
+
+    /// A head of exactly `max_header_bytes` is read; one byte more is 431,
+    /// whole or not; a request line that does not end within the limit is
+    /// 414 (the target is what is too long), refused as soon as that much
+    /// came.
+    #[test]
+    fn the_head_limit_is_inclusive_and_names_what_is_too_long() {
+        let head = |len: usize| {
+            let start = "GET / HTTP/1.1\r\nHost: a\r\nX: ";
+            format!("{start}{}\r\n\r\n", "v".repeat(len - start.len() - 4))
+        };
+        assert!(parse(head(1024).as_bytes(), &LIMITS).unwrap().is_some());
+        let over = head(1025);
+        assert_eq!(parse(over.as_bytes(), &LIMITS).unwrap_err(), HEAD_TOO_LARGE);
+        let unended = &over.as_bytes()[..1024];
+        assert_eq!(parse(unended, &LIMITS).unwrap_err(), HEAD_TOO_LARGE);
+        assert_eq!(
+            parse(&unended[..1023], &LIMITS).map(|h| h.is_none()),
+            Ok(true)
+        );
+        let long_line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "p".repeat(1100));
+        assert_eq!(
+            parse(long_line.as_bytes(), &LIMITS).unwrap_err(),
+            URI_TOO_LONG
+        );
+        assert_eq!(
+            parse(&long_line.as_bytes()[..1024], &LIMITS).unwrap_err(),
+            URI_TOO_LONG
+        );
+        // Empty lines alone up to the limit: no target came to be too long.
+        let empty_lines = b"\r\n".repeat(512);
+        assert_eq!(parse(&empty_lines, &LIMITS).unwrap_err(), HEAD_TOO_LARGE);
+    }
+
+    /// A target of 65534 bytes (the most the http crate's `Uri` takes) is
+    /// read; one more is 414, too long, not malformed.
+    #[test]
+    fn a_target_is_at_most_65534_bytes() {
+        let limits = HeadLimits {
+            max_header_bytes: 70_000,
+            ..LIMITS
+        };
+        let request =
+            |len: usize| format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "p".repeat(len - 1));
+        let (head, _) = parse(request(65_534).as_bytes(), &limits).unwrap().unwrap();
+        assert_eq!(head.uri.path().len(), 65_534);
+        assert_eq!(
+            parse(request(65_535).as_bytes(), &limits)
+                .unwrap_err()
+                .status,
+            StatusCode::URI_TOO_LONG
+        );
+    }
+
+    /// Each target form only with the methods it is for: `*` with OPTIONS,
+    /// authority-form (no scheme) with CONNECT.
+    #[test]
+    fn target_forms_and_their_methods() {
+        assert_eq!(parse_ok("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").uri, "*");
+        for bad in [
+            "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT http://a:443/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(status(bad), BAD, "{bad:?}");
+        }
+    }
+
+    /// A Content-Length of `max_body_bytes` is taken, and so is one of 19
+    /// digits (with `max_body_bytes` as high); 20 digits are refused even
+    /// when they say a small number.
+    #[test]
+    fn content_length_bounds() {
+        let request =
+            |n: &str| format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {n}\r\n\r\n");
+        assert_eq!(
+            parse_ok(&request("1000")).framing,
+            BodyFraming::Length(1000)
+        );
+        let limits = HeadLimits {
+            max_body_bytes: u64::MAX,
+            ..LIMITS
+        };
+        let (head, _) = parse(request("9999999999999999999").as_bytes(), &limits)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, BodyFraming::Length(9_999_999_999_999_999_999));
+        assert_eq!(status(&request("00000000000000000005")), BAD);
+        assert_eq!(parse_ok(&request("0")).framing, BodyFraming::None);
+    }
+
+    /// A transfer coding is a token: one that is not is malformed (400),
+    /// one that is, but not chunked, is not implemented (501).
+    #[test]
+    fn transfer_codings_must_be_tokens() {
+        let te = |value: &str| {
+            status(&format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {value}\r\n\r\n"
+            ))
+        };
+        assert_eq!(te("x-gzip, chunked"), StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(te("g@zip, chunked"), BAD);
+        assert_eq!(te(", chunked"), BAD);
+        assert_eq!(
+            status("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            BAD
+        );
+    }
+
+    /// `Expect: 100-continue` is noted in HTTP/1.1 only (an HTTP/1.0 client
+    /// does not wait for it); any other expectation is 417. `TE: trailers`
+    /// is noted wherever it is in the list, and only when sent.
+    #[test]
+    fn expect_and_te() {
+        let with = |version: &str, field: &str| {
+            parse_ok(&format!(
+                "POST / HTTP/{version}\r\nHost: a\r\n{field}\r\n\r\n"
+            ))
+        };
+        assert!(with("1.1", "Expect: 100-Continue").expect_continue);
+        assert!(!with("1.0", "Expect: 100-continue").expect_continue);
+        assert!(!with("1.1", "X: y").expect_continue);
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n"),
+            StatusCode::EXPECTATION_FAILED
+        );
+        assert!(with("1.1", "TE: gzip, Trailers").te_trailers);
+        assert!(with("1.1", "TE: trailers\r\nTE: gzip, trailers").te_trailers);
+        assert!(!with("1.1", "TE: gzip").te_trailers);
+        assert!(!with("1.1", "X: trailers").te_trailers);
+    }
+
+    /// An upgrade needs both `Connection: upgrade` and `Upgrade`.
+    #[test]
+    fn an_upgrade_takes_both_fields() {
+        for fields in [
+            "Connection: upgrade",
+            "Upgrade: websocket",
+            "Connection: keep-alive, Upgrade",
+        ] {
+            let h = parse_ok(&format!("GET / HTTP/1.1\r\nHost: a\r\n{fields}\r\n\r\n"));
+            assert!(!h.wants_upgrade, "{fields:?}");
+        }
+        let h = parse_ok(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        );
+        assert!(h.wants_upgrade);
+    }
+
+    /// HTTP/1.0 keeps the connection with `keep-alive` only if `close` is
+    /// not there too.
+    #[test]
+    fn http_1_0_keep_alive_and_close() {
+        let h = parse_ok("GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h = parse_ok("GET / HTTP/1.0\r\nConnection: close\r\n\r\n");
+        assert!(!h.keep_alive);
+    }
+
+    /// A refusal counts as the limit (or check) that refused it.
+    #[test]
+    fn refusals_count_as_their_limit() {
+        let limit = |raw: &[u8]| parse(raw, &LIMITS).unwrap_err().limit();
+        let fields: String = (0..9).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let cases = [
+            (
+                format!("GET / HTTP/1.1\r\n{fields}\r\n"),
+                LimitHit::MaxHeaders,
+            ),
+            (
+                format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(1100)),
+                LimitHit::MaxHeaderBytes,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n".into(),
+                LimitHit::MaxBodyBytes,
+            ),
+            (
+                format!("GET /{} HTTP/1.1\r\n\r\n", "p".repeat(1100)),
+                LimitHit::UriTooLong,
+            ),
+            ("GET / HTTP/2.0\r\n\r\n".into(), LimitHit::HttpVersion),
+            ("GET / HTTP/1.1\r\n\r\n".into(), LimitHit::MalformedRequest),
+        ];
+        for (raw, hit) in cases {
+            assert_eq!(limit(raw.as_bytes()), hit, "{raw:?}");
+        }
+    }
+
+    /// A head read whole is not copied: the target and the header values
+    /// are slices of the read buffer's allocation.
+    #[test]
+    fn a_head_read_whole_is_sliced_not_copied() {
+        let raw = b"GET /a?q HTTP/1.1\r\nHost: h\r\nX-T: value\r\n\r\n";
+        let mut rbuf = BytesMut::from(&raw[..]);
+        let read = rbuf.as_ptr() as usize..rbuf.as_ptr() as usize + raw.len();
+        let end = find_end(&rbuf, &mut 0);
+        let head = parse_from(&mut rbuf, end, &LIMITS).unwrap().unwrap();
+        for part in [
+            head.uri.path().as_bytes(),
+            head.headers["host"].as_bytes(),
+            head.headers["x-t"].as_bytes(),
+        ] {
+            assert!(read.contains(&(part.as_ptr() as usize)), "{part:?} copied");
+        }
     }
 }

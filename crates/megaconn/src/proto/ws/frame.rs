@@ -943,4 +943,111 @@ mod tests {
         assert_eq!(Decoder::default().decode(&mut buf, LIMITS), Ok(None));
         assert!(buf.capacity() >= bytes.len(), "{}", buf.capacity());
     }
+
+    /// A message's bytes are its payload, text as UTF-8.
+    #[test]
+    fn a_message_s_bytes_are_its_payload() {
+        assert_eq!(WsMessage::from("hé").as_bytes(), "hé".as_bytes());
+        assert_eq!(WsMessage::from(String::from("x")).as_bytes(), b"x");
+        let binary = WsMessage::from(Bytes::from_static(&[0, 0xff]));
+        assert_eq!(binary.as_bytes(), [0, 0xff]);
+    }
+
+    /// A violation closes with its code, and its close reason (and log
+    /// line) says which rule was broken; a size limit's log line names the
+    /// `WebSocketRoute` setting to raise.
+    #[test]
+    fn violations_say_what_broke() {
+        let limits = Limits {
+            max_frame_bytes: 10,
+            max_message_bytes: 15,
+        };
+        let decode = |bytes: &[u8]| Decoder::default().decode(&mut BytesMut::from(bytes), limits);
+        let cases = [
+            (
+                decode(&[0x81, 0x01, b'a']),
+                1002,
+                "client frames must be masked",
+            ),
+            (
+                decode(&client(0x81, &[0xff])),
+                1007,
+                "text is not valid UTF-8",
+            ),
+            (
+                decode(&client(0x82, &[0; 11])),
+                1009,
+                "frame over max_frame_bytes",
+            ),
+            (
+                decode(&[client(0x02, &[0; 10]), client(0x80, &[0; 10])].concat()),
+                1009,
+                "message over max_message_bytes",
+            ),
+        ];
+        for (got, code, reason) in cases {
+            let violation = got.unwrap_err();
+            assert_eq!((violation.code(), violation.reason()), (code, reason));
+        }
+        let Err(Violation::TooBig(frame)) = decode(&client(0x82, &[0; 11])) else {
+            panic!("a frame over the limit");
+        };
+        assert_eq!(frame.limit_hit(), LimitHit::WsFrameTooBig);
+        assert_eq!(
+            frame.over_limit().setting,
+            "WebSocketRoute::max_frame_bytes"
+        );
+        let message = TooBig {
+            frame: false,
+            ..frame
+        };
+        assert_eq!(message.limit_hit(), LimitHit::WsMessageTooBig);
+        assert_eq!(
+            message.over_limit().setting,
+            "WebSocketRoute::max_message_bytes"
+        );
+    }
+
+    /// A message goes out as one final frame: as it is, or, when
+    /// permessage-deflate was agreed, compressed with RSV1 set (and inflating
+    /// the payload gives the message back).
+    #[test]
+    fn messages_go_out_plain_or_compressed() {
+        let text = WsMessage::from("hello hello hello");
+        let mut out = BytesMut::new();
+        encode_message(&mut out, &text, None);
+        let mut plain = BytesMut::new();
+        encode(&mut plain, Out::Text, b"hello hello hello");
+        assert_eq!(out, plain);
+
+        let codec = Codec::default();
+        let binary = WsMessage::Binary(Bytes::from(vec![7; 1000]));
+        let mut out = BytesMut::new();
+        encode_message(
+            &mut out,
+            &binary,
+            Some((&codec, Deflate { window_bits: 15 })),
+        );
+        let mut cursor = Cursor::new(&out[..]);
+        let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        assert!(header.is_final && header.rsv1 && header.mask.is_none());
+        assert_eq!(header.opcode, OpCode::Data(Data::Binary));
+        let payload = &out[cursor.position() as usize..];
+        assert_eq!(payload.len() as u64, length);
+        assert!(payload.len() < 1000, "{} bytes", payload.len());
+        assert_eq!(
+            codec.decompress(payload, 1000),
+            Ok(binary.as_bytes().to_vec().into())
+        );
+    }
+
+    /// A frame is written into room reserved once for all of it: a write
+    /// buffer is not left larger than the frames it holds need.
+    #[test]
+    fn a_frame_reserves_its_own_size() {
+        let mut out = BytesMut::new();
+        encode(&mut out, Out::Binary, &[1; 200]);
+        assert_eq!(out.len(), 4 + 200, "a 16-bit length");
+        assert!(out.capacity() < 2 * out.len(), "{}", out.capacity());
+    }
 }
