@@ -462,10 +462,12 @@ pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8>
 /// quiet and ours trips), then all reset in one write.
 #[tokio::test]
 async fn a_rapid_reset_is_counted_once() {
-    let (builder, mut events) = event_log(megaconn::Server::builder());
+    let streams = megaconn::RAPID_RESET_LIMIT as u32 + 50;
+    // All of them open at once: more than the default 128 streams.
+    let (builder, mut events) =
+        event_log(megaconn::Server::builder().http2_max_concurrent_streams(streams));
     let server = start(builder).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    let streams = megaconn::RAPID_RESET_LIMIT as u32 + 50;
     let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     opening.extend(frame(0x4, 0, 0, &[])); // SETTINGS
     let block = [
