@@ -466,16 +466,22 @@ mod tests {
             &mut dst,
             StatusCode::OK,
             &headers,
-            HeadContext {
-                request_method_is_head: false,
-                request_version: Version::HTTP_11,
-                keep_alive: true,
-                body_length: hint,
-                switching: false,
-            },
+            keep_alive_get(hint),
             None,
         );
         (String::from_utf8(dst.to_vec()).unwrap(), enc, keep_alive)
+    }
+
+    /// What the exchange knows of a keep-alive HTTP/1.1 GET whose body's
+    /// size hint is `hint`.
+    fn keep_alive_get(hint: Option<u64>) -> HeadContext {
+        HeadContext {
+            request_method_is_head: false,
+            request_version: Version::HTTP_11,
+            keep_alive: true,
+            body_length: hint,
+            switching: false,
+        }
     }
 
     /// The handler's first `Content-Length`, when valid, frames the body
@@ -559,13 +565,7 @@ mod tests {
             &mut dst,
             StatusCode::OK,
             &headers,
-            HeadContext {
-                request_method_is_head: false,
-                request_version: Version::HTTP_11,
-                keep_alive: true,
-                body_length: Some(1_234_567_890),
-                switching: false,
-            },
+            keep_alive_get(Some(1_234_567_890)),
             Some(&server),
         );
         let text = String::from_utf8(dst.to_vec()).unwrap();
