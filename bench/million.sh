@@ -290,6 +290,18 @@ if [[ -z "$MEGACONN_USER" ]]; then
   cp -f "$REPO_ROOT/target/release/megaconn" "$RES_DIR/megaconn"
   MEGACONN="$RES_DIR/megaconn"
   (cd "$REPO_ROOT" && git describe --always --dirty 2>/dev/null || echo unknown) >"$RES_DIR/megaconn.version"
+else
+  # A binary given as MEGACONN: its build is what its `.version` file beside
+  # it says (the commit it was built from, written by whoever copied it
+  # there, as lib.sh's snapshots do), else what the binary says of itself.
+  # The work tree's `git describe` would name this checkout, not that
+  # binary. (The summary line printed "?" for such a binary.)
+  if [[ -s "$MEGACONN.version" ]]; then
+    cp -f "$MEGACONN.version" "$RES_DIR/megaconn.version"
+  else
+    echo "$("$MEGACONN" --version 2>/dev/null || echo unknown) ($MEGACONN, no $MEGACONN.version)" \
+      >"$RES_DIR/megaconn.version"
+  fi
 fi
 megaconn_has hold || die "megaconn hold is not available ($MEGACONN hold --help failed)"
 # hold runs from its own copy of the binary: run from the same file as the

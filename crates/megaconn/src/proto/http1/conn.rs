@@ -424,35 +424,47 @@ where
         head.method == Method::CONNECT,
     );
 
-    let mut request = Request::new(body);
-    *request.method_mut() = head.method;
-    // The `Uri` and the `HeaderMap` that `Request::new` put there own no
-    // heap memory (a static `/`, an unallocated map), so they are forgotten
-    // rather than dropped: their drop glue, run for nothing, took ~80
-    // user-space instructions a request (callgrind, bench/CPU-PER-REQUEST.md,
-    // session 37).
-    let default_uri = std::mem::replace(request.uri_mut(), head.uri);
-    // `== "/"`: no scheme, no authority, the path `/` and no query, i.e.
-    // `Uri::default()`, which holds no heap memory (http 1.x: no scheme, an
-    // empty `Bytes`, a static `/`); a `Request::new` that put anything else
-    // there would leak it.
-    debug_assert_eq!(default_uri, "/");
-    std::mem::forget(default_uri);
-    *request.version_mut() = head.version;
-    let unallocated = std::mem::replace(request.headers_mut(), head.headers);
-    debug_assert_eq!(unallocated.capacity(), 0);
-    std::mem::forget(unallocated);
-    if let Some(info) = conn.info.as_deref() {
-        crate::service::insert_conn_info(request.extensions_mut(), *info);
-    }
-    let upgrade = head.wants_upgrade.then(|| {
-        let (tx, on_upgrade) = upgrade::pending();
-        request.extensions_mut().insert(on_upgrade);
-        tx
-    });
-
-    let (handler, span) = crate::service::call(service, request, &conn.ctx, T::SECURE);
-    let Some(handler) = handler else {
+    // The handler's future is built here, in this future's frame, where the
+    // exchange polls it (`service::call_into`).
+    let mut handler = std::pin::pin!(None::<S::Future>);
+    // The request is built where the service's `call` takes it
+    // (`service::call_into`): built here, it was copied twice on its way
+    // there, 368 bytes each time (~128 user-space instructions a request;
+    // bench/CPU-PER-REQUEST.md, session 38).
+    let mut upgrade = None;
+    let info = conn.info.as_deref();
+    let fill = |request: &mut Request<Body>| {
+        *request.method_mut() = head.method;
+        // The `Uri` and the `HeaderMap` that `Request::new` put there own no
+        // heap memory (a static `/`, an unallocated map), so they are forgotten
+        // rather than dropped: their drop glue, run for nothing, took ~80
+        // user-space instructions a request (callgrind, bench/CPU-PER-REQUEST.md,
+        // session 37).
+        let default_uri = std::mem::replace(request.uri_mut(), head.uri);
+        // `== "/"`: no scheme, no authority, the path `/` and no query, i.e.
+        // `Uri::default()`, which holds no heap memory (http 1.x: no scheme,
+        // an empty `Bytes`, a static `/`); a `Request::new` that put anything
+        // else there would leak it.
+        debug_assert_eq!(default_uri, "/");
+        std::mem::forget(default_uri);
+        *request.version_mut() = head.version;
+        let unallocated = std::mem::replace(request.headers_mut(), head.headers);
+        debug_assert_eq!(unallocated.capacity(), 0);
+        std::mem::forget(unallocated);
+        if let Some(info) = info {
+            crate::service::insert_conn_info(request.extensions_mut(), *info);
+        }
+        if head.wants_upgrade {
+            let (tx, on_upgrade) = upgrade::pending();
+            request.extensions_mut().insert(on_upgrade);
+            upgrade = Some(tx);
+        }
+    };
+    let (called, span) =
+        crate::service::call_into(service, &conn.ctx, T::SECURE, body, fill, |future| {
+            handler.set(Some(future))
+        });
+    if !called {
         return Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
             RequestRecord::untimed(conn.ctx.stats_source(), method)
@@ -462,7 +474,7 @@ where
             "the handler panicked",
             CloseReason::Panic,
         );
-    };
+    }
     let setup = ExchangeSetup {
         method,
         version: setup_head.0,

@@ -79,24 +79,31 @@ pub(crate) fn encode_head(
     let mut user_set = None;
     let mut length_seen = false;
     for (name, value) in headers {
-        // Framing is ours: the handler's values could contradict what we
-        // actually send.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            if name == header::CONTENT_LENGTH && !std::mem::replace(&mut length_seen, true) {
-                user_set = length_of(value);
+        let text = name.as_str().as_bytes();
+        // Only five names are looked at, and their lengths tell every other
+        // name apart at once (`content-type`, `cache-control`, ...): a
+        // header that is none of them costs no comparisons (~15 user-space
+        // instructions a header; bench/CPU-PER-REQUEST.md, session 38).
+        if matches!(text.len(), 4 | 6 | 10 | 14 | 17) {
+            // Framing is ours: the handler's values could contradict what
+            // we actually send.
+            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                if name == header::CONTENT_LENGTH && !std::mem::replace(&mut length_seen, true) {
+                    user_set = length_of(value);
+                }
+                continue;
             }
-            continue;
-        }
-        if name == header::CONNECTION {
-            // A 101 gets our `connection: upgrade`, a tunnel none.
-            if !switching {
-                keep_alive &= !put_connection_options(dst, value.as_bytes());
+            if name == header::CONNECTION {
+                // A 101 gets our `connection: upgrade`, a tunnel none.
+                if !switching {
+                    keep_alive &= !put_connection_options(dst, value.as_bytes());
+                }
+                continue;
             }
-            continue;
+            has_date |= name == header::DATE;
+            has_server |= name == header::SERVER;
         }
-        has_date |= name == header::DATE;
-        has_server |= name == header::SERVER;
-        put_header(dst, name.as_str().as_bytes(), value.as_bytes());
+        put_header(dst, text, value.as_bytes());
     }
     if status == StatusCode::SWITCHING_PROTOCOLS {
         put_header(dst, b"connection", b"upgrade");
@@ -223,9 +230,31 @@ fn put_content_length(dst: &mut BytesMut, n: u64) {
 
 /// A header whose name (and `: `) is known: one copy fewer than `put_header`.
 fn put_line(dst: &mut BytesMut, name_colon_space: &[u8], value: &[u8]) {
-    dst.put_slice(name_colon_space);
-    dst.put_slice(value);
-    dst.put_slice(b"\r\n");
+    put_all(dst, [name_colon_space, value, b"\r\n"]);
+}
+
+/// Appends `parts` to `dst` with one check of its room for all of them:
+/// a head is a dozen short pieces, and `put_slice` checks the room and the
+/// length for each (~7 user-space instructions a piece, ~80 a response;
+/// bench/CPU-PER-REQUEST.md, session 38). A piece of constant length (`: `,
+/// `\r\n`) is then a store or two, not a copy.
+#[inline(always)]
+fn put_all<const N: usize>(dst: &mut BytesMut, parts: [&[u8]; N]) {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    dst.reserve(len);
+    let start = dst.len();
+    let base = dst.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    let mut at = 0;
+    for part in parts {
+        // SAFETY: `reserve` made room for `len` bytes past `start`, which
+        // `base` points to, and the parts written sum to `len`; a slice we
+        // are given cannot overlap the buffer we hold `&mut` to.
+        unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), base.add(at), part.len()) };
+        at += part.len();
+    }
+    // SAFETY: the `len` bytes past `start` were initialised just above,
+    // within the capacity `reserve` made.
+    unsafe { dst.set_len(start + len) };
 }
 
 fn itoa_buf() -> [u8; 20] {
@@ -247,10 +276,7 @@ fn format_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
 }
 
 fn put_header(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
-    dst.put_slice(name);
-    dst.put_slice(b": ");
-    dst.put_slice(value);
-    dst.put_slice(b"\r\n");
+    put_all(dst, [name, b": ", value, b"\r\n"]);
 }
 
 impl Encoder {
@@ -440,16 +466,22 @@ mod tests {
             &mut dst,
             StatusCode::OK,
             &headers,
-            HeadContext {
-                request_method_is_head: false,
-                request_version: Version::HTTP_11,
-                keep_alive: true,
-                body_length: hint,
-                switching: false,
-            },
+            keep_alive_get(hint),
             None,
         );
         (String::from_utf8(dst.to_vec()).unwrap(), enc, keep_alive)
+    }
+
+    /// What the exchange knows of a keep-alive HTTP/1.1 GET whose body's
+    /// size hint is `hint`.
+    fn keep_alive_get(hint: Option<u64>) -> HeadContext {
+        HeadContext {
+            request_method_is_head: false,
+            request_version: Version::HTTP_11,
+            keep_alive: true,
+            body_length: hint,
+            switching: false,
+        }
     }
 
     /// The handler's first `Content-Length`, when valid, frames the body
@@ -481,6 +513,79 @@ mod tests {
             Encoder::Length { remaining: 5 }
         );
         assert_eq!(encode(&["x"], None).1, Encoder::Chunked);
+    }
+
+    /// Headers whose names have the length of one of the five names
+    /// `encode_head` looks at (`date`, `server`, `connection`,
+    /// `content-length`, `transfer-encoding`) but are none of them go out
+    /// as they are, and so does a head far larger than the room reserved
+    /// up front (the pieces are written after one check of the room each:
+    /// `put_all`).
+    #[test]
+    fn names_of_the_framing_headers_lengths_and_a_long_head_go_out_whole() {
+        let mut headers = HeaderMap::new();
+        for name in [
+            "x-ab",
+            "x-abcd",
+            "x-abcdefgh",
+            "x-abcdefghijkl",
+            "x-abcdefghijklmno",
+        ] {
+            headers.append(name, HeaderValue::from_static("v"));
+        }
+        let long = "y".repeat(3000);
+        headers.append("x-long", HeaderValue::from_str(&long).unwrap());
+        headers.append("x-ab", HeaderValue::from_static("again"));
+        let (text, enc, keep_alive) = ok_keep_alive(headers, Some(3));
+        assert_eq!(
+            text,
+            format!(
+                "HTTP/1.1 200 OK\r\nx-ab: v\r\nx-ab: again\r\nx-abcd: v\r\nx-abcdefgh: v\r\n\
+                 x-abcdefghijkl: v\r\nx-abcdefghijklmno: v\r\nx-long: {long}\r\n\
+                 date: today\r\ncontent-length: 3\r\n\r\n"
+            )
+        );
+        assert_eq!(enc, Encoder::Length { remaining: 3 });
+        assert!(keep_alive);
+    }
+
+    /// The head of the common answer, byte for byte: status line, the
+    /// handler's header, the length, and the date and `server` megaconn
+    /// adds.
+    #[test]
+    fn the_common_head_byte_for_byte() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        let mut dst = BytesMut::from(&b"earlier answer|"[..]);
+        let server = HeaderValue::from_static("megaconn");
+        let (enc, keep_alive) = encode_head(
+            &mut dst,
+            StatusCode::OK,
+            &headers,
+            keep_alive_get(Some(1_234_567_890)),
+            Some(&server),
+        );
+        let text = String::from_utf8(dst.to_vec()).unwrap();
+        // The date is whichever second it was: checked for its form only.
+        let (before, rest) = text.split_once("date: ").unwrap();
+        let (date, after) = rest.split_at(29);
+        assert_eq!(
+            before,
+            "earlier answer|HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: 1234567890\r\n"
+        );
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
+        assert_eq!(after, "\r\nserver: megaconn\r\n\r\n");
+        assert_eq!(
+            enc,
+            Encoder::Length {
+                remaining: 1_234_567_890
+            }
+        );
+        assert!(keep_alive);
     }
 
     #[test]

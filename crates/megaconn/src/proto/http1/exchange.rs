@@ -20,9 +20,9 @@
 //! pump keeps one eye on the socket so a client that hangs up cancels the
 //! handler. A handler's wait for body bytes that do not come is bounded
 //! ([`BodyStall`]). [`Exchange::poll`] runs the three steps in a loop until
-//! none makes progress. The whole exchange (handler future and response
-//! body inline) is boxed by the caller, so an idle connection's future
-//! stays small.
+//! none makes progress. The whole exchange (the response body inline, the
+//! handler's future beside it in the caller's frame) is boxed by the
+//! caller, so an idle connection's future stays small.
 
 use std::future::Future;
 use std::io;
@@ -31,7 +31,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use futures_util::future::CatchUnwind;
 use http::{Response, StatusCode, Version};
 use http_body::Body as HttpBody;
 use tokio::time::Sleep;
@@ -165,8 +164,14 @@ pin_project_lite::pin_project! {
     #[project = ExchangeProj]
     pub(crate) struct Exchange<'c, T, F, B> {
         conn: &'c mut ConnIo<T>,
-        #[pin]
-        handler: Option<CatchUnwind<AssertUnwindSafe<F>>>,
+        // The handler's future, in the caller's frame: the service's
+        // `call` builds it there (`service::call_into`), where built here
+        // it was returned and moved three times first (~90 user-space
+        // instructions a request; bench/CPU-PER-REQUEST.md, session 38).
+        // Emptied first when the exchange drops ([`PinnedDrop`]), as when
+        // it was the first field: the handler goes before the request
+        // body's sender, the upgrade's and the request's record.
+        handler: Pin<&'c mut Option<F>>,
         #[pin]
         body: Option<B>,
         #[pin]
@@ -193,6 +198,15 @@ pin_project_lite::pin_project! {
         deferred_head: Option<(http::response::Parts, Option<u64>)>,
         record: RequestRecord,
     }
+
+    impl<'c, T, F, B> PinnedDrop for Exchange<'c, T, F, B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.handler.is_some() {
+                this.handler.set(None);
+            }
+        }
+    }
 }
 
 impl<'c, T, F, B, E> Exchange<'c, T, F, B>
@@ -204,10 +218,14 @@ where
     B::Error: Into<BoxError>,
 {
     // Inlined so that the exchange is built where it is awaited, not built
-    // and then moved there (~800 bytes per request).
+    // and then moved there (~800 bytes per request). `handler`: the
+    // service's future, already in place (see the field).
     #[inline(always)]
-    pub(crate) fn new(conn: &'c mut ConnIo<T>, handler: F, mut setup: ExchangeSetup) -> Self {
-        use futures_util::FutureExt;
+    pub(crate) fn new(
+        conn: &'c mut ConnIo<T>,
+        handler: Pin<&'c mut Option<F>>,
+        mut setup: ExchangeSetup,
+    ) -> Self {
         let deadline = match (&setup.decoder, conn.ctx.config.read_timeout) {
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
@@ -217,7 +235,7 @@ where
             .logged(setup.access.take());
         Exchange {
             conn,
-            handler: Some(AssertUnwindSafe(handler).catch_unwind()),
+            handler,
             body: None,
             deadline,
             deadline_kind: DeadlineKind::Read,
@@ -401,6 +419,12 @@ fn answer_error<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: StatusCode, r
 }
 
 /// Polls the handler; when it answers, writes the response head.
+///
+/// A panic in the handler's poll is caught here, around the poll, rather
+/// than by a `CatchUnwind` around the future: its poll gave the answer back
+/// inside one more `Result`, and the answer (a `Response`, 256 bytes for
+/// the demo's) was moved once more for it (bench/CPU-PER-REQUEST.md,
+/// session 38).
 fn poll_handler<T, F, B, E>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Transport,
@@ -412,34 +436,42 @@ where
     let Some(handler) = this.handler.as_mut().as_pin_mut() else {
         return Ok(false);
     };
-    let Poll::Ready(result) = handler.poll(cx) else {
-        return Ok(false);
-    };
-    this.handler.set(None);
-    match result {
-        Ok(Ok(response)) => start_response(this, response),
-        Ok(Err(e)) => {
-            let e: BoxError = e.into();
-            tracing::warn!(error = %e, "service returned an error; answering 500");
-            Err(fail_before_response(
-                this,
-                "the service failed",
-                CloseReason::ServerError,
-            ))
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.poll(cx))) {
+        Ok(Poll::Pending) => Ok(false),
+        Ok(Poll::Ready(Ok(response))) => {
+            this.handler.set(None);
+            start_response(this, response)
+        }
+        Ok(Poll::Ready(Err(e))) => {
+            this.handler.set(None);
+            Err(service_failed(this, e.into()))
         }
         Err(panic) => {
-            incr(&this.conn.ctx.stats.panics);
-            ratelog::panicked(
-                "handler panicked; answering 500",
-                Some(panic_message(&panic)),
-            );
-            Err(fail_before_response(
-                this,
-                "the handler panicked",
-                CloseReason::Panic,
-            ))
+            this.handler.set(None);
+            Err(handler_panicked(this, &panic))
         }
     }
+}
+
+/// The service's future failed: answer 500 and close.
+#[cold]
+fn service_failed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, e: BoxError) -> Outcome {
+    tracing::warn!(error = %e, "service returned an error; answering 500");
+    fail_before_response(this, "the service failed", CloseReason::ServerError)
+}
+
+/// The handler's future panicked: counted, logged; answer 500 and close.
+#[cold]
+fn handler_panicked<T, F, B>(
+    this: &mut Proj<'_, '_, T, F, B>,
+    panic: &Box<dyn std::any::Any + Send>,
+) -> Outcome {
+    incr(&this.conn.ctx.stats.panics);
+    ratelog::panicked(
+        "handler panicked; answering 500",
+        Some(panic_message(panic)),
+    );
+    fail_before_response(this, "the handler panicked", CloseReason::Panic)
 }
 
 /// The handler failed without a response: answer 500 and close.
@@ -452,12 +484,35 @@ fn fail_before_response<T, F, B>(
     Outcome::Close(close)
 }
 
+// Inlined into its one caller, so that the response is taken apart where
+// the handler's poll left it, not copied first into this function's
+// argument (256 bytes for the demo's; bench/CPU-PER-REQUEST.md, session 38).
+#[inline(always)]
 fn start_response<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, response: Response<B>) -> Step
 where
     T: Transport,
     B: HttpBody<Data = Bytes>,
 {
     let (mut parts, body) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
+        || (this.setup.is_connect && parts.status.is_success());
+    // (A switch without an upgrade to take, and a 1xx other than 101, are
+    // answered 500 below, and have no body either.)
+    let has_body = !(this.setup.is_head
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+        || switching);
+    // (The handler's `Content-Length` takes precedence: `encode_head`.)
+    let body_length = body.size_hint().exact();
+    // The body is put in its place first, straight from the response: put
+    // there after the checks below, it was moved once more on the way
+    // (a 144-byte copy for the demo's; bench/CPU-PER-REQUEST.md, session 38).
+    if has_body {
+        this.body.set(Some(body));
+    } else {
+        drop(body);
+    }
     if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
         // A 1xx is interim: sent as the answer, the client would wait for a
         // final one that never comes. hyper answers 500 and closes too.
@@ -473,8 +528,6 @@ where
             CloseReason::ServerError,
         ));
     }
-    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
-        || (this.setup.is_connect && parts.status.is_success());
     // Not for the native route's own refusals (a bad handshake's `426`),
     // and held to one line per interval: a peer can send such requests at
     // will.
@@ -510,16 +563,7 @@ where
             }
         }
     }
-    // (The handler's `Content-Length` takes precedence: `encode_head`.)
-    let body_length = body.size_hint().exact();
-    let has_body = !(this.setup.is_head
-        || parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED
-        || this.upgrading.is_some());
-    if has_body {
-        this.body.set(Some(body));
-    } else {
+    if !has_body {
         *this.response_done = true;
     }
     // While the client waits for `100 Continue`, the head waits for the body's
