@@ -210,20 +210,9 @@ async fn a_message_past_the_limit_closes_with_1009() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     let _ = tracing::subscriber::set_global_default(Capture);
-    let app = axum::Router::new().route(
-        "/small",
-        axum::routing::get(move |ws: WebSocketUpgrade| async move {
-            ws.max_message_size(2048)
-                .max_frame_size(1024)
-                .on_upgrade(|mut socket| async move {
-                    while let Some(Ok(msg)) = socket.recv().await {
-                        if socket.send(msg).await.is_err() {
-                            break;
-                        }
-                    }
-                })
-        }),
-    );
+    let app = echo_route("/small", |ws: WebSocketUpgrade| {
+        ws.max_message_size(2048).max_frame_size(1024)
+    });
     // A message of `sizes` fragments.
     let fragments = |sizes: &[usize]| -> Vec<Frame> {
         sizes
@@ -812,8 +801,9 @@ async fn without_a_heartbeat_a_send_to_a_peer_that_stops_reading_fails_at_the_wr
 /// native route (`ws::a_peer_that_reads_slowly_but_steadily_is_not_cut_off_
 /// by_the_write_stall_bound`), whose reasons hold here: tokio writes again
 /// only once a third of the socket's send buffer (autotuned to megabytes
-/// on loopback) has drained, which takes this reader (100 KiB/s) longer
-/// than a bound; the kernel's count of the bytes it acknowledged shows its
+/// on loopback: `message_send_buffer_size(None)`; the default 256 KiB,
+/// 512 KiB in the kernel, drains a third in less than a bound) has
+/// drained, which takes this reader (100 KiB/s) longer than a bound; the kernel's count of the bytes it acknowledged shows its
 /// progress. The client reads one message's echo for three bounds.
 #[tokio::test]
 async fn a_peer_that_reads_slowly_but_steadily_is_not_cut_off_by_the_write_stall_bound() {
@@ -823,7 +813,10 @@ async fn a_peer_that_reads_slowly_but_steadily_is_not_cut_off_by_the_write_stall
     const PAYLOAD: usize = 8 << 20;
     let message = megaconn::axum_ws::Message::Binary(vec![7u8; PAYLOAD].into());
     let (app, mut failures) = feed(message, 1);
-    let server = serve_with(Server::builder().write_stall_timeout(Some(BOUND)), app);
+    let builder = Server::builder()
+        .write_stall_timeout(Some(BOUND))
+        .message_send_buffer_size(None);
+    let server = serve_with(builder, app);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 << 10).unwrap();
     let mut c = upgraded(socket, server.addr, "/feed").await;
