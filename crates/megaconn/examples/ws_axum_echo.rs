@@ -6,6 +6,12 @@
 //! (pings are answered for you). GET /ws/chat -> upgrade; a text message from
 //! one goes to every /ws/chat connection (the broadcast the bench times).
 //!
+//! Both keep `megaconn::axum_ws`'s default limits (a message of 1 MiB at
+//! most, where axum's is 64 MiB), which `bench/attack-memory.sh` measures;
+//! `--max-message-size BYTES` raises /ws's, as an app whose messages are
+//! larger does (`.ci/autobahn` gives it the 16 MiB the Autobahn cases of
+//! section 9 send).
+//!
 //! ```text
 //! cargo run --release -p megaconn --example ws_axum_echo -- --listen 127.0.0.1:8093 --workers 1
 //! ```
@@ -17,8 +23,12 @@ use axum::Router;
 use megaconn::axum_ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use tokio::sync::broadcast;
 
-async fn ws(upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(echo)
+async fn ws(upgrade: WebSocketUpgrade, max_message_size: Option<usize>) -> Response {
+    match max_message_size {
+        Some(max) => upgrade.max_message_size(max),
+        None => upgrade,
+    }
+    .on_upgrade(echo)
 }
 
 async fn echo(mut socket: WebSocket) {
@@ -75,21 +85,28 @@ async fn main() -> Result<(), megaconn::BoxError> {
         .init();
     let mut listen = "127.0.0.1:8093".to_string();
     let mut workers = 1usize;
+    let mut max_message_size = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
             ("--listen", Some(v)) => listen = v,
             ("--workers", Some(v)) => workers = v.parse()?,
+            ("--max-message-size", Some(v)) => max_message_size = Some(v.parse()?),
             _ => {
-                return Err(
-                    format!("usage: ws_axum_echo [--listen ADDR] [--workers N] ({a}?)").into(),
+                return Err(format!(
+                    "usage: ws_axum_echo [--listen ADDR] [--workers N] \
+                     [--max-message-size BYTES] ({a}?)"
                 )
+                .into())
             }
         }
     }
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
-        .route("/ws", get(ws))
+        .route(
+            "/ws",
+            get(move |upgrade: WebSocketUpgrade| ws(upgrade, max_message_size)),
+        )
         .route("/ws/chat", get(chat))
         .with_state(broadcast::channel(16).0);
     let server = megaconn::Server::bind(listen.parse()?)

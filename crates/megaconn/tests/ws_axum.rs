@@ -200,46 +200,49 @@ async fn chat_example_broadcasts_between_two_clients() {
 /// (rate-limited) line naming the setting. The limit hit was not counted
 /// nor logged. Both settings hit on one worker within the interval log a
 /// line each: they shared one log kind, and the second setting was only
-/// counted as suppressed, never named.
+/// counted as suppressed, never named. The message is over its limit in
+/// fragments each within the frame limit (a single frame over the message
+/// limit is refused as over it from its header: see
+/// `a_message_one_byte_over_a_mib_is_refused_by_default_and_taken_when_raised`).
 #[tokio::test]
 async fn a_message_past_the_limit_closes_with_1009() {
     use megaconn::axum_ws::WebSocketUpgrade;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     let _ = tracing::subscriber::set_global_default(Capture);
-    let app = axum::Router::new().route(
-        "/small",
-        axum::routing::get(move |ws: WebSocketUpgrade| async move {
-            // A single frame of 1025 to 2048 bytes is a message over the
-            // limit.
-            ws.max_message_size(1024)
-                .max_frame_size(2048)
-                .on_upgrade(|mut socket| async move {
-                    while let Some(Ok(msg)) = socket.recv().await {
-                        if socket.send(msg).await.is_err() {
-                            break;
-                        }
-                    }
-                })
-        }),
-    );
+    let app = echo_route("/small", |ws: WebSocketUpgrade| {
+        ws.max_message_size(2048).max_frame_size(1024)
+    });
+    // A message of `sizes` fragments.
+    let fragments = |sizes: &[usize]| -> Vec<Frame> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let opcode = if i == 0 { Data::Text } else { Data::Continue };
+                Frame::message(vec![b'a'; n], OpCode::Data(opcode), i + 1 == sizes.len())
+            })
+            .collect()
+    };
     // One server, so one worker (with its own log limiter) for both.
     let server = serve(app);
     for (hits, (setting, what, past, counted)) in [
-        ("max_message_size", "message", 1025, [1, 0]),
-        ("max_frame_size", "frame", 2049, [1, 1]),
+        // Three frames within the frame limit, 2049 bytes in all.
+        ("max_message_size", "message", &[1024, 1024, 1][..], [1, 0]),
+        ("max_frame_size", "frame", &[1025][..], [1, 1]),
     ]
     .into_iter()
     .enumerate()
     {
         let mut client = connect(server.addr, "/small").await;
-        client
-            .send(WsMessage::text("a".repeat(1024)))
-            .await
-            .unwrap();
-        assert_eq!(next_text(&mut client).await.len(), 1024);
-        client
-            .send(WsMessage::text("a".repeat(past)))
-            .await
-            .unwrap();
+        // At the limits: a frame of 1024, a message of 2048.
+        for frame in fragments(&[1024, 1024]) {
+            client.send(WsMessage::Frame(frame)).await.unwrap();
+        }
+        assert_eq!(next_text(&mut client).await.len(), 2048);
+        for frame in fragments(past) {
+            client.send(WsMessage::Frame(frame)).await.unwrap();
+        }
         match next(&mut client).await {
             WsMessage::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Size),
             other => panic!("{setting}: expected close 1009, got {other:?}"),
@@ -258,6 +261,112 @@ async fn a_message_past_the_limit_closes_with_1009() {
             logged.iter().any(|l| l == &line),
             "no line naming {setting} among {logged:?}"
         );
+    }
+}
+
+/// An echo on `path` whose upgrade `limit` sets (or leaves) the limits.
+fn echo_route(
+    path: &str,
+    limit: fn(megaconn::axum_ws::WebSocketUpgrade) -> megaconn::axum_ws::WebSocketUpgrade,
+) -> axum::Router {
+    use megaconn::axum_ws::WebSocketUpgrade;
+    axum::Router::new().route(
+        path,
+        axum::routing::get(move |ws: WebSocketUpgrade| async move {
+            limit(ws).on_upgrade(|mut socket| async move {
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if socket.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        }),
+    )
+}
+
+/// By default a message may be 1 MiB, as on the native route
+/// (`DEFAULT_WS_MAX_MESSAGE_BYTES`): a frame of one byte more closes the
+/// socket with 1009 from its header (no payload sent: tungstenite checks
+/// the message limit only once a frame is whole, and would wait for it),
+/// counted as a message over its limit, and so it does where only
+/// `max_frame_size` was raised; an app that raised `max_message_size`
+/// takes the message. The default was axum's 64 MiB: the same message was
+/// taken, and a client that sent 16 MiB and read nothing held 16 MiB of
+/// the server a connection (`bench/ATTACK-MEMORY.md`).
+#[tokio::test]
+async fn a_message_one_byte_over_a_mib_is_refused_by_default_and_taken_when_raised() {
+    use megaconn::axum_ws::{WebSocketUpgrade, DEFAULT_MAX_MESSAGE_SIZE};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    assert_eq!(
+        DEFAULT_MAX_MESSAGE_SIZE,
+        megaconn::DEFAULT_WS_MAX_MESSAGE_BYTES
+    );
+    assert_eq!(DEFAULT_MAX_MESSAGE_SIZE, 1 << 20);
+    let app = echo_route("/default", |ws| ws)
+        .merge(echo_route("/frames", |ws: WebSocketUpgrade| {
+            ws.max_frame_size(32 << 20)
+        }))
+        .merge(echo_route("/raised", |ws: WebSocketUpgrade| {
+            ws.max_message_size(2 << 20)
+        }));
+    let server = serve(app);
+    for (refused, path) in [(1, "/default"), (2, "/frames")] {
+        // At the limit: taken.
+        let mut client = connect(server.addr, path).await;
+        let at = WsMessage::binary(vec![7u8; DEFAULT_MAX_MESSAGE_SIZE]);
+        client.send(at.clone()).await.unwrap();
+        assert_eq!(next(&mut client).await, at, "{path}");
+        // One byte over: the header of a masked binary frame that long
+        // (64-bit length), its mask, and nothing more.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let mut c = upgraded(socket, server.addr, path).await;
+        let mut header = vec![0x82u8, 0x80 | 127];
+        header.extend((DEFAULT_MAX_MESSAGE_SIZE as u64 + 1).to_be_bytes());
+        header.extend([1, 2, 3, 4]);
+        c.write_all(&header).await.unwrap();
+        let mut close = [0u8; 4];
+        tokio::time::timeout(SAFETY, c.read_exact(&mut close))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no close in time"))
+            .expect("a close frame");
+        assert_eq!(close[..2], [0x88, 2], "{path}: {close:?}");
+        assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1009, "{path}");
+        common::wait_stats(&server.handle, "the error counted", |s| {
+            s.protocol_errors == refused
+        })
+        .await;
+        common::assert_ws_limit_hits(&server.handle, path, [refused, 0]);
+    }
+    let mut client = connect(server.addr, "/raised").await;
+    let over = WsMessage::binary(vec![7u8; DEFAULT_MAX_MESSAGE_SIZE + 1]);
+    client.send(over.clone()).await.unwrap();
+    assert_eq!(next(&mut client).await, over);
+    client.close(None).await.unwrap();
+}
+
+/// An `axum_ws` socket gets `Builder::message_send_buffer_size` (256 KiB
+/// by default, which the kernel doubles) as its `SO_SNDBUF` at its
+/// upgrade, as a native WebSocket's does
+/// (`ws::a_websocket_gets_the_message_send_buffer_at_its_upgrade`), and
+/// `None` leaves it as accepted. It kept the kernel's autotuning: unread
+/// chat pushes held 976 KiB of kernel per subscriber, up to `tcp_wmem`'s
+/// 4 MiB with more (`bench/ATTACK-MEMORY.md`).
+#[tokio::test]
+async fn a_socket_gets_the_message_send_buffer_at_its_upgrade() {
+    let bounded = common::kernel_send_buffer(megaconn::DEFAULT_MESSAGE_SEND_BUFFER);
+    for (builder, set) in [
+        (Server::builder(), true),
+        (Server::builder().message_send_buffer_size(None), false),
+    ] {
+        let server = serve_with(builder, echo_route("/ws", |ws| ws));
+        let mut client = connect(server.addr, "/ws").await;
+        // Echoed: the handler runs, past the upgrade.
+        client.send(WsMessage::text("hi")).await.unwrap();
+        assert_eq!(next_text(&mut client).await, "hi");
+        let MaybeTlsStream::Plain(tcp) = client.get_ref() else {
+            unreachable!("plain ws://")
+        };
+        assert_eq!(common::server_send_buffer(tcp) == bounded, set, "{set}");
     }
 }
 
@@ -692,8 +801,9 @@ async fn without_a_heartbeat_a_send_to_a_peer_that_stops_reading_fails_at_the_wr
 /// native route (`ws::a_peer_that_reads_slowly_but_steadily_is_not_cut_off_
 /// by_the_write_stall_bound`), whose reasons hold here: tokio writes again
 /// only once a third of the socket's send buffer (autotuned to megabytes
-/// on loopback) has drained, which takes this reader (100 KiB/s) longer
-/// than a bound; the kernel's count of the bytes it acknowledged shows its
+/// on loopback: `message_send_buffer_size(None)`; the default 256 KiB,
+/// 512 KiB in the kernel, drains a third in less than a bound) has
+/// drained, which takes this reader (100 KiB/s) longer than a bound; the kernel's count of the bytes it acknowledged shows its
 /// progress. The client reads one message's echo for three bounds.
 #[tokio::test]
 async fn a_peer_that_reads_slowly_but_steadily_is_not_cut_off_by_the_write_stall_bound() {
@@ -703,7 +813,10 @@ async fn a_peer_that_reads_slowly_but_steadily_is_not_cut_off_by_the_write_stall
     const PAYLOAD: usize = 8 << 20;
     let message = megaconn::axum_ws::Message::Binary(vec![7u8; PAYLOAD].into());
     let (app, mut failures) = feed(message, 1);
-    let server = serve_with(Server::builder().write_stall_timeout(Some(BOUND)), app);
+    let builder = Server::builder()
+        .write_stall_timeout(Some(BOUND))
+        .message_send_buffer_size(None);
+    let server = serve_with(builder, app);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 << 10).unwrap();
     let mut c = upgraded(socket, server.addr, "/feed").await;

@@ -45,7 +45,8 @@ pub const DEFAULT_WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default [`Builder::message_send_buffer_size`](crate::Builder::message_send_buffer_size):
 /// `SO_SNDBUF` of 256 KiB on each message connection (a native WebSocket
-/// once upgraded, a framed TCP one once accepted), which Linux doubles for
+/// or an `axum_ws` socket once upgraded, a framed TCP one once accepted),
+/// which Linux doubles for
 /// its bookkeeping (and caps at `net.core.wmem_max`, 208 KiB on a stock
 /// kernel). The kernel's autotuning lets a socket's send queue grow to
 /// `tcp_wmem`'s maximum (4 MiB by default) before a write would block, and

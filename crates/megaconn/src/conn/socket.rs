@@ -32,8 +32,8 @@ use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use crate::conn::config::Config;
 use crate::error::Error;
 
-/// Gives message connection `fd` (a native WebSocket at its upgrade, a
-/// framed one at accept) its `SO_SNDBUF`,
+/// Gives message connection `fd` (a native WebSocket or an `axum_ws` socket
+/// at its upgrade, a framed one at accept) its `SO_SNDBUF`,
 /// [`Builder::message_send_buffer_size`](crate::Builder::message_send_buffer_size):
 /// set per connection, not on the listener, since the same listener's
 /// HTTP responses keep the kernel's autotuning. A failure leaves the

@@ -992,7 +992,8 @@ impl Builder {
     }
 
     /// `SO_SNDBUF` in bytes of each message connection: a native WebSocket
-    /// ([`WebSocketRoute`](crate::WebSocketRoute)) from its upgrade, a
+    /// ([`WebSocketRoute`](crate::WebSocketRoute)) or a
+    /// [`megaconn::axum_ws`](crate::axum_ws) socket from its upgrade, a
     /// framed TCP one from its accept (one `setsockopt`; Linux caps the value
     /// at `net.core.wmem_max`, then doubles it: on a stock kernel, 212,992,
     /// the default 256 KiB gives 416 KiB, and more needs that sysctl raised). It bounds what the

@@ -27,6 +27,14 @@
 //! for the peer's progress, and the bound of a send under way, in the
 //! socket's box ([`Upgraded::poll_write_bound`]).
 //!
+//! A raw upgraded socket keeps the kernel's send buffer (autotuned, or
+//! [`Builder::send_buffer_size`](crate::Builder::send_buffer_size)), as an
+//! HTTP connection does: it may be a tunnel that must stream fast. A
+//! [`WebSocket`](crate::axum_ws::WebSocket) is a message connection and
+//! gets [`Builder::message_send_buffer_size`](crate::Builder::message_send_buffer_size)
+//! at its upgrade, as the native route's socket does
+//! ([`Upgraded::bound_message_send_buffer`]).
+//!
 //! ```no_run
 //! # use megaconn::{Body, OnUpgrade};
 //! # use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -239,6 +247,24 @@ impl Upgraded {
             let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
         }
         Poll::Ready(write_timed_out(limit))
+    }
+
+    /// Gives the connection's TCP socket the `SO_SNDBUF` of a message
+    /// connection, [`Builder::message_send_buffer_size`](crate::Builder::message_send_buffer_size)
+    /// of the worker this runs on, as the native WebSocket's upgrade does
+    /// (`server::dispatch`): an `axum_ws` socket's, at its upgrade. Read
+    /// from the worker rather than carried from the hand-over, so that the
+    /// socket's box does not grow for a value used once. Nothing on an
+    /// HTTP/2 stream (its connection is shared, and keeps HTTP's
+    /// autotuning), on a caller's own transport, or off a worker's thread.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn bound_message_send_buffer(&self) {
+        let Some(fd) = self.inner.io.writes.socket else {
+            return;
+        };
+        if let Some(ctx) = crate::conn::pool::this_worker() {
+            crate::conn::socket::bound_message_send_buffer(fd, &ctx.config);
+        }
     }
 
     /// The write under way is done (or failed): its bound stops.

@@ -55,6 +55,18 @@
 //!
 //! # Differences from axum
 //!
+//! Safer defaults for a server of very many connections, as megaconn's
+//! native route has: a message may be 1 MiB by default
+//! ([`DEFAULT_MAX_MESSAGE_SIZE`], axum's is 64 MiB), checked from each
+//! frame's header too (a frame over it is refused before its payload is
+//! read); an app that calls `max_message_size` (or `max_frame_size`) gets
+//! what it asked for. And the socket gets
+//! [`Builder::message_send_buffer_size`](crate::Builder::message_send_buffer_size)
+//! (256 KiB by default, which Linux doubles) as its `SO_SNDBUF` at the
+//! upgrade, as the native route's does, where axum's keeps the kernel's
+//! autotuning (up to `tcp_wmem`'s 4 MiB for a peer that reads nothing);
+//! `message_send_buffer_size(None)` gives that back.
+//!
 //! `read_buffer_size` is accepted and ignored (reads take at most 8 KiB on
 //! the stack and keep nothing); rejections are this module's
 //! [`WebSocketUpgradeRejection`] with the same statuses as axum's, except
@@ -132,10 +144,21 @@ pub(crate) const WRONG_EXTRACTOR_HINT: &str = "a handler answered 426 Upgrade Re
 
 /// Default [`WebSocketUpgrade::write_buffer_size`]: 128 KiB, as axum.
 pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 128 * 1024;
-/// Default [`WebSocketUpgrade::max_message_size`]: 64 MiB, as axum.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
-/// Default [`WebSocketUpgrade::max_frame_size`]: 16 MiB, as axum.
-pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
+/// Default [`WebSocketUpgrade::max_message_size`]: 1 MiB, the native
+/// route's [`DEFAULT_WS_MAX_MESSAGE_BYTES`](crate::DEFAULT_WS_MAX_MESSAGE_BYTES),
+/// where axum's is 64 MiB. A message is held whole until its last byte
+/// and an echo's reply until the peer reads it: with axum's default a
+/// client that sent one 16 MiB message and read nothing held 16 MiB of the
+/// server's memory (and 3.75 MiB of the kernel's) per connection
+/// (`bench/ATTACK-MEMORY.md`). An app whose messages are larger says so
+/// with [`max_message_size`](WebSocketUpgrade::max_message_size).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = crate::DEFAULT_WS_MAX_MESSAGE_BYTES;
+/// Default [`WebSocketUpgrade::max_frame_size`]: 16 MiB, as axum (and the
+/// native route's [`DEFAULT_WS_MAX_FRAME_BYTES`](crate::DEFAULT_WS_MAX_FRAME_BYTES)).
+/// A data frame is part of a message, so a frame over
+/// [`max_message_size`](WebSocketUpgrade::max_message_size) is refused from
+/// its header too: with the defaults that bound comes first.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = crate::DEFAULT_WS_MAX_FRAME_BYTES;
 
 /// Extractor that upgrades an HTTP/1.1 request, or opens an HTTP/2 extended
 /// CONNECT stream (RFC 8441), to a WebSocket: axum's `WebSocketUpgrade` for
@@ -189,7 +212,9 @@ impl<F> WebSocketUpgrade<F> {
     /// Largest message accepted, in bytes; past it the socket closes with
     /// 1009, counted in `megaconn_limit_hits_total{limit="ws_message_too_big"}`
     /// and logged (info, naming this setting; at most one line per 5 s per
-    /// worker). Default [`DEFAULT_MAX_MESSAGE_SIZE`].
+    /// worker). A single frame over it is refused from its header, before
+    /// its payload is read. Default [`DEFAULT_MAX_MESSAGE_SIZE`], 1 MiB
+    /// (axum's is 64 MiB: see that constant for why).
     pub fn max_message_size(mut self, max: usize) -> Self {
         self.limits.max_message_size = Some(max);
         self
@@ -201,7 +226,9 @@ impl<F> WebSocketUpgrade<F> {
     /// `ws_message_too_big` when it equals `max_message_size`: tungstenite
     /// does not say which it went over) and logged as for
     /// [`max_message_size`](Self::max_message_size). Default
-    /// [`DEFAULT_MAX_FRAME_SIZE`].
+    /// [`DEFAULT_MAX_FRAME_SIZE`]; a data frame over `max_message_size`
+    /// (when that is the smaller) is refused from its header as a message
+    /// over that limit.
     pub fn max_frame_size(mut self, max: usize) -> Self {
         self.limits.max_frame_size = Some(max);
         self
@@ -298,7 +325,10 @@ impl<F> WebSocketUpgrade<F> {
         }
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(io) => callback(WebSocket::new(io, limits, protocol)).await,
+                Ok(io) => {
+                    io.bound_message_send_buffer();
+                    callback(WebSocket::new(io, limits, protocol)).await
+                }
                 Err(e) => on_failed_upgrade.call(axum::Error::new(e)),
             }
         });

@@ -124,8 +124,26 @@ impl Limits {
             .write_buffer_size(0)
             .max_write_buffer_size(usize::MAX)
             .max_message_size(self.max_message_size)
-            .max_frame_size(self.max_frame_size)
+            .max_frame_size(self.frame_limit())
             .accept_unmasked_frames(self.accept_unmasked_frames)
+    }
+
+    /// The frame limit tungstenite checks at each frame's header:
+    /// `max_frame_size`, or `max_message_size` when smaller. tungstenite
+    /// checks the message limit only once a frame is whole, after it
+    /// reserved and read the frame's length (up to `max_frame_size`, 16 MiB
+    /// by default) into its buffer: a single frame over the message limit
+    /// would be held whole before its 1009. A data frame is part of a
+    /// message, so it can never be over the message limit and accepted;
+    /// control frames (at most 125 bytes) stay allowed under an even
+    /// smaller message limit, as in axum.
+    fn frame_limit(self) -> Option<usize> {
+        const MAX_CONTROL_PAYLOAD: usize = 125;
+        let message = self.max_message_size.map(|m| m.max(MAX_CONTROL_PAYLOAD));
+        match (self.max_frame_size, message) {
+            (Some(frame), Some(message)) => Some(frame.min(message)),
+            (frame, message) => frame.or(message),
+        }
     }
 }
 
@@ -308,7 +326,10 @@ impl WebSocket {
     /// the limit hit it counts as (a message where both share the value).
     fn over_size(&self, size: usize, max_size: usize) -> (LimitHit, OverLimit) {
         let frame = self.limits.max_frame_size == Some(max_size);
-        let message = self.limits.max_message_size == Some(max_size);
+        // The frame limit tungstenite checked may be the message limit's
+        // (`Limits::frame_limit`): then the message limit refused it.
+        let message = self.limits.max_message_size == Some(max_size)
+            || (!frame && self.limits.frame_limit() == Some(max_size));
         let (hit, kind, what, setting) = match (frame, message) {
             (true, false) => (
                 LimitHit::WsFrameTooBig,
