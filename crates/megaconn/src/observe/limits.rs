@@ -65,11 +65,16 @@ pub(crate) enum LimitHit {
     /// waiting for the client's window; it takes no new stream meanwhile
     /// (counted once each time it reaches it).
     Http2MaxStalledStreams,
+    /// A worker's accept loop found `TlsConfig::max_handshakes_in_flight`
+    /// handshakes in flight with a TLS connection waiting: it waits (the
+    /// connection stays in the kernel's backlog) until one leaves. Counted
+    /// once each time.
+    TlsHandshakesInFlight,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2MaxStalledStreams as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::TlsHandshakesInFlight as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -93,6 +98,7 @@ impl LimitHit {
         "http2_max_header_list_size",
         "http2_max_concurrent_streams",
         "http2_max_stalled_streams",
+        "tls_handshakes_in_flight",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -125,12 +131,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2MaxStalledStreams.count(&stats);
+        LimitHit::TlsHandshakesInFlight.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(
-            LimitHit::Http2MaxStalledStreams as usize,
-            LimitHit::COUNT - 1
-        );
+        assert_eq!(LimitHit::TlsHandshakesInFlight as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

@@ -67,7 +67,7 @@ where
     S: HttpService + 'static,
 {
     match incoming {
-        Incoming::Accepted(socket, info, retire_at) => {
+        Incoming::Accepted(socket, info, retire_at, place) => {
             let kind = accepted_as(&ctx, &info);
             // Cleartext HTTP/1.1 with a lot to park in: served bare, as a
             // woken socket is, and it is the same future.
@@ -108,7 +108,7 @@ where
                 Accepted::Tls(tls) => {
                     let live = tls.live();
                     Either::Left(Either::Right(Box::pin(serve_tls(
-                        stream, service, ctx, conn, live, info, retire_at,
+                        stream, service, ctx, conn, live, info, retire_at, place,
                     ))))
                 }
                 Accepted::Http1 { .. } => Either::Left(Either::Left(serve_http1(
@@ -223,7 +223,7 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
             proto: proto::FRAMED | proto::WEBSOCKET | proto::WEBSOCKET_TLS | proto::HTTP1,
             ..
         } => true,
-        Incoming::Accepted(_, info, _) => {
+        Incoming::Accepted(_, info, _, _) => {
             matches!(accepted_as(ctx, info), Accepted::Http1 { bare: true })
         }
         Incoming::Woken { .. } => false,
@@ -288,13 +288,14 @@ async fn serve_tls<S>(
     live: Arc<Live>,
     info: ConnInfo,
     retire_at: Option<tokio::time::Instant>,
+    place: Option<tls::HandshakePlace>,
 ) where
     S: HttpService + 'static,
 {
     // The handshake runs in its own box, freed when it ends: its state (a
     // whole rustls connection mid-handshake, the timer) would otherwise stay
     // in every connection's future for as long as it is open.
-    let stream = match Box::pin(tls::handshake(stream, &ctx, live)).await {
+    let stream = match Box::pin(tls::handshake(stream, &ctx, live, place)).await {
         Ok(stream) => stream,
         Err(reason) => return conn.close(reason),
     };
