@@ -319,7 +319,11 @@ fn kx_groups(s: &str) -> Result<Value, String> {
 fn parse_kx_groups(s: &str) -> Result<Vec<megaconn::KxGroup>, String> {
     let groups = s
         .split(',')
-        .map(|g| g.trim().parse::<megaconn::KxGroup>().map_err(|e| e.to_string()))
+        .map(|g| {
+            g.trim()
+                .parse::<megaconn::KxGroup>()
+                .map_err(|e| e.to_string())
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(groups)
 }

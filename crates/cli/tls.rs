@@ -80,7 +80,9 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
         (None, None, true) => (self_signed_config()?, ServeTls::SelfSigned),
     };
     let tls = match args.kx_groups {
-        Some(groups) => tls.kx_groups(groups).map_err(|e| UsageError(e.to_string()))?,
+        Some(groups) => tls
+            .kx_groups(groups)
+            .map_err(|e| UsageError(e.to_string()))?,
         None => tls,
     };
     let tls = match args.max_handshakes {

@@ -92,8 +92,7 @@ pub(crate) async fn accept_loop(
     let mut fd_line = FdLine::new(ctx.config.fd_reserve);
     // A TLS listener's connections take a place among the worker's
     // handshakes in flight before they are accepted (`tls::HandshakeGate`).
-    let gate = crate::conn::tls::tls_for_local(&ctx.config, local)
-        .and(ctx.tls_gate.clone());
+    let gate = crate::conn::tls::tls_for_local(&ctx.config, local).and(ctx.tls_gate.clone());
     loop {
         // A connection first, then a slot for it: a slot taken before the
         // wait sat idle with this acceptor while a connection queued on

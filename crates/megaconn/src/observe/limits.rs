@@ -133,7 +133,10 @@ mod tests {
         let stats = WorkerStats::default();
         LimitHit::TlsHandshakesInFlight.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::TlsHandshakesInFlight as usize, LimitHit::COUNT - 1);
+        assert_eq!(
+            LimitHit::TlsHandshakesInFlight as usize,
+            LimitHit::COUNT - 1
+        );
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()
