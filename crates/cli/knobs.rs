@@ -1002,7 +1002,7 @@ pub static KNOBS: &[Knob] = &[
         shape: Shape::One,
         help: "The most TLS handshakes one worker computes at once; 0 disables.",
         details: "A handshake counts while the server has work of its own to do on it (its key exchange and signature): from its accept until it waits for the client, and again when the client answers. At the bound the worker stops accepting on its TLS listeners (connections wait in the kernel's backlog) until one is done; established connections and cleartext listeners are served meanwhile, so a flood of ClientHellos queues at most this many handshakes (~0.2 ms each with X25519 and an ECDSA P-256 key) ahead of them. A client that sends nothing holds no place. Counted in megaconn_limit_hits_total{limit=\"tls_handshakes_in_flight\"} each time the bound stops accepting, and logged.",
-        default: "32",
+        default: "16",
         example: "64",
         parse: count,
         apply: |v, s| {

@@ -17,6 +17,11 @@
 //! one process full of busy connections does not take idle ones from
 //! another.
 //!
+//! On a TLS listener a connection also takes a place among the worker's
+//! handshakes in flight before it is accepted (`tls::HandshakeGate`): at
+//! that bound the loop waits, counted and logged, and the connection stays
+//! in the kernel's backlog; the place travels with it to its handshake.
+//!
 //! Over the accept rate or the per-IP limit (`admission.rs`) a connection
 //! is refused right after accept: answered if its listener's protocol can
 //! say it without a handshake (a cleartext HTTP listener's `503`, which the
