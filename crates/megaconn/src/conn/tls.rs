@@ -610,6 +610,13 @@ impl HandshakeGate {
     }
 }
 
+/// What a connection's handshake starts from: the configuration live at
+/// its accept, and its place among the worker's handshakes in flight.
+pub(crate) struct HandshakeStart {
+    pub live: Arc<Live>,
+    pub place: Option<HandshakePlace>,
+}
+
 /// A TLS connection's stream (its session boxed inside).
 pub(crate) type ServerTls = TlsIo<TcpStream>;
 
@@ -624,8 +631,7 @@ pub(crate) type ServerTls = TlsIo<TcpStream>;
 pub(crate) async fn handshake(
     stream: TcpStream,
     ctx: &WorkerContext,
-    live: Arc<Live>,
-    place: Option<HandshakePlace>,
+    HandshakeStart { live, place }: HandshakeStart,
 ) -> Result<ServerTls, CloseReason> {
     let failed = |e: std::io::Error| {
         // The client left: a reset, a close before or during the handshake,

@@ -29,7 +29,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use futures_util::future::{Either, FutureExt};
 use tokio::net::TcpStream;
@@ -40,7 +39,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::park::{AtDeadline, OnParkedClose, Parking};
 use crate::conn::rewind::Rewind;
 use crate::conn::socket;
-use crate::conn::tls::{self, Live};
+use crate::conn::tls;
 use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::transport::{Foreign, Parkable, Transport};
 use crate::conn::woken::WokenSocket;
@@ -106,9 +105,12 @@ where
                 // Boxed: the handshake and the TLS stream are large, and
                 // cleartext connections should not carry their size.
                 Accepted::Tls(tls) => {
-                    let live = tls.live();
+                    let start = tls::HandshakeStart {
+                        live: tls.live(),
+                        place,
+                    };
                     Either::Left(Either::Right(Box::pin(serve_tls(
-                        stream, service, ctx, conn, live, info, retire_at, place,
+                        stream, service, ctx, conn, start, info, retire_at,
                     ))))
                 }
                 Accepted::Http1 { .. } => Either::Left(Either::Left(serve_http1(
@@ -285,17 +287,16 @@ async fn serve_tls<S>(
     mut service: S,
     ctx: Rc<WorkerContext>,
     conn: Connection,
-    live: Arc<Live>,
+    start: tls::HandshakeStart,
     info: ConnInfo,
     retire_at: Option<tokio::time::Instant>,
-    place: Option<tls::HandshakePlace>,
 ) where
     S: HttpService + 'static,
 {
     // The handshake runs in its own box, freed when it ends: its state (a
     // whole rustls connection mid-handshake, the timer) would otherwise stay
     // in every connection's future for as long as it is open.
-    let stream = match Box::pin(tls::handshake(stream, &ctx, live, place)).await {
+    let stream = match Box::pin(tls::handshake(stream, &ctx, start)).await {
         Ok(stream) => stream,
         Err(reason) => return conn.close(reason),
     };
