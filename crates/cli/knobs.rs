@@ -105,6 +105,10 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// `--self-signed`.
     pub self_signed: bool,
+    /// `--tls-kx-groups`; `None`: the library's default.
+    pub tls_kx_groups: Option<Vec<megaconn::KxGroup>>,
+    /// `--tls-max-handshakes` (0: unbounded); `None`: the library's default.
+    pub tls_max_handshakes: Option<usize>,
     /// `--max-connections` (for the whole server: see `serve.rs`
     /// `process_share`).
     pub max_connections: Option<usize>,
@@ -305,6 +309,23 @@ fn addr(s: &str) -> Result<Value, String> {
         .parse::<SocketAddr>()
         .map(|a| Value::Addrs(vec![a]))
         .map_err(|_| format!("invalid address {s:?}: write IP:PORT, e.g. 0.0.0.0:80 or [::]:80"))
+}
+
+/// A comma-separated list of key-exchange groups (`x25519,p256`).
+fn kx_groups(s: &str) -> Result<Value, String> {
+    parse_kx_groups(s).map(|_| Value::Text(s.to_string()))
+}
+
+fn parse_kx_groups(s: &str) -> Result<Vec<megaconn::KxGroup>, String> {
+    let groups = s
+        .split(',')
+        .map(|g| {
+            g.trim()
+                .parse::<megaconn::KxGroup>()
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(groups)
 }
 
 fn path(s: &str) -> Result<Value, String> {
@@ -987,6 +1008,37 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "tls-kx-groups",
+        value_name: "GROUPS",
+        shape: Shape::One,
+        help: "TLS key-exchange groups offered, comma-separated, in order of preference: x25519, p256, p384.",
+        details: "A client that offers none of them fails the handshake (alert handshake_failure). P-384 is left out by default: its key exchange costs the server 4-5 times P-256's (about 1 ms a handshake), and every browser offers X25519 or P-256.",
+        default: "x25519,p256",
+        example: "x25519,p256,p384",
+        parse: kx_groups,
+        apply: |v, s| {
+            let Value::Text(t) = v else {
+                unreachable!("not a list of groups: {v:?}")
+            };
+            s.tls_kx_groups = Some(parse_kx_groups(&t)?);
+            Ok(())
+        },
+    },
+    Knob {
+        name: "tls-max-handshakes",
+        value_name: "N",
+        shape: Shape::One,
+        help: "The most TLS handshakes one worker computes at once; 0 disables.",
+        details: "A handshake counts while the server has work of its own to do on it (its key exchange and signature): from its accept until it waits for the client, and again when the client answers. At the bound the worker stops accepting on its TLS listeners (connections wait in the kernel's backlog) until one is done; established connections and cleartext listeners are served meanwhile, so a flood of ClientHellos queues at most this many handshakes (~0.2 ms each with X25519 and an ECDSA P-256 key) ahead of them. A client that sends nothing holds no place. Counted in megaconn_limit_hits_total{limit=\"tls_handshakes_in_flight\"} each time the bound stops accepting, and logged.",
+        default: "16",
+        example: "64",
+        parse: count,
+        apply: |v, s| {
+            s.tls_max_handshakes = Some(v.count::<usize>()?);
+            Ok(())
+        },
+    },
+    Knob {
         name: "log-format",
         value_name: "FORMAT",
         shape: Shape::One,
@@ -1466,6 +1518,19 @@ mod tests {
                 "tls-cert" => (assert_eq!(text, "cleartext"), left("tls_cert: None,")).1,
                 "tls-key" => (assert_eq!(text, "none"), left("tls_key: None,")).1,
                 "self-signed" => (assert_eq!(text, "off"), left("self_signed: false,")).1,
+                "tls-kx-groups" => {
+                    let names: Vec<_> = megaconn::DEFAULT_TLS_KX_GROUPS
+                        .iter()
+                        .map(|g| g.name())
+                        .collect();
+                    assert_eq!(text, names.join(","));
+                    left("tls_kx_groups: None,");
+                }
+                "tls-max-handshakes" => {
+                    let n = megaconn::DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT;
+                    assert_eq!(size(text), n as u64);
+                    left("tls_max_handshakes: None,");
+                }
                 "otel-endpoint" => (assert_eq!(text, "off"), left("endpoint: None,")).1,
                 // The message settings are unset (the library's defaults:
                 // no heartbeat timeout, no delivery rate) without either.

@@ -215,6 +215,8 @@ fn resolve_with(
         tls_cert,
         tls_key,
         self_signed,
+        tls_kx_groups,
+        tls_max_handshakes,
         max_connections,
         accept_rate,
         accept_burst,
@@ -272,6 +274,8 @@ fn resolve_with(
             key: tls_key.as_ref(),
             self_signed,
             listen: &tls_listen,
+            kx_groups: tls_kx_groups.as_deref(),
+            max_handshakes: tls_max_handshakes,
         },
     )?;
     if args.worker_process.is_some() {

@@ -43,6 +43,10 @@ pub struct TlsArgs<'a> {
     /// Addresses served over TLS next to the cleartext ones; empty: a
     /// certificate applies to every listener.
     pub listen: &'a [SocketAddr],
+    /// `--tls-kx-groups`; `None`: the library's default.
+    pub kx_groups: Option<&'a [megaconn::KxGroup]>,
+    /// `--tls-max-handshakes` (0: unbounded); `None`: the library's default.
+    pub max_handshakes: Option<usize>,
 }
 
 /// Applies the TLS settings to `b`: a certificate and key from files, or a
@@ -74,6 +78,16 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
         (Some(_), None, false) => return Err(UsageError("--tls-cert needs --tls-key".into())),
         (None, Some(_), false) => return Err(UsageError("--tls-key needs --tls-cert".into())),
         (None, None, true) => (self_signed_config()?, ServeTls::SelfSigned),
+    };
+    let tls = match args.kx_groups {
+        Some(groups) => tls
+            .kx_groups(groups)
+            .map_err(|e| UsageError(e.to_string()))?,
+        None => tls,
+    };
+    let tls = match args.max_handshakes {
+        Some(n) => tls.max_handshakes_in_flight(Some(n)),
+        None => tls,
     };
     let mut b = b.tls(tls);
     for &addr in args.listen {
@@ -134,6 +148,7 @@ mod tests {
                 key,
                 self_signed,
                 listen,
+                ..TlsArgs::default()
             },
         )
     }

@@ -17,6 +17,11 @@
 //! one process full of busy connections does not take idle ones from
 //! another.
 //!
+//! On a TLS listener a connection also takes a place among the worker's
+//! handshakes in flight before it is accepted (`tls::HandshakeGate`): at
+//! that bound the loop waits, counted and logged, and the connection stays
+//! in the kernel's backlog; the place travels with it to its handshake.
+//!
 //! Over the accept rate or the per-IP limit (`admission.rs`) a connection
 //! is refused right after accept: answered if its listener's protocol can
 //! say it without a handshake (a cleartext HTTP listener's `503`, or its
@@ -91,6 +96,9 @@ pub(crate) async fn accept_loop(
         .accept_rate()
         .and_then(|r| answer(&ctx.config, local, r.retry_after_secs(ctx.index)));
     let mut fd_line = FdLine::new(ctx.config.fd_reserve);
+    // A TLS listener's connections take a place among the worker's
+    // handshakes in flight before they are accepted (`tls::HandshakeGate`).
+    let gate = crate::conn::tls::tls_for_local(&ctx.config, local).and(ctx.tls_gate.clone());
     loop {
         // A connection first, then a slot for it: a slot taken before the
         // wait sat idle with this acceptor while a connection queued on
@@ -99,6 +107,17 @@ pub(crate) async fn accept_loop(
         let accepted = match listener.readable().await {
             Err(e) => Err(e),
             Ok(mut ready) => {
+                let place = match &gate {
+                    None => None,
+                    Some(gate) => match gate.try_enter() {
+                        Some(place) => Some(place),
+                        None if !has_queued(listener.get_ref()) => {
+                            ready.clear_ready();
+                            continue;
+                        }
+                        None => Some(gate.enter_at_cap(&ctx).await),
+                    },
+                };
                 let held = match limit.try_acquire() {
                     Some(s) => s,
                     // Readiness stays set after an accept until one finds
@@ -118,7 +137,7 @@ pub(crate) async fn accept_loop(
                     Ok(Ok((socket, _))) if fd_line.crossed(socket.as_raw_fd()) => {
                         Err(io::Error::from_raw_os_error(libc::EMFILE))
                     }
-                    Ok(accepted) => accepted.map(|a| (a, held)),
+                    Ok(accepted) => accepted.map(|a| (a, held, place)),
                     // Taken by now (another process on a shared socket, or
                     // a connection reset in the queue): readiness cleared,
                     // the slot given back, wait again.
@@ -127,7 +146,7 @@ pub(crate) async fn accept_loop(
             }
         };
         match accepted {
-            Ok(((socket, peer), mut held)) => {
+            Ok(((socket, peer), mut held, place)) => {
                 backoff = BACKOFF_START;
                 incr(&ctx.stats.accepted);
                 let hook = ctx.config.on_connection.as_ref();
@@ -188,7 +207,7 @@ pub(crate) async fn accept_loop(
                     lot.note_retire_at(socket.as_raw_fd(), retire_at);
                 }
                 let info = ConnInfo { peer, local };
-                spawn_connection(Incoming::Accepted(socket, info, retire_at), conn);
+                spawn_connection(Incoming::Accepted(socket, info, retire_at, place), conn);
             }
             Err(e) => {
                 incr(&ctx.stats.accept_errors);

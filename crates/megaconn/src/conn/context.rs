@@ -35,6 +35,9 @@ pub(crate) struct WorkerContext {
     /// Sessions of parked TLS connections, by socket (the lot keeps the
     /// sockets).
     pub tls_parked: ParkedSessions,
+    /// The bound on this worker's TLS handshakes in flight, if TLS is
+    /// served and the bound is on (`tls.rs`).
+    pub tls_gate: Option<crate::conn::tls::HandshakeGate>,
     /// This worker's live-connection list, when tracking is on.
     pub registry: Option<Arc<Registry>>,
     pub index: usize,
@@ -65,6 +68,7 @@ impl WorkerContext {
             tracker: tokio_util::task::TaskTracker::new(),
             park,
             tls_parked: ParkedSessions::default(),
+            tls_gate: crate::conn::tls::HandshakeGate::of(&config),
             registry: None,
             config,
             stats,

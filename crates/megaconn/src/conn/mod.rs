@@ -83,8 +83,14 @@ pub(crate) enum Incoming {
     /// Accepted by a listener (TLS, if configured, starts here): a bare
     /// non-blocking socket the runtime does not watch yet (`accept.rs`),
     /// and when it is to be retired (`max_connection_age`, drawn at the
-    /// accept; `None`: the option is off).
-    Accepted(OwnedFd, ConnInfo, Option<tokio::time::Instant>),
+    /// accept; `None`: the option is off); on a TLS listener, its place
+    /// among the worker's handshakes in flight (`tls::HandshakeGate`).
+    Accepted(
+        OwnedFd,
+        ConnInfo,
+        Option<tokio::time::Instant>,
+        Option<crate::conn::tls::HandshakePlace>,
+    ),
     /// A parked socket that woke up, to resume in protocol `proto`; `hot`
     /// when it had been re-parked straight after its last message and woke
     /// again within `park_idle_after` (see `woken.rs`).

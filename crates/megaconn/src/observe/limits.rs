@@ -69,11 +69,16 @@ pub(crate) enum LimitHit {
     /// `PublishRate`'s burst and its bucket had not refilled one since
     /// (the application asked `PublishRate::allow`); it stays open.
     PublishRate,
+    /// A worker's accept loop found `TlsConfig::max_handshakes_in_flight`
+    /// handshakes in flight with a TLS connection waiting: it waits (the
+    /// connection stays in the kernel's backlog) until one leaves. Counted
+    /// once each time.
+    TlsHandshakesInFlight,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::PublishRate as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::TlsHandshakesInFlight as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -98,6 +103,7 @@ impl LimitHit {
         "http2_max_concurrent_streams",
         "http2_max_stalled_streams",
         "publish_rate",
+        "tls_handshakes_in_flight",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -130,9 +136,12 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::PublishRate.count(&stats);
+        LimitHit::TlsHandshakesInFlight.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::PublishRate as usize, LimitHit::COUNT - 1);
+        assert_eq!(
+            LimitHit::TlsHandshakesInFlight as usize,
+            LimitHit::COUNT - 1
+        );
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

@@ -48,6 +48,7 @@
 //! | `megaconn_accept_errors_total` | counter | `errno` |
 //! | `megaconn_connections_rejected_total` | counter | `limit` (`accept_rate`, `per_ip`) |
 //! | `megaconn_tls_alerts_received_total` | counter | `alert` (`unknown_ca`, `bad_certificate`, …, `other`) |
+//! | `megaconn_tls_handshakes_total` | counter | `outcome` (`completed`, `abandoned`, `failed`, `timeout`) |
 //! | `megaconn_worker_connections` | gauge | `worker` |
 //! | `megaconn_buffers_checked_out` | gauge | |
 //! | `megaconn_buffers_pooled` | gauge | |
@@ -882,6 +883,13 @@ impl Collector for Snapshot {
             "Fatal TLS alerts clients ended connections with, by alert (unknown_ca or bad_certificate: the client does not accept our certificate). The client's decision: such closes count as closed{client_closed}, not as protocol errors.",
             "alert",
             s.tls_alerts_received.iter().copied(),
+        )?;
+        labelled(
+            &mut e,
+            "tls_handshakes",
+            "TLS handshakes by outcome: completed; abandoned (the client closed or reset before finishing, closed{client_closed}: many of them with few completed is a flood of ClientHellos that never wait for the answer); failed (closed{tls_handshake_failed}); timeout (closed{tls_handshake_timeout}).",
+            "outcome",
+            s.tls_handshakes.iter().copied(),
         )?;
         {
             let mut m = e.encode_descriptor(

@@ -13,7 +13,8 @@
 //! that stopped coming (HTTP/1.1 or HTTP/2), an HTTP/2 connection calmed, a
 //! framed reply that cannot be framed, idle connections evicted at
 //! `max_connections`, a hub message some connections cannot be sent, an
-//! HTTP/2 stream refused past `http2_max_concurrent_streams`. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
+//! HTTP/2 stream refused past `http2_max_concurrent_streams`, a worker at
+//! its bound on TLS handshakes in flight. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
@@ -208,14 +209,17 @@ pub(crate) enum Flood {
     /// A publish refused by `PublishRate::allow`: a connection published
     /// past its burst.
     PublishRate,
+    /// A worker reached `TlsConfig::max_handshakes_in_flight` and stopped
+    /// accepting on its TLS listeners until a handshake leaves.
+    TlsHandshakesInFlight,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 38;
+const KINDS: usize = 39;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::PublishRate as usize == KINDS - 1);
+const _: () = assert!(Flood::TlsHandshakesInFlight as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

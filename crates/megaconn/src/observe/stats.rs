@@ -55,10 +55,42 @@ pub(crate) struct WorkerStats {
     /// TLS alerts peers ended connections with, by description (indexed as
     /// `alerts::labels`).
     pub tls_alerts: AlertCounters,
+    /// TLS handshakes by how they ended (indexed by [`HandshakeOutcome`]).
+    pub tls_handshakes: [AtomicU64; HandshakeOutcome::COUNT],
     /// Per-request metrics (method, status, duration, bytes, close reasons).
     pub request_metrics: RequestCounters,
     /// Message protocols' counters (framed TCP, WebSocket).
     pub messages: MessageCounters,
+}
+
+/// How a TLS handshake ended (`outcome` of `megaconn_tls_handshakes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakeOutcome {
+    /// Done: the connection serves HTTP.
+    Completed,
+    /// The client closed or reset the connection (or sent a fatal alert)
+    /// before finishing: a browser that gave up, or a flood of ClientHellos
+    /// that never wait for the answer. Closed as `client_closed`.
+    Abandoned,
+    /// Failed: a bad ClientHello, nothing in common (no shared group or
+    /// cipher suite), plaintext on a TLS port. Closed as
+    /// `tls_handshake_failed`.
+    Failed,
+    /// Not done within `TlsConfig::handshake_timeout`.
+    Timeout,
+}
+
+impl HandshakeOutcome {
+    /// How many outcomes there are.
+    pub(crate) const COUNT: usize = 4;
+    /// Metric labels, by discriminant.
+    pub(crate) const LABELS: [&'static str; HandshakeOutcome::COUNT] =
+        ["completed", "abandoned", "failed", "timeout"];
+
+    /// Counts one in the worker's counters.
+    pub(crate) fn count(self, stats: &WorkerStats) {
+        incr(&stats.tls_handshakes[self as usize]);
+    }
 }
 
 /// One worker's event loop as the stall detector (`server/stall.rs`) sees
@@ -350,6 +382,11 @@ pub struct ServerStats {
     /// a code RFC 8446 does not list; every label, zero or not), as
     /// `megaconn_tls_alerts_received_total{alert}` shows them.
     pub tls_alerts_received: Vec<(&'static str, u64)>,
+    /// TLS handshakes by outcome (`completed`; `abandoned`: the client
+    /// closed or reset before finishing, counted closed as `client_closed`;
+    /// `failed`; `timeout`; every label, zero or not), as
+    /// `megaconn_tls_handshakes_total{outcome}` shows them.
+    pub tls_handshakes: Vec<(&'static str, u64)>,
     /// Per-request metrics: requests by method and status class, durations,
     /// body bytes, close reasons, accept errors by errno, per-worker figures.
     pub request_metrics: RequestStats,
@@ -390,6 +427,7 @@ impl ServerStats {
         let mut s = ServerStats::default();
         let mut limit_hits = [0u64; LimitHit::COUNT];
         let mut tls_alerts = [0u64; alerts::COUNT];
+        let mut tls_handshakes = [0u64; HandshakeOutcome::COUNT];
         for w in workers {
             let open = w.connections_open.load(Relaxed);
             s.connections_open += open;
@@ -423,9 +461,15 @@ impl ServerStats {
             s.shutdown_drain_pending += w.drain_pending.load(Relaxed);
             add_up(&mut limit_hits, &w.limit_hits);
             add_up(&mut tls_alerts, &w.tls_alerts);
+            add_up(&mut tls_handshakes, &w.tls_handshakes);
         }
         s.limit_hits = LimitHit::LABELS.iter().copied().zip(limit_hits).collect();
         s.tls_alerts_received = alerts::labels().zip(tls_alerts).collect();
+        s.tls_handshakes = HandshakeOutcome::LABELS
+            .iter()
+            .copied()
+            .zip(tls_handshakes)
+            .collect();
         s.request_metrics = RequestStats::sum(workers);
         s
     }

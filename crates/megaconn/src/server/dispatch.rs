@@ -29,7 +29,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use futures_util::future::{Either, FutureExt};
 use tokio::net::TcpStream;
@@ -41,7 +40,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::park::{AtDeadline, OnParkedClose, Parking};
 use crate::conn::rewind::Rewind;
 use crate::conn::socket;
-use crate::conn::tls::{self, Live};
+use crate::conn::tls;
 use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::transport::{Foreign, Parkable, Transport};
 use crate::conn::woken::WokenSocket;
@@ -68,7 +67,7 @@ where
     S: HttpService + 'static,
 {
     match incoming {
-        Incoming::Accepted(socket, info, retire_at) => {
+        Incoming::Accepted(socket, info, retire_at, place) => {
             let kind = accepted_as(&ctx, &info);
             // Cleartext HTTP/1.1 with a lot to park in: served bare, as a
             // woken socket is, and it is the same future.
@@ -107,9 +106,12 @@ where
                 // Boxed: the handshake and the TLS stream are large, and
                 // cleartext connections should not carry their size.
                 Accepted::Tls(tls) => {
-                    let live = tls.live();
+                    let start = tls::HandshakeStart {
+                        live: tls.live(),
+                        place,
+                    };
                     Either::Left(Either::Right(Box::pin(serve_tls(
-                        stream, service, ctx, conn, live, info, retire_at,
+                        stream, service, ctx, conn, start, info, retire_at,
                     ))))
                 }
                 Accepted::Http1 { .. } => Either::Left(Either::Left(serve_http1(
@@ -224,7 +226,7 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
             proto: proto::FRAMED | proto::WEBSOCKET | proto::WEBSOCKET_TLS | proto::HTTP1,
             ..
         } => true,
-        Incoming::Accepted(_, info, _) => {
+        Incoming::Accepted(_, info, _, _) => {
             matches!(accepted_as(ctx, info), Accepted::Http1 { bare: true })
         }
         Incoming::Woken { .. } => false,
@@ -296,7 +298,7 @@ async fn serve_tls<S>(
     mut service: S,
     ctx: Rc<WorkerContext>,
     conn: Connection,
-    live: Arc<Live>,
+    start: tls::HandshakeStart,
     info: ConnInfo,
     retire_at: Option<tokio::time::Instant>,
 ) where
@@ -305,7 +307,7 @@ async fn serve_tls<S>(
     // The handshake runs in its own box, freed when it ends: its state (a
     // whole rustls connection mid-handshake, the timer) would otherwise stay
     // in every connection's future for as long as it is open.
-    let stream = match Box::pin(tls::handshake(stream, &ctx, live)).await {
+    let stream = match Box::pin(tls::handshake(stream, &ctx, start)).await {
         Ok(stream) => stream,
         Err(reason) => return conn.close(reason),
     };

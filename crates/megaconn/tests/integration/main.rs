@@ -55,6 +55,7 @@ mod timeouts;
 mod tls;
 mod tls_abuse;
 mod tls_close;
+mod tls_flood;
 mod tls_listeners;
 mod tls_park;
 mod tonic;

@@ -1,0 +1,253 @@
+//! What bounds the server's work on TLS handshakes, against a real server:
+//! the key-exchange groups it offers (X25519 and P-256 by default: a client
+//! offering only P-384, four to five times dearer, is refused with a
+//! `handshake_failure` alert unless `TlsConfig::kx_groups` lets it in), the
+//! per-worker bound on handshakes in flight
+//! (`TlsConfig::max_handshakes_in_flight`: ClientHellos queued past it wait
+//! in the kernel's backlog, counted in `limit_hits`, while cleartext is
+//! served; a client that sends nothing holds no place), and
+//! `megaconn_tls_handshakes_total{outcome}`.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use megaconn::{KxGroup, TlsConfig};
+use tokio::io::AsyncWriteExt;
+
+use crate::common;
+
+use common::tls::{blocking_client, connect, http1_get, through_server_flight, Ca};
+use common::{read_response, wait_stats, AppServer};
+
+/// A fatal `handshake_failure` alert (40), in the clear.
+const HANDSHAKE_FAILURE_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 40];
+
+/// A client trusting `ca` that offers only the key-exchange group `group`.
+fn client_offering(
+    ca: &Ca,
+    group: &'static dyn rustls::crypto::SupportedKxGroup,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![group];
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Sends `config`'s ClientHello to `addr` and returns all the server
+/// answers until it closes.
+async fn answer_to_hello(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || {
+        let (mut tcp, mut client) = blocking_client(addr, config);
+        client.write_tls(&mut tcp).unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).expect("the server closes");
+        answer
+    })
+    .await
+    .unwrap()
+}
+
+/// `stats`' count of handshakes that ended as `outcome`.
+fn handshakes(stats: &megaconn::ServerStats, outcome: &str) -> u64 {
+    stats
+        .tls_handshakes
+        .iter()
+        .find(|(o, _)| *o == outcome)
+        .unwrap_or_else(|| panic!("no outcome {outcome} in {:?}", stats.tls_handshakes))
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p384_only_clients_are_refused_by_default_and_outcomes_are_counted() {
+    use rustls::crypto::ring::kx_group::{SECP384R1, X25519};
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let server =
+        common::TestServer::start(megaconn::Server::builder().workers(1).tls(tls.clone())).await;
+
+    // P-384 alone: nothing in common, the RFC 8446 4.1.1 alert.
+    let answer = answer_to_hello(server.addr, client_offering(&ca, SECP384R1)).await;
+    assert_eq!(answer, HANDSHAKE_FAILURE_ALERT);
+    // X25519: served.
+    let mut s = connect(server.addr, client_offering(&ca, X25519), "localhost").await;
+    assert_eq!(http1_get(&mut s).await.1, "Hello, World!");
+    drop(s);
+    // A client that reads our flight and leaves: abandoned.
+    let addr = server.addr;
+    let config = client_offering(&ca, X25519);
+    tokio::task::spawn_blocking(move || drop(through_server_flight(addr, config)))
+        .await
+        .unwrap();
+    server
+        .wait_stats("the three handshakes counted", |s| {
+            handshakes(s, "failed") == 1
+                && handshakes(s, "completed") == 1
+                && handshakes(s, "abandoned") == 1
+        })
+        .await;
+    let metrics = server.handle.render_metrics();
+    for line in [
+        "megaconn_tls_handshakes_total{outcome=\"failed\"} 1",
+        "megaconn_tls_handshakes_total{outcome=\"completed\"} 1",
+        "megaconn_tls_handshakes_total{outcome=\"abandoned\"} 1",
+        "megaconn_tls_handshakes_total{outcome=\"timeout\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
+    }
+
+    // Let in by the knob (live: the next handshake takes it).
+    let _ = tls.kx_groups(&[KxGroup::X25519, KxGroup::P384]).unwrap();
+    let mut s = connect(server.addr, client_offering(&ca, SECP384R1), "localhost").await;
+    assert_eq!(http1_get(&mut s).await.1, "Hello, World!");
+    server.stop().await;
+}
+
+/// A server of one worker with a cleartext listener (first) and a TLS one
+/// (second), at most `cap` handshakes in flight and no handshake timeout
+/// (a place held by a silent client would stay held), whose `/block` handler
+/// blocks the worker's thread until the returned sender sends (or drops),
+/// after sending on the returned receiver that it started.
+fn blocking_server(
+    ca: &Ca,
+    cap: usize,
+) -> (
+    AppServer,
+    std::sync::mpsc::Sender<()>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let leaf = ca.leaf(&["localhost"]);
+    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .unwrap()
+        .handshake_timeout(None)
+        .max_handshakes_in_flight(Some(cap));
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Arc::new(Mutex::new(released));
+    let (started_tx, started) = tokio::sync::mpsc::unbounded_channel();
+    let app = tower::service_fn(move |req: http::Request<megaconn::Body>| {
+        let (released, started_tx) = (released.clone(), started_tx.clone());
+        async move {
+            if req.uri().path() == "/block" {
+                let _ = started_tx.send(());
+                // Blocks the worker: connections queue in the backlog.
+                let _ = released.lock().unwrap().recv();
+            }
+            let body = http_body_util::Full::new(bytes::Bytes::from_static(b"Hello, World!"));
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+        }
+    });
+    let builder = megaconn::Server::builder()
+        .workers(1)
+        .tls(tls)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen_tls_on("127.0.0.1:0".parse().unwrap());
+    (AppServer::start(builder, app), release, started)
+}
+
+/// With `clients` ClientHellos queued while the worker is blocked, then let
+/// go, each client gets the server's flight; returns the count of
+/// `tls_handshakes_in_flight` hits.
+async fn hellos_queued_behind_a_blocked_worker(cap: usize, clients: usize) -> u64 {
+    let ca = Ca::new();
+    let (server, release, mut started) = blocking_server(&ca, cap);
+    let [plain, secure]: [SocketAddr; 2] = server.addrs.clone().try_into().unwrap();
+    let mut blocker = tokio::net::TcpStream::connect(plain).await.unwrap();
+    blocker
+        .write_all(b"GET /block HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    started.recv().await.expect("the worker blocks");
+    let config = ca.client(&[b"http/1.1"]);
+    // All connected and their ClientHellos sent while the worker cannot
+    // accept: when it can, it finds them all queued at once.
+    let queued: Vec<_> = tokio::task::spawn_blocking(move || {
+        (0..clients)
+            .map(|_| {
+                let (mut tcp, mut client) = blocking_client(secure, config.clone());
+                client.write_tls(&mut tcp).unwrap();
+                (tcp, client)
+            })
+            .collect()
+    })
+    .await
+    .unwrap();
+    release.send(()).unwrap();
+    assert_eq!(read_response(&mut blocker).await.status, 200);
+    // Every one is answered in turn.
+    tokio::task::spawn_blocking(move || {
+        for (mut tcp, mut client) in queued {
+            while client.is_handshaking() {
+                client.read_tls(&mut tcp).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            while client.wants_write() {
+                client.write_tls(&mut tcp).unwrap();
+            }
+            tcp.flush().unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    wait_stats(&server.handle, "the handshakes done", |s| {
+        handshakes(s, "completed") == clients as u64
+    })
+    .await;
+    // Cleartext is served.
+    let mut s = tokio::net::TcpStream::connect(plain).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.status, 200);
+    let stats = server.handle.stats();
+    let hits = stats
+        .limit_hits
+        .iter()
+        .find(|(l, _)| *l == "tls_handshakes_in_flight")
+        .map(|(_, n)| *n);
+    assert!(server.stop().await, "the server stops");
+    hits.expect("a tls_handshakes_in_flight label")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_past_the_bound_wait_in_the_backlog_and_are_counted() {
+    // Five queued, two places: the accept loop stops at the third.
+    assert!(hellos_queued_behind_a_blocked_worker(2, 5).await >= 1);
+    // Within the bound: never reached.
+    assert_eq!(hellos_queued_behind_a_blocked_worker(5, 5).await, 0);
+}
+
+/// Clients that connect and send nothing (or half a ClientHello) hold no
+/// place: with a bound of one, a real client is served next to three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_hold_no_place_among_handshakes_in_flight() {
+    let ca = Ca::new();
+    let (server, release, _started) = blocking_server(&ca, 1);
+    drop(release);
+    let secure = server.addrs[1];
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(secure).await.unwrap());
+    }
+    let mut half = tokio::net::TcpStream::connect(secure).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    wait_stats(&server.handle, "the four accepted", |s| s.accepted == 4).await;
+    // Had they kept their places, the one place would be theirs for good
+    // (no handshake timeout): this handshake would never start.
+    let mut s = connect(secure, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut s).await.1, "Hello, World!");
+    drop((silent, half));
+    assert!(server.stop().await, "the server stops");
+}
