@@ -104,6 +104,10 @@ impl PublishRate {
         } else {
             u64::MAX
         };
+        // At most 2^62 for the whole burst: `room` and an arrival time a burst
+        // ahead must not saturate, or every publish would fit (a rate of 0
+        // or 1e-9 with a burst of 20 allowed all). 2^62 ns is 146 years.
+        let interval = interval.min((1u64 << 62) / u64::from(self.burst.max(1)));
         let room = interval.saturating_mul(u64::from(self.burst.max(1) - 1));
         Terms { interval, room }
     }
@@ -166,6 +170,20 @@ impl Budgets {
     }
 }
 
+/// Forgets closed connection `connection`'s budget (its id never comes
+/// back; a bucket that never refills, at a rate of 0, would stay for good).
+/// Called on every message connection's close: one thread-local look when
+/// nobody published.
+pub(crate) fn forget(connection: ConnectionId) {
+    BUDGETS.with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut() {
+            if !b.arrival.is_empty() {
+                b.arrival.remove(&connection);
+            }
+        }
+    });
+}
+
 thread_local! {
     /// The budgets of the connections of the worker on this thread.
     static BUDGETS: RefCell<Budgets> = RefCell::default();
@@ -218,6 +236,34 @@ mod tests {
         .terms();
         assert!(budgets.allow(id(1), none, SECOND));
         assert!(!budgets.allow(id(1), none, 1_000_000 * SECOND));
+        // With a burst, exactly the burst: a rate of 0 (or NaN, or one so
+        // small its interval saturates) once let every publish through.
+        for per_second in [0.0, f64::NAN, 1e-9, 1e-12] {
+            let terms = PublishRate {
+                per_second,
+                burst: 20,
+            }
+            .terms();
+            let mut budgets = Budgets::default();
+            let allowed = (0..1_000)
+                .filter(|_| budgets.allow(id(2), terms, SECOND))
+                .count();
+            assert_eq!(allowed, 20, "per_second {per_second}");
+        }
+    }
+
+    /// A closed connection's budget goes with it, even one that would never
+    /// refill (a rate of 0).
+    #[test]
+    fn a_closed_connections_budget_is_forgotten() {
+        let rate = PublishRate {
+            per_second: 0.0,
+            burst: 2,
+        };
+        assert!(rate.allow(id(3)));
+        assert_eq!(BUDGETS.with(|b| b.borrow().arrival.len()), 1);
+        forget(id(3));
+        assert_eq!(BUDGETS.with(|b| b.borrow().arrival.len()), 0);
     }
 
     /// Full buckets leave the map: it holds the connections that published

@@ -125,6 +125,33 @@ pub(crate) async fn write_unsent(
         .unwrap_or(false)
 }
 
+/// After [`write_unsent`] wrote a behind connection's tail whole: half-closes
+/// and reads and drops what the peer sends until its end of stream (at most
+/// 256 KiB, within [`CLOSE_TIMEOUT`]). A peer still talking (an app
+/// heartbeat) has bytes queued since its socket was shut for reading, and a
+/// close with them unread is a reset, which destroys the tail still in the
+/// kernel's buffers on both sides: the lingering close HTTP makes for the
+/// same reason.
+pub(crate) async fn linger_after_unsent<T>(io: &mut T)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        io.shutdown().await?;
+        let mut scratch = [0u8; 2048];
+        let mut left: usize = 256 * 1024;
+        while left > 0 {
+            match io.read(&mut scratch).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
 /// Counts a peer that sent nothing within its heartbeat timeout, logs which
 /// setting `knob` bounded it, and gives the close reason.
 pub(crate) fn heartbeat_timed_out(counters: &MessageCounters, knob: &'static str) -> CloseReason {

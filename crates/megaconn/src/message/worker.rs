@@ -319,6 +319,7 @@ impl Local {
         self.topics.borrow_mut().closed(id);
         self.kicks.take(id);
         self.unsent.take(id);
+        super::budget::forget(id);
     }
 
     /// Whether [`Hub::close`](crate::Hub::close) reached parked connection

@@ -294,7 +294,10 @@ impl CloseReason {
     /// shutdown closes idle connections whose client may be sending its
     /// next request right then: read and dropped, it is not answered with a
     /// reset (the client sees the end of the stream, which HTTP clients
-    /// take for an idle connection closed and retry on another).
+    /// take for an idle connection closed and retry on another). A slow
+    /// consumer's last frame and close frame go out after its socket was
+    /// shut for reading (a parked one is woken so): a peer still talking
+    /// meanwhile would get them destroyed by the reset.
     pub(crate) fn needs_linger(self) -> bool {
         matches!(
             self,
@@ -305,6 +308,7 @@ impl CloseReason {
                 | CloseReason::ReadTimeout
                 | CloseReason::ServerError
                 | CloseReason::Panic
+                | CloseReason::SlowConsumer
         )
     }
 }

@@ -805,3 +805,36 @@ async fn a_framed_session_knows_its_peer_address() {
     assert_eq!(String::from_utf8(got).unwrap(), want);
     server.stop().await;
 }
+
+/// A parked slow consumer that sends something (an app heartbeat) while
+/// the server drains the rest of its push still reads that frame whole and
+/// the 1013. (mergereview repro: on f1f0510 it reads "first", then ECONNRESET:
+/// the close with its message unread resets the connection, and the reset
+/// throws away the tail and the 1013 still in the kernel's buffers.)
+#[tokio::test]
+async fn a_chatty_parked_slow_consumer_gets_its_1013() {
+    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let mut server = ChatServer::start(builder).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let url = format!("ws://{}/chat/a?token=good", server.addr);
+    let (mut client, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
+    assert_eq!(server.hub.send(id, "first"), Ok(()));
+    let big = vec![7u8; 2 << 20];
+    assert_eq!(server.hub.send_binary(id, big.clone()), Ok(()));
+    common::wait_stats(&server.handle, "the push found it full", |s| {
+        s.messages.queue_drops == 1
+    })
+    .await;
+    client.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("first"));
+    assert_eq!(next_data(&mut client).await, Message::binary(big));
+    let Message::Close(Some(close)) = next_data(&mut client).await else {
+        panic!("a close frame");
+    };
+    assert_eq!(close.code, CloseCode::Again);
+    server.stop().await;
+}

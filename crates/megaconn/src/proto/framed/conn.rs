@@ -48,7 +48,7 @@ use crate::message::hub::{Generation, Overflowed};
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
-use crate::message::wake::{heartbeat_timed_out, resume, write_unsent};
+use crate::message::wake::{heartbeat_timed_out, linger_after_unsent, resume, write_unsent};
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
@@ -244,8 +244,14 @@ pub(crate) async fn serve<H: FramedHandler>(
                     // of goes first, so the peer's last frame is whole (a
                     // framed protocol has no close frame to send after it).
                     if let Some(unsent) = local.take_unsent(id) {
-                        let io = &mut io;
-                        write_unsent(&unsent, |cx, b| Pin::new(&mut *io).poll_write(cx, b)).await;
+                        let whole = {
+                            let io = &mut io;
+                            write_unsent(&unsent, |cx, b| Pin::new(&mut *io).poll_write(cx, b))
+                                .await
+                        };
+                        if whole {
+                            linger_after_unsent(&mut io).await;
+                        }
                     }
                     return Ended::Close(live.close(reason));
                 }
