@@ -170,14 +170,7 @@ async fn split_cookies_count_as_one_header_toward_max_headers() {
 async fn streams_waiting_for_a_shut_window_are_bounded() {
     const LIMIT: usize = 4;
     let server = start(Builder::default().http2_max_stalled_streams(Some(LIMIT as u32))).await;
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (client, conn) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, bytes::Bytes>(tcp)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let (mut client, conn) = shut_window_client(server.addr).await;
     let mut pending = Vec::new();
     for _ in 0..LIMIT + 3 {
         let request = Request::get("http://t/").body(()).unwrap();
@@ -264,16 +257,7 @@ async fn a_sent_response_head_is_not_kept_while_its_body_waits() {
             .listen_on("127.0.0.1:0".parse().unwrap()),
         app,
     );
-    let tcp = tokio::net::TcpStream::connect(server.addrs[0])
-        .await
-        .unwrap();
-    let (client, conn) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, bytes::Bytes>(tcp)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let (mut client, conn) = shut_window_client(server.addrs[0]).await;
     let mut stalled = Vec::new();
     for _ in 0..STALLED {
         let request = Request::get("http://t/").body(()).unwrap();
@@ -287,4 +271,23 @@ async fn a_sent_response_head_is_not_kept_while_its_body_waits() {
     drop((stalled, client));
     conn.abort();
     assert!(server.stop().await, "the server stops");
+}
+
+/// An HTTP/2 client whose streams start with a window of 0 and never get
+/// one: it takes no byte of any response body. Its connection's task is
+/// returned to be aborted or awaited.
+async fn shut_window_client(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    (client.ready().await.unwrap(), conn)
 }
