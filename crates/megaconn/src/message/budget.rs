@@ -237,10 +237,12 @@ impl PublishRate {
         }
         ratelog::log(Flood::PublishRate, |suppressed| {
             // Asked only when a line is written (one per 5 s per worker).
-            let peer = peer_of(connection).map(|p| p.to_string());
+            // The id as `ConnectionId::as_u128` gives it to an application
+            // (its own logs, a presence entry) to match this line with.
+            let peer = peer_of(connection).map_or_else(|| "-".to_string(), |p| p.to_string());
             tracing::info!(
                 connection = connection.as_u128(),
-                peer = peer.as_deref().unwrap_or("-"),
+                peer = %peer,
                 cost,
                 per_second = self.per_second,
                 burst = self.burst,
