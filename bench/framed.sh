@@ -91,7 +91,12 @@ framed_start() { # NAME
     megaconn | megaconn-b)
       local bin="$MEGACONN"
       [[ "$1" == megaconn-b ]] && bin="$MEGACONN_B"
-      taskset -c "$SERVER_CPU" "$bin" serve --workers 1 --admin off \
+      # The demo charges a PUB by its audience (--publish-fanout): a
+      # `PUB *` to more than 20,000 connections is refused unless the
+      # budget is off (a binary from before it has no such flag).
+      local unbudgeted=()
+      [[ "$("$bin" serve --help 2>/dev/null)" == *--publish-fanout* ]] && unbudgeted=(--publish-rate off)
+      taskset -c "$SERVER_CPU" "$bin" serve --workers 1 --admin off "${unbudgeted[@]}" \
       ${PROCESSES:+--processes "$PROCESSES"} \
       --tcp-listen "127.0.0.1:$PORT" --tcp-framing u32 >"$log_file" 2>&1 & ;;
     go) GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$GO_FRAMED" -listen "127.0.0.1:$PORT" >"$log_file" 2>&1 & ;;
@@ -201,7 +206,7 @@ elapsed=$((SECONDS - t_start))
       + (if $mm == null then "—" else ((map(.server_us_per_delivery) | median) / $mm[1] | f2) + "×" end)
       + " | \(map(.pushes_received // 0) | min)/\(.[0].connections) | \(map(.hb_failed // 0) | add) / \(map((.hb_drops // 0) + (.bc_drops // 0)) | add) |"' "$RUNS"
   echo
-  echo "Each server on core $SERVER_CPU (megaconn \`serve --workers 1 --tcp-framing u32\`, parking idle connections after 2 s; go-framed with GOMAXPROCS=1; tokio-framed on a current-thread runtime), \`megaconn hold\` on core $LOAD_CPU, one after the other in each round. Bytes = VmRSS growth / N with every connection idle ($BCAST_SETTLE s after the last opened: megaconn's parked). Heartbeat every $INTERVAL s per connection on fresh connections; CPU from /proc/PID/task/*/schedstat over $WINDOW s. Broadcast: one \`PUB * <64 B>\` frame from a separate connection; time to last delivery from hold's receive mode (the payload carries its send time)."
+  echo "Each server on core $SERVER_CPU (megaconn \`serve --workers 1 --tcp-framing u32 --publish-rate off\`, parking idle connections after 2 s; go-framed with GOMAXPROCS=1; tokio-framed on a current-thread runtime), \`megaconn hold\` on core $LOAD_CPU, one after the other in each round. Bytes = VmRSS growth / N with every connection idle ($BCAST_SETTLE s after the last opened: megaconn's parked). Heartbeat every $INTERVAL s per connection on fresh connections; CPU from /proc/PID/task/*/schedstat over $WINDOW s. Broadcast: one \`PUB * <64 B>\` frame from a separate connection; time to last delivery from hold's receive mode (the payload carries its send time)."
   echo
   echo "_framed.sh: N=$N INTERVAL=$INTERVAL WINDOW=$WINDOW ROUNDS=$ROUNDS SERVERS=\"$SERVERS\"; megaconn $(cat "$MEGACONN.version" 2>/dev/null || echo '?'); run time ${elapsed}s; load average at the end $(cut -d' ' -f1-3 /proc/loadavg); raw JSON: bench/out/framed-$STAMP/_"
   echo

@@ -123,8 +123,14 @@ ws_server_start() { # NAME PORT
   SERVER_NAME=$name
   case "$name" in
     megaconn-axum) taskset -c "$SERVER_CPU" "$MEGACONN_AXUM" --listen "127.0.0.1:$port" --workers 1 >"$log_file" 2>&1 & ;;
-    megaconn-native) taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$port" --workers 1 \
-      --admin off >"$log_file" 2>&1 & ;;
+    # The chat charges a message by the room's size (--publish-fanout):
+    # to a room over 20,000 it is dropped unless the budget is off (a
+    # binary from before it has no such flag).
+    megaconn-native)
+      local unbudgeted=()
+      [[ "$("$MEGACONN" serve --help 2>/dev/null)" == *--publish-fanout* ]] && unbudgeted=(--publish-rate off)
+      taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$port" --workers 1 \
+      --admin off "${unbudgeted[@]}" >"$log_file" 2>&1 & ;;
     axum) taskset -c "$SERVER_CPU" "$AXUM_WS" --listen "127.0.0.1:$port" --threads 1 >"$log_file" 2>&1 & ;;
     go) GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$GO_WS" -listen "127.0.0.1:$port" >"$log_file" 2>&1 & ;;
     node) NODE_PATH="$NODE_WS_DIR/node_modules" taskset -c "$SERVER_CPU" node "$BENCH_DIR/peers/node-ws/server.js" "127.0.0.1:$port" >"$log_file" 2>&1 & ;;

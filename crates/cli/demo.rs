@@ -19,9 +19,19 @@
 //! A publish costs the server O(subscribers) (a broadcast, O(connections)),
 //! so each connection's publishes, `PUB` and `/ws/chat` messages alike, are
 //! held to `--publish-rate` a second with a burst of `--publish-burst`
-//! ([`megaconn::PublishRate`]); past it `PUB` is answered
-//! `error: publish rate; slow down` and a chat message is dropped, the
-//! connection open either way.
+//! ([`megaconn::PublishRate`]), each counting as one per `--publish-fanout`
+//! connections it reaches (its topic's subscribers in this process; every
+//! open connection for `PUB *`); past it `PUB` is answered
+//! `error: publish rate; slow down` (or, for a publish whose audience is
+//! over `--publish-burst × --publish-fanout`, `error: publish reaches …`)
+//! and a chat message is dropped, the connection open either way.
+//!
+//! `PUB *` (to every connection) is open to any peer, as the demo's other
+//! commands are, but charged as a publish to everyone: on a server of a
+//! few thousand connections it works as a broadcast should in a demo you
+//! try with `nc`; on one of more than 20,000 (the defaults) it is refused
+//! outright, so no anonymous peer can make the server deliver to all of
+//! its connections. Benchmarks of a broadcast pass `--publish-rate off`.
 
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
@@ -34,7 +44,8 @@ use futures_util::future::Either;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either as EitherBody, Full};
 use megaconn::{
-    Body, PublishRate, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Body, ConnectionId, PublishRate, ServerHandle, WebSocketHandler, WebSocketRoute, WsMessage,
+    WsSession,
 };
 
 use crate::fanout::{PublishError, Publisher, SendAs, Topic};
@@ -211,7 +222,8 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 /// | `UNSUB topic` | `unsubscribed: topic` |
 /// | `PUB topic text` | `published` (`text` goes to `topic`'s subscribers) |
 /// | `PUB * text` | `published` (`text` goes to every connection: a broadcast) |
-/// | `PUB …` past the connection's `--publish-rate` (burst `--publish-burst`) | `error: publish rate; slow down` (not published; the connection stays open) |
+/// | `PUB …` past the connection's `--publish-rate` (burst `--publish-burst`, a publish counting one per `--publish-fanout` connections it reaches) | `error: publish rate; slow down` (not published; the connection stays open) |
+/// | `PUB …` reaching more than `--publish-burst × --publish-fanout` connections (20,000) | `error: publish reaches <n> connections, …` (not published, now or later; the connection stays open) |
 /// | `PUB …` that cannot cross processes (over 64 KiB) | `error: <why>` |
 /// | `PUB …` no worker took (full hub queues, or the server is stopping) | `error: not delivered by this process: <why>` |
 /// | anything else | `echo: <message>` |
@@ -224,11 +236,13 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 pub struct FramedDemo {
     /// How `PUB` publishes.
     pub publisher: Publisher,
-    /// How many `PUB`s each connection may make: a publish costs the
-    /// server a delivery per subscriber (~5 µs each to parked ones), so an
-    /// unbounded `PUB *` loop made it spend CPU in proportion to its
-    /// connections on every 8-byte line.
+    /// How many `PUB`s each connection may make, charged by audience: a
+    /// publish costs the server a delivery per subscriber (~5 µs each to
+    /// parked ones), so an unbounded `PUB *` loop made it spend CPU in
+    /// proportion to its connections on every 8-byte line.
     pub publish_rate: PublishRate,
+    /// The server, whose open connections are a `PUB *`'s audience.
+    pub server: ServerHandle,
     /// The largest reply the listener's framing carries
     /// ([`megaconn::Framing::max_reply_bytes`]): an echo over it is
     /// answered `error:` (a reply that cannot be framed would close the
@@ -267,14 +281,12 @@ impl megaconn::FramedHandler for FramedDemo {
                     session.unsubscribe(topic);
                     format!("unsubscribed: {topic}").into()
                 }
-                Command::Pub(..) if !self.publish_rate.allow(session.id()) => {
-                    Bytes::from_static(PUBLISH_RATE_REFUSED)
-                }
                 Command::Pub(topic, text) => {
-                    match self
-                        .publisher
-                        .publish(Topic::parse(topic), frame.slice_ref(text))
-                    {
+                    let topic = Topic::parse(topic);
+                    if let Some(refused) = self.refused(topic, session.id()) {
+                        return Some(refused);
+                    }
+                    match self.publisher.publish(topic, frame.slice_ref(text)) {
                         Ok(()) => Bytes::from_static(b"published"),
                         Err(e) => format!("error: {e}").into(),
                     }
@@ -297,6 +309,34 @@ impl megaconn::FramedHandler for FramedDemo {
     }
 }
 
+impl FramedDemo {
+    /// Takes a publish to `topic` from `connection`'s budget, charged by its
+    /// audience (this process's subscribers of the topic; for `*`, the
+    /// server's open connections): `None` if it may publish, else the
+    /// answer to its peer (the refusal is counted and logged by
+    /// [`PublishRate`]).
+    fn refused(&self, topic: Topic<'_>, connection: ConnectionId) -> Option<Bytes> {
+        let rate = &self.publish_rate;
+        let audience = match topic {
+            // Counted only when it is charged for.
+            _ if rate.is_off() || rate.fanout.is_none() => 0,
+            Topic::All => self.server.connections_open(),
+            Topic::Named(name) => megaconn::subscribers(name),
+        };
+        if rate.allow_to(connection, audience) {
+            return None;
+        }
+        if rate.cost(audience) <= rate.burst.max(1) {
+            return Some(Bytes::from_static(PUBLISH_RATE_REFUSED));
+        }
+        // Never allowed: saying "slow down" would have the peer retry.
+        let most = u64::from(rate.burst.max(1)) * u64::from(rate.fanout.unwrap_or(1).max(1));
+        Some(format!(
+            "error: publish reaches {audience} connections, more than --publish-burst x --publish-fanout ({most}) allow; not published"
+        ).into())
+    }
+}
+
 /// The WebSocket demo at `/ws`: every message is sent back as it came.
 #[derive(Debug, Clone, Copy)]
 pub struct WsEcho;
@@ -313,8 +353,13 @@ impl WebSocketHandler for WsEcho {
 /// message from one is published to all of them (the sender too), parked or
 /// awake, text as text and binary as binary.
 ///
-/// A message past the connection's publish rate is dropped (counted and
-/// logged by [`PublishRate::allow`]), the connection left open: a chat
+/// Each message is charged by the room's size in this process
+/// ([`PublishRate::allow_publish`]: one per `--publish-fanout` members), so
+/// a room larger than `--publish-burst × --publish-fanout` (20,000 at the
+/// defaults) takes no messages from its members: each would cost the
+/// server a delivery per member. A message past the connection's publish
+/// rate is dropped (counted and logged by [`PublishRate`]), the connection
+/// left open: a chat
 /// client has no channel for an error but the chat itself, where a reply
 /// would read as a message, and its own message not coming back is what
 /// it sees. Not closed (1008), even for a long flood: a refused message
@@ -342,7 +387,7 @@ impl WebSocketHandler for WsChat {
         message: WsMessage,
         session: &WsSession,
     ) -> Option<WsMessage> {
-        if !self.publish_rate.allow(session.id()) {
+        if !self.publish_rate.allow_publish(session.id(), CHAT_TOPIC) {
             return None;
         }
         // Binary relayed as binary (it was dropped: the README promises

@@ -304,6 +304,22 @@ fn rate(s: &str) -> Result<Value, String> {
     }
 }
 
+/// A positive rate, or `off` (an infinite one: no limit).
+fn rate_or_off(s: &str) -> Result<Value, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Value::Rate(f64::INFINITY));
+    }
+    rate(s).map_err(|e| format!("{e}, or off"))
+}
+
+/// A count, or `off` (as 0: the knob's "none").
+fn count_or_off(s: &str) -> Result<Value, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Value::Count(0));
+    }
+    count(s).map_err(|e| format!("{e}, or off"))
+}
+
 fn addr(s: &str) -> Result<Value, String> {
     s.trim()
         .parse::<SocketAddr>()
@@ -542,11 +558,11 @@ pub static KNOBS: &[Knob] = &[
         name: "publish-rate",
         value_name: "PER_SECOND",
         shape: Shape::One,
-        help: "The demo's PUB (framed TCP) and /ws/chat: publishes a second each connection may make (token bucket, burst --publish-burst).",
-        details: "A publish costs the server a delivery per subscriber (a broadcast, per connection: ~5 us each to a parked one), so one connection publishing at will made it spend CPU in proportion to its audience on every line. Past it PUB is answered `error: publish rate; slow down` and a chat message is dropped; the connection stays open; counted in megaconn_limit_hits_total{limit=\"publish_rate\"} and logged. Per connection (megaconn::PublishRate).",
+        help: "The demo's PUB (framed TCP) and /ws/chat: publishes a second each connection may make (token bucket, burst --publish-burst; a publish to many counts as several, --publish-fanout); off disables.",
+        details: "A publish costs the server a delivery per subscriber (a broadcast, per connection: ~5 us each to a parked one), so one connection publishing at will made it spend CPU in proportion to its audience on every line. Past it PUB is answered `error: publish rate; slow down` and a chat message is dropped; the connection stays open; counted in megaconn_limit_hits_total{limit=\"publish_rate\"} and logged with the connection's id and peer. Per connection (megaconn::PublishRate). off: no limit on publishes, whatever their audience (benchmarks of a broadcast; a 0 is not off, it allows the burst and then nothing).",
         default: "10",
         example: "100",
-        parse: rate,
+        parse: rate_or_off,
         apply: |v, s| {
             s.demo_ws.publish.per_second = v.ratio();
             Ok(())
@@ -563,6 +579,23 @@ pub static KNOBS: &[Knob] = &[
         parse: count,
         apply: |v, s| {
             s.demo_ws.publish.burst = at_least_one(v.count::<u32>()?)?;
+            Ok(())
+        },
+    },
+    Knob {
+        name: "publish-fanout",
+        value_name: "N",
+        shape: Shape::One,
+        help: "--publish-rate by audience: a publish counts as one per N connections it reaches (its topic's subscribers; every connection for PUB *); off: one each, whatever the audience.",
+        details: "The budget is then in deliveries, --publish-rate × N a second per connection (10,000 at the defaults, ~50 ms of CPU), and a publish reaching more than --publish-burst × N connections (20,000) is refused whatever the bucket holds: PUB is answered `error: publish reaches N connections, more than ...`, a chat message to a room that large is dropped; counted and logged as --publish-rate's. The audience is this process's (each worker process's own with --processes).",
+        default: "1000",
+        example: "100",
+        parse: count_or_off,
+        apply: |v, s| {
+            s.demo_ws.publish.fanout = match v.count::<u32>()? {
+                0 => None,
+                n => Some(n),
+            };
             Ok(())
         },
     },
@@ -1417,6 +1450,12 @@ mod tests {
                     assert_eq!(size(text), u64::from(megaconn::DEFAULT_PUBLISH_BURST));
                     left(&format!("burst: {},", megaconn::DEFAULT_PUBLISH_BURST));
                 }
+                "publish-fanout" => {
+                    assert_eq!(size(text), u64::from(megaconn::DEFAULT_PUBLISH_FANOUT));
+                    let compact = unset.replace([' ', '\n'], "");
+                    let fanout = format!("fanout:Some({},),", megaconn::DEFAULT_PUBLISH_FANOUT);
+                    assert!(compact.contains(&fanout), "{fanout} not in {unset}");
+                }
                 "max-subscriptions" => {
                     assert_eq!(size(text), megaconn::DEFAULT_MAX_SUBSCRIPTIONS as u64)
                 }
@@ -1662,5 +1701,31 @@ mod tests {
         }
         let e = apply(&Values::new(), &parse_file("workers = 0").unwrap()).unwrap_err();
         assert_eq!(e, "key `workers`: must be at least 1");
+    }
+
+    /// `--publish-rate off` (`publish_rate = "off"`) is no limit at all;
+    /// `--publish-fanout off` (`"off"`, 0) charges one a publish, whatever
+    /// its audience. A rate of 0 is refused with the way to say off (it
+    /// meant "the burst, then nothing" to the library).
+    #[test]
+    fn the_publish_knobs_take_off() {
+        let by_flag = flags(&["--publish-rate", "off", "--publish-fanout", "off"]).unwrap();
+        let by_file = parse_file("publish_rate = \"off\"\npublish_fanout = \"off\"").unwrap();
+        let zero = parse_file("publish_rate = \"OFF\"\npublish_fanout = 0").unwrap();
+        for values in [by_flag, by_file, zero] {
+            let publish = apply(&values, &Values::new()).unwrap().demo_ws.publish;
+            assert!(publish.is_off(), "{values:?}");
+            assert_eq!(publish.fanout, None, "{values:?}");
+        }
+        let default = apply(&Values::new(), &Values::new())
+            .unwrap()
+            .demo_ws
+            .publish;
+        assert_eq!(default, megaconn::PublishRate::default());
+        assert!(!default.is_off());
+        let e = flags(&["--publish-rate", "0"]).unwrap_err().to_string();
+        assert!(e.contains("or off"), "{e}");
+        let e = parse_file("publish_fanout = \"some\"").unwrap_err();
+        assert!(e.contains("publish_fanout") && e.contains("or off"), "{e}");
     }
 }

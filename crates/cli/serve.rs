@@ -584,6 +584,7 @@ async fn serve(
     let framed = crate::demo::FramedDemo {
         publisher: publisher.clone(),
         publish_rate: demo_ws.publish,
+        server: handle.clone(),
         max_reply: framed_max_reply,
     };
     crate::upgrade::before_start(&control_path);

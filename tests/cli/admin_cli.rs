@@ -578,3 +578,133 @@ fn cross_site_requests_to_the_admin_listener_are_refused() {
     assert_eq!(get(&served.admin, "/metrics").status, 200);
     served.stop();
 }
+
+/// One framed demo connection subscribed to `topic`.
+fn subscriber(served: &Served, topic: &str) -> DemoLine {
+    let mut conn = served.connect_demo();
+    conn.send(&format!("SUB {topic}"));
+    assert_eq!(conn.next_line(), format!("subscribed: {topic}"));
+    conn
+}
+
+/// A framed `PUB` is charged by its audience (`--publish-fanout 2`: one
+/// publish of the budget per 2 subscribers it reaches, burst 3): a
+/// publisher to four subscribers is refused at its second `PUB`, one to a
+/// single subscriber at its fourth, and a `PUB *` reaching every
+/// connection (over `burst × fanout`, 6) is refused outright with why;
+/// each refusal counted in `limit_hits{limit="publish_rate"}`, none
+/// delivered. Every publish used to cost one, whatever its audience: one
+/// peer at the rate to a million subscribers made the server deliver ten
+/// million messages a second.
+#[test]
+fn a_framed_pub_to_a_big_audience_is_refused_sooner_and_counted() {
+    let budget = [
+        "--publish-rate",
+        "0.001",
+        "--publish-burst",
+        "3",
+        "--publish-fanout",
+        "2",
+    ];
+    let served = Served::start(&[&DEMO[..], &budget].concat());
+    let refused = || {
+        counter(
+            &served.admin,
+            "megaconn_limit_hits_total",
+            &[("limit", "publish_rate")],
+        )
+    };
+    let mut big: Vec<DemoLine> = (0..4).map(|_| subscriber(&served, "big")).collect();
+    let mut small = subscriber(&served, "small");
+    // To one subscriber: a publish each, three of them.
+    let mut to_small = served.connect_demo();
+    for n in 1..=3 {
+        to_small.send(&format!("PUB small s{n}"));
+        assert_eq!(to_small.next_line(), "published");
+        assert_eq!(small.next_line(), format!("s{n}"));
+    }
+    to_small.send("PUB small s4");
+    assert_eq!(to_small.next_line(), "error: publish rate; slow down");
+    assert_eq!(refused(), 1.0);
+    // To four: two publishes each, one of them.
+    let mut to_big = served.connect_demo();
+    to_big.send("PUB big b1");
+    assert_eq!(to_big.next_line(), "published");
+    for sub in &mut big {
+        assert_eq!(sub.next_line(), "b1");
+    }
+    to_big.send("PUB big b2");
+    assert_eq!(to_big.next_line(), "error: publish rate; slow down");
+    assert_eq!(refused(), 2.0);
+    // What is left pays for a publish to fewer.
+    to_big.send("PUB small fits");
+    assert_eq!(to_big.next_line(), "published");
+    assert_eq!(small.next_line(), "fits");
+    // To everyone: 8 connections and more, never within 3 × 2.
+    let mut star = served.connect_demo();
+    star.send("PUB * everyone");
+    let answer = star.next_line();
+    assert!(
+        answer.starts_with("error: publish reaches ")
+            && answer.contains("more than --publish-burst x --publish-fanout (6)"),
+        "{answer}"
+    );
+    assert_eq!(refused(), 3.0);
+    // None of the refused reached anyone: the admin's publishes, queued
+    // after them (one worker: one queue, in order), come first.
+    for (topic, subs) in [
+        ("big", &mut big[..]),
+        ("small", std::slice::from_mut(&mut small)),
+    ] {
+        let answer = served.post(&format!("/publish?topic={topic}"), "after");
+        assert!(answer.ends_with("published\n"), "{answer}");
+        for sub in subs {
+            assert_eq!(sub.next_line(), "after", "{topic}");
+        }
+    }
+    // They stay open and answer.
+    for conn in [&mut to_small, &mut to_big, &mut star] {
+        conn.send("PING");
+        assert_eq!(conn.next_line(), "PONG");
+    }
+    served.stop();
+}
+
+/// The demo's `PUB *` on a server of a few connections is a broadcast (its
+/// audience is far under `--publish-burst × --publish-fanout`, 20,000 at
+/// the defaults): a publish each, the burst's 20 of 50 at a rate that
+/// refills none meanwhile; `--publish-rate off` takes the limit away
+/// entirely: 50 `PUB *` in a row are all published, none counted (what a
+/// broadcast benchmark passes).
+#[test]
+fn pub_star_is_a_broadcast_on_a_small_server_and_off_is_no_limit() {
+    for (rate, published) in [("0.001", 20), ("off", 50)] {
+        let served = Served::start(&[&DEMO[..], &["--publish-rate", rate]].concat());
+        let mut listener = served.connect_demo();
+        listener.send("PING");
+        assert_eq!(listener.next_line(), "PONG");
+        let mut publisher = served.connect_demo();
+        for n in 0..50 {
+            publisher.send(&format!("PUB * m{n}"));
+        }
+        // The publisher hears its 50 answers and, a connection too, what
+        // it broadcast, in an order of their own.
+        let lines: Vec<String> = (0..50 + published).map(|_| publisher.next_line()).collect();
+        let ok = lines.iter().filter(|l| *l == "published").count();
+        let slow = lines
+            .iter()
+            .filter(|l| *l == "error: publish rate; slow down")
+            .count();
+        assert_eq!((ok, slow), (published, 50 - published), "{rate}: {lines:?}");
+        for n in 0..published {
+            assert_eq!(listener.next_line(), format!("m{n}"));
+        }
+        let refused = counter(
+            &served.admin,
+            "megaconn_limit_hits_total",
+            &[("limit", "publish_rate")],
+        );
+        assert_eq!(refused, (50 - published) as f64, "--publish-rate {rate}");
+        served.stop();
+    }
+}

@@ -816,3 +816,106 @@ fn the_ws_echo_route_takes_a_64_kib_message_and_no_more() {
     child.signal(libc::SIGTERM);
     assert!(child.wait().success());
 }
+
+/// A `/ws/chat` message is charged by the room's size (`--publish-fanout
+/// 1`: one of the budget per member, burst 2): in a room of two, a
+/// member's first message takes its whole burst and its second is
+/// dropped; another member's message, from its own full budget, is what
+/// the room hears next. Each message used to cost one, whatever the room:
+/// the second was relayed too.
+#[test]
+fn a_ws_chat_message_is_charged_by_the_rooms_size() {
+    let budget = [
+        "--publish-rate",
+        "0.001",
+        "--publish-burst",
+        "2",
+        "--publish-fanout",
+        "1",
+    ];
+    let (mut child, _stdout, addr) = start_serve(&[&["--admin", "off"][..], &budget].concat());
+    let mut listener = ws_open(&addr, "/ws/chat", &[]);
+    let mut speaker = ws_open(&addr, "/ws/chat", &[]);
+    // Two messages, then a ping: once its pong is back, both have been
+    // handled (a connection's frames are handled in order); the first
+    // comes back to the speaker, a member too, before or after the pong.
+    speaker.write_all(&[HI, HI].concat()).unwrap();
+    speaker.write_all(&[0x89, 0x80, 0, 0, 0, 0]).unwrap();
+    let mut frames = [0; 4 + 2];
+    speaker.read_exact(&mut frames).unwrap();
+    let (hi, pong) = ([0x81, 2, b'h', b'i'], [0x8a, 0]);
+    assert!(
+        frames == [&hi[..], &pong].concat()[..] || frames == [&pong[..], &hi].concat()[..],
+        "{frames:?}"
+    );
+    let mut first = [0; 4];
+    listener.read_exact(&mut first).unwrap();
+    assert_eq!(first, hi);
+    // The listener's own message is published after where the speaker's
+    // second would have been (one worker: its hub queue is in order).
+    listener
+        .write_all(&[0x81, 0x82, 0, 0, 0, 0, b'y', b'o'])
+        .unwrap();
+    let mut next = [0; 4];
+    listener.read_exact(&mut next).unwrap();
+    assert_eq!(next, [0x81, 2, b'y', b'o']);
+    drop((listener, speaker));
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+}
+
+/// `serve --help` says how to turn the publish budget off, and by how
+/// much a publish to many counts.
+#[test]
+fn serve_help_says_the_publish_rate_and_fanout_take_off() {
+    let out = common::output(megaconn().args(["serve", "--help"]));
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for needle in [
+        "--publish-rate <PER_SECOND>",
+        "off disables",
+        "Config file key: publish_rate",
+        "--publish-fanout <N>",
+        "a publish counts as one per N connections it reaches",
+        "Default: 1000. Config file key: publish_fanout",
+    ] {
+        assert!(help.contains(needle), "serve --help lacks {needle:?}");
+    }
+    // And it is taken, from the flag and the file alike.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("megaconn.toml");
+    std::fs::write(&path, "publish_rate = \"off\"\npublish_fanout = \"off\"\n").unwrap();
+    for args in [
+        &["--publish-rate", "off", "--publish-fanout", "off"][..],
+        &["--config", path.to_str().unwrap()],
+    ] {
+        let (mut child, _stdout, _addr) = start_serve(&[&["--admin", "off"][..], args].concat());
+        child.signal(libc::SIGTERM);
+        assert!(child.wait().success(), "{args:?}");
+    }
+    let out = common::output(megaconn().args(["serve", "--publish-rate", "0"]));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("or off"), "{err}");
+}
+
+/// The line logged for a refused publish says which connection: its id
+/// and its peer's address (the publisher's own port here). It named only
+/// the rate, and an operator could not tell the flooding peer from the
+/// others.
+#[test]
+fn a_refused_publish_logs_the_connection_and_its_peer() {
+    let budget = ["--publish-rate", "0.001", "--publish-burst", "1"];
+    let serving = Serving::serve(&[&["--tcp-listen", "127.0.0.1:0"][..], &budget].concat());
+    let mut s = TcpStream::connect(serving.addr("tcp")).unwrap();
+    s.set_read_timeout(Some(SAFETY)).unwrap();
+    s.write_all(b"PUB news one\nPUB news two\n").unwrap();
+    expect(&mut s, b"published\nerror: publish rate; slow down\n");
+    let line = serving.wait_for_log("published past its PublishRate");
+    let peer = s.local_addr().unwrap();
+    assert!(line.contains(&format!("peer={peer}")), "{peer}: {line}");
+    assert!(line.contains("connection="), "{line}");
+    drop(s);
+    serving.stop();
+}

@@ -161,10 +161,10 @@ pub use conn::transport::Transport;
 pub use conn::ConnInfo;
 pub use error::{BodyError, Error};
 pub use message::{
-    ConnectionId, Hub, HubError, PublishRate, Session, SubscribeError, DEFAULT_HUB_QUEUE,
-    DEFAULT_HUB_QUEUE_BYTES, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES,
-    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE,
-    DEFAULT_WRITE_STALL_TIMEOUT,
+    subscribers, ConnectionId, Hub, HubError, PublishRate, Session, SubscribeError,
+    DEFAULT_HUB_QUEUE, DEFAULT_HUB_QUEUE_BYTES, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES,
+    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_FANOUT,
+    DEFAULT_PUBLISH_RATE, DEFAULT_WRITE_STALL_TIMEOUT,
 };
 pub use observe::close::{CloseReason, FramingError, ProtocolDetail};
 pub use observe::lifecycle::{ConnectionEvent, ConnectionInfo, ConnectionState};

@@ -3,8 +3,9 @@
 //! `proto/`: protocols (framed TCP; WebSocket next) import it, it imports
 //! no protocol.
 //!
-//! - `budget.rs`   [`PublishRate`]: each connection's budget of publishes
-//!   (a publish costs O(subscribers)), kept per worker by connection id
+//! - `budget.rs`   [`PublishRate`]: each connection's budget of publishes,
+//!   charged by audience (a publish costs O(subscribers)), kept per worker
+//!   by connection id
 //! - `deadline.rs` `MessageDeadline`: the bound on a message in progress
 //!   (`message_timeout`)
 //! - `hub.rs`     [`Hub`]: push by [`ConnectionId`], publish to a topic,
@@ -16,7 +17,8 @@
 //!   topics, close)
 //! - `topics.rs`  `Topics`: each topic's subscribers and each connection's
 //!   topics, at most `max_subscriptions` a connection, of names of at most
-//!   `max_topic_bytes` ([`SubscribeError`])
+//!   `max_topic_bytes` ([`SubscribeError`]); [`subscribers`], a topic's
+//!   audience in the process
 //! - `table.rs`   the side table of parked connections' states, per worker
 //!   and protocol, with delivery straight to parked sockets
 //! - `wake.rs`    `resume`: what a woken connection checks first (behind,
@@ -73,10 +75,12 @@ use std::time::Duration;
 use crate::conn::config::Config;
 use crate::conn::io::WriteLimit;
 
-pub use budget::{PublishRate, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE};
+pub use budget::{
+    PublishRate, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_FANOUT, DEFAULT_PUBLISH_RATE,
+};
 pub use hub::{ConnectionId, Hub, HubError};
 pub use session::Session;
-pub use topics::{SubscribeError, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES};
+pub use topics::{subscribers, SubscribeError, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES};
 
 /// Default bound of an awake connection's outbound queue: 256 messages.
 /// A push that finds it full closes the connection as a slow consumer.

@@ -14,10 +14,30 @@
 //! worker's CPU, and the other connections of the worker waited 100-300 ms
 //! for a reply meanwhile.) Only connections that subscribe have an entry:
 //! a parked connection that does not keeps nothing here.
+//!
+//! Each topic's audience in the whole process ([`subscribers`], what
+//! [`PublishRate::allow_publish`](crate::PublishRate::allow_publish)
+//! charges by) is counted as connections subscribe and leave, in a fixed
+//! table of counters shared by every worker ([`AUDIENCE`]): a topic's
+//! subscribers are spread over the workers, whose maps are their own (and
+//! not `Sync`), and a publish asks for the sum on whatever worker it runs.
+//! The table costs nothing per topic and no lock: a subscription adds one
+//! to two counters its name hashes to, a leave takes it off. Names that
+//! share a counter add up, so the count is never below a topic's
+//! subscribers and may be above; of the two counters the smaller is taken
+//! (a count-min sketch), so a small topic reads big only when both of its
+//! counters are shared with big ones (with a seed drawn per process, no
+//! peer can pick names that do). An exact map of names to counts would
+//! keep a second copy of every name and take a lock shared by the workers
+//! on each subscribe.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 use crate::message::hub::{ConnectionId, Generation};
 
@@ -51,6 +71,58 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 128;
 /// 64 MiB and more. With it a connection at both bounds (and the default
 /// 128 subscriptions) holds about 32 KiB of names.
 pub const DEFAULT_MAX_TOPIC_BYTES: usize = 255;
+
+/// Counters in each of [`AUDIENCE`]'s two rows (a power of two). With S
+/// subscriptions in the process spread over many topics, a counter holds
+/// ~S / 32,768 of other topics' besides its own: ~300 at ten million
+/// subscriptions, under the 1,000 a publish of the default
+/// [`PublishRate`](crate::PublishRate) covers.
+const AUDIENCE_WIDTH: usize = 1 << 15;
+
+/// Subscriptions by the hash of their topic's name, for every server and
+/// worker of the process: two rows, each topic counted once in each (see
+/// the module doc). 256 KiB of zeroed statics, its pages touched as names
+/// land on them. A `u32` each: four billion subscriptions would be a
+/// terabyte of topics (~270 bytes each).
+static AUDIENCE: [[AtomicU32; AUDIENCE_WIDTH]; 2] =
+    [const { [const { AtomicU32::new(0) }; AUDIENCE_WIDTH] }; 2];
+
+/// The counters of `topic` in [`AUDIENCE`]'s two rows: two 15-bit pieces of
+/// one hash, seeded per process.
+fn audience_counters(topic: &str) -> [&'static AtomicU32; 2] {
+    static SEED: OnceLock<RandomState> = OnceLock::new();
+    let hash = SEED.get_or_init(RandomState::new).hash_one(topic);
+    let mask = AUDIENCE_WIDTH as u64 - 1;
+    [
+        &AUDIENCE[0][(hash & mask) as usize],
+        &AUDIENCE[1][((hash >> 32) & mask) as usize],
+    ]
+}
+
+/// Counts `n` subscriptions to `topic` in (`joined`) or out of the
+/// process's audience.
+fn count_audience(topic: &str, n: usize, joined: bool) {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    for counter in audience_counters(topic) {
+        if joined {
+            counter.fetch_add(n, Relaxed);
+        } else {
+            counter.fetch_sub(n, Relaxed);
+        }
+    }
+}
+
+/// How many connections of this process are subscribed to `topic`, on
+/// every worker of every server in it: never fewer, and a few more when
+/// other names share its counters (see the module doc; ~300 more at ten
+/// million subscriptions in the process). Lock-free, two loads. What
+/// [`PublishRate::allow_publish`](crate::PublishRate::allow_publish)
+/// charges by; with the CLI's `serve --processes`, each worker process
+/// counts its own.
+pub fn subscribers(topic: &str) -> usize {
+    let [a, b] = audience_counters(topic);
+    a.load(Relaxed).min(b.load(Relaxed)) as usize
+}
 
 /// Why [`Session::subscribe`](crate::Session::subscribe) (or
 /// [`WsSession::subscribe`](crate::WsSession::subscribe)) did not subscribe
@@ -183,7 +255,15 @@ impl Topics {
         let key = known.unwrap_or_else(|| Rc::from(topic));
         mine.topics.push(key.clone());
         let member = Member::new(generation, slot);
-        self.members.entry(key).or_default().insert(fd, member);
+        if self
+            .members
+            .entry(key)
+            .or_default()
+            .insert(fd, member)
+            .is_none()
+        {
+            count_audience(topic, 1, true);
+        }
         Ok(())
     }
 
@@ -265,10 +345,23 @@ impl Topics {
         } else {
             None
         };
+        if left.is_some() {
+            count_audience(topic, 1, false);
+        }
         if members.is_empty() {
             self.members.remove(topic);
         }
         left
+    }
+}
+
+impl Drop for Topics {
+    /// A stopped worker's subscriptions leave the process's audience (its
+    /// connections are gone; the counters outlive the server).
+    fn drop(&mut self) {
+        for (topic, members) in &self.members {
+            count_audience(topic, members.len(), false);
+        }
     }
 }
 
@@ -473,5 +566,41 @@ mod tests {
         });
         let result = finished.recv_timeout(Duration::from_secs(60));
         assert_eq!(result, Ok((N, 0, 0)), "done in 60 s, all left");
+    }
+
+    /// A topic's audience in the process counts its subscribers on every
+    /// worker (two `Topics` here), never fewer, and loses them as they
+    /// unsubscribe, close, or their worker stops. (Other tests subscribe
+    /// at the same time, to names that may share a counter: the bounds
+    /// leave them room.)
+    #[test]
+    fn the_audience_counts_every_workers_subscribers() {
+        let topic = "audience-test-a-name-no-other-test-uses";
+        let base = subscribers(topic);
+        let mut one = Topics::new(8, usize::MAX);
+        let mut two = Topics::new(8, usize::MAX);
+        for fd in 0..1_000 {
+            let topics = if fd % 2 == 0 { &mut one } else { &mut two };
+            assert_eq!(topics.subscribe(id(fd, 1), topic), Ok(()));
+            assert_eq!(topics.subscribe(id(fd, 1), topic), Ok(()), "a repeat");
+        }
+        assert!(subscribers(topic) >= 1_000, "{}", subscribers(topic));
+        // 250 unsubscribe, 250 close: 500 left, all on worker two.
+        for fd in (0..1_000).step_by(2) {
+            if fd % 4 == 0 {
+                one.unsubscribe(id(fd, 1), topic);
+            } else {
+                one.closed(id(fd, 1));
+            }
+        }
+        let left = subscribers(topic);
+        assert!((500..1_000).contains(&left), "{left}");
+        drop(two);
+        assert!(subscribers(topic) < 500, "{}", subscribers(topic));
+        assert!(
+            subscribers(topic) <= base + 100,
+            "{} (was {base})",
+            subscribers(topic)
+        );
     }
 }

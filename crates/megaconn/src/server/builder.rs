@@ -520,6 +520,23 @@ impl ServerHandle {
         stats
     }
 
+    /// The connections open now, summed over the workers: `stats()`'s
+    /// `connections_open` without the rest (one load a worker, no
+    /// allocation). The most a broadcast reaches, for an application that
+    /// charges a peer's broadcast by its audience
+    /// ([`PublishRate::allow_to`](crate::PublishRate::allow_to)).
+    pub fn connections_open(&self) -> usize {
+        let open: i64 = self
+            .workers
+            .iter()
+            .map(|w| {
+                w.connections_open
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
+        usize::try_from(open).unwrap_or(0)
+    }
+
     /// When the workers woke to do something, as the stall detector sees
     /// them: a reader that copies [`stats`](ServerHandle::stats)
     /// elsewhere waits for [`LoopWakes::woken`](crate::LoopWakes::woken)
