@@ -54,7 +54,27 @@ pub struct TlsArgs<'a> {
 /// SIGHUP should reload.
 pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>), UsageError> {
     let (tls, serve_tls) = match (args.cert, args.key, args.self_signed) {
-        (None, None, false) if args.listen.is_empty() => return Ok((b, None)),
+        (None, None, false) if args.listen.is_empty() => {
+            // A TLS knob with no TLS to apply it to would be dropped without
+            // a word: the operator believes a bound that is not there.
+            let given: Vec<&str> = [
+                (args.kx_groups.is_some(), "--tls-kx-groups (tls_kx_groups)"),
+                (
+                    args.max_handshakes.is_some(),
+                    "--tls-max-handshakes (tls_max_handshakes)",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(set, name)| set.then_some(name))
+            .collect();
+            if !given.is_empty() {
+                return Err(UsageError(format!(
+                    "{} applies to TLS listeners, and none is configured: give --tls-cert and --tls-key (or --self-signed), or drop it",
+                    given.join(" and ")
+                )));
+            }
+            return Ok((b, None));
+        }
         (None, None, false) => {
             return Err(UsageError(
                 "--tls-listen (tls_listen) needs a certificate: give --tls-cert and --tls-key, or --self-signed".into(),

@@ -110,6 +110,37 @@ fn accept_burst_without_accept_rate_exits_2_naming_the_fix() {
     assert!(err.contains("--accept-rate"), "{err}");
 }
 
+/// The TLS handshake knobs without a certificate are an error naming the
+/// fix, from the flags and from the config file; they used to be dropped
+/// without a word (no bound, no groups applied).
+#[test]
+fn tls_handshake_knobs_without_a_certificate_exit_2_naming_the_fix() {
+    for flags in [
+        &["--tls-max-handshakes", "64"][..],
+        &["--tls-kx-groups", "x25519"],
+    ] {
+        let (status, err) = run_to_exit(megaconn().arg("serve").args(flags));
+        assert_eq!(status.code(), Some(2), "{flags:?}: {err}");
+        assert!(
+            err.contains(flags[0]) && err.contains("--tls-cert"),
+            "{flags:?}: {err}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("megaconn.toml");
+    std::fs::write(
+        &path,
+        "tls_max_handshakes = 0\ntls_kx_groups = \"x25519\"\n",
+    )
+    .unwrap();
+    let (status, err) = run_to_exit(megaconn().args(["serve", "--config", path.to_str().unwrap()]));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tls_max_handshakes") && err.contains("tls_kx_groups"),
+        "{err}"
+    );
+}
+
 /// A `max_connections` past the open-file limit is warned about at start
 /// (here under a limit of 512): accepts past it fail. It used to be taken
 /// in silence.

@@ -149,6 +149,10 @@ struct Settings {
     tickets: bool,
     kx_groups: Vec<KxGroup>,
     max_handshakes_in_flight: Option<usize>,
+    /// The handshake gates of the workers serving this configuration,
+    /// which [`TlsConfig::max_handshakes_in_flight`] resizes live; a
+    /// stopped server's are dropped and pruned here.
+    gates: Vec<std::sync::Weak<GateInner>>,
 }
 
 /// What a handshake needs, swapped whole on reload.
@@ -252,6 +256,7 @@ impl TlsConfig {
             tickets: true,
             kx_groups: DEFAULT_TLS_KX_GROUPS.to_vec(),
             max_handshakes_in_flight: Some(DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT),
+            gates: Vec::new(),
         };
         let session_cache: Arc<dyn StoresServerSessions> =
             rustls::server::ServerSessionMemoryCache::new(TLS_SESSION_CACHE_SIZE);
@@ -377,15 +382,26 @@ impl TlsConfig {
     /// lock the others out. Counted in
     /// `megaconn_limit_hits_total{limit="tls_handshakes_in_flight"}` each
     /// time the accept loop finds the bound reached, and logged (limited).
-    /// Read when the server starts ([`reload`](TlsConfig::reload) keeps it).
+    ///
+    /// Live, like the other settings here: called on a clone of a running
+    /// server's configuration, it changes every worker's bound at once
+    /// (raised, the accept loop and the handshakes waiting for a place get
+    /// the new places now; lowered, places are withdrawn as the handshakes
+    /// holding them give them back), so a bound can be raised under a flood
+    /// without a restart. [`reload`](TlsConfig::reload) keeps it.
     pub fn max_handshakes_in_flight(self, n: Option<usize>) -> TlsConfig {
-        self.settings().max_handshakes_in_flight = n.filter(|&n| n > 0);
+        let mut settings = self.settings();
+        let n = n.filter(|&n| n > 0);
+        settings.max_handshakes_in_flight = n;
+        settings.gates.retain(|gate| match gate.upgrade() {
+            Some(gate) => {
+                gate.resize(n);
+                true
+            }
+            None => false,
+        });
+        drop(settings);
         self
-    }
-
-    /// The bound on handshakes in flight per worker, if any.
-    pub(crate) fn handshakes_in_flight_cap(&self) -> Option<usize> {
-        self.settings().max_handshakes_in_flight
     }
 
     /// Reads every certificate and key given as files again and makes them
@@ -565,27 +581,103 @@ pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsCo
 /// (the accept loop waits for one) and given back whenever the handshake
 /// waits for its client, taken again when the client's bytes wake it.
 /// A semaphore, FIFO: the accept loop and woken handshakes queue in turn.
+///
+/// Every worker of a TLS server has one, bounded or not (unbounded: more
+/// places than file descriptors), so that a bound set on the running
+/// server ([`GateInner::resize`]) applies without a restart.
 #[derive(Debug, Clone)]
 pub(crate) struct HandshakeGate {
     places: Arc<tokio::sync::Semaphore>,
-    cap: usize,
+    inner: Arc<GateInner>,
+}
+
+/// The places of an unbounded gate: past any count of connections a
+/// process can hold, so never reached.
+const UNBOUNDED_PLACES: usize = 1 << 40;
+
+/// A [`HandshakeGate`]'s size, shared with its [`TlsConfig`] to resize it.
+#[derive(Debug)]
+pub(crate) struct GateInner {
+    places: Arc<tokio::sync::Semaphore>,
+    size: Mutex<GateSize>,
+    /// [`GateSize::owed`], read without the lock on the accept path.
+    owed: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Debug)]
+struct GateSize {
+    /// The bound applied; `None`: unbounded.
+    cap: Option<usize>,
+    /// Places withdrawn by a lower bound while handshakes held them: taken
+    /// out of the semaphore as they come back.
+    owed: usize,
+}
+
+fn places_of(cap: Option<usize>) -> usize {
+    cap.unwrap_or(UNBOUNDED_PLACES)
+}
+
+impl GateInner {
+    /// Makes the bound `cap`: more places now, or fewer as they come back.
+    fn resize(&self, cap: Option<usize>) {
+        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        let (old, new) = (places_of(size.cap), places_of(cap));
+        size.cap = cap;
+        if new >= old {
+            // Places still owed from a lower bound are cancelled first.
+            let more = new - old;
+            let cancelled = more.min(size.owed);
+            size.owed -= cancelled;
+            self.places.add_permits(more - cancelled);
+        } else {
+            size.owed += old - new;
+        }
+        self.settle_locked(&mut size);
+    }
+
+    /// Takes owed places out of the semaphore, as many as are free.
+    fn settle(&self) {
+        if self.owed.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+            self.settle_locked(&mut size);
+        }
+    }
+
+    fn settle_locked(&self, size: &mut GateSize) {
+        size.owed -= self.places.forget_permits(size.owed);
+        self.owed
+            .store(size.owed, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn cap(&self) -> Option<usize> {
+        self.size.lock().unwrap_or_else(|e| e.into_inner()).cap
+    }
 }
 
 /// A handshake's place in flight ([`HandshakeGate`]); dropping it frees it.
 pub(crate) type HandshakePlace = tokio::sync::OwnedSemaphorePermit;
 
 impl HandshakeGate {
-    /// The gate of a worker serving `config`, if it bounds handshakes.
+    /// The gate of a worker serving `config`, if it has TLS; registered
+    /// with its [`TlsConfig`], which resizes it.
     pub(crate) fn of(config: &Config) -> Option<HandshakeGate> {
-        let cap = config.tls.as_ref()?.handshakes_in_flight_cap()?;
-        Some(HandshakeGate {
-            places: Arc::new(tokio::sync::Semaphore::new(cap)),
-            cap,
-        })
+        let tls = config.tls.as_ref()?;
+        let mut settings = tls.settings();
+        let cap = settings.max_handshakes_in_flight;
+        let places = Arc::new(tokio::sync::Semaphore::new(places_of(cap)));
+        let inner = Arc::new(GateInner {
+            places: places.clone(),
+            size: Mutex::new(GateSize { cap, owed: 0 }),
+            owed: std::sync::atomic::AtomicUsize::new(0),
+        });
+        settings.gates.retain(|g| g.strong_count() > 0);
+        settings.gates.push(Arc::downgrade(&inner));
+        Some(HandshakeGate { places, inner })
     }
 
     /// A place if one is free now.
     pub(crate) fn try_enter(&self) -> Option<HandshakePlace> {
+        self.inner.settle();
         self.places.clone().try_acquire_owned().ok()
     }
 
@@ -594,10 +686,11 @@ impl HandshakeGate {
     /// place.
     pub(crate) async fn enter_at_cap(&self, ctx: &WorkerContext) -> HandshakePlace {
         LimitHit::TlsHandshakesInFlight.count(&ctx.stats);
+        let cap = self.inner.cap();
         ratelog::log(Flood::TlsHandshakesInFlight, |suppressed| {
             tracing::warn!(
                 worker = ctx.index,
-                max_handshakes_in_flight = self.cap,
+                max_handshakes_in_flight = cap,
                 suppressed,
                 "TLS handshakes in flight at the bound: not accepting on TLS listeners until one is done (raise --tls-max-handshakes if the clients are legitimate)"
             )
@@ -685,6 +778,7 @@ async fn run_handshake(
         Err(e) => return Err(failed(std::io::Error::other(e))),
     };
     drop(live);
+    let inner = ctx.tls_gate.as_ref().map(|g| g.inner.clone());
     let mut gate = ctx
         .tls_gate
         .as_ref()
@@ -692,6 +786,9 @@ async fn run_handshake(
     let mut place = place;
     let done = std::future::poll_fn(|cx| {
         if let (Some(gate), None) = (gate.as_mut(), place.as_ref()) {
+            if let Some(inner) = &inner {
+                inner.settle();
+            }
             match gate.poll_acquire(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(taken) => place = taken,

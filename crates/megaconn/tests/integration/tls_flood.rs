@@ -118,20 +118,22 @@ async fn p384_only_clients_are_refused_by_default_and_outcomes_are_counted() {
 /// (second), at most `cap` handshakes in flight and no handshake timeout
 /// (a place held by a silent client would stay held), whose `/block` handler
 /// blocks the worker's thread until the returned sender sends (or drops),
-/// after sending on the returned receiver that it started.
+/// after sending on the returned receiver that it started; and a clone of
+/// its live TLS configuration.
 fn blocking_server(
     ca: &Ca,
-    cap: usize,
+    cap: Option<usize>,
 ) -> (
     AppServer,
     std::sync::mpsc::Sender<()>,
     tokio::sync::mpsc::UnboundedReceiver<()>,
+    TlsConfig,
 ) {
     let leaf = ca.leaf(&["localhost"]);
     let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
         .unwrap()
         .handshake_timeout(None)
-        .max_handshakes_in_flight(Some(cap));
+        .max_handshakes_in_flight(cap);
     let (release, released) = std::sync::mpsc::channel::<()>();
     let released = Arc::new(Mutex::new(released));
     let (started_tx, started) = tokio::sync::mpsc::unbounded_channel();
@@ -149,18 +151,27 @@ fn blocking_server(
     });
     let builder = megaconn::Server::builder()
         .workers(1)
-        .tls(tls)
+        .tls(tls.clone())
         .listen_on("127.0.0.1:0".parse().unwrap())
         .listen_tls_on("127.0.0.1:0".parse().unwrap());
-    (AppServer::start(builder, app), release, started)
+    (AppServer::start(builder, app), release, started, tls)
 }
 
 /// With `clients` ClientHellos queued while the worker is blocked, then let
 /// go, each client gets the server's flight; returns the count of
-/// `tls_handshakes_in_flight` hits.
-async fn hellos_queued_behind_a_blocked_worker(cap: usize, clients: usize) -> u64 {
+/// `tls_handshakes_in_flight` hits. The server starts with a bound of
+/// `cap`, changed to `then` on the running server if given.
+async fn hellos_queued_behind_a_blocked_worker(
+    cap: Option<usize>,
+    then: Option<Option<usize>>,
+    clients: usize,
+) -> u64 {
     let ca = Ca::new();
-    let (server, release, mut started) = blocking_server(&ca, cap);
+    let (server, release, mut started, tls) = blocking_server(&ca, cap);
+    if let Some(bound) = then {
+        // The server runs: its worker's gate is made.
+        let _ = tls.max_handshakes_in_flight(bound);
+    }
     let [plain, secure]: [SocketAddr; 2] = server.addrs.clone().try_into().unwrap();
     let mut blocker = tokio::net::TcpStream::connect(plain).await.unwrap();
     blocker
@@ -222,9 +233,33 @@ async fn hellos_queued_behind_a_blocked_worker(cap: usize, clients: usize) -> u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_past_the_bound_wait_in_the_backlog_and_are_counted() {
     // Five queued, two places: the accept loop stops at the third.
-    assert!(hellos_queued_behind_a_blocked_worker(2, 5).await >= 1);
+    assert!(hellos_queued_behind_a_blocked_worker(Some(2), None, 5).await >= 1);
     // Within the bound: never reached.
-    assert_eq!(hellos_queued_behind_a_blocked_worker(5, 5).await, 0);
+    assert_eq!(
+        hellos_queued_behind_a_blocked_worker(Some(5), None, 5).await,
+        0
+    );
+}
+
+/// The bound changed on the running server (what SIGHUP does in
+/// `megaconn serve`) applies at once, raised, lowered, set or lifted; it
+/// used to be read once, when the workers started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_changes_on_a_running_server() {
+    // Raised from 2 to 5: five queued fit.
+    assert_eq!(
+        hellos_queued_behind_a_blocked_worker(Some(2), Some(Some(5)), 5).await,
+        0
+    );
+    // Lifted: five queued fit.
+    assert_eq!(
+        hellos_queued_behind_a_blocked_worker(Some(2), Some(None), 5).await,
+        0
+    );
+    // Lowered from 5 to 2, and set on a server started unbounded: the
+    // accept loop stops at the third.
+    assert!(hellos_queued_behind_a_blocked_worker(Some(5), Some(Some(2)), 5).await >= 1);
+    assert!(hellos_queued_behind_a_blocked_worker(None, Some(Some(2)), 5).await >= 1);
 }
 
 /// Clients that connect and send nothing (or half a ClientHello) hold no
@@ -232,7 +267,7 @@ async fn handshakes_past_the_bound_wait_in_the_backlog_and_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_hold_no_place_among_handshakes_in_flight() {
     let ca = Ca::new();
-    let (server, release, _started) = blocking_server(&ca, 1);
+    let (server, release, _started, _) = blocking_server(&ca, Some(1));
     drop(release);
     let secure = server.addrs[1];
     let mut silent = Vec::new();
