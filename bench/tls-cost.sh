@@ -59,7 +59,9 @@ serve() {
 
 # cpu_ns PID: ns the process's threads spent on a CPU.
 cpu_ns() {
-    cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%d\n", s }'
+    local all
+    all=$(cat /proc/"$1"/task/*/schedstat) || { echo "server $1 is gone" >&2; exit 1; }
+    awk '{ s += $1 } END { printf "%.0f\n", s }' <<<"$all"
 }
 
 # measure PID N LOAD-ARGS...: µs of server CPU per request over N requests.
@@ -70,6 +72,12 @@ measure() {
     before=$(cpu_ns "$pid")
     taskset -c "$LOAD_CPU" "$MEGACONN" load -k -t 1 -q -n "$n" "$@" --json "$DIR/run.json" >/dev/null
     after=$(cpu_ns "$pid")
+    [[ -n "${DEBUG:-}" ]] && echo "pid $pid before $before after $after: $*" >&2
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "server $pid is gone; its logs:" >&2
+        cat "$DIR"/*.log >&2
+        exit 1
+    fi
     python3 - "$DIR/run.json" "$n" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))

@@ -1,7 +1,8 @@
 //! `megaconn serve`: flags and the TOML config file, both made from the knob
 //! table in knobs.rs, resolve into one set of settings (flags win), then the
 //! server runs the demo app until SIGINT/SIGTERM. SIGHUP reloads the TLS
-//! certificate and key files (tls.rs).
+//! certificate and key files, and the config file's TLS handshake knobs
+//! (tls.rs).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -276,6 +277,11 @@ fn resolve_with(
             listen: &tls_listen,
             kx_groups: tls_kx_groups.as_deref(),
             max_handshakes: tls_max_handshakes,
+            knobs: args.config.as_ref().map(|path| crate::tls::Reread {
+                file: path.clone(),
+                at_start: file.clone(),
+                flags: args.flags.clone(),
+            }),
         },
     )?;
     if args.worker_process.is_some() {

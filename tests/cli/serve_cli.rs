@@ -1,8 +1,9 @@
 //! `megaconn serve` as a user runs it: the binary starts, prints its address,
 //! answers, drains on SIGTERM and exits 0; bad configuration exits 2 with a
 //! message naming the problem. Over TLS: the banner says `https://`, SIGHUP
-//! reloads the certificate files without dropping open connections, and a
-//! config file can mix TLS and cleartext listeners.
+//! reloads the certificate files without dropping open connections and the
+//! config file's TLS handshake knobs, and a config file can mix TLS and
+//! cleartext listeners.
 
 use crate::common;
 
@@ -257,9 +258,23 @@ impl Ca {
     }
 
     fn client(&self) -> Arc<ClientConfig> {
+        self.client_with(rustls::crypto::ring::default_provider())
+    }
+
+    /// As [`Ca::client`], offering only the key-exchange group `group`.
+    fn client_offering(
+        &self,
+        group: &'static dyn rustls::crypto::SupportedKxGroup,
+    ) -> Arc<ClientConfig> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.kx_groups = vec![group];
+        self.client_with(provider)
+    }
+
+    fn client_with(&self, provider: rustls::crypto::CryptoProvider) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider);
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -429,6 +444,65 @@ fn a_config_file_mixes_tls_and_cleartext_listeners() {
     let mut answer = Vec::new();
     let _ = raw.read_to_end(&mut answer);
     assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    drop(s);
+    serving.stop();
+}
+
+/// SIGHUP applies the config file's TLS handshake knobs to the running
+/// server (it used to read only the certificate files): a client offering
+/// only P-384 is let in once the file lists `p384`, the new bound is said,
+/// and a changed key that applies at start only is named, not applied.
+#[test]
+fn sighup_applies_the_config_files_tls_handshake_knobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = Ca::new();
+    let (pem, key_pem, _) = ca.leaf();
+    replace_file(&cert, &pem);
+    replace_file(&key, &key_pem);
+    let config = dir.path().join("megaconn.toml");
+    let write_config = |knobs: &str| {
+        replace_file(
+            &config,
+            &format!(
+                "workers = 1\nadmin = \"off\"\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n{knobs}",
+                cert.to_str().unwrap(),
+                key.to_str().unwrap()
+            ),
+        )
+    };
+    write_config("tls_max_handshakes = 2\n");
+    let serving = Serving::start(&["serve", "--config", config.to_str().unwrap()]);
+    let addr = serving.addr("https");
+    let p384_only = ca.client_offering(rustls::crypto::ring::kx_group::SECP384R1);
+    let refused = tls_connect(&addr, &p384_only).unwrap_err();
+    assert!(
+        refused.to_string().contains("HandshakeFailure"),
+        "P-384 is not offered by default: {refused}"
+    );
+
+    write_config(
+        "tls_max_handshakes = 64\ntls_kx_groups = \"x25519,p256,p384\"\nidle_timeout = \"5s\"\n",
+    );
+    serving.child.signal(libc::SIGHUP);
+    let line = serving.wait_for_log("TLS handshake knobs applied");
+    assert!(
+        line.contains("tls_max_handshakes = 64") && line.contains("x25519,p256,p384"),
+        "{line}"
+    );
+    assert!(
+        line.contains("apply at start only") && line.contains("idle_timeout"),
+        "{line}"
+    );
+    let mut s = tls_connect(&addr, &p384_only).expect("P-384 is offered after SIGHUP");
+    assert!(get_keep_alive(&mut s, "/").ends_with("Hello, World!"));
+
+    // A file that no longer parses changes nothing and says so.
+    write_config("tls_max_handshakes = \"many\"\n");
+    serving.child.signal(libc::SIGHUP);
+    let line = serving.wait_for_log("config file was not applied");
+    assert!(line.contains("tls_max_handshakes"), "{line}");
+    tls_connect(&addr, &p384_only).expect("P-384 is still offered");
     drop(s);
     serving.stop();
 }
