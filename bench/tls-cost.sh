@@ -15,11 +15,13 @@
 #     TLS 1.3 handshake with X25519, one HTTP/1.1 GET with Connection: close,
 #     the close), -c 8, HS_N each run; one server with each certificate.
 #   requests: keep-alive GETs on the ECDSA server, -c 16: HTTP/1.1, HTTP/2
-#     one stream per connection (same requests in flight), HTTP/2 4 x 4.
+#     one stream per connection (same requests in flight), HTTP/2 4 x 4;
+#     and on a cleartext server, HTTP/1.1 and h2c 16 x 1, to tell what
+#     HTTP/2 costs from what it costs over TLS.
 #
 # Env: MEGACONN (binary; default target/release/megaconn), ROUNDS (2), HS_N
 # (3000), REQ_N (60000), SERVER_CPU (1), LOAD_CPU (0), PORT (38431; uses
-# PORT and PORT+1). Prints a markdown table on stdout.
+# PORT to PORT+2). Prints a markdown table on stdout.
 set -euo pipefail
 
 MEGACONN="${MEGACONN:-target/release/megaconn}"
@@ -44,10 +46,13 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 openssl req -x509 -newkey rsa:2048 -nodes \
     -keyout "$DIR/rsa-key.pem" -out "$DIR/rsa-cert.pem" -days 1 -subj /CN=localhost 2>/dev/null
 
-# serve NAME PORT: a one-worker server with NAME's certificate.
+# serve NAME PORT: a one-worker server with NAME's certificate (none for
+# "clear").
 serve() {
+    local tls=()
+    [[ $1 != clear ]] && tls=(--tls-cert "$DIR/$1-cert.pem" --tls-key "$DIR/$1-key.pem")
     taskset -c "$SERVER_CPU" "$MEGACONN" serve --listen "127.0.0.1:$2" --workers 1 --admin off \
-        --tls-cert "$DIR/$1-cert.pem" --tls-key "$DIR/$1-key.pem" >"$DIR/$1.log" 2>&1 &
+        "${tls[@]}" >"$DIR/$1.log" 2>&1 &
     PIDS+=("$!")
     for _ in $(seq 100); do
         grep -q "serving on" "$DIR/$1.log" && return
@@ -90,14 +95,17 @@ serve ec "$PORT"
 EC_PID=${PIDS[0]}
 serve rsa "$((PORT + 1))"
 RSA_PID=${PIDS[1]}
+serve clear "$((PORT + 2))"
+CLEAR_PID=${PIDS[2]}
 EC="https://127.0.0.1:$PORT/"
 RSA="https://127.0.0.1:$((PORT + 1))/"
+CLEAR="http://127.0.0.1:$((PORT + 2))/"
 HS=(--new-connection-per-request --no-tls-resume -c 8)
 
 echo "date: $(date -u '+%F %T UTC'); load average: $(cut -d' ' -f1-3 /proc/loadavg); $("$MEGACONN" --version 2>/dev/null || echo megaconn)"
 echo
-echo "| round | ECDSA P-256 µs/handshake | RSA-2048 µs/handshake | RSA / ECDSA | h1 TLS µs/req | h2 TLS 16×1 µs/req | h2 TLS 4×4 µs/req | h2 16×1 / h1 | h2 4×4 / h1 |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| round | ECDSA P-256 µs/handshake | RSA-2048 µs/handshake | RSA / ECDSA | h1 TLS µs/req | h2 TLS 16×1 µs/req | h2 TLS 4×4 µs/req | h2 16×1 / h1, TLS | h2 4×4 / h1, TLS | h1 clear µs/req | h2c 16×1 µs/req | h2c 16×1 / h1, clear |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for round in $(seq "$ROUNDS"); do
     # Warm-up (first round only): the pools and caches, not measured.
     if [[ $round == 1 ]]; then
@@ -105,13 +113,17 @@ for round in $(seq "$ROUNDS"); do
         measure "$RSA_PID" 200 "$RSA" "${HS[@]}" >/dev/null
         measure "$EC_PID" 2000 "$EC" -c 16 >/dev/null
         measure "$EC_PID" 2000 "$EC" -c 16 --http2 >/dev/null
+        measure "$CLEAR_PID" 2000 "$CLEAR" -c 16 >/dev/null
+        measure "$CLEAR_PID" 2000 "$CLEAR" -c 16 --http2 >/dev/null
     fi
     ec=$(measure "$EC_PID" "$HS_N" "$EC" "${HS[@]}")
     rsa=$(measure "$RSA_PID" "$HS_N" "$RSA" "${HS[@]}")
     h1=$(measure "$EC_PID" "$REQ_N" "$EC" -c 16)
     h2=$(measure "$EC_PID" "$REQ_N" "$EC" -c 16 --http2 --streams 1)
     h2s=$(measure "$EC_PID" "$REQ_N" "$EC" -c 4 --http2 --streams 4)
-    echo "| $round | $ec | $rsa | $(echo "scale=2; $rsa / $ec" | bc) | $h1 | $h2 | $h2s | $(echo "scale=2; $h2 / $h1" | bc) | $(echo "scale=2; $h2s / $h1" | bc) |"
+    c1=$(measure "$CLEAR_PID" "$REQ_N" "$CLEAR" -c 16)
+    c2=$(measure "$CLEAR_PID" "$REQ_N" "$CLEAR" -c 16 --http2 --streams 1)
+    echo "| $round | $ec | $rsa | $(echo "scale=2; $rsa / $ec" | bc) | $h1 | $h2 | $h2s | $(echo "scale=2; $h2 / $h1" | bc) | $(echo "scale=2; $h2s / $h1" | bc) | $c1 | $c2 | $(echo "scale=2; $c2 / $c1" | bc) |"
 done
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -288,7 +288,7 @@ mod tests {
         assert!(err.0.contains("x.pem"), "{}", err.0);
         let (b, tls) = apply_flags(None, None, true, &[]).unwrap();
         assert!(format!("{b:?}").contains("TlsConfig"));
-        assert!(matches!(tls, Some(ServeTls::SelfSigned)));
+        assert!(matches!(tls, Some(ServeTls { files: None, .. })));
     }
 
     #[test]
