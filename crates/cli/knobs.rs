@@ -109,6 +109,8 @@ pub struct Settings {
     pub tls_kx_groups: Option<Vec<megaconn::KxGroup>>,
     /// `--tls-max-handshakes` (0: unbounded); `None`: the library's default.
     pub tls_max_handshakes: Option<usize>,
+    /// `--tls-handshake-rate-per-ip`; `None`: no limit.
+    pub tls_handshake_rate_per_ip: Option<f64>,
     /// `--max-connections` (for the whole server: see `serve.rs`
     /// `process_share`).
     pub max_connections: Option<usize>,
@@ -1039,6 +1041,23 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "tls-handshake-rate-per-ip",
+        value_name: "PER_SECOND",
+        shape: Shape::One,
+        help: "New TLS connections a client IP (IPv6: per /64) may open per second (token bucket, bursts of one second's worth).",
+        details: "Over it a connection is closed right after its accept, before any TLS work, counted in megaconn_limit_hits_total{limit=\"tls_handshake_rate_per_ip\"} and logged. --max-connections-per-ip bounds an IP's connections open at once, not how many handshakes it makes a second: a client replaying a ClientHello and hanging up costs the server a key exchange and a signature each time within any such bound. Browsers open a handful of connections and then resume: a few per second leaves them alone, unless many users share one address (a NAT). With --processes P each worker process admits 1/P of it (the kernel spreads an IP's connections over them). SIGHUP applies a changed value from the config file.",
+        default: "unlimited",
+        example: "20",
+        parse: rate,
+        apply: |v, s| {
+            let Value::Rate(r) = v else {
+                unreachable!("not a rate: {v:?}")
+            };
+            s.tls_handshake_rate_per_ip = Some(r);
+            Ok(())
+        },
+    },
+    Knob {
         name: "log-format",
         value_name: "FORMAT",
         shape: Shape::One,
@@ -1530,6 +1549,13 @@ mod tests {
                     let n = megaconn::DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT;
                     assert_eq!(size(text), n as u64);
                     left("tls_max_handshakes: None,");
+                }
+                "tls-handshake-rate-per-ip" => {
+                    (
+                        assert_eq!(text, "unlimited"),
+                        left("tls_handshake_rate_per_ip: None,"),
+                    )
+                        .1
                 }
                 "otel-endpoint" => (assert_eq!(text, "off"), left("endpoint: None,")).1,
                 // The message settings are unset (the library's defaults:

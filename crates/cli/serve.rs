@@ -218,6 +218,7 @@ fn resolve_with(
         self_signed,
         tls_kx_groups,
         tls_max_handshakes,
+        tls_handshake_rate_per_ip,
         max_connections,
         accept_rate,
         accept_burst,
@@ -277,6 +278,8 @@ fn resolve_with(
             listen: &tls_listen,
             kx_groups: tls_kx_groups.as_deref(),
             max_handshakes: tls_max_handshakes,
+            handshake_rate_per_ip: tls_handshake_rate_per_ip,
+            processes: share,
             knobs: args.config.as_ref().map(|path| crate::tls::Reread {
                 file: path.clone(),
                 at_start: file.clone(),

@@ -6,8 +6,9 @@
 //! turns every `--listen` address into TLS.
 //!
 //! SIGHUP reads the certificate and key files again, and the config file's
-//! handshake knobs ([`RELOADED_KEYS`]: `tls_max_handshakes`, so a bound can be
-//! raised under a flood without a restart, and `tls_kx_groups`); a flag
+//! handshake knobs ([`RELOADED_KEYS`]: `tls_max_handshakes` and
+//! `tls_handshake_rate_per_ip`, so a bound can be changed under a flood
+//! without a restart, and `tls_kx_groups`); a flag
 //! still wins over the file, as at start. The other keys apply at start only:
 //! a SIGHUP that finds one changed says so.
 
@@ -20,7 +21,11 @@ use crate::knobs;
 use crate::UsageError;
 
 /// The config file's keys SIGHUP applies (with the certificate files).
-pub const RELOADED_KEYS: [&str; 2] = ["tls-max-handshakes", "tls-kx-groups"];
+pub const RELOADED_KEYS: [&str; 3] = [
+    "tls-max-handshakes",
+    "tls-kx-groups",
+    "tls-handshake-rate-per-ip",
+];
 
 /// Names a `--self-signed` certificate is valid for.
 pub const SELF_SIGNED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -36,6 +41,8 @@ pub struct ServeTls {
     /// Where SIGHUP reads the handshake knobs again; `None`: no config file,
     /// they stay as the flags set them.
     pub knobs: Option<Reread>,
+    /// Worker processes sharing the per-IP handshake rate.
+    pub processes: usize,
 }
 
 /// The config file as `serve` started from it, and the flags over it.
@@ -66,6 +73,10 @@ pub struct TlsArgs<'a> {
     pub kx_groups: Option<&'a [megaconn::KxGroup]>,
     /// `--tls-max-handshakes` (0: unbounded); `None`: the library's default.
     pub max_handshakes: Option<usize>,
+    /// `--tls-handshake-rate-per-ip`; `None`: no limit.
+    pub handshake_rate_per_ip: Option<f64>,
+    /// Worker processes sharing the rate (1: this process alone).
+    pub processes: usize,
     /// The config file and flags, for SIGHUP to read the knobs again.
     pub knobs: Option<Reread>,
 }
@@ -83,6 +94,10 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
                 (
                     args.max_handshakes.is_some(),
                     "--tls-max-handshakes (tls_max_handshakes)",
+                ),
+                (
+                    args.handshake_rate_per_ip.is_some(),
+                    "--tls-handshake-rate-per-ip (tls_handshake_rate_per_ip)",
                 ),
             ]
             .into_iter()
@@ -114,12 +129,22 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
         (None, Some(_), false) => return Err(UsageError("--tls-key needs --tls-cert".into())),
         (None, None, true) => (self_signed_config()?, None),
     };
-    let tls = handshake_knobs(tls, args.kx_groups, args.max_handshakes)
-        .map_err(|e| UsageError(e.to_string()))?;
+    let processes = args.processes.max(1);
+    let tls = handshake_knobs(
+        tls,
+        HandshakeKnobs {
+            kx_groups: args.kx_groups,
+            max_handshakes: args.max_handshakes,
+            rate_per_ip: args.handshake_rate_per_ip,
+        },
+        processes,
+    )
+    .map_err(|e| UsageError(e.to_string()))?;
     let serve_tls = ServeTls {
         config: tls.clone(),
         files,
         knobs: args.knobs,
+        processes,
     };
     let mut b = b.tls(tls);
     for &addr in args.listen {
@@ -128,18 +153,29 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
     Ok((b, Some(serve_tls)))
 }
 
+/// The knobs SIGHUP applies again; `None`: the library's default.
+struct HandshakeKnobs<'a> {
+    kx_groups: Option<&'a [megaconn::KxGroup]>,
+    max_handshakes: Option<usize>,
+    rate_per_ip: Option<f64>,
+}
+
 /// Sets the handshake knobs on `tls` (live, on a running server's): the
-/// library's defaults where `None`.
+/// library's defaults where `None`; the per-IP rate is this process's
+/// share of `processes`.
 fn handshake_knobs(
     tls: TlsConfig,
-    kx_groups: Option<&[megaconn::KxGroup]>,
-    max_handshakes: Option<usize>,
+    knobs: HandshakeKnobs<'_>,
+    processes: usize,
 ) -> Result<TlsConfig, megaconn::TlsError> {
     Ok(tls
-        .kx_groups(kx_groups.unwrap_or(&megaconn::DEFAULT_TLS_KX_GROUPS))?
+        .kx_groups(knobs.kx_groups.unwrap_or(&megaconn::DEFAULT_TLS_KX_GROUPS))?
         .max_handshakes_in_flight(Some(
-            max_handshakes.unwrap_or(megaconn::DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT),
-        )))
+            knobs
+                .max_handshakes
+                .unwrap_or(megaconn::DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT),
+        ))
+        .handshake_rate_per_ip(knobs.rate_per_ip.map(|r| r / processes as f64)))
 }
 
 /// A fresh self-signed certificate for [`SELF_SIGNED_NAMES`].
@@ -182,7 +218,7 @@ pub fn reload_on_sighup(tls: Option<&ServeTls>) {
         None => tracing::debug!(
             "SIGHUP: no config file; the TLS handshake knobs stay as the flags set them"
         ),
-        Some(reread) => match reread_knobs(&tls.config, reread) {
+        Some(reread) => match reread_knobs(&tls.config, reread, tls.processes) {
             Ok(applied) => tracing::info!(
                 file = %reread.file.display(),
                 "SIGHUP: {applied}"
@@ -198,21 +234,32 @@ pub fn reload_on_sighup(tls: Option<&ServeTls>) {
 /// Reads `reread`'s config file again and sets its handshake knobs (flags
 /// over file over defaults) on `config`; says what applies now, and which
 /// changed keys do not.
-fn reread_knobs(config: &TlsConfig, reread: &Reread) -> Result<String, UsageError> {
+fn reread_knobs(
+    config: &TlsConfig,
+    reread: &Reread,
+    processes: usize,
+) -> Result<String, UsageError> {
     let file = crate::serve::load_config(&reread.file)?;
     let settings = knobs::apply(&reread.flags, &file)
         .map_err(|e| UsageError(format!("{}: {e}", reread.file.display())))?;
     handshake_knobs(
         config.clone(),
-        settings.tls_kx_groups.as_deref(),
-        settings.tls_max_handshakes,
+        HandshakeKnobs {
+            kx_groups: settings.tls_kx_groups.as_deref(),
+            max_handshakes: settings.tls_max_handshakes,
+            rate_per_ip: settings.tls_handshake_rate_per_ip,
+        },
+        processes,
     )
     .map_err(|e| UsageError(e.to_string()))?;
     let mut applied = format!(
-        "TLS handshake knobs applied: tls_max_handshakes = {}, tls_kx_groups = {}",
+        "TLS handshake knobs applied: tls_max_handshakes = {}, tls_handshake_rate_per_ip = {}, tls_kx_groups = {}",
         settings
             .tls_max_handshakes
             .unwrap_or(megaconn::DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT),
+        settings
+            .tls_handshake_rate_per_ip
+            .map_or("unlimited".to_string(), |r| r.to_string()),
         settings
             .tls_kx_groups
             .as_deref()

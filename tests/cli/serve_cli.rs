@@ -119,6 +119,7 @@ fn tls_handshake_knobs_without_a_certificate_exit_2_naming_the_fix() {
     for flags in [
         &["--tls-max-handshakes", "64"][..],
         &["--tls-kx-groups", "x25519"],
+        &["--tls-handshake-rate-per-ip", "20"],
     ] {
         let (status, err) = run_to_exit(megaconn().arg("serve").args(flags));
         assert_eq!(status.code(), Some(2), "{flags:?}: {err}");
@@ -482,12 +483,14 @@ fn sighup_applies_the_config_files_tls_handshake_knobs() {
     );
 
     write_config(
-        "tls_max_handshakes = 64\ntls_kx_groups = \"x25519,p256,p384\"\nidle_timeout = \"5s\"\n",
+        "tls_max_handshakes = 64\ntls_kx_groups = \"x25519,p256,p384\"\ntls_handshake_rate_per_ip = 50\nidle_timeout = \"5s\"\n",
     );
     serving.child.signal(libc::SIGHUP);
     let line = serving.wait_for_log("TLS handshake knobs applied");
     assert!(
-        line.contains("tls_max_handshakes = 64") && line.contains("x25519,p256,p384"),
+        line.contains("tls_max_handshakes = 64")
+            && line.contains("tls_handshake_rate_per_ip = 50")
+            && line.contains("x25519,p256,p384"),
         "{line}"
     );
     assert!(

@@ -30,6 +30,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
+use crate::conn::admission::PerIpRate;
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::tls_io::TlsIo;
@@ -164,6 +165,9 @@ pub(crate) struct Live {
 struct Shared {
     settings: Mutex<Settings>,
     live: RwLock<Arc<Live>>,
+    /// [`TlsConfig::handshake_rate_per_ip`]'s buckets, read on every TLS
+    /// accept; replaced whole when the rate changes.
+    ip_rate: RwLock<Option<Arc<PerIpRate>>>,
     session_cache: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
 }
@@ -265,6 +269,7 @@ impl TlsConfig {
             shared: Arc::new(Shared {
                 settings: Mutex::new(settings),
                 live: RwLock::new(Arc::new(live)),
+                ip_rate: RwLock::new(None),
                 session_cache,
                 ticketer,
             }),
@@ -402,6 +407,54 @@ impl TlsConfig {
         });
         drop(settings);
         self
+    }
+
+    /// New TLS connections a client IP (IPv6: its /64) may open per
+    /// second: a token bucket per IP with a burst of one second's worth (at
+    /// least 1). Over it a connection is closed right after its accept,
+    /// before any TLS work (no answer: its client expects a handshake),
+    /// counted in `megaconn_limit_hits_total{limit="tls_handshake_rate_per_ip"}`
+    /// and logged (limited). Default: `None`, no limit; 0, negative or NaN
+    /// is `None`.
+    ///
+    /// What it is for: `Builder::max_connections_per_ip` bounds an IP's
+    /// connections *open at once*, and a client that replays a ClientHello
+    /// and hangs up holds one for well under a millisecond, so it can make
+    /// thousands of handshakes a second within any such bound, each costing
+    /// the server a key exchange and a signature (~0.2 ms with X25519 and
+    /// an ECDSA P-256 key, ~0.8 ms with RSA-2048: `bench/H2TLS.md`).
+    /// Browsers open a handful of connections to a site and resume
+    /// sessions after that: a rate of a few per second per IP leaves them
+    /// alone, unless many users share one address (a NAT).
+    ///
+    /// Live: on a running server's clone it applies to the next accept
+    /// (counting afresh). [`reload`](TlsConfig::reload) keeps it.
+    pub fn handshake_rate_per_ip(self, per_second: Option<f64>) -> TlsConfig {
+        let rate = per_second
+            .filter(|r| *r > 0.0)
+            .map(|r| Arc::new(PerIpRate::new(r)));
+        *self
+            .shared
+            .ip_rate
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = rate;
+        self
+    }
+
+    /// Whether a new connection from `ip` is within
+    /// [`handshake_rate_per_ip`](TlsConfig::handshake_rate_per_ip) (taking
+    /// its token); `Err` with the rate when it is not.
+    pub(crate) fn admit_from(&self, ip: std::net::IpAddr) -> Result<(), f64> {
+        let rate = self
+            .shared
+            .ip_rate
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match rate {
+            Some(rate) if !rate.try_take(ip, tokio::time::Instant::now()) => Err(rate.per_second()),
+            _ => Ok(()),
+        }
     }
 
     /// Reads every certificate and key given as files again and makes them

@@ -286,3 +286,106 @@ async fn silent_clients_hold_no_place_among_handshakes_in_flight() {
     drop((silent, half));
     assert!(server.stop().await, "the server stops");
 }
+
+/// `stats`' count of `limit`'s hits.
+fn limit_hits(stats: &megaconn::ServerStats, limit: &str) -> u64 {
+    stats
+        .limit_hits
+        .iter()
+        .find(|(l, _)| *l == limit)
+        .unwrap_or_else(|| panic!("no limit {limit} in {:?}", stats.limit_hits))
+        .1
+}
+
+/// A TLS connection from `source`'s IP to `addr`, handshake done.
+async fn connect_from(
+    source: &str,
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake succeeds")
+}
+
+/// One IP's connections past `TlsConfig::handshake_rate_per_ip` are closed
+/// at accept, before any TLS work (no answer, no handshake counted), and
+/// counted; another IP is served meanwhile; lifted on the running server,
+/// the first IP is served again. (`max_connections_per_ip` would not stop
+/// this client: it never holds more than one connection at a time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    // One connection per 100 s: the second comes long before a refill.
+    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .unwrap()
+        .handshake_rate_per_ip(Some(0.01));
+    let server = common::TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connections_per_ip(Some(1))
+            .tls(tls.clone()),
+    )
+    .await;
+    let config = ca.client(&[b"http/1.1"]);
+    let mut first = connect_from("127.0.0.1", server.addr, config.clone()).await;
+    assert_eq!(http1_get(&mut first).await.1, "Hello, World!");
+    drop(first);
+    server
+        .wait_stats("the first handshake done", |s| {
+            handshakes(s, "completed") == 1 && s.connections_open == 0
+        })
+        .await;
+
+    // The same IP again, one connection at a time: closed before any
+    // answer, the ClientHello unanswered.
+    let addr = server.addr;
+    let answer = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || {
+            let (mut tcp, mut client) = blocking_client(addr, config);
+            client.write_tls(&mut tcp).unwrap();
+            let mut answer = Vec::new();
+            match tcp.read_to_end(&mut answer) {
+                Ok(_) => answer,
+                // Closed with the ClientHello unread: a reset.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => answer,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(answer.is_empty(), "no TLS answer: {answer:?}");
+    let stats = server.handle.stats();
+    assert_eq!(limit_hits(&stats, "tls_handshake_rate_per_ip"), 1);
+    assert_eq!(
+        stats.rejected_per_ip, 0,
+        "not the concurrent limit's refusal"
+    );
+
+    // Another IP has a bucket of its own.
+    let mut other = connect_from("127.0.0.2", server.addr, config.clone()).await;
+    assert_eq!(http1_get(&mut other).await.1, "Hello, World!");
+    drop(other);
+
+    // Lifted live: the first IP is served again.
+    let _ = tls.handshake_rate_per_ip(None);
+    let mut again = connect_from("127.0.0.1", server.addr, config).await;
+    assert_eq!(http1_get(&mut again).await.1, "Hello, World!");
+    drop(again);
+    server
+        .wait_stats("every handshake counted", |s| {
+            handshakes(s, "completed") == 3
+                && handshakes(s, "failed") == 0
+                && handshakes(s, "abandoned") == 0
+        })
+        .await;
+    server.stop().await;
+}
