@@ -1171,7 +1171,13 @@ mod tests {
                         key.into(),
                     ]
                 }
-                "tls-listen" => argv.extend([knob.example.into(), "--self-signed".into()]),
+                // TLS knobs need a certificate.
+                "tls-listen"
+                | "tls-kx-groups"
+                | "tls-max-handshakes"
+                | "tls-handshake-rate-per-ip" => {
+                    argv.extend([knob.example.into(), "--self-signed".into()])
+                }
                 "accept-burst" => {
                     argv.extend([knob.example.into(), "--accept-rate".into(), "10".into()])
                 }

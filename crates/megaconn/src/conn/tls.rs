@@ -8,7 +8,11 @@
 //! [`TlsConfig`] is a handle: clones share one live rustls `ServerConfig`,
 //! which [`TlsConfig::reload`] replaces. Each handshake takes the config live
 //! when it starts, so a reload affects new connections only; open ones keep
-//! the certificate they negotiated.
+//! the certificate they negotiated. The handshake-flood bounds are live
+//! too: set on a clone, the bound on handshakes in flight resizes every
+//! worker's [`HandshakeGate`] at once, and the per-IP handshake rate
+//! ([`TlsConfig::handshake_rate_per_ip`], its buckets in `admission.rs`)
+//! applies from the next accept.
 //!
 //! The stream itself is `tls_io.rs`: rustls' unbuffered API, with record
 //! buffers from the worker's pool, so an idle HTTPS/1.1 connection parks like
@@ -640,7 +644,6 @@ pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsCo
 /// server ([`GateInner::resize`]) applies without a restart.
 #[derive(Debug, Clone)]
 pub(crate) struct HandshakeGate {
-    places: Arc<tokio::sync::Semaphore>,
     inner: Arc<GateInner>,
 }
 
@@ -717,21 +720,20 @@ impl HandshakeGate {
         let tls = config.tls.as_ref()?;
         let mut settings = tls.settings();
         let cap = settings.max_handshakes_in_flight;
-        let places = Arc::new(tokio::sync::Semaphore::new(places_of(cap)));
         let inner = Arc::new(GateInner {
-            places: places.clone(),
+            places: Arc::new(tokio::sync::Semaphore::new(places_of(cap))),
             size: Mutex::new(GateSize { cap, owed: 0 }),
             owed: std::sync::atomic::AtomicUsize::new(0),
         });
         settings.gates.retain(|g| g.strong_count() > 0);
         settings.gates.push(Arc::downgrade(&inner));
-        Some(HandshakeGate { places, inner })
+        Some(HandshakeGate { inner })
     }
 
     /// A place if one is free now.
     pub(crate) fn try_enter(&self) -> Option<HandshakePlace> {
         self.inner.settle();
-        self.places.clone().try_acquire_owned().ok()
+        self.inner.places.clone().try_acquire_owned().ok()
     }
 
     /// For the accept loop of worker `ctx`, with a TLS connection waiting
@@ -748,7 +750,8 @@ impl HandshakeGate {
                 "TLS handshakes in flight at the bound: not accepting on TLS listeners until one is done (raise --tls-max-handshakes if the clients are legitimate)"
             )
         });
-        self.places
+        self.inner
+            .places
             .clone()
             .acquire_owned()
             .await
@@ -835,7 +838,7 @@ async fn run_handshake(
     let mut gate = ctx
         .tls_gate
         .as_ref()
-        .map(|g| tokio_util::sync::PollSemaphore::new(g.places.clone()));
+        .map(|g| tokio_util::sync::PollSemaphore::new(g.inner.places.clone()));
     let mut place = place;
     let done = std::future::poll_fn(|cx| {
         if let (Some(gate), None) = (gate.as_mut(), place.as_ref()) {

@@ -55,14 +55,18 @@ async fn answer_to_hello(addr: SocketAddr, config: Arc<rustls::ClientConfig>) ->
     .unwrap()
 }
 
+/// The count labelled `label` in one of `ServerStats`' labelled lists.
+fn count_of(counts: &[(&'static str, u64)], label: &str) -> u64 {
+    counts
+        .iter()
+        .find(|(l, _)| *l == label)
+        .unwrap_or_else(|| panic!("no {label} in {counts:?}"))
+        .1
+}
+
 /// `stats`' count of handshakes that ended as `outcome`.
 fn handshakes(stats: &megaconn::ServerStats, outcome: &str) -> u64 {
-    stats
-        .tls_handshakes
-        .iter()
-        .find(|(o, _)| *o == outcome)
-        .unwrap_or_else(|| panic!("no outcome {outcome} in {:?}", stats.tls_handshakes))
-        .1
+    count_of(&stats.tls_handshakes, outcome)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,14 +224,12 @@ async fn hellos_queued_behind_a_blocked_worker(
         .await
         .unwrap();
     assert_eq!(read_response(&mut s).await.status, 200);
-    let stats = server.handle.stats();
-    let hits = stats
-        .limit_hits
-        .iter()
-        .find(|(l, _)| *l == "tls_handshakes_in_flight")
-        .map(|(_, n)| *n);
+    let hits = count_of(
+        &server.handle.stats().limit_hits,
+        "tls_handshakes_in_flight",
+    );
     assert!(server.stop().await, "the server stops");
-    hits.expect("a tls_handshakes_in_flight label")
+    hits
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,16 +287,6 @@ async fn silent_clients_hold_no_place_among_handshakes_in_flight() {
     assert_eq!(http1_get(&mut s).await.1, "Hello, World!");
     drop((silent, half));
     assert!(server.stop().await, "the server stops");
-}
-
-/// `stats`' count of `limit`'s hits.
-fn limit_hits(stats: &megaconn::ServerStats, limit: &str) -> u64 {
-    stats
-        .limit_hits
-        .iter()
-        .find(|(l, _)| *l == limit)
-        .unwrap_or_else(|| panic!("no limit {limit} in {:?}", stats.limit_hits))
-        .1
 }
 
 /// A TLS connection from `source`'s IP to `addr`, handshake done.
@@ -364,7 +356,7 @@ async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
     .unwrap();
     assert!(answer.is_empty(), "no TLS answer: {answer:?}");
     let stats = server.handle.stats();
-    assert_eq!(limit_hits(&stats, "tls_handshake_rate_per_ip"), 1);
+    assert_eq!(count_of(&stats.limit_hits, "tls_handshake_rate_per_ip"), 1);
     assert_eq!(
         stats.rejected_per_ip, 0,
         "not the concurrent limit's refusal"
