@@ -104,8 +104,13 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
             .filter_map(|(set, name)| set.then_some(name))
             .collect();
             if !given.is_empty() {
+                let (verb, it) = if given.len() > 1 {
+                    ("apply", "them")
+                } else {
+                    ("applies", "it")
+                };
                 return Err(UsageError(format!(
-                    "{} applies to TLS listeners, and none is configured: give --tls-cert and --tls-key (or --self-signed), or drop it",
+                    "{} {verb} to TLS listeners, and none is configured: give --tls-cert and --tls-key (or --self-signed), or drop {it}",
                     given.join(" and ")
                 )));
             }
