@@ -109,6 +109,8 @@ pub struct Settings {
     pub tls_kx_groups: Option<Vec<megaconn::KxGroup>>,
     /// `--tls-max-handshakes` (0: unbounded); `None`: the library's default.
     pub tls_max_handshakes: Option<usize>,
+    /// `--tls-handshake-rate-per-ip`; `None`: no limit.
+    pub tls_handshake_rate_per_ip: Option<f64>,
     /// `--max-connections` (for the whole server: see `serve.rs`
     /// `process_share`).
     pub max_connections: Option<usize>,
@@ -1045,7 +1047,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "GROUPS",
         shape: Shape::One,
         help: "TLS key-exchange groups offered, comma-separated, in order of preference: x25519, p256, p384.",
-        details: "A client that offers none of them fails the handshake (alert handshake_failure). P-384 is left out by default: its key exchange costs the server 4-5 times P-256's (about 1 ms a handshake), and every browser offers X25519 or P-256.",
+        details: "A client that offers none of them fails the handshake (alert handshake_failure). P-384 is left out by default: its key exchange costs the server 4-5 times P-256's (about 1 ms a handshake), and every browser offers X25519 or P-256. SIGHUP applies a changed value from the config file.",
         default: "x25519,p256",
         example: "x25519,p256,p384",
         parse: kx_groups,
@@ -1062,12 +1064,29 @@ pub static KNOBS: &[Knob] = &[
         value_name: "N",
         shape: Shape::One,
         help: "The most TLS handshakes one worker computes at once; 0 disables.",
-        details: "A handshake counts while the server has work of its own to do on it (its key exchange and signature): from its accept until it waits for the client, and again when the client answers. At the bound the worker stops accepting on its TLS listeners (connections wait in the kernel's backlog) until one is done; established connections and cleartext listeners are served meanwhile, so a flood of ClientHellos queues at most this many handshakes (~0.2 ms each with X25519 and an ECDSA P-256 key) ahead of them. A client that sends nothing holds no place. Counted in megaconn_limit_hits_total{limit=\"tls_handshakes_in_flight\"} each time the bound stops accepting, and logged.",
+        details: "A handshake counts while the server has work of its own to do on it (its key exchange and signature): from its accept until it waits for the client, and again when the client answers. At the bound the worker stops accepting on its TLS listeners (connections wait in the kernel's backlog) until one is done; established connections and cleartext listeners are served meanwhile, so a flood of ClientHellos queues at most this many handshakes (~0.2 ms each with X25519 and an ECDSA P-256 key) ahead of them. A client that sends nothing holds no place. Counted in megaconn_limit_hits_total{limit=\"tls_handshakes_in_flight\"} each time the bound stops accepting, and logged. SIGHUP applies a changed value from the config file, on the running workers at once.",
         default: "16",
         example: "64",
         parse: count,
         apply: |v, s| {
             s.tls_max_handshakes = Some(v.count::<usize>()?);
+            Ok(())
+        },
+    },
+    Knob {
+        name: "tls-handshake-rate-per-ip",
+        value_name: "PER_SECOND",
+        shape: Shape::One,
+        help: "New TLS connections a client IP (IPv6: per /64) may open per second (token bucket, bursts of one second's worth).",
+        details: "Over it a connection is closed right after its accept, before any TLS work, counted in megaconn_limit_hits_total{limit=\"tls_handshake_rate_per_ip\"} and logged. --max-connections-per-ip bounds an IP's connections open at once, not how many handshakes it makes a second: a client replaying a ClientHello and hanging up costs the server a key exchange and a signature each time within any such bound. Browsers open a handful of connections and then resume: a few per second leaves them alone, unless many users share one address (a NAT). With --processes P each worker process admits 1/P of it (the kernel spreads an IP's connections over them). SIGHUP applies a changed value from the config file.",
+        default: "unlimited",
+        example: "20",
+        parse: rate,
+        apply: |v, s| {
+            let Value::Rate(r) = v else {
+                unreachable!("not a rate: {v:?}")
+            };
+            s.tls_handshake_rate_per_ip = Some(r);
             Ok(())
         },
     },
@@ -1569,6 +1588,13 @@ mod tests {
                     let n = megaconn::DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT;
                     assert_eq!(size(text), n as u64);
                     left("tls_max_handshakes: None,");
+                }
+                "tls-handshake-rate-per-ip" => {
+                    (
+                        assert_eq!(text, "unlimited"),
+                        left("tls_handshake_rate_per_ip: None,"),
+                    )
+                        .1
                 }
                 "otel-endpoint" => (assert_eq!(text, "off"), left("endpoint: None,")).1,
                 // The message settings are unset (the library's defaults:

@@ -1,7 +1,8 @@
 //! `megaconn serve`: flags and the TOML config file, both made from the knob
 //! table in knobs.rs, resolve into one set of settings (flags win), then the
 //! server runs the demo app until SIGINT/SIGTERM. SIGHUP reloads the TLS
-//! certificate and key files (tls.rs).
+//! certificate and key files, and the config file's TLS handshake knobs
+//! (tls.rs).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -217,6 +218,7 @@ fn resolve_with(
         self_signed,
         tls_kx_groups,
         tls_max_handshakes,
+        tls_handshake_rate_per_ip,
         max_connections,
         accept_rate,
         accept_burst,
@@ -276,6 +278,13 @@ fn resolve_with(
             listen: &tls_listen,
             kx_groups: tls_kx_groups.as_deref(),
             max_handshakes: tls_max_handshakes,
+            handshake_rate_per_ip: tls_handshake_rate_per_ip,
+            processes: share,
+            knobs: args.config.as_ref().map(|path| crate::tls::Reread {
+                file: path.clone(),
+                at_start: file.clone(),
+                flags: args.flags.clone(),
+            }),
         },
     )?;
     if args.worker_process.is_some() {
@@ -1163,7 +1172,13 @@ mod tests {
                         key.into(),
                     ]
                 }
-                "tls-listen" => argv.extend([knob.example.into(), "--self-signed".into()]),
+                // TLS knobs need a certificate.
+                "tls-listen"
+                | "tls-kx-groups"
+                | "tls-max-handshakes"
+                | "tls-handshake-rate-per-ip" => {
+                    argv.extend([knob.example.into(), "--self-signed".into()])
+                }
                 "accept-burst" => {
                     argv.extend([knob.example.into(), "--accept-rate".into(), "10".into()])
                 }

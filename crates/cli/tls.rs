@@ -4,31 +4,57 @@
 //! Which listeners speak TLS: with `--tls-listen` (config `tls_listen`), those
 //! addresses, next to the cleartext `--listen` ones; without it, a certificate
 //! turns every `--listen` address into TLS.
+//!
+//! SIGHUP reads the certificate and key files again, and the config file's
+//! handshake knobs ([`RELOADED_KEYS`]: `tls_max_handshakes` and
+//! `tls_handshake_rate_per_ip`, so a bound can be changed under a flood
+//! without a restart, and `tls_kx_groups`); a flag
+//! still wins over the file, as at start. The other keys apply at start only:
+//! a SIGHUP that finds one changed says so.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use megaconn::{Builder, TlsConfig};
 
+use crate::knobs;
 use crate::UsageError;
+
+/// The config file's keys SIGHUP applies (with the certificate files).
+pub const RELOADED_KEYS: [&str; 3] = [
+    "tls-max-handshakes",
+    "tls-kx-groups",
+    "tls-handshake-rate-per-ip",
+];
 
 /// Names a `--self-signed` certificate is valid for.
 pub const SELF_SIGNED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
-/// Where the serving certificate came from, kept for SIGHUP.
+/// The serving TLS configuration and where it came from, kept for SIGHUP.
 #[derive(Debug, Clone)]
-pub enum ServeTls {
-    /// PEM files, read again on SIGHUP.
-    Files {
-        /// The live configuration (clones share it with the server).
-        config: TlsConfig,
-        /// The certificate chain file.
-        cert: PathBuf,
-        /// The private key file.
-        key: PathBuf,
-    },
-    /// A throwaway certificate in memory: nothing to reload.
-    SelfSigned,
+pub struct ServeTls {
+    /// The live configuration (clones share it with the server).
+    pub config: TlsConfig,
+    /// The certificate chain and key files, read again on SIGHUP; `None`: a
+    /// `--self-signed` certificate in memory, with nothing to read.
+    pub files: Option<(PathBuf, PathBuf)>,
+    /// Where SIGHUP reads the handshake knobs again; `None`: no config file,
+    /// they stay as the flags set them.
+    pub knobs: Option<Reread>,
+    /// Worker processes sharing the per-IP handshake rate.
+    pub processes: usize,
+}
+
+/// The config file as `serve` started from it, and the flags over it.
+#[derive(Debug, Clone)]
+pub struct Reread {
+    /// `--config`.
+    pub file: PathBuf,
+    /// Its values at start, to say which keys changed that SIGHUP does not
+    /// apply.
+    pub at_start: knobs::Values,
+    /// The knobs given as flags: they win over the file.
+    pub flags: knobs::Values,
 }
 
 /// The TLS settings of `serve`, from flags or the config file.
@@ -47,14 +73,49 @@ pub struct TlsArgs<'a> {
     pub kx_groups: Option<&'a [megaconn::KxGroup]>,
     /// `--tls-max-handshakes` (0: unbounded); `None`: the library's default.
     pub max_handshakes: Option<usize>,
+    /// `--tls-handshake-rate-per-ip`; `None`: no limit.
+    pub handshake_rate_per_ip: Option<f64>,
+    /// Worker processes sharing the rate (1: this process alone).
+    pub processes: usize,
+    /// The config file and flags, for SIGHUP to read the knobs again.
+    pub knobs: Option<Reread>,
 }
 
 /// Applies the TLS settings to `b`: a certificate and key from files, or a
 /// throwaway self-signed certificate, or nothing (cleartext). Returns what
 /// SIGHUP should reload.
 pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>), UsageError> {
-    let (tls, serve_tls) = match (args.cert, args.key, args.self_signed) {
-        (None, None, false) if args.listen.is_empty() => return Ok((b, None)),
+    let (tls, files) = match (args.cert, args.key, args.self_signed) {
+        (None, None, false) if args.listen.is_empty() => {
+            // A TLS knob with no TLS to apply it to would be dropped without
+            // a word: the operator believes a bound that is not there.
+            let given: Vec<&str> = [
+                (args.kx_groups.is_some(), "--tls-kx-groups (tls_kx_groups)"),
+                (
+                    args.max_handshakes.is_some(),
+                    "--tls-max-handshakes (tls_max_handshakes)",
+                ),
+                (
+                    args.handshake_rate_per_ip.is_some(),
+                    "--tls-handshake-rate-per-ip (tls_handshake_rate_per_ip)",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(set, name)| set.then_some(name))
+            .collect();
+            if !given.is_empty() {
+                let (verb, it) = if given.len() > 1 {
+                    ("apply", "them")
+                } else {
+                    ("applies", "it")
+                };
+                return Err(UsageError(format!(
+                    "{} {verb} to TLS listeners, and none is configured: give --tls-cert and --tls-key (or --self-signed), or drop {it}",
+                    given.join(" and ")
+                )));
+            }
+            return Ok((b, None));
+        }
         (None, None, false) => {
             return Err(UsageError(
                 "--tls-listen (tls_listen) needs a certificate: give --tls-cert and --tls-key, or --self-signed".into(),
@@ -65,35 +126,61 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
                 "--self-signed and --tls-cert/--tls-key exclude each other".into(),
             ))
         }
-        (Some(cert), Some(key), false) => {
-            let tls =
-                TlsConfig::from_pem_files(cert, key).map_err(|e| UsageError(e.to_string()))?;
-            let serve_tls = ServeTls::Files {
-                config: tls.clone(),
-                cert: cert.clone(),
-                key: key.clone(),
-            };
-            (tls, serve_tls)
-        }
+        (Some(cert), Some(key), false) => (
+            TlsConfig::from_pem_files(cert, key).map_err(|e| UsageError(e.to_string()))?,
+            Some((cert.clone(), key.clone())),
+        ),
         (Some(_), None, false) => return Err(UsageError("--tls-cert needs --tls-key".into())),
         (None, Some(_), false) => return Err(UsageError("--tls-key needs --tls-cert".into())),
-        (None, None, true) => (self_signed_config()?, ServeTls::SelfSigned),
+        (None, None, true) => (self_signed_config()?, None),
     };
-    let tls = match args.kx_groups {
-        Some(groups) => tls
-            .kx_groups(groups)
-            .map_err(|e| UsageError(e.to_string()))?,
-        None => tls,
-    };
-    let tls = match args.max_handshakes {
-        Some(n) => tls.max_handshakes_in_flight(Some(n)),
-        None => tls,
+    let processes = args.processes.max(1);
+    let tls = handshake_knobs(
+        tls,
+        HandshakeKnobs {
+            kx_groups: args.kx_groups,
+            max_handshakes: args.max_handshakes,
+            rate_per_ip: args.handshake_rate_per_ip,
+        },
+        processes,
+    )
+    .map_err(|e| UsageError(e.to_string()))?;
+    let serve_tls = ServeTls {
+        config: tls.clone(),
+        files,
+        knobs: args.knobs,
+        processes,
     };
     let mut b = b.tls(tls);
     for &addr in args.listen {
         b = b.listen_tls_on(addr);
     }
     Ok((b, Some(serve_tls)))
+}
+
+/// The knobs SIGHUP applies again; `None`: the library's default.
+struct HandshakeKnobs<'a> {
+    kx_groups: Option<&'a [megaconn::KxGroup]>,
+    max_handshakes: Option<usize>,
+    rate_per_ip: Option<f64>,
+}
+
+/// Sets the handshake knobs on `tls` (live, on a running server's): the
+/// library's defaults where `None`; the per-IP rate is this process's
+/// share of `processes`.
+fn handshake_knobs(
+    tls: TlsConfig,
+    knobs: HandshakeKnobs<'_>,
+    processes: usize,
+) -> Result<TlsConfig, megaconn::TlsError> {
+    Ok(tls
+        .kx_groups(knobs.kx_groups.unwrap_or(&megaconn::DEFAULT_TLS_KX_GROUPS))?
+        .max_handshakes_in_flight(Some(
+            knobs
+                .max_handshakes
+                .unwrap_or(megaconn::DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT),
+        ))
+        .handshake_rate_per_ip(knobs.rate_per_ip.map(|r| r / processes as f64)))
 }
 
 /// A fresh self-signed certificate for [`SELF_SIGNED_NAMES`].
@@ -108,16 +195,19 @@ pub fn self_signed_config() -> Result<TlsConfig, UsageError> {
     .map_err(|e| UsageError(e.to_string()))
 }
 
-/// SIGHUP: reads the certificate and key files again. New connections get the
-/// new certificate, open ones keep theirs; on any error the old certificate
-/// stays live and the log says why.
+/// SIGHUP: reads the certificate and key files again, then the config
+/// file's handshake knobs ([`RELOADED_KEYS`]). New connections get the new
+/// certificate, open ones keep theirs; the knobs apply at once. Each part
+/// that fails (a bad file) leaves what it would change as it was and the
+/// log says why; the other part applies.
 pub fn reload_on_sighup(tls: Option<&ServeTls>) {
-    match tls {
-        None => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
-        Some(ServeTls::SelfSigned) => {
-            tracing::info!("SIGHUP: the --self-signed certificate has no files to reload")
-        }
-        Some(ServeTls::Files { config, cert, key }) => match config.reload() {
+    let Some(tls) = tls else {
+        tracing::info!("SIGHUP: no TLS listener, nothing to reload");
+        return;
+    };
+    match &tls.files {
+        None => tracing::info!("SIGHUP: the --self-signed certificate has no files to reload"),
+        Some((cert, key)) => match tls.config.reload() {
             Ok(()) => tracing::info!(
                 cert = %cert.display(),
                 key = %key.display(),
@@ -129,6 +219,92 @@ pub fn reload_on_sighup(tls: Option<&ServeTls>) {
             ),
         },
     }
+    match &tls.knobs {
+        None => tracing::debug!(
+            "SIGHUP: no config file; the TLS handshake knobs stay as the flags set them"
+        ),
+        Some(reread) => match reread_knobs(&tls.config, reread, tls.processes) {
+            Ok(applied) => tracing::info!(
+                file = %reread.file.display(),
+                "SIGHUP: {applied}"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: the config file was not applied; the TLS handshake knobs are unchanged. Fix it and send SIGHUP again"
+            ),
+        },
+    }
+}
+
+/// Reads `reread`'s config file again and sets its handshake knobs (flags
+/// over file over defaults) on `config`; says what applies now, and which
+/// changed keys do not.
+fn reread_knobs(
+    config: &TlsConfig,
+    reread: &Reread,
+    processes: usize,
+) -> Result<String, UsageError> {
+    let file = crate::serve::load_config(&reread.file)?;
+    let settings = knobs::apply(&reread.flags, &file)
+        .map_err(|e| UsageError(format!("{}: {e}", reread.file.display())))?;
+    handshake_knobs(
+        config.clone(),
+        HandshakeKnobs {
+            kx_groups: settings.tls_kx_groups.as_deref(),
+            max_handshakes: settings.tls_max_handshakes,
+            rate_per_ip: settings.tls_handshake_rate_per_ip,
+        },
+        processes,
+    )
+    .map_err(|e| UsageError(e.to_string()))?;
+    let mut applied = format!(
+        "TLS handshake knobs applied: tls_max_handshakes = {}, tls_handshake_rate_per_ip = {}, tls_kx_groups = {}",
+        settings
+            .tls_max_handshakes
+            .unwrap_or(megaconn::DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT),
+        settings
+            .tls_handshake_rate_per_ip
+            .map_or("unlimited".to_string(), |r| r.to_string()),
+        settings
+            .tls_kx_groups
+            .as_deref()
+            .unwrap_or(&megaconn::DEFAULT_TLS_KX_GROUPS)
+            .iter()
+            .map(|g| g.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let overridden: Vec<String> = RELOADED_KEYS
+        .iter()
+        .filter(|k| reread.flags.contains_key(*k))
+        .map(|k| format!("--{k}"))
+        .collect();
+    if !overridden.is_empty() {
+        applied += &format!(
+            " ({} given as a flag wins over the file)",
+            overridden.join(", ")
+        );
+    }
+    let start_only: Vec<&str> = reread
+        .at_start
+        .keys()
+        .chain(file.keys())
+        .filter(|k| !RELOADED_KEYS.contains(k) && reread.at_start.get(*k) != file.get(*k))
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !start_only.is_empty() {
+        applied += &format!(
+            "; changed keys that apply at start only, not now: {} (restart, or `serve --upgrade`, to apply them)",
+            start_only
+                .iter()
+                .map(|k| k.replace('-', "_"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(applied)
 }
 
 #[cfg(test)]
@@ -164,7 +340,29 @@ mod tests {
         assert!(err.0.contains("x.pem"), "{}", err.0);
         let (b, tls) = apply_flags(None, None, true, &[]).unwrap();
         assert!(format!("{b:?}").contains("TlsConfig"));
-        assert!(matches!(tls, Some(ServeTls::SelfSigned)));
+        assert!(matches!(tls, Some(ServeTls { files: None, .. })));
+    }
+
+    #[test]
+    fn handshake_knobs_need_a_certificate() {
+        let knobs = |self_signed| {
+            apply(
+                Builder::default(),
+                TlsArgs {
+                    self_signed,
+                    kx_groups: Some(&[megaconn::KxGroup::X25519]),
+                    max_handshakes: Some(64),
+                    ..TlsArgs::default()
+                },
+            )
+        };
+        let err = knobs(false).unwrap_err();
+        assert!(
+            err.0.contains("--tls-kx-groups") && err.0.contains("--tls-max-handshakes"),
+            "{}",
+            err.0
+        );
+        assert!(knobs(true).is_ok());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `megaconn serve` as a user runs it: the binary starts, prints its address,
 //! answers, drains on SIGTERM and exits 0; bad configuration exits 2 with a
 //! message naming the problem. Over TLS: the banner says `https://`, SIGHUP
-//! reloads the certificate files without dropping open connections, and a
-//! config file can mix TLS and cleartext listeners.
+//! reloads the certificate files without dropping open connections and the
+//! config file's TLS handshake knobs, and a config file can mix TLS and
+//! cleartext listeners.
 
 use crate::common;
 
@@ -108,6 +109,38 @@ fn accept_burst_without_accept_rate_exits_2_naming_the_fix() {
     let (status, err) = run_to_exit(megaconn().args(["serve", "--accept-burst", "10"]));
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("--accept-rate"), "{err}");
+}
+
+/// The TLS handshake knobs without a certificate are an error naming the
+/// fix, from the flags and from the config file; they used to be dropped
+/// without a word (no bound, no groups applied).
+#[test]
+fn tls_handshake_knobs_without_a_certificate_exit_2_naming_the_fix() {
+    for flags in [
+        &["--tls-max-handshakes", "64"][..],
+        &["--tls-kx-groups", "x25519"],
+        &["--tls-handshake-rate-per-ip", "20"],
+    ] {
+        let (status, err) = run_to_exit(megaconn().arg("serve").args(flags));
+        assert_eq!(status.code(), Some(2), "{flags:?}: {err}");
+        assert!(
+            err.contains(flags[0]) && err.contains("--tls-cert"),
+            "{flags:?}: {err}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("megaconn.toml");
+    std::fs::write(
+        &path,
+        "tls_max_handshakes = 0\ntls_kx_groups = \"x25519\"\n",
+    )
+    .unwrap();
+    let (status, err) = run_to_exit(megaconn().args(["serve", "--config", path.to_str().unwrap()]));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tls_max_handshakes") && err.contains("tls_kx_groups"),
+        "{err}"
+    );
 }
 
 /// A `max_connections` past the open-file limit is warned about at start
@@ -226,9 +259,23 @@ impl Ca {
     }
 
     fn client(&self) -> Arc<ClientConfig> {
+        self.client_with(rustls::crypto::ring::default_provider())
+    }
+
+    /// As [`Ca::client`], offering only the key-exchange group `group`.
+    fn client_offering(
+        &self,
+        group: &'static dyn rustls::crypto::SupportedKxGroup,
+    ) -> Arc<ClientConfig> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.kx_groups = vec![group];
+        self.client_with(provider)
+    }
+
+    fn client_with(&self, provider: rustls::crypto::CryptoProvider) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider);
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -398,6 +445,67 @@ fn a_config_file_mixes_tls_and_cleartext_listeners() {
     let mut answer = Vec::new();
     let _ = raw.read_to_end(&mut answer);
     assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    drop(s);
+    serving.stop();
+}
+
+/// SIGHUP applies the config file's TLS handshake knobs to the running
+/// server (it used to read only the certificate files): a client offering
+/// only P-384 is let in once the file lists `p384`, the new bound is said,
+/// and a changed key that applies at start only is named, not applied.
+#[test]
+fn sighup_applies_the_config_files_tls_handshake_knobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = Ca::new();
+    let (pem, key_pem, _) = ca.leaf();
+    replace_file(&cert, &pem);
+    replace_file(&key, &key_pem);
+    let config = dir.path().join("megaconn.toml");
+    let write_config = |knobs: &str| {
+        replace_file(
+            &config,
+            &format!(
+                "workers = 1\nadmin = \"off\"\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n{knobs}",
+                cert.to_str().unwrap(),
+                key.to_str().unwrap()
+            ),
+        )
+    };
+    write_config("tls_max_handshakes = 2\n");
+    let serving = Serving::start(&["serve", "--config", config.to_str().unwrap()]);
+    let addr = serving.addr("https");
+    let p384_only = ca.client_offering(rustls::crypto::ring::kx_group::SECP384R1);
+    let refused = tls_connect(&addr, &p384_only).unwrap_err();
+    assert!(
+        refused.to_string().contains("HandshakeFailure"),
+        "P-384 is not offered by default: {refused}"
+    );
+
+    write_config(
+        "tls_max_handshakes = 64\ntls_kx_groups = \"x25519,p256,p384\"\ntls_handshake_rate_per_ip = 50\nidle_timeout = \"5s\"\n",
+    );
+    serving.child.signal(libc::SIGHUP);
+    let line = serving.wait_for_log("TLS handshake knobs applied");
+    assert!(
+        line.contains("tls_max_handshakes = 64")
+            && line.contains("tls_handshake_rate_per_ip = 50")
+            && line.contains("x25519,p256,p384"),
+        "{line}"
+    );
+    assert!(
+        line.contains("apply at start only") && line.contains("idle_timeout"),
+        "{line}"
+    );
+    let mut s = tls_connect(&addr, &p384_only).expect("P-384 is offered after SIGHUP");
+    assert!(get_keep_alive(&mut s, "/").ends_with("Hello, World!"));
+
+    // A file that no longer parses changes nothing and says so.
+    write_config("tls_max_handshakes = \"many\"\n");
+    serving.child.signal(libc::SIGHUP);
+    let line = serving.wait_for_log("config file was not applied");
+    assert!(line.contains("tls_max_handshakes"), "{line}");
+    tls_connect(&addr, &p384_only).expect("P-384 is still offered");
     drop(s);
     serving.stop();
 }

@@ -27,7 +27,9 @@
 //! say it without a handshake (a cleartext HTTP listener's `503`, or its
 //! `GOAWAY` for a client whose HTTP/2 preface is already there; the server
 //! makes both once per listener, `server/dispatch.rs`), then closed; the
-//! loop keeps nothing of it and never waits on it.
+//! loop keeps nothing of it and never waits on it. A TLS listener's
+//! connection over its IP's handshake rate (`TlsConfig::handshake_rate_per_ip`)
+//! is closed the same way, before any TLS work.
 //!
 //! Resource errors (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`), and a
 //! connection accepted into the descriptors kept free for the rest of the
@@ -61,6 +63,7 @@ use crate::conn::socket::configure_accepted;
 use crate::conn::{ConnInfo, Incoming, ProtoTag};
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::ConnTrack;
+use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood, RateLimitedLog};
 use crate::observe::stats::incr;
 
@@ -98,7 +101,8 @@ pub(crate) async fn accept_loop(
     let mut fd_line = FdLine::new(ctx.config.fd_reserve);
     // A TLS listener's connections take a place among the worker's
     // handshakes in flight before they are accepted (`tls::HandshakeGate`).
-    let gate = crate::conn::tls::tls_for_local(&ctx.config, local).and(ctx.tls_gate.clone());
+    let tls = crate::conn::tls::tls_for_local(&ctx.config, local).cloned();
+    let gate = tls.as_ref().and(ctx.tls_gate.clone());
     loop {
         // A connection first, then a slot for it: a slot taken before the
         // wait sat idle with this acceptor while a connection queued on
@@ -195,6 +199,23 @@ pub(crate) async fn accept_loop(
                             suppressed,
                             "connection refused by {} (raise it if the peer is legitimate)",
                             refusal.knob()
+                        )
+                    });
+                    continue;
+                }
+                if let Some(Err(per_second)) = tls.as_ref().map(|t| t.admit_from(peer.ip())) {
+                    // Before any TLS work: closed without an answer, as a
+                    // TLS listener's other refusals.
+                    LimitHit::TlsHandshakeRatePerIp.count(&ctx.stats);
+                    drop(socket);
+                    conn.close(CloseReason::Limit);
+                    ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {
+                        tracing::warn!(
+                            worker = ctx.index,
+                            %peer,
+                            handshake_rate_per_ip = per_second,
+                            suppressed,
+                            "TLS connection refused: its IP is over the handshake rate per IP (raise --tls-handshake-rate-per-ip if the peer is legitimate, e.g. a NAT)"
                         )
                     });
                     continue;

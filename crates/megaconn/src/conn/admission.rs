@@ -11,6 +11,13 @@
 //! The per-IP table holds only IPs that have connections now, a few dozen
 //! bytes each; a million connections from a handful of addresses cost a
 //! handful of entries.
+//!
+//! [`PerIpRate`] is a token bucket per client IP, for TLS listeners
+//! (`TlsConfig::handshake_rate_per_ip`): the concurrent limit bounds an
+//! IP's handshakes *in flight*, not how many it makes a second, and a
+//! client that replays a ClientHello and hangs up stays within any
+//! concurrent bound while it costs the server a key exchange and a
+//! signature each time.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -163,7 +170,7 @@ impl PerIpLimit {
     }
 
     /// IPv4 as itself, IPv6 by its /64 prefix.
-    fn key(ip: IpAddr) -> u128 {
+    pub(crate) fn key(ip: IpAddr) -> u128 {
         match ip {
             IpAddr::V4(v4) => u128::from(u32::from(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -207,6 +214,74 @@ impl PerIpLimit {
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+    }
+}
+
+/// A token bucket per client IP (IPv6: its /64): `per_second` new
+/// connections, bursts of one second's worth (at least 1).
+///
+/// The table keeps an IP while its bucket is not full again: one that made
+/// no connection for a burst's refill time is swept out when the table
+/// doubles past its last sweep (at least [`PerIpRate::SWEEP_AT`] entries),
+/// so it holds the IPs seen in about the last `burst / per_second`
+/// seconds, a few dozen bytes each.
+#[derive(Debug)]
+pub(crate) struct PerIpRate {
+    per_second: f64,
+    burst: u32,
+    table: Mutex<RateTable>,
+}
+
+#[derive(Debug, Default)]
+struct RateTable {
+    buckets: HashMap<u128, TokenBucket>,
+    sweep_at: usize,
+}
+
+impl PerIpRate {
+    /// The fewest entries at which the table is swept.
+    const SWEEP_AT: usize = 1024;
+
+    pub(crate) fn new(per_second: f64) -> PerIpRate {
+        PerIpRate {
+            per_second,
+            burst: per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
+            table: Mutex::new(RateTable {
+                buckets: HashMap::new(),
+                sweep_at: Self::SWEEP_AT,
+            }),
+        }
+    }
+
+    /// The rate, per second.
+    pub(crate) fn per_second(&self) -> f64 {
+        self.per_second
+    }
+
+    /// Takes a token for a connection from `ip`, if its bucket has one.
+    pub(crate) fn try_take(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if table.buckets.len() >= table.sweep_at {
+            let burst = f64::from(self.burst);
+            table.buckets.retain(|_, b| {
+                // What `try_take` would refill to: full means forgotten.
+                let refilled =
+                    b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * b.rate;
+                refilled < burst
+            });
+            table.sweep_at = (table.buckets.len() * 2).max(Self::SWEEP_AT);
+        }
+        let (rate, burst) = (self.per_second, self.burst);
+        table
+            .buckets
+            .entry(PerIpLimit::key(ip))
+            .or_insert_with(|| TokenBucket::new(rate, burst))
+            .try_take(now)
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.table.lock().unwrap().buckets.len()
     }
 }
 
@@ -393,6 +468,36 @@ mod tests {
             );
             assert_eq!(never.retry_after_secs(0), 3600, "{per_second}");
         }
+    }
+
+    #[test]
+    fn per_ip_rate_takes_per_ip_and_forgets_full_buckets() {
+        let start = Instant::now();
+        let l = PerIpRate::new(2.0);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let b_same_64: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        assert!(l.try_take(a, start) && l.try_take(a, start));
+        assert!(!l.try_take(a, start), "a burst of one second's worth");
+        assert!(l.try_take(b, start) && l.try_take(b_same_64, start));
+        assert!(!l.try_take(b, start), "IPv6 counts per /64");
+        assert!(l.try_take(a, start + Duration::from_millis(500)));
+        // Two seconds later a's and b's buckets are full again: the sweep
+        // when the table reaches its size drops them, and keeps the new
+        // IPs, whose buckets each gave a token just now.
+        let later = start + Duration::from_secs(2);
+        for i in 0..PerIpRate::SWEEP_AT as u32 {
+            assert!(l.try_take(IpAddr::from((0x0b00_0000 + i).to_be_bytes()), later));
+        }
+        assert_eq!(
+            l.tracked(),
+            PerIpRate::SWEEP_AT,
+            "2 + {} - 2",
+            PerIpRate::SWEEP_AT
+        );
+        // Below one a second: a burst of 1.
+        let slow = PerIpRate::new(0.01);
+        assert!(slow.try_take(a, start) && !slow.try_take(a, start));
     }
 
     #[test]

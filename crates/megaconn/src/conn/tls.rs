@@ -8,7 +8,11 @@
 //! [`TlsConfig`] is a handle: clones share one live rustls `ServerConfig`,
 //! which [`TlsConfig::reload`] replaces. Each handshake takes the config live
 //! when it starts, so a reload affects new connections only; open ones keep
-//! the certificate they negotiated.
+//! the certificate they negotiated. The handshake-flood bounds are live
+//! too: set on a clone, the bound on handshakes in flight resizes every
+//! worker's [`HandshakeGate`] at once, and the per-IP handshake rate
+//! ([`TlsConfig::handshake_rate_per_ip`], its buckets in `admission.rs`)
+//! applies from the next accept.
 //!
 //! The stream itself is `tls_io.rs`: rustls' unbuffered API, with record
 //! buffers from the worker's pool, so an idle HTTPS/1.1 connection parks like
@@ -30,6 +34,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
+use crate::conn::admission::PerIpRate;
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::tls_io::TlsIo;
@@ -149,6 +154,10 @@ struct Settings {
     tickets: bool,
     kx_groups: Vec<KxGroup>,
     max_handshakes_in_flight: Option<usize>,
+    /// The handshake gates of the workers serving this configuration,
+    /// which [`TlsConfig::max_handshakes_in_flight`] resizes live; a
+    /// stopped server's are dropped and pruned here.
+    gates: Vec<std::sync::Weak<GateInner>>,
 }
 
 /// What a handshake needs, swapped whole on reload.
@@ -160,6 +169,9 @@ pub(crate) struct Live {
 struct Shared {
     settings: Mutex<Settings>,
     live: RwLock<Arc<Live>>,
+    /// [`TlsConfig::handshake_rate_per_ip`]'s buckets, read on every TLS
+    /// accept; replaced whole when the rate changes.
+    ip_rate: RwLock<Option<Arc<PerIpRate>>>,
     session_cache: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
 }
@@ -252,6 +264,7 @@ impl TlsConfig {
             tickets: true,
             kx_groups: DEFAULT_TLS_KX_GROUPS.to_vec(),
             max_handshakes_in_flight: Some(DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT),
+            gates: Vec::new(),
         };
         let session_cache: Arc<dyn StoresServerSessions> =
             rustls::server::ServerSessionMemoryCache::new(TLS_SESSION_CACHE_SIZE);
@@ -260,6 +273,7 @@ impl TlsConfig {
             shared: Arc::new(Shared {
                 settings: Mutex::new(settings),
                 live: RwLock::new(Arc::new(live)),
+                ip_rate: RwLock::new(None),
                 session_cache,
                 ticketer,
             }),
@@ -377,15 +391,74 @@ impl TlsConfig {
     /// lock the others out. Counted in
     /// `megaconn_limit_hits_total{limit="tls_handshakes_in_flight"}` each
     /// time the accept loop finds the bound reached, and logged (limited).
-    /// Read when the server starts ([`reload`](TlsConfig::reload) keeps it).
+    ///
+    /// Live, like the other settings here: called on a clone of a running
+    /// server's configuration, it changes every worker's bound at once
+    /// (raised, the accept loop and the handshakes waiting for a place get
+    /// the new places now; lowered, places are withdrawn as the handshakes
+    /// holding them give them back), so a bound can be raised under a flood
+    /// without a restart. [`reload`](TlsConfig::reload) keeps it.
     pub fn max_handshakes_in_flight(self, n: Option<usize>) -> TlsConfig {
-        self.settings().max_handshakes_in_flight = n.filter(|&n| n > 0);
+        let mut settings = self.settings();
+        let n = n.filter(|&n| n > 0);
+        settings.max_handshakes_in_flight = n;
+        settings.gates.retain(|gate| match gate.upgrade() {
+            Some(gate) => {
+                gate.resize(n);
+                true
+            }
+            None => false,
+        });
+        drop(settings);
         self
     }
 
-    /// The bound on handshakes in flight per worker, if any.
-    pub(crate) fn handshakes_in_flight_cap(&self) -> Option<usize> {
-        self.settings().max_handshakes_in_flight
+    /// New TLS connections a client IP (IPv6: its /64) may open per
+    /// second: a token bucket per IP with a burst of one second's worth (at
+    /// least 1). Over it a connection is closed right after its accept,
+    /// before any TLS work (no answer: its client expects a handshake),
+    /// counted in `megaconn_limit_hits_total{limit="tls_handshake_rate_per_ip"}`
+    /// and logged (limited). Default: `None`, no limit; 0, negative or NaN
+    /// is `None`.
+    ///
+    /// What it is for: `Builder::max_connections_per_ip` bounds an IP's
+    /// connections *open at once*, and a client that replays a ClientHello
+    /// and hangs up holds one for well under a millisecond, so it can make
+    /// thousands of handshakes a second within any such bound, each costing
+    /// the server a key exchange and a signature (~0.2 ms with X25519 and
+    /// an ECDSA P-256 key, ~0.8 ms with RSA-2048: `bench/H2TLS.md`).
+    /// Browsers open a handful of connections to a site and resume
+    /// sessions after that: a rate of a few per second per IP leaves them
+    /// alone, unless many users share one address (a NAT).
+    ///
+    /// Live: on a running server's clone it applies to the next accept
+    /// (counting afresh). [`reload`](TlsConfig::reload) keeps it.
+    pub fn handshake_rate_per_ip(self, per_second: Option<f64>) -> TlsConfig {
+        let rate = per_second
+            .filter(|r| *r > 0.0)
+            .map(|r| Arc::new(PerIpRate::new(r)));
+        *self
+            .shared
+            .ip_rate
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = rate;
+        self
+    }
+
+    /// Whether a new connection from `ip` is within
+    /// [`handshake_rate_per_ip`](TlsConfig::handshake_rate_per_ip) (taking
+    /// its token); `Err` with the rate when it is not.
+    pub(crate) fn admit_from(&self, ip: std::net::IpAddr) -> Result<(), f64> {
+        let rate = self
+            .shared
+            .ip_rate
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match rate {
+            Some(rate) if !rate.try_take(ip, tokio::time::Instant::now()) => Err(rate.per_second()),
+            _ => Ok(()),
+        }
     }
 
     /// Reads every certificate and key given as files again and makes them
@@ -565,28 +638,102 @@ pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsCo
 /// (the accept loop waits for one) and given back whenever the handshake
 /// waits for its client, taken again when the client's bytes wake it.
 /// A semaphore, FIFO: the accept loop and woken handshakes queue in turn.
+///
+/// Every worker of a TLS server has one, bounded or not (unbounded: more
+/// places than file descriptors), so that a bound set on the running
+/// server ([`GateInner::resize`]) applies without a restart.
 #[derive(Debug, Clone)]
 pub(crate) struct HandshakeGate {
+    inner: Arc<GateInner>,
+}
+
+/// The places of an unbounded gate: past any count of connections a
+/// process can hold, so never reached.
+const UNBOUNDED_PLACES: usize = 1 << 40;
+
+/// A [`HandshakeGate`]'s size, shared with its [`TlsConfig`] to resize it.
+#[derive(Debug)]
+pub(crate) struct GateInner {
     places: Arc<tokio::sync::Semaphore>,
-    cap: usize,
+    size: Mutex<GateSize>,
+    /// [`GateSize::owed`], read without the lock on the accept path.
+    owed: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Debug)]
+struct GateSize {
+    /// The bound applied; `None`: unbounded.
+    cap: Option<usize>,
+    /// Places withdrawn by a lower bound while handshakes held them: taken
+    /// out of the semaphore as they come back.
+    owed: usize,
+}
+
+fn places_of(cap: Option<usize>) -> usize {
+    cap.unwrap_or(UNBOUNDED_PLACES)
+}
+
+impl GateInner {
+    /// Makes the bound `cap`: more places now, or fewer as they come back.
+    fn resize(&self, cap: Option<usize>) {
+        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        let (old, new) = (places_of(size.cap), places_of(cap));
+        size.cap = cap;
+        if new >= old {
+            // Places still owed from a lower bound are cancelled first.
+            let more = new - old;
+            let cancelled = more.min(size.owed);
+            size.owed -= cancelled;
+            self.places.add_permits(more - cancelled);
+        } else {
+            size.owed += old - new;
+        }
+        self.settle_locked(&mut size);
+    }
+
+    /// Takes owed places out of the semaphore, as many as are free.
+    fn settle(&self) {
+        if self.owed.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+            self.settle_locked(&mut size);
+        }
+    }
+
+    fn settle_locked(&self, size: &mut GateSize) {
+        size.owed -= self.places.forget_permits(size.owed);
+        self.owed
+            .store(size.owed, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn cap(&self) -> Option<usize> {
+        self.size.lock().unwrap_or_else(|e| e.into_inner()).cap
+    }
 }
 
 /// A handshake's place in flight ([`HandshakeGate`]); dropping it frees it.
 pub(crate) type HandshakePlace = tokio::sync::OwnedSemaphorePermit;
 
 impl HandshakeGate {
-    /// The gate of a worker serving `config`, if it bounds handshakes.
+    /// The gate of a worker serving `config`, if it has TLS; registered
+    /// with its [`TlsConfig`], which resizes it.
     pub(crate) fn of(config: &Config) -> Option<HandshakeGate> {
-        let cap = config.tls.as_ref()?.handshakes_in_flight_cap()?;
-        Some(HandshakeGate {
-            places: Arc::new(tokio::sync::Semaphore::new(cap)),
-            cap,
-        })
+        let tls = config.tls.as_ref()?;
+        let mut settings = tls.settings();
+        let cap = settings.max_handshakes_in_flight;
+        let inner = Arc::new(GateInner {
+            places: Arc::new(tokio::sync::Semaphore::new(places_of(cap))),
+            size: Mutex::new(GateSize { cap, owed: 0 }),
+            owed: std::sync::atomic::AtomicUsize::new(0),
+        });
+        settings.gates.retain(|g| g.strong_count() > 0);
+        settings.gates.push(Arc::downgrade(&inner));
+        Some(HandshakeGate { inner })
     }
 
     /// A place if one is free now.
     pub(crate) fn try_enter(&self) -> Option<HandshakePlace> {
-        self.places.clone().try_acquire_owned().ok()
+        self.inner.settle();
+        self.inner.places.clone().try_acquire_owned().ok()
     }
 
     /// For the accept loop of worker `ctx`, with a TLS connection waiting
@@ -594,15 +741,17 @@ impl HandshakeGate {
     /// place.
     pub(crate) async fn enter_at_cap(&self, ctx: &WorkerContext) -> HandshakePlace {
         LimitHit::TlsHandshakesInFlight.count(&ctx.stats);
+        let cap = self.inner.cap();
         ratelog::log(Flood::TlsHandshakesInFlight, |suppressed| {
             tracing::warn!(
                 worker = ctx.index,
-                max_handshakes_in_flight = self.cap,
+                max_handshakes_in_flight = cap,
                 suppressed,
                 "TLS handshakes in flight at the bound: not accepting on TLS listeners until one is done (raise --tls-max-handshakes if the clients are legitimate)"
             )
         });
-        self.places
+        self.inner
+            .places
             .clone()
             .acquire_owned()
             .await
@@ -685,13 +834,17 @@ async fn run_handshake(
         Err(e) => return Err(failed(std::io::Error::other(e))),
     };
     drop(live);
+    let inner = ctx.tls_gate.as_ref().map(|g| g.inner.clone());
     let mut gate = ctx
         .tls_gate
         .as_ref()
-        .map(|g| tokio_util::sync::PollSemaphore::new(g.places.clone()));
+        .map(|g| tokio_util::sync::PollSemaphore::new(g.inner.places.clone()));
     let mut place = place;
     let done = std::future::poll_fn(|cx| {
         if let (Some(gate), None) = (gate.as_mut(), place.as_ref()) {
+            if let Some(inner) = &inner {
+                inner.settle();
+            }
             match gate.poll_acquire(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(taken) => place = taken,

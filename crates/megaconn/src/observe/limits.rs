@@ -74,11 +74,15 @@ pub(crate) enum LimitHit {
     /// connection stays in the kernel's backlog) until one leaves. Counted
     /// once each time.
     TlsHandshakesInFlight,
+    /// A TLS connection refused right after its accept, before any TLS
+    /// work: its client IP had made `TlsConfig::handshake_rate_per_ip`'s
+    /// burst of connections and its bucket had not refilled one since.
+    TlsHandshakeRatePerIp,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::TlsHandshakesInFlight as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::TlsHandshakeRatePerIp as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -104,6 +108,7 @@ impl LimitHit {
         "http2_max_stalled_streams",
         "publish_rate",
         "tls_handshakes_in_flight",
+        "tls_handshake_rate_per_ip",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -136,10 +141,10 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::TlsHandshakesInFlight.count(&stats);
+        LimitHit::TlsHandshakeRatePerIp.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
         assert_eq!(
-            LimitHit::TlsHandshakesInFlight as usize,
+            LimitHit::TlsHandshakeRatePerIp as usize,
             LimitHit::COUNT - 1
         );
         let hits: Vec<u64> = stats

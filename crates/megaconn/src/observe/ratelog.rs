@@ -212,14 +212,17 @@ pub(crate) enum Flood {
     /// A worker reached `TlsConfig::max_handshakes_in_flight` and stopped
     /// accepting on its TLS listeners until a handshake leaves.
     TlsHandshakesInFlight,
+    /// A TLS connection refused at accept by
+    /// `TlsConfig::handshake_rate_per_ip`.
+    TlsHandshakeRatePerIp,
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 39;
+const KINDS: usize = 40;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::TlsHandshakesInFlight as usize == KINDS - 1);
+const _: () = assert!(Flood::TlsHandshakeRatePerIp as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -55,14 +55,18 @@ async fn answer_to_hello(addr: SocketAddr, config: Arc<rustls::ClientConfig>) ->
     .unwrap()
 }
 
+/// The count labelled `label` in one of `ServerStats`' labelled lists.
+fn count_of(counts: &[(&'static str, u64)], label: &str) -> u64 {
+    counts
+        .iter()
+        .find(|(l, _)| *l == label)
+        .unwrap_or_else(|| panic!("no {label} in {counts:?}"))
+        .1
+}
+
 /// `stats`' count of handshakes that ended as `outcome`.
 fn handshakes(stats: &megaconn::ServerStats, outcome: &str) -> u64 {
-    stats
-        .tls_handshakes
-        .iter()
-        .find(|(o, _)| *o == outcome)
-        .unwrap_or_else(|| panic!("no outcome {outcome} in {:?}", stats.tls_handshakes))
-        .1
+    count_of(&stats.tls_handshakes, outcome)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,20 +122,22 @@ async fn p384_only_clients_are_refused_by_default_and_outcomes_are_counted() {
 /// (second), at most `cap` handshakes in flight and no handshake timeout
 /// (a place held by a silent client would stay held), whose `/block` handler
 /// blocks the worker's thread until the returned sender sends (or drops),
-/// after sending on the returned receiver that it started.
+/// after sending on the returned receiver that it started; and a clone of
+/// its live TLS configuration.
 fn blocking_server(
     ca: &Ca,
-    cap: usize,
+    cap: Option<usize>,
 ) -> (
     AppServer,
     std::sync::mpsc::Sender<()>,
     tokio::sync::mpsc::UnboundedReceiver<()>,
+    TlsConfig,
 ) {
     let leaf = ca.leaf(&["localhost"]);
     let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
         .unwrap()
         .handshake_timeout(None)
-        .max_handshakes_in_flight(Some(cap));
+        .max_handshakes_in_flight(cap);
     let (release, released) = std::sync::mpsc::channel::<()>();
     let released = Arc::new(Mutex::new(released));
     let (started_tx, started) = tokio::sync::mpsc::unbounded_channel();
@@ -149,18 +155,27 @@ fn blocking_server(
     });
     let builder = megaconn::Server::builder()
         .workers(1)
-        .tls(tls)
+        .tls(tls.clone())
         .listen_on("127.0.0.1:0".parse().unwrap())
         .listen_tls_on("127.0.0.1:0".parse().unwrap());
-    (AppServer::start(builder, app), release, started)
+    (AppServer::start(builder, app), release, started, tls)
 }
 
 /// With `clients` ClientHellos queued while the worker is blocked, then let
 /// go, each client gets the server's flight; returns the count of
-/// `tls_handshakes_in_flight` hits.
-async fn hellos_queued_behind_a_blocked_worker(cap: usize, clients: usize) -> u64 {
+/// `tls_handshakes_in_flight` hits. The server starts with a bound of
+/// `cap`, changed to `then` on the running server if given.
+async fn hellos_queued_behind_a_blocked_worker(
+    cap: Option<usize>,
+    then: Option<Option<usize>>,
+    clients: usize,
+) -> u64 {
     let ca = Ca::new();
-    let (server, release, mut started) = blocking_server(&ca, cap);
+    let (server, release, mut started, tls) = blocking_server(&ca, cap);
+    if let Some(bound) = then {
+        // The server runs: its worker's gate is made.
+        let _ = tls.max_handshakes_in_flight(bound);
+    }
     let [plain, secure]: [SocketAddr; 2] = server.addrs.clone().try_into().unwrap();
     let mut blocker = tokio::net::TcpStream::connect(plain).await.unwrap();
     blocker
@@ -209,22 +224,44 @@ async fn hellos_queued_behind_a_blocked_worker(cap: usize, clients: usize) -> u6
         .await
         .unwrap();
     assert_eq!(read_response(&mut s).await.status, 200);
-    let stats = server.handle.stats();
-    let hits = stats
-        .limit_hits
-        .iter()
-        .find(|(l, _)| *l == "tls_handshakes_in_flight")
-        .map(|(_, n)| *n);
+    let hits = count_of(
+        &server.handle.stats().limit_hits,
+        "tls_handshakes_in_flight",
+    );
     assert!(server.stop().await, "the server stops");
-    hits.expect("a tls_handshakes_in_flight label")
+    hits
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_past_the_bound_wait_in_the_backlog_and_are_counted() {
     // Five queued, two places: the accept loop stops at the third.
-    assert!(hellos_queued_behind_a_blocked_worker(2, 5).await >= 1);
+    assert!(hellos_queued_behind_a_blocked_worker(Some(2), None, 5).await >= 1);
     // Within the bound: never reached.
-    assert_eq!(hellos_queued_behind_a_blocked_worker(5, 5).await, 0);
+    assert_eq!(
+        hellos_queued_behind_a_blocked_worker(Some(5), None, 5).await,
+        0
+    );
+}
+
+/// The bound changed on the running server (what SIGHUP does in
+/// `megaconn serve`) applies at once, raised, lowered, set or lifted; it
+/// used to be read once, when the workers started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_changes_on_a_running_server() {
+    // Raised from 2 to 5: five queued fit.
+    assert_eq!(
+        hellos_queued_behind_a_blocked_worker(Some(2), Some(Some(5)), 5).await,
+        0
+    );
+    // Lifted: five queued fit.
+    assert_eq!(
+        hellos_queued_behind_a_blocked_worker(Some(2), Some(None), 5).await,
+        0
+    );
+    // Lowered from 5 to 2, and set on a server started unbounded: the
+    // accept loop stops at the third.
+    assert!(hellos_queued_behind_a_blocked_worker(Some(5), Some(Some(2)), 5).await >= 1);
+    assert!(hellos_queued_behind_a_blocked_worker(None, Some(Some(2)), 5).await >= 1);
 }
 
 /// Clients that connect and send nothing (or half a ClientHello) hold no
@@ -232,7 +269,7 @@ async fn handshakes_past_the_bound_wait_in_the_backlog_and_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_hold_no_place_among_handshakes_in_flight() {
     let ca = Ca::new();
-    let (server, release, _started) = blocking_server(&ca, 1);
+    let (server, release, _started, _) = blocking_server(&ca, Some(1));
     drop(release);
     let secure = server.addrs[1];
     let mut silent = Vec::new();
@@ -250,4 +287,97 @@ async fn silent_clients_hold_no_place_among_handshakes_in_flight() {
     assert_eq!(http1_get(&mut s).await.1, "Hello, World!");
     drop((silent, half));
     assert!(server.stop().await, "the server stops");
+}
+
+/// A TLS connection from `source`'s IP to `addr`, handshake done.
+async fn connect_from(
+    source: &str,
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake succeeds")
+}
+
+/// One IP's connections past `TlsConfig::handshake_rate_per_ip` are closed
+/// at accept, before any TLS work (no answer, no handshake counted), and
+/// counted; another IP is served meanwhile; lifted on the running server,
+/// the first IP is served again. (`max_connections_per_ip` would not stop
+/// this client: it never holds more than one connection at a time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    // One connection per 100 s: the second comes long before a refill.
+    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .unwrap()
+        .handshake_rate_per_ip(Some(0.01));
+    let server = common::TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connections_per_ip(Some(1))
+            .tls(tls.clone()),
+    )
+    .await;
+    let config = ca.client(&[b"http/1.1"]);
+    let mut first = connect_from("127.0.0.1", server.addr, config.clone()).await;
+    assert_eq!(http1_get(&mut first).await.1, "Hello, World!");
+    drop(first);
+    server
+        .wait_stats("the first handshake done", |s| {
+            handshakes(s, "completed") == 1 && s.connections_open == 0
+        })
+        .await;
+
+    // The same IP again, one connection at a time: closed before any
+    // answer, the ClientHello unanswered.
+    let addr = server.addr;
+    let answer = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || {
+            let (mut tcp, mut client) = blocking_client(addr, config);
+            client.write_tls(&mut tcp).unwrap();
+            let mut answer = Vec::new();
+            match tcp.read_to_end(&mut answer) {
+                Ok(_) => answer,
+                // Closed with the ClientHello unread: a reset.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => answer,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(answer.is_empty(), "no TLS answer: {answer:?}");
+    let stats = server.handle.stats();
+    assert_eq!(count_of(&stats.limit_hits, "tls_handshake_rate_per_ip"), 1);
+    assert_eq!(
+        stats.rejected_per_ip, 0,
+        "not the concurrent limit's refusal"
+    );
+
+    // Another IP has a bucket of its own.
+    let mut other = connect_from("127.0.0.2", server.addr, config.clone()).await;
+    assert_eq!(http1_get(&mut other).await.1, "Hello, World!");
+    drop(other);
+
+    // Lifted live: the first IP is served again.
+    let _ = tls.handshake_rate_per_ip(None);
+    let mut again = connect_from("127.0.0.1", server.addr, config).await;
+    assert_eq!(http1_get(&mut again).await.1, "Hello, World!");
+    drop(again);
+    server
+        .wait_stats("every handshake counted", |s| {
+            handshakes(s, "completed") == 3
+                && handshakes(s, "failed") == 0
+                && handshakes(s, "abandoned") == 0
+        })
+        .await;
+    server.stop().await;
 }
