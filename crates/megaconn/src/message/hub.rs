@@ -7,16 +7,20 @@
 //!
 //! Delivery depends on where the connection is:
 //! - awake (a task): the framed message joins its outbound queue and is
-//!   written between the peer's frames, in order with the handler's replies;
-//!   a queue at its bound closes the connection as
-//!   [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer);
+//!   written between the peer's frames, in order with the handler's replies,
+//!   the queue taken about [`TAKE_AT_ONCE`] bytes at a time (a write
+//!   buffer's worth, not the whole queue); a queue at its bound closes the
+//!   connection as
+//!   [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer), after
+//!   the rest of the frame under way;
 //! - parked: the message is written straight to the socket, one `send`, and
 //!   the connection stays parked (no task, no buffer kept). If the socket
 //!   cannot take the whole message at once the peer is not reading: the
 //!   connection is closed as a slow consumer, as an awake one is: woken
 //!   (its read side shut), it writes the rest of the frame the socket took
 //!   part of (kept by its worker meanwhile, not in its slot: `worker.rs`),
-//!   then a WebSocket's close 1013, within the close's bound.
+//!   then a WebSocket's close 1013, within the close's bound. That push
+//!   counts as delivered if its rest went ([`Unsent`]).
 //!
 //! A message to a connection that has closed (its id is stale, even if its
 //! descriptor was reused) is dropped.

@@ -4,7 +4,8 @@
 //!
 //! - a push found its socket full while parked (`behind`): it is closed as
 //!   a slow consumer, after the rest of that push's frame if the socket
-//!   took part of it ([`write_unsent`]);
+//!   took part of it ([`write_unsent`], which counts the push delivered or
+//!   dropped by whether that rest went);
 //! - a timer woke it and the peer's heartbeat deadline has passed: closed
 //!   for the heartbeat timeout;
 //! - the server's own heartbeat (a frame, a ping) is due: the protocol

@@ -22,6 +22,13 @@
 //! restarted by every byte, does not bound a peer that trickles them; nor
 //! does the end of the frame before if it came in the same read, unless
 //! 8 KiB came meanwhile: `message/deadline.rs`), or the peer goes away.
+//!
+//! Pushes from the hub go out between the peer's frames (and in the middle
+//! of one), a batch of about 64 KiB of the connection's queue at a time
+//! (`Inbox::take_up_to`). A peer whose queue overflows is a slow consumer:
+//! the frame under way is finished first, within the close's bound, and the
+//! close lingers, so what the peer reads ends on a whole frame (a framed
+//! protocol has no close frame to say why it ends).
 
 use std::future::{poll_fn, Future};
 use std::io;

@@ -29,6 +29,11 @@
 //! timeout, a peer gets a close 1011 if its socket takes some of it at
 //! once (then all of it), and the TCP close, its answer not awaited.
 //!
+//! Pushes from the hub go out between the peer's messages (and in the
+//! middle of one), a batch of about 64 KiB of the connection's queue at a
+//! time (`Inbox::take_up_to`), the next once the socket took it; a peer
+//! whose queue overflows gets the rest of the frame under way and a 1013.
+//!
 //! The server's close: a close frame, then the peer's close frame awaited
 //! for `close_timeout` (what else it sends meanwhile is passed by its frame
 //! headers, holding no buffer), then the TCP close (the server closes
