@@ -1093,15 +1093,36 @@ async fn publish_and_broadcast_reach_parked_and_busy_connections() {
 /// whole: what it reads ends on a frame boundary (that frame whole, then
 /// the close), as a framed protocol has no close frame to say why. The
 /// push is written from the hub with no task to finish it: the socket was
-/// shut at once, and the peer read a frame cut short.
+/// shut at once, and the peer read a frame cut short. That push reached
+/// the peer whole: it counts as delivered (it counted in `queue_drops`,
+/// and neither in `pushes` nor in `bytes_out`).
 #[tokio::test]
 async fn a_parked_slow_consumer_reads_whole_frames_to_the_close() {
+    parked_slow_consumer(false).await;
+}
+
+/// The same for a peer that keeps sending (an app heartbeat) while the
+/// server writes the rest of its push: it still reads that frame whole,
+/// then the end of the stream, as the close lingers
+/// (`linger_after_unsent`). A close with its bytes unread is a reset,
+/// which destroys what the kernels still hold of the frame (the WebSocket
+/// twin of this test is `ws_api::a_chatty_parked_slow_consumer_gets_its_1013`).
+#[tokio::test]
+async fn a_chatty_parked_slow_consumer_reads_whole_frames_to_the_close() {
+    parked_slow_consumer(true).await;
+}
+
+/// Parks a slow reader, pushes it a frame its socket takes and one it
+/// cannot take whole, and, once that woke it to close, has it read to the
+/// close (`chatty`: after it sent a frame): both frames whole, both pushes
+/// counted as delivered.
+async fn parked_slow_consumer(chatty: bool) {
     let mut server = Framed::start(
         Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
         Framing::length_prefixed(4).max_frame_bytes(8 << 20),
     )
     .await;
-    let mut s = server.connect().await;
+    let mut s = server.connect_small().await;
     let id = server.next_open().await;
     server
         .wait_stats("parked", |s| s.connections_parked == 1)
@@ -1115,14 +1136,14 @@ async fn a_parked_slow_consumer_reads_whole_frames_to_the_close() {
     server
         .wait_stats("the push found it full", |s| s.connections_parked == 0)
         .await;
+    if chatty {
+        s.write_all(&frame(b"still here")).await.unwrap();
+    }
     let all = read_to_close(&mut s).await;
-    assert_eq!(all.len(), 9 + 4 + big.len(), "whole frames");
+    assert_eq!(all.len(), 9 + 4 + big.len(), "whole frames, no reset");
     assert!(all == [frame(b"first"), frame(&big)].concat());
     drop(s);
     assert_eq!(server.next_close().await, (0, CloseReason::SlowConsumer));
-    // The push the socket took part of reached the peer whole: delivered,
-    // counted as such (it counted in `queue_drops`, and neither in
-    // `pushes` nor in `bytes_out`).
     let counted = server.handle.stats().messages;
     assert_eq!(
         (counted.pushes, counted.queue_drops, counted.frames_out),
@@ -1130,39 +1151,6 @@ async fn a_parked_slow_consumer_reads_whole_frames_to_the_close() {
         "{counted:?}"
     );
     assert_eq!(counted.bytes_out, (9 + 4 + big.len()) as u64);
-    server.stop().await;
-}
-
-/// A parked slow consumer that keeps sending (an app heartbeat) while the
-/// server writes the rest of its push still reads that frame whole, then
-/// the end of the stream: the close lingers (`linger_after_unsent`). A
-/// close with its bytes unread is a reset, which destroys what the kernels
-/// still hold of the frame (the WebSocket twin of this test is
-/// `ws_api::a_chatty_parked_slow_consumer_gets_its_1013`).
-#[tokio::test]
-async fn a_chatty_parked_slow_consumer_reads_whole_frames_to_the_close() {
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        Framing::length_prefixed(4).max_frame_bytes(8 << 20),
-    )
-    .await;
-    let mut s = server.connect_small().await;
-    let id = server.next_open().await;
-    server
-        .wait_stats("parked", |s| s.connections_parked == 1)
-        .await;
-    assert_eq!(server.hub.send(id, "first"), Ok(()));
-    let big = vec![7u8; 4 << 20];
-    assert_eq!(server.hub.send(id, big.clone()), Ok(()));
-    server
-        .wait_stats("the push found it full", |s| s.connections_parked == 0)
-        .await;
-    s.write_all(&frame(b"still here")).await.unwrap();
-    let all = read_to_close(&mut s).await;
-    assert_eq!(all.len(), 9 + 4 + big.len(), "whole frames, no reset");
-    assert!(all == [frame(b"first"), frame(&big)].concat());
-    drop(s);
-    assert_eq!(server.next_close().await, (0, CloseReason::SlowConsumer));
     server.stop().await;
 }
 
@@ -1452,26 +1440,37 @@ async fn a_slow_reader_mid_frame_gets_many_large_pushes_whole_and_in_order() {
     server
         .wait_stats("part of a frame read", |s| s.messages.bytes_in == 6)
         .await;
-    // Of several sizes, around the batch's: many to a batch, one, or one
-    // that is larger alone.
-    let message = |i: usize| {
-        let len = [100, 30_000, 70_000, 250_000][i % 4] + i;
-        let mut m = vec![(i % 251) as u8; len];
-        m[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        m
-    };
-    const N: usize = 48;
-    for i in 0..N {
-        assert_eq!(server.hub.send(id, message(i)), Ok(()));
+    for i in 0..MANY_PUSHES {
+        assert_eq!(server.hub.send(id, push_of_many_sizes(i)), Ok(()));
     }
-    for i in 0..N {
-        assert!(read_frame(&mut s).await == message(i), "push {i}");
+    for i in 0..MANY_PUSHES {
+        assert!(
+            read_frame(&mut s).await == push_of_many_sizes(i),
+            "push {i}"
+        );
     }
     s.write_all(&count[6..]).await.unwrap();
     assert_eq!(read_frame(&mut s).await, b"1");
     let counted = server.handle.stats().messages;
-    assert_eq!((counted.pushes, counted.queue_drops), (N as u64, 0));
+    assert_eq!(
+        (counted.pushes, counted.queue_drops),
+        (MANY_PUSHES as u64, 0)
+    );
     server.stop().await;
+}
+
+/// How many pushes of [`push_of_many_sizes`] the slow-reader tests send
+/// (here and in `ws_api`).
+pub(crate) const MANY_PUSHES: usize = 48;
+
+/// Push `i` of a slow-reader test: of several sizes around a batch's
+/// (`TAKE_AT_ONCE`, 64 KiB): many to a batch, one, or one larger that goes
+/// alone; its number in its first 8 bytes.
+pub(crate) fn push_of_many_sizes(i: usize) -> Vec<u8> {
+    let len = [100, 30_000, 70_000, 250_000][i % 4] + i;
+    let mut m = vec![(i % 251) as u8; len];
+    m[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    m
 }
 
 /// Broadcasts sent before a worker has any message connection reach

@@ -7,6 +7,7 @@
 //! back. Every wait is bounded and waits on a condition.
 
 use crate::common;
+use crate::framed::{push_of_many_sizes, MANY_PUSHES};
 use crate::ws::next_data;
 
 use std::net::SocketAddr;
@@ -169,6 +170,22 @@ impl ChatServer {
             Err(tokio_tungstenite::tungstenite::Error::Http(refusal)) => refusal.status().as_u16(),
             other => panic!("not refused: {other:?}"),
         }
+    }
+
+    /// A client at `/chat/a` whose receive buffer is 4 KiB (a slow
+    /// reader: its socket takes little while it reads nothing), and its
+    /// connection's id.
+    async fn slow_reader(&mut self) -> (WebSocketStream<TcpStream>, ConnectionId) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(self.addr).await.unwrap();
+        let url = format!("ws://{}/chat/a?token=good", self.addr);
+        let connected = tokio_tungstenite::client_async(url, stream);
+        let (client, _) = tokio::time::timeout(SAFETY, connected)
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+        (client, ChatServer::next(&mut self.opens, "on_open").await)
     }
 
     async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
@@ -825,12 +842,7 @@ async fn a_framed_session_knows_its_peer_address() {
 async fn a_chatty_parked_slow_consumer_gets_its_1013() {
     let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
     let mut server = ChatServer::start(builder).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let url = format!("ws://{}/chat/a?token=good", server.addr);
-    let (mut client, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    let id = ChatServer::next(&mut server.opens, "on_open").await;
+    let (mut client, id) = server.slow_reader().await;
     common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
     assert_eq!(server.hub.send(id, "first"), Ok(()));
     let big = vec![7u8; 2 << 20];
@@ -862,33 +874,19 @@ async fn a_chatty_parked_slow_consumer_gets_its_1013() {
 async fn a_slow_reader_gets_many_large_pushes_whole_and_in_order() {
     let builder = Server::builder().park_idle_after(None);
     let mut server = ChatServer::start(builder).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let url = format!("ws://{}/chat/a?token=good", server.addr);
-    let (mut client, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    let id = ChatServer::next(&mut server.opens, "on_open").await;
-    // Of several sizes, around the batch's: many to a batch, one, or one
-    // that is larger alone.
-    let message = |i: usize| {
-        let len = [100, 30_000, 70_000, 250_000][i % 4] + i;
-        let mut m = vec![(i % 251) as u8; len];
-        m[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        m
-    };
-    const N: usize = 48;
-    for i in 0..N {
-        assert_eq!(server.hub.send_binary(id, message(i)), Ok(()));
+    let (mut client, id) = server.slow_reader().await;
+    for i in 0..MANY_PUSHES {
+        assert_eq!(server.hub.send_binary(id, push_of_many_sizes(i)), Ok(()));
     }
-    for i in 0..N {
-        assert_eq!(
-            next_data(&mut client).await,
-            Message::binary(message(i)),
-            "{i}"
-        );
+    for i in 0..MANY_PUSHES {
+        let pushed = Message::binary(push_of_many_sizes(i));
+        assert_eq!(next_data(&mut client).await, pushed, "{i}");
     }
     let counted = server.handle.stats().messages;
-    assert_eq!((counted.pushes, counted.queue_drops), (N as u64, 0));
+    assert_eq!(
+        (counted.pushes, counted.queue_drops),
+        (MANY_PUSHES as u64, 0)
+    );
     // Still open and served.
     client.send(Message::text("who")).await.unwrap();
     assert_eq!(
