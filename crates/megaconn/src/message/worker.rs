@@ -106,7 +106,7 @@ impl<T> ForParked<T> {
     /// map and a connection's topics do: a map never shrinks by itself,
     /// and a burst (a broadcast that found thousands of parked
     /// connections behind, a `Hub::close` of as many) left the room of
-    /// all of them, ~48 bytes an entry, for the life of the worker.
+    /// all of them, 57 bytes an entry, for the life of the worker.
     fn take(&self, id: ConnectionId) -> Option<T> {
         let mut kept = self.0.borrow_mut();
         if kept.is_empty() {
