@@ -7,16 +7,20 @@
 //!
 //! Delivery depends on where the connection is:
 //! - awake (a task): the framed message joins its outbound queue and is
-//!   written between the peer's frames, in order with the handler's replies;
-//!   a queue at its bound closes the connection as
-//!   [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer);
+//!   written between the peer's frames, in order with the handler's replies,
+//!   the queue taken about [`TAKE_AT_ONCE`] bytes at a time (a write
+//!   buffer's worth, not the whole queue); a queue at its bound closes the
+//!   connection as
+//!   [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer), after
+//!   the rest of the frame under way;
 //! - parked: the message is written straight to the socket, one `send`, and
 //!   the connection stays parked (no task, no buffer kept). If the socket
 //!   cannot take the whole message at once the peer is not reading: the
 //!   connection is closed as a slow consumer, as an awake one is: woken
 //!   (its read side shut), it writes the rest of the frame the socket took
 //!   part of (kept by its worker meanwhile, not in its slot: `worker.rs`),
-//!   then a WebSocket's close 1013, within the close's bound.
+//!   then a WebSocket's close 1013, within the close's bound. That push
+//!   counts as delivered if its rest went ([`Unsent`]).
 //!
 //! A message to a connection that has closed (its id is stale, even if its
 //! descriptor was reused) is dropped.
@@ -76,6 +80,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
+use crate::conn::pool::MAX_POOLED_CAPACITY;
 use crate::message::wire::WireId;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
@@ -641,9 +646,22 @@ impl Kick {
     }
 }
 
+/// About how many bytes of its outbound queue an awake connection copies
+/// into its write buffer at a time ([`Inbox::take_up_to`]); it takes the
+/// next ones once the socket took those. What the pool keeps of a buffer
+/// ([`MAX_POOLED_CAPACITY`], 64 KiB): a batch within it leaves the write
+/// buffer reusable, and what keeps a reader's link busy meanwhile is its
+/// socket's send buffer (`message_send_buffer_size`, 256 KiB, which Linux
+/// doubles), filled batch after batch, not a larger batch. Taken whole, a
+/// queue of `outbound_queue` (256) messages of 1 MiB was copied at once:
+/// 256 MiB of write buffer for one connection, besides the messages
+/// themselves, which the queues of all their recipients share.
+pub(crate) const TAKE_AT_ONCE: usize = MAX_POOLED_CAPACITY;
+
 /// An awake connection's outbound queue: messages pushed to it, framed for
 /// its wire, waiting to be written between the peer's frames. Bounded by
-/// the server's `outbound_queue`.
+/// the server's `outbound_queue`, in messages; taken about
+/// [`TAKE_AT_ONCE`] bytes at a time.
 #[derive(Debug)]
 pub(crate) struct Inbox {
     /// How this connection frames messages.
@@ -687,8 +705,12 @@ impl Inbox {
     }
 
     /// The close [`Hub::close`] asked for, once the queue before it was
-    /// taken ([`Inbox::take`]): the connection closes with it.
+    /// taken ([`Inbox::take_up_to`]): the connection closes with it. While
+    /// messages pushed before it wait, `None`: they go first.
     pub(crate) fn kicked(&self) -> Option<Kick> {
+        if !self.queue.borrow().is_empty() {
+            return None;
+        }
         self.kicked.borrow().clone()
     }
 
@@ -713,12 +735,27 @@ impl Inbox {
         accepted
     }
 
-    /// Everything queued, taken; or the overflow, which closes the connection.
-    pub(crate) fn take(&self) -> Result<Vec<Bytes>, Overflowed> {
+    /// The queued messages from the oldest on, up to `bytes` of them, at
+    /// least one (a larger message goes alone); or the overflow, which
+    /// closes the connection. The connection writes them and comes back
+    /// for the rest ([`Inbox::pushed`] resolves while any wait): what it
+    /// holds in its write buffer stays about one batch ([`TAKE_AT_ONCE`])
+    /// however much waits. Only the queue's bound in messages counts
+    /// toward an overflow: one taken is out of the queue.
+    pub(crate) fn take_up_to(&self, bytes: usize) -> Result<Vec<Bytes>, Overflowed> {
         if self.overflowed.get() {
             return Err(Overflowed);
         }
-        Ok(self.queue.borrow_mut().drain(..).collect())
+        let mut queue = self.queue.borrow_mut();
+        let (mut size, mut count) = (0, 0);
+        for next in queue.iter() {
+            size += next.len();
+            if count > 0 && size > bytes {
+                break;
+            }
+            count += 1;
+        }
+        Ok(queue.drain(..count).collect())
     }
 
     /// True when nothing waits (and there is no overflow or close to act
@@ -727,8 +764,14 @@ impl Inbox {
         !self.overflowed.get() && self.queue.borrow().is_empty() && !self.is_kicked()
     }
 
-    /// Resolves when something was pushed (or the queue overflowed).
+    /// Resolves when something was pushed (or the queue overflowed, or the
+    /// hub closes the connection): at once while something waits, such as
+    /// what a batch ([`Inbox::take_up_to`]) left, whose push's wake-up was
+    /// taken already (by this wait or by [`Inbox::overflow`]'s).
     pub(crate) async fn pushed(&self) {
+        if !self.is_empty() {
+            return;
+        }
         self.notify.notified().await;
     }
 
@@ -768,9 +811,8 @@ pub(crate) enum Delivered {
     Sent,
     /// The socket took less than the message, just now: the peer is behind,
     /// and the connection is to be woken to close as a slow consumer, after
-    /// these bytes (the rest of the frame the socket took part of; over TLS,
-    /// the records sealed for it), if any.
-    Overflowed(Option<Bytes>),
+    /// what it still owes of the push ([`Unsent`]), if anything.
+    Overflowed(Option<Unsent>),
     /// A push found it behind already: nothing was written.
     Behind,
     /// Not a parked connection of that generation (or not framable for it).
@@ -778,6 +820,20 @@ pub(crate) enum Delivered {
     /// Another connection holds the descriptor now: the one sought has
     /// closed (a descriptor names one open socket at a time).
     Replaced,
+}
+
+/// What a parked connection still owes of the push its socket took part
+/// of: the rest of the frame (over TLS, the records sealed for it), written
+/// when it wakes to close as a slow consumer (`message/wake.rs`). The push
+/// is counted once that tells whether it reached the peer whole: in
+/// `pushes` and `bytes_out` then, else in `queue_drops`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unsent {
+    /// The bytes still to write.
+    pub tail: Bytes,
+    /// The whole frame's length, for `bytes_out` (what a push written at
+    /// once counts: the frame, not its TLS records).
+    pub frame: usize,
 }
 
 /// What a non-blocking write to a parked socket did.
@@ -828,6 +884,67 @@ pub(crate) fn wake_to_close(fd: RawFd) {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering::Relaxed;
+
+    /// An awake connection takes its queue a batch at a time, about
+    /// `bytes` (at least one message, a larger one alone), oldest first:
+    /// taken whole, a queue of 256 messages of 1 MiB went into one write
+    /// buffer, 256 MiB. Its bound in messages is unchanged: what is taken
+    /// leaves room; a push over the bound is refused and the next take
+    /// reports the overflow, whatever waits.
+    #[test]
+    fn an_inbox_is_taken_a_batch_at_a_time() {
+        let inbox = Inbox::new(0);
+        let message = |i: u8, len: usize| Bytes::from(vec![i; len]);
+        for (i, len) in [(0, 10), (1, 20), (2, 30), (3, 100), (4, 5)] {
+            assert!(inbox.offer(message(i, len), 8));
+        }
+        let lens = |taken: Vec<Bytes>| -> Vec<(u8, usize)> {
+            taken.iter().map(|b| (b[0], b.len())).collect()
+        };
+        // Up to the bound, inclusive.
+        assert_eq!(
+            lens(inbox.take_up_to(60).unwrap()),
+            [(0, 10), (1, 20), (2, 30)]
+        );
+        // One larger than the bound goes alone.
+        assert_eq!(lens(inbox.take_up_to(60).unwrap()), [(3, 100)]);
+        assert!(!inbox.is_empty());
+        assert_eq!(lens(inbox.take_up_to(60).unwrap()), [(4, 5)]);
+        assert!(inbox.is_empty());
+        assert!(inbox.take_up_to(60).unwrap().is_empty());
+        // The bound in messages: 3 fit, a fourth overflows; then taking
+        // reports the overflow, not what waits.
+        for i in 0..3 {
+            assert!(inbox.offer(message(i, 1 << 20), 3));
+        }
+        assert_eq!(inbox.take_up_to(TAKE_AT_ONCE).unwrap().len(), 1);
+        assert!(inbox.offer(message(3, 1 << 20), 3), "one taken left room");
+        assert!(!inbox.offer(message(4, 1 << 20), 3));
+        assert_eq!(inbox.take_up_to(TAKE_AT_ONCE), Err(Overflowed));
+    }
+
+    /// A close from the hub comes after what was pushed before it: the
+    /// connection sees it only once its queue is all taken, and a wait for
+    /// pushes ends at once while anything is left (the wake-up of the
+    /// pushes left was taken already by the first batch's).
+    #[tokio::test]
+    async fn a_kick_waits_for_the_queue_before_it() {
+        let inbox = Inbox::new(0);
+        for i in 0..3u8 {
+            assert!(inbox.offer(Bytes::from(vec![i; 100]), 8));
+        }
+        inbox.kick(Kick {
+            code: 1008,
+            reason: Bytes::new(),
+        });
+        inbox.pushed().await;
+        assert_eq!(inbox.take_up_to(150).unwrap().len(), 1);
+        assert_eq!(inbox.kicked(), None, "two pushed before it wait");
+        let left = tokio::time::timeout(std::time::Duration::from_secs(5), inbox.pushed());
+        left.await.expect("what waits ends the wait at once");
+        assert_eq!(inbox.take_up_to(TAKE_AT_ONCE).unwrap().len(), 2);
+        assert_eq!(inbox.kicked().map(|k| k.code), Some(1008));
+    }
 
     /// A queued message is 56 bytes besides its payload, as
     /// `DEFAULT_HUB_QUEUE`'s doc says (3.5 MiB for a full default queue).

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::message::hub::{self, Delivered, Generation, SendNow, GENERATION_BITS};
+use crate::message::hub::{self, Delivered, Generation, SendNow, Unsent, GENERATION_BITS};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{add, incr, MessageCounters};
@@ -343,7 +343,11 @@ fn send_parked<S>(
         Pushed::Broken => return Delivered::NotParked,
         Pushed::Behind(unsent) => unsent,
     };
-    incr(&counters.queue_drops);
+    // None of it went: dropped. Else it is counted when the connection
+    // wakes and writes the rest, or closes without (`Unsent`).
+    if unsent.is_none() {
+        incr(&counters.queue_drops);
+    }
     ratelog::log(Flood::SlowConsumer, |suppressed| {
         tracing::info!(
             suppressed,
@@ -351,7 +355,10 @@ fn send_parked<S>(
         )
     });
     stored.set_behind();
-    Delivered::Overflowed(unsent)
+    Delivered::Overflowed(unsent.map(|tail| Unsent {
+        tail,
+        frame: bytes.len(),
+    }))
 }
 
 #[cfg(test)]

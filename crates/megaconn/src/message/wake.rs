@@ -4,7 +4,8 @@
 //!
 //! - a push found its socket full while parked (`behind`): it is closed as
 //!   a slow consumer, after the rest of that push's frame if the socket
-//!   took part of it ([`write_unsent`]);
+//!   took part of it ([`write_unsent`], which counts the push delivered or
+//!   dropped by whether that rest went);
 //! - a timer woke it and the peer's heartbeat deadline has passed: closed
 //!   for the heartbeat timeout;
 //! - the server's own heartbeat (a frame, a ping) is due: the protocol
@@ -19,9 +20,10 @@ use tokio::time::Instant;
 
 use crate::conn::io::CLOSE_TIMEOUT;
 use crate::conn::Wake;
+use crate::message::hub::Unsent;
 use crate::message::table::Parked;
 use crate::observe::close::CloseReason;
-use crate::observe::stats::{incr, MessageCounters};
+use crate::observe::stats::{add, incr, MessageCounters};
 
 /// A parked connection's timers and standing, read before its state is
 /// taken out of the side table's entry.
@@ -106,14 +108,37 @@ pub(crate) fn resume(
 /// not is closed when the bound passes, its frame cut, as an awake one's
 /// would be after its close's bound. (Its socket was shut at once instead:
 /// every slow consumer read a frame cut short, and no close frame.)
+///
+/// The push is counted here, once it is known whether it reached the peer
+/// whole: delivered (`pushes`, `frames_out`, the frame's `bytes_out`), or
+/// dropped (`queue_drops`). (It counted as dropped when the socket took
+/// part of it, even when the peer then read it whole.)
 pub(crate) async fn write_unsent(
-    unsent: &[u8],
+    unsent: &Unsent,
+    counters: &MessageCounters,
+    poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
+) -> bool {
+    let whole = write_rest(&unsent.tail, poll_write).await;
+    if whole {
+        incr(&counters.pushes);
+        incr(&counters.frames_out);
+        add(&counters.bytes_out, unsent.frame as u64);
+    } else {
+        incr(&counters.queue_drops);
+    }
+    whole
+}
+
+/// Writes `rest` (the rest of a frame a slow consumer's socket took part
+/// of) with `poll_write` within [`CLOSE_TIMEOUT`]: whether all of it went.
+pub(crate) async fn write_rest(
+    rest: &[u8],
     mut poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
 ) -> bool {
     let mut at = 0;
     let writing = poll_fn(|cx| {
-        while at < unsent.len() {
-            match ready!(poll_write(cx, &unsent[at..])) {
+        while at < rest.len() {
+            match ready!(poll_write(cx, &rest[at..])) {
                 Ok(0) | Err(_) => return Poll::Ready(false),
                 Ok(n) => at += n,
             }
@@ -125,7 +150,8 @@ pub(crate) async fn write_unsent(
         .unwrap_or(false)
 }
 
-/// After [`write_unsent`] wrote a behind connection's tail whole: half-closes
+/// After [`write_unsent`] wrote a behind connection's tail whole (or an
+/// awake one's, `proto/framed/conn.rs`): half-closes
 /// and reads and drops what the peer sends until its end of stream (at most
 /// 256 KiB, within [`CLOSE_TIMEOUT`]). A peer still talking (an app
 /// heartbeat) has bytes queued since its socket was shut for reading, and a

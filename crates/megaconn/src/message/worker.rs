@@ -18,13 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
 use crate::message::hub::{
-    self, ConnectionId, Delivered, Generation, HubQueue, Inbox, Kick, Push, GENERATION_BITS,
-    GENERATION_MASK,
+    self, ConnectionId, Delivered, Generation, HubQueue, Inbox, Kick, Push, Unsent,
+    GENERATION_BITS, GENERATION_MASK,
 };
 use crate::message::table::{ParkedSet, SendParked, SideTable};
 use crate::message::topics::{SubscribeError, Topics};
@@ -68,14 +66,15 @@ pub(crate) struct Local {
     /// records sealed for it), until they wake (at once: their read side
     /// was shut) to write it and close as slow consumers
     /// ([`Local::take_unsent`]).
-    unsent: ForParked<Bytes>,
+    unsent: ForParked<Unsent>,
 }
 
 /// Something kept for parked connections woken to close, by descriptor,
 /// with the generation of the connection it is for, until that connection
 /// wakes and takes it (or closes). Kept beside the side table, not in its
 /// slots, so a parked connection pays nothing for it; it is empty but for
-/// the moment between a close's cause and its wake-up.
+/// the moment between a close's cause and its wake-up; and its room goes
+/// as its entries do ([`ForParked::take`]).
 struct ForParked<T>(RefCell<HashMap<RawFd, (Generation, T)>>);
 
 impl<T> Default for ForParked<T> {
@@ -102,16 +101,26 @@ impl<T> ForParked<T> {
                 .is_some_and(|(g, _)| *g == id.generation())
     }
 
-    /// What is kept for connection `id`, taken.
+    /// What is kept for connection `id`, taken. The map gives its room
+    /// back once it is a quarter full (all of it, empty), as the awake
+    /// map and a connection's topics do: a map never shrinks by itself,
+    /// and a burst (a broadcast that found thousands of parked
+    /// connections behind, a `Hub::close` of as many) left the room of
+    /// all of them, 57 bytes an entry, for the life of the worker.
     fn take(&self, id: ConnectionId) -> Option<T> {
         let mut kept = self.0.borrow_mut();
         if kept.is_empty() {
             return None;
         }
-        match kept.get(&id.fd()) {
+        let taken = match kept.get(&id.fd()) {
             Some((g, _)) if *g == id.generation() => kept.remove(&id.fd()).map(|(_, v)| v),
             _ => None,
+        };
+        if kept.len() * 4 < kept.capacity() {
+            let room = kept.len() * 2;
+            kept.shrink_to(room);
         }
+        taken
     }
 }
 
@@ -318,7 +327,11 @@ impl Local {
     pub(crate) fn closed(&self, id: ConnectionId) {
         self.topics.borrow_mut().closed(id);
         self.kicks.take(id);
-        self.unsent.take(id);
+        // Closed before it woke to write the rest of its push: the push
+        // never reached the peer whole.
+        if self.unsent.take(id).is_some() {
+            incr(&self.stats.messages.queue_drops);
+        }
         super::budget::forget(id);
     }
 
@@ -331,10 +344,11 @@ impl Local {
     /// What parked connection `id`'s socket did not take of the push that
     /// found it full, taken: the woken connection writes it first, raw on
     /// its socket (the rest of a frame, or over TLS of the records sealed
-    /// for it), then closes as a slow consumer. `None` when the socket took
-    /// none of it (over cleartext: nothing of the frame went, so nothing
-    /// is owed).
-    pub(crate) fn take_unsent(&self, id: ConnectionId) -> Option<Bytes> {
+    /// for it), then closes as a slow consumer, and counts the push
+    /// (`message::wake::write_unsent`). `None` when the socket took none of
+    /// it (over cleartext: nothing of the frame went, so nothing is owed;
+    /// the push was counted as dropped then).
+    pub(crate) fn take_unsent(&self, id: ConnectionId) -> Option<Unsent> {
         self.unsent.take(id)
     }
 
@@ -344,7 +358,7 @@ impl Local {
     /// slow consumer, as [`Hub::close`](crate::Hub::close) wakes one to
     /// close. Called right after the side table found it parked with that
     /// generation, on this thread: the socket is that connection's.
-    fn overflowed(&self, id: ConnectionId, unsent: Option<Bytes>) {
+    fn overflowed(&self, id: ConnectionId, unsent: Option<Unsent>) {
         if let Some(unsent) = unsent {
             self.unsent.put(id, unsent);
         }
@@ -722,6 +736,44 @@ mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
     use super::*;
+    use crate::message::hub::TAKE_AT_ONCE;
+
+    /// After a burst (thousands of parked connections woken to close at
+    /// once), what is kept for parked connections gives its room back as
+    /// they take their entries: a quarter full, it shrinks; empty, it holds
+    /// nothing. (A `HashMap` keeps its capacity: the map stayed sized for
+    /// the burst.) A stale id takes nothing, and its look-up shrinks too.
+    #[test]
+    fn what_is_kept_for_parked_connections_gives_its_room_back() {
+        let kept = ForParked::<u64>::default();
+        let id = |fd: RawFd| ConnectionId::new(0, fd, 1);
+        for fd in 0..10_000 {
+            kept.put(id(fd), fd as u64);
+        }
+        let burst = kept.0.borrow().capacity();
+        assert!(burst >= 10_000);
+        for fd in 0..9_000 {
+            assert_eq!(kept.take(id(fd)), Some(fd as u64));
+        }
+        let left = kept.0.borrow().capacity();
+        assert!(
+            left * 4 <= burst,
+            "{left} of {burst} after 9,000 of 10,000 went"
+        );
+        assert!(left >= 1_000);
+        assert!(kept.holds(id(9_500)));
+        let stale = ConnectionId::new(0, 9_500, 2);
+        assert!(!kept.holds(stale));
+        assert_eq!(kept.take(stale), None);
+        for fd in 9_000..10_000 {
+            assert_eq!(kept.take(id(fd)), Some(fd as u64));
+        }
+        assert_eq!(kept.0.borrow().capacity(), 0, "empty, it holds nothing");
+        // One at a time (the usual case) keeps nothing between them either.
+        kept.put(id(3), 3);
+        assert_eq!(kept.take(id(3)), Some(3));
+        assert_eq!(kept.0.borrow().capacity(), 0);
+    }
 
     /// The connection accepted 2^32 after another, on the same descriptor,
     /// gets another id, and a push to the old id does not find it parked
@@ -846,7 +898,7 @@ mod tests {
                     crate::message::hub::Kind::Auto,
                 ))
                 .await;
-            assert_eq!(other_awake.inbox.take().unwrap().len(), 1);
+            assert_eq!(other_awake.inbox.take_up_to(TAKE_AT_ONCE).unwrap().len(), 1);
             assert!(new_awake.inbox.is_empty(), "not the old one's message");
             let topics = local.topics.borrow();
             assert_eq!(topics.members("news"), [(51, other.generation())]);

@@ -148,6 +148,16 @@ impl Framed {
         s
     }
 
+    /// A client whose receive buffer is 4 KiB: a slow reader, whose socket
+    /// takes little of what is written to it while it reads nothing.
+    async fn connect_small(&self) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let s = socket.connect(self.addr).await.expect("connect");
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
     /// The id of the next connection the handler saw open.
     async fn next_open(&mut self) -> ConnectionId {
         tokio::time::timeout(SAFETY, self.opens.recv())
@@ -1083,15 +1093,36 @@ async fn publish_and_broadcast_reach_parked_and_busy_connections() {
 /// whole: what it reads ends on a frame boundary (that frame whole, then
 /// the close), as a framed protocol has no close frame to say why. The
 /// push is written from the hub with no task to finish it: the socket was
-/// shut at once, and the peer read a frame cut short.
+/// shut at once, and the peer read a frame cut short. That push reached
+/// the peer whole: it counts as delivered (it counted in `queue_drops`,
+/// and neither in `pushes` nor in `bytes_out`).
 #[tokio::test]
 async fn a_parked_slow_consumer_reads_whole_frames_to_the_close() {
+    parked_slow_consumer(false).await;
+}
+
+/// The same for a peer that keeps sending (an app heartbeat) while the
+/// server writes the rest of its push: it still reads that frame whole,
+/// then the end of the stream, as the close lingers
+/// (`linger_after_unsent`). A close with its bytes unread is a reset,
+/// which destroys what the kernels still hold of the frame (the WebSocket
+/// twin of this test is `ws_api::a_chatty_parked_slow_consumer_gets_its_1013`).
+#[tokio::test]
+async fn a_chatty_parked_slow_consumer_reads_whole_frames_to_the_close() {
+    parked_slow_consumer(true).await;
+}
+
+/// Parks a slow reader, pushes it a frame its socket takes and one it
+/// cannot take whole, and, once that woke it to close, has it read to the
+/// close (`chatty`: after it sent a frame): both frames whole, both pushes
+/// counted as delivered.
+async fn parked_slow_consumer(chatty: bool) {
     let mut server = Framed::start(
         Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
         Framing::length_prefixed(4).max_frame_bytes(8 << 20),
     )
     .await;
-    let mut s = server.connect().await;
+    let mut s = server.connect_small().await;
     let id = server.next_open().await;
     server
         .wait_stats("parked", |s| s.connections_parked == 1)
@@ -1101,13 +1132,25 @@ async fn a_parked_slow_consumer_reads_whole_frames_to_the_close() {
     // buffer's 512 KiB, and what the client's takes).
     let big = vec![7u8; 4 << 20];
     assert_eq!(server.hub.send(id, big.clone()), Ok(()));
+    // Nothing else wakes it: the push found it full.
     server
-        .wait_stats("the push found it full", |s| s.messages.queue_drops == 1)
+        .wait_stats("the push found it full", |s| s.connections_parked == 0)
         .await;
+    if chatty {
+        s.write_all(&frame(b"still here")).await.unwrap();
+    }
     let all = read_to_close(&mut s).await;
-    assert_eq!(all.len(), 9 + 4 + big.len(), "whole frames");
+    assert_eq!(all.len(), 9 + 4 + big.len(), "whole frames, no reset");
     assert!(all == [frame(b"first"), frame(&big)].concat());
+    drop(s);
     assert_eq!(server.next_close().await, (0, CloseReason::SlowConsumer));
+    let counted = server.handle.stats().messages;
+    assert_eq!(
+        (counted.pushes, counted.queue_drops, counted.frames_out),
+        (2, 0, 2),
+        "{counted:?}"
+    );
+    assert_eq!(counted.bytes_out, (9 + 4 + big.len()) as u64);
     server.stop().await;
 }
 
@@ -1286,6 +1329,148 @@ async fn an_overflow_during_a_stuck_write_closes_the_slow_consumer() {
         .await;
     assert_eq!(server.closed_with("slow_consumer"), 1);
     server.stop().await;
+}
+
+/// An awake peer that stops reading while a push is being written, and
+/// whose queue then overflows, reads what it was sent up to the close, and
+/// that ends on a whole frame: the push under way whole, none of those
+/// queued behind it. A framed protocol has no close frame to say why: a
+/// frame cut short is a peer's parse error. (The write was dropped where it
+/// stood, and the peer read part of the frame, then the end of the stream.)
+#[tokio::test]
+async fn an_awake_slow_consumer_reads_whole_frames_to_the_close() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(None).outbound_queue(2),
+        Framing::length_prefixed(4).max_frame_bytes(8 << 20),
+    )
+    .await;
+    let mut s = server.connect_small().await;
+    let id = server.next_open().await;
+    // More than the socket's buffers take while the peer reads nothing.
+    let big = vec![7u8; 2 << 20];
+    assert_eq!(server.hub.send(id, big.clone()), Ok(()));
+    // Its first bytes arrived: the connection took it and is writing it.
+    tokio::time::timeout(SAFETY, s.readable())
+        .await
+        .expect("the push's first bytes in time")
+        .unwrap();
+    // Two fit in the queue, the third overflows it.
+    for i in 0..3 {
+        assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
+    }
+    server
+        .wait_stats("a queue drop", |s| s.messages.queue_drops == 1)
+        .await;
+    let all = read_to_close(&mut s).await;
+    assert_eq!(all.len(), 4 + big.len(), "a whole frame");
+    assert!(all == frame(&big));
+    drop(s);
+    assert_eq!(server.next_close().await, (0, CloseReason::SlowConsumer));
+    let counted = server.handle.stats().messages;
+    assert_eq!(counted.frames_out, 1, "{counted:?}");
+    assert_eq!(counted.bytes_out, (4 + big.len()) as u64);
+    server.stop().await;
+}
+
+/// An awake connection takes its outbound queue a batch at a time (about
+/// 64 KiB; a larger push alone), so `outbound_queue` bounds what waits
+/// behind the write under way: with 4, the pushes behind one stuck in its
+/// write overflow at the fifth. Taken whole, the queue went into the write
+/// buffer at once (256 pushes of 1 MiB: 256 MiB for one connection), and
+/// as many again could queue behind it: here both later pushes were taken.
+#[tokio::test]
+async fn an_awake_connection_takes_its_queue_a_batch_at_a_time() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(None).outbound_queue(4),
+        Framing::length_prefixed(4).max_frame_bytes(8 << 20),
+    )
+    .await;
+    let mut s = server.connect_small().await;
+    let id = server.next_open().await;
+    s.write_all(&frame(b"wait")).await.unwrap();
+    server.next_busy().await;
+    let push = |i: u8| vec![i; 2 << 20];
+    for i in 0..4 {
+        assert_eq!(server.hub.send(id, push(i)), Ok(()));
+    }
+    server
+        .wait_stats("four queued", |s| s.messages.pushes == 4)
+        .await;
+    server.gate.add_permits(1);
+    // The reply, then the first push's head: the connection took it, and
+    // its write is stuck (the client reads no more for now).
+    assert_eq!(read_frame(&mut s).await, b"waited");
+    assert_eq!(read_exact(&mut s, 4).await, frame(&push(0))[..4]);
+    for i in 4..6 {
+        assert_eq!(server.hub.send(id, push(i)), Ok(()));
+    }
+    server
+        .wait_stats("both offered", |s| {
+            s.messages.pushes + s.messages.queue_drops == 6
+        })
+        .await;
+    let counted = server.handle.stats().messages;
+    assert_eq!((counted.pushes, counted.queue_drops), (5, 1), "{counted:?}");
+    // The push under way, whole; then the close.
+    let rest = read_to_close(&mut s).await;
+    assert_eq!(rest.len(), 2 << 20);
+    assert!(rest == push(0));
+    drop(s);
+    assert_eq!(server.next_close().await, (1, CloseReason::SlowConsumer));
+    server.stop().await;
+}
+
+/// A peer that reads slowly (a 4 KiB receive buffer), in the middle of
+/// sending a frame, gets many large pushes whole and in order, none
+/// dropped, then the answer to its frame: the connection comes back for
+/// the rest of its queue batch after batch, also while it waits for the
+/// rest of the peer's frame (where it looks at its queue only when woken
+/// by a push: the wake-ups of pushes taken in one batch are one).
+#[tokio::test]
+async fn a_slow_reader_mid_frame_gets_many_large_pushes_whole_and_in_order() {
+    let mut server = Framed::start(
+        Server::builder().park_idle_after(None),
+        Framing::length_prefixed(4).max_frame_bytes(1 << 20),
+    )
+    .await;
+    let mut s = server.connect_small().await;
+    let id = server.next_open().await;
+    let count = frame(b"count");
+    s.write_all(&count[..6]).await.unwrap();
+    server
+        .wait_stats("part of a frame read", |s| s.messages.bytes_in == 6)
+        .await;
+    for i in 0..MANY_PUSHES {
+        assert_eq!(server.hub.send(id, push_of_many_sizes(i)), Ok(()));
+    }
+    for i in 0..MANY_PUSHES {
+        assert!(
+            read_frame(&mut s).await == push_of_many_sizes(i),
+            "push {i}"
+        );
+    }
+    s.write_all(&count[6..]).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, b"1");
+    let counted = server.handle.stats().messages;
+    assert_eq!(
+        (counted.pushes, counted.queue_drops),
+        (MANY_PUSHES as u64, 0)
+    );
+    server.stop().await;
+}
+
+/// How many pushes of [`push_of_many_sizes`] the slow-reader tests send
+/// (here and in `ws_api`).
+pub(crate) const MANY_PUSHES: usize = 48;
+
+/// Push `i` of a slow-reader test: of several sizes around a batch's
+/// (`TAKE_AT_ONCE`, 64 KiB): many to a batch, one, or one larger that goes
+/// alone; its number in its first 8 bytes.
+pub(crate) fn push_of_many_sizes(i: usize) -> Vec<u8> {
+    let len = [100, 30_000, 70_000, 250_000][i % 4] + i;
+    let mut m = vec![(i % 251) as u8; len];
+    m[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    m
 }
 
 /// Broadcasts sent before a worker has any message connection reach

@@ -22,6 +22,13 @@
 //! restarted by every byte, does not bound a peer that trickles them; nor
 //! does the end of the frame before if it came in the same read, unless
 //! 8 KiB came meanwhile: `message/deadline.rs`), or the peer goes away.
+//!
+//! Pushes from the hub go out between the peer's frames (and in the middle
+//! of one), a batch of about 64 KiB of the connection's queue at a time
+//! (`Inbox::take_up_to`). A peer whose queue overflows is a slow consumer:
+//! the frame under way is finished first, within the close's bound, and the
+//! close lingers, so what the peer reads ends on a whole frame (a framed
+//! protocol has no close frame to say why it ends).
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -44,11 +51,13 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::{poll_once, WokenSocket};
 use crate::conn::Wake;
 use crate::message::deadline::MessageDeadline;
-use crate::message::hub::{Generation, Overflowed};
+use crate::message::hub::{Generation, Overflowed, TAKE_AT_ONCE};
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
-use crate::message::wake::{heartbeat_timed_out, linger_after_unsent, resume, write_unsent};
+use crate::message::wake::{
+    heartbeat_timed_out, linger_after_unsent, resume, write_rest, write_unsent,
+};
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
@@ -246,8 +255,10 @@ pub(crate) async fn serve<H: FramedHandler>(
                     if let Some(unsent) = local.take_unsent(id) {
                         let whole = {
                             let io = &mut io;
-                            write_unsent(&unsent, |cx, b| Pin::new(&mut *io).poll_write(cx, b))
-                                .await
+                            write_unsent(&unsent, counters, |cx, b| {
+                                Pin::new(&mut *io).poll_write(cx, b)
+                            })
+                            .await
                         };
                         if whole {
                             linger_after_unsent(&mut io).await;
@@ -366,19 +377,27 @@ pub(crate) async fn serve<H: FramedHandler>(
         }
         // Messages pushed meanwhile go out, also while the peer is in the
         // middle of a frame (ours never interleave with theirs): held until
-        // a slow upload's frame ended, they overflowed the queue.
+        // a slow upload's frame ended, they overflowed the queue. A batch
+        // at a time: the loop comes back for the rest once the socket took
+        // these (`Inbox::take_up_to`).
         if let Some(inbox) = &inbox {
-            let flushed = match inbox.inbox.take() {
+            let flushed = match inbox.inbox.take_up_to(TAKE_AT_ONCE) {
                 Ok(pushed) if pushed.is_empty() => Ok(()),
                 Ok(pushed) => flush(&mut io, &mut codec, &session, pushed, &ctx, Some(inbox)).await,
-                Err(Overflowed) => Err(CloseReason::SlowConsumer),
+                Err(Overflowed) => {
+                    // What was written before is whole frames: it stays
+                    // readable (`linger_after_unsent`).
+                    linger_after_unsent(&mut io).await;
+                    Err(CloseReason::SlowConsumer)
+                }
             };
             if let Err(reason) = flushed {
                 give_back(&ctx, &mut buf);
                 return Ended::Close(live.close(reason));
             }
-            // Closed for the hub, once what was pushed before is written.
-            if inbox.inbox.is_kicked() {
+            // Closed for the hub, once what was pushed before is written
+            // (`kicked` is `None` until all of it is taken).
+            if inbox.inbox.kicked().is_some() {
                 give_back(&ctx, &mut buf);
                 return Ended::Close(live.close(CloseReason::Kicked));
             }
@@ -732,11 +751,19 @@ async fn say_goodbye<H: FramedHandler>(
     inbox: Option<&Awake>,
 ) -> Ended<OwnedFd> {
     // Accepted pushes (counted as sent) go out before the goodbye, which
-    // then goes on its own (`flush` writes the handler's frames first).
-    let pushed = inbox
-        .map(|a| a.inbox.take().unwrap_or_default())
-        .unwrap_or_default();
-    if flush(io, codec, session, pushed, ctx, None).await.is_ok() {
+    // then goes on its own (`flush` writes the handler's frames first), a
+    // batch at a time as always.
+    let flushed = loop {
+        let pushed = inbox
+            .map(|a| a.inbox.take_up_to(TAKE_AT_ONCE).unwrap_or_default())
+            .unwrap_or_default();
+        let last = pushed.is_empty();
+        let flushed = flush(io, codec, session, pushed, ctx, None).await;
+        if last || flushed.is_err() {
+            break flushed;
+        }
+    };
+    if flushed.is_ok() {
         if let Some(goodbye) = settings(&ctx.config).and_then(|s| s.goodbye.clone()) {
             session.send(goodbye);
             let _ = flush(io, codec, session, Vec::new(), ctx, None).await;
@@ -747,8 +774,9 @@ async fn say_goodbye<H: FramedHandler>(
 
 /// Writes the frames the handler sent, framed, then `pushed` (already
 /// framed by the hub), from a pooled buffer. A write that waits is bounded
-/// ([`WriteBound`]), and ends at once when the connection's outbound queue
-/// (`awake`) overflows meanwhile: a slow consumer.
+/// ([`WriteBound`]), and ends when the connection's outbound queue
+/// (`awake`) overflows meanwhile: a slow consumer, which gets the rest of
+/// the frame under way first ([`behind`]).
 async fn flush(
     io: &mut FramedIo,
     codec: &mut FrameCodec,
@@ -761,7 +789,15 @@ async fn flush(
     if frames.is_empty() && pushed.is_empty() {
         return Ok(());
     }
-    let count = (frames.len() + pushed.len()) as u64;
+    let count = frames.len() + pushed.len();
+    // Where each frame ends, when there are several (one frame keeps no
+    // list): a slow consumer's close comes after the frame under way.
+    let mut ends = Vec::new();
+    let mut end_here = |out: &BytesMut| {
+        if count > 1 {
+            ends.push(out.len());
+        }
+    };
     let mut out = ctx.pool.take();
     for frame in frames {
         if let Err(error) = codec.encode(frame, &mut out) {
@@ -780,8 +816,12 @@ async fn flush(
             ctx.pool.give(out);
             return Err(CloseReason::ServerError);
         }
+        end_here(&out);
     }
-    pushed.iter().for_each(|bytes| out.extend_from_slice(bytes));
+    for bytes in &pushed {
+        out.extend_from_slice(bytes);
+        end_here(&out);
+    }
     lifecycle::set_state(ConnectionState::Writing);
     // Usually the socket takes it all at once: then no timer is set up.
     let mut at = 0;
@@ -813,13 +853,56 @@ async fn flush(
             .await
         }
     };
+    if written == Err(CloseReason::SlowConsumer) {
+        behind(io, &out, at, &ends, ctx).await;
+        ctx.pool.give(out);
+        return written;
+    }
     let n = out.len();
     ctx.pool.give(out);
     written?;
     lifecycle::count_out(n);
-    add(&ctx.stats.messages.frames_out, count);
+    add(&ctx.stats.messages.frames_out, count as u64);
     add(&ctx.stats.messages.bytes_out, n as u64);
     Ok(())
+}
+
+/// A write stuck on a slow consumer (its queue overflowed meanwhile) is
+/// ended on a whole frame: the rest of the frame under way goes (`out`
+/// written up to `at`; `ends`: where its frames end, when it holds
+/// several), within the close's bound, as a parked one's does
+/// (`write_unsent`), and then the close lingers (`linger_after_unsent`). A
+/// framed protocol has no close frame: a frame cut short was the peer's
+/// last word from the server, which it could take for a frame of the
+/// wrong length or a line that ends wrong. What went is counted.
+async fn behind(io: &mut FramedIo, out: &[u8], at: usize, ends: &[usize], ctx: &WorkerContext) {
+    let end = end_of_frame_under_way(ends, at, out.len());
+    let whole = write_rest(&out[at..end], |cx, b| Pin::new(&mut *io).poll_write(cx, b)).await;
+    let (frames, written) = if whole {
+        let frames = match ends {
+            [] => usize::from(end == out.len()),
+            ends => ends.iter().take_while(|e| **e <= end).count(),
+        };
+        (frames, end)
+    } else {
+        (ends.iter().take_while(|e| **e <= at).count(), at)
+    };
+    lifecycle::count_out(written);
+    add(&ctx.stats.messages.frames_out, frames as u64);
+    add(&ctx.stats.messages.bytes_out, written as u64);
+    if whole {
+        linger_after_unsent(io).await;
+    }
+}
+
+/// Where the frame under way ends in a buffer written up to `at`: `at`
+/// itself when nothing of it was written, else the first frame end at or
+/// past it (`ends`, or the buffer's `len` when it is one frame).
+fn end_of_frame_under_way(ends: &[usize], at: usize, len: usize) -> usize {
+    if at == 0 {
+        return 0;
+    }
+    ends.iter().copied().find(|&end| end >= at).unwrap_or(len)
 }
 
 /// Writes `out` from `at` on, moving `at` past what the socket took.

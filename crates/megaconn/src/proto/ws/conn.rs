@@ -29,6 +29,11 @@
 //! timeout, a peer gets a close 1011 if its socket takes some of it at
 //! once (then all of it), and the TCP close, its answer not awaited.
 //!
+//! Pushes from the hub go out between the peer's messages (and in the
+//! middle of one), a batch of about 64 KiB of the connection's queue at a
+//! time (`Inbox::take_up_to`), the next once the socket took it; a peer
+//! whose queue overflows gets the rest of the frame under way and a 1013.
+//!
 //! The server's close: a close frame, then the peer's close frame awaited
 //! for `close_timeout` (what else it sends meanwhile is passed by its frame
 //! headers, holding no buffer), then the TCP close (the server closes
@@ -53,7 +58,7 @@ use crate::conn::pool::{BUFFER_CAPACITY, MAX_POOLED_CAPACITY};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::message::deadline::MessageDeadline;
-use crate::message::hub::Overflowed;
+use crate::message::hub::{Overflowed, TAKE_AT_ONCE};
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
@@ -210,7 +215,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     let whole = match unsent {
                         Some(unsent) => {
                             let io = &mut conn.io;
-                            write_unsent(&unsent, |cx, b| poll_write_unsent(io, cx, b)).await
+                            write_unsent(&unsent, counters, |cx, b| poll_write_unsent(io, cx, b))
+                                .await
                         }
                         None => true,
                     };
@@ -293,8 +299,10 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         // Messages pushed meanwhile go out, also while the peer is in the
         // middle of a message (ours never interleave with theirs): held
         // until a slow upload's message ended, they overflowed the queue.
+        // A batch at a time: the loop comes back for the rest once the
+        // socket took these (`Inbox::take_up_to`).
         if let Some(awake) = awake.as_ref() {
-            match awake.inbox.take() {
+            match awake.inbox.take_up_to(TAKE_AT_ONCE) {
                 Ok(pushed) => {
                     add(&counters.frames_out, pushed.len() as u64);
                     for framed in pushed {
@@ -303,8 +311,8 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 }
                 Err(Overflowed) => break 'serve Next::Close(CloseReason::SlowConsumer, None),
             }
-            // Closed for the hub, after what was pushed before: its close
-            // frame follows them.
+            // Closed for the hub, after what was pushed before (`kicked` is
+            // `None` until all of it is taken): its close frame follows them.
             if let Some(kick) = awake.inbox.kicked() {
                 add(&counters.bytes_out, conn.wbuf_len() as u64);
                 // (`Hub::close_with` took only a code that may be sent.)
