@@ -242,6 +242,24 @@ fn parse_in(
     let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CEILING] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
     let headers = &mut storage[..limits.max_headers.min(MAX_HEADERS_CEILING)];
+    // The usual head is read without httparse, to the same result
+    // (`quick_head`); `max_header_bytes` is checked below either way.
+    if let Some(quick) = super::quick_head::parse(buf, headers) {
+        // SAFETY: `quick_head::parse` wrote the first `quick.headers` slots.
+        let headers = unsafe {
+            std::slice::from_raw_parts_mut(
+                headers.as_mut_ptr().cast::<httparse::Header<'_>>(),
+                quick.headers,
+            )
+        };
+        let req = httparse::Request {
+            method: Some(quick.method),
+            path: Some(quick.path),
+            version: Some(quick.version),
+            headers,
+        };
+        return complete(buf, &req, quick.len, shared, limits);
+    }
     let mut req = httparse::Request::new(&mut []);
     let status = match httparse::ParserConfig::default()
         .parse_request_with_uninit_headers(&mut req, buf, headers)
@@ -269,6 +287,18 @@ fn parse_in(
         }
         httparse::Status::Partial => return Ok(None),
     };
+    complete(buf, &req, len, shared, limits)
+}
+
+/// The head httparse (or `quick_head`) read whole from `buf` as `req`,
+/// `len` bytes long, built into a [`RequestHead`] (see [`parse_in`]).
+fn complete(
+    buf: &[u8],
+    req: &httparse::Request<'_, '_>,
+    len: usize,
+    shared: Option<&Bytes>,
+    limits: &HeadLimits,
+) -> Result<Option<(RequestHead, usize)>, Rejection> {
     if len > limits.max_header_bytes {
         return Err(over_limit(buf, limits.max_header_bytes));
     }
@@ -283,7 +313,7 @@ fn parse_in(
         }
     };
     let head = build(
-        &req,
+        req,
         &Slicer {
             shared,
             base: buf.as_ptr(),

@@ -8,7 +8,8 @@
 //!                  +---------------- keep-alive ------------+--> upgrade (101)
 //! ```
 //!
-//! [`head`] parses the request head and applies RFC 9112's framing rules,
+//! [`head`] parses the request head (the usual ones through [`quick_head`])
+//! and applies RFC 9112's framing rules,
 //! [`decode`] reads request bodies, [`exchange`] runs one request/response and
 //! [`encode`] frames the response; [`header_maps`] hands a written response's
 //! `HeaderMap` to the next request.
@@ -19,6 +20,7 @@ pub(crate) mod encode;
 pub(crate) mod exchange;
 pub(crate) mod head;
 pub(crate) mod header_maps;
+mod quick_head;
 
 pub(crate) use crate::observe::close::CloseReason;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
