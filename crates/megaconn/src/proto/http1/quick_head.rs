@@ -83,41 +83,41 @@ pub(super) struct Quick<'b> {
 /// Reads the head at the start of `buf` if it is of the common shape (see
 /// the module doc), writing its header lines to the start of `storage`;
 /// `None` when httparse must read it.
+///
+/// Each run of bytes is scanned by one `position` over the slice (a lookup
+/// and a test a byte), and every byte after a run is read with `get`: a
+/// head that ends early is simply not read here.
 pub(super) fn parse<'b>(
     buf: &'b [u8],
     storage: &mut [MaybeUninit<httparse::Header<'b>>],
 ) -> Option<Quick<'b>> {
-    let class = |at: usize| buf.get(at).map_or(0, |b| CLASS[usize::from(*b)]);
     // The method: token bytes, then one space.
-    let mut at = 0;
-    while class(at) & TOKEN != 0 {
-        at += 1;
-    }
+    let at = run(buf, 0, TOKEN);
     if at == 0 || buf.get(at) != Some(&b' ') {
         return None;
     }
     let method = ascii(&buf[..at]);
     // The target: visible ASCII, then one space.
     let start = at + 1;
-    at = start;
-    while class(at) & TARGET != 0 {
-        at += 1;
-    }
+    let at = run(buf, start, TARGET);
     if at == start || buf.get(at) != Some(&b' ') {
         return None;
     }
     let path = ascii(&buf[start..at]);
-    let version = match buf.get(at + 1..at + 11)? {
-        b"HTTP/1.1\r\n" => 1,
-        b"HTTP/1.0\r\n" => 0,
+    let version = buf.get(at + 1..at + 11)?;
+    let version = match (&version[..8], &version[8..]) {
+        (b"HTTP/1.1", b"\r\n") => 1,
+        (b"HTTP/1.0", b"\r\n") => 0,
         _ => return None,
     };
-    at += 11;
+    let mut at = at + 11;
     let mut headers = 0;
     loop {
         // The empty line that ends the head, or a header line.
-        if buf.get(at) == Some(&b'\r') {
-            return (buf.get(at + 1) == Some(&b'\n')).then_some(Quick {
+        let start = at;
+        at = run(buf, at, TOKEN);
+        if at == start {
+            return (buf.get(at..at + 2)? == b"\r\n").then_some(Quick {
                 method,
                 path,
                 version,
@@ -125,11 +125,7 @@ pub(super) fn parse<'b>(
                 len: at + 2,
             });
         }
-        let start = at;
-        while class(at) & TOKEN != 0 {
-            at += 1;
-        }
-        if at == start || buf.get(at) != Some(&b':') {
+        if buf.get(at) != Some(&b':') {
             return None;
         }
         let name = ascii(&buf[start..at]);
@@ -138,27 +134,33 @@ pub(super) fn parse<'b>(
             at += 1;
         }
         let start = at;
-        while class(at) & VALUE != 0 {
-            at += 1;
-        }
+        at = run(buf, at, VALUE);
         // An empty value, or a line not ended by CRLF: httparse's.
-        if at == start || buf.get(at..at + 2) != Some(b"\r\n") {
+        if at == start || buf.get(at..at + 2)? != b"\r\n" {
             return None;
         }
         // Not empty and not starting with a space or tab (skipped above),
-        // so its end trimmed as httparse trims it is not before its start.
-        let mut end = at;
-        while matches!(buf[end - 1], b' ' | b'\t') {
-            end -= 1;
-        }
-        let slot = storage.get_mut(headers)?;
-        slot.write(httparse::Header {
-            name,
-            value: &buf[start..end],
-        });
+        // so its end trimmed as httparse trims it is not before its start
+        // (`trim_ascii_end` also trims LF, CR and FF, none of them value
+        // bytes: the same as httparse's spaces and tabs).
+        let value = buf[start..at].trim_ascii_end();
+        storage
+            .get_mut(headers)?
+            .write(httparse::Header { name, value });
         headers += 1;
         at += 2;
     }
+}
+
+/// Where the run of bytes of `class` that starts at `from` ends (`from`
+/// itself if there is none, `buf.len()` at most).
+#[inline(always)]
+fn run(buf: &[u8], from: usize, class: u8) -> usize {
+    let rest = buf.get(from..).unwrap_or_default();
+    from + rest
+        .iter()
+        .position(|b| CLASS[usize::from(*b)] & class == 0)
+        .unwrap_or(rest.len())
 }
 
 /// `bytes` as a `&str`: only ever token or target bytes, all ASCII.
