@@ -38,6 +38,29 @@ const TARGET: u8 = 2;
 /// A byte httparse takes in a header value (its `HEADER_VALUE_MAP`).
 const VALUE: u8 = 4;
 
+/// A `tchar` (RFC 9110 §5.6.2), the bytes of a method, a header name and
+/// any other token: httparse's `TOKEN_MAP` too.
+pub(super) const fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
 /// `HTTP/1.1` and `HTTP/1.0` as words.
 const HTTP_1_1: u64 = u64::from_le_bytes(*b"HTTP/1.1");
 const HTTP_1_0: u64 = u64::from_le_bytes(*b"HTTP/1.0");
@@ -48,24 +71,7 @@ static CLASS: [u8; 256] = {
     let mut b = 0usize;
     while b < 256 {
         let c = b as u8;
-        let token = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
+        let token = is_tchar(c);
         let target = c >= b'!' && c <= b'~';
         let value = c == b'\t' || (c >= b' ' && c <= b'~') || c >= 0x80;
         table[b] = (token as u8 * TOKEN) | (target as u8 * TARGET) | (value as u8 * VALUE);
