@@ -20,9 +20,7 @@
 //!   bytes and a non-empty value of httparse's value bytes (its trailing
 //!   spaces and tabs dropped, as httparse drops them);
 //! - lines end with CRLF only (httparse also takes a bare LF);
-//! - `buf` ends where the head does (its last byte the LF of its empty
-//!   line: the reading path splits the head off the read buffer there),
-//!   with at most `headers.len()` header lines.
+//! - the whole head in `buf`, with at most `headers.len()` header lines.
 //!
 //! Everything else, valid or not, is httparse's to read or refuse, so every
 //! refusal (and its status) is still httparse's.
@@ -61,10 +59,6 @@ pub(super) const fn is_tchar(b: u8) -> bool {
         )
 }
 
-/// `HTTP/1.1` and `HTTP/1.0` as words.
-const HTTP_1_1: u64 = u64::from_le_bytes(*b"HTTP/1.1");
-const HTTP_1_0: u64 = u64::from_le_bytes(*b"HTTP/1.0");
-
 /// Each byte's classes.
 static CLASS: [u8; 256] = {
     let mut table = [0u8; 256];
@@ -96,24 +90,15 @@ pub(super) struct Quick<'b> {
 /// the module doc), writing its header lines to the start of `storage`;
 /// `None` when httparse must read it.
 ///
-/// Only a `buf` that ends where its head does is read: its last byte
-/// must be a LF (the reading path's head is split off the read buffer at
-/// the end [`find_end`](super::head::find_end) found), which is of no
-/// class, so every run of bytes ends before it ([`run`]).
+/// Each run of bytes is scanned by one `position` over the slice (a lookup
+/// and a test a byte), and every byte after a run is read with `get`: a
+/// head that ends early is simply not read here.
 pub(super) fn parse<'b>(
     buf: &'b [u8],
     storage: &mut [MaybeUninit<httparse::Header<'b>>],
 ) -> Option<Quick<'b>> {
-    if buf.last() != Some(&b'\n') {
-        return None;
-    }
-    // The method: token bytes, then one space (`GET ` seen at once, as
-    // httparse sees it).
-    let at = if buf.starts_with(b"GET ") {
-        3
-    } else {
-        run(buf, 0, TOKEN)
-    };
+    // The method: token bytes, then one space.
+    let at = run(buf, 0, TOKEN);
     if at == 0 || buf.get(at) != Some(&b' ') {
         return None;
     }
@@ -125,13 +110,10 @@ pub(super) fn parse<'b>(
         return None;
     }
     let path = ascii(&buf[start..at]);
-    // The version and its line's end, compared as two words (a slice
-    // comparison was a call to `bcmp`).
     let version = buf.get(at + 1..at + 11)?;
-    let (word, end) = version.split_at(8);
-    let version = match (u64::from_le_bytes(word.try_into().ok()?), end) {
-        (HTTP_1_1, b"\r\n") => 1,
-        (HTTP_1_0, b"\r\n") => 0,
+    let version = match (&version[..8], &version[8..]) {
+        (b"HTTP/1.1", b"\r\n") => 1,
+        (b"HTTP/1.0", b"\r\n") => 0,
         _ => return None,
     };
     let mut at = at + 11;
@@ -176,31 +158,16 @@ pub(super) fn parse<'b>(
     }
 }
 
-/// Where the run of bytes of `class` that starts at `from` ends: `from`
-/// itself if there is none (or if `from` is past the end), and before the
-/// last byte of `buf`, which must be a LF ([`parse`] checks it).
-///
-/// Unchecked reads, a lookup, a test and a step a byte: with `position`
-/// over the slice, or with checked reads, it took twice the instructions
-/// (~8 a byte; callgrind, bench/CPU-PER-REQUEST.md, session 39).
+/// Where the run of bytes of `class` that starts at `from` ends (`from`
+/// itself if there is none, `buf.len()` at most).
 #[inline(always)]
 fn run(buf: &[u8], from: usize, class: u8) -> usize {
-    debug_assert_eq!(buf.last(), Some(&b'\n'));
-    if from >= buf.len() {
-        return from;
-    }
-    let mut at = from;
-    // SAFETY: `at < buf.len()` on entry, and the loop steps past a byte
-    // only if it is of `class`; the last byte, a LF, is of none (checked
-    // at compile time below), so `at` stays below `buf.len()`.
-    while CLASS[usize::from(unsafe { *buf.get_unchecked(at) })] & class != 0 {
-        at += 1;
-    }
-    at
+    let rest = buf.get(from..).unwrap_or_default();
+    from + rest
+        .iter()
+        .position(|b| CLASS[usize::from(*b)] & class == 0)
+        .unwrap_or(rest.len())
 }
-
-// What [`run`]'s unchecked reads rest on: a LF is of no class.
-const _: () = assert!(CLASS[b'\n' as usize] == 0);
 
 /// `bytes` as a `&str`: only ever token or target bytes, all ASCII.
 fn ascii(bytes: &[u8]) -> &str {
@@ -269,14 +236,13 @@ mod tests {
         }
     }
 
-    const USUAL: &[u8] =
-        b"GET /a?b=c HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\nX-Empty-Ish: v \t\r\n\r\n";
+    const USUAL: &[u8] = b"GET /a?b=c HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\nX-Empty-Ish: v \t\r\n\r\nbody";
 
     #[test]
     fn reads_the_usual_head_as_httparse_does() {
         let read = by_quick(USUAL, MAX_HEADERS_CEILING).expect("the usual head is read");
         assert_eq!(Some(read), by_httparse(USUAL, MAX_HEADERS_CEILING));
-        let ten = b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\n";
+        let ten = b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc";
         assert_eq!(by_quick(ten, 4).expect("read").2, 0);
         assert_eq!(by_quick(ten, 4), by_httparse(ten, 4));
     }
@@ -298,8 +264,6 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\n\r",
             b"GET / HTTP/1.1\r\nHost: a\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n\r\n",
-            // A head with bytes after it (the copying path's buffer).
-            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody",
         ] {
             assert!(
                 by_quick(head, 1).is_none(),
