@@ -1,6 +1,8 @@
-//! Request head parsing (httparse does the bytes) and the framing rules of
-//! RFC 9112 (ours): which body follows, whether the connection stays open, and
-//! which malformed heads get which status.
+//! Request head parsing (the bytes of the usual heads read by
+//! [`quick_head`](super::quick_head), every other head's by httparse, to the
+//! same result) and the framing rules of RFC 9112 (ours): which body
+//! follows, whether the connection stays open, and which malformed heads
+//! get which status.
 //!
 //! The rules are strict on purpose. Ambiguous framing is how request smuggling
 //! works, so anything two parsers could read differently is rejected and the

@@ -1,4 +1,5 @@
-//! The HTTP/1.1 connection engine (ours; parsing is httparse's).
+//! The HTTP/1.1 connection engine (ours; parsing is httparse's, but for the
+//! usual heads, which [`quick_head`] reads to the same result).
 //!
 //! A connection's life, in [`conn`]:
 //!
