@@ -310,26 +310,7 @@ fn skip_bws(s: &[u8]) -> &[u8] {
 /// The length of the `token` (RFC 9110 §5.6.2) at the start of `s`.
 fn token_len(s: &[u8]) -> usize {
     s.iter()
-        .take_while(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+        .take_while(|b| super::quick_head::is_tchar(**b))
         .count()
 }
 

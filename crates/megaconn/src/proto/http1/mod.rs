@@ -1,4 +1,5 @@
-//! The HTTP/1.1 connection engine (ours; parsing is httparse's).
+//! The HTTP/1.1 connection engine (ours; parsing is httparse's, but for the
+//! usual heads, which [`quick_head`] reads to the same result).
 //!
 //! A connection's life, in [`conn`]:
 //!
@@ -8,7 +9,8 @@
 //!                  +---------------- keep-alive ------------+--> upgrade (101)
 //! ```
 //!
-//! [`head`] parses the request head and applies RFC 9112's framing rules,
+//! [`head`] parses the request head (the usual ones through [`quick_head`])
+//! and applies RFC 9112's framing rules,
 //! [`decode`] reads request bodies, [`exchange`] runs one request/response and
 //! [`encode`] frames the response; [`header_maps`] hands a written response's
 //! `HeaderMap` to the next request.
@@ -19,6 +21,7 @@ pub(crate) mod encode;
 pub(crate) mod exchange;
 pub(crate) mod head;
 pub(crate) mod header_maps;
+mod quick_head;
 
 pub(crate) use crate::observe::close::CloseReason;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};

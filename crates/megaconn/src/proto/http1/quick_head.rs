@@ -1,0 +1,311 @@
+//! A fast reading of the request heads nearly every client sends, tried
+//! before httparse: the same result as httparse's for those heads, and
+//! `None` (httparse then reads the head, as it did before this existed) for
+//! anything else.
+//!
+//! httparse took ~540 user-space instructions to read a keep-alive `GET /`
+//! with one `Host` header, ~8 % of the whole request's (callgrind,
+//! `bench/lower-bound.sh`, bench/CPU-PER-REQUEST.md, session 39): most of
+//! it in the set-up of its SIMD scans, which a head of a few dozen bytes
+//! never repays. This is one table lookup per byte.
+//!
+//! What it reads is a strict subset of what httparse reads, and it reads
+//! that subset as httparse does (`same_as_httparse` holds it to that, on
+//! heads made up at random and on every byte in every place of a usual one):
+//!
+//! - no empty lines before the request line;
+//! - `method SP target SP HTTP/1.x CRLF`, the method of httparse's token
+//!   bytes, the target of visible ASCII (httparse also takes bytes from 0x80);
+//! - header lines `name ":" *(SP / HTAB) value CRLF` with a name of token
+//!   bytes and a non-empty value of httparse's value bytes (its trailing
+//!   spaces and tabs dropped, as httparse drops them);
+//! - lines end with CRLF only (httparse also takes a bare LF);
+//! - the whole head in `buf`, with at most `headers.len()` header lines.
+//!
+//! Everything else, valid or not, is httparse's to read or refuse, so every
+//! refusal (and its status) is still httparse's.
+
+use std::mem::MaybeUninit;
+
+/// A byte httparse takes in a method or a header name (its `TOKEN_MAP`).
+const TOKEN: u8 = 1;
+/// A byte this reading takes in a request target: httparse's `URI_MAP`
+/// without the bytes from 0x80 (so the target is ASCII, hence UTF-8, as
+/// httparse checks).
+const TARGET: u8 = 2;
+/// A byte httparse takes in a header value (its `HEADER_VALUE_MAP`).
+const VALUE: u8 = 4;
+
+/// A `tchar` (RFC 9110 §5.6.2), the bytes of a method, a header name and
+/// any other token: httparse's `TOKEN_MAP` too.
+pub(super) const fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+/// Each byte's classes.
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        let token = is_tchar(c);
+        let target = c >= b'!' && c <= b'~';
+        let value = c == b'\t' || (c >= b' ' && c <= b'~') || c >= 0x80;
+        table[b] = (token as u8 * TOKEN) | (target as u8 * TARGET) | (value as u8 * VALUE);
+        b += 1;
+    }
+    table
+};
+
+/// A request head read by [`parse`]: the header lines are the first
+/// `headers` of the storage it was given.
+pub(super) struct Quick<'b> {
+    pub method: &'b str,
+    pub path: &'b str,
+    /// The minor version, as httparse gives it.
+    pub version: u8,
+    pub headers: usize,
+    /// The head's length, its empty line included.
+    pub len: usize,
+}
+
+/// Reads the head at the start of `buf` if it is of the common shape (see
+/// the module doc), writing its header lines to the start of `storage`;
+/// `None` when httparse must read it.
+///
+/// Each run of bytes is scanned by one `position` over the slice (a lookup
+/// and a test a byte), and every byte after a run is read with `get`: a
+/// head that ends early is simply not read here.
+pub(super) fn parse<'b>(
+    buf: &'b [u8],
+    storage: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Option<Quick<'b>> {
+    // The method: token bytes, then one space.
+    let at = run(buf, 0, TOKEN);
+    if at == 0 || buf.get(at) != Some(&b' ') {
+        return None;
+    }
+    let method = ascii(&buf[..at]);
+    // The target: visible ASCII, then one space.
+    let start = at + 1;
+    let at = run(buf, start, TARGET);
+    if at == start || buf.get(at) != Some(&b' ') {
+        return None;
+    }
+    let path = ascii(&buf[start..at]);
+    let version = buf.get(at + 1..at + 11)?;
+    let version = match (&version[..8], &version[8..]) {
+        (b"HTTP/1.1", b"\r\n") => 1,
+        (b"HTTP/1.0", b"\r\n") => 0,
+        _ => return None,
+    };
+    let mut at = at + 11;
+    let mut headers = 0;
+    loop {
+        // The empty line that ends the head, or a header line.
+        let start = at;
+        at = run(buf, at, TOKEN);
+        if at == start {
+            return (buf.get(at..at + 2)? == b"\r\n").then_some(Quick {
+                method,
+                path,
+                version,
+                headers,
+                len: at + 2,
+            });
+        }
+        if buf.get(at) != Some(&b':') {
+            return None;
+        }
+        let name = ascii(&buf[start..at]);
+        at += 1;
+        while matches!(buf.get(at), Some(b' ' | b'\t')) {
+            at += 1;
+        }
+        let start = at;
+        at = run(buf, at, VALUE);
+        // An empty value, or a line not ended by CRLF: httparse's.
+        if at == start || buf.get(at..at + 2)? != b"\r\n" {
+            return None;
+        }
+        // Not empty and not starting with a space or tab (skipped above),
+        // so its end trimmed as httparse trims it is not before its start
+        // (`trim_ascii_end` also trims LF, CR and FF, none of them value
+        // bytes: the same as httparse's spaces and tabs).
+        let value = buf[start..at].trim_ascii_end();
+        storage
+            .get_mut(headers)?
+            .write(httparse::Header { name, value });
+        headers += 1;
+        at += 2;
+    }
+}
+
+/// Where the run of bytes of `class` that starts at `from` ends (`from`
+/// itself if there is none, `buf.len()` at most).
+#[inline(always)]
+fn run(buf: &[u8], from: usize, class: u8) -> usize {
+    let rest = buf.get(from..).unwrap_or_default();
+    from + rest
+        .iter()
+        .position(|b| CLASS[usize::from(*b)] & class == 0)
+        .unwrap_or(rest.len())
+}
+
+/// `bytes` as a `&str`: only ever token or target bytes, all ASCII.
+fn ascii(bytes: &[u8]) -> &str {
+    debug_assert!(bytes.is_ascii());
+    // SAFETY: every byte was checked against `CLASS` as TOKEN or TARGET,
+    // both ASCII only, and ASCII is UTF-8.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::config::MAX_HEADERS_CEILING;
+    use proptest::prelude::*;
+
+    /// What httparse reads from `buf` with `max` header slots: the method,
+    /// target, minor version, headers and length of a complete head, or
+    /// `None` for an incomplete one or an error.
+    type Read = (String, String, u8, Vec<(String, Vec<u8>)>, usize);
+
+    fn by_httparse(buf: &[u8], max: usize) -> Option<Read> {
+        let mut storage = vec![httparse::EMPTY_HEADER; max];
+        let mut req = httparse::Request::new(&mut storage);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => Some((
+                req.method?.to_owned(),
+                req.path?.to_owned(),
+                req.version?,
+                req.headers
+                    .iter()
+                    .map(|h| (h.name.to_owned(), h.value.to_vec()))
+                    .collect(),
+                len,
+            )),
+            _ => None,
+        }
+    }
+
+    fn by_quick(buf: &[u8], max: usize) -> Option<Read> {
+        let mut storage = vec![MaybeUninit::uninit(); max];
+        let q = parse(buf, &mut storage)?;
+        let headers = storage[..q.headers]
+            .iter()
+            // SAFETY: `parse` wrote the first `q.headers` slots.
+            .map(|h| unsafe { h.assume_init_ref() })
+            .map(|h| (h.name.to_owned(), h.value.to_vec()))
+            .collect();
+        Some((
+            q.method.to_owned(),
+            q.path.to_owned(),
+            q.version,
+            headers,
+            q.len,
+        ))
+    }
+
+    /// Checks that what the quick reading reads, httparse reads the same.
+    fn same(buf: &[u8], max: usize) {
+        if let Some(quick) = by_quick(buf, max) {
+            assert_eq!(
+                Some(&quick),
+                by_httparse(buf, max).as_ref(),
+                "head {:?}",
+                String::from_utf8_lossy(buf)
+            );
+        }
+    }
+
+    const USUAL: &[u8] = b"GET /a?b=c HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\nX-Empty-Ish: v \t\r\n\r\nbody";
+
+    #[test]
+    fn reads_the_usual_head_as_httparse_does() {
+        let read = by_quick(USUAL, MAX_HEADERS_CEILING).expect("the usual head is read");
+        assert_eq!(Some(read), by_httparse(USUAL, MAX_HEADERS_CEILING));
+        let ten = b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(by_quick(ten, 4).expect("read").2, 0);
+        assert_eq!(by_quick(ten, 4), by_httparse(ten, 4));
+    }
+
+    #[test]
+    fn leaves_the_unusual_and_the_incomplete_to_httparse() {
+        for head in [
+            &b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\n",
+            b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n\r\n",
+        ] {
+            assert!(
+                by_quick(head, 1).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    /// Every byte value in every place of [`USUAL`], and every cut of it.
+    #[test]
+    fn same_as_httparse_on_every_byte_in_every_place() {
+        for at in 0..USUAL.len() {
+            same(&USUAL[..at], MAX_HEADERS_CEILING);
+            for b in 0..=255u8 {
+                let mut buf = USUAL.to_vec();
+                buf[at] = b;
+                same(&buf, MAX_HEADERS_CEILING);
+                same(&buf, 2);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Heads made of the bytes that matter to either reader.
+        #[test]
+        fn same_as_httparse(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just(&b"\r\n"[..]), Just(&b"\r"[..]), Just(&b"\n"[..]), Just(&b" "[..]),
+                    Just(&b"\t"[..]), Just(&b":"[..]), Just(&b"GET"[..]), Just(&b"/"[..]),
+                    Just(&b"HTTP/1.1"[..]), Just(&b"HTTP/1.0"[..]), Just(&b"Host"[..]),
+                    Just(&b"a"[..]), Just(&b"\x80"[..]), Just(&b"\x7f"[..]), Just(&b"\0"[..]),
+                    Just(&b"\""[..]), Just(&b"GET / HTTP/1.1\r\n"[..]), Just(&b"X: y\r\n"[..]),
+                ],
+                0..24,
+            ),
+            max in 0usize..4,
+        ) {
+            same(&parts.concat(), max);
+        }
+    }
+}
