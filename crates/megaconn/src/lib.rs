@@ -43,7 +43,8 @@
 //!                          worker's event loop stay away (a blocking handler)
 //!     |
 //!  proto/     http1/       HTTP/1.1 (ours, on httparse): conn (a connection's
-//!                          life), head (RFC 9112 framing), decode, exchange, encode,
+//!                          life), head (RFC 9112 framing), quick_head (the usual
+//!                          heads without httparse, to its result), decode, exchange, encode,
 //!                          header_maps (a response's map reused for a request)
 //!             http2.rs     HTTP/2 (h2 crate): streams, limits, flood guards
 //!             framed/      framed TCP (issue 11): codec (length-prefixed, lines;
