@@ -593,7 +593,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "N",
         shape: Shape::One,
         help: "HTTP/2: the most streams of one connection whose response may wait for the client's flow-control window before its first byte; 0 disables.",
-        details: "A client may keep its windows shut (SETTINGS_INITIAL_WINDOW_SIZE 0, no WINDOW_UPDATE: CVE-2019-9517's internal data buffering); each stream whose response it will not take then holds its exchange until --write-stall-timeout resets it (~1 MB a connection at 250 streams before this limit). Past it the connection takes no new stream until one of them gets room or ends: its next requests wait unprocessed (nothing is reset; a client whose downloads wait for its own small window only sees its next requests wait for it too). Counted in megaconn_limit_hits_total{limit=\"http2_max_stalled_streams\"} once each time a connection reaches it, and logged.",
+        details: "A client may keep its windows shut (SETTINGS_INITIAL_WINDOW_SIZE 0, no WINDOW_UPDATE: CVE-2019-9517's internal data buffering); each stream whose response it will not take then holds its exchange until --write-stall-timeout resets it (~4.4 KB a stream: ~560 KB a connection at the default 128 concurrent streams, were there no such limit; ~1 MB at 250). Past it the connection takes no new stream until one of them gets room or ends: its next requests wait unprocessed (nothing is reset; a client whose downloads wait for its own small window only sees its next requests wait for it too). Counted in megaconn_limit_hits_total{limit=\"http2_max_stalled_streams\"} once each time a connection reaches it, and logged.",
         default: "32",
         example: "8",
         parse: count,
