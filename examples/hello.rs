@@ -37,6 +37,6 @@ async fn main() -> anyhow::Result<()> {
     let summary = server
         .serve_with_shutdown(hello, megaconn::shutdown_signal()?)
         .await?;
-    println!("served {} requests", summary.requests);
+    println!("requests served: {}", summary.requests);
     Ok(())
 }
