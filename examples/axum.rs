@@ -30,14 +30,12 @@ async fn main() -> anyhow::Result<()> {
         .route("/echo", post(|body: String| async move { body }));
     let server = megaconn::Server::bind("127.0.0.1:3000".parse()?).listen()?;
     println!(
-        "axum app on http://{} with {} workers (Ctrl-C to stop)",
+        "axum app on http://{} with {} workers (Ctrl-C or SIGTERM drains and stops)",
         server.local_addr(),
         server.workers()
     );
     server
-        .serve_with_shutdown(app, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_shutdown(app, megaconn::shutdown_signal()?)
         .await?;
     Ok(())
 }

@@ -31,14 +31,12 @@ async fn main() -> anyhow::Result<()> {
         .idle_timeout(Some(Duration::from_secs(30)))
         .listen()?;
     println!(
-        "listening on http://{} (Ctrl-C to stop)",
+        "listening on http://{} (Ctrl-C or SIGTERM drains and stops)",
         server.local_addr()
     );
     let summary = server
-        .serve_with_shutdown(hello, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_shutdown(hello, megaconn::shutdown_signal()?)
         .await?;
-    println!("served {} requests", summary.requests);
+    println!("requests served: {}", summary.requests);
     Ok(())
 }

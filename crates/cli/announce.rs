@@ -45,6 +45,32 @@ pub fn serving_line(urls: &[String], details: fmt::Arguments<'_>) -> String {
     format!("{SERVING_ON} {} ({details})", urls.join(", "))
 }
 
+/// `n` and its noun, singular for one: `1 worker`, `2 workers`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `megaconn stopped: …`, what a server did over its life, `processes`
+/// when a supervisor adds up its worker processes'. "Served" are the
+/// requests handed to the service; the ones refused before it (a
+/// malformed or oversized head: `megaconn_requests_total` counts them too,
+/// by their status) are said apart. It said `0 requests` after four
+/// refused heads.
+pub fn stopped_line(processes: Option<usize>, stats: &megaconn::ServerStats) -> String {
+    let processes = processes.map_or(String::new(), |p| {
+        format!(
+            "{}, ",
+            count(p as u64, "worker process", "worker processes")
+        )
+    });
+    format!(
+        "megaconn stopped: {processes}{} accepted, {} served, {} refused as malformed or over a limit",
+        count(stats.accepted, "connection", "connections"),
+        count(stats.requests, "request", "requests"),
+        stats.protocol_errors
+    )
+}
+
 /// What an upgrade took over, as `megaconn upgrade done` says it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Moved {
@@ -92,6 +118,25 @@ pub fn partly_done_line(what: fmt::Arguments<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One is singular, in the stop line as anywhere `count` is used.
+    #[test]
+    fn the_stopped_line_says_one_in_the_singular() {
+        let mut stats = megaconn::ServerStats::default();
+        stats.accepted = 1;
+        stats.requests = 1;
+        assert_eq!(
+            stopped_line(Some(1), &stats),
+            "megaconn stopped: 1 worker process, 1 connection accepted, 1 request served, 0 refused as malformed or over a limit"
+        );
+        stats.accepted = 4;
+        stats.requests = 0;
+        stats.protocol_errors = 4;
+        assert_eq!(
+            stopped_line(None, &stats),
+            "megaconn stopped: 4 connections accepted, 0 requests served, 4 refused as malformed or over a limit"
+        );
+    }
 
     /// A supervisor adds up its worker processes' figures from their lines.
     #[test]

@@ -555,8 +555,8 @@ async fn serve(
     let serving = crate::announce::serving_line(
         &listen_urls(&server),
         format_args!(
-            "{} workers, max_connections {}",
-            server.workers(),
+            "{}, max_connections {}",
+            crate::announce::count(server.workers() as u64, "worker", "workers"),
             server.max_connections()
         ),
     );
@@ -767,8 +767,10 @@ async fn serve(
     // Removes the control socket's name, if it is still ours.
     drop(control);
     crate::say!(
-        "megaconn stopped: {} connections accepted, {} requests; at shutdown {} closed cleanly, {} forced",
-        summary.accepted, summary.requests, summary.finished, summary.forced
+        "{}; at shutdown {} closed cleanly, {} forced",
+        crate::announce::stopped_line(None, &handle.stats()),
+        summary.finished,
+        summary.forced
     );
     Ok(())
 }

@@ -622,9 +622,8 @@ async fn supervise(
     }
     let totals = shared.total();
     crate::say!(
-        "megaconn stopped: {processes} worker processes, {} connections accepted, {} requests",
-        totals.accepted,
-        totals.requests
+        "{}",
+        crate::announce::stopped_line(Some(processes), &totals)
     );
     if failed {
         anyhow::bail!("a worker process did not exit cleanly");

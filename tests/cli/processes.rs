@@ -211,7 +211,7 @@ fn sigterm_drains_every_worker_process_and_reports_totals() {
     let rest = sup.lines.rest();
     let summary = rest.last().expect("a summary line");
     assert!(
-        summary.contains("3 worker processes, 9 connections accepted, 9 requests"),
+        summary.contains("3 worker processes, 9 connections accepted, 9 requests served"),
         "{summary}"
     );
 }

@@ -81,7 +81,7 @@ fn serve_answers_and_exits_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0));
     let rest = stdout.rest().join("\n");
     assert!(
-        rest.contains("megaconn stopped: 1 connections accepted, 1 requests"),
+        rest.contains("megaconn stopped: 1 connection accepted, 1 request served, 0 refused"),
         "{rest}"
     );
 }

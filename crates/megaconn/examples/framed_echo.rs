@@ -11,7 +11,7 @@
 //! the line listener (default 127.0.0.1:7000) `PING` is answered `PONG`
 //! and any other line `echo: <line>`; the length-prefixed listener (default
 //! 127.0.0.1:7001; a 4-byte big-endian length, then the body) does the same
-//! per frame. A peer silent for 60 s is closed; Ctrl-C shuts down gracefully.
+//! per frame. A peer silent for 60 s is closed; Ctrl-C or SIGTERM shuts down gracefully.
 
 use bytes::Bytes;
 use megaconn::{CloseReason, FramedHandler, Framing, Server, Session};
@@ -69,10 +69,9 @@ async fn main() -> Result<(), megaconn::Error> {
         server.local_addrs()[0],
         server.local_addrs()[1]
     );
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let summary = server.serve_framed_with_shutdown(Echo, ctrl_c).await?;
+    let summary = server
+        .serve_framed_with_shutdown(Echo, megaconn::shutdown_signal()?)
+        .await?;
     println!("shut down: {summary:?}");
     Ok(())
 }

@@ -44,9 +44,7 @@ async fn main() -> Result<(), megaconn::BoxError> {
     let server = megaconn::Server::bind("127.0.0.1:3000".parse()?).listen()?;
     println!("http://{}/ (chat at /websocket)", server.local_addr());
     server
-        .serve_with_shutdown(app(), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_shutdown(app(), megaconn::shutdown_signal()?)
         .await?;
     Ok(())
 }

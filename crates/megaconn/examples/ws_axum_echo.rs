@@ -113,14 +113,8 @@ async fn main() -> Result<(), megaconn::BoxError> {
         .workers(workers)
         .listen()?;
     println!("ws://{}/ws", server.local_addr());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     server
-        .serve_with_shutdown(app, async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        })
+        .serve_with_shutdown(app, megaconn::shutdown_signal()?)
         .await?;
     Ok(())
 }

@@ -48,9 +48,7 @@ async fn main() -> Result<(), megaconn::BoxError> {
         .listen()?;
     println!("ws://{}/ws", server.local_addr());
     server
-        .serve_with_shutdown(app(), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_shutdown(app(), megaconn::shutdown_signal()?)
         .await?;
     Ok(())
 }

@@ -10,7 +10,7 @@
 //!
 //! Every message is sent back as it came (text as text, binary as binary),
 //! compressed when the client offers permessage-deflate.
-//! Ctrl-C shuts down gracefully (open WebSockets get a 1001 close).
+//! Ctrl-C or SIGTERM shuts down gracefully (open WebSockets get a 1001 close).
 
 use megaconn::{Server, WebSocketHandler, WebSocketRoute, WsMessage, WsSession};
 
@@ -49,9 +49,7 @@ async fn main() -> Result<(), megaconn::Error> {
         .listen()?;
     println!("WebSocket echo on ws://{}/", server.local_addr());
     server
-        .serve_with_shutdown(app, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_shutdown(app, megaconn::shutdown_signal()?)
         .await?;
     Ok(())
 }

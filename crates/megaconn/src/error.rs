@@ -87,6 +87,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// [`shutdown_signal`](crate::shutdown_signal) could not install its
+    /// SIGINT or SIGTERM handler.
+    #[error("cannot watch for SIGINT and SIGTERM: {source} (at the open-file limit: ulimit -n, LimitNOFILE= under systemd)")]
+    Signal {
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why reading a request body failed.

@@ -184,6 +184,7 @@ pub use proto::ws::{
 pub use server::builder::{
     Builder, ParkedHandOver, Server, ServerHandle, ShutdownSummary, Started,
 };
+pub use server::signal::shutdown_signal;
 pub use server::stall::LoopWakes;
 pub use service::body::Body;
 pub use service::draining::Draining;

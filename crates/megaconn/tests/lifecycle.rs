@@ -548,6 +548,51 @@ async fn refused_request_heads_log_status_reason_and_peer_once_per_interval() {
     assert_one_line_per_interval(started, LINE, &peers, ":");
 }
 
+/// Refused heads of different statuses, one right after another from one
+/// worker, each get their line: a 431, then a 413, a 505 and a 400 within
+/// the same second. They shared one kind (ratelog's `RefusedHead`), so the
+/// 431's line held the others back for 5 s, and a flood over one limit hid
+/// which other limits were hit.
+#[tokio::test]
+async fn refused_heads_of_different_statuses_each_get_their_line() {
+    capture_log();
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_headers(2)
+            .max_body_bytes(16),
+    )
+    .await;
+    let heads: [(&[u8], &str); 4] = [
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\n\r\n",
+            "431 Request Header Fields Too Large (more than max_headers request headers)",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n",
+            "413 Payload Too Large (Content-Length exceeds max_body_bytes)",
+        ),
+        (
+            b"GET / HTTP/2.0\r\nHost: t\r\n\r\n",
+            "505 HTTP Version Not Supported",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: 1\r\n\r\n",
+            "400 Bad Request",
+        ),
+    ];
+    for (head, line) in heads {
+        let mut s = server.connect().await;
+        let peer = s.local_addr().unwrap();
+        s.write_all(head).await.unwrap();
+        let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+        let status = &line[..3];
+        assert!(raw.starts_with(&format!("HTTP/1.1 {status} ")), "{raw}");
+        wait_for_warning(&format!("refused a request head from {peer}: {line}")).await;
+    }
+    server.stop().await;
+}
+
 /// Asserts that the lines containing `line` and naming one of `peers`
 /// (followed by `after`) came at most one per 5 s (ratelog's
 /// LOG_INTERVAL) since `started`, when the events began: lines are at

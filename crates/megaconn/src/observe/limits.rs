@@ -156,4 +156,46 @@ mod tests {
         assert_eq!(hits[LimitHit::COUNT - 1], 1);
         assert_eq!(hits.iter().sum::<u64>(), 2);
     }
+
+    /// The README's list of `megaconn_limit_hits_total` labels (the
+    /// paragraph after the `/metrics` example) names every label, and
+    /// every bare snake_case name it puts in backticks is a label or one of
+    /// the few other things it mentions: a label added without its line
+    /// there, or a line left for a label gone, fails here.
+    #[test]
+    fn the_readme_lists_every_label() {
+        let readme = include_str!("../../../../README.md");
+        let start = readme
+            .find("`megaconn_limit_hits_total{limit}` does, one series per")
+            .expect("README lists the limit_hits labels");
+        let list = &readme[start..];
+        let list = &list[..list
+            .find("Log lines a peer can repeat")
+            .expect("end of the list")];
+        // Named in the list, but not labels: close reasons, an alert, a
+        // module and the knob a label is named after.
+        const NOT_LABELS: [&str; 3] = ["tls_handshake_failed", "decode_error", "axum_ws"];
+        let named: std::collections::BTreeSet<&str> = list
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| {
+                !w.is_empty()
+                    && w.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            })
+            .filter(|w| !NOT_LABELS.contains(w))
+            .collect();
+        let labels: std::collections::BTreeSet<&str> = LimitHit::LABELS.into_iter().collect();
+        assert_eq!(
+            named.difference(&labels).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "README names these as limit_hits labels; the code has no such label"
+        );
+        assert_eq!(
+            labels.difference(&named).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "README's limit_hits list leaves these labels out"
+        );
+    }
 }

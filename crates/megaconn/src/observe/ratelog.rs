@@ -14,7 +14,7 @@
 //! framed reply that cannot be framed, idle connections evicted at
 //! `max_connections`, a hub message some connections cannot be sent, an
 //! HTTP/2 stream refused past `http2_max_concurrent_streams`, a worker at
-//! its bound on TLS handshakes in flight. The limits' lines name the setting to raise, a kind per setting (so that a flood over one does not
+//! its bound on TLS handshakes in flight. The limits' lines name the setting to raise, a kind per setting or, for a refused request head, per status (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
@@ -71,11 +71,16 @@ pub(crate) enum Flood {
     BodyTooLarge,
     /// A malformed chunked request body.
     MalformedBody,
-    /// A request head refused before any service saw it: HTTP/1.1's (400,
-    /// 413, 414, 417, 431, 505: answered and closed) and HTTP/2's (413 by
-    /// Content-Length, 431 past `max_headers` or, h2's own, past
-    /// `http2_max_header_list_size`: answered, the stream ended). One
-    /// kind: the same refusals, whichever protocol carried them.
+    /// A request head refused before any service saw it with a status that
+    /// has no kind of its own: HTTP/1.1's 400 (malformed) and 417 (an
+    /// `Expect` other than `100-continue`), answered and closed. The limits'
+    /// refusals are a kind per status, so that a flood over one does not
+    /// hide another's line: [`RefusedHeadFields`](Flood::RefusedHeadFields)
+    /// (431), [`RefusedBodyLength`](Flood::RefusedBodyLength) (413),
+    /// [`RefusedUriLength`](Flood::RefusedUriLength) (414) and
+    /// [`RefusedVersion`](Flood::RefusedVersion) (505);
+    /// [`Flood::refused_head`] picks one. Each kind is one across protocols
+    /// (HTTP/1.1's and HTTP/2's refusals alike).
     RefusedHead,
     /// A connection closed as a slow consumer (queue or socket buffer full).
     SlowConsumer,
@@ -197,7 +202,7 @@ pub(crate) enum Flood {
     /// An HTTP/2 stream h2 refused (`RST_STREAM(REFUSED_STREAM)`) for
     /// opening past `http2_max_concurrent_streams`. (h2's other refusal,
     /// `431` for a header list over `http2_max_header_list_size`, is a
-    /// [`RefusedHead`](Flood::RefusedHead).)
+    /// [`RefusedHeadFields`](Flood::RefusedHeadFields).)
     Http2RefusedStream,
     /// An HTTP/2 connection reached `http2_max_stalled_streams` responses
     /// waiting for room in its client's flow-control windows.
@@ -215,14 +220,39 @@ pub(crate) enum Flood {
     /// A TLS connection refused at accept by
     /// `TlsConfig::handshake_rate_per_ip`.
     TlsHandshakeRatePerIp,
+    /// A request head refused `431`: over `max_header_bytes`, more than
+    /// `max_headers` fields, or (h2's own) a header list over
+    /// `http2_max_header_list_size`.
+    RefusedHeadFields,
+    /// A request head refused `413`: its `Content-Length` over
+    /// `max_body_bytes`.
+    RefusedBodyLength,
+    /// An HTTP/1.1 request head refused `414`: its target over the limit.
+    RefusedUriLength,
+    /// An HTTP/1.1 request head refused `505`: an HTTP version other than 1.x.
+    RefusedVersion,
+}
+
+impl Flood {
+    /// The kind a request head refused with `status` is limited as: one per
+    /// limit's status, [`RefusedHead`](Flood::RefusedHead) for the rest.
+    pub(crate) fn refused_head(status: http::StatusCode) -> Flood {
+        match status {
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Flood::RefusedHeadFields,
+            http::StatusCode::PAYLOAD_TOO_LARGE => Flood::RefusedBodyLength,
+            http::StatusCode::URI_TOO_LONG => Flood::RefusedUriLength,
+            http::StatusCode::HTTP_VERSION_NOT_SUPPORTED => Flood::RefusedVersion,
+            _ => Flood::RefusedHead,
+        }
+    }
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 40;
+const KINDS: usize = 44;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::TlsHandshakeRatePerIp as usize == KINDS - 1);
+const _: () = assert!(Flood::RefusedVersion as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
@@ -304,17 +334,18 @@ pub(crate) fn over_limit(over: OverLimit, then: &str) {
 }
 
 /// Logs a request head refused before any service saw it at INFO, held to
-/// one line per interval per worker ([`Flood::RefusedHead`]: a peer can send
-/// them at will), naming the status, why (`reason`, which names the
-/// setting), the peer (`-` when unknown) and `then`, what was done. `peer`
-/// is asked only for a line that goes out (it may cost a system call).
+/// one line per interval per worker and status ([`Flood::refused_head`]: a
+/// peer can send them at will), naming the status, why (`reason`, which
+/// names the setting), the peer (`-` when unknown) and `then`, what was
+/// done. `peer` is asked only for a line that goes out (it may cost a
+/// system call).
 pub(crate) fn refused_head(
     peer: impl FnOnce() -> Option<std::net::SocketAddr>,
     status: http::StatusCode,
     reason: &str,
     then: &str,
 ) {
-    log(Flood::RefusedHead, |suppressed| {
+    log(Flood::refused_head(status), |suppressed| {
         let peer = peer_name(peer());
         tracing::info!(
             suppressed,

@@ -5,5 +5,6 @@ pub(crate) mod builder;
 pub(crate) mod dispatch;
 pub(crate) mod framed;
 pub(crate) mod message;
+pub(crate) mod signal;
 pub(crate) mod stall;
 pub(crate) mod worker;

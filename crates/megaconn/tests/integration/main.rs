@@ -50,6 +50,7 @@ mod otel;
 mod park;
 mod park_evict;
 mod scripted;
+mod signal;
 mod start;
 mod timeouts;
 mod tls;

@@ -322,20 +322,17 @@ fn answer_unserved<T: Transport>(conn: &mut ConnIo<T>, status: StatusCode, reaso
 }
 
 /// Logs a refused request head at INFO, held to one line per interval per
-/// worker ([`Flood::RefusedHead`]: a peer can send them at will), naming
-/// the status, why, and the peer: at debug only, an operator saw the
-/// refusals counted (`megaconn_limit_hits_total`, the close reasons) but
-/// not who sent them or what was wrong.
+/// worker and status ([`ratelog::refused_head`]: a peer can send them at
+/// will), naming the status, why, and the peer: at debug only, an operator
+/// saw the refusals counted (`megaconn_limit_hits_total`, the close
+/// reasons) but not who sent them or what was wrong.
 fn log_refused<T: Parkable>(conn: &ConnIo<T>, rejection: head::Rejection) {
-    ratelog::log(Flood::RefusedHead, |suppressed| {
-        tracing::info!(
-            suppressed,
-            "refused a request head from {}: {} ({}); answered and closing",
-            peer_name(conn),
-            rejection.status,
-            rejection.reason
-        );
-    });
+    ratelog::refused_head(
+        || peer_of(conn),
+        rejection.status,
+        rejection.reason,
+        "answered and closing",
+    );
 }
 
 /// The client's address for a log line, `-` if unknown ([`peer_of`]):
