@@ -74,11 +74,16 @@ pub(crate) enum LimitHit {
     /// connection stays in the kernel's backlog) until one leaves. Counted
     /// once each time.
     TlsHandshakesInFlight,
+    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a connection's control frames
+    /// (PING, SETTINGS, WINDOW_UPDATE, ...) cost more than
+    /// `HTTP2_CONTROL_BUDGET` beyond what its requests and responses earned
+    /// (a control-frame flood; not also counted as `h2_enhance_your_calm`).
+    Http2ControlFlood,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::TlsHandshakesInFlight as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2ControlFlood as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -104,6 +109,7 @@ impl LimitHit {
         "http2_max_stalled_streams",
         "publish_rate",
         "tls_handshakes_in_flight",
+        "http2_control_flood",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -136,12 +142,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::TlsHandshakesInFlight.count(&stats);
+        LimitHit::Http2ControlFlood.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(
-            LimitHit::TlsHandshakesInFlight as usize,
-            LimitHit::COUNT - 1
-        );
+        assert_eq!(LimitHit::Http2ControlFlood as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()
