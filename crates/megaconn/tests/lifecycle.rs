@@ -784,7 +784,7 @@ async fn an_http2_control_flood_is_logged_naming_the_budget() {
     let peer = tcp.local_addr().unwrap();
     let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     flood.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
-    // Twice the budget's worth of PINGs (17 bytes each).
+                                                             // Twice the budget's worth of PINGs (17 bytes each).
     let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
     for _ in 0..2 * megaconn::HTTP2_CONTROL_BUDGET / 17 {
         flood.extend_from_slice(&ping);

@@ -22,7 +22,8 @@ pub(crate) enum LimitHit {
     MalformedRequest,
     /// HTTP/1.1 505: an HTTP version other than 1.x.
     HttpVersion,
-    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a flood h2 or our guards stopped.
+    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a flood h2 or our guards stopped
+    /// (but a control-frame flood: [`Http2ControlFlood`](LimitHit::Http2ControlFlood)).
     H2EnhanceYourCalm,
     /// WebSocket close 1009: a message over `max_message_bytes` (on an
     /// `axum_ws` socket, its `max_message_size`, or a limit it shares with

@@ -215,7 +215,7 @@ pub(crate) enum Flood {
     /// An HTTP/2 connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
     /// control-frame flood (`HTTP2_CONTROL_BUDGET`): a kind apart from
     /// [`Http2Calm`](Flood::Http2Calm), as its line names the constant.
-    Http2ControlFlood,
+    Http2ControlFrames,
 }
 
 /// How many [`Flood`] kinds there are.
@@ -223,7 +223,7 @@ const KINDS: usize = 40;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2ControlFlood as usize == KINDS - 1);
+const _: () = assert!(Flood::Http2ControlFrames as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -72,12 +72,20 @@ async fn control_flood(each: &[u8]) -> Vec<RawFrame> {
         assert!(!last, "{} bytes of control frames all read", flood.len());
         frames.push(f);
     }
-    assert_eq!(goaway_codes(&frames), [ENHANCE_YOUR_CALM], "{:?}", frames.last());
+    assert_eq!(
+        goaway_codes(&frames),
+        [ENHANCE_YOUR_CALM],
+        "{:?}",
+        frames.last()
+    );
     let (reason, bytes_in) = closed(&mut events).await;
     assert_eq!(reason, CloseReason::Protocol(ProtocolDetail::Http2(0xb)));
     // The preface, its SETTINGS, then control frames: cut once they spent
     // the budget, within the read that did.
-    assert!(bytes_in >= HTTP2_CONTROL_BUDGET, "cut after {bytes_in} bytes");
+    assert!(
+        bytes_in >= HTTP2_CONTROL_BUDGET,
+        "cut after {bytes_in} bytes"
+    );
     assert!(
         bytes_in <= HTTP2_CONTROL_BUDGET + 64 * 1024,
         "read {bytes_in} bytes before the cut"
@@ -132,7 +140,10 @@ async fn a_settings_flood_gets_goaway() {
     // Our own SETTINGS' acknowledgement is the client's: every ACK is one
     // of the flood's.
     let acked = acks(&frames, SETTINGS) as u64;
-    assert!(acked <= HTTP2_CONTROL_BUDGET / 15, "{acked} SETTINGS acknowledged");
+    assert!(
+        acked <= HTTP2_CONTROL_BUDGET / 15,
+        "{acked} SETTINGS acknowledged"
+    );
 }
 
 /// WINDOW_UPDATEs on the connection, one byte each: no answer, a little
@@ -173,7 +184,9 @@ type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, megaconn::BoxE
 async fn an_honest_client_that_pings_a_lot_is_never_cut() {
     let app = tower::service_fn(|req: Request<Body>| async move {
         let body: TestBody = if req.uri().path() == "/echo" {
-            req.into_body().map_err(megaconn::BoxError::from).boxed_unsync()
+            req.into_body()
+                .map_err(megaconn::BoxError::from)
+                .boxed_unsync()
         } else {
             http_body_util::Empty::new()
                 .map_err(|e| match e {})
@@ -187,7 +200,9 @@ async fn an_honest_client_that_pings_a_lot_is_never_cut() {
             .listen_on("127.0.0.1:0".parse().unwrap()),
     );
     let server = common::AppServer::start(builder, app);
-    let tcp = tokio::net::TcpStream::connect(server.addrs[0]).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.addrs[0])
+        .await
+        .unwrap();
     let (client, mut conn) = h2::client::handshake(tcp).await.unwrap();
     let mut pings = conn.ping_pong().expect("ping_pong taken once");
     let conn = tokio::spawn(conn);
@@ -207,7 +222,9 @@ async fn an_honest_client_that_pings_a_lot_is_never_cut() {
     let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
     let mut body = resp.into_body();
     for _ in 0..MESSAGES {
-        upload.send_data(Bytes::from_static(b"message!"), false).unwrap();
+        upload
+            .send_data(Bytes::from_static(b"message!"), false)
+            .unwrap();
         let chunk = tokio::time::timeout(SAFETY, body.data()).await.unwrap();
         let chunk = chunk.expect("an echo").expect("the stream is not cut");
         assert_eq!(chunk, "message!");
@@ -274,5 +291,8 @@ async fn keep_alive_pings_on_a_long_watch_are_never_cut() {
 /// Sends a PING and waits for its answer.
 async fn ping(pings: &mut h2::PingPong) {
     let pong = pings.ping(h2::Ping::opaque());
-    tokio::time::timeout(SAFETY, pong).await.unwrap().expect("PONG");
+    tokio::time::timeout(SAFETY, pong)
+        .await
+        .unwrap()
+        .expect("PONG");
 }

@@ -385,7 +385,12 @@ mod tests {
     #[test]
     fn headers_are_found_across_any_split() {
         let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        let frames = [(SETTINGS, 0, 12), (HEADERS, 5, 30), (DATA, 0, 1000), (PING, 0, 8)];
+        let frames = [
+            (SETTINGS, 0, 12),
+            (HEADERS, 5, 30),
+            (DATA, 0, 1000),
+            (PING, 0, 8),
+        ];
         for (kind, flags, len) in frames {
             stream.extend(frame(kind, flags, len));
         }
