@@ -818,6 +818,37 @@ async fn a_goaway_enhance_your_calm_is_logged_with_its_cause() {
     server.stop().await;
 }
 
+/// An HTTP/2 control-frame flood (PINGs) is logged at INFO, naming the
+/// peer and `HTTP2_CONTROL_BUDGET`, a kind of its own (a rapid reset's line
+/// within the interval does not hold it back).
+#[tokio::test]
+async fn an_http2_control_flood_is_logged_naming_the_budget() {
+    capture_log();
+    let server = TestServer::start(megaconn::Server::builder().workers(1)).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let peer = tcp.local_addr().unwrap();
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
+                                                             // Twice the budget's worth of PINGs (17 bytes each).
+    let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    for _ in 0..2 * megaconn::HTTP2_CONTROL_BUDGET / 17 {
+        flood.extend_from_slice(&ping);
+    }
+    // The server may close before it read everything.
+    let _ = tcp.write_all(&flood).await;
+    wait_for_warning(&format!(
+        "HTTP/2 connection from {peer} closed with GOAWAY(ENHANCE_YOUR_CALM): its control frames"
+    ))
+    .await;
+    assert!(LOGGED
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m.contains("HTTP2_CONTROL_BUDGET (65536 bytes)")));
+    drop(tcp);
+    server.stop().await;
+}
+
 /// A native WebSocket past its limits, as an `axum_ws` socket
 /// (`ws_axum.rs`): a frame over `max_frame_bytes` or a message over
 /// `max_message_bytes` closes with 1009 and a reason naming the limit, is

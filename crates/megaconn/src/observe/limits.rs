@@ -22,7 +22,8 @@ pub(crate) enum LimitHit {
     MalformedRequest,
     /// HTTP/1.1 505: an HTTP version other than 1.x.
     HttpVersion,
-    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a flood h2 or our guards stopped.
+    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a flood h2 or our guards stopped
+    /// (but a control-frame flood: [`Http2ControlFlood`](LimitHit::Http2ControlFlood)).
     H2EnhanceYourCalm,
     /// WebSocket close 1009: a message over `max_message_bytes` (on an
     /// `axum_ws` socket, its `max_message_size`, or a limit it shares with
@@ -78,11 +79,16 @@ pub(crate) enum LimitHit {
     /// work: its client IP had made `TlsConfig::handshake_rate_per_ip`'s
     /// burst of connections and its bucket had not refilled one since.
     TlsHandshakeRatePerIp,
+    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a connection's control frames
+    /// (PING, SETTINGS, WINDOW_UPDATE, ...) cost more than
+    /// `HTTP2_CONTROL_BUDGET` beyond what its requests and responses earned
+    /// (a control-frame flood; not also counted as `h2_enhance_your_calm`).
+    Http2ControlFlood,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::TlsHandshakeRatePerIp as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2ControlFlood as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -109,6 +115,7 @@ impl LimitHit {
         "publish_rate",
         "tls_handshakes_in_flight",
         "tls_handshake_rate_per_ip",
+        "http2_control_flood",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -141,12 +148,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::TlsHandshakeRatePerIp.count(&stats);
+        LimitHit::Http2ControlFlood.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(
-            LimitHit::TlsHandshakeRatePerIp as usize,
-            LimitHit::COUNT - 1
-        );
+        assert_eq!(LimitHit::Http2ControlFlood as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

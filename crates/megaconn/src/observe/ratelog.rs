@@ -14,7 +14,7 @@
 //! framed reply that cannot be framed, idle connections evicted at
 //! `max_connections`, a hub message some connections cannot be sent, an
 //! HTTP/2 stream refused past `http2_max_concurrent_streams`, a worker at
-//! its bound on TLS handshakes in flight. The limits' lines name the setting to raise, a kind per setting or, for a refused request head, per status (so that a flood over one does not
+//! its bound on TLS handshakes in flight, an HTTP/2 control-frame flood. The limits' lines name the setting to raise, a kind per setting or, for a refused request head, per status (so that a flood over one does not
 //! hide another's name). Each line that gets through carries `suppressed`, how
 //! many were held back since the one before; the counters
 //! (`megaconn_limit_hits_total`, close reasons) keep the count of every one.
@@ -231,6 +231,10 @@ pub(crate) enum Flood {
     RefusedUriLength,
     /// An HTTP/1.1 request head refused `505`: an HTTP version other than 1.x.
     RefusedVersion,
+    /// An HTTP/2 connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
+    /// control-frame flood (`HTTP2_CONTROL_BUDGET`): a kind apart from
+    /// [`Http2Calm`](Flood::Http2Calm), as its line names the constant.
+    Http2ControlFrames,
 }
 
 impl Flood {
@@ -248,11 +252,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 44;
+const KINDS: usize = 45;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::RefusedVersion as usize == KINDS - 1);
+const _: () = assert!(Flood::Http2ControlFrames as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {

@@ -71,6 +71,15 @@
 //! as request bodies read them and closes the connection with
 //! `GOAWAY(ENHANCE_YOUR_CALM)` past an allowance.
 //!
+//! Control-frame floods (CVE-2019-9512 PING, CVE-2019-9515 SETTINGS, and
+//! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA and unknown frames) are
+//! ours: h2 bounds only the memory of their answers. The connection's IO
+//! is metered ([`MeteredIo`], `flood.rs`): frames that do no work spend a
+//! budget of [`HTTP2_CONTROL_BUDGET`] bytes that requests, DATA sent and
+//! time give back; once it runs out, nothing more is read and the
+//! connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`, counted as
+//! `http2_control_flood`.
+//!
 //! A request is refused before any service sees it, as HTTP/1.1 refuses a
 //! head, for the same two limits (with HTTP/1.1's reasons, its limit hits
 //! and its rate-limited line, `ratelog::refused_head`): `431` for more
@@ -154,8 +163,11 @@ use crate::service::upgrade::{self, UpgradeSender, Upgraded};
 use crate::service::HttpService;
 use crate::BoxError;
 
+mod flood;
 mod stall;
 
+pub use flood::HTTP2_CONTROL_BUDGET;
+use flood::{ControlBudget, MeteredIo, REQUEST_CREDIT};
 use stall::StallGate;
 
 /// Streams reset by the client before we accepted them that a connection may
@@ -211,8 +223,10 @@ where
 {
     let cfg = ctx.config.http2;
     // Bytes in and out count into the connection's lifecycle event, as on
-    // HTTP/1.1 (plaintext, after TLS).
-    let io = CountedIo::new(io);
+    // HTTP/1.1 (plaintext, after TLS); its frames into the control-frame
+    // flood guard's budget (`flood.rs`).
+    let control = Rc::new(ControlBudget::new());
+    let io = MeteredIo::new(CountedIo::new(io), control.clone());
     // The handshake runs in its own box, freed when it ends, so that its
     // state (h2's whole codec, a timer) is not kept in the connection's
     // future for the connection's life next to the connection itself.
@@ -252,6 +266,8 @@ where
     let flood = Arc::new(DataFloodGuard::new(ctx.stats.clone()));
     let mut refusals = H2Refusals::default();
     let mut reason = CloseReason::ClientClosed;
+    // The control-frame flood guard tripped and was acted on.
+    let mut flooded = false;
     loop {
         // Fixed for this round: a stream that ends ends the round.
         let streams_open = !streams.is_empty();
@@ -275,6 +291,16 @@ where
                     timer.as_mut().reset(Instant::now() + GOAWAY_GRACE);
                     timer_armed = true;
                 }
+            }
+            // Before the connection's poll: once the budget ran out, h2
+            // reads nothing more, and only this closes the connection.
+            // Also after a graceful GOAWAY, whose streams would otherwise
+            // run on unread.
+            () = control.tripped(), if !flooded => {
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                going_away = true;
+                flooded = true;
+                reason = control_flooded(&ctx, &addrs);
             }
             // One poll for the connection and the service together (both
             // need this task's context, and the service `&mut`): see
@@ -321,6 +347,9 @@ where
                     }),
                 };
                 if let Some((start, respond)) = start {
+                    // A request is work: the client's frames about it
+                    // (resets, priorities) are paid for.
+                    control.credit(REQUEST_CREDIT);
                     gate.taken();
                     streams.push(run_stream(start, respond, ctx.clone(), &gate));
                 }
@@ -613,6 +642,25 @@ fn calmed(ctx: &WorkerContext, cause: &dyn std::fmt::Display) -> CloseReason {
         tracing::info!(
             suppressed,
             "HTTP/2 connection closed with GOAWAY(ENHANCE_YOUR_CALM): {cause}"
+        )
+    });
+    CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
+}
+
+/// Counts a connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
+/// control-frame flood ([`HTTP2_CONTROL_BUDGET`] run out): a protocol error
+/// and an `http2_control_flood` limit hit (not `h2_enhance_your_calm`: a
+/// close counts once), and a line naming the peer and the constant (at
+/// most one per 5 s per worker, a kind of its own). Returns its close
+/// reason.
+fn control_flooded(ctx: &WorkerContext, addrs: &Addrs) -> CloseReason {
+    incr(&ctx.stats.protocol_errors);
+    LimitHit::Http2ControlFlood.count(&ctx.stats);
+    ratelog::log(Flood::Http2ControlFrames, |suppressed| {
+        let peer = ratelog::peer_name(addrs.peer());
+        tracing::info!(
+            suppressed,
+            "HTTP/2 connection from {peer} closed with GOAWAY(ENHANCE_YOUR_CALM): its control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA, unknown types) cost more than HTTP2_CONTROL_BUDGET ({HTTP2_CONTROL_BUDGET} bytes) beyond what its requests and responses earned (control-frame flood)"
         )
     });
     CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
@@ -1784,7 +1832,11 @@ mod size_guard {
     /// socket to ask for the peer (8 bytes, where the hand-over used to
     /// read both addresses), the poll closure one more reference.
     /// 2,720 with `http2_max_stalled_streams`' gate on top (`StallGate`: its
-    /// counts and the loop's waker, 56 bytes).
+    /// counts and the loop's waker, 56 bytes). 2,792 with the control-frame
+    /// flood guard (`flood.rs`): the metered IO inside h2's `Connection` (its
+    /// two frame walkers and the budget's `Rc`, 40 bytes), the loop's `Rc`
+    /// of the budget, its flag and the trip's branch; the budget itself is
+    /// 48 bytes of heap.
     #[test]
     fn the_http2_connection_future_stays_small() {
         fn h2_future(
@@ -1796,7 +1848,7 @@ mod size_guard {
         }
         let size = size_of_future(h2_future);
         eprintln!("HTTP/2 connection future: {size} bytes");
-        assert!(size <= 2720, "the HTTP/2 connection future is {size} bytes");
+        assert!(size <= 2792, "the HTTP/2 connection future is {size} bytes");
     }
 
     /// What every open stream holds in its own allocation (the

@@ -596,13 +596,13 @@ pub(super) struct RawFrame {
     pub(super) payload: Vec<u8>,
 }
 
-const DATA: u8 = 0x0;
+pub(super) const DATA: u8 = 0x0;
 pub(super) const HEADERS: u8 = 0x1;
 pub(super) const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const ACK: u8 = 0x1;
-const END_STREAM: u8 = 0x1;
+pub(super) const PING: u8 = 0x6;
+pub(super) const GOAWAY: u8 = 0x7;
+pub(super) const ACK: u8 = 0x1;
+pub(super) const END_STREAM: u8 = 0x1;
 
 /// A scripted HTTP/2 client on a real socket: it writes frames by hand and
 /// reads the server's, so a test decides what it answers (or refuses to).
@@ -623,7 +623,7 @@ impl RawH2 {
 impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
     /// Sends the preface and an empty SETTINGS frame, plus `then` in the
     /// same write, on `io`.
-    async fn over(mut io: T, then: &[u8]) -> RawH2<T> {
+    pub(super) async fn over(mut io: T, then: &[u8]) -> RawH2<T> {
         let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         hello.extend(frame(SETTINGS, 0, 0, &[]));
         hello.extend_from_slice(then);
@@ -676,7 +676,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(super) async fn send(&mut self, bytes: &[u8]) {
         // The server may already have closed; the reads tell.
         let _ = self.tcp.write_all(bytes).await;
     }
@@ -693,10 +693,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
 
 /// A HEADERS block for `GET /` (HPACK: :method GET, :scheme http, :path /,
 /// then :authority "a" as a literal with an indexed name).
-const GET_ROOT: [u8; 6] = [0x82, 0x86, 0x84, 0x01, 1, b'a'];
+pub(super) const GET_ROOT: [u8; 6] = [0x82, 0x86, 0x84, 0x01, 1, b'a'];
 
 /// Collects the server's connection events, to read close reasons.
-fn event_log(
+pub(super) fn event_log(
     builder: Builder,
 ) -> (
     Builder,
@@ -710,7 +710,7 @@ fn event_log(
 }
 
 /// Waits for the next connection's `Closed` event; returns its reason.
-async fn close_reason(
+pub(super) async fn close_reason(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<megaconn::ConnectionEvent>,
 ) -> megaconn::CloseReason {
     tokio::time::timeout(SAFETY, async {
@@ -726,7 +726,7 @@ async fn close_reason(
 }
 
 /// The value of `megaconn_connections_closed_total{reason}` in the exposition.
-fn closed_total(handle: &ServerHandle, reason: &str) -> u64 {
+pub(super) fn closed_total(handle: &ServerHandle, reason: &str) -> u64 {
     let text = handle.render_metrics();
     let prefix = format!("megaconn_connections_closed_total{{reason=\"{reason}\"}} ");
     text.lines()
@@ -939,7 +939,7 @@ async fn keep_alive_on_paused_time_spares_a_live_peer_and_closes_a_dead_one() {
 const CONTINUATION: u8 = 0x9;
 const END_HEADERS: u8 = 0x4;
 /// GOAWAY and RST_STREAM code for "you are abusing the protocol".
-const ENHANCE_YOUR_CALM: u32 = 0xb;
+pub(super) const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// Tiny (under 16-byte) DATA frames a connection may send before the server
 /// closes it: `SMALL_DATA_FRAME_ALLOWANCE` in megaconn's `h2.rs`.
@@ -952,7 +952,7 @@ const POST_FRAMES: [u8; 14] = [
 ];
 
 /// The GOAWAY error codes among `frames`.
-fn goaway_codes(frames: &[RawFrame]) -> Vec<u32> {
+pub(super) fn goaway_codes(frames: &[RawFrame]) -> Vec<u32> {
     frames
         .iter()
         .filter(|f| f.kind == GOAWAY && f.payload.len() >= 8)
@@ -962,7 +962,7 @@ fn goaway_codes(frames: &[RawFrame]) -> Vec<u32> {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
     /// Every frame until the server closes the connection.
-    async fn frames_until_close(&mut self) -> Vec<RawFrame> {
+    pub(super) async fn frames_until_close(&mut self) -> Vec<RawFrame> {
         let mut frames = Vec::new();
         while let Some(f) = self.next_frame().await {
             frames.push(f);
@@ -973,7 +973,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
     /// Writes `batch` again and again, up to `cap` bytes in all, until a
     /// write fails because the server closed the connection. Returns the
     /// bytes written before that, or `None` if all `cap` went through.
-    async fn flood(&mut self, batch: &[u8], cap: usize) -> Option<usize> {
+    pub(super) async fn flood(&mut self, batch: &[u8], cap: usize) -> Option<usize> {
         let mut sent = 0;
         while sent < cap {
             if self.tcp.write_all(batch).await.is_err() {

@@ -34,6 +34,7 @@ mod fuzz_framed;
 mod fuzz_http1;
 mod fuzz_ws;
 mod h2;
+mod h2_flood;
 mod h2_limits;
 mod head_304;
 mod http1;

@@ -1,0 +1,446 @@
+//! The control-frame flood guard: what a connection's frames that do no
+//! work may cost, counted from their 9-byte headers as they stream by
+//! (CVE-2019-9512 PING flood, CVE-2019-9515 SETTINGS flood, CVE-2019-9518's
+//! empty frames, and the rest of the family: `WINDOW_UPDATE`, `PRIORITY`,
+//! `RST_STREAM`, frame types h2 does not know).
+//!
+//! Each such frame costs the server little (a PING ~0.84 µs with its
+//! answer, a SETTINGS ~1 µs, the others 4–10 µs per KiB: the session 38 CPU
+//! audit), but nothing in h2 bounds how many a connection sends: h2 bounds
+//! only their memory (one PING or SETTINGS answer pending at a time; it
+//! reads no further frame while its answer waits for the socket). A client
+//! could keep a worker busy with them for good, and the operator saw
+//! nothing.
+//!
+//! The rule, in nginx's spirit (`ngx_http_v2.c`: it closes a connection with
+//! "http2 flood detected" once all the bytes it received are over 8 times
+//! the payload bytes that did work, plus 1 MiB): a connection has a budget
+//! of [`HTTP2_CONTROL_BUDGET`] bytes, full at the start.
+//!
+//! - Every frame received other than `HEADERS`, `CONTINUATION` and a
+//!   non-empty `DATA` takes its size (header and payload) out of it.
+//! - Work puts bytes back, up to the budget: each request handed to the
+//!   service [`REQUEST_CREDIT`] (what a client says about its streams:
+//!   `RST_STREAM`, `PRIORITY`, `PRIORITY_UPDATE`), each non-empty `DATA`
+//!   frame we send [`DATA_FRAME_CREDIT`] (what a client says about what it
+//!   receives: `WINDOW_UPDATE`s, and gRPC's bandwidth-probing PINGs, one per
+//!   burst of data received), each PING or SETTINGS we send the size of its
+//!   acknowledgement, and time, [`REFILL_PER_SECOND`] (keep-alive PINGs on
+//!   a connection whose stream stays open for days).
+//! - Past zero, the connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`
+//!   (`serve`), and no byte more of it is read.
+//!
+//! `HEADERS`, `CONTINUATION` and `DATA` floods are bounded elsewhere: h2's
+//! CONTINUATION and empty/small-DATA counters, our rapid-reset and
+//! [`DataFloodGuard`](crate::service::h2_body::DataFloodGuard), and flow
+//! control for DATA (padding included). Empty DATA frames count here as
+//! well as in h2's own 100.
+//!
+//! Not a setting: an honest client stays far from it (a browser's or curl's
+//! connection sends a few hundred bytes of SETTINGS, WINDOW_UPDATE and
+//! PRIORITY at its start, then control frames in proportion to its requests
+//! and to the data it receives), and a bigger budget only buys an attacker
+//! more CPU per connection.
+//!
+//! Cost: two 16-byte frame walkers in the connection's IO (the payload is
+//! skipped, never copied), and one shared budget (an `Rc`, 48 bytes) per
+//! connection; the clock is read only when the budget runs out.
+
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::observe::clock;
+
+/// Bytes of frames that do no work (PING, SETTINGS, WINDOW_UPDATE, PRIORITY,
+/// RST_STREAM, GOAWAY, empty DATA, unknown types) an HTTP/2 connection may
+/// send beyond what its requests and responses earn, before it is closed
+/// with `GOAWAY(ENHANCE_YOUR_CALM)`: about 3,900 PINGs or 7,300 empty
+/// SETTINGS frames on a connection that does nothing else. Counted in
+/// `megaconn_limit_hits_total{limit="http2_control_flood"}` (and a protocol
+/// error), logged at most once per 5 s per worker.
+pub const HTTP2_CONTROL_BUDGET: u64 = 64 * 1024;
+
+/// Bytes each request handed to the service gives back to the budget.
+pub(crate) const REQUEST_CREDIT: u64 = 256;
+
+/// Bytes each non-empty DATA frame sent gives back to the budget: room for
+/// the client's PING and both `WINDOW_UPDATE`s (stream and connection)
+/// after every frame it receives, 43 bytes.
+pub(crate) const DATA_FRAME_CREDIT: u64 = 64;
+
+/// Bytes of budget a second of the connection's life gives back (with the
+/// budget's bound): about 7 PINGs a second, where a keep-alive is one every
+/// 10 s or more.
+pub(crate) const REFILL_PER_SECOND: u64 = 128;
+
+/// The client's connection preface, before its first frame.
+const PREFACE_LEN: u32 = 24;
+const FRAME_HEADER_LEN: u64 = 9;
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const CONTINUATION: u8 = 0x9;
+const ACK: u8 = 0x1;
+
+/// A connection's budget of control bytes, shared by its IO (which spends
+/// it and earns what responses earn) and its loop (which earns what
+/// requests earn and acts on [`tripped`](Self::tripped)).
+#[derive(Debug)]
+pub(crate) struct ControlBudget {
+    /// Bytes left; below zero once tripped.
+    left: Cell<i64>,
+    /// Up to when time has been credited.
+    refilled_at: Cell<Instant>,
+    tripped: Cell<bool>,
+}
+
+impl ControlBudget {
+    /// A full budget, for a connection that starts now.
+    pub(crate) fn new() -> ControlBudget {
+        ControlBudget {
+            left: Cell::new(HTTP2_CONTROL_BUDGET as i64),
+            refilled_at: Cell::new(clock::now()),
+            tripped: Cell::new(false),
+        }
+    }
+
+    /// Gives `n` bytes back, up to the budget.
+    #[inline]
+    pub(crate) fn credit(&self, n: u64) {
+        let left = self.left.get().saturating_add(n as i64);
+        self.left.set(left.min(HTTP2_CONTROL_BUDGET as i64));
+    }
+
+    /// Spends `n` bytes; false if the budget ran out (with what time gave
+    /// back since the last refill).
+    #[inline]
+    fn charge(&self, n: u64) -> bool {
+        let left = self.left.get() - n as i64;
+        self.left.set(left);
+        left >= 0 || self.refill(clock::now())
+    }
+
+    /// Credits the time since the last refill at [`REFILL_PER_SECOND`];
+    /// true if the budget is no longer below zero. Time not yet worth a
+    /// byte stays for the next refill.
+    #[cold]
+    fn refill(&self, now: Instant) -> bool {
+        let since = now.saturating_duration_since(self.refilled_at.get());
+        let earned = since.as_nanos() * u128::from(REFILL_PER_SECOND) / 1_000_000_000;
+        if earned > 0 {
+            let used = earned * 1_000_000_000 / u128::from(REFILL_PER_SECOND);
+            let used = Duration::from_nanos(u64::try_from(used).unwrap_or(u64::MAX));
+            self.refilled_at.set(self.refilled_at.get() + used);
+            self.credit(u64::try_from(earned).unwrap_or(u64::MAX));
+        }
+        self.left.get() >= 0
+    }
+
+    /// Whether the budget ran out (the connection reads no more).
+    pub(crate) fn is_tripped(&self) -> bool {
+        self.tripped.get()
+    }
+
+    /// Resolves once the budget ran out. No waker is kept: the budget runs
+    /// out inside a read of the connection's own task, which wakes itself.
+    pub(crate) async fn tripped(&self) {
+        poll_fn(|_| {
+            if self.tripped.get() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A frame header as it went by.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    len: u32,
+    kind: u8,
+    flags: u8,
+}
+
+/// Follows a stream of frames from their headers: skips each payload (and,
+/// inbound, the client's preface), gathers headers split across reads.
+#[derive(Debug)]
+struct FrameWalk {
+    /// Bytes of the current payload (or the preface) still to go by.
+    skip: u32,
+    /// A header split across reads, `got` bytes of it so far.
+    head: [u8; 9],
+    got: u8,
+}
+
+impl FrameWalk {
+    fn new(skip: u32) -> FrameWalk {
+        FrameWalk {
+            skip,
+            head: [0; 9],
+            got: 0,
+        }
+    }
+
+    /// Walks `bytes`, the next ones of the stream, calling `on_head` for
+    /// each frame header completed; stops (false) when `on_head` does.
+    #[inline]
+    fn walk(&mut self, mut bytes: &[u8], mut on_head: impl FnMut(Head) -> bool) -> bool {
+        loop {
+            if self.skip > 0 {
+                let n = bytes.len().min(self.skip as usize);
+                self.skip -= n as u32;
+                bytes = &bytes[n..];
+            }
+            if bytes.is_empty() {
+                return true;
+            }
+            let head = if self.got == 0 && bytes.len() >= 9 {
+                let h = parse(&bytes[..9]);
+                bytes = &bytes[9..];
+                h
+            } else {
+                let got = usize::from(self.got);
+                let n = bytes.len().min(9 - got);
+                self.head[got..got + n].copy_from_slice(&bytes[..n]);
+                bytes = &bytes[n..];
+                if got + n < 9 {
+                    self.got = (got + n) as u8;
+                    return true;
+                }
+                self.got = 0;
+                parse(&self.head)
+            };
+            self.skip = head.len;
+            if !on_head(head) {
+                return false;
+            }
+        }
+    }
+}
+
+#[inline]
+fn parse(h: &[u8]) -> Head {
+    Head {
+        len: u32::from_be_bytes([0, h[0], h[1], h[2]]),
+        kind: h[3],
+        flags: h[4],
+    }
+}
+
+/// What a received frame costs the budget: nothing for the frames that
+/// carry requests (`HEADERS`, `CONTINUATION`, non-empty `DATA`), its size
+/// for every other.
+#[inline]
+fn cost(h: Head) -> u64 {
+    match h.kind {
+        HEADERS | CONTINUATION => 0,
+        DATA if h.len > 0 => 0,
+        _ => FRAME_HEADER_LEN + u64::from(h.len),
+    }
+}
+
+/// What a frame we send gives back: see the module doc.
+#[inline]
+fn earned(h: Head) -> u64 {
+    match h.kind {
+        DATA if h.len > 0 => DATA_FRAME_CREDIT,
+        // Its acknowledgement: the same frame with ACK, empty for SETTINGS.
+        PING if h.flags & ACK == 0 => FRAME_HEADER_LEN + u64::from(h.len),
+        SETTINGS if h.flags & ACK == 0 => FRAME_HEADER_LEN,
+        _ => 0,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's IO as h2 sees it, metering its frames against the
+    /// [`ControlBudget`]. Once the budget runs out, reads return nothing
+    /// more (the bytes of the read that ran it out are dropped, not handed
+    /// to h2), and the task is woken for its loop to close the connection.
+    #[derive(Debug)]
+    pub(crate) struct MeteredIo<I> {
+        #[pin]
+        io: I,
+        budget: Rc<ControlBudget>,
+        inbound: FrameWalk,
+        outbound: FrameWalk,
+    }
+}
+
+impl<I> MeteredIo<I> {
+    /// Meters `io`, a server connection from its client's preface on.
+    pub(crate) fn new(io: I, budget: Rc<ControlBudget>) -> MeteredIo<I> {
+        MeteredIo {
+            io,
+            budget,
+            inbound: FrameWalk::new(PREFACE_LEN),
+            outbound: FrameWalk::new(0),
+        }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for MeteredIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let budget = &**this.budget;
+        if budget.is_tripped() {
+            // The loop closes the connection; h2 reads no more till then.
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        std::task::ready!(this.io.poll_read(cx, buf))?;
+        let within = this
+            .inbound
+            .walk(&buf.filled()[before..], |h| budget.charge(cost(h)));
+        if within {
+            return Poll::Ready(Ok(()));
+        }
+        budget.tripped.set(true);
+        buf.set_filled(before);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for MeteredIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let n = std::task::ready!(this.io.poll_write(cx, data))?;
+        let budget = &**this.budget;
+        this.outbound.walk(&data[..n], |h| {
+            budget.credit(earned(h));
+            true
+        });
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let n = std::task::ready!(this.io.poll_write_vectored(cx, bufs))?;
+        let budget = &**this.budget;
+        let mut left = n;
+        for slice in bufs {
+            if left == 0 {
+                break;
+            }
+            let take = slice.len().min(left);
+            left -= take;
+            this.outbound.walk(&slice[..take], |h| {
+                budget.credit(earned(h));
+                true
+            });
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload_len: usize) -> Vec<u8> {
+        let len = payload_len as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&1u32.to_be_bytes());
+        f.extend(std::iter::repeat_n(0xee, payload_len));
+        f
+    }
+
+    /// The walker finds every header, whatever the reads' boundaries: one
+    /// byte at a time, and all at once, give the same frames.
+    #[test]
+    fn headers_are_found_across_any_split() {
+        let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let frames = [
+            (SETTINGS, 0, 12),
+            (HEADERS, 5, 30),
+            (DATA, 0, 1000),
+            (PING, 0, 8),
+        ];
+        for (kind, flags, len) in frames {
+            stream.extend(frame(kind, flags, len));
+        }
+        for chunk in [1, 7, 9, 10, 4096] {
+            let mut walk = FrameWalk::new(PREFACE_LEN);
+            let mut seen = Vec::new();
+            for part in stream.chunks(chunk) {
+                assert!(walk.walk(part, |h| {
+                    seen.push((h.kind, h.flags, h.len as usize));
+                    true
+                }));
+            }
+            assert_eq!(seen, frames, "in reads of {chunk}");
+        }
+    }
+
+    /// Control frames spend, request frames do not, and the budget runs out
+    /// at its size; credit gives back no more than the budget.
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_runs_out_on_control_frames_only() {
+        let budget = ControlBudget::new();
+        let ping = Head {
+            len: 8,
+            kind: PING,
+            flags: 0,
+        };
+        let data = Head {
+            len: 16_384,
+            kind: DATA,
+            flags: 0,
+        };
+        assert_eq!(cost(data), 0);
+        budget.credit(1 << 30);
+        let pings = HTTP2_CONTROL_BUDGET / cost(ping);
+        for _ in 0..pings {
+            assert!(budget.charge(cost(ping)));
+        }
+        assert!(!budget.charge(cost(ping)), "one PING too many");
+    }
+
+    /// Time gives back [`REFILL_PER_SECOND`], fractions of a byte kept for
+    /// later.
+    #[tokio::test(start_paused = true)]
+    async fn time_refills_the_budget() {
+        let budget = ControlBudget::new();
+        assert!(!budget.charge(HTTP2_CONTROL_BUDGET + 100));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(!budget.charge(0), "half a second: 64 bytes of 100");
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(budget.charge(0), "0.8 s: 102 bytes");
+        assert_eq!(budget.left.get(), 2);
+    }
+}

@@ -1,0 +1,298 @@
+//! HTTP/2 control-frame floods (CVE-2019-9512 PING, CVE-2019-9515 SETTINGS,
+//! and the rest of the family), on real sockets: a scripted raw client
+//! ([`RawH2`]) sends one kind of frame that does no work until the server
+//! closes with `GOAWAY(ENHANCE_YOUR_CALM)`, once the connection spent
+//! [`megaconn::HTTP2_CONTROL_BUDGET`]; honest clients, with the `h2` crate,
+//! that ping a lot alongside real work are never cut. Floods are bounded
+//! loops: a test fails on a count of bytes, never on elapsed time.
+
+use crate::common;
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use megaconn::{Body, Builder, CloseReason, ConnectionEvent, ProtocolDetail, HTTP2_CONTROL_BUDGET};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::h2::{
+    closed_total, event_log, frame, goaway_codes, start, RawFrame, RawH2, ACK, ENHANCE_YOUR_CALM,
+    PING, SAFETY, SETTINGS,
+};
+
+const WINDOW_UPDATE: u8 = 0x8;
+const PRIORITY: u8 = 0x2;
+
+/// `label`'s count in `megaconn_limit_hits_total`.
+fn limit_hits(stats: &megaconn::ServerStats, label: &str) -> u64 {
+    let hit = stats.limit_hits.iter().find(|(l, _)| *l == label);
+    hit.map_or(0, |(_, n)| *n)
+}
+
+/// The next connection's close: its reason and the bytes read from it.
+async fn closed(events: &mut UnboundedReceiver<ConnectionEvent>) -> (CloseReason, u64) {
+    tokio::time::timeout(SAFETY, async {
+        loop {
+            let event = events.recv().await.expect("server gone");
+            if let ConnectionEvent::Closed {
+                reason, bytes_in, ..
+            } = event
+            {
+                return (reason, bytes_in);
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for the close event")
+}
+
+/// Sends `each` (one frame) again and again on a fresh connection until the
+/// server closes it, and checks the close: `GOAWAY(ENHANCE_YOUR_CALM)`
+/// once the control frames read reached the budget and not much past it
+/// (the server stops reading at the read that ran it out), counted as an
+/// `http2_control_flood` limit hit, a protocol error and a
+/// `protocol_error` close; the server serves on. Returns the frames the
+/// server sent.
+async fn control_flood(each: &[u8]) -> Vec<RawFrame> {
+    let (builder, mut events) = event_log(megaconn::Server::builder());
+    let server = start(builder).await;
+    let mut attacker = RawH2::connect(server.addr, &[]).await;
+    let batch: Vec<u8> = (0..64).flat_map(|_| each.to_vec()).collect();
+    // Four budgets, then a PING of our own: the server closes before it
+    // reads that far, or answers it (and the test fails at once). The
+    // kernels' socket buffers take it all either way.
+    let rounds = 4 * HTTP2_CONTROL_BUDGET as usize / batch.len();
+    let mut flood = batch.repeat(rounds);
+    flood.extend(frame(PING, 0, 0, b"the end!"));
+    attacker.send(&flood).await;
+    let mut frames = Vec::new();
+    while let Some(f) = attacker.next_frame().await {
+        let last = f.kind == PING && f.flags & ACK != 0 && f.payload == b"the end!";
+        assert!(!last, "{} bytes of control frames all read", flood.len());
+        frames.push(f);
+    }
+    assert_eq!(
+        goaway_codes(&frames),
+        [ENHANCE_YOUR_CALM],
+        "{:?}",
+        frames.last()
+    );
+    let (reason, bytes_in) = closed(&mut events).await;
+    assert_eq!(reason, CloseReason::Protocol(ProtocolDetail::Http2(0xb)));
+    // The preface, its SETTINGS, then control frames: cut once they spent
+    // the budget, within the read that did.
+    assert!(
+        bytes_in >= HTTP2_CONTROL_BUDGET,
+        "cut after {bytes_in} bytes"
+    );
+    assert!(
+        bytes_in <= HTTP2_CONTROL_BUDGET + 64 * 1024,
+        "read {bytes_in} bytes before the cut"
+    );
+    let stats = server.handle.stats();
+    assert_eq!(limit_hits(&stats, "http2_control_flood"), 1, "{stats:?}");
+    assert_eq!(limit_hits(&stats, "h2_enhance_your_calm"), 0, "{stats:?}");
+    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
+    assert_eq!(closed_total(&server.handle, "protocol_error"), 1);
+    assert_eq!(stats.requests, 0, "no request started");
+
+    let mut client = common::h2c(server.addr).await;
+    let ready = client.ready().await.unwrap();
+    client = ready;
+    let (resp, _) = client
+        .send_request(Request::get("http://t/").body(()).unwrap(), true)
+        .unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the server serves on");
+    server.stop().await;
+    frames
+}
+
+/// The frames among `frames` of `kind` with ACK set.
+fn acks(frames: &[RawFrame], kind: u8) -> usize {
+    frames
+        .iter()
+        .filter(|f| f.kind == kind && f.flags & ACK != 0)
+        .count()
+}
+
+/// CVE-2019-9512: PINGs, each answered. Before the guard, a client could
+/// send them for good at ~0.84 µs of server CPU each; now it gets
+/// `GOAWAY(ENHANCE_YOUR_CALM)` after about 3,900 (64 KiB) on a connection
+/// that does nothing else, each of them answered until then.
+#[tokio::test]
+async fn a_ping_flood_gets_goaway() {
+    let frames = control_flood(&frame(PING, 0, 0, b"flooding")).await;
+    let pongs = acks(&frames, PING) as u64;
+    assert!(
+        pongs > HTTP2_CONTROL_BUDGET / 17 / 2 && pongs <= HTTP2_CONTROL_BUDGET / 17,
+        "{pongs} PINGs answered"
+    );
+}
+
+/// CVE-2019-9515: SETTINGS frames, each acknowledged.
+#[tokio::test]
+async fn a_settings_flood_gets_goaway() {
+    // SETTINGS_MAX_CONCURRENT_STREAMS 100: valid, and a change to apply.
+    let param = [0, 0x3, 0, 0, 0, 100];
+    let frames = control_flood(&frame(SETTINGS, 0, 0, &param)).await;
+    // Our own SETTINGS' acknowledgement is the client's: every ACK is one
+    // of the flood's.
+    let acked = acks(&frames, SETTINGS) as u64;
+    assert!(
+        acked <= HTTP2_CONTROL_BUDGET / 15,
+        "{acked} SETTINGS acknowledged"
+    );
+}
+
+/// WINDOW_UPDATEs on the connection, one byte each: no answer, a little
+/// work each (the audit: 4–10 µs per KiB).
+#[tokio::test]
+async fn a_window_update_flood_gets_goaway() {
+    control_flood(&frame(WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes())).await;
+}
+
+/// PRIORITY frames for a stream never opened (RFC 9113 §6.3: legal in any
+/// state; h2 ignores them).
+#[tokio::test]
+async fn a_priority_flood_gets_goaway() {
+    control_flood(&frame(PRIORITY, 0, 3, &[0, 0, 0, 0, 16])).await;
+}
+
+/// Frames of a type HTTP/2 does not define, which a receiver must ignore
+/// (RFC 9113 §5.5): h2 reads and drops them.
+#[tokio::test]
+async fn an_unknown_frame_flood_gets_goaway() {
+    control_flood(&frame(0xfa, 0, 0, &[0; 100])).await;
+}
+
+/// Messages each way in the honest client's bidirectional stream.
+const MESSAGES: usize = 5_000;
+
+type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, megaconn::BoxError>;
+
+/// An honest client pinging as much as real ones do alongside real work is
+/// never cut. A PING after each of 5,000 requests answered without a body
+/// (a connection health check before each use), then a PING after each of
+/// 5,000 small messages echoed on one stream (gRPC's bandwidth probe, one
+/// per burst of data received, on a bidirectional call where each burst
+/// is one message). Each PING is 17 bytes: 85,000 bytes each time, past the
+/// budget on their own; the requests and the DATA frames sent earn them.
+/// Fails without either credit (`REQUEST_CREDIT`, `DATA_FRAME_CREDIT`).
+#[tokio::test]
+async fn an_honest_client_that_pings_a_lot_is_never_cut() {
+    let app = tower::service_fn(|req: Request<Body>| async move {
+        let body: TestBody = if req.uri().path() == "/echo" {
+            req.into_body()
+                .map_err(megaconn::BoxError::from)
+                .boxed_unsync()
+        } else {
+            http_body_util::Empty::new()
+                .map_err(|e| match e {})
+                .boxed_unsync()
+        };
+        Ok::<_, Infallible>(Response::new(body))
+    });
+    let (builder, mut events) = event_log(
+        Builder::default()
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+    );
+    let server = common::AppServer::start(builder, app);
+    let tcp = tokio::net::TcpStream::connect(server.addrs[0])
+        .await
+        .unwrap();
+    let (client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut pings = conn.ping_pong().expect("ping_pong taken once");
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    for _ in 0..MESSAGES {
+        let (resp, _) = client
+            .send_request(Request::get("http://t/").body(()).unwrap(), true)
+            .unwrap();
+        let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+        assert!(resp.body().is_end_stream(), "no body: no DATA frame");
+        ping(&mut pings).await;
+        client = client.ready().await.unwrap();
+    }
+    let (resp, mut upload) = client
+        .send_request(Request::post("http://t/echo").body(()).unwrap(), false)
+        .unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    let mut body = resp.into_body();
+    for _ in 0..MESSAGES {
+        upload
+            .send_data(Bytes::from_static(b"message!"), false)
+            .unwrap();
+        let chunk = tokio::time::timeout(SAFETY, body.data()).await.unwrap();
+        let chunk = chunk.expect("an echo").expect("the stream is not cut");
+        assert_eq!(chunk, "message!");
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        ping(&mut pings).await;
+    }
+    upload.send_data(Bytes::new(), true).unwrap();
+    while let Some(rest) = tokio::time::timeout(SAFETY, body.data()).await.unwrap() {
+        assert_eq!(rest.unwrap(), "", "nothing more to echo");
+    }
+    let stats = server.handle.stats();
+    assert_eq!(limit_hits(&stats, "http2_control_flood"), 0, "{stats:?}");
+    drop((client, body, upload, pings));
+    let _ = tokio::time::timeout(SAFETY, conn).await;
+    let (reason, _) = closed(&mut events).await;
+    assert_eq!(reason, CloseReason::ClientClosed);
+    assert!(server.stop().await);
+}
+
+/// A client's keep-alive PING every 10 s on a connection whose one stream
+/// stays open for 12 hours (a watch): 4,320 PINGs, 73 KB, and nothing else
+/// the client sends; time refills the budget (`REFILL_PER_SECOND`). Paused
+/// time, over an in-memory stream.
+#[tokio::test(start_paused = true)]
+async fn keep_alive_pings_on_a_long_watch_are_never_cut() {
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let builder = megaconn::Server::builder().idle_timeout(None);
+    let service = tower::service_fn(|_req: Request<Body>| async {
+        // One chunk, then nothing, for good.
+        let tick = futures_util::stream::iter([Ok::<_, Infallible>(http_body::Frame::data(
+            Bytes::from_static(b"tick"),
+        ))]);
+        let body = futures_util::StreamExt::chain(tick, futures_util::stream::pending());
+        Ok::<_, Infallible>(Response::new(StreamBody::new(body)))
+    });
+    tokio::task::LocalSet::new()
+        .run_until(async move {
+            let served = tokio::task::spawn_local(async move {
+                builder.serve_connection(server_end, service).await
+            });
+            let (client, mut conn) = h2::client::handshake(client_end).await.unwrap();
+            let mut pings = conn.ping_pong().unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let mut client = client.ready().await.unwrap();
+            let (resp, _) = client
+                .send_request(Request::get("http://t/watch").body(()).unwrap(), true)
+                .unwrap();
+            let mut body = resp.await.unwrap().into_body();
+            assert_eq!(body.data().await.unwrap().unwrap(), "tick");
+            for n in 0..12 * 360 {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                pings
+                    .ping(h2::Ping::opaque())
+                    .await
+                    .unwrap_or_else(|e| panic!("PING {n}: {e}"));
+            }
+            drop((client, body, pings));
+            conn.abort();
+            served.abort();
+        })
+        .await;
+}
+
+/// Sends a PING and waits for its answer.
+async fn ping(pings: &mut h2::PingPong) {
+    let pong = pings.ping(h2::Ping::opaque());
+    tokio::time::timeout(SAFETY, pong)
+        .await
+        .unwrap()
+        .expect("PONG");
+}
