@@ -18,6 +18,9 @@ pub(crate) mod decode;
 pub(crate) mod encode;
 pub(crate) mod exchange;
 pub(crate) mod head;
+// Beside `head.rs`'s own: the gaps mutation testing found (see its doc).
+#[cfg(test)]
+mod head_tests;
 pub(crate) mod header_maps;
 
 pub(crate) use crate::observe::close::CloseReason;
