@@ -98,8 +98,8 @@ fn a_head_given_too_long_an_end_leaves_what_follows() {
 /// A head read whole is not copied: the target and the header values are
 /// slices of the read buffer's allocation. The allocation is held apart
 /// for the check (`rest` shares it): freed, a copy could be given its
-/// address and pass for it (`head.rs`'s own test of this passed with every
-/// head copied).
+/// address and pass for it (the test this replaced, in `head.rs`, passed
+/// with every head copied).
 #[test]
 fn a_head_read_whole_is_sliced_from_the_allocation_it_was_read_into() {
     let raw = b"GET /a?q HTTP/1.1\r\nHost: h\r\nX-T: value\r\n\r\n";
