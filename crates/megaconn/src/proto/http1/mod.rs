@@ -18,8 +18,14 @@
 pub(crate) mod conn;
 pub(crate) mod decode;
 pub(crate) mod encode;
+// Beside `encode.rs`'s own: the gaps mutation testing found (see its doc).
+#[cfg(test)]
+mod encode_tests;
 pub(crate) mod exchange;
 pub(crate) mod head;
+// Beside `head.rs`'s own: the gaps mutation testing found (see its doc).
+#[cfg(test)]
+mod head_tests;
 pub(crate) mod header_maps;
 mod quick_head;
 
