@@ -346,7 +346,8 @@ async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
             let mut answer = Vec::new();
             match tcp.read_to_end(&mut answer) {
                 Ok(_) => answer,
-                // Closed with the ClientHello unread: a reset.
+                // The ClientHello came after the close: a reset, behind
+                // the FIN (the next test has it there at the accept).
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => answer,
                 Err(e) => panic!("{e}"),
             }
@@ -379,5 +380,45 @@ async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
                 && handshakes(s, "abandoned") == 0
         })
         .await;
+    server.stop().await;
+}
+
+/// A connection refused by `TlsConfig::handshake_rate_per_ip` with its
+/// ClientHello already in (`defer_accept` makes sure of it) is closed with
+/// a FIN, not the reset that closing over unread bytes sends: the client
+/// reads an end of stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_the_handshake_rate_is_a_clean_close() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .unwrap()
+        .handshake_rate_per_ip(Some(0.01));
+    let server = common::TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .defer_accept(Some(std::time::Duration::from_secs(30)))
+            .tls(tls),
+    )
+    .await;
+    let config = ca.client(&[b"http/1.1"]);
+    // The IP's one token.
+    let mut first = connect_from("127.0.0.1", server.addr, config.clone()).await;
+    assert_eq!(http1_get(&mut first).await.1, "Hello, World!");
+    drop(first);
+    let addr = server.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let (mut tcp, mut client) = blocking_client(addr, config);
+        client.write_tls(&mut tcp).unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer)
+            .expect("an end of stream, not a reset");
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.is_empty(), "no TLS answer: {answer:?}");
+    let stats = server.handle.stats();
+    assert_eq!(count_of(&stats.limit_hits, "tls_handshake_rate_per_ip"), 1);
     server.stop().await;
 }
