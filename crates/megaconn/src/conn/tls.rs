@@ -419,7 +419,8 @@ impl TlsConfig {
     /// New TLS connections a client IP (IPv6: its /64) may open per
     /// second: a token bucket per IP with a burst of one second's worth (at
     /// least 1). Over it a connection is closed right after its accept,
-    /// before any TLS work (no answer: its client expects a handshake),
+    /// before any TLS work (no answer: its client expects a handshake; a FIN,
+    /// its ClientHello discarded first so the close is not a reset),
     /// counted in `megaconn_limit_hits_total{limit="tls_handshake_rate_per_ip"}`
     /// and logged (limited). Default: `None`, no limit; 0, negative or NaN
     /// is `None`.
@@ -1021,7 +1022,11 @@ mod tests {
         assert_eq!(tls.admit_from(ip), Ok(()));
         assert_eq!(tls.admit_from(ip), Err(0.01));
         let tls = tls.clone().handshake_rate_per_ip(Some(0.01));
-        assert_eq!(tls.admit_from(ip), Err(0.01), "a fresh bucket after a SIGHUP");
+        assert_eq!(
+            tls.admit_from(ip),
+            Err(0.01),
+            "a fresh bucket after a SIGHUP"
+        );
         let tls = tls.clone().handshake_rate_per_ip(Some(0.02));
         assert_eq!(tls.admit_from(ip), Ok(()), "a changed rate counts afresh");
         assert_eq!(tls.admit_from(ip), Err(0.02));
