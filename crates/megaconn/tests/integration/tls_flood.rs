@@ -305,6 +305,22 @@ async fn connect_from(
         .expect("handshake succeeds")
 }
 
+/// A certificate for `localhost` from `ca`, one connection per IP per 100 s
+/// (`TlsConfig::handshake_rate_per_ip`): the second comes long before a
+/// refill.
+fn one_handshake_per_ip(ca: &Ca) -> TlsConfig {
+    let leaf = ca.leaf(&["localhost"]);
+    TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .unwrap()
+        .handshake_rate_per_ip(Some(0.01))
+}
+
+/// A request from `source`'s IP to `addr` over TLS, answered; closed.
+async fn served_from(source: &str, addr: SocketAddr, config: Arc<rustls::ClientConfig>) {
+    let mut s = connect_from(source, addr, config).await;
+    assert_eq!(http1_get(&mut s).await.1, "Hello, World!");
+}
+
 /// One IP's connections past `TlsConfig::handshake_rate_per_ip` are closed
 /// at accept, before any TLS work (no answer, no handshake counted), and
 /// counted; another IP is served meanwhile; lifted on the running server,
@@ -313,11 +329,7 @@ async fn connect_from(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    // One connection per 100 s: the second comes long before a refill.
-    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-        .unwrap()
-        .handshake_rate_per_ip(Some(0.01));
+    let tls = one_handshake_per_ip(&ca);
     let server = common::TestServer::start(
         megaconn::Server::builder()
             .workers(1)
@@ -326,9 +338,7 @@ async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
     )
     .await;
     let config = ca.client(&[b"http/1.1"]);
-    let mut first = connect_from("127.0.0.1", server.addr, config.clone()).await;
-    assert_eq!(http1_get(&mut first).await.1, "Hello, World!");
-    drop(first);
+    served_from("127.0.0.1", server.addr, config.clone()).await;
     server
         .wait_stats("the first handshake done", |s| {
             handshakes(s, "completed") == 1 && s.connections_open == 0
@@ -364,15 +374,11 @@ async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
     );
 
     // Another IP has a bucket of its own.
-    let mut other = connect_from("127.0.0.2", server.addr, config.clone()).await;
-    assert_eq!(http1_get(&mut other).await.1, "Hello, World!");
-    drop(other);
+    served_from("127.0.0.2", server.addr, config.clone()).await;
 
     // Lifted live: the first IP is served again.
     let _ = tls.handshake_rate_per_ip(None);
-    let mut again = connect_from("127.0.0.1", server.addr, config).await;
-    assert_eq!(http1_get(&mut again).await.1, "Hello, World!");
-    drop(again);
+    served_from("127.0.0.1", server.addr, config).await;
     server
         .wait_stats("every handshake counted", |s| {
             handshakes(s, "completed") == 3
@@ -390,10 +396,7 @@ async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_by_the_handshake_rate_is_a_clean_close() {
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-        .unwrap()
-        .handshake_rate_per_ip(Some(0.01));
+    let tls = one_handshake_per_ip(&ca);
     let server = common::TestServer::start(
         megaconn::Server::builder()
             .workers(1)
@@ -403,9 +406,7 @@ async fn a_refusal_by_the_handshake_rate_is_a_clean_close() {
     .await;
     let config = ca.client(&[b"http/1.1"]);
     // The IP's one token.
-    let mut first = connect_from("127.0.0.1", server.addr, config.clone()).await;
-    assert_eq!(http1_get(&mut first).await.1, "Hello, World!");
-    drop(first);
+    served_from("127.0.0.1", server.addr, config.clone()).await;
     let addr = server.addr;
     let answer = tokio::task::spawn_blocking(move || {
         let (mut tcp, mut client) = blocking_client(addr, config);
