@@ -205,8 +205,10 @@ pub(crate) async fn accept_loop(
                 }
                 if let Some(Err(per_second)) = tls.as_ref().map(|t| t.admit_from(peer.ip())) {
                     // Before any TLS work: closed without an answer, as a
-                    // TLS listener's other refusals.
+                    // TLS listener's other refusals; with a FIN, not the
+                    // reset its unread ClientHello would draw.
                     LimitHit::TlsHandshakeRatePerIp.count(&ctx.stats);
+                    crate::conn::admission::shut_and_discard(socket.as_raw_fd());
                     drop(socket);
                     conn.close(CloseReason::Limit);
                     ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {

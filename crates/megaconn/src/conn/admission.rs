@@ -380,6 +380,14 @@ pub(crate) fn refuse(socket: OwnedFd, answer: Option<&Answer>) {
     if usize::try_from(sent) != Ok(answer.len()) {
         return;
     }
+    shut_and_discard(fd);
+}
+
+/// Before a close: shuts `fd`'s write side (a FIN) and discards, without
+/// waiting, what the client sent so far, so that the close that follows
+/// is not a reset (closing with unread bytes sends an RST, `tcp_close`).
+/// Bytes that arrive later still draw one, behind the FIN ([`refuse`]).
+pub(crate) fn shut_and_discard(fd: std::os::fd::RawFd) {
     // SAFETY: plain calls on our descriptor. With MSG_TRUNC, TCP discards
     // the bytes without writing to the buffer (tcp(7)): none is passed.
     unsafe {

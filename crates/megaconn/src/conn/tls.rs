@@ -376,7 +376,8 @@ impl TlsConfig {
     }
 
     /// The most TLS handshakes one worker works on at once. Default:
-    /// [`DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT`]; `None` (or 0): unbounded.
+    /// [`DEFAULT_TLS_MAX_HANDSHAKES_IN_FLIGHT`]; `None` (or 0, or 2^40 and
+    /// over: more than a process can hold connections): unbounded.
     ///
     /// A handshake is *in flight* from its accept until it waits for the
     /// client, and again from when the client's next flight arrives until
@@ -400,7 +401,9 @@ impl TlsConfig {
     /// without a restart. [`reload`](TlsConfig::reload) keeps it.
     pub fn max_handshakes_in_flight(self, n: Option<usize>) -> TlsConfig {
         let mut settings = self.settings();
-        let n = n.filter(|&n| n > 0);
+        // Past any count of connections a process can hold, a bound is
+        // none: stored as `None`, it never reaches the semaphore.
+        let n = n.filter(|&n| n > 0 && n < UNBOUNDED_PLACES);
         settings.max_handshakes_in_flight = n;
         settings.gates.retain(|gate| match gate.upgrade() {
             Some(gate) => {
@@ -416,7 +419,8 @@ impl TlsConfig {
     /// New TLS connections a client IP (IPv6: its /64) may open per
     /// second: a token bucket per IP with a burst of one second's worth (at
     /// least 1). Over it a connection is closed right after its accept,
-    /// before any TLS work (no answer: its client expects a handshake),
+    /// before any TLS work (no answer: its client expects a handshake; a FIN,
+    /// its ClientHello discarded first so the close is not a reset),
     /// counted in `megaconn_limit_hits_total{limit="tls_handshake_rate_per_ip"}`
     /// and logged (limited). Default: `None`, no limit; 0, negative or NaN
     /// is `None`.
@@ -432,16 +436,21 @@ impl TlsConfig {
     /// alone, unless many users share one address (a NAT).
     ///
     /// Live: on a running server's clone it applies to the next accept
-    /// (counting afresh). [`reload`](TlsConfig::reload) keeps it.
+    /// (a changed rate counts afresh; the same rate set again keeps every
+    /// IP's bucket). [`reload`](TlsConfig::reload) keeps it.
     pub fn handshake_rate_per_ip(self, per_second: Option<f64>) -> TlsConfig {
-        let rate = per_second
-            .filter(|r| *r > 0.0)
-            .map(|r| Arc::new(PerIpRate::new(r)));
-        *self
+        let per_second = per_second.filter(|r| *r > 0.0);
+        let mut rate = self
             .shared
             .ip_rate
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = rate;
+            .unwrap_or_else(|e| e.into_inner());
+        // The same rate keeps its buckets: SIGHUP sets it again each time,
+        // which must not give every IP a fresh burst.
+        if rate.as_ref().map(|r| r.per_second()) != per_second {
+            *rate = per_second.map(|r| Arc::new(PerIpRate::new(r)));
+        }
+        drop(rate);
         self
     }
 
@@ -669,11 +678,23 @@ struct GateSize {
     owed: usize,
 }
 
+/// A bound's places in the semaphore: at or over [`UNBOUNDED_PLACES`] a
+/// bound is no bound (and tokio's `Semaphore` panics over its own maximum,
+/// 2^61, so `usize::MAX` must not reach it).
 fn places_of(cap: Option<usize>) -> usize {
-    cap.unwrap_or(UNBOUNDED_PLACES)
+    cap.map_or(UNBOUNDED_PLACES, |n| n.min(UNBOUNDED_PLACES))
 }
 
 impl GateInner {
+    /// A gate of bound `cap` (`None`: unbounded).
+    fn new(cap: Option<usize>) -> Arc<GateInner> {
+        Arc::new(GateInner {
+            places: Arc::new(tokio::sync::Semaphore::new(places_of(cap))),
+            size: Mutex::new(GateSize { cap, owed: 0 }),
+            owed: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
     /// Makes the bound `cap`: more places now, or fewer as they come back.
     fn resize(&self, cap: Option<usize>) {
         let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
@@ -710,8 +731,59 @@ impl GateInner {
     }
 }
 
-/// A handshake's place in flight ([`HandshakeGate`]); dropping it frees it.
-pub(crate) type HandshakePlace = tokio::sync::OwnedSemaphorePermit;
+/// A handshake's place in flight ([`HandshakeGate`]); dropping it frees it,
+/// or withdraws it if a lowered bound is still owed places.
+#[derive(Debug)]
+pub(crate) struct HandshakePlace {
+    /// Always `Some` until the drop, which takes it.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    inner: Arc<GateInner>,
+}
+
+impl Drop for HandshakePlace {
+    /// A place given back pays what a lowered bound is owed first: back in
+    /// the semaphore it would go straight to a task waiting for a place (the
+    /// accept loop at the bound, a woken handshake), never free for
+    /// [`GateInner::settle`] to take, and the lower bound would not hold
+    /// while tasks wait, which is under the flood it was lowered for.
+    fn drop(&mut self) {
+        if self.inner.owed.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        // Under the lock `resize` holds: the debt read is the debt paid.
+        let mut size = self.inner.size.lock().unwrap_or_else(|e| e.into_inner());
+        if size.owed > 0 {
+            if let Some(permit) = self.permit.take() {
+                permit.forget();
+                size.owed -= 1;
+                self.inner
+                    .owed
+                    .store(size.owed, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl GateInner {
+    /// `permit`, taken from this gate's semaphore, as a place.
+    fn place(self: &Arc<Self>, permit: tokio::sync::OwnedSemaphorePermit) -> HandshakePlace {
+        HandshakePlace {
+            permit: Some(permit),
+            inner: self.clone(),
+        }
+    }
+
+    /// Waits for a place (FIFO with the other waiters).
+    async fn acquire(self: &Arc<Self>) -> HandshakePlace {
+        let permit = self
+            .places
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the gate's semaphore is never closed");
+        self.place(permit)
+    }
+}
 
 impl HandshakeGate {
     /// The gate of a worker serving `config`, if it has TLS; registered
@@ -719,12 +791,7 @@ impl HandshakeGate {
     pub(crate) fn of(config: &Config) -> Option<HandshakeGate> {
         let tls = config.tls.as_ref()?;
         let mut settings = tls.settings();
-        let cap = settings.max_handshakes_in_flight;
-        let inner = Arc::new(GateInner {
-            places: Arc::new(tokio::sync::Semaphore::new(places_of(cap))),
-            size: Mutex::new(GateSize { cap, owed: 0 }),
-            owed: std::sync::atomic::AtomicUsize::new(0),
-        });
+        let inner = GateInner::new(settings.max_handshakes_in_flight);
         settings.gates.retain(|g| g.strong_count() > 0);
         settings.gates.push(Arc::downgrade(&inner));
         Some(HandshakeGate { inner })
@@ -733,7 +800,8 @@ impl HandshakeGate {
     /// A place if one is free now.
     pub(crate) fn try_enter(&self) -> Option<HandshakePlace> {
         self.inner.settle();
-        self.inner.places.clone().try_acquire_owned().ok()
+        let permit = self.inner.places.clone().try_acquire_owned().ok()?;
+        Some(self.inner.place(permit))
     }
 
     /// For the accept loop of worker `ctx`, with a TLS connection waiting
@@ -750,12 +818,7 @@ impl HandshakeGate {
                 "TLS handshakes in flight at the bound: not accepting on TLS listeners until one is done (raise --tls-max-handshakes if the clients are legitimate)"
             )
         });
-        self.inner
-            .places
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the gate's semaphore is never closed")
+        self.inner.acquire().await
     }
 }
 
@@ -834,20 +897,19 @@ async fn run_handshake(
         Err(e) => return Err(failed(std::io::Error::other(e))),
     };
     drop(live);
-    let inner = ctx.tls_gate.as_ref().map(|g| g.inner.clone());
-    let mut gate = ctx
-        .tls_gate
-        .as_ref()
-        .map(|g| tokio_util::sync::PollSemaphore::new(g.inner.places.clone()));
+    let mut gate = ctx.tls_gate.as_ref().map(|g| {
+        (
+            g.inner.clone(),
+            tokio_util::sync::PollSemaphore::new(g.inner.places.clone()),
+        )
+    });
     let mut place = place;
     let done = std::future::poll_fn(|cx| {
-        if let (Some(gate), None) = (gate.as_mut(), place.as_ref()) {
-            if let Some(inner) = &inner {
-                inner.settle();
-            }
-            match gate.poll_acquire(cx) {
+        if let (Some((inner, places)), None) = (gate.as_mut(), place.as_ref()) {
+            inner.settle();
+            match places.poll_acquire(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(taken) => place = taken,
+                Poll::Ready(taken) => place = taken.map(|permit| inner.place(permit)),
             }
         }
         let progress = tls.poll_handshake(cx);
@@ -867,4 +929,106 @@ async fn run_handshake(
     )
     .await?;
     Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TlsConfig {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        TlsConfig::from_pem(
+            cert.cert.pem().as_bytes(),
+            cert.key_pair.serialize_pem().as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// A bound past anything a process can hold (a config file's
+    /// `tls_max_handshakes = 3000000000000000000`) is no bound: tokio's
+    /// semaphore panics over 2^61 places, at a worker's start and at a
+    /// resize (SIGHUP, on the main thread).
+    #[test]
+    fn a_huge_bound_is_unbounded_not_a_panic() {
+        for huge in [usize::MAX, 3_000_000_000_000_000_000, UNBOUNDED_PLACES] {
+            let tls = config().max_handshakes_in_flight(Some(huge));
+            assert_eq!(tls.settings().max_handshakes_in_flight, None);
+            // At a worker's start.
+            let gate = GateInner::new(Some(huge));
+            assert_eq!(gate.places.available_permits(), UNBOUNDED_PLACES);
+            // Resized from a bound, from none, and back.
+            let gate = GateInner::new(Some(4));
+            gate.resize(Some(huge));
+            assert_eq!(gate.places.available_permits(), UNBOUNDED_PLACES);
+            gate.resize(Some(4));
+            assert_eq!(gate.places.available_permits(), 4);
+            gate.resize(None);
+            gate.resize(Some(huge));
+            assert_eq!(gate.places.available_permits(), UNBOUNDED_PLACES);
+        }
+    }
+
+    /// A bound lowered while handshakes hold their places holds once they
+    /// give them back, also while a task waits for a place (the accept loop
+    /// at the bound, a woken handshake): under a flood, which is when it is
+    /// lowered. (From the merge review.)
+    #[tokio::test]
+    async fn a_lowered_bound_holds_while_places_are_awaited() {
+        let inner = GateInner::new(Some(4));
+        let gate = HandshakeGate {
+            inner: inner.clone(),
+        };
+        let mut held: Vec<_> = (0..4).map(|_| gate.try_enter().unwrap()).collect();
+        inner.resize(Some(1));
+        // The accept loop: `try_enter` (which settles), then the wait.
+        let waiting = gate.clone();
+        let mut waiter = tokio::spawn(async move {
+            match waiting.try_enter() {
+                Some(place) => place,
+                None => waiting.inner.acquire().await,
+            }
+        });
+        tokio::task::yield_now().await;
+        while held.len() > 1 {
+            // A handshake waits for its client: its place comes back.
+            held.pop();
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert!(
+                !waiter.is_finished(),
+                "a place given with {} in flight, bound 1",
+                held.len()
+            );
+        }
+        held.pop();
+        let place = (&mut waiter).await.unwrap();
+        assert_eq!(inner.places.available_permits(), 0, "bound 1, 1 in flight");
+        assert_eq!(inner.size.lock().unwrap().owed, 0);
+        drop(place);
+        assert_eq!(inner.places.available_permits(), 1);
+        // Raised again: every place is back.
+        inner.resize(Some(4));
+        assert_eq!(inner.places.available_permits(), 4);
+    }
+
+    /// Setting the per-IP handshake rate again to the same value (SIGHUP
+    /// does, each time) keeps every IP's bucket: no fresh burst per SIGHUP.
+    /// A changed rate starts afresh.
+    #[test]
+    fn the_same_handshake_rate_set_again_keeps_the_buckets() {
+        let ip: std::net::IpAddr = [192, 0, 2, 7].into();
+        let tls = config().handshake_rate_per_ip(Some(0.01));
+        assert_eq!(tls.admit_from(ip), Ok(()));
+        assert_eq!(tls.admit_from(ip), Err(0.01));
+        let tls = tls.clone().handshake_rate_per_ip(Some(0.01));
+        assert_eq!(
+            tls.admit_from(ip),
+            Err(0.01),
+            "a fresh bucket after a SIGHUP"
+        );
+        let tls = tls.clone().handshake_rate_per_ip(Some(0.02));
+        assert_eq!(tls.admit_from(ip), Ok(()), "a changed rate counts afresh");
+        assert_eq!(tls.admit_from(ip), Err(0.02));
+    }
 }

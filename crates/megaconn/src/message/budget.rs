@@ -154,6 +154,10 @@ impl PublishRate {
     /// Call it on the worker serving `connection` (in its handler): the
     /// budgets are the worker's. One budget per connection, whatever the
     /// `PublishRate`: two rates asked for one connection share its bucket.
+    /// `connection` must be the connection being served: a refusal's log
+    /// line names the peer of the socket its id holds, and a stale id (a
+    /// connection since closed, its descriptor reused) would log another
+    /// connection's peer.
     pub fn allow(&self, connection: ConnectionId) -> bool {
         self.allow_n(connection, 1)
     }
@@ -176,7 +180,7 @@ impl PublishRate {
     /// Takes what a publish reaching `audience` connections costs from
     /// `connection`'s budget ([`cost`](PublishRate::cost)): for a
     /// broadcast, or an audience the application counts itself. Otherwise
-    /// as [`allow`](PublishRate::allow).
+    /// as [`allow`](PublishRate::allow), `connection` being the one served.
     pub fn allow_to(&self, connection: ConnectionId, audience: usize) -> bool {
         self.allow_n(connection, self.cost(audience))
     }
@@ -195,7 +199,9 @@ impl PublishRate {
     /// Takes `cost` publishes from `connection`'s budget at once: `true` if
     /// the bucket holds them (a cost over `burst` never fits), and they
     /// are taken; `false`, counted and logged, and nothing taken,
-    /// otherwise. A cost of 0 is taken as 1.
+    /// otherwise. A cost of 0 is taken as 1. `connection` must be the one
+    /// being served, as for [`allow`](PublishRate::allow) (its socket names
+    /// the peer a refusal logs).
     pub fn allow_n(&self, connection: ConnectionId, cost: u32) -> bool {
         let Some(terms) = self.terms() else {
             return true;

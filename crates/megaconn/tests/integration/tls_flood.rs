@@ -305,6 +305,22 @@ async fn connect_from(
         .expect("handshake succeeds")
 }
 
+/// A certificate for `localhost` from `ca`, one connection per IP per 100 s
+/// (`TlsConfig::handshake_rate_per_ip`): the second comes long before a
+/// refill.
+fn one_handshake_per_ip(ca: &Ca) -> TlsConfig {
+    let leaf = ca.leaf(&["localhost"]);
+    TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .unwrap()
+        .handshake_rate_per_ip(Some(0.01))
+}
+
+/// A request from `source`'s IP to `addr` over TLS, answered; closed.
+async fn served_from(source: &str, addr: SocketAddr, config: Arc<rustls::ClientConfig>) {
+    let mut s = connect_from(source, addr, config).await;
+    assert_eq!(http1_get(&mut s).await.1, "Hello, World!");
+}
+
 /// One IP's connections past `TlsConfig::handshake_rate_per_ip` are closed
 /// at accept, before any TLS work (no answer, no handshake counted), and
 /// counted; another IP is served meanwhile; lifted on the running server,
@@ -313,11 +329,7 @@ async fn connect_from(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
     let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    // One connection per 100 s: the second comes long before a refill.
-    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
-        .unwrap()
-        .handshake_rate_per_ip(Some(0.01));
+    let tls = one_handshake_per_ip(&ca);
     let server = common::TestServer::start(
         megaconn::Server::builder()
             .workers(1)
@@ -326,9 +338,7 @@ async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
     )
     .await;
     let config = ca.client(&[b"http/1.1"]);
-    let mut first = connect_from("127.0.0.1", server.addr, config.clone()).await;
-    assert_eq!(http1_get(&mut first).await.1, "Hello, World!");
-    drop(first);
+    served_from("127.0.0.1", server.addr, config.clone()).await;
     server
         .wait_stats("the first handshake done", |s| {
             handshakes(s, "completed") == 1 && s.connections_open == 0
@@ -346,7 +356,8 @@ async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
             let mut answer = Vec::new();
             match tcp.read_to_end(&mut answer) {
                 Ok(_) => answer,
-                // Closed with the ClientHello unread: a reset.
+                // The ClientHello came after the close: a reset, behind
+                // the FIN (the next test has it there at the accept).
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => answer,
                 Err(e) => panic!("{e}"),
             }
@@ -363,15 +374,11 @@ async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
     );
 
     // Another IP has a bucket of its own.
-    let mut other = connect_from("127.0.0.2", server.addr, config.clone()).await;
-    assert_eq!(http1_get(&mut other).await.1, "Hello, World!");
-    drop(other);
+    served_from("127.0.0.2", server.addr, config.clone()).await;
 
     // Lifted live: the first IP is served again.
     let _ = tls.handshake_rate_per_ip(None);
-    let mut again = connect_from("127.0.0.1", server.addr, config).await;
-    assert_eq!(http1_get(&mut again).await.1, "Hello, World!");
-    drop(again);
+    served_from("127.0.0.1", server.addr, config).await;
     server
         .wait_stats("every handshake counted", |s| {
             handshakes(s, "completed") == 3
@@ -379,5 +386,40 @@ async fn one_ips_handshakes_past_its_rate_are_closed_at_accept() {
                 && handshakes(s, "abandoned") == 0
         })
         .await;
+    server.stop().await;
+}
+
+/// A connection refused by `TlsConfig::handshake_rate_per_ip` with its
+/// ClientHello already in (`defer_accept` makes sure of it) is closed with
+/// a FIN, not the reset that closing over unread bytes sends: the client
+/// reads an end of stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_the_handshake_rate_is_a_clean_close() {
+    let ca = Ca::new();
+    let tls = one_handshake_per_ip(&ca);
+    let server = common::TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .defer_accept(Some(std::time::Duration::from_secs(30)))
+            .tls(tls),
+    )
+    .await;
+    let config = ca.client(&[b"http/1.1"]);
+    // The IP's one token.
+    served_from("127.0.0.1", server.addr, config.clone()).await;
+    let addr = server.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let (mut tcp, mut client) = blocking_client(addr, config);
+        client.write_tls(&mut tcp).unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer)
+            .expect("an end of stream, not a reset");
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.is_empty(), "no TLS answer: {answer:?}");
+    let stats = server.handle.stats();
+    assert_eq!(count_of(&stats.limit_hits, "tls_handshake_rate_per_ip"), 1);
     server.stop().await;
 }
