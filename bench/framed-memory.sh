@@ -69,9 +69,10 @@ if [[ -n "$MEGACONN_B" ]]; then
 fi
 
 # "RSS PSS ANON FILE" bytes of one process (smaps_rollup; file = RSS − anon).
+# %.0f, not %d: mawk's %d stops at 2^31 - 1.
 snap_mem() {
   awk '$1 == "Rss:" { r = $2 } $1 == "Pss:" { p = $2 } $1 == "Anonymous:" { a = $2 }
-       END { printf "%d %d %d %d\n", r * 1024, p * 1024, a * 1024, (r - a) * 1024 }' "/proc/$1/smaps_rollup"
+       END { printf "%.0f %.0f %.0f %.0f\n", r * 1024, p * 1024, a * 1024, (r - a) * 1024 }' "/proc/$1/smaps_rollup"
 }
 
 # "SYSTEM INUSE BINS MMAP" bytes: glibc's heap as the process itself prints
@@ -92,7 +93,7 @@ snap_heap() { # PID LOG
     !inheap && /<total type="mmap"/ { match($0, /size="[0-9]+"/); mm = substr($0, RSTART + 6, RLENGTH - 7) }
     /^Total \(incl. mmap\):/ { t = 1; next }
     t && /system bytes/ { s = $NF } t && /in use bytes/ { u = $NF }
-    END { printf "%d %d %d %d\n", s, u, bins, mm }'
+    END { printf "%.0f %.0f %.0f %.0f\n", s, u, bins, mm }'
 }
 
 run_one() { # LABEL PROTO ROUND

@@ -53,7 +53,8 @@ cleanup() {
 trap cleanup EXIT
 
 metric() { # name: the server's counter (sum over labels), 0 if absent
-  curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {printf "%d\n", s}'
+  # %.0f, not %d: mawk's %d stops at 2^31 - 1.
+  curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {printf "%.0f\n", s}'
 }
 
 sample() { # pid -> "run_ns utime_ticks stime_ticks ctxsw" over all its threads
