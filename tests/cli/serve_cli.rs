@@ -755,6 +755,45 @@ fn a_sigterm_a_second_after_the_first_exits_at_once() {
     assert!(!control.exists(), "the forced exit left {control:?}");
 }
 
+/// The stop line says HTTP requests refused apart from other protocols'
+/// errors: a WebSocket client's unmasked frame (closed with 1002) is no
+/// refused request (its upgrade request was served). It said `2 refused as
+/// malformed or over a limit` for one malformed request and one bad
+/// WebSocket frame.
+#[test]
+fn the_stop_line_says_refused_requests_apart_from_other_protocol_errors() {
+    let (mut child, stdout, addr) = start_serve(&["--admin", "off"]);
+    let mut ws = ws_open(&addr, "/ws", &[]);
+    // A text frame "hi" without a mask: clients must mask (RFC 6455 §5.1).
+    ws.write_all(&[0x81, 2, b'h', b'i']).unwrap();
+    // A close frame, code 1002 (protocol error), with a short reason.
+    let mut head = [0; 2];
+    ws.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x88, "{head:?}");
+    let mut closing = vec![0; usize::from(head[1])];
+    ws.read_exact(&mut closing).unwrap();
+    assert_eq!(closing.get(..2), Some(&[0x03, 0xea][..]), "{closing:?}");
+    // Closed (FIN), so the server closes at once instead of waiting out
+    // its close timeout.
+    drop(ws);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(SAFETY)).unwrap();
+    s.write_all(b"NOT HTTP\r\n\r\n").unwrap();
+    let mut refused = String::new();
+    s.read_to_string(&mut refused).unwrap();
+    assert!(refused.starts_with("HTTP/1.1 400 "), "{refused}");
+    drop(s);
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+    let rest = stdout.rest().join("\n");
+    assert!(
+        rest.contains(
+            "megaconn stopped: 2 connections accepted, 1 request served, 1 refused as malformed or over a limit, 1 connection closed for another protocol error (WebSocket, framed, HTTP/2, TLS)"
+        ),
+        "{rest}"
+    );
+}
+
 #[test]
 fn the_ws_route_echoes_a_websocket_message() {
     let (mut child, _stdout, addr) = start_serve(&["--admin", "off"]);
