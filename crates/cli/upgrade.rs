@@ -108,11 +108,21 @@ pub const NOTHING_TO_TAKE_OVER_EXIT: i32 = 3;
 /// control socket's path, or nothing listening there any more (the process
 /// handed over already, or is gone).
 #[derive(Debug, thiserror::Error)]
-#[error("--upgrade: no server answers on {} (is one running, with the same --upgrade-socket?)", path.display())]
+#[error("--upgrade: no server answers on {} ({})", path.display(), why_nothing(*source))]
 pub struct NothingToTakeOver {
     path: PathBuf,
     #[source]
     source: nix::Error,
+}
+
+/// What [`NothingToTakeOver`] found at the control socket's path, and what
+/// to do: a socket nothing listens on is what a killed server leaves (a
+/// server that exits removes its own), and needs no cleaning.
+fn why_nothing(source: nix::Error) -> &'static str {
+    match source {
+        nix::Error::ECONNREFUSED => "a socket nothing listens on: its server was killed, or handed over already; start without --upgrade, which replaces it",
+        _ => "is one running, with the same --upgrade-socket?",
+    }
 }
 
 /// Exit code of a worker process that found its slot's lock taken
@@ -1624,6 +1634,29 @@ mod tests {
         assert!(format!("{err:#}").contains("closed"), "{err:#}");
         let err = take_over(&path).err().expect("refused");
         assert!(err.downcast_ref::<NothingToTakeOver>().is_some(), "{err:#}");
+    }
+
+    /// A control socket a killed server left (bound, nothing listening,
+    /// never removed) is nothing to take over from, and the error says so
+    /// and what to do; a path with nothing at all asks whether a server runs.
+    #[test]
+    fn a_socket_a_killed_server_left_is_nothing_to_take_over_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        let err = take_over(&path).err().expect("nothing there");
+        assert!(format!("{err}").contains("is one running"), "{err}");
+        let killed = seqpacket().unwrap();
+        sock::bind(killed.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        sock::listen(killed.as_raw_fd(), 4).unwrap();
+        drop(killed);
+        assert!(path.exists());
+        let err = take_over(&path).err().expect("nothing listens");
+        assert!(err.downcast_ref::<NothingToTakeOver>().is_some(), "{err:#}");
+        assert!(
+            format!("{err}").contains("its server was killed")
+                && format!("{err}").contains("start without --upgrade"),
+            "{err}"
+        );
     }
 
     /// A control socket whose listener is gone (shut down here, so that
