@@ -963,7 +963,7 @@ impl Collector for Snapshot {
         counter(
             &mut e,
             "protocol_errors",
-            "Requests rejected as malformed or over a limit.",
+            "HTTP requests refused as malformed or over a limit, and connections closed for another protocol error (WebSocket, framed, HTTP/2, TLS).",
             s.protocol_errors,
         )?;
         labelled(
