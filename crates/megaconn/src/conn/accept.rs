@@ -53,7 +53,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
-use crate::conn::admission::{refuse, Refusal, RefusalAnswer, PER_IP_RETRY_AFTER_SECS};
+use crate::conn::admission::{refuse, Refusal, RefusalAnswer, Undecided, PER_IP_RETRY_AFTER_SECS};
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
 use crate::conn::fd_reserve::FdLine;
@@ -103,142 +103,152 @@ pub(crate) async fn accept_loop(
     // handshakes in flight before they are accepted (`tls::HandshakeGate`).
     let tls = crate::conn::tls::tls_for_local(&ctx.config, local).cloned();
     let gate = tls.as_ref().and(ctx.tls_gate.clone());
-    loop {
-        // A connection first, then a slot for it: a slot taken before the
-        // wait sat idle with this acceptor while a connection queued on
-        // another listener (another worker's, or this worker's other
-        // address) waited for one, with fewer than max_connections open.
-        let accepted = match listener.readable().await {
-            Err(e) => Err(e),
-            Ok(mut ready) => {
-                let place = match &gate {
-                    None => None,
-                    Some(gate) => match gate.try_enter() {
-                        Some(place) => Some(place),
+    // Refusals waiting for their client's first bytes to choose between
+    // answers (h2c's `GOAWAY` or HTTP/1.1's `503`), answered beside the loop.
+    let undecided = Undecided::new();
+    let accepting = async {
+        loop {
+            // A connection first, then a slot for it: a slot taken before the
+            // wait sat idle with this acceptor while a connection queued on
+            // another listener (another worker's, or this worker's other
+            // address) waited for one, with fewer than max_connections open.
+            let accepted = match listener.readable().await {
+                Err(e) => Err(e),
+                Ok(mut ready) => {
+                    let place = match &gate {
+                        None => None,
+                        Some(gate) => match gate.try_enter() {
+                            Some(place) => Some(place),
+                            None if !has_queued(listener.get_ref()) => {
+                                ready.clear_ready();
+                                continue;
+                            }
+                            None => Some(gate.enter_at_cap(&ctx).await),
+                        },
+                    };
+                    let held = match limit.try_acquire() {
+                        Some(s) => s,
+                        // Readiness stays set after an accept until one finds
+                        // the queue empty: ask the kernel before counting a wait.
                         None if !has_queued(listener.get_ref()) => {
                             ready.clear_ready();
                             continue;
                         }
-                        None => Some(gate.enter_at_cap(&ctx).await),
-                    },
-                };
-                let held = match limit.try_acquire() {
-                    Some(s) => s,
-                    // Readiness stays set after an accept until one finds
-                    // the queue empty: ask the kernel before counting a wait.
-                    None if !has_queued(listener.get_ref()) => {
-                        ready.clear_ready();
+                        None => {
+                            incr(&ctx.stats.accept_waits_at_limit);
+                            slot_at_limit(&limit, &ctx, evictable, &at_limit_log).await
+                        }
+                    };
+                    match ready.try_io(|l| accept4(l.get_ref())) {
+                        // Into the reserve: closed (dropped) here, and taken
+                        // for what it is, the process out of descriptors.
+                        Ok(Ok((socket, _))) if fd_line.crossed(socket.as_raw_fd()) => {
+                            Err(io::Error::from_raw_os_error(libc::EMFILE))
+                        }
+                        Ok(accepted) => accepted.map(|a| (a, held, place)),
+                        // Taken by now (another process on a shared socket, or
+                        // a connection reset in the queue): readiness cleared,
+                        // the slot given back, wait again.
+                        Err(_would_block) => continue,
+                    }
+                }
+            };
+            match accepted {
+                Ok(((socket, peer), mut held, place)) => {
+                    backoff = BACKOFF_START;
+                    incr(&ctx.stats.accepted);
+                    let hook = ctx.config.on_connection.as_ref();
+                    // The access log reads the peer from the connection's track.
+                    let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
+                    let track = tracked.then(|| {
+                        ConnTrack::open(
+                            hook,
+                            ctx.registry.as_ref(),
+                            peer,
+                            local,
+                            ctx.index,
+                            &ctx.stats,
+                        )
+                    });
+                    let refusal = if !limit
+                        .accept_rate()
+                        .is_none_or(|r| r.try_take(ctx.index, Instant::now()))
+                    {
+                        Some(Refusal::AcceptRate)
+                    } else if !limit.admit_ip(&mut held, peer.ip()) {
+                        Some(Refusal::PerIp)
+                    } else {
+                        None
+                    };
+                    let conn = Connection::open(held, ctx.stats.clone(), track);
+                    if let Some(refusal) = refusal {
+                        // Answered (if the listener's protocol can say it,
+                        // `admission::refuse`) and closed at once, counted
+                        // like any close.
+                        let (counter, log, answer) = match refusal {
+                            Refusal::AcceptRate => {
+                                (&ctx.stats.rejected_accept_rate, &rate_log, &rate_answer)
+                            }
+                            Refusal::PerIp => {
+                                (&ctx.stats.rejected_per_ip, &per_ip_log, &per_ip_answer)
+                            }
+                        };
+                        // Counted before the client can read the answer.
+                        incr(counter);
+                        if let (Some(socket), Some(answer)) =
+                            (refuse(socket, answer.as_ref()), answer)
+                        {
+                            undecided.add(socket, answer);
+                        }
+                        conn.close(CloseReason::Limit);
+                        log.log(|suppressed| {
+                            tracing::warn!(
+                                worker = ctx.index,
+                                limit = refusal.knob(),
+                                %peer,
+                                suppressed,
+                                "connection refused by {} (raise it if the peer is legitimate)",
+                                refusal.knob()
+                            )
+                        });
                         continue;
                     }
-                    None => {
-                        incr(&ctx.stats.accept_waits_at_limit);
-                        slot_at_limit(&limit, &ctx, evictable, &at_limit_log).await
+                    if let Some(Err(per_second)) = tls.as_ref().map(|t| t.admit_from(peer.ip())) {
+                        // Before any TLS work: closed without an answer, as a
+                        // TLS listener's other refusals; with a FIN, not the
+                        // reset its unread ClientHello would draw.
+                        LimitHit::TlsHandshakeRatePerIp.count(&ctx.stats);
+                        crate::conn::admission::shut_and_discard(socket.as_raw_fd());
+                        drop(socket);
+                        conn.close(CloseReason::Limit);
+                        ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {
+                            tracing::warn!(
+                                worker = ctx.index,
+                                %peer,
+                                handshake_rate_per_ip = per_second,
+                                suppressed,
+                                "TLS connection refused: its IP is over the handshake rate per IP (raise --tls-handshake-rate-per-ip if the peer is legitimate, e.g. a NAT)"
+                            )
+                        });
+                        continue;
                     }
-                };
-                match ready.try_io(|l| accept4(l.get_ref())) {
-                    // Into the reserve: closed (dropped) here, and taken
-                    // for what it is, the process out of descriptors.
-                    Ok(Ok((socket, _))) if fd_line.crossed(socket.as_raw_fd()) => {
-                        Err(io::Error::from_raw_os_error(libc::EMFILE))
+                    configure_accepted(&socket, &ctx.config);
+                    // The connection's age, drawn once: the lot keeps it (to the
+                    // second) for its wake-ups, the connection starts with it.
+                    let retire_at = ctx.retire_at();
+                    if let Some(lot) = &ctx.park {
+                        lot.note_retire_at(socket.as_raw_fd(), retire_at);
                     }
-                    Ok(accepted) => accepted.map(|a| (a, held, place)),
-                    // Taken by now (another process on a shared socket, or
-                    // a connection reset in the queue): readiness cleared,
-                    // the slot given back, wait again.
-                    Err(_would_block) => continue,
+                    let info = ConnInfo { peer, local };
+                    spawn_connection(Incoming::Accepted(socket, info, retire_at, place), conn);
                 }
-            }
-        };
-        match accepted {
-            Ok(((socket, peer), mut held, place)) => {
-                backoff = BACKOFF_START;
-                incr(&ctx.stats.accepted);
-                let hook = ctx.config.on_connection.as_ref();
-                // The access log reads the peer from the connection's track.
-                let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
-                let track = tracked.then(|| {
-                    ConnTrack::open(
-                        hook,
-                        ctx.registry.as_ref(),
-                        peer,
-                        local,
-                        ctx.index,
-                        &ctx.stats,
-                    )
-                });
-                let refusal = if !limit
-                    .accept_rate()
-                    .is_none_or(|r| r.try_take(ctx.index, Instant::now()))
-                {
-                    Some(Refusal::AcceptRate)
-                } else if !limit.admit_ip(&mut held, peer.ip()) {
-                    Some(Refusal::PerIp)
-                } else {
-                    None
-                };
-                let conn = Connection::open(held, ctx.stats.clone(), track);
-                if let Some(refusal) = refusal {
-                    // Answered (if the listener's protocol can say it,
-                    // `admission::refuse`) and closed at once, counted
-                    // like any close.
-                    let (counter, log, answer) = match refusal {
-                        Refusal::AcceptRate => {
-                            (&ctx.stats.rejected_accept_rate, &rate_log, &rate_answer)
-                        }
-                        Refusal::PerIp => (&ctx.stats.rejected_per_ip, &per_ip_log, &per_ip_answer),
-                    };
-                    // Counted before the client can read the answer.
-                    incr(counter);
-                    refuse(socket, answer.as_ref());
-                    conn.close(CloseReason::Limit);
-                    log.log(|suppressed| {
-                        tracing::warn!(
-                            worker = ctx.index,
-                            limit = refusal.knob(),
-                            %peer,
-                            suppressed,
-                            "connection refused by {} (raise it if the peer is legitimate)",
-                            refusal.knob()
-                        )
-                    });
-                    continue;
-                }
-                if let Some(Err(per_second)) = tls.as_ref().map(|t| t.admit_from(peer.ip())) {
-                    // Before any TLS work: closed without an answer, as a
-                    // TLS listener's other refusals; with a FIN, not the
-                    // reset its unread ClientHello would draw.
-                    LimitHit::TlsHandshakeRatePerIp.count(&ctx.stats);
-                    crate::conn::admission::shut_and_discard(socket.as_raw_fd());
-                    drop(socket);
-                    conn.close(CloseReason::Limit);
-                    ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {
-                        tracing::warn!(
-                            worker = ctx.index,
-                            %peer,
-                            handshake_rate_per_ip = per_second,
-                            suppressed,
-                            "TLS connection refused: its IP is over the handshake rate per IP (raise --tls-handshake-rate-per-ip if the peer is legitimate, e.g. a NAT)"
-                        )
-                    });
-                    continue;
-                }
-                configure_accepted(&socket, &ctx.config);
-                // The connection's age, drawn once: the lot keeps it (to the
-                // second) for its wake-ups, the connection starts with it.
-                let retire_at = ctx.retire_at();
-                if let Some(lot) = &ctx.park {
-                    lot.note_retire_at(socket.as_raw_fd(), retire_at);
-                }
-                let info = ConnInfo { peer, local };
-                spawn_connection(Incoming::Accepted(socket, info, retire_at, place), conn);
-            }
-            Err(e) => {
-                incr(&ctx.stats.accept_errors);
-                ctx.stats.accept_failed(&e);
-                if is_transient(&e) {
-                    continue;
-                }
-                error_log.log(|suppressed| {
+                Err(e) => {
+                    incr(&ctx.stats.accept_errors);
+                    ctx.stats.accept_failed(&e);
+                    if is_transient(&e) {
+                        continue;
+                    }
+                    error_log.log(|suppressed| {
                     tracing::error!(
                         worker = ctx.index,
                         error = %e,
@@ -248,10 +258,19 @@ pub(crate) async fn accept_loop(
                         "accept failed; backing off (raise the open-file limit or lower max_connections)"
                     )
                 });
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
             }
         }
+    };
+    let choosing = [&per_ip_answer, &rate_answer]
+        .into_iter()
+        .any(|a| a.as_ref().is_some_and(|a| a.by_opening.is_some()));
+    if choosing {
+        tokio::join!(accepting, undecided.run());
+    } else {
+        accepting.await;
     }
 }
 
