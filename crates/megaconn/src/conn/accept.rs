@@ -25,9 +25,12 @@
 //! Over the accept rate or the per-IP limit (`admission.rs`) a connection
 //! is refused right after accept: answered if its listener's protocol can
 //! say it without a handshake (a cleartext HTTP listener's `503`, or its
-//! `GOAWAY` for a client whose HTTP/2 preface is already there; the server
+//! `GOAWAY` for a client whose first bytes are HTTP/2's preface; the server
 //! makes both once per listener, `server/dispatch.rs`), then closed; the
-//! loop keeps nothing of it and never waits on it. A TLS listener's
+//! loop keeps nothing of it and never waits on it, but for a refusal whose
+//! client's first bytes have not come to say which answer: those the loop
+//! keeps, bounded, and answers beside its accepts (`admission::Undecided`).
+//! A TLS listener's
 //! connection over its IP's handshake rate (`TlsConfig::handshake_rate_per_ip`)
 //! is closed the same way, before any TLS work.
 //!

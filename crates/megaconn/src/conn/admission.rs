@@ -5,9 +5,11 @@
 //! Over a limit, a connection is refused right after accept ([`refuse`]):
 //! told so in its listener's protocol if it has a way to say it without
 //! a handshake (a cleartext HTTP listener answers `503`, or a `GOAWAY` to
-//! a client whose first bytes, already there, are HTTP/2's preface; the
-//! server decides which, `server/dispatch.rs`), closed, counted under the
-//! limit's name and logged at most once per interval (see `accept.rs`).
+//! a client whose first bytes are HTTP/2's preface; the server makes both,
+//! `server/dispatch.rs`), closed, counted under the limit's name and
+//! logged at most once per interval (see `accept.rs`). When the answer
+//! depends on first bytes not there yet, [`Undecided`] waits for them,
+//! bounded in time and number, in the accept loop's task.
 //! The per-IP table holds only IPs that have connections now, a few dozen
 //! bytes each; a million connections from a handful of addresses cost a
 //! handful of entries.
@@ -716,6 +718,67 @@ mod tests {
         // Below one a second: a burst of 1.
         let slow = PerIpRate::new(0.01);
         assert!(slow.try_take(a, start) && !slow.try_take(a, start));
+    }
+
+    /// Refusals whose answer waits for the client's first bytes: answered
+    /// by them when they come (all of the opening, or not it from its
+    /// first byte), by the default when none came within
+    /// [`UNDECIDED_WAIT`], and never more than [`UNDECIDED_MAX`] waiting
+    /// (the oldest answered at once).
+    #[tokio::test(start_paused = true)]
+    async fn undecided_refusals_wait_bounded_for_their_first_bytes() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let answer = Answer {
+            bytes: Box::from(&b"503"[..]),
+            by_opening: Some((&b"PRI"[..], Box::from(&b"GOAWAY"[..]))),
+        };
+        let undecided = Undecided::new();
+        let mut clients = Vec::new();
+        for _ in 0..=UNDECIDED_MAX {
+            clients.push(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+            let (socket, _) = listener.accept().unwrap();
+            socket.set_nonblocking(true).unwrap();
+            let socket = refuse(OwnedFd::from(socket), Some(&answer)).expect("no bytes yet");
+            undecided.add(socket, &answer);
+        }
+        assert_eq!(undecided.len(), UNDECIDED_MAX);
+        let answered = |client: &mut std::net::TcpStream| {
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(answered(&mut clients[0]), "503", "the oldest made room");
+        clients[1].write_all(b"PRI * HTTP/2.0").unwrap();
+        clients[2].write_all(b"GET / HTTP/1.1").unwrap();
+        clients[3].write_all(b"PR").unwrap();
+        let running = undecided.run();
+        tokio::pin!(running);
+        let run_for = |wait| async move { tokio::time::sleep(wait).await };
+        tokio::select! {
+            () = &mut running => unreachable!(),
+            () = run_for(UNDECIDED_WAIT / 4) => {}
+        }
+        assert_eq!(answered(&mut clients[1]), "GOAWAY");
+        assert_eq!(answered(&mut clients[2]), "503");
+        assert_eq!(
+            undecided.len(),
+            UNDECIDED_MAX - 2,
+            "a partial opening waits"
+        );
+        clients[3].write_all(b"I").unwrap();
+        tokio::select! {
+            () = &mut running => unreachable!(),
+            () = run_for(UNDECIDED_WAIT / 4) => {}
+        }
+        assert_eq!(answered(&mut clients[3]), "GOAWAY");
+        tokio::select! {
+            () = &mut running => unreachable!(),
+            () = run_for(UNDECIDED_WAIT) => {}
+        }
+        assert_eq!(undecided.len(), 0, "the silent ones' wait is over");
+        assert_eq!(answered(&mut clients[4]), "503");
+        assert_eq!(answered(&mut clients[UNDECIDED_MAX]), "503");
     }
 
     #[test]
