@@ -56,7 +56,9 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
-use crate::conn::admission::{refuse, Refusal, RefusalAnswer, Undecided, PER_IP_RETRY_AFTER_SECS};
+use crate::conn::admission::{
+    refuse, Answer, Refusal, RefusalAnswer, Undecided, PER_IP_RETRY_AFTER_SECS,
+};
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
 use crate::conn::fd_reserve::FdLine;
@@ -97,10 +99,13 @@ pub(crate) async fn accept_loop(
     let per_ip_log = RateLimitedLog::default();
     let local = crate::conn::socket::addr_of(listener.get_ref());
     // What a refused client is told on this listener, made once.
-    let per_ip_answer = answer(&ctx.config, local, PER_IP_RETRY_AFTER_SECS);
-    let rate_answer = limit
-        .accept_rate()
-        .and_then(|r| answer(&ctx.config, local, r.retry_after_secs(ctx.index)));
+    // None from the server: no answer, only a close, with a FIN.
+    let per_ip_answer =
+        answer(&ctx.config, local, PER_IP_RETRY_AFTER_SECS).unwrap_or_else(Answer::silent);
+    let rate_answer = limit.accept_rate().map(|r| {
+        answer(&ctx.config, local, r.retry_after_secs(ctx.index)).unwrap_or_else(Answer::silent)
+    });
+    let silent = Answer::silent();
     let mut fd_line = FdLine::new(ctx.config.fd_reserve);
     // A TLS listener's connections take a place among the worker's
     // handshakes in flight before they are accepted (`tls::HandshakeGate`).
@@ -189,18 +194,18 @@ pub(crate) async fn accept_loop(
                         // `admission::refuse`) and closed at once, counted
                         // like any close.
                         let (counter, log, answer) = match refusal {
-                            Refusal::AcceptRate => {
-                                (&ctx.stats.rejected_accept_rate, &rate_log, &rate_answer)
-                            }
+                            Refusal::AcceptRate => (
+                                &ctx.stats.rejected_accept_rate,
+                                &rate_log,
+                                rate_answer.as_ref().unwrap_or(&silent),
+                            ),
                             Refusal::PerIp => {
                                 (&ctx.stats.rejected_per_ip, &per_ip_log, &per_ip_answer)
                             }
                         };
                         // Counted before the client can read the answer.
                         incr(counter);
-                        if let (Some(socket), Some(answer)) =
-                            (refuse(socket, answer.as_ref()), answer)
-                        {
+                        if let Some(socket) = refuse(socket, answer) {
                             undecided.add(socket, answer);
                         }
                         conn.close(CloseReason::Limit);
@@ -219,10 +224,12 @@ pub(crate) async fn accept_loop(
                     if let Some(Err(per_second)) = tls.as_ref().map(|t| t.admit_from(peer.ip())) {
                         // Before any TLS work: closed without an answer, as a
                         // TLS listener's other refusals; with a FIN, not the
-                        // reset its unread ClientHello would draw.
+                        // reset its unread ClientHello would draw (nor one
+                        // that comes after the close: it is waited for).
                         LimitHit::TlsHandshakeRatePerIp.count(&ctx.stats);
-                        crate::conn::admission::shut_and_discard(socket.as_raw_fd());
-                        drop(socket);
+                        if let Some(socket) = refuse(socket, &silent) {
+                            undecided.add(socket, &silent);
+                        }
                         conn.close(CloseReason::Limit);
                         ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {
                             tracing::warn!(
@@ -267,14 +274,7 @@ pub(crate) async fn accept_loop(
             }
         }
     };
-    let choosing = [&per_ip_answer, &rate_answer]
-        .into_iter()
-        .any(|a| a.as_ref().is_some_and(|a| a.by_opening.is_some()));
-    if choosing {
-        tokio::join!(accepting, undecided.run());
-    } else {
-        accepting.await;
-    }
+    tokio::join!(accepting, undecided.run());
 }
 
 /// A slot for a connection waiting on the listener at `max_connections`:

@@ -368,34 +368,61 @@ const DISCARD_MAX: usize = 64 * 1024;
 /// send fail (a broken pipe) whatever the order: only a lingering close,
 /// which holds the socket, would spare it that.
 #[must_use = "an undecided refusal is answered by `Undecided`, or closed unanswered"]
-pub(crate) fn refuse(socket: OwnedFd, answer: Option<&Answer>) -> Option<OwnedFd> {
-    let answer = answer?;
-    let fd = socket.as_raw_fd();
-    let bytes = match &answer.by_opening {
-        None => &answer.bytes,
-        Some((opening, other)) => match first_bytes(fd, opening) {
-            Opening::Is => other,
-            Opening::IsNot => &answer.bytes,
-            Opening::NotYet => return Some(socket),
-        },
-    };
-    send_then_shut(fd, bytes);
-    None
+pub(crate) fn refuse(socket: OwnedFd, answer: &Answer) -> Option<OwnedFd> {
+    match answer.choose(socket.as_raw_fd()) {
+        Some(bytes) => {
+            send_then_shut(socket.as_raw_fd(), bytes);
+            None
+        }
+        None => Some(socket),
+    }
+}
+
+impl Answer {
+    /// No answer, only a close (a TLS listener's, a framed one's): a FIN
+    /// once the client's first bytes are in (see [`Answer::choose`]).
+    pub(crate) fn silent() -> Answer {
+        Answer {
+            bytes: Box::default(),
+            by_opening: None,
+        }
+    }
+
+    /// What to send on `fd` now, or `None` to wait for the client's first
+    /// bytes: an answer by opening whose opening has not (all) come, or a
+    /// silent one with nothing come yet. A silent refusal waits so that its
+    /// close is a FIN: bytes that arrive on a closed socket draw a reset
+    /// (`tcp_close`), and a client's first flight (a ClientHello) usually
+    /// comes right behind its handshake's ACK, often after the accept.
+    fn choose(&self, fd: std::os::fd::RawFd) -> Option<&[u8]> {
+        match &self.by_opening {
+            Some((opening, other)) => match first_bytes(fd, opening) {
+                Opening::Is => Some(other),
+                Opening::IsNot => Some(&self.bytes),
+                Opening::NotYet => None,
+            },
+            None if self.bytes.is_empty() => {
+                (first_bytes(fd, b"") != Opening::NotYet).then_some(&self.bytes)
+            }
+            None => Some(&self.bytes),
+        }
+    }
 }
 
 /// Sends `bytes` on `fd` without waiting, then, if they all went, shuts
 /// and discards ([`shut_and_discard`]) before the caller closes.
 fn send_then_shut(fd: std::os::fd::RawFd, bytes: &[u8]) {
     // SAFETY: a send from a live buffer of its length on our descriptor.
-    let sent = unsafe {
-        libc::send(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if usize::try_from(sent) == Ok(bytes.len()) {
+    let sent = !bytes.is_empty()
+        && usize::try_from(unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        }) == Ok(bytes.len());
+    if bytes.is_empty() || sent {
         shut_and_discard(fd);
     }
 }
@@ -432,9 +459,10 @@ enum Opening {
 /// Looks at the first bytes received on `fd` without waiting and without
 /// taking them (a peek: they are discarded with the rest before the
 /// close, and a partial opening must still be there when the rest comes).
+/// An empty `opening` asks whether any byte came: one is peeked.
 fn first_bytes(fd: std::os::fd::RawFd, opening: &[u8]) -> Opening {
     let mut first = [0u8; OPENING_MAX];
-    let len = opening.len().min(OPENING_MAX);
+    let len = opening.len().clamp(1, OPENING_MAX);
     // SAFETY: a recv into a live stack buffer of at least `len` bytes, on
     // our descriptor, that never blocks.
     let read = unsafe {
@@ -453,9 +481,10 @@ fn first_bytes(fd: std::os::fd::RawFd, opening: &[u8]) -> Opening {
             Opening::IsNot
         };
     };
-    if read == 0 || first[..read] != opening[..read] {
+    let opening = &opening[..opening.len().min(OPENING_MAX)];
+    if read == 0 || !opening.starts_with(&first[..read.min(opening.len())]) {
         Opening::IsNot
-    } else if read == len {
+    } else if read >= opening.len() {
         Opening::Is
     } else {
         Opening::NotYet
@@ -599,14 +628,15 @@ impl Waiting<'_> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(mut ready)) => {
-                    let fd = self.socket.get_ref().as_raw_fd();
-                    match self.answer.by_opening.as_ref() {
-                        Some((opening, _)) if first_bytes(fd, opening) == Opening::NotYet => {
-                            // The opening's first bytes only: wait for more.
-                            ready.clear_ready();
-                        }
-                        _ => return Poll::Ready(()),
+                    if self
+                        .answer
+                        .choose(self.socket.get_ref().as_raw_fd())
+                        .is_some()
+                    {
+                        return Poll::Ready(());
                     }
+                    // The opening's first bytes only: wait for more.
+                    ready.clear_ready();
                 }
             }
         }
@@ -617,11 +647,7 @@ impl Waiting<'_> {
     /// only, the default answer. Dropped after: deregistered and closed.
     fn settle(self) {
         let fd = self.socket.get_ref().as_raw_fd();
-        let bytes = match &self.answer.by_opening {
-            Some((opening, other)) if first_bytes(fd, opening) == Opening::Is => other,
-            _ => &self.answer.bytes,
-        };
-        send_then_shut(fd, bytes);
+        send_then_shut(fd, self.answer.choose(fd).unwrap_or(&self.answer.bytes));
     }
 }
 
@@ -739,7 +765,7 @@ mod tests {
             clients.push(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
             let (socket, _) = listener.accept().unwrap();
             socket.set_nonblocking(true).unwrap();
-            let socket = refuse(OwnedFd::from(socket), Some(&answer)).expect("no bytes yet");
+            let socket = refuse(OwnedFd::from(socket), &answer).expect("no bytes yet");
             undecided.add(socket, &answer);
         }
         assert_eq!(undecided.len(), UNDECIDED_MAX);
