@@ -303,7 +303,7 @@ pub(crate) enum Refusal {
 /// the server, which knows the listener's protocol (`server/dispatch.rs`):
 /// the answer for a `Retry-After` of that many seconds, or `None` to close
 /// without a word (a TLS listener, whose client expects a handshake; a
-/// framed one, whose protocol has no refusal).
+/// framed one, whose protocol has no refusal): [`Answer::silent`].
 pub(crate) type RefusalAnswer = fn(&Config, SocketAddr, u64) -> Option<Answer>;
 
 /// The bytes a refused client is sent ([`refuse`]), made once per listener.
@@ -506,8 +506,11 @@ pub(crate) const UNDECIDED_WAIT: Duration = Duration::from_secs(1);
 /// that serves HTTP/2 with prior knowledge, an HTTP/1.1 client is told
 /// `503` and an HTTP/2 one `GOAWAY`, and each reads the other's answer as
 /// garbage (the `h2` client's connection ended in a broken pipe, its
-/// request with it, nothing saying it was safe to retry). A client's first
-/// bytes follow its handshake's ACK, and an accept can come between them.
+/// request with it, nothing saying it was safe to retry); a silent
+/// refusal's close (a TLS listener's) is a FIN only if the client's first
+/// flight came before it (one arriving on a closed socket draws a reset).
+/// A client's first bytes follow its handshake's ACK, and an accept can
+/// come between them.
 ///
 /// Each waits until its first bytes say which answer (the socket is
 /// registered with the runtime for readability), at most

@@ -264,7 +264,8 @@ pub(crate) fn evictable(tag: ProtoTag) -> bool {
 /// (`http2::refused_at_accept`): it read the `503` as a protocol error.
 /// Its first bytes say which (`admission::refuse`); when they have not
 /// arrived yet, the refusal waits for them, bounded (`admission::Undecided`).
-/// A TLS listener closes without a word: its client expects a handshake,
+/// A TLS listener closes without a word (`None`: the accept loop closes
+/// with a FIN once the client's first flight is in, `Answer::silent`): its client expects a handshake,
 /// and plaintext would be garbage to it (an alert would need one half
 /// begun). A framed listener too: its protocol is the handler's, with no
 /// refusal the server could speak.
