@@ -423,6 +423,46 @@ mod tests {
         poll_once(std::pin::pin!(socket.read(&mut buf))).map(|r| r.unwrap())
     }
 
+    /// A read that follows a wake ([`Parkable::read_follows_wake`]) is tried
+    /// on the readiness tokio recorded: it reads what is there, and where
+    /// nothing is (or a short read cleared the readiness) it waits as any
+    /// read does, its waker registered, so the next bytes wake it.
+    #[tokio::test]
+    async fn a_read_after_a_wake_reads_or_waits_as_any_read() {
+        let (fd, mut client) = pair();
+        let mut socket = WokenSocket::new(fd, false, Wake::Readable);
+        assert_eq!(read_now(&mut socket, 8), Poll::Pending, "registers it");
+        socket.read_follows_wake();
+        assert_eq!(read_now(&mut socket, 8), Poll::Pending, "nothing there");
+        assert!(!socket.after_wake, "every read takes the hint");
+        client.write_all(b"xyz").unwrap();
+        std::future::poll_fn(|cx| socket.poll_read_ready(cx))
+            .await
+            .unwrap();
+        socket.read_follows_wake();
+        assert_eq!(read_now(&mut socket, 8), Poll::Ready(3));
+        // The short read cleared the readiness: the next one waits, and
+        // bytes sent later still wake it.
+        socket.read_follows_wake();
+        assert_eq!(read_now(&mut socket, 8), Poll::Pending);
+        client.write_all(b"ab").unwrap();
+        std::future::poll_fn(|cx| socket.poll_read_ready(cx))
+            .await
+            .unwrap();
+        socket.read_follows_wake();
+        assert_eq!(read_now(&mut socket, 8), Poll::Ready(2));
+        drop(client);
+        std::future::poll_fn(|cx| socket.poll_read_ready(cx))
+            .await
+            .unwrap();
+        socket.read_follows_wake();
+        assert_eq!(
+            read_now(&mut socket, 8),
+            Poll::Ready(0),
+            "the end of the stream"
+        );
+    }
+
     /// Bytes were there when the lot took the edge: until a read comes back
     /// short (or would block), some may be left that no edge will announce.
     #[tokio::test]
