@@ -429,6 +429,15 @@ mod tests {
     /// read does, its waker registered, so the next bytes wake it.
     #[tokio::test]
     async fn a_read_after_a_wake_reads_or_waits_as_any_read() {
+        /// Waits until tokio has the socket readable, then reads as a
+        /// woken wait does.
+        async fn read_when_ready(socket: &mut WokenSocket) -> Poll<usize> {
+            std::future::poll_fn(|cx| socket.poll_read_ready(cx))
+                .await
+                .unwrap();
+            socket.read_follows_wake();
+            read_now(socket, 8)
+        }
         let (fd, mut client) = pair();
         let mut socket = WokenSocket::new(fd, false, Wake::Readable);
         assert_eq!(read_now(&mut socket, 8), Poll::Pending, "registers it");
@@ -436,28 +445,16 @@ mod tests {
         assert_eq!(read_now(&mut socket, 8), Poll::Pending, "nothing there");
         assert!(!socket.after_wake, "every read takes the hint");
         client.write_all(b"xyz").unwrap();
-        std::future::poll_fn(|cx| socket.poll_read_ready(cx))
-            .await
-            .unwrap();
-        socket.read_follows_wake();
-        assert_eq!(read_now(&mut socket, 8), Poll::Ready(3));
+        assert_eq!(read_when_ready(&mut socket).await, Poll::Ready(3));
         // The short read cleared the readiness: the next one waits, and
         // bytes sent later still wake it.
         socket.read_follows_wake();
         assert_eq!(read_now(&mut socket, 8), Poll::Pending);
         client.write_all(b"ab").unwrap();
-        std::future::poll_fn(|cx| socket.poll_read_ready(cx))
-            .await
-            .unwrap();
-        socket.read_follows_wake();
-        assert_eq!(read_now(&mut socket, 8), Poll::Ready(2));
+        assert_eq!(read_when_ready(&mut socket).await, Poll::Ready(2));
         drop(client);
-        std::future::poll_fn(|cx| socket.poll_read_ready(cx))
-            .await
-            .unwrap();
-        socket.read_follows_wake();
         assert_eq!(
-            read_now(&mut socket, 8),
+            read_when_ready(&mut socket).await,
             Poll::Ready(0),
             "the end of the stream"
         );
