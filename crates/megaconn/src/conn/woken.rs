@@ -260,9 +260,9 @@ impl AsyncRead for WokenSocket {
             // A busy connection's usual case: registered already. Right
             // after its wait for bytes, tried first on the readiness the
             // runtime recorded: polling it again (`Registration::poll_ready`:
-            // the task budget, then the readiness) took ~65 user-space
-            // instructions a request, and the wait's own poll registered the
-            // waker already. The budget it skips is a fresh task poll's
+            // the task budget, then the readiness) took ~75 user-space
+            // instructions a request (`bench/CPU-PER-REQUEST.md`, session
+            // 40), and the wait's own poll registered the waker already. The budget it skips is a fresh task poll's
             // (the read is the first thing the woken task does), which one
             // operation cannot exhaust. Not ready: polled as usual.
             State::Registered(stream) => {
