@@ -758,6 +758,21 @@ impl Inbox {
         Ok(queue.drain(..count).collect())
     }
 
+    /// Drops the accepted messages a slow consumer leaves queued (the
+    /// queue overflowed): how many, for `queue_drops` (`Awake::drop_behind`).
+    /// None while it has not overflowed: a connection that closes for
+    /// another reason loses what waits uncounted, as a push to a closed
+    /// connection is.
+    pub(crate) fn drop_behind(&self) -> usize {
+        if !self.overflowed.get() {
+            return 0;
+        }
+        let mut queue = self.queue.borrow_mut();
+        let n = queue.len();
+        queue.clear();
+        n
+    }
+
     /// True when nothing waits (and there is no overflow or close to act
     /// on).
     pub(crate) fn is_empty(&self) -> bool {
