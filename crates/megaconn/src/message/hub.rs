@@ -12,7 +12,9 @@
 //!   buffer's worth, not the whole queue); a queue at its bound closes the
 //!   connection as
 //!   [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer), after
-//!   the rest of the frame under way;
+//!   the rest of the frame under way. Such a push counts in `pushes` once
+//!   the socket took it whole (the protocol counts it as it writes), and in
+//!   `queue_drops` if a slow consumer's close drops it;
 //! - parked: the message is written straight to the socket, one `send`, and
 //!   the connection stays parked (no task, no buffer kept). If the socket
 //!   cannot take the whole message at once the peer is not reading: the

@@ -221,6 +221,36 @@ mod tests {
         }
     }
 
+    /// A slow consumer that takes the rest of its frame just before the
+    /// close's bound and then keeps its end open (reads nothing more, never
+    /// closes) is closed at that bound: the rest and the linger after it
+    /// share it. (Each had a bound of its own: this close took 3.9 s.)
+    #[tokio::test(start_paused = true)]
+    async fn the_rest_of_a_frame_and_the_linger_share_one_bound() {
+        use std::pin::Pin;
+        use tokio::io::{AsyncReadExt, AsyncWrite};
+
+        let (mut ours, mut peer) = tokio::io::duplex(1024);
+        let rest = vec![7u8; 8192];
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_TIMEOUT - Duration::from_millis(100)).await;
+            let mut got = vec![0; 8192];
+            peer.read_exact(&mut got).await.unwrap();
+            // Kept open: returned, not dropped.
+            peer
+        });
+        let started = Instant::now();
+        let deadline = close_by();
+        let whole = write_rest(&rest, deadline, |cx, b| {
+            Pin::new(&mut ours).poll_write(cx, b)
+        })
+        .await;
+        assert!(whole, "the rest went, just in time");
+        linger_after_unsent(&mut ours, deadline).await;
+        assert_eq!(started.elapsed(), CLOSE_TIMEOUT);
+        let _peer = reader.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn each_check_in_its_order() {
         let counters = MessageCounters::default();

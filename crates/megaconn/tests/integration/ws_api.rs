@@ -22,8 +22,9 @@ use futures_util::SinkExt;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use megaconn::{
-    Builder, CloseReason, ConnInfo, ConnectionId, ConnectionState, FramedHandler, Framing, Hub, Server,
-    ServerHandle, Session, ShutdownSummary, WebSocketHandler, WebSocketRoute, WsMessage, WsSession,
+    Builder, CloseReason, ConnInfo, ConnectionId, ConnectionState, FramedHandler, Framing, Hub,
+    Server, ServerHandle, Session, ShutdownSummary, WebSocketHandler, WebSocketRoute, WsMessage,
+    WsSession,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -552,7 +553,10 @@ pub(crate) async fn stuck_writing(handle: &ServerHandle) {
         if list.iter().any(|c| c.state == ConnectionState::Writing) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for a stuck write");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for a stuck write"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

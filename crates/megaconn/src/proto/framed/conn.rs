@@ -26,9 +26,19 @@
 //! Pushes from the hub go out between the peer's frames (and in the middle
 //! of one), a batch of about 64 KiB of the connection's queue at a time
 //! (`Inbox::take_up_to`). A peer whose queue overflows is a slow consumer:
-//! the frame under way is finished first, within the close's bound, and the
-//! close lingers, so what the peer reads ends on a whole frame (a framed
-//! protocol has no close frame to say why it ends).
+//! the frame under way is finished first and the close lingers, so what the
+//! peer reads ends on a whole frame (a framed protocol has no close frame to
+//! say why it ends). The two share one bound, the close's 2 s
+//! (`message::wake::close_by`), as an HTTP close's last write and linger
+//! do: each had its own `CLOSE_TIMEOUT`, so a peer that took the rest just
+//! before the first passed and then kept its end open held the close ~4 s.
+//! (The write stall bound is not one of them: it bounds a write before the
+//! overflow, which ends that write at once.) A parked one woken behind
+//! writes the rest of its push and lingers within that one bound too.
+//!
+//! Counted as the socket takes them: `frames_out` and `bytes_out` the
+//! frames written whole, `pushes` the pushes among them; the pushes a slow
+//! consumer's close drops (not begun, or still queued) in `queue_drops`.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -753,7 +763,7 @@ async fn say_goodbye<H: FramedHandler>(
     ctx: &WorkerContext,
     inbox: Option<&Awake>,
 ) -> Ended<OwnedFd> {
-    // Accepted pushes (counted as sent) go out before the goodbye, which
+    // Accepted pushes go out before the goodbye, which
     // then goes on its own (`flush` writes the handler's frames first), a
     // batch at a time as always.
     let flushed = loop {

@@ -415,6 +415,39 @@ mod tests {
         assert_eq!(ends.rest_of_frame(100_010), 0);
     }
 
+    /// A flush cut short counts the data frames it wrote whole (a pong is
+    /// none), and the pushes among them by where the pushes begin.
+    #[test]
+    fn the_data_frames_written_whole_and_the_pushes_among_them() {
+        let mut pong = BytesMut::new();
+        frame::encode(&mut pong, frame::Out::Pong, b"p");
+        let (reply, push) = (ours(10), ours(300));
+        let wbuf = [&reply[..], &pong[..], &push[..], &push[..]].concat();
+        let pushes_from = Some(reply.len() + pong.len());
+        let mut ends = FrameEnds::default();
+        ends.note(&wbuf);
+        let (a, b, c) = (12, 12 + 3, 12 + 3 + 304);
+        for (written, counted) in [
+            (0, (0, 0)),
+            (a - 1, (0, 0)),
+            (a, (1, 0)),
+            (b, (1, 0)),
+            (c - 1, (1, 0)),
+            (c, (2, 1)),
+            (wbuf.len(), (3, 2)),
+        ] {
+            let within = ends.data_within((0, written), pushes_from);
+            assert_eq!(within, counted, "{written} written");
+        }
+        // The frame under way, from where the write stopped to its end.
+        assert_eq!(ends.data_within((b + 1, c), pushes_from), (1, 1));
+        assert_eq!(ends.data_within((1, a), None), (1, 0));
+        // One frame, a push.
+        ends.note(&push);
+        assert_eq!(ends.data_within((0, push.len()), Some(0)), (1, 1));
+        assert_eq!(ends.data_within((0, push.len() - 1), Some(0)), (0, 0));
+    }
+
     #[test]
     fn a_lone_close_is_one_whole_valid_close_frame_and_nothing_else() {
         assert!(lone_close(&close()));

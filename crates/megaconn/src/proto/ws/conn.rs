@@ -32,7 +32,16 @@
 //! Pushes from the hub go out between the peer's messages (and in the
 //! middle of one), a batch of about 64 KiB of the connection's queue at a
 //! time (`Inbox::take_up_to`), the next once the socket took it; a peer
-//! whose queue overflows gets the rest of the frame under way and a 1013.
+//! whose queue overflows gets the rest of the frame under way and a 1013,
+//! both written by the close within its one bound (2 s, the linger
+//! included; a parked one woken behind shares that bound between the rest
+//! of its push and the close).
+//!
+//! Counted as the socket takes them (`Unwritten`): `frames_out` and
+//! `bytes_out` the replies and pushes written whole, `pushes` the pushes
+//! among them; those a slow consumer's close drops (not begun, or still
+//! queued) in `queue_drops`. (They counted as they were taken from the
+//! queue: a frame lost at the close counted as sent.)
 //!
 //! The server's close: a close frame, then the peer's close frame awaited
 //! for `close_timeout` (what else it sends meanwhile is passed by its frame
@@ -286,7 +295,13 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             if decoder.between_messages() {
                 message.ended(Instant::now);
             }
-            let acting = on_event(&mut conn, &mut live, (&session, &mut unwritten), codec, event);
+            let acting = on_event(
+                &mut conn,
+                &mut live,
+                (&session, &mut unwritten),
+                codec,
+                event,
+            );
             match acting.await {
                 Next::Go => {}
                 close => break 'serve close,
