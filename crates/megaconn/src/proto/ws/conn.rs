@@ -344,7 +344,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             &mut conn,
             settings.heartbeat_timeout,
             awake.as_ref(),
-            (&mut frame_ends, &mut unwritten),
+            (&mut frame_ends, &mut unwritten, counters),
         );
         if let Err(close) = flushed.await {
             break 'serve close;
@@ -591,7 +591,8 @@ impl Unwritten {
         let under_way = (written, written + kept);
         let (owed, owed_pushes) = ends.data_within(under_way, self.pushes_from);
         if slow {
-            add(&counters.queue_drops, self.pushes - pushes - owed_pushes);
+            let dropped = self.pushes.saturating_sub(pushes + owed_pushes);
+            add(&counters.queue_drops, dropped);
         }
         *self = Unwritten {
             frames: owed,
@@ -626,10 +627,8 @@ async fn flush(
     conn: &mut ConnIo<WsIo>,
     heartbeat: Option<std::time::Duration>,
     awake: Option<&Awake>,
-    (frame_ends, unwritten): (&mut FrameEnds, &mut Unwritten),
+    (frame_ends, unwritten, counters): (&mut FrameEnds, &mut Unwritten, &MessageCounters),
 ) -> Result<(), Next> {
-    let ctx = conn.ctx.clone();
-    let counters = &ctx.stats.messages;
     let started = conn.wbuf_len();
     if started == 0 {
         return Ok(());
