@@ -150,10 +150,13 @@ pub struct MessageStats {
     /// Bytes written to message connections, headers included.
     pub bytes_out: u64,
     /// Frames delivered by the hub (one per connection reached by a push,
-    /// publish or broadcast).
+    /// publish or broadcast), counted once the connection's socket took the
+    /// frame whole.
     pub pushes: u64,
-    /// Pushes dropped because a connection's outbound queue was full (the
-    /// connection is closed as a slow consumer).
+    /// Pushes dropped for a slow consumer: at its full outbound queue (or,
+    /// parked, its full socket buffer), and those its close left unwritten
+    /// (still queued, or not taken whole); the connection is closed as a
+    /// slow consumer.
     pub queue_drops: u64,
     /// Server heartbeat frames sent.
     pub heartbeats_sent: u64,
