@@ -37,8 +37,10 @@
 //! The audience of a topic is [`subscribers`](crate::subscribers): this
 //! process's subscribers of that name, counted when they subscribe
 //! (`topics.rs`); a broadcast's is the application's to give
-//! ([`allow_to`](PublishRate::allow_to), e.g. the server's open
-//! connections, which is what the CLI's demo gives for `PUB *`).
+//! ([`allow_to`](PublishRate::allow_to), e.g. the server's
+//! [`message_connections`](crate::ServerHandle::message_connections), the
+//! framed and WebSocket ones a broadcast reaches, which is what the CLI's
+//! demo gives for `PUB *`).
 //!
 //! The budgets are kept here, per worker thread, by [`ConnectionId`], not
 //! in the connection's state: a parked connection's side-table slot holds

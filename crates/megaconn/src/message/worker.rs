@@ -246,7 +246,8 @@ impl Local {
                     WireId::try_from(all.len() - 1).expect("fewer than 65,536 wire formats")
                 })
                 .collect();
-            let table = Rc::new(SideTable::<S>::new(ids, send()));
+            let table = SideTable::<S>::new(ids, send()).counted(self.stats.clone());
+            let table = Rc::new(table);
             self.tables
                 .borrow_mut()
                 .push((tag, table.clone(), table.clone()));
@@ -270,9 +271,14 @@ impl Local {
         if let Some(kick) = self.kicks.take(id) {
             inbox.kick(kick);
         }
-        self.awake
+        let stale = self
+            .awake
             .borrow_mut()
             .insert(id.fd(), (id.generation(), inbox.clone()));
+        if stale.is_none() {
+            // What a broadcast reaches (`ServerHandle::message_connections`).
+            gauge_own(&self.stats.messages.connections, 1);
+        }
         Some(Awake {
             local: self.clone(),
             id,
@@ -590,6 +596,7 @@ impl Drop for Awake {
             .is_some_and(|(g, _)| *g == self.id.generation())
         {
             awake.remove(&self.id.fd());
+            gauge_own(&self.local.stats.messages.connections, -1);
             // A ramp leaves the map sized for every connection awake at once;
             // once most have parked, that room would stay (~17 bytes a slot,
             // per connection of the peak, for the life of the worker).
