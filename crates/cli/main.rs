@@ -15,6 +15,7 @@ mod fanout;
 mod knobs;
 mod logging;
 mod serve;
+mod shared_audience;
 mod shared_stats;
 mod supervisor;
 mod tls;

@@ -600,3 +600,59 @@ fn a_killed_worker_process_keeps_its_counts_and_the_totals_never_go_backwards() 
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.child.wait().code(), Some(0));
 }
+
+/// A `PUB` is charged by its topic's subscribers in every worker process,
+/// which it reaches (`--publish-burst 1 --publish-fanout 2`: at most 2 a
+/// publish): three subscribers on worker process 0 make a `PUB` from a
+/// connection of worker process 1 reach three, refused outright and naming
+/// three. Each process counted only its own before: process 1 saw none,
+/// published, and the publisher was charged nothing of what it reached.
+/// Process 0 killed (its subscriptions never taken out by a stop), its
+/// restart finds its slot zeroed: the next `PUB` reaches none and is
+/// published (the counts do not stay, read by every process for good).
+#[test]
+fn a_pub_is_charged_by_its_subscribers_in_every_worker_process() {
+    let tcp = common::ReservedPort::new();
+    let budget = [
+        "--publish-rate",
+        "0.001",
+        "--publish-burst",
+        "1",
+        "--publish-fanout",
+        "2",
+    ];
+    let mut sup = Supervisor::start_with(2, &[&["--tcp-listen", &tcp.addr][..], &budget].concat());
+    let (mut subscribers, mut publisher) = (Vec::new(), None);
+    for _ in 0..MAX_SPREAD {
+        if subscribers.len() == 3 && publisher.is_some() {
+            break;
+        }
+        let mut c = Framed::connect(&tcp.addr);
+        let pid: i32 = c.ask("PID").strip_prefix("pid ").unwrap().parse().unwrap();
+        if pid == sup.worker_pids[0] && subscribers.len() < 3 {
+            assert_eq!(c.ask("SUB room"), "subscribed: room");
+            subscribers.push(c);
+        } else if pid == sup.worker_pids[1] && publisher.is_none() {
+            publisher = Some(c);
+        }
+    }
+    assert_eq!(subscribers.len(), 3, "three connections on process 0");
+    let mut publisher = publisher.expect("a connection on process 1");
+    let answer = publisher.ask("PUB room to three");
+    assert!(
+        answer.starts_with("error: publish reaches 3 connections"),
+        "{answer}"
+    );
+    // SAFETY: kill(2) on a worker process the supervisor started for us.
+    unsafe { libc::kill(sup.worker_pids[0], libc::SIGKILL) };
+    let line = sup.lines.expect_line();
+    assert!(
+        line.starts_with("worker process 0 restarted pid "),
+        "{line}"
+    );
+    drop(subscribers);
+    assert_eq!(publisher.ask("PUB room to none"), "published");
+    drop(publisher);
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.child.wait().code(), Some(0));
+}
