@@ -22,7 +22,8 @@
 //! ([`megaconn::PublishRate`]), each counting as one per `--publish-fanout`
 //! connections it reaches (its topic's subscribers; for `PUB *`, every
 //! message connection, framed or WebSocket, HTTP ones not: a broadcast
-//! reaches only those); past it `PUB` is answered
+//! reaches only those; with `--processes`, in every worker process,
+//! `shared_audience.rs`); past it `PUB` is answered
 //! `error: publish rate; slow down` (or, for a publish whose audience is
 //! over `--publish-burst × --publish-fanout`, `error: publish reaches …`)
 //! and a chat message is dropped, the connection open either way.
@@ -312,8 +313,9 @@ impl megaconn::FramedHandler for FramedDemo {
 
 impl FramedDemo {
     /// Takes a publish to `topic` from `connection`'s budget, charged by its
-    /// audience (this process's subscribers of the topic; for `*`, the
-    /// server's message connections): `None` if it may publish, else the
+    /// audience (the topic's subscribers; for `*`, the server's message
+    /// connections; with `--processes`, in every worker process, which a
+    /// publish reaches): `None` if it may publish, else the
     /// answer to its peer (the refusal is counted and logged by
     /// [`PublishRate`]).
     fn refused(&self, topic: Topic<'_>, connection: ConnectionId) -> Option<Bytes> {
@@ -321,7 +323,11 @@ impl FramedDemo {
         let audience = match topic {
             // Counted only when it is charged for.
             _ if rate.is_off() || rate.fanout.is_none() => 0,
-            Topic::All => self.server.message_connections(),
+            // With --processes, a broadcast reaches every worker process's.
+            Topic::All => {
+                self.server.message_connections()
+                    + megaconn::message_connections_in_other_processes()
+            }
             Topic::Named(name) => megaconn::subscribers(name),
         };
         if rate.allow_to(connection, audience) {
@@ -354,8 +360,8 @@ impl WebSocketHandler for WsEcho {
 /// message from one is published to all of them (the sender too), parked or
 /// awake, text as text and binary as binary.
 ///
-/// Each message is charged by the room's size in this process
-/// ([`PublishRate::allow_publish`]: one per `--publish-fanout` members), so
+/// Each message is charged by the room's size (in every worker process of
+/// `--processes`, which the message reaches: [`PublishRate::allow_publish`]: one per `--publish-fanout` members), so
 /// a room larger than `--publish-burst × --publish-fanout` (20,000 at the
 /// defaults) takes no messages from its members: each would cost the
 /// server a delivery per member. A message past the connection's publish

@@ -602,24 +602,26 @@ fn a_killed_worker_process_keeps_its_counts_and_the_totals_never_go_backwards() 
 }
 
 /// A `PUB` is charged by its topic's subscribers in every worker process,
-/// which it reaches (`--publish-burst 1 --publish-fanout 2`: at most 2 a
-/// publish): three subscribers on worker process 0 make a `PUB` from a
-/// connection of worker process 1 reach three, refused outright and naming
-/// three. Each process counted only its own before: process 1 saw none,
-/// published, and the publisher was charged nothing of what it reached.
-/// Process 0 killed (its subscriptions never taken out by a stop), its
-/// restart finds its slot zeroed: the next `PUB` reaches none and is
-/// published (the counts do not stay, read by every process for good).
+/// and a `PUB *` by the message connections of every one, which they reach
+/// (`--publish-burst 2 --publish-fanout 1`: at most 2 a publish): three
+/// subscribers on worker process 0 make a `PUB` from a connection of
+/// worker process 1 reach three, and a `PUB *` four, each refused outright,
+/// naming how many. Each process counted only its own before: process 1
+/// saw no subscriber and one connection, published both, and the publisher
+/// was charged nothing of what it reached elsewhere. Process 0 killed (its
+/// subscriptions never taken out by a stop), its restart finds its slot
+/// zeroed: the next `PUB` reaches none and `PUB *` the publisher alone,
+/// both published (the counts do not stay, read by every process for good).
 #[test]
-fn a_pub_is_charged_by_its_subscribers_in_every_worker_process() {
+fn a_pub_is_charged_by_its_audience_in_every_worker_process() {
     let tcp = common::ReservedPort::new();
     let budget = [
         "--publish-rate",
         "0.001",
         "--publish-burst",
-        "1",
-        "--publish-fanout",
         "2",
+        "--publish-fanout",
+        "1",
     ];
     let mut sup = Supervisor::start_with(2, &[&["--tcp-listen", &tcp.addr][..], &budget].concat());
     let (mut subscribers, mut publisher) = (Vec::new(), None);
@@ -638,11 +640,13 @@ fn a_pub_is_charged_by_its_subscribers_in_every_worker_process() {
     }
     assert_eq!(subscribers.len(), 3, "three connections on process 0");
     let mut publisher = publisher.expect("a connection on process 1");
-    let answer = publisher.ask("PUB room to three");
-    assert!(
-        answer.starts_with("error: publish reaches 3 connections"),
-        "{answer}"
-    );
+    for (publish, reaches) in [("PUB room to three", 3), ("PUB * to four", 4)] {
+        let answer = publisher.ask(publish);
+        assert!(
+            answer.starts_with(&format!("error: publish reaches {reaches} connections")),
+            "{publish}: {answer}"
+        );
+    }
     // SAFETY: kill(2) on a worker process the supervisor started for us.
     unsafe { libc::kill(sup.worker_pids[0], libc::SIGKILL) };
     let line = sup.lines.expect_line();
@@ -652,6 +656,10 @@ fn a_pub_is_charged_by_its_subscribers_in_every_worker_process() {
     );
     drop(subscribers);
     assert_eq!(publisher.ask("PUB room to none"), "published");
+    publisher.send("PUB * to one");
+    let mut got = [publisher.line(), publisher.line()];
+    got.sort();
+    assert_eq!(got, ["published", "to one"]);
     drop(publisher);
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.child.wait().code(), Some(0));

@@ -82,8 +82,8 @@ pub use budget::{
 pub use hub::{ConnectionId, Hub, HubError};
 pub use session::Session;
 pub use topics::{
-    share_audience, subscribers, ShareAudienceError, SubscribeError, AUDIENCE_COUNTERS,
-    DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES,
+    message_connections_in_other_processes, share_audience, subscribers, ShareAudienceError,
+    SubscribeError, AUDIENCE_COUNTERS, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES,
 };
 
 /// Default bound of an awake connection's outbound queue: 256 messages.

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use crate::message::hub::{self, Delivered, Generation, SendNow, Unsent, GENERATION_BITS};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::stats::{add, gauge_own, incr, MessageCounters, WorkerStats};
+use crate::observe::stats::{add, incr, MessageCounters, WorkerStats};
 
 /// A parked connection's state, its variant (the protocol's own small tag:
 /// framed TCP's listener, for its framing when it wakes), and its timers
@@ -171,7 +171,7 @@ impl<S> SideTable<S> {
         self.len
             .set(self.len.get().wrapping_add_signed(by as isize));
         if let Some(stats) = &self.counted {
-            gauge_own(&stats.messages.connections, by);
+            crate::message::topics::message_connections_moved(stats, by);
         }
     }
 

@@ -50,6 +50,7 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 use crate::message::hub::{ConnectionId, Generation};
+use crate::observe::stats::{gauge_own, WorkerStats};
 
 /// Default [`Builder::max_subscriptions`](crate::Builder::max_subscriptions):
 /// 128 topics per connection. Each costs the worker about 270 bytes with a
@@ -89,10 +90,16 @@ pub const DEFAULT_MAX_TOPIC_BYTES: usize = 255;
 /// [`PublishRate`](crate::PublishRate) covers.
 const AUDIENCE_WIDTH: usize = 1 << 15;
 
+/// Where a process's count of its message connections is in its counters
+/// (shared tables only): the first of one page after the two rows.
+const CONNECTIONS_AT: usize = 2 * AUDIENCE_WIDTH;
+
 /// The counters one process keeps in an audience table: two rows of
-/// 32,768 `u32`s (256 KiB). A table shared by P processes
-/// ([`share_audience`]) is P of these, one after the other.
-pub const AUDIENCE_COUNTERS: usize = 2 * AUDIENCE_WIDTH;
+/// 32,768 `u32`s (256 KiB), then a page (1,024 counters) whose first is
+/// the process's message connections, what a broadcast reaches. A table
+/// shared by P processes ([`share_audience`]) is P of these, one after the
+/// other.
+pub const AUDIENCE_COUNTERS: usize = CONNECTIONS_AT + 1024;
 
 /// This process's audience table when it shares none: 256 KiB of zeroed
 /// statics, its pages touched as names land on them. A `u32` each: four
@@ -111,6 +118,9 @@ struct Audience {
     /// The hash's keys: the same in every process sharing the table, so a
     /// name lands on the same counters in each.
     keys: (u64, u64),
+    /// Shared with other processes ([`share_audience`]): this process
+    /// counts its message connections in it too.
+    shared: bool,
 }
 
 /// The process's audience table: [`OWN_TABLE`] with keys drawn at random,
@@ -127,6 +137,7 @@ fn audience() -> &'static Audience {
             table: &OWN_TABLE,
             own: 0,
             keys: (random.hash_one(0u8), random.hash_one(1u8)),
+            shared: false,
         }
     })
 }
@@ -195,6 +206,51 @@ pub fn subscribers(topic: &str) -> usize {
     audience().read(topic)
 }
 
+/// One message connection more (`1`) or fewer (`-1`) on a worker of
+/// `stats` that a broadcast reaches (awake and registered for pushes, or
+/// parked): its worker's gauge
+/// ([`ServerHandle::message_connections`](crate::ServerHandle::message_connections)),
+/// and with a shared table this process's count in it, which the other
+/// processes read ([`message_connections_in_other_processes`]). Unshared,
+/// the gauge alone: no atomic add shared by the workers on each park and
+/// wake.
+pub(crate) fn message_connections_moved(stats: &WorkerStats, by: i64) {
+    gauge_own(&stats.messages.connections, by);
+    // Set from here on: a table shared later would take out connections
+    // it never counted (`ShareAudienceError::InUse` instead).
+    let audience = audience();
+    if audience.shared {
+        let counter = &audience.table[audience.own + CONNECTIONS_AT];
+        if by >= 0 {
+            counter.fetch_add(by as u32, Relaxed);
+        } else {
+            counter.fetch_sub(by.unsigned_abs() as u32, Relaxed);
+        }
+    }
+}
+
+/// The message connections of the other processes sharing this process's
+/// audience table ([`share_audience`]): what a broadcast that reaches them
+/// too (the CLI's `serve --processes` relays `PUB *` to every worker
+/// process) reaches beyond this server's
+/// [`message_connections`](crate::ServerHandle::message_connections).
+/// Exact as of their last park, wake or close; 0 when the table is not
+/// shared. One load a process.
+pub fn message_connections_in_other_processes() -> usize {
+    let audience = audience();
+    if !audience.shared {
+        return 0;
+    }
+    let others: u64 = audience
+        .table
+        .chunks_exact(AUDIENCE_COUNTERS)
+        .enumerate()
+        .filter(|(slot, _)| slot * AUDIENCE_COUNTERS != audience.own)
+        .map(|(_, process)| u64::from(process[CONNECTIONS_AT].load(Relaxed)))
+        .sum();
+    usize::try_from(others).unwrap_or(usize::MAX)
+}
+
 /// Why [`share_audience`] did not share the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -240,8 +296,14 @@ pub fn share_audience(
         return Err(ShareAudienceError::NoSuchSlot { len, slot });
     }
     let own = slot * AUDIENCE_COUNTERS;
+    let shared = true;
     AUDIENCE
-        .set(Audience { table, own, keys })
+        .set(Audience {
+            table,
+            own,
+            keys,
+            shared,
+        })
         .map_err(|_| ShareAudienceError::InUse)
 }
 
@@ -743,11 +805,13 @@ mod tests {
             table,
             own: 0,
             keys,
+            shared: true,
         };
         let two = Audience {
             table,
             own: AUDIENCE_COUNTERS,
             keys,
+            shared: true,
         };
         one.count("room", 3, true);
         two.count("room", 5, true);
@@ -778,5 +842,45 @@ mod tests {
             share_audience(table, 1, keys),
             Err(ShareAudienceError::InUse)
         );
+    }
+
+    /// What the README's and the module doc's cost of the sketch is
+    /// measured on, not a check: 100,000 subscribes and as many
+    /// unsubscribes of one connection (`MEGACONN_SKETCH=topics`), the
+    /// sketch's part alone (`sketch`: its count in and out for each name),
+    /// or neither (`none`: the names only), each run under
+    /// `valgrind --tool=callgrind` (release) and the runs subtracted.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn measure_the_sketch() {
+        const N: usize = 100_000;
+        let names: Vec<String> = (0..N).map(|i| format!("room-{i:08}")).collect();
+        let mode = std::env::var("MEGACONN_SKETCH").unwrap_or_default();
+        let mut topics = Topics::new(usize::MAX, usize::MAX);
+        let a = id(7, 1);
+        match mode.as_str() {
+            "topics" => {
+                for name in &names {
+                    assert_eq!(topics.subscribe(a, name), Ok(()));
+                }
+                for name in &names {
+                    topics.unsubscribe(a, name);
+                }
+            }
+            "sketch" => {
+                for name in &names {
+                    count_audience(std::hint::black_box(name), 1, true);
+                }
+                for name in &names {
+                    count_audience(std::hint::black_box(name), 1, false);
+                }
+            }
+            _ => {
+                for name in &names {
+                    std::hint::black_box(name);
+                }
+            }
+        }
+        assert!(topics.members.is_empty());
     }
 }

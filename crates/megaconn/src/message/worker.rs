@@ -25,7 +25,7 @@ use crate::message::hub::{
     GENERATION_BITS, GENERATION_MASK,
 };
 use crate::message::table::{ParkedSet, SendParked, SideTable};
-use crate::message::topics::{SubscribeError, Topics};
+use crate::message::topics::{message_connections_moved, SubscribeError, Topics};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::message::MessageSettings;
 use crate::observe::limits::LimitHit;
@@ -277,7 +277,7 @@ impl Local {
             .insert(id.fd(), (id.generation(), inbox.clone()));
         if stale.is_none() {
             // What a broadcast reaches (`ServerHandle::message_connections`).
-            gauge_own(&self.stats.messages.connections, 1);
+            message_connections_moved(&self.stats, 1);
         }
         Some(Awake {
             local: self.clone(),
@@ -596,7 +596,7 @@ impl Drop for Awake {
             .is_some_and(|(g, _)| *g == self.id.generation())
         {
             awake.remove(&self.id.fd());
-            gauge_own(&self.local.stats.messages.connections, -1);
+            message_connections_moved(&self.local.stats, -1);
             // A ramp leaves the map sized for every connection awake at once;
             // once most have parked, that room would stay (~17 bytes a slot,
             // per connection of the peak, for the life of the worker).
