@@ -17,6 +17,7 @@ mod logging;
 mod serve;
 mod shared_audience;
 mod shared_stats;
+mod shm;
 mod supervisor;
 mod tls;
 mod upgrade;

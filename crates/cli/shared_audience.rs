@@ -46,14 +46,7 @@ impl SharedAudience {
     /// A zeroed block of `slots` slots (256 KiB each, in pages the kernel
     /// gives as they are written) and fresh random keys.
     pub fn create(slots: usize) -> io::Result<SharedAudience> {
-        // SAFETY: a C string literal; no CLOEXEC so exec'd children inherit it.
-        let fd = unsafe { libc::memfd_create(c"megaconn-audience".as_ptr(), 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        File::from(fd.try_clone()?).set_len((slots * SLOT_BYTES) as u64)?;
+        let fd = crate::shm::memfd(c"megaconn-audience", slots * SLOT_BYTES)?;
         // Two random words (`RandomState` is seeded from the OS): which
         // names share counters is no peer's to choose.
         let random = std::collections::hash_map::RandomState::new();
@@ -134,20 +127,7 @@ fn map(fd: &OwnedFd, len: usize) -> io::Result<&'static [AtomicU32]> {
             "an audience block of {len} bytes is no whole number of slots"
         )));
     }
-    // SAFETY: mapping a file we own, shared, for its whole length.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let ptr = crate::shm::map(fd, len)?;
     // SAFETY: `len` bytes at `ptr` are mapped, readable and writable, and
     // never unmapped (the slice lives as long as the process); page-aligned,
     // so aligned for `AtomicU32`, which has `u32`'s size and layout; the

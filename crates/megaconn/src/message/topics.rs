@@ -40,7 +40,15 @@
 //! behind: its slot is zeroed before another process takes it.
 //!
 //! Cost: the count on each subscribe and each leave is a SipHash of the
-//! name and two atomic adds (see `COST` below for the measure).
+//! name and two atomic adds: **275 instructions** for a 13-byte name
+//! (release, `valgrind --tool=callgrind` on `measure_the_sketch` below:
+//! 100,000 names counted in and out, 173,753,413 instructions against
+//! 118,753,503 for the names alone), of the **2,093** a subscribe or an
+//! unsubscribe of [`Topics`] costs in all (537,373,741 for the same names
+//! through it): 13 %. The hash is most of it (~86 in SipHash's `write`,
+//! ~55 finishing it and picking the counters); the two adds are two
+//! locked instructions, uncontended unless other workers count names on
+//! the same cache lines at the same moment.
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
