@@ -20,15 +20,17 @@
 //! so each connection's publishes, `PUB` and `/ws/chat` messages alike, are
 //! held to `--publish-rate` a second with a burst of `--publish-burst`
 //! ([`megaconn::PublishRate`]), each counting as one per `--publish-fanout`
-//! connections it reaches (its topic's subscribers in this process; every
-//! open connection for `PUB *`); past it `PUB` is answered
+//! connections it reaches (its topic's subscribers; for `PUB *`, every
+//! message connection, framed or WebSocket, HTTP ones not: a broadcast
+//! reaches only those; with `--processes`, in every worker process,
+//! `shared_audience.rs`); past it `PUB` is answered
 //! `error: publish rate; slow down` (or, for a publish whose audience is
 //! over `--publish-burst × --publish-fanout`, `error: publish reaches …`)
 //! and a chat message is dropped, the connection open either way.
 //!
-//! `PUB *` (to every connection) is open to any peer, as the demo's other
-//! commands are, but charged as a publish to everyone: on a server of a
-//! few thousand connections it works as a broadcast should in a demo you
+//! `PUB *` (to every message connection) is open to any peer, as the demo's
+//! other commands are, but charged as a publish to everyone it reaches: on
+//! a server of a few thousand framed and WebSocket connections it works as a broadcast should in a demo you
 //! try with `nc`; on one of more than 20,000 (the defaults) it is refused
 //! outright, so no anonymous peer can make the server deliver to all of
 //! its connections. Benchmarks of a broadcast pass `--publish-rate off`.
@@ -221,7 +223,7 @@ fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
 /// | `SUB topic` past `--max-subscriptions`, or a name over `--max-topic-bytes` | `error: <why>` (the connection stays open) |
 /// | `UNSUB topic` | `unsubscribed: topic` |
 /// | `PUB topic text` | `published` (`text` goes to `topic`'s subscribers) |
-/// | `PUB * text` | `published` (`text` goes to every connection: a broadcast) |
+/// | `PUB * text` | `published` (`text` goes to every framed and WebSocket connection: a broadcast) |
 /// | `PUB …` past the connection's `--publish-rate` (burst `--publish-burst`, a publish counting one per `--publish-fanout` connections it reaches) | `error: publish rate; slow down` (not published; the connection stays open) |
 /// | `PUB …` reaching more than `--publish-burst × --publish-fanout` connections (20,000) | `error: publish reaches <n> connections, …` (not published, now or later; the connection stays open) |
 /// | `PUB …` that cannot cross processes (over 64 KiB) | `error: <why>` |
@@ -241,7 +243,7 @@ pub struct FramedDemo {
     /// parked ones), so an unbounded `PUB *` loop made it spend CPU in
     /// proportion to its connections on every 8-byte line.
     pub publish_rate: PublishRate,
-    /// The server, whose open connections are a `PUB *`'s audience.
+    /// The server, whose message connections are a `PUB *`'s audience.
     pub server: ServerHandle,
     /// The largest reply the listener's framing carries
     /// ([`megaconn::Framing::max_reply_bytes`]): an echo over it is
@@ -311,8 +313,9 @@ impl megaconn::FramedHandler for FramedDemo {
 
 impl FramedDemo {
     /// Takes a publish to `topic` from `connection`'s budget, charged by its
-    /// audience (this process's subscribers of the topic; for `*`, the
-    /// server's open connections): `None` if it may publish, else the
+    /// audience (the topic's subscribers; for `*`, the server's message
+    /// connections; with `--processes`, in every worker process, which a
+    /// publish reaches): `None` if it may publish, else the
     /// answer to its peer (the refusal is counted and logged by
     /// [`PublishRate`]).
     fn refused(&self, topic: Topic<'_>, connection: ConnectionId) -> Option<Bytes> {
@@ -320,7 +323,11 @@ impl FramedDemo {
         let audience = match topic {
             // Counted only when it is charged for.
             _ if rate.is_off() || rate.fanout.is_none() => 0,
-            Topic::All => self.server.connections_open(),
+            // With --processes, a broadcast reaches every worker process's.
+            Topic::All => {
+                self.server.message_connections()
+                    + megaconn::message_connections_in_other_processes()
+            }
             Topic::Named(name) => megaconn::subscribers(name),
         };
         if rate.allow_to(connection, audience) {
@@ -353,8 +360,8 @@ impl WebSocketHandler for WsEcho {
 /// message from one is published to all of them (the sender too), parked or
 /// awake, text as text and binary as binary.
 ///
-/// Each message is charged by the room's size in this process
-/// ([`PublishRate::allow_publish`]: one per `--publish-fanout` members), so
+/// Each message is charged by the room's size (in every worker process of
+/// `--processes`, which the message reaches: [`PublishRate::allow_publish`]: one per `--publish-fanout` members), so
 /// a room larger than `--publish-burst × --publish-fanout` (20,000 at the
 /// defaults) takes no messages from its members: each would cost the
 /// server a delivery per member. A message past the connection's publish

@@ -389,7 +389,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     logging::init(resolved.log_format);
     let shared = match args.worker_process {
-        Some(index) => Some((index, worker_process_setup()?)),
+        Some(index) => {
+            // Before the first subscription: this process's topics count
+            // in its slot of the audience table every worker process reads.
+            crate::shared_audience::join(index)?;
+            Some((index, worker_process_setup()?))
+        }
         None => None,
     };
     // A worker process's publish channel to its supervisor (fanout.rs).

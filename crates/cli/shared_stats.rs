@@ -84,18 +84,7 @@ impl SharedStats {
     /// Creates a zeroed block for `slots` processes (in the supervisor). The
     /// descriptor is inherited by children.
     pub fn create(slots: usize) -> io::Result<SharedStats> {
-        // SAFETY: a C string literal; no CLOEXEC so exec'd children inherit it.
-        let fd = unsafe { libc::memfd_create(c"megaconn-stats".as_ptr(), 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let len = (slots * FIELDS * 8) as libc::off_t;
-        // SAFETY: valid fd, plain length.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = crate::shm::memfd(c"megaconn-stats", slots * FIELDS * 8)?;
         SharedStats::map(fd, slots)
     }
 
@@ -108,21 +97,7 @@ impl SharedStats {
     }
 
     fn map(fd: OwnedFd, slots: usize) -> io::Result<SharedStats> {
-        let len = slots * FIELDS * 8;
-        // SAFETY: mapping a file we own, shared, for its whole length.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let ptr = crate::shm::map(&fd, slots * FIELDS * 8)?;
         Ok(SharedStats {
             base: ptr.cast(),
             slots,

@@ -78,6 +78,7 @@ use crate::admin;
 use crate::announce::Moved;
 use crate::fanout::{self, Fanout};
 use crate::serve::{self, Ask, ServeArgs, Signals};
+use crate::shared_audience::{self, SharedAudience};
 use crate::shared_stats::{SharedStats, FD_ENV};
 use crate::upgrade;
 use crate::UsageError;
@@ -400,6 +401,8 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
     };
     let shared =
         Arc::new(SharedStats::create(processes).context("cannot create the shared counter block")?);
+    let audience =
+        SharedAudience::create(processes).context("cannot create the shared audience block")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -409,7 +412,7 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
         let fanout = Fanout::new(processes);
         let source = admin::Source::Processes(shared.clone(), fanout.clone());
         let _admin = admin::start(resolved.admin, source)?;
-        supervise(argv, processes, &shared, &fanout, announce).await
+        supervise(argv, processes, &shared, &audience, &fanout, announce).await
     })
 }
 
@@ -417,6 +420,7 @@ async fn supervise(
     argv: Vec<OsString>,
     processes: usize,
     shared: &SharedStats,
+    audience: &SharedAudience,
     fanout: &Arc<Fanout>,
     announce: Announce,
 ) -> anyhow::Result<()> {
@@ -433,6 +437,7 @@ async fn supervise(
             i,
             processes,
             shared,
+            audience,
             fanout,
             tx.clone(),
             upgrade,
@@ -521,6 +526,11 @@ async fn supervise(
                     let w = &mut workers[i];
                     w.exited();
                     shared.retire(i);
+                    // Before the slot's next process: a killed one left
+                    // its subscriptions counted there.
+                    if let Err(e) = audience.retire(i) {
+                        tracing::warn!(worker = i, error = %e, "cannot zero the worker process's audience slot; its topics read high");
+                    }
                     fanout.detach(i);
                     if w.handed_over {
                         failed |= code != Some(0);
@@ -577,7 +587,7 @@ async fn supervise(
                     let w = &mut workers[i];
                     if w.restart_at.is_some_and(|t| t <= now) {
                         w.restart_at = None;
-                        match start(&exe, &argv, i, processes, shared, fanout, tx.clone(), w.take_over) {
+                        match start(&exe, &argv, i, processes, shared, audience, fanout, tx.clone(), w.take_over) {
                             Ok(process) => {
                                 w.launched(process);
                                 w.restarts += 1;
@@ -674,6 +684,7 @@ fn start(
     index: usize,
     processes: usize,
     shared: &SharedStats,
+    audience: &SharedAudience,
     fanout: &Arc<Fanout>,
     events: mpsc::UnboundedSender<Event>,
     take_over: bool,
@@ -698,6 +709,8 @@ fn start(
         .arg(index.to_string())
         .env(FD_ENV, shared.raw_fd().to_string())
         .env(SLOTS_ENV, processes.to_string())
+        .env(shared_audience::FD_ENV, audience.raw_fd().to_string())
+        .env(shared_audience::KEYS_ENV, audience.keys_env())
         .env(fanout::FD_ENV, channel_fd.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -708,3 +708,64 @@ fn pub_star_is_a_broadcast_on_a_small_server_and_off_is_no_limit() {
         served.stop();
     }
 }
+
+/// `PUB *` is charged by the connections a broadcast reaches, the framed
+/// and WebSocket ones, not by every open connection (`--publish-burst 1
+/// --publish-fanout 3`: at most 3 a publish): with six idle HTTP
+/// connections open beside two framed ones, a `PUB *` reaches two and is
+/// published; once four framed connections are open, it is refused
+/// outright, naming four. Before, the six HTTP connections counted too,
+/// and the first was refused as reaching eight, though no HTTP connection
+/// can hear a broadcast.
+#[test]
+fn pub_star_is_charged_by_the_message_connections_it_reaches() {
+    let budget = [
+        "--publish-rate",
+        "0.001",
+        "--publish-burst",
+        "1",
+        "--publish-fanout",
+        "3",
+    ];
+    let served = Served::start(&[&DEMO[..], &budget].concat());
+    // Idle keep-alive HTTP connections, each answered once (so accepted).
+    let idle: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = TcpStream::connect(&served.main).unwrap();
+            s.set_read_timeout(Some(SAFETY)).unwrap();
+            write!(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut answer = Vec::new();
+            let mut byte = [0u8; 1];
+            while !answer.ends_with(b"Hello, World!") {
+                s.read_exact(&mut byte).unwrap();
+                answer.push(byte[0]);
+            }
+            s
+        })
+        .collect();
+    let mut listener = served.connect_demo();
+    listener.send("PING");
+    assert_eq!(listener.next_line(), "PONG");
+    let mut publisher = served.connect_demo();
+    publisher.send("PUB * to-two");
+    assert_eq!(publisher.next_line(), "published");
+    assert_eq!(publisher.next_line(), "to-two");
+    assert_eq!(listener.next_line(), "to-two");
+    // Four message connections: over 1 × 3 whatever the bucket holds.
+    let mut more: Vec<DemoLine> = (0..2).map(|_| served.connect_demo()).collect();
+    for conn in &mut more {
+        conn.send("PING");
+        assert_eq!(conn.next_line(), "PONG");
+    }
+    let answer = {
+        let star = &mut more[0];
+        star.send("PUB * to-four");
+        star.next_line()
+    };
+    assert!(
+        answer.starts_with("error: publish reaches 4 connections"),
+        "{answer}"
+    );
+    drop(idle);
+    served.stop();
+}

@@ -515,6 +515,70 @@ fn a_restarted_worker_process_gets_a_new_publish_channel() {
     assert_eq!(sup.child.wait().code(), Some(0));
 }
 
+/// A `PUB` is charged by its topic's subscribers in every worker process,
+/// and a `PUB *` by the message connections of every one, which they reach
+/// (`--publish-burst 2 --publish-fanout 1`: at most 2 a publish): three
+/// subscribers on worker process 0 make a `PUB` from a connection of
+/// worker process 1 reach three, and a `PUB *` four, each refused outright,
+/// naming how many. Each process counted only its own before: process 1
+/// saw no subscriber and one connection, published both, and the publisher
+/// was charged nothing of what it reached elsewhere. Process 0 killed (its
+/// subscriptions never taken out by a stop), its restart finds its slot
+/// zeroed: the next `PUB` reaches none and `PUB *` the publisher alone,
+/// both published (the counts do not stay, read by every process for good).
+#[test]
+fn a_pub_is_charged_by_its_audience_in_every_worker_process() {
+    let tcp = common::ReservedPort::new();
+    let budget = [
+        "--publish-rate",
+        "0.001",
+        "--publish-burst",
+        "2",
+        "--publish-fanout",
+        "1",
+    ];
+    let mut sup = Supervisor::start_with(2, &[&["--tcp-listen", &tcp.addr][..], &budget].concat());
+    let (mut subscribers, mut publisher) = (Vec::new(), None);
+    for _ in 0..MAX_SPREAD {
+        if subscribers.len() == 3 && publisher.is_some() {
+            break;
+        }
+        let mut c = Framed::connect(&tcp.addr);
+        let pid: i32 = c.ask("PID").strip_prefix("pid ").unwrap().parse().unwrap();
+        if pid == sup.worker_pids[0] && subscribers.len() < 3 {
+            assert_eq!(c.ask("SUB room"), "subscribed: room");
+            subscribers.push(c);
+        } else if pid == sup.worker_pids[1] && publisher.is_none() {
+            publisher = Some(c);
+        }
+    }
+    assert_eq!(subscribers.len(), 3, "three connections on process 0");
+    let mut publisher = publisher.expect("a connection on process 1");
+    for (publish, reaches) in [("PUB room to three", 3), ("PUB * to four", 4)] {
+        let answer = publisher.ask(publish);
+        assert!(
+            answer.starts_with(&format!("error: publish reaches {reaches} connections")),
+            "{publish}: {answer}"
+        );
+    }
+    // SAFETY: kill(2) on a worker process the supervisor started for us.
+    unsafe { libc::kill(sup.worker_pids[0], libc::SIGKILL) };
+    let line = sup.lines.expect_line();
+    assert!(
+        line.starts_with("worker process 0 restarted pid "),
+        "{line}"
+    );
+    drop(subscribers);
+    assert_eq!(publisher.ask("PUB room to none"), "published");
+    publisher.send("PUB * to one");
+    let mut got = [publisher.line(), publisher.line()];
+    got.sort();
+    assert_eq!(got, ["published", "to one"]);
+    drop(publisher);
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.child.wait().code(), Some(0));
+}
+
 /// The supervisor's `megaconn_requests_total`, checked never to go
 /// backwards from one scrape to the next.
 struct RequestsTotal {

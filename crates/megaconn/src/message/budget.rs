@@ -35,10 +35,13 @@
 //! `Builder::delivery_rate` already paces.
 //!
 //! The audience of a topic is [`subscribers`](crate::subscribers): this
-//! process's subscribers of that name, counted when they subscribe
-//! (`topics.rs`); a broadcast's is the application's to give
-//! ([`allow_to`](PublishRate::allow_to), e.g. the server's open
-//! connections, which is what the CLI's demo gives for `PUB *`).
+//! process's subscribers of that name (and those of the processes that
+//! share its table, [`share_audience`](crate::share_audience)), counted
+//! when they subscribe (`topics.rs`); a broadcast's is the application's to give
+//! ([`allow_to`](PublishRate::allow_to), e.g. the server's
+//! [`message_connections`](crate::ServerHandle::message_connections), the
+//! framed and WebSocket ones a broadcast reaches, which is what the CLI's
+//! demo gives for `PUB *`).
 //!
 //! The budgets are kept here, per worker thread, by [`ConnectionId`], not
 //! in the connection's state: a parked connection's side-table slot holds
@@ -164,7 +167,9 @@ impl PublishRate {
 
     /// Takes what a publish to `topic` costs from `connection`'s budget:
     /// one per [`fanout`](PublishRate::fanout) of the topic's
-    /// [`subscribers`](crate::subscribers) in this process (at least one).
+    /// [`subscribers`](crate::subscribers) (in this process, or in every
+    /// process sharing its audience table: [`share_audience`](crate::share_audience);
+    /// at least one).
     /// Otherwise as [`allow`](PublishRate::allow).
     pub fn allow_publish(&self, connection: ConnectionId, topic: &str) -> bool {
         if self.is_off() {

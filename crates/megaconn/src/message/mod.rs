@@ -18,7 +18,8 @@
 //! - `topics.rs`  `Topics`: each topic's subscribers and each connection's
 //!   topics, at most `max_subscriptions` a connection, of names of at most
 //!   `max_topic_bytes` ([`SubscribeError`]); [`subscribers`], a topic's
-//!   audience in the process
+//!   audience in the process (or the processes of a table shared with
+//!   [`share_audience`])
 //! - `table.rs`   the side table of parked connections' states, per worker
 //!   and protocol, with delivery straight to parked sockets
 //! - `wake.rs`    `resume`: what a woken connection checks first (behind,
@@ -80,7 +81,10 @@ pub use budget::{
 };
 pub use hub::{ConnectionId, Hub, HubError};
 pub use session::Session;
-pub use topics::{subscribers, SubscribeError, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES};
+pub use topics::{
+    message_connections_in_other_processes, share_audience, subscribers, ShareAudienceError,
+    SubscribeError, AUDIENCE_COUNTERS, DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_BYTES,
+};
 
 /// Default bound of an awake connection's outbound queue: 256 messages.
 /// A push that finds it full closes the connection as a slow consumer.

@@ -15,6 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::num::NonZeroU16;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use crate::message::hub::{self, Delivered, Generation, SendNow, Unsent, GENERATION_BITS};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::stats::{add, incr, MessageCounters};
+use crate::observe::stats::{add, incr, MessageCounters, WorkerStats};
 
 /// A parked connection's state, its variant (the protocol's own small tag:
 /// framed TCP's listener, for its framing when it wakes), and its timers
@@ -141,6 +142,9 @@ pub(crate) struct SideTable<S> {
     wires: Vec<WireId>,
     /// How pushes are written (`None`: as they are).
     send: Option<SendParked>,
+    /// The worker's counters, whose gauge of message connections counts
+    /// the full slots (`None`: not counted, a table of a unit test).
+    counted: Option<Arc<WorkerStats>>,
 }
 
 impl<S> SideTable<S> {
@@ -151,6 +155,23 @@ impl<S> SideTable<S> {
             epoch: tokio::time::Instant::now(),
             wires,
             send,
+            counted: None,
+        }
+    }
+
+    /// Counts the full slots in `stats`' gauge of message connections
+    /// (what a broadcast reaches, with the awake ones `worker.rs` counts).
+    pub(crate) fn counted(mut self, stats: Arc<WorkerStats>) -> SideTable<S> {
+        self.counted = Some(stats);
+        self
+    }
+
+    /// One slot more (`1`) or fewer (`-1`) is full.
+    fn moved(&self, by: i64) {
+        self.len
+            .set(self.len.get().wrapping_add_signed(by as isize));
+        if let Some(stats) = &self.counted {
+            crate::message::topics::message_connections_moved(stats, by);
         }
     }
 
@@ -184,7 +205,7 @@ impl<S> SideTable<S> {
         let stale = parked[slot].replace(stored);
         debug_assert!(stale.is_none(), "a socket parked twice");
         if stale.is_none() {
-            self.len.set(self.len.get() + 1);
+            self.moved(1);
         }
     }
 
@@ -194,7 +215,7 @@ impl<S> SideTable<S> {
             .borrow_mut()
             .get_mut(usize::try_from(fd).ok()?)?
             .take()?;
-        self.len.set(self.len.get() - 1);
+        self.moved(-1);
         let (generation, behind) = (stored.generation(), stored.behind());
         Some(Parked {
             state: stored.state,
@@ -416,6 +437,40 @@ mod tests {
         table.parked.borrow_mut()[3].as_mut().unwrap().set_behind();
         let back = table.take(3).unwrap();
         assert_eq!((back.generation, back.behind), (max, true));
+    }
+
+    /// A counted table's full slots are in its worker's gauge of message
+    /// connections (what a broadcast reaches): up as sockets park, down as
+    /// they are taken, a socket taken twice or never parked not at all.
+    #[test]
+    fn a_counted_table_moves_the_message_connections_gauge() {
+        let stats = Arc::new(WorkerStats::default());
+        let table = SideTable::<()>::new(vec![0], None).counted(stats.clone());
+        let gauge = || {
+            stats
+                .messages
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        for fd in [3, 9, 4] {
+            table.put(
+                fd,
+                Parked {
+                    state: (),
+                    variant: 0,
+                    due: None,
+                    send_at: None,
+                    generation: 1,
+                    behind: false,
+                },
+            );
+        }
+        assert_eq!(gauge(), 3);
+        assert!(table.take(9).is_some());
+        assert!(table.take(9).is_none() && table.take(5).is_none());
+        assert_eq!(gauge(), 2);
+        assert!(table.take(3).is_some() && table.take(4).is_some());
+        assert_eq!((gauge(), table.len.get()), (0, 0));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::message::hub::{
     GENERATION_BITS, GENERATION_MASK,
 };
 use crate::message::table::{ParkedSet, SendParked, SideTable};
-use crate::message::topics::{SubscribeError, Topics};
+use crate::message::topics::{message_connections_moved, SubscribeError, Topics};
 use crate::message::wire::{Encoded, Wire, WireId};
 use crate::message::MessageSettings;
 use crate::observe::limits::LimitHit;
@@ -246,7 +246,8 @@ impl Local {
                     WireId::try_from(all.len() - 1).expect("fewer than 65,536 wire formats")
                 })
                 .collect();
-            let table = Rc::new(SideTable::<S>::new(ids, send()));
+            let table = SideTable::<S>::new(ids, send()).counted(self.stats.clone());
+            let table = Rc::new(table);
             self.tables
                 .borrow_mut()
                 .push((tag, table.clone(), table.clone()));
@@ -270,9 +271,14 @@ impl Local {
         if let Some(kick) = self.kicks.take(id) {
             inbox.kick(kick);
         }
-        self.awake
+        let stale = self
+            .awake
             .borrow_mut()
             .insert(id.fd(), (id.generation(), inbox.clone()));
+        if stale.is_none() {
+            // What a broadcast reaches (`ServerHandle::message_connections`).
+            message_connections_moved(&self.stats, 1);
+        }
         Some(Awake {
             local: self.clone(),
             id,
@@ -601,6 +607,7 @@ impl Drop for Awake {
             .is_some_and(|(g, _)| *g == self.id.generation())
         {
             awake.remove(&self.id.fd());
+            message_connections_moved(&self.local.stats, -1);
             // A ramp leaves the map sized for every connection awake at once;
             // once most have parked, that room would stay (~17 bytes a slot,
             // per connection of the peak, for the life of the worker).

@@ -135,6 +135,11 @@ pub(crate) struct MessageCounters {
     /// The bytes of those messages, payloads and entries (a gauge that
     /// bounds the queue too, `Builder::hub_queue_bytes`).
     pub hub_queued_bytes: AtomicI64,
+    /// Message connections on this worker that a broadcast reaches: awake
+    /// ones registered for pushes (with a hub) and parked ones (a gauge,
+    /// moved by the worker's thread only, `message/worker.rs` and
+    /// `message/table.rs`).
+    pub connections: AtomicI64,
 }
 
 /// Message protocols' counters (framed TCP; WebSocket), summed over workers.

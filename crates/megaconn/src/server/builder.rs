@@ -522,15 +522,36 @@ impl ServerHandle {
 
     /// The connections open now, summed over the workers: `stats()`'s
     /// `connections_open` without the rest (one load a worker, no
-    /// allocation). The most a broadcast reaches, for an application that
-    /// charges a peer's broadcast by its audience
-    /// ([`PublishRate::allow_to`](crate::PublishRate::allow_to)).
+    /// allocation). HTTP connections included: a broadcast's audience is
+    /// [`message_connections`](ServerHandle::message_connections).
     pub fn connections_open(&self) -> usize {
         let open: i64 = self
             .workers
             .iter()
             .map(|w| {
                 w.connections_open
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
+        usize::try_from(open).unwrap_or(0)
+    }
+
+    /// The message connections a broadcast
+    /// ([`Hub::broadcast`](crate::Hub::broadcast)) reaches now, summed over
+    /// the workers: framed TCP connections and WebSockets on the native
+    /// engine, awake or parked (an awake one counts while it is registered
+    /// for pushes, which it is when the server has a hub). HTTP connections
+    /// are not among them, however many are open. Exact (each worker
+    /// counts its own as they wake, park and close), one load a worker;
+    /// what an application charges a peer's broadcast by
+    /// ([`PublishRate::allow_to`](crate::PublishRate::allow_to)).
+    pub fn message_connections(&self) -> usize {
+        let open: i64 = self
+            .workers
+            .iter()
+            .map(|w| {
+                w.messages
+                    .connections
                     .load(std::sync::atomic::Ordering::Relaxed)
             })
             .sum();

@@ -44,6 +44,7 @@ mod lifecycle_events;
 mod limits;
 mod malformed;
 mod message_bounds;
+mod message_connections;
 mod metrics;
 mod modes;
 #[cfg(feature = "otel")]
