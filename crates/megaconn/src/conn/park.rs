@@ -1488,7 +1488,11 @@ pub(super) mod tests {
     /// A lot of `max_connections` places, with nothing to serve woken
     /// sockets yet.
     fn bare_lot(max_connections: usize) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {
-        let limit = ConnectionLimit::new(max_connections, None);
+        lot_of(ConnectionLimit::new(max_connections, None))
+    }
+
+    /// A lot under `limit`, with nothing to serve woken sockets yet.
+    fn lot_of(limit: ConnectionLimit) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {
         let stats = Arc::new(WorkerStats::default());
         let lot = ParkingLot::new(
             LotFds::new(Duration::ZERO).unwrap(),
@@ -1500,7 +1504,12 @@ pub(super) mod tests {
     }
 
     fn fixture() -> Fixture {
-        let (lot, limit, stats) = bare_lot(4);
+        fixture_of(ConnectionLimit::new(4, None))
+    }
+
+    /// [`fixture`] under `limit`.
+    fn fixture_of(limit: ConnectionLimit) -> Fixture {
+        let (lot, limit, stats) = lot_of(limit);
         let woken: Woken = Rc::default();
         let record = woken.clone();
         lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
@@ -2223,5 +2232,140 @@ pub(super) mod tests {
         assert_eq!(f.wake_ready().await, 1);
         assert_eq!(drain(&f.take_woken()), b"b");
         drop(client_a);
+    }
+
+    /// Hot or cold: only a connection parked straight after a wake-up
+    /// (`at_once`) and woken again within `hot_within` (2 s here) is hot;
+    /// one parked after idling as a task is cold however soon it wakes, and
+    /// so is one parked at once that stayed parked longer. Paused time, so
+    /// the stamps do not move unless the test moves them.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_connection_parked_at_once_and_woken_soon_wakes_hot() {
+        let f = fixture();
+        let (socket, mut client) = pair();
+        let wakes = || {
+            (
+                f.stats.wakes_hot.load(Relaxed),
+                f.stats.wakes_cold.load(Relaxed),
+            )
+        };
+        let park_after = |socket, at_once| {
+            let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+            let parking = Parking::of(None, at_once, true, ProtoTag(3), AtDeadline::Close);
+            f.lot.park(socket, parking, conn);
+        };
+        park_after(socket, false);
+        client.write_all(b"a").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(wakes(), (0, 1), "parked after idling: cold");
+        let socket = f.take_woken();
+        assert_eq!(drain(&socket), b"a");
+        park_after(socket, true);
+        client.write_all(b"b").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(wakes(), (1, 1), "parked at once, woken at once: hot");
+        let socket = f.take_woken();
+        assert_eq!(drain(&socket), b"b");
+        park_after(socket, true);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        client.write_all(b"c").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(wakes(), (1, 2), "parked at once, woken 3 s later: cold");
+    }
+
+    /// A parked socket whose client hung up wakes as `HungUp` (its
+    /// protocol must then read to the end: no later edge will say so),
+    /// bytes alone as `Readable`; the lot counts a turn that woke
+    /// something, not one that found nothing.
+    #[tokio::test]
+    async fn a_hang_up_wakes_as_such_and_only_turns_with_events_count() {
+        let f = fixture();
+        let (a, mut client_a) = pair();
+        let (b, mut client_b) = pair();
+        park(&f, a, 3, AtDeadline::Close);
+        park(&f, b, 4, AtDeadline::Close);
+        assert_eq!(f.lot.wake_ready().unwrap(), 0, "nothing yet");
+        assert_eq!(f.stats.parking_wakeups.load(Relaxed), 0);
+        client_a.write_all(b"bye").unwrap();
+        client_a.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(f.woken(), [(ProtoTag(3), Wake::HungUp)]);
+        assert_eq!(f.stats.parking_wakeups.load(Relaxed), 1);
+        client_b.write_all(b"hi").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(
+            f.woken(),
+            [(ProtoTag(3), Wake::HungUp), (ProtoTag(4), Wake::Readable)]
+        );
+        assert_eq!(f.stats.parking_wakeups.load(Relaxed), 2);
+        assert_eq!(f.lot.wake_ready().unwrap(), 0);
+        assert_eq!(f.stats.parking_wakeups.load(Relaxed), 2, "an empty turn");
+    }
+
+    /// The parked and idle gauges count a connection while it is parked,
+    /// and give it back when it wakes or closes.
+    #[tokio::test(start_paused = true)]
+    async fn the_parked_gauges_follow_parks_wakes_and_closes() {
+        let f = fixture();
+        let gauges = || {
+            (
+                f.stats.connections_parked.load(Relaxed),
+                f.stats.connections_idle.load(Relaxed),
+            )
+        };
+        let (a, mut client_a) = pair();
+        let (b, _client_b) = pair();
+        park(&f, a, 3, AtDeadline::Close);
+        park(&f, b, 3, AtDeadline::Close);
+        assert_eq!((gauges(), f.lot.len()), ((2, 2), 2));
+        client_a.write_all(b"a").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!((gauges(), f.lot.len()), ((1, 1), 1), "one woke");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        f.lot.sweep();
+        assert_eq!((gauges(), f.lot.len()), ((0, 0), 0), "one timed out");
+    }
+
+    /// A descriptor numbered at the per-descriptor arrays' growth step (a
+    /// multiple of [`GROW_BY`], where an array sized to the number and no
+    /// more ends just before it) parks, keeps its client's per-IP place
+    /// and its retire time, and wakes; its place is given back after.
+    #[tokio::test]
+    async fn a_descriptor_at_the_arrays_growth_step_parks_and_wakes() {
+        let f = fixture_of(ConnectionLimit::new(4, Some(1)));
+        let (server, mut client) = pair();
+        // The lowest free number from a multiple of GROW_BY up: that one,
+        // unless another test's socket holds it; then try the next step.
+        let step = (1..20)
+            .map(|k| k * GROW_BY as RawFd)
+            .find_map(|at| {
+                // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, ours.
+                let fd = unsafe { libc::fcntl(server.as_raw_fd(), libc::F_DUPFD_CLOEXEC, at) };
+                assert!(fd >= at, "{}", io::Error::last_os_error());
+                // SAFETY: a fresh descriptor nobody else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                (fd.as_raw_fd() == at).then_some(fd)
+            })
+            .expect("a free descriptor at a multiple of GROW_BY");
+        drop(server);
+        let fd = step.as_raw_fd();
+        let ip = client.local_addr().unwrap().ip();
+        let mut slot = f.limit.try_acquire().unwrap();
+        assert!(f.limit.admit_ip(&mut slot, ip));
+        let retire = Instant::now() + Duration::from_secs(60);
+        f.lot.note_retire_at(fd, Some(retire));
+        let conn = Connection::open(slot, f.stats.clone(), None);
+        let parking = Parking::of(None, false, false, ProtoTag(5), AtDeadline::Close);
+        f.lot.park(step, parking, conn);
+        assert_eq!(f.lot.parked_fds(), [fd]);
+        assert!(f.lot.retire_at(fd).is_some_and(|at| at >= retire));
+        let mut other = f.limit.try_acquire().unwrap();
+        assert!(!f.limit.admit_ip(&mut other, ip), "its place is held");
+        client.write_all(b"x").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(f.woken(), [(ProtoTag(5), Wake::Readable)]);
+        // The fixture's respawn closed the woken connection: its place is
+        // free again.
+        assert!(f.limit.admit_ip(&mut other, ip), "its place given back");
     }
 }
