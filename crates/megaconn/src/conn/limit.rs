@@ -277,14 +277,24 @@ mod tests {
         for (w, parked) in [(0, 5), (1, 1), (3, 2)] {
             workers[w].connections_parked.store(parked, Relaxed);
         }
+        // Nobody asked yet: a worker waiting to be asked waits.
+        let mut unasked = std::pin::pin!(limit.asked_to_evict(1));
+        assert!(futures_util::poll!(unasked.as_mut()).is_pending());
         let asked: Vec<_> = (0..3)
             .map(|_| limit.ask_to_evict(0, &mut asked_last))
             .collect();
         assert_eq!(asked, [Some(1), Some(3), Some(1)]);
-        // The ask waits for the asked worker, kept while it did not wait.
+        assert!(
+            futures_util::poll!(unasked).is_ready(),
+            "worker 1, waiting, hears it was asked"
+        );
+        // An ask made while the worker did not wait is kept for it; one
+        // never asked (worker 2) is not woken.
         let waited =
             tokio::time::timeout(std::time::Duration::from_secs(5), limit.asked_to_evict(1));
         assert!(waited.await.is_ok(), "worker 1 hears it was asked");
+        let mut never = std::pin::pin!(limit.asked_to_evict(2));
+        assert!(futures_util::poll!(never.as_mut()).is_pending());
         assert!(
             ConnectionLimit::new(1, None)
                 .shared_by(&workers[..1])
