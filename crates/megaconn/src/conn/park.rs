@@ -2368,4 +2368,52 @@ pub(super) mod tests {
         // free again.
         assert!(f.limit.admit_ip(&mut other, ip), "its place given back");
     }
+
+    /// An upgrade takes the parked connections of the protocols the new
+    /// process can resume, not those with a timer (which only this one
+    /// keeps), each with the idle time it had left; they leave the lot's
+    /// set (bytes for them wake it no more) and count as closed here.
+    #[tokio::test(start_paused = true)]
+    async fn take_portable_takes_the_portable_ones_with_their_time_left() {
+        use crate::conn::handover::ParkedState;
+        let f = fixture();
+        let park_for = |proto, deadline, at_deadline| {
+            let (socket, client) = pair();
+            let fd = socket.as_raw_fd();
+            let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+            let parking = Parking::of(deadline, false, false, ProtoTag(proto), at_deadline);
+            f.lot.park(socket, parking, conn);
+            (fd, client)
+        };
+        let minute = Instant::now() + Duration::from_secs(60);
+        let (idle, mut idle_client) = park_for(1, Some(minute), AtDeadline::Close);
+        let (forever, _c) = park_for(1, None, AtDeadline::Close);
+        let (timer, _c) = park_for(1, Some(minute), AtDeadline::Wake);
+        let (other, _c) = park_for(2, Some(minute), AtDeadline::Close);
+        let mut taken: Vec<_> = f
+            .lot
+            .take_portable(|tag| tag == ProtoTag(1))
+            .into_iter()
+            .map(|p| (p.socket.as_raw_fd(), p.state, p.socket))
+            .collect();
+        taken.sort_by_key(|t| t.0);
+        let states: Vec<_> = taken.iter().map(|t| (t.0, t.1)).collect();
+        let mut expected = [
+            (
+                idle,
+                ParkedState::new(ProtoTag(1), Some(Duration::from_secs(60))),
+            ),
+            (forever, ParkedState::new(ProtoTag(1), None)),
+        ];
+        expected.sort_by_key(|t| t.0);
+        assert_eq!(states, expected);
+        let mut left = f.lot.parked_fds();
+        left.sort_unstable();
+        let mut kept = [timer, other];
+        kept.sort_unstable();
+        assert_eq!((left, f.lot.len()), (kept.to_vec(), 2));
+        assert_eq!(f.stats.closed.load(Relaxed), 2, "handed over");
+        idle_client.write_all(b"late").unwrap();
+        assert_eq!(f.lot.wake_ready().unwrap(), 0, "out of the lot's set");
+    }
 }
