@@ -2234,6 +2234,16 @@ pub(super) mod tests {
         drop(client_a);
     }
 
+    /// Sends `bytes` to a parked connection, lets the lot wake it, and reads
+    /// them from the woken socket: that socket.
+    async fn wake_with(f: &Fixture, client: &mut TcpStream, bytes: &[u8]) -> OwnedFd {
+        client.write_all(bytes).unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        let socket = f.take_woken();
+        assert_eq!(drain(&socket), bytes);
+        socket
+    }
+
     /// Hot or cold: only a connection parked straight after a wake-up
     /// (`at_once`) and woken again within `hot_within` (2 s here) is hot;
     /// one parked after idling as a task is cold however soon it wakes, and
@@ -2255,21 +2265,14 @@ pub(super) mod tests {
             f.lot.park(socket, parking, conn);
         };
         park_after(socket, false);
-        client.write_all(b"a").unwrap();
-        assert_eq!(f.wake_ready().await, 1);
+        let socket = wake_with(&f, &mut client, b"a").await;
         assert_eq!(wakes(), (0, 1), "parked after idling: cold");
-        let socket = f.take_woken();
-        assert_eq!(drain(&socket), b"a");
         park_after(socket, true);
-        client.write_all(b"b").unwrap();
-        assert_eq!(f.wake_ready().await, 1);
+        let socket = wake_with(&f, &mut client, b"b").await;
         assert_eq!(wakes(), (1, 1), "parked at once, woken at once: hot");
-        let socket = f.take_woken();
-        assert_eq!(drain(&socket), b"b");
         park_after(socket, true);
         tokio::time::advance(Duration::from_secs(3)).await;
-        client.write_all(b"c").unwrap();
-        assert_eq!(f.wake_ready().await, 1);
+        wake_with(&f, &mut client, b"c").await;
         assert_eq!(wakes(), (1, 2), "parked at once, woken 3 s later: cold");
     }
 
