@@ -2419,4 +2419,52 @@ pub(super) mod tests {
         idle_client.write_all(b"late").unwrap();
         assert_eq!(f.lot.wake_ready().unwrap(), 0, "out of the lot's set");
     }
+
+    /// At the limit the lot closes the longest idle of its evictable
+    /// connections (earliest idle deadline), an eighth of those parked and
+    /// at least one; never one with a timer, one of a protocol not
+    /// evictable, nor one whose next request already came.
+    #[tokio::test(start_paused = true)]
+    async fn evict_closes_the_longest_idle_evictable_one() {
+        let f = fixture_of(ConnectionLimit::new(16, None));
+        let park_for = |proto, secs, at_deadline| park_in(&f, proto, secs, at_deadline);
+        let evictable = |tag| tag == ProtoTag(1);
+        let _timer = park_for(1, 1, AtDeadline::Wake);
+        let _other = park_for(2, 1, AtDeadline::Close);
+        let mut young = park_for(1, 10, AtDeadline::Close);
+        let mut old = park_for(1, 5, AtDeadline::Close);
+        assert_eq!(f.lot.evict(evictable), 1, "one of 4 parked: at least one");
+        assert_eq!(f.lot.len(), 3);
+        let mut rest = Vec::new();
+        assert_eq!(old.read_to_end(&mut rest).unwrap(), 0, "the oldest closed");
+        young.set_nonblocking(true).unwrap();
+        let still = young.read(&mut [0u8; 1]).unwrap_err().kind();
+        assert_eq!(still, io::ErrorKind::WouldBlock, "the younger one open");
+        // Its request came: left to be served.
+        let mut busy = park_for(1, 2, AtDeadline::Close);
+        busy.write_all(b"GET").unwrap();
+        assert_eq!(f.lot.evict(evictable), 0);
+        assert_eq!(f.lot.len(), 4);
+        // Sixteen parked: two go, the two longest idle.
+        let f = fixture_of(ConnectionLimit::new(16, None));
+        let mut clients: Vec<_> = (0..16)
+            .map(|i| park_in(&f, 1, 1 + i, AtDeadline::Close))
+            .collect();
+        assert_eq!(f.lot.evict(evictable), 2);
+        assert_eq!(f.lot.len(), 14);
+        for c in &mut clients[..2] {
+            assert_eq!(c.read_to_end(&mut rest).unwrap(), 0);
+        }
+    }
+
+    /// Parks a new connection in `f`'s lot, of protocol `proto`, with its
+    /// deadline `secs` from now: its client.
+    fn park_in(f: &Fixture, proto: u8, secs: u64, at_deadline: AtDeadline) -> TcpStream {
+        let (socket, client) = pair();
+        let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let parking = Parking::of(Some(deadline), false, false, ProtoTag(proto), at_deadline);
+        f.lot.park(socket, parking, conn);
+        client
+    }
 }
