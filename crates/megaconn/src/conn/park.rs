@@ -2467,4 +2467,27 @@ pub(super) mod tests {
         f.lot.park(socket, parking, conn);
         client
     }
+
+    /// A graceful shutdown closes the connections parked longer than the
+    /// grace and leaves the recent ones (their client's next request may
+    /// be on its way); one whose request already came is woken to be
+    /// answered, not closed.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_spares_the_recent_and_wakes_the_one_with_a_request() {
+        let f = fixture();
+        // Past the first stamps (0 is read as 1), in stamp units of 4 ms.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let mut old = park_in(&f, 1, 60, AtDeadline::Close);
+        tokio::time::advance(Duration::from_millis(4)).await;
+        let mut recent = park_in(&f, 1, 60, AtDeadline::Close);
+        // The grace is 500 units and one: the old one parked 501 ago, the
+        // recent one 500.
+        tokio::time::advance(Duration::from_millis(2000)).await;
+        assert_eq!(f.lot.close_all_but_recent(Duration::from_secs(2)), 1);
+        assert_eq!(f.lot.len(), 1);
+        assert_eq!(old.read_to_end(&mut Vec::new()).unwrap(), 0, "closed");
+        recent.write_all(b"GET").unwrap();
+        assert_eq!(f.lot.close_all(), 1);
+        assert_eq!(f.woken(), [(ProtoTag(1), Wake::Readable)], "woken");
+    }
 }
