@@ -160,4 +160,33 @@ mod tests {
         drop(other);
         assert_eq!(cache.free.borrow().len(), 2);
     }
+
+    /// At most [`MAX_CACHED`] free blocks stay with the worker, however
+    /// many futures were alive at once.
+    #[test]
+    fn at_most_max_cached_blocks_are_kept() {
+        let cache = BlockCache::default();
+        let many: Vec<_> = (0..MAX_CACHED + 4)
+            .map(|_| cache.pin_with(|| make(None, 1)))
+            .collect();
+        assert!(cache.free.borrow().is_empty());
+        drop(many);
+        assert_eq!(cache.free.borrow().len(), MAX_CACHED);
+    }
+
+    /// A future whose construction panics leaves its block to the cache,
+    /// which hands it to the next future of that layout.
+    #[test]
+    fn a_block_whose_future_panicked_while_made_comes_back() {
+        let cache = BlockCache::default();
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _never =
+                cache.pin_with(|| -> std::future::Ready<[u8; 1500]> { panic!("make failed") });
+        }));
+        assert!(made.is_err());
+        assert_eq!(cache.free.borrow().len(), 1, "the block came back");
+        let boxed = cache.pin_with(|| std::future::ready([7u8; 1500]));
+        assert_eq!(cache.free.borrow().len(), 0, "and was used again");
+        assert_eq!(futures_util::FutureExt::now_or_never(boxed).unwrap()[0], 7);
+    }
 }

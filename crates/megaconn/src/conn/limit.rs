@@ -277,14 +277,24 @@ mod tests {
         for (w, parked) in [(0, 5), (1, 1), (3, 2)] {
             workers[w].connections_parked.store(parked, Relaxed);
         }
+        // Nobody asked yet: a worker waiting to be asked waits.
+        let mut unasked = std::pin::pin!(limit.asked_to_evict(1));
+        assert!(futures_util::poll!(unasked.as_mut()).is_pending());
         let asked: Vec<_> = (0..3)
             .map(|_| limit.ask_to_evict(0, &mut asked_last))
             .collect();
         assert_eq!(asked, [Some(1), Some(3), Some(1)]);
-        // The ask waits for the asked worker, kept while it did not wait.
+        assert!(
+            futures_util::poll!(unasked).is_ready(),
+            "worker 1, waiting, hears it was asked"
+        );
+        // An ask made while the worker did not wait is kept for it; one
+        // never asked (worker 2) is not woken.
         let waited =
             tokio::time::timeout(std::time::Duration::from_secs(5), limit.asked_to_evict(1));
         assert!(waited.await.is_ok(), "worker 1 hears it was asked");
+        let mut never = std::pin::pin!(limit.asked_to_evict(2));
+        assert!(futures_util::poll!(never.as_mut()).is_pending());
         assert!(
             ConnectionLimit::new(1, None)
                 .shared_by(&workers[..1])
@@ -292,5 +302,82 @@ mod tests {
                 .is_none(),
             "one worker alone has no one to ask"
         );
+    }
+
+    /// A slot holds its place in the limit and its client's per-IP place
+    /// until it drops; detached (its connection parked) it holds both with
+    /// no owner, and re-attached with the IP `detach` gave, dropping it
+    /// gives both back.
+    #[test]
+    fn a_slot_holds_its_places_until_it_drops_detached_or_not() {
+        let limit = ConnectionLimit::new(2, Some(1));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut a = limit.try_acquire().unwrap();
+        assert!(limit.admit_ip(&mut a, ip));
+        assert!(!limit.is_full());
+        let mut b = limit.try_acquire().unwrap();
+        assert!(limit.is_full() && limit.try_acquire().is_none());
+        assert!(!limit.admit_ip(&mut b, ip), "one per IP");
+        assert!(limit.admit_ip(&mut b, "192.0.2.2".parse().unwrap()));
+        drop(b);
+        assert!(!limit.is_full(), "b's place given back");
+        let parked = a.detach();
+        assert_eq!(parked, Some(ip), "the IP whose place stays taken");
+        let mut c = limit.try_acquire().unwrap();
+        assert!(limit.is_full(), "a's place is still taken while detached");
+        assert!(!limit.admit_ip(&mut c, ip), "and its IP's");
+        drop(c);
+        drop(limit.reattach(parked));
+        let mut d = limit.try_acquire().unwrap();
+        assert!(limit.admit_ip(&mut d, ip), "a's IP place given back");
+        let _e = limit.try_acquire().expect("and its place in the limit");
+        // Without a per-IP limit every IP is admitted and none is kept.
+        let open = ConnectionLimit::new(1, None);
+        let mut f = open.try_acquire().unwrap();
+        assert!(open.admit_ip(&mut f, ip) && open.admit_ip(&mut f, ip));
+        assert_eq!(f.detach(), None);
+        assert_eq!((open.max(), limit.max()), (1, 2));
+    }
+
+    /// An ask to evict is worth answering only while the limit is full and
+    /// an acceptor waits at it.
+    #[tokio::test]
+    async fn someone_waits_only_at_a_full_limit_with_an_acceptor_waiting() {
+        let limit = ConnectionLimit::new(1, None);
+        assert!(!limit.someone_waits(), "not full, nobody waiting");
+        let waiting = limit.wait_at_limit();
+        assert!(!limit.someone_waits(), "waiting, but not full");
+        let slot = limit.acquire().await;
+        assert!(limit.someone_waits(), "full, one waiting");
+        let other = limit.wait_at_limit();
+        drop(waiting);
+        assert!(limit.someone_waits(), "full, the other still waiting");
+        drop(other);
+        assert!(!limit.someone_waits(), "full, nobody waiting");
+        // `acquire` waits for the place to come back.
+        let mut next = std::pin::pin!(limit.acquire());
+        assert!(futures_util::poll!(next.as_mut()).is_pending());
+        drop(slot);
+        assert!(futures_util::poll!(next.as_mut()).is_ready());
+    }
+
+    /// The per-IP limit needs the peer's IP: read from the socket with the
+    /// limit on, not at all without it. The accept rate is there when set.
+    #[test]
+    fn the_peer_ip_is_read_only_for_a_per_ip_limit() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let ip = client.local_addr().unwrap().ip();
+        assert_eq!(ConnectionLimit::new(1, Some(1)).peer_ip(&server), Some(ip));
+        assert_eq!(ConnectionLimit::new(1, None).peer_ip(&server), None);
+        let rate = AcceptRate {
+            per_second: 10.0,
+            burst: 1,
+        };
+        let limit = ConnectionLimit::new(1, None);
+        assert!(limit.accept_rate().is_none());
+        let limit = limit.with_accept_rate(Some(rate), 2);
+        assert!(limit.accept_rate().is_some());
     }
 }

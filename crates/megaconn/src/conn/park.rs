@@ -1488,7 +1488,11 @@ pub(super) mod tests {
     /// A lot of `max_connections` places, with nothing to serve woken
     /// sockets yet.
     fn bare_lot(max_connections: usize) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {
-        let limit = ConnectionLimit::new(max_connections, None);
+        lot_of(ConnectionLimit::new(max_connections, None))
+    }
+
+    /// A lot under `limit`, with nothing to serve woken sockets yet.
+    fn lot_of(limit: ConnectionLimit) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {
         let stats = Arc::new(WorkerStats::default());
         let lot = ParkingLot::new(
             LotFds::new(Duration::ZERO).unwrap(),
@@ -1500,7 +1504,12 @@ pub(super) mod tests {
     }
 
     fn fixture() -> Fixture {
-        let (lot, limit, stats) = bare_lot(4);
+        fixture_of(ConnectionLimit::new(4, None))
+    }
+
+    /// [`fixture`] under `limit`.
+    fn fixture_of(limit: ConnectionLimit) -> Fixture {
+        let (lot, limit, stats) = lot_of(limit);
         let woken: Woken = Rc::default();
         let record = woken.clone();
         lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
@@ -2223,5 +2232,262 @@ pub(super) mod tests {
         assert_eq!(f.wake_ready().await, 1);
         assert_eq!(drain(&f.take_woken()), b"b");
         drop(client_a);
+    }
+
+    /// Sends `bytes` to a parked connection, lets the lot wake it, and reads
+    /// them from the woken socket: that socket.
+    async fn wake_with(f: &Fixture, client: &mut TcpStream, bytes: &[u8]) -> OwnedFd {
+        client.write_all(bytes).unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        let socket = f.take_woken();
+        assert_eq!(drain(&socket), bytes);
+        socket
+    }
+
+    /// Hot or cold: only a connection parked straight after a wake-up
+    /// (`at_once`) and woken again within `hot_within` (2 s here) is hot;
+    /// one parked after idling as a task is cold however soon it wakes, and
+    /// so is one parked at once that stayed parked longer. Paused time, so
+    /// the stamps do not move unless the test moves them.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_connection_parked_at_once_and_woken_soon_wakes_hot() {
+        let f = fixture();
+        let (socket, mut client) = pair();
+        let wakes = || {
+            (
+                f.stats.wakes_hot.load(Relaxed),
+                f.stats.wakes_cold.load(Relaxed),
+            )
+        };
+        let park_after = |socket, at_once| {
+            let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+            let parking = Parking::of(None, at_once, true, ProtoTag(3), AtDeadline::Close);
+            f.lot.park(socket, parking, conn);
+        };
+        park_after(socket, false);
+        let socket = wake_with(&f, &mut client, b"a").await;
+        assert_eq!(wakes(), (0, 1), "parked after idling: cold");
+        park_after(socket, true);
+        let socket = wake_with(&f, &mut client, b"b").await;
+        assert_eq!(wakes(), (1, 1), "parked at once, woken at once: hot");
+        park_after(socket, true);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        wake_with(&f, &mut client, b"c").await;
+        assert_eq!(wakes(), (1, 2), "parked at once, woken 3 s later: cold");
+    }
+
+    /// A parked socket whose client hung up wakes as `HungUp` (its
+    /// protocol must then read to the end: no later edge will say so),
+    /// bytes alone as `Readable`; the lot counts a turn that woke
+    /// something, not one that found nothing.
+    #[tokio::test]
+    async fn a_hang_up_wakes_as_such_and_only_turns_with_events_count() {
+        let f = fixture();
+        let (a, mut client_a) = pair();
+        let (b, mut client_b) = pair();
+        park(&f, a, 3, AtDeadline::Close);
+        park(&f, b, 4, AtDeadline::Close);
+        assert_eq!(f.lot.wake_ready().unwrap(), 0, "nothing yet");
+        assert_eq!(f.stats.parking_wakeups.load(Relaxed), 0);
+        client_a.write_all(b"bye").unwrap();
+        client_a.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(f.woken(), [(ProtoTag(3), Wake::HungUp)]);
+        assert_eq!(f.stats.parking_wakeups.load(Relaxed), 1);
+        client_b.write_all(b"hi").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(
+            f.woken(),
+            [(ProtoTag(3), Wake::HungUp), (ProtoTag(4), Wake::Readable)]
+        );
+        assert_eq!(f.stats.parking_wakeups.load(Relaxed), 2);
+        assert_eq!(f.lot.wake_ready().unwrap(), 0);
+        assert_eq!(f.stats.parking_wakeups.load(Relaxed), 2, "an empty turn");
+    }
+
+    /// The parked and idle gauges count a connection while it is parked,
+    /// and give it back when it wakes or closes.
+    #[tokio::test(start_paused = true)]
+    async fn the_parked_gauges_follow_parks_wakes_and_closes() {
+        let f = fixture();
+        let gauges = || {
+            (
+                f.stats.connections_parked.load(Relaxed),
+                f.stats.connections_idle.load(Relaxed),
+            )
+        };
+        let (a, mut client_a) = pair();
+        let (b, _client_b) = pair();
+        park(&f, a, 3, AtDeadline::Close);
+        park(&f, b, 3, AtDeadline::Close);
+        assert_eq!((gauges(), f.lot.len()), ((2, 2), 2));
+        client_a.write_all(b"a").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!((gauges(), f.lot.len()), ((1, 1), 1), "one woke");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        f.lot.sweep();
+        assert_eq!((gauges(), f.lot.len()), ((0, 0), 0), "one timed out");
+    }
+
+    /// A descriptor numbered at the per-descriptor arrays' growth step (a
+    /// multiple of [`GROW_BY`], where an array sized to the number and no
+    /// more ends just before it) parks, keeps its client's per-IP place
+    /// and its retire time, and wakes; its place is given back after.
+    #[tokio::test]
+    async fn a_descriptor_at_the_arrays_growth_step_parks_and_wakes() {
+        let f = fixture_of(ConnectionLimit::new(4, Some(1)));
+        let (server, mut client) = pair();
+        // The lowest free number from a multiple of GROW_BY up: that one,
+        // unless another test's socket holds it; then try the next step.
+        let step = (1..20)
+            .map(|k| k * GROW_BY as RawFd)
+            .find_map(|at| {
+                // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, ours.
+                let fd = unsafe { libc::fcntl(server.as_raw_fd(), libc::F_DUPFD_CLOEXEC, at) };
+                assert!(fd >= at, "{}", io::Error::last_os_error());
+                // SAFETY: a fresh descriptor nobody else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                (fd.as_raw_fd() == at).then_some(fd)
+            })
+            .expect("a free descriptor at a multiple of GROW_BY");
+        drop(server);
+        let fd = step.as_raw_fd();
+        let ip = client.local_addr().unwrap().ip();
+        let mut slot = f.limit.try_acquire().unwrap();
+        assert!(f.limit.admit_ip(&mut slot, ip));
+        let retire = Instant::now() + Duration::from_secs(60);
+        f.lot.note_retire_at(fd, Some(retire));
+        let conn = Connection::open(slot, f.stats.clone(), None);
+        let parking = Parking::of(None, false, false, ProtoTag(5), AtDeadline::Close);
+        f.lot.park(step, parking, conn);
+        assert_eq!(f.lot.parked_fds(), [fd]);
+        assert!(f.lot.retire_at(fd).is_some_and(|at| at >= retire));
+        let mut other = f.limit.try_acquire().unwrap();
+        assert!(!f.limit.admit_ip(&mut other, ip), "its place is held");
+        client.write_all(b"x").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(f.woken(), [(ProtoTag(5), Wake::Readable)]);
+        // The fixture's respawn closed the woken connection: its place is
+        // free again.
+        assert!(f.limit.admit_ip(&mut other, ip), "its place given back");
+    }
+
+    /// An upgrade takes the parked connections of the protocols the new
+    /// process can resume, not those with a timer (which only this one
+    /// keeps), each with the idle time it had left; they leave the lot's
+    /// set (bytes for them wake it no more) and count as closed here.
+    #[tokio::test(start_paused = true)]
+    async fn take_portable_takes_the_portable_ones_with_their_time_left() {
+        use crate::conn::handover::ParkedState;
+        let f = fixture();
+        let park_for = |proto, deadline, at_deadline| {
+            let (socket, client) = pair();
+            let fd = socket.as_raw_fd();
+            let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+            let parking = Parking::of(deadline, false, false, ProtoTag(proto), at_deadline);
+            f.lot.park(socket, parking, conn);
+            (fd, client)
+        };
+        let minute = Instant::now() + Duration::from_secs(60);
+        let (idle, mut idle_client) = park_for(1, Some(minute), AtDeadline::Close);
+        let (forever, _c) = park_for(1, None, AtDeadline::Close);
+        let (timer, _c) = park_for(1, Some(minute), AtDeadline::Wake);
+        let (other, _c) = park_for(2, Some(minute), AtDeadline::Close);
+        let mut taken: Vec<_> = f
+            .lot
+            .take_portable(|tag| tag == ProtoTag(1))
+            .into_iter()
+            .map(|p| (p.socket.as_raw_fd(), p.state, p.socket))
+            .collect();
+        taken.sort_by_key(|t| t.0);
+        let states: Vec<_> = taken.iter().map(|t| (t.0, t.1)).collect();
+        let mut expected = [
+            (
+                idle,
+                ParkedState::new(ProtoTag(1), Some(Duration::from_secs(60))),
+            ),
+            (forever, ParkedState::new(ProtoTag(1), None)),
+        ];
+        expected.sort_by_key(|t| t.0);
+        assert_eq!(states, expected);
+        let mut left = f.lot.parked_fds();
+        left.sort_unstable();
+        let mut kept = [timer, other];
+        kept.sort_unstable();
+        assert_eq!((left, f.lot.len()), (kept.to_vec(), 2));
+        assert_eq!(f.stats.closed.load(Relaxed), 2, "handed over");
+        idle_client.write_all(b"late").unwrap();
+        assert_eq!(f.lot.wake_ready().unwrap(), 0, "out of the lot's set");
+    }
+
+    /// At the limit the lot closes the longest idle of its evictable
+    /// connections (earliest idle deadline), an eighth of those parked and
+    /// at least one; never one with a timer, one of a protocol not
+    /// evictable, nor one whose next request already came.
+    #[tokio::test(start_paused = true)]
+    async fn evict_closes_the_longest_idle_evictable_one() {
+        let f = fixture_of(ConnectionLimit::new(16, None));
+        let park_for = |proto, secs, at_deadline| park_in(&f, proto, secs, at_deadline);
+        let evictable = |tag| tag == ProtoTag(1);
+        let _timer = park_for(1, 1, AtDeadline::Wake);
+        let _other = park_for(2, 1, AtDeadline::Close);
+        let mut young = park_for(1, 10, AtDeadline::Close);
+        let mut old = park_for(1, 5, AtDeadline::Close);
+        assert_eq!(f.lot.evict(evictable), 1, "one of 4 parked: at least one");
+        assert_eq!(f.lot.len(), 3);
+        let mut rest = Vec::new();
+        assert_eq!(old.read_to_end(&mut rest).unwrap(), 0, "the oldest closed");
+        young.set_nonblocking(true).unwrap();
+        let still = young.read(&mut [0u8; 1]).unwrap_err().kind();
+        assert_eq!(still, io::ErrorKind::WouldBlock, "the younger one open");
+        // Its request came: left to be served.
+        let mut busy = park_for(1, 2, AtDeadline::Close);
+        busy.write_all(b"GET").unwrap();
+        assert_eq!(f.lot.evict(evictable), 0);
+        assert_eq!(f.lot.len(), 4);
+        // Sixteen parked: two go, the two longest idle.
+        let f = fixture_of(ConnectionLimit::new(16, None));
+        let mut clients: Vec<_> = (0..16)
+            .map(|i| park_in(&f, 1, 1 + i, AtDeadline::Close))
+            .collect();
+        assert_eq!(f.lot.evict(evictable), 2);
+        assert_eq!(f.lot.len(), 14);
+        for c in &mut clients[..2] {
+            assert_eq!(c.read_to_end(&mut rest).unwrap(), 0);
+        }
+    }
+
+    /// Parks a new connection in `f`'s lot, of protocol `proto`, with its
+    /// deadline `secs` from now: its client.
+    fn park_in(f: &Fixture, proto: u8, secs: u64, at_deadline: AtDeadline) -> TcpStream {
+        let (socket, client) = pair();
+        let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let parking = Parking::of(Some(deadline), false, false, ProtoTag(proto), at_deadline);
+        f.lot.park(socket, parking, conn);
+        client
+    }
+
+    /// A graceful shutdown closes the connections parked longer than the
+    /// grace and leaves the recent ones (their client's next request may
+    /// be on its way); one whose request already came is woken to be
+    /// answered, not closed.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_spares_the_recent_and_wakes_the_one_with_a_request() {
+        let f = fixture();
+        // Past the first stamps (0 is read as 1), in stamp units of 4 ms.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let mut old = park_in(&f, 1, 60, AtDeadline::Close);
+        tokio::time::advance(Duration::from_millis(4)).await;
+        let mut recent = park_in(&f, 1, 60, AtDeadline::Close);
+        // The grace is 500 units and one: the old one parked 501 ago, the
+        // recent one 500.
+        tokio::time::advance(Duration::from_millis(2000)).await;
+        assert_eq!(f.lot.close_all_but_recent(Duration::from_secs(2)), 1);
+        assert_eq!(f.lot.len(), 1);
+        assert_eq!(old.read_to_end(&mut Vec::new()).unwrap(), 0, "closed");
+        recent.write_all(b"GET").unwrap();
+        assert_eq!(f.lot.close_all(), 1);
+        assert_eq!(f.woken(), [(ProtoTag(1), Wake::Readable)], "woken");
     }
 }

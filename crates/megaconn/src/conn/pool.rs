@@ -246,4 +246,71 @@ pub(crate) mod tests {
         assert_eq!(pool.free.borrow().len(), KEEP_WARM);
         assert_eq!(pool.decay(), 0);
     }
+
+    /// The gauges: a buffer counts as checked out from `take` to `give`,
+    /// and as pooled while the pool holds it, until the pool goes.
+    #[test]
+    fn the_gauges_count_buffers_out_and_pooled() {
+        let stats: Arc<WorkerStats> = Arc::default();
+        let gauges = || {
+            (
+                stats.buffers_checked_out.load(Relaxed),
+                stats.buffers_pooled.load(Relaxed),
+            )
+        };
+        let pool = BufferPool::new(stats.clone());
+        let (a, b) = (pool.take(), pool.take());
+        assert_eq!(gauges(), (2, 0));
+        pool.give(a);
+        pool.give(b);
+        assert_eq!(gauges(), (0, 2));
+        let a = pool.take();
+        assert_eq!(gauges(), (1, 1));
+        pool.give(a);
+        drop(pool);
+        assert_eq!(gauges(), (0, 0), "a dropped pool holds none");
+    }
+
+    /// At most [`MAX_POOLED`] free buffers, none that grew past
+    /// [`MAX_POOLED_CAPACITY`], each handed out with at least three
+    /// quarters of [`BUFFER_CAPACITY`] room: a buffer whose reads ate more
+    /// than a quarter of it is moved back to its start, one that lost less
+    /// keeps its offset (no reserve per request).
+    #[test]
+    fn the_pool_keeps_what_it_promises_and_no_more() {
+        let pool = BufferPool::new(Arc::default());
+        let many: Vec<_> = (0..MAX_POOLED + 10).map(|_| pool.take()).collect();
+        many.into_iter().for_each(|b| pool.give(b));
+        assert_eq!(pool.free.borrow().len(), MAX_POOLED);
+        let pool = BufferPool::new(Arc::default());
+        pool.give(BytesMut::with_capacity(MAX_POOLED_CAPACITY + 1));
+        assert!(pool.free.borrow().is_empty(), "grown too large: freed");
+        pool.give(BytesMut::with_capacity(MAX_POOLED_CAPACITY));
+        assert_eq!(pool.free.borrow().len(), 1, "as large as allowed: kept");
+        let three_quarters = BUFFER_CAPACITY - BUFFER_CAPACITY / 4;
+        for (ate, room) in [
+            (BUFFER_CAPACITY - three_quarters, three_quarters),
+            (BUFFER_CAPACITY - three_quarters + 1, BUFFER_CAPACITY),
+        ] {
+            let pool = BufferPool::new(Arc::default());
+            let mut buf = pool.take();
+            assert_eq!(buf.capacity(), BUFFER_CAPACITY);
+            buf.resize(ate, 0);
+            drop(buf.split_to(ate));
+            pool.give(buf);
+            let buf = pool.take();
+            assert!(buf.is_empty());
+            assert_eq!(buf.capacity(), room, "{ate} bytes read");
+            pool.give(buf);
+        }
+    }
+
+    /// The pool is settled (the sweep need not come back for it) with at
+    /// most [`KEEP_WARM`] free buffers.
+    #[test]
+    fn settled_is_at_most_the_warm_ones() {
+        assert!(pool_of(0).settled());
+        assert!(pool_of(KEEP_WARM).settled());
+        assert!(!pool_of(KEEP_WARM + 1).settled());
+    }
 }
