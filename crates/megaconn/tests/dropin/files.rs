@@ -358,6 +358,79 @@ async fn multipart_form() {
     }
 }
 
+/// POSTs `body` to `addr/path` chunked (no length, 1 MiB at a time), as
+/// `curl -H 'Transfer-Encoding: chunked' -F file=@big.bin` does.
+async fn post_chunked(addr: SocketAddr, path: &str, content_type: &str, body: &Bytes) -> Answer {
+    let chunks: Vec<Result<Bytes, Infallible>> = body
+        .chunks(1 << 20)
+        .map(|c| Ok(body.slice_ref(c)))
+        .collect();
+    let resp = client()
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", content_type)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("a response");
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let body = resp.bytes().await.unwrap().to_vec();
+    Answer::from_parts(status, &headers, body)
+}
+
+/// A multipart form of one `field` holding `file`.
+fn one_file_form(boundary: &str, file: &[u8]) -> Bytes {
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body.into()
+}
+
+/// A chunked 20 MB multipart upload to an app whose own limit is
+/// megaconn's (16 MiB, `RequestBodyLimitLayer`, `DefaultBodyLimit`
+/// disabled): axum's `Multipart` answers 413 under both. (It answered 500
+/// under megaconn: megaconn's limit fired first, and its
+/// `LengthLimitError`, come through the app's `Limited`, sat one
+/// `source()` deeper than `Multipart` looks.)
+#[tokio::test]
+async fn multipart_over_the_limit_chunked_is_a_413_on_both() {
+    async fn accept(mut multipart: Multipart) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        loop {
+            match multipart.next_field().await {
+                Ok(Some(field)) => {
+                    if let Err(e) = field.bytes().await {
+                        return e.into_response();
+                    }
+                }
+                Ok(None) => return "ok".into_response(),
+                Err(e) => return e.into_response(),
+            }
+        }
+    }
+    let app = Router::new()
+        .route("/", post(accept))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(16 << 20));
+    let pair = Pair::start(app, megaconn::Server::builder()).await;
+    let boundary = "XyZ-boundary";
+    let file: Vec<u8> = (0..20_000_000u32).map(|i| (i % 251) as u8).collect();
+    let body = one_file_form(boundary, &file);
+    let form_type = format!("multipart/form-data; boundary={boundary}");
+    let theirs = post_chunked(pair.theirs, "/", &form_type, &body).await;
+    let ours = post_chunked(pair.ours, "/", &form_type, &body).await;
+    assert_eq!(theirs.status, 413, "{theirs:?}");
+    // Ours closes after the answer (the rest of the body is not read).
+    let ours_close = ours.header("connection").map(str::to_owned);
+    let mut ours = ours;
+    ours.headers.retain(|(n, _)| n != "connection");
+    assert_eq!(ours, theirs, "megaconn (left) vs axum::serve");
+    assert_eq!(ours_close.as_deref(), Some("close"));
+}
+
 // ---------------------------------------------------------------------------
 // compression: gzip responses and gzip request bodies (tower-http).
 // ---------------------------------------------------------------------------
