@@ -368,7 +368,9 @@ async fn post_chunked(addr: SocketAddr, path: &str, content_type: &str, body: &B
     let resp = client()
         .post(format!("http://{addr}{path}"))
         .header("content-type", content_type)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .expect("a response");
@@ -429,6 +431,57 @@ async fn multipart_over_the_limit_chunked_is_a_413_on_both() {
     ours.headers.retain(|(n, _)| n != "connection");
     assert_eq!(ours, theirs, "megaconn (left) vs axum::serve");
     assert_eq!(ours_close.as_deref(), Some("close"));
+}
+
+/// axum's consume-body-in-extractor-or-middleware example, its middleware
+/// part: `collect()` the body (no limit of its own; an error is a 500),
+/// then the handler's `Bytes` (axum's 2 MB). A chunked 20 MB body: `413`
+/// from the handler under `axum::serve`; under megaconn the documented
+/// difference (README, "Body limits"): the middleware meets megaconn's
+/// 16 MiB first, `500`.
+#[tokio::test]
+async fn consume_body_in_middleware_over_max_body_bytes_is_the_documented_500() {
+    use axum::middleware::{self, Next};
+    use axum::response::{IntoResponse, Response};
+    use http_body_util::BodyExt;
+    async fn buffer(request: Request, next: Next) -> Result<Response, Response> {
+        let (parts, body) = request.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())?
+            .to_bytes();
+        Ok(next
+            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+            .await)
+    }
+    let app = Router::new()
+        .route(
+            "/",
+            post(|body: Bytes| async move { body.len().to_string() }),
+        )
+        .layer(middleware::from_fn(buffer));
+    let pair = Pair::start(app, megaconn::Server::builder()).await;
+    let body: Bytes = vec![7u8; 20_000_000].into();
+    let theirs = post_chunked(pair.theirs, "/", "application/octet-stream", &body).await;
+    assert_eq!(theirs.status, 413, "{theirs:?}");
+    let ours = post_chunked(pair.ours, "/", "application/octet-stream", &body).await;
+    assert_eq!(ours.status, 500, "{ours:?}");
+    assert_eq!(String::from_utf8_lossy(&ours.body), "length limit exceeded");
+    // The one-line fix: megaconn's limit past the body.
+    let pair = Pair::start(
+        Router::new()
+            .route(
+                "/",
+                post(|body: Bytes| async move { body.len().to_string() }),
+            )
+            .layer(middleware::from_fn(buffer)),
+        megaconn::Server::builder().max_body_bytes(64 << 20),
+    )
+    .await;
+    let theirs = post_chunked(pair.theirs, "/", "application/octet-stream", &body).await;
+    let ours = post_chunked(pair.ours, "/", "application/octet-stream", &body).await;
+    assert_eq!(ours, theirs, "megaconn (left) vs axum::serve");
 }
 
 // ---------------------------------------------------------------------------
