@@ -86,6 +86,15 @@ fn length_limit_error() -> BoxError {
     }
 }
 
+/// The bytes of `data`, the chunk that took a body `past` bytes past its
+/// limit, up to one past it: what the handler is handed before the error
+/// ([`BodySender::send_past_limit`] says why; HTTP/2's body does the same).
+pub(crate) fn up_to_one_past(data: Bytes, past: u64) -> Bytes {
+    // `past` <= `data.len()`: the body was within the limit before.
+    let keep = data.len() - (past.min(data.len() as u64) as usize) + 1;
+    data.slice(..keep.min(data.len()))
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
     /// A [`BodyError`] (downcast the box to read it), except past
@@ -317,9 +326,7 @@ impl BodySender {
     /// deeper, and axum answered it `500`). The byte is the client's
     /// own, and the body fails right after it.
     pub(crate) fn send_past_limit(&mut self, data: Bytes, past: u64) {
-        // `past` <= `data.len()`: the body was within the limit before.
-        let keep = data.len() - (past.min(data.len() as u64) as usize) + 1;
-        self.send_data(data.slice(..keep.min(data.len())));
+        self.send_data(up_to_one_past(data, past));
     }
 
     /// Ends the body with an error the handler will see (after a chunk

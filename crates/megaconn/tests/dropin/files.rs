@@ -431,6 +431,50 @@ async fn multipart_over_the_limit_chunked_is_a_413_on_both() {
     ours.headers.retain(|(n, _)| n != "connection");
     assert_eq!(ours, theirs, "megaconn (left) vs axum::serve");
     assert_eq!(ours_close.as_deref(), Some("close"));
+    // The same over h2c.
+    let theirs = post_h2c(pair.theirs, &form_type, &body).await;
+    let ours = post_h2c(pair.ours, &form_type, &body).await;
+    assert_eq!(theirs.0, 413, "{theirs:?}");
+    assert_eq!(ours, theirs, "h2c: megaconn (left) vs axum::serve");
+}
+
+/// POSTs `body` over h2c (no length) and returns the status and body of
+/// the answer. The sender stops when the server stops taking the body.
+async fn post_h2c(addr: SocketAddr, content_type: &str, body: &Bytes) -> (u16, Vec<u8>) {
+    let client = crate::common::h2c(addr).await;
+    let mut client = client.ready().await.expect("client ready");
+    let req = axum::http::Request::post("http://localhost/")
+        .header("content-type", content_type)
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(req, false).expect("send request");
+    let mut rest = body.clone();
+    let sender = tokio::spawn(async move {
+        while !rest.is_empty() {
+            send.reserve_capacity(rest.len().min(1 << 20));
+            let n = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(n)) => n,
+                _ => return,
+            };
+            let chunk = rest.split_to(n.min(rest.len()));
+            if send.send_data(chunk, rest.is_empty()).is_err() {
+                return;
+            }
+        }
+    });
+    let response = tokio::time::timeout(crate::common::SAFETY, response)
+        .await
+        .expect("an answer")
+        .expect("a response");
+    let status = response.status().as_u16();
+    let mut recv = response.into_body();
+    let mut out = Vec::new();
+    while let Some(Ok(chunk)) = recv.data().await {
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    sender.abort();
+    (status, out)
 }
 
 /// axum's consume-body-in-extractor-or-middleware example, its middleware
