@@ -517,11 +517,7 @@ async fn into_make_service_is_served_as_under_axum_serve() {
     let c = client();
     // The plain one, with a shutdown signal, as in axum's graceful-shutdown
     // example.
-    let server = megaconn::Server::builder()
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .unwrap();
+    let server = crate::harness::listen(megaconn::Server::builder());
     let addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(
@@ -548,11 +544,7 @@ async fn into_make_service_is_served_as_under_axum_serve() {
     let theirs = listener.local_addr().unwrap();
     let theirs_task =
         tokio::spawn(async move { axum::serve(listener, normalized()).await.unwrap() });
-    let server = megaconn::Server::builder()
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .unwrap();
+    let server = crate::harness::listen(megaconn::Server::builder());
     let ours_addr = server.local_addr();
     let handle = server.handle();
     tokio::spawn(server.serve(normalized()));
@@ -629,11 +621,7 @@ async fn connect_2xx_taken_by_nobody_is_logged() {
             Ok::<_, Infallible>(axum::http::Response::new(Body::empty()))
         }
     });
-    let server = megaconn::Server::builder()
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap())
-        .listen()
-        .unwrap();
+    let server = crate::harness::listen(megaconn::Server::builder());
     let addr = server.local_addr();
     let handle = server.handle();
     tokio::spawn(server.serve(proxy));

@@ -189,24 +189,13 @@ fn upload_bytes() -> Bytes {
 
 /// POSTs `data` with a Content-Length, or chunked (1 MiB at a time).
 async fn upload(addr: SocketAddr, name: &str, data: &Bytes, chunked: bool) -> Answer {
+    let path = format!("/file/{name}");
     let body = if chunked {
-        let chunks: Vec<Result<Bytes, Infallible>> = data
-            .chunks(1 << 20)
-            .map(|c| Ok(data.slice_ref(c)))
-            .collect();
-        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+        chunked_body(data)
     } else {
         reqwest::Body::from(data.clone())
     };
-    let resp = client()
-        .post(format!("http://{addr}/file/{name}"))
-        .body(body)
-        .send()
-        .await
-        .expect("a response");
-    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
-    let body = resp.bytes().await.unwrap().to_vec();
-    Answer::from_parts(status, &headers, body)
+    send_post(addr, &path, "application/octet-stream", body).await
 }
 
 #[tokio::test]
@@ -358,25 +347,38 @@ async fn multipart_form() {
     }
 }
 
-/// POSTs `body` to `addr/path` chunked (no length, 1 MiB at a time), as
-/// `curl -H 'Transfer-Encoding: chunked' -F file=@big.bin` does.
-async fn post_chunked(addr: SocketAddr, path: &str, content_type: &str, body: &Bytes) -> Answer {
+/// `body` sent chunked (no length, 1 MiB at a time), as `curl -H
+/// 'Transfer-Encoding: chunked' -F file=@big.bin` sends it.
+fn chunked_body(body: &Bytes) -> reqwest::Body {
     let chunks: Vec<Result<Bytes, Infallible>> = body
         .chunks(1 << 20)
         .map(|c| Ok(body.slice_ref(c)))
         .collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+/// POSTs `body` to `addr/path` and reads the answer.
+async fn send_post(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: reqwest::Body,
+) -> Answer {
     let resp = client()
         .post(format!("http://{addr}{path}"))
         .header("content-type", content_type)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(body)
         .send()
         .await
         .expect("a response");
     let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
     let body = resp.bytes().await.unwrap().to_vec();
     Answer::from_parts(status, &headers, body)
+}
+
+/// POSTs `body` to `addr/path` chunked.
+async fn post_chunked(addr: SocketAddr, path: &str, content_type: &str, body: &Bytes) -> Answer {
+    send_post(addr, path, content_type, chunked_body(body)).await
 }
 
 /// A multipart form of one `field` holding `file`.
