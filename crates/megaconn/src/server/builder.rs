@@ -788,7 +788,9 @@ impl Builder {
 
     /// Largest request body, in bytes. A larger `Content-Length` gets `413`
     /// before the handler runs; a chunked body that grows past it fails the
-    /// handler's body read and closes the connection. Default: 16 MiB.
+    /// handler's body read (after the bytes up to one past it, so that an
+    /// app's own limit at or under this one fails first, as under
+    /// `axum::serve`) and closes the connection. Default: 16 MiB.
     pub fn max_body_bytes(mut self, n: u64) -> Builder {
         self.config.max_body_bytes = n;
         self
