@@ -190,7 +190,7 @@ pub use server::stall::LoopWakes;
 pub use service::body::Body;
 pub use service::draining::Draining;
 pub use service::upgrade::{OnUpgrade, Upgraded};
-pub use service::HttpService;
+pub use service::{into_marker, HttpService, IntoHttpService};
 /// The UTF-8 text of a [`WsMessage::Text`] (tungstenite's: cheap to clone,
 /// backed by [`bytes::Bytes`]).
 pub use tungstenite::Utf8Bytes;

@@ -1153,7 +1153,7 @@ where
                     Some(panic_message(&panic)),
                 );
                 record.error(ErrorClass::Panic);
-                send_error(&mut respond, StatusCode::INTERNAL_SERVER_ERROR, &mut record);
+                send_error_text(&mut respond, "the handler panicked", &mut record);
                 return StreamEnd::Done;
             }
             Some(Ok(Err(e))) => {
@@ -1412,6 +1412,26 @@ fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, record: &mu
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     let _ = send_head(respond, parts, true, record);
+}
+
+/// Answers the stream `500` with the one-line text body HTTP/1.1's has
+/// (`encode_error`: `Internal Server Error: <reason>`), so that a client
+/// sees the same answer on both.
+fn send_error_text(respond: &mut SendResponse<Bytes>, reason: &str, record: &mut RequestRecord) {
+    let text = Bytes::from(format!("Internal Server Error: {reason}\n"));
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    if let Ok(mut send) = send_head(respond, parts, false, record) {
+        // A few bytes, well inside any window: h2 buffers them.
+        let _ = send.send_data(text, true);
+    }
 }
 
 /// Streams the response body: polls the body first, then reserves room for

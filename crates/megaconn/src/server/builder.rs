@@ -23,7 +23,7 @@ use crate::conn::transport::Transport;
 use crate::error::Error;
 use crate::observe::stats::{ServerStats, WorkerStats};
 use crate::server::worker::{self, WorkerSetup, WorkerSummary};
-use crate::service::HttpService;
+use crate::service::{HttpService, IntoHttpService};
 
 /// A megaconn server: bound listeners, ready to serve (listening, except on
 /// a shared port: see [`Builder::reuse_port_shared`]).
@@ -100,11 +100,12 @@ impl Server {
 
     /// Serves `service` until [`ServerHandle::shutdown`] is called (or this future
     /// is dropped), then drains gracefully.
-    pub async fn serve<S>(self, service: S) -> Result<ShutdownSummary, Error>
+    ///
+    /// `service`: an axum `Router` or any [`HttpService`], or axum's
+    /// `app.into_make_service()` ([`IntoHttpService`]).
+    pub async fn serve<A, M>(self, service: A) -> Result<ShutdownSummary, Error>
     where
-        S: HttpService + Clone + Send + 'static,
-        S::Future: 'static,
-        S::ResBody: 'static,
+        A: IntoHttpService<M>,
     {
         self.serve_with_shutdown(service, std::future::pending())
             .await
@@ -117,15 +118,13 @@ impl Server {
     ///
     /// The same as [`start`](Server::start) then
     /// [`Started::run_with_shutdown`].
-    pub async fn serve_with_shutdown<S, F>(
+    pub async fn serve_with_shutdown<A, M, F>(
         self,
-        service: S,
+        service: A,
         signal: F,
     ) -> Result<ShutdownSummary, Error>
     where
-        S: HttpService + Clone + Send + 'static,
-        S::Future: 'static,
-        S::ResBody: 'static,
+        A: IntoHttpService<M>,
         F: Future<Output = ()>,
     {
         Ok(self.start(service)?.run_with_shutdown(signal).await)
@@ -165,12 +164,11 @@ impl Server {
     /// let summary = started.run().await; // accepts from now on
     /// # Ok(()) }
     /// ```
-    pub fn start<S>(self, service: S) -> Result<Started, Error>
+    pub fn start<A, M>(self, service: A) -> Result<Started, Error>
     where
-        S: HttpService + Clone + Send + 'static,
-        S::Future: 'static,
-        S::ResBody: 'static,
+        A: IntoHttpService<M>,
     {
+        let service = service.into_http_service();
         let Server {
             config,
             listeners,
@@ -811,7 +809,9 @@ impl Builder {
 
     /// Largest request body, in bytes. A larger `Content-Length` gets `413`
     /// before the handler runs; a chunked body that grows past it fails the
-    /// handler's body read and closes the connection. Default: 16 MiB.
+    /// handler's body read (after the bytes up to one past it, so that an
+    /// app's own limit at or under this one fails first, as under
+    /// `axum::serve`) and closes the connection. Default: 16 MiB.
     pub fn max_body_bytes(mut self, n: u64) -> Builder {
         self.config.max_body_bytes = n;
         self
@@ -1166,11 +1166,9 @@ impl Builder {
     }
 
     /// Binds and serves until `handle.shutdown()`; see [`Server::serve`].
-    pub async fn serve<S>(self, service: S) -> Result<ShutdownSummary, Error>
+    pub async fn serve<A, M>(self, service: A) -> Result<ShutdownSummary, Error>
     where
-        S: HttpService + Clone + Send + 'static,
-        S::Future: 'static,
-        S::ResBody: 'static,
+        A: IntoHttpService<M>,
     {
         self.listen()?.serve(service).await
     }

@@ -86,6 +86,15 @@ fn length_limit_error() -> BoxError {
     }
 }
 
+/// The bytes of `data`, the chunk that took a body `past` bytes past its
+/// limit, up to one past it: what the handler is handed before the error
+/// ([`BodySender::send_past_limit`] says why; HTTP/2's body does the same).
+pub(crate) fn up_to_one_past(data: Bytes, past: u64) -> Bytes {
+    // `past` <= `data.len()`: the body was within the limit before.
+    let keep = data.len() - (past.min(data.len() as u64) as usize) + 1;
+    data.slice(..keep.min(data.len()))
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
     /// A [`BodyError`] (downcast the box to read it), except past
@@ -128,6 +137,7 @@ impl Body {
             Kind::Incoming { shared, remaining } => {
                 let mut state = shared.lock();
                 if let Some(item) = state.item.take() {
+                    state.item = state.then.take().map(Err);
                     if let (Ok(frame), Some(left)) = (&item, remaining.as_mut()) {
                         if let Some(data) = frame.data_ref() {
                             *left = left.saturating_sub(data.len() as u64);
@@ -191,6 +201,10 @@ struct Channel {
 #[derive(Debug, Default)]
 struct State {
     item: Option<Result<Frame<Bytes>, BodyError>>,
+    /// The error that ends the body, when it came while `item` was full
+    /// (past the limit: [`BodySender::send_past_limit`] first): handed
+    /// over after `item`.
+    then: Option<BodyError>,
     /// The handler polled the body at least once.
     wanted: bool,
     finished: bool,
@@ -298,10 +312,32 @@ impl BodySender {
         wake(&mut state.rx_waker);
     }
 
-    /// Ends the body with an error the handler will see.
+    /// The body went over `max_body_bytes` with `data`, now `past` bytes
+    /// past it: hands the handler the bytes of `data` up to one past the
+    /// limit, the error ([`fail`](Self::fail), which the caller sends next)
+    /// after them.
+    ///
+    /// Why one byte past: an app's own limit (`RequestBodyLimitLayer`,
+    /// `DefaultBodyLimit`: an `http_body_util::Limited` around this body)
+    /// at or under megaconn's then sees the body go over it and fails
+    /// first, with its own `LengthLimitError`, where axum looks for it
+    /// (`Multipart` looks exactly one `source()` under `axum::Error`;
+    /// megaconn's error, come through the app's `Limited`, is one level
+    /// deeper, and axum answered it `500`). The byte is the client's
+    /// own, and the body fails right after it.
+    pub(crate) fn send_past_limit(&mut self, data: Bytes, past: u64) {
+        self.send_data(up_to_one_past(data, past));
+    }
+
+    /// Ends the body with an error the handler will see (after a chunk
+    /// still in the slot, if any).
     pub(crate) fn fail(self, error: BodyError) {
         let mut state = self.shared.lock();
-        state.item = Some(Err(error));
+        if state.item.is_some() {
+            state.then = Some(error);
+        } else {
+            state.item = Some(Err(error));
+        }
         state.finished = true;
         wake(&mut state.rx_waker);
     }
@@ -408,6 +444,33 @@ mod tests {
         tx.fail(BodyError::TooLarge { limit: 3 });
         let err = body.collect().await.unwrap_err();
         assert!(err.is::<http_body_util::LengthLimitError>(), "{err:?}");
+    }
+
+    /// Past the limit the handler gets the bytes up to one past it, then
+    /// the error: an app's own `Limited` at the same limit fails first.
+    #[tokio::test]
+    async fn past_the_limit_one_byte_over_comes_before_the_error() {
+        let (mut tx, body) = Body::channel(None);
+        let mut limited = http_body_util::Limited::new(body, 4);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut limited).poll_frame(&mut cx).is_pending());
+        tx.send_data(Bytes::from_static(b"ab"));
+        assert!(limited.frame().await.unwrap().is_ok());
+        // 2 + 5 = 7 bytes, 3 past a limit of 4: "abc" goes (5 bytes, one over).
+        tx.send_past_limit(Bytes::from_static(b"abcde"), 3);
+        tx.fail(BodyError::TooLarge { limit: 4 });
+        let err = limited.frame().await.unwrap().unwrap_err();
+        // The app's own limit's error, not megaconn's through it.
+        assert!(err.is::<http_body_util::LengthLimitError>(), "{err:?}");
+        let (mut tx, mut body) = Body::channel(None);
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        tx.send_past_limit(Bytes::from_static(b"abcde"), 3);
+        tx.fail(BodyError::TooLarge { limit: 2 });
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(data, "abc");
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<http_body_util::LengthLimitError>(), "{err:?}");
+        assert!(body.frame().await.is_none());
     }
 
     #[test]

@@ -213,6 +213,9 @@ pub(crate) struct RecvBody {
     /// must not wait for a client that stalled, or for the rest of an
     /// upload refused as too large).
     failed: bool,
+    /// The body went past `limit`, and the bytes up to one past it were
+    /// handed over: the next poll fails (`body::up_to_one_past`).
+    past_limit: bool,
 }
 
 impl RecvBody {
@@ -240,6 +243,7 @@ impl RecvBody {
             stall_after: idle_timeout.filter(|_| read_timeout.is_none()),
             stall: None,
             failed: false,
+            past_limit: false,
         }
     }
 
@@ -310,6 +314,9 @@ impl RecvBody {
         if self.failed {
             return Poll::Ready(None);
         }
+        if std::mem::take(&mut self.past_limit) {
+            return self.fail(BodyError::TooLarge { limit: self.limit });
+        }
         if !self.data_done {
             // The deadline is looked at (and its timer set up) only when the
             // body makes its reader wait, or when a frame comes after it.
@@ -350,7 +357,10 @@ impl RecvBody {
                         });
                         incr(&self.flood.stats.protocol_errors);
                         LimitHit::MaxBodyBytes.count(&self.flood.stats);
-                        return self.fail(BodyError::TooLarge { limit: self.limit });
+                        self.past_limit = true;
+                        let past = self.received - self.limit;
+                        let data = crate::service::body::up_to_one_past(data, past);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     if let Some(left) = self.remaining.as_mut() {
                         *left = left.saturating_sub(data.len() as u64);

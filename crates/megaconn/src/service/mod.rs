@@ -101,9 +101,84 @@ where
     }
 }
 
+/// What `serve` (and [`Server::start`](crate::Server::start)) takes: an
+/// [`HttpService`] (an axum `Router`, any tower service of
+/// `http::Request<`[`Body`]`>`), or, with the `axum` feature, axum's
+/// `IntoMakeService` of one, what `app.into_make_service()` and
+/// `ServiceExt::<Request>::into_make_service(layer.layer(app))` give:
+/// `axum::serve`'s usual arguments, copied as they are. (Their
+/// `into_make_service_with_connect_info` is not: pass the service and set
+/// [`Builder::connect_info`](crate::Builder::connect_info).) `M` only tells
+/// the two apart; sealed like [`HttpService`].
+pub trait IntoHttpService<M>: sealed::SealedInto<M> {
+    /// The service served, cloned for each connection.
+    type Service: HttpService<Future: 'static, ResBody: 'static> + Clone + Send + 'static;
+
+    /// The service to serve.
+    fn into_http_service(self) -> Self::Service;
+}
+
+/// What tells [`IntoHttpService`]'s implementations apart (never named).
+pub mod into_marker {
+    /// The service itself.
+    #[derive(Debug)]
+    pub enum Service {}
+    /// axum's `IntoMakeService` of it.
+    #[derive(Debug)]
+    pub enum MakeService {}
+}
+
+impl<S> IntoHttpService<into_marker::Service> for S
+where
+    S: HttpService<Future: 'static, ResBody: 'static> + Clone + Send + 'static,
+{
+    type Service = S;
+
+    fn into_http_service(self) -> S {
+        self
+    }
+}
+
+/// axum's make-service hands out a clone of the service it holds for each
+/// connection, and its future is ready at once (`std::future::ready`):
+/// taking that clone once here serves what `axum::serve` would.
+#[cfg(feature = "axum")]
+impl<S> IntoHttpService<into_marker::MakeService> for axum::routing::IntoMakeService<S>
+where
+    S: HttpService<Future: 'static, ResBody: 'static> + Clone + Send + 'static,
+{
+    type Service = S;
+
+    fn into_http_service(mut self) -> S {
+        use std::future::Future as _;
+        let mut made = Service::<()>::call(&mut self, ());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut made).poll(&mut cx) {
+            Poll::Ready(Ok(service)) => service,
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => unreachable!("axum's IntoMakeService is ready at once"),
+        }
+    }
+}
+
 mod sealed {
     /// Only the blanket implementation above implements [`HttpService`](super::HttpService).
     pub trait Sealed {}
+
+    /// Only the implementations above implement
+    /// [`IntoHttpService`](super::IntoHttpService).
+    pub trait SealedInto<M> {}
+
+    impl<S> SealedInto<super::into_marker::Service> for S where
+        S: super::HttpService + Clone + Send + 'static
+    {
+    }
+
+    #[cfg(feature = "axum")]
+    impl<S> SealedInto<super::into_marker::MakeService> for axum::routing::IntoMakeService<S> where
+        S: super::HttpService + Clone + Send + 'static
+    {
+    }
 
     impl<S, B> Sealed for S where
         S: tower_service::Service<http::Request<crate::Body>, Response = http::Response<B>>

@@ -432,7 +432,25 @@ impl AsyncWrite for Upgraded {
 /// receive the connection, the others resolve to an error.
 #[derive(Debug, Clone)]
 pub struct OnUpgrade {
-    rx: Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>,
+    rx: Arc<Mutex<Taker>>,
+}
+
+/// The receiving end, shared by the clones; `None` once taken or failed.
+#[derive(Debug)]
+struct Taker(Option<oneshot::Receiver<Upgraded>>);
+
+/// The last clone gone with the connection handed over but never taken:
+/// the request outlived the answer (kept in a task that asked
+/// `hyper::upgrade::on`, as axum's http-proxy example does with its
+/// `CONNECT`) and then dropped it unpolled. The connection closes here,
+/// as when nobody is left to hand it to ([`hand_over`]), and with the
+/// same warning: otherwise the client sees a 2xx and a silent close.
+impl Drop for Taker {
+    fn drop(&mut self) {
+        if let Some(Ok(upgraded)) = self.0.as_mut().map(|rx| rx.try_recv()) {
+            unclaimed(upgraded);
+        }
+    }
 }
 
 impl Future for OnUpgrade {
@@ -440,11 +458,11 @@ impl Future for OnUpgrade {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut slot = self.rx.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(rx) = slot.as_mut() else {
+        let Some(rx) = slot.0.as_mut() else {
             return Poll::Ready(Err(not_upgraded()));
         };
         let result = std::task::ready!(Pin::new(rx).poll(cx));
-        *slot = None;
+        slot.0 = None;
         Poll::Ready(result.map_err(|_| not_upgraded()))
     }
 }
@@ -486,7 +504,7 @@ pub(crate) fn pending() -> (UpgradeSender, OnUpgrade) {
     (
         tx,
         OnUpgrade {
-            rx: Arc::new(Mutex::new(Some(rx))),
+            rx: Arc::new(Mutex::new(Taker(Some(rx)))),
         },
     )
 }
@@ -494,23 +512,30 @@ pub(crate) fn pending() -> (UpgradeSender, OnUpgrade) {
 /// Hands the switched connection to the handler's [`OnUpgrade`]. Nobody
 /// waiting for it (every clone dropped) is almost always a handler that
 /// asked hyper for the connection (`hyper::upgrade::on`, which finds no
-/// hyper handle under megaconn and fails at once) and answered `101`
-/// anyway: that is logged, saying what to use (at most once per
-/// [`ratelog`](crate::observe::ratelog) interval: every such request a peer
-/// sends would log it), and the connection closes.
+/// hyper handle under megaconn and fails at once) and answered `101` (or
+/// `2xx` to `CONNECT`) anyway: [`unclaimed`]. (Its request still alive,
+/// the clone left holds the connection and says the same when it drops
+/// untaken: [`Taker`].)
 pub(crate) fn hand_over(tx: UpgradeSender, upgraded: Upgraded) {
     if let Err(upgraded) = tx.send(upgraded) {
-        ratelog::log(Flood::UnclaimedUpgrade, |suppressed| {
-            tracing::warn!(
-                suppressed,
-                "a handler switched protocols (101, or 2xx to CONNECT) but did not wait on \
-                 megaconn::OnUpgrade, so the connection is closed: hyper::upgrade::on cannot \
-                 work under megaconn; take megaconn::OnUpgrade from the request's extensions \
-                 instead (for axum's WebSocketUpgrade, use megaconn::axum_ws)"
-            );
-        });
-        // Closed after the line, so that a peer that sees the close can
-        // find it logged.
-        drop(upgraded);
+        unclaimed(upgraded);
     }
+}
+
+/// A switched connection nobody takes: logged, saying what to use (at
+/// most once per [`ratelog`](crate::observe::ratelog) interval: every such
+/// request a peer sends would log it), and the connection closes.
+fn unclaimed(upgraded: Upgraded) {
+    ratelog::log(Flood::UnclaimedUpgrade, |suppressed| {
+        tracing::warn!(
+            suppressed,
+            "a handler switched protocols (101, or 2xx to CONNECT) but did not wait on \
+             megaconn::OnUpgrade, so the connection is closed: hyper::upgrade::on cannot \
+             work under megaconn; take megaconn::OnUpgrade from the request's extensions \
+             instead (for axum's WebSocketUpgrade, use megaconn::axum_ws)"
+        );
+    });
+    // Closed after the line, so that a peer that sees the close can
+    // find it logged.
+    drop(upgraded);
 }

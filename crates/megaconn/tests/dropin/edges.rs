@@ -494,3 +494,160 @@ async fn tcp_nodelay_is_on_under_megaconn_and_off_under_axum_serve() {
     let off = Pair::start(app, megaconn::Server::builder().nodelay(false)).await;
     assert!(!nodelay_of_an_answered_connection(off.ours).await);
 }
+
+// ---------------------------------------------------------------------------
+// `into_make_service()`: what `axum::serve` is usually handed, served as is.
+// ---------------------------------------------------------------------------
+
+fn slash_app() -> Router {
+    Router::new().route("/hello", get(|| async { "hello" }))
+}
+
+/// `serve_with_shutdown(app.into_make_service(), …)` and axum's documented
+/// NormalizePath pattern (`ServiceExt::<Request>::into_make_service` of a
+/// layered router) compile and serve under megaconn as under `axum::serve`.
+/// (Neither compiled: E0271, expected `Response`, found `Router`.)
+#[tokio::test]
+async fn into_make_service_is_served_as_under_axum_serve() {
+    use axum::extract::Request;
+    use axum::ServiceExt;
+    use tower::Layer;
+    use tower_http::normalize_path::NormalizePathLayer;
+
+    let c = client();
+    // The plain one, with a shutdown signal, as in axum's graceful-shutdown
+    // example.
+    let server = crate::harness::listen(megaconn::Server::builder());
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(
+        server.serve_with_shutdown(slash_app().into_make_service(), async {
+            let _ = stopped.await;
+        }),
+    );
+    let ours = ask("GET", "/hello").send(&c, addr).await;
+    assert_eq!((ours.status, &ours.body[..]), (200, &b"hello"[..]));
+    stop.send(()).unwrap();
+    tokio::time::timeout(SAFETY, served)
+        .await
+        .expect("shut down")
+        .unwrap()
+        .unwrap();
+
+    // NormalizePath around the router, made a make-service.
+    let normalized = || {
+        ServiceExt::<Request>::into_make_service(
+            NormalizePathLayer::trim_trailing_slash().layer(slash_app()),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let theirs = listener.local_addr().unwrap();
+    let theirs_task =
+        tokio::spawn(async move { axum::serve(listener, normalized()).await.unwrap() });
+    let server = crate::harness::listen(megaconn::Server::builder());
+    let ours_addr = server.local_addr();
+    let handle = server.handle();
+    tokio::spawn(server.serve(normalized()));
+    for path in ["/hello/", "/hello", "/nothing/"] {
+        let a = ask("GET", path);
+        let t = a.send(&c, theirs).await;
+        let o = a.send(&c, ours_addr).await;
+        assert_eq!(o, t, "{path}: megaconn (left) vs axum::serve");
+    }
+    assert_eq!(ask("GET", "/hello/").send(&c, ours_addr).await.status, 200);
+    handle.shutdown();
+    theirs_task.abort();
+}
+
+// ---------------------------------------------------------------------------
+// axum's http-proxy example: `hyper::upgrade::on` for a CONNECT.
+// ---------------------------------------------------------------------------
+
+/// The warnings logged in this test binary (the server logs on its worker
+/// threads, so the subscriber is the global one).
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct CaptureWarnings;
+
+impl tracing::Subscriber for CaptureWarnings {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        *meta.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        WARNINGS.lock().unwrap().push(m.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A `CONNECT` answered `200` by a handler that asked hyper for the
+/// connection in a task of its own, keeping the request (axum's http-proxy
+/// example): under megaconn the connection closes after the `200` (hyper's
+/// upgrade finds nothing), and a warning says to take megaconn's
+/// `OnUpgrade`, as for a `101` nobody waits for. (It closed without a
+/// word: the request, still alive when the `200` went out, took the
+/// connection and dropped it.) Deterministic: the request is held until the
+/// client has read the `200`.
+#[tokio::test]
+async fn connect_2xx_taken_by_nobody_is_logged() {
+    let _ = tracing::subscriber::set_global_default(CaptureWarnings);
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (keep_tx, mut kept) =
+        tokio::sync::mpsc::unbounded_channel::<axum::http::Request<megaconn::Body>>();
+    let proxy = tower::service_fn(move |mut req: axum::http::Request<megaconn::Body>| {
+        let (held_tx, keep_tx) = (held_tx.clone(), keep_tx.clone());
+        async move {
+            assert_eq!(req.method(), axum::http::Method::CONNECT);
+            // What the example's task does first; under megaconn it fails.
+            let hyper_upgrade = hyper::upgrade::on(&mut req);
+            assert!(hyper_upgrade.await.is_err());
+            keep_tx.send(req).unwrap();
+            held_tx.send(()).unwrap();
+            Ok::<_, Infallible>(axum::http::Response::new(Body::empty()))
+        }
+    });
+    let server = crate::harness::listen(megaconn::Server::builder());
+    let addr = server.local_addr();
+    let handle = server.handle();
+    tokio::spawn(server.serve(proxy));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    held.recv().await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        use tokio::io::AsyncReadExt;
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200 "), "{head:?}");
+    // The 200 is out: the example's task ends, the request with it.
+    drop(kept.recv().await.unwrap());
+    let rest = common::read_to_close(&mut s).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    let warnings = WARNINGS.lock().unwrap().clone();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("hyper::upgrade::on") && w.contains("megaconn::OnUpgrade")),
+        "no warning among {warnings:?}"
+    );
+    handle.shutdown();
+}

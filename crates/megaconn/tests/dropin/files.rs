@@ -189,24 +189,13 @@ fn upload_bytes() -> Bytes {
 
 /// POSTs `data` with a Content-Length, or chunked (1 MiB at a time).
 async fn upload(addr: SocketAddr, name: &str, data: &Bytes, chunked: bool) -> Answer {
+    let path = format!("/file/{name}");
     let body = if chunked {
-        let chunks: Vec<Result<Bytes, Infallible>> = data
-            .chunks(1 << 20)
-            .map(|c| Ok(data.slice_ref(c)))
-            .collect();
-        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+        chunked_body(data)
     } else {
         reqwest::Body::from(data.clone())
     };
-    let resp = client()
-        .post(format!("http://{addr}/file/{name}"))
-        .body(body)
-        .send()
-        .await
-        .expect("a response");
-    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
-    let body = resp.bytes().await.unwrap().to_vec();
-    Answer::from_parts(status, &headers, body)
+    send_post(addr, &path, "application/octet-stream", body).await
 }
 
 #[tokio::test]
@@ -356,6 +345,189 @@ async fn multipart_form() {
     ] {
         pair.same(&c, &a).await;
     }
+}
+
+/// `body` sent chunked (no length, 1 MiB at a time), as `curl -H
+/// 'Transfer-Encoding: chunked' -F file=@big.bin` sends it.
+fn chunked_body(body: &Bytes) -> reqwest::Body {
+    let chunks: Vec<Result<Bytes, Infallible>> = body
+        .chunks(1 << 20)
+        .map(|c| Ok(body.slice_ref(c)))
+        .collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+/// POSTs `body` to `addr/path` and reads the answer.
+async fn send_post(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: reqwest::Body,
+) -> Answer {
+    let resp = client()
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("a response");
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let body = resp.bytes().await.unwrap().to_vec();
+    Answer::from_parts(status, &headers, body)
+}
+
+/// POSTs `body` to `addr/path` chunked.
+async fn post_chunked(addr: SocketAddr, path: &str, content_type: &str, body: &Bytes) -> Answer {
+    send_post(addr, path, content_type, chunked_body(body)).await
+}
+
+/// A multipart form of one `field` holding `file`.
+fn one_file_form(boundary: &str, file: &[u8]) -> Bytes {
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body.into()
+}
+
+/// A chunked 20 MB multipart upload to an app whose own limit is
+/// megaconn's (16 MiB, `RequestBodyLimitLayer`, `DefaultBodyLimit`
+/// disabled): axum's `Multipart` answers 413 under both. (It answered 500
+/// under megaconn: megaconn's limit fired first, and its
+/// `LengthLimitError`, come through the app's `Limited`, sat one
+/// `source()` deeper than `Multipart` looks.)
+#[tokio::test]
+async fn multipart_over_the_limit_chunked_is_a_413_on_both() {
+    async fn accept(mut multipart: Multipart) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        loop {
+            match multipart.next_field().await {
+                Ok(Some(field)) => {
+                    if let Err(e) = field.bytes().await {
+                        return e.into_response();
+                    }
+                }
+                Ok(None) => return "ok".into_response(),
+                Err(e) => return e.into_response(),
+            }
+        }
+    }
+    let app = Router::new()
+        .route("/", post(accept))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(16 << 20));
+    let pair = Pair::start(app, megaconn::Server::builder()).await;
+    let boundary = "XyZ-boundary";
+    let file: Vec<u8> = (0..20_000_000u32).map(|i| (i % 251) as u8).collect();
+    let body = one_file_form(boundary, &file);
+    let form_type = format!("multipart/form-data; boundary={boundary}");
+    let theirs = post_chunked(pair.theirs, "/", &form_type, &body).await;
+    let ours = post_chunked(pair.ours, "/", &form_type, &body).await;
+    assert_eq!(theirs.status, 413, "{theirs:?}");
+    // Ours closes after the answer (the rest of the body is not read).
+    let ours_close = ours.header("connection").map(str::to_owned);
+    let mut ours = ours;
+    ours.headers.retain(|(n, _)| n != "connection");
+    assert_eq!(ours, theirs, "megaconn (left) vs axum::serve");
+    assert_eq!(ours_close.as_deref(), Some("close"));
+    // The same over h2c.
+    let theirs = post_h2c(pair.theirs, &form_type, &body).await;
+    let ours = post_h2c(pair.ours, &form_type, &body).await;
+    assert_eq!(theirs.0, 413, "{theirs:?}");
+    assert_eq!(ours, theirs, "h2c: megaconn (left) vs axum::serve");
+}
+
+/// POSTs `body` over h2c (no length) and returns the status and body of
+/// the answer. The sender stops when the server stops taking the body.
+async fn post_h2c(addr: SocketAddr, content_type: &str, body: &Bytes) -> (u16, Vec<u8>) {
+    let client = crate::common::h2c(addr).await;
+    let mut client = client.ready().await.expect("client ready");
+    let req = axum::http::Request::post("http://localhost/")
+        .header("content-type", content_type)
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(req, false).expect("send request");
+    let mut rest = body.clone();
+    let sender = tokio::spawn(async move {
+        while !rest.is_empty() {
+            send.reserve_capacity(rest.len().min(1 << 20));
+            let n = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(n)) => n,
+                _ => return,
+            };
+            let chunk = rest.split_to(n.min(rest.len()));
+            if send.send_data(chunk, rest.is_empty()).is_err() {
+                return;
+            }
+        }
+    });
+    let response = tokio::time::timeout(crate::common::SAFETY, response)
+        .await
+        .expect("an answer")
+        .expect("a response");
+    let status = response.status().as_u16();
+    let mut recv = response.into_body();
+    let mut out = Vec::new();
+    while let Some(Ok(chunk)) = recv.data().await {
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    sender.abort();
+    (status, out)
+}
+
+/// axum's consume-body-in-extractor-or-middleware example, its middleware
+/// part: `collect()` the body (no limit of its own; an error is a 500),
+/// then the handler's `Bytes` (axum's 2 MB). A chunked 20 MB body: `413`
+/// from the handler under `axum::serve`; under megaconn the documented
+/// difference (README, "Body limits"): the middleware meets megaconn's
+/// 16 MiB first, `500`.
+#[tokio::test]
+async fn consume_body_in_middleware_over_max_body_bytes_is_the_documented_500() {
+    use axum::middleware::{self, Next};
+    use axum::response::{IntoResponse, Response};
+    use http_body_util::BodyExt;
+    async fn buffer(request: Request, next: Next) -> Result<Response, Response> {
+        let (parts, body) = request.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())?
+            .to_bytes();
+        Ok(next
+            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+            .await)
+    }
+    let app = Router::new()
+        .route(
+            "/",
+            post(|body: Bytes| async move { body.len().to_string() }),
+        )
+        .layer(middleware::from_fn(buffer));
+    let pair = Pair::start(app, megaconn::Server::builder()).await;
+    let body: Bytes = vec![7u8; 20_000_000].into();
+    let theirs = post_chunked(pair.theirs, "/", "application/octet-stream", &body).await;
+    assert_eq!(theirs.status, 413, "{theirs:?}");
+    let ours = post_chunked(pair.ours, "/", "application/octet-stream", &body).await;
+    assert_eq!(ours.status, 500, "{ours:?}");
+    assert_eq!(String::from_utf8_lossy(&ours.body), "length limit exceeded");
+    // The one-line fix: megaconn's limit past the body.
+    let pair = Pair::start(
+        Router::new()
+            .route(
+                "/",
+                post(|body: Bytes| async move { body.len().to_string() }),
+            )
+            .layer(middleware::from_fn(buffer)),
+        megaconn::Server::builder().max_body_bytes(64 << 20),
+    )
+    .await;
+    let theirs = post_chunked(pair.theirs, "/", "application/octet-stream", &body).await;
+    let ours = post_chunked(pair.ours, "/", "application/octet-stream", &body).await;
+    assert_eq!(ours, theirs, "megaconn (left) vs axum::serve");
 }
 
 // ---------------------------------------------------------------------------

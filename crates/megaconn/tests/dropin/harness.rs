@@ -47,12 +47,7 @@ impl Pair {
         } else {
             tokio::spawn(async move { axum::serve(listener, theirs).await.unwrap() })
         };
-        let server = builder
-            .workers(1)
-            .connect_info(connect_info)
-            .listen_on("127.0.0.1:0".parse().unwrap())
-            .listen()
-            .unwrap();
+        let server = listen(builder.connect_info(connect_info));
         let ours_addr = server.local_addr();
         let handle = server.handle();
         tokio::spawn(server.serve(ours));
@@ -72,6 +67,16 @@ impl Pair {
         assert_eq!(ours, theirs, "{req:?}: megaconn (left) vs axum::serve");
         ours
     }
+}
+
+/// megaconn with `builder`'s knobs and one worker, listening on
+/// 127.0.0.1:0.
+pub fn listen(builder: megaconn::Builder) -> megaconn::Server {
+    builder
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen()
+        .unwrap()
 }
 
 /// A request, sent the same way to both servers.

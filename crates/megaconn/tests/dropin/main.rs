@@ -12,10 +12,12 @@
 //!   sent the same way to both, the answers compared
 //! - `json_sse.rs`: todos (JSON CRUD), sse over HTTP/1.1 and h2c
 //! - `files.rs`: static-file-server (ServeDir), stream-to-file (50 MB, body
-//!   limits), multipart-form
+//!   limits), multipart-form (and a chunked one over the limit, HTTP/1.1 and
+//!   h2c), consume-body-in-middleware over `max_body_bytes`
 //! - `edges.rs`: compression, graceful shutdown, `ConnectInfo`, HEAD of a
 //!   stream, `spawn_blocking` and `block_in_place`, 100-continue, TimeoutLayer,
-//!   a handler's reason phrase, `TCP_NODELAY`
+//!   a handler's reason phrase, `TCP_NODELAY`, `into_make_service()` (and
+//!   NormalizePath's), http-proxy's `CONNECT` through `hyper::upgrade::on`
 
 #[path = "../common/mod.rs"]
 mod common;

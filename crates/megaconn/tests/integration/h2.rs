@@ -364,6 +364,11 @@ async fn a_panicking_handler_gets_a_500_and_the_connection_lives() {
     let mut client = h2c(server.addr).await;
     let a = request(&mut client, "GET", "/panic", None).await;
     assert_eq!(a.status, 500);
+    // The one-line text body HTTP/1.1 answers (it was empty on HTTP/2).
+    assert_eq!(
+        String::from_utf8_lossy(&a.body),
+        "Internal Server Error: the handler panicked\n"
+    );
     let a = request(&mut client, "GET", "/", None).await;
     assert_eq!(a.status, 200, "same connection still serves");
     assert_eq!(server.handle.stats().panics, 1);

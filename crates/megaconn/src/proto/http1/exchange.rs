@@ -692,6 +692,7 @@ where
                 this.record.request_bytes(data.len());
                 let tx = this.setup.body_tx.as_mut().expect("checked by caller");
                 if *this.body_bytes > max_body {
+                    tx.send_past_limit(data, *this.body_bytes - max_body);
                     return body_too_large(this, max_body);
                 }
                 tx.send_data(data);
@@ -733,7 +734,8 @@ where
 /// reason (`protocol_error`; it said `unread_body`), whose status is the
 /// one the handler answered ([`CloseReason::answered`]). The
 /// handler's body read fails ([`BodyError::TooLarge`], axum's
-/// `LengthLimitError` one `source()` deeper) and the handler answers, as
+/// `LengthLimitError`, after the bytes up to one past the limit:
+/// `BodySender::send_past_limit`) and the handler answers, as
 /// under `axum::serve` (an app that streams an upload to a file answers
 /// its own `413`: replacing it with megaconn's broke that drop-in); the
 /// connection closes after the answer.
