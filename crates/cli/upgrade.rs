@@ -838,6 +838,11 @@ impl Upgrades {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let mut sockets = self.handle.listening_sockets()?;
+        // The main server's sockets come first: the last message says how
+        // many (bytes 2..6), so that the new process can tell them from the
+        // admin listener's, and refuse to take over a main one it would not
+        // serve (see `TakeOver::sort`).
+        let main = u32::try_from(sockets.len()).unwrap_or(u32::MAX);
         for other in &more {
             sockets.extend(other.listening_sockets()?);
         }
@@ -855,7 +860,10 @@ impl Upgrades {
         let chunks: Vec<&[RawFd]> = all.chunks(MAX_FDS).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            let flags = [u8::from(last), u8::from(last && lock.is_some())];
+            let mut flags = vec![u8::from(last), u8::from(last && lock.is_some())];
+            if last {
+                flags.extend_from_slice(&main.to_be_bytes());
+            }
             peer.send(LISTENERS, &flags, chunk)?;
         }
         drop(sockets);
@@ -1122,6 +1130,10 @@ pub struct TakeOver {
     taken: usize,
     /// The old worker process's slot lock, if it sent one.
     slot: Option<SlotLock>,
+    /// How many of the sockets taken over are the old main server's (the
+    /// first ones; the admin listener's follow); `None` from a megaconn
+    /// that does not say.
+    main: Option<usize>,
 }
 
 /// Connects to the running server's control socket at `path` and takes its
@@ -1150,11 +1162,18 @@ pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
     peer.send(HELLO, &std::process::id().to_be_bytes(), &[])?;
     let mut listeners = Vec::new();
     let mut slot = None;
+    let mut main = None;
     loop {
         let (payload, mut fds) = peer.expect(LISTENERS)?;
         let last = payload.first() == Some(&1);
         if last && payload.get(1) == Some(&1) {
             slot = fds.pop().map(|fd| SlotLock(std::fs::File::from(fd)));
+        }
+        if last {
+            // Sent by a megaconn of session 40 on; `None` from an older one.
+            main = payload
+                .get(2..6)
+                .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
         }
         listeners.extend(fds.into_iter().map(TcpListener::from));
         if last {
@@ -1168,9 +1187,70 @@ pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
             started,
             taken,
             slot,
+            main,
         },
         listeners,
     ))
+}
+
+impl TakeOver {
+    /// Sorts the listening sockets taken over (`listeners`, as
+    /// [`take_over`] returned them) into the admin listener's (bound to
+    /// `admin`) and the main server's (bound to one of `listen`), before
+    /// the old process is told anything.
+    ///
+    /// A main socket of the old process that this one would not serve (its
+    /// address is not among `listen`: `--listen` differs) refuses the
+    /// take-over, naming the old addresses: the old process serves on. It
+    /// used to be closed silently, and once the old process left, its port
+    /// was served by nobody. The old admin listener's socket is dropped
+    /// when this process has another `--admin` (or `off`): that one is
+    /// asked for. From an older megaconn, which does not say which sockets
+    /// are its main server's, every socket not bound to `admin` is taken
+    /// for a main one. What `megaconn upgrade done` counts is what this
+    /// process serves.
+    pub fn sort(
+        &mut self,
+        listeners: Vec<TcpListener>,
+        listen: &[std::net::SocketAddr],
+        admin: Option<std::net::SocketAddr>,
+    ) -> Result<(Vec<TcpListener>, Vec<TcpListener>), crate::UsageError> {
+        let (mut admins, mut mains, mut unserved, mut old) = (vec![], vec![], vec![], vec![]);
+        for (i, l) in listeners.into_iter().enumerate() {
+            let is_main = self.main.map_or(true, |n| i < n);
+            let Ok(addr) = l.local_addr() else { continue };
+            if is_main && !old.contains(&addr) && Some(addr) != admin {
+                old.push(addr);
+            }
+            if Some(addr) == admin {
+                admins.push(l);
+            } else if listen.contains(&addr) {
+                mains.push(l);
+            } else if is_main {
+                if !unserved.contains(&addr) {
+                    unserved.push(addr);
+                }
+            }
+        }
+        if !unserved.is_empty() {
+            let list = |a: &[std::net::SocketAddr]| {
+                a.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let flags: Vec<String> = old.iter().map(|a| format!("--listen {a}")).collect();
+            return Err(crate::UsageError(format!(
+                "--upgrade: the running server listens on {}, and this one would not serve {} (its --listen differs): taking over would close {} for good. Nothing was taken over; the running server serves on. Give the same --listen as the running server ({}); to move to another address, start a server there and stop the old one",
+                list(&old),
+                list(&unserved),
+                if unserved.len() == 1 { "it" } else { "them" },
+                flags.join(" ")
+            )));
+        }
+        self.taken = mains.len() + admins.len();
+        Ok((admins, mains))
+    }
 }
 
 /// From [`TakeOver::finish`]: sent once this process runs its servers
@@ -1227,6 +1307,7 @@ impl TakeOver {
             started,
             taken,
             slot: _,
+            main: _,
         } = self;
         // The thread starts first and waits for the connection, which it
         // gets once the old process was told: if READY cannot be sent, the

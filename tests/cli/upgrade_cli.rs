@@ -2003,3 +2003,62 @@ fn a_take_over_during_a_start_that_fails_finds_nothing_and_the_old_process_exits
     );
     new_log.wait_for_line("no server answers", "");
 }
+
+/// An upgrade whose `--listen` differs from the running server's is
+/// refused before the old process is told anything (exit 2, naming the old
+/// address and the `--listen` to give): the old process serves on, on its
+/// port, and hands over to an upgrade with the same `--listen`. It used to
+/// take over (`took over 2 listening sockets`), close the old port's
+/// socket, serve the new address alone, and the old port was served by
+/// nobody once the old process left.
+#[test]
+fn an_upgrade_with_another_listen_address_is_refused_and_the_old_one_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let (old, addr) = start(0, "127.0.0.1:0", &socket, &["--admin", "127.0.0.1:0"]);
+    let admin = old.admin.clone();
+    let extra = ["--admin", admin.as_str()];
+    let elsewhere = common::ReservedPort::new();
+    let out = common::output(&mut serve_command(1, &elsewhere.addr, &socket, &extra));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the running server listens on {addr}"))
+            && stderr.contains(&format!("--listen {addr}")),
+        "{stderr}"
+    );
+    old_serves_on_and_hands_over(old, &addr, &socket, &extra);
+}
+
+/// `megaconn upgrade done: took over N listening sockets` counts what the
+/// new process serves: with another `--admin`, the old admin listener's
+/// socket (dropped) is not among them. It counted every socket received.
+#[test]
+fn upgrade_done_counts_only_the_sockets_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "127.0.0.1:0"];
+    let (old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
+    let mut cmd = serve_command(1, &addr, &socket, &extra);
+    let (new_child, lines) = spawn_generation(&mut cmd);
+    let done = loop {
+        let line = lines.expect_line();
+        if line.starts_with("megaconn upgrade done") {
+            break line;
+        }
+    };
+    let handed = finish(old);
+    let sent: usize = handed
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no socket count: {handed}"));
+    let took: usize = done
+        .strip_prefix("megaconn upgrade done: took over ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a whole upgrade: {done}"));
+    assert_eq!(took, sent - 1, "{done} / {handed}");
+    serves_alone(&addr, 1, new_child);
+}
