@@ -202,7 +202,15 @@ fn resolve_with(
     inherited: Vec<crate::activation::Inherited>,
 ) -> Result<Resolved, UsageError> {
     let file = match &args.config {
-        Some(path) => load_config(path)?,
+        // A worker process takes the file as its supervisor read it, not as
+        // it is now (see `supervisor::ConfigSnapshot`).
+        Some(path) => match args
+            .worker_process
+            .and_then(|_| crate::supervisor::worker_config(path))
+        {
+            Some(values) => values?,
+            None => load_config(path)?,
+        },
         None => knobs::Values::new(),
     };
     let settings = knobs::apply(&args.flags, &file).map_err(UsageError)?;
