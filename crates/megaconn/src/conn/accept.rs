@@ -64,7 +64,7 @@ use crate::conn::{ConnInfo, Incoming, ProtoTag};
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::ConnTrack;
 use crate::observe::limits::LimitHit;
-use crate::observe::ratelog::{self, Flood, RateLimitedLog};
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::incr;
 
 /// First back-off delay after a resource error.
@@ -88,10 +88,6 @@ pub(crate) async fn accept_loop(
     answer: RefusalAnswer,
 ) {
     let mut backoff = BACKOFF_START;
-    let at_limit_log = RateLimitedLog::default();
-    let error_log = RateLimitedLog::default();
-    let rate_log = RateLimitedLog::default();
-    let per_ip_log = RateLimitedLog::default();
     let local = crate::conn::socket::addr_of(listener.get_ref());
     // What a refused client is told on this listener, made once.
     let per_ip_answer = answer(&ctx.config, local, PER_IP_RETRY_AFTER_SECS);
@@ -132,7 +128,7 @@ pub(crate) async fn accept_loop(
                     }
                     None => {
                         incr(&ctx.stats.accept_waits_at_limit);
-                        slot_at_limit(&limit, &ctx, evictable, &at_limit_log).await
+                        slot_at_limit(&limit, &ctx, evictable).await
                     }
                 };
                 match ready.try_io(|l| accept4(l.get_ref())) {
@@ -181,17 +177,25 @@ pub(crate) async fn accept_loop(
                     // Answered (if the listener's protocol can say it,
                     // `admission::refuse`) and closed at once, counted
                     // like any close.
-                    let (counter, log, answer) = match refusal {
-                        Refusal::AcceptRate => {
-                            (&ctx.stats.rejected_accept_rate, &rate_log, &rate_answer)
-                        }
-                        Refusal::PerIp => (&ctx.stats.rejected_per_ip, &per_ip_log, &per_ip_answer),
+                    // The worker's log kinds (`ratelog`): their counts
+                    // held back are said once the interval is over.
+                    let (counter, kind, answer) = match refusal {
+                        Refusal::AcceptRate => (
+                            &ctx.stats.rejected_accept_rate,
+                            Flood::AcceptRate,
+                            &rate_answer,
+                        ),
+                        Refusal::PerIp => (
+                            &ctx.stats.rejected_per_ip,
+                            Flood::MaxConnectionsPerIp,
+                            &per_ip_answer,
+                        ),
                     };
                     // Counted before the client can read the answer.
                     incr(counter);
                     refuse(socket, answer.as_ref());
                     conn.close(CloseReason::Limit);
-                    log.log(|suppressed| {
+                    ratelog::log(kind, |suppressed| {
                         tracing::warn!(
                             worker = ctx.index,
                             limit = refusal.knob(),
@@ -238,7 +242,7 @@ pub(crate) async fn accept_loop(
                 if is_transient(&e) {
                     continue;
                 }
-                error_log.log(|suppressed| {
+                ratelog::log(Flood::AcceptFailed, |suppressed| {
                     tracing::error!(
                         worker = ctx.index,
                         error = %e,
@@ -268,7 +272,6 @@ async fn slot_at_limit(
     limit: &ConnectionLimit,
     ctx: &WorkerContext,
     evictable: fn(ProtoTag) -> bool,
-    at_limit_log: &RateLimitedLog,
 ) -> crate::conn::limit::ConnectionSlot {
     let mut asked_last = ctx.index;
     let _waiting = limit.wait_at_limit();
@@ -277,7 +280,8 @@ async fn slot_at_limit(
             match lot.evict(evictable) {
                 0 => {
                     let asked = limit.ask_to_evict(ctx.index, &mut asked_last);
-                    at_limit_log.log(|suppressed| match asked {
+                    ratelog::log(Flood::AtMaxConnections, |suppressed| {
+                        match asked {
                         Some(other) => tracing::warn!(
                             worker = ctx.index,
                             max_connections = limit.max(),
@@ -286,12 +290,15 @@ async fn slot_at_limit(
                             "at max_connections, nothing idle of this worker's to close: asked another worker to close idle keep-alive connections"
                         ),
                         None => nothing_idle(ctx, limit, suppressed),
+                    }
                     });
                 }
                 evicted => log_evicted(ctx, limit, evicted, false),
             }
         } else {
-            at_limit_log.log(|suppressed| nothing_idle(ctx, limit, suppressed));
+            ratelog::log(Flood::AtMaxConnections, |suppressed| {
+                nothing_idle(ctx, limit, suppressed)
+            });
         }
         // The slots just freed go to the waiters in order: this one's, or
         // another worker's acceptor's, which then accepts as well.
