@@ -58,8 +58,10 @@
 //! the new supervisor never announces with no worker process. Once a start
 //! is past that point, a worker process that dies while others are still
 //! starting is restarted at once: start-up and serving are one event loop.
-//! The supervisor's admin listener is not handed over: give the new one
-//! another `--admin` address (or `off`) while the old one drains.
+//! The supervisor's admin listener is not handed over: a new supervisor
+//! whose admin address is the old one's serves it once the old one exits
+//! (after its worker processes drained); give it another `--admin` address
+//! to have one at once.
 //!
 //! On a real host, prefer raising `LimitNOFILE=` in the systemd unit (and
 //! `fs.nr_open`) and running one process; `--processes` is for hosts where the
@@ -520,10 +522,70 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
         // Stops when dropped, after the worker processes.
         let fanout = Fanout::new(processes);
         let source = admin::Source::Processes(shared.clone(), fanout.clone());
-        let _admin = admin::start(resolved.admin, source)?;
+        let _admin = match admin_of_old_supervisor(args.upgrade, resolved.admin) {
+            Some(addr) => {
+                tokio::spawn(admin_once_free(addr, source));
+                None
+            }
+            None => admin::start(resolved.admin, source)?,
+        };
         supervise(argv, processes, &shared, &fanout, announce, config).await
     })
 }
+
+/// The admin address (`setting`, or the default) when this supervisor
+/// takes over (`upgrade`) and the address is taken: the old supervisor's
+/// admin listener, which is not handed over (its worker processes' sockets
+/// are, over their own control sockets; the supervisor has none). Taken
+/// for it, the address is served once the old supervisor exits
+/// ([`admin_once_free`]). It used to fail: with `--admin`, the upgrade
+/// exited 1 (`cannot start the admin listener`, the old supervisor not
+/// named); without, a warning, and once the old supervisor left nothing
+/// listened there.
+fn admin_of_old_supervisor(
+    upgrade: bool,
+    setting: Option<admin::AdminAddr>,
+) -> Option<std::net::SocketAddr> {
+    let addr = match setting {
+        Some(admin::AdminAddr::Off) => return None,
+        Some(admin::AdminAddr::At(addr)) => addr,
+        None => admin::DEFAULT_ADMIN.parse().expect("valid default address"),
+    };
+    if !upgrade || addr.port() == 0 {
+        return None;
+    }
+    match std::net::TcpListener::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(%addr, "the admin address is the old supervisor's (a supervisor's admin listener is not handed over with --processes): serving it once the old supervisor exits, after its worker processes drain; give another --admin to have one at once");
+            Some(addr)
+        }
+        _ => None,
+    }
+}
+
+/// Starts the admin listener on `addr` once it is free (the old supervisor
+/// exited), trying every [`ADMIN_RETRY`], and keeps it until the supervisor
+/// exits (the runtime drops this task, and the listener with it).
+async fn admin_once_free(addr: std::net::SocketAddr, source: admin::Source) {
+    loop {
+        tokio::time::sleep(ADMIN_RETRY).await;
+        if std::net::TcpListener::bind(addr).is_err() {
+            continue;
+        }
+        match admin::start(Some(admin::AdminAddr::At(addr)), source.clone()) {
+            Ok(Some(admin)) => {
+                tracing::info!(%addr, "admin listener started: the old supervisor left its address");
+                let _admin = admin;
+                return std::future::pending().await;
+            }
+            Ok(None) => return,
+            Err(e) => tracing::debug!(error = format!("{e:#}"), "admin address not free yet"),
+        }
+    }
+}
+
+/// How often a supervisor taking over tries the old one's admin address.
+const ADMIN_RETRY: Duration = Duration::from_millis(200);
 
 async fn supervise(
     argv: Vec<OsString>,

@@ -108,11 +108,36 @@ pub const NOTHING_TO_TAKE_OVER_EXIT: i32 = 3;
 /// control socket's path, or nothing listening there any more (the process
 /// handed over already, or is gone).
 #[derive(Debug, thiserror::Error)]
-#[error("--upgrade: no server answers on {} (is one running, with the same --upgrade-socket?)", path.display())]
+#[error("--upgrade: no server answers on {} ({})", path.display(), hint(path))]
 pub struct NothingToTakeOver {
     path: PathBuf,
     #[source]
     source: nix::Error,
+}
+
+/// What to check when nothing answers on the control socket `path`: a
+/// supervisor's worker processes answering on `path` plus `.k` say that the
+/// running server has `--processes` (this one has not, or another count).
+fn hint(path: &Path) -> String {
+    let slot = |k: usize| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{k}"));
+        PathBuf::from(p)
+    };
+    let answering = (0..)
+        .take_while(|&k| {
+            use std::os::unix::fs::FileTypeExt as _;
+            std::fs::metadata(slot(k)).is_ok_and(|m| m.file_type().is_socket())
+        })
+        .count();
+    if answering == 0 {
+        return "is one running, with the same --upgrade-socket?".into();
+    }
+    format!(
+        "the running server is a supervisor of worker processes ({} answer, on {}.0 and on): it runs with --processes {answering}; give the same --processes",
+        answering,
+        path.display()
+    )
 }
 
 /// Exit code of a worker process that found its slot's lock taken
