@@ -1242,7 +1242,7 @@ impl TakeOver {
     ) -> Result<(Vec<TcpListener>, Vec<TcpListener>), crate::UsageError> {
         let (mut admins, mut mains, mut unserved, mut old) = (vec![], vec![], vec![], vec![]);
         for (i, l) in listeners.into_iter().enumerate() {
-            let is_main = self.main.map_or(true, |n| i < n);
+            let is_main = self.main.is_none_or(|n| i < n);
             let Ok(addr) = l.local_addr() else { continue };
             if is_main && !old.contains(&addr) && Some(addr) != admin {
                 old.push(addr);
@@ -1251,10 +1251,8 @@ impl TakeOver {
                 admins.push(l);
             } else if listen.contains(&addr) {
                 mains.push(l);
-            } else if is_main {
-                if !unserved.contains(&addr) {
-                    unserved.push(addr);
-                }
+            } else if is_main && !unserved.contains(&addr) {
+                unserved.push(addr);
             }
         }
         if !unserved.is_empty() {

@@ -46,6 +46,9 @@ pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) struct RateLimitedLog {
     last: Cell<Option<Instant>>,
     suppressed: Cell<u64>,
+    /// The kind it logs, in the table of kinds (for the line
+    /// [`flush_held_back`] says); `None` until it logged one.
+    kind: Cell<Option<Flood>>,
 }
 
 impl RateLimitedLog {
@@ -53,6 +56,7 @@ impl RateLimitedLog {
         RateLimitedLog {
             last: Cell::new(None),
             suppressed: Cell::new(0),
+            kind: Cell::new(None),
         }
     }
 
@@ -169,9 +173,9 @@ async fn flush_held_back_with(mut say: impl FnMut(Flood, u64)) {
         .await;
         let now = Instant::now();
         let next = LOGS.with(|logs| {
-            for (i, log) in logs.iter().enumerate() {
-                if let (Some(held), Some(kind)) = (log.take_due(now), KIND_OF.get(i)) {
-                    say(*kind, held);
+            for log in logs {
+                if let (Some(held), Some(kind)) = (log.take_due(now), log.kind.get()) {
+                    say(kind, held);
                 }
             }
             logs.iter().filter_map(RateLimitedLog::due).min()
@@ -396,72 +400,6 @@ const KINDS: usize = 50;
 // fails the build, not a worker.
 const _: () = assert!(Flood::AcceptFailed as usize == KINDS - 1);
 
-/// Every kind by its index, for the lines [`flush_held_back`] says.
-const KIND_OF: [Flood; KINDS] = {
-    use Flood::*;
-    [
-        BodyTooLarge,
-        MalformedBody,
-        RefusedHead,
-        SlowConsumer,
-        CannotWatch,
-        UnclaimedUpgrade,
-        WsFrameTooBig,
-        WsMessageTooBig,
-        AxumWsFrameTooBig,
-        AxumWsMessageTooBig,
-        FramedFrameTooBig,
-        FramedLineTooLong,
-        HubQueueFull,
-        TooManySubscriptions,
-        FramedWriteTimeout,
-        WsWriteTimeout,
-        AxumWsWriteTimeout,
-        TlsHandshakeTimeout,
-        TlsHandshakeFailed,
-        TlsTooMuchBuffered,
-        TlsProtocolError,
-        TlsAlertReceived,
-        ResponseBodyFailed,
-        Http1WriteTimeout,
-        Http1HeaderTimeout,
-        Http1ReadTimeout,
-        Panic,
-        PanicReport,
-        Http2WriteStall,
-        BodyStall,
-        Http2Calm,
-        FramedReplyUnframable,
-        Evicted,
-        PushUnframable,
-        Http2RefusedStream,
-        Http2StalledStreams,
-        BadCloseCode,
-        PublishRate,
-        TlsHandshakesInFlight,
-        TlsHandshakeRatePerIp,
-        RefusedHeadFields,
-        RefusedBodyLength,
-        RefusedUriLength,
-        RefusedVersion,
-        Http2ControlFrames,
-        TopicTooLong,
-        AcceptRate,
-        MaxConnectionsPerIp,
-        AtMaxConnections,
-        AcceptFailed,
-    ]
-};
-
-// Each kind at its own index (checked when built).
-const _: () = {
-    let mut i = 0;
-    while i < KINDS {
-        assert!(KIND_OF[i] as usize == i);
-        i += 1;
-    }
-};
-
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
         [const { RateLimitedLog::new() }; KINDS]
@@ -470,7 +408,11 @@ thread_local! {
 
 /// Logs one event of `kind` through this worker's limiter for it.
 pub(crate) fn log(kind: Flood, emit: impl FnOnce(u64)) {
-    LOGS.with(|logs| logs[kind as usize].log(emit));
+    LOGS.with(|logs| {
+        let log = &logs[kind as usize];
+        log.kind.set(Some(kind));
+        log.log(emit)
+    });
 }
 
 /// Logs a caught panic: `what` panicked and what was done (an error line,
