@@ -52,10 +52,13 @@ pub fn count(n: u64, one: &str, many: &str) -> String {
 
 /// `megaconn stopped: …`, what a server did over its life, `processes`
 /// when a supervisor adds up its worker processes'. "Served" are the
-/// requests handed to the service; the ones refused before it (a
-/// malformed or oversized head: `megaconn_requests_total` counts them too,
-/// by their status) are said apart. It said `0 requests` after four
-/// refused heads.
+/// requests handed to the service; the HTTP requests refused (a malformed
+/// or oversized head, a body over its limit: `megaconn_requests_total`
+/// counts them too, by their status) are said apart. It said `0 requests`
+/// after four refused heads. So are the other protocol errors (a
+/// WebSocket's bad frame, a framed connection's broken framing, an HTTP/2
+/// `GOAWAY`, a failed TLS handshake), which it used to count as refused
+/// requests.
 pub fn stopped_line(processes: Option<usize>, stats: &megaconn::ServerStats) -> String {
     let processes = processes.map_or(String::new(), |p| {
         format!(
@@ -63,11 +66,14 @@ pub fn stopped_line(processes: Option<usize>, stats: &megaconn::ServerStats) -> 
             count(p as u64, "worker process", "worker processes")
         )
     });
+    // Every refusal is a protocol error too (`ServerStats::requests_refused`).
+    let other = stats.protocol_errors.saturating_sub(stats.requests_refused);
     format!(
-        "megaconn stopped: {processes}{} accepted, {} served, {} refused as malformed or over a limit",
+        "megaconn stopped: {processes}{} accepted, {} served, {} refused as malformed or over a limit, {} closed for another protocol error (WebSocket, framed, HTTP/2, TLS)",
         count(stats.accepted, "connection", "connections"),
         count(stats.requests, "request", "requests"),
-        stats.protocol_errors
+        stats.requests_refused,
+        count(other, "connection", "connections"),
     )
 }
 
@@ -127,14 +133,15 @@ mod tests {
         stats.requests = 1;
         assert_eq!(
             stopped_line(Some(1), &stats),
-            "megaconn stopped: 1 worker process, 1 connection accepted, 1 request served, 0 refused as malformed or over a limit"
+            "megaconn stopped: 1 worker process, 1 connection accepted, 1 request served, 0 refused as malformed or over a limit, 0 connections closed for another protocol error (WebSocket, framed, HTTP/2, TLS)"
         );
-        stats.accepted = 4;
+        stats.accepted = 5;
         stats.requests = 0;
-        stats.protocol_errors = 4;
+        stats.protocol_errors = 5;
+        stats.requests_refused = 4;
         assert_eq!(
             stopped_line(None, &stats),
-            "megaconn stopped: 4 connections accepted, 0 requests served, 4 refused as malformed or over a limit"
+            "megaconn stopped: 5 connections accepted, 0 requests served, 4 refused as malformed or over a limit, 1 connection closed for another protocol error (WebSocket, framed, HTTP/2, TLS)"
         );
     }
 

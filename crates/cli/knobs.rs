@@ -1272,6 +1272,19 @@ fn legacy_key(key: &str, v: &toml::Value) -> Option<Result<(&'static Knob, Value
     })
 }
 
+/// The knob key closest to a config file's unknown `key`, if one is close:
+/// clap's measure and bar for a mistyped flag (Jaro-Winkler above 0.7), so
+/// a file and the command line suggest alike.
+fn nearest_key(key: &str) -> Option<String> {
+    KNOBS
+        .iter()
+        .map(|k| k.key())
+        .map(|k| (strsim::jaro_winkler(key, &k), k))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
 /// Knob values by flag name.
 pub type Values = BTreeMap<&'static str, Value>;
 
@@ -1283,8 +1296,9 @@ pub fn parse_file(text: &str) -> Result<Values, String> {
         let (knob, value) = match legacy_key(key, v) {
             Some(r) => r.map_err(|e| format!("key `{key}`: {e}"))?,
             None => {
-                let knob = by_key(key).ok_or_else(|| {
-                    format!("unknown key `{key}` (keys are the serve flags' names with `_` for `-`, see `megaconn serve --help`)")
+                let knob = by_key(key).ok_or_else(|| match nearest_key(key) {
+                    Some(near) => format!("unknown key `{key}`: did you mean `{near}`? (keys are the serve flags' names with `_` for `-`, see `megaconn serve --help`)"),
+                    None => format!("unknown key `{key}` (keys are the serve flags' names with `_` for `-`, see `megaconn serve --help`)"),
                 })?;
                 let value = knob
                     .value_of_toml(v)
@@ -1670,6 +1684,21 @@ mod tests {
         let err = parse_file("max_body_bytes = \"16 parsecs\"").unwrap_err();
         assert!(
             err.contains("max_body_bytes") && err.contains("parsecs"),
+            "{err}"
+        );
+    }
+
+    /// An operator's typo in the file gets the key meant, as a mistyped
+    /// flag does from clap; a key like none gets no guess.
+    #[test]
+    fn an_unknown_key_suggests_the_nearest() {
+        let err = parse_file("idle_timout = \"5s\"").unwrap_err();
+        assert!(err.contains("did you mean `idle_timeout`?"), "{err}");
+        let err = parse_file("max_conections = 10").unwrap_err();
+        assert!(err.contains("did you mean `max_connections`?"), "{err}");
+        let err = parse_file("zzzz = 1").unwrap_err();
+        assert!(
+            err.contains("unknown key `zzzz`") && !err.contains("did you mean"),
             "{err}"
         );
     }

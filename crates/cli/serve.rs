@@ -749,6 +749,9 @@ async fn serve(
                     }
                     Ask::Force => {
                         eprintln!("megaconn: second {name}: exiting now");
+                        if let Some(control) = &control {
+                            control.remove_name_now();
+                        }
                         std::process::exit(1);
                     }
                     Ask::Drain => {}
@@ -769,8 +772,12 @@ async fn serve(
         // Sends the last spans (waits up to the export timeout).
         tracing.shutdown();
     }
-    // Removes the control socket's name, if it is still ours.
+    // Removes the control socket's name, if it is still ours, and a worker
+    // process's slot lock file, if it never handed the slot over.
     drop(control);
+    if let Some(slot) = slot.take() {
+        slot.retire();
+    }
     crate::say!(
         "{}; at shutdown {} closed cleanly, {} forced",
         crate::announce::stopped_line(None, &handle.stats()),

@@ -36,14 +36,17 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// Values copied per process: three gauges, then counters (see `publish`),
-/// the last ones [`UPLINK_DROPPED`] and [`DOWNLINK_REJECTED`].
-const FIELDS: usize = 12;
+/// then [`UPLINK_DROPPED`], [`DOWNLINK_REJECTED`] and [`REQUESTS_REFUSED`].
+const FIELDS: usize = 13;
 /// Index of the publishes a worker process dropped on their way up to the
 /// supervisor (fanout.rs), set by `publish_channel`.
 const UPLINK_DROPPED: usize = 10;
 /// Index of the malformed messages a worker process got from the
 /// supervisor (fanout.rs), set by `publish_channel`.
 const DOWNLINK_REJECTED: usize = 11;
+/// Index of `ServerStats::requests_refused`, set by `publish` (for the
+/// supervisor's stop line).
+const REQUESTS_REFUSED: usize = 12;
 /// Index of the first counter (the values before it are gauges).
 const FIRST_COUNTER: usize = 3;
 
@@ -157,6 +160,8 @@ impl SharedStats {
         for (i, v) in values.into_iter().enumerate() {
             self.field(slot, i).store(v, Relaxed);
         }
+        self.field(slot, REQUESTS_REFUSED)
+            .store(s.requests_refused as i64, Relaxed);
     }
 
     /// Writes a worker process's publish channel counters: the publishes
@@ -214,6 +219,7 @@ impl SharedStats {
         t.timeouts = r(7);
         t.protocol_errors = r(8);
         t.accept_errors = r(9);
+        t.requests_refused = r(REQUESTS_REFUSED);
         for slot in 0..self.slots {
             let f = |i| self.field(slot, i).load(Relaxed);
             t.connections_open += f(0);
@@ -226,6 +232,7 @@ impl SharedStats {
             t.timeouts += f(7) as u64;
             t.protocol_errors += f(8) as u64;
             t.accept_errors += f(9) as u64;
+            t.requests_refused += f(REQUESTS_REFUSED) as u64;
             t.connections_per_worker.push(f(0));
         }
         t
@@ -392,7 +399,7 @@ impl Collector for Totals {
             ),
             (
                 "protocol_errors",
-                "Requests rejected as malformed or over a limit.",
+                "HTTP requests refused as malformed or over a limit, and connections closed for another protocol error (WebSocket, framed, HTTP/2, TLS).",
                 t.protocol_errors,
             ),
             ("accept_errors", "Failed accept calls.", t.accept_errors),

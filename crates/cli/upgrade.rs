@@ -108,17 +108,19 @@ pub const NOTHING_TO_TAKE_OVER_EXIT: i32 = 3;
 /// control socket's path, or nothing listening there any more (the process
 /// handed over already, or is gone).
 #[derive(Debug, thiserror::Error)]
-#[error("--upgrade: no server answers on {} ({})", path.display(), hint(path))]
+#[error("--upgrade: no server answers on {} ({})", path.display(), why_nothing(path, *source))]
 pub struct NothingToTakeOver {
     path: PathBuf,
     #[source]
     source: nix::Error,
 }
 
-/// What to check when nothing answers on the control socket `path`: a
-/// supervisor's worker processes answering on `path` plus `.k` say that the
-/// running server has `--processes` (this one has not, or another count).
-fn hint(path: &Path) -> String {
+/// What [`NothingToTakeOver`] found at the control socket's path, and what
+/// to do: a supervisor's worker processes answering on `path` plus `.k` say
+/// that the running server has `--processes` (this one has not, or another
+/// count); a socket nothing listens on is what a killed server leaves (a
+/// server that exits removes its own), and needs no cleaning.
+fn why_nothing(path: &Path, source: nix::Error) -> String {
     let slot = |k: usize| {
         let mut p = path.as_os_str().to_owned();
         p.push(format!(".{k}"));
@@ -130,14 +132,16 @@ fn hint(path: &Path) -> String {
             std::fs::metadata(slot(k)).is_ok_and(|m| m.file_type().is_socket())
         })
         .count();
-    if answering == 0 {
-        return "is one running, with the same --upgrade-socket?".into();
+    if answering > 0 {
+        return format!(
+            "the running server is a supervisor of worker processes ({answering} answer, on {}.0 and on): it runs with --processes {answering}; give the same --processes",
+            path.display()
+        );
     }
-    format!(
-        "the running server is a supervisor of worker processes ({} answer, on {}.0 and on): it runs with --processes {answering}; give the same --processes",
-        answering,
-        path.display()
-    )
+    match source {
+        nix::Error::ECONNREFUSED => "a socket nothing listens on: its server was killed, or handed over already; start without --upgrade, which replaces it".into(),
+        _ => "is one running, with the same --upgrade-socket?".into(),
+    }
 }
 
 /// Exit code of a worker process that found its slot's lock taken
@@ -170,9 +174,26 @@ pub struct SlotTaken {
 /// with the listening sockets (the same open file, so the lock never lapses
 /// between the two processes) and the old process closes its copy once the
 /// new one serves. The kernel drops the lock when its last holder exits,
-/// however it dies. The file is left in place: removing it would let two
-/// processes lock two different files.
-pub struct SlotLock(std::fs::File);
+/// however it dies.
+///
+/// The last holder removes the file as it stops serving the slot for good
+/// (a graceful exit that handed nothing over, [`SlotLock::retire`]): a
+/// supervisor of 56 worker processes left 56 of them in /tmp at each stop.
+/// It removes it while it still holds the lock, and only the file it locked;
+/// a claim that locked a file which is then no longer at the path (removed
+/// meanwhile, maybe another made there since) lets go and claims again, so
+/// that two processes never hold two different files. A lock that was ever
+/// sent to another process (a take-over, even one abandoned before it said
+/// it serves: that process may hold it still) leaves the file in place, as
+/// does any other exit (the kernel still drops the lock).
+pub struct SlotLock {
+    file: std::fs::File,
+    /// The lock file's path, to remove it when retired.
+    path: PathBuf,
+    /// Its descriptor went to another process (a take-over), which may hold
+    /// the lock still: never remove the file then.
+    sent: bool,
+}
 
 impl SlotLock {
     /// The lock file of the slot whose control socket is `control`.
@@ -188,37 +209,116 @@ impl SlotLock {
     /// at all (the lock guards against a rare race, and a server that runs
     /// without it is better than none).
     pub fn claim(control: &Path) -> Result<Option<SlotLock>, SlotTaken> {
-        use std::os::unix::fs::OpenOptionsExt as _;
         let path = Self::path(control);
         test_gate(&path, "", TEST_SLOT_GATE_ENV);
+        // Each try that locks a file no longer at the path (its holder
+        // removed it as it left) lets another process make progress: a
+        // bound that is never met unless processes claim and leave the slot
+        // as fast as they can, over and over.
+        for _ in 0..CLAIM_TRIES {
+            match Self::try_claim(&path) {
+                Claim::Locked(file) => {
+                    return Ok(Some(SlotLock {
+                        file,
+                        path,
+                        sent: false,
+                    }))
+                }
+                Claim::Taken => {
+                    return Err(SlotTaken {
+                        slot: control.to_path_buf(),
+                        path,
+                    })
+                }
+                Claim::Failed(what, e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot {what} the worker process slot's lock file; serving without it");
+                    return Ok(None);
+                }
+                Claim::Moved => {}
+            }
+        }
+        tracing::warn!(path = %path.display(), tries = CLAIM_TRIES, "the worker process slot's lock file was replaced at every try; serving without it");
+        Ok(None)
+    }
+
+    /// One try of [`SlotLock::claim`] on the lock file at `path`.
+    fn try_claim(path: &Path) -> Claim {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(&path)
+            .open(path)
         {
             Ok(file) => file,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot open the worker process slot's lock file; serving without it");
-                return Ok(None);
-            }
+            Err(e) => return Claim::Failed("open", e),
         };
-        // SAFETY: flock(2) on a descriptor we own, with integer arguments.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Some(SlotLock(file)));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(SlotTaken {
-                slot: control.to_path_buf(),
-                path,
-            });
-        }
-        tracing::warn!(path = %path.display(), error = %e, "cannot lock the worker process slot's lock file; serving without it");
-        Ok(None)
+        Self::lock_opened(file, path)
     }
+
+    /// The rest of a try of [`SlotLock::claim`]: locks `file`, opened at
+    /// `path`.
+    fn lock_opened(file: std::fs::File, path: &Path) -> Claim {
+        use std::os::unix::fs::MetadataExt as _;
+        // SAFETY: flock(2) on a descriptor we own, with integer arguments.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Claim::Taken;
+            }
+            return Claim::Failed("lock", e);
+        }
+        // Locked: but the file may have been removed by its last holder
+        // between our open and our lock (see `retire`); then the lock is on
+        // a file nobody else will ever open, and another process may lock
+        // the one at the path.
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(ours), Ok(there)) if (ours.dev(), ours.ino()) == (there.dev(), there.ino()) => {
+                Claim::Locked(file)
+            }
+            (Err(e), _) => Claim::Failed("inspect", e),
+            _ => Claim::Moved,
+        }
+    }
+
+    /// Stops serving the slot for good: removes the lock file, if this
+    /// process is its only holder (the lock never sent to another) and the
+    /// file at the path is still the one it locked, then lets go of the
+    /// lock. Call it at a graceful exit only, never after a hand-over.
+    pub fn retire(self) {
+        use std::os::unix::fs::MetadataExt as _;
+        if self.sent {
+            return;
+        }
+        // Nobody else removes the file while we hold its lock (only its
+        // holder may), nor makes another at the path while it is there: the
+        // check and the removal cannot be raced.
+        let ours = self.file.metadata().map(|m| (m.dev(), m.ino()));
+        let there = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
+        if matches!((ours, there), (Ok(a), Ok(b)) if a == b) {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::debug!(path = %self.path.display(), error = %e, "cannot remove the worker process slot's lock file");
+            }
+        }
+    }
+}
+
+/// How many times [`SlotLock::claim`] tries, each finding the file it
+/// locked replaced, before it serves without the lock.
+const CLAIM_TRIES: usize = 16;
+
+/// What one try of [`SlotLock::claim`] found.
+enum Claim {
+    /// Locked, and it is the file at the path.
+    Locked(std::fs::File),
+    /// Another process holds it.
+    Taken,
+    /// Locked a file its holder removed meanwhile: try again.
+    Moved,
+    /// Cannot open, lock or inspect it (what failed, and how).
+    Failed(&'static str, std::io::Error),
 }
 
 /// Test-only knob (not a user setting): when set, [`take_over`] first
@@ -563,14 +663,21 @@ impl ControlSocket {
         let addr = UnixAddr::new(&tmp)?;
         sock::bind(listener.as_raw_fd(), &addr)
             .with_context(|| format!("cannot bind the upgrade control socket {}", tmp.display()))?;
-        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        sock::listen(listener.as_raw_fd(), 4)?;
-        let ino = std::fs::metadata(&tmp)?.ino();
-        std::fs::rename(&tmp, path).with_context(|| {
-            format!(
-                "cannot put the upgrade control socket at {} (choose another with --upgrade-socket)",
-                path.display()
-            )
+        let ino = (|| -> anyhow::Result<u64> {
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            sock::listen(listener.as_raw_fd(), 4)?;
+            let ino = std::fs::metadata(&tmp)?.ino();
+            std::fs::rename(&tmp, path).with_context(|| {
+                format!(
+                    "cannot put the upgrade control socket at {} (choose another with --upgrade-socket)",
+                    path.display()
+                )
+            })?;
+            Ok(ino)
+        })()
+        .inspect_err(|_| {
+            // Bound but not put in place: the name is nobody's.
+            let _ = std::fs::remove_file(&tmp);
         })?;
         Ok(ControlSocket {
             listener,
@@ -804,7 +911,6 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        use std::os::unix::fs::MetadataExt as _;
         // Waits for a hand-over in progress to send its last message. After
         // one, the name belongs to the newer process (which may be renaming
         // its socket onto it right now): leave it.
@@ -821,8 +927,36 @@ impl Drop for ControlSocket {
         };
         let handed = *busy;
         drop(busy);
-        if !handed && std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+        if !handed {
+            self.remove_name();
+            // The process stops serving its slot for good (a hand-over
+            // passes the lock on, and took it from here).
+            if let Some(slot) = self.release() {
+                slot.retire();
+            }
+        }
+    }
+}
+
+impl ControlSocket {
+    /// Removes the socket's name, if it is still this socket's (a newer
+    /// process may have put its own there).
+    fn remove_name(&self) {
+        use std::os::unix::fs::MetadataExt as _;
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
             let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    /// At an exit forced now (a second SIGTERM), which runs no drop:
+    /// removes the socket's name as the drop does, unless a hand-over is
+    /// under way or done (the name is, or is about to be, the newer
+    /// process's), without waiting for one. A forced exit used to leave
+    /// `megaconn-PORT.upgrade.sock` behind. The slot lock's file stays (a
+    /// worker process leaves forcing to its supervisor).
+    pub fn remove_name_now(&self) {
+        if let Ok(&false) = self.busy.try_lock().as_deref() {
+            self.remove_name();
         }
     }
 }
@@ -875,12 +1009,17 @@ impl Upgrades {
         // The slot lock goes last, flagged by the last message's second byte: a
         // process that does not know of it reads the first byte only, finds a
         // descriptor that is no listening socket, and closes it.
+        // Sent, the lock is held by the new process too, even one that goes
+        // away before it serves: this one must never remove its file.
         let lock = self
             .slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .map(|l| l.0.as_raw_fd());
+            .as_mut()
+            .map(|l| {
+                l.sent = true;
+                l.file.as_raw_fd()
+            });
         let all: Vec<RawFd> = raw.iter().copied().chain(lock).collect();
         let chunks: Vec<&[RawFd]> = all.chunks(MAX_FDS).collect();
         for (i, chunk) in chunks.iter().enumerate() {
@@ -1192,7 +1331,11 @@ pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
         let (payload, mut fds) = peer.expect(LISTENERS)?;
         let last = payload.first() == Some(&1);
         if last && payload.get(1) == Some(&1) {
-            slot = fds.pop().map(|fd| SlotLock(std::fs::File::from(fd)));
+            slot = fds.pop().map(|fd| SlotLock {
+                file: std::fs::File::from(fd),
+                path: SlotLock::path(path),
+                sent: false,
+            });
         }
         if last {
             // Sent by a megaconn of session 40 on; `None` from an older one.
@@ -1527,6 +1670,50 @@ mod tests {
         SlotLock::claim(&control).unwrap().expect("free again");
     }
 
+    /// A slot retired (a graceful exit) leaves no lock file, and is
+    /// claimed again as before. A lock that went to another process (a
+    /// take-over) leaves its file: that process may hold it still.
+    #[test]
+    fn a_retired_slot_leaves_no_lock_file_unless_its_lock_was_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("upgrade.sock.0");
+        let file = SlotLock::path(&control);
+        SlotLock::claim(&control).unwrap().expect("a lock").retire();
+        assert!(!file.exists(), "the lock file stayed");
+        let mut again = SlotLock::claim(&control).unwrap().expect("a lock again");
+        assert!(SlotLock::claim(&control).is_err(), "taken");
+        again.sent = true;
+        again.retire();
+        assert!(file.exists(), "a lock held elsewhere lost its file");
+    }
+
+    /// A claim that opened the lock file just before its holder retired it
+    /// (removed, then let go) gets the lock on a file no longer at the path:
+    /// it lets go and tries again, instead of serving beside a process that
+    /// locked the new file at the path.
+    #[test]
+    fn a_claim_that_locked_a_removed_file_tries_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("upgrade.sock.0");
+        let path = SlotLock::path(&control);
+        let holder = SlotLock::claim(&control).unwrap().expect("a lock");
+        let opened_before = std::fs::File::open(&path).unwrap();
+        holder.retire();
+        assert!(matches!(
+            SlotLock::lock_opened(opened_before, &path),
+            Claim::Moved
+        ));
+        // And once another made the file anew and holds it, a claimer that
+        // had the old one open is not let in either.
+        let newer = SlotLock::claim(&control).unwrap().expect("a lock");
+        let opened_meanwhile = std::fs::File::open(&path).unwrap();
+        assert!(matches!(
+            SlotLock::lock_opened(opened_meanwhile, &path),
+            Claim::Taken
+        ));
+        drop(newer);
+    }
+
     /// Once a process handed over, a take-over that asks it now is refused
     /// at once ([`NothingToTakeOver`], so a supervisor starts that worker
     /// process afresh), and one that was queued already hears the end of
@@ -1545,6 +1732,29 @@ mod tests {
         assert!(format!("{err:#}").contains("closed"), "{err:#}");
         let err = take_over(&path).err().expect("refused");
         assert!(err.downcast_ref::<NothingToTakeOver>().is_some(), "{err:#}");
+    }
+
+    /// A control socket a killed server left (bound, nothing listening,
+    /// never removed) is nothing to take over from, and the error says so
+    /// and what to do; a path with nothing at all asks whether a server runs.
+    #[test]
+    fn a_socket_a_killed_server_left_is_nothing_to_take_over_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        let err = take_over(&path).err().expect("nothing there");
+        assert!(format!("{err}").contains("is one running"), "{err}");
+        let killed = seqpacket().unwrap();
+        sock::bind(killed.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        sock::listen(killed.as_raw_fd(), 4).unwrap();
+        drop(killed);
+        assert!(path.exists());
+        let err = take_over(&path).err().expect("nothing listens");
+        assert!(err.downcast_ref::<NothingToTakeOver>().is_some(), "{err:#}");
+        assert!(
+            format!("{err}").contains("its server was killed")
+                && format!("{err}").contains("start without --upgrade"),
+            "{err}"
+        );
     }
 
     /// A control socket whose listener is gone (shut down here, so that

@@ -692,7 +692,15 @@ const HI: [u8; 8] = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
 /// `GET /sleep?ms={ms}`, sent on a thread, whose whole answer the handle
 /// returns. Waits until the admin's `/metrics` counts it in flight.
 fn with_a_request_in_flight(ms: u64) -> (Serving, std::thread::JoinHandle<String>) {
-    let server = Serving::serve_admin("127.0.0.1:0", &[]);
+    with_a_request_in_flight_and(ms, &[])
+}
+
+/// As [`with_a_request_in_flight`], with more `serve` arguments.
+fn with_a_request_in_flight_and(
+    ms: u64,
+    args: &[&str],
+) -> (Serving, std::thread::JoinHandle<String>) {
+    let server = Serving::serve_admin("127.0.0.1:0", args);
     let admin = server.admin_addr();
     let addr = server.addr("http");
     let sleeping = std::thread::spawn(move || get_once(&addr, &format!("/sleep?ms={ms}")));
@@ -722,13 +730,19 @@ fn a_sigterm_repeated_within_a_second_does_not_cut_the_drain_short() {
 }
 
 /// A SIGTERM a second or more after the first still exits at once (1),
-/// the request in flight unanswered.
+/// the request in flight unanswered; and it removes the upgrade control
+/// socket, as a graceful exit does: it used to leave
+/// `/tmp/megaconn-PORT.upgrade.sock` behind, one more at each such exit.
 #[test]
 fn a_sigterm_a_second_after_the_first_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("upgrade.sock");
     // The demo's longest request (10 s), so that a second signal the
     // machine delays still finds it in flight (one of 3 s was answered if
     // the test was held back 1.7 s past the sleep below).
-    let (mut server, sleeping) = with_a_request_in_flight(10_000);
+    let (mut server, sleeping) =
+        with_a_request_in_flight_and(10_000, &["--upgrade-socket", control.to_str().unwrap()]);
+    assert!(control.exists(), "no control socket at {control:?}");
     server.child.signal(libc::SIGTERM);
     server.wait_for_log("shutting down gracefully");
     // The rule is about time: past the window (1 s), with a margin.
@@ -738,6 +752,46 @@ fn a_sigterm_a_second_after_the_first_exits_at_once() {
     // Closed unanswered (or reset: the thread's read then failed).
     let answer = sleeping.join().unwrap_or_default();
     assert!(answer.is_empty(), "{answer}");
+    assert!(!control.exists(), "the forced exit left {control:?}");
+}
+
+/// The stop line says HTTP requests refused apart from other protocols'
+/// errors: a WebSocket client's unmasked frame (closed with 1002) is no
+/// refused request (its upgrade request was served). It said `2 refused as
+/// malformed or over a limit` for one malformed request and one bad
+/// WebSocket frame.
+#[test]
+fn the_stop_line_says_refused_requests_apart_from_other_protocol_errors() {
+    let (mut child, stdout, addr) = start_serve(&["--admin", "off"]);
+    let mut ws = ws_open(&addr, "/ws", &[]);
+    // A text frame "hi" without a mask: clients must mask (RFC 6455 §5.1).
+    ws.write_all(&[0x81, 2, b'h', b'i']).unwrap();
+    // A close frame, code 1002 (protocol error), with a short reason.
+    let mut head = [0; 2];
+    ws.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x88, "{head:?}");
+    let mut closing = vec![0; usize::from(head[1])];
+    ws.read_exact(&mut closing).unwrap();
+    assert_eq!(closing.get(..2), Some(&[0x03, 0xea][..]), "{closing:?}");
+    // Closed (FIN), so the server closes at once instead of waiting out
+    // its close timeout.
+    drop(ws);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(SAFETY)).unwrap();
+    s.write_all(b"NOT HTTP\r\n\r\n").unwrap();
+    let mut refused = String::new();
+    s.read_to_string(&mut refused).unwrap();
+    assert!(refused.starts_with("HTTP/1.1 400 "), "{refused}");
+    drop(s);
+    child.signal(libc::SIGTERM);
+    assert!(child.wait().success());
+    let rest = stdout.rest().join("\n");
+    assert!(
+        rest.contains(
+            "megaconn stopped: 2 connections accepted, 1 request served, 1 refused as malformed or over a limit, 1 connection closed for another protocol error (WebSocket, framed, HTTP/2, TLS)"
+        ),
+        "{rest}"
+    );
 }
 
 #[test]

@@ -561,8 +561,29 @@ fn a_supervisor_upgrades_worker_process_by_worker_process() {
     for _ in 0..10 {
         assert_eq!(served_by(&addr), "gen1");
     }
+    // The old worker processes left the names to the new ones, whose
+    // graceful exit takes them, the slot lock files (taken over with the
+    // listening sockets) too: they used to stay.
+    let names = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(),
+        [
+            "upgrade.sock.0",
+            "upgrade.sock.0.lock",
+            "upgrade.sock.1",
+            "upgrade.sock.1.lock"
+        ]
+    );
     new.signal(libc::SIGTERM);
-    new.wait();
+    assert!(new.wait().success());
+    assert_eq!(names(), Vec::<String>::new());
 }
 
 /// A supervisor's log (stderr, `RUST_LOG=info`), read line by line.

@@ -25,9 +25,12 @@
 //! Over the accept rate or the per-IP limit (`admission.rs`) a connection
 //! is refused right after accept: answered if its listener's protocol can
 //! say it without a handshake (a cleartext HTTP listener's `503`, or its
-//! `GOAWAY` for a client whose HTTP/2 preface is already there; the server
+//! `GOAWAY` for a client whose first bytes are HTTP/2's preface; the server
 //! makes both once per listener, `server/dispatch.rs`), then closed; the
-//! loop keeps nothing of it and never waits on it. A TLS listener's
+//! loop keeps nothing of it and never waits on it, but for a refusal whose
+//! client's first bytes have not come to say which answer: those the loop
+//! keeps, bounded, and answers beside its accepts (`admission::Undecided`).
+//! A TLS listener's
 //! connection over its IP's handshake rate (`TlsConfig::handshake_rate_per_ip`)
 //! is closed the same way, before any TLS work.
 //!
@@ -53,7 +56,9 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
-use crate::conn::admission::{refuse, Refusal, RefusalAnswer, PER_IP_RETRY_AFTER_SECS};
+use crate::conn::admission::{
+    refuse, Answer, Refusal, RefusalAnswer, Undecided, PER_IP_RETRY_AFTER_SECS,
+};
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
 use crate::conn::fd_reserve::FdLine;
@@ -90,173 +95,186 @@ pub(crate) async fn accept_loop(
     let mut backoff = BACKOFF_START;
     let local = crate::conn::socket::addr_of(listener.get_ref());
     // What a refused client is told on this listener, made once.
-    let per_ip_answer = answer(&ctx.config, local, PER_IP_RETRY_AFTER_SECS);
-    let rate_answer = limit
-        .accept_rate()
-        .and_then(|r| answer(&ctx.config, local, r.retry_after_secs(ctx.index)));
+    // None from the server: no answer, only a close, with a FIN.
+    let per_ip_answer =
+        answer(&ctx.config, local, PER_IP_RETRY_AFTER_SECS).unwrap_or_else(Answer::silent);
+    let rate_answer = limit.accept_rate().map(|r| {
+        answer(&ctx.config, local, r.retry_after_secs(ctx.index)).unwrap_or_else(Answer::silent)
+    });
+    let silent = Answer::silent();
     let mut fd_line = FdLine::new(ctx.config.fd_reserve);
     // A TLS listener's connections take a place among the worker's
     // handshakes in flight before they are accepted (`tls::HandshakeGate`).
     let tls = crate::conn::tls::tls_for_local(&ctx.config, local).cloned();
     let gate = tls.as_ref().and(ctx.tls_gate.clone());
-    loop {
-        // A connection first, then a slot for it: a slot taken before the
-        // wait sat idle with this acceptor while a connection queued on
-        // another listener (another worker's, or this worker's other
-        // address) waited for one, with fewer than max_connections open.
-        let accepted = match listener.readable().await {
-            Err(e) => Err(e),
-            Ok(mut ready) => {
-                let place = match &gate {
-                    None => None,
-                    Some(gate) => match gate.try_enter() {
-                        Some(place) => Some(place),
+    // Refusals waiting for their client's first bytes to choose between
+    // answers (h2c's `GOAWAY` or HTTP/1.1's `503`), answered beside the loop.
+    let undecided = Undecided::new();
+    let accepting = async {
+        loop {
+            // A connection first, then a slot for it: a slot taken before the
+            // wait sat idle with this acceptor while a connection queued on
+            // another listener (another worker's, or this worker's other
+            // address) waited for one, with fewer than max_connections open.
+            let accepted = match listener.readable().await {
+                Err(e) => Err(e),
+                Ok(mut ready) => {
+                    let place = match &gate {
+                        None => None,
+                        Some(gate) => match gate.try_enter() {
+                            Some(place) => Some(place),
+                            None if !has_queued(listener.get_ref()) => {
+                                ready.clear_ready();
+                                continue;
+                            }
+                            None => Some(gate.enter_at_cap(&ctx).await),
+                        },
+                    };
+                    let held = match limit.try_acquire() {
+                        Some(s) => s,
+                        // Readiness stays set after an accept until one finds
+                        // the queue empty: ask the kernel before counting a wait.
                         None if !has_queued(listener.get_ref()) => {
                             ready.clear_ready();
                             continue;
                         }
-                        None => Some(gate.enter_at_cap(&ctx).await),
-                    },
-                };
-                let held = match limit.try_acquire() {
-                    Some(s) => s,
-                    // Readiness stays set after an accept until one finds
-                    // the queue empty: ask the kernel before counting a wait.
-                    None if !has_queued(listener.get_ref()) => {
-                        ready.clear_ready();
+                        None => {
+                            incr(&ctx.stats.accept_waits_at_limit);
+                            slot_at_limit(&limit, &ctx, evictable).await
+                        }
+                    };
+                    match ready.try_io(|l| accept4(l.get_ref())) {
+                        // Into the reserve: closed (dropped) here, and taken
+                        // for what it is, the process out of descriptors.
+                        Ok(Ok((socket, _))) if fd_line.crossed(socket.as_raw_fd()) => {
+                            Err(io::Error::from_raw_os_error(libc::EMFILE))
+                        }
+                        Ok(accepted) => accepted.map(|a| (a, held, place)),
+                        // Taken by now (another process on a shared socket, or
+                        // a connection reset in the queue): readiness cleared,
+                        // the slot given back, wait again.
+                        Err(_would_block) => continue,
+                    }
+                }
+            };
+            match accepted {
+                Ok(((socket, peer), mut held, place)) => {
+                    backoff = BACKOFF_START;
+                    incr(&ctx.stats.accepted);
+                    let hook = ctx.config.on_connection.as_ref();
+                    // The access log reads the peer from the connection's track.
+                    let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
+                    let track = tracked.then(|| {
+                        ConnTrack::open(
+                            hook,
+                            ctx.registry.as_ref(),
+                            peer,
+                            local,
+                            ctx.index,
+                            &ctx.stats,
+                        )
+                    });
+                    let refusal = if !limit
+                        .accept_rate()
+                        .is_none_or(|r| r.try_take(ctx.index, Instant::now()))
+                    {
+                        Some(Refusal::AcceptRate)
+                    } else if !limit.admit_ip(&mut held, peer.ip()) {
+                        Some(Refusal::PerIp)
+                    } else {
+                        None
+                    };
+                    let conn = Connection::open(held, ctx.stats.clone(), track);
+                    if let Some(refusal) = refusal {
+                        // Answered (if the listener's protocol can say it,
+                        // `admission::refuse`) and closed at once, counted
+                        // like any close.
+                        // The worker's log kinds (`ratelog`): their counts
+                        // held back are said once the interval is over.
+                        let (counter, kind, answer) = match refusal {
+                            Refusal::AcceptRate => (
+                                &ctx.stats.rejected_accept_rate,
+                                Flood::AcceptRate,
+                                rate_answer.as_ref().unwrap_or(&silent),
+                            ),
+                            Refusal::PerIp => (
+                                &ctx.stats.rejected_per_ip,
+                                Flood::MaxConnectionsPerIp,
+                                &per_ip_answer,
+                            ),
+                        };
+                        // Counted before the client can read the answer.
+                        incr(counter);
+                        if let Some(socket) = refuse(socket, answer) {
+                            undecided.add(socket, answer);
+                        }
+                        conn.close(CloseReason::Limit);
+                        ratelog::log(kind, |suppressed| {
+                            tracing::warn!(
+                                worker = ctx.index,
+                                limit = refusal.knob(),
+                                %peer,
+                                suppressed,
+                                "connection refused by {} (raise it if the peer is legitimate)",
+                                refusal.knob()
+                            )
+                        });
                         continue;
                     }
-                    None => {
-                        incr(&ctx.stats.accept_waits_at_limit);
-                        slot_at_limit(&limit, &ctx, evictable).await
+                    if let Some(Err(per_second)) = tls.as_ref().map(|t| t.admit_from(peer.ip())) {
+                        // Before any TLS work: closed without an answer, as a
+                        // TLS listener's other refusals; with a FIN, not the
+                        // reset its unread ClientHello would draw (nor one
+                        // that comes after the close: it is waited for).
+                        LimitHit::TlsHandshakeRatePerIp.count(&ctx.stats);
+                        if let Some(socket) = refuse(socket, &silent) {
+                            undecided.add(socket, &silent);
+                        }
+                        conn.close(CloseReason::Limit);
+                        ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {
+                            tracing::warn!(
+                                worker = ctx.index,
+                                %peer,
+                                handshake_rate_per_ip = per_second,
+                                suppressed,
+                                "TLS connection refused: its IP is over the handshake rate per IP (raise --tls-handshake-rate-per-ip if the peer is legitimate, e.g. a NAT)"
+                            )
+                        });
+                        continue;
                     }
-                };
-                match ready.try_io(|l| accept4(l.get_ref())) {
-                    // Into the reserve: closed (dropped) here, and taken
-                    // for what it is, the process out of descriptors.
-                    Ok(Ok((socket, _))) if fd_line.crossed(socket.as_raw_fd()) => {
-                        Err(io::Error::from_raw_os_error(libc::EMFILE))
+                    configure_accepted(&socket, &ctx.config);
+                    // The connection's age, drawn once: the lot keeps it (to the
+                    // second) for its wake-ups, the connection starts with it.
+                    let retire_at = ctx.retire_at();
+                    if let Some(lot) = &ctx.park {
+                        lot.note_retire_at(socket.as_raw_fd(), retire_at);
                     }
-                    Ok(accepted) => accepted.map(|a| (a, held, place)),
-                    // Taken by now (another process on a shared socket, or
-                    // a connection reset in the queue): readiness cleared,
-                    // the slot given back, wait again.
-                    Err(_would_block) => continue,
+                    let info = ConnInfo { peer, local };
+                    spawn_connection(Incoming::Accepted(socket, info, retire_at, place), conn);
                 }
-            }
-        };
-        match accepted {
-            Ok(((socket, peer), mut held, place)) => {
-                backoff = BACKOFF_START;
-                incr(&ctx.stats.accepted);
-                let hook = ctx.config.on_connection.as_ref();
-                // The access log reads the peer from the connection's track.
-                let tracked = hook.is_some() || ctx.registry.is_some() || ctx.config.access_log;
-                let track = tracked.then(|| {
-                    ConnTrack::open(
-                        hook,
-                        ctx.registry.as_ref(),
-                        peer,
-                        local,
-                        ctx.index,
-                        &ctx.stats,
-                    )
-                });
-                let refusal = if !limit
-                    .accept_rate()
-                    .is_none_or(|r| r.try_take(ctx.index, Instant::now()))
-                {
-                    Some(Refusal::AcceptRate)
-                } else if !limit.admit_ip(&mut held, peer.ip()) {
-                    Some(Refusal::PerIp)
-                } else {
-                    None
-                };
-                let conn = Connection::open(held, ctx.stats.clone(), track);
-                if let Some(refusal) = refusal {
-                    // Answered (if the listener's protocol can say it,
-                    // `admission::refuse`) and closed at once, counted
-                    // like any close.
-                    // The worker's log kinds (`ratelog`): their counts
-                    // held back are said once the interval is over.
-                    let (counter, kind, answer) = match refusal {
-                        Refusal::AcceptRate => (
-                            &ctx.stats.rejected_accept_rate,
-                            Flood::AcceptRate,
-                            &rate_answer,
-                        ),
-                        Refusal::PerIp => (
-                            &ctx.stats.rejected_per_ip,
-                            Flood::MaxConnectionsPerIp,
-                            &per_ip_answer,
-                        ),
-                    };
-                    // Counted before the client can read the answer.
-                    incr(counter);
-                    refuse(socket, answer.as_ref());
-                    conn.close(CloseReason::Limit);
-                    ratelog::log(kind, |suppressed| {
-                        tracing::warn!(
+                Err(e) => {
+                    incr(&ctx.stats.accept_errors);
+                    ctx.stats.accept_failed(&e);
+                    if is_transient(&e) {
+                        continue;
+                    }
+                    ratelog::log(Flood::AcceptFailed, |suppressed| {
+                        tracing::error!(
                             worker = ctx.index,
-                            limit = refusal.knob(),
-                            %peer,
+                            error = %e,
+                            retry_in_ms = backoff.as_millis() as u64,
+                            fd_reserve = ctx.config.fd_reserve,
                             suppressed,
-                            "connection refused by {} (raise it if the peer is legitimate)",
-                            refusal.knob()
+                            "accept failed; backing off (raise the open-file limit or lower max_connections)"
                         )
                     });
-                    continue;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
-                if let Some(Err(per_second)) = tls.as_ref().map(|t| t.admit_from(peer.ip())) {
-                    // Before any TLS work: closed without an answer, as a
-                    // TLS listener's other refusals; with a FIN, not the
-                    // reset its unread ClientHello would draw.
-                    LimitHit::TlsHandshakeRatePerIp.count(&ctx.stats);
-                    crate::conn::admission::shut_and_discard(socket.as_raw_fd());
-                    drop(socket);
-                    conn.close(CloseReason::Limit);
-                    ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {
-                        tracing::warn!(
-                            worker = ctx.index,
-                            %peer,
-                            handshake_rate_per_ip = per_second,
-                            suppressed,
-                            "TLS connection refused: its IP is over the handshake rate per IP (raise --tls-handshake-rate-per-ip if the peer is legitimate, e.g. a NAT)"
-                        )
-                    });
-                    continue;
-                }
-                configure_accepted(&socket, &ctx.config);
-                // The connection's age, drawn once: the lot keeps it (to the
-                // second) for its wake-ups, the connection starts with it.
-                let retire_at = ctx.retire_at();
-                if let Some(lot) = &ctx.park {
-                    lot.note_retire_at(socket.as_raw_fd(), retire_at);
-                }
-                let info = ConnInfo { peer, local };
-                spawn_connection(Incoming::Accepted(socket, info, retire_at, place), conn);
-            }
-            Err(e) => {
-                incr(&ctx.stats.accept_errors);
-                ctx.stats.accept_failed(&e);
-                if is_transient(&e) {
-                    continue;
-                }
-                ratelog::log(Flood::AcceptFailed, |suppressed| {
-                    tracing::error!(
-                        worker = ctx.index,
-                        error = %e,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        fd_reserve = ctx.config.fd_reserve,
-                        suppressed,
-                        "accept failed; backing off (raise the open-file limit or lower max_connections)"
-                    )
-                });
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
-    }
+    };
+    tokio::join!(accepting, undecided.run());
 }
 
 /// A slot for a connection waiting on the listener at `max_connections`:

@@ -5,9 +5,11 @@
 //! Over a limit, a connection is refused right after accept ([`refuse`]):
 //! told so in its listener's protocol if it has a way to say it without
 //! a handshake (a cleartext HTTP listener answers `503`, or a `GOAWAY` to
-//! a client whose first bytes, already there, are HTTP/2's preface; the
-//! server decides which, `server/dispatch.rs`), closed, counted under the
-//! limit's name and logged at most once per interval (see `accept.rs`).
+//! a client whose first bytes are HTTP/2's preface; the server makes both,
+//! `server/dispatch.rs`), closed, counted under the limit's name and
+//! logged at most once per interval (see `accept.rs`). When the answer
+//! depends on first bytes not there yet, [`Undecided`] waits for them,
+//! bounded in time and number, in the accept loop's task.
 //! The per-IP table holds only IPs that have connections now, a few dozen
 //! bytes each; a million connections from a handful of addresses cost a
 //! handful of entries.
@@ -19,13 +21,18 @@
 //! concurrent bound while it costs the server a key exchange and a
 //! signature each time.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::io::unix::AsyncFd;
+use tokio::time::{Instant, Sleep};
 
 use crate::conn::config::{AcceptRate, Config};
 
@@ -296,7 +303,7 @@ pub(crate) enum Refusal {
 /// the server, which knows the listener's protocol (`server/dispatch.rs`):
 /// the answer for a `Retry-After` of that many seconds, or `None` to close
 /// without a word (a TLS listener, whose client expects a handshake; a
-/// framed one, whose protocol has no refusal).
+/// framed one, whose protocol has no refusal): [`Answer::silent`].
 pub(crate) type RefusalAnswer = fn(&Config, SocketAddr, u64) -> Option<Answer>;
 
 /// The bytes a refused client is sent ([`refuse`]), made once per listener.
@@ -330,17 +337,18 @@ const DISCARD_MAX: usize = 64 * 1024;
 /// Refuses an accepted connection: sends `answer`, if any, then closes it.
 /// One non-blocking `send` on the fresh socket (its send buffer is empty,
 /// so a short answer goes whole); if it would block or fails, the close
-/// alone. Nothing waits and nothing is kept: the descriptor is closed
-/// before this returns, and the kernel alone sees the answer out.
+/// alone. Nothing waits: the descriptor is closed before this returns and
+/// the kernel alone sees the answer out, except when the answer depends on
+/// the client's first bytes and they have not arrived: then the socket is
+/// returned, for [`Undecided`] to answer when they do.
 ///
 /// Which answer ([`Answer::by_opening`]): when the answer has one for a
-/// given opening, one non-blocking `recv` first reads as many bytes as
-/// that opening has, if the client's first bytes are already here (with
-/// `TCP_DEFER_ACCEPT` they always are; without it a client that writes at
-/// once usually wins the race to the accept, but not always, and then
-/// gets `bytes`). Read, not peeked: everything the client sent is
-/// discarded below anyway, so the look costs the refusal one `recv` and
-/// nothing more.
+/// given opening, one non-blocking `recv(MSG_PEEK)` first looks at the
+/// client's first bytes (with `TCP_DEFER_ACCEPT` they are always there;
+/// without it a client that writes at once usually wins the race to the
+/// accept, but not always). The opening: its answer; anything else (or
+/// the end of the stream): `bytes`; none yet, or the opening's first few
+/// only: undecided.
 ///
 /// The order keeps the answer from being reset away: the write side is
 /// shut first, so our FIN follows the answer at once; then what the
@@ -359,28 +367,64 @@ const DISCARD_MAX: usize = 64 * 1024;
 /// A client still sending a large body when the answer comes sees its
 /// send fail (a broken pipe) whatever the order: only a lingering close,
 /// which holds the socket, would spare it that.
-pub(crate) fn refuse(socket: OwnedFd, answer: Option<&Answer>) {
-    let Some(answer) = answer else {
-        return;
-    };
-    let fd = socket.as_raw_fd();
-    let answer = match &answer.by_opening {
-        Some((opening, other)) if opens_with(fd, opening) => other,
-        _ => &answer.bytes,
-    };
-    // SAFETY: a send from a live buffer of its length on our descriptor.
-    let sent = unsafe {
-        libc::send(
-            fd,
-            answer.as_ptr().cast(),
-            answer.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if usize::try_from(sent) != Ok(answer.len()) {
-        return;
+#[must_use = "an undecided refusal is answered by `Undecided`, or closed unanswered"]
+pub(crate) fn refuse(socket: OwnedFd, answer: &Answer) -> Option<OwnedFd> {
+    match answer.choose(socket.as_raw_fd()) {
+        Some(bytes) => {
+            send_then_shut(socket.as_raw_fd(), bytes);
+            None
+        }
+        None => Some(socket),
     }
-    shut_and_discard(fd);
+}
+
+impl Answer {
+    /// No answer, only a close (a TLS listener's, a framed one's): a FIN
+    /// once the client's first bytes are in (see [`Answer::choose`]).
+    pub(crate) fn silent() -> Answer {
+        Answer {
+            bytes: Box::default(),
+            by_opening: None,
+        }
+    }
+
+    /// What to send on `fd` now, or `None` to wait for the client's first
+    /// bytes: an answer by opening whose opening has not (all) come, or a
+    /// silent one with nothing come yet. A silent refusal waits so that its
+    /// close is a FIN: bytes that arrive on a closed socket draw a reset
+    /// (`tcp_close`), and a client's first flight (a ClientHello) usually
+    /// comes right behind its handshake's ACK, often after the accept.
+    fn choose(&self, fd: std::os::fd::RawFd) -> Option<&[u8]> {
+        match &self.by_opening {
+            Some((opening, other)) => match first_bytes(fd, opening) {
+                Opening::Is => Some(other),
+                Opening::IsNot => Some(&self.bytes),
+                Opening::NotYet => None,
+            },
+            None if self.bytes.is_empty() => {
+                (first_bytes(fd, b"") != Opening::NotYet).then_some(&self.bytes)
+            }
+            None => Some(&self.bytes),
+        }
+    }
+}
+
+/// Sends `bytes` on `fd` without waiting, then, if they all went, shuts
+/// and discards ([`shut_and_discard`]) before the caller closes.
+fn send_then_shut(fd: std::os::fd::RawFd, bytes: &[u8]) {
+    // SAFETY: a send from a live buffer of its length on our descriptor.
+    let sent = !bytes.is_empty()
+        && usize::try_from(unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        }) == Ok(bytes.len());
+    if bytes.is_empty() || sent {
+        shut_and_discard(fd);
+    }
 }
 
 /// Before a close: shuts `fd`'s write side (a FIN) and discards, without
@@ -401,16 +445,213 @@ pub(crate) fn shut_and_discard(fd: std::os::fd::RawFd) {
     }
 }
 
-/// Whether the first bytes received on `fd` are `opening`, read without
-/// waiting (and so taken off the socket: [`refuse`] discards them anyway).
-/// Fewer bytes than `opening` has, or none yet, say no.
-fn opens_with(fd: std::os::fd::RawFd, opening: &[u8]) -> bool {
+/// What a refused client's first bytes say of its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// They begin with the opening looked for.
+    Is,
+    /// They do not (or the client closed, or the socket failed).
+    IsNot,
+    /// None yet, or fewer than the opening has and all of them its own.
+    NotYet,
+}
+
+/// Looks at the first bytes received on `fd` without waiting and without
+/// taking them (a peek: they are discarded with the rest before the
+/// close, and a partial opening must still be there when the rest comes).
+/// An empty `opening` asks whether any byte came: one is peeked.
+fn first_bytes(fd: std::os::fd::RawFd, opening: &[u8]) -> Opening {
     let mut first = [0u8; OPENING_MAX];
-    let len = opening.len().min(OPENING_MAX);
+    let len = opening.len().clamp(1, OPENING_MAX);
     // SAFETY: a recv into a live stack buffer of at least `len` bytes, on
     // our descriptor, that never blocks.
-    let read = unsafe { libc::recv(fd, first.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
-    usize::try_from(read) == Ok(opening.len()) && first[..len] == *opening
+    let read = unsafe {
+        libc::recv(
+            fd,
+            first.as_mut_ptr().cast(),
+            len,
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    };
+    let Ok(read) = usize::try_from(read) else {
+        let would_block = std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
+        return if would_block {
+            Opening::NotYet
+        } else {
+            Opening::IsNot
+        };
+    };
+    let opening = &opening[..opening.len().min(OPENING_MAX)];
+    if read == 0 || !opening.starts_with(&first[..read.min(opening.len())]) {
+        Opening::IsNot
+    } else if read >= opening.len() {
+        Opening::Is
+    } else {
+        Opening::NotYet
+    }
+}
+
+/// Most refusals one accept loop keeps waiting for their client's first
+/// bytes ([`Undecided`]); past it the oldest is answered at once.
+const UNDECIDED_MAX: usize = 64;
+
+/// How long a refusal waits for its client's first bytes ([`Undecided`]):
+/// a client that speaks first sends them right behind its handshake's ACK,
+/// so they are usually there in microseconds; a second also covers a lost
+/// segment's retransmission (Linux's shortest RTO is 200 ms).
+pub(crate) const UNDECIDED_WAIT: Duration = Duration::from_secs(1);
+
+/// Refused connections whose answer depends on first bytes that had not
+/// arrived when they were refused ([`refuse`]): on a cleartext listener
+/// that serves HTTP/2 with prior knowledge, an HTTP/1.1 client is told
+/// `503` and an HTTP/2 one `GOAWAY`, and each reads the other's answer as
+/// garbage (the `h2` client's connection ended in a broken pipe, its
+/// request with it, nothing saying it was safe to retry); a silent
+/// refusal's close (a TLS listener's) is a FIN only if the client's first
+/// flight came before it (one arriving on a closed socket draws a reset).
+/// A client's first bytes follow its handshake's ACK, and an accept can
+/// come between them.
+///
+/// Each waits until its first bytes say which answer (the socket is
+/// registered with the runtime for readability), at most
+/// [`UNDECIDED_WAIT`]; a silent one is then given the default answer
+/// (`Answer::bytes`). Bounded for the overload path: at most
+/// [`UNDECIDED_MAX`] of one accept loop, past which the oldest is answered
+/// at once (by what it sent so far, else the default), and polled by the
+/// accept loop's own task (no task of its own, no timer per entry): a
+/// flood of silent connections over a limit costs what it did, plus two
+/// `epoll_ctl`s a connection, and holds at most that many descriptors a
+/// worker's listener beyond `max_connections` (their connections are
+/// counted closed when refused). An HTTP/1.1 client also gains: its `503`
+/// now follows its request, which is then discarded before the close, so
+/// the close is a FIN, not the reset its request drew when it came after.
+pub(crate) struct Undecided<'a> {
+    waiting: RefCell<VecDeque<Waiting<'a>>>,
+    /// The accept loop's task, woken when one is added.
+    task: RefCell<Option<Waker>>,
+    /// Fires at the oldest one's deadline.
+    timer: RefCell<Pin<Box<Sleep>>>,
+}
+
+struct Waiting<'a> {
+    socket: AsyncFd<OwnedFd>,
+    answer: &'a Answer,
+    until: Instant,
+}
+
+impl<'a> Undecided<'a> {
+    pub(crate) fn new() -> Undecided<'a> {
+        Undecided {
+            waiting: RefCell::new(VecDeque::new()),
+            task: RefCell::new(None),
+            timer: RefCell::new(Box::pin(tokio::time::sleep(Duration::ZERO))),
+        }
+    }
+
+    /// Keeps `socket`, refused with `answer` ([`refuse`] returned it), until
+    /// its first bytes say which answer it gets.
+    pub(crate) fn add(&self, socket: OwnedFd, answer: &'a Answer) {
+        // SAFETY: an OwnedFd owns its descriptor, open and unchanged for as
+        // long as the AsyncFd holds it.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) };
+        let socket = match registered {
+            Ok(socket) => socket,
+            // Not registered (the runtime's error, e.g. out of memory): the
+            // default answer at once, as before there was a wait.
+            Err(e) => {
+                let (socket, e) = e.into_parts();
+                tracing::debug!(error = %e, "a refused connection answered without waiting");
+                return send_then_shut(socket.as_raw_fd(), &answer.bytes);
+            }
+        };
+        let mut waiting = self.waiting.borrow_mut();
+        waiting.push_back(Waiting {
+            socket,
+            answer,
+            until: Instant::now() + UNDECIDED_WAIT,
+        });
+        if waiting.len() > UNDECIDED_MAX {
+            if let Some(oldest) = waiting.pop_front() {
+                oldest.settle();
+            }
+        }
+        if let Some(task) = self.task.borrow_mut().take() {
+            task.wake();
+        }
+    }
+
+    /// Answers each one as its first bytes come or its wait ends; runs for
+    /// as long as the accept loop (polled beside it, in its task).
+    pub(crate) async fn run(&self) {
+        std::future::poll_fn(|cx| self.poll(cx)).await;
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let now = Instant::now();
+        let mut waiting = self.waiting.borrow_mut();
+        // Answered and dropped (deregistered, closed) when ready.
+        let mut i = 0;
+        while i < waiting.len() {
+            if waiting[i].poll(cx, now).is_ready() {
+                if let Some(ready) = waiting.remove(i) {
+                    ready.settle();
+                }
+            } else {
+                i += 1;
+            }
+        }
+        if let Some(oldest) = waiting.front() {
+            let mut timer = self.timer.borrow_mut();
+            if timer.deadline() != oldest.until {
+                timer.as_mut().reset(oldest.until);
+            }
+            // Ready only at or after the oldest one's deadline, which the
+            // retain above already answered: polled to be woken.
+            let _ = timer.as_mut().poll(cx);
+        }
+        *self.task.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.waiting.borrow().len()
+    }
+}
+
+impl Waiting<'_> {
+    /// Ready when its first bytes have come or its wait is over.
+    fn poll(&self, cx: &mut Context<'_>, now: Instant) -> Poll<()> {
+        if now >= self.until {
+            return Poll::Ready(());
+        }
+        loop {
+            match self.socket.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(mut ready)) => {
+                    if self
+                        .answer
+                        .choose(self.socket.get_ref().as_raw_fd())
+                        .is_some()
+                    {
+                        return Poll::Ready(());
+                    }
+                    // The opening's first bytes only: wait for more.
+                    ready.clear_ready();
+                }
+            }
+        }
+    }
+
+    /// Answers by what the client sent so far: with nothing yet (its wait
+    /// is over, or it made room for a newer one), or part of the opening
+    /// only, the default answer. Dropped after: deregistered and closed.
+    fn settle(self) {
+        let fd = self.socket.get_ref().as_raw_fd();
+        send_then_shut(fd, self.answer.choose(fd).unwrap_or(&self.answer.bytes));
+    }
 }
 
 impl Refusal {
@@ -506,6 +747,67 @@ mod tests {
         // Below one a second: a burst of 1.
         let slow = PerIpRate::new(0.01);
         assert!(slow.try_take(a, start) && !slow.try_take(a, start));
+    }
+
+    /// Refusals whose answer waits for the client's first bytes: answered
+    /// by them when they come (all of the opening, or not it from its
+    /// first byte), by the default when none came within
+    /// [`UNDECIDED_WAIT`], and never more than [`UNDECIDED_MAX`] waiting
+    /// (the oldest answered at once).
+    #[tokio::test(start_paused = true)]
+    async fn undecided_refusals_wait_bounded_for_their_first_bytes() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let answer = Answer {
+            bytes: Box::from(&b"503"[..]),
+            by_opening: Some((&b"PRI"[..], Box::from(&b"GOAWAY"[..]))),
+        };
+        let undecided = Undecided::new();
+        let mut clients = Vec::new();
+        for _ in 0..=UNDECIDED_MAX {
+            clients.push(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+            let (socket, _) = listener.accept().unwrap();
+            socket.set_nonblocking(true).unwrap();
+            let socket = refuse(OwnedFd::from(socket), &answer).expect("no bytes yet");
+            undecided.add(socket, &answer);
+        }
+        assert_eq!(undecided.len(), UNDECIDED_MAX);
+        let answered = |client: &mut std::net::TcpStream| {
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(answered(&mut clients[0]), "503", "the oldest made room");
+        clients[1].write_all(b"PRI * HTTP/2.0").unwrap();
+        clients[2].write_all(b"GET / HTTP/1.1").unwrap();
+        clients[3].write_all(b"PR").unwrap();
+        let running = undecided.run();
+        tokio::pin!(running);
+        let run_for = |wait| async move { tokio::time::sleep(wait).await };
+        tokio::select! {
+            () = &mut running => unreachable!(),
+            () = run_for(UNDECIDED_WAIT / 4) => {}
+        }
+        assert_eq!(answered(&mut clients[1]), "GOAWAY");
+        assert_eq!(answered(&mut clients[2]), "503");
+        assert_eq!(
+            undecided.len(),
+            UNDECIDED_MAX - 2,
+            "a partial opening waits"
+        );
+        clients[3].write_all(b"I").unwrap();
+        tokio::select! {
+            () = &mut running => unreachable!(),
+            () = run_for(UNDECIDED_WAIT / 4) => {}
+        }
+        assert_eq!(answered(&mut clients[3]), "GOAWAY");
+        tokio::select! {
+            () = &mut running => unreachable!(),
+            () = run_for(UNDECIDED_WAIT) => {}
+        }
+        assert_eq!(undecided.len(), 0, "the silent ones' wait is over");
+        assert_eq!(answered(&mut clients[4]), "503");
+        assert_eq!(answered(&mut clients[UNDECIDED_MAX]), "503");
     }
 
     #[test]

@@ -89,6 +89,13 @@ pub(crate) trait Parkable: Transport {
         false
     }
 
+    /// Says that the next read is the first thing a freshly polled task
+    /// does after its wait for bytes ended (`http1`'s `wait_for_bytes`):
+    /// a stream registered with the runtime may then try the read on the
+    /// readiness it has recorded instead of polling it (see
+    /// `WokenSocket`'s `poll_read`). Default: nothing.
+    fn read_follows_wake(&mut self) {}
+
     /// Whether parking now re-parks a wake-up served without a wait: then a
     /// wake within `park_idle_after` means a busy connection (it waits as a
     /// task). A new connection parked straight after its opening request

@@ -63,6 +63,10 @@ pub(crate) struct WokenSocket {
     /// A TLS wake-up's prefetch is reading ([`WokenSocket::prefetching`]):
     /// a read that would block leaves the socket bare.
     prefetching: bool,
+    /// The next read is the first of a task poll that follows a wait for
+    /// bytes ([`Parkable::read_follows_wake`]): tried on the readiness the
+    /// runtime recorded, not polled (see `poll_read`). Taken by every read.
+    after_wake: bool,
 }
 
 #[derive(Debug)]
@@ -86,6 +90,7 @@ impl WokenSocket {
             heard: wake == Wake::Timer,
             hung_up: wake == Wake::HungUp,
             prefetching: false,
+            after_wake: false,
         }
     }
 
@@ -100,6 +105,7 @@ impl WokenSocket {
             heard: false,
             hung_up: false,
             prefetching: false,
+            after_wake: false,
         }
     }
 
@@ -114,6 +120,7 @@ impl WokenSocket {
             heard: false,
             hung_up: false,
             prefetching: false,
+            after_wake: false,
         }
     }
 
@@ -196,29 +203,43 @@ fn poll_io(
     cx: &mut Context<'_>,
     mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<Option<usize>>,
 ) -> Poll<io::Result<usize>> {
-    let fd = stream.as_fd();
     loop {
         ready!(if interest.is_readable() {
             stream.poll_read_ready(cx)
         } else {
             stream.poll_write_ready(cx)
         })?;
-        let mut moved = None;
-        // `try_io` clears readiness only on "would block", so a short call
-        // reports that (its count kept in `moved`).
-        let done = stream.try_io(interest, || match op(fd)? {
-            Some(n) if n == 0 || n >= len => Ok(n),
-            Some(n) => {
-                moved = Some(n);
-                Err(io::ErrorKind::WouldBlock.into())
-            }
-            None => Err(io::ErrorKind::WouldBlock.into()),
-        });
-        match (done, moved) {
-            (_, Some(n)) => return Poll::Ready(Ok(n)),
-            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            (done, None) => return Poll::Ready(done),
+        if let Some(done) = try_once(stream, interest, len, &mut op) {
+            return Poll::Ready(done);
         }
+    }
+}
+
+/// [`poll_io`]'s call, on the readiness the runtime has recorded, without
+/// polling it: `None` when that says not ready or the call would block
+/// (readiness then cleared), for the caller to wait.
+fn try_once(
+    stream: &TcpStream,
+    interest: Interest,
+    len: usize,
+    mut op: impl FnMut(BorrowedFd<'_>) -> io::Result<Option<usize>>,
+) -> Option<io::Result<usize>> {
+    let fd = stream.as_fd();
+    let mut moved = None;
+    // `try_io` clears readiness only on "would block", so a short call
+    // reports that (its count kept in `moved`).
+    let done = stream.try_io(interest, || match op(fd)? {
+        Some(n) if n == 0 || n >= len => Ok(n),
+        Some(n) => {
+            moved = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        None => Err(io::ErrorKind::WouldBlock.into()),
+    });
+    match (done, moved) {
+        (_, Some(n)) => Some(Ok(n)),
+        (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => None,
+        (done, None) => Some(done),
     }
 }
 
@@ -234,12 +255,30 @@ impl AsyncRead for WokenSocket {
         let unfilled = unsafe { buf.unfilled_mut() };
         let asked = unfilled.len();
         let mut bare = false;
+        let after_wake = std::mem::take(&mut self.after_wake);
         let n = match &self.state {
-            // A busy connection's usual case: registered already.
+            // A busy connection's usual case: registered already. Right
+            // after its wait for bytes, tried first on the readiness the
+            // runtime recorded: polling it again (`Registration::poll_ready`:
+            // the task budget, then the readiness) took ~75 user-space
+            // instructions a request (`bench/CPU-PER-REQUEST.md`, session
+            // 40), and the wait's own poll registered the waker already. The budget it skips is a fresh task poll's
+            // (the read is the first thing the woken task does), which one
+            // operation cannot exhaust. Not ready: polled as usual.
             State::Registered(stream) => {
-                ready!(poll_io(stream, Interest::READABLE, asked, cx, |fd| {
-                    sys::recv(fd, unfilled)
-                }))?
+                let tried = after_wake
+                    .then(|| {
+                        try_once(stream, Interest::READABLE, asked, |fd| {
+                            sys::recv(fd, unfilled)
+                        })
+                    })
+                    .flatten();
+                match tried {
+                    Some(done) => done?,
+                    None => ready!(poll_io(stream, Interest::READABLE, asked, cx, |fd| {
+                        sys::recv(fd, unfilled)
+                    }))?,
+                }
             }
             State::Bare(fd) => match sys::recv(fd.as_fd(), unfilled) {
                 Ok(Some(n)) => {
@@ -332,6 +371,10 @@ impl Transport for WokenSocket {
 impl Parkable for WokenSocket {
     const PARKABLE: bool = true;
 
+    fn read_follows_wake(&mut self) {
+        self.after_wake = true;
+    }
+
     fn lot_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.raw_fd())
     }
@@ -378,6 +421,43 @@ mod tests {
     fn read_now(socket: &mut WokenSocket, len: usize) -> Poll<usize> {
         let mut buf = vec![0u8; len];
         poll_once(std::pin::pin!(socket.read(&mut buf))).map(|r| r.unwrap())
+    }
+
+    /// A read that follows a wake ([`Parkable::read_follows_wake`]) is tried
+    /// on the readiness tokio recorded: it reads what is there, and where
+    /// nothing is (or a short read cleared the readiness) it waits as any
+    /// read does, its waker registered, so the next bytes wake it.
+    #[tokio::test]
+    async fn a_read_after_a_wake_reads_or_waits_as_any_read() {
+        /// Waits until tokio has the socket readable, then reads as a
+        /// woken wait does.
+        async fn read_when_ready(socket: &mut WokenSocket) -> Poll<usize> {
+            std::future::poll_fn(|cx| socket.poll_read_ready(cx))
+                .await
+                .unwrap();
+            socket.read_follows_wake();
+            read_now(socket, 8)
+        }
+        let (fd, mut client) = pair();
+        let mut socket = WokenSocket::new(fd, false, Wake::Readable);
+        assert_eq!(read_now(&mut socket, 8), Poll::Pending, "registers it");
+        socket.read_follows_wake();
+        assert_eq!(read_now(&mut socket, 8), Poll::Pending, "nothing there");
+        assert!(!socket.after_wake, "every read takes the hint");
+        client.write_all(b"xyz").unwrap();
+        assert_eq!(read_when_ready(&mut socket).await, Poll::Ready(3));
+        // The short read cleared the readiness: the next one waits, and
+        // bytes sent later still wake it.
+        socket.read_follows_wake();
+        assert_eq!(read_now(&mut socket, 8), Poll::Pending);
+        client.write_all(b"ab").unwrap();
+        assert_eq!(read_when_ready(&mut socket).await, Poll::Ready(2));
+        drop(client);
+        assert_eq!(
+            read_when_ready(&mut socket).await,
+            Poll::Ready(0),
+            "the end of the stream"
+        );
     }
 
     /// Bytes were there when the lot took the edge: until a read comes back

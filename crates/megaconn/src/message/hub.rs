@@ -12,7 +12,9 @@
 //!   buffer's worth, not the whole queue); a queue at its bound closes the
 //!   connection as
 //!   [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer), after
-//!   the rest of the frame under way;
+//!   the rest of the frame under way. Such a push counts in `pushes` once
+//!   the socket took it whole (the protocol counts it as it writes), and in
+//!   `queue_drops` if a slow consumer's close drops it;
 //! - parked: the message is written straight to the socket, one `send`, and
 //!   the connection stays parked (no task, no buffer kept). If the socket
 //!   cannot take the whole message at once the peer is not reading: the
@@ -756,6 +758,21 @@ impl Inbox {
             count += 1;
         }
         Ok(queue.drain(..count).collect())
+    }
+
+    /// Drops the accepted messages a slow consumer leaves queued (the
+    /// queue overflowed): how many, for `queue_drops` (`Awake::drop_behind`).
+    /// None while it has not overflowed: a connection that closes for
+    /// another reason loses what waits uncounted, as a push to a closed
+    /// connection is.
+    pub(crate) fn drop_behind(&self) -> usize {
+        if !self.overflowed.get() {
+            return 0;
+        }
+        let mut queue = self.queue.borrow_mut();
+        let n = queue.len();
+        queue.clear();
+        n
     }
 
     /// True when nothing waits (and there is no overflow or close to act

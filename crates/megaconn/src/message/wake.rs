@@ -102,8 +102,9 @@ pub(crate) fn resume(
 /// Writes what the socket of a parked connection did not take of the push
 /// that found it full (`Local::take_unsent`) with `poll_write`, raw on the
 /// socket (under any TLS stream: it is the rest of a frame, or records
-/// sealed already), within [`CLOSE_TIMEOUT`], the bound of a close's last
-/// writes: whether all of it went. A slow consumer that still reads gets
+/// sealed already), by `deadline` (a close's bound, [`CLOSE_TIMEOUT`] from
+/// when the close began, which the linger after it shares: [`close_by`]):
+/// whether all of it went. A slow consumer that still reads gets
 /// the frame whole, and then its close (a WebSocket's 1013); one that does
 /// not is closed when the bound passes, its frame cut, as an awake one's
 /// would be after its close's bound. (Its socket was shut at once instead:
@@ -115,10 +116,11 @@ pub(crate) fn resume(
 /// part of it, even when the peer then read it whole.)
 pub(crate) async fn write_unsent(
     unsent: &Unsent,
+    deadline: Instant,
     counters: &MessageCounters,
     poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
 ) -> bool {
-    let whole = write_rest(&unsent.tail, poll_write).await;
+    let whole = write_rest(&unsent.tail, deadline, poll_write).await;
     if whole {
         incr(&counters.pushes);
         incr(&counters.frames_out);
@@ -129,10 +131,20 @@ pub(crate) async fn write_unsent(
     whole
 }
 
+/// When a slow consumer's close, begun now, must be over: writing the rest
+/// of its frame and lingering after it share this one bound. (Each had a
+/// [`CLOSE_TIMEOUT`] of its own: a peer that took the rest just in time and
+/// then kept its end open held the close for twice the bound, ~4 s.)
+pub(crate) fn close_by() -> Instant {
+    Instant::now() + CLOSE_TIMEOUT
+}
+
 /// Writes `rest` (the rest of a frame a slow consumer's socket took part
-/// of) with `poll_write` within [`CLOSE_TIMEOUT`]: whether all of it went.
+/// of) with `poll_write` by `deadline` ([`close_by`]): whether all of it
+/// went.
 pub(crate) async fn write_rest(
     rest: &[u8],
+    deadline: Instant,
     mut poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
 ) -> bool {
     let mut at = 0;
@@ -145,7 +157,7 @@ pub(crate) async fn write_rest(
         }
         Poll::Ready(true)
     });
-    tokio::time::timeout(CLOSE_TIMEOUT, writing)
+    tokio::time::timeout_at(deadline, writing)
         .await
         .unwrap_or(false)
 }
@@ -153,17 +165,18 @@ pub(crate) async fn write_rest(
 /// After [`write_unsent`] wrote a behind connection's tail whole (or an
 /// awake one's, `proto/framed/conn.rs`): half-closes
 /// and reads and drops what the peer sends until its end of stream (at most
-/// 256 KiB, within [`CLOSE_TIMEOUT`]). A peer still talking (an app
+/// 256 KiB, by `deadline`, the close's bound that writing the tail began:
+/// [`close_by`]). A peer still talking (an app
 /// heartbeat) has bytes queued since its socket was shut for reading, and a
 /// close with them unread is a reset, which destroys the tail still in the
 /// kernel's buffers on both sides: the lingering close HTTP makes for the
 /// same reason.
-pub(crate) async fn linger_after_unsent<T>(io: &mut T)
+pub(crate) async fn linger_after_unsent<T>(io: &mut T, deadline: Instant)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+    let _ = tokio::time::timeout_at(deadline, async {
         io.shutdown().await?;
         let mut scratch = [0u8; 2048];
         let mut left: usize = 256 * 1024;
@@ -206,6 +219,36 @@ mod tests {
             send_at,
             send_heartbeat,
         }
+    }
+
+    /// A slow consumer that takes the rest of its frame just before the
+    /// close's bound and then keeps its end open (reads nothing more, never
+    /// closes) is closed at that bound: the rest and the linger after it
+    /// share it. (Each had a bound of its own: this close took 3.9 s.)
+    #[tokio::test(start_paused = true)]
+    async fn the_rest_of_a_frame_and_the_linger_share_one_bound() {
+        use std::pin::Pin;
+        use tokio::io::{AsyncReadExt, AsyncWrite};
+
+        let (mut ours, mut peer) = tokio::io::duplex(1024);
+        let rest = vec![7u8; 8192];
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_TIMEOUT - Duration::from_millis(100)).await;
+            let mut got = vec![0; 8192];
+            peer.read_exact(&mut got).await.unwrap();
+            // Kept open: returned, not dropped.
+            peer
+        });
+        let started = Instant::now();
+        let deadline = close_by();
+        let whole = write_rest(&rest, deadline, |cx, b| {
+            Pin::new(&mut ours).poll_write(cx, b)
+        })
+        .await;
+        assert!(whole, "the rest went, just in time");
+        linger_after_unsent(&mut ours, deadline).await;
+        assert_eq!(started.elapsed(), CLOSE_TIMEOUT);
+        let _peer = reader.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -30,7 +30,7 @@ use crate::message::wire::{Encoded, Wire, WireId};
 use crate::message::MessageSettings;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood, OverLimit};
-use crate::observe::stats::{gauge_own, incr, WorkerStats};
+use crate::observe::stats::{add, gauge_own, incr, WorkerStats};
 
 /// A protocol's side table: typed (for the protocol) and as a delivery
 /// target (for the pump).
@@ -522,9 +522,11 @@ impl Local {
         let Some(framed) = msg.on(wires, inbox.wire) else {
             return;
         };
-        if inbox.offer(framed, self.queue_limit) {
-            incr(&self.stats.messages.pushes);
-        } else {
+        // Accepted, it counts in `pushes` once its connection's socket took
+        // it whole (the protocol counts it, as it writes it), or in
+        // `queue_drops` if its connection is closed as a slow consumer
+        // first (`Awake`'s drop, or the protocol for one it held).
+        if !inbox.offer(framed, self.queue_limit) {
             incr(&self.stats.messages.queue_drops);
         }
     }
@@ -549,6 +551,14 @@ impl Awake {
         }
     }
 
+    /// A slow consumer closes: the messages its queue still holds are
+    /// dropped and counted in `queue_drops` now, before its handler hears
+    /// of the close (and again, for none, when it unregisters).
+    pub(crate) fn drop_behind(&self) {
+        let dropped = self.inbox.drop_behind();
+        add(&self.local.stats.messages.queue_drops, dropped as u64);
+    }
+
     /// Resolves when this connection's outbound queue overflowed; never
     /// without one (no hub).
     pub(crate) async fn overflowed(awake: Option<&Awake>) {
@@ -561,6 +571,7 @@ impl Awake {
 
 impl Drop for Awake {
     fn drop(&mut self) {
+        self.drop_behind();
         let mut awake = self.local.awake.borrow_mut();
         if awake
             .get(&self.id.fd())

@@ -963,7 +963,7 @@ impl Collector for Snapshot {
         counter(
             &mut e,
             "protocol_errors",
-            "Requests rejected as malformed or over a limit.",
+            "HTTP requests refused as malformed or over a limit, and connections closed for another protocol error (WebSocket, framed, HTTP/2, TLS).",
             s.protocol_errors,
         )?;
         labelled(
@@ -1050,7 +1050,7 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
     counter(
         e,
         "message_pushes",
-        "Messages the hub delivered (one per connection reached by a push, publish or broadcast).",
+        "Messages the hub delivered (one per connection reached by a push, publish or broadcast), counted once its socket took the message whole.",
         m.pushes,
     )?;
     counter(
@@ -1062,7 +1062,7 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
     counter(
         e,
         "message_queue_drops",
-        "Pushes dropped at a full outbound queue or socket buffer; each closes its connection as slow_consumer.",
+        "Pushes dropped for a slow consumer: at its full outbound queue or socket buffer, and those its close left unwritten; each closes its connection as slow_consumer.",
         m.queue_drops,
     )?;
     counter(

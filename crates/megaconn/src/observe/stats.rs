@@ -150,10 +150,13 @@ pub struct MessageStats {
     /// Bytes written to message connections, headers included.
     pub bytes_out: u64,
     /// Frames delivered by the hub (one per connection reached by a push,
-    /// publish or broadcast).
+    /// publish or broadcast), counted once the connection's socket took the
+    /// frame whole.
     pub pushes: u64,
-    /// Pushes dropped because a connection's outbound queue was full (the
-    /// connection is closed as a slow consumer).
+    /// Pushes dropped for a slow consumer: at its full outbound queue (or,
+    /// parked, its full socket buffer), and those its close left unwritten
+    /// (still queued, or not taken whole); the connection is closed as a
+    /// slow consumer.
     pub queue_drops: u64,
     /// Server heartbeat frames sent.
     pub heartbeats_sent: u64,
@@ -315,8 +318,24 @@ pub struct ServerStats {
     pub cancelled: u64,
     /// Connections closed by a header, idle, read, write or message timeout.
     pub timeouts: u64,
-    /// Requests rejected as malformed or over a limit (a 4xx/5xx was sent).
+    /// Protocol errors: HTTP requests refused as malformed or over a limit
+    /// ([`requests_refused`](ServerStats::requests_refused)), and
+    /// connections closed for breaking their protocol: a WebSocket's bad
+    /// frame, a framed connection's broken framing, an HTTP/2 `GOAWAY` for
+    /// the client's error or abuse, a TLS handshake that failed or a bad
+    /// TLS record after it.
     pub protocol_errors: u64,
+    /// The HTTP requests among [`protocol_errors`](ServerStats::protocol_errors):
+    /// refused as malformed or over a limit, with megaconn's (or h2's)
+    /// error answer (`400`, `413`, `414`, `431`, `505`), or whose body
+    /// broke its chunked framing or went over `max_body_bytes` (answered by
+    /// the handler, then closed): the [`limit_hits`](ServerStats::limit_hits)
+    /// `max_header_bytes`, `max_headers`, `max_body_bytes`, `uri_too_long`,
+    /// `malformed_request`, `http_version` and `http2_max_header_list_size`
+    /// added up. The rest of `protocol_errors` are other protocols' closes,
+    /// which `megaconn serve`'s stop line says apart (it used to call a
+    /// WebSocket client's bad frame a refused request).
+    pub requests_refused: u64,
     /// Failed `accept` calls (EMFILE and friends).
     pub accept_errors: u64,
     /// Read/write buffers currently taken from the worker pools.
@@ -415,6 +434,21 @@ pub struct OtelStats {
     pub spans_queued: u64,
 }
 
+/// The limits whose hits are HTTP requests refused
+/// ([`ServerStats::requests_refused`]): each such refusal, HTTP/1.1's and
+/// HTTP/2's, counts one of these and one `protocol_errors`, where no other
+/// protocol's close counts any of them. A new limit that refuses requests
+/// belongs here.
+const REQUEST_REFUSALS: [LimitHit; 7] = [
+    LimitHit::MaxHeaderBytes,
+    LimitHit::MaxHeaders,
+    LimitHit::MaxBodyBytes,
+    LimitHit::UriTooLong,
+    LimitHit::MalformedRequest,
+    LimitHit::HttpVersion,
+    LimitHit::Http2MaxHeaderListSize,
+];
+
 /// Adds a worker's array of counters to the sums, slot by slot.
 fn add_up(sums: &mut [u64], counters: &[AtomicU64]) {
     for (sum, c) in sums.iter_mut().zip(counters) {
@@ -463,6 +497,10 @@ impl ServerStats {
             add_up(&mut tls_alerts, &w.tls_alerts);
             add_up(&mut tls_handshakes, &w.tls_handshakes);
         }
+        s.requests_refused = REQUEST_REFUSALS
+            .iter()
+            .map(|&hit| limit_hits[hit as usize])
+            .sum();
         s.limit_hits = LimitHit::LABELS.iter().copied().zip(limit_hits).collect();
         s.tls_alerts_received = alerts::labels().zip(tls_alerts).collect();
         s.tls_handshakes = HandshakeOutcome::LABELS
@@ -472,5 +510,28 @@ impl ServerStats {
             .collect();
         s.request_metrics = RequestStats::sum(workers);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `requests_refused` adds up the HTTP request refusals' limit hits, of
+    /// every worker, and no other protocol's (a WebSocket frame over its
+    /// limit, a framed line too long, an HTTP/2 flood).
+    #[test]
+    fn requests_refused_counts_http_refusals_only() {
+        let workers = [
+            Arc::new(WorkerStats::default()),
+            Arc::new(WorkerStats::default()),
+        ];
+        LimitHit::MaxHeaderBytes.count(&workers[0]);
+        LimitHit::Http2MaxHeaderListSize.count(&workers[1]);
+        LimitHit::MaxBodyBytes.count(&workers[1]);
+        LimitHit::WsFrameTooBig.count(&workers[0]);
+        LimitHit::FramedLineTooLong.count(&workers[1]);
+        LimitHit::H2EnhanceYourCalm.count(&workers[0]);
+        assert_eq!(ServerStats::sum(&workers).requests_refused, 3);
     }
 }

@@ -259,12 +259,13 @@ pub(crate) fn evictable(tag: ProtoTag) -> bool {
 /// close read as "connection reset" and was retried blindly. Its WebSocket
 /// clients too: their opening handshake is an HTTP/1.1 request, and a
 /// `503` fails it as any non-`101` does. An HTTP/2 client with prior
-/// knowledge (h2c, when `http2_prior_knowledge` is on) whose preface is
-/// already there when it is refused gets HTTP/2's refusal instead, a
-/// `GOAWAY` that says no stream was processed (`http2::refused_at_accept`):
-/// it read the `503` as a protocol error. One whose preface has not
-/// arrived yet gets the `503`: nothing waits for it (`admission::refuse`).
-/// A TLS listener closes without a word: its client expects a handshake,
+/// knowledge (h2c, when `http2_prior_knowledge` is on) gets HTTP/2's
+/// refusal instead, a `GOAWAY` that says no stream was processed
+/// (`http2::refused_at_accept`): it read the `503` as a protocol error.
+/// Its first bytes say which (`admission::refuse`); when they have not
+/// arrived yet, the refusal waits for them, bounded (`admission::Undecided`).
+/// A TLS listener closes without a word (`None`: the accept loop closes
+/// with a FIN once the client's first flight is in, `Answer::silent`): its client expects a handshake,
 /// and plaintext would be garbage to it (an alert would need one half
 /// begun). A framed listener too: its protocol is the handler's, with no
 /// refusal the server could speak.

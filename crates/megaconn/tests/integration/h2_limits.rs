@@ -291,3 +291,94 @@ async fn shut_window_client(
     let conn = tokio::spawn(conn);
     (client.ready().await.unwrap(), conn)
 }
+
+/// How an `h2` client's connection and its request ended on `tcp`, whose
+/// preface it sends now.
+async fn h2c_ends(tcp: tokio::net::TcpStream) -> (h2::Error, h2::Error) {
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    // The GOAWAY may be read before the request goes out or after: either
+    // way its error is the connection's.
+    let request = Request::get("http://t/").body(()).unwrap();
+    let failed = match client.ready().await {
+        Ok(mut ready) => match ready.send_request(request, true) {
+            Ok((response, _)) => tokio::time::timeout(SAFETY, response)
+                .await
+                .expect("the refused request ends")
+                .expect_err("a refused request has no response"),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    let ended = tokio::time::timeout(SAFETY, conn)
+        .await
+        .expect("the refused connection ends")
+        .unwrap()
+        .expect_err("the refused connection ends in an error");
+    (ended, failed)
+}
+
+/// An h2c client refused at accept whose preface had not arrived when the
+/// refusal looked for it (no `TCP_DEFER_ACCEPT`; the test sends it only
+/// once the server has counted the refused connection closed) reads
+/// HTTP/2's refusal, `GOAWAY(ENHANCE_YOUR_CALM)` with last-stream-id 0,
+/// for its connection and its request: the refusal waited for its first
+/// bytes (`admission::Undecided`). It was sent HTTP/1.1's `503` at once,
+/// which is no HTTP/2 frame: the connection and the request ended in an
+/// I/O error, nothing saying the request was safe to retry. An HTTP/1.1
+/// client in the same case reads its `503` after its request, and then
+/// a FIN: the request came before the close and was discarded (it drew a
+/// reset when it came after).
+#[tokio::test]
+async fn an_h2c_client_whose_preface_comes_after_its_refusal_reads_a_goaway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = common::TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connections_per_ip(Some(1)),
+    )
+    .await;
+    let mut first = server.connect().await;
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(common::read_response(&mut first).await.status, 200);
+
+    let refused = server.connect().await;
+    // Counted closed after the refusal looked at its first bytes: none.
+    server
+        .wait_stats("the h2c connection refused", |s| {
+            s.rejected_per_ip == 1 && s.closed == 1
+        })
+        .await;
+    let (ended, failed) = h2c_ends(refused).await;
+    for (what, e) in [("the connection", &ended), ("the request", &failed)] {
+        assert!(
+            e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM),
+            "{what}: {e:?}"
+        );
+    }
+
+    let mut refused = server.connect().await;
+    server
+        .wait_stats("the HTTP/1.1 connection refused", |s| {
+            s.rejected_per_ip == 2 && s.closed == 2
+        })
+        .await;
+    refused
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let end = tokio::time::timeout(SAFETY, refused.read_to_end(&mut answer))
+        .await
+        .expect("the refused connection closes");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(end.is_ok(), "a FIN, not a reset: {end:?}");
+    server.stop().await;
+}

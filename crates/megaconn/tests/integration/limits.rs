@@ -459,8 +459,9 @@ fn assert_calm_goaway(e: &h2::Error, what: &str) {
 /// `GOAWAY(ENHANCE_YOUR_CALM)` with last-stream-id 0 (nothing processed:
 /// safe to retry), which the `h2` client reports as the server's GOAWAY
 /// for its connection and its request. With `TCP_DEFER_ACCEPT` its
-/// preface is there when the connection is accepted (without it, one that
-/// has not arrived yet gets the `503`). It was sent HTTP/1.1's `503`,
+/// preface is there when the connection is accepted (without it, the
+/// refusal waits up to a second for its first bytes: see
+/// `h2_limits::an_h2c_client_whose_preface_comes_after_its_refusal_reads_a_goaway`). It was sent HTTP/1.1's `503`,
 /// which is no HTTP/2 frame: the client's connection ended in an I/O
 /// error (a broken pipe), its request with it, and nothing told it that
 /// the request was safe to retry.

@@ -69,8 +69,8 @@ async fn the_per_ip_limit_refuses_in_every_mode() {
         let mut first = s.client().await;
         assert_eq!(first.get("/").await.0, 200, "{mode:?}");
         // The refusal comes before any TLS or protocol bytes: a cleartext
-        // listener answers 503 (HTTP/1.1, also to an h2c client, which
-        // reads it as a protocol error); a TLS one only closes, as
+        // listener answers 503 to an HTTP/1.1 client (an h2c one reads
+        // a GOAWAY: the refusal waits, bounded, for its first bytes); a TLS one only closes, as
         // plaintext would be garbage to a client expecting a handshake.
         let mut second = s.server.connect().await;
         let answer = read_to_close(&mut second).await;

@@ -423,3 +423,72 @@ async fn a_refusal_by_the_handshake_rate_is_a_clean_close() {
     assert_eq!(count_of(&stats.limit_hits, "tls_handshake_rate_per_ip"), 1);
     server.stop().await;
 }
+
+/// A refused TLS client's ClientHello, read and discarded before the close
+/// (`admission::refuse`): it reads an end of stream, not a reset, and no
+/// reset follows. `max_connections_per_ip` with the ClientHello in at the
+/// accept (`defer_accept`): its refusal closed over the unread ClientHello
+/// without a word, a reset (the handshake rate's refusal was made a FIN
+/// in session 39; this one was not). The handshake rate with the
+/// ClientHello sent only once the refusal counted its connection closed:
+/// the FIN came before it and the ClientHello, arriving on a closed
+/// socket, drew a reset; the refusal now waits for it (bounded,
+/// `admission::Undecided`), then closes with a FIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_clienthello_refused_at_accept_gets_a_fin_never_a_reset() {
+    let ca = Ca::new();
+    let config = ca.client(&[b"http/1.1"]);
+    let hello_then_end = |mut tcp: std::net::TcpStream| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut client = rustls::ClientConnection::new(config, name).unwrap();
+            client.write_tls(&mut tcp).unwrap();
+            let mut answer = Vec::new();
+            let end = tcp.read_to_end(&mut answer).map(|_| answer);
+            (end, tcp.take_error().unwrap())
+        })
+    };
+
+    let leaf = ca.leaf(&["localhost"]);
+    let tls = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let per_ip = common::TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .defer_accept(Some(std::time::Duration::from_secs(30)))
+            .max_connections_per_ip(Some(1))
+            .tls(tls),
+    )
+    .await;
+    let mut held = connect(per_ip.addr, config.clone(), "localhost").await;
+    assert_eq!(http1_get(&mut held).await.1, "Hello, World!");
+    let tcp = std::net::TcpStream::connect(per_ip.addr).unwrap();
+    tcp.set_read_timeout(Some(common::SAFETY)).unwrap();
+    let (end, error) = hello_then_end(tcp).await.unwrap();
+    let answer = end.expect("per IP: an end of stream, not a reset");
+    assert!(answer.is_empty(), "per IP: no TLS answer: {answer:?}");
+    assert!(error.is_none(), "per IP: {error:?}");
+    assert_eq!(per_ip.handle.stats().rejected_per_ip, 1);
+    drop(held);
+    per_ip.stop().await;
+
+    let rate = common::TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .tls(one_handshake_per_ip(&ca)),
+    )
+    .await;
+    served_from("127.0.0.1", rate.addr, config.clone()).await;
+    let tcp = std::net::TcpStream::connect(rate.addr).unwrap();
+    tcp.set_read_timeout(Some(common::SAFETY)).unwrap();
+    // Refused, and counted closed after the refusal looked for its bytes.
+    wait_stats(&rate.handle, "the refusal", |s| {
+        count_of(&s.limit_hits, "tls_handshake_rate_per_ip") == 1 && s.closed == 2
+    })
+    .await;
+    let (end, error) = hello_then_end(tcp).await.unwrap();
+    let answer = end.expect("rate: an end of stream, not a reset");
+    assert!(answer.is_empty(), "rate: no TLS answer: {answer:?}");
+    assert!(error.is_none(), "rate: a reset followed the end: {error:?}");
+    rate.stop().await;
+}

@@ -146,6 +146,7 @@ impl QueueProcessor {
                             batching,
                             batch: Vec::with_capacity(batching.max),
                             stats: thread_stats,
+                            failures: ExportFailures::default(),
                         };
                         rt.block_on(thread.run());
                     }
@@ -287,6 +288,7 @@ struct ExportThread<E> {
     batching: Batching,
     batch: Vec<SpanData>,
     stats: Arc<ExportStats>,
+    failures: ExportFailures,
 }
 
 impl<E: SpanExporter> ExportThread<E> {
@@ -369,19 +371,119 @@ impl<E: SpanExporter> ExportThread<E> {
         match &result {
             Ok(()) => {
                 self.stats.exported.fetch_add(n, Relaxed);
+                if let Some(FailureLine::Recovered {
+                    batches,
+                    spans,
+                    for_secs,
+                }) = self.failures.exported(Instant::now())
+                {
+                    tracing::info!(
+                        failed_batches = batches,
+                        failed_spans = spans,
+                        after_secs = for_secs,
+                        "span export works again"
+                    );
+                }
             }
             Err(e) => {
                 let failed = self.stats.failed.fetch_add(n, Relaxed) + n;
-                tracing::warn!(
-                    error = %e,
-                    spans = n,
-                    failed_so_far = failed,
-                    "span export failed; check that the OTLP collector is up at the configured \
-                     endpoint (see megaconn_otel_spans_failed_total)"
-                );
+                match self.failures.failed(Instant::now(), n) {
+                    Some(FailureLine::First) => tracing::warn!(
+                        error = %e,
+                        spans = n,
+                        failed_so_far = failed,
+                        "span export failed; check that the OTLP collector is up at the configured \
+                         endpoint (see megaconn_otel_spans_failed_total); while it fails, one line \
+                         a minute"
+                    ),
+                    Some(FailureLine::Still { batches, spans }) => tracing::warn!(
+                        error = %e,
+                        batches,
+                        spans,
+                        failed_so_far = failed,
+                        "span export still failing: these batches failed since the last line"
+                    ),
+                    Some(FailureLine::Recovered { .. }) | None => {}
+                }
             }
         }
         result
+    }
+}
+
+/// What the export thread logs about failed exports: the first failure at
+/// once, then one line a [`FAILURE_LINE_EVERY`] with the batches failed
+/// since, and one line when an export works again. A collector that is
+/// down fails every batch (once a `batch_delay` under load): a line per
+/// batch was ~1 a second for as long as it stayed down.
+#[derive(Debug, Default)]
+struct ExportFailures {
+    /// When the current run of failures began; `None` while exports work.
+    since: Option<Instant>,
+    /// When the last line was written.
+    logged: Option<Instant>,
+    /// Batches and spans failed since the last line.
+    batches: u64,
+    spans: u64,
+    /// Batches and spans failed in the whole run.
+    run_batches: u64,
+    run_spans: u64,
+}
+
+/// How often a run of failed exports is logged.
+const FAILURE_LINE_EVERY: Duration = Duration::from_secs(60);
+
+/// A line [`ExportFailures`] asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum FailureLine {
+    /// The first failure of a run.
+    First,
+    /// Still failing: `batches` (`spans`) failed since the last line.
+    Still { batches: u64, spans: u64 },
+    /// Exports work again after a run of `batches` (`spans`) failures that
+    /// lasted `for_secs`.
+    Recovered {
+        batches: u64,
+        spans: u64,
+        for_secs: u64,
+    },
+}
+
+impl ExportFailures {
+    fn failed(&mut self, now: Instant, spans: u64) -> Option<FailureLine> {
+        self.run_batches += 1;
+        self.run_spans += spans;
+        if self.since.is_none() {
+            self.since = Some(now);
+            self.logged = Some(now);
+            return Some(FailureLine::First);
+        }
+        self.batches += 1;
+        self.spans += spans;
+        if self
+            .logged
+            .is_some_and(|at| now.duration_since(at) >= FAILURE_LINE_EVERY)
+        {
+            self.logged = Some(now);
+            let line = FailureLine::Still {
+                batches: self.batches,
+                spans: self.spans,
+            };
+            (self.batches, self.spans) = (0, 0);
+            return Some(line);
+        }
+        None
+    }
+
+    fn exported(&mut self, now: Instant) -> Option<FailureLine> {
+        let since = self.since?;
+        let line = FailureLine::Recovered {
+            batches: self.run_batches,
+            spans: self.run_spans,
+            for_secs: now.duration_since(since).as_secs(),
+        };
+        *self = ExportFailures::default();
+        Some(line)
     }
 }
 
@@ -408,5 +510,38 @@ mod tests {
         assert_eq!(stats.snapshot().spans_queued, 0);
         assert_eq!(stats.enqueue(|| Ok::<(), ()>(())), Ok(()));
         assert_eq!(stats.snapshot().spans_queued, 1);
+    }
+
+    /// A collector that stays down fails a batch a second: the first
+    /// failure is logged, then one line a minute with what failed since,
+    /// then one when exports work again; a new run starts afresh.
+    #[test]
+    fn a_run_of_failed_exports_is_logged_once_a_minute() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut f = ExportFailures::default();
+        assert_eq!(f.exported(at(0)), None, "nothing to say while exports work");
+        assert_eq!(f.failed(at(0), 512), Some(FailureLine::First));
+        for s in 1..60 {
+            assert_eq!(f.failed(at(s), 512), None, "second {s}");
+        }
+        assert_eq!(
+            f.failed(at(60), 512),
+            Some(FailureLine::Still {
+                batches: 60,
+                spans: 60 * 512
+            })
+        );
+        assert_eq!(f.failed(at(61), 10), None);
+        assert_eq!(
+            f.exported(at(70)),
+            Some(FailureLine::Recovered {
+                batches: 62,
+                spans: 61 * 512 + 10,
+                for_secs: 70
+            })
+        );
+        assert_eq!(f.exported(at(71)), None);
+        assert_eq!(f.failed(at(80), 1), Some(FailureLine::First), "a new run");
     }
 }

@@ -436,6 +436,7 @@ impl Tracing {
     /// endpoint; a collector that is merely down is not an error (its spans
     /// fail to export and are counted).
     pub fn otlp(config: OtlpConfig) -> Result<Tracing, OtelError> {
+        plain_endpoint(config.endpoint.as_deref(), |name| std::env::var(name).ok())?;
         let build_config = config.clone();
         let build = move || -> Result<opentelemetry_otlp::SpanExporter, OtelError> {
             let builder = opentelemetry_otlp::SpanExporter::builder();
@@ -565,6 +566,46 @@ impl HttpRoute {
     }
 }
 
+/// Refuses an `https` endpoint (given, or in `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+/// / `OTEL_EXPORTER_OTLP_ENDPOINT`, which the exporter reads when none is
+/// given): megaconn builds its OTLP clients without TLS, and without this
+/// check the gRPC one failed at start asking for cargo features an operator
+/// of the binary cannot set, and the HTTP one failed every export later with
+/// "check that the collector is up". Why no TLS: a collector on the host or
+/// its network (a sidecar, a node agent) is how OTLP is usually deployed,
+/// and it forwards over TLS; a TLS client here would add a second TLS stack
+/// configuration (roots, client certificates) to a server that already has
+/// one for its listeners.
+fn plain_endpoint(
+    endpoint: Option<&str>,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<(), OtelError> {
+    let (url, from) = match endpoint {
+        Some(url) => (url.to_owned(), "the endpoint"),
+        None => match var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .map(|u| (u, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+            .or_else(|| {
+                var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|u| (u, "OTEL_EXPORTER_OTLP_ENDPOINT"))
+            }) {
+            Some(found) => found,
+            None => return Ok(()),
+        },
+    };
+    if url
+        .trim_start()
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    {
+        return Err(OtelError::Config(format!(
+            "{from} {url:?} is https, and megaconn's OTLP export speaks plain http only: \
+             send spans to a collector on this host or its network (e.g. an OpenTelemetry \
+             Collector at http://127.0.0.1:4317 for grpc, http://127.0.0.1:4318 for \
+             http/protobuf) that forwards them over TLS"
+        )));
+    }
+    Ok(())
+}
+
 /// The OTLP/HTTP URL to post spans to: `url`, with `/v1/traces` added when
 /// it has no path (`http://collector:4318`). The exporter posts to a URL
 /// given in code as it is, to `/` there, which collectors answer 404, while
@@ -599,6 +640,33 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn an_https_endpoint_is_refused_naming_what_to_do() {
+        let none = |_: &str| None;
+        assert!(plain_endpoint(Some("http://c:4317"), none).is_ok());
+        assert!(plain_endpoint(None, none).is_ok());
+        let e = plain_endpoint(Some("HTTPS://c:4317"), none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("plain http only") && e.contains("http://127.0.0.1:4317"),
+            "{e}"
+        );
+        let e = plain_endpoint(None, vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+        // The traces variable wins over the general one, as in the exporter.
+        assert!(plain_endpoint(
+            None,
+            vars(&[
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c")
+            ])
+        )
+        .is_ok());
     }
 
     #[test]

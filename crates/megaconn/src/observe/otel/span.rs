@@ -287,7 +287,7 @@ fn start_sampled<B>(
     attributes.push(KeyValue::new("url.scheme", scheme));
     attributes.push(KeyValue::new("url.path", uri.path().to_owned()));
     if let Some(query) = uri.query() {
-        attributes.push(KeyValue::new("url.query", query.to_owned()));
+        attributes.push(KeyValue::new("url.query", redact_query(query)));
     }
     attributes.push(KeyValue::new(
         "network.protocol.version",
@@ -310,6 +310,39 @@ fn start_sampled<B>(
         route: None,
         class: None,
     }
+}
+
+/// The query keys whose values OpenTelemetry's HTTP conventions say to
+/// redact by default (`url.query`, semantic conventions 1.29: signed-URL
+/// credentials, valid for anyone who reads them while they last).
+const REDACTED_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+
+/// `query` with the values of [`REDACTED_QUERY_KEYS`] replaced by
+/// `REDACTED`, as the conventions ask; other values are kept (the
+/// conventions leave them to the application: a handler that puts secrets
+/// in other keys should not be traced at `--otel-sample-ratio` above 0).
+fn redact_query(query: &str) -> String {
+    let secret = |pair: &str| {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        pair.contains('=') && REDACTED_QUERY_KEYS.contains(&key)
+    };
+    if !query.split('&').any(secret) {
+        return query.to_owned();
+    }
+    let mut out = String::with_capacity(query.len());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((key, _)) if secret(pair) => {
+                out.push_str(key);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out
 }
 
 /// The method as the conventions name it, and whether it is a known one.
@@ -399,6 +432,20 @@ impl RequestSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_url_credentials_are_redacted_in_url_query() {
+        assert_eq!(redact_query("a=1&b=2"), "a=1&b=2");
+        assert_eq!(
+            redact_query("X-Goog-Signature=abc&x=1&sig=s3cr3t&Signature="),
+            "X-Goog-Signature=REDACTED&x=1&sig=REDACTED&Signature=REDACTED"
+        );
+        assert_eq!(
+            redact_query("AWSAccessKeyId=AKIA&&sig&signature=kept"),
+            "AWSAccessKeyId=REDACTED&&sig&signature=kept",
+            "a key without a value, and other cases of a key, are kept as they are"
+        );
+    }
 
     #[test]
     fn traceparent_valid_and_invalid() {

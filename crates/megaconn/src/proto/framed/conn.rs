@@ -26,9 +26,19 @@
 //! Pushes from the hub go out between the peer's frames (and in the middle
 //! of one), a batch of about 64 KiB of the connection's queue at a time
 //! (`Inbox::take_up_to`). A peer whose queue overflows is a slow consumer:
-//! the frame under way is finished first, within the close's bound, and the
-//! close lingers, so what the peer reads ends on a whole frame (a framed
-//! protocol has no close frame to say why it ends).
+//! the frame under way is finished first and the close lingers, so what the
+//! peer reads ends on a whole frame (a framed protocol has no close frame to
+//! say why it ends). The two share one bound, the close's 2 s
+//! (`message::wake::close_by`), as an HTTP close's last write and linger
+//! do: each had its own `CLOSE_TIMEOUT`, so a peer that took the rest just
+//! before the first passed and then kept its end open held the close ~4 s.
+//! (The write stall bound is not one of them: it bounds a write before the
+//! overflow, which ends that write at once.) A parked one woken behind
+//! writes the rest of its push and lingers within that one bound too.
+//!
+//! Counted as the socket takes them: `frames_out` and `bytes_out` the
+//! frames written whole, `pushes` the pushes among them; the pushes a slow
+//! consumer's close drops (not begun, or still queued) in `queue_drops`.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -56,7 +66,7 @@ use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
 use crate::message::wake::{
-    heartbeat_timed_out, linger_after_unsent, resume, write_rest, write_unsent,
+    close_by, heartbeat_timed_out, linger_after_unsent, resume, write_rest, write_unsent,
 };
 use crate::message::worker::Awake;
 use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
@@ -252,16 +262,18 @@ pub(crate) async fn serve<H: FramedHandler>(
                     // Behind: the rest of the frame the socket took part
                     // of goes first, so the peer's last frame is whole (a
                     // framed protocol has no close frame to send after it).
+                    // The rest and the linger share the close's bound.
                     if let Some(unsent) = local.take_unsent(id) {
+                        let deadline = close_by();
                         let whole = {
                             let io = &mut io;
-                            write_unsent(&unsent, counters, |cx, b| {
+                            write_unsent(&unsent, deadline, counters, |cx, b| {
                                 Pin::new(&mut *io).poll_write(cx, b)
                             })
                             .await
                         };
                         if whole {
-                            linger_after_unsent(&mut io).await;
+                            linger_after_unsent(&mut io, deadline).await;
                         }
                     }
                     return Ended::Close(live.close(reason));
@@ -385,9 +397,10 @@ pub(crate) async fn serve<H: FramedHandler>(
                 Ok(pushed) if pushed.is_empty() => Ok(()),
                 Ok(pushed) => flush(&mut io, &mut codec, &session, pushed, &ctx, Some(inbox)).await,
                 Err(Overflowed) => {
+                    inbox.drop_behind();
                     // What was written before is whole frames: it stays
                     // readable (`linger_after_unsent`).
-                    linger_after_unsent(&mut io).await;
+                    linger_after_unsent(&mut io, close_by()).await;
                     Err(CloseReason::SlowConsumer)
                 }
             };
@@ -750,7 +763,7 @@ async fn say_goodbye<H: FramedHandler>(
     ctx: &WorkerContext,
     inbox: Option<&Awake>,
 ) -> Ended<OwnedFd> {
-    // Accepted pushes (counted as sent) go out before the goodbye, which
+    // Accepted pushes go out before the goodbye, which
     // then goes on its own (`flush` writes the handler's frames first), a
     // batch at a time as always.
     let flushed = loop {
@@ -854,7 +867,11 @@ async fn flush(
         }
     };
     if written == Err(CloseReason::SlowConsumer) {
-        behind(io, &out, at, &ends, ctx).await;
+        if let Some(awake) = awake {
+            awake.drop_behind();
+        }
+        let replies = count - pushed.len();
+        behind(io, &out, at, (&ends, replies), ctx).await;
         ctx.pool.give(out);
         return written;
     }
@@ -862,8 +879,10 @@ async fn flush(
     ctx.pool.give(out);
     written?;
     lifecycle::count_out(n);
-    add(&ctx.stats.messages.frames_out, count as u64);
-    add(&ctx.stats.messages.bytes_out, n as u64);
+    let counters = &ctx.stats.messages;
+    add(&counters.frames_out, count as u64);
+    add(&counters.pushes, pushed.len() as u64);
+    add(&counters.bytes_out, n as u64);
     Ok(())
 }
 
@@ -874,24 +893,40 @@ async fn flush(
 /// (`write_unsent`), and then the close lingers (`linger_after_unsent`). A
 /// framed protocol has no close frame: a frame cut short was the peer's
 /// last word from the server, which it could take for a frame of the
-/// wrong length or a line that ends wrong. What went is counted.
-async fn behind(io: &mut FramedIo, out: &[u8], at: usize, ends: &[usize], ctx: &WorkerContext) {
+/// wrong length or a line that ends wrong. What went is counted: its
+/// frames and bytes, and of its pushes (the frames after the handler's
+/// `replies`) those in `pushes`, the others in `queue_drops`. The rest of
+/// the frame and the linger share one bound (`close_by`: 2 s from here), as
+/// a close's last writes and linger do (`ConnIo::close`).
+async fn behind(
+    io: &mut FramedIo,
+    out: &[u8],
+    at: usize,
+    (ends, replies): (&[usize], usize),
+    ctx: &WorkerContext,
+) {
+    let deadline = close_by();
     let end = end_of_frame_under_way(ends, at, out.len());
-    let whole = write_rest(&out[at..end], |cx, b| Pin::new(&mut *io).poll_write(cx, b)).await;
-    let (frames, written) = if whole {
-        let frames = match ends {
-            [] => usize::from(end == out.len()),
-            ends => ends.iter().take_while(|e| **e <= end).count(),
-        };
-        (frames, end)
-    } else {
-        (ends.iter().take_while(|e| **e <= at).count(), at)
+    let rest = &out[at..end];
+    let whole = write_rest(rest, deadline, |cx, b| Pin::new(&mut *io).poll_write(cx, b)).await;
+    let written = if whole { end } else { at };
+    let frames = match ends {
+        [] => usize::from(written == out.len()),
+        ends => ends.iter().take_while(|e| **e <= written).count(),
     };
+    let pushes = match ends {
+        [] => usize::from(replies == 0),
+        ends => ends.len() - replies,
+    };
+    let pushes_written = frames.saturating_sub(replies);
+    let counters = &ctx.stats.messages;
     lifecycle::count_out(written);
-    add(&ctx.stats.messages.frames_out, frames as u64);
-    add(&ctx.stats.messages.bytes_out, written as u64);
+    add(&counters.frames_out, frames as u64);
+    add(&counters.pushes, pushes_written as u64);
+    add(&counters.queue_drops, (pushes - pushes_written) as u64);
+    add(&counters.bytes_out, written as u64);
     if whole {
-        linger_after_unsent(io).await;
+        linger_after_unsent(io, deadline).await;
     }
 }
 

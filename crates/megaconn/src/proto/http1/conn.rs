@@ -558,13 +558,20 @@ impl<T: Parkable> ConnIo<T> {
             // Shutdown is checked after the read: a request that arrived as
             // shutdown began (or during a paced drain) is served, with
             // `Connection: close`, rather than cut off.
-            let ready = match std::mem::replace(&mut woken, true) {
+            let after_wake = std::mem::replace(&mut woken, true);
+            let ready = match after_wake {
                 true => Poll::Ready(Ok(())),
                 false => self.io.poll_read_ready(cx),
             };
             let read = match ready {
                 Poll::Ready(Ok(())) => {
                     let (rbuf, io) = self.rbuf_and_io();
+                    // The task was polled afresh for this read, and the first
+                    // poll registered its waker: the stream may try the read
+                    // on the readiness it knows (`WokenSocket::poll_read`).
+                    if after_wake {
+                        io.read_follows_wake();
+                    }
                     read_more(io, rbuf, cx)
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

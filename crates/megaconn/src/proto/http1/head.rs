@@ -375,14 +375,16 @@ fn other_version(buf: &[u8], limits: &HeadLimits) -> Result<Option<usize>, Rejec
     };
     let line = window[..lf].strip_suffix(b"\r").unwrap_or(&window[..lf]);
     let mut parts = line.split(|b| *b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
+    // The method and the target are not empty here: httparse stops at the
+    // version only after a method token and a target of a byte or more,
+    // each followed by one SP (it refuses an empty one as `Token`), from
+    // the line `request_line_start` finds (`request_line_versions` holds
+    // httparse to that).
+    let (Some(_method), Some(_target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(reject(BAD, "malformed request line"));
     };
-    if method.is_empty() || target.is_empty() {
-        return Err(reject(BAD, "malformed request line"));
-    }
     match *version {
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
@@ -1078,6 +1080,20 @@ mod tests {
         assert_eq!(h.uri, "/p?q");
         assert_eq!(h.framing, BodyFraming::Length(2));
         assert_eq!(len, raw.len() - 2);
+        // An empty method or target never reaches `other_version`, whatever
+        // the version: httparse refuses it first, as a token error (400).
+        for empty in [
+            " / HTTP/2.0\r\n\r\n",
+            "GET  HTTP/2.0\r\n\r\n",
+            "GET  / HTTP/1.2\r\n\r\n",
+            "\r\nPOST  HTTP/3\r\n\r\n",
+            "  HTTP/1.2\r\n\r\n",
+        ] {
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let parsed = httparse::Request::new(&mut headers).parse(empty.as_bytes());
+            assert_eq!(parsed, Err(httparse::Error::Token), "{empty:?}");
+            assert_eq!(status(empty), BAD, "{empty:?}");
+        }
         // Still incomplete: wait for the rest of the line.
         assert!(parse(b"GET / HTTP/1.2", &LIMITS).unwrap().is_none());
         assert!(parse(b"GET / HTTP/2.0\r\n", &LIMITS).is_err());

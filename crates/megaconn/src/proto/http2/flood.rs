@@ -34,7 +34,14 @@
 //! CONTINUATION and empty/small-DATA counters, our rapid-reset and
 //! [`DataFloodGuard`](crate::service::h2_body::DataFloodGuard), and flow
 //! control for DATA (padding included). Empty DATA frames count here as
-//! well as in h2's own 100.
+//! well as in h2's own 100. Padding and DATA to a stream nobody reads are
+//! neither charged nor credited, measured (`bench/H2TLS.md`, "padding and
+//! DATA nobody reads"): padding-only DATA is an empty frame to h2 (cut
+//! after 100), padding on small data spends h2's small-DATA budget as the
+//! data alone would, padding on larger data rides on data the service
+//! reads, a padded HEADERS is a request; each costs less per byte padded
+//! than not. DATA nobody reads stalls on the connection window, which h2
+//! does not give back for it.
 //!
 //! Not a setting: an honest client stays far from it (a browser's or curl's
 //! connection sends a few hundred bytes of SETTINGS, WINDOW_UPDATE and

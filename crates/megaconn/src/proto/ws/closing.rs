@@ -57,8 +57,10 @@ pub(crate) async fn close_handshake<T: Transport>(
     (code, reason): (u16, &str),
     timeout: Duration,
     find_close: bool,
-) {
+) -> usize {
+    let before = conn.wbuf_len();
     frame::encode_close(conn.wbuf(), code, reason);
+    let appended = conn.wbuf_len() - before;
     let _ = tokio::time::timeout(timeout, async {
         conn.flush().await?;
         let mut scan = find_close.then(Scan::default);
@@ -89,6 +91,7 @@ pub(crate) async fn close_handshake<T: Transport>(
         .await
     })
     .await;
+    appended
 }
 
 /// Where the peer's stream stands, frame by frame, read by headers alone:
@@ -154,14 +157,18 @@ fn payload_len(head: &[u8]) -> u64 {
 /// (the buffer starts at a frame boundary then: every flush runs until it
 /// is empty or the connection closes), so that a slow consumer's 1013 can
 /// go right after the frame under way instead of behind the whole backlog
-/// ([`FrameEnds::rest_of_frame`]). A buffer of one frame (most flushes: a
-/// pong, a reply, a push) keeps no list.
+/// ([`FrameEnds::rest_of_frame`]), and so that a flush cut short counts the
+/// frames the socket took whole ([`FrameEnds::data_within`]). A buffer of
+/// one frame (most flushes: a pong, a reply, a push) keeps no list.
 #[derive(Debug, Default)]
 pub(crate) struct FrameEnds {
     /// The buffer's length when the flush began.
     started: usize,
-    /// The ends of its frames, when there are more than one.
-    ends: Vec<usize>,
+    /// The ends of its frames, when there are more than one, and whether
+    /// each is a data frame (a reply or a push; else a control frame).
+    ends: Vec<(usize, bool)>,
+    /// Whether the buffer's one frame is a data frame (`ends` empty).
+    data: bool,
 }
 
 impl FrameEnds {
@@ -176,13 +183,23 @@ impl FrameEnds {
             if head.len() < whole {
                 break;
             }
+            // Text, binary (ours are never fragments: no continuation).
+            let data = head[0] & 0x08 == 0;
             let payload = usize::try_from(payload_len(head)).unwrap_or(usize::MAX);
             at = at.saturating_add(whole).saturating_add(payload);
             if at >= wbuf.len() && self.ends.is_empty() {
+                self.data = data;
                 return;
             }
-            self.ends.push(at.min(wbuf.len()));
+            self.ends.push((at.min(wbuf.len()), data));
         }
+    }
+
+    /// The frames noted: where each ends, and whether it is a data frame.
+    fn frames(&self) -> impl Iterator<Item = (usize, bool)> + '_ {
+        let one = self.ends.is_empty() && self.started > 0;
+        let one = one.then_some((self.started, self.data));
+        one.into_iter().chain(self.ends.iter().copied())
     }
 
     /// Of the `left` bytes still unwritten, how many are the rest of the
@@ -194,12 +211,27 @@ impl FrameEnds {
             return 0;
         }
         let end = self
-            .ends
-            .iter()
-            .copied()
+            .frames()
+            .map(|(end, _)| end)
             .find(|&end| end >= written)
             .unwrap_or(self.started);
         end - written
+    }
+
+    /// How many data frames (replies and pushes) end within `[from, to]`,
+    /// and how many of them are pushes: those past `pushes_from` (a flush's
+    /// pushes follow all its other frames; `None`: it holds none).
+    pub(crate) fn data_within(
+        &self,
+        (from, to): (usize, usize),
+        pushes_from: Option<usize>,
+    ) -> (u64, u64) {
+        let pushes_from = pushes_from.unwrap_or(usize::MAX);
+        self.frames()
+            .filter(|&(end, data)| data && end > from && end <= to)
+            .fold((0, 0), |(frames, pushes), (end, _)| {
+                (frames + 1, pushes + u64::from(end > pushes_from))
+            })
     }
 }
 
@@ -259,12 +291,16 @@ fn lone_close(read: &[u8]) -> bool {
 /// and not at all when the socket took nothing at once (then the backlog
 /// and the 1013 were dropped together); sent only into an empty buffer
 /// (tried), it never went: a slow consumer's buffer is never empty.
-pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason) {
+///
+/// Returns the close frame's length (0 when it sends none), for what was
+/// buffered before it to be counted if it went (`conn.rs`).
+pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason) -> usize {
     let (code, why) = match reason {
         CloseReason::HeartbeatTimeout => (INTERNAL_ERROR, "heartbeat timeout"),
         CloseReason::SlowConsumer => (TRY_AGAIN_LATER, "slow consumer"),
-        _ => return,
+        _ => return 0,
     };
+    let before = conn.wbuf_len();
     frame::encode_close(conn.wbuf(), code, why);
     let queued = conn.wbuf_len();
     let flushed = poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx))));
@@ -274,6 +310,7 @@ pub(crate) fn last_word<T: Transport>(conn: &mut ConnIo<T>, reason: CloseReason)
             wbuf.clear();
         }
     }
+    queued - before
 }
 
 #[cfg(test)]
@@ -355,7 +392,8 @@ mod tests {
         ends.note(&wbuf);
         let total = wbuf.len();
         let (a, b, c) = (12, 12 + 304, 12 + 304 + 70_010);
-        assert_eq!(ends.ends, [a, b, c, total]);
+        let at: Vec<usize> = ends.ends.iter().map(|(end, _)| *end).collect();
+        assert_eq!(at, [a, b, c, total]);
         for (written, rest) in [
             (0, 0),
             (5, a - 5),
@@ -375,6 +413,39 @@ mod tests {
         assert!(ends.ends.is_empty());
         assert_eq!(ends.rest_of_frame(100_010 - 7), 100_010 - 7);
         assert_eq!(ends.rest_of_frame(100_010), 0);
+    }
+
+    /// A flush cut short counts the data frames it wrote whole (a pong is
+    /// none), and the pushes among them by where the pushes begin.
+    #[test]
+    fn the_data_frames_written_whole_and_the_pushes_among_them() {
+        let mut pong = BytesMut::new();
+        frame::encode(&mut pong, frame::Out::Pong, b"p");
+        let (reply, push) = (ours(10), ours(300));
+        let wbuf = [&reply[..], &pong[..], &push[..], &push[..]].concat();
+        let pushes_from = Some(reply.len() + pong.len());
+        let mut ends = FrameEnds::default();
+        ends.note(&wbuf);
+        let (a, b, c) = (12, 12 + 3, 12 + 3 + 304);
+        for (written, counted) in [
+            (0, (0, 0)),
+            (a - 1, (0, 0)),
+            (a, (1, 0)),
+            (b, (1, 0)),
+            (c - 1, (1, 0)),
+            (c, (2, 1)),
+            (wbuf.len(), (3, 2)),
+        ] {
+            let within = ends.data_within((0, written), pushes_from);
+            assert_eq!(within, counted, "{written} written");
+        }
+        // The frame under way, from where the write stopped to its end.
+        assert_eq!(ends.data_within((b + 1, c), pushes_from), (1, 1));
+        assert_eq!(ends.data_within((1, a), None), (1, 0));
+        // One frame, a push.
+        ends.note(&push);
+        assert_eq!(ends.data_within((0, push.len()), Some(0)), (1, 1));
+        assert_eq!(ends.data_within((0, push.len() - 1), Some(0)), (0, 0));
     }
 
     #[test]

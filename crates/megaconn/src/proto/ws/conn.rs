@@ -32,7 +32,16 @@
 //! Pushes from the hub go out between the peer's messages (and in the
 //! middle of one), a batch of about 64 KiB of the connection's queue at a
 //! time (`Inbox::take_up_to`), the next once the socket took it; a peer
-//! whose queue overflows gets the rest of the frame under way and a 1013.
+//! whose queue overflows gets the rest of the frame under way and a 1013,
+//! both written by the close within its one bound (2 s, the linger
+//! included; a parked one woken behind shares that bound between the rest
+//! of its push and the close).
+//!
+//! Counted as the socket takes them (`Unwritten`): `frames_out` and
+//! `bytes_out` the replies and pushes written whole, `pushes` the pushes
+//! among them; those a slow consumer's close drops (not begun, or still
+//! queued) in `queue_drops`. (They counted as they were taken from the
+//! queue: a frame lost at the close counted as sent.)
 //!
 //! The server's close: a close frame, then the peer's close frame awaited
 //! for `close_timeout` (what else it sends meanwhile is passed by its frame
@@ -62,13 +71,13 @@ use crate::message::hub::{Overflowed, TAKE_AT_ONCE};
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::message::table::Parked;
-use crate::message::wake::{heartbeat_timed_out, write_unsent};
+use crate::message::wake::{close_by, heartbeat_timed_out, write_unsent};
 use crate::message::worker::Awake;
 use crate::message::MessageSettings;
 use crate::observe::close::{CloseReason, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::stats::{add, incr};
+use crate::observe::stats::{add, incr, MessageCounters};
 use crate::proto::ws::closing::{close_handshake, last_word, FrameEnds};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
@@ -210,20 +219,25 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                     // Behind: the rest of the frame the socket took part
                     // of goes first (a frame cannot be cut into), then the
                     // 1013, within the close's bound, as an awake slow
-                    // consumer's does.
+                    // consumer's does: the rest, the 1013 and the linger
+                    // share that one bound (`close_by`).
+                    let deadline = close_by();
                     let unsent = tables.local.take_unsent(id);
                     let whole = match unsent {
                         Some(unsent) => {
                             let io = &mut conn.io;
-                            write_unsent(&unsent, counters, |cx, b| poll_write_unsent(io, cx, b))
-                                .await
+                            write_unsent(&unsent, deadline, counters, |cx, b| {
+                                poll_write_unsent(io, cx, b)
+                            })
+                            .await
                         }
                         None => true,
                     };
                     if whole {
                         last_word(&mut conn, reason);
                     }
-                    Box::pin(conn.close(reason)).await;
+                    let closing = Box::pin(conn.close(reason));
+                    let _ = tokio::time::timeout_at(deadline, closing).await;
                     return Ended::Close(live.close(reason));
                 }
             }
@@ -265,6 +279,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let mut decoder = Decoder::with_deflate(deflate.map(|_| tables.codec.clone()));
     let mut message = MessageDeadline::new(settings.message_timeout);
     let mut frame_ends = FrameEnds::default();
+    let mut unwritten = Unwritten::default();
     let next = 'serve: loop {
         // Every frame whole in the buffer, in order.
         while conn.rbuf_len() > 0 {
@@ -280,12 +295,19 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             if decoder.between_messages() {
                 message.ended(Instant::now);
             }
-            match on_event(&mut conn, &mut live, &session, codec, event).await {
+            let acting = on_event(
+                &mut conn,
+                &mut live,
+                (&session, &mut unwritten),
+                codec,
+                event,
+            );
+            match acting.await {
                 Next::Go => {}
                 close => break 'serve close,
             }
         }
-        if let Some(close) = queued(&mut conn, &session, codec) {
+        if let Some(close) = queued(&mut conn, &session, &mut unwritten, codec) {
             break 'serve close;
         }
         // Part of a TLS record is part of a message: parked with it, the
@@ -304,7 +326,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         if let Some(awake) = awake.as_ref() {
             match awake.inbox.take_up_to(TAKE_AT_ONCE) {
                 Ok(pushed) => {
-                    add(&counters.frames_out, pushed.len() as u64);
+                    unwritten.pushed(conn.wbuf_len(), pushed.len());
                     for framed in pushed {
                         conn.wbuf().extend_from_slice(&framed);
                     }
@@ -314,17 +336,15 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             // Closed for the hub, after what was pushed before (`kicked` is
             // `None` until all of it is taken): its close frame follows them.
             if let Some(kick) = awake.inbox.kicked() {
-                add(&counters.bytes_out, conn.wbuf_len() as u64);
                 // (`Hub::close_with` took only a code that may be sent.)
                 break 'serve Next::Close(CloseReason::Kicked, Some((kick.code, kick.reason())));
             }
         }
-        add(&counters.bytes_out, conn.wbuf_len() as u64);
         let flushed = flush(
             &mut conn,
             settings.heartbeat_timeout,
             awake.as_ref(),
-            &mut frame_ends,
+            (&mut frame_ends, &mut unwritten, counters),
         );
         if let Err(close) = flushed.await {
             break 'serve close;
@@ -487,29 +507,113 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     };
     // Flushes what is left. After our close frame the close handshake has
     // read the peer's input up to its close frame (or close_timeout), which
-    // is what a lingering close would do: it is not done twice.
-    let io_reason = match ours {
+    // is what a lingering close would do: it is not done twice. What the
+    // buffer held before our close frame (`owed`) counts if it all went.
+    let owed = conn.wbuf_len();
+    let (io_reason, appended) = match ours {
         Some((code, why)) => {
             // After a violation the peer's next bytes are the rest of what
             // broke the protocol: not frames to look for its close in.
             let find_close = !matches!(reason, CloseReason::Protocol(_));
             let timeout = settings.close_timeout;
-            Box::pin(close_handshake(
+            let appended = Box::pin(close_handshake(
                 &mut conn,
                 (code, &why),
                 timeout,
                 find_close,
             ))
             .await;
-            CloseReason::ServerClosed
+            (CloseReason::ServerClosed, appended)
         }
-        None => {
-            last_word(&mut conn, reason);
-            reason
-        }
+        None => (reason, last_word(&mut conn, reason)),
     };
     Box::pin(conn.close(io_reason)).await;
+    let went = conn.wbuf_len() <= appended;
+    unwritten.settle(owed, went, reason, counters);
     Ended::Close(live.close(reason))
+}
+
+/// The data frames (replies, pushes) the write buffer holds that are not
+/// counted yet: `frames_out` and `pushes` count each once the socket took
+/// it whole, `bytes_out` the bytes it took. (They counted as they were put
+/// in the buffer, taken from the queue: what a slow consumer's close then
+/// dropped counted as sent, and its pushes stayed in `pushes`.) A slow
+/// consumer's pushes that did not go count in `queue_drops`, as the
+/// messages its queue still held do (`Awake`'s drop).
+#[derive(Debug, Default)]
+struct Unwritten {
+    frames: u64,
+    pushes: u64,
+    /// Where in the buffer its pushes begin (they follow everything else).
+    pushes_from: Option<usize>,
+}
+
+impl Unwritten {
+    /// The handler's replies, `n` of them, were put in the buffer.
+    fn replies(&mut self, n: usize) {
+        self.frames += n as u64;
+    }
+
+    /// `n` pushes were put in the buffer, from `at` on.
+    fn pushed(&mut self, at: usize, n: usize) {
+        if n > 0 {
+            self.pushes_from.get_or_insert(at);
+            self.frames += n as u64;
+            self.pushes += n as u64;
+        }
+    }
+
+    /// The socket took the whole buffer, `bytes` long.
+    fn went(&mut self, bytes: usize, counters: &MessageCounters) {
+        add(&counters.frames_out, self.frames);
+        add(&counters.pushes, self.pushes);
+        add(&counters.bytes_out, bytes as u64);
+        *self = Unwritten::default();
+    }
+
+    /// A flush stopped after `written` bytes of the buffer `ends` noted:
+    /// the frames they hold whole are counted; of the rest, `kept` bytes
+    /// stay in the buffer (the rest of the frame under way, which a slow
+    /// consumer's close still writes), whose frame stays owed, and the
+    /// others are dropped: a slow consumer's pushes among them count in
+    /// `queue_drops`.
+    fn cut(
+        &mut self,
+        (written, kept): (usize, usize),
+        ends: &FrameEnds,
+        slow: bool,
+        counters: &MessageCounters,
+    ) {
+        let (frames, pushes) = ends.data_within((0, written), self.pushes_from);
+        add(&counters.frames_out, frames);
+        add(&counters.pushes, pushes);
+        add(&counters.bytes_out, written as u64);
+        let under_way = (written, written + kept);
+        let (owed, owed_pushes) = ends.data_within(under_way, self.pushes_from);
+        if slow {
+            let dropped = self.pushes.saturating_sub(pushes + owed_pushes);
+            add(&counters.queue_drops, dropped);
+        }
+        *self = Unwritten {
+            frames: owed,
+            pushes: owed_pushes,
+            pushes_from: (owed_pushes > 0).then_some(0),
+        };
+    }
+
+    /// The close is over: what the buffer held before it (`owed` bytes)
+    /// went, all of it, or not (then a slow consumer's pushes in it are
+    /// dropped).
+    fn settle(&mut self, owed: usize, went: bool, reason: CloseReason, counters: &MessageCounters) {
+        if owed == 0 {
+            return;
+        }
+        if went {
+            self.went(owed, counters);
+        } else if reason == CloseReason::SlowConsumer {
+            add(&counters.queue_drops, self.pushes);
+        }
+    }
 }
 
 /// Writes what is queued. A peer that stops reading must not hold the
@@ -523,20 +627,53 @@ async fn flush(
     conn: &mut ConnIo<WsIo>,
     heartbeat: Option<std::time::Duration>,
     awake: Option<&Awake>,
-    frame_ends: &mut FrameEnds,
+    (frame_ends, unwritten, counters): (&mut FrameEnds, &mut Unwritten, &MessageCounters),
 ) -> Result<(), Next> {
-    let io_error = |e: std::io::Error| Next::Close(CloseReason::io(&e), None);
-    if conn.wbuf_len() == 0 {
+    let started = conn.wbuf_len();
+    if started == 0 {
         return Ok(());
     }
-    // Only a push queue can overflow (with a hub): then the frames not
-    // begun give way to the 1013 (`last_word`).
-    if awake.is_some() {
-        frame_ends.note(conn.wbuf());
+    // Its frames, should the write be cut short: to count what went whole
+    // and, for a slow consumer, to give way to the 1013 after the frame
+    // under way (`last_word`). (One header read, for one frame.)
+    frame_ends.note(conn.wbuf());
+    let flushed = match poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx)))) {
+        Poll::Ready(Ok(())) => {
+            unwritten.went(started, counters);
+            return Ok(());
+        }
+        Poll::Ready(Err(e)) => Err(Next::Close(CloseReason::io(&e), None)),
+        Poll::Pending => flush_stuck(conn, heartbeat, awake).await,
+    };
+    let left = conn.wbuf_len();
+    match &flushed {
+        Ok(()) => unwritten.went(started, counters),
+        Err(Next::Close(CloseReason::SlowConsumer, _)) => {
+            // The rest of the frame under way goes, then the 1013; the
+            // backlog behind it would only hold the close back.
+            let rest = frame_ends.rest_of_frame(left);
+            conn.wbuf().truncate(rest);
+            unwritten.cut((started - left, rest), frame_ends, true, counters);
+        }
+        Err(_) => {
+            // Nothing more goes (a write timeout or a broken socket).
+            unwritten.cut((started - left, 0), frame_ends, false, counters);
+            if let Some(wbuf) = conn.buffers.wbuf.as_mut() {
+                wbuf.clear();
+            }
+        }
     }
-    if let Poll::Ready(flushed) = poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx)))) {
-        return flushed.map_err(io_error);
-    }
+    flushed
+}
+
+/// [`flush`] once the socket did not take it all at once: bounded, and
+/// ended by an overflow of the push queue.
+async fn flush_stuck(
+    conn: &mut ConnIo<WsIo>,
+    heartbeat: Option<std::time::Duration>,
+    awake: Option<&Awake>,
+) -> Result<(), Next> {
+    let io_error = |e: std::io::Error| Next::Close(CloseReason::io(&e), None);
     lifecycle::set_state(ConnectionState::Writing);
     let config = &conn.ctx.config;
     let limit = WriteLimit::resolve(
@@ -554,10 +691,6 @@ async fn flush(
             return Poll::Ready(flushed.map_err(io_error));
         }
         if overflowed.as_mut().poll(cx).is_ready() {
-            // The rest of the frame under way goes, then the 1013; the
-            // backlog behind it would only hold the close back.
-            let rest = frame_ends.rest_of_frame(conn.wbuf_len());
-            conn.wbuf().truncate(rest);
             return Poll::Ready(Err(Next::Close(CloseReason::SlowConsumer, None)));
         }
         if bound.poll_passed(cx, conn.wbuf_len() < before) {
@@ -594,7 +727,7 @@ fn kept_grown(conn: &mut ConnIo<WsIo>) -> Option<BytesMut> {
 async fn on_event<H: WebSocketHandler>(
     conn: &mut ConnIo<WsIo>,
     live: &mut Live<'_, H, H::State>,
-    session: &WsSession,
+    (session, unwritten): (&WsSession, &mut Unwritten),
     codec: Option<(&Codec, Deflate)>,
     event: Event,
 ) -> Next {
@@ -630,7 +763,7 @@ async fn on_event<H: WebSocketHandler>(
                     return Next::Close(CloseReason::Panic, Some((INTERNAL_ERROR, String::new())));
                 }
             }
-            if let Some(close) = queued(conn, session, codec) {
+            if let Some(close) = queued(conn, session, unwritten, codec) {
                 return close;
             }
         }
@@ -643,10 +776,11 @@ async fn on_event<H: WebSocketHandler>(
 fn queued(
     conn: &mut ConnIo<WsIo>,
     session: &WsSession,
+    unwritten: &mut Unwritten,
     codec: Option<(&Codec, Deflate)>,
 ) -> Option<Next> {
     let out = session.take_out();
-    add(&conn.ctx.stats.messages.frames_out, out.len() as u64);
+    unwritten.replies(out.len());
     for message in out {
         frame::encode_message(conn.wbuf(), &message, codec);
     }
