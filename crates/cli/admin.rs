@@ -3,6 +3,7 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /healthz` | `ok`: the process is alive; what a liveness probe asks (the main listener's `/healthz` cannot answer once the server holds `max_connections`, and a probe there would restart a full, healthy pod) |
 //! | `GET /metrics` | OpenMetrics text of the main server ([`megaconn::metrics`]), served as `application/openmetrics-text` |
 //! | `GET /debug/runtime` | JSON: per-worker connections, idle, buffers, requests |
 //! | `GET /debug/pprof/profile?seconds=N` | CPU profile of the whole process for N s (1..=60, default 30), gzipped pprof protobuf; `&format=svg` for a flame graph; one at a time (409 while one runs) |
@@ -278,8 +279,9 @@ impl ProcessesAdmin {
         match req.uri().path() {
             "/" => text(
                 StatusCode::OK,
-                "megaconn admin (supervisor: totals of every worker process)\n\n/metrics\n/debug/runtime\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
+                "megaconn admin (supervisor: totals of every worker process)\n\n/healthz\n/metrics\n/debug/runtime\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
             ),
+            "/healthz" => healthz(),
             "/metrics" => metrics(self.shared.render_prometheus(self.fanout.counts())),
             "/debug/runtime" => {
                 let t = self.shared.total();
@@ -349,8 +351,9 @@ impl AdminService {
         match req.uri().path() {
             "/" => text(
                 StatusCode::OK,
-                "megaconn admin\n\n/metrics\n/debug/runtime\n/debug/connections?offset=0&limit=100[&format=text]\n/debug/pprof/profile?seconds=30[&format=svg]\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
+                "megaconn admin\n\n/healthz\n/metrics\n/debug/runtime\n/debug/connections?offset=0&limit=100[&format=text]\n/debug/pprof/profile?seconds=30[&format=svg]\nPOST /publish?topic=T (topic=*: everyone)\nPOST /broadcast\n",
             ),
+            "/healthz" => healthz(),
             "/metrics" => metrics(self.main.render_metrics()),
             "/debug/runtime" => self.runtime(),
             "/debug/connections" => self.connections(query),
@@ -679,6 +682,15 @@ fn profile_params(query: &str) -> Result<(u64, ProfileFormat), String> {
         }
     }
     Ok((seconds, format))
+}
+
+/// `GET /healthz`: the process answers, so it is alive. On the admin
+/// listener, which keeps its own connection limit and file descriptors
+/// (`fd_reserve`), it answers while the main listener is full
+/// (`max_connections`) or out of descriptors: a liveness probe on the main
+/// port failed then, and the kubelet restarted a pod for being busy.
+fn healthz() -> Response<AdminBody> {
+    text(StatusCode::OK, "ok\n")
 }
 
 /// A `/metrics` answer: `body` is OpenMetrics text (prometheus-client's

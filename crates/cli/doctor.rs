@@ -738,9 +738,14 @@ mod tests {
     #[test]
     fn the_deploy_dropin_satisfies_doctor() {
         let file = include_str!("../../deploy/sysctl.d/60-megaconn.conf");
+        // A key set, or (sized from memory by the kernel) commented out with
+        // the value to set where the host's is lower.
         let get = |key: &str| -> Vec<u64> {
             file.lines()
-                .find_map(|l| l.strip_prefix(key)?.trim_start().strip_prefix('='))
+                .find_map(|l| {
+                    let l = l.strip_prefix('#').unwrap_or(l);
+                    l.strip_prefix(key)?.trim_start().strip_prefix('=')
+                })
                 .unwrap_or_else(|| panic!("{key} missing"))
                 .split_whitespace()
                 .map(|v| v.parse().unwrap())
@@ -748,7 +753,8 @@ mod tests {
         };
         let host = Host {
             nofile: (1024, 1_048_576),
-            nr_open: Some(get("fs.nr_open")[0]),
+            // Not set: the kernel's default.
+            nr_open: Some(1_048_576),
             file_max: Some(get("fs.file-max")[0]),
             somaxconn: Some(get("net.core.somaxconn")[0]),
             port_range: Some({
@@ -768,5 +774,28 @@ mod tests {
         }
         let unit = include_str!("../../deploy/systemd/megaconn.service");
         assert!(unit.contains(&format!("LimitNOFILE={}", nofile_for(1_000_000))));
+    }
+
+    /// The drop-in only raises: it sets no key the kernel sizes from the
+    /// host's memory (or whose default, `fs.nr_open`'s, is enough), whose
+    /// value there may be above the file's. It set `fs.file-max = 2097152`
+    /// and `tcp_mem = 500000 750000 1000000`, below what a 24 GiB host had
+    /// (2466290, its default; 786432 1048576 1572864, raised by
+    /// `bench/million.sh`): installing it lowered them.
+    #[test]
+    fn the_deploy_dropin_sets_no_key_sized_by_the_host() {
+        let file = include_str!("../../deploy/sysctl.d/60-megaconn.conf");
+        let set: Vec<&str> = file
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split('=').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            set,
+            ["net.core.somaxconn", "net.ipv4.ip_local_port_range"],
+            "a key whose default may be above the file's value is set"
+        );
     }
 }

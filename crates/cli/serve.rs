@@ -202,7 +202,15 @@ fn resolve_with(
     inherited: Vec<crate::activation::Inherited>,
 ) -> Result<Resolved, UsageError> {
     let file = match &args.config {
-        Some(path) => load_config(path)?,
+        // A worker process takes the file as its supervisor read it, not as
+        // it is now (see `supervisor::ConfigSnapshot`).
+        Some(path) => match args
+            .worker_process
+            .and_then(|_| crate::supervisor::worker_config(path))
+        {
+            Some(values) => values?,
+            None => load_config(path)?,
+        },
         None => knobs::Values::new(),
     };
     let settings = knobs::apply(&args.flags, &file).map_err(UsageError)?;
@@ -426,19 +434,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             });
         }
         // The admin listener's socket to the admin listener, the others to
-        // the server; one bound to an address neither has is closed.
+        // the server; the old admin listener's, bound to an address this one
+        // does not have, is closed (see `TakeOver::sort`).
         let admin_addr = match resolved.admin {
             Some(crate::admin::AdminAddr::At(a)) => Some(a),
             Some(crate::admin::AdminAddr::Off) => None,
             None => crate::admin::DEFAULT_ADMIN.parse().ok(),
         };
-        let (admin, main): (Vec<_>, Vec<_>) = listeners
-            .into_iter()
-            .filter(|l| {
-                l.local_addr()
-                    .is_ok_and(|a| resolved.addrs.contains(&a) || Some(a) == admin_addr)
-            })
-            .partition(|l| l.local_addr().ok() == admin_addr);
+        // A main one this process would not serve refuses the take-over
+        // (exit 2), before the old process is told anything.
+        let (admin, main) = take_over.sort(listeners, &resolved.addrs, admin_addr)?;
         resolved.builder = resolved.builder.adopt_listeners(main);
         Some((take_over, admin))
     } else {

@@ -9,7 +9,9 @@
 //! (`megaconn serving on`, what the supervisor waits for) after: one that
 //! fails to start, a restart say, never took a share of the port's
 //! connections, which the others serve. The supervisor restarts a worker that dies (with a growing back-off,
-//! logged), forwards SIGTERM/SIGINT so every worker drains gracefully (and
+//! logged; it runs the binary the supervisor runs, [`SelfExe`], with the
+//! configuration the supervisor read, [`ConfigSnapshot`]), forwards
+//! SIGTERM/SIGINT so every worker drains gracefully (and
 //! SIGHUP, so each reloads its TLS certificate), serves the admin listener with
 //! whole-server totals gathered through [`SharedStats`] (`/metrics`), and
 //! prints them at the end. Each worker process also gets a publish channel
@@ -56,8 +58,10 @@
 //! the new supervisor never announces with no worker process. Once a start
 //! is past that point, a worker process that dies while others are still
 //! starting is restarted at once: start-up and serving are one event loop.
-//! The supervisor's admin listener is not handed over: give the new one
-//! another `--admin` address (or `off`) while the old one drains.
+//! The supervisor's admin listener is not handed over: a new supervisor
+//! whose admin address is the old one's serves it once the old one exits
+//! (after its worker processes drained); give it another `--admin` address
+//! to have one at once.
 //!
 //! On a real host, prefer raising `LimitNOFILE=` in the systemd unit (and
 //! `fs.nr_open`) and running one process; `--processes` is for hosts where the
@@ -86,6 +90,115 @@ use crate::UsageError;
 /// Environment variable telling a worker process how many slots the shared
 /// counter block has.
 pub const SLOTS_ENV: &str = "MEGACONN_STATS_SLOTS";
+
+/// Environment variable: the config file's text as the supervisor read it
+/// at its start, which every worker process resolves its settings from
+/// (see [`ConfigSnapshot`]).
+pub const CONFIG_AT_START_ENV: &str = "MEGACONN_CONFIG_AT_START";
+
+/// Environment variable: the config file's text as the supervisor read it
+/// at its last SIGHUP whose file was valid, whose reloaded keys
+/// (`tls::RELOADED_KEYS`) a worker process takes over those of
+/// [`CONFIG_AT_START_ENV`], as its running siblings applied them then.
+pub const CONFIG_AT_HUP_ENV: &str = "MEGACONN_CONFIG_AT_HUP";
+
+/// The configuration a supervisor's worker processes run with, restarts
+/// included: the config file as the supervisor read it at its start, and
+/// the keys a SIGHUP reloads as it read them at its last SIGHUP whose file
+/// was valid. A restart used to read the file as it was then: a typo added
+/// since made it exit (`unknown key`), restart after restart, the server
+/// running on its other processes; a valid edit gave it settings its
+/// siblings did not have.
+#[derive(Debug, Default)]
+struct ConfigSnapshot {
+    /// `--config`, with the flags that win over it.
+    file: Option<(std::path::PathBuf, crate::knobs::Values)>,
+    at_start: Option<String>,
+    at_hup: Option<String>,
+}
+
+impl ConfigSnapshot {
+    /// Reads `args`' config file, checked as `serve` resolves it.
+    fn read(args: &ServeArgs) -> Result<ConfigSnapshot, UsageError> {
+        let Some(path) = &args.config else {
+            return Ok(ConfigSnapshot::default());
+        };
+        let text = read_valid_config(path, &args.flags)?;
+        Ok(ConfigSnapshot {
+            file: Some((path.clone(), args.flags.clone())),
+            at_start: Some(text),
+            at_hup: None,
+        })
+    }
+
+    /// At SIGHUP: reads the file again; if it is valid, worker processes
+    /// started from now on take its reloaded keys, as the running ones
+    /// apply them now. If not, they keep what they had (the running ones
+    /// log the same error).
+    fn hangup(&mut self) {
+        let Some((path, flags)) = &self.file else {
+            return;
+        };
+        match read_valid_config(path, flags) {
+            Ok(text) => self.at_hup = Some(text),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP: the config file is not valid; a worker process restarted from now on keeps the configuration of the supervisor's start (and last valid SIGHUP)")
+            }
+        }
+    }
+
+    /// Hands the snapshot to a worker process about to start.
+    fn pass(&self, cmd: &mut tokio::process::Command) {
+        if let Some(text) = &self.at_start {
+            cmd.env(CONFIG_AT_START_ENV, text);
+        }
+        if let Some(text) = &self.at_hup {
+            cmd.env(CONFIG_AT_HUP_ENV, text);
+        }
+    }
+}
+
+/// The config file at `path`'s text, if it parses and resolves with
+/// `flags` over it.
+fn read_valid_config(
+    path: &std::path::Path,
+    flags: &crate::knobs::Values,
+) -> Result<String, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read config file {}: {e}", path.display())))?;
+    let file = crate::knobs::parse_file(&text)
+        .map_err(|e| UsageError(format!("invalid config file {}: {e}", path.display())))?;
+    crate::knobs::apply(flags, &file)
+        .map_err(|e| UsageError(format!("invalid config file {}: {e}", path.display())))?;
+    Ok(text)
+}
+
+/// In a worker process: its config file's values as its supervisor read
+/// them ([`ConfigSnapshot`]), for `--config` at `path`; `None` when the
+/// supervisor passed none (the file is read then).
+pub fn worker_config(path: &std::path::Path) -> Option<Result<crate::knobs::Values, UsageError>> {
+    let parse = |text: String| {
+        crate::knobs::parse_file(&text).map_err(|e| {
+            UsageError(format!(
+                "invalid config file {} (as the supervisor read it): {e}",
+                path.display()
+            ))
+        })
+    };
+    let at_start = std::env::var(CONFIG_AT_START_ENV).ok()?;
+    Some(parse(at_start).and_then(|mut values| {
+        if let Ok(at_hup) = std::env::var(CONFIG_AT_HUP_ENV) {
+            let at_hup = parse(at_hup)?;
+            for key in crate::tls::RELOADED_KEYS {
+                match at_hup.get(key) {
+                    Some(v) => values.insert(key, v.clone()),
+                    None => values.remove(key),
+                };
+            }
+        }
+        Ok(values)
+    }))
+}
 
 /// First restart delay of a worker that died.
 const RESTART_START: Duration = Duration::from_millis(100);
@@ -364,6 +477,7 @@ impl Announce {
 /// every worker process unchanged.
 pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Result<()> {
     let resolved = serve::resolve(&args)?;
+    let config = ConfigSnapshot::read(&args)?;
     crate::logging::init(resolved.log_format);
     if resolved.addrs.iter().any(|a| a.port() == 0) {
         return Err(UsageError(
@@ -411,10 +525,73 @@ pub fn run(args: ServeArgs, argv: Vec<OsString>, processes: usize) -> anyhow::Re
         // Stops when dropped, after the worker processes.
         let fanout = Fanout::new(processes);
         let source = admin::Source::Processes(shared.clone(), fanout.clone());
-        let _admin = admin::start(resolved.admin, source)?;
-        supervise(argv, processes, &shared, &audience, &fanout, announce).await
+        let _admin = match admin_of_old_supervisor(args.upgrade, resolved.admin) {
+            Some(addr) => {
+                tokio::spawn(admin_once_free(addr, source));
+                None
+            }
+            None => admin::start(resolved.admin, source)?,
+        };
+        supervise(
+            argv, processes, &shared, &audience, &fanout, announce, config,
+        )
+        .await
     })
 }
+
+/// The admin address (`setting`, or the default) when this supervisor
+/// takes over (`upgrade`) and the address is taken: the old supervisor's
+/// admin listener, which is not handed over (its worker processes' sockets
+/// are, over their own control sockets; the supervisor has none). Taken
+/// for it, the address is served once the old supervisor exits
+/// ([`admin_once_free`]). It used to fail: with `--admin`, the upgrade
+/// exited 1 (`cannot start the admin listener`, the old supervisor not
+/// named); without, a warning, and once the old supervisor left nothing
+/// listened there.
+fn admin_of_old_supervisor(
+    upgrade: bool,
+    setting: Option<admin::AdminAddr>,
+) -> Option<std::net::SocketAddr> {
+    let addr = match setting {
+        Some(admin::AdminAddr::Off) => return None,
+        Some(admin::AdminAddr::At(addr)) => addr,
+        None => admin::DEFAULT_ADMIN.parse().expect("valid default address"),
+    };
+    if !upgrade || addr.port() == 0 {
+        return None;
+    }
+    match std::net::TcpListener::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(%addr, "the admin address is the old supervisor's (a supervisor's admin listener is not handed over with --processes): serving it once the old supervisor exits, after its worker processes drain; give another --admin to have one at once");
+            Some(addr)
+        }
+        _ => None,
+    }
+}
+
+/// Starts the admin listener on `addr` once it is free (the old supervisor
+/// exited), trying every [`ADMIN_RETRY`], and keeps it until the supervisor
+/// exits (the runtime drops this task, and the listener with it).
+async fn admin_once_free(addr: std::net::SocketAddr, source: admin::Source) {
+    loop {
+        tokio::time::sleep(ADMIN_RETRY).await;
+        if std::net::TcpListener::bind(addr).is_err() {
+            continue;
+        }
+        match admin::start(Some(admin::AdminAddr::At(addr)), source.clone()) {
+            Ok(Some(admin)) => {
+                tracing::info!(%addr, "admin listener started: the old supervisor left its address");
+                let _admin = admin;
+                return std::future::pending().await;
+            }
+            Ok(None) => return,
+            Err(e) => tracing::debug!(error = format!("{e:#}"), "admin address not free yet"),
+        }
+    }
+}
+
+/// How often a supervisor taking over tries the old one's admin address.
+const ADMIN_RETRY: Duration = Duration::from_millis(200);
 
 async fn supervise(
     argv: Vec<OsString>,
@@ -423,10 +600,13 @@ async fn supervise(
     audience: &SharedAudience,
     fanout: &Arc<Fanout>,
     announce: Announce,
+    mut config: ConfigSnapshot,
 ) -> anyhow::Result<()> {
     let mut signals = Signals::new().context("cannot install signal handlers")?;
     let mut hangups = serve::hangups().context("cannot install the SIGHUP handler")?;
-    let exe = std::env::current_exe().context("cannot find the megaconn executable")?;
+    // Held open until the supervisor exits (see `SelfExe`).
+    let self_exe = SelfExe::open()?;
+    let exe = self_exe.program();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let upgrade = argv.iter().any(|a| a == "--upgrade");
     let mut workers: Vec<Worker> = (0..processes).map(|_| Worker::new(upgrade)).collect();
@@ -441,6 +621,7 @@ async fn supervise(
             fanout,
             tx.clone(),
             upgrade,
+            &config,
         );
         match launched {
             Ok(process) => workers[i].launched(process),
@@ -587,7 +768,7 @@ async fn supervise(
                     let w = &mut workers[i];
                     if w.restart_at.is_some_and(|t| t <= now) {
                         w.restart_at = None;
-                        match start(&exe, &argv, i, processes, shared, audience, fanout, tx.clone(), w.take_over) {
+                        match start(&exe, &argv, i, processes, shared, audience, fanout, tx.clone(), w.take_over, &config) {
                             Ok(process) => {
                                 w.launched(process);
                                 w.restarts += 1;
@@ -604,6 +785,7 @@ async fn supervise(
                 // Each worker process reloads its own certificate (one still
                 // starting ignores it: see `worker_pre_exec`).
                 tracing::info!("SIGHUP: passing it to every worker process");
+                config.hangup();
                 stop_all(&workers, libc::SIGHUP);
             }
             (name, ask) = signals.next() => {
@@ -656,6 +838,47 @@ fn stop_all(workers: &[Worker], signal: libc::c_int) {
     }
 }
 
+/// The binary this supervisor runs, held open from its start: worker
+/// processes, restarts included, run it, not whatever file is at its path
+/// by then. A restart used to run the path again (`current_exe()`): after
+/// `install` of a new binary, a worker process that crashed came back as
+/// the new version under the old supervisor, beside old siblings.
+///
+/// `/proc/self/exe`, opened, names the inode the kernel runs for this
+/// process. `install`, `cp --remove-destination`, a package manager or a
+/// `mv` put a new file (a new inode) at the path and leave this one alive
+/// while a descriptor to it is open (unlinked, it goes once the last
+/// holder closes it); writing into it in place fails (`ETXTBSY`) while any
+/// process runs it. A child execs it by `/proc/self/fd/N`: between fork and
+/// exec the child holds the same descriptor (close-on-exec only closes it
+/// once the exec has opened the file), so `execve` opens that inode, as
+/// `fexecve(3)` does. Without `/proc` (not mounted) it falls back to the
+/// path, with a warning.
+struct SelfExe {
+    /// `/proc/self/exe`, opened; `None`: the path is all there is.
+    file: Option<std::fs::File>,
+    path: std::path::PathBuf,
+}
+
+impl SelfExe {
+    fn open() -> anyhow::Result<SelfExe> {
+        let path = std::env::current_exe().context("cannot find the megaconn executable")?;
+        let file = std::fs::File::open("/proc/self/exe")
+            .inspect_err(|e| tracing::warn!(error = %e, path = %path.display(), "cannot open /proc/self/exe: a worker process restarted after the binary at this path is replaced runs the new one"))
+            .ok();
+        Ok(SelfExe { file, path })
+    }
+
+    /// What a worker process execs: this binary's open descriptor, or its
+    /// path.
+    fn program(&self) -> std::path::PathBuf {
+        match &self.file {
+            Some(file) => format!("/proc/self/fd/{}", file.as_raw_fd()).into(),
+            None => self.path.clone(),
+        }
+    }
+}
+
 /// What a worker process gets between fork and exec: its publish channel
 /// kept open across the exec, and SIGHUP ignored. The supervisor passes
 /// SIGHUP on to every worker process, and one just (re)started may not have
@@ -688,6 +911,7 @@ fn start(
     fanout: &Arc<Fanout>,
     events: mpsc::UnboundedSender<Event>,
     take_over: bool,
+    config: &ConfigSnapshot,
 ) -> anyhow::Result<Process> {
     let upgrade = take_over && argv.iter().any(|a| a == "--upgrade");
     let ready_line = if upgrade {
@@ -700,6 +924,11 @@ fn start(
         .with_context(|| format!("cannot make the publish channel of worker process {index}"))?;
     let channel_fd = channel.as_raw_fd();
     let mut cmd = tokio::process::Command::new(exe);
+    // `exe` may be `/proc/self/fd/N` (see `SelfExe`): the worker process's
+    // argv[0], what `ps` shows, stays the supervisor's own.
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
     // SAFETY: the closure only calls async-signal-safe functions (see
     // `worker_pre_exec`).
     unsafe { cmd.pre_exec(move || worker_pre_exec(channel_fd)) };
@@ -715,6 +944,7 @@ fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    config.pass(&mut cmd);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start worker process {index}"))?;

@@ -108,7 +108,7 @@ pub const NOTHING_TO_TAKE_OVER_EXIT: i32 = 3;
 /// control socket's path, or nothing listening there any more (the process
 /// handed over already, or is gone).
 #[derive(Debug, thiserror::Error)]
-#[error("--upgrade: no server answers on {} ({})", path.display(), why_nothing(*source))]
+#[error("--upgrade: no server answers on {} ({})", path.display(), why_nothing(path, *source))]
 pub struct NothingToTakeOver {
     path: PathBuf,
     #[source]
@@ -116,12 +116,31 @@ pub struct NothingToTakeOver {
 }
 
 /// What [`NothingToTakeOver`] found at the control socket's path, and what
-/// to do: a socket nothing listens on is what a killed server leaves (a
+/// to do: a supervisor's worker processes answering on `path` plus `.k` say
+/// that the running server has `--processes` (this one has not, or another
+/// count); a socket nothing listens on is what a killed server leaves (a
 /// server that exits removes its own), and needs no cleaning.
-fn why_nothing(source: nix::Error) -> &'static str {
+fn why_nothing(path: &Path, source: nix::Error) -> String {
+    let slot = |k: usize| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{k}"));
+        PathBuf::from(p)
+    };
+    let answering = (0..)
+        .take_while(|&k| {
+            use std::os::unix::fs::FileTypeExt as _;
+            std::fs::metadata(slot(k)).is_ok_and(|m| m.file_type().is_socket())
+        })
+        .count();
+    if answering > 0 {
+        return format!(
+            "the running server is a supervisor of worker processes ({answering} answer, on {}.0 and on): it runs with --processes {answering}; give the same --processes",
+            path.display()
+        );
+    }
     match source {
-        nix::Error::ECONNREFUSED => "a socket nothing listens on: its server was killed, or handed over already; start without --upgrade, which replaces it",
-        _ => "is one running, with the same --upgrade-socket?",
+        nix::Error::ECONNREFUSED => "a socket nothing listens on: its server was killed, or handed over already; start without --upgrade, which replaces it".into(),
+        _ => "is one running, with the same --upgrade-socket?".into(),
     }
 }
 
@@ -978,6 +997,11 @@ impl Upgrades {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let mut sockets = self.handle.listening_sockets()?;
+        // The main server's sockets come first: the last message says how
+        // many (bytes 2..6), so that the new process can tell them from the
+        // admin listener's, and refuse to take over a main one it would not
+        // serve (see `TakeOver::sort`).
+        let main = u32::try_from(sockets.len()).unwrap_or(u32::MAX);
         for other in &more {
             sockets.extend(other.listening_sockets()?);
         }
@@ -1000,7 +1024,10 @@ impl Upgrades {
         let chunks: Vec<&[RawFd]> = all.chunks(MAX_FDS).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            let flags = [u8::from(last), u8::from(last && lock.is_some())];
+            let mut flags = vec![u8::from(last), u8::from(last && lock.is_some())];
+            if last {
+                flags.extend_from_slice(&main.to_be_bytes());
+            }
             peer.send(LISTENERS, &flags, chunk)?;
         }
         drop(sockets);
@@ -1267,6 +1294,10 @@ pub struct TakeOver {
     taken: usize,
     /// The old worker process's slot lock, if it sent one.
     slot: Option<SlotLock>,
+    /// How many of the sockets taken over are the old main server's (the
+    /// first ones; the admin listener's follow); `None` from a megaconn
+    /// that does not say.
+    main: Option<usize>,
 }
 
 /// Connects to the running server's control socket at `path` and takes its
@@ -1295,6 +1326,7 @@ pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
     peer.send(HELLO, &std::process::id().to_be_bytes(), &[])?;
     let mut listeners = Vec::new();
     let mut slot = None;
+    let mut main = None;
     loop {
         let (payload, mut fds) = peer.expect(LISTENERS)?;
         let last = payload.first() == Some(&1);
@@ -1304,6 +1336,12 @@ pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
                 path: SlotLock::path(path),
                 sent: false,
             });
+        }
+        if last {
+            // Sent by a megaconn of session 40 on; `None` from an older one.
+            main = payload
+                .get(2..6)
+                .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
         }
         listeners.extend(fds.into_iter().map(TcpListener::from));
         if last {
@@ -1317,9 +1355,68 @@ pub fn take_over(path: &Path) -> anyhow::Result<(TakeOver, Vec<TcpListener>)> {
             started,
             taken,
             slot,
+            main,
         },
         listeners,
     ))
+}
+
+impl TakeOver {
+    /// Sorts the listening sockets taken over (`listeners`, as
+    /// [`take_over`] returned them) into the admin listener's (bound to
+    /// `admin`) and the main server's (bound to one of `listen`), before
+    /// the old process is told anything.
+    ///
+    /// A main socket of the old process that this one would not serve (its
+    /// address is not among `listen`: `--listen` differs) refuses the
+    /// take-over, naming the old addresses: the old process serves on. It
+    /// used to be closed silently, and once the old process left, its port
+    /// was served by nobody. The old admin listener's socket is dropped
+    /// when this process has another `--admin` (or `off`): that one is
+    /// asked for. From an older megaconn, which does not say which sockets
+    /// are its main server's, every socket not bound to `admin` is taken
+    /// for a main one. What `megaconn upgrade done` counts is what this
+    /// process serves.
+    pub fn sort(
+        &mut self,
+        listeners: Vec<TcpListener>,
+        listen: &[std::net::SocketAddr],
+        admin: Option<std::net::SocketAddr>,
+    ) -> Result<(Vec<TcpListener>, Vec<TcpListener>), crate::UsageError> {
+        let (mut admins, mut mains, mut unserved, mut old) = (vec![], vec![], vec![], vec![]);
+        for (i, l) in listeners.into_iter().enumerate() {
+            let is_main = self.main.is_none_or(|n| i < n);
+            let Ok(addr) = l.local_addr() else { continue };
+            if is_main && !old.contains(&addr) && Some(addr) != admin {
+                old.push(addr);
+            }
+            if Some(addr) == admin {
+                admins.push(l);
+            } else if listen.contains(&addr) {
+                mains.push(l);
+            } else if is_main && !unserved.contains(&addr) {
+                unserved.push(addr);
+            }
+        }
+        if !unserved.is_empty() {
+            let list = |a: &[std::net::SocketAddr]| {
+                a.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let flags: Vec<String> = old.iter().map(|a| format!("--listen {a}")).collect();
+            return Err(crate::UsageError(format!(
+                "--upgrade: the running server listens on {}, and this one would not serve {} (its --listen differs): taking over would close {} for good. Nothing was taken over; the running server serves on. Give the same --listen as the running server ({}); to move to another address, start a server there and stop the old one",
+                list(&old),
+                list(&unserved),
+                if unserved.len() == 1 { "it" } else { "them" },
+                flags.join(" ")
+            )));
+        }
+        self.taken = mains.len() + admins.len();
+        Ok((admins, mains))
+    }
 }
 
 /// From [`TakeOver::finish`]: sent once this process runs its servers
@@ -1376,6 +1473,7 @@ impl TakeOver {
             started,
             taken,
             slot: _,
+            main: _,
         } = self;
         // The thread starts first and waits for the connection, which it
         // gets once the old process was told: if READY cannot be sent, the

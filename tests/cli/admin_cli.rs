@@ -769,3 +769,51 @@ fn pub_star_is_charged_by_the_message_connections_it_reaches() {
     drop(idle);
     served.stop();
 }
+
+/// The admin listener's `/healthz` answers 200 while the main listener
+/// holds `max_connections` busy (requests in flight, as WebSockets would
+/// be) and answers no probe: a liveness probe there sees a full server
+/// alive. There was none; the Kubernetes liveness probe asked the main
+/// port's `/healthz`, which a full server does not answer with 200.
+#[test]
+fn the_admin_healthz_answers_while_the_main_listener_is_full() {
+    let served = Served::start(&["--admin", "127.0.0.1:0", "--max-connections", "2"]);
+    // Two requests in flight (`POST /echo` with half its body sent).
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&served.main).unwrap();
+            s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello")
+                .unwrap();
+            s
+        })
+        .collect();
+    let deadline = Instant::now() + SAFETY;
+    while !get(&served.admin, "/metrics")
+        .text()
+        .lines()
+        .any(|l| l == "megaconn_requests_in_flight 2")
+    {
+        assert!(Instant::now() < deadline, "the requests did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A probe on the main listener gets no 200 (a refusal, a close, or
+    // nothing: the read's bound only decides how long "nothing" is looked
+    // at, and a slow machine can only make this pass wrongly).
+    let mut probe = TcpStream::connect(&served.main).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let _ = write!(probe, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = probe.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.starts_with("HTTP/1.1 200"),
+        "the main listener answered past max_connections: {answer}"
+    );
+    for _ in 0..3 {
+        let health = get(&served.admin, "/healthz");
+        assert_eq!((health.status, health.text()), (200, "ok\n"));
+    }
+    drop(held);
+}

@@ -67,12 +67,23 @@ impl Supervisor {
     /// As [`Supervisor::start_with`], with more variables in its (and its
     /// worker processes') environment: test gates.
     fn start_env(processes: usize, extra: &[&str], env: &[(&str, &str)]) -> Supervisor {
+        let bin = std::path::Path::new(env!("CARGO_BIN_EXE_megaconn"));
+        Supervisor::start_bin(bin, processes, extra, env)
+    }
+
+    /// As [`Supervisor::start_env`], running the binary at `bin`.
+    fn start_bin(
+        bin: &std::path::Path,
+        processes: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Supervisor {
         // --processes needs an explicit port: held until the workers listen.
         let port = common::ReservedPort::new();
         let addr = port.addr.clone();
         let dir = tempfile::tempdir().unwrap();
         let mut child = ChildGuard::spawn(
-            Command::new(env!("CARGO_BIN_EXE_megaconn"))
+            Command::new(bin)
                 .args(["serve", "--listen", &addr, "--workers", "1", "--admin"])
                 .args(["127.0.0.1:0", "--processes"])
                 .arg(processes.to_string())
@@ -661,6 +672,87 @@ fn a_killed_worker_process_keeps_its_counts_and_the_totals_never_go_backwards() 
     // And a restarted one's count adds to them.
     assert!(get(&sup.addr, "/").ends_with("Hello, World!"));
     total.reaches(REQUESTS + 1.0, BOUND, &sup.lines);
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.child.wait().code(), Some(0));
+}
+
+/// The identity (device, inode) of the binary process `pid` runs.
+fn exe_of(pid: i32) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).unwrap();
+    (m.dev(), m.ino())
+}
+
+/// A worker process restarted after the binary at the supervisor's path
+/// was replaced (as `install` does: a new file renamed over it; here a
+/// script that is no megaconn) runs the binary the supervisor runs, and
+/// serves. The supervisor used to exec its path again, so a crashed worker
+/// process came back as whatever was installed there since (here it never
+/// came back: the script exits, restart after restart).
+#[test]
+fn a_restarted_worker_process_runs_the_supervisors_binary_not_the_new_one_at_its_path() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("megaconn");
+    // A link of the build's binary (a copy on another file system), so that
+    // the test replaces a path of its own.
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_megaconn"), &bin).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_megaconn"), &bin).unwrap();
+    }
+    let mut sup = Supervisor::start_bin(&bin, 2, &[], &[]);
+    let running = exe_of(sup.child.id());
+    let new = dir.path().join("megaconn.new");
+    std::fs::write(&new, "#!/bin/sh\necho 'not the old megaconn' >&2\nexit 9\n").unwrap();
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, &bin).unwrap();
+    // SAFETY: kill(2) on a worker process the supervisor started for us.
+    unsafe { libc::kill(sup.worker_pids[0], libc::SIGKILL) };
+    let line = sup.lines.expect_line();
+    let pid: i32 = line
+        .strip_prefix("worker process 0 restarted pid ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    assert_eq!(exe_of(pid), running, "the restart runs another binary");
+    for _ in 0..5 {
+        assert!(get(&sup.addr, "/").ends_with("Hello, World!"));
+    }
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.child.wait().code(), Some(0));
+}
+
+/// A worker process restarted after the config file was edited runs with
+/// the file as the supervisor read it at its start, as its siblings do: a
+/// typo added since does not keep it from coming back, and a valid edit
+/// does not give it settings they lack. A restart used to read the file
+/// anew: it exited (`unknown key`), restart after restart, and the server
+/// ran on its other process.
+#[test]
+fn a_restarted_worker_process_runs_with_the_configuration_of_the_supervisors_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("megaconn.toml");
+    std::fs::write(&config, "server_header = \"at-start\"\n").unwrap();
+    let mut sup = Supervisor::start_with(2, &["--config", config.to_str().unwrap()]);
+    for (k, edit) in [
+        "server_header = \"edited\"\nidle_timeuot = \"5s\"\n",
+        "server_header = \"edited\"\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&config, edit).unwrap();
+        // SAFETY: kill(2) on a worker process the supervisor started for us.
+        unsafe { libc::kill(sup.worker_pids[k], libc::SIGKILL) };
+        let line = sup.lines.expect_line();
+        assert!(
+            line.starts_with(&format!("worker process {k} restarted pid ")),
+            "{line}"
+        );
+        for _ in 0..20 {
+            let answer = get(&sup.addr, "/");
+            assert!(answer.contains("server: at-start"), "{answer}");
+        }
+    }
     sup.signal(libc::SIGTERM);
     assert_eq!(sup.child.wait().code(), Some(0));
 }

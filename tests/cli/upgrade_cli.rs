@@ -2024,3 +2024,146 @@ fn a_take_over_during_a_start_that_fails_finds_nothing_and_the_old_process_exits
     );
     new_log.wait_for_line("no server answers", "");
 }
+
+/// An upgrade whose `--listen` differs from the running server's is
+/// refused before the old process is told anything (exit 2, naming the old
+/// address and the `--listen` to give): the old process serves on, on its
+/// port, and hands over to an upgrade with the same `--listen`. It used to
+/// take over (`took over 2 listening sockets`), close the old port's
+/// socket, serve the new address alone, and the old port was served by
+/// nobody once the old process left.
+#[test]
+fn an_upgrade_with_another_listen_address_is_refused_and_the_old_one_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let (old, addr) = start(0, "127.0.0.1:0", &socket, &["--admin", "127.0.0.1:0"]);
+    let admin = old.admin.clone();
+    let extra = ["--admin", admin.as_str()];
+    let elsewhere = common::ReservedPort::new();
+    let out = common::output(&mut serve_command(1, &elsewhere.addr, &socket, &extra));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the running server listens on {addr}"))
+            && stderr.contains(&format!("--listen {addr}")),
+        "{stderr}"
+    );
+    old_serves_on_and_hands_over(old, &addr, &socket, &extra);
+}
+
+/// `megaconn upgrade done: took over N listening sockets` counts what the
+/// new process serves: with another `--admin`, the old admin listener's
+/// socket (dropped) is not among them. It counted every socket received.
+#[test]
+fn upgrade_done_counts_only_the_sockets_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "127.0.0.1:0"];
+    let (old, addr) = start(0, "127.0.0.1:0", &socket, &extra);
+    let mut cmd = serve_command(1, &addr, &socket, &extra);
+    let (new_child, lines) = spawn_generation(&mut cmd);
+    let done = loop {
+        let line = lines.expect_line();
+        if line.starts_with("megaconn upgrade done") {
+            break line;
+        }
+    };
+    let handed = finish(old);
+    let sent: usize = handed
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no socket count: {handed}"));
+    let took: usize = done
+        .strip_prefix("megaconn upgrade done: took over ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a whole upgrade: {done}"));
+    assert_eq!(took, sent - 1, "{done} / {handed}");
+    serves_alone(&addr, 1, new_child);
+}
+
+/// A supervisor taking over from one whose admin address it is given
+/// serves that address once the old supervisor exits (its worker
+/// processes drained): `/metrics` there is the new supervisor's. It exited
+/// 1 (`cannot start the admin listener`, the old supervisor not named),
+/// leaving the old generation serving; with the default address, nothing
+/// listened there once the old one left.
+#[test]
+fn a_supervisor_taking_over_serves_the_old_ones_admin_address_once_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let port = common::ReservedPort::new();
+    let admin = common::ReservedPort::new();
+    let command = |n: usize| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_megaconn"));
+        cmd.args(["serve", "--listen", &port.addr, "--workers", "1"])
+            .args(["--processes", "2", "--admin", &admin.addr])
+            .args(["--server-header", &format!("gen{n}")])
+            .arg("--upgrade-socket")
+            .arg(&socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if n > 0 {
+            cmd.arg("--upgrade");
+        }
+        cmd
+    };
+    let until = |lines: &Lines, prefix: &str| loop {
+        let line = lines.expect_line();
+        if line.starts_with(prefix) {
+            return line;
+        }
+    };
+    let mut old = ChildGuard::spawn(&mut command(0));
+    let old_lines = Lines::new(old.child().stdout.take().unwrap());
+    until(&old_lines, "megaconn serving on");
+    let mut new = ChildGuard::spawn(&mut command(1));
+    let new_lines = Lines::new(new.child().stdout.take().unwrap());
+    until(&new_lines, "megaconn upgrade done");
+    old_supervisor_finishes(old, old_lines);
+    let line = until(&new_lines, "megaconn admin on");
+    assert_eq!(line, format!("megaconn admin on http://{}", admin.addr));
+    assert!(
+        get(&admin.addr, "/").contains("supervisor"),
+        "not a supervisor's admin listener"
+    );
+    assert_eq!(served_by(&port.addr), "gen1");
+    new.signal(libc::SIGTERM);
+    assert!(new.wait().success());
+}
+
+/// `serve --upgrade` of one process over a supervisor of 2 says that the
+/// running server has `--processes 2` (it said only that no server
+/// answers on the control socket).
+#[test]
+fn an_upgrade_without_the_running_servers_processes_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let port = common::ReservedPort::new();
+    let mut old = ChildGuard::spawn(&mut supervisor_command(
+        0,
+        &port.addr,
+        &socket,
+        Stdio::null(),
+    ));
+    let lines = Lines::new(old.child().stdout.take().unwrap());
+    announced(&lines);
+    let out = common::output(
+        Command::new(env!("CARGO_BIN_EXE_megaconn"))
+            .args([
+                "serve",
+                "--listen",
+                &port.addr,
+                "--admin",
+                "off",
+                "--upgrade",
+            ])
+            .arg("--upgrade-socket")
+            .arg(&socket),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("--processes 2"), "{stderr}");
+}

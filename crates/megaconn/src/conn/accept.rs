@@ -69,7 +69,7 @@ use crate::conn::{ConnInfo, Incoming, ProtoTag};
 use crate::observe::close::CloseReason;
 use crate::observe::lifecycle::ConnTrack;
 use crate::observe::limits::LimitHit;
-use crate::observe::ratelog::{self, Flood, RateLimitedLog};
+use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::incr;
 
 /// First back-off delay after a resource error.
@@ -93,10 +93,6 @@ pub(crate) async fn accept_loop(
     answer: RefusalAnswer,
 ) {
     let mut backoff = BACKOFF_START;
-    let at_limit_log = RateLimitedLog::default();
-    let error_log = RateLimitedLog::default();
-    let rate_log = RateLimitedLog::default();
-    let per_ip_log = RateLimitedLog::default();
     let local = crate::conn::socket::addr_of(listener.get_ref());
     // What a refused client is told on this listener, made once.
     // None from the server: no answer, only a close, with a FIN.
@@ -144,7 +140,7 @@ pub(crate) async fn accept_loop(
                         }
                         None => {
                             incr(&ctx.stats.accept_waits_at_limit);
-                            slot_at_limit(&limit, &ctx, evictable, &at_limit_log).await
+                            slot_at_limit(&limit, &ctx, evictable).await
                         }
                     };
                     match ready.try_io(|l| accept4(l.get_ref())) {
@@ -193,15 +189,19 @@ pub(crate) async fn accept_loop(
                         // Answered (if the listener's protocol can say it,
                         // `admission::refuse`) and closed at once, counted
                         // like any close.
-                        let (counter, log, answer) = match refusal {
+                        // The worker's log kinds (`ratelog`): their counts
+                        // held back are said once the interval is over.
+                        let (counter, kind, answer) = match refusal {
                             Refusal::AcceptRate => (
                                 &ctx.stats.rejected_accept_rate,
-                                &rate_log,
+                                Flood::AcceptRate,
                                 rate_answer.as_ref().unwrap_or(&silent),
                             ),
-                            Refusal::PerIp => {
-                                (&ctx.stats.rejected_per_ip, &per_ip_log, &per_ip_answer)
-                            }
+                            Refusal::PerIp => (
+                                &ctx.stats.rejected_per_ip,
+                                Flood::MaxConnectionsPerIp,
+                                &per_ip_answer,
+                            ),
                         };
                         // Counted before the client can read the answer.
                         incr(counter);
@@ -209,7 +209,7 @@ pub(crate) async fn accept_loop(
                             undecided.add(socket, answer);
                         }
                         conn.close(CloseReason::Limit);
-                        log.log(|suppressed| {
+                        ratelog::log(kind, |suppressed| {
                             tracing::warn!(
                                 worker = ctx.index,
                                 limit = refusal.knob(),
@@ -258,16 +258,16 @@ pub(crate) async fn accept_loop(
                     if is_transient(&e) {
                         continue;
                     }
-                    error_log.log(|suppressed| {
-                    tracing::error!(
-                        worker = ctx.index,
-                        error = %e,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        fd_reserve = ctx.config.fd_reserve,
-                        suppressed,
-                        "accept failed; backing off (raise the open-file limit or lower max_connections)"
-                    )
-                });
+                    ratelog::log(Flood::AcceptFailed, |suppressed| {
+                        tracing::error!(
+                            worker = ctx.index,
+                            error = %e,
+                            retry_in_ms = backoff.as_millis() as u64,
+                            fd_reserve = ctx.config.fd_reserve,
+                            suppressed,
+                            "accept failed; backing off (raise the open-file limit or lower max_connections)"
+                        )
+                    });
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -290,7 +290,6 @@ async fn slot_at_limit(
     limit: &ConnectionLimit,
     ctx: &WorkerContext,
     evictable: fn(ProtoTag) -> bool,
-    at_limit_log: &RateLimitedLog,
 ) -> crate::conn::limit::ConnectionSlot {
     let mut asked_last = ctx.index;
     let _waiting = limit.wait_at_limit();
@@ -299,7 +298,8 @@ async fn slot_at_limit(
             match lot.evict(evictable) {
                 0 => {
                     let asked = limit.ask_to_evict(ctx.index, &mut asked_last);
-                    at_limit_log.log(|suppressed| match asked {
+                    ratelog::log(Flood::AtMaxConnections, |suppressed| {
+                        match asked {
                         Some(other) => tracing::warn!(
                             worker = ctx.index,
                             max_connections = limit.max(),
@@ -308,12 +308,15 @@ async fn slot_at_limit(
                             "at max_connections, nothing idle of this worker's to close: asked another worker to close idle keep-alive connections"
                         ),
                         None => nothing_idle(ctx, limit, suppressed),
+                    }
                     });
                 }
                 evicted => log_evicted(ctx, limit, evicted, false),
             }
         } else {
-            at_limit_log.log(|suppressed| nothing_idle(ctx, limit, suppressed));
+            ratelog::log(Flood::AtMaxConnections, |suppressed| {
+                nothing_idle(ctx, limit, suppressed)
+            });
         }
         // The slots just freed go to the waiters in order: this one's, or
         // another worker's acceptor's, which then accepts as well.

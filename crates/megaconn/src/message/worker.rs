@@ -294,30 +294,7 @@ impl Local {
         let Err(refused) = subscribed else {
             return subscribed;
         };
-        let (hit, over, then) = match refused {
-            SubscribeError::TooMany { limit } => (
-                LimitHit::MaxSubscriptions,
-                OverLimit {
-                    kind: Flood::TooManySubscriptions,
-                    what: "a connection's subscription",
-                    setting: "Builder::max_subscriptions",
-                    size: None,
-                    limit: limit as u64,
-                },
-                "refused (its handler gets SubscribeError::TooMany)",
-            ),
-            SubscribeError::TopicTooLong { limit } => (
-                LimitHit::MaxTopicBytes,
-                OverLimit {
-                    kind: Flood::TooManySubscriptions,
-                    what: "a subscription's topic name",
-                    setting: "Builder::max_topic_bytes",
-                    size: Some(topic.len() as u64),
-                    limit: limit as u64,
-                },
-                "refused (its handler gets SubscribeError::TopicTooLong)",
-            ),
-        };
+        let (hit, over, then) = refused_subscription(refused, topic.len());
         hit.count(&self.stats);
         ratelog::over_limit(over, then);
         subscribed
@@ -748,6 +725,39 @@ async fn pump(local: Weak<Local>, mut queue: HubQueue) {
     }
 }
 
+/// A refused subscription's limit hit, log line (a [`Flood`] kind per
+/// setting, so that a line naming one does not hold back the other's) and
+/// what was done; `topic_len`: the topic name's length.
+fn refused_subscription(
+    refused: SubscribeError,
+    topic_len: usize,
+) -> (LimitHit, OverLimit, &'static str) {
+    match refused {
+        SubscribeError::TooMany { limit } => (
+            LimitHit::MaxSubscriptions,
+            OverLimit {
+                kind: Flood::TooManySubscriptions,
+                what: "a connection's subscription",
+                setting: "Builder::max_subscriptions",
+                size: None,
+                limit: limit as u64,
+            },
+            "refused (its handler gets SubscribeError::TooMany)",
+        ),
+        SubscribeError::TopicTooLong { limit } => (
+            LimitHit::MaxTopicBytes,
+            OverLimit {
+                kind: Flood::TopicTooLong,
+                what: "a subscription's topic name",
+                setting: "Builder::max_topic_bytes",
+                size: Some(topic_len as u64),
+                limit: limit as u64,
+            },
+            "refused (its handler gets SubscribeError::TopicTooLong)",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
@@ -755,6 +765,17 @@ mod tests {
 
     use super::*;
     use crate::message::hub::TAKE_AT_ONCE;
+
+    /// A subscription over `max_topic_bytes` and one over
+    /// `max_subscriptions` are logged as kinds apart: they shared one, and
+    /// the line naming `max_topic_bytes` right after one naming
+    /// `max_subscriptions` was held back.
+    #[test]
+    fn each_subscription_limit_is_its_own_log_kind() {
+        let (_, many, _) = refused_subscription(SubscribeError::TooMany { limit: 1 }, 3);
+        let (_, long, _) = refused_subscription(SubscribeError::TopicTooLong { limit: 2 }, 3);
+        assert_ne!(many.kind, long.kind);
+    }
 
     /// After a burst (thousands of parked connections woken to close at
     /// once), what is kept for parked connections gives its room back as

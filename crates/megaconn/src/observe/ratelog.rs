@@ -22,9 +22,18 @@
 //! A worker is one thread, so its logs are thread-local: no lock, and no
 //! plumbing to the many places (the body readers, the message tables)
 //! that log them.
+//!
+//! A count held back is said once its interval has passed, whether or not
+//! another event of its kind comes ([`flush_held_back`], one task per
+//! worker, asleep unless a count is held back): it used to wait for the
+//! next event of the kind, so the end of a flood was never said (11,230
+//! `accept_rate` refusals gave one line, `suppressed` nowhere). A thread
+//! that is no worker's (a hub publish's) has no such task: its counts wait
+//! for its next line.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -37,6 +46,9 @@ pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) struct RateLimitedLog {
     last: Cell<Option<Instant>>,
     suppressed: Cell<u64>,
+    /// The kind it logs, in the table of kinds (for the line
+    /// [`flush_held_back`] says); `None` until it logged one.
+    kind: Cell<Option<Flood>>,
 }
 
 impl RateLimitedLog {
@@ -44,6 +56,7 @@ impl RateLimitedLog {
         RateLimitedLog {
             last: Cell::new(None),
             suppressed: Cell::new(0),
+            kind: Cell::new(None),
         }
     }
 
@@ -56,12 +69,129 @@ impl RateLimitedLog {
             .get()
             .is_some_and(|t| now.duration_since(t) < LOG_INTERVAL)
         {
-            self.suppressed.set(self.suppressed.get() + 1);
+            let held = self.suppressed.get() + 1;
+            self.suppressed.set(held);
+            if held == 1 {
+                // The first held back since the last line: have it said
+                // once the interval is over, should nothing else come.
+                if let Some(last) = self.last.get() {
+                    flush_at(last + LOG_INTERVAL);
+                }
+            }
             return;
         }
         emit(self.suppressed.replace(0));
         self.last.set(Some(now));
     }
+
+    /// The count held back, if its interval is over at `now`: taken, and
+    /// the interval starts again (the line that says it counts as one).
+    fn take_due(&self, now: Instant) -> Option<u64> {
+        let held = self.suppressed.get();
+        let last = self.last.get()?;
+        if held == 0 || now.duration_since(last) < LOG_INTERVAL {
+            return None;
+        }
+        self.suppressed.set(0);
+        self.last.set(Some(now));
+        Some(held)
+    }
+
+    /// When its held-back count is due, if it has one.
+    fn due(&self) -> Option<Instant> {
+        (self.suppressed.get() > 0)
+            .then(|| self.last.get().map(|last| last + LOG_INTERVAL))
+            .flatten()
+    }
+}
+
+/// This thread's [`flush_held_back`] task: when it is next due, and how to
+/// wake it when an earlier count is held back.
+struct Flusher {
+    due: Cell<Option<Instant>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+thread_local! {
+    static FLUSHER: Flusher = const {
+        Flusher {
+            due: Cell::new(None),
+            waker: RefCell::new(None),
+        }
+    };
+}
+
+/// Has this thread's [`flush_held_back`] look again at `at` (or earlier,
+/// if it is due earlier already).
+fn flush_at(at: Instant) {
+    FLUSHER.with(|f| {
+        if f.due.get().is_some_and(|due| due <= at) {
+            return;
+        }
+        f.due.set(Some(at));
+        if let Some(waker) = f.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    });
+}
+
+/// A worker's task (spawned once per worker thread, with its other loops):
+/// says each count held back once its interval is over, in one line per
+/// kind ([`say_held_back`]), though no other event of its kind came. Asleep
+/// (no timer) while nothing is held back. Runs until aborted.
+pub(crate) async fn flush_held_back() {
+    flush_held_back_with(say_held_back).await
+}
+
+/// [`flush_held_back`], saying each count with `say`.
+async fn flush_held_back_with(mut say: impl FnMut(Flood, u64)) {
+    use std::future::Future as _;
+    loop {
+        let due = std::future::poll_fn(|cx| {
+            FLUSHER.with(|f| match f.due.get() {
+                Some(due) => Poll::Ready(due),
+                None => {
+                    *f.waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+        })
+        .await;
+        // An earlier count held back meanwhile moves the wake-up earlier.
+        let sleep = tokio::time::sleep_until(due);
+        tokio::pin!(sleep);
+        std::future::poll_fn(|cx| {
+            FLUSHER.with(|f| {
+                let now_due = f.due.get().unwrap_or(due);
+                if now_due < sleep.deadline() {
+                    sleep.as_mut().reset(now_due);
+                }
+                *f.waker.borrow_mut() = Some(cx.waker().clone());
+            });
+            sleep.as_mut().poll(cx)
+        })
+        .await;
+        let now = Instant::now();
+        let next = LOGS.with(|logs| {
+            for log in logs {
+                if let (Some(held), Some(kind)) = (log.take_due(now), log.kind.get()) {
+                    say(kind, held);
+                }
+            }
+            logs.iter().filter_map(RateLimitedLog::due).min()
+        });
+        FLUSHER.with(|f| f.due.set(next));
+    }
+}
+
+/// The line for a count held back and not said by a later event of its
+/// kind: what the kind is, and how many.
+fn say_held_back(kind: Flood, suppressed: u64) {
+    tracing::warn!(
+        kind = ?kind,
+        suppressed,
+        "{suppressed} more {kind:?} events held back since the last line of the kind (one line per {LOG_INTERVAL:?} per worker; megaconn_limit_hits_total counts every one)"
+    );
 }
 
 /// The kinds of repeating event, each with its own limit per worker.
@@ -123,9 +253,9 @@ pub(crate) enum Flood {
     /// each thread has its own limiter.
     HubQueueFull,
     /// A subscription refused: the connection held
-    /// `Builder::max_subscriptions` topics already, or the topic's name was
-    /// over `Builder::max_topic_bytes` (one kind: both are a peer's
-    /// subscriptions, and the line names the setting).
+    /// `Builder::max_subscriptions` topics already. A kind per setting: one
+    /// shared with [`TopicTooLong`](Flood::TopicTooLong) held back the
+    /// line naming `max_topic_bytes` after one naming `max_subscriptions`.
     TooManySubscriptions,
     /// A framed TCP connection closed because its peer took none of our
     /// bytes in time (`write_timeout`, the heartbeat timeout or
@@ -235,6 +365,18 @@ pub(crate) enum Flood {
     /// control-frame flood (`HTTP2_CONTROL_BUDGET`): a kind apart from
     /// [`Http2Calm`](Flood::Http2Calm), as its line names the constant.
     Http2ControlFrames,
+    /// A subscription refused: its topic's name was over
+    /// `Builder::max_topic_bytes`.
+    TopicTooLong,
+    /// A connection refused at accept by `accept_rate`.
+    AcceptRate,
+    /// A connection refused at accept by `max_connections_per_ip`.
+    MaxConnectionsPerIp,
+    /// A worker at `max_connections` with a connection waiting.
+    AtMaxConnections,
+    /// An `accept` that failed (not a transient error): the listener
+    /// backs off.
+    AcceptFailed,
 }
 
 impl Flood {
@@ -252,11 +394,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 45;
+const KINDS: usize = 50;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2ControlFrames as usize == KINDS - 1);
+const _: () = assert!(Flood::AcceptFailed as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
@@ -266,7 +408,11 @@ thread_local! {
 
 /// Logs one event of `kind` through this worker's limiter for it.
 pub(crate) fn log(kind: Flood, emit: impl FnOnce(u64)) {
-    LOGS.with(|logs| logs[kind as usize].log(emit));
+    LOGS.with(|logs| {
+        let log = &logs[kind as usize];
+        log.kind.set(Some(kind));
+        log.log(emit)
+    });
 }
 
 /// Logs a caught panic: `what` panicked and what was done (an error line,
@@ -411,5 +557,43 @@ mod tests {
             log(Flood::MalformedBody, |_| lines.push(Flood::MalformedBody));
         }
         assert_eq!(lines, [Flood::BodyTooLarge, Flood::MalformedBody]);
+    }
+
+    /// The count held back at the end of a flood is said once its interval
+    /// is over, though no event of its kind comes again: one line per kind,
+    /// with the count, and nothing more after it. It waited for the next
+    /// event, so a flood's end was never said.
+    #[tokio::test(start_paused = true)]
+    async fn a_count_held_back_is_said_once_the_interval_is_over() {
+        let said = std::rc::Rc::new(RefCell::new(Vec::new()));
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let into = said.clone();
+                let flusher = tokio::task::spawn_local(flush_held_back_with(move |kind, n| {
+                    into.borrow_mut().push((kind, n))
+                }));
+                let mut lines = 0;
+                for _ in 0..1_000 {
+                    log(Flood::AcceptRate, |_| lines += 1);
+                }
+                tokio::time::advance(LOG_INTERVAL / 2).await;
+                for _ in 0..10 {
+                    log(Flood::PublishRate, |_| lines += 1);
+                }
+                assert_eq!(lines, 2);
+                tokio::time::sleep(LOG_INTERVAL / 2 + Duration::from_millis(1)).await;
+                assert_eq!(*said.borrow(), [(Flood::AcceptRate, 999)]);
+                tokio::time::sleep(LOG_INTERVAL).await;
+                assert_eq!(
+                    *said.borrow(),
+                    [(Flood::AcceptRate, 999), (Flood::PublishRate, 9)]
+                );
+                // Nothing held back any more: nothing more said.
+                tokio::time::sleep(LOG_INTERVAL * 4).await;
+                assert_eq!(said.borrow().len(), 2);
+                flusher.abort();
+            })
+            .await;
     }
 }

@@ -531,6 +531,9 @@ where
     if crate::message::MessageSettings::of(&ctx.config).is_some_and(|s| s.hub.is_some()) {
         crate::message::worker::local(&ctx);
     }
+    // Says the log counts held back once their interval is over
+    // (`ratelog.rs`); asleep while nothing is held back.
+    let flushing = tokio::task::spawn_local(crate::observe::ratelog::flush_held_back());
     // The stall detector's tick, for when its watchdog asks (`stall.rs`).
     let ticking = stall_alarm
         .map(|_| tokio::task::spawn_local(crate::server::stall::tick(ctx.stats.clone())));
@@ -694,6 +697,7 @@ where
     ctx.stats
         .drain_pending
         .store(0, std::sync::atomic::Ordering::Relaxed);
+    flushing.abort();
     if let Some(ticking) = ticking {
         // Before its tick goes: the watchdog must not take the end of the
         // loop for a stall while other workers still drain.
