@@ -377,7 +377,7 @@ fn nothing_idle(ctx: &WorkerContext, limit: &ConnectionLimit, suppressed: u64) {
         worker = ctx.index,
         max_connections = limit.max(),
         suppressed,
-        "at max_connections, nothing idle to close: not accepting until a connection closes"
+        "at max_connections, nothing idle to close: not accepting until a connection closes; raise max_connections (and the open-file limit with it) if the machine has room"
     )
 }
 

@@ -259,7 +259,7 @@ impl PublishRate {
                 burst = self.burst,
                 fanout = self.fanout,
                 suppressed,
-                "a connection published past its PublishRate; that publish refused (the connection stays open)"
+                "a connection published past its PublishRate; that publish refused (the connection stays open); raise per_second, burst or fanout (serve: --publish-rate, --publish-fanout) if it is honest"
             )
         });
     }

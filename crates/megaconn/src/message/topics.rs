@@ -328,7 +328,7 @@ pub enum SubscribeError {
     /// `megaconn_limit_hits_total{limit="max_subscriptions"}` and logged
     /// (at most once per 5 s per worker). A topic it holds already is no
     /// new subscription: subscribing to it again succeeds.
-    #[error("this connection holds {limit} subscriptions, the most Builder::max_subscriptions allows: unsubscribe from one first")]
+    #[error("this connection holds {limit} subscriptions, the most max_subscriptions allows (Builder::max_subscriptions, serve --max-subscriptions): unsubscribe from one first")]
     TooMany {
         /// The bound.
         limit: usize,
@@ -339,7 +339,7 @@ pub enum SubscribeError {
     /// `megaconn_limit_hits_total{limit="max_topic_bytes"}` and logged (at
     /// most once per 5 s per worker, with the subscriptions refused at
     /// `max_subscriptions`).
-    #[error("the topic's name is over {limit} bytes, the most Builder::max_topic_bytes allows")]
+    #[error("the topic's name is over {limit} bytes, the most max_topic_bytes allows (Builder::max_topic_bytes, serve --max-topic-bytes)")]
     TopicTooLong {
         /// The bound, in bytes.
         limit: usize,

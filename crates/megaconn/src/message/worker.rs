@@ -738,7 +738,7 @@ fn refused_subscription(
             OverLimit {
                 kind: Flood::TooManySubscriptions,
                 what: "a connection's subscription",
-                setting: "Builder::max_subscriptions",
+                setting: "max_subscriptions",
                 size: None,
                 limit: limit as u64,
             },
@@ -749,7 +749,7 @@ fn refused_subscription(
             OverLimit {
                 kind: Flood::TopicTooLong,
                 what: "a subscription's topic name",
-                setting: "Builder::max_topic_bytes",
+                setting: "max_topic_bytes",
                 size: Some(topic_len as u64),
                 limit: limit as u64,
             },
