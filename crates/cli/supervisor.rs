@@ -968,7 +968,18 @@ fn start(
                 }
             }
         }
-        let code = child.wait().await.ok().and_then(|s| s.code());
+        let status = child.wait().await.ok();
+        // A process a signal ended has no exit code (the "died" line says
+        // `exit=None`): name the signal, the first thing an operator asks.
+        if let Some(signal) = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s))
+        {
+            tracing::warn!(
+                worker = index,
+                signal,
+                "worker process ended by signal {signal}"
+            );
+        }
+        let code = status.and_then(|s| s.code());
         let _ = events.send(Event::Exited(index, code));
     });
     Ok(process)
