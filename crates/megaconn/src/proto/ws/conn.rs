@@ -539,7 +539,9 @@ pub(crate) async fn serve<H: WebSocketHandler>(
 /// in the buffer, taken from the queue: what a slow consumer's close then
 /// dropped counted as sent, and its pushes stayed in `pushes`.) A slow
 /// consumer's pushes that did not go count in `queue_drops`, as the
-/// messages its queue still held do (`Awake`'s drop).
+/// messages its queue still held do (`Awake`'s drop). Over TLS "the
+/// socket" is the TLS session: records it holds when a slow consumer is
+/// cut count as written (bounded by the session's buffer).
 #[derive(Debug, Default)]
 struct Unwritten {
     frames: u64,
