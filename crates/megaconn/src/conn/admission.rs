@@ -638,6 +638,14 @@ impl Waiting<'_> {
                     {
                         return Poll::Ready(());
                     }
+                    // The client's FIN came behind part of the opening:
+                    // no more will come, and tokio never clears a
+                    // read-closed readiness, so waiting on would peek the
+                    // same bytes in a spin until the deadline. Settled now
+                    // (the default answer).
+                    if ready.ready().is_read_closed() {
+                        return Poll::Ready(());
+                    }
                     // The opening's first bytes only: wait for more.
                     ready.clear_ready();
                 }
@@ -747,6 +755,51 @@ mod tests {
         // Below one a second: a burst of 1.
         let slow = PerIpRate::new(0.01);
         assert!(slow.try_take(a, start) && !slow.try_take(a, start));
+    }
+
+    /// A client that sends part of the opening and then its FIN: the socket
+    /// stays readable (tokio never clears a read-closed readiness) and the
+    /// peek sees the same partial opening each time, so the wait would poll
+    /// the accept loop's task in a spin until its deadline. Settled by the
+    /// FIN instead: the default answer at once, in a few polls.
+    #[tokio::test]
+    async fn a_partial_opening_then_fin_does_not_spin() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let answer = Answer {
+            bytes: Box::from(&b"503"[..]),
+            by_opening: Some((&b"PRI * HTTP/2.0"[..], Box::from(&b"GOAWAY"[..]))),
+        };
+        let undecided = Undecided::new();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (socket, _) = listener.accept().unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let socket = refuse(OwnedFd::from(socket), &answer).expect("no bytes yet");
+        undecided.add(socket, &answer);
+        client.write_all(b"PR").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        // Polled until the entry is settled (by the FIN, or at the latest
+        // by its deadline): a count of polls, not of time.
+        let mut polls = 0u64;
+        let settled = std::future::poll_fn(|cx| {
+            polls += 1;
+            let _ = undecided.poll(cx);
+            if undecided.len() == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::time::timeout(UNDECIDED_WAIT * 10, settled)
+            .await
+            .expect("settled by its deadline at the latest");
+        assert!(
+            polls < 100,
+            "the accept loop's task was polled {polls} times"
+        );
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"503");
     }
 
     /// Refusals whose answer waits for the client's first bytes: answered
