@@ -620,6 +620,17 @@ impl<'a> Undecided<'a> {
     }
 }
 
+/// The accept loop ends (its task aborted at shutdown or at an upgrade's
+/// hand-over, `server/worker.rs`): each one still waiting is answered by
+/// what it sent so far, as at its deadline, not closed with no answer.
+impl Drop for Undecided<'_> {
+    fn drop(&mut self) {
+        for waiting in self.waiting.get_mut().drain(..) {
+            waiting.settle();
+        }
+    }
+}
+
 impl Waiting<'_> {
     /// Ready when its first bytes have come or its wait is over.
     fn poll(&self, cx: &mut Context<'_>, now: Instant) -> Poll<()> {
@@ -800,6 +811,35 @@ mod tests {
         let mut out = Vec::new();
         client.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"503");
+    }
+
+    /// The accept loop's end (shutdown, an upgrade) answers the refusals
+    /// still waiting, by what they sent so far: closed with no answer, an
+    /// HTTP/1.1 client read an empty response.
+    #[tokio::test]
+    async fn refusals_still_waiting_are_answered_when_the_loop_ends() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let answer = Answer {
+            bytes: Box::from(&b"503"[..]),
+            by_opening: Some((&b"PRI * HTTP/2.0"[..], Box::from(&b"GOAWAY"[..]))),
+        };
+        let undecided = Undecided::new();
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+            let (socket, _) = listener.accept().unwrap();
+            socket.set_nonblocking(true).unwrap();
+            let socket = refuse(OwnedFd::from(socket), &answer).expect("no bytes yet");
+            undecided.add(socket, &answer);
+        }
+        clients[1].write_all(b"PRI").unwrap();
+        drop(undecided);
+        for client in &mut clients {
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).unwrap();
+            assert_eq!(out, b"503", "silent, and part of the opening only");
+        }
     }
 
     /// Refusals whose answer waits for the client's first bytes: answered
