@@ -823,6 +823,30 @@ mod tests {
         assert!(slow.try_take(a, start) && !slow.try_take(a, start));
     }
 
+    /// A cleartext listener's answers: `503`, or `GOAWAY` to a client whose
+    /// first bytes are `opening`.
+    fn h2c_answer(opening: &'static [u8]) -> Answer {
+        Answer {
+            bytes: Box::from(&b"503"[..]),
+            by_opening: Some((opening, Box::from(&b"GOAWAY"[..]))),
+        }
+    }
+
+    /// A client of `listener`, refused before its first bytes and kept
+    /// waiting in `undecided`.
+    fn waiting_refusal<'a>(
+        listener: &std::net::TcpListener,
+        undecided: &Undecided<'a>,
+        answer: &'a Answer,
+    ) -> std::net::TcpStream {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (socket, _) = listener.accept().unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let socket = refuse(OwnedFd::from(socket), answer).expect("no bytes yet");
+        undecided.add(socket, answer);
+        client
+    }
+
     /// A client that sends part of the opening and then its FIN: the socket
     /// stays readable (tokio never clears a read-closed readiness) and the
     /// peek sees the same partial opening each time, so the wait would poll
@@ -832,17 +856,10 @@ mod tests {
     async fn a_partial_opening_then_fin_does_not_spin() {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let answer = Answer {
-            bytes: Box::from(&b"503"[..]),
-            by_opening: Some((&b"PRI * HTTP/2.0"[..], Box::from(&b"GOAWAY"[..]))),
-        };
+        let answer = h2c_answer(b"PRI * HTTP/2.0");
         let in_server = AtomicUsize::new(0);
         let undecided = Undecided::new(&in_server, usize::MAX);
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (socket, _) = listener.accept().unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let socket = refuse(OwnedFd::from(socket), &answer).expect("no bytes yet");
-        undecided.add(socket, &answer);
+        let mut client = waiting_refusal(&listener, &undecided, &answer);
         client.write_all(b"PR").unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
         // Polled until the entry is settled (by the FIN, or at the latest
@@ -876,19 +893,12 @@ mod tests {
     async fn refusals_still_waiting_are_answered_when_the_loop_ends() {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let answer = Answer {
-            bytes: Box::from(&b"503"[..]),
-            by_opening: Some((&b"PRI * HTTP/2.0"[..], Box::from(&b"GOAWAY"[..]))),
-        };
+        let answer = h2c_answer(b"PRI * HTTP/2.0");
         let in_server = AtomicUsize::new(0);
         let undecided = Undecided::new(&in_server, usize::MAX);
         let mut clients = Vec::new();
         for _ in 0..2 {
-            clients.push(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
-            let (socket, _) = listener.accept().unwrap();
-            socket.set_nonblocking(true).unwrap();
-            let socket = refuse(OwnedFd::from(socket), &answer).expect("no bytes yet");
-            undecided.add(socket, &answer);
+            clients.push(waiting_refusal(&listener, &undecided, &answer));
         }
         clients[1].write_all(b"PRI").unwrap();
         drop(undecided);
@@ -908,27 +918,12 @@ mod tests {
         assert_eq!(undecided_max(crate::DEFAULT_FD_RESERVE), 112);
         assert_eq!(undecided_max(FD_HEADROOM + 1), 0, "no room: none waits");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let answer = Answer {
-            bytes: Box::from(&b"503"[..]),
-            by_opening: Some((&b"PRI"[..], Box::from(&b"GOAWAY"[..]))),
-        };
+        let answer = h2c_answer(b"PRI");
         let in_server = AtomicUsize::new(0);
         let (one, other) = (Undecided::new(&in_server, 3), Undecided::new(&in_server, 3));
-        fn refuse_into<'a>(
-            listener: &std::net::TcpListener,
-            undecided: &Undecided<'a>,
-            answer: &'a Answer,
-        ) -> std::net::TcpStream {
-            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (socket, _) = listener.accept().unwrap();
-            socket.set_nonblocking(true).unwrap();
-            let socket = refuse(OwnedFd::from(socket), answer).expect("no bytes yet");
-            undecided.add(socket, answer);
-            client
-        }
         let mut clients: Vec<_> = [&one, &one, &other, &other]
             .into_iter()
-            .map(|undecided| refuse_into(&listener, undecided, &answer))
+            .map(|undecided| waiting_refusal(&listener, undecided, &answer))
             .collect();
         assert_eq!((one.len(), other.len()), (2, 1));
         assert_eq!(in_server.load(Relaxed), 3);
@@ -937,7 +932,7 @@ mod tests {
         assert_eq!(out, b"503", "over the bound: answered at once");
         drop(one);
         assert_eq!(in_server.load(Relaxed), 1, "places given back");
-        clients.push(refuse_into(&listener, &other, &answer));
+        clients.push(waiting_refusal(&listener, &other, &answer));
         assert_eq!(other.len(), 2);
         drop(other);
         assert_eq!(in_server.load(Relaxed), 0);
@@ -952,19 +947,12 @@ mod tests {
     async fn undecided_refusals_wait_bounded_for_their_first_bytes() {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let answer = Answer {
-            bytes: Box::from(&b"503"[..]),
-            by_opening: Some((&b"PRI"[..], Box::from(&b"GOAWAY"[..]))),
-        };
+        let answer = h2c_answer(b"PRI");
         let in_server = AtomicUsize::new(0);
         let undecided = Undecided::new(&in_server, usize::MAX);
         let mut clients = Vec::new();
         for _ in 0..=UNDECIDED_MAX {
-            clients.push(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
-            let (socket, _) = listener.accept().unwrap();
-            socket.set_nonblocking(true).unwrap();
-            let socket = refuse(OwnedFd::from(socket), &answer).expect("no bytes yet");
-            undecided.add(socket, &answer);
+            clients.push(waiting_refusal(&listener, &undecided, &answer));
         }
         assert_eq!(undecided.len(), UNDECIDED_MAX);
         let answered = |client: &mut std::net::TcpStream| {
