@@ -57,7 +57,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
 use crate::conn::admission::{
-    refuse, Answer, Refusal, RefusalAnswer, Undecided, PER_IP_RETRY_AFTER_SECS,
+    refuse, undecided_max, Answer, Refusal, RefusalAnswer, Undecided, PER_IP_RETRY_AFTER_SECS,
 };
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
@@ -109,7 +109,12 @@ pub(crate) async fn accept_loop(
     let gate = tls.as_ref().and(ctx.tls_gate.clone());
     // Refusals waiting for their client's first bytes to choose between
     // answers (h2c's `GOAWAY` or HTTP/1.1's `503`), answered beside the loop.
-    let undecided = Undecided::new();
+    // At most `undecided_max` of the whole server's: their descriptors count
+    // against no slot.
+    let undecided = Undecided::new(
+        limit.refusals_waiting(),
+        undecided_max(ctx.config.fd_reserve),
+    );
     let accepting = async {
         loop {
             // A connection first, then a slot for it: a slot taken before the

@@ -27,6 +27,8 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -34,7 +36,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::time::{Instant, Sleep};
 
-use crate::conn::config::{AcceptRate, Config};
+use crate::conn::config::{AcceptRate, Config, FD_HEADROOM};
 
 /// A token bucket: `rate` connections per second, bursts up to `burst`.
 #[derive(Debug)]
@@ -409,6 +411,12 @@ impl Answer {
     }
 }
 
+/// Answers a refused `fd` now by what its client sent so far: with
+/// nothing yet, or part of the opening only, the default answer.
+fn answer_now(fd: std::os::fd::RawFd, answer: &Answer) {
+    send_then_shut(fd, answer.choose(fd).unwrap_or(&answer.bytes));
+}
+
 /// Sends `bytes` on `fd` without waiting, then, if they all went, shuts
 /// and discards ([`shut_and_discard`]) before the caller closes.
 fn send_then_shut(fd: std::os::fd::RawFd, bytes: &[u8]) {
@@ -495,6 +503,19 @@ fn first_bytes(fd: std::os::fd::RawFd, opening: &[u8]) -> Opening {
 /// bytes ([`Undecided`]); past it the oldest is answered at once.
 const UNDECIDED_MAX: usize = 64;
 
+/// Most refusals a server's accept loops keep waiting together
+/// ([`Undecided`]), with `fd_reserve` descriptors kept free: half the
+/// [`FD_HEADROOM`] the default `max_connections` leaves below the
+/// open-file limit, less the reserve (112 by default). Their descriptors
+/// count against no connection slot (a refused connection's is given back
+/// at once): 64 per accept loop alone, times the workers and listeners,
+/// outgrew the headroom, and real accepts met `EMFILE` with one
+/// connection open. The other half is the process's own (its runtimes,
+/// listeners, log file).
+pub(crate) fn undecided_max(fd_reserve: usize) -> usize {
+    FD_HEADROOM.saturating_sub(fd_reserve) / 2
+}
+
 /// How long a refusal waits for its client's first bytes ([`Undecided`]):
 /// a client that speaks first sends them right behind its handshake's ACK,
 /// so they are usually there in microseconds; a second also covers a lost
@@ -520,13 +541,18 @@ pub(crate) const UNDECIDED_WAIT: Duration = Duration::from_secs(1);
 /// at once (by what it sent so far, else the default), and polled by the
 /// accept loop's own task (no task of its own, no timer per entry): a
 /// flood of silent connections over a limit costs what it did, plus two
-/// `epoll_ctl`s a connection, and holds at most that many descriptors a
-/// worker's listener beyond `max_connections` (their connections are
-/// counted closed when refused). An HTTP/1.1 client also gains: its `503`
+/// `epoll_ctl`s a connection. Their descriptors count against no slot
+/// (their connections are counted closed when refused), so the server's
+/// accept loops together keep at most [`undecided_max`] waiting, past
+/// which a refusal is answered at once. An HTTP/1.1 client also gains: its `503`
 /// now follows its request, which is then discarded before the close, so
 /// the close is a FIN, not the reset its request drew when it came after.
 pub(crate) struct Undecided<'a> {
     waiting: RefCell<VecDeque<Waiting<'a>>>,
+    /// The server's accept loops' count of waiting refusals, together, and
+    /// its bound ([`undecided_max`]).
+    in_server: &'a AtomicUsize,
+    max_in_server: usize,
     /// The accept loop's task, woken when one is added.
     task: RefCell<Option<Waker>>,
     /// Fires at the oldest one's deadline.
@@ -537,12 +563,36 @@ struct Waiting<'a> {
     socket: AsyncFd<OwnedFd>,
     answer: &'a Answer,
     until: Instant,
+    _place: Place<'a>,
+}
+
+/// A place among the server's waiting refusals, given back when dropped.
+struct Place<'a>(&'a AtomicUsize);
+
+impl<'a> Place<'a> {
+    /// One if fewer than `max` are taken.
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<Place<'a>> {
+        count
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Place(count))
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl<'a> Undecided<'a> {
-    pub(crate) fn new() -> Undecided<'a> {
+    /// An accept loop's, counted in `in_server` (its server's accept
+    /// loops' together) with at most `max_in_server` there.
+    pub(crate) fn new(in_server: &'a AtomicUsize, max_in_server: usize) -> Undecided<'a> {
         Undecided {
             waiting: RefCell::new(VecDeque::new()),
+            in_server,
+            max_in_server,
             task: RefCell::new(None),
             timer: RefCell::new(Box::pin(tokio::time::sleep(Duration::ZERO))),
         }
@@ -551,6 +601,11 @@ impl<'a> Undecided<'a> {
     /// Keeps `socket`, refused with `answer` ([`refuse`] returned it), until
     /// its first bytes say which answer it gets.
     pub(crate) fn add(&self, socket: OwnedFd, answer: &'a Answer) {
+        let Some(place) = Place::take(self.in_server, self.max_in_server) else {
+            // The server's bound: answered at once, by what it sent so far,
+            // as before there was a wait.
+            return answer_now(socket.as_raw_fd(), answer);
+        };
         // SAFETY: an OwnedFd owns its descriptor, open and unchanged for as
         // long as the AsyncFd holds it.
         let registered =
@@ -570,6 +625,7 @@ impl<'a> Undecided<'a> {
             socket,
             answer,
             until: Instant::now() + UNDECIDED_WAIT,
+            _place: place,
         });
         if waiting.len() > UNDECIDED_MAX {
             if let Some(oldest) = waiting.pop_front() {
@@ -620,6 +676,17 @@ impl<'a> Undecided<'a> {
     }
 }
 
+/// The accept loop ends (its task aborted at shutdown or at an upgrade's
+/// hand-over, `server/worker.rs`): each one still waiting is answered by
+/// what it sent so far, as at its deadline, not closed with no answer.
+impl Drop for Undecided<'_> {
+    fn drop(&mut self) {
+        for waiting in self.waiting.get_mut().drain(..) {
+            waiting.settle();
+        }
+    }
+}
+
 impl Waiting<'_> {
     /// Ready when its first bytes have come or its wait is over.
     fn poll(&self, cx: &mut Context<'_>, now: Instant) -> Poll<()> {
@@ -638,6 +705,14 @@ impl Waiting<'_> {
                     {
                         return Poll::Ready(());
                     }
+                    // The client's FIN came behind part of the opening:
+                    // no more will come, and tokio never clears a
+                    // read-closed readiness, so waiting on would peek the
+                    // same bytes in a spin until the deadline. Settled now
+                    // (the default answer).
+                    if ready.ready().is_read_closed() {
+                        return Poll::Ready(());
+                    }
                     // The opening's first bytes only: wait for more.
                     ready.clear_ready();
                 }
@@ -649,8 +724,7 @@ impl Waiting<'_> {
     /// is over, or it made room for a newer one), or part of the opening
     /// only, the default answer. Dropped after: deregistered and closed.
     fn settle(self) {
-        let fd = self.socket.get_ref().as_raw_fd();
-        send_then_shut(fd, self.answer.choose(fd).unwrap_or(&self.answer.bytes));
+        answer_now(self.socket.get_ref().as_raw_fd(), self.answer);
     }
 }
 
@@ -749,6 +823,121 @@ mod tests {
         assert!(slow.try_take(a, start) && !slow.try_take(a, start));
     }
 
+    /// A cleartext listener's answers: `503`, or `GOAWAY` to a client whose
+    /// first bytes are `opening`.
+    fn h2c_answer(opening: &'static [u8]) -> Answer {
+        Answer {
+            bytes: Box::from(&b"503"[..]),
+            by_opening: Some((opening, Box::from(&b"GOAWAY"[..]))),
+        }
+    }
+
+    /// A client of `listener`, refused before its first bytes and kept
+    /// waiting in `undecided`.
+    fn waiting_refusal<'a>(
+        listener: &std::net::TcpListener,
+        undecided: &Undecided<'a>,
+        answer: &'a Answer,
+    ) -> std::net::TcpStream {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (socket, _) = listener.accept().unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let socket = refuse(OwnedFd::from(socket), answer).expect("no bytes yet");
+        undecided.add(socket, answer);
+        client
+    }
+
+    /// A client that sends part of the opening and then its FIN: the socket
+    /// stays readable (tokio never clears a read-closed readiness) and the
+    /// peek sees the same partial opening each time, so the wait would poll
+    /// the accept loop's task in a spin until its deadline. Settled by the
+    /// FIN instead: the default answer at once, in a few polls.
+    #[tokio::test]
+    async fn a_partial_opening_then_fin_does_not_spin() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let answer = h2c_answer(b"PRI * HTTP/2.0");
+        let in_server = AtomicUsize::new(0);
+        let undecided = Undecided::new(&in_server, usize::MAX);
+        let mut client = waiting_refusal(&listener, &undecided, &answer);
+        client.write_all(b"PR").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        // Polled until the entry is settled (by the FIN, or at the latest
+        // by its deadline): a count of polls, not of time.
+        let mut polls = 0u64;
+        let settled = std::future::poll_fn(|cx| {
+            polls += 1;
+            let _ = undecided.poll(cx);
+            if undecided.len() == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::time::timeout(UNDECIDED_WAIT * 10, settled)
+            .await
+            .expect("settled by its deadline at the latest");
+        assert!(
+            polls < 100,
+            "the accept loop's task was polled {polls} times"
+        );
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"503");
+    }
+
+    /// The accept loop's end (shutdown, an upgrade) answers the refusals
+    /// still waiting, by what they sent so far: closed with no answer, an
+    /// HTTP/1.1 client read an empty response.
+    #[tokio::test]
+    async fn refusals_still_waiting_are_answered_when_the_loop_ends() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let answer = h2c_answer(b"PRI * HTTP/2.0");
+        let in_server = AtomicUsize::new(0);
+        let undecided = Undecided::new(&in_server, usize::MAX);
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(waiting_refusal(&listener, &undecided, &answer));
+        }
+        clients[1].write_all(b"PRI").unwrap();
+        drop(undecided);
+        for client in &mut clients {
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).unwrap();
+            assert_eq!(out, b"503", "silent, and part of the opening only");
+        }
+    }
+
+    /// The server's accept loops together keep at most their bound waiting
+    /// ([`undecided_max`]): past it a refusal is answered at once, and a
+    /// place given back (here by a loop's end) lets the next one wait.
+    #[tokio::test]
+    async fn waiting_refusals_are_bounded_server_wide() {
+        use std::io::Read;
+        assert_eq!(undecided_max(crate::DEFAULT_FD_RESERVE), 112);
+        assert_eq!(undecided_max(FD_HEADROOM + 1), 0, "no room: none waits");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let answer = h2c_answer(b"PRI");
+        let in_server = AtomicUsize::new(0);
+        let (one, other) = (Undecided::new(&in_server, 3), Undecided::new(&in_server, 3));
+        let mut clients: Vec<_> = [&one, &one, &other, &other]
+            .into_iter()
+            .map(|undecided| waiting_refusal(&listener, undecided, &answer))
+            .collect();
+        assert_eq!((one.len(), other.len()), (2, 1));
+        assert_eq!(in_server.load(Relaxed), 3);
+        let mut out = Vec::new();
+        clients[3].read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"503", "over the bound: answered at once");
+        drop(one);
+        assert_eq!(in_server.load(Relaxed), 1, "places given back");
+        clients.push(waiting_refusal(&listener, &other, &answer));
+        assert_eq!(other.len(), 2);
+        drop(other);
+        assert_eq!(in_server.load(Relaxed), 0);
+    }
+
     /// Refusals whose answer waits for the client's first bytes: answered
     /// by them when they come (all of the opening, or not it from its
     /// first byte), by the default when none came within
@@ -758,18 +947,12 @@ mod tests {
     async fn undecided_refusals_wait_bounded_for_their_first_bytes() {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let answer = Answer {
-            bytes: Box::from(&b"503"[..]),
-            by_opening: Some((&b"PRI"[..], Box::from(&b"GOAWAY"[..]))),
-        };
-        let undecided = Undecided::new();
+        let answer = h2c_answer(b"PRI");
+        let in_server = AtomicUsize::new(0);
+        let undecided = Undecided::new(&in_server, usize::MAX);
         let mut clients = Vec::new();
         for _ in 0..=UNDECIDED_MAX {
-            clients.push(std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap());
-            let (socket, _) = listener.accept().unwrap();
-            socket.set_nonblocking(true).unwrap();
-            let socket = refuse(OwnedFd::from(socket), &answer).expect("no bytes yet");
-            undecided.add(socket, &answer);
+            clients.push(waiting_refusal(&listener, &undecided, &answer));
         }
         assert_eq!(undecided.len(), UNDECIDED_MAX);
         let answered = |client: &mut std::net::TcpStream| {

@@ -41,6 +41,10 @@ pub(crate) struct ConnectionLimit {
     /// answered after its asker got a slot another way (a close) must not
     /// evict for nobody.
     waiting: Arc<AtomicUsize>,
+    /// Refused connections the server's accept loops keep open together,
+    /// waiting for their client's first bytes (`admission::Undecided`):
+    /// bounded server-wide, since their descriptors count against no slot.
+    refusals_waiting: Arc<AtomicUsize>,
 }
 
 /// An acceptor waiting at the limit, counted while it lives.
@@ -97,6 +101,7 @@ impl ConnectionLimit {
             max,
             evictors: None,
             waiting: Arc::new(AtomicUsize::new(0)),
+            refusals_waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -125,6 +130,12 @@ impl ConnectionLimit {
     ) -> ConnectionLimit {
         self.accept_rate = rate.map(|r| Arc::new(AcceptRateLimit::new(r, workers)));
         self
+    }
+
+    /// The count of refusals waiting for their client's first bytes, the
+    /// server's accept loops' together (`admission::Undecided`).
+    pub(crate) fn refusals_waiting(&self) -> &AtomicUsize {
+        &self.refusals_waiting
     }
 
     /// The accept rate, if there is one.
