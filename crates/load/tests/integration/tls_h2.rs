@@ -105,7 +105,8 @@ fn start(tls: Option<TlsConfig>) -> Server {
     }
 }
 
-fn args(url: &str, extra: &[&str]) -> LoadArgs {
+/// `megaconn load URL -q EXTRA…` parsed as the CLI does.
+pub(crate) fn args(url: &str, extra: &[&str]) -> LoadArgs {
     let mut v = vec!["load", url, "-q"];
     v.extend_from_slice(extra);
     Cli::parse_from(v).args

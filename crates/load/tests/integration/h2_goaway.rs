@@ -1,0 +1,187 @@
+//! `load --http2` across a server's graceful close (GOAWAY with NO_ERROR,
+//! RFC 9113 §6.8), as `serve --upgrade` drains: the client reconnects without
+//! counting an error or spending the budget, retries the streams the GOAWAY
+//! refused (not processed), and every request is answered exactly once.
+//!
+//! Two servers on 127.0.0.1: a hand-written one that writes the frames itself,
+//! so that which streams are refused does not depend on timing, and an
+//! `h2::server` that calls `graceful_shutdown()` after a few answers.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+
+use megaconn_load::run_load;
+
+use crate::tls_h2::args;
+
+/// Frame types and flags used by the hand-written server (RFC 9113 §6).
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+const END_STREAM_AND_HEADERS: u8 = 0x5;
+/// HPACK: `:status: 200` is entry 8 of the static table.
+const STATUS_200: [u8; 1] = [0x88];
+
+fn write_frame(w: &mut TcpStream, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], ty, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    w.write_all(&f).unwrap();
+}
+
+/// Reads one frame: (type, flags, stream id), or `None` at EOF or error.
+fn read_frame(r: &mut TcpStream) -> Option<(u8, u8, u32)> {
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).ok()?;
+    let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], id))
+}
+
+/// A server that, on each connection, waits for the streams the client opens
+/// (`--streams 4`, or fewer when fewer requests remain of `total`), then
+/// sends GOAWAY(NO_ERROR) keeping only the first two, answers those two and
+/// closes. With four streams in flight, two are refused every time: which
+/// ones is fixed by the frames, not by timing. Returns the address and the
+/// count of answered requests.
+fn refusing_server(total: u64) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&answered);
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { continue };
+            let remaining = total.saturating_sub(count.load(SeqCst));
+            if let Some(kept) = refuse_all_but_two(&mut sock, remaining.min(4) as usize) {
+                count.fetch_add(kept, SeqCst);
+            }
+        }
+    });
+    (addr, answered)
+}
+
+/// One connection of [`refusing_server`]: `None` if the client went away first.
+fn refuse_all_but_two(sock: &mut TcpStream, expected: usize) -> Option<u64> {
+    let mut preface = [0u8; 24];
+    sock.read_exact(&mut preface).ok()?;
+    assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    write_frame(sock, SETTINGS, 0, 0, &[]);
+    let mut ids = Vec::new();
+    while ids.len() < expected {
+        match read_frame(sock)? {
+            (SETTINGS, flags, 0) if flags & ACK == 0 => write_frame(sock, SETTINGS, ACK, 0, &[]),
+            (HEADERS, _, id) => ids.push(id),
+            _ => {}
+        }
+    }
+    let kept = if expected == 4 { 2 } else { expected };
+    let last = if kept == 0 { 0 } else { ids[kept - 1] };
+    let mut goaway = last.to_be_bytes().to_vec();
+    goaway.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
+    write_frame(sock, GOAWAY, 0, 0, &goaway);
+    for &id in &ids[..kept] {
+        write_frame(sock, HEADERS, END_STREAM_AND_HEADERS, id, &STATUS_200);
+    }
+    // Half-close, then read until the client closes: closing with its
+    // frames unread would reset the connection under the answers.
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let _ = std::io::copy(sock, &mut std::io::sink());
+    Some(kept as u64)
+}
+
+#[test]
+fn h2_streams_refused_by_a_graceful_goaway_are_retried_not_errors() {
+    // 10 requests, two answered per connection: five connections, eight
+    // refused streams (two on each of the first four) sent again.
+    let (addr, answered) = refusing_server(10);
+    let r = run_load(args(
+        &format!("http://{addr}/"),
+        &[
+            "--http2",
+            "-n",
+            "10",
+            "-c",
+            "1",
+            "--streams",
+            "4",
+            "-t",
+            "5",
+        ],
+    ))
+    .unwrap();
+    assert_eq!((r.requests, r.errors_total), (10, 0), "{:?}", r.errors);
+    assert_eq!(answered.load(SeqCst), 10);
+    assert_eq!(r.connections_opened, 5);
+}
+
+/// An `h2::server` that answers `per_conn` requests on each connection, then
+/// calls `graceful_shutdown()` (GOAWAY(2^31-1), PING, GOAWAY(last id)) and
+/// answers whatever it accepted meanwhile. Returns the address and the count
+/// of answered requests.
+fn draining_server(per_conn: u64) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&answered);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (sock, _) = listener.accept().await.unwrap();
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(sock).await else {
+                        return;
+                    };
+                    let mut here = 0;
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        let _ = respond.send_response(http::Response::new(()), true);
+                        count.fetch_add(1, SeqCst);
+                        here += 1;
+                        if here == per_conn {
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (addr, answered)
+}
+
+#[test]
+fn h2_graceful_shutdown_reconnects_without_errors() {
+    let (addr, answered) = draining_server(5);
+    let r = run_load(args(
+        &format!("http://{addr}/"),
+        &[
+            "--http2",
+            "-n",
+            "40",
+            "-c",
+            "2",
+            "--streams",
+            "4",
+            "-t",
+            "5",
+        ],
+    ))
+    .unwrap();
+    assert_eq!((r.requests, r.errors_total), (40, 0), "{:?}", r.errors);
+    assert_eq!(answered.load(SeqCst), 40);
+    // Each connection is closed after a few answers: 40 requests on two
+    // clients cannot all fit on the first two connections.
+    assert!(r.connections_opened > 2, "{}", r.connections_opened);
+}
