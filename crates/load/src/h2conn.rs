@@ -14,8 +14,10 @@
 //! connection is replaced without spending the budget. A stream it refused
 //! (above the GOAWAY's last-stream-id) was not processed, so it is sent
 //! again on the next connection, uncounted, as the HTTP/1.1 loop reconnects
-//! uncounted after a close between requests. A GOAWAY with an error code, or
-//! a stream the server kept but the connection lost, still counts. Unlike HTTP/1.1, each request allocates (h2 streams
+//! uncounted after a close between requests. A GOAWAY with an error code, a
+//! stream the server kept but the connection lost, or a graceful close that
+//! refused everything sent on the connection (one `closed` error, so a server
+//! draining every connection cannot keep a run reconnecting forever) counts. Unlike HTTP/1.1, each request allocates (h2 streams
 //! and the `http::Request` handed to them are per request by design).
 
 use std::future::poll_fn;
@@ -180,8 +182,17 @@ impl Exchange<'_> {
         // The server sent a graceful GOAWAY: open nothing more, let the
         // streams it kept finish, then reconnect.
         let mut draining = false;
+        // Streams answered (any status) or failed on this connection.
+        let mut done_here = 0u64;
         loop {
             if draining && inflight.is_empty() {
+                if sent_here > 0 && done_here == 0 {
+                    // Closed "gracefully" with every request refused: a
+                    // server that drains every connection it accepts would
+                    // otherwise keep the run reconnecting forever, unseen.
+                    self.rec.error(ErrorKind::Closed);
+                    *budget -= 1;
+                }
                 return End::Reconnect;
             }
             // Open streams while a slot, the budget and (open loop) the
@@ -265,12 +276,14 @@ impl Exchange<'_> {
                             continue;
                         }
                         Ok((status, bytes)) => {
+                            done_here += 1;
                             *budget -= 1;
                             self.rec.read(bytes);
                             let ok = self.rec.response(status, start, now);
                             self.rec.succeeded(ok);
                         }
                         Err(e) => {
+                            done_here += 1;
                             *budget -= 1;
                             self.rec.error(error_kind(&e));
                             // A reset of this one stream leaves the others going.

@@ -46,11 +46,12 @@ fn read_frame(r: &mut TcpStream) -> Option<(u8, u8, u32)> {
 
 /// A server that, on each connection, waits for the streams the client opens
 /// (`--streams 4`, or fewer when fewer requests remain of `total`), then
-/// sends GOAWAY(NO_ERROR) keeping only the first two, answers those two and
-/// closes. With four streams in flight, two are refused every time: which
-/// ones is fixed by the frames, not by timing. Returns the address and the
-/// count of answered requests.
-fn refusing_server(total: u64) -> (SocketAddr, Arc<AtomicU64>) {
+/// sends GOAWAY(NO_ERROR) keeping only the first `keep` of four, answers
+/// those and closes. With four streams in flight, `4 - keep` are refused
+/// every time: which ones is fixed by the frames, not by timing. With `keep`
+/// 0 it refuses everything as soon as one stream arrives. Returns the address
+/// and the count of answered requests.
+fn refusing_server(total: u64, keep: usize) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let answered = Arc::new(AtomicU64::new(0));
@@ -58,8 +59,13 @@ fn refusing_server(total: u64) -> (SocketAddr, Arc<AtomicU64>) {
     std::thread::spawn(move || {
         for sock in listener.incoming() {
             let Ok(mut sock) = sock else { continue };
-            let remaining = total.saturating_sub(count.load(SeqCst));
-            if let Some(kept) = refuse_all_but_two(&mut sock, remaining.min(4) as usize) {
+            let remaining = total.saturating_sub(count.load(SeqCst)).min(4) as usize;
+            let (wait_for, kept) = match (keep, remaining) {
+                (0, _) => (1, 0),
+                (_, 4) => (4, keep),
+                (_, n) => (n, n),
+            };
+            if let Some(kept) = refuse(&mut sock, wait_for, kept) {
                 count.fetch_add(kept, SeqCst);
             }
         }
@@ -67,21 +73,21 @@ fn refusing_server(total: u64) -> (SocketAddr, Arc<AtomicU64>) {
     (addr, answered)
 }
 
-/// One connection of [`refusing_server`]: `None` if the client went away first.
-fn refuse_all_but_two(sock: &mut TcpStream, expected: usize) -> Option<u64> {
+/// One connection of [`refusing_server`]: reads `wait_for` requests, keeps
+/// and answers the first `kept`; `None` if the client went away first.
+fn refuse(sock: &mut TcpStream, wait_for: usize, kept: usize) -> Option<u64> {
     let mut preface = [0u8; 24];
     sock.read_exact(&mut preface).ok()?;
     assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     write_frame(sock, SETTINGS, 0, 0, &[]);
     let mut ids = Vec::new();
-    while ids.len() < expected {
+    while ids.len() < wait_for {
         match read_frame(sock)? {
             (SETTINGS, flags, 0) if flags & ACK == 0 => write_frame(sock, SETTINGS, ACK, 0, &[]),
             (HEADERS, _, id) => ids.push(id),
             _ => {}
         }
     }
-    let kept = if expected == 4 { 2 } else { expected };
     let last = if kept == 0 { 0 } else { ids[kept - 1] };
     let mut goaway = last.to_be_bytes().to_vec();
     goaway.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
@@ -100,7 +106,7 @@ fn refuse_all_but_two(sock: &mut TcpStream, expected: usize) -> Option<u64> {
 fn h2_streams_refused_by_a_graceful_goaway_are_retried_not_errors() {
     // 10 requests, two answered per connection: five connections, eight
     // refused streams (two on each of the first four) sent again.
-    let (addr, answered) = refusing_server(10);
+    let (addr, answered) = refusing_server(10, 2);
     let r = run_load(args(
         &format!("http://{addr}/"),
         &[
@@ -119,6 +125,22 @@ fn h2_streams_refused_by_a_graceful_goaway_are_retried_not_errors() {
     assert_eq!((r.requests, r.errors_total), (10, 0), "{:?}", r.errors);
     assert_eq!(answered.load(SeqCst), 10);
     assert_eq!(r.connections_opened, 5);
+}
+
+#[test]
+fn h2_a_server_refusing_every_stream_gracefully_is_counted_and_ends_the_run() {
+    // Not hidden, and no endless reconnecting (`-n` alone has no deadline):
+    // each connection that answered nothing spends one request as `closed`.
+    let (addr, answered) = refusing_server(u64::MAX, 0);
+    let r = run_load(args(
+        &format!("http://{addr}/"),
+        &["--http2", "-n", "3", "-c", "1", "--streams", "4", "-t", "5"],
+    ))
+    .unwrap();
+    assert_eq!((r.requests, r.errors_total), (0, 3), "{:?}", r.errors);
+    assert_eq!(r.errors.closed, 3);
+    assert_eq!(answered.load(SeqCst), 0);
+    assert_eq!(r.connections_opened, 3);
 }
 
 /// An `h2::server` that answers `per_conn` requests on each connection, then
