@@ -3,9 +3,11 @@
 //! counting an error or spending the budget, retries the streams the GOAWAY
 //! refused (not processed), and every request is answered exactly once.
 //!
-//! Two servers on 127.0.0.1: a hand-written one that writes the frames itself,
-//! so that which streams are refused does not depend on timing, and an
-//! `h2::server` that calls `graceful_shutdown()` after a few answers.
+//! Three servers on 127.0.0.1: a hand-written one that writes the frames
+//! itself, so that which streams are refused does not depend on timing (and,
+//! refusing everything, shows that such a server is still counted); an
+//! `h2::server` that calls `graceful_shutdown()` after a few answers; and
+//! megaconn itself with `max_connection_age`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -206,4 +208,49 @@ fn h2_graceful_shutdown_reconnects_without_errors() {
     // Each connection is closed after a few answers: 40 requests on two
     // clients cannot all fit on the first two connections.
     assert!(r.connections_opened > 2, "{}", r.connections_opened);
+}
+
+#[test]
+fn h2_across_megaconns_connection_age_goaways_counts_no_error() {
+    // megaconn's own graceful close: `max_connection_age` sends GOAWAY to
+    // each connection once it is 0.9-1 s old, so a 3 s run meets several
+    // (as an upgrade's drain does). However many, none is an error.
+    let server = megaconn::Server::builder()
+        .workers(1)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .max_connection_age(Some(std::time::Duration::from_secs(1)))
+        .listen()
+        .expect("binds");
+    let addr = server.local_addr();
+    let service = tower::service_fn(|_req: http::Request<megaconn::Body>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(b"Hello"),
+        )))
+    });
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = rt.block_on(server.serve(service));
+    });
+    let r = run_load(args(
+        &format!("http://{addr}/"),
+        &[
+            "--http2",
+            "-d",
+            "3s",
+            "-c",
+            "2",
+            "--streams",
+            "4",
+            "-t",
+            "5",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(r.errors_total, 0, "{:?}", r.errors);
+    assert!(r.requests > 0);
+    // The two clients were told to go at least once each.
+    assert!(r.connections_opened >= 4, "{}", r.connections_opened);
 }
