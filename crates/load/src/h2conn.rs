@@ -6,7 +6,8 @@
 //! The loop mirrors the HTTP/1.1 one in `conn`: sends when a stream slot (and,
 //! in open loop, the schedule) allows, one timer for the deadline, the
 //! response timeout and the next intended send, and the same accounting
-//! through [`Recorder`].
+//! through [`Recorder`]. Unlike HTTP/1.1, each request allocates (h2 streams
+//! and the `http::Request` handed to them are per request by design).
 //!
 //! A graceful close from the server (GOAWAY with NO_ERROR, RFC 9113 §6.8, as
 //! `serve --upgrade` and connection-age limits send) is not an error: no new
@@ -17,8 +18,7 @@
 //! uncounted after a close between requests. A GOAWAY with an error code, a
 //! stream the server kept but the connection lost, or a graceful close that
 //! refused everything sent on the connection (one `closed` error, so a server
-//! draining every connection cannot keep a run reconnecting forever) counts. Unlike HTTP/1.1, each request allocates (h2 streams
-//! and the `http::Request` handed to them are per request by design).
+//! draining every connection cannot keep a run reconnecting forever) counts.
 
 use std::future::poll_fn;
 use std::pin::pin;
