@@ -8,6 +8,17 @@
 //! response timeout and the next intended send, and the same accounting
 //! through [`Recorder`]. Unlike HTTP/1.1, each request allocates (h2 streams
 //! and the `http::Request` handed to them are per request by design).
+//!
+//! A graceful close from the server (GOAWAY with NO_ERROR, RFC 9113 §6.8, as
+//! `serve --upgrade` and connection-age limits send) is not an error: no new
+//! stream is opened, the streams the server kept are answered, and the
+//! connection is replaced without spending the budget. A stream it refused
+//! (above the GOAWAY's last-stream-id) was not processed, so it is sent
+//! again on the next connection, uncounted, as the HTTP/1.1 loop reconnects
+//! uncounted after a close between requests. A GOAWAY with an error code, a
+//! stream the server kept but the connection lost, or a graceful close that
+//! refused everything sent on the connection (one `closed` error, so a server
+//! draining every connection cannot keep a run reconnecting forever) counts.
 
 use std::future::poll_fn;
 use std::pin::pin;
@@ -168,11 +179,27 @@ impl Exchange<'_> {
             sh.deadline
         )));
         let mut timer_at = sh.deadline;
+        // The server sent a graceful GOAWAY: open nothing more, let the
+        // streams it kept finish, then reconnect.
+        let mut draining = false;
+        // Streams answered (any status) or failed on this connection.
+        let mut done_here = 0u64;
         loop {
+            if draining && inflight.is_empty() {
+                if sent_here > 0 && done_here == 0 {
+                    // Closed "gracefully" with every request refused: a
+                    // server that drains every connection it accepts would
+                    // otherwise keep the run reconnecting forever, unseen.
+                    self.rec.error(ErrorKind::Closed);
+                    *budget -= 1;
+                }
+                return End::Reconnect;
+            }
             // Open streams while a slot, the budget and (open loop) the
             // schedule allow; h2 says when the server's stream limit is reached.
             let mut blocked = false;
-            while inflight.len() < streams
+            while !draining
+                && inflight.len() < streams
                 && (inflight.len() as u64) < *budget
                 && !(sh.one_per_connection && sent_here > 0)
                 && schedule.as_deref().is_none_or(|s| s.next_due() <= now)
@@ -180,6 +207,10 @@ impl Exchange<'_> {
                 match poll_fn(|cx| client.poll_ready(cx)).now_or_never() {
                     None => {
                         blocked = true;
+                        break;
+                    }
+                    Some(Err(e)) if graceful(&e) => {
+                        draining = true;
                         break;
                     }
                     Some(Err(e)) => return self.fail(&e, budget),
@@ -196,6 +227,12 @@ impl Exchange<'_> {
                 };
                 let response = match self.send(&mut client) {
                     Ok(r) => r,
+                    Err(e) if graceful(&e) => {
+                        // Nothing went on the wire: the request is sent
+                        // on the next connection.
+                        draining = true;
+                        break;
+                    }
                     Err(e) => return self.fail(&e, budget),
                 };
                 if inflight.is_empty() {
@@ -212,7 +249,7 @@ impl Exchange<'_> {
                 wake = wake.min(last_progress + sh.timeout);
             }
             if let Some(s) = schedule.as_deref() {
-                if inflight.len() < streams && !blocked {
+                if inflight.len() < streams && !blocked && !draining {
                     wake = wake.min(s.next_due());
                 }
             }
@@ -229,14 +266,25 @@ impl Exchange<'_> {
                     if inflight.len() + 1 == streams {
                         free_since = now; // a slot frees up now
                     }
-                    *budget -= 1;
                     match result {
+                        Err(e) if graceful(&e) => {
+                            // Refused by a graceful GOAWAY, so not processed
+                            // (RFC 9113 §6.8): sent again on the next
+                            // connection, neither an error nor a request of
+                            // the budget. The streams the server kept go on.
+                            draining = true;
+                            continue;
+                        }
                         Ok((status, bytes)) => {
+                            done_here += 1;
+                            *budget -= 1;
                             self.rec.read(bytes);
                             let ok = self.rec.response(status, start, now);
                             self.rec.succeeded(ok);
                         }
                         Err(e) => {
+                            done_here += 1;
+                            *budget -= 1;
                             self.rec.error(error_kind(&e));
                             // A reset of this one stream leaves the others going.
                             if !stream_only(&e) {
@@ -253,8 +301,10 @@ impl Exchange<'_> {
                 }
                 ready = poll_fn(|cx| client.poll_ready(cx)), if blocked => {
                     now = Instant::now();
-                    if let Err(e) = ready {
-                        return self.fail(&e, budget);
+                    match ready {
+                        Err(e) if graceful(&e) => draining = true,
+                        Err(e) => return self.fail(&e, budget),
+                        Ok(()) => {}
                     }
                 }
                 () = timer.as_mut() => {
@@ -337,6 +387,13 @@ fn error_kind(e: &h2::Error) -> ErrorKind {
     } else {
         ErrorKind::BadResponse
     }
+}
+
+/// True for the server's graceful close: a GOAWAY it sent with NO_ERROR.
+/// h2 reports it for every stream opened after it (the connection's error)
+/// and for each in-flight stream above its last-stream-id (not processed).
+fn graceful(e: &h2::Error) -> bool {
+    e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR)
 }
 
 /// True when only one stream failed (RST_STREAM) and the connection lives on.

@@ -11,6 +11,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod h2_goaway;
 mod hold;
 mod hold_framed;
 mod load;

@@ -29,21 +29,21 @@ struct Seen {
     http2: AtomicU64,
 }
 
-struct Server {
+pub(crate) struct Server {
     addr: SocketAddr,
     seen: Arc<Seen>,
     tls: bool,
 }
 
 impl Server {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}/", self.addr)
     }
     fn http1(&self) -> u64 {
         self.seen.http1.load(SeqCst)
     }
-    fn http2(&self) -> u64 {
+    pub(crate) fn http2(&self) -> u64 {
         self.seen.http2.load(SeqCst)
     }
 }
@@ -66,9 +66,19 @@ const SLOW: std::time::Duration = std::time::Duration::from_millis(20);
 /// answers `Hello` (`/slow`: after [`SLOW`]) and counts requests by version. It lives until the test
 /// process ends.
 fn start(tls: Option<TlsConfig>) -> Server {
-    let mut builder = megaconn::Server::builder()
-        .workers(1)
-        .listen_on("127.0.0.1:0".parse().unwrap());
+    start_with(tls, |b| b)
+}
+
+/// [`start`] with more knobs set by `knobs`.
+pub(crate) fn start_with(
+    tls: Option<TlsConfig>,
+    knobs: impl FnOnce(megaconn::Builder) -> megaconn::Builder,
+) -> Server {
+    let mut builder = knobs(
+        megaconn::Server::builder()
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+    );
     let is_tls = tls.is_some();
     if let Some(tls) = tls {
         builder = builder.tls(tls);
@@ -105,7 +115,8 @@ fn start(tls: Option<TlsConfig>) -> Server {
     }
 }
 
-fn args(url: &str, extra: &[&str]) -> LoadArgs {
+/// `megaconn load URL -q EXTRA…` parsed as the CLI does.
+pub(crate) fn args(url: &str, extra: &[&str]) -> LoadArgs {
     let mut v = vec!["load", url, "-q"];
     v.extend_from_slice(extra);
     Cli::parse_from(v).args
