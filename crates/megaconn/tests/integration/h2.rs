@@ -1873,6 +1873,21 @@ async fn post_open(
     c.send_request(post, false).unwrap()
 }
 
+/// Posts to `path` on `client` with the body left open, where the answer
+/// is `/endless`'s; its body once its first chunk came, and the request
+/// body's sender.
+async fn post_endless(
+    client: &h2::client::SendRequest<Bytes>,
+    path: &str,
+) -> (h2::RecvStream, h2::SendStream<Bytes>) {
+    let (answer, send) = post_open(client, path).await;
+    let answer = tokio::time::timeout(SAFETY, answer).await.unwrap().unwrap();
+    let mut body = answer.into_body();
+    let tick = tokio::time::timeout(SAFETY, body.data()).await.unwrap();
+    assert_eq!(tick.unwrap().unwrap(), "tick");
+    (body, send)
+}
+
 /// Uploads 2 MiB (twice megaconn's connection window, so it needs
 /// `WINDOW_UPDATE`s) to `/frames` on `client`, which reads it all; panics
 /// with `what` if the upload stalls.
@@ -1930,11 +1945,7 @@ async fn bodies_dropped_by_open_streams_leave_the_window_to_uploads(addr: Socket
     let client = h2c(addr).await;
     let mut open = Vec::new();
     for _ in 0..4 {
-        let (a, mut a_send) = post_open(&client, "/endless").await;
-        let a = tokio::time::timeout(SAFETY, a).await.unwrap().unwrap();
-        let mut body = a.into_body();
-        let tick = tokio::time::timeout(SAFETY, body.data()).await.unwrap();
-        assert_eq!(tick.unwrap().unwrap(), "tick");
+        let (body, mut a_send) = post_endless(&client, "/endless").await;
         a_send
             .send_data(Bytes::from(vec![b'a'; UNREAD]), false)
             .unwrap();
@@ -2001,4 +2012,75 @@ async fn unread_request_bodies_do_not_stall_other_uploads_under_axum_serve() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     unread_bodies_leave_the_window_to_uploads(addr, || gate.add_permits(1)).await;
     server.abort();
+}
+
+/// Bodies held unread elsewhere fill the connection window, and dropping
+/// them there reopens it: four `/hold` streams, whose handlers hand their
+/// unread bodies to another task until a gate opens and answer with a body
+/// that never ends (so the streams stay open: no reset frees anything), are
+/// each sent [`UNREAD`] bytes (the client counts them out of the window it
+/// is given: together the whole 1 MiB connection window, so an upload
+/// beside them gets no room from them, by design). Once the
+/// [`upload_beside`] them has reached its handler (its HEADERS read, its
+/// DATA waiting for room), the gates open, the other task drops the
+/// bodies, and the upload completes: only a connection `WINDOW_UPDATE` sent
+/// after a drop on another task can have let it through. (h2 wakes the
+/// connection there, in `clear_recv_buffer`; with that wake removed this
+/// still passed, so something else polls the connection too.)
+#[tokio::test]
+async fn bodies_dropped_on_another_task_give_the_connection_window_back() {
+    let shared = Arc::new(Shared {
+        together: tokio::sync::Barrier::new(8),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (for_app, upload_started) = (shared.clone(), started.clone());
+    let service = tower::service_fn(move |req: Request<Body>| {
+        let shared = for_app.clone();
+        let upload_started = upload_started.clone();
+        async move {
+            if req.uri().path() == "/frames" {
+                upload_started.notify_one();
+            }
+            if req.uri().path() != "/hold" {
+                return Ok::<_, Infallible>(app(req, shared).await);
+            }
+            let body = req.into_body();
+            let gate = shared.clone();
+            tokio::spawn(async move {
+                gate.gate.acquire().await.unwrap().forget();
+                drop(body);
+            });
+            let endless = Request::get("/endless").body(Body::empty()).unwrap();
+            Ok(app(endless, shared).await)
+        }
+    });
+    let (addr, handle, _task) = start_with(megaconn::Server::builder(), service).await;
+    let client = h2c(addr).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (answer, mut a_send) = post_endless(&client, "/hold").await;
+        let mut left = UNREAD;
+        while left > 0 {
+            a_send.reserve_capacity(left);
+            let room = std::future::poll_fn(|cx| a_send.poll_capacity(cx));
+            let room = tokio::time::timeout(SAFETY, room)
+                .await
+                .expect("room for a held body")
+                .unwrap()
+                .unwrap();
+            let n = room.min(left);
+            left -= n;
+            a_send.send_data(Bytes::from(vec![b'a'; n]), false).unwrap();
+        }
+        held.push((answer, a_send));
+    }
+    let open_gates = async {
+        started.notified().await;
+        shared.gate.add_permits(4);
+    };
+    let what = "beside four bodies dropped on another task";
+    tokio::join!(upload_beside(&client, what), open_gates);
+    drop(held);
+    handle.shutdown();
 }
