@@ -1,10 +1,12 @@
 //! HTTP/2 over cleartext with prior knowledge (h2c), against a real server on
-//! 127.0.0.1 with the `h2` crate's client: streams, bodies, trailers, and a
-//! rapid-reset attacker speaking raw frames. The idle timeout and the
-//! keep-alive PING timeout are tested with a scripted raw client ([`RawH2`]),
-//! which can refuse to answer PINGs as a dead peer would; so are the
-//! CONTINUATION and small-DATA flood attackers. Attackers run bounded loops:
-//! a test fails on a limit of bytes or frames, never on elapsed time.
+//! 127.0.0.1 with the `h2` crate's client: streams, bodies, trailers, the
+//! connection window beside request bodies left unread (also under
+//! `axum::serve`, for reference), and a rapid-reset attacker speaking raw
+//! frames. The idle timeout and the keep-alive PING timeout are tested with
+//! a scripted raw client ([`RawH2`]), which can refuse to answer PINGs as a
+//! dead peer would; so are the CONTINUATION and small-DATA flood attackers.
+//! Attackers run bounded loops: a test fails on a limit of bytes or frames,
+//! never on elapsed time.
 
 use crate::common;
 
@@ -1854,4 +1856,231 @@ async fn a_reset_while_h2_still_queues_a_finished_response_is_an_io_error() {
     let reason = close_reason(&mut events).await;
     assert!(matches!(reason, megaconn::CloseReason::Io(_)), "{reason:?}");
     server.stop().await;
+}
+
+/// Bytes each unread request body of [`unread_bodies_leave_the_window_to_uploads`]
+/// sends: megaconn's whole stream window (256 KiB).
+const UNREAD: usize = 256 * 1024;
+
+/// Posts to `path` on `client` with the body left open; the response and
+/// the body's sender.
+async fn post_open(
+    client: &h2::client::SendRequest<Bytes>,
+    path: &str,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let mut c = client.clone().ready().await.unwrap();
+    let post = Request::post(format!("http://t{path}")).body(()).unwrap();
+    c.send_request(post, false).unwrap()
+}
+
+/// Posts to `path` on `client` with the body left open, where the answer
+/// is `/endless`'s; its body once its first chunk came, and the request
+/// body's sender.
+async fn post_endless(
+    client: &h2::client::SendRequest<Bytes>,
+    path: &str,
+) -> (h2::RecvStream, h2::SendStream<Bytes>) {
+    let (answer, send) = post_open(client, path).await;
+    let answer = tokio::time::timeout(SAFETY, answer).await.unwrap().unwrap();
+    let mut body = answer.into_body();
+    let tick = tokio::time::timeout(SAFETY, body.data()).await.unwrap();
+    assert_eq!(tick.unwrap().unwrap(), "tick");
+    (body, send)
+}
+
+/// Uploads 2 MiB (twice megaconn's connection window, so it needs
+/// `WINDOW_UPDATE`s) to `/frames` on `client`, which reads it all; panics
+/// with `what` if the upload stalls.
+async fn upload_beside(client: &h2::client::SendRequest<Bytes>, what: &str) {
+    const UPLOAD: usize = 2 << 20;
+    let (b, mut b_send) = post_open(client, "/frames").await;
+    b_send
+        .send_data(Bytes::from(vec![b'b'; UPLOAD]), true)
+        .unwrap();
+    let b = tokio::time::timeout(SAFETY, b)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the upload stalled"))
+        .unwrap();
+    assert_eq!(b.status(), StatusCode::OK, "{what}");
+    let text = text_of(b).await;
+    assert!(text.contains(&format!("bytes={UPLOAD} ")), "{what}: {text}");
+}
+
+/// An honest client's uploads on one connection with bodies left unread
+/// beside them, against the server at `addr` (`/gated` waits for
+/// `open_gate` holding its body unread, `/` answers without reading it,
+/// `/frames` reads its body and answers `... bytes=N ...`). Eight rounds of:
+/// stream A posts [`UNREAD`] bytes its handler never reads, stream B then
+/// makes an [`upload_beside`] it, while A is still held (`/gated`) or
+/// already answered (`/`); then A is answered. The unread bodies add up to
+/// 2 MiB: if what they took of the connection window were not given back
+/// (or given back without a `WINDOW_UPDATE`), a later B would stall.
+async fn unread_bodies_leave_the_window_to_uploads(addr: SocketAddr, open_gate: impl Fn()) {
+    let client = h2c(addr).await;
+    for round in 0..8 {
+        let path = if round % 2 == 0 { "/gated" } else { "/" };
+        let (a, mut a_send) = post_open(&client, path).await;
+        a_send
+            .send_data(Bytes::from(vec![b'a'; UNREAD]), false)
+            .unwrap();
+        upload_beside(&client, &format!("round {round} ({path})")).await;
+        if path == "/gated" {
+            open_gate();
+        }
+        let a = tokio::time::timeout(SAFETY, a).await.unwrap().unwrap();
+        assert_eq!(a.status(), StatusCode::OK, "round {round} ({path})");
+        drop((a, a_send));
+    }
+}
+
+/// Four streams whose handlers answered `/endless` (a response that never
+/// ends) and dropped their request bodies unread; only then does each send
+/// [`UNREAD`] bytes, so h2 gives them back as they arrive (its path for
+/// DATA on a stream whose body is gone), together megaconn's whole
+/// connection window (1 MiB). An [`upload_beside`] them must then
+/// complete: it does only if those bytes went back to the client in a
+/// connection `WINDOW_UPDATE` (the streams stay open, so no reset frees
+/// them).
+async fn bodies_dropped_by_open_streams_leave_the_window_to_uploads(addr: SocketAddr) {
+    let client = h2c(addr).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let (body, mut a_send) = post_endless(&client, "/endless").await;
+        a_send
+            .send_data(Bytes::from(vec![b'a'; UNREAD]), false)
+            .unwrap();
+        open.push((body, a_send));
+    }
+    upload_beside(&client, "beside four dropped bodies").await;
+    drop(open);
+}
+
+/// Bodies dropped unread while their streams stay open (the handler answered
+/// with a long response) give their window back: the 1 MiB they sent is
+/// returned in a connection `WINDOW_UPDATE` and an upload beside them
+/// completes ([`bodies_dropped_by_open_streams_leave_the_window_to_uploads`]).
+#[tokio::test]
+async fn bodies_dropped_by_open_streams_do_not_stall_other_uploads() {
+    let server = start(megaconn::Server::builder()).await;
+    bodies_dropped_by_open_streams_leave_the_window_to_uploads(server.addr).await;
+    server.stop().await;
+}
+
+/// Request bodies a handler leaves unread do not stall the connection's
+/// other uploads (can an honest client stall? no): an unread body holds
+/// at most its stream window (256 KiB) of the connection's 1 MiB while
+/// its handler runs, and gives it back, with a `WINDOW_UPDATE`, when the
+/// body drops; DATA still arriving for it after is given back by h2 as it
+/// comes. Eight rounds of [`unread_bodies_leave_the_window_to_uploads`]
+/// leave 2 MiB unread, and every 2 MiB upload beside them completes.
+#[tokio::test]
+async fn unread_request_bodies_do_not_stall_other_uploads() {
+    let server = start(megaconn::Server::builder()).await;
+    let shared = server.shared.clone();
+    unread_bodies_leave_the_window_to_uploads(server.addr, || shared.gate.add_permits(1)).await;
+    server.stop().await;
+}
+
+/// The same scenario under `axum::serve` (hyper): the reference behaviour
+/// (hyper gives a body's window back when it drops).
+#[tokio::test]
+async fn unread_request_bodies_do_not_stall_other_uploads_under_axum_serve() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    let app = axum::Router::new()
+        .route(
+            "/gated",
+            axum::routing::post(move |body: axum::body::Body| {
+                let gate = held.clone();
+                async move {
+                    gate.acquire().await.unwrap().forget();
+                    drop(body);
+                    "through the gate"
+                }
+            }),
+        )
+        .route("/", axum::routing::post(|| async { "Hello, World!" }))
+        .route(
+            "/frames",
+            axum::routing::post(|body: axum::body::Body| async move {
+                let bytes = body.collect().await.unwrap().to_bytes().len();
+                format!("bytes={bytes} ")
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    unread_bodies_leave_the_window_to_uploads(addr, || gate.add_permits(1)).await;
+    server.abort();
+}
+
+/// Bodies held unread elsewhere fill the connection window, and dropping
+/// them there reopens it: four `/hold` streams, whose handlers hand their
+/// unread bodies to another task until a gate opens and answer with a body
+/// that never ends (so the streams stay open: no reset frees anything), are
+/// each sent [`UNREAD`] bytes (the client counts them out of the window it
+/// is given: together the whole 1 MiB connection window, so an upload
+/// beside them gets no room from them, by design). Once the
+/// [`upload_beside`] them has reached its handler (its HEADERS read, its
+/// DATA waiting for room), the gates open, the other task drops the
+/// bodies, and the upload completes: only a connection `WINDOW_UPDATE` sent
+/// after a drop on another task can have let it through. (h2 wakes the
+/// connection there, in `clear_recv_buffer`; with that wake removed this
+/// still passed, so something else polls the connection too.)
+#[tokio::test]
+async fn bodies_dropped_on_another_task_give_the_connection_window_back() {
+    let shared = Arc::new(Shared {
+        together: tokio::sync::Barrier::new(8),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (for_app, upload_started) = (shared.clone(), started.clone());
+    let service = tower::service_fn(move |req: Request<Body>| {
+        let shared = for_app.clone();
+        let upload_started = upload_started.clone();
+        async move {
+            if req.uri().path() == "/frames" {
+                upload_started.notify_one();
+            }
+            if req.uri().path() != "/hold" {
+                return Ok::<_, Infallible>(app(req, shared).await);
+            }
+            let body = req.into_body();
+            let gate = shared.clone();
+            tokio::spawn(async move {
+                gate.gate.acquire().await.unwrap().forget();
+                drop(body);
+            });
+            let endless = Request::get("/endless").body(Body::empty()).unwrap();
+            Ok(app(endless, shared).await)
+        }
+    });
+    let (addr, handle, _task) = start_with(megaconn::Server::builder(), service).await;
+    let client = h2c(addr).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (answer, mut a_send) = post_endless(&client, "/hold").await;
+        let mut left = UNREAD;
+        while left > 0 {
+            a_send.reserve_capacity(left);
+            let room = std::future::poll_fn(|cx| a_send.poll_capacity(cx));
+            let room = tokio::time::timeout(SAFETY, room)
+                .await
+                .expect("room for a held body")
+                .unwrap()
+                .unwrap();
+            let n = room.min(left);
+            left -= n;
+            a_send.send_data(Bytes::from(vec![b'a'; n]), false).unwrap();
+        }
+        held.push((answer, a_send));
+    }
+    let open_gates = async {
+        started.notified().await;
+        shared.gate.add_permits(4);
+    };
+    let what = "beside four bodies dropped on another task";
+    tokio::join!(upload_beside(&client, what), open_gates);
+    drop(held);
+    handle.shutdown();
 }
