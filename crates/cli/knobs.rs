@@ -796,7 +796,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "DURATION",
         shape: Shape::One,
         help: "How long a keep-alive connection idles as a task before it is parked.",
-        details: "A connection answered without waiting parks at once: a woken parked one (a heartbeat), and a new cleartext HTTP/1.1 one whose opening request came with it. A parked connection leaves the runtime: 13-17 B of server memory per connection at a million by PSS (36-56 B by RSS, the 20 runs since 2026-12-04 in bench/MILLION.md), 33-93 B at 15,000 in one process (the runs in README, \"The idle-memory figures and how each was measured\"); off keeps every idle connection a task (~2 KB each, bench/ALLOCATORS.md).",
+        details: "A connection answered without waiting parks at once: a woken parked one (a heartbeat), and a new cleartext HTTP/1.1 one whose opening request came with it. A parked connection leaves the runtime: 13-17 B of server memory per connection at a million by PSS (36-56 B by RSS in the quiet runs since 2026-12-04 in bench/MILLION.md), 33-93 B at 15,000 in one process (the runs in README, \"The idle-memory figures and how each was measured\"); off keeps every idle connection a task (~2 KB each, bench/ALLOCATORS.md).",
         default: "2s",
         example: "500ms",
         parse: duration_or_off,
