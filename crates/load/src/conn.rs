@@ -125,6 +125,9 @@ pub(crate) struct ThreadStats {
     pub connects: u64,
     /// Full TLS handshakes.
     pub handshakes_full: u64,
+    /// HTTP/2 requests sent again after a graceful GOAWAY refused them
+    /// unprocessed.
+    pub retried: u64,
     /// Resumed TLS handshakes.
     pub handshakes_resumed: u64,
     /// When the thread's last connection finished.
@@ -142,6 +145,7 @@ impl ThreadStats {
             backlog: 0,
             connects: 0,
             handshakes_full: 0,
+            retried: 0,
             handshakes_resumed: 0,
             finished_at: Instant::now(),
         }
@@ -173,6 +177,13 @@ impl Recorder<'_> {
     pub(crate) fn error(&self, kind: ErrorKind) {
         self.stats.borrow_mut().errors.add(kind);
         self.live.errors.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request refused unprocessed that will be sent again; its
+    /// send is taken back (it counts when it goes again).
+    pub(crate) fn retried(&self) {
+        self.stats.borrow_mut().retried += 1;
+        self.live.sent.fetch_sub(1, Relaxed);
     }
 
     /// Counts `n` sent requests.

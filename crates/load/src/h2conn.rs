@@ -14,8 +14,10 @@
 //! stream is opened, the streams the server kept are answered, and the
 //! connection is replaced without spending the budget. A stream it refused
 //! (above the GOAWAY's last-stream-id) was not processed, so it is sent
-//! again on the next connection, uncounted, as the HTTP/1.1 loop reconnects
-//! uncounted after a close between requests. A GOAWAY with an error code, a
+//! again on the next connection (first, keeping its latency start in open
+//! loop), counted as `retried` in the report but neither an error nor a
+//! request of the budget, as the HTTP/1.1 loop reconnects uncounted after a
+//! close between requests. A GOAWAY with an error code, a
 //! stream the server kept but the connection lost, or a graceful close that
 //! refused everything sent on the connection (one `closed` error, so a server
 //! draining every connection cannot keep a run reconnecting forever) counts.
@@ -216,20 +218,27 @@ impl Exchange<'_> {
                     Some(Err(e)) => return self.fail(&e, budget),
                     Some(Ok(())) => {}
                 }
-                let start = match schedule.as_deref_mut() {
-                    Some(s) => match s.take(now) {
+                // A request a graceful GOAWAY refused goes first, with
+                // the latency start of its first send.
+                let again = schedule.as_deref_mut().and_then(Schedule::take_again);
+                let start = match (again, schedule.as_deref_mut()) {
+                    (Some(start), _) => start,
+                    (None, Some(s)) => match s.take(now) {
                         Some(intended) => s.latency_start(intended, free_since, now),
                         None => break,
                     },
                     // A connection of its own: latency includes connect and handshake.
-                    None if sh.one_per_connection => opened,
-                    None => now,
+                    (None, None) if sh.one_per_connection => opened,
+                    (None, None) => now,
                 };
                 let response = match self.send(&mut client) {
                     Ok(r) => r,
                     Err(e) if graceful(&e) => {
                         // Nothing went on the wire: the request is sent
-                        // on the next connection.
+                        // on the next connection, keeping its start
+                        // (counted sent once, when it goes).
+                        self.rec.sent(1);
+                        self.refused(start, schedule.as_deref_mut());
                         draining = true;
                         break;
                     }
@@ -272,6 +281,7 @@ impl Exchange<'_> {
                             // (RFC 9113 §6.8): sent again on the next
                             // connection, neither an error nor a request of
                             // the budget. The streams the server kept go on.
+                            self.refused(start, schedule.as_deref_mut());
                             draining = true;
                             continue;
                         }
@@ -339,6 +349,18 @@ impl Exchange<'_> {
             stream.send_data(body.clone(), true)?;
         }
         Ok(response)
+    }
+
+    /// A request (latency clock started at `start`) a graceful GOAWAY
+    /// refused unprocessed: counted as retried and, in open loop, given
+    /// back to the schedule so that it goes first on the next connection
+    /// with its start (in closed loop the next send simply takes its
+    /// place). Its send is uncounted: it counts when it goes again.
+    fn refused(&self, start: Instant, schedule: Option<&mut Schedule>) {
+        self.rec.retried();
+        if let Some(s) = schedule {
+            s.give_back(start);
+        }
     }
 
     /// Counts a connection-level failure and asks for a reconnect.

@@ -514,7 +514,7 @@ fn build_report(
     let mut errors = ErrorCounts::default();
     let mut hist = new_histogram();
     let (mut lag_sum, mut lag_max, mut backlog) = (0u128, 0u64, 0u64);
-    let (mut connects, mut full, mut resumed) = (0u64, 0u64, 0u64);
+    let (mut connects, mut full, mut resumed, mut retried) = (0u64, 0u64, 0u64, 0u64);
     for s in stats {
         errors.merge(&s.errors);
         merge(&mut hist, &s.hist);
@@ -524,6 +524,7 @@ fn build_report(
         connects += s.connects;
         full += s.handshakes_full;
         resumed += s.handshakes_resumed;
+        retried += s.retried;
     }
     let https = args.url.starts_with("https://");
     let achieved_rate = sent as f64 / elapsed;
@@ -546,6 +547,7 @@ fn build_report(
             resumed_per_sec: resumed as f64 / elapsed,
         }),
         requests,
+        retried,
         errors_total: errors.total(),
         errors,
         duration_secs: elapsed,

@@ -206,6 +206,12 @@ pub struct LoadReport {
     pub tls: Option<TlsStats>,
     /// Completed responses with a non-error status (1xx-3xx).
     pub requests: u64,
+    /// `--http2`: requests a graceful GOAWAY refused unprocessed (RFC 9113
+    /// §6.8: above its last-stream-id, or opened after it), sent again on
+    /// the next connection: neither errors nor requests of the budget (in
+    /// open loop each keeps its latency start, so the wait shows).
+    #[serde(default)]
+    pub retried: u64,
     /// Errors by kind (4xx/5xx responses included).
     pub errors: ErrorCounts,
     /// Sum of `errors`.
@@ -281,6 +287,13 @@ impl LoadReport {
             self.errors_total,
             self.errors.nonzero()
         );
+        if self.retried > 0 {
+            let _ = writeln!(
+                s,
+                "  retried      {} refused unprocessed by a graceful GOAWAY, sent again",
+                self.retried
+            );
+        }
         let _ = writeln!(
             s,
             "  client cpu   {:.3}s, {:.0} requests per client CPU-second",

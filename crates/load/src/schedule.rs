@@ -29,6 +29,11 @@ pub(crate) struct Schedule {
     /// go out, relative to when it would have gone out without them: see
     /// [`Schedule::latency_start`].
     slack: Duration,
+    /// Latency starts of requests the server refused unprocessed (HTTP/2: a
+    /// graceful GOAWAY, RFC 9113 §6.8), oldest first: each is sent again
+    /// before any new one and keeps its start, so a retry neither uses up a
+    /// later request's slot of the schedule nor hides the wait it caused.
+    again: Vec<Instant>,
 }
 
 impl Schedule {
@@ -49,6 +54,7 @@ impl Schedule {
             lag_max_ns: 0,
             lag_sum_ns: 0,
             slack: Duration::ZERO,
+            again: Vec::new(),
         }
     }
 
@@ -57,9 +63,30 @@ impl Schedule {
         self.first + Duration::from_nanos((self.interval_ns * i as f64) as u64)
     }
 
-    /// Intended send time of the next request not yet sent.
+    /// Intended send time of the next request not yet sent (a request
+    /// given back by [`Schedule::give_back`] is due at once: its start).
     pub(crate) fn next_due(&self) -> Instant {
-        self.intended(self.next)
+        match self.again.first() {
+            Some(&start) => start.min(self.intended(self.next)),
+            None => self.intended(self.next),
+        }
+    }
+
+    /// Gives back a request the server refused without processing it,
+    /// whose latency clock started at `start`: it is sent again (by
+    /// [`Schedule::take_again`]) before the schedule's next request.
+    pub(crate) fn give_back(&mut self, start: Instant) {
+        self.again.push(start);
+    }
+
+    /// The oldest request given back, if any: its latency start (it keeps
+    /// the one of its first send, see [`Schedule::give_back`]).
+    pub(crate) fn take_again(&mut self) -> Option<Instant> {
+        if self.again.is_empty() {
+            None
+        } else {
+            Some(self.again.remove(0))
+        }
     }
 
     /// If the next request is due at `now`, takes it: records its send lag and
@@ -83,13 +110,15 @@ impl Schedule {
         self.next
     }
 
-    /// Requests that were due by `now` but not sent (how far the run is behind).
+    /// Requests that were due by `now` but not sent (how far the run is
+    /// behind), given-back ones still unsent included.
     pub(crate) fn backlog(&self, now: Instant) -> u64 {
+        let again = self.again.len() as u64;
         if now < self.first {
-            return 0;
+            return again;
         }
         let due = (now.duration_since(self.first).as_nanos() as f64 / self.interval_ns) as u64 + 1;
-        due.saturating_sub(self.next)
+        due.saturating_sub(self.next) + again
     }
 
     /// Largest send lag, in ns.
@@ -296,5 +325,23 @@ mod tests {
         let s1 = Schedule::for_connection(t0, 100.0, 2, 1); // staggered by 10 ms
         assert_eq!(s1.intended(0), t0 + Duration::from_millis(10));
         assert_eq!(s1.backlog(t0), 0);
+    }
+
+    #[test]
+    fn a_request_given_back_is_sent_first_and_keeps_its_start() {
+        let t0 = Instant::now();
+        let mut s = Schedule::for_connection(t0, 1000.0, 1, 0);
+        let first = s.take(t0).expect("request 0 is due at t0");
+        // Refused unprocessed at 5 ms: due again at once, before request 1
+        // (due at 1 ms), with the start of its first send.
+        s.give_back(first);
+        let now = t0 + Duration::from_millis(5);
+        assert_eq!(s.next_due(), first);
+        assert_eq!(s.backlog(now), 5 + 1, "requests 1-5 and the one given back");
+        assert_eq!(s.take_again(), Some(first));
+        assert_eq!(s.take_again(), None);
+        // The schedule's own next request is untouched: request 1, not 2.
+        assert_eq!(s.take(now), Some(t0 + Duration::from_millis(1)));
+        assert_eq!(s.sent(), 2);
     }
 }

@@ -307,6 +307,7 @@ pub(crate) fn run_load(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         connections_per_sec: connects as f64 / elapsed,
         tls: None,
         requests: messages,
+        retried: 0,
         errors_total: errors.total(),
         errors,
         duration_secs: elapsed,

@@ -104,29 +104,49 @@ fn refuse(sock: &mut TcpStream, wait_for: usize, kept: usize) -> Option<u64> {
     Some(kept as u64)
 }
 
-#[test]
-fn h2_streams_refused_by_a_graceful_goaway_are_retried_not_errors() {
-    // 10 requests, two answered per connection: five connections, eight
-    // refused streams (two on each of the first four) sent again.
+/// Ten requests over one connection slot with four streams, through a
+/// [`refusing_server`] answering two a connection (`extra`: more flags).
+/// Five connections, eight refused streams (two on each of the first four)
+/// sent again; every request answered once, none an error.
+fn ten_through_two_a_connection(extra: &[&str]) -> megaconn_load::LoadReport {
     let (addr, answered) = refusing_server(10, 2);
-    let r = run_load(args(
-        &format!("http://{addr}/"),
-        &[
-            "--http2",
-            "-n",
-            "10",
-            "-c",
-            "1",
-            "--streams",
-            "4",
-            "-t",
-            "5",
-        ],
-    ))
-    .unwrap();
+    let mut flags = vec![
+        "--http2",
+        "-n",
+        "10",
+        "-c",
+        "1",
+        "--streams",
+        "4",
+        "-t",
+        "5",
+    ];
+    flags.extend_from_slice(extra);
+    let r = run_load(args(&format!("http://{addr}/"), &flags)).unwrap();
     assert_eq!((r.requests, r.errors_total), (10, 0), "{:?}", r.errors);
     assert_eq!(answered.load(SeqCst), 10);
     assert_eq!(r.connections_opened, 5);
+    // The report says so, and a request sent twice counts as sent once.
+    assert_eq!(r.retried, 8);
+    let sent = (r.achieved_rate * r.duration_secs).round() as u64;
+    assert_eq!(sent, 10, "each retry counted as sent once");
+    r
+}
+
+#[test]
+fn h2_streams_refused_by_a_graceful_goaway_are_retried_not_errors() {
+    let r = ten_through_two_a_connection(&[]);
+    assert!(r.to_text().contains("retried      8 refused unprocessed"));
+}
+
+#[test]
+fn h2_in_open_loop_a_refused_stream_keeps_its_place_in_the_schedule() {
+    // The server waits for four streams before its GOAWAY, so each
+    // connection again has two refused. They go first on the next
+    // connection, with their first send's latency start, and use up no
+    // later request's slot: none left behind.
+    let r = ten_through_two_a_connection(&["--rate", "2000"]);
+    assert_eq!(r.behind_requests, Some(0));
 }
 
 #[test]
