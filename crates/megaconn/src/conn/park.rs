@@ -1485,6 +1485,57 @@ pub(super) mod tests {
         woken: Woken,
     }
 
+    /// The relay (`park_wake_batch`) announces the lot's events while on,
+    /// none while off, and on switching on those that came while it was off;
+    /// a lot it cannot hold is an error, not a silent relay.
+    #[test]
+    fn the_relay_passes_the_lots_events_only_while_on() {
+        // SAFETY: no memory arguments; the descriptor is owned at once.
+        let lot = unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: both descriptors open; `event` initialised.
+        let added = unsafe {
+            libc::epoll_ctl(
+                lot.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                a.as_raw_fd(),
+                &mut event,
+            )
+        };
+        assert_eq!(added, 0);
+        let relay = Relay::new(&lot, Duration::from_millis(1)).unwrap();
+        let announced = || {
+            let mut event = libc::epoll_event { events: 0, u64: 0 };
+            // SAFETY: room for one event; timeout 0 never blocks.
+            unsafe { libc::epoll_wait(relay.fd.as_raw_fd(), &mut event, 1, 0) == 1 }
+        };
+        assert!(!announced(), "nothing in the lot yet");
+        b.write_all(b"x").unwrap();
+        // Switching on a relay that is on, with an event on its list, keeps
+        // it on (its own list emptied first, then re-armed from the lot's).
+        relay.switch(true).unwrap();
+        assert!(announced(), "on: the lot's event passes");
+        relay.switch(false).unwrap();
+        b.write_all(b"y").unwrap();
+        assert!(!announced(), "off: nothing passes");
+        relay.switch(true).unwrap();
+        assert!(announced(), "on again: what came while off is announced");
+        // Something that is no epoll set cannot be held: said, not ignored.
+        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        assert!(Relay::new(&null, Duration::from_millis(1)).is_err());
+        let stale = Relay {
+            fd: relay.fd.try_clone().unwrap(),
+            lot: null.as_raw_fd(),
+            window: relay.window,
+        };
+        assert!(stale.switch(true).is_err(), "MOD of an item never added");
+        drop(a);
+    }
+
     /// A lot of `max_connections` places, with nothing to serve woken
     /// sockets yet.
     fn bare_lot(max_connections: usize) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {
