@@ -154,6 +154,7 @@ use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, IdleMark};
+use crate::observe::human::Timeout;
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
 use crate::service::h2_body::{BodyBytes, DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
@@ -1643,7 +1644,7 @@ impl Stalled {
                 record.error(ErrorClass::Timeout);
                 ratelog::log(Flood::Http2WriteStall, |suppressed| {
                     tracing::info!(
-                        timeout = ?MessageSettings::write_stall_timeout(&ctx.config),
+                        timeout = %Timeout(MessageSettings::write_stall_timeout(&ctx.config)),
                         suppressed,
                         "an HTTP/2 client gave a response no room for write_stall_timeout; resetting its stream (CANCEL)"
                     )
