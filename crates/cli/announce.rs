@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(value["fields"]["message"], plain, "{line}");
         assert_eq!(value["level"], "INFO", "{line}");
         assert_eq!(value["target"], TARGET, "{line}");
-        assert!(value["timestamp"].as_str().unwrap().starts_with("20"), "{line}");
+        assert!(
+            value["timestamp"].as_str().unwrap().starts_with("20"),
+            "{line}"
+        );
         assert_eq!(message_of(&line), plain);
         assert_eq!(message_of(plain), plain);
     }

@@ -39,7 +39,8 @@ fn start_serve(extra: &[&str]) -> (ChildGuard, Lines, String) {
             .stderr(Stdio::piped()),
     );
     let stdout = Lines::new(child.child().stdout.take().unwrap());
-    let first = stdout.expect_line();
+    // JSON with `--log-format json`: its message is the line.
+    let first = common::message(&stdout.expect_line());
     assert!(
         first.starts_with("megaconn serving on http://127.0.0.1:"),
         "{first}"
@@ -555,6 +556,119 @@ fn sighup_to_the_supervisor_reloads_every_worker_process() {
     for _ in 0..8 {
         let tls = tls_connect(&addr, &client).unwrap();
         assert_eq!(served_cert(&tls), b_der);
+    }
+    serving.stop();
+}
+
+/// One reload, one line: the library's `TlsConfig::reload` logged
+/// `TLS certificates reloaded` before `serve`'s own line (which names the
+/// files) said it again.
+#[test]
+fn a_tls_reload_is_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = Ca::new();
+    let (pem, key_pem, _) = ca.leaf();
+    replace_file(&cert, &pem);
+    replace_file(&key, &key_pem);
+    let serving = Serving::serve(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    serving.child.signal(libc::SIGHUP);
+    // The library's line came first (on the same thread): it is among these.
+    let lines = serving.log_until("TLS certificate and key reloaded");
+    let reloaded: Vec<_> = lines.iter().filter(|l| l.contains("reloaded")).collect();
+    assert_eq!(reloaded.len(), 1, "{lines:#?}");
+    serving.stop();
+}
+
+/// A worker process killed after a SIGHUP comes back with the config
+/// file's SIGHUP-reloaded keys as of that SIGHUP, as its siblings applied
+/// them, and with the rest as of the supervisor's start: not with the file
+/// as it is when it restarts. The file lists `p384` at the SIGHUP (a
+/// client offering only P-384 is let in), then drops it again with no
+/// SIGHUP; both worker processes are killed and restarted, so that every
+/// connection after reaches a restarted one. The start's half was tested
+/// (`processes::a_restarted_worker_process_runs_with_the_configuration_of_the_supervisors_start`),
+/// this one not.
+#[test]
+fn a_worker_process_restarted_after_a_sighup_has_that_sighups_tls_knobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let socket = dir.path().join("upgrade.sock");
+    let ca = Ca::new();
+    let (pem, key_pem, _) = ca.leaf();
+    replace_file(&cert, &pem);
+    replace_file(&key, &key_pem);
+    let config = dir.path().join("megaconn.toml");
+    let write_config = |knobs: &str| {
+        replace_file(
+            &config,
+            &format!(
+                "workers = 1\nadmin = \"off\"\ntls_cert = {:?}\ntls_key = {:?}\n{knobs}",
+                cert.to_str().unwrap(),
+                key.to_str().unwrap()
+            ),
+        )
+    };
+    write_config("server_header = \"at-start\"\n");
+    // --processes needs an explicit port: held until the workers listen.
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
+    let serving = Serving::start(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        &addr,
+        "--processes",
+        "2",
+        "--upgrade-socket",
+        socket.to_str().unwrap(),
+    ]);
+    drop(port);
+    let pids: Vec<i32> = (0..2)
+        .map(|k| {
+            let line = serving.stdout.expect_line();
+            line.strip_prefix(&format!("worker process {k} pid "))
+                .unwrap_or_else(|| panic!("{line}"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let p384_only = ca.client_offering(rustls::crypto::ring::kx_group::SECP384R1);
+    let refused = tls_connect(&addr, &p384_only).unwrap_err();
+    assert!(
+        refused.to_string().contains("HandshakeFailure"),
+        "{refused}"
+    );
+
+    write_config("server_header = \"at-hup\"\ntls_kx_groups = \"x25519,p256,p384\"\n");
+    serving.child.signal(libc::SIGHUP);
+    serving.wait_for_log("TLS handshake knobs applied");
+    serving.wait_for_log("TLS handshake knobs applied");
+    // Edited again, with no SIGHUP: a restart must not read this.
+    write_config("server_header = \"later\"\n");
+    for (k, pid) in pids.into_iter().enumerate() {
+        // SAFETY: kill(2) on a worker process the supervisor started for us.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let line = serving.stdout.expect_line();
+        assert!(
+            line.starts_with(&format!("worker process {k} restarted pid ")),
+            "{line}"
+        );
+    }
+    for _ in 0..8 {
+        let mut s = tls_connect(&addr, &p384_only)
+            .expect("a restarted worker process offers P-384, as of the SIGHUP");
+        let response = get_keep_alive(&mut s, "/");
+        assert!(
+            response.contains("server: at-start"),
+            "a key SIGHUP does not reload is the start's: {response}"
+        );
     }
     serving.stop();
 }

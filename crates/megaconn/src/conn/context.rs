@@ -14,9 +14,9 @@ use crate::conn::pool::BufferPool;
 use crate::conn::shutdown::LocalShutdown;
 use crate::conn::tls_io::ParkedSessions;
 use crate::observe::close::CloseReason;
+use crate::observe::human::Timeout;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::registry::Registry;
-use crate::observe::human::Timeout;
 use crate::observe::stats::{incr, StatsSource, WorkerStats};
 
 /// What every connection of one worker shares.

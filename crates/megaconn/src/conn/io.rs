@@ -20,9 +20,9 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::ConnInfo;
 use crate::observe::clock::LazyDeadline;
 use crate::observe::close::CloseReason;
+use crate::observe::human::Timeout;
 use crate::observe::lifecycle;
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::human::Timeout;
 use crate::observe::stats::{incr, WorkerStats};
 
 /// How long closing may take to flush a last response and linger (also

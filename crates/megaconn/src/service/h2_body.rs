@@ -19,9 +19,9 @@ use http_body::{Frame, SizeHint};
 
 use crate::error::BodyError;
 use crate::observe::clock::LazyDeadline;
+use crate::observe::human::Timeout;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::human::Timeout;
 use crate::observe::stats::{incr, WorkerStats};
 
 /// DATA frames with fewer payload bytes than this are "tiny": they count
