@@ -40,29 +40,25 @@ const TARGET: &str = "megaconn::announce";
 /// pipe that went away must not turn into a panic); in JSON mode as the
 /// message of a JSON log line ([`json_line`]).
 pub fn say(line: fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    let _ = match crate::logging::format() {
-        crate::logging::LogFormat::Human => writeln!(std::io::stdout(), "{line}"),
-        crate::logging::LogFormat::Json => writeln!(
-            std::io::stdout(),
-            "{}",
-            json_line("INFO", TARGET, &line.to_string())
-        ),
-    };
+    write_line(&mut std::io::stdout(), "INFO", TARGET, line);
 }
 
 /// Writes the last words of a process about to exit on stderr, unfiltered
 /// (whatever `RUST_LOG` says): as they are, or in JSON mode as an ERROR
 /// line's message.
 pub fn last_words(line: fmt::Arguments<'_>) {
-    use std::io::Write as _;
+    write_line(&mut std::io::stderr(), "ERROR", "megaconn", line);
+}
+
+/// Writes `line` to `out` as the log format wants it: as it is, or as the
+/// message of a JSON line at `level` from `target`. A failed write is
+/// ignored (see [`say`]).
+fn write_line(out: &mut impl std::io::Write, level: &str, target: &str, line: fmt::Arguments<'_>) {
     let _ = match crate::logging::format() {
-        crate::logging::LogFormat::Human => writeln!(std::io::stderr(), "{line}"),
-        crate::logging::LogFormat::Json => writeln!(
-            std::io::stderr(),
-            "{}",
-            json_line("ERROR", "megaconn", &line.to_string())
-        ),
+        crate::logging::LogFormat::Human => writeln!(out, "{line}"),
+        crate::logging::LogFormat::Json => {
+            writeln!(out, "{}", json_line(level, target, &line.to_string()))
+        }
     };
 }
 
