@@ -13,11 +13,84 @@
 //! know when each serves, and says its own once every one does. It used to
 //! say only `megaconn serving on ADDR` (no scheme) after an upgrade, never
 //! `megaconn upgrade done`, which deploy scripts wait for.
+//!
+//! With `--log-format json` these lines are JSON too ([`say`]), as every
+//! line the process writes is: a log pipeline reading a container's output
+//! (stdout and stderr as one stream, under Kubernetes) met plain lines
+//! among its JSON ones. Each is then a log line of the subscriber's shape
+//! whose message is the plain line, unchanged, still on stdout:
+//! `{"timestamp":…,"level":"INFO","fields":{"message":"megaconn serving on
+//! …"},"target":"megaconn::announce"}`. A script that waits for a line
+//! by its words (`grep -m1 'megaconn upgrade done'`) finds it in either
+//! format, one anchored at the line's start (`^megaconn`) reads the
+//! message (`jq -r .fields.message`), and a supervisor reads its worker
+//! processes' lines through [`message_of`]. The human format (the default)
+//! writes them as before. So do the last words of a process that exits
+//! ([`last_words`]): its error, a second signal's exit.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+
+/// The target of the JSON lines [`say`] writes.
+const TARGET: &str = "megaconn::announce";
+
+/// Writes `line` on stdout (a closed stdout is no error: a supervisor or
+/// pipe that went away must not turn into a panic); in JSON mode as the
+/// message of a JSON log line ([`json_line`]).
+pub fn say(line: fmt::Arguments<'_>) {
+    write_line(&mut std::io::stdout(), "INFO", TARGET, line);
+}
+
+/// Writes the last words of a process about to exit on stderr, unfiltered
+/// (whatever `RUST_LOG` says): as they are, or in JSON mode as an ERROR
+/// line's message.
+pub fn last_words(line: fmt::Arguments<'_>) {
+    write_line(&mut std::io::stderr(), "ERROR", "megaconn", line);
+}
+
+/// Writes `line` to `out` as the log format wants it: as it is, or as the
+/// message of a JSON line at `level` from `target`. A failed write is
+/// ignored (see [`say`]).
+fn write_line(out: &mut impl std::io::Write, level: &str, target: &str, line: fmt::Arguments<'_>) {
+    let _ = match crate::logging::format() {
+        crate::logging::LogFormat::Human => writeln!(out, "{line}"),
+        crate::logging::LogFormat::Json => {
+            writeln!(out, "{}", json_line(level, target, &line.to_string()))
+        }
+    };
+}
+
+/// A JSON log line as the subscriber writes one (`--log-format json`):
+/// its time, `level`, `message` and `target`.
+fn json_line(level: &str, target: &str, message: &str) -> String {
+    use tracing_subscriber::fmt::time::FormatTime as _;
+    let mut now = String::new();
+    let _ = tracing_subscriber::fmt::time::SystemTime
+        .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut now));
+    let text = |s: &str| serde_json::Value::from(s).to_string();
+    format!(
+        "{{\"timestamp\":{},\"level\":{},\"fields\":{{\"message\":{}}},\"target\":{}}}",
+        text(&now),
+        text(level),
+        text(message),
+        text(target)
+    )
+}
+
+/// What a line [`say`] wrote says: the line itself, or the message of a
+/// JSON one. A supervisor reads its worker processes' lines with it.
+pub fn message_of(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.starts_with('{') {
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(line) {
+            if let Some(message) = value["fields"]["message"].as_str() {
+                return message.to_owned().into();
+            }
+        }
+    }
+    line.into()
+}
 
 /// The start of the line that says a process serves its listeners.
 pub const SERVING_ON: &str = "megaconn serving on";
@@ -143,6 +216,24 @@ mod tests {
             stopped_line(None, &stats),
             "megaconn stopped: 5 connections accepted, 0 requests served, 4 refused as malformed or over a limit, 1 connection closed for another protocol error (WebSocket, framed, HTTP/2, TLS)"
         );
+    }
+
+    /// A JSON line says the plain line as its message, which a supervisor
+    /// reads back; a plain line reads as itself.
+    #[test]
+    fn a_json_line_carries_the_plain_line() {
+        let plain = "megaconn serving on http://127.0.0.1:1 (1 worker, \"quoted\")";
+        let line = json_line("INFO", TARGET, plain);
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["fields"]["message"], plain, "{line}");
+        assert_eq!(value["level"], "INFO", "{line}");
+        assert_eq!(value["target"], TARGET, "{line}");
+        assert!(
+            value["timestamp"].as_str().unwrap().starts_with("20"),
+            "{line}"
+        );
+        assert_eq!(message_of(&line), plain);
+        assert_eq!(message_of(plain), plain);
     }
 
     /// A supervisor adds up its worker processes' figures from their lines.

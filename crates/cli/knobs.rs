@@ -1157,7 +1157,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "PATH",
         shape: Shape::One,
         help: "Unix socket where this server hands its listening sockets and parked connections to a newer process started with `serve --upgrade` (same flag).",
-        details: "The listening sockets stay open throughout, so no connection is refused: this one accepts until the newer process says it is ready, which accepts only from then on (one that fails before takes no connection on the sockets it took over; an address the old one did not have it binds afresh before), and which prints `megaconn upgrade done` once it serves, and its idle HTTP/1.1 connections move without a reconnect. Only the same user (or root) may take over. With --processes P, worker process k uses PATH.k.",
+        details: "The listening sockets stay open throughout, so no connection is refused: this one accepts until the newer process says it is ready, which accepts only from then on (one that fails before takes no connection on the sockets it took over; an address the old one did not have it binds afresh before), and which prints `megaconn upgrade done` once it serves, and its idle HTTP/1.1 connections move without a reconnect. Only the same user (or root) may take over. With --processes P, worker process k uses PATH.k. `off`: none, for a server never upgraded in place (a container replaced on a rollout), which would otherwise warn at each start where it cannot bind one (a read-only root).",
         default: "$XDG_RUNTIME_DIR (or /tmp)/megaconn-PORT.upgrade.sock, PORT the first listen address's",
         example: "/run/megaconn/upgrade.sock",
         parse: path,

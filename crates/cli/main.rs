@@ -56,13 +56,13 @@ enum Command {
 }
 
 /// Prints a line to stdout, ignoring a closed stdout (a supervisor or pipe
-/// that went away must not turn into a panic).
+/// that went away must not turn into a panic); JSON in JSON log mode
+/// ([`announce::say`]).
 #[macro_export]
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::announce::say(format_args!($($arg)*))
+    };
 }
 
 /// A mistake in the command line or config file (exit code 2).
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("megaconn: {e:#}");
+            announce::last_words(format_args!("megaconn: {e:#}"));
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else if e.downcast_ref::<upgrade::NothingToTakeOver>().is_some() {

@@ -113,14 +113,24 @@ pub struct Resolved {
     pub addrs: Vec<SocketAddr>,
     /// OpenTelemetry export, when tracing is on.
     pub otel: Option<megaconn::otel::OtlpConfig>,
-    /// `--upgrade-socket`, if given.
+    /// `--upgrade-socket`, if given (not `off`).
     pub upgrade_socket: Option<PathBuf>,
+    /// Whether a newer process may take over from this one: not with
+    /// `--upgrade-socket off` ([`UPGRADE_SOCKET_OFF`]).
+    pub upgrades: bool,
     /// `--ws-ping-interval` and `--message-timeout` for the demo's WebSockets.
     pub demo_ws: crate::demo::DemoWs,
     /// The largest reply the framed listeners' framing can carry, so that
     /// the framed demo answers `error:` instead of an echo it cannot frame.
     pub framed_max_reply: usize,
 }
+
+/// `--upgrade-socket off`: no control socket, and no upgrade in place, for
+/// a server that is never upgraded so (a container whose root is read-only,
+/// replaced by a new one on a rollout, as in deploy/kubernetes): it would
+/// warn at every start that it cannot bind one. Nothing is bound, nothing
+/// is said above debug, and `serve --upgrade` with it is a usage error.
+pub const UPGRADE_SOCKET_OFF: &str = "off";
 
 /// The upgrade control socket: `--upgrade-socket` or the default for the
 /// server's first address; worker process `k` of a supervisor adds `.k`.
@@ -237,6 +247,15 @@ fn resolve_with(
         upgrade_socket,
     } = settings;
     let otel = otel_config(otel, |name| std::env::var(name).ok())?;
+    let upgrades = upgrade_socket
+        .as_ref()
+        .is_none_or(|path| path.as_os_str() != UPGRADE_SOCKET_OFF);
+    let upgrade_socket = upgrade_socket.filter(|_| upgrades);
+    if args.upgrade && !upgrades {
+        return Err(UsageError(
+            "--upgrade takes over through the running server's control socket, and upgrade_socket (--upgrade-socket) is off: give the running server's --upgrade-socket".into(),
+        ));
+    }
     if accept_burst.is_some() && accept_rate.is_none() {
         // It used to be dropped without a word: no limit applied.
         return Err(UsageError(
@@ -302,6 +321,7 @@ fn resolve_with(
     Ok(Resolved {
         otel,
         upgrade_socket,
+        upgrades,
         demo_ws,
         framed_max_reply: framing.max_reply_bytes(),
         admin,
@@ -395,7 +415,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if resolved.processes > 1 && args.worker_process.is_none() {
         return crate::supervisor::run(args, serve_argv(), resolved.processes);
     }
-    logging::init(resolved.log_format);
+    logging::init_for(resolved.log_format, args.worker_process);
     let shared = match args.worker_process {
         Some(index) => {
             // Before the first subscription: this process's topics count
@@ -447,7 +467,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         resolved.builder = resolved.builder.adopt_listeners(main);
         Some((take_over, admin))
     } else {
-        if args.worker_process.is_some() {
+        // With upgrades off, one generation serves each slot: no lock.
+        if args.worker_process.is_some() && resolved.upgrades {
             slot = crate::upgrade::SlotLock::claim(&control_path)?;
         }
         None
@@ -525,6 +546,7 @@ async fn serve(
         tls,
         otel,
         upgrade_socket: explicit_socket,
+        upgrades,
         demo_ws,
         framed_max_reply,
         ..
@@ -630,7 +652,9 @@ async fn serve(
     let mut control_ready = None;
     // Binding the control socket again, after it failed (see `rebind`).
     let mut rebind = Rebind::new();
-    if take_over.is_none() {
+    if !upgrades {
+        tracing::debug!("upgrade_socket is off: no upgrade control socket, `serve --upgrade` cannot take over from this server");
+    } else if take_over.is_none() {
         control = crate::upgrade::listen_for_upgrades(&control_path, &handle, &mut slot);
         if control.is_none() && slot.is_some() {
             rebind.schedule();
@@ -753,7 +777,7 @@ async fn serve(
                         continue;
                     }
                     Ask::Force => {
-                        eprintln!("megaconn: second {name}: exiting now");
+                        crate::announce::last_words(format_args!("megaconn: second {name}: exiting now"));
                         if let Some(control) = &control {
                             control.remove_name_now();
                         }

@@ -799,7 +799,7 @@ async fn supervise(
                         continue;
                     }
                     Ask::Force => {
-                        eprintln!("megaconn: second {name}: killing worker processes");
+                        crate::announce::last_words(format_args!("megaconn: second {name}: killing worker processes"));
                         stop_all(&workers, libc::SIGKILL);
                         std::process::exit(1);
                     }
@@ -960,6 +960,8 @@ fn start(
         if let Some(stdout) = stdout {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                // JSON in JSON log mode: its message is the line.
+                let line = crate::announce::message_of(&line);
                 if line.starts_with(ready_line) {
                     let _ = events.send(Event::Ready(index, Moved::parse(&line)));
                 }

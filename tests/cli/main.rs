@@ -17,6 +17,7 @@ mod doctor_cli;
 mod flags_cli;
 mod hold_cli;
 mod limits_cli;
+mod logs_cli;
 mod processes;
 mod serve_cli;
 mod upgrade_cli;

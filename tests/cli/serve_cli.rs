@@ -39,7 +39,8 @@ fn start_serve(extra: &[&str]) -> (ChildGuard, Lines, String) {
             .stderr(Stdio::piped()),
     );
     let stdout = Lines::new(child.child().stdout.take().unwrap());
-    let first = stdout.expect_line();
+    // JSON with `--log-format json`: its message is the line.
+    let first = common::message(&stdout.expect_line());
     assert!(
         first.starts_with("megaconn serving on http://127.0.0.1:"),
         "{first}"
@@ -298,6 +299,42 @@ fn replace_file(path: &Path, pem: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A test CA, and a certificate for localhost it signs in `cert.pem` and
+/// `key.pem` of a temporary directory, where a test's other files go too.
+struct TlsFiles {
+    dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: Ca,
+}
+
+impl TlsFiles {
+    fn new() -> TlsFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let ca = Ca::new();
+        let (pem, key_pem, _) = ca.leaf();
+        replace_file(&cert, &pem);
+        replace_file(&key, &key_pem);
+        TlsFiles { dir, cert, key, ca }
+    }
+
+    /// Writes (or replaces) `megaconn.toml`: one worker, no admin
+    /// listener, this certificate, and `knobs`; returns its path.
+    fn config(&self, knobs: &str) -> std::path::PathBuf {
+        let config = self.dir.path().join("megaconn.toml");
+        replace_file(
+            &config,
+            &format!(
+                "workers = 1\nadmin = \"off\"\ntls_cert = {:?}\ntls_key = {:?}\n{knobs}",
+                self.cert.to_str().unwrap(),
+                self.key.to_str().unwrap()
+            ),
+        );
+        config
+    }
+}
+
 type Tls = StreamOwned<ClientConnection, TcpStream>;
 
 /// A TLS connection to `addr` for `localhost`, handshake done.
@@ -376,7 +413,11 @@ fn tls_banner_says_https_and_sighup_reloads_the_certificate() {
     replace_file(&cert, &b_pem);
     replace_file(&key, &b_key);
     serving.child.signal(libc::SIGHUP);
-    serving.wait_for_log("TLS certificate and key reloaded");
+    // Said once: the library's `TlsConfig::reload` said it too (`TLS
+    // certificates reloaded`), before this line, on the same thread.
+    let lines = serving.log_until("TLS certificate and key reloaded");
+    let reloaded: Vec<_> = lines.iter().filter(|l| l.contains("reloaded")).collect();
+    assert_eq!(reloaded.len(), 1, "one line for one reload: {lines:#?}");
 
     let mut new = tls_connect(&addr, &client).unwrap();
     assert_eq!(
@@ -455,24 +496,10 @@ fn a_config_file_mixes_tls_and_cleartext_listeners() {
 /// and a changed key that applies at start only is named, not applied.
 #[test]
 fn sighup_applies_the_config_files_tls_handshake_knobs() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let ca = Ca::new();
-    let (pem, key_pem, _) = ca.leaf();
-    replace_file(&cert, &pem);
-    replace_file(&key, &key_pem);
-    let config = dir.path().join("megaconn.toml");
-    let write_config = |knobs: &str| {
-        replace_file(
-            &config,
-            &format!(
-                "workers = 1\nadmin = \"off\"\nlisten = [\"127.0.0.1:0\"]\ntls_cert = {:?}\ntls_key = {:?}\n{knobs}",
-                cert.to_str().unwrap(),
-                key.to_str().unwrap()
-            ),
-        )
-    };
-    write_config("tls_max_handshakes = 2\n");
+    let tls = TlsFiles::new();
+    let ca = &tls.ca;
+    let write_config = |knobs: &str| tls.config(&format!("listen = [\"127.0.0.1:0\"]\n{knobs}"));
+    let config = write_config("tls_max_handshakes = 2\n");
     let serving = Serving::start(&["serve", "--config", config.to_str().unwrap()]);
     let addr = serving.addr("https");
     let p384_only = ca.client_offering(rustls::crypto::ring::kx_group::SECP384R1);
@@ -555,6 +582,80 @@ fn sighup_to_the_supervisor_reloads_every_worker_process() {
     for _ in 0..8 {
         let tls = tls_connect(&addr, &client).unwrap();
         assert_eq!(served_cert(&tls), b_der);
+    }
+    serving.stop();
+}
+
+/// A worker process killed after a SIGHUP comes back with the config
+/// file's SIGHUP-reloaded keys as of that SIGHUP, as its siblings applied
+/// them, and with the rest as of the supervisor's start: not with the file
+/// as it is when it restarts. The file lists `p384` at the SIGHUP (a
+/// client offering only P-384 is let in), then drops it again with no
+/// SIGHUP; both worker processes are killed and restarted, so that every
+/// connection after reaches a restarted one. The start's half was tested
+/// (`processes::a_restarted_worker_process_runs_with_the_configuration_of_the_supervisors_start`),
+/// this one not.
+#[test]
+fn a_worker_process_restarted_after_a_sighup_has_that_sighups_tls_knobs() {
+    let tls = TlsFiles::new();
+    let ca = &tls.ca;
+    let socket = tls.dir.path().join("upgrade.sock");
+    let write_config = |knobs: &str| tls.config(knobs);
+    let config = write_config("server_header = \"at-start\"\n");
+    // --processes needs an explicit port: held until the workers listen.
+    let port = common::ReservedPort::new();
+    let addr = port.addr.clone();
+    let serving = Serving::start(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        &addr,
+        "--processes",
+        "2",
+        "--upgrade-socket",
+        socket.to_str().unwrap(),
+    ]);
+    drop(port);
+    let pids: Vec<i32> = (0..2)
+        .map(|k| {
+            let line = serving.stdout.expect_line();
+            line.strip_prefix(&format!("worker process {k} pid "))
+                .unwrap_or_else(|| panic!("{line}"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let p384_only = ca.client_offering(rustls::crypto::ring::kx_group::SECP384R1);
+    let refused = tls_connect(&addr, &p384_only).unwrap_err();
+    assert!(
+        refused.to_string().contains("HandshakeFailure"),
+        "{refused}"
+    );
+
+    write_config("server_header = \"at-hup\"\ntls_kx_groups = \"x25519,p256,p384\"\n");
+    serving.child.signal(libc::SIGHUP);
+    serving.wait_for_log("TLS handshake knobs applied");
+    serving.wait_for_log("TLS handshake knobs applied");
+    // Edited again, with no SIGHUP: a restart must not read this.
+    write_config("server_header = \"later\"\n");
+    for (k, pid) in pids.into_iter().enumerate() {
+        // SAFETY: kill(2) on a worker process the supervisor started for us.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let line = serving.stdout.expect_line();
+        assert!(
+            line.starts_with(&format!("worker process {k} restarted pid ")),
+            "{line}"
+        );
+    }
+    for _ in 0..8 {
+        let mut s = tls_connect(&addr, &p384_only)
+            .expect("a restarted worker process offers P-384, as of the SIGHUP");
+        let response = get_keep_alive(&mut s, "/");
+        assert!(
+            response.contains("server: at-start"),
+            "a key SIGHUP does not reload is the start's: {response}"
+        );
     }
     serving.stop();
 }

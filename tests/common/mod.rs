@@ -194,6 +194,19 @@ impl Drop for ChildGuard {
     }
 }
 
+/// What a line on `megaconn serve`'s stdout says: the line, or with
+/// `--log-format json` the message of its JSON object.
+pub fn message(line: &str) -> String {
+    if line.starts_with('{') {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if let Some(message) = value["fields"]["message"].as_str() {
+            return message.to_string();
+        }
+    }
+    line.to_string()
+}
+
 /// The lines of a child's stdout, read on a thread so that each can be
 /// waited for with a bound.
 pub struct Lines {
@@ -276,7 +289,7 @@ impl Serving {
             }
         });
         let stdout = Lines::new(child.child().stdout.take().unwrap());
-        let first = stdout.expect_line();
+        let first = message(&stdout.expect_line());
         let urls = first
             .strip_prefix("megaconn serving on ")
             .unwrap_or_else(|| panic!("no banner: {first:?}"))
@@ -368,6 +381,39 @@ impl Serving {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
                 Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    /// Waits for a log line containing `needle`; returns the lines before
+    /// it, and it last.
+    pub fn log_until(&self, needle: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + CHILD_SAFETY;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    lines.push(line);
+                    if found {
+                        return lines;
+                    }
+                }
+                Err(e) => panic!("no log line with {needle:?} in {lines:#?}: {e}"),
+            }
+        }
+    }
+
+    /// Every log line still to come, to the end of the output (once the
+    /// child exited; each waited for with the bound).
+    pub fn log_rest(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            match self.stderr.recv_timeout(CHILD_SAFETY) {
+                Ok(line) => lines.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return lines,
+                Err(e) => panic!("the log did not end: {e}"),
             }
         }
     }

@@ -14,6 +14,7 @@ use crate::conn::pool::BufferPool;
 use crate::conn::shutdown::LocalShutdown;
 use crate::conn::tls_io::ParkedSessions;
 use crate::observe::close::CloseReason;
+use crate::observe::human::Timeout;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::registry::Registry;
 use crate::observe::stats::{incr, StatsSource, WorkerStats};
@@ -187,7 +188,7 @@ impl WorkerContext {
                     if timed_out == CloseReason::TlsHandshakeTimeout {
                         ratelog::log(Flood::TlsHandshakeTimeout, |suppressed| {
                             tracing::info!(
-                                ?timeout,
+                                timeout = %Timeout(timeout),
                                 suppressed,
                                 "TLS handshake not done within TlsConfig::handshake_timeout; closing the connection"
                             )

@@ -20,6 +20,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::ConnInfo;
 use crate::observe::clock::LazyDeadline;
 use crate::observe::close::CloseReason;
+use crate::observe::human::Timeout;
 use crate::observe::lifecycle;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
@@ -166,7 +167,7 @@ impl WriteBound {
         let setting = self.limit.setting;
         ratelog::log(kind, |suppressed| {
             tracing::info!(
-                timeout = ?self.limit.timeout,
+                timeout = %Timeout(self.limit.timeout),
                 suppressed,
                 "{peer} did not take our bytes in time; closing it ({setting})"
             )

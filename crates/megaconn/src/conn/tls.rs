@@ -473,6 +473,11 @@ impl TlsConfig {
     /// Reads every certificate and key given as files again and makes them
     /// live for new handshakes; connections already open keep theirs. On any
     /// error nothing changes (the old certificates stay live).
+    ///
+    /// It logs nothing: the caller knows the outcome and says it once, with
+    /// what it knows (`megaconn serve` names the files). It used to log
+    /// `TLS certificates reloaded` too, and every SIGHUP to `megaconn serve`
+    /// wrote two lines for one reload.
     pub fn reload(&self) -> Result<(), TlsError> {
         let mut settings = self.settings();
         let mut entries = settings.entries.clone();
@@ -485,7 +490,6 @@ impl TlsConfig {
         match build(&settings, &self.shared.session_cache, &self.shared.ticketer) {
             Ok(live) => {
                 *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
-                tracing::info!("TLS certificates reloaded");
                 Ok(())
             }
             Err(e) => {

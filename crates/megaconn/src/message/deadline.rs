@@ -38,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::conn::pool::BUFFER_CAPACITY;
 use crate::observe::close::CloseReason;
+use crate::observe::human::Timeout;
 use crate::observe::stats::{incr, WorkerStats};
 
 /// How many bytes a peer must have sent since its message's time started
@@ -129,7 +130,7 @@ impl MessageDeadline {
     pub(crate) fn expired(&self, stats: &WorkerStats, knob: &'static str) -> CloseReason {
         incr(&stats.timeouts);
         tracing::debug!(
-            timeout = ?self.timeout,
+            timeout = %Timeout(self.timeout),
             "a message did not complete within its time; closing the connection (raise {knob})"
         );
         CloseReason::MessageTimeout

@@ -7,6 +7,7 @@ pub(crate) mod by_id;
 pub(crate) mod chunks;
 pub(crate) mod clock;
 pub(crate) mod close;
+pub(crate) mod human;
 pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub mod metrics;

@@ -149,6 +149,7 @@ use crate::conn::ConnInfo;
 use crate::message::MessageSettings;
 use crate::observe::clock::LazyDeadline;
 use crate::observe::close::{CloseReason, ProtocolDetail};
+use crate::observe::human::Timeout;
 use crate::observe::lifecycle::{self, CountedIo};
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
@@ -1643,7 +1644,7 @@ impl Stalled {
                 record.error(ErrorClass::Timeout);
                 ratelog::log(Flood::Http2WriteStall, |suppressed| {
                     tracing::info!(
-                        timeout = ?MessageSettings::write_stall_timeout(&ctx.config),
+                        timeout = %Timeout(MessageSettings::write_stall_timeout(&ctx.config)),
                         suppressed,
                         "an HTTP/2 client gave a response no room for write_stall_timeout; resetting its stream (CANCEL)"
                     )

@@ -19,6 +19,7 @@ use http_body::{Frame, SizeHint};
 
 use crate::error::BodyError;
 use crate::observe::clock::LazyDeadline;
+use crate::observe::human::Timeout;
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
@@ -281,7 +282,7 @@ impl RecvBody {
     fn stall_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         ratelog::log(Flood::BodyStall, |suppressed| {
             tracing::info!(
-                idle_timeout = ?self.stall_after,
+                idle_timeout = %Timeout(self.stall_after),
                 suppressed,
                 "an HTTP/2 request body sent no DATA for idle_timeout; failing its read"
             )

@@ -27,6 +27,7 @@ use crate::conn::context::WorkerContext;
 use crate::conn::io::{read_more, ConnIo};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::ConnInfo;
+use crate::observe::human::Timeout;
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::ratelog::{self, Flood};
@@ -796,7 +797,7 @@ fn poll_timer(
 fn header_timed_out<T: Parkable>(conn: &ConnIo<T>) -> CloseReason {
     ratelog::log(Flood::Http1HeaderTimeout, |suppressed| {
         tracing::info!(
-            read_header_timeout = ?conn.ctx.config.read_header_timeout,
+            read_header_timeout = %Timeout(conn.ctx.config.read_header_timeout),
             suppressed,
             "no whole request head from {} within read_header_timeout; closing the connection",
             peer_name(conn)

@@ -43,6 +43,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::error::BodyError;
 use crate::message::MessageSettings;
 use crate::observe::clock::LazyDeadline;
+use crate::observe::human::Timeout;
 use crate::observe::limits::LimitHit;
 use crate::observe::metrics::{AccessLine, MethodLabel, RequestRecord};
 use crate::observe::ratelog::{self, Flood};
@@ -385,7 +386,7 @@ fn timed_out<T: Parkable, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: Deadline
         // A client can stall a body at will: the line is rate-limited.
         DeadlineKind::BodyStall => ratelog::log(Flood::BodyStall, |suppressed| {
             tracing::info!(
-                idle_timeout = ?this.conn.ctx.config.idle_timeout,
+                idle_timeout = %Timeout(this.conn.ctx.config.idle_timeout),
                 suppressed,
                 "an HTTP/1.1 request body sent nothing for idle_timeout while it was \
                  awaited; closing the connection"
@@ -395,7 +396,7 @@ fn timed_out<T: Parkable, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: Deadline
         // saw `closed{read_timeout}` counted but not from whom.
         DeadlineKind::Read => ratelog::log(Flood::Http1ReadTimeout, |suppressed| {
             tracing::info!(
-                read_timeout = ?this.conn.ctx.config.read_timeout,
+                read_timeout = %Timeout(this.conn.ctx.config.read_timeout),
                 suppressed,
                 "an HTTP/1.1 request from {} did not complete within read_timeout; \
                  closing the connection",

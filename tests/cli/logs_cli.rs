@@ -1,0 +1,243 @@
+//! What an operator reads from `megaconn serve` and trips on: a timeout's
+//! log field says its setting as a config file writes it (`100ms`, not
+//! `Some(100ms)`); every line of a worker process says which one it is
+//! (`serve --processes`); with `--log-format json` every line the server
+//! writes, stdout's included, is JSON; and the Kubernetes recipe, which is
+//! never upgraded in place, starts without a warning that it cannot be.
+
+use crate::common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use common::{ChildGuard, ReservedPort, Serving};
+
+fn megaconn() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_megaconn"))
+}
+
+/// `line` as a JSON object; panics if it is not one.
+fn json(line: &str) -> serde_json::Value {
+    let value: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert!(value.is_object(), "not a JSON object: {line}");
+    value
+}
+
+/// A timeout's field is its setting as written, not the `Debug` of an
+/// `Option<Duration>`: `read_header_timeout=100ms`. It said
+/// `read_header_timeout=Some(100ms)`.
+#[test]
+fn a_timeout_is_logged_as_its_setting_is_written() {
+    let serving = Serving::serve(&["--read-header-timeout", "100ms"]);
+    let mut s = TcpStream::connect(serving.addr("http")).unwrap();
+    s.set_read_timeout(Some(common::CHILD_SAFETY)).unwrap();
+    // Half a head, then nothing: the server closes at read_header_timeout.
+    s.write_all(b"GET / HT").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let line = serving.wait_for_log("within read_header_timeout");
+    assert!(line.contains("read_header_timeout=100ms"), "{line}");
+    assert!(!line.contains("Some("), "{line}");
+    serving.stop();
+}
+
+/// A supervisor of two worker processes (`--processes 2`, `EXTRA`), on a
+/// port of its own; its upgrade sockets in `dir`.
+fn supervisor(dir: &std::path::Path, extra: &[&str]) -> Serving {
+    let port = ReservedPort::new();
+    let socket = dir.join("upgrade.sock");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        &port.addr,
+        "--workers",
+        "1",
+        "--processes",
+        "2",
+        "--admin",
+        "off",
+        "--upgrade-socket",
+        socket.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let serving = Serving::start(&args);
+    // The worker processes listen: the port is theirs.
+    drop(port);
+    serving
+}
+
+/// Every line a worker process logs says its index (`worker_process=K`,
+/// in JSON a top-level `"worker_process":K`), and the supervisor's own
+/// lines none; the two worker processes' lines on a SIGHUP told apart.
+/// They carried nothing to tell them apart. In JSON mode every line on
+/// both streams is JSON (the supervisor's stdout, which reads its worker
+/// processes' JSON lines to know they serve, included).
+#[test]
+fn every_line_of_a_worker_process_says_its_index() {
+    for json_mode in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let extra: &[&str] = if json_mode {
+            &["--log-format", "json"]
+        } else {
+            &[]
+        };
+        let mut serving = supervisor(dir.path(), extra);
+        let index_of = |line: &str| -> Option<u64> {
+            if json_mode {
+                json(line)
+                    .get("worker_process")
+                    .map(|k| k.as_u64().unwrap())
+            } else {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix("worker_process="))
+                    .map(|k| k.parse().unwrap())
+            }
+        };
+        serving.child.signal(libc::SIGHUP);
+        // The supervisor's line comes before it passes the signal on.
+        let mut lines = serving.log_until("nothing to reload");
+        lines.extend(serving.log_until("nothing to reload"));
+        let mut said = BTreeSet::new();
+        let mut supervisor_said = false;
+        for line in &lines {
+            if line.contains("nothing to reload") {
+                let index = index_of(line).unwrap_or_else(|| panic!("no index: {line}"));
+                said.insert(index);
+            } else if line.contains("passing it to every worker process") {
+                assert_eq!(index_of(line), None, "the supervisor's: {line}");
+                supervisor_said = true;
+            }
+        }
+        assert!(supervisor_said, "{lines:#?}");
+        assert_eq!(said, BTreeSet::from([0, 1]), "{lines:#?}");
+        serving.child.signal(libc::SIGTERM);
+        assert_eq!(serving.child.wait().code(), Some(0));
+        let stdout = serving.stdout.rest();
+        assert!(
+            stdout
+                .iter()
+                .any(|l| common::message(l).starts_with("megaconn stopped: 2 worker processes")),
+            "{stdout:#?}"
+        );
+        if json_mode {
+            for line in stdout.iter().chain(&lines).chain(&serving.log_rest()) {
+                json(line);
+            }
+        }
+    }
+}
+
+/// With `--log-format json` every line the server writes is JSON: its
+/// log, and the lines on stdout scripts wait for (`megaconn serving on`,
+/// `megaconn admin on`, `megaconn stopped`), each the message of a log
+/// line of the same shape. stdout's stayed plain.
+#[test]
+fn in_json_mode_every_line_the_server_writes_is_json() {
+    let mut serving =
+        Serving::serve_admin("127.0.0.1:0", &["--log-format", "json", "--access-log"]);
+    let mut s = TcpStream::connect(serving.addr("http")).unwrap();
+    s.set_read_timeout(Some(common::CHILD_SAFETY)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("ok"), "{answer}");
+    serving.child.signal(libc::SIGTERM);
+    assert_eq!(serving.child.wait().code(), Some(0));
+    let stdout = serving.stdout.rest();
+    let log = serving.log_rest();
+    assert!(
+        log.iter().any(|l| l.contains("megaconn::access")),
+        "{log:#?}"
+    );
+    for line in log.iter().chain(&stdout) {
+        json(line);
+    }
+    let said: Vec<String> = stdout.iter().map(|l| common::message(l)).collect();
+    assert!(
+        said[0].starts_with("megaconn admin on http://"),
+        "{said:#?}"
+    );
+    assert!(said[1].starts_with("megaconn stopped: "), "{said:#?}");
+    let stop = json(&stdout[1]);
+    assert_eq!(stop["level"], "INFO", "{stop}");
+    assert_eq!(stop["target"], "megaconn::announce", "{stop}");
+}
+
+/// The config file of deploy/kubernetes/configmap.yaml.
+fn kubernetes_config() -> String {
+    let yaml = include_str!("../../deploy/kubernetes/configmap.yaml");
+    let (_, file) = yaml
+        .split_once("megaconn.toml: |\n")
+        .expect("configmap.yaml has megaconn.toml");
+    file.lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The Kubernetes recipe's server starts without a warning: its root is
+/// read-only, so no control socket can be bound where it would be, and it
+/// is never upgraded in place (a rollout replaces the pod), which its
+/// config says (`upgrade_socket = "off"`): it binds none, and says
+/// nothing of it. It warned at every start that `serve --upgrade` could
+/// not take over from it. Here the socket's default directory is missing,
+/// as a read-only root's `/tmp` is unwritable, and the recipe's addresses
+/// are replaced by flags (which win over the file).
+#[test]
+fn the_kubernetes_recipe_starts_without_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("megaconn.toml");
+    std::fs::write(&config, kubernetes_config()).unwrap();
+    let mut cmd = megaconn();
+    cmd.args(["serve", "--config", config.to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--workers",
+            "1",
+        ])
+        // The pod's open-file limit (containerd's 1048576) is not this
+        // test's: its max_connections would be warned about here.
+        .args(["--max-connections", "1000"])
+        .env("XDG_RUNTIME_DIR", dir.path().join("read-only"))
+        .current_dir(dir.path());
+    let mut serving = Serving::spawn(&mut cmd);
+    serving.child.signal(libc::SIGTERM);
+    assert_eq!(serving.child.wait().code(), Some(0));
+    let log = serving.log_rest();
+    for line in &log {
+        let level = json(line)["level"].clone();
+        assert!(level == "INFO" || level == "DEBUG", "{line}");
+    }
+    // No socket named `off`, nor any other file, where it ran.
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files, ["megaconn.toml"], "{log:#?}");
+}
+
+/// `serve --upgrade` with `--upgrade-socket off` has nothing to take over
+/// through: a usage error (exit 2) that says so.
+#[test]
+fn an_upgrade_with_the_upgrade_socket_off_is_a_usage_error() {
+    let mut child = ChildGuard::spawn(
+        megaconn()
+            .args(["serve", "--upgrade", "--upgrade-socket", "off"])
+            .args(["--listen", "127.0.0.1:0", "--admin", "off"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let (status, _, stderr) = child.wait_with_output();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("upgrade_socket (--upgrade-socket) is off"),
+        "{stderr}"
+    );
+}
