@@ -1,7 +1,8 @@
 //! axum's compression and graceful-shutdown examples, the corner cases of
 //! issue 14 (`ConnectInfo`, HEAD of a stream, blocking, 100-continue,
-//! TimeoutLayer), and two of README's "smaller things": a handler's reason
-//! phrase and `TCP_NODELAY`.
+//! TimeoutLayer), two of README's "smaller things": a handler's reason
+//! phrase and `TCP_NODELAY`, and the make-services `axum::serve` is given
+//! (`into_make_service()`, NormalizePath's, `into_make_service_with_connect_info()`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
