@@ -665,8 +665,9 @@ where
 /// handler gets the peer's address, on HTTP/1.1 and h2c. So is one with a
 /// `Connected` type of the app's own that implements
 /// `Connected<SocketAddr>`, made once for a connection's requests as under
-/// `axum::serve`. (Neither compiled: `IntoMakeServiceWithConnectInfo` was
-/// not an `IntoHttpService`.)
+/// `axum::serve`, and again, unlike it, when megaconn wakes the connection
+/// from the parking lot. (Neither compiled: `IntoMakeServiceWithConnectInfo`
+/// was not an `IntoHttpService`.)
 #[tokio::test]
 async fn into_make_service_with_connect_info_is_served_as_under_axum_serve() {
     let pair = serve_with_connect_info::<SocketAddr>().await;
@@ -691,6 +692,37 @@ async fn into_make_service_with_connect_info_is_served_as_under_axum_serve() {
         assert_eq!(PEERS_MADE.load(SeqCst) - before, 1, "Peers made for {addr}");
         let (status, body, me) = h2c_get(addr, "/who").await;
         assert_eq!((status, body), (200, me.to_string()), "h2c to {addr}");
+    }
+    drop(pair);
+
+    // A connection that megaconn parks between two requests: it makes the
+    // `Peer` again when the connection wakes, where `axum::serve` made one
+    // for the connection (README, "ConnectInfo").
+    let pair = serve_with_connect_info::<Peer>().await;
+    for (addr, made) in [(pair.theirs, 1), (pair.ours, 2)] {
+        use std::sync::atomic::Ordering::SeqCst;
+        let before = PEERS_MADE.load(SeqCst);
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let me = s.local_addr().unwrap().to_string();
+        let mut buf = Vec::new();
+        for i in 0..2 {
+            if i == 1 && addr == pair.ours {
+                common::wait_stats(&pair.handle, "the connection parked", |st| {
+                    st.connections_parked == 1
+                })
+                .await;
+            }
+            s.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            let r = read_response_buffered(&mut s, &mut buf, false).await;
+            assert_eq!((r.status, r.body), (200, me.clone().into_bytes()), "{addr}");
+        }
+        assert_eq!(
+            PEERS_MADE.load(SeqCst) - before,
+            made,
+            "Peers made for {addr}"
+        );
     }
 }
 
