@@ -186,7 +186,7 @@ where
 
 /// axum's make-service with connect info makes, for each connection, a
 /// service that gives its requests `ConnectInfo<C>`: served as
-/// [`connect_info::WithConnectInfo`], which makes it from each connection's
+/// `WithConnectInfo` (`service/connect_info.rs`), which makes it from each connection's
 /// peer address (so requests must carry it: `CONNECT_INFO`).
 #[cfg(feature = "axum")]
 impl<S, C, B> IntoHttpService<into_marker::MakeServiceWithConnectInfo>
