@@ -8,7 +8,6 @@
 //! extractor answers 426.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -209,7 +208,7 @@ async fn a_message_past_the_limit_closes_with_1009() {
     use megaconn::axum_ws::WebSocketUpgrade;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-    let _ = tracing::subscriber::set_global_default(Capture);
+    common::logs::capture();
     let app = echo_route("/small", |ws: WebSocketUpgrade| {
         ws.max_message_size(2048).max_frame_size(1024)
     });
@@ -255,7 +254,7 @@ async fn a_message_past_the_limit_closes_with_1009() {
         // Counted and logged before the close frame went out; the first
         // of its setting, however soon after the other's.
         common::assert_ws_limit_hits(&server.handle, setting, counted);
-        let logged = LOGGED.lock().unwrap().clone();
+        let logged = common::logs::logged();
         let line = format!("WebSocket {what} over WebSocketUpgrade::{setting}; closing with 1009");
         assert!(
             logged.iter().any(|l| l == &line),
@@ -417,43 +416,9 @@ async fn subprotocol_is_selected_from_the_servers_list() {
     assert!(!head.contains("sec-websocket-protocol"), "{head}");
 }
 
-/// Warnings and info lines megaconn logged, captured by [`Capture`] (set
-/// once per binary, by the tests that read them).
-static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// A minimal tracing subscriber that keeps the message of each warning or
-/// info line.
-struct Capture;
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
-        *meta.level() <= tracing::Level::INFO
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        LOGGED.lock().unwrap().push(message.0);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[tokio::test]
 async fn axums_own_extractor_gets_426_and_a_hint() {
-    let _ = tracing::subscriber::set_global_default(Capture);
+    common::logs::capture();
     let app = axum::Router::new().route(
         "/ws",
         axum::routing::get(|ws: axum::extract::ws::WebSocketUpgrade| async move {
@@ -480,7 +445,7 @@ async fn axums_own_extractor_gets_426_and_a_hint() {
 async fn axums_own_extractor_gets_426_and_a_hint_over_http2() {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let _ = tracing::subscriber::set_global_default(Capture);
+    common::logs::capture();
     let own =
         |ws: axum::extract::ws::WebSocketUpgrade| async move { ws.on_upgrade(|_socket| async {}) };
     let app = axum::Router::new()
@@ -528,7 +493,7 @@ async fn axums_own_extractor_gets_426_and_a_hint_over_http2() {
 #[tokio::test]
 async fn hyper_upgrade_on_under_megaconn_is_logged() {
     use tokio::io::AsyncWriteExt;
-    let _ = tracing::subscriber::set_global_default(Capture);
+    common::logs::capture();
     async fn upgrade(mut req: axum::extract::Request) -> axum::response::Response {
         let on_upgrade = hyper::upgrade::on(&mut req);
         // Fails at once: no hyper upgrade handle under megaconn.
@@ -556,7 +521,7 @@ async fn hyper_upgrade_on_under_megaconn_is_logged() {
     // The line is logged before the connection closes; at most one per 5 s
     // (the rate limit's interval, in real time: a slow machine may log two).
     let most = 1 + (started.elapsed().as_secs() / 5) as usize;
-    let warnings = LOGGED.lock().unwrap().clone();
+    let warnings = common::logs::logged();
     let lines = warnings
         .iter()
         .filter(|w| w.contains("hyper::upgrade::on") && w.contains("megaconn::OnUpgrade"))
@@ -771,7 +736,7 @@ fn feed(
 #[tokio::test]
 async fn without_a_heartbeat_a_send_to_a_peer_that_stops_reading_fails_at_the_write_stall_timeout()
 {
-    let _ = tracing::subscriber::set_global_default(Capture);
+    common::logs::capture();
     let message = megaconn::axum_ws::Message::Binary(vec![7u8; 16 * 1024].into());
     let (app, mut failures) = feed(message, usize::MAX);
     let builder = Server::builder().write_stall_timeout(Some(Duration::from_millis(200)));
@@ -791,7 +756,7 @@ async fn without_a_heartbeat_a_send_to_a_peer_that_stops_reading_fails_at_the_wr
     let stats = server.handle.stats();
     assert_eq!(common::closed_as(&stats, "write_timeout"), 1, "{stats:?}");
     assert_eq!(stats.timeouts, 1);
-    let logged = LOGGED.lock().unwrap().clone();
+    let logged = common::logs::logged();
     let line = "an axum_ws WebSocket peer did not take our bytes in time; closing it (Builder::write_stall_timeout)";
     assert!(logged.iter().any(|l| l == line), "{logged:?}");
 }
@@ -984,7 +949,7 @@ async fn shutdown_closes_a_send_only_socket_with_1001() {
 /// The hint naming `megaconn::axum_ws` was logged. It is written before the
 /// response goes out, so once the response is in, it is there.
 fn assert_hint_logged() {
-    let warnings = LOGGED.lock().unwrap().clone();
+    let warnings = common::logs::logged();
     assert!(
         warnings
             .iter()

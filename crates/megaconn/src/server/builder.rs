@@ -102,7 +102,9 @@ impl Server {
     /// is dropped), then drains gracefully.
     ///
     /// `service`: an axum `Router` or any [`HttpService`], or axum's
-    /// `app.into_make_service()` ([`IntoHttpService`]).
+    /// `app.into_make_service()` or
+    /// `app.into_make_service_with_connect_info::<SocketAddr>()`
+    /// ([`IntoHttpService`]).
     pub async fn serve<A, M>(self, service: A) -> Result<ShutdownSummary, Error>
     where
         A: IntoHttpService<M>,
@@ -170,13 +172,18 @@ impl Server {
     {
         let service = service.into_http_service();
         let Server {
-            config,
+            mut config,
             listeners,
             max_connections,
             handle,
             adopt,
             ..
         } = self;
+        if A::CONNECT_INFO && !config.connect_info {
+            // axum's `into_make_service_with_connect_info`: its
+            // `ConnectInfo` is made from the address each request carries.
+            Arc::make_mut(&mut config).connect_info = true;
+        }
         let limit = ConnectionLimit::new(max_connections, config.max_connections_per_ip)
             .with_accept_rate(config.accept_rate, config.workers)
             .shared_by(&handle.workers);
@@ -953,7 +960,8 @@ impl Builder {
     /// [`ConnInfo`](crate::ConnInfo) extension, and (with the `axum` cargo
     /// feature, on by default) as axum's `ConnectInfo<SocketAddr>`, which
     /// `axum::serve` gives only with `into_make_service_with_connect_info`:
-    /// this is megaconn's way to ask for it. Default: off, as under
+    /// this is megaconn's way to ask for it (serving that make-service
+    /// turns it on too). Default: off, as under
     /// `axum::serve`, because it costs every request its extension map (4
     /// small allocations, ~1,000 instructions, ~10% of megaconn's user-space
     /// work per request: `bench/CPU-PER-REQUEST.md`) and a connection woken

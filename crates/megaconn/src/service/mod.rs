@@ -16,6 +16,8 @@ use crate::service::body::Body;
 use crate::BoxError;
 
 pub(crate) mod body;
+#[cfg(feature = "axum")]
+pub(crate) mod connect_info;
 pub(crate) mod draining;
 pub(crate) mod h2_body;
 pub(crate) mod h2_stream;
@@ -104,15 +106,33 @@ where
 /// What `serve` (and [`Server::start`](crate::Server::start)) takes: an
 /// [`HttpService`] (an axum `Router`, any tower service of
 /// `http::Request<`[`Body`]`>`), or, with the `axum` feature, axum's
-/// `IntoMakeService` of one, what `app.into_make_service()` and
-/// `ServiceExt::<Request>::into_make_service(layer.layer(app))` give:
-/// `axum::serve`'s usual arguments, copied as they are. (Their
-/// `into_make_service_with_connect_info` is not: pass the service and set
-/// [`Builder::connect_info`](crate::Builder::connect_info).) `M` only tells
-/// the two apart; sealed like [`HttpService`].
+/// make-services of one, what `axum::serve` is usually given:
+/// `app.into_make_service()`,
+/// `ServiceExt::<Request>::into_make_service(layer.layer(app))`, and
+/// `app.into_make_service_with_connect_info::<C>()`, copied as they are.
+/// With the last, requests carry `ConnectInfo<C>` made from the peer's
+/// `SocketAddr` (so `C` is `SocketAddr`, or a type of the app's that
+/// implements `Connected<SocketAddr>`) and megaconn's own
+/// [`ConnInfo`], as with [`Builder::connect_info`](crate::Builder::connect_info),
+/// which it turns on. `M` only tells the implementations apart; sealed like
+/// [`HttpService`].
+#[diagnostic::on_unimplemented(
+    message = "megaconn cannot serve `{Self}`",
+    label = "not a service megaconn serves",
+    note = "megaconn serves a tower Service of `http::Request<megaconn::Body>` (an axum `Router`), \
+            axum's `IntoMakeService` of one, or its `IntoMakeServiceWithConnectInfo<_, C>` \
+            where `C: Connected<SocketAddr>` (axum's `IncomingStream` exists only inside \
+            `axum::serve`: a `Connected<IncomingStream<..>>` type needs \
+            `impl Connected<SocketAddr>` too)"
+)]
 pub trait IntoHttpService<M>: sealed::SealedInto<M> {
     /// The service served, cloned for each connection.
     type Service: HttpService<Future: 'static, ResBody: 'static> + Clone + Send + 'static;
+
+    /// Whether requests must carry their connection's addresses
+    /// ([`Builder::connect_info`](crate::Builder::connect_info) is then on
+    /// whatever it was set to).
+    const CONNECT_INFO: bool = false;
 
     /// The service to serve.
     fn into_http_service(self) -> Self::Service;
@@ -126,6 +146,9 @@ pub mod into_marker {
     /// axum's `IntoMakeService` of it.
     #[derive(Debug)]
     pub enum MakeService {}
+    /// axum's `IntoMakeServiceWithConnectInfo` of it.
+    #[derive(Debug)]
+    pub enum MakeServiceWithConnectInfo {}
 }
 
 impl<S> IntoHttpService<into_marker::Service> for S
@@ -161,6 +184,30 @@ where
     }
 }
 
+/// axum's make-service with connect info makes, for each connection, a
+/// service that gives its requests `ConnectInfo<C>`: served as
+/// `WithConnectInfo` (`service/connect_info.rs`), which makes it from each connection's
+/// peer address (so requests must carry it: `CONNECT_INFO`).
+#[cfg(feature = "axum")]
+impl<S, C, B> IntoHttpService<into_marker::MakeServiceWithConnectInfo>
+    for axum::extract::connect_info::IntoMakeServiceWithConnectInfo<S, C>
+where
+    S: tower_service::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: 'static,
+    B: HttpBody<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+    C: axum::extract::connect_info::Connected<std::net::SocketAddr>,
+{
+    type Service = connect_info::WithConnectInfo<S, C>;
+
+    const CONNECT_INFO: bool = true;
+
+    fn into_http_service(self) -> Self::Service {
+        connect_info::WithConnectInfo::new(self)
+    }
+}
+
 mod sealed {
     /// Only the blanket implementation above implements [`HttpService`](super::HttpService).
     pub trait Sealed {}
@@ -177,6 +224,15 @@ mod sealed {
     #[cfg(feature = "axum")]
     impl<S> SealedInto<super::into_marker::MakeService> for axum::routing::IntoMakeService<S> where
         S: super::HttpService + Clone + Send + 'static
+    {
+    }
+
+    #[cfg(feature = "axum")]
+    impl<S, C> SealedInto<super::into_marker::MakeServiceWithConnectInfo>
+        for axum::extract::connect_info::IntoMakeServiceWithConnectInfo<S, C>
+    where
+        S: Clone + Send + 'static,
+        C: axum::extract::connect_info::Connected<std::net::SocketAddr>,
     {
     }
 

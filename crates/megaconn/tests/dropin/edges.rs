@@ -1,7 +1,8 @@
 //! axum's compression and graceful-shutdown examples, the corner cases of
 //! issue 14 (`ConnectInfo`, HEAD of a stream, blocking, 100-continue,
-//! TimeoutLayer), and two of README's "smaller things": a handler's reason
-//! phrase and `TCP_NODELAY`.
+//! TimeoutLayer), two of README's "smaller things": a handler's reason
+//! phrase and `TCP_NODELAY`, and the make-services `axum::serve` is given
+//! (`into_make_service()`, NormalizePath's, `into_make_service_with_connect_info()`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -559,41 +560,175 @@ async fn into_make_service_is_served_as_under_axum_serve() {
     theirs_task.abort();
 }
 
+/// A `Connected` type of the app's own, made from the peer's address:
+/// `axum::serve` makes it from its `IncomingStream`, megaconn from the
+/// peer's `SocketAddr`. Each one made is counted ([`PEERS_MADE`]).
+#[derive(Clone)]
+struct Peer(SocketAddr);
+
+/// How many [`Peer`]s were made, by either server.
+static PEERS_MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+        PEERS_MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<SocketAddr> for Peer {
+    fn connect_info(peer: SocketAddr) -> Peer {
+        PEERS_MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Peer(peer)
+    }
+}
+
+/// `/peer` as in [`peer_app`], and `/who`, the address a [`Peer`] holds.
+fn who_app() -> Router {
+    peer_app().route(
+        "/who",
+        get(|ConnectInfo(Peer(peer)): ConnectInfo<Peer>| async move { peer.to_string() }),
+    )
+}
+
+/// Sends `GET path` twice, pipelined on one connection (so that megaconn
+/// answers both without parking it in between); returns both answers'
+/// bodies and the client's address.
+async fn get_twice(addr: SocketAddr, path: &str) -> (Vec<String>, SocketAddr) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let me = s.local_addr().unwrap();
+    let one = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    s.write_all(format!("{one}{one}").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let r = read_response_buffered(&mut s, &mut buf, false).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        bodies.push(String::from_utf8(r.body).unwrap());
+    }
+    (bodies, me)
+}
+
+/// GETs `path` over h2c; returns the answer's status and body and the
+/// client's address.
+async fn h2c_get(addr: SocketAddr, path: &str) -> (u16, String, SocketAddr) {
+    let (client, me) = common::h2c_from(addr).await;
+    let mut client = client.ready().await.expect("client ready");
+    let req = axum::http::Request::get(format!("http://t{path}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(req, true).expect("send request");
+    let response = tokio::time::timeout(SAFETY, response)
+        .await
+        .expect("an answer")
+        .expect("a response");
+    let status = response.status().as_u16();
+    let mut recv = response.into_body();
+    let mut body = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        body.extend_from_slice(&chunk.expect("a body"));
+    }
+    (status, String::from_utf8(body).unwrap(), me)
+}
+
+/// [`who_app`] as `into_make_service_with_connect_info::<C>()`, served by
+/// `axum::serve` and by megaconn (which is not asked for `connect_info`).
+async fn serve_with_connect_info<C>() -> Pair
+where
+    C: axum::extract::connect_info::Connected<SocketAddr>
+        + for<'a> axum::extract::connect_info::Connected<
+            axum::serve::IncomingStream<'a, tokio::net::TcpListener>,
+        >,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let theirs = listener.local_addr().unwrap();
+    let app = who_app().into_make_service_with_connect_info::<C>();
+    let hyper = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = crate::harness::listen(megaconn::Server::builder());
+    let ours = server.local_addr();
+    let handle = server.handle();
+    tokio::spawn(server.serve(who_app().into_make_service_with_connect_info::<C>()));
+    Pair {
+        theirs,
+        ours,
+        handle,
+        hyper,
+    }
+}
+
+/// axum's documented way to get `ConnectInfo`,
+/// `app.into_make_service_with_connect_info::<SocketAddr>()`, is served by
+/// megaconn as by `axum::serve` (without `Builder::connect_info`): the
+/// handler gets the peer's address, on HTTP/1.1 and h2c. So is one with a
+/// `Connected` type of the app's own that implements
+/// `Connected<SocketAddr>`, made once for a connection's requests as under
+/// `axum::serve`, and again, unlike it, when megaconn wakes the connection
+/// from the parking lot. (Neither compiled: `IntoMakeServiceWithConnectInfo`
+/// was not an `IntoHttpService`.)
+#[tokio::test]
+async fn into_make_service_with_connect_info_is_served_as_under_axum_serve() {
+    let pair = serve_with_connect_info::<SocketAddr>().await;
+    let (theirs, ours) = (pair.theirs, pair.ours);
+    let o = ask_peer(ours).await;
+    assert_eq!(o, ask_peer(theirs).await, "megaconn (left) vs axum::serve");
+    assert_eq!((o.status, o.body.as_slice()), (200, b"<peer>".as_slice()));
+    for addr in [theirs, ours] {
+        let (status, body, me) = h2c_get(addr, "/peer").await;
+        assert_eq!((status, body), (200, me.to_string()), "h2c to {addr}");
+    }
+    drop(pair);
+
+    // A `Connected` type of the app's: one made per connection on both.
+    let pair = serve_with_connect_info::<Peer>().await;
+    let (theirs, ours) = (pair.theirs, pair.ours);
+    for addr in [theirs, ours] {
+        use std::sync::atomic::Ordering::SeqCst;
+        let before = PEERS_MADE.load(SeqCst);
+        let (bodies, me) = get_twice(addr, "/who").await;
+        assert_eq!(bodies, [me.to_string(), me.to_string()], "{addr}");
+        assert_eq!(PEERS_MADE.load(SeqCst) - before, 1, "Peers made for {addr}");
+        let (status, body, me) = h2c_get(addr, "/who").await;
+        assert_eq!((status, body), (200, me.to_string()), "h2c to {addr}");
+    }
+    drop(pair);
+
+    // A connection that megaconn parks between two requests: it makes the
+    // `Peer` again when the connection wakes, where `axum::serve` made one
+    // for the connection (README, "ConnectInfo").
+    let pair = serve_with_connect_info::<Peer>().await;
+    for (addr, made) in [(pair.theirs, 1), (pair.ours, 2)] {
+        use std::sync::atomic::Ordering::SeqCst;
+        let before = PEERS_MADE.load(SeqCst);
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let me = s.local_addr().unwrap().to_string();
+        let mut buf = Vec::new();
+        for i in 0..2 {
+            if i == 1 && addr == pair.ours {
+                common::wait_stats(&pair.handle, "the connection parked", |st| {
+                    st.connections_parked == 1
+                })
+                .await;
+            }
+            s.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            let r = read_response_buffered(&mut s, &mut buf, false).await;
+            assert_eq!((r.status, r.body), (200, me.clone().into_bytes()), "{addr}");
+        }
+        assert_eq!(
+            PEERS_MADE.load(SeqCst) - before,
+            made,
+            "Peers made for {addr}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // axum's http-proxy example: `hyper::upgrade::on` for a CONNECT.
 // ---------------------------------------------------------------------------
-
-/// The warnings logged in this test binary (the server logs on its worker
-/// threads, so the subscriber is the global one).
-static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-struct CaptureWarnings;
-
-impl tracing::Subscriber for CaptureWarnings {
-    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
-        *meta.level() <= tracing::Level::WARN
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut m = Message(String::new());
-        event.record(&mut m);
-        WARNINGS.lock().unwrap().push(m.0);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
 
 /// A `CONNECT` answered `200` by a handler that asked hyper for the
 /// connection in a task of its own, keeping the request (axum's http-proxy
@@ -605,7 +740,7 @@ impl tracing::Subscriber for CaptureWarnings {
 /// client has read the `200`.
 #[tokio::test]
 async fn connect_2xx_taken_by_nobody_is_logged() {
-    let _ = tracing::subscriber::set_global_default(CaptureWarnings);
+    common::logs::capture();
     let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (keep_tx, mut kept) =
         tokio::sync::mpsc::unbounded_channel::<axum::http::Request<megaconn::Body>>();
@@ -642,7 +777,7 @@ async fn connect_2xx_taken_by_nobody_is_logged() {
     drop(kept.recv().await.unwrap());
     let rest = common::read_to_close(&mut s).await;
     assert!(rest.is_empty(), "{rest:?}");
-    let warnings = WARNINGS.lock().unwrap().clone();
+    let warnings = common::logs::warnings();
     assert!(
         warnings
             .iter()

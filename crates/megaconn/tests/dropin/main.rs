@@ -13,11 +13,14 @@
 //! - `json_sse.rs`: todos (JSON CRUD), sse over HTTP/1.1 and h2c
 //! - `files.rs`: static-file-server (ServeDir), stream-to-file (50 MB, body
 //!   limits), multipart-form (and a chunked one over the limit, HTTP/1.1 and
-//!   h2c), consume-body-in-middleware over `max_body_bytes`
+//!   h2c), consume-body-in-middleware over `max_body_bytes`, an app limit
+//!   above `max_body_bytes` (`Bytes`, `String`, `Multipart`)
 //! - `edges.rs`: compression, graceful shutdown, `ConnectInfo`, HEAD of a
 //!   stream, `spawn_blocking` and `block_in_place`, 100-continue, TimeoutLayer,
 //!   a handler's reason phrase, `TCP_NODELAY`, `into_make_service()` (and
-//!   NormalizePath's), http-proxy's `CONNECT` through `hyper::upgrade::on`
+//!   NormalizePath's), `into_make_service_with_connect_info()` (and with a
+//!   `Connected` type of the app's), http-proxy's `CONNECT` through
+//!   `hyper::upgrade::on`
 
 #[path = "../common/mod.rs"]
 mod common;
