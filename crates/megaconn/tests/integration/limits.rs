@@ -537,7 +537,7 @@ async fn with_no_room_for_waiting_refusals_one_is_answered_at_once_and_counted()
     let server = TestServer::start(
         megaconn::Server::builder()
             .workers(1)
-            .max_connections(Some(open_file_limit()))
+            .max_connections(open_file_limit())
             .max_connections_per_ip(Some(1)),
     )
     .await;
