@@ -965,6 +965,8 @@ mod tests {
         let later = start + Duration::from_secs(2);
         assert_eq!(l.try_take(v6(1001), later), Ok(()));
         assert_eq!(l.tracked(), 1);
+        // The entry the bound's memory figure (`PerIpRate`) counts.
+        assert_eq!(std::mem::size_of::<(u128, TokenBucket)>(), 64);
     }
 
     /// A cleartext listener's answers: `503`, or `GOAWAY` to a client whose
