@@ -29,7 +29,9 @@
 //! makes both once per listener, `server/dispatch.rs`), then closed; the
 //! loop keeps nothing of it and never waits on it, but for a refusal whose
 //! client's first bytes have not come to say which answer: those the loop
-//! keeps, bounded, and answers beside its accepts (`admission::Undecided`).
+//! keeps, bounded, and answers beside its accepts (`admission::Undecided`);
+//! one past the server's bound on those is answered at once, counted
+//! (`limit_hits{limit="refusals_waiting"}`) and logged (limited).
 //! A TLS listener's
 //! connection over its IP's handshake rate (`TlsConfig::handshake_rate_per_ip`)
 //! is closed the same way, before any TLS work.
@@ -57,7 +59,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
 use crate::conn::admission::{
-    refuse, undecided_max, Answer, Refusal, RefusalAnswer, Undecided, PER_IP_RETRY_AFTER_SECS,
+    refuse, undecided_max, Answer, OverIpRate, Refusal, RefusalAnswer, Undecided,
+    PER_IP_RETRY_AFTER_SECS, UNDECIDED_SERVER_MAX,
 };
 use crate::conn::connection::Connection;
 use crate::conn::context::WorkerContext;
@@ -110,11 +113,30 @@ pub(crate) async fn accept_loop(
     // Refusals waiting for their client's first bytes to choose between
     // answers (h2c's `GOAWAY` or HTTP/1.1's `503`), answered beside the loop.
     // At most `undecided_max` of the whole server's: their descriptors count
-    // against no slot.
+    // against no slot, so they take room the open-file limit leaves past
+    // the connections and the reserve. (Unknown limit: the room the
+    // default max_connections leaves.)
+    let open_files = crate::conn::config::open_file_limit()
+        .unwrap_or_else(|| limit.max().saturating_add(crate::conn::config::FD_HEADROOM));
     let undecided = Undecided::new(
         limit.refusals_waiting(),
-        undecided_max(ctx.config.fd_reserve),
+        undecided_max(open_files, limit.max(), ctx.config.fd_reserve),
     );
+    // Answered at once at that bound: counted, and logged (limited).
+    let at_bound = |bound: usize| {
+        LimitHit::RefusalsWaiting.count(&ctx.stats);
+        ratelog::log(Flood::RefusalsWaiting, |suppressed| {
+            tracing::warn!(
+                worker = ctx.index,
+                refusals_waiting = bound,
+                open_file_limit = open_files,
+                max_connections = limit.max(),
+                fd_reserve = ctx.config.fd_reserve,
+                suppressed,
+                "a refused connection answered at once, without waiting for its first bytes: {bound} refusals already wait for theirs, the most the open-file limit leaves room for past max_connections and fd_reserve (half that room, at most {UNDECIDED_SERVER_MAX}); an HTTP/2 client may read a 503 instead of a GOAWAY, a TLS one a reset. A flood over the limit that refused it: raise the open-file limit (or lower max_connections) for more room"
+            )
+        });
+    };
     let accepting = async {
         loop {
             // A connection first, then a slot for it: a slot taken before the
@@ -211,7 +233,7 @@ pub(crate) async fn accept_loop(
                         // Counted before the client can read the answer.
                         incr(counter);
                         if let Some(socket) = refuse(socket, answer) {
-                            undecided.add(socket, answer);
+                            undecided.add(socket, answer, at_bound);
                         }
                         conn.close(CloseReason::Limit);
                         ratelog::log(kind, |suppressed| {
@@ -226,25 +248,17 @@ pub(crate) async fn accept_loop(
                         });
                         continue;
                     }
-                    if let Some(Err(per_second)) = tls.as_ref().map(|t| t.admit_from(peer.ip())) {
+                    if let Some(Err(over)) = tls.as_ref().map(|t| t.admit_from(peer.ip())) {
                         // Before any TLS work: closed without an answer, as a
                         // TLS listener's other refusals; with a FIN, not the
                         // reset its unread ClientHello would draw (nor one
                         // that comes after the close: it is waited for).
-                        LimitHit::TlsHandshakeRatePerIp.count(&ctx.stats);
+                        LimitHit::from(over).count(&ctx.stats);
                         if let Some(socket) = refuse(socket, &silent) {
-                            undecided.add(socket, &silent);
+                            undecided.add(socket, &silent, at_bound);
                         }
                         conn.close(CloseReason::Limit);
-                        ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {
-                            tracing::warn!(
-                                worker = ctx.index,
-                                %peer,
-                                handshake_rate_per_ip = per_second,
-                                suppressed,
-                                "TLS connection refused: its IP is over the handshake rate per IP (raise --tls-handshake-rate-per-ip if the peer is legitimate, e.g. a NAT)"
-                            )
-                        });
+                        log_over_ip_rate(&ctx, peer, over);
                         continue;
                     }
                     configure_accepted(&socket, &ctx.config);
@@ -280,6 +294,32 @@ pub(crate) async fn accept_loop(
         }
     };
     tokio::join!(accepting, undecided.run());
+}
+
+/// Logs (limited, a kind each) a TLS connection refused by
+/// `TlsConfig::handshake_rate_per_ip`: its IP over the rate, or the table
+/// of IPs at its bound.
+fn log_over_ip_rate(ctx: &WorkerContext, peer: SocketAddr, over: OverIpRate) {
+    match over {
+        OverIpRate::Rate(per_second) => ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {
+            tracing::warn!(
+                worker = ctx.index,
+                %peer,
+                handshake_rate_per_ip = per_second,
+                suppressed,
+                "TLS connection refused: its IP is over the handshake rate per IP (raise --tls-handshake-rate-per-ip if the peer is legitimate, e.g. a NAT)"
+            )
+        }),
+        OverIpRate::TableFull(ips) => ratelog::log(Flood::TlsHandshakeRateTable, |suppressed| {
+            tracing::warn!(
+                worker = ctx.index,
+                %peer,
+                tracked_ips = ips,
+                suppressed,
+                "TLS connection refused: the handshake rate per IP already tracks {ips} IPs (IPv6 per /64), its bound, and this one is not among them: connections from that many addresses within a bucket's refill time, a flood from many addresses; new IPs are refused until their buckets refill and are forgotten (a higher --tls-handshake-rate-per-ip refills them sooner)"
+            )
+        }),
+    }
 }
 
 /// A slot for a connection waiting on the listener at `max_connections`:

@@ -9,7 +9,10 @@
 //! `server/dispatch.rs`), closed, counted under the limit's name and
 //! logged at most once per interval (see `accept.rs`). When the answer
 //! depends on first bytes not there yet, [`Undecided`] waits for them,
-//! bounded in time and number, in the accept loop's task.
+//! bounded in time and number (per accept loop, and server-wide by the
+//! room the open-file limit leaves, [`undecided_max`]: past that one is
+//! answered at once, counted as `refusals_waiting`), in the accept loop's
+//! task.
 //! The per-IP table holds only IPs that have connections now, a few dozen
 //! bytes each; a million connections from a handful of addresses cost a
 //! handful of entries.
@@ -19,7 +22,9 @@
 //! IP's handshakes *in flight*, not how many it makes a second, and a
 //! client that replays a ClientHello and hangs up stays within any
 //! concurrent bound while it costs the server a key exchange and a
-//! signature each time.
+//! signature each time. Its table holds at most
+//! [`PerIpRate::MAX_TRACKED`] IPs; past that a new IP is refused, counted
+//! apart (`tls_handshake_rate_table`).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -36,7 +41,8 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::time::{Instant, Sleep};
 
-use crate::conn::config::{AcceptRate, Config, FD_HEADROOM};
+use crate::conn::config::{AcceptRate, Config};
+use crate::observe::limits::LimitHit;
 
 /// A token bucket: `rate` connections per second, bursts up to `burst`.
 #[derive(Debug)]
@@ -234,30 +240,82 @@ impl PerIpLimit {
 /// doubles past its last sweep (at least [`PerIpRate::SWEEP_AT`] entries),
 /// so it holds the IPs seen in about the last `burst / per_second`
 /// seconds, a few dozen bytes each.
+///
+/// Bounded: at most [`PerIpRate::MAX_TRACKED`] IPs. Without it, a client
+/// with many addresses (an IPv6 /48 holds 65,536 /64s, a /32 four
+/// billion) grew it by one entry per connection, for as long as a bucket
+/// takes to refill (100 s at 0.01 a second): at accept rates of tens of
+/// thousands a second, hundreds of megabytes. At the bound, once a sweep
+/// (at most one per [`PerIpRate::SWEEP_AT_BOUND_EVERY`], so that a full
+/// table does not cost a sweep per connection) has found nothing to
+/// forget, a connection from an IP not in the table is refused
+/// ([`OverIpRate::TableFull`], counted and logged at accept): the IPs in
+/// it keep their buckets, and no new one is let in unmetered, which would
+/// let anyone past the rate while the table is full. nginx's
+/// `limit_req` zone does the same when it has no room left. A table of
+/// 65,536 entries of 64 bytes (a `u128` key and a [`TokenBucket`]) in
+/// hashbrown's buckets (a control byte each, 131,072 of them at its 7/8
+/// load) holds about 8.5 MB.
 #[derive(Debug)]
 pub(crate) struct PerIpRate {
     per_second: f64,
     burst: u32,
+    max_tracked: usize,
     table: Mutex<RateTable>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RateTable {
     buckets: HashMap<u128, TokenBucket>,
     sweep_at: usize,
+    /// When it was last swept, for [`PerIpRate::SWEEP_AT_BOUND_EVERY`].
+    swept: Option<Instant>,
+}
+
+/// Why [`PerIpRate::try_take`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum OverIpRate {
+    /// Its IP's bucket is empty: the rate, per second.
+    Rate(f64),
+    /// The table is at its bound, this many IPs, and its IP not in it.
+    TableFull(usize),
+}
+
+/// Counted under the label of why.
+impl From<OverIpRate> for LimitHit {
+    fn from(over: OverIpRate) -> LimitHit {
+        match over {
+            OverIpRate::Rate(_) => LimitHit::TlsHandshakeRatePerIp,
+            OverIpRate::TableFull(_) => LimitHit::TlsHandshakeRateTable,
+        }
+    }
 }
 
 impl PerIpRate {
     /// The fewest entries at which the table is swept.
     const SWEEP_AT: usize = 1024;
 
+    /// The most IPs the table keeps (see [`PerIpRate`]): an IPv6 /48's
+    /// worth of /64s.
+    pub(crate) const MAX_TRACKED: usize = 65_536;
+
+    /// How often a table at its bound may be swept again.
+    const SWEEP_AT_BOUND_EVERY: Duration = Duration::from_millis(100);
+
     pub(crate) fn new(per_second: f64) -> PerIpRate {
+        PerIpRate::bounded(per_second, Self::MAX_TRACKED)
+    }
+
+    /// At most `max_tracked` IPs.
+    fn bounded(per_second: f64, max_tracked: usize) -> PerIpRate {
         PerIpRate {
             per_second,
             burst: per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
+            max_tracked: max_tracked.max(1),
             table: Mutex::new(RateTable {
                 buckets: HashMap::new(),
-                sweep_at: Self::SWEEP_AT,
+                sweep_at: Self::SWEEP_AT.min(max_tracked.max(1)),
+                swept: None,
             }),
         }
     }
@@ -268,9 +326,17 @@ impl PerIpRate {
     }
 
     /// Takes a token for a connection from `ip`, if its bucket has one.
-    pub(crate) fn try_take(&self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn try_take(&self, ip: IpAddr, now: Instant) -> Result<(), OverIpRate> {
+        let key = PerIpLimit::key(ip);
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        if table.buckets.len() >= table.sweep_at {
+        let full = table.buckets.len() >= self.max_tracked;
+        if table.buckets.len() >= table.sweep_at
+            && !(full
+                && table
+                    .swept
+                    .is_some_and(|t| now < t + Self::SWEEP_AT_BOUND_EVERY))
+            && !table.buckets.contains_key(&key)
+        {
             let burst = f64::from(self.burst);
             table.buckets.retain(|_, b| {
                 // What `try_take` would refill to: full means forgotten.
@@ -278,14 +344,26 @@ impl PerIpRate {
                     b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * b.rate;
                 refilled < burst
             });
-            table.sweep_at = (table.buckets.len() * 2).max(Self::SWEEP_AT);
+            table.sweep_at = (table.buckets.len() * 2)
+                .max(Self::SWEEP_AT)
+                .min(self.max_tracked);
+            table.swept = Some(now);
         }
-        let (rate, burst) = (self.per_second, self.burst);
-        table
-            .buckets
-            .entry(PerIpLimit::key(ip))
-            .or_insert_with(|| TokenBucket::new(rate, burst))
-            .try_take(now)
+        let (rate, burst, len) = (self.per_second, self.burst, table.buckets.len());
+        let bucket = match table.buckets.entry(key) {
+            std::collections::hash_map::Entry::Occupied(bucket) => bucket.into_mut(),
+            std::collections::hash_map::Entry::Vacant(_) if len >= self.max_tracked => {
+                return Err(OverIpRate::TableFull(self.max_tracked))
+            }
+            std::collections::hash_map::Entry::Vacant(new) => {
+                new.insert(TokenBucket::new(rate, burst))
+            }
+        };
+        if bucket.try_take(now) {
+            Ok(())
+        } else {
+            Err(OverIpRate::Rate(self.per_second))
+        }
     }
 
     #[cfg(test)]
@@ -504,17 +582,35 @@ fn first_bytes(fd: std::os::fd::RawFd, opening: &[u8]) -> Opening {
 const UNDECIDED_MAX: usize = 64;
 
 /// Most refusals a server's accept loops keep waiting together
-/// ([`Undecided`]), with `fd_reserve` descriptors kept free: half the
-/// [`FD_HEADROOM`] the default `max_connections` leaves below the
-/// open-file limit, less the reserve (112 by default). Their descriptors
-/// count against no connection slot (a refused connection's is given back
-/// at once): 64 per accept loop alone, times the workers and listeners,
-/// outgrew the headroom, and real accepts met `EMFILE` with one
-/// connection open. The other half is the process's own (its runtimes,
-/// listeners, log file).
-pub(crate) fn undecided_max(fd_reserve: usize) -> usize {
-    FD_HEADROOM.saturating_sub(fd_reserve) / 2
+/// ([`Undecided`]) under an open-file limit of `open_files`, with
+/// `max_connections` (the process's own) and `fd_reserve` descriptors kept
+/// free: half the room the connections and the reserve leave below the
+/// limit, at most [`UNDECIDED_SERVER_MAX`]; 0 (none waits, each is
+/// answered at once) when they leave none. At the default
+/// `max_connections` (the limit less [`FD_HEADROOM`](crate::conn::config::FD_HEADROOM)) and reserve, 112.
+///
+/// Their descriptors count against no connection slot (a refused
+/// connection's is given back at once): 64 per accept loop alone, times
+/// the workers and listeners, outgrew the room, and real accepts met
+/// `EMFILE` with one connection open. The other half of the room is the
+/// process's own (its runtimes, listeners, log file). Computed from the
+/// actual room, not from [`FD_HEADROOM`](crate::conn::config::FD_HEADROOM): with `max_connections` raised
+/// above its default, the headroom's half still let 112 wait in room the
+/// connections need, and a server full of real clients met `EMFILE`
+/// while a flood's refusals waited for their first bytes.
+pub(crate) fn undecided_max(open_files: usize, max_connections: usize, fd_reserve: usize) -> usize {
+    (open_files
+        .saturating_sub(max_connections)
+        .saturating_sub(fd_reserve)
+        / 2)
+    .min(UNDECIDED_SERVER_MAX)
 }
+
+/// The most refusals a server keeps waiting together, however much room
+/// the open-file limit leaves ([`undecided_max`]): a socket and an epoll
+/// registration each, for a second at most; 16 accept loops' worth of
+/// [`UNDECIDED_MAX`].
+pub(crate) const UNDECIDED_SERVER_MAX: usize = 1024;
 
 /// How long a refusal waits for its client's first bytes ([`Undecided`]):
 /// a client that speaks first sends them right behind its handshake's ACK,
@@ -599,11 +695,15 @@ impl<'a> Undecided<'a> {
     }
 
     /// Keeps `socket`, refused with `answer` ([`refuse`] returned it), until
-    /// its first bytes say which answer it gets.
-    pub(crate) fn add(&self, socket: OwnedFd, answer: &'a Answer) {
+    /// its first bytes say which answer it gets. At the server's bound
+    /// ([`undecided_max`], given as `max_in_server`) it is answered at once
+    /// instead, after `at_bound` is called with the bound (to count and log
+    /// it before the client can read its answer).
+    pub(crate) fn add(&self, socket: OwnedFd, answer: &'a Answer, at_bound: impl FnOnce(usize)) {
         let Some(place) = Place::take(self.in_server, self.max_in_server) else {
             // The server's bound: answered at once, by what it sent so far,
             // as before there was a wait.
+            at_bound(self.max_in_server);
             return answer_now(socket.as_raw_fd(), answer);
         };
         // SAFETY: an OwnedFd owns its descriptor, open and unchanged for as
@@ -797,20 +897,25 @@ mod tests {
     fn per_ip_rate_takes_per_ip_and_forgets_full_buckets() {
         let start = Instant::now();
         let l = PerIpRate::new(2.0);
+        let take = |ip, at| l.try_take(ip, at).is_ok();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "2001:db8::1".parse().unwrap();
         let b_same_64: IpAddr = "2001:db8::ffff:1".parse().unwrap();
-        assert!(l.try_take(a, start) && l.try_take(a, start));
-        assert!(!l.try_take(a, start), "a burst of one second's worth");
-        assert!(l.try_take(b, start) && l.try_take(b_same_64, start));
-        assert!(!l.try_take(b, start), "IPv6 counts per /64");
-        assert!(l.try_take(a, start + Duration::from_millis(500)));
+        assert!(take(a, start) && take(a, start));
+        assert_eq!(
+            l.try_take(a, start),
+            Err(OverIpRate::Rate(2.0)),
+            "a burst of one second's worth"
+        );
+        assert!(take(b, start) && take(b_same_64, start));
+        assert!(!take(b, start), "IPv6 counts per /64");
+        assert!(take(a, start + Duration::from_millis(500)));
         // Two seconds later a's and b's buckets are full again: the sweep
         // when the table reaches its size drops them, and keeps the new
         // IPs, whose buckets each gave a token just now.
         let later = start + Duration::from_secs(2);
         for i in 0..PerIpRate::SWEEP_AT as u32 {
-            assert!(l.try_take(IpAddr::from((0x0b00_0000 + i).to_be_bytes()), later));
+            assert!(take(IpAddr::from((0x0b00_0000 + i).to_be_bytes()), later));
         }
         assert_eq!(
             l.tracked(),
@@ -820,7 +925,48 @@ mod tests {
         );
         // Below one a second: a burst of 1.
         let slow = PerIpRate::new(0.01);
-        assert!(slow.try_take(a, start) && !slow.try_take(a, start));
+        assert!(slow.try_take(a, start).is_ok() && slow.try_take(a, start).is_err());
+    }
+
+    /// The table holds at most its bound: a new IP past it is refused
+    /// (`TableFull`, which accept counts and logs), the IPs in it keep
+    /// their buckets, and once a sweep (at most one per
+    /// `SWEEP_AT_BOUND_EVERY`) finds buckets full again, new IPs come in.
+    /// Unbounded, 2,000 IPs held 2,000 entries.
+    #[test]
+    fn per_ip_rate_table_is_bounded() {
+        let start = Instant::now();
+        let l = PerIpRate::bounded(0.5, 1500);
+        let ip = |i: u32| IpAddr::from((0x0b00_0000 + i).to_be_bytes());
+        // IPv6 too: one /48's /64s, each its own key.
+        let v6 = |i: u16| IpAddr::from([0x2001, 0xdb8, 0, i, 0, 0, 0, 1]);
+        for i in 0..1000 {
+            assert_eq!(l.try_take(ip(i), start), Ok(()));
+        }
+        for i in 0..1000 {
+            let took = l.try_take(v6(i), start);
+            if i < 500 {
+                assert_eq!(took, Ok(()), "{i}");
+            } else {
+                assert_eq!(took, Err(OverIpRate::TableFull(1500)), "{i}");
+            }
+        }
+        assert_eq!(l.tracked(), 1500);
+        assert_eq!(
+            l.try_take(ip(7), start),
+            Err(OverIpRate::Rate(0.5)),
+            "an IP in the table is metered as before"
+        );
+        // Two seconds on (a burst of 1 at 0.5 a second refills in 2 s):
+        // every bucket is full again, and the next sweep forgets them, but
+        // one within SWEEP_AT_BOUND_EVERY of the last does not run.
+        let soon = start + PerIpRate::SWEEP_AT_BOUND_EVERY / 2;
+        assert_eq!(l.try_take(v6(1001), soon), Err(OverIpRate::TableFull(1500)));
+        let later = start + Duration::from_secs(2);
+        assert_eq!(l.try_take(v6(1001), later), Ok(()));
+        assert_eq!(l.tracked(), 1);
+        // The entry the bound's memory figure (`PerIpRate`) counts.
+        assert_eq!(std::mem::size_of::<(u128, TokenBucket)>(), 64);
     }
 
     /// A cleartext listener's answers: `503`, or `GOAWAY` to a client whose
@@ -839,11 +985,24 @@ mod tests {
         undecided: &Undecided<'a>,
         answer: &'a Answer,
     ) -> std::net::TcpStream {
+        refused_into(listener, undecided, answer, |max| {
+            panic!("at the server's bound of {max}")
+        })
+    }
+
+    /// [`waiting_refusal`], `at_bound` called if it is answered at the
+    /// server's bound.
+    fn refused_into<'a>(
+        listener: &std::net::TcpListener,
+        undecided: &Undecided<'a>,
+        answer: &'a Answer,
+        at_bound: impl FnOnce(usize),
+    ) -> std::net::TcpStream {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (socket, _) = listener.accept().unwrap();
         socket.set_nonblocking(true).unwrap();
         let socket = refuse(OwnedFd::from(socket), answer).expect("no bytes yet");
-        undecided.add(socket, answer);
+        undecided.add(socket, answer, at_bound);
         client
     }
 
@@ -909,22 +1068,55 @@ mod tests {
         }
     }
 
+    /// The bound on waiting refusals is half the room `max_connections`
+    /// and the reserve leave below the open-file limit, whatever
+    /// `max_connections` is (it was half of `FD_HEADROOM` less the
+    /// reserve, the default's room, 112 even with no room at all), and at
+    /// most [`UNDECIDED_SERVER_MAX`].
+    #[test]
+    fn the_bound_on_waiting_refusals_is_half_the_room_left() {
+        use crate::conn::config::FD_HEADROOM;
+        let reserve = crate::DEFAULT_FD_RESERVE;
+        let default_max = |files: usize| files - FD_HEADROOM;
+        for files in [1024, 20_000, 1_048_576] {
+            assert_eq!(undecided_max(files, default_max(files), reserve), 112);
+        }
+        assert_eq!(undecided_max(20_000, 19_900, reserve), 34, "(100 - 32) / 2");
+        assert_eq!(undecided_max(20_000, 20_000 - reserve, reserve), 0);
+        assert_eq!(
+            undecided_max(20_000, 20_000, reserve),
+            0,
+            "no room: none waits"
+        );
+        assert_eq!(undecided_max(20_000, 50_000, reserve), 0, "over the limit");
+        assert_eq!(undecided_max(20_000, 19_000, 0), 500);
+        assert_eq!(
+            undecided_max(1_048_576, 10_000, reserve),
+            UNDECIDED_SERVER_MAX,
+            "bounded however much room"
+        );
+    }
+
     /// The server's accept loops together keep at most their bound waiting
-    /// ([`undecided_max`]): past it a refusal is answered at once, and a
-    /// place given back (here by a loop's end) lets the next one wait.
+    /// ([`undecided_max`]): past it a refusal is answered at once (and the
+    /// caller told, to count and log it), and a place given back (here by
+    /// a loop's end) lets the next one wait.
     #[tokio::test]
     async fn waiting_refusals_are_bounded_server_wide() {
         use std::io::Read;
-        assert_eq!(undecided_max(crate::DEFAULT_FD_RESERVE), 112);
-        assert_eq!(undecided_max(FD_HEADROOM + 1), 0, "no room: none waits");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let answer = h2c_answer(b"PRI");
         let in_server = AtomicUsize::new(0);
         let (one, other) = (Undecided::new(&in_server, 3), Undecided::new(&in_server, 3));
-        let mut clients: Vec<_> = [&one, &one, &other, &other]
+        let mut clients: Vec<_> = [&one, &one, &other]
             .into_iter()
             .map(|undecided| waiting_refusal(&listener, undecided, &answer))
             .collect();
+        let mut told = None;
+        clients.push(refused_into(&listener, &other, &answer, |max| {
+            told = Some(max)
+        }));
+        assert_eq!(told, Some(3), "at the bound: told, with the bound");
         assert_eq!((one.len(), other.len()), (2, 1));
         assert_eq!(in_server.load(Relaxed), 3);
         let mut out = Vec::new();

@@ -34,7 +34,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
-use crate::conn::admission::PerIpRate;
+use crate::conn::admission::{OverIpRate, PerIpRate};
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::tls_io::TlsIo;
@@ -456,8 +456,8 @@ impl TlsConfig {
 
     /// Whether a new connection from `ip` is within
     /// [`handshake_rate_per_ip`](TlsConfig::handshake_rate_per_ip) (taking
-    /// its token); `Err` with the rate when it is not.
-    pub(crate) fn admit_from(&self, ip: std::net::IpAddr) -> Result<(), f64> {
+    /// its token); `Err` saying why when it is not.
+    pub(crate) fn admit_from(&self, ip: std::net::IpAddr) -> Result<(), OverIpRate> {
         let rate = self
             .shared
             .ip_rate
@@ -465,8 +465,8 @@ impl TlsConfig {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         match rate {
-            Some(rate) if !rate.try_take(ip, tokio::time::Instant::now()) => Err(rate.per_second()),
-            _ => Ok(()),
+            Some(rate) => rate.try_take(ip, tokio::time::Instant::now()),
+            None => Ok(()),
         }
     }
 
@@ -1024,15 +1024,15 @@ mod tests {
         let ip: std::net::IpAddr = [192, 0, 2, 7].into();
         let tls = config().handshake_rate_per_ip(Some(0.01));
         assert_eq!(tls.admit_from(ip), Ok(()));
-        assert_eq!(tls.admit_from(ip), Err(0.01));
+        assert_eq!(tls.admit_from(ip), Err(OverIpRate::Rate(0.01)));
         let tls = tls.clone().handshake_rate_per_ip(Some(0.01));
         assert_eq!(
             tls.admit_from(ip),
-            Err(0.01),
+            Err(OverIpRate::Rate(0.01)),
             "a fresh bucket after a SIGHUP"
         );
         let tls = tls.clone().handshake_rate_per_ip(Some(0.02));
         assert_eq!(tls.admit_from(ip), Ok(()), "a changed rate counts afresh");
-        assert_eq!(tls.admit_from(ip), Err(0.02));
+        assert_eq!(tls.admit_from(ip), Err(OverIpRate::Rate(0.02)));
     }
 }

@@ -1,5 +1,5 @@
 //! Which limit refused a request, closed a connection, (`hub_queue`)
-//! dropped a hub message, (`max_subscriptions`, `max_topic_bytes`) refused a subscription or (`publish_rate`) a publish, as a fixed set of labels (`limit` of
+//! dropped a hub message, (`max_subscriptions`, `max_topic_bytes`) refused a subscription or (`publish_rate`) a publish, or (`refusals_waiting`) answered a refused connection without waiting for its first bytes, as a fixed set of labels (`limit` of
 //! `megaconn_limit_hits_total`): the close reasons say only
 //! `protocol_error` for the ones that close. Counted on the rejection path
 //! only, one relaxed increment in the worker's array.
@@ -84,11 +84,23 @@ pub(crate) enum LimitHit {
     /// `HTTP2_CONTROL_BUDGET` beyond what its requests and responses earned
     /// (a control-frame flood; not also counted as `h2_enhance_your_calm`).
     Http2ControlFlood,
+    /// A connection refused at accept (per IP, accept rate, TLS handshake
+    /// rate) answered at once, without waiting for its client's first
+    /// bytes to choose its answer: the server's refusals waiting for
+    /// theirs were at their bound (half the room `max_connections` and
+    /// `fd_reserve` leave below the open-file limit, at most 1024). Its
+    /// client may read the wrong answer (an HTTP/2 one a `503`), or a TLS
+    /// client a reset. Also counted under its refusal's own label.
+    RefusalsWaiting,
+    /// A TLS connection refused right after its accept: the table of
+    /// `TlsConfig::handshake_rate_per_ip`'s buckets held its bound of IPs
+    /// (65,536) and its IP was not among them.
+    TlsHandshakeRateTable,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2ControlFlood as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::TlsHandshakeRateTable as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -116,6 +128,8 @@ impl LimitHit {
         "tls_handshakes_in_flight",
         "tls_handshake_rate_per_ip",
         "http2_control_flood",
+        "refusals_waiting",
+        "tls_handshake_rate_table",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -148,9 +162,12 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2ControlFlood.count(&stats);
+        LimitHit::TlsHandshakeRateTable.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::Http2ControlFlood as usize, LimitHit::COUNT - 1);
+        assert_eq!(
+            LimitHit::TlsHandshakeRateTable as usize,
+            LimitHit::COUNT - 1
+        );
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

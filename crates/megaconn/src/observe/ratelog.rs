@@ -186,16 +186,30 @@ async fn flush_held_back_with(mut say: impl FnMut(Flood, u64)) {
 
 /// The line for a count held back and not said by a later event of its
 /// kind: what the kind is, and how many.
+/// At the kind's own level ([`Flood::level`]): it was always a WARN.
 fn say_held_back(kind: Flood, suppressed: u64) {
-    tracing::warn!(
-        kind = ?kind,
-        suppressed,
-        "{suppressed} more {kind:?} events held back since the last line of the kind (one line per {LOG_INTERVAL:?} per worker; megaconn_limit_hits_total counts every one)"
-    );
+    macro_rules! say {
+        ($level:ident) => {
+            tracing::$level!(
+                kind = ?kind,
+                suppressed,
+                "{suppressed} more {kind:?} events held back since the last line of the kind (one line per {LOG_INTERVAL:?} per worker; megaconn_limit_hits_total counts every one)"
+            )
+        };
+    }
+    match kind.level() {
+        tracing::Level::ERROR => say!(error),
+        tracing::Level::WARN => say!(warn),
+        tracing::Level::INFO => say!(info),
+        tracing::Level::DEBUG => say!(debug),
+        _ => say!(trace),
+    }
 }
 
 /// The kinds of repeating event, each with its own limit per worker.
+/// (`repr(u8)`: a kind is its index in the table of limiters.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Flood {
     /// A request body over `max_body_bytes` (HTTP/1.1 and HTTP/2).
     BodyTooLarge,
@@ -377,9 +391,89 @@ pub(crate) enum Flood {
     /// An `accept` that failed (not a transient error): the listener
     /// backs off.
     AcceptFailed,
+    /// A connection refused at accept answered at once, without waiting
+    /// for its client's first bytes, because the server's refusals waiting
+    /// for theirs were at their bound (`admission::undecided_max`).
+    RefusalsWaiting,
+    /// A TLS connection refused at accept because the table of
+    /// `TlsConfig::handshake_rate_per_ip`'s buckets was at its bound
+    /// (`admission::PerIpRate::MAX_TRACKED`) and its IP not in it.
+    TlsHandshakeRateTable,
 }
 
 impl Flood {
+    /// The level its lines are logged at, which the line saying a count
+    /// held back ([`say_held_back`]) takes too: a flood of a kind logged at
+    /// INFO (a peer's doing, e.g. a body over its limit) said at WARN once
+    /// its interval was over, the only warning the operator saw of it, and
+    /// one at ERROR (an accept failing) was said lower than itself. One
+    /// place per kind, the match making a new kind choose;
+    /// `tests::each_kind_is_said_at_the_level_of_its_own_lines` checks it
+    /// against the kinds' own lines in the source.
+    pub(crate) fn level(self) -> tracing::Level {
+        use tracing::Level;
+        match self {
+            // The server's, or the process's, state: an operator acts.
+            Flood::AcceptFailed | Flood::Panic | Flood::PanicReport => Level::ERROR,
+            // The limits that refuse whole connections, what the server
+            // does about a full queue or an unframable push, and the
+            // handler's (or server's) mistakes a peer can repeat.
+            Flood::AcceptRate
+            | Flood::MaxConnectionsPerIp
+            | Flood::AtMaxConnections
+            | Flood::Evicted
+            | Flood::RefusalsWaiting
+            | Flood::TlsHandshakeRatePerIp
+            | Flood::TlsHandshakeRateTable
+            | Flood::TlsHandshakesInFlight
+            | Flood::CannotWatch
+            | Flood::UnclaimedUpgrade
+            | Flood::HubQueueFull
+            // Logged at ERROR too, for a hub message for a wire the worker
+            // does not have (a bug of the server's, once per message); its
+            // peer-made line, a message a framing cannot carry, is a WARN.
+            | Flood::PushUnframable
+            | Flood::ResponseBodyFailed
+            | Flood::FramedReplyUnframable
+            | Flood::BadCloseCode => Level::WARN,
+            // A peer's doing, one connection or request at a time.
+            Flood::BodyTooLarge
+            | Flood::MalformedBody
+            | Flood::RefusedHead
+            | Flood::RefusedHeadFields
+            | Flood::RefusedBodyLength
+            | Flood::RefusedUriLength
+            | Flood::RefusedVersion
+            | Flood::SlowConsumer
+            | Flood::WsFrameTooBig
+            | Flood::WsMessageTooBig
+            | Flood::AxumWsFrameTooBig
+            | Flood::AxumWsMessageTooBig
+            | Flood::FramedFrameTooBig
+            | Flood::FramedLineTooLong
+            | Flood::TooManySubscriptions
+            | Flood::TopicTooLong
+            | Flood::FramedWriteTimeout
+            | Flood::WsWriteTimeout
+            | Flood::AxumWsWriteTimeout
+            | Flood::Http1WriteTimeout
+            | Flood::Http1HeaderTimeout
+            | Flood::Http1ReadTimeout
+            | Flood::TlsHandshakeTimeout
+            | Flood::TlsHandshakeFailed
+            | Flood::TlsTooMuchBuffered
+            | Flood::TlsProtocolError
+            | Flood::TlsAlertReceived
+            | Flood::Http2WriteStall
+            | Flood::BodyStall
+            | Flood::Http2Calm
+            | Flood::Http2RefusedStream
+            | Flood::Http2StalledStreams
+            | Flood::Http2ControlFrames
+            | Flood::PublishRate => Level::INFO,
+        }
+    }
+
     /// The kind a request head refused with `status` is limited as: one per
     /// limit's status, [`RefusedHead`](Flood::RefusedHead) for the rest.
     pub(crate) fn refused_head(status: http::StatusCode) -> Flood {
@@ -394,11 +488,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 50;
+const KINDS: usize = 52;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::AcceptFailed as usize == KINDS - 1);
+const _: () = assert!(Flood::TlsHandshakeRateTable as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
@@ -595,5 +689,140 @@ mod tests {
                 flusher.abort();
             })
             .await;
+    }
+
+    /// The line saying a count held back is at its kind's own level: an
+    /// INFO kind's at INFO, a WARN kind's at WARN, an ERROR kind's at ERROR.
+    /// It was a WARN whatever the kind.
+    #[test]
+    fn a_count_held_back_is_said_at_its_kinds_level() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt as _;
+        struct Levels(Arc<Mutex<Vec<tracing::Level>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Levels {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.0.lock().unwrap().push(*event.metadata().level());
+            }
+        }
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Levels(said.clone()));
+        let kinds = [Flood::BodyTooLarge, Flood::AcceptRate, Flood::AcceptFailed];
+        tracing::subscriber::with_default(subscriber, || {
+            for kind in kinds {
+                say_held_back(kind, 3);
+            }
+        });
+        use tracing::Level;
+        assert_eq!(
+            kinds.map(Flood::level),
+            [Level::INFO, Level::WARN, Level::ERROR]
+        );
+        assert_eq!(*said.lock().unwrap(), kinds.map(Flood::level));
+    }
+
+    /// Every kind, by its name.
+    fn by_name(name: &str) -> Option<Flood> {
+        (0..KINDS as u8)
+            // SAFETY: `Flood` is `repr(u8)` with the default discriminants,
+            // 0 to KINDS - 1 (the last one is checked against KINDS).
+            .map(|i| unsafe { std::mem::transmute::<u8, Flood>(i) })
+            .find(|k| format!("{k:?}") == name)
+    }
+
+    /// The last char boundary of `text` at or before `at`.
+    fn boundary(text: &str, mut at: usize) -> usize {
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    }
+
+    /// [`Flood::level`] says what each kind's own lines say: in every
+    /// source file, a `log(Flood::X, ...)` whose line is a `tracing`
+    /// macro of its own is at X's level, and so is every kind that
+    /// [`over_limit`], [`refused_head`] or a write bound's `passed` (INFO
+    /// lines) logs. A line whose level changes fails here until the table
+    /// follows it.
+    #[test]
+    fn each_kind_is_said_at_the_level_of_its_own_lines() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src];
+        let mut checked = 0;
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // `log(Flood::X, |suppressed| ... tracing::level!`, with the
+            // call on one line or its arguments on the next.
+            for (at, _) in text.match_indices("log(") {
+                let rest = text[at + 4..].trim_start();
+                let Some(name) = rest.strip_prefix("Flood::") else {
+                    continue;
+                };
+                let name: String = name
+                    .chars()
+                    .take_while(char::is_ascii_alphanumeric)
+                    .collect();
+                if !name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                    continue; // `Flood::refused_head(status)`: below.
+                }
+                // None: in a comment (the code's names compile).
+                let Some(kind) = by_name(&name) else {
+                    continue;
+                };
+                // The first macro of the closure, before the next call.
+                let body =
+                    &rest[..boundary(rest, rest.find("\n    }").unwrap_or(rest.len()).min(600))];
+                let Some(level) = ["error", "warn", "info", "debug", "trace"]
+                    .into_iter()
+                    .filter_map(|l| body.find(&format!("tracing::{l}!")).map(|i| (i, l)))
+                    .min()
+                    .map(|(_, l)| l)
+                else {
+                    continue;
+                };
+                // The one kind with lines at two levels (`Flood::level`).
+                if kind == Flood::PushUnframable && level == "error" {
+                    continue;
+                }
+                assert_eq!(
+                    level,
+                    kind.level().as_str().to_ascii_lowercase(),
+                    "{path:?}: {kind:?}"
+                );
+                checked += 1;
+            }
+            // The helpers that log at INFO for the kind they are given.
+            for helper in ["kind: Flood::", "passed(", "Flood::Axum"] {
+                for (at, _) in text.match_indices(helper) {
+                    let after = &text[at..boundary(&text, (at + 200).min(text.len()))];
+                    let Some(start) = after.find("Flood::") else {
+                        continue;
+                    };
+                    let name: String = after[start + 7..]
+                        .chars()
+                        .take_while(char::is_ascii_alphanumeric)
+                        .collect();
+                    if let Some(kind) = by_name(&name) {
+                        assert_eq!(kind.level(), tracing::Level::INFO, "{path:?}: {kind:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        for status in [400, 413, 414, 417, 431, 505] {
+            let status = http::StatusCode::from_u16(status).unwrap();
+            assert_eq!(Flood::refused_head(status).level(), tracing::Level::INFO);
+        }
+        assert!(checked > 50, "{checked} call sites: the scan found them");
     }
 }

@@ -500,3 +500,66 @@ async fn an_http2_client_refused_at_accept_reads_a_goaway() {
         server.stop().await;
     }
 }
+
+/// A label's count in `limit_hits`.
+fn limit_hits(stats: &megaconn::ServerStats, label: &str) -> u64 {
+    stats
+        .limit_hits
+        .iter()
+        .find(|(l, _)| *l == label)
+        .unwrap_or_else(|| panic!("no limit_hits label {label}"))
+        .1
+}
+
+/// The process's hard open-file limit, which the server raises its soft
+/// one to.
+fn open_file_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    usize::try_from(lim.rlim_max.max(lim.rlim_cur)).unwrap_or(usize::MAX)
+}
+
+/// A refusal whose answer waits for its client's first bytes (here the
+/// 503 or h2c's GOAWAY) takes a descriptor outside any connection slot,
+/// so the server keeps only as many waiting as the open-file limit has
+/// room for past `max_connections` and `fd_reserve`. With
+/// `max_connections` at the limit there is none: a silent client over the
+/// per-IP limit is answered at once, counted under `refusals_waiting` as
+/// well as `per_ip`, and logged. The bound was half the room the
+/// *default* `max_connections` leaves, 112 whatever `max_connections`
+/// was, and nothing counted or logged reaching it.
+#[tokio::test]
+async fn with_no_room_for_waiting_refusals_one_is_answered_at_once_and_counted() {
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .max_connections(open_file_limit())
+            .max_connections_per_ip(Some(1)),
+    )
+    .await;
+    let mut first = server.connect().await;
+    assert!(served(&mut first).await);
+    // Silent: its first bytes would choose between the 503 and a GOAWAY.
+    let mut refused = server.connect().await;
+    server
+        .wait_stats("a refusal answered at once", |s| {
+            s.rejected_per_ip == 1 && limit_hits(s, "refusals_waiting") == 1
+        })
+        .await;
+    let answer = read_to_close(&mut refused).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let metrics = server.handle.render_metrics();
+    assert!(
+        metrics.contains("megaconn_limit_hits_total{limit=\"refusals_waiting\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
