@@ -84,11 +84,15 @@ pub(crate) enum LimitHit {
     /// `HTTP2_CONTROL_BUDGET` beyond what its requests and responses earned
     /// (a control-frame flood; not also counted as `h2_enhance_your_calm`).
     Http2ControlFlood,
+    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a connection's tiny DATA frames
+    /// went past `HTTP2_TINY_DATA_BUDGET` beyond what time and its larger
+    /// DATA earned (a small-DATA flood; not also `h2_enhance_your_calm`).
+    Http2DataFlood,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2ControlFlood as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2DataFlood as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -116,6 +120,7 @@ impl LimitHit {
         "tls_handshakes_in_flight",
         "tls_handshake_rate_per_ip",
         "http2_control_flood",
+        "http2_data_flood",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -148,9 +153,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2ControlFlood.count(&stats);
+        LimitHit::Http2DataFlood.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::Http2ControlFlood as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::Http2DataFlood as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

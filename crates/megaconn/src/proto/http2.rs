@@ -166,8 +166,8 @@ use crate::BoxError;
 mod flood;
 mod stall;
 
-pub use flood::HTTP2_CONTROL_BUDGET;
-use flood::{ControlBudget, MeteredIo, REQUEST_CREDIT};
+pub use flood::{HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET};
+use flood::{FloodBudget, Flooded, MeteredIo, REQUEST_CREDIT};
 use stall::StallGate;
 
 /// Streams reset by the client before we accepted them that a connection may
@@ -223,9 +223,9 @@ where
 {
     let cfg = ctx.config.http2;
     // Bytes in and out count into the connection's lifecycle event, as on
-    // HTTP/1.1 (plaintext, after TLS); its frames into the control-frame
-    // flood guard's budget (`flood.rs`).
-    let control = Rc::new(ControlBudget::new());
+    // HTTP/1.1 (plaintext, after TLS); its frames into the flood guard's
+    // budgets, control frames and tiny DATA (`flood.rs`).
+    let control = Rc::new(FloodBudget::new());
     let io = MeteredIo::new(CountedIo::new(io), control.clone());
     // The handshake runs in its own box, freed when it ends, so that its
     // state (h2's whole codec, a timer) is not kept in the connection's
@@ -292,15 +292,15 @@ where
                     timer_armed = true;
                 }
             }
-            // Before the connection's poll: once the budget ran out, h2
+            // Before the connection's poll: once a budget ran out, h2
             // reads nothing more, and only this closes the connection.
             // Also after a graceful GOAWAY, whose streams would otherwise
             // run on unread.
-            () = control.tripped(), if !flooded => {
+            which = control.tripped(), if !flooded => {
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 going_away = true;
                 flooded = true;
-                reason = control_flooded(&ctx, &addrs);
+                reason = frame_flooded(which, &ctx, &addrs);
             }
             // One poll for the connection and the service together (both
             // need this task's context, and the service `&mut`): see
@@ -648,21 +648,38 @@ fn calmed(ctx: &WorkerContext, cause: &dyn std::fmt::Display) -> CloseReason {
 }
 
 /// Counts a connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
-/// control-frame flood ([`HTTP2_CONTROL_BUDGET`] run out): a protocol error
-/// and an `http2_control_flood` limit hit (not `h2_enhance_your_calm`: a
-/// close counts once), and a line naming the peer and the constant (at
-/// most one per 5 s per worker, a kind of its own). Returns its close
-/// reason.
-fn control_flooded(ctx: &WorkerContext, addrs: &Addrs) -> CloseReason {
+/// frame flood (`flood.rs`): a control-frame flood
+/// ([`HTTP2_CONTROL_BUDGET`] run out) or a tiny-DATA flood
+/// ([`HTTP2_TINY_DATA_BUDGET`]). A protocol error and a limit hit of its
+/// own, `http2_control_flood` or `http2_data_flood` (not
+/// `h2_enhance_your_calm`: a close counts once), and a line naming the
+/// peer and the constant (at most one per 5 s per worker, a kind of its
+/// own each). Returns its close reason.
+fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseReason {
     incr(&ctx.stats.protocol_errors);
-    LimitHit::Http2ControlFlood.count(&ctx.stats);
-    ratelog::log(Flood::Http2ControlFrames, |suppressed| {
-        let peer = ratelog::peer_name(addrs.peer());
-        tracing::info!(
-            suppressed,
-            "HTTP/2 connection from {peer} closed with GOAWAY(ENHANCE_YOUR_CALM): its control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA, unknown types) cost more than HTTP2_CONTROL_BUDGET ({HTTP2_CONTROL_BUDGET} bytes) beyond what its requests and responses earned (control-frame flood)"
-        )
-    });
+    let peer = || ratelog::peer_name(addrs.peer());
+    match which {
+        Flooded::Control => {
+            LimitHit::Http2ControlFlood.count(&ctx.stats);
+            ratelog::log(Flood::Http2ControlFrames, |suppressed| {
+                tracing::info!(
+                    suppressed,
+                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): its control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA, unknown types) cost more than HTTP2_CONTROL_BUDGET ({HTTP2_CONTROL_BUDGET} bytes) beyond what its requests and responses earned (control-frame flood)",
+                    peer()
+                )
+            });
+        }
+        Flooded::TinyData => {
+            LimitHit::Http2DataFlood.count(&ctx.stats);
+            ratelog::log(Flood::Http2TinyData, |suppressed| {
+                tracing::info!(
+                    suppressed,
+                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned (small-DATA flood)",
+                    peer()
+                )
+            });
+        }
+    }
     CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
 }
 
