@@ -67,16 +67,20 @@
 //! A frame the handler reads gives its share back, so a client that sends
 //! tiny frames no faster than they are read is never stopped by h2, and each
 //! frame costs a wake-up and a poll of the handler whatever its size.
-//! [`DataFloodGuard`] bounds that CPU: it counts the connection's tiny frames
-//! as request bodies read them and closes the connection with
-//! `GOAWAY(ENHANCE_YOUR_CALM)` past an allowance.
+//! The tiny-DATA budget (`flood.rs`, [`HTTP2_TINY_DATA_BUDGET`]) bounds
+//! that CPU at the wire, read or not: ~2,000 DATA frames under 16 bytes at
+//! once, 1,000 a second after, one more per KiB of larger DATA; past it
+//! `GOAWAY(ENHANCE_YOUR_CALM)`, counted as `http2_data_flood`.
+//! [`DataFloodGuard`] still counts the tiny frames request bodies read and
+//! closes past its lifetime allowance (10,000, plus one per KiB).
 //!
 //! Control-frame floods (CVE-2019-9512 PING, CVE-2019-9515 SETTINGS, and
 //! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA and unknown frames) are
 //! ours: h2 bounds only the memory of their answers. The connection's IO
 //! is metered ([`MeteredIo`], `flood.rs`): frames that do no work spend a
-//! budget of [`HTTP2_CONTROL_BUDGET`] bytes that requests, DATA sent and
-//! time give back; once it runs out, nothing more is read and the
+//! budget of [`HTTP2_CONTROL_BUDGET`] bytes that requests, DATA sent (at
+//! most its payload a frame: a `WINDOW_UPDATE` of 1 must not buy back its
+//! cost with the 1-byte frame it lets out) and time give back; once it runs out, nothing more is read and the
 //! connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`, counted as
 //! `http2_control_flood`.
 //!
@@ -166,8 +170,8 @@ use crate::BoxError;
 mod flood;
 mod stall;
 
-pub use flood::{HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET};
 use flood::{FloodBudget, Flooded, MeteredIo, REQUEST_CREDIT};
+pub use flood::{HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET};
 use stall::StallGate;
 
 /// Streams reset by the client before we accepted them that a connection may

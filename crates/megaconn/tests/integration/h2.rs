@@ -1169,15 +1169,15 @@ async fn a_paced_small_data_flood_is_cut_by_our_guard() {
             }
         }
     }
-    seen.extend(attacker.frames_until_close().await);
-    assert!(
-        sent > HTTP2_TINY_DATA_BUDGET as usize,
-        "closed after only {sent} tiny frames"
-    );
     assert!(
         sent < SMALL_DATA_FRAME_ALLOWANCE,
         "still open after {sent} tiny frames"
     );
+    assert!(
+        sent > HTTP2_TINY_DATA_BUDGET as usize,
+        "closed after only {sent} tiny frames"
+    );
+    seen.extend(attacker.frames_until_close().await);
     let stats = server.handle.stats();
     assert_eq!(limit_hits(&stats, "http2_data_flood"), 1, "{stats:?}");
     assert_eq!(limit_hits(&stats, "h2_enhance_your_calm"), 0, "{stats:?}");

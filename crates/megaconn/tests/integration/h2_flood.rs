@@ -498,7 +498,14 @@ async fn curl_uploading_short_writes_from_a_pipe_is_never_cut() {
     use std::process::{Command, Stdio};
     let server = start(megaconn::Server::builder()).await;
     let child = Command::new("curl")
-        .args(["-sS", "--http2-prior-knowledge", "-T", "-", "--max-time", "20"])
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-T",
+            "-",
+            "--max-time",
+            "20",
+        ])
         .arg(format!("http://{}/echo", server.addr))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

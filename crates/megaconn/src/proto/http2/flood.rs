@@ -539,7 +539,11 @@ mod tests {
         for _ in 0..pings {
             assert_eq!(budget.receive(ping), None);
         }
-        assert_eq!(budget.receive(ping), Some(Flooded::Control), "one PING too many");
+        assert_eq!(
+            budget.receive(ping),
+            Some(Flooded::Control),
+            "one PING too many"
+        );
     }
 
     /// Tiny DATA frames spend their own budget, one each, whatever else
