@@ -1,15 +1,29 @@
-"""Server CPU per attacker byte for HTTP/2 DATA and padding shapes, raw frames
-over h2c (bench/H2TLS.md, "Padding and DATA nobody reads").
+"""Server CPU per attacker frame and byte for HTTP/2 frame shapes, raw frames
+over h2c (bench/H2TLS.md, "Padding and DATA nobody reads", "Session 41").
 
 usage: h2-padflood.py SERVER_PID PORT MODE TOTAL_BYTES
-  MODE data:<data bytes>:<padding bytes or ->[:echo]
-         one POST stream, never ended, of DATA frames of that shape; to `/`
-         (the demo answers at once and drops the body: DATA nobody reads) or
-         with `:echo` to `/echo` (read and sent back; the client takes it)
+  MODE data:<data bytes>:<padding bytes or ->[:echo|:sleep]
+         one stream, never ended, of DATA frames of that shape: a POST to
+         `/` (the demo answers at once and drops the body: DATA nobody
+         reads); with `:echo` to `/echo` (read and sent back; the client
+         takes it); with `:sleep` a GET /sleep?ms=10000 with a body (the
+         handler never reads it and the stream stays open 10 s)
        headers:<padding bytes or ->
          GET / requests, one HEADERS frame each, padded or not
+       cont:<n>
+         GET / requests, each a HEADERS frame and n CONTINUATION frames
+       rst:<path>
+         HEADERS (GET <path>, END_STREAM) then RST_STREAM(CANCEL), churned
+       ping
+         PINGs (the control-frame guard's case, for reference)
+       wu1[:paced]
+         a POST /echo of 1 MiB (64 KiB frames of 16 KiB) with our stream
+         window 0, then WINDOW_UPDATE(stream, 1) one after another: each
+         lets the server send one 1-byte DATA frame of the echo
 Server CPU is the sum of /proc/PID/task/*/schedstat before and after, as in
-session 38's CPU audit. Flow control is honoured (a stall ends the run)."""
+session 38's CPU audit. Flow control is honoured (a stall ends the run).
+Prints one line: frames and bytes sent, server CPU, us a frame, us a KiB,
+how the connection ended."""
 import os, socket, struct, sys, threading, time
 
 pid, port, mode, total = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -26,20 +40,34 @@ def cpu_ns(pid):
 def frame(kind, flags, stream, payload):
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
 
-DATA, HEADERS, SETTINGS, WU = 0, 1, 4, 8
+DATA, HEADERS, RST, SETTINGS, PING, GOAWAY, WU, CONT = 0, 1, 3, 4, 6, 7, 8, 9
 END_STREAM, END_HEADERS, PADDED, ACK = 1, 4, 8, 1
 # HPACK: :method POST (0x83), :scheme http (0x86), :path / (0x84), :authority a
 POST_ROOT = bytes([0x83, 0x86, 0x84, 0x01, 1, ord('a')])
 GET_ROOT = bytes([0x82, 0x86, 0x84, 0x01, 1, ord('a')])
 
+def get(path):
+    """GET path, literal :path without indexing (HPACK 0x04)."""
+    p = path.encode()
+    return bytes([0x82, 0x86, 0x04, len(p)]) + p + bytes([0x01, 1, ord('a')])
+
+def post(path):
+    p = path.encode()
+    return bytes([0x83, 0x86, 0x04, len(p)]) + p + bytes([0x01, 1, ord('a')])
+
 s = socket.create_connection(("127.0.0.1", port))
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-# A big stream window from the server's point of view is its business; ours:
-# SETTINGS_INITIAL_WINDOW_SIZE large so responses never stall.
-s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 2**31 - 1)))
+# SETTINGS_INITIAL_WINDOW_SIZE large so responses never stall (0 for wu1:
+# every byte of the echo waits for our WINDOW_UPDATE).
+init = 0 if mode.startswith("wu1") else 2**31 - 1
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(SETTINGS, 0, 0, struct.pack(">HI", 4, init)))
+if mode.startswith("wu1"):
+    # Our connection window: plenty, once (an honest client's first frame).
+    s.sendall(frame(WU, 0, 0, struct.pack(">I", 2**31 - 1 - 65535)))
 
 lock = threading.Condition()
-state = {"conn": 65535, "streams": {}, "init": 65535, "closed": False, "goaway": None, "rst": 0, "frames_in": 0}
+state = {"conn": 65535, "streams": {}, "init": 65535, "closed": False, "goaway": None,
+         "rst": 0, "frames_in": 0, "data_in": 0, "data_frames_in": 0, "answers": 0, "pongs": 0}
 
 def reader():
     buf = b""
@@ -82,27 +110,35 @@ def reader():
                     else:
                         state["streams"][sid] = state["streams"].get(sid, state["init"]) + inc
                 elif kind == DATA and ln:
-                    # Take what the server sends: give its window back.
-                    try:
-                        s.sendall(frame(WU, 0, 0, struct.pack(">I", ln)) + frame(WU, 0, sid, struct.pack(">I", ln)))
-                    except OSError:
-                        pass
+                    state["data_in"] += ln
+                    state["data_frames_in"] += 1
+                    # Take what the server sends: give its window back
+                    # (wu1 gives it back one byte at a time, on its own).
+                    if not mode.startswith("wu1"):
+                        try:
+                            s.sendall(frame(WU, 0, 0, struct.pack(">I", ln)) + frame(WU, 0, sid, struct.pack(">I", ln)))
+                        except OSError:
+                            pass
                 elif kind == HEADERS:
-                    state["answers"] = state.get("answers", 0) + 1
-                elif kind == 7:
+                    state["answers"] += 1
+                elif kind == PING and flags & ACK:
+                    state["pongs"] += 1
+                elif kind == GOAWAY:
                     state["goaway"] = int.from_bytes(p[4:8], "big")
-                elif kind == 3:
+                elif kind == RST:
                     state["rst"] += 1
                 lock.notify_all()
 
 threading.Thread(target=reader, daemon=True).start()
 
-def send_data(sid, data_len, pad):
+def send_data(sid, data_len, pad, end=False):
     """One DATA frame on sid: data_len bytes of data, pad bytes of padding (PADDED if pad is not None)."""
     if pad is None:
         payload, flags = b"x" * data_len, 0
     else:
         payload, flags = bytes([pad]) + b"x" * data_len + b"\0" * pad, PADDED
+    if end:
+        flags |= END_STREAM
     n = len(payload)
     with lock:
         while not state["closed"] and (state["conn"] < n or state["streams"].get(sid, state["init"]) < n):
@@ -119,16 +155,29 @@ def send_data(sid, data_len, pad):
         return None
     return len(f)
 
+def send(b):
+    try:
+        s.sendall(b)
+        return True
+    except OSError:
+        return False
+
+def wait_answers(n):
+    """Stays under the concurrent-stream limit: waits for n answers."""
+    with lock:
+        lock.wait_for(lambda: state["answers"] >= n or state["closed"], 5)
+
 time.sleep(0.2)
 before = cpu_ns(pid)
 t0 = time.time()
 sent = 0
+frames = 0
 stalled = False
 if mode.startswith("data"):
-    # data:<data_len>:<pad or -> [:read]  one POST stream, never ended
+    # data:<data_len>:<pad or -> [:echo|:sleep]  one stream, never ended
     _, dl, pad, path = (mode.split(":") + ["unread"])[:4]
     dl = int(dl); pad = None if pad == "-" else int(pad)
-    hdr = POST_ROOT if path == "unread" else bytes([0x83, 0x86, 0x04, 5]) + b"/echo" + bytes([0x01, 1, ord('a')])
+    hdr = {"unread": POST_ROOT, "echo": post("/echo"), "sleep": get("/sleep?ms=10000")}[path]
     s.sendall(frame(HEADERS, END_HEADERS, 1, hdr))
     sent += 9 + len(hdr)
     while sent < total:
@@ -137,6 +186,7 @@ if mode.startswith("data"):
             stalled = not state["closed"]
             break
         sent += n
+        frames += 1
 elif mode.startswith("headers"):
     # headers:<pad or ->  a GET / per stream, padded or not
     pad = mode.split(":")[1]
@@ -147,18 +197,93 @@ elif mode.startswith("headers"):
             f = frame(HEADERS, END_HEADERS | END_STREAM, sid, GET_ROOT)
         else:
             f = frame(HEADERS, END_HEADERS | END_STREAM | PADDED, sid, bytes([pad]) + GET_ROOT + b"\0" * pad)
-        try:
-            s.sendall(f)
-        except OSError:
+        if not send(f):
             break
         sent += len(f)
+        frames += 1
         sid += 2
-        # stay under the concurrent-stream limit: wait for answers every 64
         if sid % 64 == 1:
-            with lock:
-                lock.wait_for(lambda: state.get("answers", 0) >= (sid // 2) or state["closed"], 5)
+            wait_answers(sid // 2)
+elif mode.startswith("cont"):
+    # cont:<n>  GET / as HEADERS + n CONTINUATIONs of one header byte each
+    # (the block is GET_ROOT cut into n + 1 pieces).
+    n = int(mode.split(":")[1])
+    assert n + 1 <= len(GET_ROOT)
+    cuts = [GET_ROOT[:len(GET_ROOT) - n]] + [GET_ROOT[len(GET_ROOT) - n + i:len(GET_ROOT) - n + i + 1] for i in range(n)]
+    sid = 1
+    while sent < total and not state["closed"]:
+        f = frame(HEADERS, END_STREAM, sid, cuts[0])
+        for i, c in enumerate(cuts[1:]):
+            f += frame(CONT, END_HEADERS if i == n - 1 else 0, sid, c)
+        if not send(f):
+            break
+        sent += len(f)
+        frames += n + 1
+        sid += 2
+        if sid % 64 == 1:
+            wait_answers(sid // 2)
+elif mode.startswith("rst"):
+    # rst:<path>  HEADERS then RST_STREAM(CANCEL) at once, stream after stream
+    path = mode.split(":", 1)[1]
+    hdr = get(path)
+    sid = 1
+    while sent < total and not state["closed"]:
+        f = frame(HEADERS, END_HEADERS | END_STREAM, sid, hdr) + frame(RST, 0, sid, struct.pack(">I", 8))
+        if not send(f):
+            break
+        sent += len(f)
+        frames += 2
+        sid += 2
+elif mode == "ping":
+    while sent < total and not state["closed"]:
+        f = frame(PING, 0, 0, b"12345678") * 64
+        if not send(f):
+            break
+        sent += len(f)
+        frames += 64
+elif mode.startswith("wu1"):
+    paced = mode == "wu1:paced"
+    body = 1 << 20
+    hdr = post("/echo")
+    s.sendall(frame(HEADERS, END_HEADERS, 1, hdr))
+    sent += 9 + len(hdr)
+    # The upload is honest (16 KiB frames); it is not what we measure.
+    up = 0
+    while up < body:
+        n = send_data(1, 16384, None, end=up + 16384 >= body)
+        if n is None:
+            break
+        up += 16384
+    before = cpu_ns(pid)
+    sent = 0
+    # WINDOW_UPDATEs of 1, 64 in a write, each answered by a 1-byte DATA
+    # frame; stop short of the body's end (the stream would end).
+    wu = frame(WU, 0, 1, struct.pack(">I", 1))
+    while paced and sent < total and not state["closed"] and frames + 1 < body:
+        # One at a time, each after the last one's byte came: a DATA frame
+        # for every WINDOW_UPDATE (batched ones are coalesced by h2).
+        if not send(wu):
+            break
+        sent += len(wu)
+        frames += 1
+        with lock:
+            lock.wait_for(lambda: state["data_in"] >= frames or state["closed"], 5)
+    while not paced and sent < total and not state["closed"] and frames + 64 < body:
+        if not send(wu * 64):
+            break
+        sent += 64 * len(wu)
+        frames += 64
+        # Keep no more than 4,096 outstanding: each must be answered.
+        with lock:
+            lock.wait_for(lambda: state["data_in"] + 4096 >= frames or state["closed"], 5)
+    with lock:
+        lock.wait_for(lambda: state["data_in"] >= frames or state["closed"], 5)
 time.sleep(0.3)
 after = cpu_ns(pid)
 el = time.time() - t0
 cpu_us = (after - before) / 1000
-print(f"{mode}: sent {sent} B in {el:.2f}s, server CPU {cpu_us/1000:.1f} ms = {cpu_us/(sent/1024):.2f} us/KiB; closed={state['closed']} goaway={state['goaway']} rst={state['rst']} stalled={stalled}")
+frames = max(frames, 1)
+print(f"{mode}: sent {frames} frames, {sent} B in {el:.2f}s; server CPU {cpu_us/1000:.2f} ms = "
+      f"{cpu_us/frames:.2f} us/frame = {cpu_us/(sent/1024):.1f} us/KiB; answers={state['answers']} "
+      f"data_in={state['data_in']} in {state['data_frames_in']} frames; pongs={state['pongs']} "
+      f"closed={state['closed']} goaway={state['goaway']} rst={state['rst']} stalled={stalled}")

@@ -849,6 +849,40 @@ async fn an_http2_control_flood_is_logged_naming_the_budget() {
     server.stop().await;
 }
 
+/// An HTTP/2 tiny-DATA flood (1-byte DATA frames) is logged at INFO, naming
+/// the peer and `HTTP2_TINY_DATA_BUDGET`, a kind of its own.
+#[tokio::test]
+async fn an_http2_tiny_data_flood_is_logged_naming_the_budget() {
+    capture_log();
+    let server = TestServer::start(megaconn::Server::builder().workers(1)).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let peer = tcp.local_addr().unwrap();
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
+                                                             // HEADERS (END_HEADERS) on stream 1: POST /, :authority a.
+    flood.extend_from_slice(&[
+        0, 0, 6, 0x1, 0x4, 0, 0, 0, 1, 0x83, 0x86, 0x84, 0x01, 1, b'a',
+    ]);
+    // Twice the budget's worth of 1-byte DATA frames on it.
+    let data = [0, 0, 1, 0x0, 0, 0, 0, 0, 1, b'x'];
+    for _ in 0..2 * megaconn::HTTP2_TINY_DATA_BUDGET {
+        flood.extend_from_slice(&data);
+    }
+    // The server may close before it read everything.
+    let _ = tcp.write_all(&flood).await;
+    wait_for_warning(&format!(
+        "HTTP/2 connection from {peer} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames"
+    ))
+    .await;
+    assert!(LOGGED
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m.contains("HTTP2_TINY_DATA_BUDGET (2000)")));
+    drop(tcp);
+    server.stop().await;
+}
+
 /// A native WebSocket past its limits, as an `axum_ws` socket
 /// (`ws_axum.rs`): a frame over `max_frame_bytes` or a message over
 /// `max_message_bytes` closes with 1009 and a reason naming the limit, is

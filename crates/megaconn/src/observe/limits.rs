@@ -96,11 +96,15 @@ pub(crate) enum LimitHit {
     /// `TlsConfig::handshake_rate_per_ip`'s buckets held its bound of IPs
     /// (65,536) and its IP was not among them.
     TlsHandshakeRateTable,
+    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a connection's tiny DATA frames
+    /// went past `HTTP2_TINY_DATA_BUDGET` beyond what time and its larger
+    /// DATA earned (a small-DATA flood; not also `h2_enhance_your_calm`).
+    Http2DataFlood,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::TlsHandshakeRateTable as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2DataFlood as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -130,6 +134,7 @@ impl LimitHit {
         "http2_control_flood",
         "refusals_waiting",
         "tls_handshake_rate_table",
+        "http2_data_flood",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -162,12 +167,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::TlsHandshakeRateTable.count(&stats);
+        LimitHit::Http2DataFlood.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(
-            LimitHit::TlsHandshakeRateTable as usize,
-            LimitHit::COUNT - 1
-        );
+        assert_eq!(LimitHit::Http2DataFlood as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

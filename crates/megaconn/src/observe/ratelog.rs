@@ -379,6 +379,10 @@ pub(crate) enum Flood {
     /// control-frame flood (`HTTP2_CONTROL_BUDGET`): a kind apart from
     /// [`Http2Calm`](Flood::Http2Calm), as its line names the constant.
     Http2ControlFrames,
+    /// An HTTP/2 connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
+    /// tiny-DATA flood (`HTTP2_TINY_DATA_BUDGET`), its line naming the
+    /// constant as the control-frame one does.
+    Http2TinyData,
     /// A subscription refused: its topic's name was over
     /// `Builder::max_topic_bytes`.
     TopicTooLong,
@@ -470,6 +474,7 @@ impl Flood {
             | Flood::Http2RefusedStream
             | Flood::Http2StalledStreams
             | Flood::Http2ControlFrames
+            | Flood::Http2TinyData
             | Flood::PublishRate => Level::INFO,
         }
     }
@@ -488,7 +493,7 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 52;
+const KINDS: usize = 53;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.

@@ -67,16 +67,20 @@
 //! A frame the handler reads gives its share back, so a client that sends
 //! tiny frames no faster than they are read is never stopped by h2, and each
 //! frame costs a wake-up and a poll of the handler whatever its size.
-//! [`DataFloodGuard`] bounds that CPU: it counts the connection's tiny frames
-//! as request bodies read them and closes the connection with
-//! `GOAWAY(ENHANCE_YOUR_CALM)` past an allowance.
+//! The tiny-DATA budget (`flood.rs`, [`HTTP2_TINY_DATA_BUDGET`]) bounds
+//! that CPU at the wire, read or not: ~2,000 DATA frames under 16 bytes at
+//! once, 1,000 a second after, one more per KiB of larger DATA; past it
+//! `GOAWAY(ENHANCE_YOUR_CALM)`, counted as `http2_data_flood`.
+//! [`DataFloodGuard`] still counts the tiny frames request bodies read and
+//! closes past its lifetime allowance (10,000, plus one per KiB).
 //!
 //! Control-frame floods (CVE-2019-9512 PING, CVE-2019-9515 SETTINGS, and
 //! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA and unknown frames) are
 //! ours: h2 bounds only the memory of their answers. The connection's IO
 //! is metered ([`MeteredIo`], `flood.rs`): frames that do no work spend a
-//! budget of [`HTTP2_CONTROL_BUDGET`] bytes that requests, DATA sent and
-//! time give back; once it runs out, nothing more is read and the
+//! budget of [`HTTP2_CONTROL_BUDGET`] bytes that requests, DATA sent (at
+//! most its payload a frame: a `WINDOW_UPDATE` of 1 must not buy back its
+//! cost with the 1-byte frame it lets out) and time give back; once it runs out, nothing more is read and the
 //! connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`, counted as
 //! `http2_control_flood`.
 //!
@@ -167,8 +171,8 @@ use crate::BoxError;
 mod flood;
 mod stall;
 
-pub use flood::HTTP2_CONTROL_BUDGET;
-use flood::{ControlBudget, MeteredIo, REQUEST_CREDIT};
+use flood::{FloodBudget, Flooded, MeteredIo, REQUEST_CREDIT};
+pub use flood::{HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET};
 use stall::StallGate;
 
 /// Streams reset by the client before we accepted them that a connection may
@@ -224,9 +228,9 @@ where
 {
     let cfg = ctx.config.http2;
     // Bytes in and out count into the connection's lifecycle event, as on
-    // HTTP/1.1 (plaintext, after TLS); its frames into the control-frame
-    // flood guard's budget (`flood.rs`).
-    let control = Rc::new(ControlBudget::new());
+    // HTTP/1.1 (plaintext, after TLS); its frames into the flood guard's
+    // budgets, control frames and tiny DATA (`flood.rs`).
+    let control = Rc::new(FloodBudget::new());
     let io = MeteredIo::new(CountedIo::new(io), control.clone());
     // The handshake runs in its own box, freed when it ends, so that its
     // state (h2's whole codec, a timer) is not kept in the connection's
@@ -293,15 +297,15 @@ where
                     timer_armed = true;
                 }
             }
-            // Before the connection's poll: once the budget ran out, h2
+            // Before the connection's poll: once a budget ran out, h2
             // reads nothing more, and only this closes the connection.
             // Also after a graceful GOAWAY, whose streams would otherwise
             // run on unread.
-            () = control.tripped(), if !flooded => {
+            which = control.tripped(), if !flooded => {
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 going_away = true;
                 flooded = true;
-                reason = control_flooded(&ctx, &addrs);
+                reason = frame_flooded(which, &ctx, &addrs);
             }
             // One poll for the connection and the service together (both
             // need this task's context, and the service `&mut`): see
@@ -649,21 +653,38 @@ fn calmed(ctx: &WorkerContext, cause: &dyn std::fmt::Display) -> CloseReason {
 }
 
 /// Counts a connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
-/// control-frame flood ([`HTTP2_CONTROL_BUDGET`] run out): a protocol error
-/// and an `http2_control_flood` limit hit (not `h2_enhance_your_calm`: a
-/// close counts once), and a line naming the peer and the constant (at
-/// most one per 5 s per worker, a kind of its own). Returns its close
-/// reason.
-fn control_flooded(ctx: &WorkerContext, addrs: &Addrs) -> CloseReason {
+/// frame flood (`flood.rs`): a control-frame flood
+/// ([`HTTP2_CONTROL_BUDGET`] run out) or a tiny-DATA flood
+/// ([`HTTP2_TINY_DATA_BUDGET`]). A protocol error and a limit hit of its
+/// own, `http2_control_flood` or `http2_data_flood` (not
+/// `h2_enhance_your_calm`: a close counts once), and a line naming the
+/// peer and the constant (at most one per 5 s per worker, a kind of its
+/// own each). Returns its close reason.
+fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseReason {
     incr(&ctx.stats.protocol_errors);
-    LimitHit::Http2ControlFlood.count(&ctx.stats);
-    ratelog::log(Flood::Http2ControlFrames, |suppressed| {
-        let peer = ratelog::peer_name(addrs.peer());
-        tracing::info!(
-            suppressed,
-            "HTTP/2 connection from {peer} closed with GOAWAY(ENHANCE_YOUR_CALM): its control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA, unknown types) cost more than HTTP2_CONTROL_BUDGET ({HTTP2_CONTROL_BUDGET} bytes) beyond what its requests and responses earned (control-frame flood)"
-        )
-    });
+    let peer = || ratelog::peer_name(addrs.peer());
+    match which {
+        Flooded::Control => {
+            LimitHit::Http2ControlFlood.count(&ctx.stats);
+            ratelog::log(Flood::Http2ControlFrames, |suppressed| {
+                tracing::info!(
+                    suppressed,
+                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): its control frames (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA, unknown types) cost more than HTTP2_CONTROL_BUDGET ({HTTP2_CONTROL_BUDGET} bytes) beyond what its requests and responses earned (control-frame flood)",
+                    peer()
+                )
+            });
+        }
+        Flooded::TinyData => {
+            LimitHit::Http2DataFlood.count(&ctx.stats);
+            ratelog::log(Flood::Http2TinyData, |suppressed| {
+                tracing::info!(
+                    suppressed,
+                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned (small-DATA flood)",
+                    peer()
+                )
+            });
+        }
+    }
     CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
 }
 

@@ -30,15 +30,44 @@
 //! - Past zero, the connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`
 //!   (`serve`), and no byte more of it is read.
 //!
-//! `HEADERS`, `CONTINUATION` and `DATA` floods are bounded elsewhere: h2's
-//! CONTINUATION and empty/small-DATA counters, our rapid-reset and
-//! [`DataFloodGuard`](crate::service::h2_body::DataFloodGuard), and flow
-//! control for DATA (padding included). Empty DATA frames count here as
-//! well as in h2's own 100. Padding and DATA to a stream nobody reads are
-//! neither charged nor credited, measured (`bench/H2TLS.md`, "padding and
-//! DATA nobody reads"): padding-only DATA is an empty frame to h2 (cut
-//! after 100), padding on small data spends h2's small-DATA budget as the
-//! data alone would, padding on larger data rides on data the service
+//! Tiny DATA frames (CVE-2019-9518's small-DATA flood) have a budget of
+//! their own, [`HTTP2_TINY_DATA_BUDGET`] frames: each non-final DATA frame
+//! with fewer than [`TINY_DATA_FRAME`] bytes on the wire (payload and
+//! padding) takes one out, whether a handler reads it, holds it unread or
+//! dropped its body; each [`BYTES_PER_TINY_DATA_FRAME`] of larger DATA
+//! frames' bytes puts one back, and so does time, [`TINY_DATA_PER_SECOND`]
+//! (both up to the budget). Past zero, the same close, counted as
+//! `http2_data_flood`. Why a budget apart: a tiny frame costs the server
+//! 1–3 µs (a wake-up and a poll of the handler that reads it, an echo's
+//! write), two to ten times a PING, and neither a request nor DATA we send
+//! may pay for it (an echo sends a tiny frame back for each: the control
+//! budget's credit would make the flood pay for itself). Measured on
+//! session 40's build (`bench/H2TLS.md`, "Session 41"): nothing but
+//! `DataFloodGuard`'s lifetime allowance of 10,000 tiny frames read stopped
+//! a connection, at ~20–30 ms of server CPU; with this budget a connection
+//! gets ~2,000 at once and 1,000 a second after (~2–3 ms a second at most),
+//! where an honest client's tiny frames are messages its application
+//! makes (gRPC's empty or near-empty ones, a pipe's short writes) at the
+//! pace it makes them.
+//!
+//! DATA we send earns the control budget at most its payload's size
+//! ([`DATA_FRAME_CREDIT`] for 64 bytes and more): a client that opens the
+//! window one byte at a time (`WINDOW_UPDATE` of 1, each answered by a
+//! 1-byte DATA frame, 13 bytes spent for 64 earned) ran for good before,
+//! at ~40 µs of server CPU a round (measured as above); now each round
+//! costs it 12 bytes of the budget.
+//!
+//! `HEADERS` and `CONTINUATION` floods are bounded elsewhere: h2's
+//! CONTINUATION count per block, our rapid-reset guard, and each request's
+//! own cost (it is a request: the service sees it, the access log and the
+//! request limits count it). Large DATA is bounded by flow control (padding
+//! included), and [`DataFloodGuard`](crate::service::h2_body::DataFloodGuard)
+//! still counts the tiny frames handlers read (its lifetime allowance,
+//! 10,000, comes after this budget's). Empty DATA frames count here (in
+//! the control budget) as well as in h2's own 100. Padding is neither
+//! charged nor credited beyond its frame's size, measured (`bench/H2TLS.md`,
+//! "padding and DATA nobody reads"): padding-only DATA is an empty frame to
+//! h2 (cut after 100), padding on larger data rides on data the service
 //! reads, a padded HEADERS is a request; each costs less per byte padded
 //! than not. DATA nobody reads stalls on the connection window, which h2
 //! does not give back for it.
@@ -50,8 +79,8 @@
 //! more CPU per connection.
 //!
 //! Cost: two 16-byte frame walkers in the connection's IO (the payload is
-//! skipped, never copied), and one shared budget (an `Rc`, 48 bytes) per
-//! connection; the clock is read only when the budget runs out.
+//! skipped, never copied), and one shared pair of budgets (an `Rc`, 72
+//! bytes) per connection; the clock is read only when a budget runs out.
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -78,15 +107,42 @@ pub const HTTP2_CONTROL_BUDGET: u64 = 64 * 1024;
 /// Bytes each request handed to the service gives back to the budget.
 pub(crate) const REQUEST_CREDIT: u64 = 256;
 
-/// Bytes each non-empty DATA frame sent gives back to the budget: room for
-/// the client's PING and both `WINDOW_UPDATE`s (stream and connection)
-/// after every frame it receives, 43 bytes.
+/// Bytes each DATA frame sent with a payload of 64 bytes or more gives back
+/// to the budget: room for the client's PING and both `WINDOW_UPDATE`s
+/// (stream and connection) after every frame it receives, 43 bytes. A
+/// smaller frame gives back its payload's size: see [`earned`].
 pub(crate) const DATA_FRAME_CREDIT: u64 = 64;
 
 /// Bytes of budget a second of the connection's life gives back (with the
 /// budget's bound): about 7 PINGs a second, where a keep-alive is one every
 /// 10 s or more.
 pub(crate) const REFILL_PER_SECOND: u64 = 128;
+
+/// Tiny DATA frames (see [`TINY_DATA_FRAME`]) an HTTP/2 connection may send
+/// at once, before it is closed with `GOAWAY(ENHANCE_YOUR_CALM)`; given back
+/// by time ([`TINY_DATA_PER_SECOND`]) and by larger DATA frames' bytes
+/// ([`BYTES_PER_TINY_DATA_FRAME`]). About what h2 lets a connection hold
+/// unread (half its 1 MiB window at 255 bytes a 1-byte frame: ~2,050), and
+/// 2–6 ms of server CPU. Counted in
+/// `megaconn_limit_hits_total{limit="http2_data_flood"}` (and a protocol
+/// error), logged at most once per 5 s per worker.
+pub const HTTP2_TINY_DATA_BUDGET: u64 = 2_000;
+
+/// DATA frames with fewer bytes than this on the wire (payload and padding)
+/// are tiny, unless they end their stream. As `DataFloodGuard`'s count:
+/// uploads come in frames of KiBs, and gRPC frames each message with a
+/// 5-byte prefix, so only empty or near-empty messages (up to 10 bytes)
+/// are tiny; a 20-byte message never is.
+pub(crate) const TINY_DATA_FRAME: u32 = 16;
+
+/// Tiny DATA frames a second of the connection's life gives back (with
+/// the budget's bound): a gRPC stream of near-empty messages at up to
+/// 1 kHz is never cut; a flood gets ~1–3 ms of server CPU a second.
+pub(crate) const TINY_DATA_PER_SECOND: u64 = 1_000;
+
+/// Bytes of DATA frames that are not tiny that give back one tiny frame:
+/// tiny frames among real data (a message's last bytes) never count.
+pub(crate) const BYTES_PER_TINY_DATA_FRAME: u64 = 1024;
 
 /// The client's connection preface, before its first frame.
 const PREFACE_LEN: u32 = 24;
@@ -97,38 +153,46 @@ const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const CONTINUATION: u8 = 0x9;
 const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
 
-/// A connection's budget of control bytes, shared by its IO (which spends
-/// it and earns what responses earn) and its loop (which earns what
-/// requests earn and acts on [`tripped`](Self::tripped)).
+/// Which of a connection's budgets ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flooded {
+    /// [`HTTP2_CONTROL_BUDGET`]: frames that do no work.
+    Control,
+    /// [`HTTP2_TINY_DATA_BUDGET`]: tiny DATA frames.
+    TinyData,
+}
+
+/// A budget that work and time give back, up to `FULL`; time at
+/// `PER_SECOND` units a second, credited only when the budget runs out
+/// (the clock is read then, not per frame).
 #[derive(Debug)]
-pub(crate) struct ControlBudget {
-    /// Bytes left; below zero once tripped.
+struct Bucket<const FULL: u64, const PER_SECOND: u64> {
+    /// Units left; below zero once run out.
     left: Cell<i64>,
     /// Up to when time has been credited.
     refilled_at: Cell<Instant>,
-    tripped: Cell<bool>,
 }
 
-impl ControlBudget {
-    /// A full budget, for a connection that starts now.
-    pub(crate) fn new() -> ControlBudget {
-        ControlBudget {
-            left: Cell::new(HTTP2_CONTROL_BUDGET as i64),
-            refilled_at: Cell::new(clock::now()),
-            tripped: Cell::new(false),
+impl<const FULL: u64, const PER_SECOND: u64> Bucket<FULL, PER_SECOND> {
+    /// A full budget, at `now`.
+    fn new(now: Instant) -> Self {
+        Bucket {
+            left: Cell::new(FULL as i64),
+            refilled_at: Cell::new(now),
         }
     }
 
-    /// Gives `n` bytes back, up to the budget.
+    /// Gives `n` back, up to the budget.
     #[inline]
-    pub(crate) fn credit(&self, n: u64) {
+    fn credit(&self, n: u64) {
         let left = self.left.get().saturating_add(n as i64);
-        self.left.set(left.min(HTTP2_CONTROL_BUDGET as i64));
+        self.left.set(left.min(FULL as i64));
     }
 
-    /// Spends `n` bytes; false if the budget ran out (with what time gave
-    /// back since the last refill).
+    /// Spends `n`; false if the budget ran out (with what time gave back
+    /// since the last refill).
     #[inline]
     fn charge(&self, n: u64) -> bool {
         let left = self.left.get() - n as i64;
@@ -136,36 +200,88 @@ impl ControlBudget {
         left >= 0 || self.refill(clock::now())
     }
 
-    /// Credits the time since the last refill at [`REFILL_PER_SECOND`];
-    /// true if the budget is no longer below zero. Time not yet worth a
-    /// byte stays for the next refill.
+    /// Credits the time since the last refill at `PER_SECOND`; true if the
+    /// budget is no longer below zero. Time not yet worth a unit stays for
+    /// the next refill.
     #[cold]
     fn refill(&self, now: Instant) -> bool {
         let since = now.saturating_duration_since(self.refilled_at.get());
-        let earned = since.as_nanos() * u128::from(REFILL_PER_SECOND) / 1_000_000_000;
+        let earned = since.as_nanos() * u128::from(PER_SECOND) / 1_000_000_000;
         if earned > 0 {
-            let used = earned * 1_000_000_000 / u128::from(REFILL_PER_SECOND);
+            let used = earned * 1_000_000_000 / u128::from(PER_SECOND);
             let used = Duration::from_nanos(u64::try_from(used).unwrap_or(u64::MAX));
             self.refilled_at.set(self.refilled_at.get() + used);
             self.credit(u64::try_from(earned).unwrap_or(u64::MAX));
         }
         self.left.get() >= 0
     }
+}
 
-    /// Whether the budget ran out (the connection reads no more).
-    pub(crate) fn is_tripped(&self) -> bool {
-        self.tripped.get()
+/// A connection's two budgets, control bytes and tiny DATA frames, shared
+/// by its IO (which spends them and earns what responses earn) and its
+/// loop (which earns what requests earn and acts on
+/// [`tripped`](Self::tripped)).
+#[derive(Debug)]
+pub(crate) struct FloodBudget {
+    control: Bucket<HTTP2_CONTROL_BUDGET, REFILL_PER_SECOND>,
+    tiny: Bucket<HTTP2_TINY_DATA_BUDGET, TINY_DATA_PER_SECOND>,
+    /// Bytes of larger DATA frames not yet worth a tiny frame.
+    data_bytes: Cell<u64>,
+    tripped: Cell<Option<Flooded>>,
+}
+
+impl FloodBudget {
+    /// Full budgets, for a connection that starts now.
+    pub(crate) fn new() -> FloodBudget {
+        let now = clock::now();
+        FloodBudget {
+            control: Bucket::new(now),
+            tiny: Bucket::new(now),
+            data_bytes: Cell::new(0),
+            tripped: Cell::new(None),
+        }
     }
 
-    /// Resolves once the budget ran out. No waker is kept: the budget runs
-    /// out inside a read of the connection's own task, which wakes itself.
-    pub(crate) async fn tripped(&self) {
-        poll_fn(|_| {
-            if self.tripped.get() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+    /// Gives `n` bytes back to the control budget, up to its size.
+    #[inline]
+    pub(crate) fn credit(&self, n: u64) {
+        self.control.credit(n);
+    }
+
+    /// Charges a frame received to the budget it is for; `Some` names the
+    /// budget it ran out.
+    #[inline]
+    fn receive(&self, h: Head) -> Option<Flooded> {
+        let within = match h.kind {
+            // Requests: their own cost, bounded elsewhere (module doc).
+            HEADERS | CONTINUATION => true,
+            DATA if h.len == 0 => self.control.charge(FRAME_HEADER_LEN),
+            DATA if h.len < TINY_DATA_FRAME && h.flags & END_STREAM == 0 => {
+                return (!self.tiny.charge(1)).then_some(Flooded::TinyData);
             }
+            DATA => {
+                let bytes = self.data_bytes.get() + u64::from(h.len);
+                self.data_bytes.set(bytes % BYTES_PER_TINY_DATA_FRAME);
+                self.tiny.credit(bytes / BYTES_PER_TINY_DATA_FRAME);
+                true
+            }
+            _ => self.control.charge(FRAME_HEADER_LEN + u64::from(h.len)),
+        };
+        (!within).then_some(Flooded::Control)
+    }
+
+    /// Whether a budget ran out (the connection reads no more).
+    pub(crate) fn is_tripped(&self) -> bool {
+        self.tripped.get().is_some()
+    }
+
+    /// Resolves once a budget ran out, with which. No waker is kept: a
+    /// budget runs out inside a read of the connection's own task, which
+    /// wakes itself.
+    pub(crate) async fn tripped(&self) -> Flooded {
+        poll_fn(|_| match self.tripped.get() {
+            Some(which) => Poll::Ready(which),
+            None => Poll::Pending,
         })
         .await
     }
@@ -245,23 +361,13 @@ fn parse(h: &[u8]) -> Head {
     }
 }
 
-/// What a received frame costs the budget: nothing for the frames that
-/// carry requests (`HEADERS`, `CONTINUATION`, non-empty `DATA`), its size
-/// for every other.
-#[inline]
-fn cost(h: Head) -> u64 {
-    match h.kind {
-        HEADERS | CONTINUATION => 0,
-        DATA if h.len > 0 => 0,
-        _ => FRAME_HEADER_LEN + u64::from(h.len),
-    }
-}
-
-/// What a frame we send gives back: see the module doc.
+/// What a frame we send gives back to the control budget: see the module
+/// doc. A DATA frame, at most its payload's size: the 1-byte frame a
+/// `WINDOW_UPDATE` of 1 lets out must not pay for it (13 bytes).
 #[inline]
 fn earned(h: Head) -> u64 {
     match h.kind {
-        DATA if h.len > 0 => DATA_FRAME_CREDIT,
+        DATA => DATA_FRAME_CREDIT.min(u64::from(h.len)),
         // Its acknowledgement: the same frame with ACK, empty for SETTINGS.
         PING if h.flags & ACK == 0 => FRAME_HEADER_LEN + u64::from(h.len),
         SETTINGS if h.flags & ACK == 0 => FRAME_HEADER_LEN,
@@ -271,14 +377,14 @@ fn earned(h: Head) -> u64 {
 
 pin_project_lite::pin_project! {
     /// A connection's IO as h2 sees it, metering its frames against the
-    /// [`ControlBudget`]. Once the budget runs out, reads return nothing
+    /// [`FloodBudget`]. Once a budget runs out, reads return nothing
     /// more (the bytes of the read that ran it out are dropped, not handed
     /// to h2), and the task is woken for its loop to close the connection.
     #[derive(Debug)]
     pub(crate) struct MeteredIo<I> {
         #[pin]
         io: I,
-        budget: Rc<ControlBudget>,
+        budget: Rc<FloodBudget>,
         inbound: FrameWalk,
         outbound: FrameWalk,
     }
@@ -286,7 +392,7 @@ pin_project_lite::pin_project! {
 
 impl<I> MeteredIo<I> {
     /// Meters `io`, a server connection from its client's preface on.
-    pub(crate) fn new(io: I, budget: Rc<ControlBudget>) -> MeteredIo<I> {
+    pub(crate) fn new(io: I, budget: Rc<FloodBudget>) -> MeteredIo<I> {
         MeteredIo {
             io,
             budget,
@@ -310,13 +416,15 @@ impl<I: AsyncRead> AsyncRead for MeteredIo<I> {
         }
         let before = buf.filled().len();
         std::task::ready!(this.io.poll_read(cx, buf))?;
-        let within = this
-            .inbound
-            .walk(&buf.filled()[before..], |h| budget.charge(cost(h)));
-        if within {
+        let mut flooded = None;
+        this.inbound.walk(&buf.filled()[before..], |h| {
+            flooded = budget.receive(h);
+            flooded.is_none()
+        });
+        if flooded.is_none() {
             return Poll::Ready(Ok(()));
         }
-        budget.tripped.set(true);
+        budget.tripped.set(flooded);
         buf.set_filled(before);
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -414,40 +522,82 @@ mod tests {
         }
     }
 
+    fn head(kind: u8, flags: u8, len: u32) -> Head {
+        Head { len, kind, flags }
+    }
+
     /// Control frames spend, request frames do not, and the budget runs out
     /// at its size; credit gives back no more than the budget.
     #[tokio::test(start_paused = true)]
     async fn the_budget_runs_out_on_control_frames_only() {
-        let budget = ControlBudget::new();
-        let ping = Head {
-            len: 8,
-            kind: PING,
-            flags: 0,
-        };
-        let data = Head {
-            len: 16_384,
-            kind: DATA,
-            flags: 0,
-        };
-        assert_eq!(cost(data), 0);
+        let budget = FloodBudget::new();
+        let ping = head(PING, 0, 8);
+        assert_eq!(budget.receive(head(DATA, 0, 16_384)), None);
+        assert_eq!(budget.receive(head(HEADERS, 0, 16_384)), None);
         budget.credit(1 << 30);
-        let pings = HTTP2_CONTROL_BUDGET / cost(ping);
+        let pings = HTTP2_CONTROL_BUDGET / (FRAME_HEADER_LEN + 8);
         for _ in 0..pings {
-            assert!(budget.charge(cost(ping)));
+            assert_eq!(budget.receive(ping), None);
         }
-        assert!(!budget.charge(cost(ping)), "one PING too many");
+        assert_eq!(
+            budget.receive(ping),
+            Some(Flooded::Control),
+            "one PING too many"
+        );
+    }
+
+    /// Tiny DATA frames spend their own budget, one each, whatever else
+    /// the connection earned; a final one does not; larger frames give
+    /// back one per KiB.
+    #[tokio::test(start_paused = true)]
+    async fn tiny_data_frames_run_out_their_own_budget() {
+        let budget = FloodBudget::new();
+        budget.credit(1 << 30);
+        let tiny = head(DATA, 0, TINY_DATA_FRAME - 1);
+        assert_eq!(budget.receive(head(DATA, 0, TINY_DATA_FRAME)), None);
+        assert_eq!(budget.receive(head(DATA, END_STREAM, 1)), None);
+        for _ in 0..HTTP2_TINY_DATA_BUDGET {
+            assert_eq!(budget.receive(tiny), None);
+        }
+        // 16 + 1 bytes so far (the final frame's is real data too); 1,024
+        // earn one more, not before.
+        let not_tiny = head(DATA, 0, TINY_DATA_FRAME);
+        assert_eq!(budget.receive(head(DATA, 0, 1024 - 17 - 16)), None);
+        assert_eq!(budget.tiny.left.get(), 0);
+        assert_eq!(budget.receive(not_tiny), None);
+        assert_eq!(budget.receive(tiny), None);
+        assert_eq!(budget.receive(tiny), Some(Flooded::TinyData));
+        assert_eq!(budget.control.left.get(), HTTP2_CONTROL_BUDGET as i64);
+    }
+
+    /// A DATA frame sent earns at most its payload: a 1-byte one, 1 byte
+    /// (less than the 13 of the `WINDOW_UPDATE` that let it out).
+    #[test]
+    fn small_data_sent_earns_its_size() {
+        assert_eq!(earned(head(DATA, 0, 1)), 1);
+        assert_eq!(earned(head(DATA, 0, 0)), 0);
+        assert_eq!(earned(head(DATA, 0, 16_384)), DATA_FRAME_CREDIT);
+        assert_eq!(earned(head(PING, 0, 8)), 17);
+        assert_eq!(earned(head(PING, ACK, 8)), 0);
     }
 
     /// Time gives back [`REFILL_PER_SECOND`], fractions of a byte kept for
-    /// later.
+    /// later; the tiny-DATA budget [`TINY_DATA_PER_SECOND`] frames.
     #[tokio::test(start_paused = true)]
     async fn time_refills_the_budget() {
-        let budget = ControlBudget::new();
-        assert!(!budget.charge(HTTP2_CONTROL_BUDGET + 100));
+        let budget = FloodBudget::new();
+        assert!(!budget.control.charge(HTTP2_CONTROL_BUDGET + 100));
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(!budget.charge(0), "half a second: 64 bytes of 100");
+        assert!(!budget.control.charge(0), "half a second: 64 bytes of 100");
         tokio::time::advance(Duration::from_millis(300)).await;
-        assert!(budget.charge(0), "0.8 s: 102 bytes");
-        assert_eq!(budget.left.get(), 2);
+        assert!(budget.control.charge(0), "0.8 s: 102 bytes");
+        assert_eq!(budget.control.left.get(), 2);
+
+        let budget = FloodBudget::new();
+        assert!(!budget.tiny.charge(HTTP2_TINY_DATA_BUDGET + 10));
+        tokio::time::advance(Duration::from_millis(9)).await;
+        assert!(!budget.tiny.charge(0), "9 ms: 9 frames of 10");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(budget.tiny.charge(0), "10 ms: 10 frames");
     }
 }
