@@ -94,3 +94,69 @@ fn an_error_response_byte_for_byte() {
     assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
     assert_eq!(after, format!("\r\n\r\n{body}"));
 }
+
+/// `content-length` is the body length in decimal, for lengths of every
+/// number of digits and the ends of each (`put_content_length` writes the
+/// digits in place, counted first), and for the head and a 304 too.
+#[test]
+fn content_length_is_the_length_in_decimal_at_every_number_of_digits() {
+    let mut lengths = vec![0, 1, u64::MAX, u64::MAX - 1];
+    let mut p = 1u64;
+    while let Some(next) = p.checked_mul(10) {
+        lengths.extend([p - 1, p, p + 1, next - 1]);
+        p = next;
+    }
+    lengths.extend([p - 1, p, p + 1]);
+    for n in lengths {
+        let mut dst = BytesMut::from(&b"x"[..]);
+        let ctx = HeadContext {
+            request_method_is_head: false,
+            request_version: Version::HTTP_11,
+            keep_alive: true,
+            body_length: Some(n),
+            switching: false,
+        };
+        encode_head(&mut dst, StatusCode::OK, &HeaderMap::new(), ctx, None);
+        let text = String::from_utf8(dst.to_vec()).unwrap();
+        let line = format!("\r\ncontent-length: {n}\r\n");
+        assert!(text.starts_with("xHTTP/1.1 200 OK\r\n"), "{text:?}");
+        assert!(text.contains(&line), "{n}: {text:?}");
+        assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+        let mut dst = BytesMut::new();
+        let head = HeadContext {
+            request_method_is_head: true,
+            ..ctx
+        };
+        encode_head(&mut dst, StatusCode::OK, &HeaderMap::new(), head, None);
+        let text = String::from_utf8(dst.to_vec()).unwrap();
+        assert_eq!(text.contains(&line), n > 0, "HEAD, {n}: {text:?}");
+    }
+}
+
+/// Each status line is the status's code and reason (the common ones are
+/// copied whole), and the `date` line is one of today's.
+#[test]
+fn status_lines_and_the_date_line() {
+    for code in [200, 204, 304, 404, 201, 500, 599, 999] {
+        let status = StatusCode::from_u16(code).unwrap();
+        let mut dst = BytesMut::new();
+        let ctx = HeadContext {
+            request_method_is_head: false,
+            request_version: Version::HTTP_11,
+            keep_alive: true,
+            body_length: Some(0),
+            switching: false,
+        };
+        encode_head(&mut dst, status, &HeaderMap::new(), ctx, None);
+        let text = String::from_utf8(dst.to_vec()).unwrap();
+        let reason = status.canonical_reason().unwrap_or("Unknown");
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {code} {reason}\r\n")),
+            "{text:?}"
+        );
+        let date = text.split("\r\ndate: ").nth(1).unwrap();
+        let (date, rest) = date.split_once("\r\n").unwrap();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{text:?}");
+        assert_eq!(rest, "\r\n", "{text:?}");
+    }
+}

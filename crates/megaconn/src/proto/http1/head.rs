@@ -419,10 +419,9 @@ fn build(
     slicer: &Slicer<'_>,
     limits: &HeadLimits,
 ) -> Result<RequestHead, Rejection> {
-    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-        .map_err(|_| reject(BAD, "invalid method"))?;
+    let method = method(req.method.unwrap_or_default())?;
     let target = req.path.unwrap_or_default();
-    let uri = parse_target(&method, target, slicer.of(target.as_bytes()))?;
+    let uri = parse_target(&method, target, slicer)?;
     let version = match req.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -437,6 +436,17 @@ fn build(
         headers.append(name, value);
     }
     framing.resolve(method, uri, version, headers, limits)
+}
+
+/// The request's method. `GET`, which nearly every request has, is known at
+/// once: `Method::from_bytes` gives the same `Method::GET`, through a call
+/// and its `Result` (~30 user-space instructions a request; callgrind,
+/// bench/CPU-PER-REQUEST.md, session 41).
+fn method(raw: &str) -> Result<Method, Rejection> {
+    if raw == "GET" {
+        return Ok(Method::GET);
+    }
+    Method::from_bytes(raw.as_bytes()).map_err(|_| reject(BAD, "invalid method"))
 }
 
 /// A request header's value, from bytes httparse has checked already.
@@ -459,7 +469,7 @@ fn header_value(bytes: Bytes) -> HeaderValue {
 /// took ~80 instructions a header, about 1% of a keep-alive request's
 /// user-space work for its `Host` alone (callgrind, `bench/profile.sh`).
 fn header_name(raw: &[u8]) -> Result<HeaderName, Rejection> {
-    let is = |name: &str| raw.eq_ignore_ascii_case(name.as_bytes());
+    let is = |name: &str| same_name(raw, name.as_bytes());
     let known = match raw.len() {
         4 if is("host") => Some(header::HOST),
         6 if is("accept") => Some(header::ACCEPT),
@@ -477,12 +487,30 @@ fn header_name(raw: &[u8]) -> Result<HeaderName, Rejection> {
     }
 }
 
+/// `raw` is `lower` (a lowercase header name of the same length) but for
+/// the case of its letters: `eq_ignore_ascii_case`, with the case of `lower`
+/// known. Only a letter's byte differs from its other case by `0x20` alone,
+/// so setting that bit of `raw`'s bytes where `lower` has a letter, and
+/// nowhere else, folds exactly the bytes `eq_ignore_ascii_case` folds;
+/// folded so, with no branch per byte, the name is a few word compares
+/// where `eq_ignore_ascii_case` took seven instructions a byte (~25 for a
+/// `Host`; callgrind, bench/CPU-PER-REQUEST.md, session 41).
+#[inline(always)]
+fn same_name(raw: &[u8], lower: &[u8]) -> bool {
+    raw.len() == lower.len()
+        && raw.iter().zip(lower).fold(0, |differ, (r, l)| {
+            let fold = if l.is_ascii_lowercase() { 0x20 } else { 0 };
+            differ | ((r | fold) ^ l)
+        }) == 0
+}
+
 /// The longest request target the http crate's `Uri` takes (`u16::MAX - 1`).
 const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
 
 /// Origin-form (`/path?q`), absolute-form (`http://host/path`), authority-form
-/// (only for CONNECT) and asterisk-form (only for OPTIONS).
-fn parse_target(method: &Method, target: &str, shared: Bytes) -> Result<Uri, Rejection> {
+/// (only for CONNECT) and asterisk-form (only for OPTIONS); the `Uri` is
+/// parsed from `target`'s bytes as `slicer` shares them.
+fn parse_target(method: &Method, target: &str, slicer: &Slicer<'_>) -> Result<Uri, Rejection> {
     if target.is_empty() {
         return Err(reject(BAD, "empty request target"));
     }
@@ -494,7 +522,18 @@ fn parse_target(method: &Method, target: &str, shared: Bytes) -> Result<Uri, Rej
             "request target longer than 65534 bytes",
         ));
     }
-    let uri = Uri::from_maybe_shared(shared).map_err(|_| reject(BAD, "invalid request target"))?;
+    // `/` is what `Uri::from_maybe_shared` makes of a `/` (no scheme, no
+    // authority, the static `/` path, its slice of the head dropped), so a
+    // target of `/` is given it at once, without the slice (two atomic
+    // operations on the head's count) and the parse: ~70 user-space
+    // instructions a request (callgrind, bench/CPU-PER-REQUEST.md, session
+    // 41). `a_root_target_is_the_uri_http_parses` holds the http crate to it.
+    let uri = if target == "/" {
+        Uri::default()
+    } else {
+        Uri::from_maybe_shared(slicer.of(target.as_bytes()))
+            .map_err(|_| reject(BAD, "invalid request target"))?
+    };
     let form_ok = if method == Method::CONNECT {
         uri.authority().is_some() && uri.scheme().is_none()
     } else if target == "*" {
@@ -932,6 +971,70 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The `Uri` a `/` target is given at once is the one the http crate
+    /// parses from it, to every accessor (`parse_target`).
+    #[test]
+    fn a_root_target_is_the_uri_http_parses() {
+        let parsed = Uri::from_maybe_shared(Bytes::from_static(b"/")).unwrap();
+        let given = parse_ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n").uri;
+        assert_eq!(given, parsed);
+        assert_eq!(given.to_string(), parsed.to_string());
+        assert_eq!(given.scheme(), parsed.scheme());
+        assert_eq!(given.authority(), parsed.authority());
+        assert_eq!(given.path(), parsed.path());
+        assert_eq!(given.query(), parsed.query());
+        assert_eq!(given.path_and_query(), parsed.path_and_query());
+        assert_eq!(format!("{given:?}"), format!("{parsed:?}"));
+        // The forms still apply to it.
+        assert_eq!(status("CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n"), BAD);
+        assert_eq!(parse_ok("OPTIONS / HTTP/1.1\r\nHost: a\r\n\r\n").uri, "/");
+    }
+
+    /// `GET`, known at once, is the method `Method::from_bytes` reads, and
+    /// every other method still goes to it.
+    #[test]
+    fn methods_are_the_methods_http_reads() {
+        for raw in [
+            "GET", "get", "GETX", "GE", "POST", "HEAD", "PATCH", "X-CUSTOM", "G\u{7f}T",
+        ] {
+            let ours = method(raw).ok();
+            assert_eq!(ours, Method::from_bytes(raw.as_bytes()).ok(), "{raw:?}");
+        }
+        assert_eq!(method("GET").unwrap(), Method::GET);
+    }
+
+    /// `same_name` is `eq_ignore_ascii_case` for every byte value in every
+    /// place of every known name, and for every pair of bytes where a name
+    /// has a `-` (whose other "case", CR, is no letter).
+    #[test]
+    fn same_name_folds_what_eq_ignore_ascii_case_folds() {
+        for name in [
+            "host",
+            "accept",
+            "cookie",
+            "connection",
+            "user-agent",
+            "content-type",
+            "content-length",
+            "accept-encoding",
+        ] {
+            let lower = name.as_bytes();
+            for at in 0..lower.len() {
+                for b in 0..=255u8 {
+                    let mut raw = lower.to_vec();
+                    raw[at] = b;
+                    assert_eq!(
+                        same_name(&raw, lower),
+                        raw.eq_ignore_ascii_case(lower),
+                        "{name} with {b:#x} at {at}"
+                    );
+                }
+            }
+            assert!(same_name(name.to_ascii_uppercase().as_bytes(), lower));
+            assert!(!same_name(&lower[1..], lower));
         }
     }
 
