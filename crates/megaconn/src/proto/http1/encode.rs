@@ -165,12 +165,7 @@ pub(crate) fn encode_head(
 /// Writes a handler's `Connection` options but `close` and `keep-alive`
 /// (those are ours to write, from what the connection does); returns whether
 /// it said `close`, which then closes the connection after this response, as
-/// under hyper and Go. Runs only for a response that has the header, so it
-/// is kept out of `encode_head`'s header loop: inlined there, its vector
-/// constants were loaded into registers before the loop and again after
-/// each call the loop makes (~14 user-space instructions a response
-/// without the header; callgrind, bench/CPU-PER-REQUEST.md, session 41).
-#[inline(never)]
+/// under hyper and Go. Runs only for a response that has the header.
 fn put_connection_options(dst: &mut BytesMut, value: &[u8]) -> bool {
     let mut close = false;
     let mut written = false;

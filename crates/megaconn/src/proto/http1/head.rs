@@ -427,31 +427,15 @@ fn build(
         _ => Version::HTTP_11,
     };
 
-    // The head is put together at once and filled in place: built at the
-    // end from its parts, its `Uri` and `HeaderMap` were moved three times
-    // on the way, through the `?`s and `resolve`'s arguments (~60 user-space
-    // instructions a request; callgrind, bench/CPU-PER-REQUEST.md, session
-    // 41). What the framing rules say is set by `resolve`.
-    let mut head = RequestHead {
-        method,
-        uri,
-        version,
-        headers: super::header_maps::take(req.headers.len()),
-        framing: BodyFraming::None,
-        keep_alive: false,
-        expect_continue: false,
-        wants_upgrade: false,
-        te_trailers: false,
-    };
+    let mut headers = super::header_maps::take(req.headers.len());
     let mut framing = Framing::default();
     for h in req.headers.iter() {
         let name = header_name(h.name.as_bytes())?;
         let value = header_value(slicer.of(h.value));
         framing.observe(&name, h.value)?;
-        head.headers.append(name, value);
+        headers.append(name, value);
     }
-    framing.resolve(&mut head, limits)?;
-    Ok(head)
+    framing.resolve(method, uri, version, headers, limits)
 }
 
 /// The request's method. `GET`, which nearly every request has, is known at
@@ -648,10 +632,14 @@ impl Framing {
         Ok(())
     }
 
-    /// Applies the framing rules to `head` (its method, target, version
-    /// and headers read), setting what they say.
-    fn resolve(self, head: &mut RequestHead, limits: &HeadLimits) -> Result<(), Rejection> {
-        let version = head.version;
+    fn resolve(
+        self,
+        method: Method,
+        uri: Uri,
+        version: Version,
+        mut headers: HeaderMap,
+        limits: &HeadLimits,
+    ) -> Result<RequestHead, Rejection> {
         // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request
         // without Host, an absolute-form target included (its authority
         // then overrides the Host, §3.2.2, but Host must still be sent), as
@@ -667,12 +655,12 @@ impl Framing {
         // not userinfo), so the handler sees the host the request is for, as
         // under Go (hyper passes the Host header through). Proxy-style
         // requests only: the origin-form path never gets here.
-        if head.uri.scheme().is_some() {
-            if let Some(authority) = head.uri.authority() {
+        if uri.scheme().is_some() {
+            if let Some(authority) = uri.authority() {
                 let host = authority.as_str().rsplit('@').next().unwrap_or_default();
                 let host = HeaderValue::from_str(host)
                     .map_err(|_| reject(BAD, "invalid request target"))?;
-                head.headers.insert(header::HOST, host);
+                headers.insert(header::HOST, host);
             }
         }
         let framing = if self.transfer_encoding {
@@ -688,7 +676,7 @@ impl Framing {
             if !self.chunked_last {
                 return Err(reject(BAD, "Transfer-Encoding does not end with chunked"));
             }
-            if !only_chunked(&head.headers) {
+            if !only_chunked(&headers) {
                 return Err(reject(
                     StatusCode::NOT_IMPLEMENTED,
                     "transfer codings other than chunked are not supported",
@@ -707,19 +695,26 @@ impl Framing {
                 Some(n) => BodyFraming::Length(n),
             }
         };
-        head.framing = framing;
-        head.keep_alive = match version {
+        let keep_alive = match version {
             Version::HTTP_10 => self.connection_keep_alive && !self.connection_close,
             _ => !self.connection_close,
         };
         // RFC 9110 §7.8: a server MUST ignore Upgrade in an HTTP/1.0
         // request (an HTTP/1.0 proxy may have forwarded it without knowing
         // it, hop-by-hop as it is).
-        head.wants_upgrade = head.method == Method::CONNECT
+        let wants_upgrade = method == Method::CONNECT
             || (self.connection_upgrade && self.upgrade && version != Version::HTTP_10);
-        head.expect_continue = self.expect_continue && version == Version::HTTP_11;
-        head.te_trailers = self.te_trailers;
-        Ok(())
+        Ok(RequestHead {
+            expect_continue: self.expect_continue && version == Version::HTTP_11,
+            method,
+            uri,
+            version,
+            headers,
+            framing,
+            keep_alive,
+            wants_upgrade,
+            te_trailers: self.te_trailers,
+        })
     }
 }
 
