@@ -52,9 +52,9 @@
 #   one measurement apart by up to 65), which does not cancel out in
 #   N2 − N1 and left tens of instructions of noise in a paced count. So in a
 #   paced run every count is zeroed (`callgrind_control -z`) WARMUP seconds
-#   into the load, once every connection is open and has served a few
-#   requests, and the requests served after it are counted by the calls of
-#   a function each server calls once per request (floor.c: `send`;
+#   after the load's 64 connections are all open (`ss`), once each has
+#   served a few requests, and the requests served after it are counted by
+#   the calls of a function each server calls once per request (floor.c: `send`;
 #   megaconn: the head's parse, `head::parse_from`; nginx:
 #   `ngx_http_process_request`): per request = (instructions after the
 #   warm-up with N2 − with N1) / (requests counted after it with N2 − with
@@ -156,8 +156,14 @@ served() {
     --json "$RES_DIR/$name-$n.load.json" >"$RES_DIR/$name-$n.load.out" 2>&1 &
   load_pid=$!
   if warmed "$fn"; then
-    # The warm-up's end: every count so far is forgotten (valgrind's pid is
-    # the server's).
+    # The warm-up runs from when all 64 connections are open (the load may
+    # take a while to start on a busy machine: timed from its launch, the
+    # zero once fell 50 requests in, before the last first requests); at its
+    # end every count so far is forgotten (valgrind's pid is the server's).
+    for ((i = 0; i < 300; i++)); do
+      (($(ss -Htn state established "( sport = :$port )" 2>/dev/null | wc -l) >= 64)) && break
+      sleep 0.1
+    done
     sleep "$WARMUP"
     callgrind_control -z "$SERVER_PID" >/dev/null 2>&1 || log "WARNING: callgrind_control -z $name failed"
   fi
