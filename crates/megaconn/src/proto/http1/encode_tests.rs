@@ -49,7 +49,8 @@ fn a_handlers_server_header_replaces_the_servers_once() {
 }
 
 /// The status line of every status code, common or not, byte for byte:
-/// its three digits and its reason (`Unknown` for a code without one).
+/// its three digits and its reason (`Unknown` for a code without one); and
+/// the `date` line, one of today's, just before the empty line.
 #[test]
 fn every_status_line_byte_for_byte() {
     for code in 100..=999u16 {
@@ -70,6 +71,11 @@ fn every_status_line_byte_for_byte() {
             "{code}: {:?}",
             String::from_utf8_lossy(&dst)
         );
+        let text = String::from_utf8(dst.to_vec()).unwrap();
+        let (_, date) = text.split_once("\r\ndate: ").unwrap();
+        let (date, rest) = date.split_once("\r\n").unwrap();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{text:?}");
+        assert_eq!(rest, "\r\n", "{text:?}");
     }
 }
 
@@ -93,4 +99,42 @@ fn an_error_response_byte_for_byte() {
     );
     assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
     assert_eq!(after, format!("\r\n\r\n{body}"));
+}
+
+/// `content-length` is the body length in decimal, for lengths of every
+/// number of digits and the ends of each (`put_content_length` writes the
+/// digits in place, counted first), and for a HEAD's (advertised when not 0).
+#[test]
+fn content_length_is_the_length_in_decimal_at_every_number_of_digits() {
+    let mut lengths = vec![0, 1, u64::MAX, u64::MAX - 1];
+    let mut p = 1u64;
+    while let Some(next) = p.checked_mul(10) {
+        lengths.extend([p - 1, p, p + 1, next - 1]);
+        p = next;
+    }
+    lengths.extend([p - 1, p, p + 1]);
+    for n in lengths {
+        let mut dst = BytesMut::from(&b"x"[..]);
+        let ctx = HeadContext {
+            request_method_is_head: false,
+            request_version: Version::HTTP_11,
+            keep_alive: true,
+            body_length: Some(n),
+            switching: false,
+        };
+        encode_head(&mut dst, StatusCode::OK, &HeaderMap::new(), ctx, None);
+        let text = String::from_utf8(dst.to_vec()).unwrap();
+        let line = format!("\r\ncontent-length: {n}\r\n");
+        assert!(text.starts_with("xHTTP/1.1 200 OK\r\n"), "{text:?}");
+        assert!(text.contains(&line), "{n}: {text:?}");
+        assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+        let mut dst = BytesMut::new();
+        let head = HeadContext {
+            request_method_is_head: true,
+            ..ctx
+        };
+        encode_head(&mut dst, StatusCode::OK, &HeaderMap::new(), head, None);
+        let text = String::from_utf8(dst.to_vec()).unwrap();
+        assert_eq!(text.contains(&line), n > 0, "HEAD, {n}: {text:?}");
+    }
 }

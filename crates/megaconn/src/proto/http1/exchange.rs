@@ -177,27 +177,12 @@ pin_project_lite::pin_project! {
         body: Option<B>,
         #[pin]
         deadline: Option<Sleep>,
-        deadline_kind: DeadlineKind,
-        // The bound of a response write that waits (`WRITES`), made only
-        // then: one word while none does.
-        write_bound: Option<Box<WriteBound>>,
-        // The bound of the handler's wait for body bytes (`BodyStall`),
-        // made only then: one word while it does not wait.
-        body_stall: Option<Box<BodyStall>>,
-        setup: ExchangeSetup,
-        body_bytes: u64,
-        drained: u64,
-        encoder: Option<Encoder>,
-        // The trailer fields the response declared (`Trailer`), kept when
-        // the client takes trailers and the body is chunked: the only ones
-        // sent (`encode::declared_trailers`).
-        declared_trailers: Option<Box<[http::HeaderName]>>,
-        response_done: bool,
-        upgrading: Option<UpgradeSender>,
-        native: Option<NativeUpgrade>,
-        close_reason: Option<CloseReason>,
-        deferred_head: Option<(http::response::Parts, Option<u64>)>,
-        record: RequestRecord,
+        // Every field that is not pinned, in one: the exchange's
+        // projection, made at each poll and kept on the stack for the
+        // functions it is handed to, is then five pointers, where one per
+        // field was eighteen (~45 user-space instructions a poll; callgrind,
+        // bench/CPU-PER-REQUEST.md, session 41).
+        st: State,
     }
 
     impl<'c, T, F, B> PinnedDrop for Exchange<'c, T, F, B> {
@@ -208,6 +193,31 @@ pin_project_lite::pin_project! {
             }
         }
     }
+}
+
+/// What an [`Exchange`] keeps besides its pinned parts.
+struct State {
+    deadline_kind: DeadlineKind,
+    // The bound of a response write that waits (`WRITES`), made only
+    // then: one word while none does.
+    write_bound: Option<Box<WriteBound>>,
+    // The bound of the handler's wait for body bytes (`BodyStall`),
+    // made only then: one word while it does not wait.
+    body_stall: Option<Box<BodyStall>>,
+    setup: ExchangeSetup,
+    body_bytes: u64,
+    drained: u64,
+    encoder: Option<Encoder>,
+    // The trailer fields the response declared (`Trailer`), kept when
+    // the client takes trailers and the body is chunked: the only ones
+    // sent (`encode::declared_trailers`).
+    declared_trailers: Option<Box<[http::HeaderName]>>,
+    response_done: bool,
+    upgrading: Option<UpgradeSender>,
+    native: Option<NativeUpgrade>,
+    close_reason: Option<CloseReason>,
+    deferred_head: Option<(http::response::Parts, Option<u64>)>,
+    record: RequestRecord,
 }
 
 impl<'c, T, F, B, E> Exchange<'c, T, F, B>
@@ -239,20 +249,22 @@ where
             handler,
             body: None,
             deadline,
-            deadline_kind: DeadlineKind::Read,
-            write_bound: None,
-            body_stall: None,
-            setup,
-            body_bytes: 0,
-            drained: 0,
-            encoder: None,
-            declared_trailers: None,
-            response_done: false,
-            upgrading: None,
-            native: None,
-            close_reason: None,
-            deferred_head: None,
-            record,
+            st: State {
+                deadline_kind: DeadlineKind::Read,
+                write_bound: None,
+                body_stall: None,
+                setup,
+                body_bytes: 0,
+                drained: 0,
+                encoder: None,
+                declared_trailers: None,
+                response_done: false,
+                upgrading: None,
+                native: None,
+                close_reason: None,
+                deferred_head: None,
+                record,
+            },
         }
     }
 
@@ -290,8 +302,8 @@ where
         loop {
             if let Some(deadline) = this.deadline.as_mut().as_pin_mut() {
                 if deadline.poll(cx).is_ready() {
-                    this.record.error(ErrorClass::Timeout);
-                    let kind = *this.deadline_kind;
+                    this.st.record.error(ErrorClass::Timeout);
+                    let kind = this.st.deadline_kind;
                     return Poll::Ready(timed_out(&mut this, kind));
                 }
             }
@@ -306,8 +318,8 @@ where
                 Ok(progress) => progress,
                 Err(outcome) => return Poll::Ready(ended_early(&mut this, outcome)),
             };
-            if this.handler.is_none() && *this.response_done && this.setup.decoder.is_none() {
-                if *this.deadline_kind == DeadlineKind::Write {
+            if this.handler.is_none() && this.st.response_done && this.st.setup.decoder.is_none() {
+                if this.st.deadline_kind == DeadlineKind::Write {
                     // What is still buffered is written here, under
                     // `write_timeout` (see `write_rest`).
                     match write_rest(&mut this, cx) {
@@ -322,7 +334,7 @@ where
             }
             // Only when everything else waits do we read ahead for a hang-up: a
             // response that completes at once then costs no extra `read`.
-            if !progress && this.setup.decoder.is_none() {
+            if !progress && this.st.setup.decoder.is_none() {
                 progress = match poll_hang_up(&mut this, cx) {
                     Ok(progress) => progress,
                     Err(outcome) => return Poll::Ready(ended_early(&mut this, outcome)),
@@ -338,14 +350,14 @@ where
 type Proj<'p, 'c, T, F, B> = ExchangeProj<'p, 'c, T, F, B>;
 
 fn finished<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
-    if let Some(tx) = this.upgrading.take() {
-        return Outcome::Upgrade(tx, this.native.take());
+    if let Some(tx) = this.st.upgrading.take() {
+        return Outcome::Upgrade(tx, this.st.native.take());
     }
-    if this.setup.keep_alive {
+    if this.st.setup.keep_alive {
         Outcome::KeepAlive
     } else {
-        let reason = this.close_reason.unwrap_or(CloseReason::ServerClosed);
-        Outcome::Close(reason.answered(this.record.sent()))
+        let reason = this.st.close_reason.unwrap_or(CloseReason::ServerClosed);
+        Outcome::Close(reason.answered(this.st.record.sent()))
     }
 }
 
@@ -353,8 +365,8 @@ fn finished<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
 /// (panic, timeout, client gone), for its span.
 fn ended_early<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, mut outcome: Outcome) -> Outcome {
     if let Outcome::Close(reason) = &mut outcome {
-        *reason = reason.answered(this.record.sent());
-        this.record.closed(reason);
+        *reason = reason.answered(this.st.record.sent());
+        this.st.record.closed(reason);
     }
     outcome
 }
@@ -379,7 +391,7 @@ fn timed_out<T: Parkable, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: Deadline
             "the request body sent nothing within idle_timeout",
         ),
     };
-    if let Some(tx) = this.setup.body_tx.take() {
+    if let Some(tx) = this.st.setup.body_tx.take() {
         tx.fail(BodyError::TimedOut);
     }
     match kind {
@@ -406,7 +418,7 @@ fn timed_out<T: Parkable, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: Deadline
         // A write that waits logs its own line, limited (`WRITES`).
         DeadlineKind::Write => tracing::debug!(%reason, "{knob} passed; closing the connection"),
     }
-    if this.encoder.is_none() {
+    if this.st.encoder.is_none() {
         answer_error(this, StatusCode::REQUEST_TIMEOUT, answer);
     }
     Outcome::Close(reason)
@@ -415,7 +427,7 @@ fn timed_out<T: Parkable, F, B>(this: &mut Proj<'_, '_, T, F, B>, kind: Deadline
 /// Answers `status` (with `reason` in its body) in place of the handler's
 /// answer, which has not begun; the connection closes after it.
 fn answer_error<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: StatusCode, reason: &str) {
-    this.record.status(status);
+    this.st.record.status(status);
     encode::encode_error(this.conn.wbuf(), status, reason);
 }
 
@@ -496,10 +508,10 @@ where
 {
     let (mut parts, body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
-        || (this.setup.is_connect && parts.status.is_success());
+        || (this.st.setup.is_connect && parts.status.is_success());
     // (A switch without an upgrade to take, and a 1xx other than 101, are
     // answered 500 below, and have no body either.)
-    let has_body = !(this.setup.is_head
+    let has_body = !(this.st.setup.is_head
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED
@@ -534,7 +546,7 @@ where
     // will.
     #[cfg(feature = "axum")]
     if parts.status == StatusCode::UPGRADE_REQUIRED
-        && this.setup.upgrade.is_some()
+        && this.st.setup.upgrade.is_some()
         && parts
             .extensions
             .get::<crate::service::upgrade::NativeRefusal>()
@@ -549,10 +561,10 @@ where
         });
     }
     if switching {
-        match this.setup.upgrade.take() {
+        match this.st.setup.upgrade.take() {
             Some(tx) => {
-                *this.upgrading = Some(tx);
-                *this.native = parts.extensions.remove::<NativeUpgrade>();
+                this.st.upgrading = Some(tx);
+                this.st.native = parts.extensions.remove::<NativeUpgrade>();
             }
             None => {
                 tracing::error!("handler answered 101 to a request that did not ask to upgrade");
@@ -565,13 +577,13 @@ where
         }
     }
     if !has_body {
-        *this.response_done = true;
+        this.st.response_done = true;
     }
     // While the client waits for `100 Continue`, the head waits for the body's
     // first frame: a body that streams the request (an echo) asks for the
     // request body first, and `100 Continue` must precede the final head.
-    if has_body && this.setup.expect == Continue::Awaiting && this.setup.decoder.is_some() {
-        *this.deferred_head = Some((parts, body_length));
+    if has_body && this.st.setup.expect == Continue::Awaiting && this.st.setup.decoder.is_some() {
+        this.st.deferred_head = Some((parts, body_length));
     } else {
         write_head(this, parts, body_length);
     }
@@ -588,7 +600,7 @@ fn write_head<T, F, B>(
 {
     let ctx = &this.conn.ctx;
     let mut keep_alive =
-        this.setup.keep_alive && ctx.config.keep_alive && !ctx.shutdown.is_started();
+        this.st.setup.keep_alive && ctx.config.keep_alive && !ctx.shutdown.is_started();
     if keep_alive
         && this
             .conn
@@ -599,20 +611,20 @@ fn write_head<T, F, B>(
         keep_alive = false;
         ctx.aged_out();
     }
-    if this.setup.expect == Continue::Awaiting && this.setup.decoder.is_some() {
+    if this.st.setup.expect == Continue::Awaiting && this.st.setup.decoder.is_some() {
         // The client still holds the body back and nobody asked for it: we will
         // not read it, so the connection cannot be reused.
         keep_alive = false;
-        *this.close_reason = Some(CloseReason::UnreadBody);
+        this.st.close_reason = Some(CloseReason::UnreadBody);
     }
     let server_header = ctx.config.server_header.clone();
-    this.record.response(&parts);
+    this.st.record.response(&parts);
     let head_ctx = HeadContext {
-        request_method_is_head: this.setup.is_head,
-        request_version: this.setup.version,
+        request_method_is_head: this.st.setup.is_head,
+        request_version: this.st.setup.version,
         keep_alive,
         body_length,
-        switching: this.upgrading.is_some(),
+        switching: this.st.upgrading.is_some(),
     };
     crate::observe::lifecycle::set_state(crate::ConnectionState::Writing);
     let (encoder, keep_alive) = encode::encode_head(
@@ -622,18 +634,18 @@ fn write_head<T, F, B>(
         head_ctx,
         server_header.as_ref(),
     );
-    if this.setup.te_trailers && encoder == Encoder::Chunked {
-        *this.declared_trailers = encode::declared_trailers(&parts.headers);
+    if this.st.setup.te_trailers && encoder == Encoder::Chunked {
+        this.st.declared_trailers = encode::declared_trailers(&parts.headers);
     }
     super::header_maps::give(parts.headers);
-    this.setup.keep_alive = keep_alive && this.upgrading.is_none();
-    *this.encoder = Some(encoder);
+    this.st.setup.keep_alive = keep_alive && this.st.upgrading.is_none();
+    this.st.encoder = Some(encoder);
     // `write_timeout` runs from the head, not from the handler's answer: a
     // head held back for `100 Continue` waits on the request body, which
     // `read_timeout` bounds (and a 408 would name the wrong timeout).
     if let Some(t) = this.conn.ctx.config.write_timeout {
         this.deadline.set(Some(tokio::time::sleep(t)));
-        *this.deadline_kind = DeadlineKind::Write;
+        this.st.deadline_kind = DeadlineKind::Write;
     }
 }
 
@@ -643,16 +655,16 @@ fn poll_request_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context
 where
     T: Parkable,
 {
-    if this.setup.decoder.is_none() {
+    if this.st.setup.decoder.is_none() {
         return Ok(false);
     }
-    if let Some(tx) = this.setup.body_tx.as_mut() {
+    if let Some(tx) = this.st.setup.body_tx.as_mut() {
         match tx.poll_demand(cx) {
             Poll::Pending => return Ok(false),
             Poll::Ready(Demand::Gone) => {
                 // What is left is drained, under a bound of its own.
-                this.setup.body_tx = None;
-                *this.body_stall = None;
+                this.st.setup.body_tx = None;
+                this.st.body_stall = None;
                 return Ok(true);
             }
             Poll::Ready(Demand::Ready) => {}
@@ -661,17 +673,17 @@ where
         // in the response (its body, even). The body is then read only if
         // the client sends it unasked (hyper does the same); `Awaiting`
         // stays, so that a body nobody reads in the end is not waited for.
-        if this.setup.expect == Continue::Awaiting && this.encoder.is_none() {
+        if this.st.setup.expect == Continue::Awaiting && this.st.encoder.is_none() {
             this.conn.wbuf().extend_from_slice(encode::CONTINUE);
-            this.setup.expect = Continue::Sent;
+            this.st.setup.expect = Continue::Sent;
         }
         return feed_body(this, cx);
     }
-    if this.setup.expect == Continue::Awaiting {
+    if this.st.setup.expect == Continue::Awaiting {
         // Nobody will read the body and the client will not send it unasked.
         body_done(this);
-        this.setup.keep_alive = false;
-        *this.close_reason = Some(CloseReason::UnreadBody);
+        this.st.setup.keep_alive = false;
+        this.st.close_reason = Some(CloseReason::UnreadBody);
         return Ok(true);
     }
     drain_body(this, cx)
@@ -685,15 +697,15 @@ where
     let max_body = this.conn.ctx.config.max_body_bytes;
     loop {
         let (rbuf, io) = this.conn.rbuf_and_io();
-        let decoder = this.setup.decoder.as_mut().expect("checked by caller");
+        let decoder = this.st.setup.decoder.as_mut().expect("checked by caller");
         let event = decoder.decode(rbuf, MAX_BODY_CHUNK);
         match event {
             Ok(Decoded::Data(data)) => {
-                *this.body_bytes += data.len() as u64;
-                this.record.request_bytes(data.len());
-                let tx = this.setup.body_tx.as_mut().expect("checked by caller");
-                if *this.body_bytes > max_body {
-                    tx.send_past_limit(data, *this.body_bytes - max_body);
+                this.st.body_bytes += data.len() as u64;
+                this.st.record.request_bytes(data.len());
+                let tx = this.st.setup.body_tx.as_mut().expect("checked by caller");
+                if this.st.body_bytes > max_body {
+                    tx.send_past_limit(data, this.st.body_bytes - max_body);
                     return body_too_large(this, max_body);
                 }
                 tx.send_data(data);
@@ -701,10 +713,10 @@ where
             }
             Ok(Decoded::End(trailers)) => {
                 body_done(this);
-                if this.encoder.is_none() {
+                if this.st.encoder.is_none() {
                     crate::observe::lifecycle::set_state(crate::ConnectionState::Handling);
                 }
-                if let Some(tx) = this.setup.body_tx.take() {
+                if let Some(tx) = this.st.setup.body_tx.take() {
                     tx.finish(trailers);
                 }
                 return Ok(true);
@@ -716,7 +728,7 @@ where
                 None => return Ok(false),
                 Some(0) => {
                     give_up_body(this, BodyError::Incomplete);
-                    *this.close_reason = Some(CloseReason::ClientClosed);
+                    this.st.close_reason = Some(CloseReason::ClientClosed);
                     return Ok(true);
                 }
                 Some(_) => body_progressed(this),
@@ -751,7 +763,7 @@ fn body_too_large<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, limit: u64) -> Step
     incr(&this.conn.ctx.stats.protocol_errors);
     LimitHit::MaxBodyBytes.count(&this.conn.ctx.stats);
     give_up_body(this, BodyError::TooLarge { limit });
-    *this.close_reason = Some(CloseReason::status(StatusCode::PAYLOAD_TOO_LARGE));
+    this.st.close_reason = Some(CloseReason::status(StatusCode::PAYLOAD_TOO_LARGE));
     Ok(true)
 }
 
@@ -775,7 +787,7 @@ fn body_malformed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, why: &'static str) 
     incr(&this.conn.ctx.stats.protocol_errors);
     LimitHit::MalformedRequest.count(&this.conn.ctx.stats);
     give_up_body(this, BodyError::Malformed(why));
-    *this.close_reason = Some(CloseReason::status(StatusCode::BAD_REQUEST));
+    this.st.close_reason = Some(CloseReason::status(StatusCode::BAD_REQUEST));
 }
 
 /// Whether the handler, waiting for body bytes the socket does not have,
@@ -800,16 +812,16 @@ fn body_stalled<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>)
     let (None, Some(after)) = (config.read_timeout, config.idle_timeout) else {
         return false;
     };
-    let waiting = match this.setup.body_tx.as_mut() {
+    let waiting = match this.st.setup.body_tx.as_mut() {
         Some(tx) => tx.poll_awaited(cx),
-        None => this.handler.is_none() && *this.response_done,
+        None => this.handler.is_none() && this.st.response_done,
     };
-    let asked = this.body_stall.as_ref().is_some_and(|stall| stall.asked);
+    let asked = this.st.body_stall.as_ref().is_some_and(|stall| stall.asked);
     if !waiting && !asked {
-        *this.body_stall = None;
+        this.st.body_stall = None;
         return false;
     }
-    let stall = this.body_stall.get_or_insert_with(|| {
+    let stall = this.st.body_stall.get_or_insert_with(|| {
         Box::new(BodyStall {
             bound: LazyDeadline::after(Some(after)),
             progressed: false,
@@ -828,7 +840,7 @@ fn body_stalled<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>)
         // wait was given up).
         stall.asked = false;
         if !waiting {
-            *this.body_stall = None;
+            this.st.body_stall = None;
             return false;
         }
         stall.progressed = false;
@@ -841,7 +853,7 @@ fn body_stalled<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>)
     {
         return false;
     }
-    let Some(tx) = this.setup.body_tx.as_mut() else {
+    let Some(tx) = this.st.setup.body_tx.as_mut() else {
         return true;
     };
     tx.ask_again(cx);
@@ -855,7 +867,7 @@ fn body_stalled<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>)
 /// Bytes of the body came: a bound of the handler's wait, if one runs,
 /// starts again when it would pass ([`BodyStall`]).
 fn body_progressed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
-    if let Some(stall) = this.body_stall.as_deref_mut() {
+    if let Some(stall) = this.st.body_stall.as_deref_mut() {
         stall.progressed = true;
     }
 }
@@ -864,11 +876,11 @@ fn body_progressed<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
 /// that, stops (a handler slower than it, after the body, is not a 408),
 /// and so does the bound of the handler's wait for it.
 fn body_done<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) {
-    this.setup.decoder = None;
-    if *this.deadline_kind == DeadlineKind::Read {
+    this.st.setup.decoder = None;
+    if this.st.deadline_kind == DeadlineKind::Read {
         this.deadline.set(None);
     }
-    *this.body_stall = None;
+    this.st.body_stall = None;
 }
 
 /// Stops reading the body: the handler sees `error`, the connection closes.
@@ -902,11 +914,11 @@ fn response_body_failed(close_reason: &Option<CloseReason>, e: &BoxError) -> Clo
 
 fn give_up_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, error: BodyError) {
     body_done(this);
-    this.setup.keep_alive = false;
-    if this.close_reason.is_none() {
-        *this.close_reason = Some(CloseReason::UnreadBody);
+    this.st.setup.keep_alive = false;
+    if this.st.close_reason.is_none() {
+        this.st.close_reason = Some(CloseReason::UnreadBody);
     }
-    if let Some(tx) = this.setup.body_tx.take() {
+    if let Some(tx) = this.st.setup.body_tx.take() {
         tx.fail(error);
     }
 }
@@ -922,24 +934,24 @@ where
     // not worth waiting for, and a client that declared one and never
     // sends it would hold the connection. The close reads away what came
     // for a moment, so the client sees the answer, not a reset.
-    if *this.response_done && !this.setup.keep_alive {
+    if this.st.response_done && !this.st.setup.keep_alive {
         body_done(this);
         // A reason that lingers: the body may still be on its way, and a
         // close with unread bytes would reset the answer.
-        this.close_reason.get_or_insert(CloseReason::UnreadBody);
+        this.st.close_reason.get_or_insert(CloseReason::UnreadBody);
         return Ok(true);
     }
     let max_drain = this.conn.ctx.config.max_drain_bytes;
     let mut progress = false;
     loop {
         let (rbuf, io) = this.conn.rbuf_and_io();
-        let decoder = this.setup.decoder.as_mut().expect("checked by caller");
+        let decoder = this.st.setup.decoder.as_mut().expect("checked by caller");
         match decoder.decode(rbuf, usize::MAX) {
             Ok(Decoded::Data(data)) => {
-                *this.drained += data.len() as u64;
-                this.record.request_bytes(data.len());
+                this.st.drained += data.len() as u64;
+                this.st.record.request_bytes(data.len());
                 progress = true;
-                if *this.drained > max_drain {
+                if this.st.drained > max_drain {
                     tracing::debug!(
                         limit = max_drain,
                         "unread request body too large to drain; closing"
@@ -959,7 +971,7 @@ where
                 None => return Ok(progress),
                 Some(0) => {
                     give_up_body(this, BodyError::Incomplete);
-                    *this.close_reason = Some(CloseReason::ClientClosed);
+                    this.st.close_reason = Some(CloseReason::ClientClosed);
                     return Ok(true);
                 }
                 Some(_) => {
@@ -986,7 +998,7 @@ fn poll_hang_up<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>)
 where
     T: Transport,
 {
-    if *this.response_done || this.upgrading.is_some() || this.conn.rbuf_len() > 0 {
+    if this.st.response_done || this.st.upgrading.is_some() || this.conn.rbuf_len() > 0 {
         return Ok(false);
     }
     let (rbuf, io) = this.conn.rbuf_and_io();
@@ -1031,20 +1043,20 @@ where
             }
         };
         progress = true;
-        if let Some((parts, body_length)) = this.deferred_head.take() {
+        if let Some((parts, body_length)) = this.st.deferred_head.take() {
             write_head(this, parts, body_length);
         }
-        let encoder = this.encoder.as_mut().expect("head written before body");
+        let encoder = this.st.encoder.as_mut().expect("head written before body");
         let wbuf = this.conn.wbuf();
         let result = match frame {
             None => {
                 this.body.set(None);
-                *this.response_done = true;
+                this.st.response_done = true;
                 encoder.finish(None, &[], wbuf)
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
-                    this.record.response_bytes(data.remaining());
+                    this.st.record.response_bytes(data.remaining());
                     let r = encoder.encode_data(&data, wbuf);
                     data.advance(data.remaining());
                     r
@@ -1053,16 +1065,19 @@ where
                     // Only to a client that said it takes them, and only
                     // the fields the response declared, as hyper does (RFC
                     // 9110 §6.5.1: a recipient may not take them).
-                    let declared = this.declared_trailers.take();
+                    let declared = this.st.declared_trailers.take();
                     let trailers = frame.into_trailers().ok().filter(|_| declared.is_some());
                     this.body.set(None);
-                    *this.response_done = true;
+                    this.st.response_done = true;
                     encoder.finish(trailers.as_ref(), declared.as_deref().unwrap_or(&[]), wbuf)
                 }
             },
             Some(Err(e)) => {
                 let e: BoxError = e.into();
-                return Err(Outcome::Close(response_body_failed(this.close_reason, &e)));
+                return Err(Outcome::Close(response_body_failed(
+                    &this.st.close_reason,
+                    &e,
+                )));
             }
         };
         if let Err(e @ (EncodeError::TooLong | EncodeError::TooShort)) = result {
@@ -1082,11 +1097,14 @@ where
     T: Parkable,
 {
     let exchange_done =
-        this.handler.is_none() && *this.response_done && this.setup.decoder.is_none();
+        this.handler.is_none() && this.st.response_done && this.st.setup.decoder.is_none();
     if exchange_done || this.conn.wbuf_len() == 0 {
         return Ok(false);
     }
-    match this.conn.poll_flush_bounded(cx, this.write_bound, &WRITES) {
+    match this
+        .conn
+        .poll_flush_bounded(cx, &mut this.st.write_bound, &WRITES)
+    {
         Poll::Ready(Ok(())) => Ok(true),
         Poll::Ready(Err(reason)) => Err(Outcome::Close(reason)),
         Poll::Pending => Ok(false),
@@ -1113,7 +1131,7 @@ where
         return Poll::Ready(Ok(()));
     }
     this.conn
-        .poll_flush_bounded(cx, this.write_bound, &WRITES)
+        .poll_flush_bounded(cx, &mut this.st.write_bound, &WRITES)
         .map_err(Outcome::Close)
 }
 

@@ -419,10 +419,9 @@ fn build(
     slicer: &Slicer<'_>,
     limits: &HeadLimits,
 ) -> Result<RequestHead, Rejection> {
-    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-        .map_err(|_| reject(BAD, "invalid method"))?;
+    let method = method(req.method.unwrap_or_default())?;
     let target = req.path.unwrap_or_default();
-    let uri = parse_target(&method, target, slicer.of(target.as_bytes()))?;
+    let uri = parse_target(&method, target, slicer)?;
     let version = match req.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -437,6 +436,17 @@ fn build(
         headers.append(name, value);
     }
     framing.resolve(method, uri, version, headers, limits)
+}
+
+/// The request's method. `GET`, which nearly every request has, is known at
+/// once: `Method::from_bytes` gives the same `Method::GET`, through a call
+/// and its `Result` (~30 user-space instructions a request; callgrind,
+/// bench/CPU-PER-REQUEST.md, session 41).
+fn method(raw: &str) -> Result<Method, Rejection> {
+    if raw == "GET" {
+        return Ok(Method::GET);
+    }
+    Method::from_bytes(raw.as_bytes()).map_err(|_| reject(BAD, "invalid method"))
 }
 
 /// A request header's value, from bytes httparse has checked already.
@@ -459,7 +469,7 @@ fn header_value(bytes: Bytes) -> HeaderValue {
 /// took ~80 instructions a header, about 1% of a keep-alive request's
 /// user-space work for its `Host` alone (callgrind, `bench/profile.sh`).
 fn header_name(raw: &[u8]) -> Result<HeaderName, Rejection> {
-    let is = |name: &str| raw.eq_ignore_ascii_case(name.as_bytes());
+    let is = |name: &str| same_name(raw, name.as_bytes());
     let known = match raw.len() {
         4 if is("host") => Some(header::HOST),
         6 if is("accept") => Some(header::ACCEPT),
@@ -477,12 +487,30 @@ fn header_name(raw: &[u8]) -> Result<HeaderName, Rejection> {
     }
 }
 
+/// `raw` is `lower` (a lowercase header name of the same length) but for
+/// the case of its letters: `eq_ignore_ascii_case`, with the case of `lower`
+/// known. Only a letter's byte differs from its other case by `0x20` alone,
+/// so setting that bit of `raw`'s bytes where `lower` has a letter, and
+/// nowhere else, folds exactly the bytes `eq_ignore_ascii_case` folds;
+/// folded so, with no branch per byte, the name is a few word compares
+/// where `eq_ignore_ascii_case` took seven instructions a byte (~25 for a
+/// `Host`; callgrind, bench/CPU-PER-REQUEST.md, session 41).
+#[inline(always)]
+fn same_name(raw: &[u8], lower: &[u8]) -> bool {
+    raw.len() == lower.len()
+        && raw.iter().zip(lower).fold(0, |differ, (r, l)| {
+            let fold = if l.is_ascii_lowercase() { 0x20 } else { 0 };
+            differ | ((r | fold) ^ l)
+        }) == 0
+}
+
 /// The longest request target the http crate's `Uri` takes (`u16::MAX - 1`).
 const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
 
 /// Origin-form (`/path?q`), absolute-form (`http://host/path`), authority-form
-/// (only for CONNECT) and asterisk-form (only for OPTIONS).
-fn parse_target(method: &Method, target: &str, shared: Bytes) -> Result<Uri, Rejection> {
+/// (only for CONNECT) and asterisk-form (only for OPTIONS); the `Uri` is
+/// parsed from `target`'s bytes as `slicer` shares them.
+fn parse_target(method: &Method, target: &str, slicer: &Slicer<'_>) -> Result<Uri, Rejection> {
     if target.is_empty() {
         return Err(reject(BAD, "empty request target"));
     }
@@ -494,7 +522,18 @@ fn parse_target(method: &Method, target: &str, shared: Bytes) -> Result<Uri, Rej
             "request target longer than 65534 bytes",
         ));
     }
-    let uri = Uri::from_maybe_shared(shared).map_err(|_| reject(BAD, "invalid request target"))?;
+    // `/` is what `Uri::from_maybe_shared` makes of a `/` (no scheme, no
+    // authority, the static `/` path, its slice of the head dropped), so a
+    // target of `/` is given it at once, without the slice (two atomic
+    // operations on the head's count) and the parse: ~70 user-space
+    // instructions a request (callgrind, bench/CPU-PER-REQUEST.md, session
+    // 41). `a_root_target_is_the_uri_http_parses` holds the http crate to it.
+    let uri = if target == "/" {
+        Uri::default()
+    } else {
+        Uri::from_maybe_shared(slicer.of(target.as_bytes()))
+            .map_err(|_| reject(BAD, "invalid request target"))?
+    };
     let form_ok = if method == Method::CONNECT {
         uri.authority().is_some() && uri.scheme().is_none()
     } else if target == "*" {
@@ -716,13 +755,13 @@ fn valid_host(value: &[u8]) -> bool {
         (&[][..], &literal[end + 1..])
     } else {
         // One scan for the usual host: up to the first byte no reg-name
-        // holds, and if that is the port's `:`, the host is valid already.
-        let end = value
-            .iter()
-            .position(|b| !REG_NAME_CHAR[usize::from(*b)])
-            .unwrap_or(value.len());
-        if value.get(end).is_none_or(|b| *b == b':') {
-            return valid_port(&value[end..]);
+        // holds, and if that is the port's `:`, the host is valid already,
+        // and the port is the digits after it.
+        let end = run(value, REG_NAME);
+        match value.get(end) {
+            None => return true,
+            Some(b':') => return run(&value[end + 1..], DIGIT) == value.len() - end - 1,
+            Some(_) => {}
         }
         let end = value.iter().position(|b| *b == b':').unwrap_or(value.len());
         (&value[..end], &value[end..])
@@ -743,9 +782,7 @@ fn valid_port(port: &[u8]) -> bool {
 fn valid_reg_name(name: &[u8]) -> bool {
     // Every Host a request carries is checked: one table lookup per byte for
     // the usual name, the byte-by-byte rules only from a `%` on.
-    let Some(mut i) = name.iter().position(|b| !REG_NAME_CHAR[usize::from(*b)]) else {
-        return true;
-    };
+    let mut i = run(name, REG_NAME);
     while i < name.len() {
         let b = name[i];
         if b == b'%' {
@@ -783,16 +820,50 @@ fn valid_ip_literal(inner: &[u8]) -> bool {
         .is_some()
 }
 
-/// The bytes of a reg-name other than `%`: unreserved and sub-delims.
-const REG_NAME_CHAR: [bool; 256] = {
-    let mut table = [false; 256];
+/// A byte of a reg-name other than `%` (unreserved and sub-delims), in
+/// [`HOST_CLASS`].
+const REG_NAME: u8 = 1;
+/// A digit (of a port), in [`HOST_CLASS`].
+const DIGIT: u8 = 2;
+
+/// Each byte's classes in a `Host` value.
+const HOST_CLASS: [u8; 256] = {
+    let mut table = [0; 256];
     let mut b = 0;
     while b < 256 {
-        table[b] = is_unreserved(b as u8) || is_sub_delim(b as u8);
+        let reg_name = is_unreserved(b as u8) || is_sub_delim(b as u8);
+        table[b] = reg_name as u8 * REG_NAME + (b as u8).is_ascii_digit() as u8 * DIGIT;
         b += 1;
     }
     table
 };
+
+/// How many bytes at the start of `bytes` are of `class`: four bytes a
+/// step while they all are (their classes and-ed, one test), then byte by
+/// byte. Every request's `Host` is scanned so, at ~4 user-space
+/// instructions a byte where a byte-by-byte scan took 6 (callgrind,
+/// bench/CPU-PER-REQUEST.md, session 41).
+#[inline(always)]
+fn run(bytes: &[u8], class: u8) -> usize {
+    let mut at = 0;
+    while let Some(&[a, b, c, d]) = bytes.get(at..at + 4) {
+        let all = HOST_CLASS[usize::from(a)]
+            & HOST_CLASS[usize::from(b)]
+            & HOST_CLASS[usize::from(c)]
+            & HOST_CLASS[usize::from(d)];
+        if all & class == 0 {
+            break;
+        }
+        at += 4;
+    }
+    while bytes
+        .get(at)
+        .is_some_and(|b| HOST_CLASS[usize::from(*b)] & class != 0)
+    {
+        at += 1;
+    }
+    at
+}
 
 const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
@@ -935,6 +1006,70 @@ mod tests {
         }
     }
 
+    /// The `Uri` a `/` target is given at once is the one the http crate
+    /// parses from it, to every accessor (`parse_target`).
+    #[test]
+    fn a_root_target_is_the_uri_http_parses() {
+        let parsed = Uri::from_maybe_shared(Bytes::from_static(b"/")).unwrap();
+        let given = parse_ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n").uri;
+        assert_eq!(given, parsed);
+        assert_eq!(given.to_string(), parsed.to_string());
+        assert_eq!(given.scheme(), parsed.scheme());
+        assert_eq!(given.authority(), parsed.authority());
+        assert_eq!(given.path(), parsed.path());
+        assert_eq!(given.query(), parsed.query());
+        assert_eq!(given.path_and_query(), parsed.path_and_query());
+        assert_eq!(format!("{given:?}"), format!("{parsed:?}"));
+        // The forms still apply to it.
+        assert_eq!(status("CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n"), BAD);
+        assert_eq!(parse_ok("OPTIONS / HTTP/1.1\r\nHost: a\r\n\r\n").uri, "/");
+    }
+
+    /// `GET`, known at once, is the method `Method::from_bytes` reads, and
+    /// every other method still goes to it.
+    #[test]
+    fn methods_are_the_methods_http_reads() {
+        for raw in [
+            "GET", "get", "GETX", "GE", "POST", "HEAD", "PATCH", "X-CUSTOM", "G\u{7f}T",
+        ] {
+            let ours = method(raw).ok();
+            assert_eq!(ours, Method::from_bytes(raw.as_bytes()).ok(), "{raw:?}");
+        }
+        assert_eq!(method("GET").unwrap(), Method::GET);
+    }
+
+    /// `same_name` is `eq_ignore_ascii_case` for every byte value in every
+    /// place of every known name, and for every pair of bytes where a name
+    /// has a `-` (whose other "case", CR, is no letter).
+    #[test]
+    fn same_name_folds_what_eq_ignore_ascii_case_folds() {
+        for name in [
+            "host",
+            "accept",
+            "cookie",
+            "connection",
+            "user-agent",
+            "content-type",
+            "content-length",
+            "accept-encoding",
+        ] {
+            let lower = name.as_bytes();
+            for at in 0..lower.len() {
+                for b in 0..=255u8 {
+                    let mut raw = lower.to_vec();
+                    raw[at] = b;
+                    assert_eq!(
+                        same_name(&raw, lower),
+                        raw.eq_ignore_ascii_case(lower),
+                        "{name} with {b:#x} at {at}"
+                    );
+                }
+            }
+            assert!(same_name(name.to_ascii_uppercase().as_bytes(), lower));
+            assert!(!same_name(&lower[1..], lower));
+        }
+    }
+
     #[test]
     fn known_header_names_are_the_same_names() {
         for raw in [
@@ -1010,6 +1145,80 @@ mod tests {
             status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n"),
             StatusCode::PAYLOAD_TOO_LARGE
         );
+    }
+
+    /// `valid_host` as it was before its four-bytes-a-step scan
+    /// (`run`): the same answer for every value made of the bytes that
+    /// matter, in every place, up to five bytes long, and for every byte
+    /// value in every place of a usual `Host`.
+    #[test]
+    fn the_host_scan_answers_as_the_byte_by_byte_one() {
+        fn reference(value: &[u8]) -> bool {
+            let reg = |b: &u8| is_unreserved(*b) || is_sub_delim(*b);
+            let (host, port) = if value.first() == Some(&b'[') {
+                return valid_host(value);
+            } else {
+                let end = value.iter().position(|b| *b == b':').unwrap_or(value.len());
+                (&value[..end], &value[end..])
+            };
+            let port_ok = match port {
+                [] => true,
+                [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+                _ => false,
+            };
+            let mut i = 0;
+            let mut host_ok = true;
+            while i < host.len() {
+                let b = host[i];
+                if b == b'%' {
+                    if !(host.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                        && host.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+                    {
+                        host_ok = false;
+                        break;
+                    }
+                    i += 3;
+                } else if reg(&b) {
+                    i += 1;
+                } else {
+                    host_ok = false;
+                    break;
+                }
+            }
+            port_ok && host_ok
+        }
+        let alphabet = b"a7:%-.@/ F\x80";
+        let mut value = Vec::new();
+        // Every string over the alphabet up to five bytes long.
+        fn all(alphabet: &[u8], value: &mut Vec<u8>, left: usize, check: &dyn Fn(&[u8])) {
+            check(value);
+            if left == 0 {
+                return;
+            }
+            for b in alphabet {
+                value.push(*b);
+                all(alphabet, value, left - 1, check);
+                value.pop();
+            }
+        }
+        all(alphabet, &mut value, 5, &|v| {
+            assert_eq!(
+                valid_host(v),
+                reference(v),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        });
+        let usual = b"www.example-host.com:38900";
+        for at in 0..usual.len() {
+            for b in 0..=255u8 {
+                let mut v = usual.to_vec();
+                v[at] = b;
+                assert_eq!(valid_host(&v), reference(&v), "{b:#x} at {at}");
+                v.truncate(at + 1);
+                assert_eq!(valid_host(&v), reference(&v), "{b:#x} at the end, {at}");
+            }
+        }
     }
 
     #[test]
