@@ -881,7 +881,10 @@ fn the_supervisor_admin_serves_limit_hits_and_durations() {
         assert!(std::time::Instant::now() < deadline, "{text}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert_eq!(metric(&text, "megaconn_limit_hits_total{limit=\"max_headers\"}"), Some(0.0));
+    assert_eq!(
+        metric(&text, "megaconn_limit_hits_total{limit=\"max_headers\"}"),
+        Some(0.0)
+    );
     assert_eq!(
         metric(
             &text,
@@ -890,7 +893,10 @@ fn the_supervisor_admin_serves_limit_hits_and_durations() {
         Some(0.0)
     );
     assert_eq!(
-        metric(&text, "megaconn_request_duration_seconds_bucket{le=\"+Inf\"}"),
+        metric(
+            &text,
+            "megaconn_request_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
         Some(1.0),
         "{text}"
     );

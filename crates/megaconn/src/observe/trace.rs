@@ -67,6 +67,7 @@ pub(crate) fn export_stats(hook: &Hook) -> Option<crate::observe::stats::OtelSta
 /// A connection's addresses as a span names them: the peer's
 /// (`client.address`) and the local one (`server.port`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 pub(crate) struct Addrs {
     /// The client's address.
     pub peer: std::net::SocketAddr,

@@ -799,12 +799,18 @@ async fn spans_name_the_client_the_server_port_and_the_user_agent() {
             .body(())
             .unwrap();
         let (response, _) = c.send_request(request, true).expect("send");
-        let status = tokio::time::timeout(SAFETY, response).await.unwrap().unwrap();
+        let status = tokio::time::timeout(SAFETY, response)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(status.status(), StatusCode::OK);
         let (span, _) = rx.request_span("/users/3").await;
         assert_eq!(text(&span, "client.address").as_deref(), Some("127.0.0.1"));
         assert_eq!(int(&span, "server.port"), Some(i64::from(addr.port())));
-        assert_eq!(text(&span, "user_agent.original").as_deref(), Some("h2-test/1"));
+        assert_eq!(
+            text(&span, "user_agent.original").as_deref(),
+            Some("h2-test/1")
+        );
         drop((c, client));
         server.stop().await;
     }

@@ -270,22 +270,37 @@ async fn reloads_and_certificate_expiry_are_metrics() {
     let text = metrics();
     has(&text, "megaconn_tls_reloads_total{outcome=\"ok\"} 0\n");
     has(&text, "megaconn_tls_reloads_total{outcome=\"failed\"} 0\n");
-    has(&text, "megaconn_tls_certificate_expiry_seconds{server_name=\"default\"} 1936742400\n");
-    has(&text, "megaconn_tls_certificate_expiry_seconds{server_name=\"api.test\"} 2556241445\n");
+    has(
+        &text,
+        "megaconn_tls_certificate_expiry_seconds{server_name=\"default\"} 1936742400\n",
+    );
+    has(
+        &text,
+        "megaconn_tls_certificate_expiry_seconds{server_name=\"api.test\"} 2556241445\n",
+    );
 
     std::fs::write(&key, "not a key").unwrap();
     assert!(tls.reload().is_err());
     let text = metrics();
     has(&text, "megaconn_tls_reloads_total{outcome=\"failed\"} 1\n");
-    has(&text, "megaconn_tls_certificate_expiry_seconds{server_name=\"default\"} 1936742400\n");
+    has(
+        &text,
+        "megaconn_tls_certificate_expiry_seconds{server_name=\"default\"} 1936742400\n",
+    );
 
     write_pair(dir.path(), &new);
     tls.reload().expect("reload");
     let text = metrics();
     has(&text, "megaconn_tls_reloads_total{outcome=\"ok\"} 1\n");
     has(&text, "megaconn_tls_reloads_total{outcome=\"failed\"} 1\n");
-    has(&text, "megaconn_tls_certificate_expiry_seconds{server_name=\"default\"} 2214086400\n");
-    has(&text, "megaconn_tls_certificate_expiry_seconds{server_name=\"api.test\"} 2556241445\n");
+    has(
+        &text,
+        "megaconn_tls_certificate_expiry_seconds{server_name=\"default\"} 2214086400\n",
+    );
+    has(
+        &text,
+        "megaconn_tls_certificate_expiry_seconds{server_name=\"api.test\"} 2556241445\n",
+    );
     let stats = server.handle.stats().tls.expect("a TLS server's stats");
     assert_eq!((stats.reloads_ok, stats.reloads_failed), (1, 1));
     server.stop().await;

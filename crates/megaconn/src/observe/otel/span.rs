@@ -336,13 +336,9 @@ fn connection_attributes(headers: &HeaderMap, addrs: Option<Addrs>) -> Vec<KeyVa
             "client.address",
             addrs.peer.ip().to_canonical().to_string(),
         ));
-        attributes.push(KeyValue::new(
-            "server.port",
-            i64::from(addrs.local.port()),
-        ));
+        attributes.push(KeyValue::new("server.port", i64::from(addrs.local.port())));
     }
-    if let Some(agent) = header(headers, &http::header::USER_AGENT).and_then(|v| v.to_str().ok())
-    {
+    if let Some(agent) = header(headers, &http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
         attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
     }
     attributes

@@ -471,16 +471,15 @@ where
             upgrade = Some(tx);
         }
     };
-    let (called, span) =
-        crate::service::call_into(
-            service,
-            &conn.ctx,
-            T::SECURE,
-            || addrs_of(conn),
-            body,
-            fill,
-            |future| handler.set(Some(future)),
-        );
+    let (called, span) = crate::service::call_into(
+        service,
+        &conn.ctx,
+        T::SECURE,
+        || addrs_of(conn),
+        body,
+        fill,
+        |future| handler.set(Some(future)),
+    );
     if !called {
         return Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
