@@ -112,7 +112,8 @@ pub const METHOD_LABELS: [&str; METHODS] = [
 ];
 
 /// Labels of `status_class`, in counter order. `none`: the exchange ended
-/// without a response (the client left, or the connection failed first).
+/// without a response (the client left, or the connection failed first),
+/// or the forced shutdown (at `shutdown_timeout`) cut it off.
 pub const STATUS_CLASS_LABELS: [&str; STATUS_CLASSES] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 /// Labels of `errno` on `megaconn_accept_errors_total`, in counter order.
@@ -946,7 +947,7 @@ impl Collector for Snapshot {
         {
             let mut m = e.encode_descriptor(
                 "requests",
-                "Finished requests by method and status class (none: no response was sent).",
+                "Finished requests by method and status class (none: no response was sent, or the forced shutdown at shutdown_timeout cut it off).",
                 None,
                 MetricType::Counter,
             )?;
