@@ -522,11 +522,11 @@ impl TlsConfig {
                 (name, chain_expiry(&e.key.cert))
             })
             .collect();
-        let mut stats = TlsStats::default();
-        stats.reloads_ok = self.shared.reloads[0].load(Relaxed);
-        stats.reloads_failed = self.shared.reloads[1].load(Relaxed);
-        stats.certificates = certificates;
-        stats
+        TlsStats {
+            reloads_ok: self.shared.reloads[0].load(Relaxed),
+            reloads_failed: self.shared.reloads[1].load(Relaxed),
+            certificates,
+        }
     }
 
     /// The rustls configuration new handshakes use now.
