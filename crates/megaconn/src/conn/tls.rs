@@ -477,10 +477,10 @@ impl TlsConfig {
 
     /// Reads every certificate and key given as files again and makes them
     /// live for new handshakes; connections already open keep theirs. On any
-    /// error nothing changes (the old certificates stay live). Counted,
-    /// whichever it was, in `megaconn_tls_reloads_total{outcome}`
-    /// ([`TlsStats`](crate::TlsStats)).
+    /// error nothing changes (the old certificates stay live).
     pub fn reload(&self) -> Result<(), TlsError> {
+        // Counted, whichever it was, in `megaconn_tls_reloads_total{outcome}`
+        // (`TlsStats`): a renewal that did not take shows on a dashboard.
         let reloaded = self.reload_files();
         incr(&self.shared.reloads[usize::from(reloaded.is_err())]);
         reloaded
