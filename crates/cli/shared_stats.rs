@@ -25,19 +25,24 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use megaconn::{LoopWakes, ServerHandle, ServerStats};
+use megaconn::metrics::{DURATION_BUCKETS, LIMIT_HIT_LABELS, REJECTED_LABELS};
+use megaconn::{LoopWakes, ServerHandle, ServerStats, TlsStats};
 
 use crate::fanout::{ChannelCounts, FanoutCounts};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 /// Values copied per process: three gauges, then counters (see `publish`),
-/// then [`UPLINK_DROPPED`], [`DOWNLINK_REJECTED`] and [`REQUESTS_REFUSED`].
-const FIELDS: usize = 13;
+/// then [`UPLINK_DROPPED`], [`DOWNLINK_REJECTED`] and [`REQUESTS_REFUSED`],
+/// then the labelled counters and the duration histogram from
+/// [`LIMIT_HITS`] on, all counters (a histogram's bucket counts and its sum
+/// are counters too: they add up over processes and never go down) but
+/// for [`TLS_EXPIRY`], a gauge.
+const FIELDS: usize = TLS_EXPIRY + 1;
 /// Index of the publishes a worker process dropped on their way up to the
 /// supervisor (fanout.rs), set by `publish_channel`.
 const UPLINK_DROPPED: usize = 10;
@@ -47,8 +52,33 @@ const DOWNLINK_REJECTED: usize = 11;
 /// Index of `ServerStats::requests_refused`, set by `publish` (for the
 /// supervisor's stop line).
 const REQUESTS_REFUSED: usize = 12;
-/// Index of the first counter (the values before it are gauges).
+/// Index of the first of `ServerStats::limit_hits`, one per label of
+/// [`LIMIT_HIT_LABELS`] in its order.
+const LIMIT_HITS: usize = 13;
+/// Index of `ServerStats::rejected_accept_rate`, then `rejected_per_ip`
+/// ([`REJECTED_LABELS`]' order).
+const REJECTED: usize = LIMIT_HITS + LIMIT_HIT_LABELS.len();
+/// Index of the first request duration bucket: one per bound of
+/// [`DURATION_BUCKETS`], then `+Inf` (not cumulative, as `ServerStats`
+/// holds them).
+const HISTOGRAM: usize = REJECTED + REJECTED_LABELS.len();
+/// Index of the sum of the request durations, in nanoseconds.
+const HISTOGRAM_SUM: usize = HISTOGRAM + DURATION_BUCKETS.len() + 1;
+/// Index of `TlsStats::reloads_ok`, then `reloads_failed`.
+const TLS_RELOADS: usize = HISTOGRAM_SUM + 1;
+/// Index of the process's earliest certificate expiry (Unix seconds; 0: it
+/// has no TLS, or no certificate it could read): a gauge, the earliest of
+/// the live processes' is the server's.
+const TLS_EXPIRY: usize = TLS_RELOADS + 2;
+/// Index of the first counter (the values before it are gauges, and
+/// [`TLS_EXPIRY`]).
 const FIRST_COUNTER: usize = 3;
+
+/// Whether the value at `field` is a counter (kept when its process
+/// exits) rather than a gauge (gone with it).
+fn is_counter(field: usize) -> bool {
+    field >= FIRST_COUNTER && field != TLS_EXPIRY
+}
 
 /// Environment variable naming the inherited descriptor in a worker process.
 pub const FD_ENV: &str = "MEGACONN_STATS_FD";
@@ -102,7 +132,8 @@ impl SharedStats {
             base: ptr.cast(),
             slots,
             fd,
-            retired: Default::default(),
+            // `Default` stops at arrays of 32.
+            retired: std::array::from_fn(|_| AtomicI64::new(0)),
             moving: Mutex::new(()),
         })
     }
@@ -137,6 +168,41 @@ impl SharedStats {
         }
         self.field(slot, REQUESTS_REFUSED)
             .store(s.requests_refused as i64, Relaxed);
+        // By label, not by place: a label the library has and this block
+        // not (or the reverse) cannot land in another's field.
+        for (i, label) in LIMIT_HIT_LABELS.iter().enumerate() {
+            let n = s
+                .limit_hits
+                .iter()
+                .find(|(l, _)| l == label)
+                .map_or(0, |h| h.1);
+            self.field(slot, LIMIT_HITS + i).store(n as i64, Relaxed);
+        }
+        for (i, n) in [s.rejected_accept_rate, s.rejected_per_ip]
+            .into_iter()
+            .enumerate()
+        {
+            self.field(slot, REJECTED + i).store(n as i64, Relaxed);
+        }
+        let duration = &s.request_metrics.duration;
+        for (i, &n) in duration
+            .counts
+            .iter()
+            .take(DURATION_BUCKETS.len() + 1)
+            .enumerate()
+        {
+            self.field(slot, HISTOGRAM + i).store(n as i64, Relaxed);
+        }
+        self.field(slot, HISTOGRAM_SUM)
+            .store(duration.sum.as_nanos() as i64, Relaxed);
+        let tls = s.tls.clone().unwrap_or_default();
+        self.field(slot, TLS_RELOADS)
+            .store(tls.reloads_ok as i64, Relaxed);
+        self.field(slot, TLS_RELOADS + 1)
+            .store(tls.reloads_failed as i64, Relaxed);
+        let earliest = tls.certificates.iter().filter_map(|c| c.1).min();
+        self.field(slot, TLS_EXPIRY)
+            .store(earliest.unwrap_or(0), Relaxed);
     }
 
     /// Writes a worker process's publish channel counters: the publishes
@@ -171,7 +237,7 @@ impl SharedStats {
         let _moving = self.moving();
         for (i, retired) in self.retired.iter().enumerate() {
             let v = self.field(slot, i).swap(0, Relaxed);
-            if i >= FIRST_COUNTER {
+            if is_counter(i) {
                 retired.fetch_add(v, Relaxed);
             }
         }
@@ -195,6 +261,16 @@ impl SharedStats {
         t.protocol_errors = r(8);
         t.accept_errors = r(9);
         t.requests_refused = r(REQUESTS_REFUSED);
+        let mut hits: Vec<u64> = (0..LIMIT_HIT_LABELS.len())
+            .map(|i| r(LIMIT_HITS + i))
+            .collect();
+        let mut rejected = [r(REJECTED), r(REJECTED + 1)];
+        let mut buckets: Vec<u64> = (0..=DURATION_BUCKETS.len())
+            .map(|i| r(HISTOGRAM + i))
+            .collect();
+        let mut nanos = r(HISTOGRAM_SUM);
+        let mut reloads = [r(TLS_RELOADS), r(TLS_RELOADS + 1)];
+        let mut expiry: Option<i64> = None;
         for slot in 0..self.slots {
             let f = |i| self.field(slot, i).load(Relaxed);
             t.connections_open += f(0);
@@ -209,6 +285,35 @@ impl SharedStats {
             t.accept_errors += f(9) as u64;
             t.requests_refused += f(REQUESTS_REFUSED) as u64;
             t.connections_per_worker.push(f(0));
+            for (i, n) in hits.iter_mut().enumerate() {
+                *n += f(LIMIT_HITS + i) as u64;
+            }
+            for (i, n) in rejected.iter_mut().enumerate() {
+                *n += f(REJECTED + i) as u64;
+            }
+            for (i, n) in buckets.iter_mut().enumerate() {
+                *n += f(HISTOGRAM + i) as u64;
+            }
+            nanos += f(HISTOGRAM_SUM) as u64;
+            for (i, n) in reloads.iter_mut().enumerate() {
+                *n += f(TLS_RELOADS + i) as u64;
+            }
+            if f(TLS_EXPIRY) > 0 {
+                expiry = Some(expiry.map_or(f(TLS_EXPIRY), |e| e.min(f(TLS_EXPIRY))));
+            }
+        }
+        t.limit_hits = LIMIT_HIT_LABELS.iter().copied().zip(hits).collect();
+        [t.rejected_accept_rate, t.rejected_per_ip] = rejected;
+        t.request_metrics.duration.counts = buckets;
+        t.request_metrics.duration.sum = Duration::from_nanos(nanos);
+        if expiry.is_some() || reloads != [0, 0] {
+            let mut tls = TlsStats::default();
+            [tls.reloads_ok, tls.reloads_failed] = reloads;
+            // One series, the earliest of every process's certificates:
+            // the totals keep a single process's names without their
+            // labels.
+            tls.certificates = vec![(String::new(), expiry)];
+            t.tls = Some(tls);
         }
         t
     }
@@ -412,6 +517,59 @@ impl Collector for Totals {
                 MetricType::Counter,
             )?)?;
         }
+        let labelled = [
+            (
+                "limit_hits",
+                "Times a limit or a malformed message cut something short (a request refused, a connection closed, a hub message dropped, a subscription or publish refused), by which, in every worker process.",
+                &t.limit_hits,
+            ),
+            (
+                "connections_rejected",
+                "Connections refused right after accept, by the admission limit that refused them.",
+                &REJECTED_LABELS
+                    .into_iter()
+                    .zip([t.rejected_accept_rate, t.rejected_per_ip])
+                    .collect(),
+            ),
+        ];
+        for (name, help, series) in labelled {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for &(label, n) in series {
+                ConstCounter::new(n).encode(m.encode_family(&[("limit", label)])?)?;
+            }
+        }
+        let duration = &t.request_metrics.duration;
+        e.encode_descriptor(
+            "request_duration",
+            "Time from the request head to the end of the response (all worker processes).",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(
+            duration.sum.as_secs_f64(),
+            duration.count(),
+            &duration.per_bucket(),
+            None,
+        )?;
+        if let Some(tls) = &t.tls {
+            let mut m = e.encode_descriptor(
+                "tls_reloads",
+                "Certificate reloads (SIGHUP, passed on to every worker process) by outcome: ok, or failed (the certificates live before stay live), all worker processes.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, n) in [("ok", tls.reloads_ok), ("failed", tls.reloads_failed)] {
+                ConstCounter::new(n).encode(m.encode_family(&[("outcome", outcome)])?)?;
+            }
+            if let Some(expiry) = tls.certificates.iter().find_map(|c| c.1) {
+                ConstGauge::new(expiry).encode(e.encode_descriptor(
+                    "tls_certificate_expiry",
+                    "When the first certificate served by a live worker process expires (the earliest notAfter of their chains), in seconds since the Unix epoch.",
+                    Some(&Unit::Seconds),
+                    MetricType::Gauge,
+                )?)?;
+            }
+        }
         let mut m = e.encode_descriptor(
             "process_connections",
             "Open connections per worker process (by supervisor slot).",
@@ -467,6 +625,90 @@ mod tests {
         done.store(true, Relaxed);
         assert!(reader.join().unwrap() > 0);
         assert_eq!(shared.total().requests, 200_000);
+    }
+
+    /// The supervisor's `/metrics` carries what a single process's does
+    /// for limits and latency: `megaconn_limit_hits_total` (every label,
+    /// zeros included), `megaconn_connections_rejected_total` and the
+    /// request duration histogram, added up over the worker processes,
+    /// live and retired. It had none of them: a worker process's limit hit
+    /// showed nowhere under `--processes`.
+    #[test]
+    fn limit_hits_rejections_and_durations_add_up() {
+        let shared = SharedStats::create(2).unwrap();
+        let mut s = ServerStats::default();
+        s.limit_hits = vec![("malformed_request", 2), ("http2_control_flood", 1)];
+        s.rejected_per_ip = 4;
+        s.request_metrics.duration.counts[0] = 3;
+        s.request_metrics.duration.counts[DURATION_BUCKETS.len()] = 1;
+        s.request_metrics.duration.sum = Duration::from_millis(20_250);
+        shared.publish(0, &s);
+        shared.publish(1, &s);
+        shared.retire(1);
+        let t = shared.total();
+        assert_eq!(t.limit_hits.len(), LIMIT_HIT_LABELS.len());
+        let hits = |label: &str| t.limit_hits.iter().find(|h| h.0 == label).unwrap().1;
+        assert_eq!(hits("malformed_request"), 4, "live and retired");
+        assert_eq!(hits("http2_control_flood"), 2);
+        assert_eq!(hits("max_headers"), 0);
+        assert_eq!(t.rejected_per_ip, 8);
+        assert_eq!(t.request_metrics.duration.count(), 8);
+        let text = shared.render_prometheus(FanoutCounts::default());
+        for line in [
+            "megaconn_limit_hits_total{limit=\"malformed_request\"} 4\n",
+            "megaconn_limit_hits_total{limit=\"max_headers\"} 0\n",
+            "megaconn_connections_rejected_total{limit=\"max_connections_per_ip\"} 8\n",
+            "megaconn_connections_rejected_total{limit=\"accept_rate\"} 0\n",
+            "megaconn_request_duration_seconds_bucket{le=\"0.0001\"} 6\n",
+            "megaconn_request_duration_seconds_bucket{le=\"10.0\"} 6\n",
+            "megaconn_request_duration_seconds_bucket{le=\"+Inf\"} 8\n",
+            "megaconn_request_duration_seconds_count 8\n",
+            "megaconn_request_duration_seconds_sum 40.5\n",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("megaconn_limit_hits_total{"))
+            .count();
+        assert_eq!(series, LIMIT_HIT_LABELS.len(), "{text}");
+    }
+
+    /// The worker processes' certificate reloads add up, and the earliest
+    /// certificate expiry of the live ones is the server's (a process gone
+    /// takes its certificates with it); without TLS, neither series.
+    #[test]
+    fn tls_reloads_add_up_and_the_earliest_expiry_is_the_servers() {
+        let shared = SharedStats::create(3).unwrap();
+        let none = shared.render_prometheus(FanoutCounts::default());
+        assert!(!none.contains("megaconn_tls_"), "{none}");
+        let with = |ok, failed, expiry: Option<i64>| {
+            let mut tls = TlsStats::default();
+            (tls.reloads_ok, tls.reloads_failed) = (ok, failed);
+            tls.certificates = vec![("default".to_owned(), expiry)];
+            let mut s = ServerStats::default();
+            s.tls = Some(tls);
+            s
+        };
+        shared.publish(0, &with(1, 0, Some(2_000_000_000)));
+        shared.publish(1, &with(0, 1, Some(1_900_000_000)));
+        shared.publish(2, &with(1, 0, None));
+        let text = shared.render_prometheus(FanoutCounts::default());
+        for line in [
+            "megaconn_tls_reloads_total{outcome=\"ok\"} 2\n",
+            "megaconn_tls_reloads_total{outcome=\"failed\"} 1\n",
+            "megaconn_tls_certificate_expiry_seconds 1900000000\n",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        shared.retire(1);
+        let text = shared.render_prometheus(FanoutCounts::default());
+        for line in [
+            "megaconn_tls_reloads_total{outcome=\"failed\"} 1\n",
+            "megaconn_tls_certificate_expiry_seconds 2000000000\n",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
     }
 
     #[test]

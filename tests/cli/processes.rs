@@ -853,3 +853,53 @@ fn the_supervisors_stop_line_says_refused_requests_apart_from_other_protocol_err
         "{summary}"
     );
 }
+
+/// The supervisor's `/metrics` carries its worker processes' limit hits
+/// (every label, as one process's does), their connection rejections and
+/// their request duration histogram, added up: a refused head in one
+/// worker process shows there as `malformed_request`. Under `--processes`
+/// none of them was served (worker processes have no admin listener), so a
+/// limit hit showed nowhere.
+#[test]
+fn the_supervisor_admin_serves_limit_hits_and_durations() {
+    let mut sup = Supervisor::start(2);
+    for _ in 0..2 {
+        let refused = send_raw(&sup.addr, b"NOT HTTP\r\n\r\n");
+        assert!(refused.starts_with(b"HTTP/1.1 400 "), "{refused:?}");
+    }
+    assert!(get(&sup.addr, "/").ends_with("Hello, World!"));
+    let hits = "megaconn_limit_hits_total{limit=\"malformed_request\"}";
+    // Worker processes copy their counters within a second: polled, bounded.
+    let deadline = std::time::Instant::now() + common::CHILD_SAFETY;
+    let text = loop {
+        let text = get(&sup.admin, "/metrics");
+        if metric(&text, hits) == Some(2.0)
+            && metric(&text, "megaconn_request_duration_seconds_count") == Some(1.0)
+        {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        metric(&text, "megaconn_limit_hits_total{limit=\"max_headers\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "megaconn_connections_rejected_total{limit=\"max_connections_per_ip\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "megaconn_request_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.child.wait().code(), Some(0));
+}

@@ -174,7 +174,7 @@ pub use observe::metrics;
 #[cfg(feature = "otel")]
 pub use observe::otel;
 pub use observe::ratelog::install_panic_hook;
-pub use observe::stats::{MessageStats, OtelStats, ServerStats};
+pub use observe::stats::{MessageStats, OtelStats, ServerStats, TlsStats};
 pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
 pub use proto::http2::{HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET, RAPID_RESET_LIMIT};
 pub use proto::ws::{

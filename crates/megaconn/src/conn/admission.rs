@@ -843,6 +843,15 @@ impl Refusal {
 mod tests {
     use super::*;
 
+    /// A refused connection's metric label is the setting its log line
+    /// names (`megaconn_connections_rejected_total{limit}`): the per-IP one
+    /// was `per_ip` beside a line naming `max_connections_per_ip`.
+    #[test]
+    fn the_rejected_label_is_the_setting_the_line_names() {
+        let knobs = [Refusal::AcceptRate.knob(), Refusal::PerIp.knob()];
+        assert_eq!(crate::observe::metrics::REJECTED_LABELS, knobs);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn bucket_refills_at_its_rate() {
         let mut b = TokenBucket::new(10.0, 3);

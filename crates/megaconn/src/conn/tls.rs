@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -42,7 +43,7 @@ use crate::error::TlsFailure;
 use crate::observe::close::{client_left, CloseReason};
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
-use crate::observe::stats::{incr, HandshakeOutcome};
+use crate::observe::stats::{incr, HandshakeOutcome, TlsStats};
 
 /// Default time a client has to complete the TLS handshake after connecting.
 /// Ten seconds, like `read_header_timeout`: a real client needs milliseconds.
@@ -174,6 +175,9 @@ struct Shared {
     ip_rate: RwLock<Option<Arc<PerIpRate>>>,
     session_cache: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
+    /// [`TlsConfig::reload`]s that worked, then those that failed
+    /// (`TlsStats`).
+    reloads: [AtomicU64; 2],
 }
 
 /// TLS settings for a server: certificates (a default one plus any number
@@ -276,6 +280,7 @@ impl TlsConfig {
                 ip_rate: RwLock::new(None),
                 session_cache,
                 ticketer,
+                reloads: Default::default(),
             }),
         })
     }
@@ -479,6 +484,14 @@ impl TlsConfig {
     /// `TLS certificates reloaded` too, and every SIGHUP to `megaconn serve`
     /// wrote two lines for one reload.
     pub fn reload(&self) -> Result<(), TlsError> {
+        // Counted, whichever it was, in `megaconn_tls_reloads_total{outcome}`
+        // (`TlsStats`): a renewal that did not take shows on a dashboard.
+        let reloaded = self.reload_files();
+        incr(&self.shared.reloads[usize::from(reloaded.is_err())]);
+        reloaded
+    }
+
+    fn reload_files(&self) -> Result<(), TlsError> {
         let mut settings = self.settings();
         let mut entries = settings.entries.clone();
         for entry in &mut entries {
@@ -496,6 +509,27 @@ impl TlsConfig {
                 settings.entries = old;
                 Err(e)
             }
+        }
+    }
+
+    /// The reloads so far and the live certificates' expiry (read off
+    /// their DER at each call: a scrape's few microseconds, where keeping
+    /// it would take a field kept in step with every way a certificate
+    /// changes).
+    pub(crate) fn stats(&self) -> TlsStats {
+        let certificates = self
+            .settings()
+            .entries
+            .iter()
+            .map(|e| {
+                let name = e.name.clone().unwrap_or_else(|| "default".to_owned());
+                (name, chain_expiry(&e.key.cert))
+            })
+            .collect();
+        TlsStats {
+            reloads_ok: self.shared.reloads[0].load(Relaxed),
+            reloads_failed: self.shared.reloads[1].load(Relaxed),
+            certificates,
         }
     }
 
@@ -526,6 +560,49 @@ impl TlsConfig {
         *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
         Ok(())
     }
+}
+
+/// When the first certificate of `chain` expires: the earliest `notAfter`,
+/// in seconds since the Unix epoch; `None` if one of them does not read as
+/// X.509.
+fn chain_expiry(chain: &[CertificateDer<'_>]) -> Option<i64> {
+    chain.iter().map(|c| not_after(c)).min()?
+}
+
+/// A certificate's `notAfter` (RFC 5280, 4.1.2.5), in seconds since the
+/// Unix epoch. Read with yasna (the DER reader rcgen uses, already in the
+/// tree): rustls and webpki parse the validity but do not give it out.
+fn not_after(der: &[u8]) -> Option<i64> {
+    use yasna::{tags::TAG_UTCTIME, BERReader, Tag};
+    fn time(r: BERReader<'_, '_>) -> yasna::ASN1Result<i64> {
+        Ok(match r.lookahead_tag()? == TAG_UTCTIME {
+            true => r.read_utctime()?.datetime().unix_timestamp(),
+            false => r.read_generalized_time()?.datetime().unix_timestamp(),
+        })
+    }
+    // BER, a superset of DER: a certificate whose encoding is not strictly
+    // DER is still served by rustls, and still expires.
+    let read = yasna::parse_ber(der, |r| {
+        r.read_sequence(|cert| {
+            let expiry = cert.next().read_sequence(|tbs| {
+                tbs.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                for _serial_signature_issuer in 0..3 {
+                    tbs.next().read_der()?;
+                }
+                let expiry = tbs.next().read_sequence(|validity| {
+                    time(validity.next())?;
+                    time(validity.next())
+                })?;
+                // Subject, key and the optional rest, unread.
+                while tbs.read_optional(|r| r.read_der())?.is_some() {}
+                Ok(expiry)
+            })?;
+            cert.next().read_der()?;
+            cert.next().read_der()?;
+            Ok(expiry)
+        })
+    });
+    read.ok()
 }
 
 fn load(source: &Source) -> Result<Arc<CertifiedKey>, TlsError> {

@@ -46,9 +46,11 @@
 //! | `megaconn_protocol_errors_total` | counter | |
 //! | `megaconn_limit_hits_total` | counter | `limit` (`max_header_bytes`, `max_headers`, `max_body_bytes`, …: `limits::LimitHit::LABELS`, every one always present) |
 //! | `megaconn_accept_errors_total` | counter | `errno` |
-//! | `megaconn_connections_rejected_total` | counter | `limit` (`accept_rate`, `per_ip`) |
+//! | `megaconn_connections_rejected_total` | counter | `limit` (`accept_rate`, `max_connections_per_ip`: [`REJECTED_LABELS`]) |
 //! | `megaconn_tls_alerts_received_total` | counter | `alert` (`unknown_ca`, `bad_certificate`, …, `other`) |
 //! | `megaconn_tls_handshakes_total` | counter | `outcome` (`completed`, `abandoned`, `failed`, `timeout`) |
+//! | `megaconn_tls_reloads_total` | counter | `outcome` (`ok`, `failed`) (only with TLS) |
+//! | `megaconn_tls_certificate_expiry_seconds` | gauge | `server_name` (`default`, or the SNI name a certificate is for) (only with TLS) |
 //! | `megaconn_worker_connections` | gauge | `worker` |
 //! | `megaconn_buffers_checked_out` | gauge | |
 //! | `megaconn_buffers_pooled` | gauge | |
@@ -101,7 +103,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::observe::close::CloseReason;
-use crate::observe::stats::{MessageStats, ServerStats, StatsSource, WorkerStats};
+use crate::observe::stats::{MessageStats, ServerStats, StatsSource, TlsStats, WorkerStats};
 use crate::observe::trace::{ErrorClass, SpanSlot};
 
 /// Labels of `method`, in counter order; any other method counts as `other`.
@@ -110,12 +112,27 @@ pub const METHOD_LABELS: [&str; METHODS] = [
 ];
 
 /// Labels of `status_class`, in counter order. `none`: the exchange ended
-/// without a response (the client left, or the connection failed first).
+/// without a response (the client left, or the connection failed first),
+/// or the forced shutdown (at `shutdown_timeout`) cut it off.
 pub const STATUS_CLASS_LABELS: [&str; STATUS_CLASSES] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 /// Labels of `errno` on `megaconn_accept_errors_total`, in counter order.
 pub const ACCEPT_ERRNO_LABELS: [&str; ACCEPT_ERRNOS] =
     ["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "other"];
+
+/// Labels of `limit` on `megaconn_limit_hits_total`, in counter order (every
+/// one always present; [`ServerStats::limit_hits`] pairs them with counts).
+/// For a reader that adds up several processes' counts (`megaconn serve
+/// --processes`' supervisor) and must name them as one process does.
+pub const LIMIT_HIT_LABELS: &[&str] = &crate::observe::limits::LimitHit::LABELS;
+
+/// Labels of `limit` on `megaconn_connections_rejected_total`, in the order
+/// of [`ServerStats::rejected_accept_rate`] and
+/// [`ServerStats::rejected_per_ip`]: each the name of the setting that
+/// refused the connection, as its log line says (`Builder::accept_rate`,
+/// `Builder::max_connections_per_ip`, the flags and keys of the same
+/// names). Before 2026-12-05 the second was `per_ip`.
+pub const REJECTED_LABELS: [&str; 2] = ["accept_rate", "max_connections_per_ip"];
 
 /// Upper bounds (seconds) of the request duration histogram's buckets, from
 /// 100 µs to 10 s; a last bucket takes everything slower.
@@ -262,8 +279,36 @@ impl Stopwatch {
     }
 }
 
+thread_local! {
+    /// Set while a worker drops the connections its forced shutdown cut
+    /// off ([`dropping_forced`]).
+    static FORCED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `drop_them`, which drops what a worker's forced shutdown (at
+/// `shutdown_timeout`) cut off, its connections' tasks: a request whose
+/// record drops meanwhile was not served, whatever its handler or the
+/// head that went out said (see [`RequestRecord`]'s drop).
+pub(crate) fn dropping_forced(drop_them: impl FnOnce()) {
+    /// Clears the flag, also if a drop panics.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            FORCED.with(|f| f.set(false));
+        }
+    }
+    FORCED.with(|f| f.set(true));
+    let _clear = Clear;
+    drop_them();
+}
+
 /// One request's metrics, collected while its exchange runs and counted when
-/// it is dropped (finished, failed or cancelled alike).
+/// it is dropped (finished, failed or cancelled alike). A request the
+/// forced shutdown cut off (its record dropped within [`dropping_forced`])
+/// counts as what it was, not served: its status class is `none` (a head
+/// may have gone out, its response did not), it is not in the duration
+/// histogram (it has no end), and its span's error class is `shutdown`;
+/// its access-log line keeps the status that went out, if one did.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) struct RequestRecord {
     ctx: Rc<dyn StatsSource>,
@@ -449,6 +494,11 @@ impl RequestRecord {
 impl Drop for RequestRecord {
     #[inline]
     fn drop(&mut self) {
+        let forced = FORCED.with(std::cell::Cell::get);
+        if forced {
+            self.span.error(ErrorClass::Shutdown);
+            self.status = STATUS_NONE;
+        }
         self.span.end(self.code);
         if let Some(access) = self.access.take() {
             let elapsed = self.stopwatch.map_or(0, Stopwatch::elapsed_nanos);
@@ -474,7 +524,7 @@ impl Drop for RequestRecord {
                 &m.by_class[usize::from(self.method.0)][usize::from(self.status)],
                 1,
             );
-            if let Some(stopwatch) = self.stopwatch {
+            if let Some(stopwatch) = self.stopwatch.filter(|_| !forced) {
                 let nanos = stopwatch.elapsed_nanos();
                 let bucket = DURATION_BUCKET_NANOS
                     .iter()
@@ -571,8 +621,9 @@ impl DurationHistogram {
     }
 
     /// `(upper bound in seconds, count)` per bucket, not cumulative, ending
-    /// with `+Inf` (what `prometheus-client` encodes, adding up itself).
-    fn per_bucket(&self) -> Vec<(f64, u64)> {
+    /// with `+Inf` (what `prometheus-client`'s `encode_histogram` takes,
+    /// adding up itself).
+    pub fn per_bucket(&self) -> Vec<(f64, u64)> {
         DURATION_BUCKETS
             .iter()
             .copied()
@@ -865,10 +916,9 @@ impl Collector for Snapshot {
             "connections_rejected",
             "Connections refused right after accept, by the admission limit that refused them.",
             "limit",
-            [
-                ("accept_rate", s.rejected_accept_rate),
-                ("per_ip", s.rejected_per_ip),
-            ],
+            REJECTED_LABELS
+                .into_iter()
+                .zip([s.rejected_accept_rate, s.rejected_per_ip]),
         )?;
         labelled(
             &mut e,
@@ -891,10 +941,13 @@ impl Collector for Snapshot {
             "outcome",
             s.tls_handshakes.iter().copied(),
         )?;
+        if let Some(tls) = &s.tls {
+            tls_certificates(&mut e, tls)?;
+        }
         {
             let mut m = e.encode_descriptor(
                 "requests",
-                "Finished requests by method and status class (none: no response was sent).",
+                "Finished requests by method and status class (none: no response was sent, or the forced shutdown at shutdown_timeout cut it off).",
                 None,
                 MetricType::Counter,
             )?;
@@ -1024,6 +1077,29 @@ impl Collector for Snapshot {
         }
         messages(&mut e, &s.messages)
     }
+}
+
+/// A TLS server's certificate reloads and expiry.
+fn tls_certificates(e: &mut DescriptorEncoder, tls: &TlsStats) -> Result<(), fmt::Error> {
+    labelled(
+        e,
+        "tls_reloads",
+        "Certificate reloads (TlsConfig::reload, SIGHUP) by outcome: ok, or failed (a file missing or unreadable, a key that does not match; the certificates live before stay live).",
+        "outcome",
+        [("ok", tls.reloads_ok), ("failed", tls.reloads_failed)],
+    )?;
+    let mut m = e.encode_descriptor(
+        "tls_certificate_expiry",
+        "When each certificate chain served expires (the earliest notAfter of its certificates), in seconds since the Unix epoch, by the server name it is served for (default: every other name).",
+        Some(&Unit::Seconds),
+        MetricType::Gauge,
+    )?;
+    for (name, expiry) in &tls.certificates {
+        if let Some(at) = expiry {
+            ConstGauge::new(*at).encode(m.encode_family(&[("server_name", name.as_str())])?)?;
+        }
+    }
+    Ok(())
 }
 
 /// The message protocols' series (framed TCP).

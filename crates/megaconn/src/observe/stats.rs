@@ -420,6 +420,33 @@ pub struct ServerStats {
     /// The span export's counters, when the server traces requests (the
     /// `otel` cargo feature and `Builder::tracing`); `None` otherwise.
     pub otel: Option<OtelStats>,
+    /// The certificates' reloads and expiry, when the server has TLS
+    /// (`Builder::tls`); `None` otherwise.
+    pub tls: Option<TlsStats>,
+}
+
+/// A TLS server's certificate reloads ([`TlsConfig::reload`], SIGHUP to
+/// `megaconn serve`) and when its certificates expire: what an alert on a
+/// renewal that did not take, or on a certificate about to lapse, reads
+/// (`megaconn_tls_reloads_total{outcome}`,
+/// `megaconn_tls_certificate_expiry_seconds{server_name}`).
+///
+/// [`TlsConfig::reload`]: crate::TlsConfig::reload
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsStats {
+    /// Reloads that made the files' certificates live.
+    pub reloads_ok: u64,
+    /// Reloads that failed (a file missing or unreadable, a key that does
+    /// not match its certificate): the certificates live before stay live.
+    pub reloads_failed: u64,
+    /// Each certificate chain served, by the server name (SNI) it is
+    /// chosen for, `default` for the one served to every other name, with
+    /// its expiry: the earliest `notAfter` of the chain's certificates
+    /// (when a client checking the chain starts refusing it), in seconds
+    /// since the Unix epoch; `None` when a certificate of the chain could
+    /// not be read as X.509.
+    pub certificates: Vec<(String, Option<i64>)>,
 }
 
 /// What became of the spans a tracing server produced (see

@@ -22,6 +22,9 @@ pub(crate) enum ErrorClass {
     /// The client closed, reset or broke the connection (or the h2 stream)
     /// before the response was complete.
     ClientGone,
+    /// The server's forced shutdown (at `shutdown_timeout`) cut the
+    /// exchange off before the response was complete.
+    Shutdown,
 }
 
 impl ErrorClass {
@@ -61,6 +64,17 @@ pub(crate) fn export_stats(hook: &Hook) -> Option<crate::observe::stats::OtelSta
     }
 }
 
+/// A connection's addresses as a span names them: the peer's
+/// (`client.address`) and the local one (`server.port`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
+pub(crate) struct Addrs {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The address the connection arrived on.
+    pub local: std::net::SocketAddr,
+}
+
 /// One request's span, if it was sampled. Travels in the request's
 /// `RequestRecord` and ends when the record drops.
 #[derive(Debug, Default)]
@@ -73,19 +87,26 @@ impl SpanSlot {
     /// Decides whether `request` is traced and, if so, starts its span and
     /// hands its context to the handler (in the request's extensions).
     /// `secure`: the connection is TLS (for `url.scheme` when the request
-    /// target has none).
+    /// target has none). `addrs`: the connection's peer and local
+    /// addresses (`client.address`, `server.port`), asked only of a
+    /// request that is traced (they may cost a system call or two).
     #[inline(always)]
-    pub(crate) fn start<B>(hook: &Hook, request: &mut http::Request<B>, secure: bool) -> SpanSlot {
+    pub(crate) fn start<B>(
+        hook: &Hook,
+        request: &mut http::Request<B>,
+        secure: bool,
+        addrs: impl FnOnce() -> Option<Addrs>,
+    ) -> SpanSlot {
         #[cfg(feature = "otel")]
         return match hook {
             None => SpanSlot { span: None },
             Some(tracing) => SpanSlot {
-                span: tracing.start(request, secure),
+                span: tracing.start(request, secure, addrs),
             },
         };
         #[cfg(not(feature = "otel"))]
         {
-            let _ = (hook, request, secure);
+            let _ = (hook, request, secure, addrs);
             SpanSlot {}
         }
     }

@@ -340,7 +340,7 @@ where
                     }
                     Turn::Answered(start, respond) => Some((start, respond)),
                     Turn::New(prepared, respond, Poll::Ready(ready)) => {
-                        Some((call_service(service, prepared, ready, &ctx), respond))
+                        Some((call_service(service, prepared, ready, &ctx, &addrs), respond))
                     }
                     Turn::New(prepared, respond, Poll::Pending) => {
                         waiting = Some(Box::new((prepared, respond)));
@@ -348,7 +348,7 @@ where
                     }
                     Turn::Ready(ready) => waiting.take().map(|w| {
                         let (prepared, respond) = *w;
-                        (call_service(service, prepared, ready, &ctx), respond)
+                        (call_service(service, prepared, ready, &ctx, &addrs), respond)
                     }),
                 };
                 if let Some((start, respond)) = start {
@@ -719,6 +719,18 @@ impl Addrs {
         Addrs { info, socket }
     }
 
+    /// Both addresses, for a traced request's span: as kept, else asked of
+    /// the socket (two system calls, for a sampled request only).
+    fn both(&self) -> Option<ConnInfo> {
+        if self.info.is_some() {
+            return self.info;
+        }
+        // SAFETY: open while `serve` runs (`with_socket`'s contract), and
+        // this is only called from within it.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.socket?) };
+        ConnInfo::of(&socket)
+    }
+
     /// The peer, for a log line: as kept, else the connection's lifecycle
     /// track's (with a connection hook or the registry), else asked of the
     /// socket, as HTTP/1.1 finds it (`http1::conn::peer_of`). `None` for a
@@ -1037,6 +1049,7 @@ fn call_service<S: HttpService>(
     prepared: Prepared,
     ready: Result<(), S::Error>,
     ctx: &Rc<WorkerContext>,
+    addrs: &Addrs,
 ) -> Start<S::Future> {
     let Prepared {
         request,
@@ -1057,7 +1070,7 @@ fn call_service<S: HttpService>(
     }
     // The request carries its scheme (`:scheme`), so `secure` is only a
     // fallback.
-    match crate::service::call(service, request, ctx, false) {
+    match crate::service::call(service, request, ctx, false, || addrs.both()) {
         (Some(handler), span) => {
             let record = RequestRecord::start(ctx.stats_source(), method)
                 .traced(span)

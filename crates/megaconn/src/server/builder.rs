@@ -416,6 +416,9 @@ pub struct ServerHandle {
     shutdown_tx: Arc<watch::Sender<bool>>,
     /// The span export's counters come from here.
     tracing: crate::observe::trace::Hook,
+    /// The certificate reloads' counters and the certificates' expiry
+    /// come from here (`None`: no TLS).
+    tls: Option<TlsConfig>,
     /// One duplicate of each listening socket, until shutdown begins.
     sockets: Arc<std::sync::Mutex<Vec<TcpListener>>>,
     /// Where workers send their parked connections at shutdown, when an
@@ -522,6 +525,7 @@ impl ServerHandle {
     pub fn stats(&self) -> ServerStats {
         let mut stats = ServerStats::sum(&self.workers);
         stats.otel = crate::observe::trace::export_stats(&self.tracing);
+        stats.tls = self.tls.as_ref().map(TlsConfig::stats);
         stats
     }
 
@@ -1151,6 +1155,7 @@ impl Builder {
             .stall_threshold
             .map(|_| Arc::new(watch::channel(()).0));
         let tracing = config.tracing.clone();
+        let tls = config.tls.clone();
         let (adopt_tx, adopt): (Vec<_>, Vec<_>) = (0..config.workers)
             .map(|_| mpsc::unbounded_channel())
             .unzip();
@@ -1162,6 +1167,7 @@ impl Builder {
             adopt,
             handle: ServerHandle {
                 tracing,
+                tls,
                 registries,
                 workers,
                 shutdown_tx: Arc::new(shutdown_tx),

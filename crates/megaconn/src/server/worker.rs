@@ -152,9 +152,12 @@ where
             let drained = local.block_on(runtime.get(), own_task(run(setup, lot, listeners)));
             // Counted only now that nothing is polled any more (see `Drained`).
             let summary = drained.summary();
-            // Its tasks first, then the runtime (see `WorkerRuntime`).
-            drop(local);
-            drop(runtime);
+            // Its tasks first, then the runtime (see `WorkerRuntime`); the
+            // requests they were serving were cut off, not served.
+            crate::observe::metrics::dropping_forced(|| {
+                drop(local);
+                drop(runtime);
+            });
             summary
         })
         .map_err(|source| Error::Worker { worker, source })?;

@@ -267,17 +267,22 @@ pub(crate) fn readiness<E: Into<BoxError>>(ready: Result<(), E>) -> bool {
 /// `500` (h1 and h2 alike). (HTTP/1.1 calls [`call_into`] instead.)
 ///
 /// First the request's span starts, if the server traces (`secure`: the
-/// connection is TLS, for `url.scheme`): its context goes into the request's
-/// extensions for the handler, and the span comes back for the protocol to
-/// put in the request's `RequestRecord`. Without tracing this is one branch.
+/// connection is TLS, for `url.scheme`; `addrs`: the connection's
+/// addresses, asked only when the request is traced): its context goes
+/// into the request's extensions for the handler, and the span comes back
+/// for the protocol to put in the request's `RequestRecord`. Without
+/// tracing this is one branch.
 #[inline]
 pub(crate) fn call<S: HttpService>(
     service: &mut S,
     mut request: Request<Body>,
     ctx: &WorkerContext,
     secure: bool,
+    addrs: impl FnOnce() -> Option<ConnInfo>,
 ) -> (Option<S::Future>, SpanSlot) {
-    let mut span = SpanSlot::start(&ctx.config.tracing, &mut request, secure);
+    let mut span = SpanSlot::start(&ctx.config.tracing, &mut request, secure, || {
+        addrs().map(span_addrs)
+    });
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.call(request))) {
         Ok(future) => (Some(future), span),
         Err(panic) => {
@@ -305,6 +310,7 @@ pub(crate) fn call_into<S: HttpService>(
     service: &mut S,
     ctx: &WorkerContext,
     secure: bool,
+    addrs: impl FnOnce() -> Option<ConnInfo>,
     body: Body,
     fill: impl FnOnce(&mut Request<Body>),
     place: impl FnOnce(S::Future),
@@ -313,7 +319,9 @@ pub(crate) fn call_into<S: HttpService>(
     let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut request = Request::new(body);
         fill(&mut request);
-        span = SpanSlot::start(&ctx.config.tracing, &mut request, secure);
+        span = SpanSlot::start(&ctx.config.tracing, &mut request, secure, || {
+            addrs().map(span_addrs)
+        });
         place(service.call(request))
     }));
     match called {
@@ -322,6 +330,14 @@ pub(crate) fn call_into<S: HttpService>(
             call_panicked(ctx, &panic, &mut span);
             (false, span)
         }
+    }
+}
+
+/// A connection's addresses as its requests' spans name them.
+fn span_addrs(info: ConnInfo) -> crate::observe::trace::Addrs {
+    crate::observe::trace::Addrs {
+        peer: info.peer,
+        local: info.local,
     }
 }
 

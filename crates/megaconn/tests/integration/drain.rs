@@ -838,3 +838,41 @@ async fn busy_keep_alive_clients_lose_no_request_at_shutdown() {
 async fn busy_tls_clients_lose_no_request_at_an_upgrade() {
     busy_clients_lose_no_request(Some(common::tls::Ca::new()), true).await;
 }
+
+/// A request the forced shutdown cut off (at `shutdown_timeout`) counts as
+/// what it was, not as served: a handler that had not answered and a
+/// response whose head went out (`200`, chunked) but whose body never
+/// ended are both in `megaconn_requests_total{status_class="none"}`, and
+/// neither is in the duration histogram (they have no end). The second
+/// used to count as a `2xx`, and both as durations of `shutdown_timeout`.
+#[tokio::test]
+async fn a_request_cut_at_shutdown_timeout_is_not_served() {
+    let mut server = TestServer::start(with_shutdown_timeout(Duration::from_millis(200))).await;
+    let mut waiting = server.connect().await;
+    // Returns once its handler has started (it says so).
+    server.start_waiting(&mut waiting).await;
+    let mut streaming = server.connect().await;
+    streaming
+        .write_all(b"GET /forever-body HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 17];
+    tokio::time::timeout(common::SAFETY, streaming.read_exact(&mut head))
+        .await
+        .expect("the head in time")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 OK\r\n");
+    let handle = server.handle.clone();
+    let summary = server.stop().await;
+    assert_eq!(summary.forced, 2, "{summary:?}");
+    let stats = handle.stats();
+    let by_class: Vec<(&str, u64)> = stats
+        .request_metrics
+        .by_method_status
+        .iter()
+        .map(|c| (c.status_class, c.count))
+        .collect();
+    assert_eq!(by_class, [("none", 2)], "{stats:?}");
+    assert_eq!(stats.request_metrics.duration.count(), 0, "{stats:?}");
+    assert_eq!(stats.request_metrics.in_flight, 0);
+}

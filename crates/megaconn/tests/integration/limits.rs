@@ -94,7 +94,7 @@ async fn per_ip_limit_refuses_the_extra_connection_only() {
     assert_eq!(server.handle.stats().rejected_per_ip, 1);
     let metrics = server.handle.render_metrics();
     assert!(
-        metrics.contains("megaconn_connections_rejected_total{limit=\"per_ip\"} 1"),
+        metrics.contains("megaconn_connections_rejected_total{limit=\"max_connections_per_ip\"} 1"),
         "{metrics}"
     );
     server.stop().await;

@@ -759,3 +759,86 @@ async fn resource_of_this_process() {
     }
     rx.handle.shutdown();
 }
+
+/// A request span says who asked and where, as the HTTP server span
+/// conventions recommend: `client.address` (the peer's IP), `server.port`
+/// (the local port the connection arrived on) and `user_agent.original`,
+/// over HTTP/1.1 and HTTP/2, with `connect_info` off (the default, when
+/// the connection keeps no addresses) and on. They were missing.
+#[tokio::test]
+async fn spans_name_the_client_the_server_port_and_the_user_agent() {
+    for connect_info in [false, true] {
+        let mut rx = receiver(Protocol::Grpc).await;
+        let server = traced(
+            OtlpConfig::default()
+                .endpoint(rx.endpoint.clone())
+                .protocol(Protocol::Grpc),
+            Builder::default().connect_info(connect_info),
+        )
+        .await;
+        let addr = server.addr;
+        let agent = "User-Agent: curl/8.5.0 (megaconn test)\r\n";
+        assert_eq!(h1(addr, &get_h1("/users/1", agent)).await, 200);
+        let (span, _) = rx.request_span("/users/1").await;
+        assert_eq!(text(&span, "client.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(int(&span, "server.port"), Some(i64::from(addr.port())));
+        assert_eq!(
+            text(&span, "user_agent.original").as_deref(),
+            Some("curl/8.5.0 (megaconn test)"),
+            "{connect_info}"
+        );
+        // Without one, no attribute.
+        assert_eq!(h1(addr, &get_h1("/users/2", "")).await, 200);
+        let (span, _) = rx.request_span("/users/2").await;
+        assert_eq!(text(&span, "user_agent.original"), None);
+
+        let client = h2c(addr).await;
+        let mut c = client.clone().ready().await.expect("client ready");
+        let request = Request::get("http://localhost/users/3")
+            .header("user-agent", "h2-test/1")
+            .body(())
+            .unwrap();
+        let (response, _) = c.send_request(request, true).expect("send");
+        let status = tokio::time::timeout(SAFETY, response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.status(), StatusCode::OK);
+        let (span, _) = rx.request_span("/users/3").await;
+        assert_eq!(text(&span, "client.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(int(&span, "server.port"), Some(i64::from(addr.port())));
+        assert_eq!(
+            text(&span, "user_agent.original").as_deref(),
+            Some("h2-test/1")
+        );
+        drop((c, client));
+        server.stop().await;
+    }
+}
+
+/// A request the forced shutdown cut off (at `shutdown_timeout`, its
+/// handler still running) ends its span as an error of class `shutdown`:
+/// it was not served. Its span used to end as a success with no status.
+#[tokio::test]
+async fn a_request_cut_at_shutdown_timeout_is_a_shutdown_error() {
+    let mut rx = receiver(Protocol::Grpc).await;
+    let mut server = traced(
+        OtlpConfig::default()
+            .endpoint(rx.endpoint.clone())
+            .protocol(Protocol::Grpc),
+        Builder::default().shutdown_timeout(Duration::from_millis(200)),
+    )
+    .await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(get_h1("/slow", "").as_bytes()).await.unwrap();
+    server.started().await;
+    server.stop().await;
+    let (span, _) = rx.request_span("/slow").await;
+    assert_eq!(
+        text(&span, "megaconn.error.class").as_deref(),
+        Some("shutdown")
+    );
+    assert_eq!(text(&span, "error.type").as_deref(), Some("shutdown"));
+    assert_eq!(int(&span, "http.response.status_code"), None);
+    drop(tcp);
+}

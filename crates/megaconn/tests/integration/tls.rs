@@ -226,6 +226,86 @@ async fn reload_serves_the_new_certificate_to_new_connections_only() {
     server.stop().await;
 }
 
+/// A leaf of `ca` for `name` that expires on `(year, month, day)`,
+/// `seconds` after midnight (UTC).
+fn leaf_until(ca: &Ca, name: &str, (y, m, d): (i32, u8, u8), seconds: u64) -> common::tls::Leaf {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(y, m, d) + Duration::from_secs(seconds);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    common::tls::Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
+/// A certificate reload's outcome and each certificate's expiry are on
+/// `/metrics`: `megaconn_tls_reloads_total{outcome}` counts a reload that
+/// failed (the old certificate stays) and one that worked, and
+/// `megaconn_tls_certificate_expiry_seconds{server_name}` says each chain's
+/// notAfter as a Unix time, a UTCTime (before 2050) and a GeneralizedTime
+/// (from 2050) alike, the new one once reloaded. Neither existed: a renewal
+/// that did not take, or a certificate about to lapse, showed nowhere.
+#[tokio::test]
+async fn reloads_and_certificate_expiry_are_metrics() {
+    let ca = Ca::new();
+    let old = leaf_until(&ca, "localhost", (2031, 5, 17), 0);
+    let sni = leaf_until(&ca, "api.test", (2051, 1, 2), 3 * 3600 + 4 * 60 + 5);
+    let new = leaf_until(&ca, "localhost", (2040, 2, 29), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_pair(dir.path(), &old);
+    let tls = TlsConfig::from_pem_files(&cert, &key)
+        .unwrap()
+        .with_sni_pem("api.test", sni.cert_pem.as_bytes(), sni.key_pem.as_bytes())
+        .unwrap();
+    let server = start(tls.clone()).await;
+    // Served, so that the stop below finds the server running (a stop
+    // before its workers took their listeners fails its start).
+    let mut client = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    assert_eq!(http1_get(&mut client).await.0, "HTTP/1.1 200 OK");
+    drop(client);
+    let metrics = || server.handle.render_metrics();
+    let has = |text: &str, line: &str| assert!(text.contains(line), "{line} not in {text}");
+    let text = metrics();
+    has(&text, "megaconn_tls_reloads_total{outcome=\"ok\"} 0\n");
+    has(&text, "megaconn_tls_reloads_total{outcome=\"failed\"} 0\n");
+    has(
+        &text,
+        "megaconn_tls_certificate_expiry_seconds{server_name=\"default\"} 1936742400\n",
+    );
+    has(
+        &text,
+        "megaconn_tls_certificate_expiry_seconds{server_name=\"api.test\"} 2556241445\n",
+    );
+
+    std::fs::write(&key, "not a key").unwrap();
+    assert!(tls.reload().is_err());
+    let text = metrics();
+    has(&text, "megaconn_tls_reloads_total{outcome=\"failed\"} 1\n");
+    has(
+        &text,
+        "megaconn_tls_certificate_expiry_seconds{server_name=\"default\"} 1936742400\n",
+    );
+
+    write_pair(dir.path(), &new);
+    tls.reload().expect("reload");
+    let text = metrics();
+    has(&text, "megaconn_tls_reloads_total{outcome=\"ok\"} 1\n");
+    has(&text, "megaconn_tls_reloads_total{outcome=\"failed\"} 1\n");
+    has(
+        &text,
+        "megaconn_tls_certificate_expiry_seconds{server_name=\"default\"} 2214086400\n",
+    );
+    has(
+        &text,
+        "megaconn_tls_certificate_expiry_seconds{server_name=\"api.test\"} 2556241445\n",
+    );
+    let stats = server.handle.stats().tls.expect("a TLS server's stats");
+    assert_eq!((stats.reloads_ok, stats.reloads_failed), (1, 1));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_silent_client_is_cut_at_the_handshake_timeout() {
     let ca = Ca::new();

@@ -543,8 +543,15 @@ impl Tracing {
         &self,
         request: &mut http::Request<B>,
         secure: bool,
+        addrs: impl FnOnce() -> Option<crate::observe::trace::Addrs>,
     ) -> Option<Box<span::RequestSpan>> {
-        span::start(&self.inner.tracer, &self.inner.sampler, request, secure)
+        span::start(
+            &self.inner.tracer,
+            &self.inner.sampler,
+            request,
+            secure,
+            addrs,
+        )
     }
 }
 

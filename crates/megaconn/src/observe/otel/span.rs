@@ -15,7 +15,7 @@ use opentelemetry_sdk::trace::{
     IdGenerator, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider, TracerProviderBuilder,
 };
 
-use crate::observe::trace::ErrorClass;
+use crate::observe::trace::{Addrs, ErrorClass};
 
 /// `megaconn.error.class`: why a request ended badly.
 const ERROR_CLASS: &str = "megaconn.error.class";
@@ -225,13 +225,15 @@ pub(crate) struct RequestSpan {
 
 /// Decides whether `request` is traced; if so, starts its span and puts its
 /// context in the request's extensions. An unsampled request without a
-/// parent costs one header lookup and one random draw.
+/// parent costs one header lookup and one random draw; `addrs` is asked
+/// only of a sampled one.
 #[inline]
 pub(crate) fn start<B>(
     tracer: &SdkTracer,
     sampler: &RootSampler,
     request: &mut Request<B>,
     secure: bool,
+    addrs: impl FnOnce() -> Option<Addrs>,
 ) -> Option<Box<RequestSpan>> {
     let parent =
         header(request.headers(), &TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
@@ -252,7 +254,12 @@ pub(crate) fn start<B>(
         _ => None,
     };
     Some(Box::new(start_sampled(
-        tracer, request, parent, root_id, secure,
+        tracer,
+        request,
+        parent,
+        root_id,
+        secure,
+        addrs(),
     )))
 }
 
@@ -263,13 +270,14 @@ fn start_sampled<B>(
     parent: Option<Parent>,
     root_id: Option<TraceId>,
     secure: bool,
+    addrs: Option<Addrs>,
 ) -> RequestSpan {
     let parent_cx = match parent {
         Some(p) => p.context(request),
         None => Context::new(),
     };
     let (method, known) = method_name(request.method());
-    let mut attributes = Vec::with_capacity(8);
+    let mut attributes = Vec::with_capacity(11);
     attributes.push(KeyValue::new("http.request.method", method));
     if !known {
         attributes.push(KeyValue::new(
@@ -293,6 +301,7 @@ fn start_sampled<B>(
         "network.protocol.version",
         protocol_version(request.version()),
     ));
+    attributes.extend(connection_attributes(request.headers(), addrs));
     let name = if known { method } else { "HTTP" };
     DECIDED.set(root_id);
     let span = tracer
@@ -310,6 +319,29 @@ fn start_sampled<B>(
         route: None,
         class: None,
     }
+}
+
+/// The attributes of the HTTP server span's conventions (1.29) that name
+/// who asked and where: `client.address`, the peer's IP as the socket
+/// gives it (a `Forwarded` or `X-Forwarded-For` header is not read: any
+/// client can send one, and only the deployment knows which proxy to
+/// trust), `server.port`, the local port the connection arrived on (the
+/// conventions' fallback: a `Host` header's port is the client's word
+/// too), and `user_agent.original`, the `User-Agent` header as sent (when
+/// it is text).
+fn connection_attributes(headers: &HeaderMap, addrs: Option<Addrs>) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(3);
+    if let Some(addrs) = addrs {
+        attributes.push(KeyValue::new(
+            "client.address",
+            addrs.peer.ip().to_canonical().to_string(),
+        ));
+        attributes.push(KeyValue::new("server.port", i64::from(addrs.local.port())));
+    }
+    if let Some(agent) = header(headers, &http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+    }
+    attributes
 }
 
 /// The query keys whose values OpenTelemetry's HTTP conventions say to
@@ -414,6 +446,7 @@ impl RequestSpan {
             Some(ErrorClass::Timeout) => ("timeout", Some("timeout".into())),
             Some(ErrorClass::Panic) => ("panic", Some("panic".into())),
             Some(ErrorClass::ClientGone) => ("client_gone", Some("client_gone".into())),
+            Some(ErrorClass::Shutdown) => ("shutdown", Some("shutdown".into())),
             None if status >= 500 => ("server_error", Some(status.to_string().into())),
             None if status >= 400 => ("client_error", None),
             None => ("", None),
@@ -525,7 +558,7 @@ mod tests {
             let mut request = with_parent(&format!(
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
             ));
-            let span = start(&tracer, &sampler, &mut request, false);
+            let span = start(&tracer, &sampler, &mut request, false, || None);
             let cx = request.extensions().get::<Context>().cloned();
             let sampled = cx.map(|cx| cx.span().span_context().is_sampled());
             (span.is_some(), sampled)
@@ -609,7 +642,7 @@ mod tests {
                 let want = sdk_samples(ratio, trace_id);
                 for flags in ["01", "00", "01"] {
                     let tp = format!("00-{trace_id}-00f067aa0ba902b7-{flags}");
-                    let span = start(&tracer, &sampler, &mut with_parent(&tp), false);
+                    let span = start(&tracer, &sampler, &mut with_parent(&tp), false, || None);
                     assert_eq!(span.is_some(), want, "{ratio} {tp}");
                 }
                 sampled += usize::from(want);
@@ -630,7 +663,7 @@ mod tests {
             let mut sampled = 0;
             for _ in 0..400 {
                 let mut request = Request::new(());
-                if let Some(span) = start(&tracer, &sampler, &mut request, false) {
+                if let Some(span) = start(&tracer, &sampler, &mut request, false, || None) {
                     let trace_id = span.span.span_context().trace_id();
                     assert!(sdk_samples(0.5, trace_id), "{trace_id}");
                     sampled += 1;

@@ -359,6 +359,20 @@ fn peer_of<T: Parkable>(conn: &ConnIo<T>) -> Option<SocketAddr> {
     ConnInfo::of(&socket).map(|info| info.peer)
 }
 
+/// Both of the connection's addresses, for a traced request's span: kept
+/// with the connection (`connect_info`), else asked of its socket (two
+/// system calls, for a sampled request only). `None` for a stream that is
+/// no socket of ours.
+fn addrs_of<T: Parkable>(conn: &ConnIo<T>) -> Option<ConnInfo> {
+    if let Some(info) = conn.info.as_deref() {
+        return Some(*info);
+    }
+    let fd = conn.io.lot_fd()?;
+    // SAFETY: `fd` is this connection's socket, open while `conn` lives.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    ConnInfo::of(&socket)
+}
+
 /// Parses the request head that ends at `end` (see [`HeadRead::Whole`]),
 /// hands the request to the service and drives the exchange to its end.
 async fn exchange<T, S>(conn: &mut ConnIo<T>, service: &mut S, end: HeadEnd) -> Outcome
@@ -458,10 +472,15 @@ where
             upgrade = Some(tx);
         }
     };
-    let (called, span) =
-        crate::service::call_into(service, &conn.ctx, T::SECURE, body, fill, |future| {
-            handler.set(Some(future))
-        });
+    let (called, span) = crate::service::call_into(
+        service,
+        &conn.ctx,
+        T::SECURE,
+        || addrs_of(conn),
+        body,
+        fill,
+        |future| handler.set(Some(future)),
+    );
     if !called {
         return Exchange::<T, S::Future, S::ResBody>::failed(
             conn,
