@@ -19,11 +19,20 @@ use std::time::Duration;
 /// An echo keeping `N` bytes per connection.
 struct Echo<const N: usize>;
 
-impl<const N: usize> FramedHandler for Echo<N> {
-    type State = [u8; N];
+/// `N` bytes (an array of any length has no `Default`).
+struct State<const N: usize>([u8; N]);
 
-    async fn on_message(&self, state: &mut [u8; N], frame: Bytes, _: &Session) -> Option<Bytes> {
-        if let Some(first) = state.first_mut() {
+impl<const N: usize> Default for State<N> {
+    fn default() -> Self {
+        State([0; N])
+    }
+}
+
+impl<const N: usize> FramedHandler for Echo<N> {
+    type State = State<N>;
+
+    async fn on_message(&self, state: &mut State<N>, frame: Bytes, _: &Session) -> Option<Bytes> {
+        if let Some(first) = state.0.first_mut() {
             *first = first.wrapping_add(1);
         }
         Some(frame)
