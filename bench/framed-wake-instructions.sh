@@ -14,7 +14,7 @@
 #   instructions per heartbeat = (Ir(LONG) − Ir(SHORT)) / (heartbeats(LONG) − heartbeats(SHORT))
 # Env: SERVERS (the example's binaries, space-separated; default
 #   target/release/examples/framed_state_memory), MEGACONN (hold), N (1000),
-#   INTERVAL (3s), STATE (0), SHORT (8), LONG (23), PORT (27400).
+#   INTERVAL (3s), STATE (0), SHORT (8), LONG (23), PORT (41977).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,7 +26,7 @@ INTERVAL="${INTERVAL:-3s}"
 STATE="${STATE:-0}"
 SHORT="${SHORT:-8}"
 LONG="${LONG:-23}"
-PORT="${PORT:-27400}"
+PORT="${PORT:-41977}"
 OUT="$(mktemp -d /tmp/framed-wake-instructions.XXXXXX)"
 
 SERVER_PID=""
@@ -38,6 +38,7 @@ held() { # BINARY SECS BASE -> "IR HEARTBEATS"
     "$bin" "127.0.0.1:$PORT" 1 "$STATE" >"$base.serve.log" 2>&1 &
   SERVER_PID=$!
   for ((i = 0; i < 300; i++)); do grep -q "framed echo on" "$base.serve.log" && break; sleep 0.2; done
+  kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server did not start: $base.serve.log" >&2; exit 1; }
   "$MEGACONN" hold "tcp://127.0.0.1:$PORT" --tcp-framing u32 --send PING -c "$N" \
     --interval "$INTERVAL" --timeout 30s -d "${secs}s" -q --json "$base.json" >"$base.hold.log" 2>&1 || true
   kill -TERM "$SERVER_PID"
