@@ -1,15 +1,46 @@
 //! The side table of parked message connections: one worker's states of
-//! connections that left the runtime, indexed by socket, with their timers
+//! connections that left the runtime, found by socket, with their timers
 //! packed small. The parking lot keeps only the protocol tag and the earlier
 //! deadline; the protocol's state waits here until the socket wakes (or the
 //! lot closes it).
 //!
-//! Indexed, not hashed: the kernel hands out the lowest free descriptor, so
-//! a process's sockets are small dense integers bounded by its open-file
-//! limit, and a vector slot per descriptor is 16 bytes (with a `()` state)
-//! where a hash map entry costs ~46 at its usual load (key, control byte, and
-//! a table kept half to seven-eighths full). A descriptor that is not this
-//! protocol's holds an empty slot of the same size.
+//! # Storage: a dense slab, found through a descriptor index
+//!
+//! Each worker has its own table (no locks), and descriptors are numbered
+//! across the whole process: with W workers, a worker's sockets are about
+//! every W-th descriptor, and its highest is about the process's highest.
+//! The table was one slot per descriptor (`16 B + size_of::<State>()`), so
+//! every worker's array grew to the process's highest descriptor: W slots
+//! per connection, all but one empty, never given back (a review measured
+//! 2,414 B of RSS per connection with a 256-byte state at W = 8, 330 at
+//! W = 1, and the arrays stayed after every connection had closed).
+//!
+//! Now the states are in a slab of slots (`16 B + size_of::<State>()` each,
+//! a free one holding the next free one's position in the same bytes), one
+//! per connection parked on this worker, whatever W, and only the index from
+//! descriptor to slab position is per descriptor: a `u32`, 4 B. Per parked
+//! connection (the lot's own 8 B slot per descriptor aside):
+//!
+//! ```text
+//!                        W = 1            W = 8            W workers
+//!   before (fd-indexed)  16 + S           8 × (16 + S)     W × (16 + S)
+//!   now                  16 + S + 4       16 + S + 8 × 4   16 + S + 4 W
+//!   S = 0 (`()`)         16 → 20          128 → 48
+//!   S = 256              272 → 276        2,176 → 304
+//! ```
+//!
+//! A look-up is two indexed loads (index, then slot), no hashing: a hash
+//! map from descriptor to state costs ~46 B an entry at its usual load plus
+//! a hash per wake. A freed slot is reused first (last freed, first reused:
+//! a heartbeat's wake and re-park land on the slot they left, still in the
+//! cache).
+//!
+//! Both give their room back: the index drops its tail of empty entries
+//! when its highest descriptor leaves, and both shrink once under a quarter
+//! full (the slab compacted: the index tells where each live slot is, one
+//! walk of it); an empty table holds nothing. So a peak of connections that
+//! closed leaves nothing here (what the allocator keeps of the freed room is
+//! the lot's heap trim's, `conn/park.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::num::NonZeroU16;
@@ -127,14 +158,161 @@ impl Pushed {
     }
 }
 
-/// How many slots the table grows by at least (not doubling: at a million
-/// connections a doubled vector would be up to half empty).
+/// How many slots the slab and the index grow by at least (not doubling:
+/// at a million connections a doubled vector would be up to half empty).
 const GROW_BY: usize = 1024;
+
+/// An index entry for a descriptor with nothing parked here (and the end of
+/// the slab's free list).
+const NONE: u32 = u32::MAX;
+
+/// A slot of the slab: a parked connection's state, or the position of the
+/// next free slot. The same size as `Option<Stored<S>>` (the free link sits
+/// beside `Stored::high`, whose zero niche tells the two apart): 16 bytes
+/// with a `()` state.
+enum Slot<S> {
+    Full(Stored<S>),
+    Free(u32),
+}
+
+/// One worker's parked states: a dense slab and the index from descriptor
+/// to slab position (see the module doc).
+struct Slab<S> {
+    /// Per descriptor: its slot in `slots`, or [`NONE`]. No longer than one
+    /// past the highest descriptor parked here.
+    index: Vec<u32>,
+    slots: Vec<Slot<S>>,
+    /// The first free slot (the last freed), [`NONE`] for none.
+    free: u32,
+    /// How many slots are full.
+    full: usize,
+}
+
+impl<S> Slab<S> {
+    const fn new() -> Slab<S> {
+        Slab {
+            index: Vec::new(),
+            slots: Vec::new(),
+            free: NONE,
+            full: 0,
+        }
+    }
+
+    /// The slot of descriptor `fd`, if something is parked there.
+    fn get(&self, fd: RawFd) -> Option<&Stored<S>> {
+        let at = *self.index.get(usize::try_from(fd).ok()?)?;
+        match self.slots.get(at as usize)? {
+            Slot::Full(stored) => Some(stored),
+            Slot::Free(_) => None,
+        }
+    }
+
+    fn get_mut(&mut self, fd: RawFd) -> Option<&mut Stored<S>> {
+        let at = *self.index.get(usize::try_from(fd).ok()?)?;
+        match self.slots.get_mut(at as usize)? {
+            Slot::Full(stored) => Some(stored),
+            Slot::Free(_) => None,
+        }
+    }
+
+    /// Keeps `stored` for descriptor `fd`; what was kept for it before, if
+    /// anything (replaced in place).
+    fn insert(&mut self, fd: usize, stored: Stored<S>) -> Option<Stored<S>> {
+        if fd >= self.index.len() {
+            grow(&mut self.index, fd + 1);
+            self.index.resize(fd + 1, NONE);
+        }
+        if let Some(Slot::Full(old)) = self.slots.get_mut(self.index[fd] as usize) {
+            return Some(std::mem::replace(old, stored));
+        }
+        let at = match self.free {
+            NONE => {
+                let len = self.slots.len() + 1;
+                grow(&mut self.slots, len);
+                self.slots.push(Slot::Full(stored));
+                self.slots.len() - 1
+            }
+            free => {
+                let slot = &mut self.slots[free as usize];
+                let Slot::Free(next) = *slot else {
+                    unreachable!("the free list holds free slots")
+                };
+                self.free = next;
+                *slot = Slot::Full(stored);
+                free as usize
+            }
+        };
+        self.index[fd] = u32::try_from(at).expect("fewer than 2^32 - 1 parked connections");
+        self.full += 1;
+        None
+    }
+
+    /// What is kept for descriptor `fd`, taken; the room it leaves is given
+    /// back as the module doc says.
+    fn remove(&mut self, fd: usize) -> Option<Stored<S>> {
+        let at = *self.index.get(fd)?;
+        let slot = self.slots.get_mut(at as usize)?;
+        let Slot::Full(_) = slot else { return None };
+        let Slot::Full(stored) = std::mem::replace(slot, Slot::Free(self.free)) else {
+            unreachable!("matched full above")
+        };
+        self.free = at;
+        self.index[fd] = NONE;
+        self.full -= 1;
+        if self.full == 0 {
+            *self = Slab::new();
+        } else {
+            if fd + 1 == self.index.len() {
+                let end = self
+                    .index
+                    .iter()
+                    .rposition(|&at| at != NONE)
+                    .map_or(0, |i| i + 1);
+                self.index.truncate(end);
+                shrink(&mut self.index);
+            }
+            if self.slots.len() > GROW_BY && self.full * 4 < self.slots.len() {
+                self.compact();
+            }
+        }
+        Some(stored)
+    }
+
+    /// Moves the full slots to the front, in descriptor order, and gives the
+    /// rest back: one walk of the index, once the slab is under a quarter
+    /// full (so at least three quarters of a slab's worth of removals apart).
+    fn compact(&mut self) {
+        let mut slots = Vec::with_capacity(self.full);
+        for at in self.index.iter_mut().filter(|at| **at != NONE) {
+            let slot = std::mem::replace(&mut self.slots[*at as usize], Slot::Free(NONE));
+            *at = slots.len() as u32;
+            slots.push(slot);
+        }
+        self.slots = slots;
+        self.free = NONE;
+        shrink(&mut self.index);
+    }
+}
+
+/// Makes room for `len` items in `v`: a [`GROW_BY`] more at least.
+fn grow<T>(v: &mut Vec<T>, len: usize) {
+    if len > v.capacity() {
+        let more = len - v.len();
+        v.reserve_exact(more.max(GROW_BY));
+    }
+}
+
+/// Gives back `v`'s room beyond its length once that is over half of it.
+fn shrink<T>(v: &mut Vec<T>) {
+    if v.capacity() > GROW_BY && v.len() * 2 < v.capacity() {
+        v.shrink_to(v.len() + GROW_BY / 2);
+    }
+}
 
 /// One worker's states of one protocol's parked connections, by socket.
 pub(crate) struct SideTable<S> {
-    /// Slot `fd`: the state of parked socket `fd`, if it is parked here.
-    parked: RefCell<Vec<Option<Stored<S>>>>,
+    /// The states of the sockets parked here, by descriptor.
+    parked: RefCell<Slab<S>>,
     /// How many slots are full.
     len: Cell<usize>,
     epoch: tokio::time::Instant,
@@ -150,7 +328,7 @@ pub(crate) struct SideTable<S> {
 impl<S> SideTable<S> {
     pub(crate) fn new(wires: Vec<WireId>, send: Option<SendParked>) -> SideTable<S> {
         SideTable {
-            parked: RefCell::new(Vec::new()),
+            parked: RefCell::new(Slab::new()),
             len: Cell::new(0),
             epoch: tokio::time::Instant::now(),
             wires,
@@ -196,13 +374,7 @@ impl<S> SideTable<S> {
         let Ok(slot) = usize::try_from(fd) else {
             return;
         };
-        let mut parked = self.parked.borrow_mut();
-        if slot >= parked.len() {
-            let more = slot + 1 - parked.len();
-            parked.reserve_exact(more.max(GROW_BY));
-            parked.resize_with(slot + 1, || None);
-        }
-        let stale = parked[slot].replace(stored);
+        let stale = self.parked.borrow_mut().insert(slot, stored);
         debug_assert!(stale.is_none(), "a socket parked twice");
         if stale.is_none() {
             self.moved(1);
@@ -210,11 +382,7 @@ impl<S> SideTable<S> {
     }
 
     pub(crate) fn take(&self, fd: RawFd) -> Option<Parked<S>> {
-        let stored = self
-            .parked
-            .borrow_mut()
-            .get_mut(usize::try_from(fd).ok()?)?
-            .take()?;
+        let stored = self.parked.borrow_mut().remove(usize::try_from(fd).ok()?)?;
         self.moved(-1);
         let (generation, behind) = (stored.generation(), stored.behind());
         Some(Parked {
@@ -227,17 +395,24 @@ impl<S> SideTable<S> {
         })
     }
 
-    /// The bytes one slot of this table takes (for size guards).
+    /// The bytes one slot of this table's slab takes (for size guards; the
+    /// index adds 4 per descriptor up to the highest parked here).
     #[cfg(test)]
     pub(crate) const fn slot_bytes() -> usize {
-        std::mem::size_of::<Option<Stored<S>>>()
+        std::mem::size_of::<Slot<S>>()
+    }
+
+    /// The bytes this table's storage holds from the allocator (for tests).
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
+        let parked = self.parked.borrow();
+        parked.slots.capacity() * Self::slot_bytes() + parked.index.capacity() * 4
     }
 
     /// A parked connection's variant, if `fd` is parked here.
     pub(crate) fn variant(&self, fd: RawFd) -> Option<usize> {
-        let slot = usize::try_from(fd).ok()?;
         let parked = self.parked.borrow();
-        parked.get(slot)?.as_ref().map(|p| usize::from(p.variant))
+        parked.get(fd).map(|p| usize::from(p.variant))
     }
 
     fn millis_now(&self) -> u64 {
@@ -299,9 +474,8 @@ impl<S> ParkedSet for SideTable<S> {
         counters: &MessageCounters,
     ) -> Delivered {
         let mut parked = self.parked.borrow_mut();
-        let slot = usize::try_from(fd).ok().and_then(|i| parked.get_mut(i));
-        match slot {
-            Some(Some(stored)) if stored.generation() == generation => send_parked(
+        match parked.get_mut(fd) {
+            Some(stored) if stored.generation() == generation => send_parked(
                 fd,
                 stored,
                 (self.wire(usize::from(stored.variant)), self.send.as_deref()),
@@ -309,15 +483,13 @@ impl<S> ParkedSet for SideTable<S> {
                 wires,
                 counters,
             ),
-            Some(Some(_)) => Delivered::Replaced,
-            _ => Delivered::NotParked,
+            Some(_) => Delivered::Replaced,
+            None => Delivered::NotParked,
         }
     }
 
     fn generation(&self, fd: RawFd) -> Option<Generation> {
-        let parked = self.parked.borrow();
-        let stored = parked.get(usize::try_from(fd).ok()?)?.as_ref()?;
-        Some(stored.generation())
+        self.parked.borrow().get(fd).map(Stored::generation)
     }
 
     fn len(&self) -> usize {
@@ -325,7 +497,7 @@ impl<S> ParkedSet for SideTable<S> {
     }
 
     fn slots(&self) -> usize {
-        self.parked.borrow().len()
+        self.parked.borrow().index.len()
     }
 }
 
@@ -434,7 +606,7 @@ mod tests {
                 behind: false,
             },
         );
-        table.parked.borrow_mut()[3].as_mut().unwrap().set_behind();
+        table.parked.borrow_mut().get_mut(3).unwrap().set_behind();
         let back = table.take(3).unwrap();
         assert_eq!((back.generation, back.behind), (max, true));
     }
@@ -488,12 +660,130 @@ mod tests {
             table.put(fd, parked(()));
         }
         assert_eq!(table.len.get(), 5000);
-        let capacity = table.parked.borrow().capacity();
+        let capacity = table.parked.borrow().slots.capacity();
         assert!(capacity < 5000 + 2 * GROW_BY, "{capacity} slots for 5000");
         assert!(table.take(4999).is_some());
         assert!(table.take(4999).is_none(), "taken once");
         assert!(table.take(-1).is_none() && table.take(70_000).is_none());
         assert_eq!(table.len.get(), 4999);
+    }
+
+    fn parked<S>(state: S, generation: Generation) -> Parked<S> {
+        Parked {
+            state,
+            variant: 0,
+            due: None,
+            send_at: None,
+            generation,
+            behind: false,
+        }
+    }
+
+    /// A worker of eight gets about every eighth descriptor of the process:
+    /// its table holds a slot per connection parked on it, not one per
+    /// descriptor up to the highest (it did: 8 slots per connection, 7 of
+    /// them empty, 2,176 B per connection with a 256-byte state).
+    #[test]
+    fn a_table_holds_a_slot_per_connection_not_per_descriptor() {
+        const WORKERS: RawFd = 8;
+        const N: usize = 5_000;
+        let table = SideTable::<[u8; 256]>::new(vec![0], None);
+        for i in 0..N as RawFd {
+            table.put(i * WORKERS + 3, parked([i as u8; 256], 1));
+        }
+        let per_connection = table.held_bytes() / N;
+        // The slot (272 B) once, 4 B of index per descriptor (8 of them),
+        // and the growth step's slack: ~320 B, where it was 2,176.
+        let slot = SideTable::<[u8; 256]>::slot_bytes();
+        assert!(
+            per_connection < slot + 4 * WORKERS as usize + 32,
+            "{per_connection} B per parked connection with {WORKERS} workers"
+        );
+        for i in (0..N as RawFd).rev() {
+            let back = table.take(i * WORKERS + 3).expect("parked");
+            assert_eq!(back.state, [i as u8; 256]);
+        }
+    }
+
+    /// Once the connections of a peak have left (closed, or woken), the
+    /// table gives their room back: all of it when none is left, and most
+    /// of it when a few are (it kept an array sized for the peak for the
+    /// life of the worker).
+    #[test]
+    fn a_table_gives_back_the_room_of_a_peak() {
+        let table = SideTable::<u64>::new(vec![0], None);
+        for fd in 0..20_000 {
+            table.put(fd, parked(fd as u64, 1));
+        }
+        let peak = table.held_bytes();
+        assert!(peak >= 20_000 * 28, "{peak} B for 20,000");
+        // The oldest 500 stay: low descriptors, so the index keeps its length.
+        for fd in 500..20_000 {
+            assert_eq!(table.take(fd).map(|p| p.state), Some(fd as u64));
+        }
+        let left = table.held_bytes();
+        assert!(
+            left * 4 < peak,
+            "{left} B of {peak} B held for 500 of 20,000"
+        );
+        for fd in 0..500 {
+            assert_eq!(table.take(fd).map(|p| p.state), Some(fd as u64));
+        }
+        assert_eq!(table.held_bytes(), 0, "empty, it holds nothing");
+        assert_eq!((table.len(), ParkedSet::slots(&table)), (0, 0));
+        // The newest 500 stay: the slab compacts, the index keeps its length.
+        for fd in 0..20_000 {
+            table.put(fd, parked(fd as u64, 1));
+        }
+        for fd in 0..19_500 {
+            assert_eq!(table.take(fd).map(|p| p.state), Some(fd as u64));
+        }
+        let slots = table.parked.borrow().slots.capacity();
+        assert!(slots < 2 * GROW_BY, "{slots} slots for 500");
+        assert_eq!(ParkedSet::slots(&table), 20_000);
+        for fd in 19_500..20_000 {
+            assert_eq!(table.generation(fd), Some(1));
+            assert_eq!(table.take(fd).map(|p| p.state), Some(fd as u64));
+        }
+        assert_eq!(table.held_bytes(), 0);
+    }
+
+    /// Random parks, wake-ups, pushes' look-ups and re-parks agree with a
+    /// map of what is parked where, through growth, compaction and the
+    /// index's shrinking tail.
+    #[test]
+    fn the_slab_agrees_with_a_map() {
+        let table = SideTable::<u64>::new(vec![0], None);
+        let mut model = std::collections::HashMap::new();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..40_000u64 {
+            // Phases: filling up, then draining, so the slab compacts.
+            let span = if (round / 10_000) % 2 == 0 {
+                6_000
+            } else {
+                300
+            };
+            let fd = (next() % 6_000) as RawFd;
+            let generation = next() & 0xffff;
+            if next() % 3 != 0 && (fd as u64) < span && !model.contains_key(&fd) {
+                table.put(fd, parked(generation, generation));
+                model.insert(fd, generation);
+            } else {
+                let back = table.take(fd).map(|p| (p.state, p.generation));
+                assert_eq!(back, model.remove(&fd).map(|g| (g, g)), "fd {fd}");
+            }
+            let probe = (next() % 6_100) as RawFd;
+            assert_eq!(table.generation(probe), model.get(&probe).copied());
+            assert_eq!(table.len(), model.len());
+            let end = model.keys().max().map_or(0, |&fd| fd as usize + 1);
+            assert_eq!(ParkedSet::slots(&table), end);
+        }
     }
 
     #[tokio::test(start_paused = true)]
