@@ -1377,6 +1377,40 @@ async fn an_awake_slow_consumer_reads_whole_frames_to_the_close() {
     server.stop().await;
 }
 
+/// A push lost at a close that is not a slow consumer's counts in
+/// `queue_drops` too: here the write timeout ends a write stuck on a push
+/// (after the handler's reply), with more pushes in the queue. Every push
+/// the worker handed to the connection is in `pushes` or `queue_drops`.
+/// (Only a slow consumer's were counted as dropped: these were in
+/// neither.)
+#[tokio::test]
+async fn pushes_lost_at_a_write_timeout_count_as_dropped() {
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .write_timeout(Some(Duration::from_millis(300))),
+        Framing::length_prefixed(4).max_frame_bytes(8 << 20),
+    )
+    .await;
+    let mut s = server.connect_small().await;
+    let id = server.next_open().await;
+    s.write_all(&frame(b"wait")).await.unwrap();
+    server.next_busy().await;
+    // Each more than the socket's buffers take while the peer reads
+    // nothing (and each a batch of its own).
+    for i in 0..4 {
+        assert_eq!(server.hub.send(id, vec![i; 2 << 20]), Ok(()));
+    }
+    crate::ws_api::delivered(&server.handle, 4).await;
+    server.gate.add_permits(1);
+    assert_eq!(server.next_close().await, (1, CloseReason::WriteTimeout));
+    let counted = server.handle.stats().messages;
+    assert_eq!(counted.pushes, 0, "none went whole: {counted:?}");
+    assert_eq!(counted.queue_drops, 4, "{counted:?}");
+    drop(s);
+    server.stop().await;
+}
+
 /// An awake connection takes its outbound queue a batch at a time (about
 /// 64 KiB; a larger push alone), so `outbound_queue` bounds what waits
 /// behind the write under way: with 4, the pushes behind one stuck in its

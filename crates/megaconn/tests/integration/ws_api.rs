@@ -635,6 +635,54 @@ async fn a_slow_consumers_counters_say_what_it_read() {
     server.stop().await;
 }
 
+/// A push lost at a close that is not a slow consumer's counts in
+/// `queue_drops` too: here the peer resets its connection while the
+/// server's write to it is stuck (a batch of pushes begun) and more wait
+/// in its queue. Every push the worker handed to the connection is in
+/// `pushes` (its socket took it whole) or in `queue_drops`. (Only a slow
+/// consumer's were counted as dropped: these were in neither.)
+#[tokio::test]
+async fn pushes_lost_at_any_close_count_as_dropped() {
+    const BATCH: usize = 10;
+    const SIZE: usize = 6000;
+    const MORE: usize = 5;
+    let builder = Server::builder()
+        .park_idle_after(None)
+        .message_send_buffer_size(Some(4096))
+        .track_connections(true);
+    let mut server = ChatServer::start(builder).await;
+    let (mut client, id) = server.slow_reader().await;
+    client.send(Message::text("wait")).await.unwrap();
+    ChatServer::next(&mut server.busy, "the handler busy").await;
+    for i in 0..BATCH {
+        assert_eq!(server.hub.send_binary(id, vec![i as u8; SIZE]), Ok(()));
+    }
+    delivered(&server.handle, BATCH as u64).await;
+    server.gate.add_permits(1);
+    stuck_writing(&server.handle).await;
+    // Queued behind the stuck batch (the queue has room for them).
+    for i in 0..MORE {
+        assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
+    }
+    delivered(&server.handle, (BATCH + MORE) as u64).await;
+    // The peer goes, with a reset: the stuck write fails.
+    client.get_ref().set_zero_linger().unwrap();
+    drop(client);
+    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_ne!(reason, CloseReason::SlowConsumer);
+    let counted = server.handle.stats().messages;
+    assert!(
+        counted.pushes < BATCH as u64,
+        "the write was stuck: {counted:?}"
+    );
+    assert_eq!(
+        counted.pushes + counted.queue_drops,
+        (BATCH + MORE) as u64,
+        "{counted:?}"
+    );
+    server.stop().await;
+}
+
 /// Parks `client`'s connection, then pushes it a frame its socket takes
 /// and one it cannot take whole (the client reads nothing meanwhile); the
 /// client reads both whole.
