@@ -1377,6 +1377,38 @@ async fn an_awake_slow_consumer_reads_whole_frames_to_the_close() {
     server.stop().await;
 }
 
+/// An awake connection that stops reading holds references to the frames
+/// of its batch, not a copy: while its write is stuck on a 60 KB push it
+/// holds no pooled buffer (it held one, grown to hold a copy of the batch).
+/// The pushes still reach it whole, in order, once it reads.
+#[tokio::test]
+async fn a_stuck_reader_holds_no_copy_of_its_pushes() {
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .message_send_buffer_size(Some(4096))
+            .track_connections(true),
+        Framing::length_prefixed(4),
+    )
+    .await;
+    let mut s = server.connect_small().await;
+    let id = server.next_open().await;
+    let push = |i: u8| vec![i; 60_000];
+    for i in 0..3 {
+        assert_eq!(server.hub.send(id, push(i)), Ok(()));
+    }
+    crate::ws_api::stuck_writing(&server.handle).await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.buffers_checked_out, 0, "{stats:?}");
+    for i in 0..3 {
+        assert!(read_frame(&mut s).await == push(i), "push {i}");
+    }
+    server
+        .wait_stats("all three counted", |s| s.messages.pushes == 3)
+        .await;
+    server.stop().await;
+}
+
 /// A push lost at a close that is not a slow consumer's counts in
 /// `queue_drops` too: here the write timeout ends a write stuck on a push
 /// (after the handler's reply), with more pushes in the queue. Every push

@@ -635,6 +635,36 @@ async fn a_slow_consumers_counters_say_what_it_read() {
     server.stop().await;
 }
 
+/// An awake subscriber that stops reading holds references to the frames
+/// of its batch, not a copy: while its write is stuck on a 60 KB push it
+/// holds no pooled buffer. (It held its write buffer, grown to hold a copy
+/// of the frame under way: ~59 KiB a subscriber, `bench/ATTACK-MEMORY.md`
+/// session 40.) The pushes still reach it whole, in order, once it reads.
+#[tokio::test]
+async fn a_stuck_subscriber_holds_no_copy_of_its_pushes() {
+    let builder = Server::builder()
+        .park_idle_after(None)
+        .message_send_buffer_size(Some(4096))
+        .track_connections(true);
+    let mut server = ChatServer::start(builder).await;
+    let (mut client, id) = server.slow_reader().await;
+    let push = |i: u8| vec![i; 60_000];
+    for i in 0..3 {
+        assert_eq!(server.hub.send_binary(id, push(i)), Ok(()));
+    }
+    stuck_writing(&server.handle).await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.buffers_checked_out, 0, "{stats:?}");
+    for i in 0..3 {
+        assert!(next_data(&mut client).await == Message::binary(push(i)));
+    }
+    common::wait_stats(&server.handle, "all three counted", |s| {
+        s.messages.pushes == 3
+    })
+    .await;
+    server.stop().await;
+}
+
 /// A push lost at a close that is not a slow consumer's counts in
 /// `queue_drops` too: here the peer resets its connection while the
 /// server's write to it is stuck (a batch of pushes begun) and more wait
