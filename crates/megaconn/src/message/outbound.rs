@@ -92,24 +92,32 @@ impl Outbound {
         at: &mut usize,
     ) -> Poll<io::Result<()>> {
         loop {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut n = 0;
-            if *at < head.len() {
-                slices[0] = IoSlice::new(&head[*at..]);
-                n = 1;
-            }
-            let mut begun = self.begun;
-            for frame in self.frames.iter().skip(self.next) {
-                if n == MAX_SLICES {
-                    break;
+            let wrote = if *at >= head.len() && self.next + 1 == self.frames.len() {
+                // One frame left and nothing before it (a push between the
+                // peer's messages, the usual case): a plain write of it.
+                io.as_mut()
+                    .poll_write(cx, &self.frames[self.next][self.begun..])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut n = 0;
+                if *at < head.len() {
+                    slices[0] = IoSlice::new(&head[*at..]);
+                    n = 1;
                 }
-                slices[n] = IoSlice::new(&frame[begun..]);
-                (n, begun) = (n + 1, 0);
-            }
-            if n == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            let took = match ready!(io.as_mut().poll_write_vectored(cx, &slices[..n])) {
+                let mut begun = self.begun;
+                for frame in self.frames.iter().skip(self.next) {
+                    if n == MAX_SLICES {
+                        break;
+                    }
+                    slices[n] = IoSlice::new(&frame[begun..]);
+                    (n, begun) = (n + 1, 0);
+                }
+                if n == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                io.as_mut().poll_write_vectored(cx, &slices[..n])
+            };
+            let took = match ready!(wrote) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(took) => took,
                 Err(e) => return Poll::Ready(Err(e)),
@@ -236,7 +244,7 @@ mod tests {
         }
 
         fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
+            self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             slices: &[IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {

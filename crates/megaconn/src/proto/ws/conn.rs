@@ -633,8 +633,12 @@ impl Unwritten {
         }
     }
 
-    /// The socket took the whole buffer, `bytes` long.
+    /// The socket took the whole buffer, `bytes` long (none: nothing to
+    /// count, as when a flush wrote pushes alone).
     fn went(&mut self, bytes: usize, counters: &MessageCounters) {
+        if bytes == 0 {
+            return;
+        }
         add(&counters.frames_out, self.frames);
         add(&counters.pushes, self.pushes);
         add(&counters.bytes_out, bytes as u64);
