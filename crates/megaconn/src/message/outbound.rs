@@ -92,6 +92,9 @@ impl Outbound {
         at: &mut usize,
     ) -> Poll<io::Result<()>> {
         loop {
+            if *at >= head.len() && self.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
             let wrote = if *at >= head.len() && self.next + 1 == self.frames.len() {
                 // One frame left and nothing before it (a push between the
                 // peer's messages, the usual case): a plain write of it.
@@ -111,9 +114,6 @@ impl Outbound {
                     }
                     slices[n] = IoSlice::new(&frame[begun..]);
                     (n, begun) = (n + 1, 0);
-                }
-                if n == 0 {
-                    return Poll::Ready(Ok(()));
                 }
                 io.as_mut().poll_write_vectored(cx, &slices[..n])
             };

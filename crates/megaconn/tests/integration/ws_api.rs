@@ -571,24 +571,25 @@ pub(crate) async fn delivered(handle: &ServerHandle, n: u64) {
     .await;
 }
 
-/// A slow consumer closed with a batch of pushes in its write buffer, most
-/// of them not begun: the counters say what it read, frames, bytes and
-/// pushes, and every push it did not read is a queue drop. (A WebSocket
-/// counted a batch in `frames_out` and `bytes_out` as it took it from its
-/// queue, and each push in `pushes` as it was queued: the frames its close
-/// dropped counted as sent.)
-#[tokio::test]
-async fn a_slow_consumers_counters_say_what_it_read() {
-    // Ten pushes make one batch (under `TAKE_AT_ONCE`), more than the
-    // sockets' buffers take; then the queue (12) overflows at the 13th.
-    const BATCH: usize = 10;
-    const SIZE: usize = 6000;
-    const MORE: usize = 13;
-    let builder = Server::builder()
+/// Ten pushes make one batch (under `TAKE_AT_ONCE`), more than the sockets'
+/// buffers take.
+const BATCH: usize = 10;
+const SIZE: usize = 6000;
+
+/// A server (its outbound queue `queue` messages, or the default) whose
+/// write to a slow reader is stuck on a batch: the reply to `wait`, then
+/// [`BATCH`] pushes of [`SIZE`] bytes (`i` each), queued while the handler
+/// was busy.
+async fn stuck_on_a_batch(
+    queue: Option<usize>,
+) -> (ChatServer, WebSocketStream<TcpStream>, ConnectionId) {
+    let mut builder = Server::builder()
         .park_idle_after(None)
-        .outbound_queue(12)
         .message_send_buffer_size(Some(4096))
         .track_connections(true);
+    if let Some(queue) = queue {
+        builder = builder.outbound_queue(queue);
+    }
     let mut server = ChatServer::start(builder).await;
     let (mut client, id) = server.slow_reader().await;
     client.send(Message::text("wait")).await.unwrap();
@@ -599,6 +600,20 @@ async fn a_slow_consumers_counters_say_what_it_read() {
     delivered(&server.handle, BATCH as u64).await;
     server.gate.add_permits(1);
     stuck_writing(&server.handle).await;
+    (server, client, id)
+}
+
+/// A slow consumer closed with a batch of pushes in its write buffer, most
+/// of them not begun: the counters say what it read, frames, bytes and
+/// pushes, and every push it did not read is a queue drop. (A WebSocket
+/// counted a batch in `frames_out` and `bytes_out` as it took it from its
+/// queue, and each push in `pushes` as it was queued: the frames its close
+/// dropped counted as sent.)
+#[tokio::test]
+async fn a_slow_consumers_counters_say_what_it_read() {
+    // The queue (12) overflows at the 13th.
+    const MORE: usize = 13;
+    let (mut server, mut client, id) = stuck_on_a_batch(Some(12)).await;
     for i in 0..MORE {
         assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
     }
@@ -673,23 +688,8 @@ async fn a_stuck_subscriber_holds_no_copy_of_its_pushes() {
 /// consumer's were counted as dropped: these were in neither.)
 #[tokio::test]
 async fn pushes_lost_at_any_close_count_as_dropped() {
-    const BATCH: usize = 10;
-    const SIZE: usize = 6000;
     const MORE: usize = 5;
-    let builder = Server::builder()
-        .park_idle_after(None)
-        .message_send_buffer_size(Some(4096))
-        .track_connections(true);
-    let mut server = ChatServer::start(builder).await;
-    let (mut client, id) = server.slow_reader().await;
-    client.send(Message::text("wait")).await.unwrap();
-    ChatServer::next(&mut server.busy, "the handler busy").await;
-    for i in 0..BATCH {
-        assert_eq!(server.hub.send_binary(id, vec![i as u8; SIZE]), Ok(()));
-    }
-    delivered(&server.handle, BATCH as u64).await;
-    server.gate.add_permits(1);
-    stuck_writing(&server.handle).await;
+    let (mut server, client, id) = stuck_on_a_batch(None).await;
     // Queued behind the stuck batch (the queue has room for them).
     for i in 0..MORE {
         assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
