@@ -1,4 +1,5 @@
-//! `recv(2)` and `send(2)` on a non-blocking socket, as bare system calls.
+//! `recv(2)`, `send(2)` and `sendmsg(2)` on a non-blocking socket, as bare
+//! system calls.
 //!
 //! glibc's `recv` and `send` are thread cancellation points: around every
 //! call they switch asynchronous cancellation on and off
@@ -68,6 +69,28 @@ fn recv_with(
 pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<Option<usize>> {
     loop {
         match rustix::net::send(fd, data, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) => match would_block(e) {
+                Some(done) => return done,
+                None => continue,
+            },
+        }
+    }
+}
+
+/// [`send`] of `slices`, one after the other, in one `sendmsg` (a
+/// vectored write: the message protocols write pushes from the frames the
+/// hub encoded once for all their recipients, `message/outbound.rs`): the
+/// byte count, or `None` if the socket's buffer is full.
+#[inline]
+pub(crate) fn send_vectored(
+    fd: BorrowedFd<'_>,
+    slices: &[io::IoSlice<'_>],
+) -> io::Result<Option<usize>> {
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    loop {
+        let mut control = rustix::net::SendAncillaryBuffer::default();
+        match rustix::net::sendmsg(fd, slices, &mut control, flags) {
             Ok(n) => return Ok(Some(n)),
             Err(e) => match would_block(e) {
                 Some(done) => return done,

@@ -339,6 +339,38 @@ impl AsyncWrite for WokenSocket {
         })
     }
 
+    /// One `sendmsg` of the slices (as [`poll_write`](Self::poll_write)
+    /// makes one `send`): the message protocols write their pushes from
+    /// the frames the hub shares between connections (`message/outbound.rs`).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let len = slices.iter().map(|s| s.len()).sum();
+        match &self.state {
+            State::Registered(stream) => {
+                return poll_io(stream, Interest::WRITABLE, len, cx, |fd| {
+                    sys::send_vectored(fd, slices)
+                })
+            }
+            State::Bare(fd) => match sys::send_vectored(fd.as_fd(), slices) {
+                Ok(Some(n)) => return Poll::Ready(Ok(n)),
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(None) => {}
+            },
+            State::Gone => return Poll::Ready(Err(lost())),
+        }
+        let stream = self.registered()?;
+        poll_io(stream, Interest::WRITABLE, len, cx, |fd| {
+            sys::send_vectored(fd, slices)
+        })
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.state {
             State::Registered(stream) => Pin::new(stream).poll_flush(cx),

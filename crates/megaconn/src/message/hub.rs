@@ -14,7 +14,9 @@
 //!   [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer), after
 //!   the rest of the frame under way. Such a push counts in `pushes` once
 //!   the socket took it whole (the protocol counts it as it writes), and in
-//!   `queue_drops` if a slow consumer's close drops it;
+//!   `queue_drops` if it never goes whole, whatever closes the connection
+//!   (a slow consumer's close, a write timeout, a peer gone, shutdown: see
+//!   [`Inbox::drop_behind`]);
 //! - parked: the message is written straight to the socket, one `send`, and
 //!   the connection stays parked (no task, no buffer kept). If the socket
 //!   cannot take the whole message at once the peer is not reading: the
@@ -22,7 +24,16 @@
 //!   (its read side shut), it writes the rest of the frame the socket took
 //!   part of (kept by its worker meanwhile, not in its slot: `worker.rs`),
 //!   then a WebSocket's close 1013, within the close's bound. That push
-//!   counts as delivered if its rest went ([`Unsent`]).
+//!   counts as delivered if its rest went ([`Unsent`]), else as dropped,
+//!   as one whose socket is found broken is.
+//!
+//! So every push the pump hands to a connection, awake (offered to its
+//! queue) or parked (written to its socket), counts once: in `pushes`
+//! when the connection's socket took it whole, else in `queue_drops`
+//! (refused by a full queue, or lost when the connection closed, for any
+//! reason). `pushes + queue_drops` is what the pump handed to connections;
+//! a slow consumer's closes are told apart by
+//! `megaconn_connections_closed_total{reason="slow_consumer"}`.
 //!
 //! A message to a connection that has closed (its id is stale, even if its
 //! descriptor was reused) is dropped.
@@ -760,15 +771,12 @@ impl Inbox {
         Ok(queue.drain(..count).collect())
     }
 
-    /// Drops the accepted messages a slow consumer leaves queued (the
-    /// queue overflowed): how many, for `queue_drops` (`Awake::drop_behind`).
-    /// None while it has not overflowed: a connection that closes for
-    /// another reason loses what waits uncounted, as a push to a closed
-    /// connection is.
+    /// Drops the accepted messages left queued when the connection closes
+    /// (or parks, with none left): how many, for `queue_drops`
+    /// (`Awake::drop_behind`), whatever the close. (Until session 41 only
+    /// a slow consumer's were counted: a peer gone, a write timeout or
+    /// shutdown lost them in neither `pushes` nor `queue_drops`.)
     pub(crate) fn drop_behind(&self) -> usize {
-        if !self.overflowed.get() {
-            return 0;
-        }
         let mut queue = self.queue.borrow_mut();
         let n = queue.len();
         queue.clear();
@@ -839,17 +847,20 @@ pub(crate) enum Delivered {
     Replaced,
 }
 
-/// What a parked connection still owes of the push its socket took part
-/// of: the rest of the frame (over TLS, the records sealed for it), written
-/// when it wakes to close as a slow consumer (`message/wake.rs`). The push
-/// is counted once that tells whether it reached the peer whole: in
-/// `pushes` and `bytes_out` then, else in `queue_drops`.
+/// What a slow consumer still owes of the push its socket took part of:
+/// the rest of the frame (parked, over TLS, the records sealed for it),
+/// written when it wakes to close (`message/wake.rs`), or by an awake
+/// one's close (`message/outbound.rs`). The push is counted once that
+/// tells whether it reached the peer whole: in `pushes` and `bytes_out`
+/// then, else in `queue_drops`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Unsent {
     /// The bytes still to write.
     pub tail: Bytes,
-    /// The whole frame's length, for `bytes_out` (what a push written at
-    /// once counts: the frame, not its TLS records).
+    /// The frame's bytes still to count in `bytes_out` once the rest went:
+    /// a parked push's whole frame (what a push written at once counts:
+    /// the frame, not its TLS records), an awake one's rest (what its
+    /// socket took was counted as it went).
     pub frame: usize,
 }
 

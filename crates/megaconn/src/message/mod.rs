@@ -13,6 +13,8 @@
 //!   outbound queue
 //! - `live.rs`    `Live`: an awake connection's state, so its handler hears
 //!   of the close exactly once
+//! - `outbound.rs` `Outbound`: an awake connection's batch of pushes,
+//!   written vectored from the frames the hub shares, not copied
 //! - `session.rs` [`Session`]: a connection as its handler sees it (replies,
 //!   topics, close)
 //! - `topics.rs`  `Topics`: each topic's subscribers and each connection's
@@ -42,8 +44,10 @@
 //!    index into its wires, e.g. the listener);
 //! 3. per connection: on accept `Local::new_id(fd)`, a [`Session`] for the
 //!    handler, and while awake `Local::awake(id, wire)`, whose inbox it
-//!    drains between messages (`Inbox::take`: the framed bytes to write, or
-//!    `Overflowed`, which it closes as `CloseReason::SlowConsumer`) and
+//!    drains between messages (`Inbox::take_up_to`: a batch of framed
+//!    messages to write, written from their shared bytes by `Outbound`
+//!    where the transport writes vectored; or `Overflowed`, which it
+//!    closes as `CloseReason::SlowConsumer`) and
 //!    whose `pushed()` it awaits beside the socket; once `Inbox::kicked`
 //!    says [`Hub::close`] reached it, it writes what it took and closes as
 //!    `CloseReason::Kicked` (a parked one is woken for it: `worker.rs`);
@@ -54,7 +58,9 @@
 //!    `Local::take_unsent` gives, raw on its socket, before anything else
 //!    (`wake::write_unsent`), then closes;
 //! 5. on every close calls `Local::closed(id)` (the connection leaves its
-//!    topics).
+//!    topics), and counts each push it took and did not write whole in
+//!    `queue_drops`, whatever the close (`Outbound::give_up`; those left
+//!    in its queue are counted by `Awake`'s drop).
 //!
 //! The hub then reaches its connections with no protocol code: awake ones
 //! through their inbox, parked ones with one `send` of bytes framed once.
@@ -63,6 +69,7 @@ pub(crate) mod budget;
 pub(crate) mod deadline;
 pub(crate) mod hub;
 pub(crate) mod live;
+pub(crate) mod outbound;
 pub(crate) mod session;
 pub(crate) mod table;
 pub(crate) mod topics;

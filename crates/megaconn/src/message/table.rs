@@ -532,8 +532,12 @@ fn send_parked<S>(
             add(&counters.bytes_out, bytes.len() as u64);
             return Delivered::Sent;
         }
-        // The peer is gone; its hang-up wakes it to be closed as such.
-        Pushed::Broken => return Delivered::NotParked,
+        // The peer is gone; its hang-up wakes it to be closed as such. The
+        // push is lost: dropped, as one its close leaves queued is.
+        Pushed::Broken => {
+            incr(&counters.queue_drops);
+            return Delivered::NotParked;
+        }
         Pushed::Behind(unsent) => unsent,
     };
     // None of it went: dropped. Else it is counted when the connection

@@ -530,8 +530,8 @@ impl Local {
         };
         // Accepted, it counts in `pushes` once its connection's socket took
         // it whole (the protocol counts it, as it writes it), or in
-        // `queue_drops` if its connection is closed as a slow consumer
-        // first (`Awake`'s drop, or the protocol for one it held).
+        // `queue_drops` if its connection closes first, whatever the close
+        // (`Awake`'s drop, or the protocol for one it held).
         if !inbox.offer(framed, self.queue_limit) {
             incr(&self.stats.messages.queue_drops);
         }
@@ -557,9 +557,10 @@ impl Awake {
         }
     }
 
-    /// A slow consumer closes: the messages its queue still holds are
-    /// dropped and counted in `queue_drops` now, before its handler hears
-    /// of the close (and again, for none, when it unregisters).
+    /// The connection closes: the messages its queue still holds are
+    /// dropped and counted in `queue_drops` (a slow consumer's now, before
+    /// its handler hears of the close; any other's when it unregisters, and
+    /// again, for none, for a slow consumer).
     pub(crate) fn drop_behind(&self) {
         let dropped = self.inbox.drop_behind();
         add(&self.local.stats.messages.queue_drops, dropped as u64);

@@ -1138,7 +1138,7 @@ fn messages(e: &mut DescriptorEncoder, m: &MessageStats) -> Result<(), fmt::Erro
     counter(
         e,
         "message_queue_drops",
-        "Pushes dropped for a slow consumer: at its full outbound queue or socket buffer, and those its close left unwritten; each closes its connection as slow_consumer.",
+        "Pushes that did not reach their connection's peer whole: refused by its full outbound queue or socket buffer (which closes it as slow_consumer), or lost when it closed, whatever the close (left queued, or not written whole). With message_pushes: every push handed to a connection.",
         m.queue_drops,
     )?;
     counter(

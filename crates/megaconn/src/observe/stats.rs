@@ -158,10 +158,12 @@ pub struct MessageStats {
     /// publish or broadcast), counted once the connection's socket took the
     /// frame whole.
     pub pushes: u64,
-    /// Pushes dropped for a slow consumer: at its full outbound queue (or,
-    /// parked, its full socket buffer), and those its close left unwritten
-    /// (still queued, or not taken whole); the connection is closed as a
-    /// slow consumer.
+    /// Pushes that did not reach their connection's peer whole: refused by
+    /// its full outbound queue (or, parked, its full socket buffer: the
+    /// connection is closed as a slow consumer), or lost when it closed,
+    /// whatever the close (still queued, or not written whole). With
+    /// [`pushes`](MessageStats::pushes), every push the workers handed to
+    /// a connection. (Until session 41 only a slow consumer's were counted.)
     pub queue_drops: u64,
     /// Server heartbeat frames sent.
     pub heartbeats_sent: u64,

@@ -1377,6 +1377,76 @@ async fn an_awake_slow_consumer_reads_whole_frames_to_the_close() {
     server.stop().await;
 }
 
+/// An awake connection that stops reading holds references to the frames
+/// of its batch, not a copy: while its write is stuck on a 60 KB push it
+/// holds no pooled buffer (it held one, grown to hold a copy of the batch).
+/// The pushes still reach it whole, in order, once it reads.
+#[tokio::test]
+async fn a_stuck_reader_holds_no_copy_of_its_pushes() {
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .message_send_buffer_size(Some(4096))
+            .track_connections(true),
+        Framing::length_prefixed(4),
+    )
+    .await;
+    let mut s = server.connect_small().await;
+    let id = server.next_open().await;
+    let push = |i: u8| vec![i; 60_000];
+    for i in 0..3 {
+        assert_eq!(server.hub.send(id, push(i)), Ok(()));
+    }
+    crate::ws_api::stuck_writing(&server.handle).await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.buffers_checked_out, 0, "{stats:?}");
+    for i in 0..3 {
+        assert!(read_frame(&mut s).await == push(i), "push {i}");
+    }
+    server
+        .wait_stats("all three counted", |s| s.messages.pushes == 3)
+        .await;
+    server.stop().await;
+}
+
+/// A push lost at a close that is not a slow consumer's counts in
+/// `queue_drops` too: here the write timeout ends a write stuck on a push
+/// (after the handler's reply), with more pushes in the queue. Every push
+/// the worker handed to the connection is in `pushes` or `queue_drops`.
+/// (Only a slow consumer's were counted as dropped: these were in
+/// neither.)
+#[tokio::test]
+async fn pushes_lost_at_a_write_timeout_count_as_dropped() {
+    let mut server = Framed::start(
+        Server::builder()
+            .park_idle_after(None)
+            .write_timeout(Some(Duration::from_millis(300))),
+        Framing::length_prefixed(4).max_frame_bytes(8 << 20),
+    )
+    .await;
+    let mut s = server.connect_small().await;
+    let id = server.next_open().await;
+    s.write_all(&frame(b"wait")).await.unwrap();
+    server.next_busy().await;
+    // Each more than the socket's buffers take while the peer reads
+    // nothing (and each a batch of its own).
+    for i in 0..4 {
+        assert_eq!(server.hub.send(id, vec![i; 2 << 20]), Ok(()));
+    }
+    crate::ws_api::delivered(&server.handle, 4).await;
+    server.gate.add_permits(1);
+    assert_eq!(server.next_close().await, (1, CloseReason::WriteTimeout));
+    // (Those left in the queue count as the connection's task ends, just
+    // after `on_close`.)
+    server
+        .wait_stats("all four dropped", |s| s.messages.queue_drops == 4)
+        .await;
+    let counted = server.handle.stats().messages;
+    assert_eq!(counted.pushes, 0, "none went whole: {counted:?}");
+    drop(s);
+    server.stop().await;
+}
+
 /// An awake connection takes its outbound queue a batch at a time (about
 /// 64 KiB; a larger push alone), so `outbound_queue` bounds what waits
 /// behind the write under way: with 4, the pushes behind one stuck in its

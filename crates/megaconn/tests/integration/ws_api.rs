@@ -571,24 +571,25 @@ pub(crate) async fn delivered(handle: &ServerHandle, n: u64) {
     .await;
 }
 
-/// A slow consumer closed with a batch of pushes in its write buffer, most
-/// of them not begun: the counters say what it read, frames, bytes and
-/// pushes, and every push it did not read is a queue drop. (A WebSocket
-/// counted a batch in `frames_out` and `bytes_out` as it took it from its
-/// queue, and each push in `pushes` as it was queued: the frames its close
-/// dropped counted as sent.)
-#[tokio::test]
-async fn a_slow_consumers_counters_say_what_it_read() {
-    // Ten pushes make one batch (under `TAKE_AT_ONCE`), more than the
-    // sockets' buffers take; then the queue (12) overflows at the 13th.
-    const BATCH: usize = 10;
-    const SIZE: usize = 6000;
-    const MORE: usize = 13;
-    let builder = Server::builder()
+/// Ten pushes make one batch (under `TAKE_AT_ONCE`), more than the sockets'
+/// buffers take.
+const BATCH: usize = 10;
+const SIZE: usize = 6000;
+
+/// A server (its outbound queue `queue` messages, or the default) whose
+/// write to a slow reader is stuck on a batch: the reply to `wait`, then
+/// [`BATCH`] pushes of [`SIZE`] bytes (`i` each), queued while the handler
+/// was busy.
+async fn stuck_on_a_batch(
+    queue: Option<usize>,
+) -> (ChatServer, WebSocketStream<TcpStream>, ConnectionId) {
+    let mut builder = Server::builder()
         .park_idle_after(None)
-        .outbound_queue(12)
         .message_send_buffer_size(Some(4096))
         .track_connections(true);
+    if let Some(queue) = queue {
+        builder = builder.outbound_queue(queue);
+    }
     let mut server = ChatServer::start(builder).await;
     let (mut client, id) = server.slow_reader().await;
     client.send(Message::text("wait")).await.unwrap();
@@ -599,6 +600,20 @@ async fn a_slow_consumers_counters_say_what_it_read() {
     delivered(&server.handle, BATCH as u64).await;
     server.gate.add_permits(1);
     stuck_writing(&server.handle).await;
+    (server, client, id)
+}
+
+/// A slow consumer closed with a batch of pushes in its write buffer, most
+/// of them not begun: the counters say what it read, frames, bytes and
+/// pushes, and every push it did not read is a queue drop. (A WebSocket
+/// counted a batch in `frames_out` and `bytes_out` as it took it from its
+/// queue, and each push in `pushes` as it was queued: the frames its close
+/// dropped counted as sent.)
+#[tokio::test]
+async fn a_slow_consumers_counters_say_what_it_read() {
+    // The queue (12) overflows at the 13th.
+    const MORE: usize = 13;
+    let (mut server, mut client, id) = stuck_on_a_batch(Some(12)).await;
     for i in 0..MORE {
         assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
     }
@@ -632,6 +647,69 @@ async fn a_slow_consumers_counters_say_what_it_read() {
         "{counted:?}"
     );
     assert_eq!(counted.queue_drops, (BATCH + MORE) as u64 - pushes);
+    server.stop().await;
+}
+
+/// An awake subscriber that stops reading holds references to the frames
+/// of its batch, not a copy: while its write is stuck on a 60 KB push it
+/// holds no pooled buffer. (It held its write buffer, grown to hold a copy
+/// of the frame under way: ~59 KiB a subscriber, `bench/ATTACK-MEMORY.md`
+/// session 40.) The pushes still reach it whole, in order, once it reads.
+#[tokio::test]
+async fn a_stuck_subscriber_holds_no_copy_of_its_pushes() {
+    let builder = Server::builder()
+        .park_idle_after(None)
+        .message_send_buffer_size(Some(4096))
+        .track_connections(true);
+    let mut server = ChatServer::start(builder).await;
+    let (mut client, id) = server.slow_reader().await;
+    let push = |i: u8| vec![i; 60_000];
+    for i in 0..3 {
+        assert_eq!(server.hub.send_binary(id, push(i)), Ok(()));
+    }
+    stuck_writing(&server.handle).await;
+    let stats = server.handle.stats();
+    assert_eq!(stats.buffers_checked_out, 0, "{stats:?}");
+    for i in 0..3 {
+        assert!(next_data(&mut client).await == Message::binary(push(i)));
+    }
+    common::wait_stats(&server.handle, "all three counted", |s| {
+        s.messages.pushes == 3
+    })
+    .await;
+    server.stop().await;
+}
+
+/// A push lost at a close that is not a slow consumer's counts in
+/// `queue_drops` too: here the peer resets its connection while the
+/// server's write to it is stuck (a batch of pushes begun) and more wait
+/// in its queue. Every push the worker handed to the connection is in
+/// `pushes` (its socket took it whole) or in `queue_drops`. (Only a slow
+/// consumer's were counted as dropped: these were in neither.)
+#[tokio::test]
+async fn pushes_lost_at_any_close_count_as_dropped() {
+    const MORE: usize = 5;
+    let (mut server, client, id) = stuck_on_a_batch(None).await;
+    // Queued behind the stuck batch (the queue has room for them).
+    for i in 0..MORE {
+        assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
+    }
+    delivered(&server.handle, (BATCH + MORE) as u64).await;
+    // The peer goes, with a reset: the stuck write fails.
+    client.get_ref().set_zero_linger().unwrap();
+    drop(client);
+    let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_ne!(reason, CloseReason::SlowConsumer);
+    let counted = server.handle.stats().messages;
+    assert!(
+        counted.pushes < BATCH as u64,
+        "the write was stuck: {counted:?}"
+    );
+    assert_eq!(
+        counted.pushes + counted.queue_drops,
+        (BATCH + MORE) as u64,
+        "{counted:?}"
+    );
     server.stop().await;
 }
 

@@ -25,7 +25,10 @@
 //!
 //! Pushes from the hub go out between the peer's frames (and in the middle
 //! of one), a batch of about 64 KiB of the connection's queue at a time
-//! (`Inbox::take_up_to`). A peer whose queue overflows is a slow consumer:
+//! (`Inbox::take_up_to`), written vectored from the frames the hub shares,
+//! after the handler's replies (`message/outbound.rs`: a peer that stops
+//! reading holds references, not a copy of its batch). A peer whose queue
+//! overflows is a slow consumer:
 //! the frame under way is finished first and the close lingers, so what the
 //! peer reads ends on a whole frame (a framed protocol has no close frame to
 //! say why it ends). The two share one bound, the close's 2 s
@@ -37,8 +40,10 @@
 //! writes the rest of its push and lingers within that one bound too.
 //!
 //! Counted as the socket takes them: `frames_out` and `bytes_out` the
-//! frames written whole, `pushes` the pushes among them; the pushes a slow
-//! consumer's close drops (not begun, or still queued) in `queue_drops`.
+//! frames written whole, `pushes` the pushes among them; the pushes that
+//! never go whole, whatever closes the connection (a slow consumer's
+//! close, a write timeout, a peer gone: not begun, cut, or still queued),
+//! in `queue_drops`.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -63,6 +68,7 @@ use crate::conn::Wake;
 use crate::message::deadline::MessageDeadline;
 use crate::message::hub::{Generation, Overflowed, TAKE_AT_ONCE};
 use crate::message::live::Live;
+use crate::message::outbound::Outbound;
 use crate::message::session::Session;
 use crate::message::table::Parked;
 use crate::message::wake::{
@@ -73,7 +79,7 @@ use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood, OverLimit};
-use crate::observe::stats::{add, incr};
+use crate::observe::stats::{add, incr, MessageCounters};
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
 use crate::proto::framed::{settings, side_table, write_limit};
@@ -133,6 +139,24 @@ impl AsyncWrite for FramedIo {
         match self.get_mut() {
             FramedIo::Tcp(s) => Pin::new(s).poll_write(cx, data),
             FramedIo::Woken(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            FramedIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, slices),
+            FramedIo::Woken(s) => Pin::new(s).poll_write_vectored(cx, slices),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            FramedIo::Tcp(s) => s.is_write_vectored(),
+            FramedIo::Woken(s) => s.is_write_vectored(),
         }
     }
 
@@ -785,11 +809,13 @@ async fn say_goodbye<H: FramedHandler>(
     Ended::Close(live.close(CloseReason::Shutdown))
 }
 
-/// Writes the frames the handler sent, framed, then `pushed` (already
-/// framed by the hub), from a pooled buffer. A write that waits is bounded
-/// ([`WriteBound`]), and ends when the connection's outbound queue
-/// (`awake`) overflows meanwhile: a slow consumer, which gets the rest of
-/// the frame under way first ([`behind`]).
+/// Writes the frames the handler sent, framed (from a pooled buffer), then
+/// `pushed` (framed by the hub: written from its frames, vectored,
+/// `Outbound`). A write that waits is bounded ([`WriteBound`]), and ends
+/// when the connection's outbound queue (`awake`) overflows meanwhile: a
+/// slow consumer, which gets the rest of the frame under way first
+/// ([`behind`]). Counted as the socket takes them; a push that does not
+/// go whole, however the write ends, in `queue_drops`.
 async fn flush(
     io: &mut FramedIo,
     codec: &mut FrameCodec,
@@ -802,16 +828,15 @@ async fn flush(
     if frames.is_empty() && pushed.is_empty() {
         return Ok(());
     }
-    let count = frames.len() + pushed.len();
-    // Where each frame ends, when there are several (one frame keeps no
-    // list): a slow consumer's close comes after the frame under way.
+    let counters = &ctx.stats.messages;
+    // Where each reply ends, when there are several (one keeps no list):
+    // a slow consumer's close comes after the frame under way.
+    let replies = frames.len();
     let mut ends = Vec::new();
-    let mut end_here = |out: &BytesMut| {
-        if count > 1 {
-            ends.push(out.len());
-        }
-    };
-    let mut out = ctx.pool.take();
+    let mut out = BytesMut::new();
+    if replies > 0 {
+        out = ctx.pool.take();
+    }
     for frame in frames {
         if let Err(error) = codec.encode(frame, &mut out) {
             // The handler's bug, not the peer's: the frame cannot be sent
@@ -827,19 +852,21 @@ async fn flush(
                 );
             });
             ctx.pool.give(out);
+            add(&counters.queue_drops, pushed.len() as u64);
             return Err(CloseReason::ServerError);
         }
-        end_here(&out);
+        if replies > 1 {
+            ends.push(out.len());
+        }
     }
-    for bytes in &pushed {
-        out.extend_from_slice(bytes);
-        end_here(&out);
-    }
+    let mut pushes = Outbound::default();
+    pushes.take(pushed);
     lifecycle::set_state(ConnectionState::Writing);
     // Usually the socket takes it all at once: then no timer is set up.
     let mut at = 0;
     let io_error = |e: io::Error| CloseReason::io(&e);
-    let written = match poll_once(pin!(poll_fn(|cx| write_from(io, &out, &mut at, cx)))) {
+    let writing = poll_fn(|cx| pushes.poll_write(Pin::new(&mut *io), cx, &out, &mut at));
+    let written = match poll_once(pin!(writing)) {
         Poll::Ready(written) => written.map_err(io_error),
         // A peer that stops reading must not hold the connection for good,
         // deaf to its heartbeat: the write is bounded (`write_limit`:
@@ -850,14 +877,15 @@ async fn flush(
             let mut bound = WriteBound::new(write_limit(&ctx.config), Some(io.raw_fd()));
             let mut overflowed = pin!(Awake::overflowed(awake));
             poll_fn(|cx| {
-                let before = at;
-                if let Poll::Ready(written) = write_from(io, &out, &mut at, cx) {
+                let before = (at, pushes.written());
+                let written = pushes.poll_write(Pin::new(&mut *io), cx, &out, &mut at);
+                if let Poll::Ready(written) = written {
                     return Poll::Ready(written.map_err(io_error));
                 }
                 if overflowed.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(CloseReason::SlowConsumer));
                 }
-                if bound.poll_passed(cx, at > before) {
+                if bound.poll_passed(cx, (at, pushes.written()) != before) {
                     bound.passed(Some(&ctx.stats), Flood::FramedWriteTimeout, "a framed peer");
                     return Poll::Ready(Err(CloseReason::WriteTimeout));
                 }
@@ -866,93 +894,89 @@ async fn flush(
             .await
         }
     };
-    if written == Err(CloseReason::SlowConsumer) {
-        if let Some(awake) = awake {
-            awake.drop_behind();
+    match written {
+        Ok(()) => {
+            count_replies((&out, at), &ends, counters);
+            pushes.count(counters);
         }
-        let replies = count - pushed.len();
-        behind(io, &out, at, (&ends, replies), ctx).await;
-        ctx.pool.give(out);
-        return written;
+        Err(CloseReason::SlowConsumer) => {
+            if let Some(awake) = awake {
+                awake.drop_behind();
+            }
+            behind(io, (&out, at), &ends, &mut pushes, counters).await;
+        }
+        // Nothing more goes (a write timeout or a broken socket).
+        Err(_) => {
+            count_replies((&out, at), &ends, counters);
+            pushes.give_up(false, counters);
+        }
     }
-    let n = out.len();
-    ctx.pool.give(out);
-    written?;
-    lifecycle::count_out(n);
-    let counters = &ctx.stats.messages;
-    add(&counters.frames_out, count as u64);
-    add(&counters.pushes, pushed.len() as u64);
-    add(&counters.bytes_out, n as u64);
-    Ok(())
+    if replies > 0 {
+        ctx.pool.give(out);
+    }
+    written
+}
+
+/// Counts the replies that went of `out`, written up to `at`: the frames
+/// whole in it (`ends`: where each ends, when it holds several), and its
+/// bytes.
+fn count_replies((out, at): (&[u8], usize), ends: &[usize], counters: &MessageCounters) {
+    let frames = match ends {
+        [] => usize::from(!out.is_empty() && at == out.len()),
+        ends => ends.iter().take_while(|e| **e <= at).count(),
+    };
+    add(&counters.frames_out, frames as u64);
+    add(&counters.bytes_out, at as u64);
 }
 
 /// A write stuck on a slow consumer (its queue overflowed meanwhile) is
-/// ended on a whole frame: the rest of the frame under way goes (`out`
-/// written up to `at`; `ends`: where its frames end, when it holds
-/// several), within the close's bound, as a parked one's does
-/// (`write_unsent`), and then the close lingers (`linger_after_unsent`). A
-/// framed protocol has no close frame: a frame cut short was the peer's
-/// last word from the server, which it could take for a frame of the
-/// wrong length or a line that ends wrong. What went is counted: its
-/// frames and bytes, and of its pushes (the frames after the handler's
-/// `replies`) those in `pushes`, the others in `queue_drops`. The rest of
-/// the frame and the linger share one bound (`close_by`: 2 s from here), as
-/// a close's last writes and linger do (`ConnIo::close`).
+/// ended on a whole frame: the rest of the frame under way goes, a reply's
+/// (`out` written up to `at`; `ends`: where its frames end, when it holds
+/// several) or, once all of them went, a push's ([`Outbound::give_up`]),
+/// within the close's bound, as a parked one's does (`write_unsent`), and
+/// then the close lingers (`linger_after_unsent`). A framed protocol has
+/// no close frame: a frame cut short was the peer's last word from the
+/// server, which it could take for a frame of the wrong length or a line
+/// that ends wrong. What went is counted: its frames and bytes, the pushes
+/// among them in `pushes`, the others in `queue_drops`. The rest of the
+/// frame and the linger share one bound (`close_by`: 2 s from here), as a
+/// close's last writes and linger do (`ConnIo::close`).
 async fn behind(
     io: &mut FramedIo,
-    out: &[u8],
-    at: usize,
-    (ends, replies): (&[usize], usize),
-    ctx: &WorkerContext,
+    (out, at): (&[u8], usize),
+    ends: &[usize],
+    pushes: &mut Outbound,
+    counters: &MessageCounters,
 ) {
     let deadline = close_by();
     let end = end_of_frame_under_way(ends, at, out.len());
     let rest = &out[at..end];
-    let whole = write_rest(rest, deadline, |cx, b| Pin::new(&mut *io).poll_write(cx, b)).await;
+    let mut whole = write_rest(rest, deadline, |cx, b| Pin::new(&mut *io).poll_write(cx, b)).await;
     let written = if whole { end } else { at };
-    let frames = match ends {
-        [] => usize::from(written == out.len()),
-        ends => ends.iter().take_while(|e| **e <= written).count(),
-    };
-    let pushes = match ends {
-        [] => usize::from(replies == 0),
-        ends => ends.len() - replies,
-    };
-    let pushes_written = frames.saturating_sub(replies);
-    let counters = &ctx.stats.messages;
-    lifecycle::count_out(written);
-    add(&counters.frames_out, frames as u64);
-    add(&counters.pushes, pushes_written as u64);
-    add(&counters.queue_drops, (pushes - pushes_written) as u64);
-    add(&counters.bytes_out, written as u64);
+    lifecycle::count_out(written - at);
+    count_replies((out, written), ends, counters);
+    // A push begun (all the replies went before it): its rest.
+    if let Some(rest) = pushes.give_up(true, counters) {
+        let poll_write = |cx: &mut Context<'_>, b: &[u8]| {
+            let wrote = Pin::new(&mut *io).poll_write(cx, b);
+            if let Poll::Ready(Ok(n)) = wrote {
+                lifecycle::count_out(n);
+            }
+            wrote
+        };
+        whole = write_unsent(&rest, deadline, counters, poll_write).await;
+    }
     if whole {
         linger_after_unsent(io, deadline).await;
     }
 }
 
 /// Where the frame under way ends in a buffer written up to `at`: `at`
-/// itself when nothing of it was written, else the first frame end at or
-/// past it (`ends`, or the buffer's `len` when it is one frame).
+/// itself when nothing of it was written (or all), else the first frame
+/// end at or past it (`ends`, or the buffer's `len` when it is one frame).
 fn end_of_frame_under_way(ends: &[usize], at: usize, len: usize) -> usize {
     if at == 0 {
         return 0;
     }
     ends.iter().copied().find(|&end| end >= at).unwrap_or(len)
-}
-
-/// Writes `out` from `at` on, moving `at` past what the socket took.
-fn write_from(
-    io: &mut FramedIo,
-    out: &[u8],
-    at: &mut usize,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<()>> {
-    while *at < out.len() {
-        match std::task::ready!(Pin::new(&mut *io).poll_write(cx, &out[*at..])) {
-            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Ok(n) => *at += n,
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
-    Poll::Ready(Ok(()))
 }

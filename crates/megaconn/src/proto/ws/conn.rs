@@ -31,17 +31,25 @@
 //!
 //! Pushes from the hub go out between the peer's messages (and in the
 //! middle of one), a batch of about 64 KiB of the connection's queue at a
-//! time (`Inbox::take_up_to`), the next once the socket took it; a peer
-//! whose queue overflows gets the rest of the frame under way and a 1013,
-//! both written by the close within its one bound (2 s, the linger
-//! included; a parked one woken behind shares that bound between the rest
-//! of its push and the close).
+//! time (`Inbox::take_up_to`), the next once the socket took it; on a
+//! plain socket written vectored from the frames the hub shares, after
+//! the connection's own buffered frames (`message/outbound.rs`: a peer
+//! that stops reading holds references, not a copy of its batch), over
+//! TLS copied into the write buffer (the session copies what it seals
+//! anyway). A peer whose queue overflows gets the rest of the frame under
+//! way and a 1013, both written by the close within its one bound (2 s,
+//! the linger included; a parked one woken behind shares that bound
+//! between the rest of its push and the close, as an awake one whose
+//! socket took part of a push does).
 //!
-//! Counted as the socket takes them (`Unwritten`): `frames_out` and
-//! `bytes_out` the replies and pushes written whole, `pushes` the pushes
-//! among them; those a slow consumer's close drops (not begun, or still
-//! queued) in `queue_drops`. (They counted as they were taken from the
-//! queue: a frame lost at the close counted as sent.)
+//! Counted as the socket takes them (`Unwritten`, `Outbound`): `frames_out`
+//! and `bytes_out` the replies and pushes written whole, `pushes` the
+//! pushes among them; the pushes that never go whole, whatever closes the
+//! connection (a slow consumer's close, a write timeout, a peer gone,
+//! shutdown: not begun, cut, or still queued), in `queue_drops`. (They
+//! counted as they were taken from the queue: a frame lost at the close
+//! counted as sent; until session 41 only a slow consumer's were counted
+//! as dropped, the others in neither counter.)
 //!
 //! The server's close: a close frame, then the peer's close frame awaited
 //! for `close_timeout` (what else it sends meanwhile is passed by its frame
@@ -51,13 +59,14 @@
 use std::future::{poll_fn, Future};
 use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
+use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 use tokio_util::either::Either;
 
@@ -67,8 +76,9 @@ use crate::conn::pool::{BUFFER_CAPACITY, MAX_POOLED_CAPACITY};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::poll_once;
 use crate::message::deadline::MessageDeadline;
-use crate::message::hub::{Overflowed, TAKE_AT_ONCE};
+use crate::message::hub::{Overflowed, Unsent, TAKE_AT_ONCE};
 use crate::message::live::Live;
+use crate::message::outbound::Outbound;
 use crate::message::session::Session;
 use crate::message::table::Parked;
 use crate::message::wake::{close_by, heartbeat_timed_out, write_unsent};
@@ -217,27 +227,11 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 }
                 Err(reason) => {
                     // Behind: the rest of the frame the socket took part
-                    // of goes first (a frame cannot be cut into), then the
-                    // 1013, within the close's bound, as an awake slow
-                    // consumer's does: the rest, the 1013 and the linger
-                    // share that one bound (`close_by`).
-                    let deadline = close_by();
+                    // of goes first (raw: over TLS it is records sealed
+                    // already), then the 1013.
                     let unsent = tables.local.take_unsent(id);
-                    let whole = match unsent {
-                        Some(unsent) => {
-                            let io = &mut conn.io;
-                            write_unsent(&unsent, deadline, counters, |cx, b| {
-                                poll_write_unsent(io, cx, b)
-                            })
-                            .await
-                        }
-                        None => true,
-                    };
-                    if whole {
-                        last_word(&mut conn, reason);
-                    }
-                    let closing = Box::pin(conn.close(reason));
-                    let _ = tokio::time::timeout_at(deadline, closing).await;
+                    let behind = unsent.map(|unsent| (unsent, Raw::Sealed));
+                    close_behind(&mut conn, behind, reason, counters).await;
                     return Ended::Close(live.close(reason));
                 }
             }
@@ -278,8 +272,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         .awake(session.id(), tables.table::<H::State>().wire(0));
     let mut decoder = Decoder::with_deflate(deflate.map(|_| tables.codec.clone()));
     let mut message = MessageDeadline::new(settings.message_timeout);
-    let mut frame_ends = FrameEnds::default();
-    let mut unwritten = Unwritten::default();
+    let mut out = Writing::default();
     let next = 'serve: loop {
         // Every frame whole in the buffer, in order.
         while conn.rbuf_len() > 0 {
@@ -298,7 +291,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             let acting = on_event(
                 &mut conn,
                 &mut live,
-                (&session, &mut unwritten),
+                (&session, &mut out.unwritten),
                 codec,
                 event,
             );
@@ -307,7 +300,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 close => break 'serve close,
             }
         }
-        if let Some(close) = queued(&mut conn, &session, &mut unwritten, codec) {
+        if let Some(close) = queued(&mut conn, &session, &mut out.unwritten, codec) {
             break 'serve close;
         }
         // Part of a TLS record is part of a message: parked with it, the
@@ -325,12 +318,12 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         // socket took these (`Inbox::take_up_to`).
         if let Some(awake) = awake.as_ref() {
             match awake.inbox.take_up_to(TAKE_AT_ONCE) {
-                Ok(pushed) => {
-                    unwritten.pushed(conn.wbuf_len(), pushed.len());
-                    for framed in pushed {
-                        conn.wbuf().extend_from_slice(&framed);
-                    }
-                }
+                // Written from the hub's frames, not copied (`Outbound`).
+                Ok(pushed) if conn.io.is_write_vectored() => out.pushes.take(pushed),
+                // Over TLS (and a caller's transport that does not write
+                // vectored) one write a frame would seal a record each, and
+                // the session copies what it takes anyway.
+                Ok(pushed) => out.copy_pushes(&mut conn, pushed),
                 Err(Overflowed) => break 'serve Next::Close(CloseReason::SlowConsumer, None),
             }
             // Closed for the hub, after what was pushed before (`kicked` is
@@ -344,7 +337,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
             &mut conn,
             settings.heartbeat_timeout,
             awake.as_ref(),
-            (&mut frame_ends, &mut unwritten, counters),
+            (&mut out, counters),
         );
         if let Err(close) = flushed.await {
             break 'serve close;
@@ -505,6 +498,19 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let Next::Close(reason, ours) = next else {
         unreachable!("the loop ends with a close")
     };
+    // A slow consumer whose socket took part of a push: the rest of it
+    // goes (a frame cannot be cut into), then the 1013, as for a parked
+    // one woken behind.
+    if let Some(rest) = out.rest.take() {
+        close_behind(&mut conn, Some((rest, Raw::Stream)), reason, counters).await;
+        return Ended::Close(live.close(reason));
+    }
+    // Pushes taken and not written (a kick's close follows them) go from
+    // the write buffer, which the close writes.
+    if !out.pushes.is_empty() {
+        let left = out.pushes.drain(counters);
+        out.copy_pushes(&mut conn, left);
+    }
     // Flushes what is left. After our close frame the close handshake has
     // read the peer's input up to its close frame (or close_timeout), which
     // is what a lingering close would do: it is not done twice. What the
@@ -529,17 +535,79 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     };
     Box::pin(conn.close(io_reason)).await;
     let went = conn.wbuf_len() <= appended;
-    unwritten.settle(owed, went, reason, counters);
+    out.unwritten.settle(owed, went, counters);
     Ended::Close(live.close(reason))
+}
+
+/// How the rest of a slow consumer's push is written at its close.
+enum Raw {
+    /// Raw on the socket, under any TLS stream: a parked connection's,
+    /// sealed already (`poll_write_unsent`).
+    Sealed,
+    /// Through the stream: an awake connection's, from its batch.
+    Stream,
+}
+
+/// Closes a slow consumer: the rest of the push its socket took part of
+/// (`behind`, if any) goes first, then the 1013 (if the rest went), then
+/// the TCP close, all within the close's one bound (`close_by`: the rest,
+/// the 1013 and the linger share it), awake or woken behind alike.
+async fn close_behind(
+    conn: &mut ConnIo<WsIo>,
+    behind: Option<(Unsent, Raw)>,
+    reason: CloseReason,
+    counters: &MessageCounters,
+) {
+    let deadline = close_by();
+    let whole = match behind {
+        Some((unsent, raw)) => {
+            let io = &mut conn.io;
+            write_unsent(&unsent, deadline, counters, |cx, b| match raw {
+                Raw::Sealed => poll_write_unsent(io, cx, b),
+                Raw::Stream => Pin::new(&mut *io).poll_write(cx, b),
+            })
+            .await
+        }
+        None => true,
+    };
+    if whole {
+        last_word(conn, reason);
+    }
+    let closing = Box::pin(conn.close(reason));
+    let _ = tokio::time::timeout_at(deadline, closing).await;
+}
+
+/// What the connection writes and has not counted yet.
+#[derive(Debug, Default)]
+struct Writing {
+    /// Where the frames of the write buffer end, noted as a flush begins.
+    ends: FrameEnds,
+    /// The data frames in the write buffer.
+    unwritten: Unwritten,
+    /// Pushes written from the hub's frames, after the write buffer.
+    pushes: Outbound,
+    /// The rest of a push a slow consumer's socket took part of, which its
+    /// close writes before the 1013.
+    rest: Option<Unsent>,
+}
+
+impl Writing {
+    /// Copies `pushes` into the write buffer, after what it holds.
+    fn copy_pushes(&mut self, conn: &mut ConnIo<WsIo>, pushes: Vec<bytes::Bytes>) {
+        self.unwritten.pushed(conn.wbuf_len(), pushes.len());
+        for framed in pushes {
+            conn.wbuf().extend_from_slice(&framed);
+        }
+    }
 }
 
 /// The data frames (replies, pushes) the write buffer holds that are not
 /// counted yet: `frames_out` and `pushes` count each once the socket took
 /// it whole, `bytes_out` the bytes it took. (They counted as they were put
 /// in the buffer, taken from the queue: what a slow consumer's close then
-/// dropped counted as sent, and its pushes stayed in `pushes`.) A slow
-/// consumer's pushes that did not go count in `queue_drops`, as the
-/// messages its queue still held do (`Awake`'s drop). Over TLS "the
+/// dropped counted as sent, and its pushes stayed in `pushes`.) Pushes that
+/// did not go count in `queue_drops`, whatever closed the connection, as
+/// the messages its queue still held do (`Awake`'s drop). Over TLS "the
 /// socket" is the TLS session: records it holds when a slow consumer is
 /// cut count as written (bounded by the session's buffer).
 #[derive(Debug, Default)]
@@ -565,8 +633,12 @@ impl Unwritten {
         }
     }
 
-    /// The socket took the whole buffer, `bytes` long.
+    /// The socket took the whole buffer, `bytes` long (none: nothing to
+    /// count, as when a flush wrote pushes alone).
     fn went(&mut self, bytes: usize, counters: &MessageCounters) {
+        if bytes == 0 {
+            return;
+        }
         add(&counters.frames_out, self.frames);
         add(&counters.pushes, self.pushes);
         add(&counters.bytes_out, bytes as u64);
@@ -577,13 +649,11 @@ impl Unwritten {
     /// the frames they hold whole are counted; of the rest, `kept` bytes
     /// stay in the buffer (the rest of the frame under way, which a slow
     /// consumer's close still writes), whose frame stays owed, and the
-    /// others are dropped: a slow consumer's pushes among them count in
-    /// `queue_drops`.
+    /// others are dropped: the pushes among them count in `queue_drops`.
     fn cut(
         &mut self,
         (written, kept): (usize, usize),
         ends: &FrameEnds,
-        slow: bool,
         counters: &MessageCounters,
     ) {
         let (frames, pushes) = ends.data_within((0, written), self.pushes_from);
@@ -592,10 +662,8 @@ impl Unwritten {
         add(&counters.bytes_out, written as u64);
         let under_way = (written, written + kept);
         let (owed, owed_pushes) = ends.data_within(under_way, self.pushes_from);
-        if slow {
-            let dropped = self.pushes.saturating_sub(pushes + owed_pushes);
-            add(&counters.queue_drops, dropped);
-        }
+        let dropped = self.pushes.saturating_sub(pushes + owed_pushes);
+        add(&counters.queue_drops, dropped);
         *self = Unwritten {
             frames: owed,
             pushes: owed_pushes,
@@ -604,15 +672,14 @@ impl Unwritten {
     }
 
     /// The close is over: what the buffer held before it (`owed` bytes)
-    /// went, all of it, or not (then a slow consumer's pushes in it are
-    /// dropped).
-    fn settle(&mut self, owed: usize, went: bool, reason: CloseReason, counters: &MessageCounters) {
+    /// went, all of it, or not (then the pushes in it are dropped).
+    fn settle(&mut self, owed: usize, went: bool, counters: &MessageCounters) {
         if owed == 0 {
             return;
         }
         if went {
             self.went(owed, counters);
-        } else if reason == CloseReason::SlowConsumer {
+        } else {
             add(&counters.queue_drops, self.pushes);
         }
     }
@@ -629,49 +696,85 @@ async fn flush(
     conn: &mut ConnIo<WsIo>,
     heartbeat: Option<std::time::Duration>,
     awake: Option<&Awake>,
-    (frame_ends, unwritten, counters): (&mut FrameEnds, &mut Unwritten, &MessageCounters),
+    (out, counters): (&mut Writing, &MessageCounters),
 ) -> Result<(), Next> {
     let started = conn.wbuf_len();
-    if started == 0 {
+    if started == 0 && out.pushes.is_empty() {
         return Ok(());
     }
     // Its frames, should the write be cut short: to count what went whole
     // and, for a slow consumer, to give way to the 1013 after the frame
     // under way (`last_word`). (One header read, for one frame.)
-    frame_ends.note(conn.wbuf());
-    let flushed = match poll_once(pin!(poll_fn(|cx| conn.poll_flush(cx)))) {
+    if started > 0 {
+        out.ends.note(conn.wbuf());
+    }
+    let at_once = poll_once(pin!(poll_fn(|cx| poll_out(conn, &mut out.pushes, cx))));
+    let flushed = match at_once {
         Poll::Ready(Ok(())) => {
-            unwritten.went(started, counters);
+            out.unwritten.went(started, counters);
+            out.pushes.count(counters);
             return Ok(());
         }
         Poll::Ready(Err(e)) => Err(Next::Close(CloseReason::io(&e), None)),
-        Poll::Pending => flush_stuck(conn, heartbeat, awake).await,
+        Poll::Pending => flush_stuck(conn, &mut out.pushes, heartbeat, awake).await,
     };
     let left = conn.wbuf_len();
     match &flushed {
-        Ok(()) => unwritten.went(started, counters),
+        Ok(()) => {
+            out.unwritten.went(started, counters);
+            out.pushes.count(counters);
+        }
         Err(Next::Close(CloseReason::SlowConsumer, _)) => {
             // The rest of the frame under way goes, then the 1013; the
-            // backlog behind it would only hold the close back.
-            let rest = frame_ends.rest_of_frame(left);
-            conn.wbuf().truncate(rest);
-            unwritten.cut((started - left, rest), frame_ends, true, counters);
+            // backlog behind it would only hold the close back. The frame
+            // under way is the buffer's, or else (all of the buffer went)
+            // a push's.
+            let rest = out.ends.rest_of_frame(left);
+            if let Some(wbuf) = conn.buffers.wbuf.as_mut() {
+                wbuf.truncate(rest);
+            }
+            out.unwritten
+                .cut((started - left, rest), &out.ends, counters);
+            out.rest = out.pushes.give_up(true, counters);
         }
         Err(_) => {
             // Nothing more goes (a write timeout or a broken socket).
-            unwritten.cut((started - left, 0), frame_ends, false, counters);
+            out.unwritten.cut((started - left, 0), &out.ends, counters);
             if let Some(wbuf) = conn.buffers.wbuf.as_mut() {
                 wbuf.clear();
             }
+            out.pushes.give_up(false, counters);
         }
     }
     flushed
+}
+
+/// Writes the write buffer, then the pushes taken from the queue, from the
+/// hub's frames (`Outbound`), vectored; then flushes the stream.
+fn poll_out(
+    conn: &mut ConnIo<WsIo>,
+    pushes: &mut Outbound,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    if pushes.is_empty() {
+        return conn.poll_flush(cx);
+    }
+    let ConnIo { io, buffers, .. } = conn;
+    let mut at = 0;
+    let head = buffers.wbuf.as_deref().unwrap_or_default();
+    let written = pushes.poll_write(Pin::new(&mut *io), cx, head, &mut at);
+    if let Some(wbuf) = buffers.wbuf.as_mut() {
+        wbuf.advance(at);
+    }
+    std::task::ready!(written)?;
+    Pin::new(io).poll_flush(cx)
 }
 
 /// [`flush`] once the socket did not take it all at once: bounded, and
 /// ended by an overflow of the push queue.
 async fn flush_stuck(
     conn: &mut ConnIo<WsIo>,
+    pushes: &mut Outbound,
     heartbeat: Option<std::time::Duration>,
     awake: Option<&Awake>,
 ) -> Result<(), Next> {
@@ -688,14 +791,15 @@ async fn flush_stuck(
     let mut bound = WriteBound::new(limit, socket);
     let mut overflowed = pin!(Awake::overflowed(awake));
     poll_fn(|cx| {
-        let before = conn.wbuf_len();
-        if let Poll::Ready(flushed) = conn.poll_flush(cx) {
+        let before = (conn.wbuf_len(), pushes.written());
+        if let Poll::Ready(flushed) = poll_out(conn, pushes, cx) {
             return Poll::Ready(flushed.map_err(io_error));
         }
         if overflowed.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(Next::Close(CloseReason::SlowConsumer, None)));
         }
-        if bound.poll_passed(cx, conn.wbuf_len() < before) {
+        let progressed = conn.wbuf_len() < before.0 || pushes.written() > before.1;
+        if bound.poll_passed(cx, progressed) {
             bound.passed(
                 Some(&conn.ctx.stats),
                 Flood::WsWriteTimeout,

@@ -1,0 +1,396 @@
+//! An awake connection's pushes on their way to its socket ([`Outbound`]):
+//! the batch it took from its queue (`Inbox::take_up_to`) is written with
+//! vectored writes straight from the frames the hub encoded once for all
+//! their recipients (shared [`Bytes`]), after what the connection buffered
+//! itself (its replies and control frames, encoded into its pooled write
+//! buffer, "the head"). A peer that stops reading so holds a reference to
+//! the frames of its batch, not a copy of them: an awake `/ws/chat`
+//! subscriber that read nothing held ~63 KiB, its own ~5 KiB and a copy of
+//! the one 60 KB frame under way in its write buffer
+//! (`bench/ATTACK-MEMORY.md`, sessions 40 and 41). A frame is let go as soon
+//! as the socket took it whole, not when the batch is done.
+//!
+//! Only for a transport that writes vectored (`is_write_vectored`: a plain
+//! socket); another one (TLS, whose session copies and seals what it takes
+//! anyway, a record per write) is not given the batch: the protocol copies
+//! it into its write buffer, as it did for every transport.
+//!
+//! Counted as the socket takes them ([`Outbound::count`]): a push written
+//! whole in `pushes`, `frames_out` and `bytes_out`. One that never goes
+//! whole, whatever ends the write (a slow consumer's close, a write
+//! timeout, a peer gone), in `queue_drops` ([`Outbound::give_up`]), the
+//! bytes of it the socket took in `bytes_out`; a slow consumer's frame
+//! under way is finished by its close first ([`Unsent`], as a parked one's).
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+
+use crate::message::hub::Unsent;
+use crate::observe::lifecycle;
+use crate::observe::stats::{add, MessageCounters};
+
+/// The most slices one write gives the kernel: the head and 31 frames. A
+/// batch is about 64 KiB (`TAKE_AT_ONCE`), so a batch of frames of 2 KiB
+/// or more goes in one write; smaller ones take a write per 31 frames.
+const MAX_SLICES: usize = 32;
+
+/// The pushes an awake connection took from its queue and is writing:
+/// whole frames, in order, the first maybe begun.
+#[derive(Debug, Default)]
+pub(crate) struct Outbound {
+    /// The batch. A frame written whole is replaced by an empty one (its
+    /// reference dropped at once).
+    frames: Vec<Bytes>,
+    /// The first frame not written whole.
+    next: usize,
+    /// How much of `frames[next]` was written.
+    begun: usize,
+    /// Frames written whole, and their bytes, not yet counted.
+    whole: u64,
+    whole_bytes: u64,
+    /// Bytes written so far, all batches (a write's progress).
+    written: u64,
+}
+
+impl Outbound {
+    /// Adds `batch` (framed pushes, taken from the connection's queue) to
+    /// what is to be written.
+    pub(crate) fn take(&mut self, batch: Vec<Bytes>) {
+        // (A frame is never empty: it has a header, or a line its ending.)
+        debug_assert!(batch.iter().all(|frame| !frame.is_empty()));
+        if self.is_empty() {
+            self.frames = batch;
+            (self.next, self.begun) = (0, 0);
+        } else {
+            self.frames.extend(batch);
+        }
+    }
+
+    /// Whether every frame taken was written whole (or given up).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.next >= self.frames.len()
+    }
+
+    /// The bytes written so far: moving, the write is making progress.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes `head` from `at` on, then the frames, as much as `io` takes
+    /// now, a vectored write at a time; `at` and the frames' place move
+    /// past what it took. Ready once all went (frames counted by
+    /// [`Outbound::count`]).
+    pub(crate) fn poll_write<W: AsyncWrite + ?Sized>(
+        &mut self,
+        mut io: Pin<&mut W>,
+        cx: &mut Context<'_>,
+        head: &[u8],
+        at: &mut usize,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if *at >= head.len() && self.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let wrote = if *at >= head.len() && self.next + 1 == self.frames.len() {
+                // One frame left and nothing before it (a push between the
+                // peer's messages, the usual case): a plain write of it.
+                io.as_mut()
+                    .poll_write(cx, &self.frames[self.next][self.begun..])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut n = 0;
+                if *at < head.len() {
+                    slices[0] = IoSlice::new(&head[*at..]);
+                    n = 1;
+                }
+                let mut begun = self.begun;
+                for frame in self.frames.iter().skip(self.next) {
+                    if n == MAX_SLICES {
+                        break;
+                    }
+                    slices[n] = IoSlice::new(&frame[begun..]);
+                    (n, begun) = (n + 1, 0);
+                }
+                io.as_mut().poll_write_vectored(cx, &slices[..n])
+            };
+            let took = match ready!(wrote) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(took) => took,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            lifecycle::count_out(took);
+            self.advance(head.len(), at, took);
+        }
+    }
+
+    /// `took` bytes went: the head's first (from `at`), then the frames'.
+    fn advance(&mut self, head: usize, at: &mut usize, mut took: usize) {
+        self.written += took as u64;
+        let of_head = took.min(head - *at);
+        (*at, took) = (*at + of_head, took - of_head);
+        while took > 0 {
+            let Some(frame) = self.frames.get_mut(self.next) else {
+                break;
+            };
+            let rest = frame.len() - self.begun;
+            if took < rest {
+                self.begun += took;
+                return;
+            }
+            took -= rest;
+            self.whole += 1;
+            self.whole_bytes += frame.len() as u64;
+            // Let go of it now: a slow reader holds only what it has yet
+            // to take.
+            *frame = Bytes::new();
+            (self.next, self.begun) = (self.next + 1, 0);
+        }
+    }
+
+    /// Counts the frames written whole since the last count (pushes, each
+    /// a frame out, their bytes); once all went, the batch's list goes too.
+    pub(crate) fn count(&mut self, counters: &MessageCounters) {
+        if self.whole > 0 {
+            add(&counters.frames_out, self.whole);
+            add(&counters.pushes, self.whole);
+            add(&counters.bytes_out, self.whole_bytes);
+            (self.whole, self.whole_bytes) = (0, 0);
+        }
+        if self.is_empty() && !self.frames.is_empty() {
+            self.frames = Vec::new();
+            (self.next, self.begun) = (0, 0);
+        }
+    }
+
+    /// The write ends before all went: counts what did ([`Outbound::count`])
+    /// and drops the rest, each push in `queue_drops`; with `finish` (a
+    /// slow consumer's close, which gets the rest of the frame under way
+    /// before its close), the rest of a frame begun is returned instead,
+    /// to write and count ([`write_unsent`](crate::message::wake::write_unsent)).
+    /// The bytes of a begun frame the socket took count in `bytes_out`.
+    pub(crate) fn give_up(&mut self, finish: bool, counters: &MessageCounters) -> Option<Unsent> {
+        self.count(counters);
+        let mut rest = None;
+        if self.begun > 0 {
+            add(&counters.bytes_out, self.begun as u64);
+            if finish {
+                let tail = self.frames[self.next].slice(self.begun..);
+                rest = Some(Unsent {
+                    frame: tail.len(),
+                    tail,
+                });
+                self.next += 1;
+            }
+        }
+        let dropped = self.frames.len().saturating_sub(self.next);
+        add(&counters.queue_drops, dropped as u64);
+        *self = Outbound {
+            written: self.written,
+            ..Outbound::default()
+        };
+        rest
+    }
+
+    /// What is left to write, from the rest of the frame under way on,
+    /// for a close that writes from its own buffer (those written whole
+    /// are counted first); cleared. Each is a push.
+    pub(crate) fn drain(&mut self, counters: &MessageCounters) -> Vec<Bytes> {
+        self.count(counters);
+        let mut left: Vec<Bytes> = self.frames.drain(..).skip(self.next).collect();
+        if let Some(first) = left.first_mut() {
+            *first = first.slice(self.begun..);
+        }
+        *self = Outbound {
+            written: self.written,
+            ..Outbound::default()
+        };
+        left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// A socket that takes at most `room` bytes a write, vectored or not,
+    /// and `Pending` once `left` is spent.
+    struct Sink {
+        got: Vec<u8>,
+        room: usize,
+        left: usize,
+        vectored: bool,
+        writes: usize,
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = data.len().min(self.room).min(self.left);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.writes += 1;
+            self.left -= n;
+            self.got.extend_from_slice(&data[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            slices: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if !self.vectored {
+                let first = slices.iter().find(|s| !s.is_empty()).map_or(&[][..], |s| s);
+                return self.poll_write(cx, first);
+            }
+            let all: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+            self.poll_write(cx, &all)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn sink(room: usize, left: usize, vectored: bool) -> Sink {
+        Sink {
+            got: Vec::new(),
+            room,
+            left,
+            vectored,
+            writes: 0,
+        }
+    }
+
+    fn frames(lens: &[usize]) -> Vec<Bytes> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &len)| Bytes::from(vec![i as u8 + 1; len]))
+            .collect()
+    }
+
+    fn poll(out: &mut Outbound, io: &mut Sink, head: &[u8], at: &mut usize) -> Poll<()> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        out.poll_write(Pin::new(io), &mut cx, head, at)
+            .map(|r| r.unwrap())
+    }
+
+    /// The head, then the frames in order, whatever each write takes,
+    /// vectored or one slice a write; every frame counted once it went
+    /// whole, and its reference dropped then.
+    #[test]
+    fn the_head_then_the_frames_in_order_counted_as_they_go() {
+        let head = b"reply".to_vec();
+        let lens = [3, 100, 1, 7000, 40];
+        let want: Vec<u8> = [head.clone(), frames(&lens).concat()].concat();
+        for vectored in [true, false] {
+            for room in [1, 2, 5, 64, 1 << 20] {
+                let mut out = Outbound::default();
+                out.take(frames(&lens));
+                let mut io = sink(room, usize::MAX, vectored);
+                let mut at = 0;
+                assert_eq!(poll(&mut out, &mut io, &head, &mut at), Poll::Ready(()));
+                assert_eq!(io.got, want, "room {room}, vectored {vectored}");
+                assert_eq!(at, head.len());
+                assert!(out.is_empty());
+                let counters = MessageCounters::default();
+                out.count(&counters);
+                assert_eq!(counters.pushes.load(Relaxed), lens.len() as u64);
+                assert_eq!(counters.frames_out.load(Relaxed), lens.len() as u64);
+                let bytes: usize = lens.iter().sum();
+                assert_eq!(counters.bytes_out.load(Relaxed), bytes as u64);
+                assert_eq!(out.written(), want.len() as u64);
+            }
+        }
+        // Vectored, a batch of small frames goes in one write per
+        // `MAX_SLICES` slices.
+        let mut out = Outbound::default();
+        out.take(frames(&[10; 40]));
+        let mut io = sink(usize::MAX, usize::MAX, true);
+        assert_eq!(poll(&mut out, &mut io, b"h", &mut 0), Poll::Ready(()));
+        assert_eq!(io.writes, 2);
+    }
+
+    /// A write that stops midway: the frames that went whole count, the
+    /// one under way is let go of only once it went; given up, the rest of
+    /// it is what a slow consumer's close finishes, and the frames not
+    /// begun are queue drops (all of them, and the one begun, for another
+    /// close).
+    #[test]
+    fn a_write_cut_short_counts_what_went_and_drops_the_rest() {
+        let lens = [10, 20, 30, 40];
+        for finish in [true, false] {
+            let mut out = Outbound::default();
+            let batch = frames(&lens);
+            let kept = batch[2].clone();
+            out.take(batch);
+            // The head (4), the first two frames and 5 bytes of the third.
+            let mut io = sink(7, 4 + 10 + 20 + 5, true);
+            let mut at = 0;
+            assert_eq!(poll(&mut out, &mut io, b"head", &mut at), Poll::Pending);
+            assert_eq!((at, out.written()), (4, 39));
+            let counters = MessageCounters::default();
+            let rest = out.give_up(finish, &counters);
+            let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+            assert_eq!(load(&counters.pushes), 2);
+            assert_eq!(load(&counters.bytes_out), 10 + 20 + 5);
+            match finish {
+                true => {
+                    let rest = rest.expect("the rest of the third");
+                    assert_eq!(rest.tail, kept.slice(5..));
+                    assert_eq!(rest.frame, 25, "its bytes still to count");
+                    assert_eq!(load(&counters.queue_drops), 1);
+                }
+                false => {
+                    assert_eq!(rest, None);
+                    assert_eq!(load(&counters.queue_drops), 2);
+                }
+            }
+            assert!(out.is_empty());
+        }
+        // Stopped between frames (or before the first): nothing to finish.
+        let mut out = Outbound::default();
+        out.take(frames(&lens));
+        let mut io = sink(usize::MAX, 10, true);
+        assert_eq!(poll(&mut out, &mut io, b"", &mut 0), Poll::Pending);
+        let counters = MessageCounters::default();
+        assert_eq!(out.give_up(true, &counters), None);
+        assert_eq!(counters.pushes.load(Relaxed), 1);
+        assert_eq!(counters.queue_drops.load(Relaxed), 3);
+    }
+
+    /// What is left, drained as bytes: the rest of the frame under way,
+    /// then the frames not begun.
+    #[test]
+    fn drained_from_the_frame_under_way() {
+        let mut out = Outbound::default();
+        out.take(frames(&[10, 20]));
+        out.take(frames(&[5]));
+        let mut io = sink(usize::MAX, 13, true);
+        assert_eq!(poll(&mut out, &mut io, b"", &mut 0), Poll::Pending);
+        let counters = MessageCounters::default();
+        let left = out.drain(&counters);
+        assert_eq!(counters.pushes.load(Relaxed), 1, "the first went whole");
+        assert_eq!(left.len(), 2);
+        assert_eq!(left.concat(), [vec![2u8; 17], vec![1u8; 5]].concat());
+        assert!(out.is_empty());
+        assert_eq!(out.written(), 13);
+    }
+}
