@@ -934,6 +934,38 @@ async fn a_message_over_the_limit_closes_with_1009_and_counts() {
     server.stop().await;
 }
 
+/// A message over the limit is no broken framing: after its 1009 the
+/// server counts the frame's payload off by its length, finds the client's
+/// close behind it and hangs up at once, whatever `close_timeout` is (it
+/// waited all of it: python `websockets`' `recv()` raised only after 5 s).
+/// Twice: the oversize frame's payload whole, and cut by the client's close.
+#[tokio::test]
+async fn after_a_1009_the_clients_close_is_answered_at_once() {
+    for sent in [20_000usize, 100] {
+        let mut server = Ws::start(Server::builder(), |r| {
+            r.max_message_bytes(16_384)
+                .close_timeout(Duration::from_secs(3600))
+        })
+        .await;
+        let mut s = server.raw().await;
+        // A masked text frame declaring 20,000 bytes, `sent` of them sent.
+        let mut frame = vec![0x81, 0x80 | 126];
+        frame.extend_from_slice(&20_000u16.to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.resize(frame.len() + sent, b'a');
+        s.write_all(&frame).await.unwrap();
+        // Read, and answered with the client's close frame.
+        assert_eq!(read_close_code(&mut s).await, 1009);
+        // Hung up within SAFETY (20 s), not close_timeout (an hour).
+        hangs_up(&mut s).await;
+        assert_eq!(
+            server.next_close().await.1,
+            CloseReason::Protocol(ProtocolDetail::WebSocket(1009))
+        );
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn bad_utf8_closes_with_1007() {
     let mut server = Ws::default().await;

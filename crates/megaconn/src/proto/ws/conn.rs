@@ -95,7 +95,7 @@ use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
 use crate::proto::ws::route::Route;
 use crate::proto::ws::{
     parked_fd, poll_write_unsent, Start, Tables, WsIo, WsParked, GOING_AWAY, INTERNAL_ERROR,
-    POLICY_VIOLATION,
+    MESSAGE_TOO_BIG, POLICY_VIOLATION,
 };
 use crate::proto::{earliest, until, Ended};
 
@@ -519,8 +519,17 @@ pub(crate) async fn serve<H: WebSocketHandler>(
     let (io_reason, appended) = match ours {
         Some((code, why)) => {
             // After a violation the peer's next bytes are the rest of what
-            // broke the protocol: not frames to look for its close in.
-            let find_close = !matches!(reason, CloseReason::Protocol(_));
+            // broke the protocol: not frames to look for its close in
+            // (RFC 6455 §7.1.7: after failing the connection, process none
+            // of its data, a close frame included). A frame or message over
+            // a size limit broke no rule of the framing (1009 is a close,
+            // not a failure): the read buffer still begins at that frame's
+            // header (or, for a message that inflated past the limit, after
+            // the frame), so its payload is counted off by its length and
+            // the peer's close answered at once. Waiting the whole
+            // `close_timeout` there kept mainstream clients (python
+            // `websockets`, which waits for the server to close first) 5 s.
+            let find_close = !matches!(reason, CloseReason::Protocol(_)) || code == MESSAGE_TOO_BIG;
             let timeout = settings.close_timeout;
             let appended = Box::pin(close_handshake(
                 &mut conn,

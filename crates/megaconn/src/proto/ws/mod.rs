@@ -107,6 +107,12 @@ pub(crate) const INTERNAL_ERROR: u16 = 1011;
 /// policy"; not 1002, as the frames themselves broke no rule).
 pub(crate) const POLICY_VIOLATION: u16 = 1008;
 
+/// The close code sent for a frame or message over the route's size limits
+/// (RFC 6455 §7.4.1: 1009, "a message that is too big for it to process").
+/// Not a broken rule of the framing: the frames around it still parse, so
+/// after it the server looks for the peer's close frame (`conn.rs`).
+pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
+
 /// The close code sent to a slow consumer, whose push queue overflowed
 /// (RFC 6455 §7.4.1 via the IANA registry: 1013, try again later, "a
 /// temporary condition"). Not 1008 (policy violation): that says the peer

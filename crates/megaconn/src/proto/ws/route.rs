@@ -296,7 +296,11 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// before its close (the rest of a frame, of a message) is passed by
     /// its frame headers and dropped, and a read that is one whole close
     /// frame is its close, also in the middle of a frame our close cut; the
-    /// connection holds no buffer while it waits. Default 5 s.
+    /// connection holds no buffer while it waits. So it is after a 1009 (a
+    /// frame or message over a size limit: the frame's payload is passed by
+    /// its length). After a broken rule of the framing (1002, 1007) the
+    /// peer's bytes are not looked at (RFC 6455 §7.1.7): they are read away
+    /// until the peer closes or this timeout ends. Default 5 s.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.settings().close_timeout = timeout;
         self
