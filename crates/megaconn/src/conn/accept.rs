@@ -59,7 +59,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
 use crate::conn::admission::{
-    refuse, undecided_max, Answer, OverIpRate, Refusal, RefusalAnswer, Undecided,
+    refuse, undecided_max, Admitted, Answer, OverIpRate, Refusal, RefusalAnswer, Undecided,
     PER_IP_RETRY_AFTER_SECS, UNDECIDED_SERVER_MAX,
 };
 use crate::conn::connection::Connection;
@@ -248,7 +248,12 @@ pub(crate) async fn accept_loop(
                         });
                         continue;
                     }
-                    if let Some(Err(over)) = tls.as_ref().map(|t| t.admit_from(peer.ip())) {
+                    let admitted = tls.as_ref().map(|t| t.admit_from(peer.ip()));
+                    if let Some(Ok(Admitted::ForgotOne(ips))) = admitted {
+                        LimitHit::TlsHandshakeRateTable.count(&ctx.stats);
+                        log_rate_table_full(&ctx, peer, ips);
+                    }
+                    if let Some(Err(over)) = admitted {
                         // Before any TLS work: closed without an answer, as a
                         // TLS listener's other refusals; with a FIN, not the
                         // reset its unread ClientHello would draw (nor one
@@ -296,9 +301,23 @@ pub(crate) async fn accept_loop(
     tokio::join!(accepting, undecided.run());
 }
 
-/// Logs (limited, a kind each) a TLS connection refused by
-/// `TlsConfig::handshake_rate_per_ip`: its IP over the rate, or the table
-/// of IPs at its bound.
+/// Logs (limited) a TLS connection let in by forgetting another IP's
+/// bucket: the table of `TlsConfig::handshake_rate_per_ip`'s IPs was at its
+/// bound.
+fn log_rate_table_full(ctx: &WorkerContext, peer: SocketAddr, ips: usize) {
+    ratelog::log(Flood::TlsHandshakeRateTable, |suppressed| {
+        tracing::warn!(
+            worker = ctx.index,
+            %peer,
+            tracked_ips = ips,
+            suppressed,
+            "TLS handshake rate per IP: its table already tracks {ips} IPs (IPv6 per /64), its bound; another IP's bucket was forgotten to admit this one (connections from that many addresses within a bucket's refill time: a flood from many addresses, which the rate per IP does not stop; --tls-max-handshakes and --accept-rate bound it)"
+        )
+    });
+}
+
+/// Logs (limited) a TLS connection refused by
+/// `TlsConfig::handshake_rate_per_ip`: its IP over the rate.
 fn log_over_ip_rate(ctx: &WorkerContext, peer: SocketAddr, over: OverIpRate) {
     match over {
         OverIpRate::Rate(per_second) => ratelog::log(Flood::TlsHandshakeRatePerIp, |suppressed| {
@@ -308,15 +327,6 @@ fn log_over_ip_rate(ctx: &WorkerContext, peer: SocketAddr, over: OverIpRate) {
                 handshake_rate_per_ip = per_second,
                 suppressed,
                 "TLS connection refused: its IP is over the handshake rate per IP (raise --tls-handshake-rate-per-ip if the peer is legitimate, e.g. a NAT)"
-            )
-        }),
-        OverIpRate::TableFull(ips) => ratelog::log(Flood::TlsHandshakeRateTable, |suppressed| {
-            tracing::warn!(
-                worker = ctx.index,
-                %peer,
-                tracked_ips = ips,
-                suppressed,
-                "TLS connection refused: the handshake rate per IP already tracks {ips} IPs (IPv6 per /64), its bound, and this one is not among them: connections from that many addresses within a bucket's refill time, a flood from many addresses; new IPs are refused until their buckets refill and are forgotten (a higher --tls-handshake-rate-per-ip refills them sooner)"
             )
         }),
     }

@@ -23,8 +23,8 @@
 //! client that replays a ClientHello and hangs up stays within any
 //! concurrent bound while it costs the server a key exchange and a
 //! signature each time. Its table holds at most
-//! [`PerIpRate::MAX_TRACKED`] IPs; past that a new IP is refused, counted
-//! apart (`tls_handshake_rate_table`).
+//! [`PerIpRate::MAX_TRACKED`] IPs; past that a new IP takes the place of
+//! one it forgets, counted apart (`tls_handshake_rate_table`).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -248,11 +248,15 @@ impl PerIpLimit {
 /// thousands a second, hundreds of megabytes. At the bound, once a sweep
 /// (at most one per [`PerIpRate::SWEEP_AT_BOUND_EVERY`], so that a full
 /// table does not cost a sweep per connection) has found nothing to
-/// forget, a connection from an IP not in the table is refused
-/// ([`OverIpRate::TableFull`], counted and logged at accept): the IPs in
-/// it keep their buckets, and no new one is let in unmetered, which would
-/// let anyone past the rate while the table is full. nginx's
-/// `limit_req` zone does the same when it has no room left. A table of
+/// forget, a connection from an IP not in the table takes the place of
+/// one it forgets, whichever the map gives first ([`Admitted::ForgotOne`],
+/// counted and logged at accept): no looser than the unbounded table, in
+/// which every new IP got a fresh burst too, and no lockout. Refusing new
+/// IPs instead (this session's first version) let one host with an IPv6
+/// /48 keep the table full at ~65,536 × rate connections a second and
+/// lock every other new client out for as long as it liked (merge
+/// review); nginx's `limit_req` also drops its least recently used state
+/// first. A table of
 /// 65,536 entries of 64 bytes (a `u128` key and a [`TokenBucket`]) in
 /// hashbrown's buckets (a control byte each, 131,072 of them at its 7/8
 /// load) holds about 8.5 MB.
@@ -277,8 +281,6 @@ struct RateTable {
 pub(crate) enum OverIpRate {
     /// Its IP's bucket is empty: the rate, per second.
     Rate(f64),
-    /// The table is at its bound, this many IPs, and its IP not in it.
-    TableFull(usize),
 }
 
 /// Counted under the label of why.
@@ -286,9 +288,19 @@ impl From<OverIpRate> for LimitHit {
     fn from(over: OverIpRate) -> LimitHit {
         match over {
             OverIpRate::Rate(_) => LimitHit::TlsHandshakeRatePerIp,
-            OverIpRate::TableFull(_) => LimitHit::TlsHandshakeRateTable,
         }
     }
+}
+
+/// How [`PerIpRate::try_take`] let a connection in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admitted {
+    /// Its IP's bucket had a token.
+    Metered,
+    /// The table was at its bound, this many IPs, and its IP not in it:
+    /// one other IP's bucket was forgotten to make room (counted as
+    /// `tls_handshake_rate_table`).
+    ForgotOne(usize),
 }
 
 impl PerIpRate {
@@ -326,7 +338,7 @@ impl PerIpRate {
     }
 
     /// Takes a token for a connection from `ip`, if its bucket has one.
-    pub(crate) fn try_take(&self, ip: IpAddr, now: Instant) -> Result<(), OverIpRate> {
+    pub(crate) fn try_take(&self, ip: IpAddr, now: Instant) -> Result<Admitted, OverIpRate> {
         let key = PerIpLimit::key(ip);
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let full = table.buckets.len() >= self.max_tracked;
@@ -349,18 +361,22 @@ impl PerIpRate {
                 .min(self.max_tracked);
             table.swept = Some(now);
         }
-        let (rate, burst, len) = (self.per_second, self.burst, table.buckets.len());
-        let bucket = match table.buckets.entry(key) {
-            std::collections::hash_map::Entry::Occupied(bucket) => bucket.into_mut(),
-            std::collections::hash_map::Entry::Vacant(_) if len >= self.max_tracked => {
-                return Err(OverIpRate::TableFull(self.max_tracked))
+        let mut admitted = Admitted::Metered;
+        if table.buckets.len() >= self.max_tracked && !table.buckets.contains_key(&key) {
+            // Any one: the first the map gives is O(1) and not chosen by
+            // the peer (SipHash keys of the process's own).
+            if let Some(old) = table.buckets.keys().next().copied() {
+                table.buckets.remove(&old);
             }
-            std::collections::hash_map::Entry::Vacant(new) => {
-                new.insert(TokenBucket::new(rate, burst))
-            }
-        };
+            admitted = Admitted::ForgotOne(self.max_tracked);
+        }
+        let (rate, burst) = (self.per_second, self.burst);
+        let bucket = table
+            .buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(rate, burst));
         if bucket.try_take(now) {
-            Ok(())
+            Ok(admitted)
         } else {
             Err(OverIpRate::Rate(self.per_second))
         }
@@ -937,11 +953,11 @@ mod tests {
         assert!(slow.try_take(a, start).is_ok() && slow.try_take(a, start).is_err());
     }
 
-    /// The table holds at most its bound: a new IP past it is refused
-    /// (`TableFull`, which accept counts and logs), the IPs in it keep
-    /// their buckets, and once a sweep (at most one per
-    /// `SWEEP_AT_BOUND_EVERY`) finds buckets full again, new IPs come in.
-    /// Unbounded, 2,000 IPs held 2,000 entries.
+    /// The table holds at most its bound: a new IP past it takes the place
+    /// of one it forgets (`ForgotOne`, which accept counts and logs), never
+    /// refused for it, and once a sweep (at most one per
+    /// `SWEEP_AT_BOUND_EVERY`) finds buckets full again, they are all
+    /// forgotten. Unbounded, 2,000 IPs held 2,000 entries.
     #[test]
     fn per_ip_rate_table_is_bounded() {
         let start = Instant::now();
@@ -950,29 +966,31 @@ mod tests {
         // IPv6 too: one /48's /64s, each its own key.
         let v6 = |i: u16| IpAddr::from([0x2001, 0xdb8, 0, i, 0, 0, 0, 1]);
         for i in 0..1000 {
-            assert_eq!(l.try_take(ip(i), start), Ok(()));
+            assert_eq!(l.try_take(ip(i), start), Ok(Admitted::Metered));
         }
         for i in 0..1000 {
             let took = l.try_take(v6(i), start);
             if i < 500 {
-                assert_eq!(took, Ok(()), "{i}");
+                assert_eq!(took, Ok(Admitted::Metered), "{i}");
             } else {
-                assert_eq!(took, Err(OverIpRate::TableFull(1500)), "{i}");
+                assert_eq!(took, Ok(Admitted::ForgotOne(1500)), "{i}");
             }
         }
         assert_eq!(l.tracked(), 1500);
         assert_eq!(
-            l.try_take(ip(7), start),
+            l.try_take(v6(999), start),
             Err(OverIpRate::Rate(0.5)),
             "an IP in the table is metered as before"
         );
-        // Two seconds on (a burst of 1 at 0.5 a second refills in 2 s):
+        // Three seconds on (a burst of 1 at 0.5 a second refills in 2 s):
         // every bucket is full again, and the next sweep forgets them, but
-        // one within SWEEP_AT_BOUND_EVERY of the last does not run.
+        // one within SWEEP_AT_BOUND_EVERY of the last does not run (a new
+        // IP then takes one's place).
         let soon = start + PerIpRate::SWEEP_AT_BOUND_EVERY / 2;
-        assert_eq!(l.try_take(v6(1001), soon), Err(OverIpRate::TableFull(1500)));
-        let later = start + Duration::from_secs(2);
-        assert_eq!(l.try_take(v6(1001), later), Ok(()));
+        assert_eq!(l.try_take(v6(1001), soon), Ok(Admitted::ForgotOne(1500)));
+        assert_eq!(l.tracked(), 1500);
+        let later = start + Duration::from_secs(3);
+        assert_eq!(l.try_take(v6(1002), later), Ok(Admitted::Metered));
         assert_eq!(l.tracked(), 1);
         // The entry the bound's memory figure (`PerIpRate`) counts.
         assert_eq!(std::mem::size_of::<(u128, TokenBucket)>(), 64);

@@ -35,7 +35,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
-use crate::conn::admission::{OverIpRate, PerIpRate};
+use crate::conn::admission::{Admitted, OverIpRate, PerIpRate};
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::tls_io::TlsIo;
@@ -461,8 +461,9 @@ impl TlsConfig {
 
     /// Whether a new connection from `ip` is within
     /// [`handshake_rate_per_ip`](TlsConfig::handshake_rate_per_ip) (taking
-    /// its token); `Err` saying why when it is not.
-    pub(crate) fn admit_from(&self, ip: std::net::IpAddr) -> Result<(), OverIpRate> {
+    /// its token, and saying whether its table forgot another IP to make
+    /// room); `Err` saying why when it is not.
+    pub(crate) fn admit_from(&self, ip: std::net::IpAddr) -> Result<Admitted, OverIpRate> {
         let rate = self
             .shared
             .ip_rate
@@ -471,7 +472,7 @@ impl TlsConfig {
             .clone();
         match rate {
             Some(rate) => rate.try_take(ip, tokio::time::Instant::now()),
-            None => Ok(()),
+            None => Ok(Admitted::Metered),
         }
     }
 
@@ -1100,7 +1101,7 @@ mod tests {
     fn the_same_handshake_rate_set_again_keeps_the_buckets() {
         let ip: std::net::IpAddr = [192, 0, 2, 7].into();
         let tls = config().handshake_rate_per_ip(Some(0.01));
-        assert_eq!(tls.admit_from(ip), Ok(()));
+        assert_eq!(tls.admit_from(ip), Ok(Admitted::Metered));
         assert_eq!(tls.admit_from(ip), Err(OverIpRate::Rate(0.01)));
         let tls = tls.clone().handshake_rate_per_ip(Some(0.01));
         assert_eq!(
@@ -1109,7 +1110,11 @@ mod tests {
             "a fresh bucket after a SIGHUP"
         );
         let tls = tls.clone().handshake_rate_per_ip(Some(0.02));
-        assert_eq!(tls.admit_from(ip), Ok(()), "a changed rate counts afresh");
+        assert_eq!(
+            tls.admit_from(ip),
+            Ok(Admitted::Metered),
+            "a changed rate counts afresh"
+        );
         assert_eq!(tls.admit_from(ip), Err(OverIpRate::Rate(0.02)));
     }
 }

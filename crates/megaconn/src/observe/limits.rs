@@ -92,7 +92,7 @@ pub(crate) enum LimitHit {
     /// client may read the wrong answer (an HTTP/2 one a `503`), or a TLS
     /// client a reset. Also counted under its refusal's own label.
     RefusalsWaiting,
-    /// A TLS connection refused right after its accept: the table of
+    /// A TLS connection let in by forgetting another IP's bucket: the table of
     /// `TlsConfig::handshake_rate_per_ip`'s buckets held its bound of IPs
     /// (65,536) and its IP was not among them.
     TlsHandshakeRateTable,

@@ -399,9 +399,9 @@ pub(crate) enum Flood {
     /// for its client's first bytes, because the server's refusals waiting
     /// for theirs were at their bound (`admission::undecided_max`).
     RefusalsWaiting,
-    /// A TLS connection refused at accept because the table of
-    /// `TlsConfig::handshake_rate_per_ip`'s buckets was at its bound
-    /// (`admission::PerIpRate::MAX_TRACKED`) and its IP not in it.
+    /// A TLS connection let in at accept by forgetting another IP's bucket:
+    /// the table of `TlsConfig::handshake_rate_per_ip`'s buckets was at its
+    /// bound (`admission::PerIpRate::MAX_TRACKED`) and its IP not in it.
     TlsHandshakeRateTable,
 }
 

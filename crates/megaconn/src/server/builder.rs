@@ -1190,7 +1190,12 @@ impl Builder {
     /// Serves HTTP/1.1 on one already-connected stream, on the current task, with
     /// this builder's settings (addresses, workers and limits on connections do
     /// not apply). For custom transports, and for tests on in-memory streams or
-    /// with paused time.
+    /// with paused time. Requests carry no peer address here (a transport
+    /// has none megaconn knows), so a service that needs one (axum's
+    /// `into_make_service_with_connect_info`, turned into an
+    /// [`HttpService`] by hand through
+    /// [`IntoHttpService`](crate::IntoHttpService)) answers every request
+    /// 500: give it to [`Builder::serve`] instead.
     pub async fn serve_connection<T, S>(&self, io: T, service: S)
     where
         T: Transport + Send + 'static,
