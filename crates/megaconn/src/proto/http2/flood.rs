@@ -122,10 +122,10 @@ pub(crate) const DATA_FRAME_CREDIT: u64 = 64;
 /// 10 s or more.
 pub(crate) const REFILL_PER_SECOND: u64 = 128;
 
-/// Tiny DATA frames (see [`TINY_DATA_FRAME`]) an HTTP/2 connection may send
-/// at once, before it is closed with `GOAWAY(ENHANCE_YOUR_CALM)`; given back
-/// by time ([`TINY_DATA_PER_SECOND`]) and by larger DATA frames' bytes
-/// ([`BYTES_PER_TINY_DATA_FRAME`]). About what h2 lets a connection hold
+/// Tiny DATA frames (fewer than 16 bytes on the wire, payload and padding,
+/// not ending their stream) an HTTP/2 connection may send at once, before
+/// it is closed with `GOAWAY(ENHANCE_YOUR_CALM)`; given back by time (1,000
+/// a second) and by larger DATA frames' bytes (one a KiB). About what h2 lets a connection hold
 /// unread (half its 1 MiB window at 255 bytes a 1-byte frame: ~2,050), and
 /// 2–6 ms of server CPU. Counted in
 /// `megaconn_limit_hits_total{limit="http2_data_flood"}` (and a protocol
