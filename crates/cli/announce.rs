@@ -125,7 +125,10 @@ pub fn count(n: u64, one: &str, many: &str) -> String {
 
 /// `megaconn stopped: …`, what a server did over its life, `processes`
 /// when a supervisor adds up its worker processes'. "Served" are the
-/// requests handed to the service; the HTTP requests refused (a malformed
+/// requests handed to the service but for those the forced shutdown (at
+/// `shutdown_timeout`) cut off, said apart when there are any (`1 cut off
+/// by the forced shutdown`; `ServerStats::requests_forced`): it counted
+/// them as served. The HTTP requests refused (a malformed
 /// or oversized head, a body over its limit: `megaconn_requests_total`
 /// counts them too, by their status) are said apart. It said `0 requests`
 /// after four refused heads. So are the other protocol errors (a
@@ -141,10 +144,15 @@ pub fn stopped_line(processes: Option<usize>, stats: &megaconn::ServerStats) -> 
     });
     // Every refusal is a protocol error too (`ServerStats::requests_refused`).
     let other = stats.protocol_errors.saturating_sub(stats.requests_refused);
+    let served = stats.requests.saturating_sub(stats.requests_forced);
+    let forced = match stats.requests_forced {
+        0 => String::new(),
+        n => format!(", {n} cut off by the forced shutdown (shutdown_timeout)"),
+    };
     format!(
-        "megaconn stopped: {processes}{} accepted, {} served, {} refused as malformed or over a limit, {} closed for another protocol error (WebSocket, framed, HTTP/2, TLS)",
+        "megaconn stopped: {processes}{} accepted, {} served{forced}, {} refused as malformed or over a limit, {} closed for another protocol error (WebSocket, framed, HTTP/2, TLS)",
         count(stats.accepted, "connection", "connections"),
-        count(stats.requests, "request", "requests"),
+        count(served, "request", "requests"),
         stats.requests_refused,
         count(other, "connection", "connections"),
     )
@@ -215,6 +223,12 @@ mod tests {
         assert_eq!(
             stopped_line(None, &stats),
             "megaconn stopped: 5 connections accepted, 0 requests served, 4 refused as malformed or over a limit, 1 connection closed for another protocol error (WebSocket, framed, HTTP/2, TLS)"
+        );
+        stats.requests = 3;
+        stats.requests_forced = 2;
+        assert_eq!(
+            stopped_line(None, &stats),
+            "megaconn stopped: 5 connections accepted, 1 request served, 2 cut off by the forced shutdown (shutdown_timeout), 4 refused as malformed or over a limit, 1 connection closed for another protocol error (WebSocket, framed, HTTP/2, TLS)"
         );
     }
 
