@@ -29,6 +29,7 @@
 //! ([`last_words`]): its error, a second signal's exit.
 
 use std::fmt;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -40,26 +41,29 @@ const TARGET: &str = "megaconn::announce";
 /// pipe that went away must not turn into a panic); in JSON mode as the
 /// message of a JSON log line ([`json_line`]).
 pub fn say(line: fmt::Arguments<'_>) {
-    write_line(&mut std::io::stdout(), "INFO", TARGET, line);
+    let _ = std::io::stdout().write_all(format_line("INFO", TARGET, line).as_bytes());
 }
 
 /// Writes the last words of a process about to exit on stderr, unfiltered
 /// (whatever `RUST_LOG` says): as they are, or in JSON mode as an ERROR
-/// line's message.
+/// line's message; a worker process's with its index, as its log lines
+/// (`worker_process=K`): the worker processes share the supervisor's
+/// stderr, and one's error could not be told from another's. A failed
+/// write is ignored (see [`say`]).
 pub fn last_words(line: fmt::Arguments<'_>) {
-    write_line(&mut std::io::stderr(), "ERROR", "megaconn", line);
+    let line = crate::logging::tag_worker_process(format_line("ERROR", "megaconn", line));
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
-/// Writes `line` to `out` as the log format wants it: as it is, or as the
-/// message of a JSON line at `level` from `target`. A failed write is
-/// ignored (see [`say`]).
-fn write_line(out: &mut impl std::io::Write, level: &str, target: &str, line: fmt::Arguments<'_>) {
-    let _ = match crate::logging::format() {
-        crate::logging::LogFormat::Human => writeln!(out, "{line}"),
+/// `line` as the log format wants it, ending in a newline: as it is, or as
+/// the message of a JSON line at `level` from `target`.
+fn format_line(level: &str, target: &str, line: fmt::Arguments<'_>) -> String {
+    match crate::logging::format() {
+        crate::logging::LogFormat::Human => format!("{line}\n"),
         crate::logging::LogFormat::Json => {
-            writeln!(out, "{}", json_line(level, target, &line.to_string()))
+            format!("{}\n", json_line(level, target, &line.to_string()))
         }
-    };
+    }
 }
 
 /// A JSON log line as the subscriber writes one (`--log-format json`):

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 
-use common::{ChildGuard, ReservedPort, Serving};
+use common::{ChildGuard, Gate, ReservedPort, Serving};
 
 fn megaconn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_megaconn"))
@@ -69,6 +69,14 @@ fn supervisor(dir: &std::path::Path, extra: &[&str]) -> Serving {
     serving
 }
 
+/// The flags of a log format: none for the human one, or JSON's.
+fn log_format(json_mode: bool) -> &'static [&'static str] {
+    match json_mode {
+        true => &["--log-format", "json"],
+        false => &[],
+    }
+}
+
 /// Every line a worker process logs says its index (`worker_process=K`,
 /// in JSON a top-level `"worker_process":K`), and the supervisor's own
 /// lines none; the two worker processes' lines on a SIGHUP told apart.
@@ -79,12 +87,7 @@ fn supervisor(dir: &std::path::Path, extra: &[&str]) -> Serving {
 fn every_line_of_a_worker_process_says_its_index() {
     for json_mode in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let extra: &[&str] = if json_mode {
-            &["--log-format", "json"]
-        } else {
-            &[]
-        };
-        let mut serving = supervisor(dir.path(), extra);
+        let mut serving = supervisor(dir.path(), log_format(json_mode));
         let index_of = |line: &str| -> Option<u64> {
             if json_mode {
                 json(line)
@@ -252,12 +255,7 @@ fn an_upgrade_with_the_upgrade_socket_off_is_a_usage_error() {
 fn a_worker_process_exit_is_logged_by_its_code_or_its_signal() {
     for json_mode in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let extra: &[&str] = if json_mode {
-            &["--log-format", "json"]
-        } else {
-            &[]
-        };
-        let mut serving = supervisor(dir.path(), extra);
+        let mut serving = supervisor(dir.path(), log_format(json_mode));
         let pids: Vec<i32> = (0..2)
             .map(|k| {
                 let line = common::message(&serving.stdout.expect_line());
@@ -374,5 +372,66 @@ fn in_json_mode_a_second_sigterm_says_so_in_json() {
         assert_eq!(last["level"], "ERROR", "{last}");
         assert_eq!(last["target"], "megaconn", "{last}");
         assert!(last["timestamp"].as_str().is_some(), "{last}");
+    }
+}
+
+/// A worker process's last words (its error, as it exits) say its index as
+/// its log lines do (`worker_process=K`; in JSON a top-level
+/// `"worker_process":K`): the worker processes share the supervisor's
+/// stderr, and which one failed could not be told. Here worker process 1,
+/// killed, fails its restart (a test gate lowers its open-file limit, so
+/// that no worker's runtime can be made).
+#[test]
+fn a_worker_process_last_words_say_its_index() {
+    for json_mode in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("upgrade.sock");
+        let port = ReservedPort::new();
+        let mut cmd = megaconn();
+        cmd.args(["serve", "--listen", &port.addr, "--workers", "1"])
+            .args(["--processes", "2", "--admin", "off", "--upgrade-socket"])
+            .arg(&socket)
+            .args(log_format(json_mode))
+            // No gate listens while the worker processes start: they pass.
+            .env("MEGACONN_TEST_START_GATE", "1");
+        let mut serving = Serving::spawn(&mut cmd);
+        // The worker processes listen: the port is theirs.
+        drop(port);
+        let pid = (0..2)
+            .map(|_| common::message(&serving.stdout.expect_line()))
+            .last()
+            .and_then(|line| line.strip_prefix("worker process 1 pid ")?.parse().ok())
+            .expect("worker process 1's pid");
+        let gate = Gate::at(&dir.path().join("upgrade.sock.1"), ".start.gate");
+        // SAFETY: kill(2) on a worker process this test's supervisor started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let died = "worker process died; restarting";
+        serving.wait_for_log(died);
+        let (_, mut held) = gate.next();
+        drop(gate);
+        held.write_all(b"emfile\n").unwrap();
+        drop(held);
+        // Its last words come before the supervisor hears of its exit.
+        let lines = serving.log_until(died);
+        let said = |line: &&String| common::message(line).starts_with("megaconn: ");
+        let words = lines
+            .iter()
+            .find(said)
+            .unwrap_or_else(|| panic!("no last words in {lines:#?}"));
+        if json_mode {
+            let words = json(words);
+            assert_eq!(words["worker_process"], 1, "{words}");
+            assert_eq!(words["level"], "ERROR", "{words}");
+        } else {
+            assert!(words.ends_with(" worker_process=1"), "{words}");
+        }
+        // Restarted again (past the gate nobody listens at now).
+        let line = common::message(&serving.stdout.expect_line());
+        assert!(
+            line.starts_with("worker process 1 restarted pid "),
+            "{line}"
+        );
+        serving.child.signal(libc::SIGTERM);
+        assert_eq!(serving.child.wait().code(), Some(0));
     }
 }
