@@ -397,11 +397,13 @@ fn a_worker_process_last_words_say_its_index() {
         let mut serving = Serving::spawn(&mut cmd);
         // The worker processes listen: the port is theirs.
         drop(port);
-        let pid = (0..2)
+        let said: Vec<String> = (0..2)
             .map(|_| common::message(&serving.stdout.expect_line()))
-            .last()
-            .and_then(|line| line.strip_prefix("worker process 1 pid ")?.parse().ok())
-            .expect("worker process 1's pid");
+            .collect();
+        let pid: i32 = said[1]
+            .strip_prefix("worker process 1 pid ")
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("{said:?}"));
         let gate = Gate::at(&dir.path().join("upgrade.sock.1"), ".start.gate");
         // SAFETY: kill(2) on a worker process this test's supervisor started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
