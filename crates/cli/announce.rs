@@ -29,6 +29,7 @@
 //! ([`last_words`]): its error, a second signal's exit.
 
 use std::fmt;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -40,26 +41,29 @@ const TARGET: &str = "megaconn::announce";
 /// pipe that went away must not turn into a panic); in JSON mode as the
 /// message of a JSON log line ([`json_line`]).
 pub fn say(line: fmt::Arguments<'_>) {
-    write_line(&mut std::io::stdout(), "INFO", TARGET, line);
+    let _ = std::io::stdout().write_all(format_line("INFO", TARGET, line).as_bytes());
 }
 
 /// Writes the last words of a process about to exit on stderr, unfiltered
 /// (whatever `RUST_LOG` says): as they are, or in JSON mode as an ERROR
-/// line's message.
+/// line's message; a worker process's with its index, as its log lines
+/// (`worker_process=K`): the worker processes share the supervisor's
+/// stderr, and one's error could not be told from another's. A failed
+/// write is ignored (see [`say`]).
 pub fn last_words(line: fmt::Arguments<'_>) {
-    write_line(&mut std::io::stderr(), "ERROR", "megaconn", line);
+    let line = crate::logging::tag_worker_process(format_line("ERROR", "megaconn", line));
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
-/// Writes `line` to `out` as the log format wants it: as it is, or as the
-/// message of a JSON line at `level` from `target`. A failed write is
-/// ignored (see [`say`]).
-fn write_line(out: &mut impl std::io::Write, level: &str, target: &str, line: fmt::Arguments<'_>) {
-    let _ = match crate::logging::format() {
-        crate::logging::LogFormat::Human => writeln!(out, "{line}"),
+/// `line` as the log format wants it, ending in a newline: as it is, or as
+/// the message of a JSON line at `level` from `target`.
+fn format_line(level: &str, target: &str, line: fmt::Arguments<'_>) -> String {
+    match crate::logging::format() {
+        crate::logging::LogFormat::Human => format!("{line}\n"),
         crate::logging::LogFormat::Json => {
-            writeln!(out, "{}", json_line(level, target, &line.to_string()))
+            format!("{}\n", json_line(level, target, &line.to_string()))
         }
-    };
+    }
 }
 
 /// A JSON log line as the subscriber writes one (`--log-format json`):
@@ -125,7 +129,10 @@ pub fn count(n: u64, one: &str, many: &str) -> String {
 
 /// `megaconn stopped: …`, what a server did over its life, `processes`
 /// when a supervisor adds up its worker processes'. "Served" are the
-/// requests handed to the service; the HTTP requests refused (a malformed
+/// requests handed to the service but for those the forced shutdown (at
+/// `shutdown_timeout`) cut off, said apart when there are any (`1 cut off
+/// by the forced shutdown`; `ServerStats::requests_forced`): it counted
+/// them as served. The HTTP requests refused (a malformed
 /// or oversized head, a body over its limit: `megaconn_requests_total`
 /// counts them too, by their status) are said apart. It said `0 requests`
 /// after four refused heads. So are the other protocol errors (a
@@ -141,10 +148,15 @@ pub fn stopped_line(processes: Option<usize>, stats: &megaconn::ServerStats) -> 
     });
     // Every refusal is a protocol error too (`ServerStats::requests_refused`).
     let other = stats.protocol_errors.saturating_sub(stats.requests_refused);
+    let served = stats.requests.saturating_sub(stats.requests_forced);
+    let forced = match stats.requests_forced {
+        0 => String::new(),
+        n => format!(", {n} cut off by the forced shutdown (shutdown_timeout)"),
+    };
     format!(
-        "megaconn stopped: {processes}{} accepted, {} served, {} refused as malformed or over a limit, {} closed for another protocol error (WebSocket, framed, HTTP/2, TLS)",
+        "megaconn stopped: {processes}{} accepted, {} served{forced}, {} refused as malformed or over a limit, {} closed for another protocol error (WebSocket, framed, HTTP/2, TLS)",
         count(stats.accepted, "connection", "connections"),
-        count(stats.requests, "request", "requests"),
+        count(served, "request", "requests"),
         stats.requests_refused,
         count(other, "connection", "connections"),
     )
@@ -215,6 +227,12 @@ mod tests {
         assert_eq!(
             stopped_line(None, &stats),
             "megaconn stopped: 5 connections accepted, 0 requests served, 4 refused as malformed or over a limit, 1 connection closed for another protocol error (WebSocket, framed, HTTP/2, TLS)"
+        );
+        stats.requests = 3;
+        stats.requests_forced = 2;
+        assert_eq!(
+            stopped_line(None, &stats),
+            "megaconn stopped: 5 connections accepted, 1 request served, 2 cut off by the forced shutdown (shutdown_timeout), 4 refused as malformed or over a limit, 1 connection closed for another protocol error (WebSocket, framed, HTTP/2, TLS)"
         );
     }
 

@@ -11,7 +11,9 @@
 //!
 //! The format chosen is kept ([`format`]) for the lines written outside the
 //! subscriber: `announce.rs`'s lines on stdout, and the last words of a
-//! process that exits, which are JSON too in JSON mode.
+//! process that exits, which are JSON too in JSON mode; so is the worker
+//! process's index, which its last words on the shared stderr carry as its
+//! log lines do ([`tag_worker_process`]).
 //!
 //! One more layer sits on the subscriber: a test gate that makes a worker
 //! panic at its hand-over's line (`upgrade::WorkerPanic`, debug builds
@@ -57,6 +59,9 @@ pub const DEFAULT_FILTER: &str = "info,h2=error";
 /// The format [`init`] installed.
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
+/// The index [`init_for`] was given: this is that worker process.
+static WORKER_PROCESS: OnceLock<usize> = OnceLock::new();
+
 /// The log format of this process: what [`init`] installed, human before.
 pub fn format() -> LogFormat {
     FORMAT.get().copied().unwrap_or(LogFormat::Human)
@@ -64,6 +69,16 @@ pub fn format() -> LogFormat {
 
 /// The field a worker process's lines carry: its index.
 pub const WORKER_PROCESS_FIELD: &str = "worker_process";
+
+/// `line` (one line, ending in a newline: plain, or a JSON object in JSON
+/// mode) with this worker process's index added as its log lines carry it
+/// ([`tag`]); as it is in any other process.
+pub fn tag_worker_process(line: String) -> String {
+    match WORKER_PROCESS.get() {
+        Some(&index) => tag(&line, index, format() == LogFormat::Json, false),
+        None => line,
+    }
+}
 
 /// Installs the global subscriber.
 pub fn init(format: LogFormat) {
@@ -74,6 +89,9 @@ pub fn init(format: LogFormat) {
 /// supervisor's worker process of that index, and every line says so.
 pub fn init_for(format: LogFormat, worker_process: Option<usize>) {
     let _ = FORMAT.set(format);
+    if let Some(index) = worker_process {
+        let _ = WORKER_PROCESS.set(index);
+    }
     // A `RUST_LOG` that does not parse falls back to the default, and says so
     // once the subscriber is up (it used to fall back in silence).
     let mut bad = None;

@@ -41,8 +41,8 @@ use prometheus_client::registry::{Registry, Unit};
 /// then the labelled counters and the duration histogram from
 /// [`LIMIT_HITS`] on, all counters (a histogram's bucket counts and its sum
 /// are counters too: they add up over processes and never go down) but
-/// for [`TLS_EXPIRY`], a gauge.
-const FIELDS: usize = TLS_EXPIRY + 1;
+/// for [`TLS_EXPIRY`], a gauge; then [`REQUESTS_FORCED`].
+const FIELDS: usize = REQUESTS_FORCED + 1;
 /// Index of the publishes a worker process dropped on their way up to the
 /// supervisor (fanout.rs), set by `publish_channel`.
 const UPLINK_DROPPED: usize = 10;
@@ -70,6 +70,9 @@ const TLS_RELOADS: usize = HISTOGRAM_SUM + 1;
 /// has no TLS, or no certificate it could read): a gauge, the earliest of
 /// the live processes' is the server's.
 const TLS_EXPIRY: usize = TLS_RELOADS + 2;
+/// Index of `ServerStats::requests_forced`, set by `publish` (for the
+/// supervisor's stop line, which says them apart from those served).
+const REQUESTS_FORCED: usize = TLS_EXPIRY + 1;
 /// Index of the first counter (the values before it are gauges, and
 /// [`TLS_EXPIRY`]).
 const FIRST_COUNTER: usize = 3;
@@ -168,6 +171,8 @@ impl SharedStats {
         }
         self.field(slot, REQUESTS_REFUSED)
             .store(s.requests_refused as i64, Relaxed);
+        self.field(slot, REQUESTS_FORCED)
+            .store(s.requests_forced as i64, Relaxed);
         // By label, not by place: a label the library has and this block
         // not (or the reverse) cannot land in another's field.
         for (i, label) in LIMIT_HIT_LABELS.iter().enumerate() {
@@ -261,6 +266,7 @@ impl SharedStats {
         t.protocol_errors = r(8);
         t.accept_errors = r(9);
         t.requests_refused = r(REQUESTS_REFUSED);
+        t.requests_forced = r(REQUESTS_FORCED);
         let mut hits: Vec<u64> = (0..LIMIT_HIT_LABELS.len())
             .map(|i| r(LIMIT_HITS + i))
             .collect();
@@ -284,6 +290,7 @@ impl SharedStats {
             t.protocol_errors += f(8) as u64;
             t.accept_errors += f(9) as u64;
             t.requests_refused += f(REQUESTS_REFUSED) as u64;
+            t.requests_forced += f(REQUESTS_FORCED) as u64;
             t.connections_per_worker.push(f(0));
             for (i, n) in hits.iter_mut().enumerate() {
                 *n += f(LIMIT_HITS + i) as u64;
@@ -466,7 +473,11 @@ impl Collector for Totals {
                 "Connections closed since start.",
                 t.closed,
             ),
-            ("requests", "Requests handed to the service.", t.requests),
+            (
+                "requests",
+                "Requests handed to the service (those the forced shutdown at shutdown_timeout cut off included).",
+                t.requests,
+            ),
             (
                 "panics",
                 "Handlers or response bodies that panicked.",
@@ -639,6 +650,7 @@ mod tests {
         let mut s = ServerStats::default();
         s.limit_hits = vec![("malformed_request", 2), ("http2_control_flood", 1)];
         s.rejected_per_ip = 4;
+        s.requests_forced = 1;
         s.request_metrics.duration.counts[0] = 3;
         s.request_metrics.duration.counts[DURATION_BUCKETS.len()] = 1;
         s.request_metrics.duration.sum = Duration::from_millis(20_250);
@@ -652,6 +664,7 @@ mod tests {
         assert_eq!(hits("http2_control_flood"), 2);
         assert_eq!(hits("max_headers"), 0);
         assert_eq!(t.rejected_per_ip, 8);
+        assert_eq!(t.requests_forced, 2, "for the stop line, live and retired");
         assert_eq!(t.request_metrics.duration.count(), 8);
         let text = shared.render_prometheus(FanoutCounts::default());
         for line in [

@@ -227,7 +227,93 @@ enum Event {
     Ready(usize, Option<Moved>),
     /// The worker process handed its sockets to a newer one (an upgrade).
     HandedOver(usize),
-    Exited(usize, Option<i32>),
+    /// The worker process ended (reaped).
+    Exited(usize, Exit),
+}
+
+/// How a worker process ended, as the supervisor's lines say it: its exit
+/// code (`exit_code=1`; in JSON a number), or for one a signal ended (it
+/// has no exit code) the signal's name (`signal=SIGKILL`; in JSON a
+/// string), as the supervisor names the signals it gets itself
+/// (`signal=SIGTERM`). The lines said `exit=Some(1)`, and `exit=None` for
+/// a signal (named on a line of its own before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// This signal ended it.
+    Signal(i32),
+    /// Its status could not be read (`wait` failed): neither field.
+    Unknown,
+}
+
+impl Exit {
+    /// What `wait` said (`None`: it failed).
+    fn of(status: Option<std::process::ExitStatus>) -> Exit {
+        use std::os::unix::process::ExitStatusExt as _;
+        match status {
+            Some(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => Exit::Code(code),
+                (None, Some(signal)) => Exit::Signal(signal),
+                (None, None) => Exit::Unknown,
+            },
+            None => Exit::Unknown,
+        }
+    }
+
+    /// Its exit code, if it exited (the `exit_code` field).
+    fn code(self) -> Option<i32> {
+        match self {
+            Exit::Code(code) => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The name of the signal that ended it, if one did (the `signal`
+    /// field).
+    fn signal(self) -> Option<std::borrow::Cow<'static, str>> {
+        match self {
+            Exit::Signal(signal) => Some(signal_name(signal)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exit code {code}"),
+            Exit::Signal(signal) => write!(f, "signal {}", signal_name(*signal)),
+            Exit::Unknown => f.write_str("exit status unknown"),
+        }
+    }
+}
+
+/// A signal's name (`SIGKILL`), or its number for one without a name here
+/// (a real-time signal).
+fn signal_name(signal: i32) -> std::borrow::Cow<'static, str> {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        other => return other.to_string().into(),
+    };
+    name.into()
 }
 
 /// A worker process, to signal. Its waiting task (see [`start`]) reaps it,
@@ -363,12 +449,14 @@ impl Worker {
         tracing::warn!(worker = index, "worker process found its slot served by a newer one (which started afresh in its place); not restarting it");
     }
 
-    /// Schedules the restart of worker process `index`, which exited with
-    /// `code`, with a back-off that grows while it keeps dying soon after
+    /// Schedules the restart of worker process `index`, which ended as
+    /// `exit` says, with a back-off that grows while it keeps dying soon after
     /// starting. One that keeps failing to take over from its old worker
     /// process is given up after [`TAKE_OVER_ATTEMPTS`]: retrying for good
     /// would only fill the log, while the old one serves on anyway.
-    fn schedule_restart(&mut self, index: usize, code: Option<i32>) {
+    fn schedule_restart(&mut self, index: usize, exit: Exit) {
+        let (code, signal) = (exit.code(), exit.signal());
+        let signal = signal.as_deref();
         if self.started.elapsed() >= STABLE_AFTER {
             self.restarts = 0;
         }
@@ -379,7 +467,13 @@ impl Worker {
         let slot_taken = code == Some(upgrade::SLOT_TAKEN_EXIT);
         if !self.take_over && !slot_taken {
             let restart_in_ms = delay.as_millis() as u64;
-            tracing::error!(worker = index, exit = ?code, restart_in_ms, "worker process died; restarting");
+            tracing::error!(
+                worker = index,
+                exit_code = code,
+                signal,
+                restart_in_ms,
+                "worker process died; restarting"
+            );
         } else if code == Some(upgrade::NOTHING_TO_TAKE_OVER_EXIT) {
             self.take_over = false;
             let restart_in_ms = delay.as_millis() as u64;
@@ -395,7 +489,7 @@ impl Worker {
             let attempts = self.take_over_failures;
             if attempts >= TAKE_OVER_ATTEMPTS {
                 self.retired = true;
-                tracing::error!(worker = index, exit = ?code, attempts, "worker process failed to take over from the old worker process of its index; giving up: that one serves on, with its supervisor");
+                tracing::error!(worker = index, exit_code = code, signal, attempts, "worker process failed to take over from the old worker process of its index; giving up: that one serves on, with its supervisor");
                 crate::say!("worker process {index} gave up taking over from the old worker process {index} after {attempts} attempts (see the messages above): the old one serves its share of the port, and the old supervisor stays; fix the cause and run `serve --upgrade` again, which takes over from this supervisor and from the old one");
                 return;
             }
@@ -404,7 +498,7 @@ impl Worker {
             if slot_taken {
                 tracing::warn!(worker = index, attempts, retry_in_ms, "worker process found its slot served by an old worker process (restarted by its supervisor); taking over from that one");
             } else {
-                tracing::error!(worker = index, exit = ?code, attempts, retry_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
+                tracing::error!(worker = index, exit_code = code, signal, attempts, retry_in_ms, "worker process failed to take over from the old worker process of its index; trying again (that one serves its share of the port meanwhile, and its supervisor waits for it)");
             }
         }
         self.restart_at = Some(Instant::now() + delay);
@@ -703,7 +797,8 @@ async fn supervise(
                     workers[i].handed_over = true;
                     tracing::info!(worker = i, "worker process handed over to a newer one; it drains and is not restarted");
                 }
-                Some(Event::Exited(i, code)) => {
+                Some(Event::Exited(i, exit)) => {
+                    let code = exit.code();
                     let w = &mut workers[i];
                     w.exited();
                     shared.retire(i);
@@ -714,14 +809,14 @@ async fn supervise(
                     }
                     fanout.detach(i);
                     if w.handed_over {
-                        failed |= code != Some(0);
+                        failed |= unclean(i, exit, "after handing over");
                         if workers.iter().all(Worker::done) {
                             break;
                         }
                         continue;
                     }
                     if stopping {
-                        failed |= code != Some(0);
+                        failed |= unclean(i, exit, "while draining");
                         continue;
                     }
                     // Its slot's lock is held (see `upgrade::SlotLock`). If
@@ -744,9 +839,9 @@ async fn supervise(
                     }
                     if !committed {
                         stop_all(&workers, libc::SIGKILL);
-                        anyhow::bail!("worker process {i} exited during start-up ({code:?}); see its messages above");
+                        anyhow::bail!("worker process {i} exited during start-up ({exit}); see its messages above");
                     }
-                    workers[i].schedule_restart(i, code);
+                    workers[i].schedule_restart(i, exit);
                 }
                 None => break,
             },
@@ -828,6 +923,22 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether worker process `index`, which ended as `exit` says `when` (it
+/// was not to be restarted), failed to exit cleanly (0); logs it if so.
+fn unclean(index: usize, exit: Exit, when: &str) -> bool {
+    if exit == Exit::Code(0) {
+        return false;
+    }
+    let signal = exit.signal();
+    tracing::warn!(
+        worker = index,
+        exit_code = exit.code(),
+        signal = signal.as_deref(),
+        "worker process did not exit cleanly {when}"
+    );
+    true
 }
 
 /// Sends `signal` to every worker process still running (one that exited
@@ -970,19 +1081,9 @@ fn start(
                 }
             }
         }
-        let status = child.wait().await.ok();
-        // A process a signal ended has no exit code (the "died" line says
-        // `exit=None`): name the signal, the first thing an operator asks.
-        if let Some(signal) = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s))
-        {
-            tracing::warn!(
-                worker = index,
-                signal,
-                "worker process ended by signal {signal}"
-            );
-        }
-        let code = status.and_then(|s| s.code());
-        let _ = events.send(Event::Exited(index, code));
+        // Logged by the loop, with its exit code or its signal's name.
+        let exit = Exit::of(child.wait().await.ok());
+        let _ = events.send(Event::Exited(index, exit));
     });
     Ok(process)
 }
@@ -993,6 +1094,23 @@ mod tests {
     use std::os::unix::process::CommandExt as _;
 
     use super::*;
+
+    /// An exit reads as its code, a signal's as its name; the fields
+    /// carry one or the other.
+    #[test]
+    fn an_exit_reads_as_its_code_or_its_signal() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let exited = Exit::of(Some(std::process::ExitStatus::from_raw(1 << 8)));
+        assert_eq!(exited, Exit::Code(1));
+        assert_eq!((exited.code(), exited.signal()), (Some(1), None));
+        assert_eq!(exited.to_string(), "exit code 1");
+        let killed = Exit::of(Some(std::process::ExitStatus::from_raw(libc::SIGKILL)));
+        assert_eq!(killed.code(), None);
+        assert_eq!(killed.signal().as_deref(), Some("SIGKILL"));
+        assert_eq!(killed.to_string(), "signal SIGKILL");
+        assert_eq!(Exit::Signal(40).signal().as_deref(), Some("40"));
+        assert_eq!(Exit::of(None), Exit::Unknown);
+    }
 
     /// A SIGHUP reaching a worker process before it installed its handler
     /// (just started or restarted, when the supervisor passes one on) must

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 
-use common::{ChildGuard, ReservedPort, Serving};
+use common::{ChildGuard, Gate, ReservedPort, Serving};
 
 fn megaconn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_megaconn"))
@@ -69,6 +69,14 @@ fn supervisor(dir: &std::path::Path, extra: &[&str]) -> Serving {
     serving
 }
 
+/// The flags of a log format: none for the human one, or JSON's.
+fn log_format(json_mode: bool) -> &'static [&'static str] {
+    match json_mode {
+        true => &["--log-format", "json"],
+        false => &[],
+    }
+}
+
 /// Every line a worker process logs says its index (`worker_process=K`,
 /// in JSON a top-level `"worker_process":K`), and the supervisor's own
 /// lines none; the two worker processes' lines on a SIGHUP told apart.
@@ -79,12 +87,7 @@ fn supervisor(dir: &std::path::Path, extra: &[&str]) -> Serving {
 fn every_line_of_a_worker_process_says_its_index() {
     for json_mode in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let extra: &[&str] = if json_mode {
-            &["--log-format", "json"]
-        } else {
-            &[]
-        };
-        let mut serving = supervisor(dir.path(), extra);
+        let mut serving = supervisor(dir.path(), log_format(json_mode));
         let index_of = |line: &str| -> Option<u64> {
             if json_mode {
                 json(line)
@@ -240,4 +243,197 @@ fn an_upgrade_with_the_upgrade_socket_off_is_a_usage_error() {
         stderr.contains("upgrade_socket (--upgrade-socket) is off"),
         "{stderr}"
     );
+}
+
+/// A worker process's exit reads as the supervisor's other lines do: one a
+/// signal ended by the signal's name (`signal="SIGKILL"`; in JSON the string
+/// `"SIGKILL"`, as the supervisor names the signals it gets), one that
+/// exited by its code (`exit_code=0`; in JSON the number 0), each without
+/// the other field. The line said `exit=None` for a signal (named by its
+/// number on a line of its own before it) and `exit=Some(0)` for a code.
+#[test]
+fn a_worker_process_exit_is_logged_by_its_code_or_its_signal() {
+    for json_mode in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut serving = supervisor(dir.path(), log_format(json_mode));
+        let pids: Vec<i32> = (0..2)
+            .map(|k| {
+                let line = common::message(&serving.stdout.expect_line());
+                line.strip_prefix(&format!("worker process {k} pid "))
+                    .unwrap_or_else(|| panic!("{line}"))
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let died = "worker process died; restarting";
+        // SAFETY: kill(2) on a worker process this test's supervisor started.
+        unsafe { libc::kill(pids[0], libc::SIGKILL) };
+        let killed = serving.wait_for_log(died);
+        assert_restarted(&serving, 0);
+        // Drains (it serves nothing) and exits 0.
+        // SAFETY: as above.
+        unsafe { libc::kill(pids[1], libc::SIGTERM) };
+        let exited = serving.wait_for_log(died);
+        assert_restarted(&serving, 1);
+        if json_mode {
+            let fields = &json(&killed)["fields"];
+            assert_eq!(fields["worker"], 0, "{killed}");
+            assert_eq!(fields["signal"], "SIGKILL", "{killed}");
+            assert!(fields.get("exit_code").is_none(), "{killed}");
+            assert!(fields.get("exit").is_none(), "{killed}");
+            let fields = &json(&exited)["fields"];
+            assert_eq!(fields["worker"], 1, "{exited}");
+            assert_eq!(fields["exit_code"].as_i64(), Some(0), "{exited}");
+            assert!(fields.get("signal").is_none(), "{exited}");
+        } else {
+            // Quoted, as the supervisor's own `signal="SIGTERM"` is.
+            assert!(killed.contains(" signal=\"SIGKILL\" "), "{killed}");
+            assert!(!killed.contains("exit"), "{killed}");
+            assert!(exited.contains(" exit_code=0 "), "{exited}");
+            assert!(!exited.contains("signal="), "{exited}");
+            assert!(!exited.contains("Some("), "{exited}");
+        }
+        serving.child.signal(libc::SIGTERM);
+        assert_eq!(serving.child.wait().code(), Some(0));
+    }
+}
+
+/// Waits for the supervisor's line that worker process `k` restarted.
+fn assert_restarted(serving: &Serving, k: usize) {
+    let line = common::message(&serving.stdout.expect_line());
+    assert!(
+        line.starts_with(&format!("worker process {k} restarted pid ")),
+        "{line}"
+    );
+}
+
+/// A request held in flight on `addr`: a `POST /echo` whose body came in
+/// part (2 of 5 bytes). Returns once the part came back, so its handler
+/// runs, waiting for the rest, and a graceful drain waits for it.
+fn a_request_in_flight(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(common::CHILD_SAFETY)).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nab")
+        .unwrap();
+    let mut got = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&got);
+        if text
+            .split_once("\r\n\r\n")
+            .is_some_and(|(_, body)| body.contains("ab"))
+        {
+            assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+            return s;
+        }
+        let mut buf = [0; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// In JSON mode the last words of a second SIGTERM (a second or more after
+/// the first, during the drain: the stop is forced, exit 1) are JSON too,
+/// an ERROR line whose message is the plain line, as every line before
+/// them: one process's (`second SIGTERM: exiting now`) and a supervisor's
+/// (`second SIGTERM: killing worker processes`).
+#[test]
+fn in_json_mode_a_second_sigterm_says_so_in_json() {
+    for processes in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let json_mode = ["--log-format", "json"];
+        let mut serving = match processes {
+            true => supervisor(dir.path(), &json_mode),
+            false => Serving::serve(&json_mode),
+        };
+        let _held = a_request_in_flight(&serving.addr("http"));
+        serving.child.signal(libc::SIGTERM);
+        let mut log = serving.log_until(match processes {
+            true => "draining every worker process",
+            false => "shutting down gracefully",
+        });
+        // The rule is about time: past the repeat window (1 s), with a margin.
+        std::thread::sleep(std::time::Duration::from_millis(1300));
+        serving.child.signal(libc::SIGTERM);
+        assert_eq!(serving.child.wait().code(), Some(1), "{log:#?}");
+        log.extend(serving.log_rest());
+        for line in log.iter().chain(&serving.stdout.rest()) {
+            json(line);
+        }
+        let words = match processes {
+            true => "megaconn: second SIGTERM: killing worker processes",
+            false => "megaconn: second SIGTERM: exiting now",
+        };
+        let last = log
+            .iter()
+            .map(|l| json(l))
+            .find(|l| l["fields"]["message"] == words)
+            .unwrap_or_else(|| panic!("no {words:?} in {log:#?}"));
+        assert_eq!(last["level"], "ERROR", "{last}");
+        assert_eq!(last["target"], "megaconn", "{last}");
+        assert!(last["timestamp"].as_str().is_some(), "{last}");
+    }
+}
+
+/// A worker process's last words (its error, as it exits) say its index as
+/// its log lines do (`worker_process=K`; in JSON a top-level
+/// `"worker_process":K`): the worker processes share the supervisor's
+/// stderr, and which one failed could not be told. Here worker process 1,
+/// killed, fails its restart (a test gate lowers its open-file limit, so
+/// that no worker's runtime can be made).
+#[test]
+fn a_worker_process_last_words_say_its_index() {
+    for json_mode in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("upgrade.sock");
+        let port = ReservedPort::new();
+        let mut cmd = megaconn();
+        cmd.args(["serve", "--listen", &port.addr, "--workers", "1"])
+            .args(["--processes", "2", "--admin", "off", "--upgrade-socket"])
+            .arg(&socket)
+            .args(log_format(json_mode))
+            // No gate listens while the worker processes start: they pass.
+            .env("MEGACONN_TEST_START_GATE", "1");
+        let mut serving = Serving::spawn(&mut cmd);
+        // The worker processes listen: the port is theirs.
+        drop(port);
+        let said: Vec<String> = (0..2)
+            .map(|_| common::message(&serving.stdout.expect_line()))
+            .collect();
+        let pid: i32 = said[1]
+            .strip_prefix("worker process 1 pid ")
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("{said:?}"));
+        let gate = Gate::at(&dir.path().join("upgrade.sock.1"), ".start.gate");
+        // SAFETY: kill(2) on a worker process this test's supervisor started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let died = "worker process died; restarting";
+        serving.wait_for_log(died);
+        let (_, mut held) = gate.next();
+        drop(gate);
+        held.write_all(b"emfile\n").unwrap();
+        drop(held);
+        // Its last words come before the supervisor hears of its exit.
+        let lines = serving.log_until(died);
+        let said = |line: &&String| common::message(line).starts_with("megaconn: ");
+        let words = lines
+            .iter()
+            .find(said)
+            .unwrap_or_else(|| panic!("no last words in {lines:#?}"));
+        if json_mode {
+            let words = json(words);
+            assert_eq!(words["worker_process"], 1, "{words}");
+            assert_eq!(words["level"], "ERROR", "{words}");
+        } else {
+            assert!(words.ends_with(" worker_process=1"), "{words}");
+        }
+        // Restarted again (past the gate nobody listens at now).
+        let line = common::message(&serving.stdout.expect_line());
+        assert!(
+            line.starts_with("worker process 1 restarted pid "),
+            "{line}"
+        );
+        serving.child.signal(libc::SIGTERM);
+        assert_eq!(serving.child.wait().code(), Some(0));
+    }
 }

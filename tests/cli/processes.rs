@@ -264,6 +264,40 @@ fn a_sigterm_repeated_within_a_second_still_drains_every_worker_process() {
     );
 }
 
+/// A supervisor's stop line, as one process's, says a request the forced
+/// shutdown cut off (at `--shutdown-timeout`, its handler still sleeping)
+/// apart from those served: its worker process's count comes through the
+/// shared block. It said `1 request served`.
+#[test]
+fn the_stop_line_says_a_request_cut_off_at_shutdown_apart() {
+    let mut sup = Supervisor::start_with(2, &["--shutdown-timeout", "200ms"]);
+    let mut s = TcpStream::connect(&sup.addr).unwrap();
+    s.set_read_timeout(Some(common::CHILD_SAFETY)).unwrap();
+    s.write_all(b"GET /sleep?ms=10000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // Handed to the service (worker processes publish their counters
+    // once a second): polled, bounded.
+    let deadline = std::time::Instant::now() + common::CHILD_SAFETY;
+    while metric(&get(&sup.admin, "/metrics"), "megaconn_requests_total") != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "never handed over");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.child.wait().code(), Some(0));
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let rest = sup.lines.rest();
+    let stop = rest.last().expect("a stop line");
+    assert!(
+        stop.starts_with("megaconn stopped: 2 worker processes, ")
+            && stop.contains(
+                " 0 requests served, 1 cut off by the forced shutdown (shutdown_timeout), "
+            ),
+        "{stop}"
+    );
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()

@@ -856,6 +856,34 @@ fn a_sigterm_a_second_after_the_first_exits_at_once() {
     assert!(!control.exists(), "the forced exit left {control:?}");
 }
 
+/// A request the forced shutdown cut off (at `--shutdown-timeout`, its
+/// handler still sleeping) is not served: the stop line says it apart
+/// (`0 requests served, 1 cut off by the forced shutdown`). It said
+/// `1 request served`, as `ServerStats::requests` counts it (a request
+/// handed to the service); the client got nothing.
+#[test]
+fn a_request_cut_off_at_shutdown_timeout_is_not_counted_served() {
+    let (mut server, sleeping) =
+        with_a_request_in_flight_and(10_000, &["--shutdown-timeout", "200ms"]);
+    server.child.signal(libc::SIGTERM);
+    assert_eq!(server.child.wait().code(), Some(0));
+    // Closed unanswered (or reset: the thread's read then failed).
+    let answer = sleeping.join().unwrap_or_default();
+    assert!(answer.is_empty(), "{answer}");
+    let said = server.stdout.rest();
+    let stop = said
+        .iter()
+        .find(|l| l.starts_with("megaconn stopped: "))
+        .unwrap_or_else(|| panic!("no stop line: {said:#?}"));
+    assert!(
+        stop.contains(
+            " 0 requests served, 1 cut off by the forced shutdown (shutdown_timeout), 0 refused "
+        ),
+        "{stop}"
+    );
+    assert!(stop.ends_with("0 closed cleanly, 1 forced"), "{stop}");
+}
+
 /// The stop line says HTTP requests refused apart from other protocols'
 /// errors: a WebSocket client's unmasked frame (closed with 1002) is no
 /// refused request (its upgrade request was served). It said `2 refused as

@@ -1,6 +1,7 @@
 //! axum's `websockets` example, under megaconn: the one change is the
 //! `use megaconn::axum_ws::…` line (it was `use axum::extract::ws::…`), and
-//! `megaconn::Server` in `main` instead of `axum::serve`.
+//! `megaconn::Server` in `main` instead of `axum::serve`, serving the same
+//! `app.into_make_service_with_connect_info::<SocketAddr>()`.
 //!
 //! A client connects to `/ws`; the server pings it, reads one message, greets
 //! it (with the address `ConnectInfo` saw) a few times, then splits the socket:
@@ -42,13 +43,14 @@ async fn main() -> Result<(), megaconn::BoxError> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    // `connect_info(true)` is megaconn's `into_make_service_with_connect_info`.
-    let server = megaconn::Server::bind("127.0.0.1:3000".parse()?)
-        .connect_info(true)
-        .listen()?;
+    let server = megaconn::Server::bind("127.0.0.1:3000".parse()?).listen()?;
     println!("ws://{}/ws", server.local_addr());
+    // As under `axum::serve`: `ConnectInfo<SocketAddr>` reaches the handler.
     server
-        .serve_with_shutdown(app(), megaconn::shutdown_signal()?)
+        .serve_with_shutdown(
+            app().into_make_service_with_connect_info::<SocketAddr>(),
+            megaconn::shutdown_signal()?,
+        )
         .await?;
     Ok(())
 }

@@ -233,16 +233,8 @@ thread_local! {
 
 /// Runs `drop_it`, which drops a connection's serving future after it
 /// panicked: a connection dropped meanwhile closes as [`CloseReason::Panic`],
-/// not as cut off by the server.
+/// not as cut off by the server (the flag is cleared after, also if a drop
+/// panics in turn).
 pub(crate) fn dropping_after_panic(drop_it: impl FnOnce()) {
-    /// Clears the flag, also if a drop panics in turn.
-    struct Clear;
-    impl Drop for Clear {
-        fn drop(&mut self) {
-            AFTER_PANIC.with(|p| p.set(false));
-        }
-    }
-    AFTER_PANIC.with(|p| p.set(true));
-    let _clear = Clear;
-    drop_it();
+    crate::observe::metrics::dropping_with(&AFTER_PANIC, drop_it);
 }

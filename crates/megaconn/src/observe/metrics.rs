@@ -290,16 +290,28 @@ thread_local! {
 /// record drops meanwhile was not served, whatever its handler or the
 /// head that went out said (see [`RequestRecord`]'s drop).
 pub(crate) fn dropping_forced(drop_them: impl FnOnce()) {
+    dropping_with(&FORCED, drop_them);
+}
+
+/// Runs `drop_it` with this thread's `flag` set, and clears it after, also
+/// if a drop panics: how a drop learns why it is dropped, where the drop
+/// itself cannot be told (a task dropped with its runtime, a future with
+/// its slot). Here for the forced shutdown ([`dropping_forced`]); the
+/// connection core's drop after a panic uses it too.
+pub(crate) fn dropping_with(
+    flag: &'static std::thread::LocalKey<std::cell::Cell<bool>>,
+    drop_it: impl FnOnce(),
+) {
     /// Clears the flag, also if a drop panics.
-    struct Clear;
+    struct Clear(&'static std::thread::LocalKey<std::cell::Cell<bool>>);
     impl Drop for Clear {
         fn drop(&mut self) {
-            FORCED.with(|f| f.set(false));
+            self.0.with(|f| f.set(false));
         }
     }
-    FORCED.with(|f| f.set(true));
-    let _clear = Clear;
-    drop_them();
+    flag.with(|f| f.set(true));
+    let _clear = Clear(flag);
+    drop_it();
 }
 
 /// One request's metrics, collected while its exchange runs and counted when
@@ -307,8 +319,10 @@ pub(crate) fn dropping_forced(drop_them: impl FnOnce()) {
 /// forced shutdown cut off (its record dropped within [`dropping_forced`])
 /// counts as what it was, not served: its status class is `none` (a head
 /// may have gone out, its response did not), it is not in the duration
-/// histogram (it has no end), and its span's error class is `shutdown`;
-/// its access-log line keeps the status that went out, if one did.
+/// histogram (it has no end), it is counted in
+/// [`ServerStats::requests_forced`] (with the `metrics` feature off too),
+/// and its span's error class is `shutdown`; its access-log line keeps
+/// the status that went out, if one did.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) struct RequestRecord {
     ctx: Rc<dyn StatsSource>,
@@ -498,6 +512,10 @@ impl Drop for RequestRecord {
         if forced {
             self.span.error(ErrorClass::Shutdown);
             self.status = STATUS_NONE;
+            // Every record that can be dropped here is of a request counted
+            // in `requests` (handed to the service): a refused head's record
+            // is dropped where it is made.
+            crate::observe::stats::incr(&self.ctx.worker_stats().requests_forced);
         }
         self.span.end(self.code);
         if let Some(access) = self.access.take() {

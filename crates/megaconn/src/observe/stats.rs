@@ -21,6 +21,9 @@ pub(crate) struct WorkerStats {
     pub accepted: AtomicU64,
     pub closed: AtomicU64,
     pub requests: AtomicU64,
+    /// Of `requests`, those the forced shutdown cut off (counted as their
+    /// records drop, `observe/metrics.rs`).
+    pub requests_forced: AtomicU64,
     pub panics: AtomicU64,
     pub cancelled: AtomicU64,
     pub timeouts: AtomicU64,
@@ -212,8 +215,8 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 /// context implements it; the records hold it type-erased so that observation
 /// does not import the core it observes.
 pub(crate) trait StatsSource {
-    /// The worker's counters (read only by per-request metrics).
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    /// The worker's counters (per-request metrics, and the requests a
+    /// forced shutdown cut off).
     fn worker_stats(&self) -> &WorkerStats;
 }
 
@@ -317,8 +320,19 @@ pub struct ServerStats {
     pub accepted: u64,
     /// Connections closed since start.
     pub closed: u64,
-    /// Requests whose head was parsed and handed to the service.
+    /// Requests whose head was parsed and handed to the service, served
+    /// or not: those the forced shutdown cut off are in it too, and
+    /// counted apart in [`requests_forced`](ServerStats::requests_forced).
     pub requests: u64,
+    /// The requests among [`requests`](ServerStats::requests) that the
+    /// forced shutdown (at `shutdown_timeout`) cut off: handed to the
+    /// service, never served whole (the handler had not answered, or the
+    /// response had not ended; a head may have gone out). They are in
+    /// `megaconn_requests_total` with `status_class="none"`, beside
+    /// exchanges the client or the connection ended without a response;
+    /// `megaconn serve`'s stop line says them apart from those served. It
+    /// counted them as served.
+    pub requests_forced: u64,
     /// Handlers (or response bodies) that panicked; each got a 500 or a close.
     pub panics: u64,
     /// Handlers dropped because the client went away while they ran.
@@ -504,6 +518,7 @@ impl ServerStats {
             s.accepted += w.accepted.load(Relaxed);
             s.closed += w.closed.load(Relaxed);
             s.requests += w.requests.load(Relaxed);
+            s.requests_forced += w.requests_forced.load(Relaxed);
             s.panics += w.panics.load(Relaxed);
             s.cancelled += w.cancelled.load(Relaxed);
             s.timeouts += w.timeouts.load(Relaxed);

@@ -388,7 +388,7 @@ impl Started {
                 finished: summaries.iter().map(|s| s.finished).sum(),
                 forced: summaries.iter().map(|s| s.forced).sum(),
                 accepted: stats.accepted,
-                requests: stats.requests,
+                requests: stats.requests.saturating_sub(stats.requests_forced),
             }
         }
     }
@@ -627,7 +627,9 @@ pub struct ShutdownSummary {
     pub forced: usize,
     /// Connections accepted over the server's life.
     pub accepted: u64,
-    /// Requests served over the server's life.
+    /// Requests served over the server's life: handed to the service, but
+    /// for those the forced shutdown cut off
+    /// ([`ServerStats::requests_forced`]).
     pub requests: u64,
 }
 
