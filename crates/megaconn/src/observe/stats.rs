@@ -113,6 +113,10 @@ pub(crate) struct LoopState {
     pub done: std::sync::atomic::AtomicBool,
     /// The tick task's waker.
     pub tick_waker: futures_util::task::AtomicWaker,
+    /// The worker thread's kernel id (0 until its tick task first ran): the
+    /// watchdog reads where that thread's time went during a stall
+    /// (`/proc/self/task/TID`), to say what held it.
+    pub tid: std::sync::atomic::AtomicI32,
 }
 
 /// One worker's counters of message protocols (the message layer and the

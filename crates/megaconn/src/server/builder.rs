@@ -930,9 +930,12 @@ impl Builder {
     /// How long a worker's event loop may stay away before it is reported
     /// as stalled: a handler blocking its thread (`std::thread::sleep`,
     /// synchronous I/O, a long computation) delays every connection on that
-    /// worker, since workers are one thread each. A stall is logged once
-    /// (with the connections it was handling when
-    /// [`track_connections`](Builder::track_connections) is on) and counted
+    /// worker, since workers are one thread each. A stall is logged once,
+    /// saying what held the worker from its thread's times over the stall
+    /// (field `cause`: `blocked` off its CPU, `no_cpu` waiting for a core,
+    /// `kernel` in system calls, `user_code`; `unknown` where `/proc` does
+    /// not tell), with the connections it was handling when
+    /// [`track_connections`](Builder::track_connections) is on, and counted
     /// in `megaconn_worker_stalls_total`. Default: 1 s; `None` (or zero)
     /// turns the detector off.
     pub fn stall_threshold(mut self, t: Option<Duration>) -> Builder {

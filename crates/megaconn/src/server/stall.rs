@@ -24,6 +24,17 @@
 //! 0.3 % of a core for five idle processes, and a fifth of a worker's
 //! wake-ups at 200,000 connections with 30 s heartbeats; bench/HEARTBEAT.md.)
 //!
+//! What held the worker is said in the line (`Cause`): the watchdog reads
+//! where the worker thread's time went over the stall (the kernel's
+//! per-thread `schedstat` and `stat`, read at the first look that finds
+//! the worker away and again at the report, never while it is fine): off
+//! its CPU (a blocking call), waiting for a CPU (a machine short of
+//! cores), on it in the kernel (writes to many sockets, a kernel short of
+//! socket memory) or in user code (a long computation). The line used to
+//! blame a blocking handler whatever it was, and a worker writing a
+//! fan-out to a thousand sockets under kernel memory pressure sent an
+//! operator looking for a handler that did not block.
+//!
 //! What it sees is also told ([`LoopWakes`], from
 //! [`ServerHandle::loop_wakes`](crate::ServerHandle::loop_wakes)): each
 //! look that finds a worker awake or woken since the last, and the first
@@ -141,6 +152,10 @@ pub(crate) fn hooks(
 /// that runs can give. Runs until aborted.
 pub(crate) async fn tick(stats: Arc<WorkerStats>) {
     let state = &stats.stall;
+    // This task runs on the worker's thread: the watchdog reads that
+    // thread's times when it finds the worker away.
+    // SAFETY: gettid has no preconditions and cannot fail.
+    state.tid.store(unsafe { libc::gettid() }, Relaxed);
     poll_fn(|cx| {
         state.tick_waker.register(cx.waker());
         if state.asked.swap(false, SeqCst) {
@@ -169,6 +184,136 @@ struct Seen {
     /// When the worker last showed progress (or was seen waiting).
     since: Instant,
     reported: bool,
+    /// The worker thread's times at the first look that found it away
+    /// (since it was last fine), with when they were read.
+    away_from: Option<(Instant, ThreadTimes)>,
+}
+
+/// Where one thread's time went, from `/proc/self/task/TID/schedstat` (ns
+/// on a CPU, ns runnable waiting for one) and `stat` (utime, stime in
+/// clock ticks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct ThreadTimes {
+    on_cpu_ns: u64,
+    runnable_ns: u64,
+    user_ticks: u64,
+    kernel_ticks: u64,
+}
+
+impl ThreadTimes {
+    /// The thread's times now; `None` where `/proc` does not tell them
+    /// (another kernel, no `CONFIG_SCHED_INFO`), or before the worker's tick
+    /// task said which thread it is.
+    fn read(tid: i32) -> Option<ThreadTimes> {
+        if tid == 0 {
+            return None;
+        }
+        let sched = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+        ThreadTimes::parse(&sched, &stat)
+    }
+
+    fn parse(sched: &str, stat: &str) -> Option<ThreadTimes> {
+        let mut sched = sched.split_ascii_whitespace();
+        let on_cpu_ns = sched.next()?.parse().ok()?;
+        let runnable_ns = sched.next()?.parse().ok()?;
+        // The name (2nd field) may hold spaces and parentheses: the fields
+        // after it start after its last ')'. utime and stime are the 14th
+        // and 15th fields, so the 12th and 13th after the name.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_ascii_whitespace().skip(11);
+        let user_ticks = fields.next()?.parse().ok()?;
+        let kernel_ticks = fields.next()?.parse().ok()?;
+        Some(ThreadTimes {
+            on_cpu_ns,
+            runnable_ns,
+            user_ticks,
+            kernel_ticks,
+        })
+    }
+}
+
+/// What held a stalled worker, from its thread's times over the stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Off its CPU and not waiting for one most of the time: the thread
+    /// slept in a call (sleep, synchronous I/O, a lock).
+    Blocked,
+    /// Runnable, waiting for a CPU most of the time: other threads had the
+    /// cores.
+    NoCpu,
+    /// On its CPU, more in the kernel than in user code.
+    Kernel,
+    /// On its CPU, mostly in user code.
+    User,
+    /// Not known (no times to read).
+    Unknown,
+}
+
+impl Cause {
+    /// What held the worker over `wall`, from its times at the start
+    /// (`from`) and now (`to`).
+    fn of(from: ThreadTimes, to: ThreadTimes, wall: Duration) -> Cause {
+        if to.on_cpu_ns < from.on_cpu_ns || to.runnable_ns < from.runnable_ns {
+            // Another thread's counters (an id the kernel gave again).
+            return Cause::Unknown;
+        }
+        let wall = wall.as_nanos().max(1) as u64;
+        let on_cpu = to.on_cpu_ns.saturating_sub(from.on_cpu_ns);
+        let runnable = to.runnable_ns.saturating_sub(from.runnable_ns);
+        if runnable.saturating_add(on_cpu) < wall / 2 {
+            Cause::Blocked
+        } else if runnable >= on_cpu {
+            Cause::NoCpu
+        } else if to.kernel_ticks.saturating_sub(from.kernel_ticks)
+            > to.user_ticks.saturating_sub(from.user_ticks)
+        {
+            Cause::Kernel
+        } else {
+            Cause::User
+        }
+    }
+
+    /// The `cause` field's value.
+    fn name(self) -> &'static str {
+        match self {
+            Cause::Blocked => "blocked",
+            Cause::NoCpu => "no_cpu",
+            Cause::Kernel => "kernel",
+            Cause::User => "user_code",
+            Cause::Unknown => "unknown",
+        }
+    }
+
+    /// What the line says of it, and what to do.
+    fn explain(self) -> &'static str {
+        match self {
+            Cause::Blocked => {
+                "its thread was off its CPU, not waiting for one: a handler is \
+                 blocking it (std::thread::sleep, synchronous I/O, a lock), delaying \
+                 every connection on this worker; run blocking work with \
+                 tokio::task::spawn_blocking"
+            }
+            Cause::NoCpu => {
+                "its thread was runnable but waiting for a CPU most of the time: the \
+                 machine is short of CPU (other processes, or more workers than \
+                 cores), not a handler"
+            }
+            Cause::Kernel => {
+                "its thread was on its CPU, mostly in the kernel: system calls such as \
+                 writes to many sockets at once, or a kernel short of socket memory \
+                 (sysctl net.ipv4.tcp_mem), rather than a blocking handler"
+            }
+            Cause::User => {
+                "its thread was on its CPU in user code: a long computation (a \
+                 handler's: move it to tokio::task::spawn_blocking) or a busy loop"
+            }
+            Cause::Unknown => {
+                "a handler may be blocking its thread, delaying every connection on \
+                 this worker; run blocking work with tokio::task::spawn_blocking"
+            }
+        }
+    }
 }
 
 /// What one look at a worker found.
@@ -191,12 +336,14 @@ fn look(seen: &mut Seen, ticks: u64, waiting: bool, now: Instant, threshold: Dur
             ticks,
             since: now,
             reported: false,
+            away_from: None,
         };
         return Look::Fine;
     }
     if waiting {
         seen.since = now;
         seen.reported = false;
+        seen.away_from = None;
         return Look::Quiet;
     }
     let away = now.saturating_duration_since(seen.since);
@@ -232,6 +379,7 @@ pub(crate) fn watch(
                     ticks: w.stall.ticks.load(SeqCst),
                     since: start,
                     reported: false,
+                    away_from: None,
                 })
                 .collect();
             // The first look after a sleep tells `wakes` even if all is
@@ -256,12 +404,23 @@ pub(crate) fn watch(
                         Look::Fine => quiet = false,
                         Look::Asked => {
                             quiet = false;
+                            if seen.away_from.is_none() {
+                                seen.away_from = ThreadTimes::read(state.tid.load(Relaxed))
+                                    .map(|times| (now, times));
+                            }
                             state.asked.store(true, SeqCst);
                             state.tick_waker.wake();
                         }
                         Look::Stalled(away) => {
                             quiet = false;
-                            report(worker, registries.get(index), index, away);
+                            let cause = seen
+                                .away_from
+                                .and_then(|(then, from)| {
+                                    let to = ThreadTimes::read(state.tid.load(Relaxed))?;
+                                    Some(Cause::of(from, to, now.saturating_duration_since(then)))
+                                })
+                                .unwrap_or(Cause::Unknown);
+                            report(worker, registries.get(index), index, away, cause);
                         }
                     }
                 }
@@ -281,6 +440,7 @@ pub(crate) fn watch(
                             ticks: worker.stall.ticks.load(SeqCst),
                             since: now,
                             reported: false,
+                            away_from: None,
                         };
                     }
                 }
@@ -305,7 +465,13 @@ fn sleep_until_a_worker_wakes(alarm: &Alarm, workers: &[Arc<WorkerStats>], seen:
     alarm.asleep.store(false, SeqCst);
 }
 
-fn report(worker: &WorkerStats, registry: Option<&Arc<Registry>>, index: usize, away: Duration) {
+fn report(
+    worker: &WorkerStats,
+    registry: Option<&Arc<Registry>>,
+    index: usize,
+    away: Duration,
+    cause: Cause,
+) {
     incr(&worker.stalls);
     let handling = registry
         .map(|r| describe_handling(r, index))
@@ -319,9 +485,9 @@ fn report(worker: &WorkerStats, registry: Option<&Arc<Registry>>, index: usize, 
         stalled_ms = away.as_millis() as u64,
         in_flight = worker.request_metrics.in_flight.load(Relaxed),
         handling = %handling,
-        "a worker has not come back to its event loop: a handler is blocking \
-         its thread, delaying every connection on this worker; run blocking \
-         work with tokio::task::spawn_blocking"
+        cause = cause.name(),
+        "a worker has not come back to its event loop: {}",
+        cause.explain()
     );
 }
 
@@ -352,7 +518,85 @@ mod tests {
             ticks,
             since,
             reported: false,
+            away_from: None,
         }
+    }
+
+    fn times(on_cpu_ms: u64, runnable_ms: u64, user: u64, kernel: u64) -> ThreadTimes {
+        ThreadTimes {
+            on_cpu_ns: on_cpu_ms * 1_000_000,
+            runnable_ns: runnable_ms * 1_000_000,
+            user_ticks: user,
+            kernel_ticks: kernel,
+        }
+    }
+
+    #[test]
+    fn a_stalls_cause_is_where_the_threads_time_went() {
+        let from = times(5_000, 700, 400, 100);
+        let wall = Duration::from_millis(1_000);
+        let cause = |on: u64, runnable: u64, user: u64, kernel: u64| {
+            let to = times(5_000 + on, 700 + runnable, 400 + user, 100 + kernel);
+            Cause::of(from, to, wall)
+        };
+        // Off its CPU and not runnable for most of the second: asleep in a call.
+        assert_eq!(cause(10, 20, 1, 0), Cause::Blocked);
+        assert_eq!(cause(240, 250, 24, 0), Cause::Blocked);
+        // Runnable, waiting for a core, more than it ran.
+        assert_eq!(cause(300, 650, 30, 0), Cause::NoCpu);
+        // On its CPU, more ticks in the kernel than in user code, and not.
+        assert_eq!(cause(950, 40, 30, 65), Cause::Kernel);
+        assert_eq!(cause(950, 40, 65, 30), Cause::User);
+        assert_eq!(cause(950, 40, 0, 0), Cause::User);
+        // Counters that went back (another thread given the id) tell nothing.
+        assert_eq!(Cause::of(from, times(9, 9, 9, 9), wall), Cause::Unknown);
+    }
+
+    #[test]
+    fn thread_times_are_read_from_the_kernels_lines() {
+        let stat = "4242 (megaconn (w) 1) R 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15";
+        assert_eq!(
+            ThreadTimes::parse("123 456 7\n", stat),
+            Some(ThreadTimes {
+                on_cpu_ns: 123,
+                runnable_ns: 456,
+                user_ticks: 11,
+                kernel_ticks: 12,
+            })
+        );
+        assert_eq!(ThreadTimes::parse("", stat), None);
+        assert_eq!(ThreadTimes::parse("1 2 3", "no name here"), None);
+        assert_eq!(ThreadTimes::read(0), None, "no thread said yet");
+    }
+
+    /// The real kernel's lines, for a thread that sleeps: off its CPU.
+    #[test]
+    fn a_sleeping_thread_reads_as_blocked() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let sleeper = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions and cannot fail.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            let _ = wait.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        let Some(from) = ThreadTimes::read(tid) else {
+            go.send(()).unwrap();
+            sleeper.join().unwrap();
+            eprintln!("no per-thread schedstat on this kernel: nothing to check");
+            return;
+        };
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_millis(200));
+        let to = ThreadTimes::read(tid).expect("read once, read again");
+        let wall = start.elapsed();
+        go.send(()).unwrap();
+        sleeper.join().unwrap();
+        assert_eq!(
+            Cause::of(from, to, wall),
+            Cause::Blocked,
+            "{from:?} -> {to:?} over {wall:?}"
+        );
     }
 
     #[test]
