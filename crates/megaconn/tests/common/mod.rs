@@ -377,6 +377,16 @@ pub fn reset(s: TcpStream) {
     drop(s);
 }
 
+/// Shuts down the server of `handle` and waits (bounded by [`SAFETY`]) for
+/// `task`, the task serving it: what it returned.
+pub async fn shut_down<T>(handle: &ServerHandle, task: tokio::task::JoinHandle<T>) -> T {
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+}
+
 /// A server running the test app in the background.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -456,11 +466,8 @@ impl TestServer {
 
     /// Shuts down and returns the summary.
     pub async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
+        shut_down(&self.handle, self.task)
             .await
-            .expect("server stops")
-            .expect("server task")
             .expect("serve result")
     }
 

@@ -174,11 +174,8 @@ impl Ws {
     }
 
     async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
+        common::shut_down(&self.handle, self.task)
             .await
-            .expect("server stops")
-            .expect("server task")
             .expect("serve result")
     }
 }
