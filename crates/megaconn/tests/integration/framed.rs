@@ -667,11 +667,9 @@ async fn a_slow_sender_is_served_while_each_frame_is_whole_in_time() {
     // a pause: 20 KB within each bound.
     let rounds = 2 * (bound.as_millis() / pause.as_millis()) as usize;
     let line = [&[b'x'; 1000][..], b"\n"].concat();
-    let bytes = line.repeat(rounds);
-    let cuts: Vec<usize> = (0..rounds).map(|i| i * line.len() + 500).collect();
-    let started = tokio::time::Instant::now();
-    common::write_in_pieces(&mut s, &bytes, &cuts, pause).await;
-    assert!(started.elapsed() > bound, "the test outlasts the bound");
+    let (mut bytes, mut cuts) = (Vec::new(), Vec::new());
+    common::each_cut_in_two(&mut bytes, &mut cuts, &line, rounds);
+    common::write_in_pieces_outlasting(&mut s, &bytes, &cuts, pause, bound).await;
     assert_eq!(read_exact(&mut s, bytes.len()).await, bytes);
     drop(s);
     let closed = server.next_close().await;
