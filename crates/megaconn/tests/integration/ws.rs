@@ -1464,10 +1464,8 @@ async fn a_parked_websocket_whose_on_close_panics_still_gets_its_1001_at_shutdow
     expect_going_away(&mut client).await;
     // Counted before the 1001 went out.
     assert_eq!(handle.stats().panics, 1);
-    tokio::time::timeout(SAFETY, task)
+    common::shut_down(&handle, task)
         .await
-        .expect("server stops")
-        .expect("server task")
         .expect("serve result");
 }
 
@@ -2264,10 +2262,8 @@ async fn websockets_of_routes_with_different_states_park_and_wake_as_their_own()
     for client in [&mut a, &mut b, &mut l] {
         expect_going_away(client).await;
     }
-    tokio::time::timeout(SAFETY, task)
+    common::shut_down(&handle, task)
         .await
-        .expect("server stops")
-        .expect("server task")
         .expect("serve result");
     assert_eq!(closes_a.try_recv().ok(), Some((2, CloseReason::Shutdown)));
     assert_eq!(closes_b.try_recv().ok(), Some((1, CloseReason::Shutdown)));
@@ -2359,11 +2355,8 @@ async fn routes_built_per_request_go_when_their_parked_websockets_do() {
         0,
         "routes kept after their WebSockets closed"
     );
-    handle.shutdown();
-    tokio::time::timeout(SAFETY, task)
+    common::shut_down(&handle, task)
         .await
-        .expect("server stops")
-        .expect("server task")
         .expect("serve result");
 }
 
