@@ -15,18 +15,14 @@
 # Env: SERVERS (the example's binaries, space-separated; default
 #   target/release/examples/framed_state_memory), MEGACONN (hold), N (1000),
 #   INTERVAL (3s), STATE (0), SHORT (8), LONG (23), PORT (41977).
+# shellcheck disable=SC2153  # SERVERS, PORT: set by lib.sh's bench_defaults
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-SERVERS="${SERVERS:-$TARGET/release/examples/framed_state_memory}"
-MEGACONN="${MEGACONN:-$TARGET/release/megaconn}"
-N="${N:-1000}"
-INTERVAL="${INTERVAL:-3s}"
-STATE="${STATE:-0}"
-SHORT="${SHORT:-8}"
-LONG="${LONG:-23}"
-PORT="${PORT:-41977}"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+MEGACONN="${MEGACONN_USER:-$CARGO_TARGET/release/megaconn}"
+bench_defaults SERVERS="$CARGO_TARGET/release/examples/framed_state_memory" \
+  N=1000 INTERVAL=3s STATE=0 SHORT=8 LONG=23 PORT=41977
 OUT="$(mktemp -d /tmp/framed-wake-instructions.XXXXXX)"
 
 SERVER_PID=""

@@ -20,20 +20,15 @@
 #   http server; default target/release/megaconn), WORKERS ("1 2 4 8"),
 #   STATES ("0 256"), PROTOS ("framed http"), N (15000), DURATION (30),
 #   SNAP (25), AFTER (15), PORT (27300).
+# shellcheck disable=SC2153  # SERVER, PORT, WORKERS: set by lib.sh's bench_defaults
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-SERVER="${SERVER:-$TARGET/release/examples/framed_state_memory}"
-MEGACONN="${MEGACONN:-$TARGET/release/megaconn}"
-WORKERS="${WORKERS:-1 2 4 8}"
-STATES="${STATES:-0 256}"
-PROTOS="${PROTOS:-framed http}"
-N="${N:-15000}"
-DURATION="${DURATION:-30}"
-SNAP="${SNAP:-25}"
-AFTER="${AFTER:-15}"
-PORT="${PORT:-27300}"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+MEGACONN="${MEGACONN_USER:-$CARGO_TARGET/release/megaconn}"
+bench_defaults SERVER="$CARGO_TARGET/release/examples/framed_state_memory" \
+  WORKERS="1 2 4 8" STATES="0 256" PROTOS="framed http" N=15000 DURATION=30 \
+  SNAP=25 AFTER=15 PORT=27300
 
 rss() { awk '$1 == "VmRSS:" { print $2 * 1024 }' "/proc/$1/status"; }
 

@@ -61,6 +61,10 @@
 #                        keeping the (hand-written) sections after it
 #   sched_ns PID         CPU ns of PID's threads and descendants (schedstat), tree_rss PID
 #                        VmRSS of PID and its descendants
+#   bench_defaults NAME=VALUE...  each NAME keeps its value from the environment,
+#                        or takes VALUE (a script's knobs, with their defaults)
+#   CARGO_TARGET         cargo's target directory: $CARGO_TARGET_DIR, else target/
+#                        at the repo root (for the binaries a script runs unbuilt)
 #
 # Environment knobs: MEGACONN_SERVE_ARGS (extra `megaconn serve` arguments), SERVER_CPU (1), LOAD_CPU (0),
 # SERVER_TLS_CERT/SERVER_TLS_KEY (serve TLS), MEGACONN (path of the binary,
@@ -71,6 +75,8 @@ REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 OUT_DIR="$BENCH_DIR/out"
 RUN_DIR="$OUT_DIR/run"
 MEGACONN_USER="${MEGACONN:-}"
+# shellcheck disable=SC2034  # used by the scripts that source this
+CARGO_TARGET="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 MEGACONN="${MEGACONN:-$REPO_ROOT/target/release/megaconn}"
 GO_HELLO="$BENCH_DIR/peers/go-hello/target/go-hello"
 AXUM_HELLO="$BENCH_DIR/peers/axum-hello/target/release/axum-hello"
@@ -108,6 +114,16 @@ BENCH_JQ_DEFS='
   def f3: if . == null then "—" else ((. * 1000 | round) / 1000 | tostring) end;
   def pct: if . == null then "—" else ((. * 100 | round | tostring) + "%") end;
 '
+
+# bench_defaults NAME=VALUE...: sets each NAME the environment left unset
+# or empty to VALUE, as NAME="${NAME:-VALUE}" would (not exported either).
+bench_defaults() {
+  local _kv _name
+  for _kv in "$@"; do
+    _name=${_kv%%=*}
+    [[ -n "${!_name:-}" ]] || printf -v "$_name" '%s' "${_kv#*=}"
+  done
+}
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

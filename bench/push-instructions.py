@@ -19,34 +19,10 @@ e.g.   bench/push-instructions.py target/release/megaconn 10 30 40 64 -1 2
 """
 import os, selectors, socket, subprocess, sys, time
 
+from benchlib import free_port, ws_connect
+
 BIN, N1, N2, M, SIZE, PACE = sys.argv[1], *map(int, sys.argv[2:6]), float(sys.argv[6])
 ROUNDS = int(sys.argv[7]) if len(sys.argv) > 7 else 1
-HS = (b"GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-      b"Sec-WebSocket-Version: 13\r\n\r\n")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def connect(port):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(HS)
-    head = b""
-    while b"\r\n\r\n" not in head:
-        c = s.recv(4096)
-        if not c:
-            sys.exit("closed in handshake")
-        head += c
-    assert head.startswith(b"HTTP/1.1 101"), head[:100]
-    rest = head.split(b"\r\n\r\n", 1)[1]
-    return s, rest
 
 
 class Sub:
@@ -105,12 +81,13 @@ def run(n):
         sel = selectors.DefaultSelector()
         subs = []
         for _ in range(n):
-            s, rest = connect(port)
+            # (ws_connect reads nothing beyond the handshake.)
+            s = ws_connect(port, "/ws/chat", nodelay=True)
             s.setblocking(False)
-            sub = Sub(s, rest)
+            sub = Sub(s, b"")
             subs.append(sub)
             sel.register(s, selectors.EVENT_READ, sub)
-        pub, _ = connect(port)
+        pub = ws_connect(port, "/ws/chat", nodelay=True)
         # Its own messages come back too (it is in the chat): read away.
         pub.setblocking(False)
         sel.register(pub, selectors.EVENT_READ, Sub(pub, b""))

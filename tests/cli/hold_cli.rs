@@ -40,55 +40,40 @@ struct Stats {
 /// Starts the counting server on an ephemeral port of 127.0.0.1.
 fn server() -> (SocketAddr, Arc<Stats>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(Stats::default());
     let s = Arc::clone(&stats);
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = Arc::clone(&s);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 2048];
-                    let mut active = false;
-                    while let Ok(n) = sock.read(&mut chunk).await {
-                        if n == 0 {
-                            break;
-                        }
-                        if !active {
-                            active = true;
-                            s.active.fetch_add(1, SeqCst);
-                            let open = s.open.fetch_add(1, SeqCst) + 1;
-                            s.peak.fetch_max(open, SeqCst);
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        let mut out = Vec::new();
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            s.requests.fetch_add(1, SeqCst);
-                            out.extend_from_slice(
-                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-                            );
-                        }
-                        if sock.write_all(&out).await.is_err() {
-                            break;
-                        }
-                    }
-                    if active {
-                        s.open.fetch_sub(1, SeqCst);
-                    }
-                });
+    common::serve_on_thread(listener, move |mut sock, _| {
+        let s = Arc::clone(&s);
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 2048];
+            let mut active = false;
+            while let Ok(n) = sock.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                if !active {
+                    active = true;
+                    s.active.fetch_add(1, SeqCst);
+                    let open = s.open.fetch_add(1, SeqCst) + 1;
+                    s.peak.fetch_max(open, SeqCst);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let mut out = Vec::new();
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    s.requests.fetch_add(1, SeqCst);
+                    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+                if sock.write_all(&out).await.is_err() {
+                    break;
+                }
             }
-        });
+            if active {
+                s.open.fetch_sub(1, SeqCst);
+            }
+        }
     });
     (addr, stats)
 }

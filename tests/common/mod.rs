@@ -3,8 +3,11 @@
 //! it listens.
 #![allow(dead_code)]
 
+#[path = "../../crates/load/tests/common/on_thread.rs"]
+mod on_thread;
 #[path = "../../crates/megaconn/tests/common/skip.rs"]
 mod skip;
+pub use on_thread::serve_on_thread;
 // Not every test target skips anything (as `dead_code` above).
 #[allow(unused_imports)]
 pub use skip::skip;

@@ -538,17 +538,14 @@ async fn refused_request_heads_log_status_reason_and_peer_once_per_interval() {
     const REFUSALS: usize = 50;
     capture_log();
     let server = TestServer::start(megaconn::Server::builder().workers(1).max_headers(2)).await;
-    let started = std::time::Instant::now();
-    let mut peers = Vec::new();
-    for _ in 0..REFUSALS {
-        let mut s = connect_from(&server, [127, 0, 0, 71]).await;
-        peers.push(s.local_addr().unwrap().to_string());
-        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\n\r\n")
-            .await
-            .unwrap();
-        let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
-        assert!(raw.starts_with("HTTP/1.1 431 "), "{raw}");
-    }
+    let (started, peers) = each_answered_then_closed(
+        &server,
+        [127, 0, 0, 71],
+        REFUSALS,
+        |_| b"GET / HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 2\r\n\r\n",
+        "431",
+    )
+    .await;
     wait_for_warning(&format!(
         "{LINE} {}: 431 Request Header Fields Too Large (more than max_headers request headers)",
         peers[0]
@@ -618,6 +615,31 @@ async fn connect_from(server: &TestServer, source: [u8; 4]) -> tokio::net::TcpSt
     socket.connect(server.addr).await.expect("connect")
 }
 
+/// Sends `count` requests to `server`, each on a connection of its own
+/// from `source` ([`connect_from`]; the lines these tests count name their
+/// peer), request `i` being `request(i)`, and asserts that each is answered
+/// `status` and closed. Returns when the first was sent (the events began:
+/// [`assert_one_line_per_interval`]'s `started`) and each connection's
+/// address, the peer its line names.
+async fn each_answered_then_closed(
+    server: &TestServer,
+    source: [u8; 4],
+    count: usize,
+    request: impl Fn(usize) -> &'static [u8],
+    status: &str,
+) -> (std::time::Instant, Vec<String>) {
+    let started = std::time::Instant::now();
+    let mut peers = Vec::new();
+    for i in 0..count {
+        let mut s = connect_from(server, source).await;
+        peers.push(s.local_addr().unwrap().to_string());
+        s.write_all(request(i)).await.unwrap();
+        let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
+        assert!(raw.starts_with(&format!("HTTP/1.1 {status} ")), "{raw}");
+    }
+    (started, peers)
+}
+
 /// Asserts that the lines containing `line` and naming one of `peers`
 /// (followed by `after`) came at most one per 5 s (ratelog's
 /// LOG_INTERVAL) since `started`, when the events began: lines are at
@@ -658,21 +680,16 @@ async fn requests_that_time_out_log_the_setting_and_peer_once_per_interval() {
             .read_timeout(Some(Duration::from_millis(100))),
     )
     .await;
-    let started = std::time::Instant::now();
-    let mut peers = Vec::new();
-    for i in 0..SLOW {
-        let mut s = connect_from(&server, [127, 0, 0, 72]).await;
-        peers.push(s.local_addr().unwrap().to_string());
-        // Half of them a head that never ends, half a body that never does.
-        let slow: &[u8] = if i % 2 == 0 {
+    // Half of them a head that never ends, half a body that never does.
+    let slow = |i: usize| -> &'static [u8] {
+        if i % 2 == 0 {
             b"GET / HTTP/1.1\r\nHost: t\r\n"
         } else {
             b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc"
-        };
-        s.write_all(slow).await.unwrap();
-        let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
-        assert!(raw.starts_with("HTTP/1.1 408 "), "{raw}");
-    }
+        }
+    };
+    let (started, peers) =
+        each_answered_then_closed(&server, [127, 0, 0, 72], SLOW, slow, "408").await;
     wait_for_warning(&format!(
         "no whole request head from {} within read_header_timeout",
         peers[0]
@@ -848,58 +865,55 @@ async fn a_goaway_enhance_your_calm_is_logged_with_its_cause() {
 /// within the interval does not hold it back).
 #[tokio::test]
 async fn an_http2_control_flood_is_logged_naming_the_budget() {
-    capture_log();
-    let server = TestServer::start(megaconn::Server::builder().workers(1)).await;
-    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let peer = tcp.local_addr().unwrap();
-    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    flood.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
-                                                             // Twice the budget's worth of PINGs (17 bytes each).
+    // Twice the budget's worth of PINGs (17 bytes each).
     let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
-    for _ in 0..2 * megaconn::HTTP2_CONTROL_BUDGET / 17 {
-        flood.extend_from_slice(&ping);
-    }
-    // The server may close before it read everything.
-    let _ = tcp.write_all(&flood).await;
-    wait_for_warning(&format!(
-        "HTTP/2 connection from {peer} closed with GOAWAY(ENHANCE_YOUR_CALM): its control frames"
-    ))
+    let flood = ping.repeat(2 * megaconn::HTTP2_CONTROL_BUDGET as usize / 17);
+    h2_flood_is_logged(
+        &flood,
+        "its control frames",
+        "HTTP2_CONTROL_BUDGET (65536 bytes)",
+    )
     .await;
-    assert!(logged()
-        .iter()
-        .any(|m| m.contains("HTTP2_CONTROL_BUDGET (65536 bytes)")));
-    drop(tcp);
-    server.stop().await;
 }
 
 /// An HTTP/2 tiny-DATA flood (1-byte DATA frames) is logged at INFO, naming
 /// the peer and `HTTP2_TINY_DATA_BUDGET`, a kind of its own.
 #[tokio::test]
 async fn an_http2_tiny_data_flood_is_logged_naming_the_budget() {
+    // HEADERS (END_HEADERS) on stream 1: POST /, :authority a.
+    let mut flood = vec![
+        0, 0, 6, 0x1, 0x4, 0, 0, 0, 1, 0x83, 0x86, 0x84, 0x01, 1, b'a',
+    ];
+    // Twice the budget's worth of 1-byte DATA frames on it.
+    let data = [0, 0, 1, 0x0, 0, 0, 0, 0, 1, b'x'];
+    flood.extend_from_slice(&data.repeat(2 * megaconn::HTTP2_TINY_DATA_BUDGET as usize));
+    h2_flood_is_logged(
+        &flood,
+        "it sent more tiny DATA frames",
+        "HTTP2_TINY_DATA_BUDGET (2000)",
+    )
+    .await;
+}
+
+/// Sends `frames` after the preface and an empty SETTINGS frame on an h2c
+/// connection to a server of its own (one worker), and asserts that it
+/// logged closing the connection with `GOAWAY(ENHANCE_YOUR_CALM)`, naming
+/// the peer and `cause`, and a line naming `budget`.
+async fn h2_flood_is_logged(frames: &[u8], cause: &str, budget: &str) {
     capture_log();
     let server = TestServer::start(megaconn::Server::builder().workers(1)).await;
     let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let peer = tcp.local_addr().unwrap();
     let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     flood.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
-                                                             // HEADERS (END_HEADERS) on stream 1: POST /, :authority a.
-    flood.extend_from_slice(&[
-        0, 0, 6, 0x1, 0x4, 0, 0, 0, 1, 0x83, 0x86, 0x84, 0x01, 1, b'a',
-    ]);
-    // Twice the budget's worth of 1-byte DATA frames on it.
-    let data = [0, 0, 1, 0x0, 0, 0, 0, 0, 1, b'x'];
-    for _ in 0..2 * megaconn::HTTP2_TINY_DATA_BUDGET {
-        flood.extend_from_slice(&data);
-    }
+    flood.extend_from_slice(frames);
     // The server may close before it read everything.
     let _ = tcp.write_all(&flood).await;
     wait_for_warning(&format!(
-        "HTTP/2 connection from {peer} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames"
+        "HTTP/2 connection from {peer} closed with GOAWAY(ENHANCE_YOUR_CALM): {cause}"
     ))
     .await;
-    assert!(logged()
-        .iter()
-        .any(|m| m.contains("HTTP2_TINY_DATA_BUDGET (2000)")));
+    assert!(logged().iter().any(|m| m.contains(budget)));
     drop(tcp);
     server.stop().await;
 }
@@ -1068,11 +1082,8 @@ async fn a_framed_connection_past_its_limit_closes_and_logs_the_setting() {
             "no {line:?} among {logged:?}"
         );
     }
-    handle.shutdown();
-    tokio::time::timeout(SAFETY, task)
+    common::shut_down(&handle, task)
         .await
-        .expect("server stops")
-        .expect("server task")
         .expect("serve result");
 }
 

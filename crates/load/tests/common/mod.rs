@@ -3,6 +3,9 @@
 //! sent (methods, headers, source addresses), and can misbehave on purpose.
 #![allow(dead_code, missing_docs)]
 
+mod on_thread;
+pub use on_thread::serve_on_thread;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -10,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// How the server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,33 +131,20 @@ impl Server {
 
 /// Starts a server on 127.0.0.1 (an ephemeral port) in its own thread.
 pub fn start(mode: Mode) -> Server {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let addr = std_listener.local_addr().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
     let stats = Arc::new(Stats::default());
     let s = Arc::clone(&stats);
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::from_std(std_listener).unwrap();
-            loop {
-                let Ok((sock, peer)) = listener.accept().await else {
-                    continue;
-                };
-                s.accepted.fetch_add(1, SeqCst);
-                let s = Arc::clone(&s);
-                tokio::spawn(async move {
-                    let mut active = false;
-                    let _ = serve(sock, peer.ip(), mode, &s, &mut active).await;
-                    if active {
-                        s.open.fetch_sub(1, SeqCst);
-                    }
-                });
+    serve_on_thread(listener, move |sock, peer| {
+        s.accepted.fetch_add(1, SeqCst);
+        let s = Arc::clone(&s);
+        async move {
+            let mut active = false;
+            let _ = serve(sock, peer.ip(), mode, &s, &mut active).await;
+            if active {
+                s.open.fetch_sub(1, SeqCst);
             }
-        });
+        }
     });
     Server { addr, stats }
 }

@@ -14,8 +14,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 
-use megaconn_load::run_load;
+use megaconn_load::{run_load, LoadReport};
 
+use crate::common::serve_on_thread;
 use crate::tls_h2::{args, start_with};
 
 /// Frame types and flags used by the hand-written server (RFC 9113 §6).
@@ -104,25 +105,22 @@ fn refuse(sock: &mut TcpStream, wait_for: usize, kept: usize) -> Option<u64> {
     Some(kept as u64)
 }
 
+/// Runs `load --http2` against `url` with four streams a connection and a
+/// 5 s timeout, as every run here: `run` says how many requests (`-n`) or
+/// how long (`-d`), on how many connections (`-c`), and any more flags.
+fn load_h2(url: &str, run: &[&str]) -> LoadReport {
+    let flags = [&["--http2", "--streams", "4", "-t", "5"][..], run].concat();
+    run_load(args(url, &flags)).unwrap()
+}
+
 /// Ten requests over one connection slot with four streams, through a
 /// [`refusing_server`] answering two a connection (`extra`: more flags).
 /// Five connections, eight refused streams (two on each of the first four)
 /// sent again; every request answered once, none an error.
-fn ten_through_two_a_connection(extra: &[&str]) -> megaconn_load::LoadReport {
+fn ten_through_two_a_connection(extra: &[&str]) -> LoadReport {
     let (addr, answered) = refusing_server(10, 2);
-    let mut flags = vec![
-        "--http2",
-        "-n",
-        "10",
-        "-c",
-        "1",
-        "--streams",
-        "4",
-        "-t",
-        "5",
-    ];
-    flags.extend_from_slice(extra);
-    let r = run_load(args(&format!("http://{addr}/"), &flags)).unwrap();
+    let run = [&["-n", "10", "-c", "1"][..], extra].concat();
+    let r = load_h2(&format!("http://{addr}/"), &run);
     assert_eq!((r.requests, r.errors_total), (10, 0), "{:?}", r.errors);
     assert_eq!(answered.load(SeqCst), 10);
     assert_eq!(r.connections_opened, 5);
@@ -154,11 +152,7 @@ fn h2_a_server_refusing_every_stream_gracefully_is_counted_and_ends_the_run() {
     // Not hidden, and no endless reconnecting (`-n` alone has no deadline):
     // each connection that answered nothing spends one request as `closed`.
     let (addr, answered) = refusing_server(u64::MAX, 0);
-    let r = run_load(args(
-        &format!("http://{addr}/"),
-        &["--http2", "-n", "3", "-c", "1", "--streams", "4", "-t", "5"],
-    ))
-    .unwrap();
+    let r = load_h2(&format!("http://{addr}/"), &["-n", "3", "-c", "1"]);
     assert_eq!((r.requests, r.errors_total), (0, 3), "{:?}", r.errors);
     assert_eq!(r.errors.closed, 3);
     assert_eq!(answered.load(SeqCst), 0);
@@ -171,36 +165,25 @@ fn h2_a_server_refusing_every_stream_gracefully_is_counted_and_ends_the_run() {
 /// of answered requests.
 fn draining_server(per_conn: u64) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let answered = Arc::new(AtomicU64::new(0));
     let count = Arc::clone(&answered);
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (sock, _) = listener.accept().await.unwrap();
-                let count = Arc::clone(&count);
-                tokio::spawn(async move {
-                    let Ok(mut conn) = h2::server::handshake(sock).await else {
-                        return;
-                    };
-                    let mut here = 0;
-                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                        let _ = respond.send_response(http::Response::new(()), true);
-                        count.fetch_add(1, SeqCst);
-                        here += 1;
-                        if here == per_conn {
-                            conn.graceful_shutdown();
-                        }
-                    }
-                });
+    serve_on_thread(listener, move |sock, _| {
+        let count = Arc::clone(&count);
+        async move {
+            let Ok(mut conn) = h2::server::handshake(sock).await else {
+                return;
+            };
+            let mut here = 0;
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                let _ = respond.send_response(http::Response::new(()), true);
+                count.fetch_add(1, SeqCst);
+                here += 1;
+                if here == per_conn {
+                    conn.graceful_shutdown();
+                }
             }
-        });
+        }
     });
     (addr, answered)
 }
@@ -208,21 +191,7 @@ fn draining_server(per_conn: u64) -> (SocketAddr, Arc<AtomicU64>) {
 #[test]
 fn h2_graceful_shutdown_reconnects_without_errors() {
     let (addr, answered) = draining_server(5);
-    let r = run_load(args(
-        &format!("http://{addr}/"),
-        &[
-            "--http2",
-            "-n",
-            "40",
-            "-c",
-            "2",
-            "--streams",
-            "4",
-            "-t",
-            "5",
-        ],
-    ))
-    .unwrap();
+    let r = load_h2(&format!("http://{addr}/"), &["-n", "40", "-c", "2"]);
     assert_eq!((r.requests, r.errors_total), (40, 0), "{:?}", r.errors);
     assert_eq!(answered.load(SeqCst), 40);
     // Each connection is closed after a few answers: 40 requests on two
@@ -238,21 +207,7 @@ fn h2_across_megaconns_connection_age_goaways_counts_no_error() {
     let server = start_with(None, |b| {
         b.max_connection_age(Some(std::time::Duration::from_secs(1)))
     });
-    let r = run_load(args(
-        &server.url(),
-        &[
-            "--http2",
-            "-d",
-            "3s",
-            "-c",
-            "2",
-            "--streams",
-            "4",
-            "-t",
-            "5",
-        ],
-    ))
-    .unwrap();
+    let r = load_h2(&server.url(), &["-d", "3s", "-c", "2"]);
     assert_eq!(r.errors_total, 0, "{:?}", r.errors);
     assert!(r.requests > 0);
     // The server also answered what was in flight at the deadline.

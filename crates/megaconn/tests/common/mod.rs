@@ -377,6 +377,16 @@ pub fn reset(s: TcpStream) {
     drop(s);
 }
 
+/// Shuts down the server of `handle` and waits (bounded by [`SAFETY`]) for
+/// `task`, the task serving it: what it returned.
+pub async fn shut_down<T>(handle: &ServerHandle, task: tokio::task::JoinHandle<T>) -> T {
+    handle.shutdown();
+    tokio::time::timeout(SAFETY, task)
+        .await
+        .expect("server stops")
+        .expect("server task")
+}
+
 /// A server running the test app in the background.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -450,17 +460,20 @@ impl TestServer {
         TcpStream::connect(self.addr).await.expect("connect")
     }
 
+    /// A fresh connection that has sent `bytes` (a request, or the start
+    /// of one).
+    pub async fn connect_sending(&self, bytes: impl AsRef<[u8]>) -> TcpStream {
+        sent(self.connect().await, bytes).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// Shuts down and returns the summary.
     pub async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
+        shut_down(&self.handle, self.task)
             .await
-            .expect("server stops")
-            .expect("server task")
             .expect("serve result")
     }
 
@@ -491,6 +504,13 @@ impl TestServer {
         assert_eq!(r.status, 200, "server still serves");
         assert_eq!(r.body, b"Hello, World!");
     }
+}
+
+/// `s` once it has sent `bytes`: a connection with a request (or the start
+/// of one) on its way.
+pub async fn sent(mut s: TcpStream, bytes: impl AsRef<[u8]>) -> TcpStream {
+    s.write_all(bytes.as_ref()).await.unwrap();
+    s
 }
 
 /// A response read off the wire.
@@ -693,6 +713,35 @@ where
             .expect("the server reads");
         from = to;
     }
+}
+
+/// Appends `rounds` copies of `message` to `bytes`, and to `cuts` a cut in
+/// the middle of each (for [`write_in_pieces`]): a sender whose every
+/// message straddles a pause.
+pub fn each_cut_in_two(bytes: &mut Vec<u8>, cuts: &mut Vec<usize>, message: &[u8], rounds: usize) {
+    for _ in 0..rounds {
+        cuts.push(bytes.len() + message.len() / 2);
+        bytes.extend_from_slice(message);
+    }
+}
+
+/// [`write_in_pieces`], asserting that the writes took longer than
+/// `outlasting`: a slow sender's test outlasts the bound it is about.
+pub async fn write_in_pieces_outlasting<W>(
+    w: &mut W,
+    bytes: &[u8],
+    cuts: &[usize],
+    every: Duration,
+    outlasting: Duration,
+) where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let started = tokio::time::Instant::now();
+    write_in_pieces(w, bytes, cuts, every).await;
+    assert!(
+        started.elapsed() > outlasting,
+        "the test outlasts the bound"
+    );
 }
 
 /// A peer that never gets back between messages: writes `first` (a

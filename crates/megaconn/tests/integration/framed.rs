@@ -142,6 +142,21 @@ impl Framed {
         }
     }
 
+    /// [`Framed::start`] of a server that parks a connection idle for
+    /// [`PARK_IDLE_AFTER`].
+    async fn parking(framing: Framing) -> Framed {
+        Framed::start(
+            Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
+            framing,
+        )
+        .await
+    }
+
+    /// [`Framed::start`] of a server that never parks a connection.
+    async fn awake(framing: Framing) -> Framed {
+        Framed::start(Server::builder().park_idle_after(None), framing).await
+    }
+
     async fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr).await.expect("connect");
         s.set_nodelay(true).unwrap();
@@ -156,6 +171,33 @@ impl Framed {
         let s = socket.connect(self.addr).await.expect("connect");
         s.set_nodelay(true).unwrap();
         s
+    }
+
+    /// Sends `push` to connection `id` and waits (bounded) until its first
+    /// bytes reach `s`, the peer: the connection took it and is writing it.
+    async fn push_under_way(&self, s: &TcpStream, id: ConnectionId, push: Vec<u8>) {
+        assert_eq!(self.hub.send(id, push), Ok(()));
+        tokio::time::timeout(SAFETY, s.readable())
+            .await
+            .expect("the push's first bytes in time")
+            .unwrap();
+    }
+
+    /// A slow reader ([`Framed::connect_small`]) on a length-prefixed
+    /// listener and its id, its handler kept busy (`wait`) while four
+    /// [`big_push`]es, 0 to 3, reach its queue, then let go: its reply
+    /// and the pushes follow, none read yet.
+    async fn big_pushes_behind_a_busy_handler(&mut self) -> (TcpStream, ConnectionId) {
+        let mut s = self.connect_small().await;
+        let id = self.next_open().await;
+        s.write_all(&frame(b"wait")).await.unwrap();
+        self.next_busy().await;
+        for i in 0..4 {
+            assert_eq!(self.hub.send(id, big_push(i)), Ok(()));
+        }
+        crate::ws_api::delivered(&self.handle, 4).await;
+        self.gate.add_permits(1);
+        (s, id)
     }
 
     /// The id of the next connection the handler saw open.
@@ -191,11 +233,8 @@ impl Framed {
     }
 
     async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
+        common::shut_down(&self.handle, self.task)
             .await
-            .expect("server stops")
-            .expect("server task")
             .expect("serve result")
     }
 }
@@ -223,6 +262,13 @@ async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
         .await
         .expect("timed out waiting for the server to close");
     out
+}
+
+/// Push `i` of [`Framed::big_pushes_behind_a_busy_handler`]: 2 MiB of
+/// `i`, more than a slow reader's socket buffers take while it reads
+/// nothing (and each a batch of its own).
+fn big_push(i: u8) -> Vec<u8> {
+    vec![i; 2 << 20]
 }
 
 /// A 4-byte big-endian length-prefixed frame.
@@ -363,11 +409,7 @@ const PARK_IDLE_AFTER: Duration = Duration::from_millis(20);
 
 #[tokio::test]
 async fn a_parked_connection_keeps_its_state_across_park_and_wake() {
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        Framing::lines(),
-    )
-    .await;
+    let mut server = Framed::parking(Framing::lines()).await;
     let mut conns = Vec::new();
     for _ in 0..3 {
         let mut s = server.connect().await;
@@ -414,11 +456,7 @@ async fn a_parked_connection_keeps_its_state_across_park_and_wake() {
 
 #[tokio::test]
 async fn a_connection_mid_frame_does_not_park() {
-    let server = Framed::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        Framing::length_prefixed(4),
-    )
-    .await;
+    let server = Framed::parking(Framing::length_prefixed(4)).await;
     let mut s = server.connect().await;
     s.write_all(&frame(b"whole")).await.unwrap();
     assert_eq!(read_frame(&mut s).await, b"whole");
@@ -450,11 +488,7 @@ async fn a_connection_mid_frame_does_not_park() {
 /// (bench/FRAMED.md). Parking is off, so only the wait can give it back.
 #[tokio::test]
 async fn idle_awake_connections_hold_no_read_buffer() {
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(None),
-        Framing::length_prefixed(4),
-    )
-    .await;
+    let mut server = Framed::awake(Framing::length_prefixed(4)).await;
     let mut silent = Vec::new();
     for _ in 0..20 {
         silent.push(server.connect().await);
@@ -633,11 +667,9 @@ async fn a_slow_sender_is_served_while_each_frame_is_whole_in_time() {
     // a pause: 20 KB within each bound.
     let rounds = 2 * (bound.as_millis() / pause.as_millis()) as usize;
     let line = [&[b'x'; 1000][..], b"\n"].concat();
-    let bytes = line.repeat(rounds);
-    let cuts: Vec<usize> = (0..rounds).map(|i| i * line.len() + 500).collect();
-    let started = tokio::time::Instant::now();
-    common::write_in_pieces(&mut s, &bytes, &cuts, pause).await;
-    assert!(started.elapsed() > bound, "the test outlasts the bound");
+    let (mut bytes, mut cuts) = (Vec::new(), Vec::new());
+    common::each_cut_in_two(&mut bytes, &mut cuts, &line, rounds);
+    common::write_in_pieces_outlasting(&mut s, &bytes, &cuts, pause, bound).await;
     assert_eq!(read_exact(&mut s, bytes.len()).await, bytes);
     drop(s);
     let closed = server.next_close().await;
@@ -671,17 +703,7 @@ async fn a_peer_that_never_gets_back_between_frames_is_closed_at_the_message_tim
 
 #[tokio::test]
 async fn shutdown_closes_parked_framed_connections() {
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        Framing::lines(),
-    )
-    .await;
-    let mut parked = server.connect().await;
-    parked.write_all(b"a\n").await.unwrap();
-    assert_eq!(read_exact(&mut parked, 2).await, b"a\n");
-    server
-        .wait_stats("parked", |s| s.connections_parked == 1)
-        .await;
+    let (mut server, mut parked) = one_parked().await;
     server.handle.shutdown();
     assert_eq!(server.next_close().await, (1, CloseReason::Shutdown));
     assert_eq!(read_to_close(&mut parked).await, b"");
@@ -691,7 +713,7 @@ async fn shutdown_closes_parked_framed_connections() {
 
 #[tokio::test]
 async fn shutdown_closes_idle_framed_tasks() {
-    let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    let mut server = Framed::awake(Framing::lines()).await;
     let mut idle = server.connect().await;
     idle.write_all(b"a\n").await.unwrap();
     assert_eq!(read_exact(&mut idle, 2).await, b"a\n");
@@ -806,12 +828,7 @@ async fn a_panic_in_on_open_closes_its_connection_as_a_panic() {
     let mut other = TcpStream::connect(addr).await.unwrap();
     other.write_all(b"still here\n").await.unwrap();
     assert_eq!(read_exact(&mut other, 11).await, b"still here\n");
-    handle.shutdown();
-    tokio::time::timeout(SAFETY, task)
-        .await
-        .expect("server stops")
-        .unwrap()
-        .unwrap();
+    common::shut_down(&handle, task).await.unwrap();
 }
 
 #[tokio::test]
@@ -923,18 +940,13 @@ async fn http_and_framed_listeners_side_by_side() {
     let response = read_to_close(&mut h).await;
     assert!(response.starts_with(b"HTTP/1.1 200"), "HTTP still HTTP");
     assert!(response.ends_with(b"Hello, World!"));
-    handle.shutdown();
-    tokio::time::timeout(SAFETY, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    common::shut_down(&handle, task).await.unwrap();
 }
 
 #[tokio::test]
 async fn pushes_reach_awake_and_parked_connections_by_id() {
     // Awake: the frame joins the connection's inbox.
-    let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    let mut server = Framed::awake(Framing::lines()).await;
     let mut s = server.connect().await;
     let id = server.next_open().await;
     assert_eq!(server.hub.send(id, "pushed"), Ok(()));
@@ -951,11 +963,7 @@ async fn pushes_reach_awake_and_parked_connections_by_id() {
     server.stop().await;
 
     // Parked: one write, and the connection stays parked.
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        Framing::lines(),
-    )
-    .await;
+    let mut server = Framed::parking(Framing::lines()).await;
     let mut s = server.connect().await;
     let id = server.next_open().await;
     s.write_all(b"a\n").await.unwrap();
@@ -988,11 +996,7 @@ async fn pushes_reach_awake_and_parked_connections_by_id() {
 
 #[tokio::test]
 async fn a_parked_peer_that_does_not_read_pushes_is_closed_as_a_slow_consumer() {
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        Framing::length_prefixed(4).max_frame_bytes(64 << 20),
-    )
-    .await;
+    let mut server = Framed::parking(Framing::length_prefixed(4).max_frame_bytes(64 << 20)).await;
     let mut s = server.connect().await;
     let id = server.next_open().await;
     s.write_all(&frame(b"hi")).await.unwrap();
@@ -1012,11 +1016,7 @@ async fn a_parked_peer_that_does_not_read_pushes_is_closed_as_a_slow_consumer() 
 
 #[tokio::test]
 async fn publish_and_broadcast_reach_parked_and_busy_connections() {
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        Framing::lines(),
-    )
-    .await;
+    let mut server = Framed::parking(Framing::lines()).await;
     // Parked: subscribed, then idle until it parks.
     let mut parked = server.connect().await;
     parked.write_all(b"sub news\n").await.unwrap();
@@ -1115,11 +1115,7 @@ async fn a_chatty_parked_slow_consumer_reads_whole_frames_to_the_close() {
 /// close (`chatty`: after it sent a frame): both frames whole, both pushes
 /// counted as delivered.
 async fn parked_slow_consumer(chatty: bool) {
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        Framing::length_prefixed(4).max_frame_bytes(8 << 20),
-    )
-    .await;
+    let mut server = Framed::parking(Framing::length_prefixed(4).max_frame_bytes(8 << 20)).await;
     let mut s = server.connect_small().await;
     let id = server.next_open().await;
     server
@@ -1260,10 +1256,8 @@ async fn parked_framed_connections_whose_on_close_panics_all_close_at_shutdown()
     for s in &mut clients {
         assert_eq!(read_to_close(s).await, frame(b"going away"));
     }
-    let summary = tokio::time::timeout(SAFETY, task)
+    let summary = common::shut_down(&handle, task)
         .await
-        .expect("server stops")
-        .expect("server task")
         .expect("serve result");
     assert_eq!(summary.forced, 0);
     assert_eq!(handle.stats().panics, 2);
@@ -1314,12 +1308,7 @@ async fn an_overflow_during_a_stuck_write_closes_the_slow_consumer() {
     let s = server.connect().await;
     let id = server.next_open().await;
     // More than any socket buffer takes, and the peer reads nothing.
-    assert_eq!(server.hub.send(id, vec![7u8; 48 << 20]), Ok(()));
-    // Its first bytes arrived: the connection took it and is writing it.
-    tokio::time::timeout(SAFETY, s.readable())
-        .await
-        .expect("the push's first bytes in time")
-        .unwrap();
+    server.push_under_way(&s, id, vec![7u8; 48 << 20]).await;
     for _ in 0..8 {
         assert_eq!(server.hub.send(id, "more"), Ok(()));
     }
@@ -1348,12 +1337,7 @@ async fn an_awake_slow_consumer_reads_whole_frames_to_the_close() {
     let id = server.next_open().await;
     // More than the socket's buffers take while the peer reads nothing.
     let big = vec![7u8; 2 << 20];
-    assert_eq!(server.hub.send(id, big.clone()), Ok(()));
-    // Its first bytes arrived: the connection took it and is writing it.
-    tokio::time::timeout(SAFETY, s.readable())
-        .await
-        .expect("the push's first bytes in time")
-        .unwrap();
+    server.push_under_way(&s, id, big.clone()).await;
     // Two fit in the queue, the third overflows it.
     for i in 0..3 {
         assert_eq!(server.hub.send(id, format!("more {i}")), Ok(()));
@@ -1424,17 +1408,7 @@ async fn pushes_lost_at_a_write_timeout_count_as_dropped() {
         Framing::length_prefixed(4).max_frame_bytes(8 << 20),
     )
     .await;
-    let mut s = server.connect_small().await;
-    let id = server.next_open().await;
-    s.write_all(&frame(b"wait")).await.unwrap();
-    server.next_busy().await;
-    // Each more than the socket's buffers take while the peer reads
-    // nothing (and each a batch of its own).
-    for i in 0..4 {
-        assert_eq!(server.hub.send(id, vec![i; 2 << 20]), Ok(()));
-    }
-    crate::ws_api::delivered(&server.handle, 4).await;
-    server.gate.add_permits(1);
+    let s = server.big_pushes_behind_a_busy_handler().await.0;
     assert_eq!(server.next_close().await, (1, CloseReason::WriteTimeout));
     // (Those left in the queue count as the connection's task ends, just
     // after `on_close`.)
@@ -1460,22 +1434,13 @@ async fn an_awake_connection_takes_its_queue_a_batch_at_a_time() {
         Framing::length_prefixed(4).max_frame_bytes(8 << 20),
     )
     .await;
-    let mut s = server.connect_small().await;
-    let id = server.next_open().await;
-    s.write_all(&frame(b"wait")).await.unwrap();
-    server.next_busy().await;
-    let push = |i: u8| vec![i; 2 << 20];
-    for i in 0..4 {
-        assert_eq!(server.hub.send(id, push(i)), Ok(()));
-    }
-    crate::ws_api::delivered(&server.handle, 4).await;
-    server.gate.add_permits(1);
+    let (mut s, id) = server.big_pushes_behind_a_busy_handler().await;
     // The reply, then the first push's head: the connection took it, and
     // its write is stuck (the client reads no more for now).
     assert_eq!(read_frame(&mut s).await, b"waited");
-    assert_eq!(read_exact(&mut s, 4).await, frame(&push(0))[..4]);
+    assert_eq!(read_exact(&mut s, 4).await, frame(&big_push(0))[..4]);
     for i in 4..6 {
-        assert_eq!(server.hub.send(id, push(i)), Ok(()));
+        assert_eq!(server.hub.send(id, big_push(i)), Ok(()));
     }
     // The fifth fit (the queue held three), the sixth did not (and the
     // close may have counted the four left behind already).
@@ -1486,7 +1451,7 @@ async fn an_awake_connection_takes_its_queue_a_batch_at_a_time() {
     // The push under way, whole; then the close.
     let rest = read_to_close(&mut s).await;
     assert_eq!(rest.len(), 2 << 20);
-    assert!(rest == push(0));
+    assert!(rest == big_push(0));
     drop(s);
     assert_eq!(server.next_close().await, (1, CloseReason::SlowConsumer));
     // The four left in the queue were dropped with it.
@@ -1503,11 +1468,7 @@ async fn an_awake_connection_takes_its_queue_a_batch_at_a_time() {
 /// by a push: the wake-ups of pushes taken in one batch are one).
 #[tokio::test]
 async fn a_slow_reader_mid_frame_gets_many_large_pushes_whole_and_in_order() {
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(None),
-        Framing::length_prefixed(4).max_frame_bytes(1 << 20),
-    )
-    .await;
+    let mut server = Framed::awake(Framing::length_prefixed(4).max_frame_bytes(1 << 20)).await;
     let mut s = server.connect_small().await;
     let id = server.next_open().await;
     let count = frame(b"count");
@@ -1554,7 +1515,7 @@ pub(crate) fn push_of_many_sizes(i: usize) -> Vec<u8> {
 /// server started, kept meanwhile in an unbounded queue.)
 #[tokio::test]
 async fn broadcasts_before_any_connection_are_not_kept_for_the_first_one() {
-    let server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    let server = Framed::awake(Framing::lines()).await;
     for _ in 0..10 {
         assert_eq!(server.hub.broadcast("old"), Ok(()));
     }
@@ -1604,11 +1565,7 @@ async fn two_servers_in_one_process_never_hand_out_the_same_id() {
 /// the peer's frame was whole, and pushes piled up meanwhile.
 #[tokio::test]
 async fn a_push_goes_out_while_the_peer_is_mid_frame() {
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(None),
-        Framing::length_prefixed(4),
-    )
-    .await;
+    let mut server = Framed::awake(Framing::length_prefixed(4)).await;
     let mut s = server.connect().await;
     let id = server.next_open().await;
     let whole = frame(&[5u8; 100]);
@@ -1625,7 +1582,7 @@ async fn a_push_goes_out_while_the_peer_is_mid_frame() {
 
 #[tokio::test]
 async fn message_metrics_count_frames_bytes_and_pushes() {
-    let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    let mut server = Framed::awake(Framing::lines()).await;
     let mut s = server.connect().await;
     let id = server.next_open().await;
     s.write_all(b"one\ntwo\n").await.unwrap();
@@ -1789,11 +1746,7 @@ async fn a_framed_peer_that_reads_slowly_but_steadily_is_not_cut_off() {
 /// A lines server that parks after `PARK_IDLE_AFTER`, and one connection
 /// that sent a frame, had its answer and parked.
 async fn one_parked() -> (Framed, TcpStream) {
-    let server = Framed::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        Framing::lines(),
-    )
-    .await;
+    let server = Framed::parking(Framing::lines()).await;
     let mut s = server.connect().await;
     s.write_all(b"a\n").await.unwrap();
     assert_eq!(read_exact(&mut s, 2).await, b"a\n");
@@ -1972,7 +1925,7 @@ async fn sliced_broadcasts_reach_everyone_in_order_and_nothing_stays_pending() {
 /// I/O error.
 #[tokio::test]
 async fn a_reset_between_frames_is_a_client_close_and_midway_an_io_error() {
-    let mut server = Framed::start(Server::builder().park_idle_after(None), Framing::lines()).await;
+    let mut server = Framed::awake(Framing::lines()).await;
     let mut s = server.connect().await;
     s.write_all(b"count\n").await.unwrap();
     assert_eq!(read_exact(&mut s, 2).await, b"1\n");
@@ -2046,11 +1999,7 @@ async fn a_framed_server_started_then_run_echoes_what_waited() {
     waiting.write_all(b"waited\n").await.unwrap();
     let running = tokio::spawn(started.run());
     assert_eq!(read_exact(&mut waiting, 7).await, b"waited\n");
-    handle.shutdown();
-    let summary = tokio::time::timeout(SAFETY, running)
-        .await
-        .expect("server stops")
-        .unwrap();
+    let summary = common::shut_down(&handle, running).await;
     assert_eq!(summary.accepted, 1);
 }
 
@@ -2081,11 +2030,7 @@ async fn a_hub_takes_messages_only_while_its_server_runs() {
     assert_eq!(read_exact(&mut s, 5).await, b"ping\n");
     assert_eq!(hub.broadcast("to all"), Ok(()));
     assert_eq!(read_exact(&mut s, 7).await, b"to all\n");
-    handle.shutdown();
-    tokio::time::timeout(SAFETY, running)
-        .await
-        .expect("server stops")
-        .unwrap();
+    common::shut_down(&handle, running).await;
     // Stopped: refused, nothing held.
     assert_eq!(hub.broadcast("late"), Err(HubError::Stopped));
     assert_eq!(hub.publish("news", "late"), Err(HubError::Stopped));
@@ -2114,11 +2059,7 @@ fn a_hub_of_a_server_dropped_without_serving_says_it_stopped() {
 #[tokio::test]
 async fn a_push_the_framing_cannot_carry_is_counted_not_silently_dropped() {
     const MAX: usize = 64 << 10;
-    let mut server = Framed::start(
-        Server::builder().park_idle_after(Some(PARK_IDLE_AFTER)),
-        Framing::length_prefixed(4).max_frame_bytes(MAX),
-    )
-    .await;
+    let mut server = Framed::parking(Framing::length_prefixed(4).max_frame_bytes(MAX)).await;
     let unframable = |s: &ServerStats| limit_hits(s, "push_unframable");
     // Parked.
     let mut parked = server.connect().await;

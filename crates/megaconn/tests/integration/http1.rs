@@ -27,10 +27,9 @@ async fn keep_alive_serves_several_requests_on_one_connection() {
 #[tokio::test]
 async fn connection_close_is_honoured() {
     let server = TestServer::default().await;
-    let mut s = server.connect().await;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = server
+        .connect_sending(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
     let raw = read_to_close(&mut s).await;
     let text = String::from_utf8(raw).unwrap();
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
@@ -42,15 +41,14 @@ async fn connection_close_is_honoured() {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let server = TestServer::default().await;
-    let mut s = server.connect().await;
-    s.write_all(
-        b"GET /status/201 HTTP/1.1\r\nHost: t\r\n\r\n\
+    let mut s = server
+        .connect_sending(
+            b"GET /status/201 HTTP/1.1\r\nHost: t\r\n\r\n\
           POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello\
           GET /status/202 HTTP/1.1\r\nHost: t\r\n\r\n\
           GET / HTTP/1.1\r\nHost: t\r\n\r\n",
-    )
-    .await
-    .unwrap();
+        )
+        .await;
     let mut buf = Vec::new();
     let statuses_and_bodies = [
         (201, &b""[..]),
@@ -124,12 +122,11 @@ async fn head_204_and_304_have_no_body() {
 #[tokio::test]
 async fn expect_100_continue_is_sent_only_when_the_body_is_read() {
     let server = TestServer::default().await;
-    let mut s = server.connect().await;
-    s.write_all(
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut s = server
+        .connect_sending(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await;
     let mut buf = Vec::new();
     let interim = read_response_buffered(&mut s, &mut buf, false).await;
     assert_eq!(interim.status, 100);
@@ -139,10 +136,7 @@ async fn expect_100_continue_is_sent_only_when_the_body_is_read() {
     assert_eq!(r.body, b"ping");
 
     // A handler that never reads the body: no 100, the final answer, then close.
-    let mut s = server.connect().await;
-    s.write_all(b"POST /ignore-body HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = server.connect_sending(b"POST /ignore-body HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n").await;
     let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
     assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
     assert!(!raw.contains("100 Continue"));
@@ -174,16 +168,14 @@ async fn unread_body_is_drained_and_the_connection_reused() {
 #[tokio::test]
 async fn http_1_0_closes_unless_keep_alive_is_asked() {
     let server = TestServer::default().await;
-    let mut s = server.connect().await;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut s = server.connect_sending(b"GET / HTTP/1.0\r\n\r\n").await;
     let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
     assert!(raw.starts_with("HTTP/1.1 200 OK"));
     assert!(raw.contains("connection: close"));
 
-    let mut s = server.connect().await;
-    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = server
+        .connect_sending(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await;
     let r = read_response(&mut s).await;
     assert_eq!(r.header("connection"), Some("keep-alive"));
     // Unknown length on HTTP/1.0: close-delimited.
@@ -200,12 +192,7 @@ async fn http_1_0_closes_unless_keep_alive_is_asked() {
 #[tokio::test]
 async fn upgrade_hands_over_the_raw_connection() {
     let server = TestServer::default().await;
-    let mut s = server.connect().await;
-    s.write_all(
-        b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly",
-    )
-    .await
-    .unwrap();
+    let mut s = server.connect_sending(b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly",).await;
     let mut buf = Vec::new();
     let r = read_response_buffered(&mut s, &mut buf, false).await;
     assert_eq!(r.status, 101);
@@ -524,6 +511,11 @@ impl Review {
         tokio::net::TcpStream::connect(self.addr).await.unwrap()
     }
 
+    /// A fresh connection that has sent `bytes` ([`common::sent`]).
+    async fn connect_sending(&self, bytes: impl AsRef<[u8]>) -> tokio::net::TcpStream {
+        common::sent(self.connect().await, bytes).await
+    }
+
     async fn stop(self) {
         // A handler still waiting would hold up the graceful shutdown.
         self.release.notify_waiters();
@@ -568,10 +560,9 @@ async fn read_until(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, needle: &[
 #[tokio::test]
 async fn a_handlers_connection_header_is_honoured() {
     let server = Review::start(megaconn::Server::builder()).await;
-    let mut s = server.connect().await;
-    s.write_all(b"GET /conn-close HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = server
+        .connect_sending(b"GET /conn-close HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
     let mut buf = Vec::new();
     let head = read_head(&mut s, &mut buf).await.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
@@ -580,12 +571,7 @@ async fn a_handlers_connection_header_is_honoured() {
     buf.extend(read_to_close(&mut s).await);
     assert_eq!(buf, b"bye");
 
-    let mut s = server.connect().await;
-    s.write_all(
-        b"GET /conn-upgrade HTTP/1.1\r\nHost: t\r\n\r\nGET /host HTTP/1.1\r\nHost: again\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut s = server.connect_sending(b"GET /conn-upgrade HTTP/1.1\r\nHost: t\r\n\r\nGET /host HTTP/1.1\r\nHost: again\r\n\r\n",).await;
     let mut buf = Vec::new();
     let r = read_response_buffered(&mut s, &mut buf, false).await;
     assert_eq!(r.status, 426);
@@ -603,10 +589,11 @@ async fn read_timeout_stops_once_the_body_is_read() {
     let read_timeout = std::time::Duration::from_millis(300);
     assert!(SLOW_HANDLER > read_timeout * 3);
     let server = Review::start(megaconn::Server::builder().read_timeout(Some(read_timeout))).await;
-    let mut s = server.connect().await;
-    s.write_all(b"POST /slow-after-body HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
-        .await
-        .unwrap();
+    let mut s = server
+        .connect_sending(
+            b"POST /slow-after-body HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.body, b"5");
@@ -628,12 +615,11 @@ async fn write_timeout_does_not_run_while_the_head_waits_for_the_body() {
     let write_timeout = std::time::Duration::from_millis(300);
     let server =
         Review::start(megaconn::Server::builder().write_timeout(Some(write_timeout))).await;
-    let mut s = server.connect().await;
-    s.write_all(
-        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut s = server
+        .connect_sending(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await;
     let mut buf = Vec::new();
     let interim = read_response_buffered(&mut s, &mut buf, false).await;
     assert_eq!(interim.status, 100);
@@ -653,10 +639,11 @@ async fn write_timeout_does_not_run_while_the_head_waits_for_the_body() {
 async fn connect_2xx_has_no_framing_headers() {
     let server = Review::start(megaconn::Server::builder()).await;
     for target in ["proxy.example:443", "chunked.example:443"] {
-        let mut s = server.connect().await;
-        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        let mut s = server
+            .connect_sending(
+                format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+            )
+            .await;
         let mut buf = Vec::new();
         let head = read_head(&mut s, &mut buf).await.to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
@@ -677,12 +664,7 @@ async fn connect_2xx_has_no_framing_headers() {
 #[tokio::test]
 async fn a_pipelined_request_survives_the_clients_half_close() {
     let server = Review::start(megaconn::Server::builder()).await;
-    let mut s = server.connect().await;
-    s.write_all(
-        b"GET /pending-body HTTP/1.1\r\nHost: t\r\n\r\nGET /host HTTP/1.1\r\nHost: second\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut s = server.connect_sending(b"GET /pending-body HTTP/1.1\r\nHost: t\r\n\r\nGET /host HTTP/1.1\r\nHost: second\r\n\r\n",).await;
     s.shutdown().await.unwrap();
     // The first response's head is out: its body waits for `release`, with
     // the second request (and the EOF behind it) already sent.
@@ -704,10 +686,9 @@ async fn a_pipelined_request_survives_the_clients_half_close() {
 #[tokio::test]
 async fn an_informational_final_status_becomes_500() {
     let server = Review::start(megaconn::Server::builder()).await;
-    let mut s = server.connect().await;
-    s.write_all(b"GET /103 HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = server
+        .connect_sending(b"GET /103 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
     let mut buf = Vec::new();
     let r = read_response_buffered(&mut s, &mut buf, false).await;
     assert_eq!(r.status, 500);
@@ -721,12 +702,7 @@ async fn an_informational_final_status_becomes_500() {
 #[tokio::test]
 async fn no_100_continue_after_the_response_head() {
     let server = Review::start(megaconn::Server::builder()).await;
-    let mut s = server.connect().await;
-    s.write_all(
-        b"POST /x-then-echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut s = server.connect_sending(b"POST /x-then-echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",).await;
     let mut buf = Vec::new();
     read_until(&mut s, &mut buf, b"\r\n\r\n1\r\nx\r\n").await;
     // The client may send the body anyway (RFC 9110 §10.1.1); the handler
@@ -759,8 +735,7 @@ async fn trailers_only_when_asked_declared_and_never_forbidden_fields() {
         (get("/trailers", te), "0\r\nx-checksum: abc\r\n\r\n"),
         (get("/trailers-undeclared", te), "0\r\n\r\n"),
     ] {
-        let mut s = server.connect().await;
-        s.write_all(request.as_bytes()).await.unwrap();
+        let mut s = server.connect_sending(request.as_bytes()).await;
         let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
         let want = format!("\r\n\r\n2\r\nhi\r\n{end}");
         assert!(raw.ends_with(&want), "{request}: {raw}");
@@ -809,10 +784,11 @@ async fn absolute_form_authority_replaces_host() {
         ("http://real.example:8080/host", "real.example:8080"),
         ("http://user@real.example/host", "real.example"),
     ] {
-        let mut s = server.connect().await;
-        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: other.example\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        let mut s = server
+            .connect_sending(
+                format!("GET {target} HTTP/1.1\r\nHost: other.example\r\n\r\n").as_bytes(),
+            )
+            .await;
         let r = read_response(&mut s).await;
         assert_eq!(r.status, 200);
         assert_eq!(String::from_utf8_lossy(&r.body), host, "{target}");
@@ -1091,8 +1067,7 @@ async fn idle_timeout_fails_a_request_body_that_never_comes() {
         "POST /collect HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n",
         "POST /collect HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
     ] {
-        let mut s = server.connect().await;
-        s.write_all(request.as_bytes()).await.unwrap();
+        let mut s = server.connect_sending(request.as_bytes()).await;
         let raw = String::from_utf8(read_to_close(&mut s).await).unwrap();
         assert!(raw.starts_with("HTTP/1.1 408 "), "{request}: {raw}");
         assert!(raw.contains("idle_timeout"), "{raw}");
@@ -1202,12 +1177,11 @@ async fn idle_timeout_spares_a_slow_but_steady_upload() {
 #[tokio::test]
 async fn idle_timeout_spares_a_handler_that_stops_reading() {
     let server = Review::start(megaconn::Server::builder().idle_timeout(Some(BODY_STALL))).await;
-    let mut s = server.connect().await;
-    s.write_all(
-        b"POST /read-then-hold HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789",
-    )
-    .await
-    .unwrap();
+    let mut s = server
+        .connect_sending(
+            b"POST /read-then-hold HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789",
+        )
+        .await;
     // Nothing may come, for well over the bound.
     assert_nothing_comes(&mut s, BODY_STALL * 4).await;
     assert_eq!(server.handle.stats().timeouts, 0);
@@ -1227,10 +1201,9 @@ async fn idle_timeout_spares_a_handler_that_stops_reading() {
 #[tokio::test]
 async fn idle_timeout_closes_a_connection_whose_unread_body_never_comes() {
     let server = body_stall_bounded().await;
-    let mut s = server.connect().await;
-    s.write_all(b"POST /ignore-body HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = server
+        .connect_sending(b"POST /ignore-body HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+        .await;
     assert_eq!(read_response(&mut s).await.status, 200);
     // Then nothing: closed.
     assert!(read_to_close(&mut s).await.is_empty());

@@ -96,12 +96,8 @@ impl Lines {
     }
 
     async fn stop(mut self) -> ShutdownSummary {
-        self.handle.shutdown();
         let task = self.task.take().expect("running");
-        tokio::time::timeout(SAFETY, task)
-            .await
-            .expect("server stops")
-            .expect("server task")
+        crate::common::shut_down(&self.handle, task).await
     }
 }
 

@@ -337,12 +337,7 @@ impl Traced {
     }
 
     async fn stop(self) {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
+        common::shut_down(&self.handle, self.task).await.unwrap();
         let tracing = self.tracing;
         tokio::task::spawn_blocking(move || tracing.shutdown())
             .await

@@ -30,12 +30,7 @@ struct Running {
 
 impl Running {
     async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap()
+        common::shut_down(&self.handle, self.task).await.unwrap()
     }
 }
 

@@ -91,12 +91,7 @@ async fn tls_and_cleartext_listeners_serve_side_by_side() {
     assert_eq!(read_response(&mut tls).await.body, b"Hello, World!");
 
     drop((s, tls));
-    handle.shutdown();
-    tokio::time::timeout(SAFETY, task)
-        .await
-        .expect("server stops")
-        .unwrap()
-        .unwrap();
+    common::shut_down(&handle, task).await.unwrap();
 }
 
 #[test]

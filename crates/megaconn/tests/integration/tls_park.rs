@@ -11,6 +11,8 @@ use std::time::Duration;
 use megaconn::{CloseReason, TlsConfig};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::common;
 
@@ -31,20 +33,31 @@ async fn parking_server(
     (TestServer::start(builder).await, events)
 }
 
+/// A [`parking_server`] (`configure` adds settings) with a certificate
+/// for `localhost`, and an HTTP/1.1 client of it over TLS that sent one
+/// GET, read its answer (status line, body: the last), and parked.
+async fn one_parked(
+    configure: impl FnOnce(megaconn::Builder) -> megaconn::Builder,
+) -> (TestServer, Events, TlsStream<TcpStream>, (String, String)) {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let (server, events) = parking_server(tls_of(&leaf), configure).await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    let first = http1_get(&mut tls).await;
+    server
+        .wait_stats("parked", |s| s.connections_parked == 1)
+        .await;
+    (server, events, tls, first)
+}
+
 fn tls_of(leaf: &Leaf) -> TlsConfig {
     TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_tls_connection_wakes_for_its_next_request() {
-    let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let (server, mut events) = parking_server(tls_of(&leaf), |b| b).await;
-    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
-    assert_eq!(http1_get(&mut tls).await.1, "Hello, World!");
-    server
-        .wait_stats("parked", |s| s.connections_parked == 1)
-        .await;
+    let (server, mut events, mut tls, first) = one_parked(|b| b).await;
+    assert_eq!(first.1, "Hello, World!");
     let parked = server.handle.stats();
     assert_eq!(parked.connections_open, 1, "{parked:?}");
     assert_eq!(
@@ -113,14 +126,8 @@ async fn a_key_update_while_parked_is_answered_and_the_connection_parks_again() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_notify_while_parked_closes_as_client_closed() {
-    let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let (server, mut events) = parking_server(tls_of(&leaf), |b| b).await;
-    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
-    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
-    server
-        .wait_stats("parked", |s| s.connections_parked == 1)
-        .await;
+    let (server, mut events, mut tls, first) = one_parked(|b| b).await;
+    assert_eq!(first.0, "HTTP/1.1 200 OK");
     tls.shutdown().await.unwrap();
     // The server closes too; the client reads the end, not a reset.
     let mut rest = Vec::new();
@@ -231,14 +238,8 @@ async fn sni_and_resumption_tickets_survive_parking() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_parked_tls_connections_with_close_notify() {
-    let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let (server, mut events) = parking_server(tls_of(&leaf), |b| b).await;
-    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
-    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
-    server
-        .wait_stats("parked", |s| s.connections_parked == 1)
-        .await;
+    let (server, mut events, mut tls, first) = one_parked(|b| b).await;
+    assert_eq!(first.0, "HTTP/1.1 200 OK");
     let summary = server.stop().await;
     assert_eq!(summary.forced, 0, "{summary:?}");
     let mut rest = Vec::new();
@@ -257,21 +258,15 @@ async fn shutdown_closes_parked_tls_connections_with_close_notify() {
 /// long as the client sent a byte now and then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn part_of_a_record_while_parked_must_be_completed_within_read_header_timeout() {
-    let ca = Ca::new();
-    let leaf = ca.leaf(&["localhost"]);
     // The header timeout also bounds the first request, TLS handshake
     // included (a debug build's, on a busy machine, took over 1 s): 5 s;
     // the idle timeout is far beyond the test.
-    let (server, mut events) = parking_server(tls_of(&leaf), |b| {
+    let (server, mut events, mut tls, first) = one_parked(|b| {
         b.read_header_timeout(Some(Duration::from_secs(5)))
             .idle_timeout(Some(Duration::from_secs(600)))
     })
     .await;
-    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
-    assert_eq!(http1_get(&mut tls).await.0, "HTTP/1.1 200 OK");
-    server
-        .wait_stats("parked", |s| s.connections_parked == 1)
-        .await;
+    assert_eq!(first.0, "HTTP/1.1 200 OK");
     // The next request's record, encrypted by the client's session; only
     // its first bytes are sent.
     let (tcp, session) = tls.get_mut();

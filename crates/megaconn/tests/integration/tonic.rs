@@ -159,12 +159,7 @@ async fn start(builder: megaconn::Builder) -> Running {
 
 impl Running {
     async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap()
+        crate::common::shut_down(&self.handle, self.task).await.unwrap()
     }
 }
 

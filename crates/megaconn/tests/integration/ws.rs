@@ -174,11 +174,8 @@ impl Ws {
     }
 
     async fn stop(self) -> ShutdownSummary {
-        self.handle.shutdown();
-        tokio::time::timeout(SAFETY, self.task)
+        common::shut_down(&self.handle, self.task)
             .await
-            .expect("server stops")
-            .expect("server task")
             .expect("serve result")
     }
 }
@@ -676,13 +673,8 @@ async fn a_slow_sender_is_served_while_each_message_is_whole_in_time() {
     let mut cuts = vec![3, 9 + 3, 9 + 9 + 3];
     // Enough messages that the whole takes longer than the bound.
     let rounds = 2 * (bound.as_millis() / pause.as_millis()) as usize;
-    for _ in 0..rounds {
-        cuts.push(bytes.len() + message.len() / 2);
-        bytes.extend_from_slice(&message);
-    }
-    let started = tokio::time::Instant::now();
-    common::write_in_pieces(&mut s, &bytes, &cuts, pause).await;
-    assert!(started.elapsed() > bound, "the test outlasts the bound");
+    common::each_cut_in_two(&mut bytes, &mut cuts, &message, rounds);
+    common::write_in_pieces_outlasting(&mut s, &bytes, &cuts, pause, bound).await;
     assert_eq!(read_frame(&mut s).await, (0x8a, b"mid".to_vec()));
     assert_eq!(read_frame(&mut s).await, (0x81, b"1".to_vec()));
     for _ in 0..rounds {
@@ -708,15 +700,9 @@ async fn a_slow_sender_of_small_messages_is_served_at_a_short_message_timeout() 
     // 60 bytes a pause.
     let message = client_frame(0x82, &[7; 54], true);
     let rounds = 3 * (bound.as_millis() / pause.as_millis()) as usize;
-    let mut bytes = Vec::new();
-    let mut cuts = Vec::new();
-    for _ in 0..rounds {
-        cuts.push(bytes.len() + message.len() / 2);
-        bytes.extend_from_slice(&message);
-    }
-    let started = tokio::time::Instant::now();
-    common::write_in_pieces(&mut s, &bytes, &cuts, pause).await;
-    assert!(started.elapsed() > 2 * bound, "the test outlasts the bound");
+    let (mut bytes, mut cuts) = (Vec::new(), Vec::new());
+    common::each_cut_in_two(&mut bytes, &mut cuts, &message, rounds);
+    common::write_in_pieces_outlasting(&mut s, &bytes, &cuts, pause, 2 * bound).await;
     for _ in 0..rounds {
         assert_eq!(read_frame(&mut s).await, (0x82, vec![7; 54]));
     }
@@ -1478,10 +1464,8 @@ async fn a_parked_websocket_whose_on_close_panics_still_gets_its_1001_at_shutdow
     expect_going_away(&mut client).await;
     // Counted before the 1001 went out.
     assert_eq!(handle.stats().panics, 1);
-    tokio::time::timeout(SAFETY, task)
+    common::shut_down(&handle, task)
         .await
-        .expect("server stops")
-        .expect("server task")
         .expect("serve result");
 }
 
@@ -2278,10 +2262,8 @@ async fn websockets_of_routes_with_different_states_park_and_wake_as_their_own()
     for client in [&mut a, &mut b, &mut l] {
         expect_going_away(client).await;
     }
-    tokio::time::timeout(SAFETY, task)
+    common::shut_down(&handle, task)
         .await
-        .expect("server stops")
-        .expect("server task")
         .expect("serve result");
     assert_eq!(closes_a.try_recv().ok(), Some((2, CloseReason::Shutdown)));
     assert_eq!(closes_b.try_recv().ok(), Some((1, CloseReason::Shutdown)));
@@ -2373,11 +2355,8 @@ async fn routes_built_per_request_go_when_their_parked_websockets_do() {
         0,
         "routes kept after their WebSockets closed"
     );
-    handle.shutdown();
-    tokio::time::timeout(SAFETY, task)
+    common::shut_down(&handle, task)
         .await
-        .expect("server stops")
-        .expect("server task")
         .expect("serve result");
 }
 
