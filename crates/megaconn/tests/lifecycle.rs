@@ -328,6 +328,49 @@ async fn a_flood_of_panics_logs_one_line_per_interval() {
     }
 }
 
+/// A handler that blocks its worker's thread (here on a channel, as on a
+/// lock or synchronous I/O) is reported as a stall whose line says the
+/// thread was off its CPU: blocked, not short of a core or busy in the
+/// kernel (the line blamed a blocking handler whatever held the worker, and
+/// a worker writing a fan-out under kernel memory pressure sent an operator
+/// looking for a handler that did not block). A blocked thread is neither
+/// on a CPU nor waiting for one however loaded the machine, so the cause
+/// does not depend on the machine.
+#[tokio::test]
+async fn a_stall_line_says_a_blocked_thread_was_off_its_cpu() {
+    const BLOCKED: &str =
+        "a worker has not come back to its event loop: its thread was off its CPU, not waiting for one";
+    capture_log();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Arc::new(Mutex::new(gate));
+    let app = tower::service_fn(move |_req: http::Request<megaconn::Body>| {
+        let gate = gate.clone();
+        async move {
+            // Blocks the worker's thread until the test lets it go.
+            let _ = gate.lock().unwrap().recv_timeout(SAFETY);
+            Ok::<_, std::convert::Infallible>(http::Response::new(megaconn::Body::empty()))
+        }
+    });
+    let server = common::AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .stall_threshold(Some(Duration::from_millis(100)))
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        app,
+    );
+    let mut s = tokio::net::TcpStream::connect(server.addrs[0])
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for_warning(BLOCKED).await;
+    release.send(()).unwrap();
+    assert_eq!(read_response(&mut s).await.status, 200);
+    assert!(server.handle.stats().worker_stalls >= 1);
+    assert!(server.stop().await, "the server stops");
+}
+
 /// At the limit the acceptor stops accepting: a third connection waits in
 /// the kernel's backlog until one of the two closes. Proved without waiting
 /// for silence: the acceptor says (its warning, logged when a connection is
