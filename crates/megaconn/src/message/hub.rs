@@ -35,8 +35,13 @@
 //! a slow consumer's closes are told apart by
 //! `megaconn_connections_closed_total{reason="slow_consumer"}`.
 //!
-//! A message to a connection that has closed (its id is stale, even if its
-//! descriptor was reused) is dropped.
+//! A send to (or a close of) a connection whose close was reported is
+//! refused at the call, [`HubError::Closed`], from any thread: each
+//! descriptor's current generation is kept where every thread reads it
+//! (`open.rs`), one atomic load a call. A message to a connection that
+//! closes after the call (its id is stale by the time the pump gets to it,
+//! even if its descriptor was reused) is dropped there. Publishes and
+//! broadcasts name no connection and are not affected.
 //!
 //! [`Hub::close`] travels the same way, so it comes after what was pushed
 //! before it: an awake connection's inbox takes it behind its queue; a
@@ -269,6 +274,13 @@ pub enum HubError {
         "close code {0} may not be sent (RFC 6455 §7.4): use 1000-1003, 1007-1014 or 3000-4999"
     )]
     CloseCode(u16),
+    /// The connection the [`ConnectionId`] names has closed
+    /// ([`Hub::send`], [`Hub::close`]): nothing is queued, and nothing sent
+    /// to this id will ever be delivered (ids are not reused). Drop the id
+    /// from wherever the application keeps it: its handler's
+    /// `on_close_with_id` has run, or is about to.
+    #[error("the connection has closed: its id names no one any more (drop it from your map of ids; the handler's on_close_with_id tells when each connection closes)")]
+    Closed,
 }
 
 impl HubError {
@@ -282,7 +294,7 @@ impl HubError {
             HubError::QueueFull => 2,
             HubError::OtherServer => 3,
             // (Refused before any worker is tried: never ranked.)
-            HubError::CloseCode(_) => 4,
+            HubError::CloseCode(_) | HubError::Closed => 4,
         };
         if rank(other) > rank(self) {
             other
@@ -484,11 +496,27 @@ impl Hub {
     }
 
     /// Sends `message` to connection `to`. Returns at once: `Ok` when its
-    /// worker queued it; else why not ([`HubError`]: the server is not
-    /// serving yet or has stopped, or the worker's queue is full,
+    /// worker queued it; else why not ([`HubError`]: the connection has
+    /// closed, the server is not serving yet or has stopped, or the
+    /// worker's queue is full,
     /// [`Builder::hub_queue`](crate::Builder::hub_queue), where the message
-    /// is dropped and counted). Delivery is best-effort: a connection that
-    /// closed meanwhile drops it.
+    /// is dropped and counted).
+    ///
+    /// [`HubError::Closed`] says the connection is gone (a device went
+    /// away): it is returned from the moment the connection's close is
+    /// reported, before its handler's `on_close_with_id` runs, on every
+    /// thread (one atomic load per call: the hub keeps, per descriptor,
+    /// the generation of the connection holding it; no round trip to the
+    /// worker). `Ok` says the connection was open when the call looked,
+    /// and that the message waits in its worker's queue: delivery happens
+    /// when the worker's pump reaches it, so a connection that closes in
+    /// between (its peer gone, a timeout) drops it, and nothing tells the
+    /// sender. A send racing the close on another thread may get either
+    /// answer; one made after the handler's `on_close_with_id` has begun,
+    /// or from it, gets `Closed`. (An id of a connection closed so long
+    /// ago that a connection 2^32 later holds its descriptor with the same
+    /// low 32 bits of generation is `Ok`, and its message dropped, as
+    /// before.)
     ///
     /// To a WebSocket, the message goes as a text message when its bytes
     /// are UTF-8 and as a binary one otherwise: a binary protocol whose
@@ -526,10 +554,11 @@ impl Hub {
     /// awake alike: a parked one is woken to close (its read side is shut,
     /// so the close handshake does not wait for the peer's answer).
     ///
-    /// Returns at once, with the errors of [`send`](Hub::send); like a
-    /// send, `Ok` for an id whose connection has closed meanwhile (it
-    /// names no one: nothing happens). Pushes that reach the worker after
-    /// the close are dropped for that connection.
+    /// Returns at once, with the errors of [`send`](Hub::send):
+    /// [`HubError::Closed`] for a connection known to have closed (it
+    /// names no one: nothing happens). `Ok` for one that closes before its
+    /// worker gets to the close: nothing happens either. Pushes that reach
+    /// the worker after the close are dropped for that connection.
     pub fn close(&self, id: ConnectionId) -> Result<(), HubError> {
         self.close_with(id, POLICY_VIOLATION, "")
     }
@@ -550,11 +579,15 @@ impl Hub {
         self.to_worker_of(id, Push::Close(id, code, reason))
     }
 
-    /// Queues `push` for the worker of connection `to`.
+    /// Queues `push` for the worker of connection `to`, unless that
+    /// connection is known to have closed (one atomic load: `open.rs`).
     fn to_worker_of(&self, to: ConnectionId, push: Push) -> Result<(), HubError> {
         let Some(lane) = self.inner.lanes.get(to.worker as usize) else {
             return Err(HubError::OtherServer);
         };
+        if super::open::is_closed(to) {
+            return Err(HubError::Closed);
+        }
         self.inner.offer(lane, push)
     }
 

@@ -203,7 +203,12 @@ impl Local {
             }
         };
         self.next_generation.set(generation);
-        ConnectionId::new(self.worker, fd, generation)
+        let id = ConnectionId::new(self.worker, fd, generation);
+        // Only a hub reads it (`Hub::send` of a closed connection's id).
+        if self.has_hub {
+            super::open::opened(id);
+        }
+        id
     }
 
     /// The id of this worker's connection `fd` with `generation`.
@@ -305,9 +310,13 @@ impl Local {
         self.topics.borrow_mut().unsubscribe(id, topic);
     }
 
-    /// Connection `id` closed: it leaves its topics (and a close the hub
-    /// asked for, or the rest of a push, that it did not wake to take).
+    /// Connection `id` closed: the hub's sends to it are refused from now
+    /// on (`open.rs`), it leaves its topics (and a close the hub asked for,
+    /// or the rest of a push, that it did not wake to take).
     pub(crate) fn closed(&self, id: ConnectionId) {
+        if self.has_hub {
+            super::open::closed(id);
+        }
         self.topics.borrow_mut().closed(id);
         self.kicks.take(id);
         // Closed before it woke to write the rest of its push: the push
@@ -922,13 +931,15 @@ mod tests {
             let local = local(&ctx);
             let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
             let wire = table.wire(0);
-            let (stale, other) = (local.new_id(50), local.new_id(51));
+            // Descriptors no socket of the test process has: ids issued with a
+            // hub are recorded process-wide (`open.rs`).
+            let (stale, other) = (local.new_id(900_050), local.new_id(900_051));
             for topic in ["news", "sport"] {
                 assert_eq!(local.subscribe(stale, topic), Ok(()));
             }
             assert_eq!(local.subscribe(other, "news"), Ok(()));
             // `stale` closed unreported; a new connection has its descriptor.
-            let new = local.new_id(50);
+            let new = local.new_id(900_050);
             let (new_awake, other_awake) = (local.awake(new, wire), local.awake(other, wire));
             let (new_awake, other_awake) = (new_awake.unwrap(), other_awake.unwrap());
             local
@@ -941,7 +952,7 @@ mod tests {
             assert_eq!(other_awake.inbox.take_up_to(TAKE_AT_ONCE).unwrap().len(), 1);
             assert!(new_awake.inbox.is_empty(), "not the old one's message");
             let topics = local.topics.borrow();
-            assert_eq!(topics.members("news"), [(51, other.generation())]);
+            assert_eq!(topics.members("news"), [(900_051, other.generation())]);
             assert!(
                 topics.members("sport").is_empty(),
                 "gone from all its topics"
