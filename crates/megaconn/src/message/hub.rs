@@ -94,6 +94,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
@@ -209,6 +210,9 @@ pub(crate) enum Push {
     /// Close one connection ([`Hub::close`]): after what was pushed to it
     /// before, with this WebSocket close code and reason.
     Close(ConnectionId, u16, Bytes),
+    /// Close one connection at this time ([`Hub::close_after`]), or no
+    /// more (`None`: [`Hub::cancel_close_after`]).
+    Deadline(ConnectionId, Option<tokio::time::Instant>),
 }
 
 /// How a pushed message goes to a WebSocket (other wires frame bytes as
@@ -232,6 +236,7 @@ impl Push {
                 payload.len()
             }
             Push::Topic(topic, payload, _) => topic.len() + payload.len(),
+            Push::Deadline(..) => 0,
         };
         i64::try_from(std::mem::size_of::<Push>() + held).unwrap_or(i64::MAX)
     }
@@ -579,6 +584,40 @@ impl Hub {
         self.to_worker_of(id, Push::Close(id, code, reason))
     }
 
+    /// Closes connection `id` as [`close`](Hub::close) does (a WebSocket
+    /// gets 1008, policy violation; its handler hears
+    /// [`CloseReason::Kicked`](crate::CloseReason::Kicked)) once `after`
+    /// has passed, unless [`cancel_close_after`](Hub::cancel_close_after)
+    /// comes first: an authentication deadline (set in `on_open`, cancelled
+    /// when the peer has authenticated), an idle kick (set again at each
+    /// message the application counts as activity; a new deadline replaces
+    /// the one before). Parked or awake alike, the application keeps no
+    /// map and runs no sweep.
+    ///
+    /// The deadline is kept by the connection's worker, from when its pump
+    /// takes this call (in order with the hub's other messages to it) until
+    /// it fires, is cancelled or the connection closes: a connection without
+    /// one pays nothing for it (nothing in its side-table slot), one with
+    /// one an entry in two maps of its worker (about 100 B), and a worker a
+    /// timer task while any waits. Returns at once, with the errors of
+    /// [`send`](Hub::send). Resolution is the runtime's timer (a
+    /// millisecond); a deadline more than a year away waits a year.
+    pub fn close_after(&self, id: ConnectionId, after: Duration) -> Result<(), HubError> {
+        let now = tokio::time::Instant::now();
+        let at = now.checked_add(after.min(A_YEAR)).unwrap_or(now);
+        self.to_worker_of(id, Push::Deadline(id, Some(at)))
+    }
+
+    /// Cancels connection `id`'s [`close_after`](Hub::close_after) (none
+    /// set: no change). Ordered with the hub's other calls for the
+    /// connection, so a cancel made after a `close_after` cancels it, if
+    /// it has not fired yet (the close may be under way: its worker fires
+    /// a deadline once its time has come, whatever comes behind in its
+    /// queue). With the errors of [`send`](Hub::send).
+    pub fn cancel_close_after(&self, id: ConnectionId) -> Result<(), HubError> {
+        self.to_worker_of(id, Push::Deadline(id, None))
+    }
+
     /// Queues `push` for the worker of connection `to`, unless that
     /// connection is known to have closed (one atomic load: `open.rs`).
     fn to_worker_of(&self, to: ConnectionId, push: Push) -> Result<(), HubError> {
@@ -658,6 +697,9 @@ pub(crate) fn close_code_may_be_sent(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
+/// The furthest [`Hub::close_after`] waits.
+const A_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The most of a close reason a close frame carries: its payload is at
 /// most 125 bytes (RFC 6455 §5.5), 2 of them the code.
 pub(crate) const MAX_CLOSE_REASON: usize = 123;
@@ -675,7 +717,7 @@ pub(crate) fn close_reason(reason: &str) -> &str {
 /// The close code [`Hub::close`] sends a WebSocket (RFC 6455 §7.4.1:
 /// policy violation, "a generic status code ... when there is no other
 /// more suitable": a revoked token, a ban).
-const POLICY_VIOLATION: u16 = 1008;
+pub(crate) const POLICY_VIOLATION: u16 = 1008;
 
 /// A close asked for through [`Hub::close`]: the WebSocket close code and
 /// reason (a framed connection closes without either).

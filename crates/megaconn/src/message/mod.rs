@@ -31,7 +31,8 @@
 //! - `wire.rs`    [`Wire`](wire::Wire): how a protocol frames a message;
 //!   [`Encoded`](wire::Encoded): framed once per wire for any number of
 //!   connections
-//! - `worker.rs`  one worker's ids, queues, topics, tables and the hub's pump
+//! - `worker.rs`  one worker's ids, queues, topics, tables, the hub's pump
+//!   and the connections' deadlines ([`Hub::close_after`])
 //!
 //! # How a protocol plugs in
 //!

@@ -1166,3 +1166,48 @@ async fn shutdown_sends_the_routes_goodbye_parked_or_awake() {
         server.stop().await;
     }
 }
+
+/// `Hub::close_after` closes a connection once its time has passed, parked
+/// or awake, as `Hub::close` does (1008, `Kicked`), unless
+/// `cancel_close_after` came first: here the cancelled deadline is the
+/// earlier one, so it would have fired before the one that closes. An
+/// authentication deadline or an idle kick needed an application's map
+/// and a sweep before.
+#[tokio::test]
+async fn close_after_closes_at_its_time_unless_cancelled() {
+    for park in [Some(Duration::from_millis(50)), None] {
+        let builder = Server::builder().park_idle_after(park);
+        let mut server = ChatServer::start(builder).await;
+        let mut late = server.client("/chat/a?token=good").await;
+        let a = ChatServer::next(&mut server.opens, "on_open").await;
+        let mut kept = server.client("/chat/b?token=good").await;
+        let b = ChatServer::next(&mut server.opens, "on_open").await;
+        let parked = if park.is_some() { 2 } else { 0 };
+        common::wait_stats(&server.handle, "parked or not", |s| {
+            s.connections_parked == parked
+        })
+        .await;
+        // The cancel follows the deadline in the worker's queue: its pump
+        // takes both long before the deadline's time.
+        let soon = Duration::from_millis(300);
+        assert_eq!(server.hub.close_after(b, soon), Ok(()));
+        assert_eq!(server.hub.cancel_close_after(b), Ok(()));
+        assert_eq!(server.hub.close_after(a, 2 * soon), Ok(()));
+        let Message::Close(Some(close)) = next_data(&mut late).await else {
+            panic!("a close frame ({park:?})");
+        };
+        assert_eq!(close.code, CloseCode::Policy, "{park:?}");
+        let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+        assert_eq!((closed, reason), (a, CloseReason::Kicked), "{park:?}");
+        // `b` is open: a push reaches it, nothing closed it.
+        assert_eq!(server.hub.send(b, "still here"), Ok(()));
+        assert_eq!(next_data(&mut kept).await, Message::text("still here"));
+        assert!(server.closes.try_recv().is_err(), "{park:?}");
+        // A closed connection's deadline is refused as its sends are.
+        assert_eq!(
+            server.hub.close_after(a, Duration::from_millis(1)),
+            Err(megaconn::HubError::Closed)
+        );
+        server.stop().await;
+    }
+}
