@@ -1065,13 +1065,21 @@ mod tests {
         (hub, stats, channels)
     }
 
+    /// An id the hub takes for an open connection's (`open.rs`), on a
+    /// descriptor no socket of the test process has.
+    fn open_id() -> ConnectionId {
+        let id = ConnectionId::new(0, 900_007, 1);
+        crate::message::open::opened(id);
+        id
+    }
+
     /// `close_with` refuses a code no close frame may carry, at the call:
     /// nothing is queued (it was queued, and logged on the worker, a line
     /// per call, and the connection closed with 1011 instead).
     #[test]
     fn close_with_refuses_a_code_that_may_not_be_sent() {
         let (hub, stats, _channels) = serving();
-        let id = ConnectionId::new(0, 7, 1);
+        let id = open_id();
         for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
             assert_eq!(
                 hub.close_with(id, code, "x"),
@@ -1092,7 +1100,7 @@ mod tests {
     #[test]
     fn close_with_keeps_at_most_a_close_frames_reason() {
         let (hub, stats, _channels) = serving();
-        let id = ConnectionId::new(0, 7, 1);
+        let id = open_id();
         let entry = std::mem::size_of::<Push>() as i64;
         // 2-byte characters: 123 bytes would cut the 62nd in two.
         let long = "é".repeat(1 << 19);
