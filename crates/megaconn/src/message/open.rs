@@ -37,9 +37,9 @@ const CHUNK: usize = 1 << 12;
 
 /// Chunks in the directory: descriptors below 2^28 are tracked (the
 /// kernel's `nr_open` is 2^20 by default; a descriptor past 2^28 is never
-/// known closed). The directory is 512 KiB of zeroed statics whose pages
-/// are touched only as chunks are made (one page per 512 chunks, 2 M
-/// descriptors).
+/// known closed). The directory is 1 MiB of zeroed statics (16 B an
+/// entry) whose pages are touched only as chunks are made (a page per 256
+/// chunks, a million descriptors).
 const CHUNKS: usize = 1 << 16;
 
 type Chunk = [AtomicU32; CHUNK];
@@ -96,6 +96,12 @@ pub(crate) fn is_closed(id: ConnectionId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory entry is 16 B, as the doc of [`CHUNKS`] counts.
+    #[test]
+    fn a_directory_entry_is_sixteen_bytes() {
+        assert_eq!(std::mem::size_of::<OnceLock<Box<Chunk>>>(), 16);
+    }
 
     /// Open, closed, reused by another connection: the old id reads closed
     /// and the new one open; the old one's late close does not close the
