@@ -35,8 +35,13 @@
 //! a slow consumer's closes are told apart by
 //! `megaconn_connections_closed_total{reason="slow_consumer"}`.
 //!
-//! A message to a connection that has closed (its id is stale, even if its
-//! descriptor was reused) is dropped.
+//! A send to (or a close of) a connection whose close was reported is
+//! refused at the call, [`HubError::Closed`], from any thread: each
+//! descriptor's current generation is kept where every thread reads it
+//! (`open.rs`), one atomic load a call. A message to a connection that
+//! closes after the call (its id is stale by the time the pump gets to it,
+//! even if its descriptor was reused) is dropped there. Publishes and
+//! broadcasts name no connection and are not affected.
 //!
 //! [`Hub::close`] travels the same way, so it comes after what was pushed
 //! before it: an awake connection's inbox takes it behind its queue; a
@@ -89,6 +94,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
@@ -204,6 +210,9 @@ pub(crate) enum Push {
     /// Close one connection ([`Hub::close`]): after what was pushed to it
     /// before, with this WebSocket close code and reason.
     Close(ConnectionId, u16, Bytes),
+    /// Close one connection at this time ([`Hub::close_after`]), or no
+    /// more (`None`: [`Hub::cancel_close_after`]).
+    Deadline(ConnectionId, Option<tokio::time::Instant>),
 }
 
 /// How a pushed message goes to a WebSocket (other wires frame bytes as
@@ -227,6 +236,7 @@ impl Push {
                 payload.len()
             }
             Push::Topic(topic, payload, _) => topic.len() + payload.len(),
+            Push::Deadline(..) => 0,
         };
         i64::try_from(std::mem::size_of::<Push>() + held).unwrap_or(i64::MAX)
     }
@@ -269,6 +279,13 @@ pub enum HubError {
         "close code {0} may not be sent (RFC 6455 §7.4): use 1000-1003, 1007-1014 or 3000-4999"
     )]
     CloseCode(u16),
+    /// The connection the [`ConnectionId`] names has closed
+    /// ([`Hub::send`], [`Hub::close`]): nothing is queued, and nothing sent
+    /// to this id will ever be delivered (ids are not reused). Drop the id
+    /// from wherever the application keeps it: its handler's
+    /// `on_close_with_id` has run, or is about to.
+    #[error("the connection has closed: its id names no one any more (drop it from your map of ids; the handler's on_close_with_id tells when each connection closes)")]
+    Closed,
 }
 
 impl HubError {
@@ -282,7 +299,7 @@ impl HubError {
             HubError::QueueFull => 2,
             HubError::OtherServer => 3,
             // (Refused before any worker is tried: never ranked.)
-            HubError::CloseCode(_) => 4,
+            HubError::CloseCode(_) | HubError::Closed => 4,
         };
         if rank(other) > rank(self) {
             other
@@ -484,11 +501,27 @@ impl Hub {
     }
 
     /// Sends `message` to connection `to`. Returns at once: `Ok` when its
-    /// worker queued it; else why not ([`HubError`]: the server is not
-    /// serving yet or has stopped, or the worker's queue is full,
+    /// worker queued it; else why not ([`HubError`]: the connection has
+    /// closed, the server is not serving yet or has stopped, or the
+    /// worker's queue is full,
     /// [`Builder::hub_queue`](crate::Builder::hub_queue), where the message
-    /// is dropped and counted). Delivery is best-effort: a connection that
-    /// closed meanwhile drops it.
+    /// is dropped and counted).
+    ///
+    /// [`HubError::Closed`] says the connection is gone (a device went
+    /// away): it is returned from the moment the connection's close is
+    /// reported, before its handler's `on_close_with_id` runs, on every
+    /// thread (one atomic load per call: the hub keeps, per descriptor,
+    /// the generation of the connection holding it; no round trip to the
+    /// worker). `Ok` says the connection was open when the call looked,
+    /// and that the message waits in its worker's queue: delivery happens
+    /// when the worker's pump reaches it, so a connection that closes in
+    /// between (its peer gone, a timeout) drops it, and nothing tells the
+    /// sender. A send racing the close on another thread may get either
+    /// answer; one made after the handler's `on_close_with_id` has begun,
+    /// or from it, gets `Closed`. (An id of a connection closed so long
+    /// ago that a connection 2^32 later holds its descriptor with the same
+    /// low 32 bits of generation is `Ok`, and its message dropped, as
+    /// before.)
     ///
     /// To a WebSocket, the message goes as a text message when its bytes
     /// are UTF-8 and as a binary one otherwise: a binary protocol whose
@@ -526,10 +559,11 @@ impl Hub {
     /// awake alike: a parked one is woken to close (its read side is shut,
     /// so the close handshake does not wait for the peer's answer).
     ///
-    /// Returns at once, with the errors of [`send`](Hub::send); like a
-    /// send, `Ok` for an id whose connection has closed meanwhile (it
-    /// names no one: nothing happens). Pushes that reach the worker after
-    /// the close are dropped for that connection.
+    /// Returns at once, with the errors of [`send`](Hub::send):
+    /// [`HubError::Closed`] for a connection known to have closed (it
+    /// names no one: nothing happens). `Ok` for one that closes before its
+    /// worker gets to the close: nothing happens either. Pushes that reach
+    /// the worker after the close are dropped for that connection.
     pub fn close(&self, id: ConnectionId) -> Result<(), HubError> {
         self.close_with(id, POLICY_VIOLATION, "")
     }
@@ -550,11 +584,49 @@ impl Hub {
         self.to_worker_of(id, Push::Close(id, code, reason))
     }
 
-    /// Queues `push` for the worker of connection `to`.
+    /// Closes connection `id` as [`close`](Hub::close) does (a WebSocket
+    /// gets 1008, policy violation; its handler hears
+    /// [`CloseReason::Kicked`](crate::CloseReason::Kicked)) once `after`
+    /// has passed, unless [`cancel_close_after`](Hub::cancel_close_after)
+    /// comes first: an authentication deadline (set in `on_open`, cancelled
+    /// when the peer has authenticated), an idle kick (set again at each
+    /// message the application counts as activity; a new deadline replaces
+    /// the one before). Parked or awake alike, the application keeps no
+    /// map and runs no sweep.
+    ///
+    /// The deadline is kept by the connection's worker, from when its pump
+    /// takes this call (in order with the hub's other messages to it) until
+    /// it fires, is cancelled or the connection closes: a connection without
+    /// one pays nothing for it (nothing in its side-table slot), one with
+    /// one an entry in two maps of its worker (about 100 B), and a worker a
+    /// timer task while any waits. Returns at once, with the errors of
+    /// [`send`](Hub::send). Resolution is the runtime's timer (a
+    /// millisecond); a deadline more than a year away waits a year.
+    pub fn close_after(&self, id: ConnectionId, after: Duration) -> Result<(), HubError> {
+        let now = tokio::time::Instant::now();
+        let at = now.checked_add(after.min(A_YEAR)).unwrap_or(now);
+        self.to_worker_of(id, Push::Deadline(id, Some(at)))
+    }
+
+    /// Cancels connection `id`'s [`close_after`](Hub::close_after) (none
+    /// set: no change). Ordered with the hub's other calls for the
+    /// connection, so a cancel made after a `close_after` cancels it, if
+    /// it has not fired yet (the close may be under way: its worker fires
+    /// a deadline once its time has come, whatever comes behind in its
+    /// queue). With the errors of [`send`](Hub::send).
+    pub fn cancel_close_after(&self, id: ConnectionId) -> Result<(), HubError> {
+        self.to_worker_of(id, Push::Deadline(id, None))
+    }
+
+    /// Queues `push` for the worker of connection `to`, unless that
+    /// connection is known to have closed (one atomic load: `open.rs`).
     fn to_worker_of(&self, to: ConnectionId, push: Push) -> Result<(), HubError> {
         let Some(lane) = self.inner.lanes.get(to.worker as usize) else {
             return Err(HubError::OtherServer);
         };
+        if super::open::is_closed(to) {
+            return Err(HubError::Closed);
+        }
         self.inner.offer(lane, push)
     }
 
@@ -625,6 +697,9 @@ pub(crate) fn close_code_may_be_sent(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
+/// The furthest [`Hub::close_after`] waits.
+const A_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The most of a close reason a close frame carries: its payload is at
 /// most 125 bytes (RFC 6455 §5.5), 2 of them the code.
 pub(crate) const MAX_CLOSE_REASON: usize = 123;
@@ -642,7 +717,7 @@ pub(crate) fn close_reason(reason: &str) -> &str {
 /// The close code [`Hub::close`] sends a WebSocket (RFC 6455 §7.4.1:
 /// policy violation, "a generic status code ... when there is no other
 /// more suitable": a revoked token, a ban).
-const POLICY_VIOLATION: u16 = 1008;
+pub(crate) const POLICY_VIOLATION: u16 = 1008;
 
 /// A close asked for through [`Hub::close`]: the WebSocket close code and
 /// reason (a framed connection closes without either).
@@ -990,13 +1065,21 @@ mod tests {
         (hub, stats, channels)
     }
 
+    /// An id the hub takes for an open connection's (`open.rs`), on a
+    /// descriptor no socket of the test process has.
+    fn open_id() -> ConnectionId {
+        let id = ConnectionId::new(0, 900_007, 1);
+        crate::message::open::opened(id);
+        id
+    }
+
     /// `close_with` refuses a code no close frame may carry, at the call:
     /// nothing is queued (it was queued, and logged on the worker, a line
     /// per call, and the connection closed with 1011 instead).
     #[test]
     fn close_with_refuses_a_code_that_may_not_be_sent() {
         let (hub, stats, _channels) = serving();
-        let id = ConnectionId::new(0, 7, 1);
+        let id = open_id();
         for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
             assert_eq!(
                 hub.close_with(id, code, "x"),
@@ -1017,7 +1100,7 @@ mod tests {
     #[test]
     fn close_with_keeps_at_most_a_close_frames_reason() {
         let (hub, stats, _channels) = serving();
-        let id = ConnectionId::new(0, 7, 1);
+        let id = open_id();
         let entry = std::mem::size_of::<Push>() as i64;
         // 2-byte characters: 123 bytes would cut the 62nd in two.
         let long = "é".repeat(1 << 19);

@@ -13,6 +13,8 @@
 //!   outbound queue
 //! - `live.rs`    `Live`: an awake connection's state, so its handler hears
 //!   of the close exactly once
+//! - `open.rs`    which connection ids are open, for every thread: what
+//!   lets [`Hub::send`] refuse a closed connection's id at the call
 //! - `outbound.rs` `Outbound`: an awake connection's batch of pushes,
 //!   written vectored from the frames the hub shares, not copied
 //! - `session.rs` [`Session`]: a connection as its handler sees it (replies,
@@ -29,7 +31,8 @@
 //! - `wire.rs`    [`Wire`](wire::Wire): how a protocol frames a message;
 //!   [`Encoded`](wire::Encoded): framed once per wire for any number of
 //!   connections
-//! - `worker.rs`  one worker's ids, queues, topics, tables and the hub's pump
+//! - `worker.rs`  one worker's ids, queues, topics, tables, the hub's pump
+//!   and the connections' deadlines ([`Hub::close_after`])
 //!
 //! # How a protocol plugs in
 //!
@@ -69,6 +72,7 @@ pub(crate) mod budget;
 pub(crate) mod deadline;
 pub(crate) mod hub;
 pub(crate) mod live;
+pub(crate) mod open;
 pub(crate) mod outbound;
 pub(crate) mod session;
 pub(crate) mod table;

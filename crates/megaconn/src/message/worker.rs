@@ -1,8 +1,10 @@
 //! One worker's message bookkeeping ([`Local`]), shared by every message
 //! protocol on the worker: connection ids, awake connections' outbound
 //! queues, topic subscriptions, the registered wire formats, each
-//! protocol's side table of parked states, and the pump that delivers the
-//! [`Hub`](crate::Hub)'s messages on this worker's thread.
+//! protocol's side table of parked states, the pump that delivers the
+//! [`Hub`](crate::Hub)'s messages on this worker's thread, and the
+//! connections' deadlines ([`Hub::close_after`](crate::Hub::close_after))
+//! with the timer task that closes them, which runs only while one waits.
 //!
 //! Subscriptions live here (`topics.rs`), not with the connection, so
 //! they hold across park and wake at no cost to connections that do not
@@ -11,12 +13,15 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::ProtoTag;
@@ -67,6 +72,63 @@ pub(crate) struct Local {
     /// was shut) to write it and close as slow consumers
     /// ([`Local::take_unsent`]).
     unsent: ForParked<Unsent>,
+    /// Connections to close at a time of their own
+    /// ([`Hub::close_after`](crate::Hub::close_after)), until it comes,
+    /// is cancelled or they close: empty, and no timer task, unless one
+    /// has a deadline.
+    deadlines: RefCell<Deadlines>,
+}
+
+/// The deadlines of [`Local::deadlines`]: by descriptor (to replace or
+/// cancel one, and to forget it at the close) and in time order (for the
+/// timer), with the timer task's wake-up while one runs. About 100 B per
+/// connection with a deadline (an entry in each), nothing for the others.
+#[derive(Default)]
+struct Deadlines {
+    by_fd: HashMap<RawFd, (Generation, Instant)>,
+    due: BTreeSet<(Instant, RawFd, Generation)>,
+    /// Wakes the timer task to look at the earliest deadline again; `None`
+    /// while none runs.
+    timer: Option<Rc<Notify>>,
+}
+
+impl Deadlines {
+    /// Takes away descriptor `fd`'s deadline, if it is of `generation`
+    /// (`None`: whoever's). The map gives its room back once a quarter full,
+    /// as [`ForParked`] does: a burst of authentication deadlines (a
+    /// reconnect storm) left its room for the life of the worker.
+    fn remove(&mut self, fd: RawFd, generation: Option<Generation>) {
+        if self.by_fd.is_empty() {
+            return;
+        }
+        let held = self.by_fd.get(&fd).copied();
+        if let Some((g, at)) = held.filter(|(g, _)| generation.is_none_or(|want| *g == want)) {
+            self.by_fd.remove(&fd);
+            self.due.remove(&(at, fd, g));
+            if self.by_fd.len() * 4 < self.by_fd.capacity() {
+                let room = self.by_fd.len() * 2;
+                self.by_fd.shrink_to(room);
+            }
+        }
+    }
+}
+
+/// Closes worker `local`'s connections as their deadlines come
+/// ([`Local::close_due`]), sleeping until the earliest or until `timer`
+/// says one was set; ends when none is left (the next deadline starts a
+/// new one) or the worker's state is gone.
+async fn close_at_deadlines(local: Weak<Local>, timer: Rc<Notify>) {
+    loop {
+        let next = match local.upgrade() {
+            Some(local) => local.close_due(),
+            None => return,
+        };
+        let Some(next) = next else { return };
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = timer.notified() => {}
+        }
+    }
 }
 
 /// Something kept for parked connections woken to close, by descriptor,
@@ -169,6 +231,7 @@ pub(crate) fn local(ctx: &WorkerContext) -> Rc<Local> {
                 tables: RefCell::default(),
                 kicks: ForParked::default(),
                 unsent: ForParked::default(),
+                deadlines: RefCell::default(),
             });
             if let Some(queue) = settings.hub.and_then(|hub| hub.take_end(ctx.index)) {
                 // A pump dropped before its first poll (the worker stopped
@@ -203,7 +266,12 @@ impl Local {
             }
         };
         self.next_generation.set(generation);
-        ConnectionId::new(self.worker, fd, generation)
+        let id = ConnectionId::new(self.worker, fd, generation);
+        // Only a hub reads it (`Hub::send` of a closed connection's id).
+        if self.has_hub {
+            super::open::opened(id);
+        }
+        id
     }
 
     /// The id of this worker's connection `fd` with `generation`.
@@ -305,11 +373,18 @@ impl Local {
         self.topics.borrow_mut().unsubscribe(id, topic);
     }
 
-    /// Connection `id` closed: it leaves its topics (and a close the hub
-    /// asked for, or the rest of a push, that it did not wake to take).
+    /// Connection `id` closed: the hub's sends to it are refused from now
+    /// on (`open.rs`), it leaves its topics (and a close the hub asked for,
+    /// or the rest of a push, that it did not wake to take).
     pub(crate) fn closed(&self, id: ConnectionId) {
+        if self.has_hub {
+            super::open::closed(id);
+        }
         self.topics.borrow_mut().closed(id);
         self.kicks.take(id);
+        self.deadlines
+            .borrow_mut()
+            .remove(id.fd(), Some(id.generation()));
         // Closed before it woke to write the rest of its push: the push
         // never reached the peer whole.
         if self.unsent.take(id).is_some() {
@@ -333,6 +408,55 @@ impl Local {
     /// the push was counted as dropped then).
     pub(crate) fn take_unsent(&self, id: ConnectionId) -> Option<Unsent> {
         self.unsent.take(id)
+    }
+
+    /// Sets connection `id`'s deadline ([`Push::Deadline`]), replacing the
+    /// one its descriptor had (its own, or a closed connection's left by a
+    /// race with its close), or takes it away (`None`). Starts the timer
+    /// task if none runs, else wakes it to look at the earliest again.
+    fn set_deadline(self: &Rc<Self>, id: ConnectionId, at: Option<Instant>) {
+        let mut deadlines = self.deadlines.borrow_mut();
+        deadlines.remove(id.fd(), None);
+        let Some(at) = at else { return };
+        deadlines.by_fd.insert(id.fd(), (id.generation(), at));
+        deadlines.due.insert((at, id.fd(), id.generation()));
+        match &deadlines.timer {
+            Some(timer) => timer.notify_one(),
+            None => {
+                let timer = Rc::new(Notify::new());
+                deadlines.timer = Some(timer.clone());
+                tokio::task::spawn_local(close_at_deadlines(Rc::downgrade(self), timer));
+            }
+        }
+    }
+
+    /// Closes the connections whose deadline has come (as
+    /// [`Hub::close`](crate::Hub::close) does, through [`Local::kick`]);
+    /// the next deadline, or `None` when none is left (the timer task
+    /// ends then).
+    fn close_due(&self) -> Option<Instant> {
+        let now = Instant::now();
+        loop {
+            let due = {
+                let mut deadlines = self.deadlines.borrow_mut();
+                match deadlines.due.first().copied() {
+                    Some((at, fd, generation)) if at <= now => {
+                        deadlines.remove(fd, Some(generation));
+                        self.id(fd, generation)
+                    }
+                    Some((at, _, _)) => return Some(at),
+                    None => {
+                        deadlines.timer = None;
+                        return None;
+                    }
+                }
+            };
+            let kick = Kick {
+                code: hub::POLICY_VIOLATION,
+                reason: bytes::Bytes::new(),
+            };
+            self.kick(due, kick);
+        }
     }
 
     /// A push found parked connection `id` behind ([`Delivered::Overflowed`]):
@@ -403,7 +527,9 @@ impl Local {
                 };
                 (every, Encoded::new(payload, kind))
             }
-            Push::Close(..) => unreachable!("`deliver` closes, it has no recipients"),
+            Push::Close(..) | Push::Deadline(..) => {
+                unreachable!("`deliver` closes, it has no recipients")
+            }
         }
     }
 
@@ -434,9 +560,10 @@ impl Local {
     /// that woke, parked or closed since the message arrived gets it where
     /// it is now (or not at all, closed). The next message waits until this
     /// one is delivered, so a connection gets its messages in order.
-    async fn deliver(&self, push: Push) {
+    async fn deliver(self: &Rc<Self>, push: Push) {
         let push = match push {
             Push::Close(id, code, reason) => return self.kick(id, Kick { code, reason }),
+            Push::Deadline(id, at) => return self.set_deadline(id, at),
             push => push,
         };
         let (mut recipients, mut msg) = self.recipients(push);
@@ -922,13 +1049,15 @@ mod tests {
             let local = local(&ctx);
             let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
             let wire = table.wire(0);
-            let (stale, other) = (local.new_id(50), local.new_id(51));
+            // Descriptors no socket of the test process has: ids issued with a
+            // hub are recorded process-wide (`open.rs`).
+            let (stale, other) = (local.new_id(900_050), local.new_id(900_051));
             for topic in ["news", "sport"] {
                 assert_eq!(local.subscribe(stale, topic), Ok(()));
             }
             assert_eq!(local.subscribe(other, "news"), Ok(()));
             // `stale` closed unreported; a new connection has its descriptor.
-            let new = local.new_id(50);
+            let new = local.new_id(900_050);
             let (new_awake, other_awake) = (local.awake(new, wire), local.awake(other, wire));
             let (new_awake, other_awake) = (new_awake.unwrap(), other_awake.unwrap());
             local
@@ -941,7 +1070,7 @@ mod tests {
             assert_eq!(other_awake.inbox.take_up_to(TAKE_AT_ONCE).unwrap().len(), 1);
             assert!(new_awake.inbox.is_empty(), "not the old one's message");
             let topics = local.topics.borrow();
-            assert_eq!(topics.members("news"), [(51, other.generation())]);
+            assert_eq!(topics.members("news"), [(900_051, other.generation())]);
             assert!(
                 topics.members("sport").is_empty(),
                 "gone from all its topics"

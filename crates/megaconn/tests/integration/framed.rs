@@ -982,13 +982,15 @@ async fn pushes_reach_awake_and_parked_connections_by_id() {
     s.write_all(b"count\n").await.unwrap();
     assert_eq!(read_exact(&mut s, 2).await, b"2\n");
 
-    // A closed connection's id names nobody, even on a reused descriptor.
+    // A closed connection's id names nobody, even on a reused descriptor:
+    // a send to it is refused at the call (session 42; it was `Ok`, and
+    // the message dropped by the worker).
     drop(s);
     assert_eq!(server.next_close().await, (2, CloseReason::ClientClosed));
     let mut fresh = server.connect().await;
     let fresh_id = server.next_open().await;
     assert_ne!(fresh_id, id);
-    assert_eq!(server.hub.send(id, "stale"), Ok(()));
+    assert_eq!(server.hub.send(id, "stale"), Err(HubError::Closed));
     assert_eq!(server.hub.send(fresh_id, "fresh"), Ok(()));
     assert_eq!(read_exact(&mut fresh, 6).await, b"fresh\n");
     server.stop().await;

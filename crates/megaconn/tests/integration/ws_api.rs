@@ -117,6 +117,14 @@ struct ChatServer {
 
 impl ChatServer {
     async fn start(builder: Builder) -> ChatServer {
+        ChatServer::start_route(builder, |route| route).await
+    }
+
+    /// [`ChatServer::start`] with the route as `shape` makes it.
+    async fn start_route(
+        builder: Builder,
+        shape: impl FnOnce(WebSocketRoute<Chat>) -> WebSocketRoute<Chat>,
+    ) -> ChatServer {
         let mut server = builder
             .connect_info(true)
             .workers(1)
@@ -134,7 +142,7 @@ impl ChatServer {
             busy: was_busy,
             gate: gate.clone(),
         };
-        let route = WebSocketRoute::new(chat).on_upgrade(admit);
+        let route = shape(WebSocketRoute::new(chat).on_upgrade(admit));
         let app = axum::Router::new().route_service("/chat/{room}", route);
         let running = server.start(app).expect("server starts").run();
         let task = tokio::spawn(running);
@@ -850,9 +858,9 @@ async fn hub_close_closes_a_websocket_parked_or_awake_after_its_pushes() {
         common::closed_as(s, "kicked") == 2
     })
     .await;
-    // A closed connection's id names no one: Ok, as a send's; an id of a
-    // worker this server does not have, refused as a send's.
-    assert_eq!(server.hub.close(a), Ok(()));
+    // A closed connection's id names no one: refused, as a send's; an id
+    // of a worker this server does not have, refused as a send's.
+    assert_eq!(server.hub.close(a), Err(megaconn::HubError::Closed));
     let elsewhere = ConnectionId::from_u128(a.as_u128() | 7 << 96).expect("this process's tag");
     assert_eq!(
         server.hub.close(elsewhere),
@@ -1072,4 +1080,134 @@ async fn a_slow_reader_gets_many_large_pushes_whole_and_in_order() {
         Message::text("a from 127.0.0.1")
     );
     server.stop().await;
+}
+
+/// A send to a connection that has closed is refused at the call,
+/// `HubError::Closed`, awake or parked when it closed, from the moment its
+/// handler hears of the close; `close` too; the connection that takes its
+/// descriptor next is reached, and the old id stays refused. Publishes
+/// and broadcasts are as they were. Before, every such send was `Ok` and
+/// the message silently dropped: a gateway could not learn that a device
+/// had gone.
+#[tokio::test]
+async fn a_send_to_a_closed_connection_is_refused() {
+    use megaconn::HubError;
+    let builder = Server::builder().park_idle_after(Some(Duration::from_millis(50)));
+    let mut server = ChatServer::start(builder).await;
+    // Its peer closes it.
+    let mut first = server.client("/chat/a?token=good").await;
+    let a = ChatServer::next(&mut server.opens, "on_open").await;
+    assert_eq!(server.hub.send(a, "open"), Ok(()));
+    assert_eq!(next_data(&mut first).await, Message::text("open"));
+    first.close(None).await.unwrap();
+    let (closed, _, _) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!(closed, a);
+    assert_eq!(server.hub.send(a, "gone"), Err(HubError::Closed));
+    assert_eq!(server.hub.send_binary(a, "gone"), Err(HubError::Closed));
+    assert_eq!(server.hub.close(a), Err(HubError::Closed));
+    assert_eq!(server.hub.close_with(a, 4000, "x"), Err(HubError::Closed));
+    // The next connection (the kernel hands out the lowest free
+    // descriptor: most likely the one `a` had) is open; `a` stays closed.
+    let mut second = server.client("/chat/b?token=good").await;
+    let b = ChatServer::next(&mut server.opens, "on_open").await;
+    assert_eq!(server.hub.send(b, "hi"), Ok(()));
+    assert_eq!(next_data(&mut second).await, Message::text("hi"));
+    assert_eq!(server.hub.send(a, "gone"), Err(HubError::Closed));
+    // Parked when its peer hangs up (a push reaches it and leaves it
+    // parked).
+    common::wait_stats(&server.handle, "parked", |s| s.connections_parked == 1).await;
+    assert_eq!(server.hub.send(b, "parked"), Ok(()));
+    assert_eq!(next_data(&mut second).await, Message::text("parked"));
+    drop(second);
+    let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+    assert_eq!((closed, reason), (b, CloseReason::ClientClosed));
+    assert_eq!(server.hub.send(b, "gone"), Err(HubError::Closed));
+    // A topic's or everyone's audience is not an id: as before.
+    assert_eq!(server.hub.publish("nobody", "x"), Ok(()));
+    assert_eq!(server.hub.broadcast("x"), Ok(()));
+    server.stop().await;
+}
+
+/// `WebSocketRoute::goodbye` is the close frame every connection of the
+/// route gets at a graceful shutdown, parked (one `send` from the lot) or
+/// awake (then the close handshake), and the handler hears `Shutdown`.
+/// Before, it was always 1001 with an empty reason: clients could not be
+/// told "restarting, come back".
+#[tokio::test]
+async fn shutdown_sends_the_routes_goodbye_parked_or_awake() {
+    const REASON: &str = "restarting; back in 10 s";
+    for park in [None, Some(Duration::from_millis(50))] {
+        let builder = Server::builder().park_idle_after(park);
+        let mut server =
+            ChatServer::start_route(builder, |route| route.goodbye(1012, REASON)).await;
+        let mut client = server.client("/chat/a?token=good").await;
+        ChatServer::next(&mut server.opens, "on_open").await;
+        client.send(Message::text("who")).await.unwrap();
+        assert_eq!(
+            next_data(&mut client).await,
+            Message::text("a from 127.0.0.1")
+        );
+        let parked = i64::from(park.is_some());
+        common::wait_stats(&server.handle, "parked or not", |s| {
+            s.connections_parked == parked
+        })
+        .await;
+        server.handle.shutdown();
+        let Message::Close(Some(close)) = next_data(&mut client).await else {
+            panic!("a close frame ({park:?})");
+        };
+        assert_eq!(
+            (u16::from(close.code), close.reason.as_str()),
+            (1012, REASON),
+            "{park:?}"
+        );
+        let (_, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+        assert_eq!(reason, CloseReason::Shutdown, "{park:?}");
+        server.stop().await;
+    }
+}
+
+/// `Hub::close_after` closes a connection once its time has passed, parked
+/// or awake, as `Hub::close` does (1008, `Kicked`), unless
+/// `cancel_close_after` came first: here the cancelled deadline is the
+/// earlier one, so it would have fired before the one that closes. An
+/// authentication deadline or an idle kick needed an application's map
+/// and a sweep before.
+#[tokio::test]
+async fn close_after_closes_at_its_time_unless_cancelled() {
+    for park in [Some(Duration::from_millis(50)), None] {
+        let builder = Server::builder().park_idle_after(park);
+        let mut server = ChatServer::start(builder).await;
+        let mut late = server.client("/chat/a?token=good").await;
+        let a = ChatServer::next(&mut server.opens, "on_open").await;
+        let mut kept = server.client("/chat/b?token=good").await;
+        let b = ChatServer::next(&mut server.opens, "on_open").await;
+        let parked = if park.is_some() { 2 } else { 0 };
+        common::wait_stats(&server.handle, "parked or not", |s| {
+            s.connections_parked == parked
+        })
+        .await;
+        // The cancel follows the deadline in the worker's queue: its pump
+        // takes both long before the deadline's time.
+        let soon = Duration::from_millis(300);
+        assert_eq!(server.hub.close_after(b, soon), Ok(()));
+        assert_eq!(server.hub.cancel_close_after(b), Ok(()));
+        assert_eq!(server.hub.close_after(a, 2 * soon), Ok(()));
+        let Message::Close(Some(close)) = next_data(&mut late).await else {
+            panic!("a close frame ({park:?})");
+        };
+        assert_eq!(close.code, CloseCode::Policy, "{park:?}");
+        let (closed, _, reason) = ChatServer::next(&mut server.closes, "on_close").await;
+        assert_eq!((closed, reason), (a, CloseReason::Kicked), "{park:?}");
+        // `b` is open: a push reaches it, nothing closed it.
+        assert_eq!(server.hub.send(b, "still here"), Ok(()));
+        assert_eq!(next_data(&mut kept).await, Message::text("still here"));
+        assert!(server.closes.try_recv().is_err(), "{park:?}");
+        // A closed connection's deadline is refused as its sends are.
+        assert_eq!(
+            server.hub.close_after(a, Duration::from_millis(1)),
+            Err(megaconn::HubError::Closed)
+        );
+        server.stop().await;
+    }
 }

@@ -17,7 +17,7 @@
 //!   +--- bytes arrive <---- wait: park_idle_after -> park (state to the side table)
 //!                                 ping due        -> ping
 //!                                 heartbeat due   -> close (HeartbeatTimeout)
-//!                                 shutdown        -> close 1001
+//!                                 shutdown        -> close 1001 (or the route's goodbye)
 //! ```
 //!
 //! In the middle of a message (its fragments so far, part of a frame, or
@@ -92,10 +92,10 @@ use crate::proto::ws::closing::{close_handshake, last_word, FrameEnds};
 use crate::proto::ws::deflate::{Codec, Deflate};
 use crate::proto::ws::frame::{self, Decoder, Event, Out, Violation};
 use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler, WsSession};
-use crate::proto::ws::route::Route;
+use crate::proto::ws::route::{Route, Settings};
 use crate::proto::ws::{
-    parked_fd, poll_write_unsent, Start, Tables, WsIo, WsParked, GOING_AWAY, INTERNAL_ERROR,
-    MESSAGE_TOO_BIG, POLICY_VIOLATION,
+    parked_fd, poll_write_unsent, Start, Tables, WsIo, WsParked, INTERNAL_ERROR, MESSAGE_TOO_BIG,
+    POLICY_VIOLATION,
 };
 use crate::proto::{earliest, until, Ended};
 
@@ -128,9 +128,11 @@ enum Next {
     Close(CloseReason, Option<(u16, String)>),
 }
 
-/// The close sent on shutdown: 1001, going away.
-fn going_away() -> Next {
-    Next::Close(CloseReason::Shutdown, Some((GOING_AWAY, String::new())))
+/// The close sent on shutdown: the route's goodbye
+/// ([`WebSocketRoute::goodbye`](crate::WebSocketRoute::goodbye); 1001,
+/// going away, with no reason by default).
+fn going_away(settings: &Settings) -> Next {
+    Next::Close(CloseReason::Shutdown, Some(settings.goodbye.clone()))
 }
 
 /// Serves a WebSocket until it closes (`on_close` has run) or parks (its
@@ -355,7 +357,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         let mut park_at = None;
         if between {
             if ctx.shutdown.is_started() {
-                break 'serve going_away();
+                break 'serve going_away(settings);
             }
             // A push that came while the last ones were written goes first
             // (parking now would drop it with the queue).
@@ -394,7 +396,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
                 Idle::Readable(Err(e)) => {
                     break 'serve Next::Close(CloseReason::io_between(&e, true), None)
                 }
-                Idle::Shutdown => break 'serve going_away(),
+                Idle::Shutdown => break 'serve going_away(settings),
                 Idle::HeartbeatDue => {
                     let reason = heartbeat_timed_out(counters, WS_HEARTBEAT);
                     break 'serve Next::Close(reason, None);
@@ -458,7 +460,7 @@ pub(crate) async fn serve<H: WebSocketHandler>(
         };
         let read = match read {
             Read::Done(read) => read,
-            Read::Shutdown => break 'serve going_away(),
+            Read::Shutdown => break 'serve going_away(settings),
             Read::Pushed => continue,
         };
         match read {

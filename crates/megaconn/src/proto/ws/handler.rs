@@ -14,6 +14,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use bytes::BytesMut;
+
 use crate::conn::context::WorkerContext;
 use crate::message::hub::ConnectionId;
 use crate::message::live::Live;
@@ -33,7 +35,9 @@ use crate::proto::Ended;
 /// connection is idle, even parked outside the runtime. Keep it small: a
 /// parked connection's state is kept once, inline in a slot of its worker's
 /// side table (16 B plus `size_of::<State>()`), with 4 B of descriptor index
-/// in each worker of the server, so at a million connections each byte of
+/// in each worker of the server (and 4 B once in the process if the server
+/// has a [`Hub`](crate::Hub): `message/open.rs`), so at a million
+/// connections each byte of
 /// it is a megabyte, whatever the worker count (what it owns on the heap
 /// comes on top). Before 2026-12-05 the slot was per descriptor in every
 /// worker: W workers kept W slots per connection.
@@ -61,8 +65,15 @@ pub trait WebSocketHandler: Send + Sync + 'static {
     /// What the server keeps per connection between messages.
     type State: Default + 'static;
 
-    /// The handshake was accepted and the `101` written, with a default
-    /// state. May greet the peer through `session`.
+    /// The handshake was accepted and the `101` written, with the state
+    /// the route's [`on_upgrade`](crate::WebSocketRoute::on_upgrade) hook
+    /// gave (else a default one). May greet the peer through `session`.
+    ///
+    /// The first place the connection's id ([`WsSession::id`]) is known:
+    /// register it here (a device's id in the gateway's map) and a push to
+    /// it from any thread reaches the connection, as nothing of the
+    /// connection runs on its worker between this call and its first wait
+    /// for pushes.
     fn on_open(&self, state: &mut Self::State, session: &WsSession) {
         let _ = (state, session);
     }
@@ -224,9 +235,10 @@ pub(crate) trait ErasedRoute: Send + Sync {
 
     /// The parking lot closed parked connection `fd` itself (shutdown):
     /// the state leaves the side table, the connection its topics, and the
-    /// handler hears why. Whether the peer is owed a 1001 (at shutdown,
-    /// unless it was behind), which the caller sends.
-    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) -> bool;
+    /// handler hears why. The close frame the peer is owed (at shutdown,
+    /// unless it was behind: the route's goodbye, 1001 by default), which
+    /// the caller sends.
+    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) -> Option<BytesMut>;
 }
 
 impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
@@ -243,13 +255,11 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
         tables.table::<H::State>().variant(fd)
     }
 
-    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) -> bool {
-        let Some(parked) = tables.take::<H::State>(fd) else {
-            return false;
-        };
+    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) -> Option<BytesMut> {
+        let parked = tables.take::<H::State>(fd)?;
         // Through `Live`, as an awake connection's close: it leaves its
         // topics, and a panic in `on_close` is caught, counted and logged,
-        // so the caller still sends the 1001 (and the lot's turn goes on).
+        // so the caller still sends the goodbye (and the lot's turn goes on).
         let id = tables.local.id(fd, parked.generation);
         Live::new(
             &self.handler,
@@ -259,6 +269,11 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
             &tables.local,
         )
         .close(reason);
-        reason == CloseReason::Shutdown && !parked.behind
+        (reason == CloseReason::Shutdown && !parked.behind).then(|| {
+            let (code, why) = &self.settings.goodbye;
+            let mut goodbye = BytesMut::new();
+            frame::encode_close(&mut goodbye, *code, why);
+            goodbye
+        })
     }
 }

@@ -551,13 +551,14 @@ pub(crate) fn serve_woken(
 }
 
 /// The parking lot closed parked WebSocket `fd` itself (shutdown): at
-/// shutdown it gets a close frame 1001 (going away) first, as an awake one
+/// shutdown it gets its route's goodbye first (a close frame 1001, going
+/// away, unless `WebSocketRoute::goodbye` set another), as an awake one
 /// does (best effort: one non-blocking `send` on the still open socket; the
 /// peer's answer is not awaited, the lot closes the socket next); its state
 /// goes, it leaves its topics, and its handler hears why.
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
-    if closed_in(&Tables::of(ctx), fd, reason) {
-        message::hub::send_all_now(fd, &going_away_frame());
+    if let Some(goodbye) = closed_in(&Tables::of(ctx), fd, reason) {
+        message::hub::send_all_now(fd, &goodbye);
     }
 }
 
@@ -570,10 +571,10 @@ pub(crate) fn parked_closed_tls(
     reason: CloseReason,
     session: Option<ParkedTls>,
 ) {
-    let going_away = closed_in(&Tables::of_tls(ctx), fd, reason);
+    let goodbye = closed_in(&Tables::of_tls(ctx), fd, reason);
     let Some(mut session) = session else { return };
-    if going_away {
-        if let Some(records) = session.seal(&going_away_frame()) {
+    if let Some(goodbye) = goodbye {
+        if let Some(records) = session.seal(&goodbye) {
             message::hub::send_all_now(fd, &records);
         }
     }
@@ -583,20 +584,10 @@ pub(crate) fn parked_closed_tls(
 }
 
 /// Lets parked WebSocket `fd` of `tables` go (see [`parked_closed`]);
-/// whether it is owed a 1001 (going away).
-fn closed_in(tables: &Tables, fd: RawFd, reason: CloseReason) -> bool {
-    match tables.kinds.of_parked(tables, fd) {
-        Some((route, _)) => route.parked_closed(tables, fd, reason),
-        None => false,
-    }
-}
-
-/// A close frame 1001 (going away), as sent to a parked WebSocket at
-/// shutdown.
-fn going_away_frame() -> BytesMut {
-    let mut out = BytesMut::new();
-    frame::encode_close(&mut out, GOING_AWAY, "");
-    out
+/// the close frame it is owed (its route's goodbye), if any.
+fn closed_in(tables: &Tables, fd: RawFd, reason: CloseReason) -> Option<BytesMut> {
+    let (route, _) = tables.kinds.of_parked(tables, fd)?;
+    route.parked_closed(tables, fd, reason)
 }
 
 #[cfg(test)]

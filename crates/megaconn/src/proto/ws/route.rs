@@ -25,7 +25,7 @@ use crate::message::DEFAULT_MESSAGE_TIMEOUT;
 use crate::observe::ratelog::{self, Flood};
 use crate::proto::ws::frame::Limits;
 use crate::proto::ws::handler::{ErasedRoute, WebSocketHandler};
-use crate::proto::ws::{handshake, RouteRef};
+use crate::proto::ws::{handshake, RouteRef, GOING_AWAY};
 use crate::service::upgrade::{NativeRefusal, NativeUpgrade};
 
 /// Default [`WebSocketRoute::max_message_bytes`]: 1 MiB. A message is held
@@ -143,6 +143,9 @@ pub(crate) struct Settings {
     pub deflate: bool,
     /// [`WebSocketRoute::on_upgrade`]'s hook, its state erased.
     pub upgrade: Option<Box<UpgradeHook>>,
+    /// The close code and reason sent at shutdown
+    /// ([`WebSocketRoute::goodbye`]).
+    pub goodbye: (u16, String),
 }
 
 /// The origin hook.
@@ -170,6 +173,7 @@ impl std::fmt::Debug for Settings {
             .field("message_timeout", &self.message_timeout)
             .field("deflate", &self.deflate)
             .field("upgrade", &self.upgrade.is_some())
+            .field("goodbye", &self.goodbye)
             .finish()
     }
 }
@@ -194,6 +198,7 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
                     message_timeout: Some(DEFAULT_MESSAGE_TIMEOUT),
                     deflate: false,
                     upgrade: None,
+                    goodbye: (GOING_AWAY, String::new()),
                 },
             }),
         }
@@ -347,6 +352,38 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
         self
     }
 
+    /// The close frame the route's connections get when the server shuts
+    /// down (graceful shutdown, `SIGTERM` under the CLI), parked or awake:
+    /// `code` and `reason` instead of 1001 (going away) with no reason,
+    /// e.g. `goodbye(1012, "restarting; reconnect in 10 s")` (1012: service
+    /// restart) so that clients know to come back, or a code of the
+    /// application's (3000-4999). What framed listeners get with
+    /// [`Builder::goodbye_frame`](crate::Builder::goodbye_frame).
+    ///
+    /// `code` is one a server may send (1000-1003, 1007-1014, 3000-4999, as
+    /// [`WsSession::close_with`](crate::WsSession::close_with) takes); any
+    /// other (RFC 6455 §7.4: 1004-1006 and 1015 are never sent, 0-999 and
+    /// 1016-2999 invalid) is logged as a warning here and the route keeps
+    /// 1001. The reason is cut to 123 bytes at a character boundary, what
+    /// a close frame holds. The frame is written as the 1001 was: an awake
+    /// connection's after what it is writing, then the close handshake
+    /// (bounded by the shutdown); a parked one's in one `send` from the
+    /// parking lot, its answer not awaited. A connection closed for another
+    /// reason at shutdown (its peer gone, behind on its pushes) gets what
+    /// that reason sends, not this.
+    pub fn goodbye(mut self, code: u16, reason: &str) -> Self {
+        if !crate::message::hub::close_code_may_be_sent(code) {
+            tracing::warn!(
+                code,
+                "WebSocketRoute::goodbye: this close code may not be sent (RFC 6455 §7.4); the route keeps 1001 (use 1000-1003, 1007-1014 or 3000-4999)"
+            );
+            return self;
+        }
+        let reason = crate::message::hub::close_reason(reason).to_owned();
+        self.settings().goodbye = (code, reason);
+        self
+    }
+
     /// Runs `hook` at each handshake the route accepts, before the `101`,
     /// with the request's head (method, URI with its query, headers, and
     /// extensions: the peer's address as [`ConnInfo`](crate::ConnInfo) with
@@ -364,6 +401,25 @@ impl<H: WebSocketHandler> WebSocketRoute<H> {
     /// bound those, e.g. with tower's timeout layer).
     /// What it returns is all a connection keeps of its request: the state
     /// (hence `Send`, as it travels with the `101`).
+    ///
+    /// The hook runs before the connection has a
+    /// [`ConnectionId`](crate::ConnectionId): an id is issued when the
+    /// upgraded socket reaches its worker's WebSocket protocol, after the
+    /// `101` is written (a refused or failed handshake never gets one), and
+    /// the first code that sees it is
+    /// [`on_open`](WebSocketHandler::on_open), through
+    /// [`WsSession::id`](crate::WsSession::id), with the state this hook
+    /// returned. So a gateway that maps devices to ids authenticates here
+    /// (the device's name into the state) and registers in `on_open`
+    /// (`device → session.id()`), which runs on the worker before anything
+    /// can be pushed to the connection or read from it: a push sent to the
+    /// id from the moment it is registered is delivered, and
+    /// [`on_close_with_id`](WebSocketHandler::on_close_with_id) unregisters
+    /// it. Registration that must wait on something (a database, another
+    /// service) is spawned from `on_open` with the id; the connection's
+    /// messages are served meanwhile. A connection that does not use its
+    /// id pays nothing for it (the id is the worker, the descriptor and a
+    /// counter).
     ///
     /// ```no_run
     /// use http::{request::Parts, Response, StatusCode};
@@ -565,6 +621,31 @@ mod tests {
             .ping_interval(secs(240))
             .heartbeat_timeout(None);
         assert_eq!(timeout(&set_after), None);
+    }
+
+    /// `goodbye` keeps a code a close frame may carry and a reason cut to
+    /// 123 bytes at a character boundary; a code none may carry leaves the
+    /// route's 1001 (logged), and the default is 1001 with no reason.
+    #[test]
+    fn goodbye_keeps_a_sendable_code_and_a_close_frames_reason() {
+        let of = |route: WebSocketRoute<Echo>| route.route.settings.goodbye.clone();
+        assert_eq!(of(WebSocketRoute::new(Echo)), (1001, String::new()));
+        assert_eq!(
+            of(WebSocketRoute::new(Echo).goodbye(4000, "bye")),
+            (4000, "bye".to_owned())
+        );
+        for code in [1005, 1006, 1015, 999, 2000, 5000] {
+            assert_eq!(
+                of(WebSocketRoute::new(Echo).goodbye(code, "x")),
+                (1001, String::new()),
+                "{code}"
+            );
+        }
+        let long = "é".repeat(100);
+        assert_eq!(
+            of(WebSocketRoute::new(Echo).goodbye(1012, &long)).1,
+            "é".repeat(61)
+        );
     }
 
     #[test]
