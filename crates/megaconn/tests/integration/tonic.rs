@@ -159,7 +159,9 @@ async fn start(builder: megaconn::Builder) -> Running {
 
 impl Running {
     async fn stop(self) -> ShutdownSummary {
-        crate::common::shut_down(&self.handle, self.task).await.unwrap()
+        crate::common::shut_down(&self.handle, self.task)
+            .await
+            .unwrap()
     }
 }
 
