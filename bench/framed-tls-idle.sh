@@ -14,12 +14,17 @@
 # before) / N, with the open and parked gauges.
 #
 # Env: N (10000), RAMP (1000/s), ROUNDS (1), KINDS ("framed framed-tls ws
-#   wss"), SAMPLES (5), PORT (27400; +1..+4 the listeners, +5 admin),
+#   wss"), SAMPLES (5), PORT (27400, or the next six free ports; +1..+4
+#   the listeners, +5 admin),
 #   SERVER (target/release/megaconn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${N:-10000}" RAMP="${RAMP:-1000}" ROUNDS="${ROUNDS:-1}" SAMPLES="${SAMPLES:-5}"
 KINDS="${KINDS:-framed framed-tls ws wss}" PORT="${PORT:-27400}"
+# Six ports that no socket holds, TIME-WAIT ones included (a client's
+# ephemeral port in TIME-WAIT makes the listener's bind fail).
+busy() { ss -tan | awk -v lo="$1" '{ n = split($4, a, ":"); p = a[n] + 0; if (p >= lo && p < lo + 6) { f = 1 } } END { exit !f }'; }
+while busy "$PORT"; do PORT=$((PORT + 6)); done
 SERVER="${SERVER:-target/release/megaconn}"
 ADMIN=$((PORT + 5))
 ulimit -n $((N + 2000))
@@ -49,6 +54,7 @@ one() { # kind
     >"$out/serve.log" 2>&1 &
   server=$!
   for _ in $(seq 100); do curl -sf -o /dev/null "127.0.0.1:$ADMIN/metrics" && break; sleep 0.2; done
+  kill -0 "$server" 2>/dev/null || { cat "$out/serve.log" >&2; exit 1; }
   curl -sf -o /dev/null "127.0.0.1:$((PORT + 1))/" || true
   sleep 2
   local before; before=$(rss)
@@ -60,13 +66,16 @@ one() { # kind
   local samples=() open parked
   for _ in $(seq "$SAMPLES"); do sleep 1; samples+=("$(rss)"); done
   open=$(metric megaconn_connections_open) parked=$(metric megaconn_connections_parked)
+  # Closes while holding, by reason (none expected).
+  local closes
+  closes=$(curl -s "127.0.0.1:$ADMIN/metrics" | awk -F'[{}" ]+' '/^megaconn_connections_closed_total\{/ && $NF > 0 { printf "%s%s %d", sep, $3, $NF; sep = ", " }')
   exec {to_client}>&-
   wait "$client" 2>/dev/null || true
   client=
   kill "$server"; wait "$server" 2>/dev/null || true; server=
   local median; median=$(printf '%s\n' "${samples[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  printf '| %s | %d -> %d KiB | %s open, %s parked | **%d B** |\n' \
-    "$1" $((before / 1024)) $((median / 1024)) "$open" "$parked" $(((median - before) / N))
+  printf '| %s | %d -> %d KiB | %s open, %s parked; closed: %s | **%d B** |\n' \
+    "$1" $((before / 1024)) $((median / 1024)) "$open" "$parked" "${closes:-none}" $(((median - before) / N))
 }
 
 echo "| kind | RSS before -> holding (median of $SAMPLES) | gauges while holding | RSS per connection |"

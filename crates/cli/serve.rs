@@ -1131,6 +1131,32 @@ mod tests {
         assert!(resolve(&a).unwrap_err().0.contains("--tls-cert"));
     }
 
+    /// `--tcp-tls-listen` adds a framed listener over TLS (the demo's
+    /// framing), leaving `--listen` ones cleartext; it needs a certificate.
+    #[test]
+    fn tcp_tls_listen_adds_a_framed_tls_listener() {
+        let (http, framed): (std::net::SocketAddr, std::net::SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let a = parse(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--tcp-tls-listen",
+            "127.0.0.1:2",
+            "--self-signed",
+        ]);
+        let r = resolve(&a).unwrap();
+        assert!(r.builder.is_framed(framed) && r.builder.is_tls(framed));
+        assert!(!r.builder.is_framed(http) && !r.builder.is_tls(http));
+        let a = parse(&["--tcp-tls-listen", "127.0.0.1:2"]);
+        let err = resolve(&a).unwrap_err().0;
+        assert!(
+            err.contains("--tcp-tls-listen") && err.contains("--tls-cert"),
+            "{err}"
+        );
+    }
+
     /// Sockets from systemd: `https` without a certificate is refused by
     /// name; with one, `--listen` addresses next to a socket named `http`
     /// are TLS (nothing else is named for it).
@@ -1228,6 +1254,7 @@ mod tests {
                 }
                 // TLS knobs need a certificate.
                 "tls-listen"
+                | "tcp-tls-listen"
                 | "tls-kx-groups"
                 | "tls-max-handshakes"
                 | "tls-handshake-rate-per-ip" => {
