@@ -182,10 +182,26 @@ where
                 ))
             }
             proto::WEBSOCKET_TLS => Either::Right(Either::Right(
-                serve_ws_tls_woken(socket, hot, wake, ctx, conn).boxed_local(),
+                serve_tls_message_woken(
+                    (socket, hot, wake),
+                    (ctx, conn),
+                    proto::WEBSOCKET_TLS,
+                    proto::ws::parked_closed_tls,
+                    move |io, ctx| {
+                        proto::ws::serve_woken(tokio_util::either::Either::Right(io), wake, ctx)
+                    },
+                )
+                .boxed_local(),
             )),
             proto::FRAMED_TLS => Either::Right(Either::Right(
-                serve_framed_tls_woken(socket, hot, wake, ctx, conn).boxed_local(),
+                serve_tls_message_woken(
+                    (socket, hot, wake),
+                    (ctx, conn),
+                    proto::FRAMED_TLS,
+                    proto::framed::parked_closed_tls,
+                    move |io, ctx| proto::framed::serve_woken_tls(io, wake, ctx),
+                )
+                .boxed_local(),
             )),
             ProtoTag(unknown) => {
                 tracing::error!(tag = unknown, "woken connection of an unknown protocol");
@@ -418,27 +434,33 @@ async fn serve_tls_woken<S>(
     }
 }
 
-/// A parked WebSocket over TLS woke up: its session comes back from the
-/// worker's table, then the WebSocket resumes on it (it decrypts what
-/// arrived, or sends the ping that was due, encrypted).
-async fn serve_ws_tls_woken(
-    socket: std::os::fd::OwnedFd,
-    hot: bool,
-    wake: Wake,
-    ctx: Rc<WorkerContext>,
-    conn: Connection,
+/// A parked message connection over TLS (WebSocket or framed: `tag`) woke
+/// up: its session comes back from the worker's table, then the protocol
+/// resumes on it (`serve`: it decrypts what arrived, or sends the ping or
+/// heartbeat frame that was due, encrypted). Without a session (a bug),
+/// the protocol lets its state go (`closed`) and the connection closes.
+async fn serve_tls_message_woken<P: ParkedParts>(
+    (socket, hot, wake): (std::os::fd::OwnedFd, bool, Wake),
+    (ctx, conn): (Rc<WorkerContext>, Connection),
+    tag: ProtoTag,
+    closed: fn(&WorkerContext, std::os::fd::RawFd, CloseReason, Option<ParkedTls>),
+    serve: impl FnOnce(
+        TlsIo<WokenSocket>,
+        Rc<WorkerContext>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Ended<P>>>>,
 ) {
     use std::os::fd::AsRawFd;
     let fd = socket.as_raw_fd();
     let Some(parked) = ctx.tls_parked.take(fd) else {
-        tracing::error!("a woken WebSocket over TLS has no parked session");
-        proto::ws::parked_closed_tls(&ctx, fd, CloseReason::ServerError, None);
+        tracing::error!(
+            tag = tag.0,
+            "a woken message connection over TLS has no parked session"
+        );
+        closed(&ctx, fd, CloseReason::ServerError, None);
         return conn.close(CloseReason::ServerError);
     };
     let io = TlsIo::resume(WokenSocket::new(socket, hot, wake), parked);
-    let io = tokio_util::either::Either::Right(io);
-    let ws = proto::ws::serve_woken(io, wake, ctx.clone());
-    finish_messages(ws, proto::WEBSOCKET_TLS, ctx, conn).await;
+    finish_messages(serve(io, ctx.clone()), tag, ctx, conn).await;
 }
 
 /// A connection on a TLS framed listener: the handshake, bounded as
@@ -459,29 +481,6 @@ async fn serve_framed_tls(
         Err(reason) => return conn.close(reason),
     };
     let framed = proto::framed::serve_accepted_tls(stream, ctx.clone(), listener);
-    finish_messages(framed, proto::FRAMED_TLS, ctx, conn).await;
-}
-
-/// A parked framed connection over TLS woke up: its session comes back from
-/// the worker's table, then the framed connection resumes on it (it
-/// decrypts what arrived, or sends the heartbeat frame that was due,
-/// encrypted).
-async fn serve_framed_tls_woken(
-    socket: std::os::fd::OwnedFd,
-    hot: bool,
-    wake: Wake,
-    ctx: Rc<WorkerContext>,
-    conn: Connection,
-) {
-    use std::os::fd::AsRawFd;
-    let fd = socket.as_raw_fd();
-    let Some(parked) = ctx.tls_parked.take(fd) else {
-        tracing::error!("a woken framed connection over TLS has no parked session");
-        proto::framed::parked_closed_tls(&ctx, fd, CloseReason::ServerError, None);
-        return conn.close(CloseReason::ServerError);
-    };
-    let io = TlsIo::resume(WokenSocket::new(socket, hot, wake), parked);
-    let framed = proto::framed::serve_woken_tls(io, wake, ctx.clone());
     finish_messages(framed, proto::FRAMED_TLS, ctx, conn).await;
 }
 
