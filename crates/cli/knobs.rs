@@ -95,6 +95,8 @@ pub struct Settings {
     pub tls_listen: Vec<SocketAddr>,
     /// `--tcp-listen` addresses (the framed TCP demo).
     pub tcp_listen: Vec<SocketAddr>,
+    /// `--tcp-tls-listen` addresses (the framed TCP demo over TLS).
+    pub tcp_tls_listen: Vec<SocketAddr>,
     /// `--tcp-framing`.
     pub tcp_framing: Option<megaconn::Framing>,
     /// `--ws-ping-interval` and `--message-timeout` for the demo's WebSockets.
@@ -517,10 +519,24 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "tcp-tls-listen",
+        value_name: "ADDR",
+        shape: Shape::Repeated,
+        help: "Address to serve the framed TCP demo on over TLS (repeatable), as --tcp-listen does in the clear.",
+        details: "Needs --tls-cert/--tls-key or --self-signed; handshakes bounded as HTTPS's (--tls-max-handshakes, --tls-handshake-rate-per-ip). Like --tls-listen, it leaves the --listen addresses cleartext. Try it with `openssl s_client -quiet -connect ADDR`.",
+        default: "none",
+        example: "0.0.0.0:7001",
+        parse: addr,
+        apply: |v, s| {
+            s.tcp_tls_listen.extend(v.addrs());
+            Ok(())
+        },
+    },
+    Knob {
         name: "tcp-framing",
         value_name: "FRAMING",
         shape: Shape::One,
-        help: "How --tcp-listen splits messages: lines (\\n or \\r\\n), or a big-endian length header of u8, u16, u32 or u64.",
+        help: "How --tcp-listen and --tcp-tls-listen split messages: lines (\\n or \\r\\n), or a big-endian length header of u8, u16, u32 or u64.",
         details: "",
         default: "lines",
         example: "u32",
@@ -1587,6 +1603,7 @@ mod tests {
                 "access-log" => (assert_eq!(text, "off"), left("access_log: false,")).1,
                 "tls-listen" => (assert_eq!(text, "none"), left("tls_listen: [],")).1,
                 "tcp-listen" => (assert_eq!(text, "none"), left("tcp_listen: [],")).1,
+                "tcp-tls-listen" => (assert_eq!(text, "none"), left("tcp_tls_listen: [],")).1,
                 "tls-cert" => (assert_eq!(text, "cleartext"), left("tls_cert: None,")).1,
                 "tls-key" => (assert_eq!(text, "none"), left("tls_key: None,")).1,
                 "self-signed" => (assert_eq!(text, "off"), left("self_signed: false,")).1,

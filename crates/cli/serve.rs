@@ -229,6 +229,7 @@ fn resolve_with(
         mut listen,
         tls_listen,
         tcp_listen,
+        tcp_tls_listen,
         tcp_framing,
         demo_ws,
         tls_cert,
@@ -264,7 +265,12 @@ fn resolve_with(
                 .into(),
         ));
     }
-    if listen.is_empty() && tls_listen.is_empty() && tcp_listen.is_empty() && inherited.is_empty() {
+    if listen.is_empty()
+        && tls_listen.is_empty()
+        && tcp_listen.is_empty()
+        && tcp_tls_listen.is_empty()
+        && inherited.is_empty()
+    {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
     }
     let (mut b, inherited_addrs) = add_inherited(
@@ -272,11 +278,14 @@ fn resolve_with(
         &listen,
         inherited,
         tls_cert.is_some() || tls_key.is_some() || self_signed,
-        !tls_listen.is_empty(),
+        !tls_listen.is_empty() || !tcp_tls_listen.is_empty(),
     )?;
     let framing = tcp_framing.unwrap_or_else(megaconn::Framing::lines);
     for &addr in &tcp_listen {
         b = b.listen_framed_on(addr, framing);
+    }
+    for &addr in &tcp_tls_listen {
+        b = b.listen_framed_tls_on(addr, framing);
     }
     // The whole server's limits: a worker process enforces its share, where
     // each of P processes applying the whole value admitted P times it.
@@ -303,6 +312,7 @@ fn resolve_with(
             key: tls_key.as_ref(),
             self_signed,
             listen: &tls_listen,
+            framed: !tcp_tls_listen.is_empty(),
             kx_groups: tls_kx_groups.as_deref(),
             max_handshakes: tls_max_handshakes,
             handshake_rate_per_ip: tls_handshake_rate_per_ip,
@@ -332,6 +342,7 @@ fn resolve_with(
         addrs: listen
             .into_iter()
             .chain(tcp_listen)
+            .chain(tcp_tls_listen)
             .chain(tls_listen)
             .chain(inherited_addrs)
             .collect(),
@@ -1120,6 +1131,32 @@ mod tests {
         assert!(resolve(&a).unwrap_err().0.contains("--tls-cert"));
     }
 
+    /// `--tcp-tls-listen` adds a framed listener over TLS (the demo's
+    /// framing), leaving `--listen` ones cleartext; it needs a certificate.
+    #[test]
+    fn tcp_tls_listen_adds_a_framed_tls_listener() {
+        let (http, framed): (std::net::SocketAddr, std::net::SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let a = parse(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--tcp-tls-listen",
+            "127.0.0.1:2",
+            "--self-signed",
+        ]);
+        let r = resolve(&a).unwrap();
+        assert!(r.builder.is_framed(framed) && r.builder.is_tls(framed));
+        assert!(!r.builder.is_framed(http) && !r.builder.is_tls(http));
+        let a = parse(&["--tcp-tls-listen", "127.0.0.1:2"]);
+        let err = resolve(&a).unwrap_err().0;
+        assert!(
+            err.contains("--tcp-tls-listen") && err.contains("--tls-cert"),
+            "{err}"
+        );
+    }
+
     /// Sockets from systemd: `https` without a certificate is refused by
     /// name; with one, `--listen` addresses next to a socket named `http`
     /// are TLS (nothing else is named for it).
@@ -1217,6 +1254,7 @@ mod tests {
                 }
                 // TLS knobs need a certificate.
                 "tls-listen"
+                | "tcp-tls-listen"
                 | "tls-kx-groups"
                 | "tls-max-handshakes"
                 | "tls-handshake-rate-per-ip" => {

@@ -69,6 +69,9 @@ pub struct TlsArgs<'a> {
     /// Addresses served over TLS next to the cleartext ones; empty: a
     /// certificate applies to every listener.
     pub listen: &'a [SocketAddr],
+    /// `--tcp-tls-listen` addresses are given (the library adds them, as
+    /// TLS listeners): they need a certificate as `listen` does.
+    pub framed: bool,
     /// `--tls-kx-groups`; `None`: the library's default.
     pub kx_groups: Option<&'a [megaconn::KxGroup]>,
     /// `--tls-max-handshakes` (0: unbounded); `None`: the library's default.
@@ -86,7 +89,7 @@ pub struct TlsArgs<'a> {
 /// SIGHUP should reload.
 pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>), UsageError> {
     let (tls, files) = match (args.cert, args.key, args.self_signed) {
-        (None, None, false) if args.listen.is_empty() => {
+        (None, None, false) if args.listen.is_empty() && !args.framed => {
             // A TLS knob with no TLS to apply it to would be dropped without
             // a word: the operator believes a bound that is not there.
             let given: Vec<&str> = [
@@ -117,9 +120,14 @@ pub fn apply(b: Builder, args: TlsArgs<'_>) -> Result<(Builder, Option<ServeTls>
             return Ok((b, None));
         }
         (None, None, false) => {
-            return Err(UsageError(
-                "--tls-listen (tls_listen) needs a certificate: give --tls-cert and --tls-key, or --self-signed".into(),
-            ))
+            let flag = if args.listen.is_empty() {
+                "--tcp-tls-listen (tcp_tls_listen)"
+            } else {
+                "--tls-listen (tls_listen)"
+            };
+            return Err(UsageError(format!(
+                "{flag} needs a certificate: give --tls-cert and --tls-key, or --self-signed"
+            )));
         }
         (Some(_), _, true) | (_, Some(_), true) => {
             return Err(UsageError(

@@ -1,7 +1,7 @@
 //! megaconn: a server engine for very many concurrent connections: HTTP/1.1,
-//! HTTP/2 and WebSocket, in cleartext or TLS, and framed TCP, in cleartext
-//! only (a TLS terminator in front for devices that need TLS; the PROXY
-//! protocol is not read).
+//! HTTP/2, WebSocket and framed TCP, in cleartext or TLS (a framed TLS
+//! listener: [`Builder::listen_framed_tls_on`]; an idle framed TLS
+//! connection parks with its TLS session, as a WebSocket over TLS does).
 //!
 //! megaconn serves any [`tower_service::Service`] that takes an
 //! [`http::Request<megaconn::Body>`](Body) — an axum `Router` plugs in unchanged —

@@ -16,10 +16,16 @@ pub(crate) mod http1;
 pub(crate) mod http2;
 pub(crate) mod ws;
 
+use std::rc::Rc;
+
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::conn::tls_io::ParkedSessions;
 use crate::conn::{ConnInfo, ProtoTag};
+use crate::message;
+use crate::message::hub::SendNow;
+use crate::message::table::{Pushed, SendParked};
 use crate::observe::close::CloseReason;
 use crate::service::upgrade::{NativeUpgrade, UpgradeSender};
 
@@ -43,6 +49,12 @@ pub(crate) const WEBSOCKET: ProtoTag = ProtoTag(4);
 /// the worker's table of parked TLS sessions; a wake-up resumes the session
 /// first, then the WebSocket.
 pub(crate) const WEBSOCKET_TLS: ProtoTag = ProtoTag(5);
+
+/// The parking lot's tag for a framed connection over TLS: its state waits
+/// in the framed side table for TLS (`FRAMED_TLS`'s), its session in the
+/// worker's table of parked TLS sessions; a wake-up resumes the session
+/// first, then the framed connection.
+pub(crate) const FRAMED_TLS: ProtoTag = ProtoTag(6);
 
 /// How a protocol finished with a connection, for the dispatcher to act on.
 #[derive(Debug)]
@@ -97,6 +109,29 @@ pub(crate) const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 /// True when a connection's first bytes are the HTTP/2 preface.
 pub(crate) fn is_h2_preface(first_bytes: &[u8]) -> bool {
     first_bytes.starts_with(H2_PREFACE_HEAD)
+}
+
+/// How pushes reach a parked message connection over TLS (WebSocket,
+/// framed): the frame encrypted with its parked session (which stays
+/// parked), one `send` of the records. The frame is encoded once for all;
+/// the encryption is per connection. A socket that does not take them all
+/// leaves every record it did not take to be written when the connection
+/// wakes, even with none taken: the session's sequence moved past them, so
+/// no later record could be read without them. Shared by both protocols
+/// (which never import each other).
+pub(crate) fn sealed(sessions: ParkedSessions) -> SendParked {
+    Rc::new(move |fd, frame| match sessions.seal(fd, frame) {
+        Some(records) => {
+            let records = Bytes::from(records);
+            match message::hub::send_all_now(fd, &records) {
+                SendNow::Full { taken } => Pushed::Behind(Some(records.slice(taken..))),
+                sent => Pushed::of(sent, &records),
+            }
+        }
+        // No session that can send (it is closing): nothing is written,
+        // and the connection's own wake-up finds out why.
+        None => Pushed::Broken,
+    })
 }
 
 /// The earlier of two optional instants (a protocol's timers).

@@ -3,13 +3,14 @@
 //!
 //! ```text
 //!  Incoming::Accepted(bare socket)
-//!     listener is framed? -- yes ----------------------------------------------> framed
+//!     listener is framed? -- yes: TLS one? -- TLS handshake (timeout) -------> framed over TLS
+//!                                          \-- else ---------------------------> framed
 //!     listener is TLS?  -- yes --> TLS handshake (timeout) --> ALPN h2 ----------> HTTP/2
 //!           | no                                            \-> else -----------> HTTP/1.1
 //!           +-- a parking lot? -- yes: the socket bare, as a woken one ---------> HTTP/1.1
 //!                             \-- no: registered with the runtime -------------> HTTP/1.1
 //!  Incoming::Woken { proto }  -- the tag the lot kept ---------------------------> that protocol
-//!     (HTTP/1.1 and WebSocket over TLS: the session from the worker's
+//!     (HTTP/1.1, WebSocket and framed over TLS: the session from the worker's
 //!      table first; only TLS housekeeping arrived -> parked again at once,
 //!      HTTP/1.1 with part of a record -> served, under read_header_timeout)
 //!
@@ -21,7 +22,8 @@
 //!     HandOver(H2c)        -> HTTP/2 on the same socket, the preface replayed
 //!     HandOver(Upgrade)    -> the handler's `Upgraded`, which carries the Connection
 //!     HandOver(Native)     -> WebSocket on the same socket (its route's 101 said so;
-//!                             over TLS it parks as WEBSOCKET_TLS, with its session)
+//!                             over TLS it parks as WEBSOCKET_TLS, with its session;
+//!                             framed over TLS parks as FRAMED_TLS, with its session)
 //! ```
 //!
 //! Protocols never call the lot or each other; only this module does.
@@ -95,12 +97,23 @@ where
                 }
             };
             match kind {
-                Accepted::Framed(listener) => {
+                Accepted::Framed(listener, None) => {
                     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
                     socket::bound_message_send_buffer(fd, &ctx.config);
                     let framed = proto::framed::serve_accepted(stream, ctx.clone(), listener);
                     Either::Right(Either::Right(
                         finish_messages(framed, proto::FRAMED, ctx, conn).boxed_local(),
+                    ))
+                }
+                Accepted::Framed(listener, Some(tls)) => {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+                    socket::bound_message_send_buffer(fd, &ctx.config);
+                    let start = tls::HandshakeStart {
+                        live: tls.live(),
+                        place,
+                    };
+                    Either::Right(Either::Right(
+                        serve_framed_tls(stream, listener, ctx, conn, start).boxed_local(),
                     ))
                 }
                 // Boxed: the handshake and the TLS stream are large, and
@@ -169,7 +182,26 @@ where
                 ))
             }
             proto::WEBSOCKET_TLS => Either::Right(Either::Right(
-                serve_ws_tls_woken(socket, hot, wake, ctx, conn).boxed_local(),
+                serve_tls_message_woken(
+                    (socket, hot, wake),
+                    (ctx, conn),
+                    proto::WEBSOCKET_TLS,
+                    proto::ws::parked_closed_tls,
+                    move |io, ctx| {
+                        proto::ws::serve_woken(tokio_util::either::Either::Right(io), wake, ctx)
+                    },
+                )
+                .boxed_local(),
+            )),
+            proto::FRAMED_TLS => Either::Right(Either::Right(
+                serve_tls_message_woken(
+                    (socket, hot, wake),
+                    (ctx, conn),
+                    proto::FRAMED_TLS,
+                    proto::framed::parked_closed_tls,
+                    move |io, ctx| proto::framed::serve_woken_tls(io, wake, ctx),
+                )
+                .boxed_local(),
             )),
             ProtoTag(unknown) => {
                 tracing::error!(tag = unknown, "woken connection of an unknown protocol");
@@ -184,8 +216,9 @@ where
 /// on. Cheap to decide (asked twice: `serve_at_once`, then `serve`); the
 /// TLS configuration's live state is read only when a handshake starts.
 enum Accepted<'c> {
-    /// A framed TCP listener (its number in the config).
-    Framed(usize),
+    /// A framed TCP listener (its number in the config), and its TLS
+    /// configuration if it is a TLS one.
+    Framed(usize, Option<&'c tls::TlsConfig>),
     /// A TLS listener.
     Tls(&'c tls::TlsConfig),
     /// Cleartext HTTP/1.1; `bare` with a parking lot: served bare until it
@@ -194,9 +227,13 @@ enum Accepted<'c> {
 }
 
 fn accepted_as<'c>(ctx: &'c WorkerContext, info: &ConnInfo) -> Accepted<'c> {
-    // Framed listeners are fixed at bind time (and never TLS).
+    // Framed listeners are fixed at bind time, TLS ones too (added with
+    // `listen_framed_tls_on`; the others are cleartext whatever `tls` says).
     if let Some(listener) = proto::framed::accepted_on(&ctx.config, info.local) {
-        return Accepted::Framed(listener);
+        let tls = proto::framed::is_tls(&ctx.config, listener)
+            .then(|| tls::tls_for_local(&ctx.config, info.local))
+            .flatten();
+        return Accepted::Framed(listener, tls);
     }
     match tls::tls_for_local(&ctx.config, info.local) {
         Some(tls) => Accepted::Tls(tls),
@@ -214,7 +251,7 @@ fn register(socket: std::os::fd::OwnedFd) -> std::io::Result<TcpStream> {
 /// Whether a connection is worth serving on the turn that brought it (the
 /// lot's for a wake, the accept loop's for a new one), without a task first
 /// (`worker::connection_spawner`): a cold wake of a message connection
-/// (framed, WebSocket, WebSocket over TLS) or of a cleartext HTTP/1.1 one,
+/// (framed and WebSocket, cleartext or TLS) or of a cleartext HTTP/1.1 one,
 /// which is usually one heartbeat (or a ping of ours, or the pong to it),
 /// answered and re-parked with no wait; and a new cleartext HTTP/1.1
 /// connection, whose opening request is usually there by the time it is
@@ -223,7 +260,12 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
     match incoming {
         Incoming::Woken {
             hot: false,
-            proto: proto::FRAMED | proto::WEBSOCKET | proto::WEBSOCKET_TLS | proto::HTTP1,
+            proto:
+                proto::FRAMED
+                | proto::FRAMED_TLS
+                | proto::WEBSOCKET
+                | proto::WEBSOCKET_TLS
+                | proto::HTTP1,
             ..
         } => true,
         Incoming::Accepted(_, info, _, _) => {
@@ -392,27 +434,54 @@ async fn serve_tls_woken<S>(
     }
 }
 
-/// A parked WebSocket over TLS woke up: its session comes back from the
-/// worker's table, then the WebSocket resumes on it (it decrypts what
-/// arrived, or sends the ping that was due, encrypted).
-async fn serve_ws_tls_woken(
-    socket: std::os::fd::OwnedFd,
-    hot: bool,
-    wake: Wake,
-    ctx: Rc<WorkerContext>,
-    conn: Connection,
+/// A parked message connection over TLS (WebSocket or framed: `tag`) woke
+/// up: its session comes back from the worker's table, then the protocol
+/// resumes on it (`serve`: it decrypts what arrived, or sends the ping or
+/// heartbeat frame that was due, encrypted). Without a session (a bug),
+/// the protocol lets its state go (`closed`) and the connection closes.
+async fn serve_tls_message_woken<P: ParkedParts>(
+    (socket, hot, wake): (std::os::fd::OwnedFd, bool, Wake),
+    (ctx, conn): (Rc<WorkerContext>, Connection),
+    tag: ProtoTag,
+    closed: fn(&WorkerContext, std::os::fd::RawFd, CloseReason, Option<ParkedTls>),
+    serve: impl FnOnce(
+        TlsIo<WokenSocket>,
+        Rc<WorkerContext>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Ended<P>>>>,
 ) {
     use std::os::fd::AsRawFd;
     let fd = socket.as_raw_fd();
     let Some(parked) = ctx.tls_parked.take(fd) else {
-        tracing::error!("a woken WebSocket over TLS has no parked session");
-        proto::ws::parked_closed_tls(&ctx, fd, CloseReason::ServerError, None);
+        tracing::error!(
+            tag = tag.0,
+            "a woken message connection over TLS has no parked session"
+        );
+        closed(&ctx, fd, CloseReason::ServerError, None);
         return conn.close(CloseReason::ServerError);
     };
     let io = TlsIo::resume(WokenSocket::new(socket, hot, wake), parked);
-    let io = tokio_util::either::Either::Right(io);
-    let ws = proto::ws::serve_woken(io, wake, ctx.clone());
-    finish_messages(ws, proto::WEBSOCKET_TLS, ctx, conn).await;
+    finish_messages(serve(io, ctx.clone()), tag, ctx, conn).await;
+}
+
+/// A connection on a TLS framed listener: the handshake, bounded as
+/// HTTPS's is (its place among the worker's handshakes in flight, the
+/// handshake timeout; `tls::handshake`), then the framed protocol on the
+/// decrypted stream; parked, it resumes as `FRAMED_TLS`, its session in
+/// the worker's table.
+async fn serve_framed_tls(
+    stream: TcpStream,
+    listener: usize,
+    ctx: Rc<WorkerContext>,
+    conn: Connection,
+    start: tls::HandshakeStart,
+) {
+    // In its own box, freed when it ends, as HTTPS's (`serve_tls`).
+    let stream = match Box::pin(tls::handshake(stream, &ctx, start)).await {
+        Ok(stream) => stream,
+        Err(reason) => return conn.close(reason),
+    };
+    let framed = proto::framed::serve_accepted_tls(stream, ctx.clone(), listener);
+    finish_messages(framed, proto::FRAMED_TLS, ctx, conn).await;
 }
 
 /// HTTP/1.1 on `io`, then whatever it ends with; parked, it resumes as `tag`.
@@ -590,8 +659,8 @@ where
     }
 }
 
-/// What a message protocol parks: a bare socket (framed, WebSocket), or a
-/// socket and its TLS session (WebSocket over TLS).
+/// What a message protocol parks: a bare socket, or a socket and its TLS
+/// session (framed, WebSocket; `None` in the clear).
 trait ParkedParts {
     fn into_parts(self) -> (std::os::fd::OwnedFd, Option<ParkedTls>);
 }
@@ -643,6 +712,9 @@ pub(crate) fn on_parked_close(ctx: &Rc<WorkerContext>) -> OnParkedClose {
 fn parked_closed(ctx: &WorkerContext, fd: std::os::fd::RawFd, tag: ProtoTag, reason: CloseReason) {
     match tag {
         proto::FRAMED => proto::framed::parked_closed(ctx, fd, reason),
+        proto::FRAMED_TLS => {
+            proto::framed::parked_closed_tls(ctx, fd, reason, ctx.tls_parked.take(fd))
+        }
         proto::WEBSOCKET => proto::ws::parked_closed(ctx, fd, reason),
         proto::WEBSOCKET_TLS => {
             proto::ws::parked_closed_tls(ctx, fd, reason, ctx.tls_parked.take(fd))

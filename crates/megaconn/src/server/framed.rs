@@ -1,5 +1,6 @@
 //! The framed protocol's public knobs on [`Builder`] and [`Server`]: framed
-//! listeners (their framing fixed at bind time, as TLS listeners are), the
+//! listeners, in the clear or over TLS (their framing fixed at bind time,
+//! as TLS listeners are), the
 //! heartbeat and message timeouts, and serving a [`FramedHandler`], alone or beside an
 //! HTTP service.
 //!
@@ -54,8 +55,9 @@ impl Builder {
     /// Adds a listen address whose connections speak a framed protocol,
     /// split into messages by `framing`, and are served by the handler given
     /// to [`Server::serve_framed`] (or [`Server::framed`]). Repeatable, with
-    /// a framing each. Framed listeners are never TLS, whatever
-    /// [`tls`](Builder::tls) says. A server with framed listeners must be
+    /// a framing each. In the clear, whatever [`tls`](Builder::tls) says:
+    /// a framed listener over TLS is added with
+    /// [`listen_framed_tls_on`](Builder::listen_framed_tls_on). A server with framed listeners must be
     /// given a handler (else their connections are closed at once, as
     /// [`CloseReason::ServerError`](crate::CloseReason::ServerError), and an
     /// error is logged).
@@ -71,6 +73,36 @@ impl Builder {
         let position = self.config.addrs.len();
         self.config.addrs.push(addr);
         FramedSettings::update(&mut self.config, |s| s.listeners.push((position, framing)));
+        self
+    }
+
+    /// [`listen_framed_on`](Builder::listen_framed_on) over TLS, with the
+    /// configuration given to [`tls`](Builder::tls) (without it,
+    /// [`listen`](Builder::listen) fails): each connection's TLS handshake
+    /// comes first, bounded as an HTTPS one's is (the same admission and
+    /// per-IP handshake rate, a place among the worker's
+    /// [`max_handshakes_in_flight`](crate::TlsConfig::max_handshakes_in_flight),
+    /// the [`handshake_timeout`](crate::TlsConfig::handshake_timeout)), then
+    /// `framing` splits the decrypted stream into messages for the same
+    /// [`FramedHandler`]. ALPN is not required: a client that offers none
+    /// is served (one that offers some must share one with
+    /// [`TlsConfig::alpn_protocols`](crate::TlsConfig::alpn_protocols), or
+    /// rustls refuses the handshake). An idle connection parks as a cleartext one does, its TLS
+    /// session kept beside its state (a WebSocket over TLS parks the same
+    /// way); pushes to it are encrypted with that session and written
+    /// without waking it. Our closes end with `close_notify`.
+    ///
+    /// Like [`listen_tls_on`](Builder::listen_tls_on), it names a TLS
+    /// listen address: the addresses from
+    /// [`listen_on`](Builder::listen_on) then stay cleartext. Repeatable.
+    pub fn listen_framed_tls_on(mut self, addr: SocketAddr, framing: Framing) -> Builder {
+        let position = self.config.addrs.len();
+        self.config.tls_listeners.push(position);
+        self.config.addrs.push(addr);
+        FramedSettings::update(&mut self.config, |s| {
+            s.tls.push(s.listeners.len());
+            s.listeners.push((position, framing));
+        });
         self
     }
 

@@ -30,6 +30,7 @@ mod axum;
 mod blocking;
 mod drain;
 mod framed;
+mod framed_tls;
 mod fuzz_framed;
 mod fuzz_http1;
 mod fuzz_ws;

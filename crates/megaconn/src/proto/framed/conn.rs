@@ -47,7 +47,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -62,6 +62,7 @@ use tokio::time::Instant;
 
 use crate::conn::context::WorkerContext;
 use crate::conn::io::WriteBound;
+use crate::conn::tls_io::TlsIo;
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::{poll_once, WokenSocket};
 use crate::conn::Wake;
@@ -75,14 +76,14 @@ use crate::message::wake::{
     close_by, heartbeat_timed_out, linger_after_unsent, resume, write_rest, write_unsent,
 };
 use crate::message::worker::Awake;
-use crate::observe::close::{CloseReason, FramingError, ProtocolDetail};
+use crate::observe::close::{client_left, CloseReason, FramingError, ProtocolDetail};
 use crate::observe::lifecycle::{self, ConnectionState};
 use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood, OverLimit};
 use crate::observe::stats::{add, incr, MessageCounters};
 use crate::proto::framed::codec::{FrameCodec, Framing};
 use crate::proto::framed::handler::{Erased, FramedHandler};
-use crate::proto::framed::{settings, side_table, write_limit};
+use crate::proto::framed::{settings, side_table, write_limit, FramedParked};
 use crate::proto::{earliest, until, Ended};
 
 /// The setting a framed connection's heartbeat timeout comes from, for its
@@ -99,20 +100,48 @@ pub(crate) enum Start {
 }
 
 /// The socket of a framed connection: accepted (a tokio stream) or woken
-/// from the parking lot (a bare socket until it must wait).
+/// from the parking lot (a bare socket until it must wait), or TLS over a
+/// socket (accepted on a TLS framed listener, or woken with its session).
 #[derive(Debug)]
 pub(crate) enum FramedIo {
     /// Accepted by a framed listener.
     Tcp(TcpStream),
     /// Woken from the parking lot.
     Woken(WokenSocket),
+    /// Over TLS: its session parks beside the socket, in the worker's table
+    /// of parked TLS sessions.
+    Tls(TlsIo<WokenSocket>),
 }
 
 impl FramedIo {
-    fn raw_fd(&self) -> RawFd {
+    /// The socket's descriptor, which the connection parks under.
+    pub(crate) fn raw_fd(&self) -> RawFd {
         match self {
             FramedIo::Tcp(s) => s.as_raw_fd(),
             FramedIo::Woken(s) => s.raw_fd(),
+            FramedIo::Tls(s) => s.get_ref().raw_fd(),
+        }
+    }
+
+    /// Whether it is TLS (its state parks in the TLS side table).
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, FramedIo::Tls(_))
+    }
+
+    /// Whether part of a TLS record waits: part of a frame, as far as
+    /// parking goes (parked with it, the connection was woken by each
+    /// byte of a trickle, its heartbeat restarted, for good).
+    fn holds_partial_record(&self) -> bool {
+        matches!(self, FramedIo::Tls(s) if s.holds_partial_record())
+    }
+
+    /// Writes `bytes` raw, under the TLS stream if there is one: what a
+    /// push left unsent while the connection was parked (the rest of a
+    /// frame, or records its parked session sealed), before anything else.
+    fn poll_write_raw(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            FramedIo::Tls(s) => s.poll_write_sealed(cx, bytes),
+            io => Pin::new(io).poll_write(cx, bytes),
         }
     }
 }
@@ -126,6 +155,7 @@ impl AsyncRead for FramedIo {
         match self.get_mut() {
             FramedIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             FramedIo::Woken(s) => Pin::new(s).poll_read(cx, buf),
+            FramedIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -139,6 +169,7 @@ impl AsyncWrite for FramedIo {
         match self.get_mut() {
             FramedIo::Tcp(s) => Pin::new(s).poll_write(cx, data),
             FramedIo::Woken(s) => Pin::new(s).poll_write(cx, data),
+            FramedIo::Tls(s) => Pin::new(s).poll_write(cx, data),
         }
     }
 
@@ -150,6 +181,7 @@ impl AsyncWrite for FramedIo {
         match self.get_mut() {
             FramedIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, slices),
             FramedIo::Woken(s) => Pin::new(s).poll_write_vectored(cx, slices),
+            FramedIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, slices),
         }
     }
 
@@ -157,6 +189,7 @@ impl AsyncWrite for FramedIo {
         match self {
             FramedIo::Tcp(s) => s.is_write_vectored(),
             FramedIo::Woken(s) => s.is_write_vectored(),
+            FramedIo::Tls(s) => s.is_write_vectored(),
         }
     }
 
@@ -164,6 +197,7 @@ impl AsyncWrite for FramedIo {
         match self.get_mut() {
             FramedIo::Tcp(s) => Pin::new(s).poll_flush(cx),
             FramedIo::Woken(s) => Pin::new(s).poll_flush(cx),
+            FramedIo::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -171,6 +205,7 @@ impl AsyncWrite for FramedIo {
         match self.get_mut() {
             FramedIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             FramedIo::Woken(s) => Pin::new(s).poll_shutdown(cx),
+            FramedIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -180,7 +215,12 @@ impl Transport for FramedIo {
         match self {
             FramedIo::Tcp(s) => Transport::poll_read_ready(s, cx),
             FramedIo::Woken(s) => s.poll_read_ready(cx),
+            FramedIo::Tls(s) => s.poll_read_ready(cx),
         }
+    }
+
+    fn holds_partial_input(&self) -> bool {
+        self.holds_partial_record()
     }
 }
 
@@ -191,6 +231,7 @@ impl Parkable for FramedIo {
         match self {
             FramedIo::Tcp(s) => s.repark_when_idle(),
             FramedIo::Woken(s) => s.repark_when_idle(),
+            FramedIo::Tls(s) => s.repark_when_idle(),
         }
     }
 
@@ -198,13 +239,15 @@ impl Parkable for FramedIo {
         match self {
             FramedIo::Tcp(s) => s.still_watched(),
             FramedIo::Woken(s) => s.still_watched(),
+            FramedIo::Tls(s) => s.still_watched(),
         }
     }
 
-    fn into_parked(self) -> io::Result<OwnedFd> {
+    fn into_parked_parts(self) -> io::Result<FramedParked> {
         match self {
-            FramedIo::Tcp(s) => s.into_parked(),
-            FramedIo::Woken(s) => s.into_parked(),
+            FramedIo::Tcp(s) => s.into_parked_parts(),
+            FramedIo::Woken(s) => s.into_parked_parts(),
+            FramedIo::Tls(s) => s.into_parked_parts(),
         }
     }
 }
@@ -236,9 +279,9 @@ pub(crate) async fn serve<H: FramedHandler>(
     framing: Framing,
     listener: usize,
     start: Start,
-) -> Ended<OwnedFd> {
+) -> Ended<FramedParked> {
     let handler = &handler.0;
-    let (local, table) = side_table::<H::State>(&ctx);
+    let (local, table) = side_table::<H::State>(&ctx, io.is_tls());
     let counters = &ctx.stats.messages;
     let heartbeat = settings(&ctx.config).and_then(|s| s.heartbeat_timeout);
     let send_heartbeats = settings(&ctx.config).and_then(|s| s.send_heartbeat.clone());
@@ -261,7 +304,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 &local,
             );
             if let Err(reason) = live.open(|h, state| h.on_open(state, &session)) {
-                return Ended::Close(live.close(reason));
+                return closing(&mut io, live.close(reason)).await;
             }
             (live, session)
         }
@@ -291,8 +334,9 @@ pub(crate) async fn serve<H: FramedHandler>(
                         let deadline = close_by();
                         let whole = {
                             let io = &mut io;
+                            // Raw: over TLS it is records sealed already.
                             write_unsent(&unsent, deadline, counters, |cx, b| {
-                                Pin::new(&mut *io).poll_write(cx, b)
+                                io.poll_write_raw(cx, b)
                             })
                             .await
                         };
@@ -300,7 +344,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                             linger_after_unsent(&mut io, deadline).await;
                         }
                     }
-                    return Ended::Close(live.close(reason));
+                    return closing(&mut io, live.close(reason)).await;
                 }
             }
             (live, session)
@@ -320,10 +364,10 @@ pub(crate) async fn serve<H: FramedHandler>(
     )
     .await
     {
-        return Ended::Close(live.close(reason));
+        return closing(&mut io, live.close(reason)).await;
     }
     if session.is_closing() {
-        return Ended::Close(live.close(CloseReason::ServerClosed));
+        return closing(&mut io, live.close(CloseReason::ServerClosed)).await;
     }
     let mut buf: Option<BytesMut> = None;
     // A socket woken because it is readable goes back to the lot only after
@@ -331,6 +375,28 @@ pub(crate) async fn serve<H: FramedHandler>(
     // and then wait as a task (a second wake, a registration and a timer
     // per heartbeat).
     let mut unread_wake = matches!(start, Start::Woken(wake) if wake.readable());
+    // Over TLS, bytes that woke it are decrypted first, as a WebSocket's
+    // over TLS are: TLS housekeeping alone (a KeyUpdate) is answered and
+    // counts as read, so it parks again at once; part of a record counts
+    // as read too, but is a frame begun (`holds_partial_record`), read on
+    // as a task under `message_timeout`. Woken to close for the hub
+    // (`Hub::close` shut its read side) it reads nothing: the loop's first
+    // look at its inbox closes it, where a TLS read would only find the end
+    // of the stream and take it for the peer leaving.
+    if let (true, FramedIo::Tls(tls)) = (unread_wake && !local.is_kicked(session.id()), &mut io) {
+        let prefetched = tls.poll_prefetch();
+        match prefetched {
+            Ok(true) => {}
+            Ok(false) => unread_wake = false,
+            // The peer reset or left: its close, not a TLS error.
+            Err(e) if client_left(&e) => {
+                return closing(&mut io, live.close(CloseReason::ClientClosed)).await;
+            }
+            // A TLS error (the peer's) was logged by the stream and closes
+            // as a protocol error, counted by the close.
+            Err(e) => return closing(&mut io, live.close(CloseReason::io(&e))).await,
+        }
+    }
     loop {
         // Every whole frame read so far, in order.
         if let Some(b) = buf.as_mut() {
@@ -373,7 +439,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                                 "a framed handler panicked; closing its connection",
                                 None,
                             );
-                            return Ended::Close(live.close(CloseReason::Panic));
+                            return closing(&mut io, live.close(CloseReason::Panic)).await;
                         }
                     }
                 }
@@ -388,15 +454,15 @@ pub(crate) async fn serve<H: FramedHandler>(
                 .await;
                 if let Some(reason) = broke {
                     give_back(&ctx, &mut buf);
-                    return Ended::Close(live.close(reason));
+                    return closing(&mut io, live.close(reason)).await;
                 }
                 if let Err(reason) = flushed {
                     give_back(&ctx, &mut buf);
-                    return Ended::Close(live.close(reason));
+                    return closing(&mut io, live.close(reason)).await;
                 }
                 if session.is_closing() {
                     give_back(&ctx, &mut buf);
-                    return Ended::Close(live.close(CloseReason::ServerClosed));
+                    return closing(&mut io, live.close(CloseReason::ServerClosed)).await;
                 }
             }
             if b.is_empty() {
@@ -406,7 +472,9 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
         }
 
-        let between_frames = codec.between_frames(buf.as_deref().unwrap_or_default());
+        // Part of a TLS record is part of a frame: it may not park.
+        let between_frames =
+            codec.between_frames(buf.as_deref().unwrap_or_default()) && !io.holds_partial_record();
         message.track(between_frames, Instant::now);
         if between_frames && ctx.shutdown.is_started() {
             return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref()).await;
@@ -430,13 +498,13 @@ pub(crate) async fn serve<H: FramedHandler>(
             };
             if let Err(reason) = flushed {
                 give_back(&ctx, &mut buf);
-                return Ended::Close(live.close(reason));
+                return closing(&mut io, live.close(reason)).await;
             }
             // Closed for the hub, once what was pushed before is written
             // (`kicked` is `None` until all of it is taken).
             if inbox.inbox.kicked().is_some() {
                 give_back(&ctx, &mut buf);
-                return Ended::Close(live.close(CloseReason::Kicked));
+                return closing(&mut io, live.close(CloseReason::Kicked)).await;
             }
         }
         // When to park if nothing comes (between frames only).
@@ -486,7 +554,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 Idle::Readable(Ok(())) => {}
                 // A reset between frames is the client leaving.
                 Idle::Readable(Err(e)) => {
-                    return Ended::Close(live.close(CloseReason::io_between(&e, true)))
+                    return closing(&mut io, live.close(CloseReason::io_between(&e, true))).await
                 }
                 Idle::Shutdown => {
                     return say_goodbye(live, &mut io, &mut codec, &session, &ctx, inbox.as_ref())
@@ -494,7 +562,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                 }
                 Idle::HeartbeatDue => {
                     let reason = heartbeat_timed_out(counters, FRAMED_HEARTBEAT);
-                    return Ended::Close(live.close(reason));
+                    return closing(&mut io, live.close(reason)).await;
                 }
                 Idle::Park => {
                     return park(
@@ -525,7 +593,7 @@ pub(crate) async fn serve<H: FramedHandler>(
                     )
                     .await
                     {
-                        return Ended::Close(live.close(reason));
+                        return closing(&mut io, live.close(reason)).await;
                     }
                     continue;
                 }
@@ -631,7 +699,7 @@ pub(crate) async fn serve<H: FramedHandler>(
             }
         };
         give_back(&ctx, &mut buf);
-        return Ended::Close(live.close(reason));
+        return closing(&mut io, live.close(reason)).await;
     }
 }
 
@@ -747,10 +815,11 @@ fn park<H: FramedHandler>(
     generation: Generation,
     at_once: bool,
     ctx: &WorkerContext,
-) -> Ended<OwnedFd> {
+) -> Ended<FramedParked> {
+    let tls = io.is_tls();
     let watched = io.still_watched();
-    match io.into_parked() {
-        Ok(socket) => {
+    match io.into_parked_parts() {
+        Ok((socket, session)) => {
             let state = live.take();
             let parked = Parked {
                 state,
@@ -760,12 +829,13 @@ fn park<H: FramedHandler>(
                 generation,
                 behind: false,
             };
-            side_table::<H::State>(ctx)
+            side_table::<H::State>(ctx, tls)
                 .1
                 .put(socket.as_raw_fd(), parked);
-            // The lot wakes it at the earlier timer (`Wake::Timer`).
+            // The lot wakes it at the earlier timer (`Wake::Timer`); over
+            // TLS its session goes to the worker's table beside it.
             Ended::Park {
-                io: socket,
+                io: (socket, session),
                 deadline: earliest(due, send_at),
                 at_once,
                 watched,
@@ -786,7 +856,7 @@ async fn say_goodbye<H: FramedHandler>(
     session: &Session,
     ctx: &WorkerContext,
     inbox: Option<&Awake>,
-) -> Ended<OwnedFd> {
+) -> Ended<FramedParked> {
     // Accepted pushes go out before the goodbye, which
     // then goes on its own (`flush` writes the handler's frames first), a
     // batch at a time as always.
@@ -806,7 +876,21 @@ async fn say_goodbye<H: FramedHandler>(
             let _ = flush(io, codec, session, Vec::new(), ctx, None).await;
         }
     }
-    Ended::Close(live.close(CloseReason::Shutdown))
+    closing(io, live.close(CloseReason::Shutdown)).await
+}
+
+/// The end of a connection closed for `reason`: over TLS, our own closes
+/// say `close_notify` ([`CloseReason::says_close_notify`]: not after a
+/// reply cut short, nor when the peer left or the socket failed), as a
+/// WebSocket's over TLS and HTTPS/1.1's do, within the close's bound (2 s);
+/// a peer's own `close_notify` was answered as it was read. A cleartext
+/// connection is simply closed by the dispatcher.
+async fn closing(io: &mut FramedIo, reason: CloseReason) -> Ended<FramedParked> {
+    if let (FramedIo::Tls(tls), true) = (&mut *io, reason.says_close_notify()) {
+        let shutdown = poll_fn(|cx| Pin::new(&mut *tls).poll_shutdown(cx));
+        let _ = tokio::time::timeout_at(close_by(), shutdown).await;
+    }
+    Ended::Close(reason)
 }
 
 /// Writes the frames the handler sent, framed (from a pooled buffer), then
@@ -865,7 +949,7 @@ async fn flush(
     // Usually the socket takes it all at once: then no timer is set up.
     let mut at = 0;
     let io_error = |e: io::Error| CloseReason::io(&e);
-    let writing = poll_fn(|cx| pushes.poll_write(Pin::new(&mut *io), cx, &out, &mut at));
+    let writing = poll_fn(|cx| poll_out(io, &mut pushes, cx, &out, &mut at));
     let written = match poll_once(pin!(writing)) {
         Poll::Ready(written) => written.map_err(io_error),
         // A peer that stops reading must not hold the connection for good,
@@ -878,7 +962,7 @@ async fn flush(
             let mut overflowed = pin!(Awake::overflowed(awake));
             poll_fn(|cx| {
                 let before = (at, pushes.written());
-                let written = pushes.poll_write(Pin::new(&mut *io), cx, &out, &mut at);
+                let written = poll_out(io, &mut pushes, cx, &out, &mut at);
                 if let Poll::Ready(written) = written {
                     return Poll::Ready(written.map_err(io_error));
                 }
@@ -915,6 +999,20 @@ async fn flush(
         ctx.pool.give(out);
     }
     written
+}
+
+/// Writes `out` from `at` on, then the pushes (`Outbound`), then flushes
+/// the stream: over TLS what the session sealed waits in its buffer until
+/// a flush sends it (a plain socket's flush does nothing).
+fn poll_out(
+    io: &mut FramedIo,
+    pushes: &mut Outbound,
+    cx: &mut Context<'_>,
+    out: &[u8],
+    at: &mut usize,
+) -> Poll<io::Result<()>> {
+    std::task::ready!(pushes.poll_write(Pin::new(&mut *io), cx, out, at))?;
+    Pin::new(io).poll_flush(cx)
 }
 
 /// Counts the replies that went of `out`, written up to `at`: the frames

@@ -16,13 +16,14 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::conn::context::WorkerContext;
+use crate::conn::tls_io::ParkedTls;
 use crate::message::hub::ConnectionId;
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::framed::codec::Framing;
 use crate::proto::framed::conn::{self, FramedIo, Start};
-use crate::proto::framed::{goodbye_parked, side_table};
+use crate::proto::framed::{goodbye_parked, side_table, FramedParked};
 use crate::proto::Ended;
 
 /// A framed protocol's behaviour, called once per message. Serve it with
@@ -126,15 +127,24 @@ pub(crate) trait ErasedHandler: Send + Sync {
         framing: Framing,
         listener: usize,
         start: Start,
-    ) -> LocalFuture<Ended<std::os::fd::OwnedFd>>;
+    ) -> LocalFuture<Ended<FramedParked>>;
 
     /// The parking lot closed a parked connection itself (its deadline, or
-    /// shutdown): drop its state, telling the handler.
-    fn parked_closed(&self, ctx: &WorkerContext, fd: RawFd, reason: CloseReason);
+    /// shutdown): drop its state, telling the handler. `tls`: it is one
+    /// over TLS (its state in the TLS side table), `session` its parked
+    /// session, which seals the goodbye frame.
+    fn parked_closed(
+        &self,
+        ctx: &WorkerContext,
+        fd: RawFd,
+        reason: CloseReason,
+        tls: bool,
+        session: Option<&mut ParkedTls>,
+    );
 
     /// Where a woken connection's state is: its listener's position, if the
-    /// connection is known.
-    fn parked_listener(&self, ctx: &WorkerContext, fd: RawFd) -> Option<usize>;
+    /// connection is known (`tls`: one over TLS).
+    fn parked_listener(&self, ctx: &WorkerContext, fd: RawFd, tls: bool) -> Option<usize>;
 }
 
 /// Erases a handler's types.
@@ -148,17 +158,24 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
         framing: Framing,
         listener: usize,
         start: Start,
-    ) -> LocalFuture<Ended<std::os::fd::OwnedFd>> {
+    ) -> LocalFuture<Ended<FramedParked>> {
         Box::pin(conn::serve(self, io, ctx, framing, listener, start))
     }
 
-    fn parked_closed(&self, ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
-        let (local, table) = side_table::<H::State>(ctx);
+    fn parked_closed(
+        &self,
+        ctx: &WorkerContext,
+        fd: RawFd,
+        reason: CloseReason,
+        tls: bool,
+        session: Option<&mut ParkedTls>,
+    ) {
+        let (local, table) = side_table::<H::State>(ctx, tls);
         if let Some(parked) = table.take(fd) {
             // Not after a push the socket took part of (its rest is owed
             // first): the goodbye would land inside that frame.
             if reason == CloseReason::Shutdown && !parked.behind {
-                goodbye_parked(&ctx.config, fd, parked.variant);
+                goodbye_parked(&ctx.config, fd, parked.variant, session);
             }
             // Through `Live`, as an awake connection's close (and a parked
             // WebSocket's): it leaves its topics, and a panic in `on_close`
@@ -169,7 +186,7 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
         }
     }
 
-    fn parked_listener(&self, ctx: &WorkerContext, fd: RawFd) -> Option<usize> {
-        side_table::<H::State>(ctx).1.variant(fd)
+    fn parked_listener(&self, ctx: &WorkerContext, fd: RawFd, tls: bool) -> Option<usize> {
+        side_table::<H::State>(ctx, tls).1.variant(fd)
     }
 }

@@ -1,5 +1,5 @@
 //! Framed TCP protocols (issue 11): length-prefixed or line-delimited
-//! messages over plain TCP, served per message by a user's
+//! messages over plain TCP or TLS, served per message by a user's
 //! [`FramedHandler`], on the same connection core as HTTP.
 //!
 //! This module owns the framed protocol's settings ([`FramedSettings`],
@@ -10,6 +10,15 @@
 //! dispatcher when it closes a parked socket itself, which lands in
 //! [`parked_closed`].
 //!
+//! Over TLS (a listener added with `Builder::listen_framed_tls_on`) the
+//! dispatcher runs the handshake as for HTTPS (the same admission, places
+//! among the handshakes in flight, handshake timeout), then the framing
+//! reads the decrypted stream. Such a connection parks as a WebSocket over
+//! TLS does: tag [`FRAMED_TLS`](crate::proto::FRAMED_TLS), its state in a
+//! side table of its own whose pushes are sealed with the connection's
+//! parked session ([`crate::proto::sealed`]), the session in the worker's
+//! table of parked TLS sessions beside it.
+//!
 //! - `codec.rs`   [`Framing`]: the wire format, tokio-util's codecs
 //! - `handler.rs` [`FramedHandler`]: the public message API
 //! - `conn.rs`    one awake connection's loop
@@ -19,7 +28,7 @@ pub(crate) mod conn;
 pub(crate) mod handler;
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +39,7 @@ use tokio::net::TcpStream;
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::io::WriteLimit;
+use crate::conn::tls_io::{ParkedTls, TlsIo};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
@@ -53,6 +63,8 @@ pub(crate) struct FramedSettings {
     /// Framed listeners: position in the configuration's addresses, and
     /// their framing.
     pub listeners: Vec<(usize, Framing)>,
+    /// The framed listeners served over TLS (positions in `listeners`).
+    pub tls: Vec<usize>,
     /// The peer must send something this often (`None`: never required).
     pub heartbeat_timeout: Option<Duration>,
     /// The time a frame may take, first byte to last (`None`: unbounded).
@@ -69,6 +81,7 @@ impl std::fmt::Debug for FramedSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FramedSettings")
             .field("listeners", &self.listeners)
+            .field("tls", &self.tls)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("message_timeout", &self.message_timeout)
             .field("send_heartbeat", &self.send_heartbeat)
@@ -82,6 +95,7 @@ impl Default for FramedSettings {
     fn default() -> Self {
         FramedSettings {
             listeners: Vec::new(),
+            tls: Vec::new(),
             heartbeat_timeout: None,
             message_timeout: Some(message::DEFAULT_MESSAGE_TIMEOUT),
             send_heartbeat: None,
@@ -135,23 +149,42 @@ pub(crate) fn write_limit(config: &Config) -> WriteLimit {
 }
 
 /// This worker's message state and the framed side table for states of
-/// type `S`, whose variants are the framed listeners (one wire each).
-pub(crate) fn side_table<S: 'static>(ctx: &WorkerContext) -> (Rc<Local>, Rc<SideTable<S>>) {
+/// type `S`, whose variants are the framed listeners (one wire each); `tls`:
+/// the one of connections over TLS (tag `FRAMED_TLS`), whose pushes to a
+/// parked connection are sealed with its parked session.
+pub(crate) fn side_table<S: 'static>(
+    ctx: &WorkerContext,
+    tls: bool,
+) -> (Rc<Local>, Rc<SideTable<S>>) {
     let local = message::worker::local(ctx);
-    let table = local.table::<S>(crate::proto::FRAMED, || {
+    let wires = || {
         let listeners = settings(&ctx.config).map_or(&[][..], |s| &s.listeners[..]);
         listeners
             .iter()
             .map(|&(_, framing)| Rc::new(framing) as Rc<dyn Wire>)
             .collect()
-    });
+    };
+    let table = if tls {
+        let sessions = ctx.tls_parked.clone();
+        local.table_sending::<S>(crate::proto::FRAMED_TLS, wires, || {
+            Some(crate::proto::sealed(sessions))
+        })
+    } else {
+        local.table::<S>(crate::proto::FRAMED, wires)
+    };
     (local, table)
 }
 
 /// Writes the goodbye frame, if the server has one, straight to parked
 /// connection `fd` on `listener` as the parking lot closes it for shutdown
-/// (the socket is still open then). Best effort: one non-blocking `send`.
-pub(crate) fn goodbye_parked(config: &Config, fd: RawFd, listener: usize) {
+/// (the socket is still open then), sealed with its TLS `session` if it
+/// has one. Best effort: one non-blocking `send`.
+pub(crate) fn goodbye_parked(
+    config: &Config,
+    fd: RawFd,
+    listener: usize,
+    session: Option<&mut ParkedTls>,
+) {
     let Some(settings) = FramedSettings::of(config) else {
         return;
     };
@@ -161,9 +194,16 @@ pub(crate) fn goodbye_parked(config: &Config, fd: RawFd, listener: usize) {
         return;
     };
     let mut out = BytesMut::new();
-    if framing.encode(goodbye, &mut out).is_ok() {
-        message::hub::send_all_now(fd, &out);
+    if framing.encode(goodbye, &mut out).is_err() {
+        return;
     }
+    match session {
+        None => message::hub::send_all_now(fd, &out),
+        Some(session) => match session.seal(&out) {
+            Some(records) => message::hub::send_all_now(fd, &records),
+            None => return,
+        },
+    };
 }
 
 /// Framed connections frame pushed messages as their listener frames.
@@ -174,17 +214,50 @@ impl Wire for Framing {
 }
 
 /// Which framed listener an accepted connection came in on, if any: then it
-/// is served by [`serve_accepted`]. Free for servers with no framed listener.
+/// is served by [`serve_accepted`] (or, on a TLS one, [`serve_accepted_tls`]
+/// once its handshake is done). Free for servers with no framed listener.
 pub(crate) fn accepted_on(config: &Config, local: SocketAddr) -> Option<usize> {
     FramedSettings::of(config)?.listener_for(config, local)
 }
+
+/// Whether framed listener `listener` ([`accepted_on`]'s) is served over TLS
+/// (added with `Builder::listen_framed_tls_on`).
+pub(crate) fn is_tls(config: &Config, listener: usize) -> bool {
+    FramedSettings::of(config).is_some_and(|s| s.tls.contains(&listener))
+}
+
+/// What a framed connection parks: the bare socket for the lot and, over
+/// TLS, its session for the worker's table.
+pub(crate) type FramedParked = (OwnedFd, Option<ParkedTls>);
 
 /// Serves a connection accepted on framed listener `listener`.
 pub(crate) fn serve_accepted(
     stream: TcpStream,
     ctx: Rc<WorkerContext>,
     listener: usize,
-) -> LocalFuture<Ended<OwnedFd>> {
+) -> LocalFuture<Ended<FramedParked>> {
+    serve_new(FramedIo::Tcp(stream), ctx, listener)
+}
+
+/// Serves a connection accepted on TLS framed listener `listener`, its
+/// handshake done: the framing reads the decrypted stream.
+pub(crate) fn serve_accepted_tls(
+    tls: TlsIo<TcpStream>,
+    ctx: Rc<WorkerContext>,
+    listener: usize,
+) -> LocalFuture<Ended<FramedParked>> {
+    // Bare once it parks, as a woken one is (its socket stays registered
+    // with tokio until then, `WokenSocket::registered_stream`).
+    let io = FramedIo::Tls(tls.map_sock(WokenSocket::registered_stream));
+    serve_new(io, ctx, listener)
+}
+
+/// Serves a new connection on framed listener `listener`.
+fn serve_new(
+    io: FramedIo,
+    ctx: Rc<WorkerContext>,
+    listener: usize,
+) -> LocalFuture<Ended<FramedParked>> {
     let Some(settings) = FramedSettings::of(&ctx.config) else {
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
@@ -194,13 +267,7 @@ pub(crate) fn serve_accepted(
         tracing::error!("a framed listener without a handler; closing the connection");
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
-    handler.serve(
-        FramedIo::Tcp(stream),
-        ctx,
-        framing,
-        listener,
-        Start::Accepted,
-    )
+    handler.serve(io, ctx, framing, listener, Start::Accepted)
 }
 
 /// Serves a framed connection woken from the parking lot.
@@ -209,11 +276,31 @@ pub(crate) fn serve_woken(
     hot: bool,
     wake: Wake,
     ctx: Rc<WorkerContext>,
-) -> LocalFuture<Ended<OwnedFd>> {
-    let fd = socket.as_raw_fd();
+) -> LocalFuture<Ended<FramedParked>> {
+    let io = FramedIo::Woken(WokenSocket::new(socket, hot, wake));
+    serve_parked(io, wake, ctx)
+}
+
+/// Serves a framed connection over TLS woken from the parking lot, its
+/// session resumed (the dispatcher took it from the worker's table).
+pub(crate) fn serve_woken_tls(
+    io: TlsIo<WokenSocket>,
+    wake: Wake,
+    ctx: Rc<WorkerContext>,
+) -> LocalFuture<Ended<FramedParked>> {
+    serve_parked(FramedIo::Tls(io), wake, ctx)
+}
+
+/// Serves woken framed connection `io`, its state in its side table.
+fn serve_parked(
+    io: FramedIo,
+    wake: Wake,
+    ctx: Rc<WorkerContext>,
+) -> LocalFuture<Ended<FramedParked>> {
+    let (fd, tls) = (io.raw_fd(), io.is_tls());
     let found = FramedSettings::of(&ctx.config).and_then(|settings| {
         let handler = settings.handler.clone()?;
-        let listener = handler.parked_listener(&ctx, fd)?;
+        let listener = handler.parked_listener(&ctx, fd, tls)?;
         let &(_, framing) = settings.listeners.get(listener)?;
         Some((handler, listener, framing))
     });
@@ -221,7 +308,6 @@ pub(crate) fn serve_woken(
         tracing::error!("a woken framed connection is unknown; closing it");
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
-    let io = FramedIo::Woken(WokenSocket::new(socket, hot, wake));
     handler.serve(io, ctx, framing, listener, Start::Woken(wake))
 }
 
@@ -230,7 +316,27 @@ pub(crate) fn serve_woken(
 /// the handler hears why.
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
     if let Some(handler) = FramedSettings::of(&ctx.config).and_then(|s| s.handler.as_ref()) {
-        handler.parked_closed(ctx, fd, reason);
+        handler.parked_closed(ctx, fd, reason, false, None);
+    }
+}
+
+/// [`parked_closed`] for a framed connection over TLS, with its parked
+/// `session`: the goodbye frame (at shutdown) is sealed with it, and our
+/// own closes (shutdown, the idle timeout) end with `close_notify`, as a
+/// WebSocket's over TLS and HTTPS/1.1's do.
+pub(crate) fn parked_closed_tls(
+    ctx: &WorkerContext,
+    fd: RawFd,
+    reason: CloseReason,
+    mut session: Option<ParkedTls>,
+) {
+    if let Some(handler) = FramedSettings::of(&ctx.config).and_then(|s| s.handler.as_ref()) {
+        handler.parked_closed(ctx, fd, reason, true, session.as_mut());
+    }
+    if let Some(session) = session {
+        if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
+            session.close_notify(fd);
+        }
     }
 }
 

@@ -72,8 +72,7 @@ use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
-use crate::message::hub::SendNow;
-use crate::message::table::{Parked, Pushed, SendParked, SideTable};
+use crate::message::table::{Parked, SideTable};
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
 use crate::observe::close::{CloseReason, FramingError};
@@ -416,7 +415,7 @@ impl Tables {
             Some(sessions) => {
                 self.local
                     .table_sending::<S>(crate::proto::WEBSOCKET_TLS, wires, || {
-                        Some(sealed(sessions.clone()))
+                        Some(crate::proto::sealed(sessions.clone()))
                     })
             }
         }
@@ -440,28 +439,6 @@ impl Tables {
         self.kinds.release(parked.variant);
         Some(parked)
     }
-}
-
-/// How pushes reach a parked WebSocket over TLS: the frame encrypted with
-/// its parked session (which stays parked), one `send` of the records. The
-/// frame is encoded once for all; the encryption is per connection. A
-/// socket that does not take them all leaves every record it did not take
-/// to be written when the connection wakes, even with none taken: the
-/// session's sequence moved past them, so no later record (its 1013) could
-/// be read without them.
-fn sealed(sessions: ParkedSessions) -> SendParked {
-    Rc::new(move |fd, frame| match sessions.seal(fd, frame) {
-        Some(records) => {
-            let records = Bytes::from(records);
-            match message::hub::send_all_now(fd, &records) {
-                SendNow::Full { taken } => Pushed::Behind(Some(records.slice(taken..))),
-                sent => Pushed::of(sent, &records),
-            }
-        }
-        // No session that can send (it is closing): nothing is written,
-        // and the connection's own wake-up finds out why.
-        None => Pushed::Broken,
-    })
 }
 
 /// Writes `bytes` raw on a woken WebSocket's socket, under its TLS stream
