@@ -36,7 +36,9 @@
 #   callgrind's call counts, which tells whether the pacing did that, and
 #   how many times the parking lot woke a connection in each run; each
 #   run takes N/R s, so keep N2 − N1 to a few thousand), WARMUP (paced
-#   runs: 0.5 s, 0 for none; see below), MEGACONN_ARGS
+#   runs: 0.5 s, 0 for none; see below), DUMP_INSTR (no; yes: callgrind
+#   counts per instruction too, to read against `objdump -d`; the totals
+#   are the same), MEGACONN_ARGS
 #   (more `megaconn serve` flags, e.g. "--idle-timeout off --park-after off"
 #   to see what its timers cost).
 # Output: bench/out/lower-bound-<stamp>/ (callgrind files, table.md); the
@@ -112,6 +114,7 @@ fi
 rate=()
 [[ -n "$RATE" ]] && rate=(--rate "$RATE")
 SIM="${SIM:-0}"
+DUMP_INSTR="${DUMP_INSTR:-no}"
 sim=()
 [[ "$SIM" == 1 ]] && sim=(--cache-sim=yes --branch-sim=yes)
 # total FILE [FN]: the counts of a finished callgrind run, space separated:
@@ -147,7 +150,7 @@ served() {
   port="$(unused_port "$PORT_BASE")"
   # nginx takes its port from its configuration file.
   [[ "$name" == nginx ]] && sed "s|{PORT}|$port|" "$ngx_dir/nginx.conf.in" >"$ngx_dir/nginx.conf"
-  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr=no "${sim[@]}" \
+  taskset -c "$SERVER_CPU" valgrind --tool=callgrind --dump-instr="$DUMP_INSTR" "${sim[@]}" \
     --callgrind-out-file="$out" "${@//\{PORT\}/$port}" >"$RES_DIR/$name-$n.log" 2>&1 &
   # shellcheck disable=SC2034  # SERVER_NAME: read by lib.sh's server_stop
   SERVER_PID=$! SERVER_NAME="valgrind-$name"

@@ -221,30 +221,40 @@ where
             header_deadline = None;
         }
 
-        let clock = match (header_deadline, conn.ctx.config.read_header_timeout) {
-            (Some(at), _) => HeaderClock::At(at),
-            (None, Some(after)) => HeaderClock::After(after),
-            (None, None) => HeaderClock::Off,
-        };
-        let end = match conn
-            .read_head(clock, timer.as_mut(), &mut timer_waker)
-            .await
-        {
-            HeadRead::Whole(end) => end,
-            HeadRead::Closed => return Ended::Close(CloseReason::ClientClosed),
-            HeadRead::TimedOut => {
-                incr(&conn.ctx.stats.timeouts);
-                if conn.buffers.rbuf_len() > 0 {
-                    answer_unserved(
-                        conn,
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request head was not received within read_header_timeout",
-                    );
+        // A head already whole in the buffer (the usual case: it came in
+        // one read) is found here; only one that is not is read on, in
+        // `read_head`, whose future (set up, polled, dropped) took ~60
+        // user-space instructions a request for a head it found at once
+        // (callgrind, bench/CPU-PER-REQUEST.md, session 42).
+        let mut searched = 0;
+        let end = if let Some(end) = conn.whole_head(&mut searched) {
+            end
+        } else {
+            let clock = match (header_deadline, conn.ctx.config.read_header_timeout) {
+                (Some(at), _) => HeaderClock::At(at),
+                (None, Some(after)) => HeaderClock::After(after),
+                (None, None) => HeaderClock::Off,
+            };
+            match conn
+                .read_head(clock, searched, timer.as_mut(), &mut timer_waker)
+                .await
+            {
+                HeadRead::Whole(end) => end,
+                HeadRead::Closed => return Ended::Close(CloseReason::ClientClosed),
+                HeadRead::TimedOut => {
+                    incr(&conn.ctx.stats.timeouts);
+                    if conn.buffers.rbuf_len() > 0 {
+                        answer_unserved(
+                            conn,
+                            StatusCode::REQUEST_TIMEOUT,
+                            "the request head was not received within read_header_timeout",
+                        );
+                    }
+                    return Ended::Close(header_timed_out(conn));
                 }
-                return Ended::Close(header_timed_out(conn));
+                HeadRead::Error(e) => return Ended::Close(CloseReason::io(&e)),
+                HeadRead::Unwritten(reason) => return Ended::Close(reason),
             }
-            HeadRead::Error(e) => return Ended::Close(CloseReason::io(&e)),
-            HeadRead::Unwritten(reason) => return Ended::Close(reason),
         };
 
         // Boxed: the request and the whole exchange live here only while it runs,
@@ -381,11 +391,15 @@ where
     S: HttpService,
 {
     let limits = conn.ctx.limits;
-    let head = match head::parse_from(conn.rbuf_and_io().0, end.0, &limits) {
-        Ok(Some(head)) => head,
-        Ok(None) => return Outcome::Rejected(head::MALFORMED_HEAD),
+    // Parsed in place, in this future's box (see `HeadPlace`).
+    let mut slot = std::mem::MaybeUninit::uninit();
+    let mut place = head::HeadPlace::new(&mut slot);
+    match head::parse_from(conn.rbuf_and_io().0, end.0, &limits, &mut place) {
+        Ok(true) => {}
+        Ok(false) => return Outcome::Rejected(head::MALFORMED_HEAD),
         Err(rejection) => return Outcome::Rejected(rejection),
-    };
+    }
+    let head = place.get();
     incr_own(&conn.ctx.stats.requests);
     lifecycle::count_request();
     lifecycle::set_state(if head.framing == BodyFraming::None {
@@ -435,6 +449,8 @@ where
         head.method == Method::HEAD,
         head.method == Method::CONNECT,
     );
+    let (keep_alive, te_trailers, wants_upgrade) =
+        (head.keep_alive, head.te_trailers, head.wants_upgrade);
 
     // The handler's future is built here, in this future's frame, where the
     // exchange polls it (`service::call_into`).
@@ -446,27 +462,11 @@ where
     let mut upgrade = None;
     let info = conn.info.as_deref();
     let fill = |request: &mut Request<Body>| {
-        *request.method_mut() = head.method;
-        // The `Uri` and the `HeaderMap` that `Request::new` put there own no
-        // heap memory (a static `/`, an unallocated map), so they are forgotten
-        // rather than dropped: their drop glue, run for nothing, took ~80
-        // user-space instructions a request (callgrind, bench/CPU-PER-REQUEST.md,
-        // session 37).
-        let default_uri = std::mem::replace(request.uri_mut(), head.uri);
-        // `== "/"`: no scheme, no authority, the path `/` and no query, i.e.
-        // `Uri::default()`, which holds no heap memory (http 1.x: no scheme,
-        // an empty `Bytes`, a static `/`); a `Request::new` that put anything
-        // else there would leak it.
-        debug_assert_eq!(default_uri, "/");
-        std::mem::forget(default_uri);
-        *request.version_mut() = head.version;
-        let unallocated = std::mem::replace(request.headers_mut(), head.headers);
-        debug_assert_eq!(unallocated.capacity(), 0);
-        std::mem::forget(unallocated);
+        place.move_into(request);
         if let Some(info) = info {
             crate::service::insert_conn_info(request.extensions_mut(), *info);
         }
-        if head.wants_upgrade {
+        if wants_upgrade {
             let (tx, on_upgrade) = upgrade::pending();
             request.extensions_mut().insert(on_upgrade);
             upgrade = Some(tx);
@@ -497,12 +497,12 @@ where
         version: setup_head.0,
         is_head: setup_head.1,
         is_connect: setup_head.2,
-        keep_alive: head.keep_alive,
+        keep_alive,
         decoder,
         body_tx,
         expect,
         upgrade,
-        te_trailers: head.te_trailers,
+        te_trailers,
         access,
         span,
     };
@@ -641,17 +641,37 @@ impl<T: Parkable> ConnIo<T> {
         waited
     }
 
+    /// Where the request head in the buffer ends, once it is whole (or the
+    /// buffer holds more than a head may: the parse refuses it); `None`
+    /// while more bytes are needed. Empty lines before the request line
+    /// are dropped first. `searched`: how far an earlier call looked (see
+    /// [`head::find_end`]), moved on.
+    #[inline]
+    fn whole_head(&mut self, searched: &mut usize) -> Option<HeadEnd> {
+        let max_header_bytes = self.ctx.limits.max_header_bytes;
+        let (rbuf, _) = self.rbuf_and_io();
+        // Empty lines before a request line are ignored (RFC 9112 §2.2);
+        // dropped here, they cannot pass for the blank line that ends a
+        // head when a read happens to end just after them.
+        while rbuf.starts_with(b"\r\n") || rbuf.starts_with(b"\n") {
+            let n = if rbuf[0] == b'\r' { 2 } else { 1 };
+            rbuf.advance(n);
+            *searched = searched.saturating_sub(n);
+        }
+        let end = head::find_end(rbuf, searched);
+        (end.is_some() || rbuf.len() >= max_header_bytes).then_some(HeadEnd(end))
+    }
+
     /// Reads until a whole request head is buffered (or more than a head may
-    /// be): parsing it is the exchange's first step.
+    /// be): parsing it is the exchange's first step. `searched`: how far
+    /// [`whole_head`](Self::whole_head) looked in the buffer already.
     async fn read_head(
         &mut self,
         clock: HeaderClock,
+        mut searched: usize,
         mut timer: Pin<&mut Option<Sleep>>,
         timer_waker: &mut bool,
     ) -> HeadRead {
-        // Only the one limit is kept: this future's state is part of every
-        // connection's (`size_guard`).
-        let max_header_bytes = self.ctx.limits.max_header_bytes;
         let mut deadline = match clock {
             HeaderClock::At(at) => Some(at),
             HeaderClock::After(_) | HeaderClock::Off => None,
@@ -659,21 +679,10 @@ impl<T: Parkable> ConnIo<T> {
         // Parse only once the end of the head may be in the buffer: re-parsing on
         // every read would let a client that sends one byte at a time make us
         // scan the head quadratically.
-        let mut searched: usize = 0;
         let mut write_bound = None;
         poll_fn(|cx| loop {
-            let (rbuf, _) = self.rbuf_and_io();
-            // Empty lines before a request line are ignored (RFC 9112 §2.2);
-            // dropped here, they cannot pass for the blank line that ends a
-            // head when a read happens to end just after them.
-            while rbuf.starts_with(b"\r\n") || rbuf.starts_with(b"\n") {
-                let n = if rbuf[0] == b'\r' { 2 } else { 1 };
-                rbuf.advance(n);
-                searched = searched.saturating_sub(n);
-            }
-            let end = head::find_end(rbuf, &mut searched);
-            if end.is_some() || rbuf.len() >= max_header_bytes {
-                return Poll::Ready(HeadRead::Whole(HeadEnd(end)));
+            if let Some(end) = self.whole_head(&mut searched) {
+                return Poll::Ready(HeadRead::Whole(end));
             }
             // Responses to earlier pipelined requests go out before we block,
             // bounded as any response's write.

@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 use http::StatusCode;
 
-use super::head::{find_end, parse, parse_from, refused, BodyFraming};
+use super::head::{find_end, parse, parsed_from, refused, BodyFraming};
 use crate::conn::config::HeadLimits;
 use crate::observe::metrics::MethodLabel;
 
@@ -89,7 +89,7 @@ fn a_head_given_too_long_an_end_leaves_what_follows() {
     let mut rbuf = BytesMut::from(&[&first[..], &second[..]].concat()[..]);
     assert_eq!(find_end(&rbuf, &mut 0), Some(first.len()));
     let end = Some(rbuf.len());
-    let head = parse_from(&mut rbuf, end, &LIMITS).unwrap().unwrap();
+    let head = parsed_from(&mut rbuf, end, &LIMITS).unwrap().unwrap();
     assert_eq!(head.uri, "/a");
     assert_eq!(head.framing, BodyFraming::Length(2));
     assert_eq!(&rbuf[..], &second[..]);
@@ -108,7 +108,7 @@ fn a_head_read_whole_is_sliced_from_the_allocation_it_was_read_into() {
     let read = rbuf.as_ptr() as usize..rbuf.as_ptr() as usize + raw.len();
     let rest = rbuf.split_off(raw.len());
     let end = find_end(&rbuf, &mut 0);
-    let head = parse_from(&mut rbuf, end, &LIMITS).unwrap().unwrap();
+    let head = parsed_from(&mut rbuf, end, &LIMITS).unwrap().unwrap();
     for part in [
         head.uri.path().as_bytes(),
         head.headers["host"].as_bytes(),
