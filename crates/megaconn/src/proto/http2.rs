@@ -115,7 +115,7 @@
 //!   bodies took in since the last record took (only the sum is counted).
 //!   Bytes no record took (a body kept past its response, read after its
 //!   record or even its connection ended) are counted into
-//!   `request_body_bytes` when the [`DataFloodGuard`] drops, with the last
+//!   `request_body_bytes` when the [`ConnBodyBytes`] drops, with the last
 //!   of the connection and its bodies, on whichever thread that is.
 //!
 //! What stays uncounted: the bytes of a body that is never dropped (leaked,
@@ -161,7 +161,7 @@ use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, IdleMark};
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
-use crate::service::h2_body::{BodyBytes, DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
+use crate::service::h2_body::{BodyBytes, ConnBodyBytes, RecvBody};
 use crate::service::h2_stream::{H2Stream, MAX_RESERVE};
 use crate::service::panic_message;
 use crate::service::upgrade::{self, UpgradeSender, Upgraded};
@@ -172,7 +172,7 @@ mod flood;
 mod stall;
 
 use flood::{FloodBudget, Flooded, MeteredIo, REQUEST_CREDIT};
-pub use flood::{HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET};
+pub use flood::{HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET};
 use stall::StallGate;
 
 /// Streams reset by the client before we accepted them that a connection may
@@ -243,7 +243,7 @@ where
     idle.set(true);
     let mut keep_alive = KeepAlive::new(conn.ping_pong(), &cfg);
     // Before `streams`, whose exchanges borrow it.
-    let gate = StallGate::new(cfg.max_stalled_streams);
+    let gate = StallGate::new(cfg.max_stalled_streams, control.clone());
     let mut streams = FuturesUnordered::new();
     let idle_timeout = ctx.config.idle_timeout;
     // One timer: the idle deadline while no stream is open, then the grace
@@ -268,7 +268,7 @@ where
     // Whether h2 still had a stream when the connection was last polled
     // and had nothing for us: see `poll_turn`.
     let mut h2_busy = false;
-    let flood = Arc::new(DataFloodGuard::new(ctx.stats.clone()));
+    let conn_bytes = Arc::new(ConnBodyBytes::new(ctx.stats.clone()));
     let mut refusals = H2Refusals::default();
     let mut reason = CloseReason::ClientClosed;
     // The control-frame flood guard tripped and was acted on.
@@ -313,7 +313,7 @@ where
             // request is never kept in this future. What h2 refused on its
             // own in that poll is counted right after it.
             turn = poll_fn(|cx| {
-                let turn = poll_turn(&mut conn, service, waiting.is_some(), streams_open, &mut h2_busy, &ctx, &flood, &gate, &addrs, cx);
+                let turn = poll_turn(&mut conn, service, waiting.is_some(), streams_open, &mut h2_busy, &ctx, &conn_bytes, &gate, &addrs, cx);
                 refusals.count(&conn, &ctx, &addrs);
                 turn
             }) => {
@@ -405,13 +405,6 @@ where
                     timer_armed = true;
                 }
             }
-            () = flood.tripped(), if !going_away => {
-                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
-                going_away = true;
-                reason = calmed(&ctx, &format_args!(
-                    "the client slices request bodies into tiny DATA frames, past {SMALL_DATA_FRAME_ALLOWANCE} (small-DATA flood)"
-                ));
-            }
             () = &mut timer, if timer_armed => {
                 if going_away {
                     // The grace period after an idle GOAWAY ended, or, after
@@ -441,7 +434,7 @@ where
     // The body bytes no stream record took (bodies kept past their record,
     // a request waiting for the service) are counted when the guard drops:
     // here, unless a body outlives the connection (then when it drops).
-    drop((streams, waiting, flood));
+    drop((streams, waiting, conn_bytes));
     reason
 }
 
@@ -490,7 +483,7 @@ fn poll_turn<I, S>(
     streams_open: bool,
     h2_busy: &mut bool,
     ctx: &Rc<WorkerContext>,
-    flood: &Arc<DataFloodGuard>,
+    conn_bytes: &Arc<ConnBodyBytes>,
     gate: &StallGate,
     addrs: &Addrs,
     cx: &mut Context<'_>,
@@ -516,7 +509,7 @@ where
     Poll::Ready(match std::task::ready!(accepted) {
         None => Turn::Closed(None),
         Some(Err(e)) => Turn::Closed(Some(e)),
-        Some(Ok((request, respond))) => match prepare(request, ctx, flood, addrs) {
+        Some(Ok((request, respond))) => match prepare(request, ctx, conn_bytes, addrs) {
             Ok(prepared) => Turn::New(prepared, respond, service.poll_ready(cx)),
             Err(answered) => Turn::Answered(answered, respond),
         },
@@ -654,9 +647,10 @@ fn calmed(ctx: &WorkerContext, cause: &dyn std::fmt::Display) -> CloseReason {
 
 /// Counts a connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
 /// frame flood (`flood.rs`): a control-frame flood
-/// ([`HTTP2_CONTROL_BUDGET`] run out) or a tiny-DATA flood
-/// ([`HTTP2_TINY_DATA_BUDGET`]). A protocol error and a limit hit of its
-/// own, `http2_control_flood` or `http2_data_flood` (not
+/// ([`HTTP2_CONTROL_BUDGET`] run out), a tiny-DATA flood
+/// ([`HTTP2_TINY_DATA_BUDGET`]) or a window opened a few bytes at a time
+/// ([`HTTP2_WINDOW_DRIP_BUDGET`]). A protocol error and a limit hit of its
+/// own, `http2_control_flood`, `http2_data_flood` or `http2_window_drip` (not
 /// `h2_enhance_your_calm`: a close counts once), and a line naming the
 /// peer and the constant (at most one per 5 s per worker, a kind of its
 /// own each). Returns its close reason.
@@ -681,6 +675,17 @@ fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseRea
                     suppressed,
                     "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned (small-DATA flood)",
                     peer()
+                )
+            });
+        }
+        Flooded::WindowDrip => {
+            LimitHit::Http2WindowDrip.count(&ctx.stats);
+            ratelog::log(Flood::Http2WindowDrip, |suppressed| {
+                tracing::info!(
+                    suppressed,
+                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it opened its flow-control window a few bytes at a time (grants under {} bytes with more of a response waiting) more than HTTP2_WINDOW_DRIP_BUDGET ({HTTP2_WINDOW_DRIP_BUDGET}) times beyond what time gave back (window drip)",
+                    peer(),
+                    flood::DRIP_GRANT
                 )
             });
         }
@@ -853,12 +858,12 @@ struct Prepared {
 }
 
 /// Where a stream's record takes the bytes its request body took in
-/// ([`DataFloodGuard::take`]).
+/// ([`ConnBodyBytes::take`]).
 struct BodyTally {
     /// The connection's count: with the access log off, the record takes
     /// whatever arrived since the last record took (only the worker's sum
-    /// is counted then, at no allocation); the guard counts the rest.
-    flood: Arc<DataFloodGuard>,
+    /// is counted then, at no allocation); it counts the rest.
+    conn_bytes: Arc<ConnBodyBytes>,
     /// The body's own count, when the access log is on: its line needs
     /// this request's bytes (one allocation per stream with a body).
     own: Option<Arc<BodyBytes>>,
@@ -891,7 +896,7 @@ impl DerefMut for StreamRecord {
 impl Drop for StreamRecord {
     fn drop(&mut self) {
         if let Some(tally) = &self.body_bytes {
-            let bytes = tally.flood.take(tally.own.as_deref());
+            let bytes = tally.conn_bytes.take(tally.own.as_deref());
             self.record.request_bytes(bytes as usize);
         }
     }
@@ -953,7 +958,7 @@ fn refusal(
 fn prepare<F>(
     request: Request<RecvStream>,
     ctx: &Rc<WorkerContext>,
-    flood: &Arc<DataFloodGuard>,
+    conn_bytes: &Arc<ConnBodyBytes>,
     addrs: &Addrs,
 ) -> Result<Prepared, Start<F>> {
     incr(&ctx.stats.requests);
@@ -1000,7 +1005,7 @@ fn prepare<F>(
             .access_log
             .then(|| Arc::new(BodyBytes::default()));
         let tally = BodyTally {
-            flood: flood.clone(),
+            conn_bytes: conn_bytes.clone(),
             own: own.clone(),
         };
         let body = RecvBody::new(
@@ -1008,7 +1013,7 @@ fn prepare<F>(
             content_length,
             limit,
             (ctx.config.read_timeout, ctx.config.idle_timeout),
-            flood.clone(),
+            conn_bytes.clone(),
             own,
         );
         (Body::h2(body), None, Some(tally))
@@ -1588,7 +1593,13 @@ where
                             let _slot = unsent.then(|| gate.stall());
                             let mut stall = stall_bound(ctx);
                             granted = match poll_fn(|cx| {
-                                poll_room(&mut send, &mut deadline, &mut stall, cx)
+                                let room = poll_room(&mut send, &mut deadline, &mut stall, cx);
+                                if let Poll::Ready(Ok(n)) = room {
+                                    // A window opened a few bytes at a
+                                    // time is a drip (`flood.rs`).
+                                    gate.room(n, reserved, cx);
+                                }
+                                room
                             })
                             .await
                             {
@@ -2005,7 +2016,7 @@ mod send_body_calls {
         let count = Arc::new(AtomicUsize::new(0));
         let end = {
             let _counting = tracing::subscriber::set_default(Reservations(count.clone()));
-            let gate = StallGate::new(None);
+            let gate = StallGate::new(None, Rc::new(FloodBudget::new()));
             send_body(send, body, None, &mut record, &ctx, &gate).await
         };
         assert!(matches!(end, StreamEnd::Done));
