@@ -769,3 +769,71 @@ async fn a_grpc_go_style_client_probing_bandwidth_on_every_message_is_never_cut(
     assert_eq!(reason, CloseReason::ClientClosed);
     server.stop().await;
 }
+
+/// A long gRPC-style upload of near-empty messages (5 bytes: an empty
+/// message's prefix, one DATA frame each), 12,000 of them at 500 a second,
+/// read by the handler as they come: never cut, however long it runs. The
+/// tiny-DATA budget (2,000 at once, 1,000 a second back) never runs out at
+/// that pace; `DataFloodGuard`'s lifetime allowance (10,000 tiny frames
+/// read, plus one per KiB) closed it at ~10,060 with
+/// `GOAWAY(ENHANCE_YOUR_CALM)` (fails so on the code before its removal).
+/// Paused time, over an in-memory stream.
+#[tokio::test(start_paused = true)]
+async fn a_long_stream_of_near_empty_messages_is_never_cut() {
+    const MESSAGES: usize = 12_000;
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let builder = megaconn::Server::builder().idle_timeout(None);
+    let service = tower::service_fn(|req: Request<Body>| async move {
+        let mut body = req.into_body();
+        let (mut frames, mut bytes) = (0usize, 0usize);
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        // Not the empty one that ends the stream.
+                        frames += usize::from(!data.is_empty());
+                        bytes += data.len();
+                    }
+                }
+                Err(e) => {
+                    let mut r = Response::new(Body::from_bytes(format!("body error: {e}")));
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    return Ok::<_, Infallible>(r);
+                }
+            }
+        }
+        Ok(Response::new(Body::from_bytes(format!("{frames} {bytes}"))))
+    });
+    tokio::task::LocalSet::new()
+        .run_until(async move {
+            let served = tokio::task::spawn_local(async move {
+                builder.serve_connection(server_end, service).await
+            });
+            let (client, conn) = h2::client::handshake(client_end).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let mut client = client.ready().await.unwrap();
+            let (resp, mut upload) = client
+                .send_request(Request::post("http://t/upload").body(()).unwrap(), false)
+                .unwrap();
+            for n in 0..MESSAGES {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                upload
+                    .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false)
+                    .unwrap_or_else(|e| panic!("message {n}: {e}"));
+            }
+            upload.send_data(Bytes::new(), true).unwrap();
+            let resp = resp.await.expect("the response");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let mut body = resp.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                text.extend_from_slice(&chunk.unwrap());
+            }
+            let text = String::from_utf8(text).unwrap();
+            assert_eq!(text, format!("{MESSAGES} {}", 5 * MESSAGES));
+            drop((client, body));
+            conn.abort();
+            served.abort();
+        })
+        .await;
+}
