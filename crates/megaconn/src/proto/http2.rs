@@ -70,19 +70,28 @@
 //! The tiny-DATA budget (`flood.rs`, [`HTTP2_TINY_DATA_BUDGET`]) bounds
 //! that CPU at the wire, read or not: ~2,000 DATA frames under 16 bytes at
 //! once, 1,000 a second after, one more per KiB of larger DATA; past it
-//! `GOAWAY(ENHANCE_YOUR_CALM)`, counted as `http2_data_flood`.
-//! [`DataFloodGuard`] still counts the tiny frames request bodies read and
-//! closes past its lifetime allowance (10,000, plus one per KiB).
+//! `GOAWAY(ENHANCE_YOUR_CALM)`, counted as `http2_data_flood`. Nothing else
+//! counts them: the lifetime allowance of 10,000 tiny frames read that came
+//! before it only cut long honest streams of near-empty messages, and went
+//! in session 42; a client pacing tiny frames under 1,000 a second costs at
+//! most ~2–3 ms of server CPU a second, for good.
 //!
 //! Control-frame floods (CVE-2019-9512 PING, CVE-2019-9515 SETTINGS, and
 //! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA and unknown frames) are
 //! ours: h2 bounds only the memory of their answers. The connection's IO
 //! is metered ([`MeteredIo`], `flood.rs`): frames that do no work spend a
-//! budget of [`HTTP2_CONTROL_BUDGET`] bytes that requests, DATA sent (at
-//! most its payload a frame: a `WINDOW_UPDATE` of 1 must not buy back its
-//! cost with the 1-byte frame it lets out) and time give back; once it runs out, nothing more is read and the
-//! connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`, counted as
-//! `http2_control_flood`.
+//! budget of [`HTTP2_CONTROL_BUDGET`] bytes that requests, DATA sent (64
+//! bytes a frame) and time give back; once it runs out, nothing more is
+//! read and the connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`,
+//! counted as `http2_control_flood`.
+//!
+//! A window opened a few bytes at a time (CVE-2019-9511's "data dribble":
+//! `WINDOW_UPDATE` of 1, each answered by a 1-byte DATA frame, ~35 µs of
+//! server CPU a round) is counted where a response waits for room
+//! (`send_body`): a wait ended by a grant under 256 bytes with more of the
+//! response waiting is a round, [`HTTP2_WINDOW_DRIP_BUDGET`] of them at
+//! once and 64 a second after; past it the same close, counted as
+//! `http2_window_drip` (`flood.rs` says why rounds and not bytes).
 //!
 //! A request is refused before any service sees it, as HTTP/1.1 refuses a
 //! head, for the same two limits (with HTTP/1.1's reasons, its limit hits
@@ -229,7 +238,8 @@ where
     let cfg = ctx.config.http2;
     // Bytes in and out count into the connection's lifecycle event, as on
     // HTTP/1.1 (plaintext, after TLS); its frames into the flood guard's
-    // budgets, control frames and tiny DATA (`flood.rs`).
+    // budgets, control frames and tiny DATA (`flood.rs`; the third, drip
+    // rounds, is spent by the streams' responses through `gate`).
     let control = Rc::new(FloodBudget::new());
     let io = MeteredIo::new(CountedIo::new(io), control.clone());
     // The handshake runs in its own box, freed when it ends, so that its
@@ -432,7 +442,8 @@ where
         }
     }
     // The body bytes no stream record took (bodies kept past their record,
-    // a request waiting for the service) are counted when the guard drops:
+    // a request waiting for the service) are counted when their count
+    // (`conn_bytes`) drops:
     // here, unless a body outlives the connection (then when it drops).
     drop((streams, waiting, conn_bytes));
     reason
@@ -874,7 +885,7 @@ struct BodyTally {
 /// dropped too (with the handler, or with the response body that streamed
 /// it), and the access-log line and `request_body_bytes` have them; a body
 /// the handler kept counts into `request_body_bytes` when the connection's
-/// guard drops.
+/// [`ConnBodyBytes`] drops.
 struct StreamRecord {
     record: RequestRecord,
     body_bytes: Option<BodyTally>,

@@ -48,7 +48,12 @@
 //! gets ~2,000 at once and 1,000 a second after (~2–3 ms a second at most),
 //! where an honest client's tiny frames are messages its application
 //! makes (gRPC's empty or near-empty ones, a pipe's short writes) at the
-//! pace it makes them.
+//! pace it makes them. It is the only bound on them since session 42: the
+//! lifetime allowance went (it cut an honest stream of near-empty messages
+//! at its 10,001st, and stopped nothing this budget does not), so a client
+//! pacing tiny frames under 1,000 a second is never cut. Tiny payloads
+//! padded to 16 bytes or more on the wire are not tiny here: they cost
+//! what 16-byte frames do, per byte the client sends.
 //!
 //! A client that opens its flow-control window a few bytes at a time
 //! (`WINDOW_UPDATE` of 1, each answered by a 1-byte DATA frame) has a
@@ -78,9 +83,7 @@
 //! CONTINUATION count per block, our rapid-reset guard, and each request's
 //! own cost (it is a request: the service sees it, the access log and the
 //! request limits count it). Large DATA is bounded by flow control (padding
-//! included), and [`DataFloodGuard`](crate::service::h2_body::DataFloodGuard)
-//! still counts the tiny frames handlers read (its lifetime allowance,
-//! 10,000, comes after this budget's). Empty DATA frames count here (in
+//! included). Empty DATA frames count here (in
 //! the control budget) as well as in h2's own 100. Padding is neither
 //! charged nor credited beyond its frame's size, measured (`bench/H2TLS.md`,
 //! "padding and DATA nobody reads"): padding-only DATA is an empty frame to
@@ -148,8 +151,7 @@ pub(crate) const REFILL_PER_SECOND: u64 = 128;
 pub const HTTP2_TINY_DATA_BUDGET: u64 = 2_000;
 
 /// DATA frames with fewer bytes than this on the wire (payload and padding)
-/// are tiny, unless they end their stream. As `DataFloodGuard`'s count:
-/// uploads come in frames of KiBs, and gRPC frames each message with a
+/// are tiny, unless they end their stream. Uploads come in frames of KiBs, and gRPC frames each message with a
 /// 5-byte prefix, so only empty or near-empty messages (up to 10 bytes)
 /// are tiny; a 20-byte message never is.
 pub(crate) const TINY_DATA_FRAME: u32 = 16;
