@@ -170,8 +170,11 @@ pub(crate) const BYTES_PER_TINY_DATA_FRAME: u64 = 1024;
 /// window opened a few bytes at a time: `WINDOW_UPDATE` of 1, each
 /// answered by a 1-byte DATA frame), that an HTTP/2 connection may have at
 /// once before it is closed with `GOAWAY(ENHANCE_YOUR_CALM)`; given back by
-/// time ([`DRIP_ROUNDS_PER_SECOND`]). ~9 ms of server CPU at ~35 µs a
-/// round. Counted in
+/// time ([`DRIP_ROUNDS_PER_SECOND`]). ~9–13 ms of server CPU at 35–50 µs
+/// a round; up to twice that in one burst after 4 s of quiet (as every
+/// budget here, time is credited when the budget runs out, up to a full
+/// one: a drip on a connection 5 s old got ~520 rounds, `bench/H2TLS.md`,
+/// "Session 42"). Counted in
 /// `megaconn_limit_hits_total{limit="http2_window_drip"}` (and a protocol
 /// error), logged at most once per 5 s per worker.
 pub const HTTP2_WINDOW_DRIP_BUDGET: u64 = 256;
