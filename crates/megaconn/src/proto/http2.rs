@@ -1604,19 +1604,20 @@ where
                             let _slot = unsent.then(|| gate.stall());
                             let mut stall = stall_bound(ctx);
                             granted = match poll_fn(|cx| {
-                                let room = poll_room(&mut send, &mut deadline, &mut stall, cx);
-                                if let Poll::Ready(Ok(n)) = room {
-                                    // A window opened a few bytes at a
-                                    // time is a drip (`flood.rs`).
-                                    gate.room(n, reserved, cx);
-                                }
-                                room
+                                poll_room(&mut send, &mut deadline, &mut stall, cx)
                             })
                             .await
                             {
                                 Ok(n) => n,
                                 Err(end) => return end.finish(&mut send, record, ctx),
                             };
+                            // A window opened a few bytes at a time is a
+                            // drip (`flood.rs`). If that ran its budget
+                            // out, the connection's loop (this task's)
+                            // must run again to close: a yield wakes it.
+                            if gate.room(granted, reserved) {
+                                tokio::task::yield_now().await;
+                            }
                         }
                         unsent = false;
                         let chunk = data.split_to(granted.min(reserved).min(data.len()));

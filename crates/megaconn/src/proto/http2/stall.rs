@@ -86,13 +86,11 @@ impl StallGate {
 
     /// A stream's wait for room ended with `granted` bytes of the `wanted`
     /// it waits to send: a drip round if a few bytes of more
-    /// ([`FloodBudget::room_granted`]). If that ran the drip budget out,
-    /// the task (the connection's: streams run in it) is woken for the
-    /// connection loop to close the connection.
-    pub(super) fn room(&self, granted: usize, wanted: usize, cx: &mut Context<'_>) {
-        if self.budget.room_granted(granted, wanted) {
-            cx.waker().wake_by_ref();
-        }
+    /// ([`FloodBudget::room_granted`]). True if that ran the drip budget
+    /// out: the stream then yields, for the connection loop (streams run
+    /// in its task) to close the connection.
+    pub(super) fn room(&self, granted: usize, wanted: usize) -> bool {
+        self.budget.room_granted(granted, wanted)
     }
 
     /// Whether the connection may take a new stream now. If not, the
