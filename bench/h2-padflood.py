@@ -14,12 +14,14 @@ usage: h2-padflood.py SERVER_PID PORT MODE TOTAL_BYTES
          GET / requests, each a HEADERS frame and n CONTINUATION frames
        rst:<path>
          HEADERS (GET <path>, END_STREAM) then RST_STREAM(CANCEL), churned
-       ping
-         PINGs (the control-frame guard's case, for reference)
-       wu1[:paced]
+       ping[:paced]
+         PINGs (the control-frame guard's case, for reference), 64 a
+         write; paced: one at a time, each after the last one's answer
+       wu<N>[:paced]
          a POST /echo of 1 MiB (64 KiB frames of 16 KiB) with our stream
-         window 0, then WINDOW_UPDATE(stream, 1) one after another: each
-         lets the server send one 1-byte DATA frame of the echo
+         window 0, then WINDOW_UPDATE(stream, N) one after another: each
+         lets the server send one N-byte DATA frame of the echo (wu1: the
+         one-byte drip; paced: each after the last one's bytes came)
 Server CPU is the sum of /proc/PID/task/*/schedstat before and after, as in
 session 38's CPU audit. Flow control is honoured (a stall ends the run).
 Prints one line: frames and bytes sent, server CPU, us a frame, us a KiB,
@@ -59,9 +61,9 @@ s = socket.create_connection(("127.0.0.1", port))
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 # SETTINGS_INITIAL_WINDOW_SIZE large so responses never stall (0 for wu1:
 # every byte of the echo waits for our WINDOW_UPDATE).
-init = 0 if mode.startswith("wu1") else 2**31 - 1
+init = 0 if mode.startswith("wu") else 2**31 - 1
 s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(SETTINGS, 0, 0, struct.pack(">HI", 4, init)))
-if mode.startswith("wu1"):
+if mode.startswith("wu"):
     # Our connection window: plenty, once (an honest client's first frame).
     s.sendall(frame(WU, 0, 0, struct.pack(">I", 2**31 - 1 - 65535)))
 
@@ -114,7 +116,7 @@ def reader():
                     state["data_frames_in"] += 1
                     # Take what the server sends: give its window back
                     # (wu1 gives it back one byte at a time, on its own).
-                    if not mode.startswith("wu1"):
+                    if not mode.startswith("wu"):
                         try:
                             s.sendall(frame(WU, 0, 0, struct.pack(">I", ln)) + frame(WU, 0, sid, struct.pack(">I", ln)))
                         except OSError:
@@ -234,6 +236,17 @@ elif mode.startswith("rst"):
         sent += len(f)
         frames += 2
         sid += 2
+elif mode == "ping:paced":
+    # One PING at a time, each after the last one's answer: a round trip
+    # and a wake-up each, where the batched flood's 64 share them.
+    f = frame(PING, 0, 0, b"12345678")
+    while sent < total and not state["closed"]:
+        if not send(f):
+            break
+        sent += len(f)
+        frames += 1
+        with lock:
+            lock.wait_for(lambda: state["pongs"] >= frames or state["closed"], 5)
 elif mode == "ping":
     while sent < total and not state["closed"]:
         f = frame(PING, 0, 0, b"12345678") * 64
@@ -241,8 +254,9 @@ elif mode == "ping":
             break
         sent += len(f)
         frames += 64
-elif mode.startswith("wu1"):
-    paced = mode == "wu1:paced"
+elif mode.startswith("wu"):
+    paced = mode.endswith(":paced")
+    inc = int(mode[2:].split(":")[0])
     body = 1 << 20
     hdr = post("/echo")
     s.sendall(frame(HEADERS, END_HEADERS, 1, hdr))
@@ -254,12 +268,18 @@ elif mode.startswith("wu1"):
         if n is None:
             break
         up += 16384
+    # The echo has what was uploaded before the stall (our window 0 holds
+    # its response, so the server stops reading the upload after its
+    # windows' worth): the drip stops short of that. The clock and the CPU
+    # count start here, with the drip.
+    body = up
     before = cpu_ns(pid)
+    t0 = time.time()
     sent = 0
-    # WINDOW_UPDATEs of 1, 64 in a write, each answered by a 1-byte DATA
-    # frame; stop short of the body's end (the stream would end).
-    wu = frame(WU, 0, 1, struct.pack(">I", 1))
-    while paced and sent < total and not state["closed"] and frames + 1 < body:
+    # WINDOW_UPDATEs of inc, 64 in a write, each answered by an inc-byte
+    # DATA frame; stop short of the body's end (the stream would end).
+    wu = frame(WU, 0, 1, struct.pack(">I", inc))
+    while paced and sent < total and not state["closed"] and (frames + 1) * inc < body:
         # One at a time, each after the last one's byte came: a DATA frame
         # for every WINDOW_UPDATE (batched ones are coalesced by h2).
         if not send(wu):
@@ -267,17 +287,17 @@ elif mode.startswith("wu1"):
         sent += len(wu)
         frames += 1
         with lock:
-            lock.wait_for(lambda: state["data_in"] >= frames or state["closed"], 5)
-    while not paced and sent < total and not state["closed"] and frames + 64 < body:
+            lock.wait_for(lambda: state["data_in"] >= frames * inc or state["closed"], 5)
+    while not paced and sent < total and not state["closed"] and (frames + 64) * inc < body:
         if not send(wu * 64):
             break
         sent += 64 * len(wu)
         frames += 64
         # Keep no more than 4,096 outstanding: each must be answered.
         with lock:
-            lock.wait_for(lambda: state["data_in"] + 4096 >= frames or state["closed"], 5)
+            lock.wait_for(lambda: state["data_in"] + 4096 * inc >= frames * inc or state["closed"], 5)
     with lock:
-        lock.wait_for(lambda: state["data_in"] >= frames or state["closed"], 5)
+        lock.wait_for(lambda: state["data_in"] >= frames * inc or state["closed"], 5)
 time.sleep(0.3)
 after = cpu_ns(pid)
 el = time.time() - t0

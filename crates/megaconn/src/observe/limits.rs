@@ -100,11 +100,16 @@ pub(crate) enum LimitHit {
     /// went past `HTTP2_TINY_DATA_BUDGET` beyond what time and its larger
     /// DATA earned (a small-DATA flood; not also `h2_enhance_your_calm`).
     Http2DataFlood,
+    /// HTTP/2 `GOAWAY(ENHANCE_YOUR_CALM)`: a connection's client opened its
+    /// flow-control window a few bytes at a time, past
+    /// `HTTP2_WINDOW_DRIP_BUDGET` rounds beyond what time gave back (not
+    /// also `h2_enhance_your_calm`).
+    Http2WindowDrip,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2DataFlood as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::Http2WindowDrip as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -135,6 +140,7 @@ impl LimitHit {
         "refusals_waiting",
         "tls_handshake_rate_table",
         "http2_data_flood",
+        "http2_window_drip",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -167,9 +173,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2DataFlood.count(&stats);
+        LimitHit::Http2WindowDrip.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::Http2DataFlood as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::Http2WindowDrip as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

@@ -70,19 +70,28 @@
 //! The tiny-DATA budget (`flood.rs`, [`HTTP2_TINY_DATA_BUDGET`]) bounds
 //! that CPU at the wire, read or not: ~2,000 DATA frames under 16 bytes at
 //! once, 1,000 a second after, one more per KiB of larger DATA; past it
-//! `GOAWAY(ENHANCE_YOUR_CALM)`, counted as `http2_data_flood`.
-//! [`DataFloodGuard`] still counts the tiny frames request bodies read and
-//! closes past its lifetime allowance (10,000, plus one per KiB).
+//! `GOAWAY(ENHANCE_YOUR_CALM)`, counted as `http2_data_flood`. Nothing else
+//! counts them: the lifetime allowance of 10,000 tiny frames read that came
+//! before it only cut long honest streams of near-empty messages, and went
+//! in session 42; a client pacing tiny frames under 1,000 a second costs at
+//! most ~2–3 ms of server CPU a second, for good.
 //!
 //! Control-frame floods (CVE-2019-9512 PING, CVE-2019-9515 SETTINGS, and
 //! WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA and unknown frames) are
 //! ours: h2 bounds only the memory of their answers. The connection's IO
 //! is metered ([`MeteredIo`], `flood.rs`): frames that do no work spend a
-//! budget of [`HTTP2_CONTROL_BUDGET`] bytes that requests, DATA sent (at
-//! most its payload a frame: a `WINDOW_UPDATE` of 1 must not buy back its
-//! cost with the 1-byte frame it lets out) and time give back; once it runs out, nothing more is read and the
-//! connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`, counted as
-//! `http2_control_flood`.
+//! budget of [`HTTP2_CONTROL_BUDGET`] bytes that requests, DATA sent (64
+//! bytes a frame) and time give back; once it runs out, nothing more is
+//! read and the connection is closed with `GOAWAY(ENHANCE_YOUR_CALM)`,
+//! counted as `http2_control_flood`.
+//!
+//! A window opened a few bytes at a time (CVE-2019-9511's "data dribble":
+//! `WINDOW_UPDATE` of 1, each answered by a 1-byte DATA frame, ~35 µs of
+//! server CPU a round) is counted where a response waits for room
+//! (`send_body`): a wait ended by a grant under 256 bytes with more of the
+//! response waiting is a round, [`HTTP2_WINDOW_DRIP_BUDGET`] of them at
+//! once and 64 a second after; past it the same close, counted as
+//! `http2_window_drip` (`flood.rs` says why rounds and not bytes).
 //!
 //! A request is refused before any service sees it, as HTTP/1.1 refuses a
 //! head, for the same two limits (with HTTP/1.1's reasons, its limit hits
@@ -115,7 +124,7 @@
 //!   bodies took in since the last record took (only the sum is counted).
 //!   Bytes no record took (a body kept past its response, read after its
 //!   record or even its connection ended) are counted into
-//!   `request_body_bytes` when the [`DataFloodGuard`] drops, with the last
+//!   `request_body_bytes` when the [`ConnBodyBytes`] drops, with the last
 //!   of the connection and its bodies, on whichever thread that is.
 //!
 //! What stays uncounted: the bytes of a body that is never dropped (leaked,
@@ -161,7 +170,7 @@ use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, IdleMark};
 use crate::observe::trace::ErrorClass;
 use crate::service::body::Body;
-use crate::service::h2_body::{BodyBytes, DataFloodGuard, RecvBody, SMALL_DATA_FRAME_ALLOWANCE};
+use crate::service::h2_body::{BodyBytes, ConnBodyBytes, RecvBody};
 use crate::service::h2_stream::{H2Stream, MAX_RESERVE};
 use crate::service::panic_message;
 use crate::service::upgrade::{self, UpgradeSender, Upgraded};
@@ -172,7 +181,7 @@ mod flood;
 mod stall;
 
 use flood::{FloodBudget, Flooded, MeteredIo, REQUEST_CREDIT};
-pub use flood::{HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET};
+pub use flood::{HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET};
 use stall::StallGate;
 
 /// Streams reset by the client before we accepted them that a connection may
@@ -229,7 +238,8 @@ where
     let cfg = ctx.config.http2;
     // Bytes in and out count into the connection's lifecycle event, as on
     // HTTP/1.1 (plaintext, after TLS); its frames into the flood guard's
-    // budgets, control frames and tiny DATA (`flood.rs`).
+    // budgets, control frames and tiny DATA (`flood.rs`; the third, drip
+    // rounds, is spent by the streams' responses through `gate`).
     let control = Rc::new(FloodBudget::new());
     let io = MeteredIo::new(CountedIo::new(io), control.clone());
     // The handshake runs in its own box, freed when it ends, so that its
@@ -243,7 +253,7 @@ where
     idle.set(true);
     let mut keep_alive = KeepAlive::new(conn.ping_pong(), &cfg);
     // Before `streams`, whose exchanges borrow it.
-    let gate = StallGate::new(cfg.max_stalled_streams);
+    let gate = StallGate::new(cfg.max_stalled_streams, control.clone());
     let mut streams = FuturesUnordered::new();
     let idle_timeout = ctx.config.idle_timeout;
     // One timer: the idle deadline while no stream is open, then the grace
@@ -268,7 +278,7 @@ where
     // Whether h2 still had a stream when the connection was last polled
     // and had nothing for us: see `poll_turn`.
     let mut h2_busy = false;
-    let flood = Arc::new(DataFloodGuard::new(ctx.stats.clone()));
+    let conn_bytes = Arc::new(ConnBodyBytes::new(ctx.stats.clone()));
     let mut refusals = H2Refusals::default();
     let mut reason = CloseReason::ClientClosed;
     // The control-frame flood guard tripped and was acted on.
@@ -313,7 +323,7 @@ where
             // request is never kept in this future. What h2 refused on its
             // own in that poll is counted right after it.
             turn = poll_fn(|cx| {
-                let turn = poll_turn(&mut conn, service, waiting.is_some(), streams_open, &mut h2_busy, &ctx, &flood, &gate, &addrs, cx);
+                let turn = poll_turn(&mut conn, service, waiting.is_some(), streams_open, &mut h2_busy, &ctx, &conn_bytes, &gate, &addrs, cx);
                 refusals.count(&conn, &ctx, &addrs);
                 turn
             }) => {
@@ -405,13 +415,6 @@ where
                     timer_armed = true;
                 }
             }
-            () = flood.tripped(), if !going_away => {
-                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
-                going_away = true;
-                reason = calmed(&ctx, &format_args!(
-                    "the client slices request bodies into tiny DATA frames, past {SMALL_DATA_FRAME_ALLOWANCE} (small-DATA flood)"
-                ));
-            }
             () = &mut timer, if timer_armed => {
                 if going_away {
                     // The grace period after an idle GOAWAY ended, or, after
@@ -439,9 +442,10 @@ where
         }
     }
     // The body bytes no stream record took (bodies kept past their record,
-    // a request waiting for the service) are counted when the guard drops:
+    // a request waiting for the service) are counted when their count
+    // (`conn_bytes`) drops:
     // here, unless a body outlives the connection (then when it drops).
-    drop((streams, waiting, flood));
+    drop((streams, waiting, conn_bytes));
     reason
 }
 
@@ -490,7 +494,7 @@ fn poll_turn<I, S>(
     streams_open: bool,
     h2_busy: &mut bool,
     ctx: &Rc<WorkerContext>,
-    flood: &Arc<DataFloodGuard>,
+    conn_bytes: &Arc<ConnBodyBytes>,
     gate: &StallGate,
     addrs: &Addrs,
     cx: &mut Context<'_>,
@@ -516,7 +520,7 @@ where
     Poll::Ready(match std::task::ready!(accepted) {
         None => Turn::Closed(None),
         Some(Err(e)) => Turn::Closed(Some(e)),
-        Some(Ok((request, respond))) => match prepare(request, ctx, flood, addrs) {
+        Some(Ok((request, respond))) => match prepare(request, ctx, conn_bytes, addrs) {
             Ok(prepared) => Turn::New(prepared, respond, service.poll_ready(cx)),
             Err(answered) => Turn::Answered(answered, respond),
         },
@@ -654,9 +658,10 @@ fn calmed(ctx: &WorkerContext, cause: &dyn std::fmt::Display) -> CloseReason {
 
 /// Counts a connection closed with `GOAWAY(ENHANCE_YOUR_CALM)` for a
 /// frame flood (`flood.rs`): a control-frame flood
-/// ([`HTTP2_CONTROL_BUDGET`] run out) or a tiny-DATA flood
-/// ([`HTTP2_TINY_DATA_BUDGET`]). A protocol error and a limit hit of its
-/// own, `http2_control_flood` or `http2_data_flood` (not
+/// ([`HTTP2_CONTROL_BUDGET`] run out), a tiny-DATA flood
+/// ([`HTTP2_TINY_DATA_BUDGET`]) or a window opened a few bytes at a time
+/// ([`HTTP2_WINDOW_DRIP_BUDGET`]). A protocol error and a limit hit of its
+/// own, `http2_control_flood`, `http2_data_flood` or `http2_window_drip` (not
 /// `h2_enhance_your_calm`: a close counts once), and a line naming the
 /// peer and the constant (at most one per 5 s per worker, a kind of its
 /// own each). Returns its close reason.
@@ -681,6 +686,17 @@ fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseRea
                     suppressed,
                     "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it sent more tiny DATA frames (under 16 bytes) than HTTP2_TINY_DATA_BUDGET ({HTTP2_TINY_DATA_BUDGET}) beyond what time and its larger DATA frames earned (small-DATA flood)",
                     peer()
+                )
+            });
+        }
+        Flooded::WindowDrip => {
+            LimitHit::Http2WindowDrip.count(&ctx.stats);
+            ratelog::log(Flood::Http2WindowDrip, |suppressed| {
+                tracing::info!(
+                    suppressed,
+                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it opened its flow-control window a few bytes at a time (grants under {} bytes with more of a response waiting) more than HTTP2_WINDOW_DRIP_BUDGET ({HTTP2_WINDOW_DRIP_BUDGET}) times beyond what time gave back (window drip)",
+                    peer(),
+                    flood::DRIP_GRANT
                 )
             });
         }
@@ -853,12 +869,12 @@ struct Prepared {
 }
 
 /// Where a stream's record takes the bytes its request body took in
-/// ([`DataFloodGuard::take`]).
+/// ([`ConnBodyBytes::take`]).
 struct BodyTally {
     /// The connection's count: with the access log off, the record takes
     /// whatever arrived since the last record took (only the worker's sum
-    /// is counted then, at no allocation); the guard counts the rest.
-    flood: Arc<DataFloodGuard>,
+    /// is counted then, at no allocation); it counts the rest.
+    conn_bytes: Arc<ConnBodyBytes>,
     /// The body's own count, when the access log is on: its line needs
     /// this request's bytes (one allocation per stream with a body).
     own: Option<Arc<BodyBytes>>,
@@ -869,7 +885,7 @@ struct BodyTally {
 /// dropped too (with the handler, or with the response body that streamed
 /// it), and the access-log line and `request_body_bytes` have them; a body
 /// the handler kept counts into `request_body_bytes` when the connection's
-/// guard drops.
+/// [`ConnBodyBytes`] drops.
 struct StreamRecord {
     record: RequestRecord,
     body_bytes: Option<BodyTally>,
@@ -891,7 +907,7 @@ impl DerefMut for StreamRecord {
 impl Drop for StreamRecord {
     fn drop(&mut self) {
         if let Some(tally) = &self.body_bytes {
-            let bytes = tally.flood.take(tally.own.as_deref());
+            let bytes = tally.conn_bytes.take(tally.own.as_deref());
             self.record.request_bytes(bytes as usize);
         }
     }
@@ -953,7 +969,7 @@ fn refusal(
 fn prepare<F>(
     request: Request<RecvStream>,
     ctx: &Rc<WorkerContext>,
-    flood: &Arc<DataFloodGuard>,
+    conn_bytes: &Arc<ConnBodyBytes>,
     addrs: &Addrs,
 ) -> Result<Prepared, Start<F>> {
     incr(&ctx.stats.requests);
@@ -1000,7 +1016,7 @@ fn prepare<F>(
             .access_log
             .then(|| Arc::new(BodyBytes::default()));
         let tally = BodyTally {
-            flood: flood.clone(),
+            conn_bytes: conn_bytes.clone(),
             own: own.clone(),
         };
         let body = RecvBody::new(
@@ -1008,7 +1024,7 @@ fn prepare<F>(
             content_length,
             limit,
             (ctx.config.read_timeout, ctx.config.idle_timeout),
-            flood.clone(),
+            conn_bytes.clone(),
             own,
         );
         (Body::h2(body), None, Some(tally))
@@ -1595,6 +1611,13 @@ where
                                 Ok(n) => n,
                                 Err(end) => return end.finish(&mut send, record, ctx),
                             };
+                            // A window opened a few bytes at a time is a
+                            // drip (`flood.rs`). If that ran its budget
+                            // out, the connection's loop (this task's)
+                            // must run again to close: a yield wakes it.
+                            if gate.room(granted, reserved) {
+                                tokio::task::yield_now().await;
+                            }
                         }
                         unsent = false;
                         let chunk = data.split_to(granted.min(reserved).min(data.len()));
@@ -2005,7 +2028,7 @@ mod send_body_calls {
         let count = Arc::new(AtomicUsize::new(0));
         let end = {
             let _counting = tracing::subscriber::set_default(Reservations(count.clone()));
-            let gate = StallGate::new(None);
+            let gate = StallGate::new(None, Rc::new(FloodBudget::new()));
             send_body(send, body, None, &mut record, &ctx, &gate).await
         };
         assert!(matches!(end, StreamEnd::Done));

@@ -1,19 +1,16 @@
-//! The request body of an HTTP/2 stream, the connection's small-DATA flood
-//! guard its frames count against (which also counts the connection's body
-//! bytes, and counts those no stream record took when it drops), and where
-//! a body leaves the count of its bytes for the stream's record
-//! ([`BodyBytes`]). It lives with the service
+//! The request body of an HTTP/2 stream, the connection's count of body
+//! bytes its frames go into (which counts those no stream record took
+//! when it drops, [`ConnBodyBytes`]), and where a body leaves the count of
+//! its bytes for the stream's record ([`BodyBytes`]). It lives with the service
 //! glue (not in `proto/http2.rs`) because [`Body`](crate::Body) wraps it:
 //! the body a service sees must not depend on a protocol module.
 
-use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use h2::RecvStream;
 use http_body::{Frame, SizeHint};
 
@@ -24,92 +21,50 @@ use crate::observe::limits::LimitHit;
 use crate::observe::ratelog::{self, Flood};
 use crate::observe::stats::{incr, WorkerStats};
 
-/// DATA frames with fewer payload bytes than this are "tiny": they count
-/// against [`SMALL_DATA_FRAME_ALLOWANCE`]. Real uploads come in frames of
-/// KiBs (curl, browsers and h2 fill up to the 16 KiB frame size), and gRPC
-/// frames each message with a 5-byte prefix, so only empty or near-empty
-/// messages fall under 16 bytes; a 20-byte message is never counted.
-pub(crate) const TINY_DATA_FRAME: usize = 16;
-
-/// Tiny DATA frames one connection may send before it is closed with
-/// `GOAWAY(ENHANCE_YOUR_CALM)`, plus one more per [`BYTES_PER_TINY_FRAME`] of
-/// body data it sent. Generous, because we cannot tell a gRPC stream of empty
-/// keep-alive messages from an attacker except by count (no clocks: a rate
-/// would make the guard depend on scheduling). It bounds the handler polls
-/// one connection can buy with 10-byte frames; then the attacker must open
-/// a new connection, which the accept-rate and per-IP limits govern. The
-/// price: a connection carrying more than 10,000 sub-16-byte messages and
-/// little else is closed, and its client reconnects.
-pub(crate) const SMALL_DATA_FRAME_ALLOWANCE: u64 = 10_000;
-
-/// Body bytes that earn a connection one more tiny DATA frame, so that tiny
-/// frames among real data (the last bytes of messages) are never a problem.
-pub(crate) const BYTES_PER_TINY_FRAME: u64 = 1024;
-
-/// Counts a connection's tiny DATA frames (small-DATA flood, CVE-2019-9518
-/// class), shared by its request bodies. It sees the frames that handlers
-/// read; frames left unread are h2's to bound (its small-frame budget).
-///
-/// It also counts the body bytes of them all, every frame's, for
-/// `request_body_bytes`: the stream records take their share
+/// Counts a connection's request-body bytes, shared by its request
+/// bodies, for `request_body_bytes`: the stream records take their share
 /// ([`take`](Self::take)), and what none took (bodies kept past their
-/// record, or past the connection) is counted when the guard drops, with
-/// the last of the connection and its bodies. So every byte a body took
-/// in is counted once, wherever and whenever it was read, at no allocation
-/// per stream, as long as the body is dropped at all.
+/// record, or past the connection) is counted when it drops, with the last
+/// of the connection and its bodies. So every byte a body took in is
+/// counted once, wherever and whenever it was read, at no allocation per
+/// stream, as long as the body is dropped at all.
+///
+/// It used to count the tiny DATA frames handlers read too, and close a
+/// connection past a lifetime allowance of 10,000 (plus one per KiB of
+/// body): the tiny-DATA budget at the wire (`proto/http2/flood.rs`,
+/// `HTTP2_TINY_DATA_BUDGET`: 2,000 at once, 1,000 a second back) bounds
+/// them now, read or not, and the allowance only cut long honest streams
+/// of near-empty messages (a gRPC stream's 10,001st).
 ///
 /// Atomics, not `Cell`s, because [`Body`](crate::Body) is `Send` (frameworks
 /// such as axum require it): a handler may read its body on another thread,
 /// and two of a connection's bodies may be polled at once.
 #[derive(Debug)]
-pub(crate) struct DataFloodGuard {
-    tiny_frames: AtomicU64,
+pub(crate) struct ConnBodyBytes {
     bytes: AtomicU64,
     /// Of `bytes`, those the stream records took (written only by the
     /// connection's worker thread, where the records drop).
     reported: AtomicU64,
-    tripped: AtomicBool,
-    /// The connection loop, to wake when the guard trips.
-    waker: AtomicWaker,
     /// The connection's worker's counters: where its bodies count the
-    /// limits they enforce, and the guard the bytes no record took.
+    /// limits they enforce, and this the bytes no record took.
     stats: Arc<WorkerStats>,
 }
 
-impl DataFloodGuard {
-    /// The guard of a new connection of the worker that counts in `stats`.
-    pub(crate) fn new(stats: Arc<WorkerStats>) -> DataFloodGuard {
-        DataFloodGuard {
-            tiny_frames: AtomicU64::new(0),
+impl ConnBodyBytes {
+    /// The count of a new connection of the worker that counts in `stats`.
+    pub(crate) fn new(stats: Arc<WorkerStats>) -> ConnBodyBytes {
+        ConnBodyBytes {
             bytes: AtomicU64::new(0),
             reported: AtomicU64::new(0),
-            tripped: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
             stats,
         }
     }
 
-    /// Records a DATA frame of `len` payload bytes; true once the connection
-    /// has sent more tiny frames than it is allowed.
-    pub(crate) fn record(&self, len: usize) -> bool {
-        let bytes = self.bytes.fetch_add(len as u64, Relaxed) + len as u64;
-        // Only a tiny frame can trip the guard (a larger one raises the
-        // allowance, and skips the count). The count is one
-        // read-modify-write: bodies of one connection polled on two threads
-        // at once would lose counts between a load and a store. Its price,
-        // on tiny frames only (2026-12-04, 2 cores): 5-13 ns more than the
-        // load and store, of ~0.8 us of server CPU per 8-byte DATA frame
-        // echoed; 1.8 M of them cost 1.4% more CPU, within the runs' 6%
-        // spread.
-        if len < TINY_DATA_FRAME {
-            let tiny = self.tiny_frames.fetch_add(1, Relaxed) + 1;
-            if tiny > SMALL_DATA_FRAME_ALLOWANCE + bytes / BYTES_PER_TINY_FRAME
-                && !self.tripped.swap(true, Relaxed)
-            {
-                self.waker.wake();
-            }
-        }
-        self.tripped.load(Relaxed)
+    /// Records a DATA frame of `len` payload bytes.
+    pub(crate) fn record(&self, len: usize) {
+        // One read-modify-write: bodies of one connection polled on two
+        // threads at once would lose counts between a load and a store.
+        self.bytes.fetch_add(len as u64, Relaxed);
     }
 
     /// The bytes a stream's record counts, as it drops (on the connection's
@@ -133,25 +88,9 @@ impl DataFloodGuard {
         self.reported.store(now, Relaxed);
         taken
     }
-
-    /// Resolves once the guard tripped.
-    pub(crate) async fn tripped(&self) {
-        poll_fn(|cx| {
-            if self.tripped.load(Relaxed) {
-                return Poll::Ready(());
-            }
-            // Keeps the waker it has when it is this task's (no clone).
-            self.waker.register(cx.waker());
-            if self.tripped.load(Relaxed) {
-                return Poll::Ready(());
-            }
-            Poll::Pending
-        })
-        .await
-    }
 }
 
-impl Drop for DataFloodGuard {
+impl Drop for ConnBodyBytes {
     /// Counts the bytes no stream record took: the last of the connection
     /// and its bodies is gone, so none can come. Runs on whichever thread
     /// dropped the last (a body handed to a task elsewhere may be it),
@@ -167,12 +106,12 @@ impl Drop for DataFloodGuard {
 /// exchange counts the body it reads (`request_bytes`); made only when
 /// the access log is on, whose line needs each request's own count (an
 /// allocation per upload: without the log, the connection's
-/// [`DataFloodGuard`] count serves). The body is `Send`
+/// [`ConnBodyBytes`] count serves). The body is `Send`
 /// and the handler may read it anywhere, while the record is the stream's:
 /// the body counts in a plain field of its own as frames come and stores
 /// the sum here once, when it drops (its stream's exchange has then ended
 /// with it, unless the handler kept the body past its response: then the
-/// record takes 0 and the [`DataFloodGuard`] counts them when it drops).
+/// record takes 0 and the [`ConnBodyBytes`] counts them when it drops).
 #[derive(Debug, Default)]
 pub(crate) struct BodyBytes(AtomicU64);
 
@@ -196,11 +135,11 @@ pub(crate) struct RecvBody {
     received: u64,
     /// Where `received` goes when the body drops, when the access log is
     /// on (otherwise the record takes its share of the connection's
-    /// `flood` count).
+    /// count, `conn_bytes`).
     tally: Option<Arc<BodyBytes>>,
     limit: u64,
-    /// The connection's small-DATA flood counter.
-    flood: Arc<DataFloodGuard>,
+    /// The connection's count of body bytes (and its worker's counters).
+    conn_bytes: Arc<ConnBodyBytes>,
     /// `read_timeout`, from when the request's head arrived: the whole body
     /// must have arrived by then (as on HTTP/1.1).
     deadline: LazyDeadline,
@@ -220,7 +159,7 @@ pub(crate) struct RecvBody {
 }
 
 impl RecvBody {
-    /// A body of `stream` under the connection's `flood` guard, `limit`
+    /// A body of `stream` counted in the connection's `conn_bytes`, `limit`
     /// bytes at most, complete within `read_timeout` from now (with it
     /// off, a reader waits for DATA no longer than `idle_timeout`), that
     /// leaves the count of its bytes in `tally`, if given.
@@ -229,7 +168,7 @@ impl RecvBody {
         content_length: Option<u64>,
         limit: u64,
         (read_timeout, idle_timeout): (Option<Duration>, Option<Duration>),
-        flood: Arc<DataFloodGuard>,
+        conn_bytes: Arc<ConnBodyBytes>,
         tally: Option<Arc<BodyBytes>>,
     ) -> RecvBody {
         RecvBody {
@@ -239,7 +178,7 @@ impl RecvBody {
             received: 0,
             tally,
             limit,
-            flood,
+            conn_bytes,
             deadline: LazyDeadline::after(read_timeout),
             stall_after: idle_timeout.filter(|_| read_timeout.is_none()),
             stall: None,
@@ -287,7 +226,7 @@ impl RecvBody {
                 "an HTTP/2 request body sent no DATA for idle_timeout; failing its read"
             )
         });
-        incr(&self.flood.stats.timeouts);
+        incr(&self.conn_bytes.stats.timeouts);
         self.fail(BodyError::TimedOut)
     }
 
@@ -304,7 +243,7 @@ impl RecvBody {
         // then resets the stream, as a stall or a trickle must not hold it
         // for good.
         tracing::debug!("HTTP/2 request body not complete within read_timeout");
-        incr(&self.flood.stats.timeouts);
+        incr(&self.conn_bytes.stats.timeouts);
         self.fail(BodyError::TimedOut)
     }
 
@@ -333,20 +272,13 @@ impl RecvBody {
                     // Counted as it comes, as HTTP/1.1 counts what it
                     // decodes, whether or not a limit refuses it.
                     self.received += data.len() as u64;
-                    // Before the deadline's check: the guard's byte count
-                    // is what `request_body_bytes` counts (the records
-                    // their share, the guard the rest), and must see every
-                    // frame `received` does.
-                    let flooded = self.flood.record(data.len());
+                    // Before the deadline's check: the connection's byte
+                    // count is what `request_body_bytes` counts (the
+                    // records their share, it the rest), and must see
+                    // every frame `received` does.
+                    self.conn_bytes.record(data.len());
                     if self.deadline.is_past() {
                         return self.time_out();
-                    }
-                    if flooded {
-                        // The connection loop sends GOAWAY; the handler
-                        // learns the body is not coming.
-                        return self.fail(BodyError::Malformed(
-                            "too many tiny DATA frames (small-DATA flood)",
-                        ));
                     }
                     if self.received > self.limit {
                         ratelog::log(Flood::BodyTooLarge, |suppressed| {
@@ -356,8 +288,8 @@ impl RecvBody {
                                 "HTTP/2 request body over max_body_bytes; refusing the rest"
                             )
                         });
-                        incr(&self.flood.stats.protocol_errors);
-                        LimitHit::MaxBodyBytes.count(&self.flood.stats);
+                        incr(&self.conn_bytes.stats.protocol_errors);
+                        LimitHit::MaxBodyBytes.count(&self.conn_bytes.stats);
                         self.past_limit = true;
                         let past = self.received - self.limit;
                         let data = crate::service::body::up_to_one_past(data, past);
@@ -412,42 +344,15 @@ impl Drop for RecvBody {
 mod tests {
     use super::*;
 
-    #[test]
-    fn data_flood_guard_counts_only_tiny_frames_beyond_what_real_data_earns() {
-        // Empty frames (should h2 ever pass them on) earn nothing.
-        let g = DataFloodGuard::new(Arc::default());
-        for _ in 0..SMALL_DATA_FRAME_ALLOWANCE {
-            assert!(!g.record(0));
-        }
-        assert!(g.record(0), "one past the allowance");
-        assert!(g.record(16 * 1024), "it stays tripped");
-
-        let grpc = DataFloodGuard::new(Arc::default());
-        for _ in 0..10 * SMALL_DATA_FRAME_ALLOWANCE {
-            assert!(!grpc.record(TINY_DATA_FRAME), "16-byte frames are not tiny");
-        }
-
-        // Each KiB of body earns one tiny frame more.
-        let mixed = DataFloodGuard::new(Arc::default());
-        for _ in 0..SMALL_DATA_FRAME_ALLOWANCE {
-            assert!(!mixed.record(0));
-        }
-        assert!(!mixed.record(BYTES_PER_TINY_FRAME as usize * 100));
-        for _ in 0..100 {
-            assert!(!mixed.record(0));
-        }
-        assert!(mixed.record(0));
-    }
-
     /// Bodies of one connection read on two threads at once (a handler may
-    /// hand its body anywhere) count every tiny frame: with a load and a
-    /// store, frames counted between another thread's two were lost (135,000
-    /// to 383,000 of these 2 M, in each of three runs), and a flood split
-    /// over bodies on two threads went on past the allowance.
+    /// hand its body anywhere) count every byte: with a load and a store,
+    /// frames counted between another thread's two were lost (135,000 to
+    /// 383,000 of these 2 M, in each of three runs, when this counted tiny
+    /// frames too).
     #[test]
-    fn tiny_frames_read_on_two_threads_at_once_are_all_counted() {
+    fn frames_read_on_two_threads_at_once_are_all_counted() {
         const EACH: u64 = 1_000_000;
-        let guard = DataFloodGuard::new(Arc::default());
+        let guard = ConnBodyBytes::new(Arc::default());
         let start = std::sync::Barrier::new(2);
         std::thread::scope(|s| {
             for _ in 0..2 {
@@ -459,7 +364,6 @@ mod tests {
                 });
             }
         });
-        assert_eq!(guard.tiny_frames.load(Relaxed), 2 * EACH);
         assert_eq!(guard.bytes.load(Relaxed), 2 * EACH);
     }
 }

@@ -954,11 +954,11 @@ const END_HEADERS: u8 = 0x4;
 /// GOAWAY and RST_STREAM code for "you are abusing the protocol".
 pub(super) const ENHANCE_YOUR_CALM: u32 = 0xb;
 
-/// Tiny (under 16-byte) DATA frames read by handlers a connection may send
-/// before `DataFloodGuard` closes it: `SMALL_DATA_FRAME_ALLOWANCE` in
-/// megaconn's `service/h2_body.rs` (the tiny-DATA budget,
-/// [`HTTP2_TINY_DATA_BUDGET`], comes first).
-const SMALL_DATA_FRAME_ALLOWANCE: usize = 10_000;
+/// Tiny (under 16-byte) DATA frames a paced flood sends at most before the
+/// test gives up on the close: what `DataFloodGuard`'s lifetime allowance
+/// let a connection's handlers read until session 42 (the tiny-DATA
+/// budget, [`HTTP2_TINY_DATA_BUDGET`], comes well before it).
+const PACED_FLOOD_CAP: usize = 10_000;
 
 /// A HEADERS block for `POST /frames` (HPACK: :method POST, :scheme http,
 /// :path "/frames" as a literal with an indexed name, :authority "a").
@@ -1133,9 +1133,9 @@ async fn after_data_flood(
 /// then wait for the PING's answer. The tiny-DATA budget closes the
 /// connection once it has read [`HTTP2_TINY_DATA_BUDGET`] such frames (and
 /// what time gave back, 1,000 a second), and not before; before it, only
-/// `DataFloodGuard`'s 10,000 did, ~20-30 ms of server CPU later (fails so:
-/// the bound is that allowance, which the test would need 8 s to reach
-/// with time's share).
+/// `DataFloodGuard`'s lifetime allowance of 10,000 did, ~20-30 ms of
+/// server CPU later (failed so: "still open after 10000 tiny frames"; that
+/// allowance is gone since session 42).
 #[tokio::test]
 async fn a_paced_small_data_flood_is_cut_by_our_guard() {
     let (builder, mut events) = event_log(megaconn::Server::builder());
@@ -1148,7 +1148,7 @@ async fn a_paced_small_data_flood_is_cut_by_our_guard() {
     let mut sent = 0;
     let mut seen = Vec::new();
     // 10,000 bytes at most: within the windows.
-    'flood: while sent < SMALL_DATA_FRAME_ALLOWANCE {
+    'flood: while sent < PACED_FLOOD_CAP {
         attacker.send(&batch).await;
         sent += BATCH;
         loop {
@@ -1170,7 +1170,7 @@ async fn a_paced_small_data_flood_is_cut_by_our_guard() {
         }
     }
     assert!(
-        sent < SMALL_DATA_FRAME_ALLOWANCE,
+        sent < PACED_FLOOD_CAP,
         "still open after {sent} tiny frames"
     );
     assert!(

@@ -20,13 +20,13 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use megaconn::{
     Body, Builder, CloseReason, ConnectionEvent, ProtocolDetail, TlsConfig, HTTP2_CONTROL_BUDGET,
-    HTTP2_TINY_DATA_BUDGET,
+    HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::h2::{
-    closed_total, event_log, frame, goaway_codes, limit_hits, start, RawFrame, RawH2, ACK,
-    ENHANCE_YOUR_CALM, PING, SAFETY, SETTINGS,
+    closed_total, event_log, frame, goaway_codes, limit_hits, start, RawFrame, RawH2, ACK, DATA,
+    END_STREAM, ENHANCE_YOUR_CALM, GOAWAY, HEADERS, PING, SAFETY, SETTINGS,
 };
 
 const WINDOW_UPDATE: u8 = 0x8;
@@ -512,4 +512,328 @@ async fn curl_uploading_short_writes_from_a_pipe_is_never_cut() {
     assert_eq!(limit_hits(&stats, "h2_enhance_your_calm"), 0, "{stats:?}");
     assert_eq!(stats.protocol_errors, 0, "{stats:?}");
     server.stop().await;
+}
+
+/// Drip rounds a second of a connection's life gives back: megaconn's
+/// `DRIP_ROUNDS_PER_SECOND` (`proto/http2/flood.rs`).
+const DRIP_ROUNDS_PER_SECOND: u64 = 64;
+
+/// `SETTINGS_INITIAL_WINDOW_SIZE` (0x4) set to `size`.
+fn initial_window(size: u32) -> Vec<u8> {
+    let mut param = vec![0, 0x4];
+    param.extend(size.to_be_bytes());
+    frame(SETTINGS, 0, 0, &param)
+}
+
+/// A HEADERS block for `GET /big` (the test app's 1 MiB).
+const GET_BIG: [u8; 11] = [0x82, 0x86, 0x04, 4, b'/', b'b', b'i', b'g', 0x01, 1, b'a'];
+
+/// What a dripping client got: the rounds it ran (`WINDOW_UPDATE`s sent
+/// with the window it opens used up), the bytes of `/big` it received,
+/// and the frames from the server's GOAWAY to the close if it was cut.
+struct Dripped {
+    rounds: u64,
+    received: usize,
+    goaway: Option<Vec<RawFrame>>,
+}
+
+/// Asks for `/big` and opens a window `increment` bytes a round: the
+/// stream's (its initial window 0, the connection's opened wide), or the
+/// connection's (the stream's as large as it goes; the connection's
+/// first 65,535 bytes used up first), one `WINDOW_UPDATE` each time the
+/// server used up what the last one gave, as a dripping client does (each
+/// round a wake-up, a frame and two packets on the server: ~35 µs of its
+/// CPU; `bench/H2TLS.md`, "Session 41"). Stops after `max_rounds`, at the
+/// end of `/big`, or at the close.
+async fn drip(
+    addr: std::net::SocketAddr,
+    increment: u32,
+    on_connection: bool,
+    max_rounds: u64,
+) -> Dripped {
+    let stream = if on_connection { 0 } else { 1 };
+    let more = frame(WINDOW_UPDATE, 0, stream, &increment.to_be_bytes());
+    let mut hello = initial_window(if on_connection { (1 << 31) - 1 } else { 0 });
+    hello.extend(frame(HEADERS, 0x5, 1, &GET_BIG));
+    // What the server may send before the next round.
+    let mut window: i64 = 65_535;
+    let mut rounds = 0;
+    if !on_connection {
+        hello.extend(frame(WINDOW_UPDATE, 0, 0, &(1u32 << 30).to_be_bytes()));
+        hello.extend_from_slice(&more);
+        window = i64::from(increment);
+        rounds = 1;
+    }
+    let mut client = RawH2::connect(addr, &hello).await;
+    let mut received = 0;
+    loop {
+        let Some(f) = client.next_frame().await else {
+            return Dripped {
+                rounds,
+                received,
+                goaway: Some(Vec::new()),
+            };
+        };
+        if client.ack_settings(&f).await {
+            continue;
+        }
+        if f.kind == GOAWAY {
+            let mut end = vec![f];
+            end.extend(client.frames_until_close().await);
+            return Dripped {
+                rounds,
+                received,
+                goaway: Some(end),
+            };
+        }
+        if f.kind != DATA || f.stream != 1 {
+            continue;
+        }
+        received += f.payload.len();
+        window -= f.payload.len() as i64;
+        assert!(window >= 0, "the server sent past the window");
+        if f.flags & END_STREAM != 0 || (window == 0 && rounds == max_rounds) {
+            return Dripped {
+                rounds,
+                received,
+                goaway: None,
+            };
+        }
+        if window == 0 {
+            client.send(&more).await;
+            rounds += 1;
+            window = i64::from(increment);
+        }
+    }
+}
+
+/// A client opening its window a few bytes at a time: before the drip
+/// budget, nothing stopped it (session 41: 7,693 rounds of `WINDOW_UPDATE`
+/// of 1, 247–292 ms of server CPU, on main, and no close); now it gets
+/// `GOAWAY(ENHANCE_YOUR_CALM)` once it has run
+/// [`HTTP2_WINDOW_DRIP_BUDGET`] rounds beyond what time gave back, counted
+/// `http2_window_drip`, and the server serves on. Whatever the increment
+/// under 256 (14 beat session 41's size rule), and on the stream's window
+/// or the connection's. The bound is the budget and time's share of it
+/// (measured around the drip, so the check holds however slow the
+/// machine); fails without the budget: "still open after N rounds".
+async fn drip_is_cut(increment: u32, on_connection: bool) {
+    let (builder, mut events) = event_log(megaconn::Server::builder());
+    let server = start(builder).await;
+    let began = std::time::Instant::now();
+    // Past it only if the rounds took ~2 minutes (time gives 64 a second).
+    let cap = 32 * HTTP2_WINDOW_DRIP_BUDGET;
+    let dripped = drip(server.addr, increment, on_connection, cap).await;
+    let secs = began.elapsed().as_secs() + 1;
+    let bound = HTTP2_WINDOW_DRIP_BUDGET + DRIP_ROUNDS_PER_SECOND * secs + 1;
+    let Some(goaway) = dripped.goaway else {
+        panic!(
+            "still open after {} rounds ({} bytes)",
+            dripped.rounds, dripped.received
+        );
+    };
+    assert!(
+        dripped.rounds <= bound,
+        "cut after {} rounds, past {bound}",
+        dripped.rounds
+    );
+    assert!(
+        dripped.rounds > HTTP2_WINDOW_DRIP_BUDGET,
+        "cut after only {} rounds",
+        dripped.rounds
+    );
+    assert_eq!(goaway_codes(&goaway), [ENHANCE_YOUR_CALM]);
+    let (reason, _) = closed(&mut events).await;
+    assert_eq!(reason, CloseReason::Protocol(ProtocolDetail::Http2(0xb)));
+    let stats = server.handle.stats();
+    assert_eq!(limit_hits(&stats, "http2_window_drip"), 1, "{stats:?}");
+    assert_eq!(limit_hits(&stats, "http2_control_flood"), 0, "{stats:?}");
+    assert_eq!(limit_hits(&stats, "h2_enhance_your_calm"), 0, "{stats:?}");
+    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
+    let mut client = common::h2c(server.addr).await;
+    let (resp, _) = client
+        .send_request(Request::get("http://t/").body(()).unwrap(), true)
+        .unwrap();
+    let resp = tokio::time::timeout(SAFETY, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the server serves on");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_window_opened_one_byte_at_a_time_gets_goaway() {
+    drip_is_cut(1, false).await;
+}
+
+#[tokio::test]
+async fn a_window_opened_14_bytes_at_a_time_gets_goaway() {
+    drip_is_cut(14, false).await;
+}
+
+#[tokio::test]
+async fn a_window_opened_255_bytes_at_a_time_gets_goaway() {
+    drip_is_cut(255, false).await;
+}
+
+#[tokio::test]
+async fn a_connection_window_opened_one_byte_at_a_time_gets_goaway() {
+    drip_is_cut(1, true).await;
+}
+
+/// The drip's bound, from the other side: a window opened 256 bytes a
+/// round (a client with a window that small, reading a packet's worth at
+/// a time) is not a drip. All of `/big`, 4,096 rounds, and no close.
+#[tokio::test]
+async fn a_window_opened_256_bytes_at_a_time_is_never_cut() {
+    let server = start(megaconn::Server::builder()).await;
+    let dripped = drip(server.addr, 256, false, u64::MAX).await;
+    assert!(
+        dripped.goaway.is_none(),
+        "cut after {} rounds",
+        dripped.rounds
+    );
+    assert_eq!(dripped.received, 1 << 20);
+    assert_eq!(dripped.rounds, (1 << 20) / 256);
+    let stats = server.handle.stats();
+    assert_eq!(limit_hits(&stats, "http2_window_drip"), 0, "{stats:?}");
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    server.stop().await;
+}
+
+/// A HEADERS block for `POST /echo` (HPACK: :method POST, :scheme http,
+/// :path "/echo" as a literal with an indexed name, :authority "a").
+const POST_ECHO: [u8; 12] = [
+    0x83, 0x86, 0x04, 5, b'/', b'e', b'c', b'h', b'o', 0x01, 1, b'a',
+];
+
+/// grpc-go's flow control on a bidirectional stream of small messages:
+/// each DATA frame it receives answered with a connection `WINDOW_UPDATE`
+/// of its size and a bandwidth-probing PING (its BDP estimator; hyper's
+/// adaptive window sends the PING alone), the stream's window given back
+/// once a quarter of it (16 KiB) is owed. 10,000 messages of 20 bytes,
+/// echoed, one at a time: each round spends 30 bytes of control frames and
+/// opens the connection window by 20 bytes, the pattern session 41's size
+/// rule cut after 6,568 rounds. Never cut: the server is never blocked on
+/// the window, so no round is a drip, and each DATA frame it sends earns
+/// the control budget more than the round spends.
+#[tokio::test]
+async fn a_grpc_go_style_client_probing_bandwidth_on_every_message_is_never_cut() {
+    let (builder, mut events) = event_log(megaconn::Server::builder());
+    let server = start(builder).await;
+    let mut client = RawH2::connect(server.addr, &frame(HEADERS, 0x4, 1, &POST_ECHO)).await;
+    let message = [
+        0u8, 0, 0, 0, 15, b'm', b'm', b'm', b'm', b'm', b'm', b'm', b'm', b'm', b'm', b'm', b'm',
+        b'm', b'm', b'm',
+    ];
+    let (mut owed, mut pongs) = (0usize, 0usize);
+    for n in 0..10_000u64 {
+        client.send(&frame(DATA, 0, 1, &message)).await;
+        loop {
+            let f = client.next_frame().await;
+            let f = f.unwrap_or_else(|| panic!("closed after {n} messages"));
+            if client.ack_settings(&f).await {
+                continue;
+            }
+            assert_ne!(f.kind, GOAWAY, "GOAWAY after {n} messages: {f:?}");
+            pongs += usize::from(f.kind == PING && f.flags & ACK != 0);
+            if f.kind != DATA || f.stream != 1 {
+                continue;
+            }
+            assert_eq!(f.payload, message, "the echo");
+            let mut answer = frame(WINDOW_UPDATE, 0, 0, &(message.len() as u32).to_be_bytes());
+            answer.extend(frame(PING, 0, 0, &n.to_be_bytes()));
+            owed += message.len();
+            if owed >= 16 * 1024 {
+                answer.extend(frame(WINDOW_UPDATE, 0, 1, &(owed as u32).to_be_bytes()));
+                owed = 0;
+            }
+            client.send(&answer).await;
+            break;
+        }
+    }
+    client.send(&frame(DATA, END_STREAM, 1, &[])).await;
+    // The echo's end.
+    loop {
+        let f = client.next_frame().await.expect("the echo's end");
+        assert_ne!(f.kind, GOAWAY, "{f:?}");
+        if f.stream == 1 && f.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    assert!(pongs > 9_000, "{pongs} PINGs answered");
+    let stats = server.handle.stats();
+    assert_eq!(limit_hits(&stats, "http2_window_drip"), 0, "{stats:?}");
+    assert_eq!(limit_hits(&stats, "http2_control_flood"), 0, "{stats:?}");
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
+    drop(client);
+    let (reason, _) = closed(&mut events).await;
+    assert_eq!(reason, CloseReason::ClientClosed);
+    server.stop().await;
+}
+
+/// A long gRPC-style upload of near-empty messages (5 bytes: an empty
+/// message's prefix, one DATA frame each), 12,000 of them at 500 a second,
+/// read by the handler as they come: never cut, however long it runs. The
+/// tiny-DATA budget (2,000 at once, 1,000 a second back) never runs out at
+/// that pace; `DataFloodGuard`'s lifetime allowance (10,000 tiny frames
+/// read, plus one per KiB) closed it at ~10,060 with
+/// `GOAWAY(ENHANCE_YOUR_CALM)` (fails so on the code before its removal).
+/// Paused time, over an in-memory stream.
+#[tokio::test(start_paused = true)]
+async fn a_long_stream_of_near_empty_messages_is_never_cut() {
+    const MESSAGES: usize = 12_000;
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let builder = megaconn::Server::builder().idle_timeout(None);
+    let service = tower::service_fn(|req: Request<Body>| async move {
+        let mut body = req.into_body();
+        let (mut frames, mut bytes) = (0usize, 0usize);
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        // Not the empty one that ends the stream.
+                        frames += usize::from(!data.is_empty());
+                        bytes += data.len();
+                    }
+                }
+                Err(e) => {
+                    let mut r = Response::new(Body::from_bytes(format!("body error: {e}")));
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    return Ok::<_, Infallible>(r);
+                }
+            }
+        }
+        Ok(Response::new(Body::from_bytes(format!("{frames} {bytes}"))))
+    });
+    tokio::task::LocalSet::new()
+        .run_until(async move {
+            let served = tokio::task::spawn_local(async move {
+                builder.serve_connection(server_end, service).await
+            });
+            let (client, conn) = h2::client::handshake(client_end).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let mut client = client.ready().await.unwrap();
+            let (resp, mut upload) = client
+                .send_request(Request::post("http://t/upload").body(()).unwrap(), false)
+                .unwrap();
+            for n in 0..MESSAGES {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                upload
+                    .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false)
+                    .unwrap_or_else(|e| panic!("message {n}: {e}"));
+            }
+            upload.send_data(Bytes::new(), true).unwrap();
+            let resp = resp.await.expect("the response");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let mut body = resp.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                text.extend_from_slice(&chunk.unwrap());
+            }
+            let text = String::from_utf8(text).unwrap();
+            assert_eq!(text, format!("{MESSAGES} {}", 5 * MESSAGES));
+            drop((client, body));
+            conn.abort();
+            served.abort();
+        })
+        .await;
 }

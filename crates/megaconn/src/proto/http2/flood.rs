@@ -48,26 +48,42 @@
 //! gets ~2,000 at once and 1,000 a second after (~2–3 ms a second at most),
 //! where an honest client's tiny frames are messages its application
 //! makes (gRPC's empty or near-empty ones, a pipe's short writes) at the
-//! pace it makes them.
+//! pace it makes them. It is the only bound on them since session 42: the
+//! lifetime allowance went (it cut an honest stream of near-empty messages
+//! at its 10,001st, and stopped nothing this budget does not), so a client
+//! pacing tiny frames under 1,000 a second is never cut. Tiny payloads
+//! padded to 16 bytes or more on the wire are not tiny here: they cost
+//! what 16-byte frames do, per byte the client sends.
 //!
-//! Not bounded: a client that opens the window a few bytes at a time
-//! (`WINDOW_UPDATE` of 1, each answered by a 1-byte DATA frame, 13 bytes
-//! spent for 64 earned) runs for good, at ~40 µs of server CPU a round
-//! (`bench/H2TLS.md`, "Session 41"). Charging DATA we send by its size
-//! does not close it (an increment of 14 earns 14 for the 13 it costs)
-//! and cut honest clients: grpc-go's bandwidth estimator answers DATA with
-//! a connection `WINDOW_UPDATE` and a PING (30 bytes), hyper's adaptive
-//! window with a PING, so a long stream of messages under 30 bytes ran the
-//! budget out (the merge review: 20-byte messages cut after 6,568 rounds).
-//! What would bound it is a rate of such rounds, not a size per frame.
+//! A client that opens its flow-control window a few bytes at a time
+//! (`WINDOW_UPDATE` of 1, each answered by a 1-byte DATA frame) has a
+//! budget of its own, [`HTTP2_WINDOW_DRIP_BUDGET`] rounds, counted where
+//! the response waits (`send_body` in `http2.rs`, through `StallGate`): a
+//! wait for room in the client's windows that ends with a grant of fewer
+//! than [`DRIP_GRANT`] bytes while more of the response waits (the grant
+//! is less than what the stream asked for) takes one out; time gives back
+//! [`DRIP_ROUNDS_PER_SECOND`]. Past zero, the same close, counted as
+//! `http2_window_drip`. Why a count of rounds, not bytes: such a round
+//! costs the server ~35 µs whatever its size (two packets, a wake-up, a
+//! frame; `bench/H2TLS.md`, "Session 41"), and no credit per frame tells
+//! it from an honest client (the `WINDOW_UPDATE` of 13 bytes that lets out
+//! a 1-byte frame is the size of grpc-go's bandwidth probe's connection
+//! update, and a drip of 14 bytes earns what it costs; session 41's size
+//! rule, reverted, cut the one and not the other). What tells them apart
+//! is that the server has data blocked on flow control: a client whose
+//! window is exhausted and who opens it by less than a small packet's
+//! worth again and again. An honest client opens it by half a window or
+//! 4 KiB at least (nghttp2, h2, Go, grpc-go: a quarter of its window), and
+//! its small updates (grpc-go's and hyper's bandwidth probes, one per burst
+//! of data received) come while the server is not blocked: they are not
+//! counted. Grants that end no wait (the tail of a window) are not
+//! counted either: a drip's every round starts at a shut window.
 //!
 //! `HEADERS` and `CONTINUATION` floods are bounded elsewhere: h2's
 //! CONTINUATION count per block, our rapid-reset guard, and each request's
 //! own cost (it is a request: the service sees it, the access log and the
 //! request limits count it). Large DATA is bounded by flow control (padding
-//! included), and [`DataFloodGuard`](crate::service::h2_body::DataFloodGuard)
-//! still counts the tiny frames handlers read (its lifetime allowance,
-//! 10,000, comes after this budget's). Empty DATA frames count here (in
+//! included). Empty DATA frames count here (in
 //! the control budget) as well as in h2's own 100. Padding is neither
 //! charged nor credited beyond its frame's size, measured (`bench/H2TLS.md`,
 //! "padding and DATA nobody reads"): padding-only DATA is an empty frame to
@@ -83,8 +99,10 @@
 //! more CPU per connection.
 //!
 //! Cost: two 16-byte frame walkers in the connection's IO (the payload is
-//! skipped, never copied), and one shared pair of budgets (an `Rc`, 72
-//! bytes) per connection; the clock is read only when a budget runs out.
+//! skipped, never copied), and one shared set of budgets (an `Rc`, 88
+//! bytes) per connection; the clock is read only when a budget runs out,
+//! and the drip budget is looked at only when a response's wait for room
+//! ends.
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -133,8 +151,7 @@ pub(crate) const REFILL_PER_SECOND: u64 = 128;
 pub const HTTP2_TINY_DATA_BUDGET: u64 = 2_000;
 
 /// DATA frames with fewer bytes than this on the wire (payload and padding)
-/// are tiny, unless they end their stream. As `DataFloodGuard`'s count:
-/// uploads come in frames of KiBs, and gRPC frames each message with a
+/// are tiny, unless they end their stream. Uploads come in frames of KiBs, and gRPC frames each message with a
 /// 5-byte prefix, so only empty or near-empty messages (up to 10 bytes)
 /// are tiny; a 20-byte message never is.
 pub(crate) const TINY_DATA_FRAME: u32 = 16;
@@ -147,6 +164,36 @@ pub(crate) const TINY_DATA_PER_SECOND: u64 = 1_000;
 /// Bytes of DATA frames that are not tiny that give back one tiny frame:
 /// tiny frames among real data (a message's last bytes) never count.
 pub(crate) const BYTES_PER_TINY_DATA_FRAME: u64 = 1024;
+
+/// Waits for room in the client's flow-control windows ended by a grant of
+/// fewer than [`DRIP_GRANT`] bytes, with more of the response waiting (a
+/// window opened a few bytes at a time: `WINDOW_UPDATE` of 1, each
+/// answered by a 1-byte DATA frame), that an HTTP/2 connection may have at
+/// once before it is closed with `GOAWAY(ENHANCE_YOUR_CALM)`; given back by
+/// time ([`DRIP_ROUNDS_PER_SECOND`]). ~9–13 ms of server CPU at 35–50 µs
+/// a round; up to twice that in one burst after 4 s of quiet (as every
+/// budget here, time is credited when the budget runs out, up to a full
+/// one: a drip on a connection 5 s old got ~520 rounds, `bench/H2TLS.md`,
+/// "Session 42"). Counted in
+/// `megaconn_limit_hits_total{limit="http2_window_drip"}` (and a protocol
+/// error), logged at most once per 5 s per worker.
+pub const HTTP2_WINDOW_DRIP_BUDGET: u64 = 256;
+
+/// Drip rounds a second of the connection's life gives back (with the
+/// budget's bound): ~2.2 ms of server CPU a second at most, as the
+/// tiny-DATA budget's 1,000 frames; and a client whose rounds are paced by
+/// a network round trip of 16 ms or more is never cut, whatever its window.
+pub(crate) const DRIP_ROUNDS_PER_SECOND: u64 = 64;
+
+/// Grants of room smaller than this (bytes) end a drip round, when the
+/// stream asked for more. 256: a round that lets out 256 bytes or more
+/// costs at most ~140 µs of server CPU per KiB, the order of the 16-byte
+/// DATA frames a client may send for good (65–130 µs/KiB) and far below
+/// `GET /` (800–1,250 µs/KiB; `bench/H2TLS.md`, "Session 41"); and no
+/// client's reader opens its window by less unless it reads a few bytes
+/// at a time with its window exhausted (Go's `bufio` reads 4 KiB, its JSON
+/// decoder 512 bytes or more).
+pub(crate) const DRIP_GRANT: usize = 256;
 
 /// The client's connection preface, before its first frame.
 const PREFACE_LEN: u32 = 24;
@@ -166,6 +213,8 @@ pub(crate) enum Flooded {
     Control,
     /// [`HTTP2_TINY_DATA_BUDGET`]: tiny DATA frames.
     TinyData,
+    /// [`HTTP2_WINDOW_DRIP_BUDGET`]: a window opened a few bytes at a time.
+    WindowDrip,
 }
 
 /// A budget that work and time give back, up to `FULL`; time at
@@ -221,14 +270,16 @@ impl<const FULL: u64, const PER_SECOND: u64> Bucket<FULL, PER_SECOND> {
     }
 }
 
-/// A connection's two budgets, control bytes and tiny DATA frames, shared
-/// by its IO (which spends them and earns what responses earn) and its
-/// loop (which earns what requests earn and acts on
-/// [`tripped`](Self::tripped)).
+/// A connection's three budgets, control bytes, tiny DATA frames and drip
+/// rounds, shared by its IO (which spends the first two and earns what
+/// responses earn), its streams' responses (which spend the third,
+/// [`room_granted`](Self::room_granted)) and its loop (which earns what
+/// requests earn and acts on [`tripped`](Self::tripped)).
 #[derive(Debug)]
 pub(crate) struct FloodBudget {
     control: Bucket<HTTP2_CONTROL_BUDGET, REFILL_PER_SECOND>,
     tiny: Bucket<HTTP2_TINY_DATA_BUDGET, TINY_DATA_PER_SECOND>,
+    drip: Bucket<HTTP2_WINDOW_DRIP_BUDGET, DRIP_ROUNDS_PER_SECOND>,
     /// Bytes of larger DATA frames not yet worth a tiny frame.
     data_bytes: Cell<u64>,
     tripped: Cell<Option<Flooded>>,
@@ -241,6 +292,7 @@ impl FloodBudget {
         FloodBudget {
             control: Bucket::new(now),
             tiny: Bucket::new(now),
+            drip: Bucket::new(now),
             data_bytes: Cell::new(0),
             tripped: Cell::new(None),
         }
@@ -250,6 +302,24 @@ impl FloodBudget {
     #[inline]
     pub(crate) fn credit(&self, n: u64) {
         self.control.credit(n);
+    }
+
+    /// A response's wait for room in the client's windows ended with
+    /// `granted` bytes, of the `wanted` it waits to send: a drip round if
+    /// fewer than both [`DRIP_GRANT`] and `wanted`, charged to the drip
+    /// budget. True if that ran the budget out: the connection is flooded,
+    /// and the caller (a stream, polled in the connection's task) wakes the
+    /// task for its loop to close it.
+    pub(crate) fn room_granted(&self, granted: usize, wanted: usize) -> bool {
+        if granted >= wanted || granted >= DRIP_GRANT || self.drip.charge(1) {
+            return false;
+        }
+        if self.is_tripped() {
+            // Another budget ran out first: that is the close's reason.
+            return false;
+        }
+        self.tripped.set(Some(Flooded::WindowDrip));
+        true
     }
 
     /// Charges a frame received to the budget it is for; `Some` names the
@@ -584,6 +654,38 @@ mod tests {
         assert_eq!(earned(head(DATA, 0, 16_384)), DATA_FRAME_CREDIT);
         assert_eq!(earned(head(PING, 0, 8)), 17);
         assert_eq!(earned(head(PING, ACK, 8)), 0);
+    }
+
+    /// A grant smaller than [`DRIP_GRANT`] and than what the stream waits
+    /// to send is a drip round; a grant of all it waits for (a small
+    /// frame's), or of [`DRIP_GRANT`] bytes, is not. The budget runs out
+    /// after [`HTTP2_WINDOW_DRIP_BUDGET`] rounds, once (the next round does
+    /// not trip it again), and time gives back [`DRIP_ROUNDS_PER_SECOND`].
+    #[tokio::test(start_paused = true)]
+    async fn small_grants_with_more_waiting_run_out_the_drip_budget() {
+        let budget = FloodBudget::new();
+        for _ in 0..10 * HTTP2_WINDOW_DRIP_BUDGET {
+            assert!(!budget.room_granted(10, 10), "all it waited for");
+            assert!(!budget.room_granted(DRIP_GRANT, 1 << 20));
+        }
+        for _ in 0..HTTP2_WINDOW_DRIP_BUDGET {
+            assert!(!budget.room_granted(1, 1 << 20));
+        }
+        assert!(!budget.is_tripped());
+        assert!(
+            budget.room_granted(DRIP_GRANT - 1, DRIP_GRANT),
+            "one too many"
+        );
+        assert_eq!(budget.tripped.get(), Some(Flooded::WindowDrip));
+        assert!(!budget.room_granted(1, 1 << 20), "tripped once");
+
+        let budget = FloodBudget::new();
+        for _ in 0..HTTP2_WINDOW_DRIP_BUDGET {
+            assert!(!budget.room_granted(1, 2));
+        }
+        tokio::time::advance(Duration::from_nanos(1_000_000_000 / DRIP_ROUNDS_PER_SECOND)).await;
+        assert!(!budget.room_granted(1, 2), "time gave one back");
+        assert!(budget.room_granted(1, 2));
     }
 
     /// Time gives back [`REFILL_PER_SECOND`], fractions of a byte kept for

@@ -36,9 +36,17 @@
 //! (h2's send buffer full) got room before. Streams accepted but not yet
 //! polled count too, so that a burst of new streams (h2 hands over all it
 //! read before any exchange runs) cannot all stall at once past the limit.
+//!
+//! Every wait for room ends here too ([`StallGate::room`]): a grant of a
+//! few bytes while more of the response waits is a round of a window
+//! opened a few bytes at a time, counted against the connection's drip
+//! budget (`flood.rs`, [`HTTP2_WINDOW_DRIP_BUDGET`](super::HTTP2_WINDOW_DRIP_BUDGET)).
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::task::{Context, Waker};
+
+use super::flood::FloodBudget;
 
 use crate::conn::context::WorkerContext;
 use crate::observe::limits::LimitHit;
@@ -57,18 +65,32 @@ pub(super) struct StallGate {
     held: Cell<Option<Waker>>,
     /// The limit was reached and counted, and has not been left since.
     reached: Cell<bool>,
+    /// The connection's flood budgets, whose drip budget each wait's grant
+    /// may spend ([`room`](Self::room)).
+    budget: Rc<FloodBudget>,
 }
 
 impl StallGate {
-    /// A gate for `limit` stalled streams (`None`: none).
-    pub(super) fn new(limit: Option<u32>) -> StallGate {
+    /// A gate for `limit` stalled streams (`None`: none), on a connection
+    /// with `budget`.
+    pub(super) fn new(limit: Option<u32>, budget: Rc<FloodBudget>) -> StallGate {
         StallGate {
             limit,
             unpolled: Cell::new(0),
             stalled: Cell::new(0),
             held: Cell::new(None),
             reached: Cell::new(false),
+            budget,
         }
+    }
+
+    /// A stream's wait for room ended with `granted` bytes of the `wanted`
+    /// it waits to send: a drip round if a few bytes of more
+    /// ([`FloodBudget::room_granted`]). True if that ran the drip budget
+    /// out: the stream then yields, for the connection loop (streams run
+    /// in its task) to close the connection.
+    pub(super) fn room(&self, granted: usize, wanted: usize) -> bool {
+        self.budget.room_granted(granted, wanted)
     }
 
     /// Whether the connection may take a new stream now. If not, the
