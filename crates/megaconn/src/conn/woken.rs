@@ -389,6 +389,19 @@ impl AsyncWrite for WokenSocket {
     }
 }
 
+impl Drop for WokenSocket {
+    /// A socket the lot woke that closes still bare (served and closed, or
+    /// a hang-up read to its end) tells the lot, which would otherwise keep
+    /// its slot `AWAKE` for good (`park::woken_closing`). Parking it again
+    /// ([`Parkable::into_parked`]) or registering it with tokio
+    /// (`registered`) is no close: nothing is told then.
+    fn drop(&mut self) {
+        if let (true, State::Bare(fd)) = (self.in_lot, &self.state) {
+            crate::conn::park::woken_closing(fd.as_raw_fd());
+        }
+    }
+}
+
 impl Transport for WokenSocket {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &self.state {
@@ -426,8 +439,8 @@ impl Parkable for WokenSocket {
         self.repark_when_idle() && self.in_lot
     }
 
-    fn into_parked(self) -> io::Result<OwnedFd> {
-        match self.state {
+    fn into_parked(mut self) -> io::Result<OwnedFd> {
+        match std::mem::replace(&mut self.state, State::Gone) {
             State::Bare(fd) => Ok(fd),
             State::Registered(stream) => Ok(stream.into_std()?.into()),
             State::Gone => Err(io::Error::new(
