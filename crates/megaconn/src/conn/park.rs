@@ -411,8 +411,10 @@ pub(crate) struct ParkingLot {
     /// access log or `track_connections`; empty otherwise), by value: its
     /// id, peer, open time and counts, ~88 B per descriptor up to the
     /// highest one a tracked connection parked on (the worker's hook and
-    /// registry, which each kept too, ~120 B, are in `track_handles`). Indexed like `slots`, not an `Rc` in a map: a
-    /// track allocated at accept and kept while parked sat among the freed
+    /// registry, which each kept too, ~120 B, are in `track_handles`).
+    /// Indexed by descriptor (in this worker's own array, not the process's
+    /// like the slots: only tracked connections pay it), not an `Rc` in a
+    /// map: a track allocated at accept and kept while parked sat among the freed
     /// allocations of the connections' tasks, one every ~1.7 KB, and held
     /// their pages from `malloc_trim` (`ConnTrack::park`; a parked
     /// connection was ~950 B with `--debug-connections`, 24 B without,
@@ -428,9 +430,10 @@ pub(crate) struct ParkingLot {
     /// Per file descriptor: the client IP whose per-IP place a parked
     /// connection holds (only with a per-IP limit; empty otherwise). Kept
     /// here because reading it back from the socket fails once the peer
-    /// reset it. Indexed like `slots`, not hashed: 17 B per descriptor
-    /// with the limit on, where a map cost ~50-90 B per parked connection
-    /// and a hash per park and wake.
+    /// reset it. Indexed by descriptor, not hashed: 17 B per descriptor in
+    /// each worker (its own array, unlike the slots) with the limit on,
+    /// where a map cost ~50-90 B per parked connection and a hash per park
+    /// and wake.
     ips: RefCell<Vec<Option<IpAddr>>>,
     /// Per file descriptor: when the connection on it is to be retired
     /// (`max_connection_age`), as a deadline tick (rounded up: retired up to
@@ -438,8 +441,8 @@ pub(crate) struct ParkingLot {
     /// (so a reused descriptor never shows the previous connection's), read
     /// each time HTTP/1.1 serves it: a connection that parks between
     /// requests keeps its age, where one drawn at each wake-up never came.
-    /// Only with that option on (empty otherwise; 4 B per descriptor with
-    /// it). Kept here, not in the connection's accounts, which every
+    /// Only with that option on (empty otherwise; 4 B per descriptor in each
+    /// worker with it). Kept here, not in the connection's accounts, which every
     /// connection's task carries.
     retire: RefCell<Vec<u32>>,
 }
@@ -2372,11 +2375,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_reused_descriptor_is_added_when_it_parks() {
         let f = fixture();
-        let (a, mut client_a) = pair();
-        park(&f, a, 3, AtDeadline::Close);
-        client_a.write_all(b"a").unwrap();
-        assert_eq!(f.wake_ready().await, 1);
-        let a = f.take_woken();
+        let (a, client_a) = parked_and_woken(&f, 3).await;
         let fd = a.as_raw_fd();
         // The new connection takes the old one's number in one step (dup2
         // closes the old socket, which leaves the set): no other thread of
@@ -2395,6 +2394,16 @@ pub(super) mod tests {
         assert_eq!(f.wake_ready().await, 1);
         assert_eq!(drain(&f.take_woken()), b"b");
         drop(client_a);
+    }
+
+    /// A connection parked in `f`'s lot as protocol `proto` and woken by a
+    /// byte: the woken socket (the byte unread) and its client.
+    async fn parked_and_woken(f: &Fixture, proto: u8) -> (OwnedFd, TcpStream) {
+        let (server, mut client) = pair();
+        park(f, server, proto, AtDeadline::Close);
+        client.write_all(b"a").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        (f.take_woken(), client)
     }
 
     /// Sends `bytes` to a parked connection, lets the lot wake it, and reads
@@ -2695,11 +2704,7 @@ pub(super) mod tests {
         let a = fixture_on(ConnectionLimit::new(4, None), claim);
         let slots = a.lot.claim.slots();
         // Woken in A, then closed while awake: told, its slot is ABSENT.
-        let (first, mut client_a) = pair();
-        park(&a, first, 3, AtDeadline::Close);
-        client_a.write_all(b"a").unwrap();
-        assert_eq!(a.wake_ready().await, 1);
-        let first = a.take_woken();
+        let (first, client_a) = parked_and_woken(&a, 3).await;
         let fd = first.as_raw_fd();
         assert_eq!(slots.get(fd as usize).deadline, AWAKE);
         assert!(a.lot.forget_awake(fd), "what woken_closing does");
