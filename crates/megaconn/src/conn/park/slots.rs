@@ -238,8 +238,32 @@ impl Slots {
             .map(|(fd, slot)| (fd, Slot::from_bits(slot.load(Ordering::Relaxed))))
     }
 
-    /// Gives back the pages above `live` (one past the highest live slot a
-    /// sweep saw), if enough of them are below `top` ([`RELEASE_MIN`]).
+    /// Gives back the pages above the highest live slot, if enough of
+    /// them are below `top` ([`RELEASE_MIN`]): a look down from `top`, which
+    /// stops at once where the top slots are in use (a sweep calls it
+    /// every time), and walks an empty tail only when it is long enough to
+    /// give back. Returns whether it gave any back.
+    pub(super) fn release_empty_tail(&self) -> bool {
+        let top = self.top();
+        if top < RELEASE_MIN {
+            return false;
+        }
+        // One live slot in the last RELEASE_MIN keeps them all.
+        if (top - RELEASE_MIN..top)
+            .rev()
+            .any(|fd| self.get(fd).is_live())
+        {
+            return false;
+        }
+        let live = (0..top - RELEASE_MIN)
+            .rev()
+            .find(|&fd| self.get(fd).is_live())
+            .map_or(0, |fd| fd + 1);
+        self.release_above(live)
+    }
+
+    /// Gives back the pages above `live` (one past the highest live slot
+    /// seen), if enough of them are below `top` ([`RELEASE_MIN`]).
     /// Returns whether it gave any back.
     pub(super) fn release_above(&self, live: usize) -> bool {
         let keep = live.next_multiple_of(GROW_BY);
