@@ -958,12 +958,11 @@ impl ParkingLot {
         for (fd, slot) in self.claim.slots().iter() {
             match slot.deadline {
                 ABSENT | AWAKE | NO_DEADLINE => {}
-                d if d <= now => {
-                    if slot.owner() == owner {
-                        expired.push((fd as RawFd, slot.proto()));
-                    }
+                d if d <= now && slot.owner() == owner => {
+                    expired.push((fd as RawFd, slot.proto()));
                 }
-                d if d < next && slot.owner() == owner => next = d,
+                // Another lot's deadline, expired or not, matches neither.
+                d if d > now && d < next && slot.owner() == owner => next = d,
                 _ => {}
             }
         }
