@@ -6,9 +6,11 @@
 //! through a single `AsyncFd`; when a parked socket turns readable (a request,
 //! or the client hanging up) it becomes a `TcpStream` and a task again. What a
 //! parked connection costs in user space is one 8-byte slot in an fd-indexed
-//! array (its deadline, protocol and when it parked; with a per-IP limit, 17
-//! bytes more for its client IP; with `max_connection_age`, 4 more for when
-//! it is to be retired) — against ~1 KB for a
+//! array (its deadline, protocol, when it parked and which worker's lot
+//! holds it), one array per process whatever its worker count
+//! (`park/slots.rs`); with a per-IP limit, 17 bytes more for its client IP,
+//! with `max_connection_age`, 4 more for when it is to be retired (those two
+//! per descriptor in each worker) — against ~1 KB for a
 //! task per connection (task cell, `ScheduledIo`, timer entry), which is why
 //! the million-connection target needs this.
 //!
@@ -95,6 +97,10 @@ use crate::observe::lifecycle::{ConnTrack, ParkedTrack, TrackHandles};
 use crate::observe::ratelog;
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
+mod slots;
+
+use slots::{Claim, GROW_BY};
+
 /// Per-fd state: not in the private epoll set.
 const ABSENT: u32 = 0;
 
@@ -126,9 +132,6 @@ const QUIET_SWEEP: Duration = Duration::from_secs(10);
 /// `ngx_drain_connections` closes up to 32 reusable ones at a time).
 const EVICT_MAX: usize = 32;
 
-/// The per-descriptor arrays grow to the next multiple of this.
-const GROW_BY: usize = 1024;
-
 /// Events taken from the private epoll set per wake-up.
 const MAX_EVENTS: usize = 256;
 
@@ -155,29 +158,32 @@ const PARKED_AT_ONCE: u8 = 0x40;
 /// The flags of a slot's protocol byte; the protocol's tag is the rest.
 const FLAGS: u8 = WAKE_AT_DEADLINE | PARKED_AT_ONCE;
 
-/// The resolution of a slot's parked-at stamp, in milliseconds: 24 bits of
-/// 4 ms wrap every ~18.6 hours, and only differences below `hot_within`
-/// (seconds) are ever taken.
+/// The resolution of a slot's parked-at stamp, in milliseconds: 16 bits of
+/// 4 ms wrap every ~262 s, and only differences below `hot_within` (clamped
+/// to half that: ~131 s) and the shutdown's idle grace (half a second) are
+/// ever taken.
 const STAMP_MS: u64 = 4;
 
-/// The stamp's bits (it shares a word with the protocol byte).
-const STAMP_MASK: u32 = 0x00FF_FFFF;
+/// The stamp's bits (it shares a word with the owner and protocol bytes).
+const STAMP_MASK: u32 = 0xFFFF;
 
-/// One descriptor's entry in the lot: 8 bytes, so that a wake-up and the
-/// park after it touch one cache line per connection. (Three arrays, as
-/// before, were three cache misses per heartbeat at a million connections,
-/// where no process's arrays stay in the cache between its heartbeats.)
-#[derive(Debug, Clone, Copy, Default)]
+/// One descriptor's entry in the process's array (`park/slots.rs`): 8
+/// bytes, so that a wake-up and the park after it touch one cache line per
+/// connection. (Three arrays, as before, were three cache misses per
+/// heartbeat at a million connections, where no process's arrays stay in
+/// the cache between its heartbeats.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Slot {
     /// [`ABSENT`], [`AWAKE`], [`NO_DEADLINE`], or the idle deadline's
-    /// second + 1 (counted from `epoch`).
+    /// second + 1 (counted from its lot's `epoch`).
     deadline: u32,
     /// Low byte: the protocol it resumes in (`ProtoTag`, low 6 bits),
-    /// [`WAKE_AT_DEADLINE`] and [`PARKED_AT_ONCE`]. High 24 bits: when it
-    /// was parked (a [`ParkingLot::stamp_now`], never 0): with
-    /// [`PARKED_AT_ONCE`], to tell, on wake-up, a connection that turned
-    /// busy from a cold one; for every connection, to give one that parked
-    /// just before a graceful shutdown the grace of an idle task.
+    /// [`WAKE_AT_DEADLINE`] and [`PARKED_AT_ONCE`]. Next byte: the lot
+    /// that holds it (its owner id, `slots::Claim`), which alone serves it.
+    /// High 16 bits: when it was parked (a [`ParkingLot::stamp_now`], never
+    /// 0): with [`PARKED_AT_ONCE`], to tell, on wake-up, a connection that
+    /// turned busy from a cold one; for every connection, to give one that
+    /// parked just before a graceful shutdown the grace of an idle task.
     mark: u32,
 }
 
@@ -185,6 +191,12 @@ impl Slot {
     /// Whether a parked socket holds it (not [`ABSENT`], not [`AWAKE`]).
     fn is_parked(self) -> bool {
         self.deadline != ABSENT && self.deadline != AWAKE
+    }
+
+    /// Whether a lot holds it, parked or awake (not [`ABSENT`]): a page of
+    /// the array with one of these is not given back.
+    fn is_live(self) -> bool {
+        self.deadline != ABSENT
     }
 
     fn proto(self) -> u8 {
@@ -195,8 +207,32 @@ impl Slot {
         ProtoTag(self.proto() & !FLAGS)
     }
 
+    /// The owner id of the lot that holds it (meaningful while live).
+    fn owner(self) -> u8 {
+        (self.mark >> 8) as u8
+    }
+
     fn parked_at(self) -> u32 {
-        self.mark >> 8
+        self.mark >> 16
+    }
+
+    /// The same slot in `to` ([`ABSENT`], [`AWAKE`]).
+    fn now(self, to: u32) -> Slot {
+        Slot {
+            deadline: to,
+            ..self
+        }
+    }
+
+    fn bits(self) -> u64 {
+        u64::from(self.deadline) | u64::from(self.mark) << 32
+    }
+
+    fn from_bits(bits: u64) -> Slot {
+        Slot {
+            deadline: bits as u32,
+            mark: (bits >> 32) as u32,
+        }
     }
 
     /// When it parked straight after serving a wake-up; 0 if it parked
@@ -332,8 +368,9 @@ pub(crate) struct ParkingLot {
     relay: Option<Relay>,
     /// The private epoll set of parked sockets.
     epoll: OwnedFd,
-    /// Per file descriptor: its [`Slot`].
-    slots: RefCell<Vec<Slot>>,
+    /// Its place in the process's slot array (per file descriptor: its
+    /// [`Slot`]), shared with every other lot (`park/slots.rs`).
+    claim: Claim,
     /// Re-parked at once and woken again within this many stamp units
     /// ([`STAMP_MS`]): the connection is hot.
     hot_within: u32,
@@ -374,8 +411,10 @@ pub(crate) struct ParkingLot {
     /// access log or `track_connections`; empty otherwise), by value: its
     /// id, peer, open time and counts, ~88 B per descriptor up to the
     /// highest one a tracked connection parked on (the worker's hook and
-    /// registry, which each kept too, ~120 B, are in `track_handles`). Indexed like `slots`, not an `Rc` in a map: a
-    /// track allocated at accept and kept while parked sat among the freed
+    /// registry, which each kept too, ~120 B, are in `track_handles`).
+    /// Indexed by descriptor (in this worker's own array, not the process's
+    /// like the slots: only tracked connections pay it), not an `Rc` in a
+    /// map: a track allocated at accept and kept while parked sat among the freed
     /// allocations of the connections' tasks, one every ~1.7 KB, and held
     /// their pages from `malloc_trim` (`ConnTrack::park`; a parked
     /// connection was ~950 B with `--debug-connections`, 24 B without,
@@ -391,9 +430,10 @@ pub(crate) struct ParkingLot {
     /// Per file descriptor: the client IP whose per-IP place a parked
     /// connection holds (only with a per-IP limit; empty otherwise). Kept
     /// here because reading it back from the socket fails once the peer
-    /// reset it. Indexed like `slots`, not hashed: 17 B per descriptor
-    /// with the limit on, where a map cost ~50-90 B per parked connection
-    /// and a hash per park and wake.
+    /// reset it. Indexed by descriptor, not hashed: 17 B per descriptor in
+    /// each worker (its own array, unlike the slots) with the limit on,
+    /// where a map cost ~50-90 B per parked connection and a hash per park
+    /// and wake.
     ips: RefCell<Vec<Option<IpAddr>>>,
     /// Per file descriptor: when the connection on it is to be retired
     /// (`max_connection_age`), as a deadline tick (rounded up: retired up to
@@ -401,8 +441,8 @@ pub(crate) struct ParkingLot {
     /// (so a reused descriptor never shows the previous connection's), read
     /// each time HTTP/1.1 serves it: a connection that parks between
     /// requests keeps its age, where one drawn at each wake-up never came.
-    /// Only with that option on (empty otherwise; 4 B per descriptor with
-    /// it). Kept here, not in the connection's accounts, which every
+    /// Only with that option on (empty otherwise; 4 B per descriptor in each
+    /// worker with it). Kept here, not in the connection's accounts, which every
     /// connection's task carries.
     retire: RefCell<Vec<u32>>,
 }
@@ -425,6 +465,7 @@ pub(crate) struct LotFds {
     watch: AsyncFd<LotFd>,
     relay: Option<Relay>,
     epoll: OwnedFd,
+    claim: Claim,
 }
 
 impl LotFds {
@@ -432,6 +473,11 @@ impl LotFds {
     /// its relay; zero: tokio watches the set itself). Must run inside the
     /// worker's runtime (`Runtime::enter` will do, on any thread).
     pub(crate) fn new(batch: Duration) -> io::Result<LotFds> {
+        LotFds::on(batch, Claim::new()?)
+    }
+
+    /// [`LotFds::new`] with its place in the slot array given.
+    fn on(batch: Duration, claim: Claim) -> io::Result<LotFds> {
         // SAFETY: epoll_create1 has no memory arguments; we own the returned fd.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -449,6 +495,7 @@ impl LotFds {
             watch,
             relay,
             epoll,
+            claim,
         })
     }
 }
@@ -465,13 +512,14 @@ impl ParkingLot {
             watch,
             relay,
             epoll,
+            claim,
         } = fds;
         let epoch = Instant::now();
         ParkingLot {
             watch,
             relay,
             epoll,
-            slots: RefCell::new(Vec::new()),
+            claim,
             hot_within: (hot_within.as_millis() / u128::from(STAMP_MS))
                 .min(u128::from(STAMP_MASK / 2)) as u32,
             parked: Cell::new(0),
@@ -546,11 +594,24 @@ impl ParkingLot {
         } = parking;
         let fd = socket.as_raw_fd();
         let idx = fd as usize;
-        let was_awake = self.slots.borrow().get(idx).map(|s| s.deadline) == Some(AWAKE);
-        if let Err(error) = self.arm(fd, was_awake, watched) {
+        let slots = self.claim.slots();
+        let before = slots.get(idx);
+        // Awake here, in this lot: a stale `AWAKE` of another lot (its
+        // socket closed elsewhere) is no registration in this one's set.
+        let was_awake = before.deadline == AWAKE && before.owner() == self.claim.owner();
+        let armed = if slots.holds(idx) {
+            self.arm(fd, was_awake, watched)
+        } else {
+            // Above the hard RLIMIT_NOFILE the array was reserved for
+            // (raised since by a privileged process): it cannot park.
+            Err(io::Error::other(
+                "descriptor above the parking lot's slot array",
+            ))
+        };
+        if let Err(error) = armed {
             ratelog::cannot_watch(&error, "cannot park a connection");
             if was_awake {
-                self.slots.borrow_mut()[idx].deadline = ABSENT;
+                slots.set(idx, before.now(ABSENT));
             }
             let reason = CloseReason::io(&error);
             conn.close(reason);
@@ -572,22 +633,19 @@ impl ParkingLot {
         if at_once {
             flags |= PARKED_AT_ONCE;
         }
-        let mut slots = self.slots.borrow_mut();
-        if slots.len() <= idx {
-            // Grown in steps of GROW_BY, not doubled: the array is 8 bytes
-            // per descriptor, and at ~19,000 sockets per worker process a
-            // doubled length (32,768) left 40 % of it unused but touched
-            // (~6 B per connection of the million's RSS).
-            let len = (idx + 1).next_multiple_of(GROW_BY);
-            let more = len - slots.len();
-            slots.reserve_exact(more);
-            slots.resize(len, Slot::default());
-        }
-        slots[idx] = Slot {
+        let slot = Slot {
             deadline,
-            mark: stamp << 8 | u32::from((proto.0 & !FLAGS) | flags),
+            mark: stamp << 16
+                | u32::from(self.claim.owner()) << 8
+                | u32::from((proto.0 & !FLAGS) | flags),
         };
-        drop(slots);
+        if was_awake {
+            // A heartbeat's re-park: its slot was live throughout, so no
+            // release can take its page (`park/slots.rs`).
+            slots.set(idx, slot);
+        } else {
+            slots.claim(idx, slot);
+        }
         let ParkedAccounts { track, ip } = conn.park();
         if let Some(track) = track {
             // Listed as parked through its own track (an adopted connection
@@ -713,33 +771,46 @@ impl ParkingLot {
     /// so bytes it leaves unread still wake it. Does nothing unless `fd` is
     /// [`AWAKE`] here.
     fn unwatch_awake(&self, fd: RawFd) {
-        let mut slots = self.slots.borrow_mut();
-        let Some(slot) = slots.get_mut(fd as usize).filter(|s| s.deadline == AWAKE) else {
+        if !self.forget_awake(fd) {
             return;
-        };
-        slot.deadline = ABSENT;
-        drop(slots);
+        }
         // A socket closed meanwhile is out already (EBADF, or ENOENT for a
         // descriptor reused by another socket): nothing to undo either way.
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd);
     }
 
-    /// Takes a parked socket out of the lot's care, leaving its slot in `to`
-    /// ([`ABSENT`] for a socket about to be closed, which also takes it out of
-    /// the epoll set; [`AWAKE`] for one being woken). The caller owns the fd.
-    fn unpark(&self, fd: RawFd, to: u32) -> Option<OwnedFd> {
-        let mut slots = self.slots.borrow_mut();
-        let slot = slots.get_mut(fd as usize)?;
-        if !slot.is_parked() {
+    /// Marks `fd` [`ABSENT`] if it is [`AWAKE`] in this lot; whether it
+    /// was. A compare-and-swap: the socket may have closed elsewhere and
+    /// another lot parked a new one on the number (`park/slots.rs`). And a
+    /// load first, so that a released page is not written (faulted back in)
+    /// for nothing.
+    fn forget_awake(&self, fd: RawFd) -> bool {
+        let slots = self.claim.slots();
+        let slot = slots.get(fd as usize);
+        slot.deadline == AWAKE
+            && slot.owner() == self.claim.owner()
+            && slots.replace(fd as usize, slot, slot.now(ABSENT))
+    }
+
+    /// Takes a socket parked in this lot out of its care, leaving its slot
+    /// in `to` ([`ABSENT`] for a socket about to be closed, which also takes
+    /// it out of the epoll set; [`AWAKE`] for one being woken). The caller
+    /// owns the fd, and gets the slot as it was (read nothing from the array
+    /// after an `ABSENT`: its page may be given back meanwhile). None for a
+    /// descriptor not parked here, another lot's included: a connection is
+    /// only ever served by the lot it parked in.
+    fn unpark(&self, fd: RawFd, to: u32) -> Option<(OwnedFd, Slot)> {
+        let slots = self.claim.slots();
+        let slot = slots.get(fd as usize);
+        if !slot.is_parked() || slot.owner() != self.claim.owner() {
             return None;
         }
-        slot.deadline = to;
-        drop(slots);
+        slots.set(fd as usize, slot.now(to));
         self.parked.set(self.parked.get() - 1);
         gauge(&self.stats.connections_parked, -1);
         gauge(&self.stats.connections_idle, -1);
         // SAFETY: the lot owned this descriptor since `park`.
-        Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        Some((unsafe { OwnedFd::from_raw_fd(fd) }, slot))
     }
 
     /// Notes when the connection just accepted (or adopted) on `fd` is to be
@@ -787,20 +858,13 @@ impl ParkingLot {
     /// closed as the lot kept it, not woken first: a wake takes the
     /// registry's lock and allocates the entry's `Arc` and the track's `Rc`,
     /// only for the close to take the lock again and free both.
-    fn closed(&self, socket: &OwnedFd, reason: CloseReason) {
-        let fd = socket.as_raw_fd();
+    fn closed(&self, socket: &OwnedFd, slot: Slot, reason: CloseReason) {
         self.connection(socket).close(reason);
-        let tag = self
-            .slots
-            .borrow()
-            .get(fd as usize)
-            .map_or(ProtoTag(0), |s| s.tag());
-        self.tell_closed(fd, tag, reason);
+        self.tell_closed(socket.as_raw_fd(), slot.tag(), reason);
     }
 
     /// Hands a parked socket that woke up back to its protocol.
-    fn wake(&self, fd: RawFd, socket: OwnedFd, wake: Wake, respawn: &Respawn) {
-        let slot = self.slots.borrow()[fd as usize];
+    fn wake(&self, socket: OwnedFd, slot: Slot, wake: Wake, respawn: &Respawn) {
         let hot = is_hot(slot.served_wake_at(), self.stamp_now(), self.hot_within);
         let proto = slot.tag();
         incr(if hot {
@@ -848,7 +912,7 @@ impl ParkingLot {
         let respawn = self.respawn.borrow().clone();
         for event in events {
             let fd = event.u64 as RawFd;
-            let Some(socket) = self.unpark(fd, AWAKE) else {
+            let Some((socket, slot)) = self.unpark(fd, AWAKE) else {
                 // An edge for an awake socket that no runtime watches (a
                 // task waits on something else, and it has not read yet):
                 // from here on its task reads it, not the lot.
@@ -866,11 +930,11 @@ impl ParkingLot {
                     } else {
                         Wake::Readable
                     };
-                    self.wake(fd, socket, wake, respawn)
+                    self.wake(socket, slot, wake, respawn)
                 }
                 None => {
-                    self.slots.borrow_mut()[fd as usize].deadline = ABSENT;
-                    self.closed(&socket, CloseReason::Shutdown);
+                    self.claim.slots().set(fd as usize, slot.now(ABSENT));
+                    self.closed(&socket, slot, CloseReason::Shutdown);
                 }
             }
         }
@@ -884,33 +948,44 @@ impl ParkingLot {
         let now = self.tick_reached(Instant::now());
         let mut expired = Vec::new();
         let mut next = NO_DEADLINE;
-        for (fd, slot) in self.slots.borrow().iter().enumerate() {
+        let owner = self.claim.owner();
+        // The walk of the whole process's array: the owner is looked at
+        // only where a deadline would count (expired, or earlier than the
+        // earliest so far), so a slot costs what it did in a lot's own
+        // array (a callgrind run had the walk at ~12 instructions a slot
+        // with the owner and the highest live slot taken at every one,
+        // against ~5.5: bench/FRAMED.md).
+        for (fd, slot) in self.claim.slots().iter() {
             match slot.deadline {
                 ABSENT | AWAKE | NO_DEADLINE => {}
-                d if d <= now => expired.push(fd as RawFd),
-                d => next = next.min(d),
+                d if d <= now && slot.owner() == owner => {
+                    expired.push((fd as RawFd, slot.proto()));
+                }
+                // Another lot's deadline, expired or not, matches neither.
+                d if d > now && d < next && slot.owner() == owner => next = d,
+                _ => {}
             }
         }
         // Before the expired are handled: one woken at its deadline may
         // park again, lowering it.
         self.next_due.set(next);
         let respawn = self.respawn.borrow().clone();
-        for fd in expired {
-            let wakes = self.slots.borrow()[fd as usize].proto() & WAKE_AT_DEADLINE != 0;
-            match (wakes, &respawn) {
+        for (fd, proto) in expired {
+            match (proto & WAKE_AT_DEADLINE != 0, &respawn) {
                 (true, Some(respawn)) => {
-                    if let Some(socket) = self.unpark(fd, AWAKE) {
-                        self.wake(fd, socket, Wake::Timer, respawn);
+                    if let Some((socket, slot)) = self.unpark(fd, AWAKE) {
+                        self.wake(socket, slot, Wake::Timer, respawn);
                     }
                 }
                 _ => {
-                    if let Some(socket) = self.unpark(fd, ABSENT) {
+                    if let Some((socket, slot)) = self.unpark(fd, ABSENT) {
                         incr(&self.stats.timeouts);
-                        self.closed(&socket, CloseReason::IdleTimeout);
+                        self.closed(&socket, slot, CloseReason::IdleTimeout);
                     }
                 }
             }
         }
+        self.claim.slots().release_empty_tail();
         // Only once tracking has parked a connection (the array is empty
         // otherwise): given back when none is parked now (see `tracks`).
         if self.tracks_parked.get() == 0 && self.tracks.borrow().capacity() != 0 {
@@ -1026,21 +1101,15 @@ impl ParkingLot {
         portable: fn(ProtoTag) -> bool,
     ) -> Vec<crate::conn::handover::ParkedConnection> {
         let now = self.tick_of(Instant::now());
-        let chosen: Vec<(RawFd, u32, u8)> = {
-            self.slots
-                .borrow()
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| {
-                    s.is_parked() && s.proto() & WAKE_AT_DEADLINE == 0 && portable(s.tag())
-                })
-                .map(|(fd, s)| (fd as RawFd, s.deadline, s.tag().0))
-                .collect()
-        };
+        let chosen: Vec<(RawFd, u32, u8)> = self
+            .own_parked()
+            .filter(|(_, s)| s.proto() & WAKE_AT_DEADLINE == 0 && portable(s.tag()))
+            .map(|(fd, s)| (fd, s.deadline, s.tag().0))
+            .collect();
         let mut out = Vec::with_capacity(chosen.len());
         for (fd, deadline, tag) in chosen {
             let _ = self.ctl(libc::EPOLL_CTL_DEL, fd);
-            let Some(socket) = self.unpark(fd, ABSENT) else {
+            let Some((socket, _)) = self.unpark(fd, ABSENT) else {
                 continue;
             };
             // Deadlines are whole ticks (seconds): the next process gets the
@@ -1075,9 +1144,9 @@ impl ParkingLot {
         let want = (self.parked.get() / 8).clamp(1, EVICT_MAX);
         // The `want` earliest deadlines: a max-heap holding at most `want`.
         let mut oldest = std::collections::BinaryHeap::with_capacity(want + 1);
-        for (fd, slot) in self.slots.borrow().iter().enumerate() {
-            if slot.is_parked() && slot.proto() & WAKE_AT_DEADLINE == 0 && evictable(slot.tag()) {
-                oldest.push((slot.deadline, fd as RawFd));
+        for (fd, slot) in self.own_parked() {
+            if slot.proto() & WAKE_AT_DEADLINE == 0 && evictable(slot.tag()) {
+                oldest.push((slot.deadline, fd));
                 if oldest.len() > want {
                     oldest.pop();
                 }
@@ -1090,8 +1159,8 @@ impl ParkingLot {
             if crate::conn::sys::input_waiting(unsafe { BorrowedFd::borrow_raw(fd) }) {
                 continue;
             }
-            if let Some(socket) = self.unpark(fd, ABSENT) {
-                self.closed(&socket, CloseReason::Evicted);
+            if let Some((socket, slot)) = self.unpark(fd, ABSENT) {
+                self.closed(&socket, slot, CloseReason::Evicted);
                 evicted += 1;
             }
         }
@@ -1118,12 +1187,10 @@ impl ParkingLot {
     pub(crate) fn close_all_but_recent(&self, grace: Duration) -> usize {
         let now = self.stamp_now();
         let within = (grace.as_millis() / u128::from(STAMP_MS)) as u32 + 1;
-        let (recent, old): (Vec<RawFd>, Vec<RawFd>) =
-            self.parked_fds().into_iter().partition(|&fd| {
-                let parked_at = self.slots.borrow()[fd as usize].parked_at();
-                now.wrapping_sub(parked_at) & STAMP_MASK < within
-            });
-        for fd in old {
+        let (recent, old): (Vec<_>, Vec<_>) = self
+            .own_parked()
+            .partition(|(_, slot)| now.wrapping_sub(slot.parked_at()) & STAMP_MASK < within);
+        for (fd, _) in old {
             self.close_parked(fd);
         }
         recent.len()
@@ -1142,13 +1209,18 @@ impl ParkingLot {
     /// at a time: one that woke or closed since is skipped by
     /// [`close_parked`](ParkingLot::close_parked)).
     pub(crate) fn parked_fds(&self) -> Vec<RawFd> {
-        self.slots
-            .borrow()
+        self.own_parked().map(|(fd, _)| fd).collect()
+    }
+
+    /// The sockets parked in this lot, with their slots: the process's
+    /// array, less what other lots hold.
+    fn own_parked(&self) -> impl Iterator<Item = (RawFd, Slot)> + '_ {
+        let owner = self.claim.owner();
+        self.claim
+            .slots()
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_parked())
-            .map(|(fd, _)| fd as RawFd)
-            .collect()
+            .filter(move |(_, s)| s.is_parked() && s.owner() == owner)
+            .map(|(fd, s)| (fd as RawFd, s))
     }
 
     /// Shutdown for `fd` if it is still parked (true if it was): closed,
@@ -1164,12 +1236,8 @@ impl ParkingLot {
     /// microseconds), as Go's `Shutdown` and nginx close idle keep-alive
     /// connections too.
     pub(crate) fn close_parked(&self, fd: RawFd) -> bool {
-        let parked = self
-            .slots
-            .borrow()
-            .get(fd as usize)
-            .is_some_and(|s| s.is_parked());
-        if !parked {
+        let slot = self.claim.slots().get(fd as usize);
+        if !slot.is_parked() || slot.owner() != self.claim.owner() {
             return false;
         }
         // SAFETY: the lot owns `fd` while it is parked (checked above).
@@ -1177,9 +1245,9 @@ impl ParkingLot {
         let respawn = self.respawn.borrow().clone();
         match (waiting, respawn) {
             (true, Some(respawn)) => match self.unpark(fd, AWAKE) {
-                Some(socket) => {
+                Some((socket, slot)) => {
                     self.churned();
-                    self.wake(fd, socket, Wake::Readable, &respawn);
+                    self.wake(socket, slot, Wake::Readable, &respawn);
                     true
                 }
                 None => false,
@@ -1191,8 +1259,8 @@ impl ParkingLot {
     /// Closes `fd` for shutdown if it is still parked; true if it was.
     fn close_now(&self, fd: RawFd) -> bool {
         match self.unpark(fd, ABSENT) {
-            Some(socket) => {
-                self.closed(&socket, CloseReason::Shutdown);
+            Some((socket, slot)) => {
+                self.closed(&socket, slot, CloseReason::Shutdown);
                 true
             }
             None => false,
@@ -1243,6 +1311,18 @@ impl Parking {
 impl Drop for ParkingLot {
     fn drop(&mut self) {
         self.close_all_now();
+        // Its sockets still awake leave it too: the owner id goes back with
+        // the claim, and the next lot to take it must not find them its own.
+        let awake: Vec<RawFd> = self
+            .claim
+            .slots()
+            .iter()
+            .filter(|(_, s)| s.deadline == AWAKE && s.owner() == self.claim.owner())
+            .map(|(fd, _)| fd as RawFd)
+            .collect();
+        for fd in awake {
+            self.forget_awake(fd);
+        }
     }
 }
 
@@ -1406,6 +1486,20 @@ pub(crate) fn left_for_runtime(fd: RawFd) {
     }
 }
 
+/// A woken socket still in the lot's set (`woken.rs`) is closing: this
+/// thread's lot, if it has `fd` awake, marks it [`ABSENT`] (closing the
+/// socket takes it out of the set; no `epoll_ctl`). Without this its slot
+/// stayed `AWAKE` after the close, and a peak of connections that closed
+/// after a wake-up (every client's hang-up wakes its parked connection)
+/// left the array's pages live, never given back (`park/slots.rs`).
+pub(crate) fn woken_closing(fd: RawFd) {
+    if let Some(ctx) = crate::conn::pool::this_worker() {
+        if let Some(lot) = ctx.park.as_ref() {
+            lot.forget_awake(fd);
+        }
+    }
+}
+
 /// Sets entry `idx` of a per-descriptor side array (`ips`, `retire`, `tracks`),
 /// grown like the slots when it is too short.
 fn set_side<T: Default>(side: &RefCell<Vec<T>>, idx: usize, value: T) {
@@ -1458,18 +1552,26 @@ pub(super) mod tests {
 
     use super::*;
 
-    /// A slot is 8 bytes, and the hot test holds across the stamp's wrap.
+    /// A slot is 8 bytes, its fields survive the round trip through the
+    /// array's word, and the hot test holds across the stamp's wrap.
     #[test]
     fn slots_are_eight_bytes_and_hot_wakes_survive_the_stamp_wrap() {
         assert_eq!(std::mem::size_of::<Slot>(), 8);
         let slot = Slot {
             deadline: 7,
-            mark: STAMP_MASK << 8 | u32::from(WAKE_AT_DEADLINE | 3),
+            mark: STAMP_MASK << 16 | 0xA5 << 8 | u32::from(WAKE_AT_DEADLINE | 3),
         };
         assert_eq!(
-            (slot.parked_at(), slot.tag(), slot.proto()),
-            (STAMP_MASK, ProtoTag(3), 0x83)
+            (slot.parked_at(), slot.owner(), slot.tag(), slot.proto()),
+            (STAMP_MASK, 0xA5, ProtoTag(3), 0x83)
         );
+        assert_eq!(Slot::from_bits(slot.bits()), slot);
+        assert_eq!(
+            Slot::from_bits(0),
+            Slot::default(),
+            "zeroed pages are ABSENT"
+        );
+        assert!(!Slot::default().is_live());
         assert!(is_hot(STAMP_MASK, 2, 10), "3 units later, across the wrap");
         assert!(!is_hot(STAMP_MASK, 20, 10), "21 units later");
         assert!(!is_hot(0, 1, 10), "parked after idling: never hot");
@@ -1544,9 +1646,17 @@ pub(super) mod tests {
 
     /// A lot under `limit`, with nothing to serve woken sockets yet.
     fn lot_of(limit: ConnectionLimit) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {
+        lot_on(limit, Claim::new().unwrap())
+    }
+
+    /// [`lot_of`] at `claim`'s place in a slot array.
+    fn lot_on(
+        limit: ConnectionLimit,
+        claim: Claim,
+    ) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {
         let stats = Arc::new(WorkerStats::default());
         let lot = ParkingLot::new(
-            LotFds::new(Duration::ZERO).unwrap(),
+            LotFds::on(Duration::ZERO, claim).unwrap(),
             limit.clone(),
             stats.clone(),
             Duration::from_secs(2),
@@ -1560,7 +1670,12 @@ pub(super) mod tests {
 
     /// [`fixture`] under `limit`.
     fn fixture_of(limit: ConnectionLimit) -> Fixture {
-        let (lot, limit, stats) = lot_of(limit);
+        fixture_on(limit, Claim::new().unwrap())
+    }
+
+    /// [`fixture_of`] at `claim`'s place in a slot array.
+    fn fixture_on(limit: ConnectionLimit, claim: Claim) -> Fixture {
+        let (lot, limit, stats) = lot_on(limit, claim);
         let woken: Woken = Rc::default();
         let record = woken.clone();
         lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
@@ -2260,11 +2375,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_reused_descriptor_is_added_when_it_parks() {
         let f = fixture();
-        let (a, mut client_a) = pair();
-        park(&f, a, 3, AtDeadline::Close);
-        client_a.write_all(b"a").unwrap();
-        assert_eq!(f.wake_ready().await, 1);
-        let a = f.take_woken();
+        let (a, client_a) = parked_and_woken(&f, 3).await;
         let fd = a.as_raw_fd();
         // The new connection takes the old one's number in one step (dup2
         // closes the old socket, which leaves the set): no other thread of
@@ -2283,6 +2394,16 @@ pub(super) mod tests {
         assert_eq!(f.wake_ready().await, 1);
         assert_eq!(drain(&f.take_woken()), b"b");
         drop(client_a);
+    }
+
+    /// A connection parked in `f`'s lot as protocol `proto` and woken by a
+    /// byte: the woken socket (the byte unread) and its client.
+    async fn parked_and_woken(f: &Fixture, proto: u8) -> (OwnedFd, TcpStream) {
+        let (server, mut client) = pair();
+        park(f, server, proto, AtDeadline::Close);
+        client.write_all(b"a").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        (f.take_woken(), client)
     }
 
     /// Sends `bytes` to a parked connection, lets the lot wake it, and reads
@@ -2540,5 +2661,170 @@ pub(super) mod tests {
         recent.write_all(b"GET").unwrap();
         assert_eq!(f.lot.close_all(), 1);
         assert_eq!(f.woken(), [(ProtoTag(1), Wake::Readable)], "woken");
+    }
+
+    /// Two lots of one process share one slot array, a slot each, each
+    /// knowing its own: an edge that reaches the wrong lot's set (here: the
+    /// socket added to both) wakes nothing there, and no walk of the other
+    /// lot (its parked list, its shutdown, its evictions) takes it; the
+    /// lot it parked in serves it.
+    #[tokio::test]
+    async fn a_connection_parked_in_one_lot_is_never_woken_by_another() {
+        let claim = Claim::private().unwrap();
+        let b = fixture_on(ConnectionLimit::new(4, None), claim.beside());
+        let a = fixture_on(ConnectionLimit::new(4, None), claim);
+        assert!(std::ptr::eq(a.lot.claim.slots(), b.lot.claim.slots()));
+        let (server, mut client) = pair();
+        let fd = server.as_raw_fd();
+        park(&a, server, 1, AtDeadline::Close);
+        b.lot.ctl(libc::EPOLL_CTL_ADD, fd).unwrap();
+        client.write_all(b"x").unwrap();
+        assert_eq!(b.wake_ready().await, 1, "the edge reached the other lot");
+        assert!(b.woken().is_empty(), "and woke nothing there");
+        assert!(b.lot.parked_fds().is_empty());
+        assert_eq!(b.lot.evict(|_| true), 0);
+        assert_eq!(b.lot.close_all_now(), 0);
+        b.lot.sweep();
+        assert_eq!((a.lot.len(), b.lot.len()), (1, 0));
+        assert_eq!(a.lot.parked_fds(), [fd]);
+        assert_eq!(a.wake_ready().await, 1);
+        assert_eq!(a.woken(), [(ProtoTag(1), Wake::Readable)]);
+        assert_eq!(drain(&a.take_woken()), b"x");
+    }
+
+    /// A descriptor woken in one lot whose socket closes while awake leaves
+    /// its slot `ABSENT` (`woken_closing`); a new connection on the number,
+    /// parked in another lot, starts clean there: added (no `MOD` for a
+    /// state that was never that lot's), and the first lot, hearing late of
+    /// a close it had not been told of, does not take the slot back.
+    #[tokio::test]
+    async fn a_descriptor_reused_after_a_close_starts_clean_in_any_lot() {
+        let claim = Claim::private().unwrap();
+        let b = fixture_on(ConnectionLimit::new(4, None), claim.beside());
+        let a = fixture_on(ConnectionLimit::new(4, None), claim);
+        let slots = a.lot.claim.slots();
+        // Woken in A, then closed while awake: told, its slot is ABSENT.
+        let (first, client_a) = parked_and_woken(&a, 3).await;
+        let fd = first.as_raw_fd();
+        assert_eq!(slots.get(fd as usize).deadline, AWAKE);
+        assert!(a.lot.forget_awake(fd), "what woken_closing does");
+        assert_eq!(slots.get(fd as usize).deadline, ABSENT);
+        // Woken in A again and closed without telling (a socket that left
+        // its worker): the stale AWAKE is A's.
+        let reuse = |old: OwnedFd| {
+            let (new, client) = pair();
+            // SAFETY: both descriptors are open and ours; `old` is given up.
+            assert_eq!(unsafe { libc::dup2(new.as_raw_fd(), fd) }, fd);
+            let _ = old.into_raw_fd();
+            // SAFETY: dup2 made `fd` a descriptor of its own for `new`.
+            (unsafe { OwnedFd::from_raw_fd(fd) }, client)
+        };
+        let (second, mut client_b) = reuse(first);
+        park(&a, second, 3, AtDeadline::Close);
+        client_b.write_all(b"b").unwrap();
+        assert_eq!(a.wake_ready().await, 1);
+        let second = a.take_woken();
+        assert_eq!(slots.get(fd as usize).deadline, AWAKE);
+        // A new connection on the number parks in B: one ADD, B's slot.
+        let (third, mut client_c) = reuse(second);
+        let ctl = b.ctl_calls();
+        park(&b, third, 4, AtDeadline::Close);
+        assert_eq!(b.ctl_calls() - ctl, 1, "added, no MOD first");
+        let slot = slots.get(fd as usize);
+        assert!(slot.is_parked() && slot.owner() == b.lot.claim.owner());
+        // A hears of its closed socket late: the slot stays B's.
+        assert!(!a.lot.forget_awake(fd));
+        a.lot.unwatch_awake(fd);
+        assert_eq!(slots.get(fd as usize), slot);
+        assert_eq!((a.lot.parked_fds(), b.lot.parked_fds()), (vec![], vec![fd]));
+        client_c.write_all(b"c").unwrap();
+        assert_eq!(b.wake_ready().await, 1);
+        assert_eq!(b.woken(), [(ProtoTag(4), Wake::Readable)]);
+        assert_eq!(drain(&b.take_woken()), b"c");
+        assert_eq!(a.lot.wake_ready().unwrap(), 0, "A hears nothing of it");
+        assert!(a.woken().is_empty());
+        drop((client_a, client_b));
+    }
+
+    /// The array's pages above the highest slot in use go back to the OS
+    /// once a peak closed (a sweep gives them back), and a descriptor
+    /// there parks and wakes again afterwards.
+    #[tokio::test]
+    async fn a_sweep_gives_back_the_pages_of_a_peak_that_closed() {
+        let f = fixture_on(ConnectionLimit::new(4, None), Claim::private().unwrap());
+        let slots = f.lot.claim.slots();
+        let high = || {
+            let (server, client) = pair();
+            // The lowest free number from 8 steps up (past RELEASE_MIN).
+            // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, ours.
+            let fd = unsafe {
+                libc::fcntl(
+                    server.as_raw_fd(),
+                    libc::F_DUPFD_CLOEXEC,
+                    8 * GROW_BY as RawFd,
+                )
+            };
+            assert!(fd > 0, "{}", io::Error::last_os_error());
+            // SAFETY: a fresh descriptor nobody else owns.
+            (unsafe { OwnedFd::from_raw_fd(fd) }, client)
+        };
+        let (server, client) = high();
+        let fd = server.as_raw_fd();
+        park(&f, server, 1, AtDeadline::Close);
+        assert!(slots.top() > fd as usize);
+        f.lot.sweep();
+        assert_eq!(slots.released(), 0, "a live slot keeps its pages");
+        assert_eq!(f.lot.close_all_now(), 1);
+        drop(client);
+        f.lot.sweep();
+        assert_eq!(slots.top(), 0, "nothing live: nothing walked");
+        assert!(slots.released() >= (fd as usize + 1) / 512);
+        // Parked again up there: the array takes it back.
+        let (server, mut client) = high();
+        let fd = server.as_raw_fd();
+        park(&f, server, 2, AtDeadline::Close);
+        assert_eq!(f.lot.parked_fds(), [fd]);
+        client.write_all(b"y").unwrap();
+        assert_eq!(f.wake_ready().await, 1);
+        assert_eq!(f.woken(), [(ProtoTag(2), Wake::Readable)]);
+    }
+
+    /// The run loop's sweep comes back in a second, not after the quiet
+    /// period, while the worker's buffer pool holds more free buffers than
+    /// it keeps warm (each sweep decays it a step) or a paced shutdown drain
+    /// runs (the loop ends at the first sweep that finds the lot empty),
+    /// and after the quiet period once neither holds. (docs/MUTANTS.md:
+    /// `sweep_turn`'s `settled() && !draining` → `||` was missed.)
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_comes_back_in_a_second_while_the_pool_is_unsettled_or_a_drain_runs() {
+        let (lot, _limit, stats) = bare_lot(4);
+        let config = Arc::new(crate::conn::config::Config::default());
+        let ctx = WorkerContext::new(0, config, stats, Some(lot));
+        let lot = ctx.park.as_ref().unwrap();
+        let in_a_second = Instant::now() + Duration::from_secs(1);
+        assert!(ctx.pool.settled());
+        assert_eq!(
+            sweep_turn(lot, &ctx, false),
+            Instant::now() + QUIET_SWEEP,
+            "quiet"
+        );
+        assert_eq!(sweep_turn(lot, &ctx, true), in_a_second, "draining");
+        // A burst's buffers back in the pool: more than it keeps warm, and
+        // none of them decays at the first sweep after (the burst used them).
+        let burst: Vec<_> = (0..crate::conn::pool::KEEP_WARM + 8)
+            .map(|_| ctx.pool.take())
+            .collect();
+        burst.into_iter().for_each(|b| ctx.pool.give(b));
+        assert!(!ctx.pool.settled());
+        assert_eq!(sweep_turn(lot, &ctx, false), in_a_second, "unsettled");
+        assert!(
+            !ctx.pool.settled(),
+            "nothing decayed yet: the burst used them all"
+        );
+        assert_eq!(
+            sweep_turn(lot, &ctx, false),
+            Instant::now() + QUIET_SWEEP,
+            "settled"
+        );
     }
 }

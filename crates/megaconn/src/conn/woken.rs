@@ -389,6 +389,20 @@ impl AsyncWrite for WokenSocket {
     }
 }
 
+impl Drop for WokenSocket {
+    /// A socket the lot woke that closes still bare (served and closed, or
+    /// a hang-up read to its end) tells the lot, which would otherwise keep
+    /// its slot `AWAKE` for good (`park::woken_closing`). Parking it again
+    /// ([`Parkable::into_parked`]) or registering it with tokio
+    /// (`registered`) is no close: nothing is told then.
+    #[inline]
+    fn drop(&mut self) {
+        if let (true, State::Bare(fd)) = (self.in_lot, &self.state) {
+            crate::conn::park::woken_closing(fd.as_raw_fd());
+        }
+    }
+}
+
 impl Transport for WokenSocket {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &self.state {
@@ -427,7 +441,14 @@ impl Parkable for WokenSocket {
     }
 
     fn into_parked(self) -> io::Result<OwnedFd> {
-        match self.state {
+        // Taken without `Drop` (parking is no close): a `mem::replace`
+        // made this a call with drop glue on every heartbeat's re-park,
+        // ~30 instructions (`bench/FRAMED.md`, session 42).
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, and its other
+        // fields are plain `bool`s: the state is moved out exactly once.
+        let state = unsafe { std::ptr::read(&this.state) };
+        match state {
             State::Bare(fd) => Ok(fd),
             State::Registered(stream) => Ok(stream.into_std()?.into()),
             State::Gone => Err(io::Error::new(

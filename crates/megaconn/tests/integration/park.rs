@@ -735,3 +735,82 @@ async fn closes_after_a_header_timeout_hold_no_buffer_and_silent_ones_do_not_lin
     drop((silent, partial));
     server.stop().await;
 }
+
+/// Four workers' lots share the process's slot array (`conn/park/slots.rs`),
+/// each slot naming its lot: connections parked on every worker wake on
+/// theirs and are answered, round after round, while others close and new
+/// ones take their descriptor numbers (on whichever worker accepts them);
+/// each worker's lot walks only its own (the idle timeout of one never
+/// closes another's: none here has one, and none is closed); and once all
+/// have closed, new ones park and wake as well.
+#[tokio::test]
+async fn four_workers_park_and_wake_only_their_own_connections() {
+    const N: usize = 40;
+    let server = TestServer::start(
+        megaconn::Server::builder()
+            .workers(4)
+            .park_idle_after(Some(PARK_IDLE_AFTER)),
+    )
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        let mut s = server.connect().await;
+        get_hello(&mut s).await;
+        conns.push(s);
+    }
+    let parked = |n: usize| move |s: &megaconn::ServerStats| s.connections_parked == n as i64;
+    server.wait_stats("all parked", parked(N)).await;
+    let workers = server.handle.stats().connections_per_worker;
+    assert!(
+        workers.iter().filter(|&&n| n > 0).count() >= 2,
+        "connections on several workers: {workers:?}"
+    );
+    let mut requests = N as u64;
+    for round in 0..3 {
+        for s in &mut conns {
+            get_hello(s).await;
+        }
+        requests += N as u64;
+        server.wait_stats("parked again", parked(N)).await;
+        // Every other one closes (woken by its hang-up, closed by its
+        // worker) and a new one takes a freed number.
+        let kept: Vec<_> = conns.drain(..).step_by(2).collect();
+        conns = kept;
+        server
+            .wait_stats("half closed", |s| s.connections_open == (N / 2) as i64)
+            .await;
+        for _ in 0..N / 2 {
+            let mut s = server.connect().await;
+            get_hello(&mut s).await;
+            conns.push(s);
+        }
+        requests += (N / 2) as u64;
+        server.wait_stats("all parked", parked(N)).await;
+        let stats = server.handle.stats();
+        assert_eq!(
+            (stats.requests, stats.closed, stats.timeouts),
+            (requests, (round + 1) * (N / 2) as u64, 0)
+        );
+    }
+    drop(conns);
+    server
+        .wait_stats("all closed", |s| {
+            s.connections_open == 0 && s.connections_parked == 0
+        })
+        .await;
+    let mut s = server.connect().await;
+    get_hello(&mut s).await;
+    server
+        .wait_stats("parked after all closed", parked(1))
+        .await;
+    get_hello(&mut s).await;
+    server.stop().await;
+}
+
+/// One `GET /` and its answer.
+async fn get_hello(s: &mut tokio::net::TcpStream) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(s).await.body, b"Hello, World!");
+}
