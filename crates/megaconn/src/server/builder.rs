@@ -741,7 +741,10 @@ impl Builder {
     /// first: a parked one that woke, was answered and is quiet again (a
     /// heartbeat), and a new cleartext HTTP/1.1 one whose opening request was
     /// there when it was accepted and was answered at once. One that comes
-    /// back within this time after such a park is busy: it waits as a task.
+    /// back within this time after such a park is busy: it waits as a task
+    /// (told apart within about 131 s at most: a longer setting still idles
+    /// connections that long before parking them, but a parked one that
+    /// comes back later than that is never taken for busy).
     pub fn park_idle_after(mut self, t: Option<Duration>) -> Builder {
         self.config.park_idle_after = zero_is_off(t);
         self
