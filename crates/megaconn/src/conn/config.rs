@@ -226,8 +226,11 @@ pub(crate) struct Config {
     /// `None` is cleartext.
     pub tls: Option<crate::conn::tls::TlsConfig>,
     /// Positions in `addrs` of the listeners served over TLS; empty: all of
-    /// them when `tls` is set (tls.rs).
+    /// them when `tls` is set (tls.rs), but those in `cleartext_listeners`.
     pub tls_listeners: Vec<usize>,
+    /// Positions in `addrs` of listeners that are never TLS, whatever `tls`
+    /// says (cleartext framed listeners: `Builder::listen_framed_on`).
+    pub cleartext_listeners: Vec<usize>,
     /// Listening sockets handed to the server (socket activation), by their
     /// position in `addrs`; shared by every worker.
     pub inherited: Vec<(usize, std::sync::Arc<std::net::TcpListener>)>,
@@ -298,6 +301,7 @@ impl Default for Config {
             http2: Http2Config::default(),
             tls: None,
             tls_listeners: Vec::new(),
+            cleartext_listeners: Vec::new(),
             inherited: Vec::new(),
             adopted: Vec::new(),
             shutdown_drain_rate: None,

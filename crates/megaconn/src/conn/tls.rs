@@ -708,11 +708,14 @@ impl ResolvesServerCert for SniResolver {
 
 /// The TLS configuration for connections arriving on the local address
 /// `local`, if they are TLS: every listener's when no address was added with
-/// `listen_tls_on`, else only those listeners'. `config.addrs` holds the bound
+/// `listen_tls_on`, else only those listeners'; never a cleartext framed
+/// listener's (`cleartext_listeners`: with `tls` set and no TLS address
+/// named, such a listener took TLS handshake places and the per-IP
+/// handshake rate refused its clients). `config.addrs` holds the bound
 /// addresses; a listener on `0.0.0.0` or `[::]` matches by port.
 pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsConfig> {
     let tls = config.tls.as_ref()?;
-    if config.tls_listeners.is_empty() {
+    if config.tls_listeners.is_empty() && config.cleartext_listeners.is_empty() {
         return Some(tls);
     }
     let listener = config.addrs.iter().position(|&a| a == local).or_else(|| {
@@ -721,6 +724,9 @@ pub(crate) fn tls_for_local(config: &Config, local: SocketAddr) -> Option<&TlsCo
             .iter()
             .position(|a| a.port() == local.port() && a.ip().is_unspecified())
     })?;
+    if config.tls_listeners.is_empty() {
+        return (!config.cleartext_listeners.contains(&listener)).then_some(tls);
+    }
     config.tls_listeners.contains(&listener).then_some(tls)
 }
 

@@ -415,6 +415,13 @@ impl Local {
     /// race with its close), or takes it away (`None`). Starts the timer
     /// task if none runs, else wakes it to look at the earliest again.
     fn set_deadline(self: &Rc<Self>, id: ConnectionId, at: Option<Instant>) {
+        // Only for the connection open on its descriptor: a deadline or a
+        // cancel for one that closed (queued before its close, taken after)
+        // would otherwise replace or remove the deadline of the connection
+        // now on that descriptor (an unauthenticated one kept for good).
+        if self.generation_at(id.fd(), &self.parked_sets()) != Some(id.generation()) {
+            return;
+        }
         let mut deadlines = self.deadlines.borrow_mut();
         deadlines.remove(id.fd(), None);
         let Some(at) = at else { return };
@@ -1026,6 +1033,44 @@ mod tests {
             out.extend_from_slice(payload);
             Ok(())
         }
+    }
+
+    /// A deadline or a cancel for a connection that closed, queued before
+    /// its close and taken after, leaves the deadline of the connection now
+    /// on its descriptor (it replaced or removed it: an unauthenticated
+    /// connection kept for good; found by the session's merge review).
+    #[tokio::test]
+    async fn a_stale_deadline_leaves_the_new_connections_deadline() {
+        let stats = Arc::new(WorkerStats::default());
+        let channels = Arc::new(crate::message::hub::HubChannels::new(
+            std::slice::from_ref(&stats),
+            16,
+            1 << 20,
+        ));
+        let mut config = crate::conn::config::Config::default();
+        crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(channels));
+        let ctx = WorkerContext::new(0, Arc::new(config), stats, None);
+        let set = tokio::task::LocalSet::new();
+        set.run_until(async {
+            let local = local(&ctx);
+            let table = local.table::<()>(ProtoTag(1), || vec![Rc::new(Plain)]);
+            let wire = table.wire(0);
+            let old = local.new_id(900_070);
+            local.closed(old);
+            let new = local.new_id(900_070);
+            let _awake = local.awake(new, wire).unwrap();
+            let at = Instant::now() + Duration::from_secs(3600);
+            local.deliver(Push::Deadline(new, Some(at))).await;
+            // The old connection's cancel, then its deadline, queued before
+            // its close.
+            local.deliver(Push::Deadline(old, None)).await;
+            local
+                .deliver(Push::Deadline(old, Some(Instant::now())))
+                .await;
+            let kept = local.deadlines.borrow().by_fd.get(&900_070).copied();
+            assert_eq!(kept, Some((new.generation(), at)), "the new one's deadline");
+        })
+        .await;
     }
 
     /// A publish that finds a subscriber's descriptor held by another

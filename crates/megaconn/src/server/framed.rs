@@ -71,6 +71,7 @@ impl Builder {
     /// for a peer that stops reading.
     pub fn listen_framed_on(mut self, addr: SocketAddr, framing: Framing) -> Builder {
         let position = self.config.addrs.len();
+        self.config.cleartext_listeners.push(position);
         self.config.addrs.push(addr);
         FramedSettings::update(&mut self.config, |s| s.listeners.push((position, framing)));
         self

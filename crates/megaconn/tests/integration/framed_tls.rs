@@ -392,3 +392,46 @@ async fn shutdown_gives_a_parked_tls_connection_its_goodbye_and_close_notify() {
     let summary = server.stop().await;
     assert_eq!(summary.forced, 0, "{summary:?}");
 }
+
+/// A cleartext framed listener beside HTTPS, with `Builder::tls` set and no
+/// TLS address named, is cleartext at accept too: its clients take no TLS
+/// handshake place and the per-IP handshake rate does not refuse them
+/// (found by the session's merge review: the accept loop asked
+/// `tls_for_local`, which called every listener TLS, and dropped the second
+/// and third framed client from one IP as a TLS flood).
+#[tokio::test]
+async fn a_cleartext_framed_listener_beside_https_is_never_taken_for_tls() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let config = TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+        .unwrap()
+        .handshake_rate_per_ip(Some(0.01));
+    let server = Server::builder()
+        .workers(1)
+        .park_idle_after(None)
+        .tls(config)
+        .listen_on("127.0.0.1:0".parse().unwrap())
+        .listen_framed_on("127.0.0.1:0".parse().unwrap(), Framing::length_prefixed(4))
+        .listen()
+        .expect("server binds");
+    let (https, framed) = (server.local_addrs()[0], server.local_addrs()[1]);
+    assert!(server.is_tls(https), "the HTTP listener is TLS");
+    assert!(!server.is_tls(framed), "the framed listener is cleartext");
+    let handle = server.handle();
+    let (opens, _opened) = mpsc::unbounded_channel();
+    let (closes, _closed) = mpsc::unbounded_channel();
+    let task = tokio::spawn(
+        server
+            .start_framed(Probe { opens, closes })
+            .expect("starts")
+            .run(),
+    );
+    for i in 0..3u8 {
+        let mut s = tokio::net::TcpStream::connect(framed).await.unwrap();
+        send(&mut s, &frame(&[b'a' + i])).await;
+        assert_eq!(read_frame(&mut s).await, [b'a' + i], "client {i} echoed");
+    }
+    assert_eq!(limit_hits(&handle.stats(), "tls_handshake_rate_per_ip"), 0);
+    handle.shutdown();
+    let _ = tokio::time::timeout(SAFETY, task).await;
+}
