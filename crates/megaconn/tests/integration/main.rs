@@ -38,6 +38,7 @@ mod h2;
 mod h2_flood;
 mod h2_limits;
 mod head_304;
+mod held_responses;
 mod http1;
 mod http1_body;
 mod layers;

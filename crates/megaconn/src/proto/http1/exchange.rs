@@ -341,6 +341,13 @@ where
                 };
             }
             if !progress {
+                // Waiting (a handler that long-polls, a body between two
+                // events): the buffers go back to the pool while empty, and
+                // come again with the next bytes either way (see
+                // `poll_hang_up`). Held, they cost every pending long-poll
+                // 8 KiB and every held SSE stream 16 KiB. Never reached on
+                // a response that completes at once.
+                this.conn.buffers.release();
                 return Poll::Pending;
             }
         }
@@ -994,12 +1001,24 @@ where
 /// (a pipelined request), an EOF behind them is a client that sent all it
 /// had and half-closed, and it still waits for the answers. The connection
 /// reads on, and finds the EOF, after those requests.
+///
+/// It waits for the socket's readiness holding no buffer, and takes one
+/// from the pool only to read; a read that finds nothing leaves it empty,
+/// and the exchange gives it back as it waits (`Exchange::poll`). Bytes
+/// that do come are the next pipelined request's, and stay in the read
+/// buffer for the connection. (The read buffer kept across the wait held
+/// 8 KiB for every pending long-poll and held SSE stream.)
 fn poll_hang_up<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Transport,
 {
     if this.st.response_done || this.st.upgrading.is_some() || this.conn.rbuf_len() > 0 {
         return Ok(false);
+    }
+    match this.conn.io.poll_read_ready(cx) {
+        Poll::Pending => return Ok(false),
+        Poll::Ready(Err(e)) => return Err(Outcome::Close(CloseReason::io(&e))),
+        Poll::Ready(Ok(())) => {}
     }
     let (rbuf, io) = this.conn.rbuf_and_io();
     match ready_or_pending(read_more(io, rbuf, cx))? {

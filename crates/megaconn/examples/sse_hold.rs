@@ -1,0 +1,89 @@
+//! A push gateway's two held responses, for `bench/sse-memory.sh`: an axum
+//! `Sse` stream that sends one event and then waits (`/sse`), and a
+//! long-poll whose handler awaits an event that does not come within the
+//! run (`/poll`), served by megaconn (`--mode megaconn`, one worker) or by
+//! `axum::serve` (`--mode axum`) for comparison.
+//!
+//! ```text
+//! cargo build --release -p megaconn --example sse_hold
+//! target/release/examples/sse_hold --listen 127.0.0.1:23180 --mode megaconn
+//! ```
+//!
+//! Every second in which they changed it prints megaconn's
+//! `buffers_checked_out` and requests handled (`stats buffers=B requests=R`),
+//! so the script can tell when all its requests are in and what they hold.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event, Sse};
+use axum::routing::get;
+use axum::Router;
+use futures_util::stream::{self, StreamExt};
+
+/// `/sse`: one event, then a stream that waits (as a gateway's between two
+/// pushes); `/poll`: a handler that waits an hour for its event.
+fn app() -> Router {
+    Router::new()
+        .route(
+            "/sse",
+            get(|| async {
+                let first =
+                    stream::once(async { Ok::<_, Infallible>(Event::default().data("hello")) });
+                Sse::new(first.chain(stream::pending()))
+            }),
+        )
+        .route(
+            "/poll",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "event"
+            }),
+        )
+}
+
+/// The value after `name` on the command line.
+fn arg(name: &str) -> Option<String> {
+    let mut it = std::env::args();
+    while let Some(a) = it.next() {
+        if a == name {
+            return it.next();
+        }
+    }
+    None
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let listen: std::net::SocketAddr = arg("--listen")
+        .unwrap_or_else(|| "127.0.0.1:23180".into())
+        .parse()?;
+    let mode = arg("--mode").unwrap_or_else(|| "megaconn".into());
+    let handle = match mode.as_str() {
+        "megaconn" => {
+            let server = megaconn::Server::bind(listen).workers(1).listen()?;
+            let handle = server.handle();
+            tokio::spawn(server.serve(app()));
+            Some(handle)
+        }
+        "axum" => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tokio::spawn(async move { axum::serve(listener, app()).await });
+            None
+        }
+        other => return Err(format!("--mode megaconn|axum, not {other}").into()),
+    };
+    println!("{mode}: http://{listen}/sse and /poll");
+    let mut last = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(handle) = &handle {
+            let s = handle.stats();
+            let now = (s.buffers_checked_out, s.requests);
+            if last != Some(now) {
+                println!("stats buffers={} requests={}", now.0, now.1);
+                last = Some(now);
+            }
+        }
+    }
+}
