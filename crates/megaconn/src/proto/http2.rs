@@ -90,8 +90,11 @@
 //! server CPU a round) is counted where a response waits for room
 //! (`send_body`): a wait ended by a grant under 256 bytes with more of the
 //! response waiting is a round, [`HTTP2_WINDOW_DRIP_BUDGET`] of them at
-//! once and 64 a second after; past it the same close, counted as
-//! `http2_window_drip` (`flood.rs` says why rounds and not bytes).
+//! once and 64 a second after; past it each round waits for time to give
+//! it back (slowed, not closed), counted once as `http2_window_drip`
+//! (`flood.rs` says why rounds and not bytes, and why not a close). Not
+//! counted: writes of an upgraded stream (`service/h2_stream.rs`: CONNECT
+//! tunnels, WebSocket over HTTP/2), which wait for room on their own.
 //!
 //! A request is refused before any service sees it, as HTTP/1.1 refuses a
 //! head, for the same two limits (with HTTP/1.1's reasons, its limit hits
@@ -689,19 +692,24 @@ fn frame_flooded(which: Flooded, ctx: &WorkerContext, addrs: &Addrs) -> CloseRea
                 )
             });
         }
-        Flooded::WindowDrip => {
-            LimitHit::Http2WindowDrip.count(&ctx.stats);
-            ratelog::log(Flood::Http2WindowDrip, |suppressed| {
-                tracing::info!(
-                    suppressed,
-                    "HTTP/2 connection from {} closed with GOAWAY(ENHANCE_YOUR_CALM): it opened its flow-control window a few bytes at a time (grants under {} bytes with more of a response waiting) more than HTTP2_WINDOW_DRIP_BUDGET ({HTTP2_WINDOW_DRIP_BUDGET}) times beyond what time gave back (window drip)",
-                    peer(),
-                    flood::DRIP_GRANT
-                )
-            });
-        }
     }
     CloseReason::Protocol(ProtocolDetail::Http2(Reason::ENHANCE_YOUR_CALM.into()))
+}
+
+/// Counts and logs an HTTP/2 connection whose responses are slowed for a
+/// window drip (`flood.rs`: [`HTTP2_WINDOW_DRIP_BUDGET`] run out), once a
+/// connection: `http2_window_drip`, and a line (at most one per 5 s per
+/// worker).
+fn window_drip_slowed(ctx: &WorkerContext) {
+    LimitHit::Http2WindowDrip.count(&ctx.stats);
+    ratelog::log(Flood::Http2WindowDrip, |suppressed| {
+        tracing::info!(
+            suppressed,
+            "an HTTP/2 client opened its flow-control window a few bytes at a time (grants under {} bytes with more of a response waiting) more than HTTP2_WINDOW_DRIP_BUDGET ({HTTP2_WINDOW_DRIP_BUDGET}) times beyond what time gave back: its responses are slowed to {} such rounds a second (window drip; a client whose application reads a few bytes at a time looks the same, so it is not closed)",
+            flood::DRIP_GRANT,
+            flood::DRIP_ROUNDS_PER_SECOND
+        )
+    });
 }
 
 /// A connection's addresses as far as megaconn kept them, and where to ask
@@ -1612,11 +1620,19 @@ where
                                 Err(end) => return end.finish(&mut send, record, ctx),
                             };
                             // A window opened a few bytes at a time is a
-                            // drip (`flood.rs`). If that ran its budget
-                            // out, the connection's loop (this task's)
-                            // must run again to close: a yield wakes it.
-                            if gate.room(granted, reserved) {
-                                tokio::task::yield_now().await;
+                            // drip (`flood.rs`). Past its budget the round
+                            // waits for time to give it back: slowed, not
+                            // closed (an honest client reading a few bytes
+                            // at a time looks the same), so that the server
+                            // spends at most DRIP_ROUNDS_PER_SECOND such
+                            // rounds a second on the connection.
+                            if let Some((wait, first)) = gate.room(granted, reserved) {
+                                if first {
+                                    window_drip_slowed(ctx);
+                                }
+                                tokio::time::sleep(wait).await;
+                                // The window may have opened more meanwhile.
+                                granted = granted.max(send.capacity());
                             }
                         }
                         unsent = false;

@@ -608,48 +608,42 @@ async fn drip(
 }
 
 /// A client opening its window a few bytes at a time: before the drip
-/// budget, nothing stopped it (session 41: 7,693 rounds of `WINDOW_UPDATE`
-/// of 1, 247–292 ms of server CPU, on main, and no close); now it gets
-/// `GOAWAY(ENHANCE_YOUR_CALM)` once it has run
-/// [`HTTP2_WINDOW_DRIP_BUDGET`] rounds beyond what time gave back, counted
-/// `http2_window_drip`, and the server serves on. Whatever the increment
-/// under 256 (14 beat session 41's size rule), and on the stream's window
-/// or the connection's. The bound is the budget and time's share of it
-/// (measured around the drip, so the check holds however slow the
-/// machine); fails without the budget: "still open after N rounds".
-async fn drip_is_cut(increment: u32, on_connection: bool) {
-    let (builder, mut events) = event_log(megaconn::Server::builder());
-    let server = start(builder).await;
+/// budget, nothing bounded it (session 41: 7,693 rounds of `WINDOW_UPDATE`
+/// of 1, 247–292 ms of server CPU, on main); now, past
+/// [`HTTP2_WINDOW_DRIP_BUDGET`] rounds, each round waits for time to give
+/// it back (`DRIP_ROUNDS_PER_SECOND`), so the server spends at most that
+/// many a second on it; counted `http2_window_drip` once, and the
+/// connection is not closed (an honest client whose application reads a
+/// few bytes at a time looks the same on the wire). Whatever the
+/// increment under 256 (14 beat session 41's size rule), and on the
+/// stream's window or the connection's. Checked from below only, so it
+/// holds however slow the machine: the rounds past the budget took at
+/// least their share of time (without the wait they took a few
+/// milliseconds: fails with "not slowed").
+async fn drip_is_slowed(increment: u32, on_connection: bool) {
+    let server = start(megaconn::Server::builder()).await;
     let began = std::time::Instant::now();
-    // Past it only if the rounds took ~2 minutes (time gives 64 a second).
-    let cap = 32 * HTTP2_WINDOW_DRIP_BUDGET;
-    let dripped = drip(server.addr, increment, on_connection, cap).await;
-    let secs = began.elapsed().as_secs() + 1;
-    let bound = HTTP2_WINDOW_DRIP_BUDGET + DRIP_ROUNDS_PER_SECOND * secs + 1;
-    let Some(goaway) = dripped.goaway else {
-        panic!(
-            "still open after {} rounds ({} bytes)",
-            dripped.rounds, dripped.received
-        );
-    };
+    let rounds = HTTP2_WINDOW_DRIP_BUDGET + 2 * DRIP_ROUNDS_PER_SECOND;
+    let dripped = drip(server.addr, increment, on_connection, rounds).await;
+    let took = began.elapsed();
     assert!(
-        dripped.rounds <= bound,
-        "cut after {} rounds, past {bound}",
+        dripped.goaway.is_none(),
+        "closed after {} rounds: a drip is slowed, not closed",
         dripped.rounds
     );
-    assert!(
-        dripped.rounds > HTTP2_WINDOW_DRIP_BUDGET,
-        "cut after only {} rounds",
-        dripped.rounds
+    assert_eq!(dripped.rounds, rounds);
+    let least = std::time::Duration::from_secs_f64(
+        (rounds - HTTP2_WINDOW_DRIP_BUDGET - 1) as f64 / DRIP_ROUNDS_PER_SECOND as f64,
     );
-    assert_eq!(goaway_codes(&goaway), [ENHANCE_YOUR_CALM]);
-    let (reason, _) = closed(&mut events).await;
-    assert_eq!(reason, CloseReason::Protocol(ProtocolDetail::Http2(0xb)));
+    assert!(
+        took >= least,
+        "not slowed: {rounds} rounds in {took:?}, at least {least:?}"
+    );
     let stats = server.handle.stats();
     assert_eq!(limit_hits(&stats, "http2_window_drip"), 1, "{stats:?}");
     assert_eq!(limit_hits(&stats, "http2_control_flood"), 0, "{stats:?}");
     assert_eq!(limit_hits(&stats, "h2_enhance_your_calm"), 0, "{stats:?}");
-    assert_eq!(stats.protocol_errors, 1, "{stats:?}");
+    assert_eq!(stats.protocol_errors, 0, "{stats:?}");
     let mut client = common::h2c(server.addr).await;
     let (resp, _) = client
         .send_request(Request::get("http://t/").body(()).unwrap(), true)
@@ -660,23 +654,23 @@ async fn drip_is_cut(increment: u32, on_connection: bool) {
 }
 
 #[tokio::test]
-async fn a_window_opened_one_byte_at_a_time_gets_goaway() {
-    drip_is_cut(1, false).await;
+async fn a_window_opened_one_byte_at_a_time_is_slowed() {
+    drip_is_slowed(1, false).await;
 }
 
 #[tokio::test]
-async fn a_window_opened_14_bytes_at_a_time_gets_goaway() {
-    drip_is_cut(14, false).await;
+async fn a_window_opened_14_bytes_at_a_time_is_slowed() {
+    drip_is_slowed(14, false).await;
 }
 
 #[tokio::test]
-async fn a_window_opened_255_bytes_at_a_time_gets_goaway() {
-    drip_is_cut(255, false).await;
+async fn a_window_opened_255_bytes_at_a_time_is_slowed() {
+    drip_is_slowed(255, false).await;
 }
 
 #[tokio::test]
-async fn a_connection_window_opened_one_byte_at_a_time_gets_goaway() {
-    drip_is_cut(1, true).await;
+async fn a_connection_window_opened_one_byte_at_a_time_is_slowed() {
+    drip_is_slowed(1, true).await;
 }
 
 /// The drip's bound, from the other side: a window opened 256 bytes a

@@ -86,10 +86,14 @@ impl StallGate {
 
     /// A stream's wait for room ended with `granted` bytes of the `wanted`
     /// it waits to send: a drip round if a few bytes of more
-    /// ([`FloodBudget::room_granted`]). True if that ran the drip budget
-    /// out: the stream then yields, for the connection loop (streams run
-    /// in its task) to close the connection.
-    pub(super) fn room(&self, granted: usize, wanted: usize) -> bool {
+    /// ([`FloodBudget::room_granted`]). `Some` if that ran the drip budget
+    /// out: how long the stream waits before it sends (and whether this is
+    /// the connection's first round held back).
+    pub(super) fn room(
+        &self,
+        granted: usize,
+        wanted: usize,
+    ) -> Option<(std::time::Duration, bool)> {
         self.budget.room_granted(granted, wanted)
     }
 
