@@ -710,7 +710,7 @@ impl ParkingLot {
     }
 
     /// The parked-at stamp for now: [`STAMP_MS`] units since `epoch`,
-    /// wrapping in 24 bits (only differences are used), never 0.
+    /// wrapping in 16 bits (every ~262 s) (only differences are used), never 0.
     fn stamp_now(&self) -> u32 {
         let now = crate::observe::clock::now();
         let (last, stamp) = self.last_stamp.get();
@@ -1512,7 +1512,10 @@ fn set_side<T: Default>(side: &RefCell<Vec<T>>, idx: usize, value: T) {
 
 /// Whether a connection parked straight after a wake-up at stamp
 /// `parked_at` (0: parked after idling as a task) and woken at stamp `now`
-/// is hot: woken again within `within` stamp units. Stamps wrap in 24 bits.
+/// is hot: woken again within `within` stamp units. Stamps wrap in 16
+/// bits (~262 s): one woken a whole number of wraps later, plus less than
+/// `within`, reads as hot (it then idles as a task for `park_idle_after`:
+/// memory, not correctness).
 fn is_hot(parked_at: u32, now: u32, within: u32) -> bool {
     parked_at != 0 && now.wrapping_sub(parked_at) & STAMP_MASK < within
 }

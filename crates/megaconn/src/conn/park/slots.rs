@@ -110,24 +110,47 @@ unsafe impl Sync for Slots {}
 
 impl Slots {
     /// An array for `slots` descriptors (rounded up to a page), reserved
-    /// but not backed.
+    /// but not backed. Where the reservation is refused (ENOMEM: a hard
+    /// open-file limit of 2^30, as containers under systemd have, is 8 GiB
+    /// of address space, which `vm.overcommit_memory = 2` or `ulimit -v`
+    /// may not allow, though `MAP_NORESERVE` backs none of it), half as
+    /// many are asked for, down to a page's worth: the server starts, and
+    /// a descriptor above the array does not park (the lot logs
+    /// `cannot park a connection` and closes it).
     pub(super) fn new(slots: usize) -> io::Result<Slots> {
-        let cap = slots
+        let mut cap = slots
             .clamp(PAGE_SLOTS, MAX_SLOTS)
             .next_multiple_of(PAGE_SLOTS);
-        // SAFETY: a fresh anonymous mapping; no memory of ours is passed.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                cap * 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
+        let base = loop {
+            // SAFETY: a fresh anonymous mapping; no memory of ours is passed.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    cap * 8,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if base != libc::MAP_FAILED {
+                break base;
+            }
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::ENOMEM) || cap <= PAGE_SLOTS {
+                return Err(error);
+            }
+            cap = (cap / 2).next_multiple_of(PAGE_SLOTS);
         };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+        if cap < slots.min(MAX_SLOTS) {
+            tracing::warn!(
+                slots = cap,
+                open_file_limit = slots,
+                "the parking lot's slot array was reserved for fewer descriptors than the \
+                 open-file limit (the address space was refused: vm.overcommit_memory = 2 or \
+                 ulimit -v); a connection on a descriptor above it is closed instead of parked: \
+                 lower the hard open-file limit (LimitNOFILE) to what the server needs"
+            );
         }
         // Small pages, whatever the transparent-huge-page mode: with `always`,
         // the first slot written would back 2 MiB at once (15,000
