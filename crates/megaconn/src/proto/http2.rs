@@ -1630,7 +1630,9 @@ where
                                 if first {
                                     window_drip_slowed(ctx);
                                 }
-                                tokio::time::sleep(wait).await;
+                                // Boxed: only a drip pays for the timer's
+                                // room, not every stream's future.
+                                Box::pin(tokio::time::sleep(wait)).await;
                                 // The window may have opened more meanwhile.
                                 granted = granted.max(send.capacity());
                             }
