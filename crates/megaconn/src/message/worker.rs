@@ -1035,12 +1035,8 @@ mod tests {
         }
     }
 
-    /// A deadline or a cancel for a connection that closed, queued before
-    /// its close and taken after, leaves the deadline of the connection now
-    /// on its descriptor (it replaced or removed it: an unauthenticated
-    /// connection kept for good; found by the session's merge review).
-    #[tokio::test]
-    async fn a_stale_deadline_leaves_the_new_connections_deadline() {
+    /// Worker 0's context on a server with a hub (one worker).
+    fn worker_with_a_hub() -> WorkerContext {
         let stats = Arc::new(WorkerStats::default());
         let channels = Arc::new(crate::message::hub::HubChannels::new(
             std::slice::from_ref(&stats),
@@ -1049,7 +1045,16 @@ mod tests {
         ));
         let mut config = crate::conn::config::Config::default();
         crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(channels));
-        let ctx = WorkerContext::new(0, Arc::new(config), stats, None);
+        WorkerContext::new(0, Arc::new(config), stats, None)
+    }
+
+    /// A deadline or a cancel for a connection that closed, queued before
+    /// its close and taken after, leaves the deadline of the connection now
+    /// on its descriptor (it replaced or removed it: an unauthenticated
+    /// connection kept for good; found by the session's merge review).
+    #[tokio::test]
+    async fn a_stale_deadline_leaves_the_new_connections_deadline() {
+        let ctx = worker_with_a_hub();
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
@@ -1080,15 +1085,7 @@ mod tests {
     /// The new connection on the descriptor gets nothing of the old one's.
     #[tokio::test]
     async fn a_publish_removes_a_subscriber_whose_descriptor_was_reused() {
-        let stats = Arc::new(WorkerStats::default());
-        let channels = Arc::new(crate::message::hub::HubChannels::new(
-            std::slice::from_ref(&stats),
-            16,
-            1 << 20,
-        ));
-        let mut config = crate::conn::config::Config::default();
-        crate::message::MessageSettings::update(&mut config, |s| s.hub = Some(channels));
-        let ctx = WorkerContext::new(0, Arc::new(config), stats, None);
+        let ctx = worker_with_a_hub();
         let set = tokio::task::LocalSet::new();
         set.run_until(async {
             let local = local(&ctx);
