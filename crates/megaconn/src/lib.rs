@@ -57,6 +57,9 @@
 //!                          tower service users mount), handler
 //!                          (WebSocketHandler, WsSession), conn (a
 //!                          connection's loop)
+//!             sse/         Server-Sent Events: route (SseRoute, SseHandler),
+//!                          event (data lines, SseEvent, chunks), conn (a
+//!                          stream's loop)
 //!             mod.rs       Ended / HandOver: how a protocol finishes; tags
 //!                          (the protocols never import each other)
 //!     |
@@ -181,6 +184,7 @@ pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT
 pub use proto::http2::{
     HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET, RAPID_RESET_LIMIT,
 };
+pub use proto::sse::{SseBody, SseEvent, SseHandler, SseRoute, DEFAULT_SSE_PING_INTERVAL};
 pub use proto::ws::{
     WebSocketHandler, WebSocketRoute, WsMessage, WsSession, DEFAULT_WS_CLOSE_TIMEOUT,
     DEFAULT_WS_HEARTBEAT_TIMEOUT, DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES,

@@ -1,5 +1,6 @@
 //! The protocols, each on the connection core: HTTP/1.1, HTTP/2 and framed
-//! TCP (length-prefixed or line messages, `framed/`) and WebSocket (`ws/`).
+//! TCP (length-prefixed or line messages, `framed/`), WebSocket (`ws/`) and
+//! Server-Sent Events (`sse/`).
 //!
 //! A protocol serves a connection until it ends and says how: closed (with a
 //! reason), parked (idle at a message boundary, nothing buffered) or handed
@@ -14,6 +15,7 @@ mod fuzz_framed;
 mod fuzz_ws;
 pub(crate) mod http1;
 pub(crate) mod http2;
+pub(crate) mod sse;
 pub(crate) mod ws;
 
 use std::rc::Rc;
@@ -56,6 +58,15 @@ pub(crate) const WEBSOCKET_TLS: ProtoTag = ProtoTag(5);
 /// first, then the framed connection.
 pub(crate) const FRAMED_TLS: ProtoTag = ProtoTag(6);
 
+/// The parking lot's tag for a native Server-Sent Events stream (its route
+/// waits in the SSE side table).
+pub(crate) const SSE: ProtoTag = ProtoTag(7);
+
+/// The parking lot's tag for a native Server-Sent Events stream over TLS:
+/// its route waits in the SSE side table for TLS, its session in the
+/// worker's table of parked TLS sessions.
+pub(crate) const SSE_TLS: ProtoTag = ProtoTag(8);
+
 /// How a protocol finished with a connection, for the dispatcher to act on.
 #[derive(Debug)]
 pub(crate) enum Ended<T> {
@@ -94,7 +105,8 @@ pub(crate) enum HandOver<T> {
         tx: UpgradeSender,
     },
     /// `101 Switching Protocols` to a protocol of the server's own (the
-    /// response carried `to`): the dispatcher serves it, no handler task.
+    /// response carried `to`), or an event stream's `200` (the SSE route's):
+    /// the dispatcher serves it, no handler task.
     Native {
         io: T,
         read_ahead: Bytes,
@@ -112,12 +124,12 @@ pub(crate) fn is_h2_preface(first_bytes: &[u8]) -> bool {
 }
 
 /// How pushes reach a parked message connection over TLS (WebSocket,
-/// framed): the frame encrypted with its parked session (which stays
+/// framed, Server-Sent Events): the frame encrypted with its parked session (which stays
 /// parked), one `send` of the records. The frame is encoded once for all;
 /// the encryption is per connection. A socket that does not take them all
 /// leaves every record it did not take to be written when the connection
 /// wakes, even with none taken: the session's sequence moved past them, so
-/// no later record could be read without them. Shared by both protocols
+/// no later record could be read without them. Shared by the protocols
 /// (which never import each other).
 pub(crate) fn sealed(sessions: ParkedSessions) -> SendParked {
     Rc::new(move |fd, frame| match sessions.seal(fd, frame) {
