@@ -479,3 +479,71 @@ async fn reqwest_reads_the_events() {
     );
     server.stop().await;
 }
+
+/// Over HTTPS/1.1 a stream parks with its TLS session: pushes are sealed
+/// with it and written without a wake; `Hub::close` ends the stream with
+/// the last chunk, then `close_notify`.
+#[tokio::test]
+async fn over_tls_a_parked_stream_gets_sealed_events_and_its_last_chunk() {
+    use common::tls::{connect, Ca};
+    let ca = Ca::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let tls = megaconn::TlsConfig::from_pem(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes());
+    let mut server = SseServer::start(parking().tls(tls.unwrap()), |r| r).await;
+    let mut tls = connect(server.addr, ca.client(&[b"http/1.1"]), "localhost").await;
+    tls.write_all(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut stream = Stream {
+        io: BufReader::new(tls),
+        head: String::new(),
+    };
+    stream.read_head().await;
+    let (id, _) = server.next_open().await;
+    server.wait_parked(1).await;
+    let wakes = server.wakes();
+    server.hub.send(id, "sealed\nevent").unwrap();
+    assert_eq!(stream.event().await, "data: sealed\ndata: event\n\n");
+    common::wait_stats(&server.handle, "pushes", |s| s.messages.pushes == 1).await;
+    assert_eq!(server.handle.stats().connections_parked, 1);
+    assert_eq!(server.wakes(), wakes, "the push woke the parked stream");
+    server.hub.close(id).unwrap();
+    assert_eq!(stream.chunk().await, b"", "the last chunk");
+    assert_eq!(stream.rest().await, b"", "then close_notify");
+    assert_eq!(server.next_close().await, (id, CloseReason::Kicked));
+    server.stop().await;
+}
+
+/// Over HTTP/2 a stream cannot be handed over: the route answers with its
+/// fallback service, else 505.
+#[tokio::test]
+async fn over_http2_the_fallback_answers_else_505() {
+    let fallback = tower::service_fn(|_: http::Request<megaconn::Body>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(megaconn::Body::from_bytes(
+            "from the fallback",
+        )))
+    });
+    for with_fallback in [false, true] {
+        let builder = parking().http2_prior_knowledge(true);
+        let server = SseServer::start(builder, |r| match with_fallback {
+            true => r.fallback(fallback),
+            false => r,
+        })
+        .await;
+        let mut client = common::h2c(server.addr).await;
+        let request = http::Request::get(format!("http://{}/events", server.addr))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = tokio::time::timeout(SAFETY, response).await.unwrap().unwrap();
+        if with_fallback {
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            let data = body.data().await.unwrap().unwrap();
+            assert_eq!(&data[..], b"from the fallback");
+        } else {
+            assert_eq!(response.status(), 505);
+        }
+        server.stop().await;
+    }
+}
