@@ -23,7 +23,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::conn::tls_io::ParkedSessions;
+use crate::conn::tls_io::{ParkedSessions, ParkedTls};
 use crate::conn::{ConnInfo, ProtoTag};
 use crate::message;
 use crate::message::hub::SendNow;
@@ -144,6 +144,27 @@ pub(crate) fn sealed(sessions: ParkedSessions) -> SendParked {
         // and the connection's own wake-up finds out why.
         None => Pushed::Broken,
     })
+}
+
+/// Writes `bytes` to parked socket `fd` in one non-blocking `send`, sealed
+/// with its TLS `session` if it has one: a message protocol's last words
+/// as the parking lot closes it (a goodbye frame or event). Best effort:
+/// what the socket does not take is lost with the close.
+pub(crate) fn send_parked_now(
+    fd: std::os::fd::RawFd,
+    bytes: &[u8],
+    session: Option<&mut ParkedTls>,
+) {
+    match session {
+        None => {
+            message::hub::send_all_now(fd, bytes);
+        }
+        Some(session) => {
+            if let Some(records) = session.seal(bytes) {
+                message::hub::send_all_now(fd, &records);
+            }
+        }
+    }
 }
 
 /// The earlier of two optional instants (a protocol's timers).

@@ -67,6 +67,14 @@ fn parking() -> Builder {
     Server::builder().park_idle_after(Some(Duration::from_millis(50)))
 }
 
+/// [`parking`], or (`false`) never parking: streams stay awake.
+fn parking_if(park: bool) -> Builder {
+    match park {
+        true => parking(),
+        false => Server::builder().park_idle_after(None),
+    }
+}
+
 impl SseServer {
     async fn start(builder: Builder, shape: impl FnOnce(SseRoute<Feed>) -> SseRoute<Feed>) -> Self {
         let mut server = builder
@@ -252,11 +260,7 @@ async fn events_reach_a_parked_stream_without_waking_it() {
 #[tokio::test]
 async fn hub_close_ends_the_stream_with_the_last_chunk() {
     for park in [true, false] {
-        let builder = if park {
-            parking()
-        } else {
-            Server::builder().park_idle_after(None)
-        };
+        let builder = parking_if(park);
         let mut server = SseServer::start(builder, |r| r).await;
         let (mut stream, id) = server.open("HTTP/1.1", "").await;
         if park {
@@ -281,11 +285,7 @@ async fn hub_close_ends_the_stream_with_the_last_chunk() {
 #[tokio::test]
 async fn a_client_that_hangs_up_closes_its_stream() {
     for park in [true, false] {
-        let builder = if park {
-            parking()
-        } else {
-            Server::builder().park_idle_after(None)
-        };
+        let builder = parking_if(park);
         let mut server = SseServer::start(builder, |r| r).await;
         let (stream, id) = server.open("HTTP/1.1", "").await;
         if park {
@@ -308,11 +308,7 @@ async fn a_client_that_hangs_up_closes_its_stream() {
 #[tokio::test]
 async fn bytes_from_the_client_close_the_stream() {
     for park in [true, false] {
-        let builder = if park {
-            parking()
-        } else {
-            Server::builder().park_idle_after(None)
-        };
+        let builder = parking_if(park);
         let mut server = SseServer::start(builder, |r| r).await;
         let (mut stream, id) = server.open("HTTP/1.1", "").await;
         if park {
@@ -345,11 +341,7 @@ async fn bytes_from_the_client_close_the_stream() {
 #[tokio::test]
 async fn shutdown_ends_streams_with_the_goodbye_and_the_last_chunk() {
     for park in [true, false] {
-        let builder = if park {
-            parking()
-        } else {
-            Server::builder().park_idle_after(None)
-        };
+        let builder = parking_if(park);
         let goodbye = || SseEvent::data("restarting").event("bye").retry(5000);
         let mut server = SseServer::start(builder, |r| r.goodbye(goodbye())).await;
         let (mut stream, id) = server.open("HTTP/1.1", "").await;
@@ -535,7 +527,10 @@ async fn over_http2_the_fallback_answers_else_505() {
             .body(())
             .unwrap();
         let (response, _) = client.send_request(request, true).unwrap();
-        let response = tokio::time::timeout(SAFETY, response).await.unwrap().unwrap();
+        let response = tokio::time::timeout(SAFETY, response)
+            .await
+            .unwrap()
+            .unwrap();
         if with_fallback {
             assert_eq!(response.status(), 200);
             let mut body = response.into_body();

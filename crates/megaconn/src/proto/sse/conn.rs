@@ -221,59 +221,45 @@ pub(crate) async fn serve(mut io: SseIo, ctx: Rc<WorkerContext>, start: Start) -
         }
         let can_park = ctx.park.is_some();
         // A woken stream that wrote what woke it without waiting (the
-        // comment that was due) goes straight back.
-        if can_park && io.repark_when_idle() {
-            return park(
-                live,
-                io,
-                chunked,
-                send_at,
-                session.id().generation(),
-                true,
-                &ctx,
-            );
-        }
-        let park_at = ctx
-            .config
-            .park_idle_after
-            .filter(|_| can_park)
-            .map(|t| Instant::now() + t);
-        let idle = tokio::select! {
-            biased;
-            ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
-            () = ctx.shutdown.wait() => Idle::Shutdown,
-            () = until(send_at) => Idle::SendComment,
-            () = Awake::pushed(inbox.as_ref()) => Idle::Pushed,
-            () = until(park_at) => Idle::Park,
-        };
-        match idle {
-            Idle::Readable(Ok(())) => {
-                if let Some(reason) = client_input(&mut io, &ctx) {
+        // comment that was due) goes straight back; another waits, and
+        // parks once idle for `park_idle_after`.
+        let at_once = can_park && io.repark_when_idle();
+        if !at_once {
+            let park_at = ctx
+                .config
+                .park_idle_after
+                .filter(|_| can_park)
+                .map(|t| Instant::now() + t);
+            let idle = tokio::select! {
+                biased;
+                ready = poll_fn(|cx| io.poll_read_ready(cx)) => Idle::Readable(ready),
+                () = ctx.shutdown.wait() => Idle::Shutdown,
+                () = until(send_at) => Idle::SendComment,
+                () = Awake::pushed(inbox.as_ref()) => Idle::Pushed,
+                () = until(park_at) => Idle::Park,
+            };
+            match idle {
+                Idle::Readable(Ok(())) => match client_input(&mut io, &ctx) {
+                    Some(reason) => return closing(&mut io, live.close(reason)).await,
+                    None => continue,
+                },
+                Idle::Readable(Err(e)) => {
+                    let reason = CloseReason::io_between(&e, true);
                     return closing(&mut io, live.close(reason)).await;
                 }
-            }
-            Idle::Readable(Err(e)) => {
-                return closing(&mut io, live.close(CloseReason::io_between(&e, true))).await
-            }
-            // The top of the loop says goodbye, or writes them.
-            Idle::Shutdown | Idle::Pushed => {}
-            Idle::SendComment => {
-                incr(&counters.heartbeats_sent);
-                event::frame(COMMENT, chunked, &mut head);
-                send_at = every.map(|every| Instant::now() + every);
-            }
-            Idle::Park => {
-                return park(
-                    live,
-                    io,
-                    chunked,
-                    send_at,
-                    session.id().generation(),
-                    false,
-                    &ctx,
-                )
+                // The top of the loop says goodbye, or writes them.
+                Idle::Shutdown | Idle::Pushed => continue,
+                Idle::SendComment => {
+                    incr(&counters.heartbeats_sent);
+                    event::frame(COMMENT, chunked, &mut head);
+                    send_at = every.map(|every| Instant::now() + every);
+                    continue;
+                }
+                Idle::Park => {}
             }
         }
+        let generation = session.id().generation();
+        return park(live, io, chunked, send_at, generation, at_once, &ctx);
     }
 }
 

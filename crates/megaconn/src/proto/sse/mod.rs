@@ -434,16 +434,7 @@ fn closed_in(
         if parked.variant == CHUNKED {
             last.extend_from_slice(event::LAST_CHUNK);
         }
-        match session {
-            None => {
-                message::hub::send_all_now(fd, &last);
-            }
-            Some(session) => {
-                if let Some(records) = session.seal(&last) {
-                    message::hub::send_all_now(fd, &records);
-                }
-            }
-        }
+        crate::proto::send_parked_now(fd, &last, session);
     }
     let id = local.id(fd, parked.generation);
     Live::new(&(), conn::on_close, parked.state, id, &local).close(reason);
