@@ -87,7 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(handle)
         }
         "native" => {
-            let server = megaconn::Server::bind(listen).workers(1).listen()?;
+            let mut server = megaconn::Server::bind(listen).workers(1).listen()?;
             let handle = server.handle();
             // A gateway pushes: the hub tracks each stream's id.
             let _hub = server.hub();

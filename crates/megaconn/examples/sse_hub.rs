@@ -62,7 +62,7 @@ async fn main() -> Result<(), megaconn::Error> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:3000".into());
-    let server = Server::builder()
+    let mut server = Server::builder()
         .listen_on(addr.parse().expect("ADDR is host:port"))
         .listen()?;
     let hub = server.hub();

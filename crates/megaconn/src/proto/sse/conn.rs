@@ -68,7 +68,8 @@ pub(crate) enum Start {
     Opened {
         route: ErasedRoute,
         chunked: bool,
-        request: Option<Parts>,
+        /// Boxed: the future of every stream would carry its size.
+        request: Option<Box<Parts>>,
         read_ahead: Bytes,
     },
     /// Woken from the parking lot: its route waits in the side table.
@@ -119,7 +120,8 @@ pub(crate) async fn serve(mut io: SseIo, ctx: Rc<WorkerContext>, start: Start) -
             let session = Session::new(id, local.clone());
             let send_at = route.settings.ping_interval.map(|every| now + every);
             let mut live = Live::new(&(), on_close, route, id, &local);
-            let request = request.unwrap_or_else(|| http::Request::new(()).into_parts().0);
+            let request =
+                request.unwrap_or_else(|| Box::new(http::Request::new(()).into_parts().0));
             let opened = live.open(|_, route| route.handler.on_open(&request, &session));
             drop(request);
             if let Err(reason) = opened {
@@ -221,10 +223,11 @@ pub(crate) async fn serve(mut io: SseIo, ctx: Rc<WorkerContext>, start: Start) -
         }
         let can_park = ctx.park.is_some();
         // A woken stream that wrote what woke it without waiting (the
-        // comment that was due) goes straight back; another waits, and
-        // parks once idle for `park_idle_after`.
-        let at_once = can_park && io.repark_when_idle();
-        if !at_once {
+        // comment that was due) goes straight back, and so does a new one
+        // handed over bare (its head and first events written at once);
+        // another waits, and parks once idle for `park_idle_after`.
+        let straight_back = can_park && io.repark_when_idle();
+        if !straight_back {
             let park_at = ctx
                 .config
                 .park_idle_after
@@ -258,6 +261,10 @@ pub(crate) async fn serve(mut io: SseIo, ctx: Rc<WorkerContext>, start: Start) -
                 Idle::Park => {}
             }
         }
+        // Parked at once after a wake-up: a wake within `park_idle_after`
+        // then means a busy stream (not after the hand-over: its next
+        // wake is a wake like any other).
+        let at_once = straight_back && io.reparks_a_wake();
         let generation = session.id().generation();
         return park(live, io, chunked, send_at, generation, at_once, &ctx);
     }

@@ -318,6 +318,13 @@ impl Parkable for SseIo {
         }
     }
 
+    fn reparks_a_wake(&self) -> bool {
+        match self {
+            SseIo::Plain(s) => s.reparks_a_wake(),
+            SseIo::Tls(s) => s.reparks_a_wake(),
+        }
+    }
+
     fn still_watched(&self) -> bool {
         match self {
             SseIo::Plain(s) => s.still_watched(),
@@ -379,6 +386,7 @@ where
         return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
     };
     let request = opening.request.lock().ok().and_then(|mut r| r.take());
+    let request = request.map(Box::new);
     let start = conn::Start::Opened {
         route: opening.route.clone(),
         chunked: opening.chunked,
