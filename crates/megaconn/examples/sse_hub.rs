@@ -43,11 +43,11 @@ impl SseHandler for Gateway {
         // A reconnecting `EventSource` says where it left off.
         let last = request.headers.get("last-event-id");
         session.send(format!("subscribed to {topic} (last event id: {last:?})"));
-        println!("{:?} opened on {topic}", session.id());
+        println!("{} opened on {topic}", session.id());
     }
 
     fn on_close(&self, id: ConnectionId, reason: CloseReason) {
-        println!("{id:?} closed: {reason}");
+        println!("{id} closed: {reason}");
     }
 }
 

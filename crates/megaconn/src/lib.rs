@@ -1,5 +1,5 @@
 //! megaconn: a server engine for very many concurrent connections: HTTP/1.1,
-//! HTTP/2, WebSocket and framed TCP, in cleartext or TLS (a framed TLS
+//! HTTP/2, WebSocket, Server-Sent Events and framed TCP, in cleartext or TLS (a framed TLS
 //! listener: [`Builder::listen_framed_tls_on`]; an idle framed TLS
 //! connection parks with its TLS session, as a WebSocket over TLS does).
 //!
@@ -7,8 +7,9 @@
 //! [`http::Request<megaconn::Body>`](Body) — an axum `Router` plugs in unchanged —
 //! on thread-per-core workers, with the safety knobs of Go's `http.Server`.
 //! Persistent protocols have a per-message API as well
-//! ([`WebSocketHandler`], [`FramedHandler`]): a connection between messages
-//! keeps a few bytes of state and no task, so it can park (below).
+//! ([`WebSocketHandler`], [`FramedHandler`], and [`SseHandler`] for event
+//! streams): a connection between messages keeps a few bytes of state and
+//! no task, so it can park (below).
 //!
 //! ```no_run
 //! use std::convert::Infallible;
