@@ -3,7 +3,8 @@
 # long-poll cost the server, by RSS, on one process.
 #
 # Starts crates/megaconn/examples/sse_hold.rs ($EXAMPLE, `--mode $MODE`,
-# pinned to core 1 when there are two), then from one Python process:
+# pinned to core 1 when there are two; MODE=native serves /sse with
+# megaconn's own SseRoute, whose streams park), then from one Python process:
 #   1. one /sse stream and one /poll request (warm-up), RSS0;
 #   2. N more /sse streams, each opened after the last read its first
 #      event (so at most one is mid-request at a time), RSS1;
@@ -12,8 +13,9 @@
 #      axum: SETTLE s after the last), RSS2;
 # -> per held SSE stream = (RSS1 − RSS0) / N, per pending long-poll =
 #    (RSS2 − RSS1) / N, and megaconn's `buffers_checked_out` with all 2N
-#    held. Every connection stays open until the end.
-# Env: N (2000), MODE (megaconn | axum), EXAMPLE
+#    held (and, native, the streams parked after step 2). Every connection
+#    stays open until the end.
+# Env: N (2000), MODE (megaconn | native | axum), EXAMPLE
 #   (target/release/examples/sse_hold, built if missing), PORT (23180),
 #   SETTLE (2 s: after each phase, before RSS is read), LABEL (the table's
 #   build column).
@@ -50,12 +52,12 @@ def rss():
             return int(line.split()[1]) * 1024
 
 def stats():
-    """The example's last stats line: (buffers, requests), or None."""
+    """The example's last stats line: (buffers, requests, parked), or None."""
     last = None
     for line in open(log):
         if line.startswith("stats "):
             f = dict(kv.split("=") for kv in line.split()[1:])
-            last = (int(f["buffers"]), int(f["requests"]))
+            last = (int(f["buffers"]), int(f["requests"]), int(f.get("parked", 0)))
     return last
 
 deadline = time.time() + 20
@@ -86,10 +88,10 @@ def poll():
 
 def wait_requests(count):
     # megaconn: until the server took them all (its stats line, every second).
-    if mode != "megaconn":
+    if mode == "axum":
         return
     deadline = time.time() + 60
-    while (stats() or (0, 0))[1] < count:
+    while (stats() or (0, 0, 0))[1] < count:
         assert time.time() < deadline, f"requests: {stats()} < {count}"
         time.sleep(0.2)
 
@@ -99,15 +101,22 @@ time.sleep(settle + 1)
 r0 = rss()
 for _ in range(n):
     sse()
+if mode == "native":
+    # The streams park once idle for park_idle_after: until all N+1 did.
+    deadline = time.time() + 60
+    while (stats() or (0, 0, 0))[2] < n + 1:
+        assert time.time() < deadline, f"parked: {stats()} < {n + 1}"
+        time.sleep(0.2)
 time.sleep(settle)
 r1 = rss()
+parked = stats()[2] if mode != "axum" else "-"
 for _ in range(n):
     poll()
 wait_requests(2 * n + 2)
 time.sleep(settle + 1)
 r2 = rss()
-buffers = stats()[0] if mode == "megaconn" else "-"
-print("| build | mode | N | per held SSE stream | per pending long-poll | buffers out with 2N+2 held |")
-print("|---|---|---|---|---|---|")
-print(f"| {label} | {mode} | {n:,} | {(r1 - r0) / n:,.0f} B | {(r2 - r1) / n:,.0f} B | {buffers} |")
+buffers = stats()[0] if mode != "axum" else "-"
+print("| build | mode | N | per held SSE stream | per pending long-poll | buffers out with 2N+2 held | parked with N+1 streams |")
+print("|---|---|---|---|---|---|---|")
+print(f"| {label} | {mode} | {n:,} | {(r1 - r0) / n:,.0f} B | {(r2 - r1) / n:,.0f} B | {buffers} | {parked} |")
 EOF

@@ -2,7 +2,10 @@
 //! `Sse` stream that sends one event and then waits (`/sse`), and a
 //! long-poll whose handler awaits an event that does not come within the
 //! run (`/poll`), served by megaconn (`--mode megaconn`, one worker) or by
-//! `axum::serve` (`--mode axum`) for comparison.
+//! `axum::serve` (`--mode axum`) for comparison; `--mode native` serves
+//! `/sse` with megaconn's own [`SseRoute`] instead (the same first event,
+//! sent by `on_open`; the stream then parks), with the server's hub made,
+//! so each stream's id is tracked as a gateway's would be.
 //!
 //! ```text
 //! cargo build --release -p megaconn --example sse_hold
@@ -10,8 +13,9 @@
 //! ```
 //!
 //! Every second in which they changed it prints megaconn's
-//! `buffers_checked_out` and requests handled (`stats buffers=B requests=R`),
-//! so the script can tell when all its requests are in and what they hold.
+//! `buffers_checked_out`, requests handled and connections parked
+//! (`stats buffers=B requests=R parked=P`), so the script can tell when all
+//! its requests are in and what they hold.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -33,13 +37,29 @@ fn app() -> Router {
                 Sse::new(first.chain(stream::pending()))
             }),
         )
-        .route(
-            "/poll",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                "event"
-            }),
-        )
+        .route("/poll", get(poll))
+}
+
+/// A long-poll whose event does not come within the run.
+async fn poll() -> &'static str {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    "event"
+}
+
+/// The native stream: its first event, then parked until the run ends.
+struct Hello;
+
+impl megaconn::SseHandler for Hello {
+    fn on_open(&self, _: &http::request::Parts, session: &megaconn::Session) {
+        session.send("hello");
+    }
+}
+
+/// [`app`] with `/sse` served natively.
+fn native_app() -> Router {
+    Router::new()
+        .route_service("/sse", megaconn::SseRoute::new(Hello))
+        .route("/poll", get(poll))
 }
 
 /// The value after `name` on the command line.
@@ -66,12 +86,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::spawn(server.serve(app()));
             Some(handle)
         }
+        "native" => {
+            let mut server = megaconn::Server::bind(listen).workers(1).listen()?;
+            let handle = server.handle();
+            // A gateway pushes: the hub tracks each stream's id.
+            let _hub = server.hub();
+            tokio::spawn(server.serve(native_app()));
+            Some(handle)
+        }
         "axum" => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tokio::spawn(async move { axum::serve(listener, app()).await });
             None
         }
-        other => return Err(format!("--mode megaconn|axum, not {other}").into()),
+        other => return Err(format!("--mode megaconn|native|axum, not {other}").into()),
     };
     println!("{mode}: http://{listen}/sse and /poll");
     let mut last = None;
@@ -79,9 +107,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if let Some(handle) = &handle {
             let s = handle.stats();
-            let now = (s.buffers_checked_out, s.requests);
+            let now = (s.buffers_checked_out, s.requests, s.connections_parked);
             if last != Some(now) {
-                println!("stats buffers={} requests={}", now.0, now.1);
+                println!(
+                    "stats buffers={} requests={} parked={}",
+                    now.0, now.1, now.2
+                );
                 last = Some(now);
             }
         }

@@ -1,5 +1,5 @@
 //! megaconn: a server engine for very many concurrent connections: HTTP/1.1,
-//! HTTP/2, WebSocket and framed TCP, in cleartext or TLS (a framed TLS
+//! HTTP/2, WebSocket, Server-Sent Events and framed TCP, in cleartext or TLS (a framed TLS
 //! listener: [`Builder::listen_framed_tls_on`]; an idle framed TLS
 //! connection parks with its TLS session, as a WebSocket over TLS does).
 //!
@@ -7,8 +7,9 @@
 //! [`http::Request<megaconn::Body>`](Body) — an axum `Router` plugs in unchanged —
 //! on thread-per-core workers, with the safety knobs of Go's `http.Server`.
 //! Persistent protocols have a per-message API as well
-//! ([`WebSocketHandler`], [`FramedHandler`]): a connection between messages
-//! keeps a few bytes of state and no task, so it can park (below).
+//! ([`WebSocketHandler`], [`FramedHandler`], and [`SseHandler`] for event
+//! streams): a connection between messages keeps a few bytes of state and
+//! no task, so it can park (below).
 //!
 //! ```no_run
 //! use std::convert::Infallible;
@@ -57,6 +58,9 @@
 //!                          tower service users mount), handler
 //!                          (WebSocketHandler, WsSession), conn (a
 //!                          connection's loop)
+//!             sse/         Server-Sent Events: route (SseRoute, SseHandler),
+//!                          event (data lines, SseEvent, chunks), conn (a
+//!                          stream's loop)
 //!             mod.rs       Ended / HandOver: how a protocol finishes; tags
 //!                          (the protocols never import each other)
 //!     |
@@ -181,6 +185,7 @@ pub use proto::framed::{FramedHandler, Framing, DEFAULT_MAX_FRAME_BYTES, DEFAULT
 pub use proto::http2::{
     HTTP2_CONTROL_BUDGET, HTTP2_TINY_DATA_BUDGET, HTTP2_WINDOW_DRIP_BUDGET, RAPID_RESET_LIMIT,
 };
+pub use proto::sse::{SseBody, SseEvent, SseHandler, SseRoute, DEFAULT_SSE_PING_INTERVAL};
 pub use proto::ws::{
     WebSocketHandler, WebSocketRoute, WsMessage, WsSession, DEFAULT_WS_CLOSE_TIMEOUT,
     DEFAULT_WS_HEARTBEAT_TIMEOUT, DEFAULT_WS_MAX_FRAME_BYTES, DEFAULT_WS_MAX_MESSAGE_BYTES,

@@ -135,6 +135,11 @@ pub enum ProtocolDetail {
     /// handshake is [`CloseReason::TlsHandshakeFailed`]; a fatal alert from
     /// the peer is no protocol error: see [`CloseReason::ClientClosed`].)
     Tls,
+    /// Server-Sent Events ([`SseRoute`](crate::SseRoute)): the client sent
+    /// bytes after its request (an event stream's client sends none, and a
+    /// request pipelined behind an endless response would never be
+    /// answered).
+    Sse,
 }
 
 /// How a framed connection broke its framing (see
@@ -149,8 +154,12 @@ pub enum FramingError {
     /// A length header that makes no sense (negative or overflowing after
     /// the length adjustment).
     BadHeader,
-    /// A line that is not UTF-8 (line framing carries text).
+    /// A line that is not UTF-8 (line framing carries text; so does an
+    /// event stream: a push to one that is not UTF-8).
     NotUtf8,
+    /// A binary push to a Server-Sent Events stream that is not one whole
+    /// event as [`SseEvent`](crate::SseEvent) encodes one.
+    NotAnEvent,
 }
 
 impl fmt::Display for FramingError {
@@ -160,6 +169,7 @@ impl fmt::Display for FramingError {
             FramingError::LineTooLong => "line too long",
             FramingError::BadHeader => "bad length header",
             FramingError::NotUtf8 => "line not UTF-8",
+            FramingError::NotAnEvent => "not one whole event",
         })
     }
 }
@@ -373,6 +383,9 @@ impl fmt::Display for CloseReason {
                 write!(f, "protocol error (WebSocket close {code})")
             }
             CloseReason::Protocol(ProtocolDetail::Tls) => f.write_str("protocol error (TLS)"),
+            CloseReason::Protocol(ProtocolDetail::Sse) => {
+                f.write_str("protocol error (bytes from an event stream's client)")
+            }
         }
     }
 }

@@ -160,7 +160,11 @@ impl From<crate::observe::close::FramingError> for LimitHit {
         match e {
             FramingError::FrameTooLarge => LimitHit::FramedFrameTooLarge,
             FramingError::LineTooLong => LimitHit::FramedLineTooLong,
-            FramingError::BadHeader | FramingError::NotUtf8 => LimitHit::FramedMalformed,
+            // (A framed connection never reads `NotAnEvent`: it is an
+            // event stream's push, counted as `push_unframable`.)
+            FramingError::BadHeader | FramingError::NotUtf8 | FramingError::NotAnEvent => {
+                LimitHit::FramedMalformed
+            }
         }
     }
 }

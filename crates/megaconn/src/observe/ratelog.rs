@@ -280,6 +280,9 @@ pub(crate) enum Flood {
     /// in time (`write_timeout`, the route's heartbeat timeout or
     /// `write_stall_timeout`).
     WsWriteTimeout,
+    /// A native Server-Sent Events stream closed because its peer took
+    /// none of our bytes in time (`write_timeout` or `write_stall_timeout`).
+    SseWriteTimeout,
     /// An `axum_ws` socket's send failed because its peer took none of
     /// our bytes in time (`write_timeout` or `write_stall_timeout`).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
@@ -463,6 +466,7 @@ impl Flood {
             | Flood::TopicTooLong
             | Flood::FramedWriteTimeout
             | Flood::WsWriteTimeout
+            | Flood::SseWriteTimeout
             | Flood::AxumWsWriteTimeout
             | Flood::Http1WriteTimeout
             | Flood::Http1HeaderTimeout
@@ -498,7 +502,7 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 54;
+const KINDS: usize = 55;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.

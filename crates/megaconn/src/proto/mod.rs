@@ -1,5 +1,6 @@
 //! The protocols, each on the connection core: HTTP/1.1, HTTP/2 and framed
-//! TCP (length-prefixed or line messages, `framed/`) and WebSocket (`ws/`).
+//! TCP (length-prefixed or line messages, `framed/`), WebSocket (`ws/`) and
+//! Server-Sent Events (`sse/`).
 //!
 //! A protocol serves a connection until it ends and says how: closed (with a
 //! reason), parked (idle at a message boundary, nothing buffered) or handed
@@ -14,6 +15,7 @@ mod fuzz_framed;
 mod fuzz_ws;
 pub(crate) mod http1;
 pub(crate) mod http2;
+pub(crate) mod sse;
 pub(crate) mod ws;
 
 use std::rc::Rc;
@@ -21,7 +23,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::conn::tls_io::ParkedSessions;
+use crate::conn::tls_io::{ParkedSessions, ParkedTls};
 use crate::conn::{ConnInfo, ProtoTag};
 use crate::message;
 use crate::message::hub::SendNow;
@@ -55,6 +57,15 @@ pub(crate) const WEBSOCKET_TLS: ProtoTag = ProtoTag(5);
 /// worker's table of parked TLS sessions; a wake-up resumes the session
 /// first, then the framed connection.
 pub(crate) const FRAMED_TLS: ProtoTag = ProtoTag(6);
+
+/// The parking lot's tag for a native Server-Sent Events stream (its route
+/// waits in the SSE side table).
+pub(crate) const SSE: ProtoTag = ProtoTag(7);
+
+/// The parking lot's tag for a native Server-Sent Events stream over TLS:
+/// its route waits in the SSE side table for TLS, its session in the
+/// worker's table of parked TLS sessions.
+pub(crate) const SSE_TLS: ProtoTag = ProtoTag(8);
 
 /// How a protocol finished with a connection, for the dispatcher to act on.
 #[derive(Debug)]
@@ -94,7 +105,8 @@ pub(crate) enum HandOver<T> {
         tx: UpgradeSender,
     },
     /// `101 Switching Protocols` to a protocol of the server's own (the
-    /// response carried `to`): the dispatcher serves it, no handler task.
+    /// response carried `to`), or an event stream's `200` (the SSE route's):
+    /// the dispatcher serves it, no handler task.
     Native {
         io: T,
         read_ahead: Bytes,
@@ -112,12 +124,12 @@ pub(crate) fn is_h2_preface(first_bytes: &[u8]) -> bool {
 }
 
 /// How pushes reach a parked message connection over TLS (WebSocket,
-/// framed): the frame encrypted with its parked session (which stays
+/// framed, Server-Sent Events): the frame encrypted with its parked session (which stays
 /// parked), one `send` of the records. The frame is encoded once for all;
 /// the encryption is per connection. A socket that does not take them all
 /// leaves every record it did not take to be written when the connection
 /// wakes, even with none taken: the session's sequence moved past them, so
-/// no later record could be read without them. Shared by both protocols
+/// no later record could be read without them. Shared by the protocols
 /// (which never import each other).
 pub(crate) fn sealed(sessions: ParkedSessions) -> SendParked {
     Rc::new(move |fd, frame| match sessions.seal(fd, frame) {
@@ -132,6 +144,27 @@ pub(crate) fn sealed(sessions: ParkedSessions) -> SendParked {
         // and the connection's own wake-up finds out why.
         None => Pushed::Broken,
     })
+}
+
+/// Writes `bytes` to parked socket `fd` in one non-blocking `send`, sealed
+/// with its TLS `session` if it has one: a message protocol's last words
+/// as the parking lot closes it (a goodbye frame or event). Best effort:
+/// what the socket does not take is lost with the close.
+pub(crate) fn send_parked_now(
+    fd: std::os::fd::RawFd,
+    bytes: &[u8],
+    session: Option<&mut ParkedTls>,
+) {
+    match session {
+        None => {
+            message::hub::send_all_now(fd, bytes);
+        }
+        Some(session) => {
+            if let Some(records) = session.seal(bytes) {
+                message::hub::send_all_now(fd, &records);
+            }
+        }
+    }
 }
 
 /// The earlier of two optional instants (a protocol's timers).

@@ -23,7 +23,8 @@
 //!     HandOver(Upgrade)    -> the handler's `Upgraded`, which carries the Connection
 //!     HandOver(Native)     -> WebSocket on the same socket (its route's 101 said so;
 //!                             over TLS it parks as WEBSOCKET_TLS, with its session;
-//!                             framed over TLS parks as FRAMED_TLS, with its session)
+//!                             framed over TLS parks as FRAMED_TLS, with its session),
+//!                             or an event stream (the SSE route's 200: SSE / SSE_TLS)
 //! ```
 //!
 //! Protocols never call the lot or each other; only this module does.
@@ -203,6 +204,22 @@ where
                 )
                 .boxed_local(),
             )),
+            proto::SSE => {
+                let sse = proto::sse::serve_woken(socket, hot, wake, ctx.clone());
+                Either::Right(Either::Right(
+                    finish_messages(sse, proto::SSE, ctx, conn).boxed_local(),
+                ))
+            }
+            proto::SSE_TLS => Either::Right(Either::Right(
+                serve_tls_message_woken(
+                    (socket, hot, wake),
+                    (ctx, conn),
+                    proto::SSE_TLS,
+                    proto::sse::parked_closed_tls,
+                    move |io, ctx| proto::sse::serve_woken_tls(io, wake, ctx),
+                )
+                .boxed_local(),
+            )),
             ProtoTag(unknown) => {
                 tracing::error!(tag = unknown, "woken connection of an unknown protocol");
                 conn.close(CloseReason::ServerError);
@@ -265,6 +282,8 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
                 | proto::FRAMED_TLS
                 | proto::WEBSOCKET
                 | proto::WEBSOCKET_TLS
+                | proto::SSE
+                | proto::SSE_TLS
                 | proto::HTTP1,
             ..
         } => true,
@@ -601,10 +620,21 @@ async fn hand_over_http1<T, S>(
             upgrade::hand_over(tx, upgraded);
         }
         HandOver::Native { io, read_ahead, to } => {
-            ctx.stats.connection_upgraded();
             if let Some(fd) = io.lot_fd() {
                 socket::bound_message_send_buffer(fd, &ctx.config);
             }
+            // An event stream (the SSE route's `200`): no upgrade, the
+            // response's body goes on as messages.
+            if proto::sse::claims(&to) {
+                let sse = proto::sse::serve_handed_over(io, read_ahead, to, ctx.clone());
+                let sse_tag = if tag == proto::HTTP1_TLS {
+                    proto::SSE_TLS
+                } else {
+                    proto::SSE
+                };
+                return finish_messages(sse, sse_tag, ctx, conn).await;
+            }
+            ctx.stats.connection_upgraded();
             let ws = proto::ws::serve_upgraded(io, read_ahead, to, ctx.clone());
             // Upgraded over TLS, it parks with its session.
             let ws_tag = if tag == proto::HTTP1_TLS {
@@ -652,7 +682,12 @@ where
             upgrade::hand_over(tx, upgraded);
         }
         Ended::HandOver(HandOver::Native { io, read_ahead, to }) => {
-            // A caller's transport never parks (it is not a plain socket).
+            // A caller's transport never parks (it is not a plain socket);
+            // an event stream is not served on one (`proto/sse`).
+            if proto::sse::claims(&to) {
+                let _ = proto::sse::serve_handed_over(Foreign { io }, read_ahead, to, ctx).await;
+                return;
+            }
             let _ = proto::ws::serve_upgraded(Foreign { io }, read_ahead, to, ctx).await;
         }
         Ended::Close(_) | Ended::Park { .. } => {}
@@ -719,6 +754,8 @@ fn parked_closed(ctx: &WorkerContext, fd: std::os::fd::RawFd, tag: ProtoTag, rea
         proto::WEBSOCKET_TLS => {
             proto::ws::parked_closed_tls(ctx, fd, reason, ctx.tls_parked.take(fd))
         }
+        proto::SSE => proto::sse::parked_closed(ctx, fd, reason),
+        proto::SSE_TLS => proto::sse::parked_closed_tls(ctx, fd, reason, ctx.tls_parked.take(fd)),
         proto::HTTP1_TLS => {
             if let Some(parked) = ctx.tls_parked.take(fd) {
                 // Our own close of an idle connection: say so in TLS.

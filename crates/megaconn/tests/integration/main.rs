@@ -55,6 +55,7 @@ mod park;
 mod park_evict;
 mod scripted;
 mod signal;
+mod sse;
 mod start;
 mod timeouts;
 mod tls;

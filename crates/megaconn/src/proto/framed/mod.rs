@@ -197,13 +197,7 @@ pub(crate) fn goodbye_parked(
     if framing.encode(goodbye, &mut out).is_err() {
         return;
     }
-    match session {
-        None => message::hub::send_all_now(fd, &out),
-        Some(session) => match session.seal(&out) {
-            Some(records) => message::hub::send_all_now(fd, &records),
-            None => return,
-        },
-    };
+    crate::proto::send_parked_now(fd, &out, session);
 }
 
 /// Framed connections frame pushed messages as their listener frames.

@@ -360,6 +360,11 @@ fn finished<T, F, B>(this: &mut Proj<'_, '_, T, F, B>) -> Outcome {
     if let Some(tx) = this.st.upgrading.take() {
         return Outcome::Upgrade(tx, this.st.native.take());
     }
+    // A native stream's `200` (no `OnUpgrade`: the request asked for none,
+    // and the sender is only there to fit the hand-over's shape).
+    if let Some(to) = this.st.native.take() {
+        return Outcome::Upgrade(tokio::sync::oneshot::channel().0, Some(to));
+    }
     if this.st.setup.keep_alive {
         Outcome::KeepAlive
     } else {
@@ -516,15 +521,27 @@ where
     let (mut parts, body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
         || (this.st.setup.is_connect && parts.status.is_success());
+    // A `200` a protocol of the server's own streams the body of (the SSE
+    // route's): its head goes as a body of unknown length's (chunked, or
+    // close-delimited for HTTP/1.0), the body is that protocol's, which
+    // gets the socket as after a native `101` (`finished`).
+    let native_stream = !switching
+        && parts.status == StatusCode::OK
+        && !this.st.setup.is_head
+        && parts.extensions.get::<NativeUpgrade>().is_some();
     // (A switch without an upgrade to take, and a 1xx other than 101, are
     // answered 500 below, and have no body either.)
     let has_body = !(this.st.setup.is_head
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED
-        || switching);
+        || switching
+        || native_stream);
     // (The handler's `Content-Length` takes precedence: `encode_head`.)
-    let body_length = body.size_hint().exact();
+    let body_length = body.size_hint().exact().filter(|_| !native_stream);
+    if native_stream {
+        this.st.native = parts.extensions.remove::<NativeUpgrade>();
+    }
     // The body is put in its place first, straight from the response: put
     // there after the checks below, it was moved once more on the way
     // (a 144-byte copy for the demo's; bench/CPU-PER-REQUEST.md, session 38).

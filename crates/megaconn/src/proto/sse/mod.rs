@@ -1,0 +1,514 @@
+//! Server-Sent Events (WHATWG HTML §9.2), native and parkable: a `GET`
+//! answered by an [`SseRoute`], whose stream is served per event on the
+//! message layer, idle streams parked as bare sockets.
+//!
+//! # How a stream gets here
+//!
+//! As a native WebSocket does: the user mounts an [`SseRoute`] (a tower
+//! service) on a route of their app. To a `GET` over HTTP/1.x it answers
+//! `200` (`content-type: text/event-stream`, `cache-control: no-cache`)
+//! marked with a [`NativeUpgrade`] carrying the route and the request's
+//! head ([`Opening`]); the HTTP/1.1 engine writes that head and ends with
+//! `Ended::HandOver(HandOver::Native)` (as after a native `101`), and the
+//! dispatcher calls [`serve_handed_over`]. No task and no body stream are
+//! kept for the connection beyond this protocol's own loop (`conn.rs`),
+//! which parks it once idle for `park_idle_after`.
+//!
+//! # Body framing: chunked
+//!
+//! Over HTTP/1.1 the body is `chunked`, one chunk per event, so that a
+//! stream the server ends ([`Hub::close`](crate::Hub::close), graceful
+//! shutdown, [`Session::close`](crate::Session::close)) ends with the last
+//! chunk (`0\r\n\r\n`): the client (and any proxy between) sees a response
+//! that completed, not a connection that broke, and a proxy may keep its
+//! upstream connection. Close-delimited framing (no length, the end of the
+//! body is the close) would save the 4 to 8 bytes of each chunk's size
+//! line, but every end would read as a truncated response to a proxy, and
+//! HTTP/1.1 reserves it for responses that cannot say their length
+//! otherwise. An HTTP/1.0 request, which cannot take chunks, gets a
+//! close-delimited body (the engine then says `connection: close`).
+//! Either way the connection is the stream's alone and closes after it.
+//!
+//! # Events
+//!
+//! Streams are message connections of the message layer (`message/`): each
+//! has a [`ConnectionId`](crate::ConnectionId), may subscribe to topics,
+//! and the [`Hub`](crate::Hub) reaches it by id, topic or broadcast
+//! (awake: through its bounded outbound queue; parked: one `send` of the
+//! event, encoded once per framing for every stream, see [`SseWire`]).
+//! [`Hub::send`](crate::Hub::send), `publish` and `broadcast` carry an
+//! event's data (text, one `data:` line per line of it); the `_binary`
+//! forms carry a whole event encoded by [`SseEvent`] (with `event:`,
+//! `id:`, `retry:`), written as it is; a push that is neither (not UTF-8,
+//! not one whole event) does not reach event streams, counted in
+//! `megaconn_limit_hits_total{limit="push_unframable"}`.
+//!
+//! # The client's bytes
+//!
+//! An event stream's client sends nothing after its request. Its end of
+//! stream or reset closes the stream ([`CloseReason::ClientClosed`]); any
+//! byte closes it as a protocol error (`Protocol(ProtocolDetail::Sse)`,
+//! counted in `protocol_errors`): a request pipelined behind an endless
+//! response would never be answered. A request body is read and dropped
+//! by the HTTP/1.1 engine before the stream starts.
+//!
+//! # Heartbeat and close
+//!
+//! A comment line (`:` and a blank line) goes every
+//! [`SseRoute::ping_interval`] (30 s) without an event, from the parking
+//! lot's timer for a parked stream (a wake, one write, straight back), so
+//! proxies keep the stream and a vanished peer is found by the write's
+//! error. No heartbeat is asked of the client. Writes that wait are bounded
+//! as HTTP/1.1's are (`write_timeout`, else `write_stall_timeout`), and a
+//! stream whose outbound queue overflows closes as a slow consumer
+//! ([`CloseReason::SlowConsumer`]), after the rest of the event under way.
+//! At graceful shutdown a stream gets the route's
+//! [`goodbye`](SseRoute::goodbye) event, if any, and the last chunk.
+//!
+//! # Transports
+//!
+//! - HTTP/1.1 (and 1.0) in the clear: served natively, parked with tag
+//!   [`SSE`](crate::proto::SSE).
+//! - HTTPS over HTTP/1.1: served natively; parked with its TLS session as
+//!   a WebSocket over TLS is (tag [`SSE_TLS`](crate::proto::SSE_TLS), the
+//!   session in the worker's table, pushes sealed with it without a wake).
+//! - HTTP/2 (what browsers speak over HTTPS when the server offers `h2`):
+//!   a stream of a multiplexed connection cannot be handed over or parked,
+//!   and the message layer knows connections by socket. The route answers
+//!   with its [`fallback`](SseRoute::fallback) service (the app's own
+//!   streaming `Sse` handler, fed by its own channels), else `505`; or
+//!   serve the endpoint's host without `h2` in `TlsConfig::alpn_protocols`.
+//! - A caller's own transport (`Builder::serve_connection`): not served
+//!   (the head is written, then the connection closes, logged).
+//!
+//! - `route.rs` [`SseRoute`], [`SseHandler`]: what users mount and write
+//! - `event.rs` the format: data lines, [`SseEvent`], chunks
+//! - `conn.rs`  one awake stream's loop
+
+pub(crate) mod conn;
+pub(crate) mod event;
+pub(crate) mod route;
+
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::conn::context::WorkerContext;
+use crate::conn::tls_io::{ParkedTls, TlsIo};
+use crate::conn::transport::{Parkable, Transport};
+use crate::conn::woken::WokenSocket;
+use crate::conn::Wake;
+use crate::message;
+use crate::message::live::Live;
+use crate::message::table::SideTable;
+use crate::message::wire::Wire;
+use crate::message::worker::Local;
+use crate::observe::close::{CloseReason, FramingError};
+use crate::proto::Ended;
+use crate::service::upgrade::NativeUpgrade;
+
+pub use event::SseEvent;
+pub use route::{SseBody, SseHandler, SseRoute, DEFAULT_SSE_PING_INTERVAL};
+
+use route::ErasedRoute;
+
+/// A boxed stream future: boxed so the dispatcher's future does not grow.
+pub(crate) type LocalFuture<T> = Pin<Box<dyn std::future::Future<Output = T>>>;
+
+/// What a [`NativeUpgrade`] carries for this protocol: the route, the
+/// body's framing, and the request's head for `on_open` (taken once;
+/// behind a mutex only because the response's extensions must be `Sync`).
+pub(crate) struct Opening {
+    pub route: ErasedRoute,
+    /// HTTP/1.1: chunked; HTTP/1.0: delimited by the close.
+    pub chunked: bool,
+    pub request: Mutex<Option<Parts>>,
+}
+
+/// Whether a native hand-over is this protocol's (else WebSocket's).
+pub(crate) fn claims(to: &NativeUpgrade) -> bool {
+    to.0.is::<Opening>()
+}
+
+/// The side-table variant (and wire) of a chunked stream.
+const CHUNKED: usize = 0;
+/// The side-table variant (and wire) of a close-delimited stream.
+const DELIMITED: usize = 1;
+
+/// The variant of a stream with this framing.
+fn variant(chunked: bool) -> usize {
+    if chunked {
+        CHUNKED
+    } else {
+        DELIMITED
+    }
+}
+
+/// How event streams frame a message pushed by the [`Hub`](crate::Hub):
+/// text as an event's data, a binary push as the whole event it must be,
+/// in a chunk (HTTP/1.1) or as it is (HTTP/1.0).
+struct SseWire {
+    chunked: bool,
+}
+
+impl Wire for SseWire {
+    fn encode(&self, payload: &Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
+        let text = std::str::from_utf8(payload).map_err(|_| FramingError::NotUtf8)?;
+        event::frame(&event::data_event(text), self.chunked, out);
+        Ok(())
+    }
+
+    fn encode_binary(&self, payload: &Bytes, out: &mut BytesMut) -> Result<(), FramingError> {
+        if !event::is_one_event(payload) {
+            return Err(FramingError::NotAnEvent);
+        }
+        event::frame(payload, self.chunked, out);
+        Ok(())
+    }
+}
+
+/// This worker's message state and the side table of parked event streams
+/// (its state: the stream's route; its variant: the framing); `tls`: the
+/// one of streams over TLS (tag `SSE_TLS`), whose pushes to a parked one
+/// are sealed with its parked session.
+pub(crate) fn side_table(
+    ctx: &WorkerContext,
+    tls: bool,
+) -> (Rc<Local>, Rc<SideTable<ErasedRoute>>) {
+    let local = message::worker::local(ctx);
+    let wires = || {
+        [true, false]
+            .map(|chunked| Rc::new(SseWire { chunked }) as Rc<dyn Wire>)
+            .into()
+    };
+    let table = if tls {
+        let sessions = ctx.tls_parked.clone();
+        local.table_sending::<ErasedRoute>(crate::proto::SSE_TLS, wires, || {
+            Some(crate::proto::sealed(sessions))
+        })
+    } else {
+        local.table::<ErasedRoute>(crate::proto::SSE, wires)
+    };
+    (local, table)
+}
+
+/// What a parked stream leaves for the dispatcher: the bare socket for the
+/// lot and, over TLS, the session for the worker's table.
+pub(crate) type SseParked = (OwnedFd, Option<ParkedTls>);
+
+/// An event stream's socket: plain (bare until it must wait, see
+/// `conn/woken.rs`), or TLS over one (its session parks beside the socket).
+#[derive(Debug)]
+pub(crate) enum SseIo {
+    Plain(WokenSocket),
+    Tls(TlsIo<WokenSocket>),
+}
+
+impl SseIo {
+    /// The socket's descriptor, which the stream parks under.
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        match self {
+            SseIo::Plain(s) => s.raw_fd(),
+            SseIo::Tls(s) => s.get_ref().raw_fd(),
+        }
+    }
+
+    /// Whether it is TLS (its state parks in the TLS side table).
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, SseIo::Tls(_))
+    }
+
+    /// Writes `bytes` raw, under the TLS stream if there is one: what a
+    /// push left unsent while the stream was parked (the rest of an event,
+    /// or records its parked session sealed).
+    pub(crate) fn poll_write_raw(
+        &mut self,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            SseIo::Tls(s) => s.poll_write_sealed(cx, bytes),
+            SseIo::Plain(s) => Pin::new(s).poll_write(cx, bytes),
+        }
+    }
+}
+
+impl AsyncRead for SseIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SseIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            SseIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SseIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SseIo::Plain(s) => Pin::new(s).poll_write(cx, data),
+            SseIo::Tls(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SseIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, slices),
+            SseIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, slices),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            SseIo::Plain(s) => s.is_write_vectored(),
+            SseIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SseIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            SseIo::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SseIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            SseIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Transport for SseIo {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            SseIo::Plain(s) => s.poll_read_ready(cx),
+            SseIo::Tls(s) => s.poll_read_ready(cx),
+        }
+    }
+}
+
+impl Parkable for SseIo {
+    const PARKABLE: bool = true;
+
+    fn repark_when_idle(&self) -> bool {
+        match self {
+            SseIo::Plain(s) => s.repark_when_idle(),
+            SseIo::Tls(s) => s.repark_when_idle(),
+        }
+    }
+
+    fn reparks_a_wake(&self) -> bool {
+        match self {
+            SseIo::Plain(s) => s.reparks_a_wake(),
+            SseIo::Tls(s) => s.reparks_a_wake(),
+        }
+    }
+
+    fn still_watched(&self) -> bool {
+        match self {
+            SseIo::Plain(s) => s.still_watched(),
+            SseIo::Tls(s) => s.still_watched(),
+        }
+    }
+
+    fn into_parked_parts(self) -> io::Result<SseParked> {
+        match self {
+            SseIo::Plain(s) => s.into_parked_parts(),
+            SseIo::Tls(s) => s.into_parked_parts(),
+        }
+    }
+}
+
+/// A plain TCP transport as a [`WokenSocket`] (an accepted stream stays
+/// registered with tokio), TLS over one as TLS over a [`WokenSocket`];
+/// `None` for any other (a caller's own transport).
+fn parkable<T: Transport + Send + 'static>(io: T) -> Option<SseIo> {
+    let any: Box<dyn std::any::Any> = Box::new(io);
+    let any = match any.downcast::<TcpStream>() {
+        Ok(stream) => return Some(SseIo::Plain(WokenSocket::registered_stream(*stream))),
+        Err(any) => any,
+    };
+    let any = match any.downcast::<WokenSocket>() {
+        Ok(socket) => return Some(SseIo::Plain(*socket)),
+        Err(any) => any,
+    };
+    let any = match any.downcast::<TlsIo<TcpStream>>() {
+        Ok(tls) => return Some(SseIo::Tls(tls.map_sock(WokenSocket::registered_stream))),
+        Err(any) => any,
+    };
+    any.downcast::<TlsIo<WokenSocket>>()
+        .ok()
+        .map(|tls| SseIo::Tls(*tls))
+}
+
+/// Serves a stream the HTTP/1.1 engine handed over after the route's
+/// `200` (its head written): `read_ahead` is what the client sent after
+/// its request (and its body), which closes the stream.
+pub(crate) fn serve_handed_over<T>(
+    io: T,
+    read_ahead: Bytes,
+    to: NativeUpgrade,
+    ctx: Rc<WorkerContext>,
+) -> LocalFuture<Ended<SseParked>>
+where
+    T: Parkable + Send + 'static,
+{
+    let Ok(opening) = to.0.downcast::<Opening>() else {
+        tracing::error!("a native hand-over of an unknown protocol; closing the connection");
+        return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
+    };
+    let Some(io) = parkable(io) else {
+        tracing::warn!(
+            "SseRoute cannot stream on a transport given to Builder::serve_connection; \
+             closing the connection after its head"
+        );
+        return Box::pin(std::future::ready(Ended::Close(CloseReason::ServerError)));
+    };
+    let request = opening.request.lock().ok().and_then(|mut r| r.take());
+    let request = request.map(Box::new);
+    let start = conn::Start::Opened {
+        route: opening.route.clone(),
+        chunked: opening.chunked,
+        request,
+        read_ahead,
+    };
+    Box::pin(conn::serve(io, ctx, start))
+}
+
+/// Serves a stream woken from the parking lot, on its plain socket.
+pub(crate) fn serve_woken(
+    socket: OwnedFd,
+    hot: bool,
+    wake: Wake,
+    ctx: Rc<WorkerContext>,
+) -> LocalFuture<Ended<SseParked>> {
+    let io = SseIo::Plain(WokenSocket::new(socket, hot, wake));
+    Box::pin(conn::serve(io, ctx, conn::Start::Woken(wake)))
+}
+
+/// Serves a stream over TLS woken from the parking lot, its session
+/// resumed (the dispatcher took it from the worker's table).
+pub(crate) fn serve_woken_tls(
+    io: TlsIo<WokenSocket>,
+    wake: Wake,
+    ctx: Rc<WorkerContext>,
+) -> LocalFuture<Ended<SseParked>> {
+    Box::pin(conn::serve(SseIo::Tls(io), ctx, conn::Start::Woken(wake)))
+}
+
+/// The parking lot closed parked stream `fd` itself (shutdown): at
+/// shutdown it gets its route's goodbye event, if any, and the last chunk
+/// (one non-blocking `send` on the still open socket, sealed with its TLS
+/// `session` if it has one; not after a push its socket took part of,
+/// whose rest is owed first); its entry goes, it leaves its topics, and
+/// its handler hears why.
+fn closed_in(
+    ctx: &WorkerContext,
+    fd: RawFd,
+    reason: CloseReason,
+    tls: bool,
+    session: Option<&mut ParkedTls>,
+) {
+    let (local, table) = side_table(ctx, tls);
+    let Some(parked) = table.take(fd) else {
+        return;
+    };
+    if reason == CloseReason::Shutdown && !parked.behind {
+        let mut last = BytesMut::new();
+        if let Some(goodbye) = &parked.state.settings.goodbye {
+            event::frame(goodbye, parked.variant == CHUNKED, &mut last);
+        }
+        if parked.variant == CHUNKED {
+            last.extend_from_slice(event::LAST_CHUNK);
+        }
+        crate::proto::send_parked_now(fd, &last, session);
+    }
+    let id = local.id(fd, parked.generation);
+    Live::new(&(), conn::on_close, parked.state, id, &local).close(reason);
+}
+
+/// [`closed_in`] for a cleartext stream.
+pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
+    closed_in(ctx, fd, reason, false, None);
+}
+
+/// [`closed_in`] for a stream over TLS, with its parked `session`: our own
+/// closes (shutdown) end with `close_notify`, as HTTPS/1.1's do.
+pub(crate) fn parked_closed_tls(
+    ctx: &WorkerContext,
+    fd: RawFd,
+    reason: CloseReason,
+    mut session: Option<ParkedTls>,
+) {
+    closed_in(ctx, fd, reason, true, session.as_mut());
+    if let Some(session) = session {
+        if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
+            session.close_notify(fd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parked stream keeps its route (a pointer and its vtable's) in its
+    /// side-table slot: 16 bytes plus 16 of the slot's own.
+    #[test]
+    fn a_parked_streams_slot_is_small() {
+        assert_eq!(SideTable::<ErasedRoute>::slot_bytes(), 32);
+    }
+
+    /// Pushes go out as events in chunks, or bare on HTTP/1.0; binary ones
+    /// only when they are one whole event; text only when UTF-8.
+    #[test]
+    fn the_wire_frames_events() {
+        let encode = |chunked, payload: &'static [u8], binary| {
+            let mut out = BytesMut::new();
+            let wire = SseWire { chunked };
+            let payload = Bytes::from_static(payload);
+            let done = if binary {
+                wire.encode_binary(&payload, &mut out)
+            } else {
+                wire.encode(&payload, &mut out)
+            };
+            done.map(|()| out.freeze())
+        };
+        assert_eq!(
+            encode(true, b"a\nb", false).unwrap(),
+            &b"11\r\ndata: a\ndata: b\n\n\r\n"[..]
+        );
+        assert_eq!(encode(false, b"x", false).unwrap(), &b"data: x\n\n"[..]);
+        assert_eq!(encode(true, b"\xff", false), Err(FramingError::NotUtf8));
+        let event: &'static [u8] = b"event: e\ndata: 1\n\n";
+        assert_eq!(
+            encode(false, event, true).unwrap(),
+            &b"event: e\ndata: 1\n\n"[..]
+        );
+        assert_eq!(
+            encode(true, b"data: 1\n", true),
+            Err(FramingError::NotAnEvent)
+        );
+    }
+}
