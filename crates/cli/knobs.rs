@@ -925,6 +925,20 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "refuse-at-max-connections",
+        value_name: "",
+        shape: Shape::Switch,
+        help: "At --max-connections with nothing idle to close, refuse new connections (503 with Retry-After) instead of leaving them in the backlog.",
+        details: "Without it a connection over the limit waits in the kernel's backlog, its handshake done, hearing nothing until a connection closes or its client gives up: WebSockets and framed connections are never closed to make room, so a server full of them leaves every newcomer waiting (as Go's LimitListener and nginx's worker_connections do). With it, once a round of eviction (100 ms) freed nothing, the newcomer is accepted and refused at once, for 100 ms the ones after it too: on a cleartext HTTP listener answered 503 with Retry-After 1 to 3 s (spread over the refusals) and closed, on a TLS or framed listener closed without an answer; counted in megaconn_limit_hits_total{limit=\"max_connections\"} and logged (limited).",
+        default: "off",
+        example: "",
+        parse: switch,
+        apply: |v, s| {
+            let on = v.on();
+            s.builder(|b| b.refuse_at_max_connections(on))
+        },
+    },
+    Knob {
         name: "backlog",
         value_name: "N",
         shape: Shape::One,
@@ -1601,6 +1615,13 @@ mod tests {
                     (assert_eq!(text, "off"), left("track_connections: false,")).1
                 }
                 "access-log" => (assert_eq!(text, "off"), left("access_log: false,")).1,
+                "refuse-at-max-connections" => {
+                    (
+                        assert_eq!(text, "off"),
+                        left("refuse_at_max_connections: false,"),
+                    )
+                        .1
+                }
                 "tls-listen" => (assert_eq!(text, "none"), left("tls_listen: [],")).1,
                 "tcp-listen" => (assert_eq!(text, "none"), left("tcp_listen: [],")).1,
                 "tcp-tls-listen" => (assert_eq!(text, "none"), left("tcp_tls_listen: [],")).1,

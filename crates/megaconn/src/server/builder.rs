@@ -853,6 +853,28 @@ impl Builder {
         self
     }
 
+    /// At [`max_connections`](Builder::max_connections) with nothing idle to
+    /// close for a new connection (all busy, or WebSockets and framed
+    /// connections, which are never evicted): refuse it right after accept
+    /// instead of leaving it in the kernel's backlog, where its client,
+    /// whose handshake the kernel completed, hears nothing until its own
+    /// timeout. On a cleartext HTTP listener it is answered `503 Service
+    /// Unavailable` with a `Retry-After` of 1 to 3 s (spread, so that the
+    /// refused clients do not all come back in the same second), on a TLS
+    /// or framed listener closed without an answer; counted
+    /// (`megaconn_limit_hits_total{limit="max_connections"}`) and logged at
+    /// most once per interval. The server still tries to make room first:
+    /// a connection is refused only once a round of eviction (this
+    /// worker's idle connections, then another worker's) freed no slot
+    /// within 100 ms, and for the next 100 ms the ones after it are refused
+    /// at once. Default: off, as Go's `netutil.LimitListener` and nginx's
+    /// `worker_connections` (and HAProxy's `maxconn`) leave connections
+    /// over the limit in the backlog.
+    pub fn refuse_at_max_connections(mut self, on: bool) -> Builder {
+        self.config.refuse_at_max_connections = on;
+        self
+    }
+
     /// Limits how fast new connections are admitted (a token bucket; see
     /// [`AcceptRate`]). Over the rate a connection is refused right after
     /// accept: on a cleartext HTTP listener answered `503 Service
