@@ -168,6 +168,9 @@ pub fn stopped_line(processes: Option<usize>, stats: &megaconn::ServerStats) -> 
 /// got their `1001` within one at an SRE review's upgrade).
 pub const RECONNECT_STORM_AT: usize = 1_000;
 
+/// What the storm warning says after the counts.
+const STORM: &str = "will be closed at once; clients reconnect together: set --shutdown-drain-rate";
+
 /// What a drain is left with as it begins: the connections that could not
 /// move to the new process at an upgrade (only idle cleartext HTTP/1.1
 /// ones move), or all of them at a stop.
@@ -196,12 +199,8 @@ impl Draining {
     /// The warning for a drain that closes at least [`RECONNECT_STORM_AT`]
     /// connections at once; `None` otherwise (or with a drain rate).
     pub fn storm_warning(self) -> Option<String> {
-        (self.drain_rate.is_none() && self.left >= RECONNECT_STORM_AT).then(|| {
-            format!(
-                "{} will be closed at once; clients reconnect together: set --shutdown-drain-rate",
-                self.counts()
-            )
-        })
+        (self.drain_rate.is_none() && self.left >= RECONNECT_STORM_AT)
+            .then(|| format!("{} {STORM}", self.counts()))
     }
 }
 
@@ -209,9 +208,11 @@ impl Draining {
 /// left to its drain (`draining`), which cannot move: WebSockets, framed
 /// connections, TLS and HTTP/2 connections, and requests in flight.
 pub fn handed_over_line(new_pid: u32, listeners: usize, sent: usize, draining: Draining) -> String {
-    let storm = draining
-        .storm_warning()
-        .map_or(String::new(), |w| format!("; {w}"));
+    // The counts are said once; the warning's own, for the log, repeats them.
+    let storm = match draining.storm_warning() {
+        Some(_) => format!("; they {STORM}"),
+        None => String::new(),
+    };
     format!(
         "megaconn handed over to pid {new_pid}: {listeners} listening sockets, {sent} parked connections; draining {} that cannot move (WebSocket, framed, TLS, HTTP/2, busy){storm}",
         draining.counts()
@@ -316,8 +317,12 @@ mod tests {
         };
         let line = handed_over_line(7, 5, 0, many);
         assert!(
-            line.ends_with("; 1000 connections (999 WebSocket/framed) will be closed at once; clients reconnect together: set --shutdown-drain-rate"),
+            line.ends_with("draining 1000 connections (999 WebSocket/framed) that cannot move (WebSocket, framed, TLS, HTTP/2, busy); they will be closed at once; clients reconnect together: set --shutdown-drain-rate"),
             "{line}"
+        );
+        assert_eq!(
+            many.storm_warning().unwrap(),
+            "1000 connections (999 WebSocket/framed) will be closed at once; clients reconnect together: set --shutdown-drain-rate"
         );
         let paced = Draining {
             drain_rate: Some(500),
