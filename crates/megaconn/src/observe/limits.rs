@@ -179,9 +179,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2WindowDrip.count(&stats);
+        LimitHit::MaxConnections.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::Http2WindowDrip as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::MaxConnections as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()
