@@ -162,6 +162,63 @@ pub fn stopped_line(processes: Option<usize>, stats: &megaconn::ServerStats) -> 
     )
 }
 
+/// From this many connections left to a drain that closes them all at once
+/// (no `--shutdown-drain-rate`), the upgrade's and the stop's lines warn:
+/// their clients all reconnect in the same second (10,000 WebSockets all
+/// got their `1001` within one at an SRE review's upgrade).
+pub const RECONNECT_STORM_AT: usize = 1_000;
+
+/// What the storm warning says after the counts.
+const STORM: &str = "will be closed at once; clients reconnect together: set --shutdown-drain-rate";
+
+/// What a drain is left with as it begins: the connections that could not
+/// move to the new process at an upgrade (only idle cleartext HTTP/1.1
+/// ones move), or all of them at a stop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Draining {
+    /// Connections left to the drain.
+    pub left: usize,
+    /// Of them, WebSockets and framed connections (ws and wss, framed over
+    /// TLS or not): they are told goodbye and closed, and their clients
+    /// reconnect.
+    pub messages: usize,
+    /// `--shutdown-drain-rate`, if set.
+    pub drain_rate: Option<u32>,
+}
+
+impl Draining {
+    /// What the drain is left with: `4 connections (3 WebSocket/framed)`.
+    pub fn counts(self) -> String {
+        format!(
+            "{} ({} WebSocket/framed)",
+            count(self.left as u64, "connection", "connections"),
+            self.messages
+        )
+    }
+
+    /// The warning for a drain that closes at least [`RECONNECT_STORM_AT`]
+    /// connections at once; `None` otherwise (or with a drain rate).
+    pub fn storm_warning(self) -> Option<String> {
+        (self.drain_rate.is_none() && self.left >= RECONNECT_STORM_AT)
+            .then(|| format!("{} {STORM}", self.counts()))
+    }
+}
+
+/// The old process's line once it handed over: what moved, and what is
+/// left to its drain (`draining`), which cannot move: WebSockets, framed
+/// connections, TLS and HTTP/2 connections, and requests in flight.
+pub fn handed_over_line(new_pid: u32, listeners: usize, sent: usize, draining: Draining) -> String {
+    // The counts are said once; the warning's own, for the log, repeats them.
+    let storm = match draining.storm_warning() {
+        Some(_) => format!("; they {STORM}"),
+        None => String::new(),
+    };
+    format!(
+        "megaconn handed over to pid {new_pid}: {listeners} listening sockets, {sent} parked connections; draining {} that cannot move (WebSocket, framed, TLS, HTTP/2, busy){storm}",
+        draining.counts()
+    )
+}
+
 /// What an upgrade took over, as `megaconn upgrade done` says it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Moved {
@@ -234,6 +291,50 @@ mod tests {
             stopped_line(None, &stats),
             "megaconn stopped: 5 connections accepted, 1 request served, 2 cut off by the forced shutdown (shutdown_timeout), 4 refused as malformed or over a limit, 1 connection closed for another protocol error (WebSocket, framed, HTTP/2, TLS)"
         );
+    }
+
+    /// The hand-over line says what is left to the drain, and warns of a
+    /// reconnect storm from [`RECONNECT_STORM_AT`] on, naming the flag,
+    /// unless a drain rate is set. It said only what moved ("0 parked
+    /// connections; draining") while 10,000 WebSockets were about to be
+    /// closed in the same second.
+    #[test]
+    fn the_hand_over_line_counts_what_cannot_move_and_warns_of_a_storm() {
+        let few = Draining {
+            left: 4,
+            messages: 3,
+            drain_rate: None,
+        };
+        assert_eq!(
+            handed_over_line(7, 5, 2, few),
+            "megaconn handed over to pid 7: 5 listening sockets, 2 parked connections; draining 4 connections (3 WebSocket/framed) that cannot move (WebSocket, framed, TLS, HTTP/2, busy)"
+        );
+        assert_eq!(few.storm_warning(), None);
+        let many = Draining {
+            left: RECONNECT_STORM_AT,
+            messages: RECONNECT_STORM_AT - 1,
+            drain_rate: None,
+        };
+        let line = handed_over_line(7, 5, 0, many);
+        assert!(
+            line.ends_with("draining 1000 connections (999 WebSocket/framed) that cannot move (WebSocket, framed, TLS, HTTP/2, busy); they will be closed at once; clients reconnect together: set --shutdown-drain-rate"),
+            "{line}"
+        );
+        assert_eq!(
+            many.storm_warning().unwrap(),
+            "1000 connections (999 WebSocket/framed) will be closed at once; clients reconnect together: set --shutdown-drain-rate"
+        );
+        let paced = Draining {
+            drain_rate: Some(500),
+            ..many
+        };
+        assert_eq!(paced.storm_warning(), None);
+        assert!(!handed_over_line(7, 5, 0, paced).contains("--shutdown-drain-rate"));
+        let just_under = Draining {
+            left: RECONNECT_STORM_AT - 1,
+            ..many
+        };
+        assert_eq!(just_under.storm_warning(), None);
     }
 
     /// A JSON line says the plain line as its message, which a supervisor

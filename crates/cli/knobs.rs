@@ -848,7 +848,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "PER_SECOND",
         shape: Shape::One,
         help: "Idle connections closed per second at shutdown and at an upgrade's drain (all at once when unset).",
-        details: "So that a million clients are not told to reconnect in the same second. Requests arriving meanwhile are served with `Connection: close`. Keep --shutdown-timeout above connections / rate: the rest closes at the deadline. Progress: megaconn_shutdown_drain_pending.",
+        details: "So that a million clients are not told to reconnect in the same second. Requests arriving meanwhile are served with `Connection: close`. Keep --shutdown-timeout above connections / rate: the rest closes at the deadline. Progress: megaconn_shutdown_drain_pending at a stop; during an upgrade /metrics is the new process's at once (its gauge reads 0), so the draining process logs its progress every 2 s (`draining: N left, M closed`), at a stop too. Without it, a stop or upgrade leaving 1,000 connections or more warns that their clients will reconnect together.",
         default: "unlimited",
         example: "10000",
         parse: count,
@@ -925,6 +925,20 @@ pub static KNOBS: &[Knob] = &[
         },
     },
     Knob {
+        name: "refuse-at-max-connections",
+        value_name: "",
+        shape: Shape::Switch,
+        help: "At --max-connections with nothing idle to close, refuse new connections (503 with Retry-After) instead of leaving them in the backlog.",
+        details: "Without it a connection over the limit waits in the kernel's backlog, its handshake done, hearing nothing until a connection closes or its client gives up: WebSockets and framed connections are never closed to make room, so a server full of them leaves every newcomer waiting (as Go's LimitListener and nginx's worker_connections do). With it, once a round of eviction (100 ms) freed nothing, the newcomer is accepted and refused at once, for 100 ms the ones after it too: on a cleartext HTTP listener answered 503 with Retry-After 1 to 3 s (spread over the refusals) and closed, on a TLS or framed listener closed without an answer; counted in megaconn_limit_hits_total{limit=\"max_connections\"} and logged (limited).",
+        default: "off",
+        example: "",
+        parse: switch,
+        apply: |v, s| {
+            let on = v.on();
+            s.builder(|b| b.refuse_at_max_connections(on))
+        },
+    },
+    Knob {
         name: "backlog",
         value_name: "N",
         shape: Shape::One,
@@ -943,7 +957,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "PER_SECOND",
         shape: Shape::One,
         help: "New connections admitted per second (token bucket).",
-        details: "Over it a connection is refused at once and counted: on a cleartext HTTP listener answered 503 with Retry-After (the seconds a worker's bucket takes to refill one token, at least 1) and closed; on a TLS or framed listener closed without an answer. For the whole server: with --processes P each worker process admits 1/P of it (and of --accept-burst, rounded up).",
+        details: "Over it a connection is refused at once and counted: on a cleartext HTTP listener answered 503 with Retry-After (the seconds a worker's bucket takes to refill one token, at least 1, or one of the two seconds after it, spread over the refusals so that they do not all retry together) and closed; on a TLS or framed listener closed without an answer. For the whole server: with --processes P each worker process admits 1/P of it (and of --accept-burst, rounded up).",
         default: "unlimited",
         example: "5000",
         parse: rate,
@@ -1173,7 +1187,7 @@ pub static KNOBS: &[Knob] = &[
         value_name: "PATH",
         shape: Shape::One,
         help: "Unix socket where this server hands its listening sockets and parked connections to a newer process started with `serve --upgrade` (same flag).",
-        details: "The listening sockets stay open throughout, so no connection is refused: this one accepts until the newer process says it is ready, which accepts only from then on (one that fails before takes no connection on the sockets it took over; an address the old one did not have it binds afresh before), and which prints `megaconn upgrade done` once it serves, and its idle HTTP/1.1 connections move without a reconnect. Only the same user (or root) may take over. With --processes P, worker process k uses PATH.k. `off`: none, for a server never upgraded in place (a container replaced on a rollout), which would otherwise warn at each start where it cannot bind one (a read-only root).",
+        details: "The listening sockets stay open throughout, so no connection is refused: this one accepts until the newer process says it is ready, which accepts only from then on (one that fails before takes no connection on the sockets it took over; an address the old one did not have it binds afresh before), and which prints `megaconn upgrade done` once it serves, and its idle cleartext HTTP/1.1 keep-alive connections move without a reconnect. Every other connection (every WebSocket, ws and wss; framed TCP; TLS; HTTP/2) closes in the old process's drain as at a stop, and its client reconnects: the old process's `megaconn handed over` line counts them, and warns from 1,000 on without --shutdown-drain-rate. Only the same user (or root) may take over. With --processes P, worker process k uses PATH.k. `off`: none, for a server never upgraded in place (a container replaced on a rollout), which would otherwise warn at each start where it cannot bind one (a read-only root).",
         default: "$XDG_RUNTIME_DIR (or /tmp)/megaconn-PORT.upgrade.sock, PORT the first listen address's",
         example: "/run/megaconn/upgrade.sock",
         parse: path,
@@ -1601,6 +1615,13 @@ mod tests {
                     (assert_eq!(text, "off"), left("track_connections: false,")).1
                 }
                 "access-log" => (assert_eq!(text, "off"), left("access_log: false,")).1,
+                "refuse-at-max-connections" => {
+                    (
+                        assert_eq!(text, "off"),
+                        left("refuse_at_max_connections: false,"),
+                    )
+                        .1
+                }
                 "tls-listen" => (assert_eq!(text, "none"), left("tls_listen: [],")).1,
                 "tcp-listen" => (assert_eq!(text, "none"), left("tcp_listen: [],")).1,
                 "tcp-tls-listen" => (assert_eq!(text, "none"), left("tcp_tls_listen: [],")).1,

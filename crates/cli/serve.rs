@@ -70,8 +70,8 @@ impl clap::Args for ServeArgs {
             clap::Arg::new("upgrade")
                 .long("upgrade")
                 .action(clap::ArgAction::SetTrue)
-                .help("Take over from the server running on --upgrade-socket: its listening sockets and parked connections; it then drains and exits.")
-                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused, idle clients do not reconnect, and a new process that fails before it says it is ready has taken no connection on the sockets it took over (the old one serves on; an address the old one did not have, another --admin say, it binds afresh before). It says it is ready only once everything that can fail is done (its runtimes, parking lots and worker threads made, its listening sockets registered with them): from then on it serves, whatever happens. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade: that line, not `megaconn serving on` (printed before it is ready, while it serves nothing yet), is the signal that it serves. With --processes, each worker process takes over from the old one of the same index, and the supervisor prints `megaconn upgrade done: ...` once they all have."),
+                .help("Take over from the server running on --upgrade-socket: its listening sockets and idle cleartext HTTP/1.1 connections; it then drains the rest (WebSockets, framed, TLS, HTTP/2 close and reconnect) and exits.")
+                .long_help("Take over from the server running on --upgrade-socket (give the same listen addresses): the running server passes its listening sockets, this one builds its servers on them and says it is ready, then the old one stops accepting and this one starts; the old one hands over its parked (idle) cleartext HTTP/1.1 connections and drains the rest as in a graceful shutdown. No connection is refused and idle cleartext HTTP/1.1 clients do not reconnect; every other connection closes in the old process's drain and its client reconnects: every WebSocket (ws and wss: 1001), framed TCP (its goodbye frame, if any), TLS and HTTP/2 (the old process's `megaconn handed over` line counts them and, from 1,000 on without --shutdown-drain-rate, warns that they will reconnect together). A new process that fails before it says it is ready has taken no connection on the sockets it took over (the old one serves on; an address the old one did not have, another --admin say, it binds afresh before). It says it is ready only once everything that can fail is done (its runtimes, parking lots and worker threads made, its listening sockets registered with them): from then on it serves, whatever happens. Prints `megaconn upgrade done: ...` once it is ready for the next upgrade: that line, not `megaconn serving on` (printed before it is ready, while it serves nothing yet), is the signal that it serves. With --processes, each worker process takes over from the old one of the same index, and the supervisor prints `megaconn upgrade done: ...` once they all have."),
         )
         .args(knobs::KNOBS.iter().map(knobs::Knob::arg))
         .arg(
@@ -698,6 +698,8 @@ async fn serve(
         upgraded.send();
     }
     tokio::pin!(serving);
+    // Ends with the process (the runtime goes with it).
+    tokio::spawn(drain_progress(handle.clone()));
     let mut publishing = shared.map(|(slot, block)| Publishing::new(slot, block, handle.clone()));
     let summary = loop {
         tokio::select! {
@@ -800,7 +802,15 @@ async fn serve(
                     tracing::info!(signal = name, "already draining; send it again, a second or more later, to exit at once");
                     continue;
                 }
-                tracing::info!(signal = name, "shutting down gracefully (send it again, a second or more later, to exit at once)");
+                let draining = crate::announce::Draining {
+                    left: handle.connections_open(),
+                    messages: handle.message_connections(),
+                    drain_rate: handle.shutdown_drain_rate(),
+                };
+                tracing::info!(signal = name, connections = draining.left, message_connections = draining.messages, "shutting down gracefully (send it again, a second or more later, to exit at once)");
+                if let Some(warning) = draining.storm_warning() {
+                    tracing::warn!(signal = name, "shutting down: {warning}");
+                }
                 handle.shutdown();
             }
         }
@@ -825,6 +835,38 @@ async fn serve(
         summary.forced
     );
     Ok(())
+}
+
+/// How often a draining process says how far it got ([`drain_progress`]).
+const DRAIN_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Once the server's shutdown began (a signal's, or an upgrade's
+/// hand-over), logs every [`DRAIN_PROGRESS_EVERY`] how many connections are
+/// left and how many closed (or moved) since, until none is left. During an
+/// upgrade's drain the admin listener is the new process's already, so
+/// `megaconn_shutdown_drain_pending` on `/metrics` is the new process's
+/// (0): this log is the only view of the old process's drain.
+async fn drain_progress(handle: megaconn::ServerHandle) {
+    handle.shutdown_started().await;
+    let at_start = handle.connections_open();
+    let mut every = tokio::time::interval_at(
+        tokio::time::Instant::now() + DRAIN_PROGRESS_EVERY,
+        DRAIN_PROGRESS_EVERY,
+    );
+    loop {
+        every.tick().await;
+        let left = handle.connections_open();
+        if left == 0 {
+            return;
+        }
+        let closed = at_start.saturating_sub(left);
+        tracing::info!(
+            left,
+            closed,
+            pending = handle.stats().shutdown_drain_pending,
+            "draining: {left} left, {closed} closed (or handed over) since the drain began"
+        );
+    }
 }
 
 /// Starts the admin server `admin` (accepting nothing yet) for this

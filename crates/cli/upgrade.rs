@@ -64,7 +64,7 @@ use anyhow::{bail, Context as _};
 use megaconn::{ParkedConnection, ParkedState, ServerHandle};
 use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
-use crate::announce::{partly_done_line, Moved};
+use crate::announce::{handed_over_line, partly_done_line, Draining, Moved};
 
 /// Most descriptors one `SCM_RIGHTS` message may carry (Linux's `SCM_MAX_FD`).
 const MAX_FDS: usize = 253;
@@ -1075,6 +1075,13 @@ impl Upgrades {
             panic!("the hand-over panics after the new process said it serves (told by a test)");
         }
         let started = Instant::now();
+        // Counted before anything moves: what does not move is left to the
+        // drain (WebSockets, framed, TLS, HTTP/2, requests in flight), and
+        // the hand-over line says so (it said only what moved).
+        let (open, messages) = (
+            self.handle.connections_open(),
+            self.handle.message_connections(),
+        );
         // The new process serves the slot now: its copy of the lock is the
         // lock. (Had it gone away before this, this one would still hold it.)
         self.release_slot();
@@ -1133,13 +1140,27 @@ impl Upgrades {
                 "upgrade: the new process went away during the hand-over; the parked connections not sent were closed"
             );
         }
+        let draining = Draining {
+            left: open.saturating_sub(sent),
+            messages,
+            drain_rate: self.handle.shutdown_drain_rate(),
+        };
         tracing::info!(
             new_pid,
             parked = sent,
+            left = draining.left,
+            message_connections = messages,
             ms = started.elapsed().as_millis() as u64,
             "upgrade: handed over; draining the remaining connections"
         );
-        leaving.sent = Some(sent);
+        if let Some(warning) = draining.storm_warning() {
+            tracing::warn!(
+                left = draining.left,
+                message_connections = messages,
+                "upgrade: {warning}"
+            );
+        }
+        leaving.sent = Some((sent, draining));
     }
 
     /// The busy flag's guard (see [`ControlSocket`]'s `busy`).
@@ -1184,9 +1205,10 @@ struct Leaving<'a> {
     /// before the drop took it again: in between the process could exit
     /// unsaid.
     busy: Option<std::sync::MutexGuard<'a, bool>>,
-    /// The parked connections sent, once the hand-over got to its end; if
-    /// not, the drop says the hand-over failed.
-    sent: Option<usize>,
+    /// The parked connections sent, and what is left to the drain, once
+    /// the hand-over got to its end; if not, the drop says the hand-over
+    /// failed.
+    sent: Option<(usize, Draining)>,
 }
 
 impl Drop for Leaving<'_> {
@@ -1205,9 +1227,9 @@ impl Drop for Leaving<'_> {
         refuse_more(&up.listener);
         let (new_pid, listeners) = (self.new_pid, self.listeners);
         match self.sent {
-            Some(sent) => crate::say!(
-                "megaconn handed over to pid {new_pid}: {listeners} listening sockets, {sent} parked connections; draining"
-            ),
+            Some((sent, draining)) => {
+                crate::say!("{}", handed_over_line(new_pid, listeners, sent, draining))
+            }
             None => {
                 tracing::error!(
                     new_pid,

@@ -163,7 +163,10 @@ fn finish(mut old: Generation) -> String {
 fn parked_handed_over(handed: &str) -> usize {
     handed
         .split(", ")
-        .find_map(|part| part.strip_suffix(" parked connections; draining"))
+        .find_map(|part| {
+            part.split_once(" parked connections; draining ")
+                .map(|(n, _)| n)
+        })
         .unwrap_or_else(|| panic!("not a whole hand-over: {handed}"))
         .parse()
         .unwrap_or_else(|e| panic!("not a count ({e}): {handed}"))
@@ -2166,4 +2169,57 @@ fn an_upgrade_without_the_running_servers_processes_says_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("--processes 2"), "{stderr}");
+}
+
+/// A WebSocket to the demo's `/ws` on `addr`, its `101` read.
+fn websocket(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(CHILD_SAFETY)).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    s
+}
+
+/// What cannot move at an upgrade (WebSockets, a request in flight) is
+/// left to the old process's drain: its hand-over line counts it, where it
+/// said only "0 parked connections; draining" while every WebSocket was
+/// about to be closed; and it logs its drain every 2 s, its `/metrics`
+/// being the new process's (whose drain gauge reads 0), where nothing
+/// showed the old process's progress.
+#[test]
+fn the_old_process_counts_what_cannot_move_and_logs_its_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let extra = ["--admin", "127.0.0.1:0"];
+    let (old, addr, log) = start_logged(0, "127.0.0.1:0", &socket, &extra, &[]);
+    let websockets: Vec<TcpStream> = (0..3).map(|_| websocket(&addr)).collect();
+    let mut held = hold_request(&addr, &old.admin);
+    let (_new, _) = start(1, &addr, &socket, &extra);
+    // Their 1001 is not answered: gone, they leave the drain to the request.
+    drop(websockets);
+    log.wait_for_line_or(
+        "draining: 1 left",
+        "closed",
+        "the old process does not log its drain",
+    );
+    let head = end_held_request(&mut held);
+    assert!(head.contains("server: gen0"), "{head}");
+    let handed = finish(old);
+    assert!(
+        handed.contains(
+            "0 parked connections; draining 4 connections (3 WebSocket/framed) that cannot move"
+        ),
+        "{handed}"
+    );
 }

@@ -8,8 +8,12 @@
 //! ([`evict_when_asked`]): the limit is the whole server's, and a worker
 //! that only waited locked newcomers out while another held thousands of
 //! idle ones. With none anywhere, it stops accepting (connections wait in
-//! the kernel backlog) until a connection closes. An idle acceptor holds
-//! no slot.
+//! the kernel backlog) until a connection closes; or, with
+//! `refuse_at_max_connections`, refuses it after accept as an accept-rate
+//! refusal is refused (`503` and `Retry-After` on a cleartext HTTP
+//! listener), counted as `limit_hits{limit="max_connections"}`: a client
+//! left in the backlog heard nothing until its own timeout. An idle
+//! acceptor holds no slot.
 //!
 //! Under `serve --processes P` each worker process has its own limit (its
 //! share of the whole, `max_connections / P`) and makes room among its own
@@ -32,6 +36,9 @@
 //! keeps, bounded, and answers beside its accepts (`admission::Undecided`);
 //! one past the server's bound on those is answered at once, counted
 //! (`limit_hits{limit="refusals_waiting"}`) and logged (limited).
+//! A refusal's `Retry-After` is spread over [`RETRY_AFTER_SPREAD`] values
+//! (1–3 s at the least), one picked per refusal: a storm refused with the
+//! same value came back in the same second, to be refused again.
 //! A TLS listener's
 //! connection over its IP's handshake rate (`TlsConfig::handshake_rate_per_ip`)
 //! is closed the same way, before any TLS work.
@@ -87,6 +94,34 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// any wake-up here being needed.
 const EVICT_RETRY: Duration = Duration::from_millis(100);
 
+/// How many `Retry-After` values a refusal's answer is spread over: the
+/// base (an accept rate's refill time, 1 s otherwise) and the next seconds.
+/// Refused clients that all retried after the same second were refused
+/// together again, the storm moved one second on.
+pub(crate) const RETRY_AFTER_SPREAD: u64 = 3;
+
+/// A listener's answers to refused clients, one per `Retry-After` value
+/// from `base` on ([`RETRY_AFTER_SPREAD`] of them), made once.
+struct SpreadAnswers(Vec<Answer>);
+
+impl SpreadAnswers {
+    fn new(answer: RefusalAnswer, ctx: &WorkerContext, local: SocketAddr, base: u64) -> Self {
+        SpreadAnswers(
+            (0..RETRY_AFTER_SPREAD)
+                .map(|k| answer(&ctx.config, local, base + k).unwrap_or_else(Answer::silent))
+                .collect(),
+        )
+    }
+
+    /// The answer for the refusal numbered `n` (a counter of refusals): a
+    /// cheap spread of consecutive numbers over the values (Fibonacci
+    /// hashing, as `WorkerContext::retire_at` draws a connection's age).
+    fn pick(&self, n: u64) -> &Answer {
+        let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        &self.0[(h % self.0.len() as u64) as usize]
+    }
+}
+
 pub(crate) async fn accept_loop(
     listener: AsyncFd<TcpListener>,
     ctx: Rc<WorkerContext>,
@@ -101,9 +136,17 @@ pub(crate) async fn accept_loop(
     // None from the server: no answer, only a close, with a FIN.
     let per_ip_answer =
         answer(&ctx.config, local, PER_IP_RETRY_AFTER_SECS).unwrap_or_else(Answer::silent);
-    let rate_answer = limit.accept_rate().map(|r| {
-        answer(&ctx.config, local, r.retry_after_secs(ctx.index)).unwrap_or_else(Answer::silent)
-    });
+    let rate_answers = limit
+        .accept_rate()
+        .map(|r| SpreadAnswers::new(answer, &ctx, local, r.retry_after_secs(ctx.index)));
+    // Refused at max_connections (`refuse_at_max_connections`).
+    let full_answers = ctx
+        .config
+        .refuse_at_max_connections
+        .then(|| SpreadAnswers::new(answer, &ctx, local, 1));
+    // While set and not past, a connection at the limit is refused at once:
+    // the last round of eviction freed nothing (`slot_or_refuse`).
+    let mut refusing_until: Option<Instant> = None;
     let silent = Answer::silent();
     let mut fd_line = FdLine::new(ctx.config.fd_reserve);
     // A TLS listener's connections take a place among the worker's
@@ -122,18 +165,24 @@ pub(crate) async fn accept_loop(
         limit.refusals_waiting(),
         undecided_max(open_files, limit.max(), ctx.config.fd_reserve),
     );
-    // Answered at once at that bound: counted, and logged (limited).
-    let at_bound = |bound: usize| {
+    // Answered at once at that bound: counted, and logged (limited). What
+    // happened is a refusal (by `knob`) answered without waiting to choose
+    // its answer's form: the client was refused either way, and an
+    // HTTP/1.1 one got the 503 it would have got. The line used to tell
+    // the operator of an accept-rate storm to raise the open-file limit,
+    // as if the refusals were the server running out of room.
+    let at_bound = |bound: usize, knob: &'static str| {
         LimitHit::RefusalsWaiting.count(&ctx.stats);
         ratelog::log(Flood::RefusalsWaiting, |suppressed| {
             tracing::warn!(
                 worker = ctx.index,
+                refused_by = knob,
                 refusals_waiting = bound,
                 open_file_limit = open_files,
                 max_connections = limit.max(),
                 fd_reserve = ctx.config.fd_reserve,
                 suppressed,
-                "a refused connection answered at once, without waiting for its first bytes: {bound} refusals already wait for theirs, the most the open-file limit leaves room for past max_connections and fd_reserve (half that room, at most {UNDECIDED_SERVER_MAX}); an HTTP/2 client may read a 503 instead of a GOAWAY, a TLS one a reset. A flood over the limit that refused it: raise the open-file limit (or lower max_connections) for more room"
+                "many connections refused by {knob} at once: {bound} refusals already wait for their client's first bytes (to answer HTTP/2 with a GOAWAY, HTTP/1.1 with a 503), the most the open-file limit leaves room for past max_connections and fd_reserve (half that room, at most {UNDECIDED_SERVER_MAX}), so this one was answered at once: an HTTP/1.1 client read its 503 all the same, an HTTP/2 one may read a 503 instead of a GOAWAY, a TLS one a reset. The refusals are {knob}'s doing: if the clients are legitimate, raise {knob}; nothing to do otherwise"
             )
         });
     };
@@ -157,8 +206,9 @@ pub(crate) async fn accept_loop(
                             None => Some(gate.enter_at_cap(&ctx).await),
                         },
                     };
+                    // `None`: refused at the limit (`refuse_at_max_connections`).
                     let held = match limit.try_acquire() {
-                        Some(s) => s,
+                        Some(s) => Some(s),
                         // Readiness stays set after an accept until one finds
                         // the queue empty: ask the kernel before counting a wait.
                         None if !has_queued(listener.get_ref()) => {
@@ -167,7 +217,11 @@ pub(crate) async fn accept_loop(
                         }
                         None => {
                             incr(&ctx.stats.accept_waits_at_limit);
-                            slot_at_limit(&limit, &ctx, evictable).await
+                            if full_answers.is_some() {
+                                slot_or_refuse(&limit, &ctx, evictable, &mut refusing_until).await
+                            } else {
+                                Some(slot_at_limit(&limit, &ctx, evictable).await)
+                            }
                         }
                     };
                     match ready.try_io(|l| accept4(l.get_ref())) {
@@ -185,7 +239,28 @@ pub(crate) async fn accept_loop(
                 }
             };
             match accepted {
-                Ok(((socket, peer), mut held, place)) => {
+                Ok(((socket, peer), None, _)) => {
+                    // Refused at max_connections: it holds no slot, and is
+                    // answered and closed as an accept-rate refusal is.
+                    backoff = BACKOFF_START;
+                    LimitHit::MaxConnections.count(&ctx.stats);
+                    let n = ctx.stats.limit_hits[LimitHit::MaxConnections as usize]
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    let answer = full_answers.as_ref().map_or(&silent, |a| a.pick(n));
+                    if let Some(socket) = refuse(socket, answer) {
+                        undecided.add(socket, answer, |b| at_bound(b, "max_connections"));
+                    }
+                    ratelog::log(Flood::AtMaxConnections, |suppressed| {
+                        tracing::warn!(
+                            worker = ctx.index,
+                            max_connections = limit.max(),
+                            %peer,
+                            suppressed,
+                            "at max_connections, nothing idle to close: connection refused (503 with Retry-After on cleartext HTTP; refuse_at_max_connections); raise max_connections (and the open-file limit with it) if the machine has room"
+                        )
+                    });
+                }
+                Ok(((socket, peer), Some(mut held), place)) => {
                     backoff = BACKOFF_START;
                     incr(&ctx.stats.accepted);
                     let hook = ctx.config.on_connection.as_ref();
@@ -222,7 +297,13 @@ pub(crate) async fn accept_loop(
                             Refusal::AcceptRate => (
                                 &ctx.stats.rejected_accept_rate,
                                 Flood::AcceptRate,
-                                rate_answer.as_ref().unwrap_or(&silent),
+                                rate_answers.as_ref().map_or(&silent, |a| {
+                                    a.pick(
+                                        ctx.stats
+                                            .rejected_accept_rate
+                                            .load(std::sync::atomic::Ordering::Relaxed),
+                                    )
+                                }),
                             ),
                             Refusal::PerIp => (
                                 &ctx.stats.rejected_per_ip,
@@ -233,7 +314,7 @@ pub(crate) async fn accept_loop(
                         // Counted before the client can read the answer.
                         incr(counter);
                         if let Some(socket) = refuse(socket, answer) {
-                            undecided.add(socket, answer, at_bound);
+                            undecided.add(socket, answer, |b| at_bound(b, refusal.knob()));
                         }
                         conn.close(CloseReason::Limit);
                         ratelog::log(kind, |suppressed| {
@@ -260,7 +341,9 @@ pub(crate) async fn accept_loop(
                         // that comes after the close: it is waited for).
                         LimitHit::from(over).count(&ctx.stats);
                         if let Some(socket) = refuse(socket, &silent) {
-                            undecided.add(socket, &silent, at_bound);
+                            undecided.add(socket, &silent, |b| {
+                                at_bound(b, "tls_handshake_rate_per_ip")
+                            });
                         }
                         conn.close(CloseReason::Limit);
                         log_over_ip_rate(&ctx, peer, over);
@@ -348,13 +431,17 @@ async fn slot_at_limit(
 ) -> crate::conn::limit::ConnectionSlot {
     let mut asked_last = ctx.index;
     let _waiting = limit.wait_at_limit();
+    // Refusing at the limit, the refusal's line says it (`accept_loop`):
+    // these, of the same kind, would use its interval up.
+    let quiet = ctx.config.refuse_at_max_connections;
     loop {
         if let Some(lot) = &ctx.park {
             match lot.evict(evictable) {
                 0 => {
                     let asked = limit.ask_to_evict(ctx.index, &mut asked_last);
-                    ratelog::log(Flood::AtMaxConnections, |suppressed| {
-                        match asked {
+                    if !quiet {
+                        ratelog::log(Flood::AtMaxConnections, |suppressed| {
+                            match asked {
                         Some(other) => tracing::warn!(
                             worker = ctx.index,
                             max_connections = limit.max(),
@@ -364,11 +451,12 @@ async fn slot_at_limit(
                         ),
                         None => nothing_idle(ctx, limit, suppressed),
                     }
-                    });
+                        });
+                    }
                 }
                 evicted => log_evicted(ctx, limit, evicted, false),
             }
-        } else {
+        } else if !quiet {
             ratelog::log(Flood::AtMaxConnections, |suppressed| {
                 nothing_idle(ctx, limit, suppressed)
             });
@@ -379,6 +467,34 @@ async fn slot_at_limit(
             biased;
             slot = limit.acquire() => return slot,
             () = tokio::time::sleep(EVICT_RETRY), if ctx.park.is_some() => {}
+        }
+    }
+}
+
+/// [`slot_at_limit`] for a server that refuses at the limit
+/// (`refuse_at_max_connections`): one round of it (this worker's lot
+/// evicts, or another worker's is asked to), a slot if one came within
+/// [`EVICT_RETRY`], else `None` (refuse the connection), and `None` at once
+/// for the next [`EVICT_RETRY`] after that: a storm over the limit is
+/// refused at the accept rate, not one connection per round, while the
+/// server still looks for room every round.
+async fn slot_or_refuse(
+    limit: &ConnectionLimit,
+    ctx: &WorkerContext,
+    evictable: fn(ProtoTag) -> bool,
+    refusing_until: &mut Option<Instant>,
+) -> Option<crate::conn::limit::ConnectionSlot> {
+    if refusing_until.is_some_and(|until| Instant::now() < until) {
+        return None;
+    }
+    match tokio::time::timeout(EVICT_RETRY, slot_at_limit(limit, ctx, evictable)).await {
+        Ok(slot) => {
+            *refusing_until = None;
+            Some(slot)
+        }
+        Err(_) => {
+            *refusing_until = Some(Instant::now() + EVICT_RETRY);
+            None
         }
     }
 }

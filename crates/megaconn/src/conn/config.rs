@@ -201,6 +201,9 @@ pub(crate) struct Config {
     pub max_body_bytes: u64,
     pub max_drain_bytes: u64,
     pub max_connections: Option<usize>,
+    /// At `max_connections` with nothing idle to close: refuse the next
+    /// connection (`503`) instead of leaving it in the backlog.
+    pub refuse_at_max_connections: bool,
     pub accept_rate: Option<AcceptRate>,
     pub max_connections_per_ip: Option<u32>,
     /// Descriptors the accepts leave free below the open-file limit
@@ -285,6 +288,7 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_drain_bytes: DEFAULT_MAX_DRAIN_BYTES,
             max_connections: None,
+            refuse_at_max_connections: false,
             accept_rate: None,
             max_connections_per_ip: None,
             fd_reserve: DEFAULT_FD_RESERVE,

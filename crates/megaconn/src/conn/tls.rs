@@ -903,7 +903,7 @@ impl HandshakeGate {
                 worker = ctx.index,
                 max_handshakes_in_flight = cap,
                 suppressed,
-                "TLS handshakes in flight at the bound: not accepting on TLS listeners until one is done (raise --tls-max-handshakes if the clients are legitimate)"
+                "TLS handshakes in flight at the bound: new TLS connections wait in the backlog until one is done (paced, not refused: a wave of reconnects, legitimate or not, is handshaked at the pace the CPU allows). Raise --tls-max-handshakes only if clients time out while the CPU has room to spare"
             )
         });
         self.inner.acquire().await

@@ -105,11 +105,16 @@ pub(crate) enum LimitHit {
     /// `HTTP2_WINDOW_DRIP_BUDGET` rounds beyond what time gave back (not
     /// also `h2_enhance_your_calm`).
     Http2WindowDrip,
+    /// A connection refused at `max_connections` with nothing idle to close
+    /// for it (`Builder::refuse_at_max_connections`): answered `503` with
+    /// `Retry-After` on a cleartext HTTP listener, closed on the others,
+    /// where it used to wait in the kernel's backlog with no answer.
+    MaxConnections,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2WindowDrip as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::MaxConnections as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -141,6 +146,7 @@ impl LimitHit {
         "tls_handshake_rate_table",
         "http2_data_flood",
         "http2_window_drip",
+        "max_connections",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -177,9 +183,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2WindowDrip.count(&stats);
+        LimitHit::MaxConnections.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::Http2WindowDrip as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::MaxConnections as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

@@ -429,6 +429,8 @@ pub struct ServerHandle {
     /// The stall detector's signs of work ([`ServerHandle::loop_wakes`]);
     /// `None` without one.
     wakes: Option<crate::server::stall::WakeSignal>,
+    /// [`Builder::shutdown_drain_rate`], for what a drain will be.
+    drain_rate: Option<u32>,
 }
 
 /// Where workers hand their parked connections at shutdown; `None`: they
@@ -614,6 +616,21 @@ impl ServerHandle {
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown_tx.borrow()
     }
+
+    /// Waits until shutdown has begun (at once if it has): for what
+    /// watches a drain, whoever began it (a signal, an upgrade's
+    /// hand-over).
+    pub async fn shutdown_started(&self) {
+        let mut rx = self.shutdown_tx.subscribe();
+        // The sender lives as long as `self`: no error while we wait.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// The server's [`Builder::shutdown_drain_rate`]: idle connections
+    /// closed per second at shutdown, `None` for all at once.
+    pub fn shutdown_drain_rate(&self) -> Option<u32> {
+        self.drain_rate
+    }
 }
 
 /// How a shutdown went.
@@ -791,8 +808,10 @@ impl Builder {
     /// request meanwhile is served (`Connection: close`); HTTP/2 connections
     /// get their `GOAWAY` at once. Keep `shutdown_timeout` above connections
     /// / rate: what is left at the deadline closes at once (logged at the
-    /// start). Progress: `megaconn_shutdown_drain_pending`. Default: `None`,
-    /// all at once.
+    /// start). Progress: `megaconn_shutdown_drain_pending` (during an
+    /// upgrade's drain the old process's own metrics, which its admin
+    /// listener no longer serves: `megaconn serve` logs its drain instead).
+    /// Default: `None`, all at once.
     pub fn shutdown_drain_rate(mut self, per_second: Option<u32>) -> Builder {
         self.config.shutdown_drain_rate = per_second.filter(|&r| r > 0);
         self
@@ -853,11 +872,35 @@ impl Builder {
         self
     }
 
+    /// At [`max_connections`](Builder::max_connections) with nothing idle to
+    /// close for a new connection (all busy, or WebSockets and framed
+    /// connections, which are never evicted): refuse it right after accept
+    /// instead of leaving it in the kernel's backlog, where its client,
+    /// whose handshake the kernel completed, hears nothing until its own
+    /// timeout. On a cleartext HTTP listener it is answered `503 Service
+    /// Unavailable` with a `Retry-After` of 1 to 3 s (spread, so that the
+    /// refused clients do not all come back in the same second), on a TLS
+    /// or framed listener closed without an answer; counted
+    /// (`megaconn_limit_hits_total{limit="max_connections"}`) and logged at
+    /// most once per interval. The server still tries to make room first:
+    /// a connection is refused only once a round of eviction (this
+    /// worker's idle connections, then another worker's) freed no slot
+    /// within 100 ms, and for the next 100 ms the ones after it are refused
+    /// at once. Default: off, as Go's `netutil.LimitListener` and nginx's
+    /// `worker_connections` (and HAProxy's `maxconn`) leave connections
+    /// over the limit in the backlog.
+    pub fn refuse_at_max_connections(mut self, on: bool) -> Builder {
+        self.config.refuse_at_max_connections = on;
+        self
+    }
+
     /// Limits how fast new connections are admitted (a token bucket; see
     /// [`AcceptRate`]). Over the rate a connection is refused right after
     /// accept: on a cleartext HTTP listener answered `503 Service
     /// Unavailable` with `Retry-After` (the seconds a worker's bucket takes
-    /// to refill one token, at least 1), on a TLS or framed listener closed
+    /// to refill one token, at least 1, or one of the two seconds after it:
+    /// spread over the refusals, so that they do not all retry in the same
+    /// second), on a TLS or framed listener closed
     /// without an answer; counted (`ServerStats::rejected_accept_rate`) and
     /// logged at most once per interval. Default: none.
     ///
@@ -1167,6 +1210,7 @@ impl Builder {
         let (adopt_tx, adopt): (Vec<_>, Vec<_>) = (0..config.workers)
             .map(|_| mpsc::unbounded_channel())
             .unzip();
+        let drain_rate = config.shutdown_drain_rate;
         Ok(Server {
             config: Arc::new(config),
             listeners,
@@ -1183,6 +1227,7 @@ impl Builder {
                 hand_over: HandOverSlot::default(),
                 adopt: adopt_tx.into(),
                 wakes,
+                drain_rate,
             },
         })
     }

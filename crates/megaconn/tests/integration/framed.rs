@@ -1186,6 +1186,24 @@ async fn a_busy_connection_whose_outbound_queue_overflows_is_closed_as_a_slow_co
 
 #[tokio::test]
 async fn shutdown_says_goodbye_to_parked_and_awake_connections() {
+    says_goodbye_at_shutdown(false).await;
+}
+
+/// An upgrade's drain says goodbye as a stop does: framed connections
+/// cannot move to the next process (`hand_over_parked` takes cleartext
+/// HTTP/1.1 only), and a parked or awake one gets the goodbye frame before
+/// its close, as at a `SIGTERM`. (An SRE review saw a bare FIN at an
+/// upgrade: the `megaconn serve` demo sets no goodbye frame, at a stop
+/// either.)
+#[tokio::test]
+async fn an_upgrades_drain_says_goodbye_to_framed_connections_too() {
+    says_goodbye_at_shutdown(true).await;
+}
+
+/// A parked and an awake framed connection get the goodbye frame, then the
+/// close, at shutdown; `upgrade`: the shutdown of an upgrade, which hands
+/// the parked connections that can move over first (none of these).
+async fn says_goodbye_at_shutdown(upgrade: bool) {
     let goodbye = Some(Bytes::from("going away"));
     for park in [Some(PARK_IDLE_AFTER), None] {
         let mut server = Framed::start(
@@ -1203,7 +1221,15 @@ async fn shutdown_says_goodbye_to_parked_and_awake_connections() {
                 .wait_stats("parked", |s| s.connections_parked == 1)
                 .await;
         }
+        let handed = upgrade.then(|| server.handle.hand_over_parked());
         server.handle.shutdown();
+        if let Some(handed) = handed {
+            // The batches come as the workers stop (a blocking channel).
+            let moved = tokio::task::spawn_blocking(move || handed.map(|b| b.len()).sum::<usize>())
+                .await
+                .unwrap();
+            assert_eq!(moved, 0, "a framed connection moved");
+        }
         assert_eq!(
             read_to_close(&mut s).await,
             frame(b"going away"),

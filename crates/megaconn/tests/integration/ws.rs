@@ -2592,3 +2592,53 @@ async fn part_of_a_record_on_a_callers_tls_stream_must_be_whole_within_the_messa
         })
         .await;
 }
+
+/// WebSockets are never closed to make room at `max_connections`: with every
+/// slot held by one (parked) and `refuse_at_max_connections`, a newcomer's
+/// upgrade is answered `503` with a `Retry-After` of 1 to 3 s and closed,
+/// counted under `limit_hits{limit="max_connections"}`, and the WebSockets
+/// held serve on. Before, the newcomer's handshake waited in the backlog
+/// with no answer (4,000 clients of an SRE review timed out waiting for a
+/// `101`).
+#[tokio::test]
+async fn at_the_limit_held_websockets_can_have_a_newcomer_refused_with_a_503() {
+    let server = Ws::start(
+        Server::builder()
+            .max_connections(2)
+            .refuse_at_max_connections(true)
+            .park_idle_after(Some(Duration::from_millis(20))),
+        |r| r,
+    )
+    .await;
+    let mut held = [server.raw().await, server.raw().await];
+    server
+        .wait_stats("both parked", |s| s.connections_parked == 2)
+        .await;
+    let mut newcomer = TcpStream::connect(server.addr).await.unwrap();
+    newcomer.write_all(&handshake("")).await.unwrap();
+    let head = read_head(&mut newcomer).await;
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    let secs: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Retry-After: "))
+        .expect("a Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&secs), "Retry-After {secs}");
+    hangs_up(&mut newcomer).await;
+    server
+        .wait_stats("one refusal at the limit", |s| {
+            s.limit_hits
+                .iter()
+                .any(|(l, n)| *l == "max_connections" && *n == 1)
+        })
+        .await;
+    for s in &mut held {
+        s.write_all(&client_frame(0x81, b"still here", true))
+            .await
+            .unwrap();
+        assert_eq!(read_frame(s).await, (0x81, b"still here".to_vec()));
+    }
+    assert_eq!(closed_as(&server, "evicted"), 0);
+    server.stop().await;
+}
