@@ -97,6 +97,7 @@ use crate::observe::lifecycle::{ConnTrack, ParkedTrack, TrackHandles};
 use crate::observe::ratelog;
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
+mod awake;
 mod slots;
 
 use slots::{Claim, GROW_BY};
@@ -595,20 +596,17 @@ impl ParkingLot {
         let fd = socket.as_raw_fd();
         let idx = fd as usize;
         let slots = self.claim.slots();
+        if !slots.holds(idx) {
+            // Above the array (`park/slots.rs`: the hard open-file limit
+            // raised since it was reserved, or the reservation refused
+            // and halved): it stays awake instead (`park/awake.rs`).
+            return self.refuse(socket, parking, conn);
+        }
         let before = slots.get(idx);
         // Awake here, in this lot: a stale `AWAKE` of another lot (its
         // socket closed elsewhere) is no registration in this one's set.
         let was_awake = before.deadline == AWAKE && before.owner() == self.claim.owner();
-        let armed = if slots.holds(idx) {
-            self.arm(fd, was_awake, watched)
-        } else {
-            // Above the hard RLIMIT_NOFILE the array was reserved for
-            // (raised since by a privileged process): it cannot park.
-            Err(io::Error::other(
-                "descriptor above the parking lot's slot array",
-            ))
-        };
-        if let Err(error) = armed {
+        if let Err(error) = self.arm(fd, was_awake, watched) {
             ratelog::cannot_watch(&error, "cannot park a connection");
             if was_awake {
                 slots.set(idx, before.now(ABSENT));

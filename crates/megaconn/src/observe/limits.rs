@@ -105,11 +105,16 @@ pub(crate) enum LimitHit {
     /// `HTTP2_WINDOW_DRIP_BUDGET` rounds beyond what time gave back (not
     /// also `h2_enhance_your_calm`).
     Http2WindowDrip,
+    /// An idle connection that could not park: its descriptor is above the
+    /// parking lot's slot array (reserved once, for the hard open-file
+    /// limit at the start, or less if the address space was refused). It
+    /// stays awake as a task instead (counted each time it would park).
+    ParkSlots,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::Http2WindowDrip as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::ParkSlots as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -141,6 +146,7 @@ impl LimitHit {
         "tls_handshake_rate_table",
         "http2_data_flood",
         "http2_window_drip",
+        "park_slots",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -173,9 +179,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::Http2WindowDrip.count(&stats);
+        LimitHit::ParkSlots.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::Http2WindowDrip as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::ParkSlots as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()
