@@ -1703,7 +1703,7 @@ pub(super) mod tests {
     }
 
     /// [`lot_of`] at `claim`'s place in a slot array.
-    fn lot_on(
+    pub(super) fn lot_on(
         limit: ConnectionLimit,
         claim: Claim,
     ) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {

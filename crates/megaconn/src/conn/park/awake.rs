@@ -159,3 +159,185 @@ async fn wait(watched: &AsyncFd<OwnedFd>, parking: Parking, shutdown: &LocalShut
     shutdown.unwatch(&mut slot);
     awoke
 }
+
+#[cfg(test)]
+mod tests {
+    //! A lot whose array is a page (512 descriptors), a real socket moved
+    //! to a descriptor above it, a respawn that keeps what it is handed.
+
+    use std::cell::RefCell;
+    use std::io::{Read, Write};
+    use std::rc::Rc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::conn::limit::ConnectionLimit;
+    use crate::conn::park::slots::Claim;
+    use crate::conn::park::tests::{lot_on, pair};
+    use crate::conn::ProtoTag;
+
+    type Handed = Rc<RefCell<Vec<Incoming>>>;
+
+    /// A lot on an array of one page; what its respawn is handed, and
+    /// what its protocol is told closed.
+    fn lot() -> (
+        ParkingLot,
+        ConnectionLimit,
+        Handed,
+        Rc<RefCell<Vec<CloseReason>>>,
+    ) {
+        let (lot, limit, _) = lot_on(ConnectionLimit::new(4, None), Claim::private_of(0).unwrap());
+        assert_eq!(lot.claim.slots().cap(), 512);
+        let handed: Handed = Rc::default();
+        let keep = handed.clone();
+        lot.set_respawn(Some(Rc::new(move |incoming, conn: Connection| {
+            keep.borrow_mut().push(incoming);
+            // The accounts go with the test's copy of the socket.
+            drop(conn.park());
+        })));
+        let told: Rc<RefCell<Vec<CloseReason>>> = Rc::default();
+        let tell = told.clone();
+        lot.set_on_close(Some(Rc::new(move |_, tag, reason| {
+            assert_eq!(tag, ProtoTag(3));
+            tell.borrow_mut().push(reason);
+        })));
+        (lot, limit, handed, told)
+    }
+
+    /// A server socket on a descriptor above the lot's array, its client.
+    fn high_pair() -> (OwnedFd, std::net::TcpStream) {
+        let (low, client) = pair();
+        // SAFETY: fcntl(2) on an open descriptor; the new one is owned at once.
+        let high = unsafe { libc::fcntl(low.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 600) };
+        assert!(high >= 600, "{}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nobody else owns.
+        (
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) },
+            client,
+        )
+    }
+
+    /// Parks `socket` (refused: above the array) and returns what the lot
+    /// handed back.
+    fn refused(
+        lot: &ParkingLot,
+        limit: &ConnectionLimit,
+        handed: &Handed,
+        socket: OwnedFd,
+        at_deadline: AtDeadline,
+        deadline: Option<Instant>,
+    ) -> (OwnedFd, Parking) {
+        let conn = Connection::open(limit.try_acquire().unwrap(), lot.stats.clone(), None);
+        let parking = Parking::of(deadline, false, true, ProtoTag(3), at_deadline);
+        lot.park(socket, parking, conn);
+        assert_eq!(lot.len(), 0, "not parked");
+        match handed.borrow_mut().pop() {
+            Some(Incoming::Refused { socket, parking }) => (socket, parking),
+            other => panic!("handed back {other:?}"),
+        }
+    }
+
+    fn conn(lot: &ParkingLot, limit: &ConnectionLimit) -> Connection {
+        Connection::open(limit.try_acquire().unwrap(), lot.stats.clone(), None)
+    }
+
+    /// Refused, counted, and handed back; awake, bytes wake it as a hot
+    /// wake of its protocol. (It was closed.)
+    #[tokio::test]
+    async fn a_descriptor_above_the_array_is_handed_back_and_woken_by_bytes() {
+        let (lot, limit, handed, told) = lot();
+        let (socket, mut client) = high_pair();
+        let fd = socket.as_raw_fd();
+        let (socket, parking) = refused(&lot, &limit, &handed, socket, AtDeadline::Close, None);
+        assert_eq!(socket.as_raw_fd(), fd);
+        assert_eq!(
+            lot.stats.limit_hits[LimitHit::ParkSlots as usize].load(Relaxed),
+            1
+        );
+        let shutdown = LocalShutdown::default();
+        client.write_all(b"GET").unwrap();
+        lot.stay_awake(socket, parking, conn(&lot, &limit), &shutdown)
+            .await;
+        match handed.borrow_mut().pop() {
+            Some(Incoming::Woken {
+                socket,
+                hot: true,
+                proto: ProtoTag(3),
+                wake: Wake::Readable,
+            }) => assert_eq!(socket.as_raw_fd(), fd),
+            other => panic!("handed back {other:?}"),
+        }
+        assert!(told.borrow().is_empty());
+        assert_eq!(lot.stats.connections_idle.load(Relaxed), 0);
+    }
+
+    /// Its deadline closes it as idle (its protocol told, while the
+    /// descriptor is open), or wakes it for its protocol's timer.
+    #[tokio::test(start_paused = true)]
+    async fn its_deadline_closes_it_or_wakes_its_timer() {
+        let (lot, limit, handed, told) = lot();
+        let shutdown = LocalShutdown::default();
+        let (socket, mut client) = high_pair();
+        let at = Some(Instant::now() + Duration::from_secs(5));
+        let (socket, parking) = refused(&lot, &limit, &handed, socket, AtDeadline::Close, at);
+        lot.stay_awake(socket, parking, conn(&lot, &limit), &shutdown)
+            .await;
+        assert_eq!(*told.borrow(), [CloseReason::IdleTimeout]);
+        assert_eq!(lot.stats.timeouts.load(Relaxed), 1);
+        assert!(handed.borrow().is_empty());
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        assert_eq!(client.read(&mut [0; 8]).unwrap(), 0, "closed");
+
+        let (socket, _client) = high_pair();
+        let (socket, parking) = refused(&lot, &limit, &handed, socket, AtDeadline::Wake, at);
+        lot.stay_awake(socket, parking, conn(&lot, &limit), &shutdown)
+            .await;
+        assert!(matches!(
+            handed.borrow().as_slice(),
+            [Incoming::Woken {
+                hot: true,
+                wake: Wake::Timer,
+                ..
+            }]
+        ));
+    }
+
+    /// The shutdown (as it wakes idle tasks) closes it, unless a request
+    /// already waits in it: then it is served.
+    #[tokio::test]
+    async fn the_shutdown_closes_it_unless_a_request_waits() {
+        let (lot, limit, handed, told) = lot();
+        let shutdown = LocalShutdown::default();
+        let (socket, _client) = high_pair();
+        let (socket, parking) = refused(&lot, &limit, &handed, socket, AtDeadline::Close, None);
+        let awake = lot.stay_awake(socket, parking, conn(&lot, &limit), &shutdown);
+        let stop = async {
+            tokio::task::yield_now().await;
+            assert_eq!(shutdown.watching(), 1, "waits among the idle");
+            shutdown.start();
+        };
+        tokio::join!(awake, stop);
+        assert_eq!(*told.borrow(), [CloseReason::Shutdown]);
+        assert!(handed.borrow().is_empty());
+        // Started already: a refused one with a request waiting is served.
+        let (socket, mut client) = high_pair();
+        let (socket, parking) = refused(&lot, &limit, &handed, socket, AtDeadline::Close, None);
+        client.write_all(b"GET").unwrap();
+        // Only the kernel knows it is there: the runtime has not polled yet.
+        lot.stay_awake(socket, parking, conn(&lot, &limit), &shutdown)
+            .await;
+        assert!(matches!(
+            handed.borrow().as_slice(),
+            [Incoming::Woken {
+                wake: Wake::Readable,
+                ..
+            }]
+        ));
+        assert_eq!(told.borrow().len(), 1);
+    }
+}

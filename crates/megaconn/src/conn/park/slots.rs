@@ -390,6 +390,15 @@ impl Claim {
         Ok(Claim { slots, owner })
     }
 
+    /// An array of its own for `slots` descriptors (at least a page's
+    /// worth: tests of a descriptor above it).
+    #[cfg(test)]
+    pub(super) fn private_of(slots: usize) -> io::Result<Claim> {
+        let slots = Arc::new(Slots::new(slots)?);
+        let owner = slots.take_owner().expect("a fresh array has every id free");
+        Ok(Claim { slots, owner })
+    }
+
     /// A second lot's place in the same array (tests).
     #[cfg(test)]
     pub(super) fn beside(&self) -> Claim {
