@@ -170,14 +170,21 @@ const STAMP_MS: u64 = 4;
 const STAMP_MASK: u32 = 0xFFFF;
 
 /// A parked slot's stamp this many units old (half the wrap, ~131 s, past
-/// any difference the lot asks about) is cleared to 0 by the next sweep,
-/// "parked long ago": left alone, a connection woken a whole number of
-/// wraps (k × ~262 s) plus a few units after it parked read as parked just
-/// now: hot, kept awake as a task for `park_idle_after`, and given the
-/// shutdown's grace. A sweep comes at least every [`QUIET_SWEEP`] (10 s),
-/// far inside the ~131 s between this age and the wrap. Only the owner's
-/// sweep writes its slots, and only a stamp: no cost to a heartbeat.
+/// any difference the lot asks about) is cleared to 0, "parked long ago",
+/// by the lot's walk of [`ParkingLot::age_stamps`]: left alone, a
+/// connection woken a whole number of wraps (k × ~262 s) plus a few units
+/// after it parked read as parked just now: hot, kept awake as a task for
+/// `park_idle_after`, and given the shutdown's grace.
 const STAMP_AGED: u32 = STAMP_MASK / 2 + 1;
+
+/// How often a sweep also walks the array to clear old stamps
+/// ([`ParkingLot::age_stamps`]): a stamp is cleared between [`STAMP_AGED`]
+/// (~131 s) and that plus this plus a sweep's interval ([`QUIET_SWEEP`]),
+/// ~205 s, inside the ~262 s wrap. Not at every sweep: the sweep's walk
+/// runs every second while connections come and go, over every slot of
+/// the process (~5.5 instructions each), and the stamp's test there would
+/// have added ~4 a parked slot to it (`bench/FRAMED.md`, session 43).
+const AGE_EVERY: Duration = Duration::from_secs(64);
 
 /// One descriptor's entry in the process's array (`park/slots.rs`): 8
 /// bytes, so that a wake-up and the park after it touch one cache line per
@@ -424,6 +431,8 @@ pub(crate) struct ParkingLot {
     /// subtraction and a division, ~60 instructions) serves them all.
     last_tick: Cell<(Instant, u32)>,
     last_stamp: Cell<(Instant, u32)>,
+    /// When a sweep last cleared old stamps ([`ParkingLot::age_stamps`]).
+    aged_at: Cell<Instant>,
     limit: ConnectionLimit,
     stats: Arc<WorkerStats>,
     respawn: RefCell<Option<Respawn>>,
@@ -555,6 +564,7 @@ impl ParkingLot {
             epoch,
             last_tick: Cell::new((epoch, 1)),
             last_stamp: Cell::new((epoch, 1)),
+            aged_at: Cell::new(epoch),
             limit,
             stats,
             respawn: RefCell::new(None),
@@ -965,23 +975,18 @@ impl ParkingLot {
     /// gives freed memory back after a burst.
     fn sweep(&self) {
         let now = self.tick_reached(Instant::now());
-        let stamp = self.stamp_now();
         let mut expired = Vec::new();
         let mut next = NO_DEADLINE;
         let owner = self.claim.owner();
-        let slots = self.claim.slots();
         // The walk of the whole process's array: the owner is looked at
         // only where a deadline would count (expired, or earlier than the
         // earliest so far), so a slot costs what it did in a lot's own
         // array (a callgrind run had the walk at ~12 instructions a slot
         // with the owner and the highest live slot taken at every one,
         // against ~5.5: bench/FRAMED.md).
-        // A parked slot's stamp is looked at too (a shift and, for one
-        // not aged yet, a subtraction), the owner only for one to age.
-        for (fd, slot) in slots.iter() {
+        for (fd, slot) in self.claim.slots().iter() {
             match slot.deadline {
-                ABSENT | AWAKE => continue,
-                // `NO_DEADLINE` is above any tick: it matches neither.
+                ABSENT | AWAKE | NO_DEADLINE => {}
                 d if d <= now && slot.owner() == owner => {
                     expired.push((fd as RawFd, slot.proto()));
                 }
@@ -989,9 +994,11 @@ impl ParkingLot {
                 d if d > now && d < next && slot.owner() == owner => next = d,
                 _ => {}
             }
-            if stamp_aged(slot.parked_at(), stamp) && slot.owner() == owner {
-                slots.set(fd, slot.aged());
-            }
+        }
+        let at = Instant::now();
+        if at.saturating_duration_since(self.aged_at.get()) >= AGE_EVERY {
+            self.aged_at.set(at);
+            self.age_stamps(self.stamp_now());
         }
         // Before the expired are handled: one woken at its deadline may
         // park again, lowering it.
@@ -1034,6 +1041,20 @@ impl ParkingLot {
             trim_heap();
         }
         self.churn_at_sweep.set(self.churn_since_trim.get());
+    }
+
+    /// Clears the stamps of this lot's parked slots that are [`STAMP_AGED`]
+    /// old at stamp `now` (0: "parked long ago"), before their 16 bits can
+    /// wrap: a walk of the array once every [`AGE_EVERY`], with a sweep.
+    /// Only the owner writes a parked slot, and only its stamp changes.
+    fn age_stamps(&self, now: u32) {
+        let owner = self.claim.owner();
+        let slots = self.claim.slots();
+        for (fd, slot) in slots.iter() {
+            if slot.is_parked() && stamp_aged(slot.parked_at(), now) && slot.owner() == owner {
+                slots.set(fd, slot.aged());
+            }
+        }
     }
 
     /// When the next sweep is needed, after one: in a second while a trim is
@@ -2504,7 +2525,8 @@ pub(super) mod tests {
     /// A connection parked at once, with no deadline, and woken a whole
     /// wrap of the 16-bit stamp later plus a unit (~262 s) is cold: the
     /// sweeps in between (the run loop's, at least every ten seconds)
-    /// cleared its stamp. It read as woken a unit after it parked before:
+    /// cleared its stamp (`age_stamps`, once a minute). It read as woken a
+    /// unit after it parked before:
     /// hot, kept awake as a task for `park_idle_after`. Paused time.
     #[tokio::test(start_paused = true)]
     async fn a_connection_woken_a_stamp_wrap_after_it_parked_is_cold() {
