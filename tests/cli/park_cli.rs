@@ -42,7 +42,7 @@ fn refuse_large_noreserve_maps(cmd: &mut Command, max: u32) {
     const ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
     #[cfg(target_arch = "aarch64")]
     const ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
-    const LD_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const LD_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS
     const JEQ: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
     const JGT: u16 = 0x05 | 0x20; // BPF_JMP | BPF_JGT | BPF_K
     const JSET: u16 = 0x05 | 0x40; // BPF_JMP | BPF_JSET | BPF_K
