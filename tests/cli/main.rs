@@ -18,6 +18,7 @@ mod flags_cli;
 mod hold_cli;
 mod limits_cli;
 mod logs_cli;
+mod park_cli;
 mod processes;
 mod serve_cli;
 mod upgrade_cli;

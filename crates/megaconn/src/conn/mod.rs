@@ -100,4 +100,12 @@ pub(crate) enum Incoming {
         proto: ProtoTag,
         wake: Wake,
     },
+    /// An idle connection the lot could not park (its descriptor is above
+    /// the process's slot array): served awake, a task waiting for what
+    /// would have woken it parked (`park/awake.rs`), on the terms it
+    /// would have parked on.
+    Refused {
+        socket: OwnedFd,
+        parking: crate::conn::park::Parking,
+    },
 }

@@ -97,6 +97,7 @@ use crate::observe::lifecycle::{ConnTrack, ParkedTrack, TrackHandles};
 use crate::observe::ratelog;
 use crate::observe::stats::{gauge, incr, WorkerStats};
 
+mod awake;
 mod slots;
 
 use slots::{Claim, GROW_BY};
@@ -161,11 +162,29 @@ const FLAGS: u8 = WAKE_AT_DEADLINE | PARKED_AT_ONCE;
 /// The resolution of a slot's parked-at stamp, in milliseconds: 16 bits of
 /// 4 ms wrap every ~262 s, and only differences below `hot_within` (clamped
 /// to half that: ~131 s) and the shutdown's idle grace (half a second) are
-/// ever taken.
+/// ever taken. A stamp that old is cleared by the lot's sweep before it can
+/// wrap ([`STAMP_AGED`]).
 const STAMP_MS: u64 = 4;
 
 /// The stamp's bits (it shares a word with the owner and protocol bytes).
 const STAMP_MASK: u32 = 0xFFFF;
+
+/// A parked slot's stamp this many units old (half the wrap, ~131 s, past
+/// any difference the lot asks about) is cleared to 0, "parked long ago",
+/// by the lot's walk of [`ParkingLot::age_stamps`]: left alone, a
+/// connection woken a whole number of wraps (k × ~262 s) plus a few units
+/// after it parked read as parked just now: hot, kept awake as a task for
+/// `park_idle_after`, and given the shutdown's grace.
+const STAMP_AGED: u32 = STAMP_MASK / 2 + 1;
+
+/// How often a sweep also walks the array to clear old stamps
+/// ([`ParkingLot::age_stamps`]): a stamp is cleared between [`STAMP_AGED`]
+/// (~131 s) and that plus this plus a sweep's interval ([`QUIET_SWEEP`]),
+/// ~205 s, inside the ~262 s wrap. Not at every sweep: the sweep's walk
+/// runs every second while connections come and go, over every slot of
+/// the process (~5.5 instructions each), and the stamp's test there would
+/// have added ~4 a parked slot to it (`bench/FRAMED.md`, session 43).
+const AGE_EVERY: Duration = Duration::from_secs(64);
 
 /// One descriptor's entry in the process's array (`park/slots.rs`): 8
 /// bytes, so that a wake-up and the park after it touch one cache line per
@@ -181,7 +200,8 @@ struct Slot {
     /// [`WAKE_AT_DEADLINE`] and [`PARKED_AT_ONCE`]. Next byte: the lot
     /// that holds it (its owner id, `slots::Claim`), which alone serves it.
     /// High 16 bits: when it was parked (a [`ParkingLot::stamp_now`], never
-    /// 0): with [`PARKED_AT_ONCE`], to tell, on wake-up, a connection that
+    /// 0; cleared to 0, "long ago", by a sweep once [`STAMP_AGED`] old):
+    /// with [`PARKED_AT_ONCE`], to tell, on wake-up, a connection that
     /// turned busy from a cold one; for every connection, to give one that
     /// parked just before a graceful shutdown the grace of an idle task.
     mark: u32,
@@ -214,6 +234,15 @@ impl Slot {
 
     fn parked_at(self) -> u32 {
         self.mark >> 16
+    }
+
+    /// The same slot with its stamp cleared: parked long ago
+    /// ([`STAMP_AGED`]).
+    fn aged(self) -> Slot {
+        Slot {
+            mark: self.mark & 0xFFFF,
+            ..self
+        }
     }
 
     /// The same slot in `to` ([`ABSENT`], [`AWAKE`]).
@@ -402,6 +431,8 @@ pub(crate) struct ParkingLot {
     /// subtraction and a division, ~60 instructions) serves them all.
     last_tick: Cell<(Instant, u32)>,
     last_stamp: Cell<(Instant, u32)>,
+    /// When a sweep last cleared old stamps ([`ParkingLot::age_stamps`]).
+    aged_at: Cell<Instant>,
     limit: ConnectionLimit,
     stats: Arc<WorkerStats>,
     respawn: RefCell<Option<Respawn>>,
@@ -533,6 +564,7 @@ impl ParkingLot {
             epoch,
             last_tick: Cell::new((epoch, 1)),
             last_stamp: Cell::new((epoch, 1)),
+            aged_at: Cell::new(epoch),
             limit,
             stats,
             respawn: RefCell::new(None),
@@ -595,20 +627,17 @@ impl ParkingLot {
         let fd = socket.as_raw_fd();
         let idx = fd as usize;
         let slots = self.claim.slots();
+        if !slots.holds(idx) {
+            // Above the array (`park/slots.rs`: the hard open-file limit
+            // raised since it was reserved, or the reservation refused
+            // and halved): it stays awake instead (`park/awake.rs`).
+            return self.refuse(socket, parking, conn);
+        }
         let before = slots.get(idx);
         // Awake here, in this lot: a stale `AWAKE` of another lot (its
         // socket closed elsewhere) is no registration in this one's set.
         let was_awake = before.deadline == AWAKE && before.owner() == self.claim.owner();
-        let armed = if slots.holds(idx) {
-            self.arm(fd, was_awake, watched)
-        } else {
-            // Above the hard RLIMIT_NOFILE the array was reserved for
-            // (raised since by a privileged process): it cannot park.
-            Err(io::Error::other(
-                "descriptor above the parking lot's slot array",
-            ))
-        };
-        if let Err(error) = armed {
+        if let Err(error) = self.arm(fd, was_awake, watched) {
             ratelog::cannot_watch(&error, "cannot park a connection");
             if was_awake {
                 slots.set(idx, before.now(ABSENT));
@@ -966,6 +995,11 @@ impl ParkingLot {
                 _ => {}
             }
         }
+        let at = Instant::now();
+        if at.saturating_duration_since(self.aged_at.get()) >= AGE_EVERY {
+            self.aged_at.set(at);
+            self.age_stamps(self.stamp_now());
+        }
         // Before the expired are handled: one woken at its deadline may
         // park again, lowering it.
         self.next_due.set(next);
@@ -1007,6 +1041,20 @@ impl ParkingLot {
             trim_heap();
         }
         self.churn_at_sweep.set(self.churn_since_trim.get());
+    }
+
+    /// Clears the stamps of this lot's parked slots that are [`STAMP_AGED`]
+    /// old at stamp `now` (0: "parked long ago"), before their 16 bits can
+    /// wrap: a walk of the array once every [`AGE_EVERY`], with a sweep.
+    /// Only the owner writes a parked slot, and only its stamp changes.
+    fn age_stamps(&self, now: u32) {
+        let owner = self.claim.owner();
+        let slots = self.claim.slots();
+        for (fd, slot) in slots.iter() {
+            if slot.is_parked() && stamp_aged(slot.parked_at(), now) && slot.owner() == owner {
+                slots.set(fd, slot.aged());
+            }
+        }
     }
 
     /// When the next sweep is needed, after one: in a second while a trim is
@@ -1189,7 +1237,7 @@ impl ParkingLot {
         let within = (grace.as_millis() / u128::from(STAMP_MS)) as u32 + 1;
         let (recent, old): (Vec<_>, Vec<_>) = self
             .own_parked()
-            .partition(|(_, slot)| now.wrapping_sub(slot.parked_at()) & STAMP_MASK < within);
+            .partition(|(_, slot)| stamped_within(slot.parked_at(), now, within));
         for (fd, _) in old {
             self.close_parked(fd);
         }
@@ -1511,13 +1559,25 @@ fn set_side<T: Default>(side: &RefCell<Vec<T>>, idx: usize, value: T) {
 }
 
 /// Whether a connection parked straight after a wake-up at stamp
-/// `parked_at` (0: parked after idling as a task) and woken at stamp `now`
-/// is hot: woken again within `within` stamp units. Stamps wrap in 16
-/// bits (~262 s): one woken a whole number of wraps later, plus less than
-/// `within`, reads as hot (it then idles as a task for `park_idle_after`:
-/// memory, not correctness).
+/// `parked_at` (0: parked after idling as a task, or long ago) and woken at
+/// stamp `now` is hot: woken again within `within` stamp units.
 fn is_hot(parked_at: u32, now: u32, within: u32) -> bool {
-    parked_at != 0 && now.wrapping_sub(parked_at) & STAMP_MASK < within
+    stamped_within(parked_at, now, within)
+}
+
+/// Whether stamp `at` is less than `within` units before stamp `now`
+/// (`within` at most [`STAMP_AGED`]); 0 is never. Stamps wrap in 16 bits
+/// (~262 s): one a whole number of wraps old, plus less than `within`,
+/// would read as recent, which the sweep prevents by clearing a parked
+/// slot's stamp to 0 once [`STAMP_AGED`] old ([`stamp_aged`]).
+fn stamped_within(at: u32, now: u32, within: u32) -> bool {
+    at != 0 && now.wrapping_sub(at) & STAMP_MASK < within
+}
+
+/// Whether a sweep at stamp `now` clears stamp `at`: not 0 already, and at
+/// least [`STAMP_AGED`] units old (half the wrap).
+fn stamp_aged(at: u32, now: u32) -> bool {
+    at != 0 && now.wrapping_sub(at) & STAMP_MASK >= STAMP_AGED
 }
 
 /// Whether a sweep gives freed memory back, with `churn` parkings and
@@ -1579,6 +1639,17 @@ pub(super) mod tests {
         assert!(!is_hot(STAMP_MASK, 20, 10), "21 units later");
         assert!(!is_hot(0, 1, 10), "parked after idling: never hot");
         assert!(is_hot(100, 109, 10) && !is_hot(100, 110, 10));
+        // The sweep clears a stamp half a wrap old, before it can wrap.
+        assert!(!stamp_aged(100, 100 + STAMP_AGED - 1));
+        assert!(stamp_aged(100, 100 + STAMP_AGED));
+        assert!(stamp_aged(STAMP_MASK, STAMP_AGED - 1), "across the wrap");
+        assert!(!stamp_aged(0, STAMP_AGED), "cleared already");
+        let aged = slot.aged();
+        assert_eq!(
+            (aged.parked_at(), aged.owner(), aged.proto(), aged.deadline),
+            (0, 0xA5, 0x83, 7)
+        );
+        assert!(!stamped_within(0, 3, 10), "parked long ago: never recent");
     }
 
     type Woken = Rc<RefCell<Vec<(ProtoTag, Wake, OwnedFd)>>>;
@@ -1653,7 +1724,7 @@ pub(super) mod tests {
     }
 
     /// [`lot_of`] at `claim`'s place in a slot array.
-    fn lot_on(
+    pub(super) fn lot_on(
         limit: ConnectionLimit,
         claim: Claim,
     ) -> (ParkingLot, ConnectionLimit, Arc<WorkerStats>) {
@@ -2449,6 +2520,39 @@ pub(super) mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         wake_with(&f, &mut client, b"c").await;
         assert_eq!(wakes(), (1, 2), "parked at once, woken 3 s later: cold");
+    }
+
+    /// A connection parked at once, with no deadline, and woken a whole
+    /// wrap of the 16-bit stamp later plus a unit (~262 s) is cold: the
+    /// sweeps in between (the run loop's, at least every ten seconds)
+    /// cleared its stamp (`age_stamps`, once a minute). It read as woken a
+    /// unit after it parked before:
+    /// hot, kept awake as a task for `park_idle_after`. Paused time.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_woken_a_stamp_wrap_after_it_parked_is_cold() {
+        let f = fixture();
+        let (socket, mut client) = pair();
+        let conn = Connection::open(f.limit.try_acquire().unwrap(), f.stats.clone(), None);
+        let parking = Parking::of(None, true, true, ProtoTag(3), AtDeadline::Close);
+        f.lot.park(socket, parking, conn);
+        let wrap = Duration::from_millis(STAMP_MS * (u64::from(STAMP_MASK) + 1));
+        let mut gone = Duration::ZERO;
+        while gone + QUIET_SWEEP < wrap {
+            tokio::time::advance(QUIET_SWEEP).await;
+            gone += QUIET_SWEEP;
+            f.lot.sweep();
+        }
+        assert_eq!(f.lot.len(), 1, "no deadline: still parked");
+        tokio::time::advance(wrap - gone + Duration::from_millis(STAMP_MS)).await;
+        wake_with(&f, &mut client, b"a").await;
+        assert_eq!(
+            (
+                f.stats.wakes_hot.load(Relaxed),
+                f.stats.wakes_cold.load(Relaxed)
+            ),
+            (0, 1),
+            "woken a wrap and a unit after it parked: cold"
+        );
     }
 
     /// A parked socket whose client hung up wakes as `HungUp` (its

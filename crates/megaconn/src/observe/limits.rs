@@ -110,11 +110,16 @@ pub(crate) enum LimitHit {
     /// `Retry-After` on a cleartext HTTP listener, closed on the others,
     /// where it used to wait in the kernel's backlog with no answer.
     MaxConnections,
+    /// An idle connection that could not park: its descriptor is above the
+    /// parking lot's slot array (reserved once, for the hard open-file
+    /// limit at the start, or less if the address space was refused). It
+    /// stays awake as a task instead (counted each time it would park).
+    ParkSlots,
 }
 
 impl LimitHit {
     /// How many labels there are.
-    pub(crate) const COUNT: usize = LimitHit::MaxConnections as usize + 1;
+    pub(crate) const COUNT: usize = LimitHit::ParkSlots as usize + 1;
 
     /// Metric labels, by discriminant.
     pub(crate) const LABELS: [&'static str; LimitHit::COUNT] = [
@@ -147,6 +152,7 @@ impl LimitHit {
         "http2_data_flood",
         "http2_window_drip",
         "max_connections",
+        "park_slots",
     ];
 
     /// Counts one hit in the worker's counters.
@@ -183,9 +189,9 @@ mod tests {
     #[test]
     fn labels_line_up_with_the_counters() {
         let stats = WorkerStats::default();
-        LimitHit::MaxConnections.count(&stats);
+        LimitHit::ParkSlots.count(&stats);
         LimitHit::MaxHeaderBytes.count(&stats);
-        assert_eq!(LimitHit::MaxConnections as usize, LimitHit::COUNT - 1);
+        assert_eq!(LimitHit::ParkSlots as usize, LimitHit::COUNT - 1);
         let hits: Vec<u64> = stats
             .limit_hits
             .iter()

@@ -410,6 +410,9 @@ pub(crate) enum Flood {
     /// window opened a few bytes at a time (`HTTP2_WINDOW_DRIP_BUDGET`),
     /// its line naming the constant as the control-frame one does.
     Http2WindowDrip,
+    /// An idle connection kept awake instead of parked: its descriptor is
+    /// above the parking lot's slot array (`conn/park/awake.rs`).
+    ParkSlots,
 }
 
 impl Flood {
@@ -438,6 +441,7 @@ impl Flood {
             | Flood::TlsHandshakeRateTable
             | Flood::TlsHandshakesInFlight
             | Flood::CannotWatch
+            | Flood::ParkSlots
             | Flood::UnclaimedUpgrade
             | Flood::HubQueueFull
             // Logged at ERROR too, for a hub message for a wire the worker
@@ -502,11 +506,11 @@ impl Flood {
 }
 
 /// How many [`Flood`] kinds there are.
-const KINDS: usize = 55;
+const KINDS: usize = 56;
 
 // The last kind's index is in the table: a kind added without counting it
 // fails the build, not a worker.
-const _: () = assert!(Flood::Http2WindowDrip as usize == KINDS - 1);
+const _: () = assert!(Flood::ParkSlots as usize == KINDS - 1);
 
 thread_local! {
     static LOGS: [RateLimitedLog; KINDS] = const {
@@ -631,6 +635,23 @@ pub(crate) fn cannot_watch(error: &io::Error, what: &'static str) {
         } else {
             tracing::warn!(%error, suppressed, "{what}; closing it");
         }
+    });
+}
+
+/// Logs (limited) that an idle connection stays awake because its
+/// descriptor `fd` is above the parking lot's slot array of `slots`.
+pub(crate) fn above_park_slots(fd: i32, slots: usize) {
+    log(Flood::ParkSlots, |suppressed| {
+        tracing::warn!(
+            fd,
+            slots,
+            suppressed,
+            "an idle connection's descriptor is above the parking lot's slot array: it stays awake \
+             as a task (~1 KB) instead of parking (8 B); the array was reserved at the start for \
+             the hard open-file limit then (less if the address space was refused: see the \
+             warning at the start): restart the server once the hard open-file limit \
+             (LimitNOFILE) is where it stays, or allow the address space (ulimit -v)"
+        );
     });
 }
 

@@ -13,6 +13,8 @@
 //!     (HTTP/1.1, WebSocket and framed over TLS: the session from the worker's
 //!      table first; only TLS housekeeping arrived -> parked again at once,
 //!      HTTP/1.1 with part of a record -> served, under read_header_timeout)
+//!  Incoming::Refused (a descriptor above the lot's slot array: no slot to park
+//!     in) -- waits awake in a task (`ParkingLot::stay_awake`) --> Woken, hot
 //!
 //!  a protocol ends with:
 //!     Close(reason)        -> Connection::close(reason)       (counted once, here)
@@ -226,6 +228,16 @@ where
                 Either::Right(Either::Right(std::future::ready(()).boxed_local()))
             }
         },
+        // Only a lot refuses: it waits awake there, then comes back Woken.
+        Incoming::Refused { socket, parking } => Either::Right(Either::Right(
+            async move {
+                match ctx.park.as_ref() {
+                    Some(lot) => lot.stay_awake(socket, parking, conn, &ctx.shutdown).await,
+                    None => conn.close(CloseReason::ServerError),
+                }
+            }
+            .boxed_local(),
+        )),
     }
 }
 
@@ -290,7 +302,7 @@ pub(crate) fn serve_at_once(incoming: &Incoming, ctx: &WorkerContext) -> bool {
         Incoming::Accepted(_, info, _, _) => {
             matches!(accepted_as(ctx, info), Accepted::Http1 { bare: true })
         }
-        Incoming::Woken { .. } => false,
+        Incoming::Woken { .. } | Incoming::Refused { .. } => false,
     }
 }
 

@@ -115,8 +115,8 @@ impl Slots {
     /// of address space, which `vm.overcommit_memory = 2` or `ulimit -v`
     /// may not allow, though `MAP_NORESERVE` backs none of it), half as
     /// many are asked for, down to a page's worth: the server starts, and
-    /// a descriptor above the array does not park (the lot logs
-    /// `cannot park a connection` and closes it).
+    /// a connection on a descriptor above the array stays awake as a task
+    /// instead of parking (`awake.rs`: counted `park_slots`, logged).
     pub(super) fn new(slots: usize) -> io::Result<Slots> {
         let mut cap = slots
             .clamp(PAGE_SLOTS, MAX_SLOTS)
@@ -148,8 +148,9 @@ impl Slots {
                 open_file_limit = slots,
                 "the parking lot's slot array was reserved for fewer descriptors than the \
                  open-file limit (the address space was refused: vm.overcommit_memory = 2 or \
-                 ulimit -v); a connection on a descriptor above it is closed instead of parked: \
-                 lower the hard open-file limit (LimitNOFILE) to what the server needs"
+                 ulimit -v); a connection on a descriptor above it stays awake as a task (~1 KB) \
+                 instead of parking (8 B): lower the hard open-file limit (LimitNOFILE) to what \
+                 the server needs, or allow the address space (ulimit -v)"
             );
         }
         // Small pages, whatever the transparent-huge-page mode: with `always`,
@@ -190,6 +191,11 @@ impl Slots {
     /// Whether descriptor `fd` has a slot.
     pub(super) fn holds(&self, fd: usize) -> bool {
         fd < self.cap
+    }
+
+    /// How many descriptors have a slot (from 0 up).
+    pub(super) fn cap(&self) -> usize {
+        self.cap
     }
 
     /// Slot `fd` (`ABSENT` for one beyond the array).
@@ -380,6 +386,15 @@ impl Claim {
     /// what a release gives back).
     pub(super) fn private() -> io::Result<Claim> {
         let slots = Arc::new(Slots::new(hard_nofile())?);
+        let owner = slots.take_owner().expect("a fresh array has every id free");
+        Ok(Claim { slots, owner })
+    }
+
+    /// An array of its own for `slots` descriptors (at least a page's
+    /// worth: tests of a descriptor above it).
+    #[cfg(test)]
+    pub(super) fn private_of(slots: usize) -> io::Result<Claim> {
+        let slots = Arc::new(Slots::new(slots)?);
         let owner = slots.take_owner().expect("a fresh array has every id free");
         Ok(Claim { slots, owner })
     }
