@@ -452,7 +452,8 @@ fn answer_error<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: StatusCode, r
 /// The poll's answer is written in a slot here, and a response is taken
 /// apart where it lies ([`start_response`]): returned through the catch,
 /// it was copied whole out of it, into `start_response`'s binding, and
-/// again by `into_parts` (~100 user-space instructions a request;
+/// again by `into_parts`, where the write into the slot is now the one
+/// copy (~40 user-space instructions a request fewer;
 /// bench/CPU-PER-REQUEST.md, session 43).
 fn poll_handler<T, F, B, E>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
@@ -478,10 +479,13 @@ where
     match unsafe { polled.assume_init_mut() } {
         Poll::Pending => Ok(false),
         Poll::Ready(Ok(response)) => {
-            this.handler.set(None);
             // SAFETY: `response` is in `polled`, which is neither dropped
-            // nor used after this call, which takes it apart.
-            unsafe { start_response(this, response) }
+            // nor used after. Taken apart before the handler's future
+            // drops, so that a panic in that drop drops the response's
+            // parts too, as it did when the response was returned whole.
+            let (head, body) = unsafe { ResponseHead::take(response) };
+            this.handler.set(None);
+            start_response(this, head, body)
         }
         Poll::Ready(Err(_)) => {
             this.handler.set(None);
@@ -563,23 +567,20 @@ fn fail_before_response<T, F, B>(
     Outcome::Close(close)
 }
 
-// Inlined into its one caller, so that the response is taken apart where
-// the handler's poll left it, not copied first into this function's
-// argument (256 bytes for the demo's; bench/CPU-PER-REQUEST.md, session 38).
-//
-// # Safety
-// As [`ResponseHead::take`]'s: `response` is not used or dropped after.
+// Inlined into its one caller, so that the response's parts are used where
+// the handler's poll left them (`ResponseHead::take`), not copied first
+// into this function's arguments (256 bytes for the demo's;
+// bench/CPU-PER-REQUEST.md, sessions 38 and 43).
 #[inline(always)]
-unsafe fn start_response<T, F, B>(
+fn start_response<T, F, B>(
     this: &mut Proj<'_, '_, T, F, B>,
-    response: &mut Response<B>,
+    mut head: ResponseHead,
+    body: B,
 ) -> Step
 where
     T: Transport,
     B: HttpBody<Data = Bytes>,
 {
-    // SAFETY: passed on from this function's contract.
-    let (mut head, body) = unsafe { ResponseHead::take(response) };
     let switching = head.status == StatusCode::SWITCHING_PROTOCOLS
         || (this.st.setup.is_connect && head.status.is_success());
     // (A switch without an upgrade to take, and a 1xx other than 101, are
