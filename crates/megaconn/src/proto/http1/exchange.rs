@@ -453,8 +453,8 @@ fn answer_error<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: StatusCode, r
 /// apart where it lies ([`start_response`]): returned through the catch,
 /// it was copied whole out of it, into `start_response`'s binding, and
 /// again by `into_parts`, where the write into the slot is now the one
-/// copy (~40 user-space instructions a request fewer;
-/// bench/CPU-PER-REQUEST.md, session 43).
+/// copy (~60 user-space instructions a request fewer, with `write_head`
+/// inlined; bench/CPU-PER-REQUEST.md, session 43).
 fn poll_handler<T, F, B, E>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Transport,
@@ -479,13 +479,15 @@ where
     match unsafe { polled.assume_init_mut() } {
         Poll::Pending => Ok(false),
         Poll::Ready(Ok(response)) => {
-            // SAFETY: `response` is in `polled`, which is neither dropped
-            // nor used after. Taken apart before the handler's future
-            // drops, so that a panic in that drop drops the response's
-            // parts too, as it did when the response was returned whole.
-            let (head, body) = unsafe { ResponseHead::take(response) };
+            // (Should the handler's future panic in its drop here, the
+            // response in `polled` is leaked, not dropped: taken apart
+            // before this drop instead, it cost 43 user-space instructions
+            // a request more, as its parts were kept across the call;
+            // bench/CPU-PER-REQUEST.md, session 43.)
             this.handler.set(None);
-            start_response(this, head, body)
+            // SAFETY: `response` is in `polled`, which is neither dropped
+            // nor used after this call, which takes it apart.
+            unsafe { start_response(this, response) }
         }
         Poll::Ready(Err(_)) => {
             this.handler.set(None);
@@ -567,20 +569,23 @@ fn fail_before_response<T, F, B>(
     Outcome::Close(close)
 }
 
-// Inlined into its one caller, so that the response's parts are used where
-// the handler's poll left them (`ResponseHead::take`), not copied first
-// into this function's arguments (256 bytes for the demo's;
-// bench/CPU-PER-REQUEST.md, sessions 38 and 43).
+// Inlined into its one caller, so that the response is taken apart where
+// the handler's poll left it, not copied first into this function's
+// argument (256 bytes for the demo's; bench/CPU-PER-REQUEST.md, session 38).
+//
+// # Safety
+// As [`ResponseHead::take`]'s: `response` is not used or dropped after.
 #[inline(always)]
-fn start_response<T, F, B>(
+unsafe fn start_response<T, F, B>(
     this: &mut Proj<'_, '_, T, F, B>,
-    mut head: ResponseHead,
-    body: B,
+    response: &mut Response<B>,
 ) -> Step
 where
     T: Transport,
     B: HttpBody<Data = Bytes>,
 {
+    // SAFETY: passed on from this function's contract.
+    let (mut head, body) = unsafe { ResponseHead::take(response) };
     let switching = head.status == StatusCode::SWITCHING_PROTOCOLS
         || (this.st.setup.is_connect && head.status.is_success());
     // (A switch without an upgrade to take, and a 1xx other than 101, are
