@@ -417,9 +417,23 @@ impl RequestRecord {
     /// Starts timing a request; it is in flight until the record drops.
     #[inline]
     pub(crate) fn start(ctx: Rc<dyn StatsSource>, method: MethodLabel) -> RequestRecord {
-        let mut record = RequestRecord::untimed(ctx, method);
-        record.stopwatch = Some(Stopwatch::start());
-        record
+        RequestRecord::started(ctx, method, SpanSlot::default(), None)
+    }
+
+    /// Starts timing a request traced by `span` (its span ends when the
+    /// record drops) and logged by `access` ([`RequestRecord::logged`]):
+    /// `start(..).traced(span).logged(access)` built at once. (Each of
+    /// those takes and returns the 80-byte record by value, and the chain
+    /// was copied once per step where HTTP/1.1 builds it for every request,
+    /// ~45 user-space instructions; bench/CPU-PER-REQUEST.md, session 43.)
+    #[inline]
+    pub(crate) fn started(
+        ctx: Rc<dyn StatsSource>,
+        method: MethodLabel,
+        span: SpanSlot,
+        access: Option<Box<AccessLine>>,
+    ) -> RequestRecord {
+        RequestRecord::made(ctx, method, Some(Stopwatch::start()), span, access)
     }
 
     /// A request that fails before its exchange starts: counted in
@@ -427,18 +441,30 @@ impl RequestRecord {
     /// would pull its quantiles toward zero).
     #[inline]
     pub(crate) fn untimed(ctx: Rc<dyn StatsSource>, method: MethodLabel) -> RequestRecord {
+        RequestRecord::made(ctx, method, None, SpanSlot::default(), None)
+    }
+
+    /// The one place a record is made: in flight from here until it drops.
+    #[inline(always)]
+    fn made(
+        ctx: Rc<dyn StatsSource>,
+        method: MethodLabel,
+        stopwatch: Option<Stopwatch>,
+        span: SpanSlot,
+        access: Option<Box<AccessLine>>,
+    ) -> RequestRecord {
         #[cfg(feature = "metrics")]
         add_signed(&ctx.worker_stats().request_metrics.in_flight, 1);
         RequestRecord {
             ctx,
             method,
             status: STATUS_NONE,
-            stopwatch: None,
+            stopwatch,
             request_bytes: 0,
             response_bytes: 0,
             code: 0,
-            access: None,
-            span: SpanSlot::default(),
+            access,
+            span,
         }
     }
 
@@ -464,11 +490,14 @@ impl RequestRecord {
     }
 
     /// Notes the response's head: its status, and the route the service
-    /// matched (for the span).
+    /// matched (for the span), from the head's extensions. (Not a whole
+    /// `Parts`: HTTP/1.1 takes the handler's response apart where it lies,
+    /// `proto/http1/exchange.rs`, and a `Parts` cannot be made of its
+    /// fields without moving the whole response once more.)
     #[inline]
-    pub(crate) fn response(&mut self, parts: &http::response::Parts) {
-        self.status(parts.status);
-        self.route(parts);
+    pub(crate) fn response(&mut self, status: StatusCode, extensions: &http::Extensions) {
+        self.status(status);
+        self.span.route(extensions);
     }
 
     /// Notes the route the service matched (for the span), without the

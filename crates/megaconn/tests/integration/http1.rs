@@ -1214,3 +1214,146 @@ async fn idle_timeout_closes_a_connection_whose_unread_body_never_comes() {
     assert_eq!(server.handle.stats().timeouts, 1);
     server.stop().await;
 }
+
+/// Drops counted, for [`a_responses_parts_are_each_dropped_once`].
+struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A response extension whose drops are counted.
+#[derive(Clone)]
+struct CountedExtension {
+    _drops: std::sync::Arc<Counted>,
+}
+
+/// A body of one frame whose drops are counted.
+struct CountedBody {
+    data: Option<bytes::Bytes>,
+    _drops: Counted,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.get_mut()
+                .data
+                .take()
+                .map(|d| Ok(http_body::Frame::data(d))),
+        )
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+/// HTTP/1.1 takes a handler's response apart where its poll left it, field
+/// by field (`exchange.rs`, `ResponseHead::take`): on every path (a body
+/// written, a HEAD's and a 204's body dropped unsent, a head held for
+/// `100 Continue`, a 1xx answered 500) the response's body and its
+/// extensions are dropped exactly once, none leaked or dropped twice, and
+/// a handler's error (a response never made) is answered 500.
+#[tokio::test]
+async fn a_responses_parts_are_each_dropped_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let bodies = Arc::new(AtomicUsize::new(0));
+    let extensions = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let (bodies, extensions) = (bodies.clone(), extensions.clone());
+        tower::service_fn(move |req: http::Request<megaconn::Body>| {
+            let (bodies, extensions) = (bodies.clone(), extensions.clone());
+            async move {
+                let status = match req.uri().path() {
+                    "/204" => http::StatusCode::NO_CONTENT,
+                    "/103" => http::StatusCode::EARLY_HINTS,
+                    "/error" => return Err("the handler fails"),
+                    _ => http::StatusCode::OK,
+                };
+                let mut response = http::Response::new(CountedBody {
+                    data: Some(bytes::Bytes::from_static(b"counted")),
+                    _drops: Counted(bodies),
+                });
+                *response.status_mut() = status;
+                response
+                    .headers_mut()
+                    .insert("x-kept", http::HeaderValue::from_static("yes"));
+                response.extensions_mut().insert(CountedExtension {
+                    _drops: Arc::new(Counted(extensions)),
+                });
+                Ok::<_, &'static str>(response)
+            }
+        })
+    };
+    let server = common::AppServer::start(
+        megaconn::Server::builder()
+            .workers(1)
+            .listen_on("127.0.0.1:0".parse().unwrap()),
+        service,
+    );
+    let mut s = tokio::net::TcpStream::connect(server.addrs[0])
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut served = 0;
+    let check = |served: usize| {
+        assert_eq!(bodies.load(SeqCst), served, "bodies dropped");
+        assert_eq!(extensions.load(SeqCst), served, "extensions dropped");
+    };
+    // A body written; a HEAD's and a 204's dropped unsent.
+    for (request, status, body) in [
+        (
+            &b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+            200,
+            &b"counted"[..],
+        ),
+        (b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n", 200, b""),
+        (b"GET /204 HTTP/1.1\r\nHost: t\r\n\r\n", 204, b""),
+    ] {
+        s.write_all(request).await.unwrap();
+        let head = request.starts_with(b"HEAD");
+        let r = read_response_buffered(&mut s, &mut buf, head).await;
+        assert_eq!((r.status, &r.body[..]), (status, body));
+        assert_eq!(r.header("x-kept"), Some("yes"));
+        served += 1;
+        check(served);
+    }
+    // The head held until the handler's body gives its first frame, while
+    // the client waits for `100 Continue` (the body here does not read the
+    // request's: it is not sent, and the connection closes after).
+    s.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response_buffered(&mut s, &mut buf, false).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"counted"[..]));
+    served += 1;
+    check(served);
+    // A 1xx is answered 500, its response dropped there; a handler's
+    // error is answered 500 with nothing of a response to drop. Each on a
+    // connection of its own: both close it.
+    for (request, dropped) in [
+        (&b"GET /103 HTTP/1.1\r\nHost: t\r\n\r\n"[..], 1),
+        (b"GET /error HTTP/1.1\r\nHost: t\r\n\r\n", 0),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(server.addrs[0])
+            .await
+            .unwrap();
+        s.write_all(request).await.unwrap();
+        let r = read_response_buffered(&mut s, &mut Vec::new(), false).await;
+        assert_eq!(r.status, 500);
+        served += dropped;
+        check(served);
+    }
+    assert!(server.stop().await);
+    check(served);
+}

@@ -216,7 +216,7 @@ struct State {
     upgrading: Option<UpgradeSender>,
     native: Option<NativeUpgrade>,
     close_reason: Option<CloseReason>,
-    deferred_head: Option<(http::response::Parts, Option<u64>)>,
+    deferred_head: Option<(ResponseHead, Option<u64>)>,
     record: RequestRecord,
 }
 
@@ -241,9 +241,12 @@ where
             (Some(_), Some(t)) => Some(tokio::time::sleep(t)),
             _ => None,
         };
-        let record = RequestRecord::start(conn.ctx.stats_source(), setup.method)
-            .traced(std::mem::take(&mut setup.span))
-            .logged(setup.access.take());
+        let record = RequestRecord::started(
+            conn.ctx.stats_source(),
+            setup.method,
+            std::mem::take(&mut setup.span),
+            setup.access.take(),
+        );
         Exchange {
             conn,
             handler,
@@ -450,6 +453,13 @@ fn answer_error<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: StatusCode, r
 /// inside one more `Result`, and the answer (a `Response`, 256 bytes for
 /// the demo's) was moved once more for it (bench/CPU-PER-REQUEST.md,
 /// session 38).
+///
+/// The poll's answer is written in a slot here, and a response is taken
+/// apart where it lies ([`start_response`]): returned through the catch,
+/// it was copied whole out of it, into `start_response`'s binding, and
+/// again by `into_parts`, where the write into the slot is now the one
+/// copy (~60 user-space instructions a request fewer, with `write_head`
+/// inlined; bench/CPU-PER-REQUEST.md, session 43).
 fn poll_handler<T, F, B, E>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
     T: Transport,
@@ -461,19 +471,74 @@ where
     let Some(handler) = this.handler.as_mut().as_pin_mut() else {
         return Ok(false);
     };
-    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.poll(cx))) {
-        Ok(Poll::Pending) => Ok(false),
-        Ok(Poll::Ready(Ok(response))) => {
+    let mut polled = std::mem::MaybeUninit::<Poll<Result<Response<B>, E>>>::uninit();
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        polled.write(handler.poll(cx));
+    })) {
+        this.handler.set(None);
+        return Err(handler_panicked(this, &panic));
+    }
+    // SAFETY: the closure returned, so it wrote `polled`. What it holds is
+    // owned from here on by exactly one of the arms below; `polled` itself
+    // is never dropped (a `MaybeUninit`).
+    match unsafe { polled.assume_init_mut() } {
+        Poll::Pending => Ok(false),
+        Poll::Ready(Ok(response)) => {
+            // (Should the handler's future panic in its drop here, the
+            // response in `polled` is leaked, not dropped: taken apart
+            // before this drop instead, it cost 43 user-space instructions
+            // a request more, as its parts were kept across the call;
+            // bench/CPU-PER-REQUEST.md, session 43.)
             this.handler.set(None);
-            start_response(this, response)
+            // SAFETY: `response` is in `polled`, which is neither dropped
+            // nor used after this call, which takes it apart.
+            unsafe { start_response(this, response) }
         }
-        Ok(Poll::Ready(Err(e))) => {
+        Poll::Ready(Err(_)) => {
             this.handler.set(None);
+            // SAFETY: initialised (above), read once, and not used after.
+            let Poll::Ready(Err(e)) = (unsafe { polled.assume_init_read() }) else {
+                unreachable!("matched as an error just above")
+            };
             Err(service_failed(this, e.into()))
         }
-        Err(panic) => {
-            this.handler.set(None);
-            Err(handler_panicked(this, &panic))
+    }
+}
+
+/// A response's head, taken out of the handler's response where its poll
+/// left it ([`ResponseHead::take`]): what `write_head` encodes, and all
+/// of the response but its body. (`http::response::Parts` cannot be made
+/// from a `Response`'s fields without moving the whole response.)
+struct ResponseHead {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl ResponseHead {
+    /// Takes `response`'s head and body out of it, each once.
+    ///
+    /// # Safety
+    /// `response` must not be used or dropped after this call (it lies in
+    /// a `MaybeUninit` or a `ManuallyDrop`): the head's and the body's
+    /// owned fields are moved out of it bitwise. What stays behind (the
+    /// status and the version, both `Copy`, and `Parts`' private unit
+    /// field) needs no drop; the test
+    /// `response_head_takes_every_field_that_needs_a_drop` fails if `http`
+    /// adds a field that may.
+    #[inline(always)]
+    unsafe fn take<B>(response: &mut Response<B>) -> (ResponseHead, B) {
+        // SAFETY: each field is read once, and the caller neither uses nor
+        // drops `response` after (above), so none is dropped twice.
+        unsafe {
+            (
+                ResponseHead {
+                    status: response.status(),
+                    headers: std::ptr::read(response.headers()),
+                    extensions: std::ptr::read(response.extensions()),
+                },
+                std::ptr::read(response.body()),
+            )
         }
     }
 }
@@ -512,35 +577,42 @@ fn fail_before_response<T, F, B>(
 // Inlined into its one caller, so that the response is taken apart where
 // the handler's poll left it, not copied first into this function's
 // argument (256 bytes for the demo's; bench/CPU-PER-REQUEST.md, session 38).
+//
+// # Safety
+// As [`ResponseHead::take`]'s: `response` is not used or dropped after.
 #[inline(always)]
-fn start_response<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, response: Response<B>) -> Step
+unsafe fn start_response<T, F, B>(
+    this: &mut Proj<'_, '_, T, F, B>,
+    response: &mut Response<B>,
+) -> Step
 where
     T: Transport,
     B: HttpBody<Data = Bytes>,
 {
-    let (mut parts, body) = response.into_parts();
-    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS
-        || (this.st.setup.is_connect && parts.status.is_success());
+    // SAFETY: passed on from this function's contract.
+    let (mut head, body) = unsafe { ResponseHead::take(response) };
+    let switching = head.status == StatusCode::SWITCHING_PROTOCOLS
+        || (this.st.setup.is_connect && head.status.is_success());
     // A `200` a protocol of the server's own streams the body of (the SSE
     // route's): its head goes as a body of unknown length's (chunked, or
     // close-delimited for HTTP/1.0), the body is that protocol's, which
     // gets the socket as after a native `101` (`finished`).
     let native_stream = !switching
-        && parts.status == StatusCode::OK
+        && head.status == StatusCode::OK
         && !this.st.setup.is_head
-        && parts.extensions.get::<NativeUpgrade>().is_some();
+        && head.extensions.get::<NativeUpgrade>().is_some();
     // (A switch without an upgrade to take, and a 1xx other than 101, are
     // answered 500 below, and have no body either.)
     let has_body = !(this.st.setup.is_head
-        || parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED
+        || head.status.is_informational()
+        || head.status == StatusCode::NO_CONTENT
+        || head.status == StatusCode::NOT_MODIFIED
         || switching
         || native_stream);
     // (The handler's `Content-Length` takes precedence: `encode_head`.)
     let body_length = body.size_hint().exact().filter(|_| !native_stream);
     if native_stream {
-        this.st.native = parts.extensions.remove::<NativeUpgrade>();
+        this.st.native = head.extensions.remove::<NativeUpgrade>();
     }
     // The body is put in its place first, straight from the response: put
     // there after the checks below, it was moved once more on the way
@@ -550,11 +622,11 @@ where
     } else {
         drop(body);
     }
-    if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+    if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
         // A 1xx is interim: sent as the answer, the client would wait for a
         // final one that never comes. hyper answers 500 and closes too.
         tracing::warn!(
-            status = parts.status.as_u16(),
+            status = head.status.as_u16(),
             "handler returned an informational (1xx) status as its response; answering 500. \
              Return a final status (200 or more): interim responses cannot be sent from a \
              handler (megaconn sends `100 Continue` itself when the handler reads the body)"
@@ -569,9 +641,9 @@ where
     // and held to one line per interval: a peer can send such requests at
     // will.
     #[cfg(feature = "axum")]
-    if parts.status == StatusCode::UPGRADE_REQUIRED
+    if head.status == StatusCode::UPGRADE_REQUIRED
         && this.st.setup.upgrade.is_some()
-        && parts
+        && head
             .extensions
             .get::<crate::service::upgrade::NativeRefusal>()
             .is_none()
@@ -588,7 +660,7 @@ where
         match this.st.setup.upgrade.take() {
             Some(tx) => {
                 this.st.upgrading = Some(tx);
-                this.st.native = parts.extensions.remove::<NativeUpgrade>();
+                this.st.native = head.extensions.remove::<NativeUpgrade>();
             }
             None => {
                 tracing::error!("handler answered 101 to a request that did not ask to upgrade");
@@ -607,17 +679,35 @@ where
     // first frame: a body that streams the request (an echo) asks for the
     // request body first, and `100 Continue` must precede the final head.
     if has_body && this.st.setup.expect == Continue::Awaiting && this.st.setup.decoder.is_some() {
-        this.st.deferred_head = Some((parts, body_length));
+        this.st.deferred_head = Some((head, body_length));
     } else {
-        write_head(this, parts, body_length);
+        write_head(this, head, body_length);
     }
     Ok(true)
 }
 
+/// [`write_head`] for a head held for `100 Continue` (`deferred_head`):
+/// the rare path keeps its own copy of it out of line.
+#[inline(never)]
+fn write_held_head<T, F, B>(
+    this: &mut Proj<'_, '_, T, F, B>,
+    head: ResponseHead,
+    body_length: Option<u64>,
+) where
+    T: Transport,
+{
+    write_head(this, head, body_length);
+}
+
 /// Encodes the response head and picks the body encoder.
+///
+/// Inlined where the handler's response is taken apart (`start_response`),
+/// so that the head is not copied into this function's argument (~20
+/// user-space instructions a request; bench/CPU-PER-REQUEST.md, session 43).
+#[inline(always)]
 fn write_head<T, F, B>(
     this: &mut Proj<'_, '_, T, F, B>,
-    parts: http::response::Parts,
+    head: ResponseHead,
     body_length: Option<u64>,
 ) where
     T: Transport,
@@ -642,7 +732,7 @@ fn write_head<T, F, B>(
         this.st.close_reason = Some(CloseReason::UnreadBody);
     }
     let server_header = ctx.config.server_header.clone();
-    this.st.record.response(&parts);
+    this.st.record.response(head.status, &head.extensions);
     let head_ctx = HeadContext {
         request_method_is_head: this.st.setup.is_head,
         request_version: this.st.setup.version,
@@ -653,15 +743,15 @@ fn write_head<T, F, B>(
     crate::observe::lifecycle::set_state(crate::ConnectionState::Writing);
     let (encoder, keep_alive) = encode::encode_head(
         this.conn.wbuf(),
-        parts.status,
-        &parts.headers,
+        head.status,
+        &head.headers,
         head_ctx,
         server_header.as_ref(),
     );
     if this.st.setup.te_trailers && encoder == Encoder::Chunked {
-        this.st.declared_trailers = encode::declared_trailers(&parts.headers);
+        this.st.declared_trailers = encode::declared_trailers(&head.headers);
     }
-    super::header_maps::give(parts.headers);
+    super::header_maps::give(head.headers);
     this.st.setup.keep_alive = keep_alive && this.st.upgrading.is_none();
     this.st.encoder = Some(encoder);
     // `write_timeout` runs from the head, not from the handler's answer: a
@@ -1079,8 +1169,8 @@ where
             }
         };
         progress = true;
-        if let Some((parts, body_length)) = this.st.deferred_head.take() {
-            write_head(this, parts, body_length);
+        if let Some((head, body_length)) = this.st.deferred_head.take() {
+            write_held_head(this, head, body_length);
         }
         let encoder = this.st.encoder.as_mut().expect("head written before body");
         let wbuf = this.conn.wbuf();
@@ -1178,5 +1268,68 @@ fn ready_or_pending(p: Poll<io::Result<usize>>) -> Result<Option<usize>, Outcome
         Poll::Pending => Ok(None),
         Poll::Ready(Ok(n)) => Ok(Some(n)),
         Poll::Ready(Err(e)) => Err(Outcome::Close(CloseReason::io(&e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    /// Counts its drops.
+    #[derive(Clone)]
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    /// `ResponseHead::take` leaves behind only what needs no drop: if
+    /// `http` adds a field to a response's head (`Parts` has a private one
+    /// for that), this fails, and `take` must move the new field out too.
+    #[test]
+    fn response_head_takes_every_field_that_needs_a_drop() {
+        #[allow(dead_code)]
+        struct Known {
+            status: StatusCode,
+            version: Version,
+            headers: http::HeaderMap,
+            extensions: http::Extensions,
+        }
+        assert_eq!(
+            std::mem::size_of::<http::response::Parts>(),
+            std::mem::size_of::<Known>(),
+            "http::response::Parts has a field ResponseHead::take does not know"
+        );
+        assert!(!std::mem::needs_drop::<StatusCode>() && !std::mem::needs_drop::<Version>());
+    }
+
+    /// A response taken apart in place gives its status, headers,
+    /// extensions and body each once: dropped after, each is dropped
+    /// exactly once, and nothing of it twice.
+    #[test]
+    fn a_response_taken_apart_drops_each_part_once() {
+        let (bodies, extensions) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut response = Response::new(Counted(bodies.clone()));
+        *response.status_mut() = StatusCode::CREATED;
+        response
+            .headers_mut()
+            .insert("x-a", http::HeaderValue::from_static("b"));
+        response
+            .extensions_mut()
+            .insert(Counted(extensions.clone()));
+        let mut slot = std::mem::MaybeUninit::new(response);
+        // SAFETY: `slot` is a `MaybeUninit`, never dropped or used after.
+        let (head, body) = unsafe { ResponseHead::take(slot.assume_init_mut()) };
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(head.headers["x-a"], "b");
+        assert!(head.extensions.get::<Counted>().is_some());
+        assert_eq!((bodies.load(SeqCst), extensions.load(SeqCst)), (0, 0));
+        drop(body);
+        drop(head);
+        assert_eq!((bodies.load(SeqCst), extensions.load(SeqCst)), (1, 1));
     }
 }
