@@ -21,7 +21,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::conn::tls_io::ParkedSessions;
+use crate::conn::tls_io::{ClosingTls, ParkedSessions};
 use crate::conn::{ConnInfo, ProtoTag};
 use crate::message;
 use crate::message::hub::SendNow;
@@ -132,6 +132,28 @@ pub(crate) fn sealed(sessions: ParkedSessions) -> SendParked {
         // and the connection's own wake-up finds out why.
         None => Pushed::Broken,
     })
+}
+
+/// Parked message connection `id` over TLS (socket `fd`) is being closed
+/// by the lot (shutdown, its deadline) while a push it fell behind on is
+/// owed (`behind`): the records sealed for it that its socket did not take
+/// go now if the socket takes them without waiting, counted as a woken
+/// connection's are (`message::wake::count_unsent`). If they do not, the
+/// `session` is torn and says nothing more, not even `close_notify`
+/// (`ClosingTls`: after a record cut short it would read as a bad record).
+/// Taken here, before the connection's close, which would drop them
+/// (`Local::closed`). Shared by both message protocols (which never import
+/// each other).
+pub(crate) fn finish_owed(
+    local: &message::worker::Local,
+    id: crate::message::hub::ConnectionId,
+    (fd, session): (std::os::fd::RawFd, &mut ClosingTls),
+    counters: &crate::observe::stats::MessageCounters,
+) {
+    if let Some(unsent) = local.take_unsent(id) {
+        let whole = session.send_sealed(fd, &unsent.tail);
+        message::wake::count_unsent(&unsent, whole, counters);
+    }
 }
 
 /// The earlier of two optional instants (a protocol's timers).
