@@ -259,7 +259,10 @@ async fn a_slow_consumer_cut_mid_record_ends_without_a_record_error() {
 /// comes first on the worker): parked, its close writes the records owed
 /// only if the socket takes them at once, and says `close_notify` only
 /// after them; woken, as above. The client reads whole records and then a
-/// clean close or a plain end of stream, never a record error.
+/// clean close or a plain end of stream, never a record error. (In the
+/// runs made when it was written the lot woke all three first, closed as
+/// slow consumers, and each client, reading during the close, got its
+/// push whole and a `close_notify`: the parked close is not reached here.)
 #[tokio::test]
 async fn shutdown_right_after_a_push_that_filled_the_socket_never_tears_a_record() {
     let mut server = Server1::start().await;
