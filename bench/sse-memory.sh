@@ -15,7 +15,12 @@
 #    (RSS2 − RSS1) / N, and megaconn's `buffers_checked_out` with all 2N
 #    held (and, native, the streams parked after step 2). Every connection
 #    stays open until the end.
-# Env: N (2000), MODE (megaconn | native | axum), EXAMPLE
+# PROTO says how each request goes: h1 (HTTP/1.1, the default), tls
+# (HTTP/1.1 over TLS, ALPN http/1.1), h2c (HTTP/2 with prior knowledge,
+# cleartext) or h2 (HTTP/2 over TLS, ALPN h2); one request per connection
+# in each, so every figure is per connection. tls and h2 start the example
+# with `--tls` (megaconn only).
+# Env: N (2000), MODE (megaconn | native | axum), PROTO (h1), EXAMPLE
 #   (target/release/examples/sse_hold, built if missing), PORT (23180),
 #   SETTLE (2 s: after each phase, before RSS is read), LABEL (the table's
 #   build column).
@@ -25,6 +30,14 @@ cd "$(dirname "$0")/.."
 
 N="${N:-2000}"
 MODE="${MODE:-megaconn}"
+PROTO="${PROTO:-h1}"
+TLS=()
+case "$PROTO" in
+  h1|h2c) ;;
+  tls|h2) TLS=(--tls) ;;
+  *) echo "PROTO: h1, tls, h2c or h2, not $PROTO" >&2; exit 2 ;;
+esac
+[[ "$MODE" == megaconn || "$PROTO" == h1 ]] || { echo "MODE=axum serves PROTO=h1 only" >&2; exit 2; }
 PORT="${PORT:-23180}"
 SETTLE="${SETTLE:-2}"
 TARGET="${CARGO_TARGET_DIR:-target}"
@@ -36,15 +49,15 @@ CPU=()
 ulimit -n $((2 * N + 512))
 
 OUT="$(mktemp -d)"
-"${CPU[@]}" "$EXAMPLE" --listen "127.0.0.1:$PORT" --mode "$MODE" >"$OUT/server.log" 2>&1 &
+"${CPU[@]}" "$EXAMPLE" --listen "127.0.0.1:$PORT" --mode "$MODE" "${TLS[@]}" >"$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$OUT"' EXIT
 
-python3 - "$N" "$PORT" "$SERVER" "$OUT/server.log" "$SETTLE" "$MODE" "$LABEL" <<'EOF'
-import socket, sys, time
+python3 - "$N" "$PORT" "$SERVER" "$OUT/server.log" "$SETTLE" "$MODE" "$LABEL" "$PROTO" <<'EOF'
+import socket, ssl, struct, sys, time
 
-n, port, pid, log, settle, mode, label = (int(sys.argv[1]), int(sys.argv[2]),
-    sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6], sys.argv[7])
+n, port, pid, log, settle, mode, label, proto = (int(sys.argv[1]), int(sys.argv[2]),
+    sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6], sys.argv[7], sys.argv[8])
 
 def rss():
     for line in open(f"/proc/{pid}/status"):
@@ -70,11 +83,46 @@ while True:
         time.sleep(0.05)
 
 held = []
-def sse():
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+if proto in ("tls", "h2"):
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    tls.set_alpn_protocols(["h2" if proto == "h2" else "http/1.1"])
+
+def connect():
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"GET /sse HTTP/1.1\r\nHost: t\r\n\r\n")
-    got = b""
     s.settimeout(20)
+    if proto in ("tls", "h2"):
+        s = tls.wrap_socket(s, server_hostname="localhost")
+    return s
+
+def send_request(s, path):
+    """GET `path`: HTTP/1.1, or stream 1 of a new HTTP/2 connection (the
+    preface, empty SETTINGS, then HEADERS with END_STREAM; HPACK by hand:
+    :method GET, :scheme, :path and :authority as literals), after which
+    the server's SETTINGS are read and acknowledged (as a client must)."""
+    if proto in ("h1", "tls"):
+        s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        return b""
+    scheme = b"\x87" if proto == "h2" else b"\x86"
+    block = b"\x82" + scheme + b"\x04" + bytes([len(path)]) + path + b"\x01\x01t"
+    headers = struct.pack(">I", len(block))[1:] + b"\x01\x05" + struct.pack(">I", 1) + block
+    s.sendall(PREFACE + SETTINGS + headers)
+    got = b""
+    while len(got) < 9:
+        chunk = s.recv(4096)
+        assert chunk, "closed before the server's SETTINGS"
+        got += chunk
+    assert got[3] == 4, f"the server's first frame is SETTINGS: {got[:9]!r}"
+    s.sendall(SETTINGS_ACK)
+    return got
+
+def sse():
+    s = connect()
+    got = send_request(s, b"/sse")
     while b"data: hello\n\n" not in got:
         chunk = s.recv(4096)
         assert chunk, "closed before the first event"
@@ -82,8 +130,8 @@ def sse():
     held.append(s)
 
 def poll():
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"GET /poll HTTP/1.1\r\nHost: t\r\n\r\n")
+    s = connect()
+    send_request(s, b"/poll")
     held.append(s)
 
 def wait_requests(count):
@@ -116,7 +164,7 @@ wait_requests(2 * n + 2)
 time.sleep(settle + 1)
 r2 = rss()
 buffers = stats()[0] if mode != "axum" else "-"
-print("| build | mode | N | per held SSE stream | per pending long-poll | buffers out with 2N+2 held | parked with N+1 streams |")
-print("|---|---|---|---|---|---|---|")
-print(f"| {label} | {mode} | {n:,} | {(r1 - r0) / n:,.0f} B | {(r2 - r1) / n:,.0f} B | {buffers} | {parked} |")
+print("| build | mode | protocol | N | per held SSE stream | per pending long-poll | buffers out with 2N+2 held | parked with N+1 streams |")
+print("|---|---|---|---|---|---|---|---|")
+print(f"| {label} | {mode} | {proto} | {n:,} | {(r1 - r0) / n:,.0f} B | {(r2 - r1) / n:,.0f} B | {buffers} | {parked} |")
 EOF

@@ -739,7 +739,7 @@ pub static KNOBS: &[Knob] = &[
         name: "message-send-buffer",
         value_name: "SIZE",
         shape: Shape::One,
-        help: "Framed TCP and WebSocket: each connection's kernel send buffer (SO_SNDBUF, which Linux doubles); 0 leaves the kernel's autotuning.",
+        help: "Framed TCP, WebSocket and HTTP/1.1 server-sent-event streams (text/event-stream): each connection's kernel send buffer (SO_SNDBUF, which Linux doubles); 0 leaves the kernel's autotuning.",
         details: "Bounds what the kernel holds for a peer that stops reading: once its buffer is full a publish closes it as a slow consumer (close reason slow_consumer). With the autotuning each socket took up to tcp_wmem's maximum (4 MiB by default) first: 1,000 /ws/chat clients that read nothing held 2.3 GB of kernel memory for 6 MB published. Raise it for peers that are only bursty, or far away and streaming fast (a connection moves about twice this per round trip).",
         default: "256KiB",
         example: "1MiB",

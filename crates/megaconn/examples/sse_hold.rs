@@ -6,10 +6,14 @@
 //! `/sse` with megaconn's own [`SseRoute`] instead (the same first event,
 //! sent by `on_open`; the stream then parks), with the server's hub made,
 //! so each stream's id is tracked as a gateway's would be.
+//! `--tls` serves megaconn
+//! over TLS instead (a throwaway self-signed certificate, ALPN `h2` and
+//! `http/1.1`: the client picks HTTP/1.1 or HTTP/2); a cleartext megaconn
+//! listener takes HTTP/2 with prior knowledge (h2c) as well as HTTP/1.1.
 //!
 //! ```text
 //! cargo build --release -p megaconn --example sse_hold
-//! target/release/examples/sse_hold --listen 127.0.0.1:23180 --mode megaconn
+//! target/release/examples/sse_hold --listen 127.0.0.1:23180 --mode megaconn [--tls]
 //! ```
 //!
 //! Every second in which they changed it prints megaconn's
@@ -79,7 +83,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "127.0.0.1:23180".into())
         .parse()?;
     let mode = arg("--mode").unwrap_or_else(|| "megaconn".into());
+    let tls = std::env::args().any(|a| a == "--tls");
     let handle = match mode.as_str() {
+        "megaconn" if tls => {
+            let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+            let config = megaconn::TlsConfig::from_pem(
+                cert.cert.pem().as_bytes(),
+                cert.key_pair.serialize_pem().as_bytes(),
+            )?;
+            let server = megaconn::Server::builder()
+                .workers(1)
+                .tls(config)
+                .listen_tls_on(listen)
+                .listen()?;
+            let handle = server.handle();
+            tokio::spawn(server.serve(app()));
+            Some(handle)
+        }
         "megaconn" => {
             let server = megaconn::Server::bind(listen).workers(1).listen()?;
             let handle = server.handle();
@@ -101,7 +121,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => return Err(format!("--mode megaconn|native|axum, not {other}").into()),
     };
-    println!("{mode}: http://{listen}/sse and /poll");
+    let scheme = if tls { "https" } else { "http" };
+    println!("{mode}: {scheme}://{listen}/sse and /poll");
     let mut last = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -37,6 +37,19 @@
 //! served too (HTTP/1.1 waits for the rest under `read_header_timeout`), so
 //! a `tail` parked at the end of an exchange or of an idle wait is parked
 //! again only once the record it began is whole.
+//!
+//! Records sealed with a parked session (pushes, `proto::sealed`) that its
+//! socket did not take whole are owed: the session's sequence moved past
+//! them, so no record it seals later may reach the peer before them, and
+//! none may follow a record cut short (the peer would read its bytes as
+//! the rest of that record: a bad record MAC, a decode error, where it
+//! should see a clean close). One rule keeps the byte stream a prefix of a
+//! valid record stream: once owed records did not go whole, nothing more
+//! is written, not even `close_notify` ([`ClosingTls`] for a parked
+//! connection the lot closes, [`TlsIo::poll_write_sealed`] for a woken
+//! one). A close then is a bare TCP close after a truncated record, which
+//! the peer reads as an end of stream without `close_notify`: what it would
+//! see anyway if the close came before the rest of the record.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -114,6 +127,11 @@ pub(crate) struct TlsIo<S> {
     /// The handshake read a byte: a peer that closes before one never
     /// began it (see [`TlsIo::poll_handshake`]).
     began: bool,
+    /// Records sealed while parked are being written raw
+    /// ([`TlsIo::poll_write_sealed`]) and did not all go yet: nothing this
+    /// stream encrypts may follow them (not `close_notify`: see the module
+    /// doc).
+    owes_sealed: bool,
 }
 
 impl<S> std::fmt::Debug for TlsIo<S> {
@@ -219,13 +237,80 @@ impl ParkedTls {
         Some(out)
     }
 
-    /// The lot is closing this parked connection (idle timeout, shutdown):
-    /// say `close_notify` on the way out, best effort (a full socket buffer
-    /// or an error just skips it; the close follows either way).
+    /// The lot is closing this parked connection (idle timeout, shutdown)
+    /// and has nothing else to write: say `close_notify` on the way out,
+    /// best effort (see [`ClosingTls::close_notify`]).
+    pub(crate) fn close_notify(self, socket: RawFd) {
+        self.closing().close_notify(socket);
+    }
+
+    /// This parked connection is being closed by the lot: what writes its
+    /// last records ([`ClosingTls`]).
+    pub(crate) fn closing(self) -> ClosingTls {
+        ClosingTls {
+            parked: self,
+            torn: false,
+        }
+    }
+}
+
+/// A parked TLS connection the parking lot is closing (shutdown, its idle
+/// or heartbeat deadline), its socket still open: its last records (what a
+/// push left owed, a goodbye) and `close_notify`, each written with one
+/// non-blocking `send`, in order, and nothing after a record that did not
+/// go whole. Owed records that do not go now are not waited for (the lot
+/// closes the socket next), so the close is a bare TCP close after a
+/// truncated record, which the peer reads as an end of stream without
+/// `close_notify`; a `close_notify` (or a goodbye) written after them would
+/// instead be read as the rest of the record cut short, or under a
+/// sequence number the peer never reached: a bad record MAC where it should
+/// see a close (see the module doc). Only this type writes for a parked
+/// session that is closing, so the rule is kept in one place.
+pub(crate) struct ClosingTls {
+    parked: ParkedTls,
+    /// A record was left unwritten, whole or in part: nothing more goes.
+    torn: bool,
+}
+
+impl ClosingTls {
+    /// Writes `records` sealed earlier with this session (what a push
+    /// left owed: `Local::take_unsent`): whether all went. Not all: the
+    /// stream is torn, and nothing more is written.
+    pub(crate) fn send_sealed(&mut self, socket: RawFd, records: &[u8]) -> bool {
+        if self.torn {
+            return false;
+        }
+        self.torn = !send_now(socket, records);
+        !self.torn
+    }
+
+    /// Seals `plain` as application data and writes its records (a
+    /// goodbye): whether all went (see [`ClosingTls::send_sealed`]).
+    pub(crate) fn seal_and_send(&mut self, socket: RawFd, plain: &[u8]) -> bool {
+        if self.torn {
+            return false;
+        }
+        match self.parked.seal(plain) {
+            Some(records) => self.send_sealed(socket, &records),
+            // A session that cannot send data now sends nothing more.
+            None => {
+                self.torn = true;
+                false
+            }
+        }
+    }
+
+    /// Says `close_notify`, unless a record before it did not go whole.
+    /// Best effort: a full socket buffer or an error skips it (or cuts it:
+    /// a truncated last record is an end of stream without it), the close
+    /// follows either way.
     pub(crate) fn close_notify(mut self, socket: RawFd) {
+        if self.torn {
+            return;
+        }
         let mut out = [0u8; 64];
         let n = {
-            let UnbufferedStatus { state, .. } = self.session.process_tls_records(&mut []);
+            let UnbufferedStatus { state, .. } = self.parked.session.process_tls_records(&mut []);
             match state {
                 Ok(ConnectionState::WriteTraffic(mut w)) => {
                     w.queue_close_notify(&mut out).unwrap_or(0)
@@ -234,18 +319,17 @@ impl ParkedTls {
             }
         };
         if n > 0 {
-            // SAFETY: `out[..n]` is valid readable memory; the caller keeps
-            // `socket` open for the call.
-            unsafe {
-                libc::send(
-                    socket,
-                    out.as_ptr().cast(),
-                    n,
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
+            send_now(socket, &out[..n]);
         }
     }
+}
+
+/// Writes `bytes` to `socket` with one non-blocking `send`: whether all of
+/// them went. The caller keeps `socket` open for the call.
+fn send_now(socket: RawFd, bytes: &[u8]) -> bool {
+    // SAFETY: borrowed for this one call, while the caller keeps it open.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket) };
+    matches!(crate::conn::sys::send(fd, bytes), Ok(Some(n)) if n == bytes.len())
 }
 
 /// What the session said when it ran out of work.
@@ -415,6 +499,7 @@ impl<S> TlsIo<S> {
             closing: false,
             failed: false,
             began: false,
+            owes_sealed: false,
         }
     }
 
@@ -441,6 +526,7 @@ impl<S> TlsIo<S> {
             closing,
             failed,
             began,
+            owes_sealed,
         } = self;
         TlsIo {
             sock: f(sock),
@@ -451,6 +537,7 @@ impl<S> TlsIo<S> {
             closing,
             failed,
             began,
+            owes_sealed,
         }
     }
 
@@ -610,6 +697,12 @@ impl<S> TlsIo<S> {
             return Ok(());
         }
         self.closing = true;
+        if self.owes_sealed {
+            // Records sealed while parked did not all go: a close_notify
+            // after them would be read as the rest of the one cut short.
+            // The close is a bare TCP close (see the module doc).
+            return Ok(());
+        }
         // Whatever the session has queued goes first.
         self.process(None, None)?;
         let mut out = [0u8; 64];
@@ -630,13 +723,26 @@ impl<S: AsyncWrite + Unpin> TlsIo<S> {
     /// (a push the socket took part of) straight to the socket: they come
     /// before anything it encrypts now, so they go while it holds none of
     /// its own (a stream just resumed, before its first write).
+    ///
+    /// The caller passes what is left of the records each time: until a
+    /// write takes all of it, they are owed, and nothing the stream
+    /// encrypts goes after them (`close_notify` included: a close that
+    /// gives up on them is a bare TCP close, see the module doc).
     pub(crate) fn poll_write_sealed(
         &mut self,
         cx: &mut Context<'_>,
         records: &[u8],
     ) -> Poll<io::Result<usize>> {
         debug_assert!(self.bufs.outgoing.is_none(), "records of its own wait");
-        Pin::new(&mut self.sock).poll_write(cx, records)
+        if records.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.owes_sealed = true;
+        let wrote = Pin::new(&mut self.sock).poll_write(cx, records);
+        if let Poll::Ready(Ok(n)) = wrote {
+            self.owes_sealed = n < records.len();
+        }
+        wrote
     }
 }
 
@@ -658,6 +764,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsIo<S> {
         let Some(out) = self.bufs.outgoing.as_mut() else {
             return Poll::Ready(Ok(()));
         };
+        if self.owes_sealed {
+            // Sealed records owed go first, and did not (see the module doc).
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "records sealed while parked were not all written",
+            )));
+        }
         while !out.is_empty() {
             match Pin::new(&mut self.sock).poll_write(cx, out) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
@@ -897,7 +1010,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.closing {
+        if this.closing || this.owes_sealed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         // Bounded: what was encrypted before goes out first.

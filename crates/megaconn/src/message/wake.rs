@@ -121,6 +121,16 @@ pub(crate) async fn write_unsent(
     poll_write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<io::Result<usize>>,
 ) -> bool {
     let whole = write_rest(&unsent.tail, deadline, poll_write).await;
+    count_unsent(unsent, whole, counters);
+    whole
+}
+
+/// Counts the push `unsent` is the rest of, once it is known whether that
+/// rest went whole: delivered (`pushes`, `frames_out`, the frame's
+/// `bytes_out`) or dropped (`queue_drops`). By [`write_unsent`], and by a
+/// parked connection's close that writes the rest at once
+/// (`proto::finish_owed`).
+pub(crate) fn count_unsent(unsent: &Unsent, whole: bool, counters: &MessageCounters) {
     if whole {
         incr(&counters.pushes);
         incr(&counters.frames_out);
@@ -128,7 +138,6 @@ pub(crate) async fn write_unsent(
     } else {
         incr(&counters.queue_drops);
     }
-    whole
 }
 
 /// When a slow consumer's close, begun now, must be over: writing the rest

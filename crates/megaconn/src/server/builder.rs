@@ -1095,7 +1095,10 @@ impl Builder {
     /// `SO_SNDBUF` in bytes of each message connection: a native WebSocket
     /// ([`WebSocketRoute`](crate::WebSocketRoute)) or a
     /// [`megaconn::axum_ws`](crate::axum_ws) socket from its upgrade, a
-    /// framed TCP one from its accept (one `setsockopt`; Linux caps the value
+    /// framed TCP one from its accept, and an HTTP/1.1 server-sent-event
+    /// stream (a response whose head says `Content-Type: text/event-stream`,
+    /// an axum `Sse`) from its head; other responses keep the kernel's
+    /// autotuning, which a download needs (one `setsockopt`; Linux caps the value
     /// at `net.core.wmem_max`, then doubles it: on a stock kernel, 212,992,
     /// the default 256 KiB gives 416 KiB, and more needs that sysctl raised). It bounds what the
     /// kernel holds for a peer that stops reading: a push to a parked

@@ -182,3 +182,57 @@ async fn a_hang_up_still_cancels_a_bufferless_long_poll() {
     assert_eq!(stats.buffers_checked_out, 0, "{stats:?}");
     server.stop().await;
 }
+
+/// An event stream (`text/event-stream`, an axum `Sse`) gets the send
+/// buffer of a message connection at its head,
+/// `Builder::message_send_buffer_size` (256 KiB by default, which the
+/// kernel doubles), as a WebSocket does at its upgrade: a reader that
+/// stops reading holds at most that much of the server's memory in the
+/// kernel (before, the socket autotuned up to `tcp_wmem`'s 4 MiB, held
+/// until `write_stall_timeout`). The server's socket is read here from the
+/// test's own process. A plain response on the same listener keeps the
+/// kernel's autotuning (a download needs its bandwidth-delay product).
+#[tokio::test]
+async fn an_event_stream_gets_the_message_send_buffer_at_its_head() {
+    use common::{kernel_send_buffer, server_send_buffer};
+    for (builder, set) in [
+        (
+            megaconn::Server::builder(),
+            megaconn::DEFAULT_MESSAGE_SEND_BUFFER,
+        ),
+        (
+            megaconn::Server::builder().message_send_buffer_size(Some(64 << 10)),
+            64 << 10,
+        ),
+    ] {
+        let (app, events) = sse_app();
+        let server = AppServer::start(
+            builder.workers(1).listen_on("127.0.0.1:0".parse().unwrap()),
+            app,
+        );
+        // A plain response first: its connection keeps the autotuning.
+        let mut plain = TcpStream::connect(server.addrs[0]).await.unwrap();
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let hello = read_response(&mut plain).await;
+        assert_eq!((hello.status, &hello.body[..]), (200, &b"hello"[..]));
+        assert_ne!(
+            server_send_buffer(&plain),
+            kernel_send_buffer(set),
+            "a plain response's socket is not bounded"
+        );
+        // The event stream: bounded once its head went.
+        let mut s = TcpStream::connect(server.addrs[0]).await.unwrap();
+        s.write_all(b"GET /sse HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        events.send("one".into()).unwrap();
+        let mut buf = Vec::new();
+        read_until(&mut s, &mut buf, b"data: one\n\n").await;
+        assert_eq!(server_send_buffer(&s), kernel_send_buffer(set));
+        drop((s, plain, events));
+        assert!(server.stop().await, "stops");
+    }
+}

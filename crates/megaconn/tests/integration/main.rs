@@ -64,6 +64,7 @@ mod tls_close;
 mod tls_flood;
 mod tls_listeners;
 mod tls_park;
+mod tls_sealed_close;
 mod tonic;
 mod ws;
 mod ws_api;

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::tls_io::ParkedTls;
+use crate::conn::tls_io::ClosingTls;
 use crate::message::hub::ConnectionId;
 use crate::message::live::Live;
 use crate::message::session::Session;
@@ -24,7 +24,7 @@ use crate::observe::close::{CloseReason, FramingError};
 use crate::proto::framed::codec::Framing;
 use crate::proto::framed::conn::{self, FramedIo, Start};
 use crate::proto::framed::{goodbye_parked, side_table, FramedParked};
-use crate::proto::Ended;
+use crate::proto::{finish_owed, Ended};
 
 /// A framed protocol's behaviour, called once per message. Serve it with
 /// [`Server::serve_framed`](crate::Server::serve_framed) on listeners added
@@ -139,7 +139,7 @@ pub(crate) trait ErasedHandler: Send + Sync {
         fd: RawFd,
         reason: CloseReason,
         tls: bool,
-        session: Option<&mut ParkedTls>,
+        session: Option<&mut ClosingTls>,
     );
 
     /// Where a woken connection's state is: its listener's position, if the
@@ -168,10 +168,16 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
         fd: RawFd,
         reason: CloseReason,
         tls: bool,
-        session: Option<&mut ParkedTls>,
+        mut session: Option<&mut ClosingTls>,
     ) {
         let (local, table) = side_table::<H::State>(ctx, tls);
         if let Some(parked) = table.take(fd) {
+            let id = local.id(fd, parked.generation);
+            // Behind over TLS: the records sealed for that push go now if
+            // they can, or the session says nothing more (`finish_owed`).
+            if let (true, Some(session)) = (parked.behind, session.as_deref_mut()) {
+                finish_owed(&local, id, (fd, session), &ctx.stats.messages);
+            }
             // Not after a push the socket took part of (its rest is owed
             // first): the goodbye would land inside that frame.
             if reason == CloseReason::Shutdown && !parked.behind {
@@ -181,7 +187,6 @@ impl<H: FramedHandler> ErasedHandler for Erased<H> {
             // WebSocket's): it leaves its topics, and a panic in `on_close`
             // is caught, counted and logged instead of unwinding through the
             // parking lot's turn and killing the worker thread.
-            let id = local.id(fd, parked.generation);
             Live::new(&self.0, H::on_close_with_id, parked.state, id, &local).close(reason);
         }
     }

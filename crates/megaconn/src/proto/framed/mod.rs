@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 use crate::conn::config::Config;
 use crate::conn::context::WorkerContext;
 use crate::conn::io::WriteLimit;
-use crate::conn::tls_io::{ParkedTls, TlsIo};
+use crate::conn::tls_io::{ClosingTls, ParkedTls, TlsIo};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
 use crate::message;
@@ -183,7 +183,7 @@ pub(crate) fn goodbye_parked(
     config: &Config,
     fd: RawFd,
     listener: usize,
-    session: Option<&mut ParkedTls>,
+    session: Option<&mut ClosingTls>,
 ) {
     let Some(settings) = FramedSettings::of(config) else {
         return;
@@ -317,19 +317,23 @@ pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason)
 /// [`parked_closed`] for a framed connection over TLS, with its parked
 /// `session`: the goodbye frame (at shutdown) is sealed with it, and our
 /// own closes (shutdown, the idle timeout) end with `close_notify`, as a
-/// WebSocket's over TLS and HTTPS/1.1's do.
+/// WebSocket's over TLS and HTTPS/1.1's do: after whole records only (what
+/// a push left owed goes first, if the socket takes it now; if it does
+/// not, or the goodbye does not go whole, nothing more is written:
+/// `ClosingTls`).
 pub(crate) fn parked_closed_tls(
     ctx: &WorkerContext,
     fd: RawFd,
     reason: CloseReason,
-    mut session: Option<ParkedTls>,
+    session: Option<ParkedTls>,
 ) {
+    let mut closing = session.map(ParkedTls::closing);
     if let Some(handler) = FramedSettings::of(&ctx.config).and_then(|s| s.handler.as_ref()) {
-        handler.parked_closed(ctx, fd, reason, true, session.as_mut());
+        handler.parked_closed(ctx, fd, reason, true, closing.as_mut());
     }
-    if let Some(session) = session {
+    if let Some(closing) = closing {
         if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
-            session.close_notify(fd);
+            closing.close_notify(fd);
         }
     }
 }

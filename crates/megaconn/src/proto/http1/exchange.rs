@@ -462,7 +462,7 @@ fn answer_error<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, status: StatusCode, r
 /// inlined; bench/CPU-PER-REQUEST.md, session 43).
 fn poll_handler<T, F, B, E>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
-    T: Transport,
+    T: Parkable,
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
     B: HttpBody<Data = Bytes>,
@@ -586,7 +586,7 @@ unsafe fn start_response<T, F, B>(
     response: &mut Response<B>,
 ) -> Step
 where
-    T: Transport,
+    T: Parkable,
     B: HttpBody<Data = Bytes>,
 {
     // SAFETY: passed on from this function's contract.
@@ -694,7 +694,7 @@ fn write_held_head<T, F, B>(
     head: ResponseHead,
     body_length: Option<u64>,
 ) where
-    T: Transport,
+    T: Parkable,
 {
     write_head(this, head, body_length);
 }
@@ -710,7 +710,7 @@ fn write_head<T, F, B>(
     head: ResponseHead,
     body_length: Option<u64>,
 ) where
-    T: Transport,
+    T: Parkable,
 {
     let ctx = &this.conn.ctx;
     let mut keep_alive =
@@ -751,6 +751,11 @@ fn write_head<T, F, B>(
     if this.st.setup.te_trailers && encoder == Encoder::Chunked {
         this.st.declared_trailers = encode::declared_trailers(&head.headers);
     }
+    // (An event stream has no length known ahead: a sized response, the
+    // usual one, pays no header lookup for this.)
+    if body_length.is_none() && is_event_stream(&head.headers) {
+        bound_event_stream(this.conn);
+    }
     super::header_maps::give(head.headers);
     this.st.setup.keep_alive = keep_alive && this.st.upgrading.is_none();
     this.st.encoder = Some(encoder);
@@ -760,6 +765,44 @@ fn write_head<T, F, B>(
     if let Some(t) = this.conn.ctx.config.write_timeout {
         this.deadline.set(Some(tokio::time::sleep(t)));
         this.st.deadline_kind = DeadlineKind::Write;
+    }
+}
+
+/// Whether a response is a stream of server-sent events
+/// (`Content-Type: text/event-stream`, any parameters, any case).
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let essence = value.as_bytes().split(|&b| b == b';').next().unwrap_or(&[]);
+    essence
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"text/event-stream")
+}
+
+/// Gives an event stream's connection the send buffer of a message
+/// connection ([`Builder::message_send_buffer_size`](crate::Builder::message_send_buffer_size),
+/// 256 KiB by default), as a WebSocket's at its upgrade: it is one in all
+/// but name, a response held for good that the server pushes small events
+/// down. With the kernel's autotuning a reader that stopped reading held up
+/// to `tcp_wmem`'s maximum (4 MiB by default) of the server's memory until
+/// `write_stall_timeout` cut it, 60 s later; bounded, the events queue
+/// behind that much at most, and the stall bound still cuts it.
+///
+/// Only event streams, at their head: a rule for every long-lived or
+/// unknown-length response would cap downloads, which need a send buffer
+/// of their bandwidth-delay product (a 256 KiB buffer caps a 100 ms round
+/// trip at ~2.6 MB/s), and a response's length says nothing of its life.
+/// A long-poll is one small response (it needs no bound: it is written at
+/// once when its event comes), and any other stream of the server's own
+/// making can say `text/event-stream`, or use a WebSocket. The connection
+/// keeps the smaller buffer for the requests after the stream ends, which
+/// an event stream's client seldom sends. On a socket that is no TCP
+/// socket of ours (a caller's transport) nothing is done; on HTTP/2 a
+/// stream shares its connection's buffer, which keeps the autotuning.
+fn bound_event_stream<T: Parkable>(conn: &ConnIo<T>) {
+    if let Some(fd) = conn.io.lot_fd() {
+        crate::conn::socket::bound_message_send_buffer(fd, &conn.ctx.config);
     }
 }
 
@@ -1146,7 +1189,7 @@ where
 /// Pulls response frames into the write buffer, up to the high-water mark.
 fn poll_response_body<T, F, B>(this: &mut Proj<'_, '_, T, F, B>, cx: &mut Context<'_>) -> Step
 where
-    T: Transport,
+    T: Parkable,
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {

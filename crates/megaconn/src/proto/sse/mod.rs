@@ -102,7 +102,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::tls_io::{ParkedTls, TlsIo};
+use crate::conn::tls_io::{ClosingTls, ParkedTls, TlsIo};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
@@ -421,19 +421,24 @@ pub(crate) fn serve_woken_tls(
 /// shutdown it gets its route's goodbye event, if any, and the last chunk
 /// (one non-blocking `send` on the still open socket, sealed with its TLS
 /// `session` if it has one; not after a push its socket took part of,
-/// whose rest is owed first); its entry goes, it leaves its topics, and
-/// its handler hears why.
+/// whose rest is owed first: over TLS that rest goes now if the socket
+/// takes it, or the session says nothing more, `proto::finish_owed`); its
+/// entry goes, it leaves its topics, and its handler hears why.
 fn closed_in(
     ctx: &WorkerContext,
     fd: RawFd,
     reason: CloseReason,
     tls: bool,
-    session: Option<&mut ParkedTls>,
+    mut session: Option<&mut ClosingTls>,
 ) {
     let (local, table) = side_table(ctx, tls);
     let Some(parked) = table.take(fd) else {
         return;
     };
+    let id = local.id(fd, parked.generation);
+    if let (true, Some(session)) = (parked.behind, session.as_deref_mut()) {
+        crate::proto::finish_owed(&local, id, (fd, session), &ctx.stats.messages);
+    }
     if reason == CloseReason::Shutdown && !parked.behind {
         let mut last = BytesMut::new();
         if let Some(goodbye) = &parked.state.settings.goodbye {
@@ -444,7 +449,6 @@ fn closed_in(
         }
         crate::proto::send_parked_now(fd, &last, session);
     }
-    let id = local.id(fd, parked.generation);
     Live::new(&(), conn::on_close, parked.state, id, &local).close(reason);
 }
 
@@ -454,17 +458,19 @@ pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason)
 }
 
 /// [`closed_in`] for a stream over TLS, with its parked `session`: our own
-/// closes (shutdown) end with `close_notify`, as HTTPS/1.1's do.
+/// closes (shutdown) end with `close_notify`, as HTTPS/1.1's do, after
+/// whole records only (`ClosingTls`).
 pub(crate) fn parked_closed_tls(
     ctx: &WorkerContext,
     fd: RawFd,
     reason: CloseReason,
-    mut session: Option<ParkedTls>,
+    session: Option<ParkedTls>,
 ) {
-    closed_in(ctx, fd, reason, true, session.as_mut());
-    if let Some(session) = session {
+    let mut closing = session.map(ParkedTls::closing);
+    closed_in(ctx, fd, reason, true, closing.as_mut());
+    if let Some(closing) = closing {
         if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
-            session.close_notify(fd);
+            closing.close_notify(fd);
         }
     }
 }

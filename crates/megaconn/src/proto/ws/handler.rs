@@ -17,11 +17,14 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::conn::context::WorkerContext;
+use crate::conn::tls_io::ClosingTls;
 use crate::message::hub::ConnectionId;
 use crate::message::live::Live;
 use crate::message::session::Session;
 use crate::observe::close::CloseReason;
 use crate::observe::ratelog::{self, Flood};
+use crate::observe::stats::MessageCounters;
+use crate::proto::finish_owed;
 use crate::proto::ws::frame::{self, WsMessage};
 use crate::proto::ws::{conn, Start, Tables, WsIo, WsParked};
 use crate::proto::Ended;
@@ -237,8 +240,16 @@ pub(crate) trait ErasedRoute: Send + Sync {
     /// the state leaves the side table, the connection its topics, and the
     /// handler hears why. The close frame the peer is owed (at shutdown,
     /// unless it was behind: the route's goodbye, 1001 by default), which
-    /// the caller sends.
-    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) -> Option<BytesMut>;
+    /// the caller sends. Over TLS (`tls`: the closing session and the
+    /// worker's message counters), a push it was behind on goes first if
+    /// the socket takes it now (`proto::finish_owed`).
+    fn parked_closed(
+        &self,
+        tables: &Tables,
+        fd: RawFd,
+        reason: CloseReason,
+        tls: Option<(&mut ClosingTls, &MessageCounters)>,
+    ) -> Option<BytesMut>;
 }
 
 impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
@@ -255,12 +266,21 @@ impl<H: WebSocketHandler> ErasedRoute for super::route::Route<H> {
         tables.table::<H::State>().variant(fd)
     }
 
-    fn parked_closed(&self, tables: &Tables, fd: RawFd, reason: CloseReason) -> Option<BytesMut> {
+    fn parked_closed(
+        &self,
+        tables: &Tables,
+        fd: RawFd,
+        reason: CloseReason,
+        tls: Option<(&mut ClosingTls, &MessageCounters)>,
+    ) -> Option<BytesMut> {
         let parked = tables.take::<H::State>(fd)?;
+        let id = tables.local.id(fd, parked.generation);
+        if let (true, Some((session, counters))) = (parked.behind, tls) {
+            finish_owed(&tables.local, id, (fd, session), counters);
+        }
         // Through `Live`, as an awake connection's close: it leaves its
         // topics, and a panic in `on_close` is caught, counted and logged,
         // so the caller still sends the goodbye (and the lot's turn goes on).
-        let id = tables.local.id(fd, parked.generation);
         Live::new(
             &self.handler,
             H::on_close_with_id,

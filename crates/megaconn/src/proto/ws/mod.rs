@@ -67,7 +67,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use crate::conn::context::WorkerContext;
-use crate::conn::tls_io::{ParkedSessions, ParkedTls, TlsIo};
+use crate::conn::tls_io::{ClosingTls, ParkedSessions, ParkedTls, TlsIo};
 use crate::conn::transport::{Parkable, Transport};
 use crate::conn::woken::WokenSocket;
 use crate::conn::Wake;
@@ -76,6 +76,7 @@ use crate::message::table::{Parked, SideTable};
 use crate::message::wire::Wire;
 use crate::message::worker::Local;
 use crate::observe::close::{CloseReason, FramingError};
+use crate::observe::stats::MessageCounters;
 use crate::proto::Ended;
 use crate::service::upgrade::NativeUpgrade;
 
@@ -534,37 +535,44 @@ pub(crate) fn serve_woken(
 /// peer's answer is not awaited, the lot closes the socket next); its state
 /// goes, it leaves its topics, and its handler hears why.
 pub(crate) fn parked_closed(ctx: &WorkerContext, fd: RawFd, reason: CloseReason) {
-    if let Some(goodbye) = closed_in(&Tables::of(ctx), fd, reason) {
+    if let Some(goodbye) = closed_in(&Tables::of(ctx), fd, reason, None) {
         message::hub::send_all_now(fd, &goodbye);
     }
 }
 
 /// [`parked_closed`] for a WebSocket over TLS, with its parked `session`:
-/// the 1001 is encrypted, and our own closes (shutdown, idle timeout) end
-/// with `close_notify`, as HTTPS/1.1's do.
+/// a push it was behind on goes first if its socket takes it now, the 1001
+/// is encrypted, and our own closes (shutdown, idle timeout) end with
+/// `close_notify`, as HTTPS/1.1's do: after whole records only (nothing
+/// follows records that did not go whole: `ClosingTls`).
 pub(crate) fn parked_closed_tls(
     ctx: &WorkerContext,
     fd: RawFd,
     reason: CloseReason,
     session: Option<ParkedTls>,
 ) {
-    let goodbye = closed_in(&Tables::of_tls(ctx), fd, reason);
-    let Some(mut session) = session else { return };
+    let mut closing = session.map(ParkedTls::closing);
+    let tls = closing.as_mut().map(|c| (c, &ctx.stats.messages));
+    let goodbye = closed_in(&Tables::of_tls(ctx), fd, reason, tls);
+    let Some(mut closing) = closing else { return };
     if let Some(goodbye) = goodbye {
-        if let Some(records) = session.seal(&goodbye) {
-            message::hub::send_all_now(fd, &records);
-        }
+        closing.seal_and_send(fd, &goodbye);
     }
     if matches!(reason, CloseReason::IdleTimeout | CloseReason::Shutdown) {
-        session.close_notify(fd);
+        closing.close_notify(fd);
     }
 }
 
 /// Lets parked WebSocket `fd` of `tables` go (see [`parked_closed`]);
 /// the close frame it is owed (its route's goodbye), if any.
-fn closed_in(tables: &Tables, fd: RawFd, reason: CloseReason) -> Option<BytesMut> {
+fn closed_in(
+    tables: &Tables,
+    fd: RawFd,
+    reason: CloseReason,
+    tls: Option<(&mut ClosingTls, &MessageCounters)>,
+) -> Option<BytesMut> {
     let (route, _) = tables.kinds.of_parked(tables, fd)?;
-    route.parked_closed(tables, fd, reason)
+    route.parked_closed(tables, fd, reason, tls)
 }
 
 #[cfg(test)]
