@@ -1212,6 +1212,95 @@ mod tests {
         assert_eq!(answered(&mut clients[UNDECIDED_MAX]), "503");
     }
 
+    /// IPv6 /64 number `i` of one /32: a key of its own each.
+    fn v6_of(i: u32) -> IpAddr {
+        let [a, b, c, d] = i.to_be_bytes();
+        let (hi, lo) = (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+        IpAddr::from([0x2001, 0x0db8, hi, lo, 0, 0, 0, 1])
+    }
+
+    /// `n` new IPs from `from` on, one every `every` from `at`.
+    fn new_ips(l: &PerIpRate, from: u32, n: u32, at: Instant, every: Duration) {
+        for i in 0..n {
+            let _ = std::hint::black_box(l.try_take(v6_of(from + i), at + every * i));
+        }
+    }
+
+    /// Fills a table with `n` IPs at once.
+    #[inline(never)]
+    fn bench_fill(l: &PerIpRate, n: u32, at: Instant) {
+        new_ips(l, 0, n, at, Duration::ZERO);
+    }
+
+    /// `times` sweeps of the whole table, none forgetting anything (each
+    /// forced by a new IP with the sweep due).
+    #[inline(never)]
+    fn bench_sweeps(l: &PerIpRate, from: u32, times: u32, at: Instant) {
+        for i in 0..times {
+            l.table.lock().unwrap().sweep_at = 0;
+            let _ = std::hint::black_box(l.try_take(v6_of(from + i), at));
+        }
+    }
+
+    /// `n` connections from IPs already in the table.
+    #[inline(never)]
+    fn bench_known_ips(l: &PerIpRate, n: u32, at: Instant) {
+        for i in 0..n {
+            let _ = std::hint::black_box(l.try_take(v6_of(i), at));
+        }
+    }
+
+    /// 100,000 new IPs past a full table's bound, 100,000 a second.
+    #[inline(never)]
+    fn bench_flood_past_the_bound(l: &PerIpRate, from: u32, at: Instant) {
+        new_ips(l, from, 100_000, at, Duration::from_micros(10));
+    }
+
+    /// The bytes this process has resident, from `/proc/self/statm`.
+    fn resident_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split(' ').nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    /// Not a check: what the per-IP rate table costs, for `bench/H2TLS.md`
+    /// ("The per-IP rate table under a flood of addresses"), run under
+    /// callgrind (the instructions of each `bench_*` function, inclusive):
+    /// a table filled with `MEGACONN_BENCH_ENTRIES` IPs (65,536 if unset,
+    /// its bound), 10 sweeps of it, 100,000 connections from IPs it holds
+    /// (at most `entries`); then a table at its bound (65,536) and 100,000
+    /// new IPs past it at 100,000 a second, a sweep due every
+    /// `SWEEP_AT_BOUND_EVERY`. Prints the resident memory the first table
+    /// took and its capacity.
+    #[test]
+    #[ignore = "a bench, run by hand under callgrind: bench/H2TLS.md"]
+    fn bench_the_rate_table() {
+        let entries: u32 = std::env::var("MEGACONN_BENCH_ENTRIES")
+            .map_or(PerIpRate::MAX_TRACKED as u32, |n| n.parse().unwrap());
+        // 0.01 a second: a bucket refills in 100 s, so no sweep here
+        // forgets anything (each scans the whole table).
+        let l = PerIpRate::bounded(0.01, entries as usize + 10);
+        let start = Instant::now();
+        let before = resident_bytes();
+        bench_fill(&l, entries, start);
+        let after = resident_bytes();
+        let capacity = l.table.lock().unwrap().buckets.capacity();
+        println!(
+            "{entries} IPs: {} bytes resident more ({:.1} a tracked IP), capacity {capacity}",
+            after - before,
+            (after - before) as f64 / f64::from(entries)
+        );
+        bench_sweeps(&l, entries, 10, start + Duration::from_millis(1));
+        assert_eq!(l.tracked(), entries as usize + 10);
+        bench_known_ips(&l, 100_000.min(entries), start + Duration::from_millis(2));
+        drop(l);
+        let full = PerIpRate::new(0.01);
+        let bound = PerIpRate::MAX_TRACKED as u32;
+        new_ips(&full, 0, bound, start, Duration::ZERO);
+        bench_flood_past_the_bound(&full, bound, start + Duration::from_secs(1));
+        assert_eq!(full.tracked(), PerIpRate::MAX_TRACKED);
+    }
+
     #[test]
     fn per_ip_counts_and_forgets() {
         let l = PerIpLimit::new(2);
