@@ -261,7 +261,8 @@ impl PerIpLimit {
 /// 65,536 entries of 64 bytes (a `u128` key and a [`TokenBucket`]) in
 /// hashbrown's buckets (a control byte each, 131,072 of them at its 7/8
 /// load) holds about 8.5 MB, and its order of arrival (`RateTable::order`)
-/// 1–2 MB more.
+/// 16 B an IP more, 1 MB (up to about three times that while it still
+/// lists IPs a sweep forgot).
 ///
 /// The oldest is found in O(1), from that order. Forgetting whichever
 /// the map gave first (`keys().next()`, until session 43) scanned the
